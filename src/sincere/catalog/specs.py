@@ -1,0 +1,90 @@
+"""Facts about hardware and models, as frozen records.
+
+The figures live in data files (``sincere/data/accelerators.yaml`` and
+``models.yaml``) with the public source of each; these classes are what the rest of
+sincere reads. Units are in the field names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PRECISION_BYTES: dict[str, float] = {
+    "fp32": 4.0,
+    "fp16": 2.0,
+    "bf16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+    "int4-gptq": 0.5,
+}
+"""Bytes per weight (or KV element) for each precision sincere knows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accelerator:
+    """One accelerator type (a GPU, or the host CPU as ``cpu``)."""
+
+    name: str  # catalog key, e.g. "H100-SXM"
+    vendor: str
+    memory_gb: float  # device memory, GB (1e9 bytes)
+    hbm_bandwidth_gbps: float  # device memory bandwidth, GB/s
+    bf16_tflops: float  # dense bf16 / fp16 tensor throughput, TFLOP/s
+    fp8_tflops: float | None  # dense fp8 throughput, TFLOP/s (None: not supported)
+    int8_tops: float | None  # dense int8 throughput, TOP/s (None: not supported)
+    interconnect_gbps: float  # GPU-to-GPU bandwidth per GPU (NVLink / IF / PCIe), GB/s
+    host_link_gbps: float  # host-to-device bandwidth (PCIe), GB/s
+    price_per_hour_usd: float  # on-demand cloud price of one device, USD/h
+    power_w: float  # board power (TDP), W
+    cc_supported: bool  # confidential-computing mode available
+    sources: dict[str, str] = field(default_factory=dict)  # field -> public source
+
+    def peak_tflops(self, precision: str) -> float:
+        """Dense peak for compute in ``precision`` (falls back to bf16 when unsupported)."""
+        if precision == "fp8" and self.fp8_tflops:
+            return self.fp8_tflops
+        if precision in ("int8", "int4", "int4-gptq") and self.int8_tops:
+            return self.int8_tops
+        return self.bf16_tflops
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArch:
+    """A decoder-only transformer's architecture, as in its public config."""
+
+    name: str  # catalog key, e.g. "llama-3-8b"
+    family: str
+    num_params_b: float  # parameters, billions
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    max_context: int
+    head_dim: int = 0  # 0 means hidden_size // num_heads
+    precisions: tuple[str, ...] = ("fp16", "bf16")
+    relative_accuracy: dict[str, float] = field(default_factory=dict)  # precision key -> %
+    source: str = ""
+
+    @property
+    def head_size(self) -> int:
+        """Dimension of one attention head."""
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def kv_bytes_per_token(self, kv_precision: str = "fp16") -> float:
+        """KV-cache bytes one token occupies across all layers (K and V)."""
+        per_elem = PRECISION_BYTES[kv_precision]
+        return 2.0 * self.num_layers * self.num_kv_heads * self.head_size * per_elem
+
+    def weight_bytes(self, precision: str = "fp16") -> float:
+        """Bytes of all weights in ``precision``."""
+        return self.num_params_b * 1e9 * PRECISION_BYTES[precision]
+
+    def flops_per_token(self) -> float:
+        """Dense matmul FLOPs per token, excluding attention over the context (2 x params)."""
+        return 2.0 * self.num_params_b * 1e9
+
+    def attention_flops_per_pair(self) -> float:
+        """FLOPs per (query token, context token) pair, summed over layers (QK^T and AV)."""
+        return 4.0 * self.num_layers * self.num_heads * self.head_size

@@ -1,0 +1,142 @@
+"""Per-request result records, shared by the simulator, the emulator and the load generator.
+
+:class:`RecordArrays` is a struct of arrays indexed by request position; engines write
+into it as requests progress (cheap in the simulator's hot loop), and
+:func:`to_table` turns it into the ``requests.parquet`` schema below. Times are
+seconds since the start of the run; NaN means "never happened" (e.g. a rejected
+request has no first token).
+
+Metric definitions (vLLM's): TTFT = first token - arrival; TPOT = (E2E - TTFT) /
+(output tokens - 1); E2E = last token - arrival; queueing delay = first scheduled -
+arrival.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from sincere.core.request import RequestArrays
+
+REQUEST_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "model",
+    "tier",
+    "instance",
+    "arrival_at",
+    "first_scheduled_at",
+    "first_token_at",
+    "finished_at",
+    "prompt_tokens",
+    "output_tokens",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "queue_s",
+    "num_preemptions",
+    "slo_met",
+    "rejected",
+    "reject_reason",
+)
+"""Columns of ``requests.parquet``, in order."""
+
+
+@dataclass(eq=False)
+class RecordArrays:
+    """Mutable per-request outcomes, one slot per request of a :class:`RequestArrays`."""
+
+    instance: npt.NDArray[np.int64]  # index into ``instances``; -1 before routing
+    first_scheduled_at: npt.NDArray[np.float64]
+    first_token_at: npt.NDArray[np.float64]
+    finished_at: npt.NDArray[np.float64]
+    output_tokens: npt.NDArray[np.int64]  # tokens actually generated
+    num_preemptions: npt.NDArray[np.int64]
+    rejected: npt.NDArray[np.bool_]
+    reject_reason: list[str | None]
+    instances: list[str]
+
+    @classmethod
+    def empty(cls, n: int, instances: list[str] | None = None) -> RecordArrays:
+        """Records for ``n`` requests, none of which has happened yet."""
+        nan = np.full(n, np.nan)
+        return cls(
+            instance=np.full(n, -1, dtype=np.int64),
+            first_scheduled_at=nan.copy(),
+            first_token_at=nan.copy(),
+            finished_at=nan.copy(),
+            output_tokens=np.zeros(n, dtype=np.int64),
+            num_preemptions=np.zeros(n, dtype=np.int64),
+            rejected=np.zeros(n, dtype=np.bool_),
+            reject_reason=[None] * n,
+            instances=list(instances or []),
+        )
+
+    def reject(self, i: int, reason: str) -> None:
+        """Mark request ``i`` as explicitly rejected, with a reason."""
+        self.rejected[i] = True
+        self.reject_reason[i] = reason
+
+    def unfinished(self) -> npt.NDArray[np.int64]:
+        """Positions of requests neither finished nor rejected."""
+        return np.flatnonzero(np.isnan(self.finished_at) & ~self.rejected)
+
+
+def latencies(requests: RequestArrays, records: RecordArrays) -> dict[str, npt.NDArray[np.float64]]:
+    """TTFT, TPOT, E2E and queueing delay per request (NaN where undefined)."""
+    arrival = requests.arrival_at
+    ttft = records.first_token_at - arrival
+    e2e = records.finished_at - arrival
+    steps = records.output_tokens - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(steps > 0, (e2e - ttft) / np.maximum(steps, 1), 0.0)
+    tpot = np.where(np.isnan(e2e), np.nan, tpot)
+    queue = records.first_scheduled_at - arrival
+    return {"ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e, "queue_s": queue}
+
+
+def slo_met(requests: RequestArrays, records: RecordArrays) -> npt.NDArray[np.bool_]:
+    """Whether each request finished and met every target of its tier."""
+    lat = latencies(requests, records)
+    met = ~np.isnan(records.finished_at) & ~records.rejected
+    for t_ix, tier in enumerate(requests.tiers):
+        sel = requests.tier == t_ix
+        if tier.ttft_s is not None:
+            met[sel] &= lat["ttft_s"][sel] <= tier.ttft_s
+        if tier.ttlt_s is not None:
+            met[sel] &= lat["e2e_s"][sel] <= tier.ttlt_s
+        if tier.tbt_s is not None:
+            met[sel] &= lat["tpot_s"][sel] <= tier.tbt_s
+    return met
+
+
+def to_table(requests: RequestArrays, records: RecordArrays) -> pa.Table:
+    """The ``requests.parquet`` table (columns :data:`REQUEST_COLUMNS`)."""
+    lat = latencies(requests, records)
+    names = np.asarray([*records.instances, ""], dtype=object)
+    model_names = np.asarray(requests.models, dtype=object)
+    tier_names = np.asarray([t.name for t in requests.tiers], dtype=object)
+    return pa.table(
+        {
+            "request_id": np.arange(len(requests), dtype=np.int64),
+            "model": model_names[requests.model],
+            "tier": tier_names[requests.tier],
+            "instance": names[records.instance],
+            "arrival_at": requests.arrival_at,
+            "first_scheduled_at": records.first_scheduled_at,
+            "first_token_at": records.first_token_at,
+            "finished_at": records.finished_at,
+            "prompt_tokens": requests.prompt_tokens,
+            "output_tokens": records.output_tokens,
+            "ttft_s": lat["ttft_s"],
+            "tpot_s": lat["tpot_s"],
+            "e2e_s": lat["e2e_s"],
+            "queue_s": lat["queue_s"],
+            "num_preemptions": records.num_preemptions,
+            "slo_met": slo_met(requests, records),
+            "rejected": records.rejected,
+            "reject_reason": pa.array(records.reject_reason, type=pa.string()),
+        }
+    )

@@ -1,0 +1,56 @@
+"""The contract between an engine and whatever drives it (simulator or emulator).
+
+An engine owns its queues and its model state and never reads a clock: the driver
+passes ``now`` in. The driver's loop is
+
+1. ``engine.add(i, now)`` when request ``i`` is routed to it;
+2. ``engine.next_event_at()`` to know when to call back (``None`` when idle);
+3. ``engine.advance(now)`` at that time: the engine applies every piece of work
+   that completes by ``now``, writes outcomes into the shared
+   :class:`~sincere.core.records.RecordArrays`, and returns the positions of
+   requests that finished or were rejected since the last call.
+
+``load()`` is a cheap read-only summary the routers see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sincere.core.types import InstanceId, Seconds
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """A read-only summary of an engine's state at one moment."""
+
+    num_running: int  # sequences in the running batch
+    num_waiting: int  # requests queued at the engine, not yet started
+    waiting_prefill_tokens: int  # prompt tokens still to compute for queued requests
+    running_remaining_tokens: int  # decode tokens still due for running sequences (estimate)
+    kv_usage: float  # fraction of KV blocks in use, 0..1
+    busy_s: Seconds  # total time spent computing so far
+    resident_model: str | None = None  # model on the device (request-level engines)
+
+
+class Engine(Protocol):
+    """One inference engine, as the simulator and emulator drive it."""
+
+    id: InstanceId
+
+    def add(self, request_ix: int, now: Seconds) -> None:
+        """Accept request ``request_ix`` (a position in the run's RequestArrays)."""
+        ...
+
+    def next_event_at(self) -> Seconds | None:
+        """When the engine next needs ``advance``; ``None`` when it has nothing to do."""
+        ...
+
+    def advance(self, now: Seconds) -> list[int]:
+        """Apply all work completing by ``now``; return requests finished or rejected."""
+        ...
+
+    def load(self) -> EngineLoad:
+        """Current load summary."""
+        ...

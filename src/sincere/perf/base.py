@@ -1,0 +1,174 @@
+"""The step-time protocol: how long one engine iteration takes, and model swaps.
+
+Every part of sincere that needs time (the simulator's engines, the emulator, the
+planner, the deployment chooser) asks a :class:`StepTimeModel`. Implementations
+differ in where their numbers come from (a roofline over catalog figures, fitted
+linear forms, measured profiles) but answer the same questions:
+
+* ``iteration_s(batch)`` -- one continuous-batching iteration, described by the
+  aggregate :class:`Batch` (sums over its sequences, so the call is O(1));
+* ``decode_steps_s(n, ctx, k)`` -- ``k`` consecutive decode-only iterations of the
+  same ``n`` sequences, the context growing by ``n`` tokens per step; the simulator
+  uses it to jump over runs of identical iterations in closed form;
+* ``request_batch_s(prompts, out)`` -- a request-level batch run to completion
+  (SINCERE's setting, a HF-pipeline call);
+* ``load_time()`` / ``unload_time()`` -- swapping the model in and out.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from sincere.catalog.specs import Accelerator, ModelArch
+from sincere.core.errors import ConfigError
+from sincere.core.types import Seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one iteration computes, summed over its sequences.
+
+    A prefill chunk of ``c`` tokens for a sequence with ``p`` tokens already cached
+    adds ``c`` to ``prefill_tokens``, ``p`` to ``prefill_ctx_tokens`` and
+    ``c*p + c*(c+1)/2`` to ``prefill_attn_pairs`` (causal query-key pairs). A decode
+    sequence with ``L`` tokens of context adds one token and ``L`` to
+    ``decode_ctx_tokens``.
+    """
+
+    num_prefill_seqs: int = 0  # sequences with a prefill chunk in this iteration
+    prefill_tokens: int = 0  # prompt tokens computed in this iteration
+    prefill_ctx_tokens: int = 0  # tokens already cached before the chunks, summed
+    prefill_attn_pairs: float = 0.0  # causal attention pairs of the chunks, summed
+    num_decode_seqs: int = 0  # sequences producing one output token
+    decode_ctx_tokens: int = 0  # context lengths of the decode sequences, summed
+
+    @classmethod
+    def of(cls, prefill: Iterable[tuple[int, int]] = (), decode: Iterable[int] = ()) -> Batch:
+        """Build from ``(chunk_tokens, cached_tokens)`` pairs and decode context lengths."""
+        n_pre = tok = ctx = 0
+        pairs = 0.0
+        for chunk, cached in prefill:
+            n_pre += 1
+            tok += chunk
+            ctx += cached
+            pairs += chunk * cached + chunk * (chunk + 1) / 2
+        dec = list(decode)
+        return cls(n_pre, tok, ctx, pairs, len(dec), sum(dec))
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens computed in this iteration (prefill plus one per decode sequence)."""
+        return self.prefill_tokens + self.num_decode_seqs
+
+    @property
+    def num_seqs(self) -> int:
+        """Sequences in the batch."""
+        return self.num_prefill_seqs + self.num_decode_seqs
+
+
+@dataclass(frozen=True, slots=True)
+class SwapTime:
+    """Mean and standard deviation of a model load or unload, seconds."""
+
+    mean_s: Seconds
+    std_s: Seconds = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A model served on accelerators in a given configuration."""
+
+    model: ModelArch
+    accelerator: Accelerator
+    precision: str = "bf16"  # weight precision
+    kv_precision: str = "fp16"  # KV-cache precision
+    tp: int = 1  # tensor-parallel degree
+    pp: int = 1  # pipeline-parallel degree
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.pp < 1:
+            raise ConfigError("tp and pp must be >= 1", value=(self.tp, self.pp))
+
+    @property
+    def num_gpus(self) -> int:
+        """Accelerators one replica occupies."""
+        return self.tp * self.pp
+
+
+@runtime_checkable
+class StepTimeModel(Protocol):
+    """How long engine work takes for one deployment. See the module docstring."""
+
+    def iteration_s(self, batch: Batch) -> Seconds:
+        """Duration of one iteration computing ``batch``."""
+        ...
+
+    def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> Seconds:
+        """Total duration of ``num_steps`` decode iterations of ``num_seqs`` sequences.
+
+        ``ctx_tokens`` is the summed context at the first step; it grows by
+        ``num_seqs`` per step.
+        """
+        ...
+
+    def request_batch_s(self, prompt_tokens: Sequence[int], output_tokens: int) -> Seconds:
+        """Duration of a request-level batch: all prompts, then ``output_tokens`` steps."""
+        ...
+
+    def load_time(self) -> SwapTime:
+        """Time to load the model's weights onto the device."""
+        ...
+
+    def unload_time(self) -> SwapTime:
+        """Time to unload the model from the device."""
+        ...
+
+
+class StepTimeBase(ABC):
+    """Base class giving every model the derived answers from ``iteration_s``.
+
+    ``decode_steps_s`` is exact when the iteration time is affine in the decode
+    context (true of every linear model here; the roofline's max() of two affine
+    terms is handled there). Override it for anything else.
+    """
+
+    def __init__(self, load: SwapTime | None = None, unload: SwapTime | None = None) -> None:
+        self._load = load or SwapTime(0.0)
+        self._unload = unload or SwapTime(0.0)
+
+    @abstractmethod
+    def iteration_s(self, batch: Batch) -> Seconds:
+        """Duration of one iteration computing ``batch``."""
+
+    def decode_step_s(self, num_seqs: int, ctx_tokens: int) -> Seconds:
+        """One decode-only iteration."""
+        return self.iteration_s(Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx_tokens))
+
+    def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> Seconds:
+        """Sum of ``num_steps`` decode iterations, context growing by ``num_seqs`` each."""
+        if num_steps <= 0:
+            return 0.0
+        first = self.decode_step_s(num_seqs, ctx_tokens)
+        if num_steps == 1:
+            return first
+        slope = self.decode_step_s(num_seqs, ctx_tokens + num_seqs) - first
+        return num_steps * first + slope * num_steps * (num_steps - 1) / 2.0
+
+    def request_batch_s(self, prompt_tokens: Sequence[int], output_tokens: int) -> Seconds:
+        """Prefill every prompt in one iteration, then decode all until ``output_tokens``."""
+        if not prompt_tokens:
+            return 0.0
+        prefill = self.iteration_s(Batch.of(prefill=[(p, 0) for p in prompt_tokens]))
+        ctx = sum(prompt_tokens) + len(prompt_tokens)
+        return prefill + self.decode_steps_s(len(prompt_tokens), ctx, output_tokens - 1)
+
+    def load_time(self) -> SwapTime:
+        """Time to load the model's weights onto the device."""
+        return self._load
+
+    def unload_time(self) -> SwapTime:
+        """Time to unload the model."""
+        return self._unload

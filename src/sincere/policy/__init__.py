@@ -1,0 +1,1 @@
+"""Clock-free policies: routers, engine schedulers, admission, placement."""

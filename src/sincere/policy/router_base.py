@@ -1,0 +1,79 @@
+"""The router contract: pick an instance for a request, given read-only views.
+
+A router is clock-free: ``now`` is an argument, and it sees only
+:class:`InstanceView` snapshots and the :class:`~sincere.core.request.Request`.
+It may keep state (a round-robin pointer, a history for a latency predictor) and
+learn from ``observe``. Randomness comes from a ``numpy.random.Generator`` passed
+to the constructor. The same router object runs in the simulator and the gateway.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sincere.core.registry import Registry
+from sincere.core.request import Request
+from sincere.core.types import InstanceId, ModelName, Seconds
+from sincere.perf.base import StepTimeModel
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    """What a router may know about one serving instance."""
+
+    id: InstanceId
+    model: ModelName  # model it serves
+    accelerator: str  # catalog name
+    precision: str = "bf16"
+    num_running: int = 0  # sequences in its running batch
+    num_waiting: int = 0  # requests queued at the engine
+    num_outstanding: int = 0  # routed and not finished (running + waiting + in flight)
+    waiting_prefill_tokens: int = 0  # prompt tokens queued at the engine
+    running_remaining_tokens: int = 0  # decode tokens still due for running sequences
+    kv_usage: float = 0.0  # fraction of KV blocks used
+    max_num_seqs: int = 256  # batch limit
+    price_in_per_token_usd: float = 0.0  # price charged per prompt token
+    price_out_per_token_usd: float = 0.0  # price charged per output token
+    quality: float = 1.0  # relative quality of model+precision (1.0 = reference)
+    healthy: bool = True
+    step_model: StepTimeModel | None = None  # for latency prediction, when known
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """A router's answer. ``instance`` is ``None`` when the request is rejected."""
+
+    instance: InstanceId | None  # chosen instance, or None to reject
+    max_tokens: int | None = None  # new cap on generated tokens (budget), None = unchanged
+    reason: str = ""  # why (logged by the gateway, kept in the records on rejection)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A finished request, fed back to routers that learn (``Router.observe``)."""
+
+    request: Request
+    instance: InstanceId
+    ttft_s: Seconds
+    e2e_s: Seconds
+    output_tokens: int
+    finished_at: Seconds
+
+
+class Router(ABC):
+    """Chooses an instance per request. Subclasses register in :data:`ROUTERS`."""
+
+    @abstractmethod
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """Pick one of ``instances`` (all serve a compatible model) for ``request``."""
+
+    def observe(self, outcome: Outcome) -> None:  # noqa: B027 (optional hook)
+        """Learn from a finished request. Default: nothing."""
+
+
+ROUTERS: Registry[type[Router]] = Registry("router")
+"""Router classes by name (``random``, ``round-robin``, ...)."""
