@@ -10,7 +10,7 @@ passes ``now`` in. The driver's loop is
    :class:`~sincere.core.records.RecordArrays`, and returns the positions of
    requests that finished or were rejected since the last call.
 
-``load()`` is a cheap read-only summary the routers see.
+``load()`` is a cheap read-only summary the routers see; ``stats()`` the run's totals.
 """
 
 from __future__ import annotations
@@ -34,6 +34,18 @@ class EngineLoad:
     resident_model: str | None = None  # model on the device (request-level engines)
 
 
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Totals over a run, for utilisation and switch-count metrics."""
+
+    busy_s: Seconds  # time spent computing (iterations or request-level batches)
+    swap_s: Seconds  # time spent loading and unloading models
+    num_steps: int  # iterations (continuous batching) or batches (request level) run
+    num_swaps: int  # model loads
+    num_preemptions: int  # sequences preempted (recomputed later)
+    num_generated_tokens: int  # output tokens produced
+
+
 class Engine(Protocol):
     """One inference engine, as the simulator and emulator drive it."""
 
@@ -53,4 +65,8 @@ class Engine(Protocol):
 
     def load(self) -> EngineLoad:
         """Current load summary."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Totals so far."""
         ...
