@@ -20,6 +20,20 @@ PRECISION_BYTES: dict[str, float] = {
 }
 """Bytes per weight (or KV element) for each precision sincere knows."""
 
+UNQUANTIZED_KV: frozenset[str] = frozenset({"fp16", "bf16", "fp32"})
+"""KV-cache precisions that count as "not quantized" in relative-accuracy keys."""
+
+
+def accuracy_key(precision: str, kv_precision: str = "fp16") -> str:
+    """The ``relative_accuracy`` key of weights in ``precision`` and a KV cache in ``kv_precision``.
+
+    An unquantized KV cache (fp16 / bf16 / fp32) adds nothing (``"int8"``); a quantized
+    one adds ``+kv-<precision>`` (``"int8+kv-int8"``).
+    """
+    if kv_precision in UNQUANTIZED_KV:
+        return precision
+    return f"{precision}+kv-{kv_precision}"
+
 
 @dataclass(frozen=True, slots=True)
 class Accelerator:
@@ -32,12 +46,18 @@ class Accelerator:
     bf16_tflops: float  # dense bf16 / fp16 tensor throughput, TFLOP/s
     fp8_tflops: float | None  # dense fp8 throughput, TFLOP/s (None: not supported)
     int8_tops: float | None  # dense int8 throughput, TOP/s (None: not supported)
-    interconnect_gbps: float  # GPU-to-GPU bandwidth per GPU (NVLink / IF / PCIe), GB/s
-    host_link_gbps: float  # host-to-device bandwidth (PCIe), GB/s
+    interconnect_gbps: float  # GPU-to-GPU GB/s per GPU, both directions (vendors' NVLink figure)
+    host_link_gbps: float  # host-to-device bandwidth (PCIe), one direction, GB/s
     price_per_hour_usd: float  # on-demand cloud price of one device, USD/h
     power_w: float  # board power (TDP), W
     cc_supported: bool  # confidential-computing mode available
-    sources: dict[str, str] = field(default_factory=dict)  # field -> public source
+    sources: dict[str, str] = field(default_factory=dict, hash=False)  # field -> public source
+    aliases: tuple[str, ...] = ()  # other spellings that resolve to this entry (any case)
+
+    @property
+    def interconnect_gbps_per_direction(self) -> float:
+        """Device-to-device bandwidth one way, GB/s (what a ring all-reduce step moves at)."""
+        return self.interconnect_gbps / 2.0
 
     def peak_tflops(self, precision: str) -> float:
         """Dense peak for compute in ``precision`` (falls back to bf16 when unsupported)."""
@@ -50,7 +70,17 @@ class Accelerator:
 
 @dataclass(frozen=True, slots=True)
 class ModelArch:
-    """A decoder-only transformer's architecture, as in its public config."""
+    """A decoder-only transformer's architecture, as in its public config.
+
+    ``relative_accuracy`` maps a precision key to the model's accuracy in that setting
+    as a percentage of its fp16 accuracy (100 = no loss). A key is the weight precision
+    (a name of :data:`PRECISION_BYTES`), followed by ``+kv-<precision>`` when the KV
+    cache is quantized: ``"fp16"``, ``"int8"``, ``"int4-gptq"``, ``"int8+kv-int8"``.
+    Build keys with :func:`accuracy_key`. The shipped figures come from MaverIQ's
+    relative MMLU table (``mmlu_relative_accuracy.json``, keys
+    ``<model>_<float16|int8|int4|int4_gptq>_<int8 KV: True|False>_None``); models
+    outside it carry only ``fp16`` / ``bf16`` = 100 (``accuracy_source`` says which).
+    """
 
     name: str  # catalog key, e.g. "llama-3-8b"
     family: str
@@ -64,13 +94,32 @@ class ModelArch:
     max_context: int
     head_dim: int = 0  # 0 means hidden_size // num_heads
     precisions: tuple[str, ...] = ("fp16", "bf16")
-    relative_accuracy: dict[str, float] = field(default_factory=dict)  # precision key -> %
-    source: str = ""
+    relative_accuracy: dict[str, float] = field(default_factory=dict, hash=False)  # key -> %
+    source: str = ""  # the public config the figures come from
+    aliases: tuple[str, ...] = ()  # other spellings that resolve to this entry (any case)
+    gated_mlp: bool = True  # three MLP matrices (SwiGLU / GeGLU) rather than two
+    tied_embeddings: bool = False  # the output head shares the input embedding
+    accuracy_source: str = ""  # where ``relative_accuracy`` comes from
 
     @property
     def head_size(self) -> int:
         """Dimension of one attention head."""
         return self.head_dim or self.hidden_size // self.num_heads
+
+    def relative_accuracy_of(self, precision: str, kv_precision: str = "fp16") -> float | None:
+        """Relative accuracy (%) in that setting, or ``None`` when nobody measured it."""
+        return self.relative_accuracy.get(accuracy_key(precision, kv_precision))
+
+    def estimated_params_b(self) -> float:
+        """Parameters implied by the architecture, billions (matmuls and embeddings only).
+
+        Norms and biases are left out (well under 1 %), so this lands within a few
+        percent of ``num_params_b`` for a correct entry.
+        """
+        attn = 2 * self.hidden_size * self.head_size * (self.num_heads + self.num_kv_heads)
+        mlp = (3 if self.gated_mlp else 2) * self.hidden_size * self.intermediate_size
+        emb = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
+        return (self.num_layers * (attn + mlp) + emb) / 1e9
 
     def kv_bytes_per_token(self, kv_precision: str = "fp16") -> float:
         """KV-cache bytes one token occupies across all layers (K and V)."""

@@ -31,7 +31,7 @@ def _root(
 
 
 def _register() -> None:
-    from sincere.cli import trace  # noqa: F401  (registers its commands)
+    from sincere.cli import catalog, trace  # noqa: F401  (each registers its commands)
 
 
 def main() -> None:

@@ -1,0 +1,230 @@
+"""Validation of catalog entries read from YAML / JSON files.
+
+A catalog file holds ``accelerators:`` and ``models:`` mappings from an entry's name to
+its fields (the layout of the shipped ``sincere/data/*.yaml``). Each entry is checked
+here by a pydantic model -- units and ranges (positive sizes and rates, known precision
+names, ``num_heads`` divisible by ``num_kv_heads``) -- and turned into the frozen
+:class:`~sincere.catalog.specs.Accelerator` / :class:`~sincere.catalog.specs.ModelArch`
+the rest of sincere reads. Every problem becomes a :class:`CatalogEntryError` naming the
+file, the entry, the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sincere.catalog.specs import PRECISION_BYTES, Accelerator, ModelArch
+from sincere.core.errors import DataError
+
+MAX_RELATIVE_ACCURACY = 150.0
+"""Upper bound of a relative accuracy, %: a quantized model may score a little above 100."""
+
+
+class CatalogEntryError(DataError):
+    """A catalog entry in a file is malformed.
+
+    ``kind`` is ``"accelerator"`` or ``"model"``, ``entry`` the entry's name, ``field``
+    the offending field (``None`` for the entry as a whole) and ``allowed`` what would
+    be accepted.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path,
+        kind: str,
+        entry: str,
+        field: str | None = None,
+        value: object = None,
+        allowed: str | None = None,
+    ) -> None:
+        text = f"{kind} {entry!r}"
+        if field is not None:
+            text += f", field {field!r}"
+        text += f": {message}"
+        if allowed:
+            text += f"; allowed: {allowed}"
+        super().__init__(text, path=path, value=value)
+        self.kind = kind
+        self.entry = entry
+        self.field = field
+        self.allowed = allowed
+
+
+def _check_precision(name: str) -> str:
+    if name not in PRECISION_BYTES:
+        raise ValueError(f"unknown precision {name!r}; allowed: {', '.join(PRECISION_BYTES)}")
+    return name
+
+
+def split_accuracy_key(key: str) -> tuple[str, str | None]:
+    """``"int8+kv-int8"`` -> ``("int8", "int8")``; ``"fp16"`` -> ``("fp16", None)``.
+
+    Raises ``ValueError`` naming the key and the allowed form when it is malformed.
+    """
+    weight, sep, kv = key.partition("+kv-")
+    if weight not in PRECISION_BYTES or (sep and kv not in PRECISION_BYTES):
+        raise ValueError(
+            f"bad precision key {key!r}; allowed: '<precision>' or '<precision>+kv-<precision>'"
+            f" with precisions {', '.join(PRECISION_BYTES)}"
+        )
+    return weight, (kv if sep else None)
+
+
+class AcceleratorEntry(BaseModel):
+    """One accelerator as written in a catalog file (units in the field names)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vendor: str = Field(min_length=1)
+    memory_gb: PositiveFloat
+    hbm_bandwidth_gbps: PositiveFloat
+    bf16_tflops: PositiveFloat
+    fp8_tflops: PositiveFloat | None = None
+    int8_tops: PositiveFloat | None = None
+    interconnect_gbps: PositiveFloat
+    host_link_gbps: PositiveFloat
+    price_per_hour_usd: NonNegativeFloat
+    power_w: PositiveFloat
+    cc_supported: bool
+    sources: dict[str, str] = Field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    def to_spec(self, name: str) -> Accelerator:
+        """The frozen record the rest of sincere reads."""
+        data = self.model_dump()
+        data["aliases"] = tuple(self.aliases)
+        return Accelerator(name=name, **data)
+
+
+class ModelEntry(BaseModel):
+    """One model architecture as written in a catalog file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str = ""
+    num_params_b: PositiveFloat
+    num_layers: PositiveInt
+    hidden_size: PositiveInt
+    intermediate_size: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt
+    vocab_size: PositiveInt
+    max_context: PositiveInt
+    head_dim: NonNegativeInt = 0
+    precisions: tuple[str, ...] = ("fp16", "bf16")
+    relative_accuracy: dict[str, float] = Field(default_factory=dict)
+    accuracy_source: str = ""
+    source: str = ""
+    aliases: tuple[str, ...] = ()
+    gated_mlp: bool = True
+    tied_embeddings: bool = False
+
+    @field_validator("precisions")
+    @classmethod
+    def _known_precisions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one precision is needed")
+        return tuple(_check_precision(p) for p in value)
+
+    @field_validator("relative_accuracy")
+    @classmethod
+    def _accuracy_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, pct in value.items():
+            split_accuracy_key(key)
+            if not 0.0 < pct <= MAX_RELATIVE_ACCURACY:
+                raise ValueError(
+                    f"{key}: {pct} is out of range; allowed: 0 < % <= {MAX_RELATIVE_ACCURACY:g}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_heads(self) -> ModelEntry:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads {self.num_heads} is not divisible by num_kv_heads"
+                f" {self.num_kv_heads}; allowed: a divisor of num_heads"
+            )
+        if not self.head_dim and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads"
+                f" {self.num_heads}; allowed: set head_dim explicitly"
+            )
+        missing = {split_accuracy_key(k)[0] for k in self.relative_accuracy} - set(self.precisions)
+        if missing:
+            raise ValueError(
+                f"relative_accuracy names precisions {sorted(missing)} that are not in"
+                f" precisions; allowed: {', '.join(self.precisions)}"
+            )
+        return self
+
+    def to_spec(self, name: str) -> ModelArch:
+        """The frozen record the rest of sincere reads."""
+        data = self.model_dump()
+        data["precisions"] = tuple(self.precisions)
+        data["aliases"] = tuple(self.aliases)
+        return ModelArch(name=name, **data)
+
+
+_ENTRY_MODELS: dict[str, type[AcceleratorEntry] | type[ModelEntry]] = {
+    "accelerator": AcceleratorEntry,
+    "model": ModelEntry,
+}
+
+
+def entry_fields(kind: str) -> list[str]:
+    """Field names an entry of ``kind`` may carry."""
+    return sorted(_ENTRY_MODELS[kind].model_fields)
+
+
+def validate_accelerator(name: str, raw: dict[str, Any], path: str | Path) -> Accelerator:
+    """Check one accelerator entry; raises :class:`CatalogEntryError` on the first problem."""
+    try:
+        return AcceleratorEntry.model_validate(raw).to_spec(name)
+    except ValidationError as exc:
+        raise _entry_error(exc, "accelerator", name, path) from None
+
+
+def validate_model(name: str, raw: dict[str, Any], path: str | Path) -> ModelArch:
+    """Check one model entry; raises :class:`CatalogEntryError` on the first problem."""
+    try:
+        return ModelEntry.model_validate(raw).to_spec(name)
+    except ValidationError as exc:
+        raise _entry_error(exc, "model", name, path) from None
+
+
+def _entry_error(exc: ValidationError, kind: str, name: str, path: str | Path) -> CatalogEntryError:
+    """Turn pydantic's first error into one naming the file, entry, field and value."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in err["loc"]]
+    field = loc[0] if loc else None
+    where = ".".join(loc) if loc else None
+    value: object = err.get("input")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    allowed: str | None = None
+    if err["type"] == "missing":
+        message, value = "missing required field", None
+    elif err["type"] == "extra_forbidden":
+        message, allowed = "unknown field", ", ".join(entry_fields(kind))
+    elif field is None:
+        value = None  # a whole-entry check: the message carries the values
+    if len(loc) > 1:
+        message = f"{where}: {message}"
+    return CatalogEntryError(
+        message, path=path, kind=kind, entry=name, field=field, value=value, allowed=allowed
+    )
