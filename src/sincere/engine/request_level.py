@@ -1,0 +1,524 @@
+"""A request-level engine: several models share one GPU and swap in and out (SINCERE).
+
+SINCERE (REFERENCE.md §1) serves three 7-8B models on one H100 through the HF
+transformers pipeline: requests queue per model (FIFO); a batch of one model's
+requests runs to completion; a model that is not resident must be loaded first,
+unloading the least recently used one when the device holds ``max_resident_models``
+already. A :class:`~sincere.policy.batching.base.BatchStrategy` decides, whenever the
+engine is idle (after a batch, at an arrival, at a timer it asked for), which model
+to serve and how many of its requests to batch.
+
+Timing comes from each model's :class:`~sincere.perf.base.StepTimeModel`:
+``request_batch_s(prompts, out)`` for a batch (``out`` = the longest answer in the
+batch, since a pipeline call decodes until every sequence is done), ``load_time()``
+and ``unload_time()`` for swaps (their means, or draws from a normal with their std,
+clipped at 0, when ``sample_swap_times``). A swap happens right before the batch that
+needs it, so a batch decided at ``t`` starts at ``t + unloads + load``.
+
+Records: ``first_scheduled_at`` = batch start (after the swap), and
+``first_token_at`` = ``finished_at`` = batch end, because a request-level batch
+returns the whole answer at once (TTFT = E2E; TPOT is computed but meaningless);
+``output_tokens`` = ``min(output_tokens, max_tokens)``.
+
+Requests still queued when arrivals stop stay unfinished unless the driver calls
+:meth:`RequestLevelEngine.drain`: then every queue is served (a final flush), which
+matters for strategies such as BestBatch that wait for a full batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sincere.core.errors import ConfigError
+from sincere.core.records import RecordArrays
+from sincere.core.request import RequestArrays
+from sincere.core.types import InstanceId, ModelName, Seconds
+from sincere.engine.base import EngineLoad, EngineStats
+from sincere.perf.base import StepTimeModel, SwapTime
+from sincere.policy.batching import (
+    BatchingView,
+    BatchStrategy,
+    Choice,
+    ComposedStrategy,
+    Idle,
+    ModelQueueView,
+    RunBatch,
+    WaitUntil,
+    make_strategy,
+    parse_strategy_name,
+)
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch the engine ran."""
+
+    start_at: Seconds  # inference start (after any swap)
+    end_at: Seconds  # inference end = when its requests finished
+    model: ModelName
+    size: int  # requests in the batch
+    swap_s: Seconds  # unload + load time paid right before it (0 when resident)
+    reason: str = ""  # the strategy's reason (which rule fired)
+
+
+@dataclass(frozen=True, eq=False)
+class BatchLog:
+    """Every batch of a run as arrays, for SINCERE's reports."""
+
+    start_at: FloatArray
+    end_at: FloatArray
+    size: IntArray
+    swap_s: FloatArray
+    model: tuple[ModelName, ...]
+
+    @classmethod
+    def of(cls, batches: list[BatchRecord]) -> BatchLog:
+        """Pack batch records into arrays."""
+        return cls(
+            start_at=np.array([b.start_at for b in batches], dtype=np.float64),
+            end_at=np.array([b.end_at for b in batches], dtype=np.float64),
+            size=np.array([b.size for b in batches], dtype=np.int64),
+            swap_s=np.array([b.swap_s for b in batches], dtype=np.float64),
+            model=tuple(b.model for b in batches),
+        )
+
+    def __len__(self) -> int:
+        return len(self.size)
+
+    @property
+    def duration_s(self) -> FloatArray:
+        """Inference time of each batch."""
+        return self.end_at - self.start_at
+
+    @property
+    def batch_throughput(self) -> FloatArray:
+        """Requests per second of inference, per batch (SINCERE's batch throughput)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.size / self.duration_s
+
+    @property
+    def num_model_switches(self) -> int:
+        """Consecutive batches of different models (SINCERE's model switch count)."""
+        return sum(a != b for a, b in zip(self.model, self.model[1:], strict=False))
+
+    def inference_fraction(self, total_s: Seconds) -> float:
+        """Share of ``total_s`` spent in inference (not swapping, not idle)."""
+        if not total_s > 0:
+            raise ConfigError("inference_fraction: total_s must be > 0", value=total_s)
+        return float(self.duration_s.sum() / total_s)
+
+
+class _Fifo:
+    """A growable FIFO of (request position, queued time) in two arrays.
+
+    ``ids()`` and ``times()`` are read-only views, so a strategy's view costs O(1)
+    however long the queue grows.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._ids = np.empty(capacity, dtype=np.int64)
+        self._times = np.empty(capacity, dtype=np.float64)
+        self._head = 0
+        self._tail = 0
+
+    def __len__(self) -> int:
+        return self._tail - self._head
+
+    def push(self, request_ix: int, at: Seconds) -> None:
+        """Append one request."""
+        if self._tail == len(self._ids):
+            self._make_room()
+        self._ids[self._tail] = request_ix
+        self._times[self._tail] = at
+        self._tail += 1
+
+    def pop(self, num: int) -> IntArray:
+        """Remove and return the ``num`` oldest positions."""
+        out = self._ids[self._head : self._head + num].copy()
+        self._head += num
+        return out
+
+    def ids(self) -> IntArray:
+        """Queued positions, oldest first (read-only view)."""
+        return _read_only(self._ids[self._head : self._tail])
+
+    def times(self) -> FloatArray:
+        """Queued times, oldest first (read-only view)."""
+        return _read_only(self._times[self._head : self._tail])
+
+    def _make_room(self) -> None:
+        size = len(self)
+        capacity = len(self._ids) * (2 if size > len(self._ids) // 2 else 1)
+        ids, times = np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.float64)
+        ids[:size] = self._ids[self._head : self._tail]
+        times[:size] = self._times[self._head : self._tail]
+        self._ids, self._times, self._head, self._tail = ids, times, 0, size
+
+
+ArrayT = TypeVar("ArrayT", bound=npt.NDArray[Any])
+
+
+def _read_only(values: ArrayT) -> ArrayT:
+    values.flags.writeable = False
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    """The batch in flight (its swap already decided)."""
+
+    model: ModelName
+    positions: IntArray
+    start_at: Seconds
+    end_at: Seconds
+    swap_s: Seconds
+    num_loads: int
+    reason: str
+
+
+class RequestLevelEngine:
+    """SINCERE's multi-model request-level engine, driven through the Engine protocol."""
+
+    def __init__(
+        self,
+        id: InstanceId,
+        requests: RequestArrays,
+        records: RecordArrays,
+        instance_ix: int,
+        step_models: Mapping[ModelName, StepTimeModel],
+        strategy: BatchStrategy,
+        *,
+        max_resident_models: int = 1,
+        max_batch_size: int | None = None,
+        rng: np.random.Generator | None = None,
+        sample_swap_times: bool = False,
+    ) -> None:
+        _check_args(id, step_models, max_resident_models, max_batch_size, rng, sample_swap_times)
+        self.id = id
+        self.requests = requests
+        self.records = records
+        self.instance_ix = instance_ix
+        self.step_models = dict(step_models)
+        self.strategy = strategy
+        self.max_resident_models = max_resident_models
+        self.max_batch_size = max_batch_size
+        self.rng = rng
+        self.sample_swap_times = sample_swap_times
+        self._load = {m: s.load_time() for m, s in self.step_models.items()}
+        self._unload = {m: s.unload_time() for m, s in self.step_models.items()}
+        self._queues: dict[ModelName, _Fifo] = {m: _Fifo() for m in self.step_models}
+        self._resident: OrderedDict[ModelName, Seconds] = OrderedDict()  # LRU first -> loaded_at
+        self._running: _Running | None = None
+        self._wake_at: Seconds | None = None
+        self._done: list[int] = []
+        self._done_at: Seconds = 0.0
+        self._draining = False
+        self._num_waiting = 0
+        self._waiting_prefill_tokens = 0
+        self._busy_s = 0.0
+        self._swap_s = 0.0
+        self._num_swaps = 0
+        self._num_tokens = 0
+        self._batches: list[BatchRecord] = []
+        self._answer_tokens = np.minimum(requests.output_tokens, requests.max_tokens)
+
+    # -- the Engine protocol -------------------------------------------------------
+
+    def add(self, request_ix: int, now: Seconds) -> None:
+        """Queue request ``request_ix`` for its model; decide at once if the engine is idle."""
+        model = self.requests.models[int(self.requests.model[request_ix])]
+        if model not in self._queues:
+            raise ConfigError(
+                f"engine {self.id}: request {request_ix} is for a model it does not serve",
+                value=model,
+                allowed=self._queues,
+            )
+        self.records.instance[request_ix] = self.instance_ix
+        self._queues[model].push(request_ix, now)
+        self._num_waiting += 1
+        self._waiting_prefill_tokens += int(self.requests.prompt_tokens[request_ix])
+        self.strategy.observe_arrival(model, now)
+        if self._running is None:
+            self._step(now)
+
+    def next_event_at(self) -> Seconds | None:
+        """End of the batch in flight, else the strategy's timer; ``None`` when idle."""
+        if self._done:
+            return self._done_at
+        if self._running is not None:
+            return self._running.end_at
+        return self._wake_at
+
+    def advance(self, now: Seconds) -> list[int]:
+        """Finish the batch ending by ``now``, start the next; return finished requests."""
+        self._step(now)
+        done, self._done = self._done, []
+        return done
+
+    def drain(self, now: Seconds) -> None:
+        """No more requests will arrive: from now on every queue is served to the end."""
+        self._draining = True
+        if self._running is None:
+            self._step(now)
+
+    def load(self) -> EngineLoad:
+        """Queue and batch sizes, and the most recently used resident model."""
+        running = self._running
+        remaining = 0 if running is None else int(self.requests.max_tokens[running.positions].sum())
+        return EngineLoad(
+            num_running=0 if running is None else len(running.positions),
+            num_waiting=self._num_waiting,
+            waiting_prefill_tokens=self._waiting_prefill_tokens,
+            running_remaining_tokens=remaining,
+            kv_usage=0.0,
+            busy_s=self._busy_s,
+            resident_model=next(reversed(self._resident), None),
+        )
+
+    def stats(self) -> EngineStats:
+        """Totals over finished batches (``num_steps`` = batches, ``num_swaps`` = loads)."""
+        return EngineStats(
+            busy_s=self._busy_s,
+            swap_s=self._swap_s,
+            num_steps=len(self._batches),
+            num_swaps=self._num_swaps,
+            num_preemptions=0,
+            num_generated_tokens=self._num_tokens,
+        )
+
+    # -- reports and views -----------------------------------------------------------
+
+    def batch_log(self) -> BatchLog:
+        """Every finished batch: start, end, model, size, swap time before it."""
+        return BatchLog.of(self._batches)
+
+    def view(self) -> BatchingView:
+        """What the strategy sees: per-model queues, residency and limits."""
+        queues = tuple(
+            ModelQueueView(
+                model=m,
+                queued_at=self._queues[m].times(),
+                load=self._load[m],
+                unload=self._unload[m],
+                loaded_at=self._resident.get(m),
+                queued_ids=self._queues[m].ids(),
+            )
+            for m in self._queues
+        )
+        return BatchingView(
+            queues=queues,
+            resident=tuple(self._resident),
+            max_resident_models=self.max_resident_models,
+            max_batch_size=self.max_batch_size,
+            draining=self._draining,
+        )
+
+    # -- internals -------------------------------------------------------------------
+
+    def _step(self, now: Seconds) -> None:
+        """Finish what ends by ``now`` and ask the strategy until it waits or idles."""
+        while True:
+            running = self._running
+            if running is not None:
+                if running.end_at > now:
+                    return
+                self._finish(running)
+                continue
+            decision = self.strategy.decide(self.view(), now)
+            if isinstance(decision, RunBatch):
+                self._start(decision, now)
+            elif isinstance(decision, WaitUntil):
+                self._wait(decision, now)
+                return
+            else:
+                self._idle(decision)
+                return
+
+    def _wait(self, decision: WaitUntil, now: Seconds) -> None:
+        if not decision.wake_at > now:
+            raise ConfigError(
+                f"engine {self.id}: strategy {self.strategy.name!r} asked to wait until a "
+                f"time not after now ({now})",
+                value=decision.wake_at,
+                allowed="a time > now",
+            )
+        self._wake_at = decision.wake_at
+
+    def _idle(self, decision: Idle) -> None:
+        if self._draining and self._num_waiting:
+            raise ConfigError(
+                f"engine {self.id}: strategy {self.strategy.name!r} idles while draining "
+                f"with {self._num_waiting} requests queued",
+                value=decision,
+                allowed="RunBatch or WaitUntil while queues are non-empty",
+            )
+        self._wake_at = None
+
+    def _start(self, decision: RunBatch, now: Seconds) -> None:
+        """Take the batch off its queue, swap its model in, and time it."""
+        positions = self._take(decision)
+        swap_s, num_loads = self._swap_in(decision.model, now)
+        start_at = now + swap_s
+        duration_s = self.step_models[decision.model].request_batch_s(
+            self.requests.prompt_tokens[positions].tolist(),
+            int(self._answer_tokens[positions].max()),
+        )
+        self.records.first_scheduled_at[positions] = start_at
+        self._wake_at = None
+        self._running = _Running(
+            decision.model,
+            positions,
+            start_at,
+            start_at + duration_s,
+            swap_s,
+            num_loads,
+            decision.reason,
+        )
+
+    def _take(self, decision: RunBatch) -> IntArray:
+        queue = self._queues.get(decision.model)
+        available = 0 if queue is None else len(queue)
+        num = min(decision.num_requests, available, self.max_batch_size or available)
+        if queue is None or num < 1:
+            raise ConfigError(
+                f"engine {self.id}: strategy {self.strategy.name!r} asked for an empty batch",
+                value=decision,
+                allowed="a served model with queued requests and num_requests >= 1",
+            )
+        positions = queue.pop(num)
+        self._num_waiting -= num
+        self._waiting_prefill_tokens -= int(self.requests.prompt_tokens[positions].sum())
+        return positions
+
+    def _swap_in(self, model: ModelName, now: Seconds) -> tuple[Seconds, int]:
+        """Make ``model`` resident (LRU eviction); the time it takes and loads done."""
+        if model in self._resident:
+            self._resident.move_to_end(model)
+            return 0.0, 0
+        swap_s = 0.0
+        while len(self._resident) >= self.max_resident_models:
+            evicted, _ = self._resident.popitem(last=False)
+            swap_s += self._draw(self._unload[evicted])
+        swap_s += self._draw(self._load[model])
+        self._resident[model] = now + swap_s
+        return swap_s, 1
+
+    def _draw(self, swap: SwapTime) -> Seconds:
+        if not self.sample_swap_times or swap.std_s <= 0 or self.rng is None:
+            return swap.mean_s
+        return max(0.0, float(self.rng.normal(swap.mean_s, swap.std_s)))
+
+    def _finish(self, run: _Running) -> None:
+        """Write the batch's records and totals."""
+        pos = run.positions
+        self.records.first_token_at[pos] = run.end_at
+        self.records.finished_at[pos] = run.end_at
+        self.records.output_tokens[pos] = self._answer_tokens[pos]
+        self._busy_s += run.end_at - run.start_at
+        self._swap_s += run.swap_s
+        self._num_swaps += run.num_loads
+        self._num_tokens += int(self._answer_tokens[pos].sum())
+        self._batches.append(
+            BatchRecord(run.start_at, run.end_at, run.model, len(pos), run.swap_s, run.reason)
+        )
+        self._done.extend(pos.tolist())
+        self._done_at = run.end_at
+        self._running = None
+
+
+def _check_args(
+    id: InstanceId,
+    step_models: Mapping[ModelName, StepTimeModel],
+    max_resident_models: int,
+    max_batch_size: int | None,
+    rng: np.random.Generator | None,
+    sample_swap_times: bool,
+) -> None:
+    if not step_models:
+        raise ConfigError(f"engine {id}: step_models is empty", allowed="one model or more")
+    if max_resident_models < 1:
+        raise ConfigError(
+            f"engine {id}: max_resident_models must be >= 1", value=max_resident_models
+        )
+    if max_batch_size is not None and max_batch_size < 1:
+        raise ConfigError(f"engine {id}: max_batch_size must be >= 1 or None", value=max_batch_size)
+    if sample_swap_times and rng is None:
+        raise ConfigError(
+            f"engine {id}: sample_swap_times needs an rng", allowed="a seeded numpy Generator"
+        )
+
+
+class RequestLevelConfig(BaseModel):
+    """User config of a request-level engine (``engine: {kind: request-level, ...}``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["request-level"] = "request-level"
+    strategy: str = "best-batch+timer"  # "+"-joined rules, see valid_strategy_names()
+    sla_s: float = Field(60.0, gt=0)  # end-to-end latency bound the Timer plans for, s
+    best_batch: dict[str, int] | None = None  # model -> best batch (SINCERE's by default)
+    est_batch_time_s: float = Field(8.0, gt=0)  # Timer's estimate of one batch, s
+    min_timer_s: float = Field(5.0, gt=0)  # Timer's floor, s
+    timer_queue_factor: float = Field(0.001, ge=0)  # Timer shrink per queued request
+    select_window: int = Field(100, ge=1)  # SelectBatch: inter-arrival times kept
+    select_sizes: tuple[int, ...] = (8, 16, 32, 64)  # SelectBatch: candidate sizes
+    partial_residency_s: float = Field(10.0, ge=0)  # PartialBatch: residency before flush, s
+    partial_fraction: float = Field(0.25, ge=0)  # PartialBatch: flush above this x best
+    prefer_resident: bool | None = None  # ready resident queue first (None: not for fcfs)
+    choose: Choice = "oldest-head"  # which ready queue runs: oldest head or most requests
+    max_resident_models: int = Field(1, ge=1)  # models the device holds at once
+    max_batch_size: int | None = Field(None, ge=1)  # cap on a batch; None = unbounded
+    sample_swap_times: bool = False  # draw swap times from N(mean, std) instead of means
+
+    @field_validator("strategy")
+    @classmethod
+    def _canonical_strategy(cls, value: str) -> str:
+        return "+".join(parse_strategy_name(value))
+
+    def make_strategy(self) -> ComposedStrategy:
+        """A fresh strategy object for one engine."""
+        params = self.model_dump(
+            exclude={"kind", "strategy", "max_resident_models", "max_batch_size"}
+            | {"sample_swap_times", "prefer_resident", "choose", "best_batch", "sla_s"}
+        )
+        return make_strategy(
+            self.strategy,
+            sla_s=self.sla_s,
+            best_batch=self.best_batch,
+            prefer_resident=self.prefer_resident,
+            choose=self.choose,
+            **params,
+        )
+
+    def build(
+        self,
+        id: InstanceId,
+        requests: RequestArrays,
+        records: RecordArrays,
+        instance_ix: int,
+        step_models: Mapping[ModelName, StepTimeModel],
+        rng: np.random.Generator | None = None,
+    ) -> RequestLevelEngine:
+        """An engine with this config and its own strategy object."""
+        return RequestLevelEngine(
+            id,
+            requests,
+            records,
+            instance_ix,
+            step_models,
+            self.make_strategy(),
+            max_resident_models=self.max_resident_models,
+            max_batch_size=self.max_batch_size,
+            rng=rng,
+            sample_swap_times=self.sample_swap_times,
+        )

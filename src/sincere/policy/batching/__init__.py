@@ -1,0 +1,58 @@
+"""SINCERE's request-level batching strategies for several models on one GPU.
+
+See :mod:`sincere.policy.batching.base` for the contract and
+:mod:`sincere.policy.batching.composed` for how rules combine into strategies.
+"""
+
+from sincere.policy.batching.base import (
+    DEFAULT_BEST_BATCH,
+    STRATEGIES,
+    BatchDecision,
+    BatchingView,
+    BatchRule,
+    BatchStrategy,
+    Idle,
+    ModelQueueView,
+    Readiness,
+    RunBatch,
+    StrategyParams,
+    WaitUntil,
+)
+from sincere.policy.batching.best_batch import BestBatch
+from sincere.policy.batching.composed import (
+    Choice,
+    ComposedStrategy,
+    make_strategy,
+    parse_strategy_name,
+    valid_strategy_names,
+)
+from sincere.policy.batching.fcfs import Fcfs
+from sincere.policy.batching.partial_batch import PartialBatch
+from sincere.policy.batching.select_batch import SelectBatch, closest_size
+from sincere.policy.batching.timer import Timer
+
+__all__ = [
+    "DEFAULT_BEST_BATCH",
+    "STRATEGIES",
+    "BatchDecision",
+    "BatchRule",
+    "BatchStrategy",
+    "BatchingView",
+    "BestBatch",
+    "Choice",
+    "ComposedStrategy",
+    "Fcfs",
+    "Idle",
+    "ModelQueueView",
+    "PartialBatch",
+    "Readiness",
+    "RunBatch",
+    "SelectBatch",
+    "StrategyParams",
+    "Timer",
+    "WaitUntil",
+    "closest_size",
+    "make_strategy",
+    "parse_strategy_name",
+    "valid_strategy_names",
+]

@@ -1,0 +1,73 @@
+"""SelectBatch: a batch size matched to the model's recent arrival rate (SINCERE, REFERENCE.md §1).
+
+The rate ``λ̂`` of a model is estimated from its last ``select_window`` (100)
+inter-arrival times as their count over their sum. The batch size is the element of
+``select_sizes`` ({8, 16, 32, 64}) closest to ``λ̂ · (SLA - T_adj)``: the requests
+expected to arrive while the oldest one can still wait, where ``T_adj`` is the
+Timer's adjustment (load mean + std, unload mean + std, estimated batch time) of the
+model. Ties go to the smaller size. Before the model has two arrivals there is no
+rate and the model's best batch is used. Capped by the engine's ``max_batch_size``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from sincere.core.types import ModelName, Seconds
+from sincere.policy.batching.base import (
+    NOT_READY,
+    STRATEGIES,
+    BatchingView,
+    BatchRule,
+    ModelQueueView,
+    Readiness,
+    StrategyParams,
+)
+
+
+def closest_size(target: float, sizes: tuple[int, ...]) -> int:
+    """The element of ``sizes`` nearest to ``target`` (the smaller on a tie)."""
+    ordered = np.sort(np.asarray(sizes, dtype=np.int64))
+    return int(ordered[int(np.argmin(np.abs(ordered - target)))])
+
+
+@STRATEGIES.register("select-batch")
+class SelectBatch(BatchRule):
+    """Ready when the queue holds the size selected from the arrival rate."""
+
+    role = "target"
+
+    def __init__(self, params: StrategyParams) -> None:
+        super().__init__(params)
+        self._arrivals: dict[ModelName, deque[Seconds]] = {}
+
+    def observe_arrival(self, model: ModelName, at: Seconds) -> None:
+        """Remember the last ``select_window + 1`` arrival times of ``model``."""
+        times = self._arrivals.get(model)
+        if times is None:
+            times = self._arrivals[model] = deque(maxlen=self.params.select_window + 1)
+        times.append(at)
+
+    def rate(self, model: ModelName) -> float | None:
+        """Estimated arrivals per second of ``model``; ``None`` before two arrivals."""
+        times = self._arrivals.get(model)
+        if times is None or len(times) < 2:
+            return None
+        span = times[-1] - times[0]
+        return float("inf") if span <= 0 else (len(times) - 1) / span
+
+    def target(self, queue: ModelQueueView, view: BatchingView) -> int:
+        """The batch size this rule waits for."""
+        rate = self.rate(queue.model)
+        if rate is None:
+            return view.cap(self.params.best_batch_of(queue.model))
+        horizon_s = self.params.sla_s - self.params.timer_adjust_s(queue)
+        expected = rate * horizon_s if np.isfinite(rate) else float("inf")
+        return view.cap(closest_size(expected, self.params.select_sizes))
+
+    def assess(self, queue: ModelQueueView, view: BatchingView, now: Seconds) -> Readiness:
+        """A batch of exactly the target once the queue reaches it."""
+        size = self.target(queue, view)
+        return Readiness(size) if queue.num_queued >= size else NOT_READY
