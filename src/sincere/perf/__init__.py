@@ -1,5 +1,51 @@
 """Performance models: step time, model swaps and memory."""
 
 from sincere.perf.base import Batch, Deployment, StepTimeBase, StepTimeModel, SwapTime
+from sincere.perf.cc import CCParams, Confidential, fit_call_floor, sincere_cc_params
+from sincere.perf.factory import (
+    STEP_MODELS,
+    StepModelConfig,
+    StepModelKind,
+    load_params_file,
+    make_step_model,
+)
+from sincere.perf.linear import BinnedLinear, InfernoChunked, InfernoLinear, fit_binned_linear
+from sincere.perf.memory import MemoryPlan, plan_memory
+from sincere.perf.roofline import Roofline, RooflineParams
+from sincere.perf.table import (
+    BatchProfileTable,
+    IterationTable,
+    read_batch_profiles,
+    read_loading_times,
+    sincere_profile,
+)
 
-__all__ = ["Batch", "Deployment", "StepTimeBase", "StepTimeModel", "SwapTime"]
+__all__ = [
+    "STEP_MODELS",
+    "Batch",
+    "BatchProfileTable",
+    "BinnedLinear",
+    "CCParams",
+    "Confidential",
+    "Deployment",
+    "InfernoChunked",
+    "InfernoLinear",
+    "IterationTable",
+    "MemoryPlan",
+    "Roofline",
+    "RooflineParams",
+    "StepModelConfig",
+    "StepModelKind",
+    "StepTimeBase",
+    "StepTimeModel",
+    "SwapTime",
+    "fit_binned_linear",
+    "fit_call_floor",
+    "load_params_file",
+    "make_step_model",
+    "plan_memory",
+    "read_batch_profiles",
+    "read_loading_times",
+    "sincere_cc_params",
+    "sincere_profile",
+]

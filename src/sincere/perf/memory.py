@@ -1,0 +1,128 @@
+"""Device-memory plan of a deployment: weights, activations, KV cache.
+
+Follows vLLM's accounting (``gpu_memory_utilization`` of each GPU is the budget):
+the budget minus the weights, the peak activation of a forward pass over
+``max_num_batched_tokens`` tokens and a fixed runtime overhead (CUDA context, NCCL
+buffers, CUDA graphs) is the KV cache, cut into blocks of ``block_size`` tokens
+(PagedAttention, Kwon et al., SOSP 2023).
+
+Per GPU: weights are ``params * bytes(precision) / (tp * pp)`` (embeddings are
+assumed split too); one token's KV is ``2 * layers * kv_heads * head_dim *
+bytes(kv_precision)`` split over PP stages and over TP ranks while ``tp <=
+kv_heads`` (replicated beyond). The activation peak is an estimate, not a
+measurement: per token ``(4 * hidden + 3 * intermediate / tp) * activation_bytes``
+(residual, norm, attention output, MLP gate / up / activation) plus fp32 logits of
+``max_num_seqs`` sequences. A deployment *fits* when weights, activations and
+overhead leave room for at least ``min_kv_tokens`` of KV cache (default one
+block; vLLM itself asks for one sequence of ``max_model_len``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sincere.catalog.specs import PRECISION_BYTES
+from sincere.core.errors import ConfigError
+from sincere.perf.base import Deployment
+
+DEFAULT_OVERHEAD_BYTES = 1.0e9  # CUDA context, NCCL buffers, CUDA graphs, per GPU
+LOGIT_BYTES = 4.0  # logits are computed in fp32 for sampling
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """Where each GPU's memory goes, bytes per GPU unless named otherwise."""
+
+    budget_bytes: float  # gpu_memory_utilization * device memory
+    weight_bytes_per_gpu: float  # this GPU's share of the weights
+    activation_bytes: float  # peak activation of one forward pass (estimate)
+    overhead_bytes: float  # runtime overhead outside weights, activations and KV
+    kv_bytes_per_token_per_gpu: float  # KV bytes one token takes on this GPU
+    block_size: int  # tokens per KV block
+    num_kv_blocks: int  # KV blocks that fit on each GPU
+    max_num_seqs: int  # engine limit on running sequences
+    fits: bool  # weights + activations + overhead leave at least min_kv_tokens of KV
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the KV cache holds (whole blocks)."""
+        return self.num_kv_blocks * self.block_size
+
+    def max_batch_at(self, context_len: int) -> int:
+        """Sequences of ``context_len`` tokens that fit at once (block-rounded)."""
+        if context_len < 1:
+            raise ConfigError("context_len must be >= 1", value=context_len)
+        blocks_per_seq = math.ceil(context_len / self.block_size)
+        return min(self.max_num_seqs, self.num_kv_blocks // blocks_per_seq)
+
+
+def activation_bytes_estimate(
+    deployment: Deployment, max_num_batched_tokens: int, max_num_seqs: int
+) -> float:
+    """Peak activation bytes per GPU of one forward pass (see the module docstring)."""
+    model = deployment.model
+    act_bytes = 2.0 if deployment.precision != "fp32" else 4.0
+    per_token = (4.0 * model.hidden_size + 3.0 * model.intermediate_size / deployment.tp) * (
+        act_bytes
+    )
+    logits = max_num_seqs * model.vocab_size * LOGIT_BYTES / deployment.tp
+    return max_num_batched_tokens * per_token + logits
+
+
+def kv_bytes_per_token_per_gpu(deployment: Deployment) -> float:
+    """One token's KV bytes on one GPU (split over PP and over TP up to kv_heads)."""
+    model = deployment.model
+    if deployment.kv_precision not in PRECISION_BYTES:
+        raise ConfigError(
+            "unknown KV precision", value=deployment.kv_precision, allowed=PRECISION_BYTES
+        )
+    share = math.ceil(model.num_kv_heads / deployment.tp) / model.num_kv_heads
+    return model.kv_bytes_per_token(deployment.kv_precision) * share / deployment.pp
+
+
+def plan_memory(
+    deployment: Deployment,
+    *,
+    gpu_memory_utilization: float = 0.9,
+    block_size: int = 16,
+    max_num_seqs: int = 256,
+    max_num_batched_tokens: int = 8192,
+    overhead_bytes: float = DEFAULT_OVERHEAD_BYTES,
+    min_kv_tokens: int | None = None,
+) -> MemoryPlan:
+    """Plan one GPU's memory for ``deployment`` the way vLLM sizes its KV cache."""
+    _check_plan_args(gpu_memory_utilization, block_size, max_num_seqs, max_num_batched_tokens)
+    if deployment.precision not in PRECISION_BYTES:
+        raise ConfigError(
+            "unknown weight precision", value=deployment.precision, allowed=PRECISION_BYTES
+        )
+    budget = gpu_memory_utilization * deployment.accelerator.memory_gb * 1e9
+    weights = deployment.model.weight_bytes(deployment.precision) / deployment.num_gpus
+    activations = activation_bytes_estimate(deployment, max_num_batched_tokens, max_num_seqs)
+    per_token = kv_bytes_per_token_per_gpu(deployment)
+    free = budget - weights - activations - overhead_bytes
+    num_blocks = max(0, math.floor(free / (per_token * block_size)))
+    need = block_size if min_kv_tokens is None else min_kv_tokens
+    return MemoryPlan(
+        budget_bytes=budget,
+        weight_bytes_per_gpu=weights,
+        activation_bytes=activations,
+        overhead_bytes=overhead_bytes,
+        kv_bytes_per_token_per_gpu=per_token,
+        block_size=block_size,
+        num_kv_blocks=num_blocks,
+        max_num_seqs=max_num_seqs,
+        fits=num_blocks * block_size >= need,
+    )
+
+
+def _check_plan_args(utilization: float, block_size: int, max_seqs: int, max_tokens: int) -> None:
+    if not 0.0 < utilization <= 1.0:
+        raise ConfigError("gpu_memory_utilization must be in (0, 1]", value=utilization)
+    if block_size < 1:
+        raise ConfigError("block_size must be >= 1", value=block_size)
+    if max_seqs < 1:
+        raise ConfigError("max_num_seqs must be >= 1", value=max_seqs)
+    if max_tokens < 1:
+        raise ConfigError("max_num_batched_tokens must be >= 1", value=max_tokens)

@@ -1,0 +1,70 @@
+"""Memory plan: weights, KV capacity, fit checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sincere.core.errors import ConfigError
+from sincere.perf.base import Deployment
+from sincere.perf.memory import plan_memory
+
+MakeDeployment = Callable[..., Deployment]
+
+
+def test_llama2_70b_fp16_needs_two_gpus(make_deployment: MakeDeployment) -> None:
+    """Llama-2-70B fp16 (138 GB of weights) does not fit one 80 GB GPU, and does with TP=2."""
+    one = plan_memory(make_deployment("llama-2-70b", precision="fp16"))
+    two = plan_memory(make_deployment("llama-2-70b", precision="fp16", tp=2))
+    assert not one.fits and one.num_kv_blocks == 0 and one.max_batch_at(1) == 0
+    assert two.fits and two.num_kv_blocks > 0
+    assert two.weight_bytes_per_gpu == pytest.approx(68.98e9)
+
+
+def test_llama3_8b_kv_capacity_on_a100(make_deployment: MakeDeployment) -> None:
+    """KV tokens = (0.9*80 GB - weights - activations - overhead) / 131072 B, block-rounded."""
+    plan = plan_memory(make_deployment("llama-3-8b", "A100-80GB"))
+    assert plan.kv_bytes_per_token_per_gpu == 131072
+    free = 0.9 * 80e9 - 8.03e9 * 2 - plan.activation_bytes - plan.overhead_bytes
+    assert 0 <= free / 131072 - plan.kv_capacity_tokens < plan.block_size
+    assert 0.2e9 < plan.activation_bytes < 4e9  # an 8k-token forward pass of an 8B model
+    assert 380_000 < plan.kv_capacity_tokens < 430_000
+
+
+def test_tp_splits_kv_heads_until_replicated(make_deployment: MakeDeployment) -> None:
+    """TP=2 halves per-GPU KV bytes; beyond the 8 KV heads they are replicated."""
+    base = plan_memory(make_deployment()).kv_bytes_per_token_per_gpu
+    assert plan_memory(make_deployment(tp=2)).kv_bytes_per_token_per_gpu == base / 2
+    assert plan_memory(make_deployment(tp=16)).kv_bytes_per_token_per_gpu == base / 8
+
+
+def test_int8_kv_doubles_capacity(make_deployment: MakeDeployment) -> None:
+    """An int8 KV cache holds twice the tokens of an fp16 one (same free memory)."""
+    fp16 = plan_memory(make_deployment())
+    int8 = plan_memory(make_deployment(kv_precision="int8"))
+    assert int8.num_kv_blocks == pytest.approx(2 * fp16.num_kv_blocks, abs=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ctx=st.integers(1, 32768), extra=st.integers(0, 4096))
+def test_max_batch_falls_with_context(ctx: int, extra: int) -> None:
+    """Longer contexts never allow more sequences, and the batch's KV fits the cache."""
+    from sincere.catalog import get_accelerator, get_model
+
+    plan = plan_memory(Deployment(get_model("llama-3-8b"), get_accelerator("H100-SXM")))
+    n = plan.max_batch_at(ctx)
+    assert plan.max_batch_at(ctx + extra) <= n <= plan.max_num_seqs
+    assert n * ctx <= plan.kv_capacity_tokens
+
+
+def test_bad_arguments_raise(make_deployment: MakeDeployment) -> None:
+    """Out-of-range settings raise ConfigError naming the setting."""
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        plan_memory(make_deployment(), gpu_memory_utilization=1.2)
+    with pytest.raises(ConfigError, match="block_size"):
+        plan_memory(make_deployment(), block_size=0)
+    with pytest.raises(ConfigError, match="context_len"):
+        plan_memory(make_deployment()).max_batch_at(0)
