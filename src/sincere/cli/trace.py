@@ -1,10 +1,121 @@
-"""``sincere trace``: inspect and convert request traces."""
+"""``sincere trace``: inspect and convert request traces.
+
+``stats FILE`` prints rate, duration, inter-arrival CV and length percentiles (a rich
+table, or JSON with ``--json``) and can draw a PNG; ``stats --sample`` does the same for
+a generated trace (Poisson arrivals, lengths from the shipped Azure conversation
+table) so it runs without any data file. ``convert IN OUT`` rewrites a trace in
+another format.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from sincere.cli.app import app
+from sincere.core.errors import ConfigError
+from sincere.core.request import RequestArrays
+from sincere.workload.config import generate, load_workload_config
+from sincere.workload.stats import TraceStats, plot_trace, trace_stats
+from sincere.workload.traces import TRACE_READERS, TRACE_WRITERS, read_trace, write_trace
 
 trace_app = typer.Typer(help="Inspect and convert request traces.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
+
+_FORMATS = ", ".join(TRACE_READERS.names())
+
+
+def _sample(num_requests: int, rate: float, seed: int) -> RequestArrays:
+    config = load_workload_config(
+        {
+            "num_requests": num_requests,
+            "arrival": {"kind": "poisson", "rate": rate},
+            "lengths": {"source": "azure-conv-2023"},
+        },
+        "--sample",
+    )
+    return generate(config, seed)
+
+
+def _table(stats: TraceStats, title: str) -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("requests", f"{stats.num_requests:,}")
+    table.add_row("duration (s)", f"{stats.duration_s:,.1f}")
+    table.add_row("mean rate (req/s)", f"{stats.mean_rate:.3f}")
+    table.add_row("inter-arrival CV", f"{stats.cv_interarrival:.3f}")
+    for name, ls in (("prompt tokens", stats.prompt), ("output tokens", stats.output)):
+        table.add_row(
+            name,
+            f"mean {ls.mean:.1f}  p50 {ls.p50:.0f}  p90 {ls.p90:.0f}  "
+            f"p99 {ls.p99:.0f}  max {ls.max}",
+        )
+    for model, count in stats.num_per_model.items():
+        table.add_row(f"model {model}", f"{count:,}")
+    return table
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+@trace_app.command("stats")
+def stats_cmd(
+    file: Annotated[Path | None, typer.Argument(help="Trace file (see --format).")] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", "-f", help=f"One of: {_FORMATS}.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG summary here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    sample: Annotated[
+        bool, typer.Option(help="Use a generated trace (Poisson, Azure conv lengths).")
+    ] = False,
+    num_requests: Annotated[int, typer.Option(help="Requests of --sample.")] = 5000,
+    rate: Annotated[float, typer.Option(help="Arrival rate of --sample (req/s).")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
+) -> None:
+    """Rate, duration, inter-arrival CV and token-length percentiles of a trace."""
+    if (file is None) != sample:
+        raise ConfigError("give a trace FILE or --sample (not both)", value=str(file))
+    requests = _sample(num_requests, rate, seed) if file is None else read_trace(file, format)
+    title = "sample (Poisson, azure-conv-2023 lengths)" if file is None else str(file)
+    stats = trace_stats(requests)
+    if as_json:
+        typer.echo(json.dumps(_json_safe(stats.to_dict()), indent=2))
+    else:
+        Console().print(_table(stats, title))
+    if plot is not None:
+        plot_trace(requests, plot, title="sample" if file is None else file.name)
+        if not as_json:
+            Console().print(f"wrote {plot}")
+
+
+@trace_app.command("convert")
+def convert_cmd(
+    source: Annotated[Path, typer.Argument(help="Input trace.")],
+    target: Annotated[Path, typer.Argument(help="Output file.")],
+    from_format: Annotated[
+        str | None, typer.Option("--from", help=f"Input format: {_FORMATS}.")
+    ] = None,
+    to_format: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help=f"Output: {', '.join(TRACE_WRITERS.names())} (default: by extension)."
+        ),
+    ] = None,
+) -> None:
+    """Rewrite a trace in another format."""
+    requests = read_trace(source, from_format)
+    write_trace(requests, target, to_format)
+    Console().print(f"wrote {len(requests):,} requests to {target}")

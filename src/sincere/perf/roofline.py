@@ -17,7 +17,8 @@ the roofline analyses of Williams et al. (CACM 2009) applied to LLM inference
 Tensor parallelism (TP) splits both terms over ``tp`` GPUs (KV heads are split
 while ``tp <= num_kv_heads`` and replicated beyond) and adds two all-reduces per
 layer of ``tokens * hidden * activation_bytes`` each: a ring all-reduce moves
-``2 (tp-1)/tp`` of the message over the one-way link bandwidth (``interconnect_gbps_per_direction``) plus a fixed latency.
+``2 (tp-1)/tp`` of the message over the one-way link bandwidth
+(``interconnect_gbps_per_direction``) plus a fixed latency.
 
 Pipeline parallelism (PP), our assumption: each of the ``pp`` stages holds
 ``1/pp`` of the layers; the batch is cut into ``m = min(pp_microbatches,

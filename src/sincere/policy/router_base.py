@@ -13,6 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from sincere.core.errors import ConfigError
 from sincere.core.registry import Registry
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, ModelName, Seconds
@@ -32,6 +35,7 @@ class InstanceView:
     num_outstanding: int = 0  # routed and not finished (running + waiting + in flight)
     waiting_prefill_tokens: int = 0  # prompt tokens queued at the engine
     running_remaining_tokens: int = 0  # decode tokens still due for running sequences
+    running_ctx_tokens: int = 0  # context tokens of the running sequences, summed (0: unknown)
     kv_usage: float = 0.0  # fraction of KV blocks used
     max_num_seqs: int = 256  # batch limit
     price_in_per_token_usd: float = 0.0  # price charged per prompt token
@@ -63,7 +67,21 @@ class Outcome:
 
 
 class Router(ABC):
-    """Chooses an instance per request. Subclasses register in :data:`ROUTERS`."""
+    """Chooses an instance per request. Subclasses register in :data:`ROUTERS`.
+
+    Every router is built as ``cls(rng=generator, **params)``; subclasses declare
+    their params as typed keyword arguments, validate them, and call
+    ``super().__init__(rng)``.
+    """
+
+    def __init__(self, rng: np.random.Generator, **params: object) -> None:
+        if params:
+            raise ConfigError(
+                f"{type(self).__name__} got unknown parameters",
+                value=sorted(params),
+                allowed="none",
+            )
+        self.rng = rng
 
     @abstractmethod
     def route(
@@ -75,5 +93,21 @@ class Router(ABC):
         """Learn from a finished request. Default: nothing."""
 
 
+def healthy(instances: Sequence[InstanceView]) -> list[InstanceView]:
+    """The instances marked healthy, in their given order."""
+    return [v for v in instances if v.healthy]
+
+
+def utilisation(view: InstanceView) -> float:
+    """Busy share of an instance: the larger of KV usage and batch-slot occupancy (0..)."""
+    return max(view.kv_usage, view.num_outstanding / max(view.max_num_seqs, 1))
+
+
+def no_instance(instances: Sequence[InstanceView]) -> RouteDecision:
+    """The rejection a router returns when no instance can take the request."""
+    return RouteDecision(None, reason=f"no healthy instance among {len(instances)}")
+
+
 ROUTERS: Registry[type[Router]] = Registry("router")
-"""Router classes by name (``random``, ``round-robin``, ...)."""
+"""Router classes by name (``random``, ``round-robin``, ...). Import
+:mod:`sincere.policy.routers` to fill it."""
