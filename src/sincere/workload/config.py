@@ -1,0 +1,323 @@
+"""The ``workload:`` config section and :func:`generate`, which turns it into requests.
+
+YAML shape (all keys documented in docs/workload.md)::
+
+    num_requests: 10000          # and/or duration_s (whichever ends first)
+    arrival: {kind: poisson, rate: 6.45}
+    lengths: {kind: trace, source: azure-conv-2023, max_prompt_tokens: 4096}
+    models: {llama-3-8b: 1.0}    # or a preset name: sincere
+    tiers: {preset: niyama}      # or a list of {name, ttft_s, ttlt_s, tbt_s, priority, weight}
+    max_tokens: null             # client cap on generated tokens
+
+``arrival`` takes any kind of :data:`~sincere.workload.arrivals.ARRIVALS` with that
+class's parameters; ``sincere-bursty`` / ``sincere-ramp`` also take ``mean: 4|8|12``;
+``trace`` takes ``path`` (and ``format``, ``time_scale``, ``rate``, ``loop``) instead of
+recorded times. Parameters are checked at load time; files are read by :func:`generate`.
+Generation draws arrivals, lengths, models and tiers from four independent streams
+spawned from ``seed``, so the same config and seed give identical arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from sincere.core.errors import ConfigError
+from sincere.core.request import RequestArrays, Tier
+from sincere.workload.arrivals import ARRIVALS, ArrivalProcess
+from sincere.workload.lengths import (
+    LENGTHS,
+    Independent,
+    IntArray,
+    JointLengths,
+    LengthDistribution,
+    PairedLengths,
+    length_sources,
+    load_length_table,
+)
+from sincere.workload.mixes import SINCERE_MODEL_MIX, ModelMix, TierMix, tier_preset
+from sincere.workload.traces import read_trace
+from sincere.workload.validation import validate_config
+
+_SIMPLE = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
+
+
+def _check_params(owner: str, cls: type[Any], params: dict[str, Any]) -> None:
+    """Reject unknown names and wrongly typed scalars before calling the constructor."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ValueError(f"{owner}: unknown parameter(s) {unknown}; allowed: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in params.items():
+        hint = hints.get(name)
+        is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if is_union else (hint,)
+        simple = [t for t in options if t in _SIMPLE]
+        if not simple or (value is None and type(None) in options):
+            continue
+        accepted = tuple(t for s in simple for t in _SIMPLE[s])
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in simple):
+            want = " or ".join(s.__name__ for s in simple)
+            raise ValueError(f"{owner}.{name}: expected {want}, got {value!r}")
+
+
+def _construct(owner: str, cls: type[Any], params: dict[str, Any]) -> Any:
+    _check_params(owner, cls, params)
+    try:
+        return cls(**params)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class ArrivalConfig(BaseModel):
+    """``arrival:``: a ``kind`` plus that kind's parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str
+
+    @model_validator(mode="after")
+    def _check(self) -> ArrivalConfig:
+        if self.kind not in ARRIVALS:
+            raise ValueError(f"unknown arrival kind {self.kind!r}; allowed: {ARRIVALS.names()}")
+        self.build(check_only=True)
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters besides ``kind``."""
+        return dict(self.model_extra or {})
+
+    def build(self, base_dir: Path | None = None, *, check_only: bool = False) -> ArrivalProcess:
+        """The arrival process (``trace`` reads its file unless ``check_only``)."""
+        params = self.params
+        cls = ARRIVALS.get(self.kind)
+        if self.kind == "trace":
+            path, fmt = params.pop("path", None), params.pop("format", None)
+            if not isinstance(path, str):
+                raise ValueError(f"trace: 'path' (a trace file) is required, got {path!r}")
+            times: Any = [0.0, 1.0] if check_only else _trace_times(path, fmt, base_dir)
+            params["recorded_at"] = times
+        elif "mean" in params and hasattr(cls, "preset"):
+            if len(params) > 1:
+                raise ValueError(f"{self.kind}: 'mean' selects a preset; give no other parameter")
+            try:
+                return cls.preset(params["mean"])  # type: ignore[no-any-return]
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        process: ArrivalProcess = _construct(self.kind, cls, params)
+        return process
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or base_dir is None else base_dir / p
+
+
+def _trace_times(path: str, fmt: str | None, base_dir: Path | None) -> Any:
+    return read_trace(_resolve(path, base_dir), format=fmt).arrival_at
+
+
+class LengthsConfig(BaseModel):
+    """``lengths:``: a trace's joint (prompt, output) pairs, or one distribution per column.
+
+    ``source`` is a shipped table (``azure-conv-2023``, ``azure-code-2023``: joint copula
+    sampling) or a trace file (its pairs resampled, or replayed in order with ``replay``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["trace", "independent"] | None = None
+    source: str | None = None
+    format: str | None = None
+    replay: bool = False
+    max_prompt_tokens: PositiveInt | None = None
+    max_output_tokens: PositiveInt | None = None
+    prompt: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LengthsConfig:
+        kind = self.kind or ("trace" if self.source is not None else "independent")
+        if kind == "trace":
+            if self.source is None or self.prompt is not None or self.output is not None:
+                raise ValueError("kind trace needs 'source' and takes no 'prompt'/'output'")
+            if self.replay and self.source in length_sources():
+                raise ValueError(f"replay needs a trace file; {self.source!r} is a table")
+        else:
+            if self.prompt is None or self.output is None or self.source is not None:
+                raise ValueError("give 'source' (a trace), or both 'prompt' and 'output'")
+            for column in ("prompt", "output"):
+                self._distribution(column)
+        return self
+
+    def _distribution(self, column: str) -> LengthDistribution:
+        spec = dict(getattr(self, column))
+        kind = spec.pop("kind", None)
+        if kind not in LENGTHS:
+            raise ValueError(f"{column}.kind: got {kind!r}; allowed: {LENGTHS.names()}")
+        cap = self.max_prompt_tokens if column == "prompt" else self.max_output_tokens
+        dist: LengthDistribution = _construct(f"{column}", LENGTHS.get(kind), spec)
+        return _Capped(dist, cap) if cap is not None else dist
+
+    def build(self, base_dir: Path | None = None) -> JointLengths:
+        """The joint sampler (reads a trace file when ``source`` is one)."""
+        if self.source is None:
+            return Independent(self._distribution("prompt"), self._distribution("output"))
+        caps = (self.max_prompt_tokens, self.max_output_tokens)
+        if self.source in length_sources():
+            return load_length_table(self.source).joint(*caps)
+        trace = read_trace(_resolve(self.source, base_dir), format=self.format)
+        return PairedLengths(trace.prompt_tokens, trace.output_tokens, *caps, replay=self.replay)
+
+
+class _Capped:
+    """A single distribution clipped to a cap (the config's ``max_*_tokens``)."""
+
+    def __init__(self, dist: LengthDistribution, cap: int) -> None:
+        self.dist, self.cap = dist, cap
+
+    def sample(self, rng: np.random.Generator, n: int) -> IntArray:
+        """``n`` draws of the wrapped distribution, clipped to the cap."""
+        return np.minimum(self.dist.sample(rng, n), self.cap)
+
+
+class TierConfig(BaseModel):
+    """One tier of a ``tiers:`` list (seconds; null = no target)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    ttft_s: float | None = Field(default=None, gt=0)
+    ttlt_s: float | None = Field(default=None, gt=0)
+    tbt_s: float | None = Field(default=None, gt=0)
+    priority: int = 0
+    weight: float = Field(default=1.0, ge=0)
+
+
+class TierPresetConfig(BaseModel):
+    """``tiers: {preset: NAME, weights: [...]}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    preset: str = "default"
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TierPresetConfig:
+        try:
+            tier_preset(self.preset, self.weights)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class WorkloadConfig(BaseModel):
+    """The ``workload:`` section: how many requests, when, how long, which model and tier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    num_requests: PositiveInt | None = None
+    duration_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    arrival: ArrivalConfig
+    lengths: LengthsConfig
+    models: dict[str, float] | str = Field(default_factory=lambda: {"default": 1.0})
+    tiers: TierPresetConfig | list[TierConfig] = Field(default_factory=TierPresetConfig)
+    max_tokens: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkloadConfig:
+        if self.num_requests is None and self.duration_s is None:
+            raise ValueError("give num_requests, duration_s or both")
+        self.model_mix()
+        self.tier_mix()
+        return self
+
+    @field_validator("tiers")
+    @classmethod
+    def _non_empty(cls, v: TierPresetConfig | list[TierConfig]) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("the tier list is empty; give at least one tier or a preset")
+        return v
+
+    def model_mix(self) -> ModelMix:
+        """The model mix (a preset name or the given probabilities)."""
+        if isinstance(self.models, str):
+            if self.models != "sincere":
+                raise ValueError(f"unknown model mix preset {self.models!r}; allowed: sincere")
+            return ModelMix(SINCERE_MODEL_MIX)
+        try:
+            return ModelMix(self.models)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    def tier_mix(self) -> TierMix:
+        """The tiers and their weights."""
+        if isinstance(self.tiers, TierPresetConfig):
+            return tier_preset(self.tiers.preset, self.tiers.weights)
+        tiers = tuple(
+            Tier(t.name, t.ttft_s, t.ttlt_s, t.tbt_s, priority=t.priority) for t in self.tiers
+        )
+        try:
+            return TierMix(tiers, tuple(t.weight for t in self.tiers))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def load_workload_config(
+    data: Any, source: str | Path | None = None, *, prefix: str = "workload"
+) -> WorkloadConfig:
+    """Validate a mapping (or a YAML file path) as a :class:`WorkloadConfig`.
+
+    Errors become one :class:`ConfigError` naming each field path, value and what is allowed.
+    """
+    if isinstance(data, str | Path):
+        source = source or data
+        data = yaml.safe_load(Path(data).read_text(encoding="utf-8"))
+    return validate_config(WorkloadConfig, data, source, prefix=prefix)
+
+
+def _streams(seed: int) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+
+
+def generate(config: WorkloadConfig, seed: int, *, base_dir: Path | None = None) -> RequestArrays:
+    """Draw the requests of ``config``; relative trace paths resolve against ``base_dir``."""
+    arrival_rng, length_rng, model_rng, tier_rng = _streams(seed)
+    process = config.arrival.build(base_dir)
+    t = process.times(arrival_rng, num_requests=config.num_requests, duration_s=config.duration_s)
+    n = len(t)
+    prompt, output = config.lengths.build(base_dir).sample(length_rng, n)
+    if config.max_tokens is not None:
+        output = np.minimum(output, config.max_tokens)
+        max_tokens = np.full(n, config.max_tokens, dtype=np.int64)
+    else:
+        max_tokens = output.copy()
+    mix, tiers = config.model_mix(), config.tier_mix()
+    tier = tiers.sample(tier_rng, n)
+    return RequestArrays(
+        arrival_at=np.asarray(t, dtype=np.float64),
+        prompt_tokens=prompt,
+        output_tokens=output,
+        max_tokens=max_tokens,
+        model=mix.sample(model_rng, n),
+        tier=tier,
+        priority=tiers.priorities[tier],
+        budget_usd=np.full(n, np.nan),
+        models=mix.models,
+        tiers=tiers.tiers,
+    )
+
+
+__all__ = [
+    "ArrivalConfig",
+    "LengthsConfig",
+    "TierConfig",
+    "TierPresetConfig",
+    "WorkloadConfig",
+    "generate",
+    "load_workload_config",
+]

@@ -1,0 +1,211 @@
+"""Columnar parsing helpers for trace files, with precise errors.
+
+Trace readers load whole columns as strings with pyarrow and convert them in bulk;
+only when a conversion fails do we search (by bisection, so still fast) for the
+first bad row, to raise a :class:`DataError` naming the file, line, column and
+value. Nothing is skipped silently. Also here: timestamp parsing (ISO 8601 with
+any sub-second precision, with or without a zone offset, or plain numbers) and the
+token-count approximation used for formats that carry text instead of counts.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from sincere.core.errors import DataError
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+CHARS_PER_TOKEN = 4.0
+"""Approximation used when no tokenizer is installed: ~4 characters per token (English
+text under GPT-style BPE tokenizers, as OpenAI's tokenizer guide states)."""
+
+
+def read_csv_strings(path: Path, required: Sequence[str]) -> dict[str, pa.Array]:
+    """All columns of a CSV file as string arrays; the ``required`` ones must exist."""
+    header = csv_header(path)
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; the header has {header}", path=path, line=1)
+    types = {name: pa.string() for name in header}
+    try:
+        table = pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        _raise_ragged(path, len(header), exc)
+    return {name: table.column(name).combine_chunks() for name in header}
+
+
+def csv_header(path: Path) -> list[str]:
+    """The first row of a CSV file, stripped."""
+    with path.open(newline="", encoding="utf-8") as f:
+        row = next(csv.reader(f), None)
+    if not row:
+        raise DataError("empty file, expected a CSV header", path=path, line=1)
+    return [c.strip() for c in row]
+
+
+def _raise_ragged(path: Path, num_columns: int, exc: Exception) -> None:
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if len(row) != num_columns:
+                raise DataError(
+                    f"expected {num_columns} fields, found {len(row)}",
+                    path=path,
+                    line=line,
+                    value=",".join(row),
+                ) from None
+    raise DataError(f"unreadable CSV: {exc}", path=path) from None
+
+
+def first_bad(values: pa.Array, convert: Callable[[pa.Array], Any]) -> int:
+    """Index of the first element that ``convert`` rejects (bisection over slices)."""
+    lo, hi = 0, len(values)  # invariant: a bad element lies in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            convert(values.slice(lo, mid - lo))
+            lo = mid
+        except (pa.ArrowInvalid, ValueError):
+            hi = mid
+    return lo
+
+
+def to_numbers(
+    values: pa.Array,
+    *,
+    path: Path,
+    column: str,
+    first_line: int = 2,
+    integral: bool = False,
+    minimum: float | None = None,
+    allow_empty: bool = False,
+) -> FloatArray:
+    """Convert a string column to float64, checking finiteness, integrality and a minimum.
+
+    With ``allow_empty``, empty cells become NaN (a missing optional value).
+    """
+    trimmed = pc.utf8_trim_whitespace(values)
+    empty = np.asarray(pc.equal(trimmed, "").to_numpy(zero_copy_only=False), dtype=bool)
+    if allow_empty and empty.any():
+        values = pc.if_else(pc.equal(trimmed, ""), "nan", trimmed)
+
+    def convert(a: pa.Array) -> FloatArray:
+        return np.asarray(pc.cast(pc.utf8_trim_whitespace(a), pa.float64()).to_numpy(), np.float64)
+
+    try:
+        x = convert(values)
+    except pa.ArrowInvalid:
+        i = first_bad(values, convert)
+        raise DataError(
+            "not a number", path=path, line=first_line + i, column=column, value=values[i].as_py()
+        ) from None
+    bad = ~np.isfinite(x) & ~(empty & allow_empty)
+    if integral:
+        bad |= np.isfinite(x) & (x != np.round(x))
+    if minimum is not None:
+        bad |= x < minimum
+    if bad.any():
+        i = int(np.argmax(bad))
+        want = "an integer" if integral else "a finite number"
+        if minimum is not None:
+            want += f" >= {minimum:g}"
+        raise DataError(
+            f"expected {want}",
+            path=path,
+            line=first_line + i,
+            column=column,
+            value=values[i].as_py(),
+        )
+    return x
+
+
+def to_seconds(values: pa.Array, *, path: Path, column: str, first_line: int = 2) -> FloatArray:
+    """Timestamps to seconds: ISO 8601 (any precision, optional zone) or plain numbers.
+
+    Date-times become seconds since the epoch (UTC when a zone is given). The form of the
+    first row decides; a later row in another form is an error.
+    """
+    trimmed = pc.utf8_trim_whitespace(values)
+    if len(trimmed) == 0:
+        return np.zeros(0, dtype=np.float64)
+    for convert in (_as_naive, _as_zoned, _as_number):
+        try:
+            convert(trimmed.slice(0, 1))
+        except pa.ArrowInvalid:
+            continue
+        try:
+            return convert(trimmed)
+        except pa.ArrowInvalid:
+            i = first_bad(trimmed, convert)
+            raise DataError(
+                "timestamp in a different form from the first row's",
+                path=path,
+                line=first_line + i,
+                column=column,
+                value=values[i].as_py(),
+            ) from None
+    raise DataError(
+        "not a timestamp (ISO 8601 date-time or number of seconds)",
+        path=path,
+        line=first_line,
+        column=column,
+        value=values[0].as_py(),
+    )
+
+
+def _as_naive(a: pa.Array) -> FloatArray:
+    ns = pc.cast(pc.cast(a, pa.timestamp("ns")), pa.int64()).to_numpy()
+    return np.asarray(ns, dtype=np.float64) / 1e9
+
+
+def _as_zoned(a: pa.Array) -> FloatArray:
+    ns = pc.cast(pc.cast(a, pa.timestamp("ns", tz="UTC")), pa.int64()).to_numpy()
+    return np.asarray(ns, dtype=np.float64) / 1e9
+
+
+def _as_number(a: pa.Array) -> FloatArray:
+    x = np.asarray(pc.cast(a, pa.float64()).to_numpy(), dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise pa.ArrowInvalid("non-finite time")
+    return x
+
+
+@cache
+def _tiktoken_encoder() -> Callable[[str], list[int]] | None:
+    try:
+        import tiktoken  # type: ignore[import-not-found]  # optional
+
+        encode: Callable[[str], list[int]] = tiktoken.get_encoding("cl100k_base").encode
+    except Exception:  # not installed, or its encoding file cannot be fetched offline
+        return None
+    return encode
+
+
+def count_tokens(texts: Sequence[str]) -> IntArray:
+    """Token counts of ``texts``: tiktoken's cl100k_base when it works, else ~4 chars/token."""
+    encode = _tiktoken_encoder()
+    if encode is not None:
+        return np.array([max(1, len(encode(t))) for t in texts], dtype=np.int64)
+    chars = np.fromiter((len(t) for t in texts), dtype=np.float64, count=len(texts))
+    return np.maximum(1, np.ceil(chars / CHARS_PER_TOKEN)).astype(np.int64)
+
+
+def tokenizer_name() -> str:
+    """Which token counter :func:`count_tokens` uses."""
+    if _tiktoken_encoder() is not None:
+        return "tiktoken cl100k_base"
+    return f"approximation: {CHARS_PER_TOKEN:g} characters per token"

@@ -1,0 +1,332 @@
+"""Trace readers and writers: published request traces to and from :class:`RequestArrays`.
+
+Formats (names for ``format=``; :func:`detect_format` guesses from extension and header):
+
+* ``azure`` -- Azure LLM inference trace CSV, 2023 and 2024 layouts
+  (``TIMESTAMP,ContextTokens,GeneratedTokens``; timestamps with any sub-second
+  precision, with or without a zone offset). Microsoft, CC-BY 4.0.
+* ``burstgpt`` -- BurstGPT CSV (``Timestamp,Model,Request tokens,Response tokens,Total
+  tokens,Log Type``; seconds). Rows with 0 response tokens are failed requests in its
+  log: dropped with a warning (``drop_failed=False`` makes them an error).
+* ``sharegpt`` -- ShareGPT JSON (a list of ``{"conversations": [{"from", "value"}...]}``);
+  the first human turn is the prompt and the next assistant turn the output, both
+  counted by :func:`count_tokens`. No times: arrivals come from ``arrival`` (default
+  Poisson at 1 req/s) and ``seed``.
+* ``mooncake`` -- Mooncake JSONL (``timestamp`` in ms, ``input_length``,
+  ``output_length``, ``hash_ids``; the block hashes are not kept).
+* ``sincere-prompts`` -- SINCERE's prompt JSONL / JSON (``{"prompt", "model_alias"}``);
+  every request generates ``max_new_tokens`` (50, SINCERE's cap); arrivals as ShareGPT.
+* ``sincere-csv`` / ``sincere-parquet`` -- our own request table, read and written
+  losslessly: ``arrival_at, model, prompt_tokens, output_tokens, tier, priority,
+  max_tokens`` plus the tier's targets (``tier_ttft_s, tier_ttlt_s, tier_tbt_s,
+  tier_priority``), ``budget_usd`` and, when known, ``prompt``.
+
+Third-party traces are shifted to start at 0 and stably sorted by time. A malformed row
+raises :class:`DataError` with file, line, column and value; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sincere.core.errors import ConfigError, DataError
+from sincere.core.registry import Registry
+from sincere.core.request import RequestArrays
+from sincere.workload import native
+from sincere.workload.arrivals import ArrivalProcess, Poisson
+from sincere.workload.tabular import (
+    count_tokens,
+    csv_header,
+    read_csv_strings,
+    to_numbers,
+    to_seconds,
+)
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+Reader = Callable[..., RequestArrays]
+Writer = Callable[[RequestArrays, Path], None]
+
+TRACE_READERS: Registry[Reader] = Registry("trace format")
+"""Reader functions ``(path, **options) -> RequestArrays`` by format name."""
+TRACE_WRITERS: Registry[Writer] = Registry("trace output format")
+"""Writer functions ``(requests, path) -> None`` by format name."""
+
+AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
+SINCERE_COLUMNS = (
+    "arrival_at",
+    "model",
+    "prompt_tokens",
+    "output_tokens",
+    "tier",
+    "priority",
+    "max_tokens",
+)
+
+
+def read_trace(path: str | Path, format: str | None = None, **options: Any) -> RequestArrays:
+    """Read a trace file; ``format`` overrides detection (see the module docstring)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("no such trace file", path=p)
+    fmt = format or detect_format(p)
+    return TRACE_READERS.get(fmt)(p, **options)
+
+
+def write_trace(requests: RequestArrays, path: str | Path, format: str | None = None) -> None:
+    """Write ``requests``; the format defaults from the extension (.csv or .parquet: ours)."""
+    p = Path(path)
+    fmt = format or {".parquet": "sincere-parquet", ".csv": "sincere-csv"}.get(p.suffix.lower())
+    if fmt is None:
+        raise ConfigError(
+            "cannot tell the output format from the extension",
+            where=p,
+            value=p.suffix,
+            allowed=TRACE_WRITERS.names(),
+        )
+    TRACE_WRITERS.get(fmt)(requests, p)
+
+
+def detect_format(path: Path) -> str:
+    """The format of ``path``, from its extension and first line or record."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "sincere-parquet"
+    if suffix == ".csv":
+        return _detect_csv(path)
+    if suffix in (".jsonl", ".json"):
+        return _detect_json(path)
+    raise DataError(
+        f"unknown trace extension {suffix!r}; pass format= one of {TRACE_READERS.names()}",
+        path=path,
+    )
+
+
+def _detect_csv(path: Path) -> str:
+    header = set(csv_header(path))
+    for fmt, cols in (
+        ("azure", AZURE_COLUMNS),
+        ("burstgpt", BURSTGPT_COLUMNS),
+        ("sincere-csv", SINCERE_COLUMNS[:4]),
+    ):
+        if header.issuperset(cols):
+            return fmt
+    raise DataError(f"CSV header {sorted(header)} matches no known trace format", path=path, line=1)
+
+
+def _detect_json(path: Path) -> str:
+    with path.open(encoding="utf-8") as f:
+        head = f.read(65536).lstrip()
+    keys = head[:4096]
+    if '"conversations"' in keys:
+        return "sharegpt"
+    if '"input_length"' in keys:
+        return "mooncake"
+    if '"prompt"' in keys:
+        return "sincere-prompts"
+    raise DataError(
+        "JSON record matches no known trace format (sharegpt, mooncake, sincere-prompts)",
+        path=path,
+        line=1,
+    )
+
+
+def _assemble(
+    arrival_s: FloatArray,
+    prompt_tokens: IntArray,
+    output_tokens: IntArray,
+    *,
+    model_names: Sequence[str] | None = None,
+    prompts: Sequence[str] = (),
+    max_tokens: IntArray | None = None,
+) -> RequestArrays:
+    """Shift to start at 0, sort stably by time and pack; models by first appearance."""
+    order = np.argsort(arrival_s, kind="stable")
+    t = arrival_s[order] - (arrival_s[order[0]] if len(order) else 0.0)
+    models: tuple[str, ...] = ("default",)
+    model_ix = np.zeros(len(t), dtype=np.int64)
+    if model_names is not None and len(model_names):
+        names, first, inverse = np.unique(
+            np.asarray(model_names, dtype=object).astype(str),
+            return_index=True,
+            return_inverse=True,
+        )
+        rank = np.argsort(np.argsort(first))  # order of first appearance
+        models = tuple(str(n) for n in names[np.argsort(first)])
+        model_ix = rank[inverse][order]
+    return RequestArrays.build(
+        t,
+        prompt_tokens[order],
+        output_tokens[order],
+        models=models,
+        model=model_ix,
+        max_tokens=None if max_tokens is None else max_tokens[order],
+        prompts=[prompts[i] for i in order] if prompts else (),
+    )
+
+
+@TRACE_READERS.register("azure")
+def read_azure(path: Path) -> RequestArrays:
+    """Azure LLM inference trace CSV (2023 or 2024 layout)."""
+    cols = read_csv_strings(path, AZURE_COLUMNS)
+    t = to_seconds(cols["TIMESTAMP"], path=path, column="TIMESTAMP")
+    prompt = to_numbers(
+        cols["ContextTokens"], path=path, column="ContextTokens", integral=True, minimum=1
+    )
+    output = to_numbers(
+        cols["GeneratedTokens"], path=path, column="GeneratedTokens", integral=True, minimum=1
+    )
+    return _assemble(t, prompt.astype(np.int64), output.astype(np.int64))
+
+
+@TRACE_READERS.register("burstgpt")
+def read_burstgpt(path: Path, drop_failed: bool = True) -> RequestArrays:
+    """BurstGPT CSV; ``drop_failed`` drops (with a warning) rows with 0 response tokens."""
+    cols = read_csv_strings(path, BURSTGPT_COLUMNS)
+    t = to_numbers(cols["Timestamp"], path=path, column="Timestamp")
+    floor = 0 if drop_failed else 1
+    prompt = to_numbers(
+        cols["Request tokens"], path=path, column="Request tokens", integral=True, minimum=1
+    )
+    output = to_numbers(
+        cols["Response tokens"], path=path, column="Response tokens", integral=True, minimum=floor
+    )
+    models = cols["Model"].to_pylist()
+    keep = output >= 1
+    if not keep.all():
+        warnings.warn(
+            f"{path}: dropped {int((~keep).sum())} failed BurstGPT requests (0 response tokens)",
+            stacklevel=2,
+        )
+        models = [m for m, k in zip(models, keep, strict=True) if k]
+    return _assemble(
+        t[keep], prompt[keep].astype(np.int64), output[keep].astype(np.int64), model_names=models
+    )
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line or record number, parsed record) from a JSON list or a JSONL file."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+        yield from enumerate(records, start=1)
+        return
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if raw.strip():
+            try:
+                yield line, json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"invalid JSON: {exc.msg}", path=path, line=line, value=raw[:80]
+                ) from None
+
+
+def _field(path: Path, line: int, record: Any, key: str, kind: type) -> Any:
+    if not isinstance(record, dict) or key not in record:
+        raise DataError("missing field", path=path, line=line, column=key, value=record)
+    value = record[key]
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+    if not ok:
+        raise DataError(f"expected {kind.__name__}", path=path, line=line, column=key, value=value)
+    return value
+
+
+@TRACE_READERS.register("mooncake")
+def read_mooncake(path: Path) -> RequestArrays:
+    """Mooncake JSONL: ``timestamp`` (ms), ``input_length``, ``output_length``."""
+    rows: list[tuple[float, int, int]] = []
+    for line, rec in _json_records(path):
+        t = _field(path, line, rec, "timestamp", float)
+        vals = [_field(path, line, rec, k, int) for k in ("input_length", "output_length")]
+        for key, v in zip(("input_length", "output_length"), vals, strict=True):
+            if v < 1:
+                raise DataError(
+                    "expected an integer >= 1", path=path, line=line, column=key, value=v
+                )
+        rows.append((t / 1000.0, vals[0], vals[1]))
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    return _assemble(arr[:, 0], arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
+
+
+def _arrivals_for(n: int, arrival: ArrivalProcess | None, seed: int) -> FloatArray:
+    process = arrival if arrival is not None else Poisson(rate=1.0)
+    t = process.times(np.random.default_rng(seed), num_requests=n)
+    if len(t) < n:
+        raise ConfigError(f"the arrival process gave {len(t)} times for {n} requests")
+    return t
+
+
+@TRACE_READERS.register("sharegpt")
+def read_sharegpt(
+    path: Path, arrival: ArrivalProcess | None = None, seed: int = 0
+) -> RequestArrays:
+    """ShareGPT JSON: first (human, assistant) turn pair of each conversation."""
+    prompts: list[str] = []
+    replies: list[str] = []
+    num_short = 0
+    for num, rec in _json_records(path):
+        turns = _field(path, num, rec, "conversations", list)
+        if len(turns) < 2:
+            num_short += 1
+            continue
+        for k, turn in enumerate(turns[:2]):
+            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+                raise DataError(
+                    "turn without a text 'value'",
+                    path=path,
+                    line=num,
+                    column=f"conversations[{k}]",
+                    value=turn,
+                )
+        prompts.append(turns[0]["value"])
+        replies.append(turns[1]["value"])
+    if num_short:
+        warnings.warn(
+            f"{path}: skipped {num_short} conversations with fewer than 2 turns", stacklevel=2
+        )
+    t = _arrivals_for(len(prompts), arrival, seed)
+    return _assemble(t, count_tokens(prompts), count_tokens(replies), prompts=prompts)
+
+
+@TRACE_READERS.register("sincere-prompts")
+def read_sincere_prompts(
+    path: Path, arrival: ArrivalProcess | None = None, seed: int = 0, max_new_tokens: int = 50
+) -> RequestArrays:
+    """SINCERE prompts (``{"prompt", "model_alias"}``); each generates ``max_new_tokens``."""
+    prompts: list[str] = []
+    models: list[str] = []
+    for line, rec in _json_records(path):
+        prompts.append(_field(path, line, rec, "prompt", str))
+        models.append(_field(path, line, rec, "model_alias", str))
+    if max_new_tokens < 1:
+        raise ConfigError("max_new_tokens must be >= 1", value=max_new_tokens)
+    n = len(prompts)
+    t = _arrivals_for(n, arrival, seed)
+    out = np.full(n, max_new_tokens, dtype=np.int64)
+    return _assemble(
+        t, count_tokens(prompts), out, model_names=models, prompts=prompts, max_tokens=out.copy()
+    )
+
+
+TRACE_READERS.register("sincere-csv")(native.read_sincere_csv)
+TRACE_READERS.register("sincere-parquet")(native.read_sincere_parquet)
+TRACE_WRITERS.register("sincere-csv")(native.write_sincere_csv)
+TRACE_WRITERS.register("sincere-parquet")(native.write_sincere_parquet)
+TRACE_WRITERS.register("azure")(native.write_azure)
+TRACE_WRITERS.register("mooncake")(native.write_mooncake)
+TRACE_WRITERS.register("burstgpt")(native.write_burstgpt)
