@@ -1,0 +1,113 @@
+"""Shared pieces of the routers: parameter checks, load measures, prices and budgets.
+
+Prices follow the reference router: an instance charges ``p_in`` per prompt token
+and ``p_out`` per output token (USD), so a request costs
+``p_in * prompt_tokens + p_out * output_tokens``. A request budget caps its output at
+``floor((budget - p_in * prompt_tokens) / p_out)`` tokens on that instance; below one
+token the instance cannot serve it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from sincere.core.errors import ConfigError
+from sincere.core.request import Request
+from sincere.policy.router_base import InstanceView
+
+
+def check_choice(router: str, name: str, value: str, allowed: Iterable[str]) -> str:
+    """``value`` if it is one of ``allowed``; a ConfigError naming the param otherwise."""
+    options = tuple(allowed)
+    if value not in options:
+        raise ConfigError(f"{router}: unknown {name}", value=value, allowed=options)
+    return value
+
+
+def check_number(
+    router: str,
+    name: str,
+    value: float,
+    *,
+    low: float,
+    high: float = math.inf,
+    strict: bool = False,
+) -> float:
+    """``value`` if it is a finite number in [low, high] (or (low, high] when ``strict``)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = is_number and math.isfinite(value) and value <= high
+    ok = ok and (value > low if strict else value >= low)
+    if not ok:
+        bound = f"{'>' if strict else '>='} {low}"
+        if high < math.inf:
+            bound += f" and <= {high}"
+        raise ConfigError(
+            f"{router}: {name} out of range", value=value, allowed=f"a number {bound}"
+        )
+    return float(value)
+
+
+def check_int(router: str, name: str, value: int, *, low: int) -> int:
+    """``value`` if it is an integer >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{router}: {name} out of range", value=value, allowed=f"an int >= {low}")
+    return value
+
+
+def queue_requests(view: InstanceView) -> float:
+    """Requests at the engine: waiting plus running."""
+    return float(view.num_waiting + view.num_running)
+
+
+def queue_tokens(view: InstanceView) -> float:
+    """Tokens of work at the engine: queued prompt tokens plus decode tokens still due."""
+    return float(view.waiting_prefill_tokens + view.running_remaining_tokens)
+
+
+def outstanding(view: InstanceView) -> float:
+    """Requests routed to the instance and not finished."""
+    return float(view.num_outstanding)
+
+
+LOAD_METRICS: dict[str, Callable[[InstanceView], float]] = {
+    "outstanding": outstanding,
+    "requests": queue_requests,
+    "tokens": queue_tokens,
+}
+"""Load measures a router may compare instances by (smaller is less loaded)."""
+
+
+MAX_BUDGET_TOKENS = 2**40
+"""A budget buying at least this many tokens counts as unlimited."""
+
+
+def budget_max_tokens(request: Request, view: InstanceView) -> int | None:
+    """Most output tokens ``request``'s budget buys on ``view``; ``None`` if unlimited.
+
+    Returns 0 (or less) when the prompt alone exhausts the budget.
+    """
+    if request.budget_usd is None:
+        return None
+    left = request.budget_usd - view.price_in_per_token_usd * request.prompt_tokens
+    if view.price_out_per_token_usd <= 0.0:
+        return None if left >= 0.0 else 0
+    tokens = left / view.price_out_per_token_usd
+    if tokens >= MAX_BUDGET_TOKENS:
+        return None
+    return math.floor(tokens + 1e-9)  # 1e-9: 250.0 computed as 249.99999999 is still 250
+
+
+def request_price(request: Request, view: InstanceView, output_tokens: float) -> float:
+    """USD charged for ``request`` on ``view`` if it generates ``output_tokens``."""
+    return (
+        view.price_in_per_token_usd * request.prompt_tokens
+        + view.price_out_per_token_usd * output_tokens
+    )
+
+
+def capped_tokens(request: Request, cap: int | None) -> int | None:
+    """The ``max_tokens`` a decision should carry: ``cap`` if it tightens the request's own."""
+    if cap is None or (request.max_tokens is not None and request.max_tokens <= cap):
+        return None
+    return cap

@@ -1,0 +1,134 @@
+"""Per-instance latency estimates for the predictive routers, and learning from outcomes.
+
+An :class:`Estimator` bundles the collaborators a predictive router needs: an
+output-length predictor, a learned per-instance latency predictor and an SLO error
+model. For each instance it predicts from the instance's step-time model when the
+view carries one (:func:`~sincere.predict.latency.step_model_latency`) and from the
+learned predictor otherwise (``None`` until that instance has outcomes). It keeps
+the context and prediction of every routed request until its outcome arrives, so
+``observe`` can train all three collaborators; the oldest pending entries are
+dropped past ``max_pending`` (requests whose outcome never comes back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sincere.core.errors import ConfigError
+from sincere.core.request import Request
+from sincere.core.types import InstanceId, RequestId, Seconds
+from sincere.policy.router_base import InstanceView, Outcome
+from sincere.predict.latency import (
+    LatencyEstimate,
+    LatencyPredictor,
+    RouteContext,
+    default_latency_predictor,
+    make_latency_predictor,
+    step_model_latency,
+)
+from sincere.predict.length import (
+    OutputLengthPredictor,
+    default_length_predictor,
+    make_length_predictor,
+)
+from sincere.predict.slo import LognormalError
+
+
+def resolve_length(value: OutputLengthPredictor | str | None) -> OutputLengthPredictor:
+    """A predictor object from an object, a registered name, or ``None`` (the default)."""
+    if value is None:
+        return default_length_predictor()
+    if isinstance(value, str):
+        return make_length_predictor(value)
+    if not isinstance(value, OutputLengthPredictor):
+        raise ConfigError("length_predictor is not an output-length predictor", value=value)
+    return value
+
+
+def resolve_latency(value: LatencyPredictor | str | None) -> LatencyPredictor:
+    """A latency predictor from an object, a registered name, or ``None`` (the default)."""
+    if value is None:
+        return default_latency_predictor()
+    if isinstance(value, str):
+        return make_latency_predictor(value)
+    if not isinstance(value, LatencyPredictor):
+        raise ConfigError("latency_predictor is not a latency predictor", value=value)
+    return value
+
+
+def context_of(
+    request: Request, view: InstanceView, expected_output: float, now: Seconds
+) -> RouteContext:
+    """The prediction features of ``request`` on ``view`` at ``now``."""
+    return RouteContext(
+        prompt_tokens=request.prompt_tokens,
+        expected_output_tokens=expected_output,
+        num_running=view.num_running,
+        num_waiting=view.num_waiting,
+        num_outstanding=view.num_outstanding,
+        waiting_prefill_tokens=view.waiting_prefill_tokens,
+        running_remaining_tokens=view.running_remaining_tokens,
+        running_ctx_tokens=view.running_ctx_tokens,
+        max_num_seqs=view.max_num_seqs,
+        routed_at=now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    instance: InstanceId
+    ctx: RouteContext
+    estimate: LatencyEstimate | None
+
+
+class Estimator:
+    """Length, latency and SLO-error collaborators of a predictive router."""
+
+    def __init__(
+        self,
+        length: OutputLengthPredictor,
+        latency: LatencyPredictor,
+        error: LognormalError | None = None,
+        max_pending: int = 100_000,
+    ) -> None:
+        self.length = length
+        self.latency = latency
+        self.error = error or LognormalError()
+        self.max_pending = max_pending
+        self._pending: dict[RequestId, _Pending] = {}
+
+    def estimate(self, view: InstanceView, ctx: RouteContext) -> LatencyEstimate | None:
+        """Analytic estimate when the view has a step model, else the learned one."""
+        if view.step_model is not None:
+            return step_model_latency(view.step_model, ctx)
+        return self.latency.predict(view.id, ctx)
+
+    def remember(
+        self, request: Request, view: InstanceView, ctx: RouteContext, est: LatencyEstimate | None
+    ) -> None:
+        """Keep what was predicted for ``request`` until its outcome arrives."""
+        if len(self._pending) >= self.max_pending:
+            del self._pending[next(iter(self._pending))]
+        self._pending[request.id] = _Pending(view.id, ctx, est)
+
+    def observe(self, outcome: Outcome) -> None:
+        """Train the length, latency and error models on one finished request."""
+        req = outcome.request
+        self.length.observe(req, outcome.output_tokens)
+        pending = self._pending.pop(req.id, None)
+        if pending is None or pending.instance != outcome.instance:
+            ctx = RouteContext(req.prompt_tokens, float(outcome.output_tokens))
+            est = None
+        else:
+            ctx, est = pending.ctx, pending.estimate
+        self.latency.observe(
+            outcome.instance, ctx, outcome.ttft_s, outcome.e2e_s, outcome.output_tokens
+        )
+        if est is not None:
+            self.error.observe(est.ttft_s, outcome.ttft_s)
+            self.error.observe(est.e2e_s, outcome.e2e_s)
+
+    @property
+    def num_pending(self) -> int:
+        """Routed requests whose outcome has not been observed yet."""
+        return len(self._pending)

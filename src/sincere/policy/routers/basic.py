@@ -1,0 +1,139 @@
+"""Load-balancing baselines: random, round-robin, least-outstanding, JSQ, power of two.
+
+These ignore models, prices and predictions; they spread load over the healthy
+instances and are the baselines of the reference router ("random", "round-robin")
+and of Vidur's global schedulers (least-outstanding requests).
+
+* ``random`` -- uniform over healthy instances.
+* ``round-robin`` -- cycles over healthy instances in the order given.
+* ``least-outstanding`` -- fewest requests routed and not finished (``num_outstanding``),
+  which counts requests still in flight to the engine; ties go to the earlier instance.
+* ``join-shortest-queue`` -- shortest engine queue; ``metric="requests"`` (default)
+  compares ``num_waiting + num_running``, ``metric="tokens"`` compares queued prompt
+  tokens plus decode tokens still due (``waiting_prefill_tokens +
+  running_remaining_tokens``), which weighs long prompts properly.
+* ``power-of-two`` -- samples ``num_choices`` (2) distinct healthy instances and takes the
+  less loaded by ``metric`` (default ``outstanding``): near-JSQ balance with O(1) state
+  reads (Mitzenmacher, "The power of two choices in randomized load balancing", 2001).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sincere.core.request import Request
+from sincere.core.types import Seconds
+from sincere.policy.router_base import (
+    ROUTERS,
+    InstanceView,
+    RouteDecision,
+    Router,
+    healthy,
+    no_instance,
+)
+from sincere.policy.routers._common import LOAD_METRICS, check_choice, check_int
+
+
+@ROUTERS.register("random")
+class RandomRouter(Router):
+    """Uniformly random healthy instance."""
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """A healthy instance drawn uniformly from the router's generator."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        return RouteDecision(ok[int(self.rng.integers(len(ok)))].id, reason="random")
+
+
+@ROUTERS.register("round-robin")
+class RoundRobinRouter(Router):
+    """Healthy instances in turn."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        super().__init__(rng)
+        self._next = 0
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """The next healthy instance after the previous choice (by position)."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        choice = ok[self._next % len(ok)]
+        self._next = (self._next + 1) % len(ok)
+        return RouteDecision(choice.id, reason="round-robin")
+
+
+@ROUTERS.register("least-outstanding")
+class LeastOutstandingRouter(Router):
+    """Fewest outstanding requests; first in order on ties."""
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """The healthy instance with the smallest ``num_outstanding``."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        best = min(ok, key=lambda v: v.num_outstanding)
+        return RouteDecision(best.id, reason=f"outstanding={best.num_outstanding}")
+
+
+@ROUTERS.register("join-shortest-queue")
+class JoinShortestQueueRouter(Router):
+    """Shortest engine queue, in requests or in tokens of work."""
+
+    def __init__(self, rng: np.random.Generator, *, metric: str = "requests") -> None:
+        super().__init__(rng)
+        self.metric = check_choice("join-shortest-queue", "metric", metric, ("requests", "tokens"))
+        self._load = LOAD_METRICS[self.metric]
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """The healthy instance with the least queued work; first in order on ties."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        best = min(ok, key=self._load)
+        return RouteDecision(best.id, reason=f"{self.metric}={self._load(best):g}")
+
+
+@ROUTERS.register("power-of-two")
+class PowerOfTwoRouter(Router):
+    """Less loaded of ``num_choices`` random healthy instances."""
+
+    def __init__(
+        self, rng: np.random.Generator, *, metric: str = "outstanding", num_choices: int = 2
+    ) -> None:
+        super().__init__(rng)
+        self.metric = check_choice("power-of-two", "metric", metric, sorted(LOAD_METRICS))
+        self.num_choices = check_int("power-of-two", "num_choices", num_choices, low=1)
+        self._load = LOAD_METRICS[self.metric]
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """Sample distinct candidates, keep the less loaded (the first sampled on ties)."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        k = min(self.num_choices, len(ok))
+        best = min((ok[i] for i in self._sample(len(ok), k)), key=self._load)
+        return RouteDecision(best.id, reason=f"{self.metric}={self._load(best):g} of {k}")
+
+    def _sample(self, n: int, k: int) -> list[int]:
+        """``k`` distinct positions out of ``n``, uniformly (fast paths for k <= 2)."""
+        first = int(self.rng.integers(n))
+        if k == 1:
+            return [first]
+        if k == 2:
+            second = int(self.rng.integers(n - 1))
+            return [first, second + (second >= first)]
+        return [int(i) for i in self.rng.choice(n, size=k, replace=False)]

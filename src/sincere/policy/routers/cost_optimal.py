@@ -1,0 +1,229 @@
+"""Cost-optimal routing: a weighted balance of quality, price, latency and load, under an SLO.
+
+From the published successor of the reference router. Each healthy instance the
+request's budget can pay for gets
+
+    score = w_q * quality + w_c * (1 - cost / max_cost)
+          + w_l * (1 - latency / max_latency) + w_b * (1 - util / max_util)
+
+where ``quality`` is ``InstanceView.quality``, ``cost`` the request's expected price
+there (as in price-optimal), ``latency`` its predicted E2E (or TTFT with
+``latency_metric="ttft"``, as in latency-optimal), ``util`` the instance's busy share
+(the larger of KV usage and ``num_outstanding / max_num_seqs``), and each ``max_*`` is
+taken over the candidates (a zero maximum makes that term 1 for all). The highest
+score wins; ties go to the earlier instance.
+
+Before scoring, instances whose probability of meeting the request's tier is below
+``min_slo_prob`` (0.7) are dropped. That probability puts a lognormal error around
+the latency prediction (:mod:`sincere.predict.slo`; relative spread ``rel_std``, then
+learned from outcomes). An instance without a prediction yet counts as latency 0
+and probability 1 (explored). If every instance is dropped, the one most likely to
+meet the SLO is chosen.
+
+Presets set the weights ``(w_q, w_c, w_l, w_b)``: ``balance`` (0.3, 0.2, 0.3, 0.2,
+the published default), ``quality`` (0.6, 0.1, 0.2, 0.1), ``latency`` (0.1, 0.1, 0.7,
+0.1) and ``cost`` (0.1, 0.6, 0.2, 0.1) -- ours, each giving its objective a clear
+majority; ``w_quality`` / ``w_cost`` / ``w_latency`` / ``w_util`` override one weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from sincere.core.errors import ConfigError
+from sincere.core.request import Request
+from sincere.core.types import Seconds
+from sincere.policy.router_base import (
+    ROUTERS,
+    InstanceView,
+    Outcome,
+    RouteDecision,
+    Router,
+    healthy,
+    no_instance,
+    utilisation,
+)
+from sincere.policy.routers._common import (
+    capped_tokens,
+    check_choice,
+    check_number,
+)
+from sincere.policy.routers._estimates import (
+    Estimator,
+    context_of,
+    resolve_latency,
+    resolve_length,
+)
+from sincere.policy.routers.price_optimal import affordable, over_budget
+from sincere.predict.latency import LatencyEstimate, LatencyPredictor, RouteContext
+from sincere.predict.length import OutputLengthPredictor
+from sincere.predict.slo import LognormalError, slo_probability
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Weights of the cost-optimal score's four terms."""
+
+    quality: float
+    cost: float
+    latency: float
+    util: float
+
+
+PRESETS: dict[str, Weights] = {
+    "balance": Weights(0.3, 0.2, 0.3, 0.2),
+    "quality": Weights(0.6, 0.1, 0.2, 0.1),
+    "latency": Weights(0.1, 0.1, 0.7, 0.1),
+    "cost": Weights(0.1, 0.6, 0.2, 0.1),
+}
+"""Named weight sets (the ``preset`` parameter); ``balance`` is the published default."""
+
+
+def _headroom(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``1 - value / max(values)``; all ones when the maximum is not positive."""
+    top = float(values.max())
+    if top <= 0.0:
+        return np.ones_like(values)
+    return 1.0 - values / top
+
+
+def weighted_scores(
+    weights: Weights,
+    quality: Sequence[float],
+    cost: Sequence[float],
+    latency: Sequence[float],
+    util: Sequence[float],
+) -> npt.NDArray[np.float64]:
+    """The published score of each candidate (see the module docstring)."""
+    return (
+        weights.quality * np.asarray(quality, dtype=np.float64)
+        + weights.cost * _headroom(np.asarray(cost, dtype=np.float64))
+        + weights.latency * _headroom(np.asarray(latency, dtype=np.float64))
+        + weights.util * _headroom(np.asarray(util, dtype=np.float64))
+    )
+
+
+def resolve_weights(preset: str, overrides: dict[str, float | None]) -> Weights:
+    """The preset's weights with any non-None override applied, validated."""
+    base = PRESETS[check_choice("cost-optimal", "preset", preset, PRESETS)]
+    values = {
+        "quality": base.quality,
+        "cost": base.cost,
+        "latency": base.latency,
+        "util": base.util,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = check_number("cost-optimal", f"w_{key}", value, low=0.0)
+    if sum(values.values()) <= 0.0:
+        raise ConfigError("cost-optimal: weights sum to zero", value=values, allowed="a sum > 0")
+    return Weights(**values)
+
+
+class _Option(NamedTuple):
+    """One candidate instance with everything the score needs."""
+
+    view: InstanceView
+    price: float
+    cap: int | None
+    ctx: RouteContext
+    estimate: LatencyEstimate | None
+    latency: float
+    prob: float
+
+
+@ROUTERS.register("cost-optimal")
+class CostOptimalRouter(Router):
+    """Weighted quality / price / latency / load score over instances likely to meet the SLO."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        *,
+        preset: str = "balance",
+        w_quality: float | None = None,
+        w_cost: float | None = None,
+        w_latency: float | None = None,
+        w_util: float | None = None,
+        min_slo_prob: float = 0.7,
+        latency_metric: str = "e2e",
+        rel_std: float = 0.3,
+        length_predictor: OutputLengthPredictor | str | None = None,
+        latency_predictor: LatencyPredictor | str | None = None,
+        error_model: LognormalError | None = None,
+    ) -> None:
+        super().__init__(rng)
+        overrides = {"quality": w_quality, "cost": w_cost, "latency": w_latency, "util": w_util}
+        self.weights = resolve_weights(preset, overrides)
+        self.min_slo_prob = check_number(
+            "cost-optimal", "min_slo_prob", min_slo_prob, low=0.0, high=1.0
+        )
+        self.latency_metric = check_choice(
+            "cost-optimal", "latency_metric", latency_metric, ("e2e", "ttft")
+        )
+        error = error_model or LognormalError(
+            check_number("cost-optimal", "rel_std", rel_std, low=0.0, strict=True)
+        )
+        self.estimator = Estimator(
+            resolve_length(length_predictor), resolve_latency(latency_predictor), error
+        )
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """The best-scoring instance among those likely to meet the SLO."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        options = self._options(request, ok, now)
+        if not options:
+            return over_budget(request, len(ok))
+        likely = [o for o in options if o.prob >= self.min_slo_prob]
+        if likely:
+            scores = self._scores(likely)
+            best = likely[int(np.argmax(scores))]
+            reason = f"score={float(scores.max()):.4g} p_slo={best.prob:.3g}"
+        else:
+            best = max(options, key=lambda o: o.prob)
+            reason = f"no instance with p_slo>={self.min_slo_prob:g}; best p_slo={best.prob:.3g}"
+        self.estimator.remember(request, best.view, best.ctx, best.estimate)
+        return RouteDecision(
+            best.view.id, max_tokens=capped_tokens(request, best.cap), reason=reason
+        )
+
+    def _options(
+        self, request: Request, views: Sequence[InstanceView], now: Seconds
+    ) -> list[_Option]:
+        """Affordable instances with their price, latency prediction and SLO probability."""
+        expected = self.estimator.length.predict(request)
+        elapsed = max(0.0, now - request.arrival_at)
+        out = []
+        for view, price, cap in affordable(request, views, expected):
+            tokens = expected if cap is None else min(expected, float(cap))
+            ctx = context_of(request, view, tokens, now)
+            est = self.estimator.estimate(view, ctx)
+            if est is None:
+                latency, prob = 0.0, 1.0
+            else:
+                latency = est.e2e_s if self.latency_metric == "e2e" else est.ttft_s
+                prob = slo_probability(request.tier, est, self.estimator.error, elapsed)
+            out.append(_Option(view, price, cap, ctx, est, latency, prob))
+        return out
+
+    def _scores(self, options: Sequence[_Option]) -> npt.NDArray[np.float64]:
+        return weighted_scores(
+            self.weights,
+            [o.view.quality for o in options],
+            [o.price for o in options],
+            [o.latency for o in options],
+            [utilisation(o.view) for o in options],
+        )
+
+    def observe(self, outcome: Outcome) -> None:
+        """Train the length and latency predictors and the SLO error model."""
+        self.estimator.observe(outcome)

@@ -1,0 +1,98 @@
+"""Latency-optimal routing: the instance with the smallest predicted latency.
+
+The reference router's latency objective. For each healthy instance it predicts the
+request's completion time (``objective="e2e"``, default) or its time to first token
+(``objective="ttft"``):
+
+* with the instance's step-time model (``InstanceView.step_model``), analytically:
+  the queued prompt tokens and ours prefilled beside the running decodes, then the
+  expected output tokens decoded at the batch size the instance will run
+  (:func:`sincere.predict.latency.step_model_latency`);
+* without one, from a per-instance latency predictor learned from outcomes
+  (``latency_predictor``, default a load-scaled EWMA of recent requests).
+
+Expected output tokens come from ``length_predictor`` (default: the model's history
+mean, ``max_tokens`` until enough requests finished). Instances without any
+prediction yet are explored first, least outstanding first -- the reference's
+"train phase" folded into serving. Ties go to the less loaded instance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from sincere.core.request import Request
+from sincere.core.types import Seconds
+from sincere.policy.router_base import (
+    ROUTERS,
+    InstanceView,
+    Outcome,
+    RouteDecision,
+    Router,
+    healthy,
+    no_instance,
+)
+from sincere.policy.routers._common import check_choice
+from sincere.policy.routers._estimates import (
+    Estimator,
+    context_of,
+    resolve_latency,
+    resolve_length,
+)
+from sincere.predict.latency import LatencyEstimate, LatencyPredictor
+from sincere.predict.length import OutputLengthPredictor
+from sincere.predict.slo import LognormalError
+
+
+@ROUTERS.register("latency-optimal")
+class LatencyOptimalRouter(Router):
+    """Smallest predicted E2E (or TTFT) over healthy instances."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        *,
+        objective: str = "e2e",
+        length_predictor: OutputLengthPredictor | str | None = None,
+        latency_predictor: LatencyPredictor | str | None = None,
+    ) -> None:
+        super().__init__(rng)
+        self.objective = check_choice("latency-optimal", "objective", objective, ("e2e", "ttft"))
+        self.estimator = Estimator(
+            resolve_length(length_predictor), resolve_latency(latency_predictor), LognormalError()
+        )
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """The healthy instance predicted fastest; unexplored instances first."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        expected = self.estimator.length.predict(request)
+        options = []
+        for view in ok:
+            ctx = context_of(request, view, expected, now)
+            options.append((view, ctx, self.estimator.estimate(view, ctx)))
+        unknown = [o for o in options if o[2] is None]
+        if unknown:
+            view, ctx, est = min(unknown, key=lambda o: o[0].num_outstanding)
+            reason = "exploring: no latency data yet"
+        else:
+            view, ctx, est = min(options, key=lambda o: (self._value(o[2]), o[0].num_outstanding))
+            reason = f"predicted {self.objective}={self._value(est):.4g}s"
+        self.estimator.remember(request, view, ctx, est)
+        return RouteDecision(view.id, reason=reason)
+
+    def _value(self, est: LatencyEstimate | None) -> float:
+        """The objective of a prediction (infinite when there is none)."""
+        if est is None:
+            return math.inf
+        return est.e2e_s if self.objective == "e2e" else est.ttft_s
+
+    def observe(self, outcome: Outcome) -> None:
+        """Train the length and latency predictors."""
+        self.estimator.observe(outcome)

@@ -1,0 +1,92 @@
+"""Price-optimal routing: the instance that charges least for the request.
+
+The reference router's price objective. Each instance charges ``p_in`` per prompt
+token and ``p_out`` per output token (``InstanceView.price_*_per_token_usd``), so the
+request's expected price there is ``p_in * prompt_tokens + p_out * expected_output``,
+with the expected output from ``length_predictor`` (default: the model's history
+mean, ``max_tokens`` until enough requests finished).
+
+A request with a budget (``Request.budget_usd``) may buy at most
+``floor((budget - p_in * prompt_tokens) / p_out)`` output tokens on an instance; the
+expected output is capped there, the decision carries that cap as ``max_tokens``
+when it is tighter than the request's own, and instances where the cap is below one
+token are skipped. When every instance is skipped the request is rejected. Ties in
+price go to the instance with fewer outstanding requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sincere.core.request import Request
+from sincere.core.types import Seconds
+from sincere.policy.router_base import (
+    ROUTERS,
+    InstanceView,
+    Outcome,
+    RouteDecision,
+    Router,
+    healthy,
+    no_instance,
+)
+from sincere.policy.routers._common import budget_max_tokens, capped_tokens, request_price
+from sincere.policy.routers._estimates import resolve_length
+from sincere.predict.length import OutputLengthPredictor
+
+
+def affordable(
+    request: Request, views: Sequence[InstanceView], expected_output: float
+) -> list[tuple[InstanceView, float, int | None]]:
+    """``(view, expected price, token cap)`` of each instance the budget can pay for."""
+    out = []
+    for view in views:
+        cap = budget_max_tokens(request, view)
+        if cap is not None and cap < 1:
+            continue
+        tokens = expected_output if cap is None else min(expected_output, float(cap))
+        out.append((view, request_price(request, view, tokens), cap))
+    return out
+
+
+def over_budget(request: Request, num_instances: int) -> RouteDecision:
+    """The rejection of a request whose budget buys no output token anywhere."""
+    return RouteDecision(
+        None,
+        reason=f"budget ${request.budget_usd:g} buys no output token on any of "
+        f"{num_instances} instances",
+    )
+
+
+@ROUTERS.register("price-optimal")
+class PriceOptimalRouter(Router):
+    """Cheapest expected price within the request's budget."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        *,
+        length_predictor: OutputLengthPredictor | str | None = None,
+    ) -> None:
+        super().__init__(rng)
+        self.length = resolve_length(length_predictor)
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """The cheapest affordable healthy instance, or a rejection."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        options = affordable(request, ok, self.length.predict(request))
+        if not options:
+            return over_budget(request, len(ok))
+        view, price, cap = min(options, key=lambda o: (o[1], o[0].num_outstanding))
+        return RouteDecision(
+            view.id, max_tokens=capped_tokens(request, cap), reason=f"price=${price:.6g}"
+        )
+
+    def observe(self, outcome: Outcome) -> None:
+        """Train the length predictor."""
+        self.length.observe(outcome.request, outcome.output_tokens)

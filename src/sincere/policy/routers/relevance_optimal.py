@@ -1,0 +1,52 @@
+"""Relevance-optimal routing: the instance serving the best answers.
+
+The reference router's relevance (quality) objective: each model's answers were
+judged offline by an LLM judge, giving a quality score per model; here that score
+is ``InstanceView.quality`` (see :func:`sincere.predict.quality.model_quality` to
+derive it from relative accuracy per precision). The router picks the highest
+quality; instances within ``tolerance`` of the best count as tied, and ties go to
+the least loaded by ``metric`` (``outstanding`` by default, or ``requests`` /
+``tokens`` as in join-shortest-queue), then to the earlier instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sincere.core.request import Request
+from sincere.core.types import Seconds
+from sincere.policy.router_base import (
+    ROUTERS,
+    InstanceView,
+    RouteDecision,
+    Router,
+    healthy,
+    no_instance,
+)
+from sincere.policy.routers._common import LOAD_METRICS, check_choice, check_number
+
+
+@ROUTERS.register("relevance-optimal")
+class RelevanceOptimalRouter(Router):
+    """Highest quality; the least loaded among equals."""
+
+    def __init__(
+        self, rng: np.random.Generator, *, tolerance: float = 0.0, metric: str = "outstanding"
+    ) -> None:
+        super().__init__(rng)
+        self.tolerance = check_number("relevance-optimal", "tolerance", tolerance, low=0.0)
+        self.metric = check_choice("relevance-optimal", "metric", metric, sorted(LOAD_METRICS))
+        self._load = LOAD_METRICS[self.metric]
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """The least loaded of the healthy instances with (near-)best quality."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        top = max(v.quality for v in ok) - self.tolerance
+        best = min((v for v in ok if v.quality >= top), key=self._load)
+        return RouteDecision(best.id, reason=f"quality={best.quality:g}")

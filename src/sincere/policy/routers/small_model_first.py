@@ -1,0 +1,119 @@
+"""Small-model-first routing: the "LLM router + round-robin" baseline.
+
+A cascade-style router as used as a baseline by the reference router: send every
+request to the instances of the smallest (cheapest) model unless the request looks
+hard, and then to the largest model's instances; round-robin within the chosen
+group. A request is hard when its prompt is longer than ``hard_prompt_tokens``
+(default 512), or, when a ``difficulty`` predictor (a callable ``Request -> float``,
+e.g. a trained classifier) is given, when its score is at least ``hard_threshold``.
+
+Model size: ``model_sizes`` maps model name to a size (e.g. parameters in billions,
+from the catalog's ``ModelArch.num_params_b``); without it a model's size is the mean
+price per token of its instances (``price_in + price_out``), then its quality.
+:func:`catalog_sizes` builds ``model_sizes`` from the catalog. The
+smallest and largest model are chosen among the healthy instances, so when only one
+model is up every request goes there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from sincere.catalog import get_model
+from sincere.core.errors import ConfigError
+from sincere.core.request import Request
+from sincere.core.types import ModelName, Seconds
+from sincere.policy.router_base import (
+    ROUTERS,
+    InstanceView,
+    RouteDecision,
+    Router,
+    healthy,
+    no_instance,
+)
+from sincere.policy.routers._common import check_int, check_number
+
+
+def catalog_sizes(models: Iterable[ModelName]) -> dict[ModelName, float]:
+    """``model_sizes`` from the catalog: parameters (billions) of each named model."""
+    return {name: get_model(name).num_params_b for name in models}
+
+
+def group_by_model(views: Sequence[InstanceView]) -> dict[ModelName, list[InstanceView]]:
+    """Instances per model, in first-seen order."""
+    groups: dict[ModelName, list[InstanceView]] = {}
+    for view in views:
+        groups.setdefault(view.model, []).append(view)
+    return groups
+
+
+def price_size(group: Sequence[InstanceView]) -> tuple[float, float]:
+    """Size proxy of a model: mean price per token of its instances, then mean quality."""
+    price = sum(v.price_in_per_token_usd + v.price_out_per_token_usd for v in group)
+    quality = sum(v.quality for v in group)
+    return price / len(group), quality / len(group)
+
+
+@ROUTERS.register("small-model-first")
+class SmallModelFirstRouter(Router):
+    """Smallest model unless the request is hard; round-robin within a model's instances."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        *,
+        hard_prompt_tokens: int = 512,
+        model_sizes: Mapping[ModelName, float] | None = None,
+        difficulty: Callable[[Request], float] | None = None,
+        hard_threshold: float = 0.5,
+    ) -> None:
+        super().__init__(rng)
+        self.hard_prompt_tokens = check_int(
+            "small-model-first", "hard_prompt_tokens", hard_prompt_tokens, low=1
+        )
+        self.model_sizes = dict(model_sizes or {})
+        for name, size in self.model_sizes.items():
+            check_number("small-model-first", f"model_sizes[{name!r}]", size, low=0.0)
+        if difficulty is not None and not callable(difficulty):
+            raise ConfigError("small-model-first: difficulty must be callable", value=difficulty)
+        self.difficulty = difficulty
+        self.hard_threshold = check_number(
+            "small-model-first", "hard_threshold", hard_threshold, low=-np.inf
+        )
+        self._turn: dict[ModelName, int] = {}
+
+    def is_hard(self, request: Request) -> bool:
+        """Whether ``request`` goes to the largest model."""
+        if self.difficulty is not None:
+            return self.difficulty(request) >= self.hard_threshold
+        return request.prompt_tokens > self.hard_prompt_tokens
+
+    def _size(self, model: ModelName, group: Sequence[InstanceView]) -> tuple[float, float]:
+        if not self.model_sizes:
+            return price_size(group)
+        if model not in self.model_sizes:
+            raise ConfigError(
+                "small-model-first: model_sizes lacks a served model",
+                value=model,
+                allowed=sorted(self.model_sizes),
+            )
+        return self.model_sizes[model], price_size(group)[1]
+
+    def route(
+        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """Next instance, round-robin, of the smallest or (hard request) largest model."""
+        ok = healthy(instances)
+        if not ok:
+            return no_instance(instances)
+        groups = group_by_model(ok)
+        hard = self.is_hard(request)
+        pick = max if hard else min
+        model = pick(groups, key=lambda m: self._size(m, groups[m]))
+        group = groups[model]
+        turn = self._turn.get(model, 0) % len(group)
+        self._turn[model] = turn + 1
+        label = "hard" if hard else "easy"
+        return RouteDecision(group[turn].id, reason=f"{label} -> {model}")

@@ -1,0 +1,285 @@
+"""Per-instance latency predictors: TTFT and end-to-end latency of a request.
+
+Two sources of a prediction, as in the reference router's serving phase:
+
+* :func:`step_model_latency` -- analytic, from the instance's queue state and its
+  step-time model (:class:`~sincere.perf.base.StepTimeModel`): the queued prompts and
+  ours are prefilled in one iteration beside the running decodes (TTFT), then the
+  expected output tokens are decoded at the batch size the instance will run
+  (E2E). When the batch is full the request first waits for the running sequences'
+  mean remaining decode. Optimistic under chunked prefill of long queues; exact for
+  an idle instance.
+* learned from finished requests, per instance, when no step model is known:
+  :class:`RecentWindow` (EWMA of TTFT and time per output token, scaled by the
+  current load relative to the load those samples saw) and :class:`LinearLatency`
+  (least squares on a sliding window: TTFT on prompt tokens and queue, time per
+  output token on outstanding requests) -- a cheap stand-in for the reference's
+  gradient-boosted baseline.
+
+The reference's LSTM over the recent request history is an extension point: any
+class with ``predict(instance, ctx)`` and ``observe(instance, ctx, ...)`` registered
+in :data:`LATENCY_PREDICTORS` works (a torch model would live in an optional module).
+All predictors are clock-free: times come in :class:`RouteContext`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+from sincere.core.errors import ConfigError
+from sincere.core.registry import Registry
+from sincere.core.types import InstanceId, Seconds
+from sincere.perf.base import Batch, StepTimeModel
+
+
+class RouteContext(NamedTuple):
+    """A request's size and one instance's load at routing time (the features).
+
+    A NamedTuple rather than a frozen dataclass: routers build one per instance per
+    request, and tuples are several times cheaper to create.
+    """
+
+    prompt_tokens: int  # tokens of the request's prompt
+    expected_output_tokens: float  # from an output-length predictor
+    num_running: int = 0  # sequences in the instance's running batch
+    num_waiting: int = 0  # requests queued at the instance
+    num_outstanding: int = 0  # routed and not finished
+    waiting_prefill_tokens: int = 0  # prompt tokens queued at the instance
+    running_remaining_tokens: int = 0  # decode tokens due for running sequences
+    running_ctx_tokens: int = 0  # context of running sequences, summed
+    max_num_seqs: int = 256  # the instance's batch limit
+    routed_at: Seconds = 0.0  # when the decision was made
+
+
+class LatencyEstimate(NamedTuple):
+    """Predicted latencies of one request on one instance, seconds from routing."""
+
+    ttft_s: Seconds  # time to first token
+    e2e_s: Seconds  # time to last token
+    output_tokens: float  # output tokens the prediction assumed
+
+    @property
+    def tpot_s(self) -> Seconds:
+        """Predicted time per output token after the first."""
+        steps = self.output_tokens - 1.0
+        return (self.e2e_s - self.ttft_s) / steps if steps > 0 else 0.0
+
+
+@runtime_checkable
+class LatencyPredictor(Protocol):
+    """Learns per-instance latencies from finished requests."""
+
+    def predict(self, instance: InstanceId, ctx: RouteContext) -> LatencyEstimate | None:
+        """Prediction for a request on ``instance``; ``None`` while it has too little data."""
+        ...
+
+    def observe(
+        self,
+        instance: InstanceId,
+        ctx: RouteContext,
+        ttft_s: Seconds,
+        e2e_s: Seconds,
+        output_tokens: int,
+    ) -> None:
+        """Learn from a request routed with ``ctx`` that finished with these latencies."""
+        ...
+
+
+def _slot_wait_s(model: StepTimeModel, ctx: RouteContext, num_ahead: int, total_ctx: int) -> float:
+    """Time until a batch slot frees when ``num_ahead`` sequences fill the batch."""
+    excess = num_ahead + 1 - ctx.max_num_seqs
+    if excess <= 0:
+        return 0.0
+    rounds = math.ceil(excess / ctx.max_num_seqs)
+    per_seq = ctx.running_remaining_tokens / ctx.num_running if ctx.num_running else 1.0
+    steps = max(1, round(per_seq))
+    return rounds * model.decode_steps_s(ctx.max_num_seqs, total_ctx, steps)
+
+
+def step_model_latency(model: StepTimeModel, ctx: RouteContext) -> LatencyEstimate:
+    """Analytic TTFT and E2E of a request on an instance (see the module docstring)."""
+    p, w, n_wait = ctx.prompt_tokens, ctx.waiting_prefill_tokens, ctx.num_waiting
+    mean_w = w / n_wait if n_wait else 0.0
+    prefill = Batch(
+        num_prefill_seqs=n_wait + 1,
+        prefill_tokens=w + p,
+        prefill_attn_pairs=n_wait * mean_w * (mean_w + 1) / 2 + p * (p + 1) / 2,
+        num_decode_seqs=ctx.num_running,
+        decode_ctx_tokens=ctx.running_ctx_tokens,
+    )
+    num_ahead = ctx.num_running + n_wait
+    total_ctx = ctx.running_ctx_tokens + w + p
+    ttft = _slot_wait_s(model, ctx, num_ahead, total_ctx) + model.iteration_s(prefill)
+    num_seqs = min(num_ahead + 1, ctx.max_num_seqs)
+    decode_ctx = round(total_ctx * num_seqs / (num_ahead + 1)) + num_seqs
+    steps = max(0, round(ctx.expected_output_tokens) - 1)
+    e2e = ttft + model.decode_steps_s(num_seqs, decode_ctx, steps)
+    return LatencyEstimate(ttft, e2e, max(ctx.expected_output_tokens, 1.0))
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha <= 1.0:
+        raise ConfigError("alpha must be in (0, 1]", value=alpha, allowed="0 < alpha <= 1")
+
+
+class _Ewma:
+    """Exponentially weighted means of TTFT, time per output token and load."""
+
+    __slots__ = ("count", "load", "tpot_s", "ttft_s")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ttft_s = 0.0
+        self.tpot_s = 0.0
+        self.load = 0.0
+
+    def add(self, alpha: float, ttft_s: float, tpot_s: float, load: float) -> None:
+        a = 1.0 if self.count == 0 else alpha
+        self.count += 1
+        self.ttft_s += a * (ttft_s - self.ttft_s)
+        self.tpot_s += a * (tpot_s - self.tpot_s)
+        self.load += a * (load - self.load)
+
+
+class RecentWindow:
+    """EWMA of TTFT and time per output token per instance, load-scaled.
+
+    A prediction scales the averages by ``(1 + outstanding now) / (1 + mean outstanding
+    seen by the samples)`` when ``load_scaling`` is on, so a busier instance is
+    predicted slower before its own outcomes say so.
+    """
+
+    def __init__(self, alpha: float = 0.2, min_samples: int = 1, load_scaling: bool = True):
+        _check_alpha(alpha)
+        if min_samples < 1:
+            raise ConfigError("min_samples must be >= 1", value=min_samples)
+        self.alpha = alpha
+        self.min_samples = min_samples
+        self.load_scaling = load_scaling
+        self._stats: dict[InstanceId, _Ewma] = {}
+
+    def predict(self, instance: InstanceId, ctx: RouteContext) -> LatencyEstimate | None:
+        """Scaled averages, or ``None`` before ``min_samples`` outcomes."""
+        stat = self._stats.get(instance)
+        if stat is None or stat.count < self.min_samples:
+            return None
+        scale = (1.0 + ctx.num_outstanding) / (1.0 + stat.load) if self.load_scaling else 1.0
+        out = max(ctx.expected_output_tokens, 1.0)
+        ttft = stat.ttft_s * scale
+        return LatencyEstimate(ttft, ttft + (out - 1.0) * stat.tpot_s * scale, out)
+
+    def observe(
+        self,
+        instance: InstanceId,
+        ctx: RouteContext,
+        ttft_s: Seconds,
+        e2e_s: Seconds,
+        output_tokens: int,
+    ) -> None:
+        """Fold one outcome into the instance's averages."""
+        tpot = (e2e_s - ttft_s) / (output_tokens - 1) if output_tokens > 1 else 0.0
+        stat = self._stats.setdefault(instance, _Ewma())
+        stat.add(self.alpha, ttft_s, tpot, float(ctx.num_outstanding))
+
+
+def _ttft_features(ctx: RouteContext) -> list[float]:
+    queue = float(ctx.waiting_prefill_tokens)
+    return [1.0, float(ctx.prompt_tokens), float(ctx.num_waiting), queue]
+
+
+def _tpot_features(ctx: RouteContext) -> list[float]:
+    return [1.0, float(ctx.num_outstanding), float(ctx.num_running)]
+
+
+class _Window:
+    """A sliding window of (features, target) rows and the least-squares fit on it."""
+
+    def __init__(self, size: int) -> None:
+        self.rows: deque[tuple[list[float], float]] = deque(maxlen=size)
+        self.coef: np.ndarray[Any, np.dtype[np.float64]] | None = None
+
+    def fit(self, ridge: float) -> None:
+        x = np.array([r[0] for r in self.rows])
+        y = np.array([r[1] for r in self.rows])
+        gram = x.T @ x + ridge * np.eye(x.shape[1])
+        self.coef = np.linalg.solve(gram, x.T @ y)
+
+    def value(self, features: list[float]) -> float:
+        assert self.coef is not None  # callers check fitted first
+        return max(0.0, float(np.dot(self.coef, features)))
+
+
+class LinearLatency:
+    """Ridge regression per instance on its last ``window`` outcomes, refit every ``refit_every``.
+
+    TTFT ~ prompt tokens, queued requests and queued prompt tokens; time per output
+    token ~ outstanding and running requests. E2E = TTFT + (out - 1) * TPOT.
+    """
+
+    def __init__(
+        self, window: int = 256, min_samples: int = 16, refit_every: int = 8, ridge: float = 1e-6
+    ) -> None:
+        for name, value in (("window", window), ("min_samples", min_samples)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1", value=value, allowed="an int >= 1")
+        if refit_every < 1 or ridge < 0:
+            raise ConfigError("need refit_every >= 1 and ridge >= 0", value=(refit_every, ridge))
+        self.window, self.min_samples = window, min_samples
+        self.refit_every, self.ridge = refit_every, ridge
+        self._ttft: dict[InstanceId, _Window] = {}
+        self._tpot: dict[InstanceId, _Window] = {}
+        self._seen: dict[InstanceId, int] = {}
+
+    def predict(self, instance: InstanceId, ctx: RouteContext) -> LatencyEstimate | None:
+        """The fitted prediction, or ``None`` before ``min_samples`` outcomes."""
+        ttft_w, tpot_w = self._ttft.get(instance), self._tpot.get(instance)
+        if ttft_w is None or ttft_w.coef is None:
+            return None
+        out = max(ctx.expected_output_tokens, 1.0)
+        ttft = ttft_w.value(_ttft_features(ctx))
+        tpot = tpot_w.value(_tpot_features(ctx)) if tpot_w and tpot_w.coef is not None else 0.0
+        return LatencyEstimate(ttft, ttft + (out - 1.0) * tpot, out)
+
+    def observe(
+        self,
+        instance: InstanceId,
+        ctx: RouteContext,
+        ttft_s: Seconds,
+        e2e_s: Seconds,
+        output_tokens: int,
+    ) -> None:
+        """Add one row; refit when due."""
+        ttft_w = self._ttft.setdefault(instance, _Window(self.window))
+        tpot_w = self._tpot.setdefault(instance, _Window(self.window))
+        ttft_w.rows.append((_ttft_features(ctx), ttft_s))
+        if output_tokens > 1:
+            tpot_w.rows.append((_tpot_features(ctx), (e2e_s - ttft_s) / (output_tokens - 1)))
+        seen = self._seen[instance] = self._seen.get(instance, 0) + 1
+        if seen >= self.min_samples and (seen - self.min_samples) % self.refit_every == 0:
+            ttft_w.fit(self.ridge)
+            if tpot_w.rows:
+                tpot_w.fit(self.ridge)
+
+
+LATENCY_PREDICTORS: Registry[Callable[..., LatencyPredictor]] = Registry("latency predictor")
+LATENCY_PREDICTORS.register("recent-window")(RecentWindow)
+LATENCY_PREDICTORS.register("linear")(LinearLatency)
+
+
+def make_latency_predictor(name: str, **params: Any) -> LatencyPredictor:
+    """Build the registered latency predictor ``name`` with ``params``."""
+    factory = LATENCY_PREDICTORS.get(name)
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ConfigError(f"latency predictor {name!r}: {exc}", value=params) from None
+
+
+def default_latency_predictor() -> LatencyPredictor:
+    """Load-scaled EWMA over each instance's recent outcomes."""
+    return RecentWindow()

@@ -1,0 +1,132 @@
+"""Latency-optimal routing with step-time models and with learned predictors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sincere.core import Request
+from sincere.perf.base import Batch, StepTimeBase
+from sincere.policy.router_base import InstanceView, Outcome
+from sincere.policy.routers import LatencyOptimalRouter
+from sincere.predict.latency import RouteContext, step_model_latency
+from sincere.predict.length import MaxTokens
+
+
+class LinearStep(StepTimeBase):
+    """Iteration time = base + per_token * tokens."""
+
+    def __init__(self, base_s: float, per_token_s: float) -> None:
+        super().__init__()
+        self.base_s, self.per_token_s = base_s, per_token_s
+
+    def iteration_s(self, batch: Batch) -> float:
+        return self.base_s + self.per_token_s * batch.num_tokens
+
+
+def router(**kw: Any) -> LatencyOptimalRouter:
+    return LatencyOptimalRouter(np.random.default_rng(0), length_predictor=MaxTokens(), **kw)
+
+
+def view(name: str, step: StepTimeBase | None, **kw: Any) -> InstanceView:
+    return InstanceView(name, "m", "H100", step_model=step, **kw)
+
+
+REQ = Request(0, 0.0, "m", 1000, 50, max_tokens=100)
+
+
+def test_picks_the_faster_instance_and_reports_its_prediction() -> None:
+    """With idle instances the faster step model wins; the reason carries its predicted E2E."""
+    fast, slow = LinearStep(0.01, 0.0001), LinearStep(0.02, 0.001)
+    decision = router().route(REQ, [view("slow", slow), view("fast", fast)], 0.0)
+    assert decision.instance == "fast"
+    expected = step_model_latency(fast, RouteContext(1000, 100.0)).e2e_s
+    assert f"{expected:.4g}" in decision.reason
+
+
+def test_a_long_queue_sends_the_request_elsewhere() -> None:
+    """Queued prefill work on the fast instance makes the slower idle one preferable."""
+    fast, slow = LinearStep(0.01, 0.0001), LinearStep(0.02, 0.001)
+    views = [
+        view("fast", fast, num_waiting=40, waiting_prefill_tokens=400_000, num_running=200),
+        view("slow", slow),
+    ]
+    assert router().route(REQ, views, 0.0).instance == "slow"
+
+
+def test_objective_ttft_and_e2e_can_disagree() -> None:
+    """A cheap-prefill / slow-decode instance wins on TTFT and loses on E2E."""
+    prefill_fast = LinearStep(0.05, 0.00001)  # ttft 0.06 s, e2e ~5 s
+    decode_fast = LinearStep(0.01, 0.001)  # ttft 1.01 s, e2e ~2.1 s
+    views = [view("prefill-fast", prefill_fast), view("decode-fast", decode_fast)]
+    assert router(objective="ttft").route(REQ, views, 0.0).instance == "prefill-fast"
+    assert router(objective="e2e").route(REQ, views, 0.0).instance == "decode-fast"
+
+
+def test_without_step_models_it_explores_then_learns_from_outcomes() -> None:
+    """Unknown instances are tried first; after outcomes the observed faster one wins."""
+    r = router()
+    views = [view("a", None), view("b", None, num_outstanding=1)]
+    first = r.route(REQ, views, 0.0)
+    assert first.instance == "a"
+    assert "exploring" in first.reason
+    for k, (inst, e2e) in enumerate([("a", 9.0), ("b", 3.0)]):
+        req = Request(10 + k, 0.0, "m", 1000, 50, max_tokens=100)
+        r.route(req, [view(inst, None)], 0.0)
+        r.observe(Outcome(req, inst, ttft_s=1.0, e2e_s=e2e, output_tokens=100, finished_at=e2e))
+    assert r.route(REQ, [view("a", None), view("b", None)], 1.0).instance == "b"
+    assert r.estimator.num_pending == 1  # the very first request never came back
+
+
+def test_unhealthy_fast_instance_is_skipped() -> None:
+    """An unhealthy instance is never chosen even when it is predicted fastest."""
+    views = [view("fast", LinearStep(0.001, 0.0), healthy=False), view("ok", LinearStep(1.0, 0.1))]
+    assert router().route(REQ, views, 0.0).instance == "ok"
+
+
+def test_seeded_runs_are_identical() -> None:
+    """Two routers fed the same requests and outcomes make the same decisions."""
+    views = [view(f"i{k}", None, num_outstanding=k % 2) for k in range(4)]
+
+    def run() -> list[str | None]:
+        r, out = router(), []
+        for k in range(20):
+            req = Request(k, float(k), "m", 100 + k, 10, max_tokens=20)
+            d = r.route(req, views, float(k))
+            out.append(d.instance)
+            if d.instance is not None:
+                r.observe(Outcome(req, d.instance, 0.1 * (k % 3 + 1), 1.0 + k % 4, 10, k + 1.0))
+        return out
+
+    assert run() == run()
+    assert len(set(run())) > 1
+
+
+@pytest.mark.parametrize("name", ["recent-window", "linear"])
+def test_learned_predictor_is_chosen_by_name(name: str) -> None:
+    """latency_predictor accepts a registered name."""
+    r = LatencyOptimalRouter(np.random.default_rng(0), latency_predictor=name)
+    assert type(r.estimator.latency).__name__ in ("RecentWindow", "LinearLatency")
+
+
+def test_roofline_models_send_work_to_the_faster_accelerator() -> None:
+    """With catalog roofline models, an idle H100 beats an idle L4 for the same model."""
+    from sincere.catalog import get_accelerator, get_model
+    from sincere.perf.base import Deployment
+    from sincere.perf.roofline import Roofline
+
+    model = get_model("llama-3-8b")
+    views = [
+        view("l4", Roofline(Deployment(model, get_accelerator("L4")))),
+        view("h100", Roofline(Deployment(model, get_accelerator("H100-SXM")))),
+    ]
+    assert router().route(REQ, views, 0.0).instance == "h100"
+    busy_h100 = view(
+        "h100",
+        Roofline(Deployment(model, get_accelerator("H100-SXM"))),
+        num_waiting=64,
+        waiting_prefill_tokens=2_000_000,
+    )
+    assert router().route(REQ, [views[0], busy_h100], 0.0).instance == "l4"
