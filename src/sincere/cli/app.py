@@ -31,7 +31,8 @@ def _root(
 
 
 def _register() -> None:
-    from sincere.cli import catalog, trace  # noqa: F401  (each registers its commands)
+    from sincere.cli import catalog, plan, trace  # noqa: F401  (each registers its commands)
+    from sincere.cli import simulate  # noqa: F401
 
 
 def main() -> None:
