@@ -85,13 +85,15 @@ MAX_BUDGET_TOKENS = 2**40
 def budget_max_tokens(request: Request, view: InstanceView) -> int | None:
     """Most output tokens ``request``'s budget buys on ``view``; ``None`` if unlimited.
 
-    Returns 0 (or less) when the prompt alone exhausts the budget.
+    Returns 0 when the prompt alone exhausts the budget.
     """
     if request.budget_usd is None:
         return None
     left = request.budget_usd - view.price_in_per_token_usd * request.prompt_tokens
+    if left < 0.0:
+        return 0
     if view.price_out_per_token_usd <= 0.0:
-        return None if left >= 0.0 else 0
+        return None
     tokens = left / view.price_out_per_token_usd
     if tokens >= MAX_BUDGET_TOKENS:
         return None
