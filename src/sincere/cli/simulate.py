@@ -1,0 +1,107 @@
+"""``sincere simulate CONFIG --out DIR``: run the discrete-event simulator.
+
+Writes ``DIR/requests.parquet`` (one row per request), ``DIR/summary.json`` and
+``DIR/config.yaml`` (the resolved config, seed included) and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from sincere.cli.app import app
+
+_HELP = (
+    "Simulate serving a workload on a cluster described by CONFIG (YAML).\n\n"
+    "CONFIG holds `workload`, `instances` (model, accelerator, count, precision, tp, cc, "
+    "step_model, engine: scheduler and limits) and `router`; see docs/simulator.md.\n\n"
+    "Units: times in seconds (`*_s`), rates in requests/s, lengths in tokens, prices in USD.\n\n"
+    "Writes into --out: requests.parquet (one row per request, times in seconds since the "
+    "start), summary.json (latency percentiles, throughput, SLO attainment, goodput, "
+    "utilization, cost) and config.yaml (the resolved config; rerun it to repeat the run)."
+)
+
+
+@app.command("simulate", help=_HELP)
+def simulate_command(
+    config: Annotated[Path, typer.Argument(help="Simulation config (YAML).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")],
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Override the config's seed (integer).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
+) -> None:
+    """Run one simulation and write its outputs."""
+    from sincere.sim.api import simulate
+
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    if quiet:
+        result = simulate(config, seed=seed)
+    else:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("simulating", total=None)
+
+            def report(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = simulate(config, seed=seed, progress=report)
+    result.write(out)
+    wall_s = time.perf_counter() - started
+    if not quiet:
+        Console().print(summary_table(result.summary))
+        console.print(
+            f"{result.summary['num_requests']:,} requests in {wall_s:.2f} s wall "
+            f"({result.summary['num_requests'] / wall_s:,.0f} simulated requests/s); "
+            f"outputs in {out}"
+        )
+
+
+def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value * scale:.{digits}f}"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """The terminal table: latency rows (mean / p50 / p90 / p99), then totals."""
+    table = Table(title="simulation summary", show_header=True)
+    for column in ("metric", "mean", "p50", "p90", "p99"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, label in (
+        ("ttft_s", "TTFT (s)"),
+        ("tpot_s", "TPOT (ms)"),
+        ("itl_s", "ITL (ms)"),
+        ("e2e_s", "E2E (s)"),
+        ("queue_s", "queueing (s)"),
+    ):
+        scale = 1000.0 if key in ("tpot_s", "itl_s") else 1.0
+        stats = summary[key]
+        table.add_row(label, *(_fmt(stats[q], scale) for q in ("mean", "p50", "p90", "p99")))
+    totals = (
+        ("requests (completed / rejected)", f"{summary['num_completed']:,} / "
+         f"{summary['num_rejected']:,}"),
+        ("duration (s)", _fmt(summary["duration_s"], digits=1)),
+        ("throughput (req/s)", _fmt(summary["throughput_rps"])),
+        ("output tokens/s", _fmt(summary["output_tokens_per_s"], digits=1)),
+        ("SLO attainment", _fmt(summary["slo_attainment"])),
+        ("goodput (req/s)", _fmt(summary["goodput_rps"])),
+        ("utilization", _fmt(summary["utilization"])),
+        ("cost (USD)", _fmt(summary["cost_usd"], digits=2)),
+    )  # fmt: skip
+    for label, value in totals:
+        table.add_row(label, value, "", "", "")
+    return table

@@ -1,0 +1,529 @@
+"""A continuous-batching (iteration-level) engine: vLLM / Sarathi-Serve, in simulation.
+
+Model. Requests wait in a queue ordered by the engine scheduler's key. Each
+iteration computes one token for every decoding sequence plus prefill chunks the
+scheduler picks within a token budget (chunked prefill) and ``max_num_seqs``. A
+request admitted for prefill reserves the KV blocks of its whole prefill (vLLM
+v0); decoding sequences grow one token per iteration and take a new block at each
+block boundary. When the next decode step does not fit in the free blocks, running
+sequences are preempted (largest scheduler key first) and later *recomputed*:
+their prompt plus the tokens already generated are prefilled again, and the last
+chunk of that prefill yields their next token. The last prefill chunk of a request
+produces its first token. Iteration times come from a
+:class:`~sincere.perf.base.StepTimeModel`, which folds in tensor parallelism,
+precision and confidential-computing costs of the deployment.
+
+Speed. An iteration without prefill work leaves the batch unchanged until a
+sequence finishes, the KV pool runs dry, or a request arrives, so the engine runs
+all those identical decode iterations as one *run* timed in closed form
+(``decode_steps_s``). An arrival during a run cuts it at the iteration in progress
+(unless nothing could be admitted anyway); finishes are kept in a heap by decode
+step; decode KV blocks are counted by residue class (:mod:`.kv`). Work per run is
+O(log n) plus the scheduler's, not O(tokens).
+
+Approximation: within a run the scheduler is not consulted, so time-driven changes
+of a policy (Niyama's relegation of a blocked queue head) wait for the run's end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from sincere.core.errors import ConfigError
+from sincere.core.records import RecordArrays
+from sincere.core.request import RequestArrays
+from sincere.core.types import InstanceId, Seconds
+from sincere.engine.base import EngineLoad, EngineStats
+from sincere.engine.gaps import GapHistogram
+from sincere.engine.kv import DecodeBlocks, blocks_for
+from sincere.engine.waiting import WaitQueue
+from sincere.perf.base import Batch, StepTimeModel
+from sincere.policy.schedulers.base import IterationPlan, IterationScheduler
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """Batch and memory limits of one engine (vLLM's names)."""
+
+    num_kv_blocks: int  # KV blocks in the pool (from the memory plan)
+    max_num_seqs: int = 256  # sequences per iteration
+    max_num_batched_tokens: int = 8192  # tokens per iteration (prefill chunks + decodes)
+    block_size: int = 16  # tokens per KV block
+    watermark: float = 0.01  # fraction of blocks admissions must leave free
+    max_model_len: int | None = None  # longest prompt + output; None: no limit
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num_kv_blocks": self.num_kv_blocks >= 1,
+            "max_num_seqs": self.max_num_seqs >= 1,
+            "max_num_batched_tokens": self.max_num_batched_tokens >= 1,
+            "block_size": self.block_size >= 1,
+            "watermark": 0.0 <= self.watermark < 1.0,
+            "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(
+                    f"engine limit {name} is out of range",
+                    value=getattr(self, name),
+                    allowed="integers >= 1 (watermark in [0, 1), max_model_len >= 2)",
+                )
+
+    @property
+    def watermark_blocks(self) -> int:
+        """Blocks admissions leave free."""
+        return int(self.watermark * self.num_kv_blocks)
+
+
+@dataclass(slots=True)
+class _Run:
+    """The piece of work in progress: one mixed iteration, or ``steps`` decode iterations."""
+
+    start_at: Seconds
+    end_at: Seconds
+    steps: int
+    num_decode: int  # decode sequences in every iteration of the run
+    ctx_tokens: int  # their summed context at the first iteration
+    chunks: tuple[tuple[int, int], ...]  # prefill chunks (mixed iteration only)
+    first_s: Seconds  # duration of the first iteration
+    slope_s: Seconds  # growth of the iteration time per decode step
+    prefill_tokens: int = 0  # prompt tokens the chunks compute
+
+
+class ContinuousEngine:
+    """An iteration-level engine; implements :class:`~sincere.engine.base.Engine`.
+
+    It is also the :class:`~sincere.policy.schedulers.base.EngineView` its scheduler
+    reads. ``max_tokens`` (optional) overrides the requests' caps, e.g. set by a
+    budget-aware router.
+    """
+
+    def __init__(
+        self,
+        id: InstanceId,
+        requests: RequestArrays,
+        records: RecordArrays,
+        instance_ix: int,
+        step_model: StepTimeModel,
+        scheduler: IterationScheduler,
+        limits: EngineLimits,
+        max_tokens: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        self.id = id
+        self.requests = requests
+        self.records = records
+        self.instance_ix = instance_ix
+        self.step_model = step_model
+        self.scheduler = scheduler
+        self.limits = limits
+        self.gaps = [GapHistogram() for _ in requests.tiers]  # ITL gaps per tier
+        self._tier = requests.tier
+        self._tier_decoding = [0] * len(requests.tiers)  # decode sequences per tier
+        self._max_tokens = requests.max_tokens if max_tokens is None else max_tokens
+        self._block = limits.block_size
+        self._queue = WaitQueue()
+        self._waiting_tokens = 0
+        self._prefill_len: dict[int, int] = {}  # tokens to prefill: waiting and prefilling
+        self._produced_before: dict[int, int] = {}  # tokens made before this prefill
+        self._target: dict[int, int] = {}  # tokens each request will generate
+        self._pre: dict[int, int] = {}  # prefilling -> tokens prefilled so far
+        self._pre_blocks = 0
+        self._step = 0  # decode steps run so far
+        self._dec = DecodeBlocks(limits.block_size)
+        self._offset: dict[int, int] = {}  # decoding -> cached tokens minus step
+        self._offset_sum = 0
+        self._finish_step: dict[int, int] = {}  # decoding -> step at which it is done
+        self._finish: list[tuple[int, int]] = []  # heap of (finish step, request)
+        self._preempted_at: dict[int, Seconds] = {}
+        self._run: _Run | None = None
+        self._blocked_head: tuple[float, float, int, int] | None = None
+        self._wake_at: Seconds | None = None
+        self._done: list[int] = []
+        self._busy_s = 0.0
+        self._num_steps = 0
+        self._num_preemptions = 0
+        self._num_generated = 0
+
+    # ----------------------------------------------------------------- Engine API
+
+    def add(self, request_ix: int, now: Seconds) -> None:
+        """Queue request ``request_ix``; rejects it if it can never fit the KV cache."""
+        i = request_ix
+        self.records.instance[i] = self.instance_ix
+        prompt = int(self.requests.prompt_tokens[i])
+        target = min(int(self.requests.output_tokens[i]), int(self._max_tokens[i]))
+        reason = self._reject_reason(prompt, target)
+        if reason is not None:
+            self.records.reject(i, reason)
+            self._done.append(i)
+            self._wake(now)
+            return
+        if self.limits.max_model_len is not None:
+            target = min(target, self.limits.max_model_len - prompt)
+        self._target[i] = target
+        self._produced_before[i] = 0
+        self._enqueue(i, prompt)
+        if self._run is None:
+            self._wake(now)
+        else:
+            self._maybe_cut(now)
+
+    def next_event_at(self) -> Seconds | None:
+        """End of the work in progress, or a pending start; ``None`` when idle."""
+        return self._run.end_at if self._run is not None else self._wake_at
+
+    def advance(self, now: Seconds) -> list[int]:
+        """Complete every run ending by ``now``, starting the next ones; return finished."""
+        while True:
+            run = self._run
+            if run is not None and run.end_at <= now:
+                self._complete(run)
+                self._start(run.end_at)
+            elif run is None and self._wake_at is not None and self._wake_at <= now:
+                at, self._wake_at = self._wake_at, None
+                self._start(at)
+            else:
+                break
+        done, self._done = self._done, []
+        return done
+
+    def load(self) -> EngineLoad:
+        """What routers see: queue, batch, KV usage, busy time."""
+        step = self._step
+        remaining = sum(self._max_tokens[i] for i in self._pre) + sum(
+            int(self._max_tokens[i]) - self._target[i] + fs - step
+            for i, fs in self._finish_step.items()
+        )
+        return EngineLoad(
+            num_running=self.num_running,
+            num_waiting=len(self._queue),
+            waiting_prefill_tokens=self._waiting_tokens,
+            running_remaining_tokens=int(remaining),
+            kv_usage=self.kv_usage,
+            busy_s=self._busy_s,
+        )
+
+    def stats(self) -> EngineStats:
+        """Totals so far."""
+        return EngineStats(
+            busy_s=self._busy_s,
+            swap_s=0.0,
+            num_steps=self._num_steps,
+            num_swaps=0,
+            num_preemptions=self._num_preemptions,
+            num_generated_tokens=self._num_generated,
+        )
+
+    # ------------------------------------------------------- EngineView (policy)
+
+    @property
+    def max_num_seqs(self) -> int:
+        """Sequences per iteration."""
+        return self.limits.max_num_seqs
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        """Tokens per iteration."""
+        return self.limits.max_num_batched_tokens
+
+    @property
+    def num_running(self) -> int:
+        """Sequences holding KV memory."""
+        return len(self._pre) + self._dec.num_seqs
+
+    @property
+    def num_decoding(self) -> int:
+        """Sequences decoding in the next iteration."""
+        return self._dec.num_seqs
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests waiting for admission."""
+        return len(self._queue)
+
+    @property
+    def decode_ctx_tokens(self) -> int:
+        """Summed context of the next decode step (cached tokens + the new one)."""
+        return self._offset_sum + self._dec.num_seqs * (self._step + 1)
+
+    @property
+    def free_blocks(self) -> int:
+        """Blocks free after the next decode step's needs."""
+        return self.limits.num_kv_blocks - self._pre_blocks - self._dec.total(self._step + 1)
+
+    @property
+    def watermark_blocks(self) -> int:
+        """Blocks admissions leave free."""
+        return self.limits.watermark_blocks
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks in use."""
+        used = self._pre_blocks + self._dec.total(self._step)
+        return used / self.limits.num_kv_blocks
+
+    @property
+    def used_blocks(self) -> int:
+        """KV blocks held now (prefill reservations plus decode sequences)."""
+        return self._pre_blocks + self._dec.total(self._step)
+
+    def seq_blocks(self, i: int) -> int:
+        """Blocks request ``i`` holds now (0 when it holds none)."""
+        if i in self._pre:
+            return blocks_for(self._prefill_len[i], self._block)
+        if i in self._offset:
+            return blocks_for(self._offset[i] + self._step, self._block)
+        return 0
+
+    def prefilling(self) -> Iterable[int]:
+        """Running prefills in admission order."""
+        return iter(self._pre)
+
+    def decoding(self) -> Iterable[int]:
+        """Decode sequences."""
+        return iter(self._offset)
+
+    def waiting(self) -> Iterator[int]:
+        """Waiting requests in the scheduler's order, relegated last."""
+        return self._queue.ordered()
+
+    def is_relegated(self, i: int) -> bool:
+        """Whether waiting request ``i`` was relegated."""
+        return self._queue.is_relegated(i)
+
+    def prefill_remaining(self, i: int) -> int:
+        """Tokens ``i`` has left to prefill (0 while it decodes)."""
+        if i in self._offset:
+            return 0
+        return self._prefill_len[i] - self._pre.get(i, 0)
+
+    def prefill_blocks(self, i: int) -> int:
+        """Blocks ``i``'s whole prefill reserves on admission."""
+        return blocks_for(self._prefill_len[i], self._block)
+
+    def num_produced(self, i: int) -> int:
+        """Output tokens ``i`` has produced."""
+        fs = self._finish_step.get(i)
+        if fs is None:
+            return self._produced_before.get(i, 0)
+        return self._target[i] - (fs - self._step)
+
+    def first_token_at(self, i: int) -> Seconds:
+        """When ``i`` produced its first token (NaN if not yet)."""
+        return float(self.records.first_token_at[i])
+
+    # ------------------------------------------------------------- internals
+
+    def _reject_reason(self, prompt: int, target: int) -> str | None:
+        lim = self.limits
+        if lim.max_model_len is not None and prompt >= lim.max_model_len:
+            return "prompt_too_long"
+        # the longest prefill it may need is a recompute of prompt + all but one output
+        if blocks_for(prompt + target - 1, self._block) > lim.num_kv_blocks - lim.watermark_blocks:
+            return "kv_capacity"
+        return None
+
+    def _wake(self, now: Seconds) -> None:
+        if self._run is None and self._wake_at is None:
+            self._wake_at = now
+
+    def _enqueue(self, i: int, prefill_len: int) -> None:
+        self._prefill_len[i] = prefill_len
+        self._waiting_tokens += prefill_len
+        self._queue.push(i, self.scheduler.waiting_key(self, i))
+
+    def _maybe_cut(self, now: Seconds) -> None:
+        """An arrival during a decode run: end the run at the iteration in progress."""
+        run = self._run
+        if run is None or run.chunks or run.steps <= 1:
+            return
+        if self.num_running >= self.limits.max_num_seqs:
+            return  # nothing can be admitted before a sequence finishes
+        head = self._queue.head()
+        if self._blocked_head is not None and head == self._blocked_head:
+            return  # the queue head was blocked and still is: order unchanged
+        steps = self._steps_covering(run, now)
+        if steps < run.steps:
+            run.steps = steps
+            run.end_at = run.start_at + self.step_model.decode_steps_s(
+                run.num_decode, run.ctx_tokens, steps
+            )
+
+    def _steps_covering(self, run: _Run, now: Seconds) -> int:
+        """Fewest iterations of ``run`` that end at or after ``now`` (at least one)."""
+        elapsed = now - run.start_at
+        a, b = run.first_s, run.slope_s
+        if abs(b) > 1e-15:
+            disc = (a - b / 2.0) ** 2 + 2.0 * b * elapsed
+            j = math.ceil((-(a - b / 2.0) + math.sqrt(max(disc, 0.0))) / b)
+        else:
+            j = math.ceil(elapsed / a) if a > 0 else 1
+        j = min(max(j, 1), run.steps)
+        dec = self.step_model.decode_steps_s
+        while j < run.steps and run.start_at + dec(run.num_decode, run.ctx_tokens, j) < now:
+            j += 1
+        while j > 1 and run.start_at + dec(run.num_decode, run.ctx_tokens, j - 1) >= now:
+            j -= 1
+        return j
+
+    def _start(self, now: Seconds) -> None:
+        """Plan and start the next piece of work at ``now`` (or go idle)."""
+        self._run = None
+        self._blocked_head = None
+        self._preempt_for_decode(now)
+        plan: IterationPlan | None = None
+        if self._pre or len(self._queue):
+            plan = self.scheduler.plan(self, now)
+            self._apply(plan, now)
+        if plan is not None and plan.chunks:
+            self._start_mixed(now, plan.chunks)
+        elif self._dec.num_seqs:
+            if plan is not None and not plan.admit and not plan.relegate:
+                self._blocked_head = self._queue.head()
+            self._start_decode_run(now)
+
+    def _apply(self, plan: IterationPlan, now: Seconds) -> None:
+        """Relegate and admit as planned; admitted requests reserve their blocks."""
+        first_scheduled = self.records.first_scheduled_at
+        for i in plan.relegate:
+            self._queue.relegate(i)
+        for i in plan.admit:
+            self._queue.remove(i)
+            length = self._prefill_len[i]
+            self._waiting_tokens -= length
+            self._pre_blocks += blocks_for(length, self._block)
+            self._pre[i] = 0
+            if math.isnan(first_scheduled[i]):
+                first_scheduled[i] = now
+
+    def _start_mixed(self, now: Seconds, chunks: tuple[tuple[int, int], ...]) -> None:
+        tokens = cached = 0
+        pairs = 0.0
+        for i, c in chunks:
+            done = self._pre[i]
+            tokens += c
+            cached += done
+            pairs += c * done + c * (c + 1) / 2.0
+        n = self._dec.num_seqs
+        ctx = self.decode_ctx_tokens
+        batch = Batch(len(chunks), tokens, cached, pairs, n, ctx)
+        dur = self.step_model.iteration_s(batch)
+        self._run = _Run(now, now + dur, 1, n, ctx, chunks, dur, 0.0, tokens)
+
+    def _start_decode_run(self, now: Seconds) -> None:
+        n = self._dec.num_seqs
+        steps = self._next_finish_step() - self._step
+        free = self.limits.num_kv_blocks - self._pre_blocks - self._dec.total(self._step)
+        if free < n * (steps // self._block + 2):
+            steps = min(steps, self._dec.max_steps(self._step, free))
+        ctx = self.decode_ctx_tokens
+        dec = self.step_model.decode_steps_s
+        first = dec(n, ctx, 1)
+        slope = dec(n, ctx, 2) - 2.0 * first if steps > 1 else 0.0
+        dur = dec(n, ctx, steps) if steps > 1 else first
+        self._run = _Run(now, now + dur, steps, n, ctx, (), first, slope)
+
+    def _next_finish_step(self) -> int:
+        heap = self._finish
+        while self._finish_step.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0]
+
+    def _preempt_for_decode(self, now: Seconds) -> None:
+        """Preempt (largest key first) until the next decode step's blocks fit."""
+        while self._dec.num_seqs:
+            free = self.limits.num_kv_blocks - self._pre_blocks
+            if self._dec.total(self._step + 1) <= free:
+                return
+            self._preempt(self._victim(), now)
+
+    def _victim(self) -> int:
+        running = list(self._pre) + list(self._offset)
+        return max(running, key=lambda i: self.scheduler.waiting_key(self, i))
+
+    def _preempt(self, i: int, now: Seconds) -> None:
+        """Free ``i``'s blocks and queue it to recompute prompt + generated tokens."""
+        produced = self.num_produced(i)
+        if i in self._pre:
+            del self._pre[i]
+            self._pre_blocks -= blocks_for(self._prefill_len[i], self._block)
+        else:
+            self._drop_decoding(i)
+            self._preempted_at[i] = now
+        self.records.num_preemptions[i] += 1
+        self._num_preemptions += 1
+        self._produced_before[i] = produced
+        self._enqueue(i, int(self.requests.prompt_tokens[i]) + produced)
+
+    def _drop_decoding(self, i: int) -> None:
+        offset = self._offset.pop(i)
+        self._offset_sum -= offset
+        self._dec.remove(offset)
+        self._tier_decoding[self._tier[i]] -= 1
+        del self._finish_step[i]
+
+    def _complete(self, run: _Run) -> None:
+        """Apply a finished run: tokens, first tokens, finishes, statistics."""
+        end = run.end_at
+        dur = end - run.start_at
+        self._step += run.steps
+        self._busy_s += dur
+        self._num_steps += run.steps
+        if run.num_decode:
+            self._num_generated += run.num_decode * run.steps
+            for t, count in enumerate(self._tier_decoding):
+                if count:
+                    self.gaps[t].add_run(run.first_s, run.slope_s, run.steps, count, dur)
+        if run.chunks:
+            self.scheduler.observe(run.prefill_tokens, dur)
+            for i, c in run.chunks:
+                self._pre[i] += c
+                if self._pre[i] >= self._prefill_len[i]:
+                    self._prefill_done(i, end)
+        self._pop_finished(end)
+
+    def _prefill_done(self, i: int, end: Seconds) -> None:
+        """Last chunk computed: one more token; the sequence decodes or is done."""
+        length = self._prefill_len[i]
+        del self._pre[i]
+        self._pre_blocks -= blocks_for(length, self._block)
+        self._num_generated += 1
+        produced = self._produced_before[i] + 1
+        if math.isnan(self.records.first_token_at[i]):
+            self.records.first_token_at[i] = end
+        else:
+            self.gaps[self._tier[i]].add(end - self._preempted_at.pop(i, end))
+        left = self._target[i] - produced
+        if left <= 0:
+            self._finish_request(i, end)
+            return
+        offset = length - self._step
+        self._offset[i] = offset
+        self._offset_sum += offset
+        self._dec.add(offset)
+        self._tier_decoding[self._tier[i]] += 1
+        fs = self._step + left
+        self._finish_step[i] = fs
+        heapq.heappush(self._finish, (fs, i))
+
+    def _pop_finished(self, end: Seconds) -> None:
+        heap = self._finish
+        step = self._step
+        while heap and heap[0][0] <= step:
+            fs, i = heapq.heappop(heap)
+            if self._finish_step.get(i) == fs:
+                self._drop_decoding(i)
+                self._finish_request(i, end)
+
+    def _finish_request(self, i: int, end: Seconds) -> None:
+        self.records.finished_at[i] = end
+        self.records.output_tokens[i] = self._target.pop(i)
+        del self._prefill_len[i]
+        del self._produced_before[i]
+        self._done.append(i)

@@ -1,0 +1,305 @@
+"""Iteration-level engine schedulers: the contract and the shared planning loop.
+
+A continuous-batching engine (vLLM, Sarathi-Serve) runs one *iteration* at a time.
+Before each one it asks its scheduler which prompt tokens to compute; every running
+decode sequence always gets its one token first. The scheduler is clock-free: it
+reads an :class:`EngineView` (a read-only view the engine implements, or a
+hand-made :class:`StaticView` in tests) plus ``now``, and returns an
+:class:`IterationPlan` made of request positions and token counts.
+
+The planning loop is vLLM's / nano-vllm's, written here once:
+
+1. the iteration's token budget (``token_budget``: fixed for FCFS-style policies,
+   Sarathi's fixed chunk, Niyama's dynamic chunk) less one token per decode;
+2. running sequences still in prefill continue, in admission order;
+3. waiting requests are admitted in the policy's order (``waiting_key``, smaller
+   first) while sequences, tokens and KV blocks (above the watermark) last; the
+   first request that does not fit stops admission (head-of-line blocking, as in
+   vLLM), so an order is never silently broken.
+
+A subclass changes the order (``waiting_key``), the budget, or adds a hook
+(``should_relegate`` for Niyama's eager relegation). When KV blocks run out for
+decodes, the engine preempts the running sequence with the *largest* key first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from sincere.core.request import RequestArrays
+from sincere.core.types import Seconds
+
+SortKey = tuple[float, float]
+"""Scheduling key of a waiting request: smaller is served first; ties by arrival."""
+
+
+@dataclass(frozen=True, slots=True)
+class IterationPlan:
+    """What the next iteration computes besides one token per decode sequence."""
+
+    # (request position, prompt tokens to compute) for every prefill chunk, in the
+    # order chosen: continuing prefills first, then new admissions.
+    chunks: tuple[tuple[int, int], ...] = ()
+    # Waiting requests that enter the running set now (each also has a chunk).
+    admit: tuple[int, ...] = ()
+    # Waiting requests moved behind every other one (Niyama's eager relegation).
+    relegate: tuple[int, ...] = ()
+    # Tokens the iteration may compute, decodes included (after the policy's choice).
+    token_budget: int = 0
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        """Prompt tokens computed by the plan."""
+        return sum(n for _, n in self.chunks)
+
+
+class EngineView(Protocol):
+    """What an iteration scheduler may read about its engine. Read-only."""
+
+    @property
+    def requests(self) -> RequestArrays:
+        """Static facts of every request of the run (arrival, tier, prompt, ...)."""
+        ...
+
+    @property
+    def max_num_seqs(self) -> int:
+        """Most sequences (decoding or in prefill) in one iteration."""
+        ...
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        """Most tokens one iteration may compute."""
+        ...
+
+    @property
+    def num_running(self) -> int:
+        """Sequences holding KV memory: decoding or part-way through their prefill."""
+        ...
+
+    @property
+    def num_decoding(self) -> int:
+        """Sequences that produce one token in the next iteration."""
+        ...
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests waiting for admission (relegated ones included)."""
+        ...
+
+    @property
+    def decode_ctx_tokens(self) -> int:
+        """Summed context of the decode sequences in the next iteration."""
+        ...
+
+    @property
+    def free_blocks(self) -> int:
+        """KV blocks free for admissions, after the next decode step's needs."""
+        ...
+
+    @property
+    def watermark_blocks(self) -> int:
+        """Blocks admissions must leave free (vLLM's watermark)."""
+        ...
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks in use, 0..1."""
+        ...
+
+    def prefilling(self) -> Iterable[int]:
+        """Running sequences with prompt tokens left, in admission order."""
+        ...
+
+    def waiting(self) -> Iterable[int]:
+        """Waiting requests in key order; relegated ones last (lazy: stop early)."""
+        ...
+
+    def decoding(self) -> Iterable[int]:
+        """Sequences in the decode phase."""
+        ...
+
+    def is_relegated(self, i: int) -> bool:
+        """Whether waiting request ``i`` was relegated."""
+        ...
+
+    def prefill_remaining(self, i: int) -> int:
+        """Tokens ``i`` still has to prefill (prompt, plus output if recomputed)."""
+        ...
+
+    def prefill_blocks(self, i: int) -> int:
+        """KV blocks waiting request ``i`` needs to be admitted."""
+        ...
+
+    def num_produced(self, i: int) -> int:
+        """Output tokens ``i`` has produced so far."""
+        ...
+
+    def first_token_at(self, i: int) -> Seconds:
+        """When ``i`` produced its first token (NaN if it has not)."""
+        ...
+
+
+class IterationScheduler:
+    """Base policy: FCFS order, the engine's full token budget. Subclass to change."""
+
+    needs_predictor: ClassVar[bool] = False  # True: the constructor takes ``predictor``
+
+    def waiting_key(self, view: EngineView, i: int) -> SortKey:
+        """Order of waiting request ``i`` (FCFS: arrival time)."""
+        arrival = float(view.requests.arrival_at[i])
+        return (arrival, arrival)
+
+    def token_budget(self, view: EngineView, now: Seconds) -> int:
+        """Tokens the next iteration may compute, decodes included."""
+        return view.max_num_batched_tokens
+
+    def should_relegate(self, view: EngineView, i: int, now: Seconds) -> bool:
+        """Whether to move waiting request ``i`` behind all others. Default: never."""
+        return False
+
+    def observe(self, prefill_tokens: int, duration_s: Seconds) -> None:
+        """Learn from a finished iteration (prompt tokens it computed, its duration)."""
+
+    def plan(self, view: EngineView, now: Seconds) -> IterationPlan:
+        """The next iteration's prefill work (see the module docstring)."""
+        budget = self.token_budget(view, now)
+        left = budget - view.num_decoding
+        chunks: list[tuple[int, int]] = []
+        for i in view.prefilling():
+            if left <= 0:
+                break
+            n = min(view.prefill_remaining(i), left)
+            chunks.append((i, n))
+            left -= n
+        admit, relegate = self._admit(view, now, left, chunks)
+        return IterationPlan(tuple(chunks), tuple(admit), tuple(relegate), budget)
+
+    def _admit(
+        self, view: EngineView, now: Seconds, left: int, chunks: list[tuple[int, int]]
+    ) -> tuple[list[int], list[int]]:
+        """Admit waiting requests in order while tokens, sequences and blocks last."""
+        admit: list[int] = []
+        relegate: list[int] = []
+        if left <= 0 or not view.num_waiting or view.num_running >= view.max_num_seqs:
+            return admit, relegate
+        room = _Room(left, view.max_num_seqs - view.num_running, view.free_blocks)
+        room.blocks -= view.watermark_blocks
+        for i in view.waiting():
+            if room.tokens <= 0 or room.seqs <= 0:
+                return admit, relegate
+            if not view.is_relegated(i) and self.should_relegate(view, i, now):
+                relegate.append(i)
+                continue
+            if not room.take(view, i, chunks):
+                return admit, relegate
+            admit.append(i)
+        for i in relegate:  # newly relegated go last, behind the already relegated
+            if room.tokens <= 0 or room.seqs <= 0 or not room.take(view, i, chunks):
+                break
+            admit.append(i)
+        return admit, relegate
+
+
+@dataclass(slots=True)
+class _Room:
+    """What is left of an iteration while admitting: tokens, sequences, KV blocks."""
+
+    tokens: int
+    seqs: int
+    blocks: int
+
+    def take(self, view: EngineView, i: int, chunks: list[tuple[int, int]]) -> bool:
+        """Admit ``i`` if its whole prefill's blocks fit; add its first chunk."""
+        need = view.prefill_blocks(i)
+        if need > self.blocks:
+            return False
+        n = min(view.prefill_remaining(i), self.tokens)
+        chunks.append((i, n))
+        self.tokens -= n
+        self.seqs -= 1
+        self.blocks -= need
+        return True
+
+
+@dataclass
+class StaticView:
+    """A hand-made engine state, for tests and for reasoning about a policy offline.
+
+    Lists hold request positions; ``remaining`` / ``blocks`` / ``produced`` /
+    ``first_token`` map a position to its value (defaults: the prompt length, one
+    block per 16 tokens, 1 token, NaN). ``waiting`` is given unordered; the view
+    orders it with ``scheduler``'s key, relegated ones last.
+    """
+
+    requests: RequestArrays
+    scheduler: IterationScheduler
+    waiting_ix: Sequence[int] = ()
+    prefilling_ix: Sequence[int] = ()
+    decoding_ix: Sequence[int] = ()
+    relegated: frozenset[int] = frozenset()
+    remaining: dict[int, int] = field(default_factory=dict)
+    produced: dict[int, int] = field(default_factory=dict)
+    first_token: dict[int, float] = field(default_factory=dict)
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    decode_ctx_tokens: int = 0
+    free_blocks: int = 1 << 30
+    watermark_blocks: int = 0
+    kv_usage: float = 0.0
+    block_size: int = 16
+
+    @property
+    def num_running(self) -> int:
+        """Sequences holding KV memory."""
+        return len(self.prefilling_ix) + len(self.decoding_ix)
+
+    @property
+    def num_decoding(self) -> int:
+        """Decode sequences."""
+        return len(self.decoding_ix)
+
+    @property
+    def num_waiting(self) -> int:
+        """Waiting requests."""
+        return len(self.waiting_ix)
+
+    def prefilling(self) -> Iterable[int]:
+        """Running prefills in the given order."""
+        return iter(self.prefilling_ix)
+
+    def decoding(self) -> Iterable[int]:
+        """Decode sequences."""
+        return iter(self.decoding_ix)
+
+    def waiting(self) -> Iterable[int]:
+        """Waiting requests in the scheduler's key order, relegated last."""
+        arrival = self.requests.arrival_at
+
+        def order(i: int) -> tuple[bool, SortKey, float, int]:
+            key = self.scheduler.waiting_key(self, i)
+            return (i in self.relegated, key, float(arrival[i]), i)
+
+        return iter(sorted(self.waiting_ix, key=order))
+
+    def is_relegated(self, i: int) -> bool:
+        """Whether ``i`` is in the relegated set."""
+        return i in self.relegated
+
+    def prefill_remaining(self, i: int) -> int:
+        """Given remaining tokens, or the whole prompt."""
+        return self.remaining.get(i, int(self.requests.prompt_tokens[i]))
+
+    def prefill_blocks(self, i: int) -> int:
+        """Blocks for the remaining prefill."""
+        return -(-self.prefill_remaining(i) // self.block_size)
+
+    def num_produced(self, i: int) -> int:
+        """Given produced count, or 1."""
+        return self.produced.get(i, 1)
+
+    def first_token_at(self, i: int) -> Seconds:
+        """Given first-token time, or NaN."""
+        return self.first_token.get(i, math.nan)

@@ -1,0 +1,173 @@
+"""Niyama: deadline-aware iteration scheduling with a dynamic prefill chunk.
+
+From Niyama (REFERENCE.md §4), on a Sarathi-style engine with chunked prefill:
+
+* **Order** of waiting requests (``order``): ``hybrid`` (default) sorts by
+  ``arrival + ttft_deadline + h * remaining_prefill_tokens`` (``h_s_per_token``,
+  s/token), relegated requests last; ``fcfs``, ``edf`` and ``srpf`` are the
+  ablations. TTLT tiers get a TTFT deadline ``ttlt - n_dec * tbt`` with ``n_dec``
+  the predicted decode tokens (``predicted_output_tokens`` or ``max_tokens``).
+* **Dynamic chunk**: the token budget is the largest ``T`` in ``chunk_sizes``
+  with ``slack_factor * predicted_batch_time(T) <= min decode slack``, where a
+  decode's slack is the time until its next token is due (``max(first token,
+  ttft deadline) + k * tbt``). When none fits, the smallest. Under KV pressure
+  (usage above ``kv_pressure``) the choice is capped at ``pressure_max_chunk``.
+  The batch time comes from ``predictor`` (any step-time model; Niyama used its
+  binned linear regression).
+* **Eager relegation**: a waiting request (it holds no memory yet) that cannot
+  finish its own remaining prefill before its TTFT deadline at the current prefill
+  throughput -- an EMA (``ema_alpha``) of prompt tokens per second over
+  iterations that computed prompt tokens -- moves behind all others, for good.
+  Requests are checked as planning reaches them, in order; none is relegated
+  before a first throughput observation (or ``initial_prefill_tps``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from sincere.core.errors import ConfigError
+from sincere.core.types import Seconds
+from sincere.perf.base import Batch, StepTimeModel
+from sincere.policy.schedulers.base import EngineView, IterationScheduler, SortKey
+from sincere.policy.schedulers.deadlines import next_token_due_at, ttft_deadline_at
+from sincere.policy.schedulers.registry import SCHEDULERS
+
+ORDERS = ("hybrid", "fcfs", "edf", "srpf")
+DEFAULT_CHUNKS = (128, 256, 512, 1024, 1536, 2048, 2552)
+
+
+@SCHEDULERS.register("niyama")
+class Niyama(IterationScheduler):
+    """Niyama's scheduler; parameters are described in the module docstring."""
+
+    needs_predictor = True
+
+    def __init__(
+        self,
+        predictor: StepTimeModel | None = None,
+        *,
+        order: str = "hybrid",
+        h_s_per_token: float = 0.012,
+        chunk_sizes: Sequence[int] = DEFAULT_CHUNKS,
+        slack_factor: float = 1.2,
+        relegation: bool = True,
+        ema_alpha: float = 0.2,
+        initial_prefill_tps: float | None = None,
+        kv_pressure: float = 0.9,
+        pressure_max_chunk: int = 256,
+        predicted_output_tokens: int | None = None,
+    ) -> None:
+        if predictor is None:
+            raise ConfigError("niyama needs a batch-time predictor (a step-time model)")
+        _check_choice("order", order, ORDERS)
+        _check_chunks(chunk_sizes)
+        _check_range("ema_alpha", ema_alpha, 0.0, 1.0)
+        _check_range("kv_pressure", kv_pressure, 0.0, 1.0)
+        self.predictor = predictor
+        self.order = order
+        self.h_s_per_token = float(h_s_per_token)
+        self.chunk_sizes = tuple(sorted(int(c) for c in chunk_sizes))
+        self.slack_factor = float(slack_factor)
+        self.relegation = relegation
+        self.ema_alpha = float(ema_alpha)
+        self.prefill_tps = initial_prefill_tps  # EMA of prompt tokens / s
+        self.kv_pressure = float(kv_pressure)
+        self.pressure_max_chunk = int(pressure_max_chunk)
+        self.predicted_output_tokens = predicted_output_tokens
+
+    def deadline_at(self, view: EngineView, i: int) -> Seconds:
+        """Absolute TTFT deadline of ``i`` (TTLT tiers converted)."""
+        return ttft_deadline_at(view.requests, i, self.predicted_output_tokens)
+
+    def waiting_key(self, view: EngineView, i: int) -> SortKey:
+        """The order's key; ``hybrid``: deadline + h * remaining prefill."""
+        arrival = float(view.requests.arrival_at[i])
+        if self.order == "fcfs":
+            return (arrival, arrival)
+        if self.order == "srpf":
+            return (float(view.prefill_remaining(i)), arrival)
+        due = self.deadline_at(view, i)
+        if self.order == "edf":
+            return (due, arrival)
+        return (due + self.h_s_per_token * view.prefill_remaining(i), arrival)
+
+    def should_relegate(self, view: EngineView, i: int, now: Seconds) -> bool:
+        """Eager relegation: its prefill cannot finish by its TTFT deadline."""
+        if not self.relegation or not self.prefill_tps:
+            return False
+        finish_at = now + view.prefill_remaining(i) / self.prefill_tps
+        return finish_at > self.deadline_at(view, i)
+
+    def observe(self, prefill_tokens: int, duration_s: Seconds) -> None:
+        """Update the prefill-throughput EMA from an iteration that computed prompts."""
+        if prefill_tokens <= 0 or duration_s <= 0:
+            return
+        tps = prefill_tokens / duration_s
+        old = self.prefill_tps
+        self.prefill_tps = tps if old is None else old + self.ema_alpha * (tps - old)
+
+    def min_decode_slack_s(self, view: EngineView, now: Seconds) -> Seconds:
+        """Least time any decode sequence has until its next token is due (inf if none)."""
+        req = view.requests
+        best = math.inf
+        for i in view.decoding():
+            tbt = req.tiers[int(req.tier[i])].tbt_s
+            if tbt is None:
+                continue
+            due = next_token_due_at(
+                self.deadline_at(view, i), view.first_token_at(i), view.num_produced(i), tbt
+            )
+            best = min(best, due - now)
+        return best
+
+    def candidates(self, view: EngineView) -> tuple[int, ...]:
+        """Chunk sizes allowed now: within the engine's limit and the KV-pressure cap."""
+        top = view.max_num_batched_tokens
+        if view.kv_usage > self.kv_pressure:
+            top = min(top, self.pressure_max_chunk)
+        allowed = tuple(c for c in self.chunk_sizes if c <= top)
+        return allowed or (min(self.chunk_sizes[0], view.max_num_batched_tokens),)
+
+    def predicted_batch_s(self, view: EngineView, num_tokens: int) -> Seconds:
+        """Predicted time of an iteration of ``num_tokens`` tokens with today's decodes."""
+        n_dec = view.num_decoding
+        pre = max(num_tokens - n_dec, 0)
+        batch = Batch(
+            num_prefill_seqs=1 if pre else 0,
+            prefill_tokens=pre,
+            prefill_attn_pairs=pre * (pre + 1) / 2.0,
+            num_decode_seqs=n_dec,
+            decode_ctx_tokens=view.decode_ctx_tokens,
+        )
+        return self.predictor.iteration_s(batch)
+
+    def token_budget(self, view: EngineView, now: Seconds) -> int:
+        """Dynamic chunk: largest allowed T with slack_factor * time(T) <= min slack."""
+        options = self.candidates(view)
+        slack = self.min_decode_slack_s(view, now)
+        if math.isinf(slack):
+            return options[-1]
+        for size in reversed(options):
+            if self.slack_factor * self.predicted_batch_s(view, size) <= slack:
+                return size
+        return options[0]
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"niyama parameter {name}", value=value, allowed=allowed)
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low < value <= high:
+        raise ConfigError(f"niyama parameter {name} must be in ({low}, {high}]", value=value)
+
+
+def _check_chunks(chunk_sizes: Sequence[int]) -> None:
+    if not chunk_sizes or any(int(c) < 1 for c in chunk_sizes):
+        raise ConfigError(
+            "niyama parameter chunk_sizes must be a non-empty list of token counts >= 1",
+            value=list(chunk_sizes),
+        )

@@ -1,0 +1,165 @@
+"""The run's summary: vLLM's latency metrics, throughput, SLO attainment, goodput, cost.
+
+Definitions (docs/metrics.md): TTFT = first token - arrival; TPOT = (E2E - TTFT) /
+(output tokens - 1); ITL = every gap between two tokens of a request; E2E = last
+token - arrival; queueing delay = first scheduled - arrival. Latency statistics
+cover completed requests; ITL comes from the engines' gap histograms (see
+:mod:`sincere.engine.gaps` for its resolution). ``duration_s`` runs from time 0 to
+the last event. Throughput and goodput are per second of ``duration_s``; SLO
+attainment is the share of *all* requests (rejected ones count as misses) that met
+every target of their tier. Utilisation of an engine is its busy time over
+``duration_s``; cost is accelerator-hours over ``duration_s`` times the catalog's
+hourly price.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sincere.core.records import RecordArrays, latencies, slo_met
+from sincere.core.request import RequestArrays
+from sincere.engine.base import EngineStats
+from sincere.engine.gaps import GapHistogram
+from sincere.sim.cluster import InstanceInfo
+
+QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+Stats = dict[str, float | None]
+
+
+def _clean(x: float) -> float | None:
+    return None if math.isnan(x) or math.isinf(x) else float(x)
+
+
+def describe(values: npt.NDArray[np.float64]) -> Stats:
+    """Mean and percentiles of the finite values (``None`` when there are none)."""
+    v = values[np.isfinite(values)]
+    if not len(v):
+        return {"mean": None, **dict.fromkeys(QUANTILES)}
+    pct = np.percentile(v, list(QUANTILES.values()))
+    return {"mean": float(v.mean()), **{k: float(p) for k, p in zip(QUANTILES, pct, strict=True)}}
+
+
+def describe_gaps(hist: GapHistogram) -> Stats:
+    """ITL statistics from a gap histogram."""
+    return {
+        "mean": _clean(hist.mean_s),
+        **{k: _clean(hist.quantile(q / 100.0)) for k, q in QUANTILES.items()},
+    }
+
+
+def _group(
+    requests: RequestArrays,
+    records: RecordArrays,
+    lat: dict[str, npt.NDArray[np.float64]],
+    met: npt.NDArray[np.bool_],
+    sel: npt.NDArray[np.bool_],
+    duration_s: float,
+) -> dict[str, Any]:
+    done = sel & ~np.isnan(records.finished_at) & ~records.rejected
+    out_tokens = int(records.output_tokens[done].sum())
+    num = int(sel.sum())
+    per_s = 1.0 / duration_s if duration_s > 0 else math.nan
+    return {
+        "num_requests": num,
+        "num_completed": int(done.sum()),
+        "num_rejected": int((sel & records.rejected).sum()),
+        "throughput_rps": _clean(done.sum() * per_s),
+        "output_tokens_per_s": _clean(out_tokens * per_s),
+        "total_tokens_per_s": _clean(
+            (out_tokens + int(requests.prompt_tokens[done].sum())) * per_s
+        ),
+        **{name: describe(lat[name][done]) for name in ("ttft_s", "tpot_s", "e2e_s", "queue_s")},
+        "slo_attainment": _clean(met[sel].mean()) if num else None,
+        "goodput_rps": _clean(met[sel].sum() * per_s),
+    }
+
+
+def summarize(
+    requests: RequestArrays,
+    records: RecordArrays,
+    duration_s: float,
+    infos: Sequence[InstanceInfo],
+    stats: Sequence[EngineStats],
+    gaps: Sequence[GapHistogram],
+) -> dict[str, Any]:
+    """The ``summary.json`` mapping; ``gaps[t]`` holds the ITL gaps of tier ``t``."""
+    lat = latencies(requests, records)
+    met = slo_met(requests, records)
+    everyone = np.ones(len(requests), dtype=np.bool_)
+    summary = _group(requests, records, lat, met, everyone, duration_s)
+    summary["duration_s"] = duration_s
+    total = GapHistogram()
+    for hist in gaps:
+        total.merge(hist)
+    summary["itl_s"] = describe_gaps(total)
+    summary.update(_fleet(infos, stats, duration_s, summary["output_tokens_per_s"]))
+    summary["tiers"] = {
+        tier.name: {
+            **_group(requests, records, lat, met, requests.tier == t, duration_s),
+            "itl_s": describe_gaps(gaps[t]),
+        }
+        for t, tier in enumerate(requests.tiers)
+    }
+    return _ordered(summary)
+
+
+def _fleet(
+    infos: Sequence[InstanceInfo],
+    stats: Sequence[EngineStats],
+    duration_s: float,
+    output_tokens_per_s: float | None,
+) -> dict[str, Any]:
+    instances: dict[str, dict[str, Any]] = {
+        info.id: {
+            "utilization": _clean(st.busy_s / duration_s) if duration_s > 0 else None,
+            "busy_s": st.busy_s,
+            "swap_s": st.swap_s,
+            "num_steps": st.num_steps,
+            "num_swaps": st.num_swaps,
+            "num_preemptions": st.num_preemptions,
+            "num_generated_tokens": st.num_generated_tokens,
+            "cost_usd": info.num_gpus * info.price_per_hour_usd * duration_s / 3600.0,
+        }
+        for info, st in zip(infos, stats, strict=True)
+    }
+    cost = float(sum(v["cost_usd"] for v in instances.values()))
+    utils = [v["utilization"] for v in instances.values() if v["utilization"] is not None]
+    tokens = (output_tokens_per_s or 0.0) * duration_s
+    return {
+        "utilization": float(np.mean(utils)) if utils else None,
+        "cost_usd": cost,
+        "cost_per_1m_output_tokens_usd": _clean(cost / tokens * 1e6) if tokens else None,
+        "num_preemptions": sum(st.num_preemptions for st in stats),
+        "instances": instances,
+    }
+
+
+_FIRST = (
+    "num_requests",
+    "num_completed",
+    "num_rejected",
+    "duration_s",
+    "throughput_rps",
+    "output_tokens_per_s",
+    "total_tokens_per_s",
+    "ttft_s",
+    "tpot_s",
+    "itl_s",
+    "e2e_s",
+    "queue_s",
+    "slo_attainment",
+    "goodput_rps",
+    "utilization",
+    "cost_usd",
+    "cost_per_1m_output_tokens_usd",
+)
+
+
+def _ordered(summary: dict[str, Any]) -> dict[str, Any]:
+    head = {k: summary[k] for k in _FIRST if k in summary}
+    return {**head, **{k: v for k, v in summary.items() if k not in head}}
