@@ -1,0 +1,154 @@
+"""``sincere deploy MODEL``: choose a deployment configuration and place it (MaverIQ).
+
+Enumerates TP, PP, weight and KV precision, filters by accuracy floor, free GPU memory
+and SLO, ranks by the cost type and places the winner on the GPU pool; prints the
+choice, its placement and the runners-up (or JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sincere.cli.app import app
+from sincere.estimate.estimator import FingerprintBank
+from sincere.estimate.law import load_exponents
+from sincere.optimize.deploy import (
+    COST_TYPES,
+    DeployDecision,
+    DeployRequest,
+    FingerprintCosts,
+    RankedChoice,
+    RooflineCosts,
+    choose_deployment,
+    parse_pool,
+)
+from sincere.optimize.placement import PLACEMENT_STRATEGIES
+
+_HELP = (
+    "Choose TP, PP, weight and KV-cache precision for MODEL on a GPU pool and place it.\n\n"
+    "--gpus is a shorthand NxACCEL[:used_gb,...] (e.g. 8xA6000 or 4xA6000:10,0,0,30) or a "
+    "YAML/JSON file ({accelerator, count} or {accelerator, gpus: [{used_gb}]}). Latency in "
+    "seconds for --output-len tokens, memory in GB over all GPUs, accuracy in % of fp16. "
+    "Without --fingerprints (or for a model not in them) the catalog roofline estimates."
+)
+
+
+def _choice_dict(c: RankedChoice) -> dict[str, Any]:
+    k = c.estimate.key
+    return {
+        "tp": k.tp,
+        "pp": k.pp,
+        "precision": k.precision,
+        "kv_precision": k.kv_precision,
+        "batch_size": k.batch_size,
+        "latency_s": c.estimate.latency_s,
+        "memory_gb": c.estimate.memory_gb,
+        "num_gpus": c.estimate.num_gpus,
+        "accuracy": c.accuracy,
+        "score": c.score,
+        "meets_slo": c.meets_slo,
+        "source": c.estimate.source,
+        "gpus": list(c.placement.gpus),
+        "layer_split": list(c.placement.layer_split),
+    }
+
+
+def _view(decision: DeployDecision) -> Table:
+    table = Table(
+        title=f"{decision.request.model}: {decision.request.cost_type}", header_style="bold"
+    )
+    for col in (
+        "rank",
+        "TPxPP",
+        "weights/KV",
+        "latency s",
+        "memory GB",
+        "acc %",
+        "score",
+        "GPUs",
+        "layers/stage",
+    ):
+        table.add_column(col, justify="right")
+    assert decision.chosen is not None
+    for i, c in enumerate((decision.chosen, *decision.runners_up), start=1):
+        k = c.estimate.key
+        table.add_row(
+            "chosen" if i == 1 else str(i),
+            f"{k.tp}x{k.pp}",
+            f"{k.precision}/{k.kv_precision}",
+            f"{c.estimate.latency_s:.3f}",
+            f"{c.estimate.memory_gb:.1f}",
+            "-" if c.accuracy is None else f"{c.accuracy:.1f}",
+            f"{c.score:.4g}",
+            ",".join(map(str, c.placement.gpus)),
+            "/".join(map(str, c.placement.layer_split)),
+        )
+    return table
+
+
+@app.command("deploy", help=_HELP)
+def deploy_cmd(
+    model: Annotated[str, typer.Argument(help="Catalog model name or alias.")],
+    output_len: Annotated[int, typer.Option(help="Output tokens per request.")],
+    cost_type: Annotated[str, typer.Option(help=f"One of: {', '.join(COST_TYPES)}.")] = (
+        "min_cost"
+    ),
+    slo: Annotated[float | None, typer.Option(help="Latency SLO, seconds.")] = None,
+    fp16_only: Annotated[bool, typer.Option("--fp16-only", help="fp16 weights and KV only.")] = (
+        False
+    ),
+    strategy: Annotated[
+        str, typer.Option(help=f"Placement: {', '.join(PLACEMENT_STRATEGIES.names())}.")
+    ] = "llf",
+    batch_size: Annotated[int, typer.Option(help="Requests per batch.")] = 1,
+    min_accuracy: Annotated[float, typer.Option(help="Relative accuracy floor, %.")] = 0.0,
+    gpus: Annotated[str, typer.Option(help="GPU pool (see above).")] = "8xA6000",
+    fingerprints: Annotated[
+        list[Path] | None, typer.Option("--fingerprints", "-f", help="Fingerprint CSV(s).")
+    ] = None,
+    exponents: Annotated[Path | None, typer.Option(help="Exponent YAML.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
+) -> None:
+    """Choose and place a deployment of MODEL."""
+    req = DeployRequest(
+        model, output_len, cost_type, slo, fp16_only, strategy, batch_size, min_accuracy
+    )
+    pool = parse_pool(gpus)
+    accelerator = pool[0].accelerator
+    if fingerprints:
+        bank = FingerprintBank.from_files(fingerprints, load_exponents(exponents))
+        costs: Any = FingerprintCosts(bank, RooflineCosts(accelerator))
+    else:
+        costs = RooflineCosts(accelerator)
+    decision = choose_deployment(req, pool, costs)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "chosen": None if decision.chosen is None else _choice_dict(decision.chosen),
+                    "runners_up": [_choice_dict(c) for c in decision.runners_up],
+                    "slo_fallback": decision.slo_fallback,
+                    "considered": decision.num_considered,
+                    "dropped": decision.dropped,
+                },
+                indent=2,
+            )
+        )
+        return
+    console = Console()
+    if decision.chosen is None:
+        console.print(f"[red]no configuration fits[/red] (dropped: {decision.dropped})")
+        raise typer.Exit(1)
+    if decision.slo_fallback:
+        console.print("[yellow]no configuration meets the SLO: lowest latency chosen[/yellow]")
+    console.print(_view(decision))
+    console.print(
+        f"considered {decision.num_considered}, dropped {decision.dropped}; "
+        f"estimates: {decision.chosen.estimate.source}"
+    )
