@@ -1,7 +1,8 @@
 """Capacity planning: Inferno's queueing analyzer, sizing and allocation optimizer.
 
 Start with :func:`load_problem` (a directory of Inferno JSON files) and :func:`solve`;
-:func:`params_from_step_model` plans any sincere step-time model. See docs/planning.md.
+:func:`params_from_step_model` plans any sincere step-time model;
+:func:`choose_deployment` is MaverIQ's deployment choice. See docs/planning.md.
 """
 
 from sincere.optimize.candidates import CandidateTable, build_candidates, transition_penalty
@@ -15,6 +16,27 @@ from sincere.optimize.data import (
     Server,
     ServiceClass,
     load_problem,
+)
+from sincere.optimize.deploy import (
+    COST_TYPES,
+    DeployDecision,
+    DeployRequest,
+    FingerprintCosts,
+    RankedChoice,
+    RooflineCosts,
+    StepModelCosts,
+    choose_deployment,
+    enumerate_configs,
+    parse_pool,
+)
+from sincere.optimize.placement import (
+    PLACEMENT_STRATEGIES,
+    GpuState,
+    Placement,
+    ReplicaShape,
+    Stage,
+    place,
+    split_layers,
 )
 from sincere.optimize.plan import (
     ServerAllocation,
@@ -38,6 +60,8 @@ from sincere.optimize.sizing import Targets, max_rate, max_rates, params_from_st
 from sincere.optimize.solvers import SOLVERS
 
 __all__ = [
+    "COST_TYPES",
+    "PLACEMENT_STRATEGIES",
     "SATURATION_POLICIES",
     "SOLVERS",
     "AcceleratorSpec",
@@ -46,26 +70,41 @@ __all__ = [
     "ChunkedParams",
     "CurrentAlloc",
     "DecodePrefillParams",
+    "DeployDecision",
+    "DeployRequest",
+    "FingerprintCosts",
+    "GpuState",
     "Load",
     "ModelPerf",
     "OptimizerSpec",
+    "Placement",
     "Problem",
     "QueueMetrics",
+    "RankedChoice",
     "ReplicaBank",
+    "ReplicaShape",
+    "RooflineCosts",
     "Server",
     "ServerAllocation",
     "ServiceClass",
     "Solution",
+    "Stage",
+    "StepModelCosts",
     "Targets",
     "affine_replica",
     "analyze",
     "build_candidates",
+    "choose_deployment",
+    "enumerate_configs",
     "load_problem",
     "max_rate",
     "max_rates",
     "meets_slos",
     "params_from_step_model",
+    "parse_pool",
+    "place",
     "solve",
+    "split_layers",
     "transition_penalty",
     "with_loads",
     "with_previous",
