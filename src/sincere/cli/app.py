@@ -31,11 +31,15 @@ def _root(
 
 
 def _register() -> None:
-    from sincere.cli import catalog, plan, trace  # noqa: F401  (each registers its commands)
-    from sincere.cli import simulate  # noqa: F401
-    from sincere.cli import experiment  # noqa: F401
-    from sincere.cli import estimate  # noqa: F401
-    from sincere.cli import deploy  # noqa: F401
+    from sincere.cli import (  # noqa: F401  (each registers its commands)
+        catalog,
+        deploy,
+        estimate,
+        experiment,
+        plan,
+        simulate,
+        trace,
+    )
 
 
 def main() -> None:

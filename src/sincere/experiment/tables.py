@@ -1,0 +1,206 @@
+"""The report's tables, computed from ``results.parquet`` only.
+
+Each table is a :class:`TableData`: its rows' axis labels, and per column the metric
+and how it was aggregated over that row's cells (all of the reference slice's cells
+for the other axes, every seed):
+
+* ``mean`` -- mean of the metric column over the cells;
+* ``count`` -- number of finished cells;
+* ``delta_rel`` -- (mean of the other env - mean of the baseline) / baseline, in %;
+* ``delta_abs`` -- that difference in points (x100, for shares such as attainment);
+* ``capacity`` -- the load where the mean worst-tier violation crosses the threshold,
+  interpolated linearly between the last passing and the first failing load (Niyama's
+  capacity over a sweep); ``capacity_lo`` / ``capacity_hi`` are those two loads.
+
+``report.json`` stores these (exact values, metric names, filters), so a reader can
+check every printed number against the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sincere.experiment.results import Results, Row, mean_of
+
+SUMMARY_COLUMNS = (
+    ("SLA attainment", "slo_attainment"),
+    ("goodput (req/s)", "goodput_rps"),
+    ("throughput (req/s)", "throughput_rps"),
+    ("E2E p50 (s)", "e2e_s.p50"),
+    ("E2E p99 (s)", "e2e_s.p99"),
+    ("TTFT p99 (s)", "ttft_s.p99"),
+    ("utilisation", "utilization"),
+    ("model switches", "num_model_switches"),
+)
+DELTA_METRICS = (
+    ("E2E p50", "e2e_s.p50", "delta_rel"),
+    ("E2E p99", "e2e_s.p99", "delta_rel"),
+    ("SLA attainment", "slo_attainment", "delta_abs"),
+    ("throughput", "throughput_rps", "delta_rel"),
+    ("utilisation", "utilization", "delta_rel"),
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One numeric column of a report table."""
+
+    header: str  # as printed
+    metric: str  # the results.parquet column it comes from
+    agg: str  # mean, count, delta_rel, delta_abs, capacity, capacity_lo, capacity_hi
+    env: Any = None  # for per-env columns of the delta table: which env label
+
+
+@dataclass(frozen=True)
+class TableData:
+    """A table: key columns (axis labels) then numeric columns."""
+
+    title: str
+    note: str  # how it was computed, printed under the title
+    keys: list[str]  # axis names of the key columns
+    fixed: dict[str, Any]  # the labels of the other axes (the slice)
+    columns: list[Column]
+    rows: list[tuple[list[Any], list[float | None]]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return {
+            "title": self.title,
+            "keys": self.keys,
+            "fixed": self.fixed,
+            "columns": [c.__dict__ for c in self.columns],
+            "rows": [{"keys": k, "values": v} for k, v in self.rows],
+        }
+
+
+def _combos(results: Results, axes: list[str]) -> list[list[Any]]:
+    combos: list[list[Any]] = [[]]
+    for axis in axes:
+        combos = [[*c, label] for c in combos for label in results.axes[axis]]
+    return combos
+
+
+def _key_axes(results: Results, *roles: str) -> list[str]:
+    return [a for a in (results.role(r) for r in roles) if a is not None]
+
+
+def summary_table(results: Results) -> TableData:
+    """Main metrics per strategy x traffic x env at the reference slice."""
+    keys = _key_axes(results, "strategy", "traffic", "env")
+    fixed = results.slice_except(*keys)
+    columns = [Column(h, m, "mean") for h, m in SUMMARY_COLUMNS]
+    columns.append(Column("cells", "cell_id", "count"))
+    table = TableData("Results at the reference slice", "mean over seeds", keys, fixed, columns)
+    for combo in _combos(results, keys):
+        rows = results.select({**fixed, **dict(zip(keys, combo, strict=True))})
+        if rows:
+            values = [mean_of(rows, c.metric) for c in columns[:-1]] + [float(len(rows))]
+            table.rows.append((combo, values))
+    return table
+
+
+def _delta(base: float | None, other: float | None, agg: str) -> float | None:
+    if base is None or other is None:
+        return None
+    if agg == "delta_abs":
+        return (other - base) * 100.0
+    return (other - base) / base * 100.0 if base != 0 else None
+
+
+def delta_table(results: Results) -> TableData | None:
+    """Each other env against the baseline, per strategy x traffic (reference slice)."""
+    env = results.role("env")
+    if env is None or len(results.axes[env]) < 2:
+        return None
+    labels = results.axes[env]
+    baseline = results.roles.get("baseline")
+    base = next((x for x in labels if str(x) == str(baseline)), labels[0])
+    others = [x for x in labels if x is not base]
+    keys = _key_axes(results, "strategy", "traffic")
+    fixed = results.slice_except(*keys, env)
+    columns = []
+    for other in others:
+        columns += [
+            Column(f"SLA attainment {base}", "slo_attainment", "mean", base),
+            Column(f"SLA attainment {other}", "slo_attainment", "mean", other),
+        ]
+        columns += [
+            Column(f"Δ {header} ({'pp' if agg == 'delta_abs' else '%'})", metric, agg, other)
+            for header, metric, agg in DELTA_METRICS
+        ]
+    note = f"mean over seeds; Δ = {others[0]} − {base}, relative (%) or in points (pp)"
+    table = TableData(f"{env}: {', '.join(map(str, others))} vs {base}", note, keys, fixed, columns)
+    for combo in _combos(results, keys):
+        sel = {**fixed, **dict(zip(keys, combo, strict=True))}
+        means = {
+            (c.metric, str(label)): mean_of(results.select({**sel, env: label}), c.metric)
+            for c in columns
+            for label in (base, c.env)
+        }
+        values = [
+            means[(c.metric, str(c.env))]
+            if c.agg == "mean"
+            else _delta(means[(c.metric, str(base))], means[(c.metric, str(c.env))], c.agg)
+            for c in columns
+        ]
+        if any(v is not None for v in values):
+            table.rows.append((combo, values))
+    return table
+
+
+def crossing(
+    loads: list[float], violations: list[float], threshold: float
+) -> tuple[float | None, float | None, float | None]:
+    """(capacity, last passing load, first failing load) over an increasing sweep.
+
+    The capacity is interpolated linearly where the violation crosses ``threshold``
+    after the last passing load; ``None`` parts when the sweep never passes / fails.
+    """
+    last_pass: int | None = None
+    for i, v in enumerate(violations):
+        if v <= threshold:
+            last_pass = i
+        else:
+            break
+    if last_pass is None:
+        return None, None, loads[0] if loads else None
+    if last_pass == len(loads) - 1:
+        return None, loads[last_pass], None
+    x0, x1 = loads[last_pass], loads[last_pass + 1]
+    y0, y1 = violations[last_pass], violations[last_pass + 1]
+    cap = x0 + (threshold - y0) * (x1 - x0) / (y1 - y0) if y1 != y0 else x0
+    return cap, x0, x1
+
+
+def capacity_table(results: Results, threshold: float = 0.01) -> TableData | None:
+    """Capacity per strategy x traffic x env from the load sweep (reference slice)."""
+    load = results.role("load")
+    if load is None or not all(isinstance(x, int | float) for x in results.axes[load]):
+        return None
+    keys = _key_axes(results, "strategy", "traffic", "env")
+    fixed = results.slice_except(*keys, load)
+    columns = [
+        Column("capacity (interpolated)", "worst_tier_violation", "capacity"),
+        Column("last passing load", "worst_tier_violation", "capacity_lo"),
+        Column("first failing load", "worst_tier_violation", "capacity_hi"),
+    ]
+    note = (
+        f"load where the mean worst-tier violation over seeds crosses {threshold:.0%}; "
+        "empty: never crossed within the sweep"
+    )
+    table = TableData(f"Capacity over {load}", note, keys, fixed, columns)
+    loads = sorted(float(x) for x in results.axes[load])
+    for combo in _combos(results, keys):
+        sel = {**fixed, **dict(zip(keys, combo, strict=True))}
+        means = [mean_of(results.select({**sel, load: x}), "worst_tier_violation") for x in loads]
+        pairs = [(x, m) for x, m in zip(loads, means, strict=True) if m is not None]
+        if pairs:
+            cap, lo, hi = crossing([p[0] for p in pairs], [p[1] for p in pairs], threshold)
+            table.rows.append((combo, [cap, lo, hi]))
+    return table
+
+
+def failed_rows(results: Results) -> list[Row]:
+    """Rows of failed cells."""
+    return [r for r in results.rows if r.get("status") != "ok"]
