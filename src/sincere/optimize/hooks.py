@@ -1,10 +1,10 @@
-"""Hooks for the parts of planning that wait on other sub-packages.
+"""Hooks that connect planning to the simulator and to step-time models.
 
 * Simulator cross-check: :func:`cross_check` compares the analyzer's predicted TTFT
   and ITL of every allocated server with what a simulator measures for the same
   allocation. The simulator is passed in as a :class:`ServerSimulator` callable
-  (``sincere.sim`` will provide one: simulate ``num_replicas`` engines behind a
-  router under the server's Poisson load), so this module does not import it.
+  (:func:`sincere.optimize.xcheck.replica_simulator` is one: it simulates one replica
+  at the server's per-replica Poisson load), so this module does not import it.
 * MaverIQ-style deployment choice: :func:`model_perf_from_step_model` turns any
   step-time model (an estimator's, a roofline, a profile table) into a ``model-data``
   entry, so the optimizer can plan deployments that were never profiled.
