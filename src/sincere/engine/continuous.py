@@ -19,7 +19,12 @@ all those identical decode iterations as one *run* timed in closed form
 (``decode_steps_s``). An arrival during a run cuts it at the iteration in progress
 (unless nothing could be admitted anyway); finishes are kept in a heap by decode
 step; decode KV blocks are counted by residue class (:mod:`.kv`). Work per run is
-O(log n) plus the scheduler's, not O(tokens).
+O(log n) plus the scheduler's, not O(tokens). Likewise, with a *view-only* policy
+(:meth:`~sincere.policy.schedulers.base.IterationScheduler.plan_is_view_only`), the
+iterations in which the first running prefill takes every token the decodes leave have a
+known plan (that chunk, no admission, whatever arrives), so they run as one *prefill
+run*, each iteration timed on its own (``iteration_s_fast``), up to a decode finish,
+the KV blocks the decodes grow into, or ``max_prefill_run`` iterations.
 
 Approximation: within a run the scheduler is not consulted, so time-driven changes
 of a policy (Niyama's relegation of a blocked queue head) wait for the run's end.
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +86,10 @@ class EngineLimits:
         return int(self.watermark * self.num_kv_blocks)
 
 
+IterationTime = Callable[[int, int, int, float, int, int], Seconds]
+"""``iteration_s_fast``'s signature: the six :class:`Batch` fields in order."""
+
+
 @dataclass(slots=True)
 class _Run:
     """The piece of work in progress: one mixed iteration, or ``steps`` decode iterations."""
@@ -94,6 +103,7 @@ class _Run:
     first_s: Seconds  # duration of the first iteration
     slope_s: Seconds  # growth of the iteration time per decode step
     prefill_tokens: int = 0  # prompt tokens the chunks compute
+    durations: tuple[Seconds, ...] = ()  # each iteration of a prefill run (else empty)
 
 
 class ContinuousEngine:
@@ -120,13 +130,22 @@ class ContinuousEngine:
         self.records = records
         self.instance_ix = instance_ix
         self.step_model = step_model
+        fast = getattr(step_model, "iteration_s_fast", None)
+        self._iteration_s: IterationTime = fast if fast is not None else self._iteration_via_batch
         self.scheduler = scheduler
+        self._observes = type(scheduler).observe is not IterationScheduler.observe
+        self._view_only = scheduler.plan_is_view_only()
+        self._budget: int | None = None  # the view-only policy's token budget
+        # most iterations one prefill run may hold; 1 keeps ``load()`` exact at every
+        # iteration (the cluster sets it when a router reads the engines)
+        self.max_prefill_run = 1 << 30
         self.limits = limits
         self.gaps = [GapHistogram() for _ in requests.tiers]  # ITL gaps per tier
         self._tier = requests.tier
         self._tier_decoding = [0] * len(requests.tiers)  # decode sequences per tier
         self._max_tokens = requests.max_tokens if max_tokens is None else max_tokens
         self._block = limits.block_size
+        self._watermark_blocks = limits.watermark_blocks
         self._queue = WaitQueue()
         self._waiting_tokens = 0
         self._prefill_len: dict[int, int] = {}  # tokens to prefill: waiting and prefilling
@@ -171,7 +190,7 @@ class ContinuousEngine:
         self._enqueue(i, prompt)
         if self._run is None:
             self._wake(now)
-        else:
+        elif not self._run.chunks:
             self._maybe_cut(now)
 
     def next_event_at(self) -> Seconds | None:
@@ -182,10 +201,12 @@ class ContinuousEngine:
         """Complete every run ending by ``now``, starting the next ones; return finished."""
         while True:
             run = self._run
-            if run is not None and run.end_at <= now:
+            if run is not None:
+                if run.end_at > now:
+                    break
                 self._complete(run)
                 self._start(run.end_at)
-            elif run is None and self._wake_at is not None and self._wake_at <= now:
+            elif self._wake_at is not None and self._wake_at <= now:
                 at, self._wake_at = self._wake_at, None
                 self._start(at)
             else:
@@ -260,7 +281,7 @@ class ContinuousEngine:
     @property
     def watermark_blocks(self) -> int:
         """Blocks admissions leave free."""
-        return self.limits.watermark_blocks
+        return self._watermark_blocks
 
     @property
     def kv_usage(self) -> float:
@@ -325,7 +346,8 @@ class ContinuousEngine:
         if lim.max_model_len is not None and prompt >= lim.max_model_len:
             return "prompt_too_long"
         # the longest prefill it may need is a recompute of prompt + all but one output
-        if blocks_for(prompt + target - 1, self._block) > lim.num_kv_blocks - lim.watermark_blocks:
+        most = lim.num_kv_blocks - self._watermark_blocks
+        if blocks_for(prompt + target - 1, self._block) > most:
             return "kv_capacity"
         return None
 
@@ -376,9 +398,12 @@ class ContinuousEngine:
         """Plan and start the next piece of work at ``now`` (or go idle)."""
         self._run = None
         self._blocked_head = None
-        self._preempt_for_decode(now)
+        if self._dec.num_seqs:
+            self._preempt_for_decode(now)
+        if self._pre and self._view_only and self._start_prefill_run(now):
+            return
         plan: IterationPlan | None = None
-        if self._pre or len(self._queue):
+        if self._pre or self._queue:
             plan = self.scheduler.plan(self, now)
             self._apply(plan, now)
         if plan is not None and plan.chunks:
@@ -390,6 +415,8 @@ class ContinuousEngine:
 
     def _apply(self, plan: IterationPlan, now: Seconds) -> None:
         """Relegate and admit as planned; admitted requests reserve their blocks."""
+        if not plan.admit and not plan.relegate:
+            return
         first_scheduled = self.records.first_scheduled_at
         for i in plan.relegate:
             self._queue.relegate(i)
@@ -405,16 +432,66 @@ class ContinuousEngine:
     def _start_mixed(self, now: Seconds, chunks: tuple[tuple[int, int], ...]) -> None:
         tokens = cached = 0
         pairs = 0.0
+        pre = self._pre
         for i, c in chunks:
-            done = self._pre[i]
+            done = pre[i]
             tokens += c
             cached += done
             pairs += c * done + c * (c + 1) / 2.0
         n = self._dec.num_seqs
-        ctx = self.decode_ctx_tokens
-        batch = Batch(len(chunks), tokens, cached, pairs, n, ctx)
-        dur = self.step_model.iteration_s(batch)
+        ctx = self._offset_sum + n * (self._step + 1)
+        dur = self._iteration_s(len(chunks), tokens, cached, pairs, n, ctx)
         self._run = _Run(now, now + dur, 1, n, ctx, chunks, dur, 0.0, tokens)
+
+    def _start_prefill_run(self, now: Seconds) -> bool:
+        """Start the iterations whose plan is known (a view-only policy), if any.
+
+        While the first running prefill has at least the ``left`` tokens the decodes
+        leave, the plan is that one chunk of ``left`` tokens and no admission, so a run
+        of such iterations goes at once, up to a decode finish, the KV blocks its
+        decodes grow into, and ``max_prefill_run``. Each iteration is still timed on
+        its own.
+        """
+        n = self._dec.num_seqs
+        if self._budget is None:  # a view-only policy's budget never changes
+            self._budget = self.scheduler.token_budget(self, now)
+        left = self._budget - n
+        i = next(iter(self._pre))
+        done = self._pre[i]
+        if left <= 0 or self._prefill_len[i] - done < left:
+            return False
+        steps = min((self._prefill_len[i] - done) // left, max(1, self.max_prefill_run))
+        if n:
+            steps = min(steps, self._next_finish_step() - self._step)
+            free = self.limits.num_kv_blocks - self._pre_blocks - self._dec.total(self._step)
+            if free < n * (steps // self._block + 2):
+                steps = min(steps, self._dec.max_steps(self._step, free))
+        ctx = self._offset_sum + n * (self._step + 1)
+        self._run = self._prefill_run(now, i, done, left, steps, n, ctx)
+        return True
+
+    def _prefill_run(
+        self, now: Seconds, i: int, done: int, left: int, steps: int, n: int, ctx: int
+    ) -> _Run:
+        """``steps`` iterations of ``left`` prompt tokens of ``i`` plus ``n`` decodes."""
+        iteration_s, end = self._iteration_s, now
+        tail = left * (left + 1) / 2.0
+        durations = []
+        for j in range(steps):
+            cached = done + j * left
+            dur = iteration_s(1, left, cached, left * cached + tail, n, ctx + j * n)
+            durations.append(dur)
+            end += dur
+        first = durations[0]
+        tokens = steps * left
+        chunk = ((i, tokens),)
+        return _Run(now, end, steps, n, ctx, chunk, first, 0.0, tokens, tuple(durations))
+
+    def _iteration_via_batch(
+        self, n_pre: int, pre_tok: int, pre_ctx: int, pairs: float, n_dec: int, dec_ctx: int
+    ) -> Seconds:
+        """Iteration time from a step model without ``iteration_s_fast``."""
+        return self.step_model.iteration_s(Batch(n_pre, pre_tok, pre_ctx, pairs, n_dec, dec_ctx))
 
     def _start_decode_run(self, now: Seconds) -> None:
         n = self._dec.num_seqs
@@ -439,7 +516,7 @@ class ContinuousEngine:
         """Preempt (largest key first) until the next decode step's blocks fit."""
         while self._dec.num_seqs:
             free = self.limits.num_kv_blocks - self._pre_blocks
-            if self._dec.total(self._step + 1) <= free:
+            if self._dec.fits(self._step + 1, free):
                 return
             self._preempt(self._victim(), now)
 
@@ -471,22 +548,46 @@ class ContinuousEngine:
     def _complete(self, run: _Run) -> None:
         """Apply a finished run: tokens, first tokens, finishes, statistics."""
         end = run.end_at
-        dur = end - run.start_at
-        self._step += run.steps
-        self._busy_s += dur
-        self._num_steps += run.steps
-        if run.num_decode:
-            self._num_generated += run.num_decode * run.steps
-            for t, count in enumerate(self._tier_decoding):
-                if count:
-                    self.gaps[t].add_run(run.first_s, run.slope_s, run.steps, count, dur)
+        steps = run.steps
+        self._step += steps
+        self._num_steps += steps
+        self._num_generated += run.num_decode * steps
+        if run.durations:
+            self._complete_each(run)
+        else:
+            dur = end - run.start_at
+            self._busy_s += dur
+            if run.num_decode:
+                gaps = self.gaps
+                for t, count in enumerate(self._tier_decoding):
+                    if count:
+                        gaps[t].add_run(run.first_s, run.slope_s, steps, count, dur)
         if run.chunks:
-            self.scheduler.observe(run.prefill_tokens, dur)
+            if self._observes:
+                self.scheduler.observe(run.prefill_tokens, end - run.start_at)
+            pre, length = self._pre, self._prefill_len
             for i, c in run.chunks:
-                self._pre[i] += c
-                if self._pre[i] >= self._prefill_len[i]:
+                done = pre[i] + c
+                pre[i] = done
+                if done >= length[i]:
                     self._prefill_done(i, end)
-        self._pop_finished(end)
+        finish = self._finish
+        if finish and finish[0][0] <= self._step:
+            self._pop_finished(end)
+
+    def _complete_each(self, run: _Run) -> None:
+        """A prefill run's busy time and ITL gaps, iteration by iteration."""
+        at = start = run.start_at
+        busy = self._busy_s
+        for d in run.durations:
+            end = at + d
+            busy += end - at
+            at = end
+        self._busy_s = busy
+        gaps = list(run.durations)
+        for t, count in enumerate(self._tier_decoding):
+            if count:
+                self.gaps[t].add_each(gaps, count, at - start)
 
     def _prefill_done(self, i: int, end: Seconds) -> None:
         """Last chunk computed: one more token; the sequence decodes or is done."""

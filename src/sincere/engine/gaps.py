@@ -36,10 +36,9 @@ class GapHistogram:
         self.counts = np.zeros(self.num_bins, dtype=np.float64)
         self.count = 0.0  # gaps (weights) added
         self.total_s = 0.0  # summed gap durations
-        self._first: list[float] = []
-        self._slope: list[float] = []
-        self._steps: list[int] = []
-        self._weight: list[float] = []
+        self._runs: list[tuple[float, float, int, float]] = []  # (first, slope, steps, weight)
+        self._gaps: list[float] = []  # single gaps, binned in bulk
+        self._weights: list[float] = []  # their weights
 
     def add_run(
         self, first_s: float, slope_s: float, num_steps: int, weight: float, total_s: float
@@ -48,13 +47,26 @@ class GapHistogram:
 
         ``total_s`` is the run's exact duration (keeps the mean exact).
         """
-        self._first.append(first_s)
-        self._slope.append(slope_s)
-        self._steps.append(num_steps)
-        self._weight.append(weight)
         self.count += weight * num_steps
         self.total_s += weight * total_s
-        if len(self._first) >= _FLUSH_AT:
+        if num_steps == 1:
+            self._gaps.append(first_s)
+            self._weights.append(weight)
+            if len(self._gaps) >= _FLUSH_AT:
+                self.flush()
+            return
+        runs = self._runs
+        runs.append((first_s, slope_s, num_steps, weight))
+        if len(runs) >= _FLUSH_AT:
+            self.flush()
+
+    def add_each(self, gaps_s: list[float], weight: float, total_s: float) -> None:
+        """One gap of each duration in ``gaps_s``, ``weight`` times; ``total_s`` their sum."""
+        self.count += weight * len(gaps_s)
+        self.total_s += weight * total_s
+        self._gaps.extend(gaps_s)
+        self._weights.extend([weight] * len(gaps_s))
+        if len(self._gaps) >= _FLUSH_AT:
             self.flush()
 
     def add(self, gap_s: float, weight: float = 1.0) -> None:
@@ -62,18 +74,23 @@ class GapHistogram:
         self.add_run(gap_s, 0.0, 1, weight, gap_s)
 
     def flush(self) -> None:
-        """Bin the buffered runs."""
-        if not self._first:
+        """Bin the buffered gaps and runs."""
+        if self._gaps:
+            gaps = np.asarray(self._gaps, dtype=np.float64)
+            weights = np.asarray(self._weights, dtype=np.float64)
+            self.counts += np.bincount(self._bin(gaps), weights=weights, minlength=self.num_bins)
+            self._gaps, self._weights = [], []
+        if not self._runs:
             return
-        steps = np.asarray(self._steps, dtype=np.int64)
+        table = np.array(self._runs, dtype=np.float64)
+        first, slope, weight = table[:, 0], table[:, 1], table[:, 3]
+        steps = table[:, 2].astype(np.int64)
         starts = np.repeat(np.cumsum(steps) - steps, steps)
         j = np.arange(int(steps.sum()), dtype=np.float64) - starts
-        gaps = np.repeat(np.asarray(self._first), steps) + j * np.repeat(
-            np.asarray(self._slope), steps
-        )
-        weights = np.repeat(np.asarray(self._weight), steps)
+        gaps = np.repeat(first, steps) + j * np.repeat(slope, steps)
+        weights = np.repeat(weight, steps)
         self.counts += np.bincount(self._bin(gaps), weights=weights, minlength=self.num_bins)
-        self._first, self._slope, self._steps, self._weight = [], [], [], []
+        self._runs = []
 
     def merge(self, other: GapHistogram) -> None:
         """Add ``other``'s gaps (same binning) into this histogram."""

@@ -57,6 +57,16 @@ class DecodeBlocks:
         extra = sum(self._count[b - rho :]) if rho else 0
         return self._quot + self.num_seqs * (step // b) + extra
 
+    def fits(self, step: int, free: int) -> bool:
+        """Whether the blocks held at decode step ``step`` are at most ``free``.
+
+        Every sequence holds at most one block above its quotient share, so a cheap
+        upper bound settles the common case before the exact :meth:`total`.
+        """
+        if self._quot + self.num_seqs * (step // self.block_size + 1) <= free:
+            return True
+        return self.total(step) <= free
+
     def max_steps(self, step: int, free: int) -> int:
         """Most decode steps from ``step`` whose new blocks fit in ``free`` blocks."""
         n = self.num_seqs

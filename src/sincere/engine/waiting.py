@@ -33,6 +33,9 @@ class WaitQueue:
     def __len__(self) -> int:
         return len(self._version)
 
+    def __bool__(self) -> bool:
+        return bool(self._version)
+
     def __contains__(self, i: object) -> bool:
         return i in self._version
 
@@ -80,8 +83,10 @@ class WaitQueue:
             heapq.heappop(heap)
         if not heap:
             return
-        frontier: list[tuple[Entry, int]] = [(heap[0], 0)]
+        yield heap[0][3]  # the head is valid: often the only one a scheduler reads
         size = len(heap)
+        frontier: list[tuple[Entry, int]] = [(heap[c], c) for c in (1, 2) if c < size]
+        heapq.heapify(frontier)
         while frontier:
             entry, pos = heapq.heappop(frontier)
             if version.get(entry[3]) == entry[2]:

@@ -143,6 +143,29 @@ class StepTimeBase(ABC):
     def iteration_s(self, batch: Batch) -> Seconds:
         """Duration of one iteration computing ``batch``."""
 
+    def iteration_s_fast(
+        self,
+        num_prefill_seqs: int,
+        prefill_tokens: int,
+        prefill_ctx_tokens: int,
+        prefill_attn_pairs: float,
+        num_decode_seqs: int,
+        decode_ctx_tokens: int,
+    ) -> Seconds:
+        """:meth:`iteration_s` of the :class:`Batch` with these fields (the engines' hot path).
+
+        Models with a cheaper scalar form override it; this default builds the batch.
+        """
+        batch = Batch(
+            num_prefill_seqs,
+            prefill_tokens,
+            prefill_ctx_tokens,
+            prefill_attn_pairs,
+            num_decode_seqs,
+            decode_ctx_tokens,
+        )
+        return self.iteration_s(batch)
+
     def decode_step_s(self, num_seqs: int, ctx_tokens: int) -> Seconds:
         """One decode-only iteration."""
         return self.iteration_s(Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx_tokens))

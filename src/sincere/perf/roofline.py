@@ -85,6 +85,21 @@ class _Terms:
     comm_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Coef:
+    """The roofline folded into per-unit times of one GPU (before PP micro-batching)."""
+
+    overhead_s: float  # fixed cost per iteration
+    pp: int  # pipeline stages
+    pp_microbatches: int  # micro-batches an iteration is cut into under PP
+    token_s: float  # matmul compute time per token
+    pair_s: float  # attention compute time per causal query-key pair
+    weights_s: float  # time to read the weights once
+    kv_token_s: float  # time to move one token's KV bytes
+    comm_fixed_s: float  # collective latency per micro-batch (0 without TP / PP)
+    comm_token_s: float  # collective time per token of a micro-batch
+
+
 class Roofline(StepTimeBase):
     """Roofline step time of a :class:`Deployment`; see the module docstring."""
 
@@ -100,6 +115,7 @@ class Roofline(StepTimeBase):
                 "unknown KV precision", value=deployment.kv_precision, allowed=PRECISION_BYTES
             )
         super().__init__(self._load_time(), SwapTime(self.params.unload_s))
+        self._coef = self._coefficients()
 
     # --- per-GPU figures -------------------------------------------------------------
     @property
@@ -123,6 +139,53 @@ class Roofline(StepTimeBase):
         return SwapTime(self.weight_bytes_per_gpu / (rate * 1e9) + p.load_overhead_s)
 
     # --- the roofline ----------------------------------------------------------------
+    def _coefficients(self) -> _Coef:
+        """The roofline's constants, folded once (the hot path is then plain float math)."""
+        dep, p = self.deployment, self.params
+        model = dep.model
+        peak = dep.accelerator.peak_tflops(dep.precision) * 1e12 * p.mfu_efficiency
+        hbm = dep.accelerator.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
+        kv_token_bytes = model.kv_bytes_per_token(dep.kv_precision) * self.kv_share / dep.pp
+        comm_fixed = self._comm_s(0.0)
+        return _Coef(
+            overhead_s=p.overhead_s,
+            pp=dep.pp,
+            pp_microbatches=p.pp_microbatches,
+            token_s=model.flops_per_token() / dep.num_gpus / peak,
+            pair_s=model.attention_flops_per_pair() / dep.num_gpus / peak,
+            weights_s=self.weight_bytes_per_gpu / hbm,
+            kv_token_s=kv_token_bytes / hbm,
+            comm_fixed_s=comm_fixed,
+            comm_token_s=self._comm_s(1.0) - comm_fixed,
+        )
+
+    def iteration_s_fast(
+        self,
+        num_prefill_seqs: int,
+        prefill_tokens: int,
+        prefill_ctx_tokens: int,
+        prefill_attn_pairs: float,
+        num_decode_seqs: int,
+        decode_ctx_tokens: int,
+    ) -> Seconds:
+        """:meth:`iteration_s` of the batch with these fields, without building it."""
+        c = self._coef
+        tokens = prefill_tokens + num_decode_seqs
+        if tokens == 0:
+            return 0.0
+        kv_tokens = decode_ctx_tokens + prefill_ctx_tokens + tokens
+        compute = c.token_s * tokens + c.pair_s * (prefill_attn_pairs + decode_ctx_tokens)
+        if c.pp == 1:
+            memory = c.weights_s + c.kv_token_s * kv_tokens
+            bound = compute if compute > memory else memory
+            return c.overhead_s + bound + c.comm_fixed_s + c.comm_token_s * tokens
+        num_mb = max(1, min(c.pp_microbatches, num_prefill_seqs + num_decode_seqs))
+        share = 1.0 / num_mb
+        memory = c.weights_s + share * c.kv_token_s * kv_tokens
+        bound = max(share * compute, memory)
+        comm = c.comm_fixed_s + c.comm_token_s * share * tokens
+        return c.overhead_s + (num_mb + c.pp - 1.0) * (bound + comm)
+
     def _terms(self, batch: Batch) -> _Terms:
         dep, p = self.deployment, self.params
         model = dep.model
@@ -156,25 +219,33 @@ class Roofline(StepTimeBase):
 
     def iteration_s(self, batch: Batch) -> Seconds:
         """Duration of one iteration: see the module docstring."""
-        if batch.num_tokens == 0:
-            return 0.0
-        t = self._terms(batch)
-        return t.fixed_s + t.scale * (max(t.compute_s, t.memory_s) + t.comm_s)
+        return self.iteration_s_fast(
+            batch.num_prefill_seqs,
+            batch.prefill_tokens,
+            batch.prefill_ctx_tokens,
+            batch.prefill_attn_pairs,
+            batch.num_decode_seqs,
+            batch.decode_ctx_tokens,
+        )
 
     def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> Seconds:
         """Exact sum of decode iterations, splitting the run at the roofline's ridge."""
         if num_steps <= 0 or num_seqs <= 0:
             return 0.0
-        t0 = self._terms(Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx_tokens))
-        t1 = self._terms(Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx_tokens + num_seqs))
+        c = self._coef
+        num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
+        share = 1.0 / num_mb
+        kv_s = share * c.kv_token_s
         bound = sum_max_affine(
-            t0.compute_s,
-            t1.compute_s - t0.compute_s,
-            t0.memory_s,
-            t1.memory_s - t0.memory_s,
+            share * (c.token_s * num_seqs + c.pair_s * ctx_tokens),
+            share * c.pair_s * num_seqs,
+            c.weights_s + kv_s * (ctx_tokens + num_seqs),
+            kv_s * num_seqs,
             num_steps,
         )
-        return num_steps * (t0.fixed_s + t0.scale * t0.comm_s) + t0.scale * bound
+        scale = num_mb + c.pp - 1.0
+        comm = c.comm_fixed_s + c.comm_token_s * share * num_seqs
+        return num_steps * (c.overhead_s + scale * comm) + scale * bound
 
     # --- utilisation -----------------------------------------------------------------
     def utilization(self, batch: Batch) -> tuple[float, float]:

@@ -59,6 +59,10 @@ class Cluster:
             [e for e, info in enumerate(infos) if model in info.models] for model in requests.models
         ]
         self._routed: set[int] = set()  # requests the router chose for (it observes them)
+        if router is not None and len(self.engines) > 1:
+            for engine in self.engines:  # routers read loads between any two iterations
+                if hasattr(engine, "max_prefill_run"):
+                    engine.max_prefill_run = 1
 
     def route(self, i: int, now: Seconds) -> int | None:
         """Engine index for request ``i``; ``None`` after rejecting it."""

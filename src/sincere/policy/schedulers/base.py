@@ -20,6 +20,11 @@ The planning loop is vLLM's / nano-vllm's, written here once:
 A subclass changes the order (``waiting_key``), the budget, or adds a hook
 (``should_relegate`` for Niyama's eager relegation). When KV blocks run out for
 decodes, the engine preempts the running sequence with the *largest* key first.
+
+A policy that keeps this loop, a fixed budget, no relegation and no learning is
+*view-only* (:meth:`IterationScheduler.plan_is_view_only`): its plan is a function of
+the engine state, so an engine may run iterations whose plan is already determined
+without asking (docs/simulator_speed.md).
 """
 
 from __future__ import annotations
@@ -146,6 +151,24 @@ class IterationScheduler:
     """Base policy: FCFS order, the engine's full token budget. Subclass to change."""
 
     needs_predictor: ClassVar[bool] = False  # True: the constructor takes ``predictor``
+    # True where this class's ``token_budget`` reads only the view's fixed limits (not
+    # ``now``, not history); see :meth:`plan_is_view_only`.
+    static_budget: ClassVar[bool] = False
+
+    def plan_is_view_only(self) -> bool:
+        """Whether ``plan`` is this module's loop with a fixed budget, never relegating or learning.
+
+        Then the plan is a function of the engine's state alone, and an engine may run
+        the iterations whose plan is known without asking: those where the first
+        running prefill takes every token the decodes leave (nothing is admitted), so
+        arrivals cannot change them.
+        """
+        cls, base = type(self), IterationScheduler
+        for name in ("plan", "_admit", "should_relegate", "observe"):
+            if getattr(cls, name) is not getattr(base, name):
+                return False
+        owner = next(k for k in cls.__mro__ if "token_budget" in vars(k))
+        return owner is base or bool(vars(owner).get("static_budget", False))
 
     def waiting_key(self, view: EngineView, i: int) -> SortKey:
         """Order of waiting request ``i`` (FCFS: arrival time)."""
@@ -168,12 +191,17 @@ class IterationScheduler:
         budget = self.token_budget(view, now)
         left = budget - view.num_decoding
         chunks: list[tuple[int, int]] = []
-        for i in view.prefilling():
-            if left <= 0:
-                break
-            n = min(view.prefill_remaining(i), left)
-            chunks.append((i, n))
-            left -= n
+        if left > 0:
+            for i in view.prefilling():
+                n = view.prefill_remaining(i)
+                if n > left:
+                    n = left
+                chunks.append((i, n))
+                left -= n
+                if left <= 0:
+                    break
+        if left <= 0 or not view.num_waiting or view.num_running >= view.max_num_seqs:
+            return IterationPlan(tuple(chunks), (), (), budget)
         admit, relegate = self._admit(view, now, left, chunks)
         return IterationPlan(tuple(chunks), tuple(admit), tuple(relegate), budget)
 
@@ -187,19 +215,23 @@ class IterationScheduler:
             return admit, relegate
         room = _Room(left, view.max_num_seqs - view.num_running, view.free_blocks)
         room.blocks -= view.watermark_blocks
+        # a policy that never relegates is not asked (same plan, fewer calls)
+        may_relegate = type(self).should_relegate is not IterationScheduler.should_relegate
         for i in view.waiting():
+            if may_relegate and not view.is_relegated(i) and self.should_relegate(view, i, now):
+                relegate.append(i)
+            elif room.take(view, i, chunks):
+                admit.append(i)
+            else:
+                return admit, relegate
             if room.tokens <= 0 or room.seqs <= 0:
                 return admit, relegate
-            if not view.is_relegated(i) and self.should_relegate(view, i, now):
-                relegate.append(i)
-                continue
-            if not room.take(view, i, chunks):
-                return admit, relegate
-            admit.append(i)
         for i in relegate:  # newly relegated go last, behind the already relegated
-            if room.tokens <= 0 or room.seqs <= 0 or not room.take(view, i, chunks):
+            if not room.take(view, i, chunks):
                 break
             admit.append(i)
+            if room.tokens <= 0 or room.seqs <= 0:
+                break
         return admit, relegate
 
 

@@ -67,13 +67,16 @@ class Srpf(IterationScheduler):
 class Sarathi(IterationScheduler):
     """FCFS with a fixed budget of ``chunk_size`` tokens per iteration (decodes included)."""
 
+    static_budget = True  # the budget depends on chunk_size and the engine's limits only
+
     def __init__(self, chunk_size: int = 512) -> None:
         _check_positive("chunk_size", chunk_size)
         self.chunk_size = chunk_size
 
     def token_budget(self, view: EngineView, now: Seconds) -> int:
         """``chunk_size``, capped by the engine's ``max_num_batched_tokens``."""
-        return min(self.chunk_size, view.max_num_batched_tokens)
+        most = view.max_num_batched_tokens
+        return self.chunk_size if self.chunk_size < most else most
 
 
 def _check_positive(name: str, value: int | None) -> None:

@@ -1,0 +1,59 @@
+"""The single-engine loop handles the same events as the general event-queue loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from sincere.sim import load_config
+from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
+from sincere.sim.cluster import Cluster
+from sincere.sim.runner import RunLog, _Loop
+from sincere.workload.config import generate
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _cluster(name: str, num_requests: int) -> Cluster:
+    raw: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    raw["workload"]["num_requests"] = num_requests
+    cfg = load_config(raw).model_copy(update={"base_dir": str(EXAMPLES)})
+    reqs = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
+    return build_cluster(cfg, reqs)
+
+
+def _heap_run(cluster: Cluster) -> RunLog:
+    loop = _Loop(cluster, None, 10_000)
+    loop._run_heap()
+    return RunLog(loop.last_at, loop.area, loop.num_events, loop._mark_unfinished())
+
+
+@pytest.mark.parametrize("name", ["w1", "vllm", "niyama", "sincere"])
+def test_single_engine_loop_matches_the_event_queue(name: str) -> None:
+    """Same records, end time, events and time-integral of requests in the system."""
+    fast_cluster, heap_cluster = _cluster(name, 300), _cluster(name, 300)
+    assert len(fast_cluster.engines) == 1
+    fast = _Loop(fast_cluster, None, 10_000).run()
+    heap = _heap_run(heap_cluster)
+    assert (fast.end_at, fast.num_events, fast.num_unfinished) == (
+        heap.end_at,
+        heap.num_events,
+        heap.num_unfinished,
+    )
+    assert fast.num_in_system_area == pytest.approx(heap.num_in_system_area, rel=1e-12)
+    a, b = fast_cluster.records, heap_cluster.records
+    for col in ("first_scheduled_at", "first_token_at", "finished_at"):
+        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
+    np.testing.assert_array_equal(a.rejected, b.rejected)
+
+
+def test_router_clusters_keep_per_iteration_loads() -> None:
+    """With a router over several engines, no engine batches prefill iterations."""
+    cluster = _cluster("hetero", 50)
+    assert len(cluster.engines) > 1
+    runs = [getattr(e, "max_prefill_run", 1) for e in cluster.engines]
+    assert runs == [1] * len(runs)
