@@ -11,6 +11,17 @@ passes ``now`` in. The driver's loop is
    requests that finished or were rejected since the last call.
 
 ``load()`` is a cheap read-only summary the routers see; ``stats()`` the run's totals.
+
+Lazy reads. An engine reads request ``i``'s fields from the run's
+:class:`~sincere.core.request.RequestArrays` at ``add(i, now)`` or later, never at
+construction (it keeps references to the columns, not copies). So a live driver may
+preallocate RequestArrays of capacity N (placeholder values) and fill slot ``i`` in
+place just before calling ``add(i, now)``.
+
+Live driving (the emulator). :class:`~sincere.engine.continuous.ContinuousEngine` also
+has ``on_tokens`` (a callback ``(iteration_end_at, positions)`` after every iteration,
+which then runs one iteration per event) and ``abort(i, now) -> bool`` (cancel a waiting
+or running request; it comes back from ``advance`` as rejected, reason ``"aborted"``).
 """
 
 from __future__ import annotations

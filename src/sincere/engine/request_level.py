@@ -230,7 +230,6 @@ class RequestLevelEngine:
         self._num_swaps = 0
         self._num_tokens = 0
         self._batches: list[BatchRecord] = []
-        self._answer_tokens = np.minimum(requests.output_tokens, requests.max_tokens)
 
     # -- the Engine protocol -------------------------------------------------------
 
@@ -371,7 +370,7 @@ class RequestLevelEngine:
         start_at = now + swap_s
         duration_s = self.step_models[decision.model].request_batch_s(
             self.requests.prompt_tokens[positions].tolist(),
-            int(self._answer_tokens[positions].max()),
+            int(self._answer_tokens(positions).max()),
         )
         self.records.first_scheduled_at[positions] = start_at
         self._wake_at = None
@@ -400,6 +399,11 @@ class RequestLevelEngine:
         self._waiting_prefill_tokens -= int(self.requests.prompt_tokens[positions].sum())
         return positions
 
+    def _answer_tokens(self, positions: IntArray) -> IntArray:
+        """Tokens each request answers: ``min(output_tokens, max_tokens)``, read now (lazily)."""
+        req = self.requests
+        return np.minimum(req.output_tokens[positions], req.max_tokens[positions])
+
     def _swap_in(self, model: ModelName, now: Seconds) -> tuple[Seconds, int]:
         """Make ``model`` resident (LRU eviction); the time it takes and loads done."""
         if model in self._resident:
@@ -421,13 +425,14 @@ class RequestLevelEngine:
     def _finish(self, run: _Running) -> None:
         """Write the batch's records and totals."""
         pos = run.positions
+        answers = self._answer_tokens(pos)
         self.records.first_token_at[pos] = run.end_at
         self.records.finished_at[pos] = run.end_at
-        self.records.output_tokens[pos] = self._answer_tokens[pos]
+        self.records.output_tokens[pos] = answers
         self._busy_s += run.end_at - run.start_at
         self._swap_s += run.swap_s
         self._num_swaps += run.num_loads
-        self._num_tokens += int(self._answer_tokens[pos].sum())
+        self._num_tokens += int(answers.sum())
         self._batches.append(
             BatchRecord(run.start_at, run.end_at, run.model, len(pos), run.swap_s, run.reason)
         )

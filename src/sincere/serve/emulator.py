@@ -1,0 +1,421 @@
+"""An emulated inference engine: a real OpenAI-compatible HTTP server with no GPU.
+
+It is an *emulator*: no weights run. Each request goes through sincere's
+continuous-batching engine model (:mod:`sincere.engine.continuous`) on the wall
+clock (:mod:`.emulator_live`), with iteration times from any sincere step-time model
+(a roofline of the catalog's figures, a fitted parameter file, SINCERE's measured
+profiles), so TTFT, inter-token gaps, queueing, batching, preemption and KV-cache
+limits behave as the model says a real deployment would. Every generated token is
+the same filler text (``token_text``, default ``" tok"``).
+
+Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streamed as
+Server-Sent Events or not, see :mod:`.protocol`), ``GET /v1/models``, ``GET /health``,
+``GET /metrics`` (Prometheus text, vLLM's names, :mod:`.emulator_metrics`) and
+``GET /sincere/load`` (the engine's :class:`~sincere.engine.base.EngineLoad` as JSON).
+
+Output length: the request's ``sincere.output_tokens`` when given, else a draw from
+``output_lengths`` when configured, else ``max_tokens`` (default
+``default_max_tokens``); always capped by ``max_tokens``. Finishing below the cap
+reports ``finish_reason: "stop"``, at the cap ``"length"``.
+
+Failure injection (:class:`~.emulator_config.FailureConfig`): ``error_rate`` answers
+HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
+engine after an iteration; ``crash_after`` serves that many requests, then the next
+one kills the server (open connections are cut, the port closes). A client that
+disconnects has its request aborted in the engine, freeing its KV blocks.
+
+Python API: ``async with EmulatorServer(config) as server: server.url`` or
+``servers = await start_emulators(configs)`` (in-process, same event loop) and
+``await stop_emulators(servers)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from sincere.catalog import get_model
+from sincere.core.errors import ConfigError
+from sincere.policy.schedulers import make_scheduler
+from sincere.serve.emulator_config import EmulatorConfig
+from sincere.serve.emulator_live import CapacityError, LiveEngine, Outcome, Slot
+from sincere.serve.emulator_metrics import CONTENT_TYPE, EmulatorMetrics
+from sincere.serve.protocol import (
+    SSE_DONE,
+    CompletionRequest,
+    Kind,
+    ProtocolError,
+    dumps,
+    full_response,
+    models_response,
+    response_id,
+    sse_event,
+    stream_chunk,
+    usage_chunk,
+)
+from sincere.serve.protocol import (
+    parse_request as parse_openai,
+)
+from sincere.sim.build import deployment_of, limits_of, step_model_of
+from sincere.sim.config import InstanceConfig
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_REJECT_STATUS = {"prompt_too_long": 400, "kv_capacity": 400}
+
+
+class EmulatorServer:
+    """One emulated engine behind an aiohttp server; an async context manager."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.name = config.name or f"{config.model}-0"
+        arch = _arch(config)
+        self.model_name = config.served_model_name or arch.name
+        # names a request may use: the served name, the catalog name and its aliases
+        self.accepted_models = frozenset({self.model_name, arch.name, *arch.aliases})
+        self.max_context = config.engine.max_model_len or arch.max_context
+        self.tier_index = {t.name: k for k, t in enumerate(config.tiers)}
+        self.metrics = EmulatorMetrics(self.model_name)
+        seeds = np.random.SeedSequence(config.seed).spawn(3)
+        self._length_rng = np.random.default_rng(seeds[0])
+        self._error_rng = np.random.default_rng(seeds[1])
+        self._stall_rng = np.random.default_rng(seeds[2])
+        self._lengths = _length_sampler(config)
+        self._created = int(time.time())
+        self._num_received = 0
+        self._num_responses = 0
+        self.crashed = False
+        self.live: LiveEngine | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._open: set[asyncio.Transport] = set()
+        self.port = config.port
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8100`` (the bound port once started)."""
+        return f"http://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Build the engine and start listening (``port`` 0: the OS picks, see ``port``)."""
+        self.live = _build_live(self.config, self.name, self.model_name, self.metrics,
+                                self._stall_rng)  # fmt: skip
+        app = web.Application(client_max_size=self.config.max_body_bytes + 1)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/sincere/load", self._load)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await self._site.start()
+        self.port = _bound_port(self._runner, self.config.port)
+
+    async def close(self) -> None:
+        """Abort requests in flight and stop the server."""
+        if self.live is not None:
+            self.live.close()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> EmulatorServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- handlers
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "completion")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "chat")
+
+    async def _serve(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        transport = request.transport
+        if transport is None or self._crash_due(transport):
+            return web.Response(status=500)  # never sent: the connection is already cut
+        self._open.add(transport)
+        try:
+            req = await self._parse(request, kind)
+            self._inject_error()
+            return await self._answer(request, req)
+        except ProtocolError as exc:
+            return _error_response(exc)
+        finally:
+            self._open.discard(transport)
+
+    async def _parse(self, request: web.Request, kind: Kind) -> CompletionRequest:
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ProtocolError(
+                413,
+                f"request body: got {request.content_length} bytes; allowed: at most {limit}",
+                code="body_too_large",
+            )
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ProtocolError(
+                413, f"request body is over the limit; allowed: at most {limit} bytes"
+            ) from None
+        return parse_openai(
+            raw,
+            kind,
+            headers=request.headers,
+            models=self.accepted_models,
+            max_context=self.max_context,
+            max_body_bytes=limit,
+        )
+
+    def _inject_error(self) -> None:
+        rate = self.config.failures.error_rate
+        if rate > 0 and self._error_rng.random() < rate:
+            self.metrics.injected_errors.inc()
+            raise ProtocolError(500, "injected failure (emulator error_rate)", code="injected")
+
+    async def _answer(self, request: web.Request, req: CompletionRequest) -> web.StreamResponse:
+        live = self.live
+        if live is None:
+            raise ProtocolError(503, "emulator not started")
+        try:
+            slot = live.submit(
+                req.prompt_tokens, *self._lengths_of(req), stream=req.stream,
+                priority=req.sincere.priority or 0, tier=self._tier_of(req),
+            )  # fmt: skip
+        except CapacityError as exc:
+            raise ProtocolError(503, f"emulator at capacity: {exc}; retry later") from None
+        try:
+            if req.stream:
+                return await self._stream(request, req, slot)
+            return self._full(req, await asyncio.shield(slot.done))
+        except (asyncio.CancelledError, ConnectionError):
+            live.abort(slot)
+            raise
+
+    def _lengths_of(self, req: CompletionRequest) -> tuple[int, int]:
+        """(max_tokens, ground-truth output tokens) of a request."""
+        cap = req.max_tokens
+        if cap is None:
+            cap = max(1, min(self.config.default_max_tokens, self.max_context - req.prompt_tokens))
+        out = req.sincere.output_tokens
+        if out is None and self._lengths is not None:
+            out = int(self._lengths.sample(self._length_rng, 1)[0])
+        return cap, min(out or cap, cap)
+
+    def _tier_of(self, req: CompletionRequest) -> int:
+        name = req.sincere.tier
+        if name is None or not self.tier_index:
+            return 0
+        if name not in self.tier_index:
+            raise ProtocolError(
+                400,
+                f"sincere.tier: got {name!r}; allowed: {', '.join(sorted(self.tier_index))}",
+                param="sincere.tier",
+            )
+        return self.tier_index[name]
+
+    def _full(self, req: CompletionRequest, outcome: Outcome) -> web.Response:
+        _raise_rejected(outcome)
+        self._num_responses += 1
+        body = full_response(
+            req, response_id(req.kind, self._num_responses), self._created,
+            self.config.token_text * outcome.num_tokens, outcome.finish_reason or "stop",
+            outcome.num_tokens,
+        )  # fmt: skip
+        return web.Response(body=dumps(body), content_type="application/json")
+
+    async def _stream(
+        self, request: web.Request, req: CompletionRequest, slot: Slot
+    ) -> web.StreamResponse:
+        queue = slot.queue
+        assert queue is not None  # submitted with stream=True
+        item = await queue.get()
+        if item == 0:  # ended before any token: an ordinary error answer
+            _raise_rejected(slot.done.result())
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        self._num_responses += 1
+        rid = response_id(req.kind, self._num_responses)
+        text = self.config.token_text
+        first = True
+        while item != 0:
+            parts = []
+            while item == 1:
+                parts.append(sse_event(stream_chunk(req, rid, self._created, text, first=first)))
+                first = False
+                item = queue.get_nowait() if not queue.empty() else -1
+            await response.write(b"".join(parts))
+            if item == -1:
+                item = await queue.get()
+        await response.write(self._stream_end(req, rid, slot.done.result()))
+        await response.write_eof()
+        return response
+
+    def _stream_end(self, req: CompletionRequest, rid: str, outcome: Outcome) -> bytes:
+        reason = outcome.finish_reason or "abort"
+        end = sse_event(stream_chunk(req, rid, self._created, "", reason))
+        if req.include_usage:
+            end += sse_event(usage_chunk(req, rid, self._created, outcome.num_tokens))
+        return end + SSE_DONE
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response(models_response([self.model_name], self._created))
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        assert self.live is not None  # handlers run only once started
+        engine = self.live.engine
+        text = self.metrics.render(engine.load(), engine.stats().num_preemptions)
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _load(self, request: web.Request) -> web.Response:
+        assert self.live is not None  # handlers run only once started
+        load = asdict(self.live.engine.load())
+        load["num_in_flight"] = self.live.num_in_flight
+        return web.json_response(load)
+
+    # ------------------------------------------------------------------ crash
+
+    def _crash_due(self, transport: asyncio.Transport) -> bool:
+        """Count a request; past ``crash_after`` kill the server and cut this connection."""
+        self._num_received += 1
+        limit = self.config.failures.crash_after
+        if self.crashed or (limit is not None and self._num_received > limit):
+            if not self.crashed:
+                self.crashed = True
+                asyncio.get_running_loop().create_task(self._crash())
+            transport.abort()
+            return True
+        return False
+
+    async def _crash(self) -> None:
+        for transport in list(self._open):
+            transport.abort()
+        if self.live is not None:
+            self.live.close()
+        if self._site is not None:
+            await self._site.stop()
+
+
+def _raise_rejected(outcome: Outcome) -> None:
+    """Turn an engine rejection into the error an engine would answer."""
+    reason = outcome.reject_reason
+    if reason is None:
+        return
+    status = _REJECT_STATUS.get(reason, 503)
+    raise ProtocolError(
+        status, f"the engine rejected the request: {reason}", code=reason, param="prompt"
+    )
+
+
+def _error_response(exc: ProtocolError) -> web.Response:
+    return web.Response(status=exc.status, body=exc.to_bytes(), content_type="application/json")
+
+
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return asked
+
+
+def _arch(config: EmulatorConfig) -> Any:
+    try:
+        return get_model(config.model)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=f"emulator {config.name or config.model}") from None
+
+
+def _length_sampler(config: EmulatorConfig) -> Any:
+    if config.output_lengths is None:
+        return None
+    from sincere.workload.lengths import make_lengths
+
+    params = dict(config.output_lengths)
+    kind = params.pop("kind", None)
+    if not isinstance(kind, str):
+        raise ConfigError(
+            "output_lengths needs a kind", value=kind, allowed="fixed, uniform, lognormal, ..."
+        )
+    return make_lengths(kind, **params)
+
+
+def _build_live(
+    config: EmulatorConfig,
+    name: str,
+    model_name: str,
+    metrics: EmulatorMetrics,
+    rng: np.random.Generator,
+) -> LiveEngine:
+    """The wall-clock engine of ``config`` (the simulator's deployment and limits)."""
+    where = f"emulator {name}"
+    inst = InstanceConfig(
+        model=config.model, accelerator=config.accelerator, precision=config.precision,
+        kv_precision=config.kv_precision, tp=config.tp, pp=config.pp, cc=config.cc,
+        step_model=config.step_model, engine=config.engine,
+    )  # fmt: skip
+    deployment = deployment_of(inst, config.model, where)
+    step = step_model_of(inst, deployment, where)
+    limits = limits_of(config.engine, deployment, where)
+    scheduler = make_scheduler(config.engine.scheduler, config.engine.scheduler_params, step)
+    tiers = tuple(t.to_tier() for t in config.tiers)
+    from sincere.core.request import DEFAULT_TIER
+
+    return LiveEngine(
+        name, model_name, step, scheduler, limits, capacity=config.max_num_requests,
+        tiers=tiers or (DEFAULT_TIER,), metrics=metrics, rng=rng,
+        stall_probability=config.failures.stall_probability, stall_s=config.failures.stall_s,
+    )  # fmt: skip
+
+
+async def start_emulators(configs: Sequence[EmulatorConfig]) -> list[EmulatorServer]:
+    """Start one server per config in this event loop; stop them with :func:`stop_emulators`."""
+    servers: list[EmulatorServer] = []
+    try:
+        for config in configs:
+            server = EmulatorServer(config)
+            await server.start()
+            servers.append(server)
+    except BaseException:
+        await stop_emulators(servers)
+        raise
+    return servers
+
+
+async def stop_emulators(servers: Sequence[EmulatorServer]) -> None:
+    """Close every server (requests in flight are aborted)."""
+    for server in servers:
+        await server.close()
+
+
+async def serve_forever(configs: Sequence[EmulatorConfig], *, announce: Any = None) -> None:
+    """Run emulators until cancelled; ``announce(servers)`` is called once they listen."""
+    servers = await start_emulators(configs)
+    try:
+        if announce is not None:
+            announce(servers)
+        await asyncio.Event().wait()
+    finally:
+        await stop_emulators(servers)

@@ -1,0 +1,138 @@
+"""Configuration of emulated engines (``sincere emulate``), validated once and frozen.
+
+One :class:`EmulatorConfig` describes one emulated engine: the deployment it
+pretends to be (the simulator's instance fields: ``model``, ``accelerator``,
+``precision``, ``kv_precision``, ``tp``, ``pp``, ``cc``, ``step_model``, ``engine``),
+where it listens, how long its answers are, and which failures it injects
+(:class:`FailureConfig`). A YAML file holds a list of them (or ``{instances: [...]}``);
+an entry with ``count: k`` becomes ``k`` engines on consecutive ports (all on
+OS-chosen ports when ``port`` is 0). Units: seconds, tokens, probabilities in [0, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from sincere.core.errors import ConfigError
+from sincere.core.request import Tier
+from sincere.perf.factory import StepModelConfig
+from sincere.serve.protocol import MAX_BODY_BYTES
+from sincere.sim.config import ContinuousConfig
+from sincere.workload.validation import validate_config
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class FailureConfig(BaseModel):
+    """Failures an emulated engine injects, drawn from its seeded generator."""
+
+    model_config = _FROZEN
+    error_rate: float = Field(0.0, ge=0, le=1)  # share of requests answered HTTP 500 at once
+    stall_probability: float = Field(0.0, ge=0, le=1)  # chance, after each iteration, to pause
+    stall_s: float = Field(0.0, ge=0)  # length of one pause of the engine, seconds
+    crash_after: int | None = Field(None, ge=0)  # requests served before the server dies
+
+
+class TierConfig(BaseModel):
+    """An SLA tier the engine's scheduler may read (e.g. EDF deadlines)."""
+
+    model_config = _FROZEN
+    name: str
+    ttft_s: float | None = Field(None, gt=0)  # time-to-first-token target, seconds
+    ttlt_s: float | None = Field(None, gt=0)  # end-to-end target, seconds
+    tbt_s: float | None = Field(None, gt=0)  # time-between-tokens target, seconds
+    priority: int = 0  # smaller is more important
+
+    def to_tier(self) -> Tier:
+        """The core :class:`~sincere.core.request.Tier`."""
+        return Tier(self.name, self.ttft_s, self.ttlt_s, self.tbt_s, self.priority)
+
+
+class EmulatorConfig(BaseModel):
+    """One emulated engine (``count`` of them when loaded from a file)."""
+
+    model_config = _FROZEN
+    name: str | None = None  # instance id; default <model>-<position>
+    model: str = "llama-3-8b"  # catalog model (name or alias)
+    served_model_name: str | None = None  # name in /v1/models; default the catalog name
+    accelerator: str = "H100-SXM"  # catalog accelerator
+    precision: str = "bf16"  # weight precision
+    kv_precision: str = "fp16"  # KV-cache precision
+    tp: int = Field(1, ge=1)  # tensor-parallel degree
+    pp: int = Field(1, ge=1)  # pipeline-parallel degree
+    cc: bool = False  # confidential-computing mode (wraps the step-time model)
+    step_model: StepModelConfig = StepModelConfig()  # where iteration times come from
+    engine: ContinuousConfig = ContinuousConfig()  # scheduler and limits
+    tiers: list[TierConfig] = []  # tiers requests may name (x-sincere-tier); default one
+    host: str = "127.0.0.1"  # address to bind
+    port: int = Field(0, ge=0, le=65535)  # 0: the OS chooses (see EmulatorServer.port)
+    count: int = Field(1, ge=1)  # replicas (files and the CLI only)
+    max_num_requests: int = Field(4096, ge=1)  # requests in flight at once; more get 503
+    default_max_tokens: int = Field(256, ge=1)  # cap when a request gives no max_tokens
+    output_lengths: dict[str, Any] | None = None  # {kind: lognormal, ...}: drawn lengths
+    token_text: str = " tok"  # the text of every generated token
+    seed: int = 0  # seed of length draws and failure injection
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1)  # larger bodies get 413
+    failures: FailureConfig = FailureConfig()
+
+
+def expand(config: EmulatorConfig, position: int = 0) -> list[EmulatorConfig]:
+    """``count`` single-engine configs: names ``<name>-k``, ports ``port + k`` (0 stays 0)."""
+    prefix = config.name or f"{config.model}-{position}"
+    if config.count == 1:
+        return [config.model_copy(update={"name": prefix})]
+    if config.port and config.port + config.count - 1 > 65535:
+        raise ConfigError("ports run past 65535", value=config.port, allowed="a lower port")
+    return [
+        config.model_copy(
+            update={
+                "name": f"{prefix}-{k}",
+                "count": 1,
+                "port": config.port + k if config.port else 0,
+                "seed": config.seed + k,
+            }
+        )
+        for k in range(config.count)
+    ]
+
+
+def load_emulator_configs(source: str | Path | list[Any] | dict[str, Any]) -> list[EmulatorConfig]:
+    """Single-engine configs from a YAML file (a list, or ``{instances: [...]}``) or data."""
+    where: str | Path | None = None
+    data: Any = source
+    if isinstance(source, str | Path):
+        where = Path(source)
+        try:
+            data = yaml.safe_load(where.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError("cannot read emulator config", where=where, value=str(exc)) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", where=where) from None
+    if isinstance(data, dict):
+        data = data.get("instances", [data])
+    if not isinstance(data, list) or not data:
+        raise ConfigError(
+            "an emulator config must be a non-empty list of instances",
+            where=where,
+            value=type(data).__name__,
+            allowed="a YAML list, or a mapping with an `instances` list",
+        )
+    configs: list[EmulatorConfig] = []
+    for k, entry in enumerate(data):
+        cfg = validate_config(EmulatorConfig, entry, where, prefix=f"instances[{k}]")
+        configs.extend(expand(cfg, k))
+    _check_unique(configs, where)
+    return configs
+
+
+def _check_unique(configs: list[EmulatorConfig], where: str | Path | None) -> None:
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ConfigError("instance names must be unique", where=where, value=names)
+    ports = [(c.host, c.port) for c in configs if c.port]
+    if len(set(ports)) != len(ports):
+        raise ConfigError("two instances share a port", where=where, value=ports)

@@ -1,0 +1,303 @@
+"""sincere's engine model driven by the wall clock: the heart of the emulator.
+
+A :class:`LiveEngine` owns a :class:`~sincere.engine.continuous.ContinuousEngine`
+over a preallocated :class:`~sincere.core.request.RequestArrays` of
+``max_num_requests`` slots. A request takes a free slot, has its fields written
+there and is ``add``-ed at the current engine time; a slot is free again once the
+request finishes or is aborted, so the capacity bounds requests *in flight*, not in
+total (a full emulator answers 503, it never grows).
+
+Time. The engine clock is ``loop.time() - started_at - paused_s`` (seconds). One
+``loop.call_at`` timer fires at ``engine.next_event_at()``; the tick advances the engine through
+every iteration that has ended by the *actual* time, one at a time, and the engine
+schedules each next iteration from the previous one's planned end, so timer lateness
+(~1 ms in asyncio) delays a token's delivery but never accumulates. An arrival or an
+abort re-arms the timer. The engine's ``on_tokens`` hook (one call per iteration)
+hands each token to its request's queue; a finished request gets its :class:`Outcome` on a future.
+
+Stalls (failure injection) freeze the engine clock for ``stall_s`` from the end of the
+iteration that drew one: everything after it moves later by that much, as when a real
+engine stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sincere.core.records import RecordArrays
+from sincere.core.request import RequestArrays, Tier
+from sincere.engine.continuous import ContinuousEngine, EngineLimits
+from sincere.perf.base import StepTimeModel
+from sincere.policy.schedulers.base import IterationScheduler
+from sincere.serve.emulator_metrics import EmulatorMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request ended."""
+
+    num_tokens: int  # tokens generated (and handed out)
+    finish_reason: str | None  # "length" or "stop"; None when rejected or aborted
+    reject_reason: str | None = None  # the engine's reason ("kv_capacity", "aborted", ...)
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """One request in flight: what its HTTP handler waits on."""
+
+    ix: int  # position in the engine's RequestArrays
+    max_tokens: int  # the cap; reaching it means finish_reason "length"
+    prompt_tokens: int
+    arrival_at: float  # loop time of arrival (wall clock)
+    queue: asyncio.Queue[int] | None  # streamed: 1 per token, then 0 at the end
+    done: asyncio.Future[Outcome]
+    num_tokens: int = 0
+    first_at: float | None = None  # loop time of the first token
+    last_at: float | None = None  # loop time of the latest token
+    freed: bool = field(default=False)  # the slot went back to the free list
+
+
+class CapacityError(Exception):
+    """Every slot is in use."""
+
+
+class LiveEngine:
+    """A continuous-batching engine on the wall clock; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        model_name: str,
+        step_model: StepTimeModel,
+        scheduler: IterationScheduler,
+        limits: EngineLimits,
+        *,
+        capacity: int,
+        tiers: tuple[Tier, ...],
+        metrics: EmulatorMetrics,
+        rng: np.random.Generator,
+        stall_probability: float = 0.0,
+        stall_s: float = 0.0,
+    ) -> None:
+        self.requests = _placeholder_requests(capacity, model_name, tiers)
+        self.records = RecordArrays.empty(capacity, [name])
+        self.engine = ContinuousEngine(
+            name, self.requests, self.records, 0, step_model, scheduler, limits
+        )
+        self.engine.on_tokens = self._on_tokens
+        self.metrics = metrics
+        self._slots: list[Slot | None] = [None] * capacity
+        self._free = list(range(capacity - 1, -1, -1))
+        self._rng = rng
+        self._stall_probability = stall_probability
+        self._stall_s = stall_s
+        self._stall_due = False
+        self._stalled_since: float | None = None  # loop time the stall began
+        self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
+        self._paused_s = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._closed = False
+
+    # ------------------------------------------------------------------ clock
+
+    def now(self) -> float:
+        """Engine time: wall seconds since start, minus time spent stalled."""
+        wall = self._loop.time() if self._stalled_since is None else self._stalled_since
+        return wall - self._started_at - self._paused_s
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests holding a slot."""
+        return len(self._slots) - len(self._free)
+
+    # -------------------------------------------------------------- requests
+
+    def submit(
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        output_tokens: int,
+        *,
+        stream: bool,
+        priority: int = 0,
+        tier: int = 0,
+    ) -> Slot:
+        """Add a request; raise :class:`CapacityError` when every slot is taken."""
+        if not self._free or self._closed:
+            raise CapacityError(f"{len(self._slots)} requests in flight")
+        i = self._free.pop()
+        now = self.now()
+        self._fill(i, now, prompt_tokens, min(output_tokens, max_tokens), max_tokens)
+        self.requests.priority[i] = priority
+        self.requests.tier[i] = tier
+        loop = self._loop
+        slot = Slot(
+            i,
+            max_tokens,
+            prompt_tokens,
+            loop.time(),
+            asyncio.Queue() if stream else None,
+            loop.create_future(),
+        )
+        self._slots[i] = slot
+        self.engine.add(i, now)
+        self._arm()
+        return slot
+
+    def _fill(self, i: int, now: float, prompt: int, output: int, max_tokens: int) -> None:
+        """Write request ``i``'s fields and clear its records (slots are reused)."""
+        req, rec = self.requests, self.records
+        req.arrival_at[i] = now
+        req.prompt_tokens[i] = prompt
+        req.output_tokens[i] = output
+        req.max_tokens[i] = max_tokens
+        rec.instance[i] = -1
+        rec.first_scheduled_at[i] = rec.first_token_at[i] = rec.finished_at[i] = math.nan
+        rec.output_tokens[i] = rec.num_preemptions[i] = 0
+        rec.rejected[i] = False
+        rec.reject_reason[i] = None
+
+    def abort(self, slot: Slot) -> None:
+        """The client left: cancel the request and free its memory (no-op once done)."""
+        if slot.freed:
+            return
+        if self.engine.abort(slot.ix, self.now()):
+            self.metrics.aborted.inc()
+        self._arm(force=True)
+
+    def close(self) -> None:
+        """Stop the timer and end every request in flight as aborted."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for slot in [s for s in self._slots if s is not None]:
+            self._release(slot, Outcome(slot.num_tokens, None, "aborted"))
+
+    # ---------------------------------------------------------------- driving
+
+    def _arm(self, force: bool = False) -> None:
+        """Set the timer to the engine's next event (unless stalled or closed)."""
+        if self._closed or self._stalled_since is not None:
+            return
+        at = self.engine.next_event_at()
+        if at is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer, self._timer_at = None, math.inf
+            return
+        wall = self._started_at + self._paused_s + at
+        if self._timer is not None and wall == self._timer_at and not force:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = wall
+        self._timer = self._loop.call_at(wall, self._tick)
+
+    def _tick(self) -> None:
+        """Run every iteration that has ended by now, one at a time (a stall stops it)."""
+        self._timer, self._timer_at = None, math.inf
+        if self._closed:
+            return
+        engine = self.engine
+        now = self.now()
+        at = engine.next_event_at()
+        while at is not None and at <= now:
+            for i in engine.advance(at):
+                self._finish(i)
+            if self._stall_due:
+                self._stall_due = False
+                self._stall(at)
+                return
+            after = engine.next_event_at()
+            if after is not None and after <= at:
+                break  # nothing advanced; let the timer come back at once
+            at = after
+        self._arm()
+
+    def _on_tokens(self, end_at: float, positions: list[int]) -> None:
+        """One iteration's tokens: hand each to its request."""
+        wall = self._loop.time()
+        slots = self._slots
+        itl = self.metrics.itl
+        ttft = self.metrics.ttft
+        for i in positions:
+            slot = slots[i]
+            if slot is None:
+                continue
+            slot.num_tokens += 1
+            if slot.last_at is None:
+                slot.first_at = wall
+                ttft.observe(wall - slot.arrival_at)
+            else:
+                itl.observe(wall - slot.last_at)
+            slot.last_at = wall
+            if slot.queue is not None:
+                slot.queue.put_nowait(1)
+        p = self._stall_probability
+        if p > 0 and self._rng.random() < p:
+            self._stall_due = True
+
+    def _finish(self, i: int) -> None:
+        slot = self._slots[i]
+        if slot is None:
+            return
+        rec = self.records
+        metrics = self.metrics
+        metrics.prompt_tokens.inc(slot.prompt_tokens)
+        metrics.generation_tokens.inc(slot.num_tokens)
+        if rec.rejected[i]:
+            outcome = Outcome(slot.num_tokens, None, rec.reject_reason[i])
+        else:
+            reason = "length" if slot.num_tokens >= slot.max_tokens else "stop"
+            outcome = Outcome(slot.num_tokens, reason)
+            metrics.success(reason)
+            last = slot.last_at if slot.last_at is not None else self._loop.time()
+            metrics.finished(slot.arrival_at, slot.first_at, last, slot.num_tokens)
+        self._release(slot, outcome)
+
+    def _release(self, slot: Slot, outcome: Outcome) -> None:
+        self._slots[slot.ix] = None
+        self._free.append(slot.ix)
+        slot.freed = True
+        if slot.queue is not None:
+            slot.queue.put_nowait(0)
+        if not slot.done.done():
+            slot.done.set_result(outcome)
+
+    # ----------------------------------------------------------------- stalls
+
+    def _stall(self, at: float) -> None:
+        """Freeze the engine clock at engine time ``at`` for ``stall_s``."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        since = self._started_at + self._paused_s + at  # wall time the engine reached ``at``
+        self._stalled_since = since
+        self._loop.call_at(since + self._stall_s, self._end_stall)
+
+    def _end_stall(self) -> None:
+        since = self._stalled_since
+        if since is None:
+            return
+        self._paused_s += self._loop.time() - since
+        self._stalled_since = None
+        self._arm(force=True)
+
+
+def _placeholder_requests(capacity: int, model: str, tiers: tuple[Tier, ...]) -> RequestArrays:
+    """``capacity`` slots of placeholder requests, filled in place on arrival."""
+    ones = np.ones(capacity, dtype=np.int64)
+    return RequestArrays.build(
+        np.zeros(capacity),
+        ones,
+        ones.copy(),
+        models=(model,),
+        tiers=tiers,
+        max_tokens=ones.copy(),
+    )

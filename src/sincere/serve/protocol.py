@@ -1,0 +1,561 @@
+"""The OpenAI wire format that sincere's gateway and emulator speak.
+
+Requests. :func:`parse_request` validates the JSON body of ``POST /v1/completions``
+(``kind="completion"``) or ``POST /v1/chat/completions`` (``kind="chat"``) as OpenAI
+defines them: ``model``; ``prompt`` (a string, a list of one string, or token ids) or
+``messages`` (``role`` + ``content``, a string or text parts); ``max_tokens`` (chat
+also ``max_completion_tokens``); ``stream`` and ``stream_options.include_usage``.
+Sampling fields (``temperature``, ``top_p``, ``stop``, ``seed``, ...) are type-checked
+and otherwise ignored: times do not depend on them. Unknown fields are ignored, as
+vLLM does.
+
+sincere's extension (all optional) rides in a ``sincere`` object of the body or in
+headers; the body wins where both are given:
+
+====================  =========================  ===========================================
+body ``sincere.*``    header                     meaning
+====================  =========================  ===========================================
+``tier``              ``x-sincere-tier``         SLA tier / service class name
+``priority``          ``x-sincere-priority``     integer, smaller is more important
+``deadline_s``        ``x-sincere-deadline-s``   end-to-end deadline after arrival, seconds
+``budget_usd``        ``x-sincere-budget-usd``   most the client pays for the request, USD
+``output_tokens``     ``x-sincere-output-tokens``  tokens an emulator generates (ground truth)
+====================  =========================  ===========================================
+
+Errors. Bad input raises :class:`ProtocolError`, carrying the HTTP status (400
+malformed JSON, wrong types, missing fields; 404 unknown model; 413 body too large;
+422 a ``max_tokens`` outside ``[1, context - prompt]``) and OpenAI's error body
+``{"error": {"message", "type", "param", "code"}}``; the message names the field, the
+value and what is allowed.
+
+Responses. Builders for non-streamed completion / chat objects (with ``usage``), the
+chunks of a stream, and Server-Sent Events framing (``data: {...}\\n\\n``, ending with
+``data: [DONE]\\n\\n``). Prompt tokens are counted with tiktoken's cl100k_base when it
+is installed, else at ~4 characters per token, as :mod:`sincere.workload` does.
+
+The hot path is plain dict checks (a few microseconds a request), no pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sincere.core.errors import SincereError
+from sincere.workload.tabular import count_tokens
+
+Kind = Literal["completion", "chat"]
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Default cap on a request body (413 above it)."""
+
+SSE_DONE = b"data: [DONE]\n\n"
+"""The event that ends every OpenAI stream."""
+
+_MAX_SHOWN = 60  # characters of a bad value quoted in an error message
+
+
+class ProtocolError(SincereError):
+    """A request the OpenAI API would refuse, with its HTTP status and error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or ("server_error" if status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error object: ``{"error": {"message", "type", "param", "code"}}``."""
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def to_bytes(self) -> bytes:
+        """The error body as JSON bytes."""
+        return dumps(self.body())
+
+
+@dataclass(frozen=True, slots=True)
+class SincereFields:
+    """sincere's extension fields of one request (``None``: not given)."""
+
+    tier: str | None = None  # SLA tier / service class name
+    priority: int | None = None  # smaller is more important
+    deadline_s: float | None = None  # end-to-end deadline after arrival, seconds
+    budget_usd: float | None = None  # most the client pays, USD
+    output_tokens: int | None = None  # tokens an emulator generates (ground truth)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """A validated completion or chat request."""
+
+    kind: Kind  # "completion" (/v1/completions) or "chat" (/v1/chat/completions)
+    model: str  # model name as the client wrote it
+    prompt_tokens: int  # prompt length in tokens (counted, or the token ids given)
+    max_tokens: int | None  # the client's cap on generated tokens; None: server default
+    stream: bool  # answer as Server-Sent Events
+    include_usage: bool  # stream_options.include_usage: a final chunk with usage
+    sincere: SincereFields  # extension fields
+    prompt: str | None = None  # prompt text (chat: the rendered messages); None for token ids
+    body: dict[str, Any] = field(default_factory=dict, compare=False)  # the parsed JSON body
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _bad(param: str, value: Any, allowed: str, status: int = 400) -> ProtocolError:
+    """``param`` has a bad ``value``; say what is allowed."""
+    return ProtocolError(
+        status,
+        f"{param}: got {_shown(value)}; allowed: {allowed}",
+        param=param,
+        code="invalid_value" if status == 422 else "invalid_type",
+    )
+
+
+def _missing(param: str, allowed: str) -> ProtocolError:
+    return ProtocolError(
+        400, f"{param} is required; allowed: {allowed}", param=param, code="missing_field"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def count_prompt_tokens(text: str) -> int:
+    """Tokens in ``text``: tiktoken cl100k_base when installed, else ~4 characters a token."""
+    return int(count_tokens([text])[0])
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def check_body_size(num_bytes: int, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    """Raise 413 when a body of ``num_bytes`` exceeds ``max_body_bytes``."""
+    if num_bytes > max_body_bytes:
+        raise ProtocolError(
+            413,
+            f"request body: got {num_bytes} bytes; allowed: at most {max_body_bytes} bytes",
+            code="body_too_large",
+        )
+
+
+def parse_request(
+    raw: bytes | str,
+    kind: Kind,
+    *,
+    headers: Mapping[str, str] | None = None,
+    models: Collection[str] | None = None,
+    max_context: int | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> CompletionRequest:
+    """Validate one request body; raise :class:`ProtocolError` on anything wrong.
+
+    ``models``: the names served (404 for another; ``None`` accepts any).
+    ``max_context``: the model's context window, for the 422 check of ``max_tokens``.
+    ``headers``: request headers (any mapping; names looked up lower-case) for the
+    ``x-sincere-*`` extension.
+    """
+    check_body_size(len(raw), max_body_bytes)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(
+            400, f"request body is not valid JSON ({exc}); allowed: a JSON object"
+        ) from None
+    if not isinstance(body, dict):
+        raise _bad("body", type(body).__name__, "a JSON object")
+    return parse_body(body, kind, headers=headers, models=models, max_context=max_context)
+
+
+def parse_body(
+    body: dict[str, Any],
+    kind: Kind,
+    *,
+    headers: Mapping[str, str] | None = None,
+    models: Collection[str] | None = None,
+    max_context: int | None = None,
+) -> CompletionRequest:
+    """:func:`parse_request` on an already decoded JSON object."""
+    model = _model(body, models)
+    if kind == "chat":
+        prompt: str | None = _chat_prompt(body)
+        tokens = count_prompt_tokens(prompt) if prompt else 1
+    else:
+        prompt, tokens = _completion_prompt(body)
+    _check_sampling(body)
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad("stream", stream, "true or false")
+    max_tokens = _max_tokens(body, kind, tokens, max_context)
+    return CompletionRequest(
+        kind=kind,
+        model=model,
+        prompt_tokens=tokens,
+        max_tokens=max_tokens,
+        stream=bool(stream),
+        include_usage=_include_usage(body),
+        sincere=parse_sincere(body.get("sincere"), headers),
+        prompt=prompt,
+        body=body,
+    )
+
+
+def _model(body: dict[str, Any], models: Collection[str] | None) -> str:
+    model = body.get("model")
+    if model is None:
+        raise _missing("model", "a served model name")
+    if not isinstance(model, str) or not model:
+        raise _bad("model", model, "a non-empty string")
+    if models is not None and model not in models:
+        raise ProtocolError(
+            404,
+            f"model: got {_shown(model)}; allowed: {', '.join(sorted(models))}",
+            param="model",
+            code="model_not_found",
+        )
+    return model
+
+
+def _completion_prompt(body: dict[str, Any]) -> tuple[str | None, int]:
+    """Prompt text (``None`` for token ids) and its token count."""
+    allowed = "a string, a list of one string, or a list of token ids (integers)"
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _missing("prompt", allowed)
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt, (count_prompt_tokens(prompt) if prompt else 1)
+    if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
+        return None, len(prompt)
+    raise _bad("prompt", prompt, allowed)
+
+
+def _chat_prompt(body: dict[str, Any]) -> str:
+    """The messages rendered as ``role: content`` lines (what the token count reads)."""
+    messages = body.get("messages")
+    allowed = "a non-empty list of {role: string, content: string or text parts}"
+    if messages is None:
+        raise _missing("messages", allowed)
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages", messages, allowed)
+    lines = []
+    for k, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise _bad(f"messages[{k}]", msg, allowed)
+        role = msg.get("role")
+        if not isinstance(role, str) or not role:
+            raise _bad(f"messages[{k}].role", role, "a string such as system, user, assistant")
+        lines.append(f"{role}: {_content(msg.get('content'), k)}")
+    return "\n".join(lines)
+
+
+def _content(content: Any, k: int) -> str:
+    """A message's text: a string, null, or a list of ``{type: text, text: ...}`` parts."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    allowed = "a string, null, or a list of {type, text} parts"
+    if not isinstance(content, list):
+        raise _bad(f"messages[{k}].content", content, allowed)
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"messages[{k}].content", part, allowed)
+        text = part.get("text", "")
+        if not isinstance(text, str):
+            raise _bad(f"messages[{k}].content.text", text, "a string")
+        texts.append(text)
+    return "".join(texts)
+
+
+_NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
+_INTS = ("seed", "top_k", "logprobs", "top_logprobs", "best_of")
+
+
+def _check_sampling(body: dict[str, Any]) -> None:
+    """Type-check the sampling fields times do not depend on (their values are ignored)."""
+    for name in _NUMBERS:
+        value = body.get(name)
+        if value is not None and not _is_number(value):
+            raise _bad(name, value, "a finite number")
+    for name in _INTS:
+        value = body.get(name)
+        if value is not None and not _is_int(value) and not isinstance(value, bool):
+            raise _bad(name, value, "an integer")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise _bad("n", n, "1 (one choice per request)")
+    stop = body.get("stop")
+    ok = stop is None or isinstance(stop, str)
+    ok = ok or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    if not ok:
+        raise _bad("stop", stop, "a string or a list of strings")
+
+
+def _max_tokens(
+    body: dict[str, Any], kind: Kind, prompt_tokens: int, max_context: int | None
+) -> int | None:
+    name = "max_tokens"
+    value = body.get(name)
+    if kind == "chat" and body.get("max_completion_tokens") is not None:
+        name, value = "max_completion_tokens", body["max_completion_tokens"]
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise _bad(name, value, "an integer >= 1")
+    room = None if max_context is None else max_context - prompt_tokens
+    if value < 1 or (room is not None and value > room):
+        allowed = "an integer >= 1"
+        if room is not None:
+            allowed = (
+                f"an integer in [1, {room}] (context {max_context} - {prompt_tokens} prompt tokens)"
+            )
+        raise _bad(name, value, allowed, status=422)
+    return int(value)
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise _bad("stream_options", options, "an object such as {include_usage: true}")
+    usage = options.get("include_usage", False)
+    if usage is not None and not isinstance(usage, bool):
+        raise _bad("stream_options.include_usage", usage, "true or false")
+    return bool(usage)
+
+
+# ------------------------------------------------------------------ sincere extension
+
+_HEADER = "x-sincere-"
+
+
+def parse_sincere(value: Any, headers: Mapping[str, str] | None = None) -> SincereFields:
+    """The extension fields from the body's ``sincere`` object and ``x-sincere-*`` headers."""
+    if value is not None and not isinstance(value, dict):
+        raise _bad("sincere", value, "an object with tier, priority, deadline_s, budget_usd")
+    given: dict[str, Any] = _from_headers(headers) if headers else {}
+    given.update(value or {})
+    if not given:
+        return _NO_FIELDS
+    tier = given.get("tier")
+    if tier is not None and (not isinstance(tier, str) or not tier):
+        raise _bad("sincere.tier", tier, "a non-empty tier name")
+    priority = given.get("priority")
+    if priority is not None and not _is_int(priority):
+        raise _bad("sincere.priority", priority, "an integer (smaller is more important)")
+    deadline = _positive("deadline_s", given.get("deadline_s"), "a number of seconds > 0")
+    budget = given.get("budget_usd")
+    if budget is not None and not (_is_number(budget) and budget >= 0):
+        raise _bad("sincere.budget_usd", budget, "a finite number of USD >= 0")
+    out = given.get("output_tokens")
+    if out is not None and not (_is_int(out) and out >= 1):
+        raise _bad("sincere.output_tokens", out, "an integer >= 1")
+    return SincereFields(
+        tier=tier,
+        priority=priority,
+        deadline_s=deadline,
+        budget_usd=None if budget is None else float(budget),
+        output_tokens=out,
+    )
+
+
+_NO_FIELDS = SincereFields()
+
+
+def _positive(name: str, value: Any, allowed: str) -> float | None:
+    if value is None:
+        return None
+    if not (_is_number(value) and value > 0):
+        raise _bad(f"sincere.{name}", value, allowed)
+    return float(value)
+
+
+_HEADER_KINDS: dict[str, type] = {
+    "tier": str,
+    "priority": int,
+    "deadline-s": float,
+    "budget-usd": float,
+    "output-tokens": int,
+}
+
+
+def _from_headers(headers: Mapping[str, str]) -> dict[str, Any]:
+    """``x-sincere-*`` headers converted to the body fields' names and types."""
+    found: dict[str, Any] = {}
+    for suffix, cast in _HEADER_KINDS.items():
+        text = headers.get(_HEADER + suffix)
+        if text is None:
+            continue
+        try:
+            found[suffix.replace("-", "_")] = cast(text.strip())
+        except ValueError:
+            name = "an integer" if cast is int else "a number"
+            raise _bad(_HEADER + suffix, text, name if cast is not str else "text") from None
+    return found
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+def error_body(
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The ``usage`` object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def response_id(kind: Kind, number: int) -> str:
+    """A response id in OpenAI's style: ``cmpl-…`` or ``chatcmpl-…``."""
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{number:016x}"
+
+
+def full_response(
+    req: CompletionRequest,
+    id: str,
+    created: int,
+    text: str,
+    finish_reason: str,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    """A non-streamed completion (``text_completion``) or chat (``chat.completion``)."""
+    if req.kind == "chat":
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    return {
+        "id": id,
+        "object": obj,
+        "created": created,
+        "model": req.model,
+        "choices": [choice],
+        "usage": usage(req.prompt_tokens, completion_tokens),
+    }
+
+
+def stream_chunk(
+    req: CompletionRequest,
+    id: str,
+    created: int,
+    text: str,
+    finish_reason: str | None = None,
+    *,
+    first: bool = False,
+) -> dict[str, Any]:
+    """One chunk of a stream; chat's ``first`` chunk carries the assistant role."""
+    if req.kind == "chat":
+        delta: dict[str, Any] = (
+            {"role": "assistant", "content": text} if first else {"content": text}
+        )
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    chunk: dict[str, Any] = {
+        "id": id,
+        "object": obj,
+        "created": created,
+        "model": req.model,
+        "choices": [choice],
+    }
+    if req.include_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(
+    req: CompletionRequest, id: str, created: int, completion_tokens: int
+) -> dict[str, Any]:
+    """The final chunk of a stream with ``include_usage``: no choices, the usage."""
+    obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
+    return {
+        "id": id,
+        "object": obj,
+        "created": created,
+        "model": req.model,
+        "choices": [],
+        "usage": usage(req.prompt_tokens, completion_tokens),
+    }
+
+
+def sse_event(obj: Any) -> bytes:
+    """One Server-Sent Event: ``data: <json>\\n\\n``."""
+    return b"data: " + dumps(obj) + b"\n\n"
+
+
+def parse_sse_data(line: bytes | str) -> dict[str, Any] | None:
+    """The JSON of one ``data:`` line of a stream; ``None`` for ``[DONE]`` and non-data lines."""
+    text = line.decode() if isinstance(line, bytes) else line
+    text = text.strip()
+    if not text.startswith("data:"):
+        return None
+    payload = text[5:].strip()
+    if payload == "[DONE]":
+        return None
+    obj = json.loads(payload)
+    if not isinstance(obj, dict):
+        raise ValueError(f"SSE data is not a JSON object: {_shown(payload)}")
+    return obj
+
+
+def models_response(
+    names: Collection[str], created: int, owned_by: str = "sincere"
+) -> dict[str, Any]:
+    """``GET /v1/models``: a list of model objects."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+            for name in names
+        ],
+    }
