@@ -1,0 +1,322 @@
+"""The OpenAI-compatible gateway: ``sincere serve CONFIG``.
+
+An aiohttp server in front of serving instances (any OpenAI-compatible engine, or
+Ollama) that routes every request with the same router objects the simulator
+drives. Endpoints:
+
+* ``POST /v1/completions``, ``POST /v1/chat/completions`` -- parsed and validated by
+  :mod:`sincere.serve.protocol` (bad input: 4xx with an OpenAI error body), then
+  admitted, routed, queued and relayed (:mod:`~sincere.serve.gateway_dispatch`,
+  :mod:`~sincere.serve.gateway_relay`); SSE streams pass through token by token.
+  The response header ``x-sincere-instance`` names the instance that served it.
+* ``GET /v1/models`` -- the union of the instances' models; ``GET /health``;
+  ``GET /metrics`` -- the gateway's Prometheus metrics
+  (:mod:`~sincere.serve.gateway_metrics`);
+* ``/admin/...`` -- the controller API (:mod:`sincere.serve.controller`).
+
+Background tasks scrape the engines' ``/metrics`` every ``scrape.interval_ms`` and
+re-drain the queues every 50 ms (a breaker may have turned half-open). Per request
+the hot path does no pydantic, no logging above DEBUG, and reuses one keep-alive
+session per backend. uvloop is used by :func:`run_gateway` when importable.
+
+Usage::
+
+    async with Gateway(load_config("gateway.yaml")) as gw:
+        print(gw.url)           # http://127.0.0.1:PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from sincere.core.request import Request, Tier
+from sincere.serve.backends import make_backend
+from sincere.serve.breaker import STATE_CODES, CircuitBreaker
+from sincere.serve.config import BackendConfig, GatewayConfig
+from sincere.serve.gateway_dispatch import Dispatcher, RefusalError
+from sincere.serve.gateway_load import ObservedLoad
+from sincere.serve.gateway_metrics import GatewayMetrics
+from sincere.serve.gateway_relay import serve_request
+from sincere.serve.gateway_state import InstanceState, parse_vllm_metrics
+from sincere.serve.protocol import (
+    CompletionRequest,
+    Kind,
+    ProtocolError,
+    dumps,
+    error_body,
+    models_response,
+    parse_request,
+)
+
+DRAIN_INTERVAL_S = 0.05  # how often queues are re-drained in the background
+
+
+class Gateway:
+    """The gateway server: instances, dispatcher, metrics and the aiohttp app."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.log = logging.getLogger("sincere.serve.gateway")
+        self.metrics = GatewayMetrics()
+        self.dispatcher = Dispatcher(config, self.metrics)
+        self.tiers = config.tier_objects()
+        self.load = ObservedLoad(config.planning.window_s, 0.0)
+        self._seq = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self.port = config.port
+        self.app = self._make_app()
+        for backend in config.backends:
+            self.add_backend(backend)
+
+    # ------------------------------------------------------------- lifecycle
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.limits.max_body_bytes + 1)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        if self.config.admin:
+            from sincere.serve.controller import Controller
+
+            self.controller: Controller | None = Controller(self)
+            self.controller.add_routes(app)
+        else:
+            self.controller = None
+        return app
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running event loop (the gateway's clock: ``loop.time()``)."""
+        return asyncio.get_running_loop()
+
+    @property
+    def url(self) -> str:
+        """Base URL the gateway listens on."""
+        return f"http://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and serve; start the scraper and the drain ticker."""
+        self.load = ObservedLoad(self.config.planning.window_s, self.loop.time())
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, handler_cancellation=True
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=2048)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        self._tasks.append(asyncio.create_task(self._drain_loop()))
+        if self.config.scrape.enabled:
+            self._tasks.append(asyncio.create_task(self._scrape_loop()))
+
+    async def stop(self) -> None:
+        """Stop serving, cancel background tasks, close every backend session."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.controller is not None:
+            await self.controller.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for state in list(self.dispatcher.instances.values()):
+            await state.backend.close()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------- instances
+
+    def add_backend(self, config: BackendConfig, *, emulated: bool = False) -> InstanceState:
+        """Put a backend into routing."""
+        breaker = CircuitBreaker(
+            self.config.breaker.failure_threshold, self.config.breaker.cooldown_s
+        )
+        state = InstanceState(make_backend(config), breaker, emulated=emulated)
+        self.dispatcher.add(state)
+        return state
+
+    async def remove_backend(self, name: str) -> InstanceState:
+        """Take a backend out of routing; its in-flight requests finish first."""
+        state = self.dispatcher.remove(name)
+        for model in state.backend.models:
+            if not self.dispatcher.by_model.get(model):
+                self.dispatcher.fail_queued(model, f"the last instance of {model!r} was removed")
+        for _ in range(int(self.config.queue.timeout_s / 0.01) + 1):
+            if state.num_in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        await state.backend.close()
+        return state
+
+    # -------------------------------------------------------------- handlers
+
+    async def _completions(self, http_req: web.Request) -> web.StreamResponse:
+        return await self._handle(http_req, "completion")
+
+    async def _chat(self, http_req: web.Request) -> web.StreamResponse:
+        return await self._handle(http_req, "chat")
+
+    async def _handle(self, http_req: web.Request, kind: Kind) -> web.StreamResponse:
+        tier = self.config.default_tier
+        try:
+            creq = parse_request(
+                await self._read_body(http_req),
+                kind,
+                headers=http_req.headers,
+                models=self.dispatcher.served,
+                max_body_bytes=self.config.limits.max_body_bytes,
+            )
+            req = self._core_request(creq)
+            tier = req.tier.name
+            return await serve_request(self, http_req, creq, req)
+        except ProtocolError as exc:
+            self.metrics.finished("", tier, "client_error")
+            return web.Response(
+                status=exc.status, body=exc.to_bytes(), content_type="application/json"
+            )
+        except RefusalError as exc:
+            self.metrics.finished("", tier, exc.outcome)
+            body = error_body(exc.message, type=_error_type(exc.status), code=exc.code)
+            return web.Response(
+                status=exc.status, body=dumps(body), content_type="application/json"
+            )
+
+    async def _read_body(self, http_req: web.Request) -> bytes:
+        limit = self.config.limits.max_body_bytes
+        if http_req.content_length is not None and http_req.content_length > limit:
+            raise ProtocolError(
+                413,
+                f"request body: got {http_req.content_length} bytes; "
+                f"allowed: at most {limit} bytes",
+                code="body_too_large",
+            )
+        try:
+            return await http_req.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ProtocolError(
+                413, f"request body: allowed: at most {limit} bytes", code="body_too_large"
+            ) from None
+
+    def _core_request(self, creq: CompletionRequest) -> Request:
+        """The policy-side :class:`Request` of a parsed request (tier, priority, budget)."""
+        fields = creq.sincere
+        tier = self.tiers.get(fields.tier or self.config.default_tier)
+        if tier is None:
+            raise ProtocolError(
+                400,
+                f"sincere.tier: got {fields.tier!r}; allowed: {', '.join(sorted(self.tiers))}",
+                param="sincere.tier",
+            )
+        if fields.deadline_s is not None:
+            ttlt = min(tier.ttlt_s or math.inf, fields.deadline_s)
+            tier = Tier(tier.name, tier.ttft_s, ttlt, tier.tbt_s, tier.priority)
+        limit = self.config.limits.max_tokens
+        if creq.max_tokens is not None and creq.max_tokens > limit:
+            raise ProtocolError(
+                422,
+                f"max_tokens: got {creq.max_tokens}; allowed: an integer in [1, {limit}]",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        self._seq += 1
+        return Request(
+            id=self._seq,
+            arrival_at=self.loop.time(),
+            model=creq.model,
+            prompt_tokens=max(1, creq.prompt_tokens),
+            output_tokens=creq.max_tokens or self.config.limits.default_max_tokens,
+            max_tokens=creq.max_tokens,
+            prompt=creq.prompt,
+            tier=tier,
+            priority=tier.priority if fields.priority is None else fields.priority,
+            budget_usd=fields.budget_usd,
+        )
+
+    async def _models(self, http_req: web.Request) -> web.Response:
+        names = sorted(self.dispatcher.served)
+        return web.json_response(models_response(names, int(time.time())))
+
+    async def _health(self, http_req: web.Request) -> web.Response:
+        now = self.loop.time()
+        states = {s.name: s.breaker.state(now).value for s in self.dispatcher.instances.values()}
+        ok = any(v != "open" for v in states.values())
+        return web.json_response({"status": "ok" if ok else "degraded", "instances": states})
+
+    async def _metrics(self, http_req: web.Request) -> web.Response:
+        now = self.loop.time()
+        d = self.dispatcher
+        text = self.metrics.render(
+            {m: len(q) for m, q in d.queues.items()},
+            {s.name: s.num_in_flight for s in d.instances.values()},
+            {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
+        )
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    # ------------------------------------------------------- background tasks
+
+    async def _drain_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DRAIN_INTERVAL_S)
+            self.dispatcher.drain_all(self.loop.time())
+
+    async def _scrape_loop(self) -> None:
+        interval_s = self.config.scrape.interval_ms / 1000.0
+        while True:
+            states = [
+                s for s in self.dispatcher.instances.values() if s.backend.config.metrics_path
+            ]
+            await asyncio.gather(*(self.scrape(s) for s in states))
+            await asyncio.sleep(interval_s)
+
+    async def scrape(self, state: InstanceState) -> None:
+        """Read one engine's vLLM gauges into ``state.sample`` (failures keep the old one)."""
+        path = state.backend.config.metrics_path
+        if path is None:
+            return
+        try:
+            text = await state.backend.get_text(path, self.config.scrape.timeout_s)
+        except Exception:  # any failure: keep the previous sample, which will go stale
+            return
+        sample = parse_vllm_metrics(text, self.loop.time())
+        if sample is not None:
+            state.sample = sample
+
+
+def _error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+async def run_gateway(config: GatewayConfig, ready: Any = None) -> None:
+    """Serve until cancelled (``sincere serve``); ``ready(gateway)`` is called once bound."""
+    async with Gateway(config) as gw:
+        if ready is not None:
+            ready(gw)
+        await asyncio.Event().wait()

@@ -1,0 +1,207 @@
+"""Relaying one admitted request to an instance, with retries and fault handling.
+
+* An instance that fails **before the first byte reaches the client** (connect error,
+  timeout, a 5xx or 429 status, a stream that breaks before its first event, a body
+  that breaks while read) counts a breaker failure, and the request is routed again
+  to an instance it has not tried yet; when none is left the client gets 502 / 503
+  with the last reason.
+* An instance that fails **mid-stream** ends the client's stream with an error event
+  ``data: {"error": {...}}`` followed by ``data: [DONE]``.
+* A 4xx from the instance is passed through (the instance is alive).
+
+Every path releases its slot (``finally``), so no request is lost or left hanging:
+each ends with a response, an error status or an error event. Timing: TTFT is the
+first streamed event (or the first Ollama token) after the gateway received the
+request; a non-streamed OpenAI response has TTFT = E2E.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from sincere.core.request import Request
+from sincere.policy.router_base import Outcome
+from sincere.serve.backends import Upstream, UpstreamError
+from sincere.serve.gateway_dispatch import Pending, RefusalError, Slot, deadline_at
+from sincere.serve.protocol import SSE_DONE, CompletionRequest, error_body, sse_event
+
+if TYPE_CHECKING:
+    from sincere.serve.gateway import Gateway
+
+INSTANCE_HEADER = "x-sincere-instance"
+"""Response header naming the instance that served the request."""
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+async def serve_request(
+    gw: Gateway, http_req: web.Request, creq: CompletionRequest, req: Request
+) -> web.StreamResponse:
+    """Admit, route (queueing if needed) and relay ``req``; retry before the first byte."""
+    d = gw.dispatcher
+    pending = Pending(req, deadline_at(req))
+    refusal = d.admit(pending, gw.loop.time())
+    if refusal is not None:
+        raise refusal
+    tried: set[str] = set()
+    last: UpstreamError | None = None
+    for _ in range(len(d.by_model.get(req.model, ())) + 1):
+        if last is not None and all(s.name in tried for s in d.by_model.get(req.model, ())):
+            break
+        slot = await d.acquire(pending, gw.loop)
+        try:
+            return await _attempt(gw, http_req, creq, req, slot)
+        except UpstreamError as exc:
+            _failed(gw, slot, "connect" if exc.status != 503 else "status", exc)
+            gw.metrics.retries[slot.instance.name] += 1
+            tried.add(slot.instance.name)
+            pending.exclude = frozenset(tried)
+            last = exc
+        finally:
+            d.release(slot, gw.loop.time())
+    assert last is not None  # the loop runs at least once and only breaks after a failure
+    raise RefusalError(
+        last.status, f"every instance tried failed; last: {last.message}", "error", "upstream_error"
+    )
+
+
+async def _attempt(
+    gw: Gateway, http_req: web.Request, creq: CompletionRequest, req: Request, slot: Slot
+) -> web.StreamResponse:
+    sent_at = gw.loop.time()
+    upstream = await slot.instance.backend.send(creq, slot.max_tokens)
+    ok = False
+    try:
+        if upstream.status != 200:
+            body = await upstream.read_all()
+            slot.instance.breaker.record_success(gw.loop.time())
+            gw.metrics.finished(slot.instance.name, req.tier.name, "client_error")
+            ok = True
+            return _json(upstream.status, body, slot.instance.name)
+        if creq.stream:
+            resp = await _relay_stream(gw, http_req, req, slot, upstream, sent_at)
+        else:
+            resp = await _relay_body(gw, creq, req, slot, upstream, sent_at)
+        ok = True
+        return resp
+    finally:
+        if ok:
+            upstream.release()
+        else:
+            upstream.response.close()
+
+
+async def _relay_body(
+    gw: Gateway,
+    creq: CompletionRequest,
+    req: Request,
+    slot: Slot,
+    upstream: Upstream,
+    sent_at: float,
+) -> web.StreamResponse:
+    body = await upstream.read_all()
+    now = gw.loop.time()
+    first = upstream.stats.first_event_at or now
+    _succeeded(gw, req, slot, sent_at, first, now, upstream.output_tokens(body))
+    upstream_model = slot.instance.backend.models.get(req.model, req.model)
+    if upstream_model != req.model:
+        body = _rename_model(body, req.model)
+    return _json(200, body, slot.instance.name)
+
+
+async def _relay_stream(
+    gw: Gateway,
+    http_req: web.Request,
+    req: Request,
+    slot: Slot,
+    upstream: Upstream,
+    sent_at: float,
+) -> web.StreamResponse:
+    events = upstream.events().__aiter__()
+    try:
+        first_event = await events.__anext__()
+    except UpstreamError as exc:  # nothing sent to the client yet: retryable
+        raise UpstreamError(exc.message, retryable=True) from None
+    first_at = gw.loop.time()
+    resp = web.StreamResponse(headers={**SSE_HEADERS, INSTANCE_HEADER: slot.instance.name})
+    await resp.prepare(http_req)
+    await resp.write(first_event)
+    try:
+        async for event in events:
+            await resp.write(event)
+    except UpstreamError as exc:
+        _failed(gw, slot, "stream", exc)
+        gw.metrics.finished(slot.instance.name, req.tier.name, "error")
+        await _write_quietly(resp, sse_event(_stream_error(exc.message)) + SSE_DONE)
+        return resp
+    except (ConnectionResetError, asyncio.CancelledError):
+        gw.metrics.finished(slot.instance.name, req.tier.name, "cancelled")
+        raise
+    now = gw.loop.time()
+    _succeeded(gw, req, slot, sent_at, first_at, now, upstream.output_tokens(None))
+    return resp
+
+
+async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write(data)
+
+
+def _stream_error(message: str) -> dict[str, object]:
+    return error_body(
+        f"upstream failed mid-stream: {message}", type="server_error", code="upstream_failed"
+    )
+
+
+def _succeeded(
+    gw: Gateway,
+    req: Request,
+    slot: Slot,
+    sent_at: float,
+    first_at: float,
+    now: float,
+    output_tokens: int,
+) -> None:
+    state = slot.instance
+    state.breaker.record_success(now)
+    ttft_s, e2e_s = first_at - sent_at, now - sent_at
+    state.observe(ttft_s, e2e_s, output_tokens)
+    tier = req.tier.name
+    gw.metrics.finished(state.name, tier, "ok")
+    gw.metrics.latency(state.name, tier, first_at - req.arrival_at, now - req.arrival_at)
+    gw.load.record(req.model, tier, now, req.prompt_tokens, output_tokens)
+    outcome = Outcome(req, state.name, ttft_s, e2e_s, max(output_tokens, 1), now)
+    gw.dispatcher.observe(outcome)
+
+
+def _failed(gw: Gateway, slot: Slot, kind: str, exc: UpstreamError) -> None:
+    state = slot.instance
+    state.breaker.record_failure(gw.loop.time())
+    gw.metrics.upstream_error(state.name, kind)
+    gw.log.debug("instance %s failed (%s): %s", state.name, kind, exc.message)
+
+
+def _json(status: int, body: bytes, instance: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=body,
+        content_type="application/json",
+        headers={INSTANCE_HEADER: instance},
+    )
+
+
+def _rename_model(body: bytes, model: str) -> bytes:
+    """The body with ``model`` set back to the client's name (mapped backends)."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(obj, dict):
+        obj["model"] = model
+        return json.dumps(obj, separators=(",", ":")).encode()
+    return body
