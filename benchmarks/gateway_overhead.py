@@ -1,0 +1,370 @@
+"""Gateway overhead: added latency and highest sustainable rate of sincere's gateway.
+
+Targets, all in front of the same fast mock upstream (an aiohttp server answering a
+fixed chat completion at once, or streaming it as 16 chunks), measured in one run:
+
+* ``direct``   -- the upstream itself (no proxy);
+* ``bare``     -- a bare async pass-through proxy written here (the floor);
+* ``sincere``  -- sincere's gateway (``sincere.serve.gateway``), round-robin, one backend;
+* ``litellm``  -- the LiteLLM proxy (its own venv, see benchmarks/README.md), 2 workers.
+
+Single-client latency: one client in this process sends ``--latency-requests``
+sequential calls (after a warm-up) and times each to the end of the answer; the
+added latency of a proxy is its p50 / p99 minus the direct one. Sustainable rate:
+``wrk`` (a C load generator, closed loop, ``--connections`` connections for
+``--duration-s``) saturates each target; the rate is what it completes, with the
+count of failed calls. Generator, proxy and upstream share this machine's cores.
+
+    python benchmarks/gateway_overhead.py                  # all targets
+    python benchmarks/gateway_overhead.py --no-litellm     # without LiteLLM
+
+Servers bind 127.0.0.1 and are stopped by the PIDs this script started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+MODEL = "mock"
+NUM_CHUNKS = 16
+LITELLM_PY = Path(os.environ.get("LITELLM_VENV", "/tmp/litellm-venv")) / "bin" / "litellm"
+MASTER_KEY = "sk-bench-1234"
+
+
+# ---------------------------------------------------------------- servers (child processes)
+def _chunk(i: int, last: bool) -> bytes:
+    choice = {"index": 0, "delta": {"content": "" if last else " tok"}}
+    choice["finish_reason"] = "stop" if last else None
+    payload = {
+        "id": "cmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": MODEL,
+        "choices": [choice],
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+_STREAM = b"".join(_chunk(i, False) for i in range(NUM_CHUNKS)) + _chunk(0, True)
+_FULL = json.dumps(
+    {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": " tok" * NUM_CHUNKS},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 8, "completion_tokens": NUM_CHUNKS, "total_tokens": 24},
+    }
+).encode()
+
+
+async def _upstream(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    if not body.get("stream"):
+        return web.Response(body=_FULL, content_type="application/json")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for i in range(NUM_CHUNKS):
+        await resp.write(_chunk(i, False))
+    await resp.write(_chunk(0, True) + b"data: [DONE]\n\n")
+    return resp
+
+
+async def _models(_: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+
+def serve_upstream(port: int) -> None:
+    """The mock upstream: fixed chat completions, streamed as 16 chunks or whole."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _upstream)
+    app.router.add_post("/v1/completions", _upstream)
+    app.router.add_get("/v1/models", _models)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_bare_proxy(port: int, upstream: str) -> None:
+    """The floor: forward the body, stream the answer back chunk by chunk."""
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def start(_: web.Application) -> None:
+        state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def stop(_: web.Application) -> None:
+        await state["s"].close()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        data = await request.read()
+        headers = {"Content-Type": "application/json"}
+        async with state["s"].post(upstream + request.path, data=data, headers=headers) as up:
+            ctype = up.headers.get("Content-Type", "application/json")
+            if not ctype.startswith("text/event-stream"):
+                return web.Response(body=await up.read(), status=up.status, content_type=ctype)
+            resp = web.StreamResponse(status=up.status, headers={"Content-Type": ctype})
+            await resp.prepare(request)
+            async for piece in up.content.iter_any():
+                await resp.write(piece)
+            return resp
+
+    app = web.Application()
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.router.add_post("/v1/chat/completions", forward)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_sincere(port: int, upstream: str) -> None:
+    """sincere's gateway with one backend (the upstream), round-robin, no scraping."""
+    from sincere.serve.config import parse_config
+    from sincere.serve.gateway import run_gateway
+
+    config = parse_config(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "router": {"name": "round-robin"},
+            "backends": [{"name": "up", "url": upstream, "models": [MODEL], "max_in_flight": 4096}],
+            "scrape": {"enabled": False},
+            "admission": {"enabled": False},
+            "admin": False,
+        }
+    )
+    asyncio.run(run_gateway(config))
+
+
+# ---------------------------------------------------------------- driver
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A server in its own process group (so its workers stop with it)."""
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server this script started (its process group), then reap it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_ready(url: str, headers: dict[str, str], limit_s: float) -> bool:
+    """Poll a chat completion until the server answers 200 (or ``limit_s`` passes)."""
+
+    async def probe() -> bool:
+        end = time.monotonic() + limit_s
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < end:
+                try:
+                    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+                    async with s.post(url, json=body, headers=headers) as r:
+                        await r.read()
+                        if r.status == 200:
+                            return True
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.3)
+        return False
+
+    return asyncio.run(probe())
+
+
+async def _latencies(url: str, headers: dict[str, str], stream: bool, n: int) -> list[float]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}
+    body["stream"] = stream
+    out: list[float] = []
+    async with aiohttp.ClientSession() as s:
+        for i in range(n + 50):
+            t = time.perf_counter()
+            async with s.post(url, json=body, headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"{url}: HTTP {r.status}")
+            if i >= 50:  # warm-up
+                out.append(time.perf_counter() - t)
+    return out
+
+
+def wrk_rate(
+    url: str, headers: dict[str, str], stream: bool, conns: int, secs: float
+) -> dict[str, float]:
+    """Requests/s ``wrk`` completes (closed loop, ``conns`` connections) and its failures."""
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "stream": stream}
+    )
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
+    lines += [
+        f'wrk.headers["{k}"] = "{v}"'
+        for k, v in {"Content-Type": "application/json", **headers}.items()
+    ]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(secs))}s", "-s", f.name, url]
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60).stdout
+    os.unlink(f.name)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    errors = re.search(r"Socket errors:.*?timeout (\d+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    return {
+        "rps": float(rate.group(1)) if rate else float("nan"),
+        "requests": float(total.group(1)) if total else float("nan"),
+        "non_2xx": float(bad.group(1)) if bad else 0.0,
+        "timeouts": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def measure(
+    name: str, url: str, headers: dict[str, str], args: argparse.Namespace
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"target": name}
+    for stream in (False, True):
+        mode = "stream" if stream else "plain"
+        lat = np.array(asyncio.run(_latencies(url, headers, stream, args.latency_requests)))
+        row[f"{mode}_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
+        row[f"{mode}_p99_ms"] = float(np.percentile(lat, 99) * 1e3)
+        row[f"{mode}_wrk"] = wrk_rate(url, headers, stream, args.connections, args.duration_s)
+        print(
+            f"  {name} {mode}: p50 {row[f'{mode}_p50_ms']:.2f} ms, "
+            f"{row[f'{mode}_wrk']['rps']:.0f} req/s",
+            file=sys.stderr,
+        )
+    return row
+
+
+def litellm_config(upstream: str, path: Path) -> None:
+    """LiteLLM's proxy config: one OpenAI-compatible deployment, a master key."""
+    path.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {upstream}/v1\n"
+        "      api_key: none\n"
+        "general_settings:\n"
+        f"  master_key: {MASTER_KEY}\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+    )
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table: latency added over direct, and saturated rates."""
+    base = rows[0]
+    head = (
+        "| target | +p50 ms plain | +p99 ms plain | req/s plain | +p50 ms stream "
+        "| +p99 ms stream | streams/s | failed calls |\n|---|---|---|---|---|---|---|---|"
+    )
+    out = [head]
+    for r in rows:
+        cells = [r["target"]]
+        for mode in ("plain", "stream"):
+            for q in ("p50", "p99"):
+                added = r[f"{mode}_{q}_ms"] - base[f"{mode}_{q}_ms"]
+                cells.append(f"{r[f'{mode}_{q}_ms']:.2f}" if r is base else f"{added:+.2f}")
+            cells.append(f"{r[f'{mode}_wrk']['rps']:.0f}")
+        failed = sum(r[f"{m}_wrk"][k] for m in ("plain", "stream") for k in ("non_2xx", "timeouts"))
+        cells.append(f"{failed:.0f}")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--duration-s", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--latency-requests", type=int, default=300)
+    parser.add_argument("--litellm-workers", type=int, default=2)
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = parser.parse_args()
+    if args.serve:
+        kind, port, *rest = args.serve
+        {
+            "upstream": lambda: serve_upstream(int(port)),
+            "bare": lambda: serve_bare_proxy(int(port), rest[0]),
+            "sincere": lambda: serve_sincere(int(port), rest[0]),
+        }[kind]()
+        return
+    run_all(args)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    me = [sys.executable, __file__, "--serve"]
+    procs: list[subprocess.Popen[bytes]] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        up_port = free_port()
+        procs.append(start([*me, "upstream", str(up_port)]))
+        upstream = f"http://127.0.0.1:{up_port}"
+        targets: list[tuple[str, str, dict[str, str]]] = [("direct", upstream, {})]
+        for kind in ("bare", "sincere"):
+            port = free_port()
+            procs.append(start([*me, kind, str(port), upstream]))
+            targets.append((kind, f"http://127.0.0.1:{port}", {}))
+        if not args.no_litellm:
+            targets.append(start_litellm(upstream, args.litellm_workers, procs))
+        for name, root, headers in targets:
+            url = root + "/v1/chat/completions"
+            if not wait_ready(url, headers, 120 if name == "litellm" else 20):
+                print(f"{name}: did not become ready; skipped", file=sys.stderr)
+                continue
+            rows.append(measure(name, url, headers, args))
+    finally:
+        for p in procs:
+            stop(p)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def start_litellm(
+    upstream: str, workers: int, procs: list[subprocess.Popen[bytes]]
+) -> tuple[str, str, dict[str, str]]:
+    port = free_port()
+    cfg = Path(tempfile.mkdtemp()) / "litellm.yaml"
+    litellm_config(upstream, cfg)
+    env = {"LITELLM_TELEMETRY_DISABLED": "true", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    cmd = [str(LITELLM_PY), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
+    procs.append(start([*cmd, "--num_workers", str(workers)], env))
+    return ("litellm", f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {MASTER_KEY}"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""``sincere bench URL --out DIR``: measure any OpenAI-compatible endpoint, open-loop.
+
+The workload is a YAML file (a ``workload:`` section as in a simulation config, or a
+whole simulation config), a trace file (any format ``sincere trace`` reads), or a
+Poisson process given by ``--rate`` with fixed lengths. Writes requests.parquet
+(the simulator's columns plus ``sent_at`` and ``lateness_s``), itl.parquet,
+summary.json (the simulator's keys plus ``client``) and bench.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from sincere.cli.app import app
+from sincere.core.errors import ConfigError
+from sincere.core.request import RequestArrays
+
+_HELP = (
+    "Send a workload open-loop to an OpenAI-compatible URL and measure every request.\n\n"
+    "URL is a server root (http://host:port), its /v1, or a full /v1/completions or "
+    "/v1/chat/completions endpoint. The workload comes from --workload (a YAML workload "
+    "section or simulation config, or a trace file) or from --rate with --num-requests "
+    "and/or --duration-s (Poisson arrivals, fixed --prompt-tokens / --output-tokens).\n\n"
+    "Units: times in seconds, rates in requests/s, lengths in tokens.\n\n"
+    "Writes into --out: requests.parquet, itl.parquet (every inter-token gap), "
+    "summary.json (the simulator's summary plus a 'client' section with the generator's "
+    "lateness and reject reasons) and bench.json (the settings)."
+)
+
+
+def _workload_from_yaml(path: Path, seed: int) -> RequestArrays:
+    from sincere.workload import generate, load_workload_config
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "workload" in data:
+        data = data["workload"]
+    return generate(load_workload_config(data, path), seed, base_dir=path.parent)
+
+
+def load_requests(
+    workload: Path | None,
+    rate: float | None,
+    num_requests: int | None,
+    duration_s: float | None,
+    lengths: tuple[int, int],
+    seed: int,
+) -> RequestArrays:
+    """The requests to send: from a workload YAML, a trace, or a Poisson rate."""
+    from sincere.workload import generate, load_workload_config, read_trace
+
+    if workload is not None:
+        if rate is not None:
+            raise ConfigError("give --workload or --rate, not both", value=str(workload))
+        if workload.suffix.lower() in (".yaml", ".yml"):
+            return _workload_from_yaml(workload, seed)
+        requests = read_trace(workload)
+        return _first(requests, num_requests, duration_s)
+    if rate is None:
+        raise ConfigError("give --workload FILE or --rate R", allowed="--workload, --rate")
+    if num_requests is None and duration_s is None:
+        raise ConfigError("--rate needs --num-requests and/or --duration-s")
+    config: dict[str, Any] = {
+        "arrival": {"kind": "poisson", "rate": rate},
+        "lengths": {
+            "prompt": {"kind": "fixed", "tokens": lengths[0]},
+            "output": {"kind": "fixed", "tokens": lengths[1]},
+        },
+        "num_requests": num_requests,
+        "duration_s": duration_s,
+    }
+    return generate(load_workload_config(config, "command line"), seed)
+
+
+def _first(requests: RequestArrays, num: int | None, duration_s: float | None) -> RequestArrays:
+    keep = len(requests) if num is None else min(num, len(requests))
+    if duration_s is not None:
+        keep = min(keep, int((requests.arrival_at < duration_s).sum()))
+    if keep == len(requests):
+        return requests
+    subset = requests.to_requests()[:keep]
+    return RequestArrays.from_requests(subset)
+
+
+@app.command("bench", help=_HELP)
+def bench_command(
+    url: Annotated[str, typer.Argument(help="Server root, its /v1, or a full endpoint URL.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model name sent with every request.")
+    ] = None,
+    workload: Annotated[
+        Path | None, typer.Option("--workload", "-w", help="Workload YAML or trace file.")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help="Poisson arrival rate (req/s).")] = None,
+    num_requests: Annotated[int | None, typer.Option(help="Most requests to send.")] = None,
+    duration_s: Annotated[float | None, typer.Option(help="Arrival window (s).")] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length with --rate.")] = 128,
+    output_tokens: Annotated[int, typer.Option(help="Output length with --rate.")] = 64,
+    stream: Annotated[bool, typer.Option(help="Stream tokens (TTFT/ITL).")] = True,
+    api: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
+    max_concurrency: Annotated[int | None, typer.Option(help="Calls in flight.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Per-request timeout (s).")] = None,
+    time_limit_s: Annotated[
+        float | None, typer.Option(help="Global deadline (s); default last arrival + 60.")
+    ] = None,
+    sincere_ext: Annotated[
+        bool, typer.Option(help="Send sincere.output_tokens (exact lengths on emulators).")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the workload draw.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
+) -> None:
+    """Run one benchmark and write its outputs."""
+    from sincere.bench import BenchOptions
+
+    requests = load_requests(
+        workload, rate, num_requests, duration_s, (prompt_tokens, output_tokens), seed
+    )
+    if not len(requests):
+        raise ConfigError("the workload has no requests", value=str(workload or rate))
+    if api not in ("completions", "chat"):
+        raise ConfigError("unknown --api", value=api, allowed=("chat", "completions"))
+    last = float(requests.arrival_at[-1])
+    options = BenchOptions(
+        api="chat" if api == "chat" else "completions",
+        model=model,
+        stream=stream,
+        max_concurrency=max_concurrency,
+        timeout_s=timeout,
+        time_limit_s=time_limit_s or last + 60.0,
+        sincere_extension=sincere_ext,
+    )
+    _run_and_report(url, requests, options, out, quiet)
+
+
+def _run_and_report(
+    url: str, requests: RequestArrays, options: Any, out: Path, quiet: bool
+) -> None:
+    from sincere.bench import run_bench
+    from sincere.cli.simulate import summary_table
+
+    console = Console(stderr=True)
+    if quiet:
+        result = run_bench(url, requests, options)
+    else:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("requests", total=len(requests))
+            result = run_bench(
+                url, requests, options, lambda done, _n: bar.update(task, completed=done)
+            )
+    result.write(out)
+    if quiet:
+        return
+    table = summary_table(result.summary)
+    table.title = f"benchmark of {result.settings['url']}"
+    Console().print(table)
+    client = result.summary["client"]
+    lateness = client["lateness_s"]
+    console.print(
+        f"generator lateness p50 {lateness['p50'] or 0.0:.4f} s, max {lateness['max'] or 0.0:.4f}"
+        f" s; rejects {client['reject_reasons'] or 'none'}; outputs in {out}"
+    )
+    if not client["kept_up"]:
+        console.print(
+            f"[yellow]warning:[/yellow] the generator fell behind its schedule "
+            f"({client['num_late']} requests later than {client['late_after_s']} s): "
+            "latencies include client-side delay; lower the rate or use a faster client."
+        )
