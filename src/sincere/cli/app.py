@@ -32,11 +32,16 @@ def _root(
 
 def _register() -> None:
     from sincere.cli import (  # noqa: F401  (each registers its commands)
+        bench,
         catalog,
         deploy,
+        emulate,
         estimate,
         experiment,
+        fit,
         plan,
+        profile,
+        serve,
         simulate,
         trace,
     )

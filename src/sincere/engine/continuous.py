@@ -26,6 +26,14 @@ known plan (that chunk, no admission, whatever arrives), so they run as one *pre
 run*, each iteration timed on its own (``iteration_s_fast``), up to a decode finish,
 the KV blocks the decodes grow into, or ``max_prefill_run`` iterations.
 
+For a view-only policy the engine also computes every other plan itself
+(``_plan_known``: the shared planning loop run on the engine's own state), which gives
+the policy's plan without building views or plan objects.
+
+Live driving (engine/base.py): request fields are read at ``add`` or later; with
+``on_tokens`` set, every piece of work is one iteration and the hook hears of each
+token; ``abort`` cancels a request and frees its blocks.
+
 Approximation: within a run the scheduler is not consulted, so time-driven changes
 of a policy (Niyama's relegation of a blocked queue head) wait for the run's end.
 """
@@ -89,6 +97,9 @@ class EngineLimits:
 IterationTime = Callable[[int, int, int, float, int, int], Seconds]
 """``iteration_s_fast``'s signature: the six :class:`Batch` fields in order."""
 
+TokenHook = Callable[[Seconds, list[int]], None]
+"""``on_tokens(iteration_end_at, positions)``: requests that produced a token, in order."""
+
 
 @dataclass(slots=True)
 class _Run:
@@ -139,14 +150,20 @@ class ContinuousEngine:
         # most iterations one prefill run may hold; 1 keeps ``load()`` exact at every
         # iteration (the cluster sets it when a router reads the engines)
         self.max_prefill_run = 1 << 30
+        # live drivers: called after every iteration with its end time and the requests
+        # that produced a token in it; while set, every piece of work is one iteration
+        self.on_tokens: TokenHook | None = None
         self.limits = limits
         self.gaps = [GapHistogram() for _ in requests.tiers]  # ITL gaps per tier
-        self._tier = requests.tier
         self._tier_decoding = [0] * len(requests.tiers)  # decode sequences per tier
         self._max_tokens = requests.max_tokens if max_tokens is None else max_tokens
         self._block = limits.block_size
+        self._num_blocks = limits.num_kv_blocks
         self._watermark_blocks = limits.watermark_blocks
         self._queue = WaitQueue()
+        # prompt + output tokens that always fit (blocks_for(prompt + target - 1) <= most)
+        self._fits_tokens = (limits.num_kv_blocks - self._watermark_blocks) * self._block
+        self._tier_of: dict[int, int] = {}  # tier of each request in the engine
         self._waiting_tokens = 0
         self._prefill_len: dict[int, int] = {}  # tokens to prefill: waiting and prefilling
         self._produced_before: dict[int, int] = {}  # tokens made before this prefill
@@ -174,23 +191,30 @@ class ContinuousEngine:
     def add(self, request_ix: int, now: Seconds) -> None:
         """Queue request ``request_ix``; rejects it if it can never fit the KV cache."""
         i = request_ix
+        req = self.requests
         self.records.instance[i] = self.instance_ix
-        prompt = int(self.requests.prompt_tokens[i])
-        target = min(int(self.requests.output_tokens[i]), int(self._max_tokens[i]))
-        reason = self._reject_reason(prompt, target)
-        if reason is not None:
-            self.records.reject(i, reason)
-            self._done.append(i)
-            self._wake(now)
-            return
-        if self.limits.max_model_len is not None:
-            target = min(target, self.limits.max_model_len - prompt)
+        prompt = int(req.prompt_tokens[i])
+        target = int(req.output_tokens[i])
+        cap = int(self._max_tokens[i])
+        if cap < target:
+            target = cap
+        if prompt + target > self._fits_tokens or self.limits.max_model_len is not None:
+            reason = self._reject_reason(prompt, target)
+            if reason is not None:
+                self.records.reject(i, reason)
+                self._done.append(i)
+                self._wake(now)
+                return
+            if self.limits.max_model_len is not None:
+                target = min(target, self.limits.max_model_len - prompt)
         self._target[i] = target
         self._produced_before[i] = 0
+        self._tier_of[i] = int(req.tier[i])
         self._enqueue(i, prompt)
-        if self._run is None:
+        run = self._run
+        if run is None:
             self._wake(now)
-        elif not self._run.chunks:
+        elif not run.chunks:
             self._maybe_cut(now)
 
     def next_event_at(self) -> Seconds | None:
@@ -240,6 +264,31 @@ class ContinuousEngine:
             num_preemptions=self._num_preemptions,
             num_generated_tokens=self._num_generated,
         )
+
+    def abort(self, request_ix: int, now: Seconds) -> bool:
+        """Cancel a waiting or running request; return whether it was here.
+
+        Its KV blocks are freed at once and it is marked rejected (``"aborted"``, with the
+        tokens it produced as ``output_tokens``); ``advance`` returns it like any other
+        rejection. An iteration in flight still ends as planned (its time includes the
+        request) but yields nothing for it; a longer run is cut after that iteration so
+        the scheduler re-plans with the freed room. Call ``next_event_at`` again after.
+        """
+        i = request_ix
+        if i not in self._target:
+            return False
+        self.records.output_tokens[i] = self.num_produced(i)
+        if i in self._queue:
+            self._queue.remove(i)
+            self._waiting_tokens -= self._prefill_len[i]
+        else:
+            self._release_running(i, now)
+        del self._target[i], self._prefill_len[i], self._produced_before[i], self._tier_of[i]
+        self._preempted_at.pop(i, None)
+        self.records.reject(i, "aborted")
+        self._done.append(i)
+        self._wake(now)
+        return True
 
     # ------------------------------------------------------- EngineView (policy)
 
@@ -341,6 +390,47 @@ class ContinuousEngine:
 
     # ------------------------------------------------------------- internals
 
+    def _release_running(self, i: int, now: Seconds) -> None:
+        """Free running ``i``'s blocks and drop it from the work in flight (an abort)."""
+        if i in self._pre:
+            del self._pre[i]
+            self._pre_blocks -= blocks_for(self._prefill_len[i], self._block)
+        else:
+            self._drop_decoding(i)
+        run = self._run
+        if run is None:
+            return
+        if any(j == i for j, _ in run.chunks):
+            run.chunks = tuple(chunk for chunk in run.chunks if chunk[0] != i)
+        if run.durations:
+            self._cut_prefill_run(run, now)
+        elif not run.chunks and run.steps > 1:
+            self._cut_decode_run(run, self._steps_covering(run, now))
+
+    def _cut_prefill_run(self, run: _Run, now: Seconds) -> None:
+        """End a prefill run after the iteration in flight at ``now``."""
+        end, steps = run.start_at, 0
+        for d in run.durations:
+            end += d
+            steps += 1
+            if end >= now:
+                break
+        if steps == run.steps:
+            return
+        per_step = run.prefill_tokens // run.steps
+        run.durations = run.durations[:steps]
+        run.prefill_tokens = per_step * steps
+        run.chunks = tuple((j, run.prefill_tokens) for j, _ in run.chunks)
+        run.steps, run.end_at = steps, end
+
+    def _cut_decode_run(self, run: _Run, steps: int) -> None:
+        """End a decode run after ``steps`` iterations."""
+        if steps < run.steps:
+            run.steps = steps
+            run.end_at = run.start_at + self.step_model.decode_steps_s(
+                run.num_decode, run.ctx_tokens, steps
+            )
+
     def _reject_reason(self, prompt: int, target: int) -> str | None:
         lim = self.limits
         if lim.max_model_len is not None and prompt >= lim.max_model_len:
@@ -363,19 +453,14 @@ class ContinuousEngine:
     def _maybe_cut(self, now: Seconds) -> None:
         """An arrival during a decode run: end the run at the iteration in progress."""
         run = self._run
-        if run is None or run.chunks or run.steps <= 1:
+        if run is None or run.chunks or run.durations or run.steps <= 1:
             return
         if self.num_running >= self.limits.max_num_seqs:
             return  # nothing can be admitted before a sequence finishes
         head = self._queue.head()
         if self._blocked_head is not None and head == self._blocked_head:
             return  # the queue head was blocked and still is: order unchanged
-        steps = self._steps_covering(run, now)
-        if steps < run.steps:
-            run.steps = steps
-            run.end_at = run.start_at + self.step_model.decode_steps_s(
-                run.num_decode, run.ctx_tokens, steps
-            )
+        self._cut_decode_run(run, self._steps_covering(run, now))
 
     def _steps_covering(self, run: _Run, now: Seconds) -> int:
         """Fewest iterations of ``run`` that end at or after ``now`` (at least one)."""
@@ -398,9 +483,11 @@ class ContinuousEngine:
         """Plan and start the next piece of work at ``now`` (or go idle)."""
         self._run = None
         self._blocked_head = None
-        if self._dec.num_seqs:
+        dec = self._dec
+        if dec.num_seqs and not dec.fits(self._step + 1, self._num_blocks - self._pre_blocks):
             self._preempt_for_decode(now)
-        if self._pre and self._view_only and self._start_prefill_run(now):
+        if self._view_only:
+            self._start_known(now)
             return
         plan: IterationPlan | None = None
         if self._pre or self._queue:
@@ -412,6 +499,75 @@ class ContinuousEngine:
             if plan is not None and not plan.admit and not plan.relegate:
                 self._blocked_head = self._queue.head()
             self._start_decode_run(now)
+
+    def _start_known(self, now: Seconds) -> None:
+        """:meth:`_start` for a view-only policy: its plan, computed here from the state."""
+        if self._pre and self._start_prefill_run(now):
+            return
+        chunks = self._plan_known(now) if self._pre or self._queue else []
+        if chunks:
+            self._start_mixed(now, tuple(chunks))
+        elif self._dec.num_seqs:
+            self._blocked_head = self._queue.head()
+            self._start_decode_run(now)
+
+    def _plan_known(self, now: Seconds) -> list[tuple[int, int]]:
+        """A view-only policy's plan (the shared loop of ``IterationScheduler.plan``).
+
+        Same chunks and admissions as asking the policy: continuing prefills in
+        admission order, then waiting requests in key order while tokens, sequences and
+        blocks above the watermark last, stopping at the first that does not fit.
+        Admissions are applied.
+        """
+        if self._budget is None:  # a view-only policy's budget never changes
+            self._budget = self.scheduler.token_budget(self, now)
+        left = self._budget - self._dec.num_seqs
+        chunks: list[tuple[int, int]] = []
+        if left <= 0:
+            return chunks
+        length = self._prefill_len
+        for i, done in self._pre.items():
+            n = length[i] - done
+            if n >= left:
+                chunks.append((i, left))
+                return chunks
+            chunks.append((i, n))
+            left -= n
+        seqs = self.limits.max_num_seqs - len(self._pre) - self._dec.num_seqs
+        if seqs > 0 and self._queue:
+            self._admit_known(now, left, seqs, chunks)
+        return chunks
+
+    def _admit_known(
+        self, now: Seconds, left: int, seqs: int, chunks: list[tuple[int, int]]
+    ) -> None:
+        """Admit waiting requests in order while tokens, sequences and KV blocks last."""
+        blocks = self.free_blocks - self._watermark_blocks
+        length, block, pre = self._prefill_len, self._block, self._pre
+        admitted: list[int] = []
+        for i in self._queue.ordered():
+            need = -(-length[i] // block)
+            if need > blocks:
+                break
+            n = length[i]
+            chunks.append((i, n if n < left else left))
+            admitted.append(i)
+            left -= n
+            seqs -= 1
+            blocks -= need
+            if left <= 0 or seqs <= 0:
+                break
+        if not admitted:
+            return
+        first_scheduled, queue = self.records.first_scheduled_at, self._queue
+        for i in admitted:
+            queue.remove(i)
+            length_i = length[i]
+            self._waiting_tokens -= length_i
+            self._pre_blocks += -(-length_i // block)
+            pre[i] = 0
+            if math.isnan(first_scheduled[i]):
+                first_scheduled[i] = now
 
     def _apply(self, plan: IterationPlan, now: Seconds) -> None:
         """Relegate and admit as planned; admitted requests reserve their blocks."""
@@ -460,12 +616,16 @@ class ContinuousEngine:
         done = self._pre[i]
         if left <= 0 or self._prefill_len[i] - done < left:
             return False
-        steps = min((self._prefill_len[i] - done) // left, max(1, self.max_prefill_run))
+        most = max(1, self.max_prefill_run) if self.on_tokens is None else 1
+        steps = min((self._prefill_len[i] - done) // left, most)
         if n:
-            steps = min(steps, self._next_finish_step() - self._step)
-            free = self.limits.num_kv_blocks - self._pre_blocks - self._dec.total(self._step)
-            if free < n * (steps // self._block + 2):
-                steps = min(steps, self._dec.max_steps(self._step, free))
+            step, dec = self._step, self._dec
+            steps = min(steps, self._next_finish_step() - step)
+            need = n * (steps // self._block + 2)
+            if self._num_blocks - self._pre_blocks - dec.upper(step) < need:
+                free = self._num_blocks - self._pre_blocks - dec.total(step)
+                if free < need:
+                    steps = min(steps, dec.max_steps(step, free))
         ctx = self._offset_sum + n * (self._step + 1)
         self._run = self._prefill_run(now, i, done, left, steps, n, ctx)
         return True
@@ -476,6 +636,9 @@ class ContinuousEngine:
         """``steps`` iterations of ``left`` prompt tokens of ``i`` plus ``n`` decodes."""
         iteration_s, end = self._iteration_s, now
         tail = left * (left + 1) / 2.0
+        if steps == 1:
+            dur = iteration_s(1, left, done, left * done + tail, n, ctx)
+            return _Run(now, now + dur, 1, n, ctx, ((i, left),), dur, 0.0, left, (dur,))
         durations = []
         for j in range(steps):
             cached = done + j * left
@@ -495,7 +658,7 @@ class ContinuousEngine:
 
     def _start_decode_run(self, now: Seconds) -> None:
         n = self._dec.num_seqs
-        steps = self._next_finish_step() - self._step
+        steps = self._next_finish_step() - self._step if self.on_tokens is None else 1
         free = self.limits.num_kv_blocks - self._pre_blocks - self._dec.total(self._step)
         if free < n * (steps // self._block + 2):
             steps = min(steps, self._dec.max_steps(self._step, free))
@@ -542,13 +705,15 @@ class ContinuousEngine:
         offset = self._offset.pop(i)
         self._offset_sum -= offset
         self._dec.remove(offset)
-        self._tier_decoding[self._tier[i]] -= 1
+        self._tier_decoding[self._tier_of[i]] -= 1
         del self._finish_step[i]
 
     def _complete(self, run: _Run) -> None:
         """Apply a finished run: tokens, first tokens, finishes, statistics."""
         end = run.end_at
         steps = run.steps
+        hook = self.on_tokens
+        produced = list(self._offset) if hook is not None else []
         self._step += steps
         self._num_steps += steps
         self._num_generated += run.num_decode * steps
@@ -574,42 +739,52 @@ class ContinuousEngine:
         finish = self._finish
         if finish and finish[0][0] <= self._step:
             self._pop_finished(end)
+        if hook is not None:
+            produced.extend(i for i, _ in run.chunks if i not in self._pre)
+            hook(end, produced)
 
     def _complete_each(self, run: _Run) -> None:
         """A prefill run's busy time and ITL gaps, iteration by iteration."""
         at = start = run.start_at
-        busy = self._busy_s
-        for d in run.durations:
-            end = at + d
-            busy += end - at
-            at = end
-        self._busy_s = busy
-        gaps = list(run.durations)
-        for t, count in enumerate(self._tier_decoding):
-            if count:
-                self.gaps[t].add_each(gaps, count, at - start)
+        durations = run.durations
+        if len(durations) == 1:
+            at = run.end_at
+            self._busy_s += at - start
+        else:
+            busy = self._busy_s
+            for d in durations:
+                end = at + d
+                busy += end - at
+                at = end
+            self._busy_s = busy
+        if run.num_decode:
+            for t, count in enumerate(self._tier_decoding):
+                if count:
+                    self.gaps[t].add_each(durations, count, at - start)
 
     def _prefill_done(self, i: int, end: Seconds) -> None:
         """Last chunk computed: one more token; the sequence decodes or is done."""
         length = self._prefill_len[i]
         del self._pre[i]
-        self._pre_blocks -= blocks_for(length, self._block)
+        self._pre_blocks -= -(-length // self._block)
         self._num_generated += 1
-        produced = self._produced_before[i] + 1
-        if math.isnan(self.records.first_token_at[i]):
+        before = self._produced_before[i]
+        tier = self._tier_of[i]
+        if before == 0:  # no token before this prefill: it makes the first one
             self.records.first_token_at[i] = end
         else:
-            self.gaps[self._tier[i]].add(end - self._preempted_at.pop(i, end))
-        left = self._target[i] - produced
+            self.gaps[tier].add(end - self._preempted_at.pop(i, end))
+        left = self._target[i] - before - 1
         if left <= 0:
             self._finish_request(i, end)
             return
-        offset = length - self._step
+        step = self._step
+        offset = length - step
         self._offset[i] = offset
         self._offset_sum += offset
         self._dec.add(offset)
-        self._tier_decoding[self._tier[i]] += 1
-        fs = self._step + left
+        self._tier_decoding[tier] += 1
+        fs = step + left
         self._finish_step[i] = fs
         heapq.heappush(self._finish, (fs, i))
 
@@ -625,6 +800,5 @@ class ContinuousEngine:
     def _finish_request(self, i: int, end: Seconds) -> None:
         self.records.finished_at[i] = end
         self.records.output_tokens[i] = self._target.pop(i)
-        del self._prefill_len[i]
-        del self._produced_before[i]
+        del self._prefill_len[i], self._produced_before[i], self._tier_of[i]
         self._done.append(i)

@@ -17,6 +17,7 @@ bin width (about ±1.2 %) of the exact value; count and mean are exact.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -60,12 +61,17 @@ class GapHistogram:
         if len(runs) >= _FLUSH_AT:
             self.flush()
 
-    def add_each(self, gaps_s: list[float], weight: float, total_s: float) -> None:
+    def add_each(self, gaps_s: Sequence[float], weight: float, total_s: float) -> None:
         """One gap of each duration in ``gaps_s``, ``weight`` times; ``total_s`` their sum."""
-        self.count += weight * len(gaps_s)
+        num = len(gaps_s)
+        self.count += weight * num
         self.total_s += weight * total_s
-        self._gaps.extend(gaps_s)
-        self._weights.extend([weight] * len(gaps_s))
+        if num == 1:
+            self._gaps.append(gaps_s[0])
+            self._weights.append(weight)
+        else:
+            self._gaps.extend(gaps_s)
+            self._weights.extend([weight] * num)
         if len(self._gaps) >= _FLUSH_AT:
             self.flush()
 

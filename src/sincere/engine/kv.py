@@ -57,6 +57,10 @@ class DecodeBlocks:
         extra = sum(self._count[b - rho :]) if rho else 0
         return self._quot + self.num_seqs * (step // b) + extra
 
+    def upper(self, step: int) -> int:
+        """A cheap upper bound of :meth:`total` (each sequence holds at most one more block)."""
+        return self._quot + self.num_seqs * (step // self.block_size + 1)
+
     def fits(self, step: int, free: int) -> bool:
         """Whether the blocks held at decode step ``step`` are at most ``free``.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from itertools import chain
 
 from sincere.policy.schedulers.base import SortKey
 
@@ -74,8 +75,9 @@ class WaitQueue:
 
     def ordered(self) -> Iterator[int]:
         """Waiting requests in order: the main queue, then the relegated one."""
-        yield from self._walk(self._main)
-        yield from self._walk(self._relegated)
+        if not self._relegated:
+            return self._walk(self._main)
+        return chain(self._walk(self._main), self._walk(self._relegated))
 
     def _walk(self, heap: list[Entry]) -> Iterator[int]:
         version = self._version

@@ -67,24 +67,35 @@ class _Loop:
     def _run_single(self) -> None:
         """The loop for one engine: no event queue (see the module docstring)."""
         engine = self.cluster.engines[0]
-        next_event_at, advance = engine.next_event_at, engine.advance
+        next_event_at, advance, add = engine.next_event_at, engine.advance, engine.add
         arrivals, n, k = self.arrivals, len(self.arrivals), 0
         area, last_at, num_events = self.area, self.last_at, self.num_events
+        outstanding, direct = self.cluster.outstanding, self.always_first
+        quiet = self.cluster.router is None  # nobody to tell about finished requests
+        progress, every = self.progress, self.every
         while True:
             due = next_event_at()
             if k < n and (due is None or arrivals[k] <= due):
                 at = arrivals[k]
                 area += self.in_system * (at - last_at)
-                self._arrive_single(engine, k, at)
+                if direct:
+                    self.in_system += 1
+                    outstanding[0] += 1
+                    add(k, at)
+                else:
+                    self._arrive_single(engine, k, at)
                 k += 1
-                if self.progress is not None and k % self.every == 0:
-                    self.progress(k, n)
+                if progress is not None and k % every == 0:
+                    progress(k, n)
             elif due is not None:
                 at = due
                 area += self.in_system * (at - last_at)
                 done = advance(at)
                 if done:
-                    self._leave_single(done)
+                    self.in_system -= len(done)
+                    outstanding[0] -= len(done)
+                    if not quiet:
+                        self._tell_finished(done)
             else:
                 self.area, self.last_at, self.num_events = area, last_at, num_events
                 if not self._drain_single(engine):
@@ -102,9 +113,7 @@ class _Loop:
         self.cluster.outstanding[0] += 1
         engine.add(i, at)
 
-    def _leave_single(self, done: list[int]) -> None:
-        self.in_system -= len(done)
-        self.cluster.outstanding[0] -= len(done)
+    def _tell_finished(self, done: list[int]) -> None:
         for i in done:
             self.cluster.finished(i)
 

@@ -1,0 +1,129 @@
+"""``sincere profile http URL`` and ``sincere profile local ARCH``: measure real engines.
+
+``http`` sweeps concurrency (SINCERE's batch-size ladder), prompt and output lengths
+against any OpenAI-compatible server, streaming to time TTFT and every token gap.
+``local`` times prefill and decode iterations, MaverIQ fingerprints and model
+save / load / unload of a random-weight PyTorch model built from the catalog (needs
+the ``ml`` extra). Both write CSVs in the published column layouts with the
+monitor's CPU / memory / GPU columns, and show progress.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sincere.cli.app import app
+from sincere.core.errors import ConfigError
+from sincere.profile.csvio import write_profile_csv
+from sincere.profile.http import LEADING_COLUMNS, HttpProfileConfig, ProfileRow, profile_http
+from sincere.profile.monitor import Monitor
+
+profile_app = typer.Typer(help="Profile real engines (HTTP endpoints, local PyTorch models).")
+app.add_typer(profile_app, name="profile")
+console = Console(stderr=True)
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated integers", value=text) from None
+    if not values:
+        raise ConfigError(f"{name} is empty", value=text)
+    return values
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+@profile_app.command("http")
+def http_command(
+    url: Annotated[str, typer.Argument(help="server base URL, e.g. http://127.0.0.1:8000")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")] = Path("profile.csv"),
+    model: Annotated[str | None, typer.Option(help="model name (default: first served)")] = None,
+    prompt_tokens: Annotated[str, typer.Option(help="prompt lengths, tokens")] = "128",
+    output_tokens: Annotated[str, typer.Option(help="output lengths, tokens")] = "32",
+    max_concurrency: Annotated[int, typer.Option(help="largest concurrency tried")] = 16,
+    repeats: Annotated[int, typer.Option(help="batches per point")] = 1,
+    timeout: Annotated[float, typer.Option(help="per-request limit, s")] = 120.0,
+    max_duration: Annotated[float, typer.Option(help="whole-profile limit, s")] = 600.0,
+    monitor_interval: Annotated[float, typer.Option(help="monitor sampling period, s")] = 0.5,
+    vllm_extras: Annotated[
+        bool, typer.Option(help="send vLLM's ignore_eos / min_tokens for exact output lengths")
+    ] = True,
+    api_key: Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", help="bearer")] = None,
+) -> None:
+    """Concurrency sweep of an OpenAI-compatible endpoint (streamed TTFT / TPOT / ITL)."""
+    headers = (("Authorization", f"Bearer {api_key}"),) if api_key else ()
+    cfg = HttpProfileConfig(
+        url=url,
+        model=model,
+        prompt_tokens=_ints(prompt_tokens, "--prompt-tokens"),
+        output_tokens=_ints(output_tokens, "--output-tokens"),
+        max_concurrency=max_concurrency,
+        repeats=repeats,
+        request_timeout_s=timeout,
+        max_duration_s=max_duration,
+        vllm_extras=vllm_extras,
+        headers=headers,
+    )
+    with _progress() as bar, Monitor(monitor_interval) as monitor:
+        task = bar.add_task("profile http", total=None)
+
+        def on_point(done: int, total: int, row: ProfileRow) -> None:
+            bar.update(task, completed=done, total=total)
+
+        rows = profile_http(cfg, monitor, on_point)
+    write_profile_csv(rows, out, LEADING_COLUMNS)
+    failed = sum(1 for r in rows if r["num_errors"])
+    console.print(f"{len(rows)} points ({failed} with errors) → {out}")
+
+
+@profile_app.command("local")
+def local_command(
+    arch: Annotated[str, typer.Argument(help="catalog model, or a directory / config.json")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("profile"),
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "bfloat16",
+    batch_sizes: Annotated[str, typer.Option(help="batch sizes")] = "1,2,4,8",
+    context_tokens: Annotated[str, typer.Option(help="prompt / context lengths")] = "32,128",
+    repeats: Annotated[int, typer.Option(help="timed repetitions per point")] = 3,
+    output_lengths: Annotated[str, typer.Option(help="fingerprint output lengths")] = "10,20",
+    swap_repeats: Annotated[int, typer.Option(help="save/load/unload repetitions")] = 3,
+    seed: Annotated[int, typer.Option(help="torch seed of the random weights")] = 0,
+    monitor_interval: Annotated[float, typer.Option(help="monitor sampling period, s")] = 0.5,
+) -> None:
+    """Iteration times, fingerprints and load times of a random-weight PyTorch model."""
+    from sincere.profile.local import LocalProfileConfig, run_local_profile
+
+    cfg = LocalProfileConfig(
+        device=device,
+        dtype=dtype,
+        batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+        context_tokens=_ints(context_tokens, "--context-tokens"),
+        repeats=repeats,
+        output_lengths=_ints(output_lengths, "--output-lengths"),
+        swap_repeats=swap_repeats,
+        seed=seed,
+    )
+    with _progress() as bar, Monitor(monitor_interval) as monitor:
+        task = bar.add_task("profile local", total=None)
+
+        def on_step(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        paths = run_local_profile(arch, cfg, out, monitor=monitor, on_step=on_step)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")

@@ -1,0 +1,61 @@
+"""``sincere profile local``: random-weight PyTorch profiling (needs the ml extra)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from sincere.core.errors import ConfigError
+from sincere.profile.csvio import read_profile_csv
+from sincere.profile.local import LocalProfileConfig, require_ml, resolve_config
+
+
+def test_missing_ml_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torch the error names the missing module and the extra to install."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ConfigError, match=r"torch is missing.*sincere\[ml\]"):
+        require_ml()
+
+
+def test_config_validation_names_the_bad_value() -> None:
+    """An unknown dtype or a zero batch size is refused."""
+    with pytest.raises(ConfigError, match="dtype"):
+        LocalProfileConfig(dtype="int3")
+    with pytest.raises(ConfigError, match="batch sizes"):
+        LocalProfileConfig(batch_sizes=(0,))
+
+
+def test_resolve_config_from_catalog_or_file(tmp_path: Path) -> None:
+    """A catalog name and a config.json path both give a Llama config."""
+    name, cfg = resolve_config("tiny-llama")
+    assert name == "tiny-llama" and cfg["hidden_size"] == 128
+    path = tmp_path / "mymodel"
+    path.mkdir()
+    (path / "config.json").write_text('{"num_hidden_layers": 3, "hidden_size": 64}')
+    assert resolve_config(str(path)) == ("mymodel", {"num_hidden_layers": 3, "hidden_size": 64})
+
+
+def test_local_profile_writes_three_published_layouts(tmp_path: Path) -> None:
+    """Iterations, MaverIQ fingerprints and loading times come out with sane values."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from typer.testing import CliRunner
+
+    import sincere.cli.profile  # noqa: F401
+    from sincere.cli.app import app
+    from sincere.estimate.fingerprint import read_measurements
+
+    args = ["profile", "local", "tiny-llama", "--out", str(tmp_path), "--batch-sizes", "1,2",
+            "--context-tokens", "8,32", "--repeats", "1", "--output-lengths", "2,4",
+            "--swap-repeats", "1", "--dtype", "bfloat16"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    iters = read_profile_csv(tmp_path / "iterations.csv")
+    assert len(iters) == 8 and all(r["iteration_s"] > 0 for r in iters)
+    assert any("memory/used_memory_sys_MB" in r for r in iters)
+    rows = read_measurements(tmp_path / "fingerprints.csv")
+    assert len(rows) == 8
+    loading = read_profile_csv(tmp_path / "model_loading_times.csv")[0]
+    assert loading["model_name"] == "tiny-llama" and loading["mean_loading_time /s"] > 0
