@@ -16,7 +16,6 @@ reason (``http_<status>``, ``connection_error``, ``bad_response``, ``timeout``,
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 
 from sincere.bench.client import CallTiming
 from sincere.core.errors import ConfigError
+from sincere.core.jsonsafe import dumps
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays
 from sincere.engine.gaps import GapHistogram
@@ -71,20 +71,8 @@ class BenchResult:
         pq.write_table(self.requests, out / "requests.parquet")
         pq.write_table(self.itl, out / "itl.parquet")
         for name, data in (("summary.json", self.summary), ("bench.json", self.settings)):
-            text = json.dumps(json_safe(data), indent=2) + "\n"
-            (out / name).write_text(text, encoding="utf-8")
+            (out / name).write_text(dumps(data), encoding="utf-8")
         return out
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by ``None`` (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def build_records(

@@ -10,7 +10,6 @@ another format.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
+from sincere.core.jsonsafe import json_safe
 from sincere.core.request import RequestArrays
 from sincere.workload.config import generate, load_workload_config
 from sincere.workload.stats import TraceStats, plot_trace, trace_stats
@@ -62,14 +62,6 @@ def _table(stats: TraceStats, title: str) -> Table:
     return table
 
 
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
 @trace_app.command("stats")
 def stats_cmd(
     file: Annotated[Path | None, typer.Argument(help="Trace file (see --format).")] = None,
@@ -92,7 +84,7 @@ def stats_cmd(
     title = "sample (Poisson, azure-conv-2023 lengths)" if file is None else str(file)
     stats = trace_stats(requests)
     if as_json:
-        typer.echo(json.dumps(_json_safe(stats.to_dict()), indent=2))
+        typer.echo(json.dumps(json_safe(stats.to_dict()), indent=2))
     else:
         Console().print(_table(stats, title))
     if plot is not None:

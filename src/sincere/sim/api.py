@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sincere.core.errors import ConfigError
+from sincere.core.jsonsafe import dumps
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays
 from sincere.engine.gaps import GapHistogram
@@ -58,21 +57,9 @@ class SimulationResult:
         except OSError as exc:
             raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
         pq.write_table(self.requests, out / "requests.parquet")
-        (out / "summary.json").write_text(
-            json.dumps(_json_safe(self.summary), indent=2) + "\n", encoding="utf-8"
-        )
+        (out / "summary.json").write_text(dumps(self.summary), encoding="utf-8")
         (out / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         return out
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def simulate(
