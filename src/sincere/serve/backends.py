@@ -10,27 +10,35 @@ few) and connect / read timeouts from its config.
 once the status line is in. Failures *before the first byte* (connect error, timeout,
 a 5xx or 429 status) raise :class:`UpstreamError` with ``retryable=True`` so the
 gateway can try another instance; failures while reading a stream raise it with
-``retryable=False``. Streams are re-framed as Server-Sent Events one event (token)
-at a time; OpenAI bodies are passed through byte for byte otherwise.
+``retryable=False``. OpenAI streams are relayed as the bytes arrive, cut at line
+ends, without parsing their JSON (:class:`SseScanner` finds ``[DONE]`` and counts
+token events by byte search); OpenAI bodies are passed through byte for byte.
+
+Per request the client's JSON bytes go upstream unchanged unless a field must change
+(the upstream model name, the ``sincere`` extension, a lower ``max_tokens`` cap); only
+then is the body re-encoded (:meth:`Backend.upstream_payload`). URLs and headers are
+built once per backend, and the session's connector keeps connections alive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from sincere.serve.config import BackendConfig
-from sincere.serve.protocol import SSE_DONE, CompletionRequest
+from sincere.serve.protocol import SSE_DONE, CompletionRequest, dumps_compact, loads
 
 PATHS = {"completion": "/v1/completions", "chat": "/v1/chat/completions"}
 """Upstream path of each request kind on OpenAI-compatible servers."""
 
 _EMPTY_CHOICES = b'"choices":[]'  # the usage-only chunk of a stream
+_DONE_LINE = b"data: [DONE]"
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class UpstreamError(Exception):
@@ -49,6 +57,53 @@ class StreamStats:
 
     num_events: int = 0  # token events relayed
     first_event_at: float | None = None  # loop time of the first token event
+    ends_event: bool = True  # the bytes relayed so far end with a blank line
+
+
+class SseScanner:
+    """Cuts an SSE byte stream at line ends and watches it, without decoding JSON.
+
+    :meth:`feed` takes the next chunk and returns the complete lines it finishes
+    (a partial last line waits for the next chunk), stopping before the
+    ``data: [DONE]`` line. JSON strings cannot hold a raw newline, so every
+    ``data:`` at a line start is one event; ``num_events`` counts those that are not
+    the usage-only chunk (``"choices":[]``).
+    """
+
+    __slots__ = ("_tail", "done", "ends_event", "num_data", "num_events")
+
+    def __init__(self) -> None:
+        self._tail = b""  # bytes after the last line end, not yet returned
+        self.done = False  # the [DONE] line was seen
+        self.num_data = 0  # data lines seen (events, usage chunk included)
+        self.num_events = 0  # token events seen
+        self.ends_event = True  # what was returned ends with a blank line
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The whole lines completed by ``chunk``, up to (without) ``data: [DONE]``."""
+        if self.done:
+            return b""
+        buf = self._tail + chunk if self._tail else chunk
+        cut = buf.rfind(b"\n") + 1
+        lines, self._tail = buf[:cut], buf[cut:]
+        done_at = _line_start(lines, _DONE_LINE)
+        if done_at is not None:
+            lines, self.done, self._tail = lines[:done_at], True, b""
+        if not lines:
+            return lines
+        num = lines.count(b"\ndata:") + lines.startswith(b"data:")
+        self.num_data += num
+        self.num_events += num - lines.count(_EMPTY_CHOICES)
+        self.ends_event = lines.endswith((b"\n\n", b"\r\n\r\n"))
+        return lines
+
+
+def _line_start(buf: bytes, prefix: bytes) -> int | None:
+    """Offset of the first line of ``buf`` that starts with ``prefix``, or None."""
+    at = buf.find(prefix)
+    while at > 0 and buf[at - 1] != 0x0A:  # not at a line start: look further
+        at = buf.find(prefix, at + 1)
+    return None if at < 0 else at
 
 
 class Upstream:
@@ -68,30 +123,33 @@ class Upstream:
             raise UpstreamError(f"{self.backend.name}: {_describe(exc)}", retryable=True) from None
 
     async def events(self) -> AsyncIterator[bytes]:
-        """SSE events, one per upstream ``data:`` line, ending with ``[DONE]``."""
+        """The SSE bytes as they arrive (whole lines, from the first data event), then [DONE]."""
         loop = asyncio.get_running_loop()
         content = self.response.content
-        done = False
+        scanner = SseScanner()
+        held = b""  # lines before the first data event (sent with it)
         try:
-            while True:
-                line = await content.readline()
-                if not line:
+            while not scanner.done:
+                chunk = await content.readany()
+                if not chunk:
                     break
-                if not line.startswith(b"data:"):
-                    continue
-                if line.startswith(b"data: [DONE]"):
-                    done = True
-                    break
+                out = scanner.feed(chunk)
                 if self.stats.first_event_at is None:
+                    if not scanner.num_data:
+                        held += out
+                        continue
                     self.stats.first_event_at = loop.time()
-                if _EMPTY_CHOICES not in line:
-                    self.stats.num_events += 1
-                yield line.rstrip(b"\r\n") + b"\n\n"
+                    out, held = held + out, b""
+                if out:
+                    yield out
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(
                 f"{self.backend.name}: stream broken: {_describe(exc)}", retryable=False
             ) from None
-        if not done:
+        finally:
+            self.stats.num_events = scanner.num_events
+            self.stats.ends_event = scanner.ends_event
+        if not scanner.done:
             raise UpstreamError(
                 f"{self.backend.name}: stream ended without [DONE]", retryable=False
             )
@@ -111,7 +169,7 @@ class Upstream:
 def usage_tokens(body: bytes) -> int:
     """``usage.completion_tokens`` of a JSON body (0 when absent or unreadable)."""
     try:
-        usage = json.loads(body).get("usage") or {}
+        usage = loads(body).get("usage") or {}
         return int(usage.get("completion_tokens") or 0)
     except (ValueError, AttributeError, TypeError):
         return 0
@@ -133,6 +191,7 @@ class Backend:
         self.models = dict(config.models)  # public name -> upstream name
         self.price_in_per_token_usd = config.price_in_per_1m_usd / 1e6
         self.price_out_per_token_usd = config.price_out_per_1m_usd / 1e6
+        self.urls = {kind: URL(self.url + path) for kind, path in PATHS.items()}  # parsed once
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -140,9 +199,9 @@ class Backend:
         """The keep-alive session (created on first use, inside the event loop)."""
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self.config.max_in_flight + 8,
+                limit=self.config.max_in_flight + 8,  # requests in flight + scrapes
                 keepalive_timeout=30.0,
-                ttl_dns_cache=300,
+                ttl_dns_cache=None,  # resolve a host name once (IP literals never)
             )
             timeout = aiohttp.ClientTimeout(
                 total=None,
@@ -171,19 +230,29 @@ class Backend:
             body["max_tokens"] = max_tokens
         return body
 
+    def upstream_payload(self, req: CompletionRequest, max_tokens: int | None) -> bytes:
+        """The bytes to send: the client's own when nothing changes, else the patched body."""
+        if req.raw and not self._needs_patch(req, max_tokens):
+            return req.raw
+        return dumps_compact(self.upstream_body(req, max_tokens))
+
+    def _needs_patch(self, req: CompletionRequest, max_tokens: int | None) -> bool:
+        body = req.body
+        if "sincere" in body or self.models.get(req.model, req.model) != req.model:
+            return True
+        if max_tokens is None:
+            return False
+        given = body.get("max_tokens")
+        return type(given) is not int or given != max_tokens or "max_completion_tokens" in body
+
     async def send(self, req: CompletionRequest, max_tokens: int | None) -> Upstream:
         """Open the upstream request; raise UpstreamError(retryable) before the first byte."""
-        body = self.upstream_body(req, max_tokens)
-        response = await self._post(PATHS[req.kind], body)
+        response = await self._post(self.urls[req.kind], self.upstream_payload(req, max_tokens))
         return Upstream(response, self)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _post(self, url: URL, data: bytes) -> aiohttp.ClientResponse:
         try:
-            response = await self.session.post(
-                self.url + path,
-                data=json.dumps(body, separators=(",", ":")).encode(),
-                headers={"Content-Type": "application/json"},
-            )
+            response = await self.session.post(url, data=data, headers=_JSON_HEADERS)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"{self.name}: {_describe(exc)}", retryable=True) from None
         if response.status >= 500 or response.status == 429:

@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from sincere.serve.backends import Backend, Upstream, UpstreamError, _describe
+from sincere.serve.config import BackendConfig
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -161,8 +163,12 @@ class OllamaUpstream(Upstream):
 class OllamaBackend(Backend):
     """An Ollama server, spoken to through its native streaming API."""
 
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.urls = {kind: URL(self.url + path) for kind, path in OLLAMA_PATHS.items()}
+
     async def send(self, req: CompletionRequest, max_tokens: int | None) -> Upstream:
         """Open the (always streamed) Ollama request."""
         body = ollama_body(req, self.models.get(req.model, req.model), max_tokens)
-        response = await self._post(OLLAMA_PATHS[req.kind], body)
+        response = await self._post(self.urls[req.kind], dumps(body))
         return OllamaUpstream(response, self, req)

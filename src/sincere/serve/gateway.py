@@ -17,7 +17,13 @@ drives. Endpoints:
 Background tasks scrape the engines' ``/metrics`` every ``scrape.interval_ms`` and
 re-drain the queues every 50 ms (a breaker may have turned half-open). Per request
 the hot path does no pydantic, no logging above DEBUG, and reuses one keep-alive
-session per backend. uvloop is used by :func:`run_gateway` when importable.
+session per backend (see docs/gateway.md, "Performance").
+
+:func:`serve_gateway` runs it to completion on uvloop when importable (extra
+``fast``), optionally as ``workers`` processes sharing the port (``SO_REUSEPORT``;
+the kernel spreads connections over them). Each worker then has its own router
+state, queues, breakers, limits and metrics: ``max_in_flight`` and the queue bound
+apply per worker, and ``/metrics`` answers for the worker that took the connection.
 
 Usage::
 
@@ -31,12 +37,15 @@ import asyncio
 import contextlib
 import logging
 import math
+import multiprocessing
 import time
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from sincere.core.errors import ConfigError
 from sincere.core.request import Request, Tier
 from sincere.serve.backends import make_backend
 from sincere.serve.breaker import STATE_CODES, CircuitBreaker
@@ -62,8 +71,9 @@ DRAIN_INTERVAL_S = 0.05  # how often queues are re-drained in the background
 class Gateway:
     """The gateway server: instances, dispatcher, metrics and the aiohttp app."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # share the port with other worker processes
         self.log = logging.getLogger("sincere.serve.gateway")
         self.metrics = GatewayMetrics()
         self.dispatcher = Dispatcher(config, self.metrics)
@@ -72,6 +82,7 @@ class Gateway:
         self._seq = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
         self.port = config.port
         self.app = self._make_app()
         for backend in config.backends:
@@ -98,7 +109,7 @@ class Gateway:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The running event loop (the gateway's clock: ``loop.time()``)."""
-        return asyncio.get_running_loop()
+        return self._loop or asyncio.get_running_loop()
 
     @property
     def url(self) -> str:
@@ -107,12 +118,19 @@ class Gateway:
 
     async def start(self) -> None:
         """Bind and serve; start the scraper and the drain ticker."""
+        self._loop = asyncio.get_running_loop()
         self.load = ObservedLoad(self.config.planning.window_s, self.loop.time())
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, handler_cancellation=True
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=2048)
+        site = web.TCPSite(
+            self._runner,
+            self.config.host,
+            self.config.port,
+            backlog=2048,
+            reuse_port=self.reuse_port or None,
+        )
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
@@ -137,6 +155,7 @@ class Gateway:
             self._runner = None
         for state in list(self.dispatcher.instances.values()):
             await state.backend.close()
+        self._loop = None
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -314,9 +333,61 @@ def _error_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-async def run_gateway(config: GatewayConfig, ready: Any = None) -> None:
+async def run_gateway(
+    config: GatewayConfig, ready: Any = None, *, reuse_port: bool = False
+) -> None:
     """Serve until cancelled (``sincere serve``); ``ready(gateway)`` is called once bound."""
-    async with Gateway(config) as gw:
+    async with Gateway(config, reuse_port=reuse_port) as gw:
         if ready is not None:
             ready(gw)
         await asyncio.Event().wait()
+
+
+def serve_gateway(
+    config: GatewayConfig, *, workers: int = 1, ready: Callable[[Gateway], None] | None = None
+) -> None:
+    """Serve until interrupted, on uvloop when importable, in ``workers`` processes.
+
+    With ``workers > 1`` this process binds first (with ``SO_REUSEPORT``; port 0 is
+    resolved here), calls ``ready`` and starts ``workers - 1`` more processes on the
+    same port; they stop when this one does. Linux and the BSDs only.
+    """
+    if workers < 1:
+        raise ConfigError("serve: workers must be >= 1", value=workers, allowed="an integer >= 1")
+    children: list[multiprocessing.process.BaseProcess] = []
+
+    def on_ready(gw: Gateway) -> None:
+        if workers > 1:
+            bound = config.model_copy(update={"port": gw.port})
+            ctx = multiprocessing.get_context("spawn")
+            for _ in range(workers - 1):
+                child = ctx.Process(target=_worker, args=(bound,), daemon=True)
+                child.start()
+                children.append(child)
+        if ready is not None:
+            ready(gw)
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_on_fast_loop(run_gateway(config, on_ready, reuse_port=workers > 1))
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(timeout=5)
+
+
+def _worker(config: GatewayConfig) -> None:
+    """One extra worker process of :func:`serve_gateway`."""
+    with contextlib.suppress(KeyboardInterrupt):
+        run_on_fast_loop(run_gateway(config, reuse_port=True))
+
+
+def run_on_fast_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to completion on uvloop when it is installed (extra ``fast``), else asyncio."""
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)

@@ -164,6 +164,8 @@ class Dispatcher:
         if not self.config.admission.enabled:
             return None
         req = pending.request
+        if req.budget_usd is None and self.bands is None and not _has_targets(req):
+            return None  # nothing to check: no budget, no latency target, no bands
         states = [s for s in self.by_model.get(req.model, ()) if s.breaker.can_send(now)]
         unaffordable = req.budget_usd is not None and states
         if unaffordable and all(_budget_cap(req, s) == 0 for s in states):
@@ -302,6 +304,11 @@ class Dispatcher:
             return asyncio.get_running_loop().time()
         except RuntimeError:
             return 0.0
+
+
+def _has_targets(req: Request) -> bool:
+    """Whether the request's tier sets a TTFT or TTLT target (what the shedder checks)."""
+    return req.tier.ttft_s is not None or req.tier.ttlt_s is not None
 
 
 def _slot_or_raise(got: Slot | RefusalError) -> Slot:

@@ -59,7 +59,10 @@ class FakeUpstream:
         for path in ("/api/generate", "/api/chat"):
             app.router.add_post(path, self._ollama)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        # a closing fake cuts what is still open after a short grace (a dying server)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

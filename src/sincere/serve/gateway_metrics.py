@@ -92,6 +92,18 @@ class GatewayMetrics:
         self.queue_wait: dict[str, Histogram] = defaultdict(Histogram)
         self.upstream_errors: dict[tuple[str, str], int] = defaultdict(int)
         self.retries: dict[str, int] = defaultdict(int)
+        # (instance, tier) -> its TTFT and E2E histograms and its "ok" counter key
+        self._served: dict[tuple[str, str], tuple[Histogram, Histogram, tuple[str, str, str]]] = {}
+
+    def served(self, instance: str, tier: str, ttft_s: float, e2e_s: float) -> None:
+        """Count an ``ok`` request and record its TTFT and E2E (pre-bound: one lookup)."""
+        bound = self._served.get((instance, tier))
+        if bound is None:
+            key = (instance, tier)
+            bound = self._served[key] = (self.ttft[key], self.e2e[key], (instance, tier, "ok"))
+        bound[0].observe(ttft_s)
+        bound[1].observe(e2e_s)
+        self.requests[bound[2]] += 1
 
     def finished(self, instance: str, tier: str, outcome: str) -> None:
         """Count one finished request."""

@@ -13,13 +13,16 @@ Every path releases its slot (``finally``), so no request is lost or left hangin
 each ends with a response, an error status or an error event. Timing: TTFT is the
 first streamed event (or the first Ollama token) after the gateway received the
 request; a non-streamed OpenAI response has TTFT = E2E.
+
+Cost per request: the upstream's bytes go to the client as they come (a body in one
+``web.Response``, a stream chunk by chunk, with headers built once per instance); JSON
+is decoded only for the usage of a non-streamed answer and to rename a mapped model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -28,13 +31,20 @@ from sincere.core.request import Request
 from sincere.policy.router_base import Outcome
 from sincere.serve.backends import Upstream, UpstreamError
 from sincere.serve.gateway_dispatch import Pending, RefusalError, Slot, deadline_at
-from sincere.serve.protocol import SSE_DONE, CompletionRequest, error_body, sse_event
+from sincere.serve.gateway_state import INSTANCE_HEADER, InstanceState
+from sincere.serve.protocol import (
+    SSE_DONE,
+    CompletionRequest,
+    dumps_compact,
+    error_body,
+    loads,
+    sse_event,
+)
 
 if TYPE_CHECKING:
     from sincere.serve.gateway import Gateway
 
-INSTANCE_HEADER = "x-sincere-instance"
-"""Response header naming the instance that served the request."""
+__all__ = ["INSTANCE_HEADER", "SSE_HEADERS", "serve_request"]
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
@@ -82,7 +92,7 @@ async def _attempt(
             slot.instance.breaker.record_success(gw.loop.time())
             gw.metrics.finished(slot.instance.name, req.tier.name, "client_error")
             ok = True
-            return _json(upstream.status, body, slot.instance.name)
+            return _json(upstream.status, body, slot.instance)
         if creq.stream:
             resp = await _relay_stream(gw, http_req, req, slot, upstream, sent_at)
         else:
@@ -111,7 +121,7 @@ async def _relay_body(
     upstream_model = slot.instance.backend.models.get(req.model, req.model)
     if upstream_model != req.model:
         body = _rename_model(body, req.model)
-    return _json(200, body, slot.instance.name)
+    return _json(200, body, slot.instance)
 
 
 async def _relay_stream(
@@ -128,7 +138,7 @@ async def _relay_stream(
     except UpstreamError as exc:  # nothing sent to the client yet: retryable
         raise UpstreamError(exc.message, retryable=True) from None
     first_at = gw.loop.time()
-    resp = web.StreamResponse(headers={**SSE_HEADERS, INSTANCE_HEADER: slot.instance.name})
+    resp = web.StreamResponse(headers=slot.instance.sse_headers)
     await resp.prepare(http_req)
     await resp.write(first_event)
     try:
@@ -137,7 +147,8 @@ async def _relay_stream(
     except UpstreamError as exc:
         _failed(gw, slot, "stream", exc)
         gw.metrics.finished(slot.instance.name, req.tier.name, "error")
-        await _write_quietly(resp, sse_event(_stream_error(exc.message)) + SSE_DONE)
+        sep = b"" if upstream.stats.ends_event else b"\n"  # close a half-sent event
+        await _write_quietly(resp, sep + sse_event(_stream_error(exc.message)) + SSE_DONE)
         return resp
     except (ConnectionResetError, asyncio.CancelledError):
         gw.metrics.finished(slot.instance.name, req.tier.name, "cancelled")
@@ -172,8 +183,7 @@ def _succeeded(
     ttft_s, e2e_s = first_at - sent_at, now - sent_at
     state.observe(ttft_s, e2e_s, output_tokens)
     tier = req.tier.name
-    gw.metrics.finished(state.name, tier, "ok")
-    gw.metrics.latency(state.name, tier, first_at - req.arrival_at, now - req.arrival_at)
+    gw.metrics.served(state.name, tier, first_at - req.arrival_at, now - req.arrival_at)
     gw.load.record(req.model, tier, now, req.prompt_tokens, output_tokens)
     outcome = Outcome(req, state.name, ttft_s, e2e_s, max(output_tokens, 1), now)
     gw.dispatcher.observe(outcome)
@@ -186,22 +196,17 @@ def _failed(gw: Gateway, slot: Slot, kind: str, exc: UpstreamError) -> None:
     gw.log.debug("instance %s failed (%s): %s", state.name, kind, exc.message)
 
 
-def _json(status: int, body: bytes, instance: str) -> web.Response:
-    return web.Response(
-        status=status,
-        body=body,
-        content_type="application/json",
-        headers={INSTANCE_HEADER: instance},
-    )
+def _json(status: int, body: bytes, instance: InstanceState) -> web.Response:
+    return web.Response(status=status, body=body, headers=instance.json_headers)
 
 
 def _rename_model(body: bytes, model: str) -> bytes:
     """The body with ``model`` set back to the client's name (mapped backends)."""
     try:
-        obj = json.loads(body)
+        obj = loads(body)
     except ValueError:
         return body
     if isinstance(obj, dict):
         obj["model"] = model
-        return json.dumps(obj, separators=(",", ":")).encode()
+        return dumps_compact(obj)
     return body

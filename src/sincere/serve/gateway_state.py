@@ -11,6 +11,9 @@ The load signal has two sources, in this order of trust:
    split falls back to the gateway's counts against the instance's batch limit.
 
 Latency history (EWMAs of TTFT and time per output token) feeds admission control.
+Views are cached per model and rebuilt only when what they show changed (requests in
+flight, the fresh sample, health), and the response headers naming the instance are
+built once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ VLLM_GAUGES = {
 """Scraped gauge name -> field of :class:`EngineSample`."""
 
 _EWMA = 0.2  # weight of the newest observation in the latency averages
+
+INSTANCE_HEADER = "x-sincere-instance"
+"""Response header naming the instance that served the request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,14 @@ class InstanceState:
         self.emulated = emulated  # started by the controller (it may stop it)
         self.removed = False  # taken out by the controller; finishing its requests
         self.num_requests = 0  # requests sent, ever
+        self.json_headers = {"Content-Type": "application/json", INSTANCE_HEADER: self.name}
+        self.sse_headers = {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            INSTANCE_HEADER: self.name,
+        }
+        # model -> (what the view showed: in flight, sample, healthy; the view)
+        self._views: dict[str, tuple[tuple[int, EngineSample | None, bool], InstanceView]] = {}
 
     def has_room(self) -> bool:
         """Whether the gateway may send it one more request."""
@@ -97,9 +111,19 @@ class InstanceState:
         return s if s is not None and now - s.at <= max_age_s else None
 
     def view(self, model: str, now: float, max_age_s: float) -> InstanceView:
-        """The router's read-only view of this instance serving ``model``."""
-        n = self.num_in_flight
+        """The router's read-only view of this instance serving ``model`` (cached)."""
         s = self.fresh_sample(now, max_age_s)
+        healthy = not self.removed and self.breaker.can_send(now)
+        key = (self.num_in_flight, s, healthy)
+        cached = self._views.get(model)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        view = self._build_view(model, s, healthy)
+        self._views[model] = (key, view)
+        return view
+
+    def _build_view(self, model: str, s: EngineSample | None, healthy: bool) -> InstanceView:
+        n = self.num_in_flight
         if s is not None:
             running, waiting, kv = s.num_running, s.num_waiting, s.kv_usage
         else:
@@ -118,7 +142,7 @@ class InstanceState:
             price_in_per_token_usd=self.backend.price_in_per_token_usd,
             price_out_per_token_usd=self.backend.price_out_per_token_usd,
             quality=cfg.quality,
-            healthy=not self.removed and self.breaker.can_send(now),
+            healthy=healthy,
         )
 
     def observe(self, ttft_s: float, e2e_s: float, output_tokens: int) -> None:
