@@ -138,7 +138,7 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
 def serve_sincere(port: int, upstream: str) -> None:
     """sincere's gateway with one backend (the upstream), round-robin, no scraping."""
     from sincere.serve.config import parse_config
-    from sincere.serve.gateway import run_gateway
+    from sincere.serve.gateway import serve_gateway
 
     config = parse_config(
         {
@@ -151,7 +151,7 @@ def serve_sincere(port: int, upstream: str) -> None:
             "admin": False,
         }
     )
-    asyncio.run(run_gateway(config))
+    serve_gateway(config)  # uvloop when the `fast` extra is installed
 
 
 # ---------------------------------------------------------------- driver

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +30,13 @@ def serve(
         str | None, typer.Option(help="Address to bind (overrides listen host; default 127.0.0.1).")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (overrides the config).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Gateway processes sharing the port (SO_REUSEPORT); each keeps its own "
+            "router state, queues and limits (see docs/gateway.md)."
+        ),
+    ] = 1,
 ) -> None:
     """Load CONFIG, bind, and serve until interrupted (Ctrl-C)."""
     cfg = load_config(config)
@@ -42,22 +47,11 @@ def serve(
         updates["port"] = port
     if updates:
         cfg = cfg.model_copy(update=updates)
-    from sincere.serve.gateway import run_gateway
+    from sincere.serve.gateway import serve_gateway
 
     def announce(gw: Any) -> None:
         typer.echo(
             f"sincere gateway on {gw.url} ({len(cfg.backends)} backends, router {cfg.router.name})"
         )
 
-    with contextlib.suppress(KeyboardInterrupt):
-        _run(run_gateway(cfg, announce))
-
-
-def _run(main: Any) -> None:
-    """Run on uvloop when it is installed (extra ``fast``), else asyncio."""
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
+    serve_gateway(cfg, workers=workers, ready=announce)
