@@ -176,6 +176,7 @@ class ContinuousEngine:
         self._offset_sum = 0
         self._finish_step: dict[int, int] = {}  # decoding -> step at which it is done
         self._finish: list[tuple[int, int]] = []  # heap of (finish step, request)
+        self._decode_starts: list[int] = []  # every start of decoding, in order (for policies)
         self._preempted_at: dict[int, Seconds] = {}
         self._run: _Run | None = None
         self._blocked_head: tuple[float, float, int, int] | None = None
@@ -387,6 +388,19 @@ class ContinuousEngine:
     def first_token_at(self, i: int) -> Seconds:
         """When ``i`` produced its first token (NaN if not yet)."""
         return float(self.records.first_token_at[i])
+
+    @property
+    def num_iterations(self) -> int:
+        """Iterations run so far; each gave every decoding sequence one token."""
+        return self._step
+
+    def decode_starts(self, since: int) -> list[int]:
+        """Sequences that began decoding, from the ``since``-th start on (0: the first)."""
+        return self._decode_starts[since:]
+
+    def is_decoding(self, i: int) -> bool:
+        """Whether ``i`` is decoding now."""
+        return i in self._offset
 
     # ------------------------------------------------------------- internals
 
@@ -784,6 +798,7 @@ class ContinuousEngine:
         self._offset_sum += offset
         self._dec.add(offset)
         self._tier_decoding[tier] += 1
+        self._decode_starts.append(i)
         fs = step + left
         self._finish_step[i] = fs
         heapq.heappush(self._finish, (fs, i))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
@@ -144,6 +144,31 @@ class EngineView(Protocol):
 
     def first_token_at(self, i: int) -> Seconds:
         """When ``i`` produced its first token (NaN if it has not)."""
+        ...
+
+
+@runtime_checkable
+class DecodeTimeline(EngineView, Protocol):
+    """An :class:`EngineView` that also tells how decoding progresses (optional).
+
+    A policy that tracks decode sequences incrementally (Niyama's decode slack) reads
+    these instead of scanning every decode sequence each iteration. An engine that
+    implements them (``ContinuousEngine``) guarantees: every iteration gives every
+    decoding sequence one token, and every sequence that begins decoding (again, after a
+    preemption) is appended to the starts log. Hand-made views need not implement it.
+    """
+
+    @property
+    def num_iterations(self) -> int:
+        """Iterations run so far; each gave every decoding sequence one token."""
+        ...
+
+    def decode_starts(self, since: int) -> Sequence[int]:
+        """Sequences that began decoding, from the ``since``-th start on (0: the first)."""
+        ...
+
+    def is_decoding(self, i: int) -> bool:
+        """Whether ``i`` is decoding now."""
         ...
 
 

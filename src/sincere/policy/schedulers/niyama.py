@@ -30,8 +30,13 @@ from collections.abc import Sequence
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
 from sincere.perf.base import Batch, StepTimeModel
-from sincere.policy.schedulers.base import EngineView, IterationScheduler, SortKey
-from sincere.policy.schedulers.deadlines import next_token_due_at, ttft_deadline_at
+from sincere.policy.schedulers.base import (
+    DecodeTimeline,
+    EngineView,
+    IterationScheduler,
+    SortKey,
+)
+from sincere.policy.schedulers.deadlines import NextTokenDue, next_token_due_at, ttft_deadline_at
 from sincere.policy.schedulers.registry import SCHEDULERS
 
 ORDERS = ("hybrid", "fcfs", "edf", "srpf")
@@ -76,6 +81,8 @@ class Niyama(IterationScheduler):
         self.kv_pressure = float(kv_pressure)
         self.pressure_max_chunk = int(pressure_max_chunk)
         self.predicted_output_tokens = predicted_output_tokens
+        self._due_view: EngineView | None = None  # the view ``_due`` tracks
+        self._due: NextTokenDue | None = None
 
     def deadline_at(self, view: EngineView, i: int) -> Seconds:
         """Absolute TTFT deadline of ``i`` (TTLT tiers converted)."""
@@ -109,7 +116,23 @@ class Niyama(IterationScheduler):
         self.prefill_tps = tps if old is None else old + self.ema_alpha * (tps - old)
 
     def min_decode_slack_s(self, view: EngineView, now: Seconds) -> Seconds:
-        """Least time any decode sequence has until its next token is due (inf if none)."""
+        """Least time any decode sequence has until its next token is due (inf if none).
+
+        On an engine that reports its decode timeline the least due time is kept
+        incrementally (:class:`NextTokenDue`); otherwise every decode sequence is scanned.
+        Both give the same number.
+        """
+        if view is not self._due_view:
+            self._due_view = view
+            self._due = None
+            if isinstance(view, DecodeTimeline):
+                self._due = NextTokenDue(view, self.deadline_at)
+        if self._due is not None:
+            return self._due.earliest_due_at() - now
+        return self.scan_decode_slack_s(view, now)
+
+    def scan_decode_slack_s(self, view: EngineView, now: Seconds) -> Seconds:
+        """:meth:`min_decode_slack_s` by scanning every decode sequence (the reference)."""
         req = view.requests
         best = math.inf
         for i in view.decoding():
