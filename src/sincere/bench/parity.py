@@ -7,21 +7,36 @@ simulated instance (same model, accelerator, step-time model and engine limits)
 and sincere's gateway with the same router in front of them, in this process, and
 replays the same requests through the load generator. It compares, request by
 request, which instance served it and the TTFT and E2E (relative difference
-``(live - sim) / sim``).
+``(live - sim) / sim``), and, because per-request agreement cannot hold for routers
+that read the load (below), the aggregate picture: each instance's share of the
+requests, the load imbalance seen at arrivals, and unpaired TTFT / E2E quantiles.
 
-Live timings carry HTTP, event-loop and timer jitter (about a millisecond here), so
-use step times well above that (e.g. Llama-3-8B on an A100, 10-50 ms iterations).
-Only iteration-level (``continuous``) engines can be emulated.
+Load-dependent routers (least-outstanding, JSQ, ...) decide on which requests have
+finished at the moment of an arrival. Live, an arrival reaches the router about a
+millisecond after its scheduled time and a finish reaches it about a millisecond
+after the engine's iteration ends, so whenever a finish and an arrival fall within
+that jitter (a *race*: :func:`race_margins_s`) the live router may see one request
+more or less than the simulated one; from that decision on the two runs serve
+different batches and the rest diverges (chaos, not a bookkeeping error).
+:meth:`ParityResult.divergence` names the first diverging decision and the finish
+that crossed its arrival. Live timings also carry the machine's scheduling noise: the
+run samples its own event-loop lag (``loop_lag_ms`` in the summary), and a run whose
+loop lagged by tens of milliseconds says more about the machine than the model.
+
+Use step times well above the jitter (e.g. Llama-3-8B on an A100, 10-50 ms
+iterations). Only iteration-level (``continuous``) engines can be emulated.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from sincere.bench.results import BenchResult
 from sincere.bench.runner import BenchOptions, run_bench_async
@@ -31,7 +46,26 @@ from sincere.sim.api import SimulationResult, simulate
 from sincere.sim.config import ContinuousConfig, SimulationConfig, load_config
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 QUANTILES = {"p10": 10.0, "p50": 50.0, "p90": 90.0}
+LAG_QUANTILES = {"p50": 50.0, "p99": 99.0, "max": 100.0}
+RACE_S = 0.005  # a finish or another arrival this close to an arrival makes it a race
+LAG_INTERVAL_S = 0.005  # period of the event-loop lag sampler
+DISTURBED_LAG_S = 0.020  # p99 loop lag above which the live timings are not trustworthy
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """The first request routed differently live, and why (a finish that crossed it)."""
+
+    index: int  # request position (arrival order) of the first differing decision
+    arrival_at: float  # its scheduled arrival, seconds
+    sim_instance: str  # where the simulator sent it
+    live_instance: str  # where the gateway sent it
+    race_margin_s: float  # nearest other finish or arrival to it in the simulation
+    crossing: int | None  # an earlier request whose finish is on the other side live
+    crossing_sim_finish_at: float | None  # its finish in the simulation
+    crossing_live_finish_at: float | None  # its finish live (as the client saw it)
 
 
 @dataclass(eq=False)
@@ -43,22 +77,180 @@ class ParityResult:
     same_instance: npt.NDArray[np.bool_]  # live request went where the simulator sent it
     rel_ttft: FloatArray  # (live - sim) / sim TTFT, NaN where either is missing
     rel_e2e: FloatArray  # (live - sim) / sim E2E
+    loop_lag_s: FloatArray = field(default_factory=lambda: np.zeros(0))  # live loop lag
 
     def summary(self) -> dict[str, Any]:
-        """Share of identical routing decisions and quantiles of the relative differences."""
+        """Routing agreement, relative differences, aggregate balance and loop lag."""
         out: dict[str, Any] = {
             "num_requests": len(self.same_instance),
             "num_compared": int(np.isfinite(self.rel_e2e).sum()),
             "same_instance_share": float(self.same_instance.mean()),
         }
         for name, rel in (("rel_ttft", self.rel_ttft), ("rel_e2e", self.rel_e2e)):
+            out[name] = _quantiles(rel)
             finite = rel[np.isfinite(rel)]
-            out[name] = {
-                k: float(np.percentile(finite, q)) if len(finite) else None
-                for k, q in QUANTILES.items()
-            }
             out[name]["median_abs"] = float(np.median(np.abs(finite))) if len(finite) else None
+        out.update(self.aggregate())
+        div = self.divergence()
+        out["num_races"] = int((race_margins_s(self.sim.requests) < RACE_S).sum())
+        out["first_divergence"] = None if div is None else div.index
+        out["loop_lag_ms"] = _quantiles(self.loop_lag_s * 1e3, LAG_QUANTILES)
+        out["disturbed"] = _disturbed(self.loop_lag_s)
         return out
+
+    def aggregate(self) -> dict[str, Any]:
+        """What must agree even when decisions diverge: shares, imbalance, quantiles."""
+        s, m = self.sim.requests, self.live.requests
+        return {
+            "instance_share": {"sim": instance_shares(s), "live": instance_shares(m)},
+            "imbalance_at_arrival": {
+                "sim": float(imbalance_at_arrivals(s).mean()),
+                "live": float(imbalance_at_arrivals(m).mean()),
+            },
+            "ttft_quantile_rel": _quantile_rel(s, m, "ttft_s"),
+            "e2e_quantile_rel": _quantile_rel(s, m, "e2e_s"),
+        }
+
+    def divergence(self) -> Divergence | None:
+        """The first request routed differently, with the finish that crossed its arrival."""
+        differ = np.flatnonzero(~self.same_instance)
+        if not len(differ):
+            return None
+        k = int(differ[0])
+        s, m = self.sim.requests, self.live.requests
+        arrival = _col(s, "arrival_at")
+        sim_fin, live_fin = _col(s, "finished_at"), _col(m, "finished_at")
+        before = np.arange(len(arrival)) < k
+        crossed = before & ((sim_fin < arrival[k]) != (live_fin < arrival[k]))
+        j = int(np.flatnonzero(crossed)[0]) if crossed.any() else None
+        return Divergence(
+            k,
+            float(arrival[k]),
+            str(s.column("instance")[k].as_py()),
+            str(m.column("instance")[k].as_py()),
+            float(race_margins_s(s)[k]),
+            j,
+            None if j is None else float(sim_fin[j]),
+            None if j is None else float(live_fin[j]),
+        )
+
+
+def _col(table: pa.Table, name: str) -> FloatArray:
+    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _quantiles(values: FloatArray, which: dict[str, float] = QUANTILES) -> dict[str, Any]:
+    finite = values[np.isfinite(values)]
+    return {k: float(np.percentile(finite, q)) if len(finite) else None for k, q in which.items()}
+
+
+def _disturbed(lag_s: FloatArray) -> bool:
+    return bool(len(lag_s)) and float(np.percentile(lag_s, 99)) > DISTURBED_LAG_S
+
+
+def _quantile_rel(sim: pa.Table, live: pa.Table, column: str) -> dict[str, float | None]:
+    """Unpaired ``(live - sim) / sim`` of the p50 and p90 of ``column``."""
+    a, b = _col(sim, column), _col(live, column)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if not len(a) or not len(b):
+        return {"p50": None, "p90": None}
+    out: dict[str, float | None] = {}
+    for name, q in (("p50", 50.0), ("p90", 90.0)):
+        qa, qb = float(np.percentile(a, q)), float(np.percentile(b, q))
+        out[name] = (qb - qa) / qa if qa > 0 else None
+    return out
+
+
+def instance_shares(table: pa.Table) -> dict[str, float]:
+    """Share of the served requests each instance took (rejected ones left out)."""
+    names = np.asarray(table.column("instance").to_pylist(), dtype=object)
+    served = names[~np.asarray(table.column("rejected").to_numpy(zero_copy_only=False))]
+    served = served[served != None]  # noqa: E711 (element-wise comparison)
+    if not len(served):
+        return {}
+    keys, counts = np.unique(served.astype(str), return_counts=True)
+    return {str(k): float(c) / len(served) for k, c in zip(keys, counts, strict=True)}
+
+
+def outstanding_at_arrivals(table: pa.Table) -> tuple[list[str], IntArray]:
+    """Requests each instance held (arrived, not finished) at every arrival, from records.
+
+    Returns the instance names and an ``(n_requests, n_instances)`` count matrix; the
+    request arriving is not counted. This is the ``num_outstanding`` a least-outstanding
+    router saw, rebuilt from arrival and finish times.
+    """
+    arrival, finish = _col(table, "arrival_at"), _col(table, "finished_at")
+    names = np.asarray(table.column("instance").to_pylist(), dtype=object)
+    keys = sorted({str(n) for n in names if n is not None})
+    counts = np.zeros((len(arrival), len(keys)), dtype=np.int64)
+    for c, key in enumerate(keys):
+        mine = (names == key) & np.isfinite(finish)
+        started = np.searchsorted(np.sort(arrival[mine]), arrival, side="left")
+        ended = np.searchsorted(np.sort(finish[mine]), arrival, side="left")
+        counts[:, c] = started - ended
+    return keys, counts
+
+
+def imbalance_at_arrivals(table: pa.Table) -> FloatArray:
+    """Most minus least outstanding requests across instances at every arrival."""
+    _, counts = outstanding_at_arrivals(table)
+    if counts.shape[1] == 0:
+        return np.zeros(len(counts))
+    spread: FloatArray = (counts.max(axis=1) - counts.min(axis=1)).astype(np.float64)
+    return spread
+
+
+def race_margins_s(table: pa.Table) -> FloatArray:
+    """Per request, the time from its arrival to the nearest finish or other arrival.
+
+    Below the live path's jitter (a few ms), a load-dependent router may see a
+    different count live than in the simulation: the decision is a race.
+    """
+    arrival = _col(table, "arrival_at")
+    finish = np.sort(_col(table, "finished_at"))
+    finish = finish[np.isfinite(finish)]
+    margin = np.full(len(arrival), np.inf)
+    if len(finish):
+        k = np.searchsorted(finish, arrival)
+        right = finish[np.minimum(k, len(finish) - 1)]
+        left = finish[np.maximum(k - 1, 0)]
+        margin = np.minimum(np.abs(right - arrival), np.abs(arrival - left))
+    order = np.sort(arrival)
+    gaps = np.diff(order)
+    if len(gaps):
+        near = np.minimum(np.append(gaps, np.inf), np.insert(gaps, 0, np.inf))
+        by_request = np.empty_like(near)
+        by_request[np.argsort(arrival, kind="stable")] = near
+        margin = np.minimum(margin, by_request)
+    return margin
+
+
+class LoopLag:
+    """Samples how late the event loop wakes a sleeper (scheduling noise of the machine)."""
+
+    def __init__(self, interval_s: float = LAG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval_s)
+            self.samples.append(max(0.0, loop.time() - before - self.interval_s))
+
+    def start(self) -> None:
+        """Begin sampling on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> FloatArray:
+        """Stop sampling; the lags seen, seconds."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return np.asarray(self.samples, dtype=np.float64)
 
 
 def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
@@ -109,9 +301,15 @@ def _gateway_config(config: SimulationConfig, servers: list[Any], models: list[s
 
 
 async def live_run(
-    config: SimulationConfig, requests: RequestArrays, instance_ids: list[str]
+    config: SimulationConfig,
+    requests: RequestArrays,
+    instance_ids: list[str],
+    lag: LoopLag | None = None,
 ) -> BenchResult:
-    """Replay ``requests`` through gateway + emulated engines built from ``config``."""
+    """Replay ``requests`` through gateway + emulated engines built from ``config``.
+
+    ``lag``, when given, samples the event loop's lag while the requests run.
+    """
     from sincere.serve.emulator import start_emulators, stop_emulators
     from sincere.serve.gateway import Gateway
 
@@ -122,12 +320,20 @@ async def live_run(
         async with Gateway(_gateway_config(config, servers, models)) as gateway:
             horizon = float(requests.arrival_at[-1]) + 300.0
             options = BenchOptions(time_limit_s=horizon)
-            return await run_bench_async(gateway.url, requests, options)
+            if lag is not None:
+                lag.start()
+            try:
+                return await run_bench_async(gateway.url, requests, options)
+            finally:
+                if lag is not None:
+                    await lag.stop()
     finally:
         await stop_emulators(servers)
 
 
-def compare(sim: SimulationResult, live: BenchResult) -> ParityResult:
+def compare(
+    sim: SimulationResult, live: BenchResult, loop_lag_s: FloatArray | None = None
+) -> ParityResult:
     """Per-request routing agreement and relative TTFT / E2E differences."""
     s, m = sim.requests, live.requests
     same = np.asarray(s.column("instance").to_pylist(), dtype=object) == np.asarray(
@@ -141,7 +347,8 @@ def compare(sim: SimulationResult, live: BenchResult) -> ParityResult:
             diff: FloatArray = (b - a) / a
         return diff
 
-    return ParityResult(sim, live, same, rel("ttft_s"), rel("e2e_s"))
+    lag = np.zeros(0) if loop_lag_s is None else loop_lag_s
+    return ParityResult(sim, live, same, rel("ttft_s"), rel("e2e_s"), lag)
 
 
 def parity(
@@ -150,5 +357,20 @@ def parity(
     """Simulate ``config`` and replay its requests live on the wall clock; compare the two."""
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
     sim = simulate(cfg, seed)
-    live = asyncio.run(live_run(sim.config, sim.requests_in, list(sim.records.instances)))
-    return compare(sim, live)
+    lag = LoopLag()
+    live = asyncio.run(live_run(sim.config, sim.requests_in, list(sim.records.instances), lag))
+    return compare(sim, live, np.asarray(lag.samples, dtype=np.float64))
+
+
+def follows_least_outstanding(table: pa.Table) -> npt.NDArray[np.bool_]:
+    """Per request, whether it went to the first instance with the fewest outstanding.
+
+    Counts are rebuilt from the table's own arrival and finish times
+    (:func:`outstanding_at_arrivals`); on a simulated least-outstanding run every
+    decision follows them, and on a live run every decision that is not a race.
+    """
+    keys, counts = outstanding_at_arrivals(table)
+    names = table.column("instance").to_pylist()
+    best = np.asarray(keys, dtype=object)[np.argmin(counts, axis=1)] if keys else []
+    same: npt.NDArray[np.bool_] = np.asarray(names, dtype=object) == np.asarray(best, dtype=object)
+    return same
