@@ -13,6 +13,7 @@ arrival.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,9 +98,17 @@ def latencies(requests: RequestArrays, records: RecordArrays) -> dict[str, npt.N
     return {"ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e, "queue_s": queue}
 
 
-def slo_met(requests: RequestArrays, records: RecordArrays) -> npt.NDArray[np.bool_]:
-    """Whether each request finished and met every target of its tier."""
-    lat = latencies(requests, records)
+def slo_met(
+    requests: RequestArrays,
+    records: RecordArrays,
+    lat: dict[str, npt.NDArray[np.float64]] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Whether each request finished and met every target of its tier.
+
+    ``lat`` is :func:`latencies` of the same arguments, when already computed.
+    """
+    if lat is None:
+        lat = latencies(requests, records)
     met = ~np.isnan(records.finished_at) & ~records.rejected
     for t_ix, tier in enumerate(requests.tiers):
         sel = requests.tier == t_ix
@@ -115,15 +124,13 @@ def slo_met(requests: RequestArrays, records: RecordArrays) -> npt.NDArray[np.bo
 def to_table(requests: RequestArrays, records: RecordArrays) -> pa.Table:
     """The ``requests.parquet`` table (columns :data:`REQUEST_COLUMNS`)."""
     lat = latencies(requests, records)
-    names = np.asarray([*records.instances, ""], dtype=object)
-    model_names = np.asarray(requests.models, dtype=object)
-    tier_names = np.asarray([t.name for t in requests.tiers], dtype=object)
+    instance = np.where(records.instance < 0, len(records.instances), records.instance)
     return pa.table(
         {
             "request_id": np.arange(len(requests), dtype=np.int64),
-            "model": model_names[requests.model],
-            "tier": tier_names[requests.tier],
-            "instance": names[records.instance],
+            "model": _strings(requests.models, requests.model),
+            "tier": _strings([t.name for t in requests.tiers], requests.tier),
+            "instance": _strings([*records.instances, ""], instance),
             "arrival_at": requests.arrival_at,
             "first_scheduled_at": records.first_scheduled_at,
             "first_token_at": records.first_token_at,
@@ -135,8 +142,20 @@ def to_table(requests: RequestArrays, records: RecordArrays) -> pa.Table:
             "e2e_s": lat["e2e_s"],
             "queue_s": lat["queue_s"],
             "num_preemptions": records.num_preemptions,
-            "slo_met": slo_met(requests, records),
+            "slo_met": slo_met(requests, records, lat),
             "rejected": records.rejected,
-            "reject_reason": pa.array(records.reject_reason, type=pa.string()),
+            "reject_reason": _reasons(records),
         }
     )
+
+
+def _strings(names: Sequence[str], index: npt.NDArray[np.int64]) -> pa.Array:
+    """``names[index]`` as an Arrow string array, without a Python object per row."""
+    return pa.array(names, type=pa.string()).take(pa.array(index, type=pa.int64()))
+
+
+def _reasons(records: RecordArrays) -> pa.Array:
+    """The ``reject_reason`` column; all nulls (the common case) without a Python list walk."""
+    if not records.rejected.any():
+        return pa.nulls(len(records.rejected), type=pa.string())
+    return pa.array(records.reject_reason, type=pa.string())

@@ -727,7 +727,7 @@ class ContinuousEngine:
         end = run.end_at
         steps = run.steps
         hook = self.on_tokens
-        produced = list(self._offset) if hook is not None else []
+        produced = list(self._offset) if hook is not None else None
         self._step += steps
         self._num_steps += steps
         self._num_generated += run.num_decode * steps
@@ -753,7 +753,7 @@ class ContinuousEngine:
         finish = self._finish
         if finish and finish[0][0] <= self._step:
             self._pop_finished(end)
-        if hook is not None:
+        if hook is not None and produced is not None:
             produced.extend(i for i, _ in run.chunks if i not in self._pre)
             hook(end, produced)
 

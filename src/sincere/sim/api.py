@@ -56,10 +56,21 @@ class SimulationResult:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
-        pq.write_table(self.requests, out / "requests.parquet")
+        write_requests(self.requests, out / "requests.parquet")
         (out / "summary.json").write_text(dumps(self.summary), encoding="utf-8")
         (out / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         return out
+
+
+def write_requests(table: pa.Table, path: Path) -> None:
+    """Write ``table`` as Parquet: dictionary pages for the string columns only.
+
+    Float columns hold nearly unique values, so a dictionary page there only costs
+    time before Parquet falls back to plain encoding (most of the write time at 1M
+    rows); the file reads back identically either way.
+    """
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    pq.write_table(table, path, use_dictionary=strings)
 
 
 def simulate(

@@ -14,6 +14,7 @@ hourly price.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -89,9 +90,10 @@ def summarize(
 ) -> dict[str, Any]:
     """The ``summary.json`` mapping; ``gaps[t]`` holds the ITL gaps of tier ``t``."""
     lat = latencies(requests, records)
-    met = slo_met(requests, records)
+    met = slo_met(requests, records, lat)
     everyone = np.ones(len(requests), dtype=np.bool_)
-    summary = _group(requests, records, lat, met, everyone, duration_s)
+    overall = _group(requests, records, lat, met, everyone, duration_s)
+    summary = copy.deepcopy(overall)
     summary["duration_s"] = duration_s
     total = GapHistogram()
     for hist in gaps:
@@ -100,7 +102,11 @@ def summarize(
     summary.update(_fleet(infos, stats, duration_s, summary["output_tokens_per_s"]))
     summary["tiers"] = {
         tier.name: {
-            **_group(requests, records, lat, met, requests.tier == t, duration_s),
+            **(
+                copy.deepcopy(overall)  # one tier: the same selection, already computed
+                if len(requests.tiers) == 1
+                else _group(requests, records, lat, met, requests.tier == t, duration_s)
+            ),
             "itl_s": describe_gaps(gaps[t]),
         }
         for t, tier in enumerate(requests.tiers)
