@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from sincere.cli.app import app
+from sincere.cli.progress import count_bar
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
 
@@ -148,14 +148,7 @@ def _run_and_report(
     if quiet:
         result = run_bench(url, requests, options)
     else:
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with count_bar(console) as bar:
             task = bar.add_task("requests", total=len(requests))
             result = run_bench(
                 url, requests, options, lambda done, _n: bar.update(task, completed=done)

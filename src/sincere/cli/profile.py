@@ -15,9 +15,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from sincere.cli.app import app
+from sincere.cli.progress import count_bar
 from sincere.core.errors import ConfigError
 from sincere.profile.csvio import write_profile_csv
 from sincere.profile.http import LEADING_COLUMNS, HttpProfileConfig, ProfileRow, profile_http
@@ -39,13 +40,7 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    return count_bar(console, transient=False)
 
 
 @profile_app.command("http")

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from sincere.cli.app import app
+from sincere.cli.progress import count_bar
 
 _HELP = (
     "Simulate serving a workload on a cluster described by CONFIG (YAML).\n\n"
@@ -45,14 +45,7 @@ def simulate_command(
     if quiet:
         result = simulate(config, seed=seed)
     else:
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with count_bar(console) as bar:
             task = bar.add_task("simulating", total=None)
 
             def report(done: int, total: int) -> None:
