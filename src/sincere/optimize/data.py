@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -363,24 +363,33 @@ def load_problem(directory: str | Path) -> Problem:
     root = Path(directory)
     if not root.is_dir():
         raise DataError("not a directory of Inferno data files", path=root)
+    base = load_fleet(root)
+    if not base.optimizer.unlimited and not (root / FILES["capacity"]).exists():
+        raise DataError("limited accelerators need this file", path=root / FILES["capacity"])
+    problem = replace(base, servers=parse_servers(read_json(root / FILES["servers"])))
+    check_problem(problem, root)
+    return problem
+
+
+def load_fleet(directory: str | Path) -> Problem:
+    """Everything but the servers (``servers=()``): accelerators, models, classes,
+    capacity and optimizer settings, as read, without cross-checks. For callers that
+    supply the servers themselves (the gateway's planner, from observed load)."""
+    root = Path(directory)
     optimizer = OptimizerSpec()
     if (root / FILES["optimizer"]).exists():
         optimizer = parse_optimizer(read_json(root / FILES["optimizer"]))
     capacity: dict[str, int] = {}
     if (root / FILES["capacity"]).exists():
         capacity = parse_capacity(read_json(root / FILES["capacity"]))
-    elif not optimizer.unlimited:
-        raise DataError("limited accelerators need this file", path=root / FILES["capacity"])
-    problem = Problem(
+    return Problem(
         accelerators=parse_accelerators(read_json(root / FILES["accelerators"])),
         models=parse_models(read_json(root / FILES["models"])),
         classes=parse_classes(read_json(root / FILES["classes"])),
-        servers=parse_servers(read_json(root / FILES["servers"])),
+        servers=(),
         capacity=capacity,
         optimizer=optimizer,
     )
-    check_problem(problem, root)
-    return problem
 
 
 def check_problem(problem: Problem, root: Path) -> None:

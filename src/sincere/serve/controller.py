@@ -26,7 +26,6 @@ gateway. Routes, all JSON:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -34,16 +33,7 @@ from pydantic import ValidationError
 
 from sincere.core.errors import ConfigError, SincereError
 from sincere.optimize import CurrentAlloc, Load, Problem, Server, Solution, solve
-from sincere.optimize.data import (
-    FILES,
-    OptimizerSpec,
-    parse_accelerators,
-    parse_capacity,
-    parse_classes,
-    parse_models,
-    parse_optimizer,
-    read_json,
-)
+from sincere.optimize.data import load_fleet
 from sincere.serve.config import BackendConfig
 from sincere.serve.gateway_load import LoadSummary
 from sincere.serve.gateway_state import InstanceState
@@ -324,21 +314,7 @@ def _read_problem_dir(directory: str | None) -> Problem:
             "model and service-class files)",
             where="planning.problem_dir",
         )
-    root = Path(directory)
-    optimizer = OptimizerSpec()
-    if (root / FILES["optimizer"]).exists():
-        optimizer = parse_optimizer(read_json(root / FILES["optimizer"]))
-    capacity: dict[str, int] = {}
-    if (root / FILES["capacity"]).exists():
-        capacity = parse_capacity(read_json(root / FILES["capacity"]))
-    return Problem(
-        accelerators=parse_accelerators(read_json(root / FILES["accelerators"])),
-        models=parse_models(read_json(root / FILES["models"])),
-        classes=parse_classes(read_json(root / FILES["classes"])),
-        servers=(),
-        capacity=capacity,
-        optimizer=optimizer,
-    )
+    return load_fleet(directory)
 
 
 def _backend_config(fields: dict[str, Any]) -> BackendConfig:
