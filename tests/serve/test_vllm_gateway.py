@@ -125,12 +125,19 @@ def _body(api: str, i: int, max_tokens: int, stream: bool) -> dict[str, Any]:
 
 
 async def _call(
-    session: aiohttp.ClientSession, url: str, api: str, body: dict[str, Any]
+    session: aiohttp.ClientSession,
+    url: str,
+    api: str,
+    body: dict[str, Any],
+    answering: dict[str, asyncio.Event] | None = None,
 ) -> Outcome:
+    """One request; ``answering[instance]`` is set once that instance's answer has begun."""
     path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
     try:
         async with asyncio.timeout(CALL_TIMEOUT_S), session.post(url + path, json=body) as resp:
             out = Outcome(resp.status, resp.headers.get("x-sincere-instance", ""))
+            if answering is not None and resp.status == 200 and out.instance in answering:
+                answering[out.instance].set()
             if not body["stream"] or resp.status != 200:
                 out.body = await resp.json(content_type=None)
                 return out
@@ -204,18 +211,22 @@ async def _burst_with_kill(servers: list[VllmServer]) -> tuple[list[Outcome], li
     victim = servers[1].process
     assert victim is not None
     async with Gateway(parse_config(_gateway_config(servers))) as gw, aiohttp.ClientSession() as s:
+        answering = {"v1": asyncio.Event()}
         before = [
             asyncio.create_task(
-                _call(s, gw.url, "completions", _body("completions", i, 400, (i // 2) % 2 == 0))
+                _call(
+                    s,
+                    gw.url,
+                    "completions",
+                    _body("completions", i, 400, (i // 2) % 2 == 0),
+                    answering,
+                )
             )
             for i in range(12)
         ]
-        in_flight = gw.dispatcher.instances["v1"]
-        for _ in range(400):  # wait until v1 holds requests (bounded: 20 s)
-            if in_flight.num_in_flight >= 3:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # let some streams get going
+        # kill v1 only once one of its streams is under way (the gateway sends headers
+        # after the first upstream event), so the kill lands mid-stream; bounded: 60 s
+        await asyncio.wait_for(answering["v1"].wait(), 60)
         os.killpg(victim.pid, signal.SIGKILL)  # the group we started: API server + engine
         after = [
             await _call(s, gw.url, api, _body(api, 100 + i, 8, i % 2 == 1))
