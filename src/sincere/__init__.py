@@ -6,3 +6,7 @@ discrete-event simulator and, live, in an OpenAI-compatible gateway. See
 """
 
 __version__ = "0.1.0"
+
+from sincere import native as _native
+
+_native.install()  # compiled hot modules, when built and current (see sincere.native)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,23 +41,37 @@ def _engine(req: RequestArrays, sched: str, **lim: int) -> ContinuousEngine:
     return ContinuousEngine("e0", req, records, 0, Ridge(), scheduler, EngineLimits(**lim))
 
 
-def _drive(eng: Any, req: RequestArrays, aborts: dict[int, float] | None = None) -> list[int]:
-    """Add each request at its arrival, abort as asked, advance until idle; return done."""
+def _drive(
+    eng: Any,
+    req: RequestArrays,
+    aborts: dict[int, float] | None = None,
+    after_abort: Callable[[bool], None] | None = None,
+) -> list[int]:
+    """Add each request at its arrival, abort as asked, advance until idle; return done.
+
+    ``after_abort(present)`` runs after every abort with what ``abort`` returned.
+    """
     arrivals = req.arrival_at.tolist()
     pending = sorted((at, i) for i, at in (aborts or {}).items())
     done: list[int] = []
     k = 0
+
+    def abort(i: int, at: float) -> None:
+        present = eng.abort(i, at)
+        if after_abort is not None:
+            after_abort(present)
+
     while True:
         at = eng.next_event_at()
         nxt_abort = pending[0][0] if pending else None
         if k < len(arrivals) and (at is None or arrivals[k] <= at):
             if nxt_abort is not None and nxt_abort < arrivals[k]:
-                eng.abort(pending.pop(0)[1], nxt_abort)
+                abort(pending.pop(0)[1], nxt_abort)
                 continue
             eng.add(k, arrivals[k])
             k += 1
         elif nxt_abort is not None and (at is None or nxt_abort < at):
-            eng.abort(pending.pop(0)[1], nxt_abort)
+            abort(pending.pop(0)[1], nxt_abort)
         elif at is not None:
             done.extend(eng.advance(at))
         else:
@@ -233,18 +247,14 @@ def test_blocks_held_match_running_sequences_across_aborts(
     """At every step the pool's used blocks equal the sum over running sequences."""
     req, sched, lim, aborts = case
     eng = _engine(req, sched, **lim)
-    original_abort = eng.abort
     seen: defaultdict[str, int] = defaultdict(int)
 
-    def checked_abort(i: int, now: float) -> bool:
-        present = original_abort(i, now)
+    def check_blocks(present: bool) -> None:
         seen["present" if present else "absent"] += 1
         held = sum(eng.seq_blocks(j) for j in [*eng.prefilling(), *eng.decoding()])
         assert eng.used_blocks == held
-        return present
 
-    eng.abort = checked_abort  # type: ignore[method-assign,assignment]
-    _drive(eng, req, aborts)
+    _drive(eng, req, aborts, after_abort=check_blocks)
     assert sum(seen.values()) == len(aborts)
 
 

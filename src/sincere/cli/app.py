@@ -39,6 +39,7 @@ def _register() -> None:
         estimate,
         experiment,
         fit,
+        native,
         plan,
         profile,
         serve,

@@ -101,20 +101,49 @@ TokenHook = Callable[[Seconds, list[int]], None]
 """``on_tokens(iteration_end_at, positions)``: requests that produced a token, in order."""
 
 
-@dataclass(slots=True)
 class _Run:
-    """The piece of work in progress: one mixed iteration, or ``steps`` decode iterations."""
+    """The piece of work in progress: one mixed iteration, or ``steps`` decode iterations.
 
-    start_at: Seconds
-    end_at: Seconds
-    steps: int
-    num_decode: int  # decode sequences in every iteration of the run
-    ctx_tokens: int  # their summed context at the first iteration
-    chunks: tuple[tuple[int, int], ...]  # prefill chunks (mixed iteration only)
-    first_s: Seconds  # duration of the first iteration
-    slope_s: Seconds  # growth of the iteration time per decode step
-    prefill_tokens: int = 0  # prompt tokens the chunks compute
-    durations: tuple[Seconds, ...] = ()  # each iteration of a prefill run (else empty)
+    A plain class rather than a dataclass: its ``__init__`` is then compiled along with
+    the engine (see :mod:`sincere.native`); one is made per piece of work.
+    """
+
+    __slots__ = (
+        "chunks",
+        "ctx_tokens",
+        "durations",
+        "end_at",
+        "first_s",
+        "num_decode",
+        "prefill_tokens",
+        "slope_s",
+        "start_at",
+        "steps",
+    )
+
+    def __init__(
+        self,
+        start_at: Seconds,
+        end_at: Seconds,
+        steps: int,
+        num_decode: int,
+        ctx_tokens: int,
+        chunks: tuple[tuple[int, int], ...],
+        first_s: Seconds,
+        slope_s: Seconds,
+        prefill_tokens: int = 0,
+        durations: tuple[Seconds, ...] = (),
+    ) -> None:
+        self.start_at = start_at
+        self.end_at = end_at
+        self.steps = steps
+        self.num_decode = num_decode  # decode sequences in every iteration of the run
+        self.ctx_tokens = ctx_tokens  # their summed context at the first iteration
+        self.chunks = chunks  # prefill chunks (mixed iteration only)
+        self.first_s = first_s  # duration of the first iteration
+        self.slope_s = slope_s  # growth of the iteration time per decode step
+        self.prefill_tokens = prefill_tokens  # prompt tokens the chunks compute
+        self.durations = durations  # each iteration of a prefill run (else empty)
 
 
 class ContinuousEngine:

@@ -1,0 +1,59 @@
+"""``sincere native``: build or check the compiled simulator modules (see sincere.native)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from sincere import native
+from sincere.cli.app import app
+
+native_app = typer.Typer(
+    help="Compile the simulator's hot modules with mypyc (same results, ~1.7x faster).",
+    no_args_is_help=True,
+)
+app.add_typer(native_app, name="native")
+
+
+@native_app.command("status")
+def status() -> None:
+    """Say whether the compiled modules are used (active / stale / not built / disabled).
+
+    Exits 0 when they are active in this process, 1 otherwise.
+    """
+    current = native.status()
+    typer.echo(current.line())
+    raise typer.Exit(0 if current.state == "active" else 1)
+
+
+@native_app.command("build")
+def build(
+    if_stale: Annotated[
+        bool, typer.Option("--if-stale", help="Do nothing when a current build exists.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show mypyc's and gcc's output.")
+    ] = False,
+) -> None:
+    """Compile the modules into <venv>/sincere-native (about 40 s on 2 cores).
+
+    Needs mypy (``pip install 'sincere[native]'``) and a C compiler. When compiling fails
+    the previous build, if any, is kept and sincere runs the interpreted sources; the
+    command then exits 1 with the reason.
+    """
+    current = native.check()[0]
+    if if_stale and current.state in {"active", "disabled"}:
+        typer.echo(current.line())
+        return
+    typer.echo(f"compiling {len(native.COMPILED)} modules with mypyc (about 40 s)", err=True)
+    started = time.perf_counter()
+    try:
+        result = native.build(verbose=verbose)
+    except RuntimeError as exc:
+        typer.echo(f"not compiled, sincere runs interpreted: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{result.line()}; took {time.perf_counter() - started:.0f} s")
+    if result.state != "active":
+        raise typer.Exit(1)
