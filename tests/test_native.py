@@ -170,3 +170,12 @@ def test_compiled_and_interpreted_runs_are_identical(name: str, tmp_path: Path) 
     assert compiled_summary == plain_summary
     if name == "kv-starved-fcfs":  # the case exists to exercise preemption
         assert compiled_summary["num_preemptions"] > 100
+
+
+def test_an_unwritable_build_folder_is_a_clear_error(tmp_path: Path) -> None:
+    """A build folder that cannot be made fails at once, naming it and the way out."""
+    pytest.importorskip("mypyc.build")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(RuntimeError, match=r"cannot write the build to .*SINCERE_NATIVE_DIR"):
+        native.build(blocker / "sub" / "sincere-native")

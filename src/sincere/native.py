@@ -205,7 +205,8 @@ def build(directory: Path | None = None, *, verbose: bool = False) -> Status:
     """Compile :data:`COMPILED` with mypyc into ``directory`` and write its manifest.
 
     Raises :class:`RuntimeError` naming what is missing when mypy or a C compiler is not
-    available; the previous build (if any) is kept until the new one is complete.
+    available, or the folder is not writable; the previous build (if any) is kept until
+    the new one is complete.
     """
     try:
         from mypyc.build import mypycify
@@ -216,6 +217,7 @@ def build(directory: Path | None = None, *, verbose: bool = False) -> Status:
             "pip install 'sincere[native]'"
         ) from None
     where = directory or native_dir()
+    _check_writable(where)  # before the 40 s of compiling, not after
     paths = [str(source_path(m)) for m in COMPILED]
     deps = dependencies(COMPILED)
     digests = {m: file_hash(source_path(m)) for m in deps}  # before compiling: what we read
@@ -245,8 +247,28 @@ def build(directory: Path | None = None, *, verbose: bool = False) -> Status:
             raise RuntimeError(f"compiling failed: {exc}") from None
         finally:
             os.chdir(cwd)
-        _install_build(work / "lib", where, digests)
+        try:
+            _install_build(work / "lib", where, digests)
+        except OSError as exc:
+            raise _unwritable(where, exc) from None
     return check(where)[0]
+
+
+def _unwritable(where: Path, exc: OSError) -> RuntimeError:
+    return RuntimeError(
+        f"cannot write the build to {where}: {exc}; set SINCERE_NATIVE_DIR to a writable "
+        "folder (set the same way when sincere runs)"
+    )
+
+
+def _check_writable(where: Path) -> None:
+    """Raise the :func:`build` error now if ``where``'s parent cannot take a build."""
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where.parent, prefix=".sincere-native-"):
+            pass
+    except OSError as exc:
+        raise _unwritable(where, exc) from None
 
 
 def _install_build(lib: Path, where: Path, digests: dict[str, str]) -> None:
