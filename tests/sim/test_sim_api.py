@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from sincere import native
 from sincere.cli.app import _register, app
 from sincere.core.errors import ConfigError
 from sincere.sim import SimulationConfig, load_config, simulate
@@ -170,6 +171,9 @@ def test_cli_writes_outputs_and_reports_bad_input(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} == {"requests.parquet", "summary.json", "config.yaml"}
     assert "TTFT" in res.output
+    said = " ".join(res.output.split())  # rich wraps long lines
+    state = native.status().state
+    assert ("compiled modules);" if state == "active" else f"compiled modules {state})") in said
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("instances: []\n")

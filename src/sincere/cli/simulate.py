@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sincere import native
 from sincere.cli.app import app
 from sincere.cli.progress import count_bar
 
@@ -58,9 +59,17 @@ def simulate_command(
         Console().print(summary_table(result.summary))
         console.print(
             f"{result.summary['num_requests']:,} requests in {wall_s:.2f} s wall "
-            f"({result.summary['num_requests'] / wall_s:,.0f} simulated requests/s); "
-            f"outputs in {out}"
+            f"({result.summary['num_requests'] / wall_s:,.0f} simulated requests/s, "
+            f"{_engine_code()}); outputs in {out}"
         )
+
+
+def _engine_code() -> str:
+    """Which engine code ran: the compiled modules or the Python sources (and why)."""
+    state = native.status()
+    if state.state == "active":
+        return "compiled modules"
+    return f"interpreted: compiled modules {state.state}"
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:
