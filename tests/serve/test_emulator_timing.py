@@ -8,9 +8,11 @@ import statistics
 import time
 
 import aiohttp
+import numpy as np
 
-from sincere.serve.emulator import EmulatorServer
+from sincere.serve.emulator import EmulatorServer, _build_live
 from sincere.serve.emulator_config import EmulatorConfig
+from sincere.serve.emulator_metrics import EmulatorMetrics
 
 # Inferno's linear form: 20 ms per decode step, 40 ms per prefill, context-independent
 STEP = {"kind": "inferno", "params": {"alpha_ms": 20, "beta_ms": 0, "gamma_ms": 40, "delta_ms": 0}}
@@ -61,3 +63,35 @@ def test_concurrent_requests_batch_together() -> None:
 
     # batched: one prefill (or two) + 9 shared steps ~ 0.22-0.26 s; serial would be ~0.46 s
     assert asyncio.run(main()) < 0.38
+
+
+def test_an_arrival_never_joins_an_iteration_that_began_before_it() -> None:
+    """A late timer (busy loop) must not let a new request into an earlier iteration.
+
+    The first request's 40 ms prefill is due at once, but the loop is blocked for 150 ms
+    before the second arrives; the engine must first run what has ended by then, so the
+    second is scheduled no earlier than its arrival and its first token comes at least
+    one prefill (40 ms) later.
+    """
+    config = EmulatorConfig.model_validate({"step_model": STEP, "engine": {"num_kv_blocks": 512}})
+
+    async def main() -> tuple[float, float, float, float]:
+        metrics = EmulatorMetrics("llama-3-8b")
+        live = _build_live(config, "e", "llama-3-8b", metrics, np.random.default_rng(0))
+        first = live.submit(8, 20, 20, stream=False)
+        time.sleep(0.15)  # blocks the event loop: the timer fires late
+        second = live.submit(8, 5, 5, stream=False)
+        await asyncio.wait_for(asyncio.gather(first.done, second.done), 5)
+        req, rec = live.requests, live.records
+        i, j = first.ix, second.ix
+        return (
+            float(req.arrival_at[j]),
+            float(rec.first_scheduled_at[j]),
+            float(rec.first_token_at[j]),
+            float(rec.first_token_at[i]),
+        )
+
+    arrival, scheduled, first_token, other_first_token = asyncio.run(main())
+    assert scheduled >= arrival, (arrival, scheduled)
+    assert first_token >= arrival + 0.040 - 1e-9, (arrival, first_token)
+    assert other_first_token < arrival  # the first request's prefill ran before, alone

@@ -12,7 +12,9 @@ Time. The engine clock is ``loop.time() - started_at - paused_s`` (seconds). One
 every iteration that has ended by the *actual* time, one at a time, and the engine
 schedules each next iteration from the previous one's planned end, so timer lateness
 (~1 ms in asyncio) delays a token's delivery but never accumulates. An arrival or an
-abort re-arms the timer. The engine's ``on_tokens`` hook (one call per iteration)
+abort first brings the engine up to the current time (iterations the late timer has not
+run yet are run), so a request never joins an iteration that began before it arrived;
+then it re-arms the timer. The engine's ``on_tokens`` hook (one call per iteration)
 hands each token to its request's queue; a finished request gets its :class:`Outcome` on a future.
 
 Stalls (failure injection) freeze the engine clock for ``stall_s`` from the end of the
@@ -129,6 +131,8 @@ class LiveEngine:
         tier: int = 0,
     ) -> Slot:
         """Add a request; raise :class:`CapacityError` when every slot is taken."""
+        if not self._closed:
+            self._catch_up()  # may free slots of requests that have finished by now
         if not self._free or self._closed:
             raise CapacityError(f"{len(self._slots)} requests in flight")
         i = self._free.pop()
@@ -167,6 +171,9 @@ class LiveEngine:
         """The client left: cancel the request and free its memory (no-op once done)."""
         if slot.freed:
             return
+        self._catch_up()
+        if slot.freed:
+            return  # it finished in an iteration that had already ended
         if self.engine.abort(slot.ix, self.now()):
             self.metrics.aborted.inc()
         self._arm(force=True)
@@ -200,14 +207,25 @@ class LiveEngine:
         self._timer = self._loop.call_at(wall, self._tick)
 
     def _tick(self) -> None:
-        """Run every iteration that has ended by now, one at a time (a stall stops it)."""
+        """The timer: run every iteration that has ended by now, then re-arm."""
         self._timer, self._timer_at = None, math.inf
         if self._closed:
             return
+        self._catch_up()
+        self._arm()
+
+    def _catch_up(self) -> None:
+        """Run every iteration that has ended (or start) due by now, one at a time.
+
+        Called by the timer and before an arrival or an abort touches the engine: the
+        timer can fire late (a busy event loop), and an arrival must not find the engine
+        still at an earlier instant, or it would join an iteration that began before it
+        arrived. A stall drawn on the way stops here.
+        """
         engine = self.engine
         now = self.now()
         at = engine.next_event_at()
-        while at is not None and at <= now:
+        while at is not None and at <= now and self._stalled_since is None:
             for i in engine.advance(at):
                 self._finish(i)
             if self._stall_due:
@@ -218,7 +236,6 @@ class LiveEngine:
             if after is not None and after <= at:
                 break  # nothing advanced; let the timer come back at once
             at = after
-        self._arm()
 
     def _on_tokens(self, end_at: float, positions: list[int]) -> None:
         """One iteration's tokens: hand each to its request."""
