@@ -24,11 +24,10 @@ ServerSimulator = Callable[[Problem, Server, ServerAllocation], tuple[float, flo
 """Measured (mean TTFT ms, mean ITL ms) of ``server`` run as ``allocation``."""
 
 
-@dataclass(frozen=True, slots=True)
-class CrossCheck:
-    """Analyzer against simulator for one server."""
+class PredictedVsMeasured:
+    """Relative errors of a record holding predicted and measured mean TTFT and ITL."""
 
-    server: str
+    __slots__ = ()
     predicted_ttft_ms: float
     measured_ttft_ms: float
     predicted_itl_ms: float
@@ -36,13 +35,24 @@ class CrossCheck:
 
     @property
     def ttft_rel_error(self) -> float:
-        """(predicted − measured) / measured."""
+        """(predicted − measured) / measured: negative where the prediction is optimistic."""
         return (self.predicted_ttft_ms - self.measured_ttft_ms) / self.measured_ttft_ms
 
     @property
     def itl_rel_error(self) -> float:
-        """(predicted − measured) / measured."""
+        """(predicted − measured) / measured: negative where the prediction is optimistic."""
         return (self.predicted_itl_ms - self.measured_itl_ms) / self.measured_itl_ms
+
+
+@dataclass(frozen=True, slots=True)
+class CrossCheck(PredictedVsMeasured):
+    """Analyzer against simulator for one server."""
+
+    server: str
+    predicted_ttft_ms: float
+    measured_ttft_ms: float
+    predicted_itl_ms: float
+    measured_itl_ms: float
 
 
 def cross_check(

@@ -30,7 +30,7 @@ from typing import Any
 
 from sincere.core.errors import ConfigError
 from sincere.optimize.data import ModelPerf, Problem, Server
-from sincere.optimize.hooks import ServerSimulator
+from sincere.optimize.hooks import PredictedVsMeasured, ServerSimulator
 from sincere.optimize.plan import ServerAllocation
 from sincere.optimize.queueing import (
     DEFAULT_QUEUE_FACTOR,
@@ -53,7 +53,7 @@ S_PER_MIN = 60.0
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaCheck:
+class ReplicaCheck(PredictedVsMeasured):
     """Analyzer and simulator for one replica at one arrival rate."""
 
     rate_per_s: float  # λ offered, requests per second
@@ -64,16 +64,6 @@ class ReplicaCheck:
     measured_itl_ms: float  # simulator's mean gap between consecutive tokens
     measured_throughput_rps: float  # simulator's completed requests per second
     num_requests: int  # requests simulated
-
-    @property
-    def ttft_rel_error(self) -> float:
-        """(predicted − measured) / measured: negative where the analyzer is optimistic."""
-        return (self.predicted_ttft_ms - self.measured_ttft_ms) / self.measured_ttft_ms
-
-    @property
-    def itl_rel_error(self) -> float:
-        """(predicted − measured) / measured: negative where the analyzer is optimistic."""
-        return (self.predicted_itl_ms - self.measured_itl_ms) / self.measured_itl_ms
 
 
 def _step_and_budget(params: ModelParams, in_tokens: int, max_batch: int) -> tuple[Any, int]:
