@@ -7,12 +7,17 @@ case costs nothing); with several, the router picks from read-only
 router declines, the request is rejected with a reason. A router's new
 ``max_tokens`` (a budget cap) is written to the run's ``max_tokens`` array, which
 the engines read.
+
+Views are cached per instance: an engine's load only changes when the event loop adds
+a request to it, advances it or drains it, and the loop says so (:meth:`Cluster.touched`),
+so between two of those the router gets the same snapshot object again instead of a new
+one (with many instances most do not change between two arrivals).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +64,7 @@ class Cluster:
             [e for e, info in enumerate(infos) if model in info.models] for model in requests.models
         ]
         self._routed: set[int] = set()  # requests the router chose for (it observes them)
+        self._views: list[InstanceView | None] = [None] * len(self.engines)  # None: stale
         if router is not None and len(self.engines) > 1:
             for engine in self.engines:  # routers read loads between any two iterations
                 if hasattr(engine, "max_prefill_run"):
@@ -99,16 +105,37 @@ class Cluster:
         self._routed.add(i)
         return by_id[decision.instance]
 
+    def touched(self, e: int) -> None:
+        """Engine ``e`` (or its outstanding count) may have changed: rebuild its view."""
+        self._views[e] = None
+
     def _view(self, e: int) -> InstanceView:
+        view = self._views[e]
+        if view is None:
+            view = self._views[e] = self._fresh_view(e)
+        return view
+
+    def _fresh_view(self, e: int) -> InstanceView:
         load = self.engines[e].load()
-        return replace(
-            self.infos[e].view,
+        v = self.infos[e].view  # the static part
+        return InstanceView(
+            v.id,
+            v.model,
+            v.accelerator,
+            v.precision,
             num_running=load.num_running,
             num_waiting=load.num_waiting,
             num_outstanding=self.outstanding[e],
             waiting_prefill_tokens=load.waiting_prefill_tokens,
             running_remaining_tokens=load.running_remaining_tokens,
+            running_ctx_tokens=v.running_ctx_tokens,
             kv_usage=load.kv_usage,
+            max_num_seqs=v.max_num_seqs,
+            price_in_per_token_usd=v.price_in_per_token_usd,
+            price_out_per_token_usd=v.price_out_per_token_usd,
+            quality=v.quality,
+            healthy=v.healthy,
+            step_model=v.step_model,
         )
 
     def finished(self, i: int) -> None:

@@ -157,11 +157,13 @@ class _Loop:
             return
         self.cluster.outstanding[e] += 1
         self.cluster.engines[e].add(i, at)
+        self.cluster.touched(e)
         self._reschedule(e)
 
     def _advance(self, e: int, at: float) -> None:
         self.wake[e] = None
         done = self.cluster.engines[e].advance(at)
+        self.cluster.touched(e)
         if done:
             self.in_system -= len(done)
             self.cluster.outstanding[e] -= len(done)
@@ -183,6 +185,7 @@ class _Loop:
             drain = getattr(engine, "drain", None)
             if drain is not None:
                 drain(self.last_at)
+                self.cluster.touched(e)
                 self._reschedule(e)
         return len(self.queue) > 0
 
