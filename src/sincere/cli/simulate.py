@@ -25,7 +25,8 @@ _HELP = (
     "Units: times in seconds (`*_s`), rates in requests/s, lengths in tokens, prices in USD.\n\n"
     "Writes into --out: requests.parquet (one row per request, times in seconds since the "
     "start), summary.json (latency percentiles, throughput, SLO attainment, goodput, "
-    "utilization, cost) and config.yaml (the resolved config; rerun it to repeat the run)."
+    "utilization, cost) and config.yaml (the resolved config; rerun it to repeat the run); "
+    "with --plot also simulation.png."
 )
 
 
@@ -37,6 +38,14 @@ def simulate_command(
         int | None, typer.Option("--seed", help="Override the config's seed (integer).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
+    plot: Annotated[
+        bool,
+        typer.Option(
+            "--plot",
+            help="Also write simulation.png: TTFT / E2E CDFs per tier, requests in the "
+            "system and waiting over time, TTFT by arrival time.",
+        ),
+    ] = False,
 ) -> None:
     """Run one simulation and write its outputs."""
     from sincere.sim.api import simulate
@@ -55,6 +64,8 @@ def simulate_command(
             result = simulate(config, seed=seed, progress=report)
     result.write(out)
     wall_s = time.perf_counter() - started
+    if plot:
+        result.plot(out / "simulation.png", title=config.stem)
     if not quiet:
         Console().print(summary_table(result.summary))
         console.print(

@@ -3,6 +3,7 @@
 >>> result = simulate("examples/w1.yaml", seed=1)        # doctest: +SKIP
 >>> result.summary["ttft_s"]["p99"], result.requests.num_rows  # doctest: +SKIP
 >>> result.write("out/")                                 # doctest: +SKIP
+>>> result.plot("out/simulation.png")                    # doctest: +SKIP
 
 ``result.requests`` (a pyarrow Table, one row per request) and ``result.summary``
 (a dict) are exactly what ``requests.parquet`` and ``summary.json`` hold;
@@ -48,6 +49,12 @@ class SimulationResult:
         if self._table is None:
             self._table = to_table(self.requests_in, self.records)
         return self._table
+
+    def plot(self, path: str | Path, title: str = "simulation") -> Path:
+        """Write the run's figure (latency CDFs per tier, load and TTFT over time)."""
+        from sincere.sim.plots import plot_run
+
+        return plot_run(self.requests_in, self.records, path, title)
 
     def write(self, out_dir: str | Path) -> Path:
         """Write requests.parquet, summary.json and config.yaml into ``out_dir``."""
