@@ -58,10 +58,11 @@ async def _handle(request: web.Request, server: FakeServer, kind: str) -> web.St
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     await asyncio.sleep(TTFT_S)
-    for k in range(n):
+    per_chunk = 2 if body["model"] == "coalesce" else 1  # "coalesce": two tokens a chunk
+    for k in range(0, n, per_chunk):
         if k:
-            await asyncio.sleep(ITL_S)
-        await resp.write(_chunk(kind, "tok "))
+            await asyncio.sleep(ITL_S * per_chunk)
+        await resp.write(_chunk(kind, "tok " * min(per_chunk, n - k)))
     await resp.write(_chunk(kind, "", usage))
     await resp.write(b"data: [DONE]\n\n")
     return resp

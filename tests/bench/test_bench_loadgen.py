@@ -140,3 +140,13 @@ def test_concurrency_limit_queues_client_side(fake_server: FakeServer) -> None:
     first_done = result.requests.column("finished_at").to_numpy()[0]
     assert sent[1] >= first_done - 1e-3
     assert result.summary["num_completed"] == 2
+
+
+def test_coalesced_streams_are_counted(fake_server: FakeServer) -> None:
+    """A server that sends two tokens per chunk is flagged; one that does not, is not."""
+    outputs = [6, 4, 5]
+    coalesced = run_bench(fake_server.url, _requests([0.0, 0.01, 0.02], outputs, "coalesce"))
+    assert coalesced.summary["client"]["num_coalesced_streams"] == 3
+    assert coalesced.requests.column("output_tokens").to_pylist() == outputs  # from usage
+    plain = run_bench(fake_server.url, _requests([0.0, 0.01], [6, 4]))
+    assert plain.summary["client"]["num_coalesced_streams"] == 0

@@ -44,6 +44,16 @@ class CallTiming:
         """Tokens generated: the server's usage count, else the text chunks seen."""
         return self.usage_tokens if self.usage_tokens is not None else len(self.chunk_at)
 
+    @property
+    def coalesced(self) -> bool:
+        """A stream whose server reported more tokens than it sent text chunks.
+
+        Some chunk then carried several tokens (a server that batches its writes when
+        it falls behind), so the first-token time and the gaps seen here are later and
+        fewer than the engine's.
+        """
+        return bool(self.chunk_at) and (self.usage_tokens or 0) > len(self.chunk_at)
+
 
 def _text_of(choice: dict[str, Any]) -> str:
     delta = choice.get("delta")

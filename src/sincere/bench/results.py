@@ -147,8 +147,10 @@ def client_section(
     dispatched_at: FloatArray,
     sent_at: FloatArray,
     late_after_s: float,
+    num_coalesced: int = 0,
 ) -> dict[str, Any]:
-    """How well the generator kept its schedule, and why requests were rejected."""
+    """How well the generator kept its schedule, why requests were rejected, and how many
+    streams came coalesced (several tokens in one chunk: client TTFT / ITL unreliable)."""
     lateness = dispatched_at - requests.arrival_at
     finite = lateness[np.isfinite(lateness)]
     worst = float(finite.max()) if len(finite) else None
@@ -161,4 +163,5 @@ def client_section(
         "late_after_s": late_after_s,
         "num_late": int((finite > late_after_s).sum()),
         "reject_reasons": dict(sorted(reasons.items())),
+        "num_coalesced_streams": num_coalesced,
     }

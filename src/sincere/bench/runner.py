@@ -201,7 +201,10 @@ def _result(run: _Run, unfinished: str, duration_s: float) -> BenchResult:
     records = build_records(requests, run.timings, run.reasons(unfinished))
     sent_at = np.array([t.sent_at for t in run.timings])
     itl = itl_table(run.timings)
-    client = client_section(requests, records, run.dispatched_at, sent_at, options.late_after_s)
+    coalesced = sum(t.coalesced for t in run.timings)
+    client = client_section(
+        requests, records, run.dispatched_at, sent_at, options.late_after_s, coalesced
+    )
     settings = {"url": run.url, **asdict(options), "num_requests": len(requests)}
     client = {**settings, **client}
     summary = bench_summary(requests, records, itl, duration_s, client)

@@ -171,3 +171,9 @@ def _run_and_report(
             f"({client['num_late']} requests later than {client['late_after_s']} s): "
             "latencies include client-side delay; lower the rate or use a faster client."
         )
+    if client["num_coalesced_streams"]:
+        console.print(
+            f"[yellow]warning:[/yellow] {client['num_coalesced_streams']} streams carried "
+            "several tokens in one chunk (the server reported more tokens than chunks): "
+            "their TTFT and ITL as seen here are later and fewer than the engine's."
+        )
