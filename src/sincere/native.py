@@ -1,7 +1,8 @@
 """Compiled versions of the simulator's hot modules (optional; same source, same results).
 
 The modules in :data:`COMPILED` (the continuous engine, its KV and queue helpers, the
-roofline step model and the event loop) are plain, fully typed Python. ``build()`` compiles
+roofline step model, Niyama's next-token deadlines and the event loop) are plain, fully
+typed Python. ``build()`` compiles
 them with mypyc into C extensions, about 1.7x faster on the reference workload; nothing
 else changes: the compiled code is the Python source translated, so a run gives identical
 results either way (the tests compare the output files of both).
@@ -52,6 +53,7 @@ COMPILED: tuple[str, ...] = (
     "sincere.engine.waiting",
     "sincere.perf.roofline",
     "sincere.perf.series",
+    "sincere.policy.schedulers.deadlines",
     "sincere.sim.runner",
 )
 """The modules compiled, as one group (they call each other natively)."""
