@@ -215,7 +215,7 @@ class LiveEngine:
         self._arm()
 
     def _catch_up(self) -> None:
-        """Run every iteration that has ended (or start) due by now, one at a time.
+        """Run every piece of engine work due by now, one iteration at a time.
 
         Called by the timer and before an arrival or an abort touches the engine: the
         timer can fire late (a busy event loop), and an arrival must not find the engine

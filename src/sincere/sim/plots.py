@@ -34,8 +34,8 @@ MAX_INSTANCE_COLOURS = 10
 class Occupancy:
     """Requests in the system and waiting, as step functions of time.
 
-    ``counts[k]`` holds on ``[times[k], times[k + 1])``; the last value holds after the
-    last event (0 when every request has left).
+    ``in_system[k]`` and ``waiting[k]`` hold on ``[times[k], times[k + 1])``; the last
+    values hold after the last event (0 when every request has left).
     """
 
     times: FloatArray
@@ -153,7 +153,7 @@ def _plot_ttft_over_time(
     ax.grid(alpha=0.3, which="both")
     if len(ok) == 0:
         return
-    sample = ok if len(ok) <= MAX_POINTS else np.sort(ok[:: -(-len(ok) // MAX_POINTS)])
+    sample = ok if len(ok) <= MAX_POINTS else ok[:: -(-len(ok) // MAX_POINTS)]  # every k-th
     arrival = requests.arrival_at
     instance = records.instance[sample]
     names = records.instances
