@@ -33,7 +33,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SINCERE = Path(sys.executable).with_name("sincere")
-VIDUR_RPS = 670.0  # Vidur's whole-process speed on W1 (10k requests), from the issue
+VIDUR_RPS = 670.0  # Vidur on W1 (10k requests), whole process, plots and traces off, 2 cores
 
 
 def run_once(config: Path, out: Path, compiled: bool) -> tuple[float, float]:
