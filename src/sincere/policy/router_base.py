@@ -71,7 +71,8 @@ class Router(ABC):
 
     Every router is built as ``cls(rng=generator, **params)``; subclasses declare
     their params as typed keyword arguments, validate them, and call
-    ``super().__init__(rng)``.
+    ``super().__init__(rng)``. A subclass implements :meth:`choose`, which only sees
+    healthy instances; :meth:`route` is what callers use.
     """
 
     def __init__(self, rng: np.random.Generator, **params: object) -> None:
@@ -83,11 +84,24 @@ class Router(ABC):
             )
         self.rng = rng
 
-    @abstractmethod
     def route(
         self, request: Request, instances: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
-        """Pick one of ``instances`` (all serve a compatible model) for ``request``."""
+        """Pick one of ``instances`` (all serve a compatible model) for ``request``.
+
+        Unhealthy instances are never chosen; with none healthy the request is rejected
+        (:func:`no_instance`). Otherwise :meth:`choose` decides among the healthy ones.
+        """
+        candidates = healthy(instances)
+        if not candidates:
+            return no_instance(instances)
+        return self.choose(request, candidates, now)
+
+    @abstractmethod
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """Pick one of ``candidates`` (healthy, non-empty, in the given order)."""
 
     def observe(self, outcome: Outcome) -> None:  # noqa: B027 (optional hook)
         """Learn from a finished request. Default: nothing."""

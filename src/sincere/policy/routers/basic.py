@@ -30,8 +30,6 @@ from sincere.policy.router_base import (
     InstanceView,
     RouteDecision,
     Router,
-    healthy,
-    no_instance,
 )
 from sincere.policy.routers._common import LOAD_METRICS, check_choice, check_int
 
@@ -40,14 +38,13 @@ from sincere.policy.routers._common import LOAD_METRICS, check_choice, check_int
 class RandomRouter(Router):
     """Uniformly random healthy instance."""
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """A healthy instance drawn uniformly from the router's generator."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        return RouteDecision(ok[int(self.rng.integers(len(ok)))].id, reason="random")
+        return RouteDecision(
+            candidates[int(self.rng.integers(len(candidates)))].id, reason="random"
+        )
 
 
 @ROUTERS.register("round-robin")
@@ -58,15 +55,12 @@ class RoundRobinRouter(Router):
         super().__init__(rng)
         self._next = 0
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The next healthy instance after the previous choice (by position)."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        choice = ok[self._next % len(ok)]
-        self._next = (self._next + 1) % len(ok)
+        choice = candidates[self._next % len(candidates)]
+        self._next = (self._next + 1) % len(candidates)
         return RouteDecision(choice.id, reason="round-robin")
 
 
@@ -74,14 +68,11 @@ class RoundRobinRouter(Router):
 class LeastOutstandingRouter(Router):
     """Fewest outstanding requests; first in order on ties."""
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The healthy instance with the smallest ``num_outstanding``."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        best = min(ok, key=lambda v: v.num_outstanding)
+        best = min(candidates, key=lambda v: v.num_outstanding)
         return RouteDecision(best.id, reason=f"outstanding={best.num_outstanding}")
 
 
@@ -94,14 +85,11 @@ class JoinShortestQueueRouter(Router):
         self.metric = check_choice("join-shortest-queue", "metric", metric, ("requests", "tokens"))
         self._load = LOAD_METRICS[self.metric]
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The healthy instance with the least queued work; first in order on ties."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        best = min(ok, key=self._load)
+        best = min(candidates, key=self._load)
         return RouteDecision(best.id, reason=f"{self.metric}={self._load(best):g}")
 
 
@@ -117,15 +105,12 @@ class PowerOfTwoRouter(Router):
         self.num_choices = check_int("power-of-two", "num_choices", num_choices, low=1)
         self._load = LOAD_METRICS[self.metric]
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """Sample distinct candidates, keep the less loaded (the first sampled on ties)."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        k = min(self.num_choices, len(ok))
-        best = min((ok[i] for i in self._sample(len(ok), k)), key=self._load)
+        k = min(self.num_choices, len(candidates))
+        best = min((candidates[i] for i in self._sample(len(candidates), k)), key=self._load)
         return RouteDecision(best.id, reason=f"{self.metric}={self._load(best):g} of {k}")
 
     def _sample(self, n: int, k: int) -> list[int]:

@@ -44,8 +44,6 @@ from sincere.policy.router_base import (
     Outcome,
     RouteDecision,
     Router,
-    healthy,
-    no_instance,
     utilisation,
 )
 from sincere.policy.routers._common import (
@@ -173,16 +171,13 @@ class CostOptimalRouter(Router):
             resolve_length(length_predictor), resolve_latency(latency_predictor), error
         )
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The best-scoring instance among those likely to meet the SLO."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        options = self._options(request, ok, now)
+        options = self._options(request, candidates, now)
         if not options:
-            return over_budget(request, len(ok))
+            return over_budget(request, len(candidates))
         likely = [o for o in options if o.prob >= self.min_slo_prob]
         if likely:
             scores = self._scores(likely)

@@ -32,8 +32,6 @@ from sincere.policy.router_base import (
     Outcome,
     RouteDecision,
     Router,
-    healthy,
-    no_instance,
 )
 from sincere.policy.routers._common import check_choice
 from sincere.policy.routers._estimates import (
@@ -65,16 +63,13 @@ class LatencyOptimalRouter(Router):
             resolve_length(length_predictor), resolve_latency(latency_predictor), LognormalError()
         )
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The healthy instance predicted fastest; unexplored instances first."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
         expected = self.estimator.length.predict(request)
         options = []
-        for view in ok:
+        for view in candidates:
             ctx = context_of(request, view, expected, now)
             options.append((view, ctx, self.estimator.estimate(view, ctx)))
         unknown = [o for o in options if o[2] is None]

@@ -28,8 +28,6 @@ from sincere.policy.router_base import (
     Outcome,
     RouteDecision,
     Router,
-    healthy,
-    no_instance,
 )
 from sincere.policy.routers._common import budget_max_tokens, capped_tokens, request_price
 from sincere.policy.routers._estimates import resolve_length
@@ -72,16 +70,13 @@ class PriceOptimalRouter(Router):
         super().__init__(rng)
         self.length = resolve_length(length_predictor)
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The cheapest affordable healthy instance, or a rejection."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        options = affordable(request, ok, self.length.predict(request))
+        options = affordable(request, candidates, self.length.predict(request))
         if not options:
-            return over_budget(request, len(ok))
+            return over_budget(request, len(candidates))
         view, price, cap = min(options, key=lambda o: (o[1], o[0].num_outstanding))
         return RouteDecision(
             view.id, max_tokens=capped_tokens(request, cap), reason=f"price=${price:.6g}"

@@ -22,8 +22,6 @@ from sincere.policy.router_base import (
     InstanceView,
     RouteDecision,
     Router,
-    healthy,
-    no_instance,
 )
 from sincere.policy.routers._common import LOAD_METRICS, check_choice, check_number
 
@@ -40,13 +38,10 @@ class RelevanceOptimalRouter(Router):
         self.metric = check_choice("relevance-optimal", "metric", metric, sorted(LOAD_METRICS))
         self._load = LOAD_METRICS[self.metric]
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The least loaded of the healthy instances with (near-)best quality."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        top = max(v.quality for v in ok) - self.tolerance
-        best = min((v for v in ok if v.quality >= top), key=self._load)
+        top = max(v.quality for v in candidates) - self.tolerance
+        best = min((v for v in candidates if v.quality >= top), key=self._load)
         return RouteDecision(best.id, reason=f"quality={best.quality:g}")

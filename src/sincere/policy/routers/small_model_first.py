@@ -30,8 +30,6 @@ from sincere.policy.router_base import (
     InstanceView,
     RouteDecision,
     Router,
-    healthy,
-    no_instance,
 )
 from sincere.policy.routers._common import check_int, check_number
 
@@ -101,14 +99,11 @@ class SmallModelFirstRouter(Router):
             )
         return self.model_sizes[model], price_size(group)[1]
 
-    def route(
-        self, request: Request, instances: Sequence[InstanceView], now: Seconds
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """Next instance, round-robin, of the smallest or (hard request) largest model."""
-        ok = healthy(instances)
-        if not ok:
-            return no_instance(instances)
-        groups = group_by_model(ok)
+        groups = group_by_model(candidates)
         hard = self.is_hard(request)
         pick = max if hard else min
         model = pick(groups, key=lambda m: self._size(m, groups[m]))
