@@ -56,7 +56,7 @@ from sincere.engine.base import EngineLoad, EngineStats
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv import DecodeBlocks, blocks_for
 from sincere.engine.waiting import WaitQueue
-from sincere.perf.base import Batch, StepTimeModel
+from sincere.perf.base import StepTimeModel
 from sincere.policy.schedulers.base import IterationPlan, IterationScheduler
 
 
@@ -170,8 +170,7 @@ class ContinuousEngine:
         self.records = records
         self.instance_ix = instance_ix
         self.step_model = step_model
-        fast = getattr(step_model, "iteration_s_fast", None)
-        self._iteration_s: IterationTime = fast if fast is not None else self._iteration_via_batch
+        self._iteration_s: IterationTime = step_model.iteration_s_fast
         self.scheduler = scheduler
         self._observes = type(scheduler).observe is not IterationScheduler.observe
         self._view_only = scheduler.plan_is_view_only()
@@ -692,12 +691,6 @@ class ContinuousEngine:
         tokens = steps * left
         chunk = ((i, tokens),)
         return _Run(now, end, steps, n, ctx, chunk, first, 0.0, tokens, tuple(durations))
-
-    def _iteration_via_batch(
-        self, n_pre: int, pre_tok: int, pre_ctx: int, pairs: float, n_dec: int, dec_ctx: int
-    ) -> Seconds:
-        """Iteration time from a step model without ``iteration_s_fast``."""
-        return self.step_model.iteration_s(Batch(n_pre, pre_tok, pre_ctx, pairs, n_dec, dec_ctx))
 
     def _start_decode_run(self, now: Seconds) -> None:
         n = self._dec.num_seqs

@@ -7,6 +7,10 @@ linear forms, measured profiles) but answer the same questions:
 
 * ``iteration_s(batch)`` -- one continuous-batching iteration, described by the
   aggregate :class:`Batch` (sums over its sequences, so the call is O(1));
+* ``iteration_s_fast(...)`` -- the same with the six :class:`Batch` fields as
+  arguments, no object built (the engines' and routers' hot path);
+  :class:`StepTimeBase` provides it by building the batch, and models with a scalar
+  form override it;
 * ``decode_steps_s(n, ctx, k)`` -- ``k`` consecutive decode-only iterations of the
   same ``n`` sequences, the context growing by ``n`` tokens per step; the simulator
   uses it to jump over runs of identical iterations in closed form;
@@ -104,6 +108,18 @@ class StepTimeModel(Protocol):
 
     def iteration_s(self, batch: Batch) -> Seconds:
         """Duration of one iteration computing ``batch``."""
+        ...
+
+    def iteration_s_fast(
+        self,
+        num_prefill_seqs: int,
+        prefill_tokens: int,
+        prefill_ctx_tokens: int,
+        prefill_attn_pairs: float,
+        num_decode_seqs: int,
+        decode_ctx_tokens: int,
+    ) -> Seconds:
+        """:meth:`iteration_s` of the :class:`Batch` with these fields (the hot path)."""
         ...
 
     def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> Seconds:

@@ -34,7 +34,7 @@ import numpy as np
 from sincere.core.errors import ConfigError
 from sincere.core.registry import Registry
 from sincere.core.types import InstanceId, Seconds
-from sincere.perf.base import Batch, StepTimeModel
+from sincere.perf.base import StepTimeModel
 
 
 class RouteContext(NamedTuple):
@@ -106,18 +106,9 @@ def step_model_latency(model: StepTimeModel, ctx: RouteContext) -> LatencyEstima
     p, w, n_wait = ctx.prompt_tokens, ctx.waiting_prefill_tokens, ctx.num_waiting
     mean_w = w / n_wait if n_wait else 0.0
     pairs = n_wait * mean_w * (mean_w + 1) / 2 + p * (p + 1) / 2
-    fast = getattr(model, "iteration_s_fast", None)  # same time without building a Batch
-    if fast is not None:
-        prefill_s = fast(n_wait + 1, w + p, 0, pairs, ctx.num_running, ctx.running_ctx_tokens)
-    else:
-        prefill = Batch(
-            num_prefill_seqs=n_wait + 1,
-            prefill_tokens=w + p,
-            prefill_attn_pairs=pairs,
-            num_decode_seqs=ctx.num_running,
-            decode_ctx_tokens=ctx.running_ctx_tokens,
-        )
-        prefill_s = model.iteration_s(prefill)
+    prefill_s = model.iteration_s_fast(
+        n_wait + 1, w + p, 0, pairs, ctx.num_running, ctx.running_ctx_tokens
+    )
     num_ahead = ctx.num_running + n_wait
     total_ctx = ctx.running_ctx_tokens + w + p
     ttft = _slot_wait_s(model, ctx, num_ahead, total_ctx) + prefill_s
