@@ -43,12 +43,7 @@ def _write_manifest(where: Path, **changes: Any) -> None:
     files = {m: f"{m}{suffix}" for m in (*native.COMPILED, f"{native.GROUP}__mypyc")}
     for file in files.values():
         (where / file).write_bytes(b"")
-    deps = native.dependencies(native.COMPILED)
-    manifest = {
-        "ext_suffix": suffix,
-        "files": files,
-        "sources": {m: native.file_hash(native.source_path(m)) for m in deps},
-    }
+    manifest = {"ext_suffix": suffix, "files": files, "sources": native.source_digests()}
     manifest.update(changes)
     (where / native.MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
 
@@ -63,8 +58,7 @@ def test_a_current_manifest_is_used(tmp_path: Path) -> None:
 
 def test_a_changed_source_makes_the_build_stale(tmp_path: Path) -> None:
     """One differing digest (here the engine's) and nothing compiled is loaded."""
-    deps = native.dependencies(native.COMPILED)
-    sources = {m: native.file_hash(native.source_path(m)) for m in deps}
+    sources = native.source_digests()
     sources["sincere.engine.continuous"] = "0" * 64
     _write_manifest(tmp_path, sources=sources)
     status, files = native.check(tmp_path)

@@ -11,10 +11,11 @@ Where they live. Not beside the sources (an extension there would shadow the ``.
 after the source changes) but in ``<sys.prefix>/sincere-native`` (``SINCERE_NATIVE_DIR``
 overrides), with a manifest of the SHA-256 of every source file they were compiled from
 (the compiled modules and every ``sincere`` module they import, transitively).
-``sincere/__init__`` installs a finder that loads the compiled modules only if all those
-files are unchanged and the interpreter's extension suffix matches; otherwise Python
-imports the sources as usual. It is all or nothing: compiled modules call each other's
-classes directly, so a mix of compiled and interpreted ones is never loaded.
+``sincere/__init__`` installs a finder that, when the first of them is imported, loads the
+compiled modules only if all those files are unchanged and the interpreter's extension
+suffix matches; otherwise Python imports the sources as usual. It is all or nothing:
+compiled modules call each other's classes directly, so a mix of compiled and interpreted
+ones is never loaded.
 
 ``SINCERE_NATIVE=0`` turns the compiled modules off. From the shell::
 
@@ -124,7 +125,6 @@ class Status:
     state: str  # "active", "stale", "not built", "disabled"
     reason: str
     directory: Path
-    modules: tuple[str, ...] = ()
 
     def line(self) -> str:
         """One line for people."""
@@ -157,14 +157,25 @@ def check(directory: Path | None = None) -> tuple[Status, dict[str, Path]]:
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         return Status("stale", f"missing {missing[0]}", where), {}
-    return Status("active", "sources unchanged since the build", where, tuple(COMPILED)), files
+    return Status("active", "sources unchanged since the build", where), files
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Imports the compiled modules from the build folder; declines everything else."""
+    """Imports the compiled modules from the build folder; declines everything else.
 
-    def __init__(self, files: dict[str, Path]) -> None:
-        self.files = files
+    The build is checked (sources hashed) when the first compiled module is imported,
+    not when ``sincere`` is: a process that never imports the engine pays nothing.
+    """
+
+    def __init__(self) -> None:
+        self._names = {*COMPILED, f"{GROUP}__mypyc"}
+        self._decided: tuple[Status, dict[str, Path]] | None = None
+
+    def decide(self) -> Status:
+        """Check the build once; later calls return the same answer."""
+        if self._decided is None:
+            self._decided = check()
+        return self._decided[0]
 
     def find_spec(
         self,
@@ -172,35 +183,45 @@ class _Finder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> ModuleSpec | None:
-        file = self.files.get(fullname)
+        if fullname not in self._names:
+            return None
+        self.decide()
+        assert self._decided is not None
+        file = self._decided[1].get(fullname)
         if file is None:
             return None
         loader = importlib.machinery.ExtensionFileLoader(fullname, str(file))
         return importlib.util.spec_from_file_location(fullname, file, loader=loader)
 
 
-_installed: Status | None = None
+_finder: _Finder | None = None
+_refused: Status | None = None  # why no finder was installed
 
 
-def install() -> Status:
-    """Put the finder in front of the import system if a current build exists (once)."""
-    global _installed
-    if _installed is not None:
-        return _installed
-    status, files = check()
+def install() -> None:
+    """Put the finder in front of the import system (once); it decides on first need."""
+    global _finder, _refused
+    if _finder is not None or _refused is not None:
+        return
     already = [m for m in COMPILED if m in sys.modules]
-    if files and already:  # too late to swap: stay interpreted rather than mix
-        status = Status("stale", f"{already[0]} was imported before the finder", status.directory)
-        files = {}
-    if files:
-        sys.meta_path.insert(0, _Finder(files))
-    _installed = status
-    return status
+    if already:  # too late to swap: stay interpreted rather than mix
+        reason = f"{already[0]} was imported before the finder"
+        _refused = Status("stale", reason, native_dir())
+        return
+    _finder = _Finder()
+    sys.meta_path.insert(0, _finder)
 
 
 def status() -> Status:
-    """What :func:`install` decided in this process (checks now if it did not run)."""
-    return _installed if _installed is not None else check()[0]
+    """Whether this process uses the compiled modules (checking now if nothing asked yet)."""
+    if _refused is not None:
+        return _refused
+    return _finder.decide() if _finder is not None else check()[0]
+
+
+def source_digests() -> dict[str, str]:
+    """SHA-256 of every source a build depends on (:func:`dependencies` of COMPILED)."""
+    return {m: file_hash(source_path(m)) for m in dependencies(COMPILED)}
 
 
 def build(directory: Path | None = None, *, verbose: bool = False) -> Status:
@@ -221,8 +242,7 @@ def build(directory: Path | None = None, *, verbose: bool = False) -> Status:
     where = directory or native_dir()
     _check_writable(where)  # before the 40 s of compiling, not after
     paths = [str(source_path(m)) for m in COMPILED]
-    deps = dependencies(COMPILED)
-    digests = {m: file_hash(source_path(m)) for m in deps}  # before compiling: what we read
+    digests = source_digests()  # before compiling: what mypyc reads
     with tempfile.TemporaryDirectory(prefix="sincere-native-") as tmp:
         work = Path(tmp)
         cwd = Path.cwd()
