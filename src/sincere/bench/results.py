@@ -28,11 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sincere.bench.client import CallTiming
-from sincere.core.errors import ConfigError
 from sincere.core.jsonsafe import dumps
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays
 from sincere.engine.gaps import GapHistogram
+from sincere.sim.api import output_folder, write_requests
 from sincere.sim.metrics import describe, summarize
 
 FloatArray = npt.NDArray[np.float64]
@@ -63,12 +63,8 @@ class BenchResult:
 
     def write(self, out_dir: str | Path) -> Path:
         """Write requests.parquet, itl.parquet, summary.json and bench.json into ``out_dir``."""
-        out = Path(out_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
-        pq.write_table(self.requests, out / "requests.parquet")
+        out = output_folder(out_dir)
+        write_requests(self.requests, out / "requests.parquet")
         pq.write_table(self.itl, out / "itl.parquet")
         for name, data in (("summary.json", self.summary), ("bench.json", self.settings)):
             (out / name).write_text(dumps(data), encoding="utf-8")

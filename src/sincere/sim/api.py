@@ -58,15 +58,21 @@ class SimulationResult:
 
     def write(self, out_dir: str | Path) -> Path:
         """Write requests.parquet, summary.json and config.yaml into ``out_dir``."""
-        out = Path(out_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
+        out = output_folder(out_dir)
         write_requests(self.requests, out / "requests.parquet")
         (out / "summary.json").write_text(dumps(self.summary), encoding="utf-8")
         (out / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         return out
+
+
+def output_folder(out_dir: str | Path) -> Path:
+    """``out_dir``, created if needed; a folder that cannot be made is a ConfigError."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
+    return out
 
 
 def write_requests(table: pa.Table, path: Path) -> None:
