@@ -333,15 +333,62 @@ class Roofline(StepTimeBase):
         num_decode_seqs: int,
         decode_ctx_tokens: int,
     ) -> Seconds:
-        """:meth:`iteration_s` of the batch with these fields, without building it."""
+        """:meth:`iteration_s` of the batch with these fields, without building it.
+
+        The engines' hot path: without PP the kernels are summed inline (the same
+        formulas as :meth:`_prefill_attn_s` / :meth:`_decode_attn_s`, which
+        :meth:`parts` uses; the tests hold the two equal).
+        """
         c = self._coef
         tokens = prefill_tokens + num_decode_seqs
         if tokens == 0:
             return 0.0
         seqs = num_prefill_seqs + num_decode_seqs
-        num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, seqs))
+        if c.pp != 1:
+            return self._pipelined_s(
+                num_prefill_seqs,
+                prefill_tokens,
+                prefill_ctx_tokens,
+                prefill_attn_pairs,
+                num_decode_seqs,
+                decode_ctx_tokens,
+            )
+        linear = self._linear_memo.get(tokens)
+        if linear is None:
+            linear = self.linear_layer_s(tokens)
+        head = self._head_memo.get(seqs)
+        if head is None:
+            head = self.lm_head_s(seqs)
+        layer = linear + c.comm_fixed_s + c.comm_token_s * tokens
+        if num_prefill_seqs > 0:
+            ctx_pairs = prefill_tokens * prefill_ctx_tokens / num_prefill_seqs
+            if ctx_pairs > prefill_attn_pairs:
+                ctx_pairs = prefill_attn_pairs
+            compute = c.pair_s * (ctx_pairs + c.diag * (prefill_attn_pairs - ctx_pairs))
+            memory = c.kv_token_s * (prefill_tokens + prefill_ctx_tokens)
+            layer += c.attn_kernel_s + (compute if compute > memory else memory)
+        if num_decode_seqs > 0:
+            compute = c.pair_s * decode_ctx_tokens
+            memory = c.kv_token_s * (decode_ctx_tokens + num_decode_seqs)
+            layer += c.attn_kernel_s + (compute if compute > memory else memory)
+        return c.cpu_s + c.cpu_seq_s * seqs + c.layers * layer + head
+
+    def _pipelined_s(
+        self,
+        num_prefill_seqs: int,
+        prefill_tokens: int,
+        prefill_ctx_tokens: int,
+        prefill_attn_pairs: float,
+        num_decode_seqs: int,
+        decode_ctx_tokens: int,
+    ) -> Seconds:
+        """The iteration under PP: ``(m + pp - 1)`` stage times of one micro-batch."""
+        c = self._coef
+        tokens = prefill_tokens + num_decode_seqs
+        seqs = num_prefill_seqs + num_decode_seqs
+        num_mb = max(1, min(c.pp_microbatches, seqs))
         share = 1.0 / num_mb
-        mb_tokens = tokens if num_mb == 1 else math.ceil(tokens * share)
+        mb_tokens = math.ceil(tokens * share)
         attn = 0.0
         if num_prefill_seqs > 0:
             attn += self._prefill_attn_s(
@@ -350,12 +397,9 @@ class Roofline(StepTimeBase):
         if num_decode_seqs > 0:
             attn += self._decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
         layer = self.linear_layer_s(mb_tokens) + attn + c.comm_fixed_s + c.comm_token_s * mb_tokens
-        stage = c.layers * layer + self.lm_head_s(seqs if num_mb == 1 else math.ceil(seqs * share))
-        cpu = c.cpu_s + c.cpu_seq_s * seqs
-        if num_mb == 1 and c.pp == 1:
-            return cpu + stage
+        stage = c.layers * layer + self.lm_head_s(math.ceil(seqs * share))
         p2p = c.p2p_fixed_s + c.p2p_token_s * mb_tokens
-        return cpu + (num_mb + c.pp - 1.0) * (stage + p2p)
+        return c.cpu_s + c.cpu_seq_s * seqs + (num_mb + c.pp - 1.0) * (stage + p2p)
 
     def iteration_s(self, batch: Batch) -> Seconds:
         """Duration of one iteration: see the module docstring."""
