@@ -1,6 +1,8 @@
 """Roofline predictions for Llama-3-8B beside published measurements of real engines.
 
-Computed from catalog figures with the default RooflineParams; no hardware needed.
+Computed from catalog figures with each accelerator's default constants (H100 and H200
+have no fit of their own: they take the A100 fit's efficiencies and fixed costs as their
+prior, sincere.perf.calibration); no hardware needed.
 Run: ``python benchmarks/roofline.py``. Prints a Markdown table (the one recorded in
 benchmarks/README.md) and a one-line summary.
 """

@@ -16,3 +16,115 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"published data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# --- operator profiles in Vidur's layout, generated from known constants ---------------
+SYNTHETIC_TRUTH = {
+    "mfu_efficiency": 0.7,
+    "bw_efficiency": 0.8,
+    "overlap_exponent": 2.0,
+    "token_tile": 128,
+    "gemm_kernel_s": 5e-6,
+    "elementwise_fixed_s": 15e-6,
+    "elementwise_bw_efficiency": 0.5,
+    "attn_mfu_efficiency": 0.4,
+    "attn_bw_efficiency": 0.75,
+    "attn_kernel_s": 15e-6,
+    "attn_diag_factor": 1.5,
+    "allreduce_latency_s": 30e-6,
+    "interconnect_efficiency": 0.6,
+    "overhead_s": 1e-3,
+    "overhead_per_seq_s": 30e-6,
+}
+"""The constants :func:`write_operator_profiles` generates tables from."""
+
+_ELEMENTWISE = ("input_layernorm", "post_attention_layernorm", "attn_rope", "mlp_act", "add")
+
+
+def _gemm_ms(t: dict[str, float], peak: float, hbm: float, k: int, n: int, tokens: int) -> float:
+    tile = int(t["token_tile"])
+    tiled = tokens if tokens <= tile else tile * -(-tokens // tile)
+    c = 2 * k * n * tiled / (peak * t["mfu_efficiency"])
+    m = (2 * k * n + 2 * (k + n) * tokens) / (hbm * t["bw_efficiency"])
+    p = t["overlap_exponent"]
+    return 1e3 * (t["gemm_kernel_s"] + (c**p + m**p) ** (1 / p))
+
+
+def write_operator_profiles(
+    folder: Path,
+    model: str = "llama-3-8b",
+    tps: tuple[int, ...] = (1, 2),
+    truth: dict[str, float] | None = None,
+    peak_tflops: float = 989.4,
+    hbm_gbps: float = 3350.0,
+    link_gbps_one_way: float = 450.0,
+) -> Path:
+    """Write mlp / attention / all-reduce / engine-steps CSVs of a Llama-layout model,
+    timed by the roofline's formulas at ``truth`` (default :data:`SYNTHETIC_TRUTH`), for
+    an accelerator with these peaks (default: the catalog's H100-SXM)."""
+    from sincere.catalog import get_model
+
+    t = dict(SYNTHETIC_TRUTH, **(truth or {}))
+    arch = get_model(model)
+    peak, hbm = peak_tflops * 1e12, hbm_gbps * 1e9
+    h, inter, hd = arch.hidden_size, arch.intermediate_size, arch.head_size
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = [1, 2, 4, *range(8, 1025, 8), *range(1056, 2049, 32)]
+    lines = ["n_head,n_kv_head,n_embd,n_expanded_embd,use_gated_mlp,num_tokens,"
+             "num_tensor_parallel_workers," + ",".join(
+                 f"time_stats.{op}.median" for op in ("attn_pre_proj", "attn_post_proj",
+                 "mlp_up_proj", "mlp_down_proj", *_ELEMENTWISE))]  # fmt: skip
+    for tp in tps:
+        q, kv, i = arch.num_heads // tp * hd, max(1, arch.num_kv_heads // tp) * hd, inter // tp
+        shapes = [(h, q + 2 * kv), (q, h), (h, 2 * i), (i, h)]
+        elems = 2 * 2 * h + 2 * (q + kv) + 3 * i + 3 * h
+        for tokens in grid:
+            gemms = [_gemm_ms(t, peak, hbm, k, n, tokens) for k, n in shapes]
+            ew = t["elementwise_fixed_s"] + elems * 2 * tokens / (
+                hbm * t["elementwise_bw_efficiency"]
+            )
+            row = [arch.num_heads, arch.num_kv_heads, h, inter, True, tokens, tp, *gemms]
+            lines.append(",".join(map(str, row + [1e3 * ew / 5] * 5)))
+    (folder / f"mlp_{model}.csv").write_text("\n".join(lines) + "\n")
+    qh, kvh = arch.num_heads, arch.num_kv_heads
+    pair_s = 4 * qh * hd / (peak * t["attn_mfu_efficiency"])
+    kv_s = 2 * kvh * hd * 2 / (hbm * t["attn_bw_efficiency"])
+    rows = ["n_embd,n_q_head,n_kv_head,num_tensor_parallel_workers,batch_size,"
+            "prefill_chunk_size,kv_cache_size,is_prefill,time_stats.attn_prefill.median,"
+            "time_stats.attn_decode.median"]  # fmt: skip
+    for c in (64, 128, 256, 512, 1024, 2048):
+        for kv in range(0, 4097 - c, 256):
+            pairs = c * kv + t["attn_diag_factor"] * c * (c + 1) / 2
+            ms = 1e3 * (t["attn_kernel_s"] + max(pairs * pair_s, (c + kv) * kv_s))
+            rows.append(f"{h},{qh},{kvh},1,1,{c},{kv},True,{ms},")
+    for b in (1, 2, 4, 8, 16, 32, 64, 128):
+        for kv in range(64, 4097, 256):
+            ms = 1e3 * (t["attn_kernel_s"] + max(b * kv * pair_s, b * (kv + 1) * kv_s))
+            rows.append(f"{h},{qh},{kvh},1,{b},0,{kv},False,,{ms}")
+    (folder / f"attention_{model}_tp1.csv").write_text("\n".join(rows) + "\n")
+    rows = [",time_stats.all_reduce.median,num_workers,size,devices_per_node"]
+    for n in (2, 4, 8):
+        for size in (2**k for k in range(11, 28)):
+            ring = 2 * (n - 1) / n * size / (link_gbps_one_way * 1e9 * t["interconnect_efficiency"])
+            rows.append(f"0,{1e3 * (t['allreduce_latency_s'] + ring)},{n},{size},{n}")
+    (folder / "all_reduce_dgx.csv").write_text("\n".join(rows) + "\n")
+    cols = ("schedule", "sampler_e2e", "prepare_inputs_e2e", "process_model_outputs")
+    rows = [",".join(["batch_size", *(f"{c}_median" for c in cols)])]
+    for b in (8, 16, 32, 64, 128):
+        cpu = 1e3 * (t["overhead_s"] + t["overhead_per_seq_s"] * b)
+        rows.append(",".join(map(str, [b, *[cpu / 4] * 4])))
+    (folder / f"engine_steps_{model}_tp1.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture
+def synthetic_profiles(tmp_path: Path) -> Path:
+    """A folder ``profiles/h100`` of Llama-3-8B operator profiles (TP 1 and 2) made from
+    :data:`SYNTHETIC_TRUTH` on the catalog's H100-SXM figures."""
+    return write_operator_profiles(tmp_path / "profiles" / "h100")
+
+
+@pytest.fixture
+def synthetic_truth() -> dict[str, float]:
+    """The constants :func:`synthetic_profiles` was generated from."""
+    return dict(SYNTHETIC_TRUTH)

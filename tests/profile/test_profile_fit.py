@@ -27,8 +27,9 @@ from sincere.fit import (
     samples_from_http,
     write_params,
 )
-from sincere.perf import Deployment, InfernoLinear, Roofline, RooflineParams, StepModelConfig
-from sincere.profile.csvio import write_profile_csv
+from sincere.perf import Deployment, InfernoLinear, Roofline, StepModelConfig
+from sincere.perf.calibration import default_roofline_params
+from sincere.profile.csvio import read_profile_csv, write_profile_csv
 from sincere.profile.local import ITERATION_COLUMNS
 
 runner = CliRunner()
@@ -75,14 +76,36 @@ def test_inferno_fit_recovers_its_parameters(
 
 
 def test_roofline_fit_recovers_efficiencies() -> None:
-    """Samples from a roofline with known efficiencies fit back to them."""
-    truth = Roofline(DEP, RooflineParams(mfu_efficiency=0.02, bw_efficiency=0.3, overhead_s=0.004))
+    """Samples from a roofline with known efficiencies (the rest at the accelerator's
+    defaults) fit back to them."""
+    truth_params = {"mfu_efficiency": 0.02, "bw_efficiency": 0.3, "overhead_s": 0.004}
+    truth = Roofline(DEP, default_roofline_params(DEP.accelerator, truth_params))
     samples = grid_samples(truth)
     result = fit("roofline", samples, CTX)
-    assert result.params["mfu_efficiency"] == pytest.approx(0.02, rel=1e-3)
-    assert result.params["bw_efficiency"] == pytest.approx(0.3, rel=1e-3)
-    assert result.params["overhead_s"] == pytest.approx(0.004, rel=1e-3)
+    for name, value in truth_params.items():
+        assert result.params[name] == pytest.approx(value, rel=1e-3)
     assert evaluate(result, samples, DEP).median_relative_error < 1e-4
+
+
+def test_roofline_fit_models_tensor_parallelism() -> None:
+    """Iterations of Llama-2-70B at TP2 (A100) fit back to their constants, not to the
+    bounds: the fit prices each GPU's half of the work and the all-reduces."""
+    dep = Deployment(get_model("llama-2-70b"), get_accelerator("A100-80GB"), tp=2)
+    truth_params = {"mfu_efficiency": 0.6, "bw_efficiency": 0.7, "overhead_s": 0.002}
+    truth = Roofline(dep, default_roofline_params(dep.accelerator, truth_params))
+    result = fit("roofline", grid_samples(truth), FitContext(dep))
+    for name, value in truth_params.items():
+        assert result.params[name] == pytest.approx(value, rel=1e-3)
+    assert "notes" not in result.extra
+
+
+def test_roofline_fit_reports_a_bound() -> None:
+    """Iterations far slower than any efficiency in (0, 1] explains leave a note, not a fit."""
+    dep = Deployment(get_model("llama-2-70b"), get_accelerator("A100-80GB"), tp=2)
+    fast = Roofline(dep, default_roofline_params(dep.accelerator))
+    samples = [Sample(s.batch, s.time_s / 50.0, s.label) for s in grid_samples(fast)]
+    result = fit("roofline", samples, FitContext(dep))
+    assert any("at its bound" in note for note in result.extra["notes"])
 
 
 @pytest.mark.parametrize(
@@ -154,7 +177,8 @@ def test_cli_fit_writes_file_and_reports(tmp_path: Path) -> None:
                 s = (prefill_sample if phase == "prefill" else decode_sample)(c, ctx, 0, "")
                 t = truth.iteration_s(s.batch)
                 rows.append({"model": "tiny-llama", "phase": phase, "batch_size": c,
-                             "context_tokens": ctx, "iteration_s": t})  # fmt: skip
+                             "context_tokens": ctx, "iteration_s": t, "device": "cpu",
+                             "dtype": "bfloat16"})  # fmt: skip
     csv_path = write_profile_csv(rows, tmp_path / "iterations.csv", ITERATION_COLUMNS)
     out = tmp_path / "params.json"
     args = ["fit", str(csv_path), "--model", "inferno", "--out", str(out), "--verbose"]
@@ -176,3 +200,57 @@ def test_fit_rejects_unknown_models_and_foreign_csvs(tmp_path: Path) -> None:
         fit_profile(path, "inferno", CTX)
     with pytest.raises(ConfigError, match=r"inferno \(prefill samples\) fit needs at least 2"):
         fit("inferno", [decode_sample(1, 10, 0.1, "d")], CTX)
+
+
+def local_profile(tmp_path: Path, model: str, **extra: object) -> Path:
+    """A `profile local` iterations CSV of ``model`` (times from an Inferno model)."""
+    truth = InfernoLinear(2.0, 0.3, 10.0, 0.02)
+    rows = []
+    for phase in ("prefill", "decode"):
+        for c in (1, 2, 4):
+            s = (prefill_sample if phase == "prefill" else decode_sample)(c, 32, 0, "")
+            rows.append({"model": model, "phase": phase, "batch_size": c, "context_tokens": 32,
+                         "iteration_s": truth.iteration_s(s.batch), **extra})  # fmt: skip
+    return write_profile_csv(rows, tmp_path / "iterations.csv", ITERATION_COLUMNS)
+
+
+def test_fit_labels_the_profile_with_its_own_model_and_device(tmp_path: Path) -> None:
+    """A llama-3-8b profile taken on the CPU is labelled llama-3-8b / cpu, not the defaults."""
+    path = local_profile(tmp_path, "llama-3-8b", device="cpu", dtype="float32")
+    out = tmp_path / "p.json"
+    result = runner.invoke(app, ["fit", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(out.read_text())["fit"]
+    assert (info["model"], info["accelerator"], info["precision"]) == ("llama-3-8b", "cpu", "fp32")
+    assert json.loads(out.read_text())["inferno_model_data"]["name"] == "llama-3-8b"
+
+
+def test_fit_needs_the_accelerator_when_the_profile_does_not_name_it(tmp_path: Path) -> None:
+    """An http profile (no device column) of a Hugging Face model id needs --accelerator;
+    with it, the label is the catalog's names (aliases resolved)."""
+    rows = [dict(r, model="meta-llama/Meta-Llama-3-8B") for r in http_rows(0.05, 0.002)]
+    path = write_profile_csv(rows, tmp_path / "http.csv", ["model", "batch_size"])
+    result = runner.invoke(app, ["fit", "profile", str(path), "--out", str(tmp_path / "x.yaml")])
+    assert isinstance(result.exception, ConfigError)
+    assert "does not say which accelerator" in str(result.exception)
+    out = tmp_path / "h.json"
+    args = ["fit", "profile", str(path), "--accelerator", "H100", "--tp", "2", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    info = json.loads(out.read_text())["fit"]
+    assert (info["model"], info["accelerator"], info["tp"]) == ("llama-3-8b", "H100-SXM", 2)
+
+
+def test_fit_rejects_a_profile_of_an_unknown_or_mixed_model(tmp_path: Path) -> None:
+    """A model the catalog does not know, or two models in one file, stop the fit."""
+    path = local_profile(tmp_path, "my-private-llm", device="cpu")
+    result = runner.invoke(app, ["fit", str(path)])
+    assert "not in the catalog; pass --arch" in str(result.exception)
+    rows = [*read_profile_csv(path)]
+    rows[0]["model"] = "llama-3-8b"
+    write_profile_csv(rows, path, ITERATION_COLUMNS)
+    result = runner.invoke(
+        app, ["fit", str(path), "--arch", "tiny-llama", "-o", str(tmp_path / "p.yaml")]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["fit", str(path)])
+    assert "mixes several values" in str(result.exception)

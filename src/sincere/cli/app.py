@@ -44,6 +44,7 @@ def _register() -> None:
         profile,
         serve,
         simulate,
+        step,
         trace,
     )
 

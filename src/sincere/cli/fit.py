@@ -1,30 +1,58 @@
-"""``sincere fit PROFILE.csv --model roofline|inferno|niyama|table --out params.yaml``.
+"""``sincere fit``: fit step-time models to profiles.
 
-Fits a step-time model to a ``sincere profile local`` or ``profile http`` CSV and
-writes a parameter file that ``simulate`` / ``experiment`` configs accept as
-``step_model: {kind: <kind>, params_file: params.yaml}``; for ``inferno`` the file
-also holds the model-data entry ``sincere plan`` reads. Prints R², the mean and median
-relative error, and with ``--verbose`` every point.
+* ``sincere fit profile PROFILE.csv --model roofline|inferno|niyama|table --out params.yaml``
+  (also ``sincere fit PROFILE.csv …``, the original form) fits a step-time model to a
+  ``sincere profile local`` or ``profile http`` CSV and writes a parameter file that
+  ``simulate`` / ``experiment`` configs accept as ``step_model: {kind: <kind>,
+  params_file: params.yaml}``; for ``inferno`` the file also holds the model-data entry
+  ``sincere plan`` reads. The model and accelerator are the profile's own (its
+  ``model`` and ``device`` columns) unless ``--arch`` / ``--accelerator`` say otherwise.
+* ``sincere fit gpu-profiles DIR --accelerator A`` fits the roofline's constants to one
+  accelerator's operator profiles (Vidur's layout) and writes them as a roofline
+  parameter file with their provenance.
+
+Other modules add subcommands with ``@fit_app.command("name")``.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from sincere.catalog.loader import default_catalog
+from sincere.catalog.loader import default_catalog, load_catalog
 from sincere.cli.app import app
+from sincere.cli.progress import count_bar
+from sincere.fit.gpu_profiles import GpuProfileFit, fit_document, fit_gpu_profiles
 from sincere.fit.models import DEFAULT_BIN_EDGES, FITTERS, FitContext
-from sincere.fit.output import fit_profile, params_document, write_params
+from sincere.fit.output import fit_profile, params_document, profile_deployment, write_params
 from sincere.fit.quality import FitQuality
-from sincere.perf.base import Deployment
+from sincere.perf.operators import accelerator_folder, read_operator_profiles
 
 console = Console()
+
+
+class _FitGroup(TyperGroup):
+    """Routes ``sincere fit PROFILE.csv …`` (no subcommand named) to ``fit profile``."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["profile", *args]
+        return super().resolve_command(ctx, args)
+
+
+fit_app = typer.Typer(
+    cls=_FitGroup,
+    help="Fit step-time models to profiles (`fit profile`, `fit gpu-profiles`, …).",
+    no_args_is_help=True,
+)
+app.add_typer(fit_app, name="fit")
 
 
 def _points_table(quality: FitQuality) -> Table:
@@ -45,8 +73,8 @@ def _bins(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
 
-@app.command("fit")
-def fit_command(
+@fit_app.command("profile")
+def fit_profile_command(
     profile: Annotated[Path, typer.Argument(help="profile CSV from `sincere profile`")],
     model: Annotated[
         str, typer.Option("--model", "-m", help=f"what to fit: {', '.join(FITTERS.names())}")
@@ -54,9 +82,18 @@ def fit_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="parameter file (.yaml/.json)")] = Path(
         "params.yaml"
     ),
-    arch: Annotated[str, typer.Option(help="catalog model profiled")] = "tiny-llama",
-    accelerator: Annotated[str, typer.Option(help="catalog accelerator")] = "cpu",
-    precision: Annotated[str, typer.Option(help="weight precision")] = "bf16",
+    arch: Annotated[
+        str | None, typer.Option(help="catalog model profiled (default: the profile's model)")
+    ] = None,
+    accelerator: Annotated[
+        str | None,
+        typer.Option(help="catalog accelerator (default: the profile's device, if it names one)"),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="weight precision (default: the profile's dtype, else bf16)")
+    ] = None,
+    tp: Annotated[int, typer.Option(min=1, help="tensor-parallel degree profiled")] = 1,
+    pp: Annotated[int, typer.Option(min=1, help="pipeline-parallel degree profiled")] = 1,
     bins: Annotated[
         str, typer.Option(help="niyama: token-count bin edges, comma-separated")
     ] = ",".join(f"{e:g}" for e in DEFAULT_BIN_EDGES),
@@ -67,8 +104,9 @@ def fit_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Fit a step-time model to a profile and report its goodness of fit."""
-    catalog = default_catalog()
-    dep = Deployment(catalog.model(arch), catalog.accelerator(accelerator), precision=precision)
+    dep = profile_deployment(
+        profile, arch=arch, accelerator=accelerator, precision=precision, tp=tp, pp=pp
+    )
     ctx = FitContext(dep, _bins(bins), max_batch_size)
     result, quality, _ = fit_profile(profile, model, ctx)
     document = params_document(result, quality, profile, ctx)
@@ -79,8 +117,99 @@ def fit_command(
     if verbose:
         console.print(_points_table(quality))
     console.print(
-        f"{model} → kind {result.kind}: R² {quality.r2:.4f}, relative error mean "
-        f"{100 * quality.mean_relative_error:.1f} %, median "
+        f"{model} → kind {result.kind} for {dep.model.name} on {dep.accelerator.name} "
+        f"(tp {dep.tp}, pp {dep.pp}, {dep.precision}): R² {quality.r2:.4f}, relative error "
+        f"mean {100 * quality.mean_relative_error:.1f} %, median "
         f"{100 * quality.median_relative_error:.1f} % over {len(quality.points)} points; "
         f"wrote {out}"
     )
+    for note in document["fit"].get("notes", []):
+        console.print(f"[yellow]warning:[/yellow] {note}")
+
+
+def _constants_table(fit: GpuProfileFit) -> Table:
+    table = Table(title=f"roofline constants fitted for {fit.accelerator.name}")
+    for col, justify in (("part", "left"), ("constant", "left"), ("value", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("rows", justify="right")
+    table.add_column("error mean / max", justify="right")
+    for part in fit.parts:
+        shown = {k: v for k, v in part.params.items() if not k.startswith("_")}
+        for i, (name, value) in enumerate(shown.items()):
+            first = i == 0
+            table.add_row(
+                part.name if first else "",
+                name,
+                f"{value:.4g}",
+                str(part.num_rows) if first else "",
+                f"{100 * part.mean_relative_error:.1f} / {100 * part.max_relative_error:.0f} %"
+                if first
+                else "",
+            )
+    return table
+
+
+def _command_line(directory: Path, accelerator: str, out: Path, **options: Any) -> list[str]:
+    """The command that reproduces this fit (kept in the file's provenance)."""
+    argv = ["sincere", "fit", "gpu-profiles", str(directory), "--accelerator", accelerator]
+    for name, value in options.items():
+        if value:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return [*argv, "--out", str(out)]
+
+
+@fit_app.command("gpu-profiles")
+def fit_gpu_profiles_command(
+    directory: Annotated[
+        Path, typer.Argument(help="operator profiles: one accelerator's folder or the one above")
+    ],
+    accelerator: Annotated[
+        str, typer.Option(help="catalog accelerator (also the profile folder's name, any case)")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="parameter file (.yaml/.json)")
+    ] = None,
+    all_reduce: Annotated[
+        str | None,
+        typer.Option(
+            help="all-reduce topology file to fit (default: one named *dgx*, else the first)"
+        ),
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="fit the linear work on these models only (comma-separated)")
+    ] = None,
+    catalog_file: Annotated[
+        list[Path] | None,
+        typer.Option("--catalog", help="extra catalog file (models, accelerators)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the document as JSON")] = False,
+) -> None:
+    """Fit the roofline's constants to one accelerator's operator profiles."""
+    catalog = load_catalog(catalog_file or []) if catalog_file else default_catalog()
+    acc = catalog.accelerator(accelerator)
+    folder = accelerator_folder(directory, accelerator)
+    out = out or Path(f"roofline-{acc.name}.yaml")
+    chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    with count_bar(console) as bar:
+        task = bar.add_task("reading profiles", total=5)
+        profiles = read_operator_profiles(folder, catalog)
+        bar.update(task, advance=1)
+        names = [catalog.model(m).name for m in chosen] if chosen else None
+        fit = fit_gpu_profiles(
+            profiles,
+            acc,
+            models=names,
+            topology=all_reduce,
+            progress=lambda part: bar.update(task, advance=1, description=f"fitting {part}"),
+        )
+    argv = _command_line(directory, accelerator, out, all_reduce=all_reduce, models=models)
+    document = fit_document(fit, profiles, argv, all_reduce)
+    write_params(document, out)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), **document}))
+        return
+    console.print(_constants_table(fit))
+    for note in fit.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"from {len(profiles.files)} files of {folder}; wrote {out}")
+    console.print(f"reproduce: {shlex.join(argv)}", highlight=False, soft_wrap=True)

@@ -3,6 +3,7 @@
 from sincere.fit.models import (
     DEFAULT_BIN_EDGES,
     FITTERS,
+    ROOFLINE_FITTED,
     FitContext,
     FitResult,
     fit,
@@ -10,7 +11,6 @@ from sincere.fit.models import (
     fit_niyama,
     fit_roofline,
     fit_table,
-    roofline_terms,
 )
 from sincere.fit.output import fit_profile, params_document, write_params
 from sincere.fit.quality import FitQuality, PointError, evaluate, r_squared
@@ -26,6 +26,7 @@ from sincere.fit.samples import (
 __all__ = [
     "DEFAULT_BIN_EDGES",
     "FITTERS",
+    "ROOFLINE_FITTED",
     "FitContext",
     "FitQuality",
     "FitResult",
@@ -42,7 +43,6 @@ __all__ = [
     "params_document",
     "prefill_sample",
     "r_squared",
-    "roofline_terms",
     "samples_from_http",
     "samples_from_local",
     "samples_from_rows",

@@ -4,10 +4,10 @@ One fitter per target (a :data:`FITTERS` registry entry), each returning the
 :mod:`sincere.perf.factory` kind and its parameters:
 
 * ``roofline`` → kind ``roofline``: the :class:`~sincere.perf.roofline.RooflineParams`
-  efficiencies ``mfu_efficiency``, ``bw_efficiency`` and ``overhead_s`` that minimise
-  the squared *relative* error of ``overhead + max(compute/mfu, memory/bw)`` against
-  the samples (scipy's bounded least squares; compute and memory terms from the
-  catalog's model and accelerator, tp = pp = 1);
+  ``mfu_efficiency``, ``bw_efficiency`` and ``overhead_s`` that minimise the squared
+  *relative* error of the deployment's roofline (its TP and PP with their
+  communication; the other constants at the accelerator's defaults) against the
+  samples (scipy's bounded least squares);
 * ``inferno`` → kind ``inferno``: Inferno's ``decode(n) = α + β·n`` on the decode-only
   samples and ``prefill = γ + δ·prompt_tokens`` on the prefill-only samples, in ms, by
   non-negative least squares (Inferno's parameters are non-negative); also its
@@ -34,7 +34,9 @@ from sincere.core.errors import ConfigError
 from sincere.core.registry import Registry
 from sincere.fit.samples import Sample
 from sincere.perf.base import Deployment
+from sincere.perf.calibration import default_roofline_params
 from sincere.perf.linear import fit_binned_linear
+from sincere.perf.roofline import Roofline
 
 FArray = npt.NDArray[np.float64]
 DEFAULT_BIN_EDGES = (64.0, 512.0, 2048.0)  # Niyama-style token-count bins
@@ -66,38 +68,47 @@ def _times(samples: Sequence[Sample]) -> FArray:
     return np.array([s.time_s for s in samples], dtype=float)
 
 
-def roofline_terms(samples: Sequence[Sample], dep: Deployment) -> tuple[FArray, FArray]:
-    """Compute and memory seconds of each sample at 100 % efficiency (tp = pp = 1)."""
-    model, acc = dep.model, dep.accelerator
-    b = [s.batch for s in samples]
-    tokens = np.array([x.num_tokens for x in b], dtype=float)
-    pairs = np.array([x.prefill_attn_pairs + x.decode_ctx_tokens for x in b], dtype=float)
-    kv_tokens = tokens + np.array([x.decode_ctx_tokens + x.prefill_ctx_tokens for x in b])
-    flops = model.flops_per_token() * tokens + model.attention_flops_per_pair() * pairs
-    compute = flops / (acc.peak_tflops(dep.precision) * 1e12)
-    kv_bytes = model.kv_bytes_per_token(dep.kv_precision) * kv_tokens
-    memory = (model.weight_bytes(dep.precision) + kv_bytes) / (acc.hbm_bandwidth_gbps * 1e9)
-    return compute, memory
+ROOFLINE_FITTED = ("mfu_efficiency", "bw_efficiency", "overhead_s")
+"""What the roofline fitter sets; the other constants keep the accelerator's defaults."""
+
+
+def _roofline_model(dep: Deployment, x: FArray) -> Roofline:
+    """The deployment's roofline with the fitted three constants set to ``x``."""
+    return Roofline(
+        dep, default_roofline_params(dep.accelerator, dict(zip(ROOFLINE_FITTED, x, strict=True)))
+    )
 
 
 @FITTERS.register("roofline")
 def fit_roofline(samples: Sequence[Sample], ctx: FitContext) -> FitResult:
-    """Efficiencies and overhead of the roofline by bounded relative least squares."""
+    """Compute and bandwidth efficiency and CPU overhead, by bounded relative least squares.
+
+    Predictions are the full roofline of ``ctx.deployment`` -- its TP and PP degrees
+    with their all-reduces and pipeline bubble -- with every other constant at the
+    accelerator's default (:mod:`sincere.perf.calibration`). A value stuck at a bound
+    means the form cannot explain the samples; it is reported in ``extra["notes"]``.
+    """
     _need(samples, 3, "roofline")
-    compute, memory = roofline_terms(samples, ctx.deployment)
     t = _times(samples)
+    batches = [s.batch for s in samples]
+    dep = ctx.deployment
 
     def residuals(x: FArray) -> FArray:
-        mfu, bw, overhead = x
-        pred: FArray = overhead + np.maximum(compute / mfu, memory / bw)
+        model = _roofline_model(dep, x)
+        pred = np.array([model.iteration_s(b) for b in batches])
         return (pred - t) / t
 
-    x0 = np.array([0.1, 0.1, 0.5 * float(t.min())])
-    fit = least_squares(residuals, x0, bounds=([1e-7, 1e-7, 0.0], [1.0, 1.0, np.inf]))
-    mfu, bw, overhead = (float(v) for v in fit.x)
-    return FitResult(
-        "roofline", {"mfu_efficiency": mfu, "bw_efficiency": bw, "overhead_s": overhead}
-    )
+    lower, upper = np.array([1e-4, 1e-4, 0.0]), np.array([1.0, 1.0, float(t.max())])
+    start = default_roofline_params(dep.accelerator)
+    x0 = np.clip([start.mfu_efficiency, start.bw_efficiency, 0.5 * float(t.min())], lower, upper)
+    result = least_squares(residuals, x0, bounds=(lower, upper), x_scale=[0.1, 0.1, float(t.min())])
+    params = {name: float(v) for name, v in zip(ROOFLINE_FITTED, result.x, strict=True)}
+    notes = [
+        f"{name} = {params[name]:.4g} is at its bound; the roofline cannot explain the samples"
+        for name, lo, hi in zip(ROOFLINE_FITTED, lower, upper, strict=True)
+        if name != "overhead_s" and (params[name] <= lo * 1.001 or params[name] >= hi * 0.999)
+    ]
+    return FitResult("roofline", params, {"notes": notes} if notes else {})
 
 
 def _nnls_line(x: FArray, y: FArray) -> tuple[float, float]:

@@ -15,10 +15,73 @@ from typing import Any
 
 import yaml
 
+from sincere.catalog.loader import Catalog, default_catalog
+from sincere.core.errors import ConfigError, DataError
 from sincere.fit.models import FitContext, FitResult, fit
 from sincere.fit.quality import FitQuality, evaluate
 from sincere.fit.samples import Sample, samples_from_rows
+from sincere.perf.base import Deployment
 from sincere.profile.csvio import read_profile_csv
+
+TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32"}
+"""``dtype`` names a ``profile local`` CSV records -> sincere precisions."""
+
+
+def _column_value(rows: list[dict[str, Any]], column: str, path: str | Path) -> str | None:
+    """The one value ``column`` takes in the profile (None when absent or empty)."""
+    values = {str(r[column]) for r in rows if r.get(column) not in (None, "")}
+    if len(values) > 1:
+        raise DataError(
+            f"the profile mixes several values; fit one at a time ({', '.join(sorted(values))})",
+            path=path,
+            column=column,
+        )
+    return values.pop() if values else None
+
+
+def profile_deployment(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    accelerator: str | None = None,
+    precision: str | None = None,
+    tp: int = 1,
+    pp: int = 1,
+    catalog: Catalog | None = None,
+) -> Deployment:
+    """The deployment a profile was taken on; ``None`` arguments come from the profile.
+
+    The model is the ``model`` column (a catalog name or alias, as ``sincere profile``
+    writes it); the accelerator is the ``device`` column of a ``profile local`` CSV
+    (``cpu``; a GPU device is not named there, nor in an ``http`` profile, so it must
+    be given); the precision is the ``dtype`` column, else bf16.
+    """
+    catalog = catalog or default_catalog()
+    rows = read_profile_csv(path)
+    arch = arch or _column_value(rows, "model", path)
+    if arch is None:
+        raise ConfigError("the profile names no model; pass --arch", where=path)
+    if not catalog.has_model(arch):
+        raise ConfigError(
+            "the profile's model is not in the catalog; pass --arch with a catalog model "
+            "(sincere catalog models) or add it (docs/catalog.md)",
+            where=path,
+            value=arch,
+        )
+    device = _column_value(rows, "device", path)
+    accelerator = accelerator or (device if device == "cpu" else None)
+    if accelerator is None:
+        found = f"device {device!r}" if device else "no device column"
+        raise ConfigError(
+            f"the profile does not say which accelerator ({found}); pass --accelerator "
+            "with a catalog accelerator (sincere catalog accelerators)",
+            where=path,
+        )
+    dtype = _column_value(rows, "dtype", path)
+    precision = precision or TORCH_DTYPES.get(dtype or "", dtype or "bf16")
+    return Deployment(
+        catalog.model(arch), catalog.accelerator(accelerator), precision=precision, tp=tp, pp=pp
+    )
 
 
 def fit_profile(
@@ -40,9 +103,15 @@ def params_document(
         "model": dep.model.name,
         "accelerator": dep.accelerator.name,
         "precision": dep.precision,
+        "tp": dep.tp,
+        "pp": dep.pp,
         **quality.as_dict(),
     }
-    return {"kind": result.kind, "params": result.params, "fit": info, **result.extra}
+    notes = result.extra.get("notes")
+    if notes:
+        info["notes"] = list(notes)
+    extra = {k: v for k, v in result.extra.items() if k != "notes"}
+    return {"kind": result.kind, "params": result.params, "fit": info, **extra}
 
 
 def write_params(document: dict[str, Any], path: str | Path) -> Path:

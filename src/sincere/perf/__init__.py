@@ -1,6 +1,15 @@
 """Performance models: step time, model swaps and memory."""
 
-from sincere.perf.base import Batch, Deployment, StepTimeBase, StepTimeModel, SwapTime
+from sincere.perf.base import (
+    Batch,
+    Deployment,
+    StepBreakdown,
+    StepParts,
+    StepTimeBase,
+    StepTimeModel,
+    SwapTime,
+)
+from sincere.perf.calibration import default_roofline_params, roofline_defaults
 from sincere.perf.cc import CCParams, Confidential, fit_call_floor, sincere_cc_params
 from sincere.perf.factory import (
     STEP_MODELS,
@@ -11,6 +20,8 @@ from sincere.perf.factory import (
 )
 from sincere.perf.linear import BinnedLinear, InfernoChunked, InfernoLinear, fit_binned_linear
 from sincere.perf.memory import MemoryPlan, plan_memory
+from sincere.perf.operators import OperatorProfiles, read_operator_profiles
+from sincere.perf.profiled import ProfiledStep
 from sincere.perf.roofline import Roofline, RooflineParams
 from sincere.perf.table import (
     BatchProfileTable,
@@ -32,13 +43,18 @@ __all__ = [
     "InfernoLinear",
     "IterationTable",
     "MemoryPlan",
+    "OperatorProfiles",
+    "ProfiledStep",
     "Roofline",
     "RooflineParams",
+    "StepBreakdown",
     "StepModelConfig",
     "StepModelKind",
+    "StepParts",
     "StepTimeBase",
     "StepTimeModel",
     "SwapTime",
+    "default_roofline_params",
     "fit_binned_linear",
     "fit_call_floor",
     "load_params_file",
@@ -46,6 +62,8 @@ __all__ = [
     "plan_memory",
     "read_batch_profiles",
     "read_loading_times",
+    "read_operator_profiles",
+    "roofline_defaults",
     "sincere_cc_params",
     "sincere_profile",
 ]

@@ -74,6 +74,54 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class StepParts:
+    """One iteration's time split by what runs, seconds; the parts sum to the whole.
+
+    The layers' kernels are ``linear_s`` (GEMMs and elementwise kernels), ``attention_s``
+    and ``communication_s`` (all-reduces, pipeline sends); ``lm_head_s`` is the output
+    projection of the sampled positions (kernel profiles leave it out, so it is kept
+    apart); ``overhead_s`` is the CPU's share (scheduling, inputs, sampling).
+    """
+
+    linear_s: float = 0.0  # the layers' GEMMs and elementwise kernels
+    attention_s: float = 0.0  # the layers' attention kernels
+    communication_s: float = 0.0  # tensor-parallel all-reduces and pipeline sends
+    lm_head_s: float = 0.0  # the LM head over the sampled positions
+    overhead_s: float = 0.0  # CPU work per iteration
+
+    @property
+    def total_s(self) -> float:
+        """The whole iteration."""
+        return (
+            self.linear_s + self.attention_s + self.communication_s + self.lm_head_s
+        ) + self.overhead_s
+
+    @property
+    def kernels_s(self) -> float:
+        """The layers' kernels only (what operator profiles compose): linear, attention, comm."""
+        return self.linear_s + self.attention_s + self.communication_s
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"linear": s, "attention": s, "communication": s, "lm_head": s, "overhead": s}``."""
+        return {
+            "linear": self.linear_s,
+            "attention": self.attention_s,
+            "communication": self.communication_s,
+            "lm_head": self.lm_head_s,
+            "overhead": self.overhead_s,
+        }
+
+
+@runtime_checkable
+class StepBreakdown(Protocol):
+    """A step-time model that can split an iteration into :class:`StepParts`."""
+
+    def parts(self, batch: Batch) -> StepParts:
+        """The parts of one iteration computing ``batch``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class SwapTime:
     """Mean and standard deviation of a model load or unload, seconds."""
 

@@ -9,7 +9,10 @@ at a YAML or JSON file (as ``sincere fit`` writes) holding the parameters, eithe
 as a plain mapping or under a ``params`` key (with an optional ``kind`` that must
 match). Explicit ``params`` override the file's.
 
-Kinds: ``roofline`` (:class:`RooflineParams` fields), ``inferno`` (alpha_ms,
+Kinds: ``roofline`` (:class:`RooflineParams` fields over the accelerator's defaults,
+:mod:`sincere.perf.calibration`), ``profiled`` (``profiles``: a folder of operator
+profiles, optional ``all_reduce`` topology, ``cpu``, ``scale_attention``;
+:mod:`sincere.perf.profiled`), ``inferno`` (alpha_ms,
 beta_ms, gamma_ms, delta_ms), ``inferno-chunked`` (alpha_ms, beta_ms, gamma_ms),
 ``niyama-binned`` (bin_edges, coeffs), ``sincere-table`` (model: a SINCERE model
 name, default the deployment's), ``iteration-table`` (token_grid, seq_grid,
@@ -31,8 +34,10 @@ from pydantic import BaseModel, ConfigDict
 from sincere.core.errors import ConfigError
 from sincere.core.registry import Registry
 from sincere.perf.base import Deployment, StepTimeModel, SwapTime
+from sincere.perf.calibration import roofline_defaults
 from sincere.perf.cc import CCParams, Confidential
 from sincere.perf.linear import BinnedLinear, InfernoChunked, InfernoLinear
+from sincere.perf.profiled import ProfiledStep, profiles_for
 from sincere.perf.roofline import Roofline, RooflineParams
 from sincere.perf.table import IterationTable, sincere_profile
 
@@ -106,7 +111,32 @@ def _swap(params: Params, key: str) -> SwapTime | None:
 
 
 def _build_roofline(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
-    return Roofline(dep, dataclass_from(RooflineParams, params, "roofline params"))
+    merged = {**roofline_defaults(dep.accelerator).params, **params}
+    return Roofline(dep, dataclass_from(RooflineParams, merged, "roofline params"))
+
+
+_PROFILED_PARAMS = ("profiles", "all_reduce", "cpu", "scale_attention", "load", "unload")
+
+
+def _build_profiled(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
+    unknown = set(params) - set(_PROFILED_PARAMS)
+    if unknown or "profiles" not in params:
+        raise ConfigError(
+            "profiled params need 'profiles' (a folder of operator profiles)",
+            where="profiled params",
+            value=sorted(params),
+            allowed=_PROFILED_PARAMS,
+        )
+    all_reduce = params.get("all_reduce")
+    return ProfiledStep(
+        profiles_for(str(params["profiles"]), dep.accelerator.name),
+        dep,
+        all_reduce=None if all_reduce is None else str(all_reduce),
+        cpu=bool(params.get("cpu", True)),
+        scale_attention=bool(params.get("scale_attention", False)),
+        load=_swap(params, "load"),
+        unload=_swap(params, "unload"),
+    )
 
 
 def _build_inferno(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
@@ -155,6 +185,7 @@ STEP_MODELS.register("inferno-chunked")(StepModelKind(_build_inferno_chunked))
 STEP_MODELS.register("niyama-binned")(StepModelKind(_build_binned))
 STEP_MODELS.register("iteration-table")(StepModelKind(_build_iteration_table))
 STEP_MODELS.register("sincere-table")(StepModelKind(_build_sincere_table, measured_cc=True))
+STEP_MODELS.register("profiled")(StepModelKind(_build_profiled))
 
 
 def load_params_file(path: str | Path, kind: str | None = None) -> dict[str, Any]:

@@ -1,35 +1,42 @@
-"""Analytic roofline step-time model from catalog figures.
+"""Analytic roofline step-time model, built layer by layer from catalog figures.
 
-Each iteration is bounded by compute or by memory traffic, whichever is slower:
+One iteration on one GPU is the sum of the kernels a transformer layer runs, times the
+layers, plus the LM head and the CPU's work (each a roofline of its own):
 
-* compute: ``2 * params * tokens`` matmul FLOPs plus ``attention_flops_per_pair``
-  for every causal query-key pair (prefill chunks and decode tokens reading their
-  context), over the accelerator's dense peak in the deployment's precision times
-  ``mfu_efficiency``;
-* memory: every weight byte once (``PRECISION_BYTES[precision]`` per parameter),
-  plus the KV cache read (decode and prefill context) and written (new tokens),
-  over HBM bandwidth times ``bw_efficiency``.
+* **linear work** of a layer: four GEMMs (QKV, O, gate/up, down, split over TP) each
+  taking ``(compute^p + memory^p)^(1/p)`` -- compute = ``2·K·N`` FLOPs per token over
+  the dense peak × ``mfu_efficiency``, memory = the weight bytes plus the activations
+  in and out over HBM bandwidth × ``bw_efficiency``; ``p = overlap_exponent``
+  (``inf`` is the classic ``max``, smaller values let a GEMM near the ridge point
+  pay for both). Above one tile, the token count a GEMM computes is rounded up to a
+  multiple of ``token_tile``: the steps measured kernels take just above multiples of
+  128 tokens. The elementwise kernels (two norms, rotary, activation, residual add)
+  move their activation bytes at ``elementwise_bw_efficiency``, and the layer pays
+  ``layer_overhead_s`` of fixed kernel cost;
+* **attention** of a layer: per prefill chunk the causal query-key pairs (a pair inside
+  the chunk counts ``attn_diag_factor`` times one against cached context) over the
+  dense peak × ``attn_mfu_efficiency``, or its KV bytes over HBM × ``attn_bw_efficiency``,
+  whichever is slower; the decode batch reads its KV cache likewise; each kernel adds
+  ``attn_kernel_s``;
+* **communication**: at TP > 1 two all-reduces per layer of ``tokens · hidden ·
+  activation_bytes``, a ring moving ``2 (tp-1)/tp`` of it over the one-way link
+  bandwidth × ``interconnect_efficiency`` plus ``allreduce_latency_s`` each;
+* the **LM head**: a GEMM over the vocabulary (split over TP) for the sequences that
+  sample a token (one per sequence), priced like the layers' GEMMs;
+* **overhead**: the CPU's scheduling, input preparation and sampling,
+  ``overhead_s + overhead_per_seq_s · sequences``.
 
-Prefill is therefore compute-bound and small-batch decode bandwidth-bound, as in
-the roofline analyses of Williams et al. (CACM 2009) applied to LLM inference
-(e.g. Yuan et al., "LLM Inference Unveiled", 2024).
+Pipeline parallelism (PP), our assumption: each of the ``pp`` stages holds ``1/pp`` of
+the layers; the batch is cut into ``m = min(pp_microbatches, num_seqs)`` micro-batches
+and the iteration lasts ``(m + pp - 1)`` stage times of one micro-batch (the GPipe
+bubble, Huang et al. 2019), plus an activation send between stages. With ``m = 1`` PP
+adds no speed, only memory.
 
-Tensor parallelism (TP) splits both terms over ``tp`` GPUs (KV heads are split
-while ``tp <= num_kv_heads`` and replicated beyond) and adds two all-reduces per
-layer of ``tokens * hidden * activation_bytes`` each: a ring all-reduce moves
-``2 (tp-1)/tp`` of the message over the one-way link bandwidth
-(``interconnect_gbps_per_direction``) plus a fixed latency.
-
-Pipeline parallelism (PP), our assumption: each of the ``pp`` stages holds
-``1/pp`` of the layers; the batch is cut into ``m = min(pp_microbatches,
-num_seqs)`` micro-batches and the iteration lasts ``(m + pp - 1)`` stage times of
-one micro-batch (the GPipe bubble, Huang et al. 2019), plus an activation send
-between stages. With ``m = 1`` PP adds no speed, only memory.
-
-Every iteration also pays ``overhead_s`` (scheduler, sampling, kernel launches).
-Default efficiencies are typical of vLLM-class engines with CUDA graphs on
-H100/A100: ~50 % MFU in prefill GEMMs, ~85 % of HBM bandwidth in decode, ~1 ms of
-CPU overhead per step, ~70 % of NVLink bandwidth and ~10 us per all-reduce.
+The roofline form is Williams et al. (CACM 2009) applied per kernel to LLM inference
+(e.g. Yuan et al., "LLM Inference Unveiled", 2024). :class:`RooflineParams` defaults
+are datasheet-style assumptions; the constants sincere uses by default for an
+accelerator are fitted to measured kernels and shipped as data
+(:mod:`sincere.perf.calibration`, ``sincere fit gpu-profiles``).
 """
 
 from __future__ import annotations
@@ -37,20 +44,53 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sincere.catalog.specs import PRECISION_BYTES
+from sincere.catalog.specs import PRECISION_BYTES, ModelArch
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
-from sincere.perf.base import Batch, Deployment, StepTimeBase, SwapTime
+from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
 from sincere.perf.series import sum_max_affine
+
+_EFFICIENCIES = (
+    "mfu_efficiency",
+    "bw_efficiency",
+    "elementwise_bw_efficiency",
+    "attn_mfu_efficiency",
+    "attn_bw_efficiency",
+    "interconnect_efficiency",
+    "load_efficiency",
+)
+_TIMES = (
+    "layer_overhead_s",
+    "attn_kernel_s",
+    "overhead_s",
+    "overhead_per_seq_s",
+    "allreduce_latency_s",
+    "p2p_latency_s",
+    "load_overhead_s",
+    "unload_s",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class RooflineParams:
-    """Efficiency factors of the roofline; fitting may set them. Units in names."""
+    """The roofline's constants (see the module docstring). Units in the names.
 
-    mfu_efficiency: float = 0.5  # share of dense peak reached by compute-bound work
-    bw_efficiency: float = 0.85  # share of HBM bandwidth reached by memory-bound work
-    overhead_s: float = 0.001  # fixed CPU / launch cost per iteration
+    These defaults are datasheet-style assumptions; :func:`sincere.perf.calibration.
+    default_roofline_params` gives the fitted ones an accelerator uses by default.
+    """
+
+    mfu_efficiency: float = 0.5  # GEMMs: share of the dense peak reached
+    bw_efficiency: float = 0.85  # GEMMs: share of HBM bandwidth moving weights and activations
+    elementwise_bw_efficiency: float = 0.85  # norms, rotary, activation, add: share of HBM
+    overlap_exponent: float = math.inf  # p of a GEMM's (compute^p + memory^p)^(1/p); inf: max
+    token_tile: int = 1  # GEMM token count rounded up to a multiple of this above one tile
+    layer_overhead_s: float = 0.0  # fixed kernel cost of one layer's linear work
+    attn_mfu_efficiency: float = 0.5  # prefill attention: share of the dense bf16 peak
+    attn_bw_efficiency: float = 0.85  # attention reading the KV cache: share of HBM bandwidth
+    attn_kernel_s: float = 0.0  # fixed cost of one attention kernel (prefill or decode) per layer
+    attn_diag_factor: float = 1.0  # work of a pair inside a prefill chunk vs one against cache
+    overhead_s: float = 0.001  # fixed CPU cost per iteration
+    overhead_per_seq_s: float = 0.0  # CPU cost per sequence in the iteration
     interconnect_efficiency: float = 0.7  # share of NVLink / PCIe bandwidth in collectives
     allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
@@ -62,60 +102,119 @@ class RooflineParams:
     unload_s: float = 0.02  # time to free the model
 
     def __post_init__(self) -> None:
-        for name in ("mfu_efficiency", "bw_efficiency", "interconnect_efficiency"):
+        for name in _EFFICIENCIES:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"RooflineParams.{name} must be in (0, 1]", value=value)
-        if self.load_efficiency <= 0.0 or self.load_efficiency > 1.0:
-            raise ConfigError("RooflineParams.load_efficiency must be in (0, 1]")
+        for name in _TIMES:
+            if getattr(self, name) < 0.0:
+                raise ConfigError(
+                    f"RooflineParams.{name} must be >= 0 s", value=getattr(self, name)
+                )
+        if not self.overlap_exponent >= 1.0:
+            raise ConfigError("RooflineParams.overlap_exponent must be >= 1 (inf: max)")
+        if not 1.0 <= self.attn_diag_factor <= 2.0:
+            raise ConfigError(
+                "RooflineParams.attn_diag_factor must be in [1, 2]", value=self.attn_diag_factor
+            )
+        if self.token_tile < 1:
+            raise ConfigError("RooflineParams.token_tile must be >= 1", value=self.token_tile)
         if self.pp_microbatches < 1:
             raise ConfigError("RooflineParams.pp_microbatches must be >= 1")
-        if min(self.overhead_s, self.allreduce_latency_s, self.load_overhead_s) < 0.0:
-            raise ConfigError("RooflineParams times must be >= 0")
+        if self.activation_bytes <= 0.0:
+            raise ConfigError("RooflineParams.activation_bytes must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
-class _Terms:
-    """One iteration as ``fixed_s + scale * (max(compute_s, memory_s) + comm_s)``."""
+class Gemm:
+    """One GEMM of a layer on one GPU: ``tokens × K`` times ``K × N``."""
 
-    fixed_s: float
-    scale: float
-    compute_s: float
-    memory_s: float
-    comm_s: float
+    k: int  # input features
+    n: int  # output features (this GPU's shard)
+
+
+def layer_gemms(model: ModelArch, tp: int) -> tuple[Gemm, Gemm, Gemm, Gemm]:
+    """QKV, O, gate/up and down projections of one layer on one of ``tp`` GPUs.
+
+    Query heads split over TP; KV heads split while ``tp <= num_kv_heads`` and are
+    replicated beyond.
+    """
+    hd = model.head_size
+    q = max(1, model.num_heads // tp) * hd
+    kv = max(1, math.ceil(model.num_kv_heads / tp)) * hd
+    inter = max(1, model.intermediate_size // tp)
+    up = 2 * inter if model.gated_mlp else inter
+    h = model.hidden_size
+    return Gemm(h, q + 2 * kv), Gemm(q, h), Gemm(h, up), Gemm(inter, h)
+
+
+def elementwise_elements(model: ModelArch, tp: int) -> float:
+    """Activation elements the elementwise kernels of one layer read and write per token.
+
+    Two RMS norms (read and write the hidden state), rotary embedding (queries and
+    keys in and out), the activation (gated: two halves in, one out) and the residual
+    add (two in, one out).
+    """
+    hd, h = model.head_size, model.hidden_size
+    q = max(1, model.num_heads // tp) * hd
+    kv = max(1, math.ceil(model.num_kv_heads / tp)) * hd
+    inter = max(1, model.intermediate_size // tp)
+    act = 3 * inter if model.gated_mlp else 2 * inter
+    return 2 * 2 * h + 2 * (q + kv) + act + 3 * h
 
 
 @dataclass(frozen=True, slots=True)
 class _Coef:
-    """The roofline folded into per-unit times of one GPU (before PP micro-batching)."""
+    """The roofline folded into per-unit times of one GPU (the hot path is plain float math)."""
 
-    overhead_s: float  # fixed cost per iteration
+    layers: float  # layers one GPU (one pipeline stage) runs
     pp: int  # pipeline stages
     pp_microbatches: int  # micro-batches an iteration is cut into under PP
-    token_s: float  # matmul compute time per token
-    pair_s: float  # attention compute time per causal query-key pair
-    weights_s: float  # time to read the weights once
-    kv_token_s: float  # time to move one token's KV bytes
-    comm_fixed_s: float  # collective latency per micro-batch (0 without TP / PP)
-    comm_token_s: float  # collective time per token of a micro-batch
+    cpu_s: float  # CPU cost per iteration
+    cpu_seq_s: float  # CPU cost per sequence
+    pair_s: float  # attention compute time per (weighted) query-key pair, per layer
+    diag: float  # weight of a pair inside a prefill chunk
+    kv_token_s: float  # time to move one token's KV bytes, per layer
+    attn_kernel_s: float  # fixed cost of one attention kernel, per layer
+    comm_fixed_s: float  # all-reduce latency per layer (0 without TP)
+    comm_token_s: float  # all-reduce time per token per layer
+    p2p_fixed_s: float  # pipeline send latency (0 without PP)
+    p2p_token_s: float  # pipeline send time per token
 
 
 class Roofline(StepTimeBase):
-    """Roofline step time of a :class:`Deployment`; see the module docstring."""
+    """Roofline step time of a :class:`Deployment`; see the module docstring.
+
+    ``params=None`` takes the accelerator's default constants
+    (:func:`sincere.perf.calibration.default_roofline_params`).
+    """
 
     def __init__(self, deployment: Deployment, params: RooflineParams | None = None) -> None:
         self.deployment = deployment
-        self.params = params or RooflineParams()
-        if deployment.precision not in PRECISION_BYTES:
-            raise ConfigError(
-                "unknown weight precision", value=deployment.precision, allowed=PRECISION_BYTES
-            )
-        if deployment.kv_precision not in PRECISION_BYTES:
-            raise ConfigError(
-                "unknown KV precision", value=deployment.kv_precision, allowed=PRECISION_BYTES
-            )
+        if params is None:
+            from sincere.perf.calibration import default_roofline_params
+
+            params = default_roofline_params(deployment.accelerator)
+        self.params = params
+        for name, precision in (("weight", deployment.precision), ("KV", deployment.kv_precision)):
+            if precision not in PRECISION_BYTES:
+                raise ConfigError(
+                    f"unknown {name} precision", value=precision, allowed=PRECISION_BYTES
+                )
         super().__init__(self._load_time(), SwapTime(self.params.unload_s))
+        self._gemms = layer_gemms(deployment.model, deployment.tp)
+        head_cols = max(1, deployment.model.vocab_size // deployment.tp)
+        self._head = Gemm(deployment.model.hidden_size, head_cols)
         self._coef = self._coefficients()
+        acc, p = deployment.accelerator, self.params
+        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * p.mfu_efficiency
+        self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
+        self._weight_bytes = PRECISION_BYTES[deployment.precision]
+        ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
+        ew_elems = elementwise_elements(deployment.model, deployment.tp)
+        self._ew_token_s = ew_elems * p.activation_bytes / ew_hbm
+        self._linear_memo: dict[int, float] = {}
+        self._head_memo: dict[int, float] = {}
 
     # --- per-GPU figures -------------------------------------------------------------
     @property
@@ -138,27 +237,93 @@ class Roofline(StepTimeBase):
             rate = min(rate, p.disk_read_gbps)
         return SwapTime(self.weight_bytes_per_gpu / (rate * 1e9) + p.load_overhead_s)
 
-    # --- the roofline ----------------------------------------------------------------
     def _coefficients(self) -> _Coef:
-        """The roofline's constants, folded once (the hot path is then plain float math)."""
+        """Attention, communication and CPU constants, folded once."""
         dep, p = self.deployment, self.params
-        model = dep.model
-        peak = dep.accelerator.peak_tflops(dep.precision) * 1e12 * p.mfu_efficiency
-        hbm = dep.accelerator.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
-        kv_token_bytes = model.kv_bytes_per_token(dep.kv_precision) * self.kv_share / dep.pp
-        comm_fixed = self._comm_s(0.0)
+        model, acc = dep.model, dep.accelerator
+        attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
+        attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
+        q_heads = max(1, model.num_heads // dep.tp)
+        kv_bytes = model.kv_bytes_per_token(dep.kv_precision) * self.kv_share / model.num_layers
+        link = acc.interconnect_gbps_per_direction * 1e9 * p.interconnect_efficiency
+        message = model.hidden_size * p.activation_bytes  # bytes per token
+        tp_on = dep.tp > 1
+        pp_on = dep.pp > 1
+        ring = 2.0 * (dep.tp - 1) / dep.tp
         return _Coef(
-            overhead_s=p.overhead_s,
+            layers=model.num_layers / dep.pp,
             pp=dep.pp,
             pp_microbatches=p.pp_microbatches,
-            token_s=model.flops_per_token() / dep.num_gpus / peak,
-            pair_s=model.attention_flops_per_pair() / dep.num_gpus / peak,
-            weights_s=self.weight_bytes_per_gpu / hbm,
-            kv_token_s=kv_token_bytes / hbm,
-            comm_fixed_s=comm_fixed,
-            comm_token_s=self._comm_s(1.0) - comm_fixed,
+            cpu_s=p.overhead_s,
+            cpu_seq_s=p.overhead_per_seq_s,
+            pair_s=4.0 * q_heads * model.head_size / attn_peak,
+            diag=p.attn_diag_factor,
+            kv_token_s=kv_bytes / attn_hbm,
+            attn_kernel_s=p.attn_kernel_s,
+            comm_fixed_s=2.0 * p.allreduce_latency_s if tp_on else 0.0,
+            comm_token_s=2.0 * ring * message / link if tp_on else 0.0,
+            p2p_fixed_s=p.p2p_latency_s if pp_on else 0.0,
+            p2p_token_s=message / link if pp_on else 0.0,
         )
 
+    # --- kernels ---------------------------------------------------------------------
+    def _gemm_s(self, gemm: Gemm, tokens: int) -> float:
+        """One GEMM over ``tokens`` tokens: compute and memory combined by the p-norm."""
+        tile = self.params.token_tile
+        tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
+        compute = 2.0 * gemm.k * gemm.n * tiled / self._peak
+        moved = gemm.k * gemm.n * self._weight_bytes
+        moved += (gemm.k + gemm.n) * tokens * self.params.activation_bytes
+        memory = moved / self._hbm
+        p = self.params.overlap_exponent
+        if math.isinf(p):
+            return compute if compute > memory else memory
+        high = compute if compute > memory else memory
+        low = compute if compute <= memory else memory
+        return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
+
+    def linear_layer_s(self, tokens: int) -> Seconds:
+        """One layer's linear work over ``tokens`` tokens on one GPU (memoised)."""
+        cached = self._linear_memo.get(tokens)
+        if cached is not None:
+            return cached
+        total = self.params.layer_overhead_s + self._ew_token_s * tokens
+        for gemm in self._gemms:
+            total += self._gemm_s(gemm, tokens)
+        self._linear_memo[tokens] = total
+        return total
+
+    def lm_head_s(self, num_seqs: int) -> Seconds:
+        """The LM head for ``num_seqs`` sampled positions on one GPU (memoised)."""
+        if num_seqs <= 0:
+            return 0.0
+        cached = self._head_memo.get(num_seqs)
+        if cached is not None:
+            return cached
+        value = self._gemm_s(self._head, num_seqs)
+        self._head_memo[num_seqs] = value
+        return value
+
+    def _prefill_attn_s(
+        self, share: float, num_seqs: int, tokens: int, ctx_tokens: int, pairs: float
+    ) -> float:
+        """Prefill attention of one layer for ``share`` of the chunks (one kernel)."""
+        c = self._coef
+        ctx_pairs = tokens * ctx_tokens / num_seqs  # exact for one chunk
+        if ctx_pairs > pairs:
+            ctx_pairs = pairs
+        compute = share * c.pair_s * (ctx_pairs + c.diag * (pairs - ctx_pairs))
+        memory = share * c.kv_token_s * (tokens + ctx_tokens)
+        return c.attn_kernel_s + (compute if compute > memory else memory)
+
+    def _decode_attn_s(self, share: float, num_seqs: int, ctx_tokens: int) -> float:
+        """Decode attention of one layer for ``share`` of the sequences (one kernel)."""
+        c = self._coef
+        compute = share * c.pair_s * ctx_tokens
+        memory = share * c.kv_token_s * (ctx_tokens + num_seqs)
+        return c.attn_kernel_s + (compute if compute > memory else memory)
+
+    # --- the iteration ---------------------------------------------------------------
     def iteration_s_fast(
         self,
         num_prefill_seqs: int,
@@ -168,54 +333,73 @@ class Roofline(StepTimeBase):
         num_decode_seqs: int,
         decode_ctx_tokens: int,
     ) -> Seconds:
-        """:meth:`iteration_s` of the batch with these fields, without building it."""
+        """:meth:`iteration_s` of the batch with these fields, without building it.
+
+        The engines' hot path: without PP the kernels are summed inline (the same
+        formulas as :meth:`_prefill_attn_s` / :meth:`_decode_attn_s`, which
+        :meth:`parts` uses; the tests hold the two equal).
+        """
         c = self._coef
         tokens = prefill_tokens + num_decode_seqs
         if tokens == 0:
             return 0.0
-        kv_tokens = decode_ctx_tokens + prefill_ctx_tokens + tokens
-        compute = c.token_s * tokens + c.pair_s * (prefill_attn_pairs + decode_ctx_tokens)
-        if c.pp == 1:
-            memory = c.weights_s + c.kv_token_s * kv_tokens
-            bound = compute if compute > memory else memory
-            return c.overhead_s + bound + c.comm_fixed_s + c.comm_token_s * tokens
-        num_mb = max(1, min(c.pp_microbatches, num_prefill_seqs + num_decode_seqs))
+        seqs = num_prefill_seqs + num_decode_seqs
+        if c.pp != 1:
+            return self._pipelined_s(
+                num_prefill_seqs,
+                prefill_tokens,
+                prefill_ctx_tokens,
+                prefill_attn_pairs,
+                num_decode_seqs,
+                decode_ctx_tokens,
+            )
+        linear = self._linear_memo.get(tokens)
+        if linear is None:
+            linear = self.linear_layer_s(tokens)
+        head = self._head_memo.get(seqs)
+        if head is None:
+            head = self.lm_head_s(seqs)
+        layer = linear + c.comm_fixed_s + c.comm_token_s * tokens
+        if num_prefill_seqs > 0:
+            ctx_pairs = prefill_tokens * prefill_ctx_tokens / num_prefill_seqs
+            if ctx_pairs > prefill_attn_pairs:
+                ctx_pairs = prefill_attn_pairs
+            compute = c.pair_s * (ctx_pairs + c.diag * (prefill_attn_pairs - ctx_pairs))
+            memory = c.kv_token_s * (prefill_tokens + prefill_ctx_tokens)
+            layer += c.attn_kernel_s + (compute if compute > memory else memory)
+        if num_decode_seqs > 0:
+            compute = c.pair_s * decode_ctx_tokens
+            memory = c.kv_token_s * (decode_ctx_tokens + num_decode_seqs)
+            layer += c.attn_kernel_s + (compute if compute > memory else memory)
+        return c.cpu_s + c.cpu_seq_s * seqs + c.layers * layer + head
+
+    def _pipelined_s(
+        self,
+        num_prefill_seqs: int,
+        prefill_tokens: int,
+        prefill_ctx_tokens: int,
+        prefill_attn_pairs: float,
+        num_decode_seqs: int,
+        decode_ctx_tokens: int,
+    ) -> Seconds:
+        """The iteration under PP: ``(m + pp - 1)`` stage times of one micro-batch."""
+        c = self._coef
+        tokens = prefill_tokens + num_decode_seqs
+        seqs = num_prefill_seqs + num_decode_seqs
+        num_mb = max(1, min(c.pp_microbatches, seqs))
         share = 1.0 / num_mb
-        memory = c.weights_s + share * c.kv_token_s * kv_tokens
-        bound = max(share * compute, memory)
-        comm = c.comm_fixed_s + c.comm_token_s * share * tokens
-        return c.overhead_s + (num_mb + c.pp - 1.0) * (bound + comm)
-
-    def _terms(self, batch: Batch) -> _Terms:
-        dep, p = self.deployment, self.params
-        model = dep.model
-        num_mb = max(1, min(p.pp_microbatches, batch.num_seqs)) if dep.pp > 1 else 1
-        share = 1.0 / num_mb  # of the batch in one micro-batch
-        gpus = dep.num_gpus
-        pairs = batch.prefill_attn_pairs + batch.decode_ctx_tokens
-        flops = model.flops_per_token() * batch.num_tokens
-        flops += model.attention_flops_per_pair() * pairs
-        peak = dep.accelerator.peak_tflops(dep.precision) * 1e12 * p.mfu_efficiency
-        compute_s = share * flops / gpus / peak
-        kv_tokens = batch.decode_ctx_tokens + batch.prefill_ctx_tokens + batch.num_tokens
-        kv_bytes = kv_tokens * model.kv_bytes_per_token(dep.kv_precision) * self.kv_share / dep.pp
-        hbm = dep.accelerator.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
-        memory_s = (self.weight_bytes_per_gpu + share * kv_bytes) / hbm
-        comm_s = self._comm_s(share * batch.num_tokens)
-        return _Terms(p.overhead_s, num_mb + dep.pp - 1.0, compute_s, memory_s, comm_s)
-
-    def _comm_s(self, tokens: float) -> float:
-        """All-reduce and pipeline-send time of one micro-batch on one stage."""
-        dep, p = self.deployment, self.params
-        message = tokens * dep.model.hidden_size * p.activation_bytes
-        link = dep.accelerator.interconnect_gbps_per_direction * 1e9 * p.interconnect_efficiency
-        total = 0.0
-        if dep.tp > 1:
-            per_allreduce = p.allreduce_latency_s + 2.0 * (dep.tp - 1) / dep.tp * message / link
-            total += 2.0 * dep.model.num_layers / dep.pp * per_allreduce
-        if dep.pp > 1:
-            total += p.p2p_latency_s + message / link
-        return total
+        mb_tokens = math.ceil(tokens * share)
+        attn = 0.0
+        if num_prefill_seqs > 0:
+            attn += self._prefill_attn_s(
+                share, num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs
+            )
+        if num_decode_seqs > 0:
+            attn += self._decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
+        layer = self.linear_layer_s(mb_tokens) + attn + c.comm_fixed_s + c.comm_token_s * mb_tokens
+        stage = c.layers * layer + self.lm_head_s(math.ceil(seqs * share))
+        p2p = c.p2p_fixed_s + c.p2p_token_s * mb_tokens
+        return c.cpu_s + c.cpu_seq_s * seqs + (num_mb + c.pp - 1.0) * (stage + p2p)
 
     def iteration_s(self, batch: Batch) -> Seconds:
         """Duration of one iteration: see the module docstring."""
@@ -229,32 +413,86 @@ class Roofline(StepTimeBase):
         )
 
     def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> Seconds:
-        """Exact sum of decode iterations, splitting the run at the roofline's ridge."""
+        """Exact sum of decode iterations: only decode attention changes, split at its ridge."""
         if num_steps <= 0 or num_seqs <= 0:
             return 0.0
         c = self._coef
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
-        kv_s = share * c.kv_token_s
-        bound = sum_max_affine(
-            share * (c.token_s * num_seqs + c.pair_s * ctx_tokens),
-            share * c.pair_s * num_seqs,
-            c.weights_s + kv_s * (ctx_tokens + num_seqs),
-            kv_s * num_seqs,
+        mb = num_seqs if num_mb == 1 else math.ceil(num_seqs * share)
+        fixed = self.linear_layer_s(mb) + c.attn_kernel_s + c.comm_fixed_s + c.comm_token_s * mb
+        stage = c.layers * fixed + self.lm_head_s(mb)
+        scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
+        if scale != 1.0:
+            stage += c.p2p_fixed_s + c.p2p_token_s * mb
+        per_step = c.cpu_s + c.cpu_seq_s * num_seqs + scale * stage
+        w = scale * c.layers * share
+        attention = sum_max_affine(
+            w * c.pair_s * ctx_tokens,
+            w * c.pair_s * num_seqs,
+            w * c.kv_token_s * (ctx_tokens + num_seqs),
+            w * c.kv_token_s * num_seqs,
             num_steps,
         )
-        scale = num_mb + c.pp - 1.0
-        comm = c.comm_fixed_s + c.comm_token_s * share * num_seqs
-        return num_steps * (c.overhead_s + scale * comm) + scale * bound
+        return num_steps * per_step + attention
 
-    # --- utilisation -----------------------------------------------------------------
+    # --- breakdown and utilisation ---------------------------------------------------
+    def parts(self, batch: Batch) -> StepParts:
+        """The iteration split into its kernels' shares (they sum to :meth:`iteration_s`)."""
+        c = self._coef
+        tokens, seqs = batch.num_tokens, batch.num_seqs
+        if tokens == 0:
+            return StepParts()
+        num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, seqs))
+        share = 1.0 / num_mb
+        mb_tokens = tokens if num_mb == 1 else math.ceil(tokens * share)
+        scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
+        attn = 0.0
+        if batch.num_prefill_seqs > 0:
+            attn += self._prefill_attn_s(
+                share,
+                batch.num_prefill_seqs,
+                batch.prefill_tokens,
+                batch.prefill_ctx_tokens,
+                batch.prefill_attn_pairs,
+            )
+        if batch.num_decode_seqs > 0:
+            attn += self._decode_attn_s(share, batch.num_decode_seqs, batch.decode_ctx_tokens)
+        comm = c.layers * (c.comm_fixed_s + c.comm_token_s * mb_tokens)
+        if scale != 1.0:
+            comm += c.p2p_fixed_s + c.p2p_token_s * mb_tokens
+        return StepParts(
+            linear_s=scale * c.layers * self.linear_layer_s(mb_tokens),
+            attention_s=scale * c.layers * attn,
+            communication_s=scale * comm,
+            lm_head_s=scale * self.lm_head_s(seqs if num_mb == 1 else math.ceil(seqs * share)),
+            overhead_s=c.cpu_s + c.cpu_seq_s * seqs,
+        )
+
     def utilization(self, batch: Batch) -> tuple[float, float]:
-        """Model-FLOPs and memory-bandwidth utilisation (0..1) of one iteration, per GPU."""
+        """Model-FLOPs and memory-bandwidth utilisation (0..1) of one iteration, per GPU.
+
+        Useful FLOPs: the GEMMs (untiled) and the causal attention pairs; bytes: the
+        weights, the activations and the KV cache read and written; over the
+        iteration's time at the datasheet peaks.
+        """
         duration = self.iteration_s(batch)
         if duration <= 0.0:
             return 0.0, 0.0
-        t = self._terms(batch)
-        num_mb = t.scale - self.deployment.pp + 1.0  # micro-batches each GPU runs
-        mfu = num_mb * t.compute_s * self.params.mfu_efficiency / duration
-        mbu = num_mb * t.memory_s * self.params.bw_efficiency / duration
+        dep, p = self.deployment, self.params
+        acc, model = dep.accelerator, dep.model
+        layers = model.num_layers / dep.pp
+        tokens = batch.num_tokens
+        pairs = batch.prefill_attn_pairs + batch.decode_ctx_tokens
+        gemm_flops = sum(2.0 * g.k * g.n for g in self._gemms) * tokens
+        q_heads = max(1, model.num_heads // dep.tp)
+        flops = layers * (gemm_flops + 4.0 * q_heads * model.head_size * pairs)
+        flops += 2.0 * self._head.k * self._head.n * batch.num_seqs
+        weights = sum(g.k * g.n for g in self._gemms) * layers + self._head.k * self._head.n
+        kv_tokens = batch.decode_ctx_tokens + batch.prefill_ctx_tokens + tokens
+        kv = kv_tokens * model.kv_bytes_per_token(dep.kv_precision) * self.kv_share / dep.pp
+        moved = weights * self._weight_bytes + kv
+        moved += layers * elementwise_elements(model, dep.tp) * tokens * p.activation_bytes
+        mfu = flops / (duration * acc.peak_tflops(dep.precision) * 1e12)
+        mbu = moved / (duration * acc.hbm_bandwidth_gbps * 1e9)
         return min(mfu, 1.0), min(mbu, 1.0)

@@ -1,0 +1,179 @@
+"""The fitted A100 roofline against the composed kernel sums of Vidur's A100 profiles.
+
+For each profiled model at TP 1 and 2, iterations of four families -- prefills of 64 to
+4,096 tokens, decodes of 1 to 128 sequences at 1k and 4k tokens of context, and mixed
+iterations (a 128 / 256 / 512-token chunk at 0 or 2,048 cached tokens with 8 / 32 / 96
+decodes at 1k or 4k) -- are timed by
+
+* the reference: the ``profiled`` step model, i.e. the operator tables composed the
+  way Vidur composes them (layers × (linear + attention + two all-reduces));
+* the roofline with the A100 defaults shipped in ``sincere/data/perf/roofline/``
+  (fitted by ``sincere fit gpu-profiles``); only its layer kernels are compared
+  (the LM head and CPU are not in the tables);
+* the previous default for context: the iteration-level roofline at 50 % of peak
+  FLOPs and 85 % of HBM bandwidth, ``max(2·params·tokens + attention FLOPs, bytes)``
+  plus a ring all-reduce at 70 % of NVLink and 10 us, without its 1 ms CPU term.
+
+Only Llama-2-70B and CodeLlama-34B at TP2 have their own attention table (32 query /
+4 KV heads per GPU); for the other deployments the reference's attention is that
+table scaled by head counts (``scale_attention``), a derived figure reported apart,
+and the linear + communication kernels (all measured) are compared on their own.
+Then a leave-one-model-out check: the linear fit on three models, judged on the
+fourth. Machine-independent (no timing); about 40 s.
+
+    python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from sincere.catalog import get_accelerator, get_model
+from sincere.fit.gpu_profiles import fit_gpu_profiles
+from sincere.perf import Batch, Deployment, Roofline, RooflineParams
+from sincere.perf.operators import AttentionShape, OperatorProfiles, read_operator_profiles
+from sincere.perf.profiled import ProfiledStep
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATOR = get_accelerator("A100-80GB")
+FAMILIES = ("prefill", "decode 1k", "decode 4k", "mixed")
+
+
+def grid() -> Iterator[tuple[str, Batch]]:
+    """The iterations compared, by family."""
+    for c in (64, 128, 256, 512, 1024, 2048, 4096):
+        yield "prefill", Batch.of(prefill=[(c, 0)])
+    for ctx, family in ((1024, "decode 1k"), (4096, "decode 4k")):
+        for n in (1, 2, 4, 8, 16, 32, 64, 128):
+            yield family, Batch.of(decode=[ctx] * n)
+    for c in (128, 256, 512):
+        for cached in (0, 2048):
+            for n in (8, 32, 96):
+                for ctx in (1024, 4096):
+                    yield "mixed", Batch.of(prefill=[(c, cached)], decode=[ctx] * n)
+
+
+def previous_default_s(dep: Deployment, batch: Batch) -> float:
+    """The iteration-level datasheet roofline sincere used before (without its CPU term)."""
+    model, acc = dep.model, dep.accelerator
+    pairs = batch.prefill_attn_pairs + batch.decode_ctx_tokens
+    flops = model.flops_per_token() * batch.num_tokens + model.attention_flops_per_pair() * pairs
+    compute = flops / dep.tp / (acc.bf16_tflops * 1e12 * 0.5)
+    kv_tokens = batch.decode_ctx_tokens + batch.prefill_ctx_tokens + batch.num_tokens
+    share = math.ceil(model.num_kv_heads / dep.tp) / model.num_kv_heads
+    moved = model.weight_bytes("bf16") / dep.tp + kv_tokens * model.kv_bytes_per_token() * share
+    memory = moved / (acc.hbm_bandwidth_gbps * 1e9 * 0.85)
+    comm = 0.0
+    if dep.tp > 1:
+        link = acc.interconnect_gbps_per_direction * 1e9 * 0.7
+        message = batch.num_tokens * model.hidden_size * 2.0
+        comm = 2 * model.num_layers * (10e-6 + 2 * (dep.tp - 1) / dep.tp * message / link)
+    return max(compute, memory) + comm
+
+
+def compare(
+    profiles: OperatorProfiles, params: RooflineParams | None, models: list[str]
+) -> dict[tuple[str, int], list[tuple[str, float, float, float, bool]]]:
+    """Per (model, tp): family, whole error, no-attention error, previous default's error,
+    and whether the reference's attention was measured for this shape."""
+    out = {}
+    for name in models:
+        for tp in (1, 2):
+            dep = Deployment(get_model(name), ACCELERATOR, tp=tp)
+            exact = profiles.attention_table(AttentionShape.of(dep.model, tp)) is not None
+            ref = ProfiledStep(profiles, dep, scale_attention=True, cpu=False)
+            model = Roofline(dep, params)
+            rows = []
+            for family, batch in grid():
+                r, m = ref.parts(batch), model.parts(batch)
+                whole = m.kernels_s / r.kernels_s - 1
+                layers = (m.linear_s + m.communication_s) / (r.linear_s + r.communication_s) - 1
+                before = previous_default_s(dep, batch) / r.kernels_s - 1
+                rows.append((family, whole, layers, before, exact))
+            out[(name, tp)] = rows
+    return out
+
+
+def stats(errors: list[float]) -> str:
+    """``mean / max`` of absolute errors, in %."""
+    e = np.abs(errors)
+    return f"{100 * e.mean():.1f} / {100 * e.max():.1f}"
+
+
+def accuracy_tables(
+    results: dict[tuple[str, int], list[tuple[str, float, float, float, bool]]],
+) -> None:
+    """Per deployment and per family, with the previous default beside."""
+    print(
+        "| model | TP | reference attention | whole iteration: mean / max % "
+        "| linear + comm only | previous default: mean / max % (bias) |"
+    )
+    print("|---|---:|---|---:|---:|---:|")
+    for (name, tp), rows in results.items():
+        whole = [r[1] for r in rows]
+        before = [r[3] for r in rows]
+        kind = "measured" if rows[0][4] else "scaled (derived)"
+        print(
+            f"| {name} | {tp} | {kind} | {stats(whole)} | {stats([r[2] for r in rows])} "
+            f"| {stats(before)} ({100 * np.mean(before):+.0f} %) |"
+        )
+    print(
+        "\n| family | measured attention: mean / max % "
+        "| all deployments, linear + comm: mean / max % "
+        "| previous default (measured attention): bias |"
+    )
+    print("|---|---:|---:|---:|")
+    for family in FAMILIES:
+        exact = [r[1] for rows in results.values() for r in rows if r[0] == family and r[4]]
+        layers = [r[2] for rows in results.values() for r in rows if r[0] == family]
+        before = [r[3] for rows in results.values() for r in rows if r[0] == family and r[4]]
+        print(f"| {family} | {stats(exact)} | {stats(layers)} | {100 * np.mean(before):+.0f} % |")
+
+
+def leave_one_out(profiles: OperatorProfiles) -> None:
+    """The linear work fitted on three models, judged on the fourth."""
+    print(
+        "\n| held-out model | fitted on | mfu / bw / tile | TP1 linear + comm: mean / max % "
+        "| TP2 | TP2 whole (attention measured?) |"
+    )
+    print("|---|---|---|---:|---:|---:|")
+    for held in profiles.models:
+        others = [m for m in profiles.models if m != held]
+        fit = fit_gpu_profiles(profiles, ACCELERATOR, models=others)
+        results = compare(profiles, RooflineParams(**fit.params), [held])
+        p = fit.params
+        cells = [stats([r[2] for r in results[(held, tp)]]) for tp in (1, 2)]
+        tp2 = results[(held, 2)]
+        whole = f"{stats([r[1] for r in tp2])} ({'yes' if tp2[0][4] else 'scaled'})"
+        print(
+            f"| {held} | {', '.join(others)} | {p['mfu_efficiency']:.3f} / "
+            f"{p['bw_efficiency']:.3f} / {p['token_tile']} | {cells[0]} | {cells[1]} | {whole} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
+    )
+    args = parser.parse_args()
+    profiles = read_operator_profiles(args.profiles / "a100")
+    results = compare(profiles, None, profiles.models)  # None: the shipped A100 defaults
+    accuracy_tables(results)
+    leave_one_out(profiles)
+    exact = [r[1] for rows in results.values() for r in rows if r[4]]
+    layers = [r[2] for rows in results.values() for r in rows]
+    print(
+        f"\none-line: fitted A100 roofline vs composed kernel sums: measured-attention iterations "
+        f"{stats(exact)} % (mean / max), linear + comm of all {len(results)} deployments "
+        f"{stats(layers)} %"
+    )
+
+
+if __name__ == "__main__":
+    main()
