@@ -14,11 +14,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def hetero_config(seed: int, num_requests: int) -> dict[str, Any]:
-    """examples/hetero.yaml behind the random router (instances see varied loads)."""
-    raw: dict[str, Any] = yaml.safe_load((EXAMPLES / "hetero.yaml").read_text())
+    """examples/hetero-explore.yaml: hetero.yaml behind the random router, tight tiers."""
+    raw: dict[str, Any] = yaml.safe_load((EXAMPLES / "hetero-explore.yaml").read_text())
     raw["seed"] = seed
     raw["workload"]["num_requests"] = num_requests
-    raw["router"] = {"name": "random"}
     return raw
 
 

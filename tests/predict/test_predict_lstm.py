@@ -131,3 +131,22 @@ def train_lstm_small() -> LstmLatency:
         outstanding=outstanding, tier=("",) * n, slo_met=None, num_derived=0, source="synthetic",
     )  # fmt: skip
     return train_lstm([run], LstmParams(epochs=2, hidden=4, head=4, history=4))[0]
+
+
+def test_importing_the_predictors_imports_neither_torch_nor_scipy() -> None:
+    """Routers import sincere.predict; that loads no torch, SciPy, Parquet or learned model."""
+    import subprocess
+    import sys
+
+    heavy = "('torch', 'scipy', 'pyarrow', 'sincere.predict.lstm')"
+    code = (
+        "import sys, sincere.predict, sincere.policy.routers;"
+        f"print(sorted(m for m in {heavy} if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"
+    code = "import sincere.predict as p; print(p.LstmLatency.__name__, p.QuantileLength.__name__)"
+    named = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert named.stdout.split() == ["LstmLatency", "QuantileLength"]  # loaded when asked for

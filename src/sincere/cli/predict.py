@@ -170,7 +170,10 @@ def _score_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, show_header=True, header_style="bold")
     keys = list(rows[0]) if rows else []
     for key in keys:
-        table.add_column(_HEADINGS[key][0], justify="left" if key == "name" else "right")
+        if key == "name":
+            table.add_column(_HEADINGS[key][0], no_wrap=True)
+        else:
+            table.add_column(_HEADINGS[key][0], justify="right")
     for row in rows:
         table.add_row(*(_fmt(row[k], _HEADINGS[k][1], _HEADINGS[k][2]) for k in keys))
     return table

@@ -14,11 +14,13 @@ through a one-layer LSTM (torch's gate order: input, forget, cell, output); its 
 hidden state and the current features feed a ReLU layer and a linear layer giving
 ``(mu, log sigma)`` of each standardised log target.
 
-Cost. The history only changes when an instance finishes a request, so ``observe``
-runs the LSTM over that instance's window and keeps the ReLU layer's share from it;
-``predict`` then costs one small matrix-vector product for the current features.
-:meth:`LstmLatency.distributions` does it for many instances in one product. Inference
-is NumPy only: routing with a trained file needs no torch.
+Cost. The history only changes when an instance finishes a request: ``observe`` only
+appends to the instance's window, and the LSTM runs over every changed window in one
+pass (:meth:`LstmLatency.refresh`, called by the next prediction or by the driver off
+the hot path), keeping the ReLU layer's share of each. A prediction then costs one
+small matrix product for the current features; :meth:`LstmLatency.distributions` does
+it for all candidate instances at once. Inference is NumPy only: routing with a trained
+file needs no torch.
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ from sincere.predict.features import (
     current_raw,
     entry_features,
 )
-from sincere.predict.latency import LATENCY_PREDICTORS, LatencyEstimate, RouteContext
+from sincere.predict.latency import (
+    LatencyEstimate,
+    RouteContext,
+    time_per_output_token,
+)
 from sincere.predict.saved import ModelHeader, load_model, save_model
 from sincere.predict.slo import LatencyDistribution
 
@@ -250,7 +256,7 @@ class LstmLatency:
         output_tokens: int,
     ) -> None:
         """Add a finished request (routed with ``ctx``) to its instance's window."""
-        tpot = (e2e_s - ttft_s) / (output_tokens - 1) if output_tokens > 1 else 0.0
+        tpot = time_per_output_token(ttft_s, e2e_s, output_tokens)
         finish = ctx.routed_at + e2e_s
         entry = (
             ctx.routed_at, finish, ttft_s, tpot, ctx.prompt_tokens, output_tokens,
@@ -333,6 +339,3 @@ def _windows(windows: Sequence[deque[tuple[float, ...]]], length: int) -> Histor
             values[:, row, length - k :] = np.array(entries).T
             present[row, length - k :] = True
     return History(dict(zip(HISTORY_COLUMNS, values, strict=True)), present)
-
-
-LATENCY_PREDICTORS.register("lstm")(LstmLatency.load)

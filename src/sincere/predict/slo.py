@@ -26,7 +26,6 @@ lognormal TTFT and TPOT with their own spread) is turned into the same probabili
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import NamedTuple
 
 from sincere.core.errors import ConfigError
@@ -108,11 +107,11 @@ class LatencyDistribution(NamedTuple):
 
     def ttft_quantile(self, q: float) -> Seconds:
         """TTFT not exceeded with probability ``q``."""
-        return math.exp(self.ttft_mu + self.ttft_sigma * _STANDARD.inv_cdf(q))
+        return math.exp(self.ttft_mu + self.ttft_sigma * normal_quantile(q))
 
     def tpot_quantile(self, q: float) -> Seconds:
         """Time per output token not exceeded with probability ``q``."""
-        return math.exp(self.tpot_mu + self.tpot_sigma * _STANDARD.inv_cdf(q))
+        return math.exp(self.tpot_mu + self.tpot_sigma * normal_quantile(q))
 
     def estimate(self, output_tokens: float) -> LatencyEstimate:
         """Medians as a point estimate: E2E = TTFT + (output - 1) * TPOT."""
@@ -135,7 +134,11 @@ class LatencyDistribution(NamedTuple):
         return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
 
 
-_STANDARD = NormalDist()
+def normal_quantile(q: float) -> float:
+    """The standard normal's ``q``-quantile (``statistics`` is imported on first use)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(q)
 
 
 def lognormal_within(mu: float, sigma: float, budget_s: Seconds) -> float:
