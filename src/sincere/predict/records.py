@@ -232,7 +232,7 @@ def read_served(path: str | Path) -> Served:
     order = np.argsort(col["arrival_at"], kind="stable")
     index = {name: i for i, name in enumerate(instances)}
     instance = np.array([index[n] for n in names], dtype=np.int64)[order]
-    load, num_derived = _load(table, p, rows[order], instance, len(instances))
+    load, num_derived = _load(table, p, rows[order])
     slo = None
     if "slo_met" in table.column_names:
         slo = np.asarray(table.column("slo_met").to_numpy(zero_copy_only=False))[rows][order]
@@ -256,9 +256,7 @@ def read_served(path: str | Path) -> Served:
     )
 
 
-def _load(
-    table: pa.Table, path: Path, rows: IntArray, instance: IntArray, num_instances: int
-) -> tuple[list[IntArray], int]:
+def _load(table: pa.Table, path: Path, rows: IntArray) -> tuple[list[IntArray], int]:
     """The four load columns for ``rows`` (recorded, or derived where missing)."""
     recorded = [
         _numbers(table, name, path)[rows] if name in table.column_names else None
@@ -269,7 +267,7 @@ def _load(
         missing |= np.ones(len(rows), dtype=np.bool_) if values is None else np.isnan(values)
     if not missing.any():
         return [np.asarray(v, dtype=np.int64) for v in recorded if v is not None], 0
-    derived = derive_load(table, path, rows, instance, num_instances)
+    derived = derive_load(table, path, rows)
     out = []
     for values, fallback in zip(recorded, derived, strict=True):
         merged = fallback if values is None else np.where(missing, fallback, values)
@@ -277,13 +275,11 @@ def _load(
     return out, int(missing.sum())
 
 
-def derive_load(
-    table: pa.Table, path: Path, rows: IntArray, instance: IntArray, num_instances: int
-) -> list[IntArray]:
-    """Running, waiting, waiting prompt tokens and outstanding from the timestamps.
+def derive_load(table: pa.Table, path: Path, rows: IntArray) -> list[IntArray]:
+    """Running, waiting, waiting prompt tokens and outstanding at the arrival of ``rows``.
 
-    ``rows`` are the served requests in arrival order and ``instance`` theirs; every
-    routed request of the table (served or not) counts as load. See the module docstring.
+    Derived from the timestamps of the same instance's requests; every routed request
+    of the table (served or not) counts as load. See the module docstring.
     """
     every = np.flatnonzero(_routed(table))
     arrival = _numbers(table, "arrival_at", path)
@@ -292,9 +288,9 @@ def derive_load(
     prompt = _numbers(table, "prompt_tokens", path)
     names = _strings(table, "instance", every)
     out = [np.zeros(len(rows), dtype=np.int64) for _ in range(4)]
-    by_name = {name: np.array([], dtype=np.int64) for name in set(names)}
-    for name in by_name:
-        by_name[name] = every[np.array([n == name for n in names], dtype=np.bool_)]
+    by_name = {
+        name: every[np.array([n == name for n in names], dtype=np.bool_)] for name in set(names)
+    }
     targets = _strings(table, "instance", rows)
     for name, members in by_name.items():
         mine = np.flatnonzero(np.array([t == name for t in targets], dtype=np.bool_))
