@@ -57,3 +57,14 @@ def test_table_has_every_column_in_order() -> None:
     assert tuple(table.column_names) == REQUEST_COLUMNS
     assert table.column("instance").to_pylist() == ["gpu0", "gpu0"]
     assert table.column("tier").to_pylist() == ["fast", "batch"]
+
+
+def test_load_at_arrival_is_null_until_noted() -> None:
+    """The arrival_* columns are null for unseen requests and carry what note_load kept."""
+    reqs, rec = _two_requests()
+    rec.note_load(1, running=3, waiting=2, waiting_prefill_tokens=900, outstanding=5)
+    table = to_table(reqs, rec)
+    assert table.column("arrival_num_running").to_pylist() == [None, 3]
+    assert table.column("arrival_num_waiting").to_pylist() == [None, 2]
+    assert table.column("arrival_waiting_prefill_tokens").to_pylist() == [None, 900]
+    assert table.column("arrival_num_outstanding").to_pylist() == [None, 5]

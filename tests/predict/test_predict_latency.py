@@ -94,7 +94,9 @@ def test_latency_registry_and_param_checks() -> None:
     """Unknown predictor names list the known ones; bad params name the parameter."""
     assert isinstance(make_latency_predictor("linear"), LinearLatency)
     with pytest.raises(ConfigError, match="recent-window"):
-        make_latency_predictor("lstm")
+        make_latency_predictor("gradient-boosting")
+    with pytest.raises(ConfigError, match=r"'lstm'.*'path'"):
+        make_latency_predictor("lstm")  # a trained model is loaded from a file
     with pytest.raises(ConfigError, match="alpha"):
         RecentWindow(alpha=0.0)
     with pytest.raises(ConfigError, match="window"):

@@ -76,3 +76,33 @@ def test_shipped_catalog_model_has_quantised_quality() -> None:
     assert models, "the shipped catalog should carry MaverIQ's int4 figures"
     assert 0.5 < model_quality(models[0], "int4") < 1.0
     assert model_quality(models[0], "bf16") == 1.0
+
+
+def test_distribution_quantiles_and_point_estimate() -> None:
+    """Medians are exp(mu); the 90 % quantile is 1.2816 sigma above in log space."""
+    from sincere.predict.slo import LatencyDistribution
+
+    dist = LatencyDistribution(ttft_mu=-2.0, ttft_sigma=0.5, tpot_mu=-4.0, tpot_sigma=0.2)
+    assert dist.ttft_quantile(0.5) == pytest.approx(0.1353352832)
+    assert dist.ttft_quantile(0.9) == pytest.approx(0.1353352832 * 1.8979527, rel=1e-6)
+    est = dist.estimate(11.0)
+    assert est.e2e_s == pytest.approx(est.ttft_s + 10 * 0.0183156389)
+
+
+def test_distribution_slo_probability_matches_sampling() -> None:
+    """P(meet TTFT and TTLT and TBT) agrees with a Monte Carlo draw of the same model."""
+    import numpy as np
+
+    from sincere.predict.slo import LatencyDistribution, distribution_slo_probability
+
+    dist = LatencyDistribution(ttft_mu=-1.5, ttft_sigma=0.6, tpot_mu=-3.5, tpot_sigma=0.3)
+    tier = Tier("t", ttft_s=0.3, ttlt_s=4.0, tbt_s=0.04)
+    rng = np.random.default_rng(0)
+    ttft = np.exp(rng.normal(dist.ttft_mu, dist.ttft_sigma, 400_000))
+    tpot = np.exp(rng.normal(dist.tpot_mu, dist.tpot_sigma, 400_000))
+    e2e = ttft + 99 * tpot
+    sampled = np.mean((ttft <= 0.3) & (tpot <= 0.04)) * np.mean(e2e <= 4.0)
+    assert distribution_slo_probability(tier, dist, 100.0) == pytest.approx(sampled, abs=0.02)
+    assert distribution_slo_probability(Tier("none"), dist, 100.0) == 1.0
+    late = distribution_slo_probability(tier, dist, 100.0, elapsed_s=0.3)
+    assert late == 0.0  # the TTFT budget is spent

@@ -41,6 +41,7 @@ def _register() -> None:
         fit,
         native,
         plan,
+        predict,
         profile,
         serve,
         simulate,

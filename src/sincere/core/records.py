@@ -41,8 +41,15 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "slo_met",
     "rejected",
     "reject_reason",
+    "arrival_num_running",
+    "arrival_num_waiting",
+    "arrival_waiting_prefill_tokens",
+    "arrival_num_outstanding",
 )
 """Columns of ``requests.parquet``, in order."""
+
+LOAD_COLUMNS: tuple[str, ...] = REQUEST_COLUMNS[-4:]
+"""The load-at-arrival columns (null where not recorded)."""
 
 
 @dataclass(eq=False)
@@ -58,11 +65,17 @@ class RecordArrays:
     rejected: npt.NDArray[np.bool_]
     reject_reason: list[str | None]
     instances: list[str]
+    # the chosen instance's load when the request was routed (LOAD_COLUMNS); -1: not seen
+    arrival_num_running: npt.NDArray[np.int64]
+    arrival_num_waiting: npt.NDArray[np.int64]
+    arrival_waiting_prefill_tokens: npt.NDArray[np.int64]
+    arrival_num_outstanding: npt.NDArray[np.int64]
 
     @classmethod
     def empty(cls, n: int, instances: list[str] | None = None) -> RecordArrays:
         """Records for ``n`` requests, none of which has happened yet."""
         nan = np.full(n, np.nan)
+        unseen = np.full(n, -1, dtype=np.int64)
         return cls(
             instance=np.full(n, -1, dtype=np.int64),
             first_scheduled_at=nan.copy(),
@@ -73,7 +86,20 @@ class RecordArrays:
             rejected=np.zeros(n, dtype=np.bool_),
             reject_reason=[None] * n,
             instances=list(instances or []),
+            arrival_num_running=unseen.copy(),
+            arrival_num_waiting=unseen.copy(),
+            arrival_waiting_prefill_tokens=unseen.copy(),
+            arrival_num_outstanding=unseen,
         )
+
+    def note_load(
+        self, i: int, running: int, waiting: int, waiting_prefill_tokens: int, outstanding: int
+    ) -> None:
+        """Record the load request ``i``'s instance had when the request was routed."""
+        self.arrival_num_running[i] = running
+        self.arrival_num_waiting[i] = waiting
+        self.arrival_waiting_prefill_tokens[i] = waiting_prefill_tokens
+        self.arrival_num_outstanding[i] = outstanding
 
     def reject(self, i: int, reason: str) -> None:
         """Mark request ``i`` as explicitly rejected, with a reason."""
@@ -145,8 +171,14 @@ def to_table(requests: RequestArrays, records: RecordArrays) -> pa.Table:
             "slo_met": slo_met(requests, records, lat),
             "rejected": records.rejected,
             "reject_reason": _reasons(records),
+            **{name: _counts(getattr(records, name)) for name in LOAD_COLUMNS},
         }
     )
+
+
+def _counts(values: npt.NDArray[np.int64]) -> pa.Array:
+    """A load column: -1 (not seen) becomes null."""
+    return pa.array(values, type=pa.int64(), mask=values < 0)
 
 
 def _strings(names: Sequence[str], index: npt.NDArray[np.int64]) -> pa.Array:

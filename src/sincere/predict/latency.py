@@ -90,6 +90,11 @@ class LatencyPredictor(Protocol):
         ...
 
 
+def time_per_output_token(ttft_s: Seconds, e2e_s: Seconds, output_tokens: int) -> Seconds:
+    """TPOT of a finished request: (E2E - TTFT) / (output tokens - 1); 0 for one token."""
+    return (e2e_s - ttft_s) / (output_tokens - 1) if output_tokens > 1 else 0.0
+
+
 def _slot_wait_s(model: StepTimeModel, ctx: RouteContext, num_ahead: int, total_ctx: int) -> float:
     """Time until a batch slot frees when ``num_ahead`` sequences fill the batch."""
     excess = num_ahead + 1 - ctx.max_num_seqs
@@ -179,7 +184,7 @@ class RecentWindow:
         output_tokens: int,
     ) -> None:
         """Fold one outcome into the instance's averages."""
-        tpot = (e2e_s - ttft_s) / (output_tokens - 1) if output_tokens > 1 else 0.0
+        tpot = time_per_output_token(ttft_s, e2e_s, output_tokens)
         stat = self._stats.setdefault(instance, _Ewma())
         stat.add(self.alpha, ttft_s, tpot, float(ctx.num_outstanding))
 
@@ -255,7 +260,8 @@ class LinearLatency:
         tpot_w = self._tpot.setdefault(instance, _Window(self.window))
         ttft_w.rows.append((_ttft_features(ctx), ttft_s))
         if output_tokens > 1:
-            tpot_w.rows.append((_tpot_features(ctx), (e2e_s - ttft_s) / (output_tokens - 1)))
+            tpot = time_per_output_token(ttft_s, e2e_s, output_tokens)
+            tpot_w.rows.append((_tpot_features(ctx), tpot))
         seen = self._seen[instance] = self._seen.get(instance, 0) + 1
         if seen >= self.min_samples and (seen - self.min_samples) % self.refit_every == 0:
             ttft_w.fit(self.ridge)
@@ -266,6 +272,17 @@ class LinearLatency:
 LATENCY_PREDICTORS: Registry[Callable[..., LatencyPredictor]] = Registry("latency predictor")
 LATENCY_PREDICTORS.register("recent-window")(RecentWindow)
 LATENCY_PREDICTORS.register("linear")(LinearLatency)
+
+
+@LATENCY_PREDICTORS.register("lstm")
+def trained_lstm(path: str, min_history: int = 1) -> LatencyPredictor:
+    """A trained LSTM model file (:class:`~sincere.predict.lstm.LstmLatency`), by path.
+
+    Its module is imported only here, so routers that do not use it do not load it.
+    """
+    from sincere.predict.lstm import LstmLatency
+
+    return LstmLatency.load(path, min_history)
 
 
 def make_latency_predictor(name: str, **params: Any) -> LatencyPredictor:

@@ -163,6 +163,17 @@ LENGTH_PREDICTORS.register("history-mean")(HistoryMean)
 LENGTH_PREDICTORS.register("prompt-bucket")(PromptBucket)
 
 
+@LENGTH_PREDICTORS.register("quantile")
+def trained_quantile(path: str) -> OutputLengthPredictor:
+    """A trained quantile length model file (:class:`.quantile_length.QuantileLength`), by path.
+
+    Its module is imported only here, so routers that do not use it do not load it.
+    """
+    from sincere.predict.quantile_length import QuantileLength
+
+    return QuantileLength.load(path)
+
+
 def make_length_predictor(name: str, **params: Any) -> OutputLengthPredictor:
     """Build the registered predictor ``name`` with ``params``."""
     factory = LENGTH_PREDICTORS.get(name)

@@ -17,11 +17,16 @@ both the analytic and learned predictors err (a fixed fraction of the prediction
 For a tier, the targets it sets (TTFT, TTLT, TBT) are treated as independent and the
 probabilities multiply; time already spent since arrival is taken off the TTFT and
 TTLT budgets.
+
+A learned predictor that gives a distribution per request (:class:`LatencyDistribution`:
+lognormal TTFT and TPOT with their own spread) is turned into the same probability by
+:func:`distribution_slo_probability`, with E2E's distribution matched by moments.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Tier
@@ -84,4 +89,80 @@ def slo_probability(
         prob *= error.prob_within(estimate.e2e_s, tier.ttlt_s - elapsed_s)
     if tier.tbt_s is not None and estimate.output_tokens > 1.0:
         prob *= error.prob_within(estimate.tpot_s, tier.tbt_s)
+    return prob
+
+
+class LatencyDistribution(NamedTuple):
+    """Predicted lognormal TTFT and time per output token of one request on one instance.
+
+    ``ln(TTFT / 1 s) ~ Normal(ttft_mu, ttft_sigma^2)``, likewise TPOT; a learned
+    predictor gives each request its own spread (:class:`~sincere.predict.lstm.LstmLatency`),
+    where :class:`LognormalError` keeps one spread per predictor.
+    """
+
+    ttft_mu: float
+    ttft_sigma: float
+    tpot_mu: float
+    tpot_sigma: float
+
+    def ttft_quantile(self, q: float) -> Seconds:
+        """TTFT not exceeded with probability ``q``."""
+        return math.exp(self.ttft_mu + self.ttft_sigma * normal_quantile(q))
+
+    def tpot_quantile(self, q: float) -> Seconds:
+        """Time per output token not exceeded with probability ``q``."""
+        return math.exp(self.tpot_mu + self.tpot_sigma * normal_quantile(q))
+
+    def estimate(self, output_tokens: float) -> LatencyEstimate:
+        """Medians as a point estimate: E2E = TTFT + (output - 1) * TPOT."""
+        out = max(output_tokens, 1.0)
+        ttft = math.exp(self.ttft_mu)
+        return LatencyEstimate(ttft, ttft + (out - 1.0) * math.exp(self.tpot_mu), out)
+
+    def e2e_lognormal(self, output_tokens: float) -> tuple[float, float]:
+        """``(mu, sigma)`` of a lognormal matching E2E's mean and variance.
+
+        E2E = TTFT + (output - 1) * TPOT with the two independent; the sum of
+        lognormals is approximated by one with the same first two moments
+        (Fenton-Wilkinson).
+        """
+        k = max(output_tokens - 1.0, 0.0)
+        terms = [(self.ttft_mu, self.ttft_sigma, 1.0), (self.tpot_mu, self.tpot_sigma, k)]
+        mean = sum(w * math.exp(mu + s * s / 2) for mu, s, w in terms)
+        var = sum(w * w * math.expm1(s * s) * math.exp(2 * mu + s * s) for mu, s, w in terms)
+        sigma2 = math.log1p(var / (mean * mean))
+        return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
+
+
+def normal_quantile(q: float) -> float:
+    """The standard normal's ``q``-quantile (``statistics`` is imported on first use)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(q)
+
+
+def lognormal_within(mu: float, sigma: float, budget_s: Seconds) -> float:
+    """P(X <= budget_s) for ``ln X ~ Normal(mu, sigma^2)``."""
+    if budget_s <= 0.0:
+        return 0.0
+    return normal_cdf((math.log(budget_s) - mu) / max(sigma, 1e-9))
+
+
+def distribution_slo_probability(
+    tier: Tier, dist: LatencyDistribution, output_tokens: float, elapsed_s: Seconds = 0.0
+) -> float:
+    """Probability of meeting every target of ``tier`` under ``dist`` (1.0 when it sets none).
+
+    As :func:`slo_probability` (targets independent, time since arrival taken off the
+    TTFT and TTLT budgets), with the predictor's own spread per request; the successor
+    router keeps instances where this is at least 0.7.
+    """
+    prob = 1.0
+    if tier.ttft_s is not None:
+        prob *= lognormal_within(dist.ttft_mu, dist.ttft_sigma, tier.ttft_s - elapsed_s)
+    if tier.ttlt_s is not None:
+        mu, sigma = dist.e2e_lognormal(output_tokens)
+        prob *= lognormal_within(mu, sigma, tier.ttlt_s - elapsed_s)
+    if tier.tbt_s is not None and output_tokens > 1.0:
+        prob *= lognormal_within(dist.tpot_mu, dist.tpot_sigma, tier.tbt_s)
     return prob

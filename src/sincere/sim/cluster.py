@@ -6,7 +6,8 @@ case costs nothing); with several, the router picks from read-only
 :class:`~sincere.policy.router_base.InstanceView` snapshots; with none, or when the
 router declines, the request is rejected with a reason. A router's new
 ``max_tokens`` (a budget cap) is written to the run's ``max_tokens`` array, which
-the engines read.
+the engines read. The chosen instance's load, as its view shows it, goes into the
+records (the ``arrival_*`` columns) when the cluster has more than one instance.
 
 Views are cached per instance: an engine's load only changes when the event loop adds
 a request to it, advances it or drains it, and the loop says so (:meth:`Cluster.touched`),
@@ -74,6 +75,7 @@ class Cluster:
         """Engine index for request ``i``; ``None`` after rejecting it."""
         choices = self.eligible[int(self.requests.model[i])]
         if len(choices) == 1:
+            self._note_load(i, choices[0])
             return choices[0]
         if not choices:
             self.records.reject(i, "no_instance")
@@ -82,7 +84,18 @@ class Cluster:
             self.records.reject(i, "no_router")
             return None
         decision = self._ask_router(i, choices, now)
-        return self._apply(i, decision, choices)
+        e = self._apply(i, decision, choices)
+        if e is not None:
+            self._note_load(i, e)
+        return e
+
+    def _note_load(self, i: int, e: int) -> None:
+        """Keep engine ``e``'s load as its view shows it (with one engine nobody looks)."""
+        if len(self.engines) > 1:
+            v = self._view(e)
+            self.records.note_load(
+                i, v.num_running, v.num_waiting, v.waiting_prefill_tokens, v.num_outstanding
+            )
 
     def _ask_router(self, i: int, choices: list[int], now: Seconds) -> RouteDecision:
         views = [self._view(e) for e in choices]

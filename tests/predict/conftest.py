@@ -1,0 +1,33 @@
+"""Small simulated runs of a heterogeneous cluster behind a random router, as records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sincere.sim import simulate
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def hetero_config(seed: int, num_requests: int) -> dict[str, Any]:
+    """examples/hetero-explore.yaml: hetero.yaml behind the random router, tight tiers."""
+    raw: dict[str, Any] = yaml.safe_load((EXAMPLES / "hetero-explore.yaml").read_text())
+    raw["seed"] = seed
+    raw["workload"]["num_requests"] = num_requests
+    return raw
+
+
+@pytest.fixture(scope="session")
+def hetero_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two runs (seeds 0 and 1, 1,500 requests each): folders with requests.parquet."""
+    root = tmp_path_factory.mktemp("hetero-runs")
+    out = []
+    for seed in (0, 1):
+        folder = root / f"seed{seed}"
+        simulate(hetero_config(seed, 1500)).write(folder)
+        out.append(folder)
+    return out
