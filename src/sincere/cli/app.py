@@ -45,6 +45,7 @@ def _register() -> None:
         serve,
         simulate,
         trace,
+        validate,
     )
 
 
