@@ -39,6 +39,7 @@ def _register() -> None:
         estimate,
         experiment,
         fit,
+        fit_sincere_runs,
         native,
         plan,
         profile,

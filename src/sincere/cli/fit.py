@@ -1,5 +1,9 @@
 """``sincere fit PROFILE.csv --model roofline|inferno|niyama|table --out params.yaml``.
 
+``fit`` is a group: other fitters are subcommands (``sincere fit sincere-runs DIR``, in
+their own modules); a first argument that names none of them is a profile for the
+default command below, so ``sincere fit PROFILE.csv`` works as it always did.
+
 Fits a step-time model to a ``sincere profile local`` or ``profile http`` CSV and
 writes a parameter file that ``simulate`` / ``experiment`` configs accept as
 ``step_model: {kind: <kind>, params_file: params.yaml}``; for ``inferno`` the file
@@ -13,7 +17,9 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +31,27 @@ from sincere.fit.quality import FitQuality
 from sincere.perf.base import Deployment
 
 console = Console()
+PROFILE_COMMAND = "profile"
+
+
+class _DefaultToProfile(TyperGroup):
+    """A group whose unknown first argument goes to the ``profile`` command."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = [PROFILE_COMMAND, *args]
+        return super().resolve_command(ctx, args)
+
+
+fit_app = typer.Typer(
+    cls=_DefaultToProfile,
+    help="Fit models to measurements: `sincere fit PROFILE.csv` (a step-time model, the "
+    "default) or `sincere fit sincere-runs DIR`.",
+    no_args_is_help=True,
+)
+app.add_typer(fit_app, name="fit")
 
 
 def _points_table(quality: FitQuality) -> Table:
@@ -45,7 +72,7 @@ def _bins(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
 
-@app.command("fit")
+@fit_app.command(PROFILE_COMMAND)
 def fit_command(
     profile: Annotated[Path, typer.Argument(help="profile CSV from `sincere profile`")],
     model: Annotated[

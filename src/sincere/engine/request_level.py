@@ -13,7 +13,17 @@ Timing comes from each model's :class:`~sincere.perf.base.StepTimeModel`:
 batch, since a pipeline call decodes until every sequence is done), ``load_time()``
 and ``unload_time()`` for swaps (their means, or draws from a normal with their std,
 clipped at 0, when ``sample_swap_times``). A swap happens right before the batch that
-needs it, so a batch decided at ``t`` starts at ``t + unloads + load``.
+needs it, so a batch decided at ``t`` starts at ``t + unloads + load``. Step models
+that also offer :class:`~sincere.perf.sincere_runs.RequestLevelCosts` (the
+``sincere-runs`` calibration) add what SINCERE's served runs show: the run's first load
+takes ``cold_load_s()``; after each batch the engine is busy ``after_batch_s(n)`` more
+(writing results) before its next action; and strategies plan with the swap figures
+of ``planning()`` (the standalone profile SINCERE's scheduler used), not the real ones.
+
+``dispatch`` in :class:`RequestLevelConfig` chooses who decides: ``server`` (default)
+is SINCERE's threaded server as its runs show it
+(:class:`~sincere.engine.sincere_server.SincereServerEngine`); ``idle`` is this
+engine, an idealised scheduler that asks the strategy whenever the GPU is free.
 
 Records: ``first_scheduled_at`` = batch start (after the swap), and
 ``first_token_at`` = ``finished_at`` = batch end, because a request-level batch
@@ -30,7 +40,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +52,7 @@ from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.engine.base import EngineLoad, EngineStats
 from sincere.perf.base import StepTimeModel, SwapTime
+from sincere.perf.sincere_runs import RequestLevelCosts
 from sincere.policy.batching import (
     BatchingView,
     BatchStrategy,
@@ -55,8 +66,12 @@ from sincere.policy.batching import (
     parse_strategy_name,
 )
 
+if TYPE_CHECKING:
+    from sincere.engine.sincere_server import SincereServerEngine
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+SINCERE_POLL_PERIOD_S = 0.1  # SINCERE's timer thread sleeps 0.1 s between passes (its code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +199,31 @@ class _Running:
     swap_s: Seconds
     num_loads: int
     reason: str
+    release_at: Seconds  # end_at plus the server's after-batch work
+
+
+def planned_swaps(
+    step_models: Mapping[ModelName, StepTimeModel],
+) -> dict[ModelName, tuple[SwapTime, SwapTime]]:
+    """Per model, the (load, unload) times strategies plan with."""
+    out = {}
+    for m, step in step_models.items():
+        if isinstance(step, RequestLevelCosts):
+            plan = step.planning()
+            out[m] = (plan.load, plan.unload)
+        else:
+            out[m] = (step.load_time(), step.unload_time())
+    return out
+
+
+def after_batch_s(step: StepTimeModel, num_requests: int) -> Seconds:
+    """The server's work after a batch (0 unless the step model knows it)."""
+    return step.after_batch_s(num_requests) if isinstance(step, RequestLevelCosts) else 0.0
+
+
+def cold_load_s(step: StepTimeModel) -> Seconds | None:
+    """The first load of a run, when the step model knows it."""
+    return step.cold_load_s() if isinstance(step, RequestLevelCosts) else None
 
 
 class RequestLevelEngine:
@@ -216,6 +256,9 @@ class RequestLevelEngine:
         self.sample_swap_times = sample_swap_times
         self._load = {m: s.load_time() for m, s in self.step_models.items()}
         self._unload = {m: s.unload_time() for m, s in self.step_models.items()}
+        self._planned = planned_swaps(self.step_models)
+        self._ever_loaded = False
+        self._finished_running = False
         self._queues: dict[ModelName, _Fifo] = {m: _Fifo() for m in self.step_models}
         self._resident: OrderedDict[ModelName, Seconds] = OrderedDict()  # LRU first -> loaded_at
         self._running: _Running | None = None
@@ -255,7 +298,7 @@ class RequestLevelEngine:
         if self._done:
             return self._done_at
         if self._running is not None:
-            return self._running.end_at
+            return self._running.release_at if self._finished_running else self._running.end_at
         return self._wake_at
 
     def advance(self, now: Seconds) -> list[int]:
@@ -272,7 +315,7 @@ class RequestLevelEngine:
 
     def load(self) -> EngineLoad:
         """Queue and batch sizes, and the most recently used resident model."""
-        running = self._running
+        running = None if self._finished_running else self._running
         remaining = 0 if running is None else int(self.requests.max_tokens[running.positions].sum())
         return EngineLoad(
             num_running=0 if running is None else len(running.positions),
@@ -307,8 +350,8 @@ class RequestLevelEngine:
             ModelQueueView(
                 model=m,
                 queued_at=self._queues[m].times(),
-                load=self._load[m],
-                unload=self._unload[m],
+                load=self._planned[m][0],
+                unload=self._planned[m][1],
                 loaded_at=self._resident.get(m),
                 queued_ids=self._queues[m].ids(),
             )
@@ -329,9 +372,13 @@ class RequestLevelEngine:
         while True:
             running = self._running
             if running is not None:
-                if running.end_at > now:
+                if not self._finished_running:
+                    if running.end_at > now:
+                        return
+                    self._finish(running)
+                if running.release_at > now:
                     return
-                self._finish(running)
+                self._running, self._finished_running = None, False
                 continue
             decision = self.strategy.decide(self.view(), now)
             if isinstance(decision, RunBatch):
@@ -374,14 +421,16 @@ class RequestLevelEngine:
         )
         self.records.first_scheduled_at[positions] = start_at
         self._wake_at = None
+        end_at = start_at + duration_s
         self._running = _Running(
             decision.model,
             positions,
             start_at,
-            start_at + duration_s,
+            end_at,
             swap_s,
             num_loads,
             decision.reason,
+            end_at + after_batch_s(self.step_models[decision.model], len(positions)),
         )
 
     def _take(self, decision: RunBatch) -> IntArray:
@@ -409,6 +458,12 @@ class RequestLevelEngine:
         if model in self._resident:
             self._resident.move_to_end(model)
             return 0.0, 0
+        cold = cold_load_s(self.step_models[model])
+        if not self._ever_loaded and cold is not None:
+            self._ever_loaded = True
+            self._resident[model] = now + cold
+            return cold, 1
+        self._ever_loaded = True
         swap_s = 0.0
         while len(self._resident) >= self.max_resident_models:
             evicted, _ = self._resident.popitem(last=False)
@@ -438,7 +493,7 @@ class RequestLevelEngine:
         )
         self._done.extend(pos.tolist())
         self._done_at = run.end_at
-        self._running = None
+        self._finished_running = True
 
 
 def _check_args(
@@ -484,17 +539,23 @@ class RequestLevelConfig(BaseModel):
     max_resident_models: int = Field(1, ge=1)  # models the device holds at once
     max_batch_size: int | None = Field(None, ge=1)  # cap on a batch; None = unbounded
     sample_swap_times: bool = False  # draw swap times from N(mean, std) instead of means
+    dispatch: Literal["server", "idle"] = "server"  # SINCERE's server, or decide when idle
+    poll_period_s: float | None = Field(None, gt=0)  # server's timer thread; None: calibrated
+    select_horizon: Literal["sla-slack", "swap-and-batch"] | None = None  # None: calibrated
 
     @field_validator("strategy")
     @classmethod
     def _canonical_strategy(cls, value: str) -> str:
         return "+".join(parse_strategy_name(value))
 
-    def make_strategy(self) -> ComposedStrategy:
-        """A fresh strategy object for one engine."""
+    def make_strategy(
+        self, step_models: Mapping[ModelName, StepTimeModel] | None = None
+    ) -> ComposedStrategy:
+        """A fresh strategy object for one engine (``step_models``: see :meth:`planning`)."""
         params = self.model_dump(
             exclude={"kind", "strategy", "max_resident_models", "max_batch_size"}
             | {"sample_swap_times", "prefer_resident", "choose", "best_batch", "sla_s"}
+            | {"dispatch", "poll_period_s", "select_horizon"}
         )
         return make_strategy(
             self.strategy,
@@ -502,8 +563,17 @@ class RequestLevelConfig(BaseModel):
             best_batch=self.best_batch,
             prefer_resident=self.prefer_resident,
             choose=self.choose,
+            select_horizon=self.planning(step_models or {})[0],
             **params,
         )
+
+    def planning(self, step_models: Mapping[ModelName, StepTimeModel]) -> tuple[str, Seconds]:
+        """(SelectBatch span, timer-thread period): as set here, else as the step models'
+        calibration says, else REFERENCE.md's span and SINCERE's code period (0.1 s)."""
+        plans = [s.planning() for s in step_models.values() if isinstance(s, RequestLevelCosts)]
+        horizon = self.select_horizon or (plans[0].select_horizon if plans else "sla-slack")
+        poll = self.poll_period_s or (plans[0].poll_period_s if plans else SINCERE_POLL_PERIOD_S)
+        return horizon, poll
 
     def build(
         self,
@@ -513,15 +583,27 @@ class RequestLevelConfig(BaseModel):
         instance_ix: int,
         step_models: Mapping[ModelName, StepTimeModel],
         rng: np.random.Generator | None = None,
-    ) -> RequestLevelEngine:
+    ) -> RequestLevelEngine | SincereServerEngine:
         """An engine with this config and its own strategy object."""
+        strategy = self.make_strategy(step_models)
+        if self.dispatch == "server":
+            from sincere.engine.sincere_server import SincereServerEngine
+
+            return SincereServerEngine(
+                id, requests, records, instance_ix, step_models, strategy,
+                poll_period_s=self.planning(step_models)[1],
+                max_resident_models=self.max_resident_models,
+                max_batch_size=self.max_batch_size,
+                rng=rng,
+                sample_swap_times=self.sample_swap_times,
+            )  # fmt: skip
         return RequestLevelEngine(
             id,
             requests,
             records,
             instance_ix,
             step_models,
-            self.make_strategy(),
+            strategy,
             max_resident_models=self.max_resident_models,
             max_batch_size=self.max_batch_size,
             rng=rng,

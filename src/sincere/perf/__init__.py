@@ -12,6 +12,14 @@ from sincere.perf.factory import (
 from sincere.perf.linear import BinnedLinear, InfernoChunked, InfernoLinear, fit_binned_linear
 from sincere.perf.memory import MemoryPlan, plan_memory
 from sincere.perf.roofline import Roofline, RooflineParams
+from sincere.perf.sincere_runs import (
+    RequestLevelCosts,
+    RunCalibratedModel,
+    RunCalibration,
+    SchedulerPlanning,
+    calibrated_model,
+    load_calibration,
+)
 from sincere.perf.table import (
     BatchProfileTable,
     IterationTable,
@@ -34,13 +42,19 @@ __all__ = [
     "MemoryPlan",
     "Roofline",
     "RooflineParams",
+    "RequestLevelCosts",
+    "RunCalibratedModel",
+    "RunCalibration",
+    "SchedulerPlanning",
     "StepModelConfig",
     "StepModelKind",
     "StepTimeBase",
     "StepTimeModel",
     "SwapTime",
     "fit_binned_linear",
+    "calibrated_model",
     "fit_call_floor",
+    "load_calibration",
     "load_params_file",
     "make_step_model",
     "plan_memory",
