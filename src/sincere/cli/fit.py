@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from sincere.catalog.loader import default_catalog
 from sincere.cli.app import app
@@ -37,9 +36,8 @@ PROFILE_COMMAND = "profile"
 class _DefaultToProfile(TyperGroup):
     """A group whose unknown first argument goes to the ``profile`` command."""
 
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # typer's vendored click
+        """Put the default command first when the first argument names no subcommand."""
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = [PROFILE_COMMAND, *args]
         return super().resolve_command(ctx, args)

@@ -291,8 +291,8 @@ class SincereServerEngine:
         self._swap_s += h.swap_s
         self._num_swaps += h.num_loads
         self._num_tokens += int(answers.sum())
-        self._batches.append(BatchRecord(h.start_at, h.end_at, h.model, len(pos), h.swap_s,
-                                         "timer-thread" if h.by_timer_thread else "arrival"))  # fmt: skip
+        who = "timer-thread" if h.by_timer_thread else "arrival"
+        self._batches.append(BatchRecord(h.start_at, h.end_at, h.model, len(pos), h.swap_s, who))
         self._done.extend(pos.tolist())
         self._done_at = h.end_at
         self._finished_holder = True

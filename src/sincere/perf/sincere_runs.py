@@ -217,8 +217,8 @@ def parse_calibration(data: Any, where: str) -> RunCalibration:
                           allowed=f"a mapping with kind: {CALIBRATION_KIND}")  # fmt: skip
     envs = data.get("envs")
     if not isinstance(envs, Mapping) or not envs or set(envs) - set(ENVS):
-        raise ConfigError("envs must map non-cc / cc to figures", where=where,
-                          value=None if not isinstance(envs, Mapping) else sorted(envs))  # fmt: skip
+        given = sorted(envs) if isinstance(envs, Mapping) else envs
+        raise ConfigError("envs must map non-cc / cc to figures", where=where, value=given)
     scheduler = data.get("scheduler") or {}
     profile = str(scheduler.get("planning_profile", "noncc"))
     if profile not in PROFILES:

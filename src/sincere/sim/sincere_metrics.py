@@ -27,13 +27,16 @@ Shares and attainments are fractions in [0, 1]; a metric of no processed request
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
+from sincere.sim.cluster import Cluster
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -91,7 +94,7 @@ def sincere_metrics(
     """SINCERE's metrics of ``run`` (see the module docstring); ``horizon_s`` defaults
     to ``duration_s``."""
     horizon = duration_s if horizon_s is None else horizon_s
-    if not (duration_s > 0 and horizon > 0 and sla_s > 0):
+    if not (duration_s > 0 and horizon > 0 and sla_s > 0):  # sla_s may be inf: no SLA
         raise ConfigError(
             "sincere_metrics: sla_s, duration_s and horizon_s must be > 0",
             value=(sla_s, duration_s, horizon),
@@ -117,3 +120,31 @@ def sincere_metrics(
         "load_time_share": _overlap_s(run.load_start_s, run.load_end_s, horizon) / duration_s,
         "gpu_busy_share": _overlap_s(run.batch_start_s, run.batch_end_s, horizon) / duration_s,
     }
+
+
+def cluster_sincere_metrics(cluster: Cluster, horizon_s: Seconds) -> dict[str, Any] | None:
+    """SINCERE's metrics of a finished run of ``cluster``; ``None`` without request-level
+    engines. Batches and loads of every request-level engine are pooled; the shares are
+    their mean per engine; the SLA is the requests' end-to-end target (their first tier's)."""
+    engines = [e for e in cluster.engines if hasattr(e, "batch_log")]
+    sla = next((t.ttlt_s for t in cluster.requests.tiers if t.ttlt_s is not None), None)
+    if not engines or horizon_s <= 0:
+        return None
+    logs = [e.batch_log() for e in engines]
+    starts = np.concatenate([b.start_at for b in logs])
+    swaps = np.concatenate([b.swap_s for b in logs])
+    run = RunTimeline(
+        arrival_s=cluster.requests.arrival_at,
+        finished_s=np.where(cluster.records.rejected, np.nan, cluster.records.finished_at),
+        batch_start_s=starts,
+        batch_end_s=np.concatenate([b.end_at for b in logs]),
+        load_start_s=(starts - swaps)[swaps > 0],
+        load_end_s=starts[swaps > 0],
+    )
+    metrics = sincere_metrics(run, sla or math.inf, horizon_s)
+    for share in ("load_time_share", "gpu_busy_share"):
+        value = metrics[share]
+        metrics[share] = None if value is None else value / len(engines)
+    if sla is None:
+        metrics["slo_attainment"] = metrics["slo_attainment_received"] = None
+    return {"horizon_s": horizon_s, **metrics}

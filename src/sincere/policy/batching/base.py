@@ -213,7 +213,6 @@ class StrategyParams:
         load, unload = queue.load, queue.unload
         return load.mean_s + load.std_s + unload.mean_s + unload.std_s + self.est_batch_time_s
 
-
     def select_span_s(self, queue: ModelQueueView) -> Seconds:
         """SelectBatch's span: ``SLA - T_adj`` (sla-slack) or ``T_adj`` (swap-and-batch)."""
         t_adj = self.timer_adjust_s(queue)

@@ -32,8 +32,7 @@ from sincere.policy.batching.base import (
 
 def closest_size(target: float, sizes: tuple[int, ...]) -> int:
     """The element of ``sizes`` nearest to ``target`` (the smaller on a tie)."""
-    ordered = np.sort(np.asarray(sizes, dtype=np.int64))
-    return int(ordered[int(np.argmin(np.abs(ordered - target)))])
+    return int(min(sizes, key=lambda size: (abs(size - target), size)))
 
 
 @STRATEGIES.register("select-batch")
