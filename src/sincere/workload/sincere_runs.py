@@ -222,10 +222,22 @@ def read_cell(root: str | Path, cell: RunCell) -> CellLog:
     arrival, model, finished = _read_requests(folder / "requests.csv", names)
     b_start, b_end, b_size, b_model = _read_batches(folder / "batches.csv", names)
     l_start, l_end, l_model = _read_loads(folder / "loads.csv", names)
+    models, remap = _by_first_arrival(names, model)
     return CellLog(
-        cell, folder, tuple(names), arrival, model, finished,
-        b_start, b_end, b_size, b_model, l_start, l_end, l_model,
+        cell, folder, models, arrival, remap[model], finished,
+        b_start, b_end, b_size, remap[b_model], l_start, l_end, remap[l_model],
     )  # fmt: skip
+
+
+def _by_first_arrival(names: dict[str, int], model: IntArray) -> tuple[tuple[str, ...], IntArray]:
+    """Model names in order of their first request (then of appearance), and the index
+    map from file order to that order: the same cell reads the same whatever the row order."""
+    seen = list(dict.fromkeys(model.tolist()))
+    order = seen + [i for i in range(len(names)) if i not in seen]
+    remap = np.empty(len(names), dtype=np.int64)
+    remap[order] = np.arange(len(order))
+    by_ix = {i: n for n, i in names.items()}
+    return tuple(by_ix[i] for i in order), remap
 
 
 def _read_requests(path: Path, names: dict[str, int]) -> tuple[FloatArray, IntArray, FloatArray]:
@@ -324,6 +336,7 @@ def read_sincere_runs(
     file = path / "requests.csv" if path.is_dir() else path
     names: dict[str, int] = {}
     arrival, model, _ = _read_requests(file, names)
+    models, remap = _by_first_arrival(names, model)
     tiers = _cell_tiers(file.parent)
     n = len(arrival)
     out = np.full(n, output_tokens, dtype=np.int64)
@@ -331,8 +344,8 @@ def read_sincere_runs(
         arrival - (arrival[0] if n else 0.0),
         np.full(n, prompt_tokens, dtype=np.int64),
         out,
-        models=tuple(names) or ("default",),
-        model=model,
+        models=models or ("default",),
+        model=remap[model],
         tiers=tiers or (DEFAULT_TIER,),
         max_tokens=out.copy(),
     )
@@ -347,3 +360,48 @@ def _cell_tiers(folder: Path) -> tuple[Tier, ...]:
         if cell.name == folder.name:
             return sincere_sla(cell.sla_s)
     return ()
+
+
+def write_runs(root: str | Path, logs: Sequence[CellLog]) -> Path:
+    """Write ``logs`` in the runs layout under ``root`` (``cells.csv`` and a folder each).
+
+    Times are written with millisecond resolution, as in SINCERE's logs; reading the
+    folder back gives the same cells.
+    """
+    out = Path(root)
+    lines = [",".join((*CELL_COLUMNS, *OPTIONAL_CELL_COLUMNS))]
+    for log in logs:
+        c = log.cell
+        totals = ["" if v is None else repr(v) for v in (c.total_time_s, c.total_inference_time_s)]
+        values = [c.name, c.env, c.strategy, c.traffic, repr(c.mean_rate), repr(c.sla_s),
+                  repr(c.duration_s), str(c.received), str(c.processed), str(c.num_batches),
+                  str(c.model_switches), *totals]  # fmt: skip
+        lines.append(",".join(values))
+        _write_cell(out / c.name, log)
+    (out / CELLS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def _ms(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{value:.3f}"
+
+
+def _write_cell(folder: Path, log: CellLog) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = log.models
+    sizes = {float(e): int(n) for e, n in zip(log.batch_end_s, log.batch_size, strict=True)}
+    rows = [",".join(REQUEST_COLUMNS)]
+    for i, (a, m, f) in enumerate(zip(log.arrival_s, log.request_model, log.finished_s,
+                                      strict=True)):  # fmt: skip
+        size = str(sizes.get(float(f), "")) if np.isfinite(f) else ""
+        rows.append(f"r{i},{names[m]},{_ms(a)},{_ms(f)},{size}")
+    (folder / "requests.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rows = [",".join(BATCH_COLUMNS)]
+    for m, s, e, n in zip(log.batch_model, log.batch_start_s, log.batch_end_s, log.batch_size,
+                          strict=True):  # fmt: skip
+        rows.append(f"{names[m]},{_ms(s)},{_ms(e)},{n},{e - s:.4f}")
+    (folder / "batches.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rows = [",".join(LOAD_COLUMNS)]
+    for m, s, e in zip(log.load_model, log.load_start_s, log.load_end_s, strict=True):
+        rows.append(f"{names[m]},{_ms(s)},{_ms(e)}")
+    (folder / "loads.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
