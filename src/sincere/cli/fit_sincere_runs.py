@@ -10,7 +10,6 @@ sincere-runs --calibration FILE`` replays runs with it.
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,7 +52,9 @@ def sincere_runs_command(
 ) -> None:
     """Fit batch, swap, cold-load and after-batch times and the scheduler's planning."""
     document, chosen = fit_runs(runs, cells)
-    document["command"] = " ".join(["sincere", *map(shlex.quote, sys.argv[1:])])
+    words = ["sincere", "fit", "sincere-runs", str(runs), "--out", str(out)]
+    words += [] if cells is None else ["--cells", cells]
+    document["command"] = " ".join(map(shlex.quote, words))
     write_calibration(document, out)
     console.print(_table(document))
     sched = document["scheduler"]

@@ -16,11 +16,13 @@ scheduler: what the simulator did before it was calibrated on the runs).
 Cells run in worker processes; each returns its real and simulated metrics and the
 latency quantiles of both (for CDF overlays). :func:`validation_rows` flattens them
 into the rows of ``validation.csv`` (``cell``, the cell's setting, and ``M_real`` /
-``M_sim`` for every metric ``M`` of :data:`~sincere.sim.sincere_metrics.SINCERE_METRICS`).
+``M_sim`` for every metric ``M`` of :data:`~sincere.sim.sincere_metrics.SINCERE_METRICS`;
+the cells' settings are in ``cells.csv``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -32,8 +34,10 @@ import numpy as np
 import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
+from sincere.engine.request_level import BatchLog, RequestLevelEngine
+from sincere.engine.sincere_server import SincereServerEngine
 from sincere.policy.batching import parse_strategy_name
-from sincere.sim.build import build_cluster, canonical_requests
+from sincere.sim.build import build_cluster, canonical_model, canonical_requests
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.sim.runner import run_events
 from sincere.sim.sincere_metrics import SINCERE_METRICS, RunTimeline, sincere_metrics
@@ -137,22 +141,66 @@ def replay_config(log: CellLog, model: ReplayModel, seed: int = 0) -> Simulation
     return load_config(data)
 
 
-def simulated_timeline(log: CellLog, model: ReplayModel, seed: int = 0) -> RunTimeline:
-    """Replay ``log`` under ``model``: the simulated run's timeline."""
+def _replay(log: CellLog, model: ReplayModel, seed: int) -> tuple[RunTimeline, BatchLog]:
+    """Run the replay; the simulated timeline and the engine's batch log."""
     config = replay_config(log, model, seed)
     requests = canonical_requests(log.to_requests(REPLAY_PROMPT_TOKENS, REPLAY_OUTPUT_TOKENS))
     cluster = build_cluster(config, requests)
     run_events(cluster)
     engine = cluster.engines[0]
-    batches = engine.batch_log()  # type: ignore[attr-defined]  # a request-level engine
+    if not isinstance(engine, RequestLevelEngine | SincereServerEngine):
+        raise ConfigError("a replay needs a request-level engine", value=type(engine).__name__)
+    batches = engine.batch_log()
     loaded = batches.swap_s > 0
-    return RunTimeline(
+    timeline = RunTimeline(
         arrival_s=requests.arrival_at,
         finished_s=cluster.records.finished_at.copy(),
         batch_start_s=batches.start_at,
         batch_end_s=batches.end_at,
         load_start_s=(batches.start_at - batches.swap_s)[loaded],
         load_end_s=batches.start_at[loaded],
+    )
+    return timeline, batches
+
+
+def simulated_timeline(log: CellLog, model: ReplayModel, seed: int = 0) -> RunTimeline:
+    """Replay ``log`` under ``model``: the simulated run's timeline."""
+    return _replay(log, model, seed)[0]
+
+
+def simulated_log(log: CellLog, model: ReplayModel, seed: int = 0) -> CellLog:
+    """``log``'s arrivals served by the simulator, as a log of the same layout.
+
+    Runs synthesised this way read, fit and validate like real ones (the tests' use;
+    also a way to make runs of traffic shapes that were never measured).
+    """
+    sim, batches = _replay(log, model, seed)
+    horizon = log.end_s
+    done = sim.finished_s <= horizon
+    batch_done = batches.end_at <= horizon
+    loaded = batches.swap_s > 0
+    index = {canonical_model(m): i for i, m in enumerate(log.models)}
+    batch_model = np.array([index[m] for m in batches.model], dtype=np.int64)
+    load_done = batches.start_at[loaded] <= horizon
+    cell = dataclasses.replace(
+        log.cell,
+        processed=int(done.sum()),
+        num_batches=int(batch_done.sum()),
+        model_switches=int(load_done.sum()),
+        total_time_s=None,
+        total_inference_time_s=None,
+    )
+    return dataclasses.replace(
+        log,
+        cell=cell,
+        finished_s=np.where(done, sim.finished_s, np.nan),
+        batch_start_s=batches.start_at[batch_done],
+        batch_end_s=batches.end_at[batch_done],
+        batch_size=batches.size[batch_done],
+        batch_model=batch_model[batch_done],
+        load_start_s=sim.load_start_s[load_done],
+        load_end_s=sim.load_end_s[load_done],
+        load_model=batch_model[loaded][load_done],
     )
 
 
@@ -260,22 +308,16 @@ def _parallel(
     return [results[c.name] for c in chosen]
 
 
-SETTING_COLUMNS = ("cell", "env", "strategy", "traffic", "mean_rate", "sla_s", "horizon_s")
+def validation_columns() -> list[str]:
+    """The columns of ``validation.csv``: ``cell``, then ``M_real`` and ``M_sim`` per metric."""
+    return ["cell", *(f"{m}_{side}" for m in SINCERE_METRICS for side in ("real", "sim"))]
 
 
 def validation_rows(results: Sequence[CellComparison]) -> list[dict[str, Any]]:
-    """One row per cell: its setting, then ``M_real`` and ``M_sim`` for every metric."""
+    """One row per cell: its name, then ``M_real`` and ``M_sim`` for every metric."""
     rows = []
     for r in results:
-        row: dict[str, Any] = {
-            "cell": r.cell.name,
-            "env": r.cell.env,
-            "strategy": r.cell.strategy,
-            "traffic": r.cell.traffic,
-            "mean_rate": r.cell.mean_rate,
-            "sla_s": r.cell.sla_s,
-            "horizon_s": round(r.horizon_s, 3),
-        }
+        row: dict[str, Any] = {"cell": r.cell.name}
         for name in SINCERE_METRICS:
             row[f"{name}_real"] = r.real[name]
             row[f"{name}_sim"] = r.sim[name]

@@ -28,7 +28,12 @@ import numpy as np
 
 from sincere.core.errors import ConfigError
 from sincere.experiment.report import Block, Figure, Grid, Heading, Para, to_html, to_markdown
-from sincere.experiment.validation import QUANTILES, CellComparison, validation_rows
+from sincere.experiment.validation import (
+    QUANTILES,
+    CellComparison,
+    validation_columns,
+    validation_rows,
+)
 from sincere.sim.sincere_metrics import SINCERE_METRICS
 
 POINT_METRICS = ("slo_attainment", "slo_attainment_received", "load_time_share")
@@ -92,14 +97,14 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     if not rows:
         raise ConfigError("no cells to write", where=path)
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=validation_columns())
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return path
 
 
-def scatter(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+def scatter(results: Sequence[CellComparison], path: Path) -> Path:
     """One panel per metric: simulated against real, one point per cell, y = x dashed."""
     cols = 5
     lines = math.ceil(len(SINCERE_METRICS) / cols)
@@ -107,11 +112,10 @@ def scatter(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for ax, metric in zip(axes.flat, SINCERE_METRICS, strict=False):
         for env, colour in ENV_COLOURS.items():
             pts = [
-                (r[f"{metric}_real"], r[f"{metric}_sim"])
-                for r in rows
-                if r["env"] == env and r[f"{metric}_real"] is not None
-                and r[f"{metric}_sim"] is not None
-            ]  # fmt: skip
+                (r.real[metric], r.sim[metric])
+                for r in results
+                if r.cell.env == env and r.real[metric] is not None and r.sim[metric] is not None
+            ]
             if pts:
                 x, y = zip(*pts, strict=True)
                 ax.scatter(x, y, s=10, alpha=0.7, color=colour, label=env)
@@ -217,10 +221,10 @@ def write_validation(
         ),
         encoding="utf-8",
     )
-    drawn = [scatter(rows, figures_dir / "scatter.png")]
+    drawn = [scatter(results, figures_dir / "scatter.png")]
     cdf = latency_cdfs(results, figures_dir / "latency_cdf.png")
     drawn += [cdf] if cdf is not None else []
-    blocks = _blocks(rows, stats, drawn, model=model, source=source)
+    blocks = _blocks(results, stats, drawn, model=model, source=source)
     md = out / "report.md"
     md.write_text(to_markdown(blocks, out), encoding="utf-8")
     page = out / "report.html"
@@ -229,14 +233,14 @@ def write_validation(
 
 
 def _blocks(
-    rows: Sequence[dict[str, Any]], stats: Sequence[ErrorStat], figures: Sequence[Path],
+    results: Sequence[CellComparison], stats: Sequence[ErrorStat], figures: Sequence[Path],
     *, model: str, source: str,
 ) -> list[Block]:  # fmt: skip
-    envs = sorted({r["env"] for r in rows})
+    envs = sorted({r.cell.env for r in results})
     blocks: list[Block] = [
         Heading(1, "Simulated against real: SINCERE's runs, cell by cell"),
         Para(
-            f"{len(rows)} cells of {source} ({', '.join(envs)}), each replayed with its real "
+            f"{len(results)} cells of {source} ({', '.join(envs)}), each replayed with its real "
             f"arrivals and models through the request-level engine ({model} model) up to "
             "the end of its log. Errors: attainments and shares in absolute percentage "
             "points, every other metric relative (|sim − real| / real)."
