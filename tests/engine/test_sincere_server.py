@@ -50,7 +50,7 @@ def run(
     engine = cfg.build("gpu", reqs, recs, 0, {"a": timing(), "b": timing()})
     assert isinstance(engine, SincereServerEngine)
     k = 0
-    while True:
+    for _ in range(100_000):  # a run that never ends fails here instead of hanging
         due = engine.next_event_at()
         if k < len(arrivals) and (due is None or arrivals[k][0] <= due):
             engine.add(k, arrivals[k][0])
@@ -61,6 +61,7 @@ def run(
             engine.drain(arrivals[-1][0])
             assert engine.next_event_at() is None  # no final flush
             return engine, recs
+    raise AssertionError("the engine kept asking for events")
 
 
 def test_a_batch_is_handed_off_when_the_queue_reaches_its_target() -> None:
@@ -110,6 +111,14 @@ def test_a_timer_restarts_at_the_first_arrival_after_a_batch() -> None:
     # request 2 arrived while the first batch ran; its model's timer was reset at the
     # release (12.7) and only restarts with request 3, which then completes the target
     assert recs.first_scheduled_at[2] == recs.first_scheduled_at[3] == pytest.approx(30.0)
+
+
+def test_an_emptied_timer_does_not_keep_the_run_going() -> None:
+    """A timer left expired with nothing queued stops firing once the GPU is free."""
+    arrivals = [(7.4, "b"), (13.4, "a"), (20.3, "b"), (22.3, "b"), (23.4, "a"), (28.7, "b")]
+    engine, recs = run(arrivals, strategy="best-batch+timer", sla_s=20.0)
+    assert engine.next_event_at() is None
+    assert int(np.isfinite(recs.finished_at).sum()) + engine.num_overwritten <= len(arrivals)
 
 
 def test_requests_left_below_target_stay_unfinished() -> None:

@@ -337,7 +337,13 @@ class SincereServerEngine:
         if self._timer_blocked:
             self._next_pass_at = None
             return
-        due = [at for at in self._timer_at.values() if at is not None]
+        # An expired timer of an empty model is left set when its slot was emptied by a
+        # timer hand-off; SINCERE's thread keeps firing it every pass. Such a pass only
+        # matters while the lock is taken (the thread then waits for it); when the lock is
+        # free it changes nothing, so it is not scheduled (and a run can end).
+        busy = self._holder is not None or bool(self._lock_queue)
+        due = [at for m, at in self._timer_at.items()
+               if at is not None and (busy or len(self._queues[m]))]  # fmt: skip
         resident = next(reversed(self._resident), None)
         if self.rules.has_flush and resident is not None and self._queues[resident]:
             queue = self._queue_view(resident)

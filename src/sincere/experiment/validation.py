@@ -78,7 +78,9 @@ class ReplayModel:
 
 REPLAY_MODELS: dict[str, ReplayModel] = {
     "calibrated": ReplayModel("calibrated", {"kind": "sincere-runs"}, {"dispatch": "server"}),
-    "profile": ReplayModel("profile", {"kind": "sincere-table"}, {"max_batch_size": 64}),
+    "profile": ReplayModel(
+        "profile", {"kind": "sincere-table"}, {"dispatch": "idle", "max_batch_size": 64}
+    ),
 }
 """``calibrated``: timing fitted on the runs and SINCERE's server dispatch (default).
 ``profile``: SINCERE's standalone profiles and the idealised scheduler, as the simulator
