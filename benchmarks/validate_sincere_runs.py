@@ -8,8 +8,9 @@ Runs, each over the cells it names:
   scheduler (all 144 cells);
 * ``calibrated`` -- the shipped calibration (fitted on all cells) with SINCERE's server
   dispatch (all cells);
-* ``gamma -> bursty`` / ``bursty -> gamma`` -- calibrations fitted by ``sincere fit
-  sincere-runs`` on one traffic shape, validated on the other (transfer);
+* ``fit X -> Y`` -- a calibration fitted by ``sincere fit sincere-runs`` on the cells of
+  traffic shape X, validated on those of shape Y: in sample (X = Y) beside transfer
+  (X != Y) on the same cells;
 * ``timing only`` / ``dispatch only`` -- the calibrated timing with the idealised
   scheduler, and the profiles with SINCERE's server dispatch: what each part adds.
 
@@ -60,11 +61,14 @@ def main(argv: list[str]) -> None:
     validate_runs(runs, replay_model("calibrated"), cells="non-cc_BestBatch_gamma_mean4_sla40")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        gamma, bursty = _fitted(runs, "*_gamma_*", folder), _fitted(runs, "*_bursty_*", folder)
         configs = [
             ("profile (before)", replay_model("profile"), None),
             ("calibrated (all cells)", replay_model("calibrated"), None),
-            ("fit gamma -> bursty", _fitted(runs, "*_gamma_*", folder), "*_bursty_*"),
-            ("fit bursty -> gamma", _fitted(runs, "*_bursty_*", folder), "*_gamma_*"),
+            ("fit bursty -> bursty (in sample)", bursty, "*_bursty_*"),
+            ("fit gamma -> bursty (transfer)", gamma, "*_bursty_*"),
+            ("fit gamma -> gamma (in sample)", gamma, "*_gamma_*"),
+            ("fit bursty -> gamma (transfer)", bursty, "*_gamma_*"),
             ("timing only (idle dispatch)",
              ReplayModel("timing", {"kind": "sincere-runs"}, {"dispatch": "idle"}), None),
             ("dispatch only (profiles)",

@@ -203,3 +203,21 @@ def test_the_published_runs_read_and_agree_with_their_totals(shared_data: Path) 
         assert int(np.isfinite(log.finished_s).sum()) == cell.processed
         assert log.num_loads == cell.model_switches
         assert int(log.batch_size.sum()) == cell.processed
+
+
+def test_a_workload_can_replay_a_cells_arrivals(tmp_path: Path) -> None:
+    """arrival: {kind: trace, path: <cell folder>} replays the cell's arrival times."""
+    from sincere.workload import generate, load_workload_config
+
+    root = make_runs(tmp_path)
+    config = load_workload_config(
+        {
+            "arrival": {"kind": "trace", "path": str(root / "a")},
+            "num_requests": 4,
+            "lengths": {
+                "prompt": {"kind": "fixed", "tokens": 8},
+                "output": {"kind": "fixed", "tokens": 4},
+            },
+        }
+    )
+    assert generate(config, seed=0).arrival_at.tolist() == [0.0, 0.5, 1.0, 3.0]
