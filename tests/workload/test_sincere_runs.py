@@ -221,3 +221,19 @@ def test_a_workload_can_replay_a_cells_arrivals(tmp_path: Path) -> None:
         }
     )
     assert generate(config, seed=0).arrival_at.tolist() == [0.0, 0.5, 1.0, 3.0]
+
+
+def test_trace_stats_reads_a_cell_folder(tmp_path: Path) -> None:
+    """`sincere trace stats <cell folder> --json` counts its requests per model."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sincere.cli.app import _register, app
+
+    _register()
+    root = make_runs(tmp_path)
+    result = CliRunner().invoke(app, ["trace", "stats", str(root / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["num_requests"] == 4 and stats["num_per_model"]["gemma-7b"] == 2
