@@ -226,6 +226,74 @@ def cold_load_s(step: StepTimeModel) -> Seconds | None:
     return step.cold_load_s() if isinstance(step, RequestLevelCosts) else None
 
 
+class Residency:
+    """Which models are on the device (least recently used first) and the cost of a swap.
+
+    Swapping ``model`` in evicts least recently used models while the device is full
+    (their ``unload_time()``) and loads it (``load_time()``); the run's very first load
+    takes the step model's cold load when it knows one. Times are the means, or draws
+    from a normal with their std (clipped at 0) when ``sample_swap_times``.
+    """
+
+    def __init__(
+        self,
+        step_models: Mapping[ModelName, StepTimeModel],
+        max_resident_models: int,
+        rng: np.random.Generator | None,
+        sample_swap_times: bool,
+    ) -> None:
+        self.step_models = step_models
+        self.max_resident_models = max_resident_models
+        self.rng = rng
+        self.sample_swap_times = sample_swap_times
+        self.loaded_at: OrderedDict[ModelName, Seconds] = OrderedDict()  # LRU first
+        self._ever_loaded = False
+
+    @property
+    def most_recent(self) -> ModelName | None:
+        """The most recently used resident model."""
+        return next(reversed(self.loaded_at), None)
+
+    def swap_in(self, model: ModelName, now: Seconds) -> tuple[Seconds, int]:
+        """Make ``model`` resident; the time it takes and the loads done (0 or 1)."""
+        if model in self.loaded_at:
+            self.loaded_at.move_to_end(model)
+            return 0.0, 0
+        cold = cold_load_s(self.step_models[model])
+        swap_s = 0.0
+        if not self._ever_loaded and cold is not None:
+            swap_s = cold
+        else:
+            while len(self.loaded_at) >= self.max_resident_models:
+                evicted, _ = self.loaded_at.popitem(last=False)
+                swap_s += self._draw(self.step_models[evicted].unload_time())
+            swap_s += self._draw(self.step_models[model].load_time())
+        self._ever_loaded = True
+        self.loaded_at[model] = now + swap_s
+        return swap_s, 1
+
+    def _draw(self, swap: SwapTime) -> Seconds:
+        if not self.sample_swap_times or swap.std_s <= 0 or self.rng is None:
+            return swap.mean_s
+        return max(0.0, float(self.rng.normal(swap.mean_s, swap.std_s)))
+
+
+def answer_tokens(requests: RequestArrays, positions: IntArray) -> IntArray:
+    """Tokens each request answers: ``min(output_tokens, max_tokens)``, read now (lazily)."""
+    return np.minimum(requests.output_tokens[positions], requests.max_tokens[positions])
+
+
+def finish_batch(
+    requests: RequestArrays, records: RecordArrays, positions: IntArray, end_at: Seconds
+) -> int:
+    """Write a finished batch's records (the whole answer at ``end_at``); tokens generated."""
+    answers = answer_tokens(requests, positions)
+    records.first_token_at[positions] = end_at
+    records.finished_at[positions] = end_at
+    records.output_tokens[positions] = answers
+    return int(answers.sum())
+
+
 class RequestLevelEngine:
     """SINCERE's multi-model request-level engine, driven through the Engine protocol."""
 
@@ -243,7 +311,9 @@ class RequestLevelEngine:
         rng: np.random.Generator | None = None,
         sample_swap_times: bool = False,
     ) -> None:
-        _check_args(id, step_models, max_resident_models, max_batch_size, rng, sample_swap_times)
+        check_engine_args(
+            id, step_models, max_resident_models, max_batch_size, rng, sample_swap_times
+        )
         self.id = id
         self.requests = requests
         self.records = records
@@ -257,10 +327,9 @@ class RequestLevelEngine:
         self._load = {m: s.load_time() for m, s in self.step_models.items()}
         self._unload = {m: s.unload_time() for m, s in self.step_models.items()}
         self._planned = planned_swaps(self.step_models)
-        self._ever_loaded = False
+        self._residency = Residency(self.step_models, max_resident_models, rng, sample_swap_times)
         self._finished_running = False
         self._queues: dict[ModelName, _Fifo] = {m: _Fifo() for m in self.step_models}
-        self._resident: OrderedDict[ModelName, Seconds] = OrderedDict()  # LRU first -> loaded_at
         self._running: _Running | None = None
         self._wake_at: Seconds | None = None
         self._done: list[int] = []
@@ -324,7 +393,7 @@ class RequestLevelEngine:
             running_remaining_tokens=remaining,
             kv_usage=0.0,
             busy_s=self._busy_s,
-            resident_model=next(reversed(self._resident), None),
+            resident_model=self._residency.most_recent,
         )
 
     def stats(self) -> EngineStats:
@@ -352,14 +421,14 @@ class RequestLevelEngine:
                 queued_at=self._queues[m].times(),
                 load=self._planned[m][0],
                 unload=self._planned[m][1],
-                loaded_at=self._resident.get(m),
+                loaded_at=self._residency.loaded_at.get(m),
                 queued_ids=self._queues[m].ids(),
             )
             for m in self._queues
         )
         return BatchingView(
             queues=queues,
-            resident=tuple(self._resident),
+            resident=tuple(self._residency.loaded_at),
             max_resident_models=self.max_resident_models,
             max_batch_size=self.max_batch_size,
             draining=self._draining,
@@ -413,11 +482,11 @@ class RequestLevelEngine:
     def _start(self, decision: RunBatch, now: Seconds) -> None:
         """Take the batch off its queue, swap its model in, and time it."""
         positions = self._take(decision)
-        swap_s, num_loads = self._swap_in(decision.model, now)
+        swap_s, num_loads = self._residency.swap_in(decision.model, now)
         start_at = now + swap_s
         duration_s = self.step_models[decision.model].request_batch_s(
             self.requests.prompt_tokens[positions].tolist(),
-            int(self._answer_tokens(positions).max()),
+            int(answer_tokens(self.requests, positions).max()),
         )
         self.records.first_scheduled_at[positions] = start_at
         self._wake_at = None
@@ -448,46 +517,13 @@ class RequestLevelEngine:
         self._waiting_prefill_tokens -= int(self.requests.prompt_tokens[positions].sum())
         return positions
 
-    def _answer_tokens(self, positions: IntArray) -> IntArray:
-        """Tokens each request answers: ``min(output_tokens, max_tokens)``, read now (lazily)."""
-        req = self.requests
-        return np.minimum(req.output_tokens[positions], req.max_tokens[positions])
-
-    def _swap_in(self, model: ModelName, now: Seconds) -> tuple[Seconds, int]:
-        """Make ``model`` resident (LRU eviction); the time it takes and loads done."""
-        if model in self._resident:
-            self._resident.move_to_end(model)
-            return 0.0, 0
-        cold = cold_load_s(self.step_models[model])
-        if not self._ever_loaded and cold is not None:
-            self._ever_loaded = True
-            self._resident[model] = now + cold
-            return cold, 1
-        self._ever_loaded = True
-        swap_s = 0.0
-        while len(self._resident) >= self.max_resident_models:
-            evicted, _ = self._resident.popitem(last=False)
-            swap_s += self._draw(self._unload[evicted])
-        swap_s += self._draw(self._load[model])
-        self._resident[model] = now + swap_s
-        return swap_s, 1
-
-    def _draw(self, swap: SwapTime) -> Seconds:
-        if not self.sample_swap_times or swap.std_s <= 0 or self.rng is None:
-            return swap.mean_s
-        return max(0.0, float(self.rng.normal(swap.mean_s, swap.std_s)))
-
     def _finish(self, run: _Running) -> None:
         """Write the batch's records and totals."""
         pos = run.positions
-        answers = self._answer_tokens(pos)
-        self.records.first_token_at[pos] = run.end_at
-        self.records.finished_at[pos] = run.end_at
-        self.records.output_tokens[pos] = answers
+        self._num_tokens += finish_batch(self.requests, self.records, pos, run.end_at)
         self._busy_s += run.end_at - run.start_at
         self._swap_s += run.swap_s
         self._num_swaps += run.num_loads
-        self._num_tokens += int(answers.sum())
         self._batches.append(
             BatchRecord(run.start_at, run.end_at, run.model, len(pos), run.swap_s, run.reason)
         )
@@ -496,7 +532,7 @@ class RequestLevelEngine:
         self._finished_running = True
 
 
-def _check_args(
+def check_engine_args(
     id: InstanceId,
     step_models: Mapping[ModelName, StepTimeModel],
     max_resident_models: int,

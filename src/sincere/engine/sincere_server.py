@@ -31,7 +31,7 @@ from the step models as in :class:`~sincere.engine.request_level.RequestLevelEng
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -46,12 +46,15 @@ from sincere.engine.request_level import (
     BatchLog,
     BatchRecord,
     IntArray,
+    Residency,
     _Fifo,
     after_batch_s,
-    cold_load_s,
+    answer_tokens,
+    check_engine_args,
+    finish_batch,
     planned_swaps,
 )
-from sincere.perf.base import StepTimeModel, SwapTime
+from sincere.perf.base import StepTimeModel
 from sincere.policy.batching import BatchingView, ComposedStrategy, ModelQueueView, ServerRules
 
 OVERWRITTEN = "overwritten"  # reject reason of requests whose hand-off was replaced
@@ -89,7 +92,10 @@ class SincereServerEngine:
         rng: np.random.Generator | None = None,
         sample_swap_times: bool = False,
     ) -> None:
-        _check(id, step_models, poll_period_s, max_resident_models, rng, sample_swap_times)
+        check_engine_args(id, step_models, max_resident_models, max_batch_size, rng,
+                          sample_swap_times)  # fmt: skip
+        if not poll_period_s > 0:
+            raise ConfigError(f"engine {id}: poll_period_s must be > 0", value=poll_period_s)
         self.id = id
         self.requests = requests
         self.records = records
@@ -109,8 +115,7 @@ class SincereServerEngine:
         self._lock_queue: deque[tuple[ModelName, bool]] = deque()
         self._holder: _Holder | None = None
         self._finished_holder = False
-        self._resident: OrderedDict[ModelName, Seconds] = OrderedDict()  # LRU -> loaded_at
-        self._ever_loaded = False
+        self._residency = Residency(self.step_models, max_resident_models, rng, sample_swap_times)
         self._timer_blocked = False  # the timer thread waits for the lock or its batch
         self._snapshot: deque[ModelName] = deque()  # rest of the timer thread's pass
         self._timer_free_at = 0.0  # its passes run at _timer_free_at + k * period
@@ -172,7 +177,7 @@ class SincereServerEngine:
             running_remaining_tokens=0,
             kv_usage=0.0,
             busy_s=self._busy_s,
-            resident_model=next(reversed(self._resident), None),
+            resident_model=self._residency.most_recent,
         )
 
     def stats(self) -> EngineStats:
@@ -211,11 +216,12 @@ class SincereServerEngine:
     def _queue_view(self, model: ModelName) -> ModelQueueView:
         load, unload = self._planned[model]
         q = self._queues[model]
-        return ModelQueueView(model, q.times(), load, unload, self._resident.get(model), q.ids())
+        loaded_at = self._residency.loaded_at.get(model)
+        return ModelQueueView(model, q.times(), load, unload, loaded_at, q.ids())
 
     def _view(self, queue: ModelQueueView) -> BatchingView:
-        return BatchingView((queue,), tuple(self._resident), self.max_resident_models,
-                            self.max_batch_size)  # fmt: skip
+        resident = tuple(self._residency.loaded_at)
+        return BatchingView((queue,), resident, self.max_resident_models, self.max_batch_size)
 
     def _hand_off(self, model: ModelName, now: Seconds) -> None:
         """Move the model's queue (up to the cap) into its slot, replacing what was there."""
@@ -244,11 +250,10 @@ class SincereServerEngine:
             self._start(model, by_timer, positions, now)
 
     def _start(self, model: ModelName, by_timer: bool, positions: IntArray, now: Seconds) -> None:
-        swap_s, num_loads = self._swap_in(model, now)
+        swap_s, num_loads = self._residency.swap_in(model, now)
         start_at = now + swap_s
         step = self.step_models[model]
-        answers = np.minimum(self.requests.output_tokens[positions],
-                             self.requests.max_tokens[positions])  # fmt: skip
+        answers = answer_tokens(self.requests, positions)
         end_at = start_at + step.request_batch_s(
             self.requests.prompt_tokens[positions].tolist(), int(answers.max())
         )
@@ -258,39 +263,13 @@ class SincereServerEngine:
                                num_loads)  # fmt: skip
         self._finished_holder = False
 
-    def _swap_in(self, model: ModelName, now: Seconds) -> tuple[Seconds, int]:
-        if model in self._resident:
-            self._resident.move_to_end(model)
-            return 0.0, 0
-        cold = cold_load_s(self.step_models[model])
-        swap_s = 0.0
-        if not self._ever_loaded and cold is not None:
-            swap_s = cold
-        else:
-            while len(self._resident) >= self.max_resident_models:
-                evicted, _ = self._resident.popitem(last=False)
-                swap_s += self._draw(self.step_models[evicted].unload_time())
-            swap_s += self._draw(self.step_models[model].load_time())
-        self._ever_loaded = True
-        self._resident[model] = now + swap_s
-        return swap_s, 1
-
-    def _draw(self, swap: SwapTime) -> Seconds:
-        if not self.sample_swap_times or swap.std_s <= 0 or self.rng is None:
-            return swap.mean_s
-        return max(0.0, float(self.rng.normal(swap.mean_s, swap.std_s)))
-
     def _finish(self, h: _Holder) -> None:
         """The batch ends: its requests finish."""
         pos = h.positions
-        answers = np.minimum(self.requests.output_tokens[pos], self.requests.max_tokens[pos])
-        self.records.first_token_at[pos] = h.end_at
-        self.records.finished_at[pos] = h.end_at
-        self.records.output_tokens[pos] = answers
+        self._num_tokens += finish_batch(self.requests, self.records, pos, h.end_at)
         self._busy_s += h.end_at - h.start_at
         self._swap_s += h.swap_s
         self._num_swaps += h.num_loads
-        self._num_tokens += int(answers.sum())
         who = "timer-thread" if h.by_timer_thread else "arrival"
         self._batches.append(BatchRecord(h.start_at, h.end_at, h.model, len(pos), h.swap_s, who))
         self._done.extend(pos.tolist())
@@ -311,7 +290,7 @@ class SincereServerEngine:
         """One pass of the timer thread: snapshot what is due, then fire it in turn."""
         self._next_pass_at = None
         due = [m for m, at in self._timer_at.items() if at is not None and now >= at]
-        resident = next(reversed(self._resident), None)
+        resident = self._residency.most_recent
         if self.rules.has_flush and resident is not None and self._queues[resident]:
             queue = self._queue_view(resident)
             if self.rules.flush(queue, self._view(queue), now).ready:
@@ -344,7 +323,7 @@ class SincereServerEngine:
         busy = self._holder is not None or bool(self._lock_queue)
         due = [at for m, at in self._timer_at.items()
                if at is not None and (busy or len(self._queues[m]))]  # fmt: skip
-        resident = next(reversed(self._resident), None)
+        resident = self._residency.most_recent
         if self.rules.has_flush and resident is not None and self._queues[resident]:
             queue = self._queue_view(resident)
             flush = self.rules.flush(queue, self._view(queue), now)
@@ -356,23 +335,3 @@ class SincereServerEngine:
         first = max(min(due), self._timer_free_at + period, now)
         k = math.ceil((first - self._timer_free_at) / period - 1e-9)
         self._next_pass_at = self._timer_free_at + k * period
-
-
-def _check(
-    id: InstanceId,
-    step_models: Mapping[ModelName, StepTimeModel],
-    poll_period_s: Seconds,
-    max_resident_models: int,
-    rng: np.random.Generator | None,
-    sample_swap_times: bool,
-) -> None:
-    if not step_models:
-        raise ConfigError(f"engine {id}: step_models is empty", allowed="one model or more")
-    if not poll_period_s > 0:
-        raise ConfigError(f"engine {id}: poll_period_s must be > 0", value=poll_period_s)
-    if max_resident_models < 1:
-        raise ConfigError(f"engine {id}: max_resident_models must be >= 1",
-                          value=max_resident_models)  # fmt: skip
-    if sample_swap_times and rng is None:
-        raise ConfigError(f"engine {id}: sample_swap_times needs an rng",
-                          allowed="a seeded numpy Generator")  # fmt: skip
