@@ -324,8 +324,6 @@ class RequestLevelEngine:
         self.max_batch_size = max_batch_size
         self.rng = rng
         self.sample_swap_times = sample_swap_times
-        self._load = {m: s.load_time() for m, s in self.step_models.items()}
-        self._unload = {m: s.unload_time() for m, s in self.step_models.items()}
         self._planned = planned_swaps(self.step_models)
         self._residency = Residency(self.step_models, max_resident_models, rng, sample_swap_times)
         self._finished_running = False

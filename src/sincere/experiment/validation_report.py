@@ -136,12 +136,19 @@ def scatter(results: Sequence[CellComparison], path: Path) -> Path:
 
 
 def cdf_cells(results: Sequence[CellComparison], num: int = 4) -> list[CellComparison]:
-    """A few cells for CDF overlays: the first of each strategy (cells.csv order)."""
-    chosen: dict[str, CellComparison] = {}
-    for r in results:
-        if r.real_latency_q and r.sim_latency_q:
-            chosen.setdefault(f"{r.cell.strategy}|{r.cell.env}", r)
-    return list(chosen.values())[:num]
+    """A few varied cells for CDF overlays: one per strategy, alternating environment and
+    traffic, the middle matching cell (in cells.csv order) of each."""
+    usable = [r for r in results if r.real_latency_q and r.sim_latency_q]
+    strategies = list(dict.fromkeys(r.cell.strategy for r in usable))
+    envs = sorted({r.cell.env for r in usable}, reverse=True)  # non-cc first
+    traffic = list(dict.fromkeys(r.cell.traffic for r in usable))
+    chosen = []
+    for i, strategy in enumerate(strategies[:num]):
+        same = [r for r in usable if r.cell.strategy == strategy]
+        env, shape = envs[i % len(envs)], traffic[(i // len(envs)) % len(traffic)]
+        match = [r for r in same if (r.cell.env, r.cell.traffic) == (env, shape)] or same
+        chosen.append(match[len(match) // 2])
+    return chosen
 
 
 def latency_cdfs(results: Sequence[CellComparison], path: Path) -> Path | None:
