@@ -35,7 +35,7 @@ def simulate(
 ) -> tuple[RequestLevelEngine, RecordArrays]:
     step = {m: table.sincere_profile(m, cc=cc) for m in MODELS}
     recs = RecordArrays.empty(len(reqs), ["h100"])
-    config = RequestLevelConfig(strategy=strategy, sla_s=60.0, max_batch_size=64)
+    config = RequestLevelConfig(strategy=strategy, sla_s=60.0, max_batch_size=64, dispatch="idle")
     engine = config.build("h100", reqs, recs, 0, step)
     times = reqs.arrival_at.tolist()
     k = 0

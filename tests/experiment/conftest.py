@@ -34,7 +34,12 @@ TINY: dict[str, Any] = {
                 "models": ["granite-7b", "gemma-7b", "llama3-8b"],
                 "accelerator": "H100-SXM",
                 "step_model": {"kind": "sincere-table"},
-                "engine": {"kind": "request-level", "strategy": "fcfs", "max_batch_size": 64},
+                "engine": {
+                    "kind": "request-level",
+                    "strategy": "fcfs",
+                    "max_batch_size": 64,
+                    "dispatch": "idle",
+                },
             }
         ],
     },

@@ -163,3 +163,11 @@ def test_report_of_a_folder_without_results_says_what_is_missing(tmp_path: Path)
 
     with pytest.raises(ConfigError, match=r"results\.parquet"):
         write_report(tmp_path)
+
+
+def test_request_level_cells_are_reported_with_sincere_metrics(reported: Path) -> None:
+    """Request-level cells carry sincere.* columns and the tables print SINCERE's metrics."""
+    columns = pq.read_table(reported / "results.parquet").column_names
+    assert {"sincere.processed", "sincere.gpu_busy_share", "sincere.slo_attainment"} <= set(columns)
+    md = (reported / "report" / "report.md").read_text()
+    assert "SLA attainment (received)" in md and "Δ inference throughput (%)" in md

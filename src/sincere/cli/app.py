@@ -39,6 +39,7 @@ def _register() -> None:
         estimate,
         experiment,
         fit,
+        fit_sincere_runs,
         native,
         plan,
         predict,
@@ -47,6 +48,7 @@ def _register() -> None:
         simulate,
         step,
         trace,
+        validate,
     )
 
 

@@ -1,15 +1,19 @@
 """``sincere fit``: fit step-time models to profiles.
 
 * ``sincere fit profile PROFILE.csv --model roofline|inferno|niyama|table --out params.yaml``
-  (also ``sincere fit PROFILE.csv …``, the original form) fits a step-time model to a
-  ``sincere profile local`` or ``profile http`` CSV and writes a parameter file that
-  ``simulate`` / ``experiment`` configs accept as ``step_model: {kind: <kind>,
-  params_file: params.yaml}``; for ``inferno`` the file also holds the model-data entry
-  ``sincere plan`` reads. The model and accelerator are the profile's own (its
-  ``model`` and ``device`` columns) unless ``--arch`` / ``--accelerator`` say otherwise.
+  (also ``sincere fit PROFILE.csv …``, the original form: a first argument that names no
+  subcommand goes to ``profile``) fits a step-time model to a ``sincere profile local`` or
+  ``profile http`` CSV and writes a parameter file that ``simulate`` / ``experiment``
+  configs accept as ``step_model: {kind: <kind>, params_file: params.yaml}``; for
+  ``inferno`` the file also holds the model-data entry ``sincere plan`` reads. The model
+  and accelerator are the profile's own (its ``model`` and ``device`` columns) unless
+  ``--arch`` / ``--accelerator`` say otherwise. Prints R², the mean and median relative
+  error, and with ``--verbose`` every point.
 * ``sincere fit gpu-profiles DIR --accelerator A`` fits the roofline's constants to one
   accelerator's operator profiles (Vidur's layout) and writes them as a roofline
   parameter file with their provenance.
+* ``sincere fit sincere-runs DIR`` (``cli/fit_sincere_runs.py``) calibrates the
+  request-level engine on SINCERE's real runs.
 
 Other modules add subcommands with ``@fit_app.command("name")``.
 """
@@ -36,20 +40,23 @@ from sincere.fit.quality import FitQuality
 from sincere.perf.operators import accelerator_folder, read_operator_profiles
 
 console = Console()
+PROFILE_COMMAND = "profile"
 
 
-class _FitGroup(TyperGroup):
-    """Routes ``sincere fit PROFILE.csv …`` (no subcommand named) to ``fit profile``."""
+class _DefaultToProfile(TyperGroup):
+    """A group whose unknown first argument goes to the ``profile`` command."""
 
-    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # typer's vendored click
+        """Put the default command first when the first argument names no subcommand."""
         if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["profile", *args]
+            args = [PROFILE_COMMAND, *args]
         return super().resolve_command(ctx, args)
 
 
 fit_app = typer.Typer(
-    cls=_FitGroup,
-    help="Fit step-time models to profiles (`fit profile`, `fit gpu-profiles`, …).",
+    cls=_DefaultToProfile,
+    help="Fit models to measurements: `sincere fit PROFILE.csv` (a step-time model, the "
+    "default), `sincere fit gpu-profiles DIR` or `sincere fit sincere-runs DIR`.",
     no_args_is_help=True,
 )
 app.add_typer(fit_app, name="fit")
@@ -73,7 +80,7 @@ def _bins(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
 
-@fit_app.command("profile")
+@fit_app.command(PROFILE_COMMAND)
 def fit_profile_command(
     profile: Annotated[Path, typer.Argument(help="profile CSV from `sincere profile`")],
     model: Annotated[

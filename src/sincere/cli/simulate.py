@@ -117,4 +117,36 @@ def summary_table(summary: dict[str, Any]) -> Table:
     )  # fmt: skip
     for label, value in totals:
         table.add_row(label, value, "", "", "")
+    _sincere_rows(table, summary.get("sincere"))
     return table
+
+
+def _sincere_rows(table: Table, block: dict[str, Any] | None) -> None:
+    """SINCERE's metrics over the workload's duration (request-level engines)."""
+    if not block:
+        return
+    horizon = _fmt(block["horizon_s"], digits=0)
+    table.add_row(
+        f"SINCERE, first {horizon} s: processed / received",
+        f"{int(block['processed']):,} / {int(block['received']):,}",
+        "",
+        "",
+        "",
+    )
+    table.add_row(
+        "  latency of processed (s)",
+        _fmt(block["latency_mean_s"]),
+        _fmt(block["latency_p50_s"]),
+        "",
+        _fmt(block["latency_p99_s"]),
+    )
+    for key, label in (
+        ("throughput_rps", "  throughput (req/s)"),
+        ("inference_throughput_rps", "  inference throughput (req/s)"),
+        ("slo_attainment", "  SLA attainment (processed)"),
+        ("slo_attainment_received", "  SLA attainment (received)"),
+        ("gpu_busy_share", "  GPU busy share"),
+        ("model_switches", "  model switches"),
+    ):
+        table.add_row(label, _fmt(block[key], digits=0 if key == "model_switches" else 3),
+                      "", "", "")  # fmt: skip

@@ -13,7 +13,17 @@ Timing comes from each model's :class:`~sincere.perf.base.StepTimeModel`:
 batch, since a pipeline call decodes until every sequence is done), ``load_time()``
 and ``unload_time()`` for swaps (their means, or draws from a normal with their std,
 clipped at 0, when ``sample_swap_times``). A swap happens right before the batch that
-needs it, so a batch decided at ``t`` starts at ``t + unloads + load``.
+needs it, so a batch decided at ``t`` starts at ``t + unloads + load``. Step models
+that also offer :class:`~sincere.perf.sincere_runs.RequestLevelCosts` (the
+``sincere-runs`` calibration) add what SINCERE's served runs show: the run's first load
+takes ``cold_load_s()``; after each batch the engine is busy ``after_batch_s(n)`` more
+(writing results) before its next action; and strategies plan with the swap figures
+of ``planning()`` (the standalone profile SINCERE's scheduler used), not the real ones.
+
+``dispatch`` in :class:`RequestLevelConfig` chooses who decides: ``server`` (default)
+is SINCERE's threaded server as its runs show it
+(:class:`~sincere.engine.sincere_server.SincereServerEngine`); ``idle`` is this
+engine, an idealised scheduler that asks the strategy whenever the GPU is free.
 
 Records: ``first_scheduled_at`` = batch start (after the swap), and
 ``first_token_at`` = ``finished_at`` = batch end, because a request-level batch
@@ -30,7 +40,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +52,7 @@ from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.engine.base import EngineLoad, EngineStats
 from sincere.perf.base import StepTimeModel, SwapTime
+from sincere.perf.sincere_runs import RequestLevelCosts
 from sincere.policy.batching import (
     BatchingView,
     BatchStrategy,
@@ -55,8 +66,12 @@ from sincere.policy.batching import (
     parse_strategy_name,
 )
 
+if TYPE_CHECKING:
+    from sincere.engine.sincere_server import SincereServerEngine
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+SINCERE_POLL_PERIOD_S = 0.1  # SINCERE's timer thread sleeps 0.1 s between passes (its code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +199,99 @@ class _Running:
     swap_s: Seconds
     num_loads: int
     reason: str
+    release_at: Seconds  # end_at plus the server's after-batch work
+
+
+def planned_swaps(
+    step_models: Mapping[ModelName, StepTimeModel],
+) -> dict[ModelName, tuple[SwapTime, SwapTime]]:
+    """Per model, the (load, unload) times strategies plan with."""
+    out = {}
+    for m, step in step_models.items():
+        if isinstance(step, RequestLevelCosts):
+            plan = step.planning()
+            out[m] = (plan.load, plan.unload)
+        else:
+            out[m] = (step.load_time(), step.unload_time())
+    return out
+
+
+def after_batch_s(step: StepTimeModel, num_requests: int) -> Seconds:
+    """The server's work after a batch (0 unless the step model knows it)."""
+    return step.after_batch_s(num_requests) if isinstance(step, RequestLevelCosts) else 0.0
+
+
+def cold_load_s(step: StepTimeModel) -> Seconds | None:
+    """The first load of a run, when the step model knows it."""
+    return step.cold_load_s() if isinstance(step, RequestLevelCosts) else None
+
+
+class Residency:
+    """Which models are on the device (least recently used first) and the cost of a swap.
+
+    Swapping ``model`` in evicts least recently used models while the device is full
+    (their ``unload_time()``) and loads it (``load_time()``); the run's very first load
+    takes the step model's cold load when it knows one. Times are the means, or draws
+    from a normal with their std (clipped at 0) when ``sample_swap_times``.
+    """
+
+    def __init__(
+        self,
+        step_models: Mapping[ModelName, StepTimeModel],
+        max_resident_models: int,
+        rng: np.random.Generator | None,
+        sample_swap_times: bool,
+    ) -> None:
+        self.step_models = step_models
+        self.max_resident_models = max_resident_models
+        self.rng = rng
+        self.sample_swap_times = sample_swap_times
+        self.loaded_at: OrderedDict[ModelName, Seconds] = OrderedDict()  # LRU first
+        self._ever_loaded = False
+
+    @property
+    def most_recent(self) -> ModelName | None:
+        """The most recently used resident model."""
+        return next(reversed(self.loaded_at), None)
+
+    def swap_in(self, model: ModelName, now: Seconds) -> tuple[Seconds, int]:
+        """Make ``model`` resident; the time it takes and the loads done (0 or 1)."""
+        if model in self.loaded_at:
+            self.loaded_at.move_to_end(model)
+            return 0.0, 0
+        cold = cold_load_s(self.step_models[model])
+        swap_s = 0.0
+        if not self._ever_loaded and cold is not None:
+            swap_s = cold
+        else:
+            while len(self.loaded_at) >= self.max_resident_models:
+                evicted, _ = self.loaded_at.popitem(last=False)
+                swap_s += self._draw(self.step_models[evicted].unload_time())
+            swap_s += self._draw(self.step_models[model].load_time())
+        self._ever_loaded = True
+        self.loaded_at[model] = now + swap_s
+        return swap_s, 1
+
+    def _draw(self, swap: SwapTime) -> Seconds:
+        if not self.sample_swap_times or swap.std_s <= 0 or self.rng is None:
+            return swap.mean_s
+        return max(0.0, float(self.rng.normal(swap.mean_s, swap.std_s)))
+
+
+def answer_tokens(requests: RequestArrays, positions: IntArray) -> IntArray:
+    """Tokens each request answers: ``min(output_tokens, max_tokens)``, read now (lazily)."""
+    return np.minimum(requests.output_tokens[positions], requests.max_tokens[positions])
+
+
+def finish_batch(
+    requests: RequestArrays, records: RecordArrays, positions: IntArray, end_at: Seconds
+) -> int:
+    """Write a finished batch's records (the whole answer at ``end_at``); tokens generated."""
+    answers = answer_tokens(requests, positions)
+    records.first_token_at[positions] = end_at
+    records.finished_at[positions] = end_at
+    records.output_tokens[positions] = answers
+    return int(answers.sum())
 
 
 class RequestLevelEngine:
@@ -203,7 +311,9 @@ class RequestLevelEngine:
         rng: np.random.Generator | None = None,
         sample_swap_times: bool = False,
     ) -> None:
-        _check_args(id, step_models, max_resident_models, max_batch_size, rng, sample_swap_times)
+        check_engine_args(
+            id, step_models, max_resident_models, max_batch_size, rng, sample_swap_times
+        )
         self.id = id
         self.requests = requests
         self.records = records
@@ -214,10 +324,10 @@ class RequestLevelEngine:
         self.max_batch_size = max_batch_size
         self.rng = rng
         self.sample_swap_times = sample_swap_times
-        self._load = {m: s.load_time() for m, s in self.step_models.items()}
-        self._unload = {m: s.unload_time() for m, s in self.step_models.items()}
+        self._planned = planned_swaps(self.step_models)
+        self._residency = Residency(self.step_models, max_resident_models, rng, sample_swap_times)
+        self._finished_running = False
         self._queues: dict[ModelName, _Fifo] = {m: _Fifo() for m in self.step_models}
-        self._resident: OrderedDict[ModelName, Seconds] = OrderedDict()  # LRU first -> loaded_at
         self._running: _Running | None = None
         self._wake_at: Seconds | None = None
         self._done: list[int] = []
@@ -255,7 +365,7 @@ class RequestLevelEngine:
         if self._done:
             return self._done_at
         if self._running is not None:
-            return self._running.end_at
+            return self._running.release_at if self._finished_running else self._running.end_at
         return self._wake_at
 
     def advance(self, now: Seconds) -> list[int]:
@@ -272,7 +382,7 @@ class RequestLevelEngine:
 
     def load(self) -> EngineLoad:
         """Queue and batch sizes, and the most recently used resident model."""
-        running = self._running
+        running = None if self._finished_running else self._running
         remaining = 0 if running is None else int(self.requests.max_tokens[running.positions].sum())
         return EngineLoad(
             num_running=0 if running is None else len(running.positions),
@@ -281,7 +391,7 @@ class RequestLevelEngine:
             running_remaining_tokens=remaining,
             kv_usage=0.0,
             busy_s=self._busy_s,
-            resident_model=next(reversed(self._resident), None),
+            resident_model=self._residency.most_recent,
         )
 
     def stats(self) -> EngineStats:
@@ -307,16 +417,16 @@ class RequestLevelEngine:
             ModelQueueView(
                 model=m,
                 queued_at=self._queues[m].times(),
-                load=self._load[m],
-                unload=self._unload[m],
-                loaded_at=self._resident.get(m),
+                load=self._planned[m][0],
+                unload=self._planned[m][1],
+                loaded_at=self._residency.loaded_at.get(m),
                 queued_ids=self._queues[m].ids(),
             )
             for m in self._queues
         )
         return BatchingView(
             queues=queues,
-            resident=tuple(self._resident),
+            resident=tuple(self._residency.loaded_at),
             max_resident_models=self.max_resident_models,
             max_batch_size=self.max_batch_size,
             draining=self._draining,
@@ -329,9 +439,13 @@ class RequestLevelEngine:
         while True:
             running = self._running
             if running is not None:
-                if running.end_at > now:
+                if not self._finished_running:
+                    if running.end_at > now:
+                        return
+                    self._finish(running)
+                if running.release_at > now:
                     return
-                self._finish(running)
+                self._running, self._finished_running = None, False
                 continue
             decision = self.strategy.decide(self.view(), now)
             if isinstance(decision, RunBatch):
@@ -366,22 +480,24 @@ class RequestLevelEngine:
     def _start(self, decision: RunBatch, now: Seconds) -> None:
         """Take the batch off its queue, swap its model in, and time it."""
         positions = self._take(decision)
-        swap_s, num_loads = self._swap_in(decision.model, now)
+        swap_s, num_loads = self._residency.swap_in(decision.model, now)
         start_at = now + swap_s
         duration_s = self.step_models[decision.model].request_batch_s(
             self.requests.prompt_tokens[positions].tolist(),
-            int(self._answer_tokens(positions).max()),
+            int(answer_tokens(self.requests, positions).max()),
         )
         self.records.first_scheduled_at[positions] = start_at
         self._wake_at = None
+        end_at = start_at + duration_s
         self._running = _Running(
             decision.model,
             positions,
             start_at,
-            start_at + duration_s,
+            end_at,
             swap_s,
             num_loads,
             decision.reason,
+            end_at + after_batch_s(self.step_models[decision.model], len(positions)),
         )
 
     def _take(self, decision: RunBatch) -> IntArray:
@@ -399,49 +515,22 @@ class RequestLevelEngine:
         self._waiting_prefill_tokens -= int(self.requests.prompt_tokens[positions].sum())
         return positions
 
-    def _answer_tokens(self, positions: IntArray) -> IntArray:
-        """Tokens each request answers: ``min(output_tokens, max_tokens)``, read now (lazily)."""
-        req = self.requests
-        return np.minimum(req.output_tokens[positions], req.max_tokens[positions])
-
-    def _swap_in(self, model: ModelName, now: Seconds) -> tuple[Seconds, int]:
-        """Make ``model`` resident (LRU eviction); the time it takes and loads done."""
-        if model in self._resident:
-            self._resident.move_to_end(model)
-            return 0.0, 0
-        swap_s = 0.0
-        while len(self._resident) >= self.max_resident_models:
-            evicted, _ = self._resident.popitem(last=False)
-            swap_s += self._draw(self._unload[evicted])
-        swap_s += self._draw(self._load[model])
-        self._resident[model] = now + swap_s
-        return swap_s, 1
-
-    def _draw(self, swap: SwapTime) -> Seconds:
-        if not self.sample_swap_times or swap.std_s <= 0 or self.rng is None:
-            return swap.mean_s
-        return max(0.0, float(self.rng.normal(swap.mean_s, swap.std_s)))
-
     def _finish(self, run: _Running) -> None:
         """Write the batch's records and totals."""
         pos = run.positions
-        answers = self._answer_tokens(pos)
-        self.records.first_token_at[pos] = run.end_at
-        self.records.finished_at[pos] = run.end_at
-        self.records.output_tokens[pos] = answers
+        self._num_tokens += finish_batch(self.requests, self.records, pos, run.end_at)
         self._busy_s += run.end_at - run.start_at
         self._swap_s += run.swap_s
         self._num_swaps += run.num_loads
-        self._num_tokens += int(answers.sum())
         self._batches.append(
             BatchRecord(run.start_at, run.end_at, run.model, len(pos), run.swap_s, run.reason)
         )
         self._done.extend(pos.tolist())
         self._done_at = run.end_at
-        self._running = None
+        self._finished_running = True
 
 
-def _check_args(
+def check_engine_args(
     id: InstanceId,
     step_models: Mapping[ModelName, StepTimeModel],
     max_resident_models: int,
@@ -484,17 +573,23 @@ class RequestLevelConfig(BaseModel):
     max_resident_models: int = Field(1, ge=1)  # models the device holds at once
     max_batch_size: int | None = Field(None, ge=1)  # cap on a batch; None = unbounded
     sample_swap_times: bool = False  # draw swap times from N(mean, std) instead of means
+    dispatch: Literal["server", "idle"] = "server"  # SINCERE's server, or decide when idle
+    poll_period_s: float | None = Field(None, gt=0)  # server's timer thread; None: calibrated
+    select_horizon: Literal["sla-slack", "swap-and-batch"] | None = None  # None: calibrated
 
     @field_validator("strategy")
     @classmethod
     def _canonical_strategy(cls, value: str) -> str:
         return "+".join(parse_strategy_name(value))
 
-    def make_strategy(self) -> ComposedStrategy:
-        """A fresh strategy object for one engine."""
+    def make_strategy(
+        self, step_models: Mapping[ModelName, StepTimeModel] | None = None
+    ) -> ComposedStrategy:
+        """A fresh strategy object for one engine (``step_models``: see :meth:`planning`)."""
         params = self.model_dump(
             exclude={"kind", "strategy", "max_resident_models", "max_batch_size"}
             | {"sample_swap_times", "prefer_resident", "choose", "best_batch", "sla_s"}
+            | {"dispatch", "poll_period_s", "select_horizon"}
         )
         return make_strategy(
             self.strategy,
@@ -502,8 +597,17 @@ class RequestLevelConfig(BaseModel):
             best_batch=self.best_batch,
             prefer_resident=self.prefer_resident,
             choose=self.choose,
+            select_horizon=self.planning(step_models or {})[0],
             **params,
         )
+
+    def planning(self, step_models: Mapping[ModelName, StepTimeModel]) -> tuple[str, Seconds]:
+        """(SelectBatch span, timer-thread period): as set here, else as the step models'
+        calibration says, else REFERENCE.md's span and SINCERE's code period (0.1 s)."""
+        plans = [s.planning() for s in step_models.values() if isinstance(s, RequestLevelCosts)]
+        horizon = self.select_horizon or (plans[0].select_horizon if plans else "sla-slack")
+        poll = self.poll_period_s or (plans[0].poll_period_s if plans else SINCERE_POLL_PERIOD_S)
+        return horizon, poll
 
     def build(
         self,
@@ -513,15 +617,27 @@ class RequestLevelConfig(BaseModel):
         instance_ix: int,
         step_models: Mapping[ModelName, StepTimeModel],
         rng: np.random.Generator | None = None,
-    ) -> RequestLevelEngine:
+    ) -> RequestLevelEngine | SincereServerEngine:
         """An engine with this config and its own strategy object."""
+        strategy = self.make_strategy(step_models)
+        if self.dispatch == "server":
+            from sincere.engine.sincere_server import SincereServerEngine
+
+            return SincereServerEngine(
+                id, requests, records, instance_ix, step_models, strategy,
+                poll_period_s=self.planning(step_models)[1],
+                max_resident_models=self.max_resident_models,
+                max_batch_size=self.max_batch_size,
+                rng=rng,
+                sample_swap_times=self.sample_swap_times,
+            )  # fmt: skip
         return RequestLevelEngine(
             id,
             requests,
             records,
             instance_ix,
             step_models,
-            self.make_strategy(),
+            strategy,
             max_resident_models=self.max_resident_models,
             max_batch_size=self.max_batch_size,
             rng=rng,

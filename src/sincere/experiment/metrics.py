@@ -13,6 +13,11 @@ attainment as ``tier.<name>.slo_attainment``. Added here:
 * ``busy_fraction`` -- mean over instances of the union of in-service intervals
   (first scheduled -> finished) over the run; for request-level engines this is
   SINCERE's "fraction of time in inference".
+* ``sincere.<metric>`` -- with request-level engines, SINCERE's metrics over the
+  workload's duration (the summary's ``sincere`` block, :mod:`sincere.sim.sincere_metrics`):
+  processed requests, throughput and inference throughput, latency of processed
+  requests, SLA attainment over processed and over received requests, model switches,
+  load-time share and GPU busy share.
 
 :func:`utilization_timeline` gives busy share per time bin from the same intervals
 (GPU utilisation over time, approximated by "some request is in service").
@@ -162,4 +167,6 @@ def cell_metrics(summary: dict[str, Any], table: pa.Table) -> dict[str, Scalar]:
     row["num_model_loads"] = int(sum(int(v.get("num_swaps", 0)) for v in instances.values()))
     row["num_model_switches"] = num_model_switches(table)
     row["busy_fraction"] = busy_fraction(table, summary.get("duration_s"))
+    for name, value in (summary.get("sincere") or {}).items():
+        row[f"sincere.{name}"] = value
     return row

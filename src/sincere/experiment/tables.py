@@ -40,6 +40,42 @@ DELTA_METRICS = (
     ("throughput", "throughput_rps", "delta_rel"),
     ("utilisation", "utilization", "delta_rel"),
 )
+SINCERE_SUMMARY_COLUMNS = (
+    ("SLA attainment (processed)", "sincere.slo_attainment"),
+    ("SLA attainment (received)", "sincere.slo_attainment_received"),
+    ("throughput (req/s)", "sincere.throughput_rps"),
+    ("inference throughput (req/s)", "sincere.inference_throughput_rps"),
+    ("latency mean (s)", "sincere.latency_mean_s"),
+    ("latency p99 (s)", "sincere.latency_p99_s"),
+    ("GPU busy share", "sincere.gpu_busy_share"),
+    ("model switches", "sincere.model_switches"),
+)
+SINCERE_DELTA_METRICS = (
+    ("latency mean", "sincere.latency_mean_s", "delta_rel"),
+    ("latency p99", "sincere.latency_p99_s", "delta_rel"),
+    ("SLA attainment (received)", "sincere.slo_attainment_received", "delta_abs"),
+    ("throughput", "sincere.throughput_rps", "delta_rel"),
+    ("inference throughput", "sincere.inference_throughput_rps", "delta_rel"),
+    ("GPU busy share", "sincere.gpu_busy_share", "delta_abs"),
+    ("model switches", "sincere.model_switches", "delta_rel"),
+)
+"""With request-level engines the tables report SINCERE's metrics (over the workload's
+duration, processed requests only; :mod:`sincere.sim.sincere_metrics`)."""
+
+
+def _sincere(results: Results) -> bool:
+    """Whether the cells carry SINCERE's metrics (request-level engines)."""
+    return any("sincere.throughput_rps" in r for r in results.ok_rows)
+
+
+def summary_columns(results: Results) -> tuple[tuple[str, str], ...]:
+    """The summary table's (header, metric) columns for these results."""
+    return SINCERE_SUMMARY_COLUMNS if _sincere(results) else SUMMARY_COLUMNS
+
+
+def delta_metrics(results: Results) -> tuple[tuple[str, str, str], ...]:
+    """The delta table's (header, metric, aggregation) columns for these results."""
+    return SINCERE_DELTA_METRICS if _sincere(results) else DELTA_METRICS
 
 
 @dataclass(frozen=True)
@@ -89,7 +125,7 @@ def summary_table(results: Results) -> TableData:
     """Main metrics per strategy x traffic x env at the reference slice."""
     keys = _key_axes(results, "strategy", "traffic", "env")
     fixed = results.slice_except(*keys)
-    columns = [Column(h, m, "mean") for h, m in SUMMARY_COLUMNS]
+    columns = [Column(h, m, "mean") for h, m in summary_columns(results)]
     columns.append(Column("cells", "cell_id", "count"))
     table = TableData("Results at the reference slice", "mean over seeds", keys, fixed, columns)
     for combo in _combos(results, keys):
@@ -120,14 +156,15 @@ def delta_table(results: Results) -> TableData | None:
     keys = _key_axes(results, "strategy", "traffic")
     fixed = results.slice_except(*keys, env)
     columns = []
+    attainment = "sincere.slo_attainment" if _sincere(results) else "slo_attainment"
     for other in others:
         columns += [
-            Column(f"SLA attainment {base}", "slo_attainment", "mean", base),
-            Column(f"SLA attainment {other}", "slo_attainment", "mean", other),
+            Column(f"SLA attainment {base}", attainment, "mean", base),
+            Column(f"SLA attainment {other}", attainment, "mean", other),
         ]
         columns += [
             Column(f"Δ {header} ({'pp' if agg == 'delta_abs' else '%'})", metric, agg, other)
-            for header, metric, agg in DELTA_METRICS
+            for header, metric, agg in delta_metrics(results)
         ]
     note = f"mean over seeds; Δ = {others[0]} − {base}, relative (%) or in points (pp)"
     table = TableData(f"{env}: {', '.join(map(str, others))} vs {base}", note, keys, fixed, columns)

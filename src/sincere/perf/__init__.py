@@ -23,6 +23,14 @@ from sincere.perf.memory import MemoryPlan, plan_memory
 from sincere.perf.operators import OperatorProfiles, read_operator_profiles
 from sincere.perf.profiled import ProfiledStep
 from sincere.perf.roofline import Roofline, RooflineParams
+from sincere.perf.sincere_runs import (
+    RequestLevelCosts,
+    RunCalibratedModel,
+    RunCalibration,
+    SchedulerPlanning,
+    calibrated_model,
+    load_calibration,
+)
 from sincere.perf.table import (
     BatchProfileTable,
     IterationTable,
@@ -45,8 +53,12 @@ __all__ = [
     "MemoryPlan",
     "OperatorProfiles",
     "ProfiledStep",
+    "RequestLevelCosts",
     "Roofline",
     "RooflineParams",
+    "RunCalibratedModel",
+    "RunCalibration",
+    "SchedulerPlanning",
     "StepBreakdown",
     "StepModelConfig",
     "StepModelKind",
@@ -54,9 +66,11 @@ __all__ = [
     "StepTimeBase",
     "StepTimeModel",
     "SwapTime",
+    "calibrated_model",
     "default_roofline_params",
     "fit_binned_linear",
     "fit_call_floor",
+    "load_calibration",
     "load_params_file",
     "make_step_model",
     "plan_memory",

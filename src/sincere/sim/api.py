@@ -29,6 +29,7 @@ from sincere.sim.cluster import Cluster
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.sim.metrics import summarize
 from sincere.sim.runner import Progress, RunLog, run_events
+from sincere.sim.sincere_metrics import cluster_sincere_metrics
 from sincere.workload.config import generate
 
 
@@ -106,12 +107,19 @@ def simulate(
     requests = canonical_requests(requests)
     cluster = build_cluster(cfg, requests)
     log = run_events(cluster, progress)
-    summary = summarize_cluster(cluster, log)
+    summary = summarize_cluster(cluster, log, horizon_s=cfg.workload.duration_s)
     return SimulationResult(cfg, requests, cluster.records, summary, log)
 
 
-def summarize_cluster(cluster: Cluster, log: RunLog) -> dict[str, Any]:
-    """The summary of a finished run of ``cluster``."""
+def summarize_cluster(
+    cluster: Cluster, log: RunLog, horizon_s: float | None = None
+) -> dict[str, Any]:
+    """The summary of a finished run of ``cluster``.
+
+    With request-level engines it also holds ``sincere``: SINCERE's metrics over the
+    horizon ``horizon_s`` (the workload's duration; the run's end when not set), see
+    :mod:`sincere.sim.sincere_metrics`.
+    """
     num_tiers = len(cluster.requests.tiers)
     gaps = [GapHistogram() for _ in range(num_tiers)]
     for engine in cluster.engines:
@@ -122,4 +130,7 @@ def summarize_cluster(cluster: Cluster, log: RunLog) -> dict[str, Any]:
     stats = [engine.stats() for engine in cluster.engines]
     summary = summarize(cluster.requests, cluster.records, log.end_at, cluster.infos, stats, gaps)
     summary["mean_num_in_system"] = log.num_in_system_area / log.end_at if log.end_at else 0.0
+    block = cluster_sincere_metrics(cluster, horizon_s or log.end_at)
+    if block is not None:
+        summary["sincere"] = block
     return summary

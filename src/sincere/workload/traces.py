@@ -16,6 +16,9 @@ Formats (names for ``format=``; :func:`detect_format` guesses from extension and
   ``output_length``, ``hash_ids``; the block hashes are not kept).
 * ``sincere-prompts`` -- SINCERE's prompt JSONL / JSON (``{"prompt", "model_alias"}``);
   every request generates ``max_new_tokens`` (50, SINCERE's cap); arrivals as ShareGPT.
+* ``sincere-runs`` -- one cell of SINCERE's real runs (its folder, or its
+  ``requests.csv``): arrivals and models as they came (see
+  :mod:`sincere.workload.sincere_runs`).
 * ``sincere-csv`` / ``sincere-parquet`` -- our own request table, read and written
   losslessly: ``arrival_at, model, prompt_tokens, output_tokens, tier, priority,
   max_tokens`` plus the tier's targets (``tier_ttft_s, tier_ttlt_s, tier_tbt_s,
@@ -40,7 +43,7 @@ import numpy.typing as npt
 from sincere.core.errors import ConfigError, DataError
 from sincere.core.registry import Registry
 from sincere.core.request import RequestArrays
-from sincere.workload import native
+from sincere.workload import native, sincere_runs
 from sincere.workload.arrivals import ArrivalProcess, Poisson
 from sincere.workload.tabular import (
     count_tokens,
@@ -76,6 +79,8 @@ SINCERE_COLUMNS = (
 def read_trace(path: str | Path, format: str | None = None, **options: Any) -> RequestArrays:
     """Read a trace file; ``format`` overrides detection (see the module docstring)."""
     p = Path(path)
+    if p.is_dir() and (p / "requests.csv").is_file() and format in (None, "sincere-runs"):
+        return TRACE_READERS.get("sincere-runs")(p, **options)  # a sincere-runs cell folder
     if not p.is_file():
         raise DataError("no such trace file", path=p)
     fmt = format or detect_format(p)
@@ -117,6 +122,7 @@ def _detect_csv(path: Path) -> str:
         ("azure", AZURE_COLUMNS),
         ("burstgpt", BURSTGPT_COLUMNS),
         ("sincere-csv", SINCERE_COLUMNS[:4]),
+        ("sincere-runs", sincere_runs.REQUEST_COLUMNS[1:4]),
     ):
         if header.issuperset(cols):
             return fmt
@@ -323,6 +329,7 @@ def read_sincere_prompts(
     )
 
 
+TRACE_READERS.register("sincere-runs")(sincere_runs.read_sincere_runs)
 TRACE_READERS.register("sincere-csv")(native.read_sincere_csv)
 TRACE_READERS.register("sincere-parquet")(native.read_sincere_parquet)
 TRACE_WRITERS.register("sincere-csv")(native.write_sincere_csv)

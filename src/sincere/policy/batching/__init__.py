@@ -6,6 +6,7 @@ See :mod:`sincere.policy.batching.base` for the contract and
 
 from sincere.policy.batching.base import (
     DEFAULT_BEST_BATCH,
+    SELECT_HORIZONS,
     STRATEGIES,
     BatchDecision,
     BatchingView,
@@ -29,10 +30,12 @@ from sincere.policy.batching.composed import (
 from sincere.policy.batching.fcfs import Fcfs
 from sincere.policy.batching.partial_batch import PartialBatch
 from sincere.policy.batching.select_batch import SelectBatch, closest_size
+from sincere.policy.batching.server import ServerRules
 from sincere.policy.batching.timer import Timer
 
 __all__ = [
     "DEFAULT_BEST_BATCH",
+    "SELECT_HORIZONS",
     "STRATEGIES",
     "BatchDecision",
     "BatchRule",
@@ -48,6 +51,7 @@ __all__ = [
     "Readiness",
     "RunBatch",
     "SelectBatch",
+    "ServerRules",
     "StrategyParams",
     "Timer",
     "WaitUntil",

@@ -42,6 +42,12 @@ DEFAULT_BEST_BATCH: Mapping[ModelName, int] = MappingProxyType(
 ``llama-3-8b`` is the catalog's name of SINCERE's ``llama3-8b``."""
 
 
+SELECT_HORIZONS = ("sla-slack", "swap-and-batch")
+"""SelectBatch's spans: expected arrivals while the head can still wait (``SLA - T_adj``,
+REFERENCE.md's description) or during one swap and batch (``T_adj``, what SINCERE's runs
+show)."""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ModelQueueView:
     """One model's FIFO queue and residency, as a strategy sees it.
@@ -163,6 +169,7 @@ class StrategyParams:
     select_sizes: tuple[int, ...] = (8, 16, 32, 64)  # SelectBatch's candidate sizes
     partial_residency_s: Seconds = 10.0  # PartialBatch: residency before a flush
     partial_fraction: float = 0.25  # PartialBatch: flush when queued > fraction * best
+    select_horizon: str = "sla-slack"  # SelectBatch's span: "sla-slack" or "swap-and-batch"
 
     def __post_init__(self) -> None:
         positive = {
@@ -182,6 +189,12 @@ class StrategyParams:
         ):
             if not value >= 0:
                 raise ConfigError(f"batching strategy: {name} must be >= 0", value=value)
+        if self.select_horizon not in SELECT_HORIZONS:
+            raise ConfigError(
+                "batching strategy: unknown select_horizon",
+                value=self.select_horizon,
+                allowed=SELECT_HORIZONS,
+            )
         bad = {m: n for m, n in self.best_batch.items() if n < 1}
         if bad:
             raise ConfigError("batching strategy: best_batch sizes must be >= 1", value=bad)
@@ -199,6 +212,11 @@ class StrategyParams:
         """T_adj = (load mean + std) + (unload mean + std) + estimated batch time."""
         load, unload = queue.load, queue.unload
         return load.mean_s + load.std_s + unload.mean_s + unload.std_s + self.est_batch_time_s
+
+    def select_span_s(self, queue: ModelQueueView) -> Seconds:
+        """SelectBatch's span: ``SLA - T_adj`` (sla-slack) or ``T_adj`` (swap-and-batch)."""
+        t_adj = self.timer_adjust_s(queue)
+        return t_adj if self.select_horizon == "swap-and-batch" else self.sla_s - t_adj
 
 
 class BatchStrategy(ABC):

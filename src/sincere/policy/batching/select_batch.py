@@ -2,10 +2,13 @@
 
 The rate ``λ̂`` of a model is estimated from its last ``select_window`` (100)
 inter-arrival times as their count over their sum. The batch size is the element of
-``select_sizes`` ({8, 16, 32, 64}) closest to ``λ̂ · (SLA - T_adj)``: the requests
-expected to arrive while the oldest one can still wait, where ``T_adj`` is the
+``select_sizes`` ({8, 16, 32, 64}) closest to ``λ̂ · span``, where ``T_adj`` is the
 Timer's adjustment (load mean + std, unload mean + std, estimated batch time) of the
-model. Ties go to the smaller size. Before the model has two arrivals there is no
+model and the span (``select_horizon``) is either ``SLA - T_adj`` (``sla-slack``: the
+requests expected while the oldest one can still wait, as REFERENCE.md describes it)
+or ``T_adj`` (``swap-and-batch``: the requests expected during one swap and batch,
+which is what SINCERE's real runs show: their sizes do not change with the SLA; see
+docs/validation.md). Ties go to the smaller size. Before the model has two arrivals there is no
 rate and the model's best batch is used. Capped by the engine's ``max_batch_size``.
 """
 
@@ -29,8 +32,7 @@ from sincere.policy.batching.base import (
 
 def closest_size(target: float, sizes: tuple[int, ...]) -> int:
     """The element of ``sizes`` nearest to ``target`` (the smaller on a tie)."""
-    ordered = np.sort(np.asarray(sizes, dtype=np.int64))
-    return int(ordered[int(np.argmin(np.abs(ordered - target)))])
+    return int(min(sizes, key=lambda size: (abs(size - target), size)))
 
 
 @STRATEGIES.register("select-batch")
@@ -63,8 +65,7 @@ class SelectBatch(BatchRule):
         rate = self.rate(queue.model)
         if rate is None:
             return view.cap(self.params.best_batch_of(queue.model))
-        horizon_s = self.params.sla_s - self.params.timer_adjust_s(queue)
-        expected = rate * horizon_s if np.isfinite(rate) else float("inf")
+        expected = rate * self.params.select_span_s(queue) if np.isfinite(rate) else float("inf")
         return view.cap(closest_size(expected, self.params.select_sizes))
 
     def assess(self, queue: ModelQueueView, view: BatchingView, now: Seconds) -> Readiness:
