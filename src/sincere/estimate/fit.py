@@ -5,8 +5,8 @@ not of one model:
 
 * the **decode overhead per layer** of each TP degree (:attr:`ExponentTable.
   decode_s_per_layer`): with ``target="measured"`` read off full-model runs, as
-  ``(TPOT(t, 1) - TPOT(1, 1) / t) / N_L`` per model and precision (TPOT from a least-squares
-  line through latency against output length), averaged; with ``target="fingerprint"``
+  ``(TPOT(t, 1) - TPOT(1, 1) / t) / N_L`` per model and precision (TPOT the median of the
+  pairwise slopes of latency against output length), averaged; with ``target="fingerprint"``
   from the models' pooled fingerprint overheads
   (:func:`~sincere.estimate.overhead.decode_from_fingerprints`);
 * the **exponents** alpha, gamma, delta, which only matter off PP = 1, and beta, which only
