@@ -7,7 +7,9 @@ greedy and the MILP (HiGHS via SciPy), after one warm-up, best of ``--repeat`` r
 and reports the greedy's cost gap to the MILP optimum (cost plus switching charges;
 limited fleets compare servers left out too).
 
-Run: ``python benchmarks/plan_solve.py [--repeat 3]``.
+Run: ``python benchmarks/plan_solve.py [--repeat 3] [--batch-rule inferno|kv]``; the last
+line times the sizing of the 1,000-server fleet under both batch rules, alternately, as
+a ratio measured in the same run.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from sincere.optimize import build_candidates, solve
-from sincere.optimize.data import Problem
+from sincere.optimize.data import BATCH_RULES, Problem
 from sincere.optimize.synthetic import synthetic_problem
 
 SEED = 20240601
@@ -38,11 +41,17 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
-def row(num: int, limited: bool, repeat: int) -> str:
-    """One Markdown table row for a fleet of ``num`` servers."""
-    p: Problem = synthetic_problem(
+def fleet(num: int, limited: bool, rule: str) -> Problem:
+    """The synthetic fleet of ``num`` servers, planned with batch rule ``rule``."""
+    p = synthetic_problem(
         num, NUM_TYPES, np.random.default_rng(SEED), capacity_share=0.4 if limited else None
     )
+    return replace(p, optimizer=replace(p.optimizer, batch_rule=rule))
+
+
+def row(num: int, limited: bool, repeat: int, rule: str) -> str:
+    """One Markdown table row for a fleet of ``num`` servers."""
+    p = fleet(num, limited, rule)
     t_cand = best_of(lambda: build_candidates(p), repeat)
     t_greedy = best_of(lambda: solve(p, solver="greedy"), repeat)
     t_milp = best_of(lambda: solve(p, solver="milp"), repeat)
@@ -60,6 +69,7 @@ def row(num: int, limited: bool, repeat: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch-rule", default="inferno", choices=BATCH_RULES)
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
@@ -72,7 +82,18 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|---:|---:|")
     for num in (10, 100, 1000):
         for limited in (False, True):
-            print(row(num, limited, args.repeat), flush=True)
+            print(row(num, limited, args.repeat, args.batch_rule), flush=True)
+    times = {rule: [] for rule in BATCH_RULES}  # type: dict[str, list[float]]
+    problems = {rule: fleet(1000, False, rule) for rule in BATCH_RULES}
+    for _ in range(args.repeat):
+        for rule, problem in problems.items():
+            times[rule].append(best_of(lambda p=problem: build_candidates(p), 1))
+    sizes = {r: float(build_candidates(p).max_batch.mean()) for r, p in problems.items()}
+    print(
+        "sizing 1,000 servers, best of alternate runs: "
+        + ", ".join(f"{r} {min(t):.3f} s (mean batch {sizes[r]:.0f})" for r, t in times.items())
+        + f"; inferno / kv = {min(times['inferno']) / min(times['kv']):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sincere.cli.app import _register, app
-from sincere.estimate import ConfigKey, FingerprintBank
+from sincere.estimate import ConfigKey, FingerprintBank, load_exponents
+
+from .conftest import write_csv
 
 _register()
 runner = CliRunner()
@@ -119,7 +121,7 @@ def test_batch_mode_bad_row(tmp_path: Path) -> None:
 
 
 def test_fit_writes_exponents(synthetic_csv: Callable[..., Path], tmp_path: Path) -> None:
-    """`estimate fit` fits on a folder's fingerprints and writes a readable table."""
+    """`estimate fit` on fingerprints only writes exponents and the TP 2 decode overhead."""
     data = tmp_path / "data"
     data.mkdir()
     src = synthetic_csv()
@@ -127,4 +129,61 @@ def test_fit_writes_exponents(synthetic_csv: Callable[..., Path], tmp_path: Path
     out = tmp_path / "ex.yaml"
     res = runner.invoke(app, ["estimate", "fit", "--data", str(data), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "fp16" in out.read_text() and "alpha" in out.read_text()
+    table = load_exponents(out)
+    assert "--target fingerprint" in table.source
+    # the synthetic TP 2 fingerprint adds 0.0004 - 0.0007/2 s per layer and token
+    assert table.decode_s_per_layer[2] == pytest.approx(0.00005 + (0.0012 - 0.0008 / 2) / 32)
+    assert "decode overhead per layer" in res.output
+
+
+def _local_profile_rows(ttft_layer: float, tpot_layer: float) -> list[list[object]]:
+    """Rows as `sincere profile local` writes them: bfloat16, TP 1, batches 1 to 8."""
+    rows: list[list[object]] = []
+    for layers in (1, 2):
+        for batch in (1, 2, 4, 8):
+            for out in (10, 20):
+                lat = 0.004 + layers * ttft_layer + out * (0.002 + layers * tpot_layer) * batch
+                rows.append(
+                    ["tiny-llama", 1, 1, layers, "bfloat16", False, out, batch, lat, 0.5, 0.6]
+                )
+    return rows
+
+
+def test_estimate_reads_local_profile_fingerprints(tmp_path: Path) -> None:
+    """`profile local` fingerprints (bfloat16) need no --dtype and print a millisecond TTFT."""
+    fp = write_csv(tmp_path / "fingerprints.csv", _local_profile_rows(0.0015, 0.01))
+    res = runner.invoke(app, ["estimate", "tiny-llama", "--fingerprints", str(fp), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    n = 2  # tiny-llama's catalog depth
+    assert got["precision"] == "bf16"
+    assert got["ttft_s"] == pytest.approx(0.004 + n * 0.0015)
+    assert got["below_noise"] == []
+    table = runner.invoke(app, ["estimate", "tiny-llama", "--fingerprints", str(fp)])
+    assert table.exit_code == 0, table.output
+    assert "0.007" in table.output and "0.0000" not in table.output
+
+
+def test_estimate_warns_when_a_fingerprint_is_below_noise(tmp_path: Path) -> None:
+    """A TTFT that solves negative (noisy 1/2-layer timings) is shown as 0 with a warning."""
+    fp = write_csv(tmp_path / "fingerprints.csv", _local_profile_rows(-0.01, 0.01))
+    res = runner.invoke(app, ["estimate", "tiny-llama", "--fingerprints", str(fp)])
+    assert res.exit_code == 0, res.output
+    assert "TTFT at batch 1 solves to -0.016 s" in res.output
+    assert "less than their noise" in " ".join(res.output.split())
+
+
+def test_estimate_asks_for_dtype_when_ambiguous(tmp_path: Path) -> None:
+    """Fingerprints in two precisions and no fp16: the CLI names them and exits non-zero."""
+    rows = _local_profile_rows(0.0015, 0.01)
+    rows += [[*r[:4], "float32", *r[5:]] for r in rows]
+    fp = write_csv(tmp_path / "fingerprints.csv", rows)
+    res = runner.invoke(app, ["estimate", "tiny-llama", "--fingerprints", str(fp)])
+    assert res.exit_code != 0
+    assert "pick one with --dtype" in str(res.exception)
+    assert "bf16" in str(res.exception) and "fp32" in str(res.exception)
+    ok = runner.invoke(
+        app, ["estimate", "tiny-llama", "--dtype", "float32", "--fingerprints", str(fp)]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "fp32" in ok.output

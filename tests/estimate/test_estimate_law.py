@@ -9,7 +9,14 @@ import pytest
 
 from sincere.core.errors import ConfigError
 from sincere.estimate import Exponents, ExponentTable, load_exponents, memory_law, parallelism_law
-from sincere.estimate.fit import LawSamples, fit_exponents, mean_relative_error, write_exponents
+from sincere.estimate.fit import (
+    LawSamples,
+    fit_exponents,
+    mean_relative_error,
+    predict,
+    write_exponents,
+)
+from sincere.estimate.law import extrapolate_overhead, nearest_profiled
 
 EX = Exponents(alpha=0.3, beta=0.8, gamma=0.5, delta=1.2)
 
@@ -46,20 +53,20 @@ def test_memory_law() -> None:
 
 
 def _synthetic(ex: Exponents, seed: int) -> LawSamples:
+    """Rows of MaverIQ's law: TP overheads from TP 2 (beta matters at TP 4 and 8)."""
     rng = np.random.default_rng(seed)
     configs = [(2, 2), (2, 3), (2, 4), (4, 1), (4, 2), (8, 1), (1, 3), (1, 4), (1, 6), (1, 8)]
     n = 30 * len(configs)
     tp = np.array([c[0] for c in configs] * 30, dtype=float)
     pp = np.array([c[1] for c in configs] * 30, dtype=float)
     ref = np.column_stack([rng.uniform(0.05, 0.3, n), rng.uniform(0.01, 0.05, n)])
-    tp2 = ref * rng.uniform(0.6, 0.9, (n, 1))
+    ovh = ref * rng.uniform(0.1, 0.4, (n, 1))
     pp2 = ref * rng.uniform(1.05, 1.3, (n, 1))
     out = rng.choice([10.0, 50.0, 200.0], n)
-    samples = LawSamples(ref, tp2, pp2, tp, pp, out, np.ones(n), ("fp16",) * n)
-    from sincere.estimate.fit import predict
-
-    target = predict(samples, ex)
-    return LawSamples(ref, tp2, pp2, tp, pp, out, target, ("fp16",) * n)
+    from_tp = np.where(tp > 1, 2.0, 1.0)
+    keys = ("fp16",) * n
+    samples = LawSamples(ref, ovh, pp2, tp, pp, out, np.ones(n), keys, from_tp)
+    return LawSamples(ref, ovh, pp2, tp, pp, out, predict(samples, ex), keys, from_tp)
 
 
 @pytest.mark.parametrize("ex", [EX, Exponents(0.0, 1.0, 0.2, 0.5), Exponents(0.6, 0.4, 1.0, 1.5)])
@@ -72,6 +79,30 @@ def test_fit_recovers_known_exponents(ex: Exponents) -> None:
     assert mean_relative_error(samples, Exponents(0.0, 2.0, 0.0, 0.0)) > 10 * fit.loss
 
 
+def test_measured_tp_overhead_replaces_maveriqs_tp_term() -> None:
+    """With O(TP) given, the TP term is O(TP) / PP^gamma whatever L(2,1) and beta say."""
+    ref, l12 = 1.0, 1.1
+    pp_ovh = l12 - ref / 2**EX.alpha
+    got = float(parallelism_law(ref, 9.9, l12, 4, 3, EX, tp_overhead=0.25))
+    want = ref / (4 * 3**EX.alpha) + 0.25 / 3**EX.gamma + 2**EX.delta * pp_ovh
+    assert got == pytest.approx(want)
+    assert float(parallelism_law(ref, 9.9, l12, 4, 1, EX, tp_overhead=-1.0)) == pytest.approx(
+        ref / 4
+    )
+
+
+def test_unprofiled_degrees_scale_the_nearest_profiled_overhead() -> None:
+    """TP 8 with TP 2 and 4 profiled reads TP 4 and scales it by (7/3)^beta; TP 2 of a
+    model profiled at TP 4 only scales down from 4; measured degrees come back as they are."""
+    assert nearest_profiled(8, [2, 4]) == 4
+    assert nearest_profiled(2, [4, 8]) == 4
+    assert nearest_profiled(4, [2, 4]) == 4
+    assert nearest_profiled(4, [1]) is None
+    base = np.array([0.3, 0.01])
+    assert extrapolate_overhead(base, 4, 8, 0.5) == pytest.approx(base * (7 / 3) ** 0.5)
+    assert extrapolate_overhead(base, 4, 4, 0.5) == pytest.approx(base)
+
+
 def test_exponent_file_round_trip(tmp_path: Path) -> None:
     """A written table reads back; unknown precisions use the default."""
     table = ExponentTable({"int8": EX}, Exponents(0.1, 0.9, 0.2, 1.1), "test")
@@ -81,20 +112,30 @@ def test_exponent_file_round_trip(tmp_path: Path) -> None:
     assert back.get("int4").as_tuple() == pytest.approx((0.1, 0.9, 0.2, 1.1))
 
 
-def test_shipped_exponents_cover_every_maveriq_precision() -> None:
-    """The shipped file names its source and has fp16 .. int4-gptq with and without int8 KV."""
+def test_shipped_table_says_how_it_was_fitted() -> None:
+    """The shipped file names its data and command, and its decode overhead per layer grows
+    with the TP degree (2 < 4 < 8), as the measured full runs show."""
     table = load_exponents()
-    assert "MaverIQ" in table.source
-    for key in (
-        "fp16",
-        "fp16+kv-int8",
-        "int8",
-        "int8+kv-int8",
-        "int4",
-        "int4+kv-int8",
-        "int4-gptq",
-    ):
-        assert key in table.by_precision
+    assert "MaverIQ" in table.source and "sincere estimate fit" in table.source
+    assert "--target measured" in table.source
+    decode = table.decode_s_per_layer
+    assert sorted(decode) == [2, 4, 8]
+    assert 0 < decode[2] < decode[4] < decode[8] < 1e-3
+    assert all(-1.0 <= v <= 4.0 for v in table.default.as_tuple())
+
+
+def test_decode_table_round_trip_and_bad_entries(tmp_path: Path) -> None:
+    """The decode table reads back; a TP degree below 2 or a negative time is refused."""
+    table = ExponentTable({}, EX, "test", {2: 5e-5, 8: 2.7e-4})
+    write_exponents(table, tmp_path / "ex.yaml")
+    assert load_exponents(tmp_path / "ex.yaml").decode_s_per_layer == {2: 5e-5, 8: 2.7e-4}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("decode_s_per_layer: {1: 0.001}\n")
+    with pytest.raises(ConfigError, match="decode_s_per_layer"):
+        load_exponents(bad)
+    bad.write_text("decode_s_per_layer: {4: -0.001}\n")
+    with pytest.raises(ConfigError, match="TP >= 2: seconds >= 0"):
+        load_exponents(bad)
 
 
 def test_bad_exponent_file(tmp_path: Path) -> None:

@@ -112,3 +112,17 @@ def test_replica_simulator_feeds_cross_check() -> None:
     for row in rows:
         assert row.measured_ttft_ms > 0 and row.measured_itl_ms > 0
         assert math.isfinite(row.ttft_rel_error) and math.isfinite(row.itl_rel_error)
+
+
+def test_kv_cache_bound_limits_the_simulated_batch() -> None:
+    """With ``kv_tokens`` the cache holds ceil(kv/16) blocks; a cache for four whole
+    requests keeps a batch of 32 from running 32 at once, so at 60 % load requests wait."""
+    cfg = replica_sim_config(GRANITE, **SHAPE, rate_per_s=0.3, num_requests=10, kv_tokens=4 * 1152)
+    assert cfg["instances"][0]["engine"]["num_kv_blocks"] == 288
+    mu = max_rate_per_s(GRANITE, **SHAPE)
+    kw = {**SHAPE, "rate_per_s": 0.6 * mu, "num_requests": 600}
+    free = check_replica(GRANITE, **kw)  # type: ignore[arg-type]
+    tight = check_replica(GRANITE, **kw, kv_tokens=4 * 1152)  # type: ignore[arg-type]
+    assert tight.measured_ttft_ms > 3 * free.measured_ttft_ms
+    with pytest.raises(ConfigError, match="at least one whole request"):
+        replica_sim_config(GRANITE, **SHAPE, rate_per_s=0.3, num_requests=10, kv_tokens=1000)

@@ -65,6 +65,22 @@ def _bank(fingerprints: list[Path], exponents: Path | None, mode: str) -> Finger
     return FingerprintBank.from_files(fingerprints, table, mode=mode)
 
 
+def _precision(bank: FingerprintBank | None, model: str, dtype: str | None) -> str:
+    """``--dtype`` as given; else the weight precision of ``model``'s fingerprints when
+    they have one (``sincere profile local`` writes bfloat16), else fp16."""
+    if dtype is not None:
+        return parse_precision(dtype)
+    have = sorted({w for w, _ in bank.precisions(model)}) if bank is not None else []
+    if not have or "fp16" in have:
+        return "fp16"
+    if len(have) == 1:
+        return have[0]
+    raise ConfigError(
+        f"{model}'s fingerprints have several precisions and no fp16; pick one with --dtype",
+        allowed=have,
+    )
+
+
 def _estimate(
     bank: FingerprintBank | None, key: ConfigKey, out: int, accelerator: str, prompt: int
 ) -> Estimate:
@@ -84,9 +100,9 @@ def _table(est: Estimate, accelerator: str, prompt: int) -> Table:
         ("weights / KV cache", f"{k.precision} / {k.kv_precision}"),
         ("batch size", str(k.batch_size)),
         ("output tokens", str(est.output_tokens)),
-        ("TTFT (s)", f"{est.ttft_s:.4f}"),
-        ("TPOT (s)", f"{est.tpot_s:.5f}"),
-        ("latency (s)", f"{est.latency_s:.4f}"),
+        ("TTFT (s)", _seconds(est.ttft_s)),
+        ("TPOT (s)", _seconds(est.tpot_s)),
+        ("latency (s)", _seconds(est.latency_s)),
         ("memory (GB, all GPUs)", f"{est.memory_gb:.2f}"),
         ("source", est.source),
     ]
@@ -95,6 +111,11 @@ def _table(est: Estimate, accelerator: str, prompt: int) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _seconds(value: float) -> str:
+    """Four significant digits, so milliseconds on a CPU profile do not print as 0.0000."""
+    return f"{value:.4g}"
 
 
 def _key_from_row(row: dict[str, str], path: Path, line: int) -> tuple[ConfigKey, int]:
@@ -159,7 +180,13 @@ def predict_cmd(
     model: Annotated[str | None, typer.Argument(help="Catalog model (single mode).")] = None,
     tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
     pp: Annotated[int, typer.Option(help="Pipeline stages.")] = 1,
-    dtype: Annotated[str, typer.Option(help="Weights: fp16, int8, int4, int4-gptq.")] = "fp16",
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights: fp16, bf16, int8, int4, int4-gptq (MaverIQ's float16 / bfloat16 "
+            "/ int4_gptq too). Default: the fingerprints' only precision, else fp16."
+        ),
+    ] = None,
     kv_int8: Annotated[bool, typer.Option("--kv-int8", help="int8 KV cache.")] = False,
     batch: Annotated[int, typer.Option(help="Requests per batch.")] = 1,
     output_len: Annotated[int, typer.Option(help="Output tokens per request.")] = 100,
@@ -185,10 +212,11 @@ def predict_cmd(
         return
     if model is None:
         raise ConfigError("give a MODEL, or --configs CSV --out CSV")
-    key = ConfigKey(
-        canonical_model(model), parse_precision(dtype), "int8" if kv_int8 else "fp16", tp, pp, batch
-    )
+    name = canonical_model(model)
+    precision = _precision(bank, name, dtype)
+    key = ConfigKey(name, precision, "int8" if kv_int8 else "fp16", tp, pp, batch)
     est = _estimate(bank, key, output_len, accelerator, prompt_len)
+    noise = bank.below_noise(key) if bank is not None and est.source != "roofline" else []
     if as_json:
         typer.echo(
             json.dumps(
@@ -205,6 +233,7 @@ def predict_cmd(
                     "latency_s": est.latency_s,
                     "memory_gb": est.memory_gb,
                     "source": est.source,
+                    "below_noise": noise,
                 },
                 indent=2,
             )
@@ -214,21 +243,34 @@ def predict_cmd(
         why = "no fingerprints given" if bank is None else f"no fingerprint of {key.model}"
         console.print(f"[yellow]{why}: roofline estimate from the catalog[/yellow]")
     console.print(_table(est, accelerator, prompt_len))
+    for note in noise:
+        console.print(
+            f"[yellow]warning: {key.model}'s fingerprint {note}: its 1- and 2-layer timings "
+            "differ by less than their noise, so it is shown as 0; profile with more "
+            "repeats or longer prompts[/yellow]"
+        )
 
 
 @estimate_app.command("fit")
 def fit_cmd(
     data: Annotated[Path, typer.Option(help="Folder with fingerprint_data_collection*.csv.")],
     out: Annotated[Path, typer.Option(help="Exponent YAML to write.")],
-    target: Annotated[str, typer.Option(help=f"Fit target: {', '.join(TARGETS)}.")] = (
-        "fingerprint"
-    ),
+    target: Annotated[
+        str,
+        typer.Option(
+            help=f"Fit target: {', '.join(TARGETS)} (auto: the folder's full-model runs "
+            "when it has full_model_data_collection*.csv, else the fingerprints)."
+        ),
+    ] = "auto",
     pp_reference: Annotated[str, typer.Option(help="same-depth or fingerprint.")] = "same-depth",
+    per_precision: Annotated[
+        bool, typer.Option("--per-precision", help="Also fit one set per precision.")
+    ] = False,
 ) -> None:
-    """Fit the parallelism law's exponents per precision and write them to --out."""
-    table, fits = fit_from_dir(data, target, pp_reference=pp_reference)
+    """Fit the law's decode overhead per TP degree and its exponents; write them to --out."""
+    table, fits = fit_from_dir(data, target, pp_reference=pp_reference, per_precision=per_precision)
     write_exponents(table, out)
-    view = Table(title=f"exponents ({target})", header_style="bold")
+    view = Table(title="parallelism-law exponents", header_style="bold")
     for col in ("precision", "alpha", "beta", "gamma", "delta", "mean rel. error", "samples"):
         view.add_column(col, justify="right" if col != "precision" else "left")
     for name, fit in fits.items():
@@ -238,5 +280,8 @@ def fit_cmd(
             f"{fit.loss:.3f}",
             str(fit.num_samples),
         )
-    Console().print(view)
-    Console().print(f"wrote {out}")
+    console = Console()
+    console.print(view)
+    decode = ", ".join(f"TP {t}: {v * 1e3:.4g} ms" for t, v in table.decode_s_per_layer.items())
+    console.print(f"decode overhead per layer and token: {decode or 'none (no TP > 1 data)'}")
+    console.print(f"wrote {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -160,9 +161,22 @@ def plan(
             help=("PNG of cost and replicas per server over the load trace (needs --load-trace)."),
         ),
     ] = None,
+    batch_rule: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-rule",
+            help=(
+                "Max batch per replica: inferno (Inferno's rule, maxBatchSize*atTokens/"
+                "avgOutTokens) or kv (by in + out tokens, what the KV cache holds). "
+                "Default: optimizer-data's batchRule, else inferno."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Choose accelerator, replicas and batch per server at minimum cost under SLOs."""
     problem = load_problem(directory)
+    if batch_rule is not None:
+        problem = replace(problem, optimizer=replace(problem.optimizer, batch_rule=batch_rule))
     if plot is not None and load_trace is None:
         raise ConfigError("--plot needs --load-trace", value=str(plot))
     if load_trace is None:
@@ -179,8 +193,12 @@ def plan(
             )
         console.print(f"wrote {trace_out}")
     final = steps[-1][1]
+    rule = problem.optimizer.batch_rule
     console.print(
-        solution_table(final, f"{directory} ({final.solver}): total {final.total_cost:.2f} ¢/h")
+        solution_table(
+            final,
+            f"{directory} ({final.solver}, batch rule {rule}): total {final.total_cost:.2f} ¢/h",
+        )
     )
     out.write_text(json.dumps(final.to_json(), indent=2) + "\n")
     console.print(f"wrote {out}")

@@ -32,6 +32,7 @@ from sincere.estimate.law import (
     memory_law,
     parallelism_law,
 )
+from sincere.estimate.overhead import TpOverhead
 
 __all__ = [
     "ConfigKey",
@@ -45,6 +46,7 @@ __all__ = [
     "LayerTerms",
     "Measurement",
     "References",
+    "TpOverhead",
     "batch_law",
     "layer_terms",
     "load_exponents",

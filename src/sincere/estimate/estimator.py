@@ -6,9 +6,20 @@ any configuration of them: the full-depth TTFT, TPOT and memory (module
 batch-1 and batch-2 fingerprints), at the requested TP / PP (the parallelism law of
 :mod:`~sincere.estimate.law` from the (1,1), (2,1) and (1,2) references).
 
-Two modes: ``"law"`` (default) needs only the three reference fingerprints of a model,
+Two modes: ``"law"`` (default) extrapolates from the reference fingerprints of a model,
 which is MaverIQ's point (profile little, extrapolate); ``"direct"`` uses the
 fingerprint of the exact configuration when there is one and the law otherwise.
+
+The TP term: ``tp_reference="pooled"`` (default) uses the model's TP overhead at every
+TP degree it has fingerprints for, pooled over its precision variants, with the decode
+part from the exponent table's calibration when it has one
+(:mod:`~sincere.estimate.overhead`), and MaverIQ's ``(TP-1)^beta`` form only between or
+beyond the profiled degrees. ``"tp2"`` is MaverIQ verbatim: the TP = 2 fingerprint of
+the same precision, extrapolated to every TP with ``(TP-1)^beta``. With fingerprints at
+(1,1), (2,1) and (1,2) only, both read TP 2 alone; ``"pooled"`` still averages the
+precisions. The overhead of a TP degree is read at the largest batch size <= the
+requested one that has fingerprints at that degree (MaverIQ's TP 4 and 8 fingerprints
+are batch 1 only: small-batch all-reduces are latency-bound, so it carries over).
 
 The (1,2) reference: ``pp_reference="fingerprint"`` solves the PP=2 fingerprint with the
 per-layer formulas, as MaverIQ does. Those formulas divide second differences of
@@ -52,13 +63,28 @@ from sincere.estimate.fingerprint import (
     batch_full_depth,
     read_fingerprints,
 )
-from sincere.estimate.law import ExponentTable, load_exponents, memory_law, parallelism_law
+from sincere.estimate.law import (
+    ExponentTable,
+    extrapolate_overhead,
+    load_exponents,
+    memory_law,
+    nearest_profiled,
+    parallelism_law,
+)
+from sincere.estimate.overhead import (
+    TpOverhead,
+    calibrated,
+    fingerprint_overheads,
+    middle_output,
+)
 from sincere.perf.base import Batch, Deployment, StepTimeBase, SwapTime
 from sincere.perf.memory import plan_memory
 from sincere.perf.roofline import Roofline
 
+FloatArray = npt.NDArray[np.float64]
 MODES: tuple[str, ...] = ("law", "direct")
 PP_REFERENCES: tuple[str, ...] = ("same-depth", "fingerprint")
+TP_REFERENCES: tuple[str, ...] = ("pooled", "tp2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +150,21 @@ class FingerprintBank:
         num_layers: Mapping[str, int] | None = None,
         mode: str = "law",
         pp_reference: str = "same-depth",
+        tp_reference: str = "pooled",
     ) -> None:
         if mode not in MODES:
             raise ConfigError("unknown estimator mode", value=mode, allowed=MODES)
         if pp_reference not in PP_REFERENCES:
             raise ConfigError("unknown pp_reference", value=pp_reference, allowed=PP_REFERENCES)
+        if tp_reference not in TP_REFERENCES:
+            raise ConfigError("unknown tp_reference", value=tp_reference, allowed=TP_REFERENCES)
         self.fingerprints = dict(fingerprints)
         self.exponents = exponents if exponents is not None else load_exponents()
         self._num_layers = dict(num_layers or {})
         self.mode = mode
         self.pp_reference = pp_reference
+        self.tp_reference = tp_reference
+        self._overheads: dict[tuple[str, int], dict[int, TpOverhead]] = {}
 
     @classmethod
     def from_files(
@@ -145,6 +176,7 @@ class FingerprintBank:
         num_layers: Mapping[str, int] | None = None,
         mode: str = "law",
         pp_reference: str = "same-depth",
+        tp_reference: str = "pooled",
     ) -> FingerprintBank:
         """Read MaverIQ fingerprint CSVs (see :func:`read_fingerprints`)."""
         return cls(
@@ -153,15 +185,18 @@ class FingerprintBank:
             num_layers=num_layers,
             mode=mode,
             pp_reference=pp_reference,
+            tp_reference=tp_reference,
         )
 
     def with_options(self, **changes: object) -> FingerprintBank:
-        """A copy with other ``exponents`` / ``mode`` / ``pp_reference`` / ``num_layers``."""
+        """A copy with other ``exponents`` / ``mode`` / ``pp_reference`` / ``tp_reference``
+        / ``num_layers``."""
         kwargs: dict[str, object] = {
             "exponents": self.exponents,
             "num_layers": self._num_layers,
             "mode": self.mode,
             "pp_reference": self.pp_reference,
+            "tp_reference": self.tp_reference,
         }
         kwargs.update(changes)
         return FingerprintBank(self.fingerprints, **kwargs)  # type: ignore[arg-type]
@@ -169,9 +204,15 @@ class FingerprintBank:
     def only_models(self, models: Iterable[str]) -> FingerprintBank:
         """A bank restricted to ``models``."""
         keep = set(models)
-        bank = self.with_options()
-        bank.fingerprints = {k: v for k, v in self.fingerprints.items() if k.model in keep}
-        return bank
+        kept = {k: v for k, v in self.fingerprints.items() if k.model in keep}
+        return FingerprintBank(
+            kept,
+            self.exponents,
+            num_layers=self._num_layers,
+            mode=self.mode,
+            pp_reference=self.pp_reference,
+            tp_reference=self.tp_reference,
+        )
 
     # --- what is in the bank ---------------------------------------------------------
     def models(self) -> list[str]:
@@ -187,6 +228,28 @@ class FingerprintBank:
         if model in self._num_layers:
             return self._num_layers[model]
         return get_model(model).num_layers
+
+    def precisions(self, model: str) -> list[tuple[str, str]]:
+        """``(weights, KV cache)`` precisions ``model`` has fingerprints of, sorted."""
+        return sorted(
+            {(k.precision, k.kv_precision) for k in self.fingerprints if k.model == model}
+        )
+
+    def below_noise(self, key: ConfigKey) -> list[str]:
+        """Which full-depth figures of ``key``'s TP = 1 reference(s) solve to <= 0 and are
+        shown as 0: the 1- and 2-layer timings differ by less than their noise there."""
+        out = []
+        for b in [key.batch_size] if key.batch_size <= 2 else [1, 2]:
+            ref = key.with_parallelism(1, 1).with_batch(b)
+            if ref not in self.fingerprints:
+                continue
+            raw = self.fingerprints[ref].terms().at_depth(self.num_layers(key.model))
+            out += [
+                f"{name} at batch {b} solves to {value:.3g} s"
+                for name, value in (("TTFT", raw.ttft_s), ("TPOT", raw.tpot_s))
+                if value <= 0
+            ]
+        return out
 
     def configs(self, model: str | None = None) -> list[ConfigKey]:
         """Profiled configurations (of ``model``), sorted."""
@@ -246,6 +309,42 @@ class FingerprintBank:
             at_pp2=self._batched(key, pp2) if has_pp2 in self.fingerprints else None,
         )
 
+    def tp_overheads(self, model: str, batch_size: int) -> dict[int, TpOverhead]:
+        """``{tp: O(tp)}`` of ``model`` at ``batch_size``: pooled over its precisions, the
+        decode part calibrated where the exponent table says (module docstring)."""
+        cached = self._overheads.get((model, batch_size))
+        if cached is not None:
+            return cached
+        n = self.num_layers(model)
+        found = fingerprint_overheads(self.fingerprints, model, batch_size, n)
+        decode = self.exponents.decode_s_per_layer
+        middle = middle_output(fp for k, fp in self.fingerprints.items() if k.model == model)
+        out = {
+            tp: calibrated(ovh, n, decode[tp], middle) if tp in decode else ovh
+            for tp, ovh in found.items()
+        }
+        self._overheads[model, batch_size] = out
+        return out
+
+    def tp_overhead_base(self, key: ConfigKey) -> tuple[FloatArray, int] | None:
+        """``(O(t0), t0)``, the TP overhead (TTFT, TPOT) the law extrapolates ``key.tp``
+        from: ``t0 = key.tp`` where measured (at the largest batch <= the key's that has
+        it), else the nearest profiled degree; ``tp_reference="tp2"``: the key's own
+        precision at TP 2. ``None`` when nothing above TP 1 was profiled."""
+        if self.tp_reference == "tp2":
+            refs = self.references(key)
+            if refs.at_tp2 is None:
+                return None
+            ref, tp2 = refs.ref, refs.at_tp2
+            return np.asarray([tp2.ttft_s - ref.ttft_s / 2, tp2.tpot_s - ref.tpot_s / 2]), 2
+        batches = {k.batch_size for k in self.configs(key.model) if k.batch_size <= key.batch_size}
+        tables = [self.tp_overheads(key.model, b) for b in sorted(batches, reverse=True)]
+        for table in sorted(tables, key=lambda t: key.tp not in t):  # stable: measured first
+            t0 = nearest_profiled(key.tp, table)
+            if t0 is not None:
+                return table[t0].vector, t0
+        return None
+
     def full_depth(self, key: ConfigKey) -> FullDepth:
         """TTFT, TPOT and memory of ``key`` (see the module docstring for the mode)."""
         if key.tp < 1 or key.pp < 1 or key.batch_size < 1:
@@ -258,12 +357,19 @@ class FingerprintBank:
 
     def _by_law(self, key: ConfigKey) -> FullDepth:
         refs = self.references(key)
-        if key.tp > 1 and refs.at_tp2 is None:
-            raise ConfigError(
-                f"no TP=2 fingerprint of {key.model} ({key.precision_key}); cannot extrapolate "
-                "to TP > 1",
-                value=key.tp,
-            )
+        ex = self.exponents.get(key.precision_key)
+        overhead = None
+        if key.tp > 1:
+            base = self.tp_overhead_base(key)
+            if base is None:
+                which = (
+                    f"TP=2 fingerprint of {key.model} ({key.precision_key})"
+                    if self.tp_reference == "tp2"
+                    else f"TP > 1 fingerprint of {key.model} (any precision, batch <= "
+                    f"{key.batch_size})"
+                )
+                raise ConfigError(f"no {which}; cannot extrapolate to TP > 1", value=key.tp)
+            overhead = extrapolate_overhead(base[0], base[1], key.tp, ex.beta)
         if key.pp > 1 and refs.at_pp2 is None:
             raise ConfigError(
                 f"no PP=2 fingerprint of {key.model} ({key.precision_key}); cannot extrapolate "
@@ -272,7 +378,6 @@ class FingerprintBank:
             )
         tp2 = refs.at_tp2 or refs.ref
         pp2 = refs.at_pp2 or refs.ref
-        ex = self.exponents.get(key.precision_key)
         ttft, tpot = parallelism_law(
             [refs.ref.ttft_s, refs.ref.tpot_s],
             [tp2.ttft_s, tp2.tpot_s],
@@ -280,6 +385,7 @@ class FingerprintBank:
             key.tp,
             key.pp,
             ex,
+            tp_overhead=overhead,
         )
         mem = memory_law(refs.ref.memory_gb, tp2.memory_gb, pp2.memory_gb, key.tp, key.pp)
         return FullDepth(float(ttft), float(tpot), mem)

@@ -1,10 +1,11 @@
 """Leave-one-model-out evaluation of the fingerprint estimator.
 
-For each model with full-model measurements, the exponents are fitted without it (on the
-other models' fingerprint-derived data, or on the other models' full-model measurements),
-and its measured latencies and memory are predicted from its own fingerprints. Errors
-are relative: ``|predicted - measured| / measured``. MaverIQ reports about 8.6 % mean and
-3.7 % median latency error for its estimator on its own data.
+For each model with full-model measurements, the law's constants (exponents and decode
+overhead per TP degree) are fitted without it -- on the other models' full-model
+measurements, or on the other models' fingerprints -- and its measured latencies and
+memory are predicted from its own fingerprints. Errors are relative: ``|predicted -
+measured| / measured``, reported per held-out model and per (TP, PP) group. MaverIQ
+reports about 8.6 % mean and 3.7 % median latency error for its estimator on its own data.
 """
 
 from __future__ import annotations
@@ -17,13 +18,8 @@ import numpy as np
 from sincere.core.errors import ConfigError
 from sincere.estimate.estimator import FingerprintBank, relative_errors
 from sincere.estimate.fingerprint import Measurement
-from sincere.estimate.fit import (
-    LawSamples,
-    Target,
-    fingerprint_samples,
-    fit_table,
-    measured_samples,
-)
+from sincere.estimate.fit import Target, fit_law
+from sincere.estimate.law import ExponentTable
 
 MAVERIQ_MEAN_ERROR = 0.086  # MaverIQ's own estimator on its data (REFERENCE.md §3)
 MAVERIQ_MEDIAN_ERROR = 0.037
@@ -39,16 +35,21 @@ class LooResult:
     median_error: float  # median relative latency error
     p90_error: float  # 90th percentile relative latency error
     memory_mean_error: float  # mean relative memory error
+    group_errors: dict[tuple[int, int], float]  # (TP, PP) -> mean relative latency error
+
+    @property
+    def worst_group(self) -> tuple[tuple[int, int], float]:
+        """The (TP, PP) group with the largest mean error, and that error."""
+        return max(self.group_errors.items(), key=lambda item: item[1])
 
 
-def _train_samples(
+def _fit_without(
     bank: FingerprintBank, rows: Sequence[Measurement], held: str, target: Target
-) -> LawSamples:
-    others = [m for m in bank.models() if m != held]
-    train = bank.only_models(others)
-    if target == "fingerprint":
-        return fingerprint_samples(train)
-    return measured_samples(train, [r for r in rows if r.key.model != held])
+) -> ExponentTable:
+    train = bank.only_models(m for m in bank.models() if m != held)
+    others = [r for r in rows if r.key.model != held]
+    table, _ = fit_law(train, others, target=target, source=f"leave-one-out without {held}")
+    return table
 
 
 def evaluate_model(bank: FingerprintBank, rows: Sequence[Measurement], model: str) -> LooResult:
@@ -59,6 +60,9 @@ def evaluate_model(bank: FingerprintBank, rows: Sequence[Measurement], model: st
     est = [bank.estimate(r.key, r.output_tokens) for r in mine]
     lat = relative_errors([e.latency_s for e in est], [r.latency_s for r in mine])
     mem = relative_errors([e.memory_gb for e in est], [r.memory_gb for r in mine])
+    groups: dict[tuple[int, int], list[float]] = {}
+    for r, err in zip(mine, lat.tolist(), strict=True):
+        groups.setdefault((r.key.tp, r.key.pp), []).append(err)
     return LooResult(
         model,
         len(mine),
@@ -66,6 +70,7 @@ def evaluate_model(bank: FingerprintBank, rows: Sequence[Measurement], model: st
         float(np.median(lat)),
         float(np.quantile(lat, 0.9)),
         float(mem.mean()),
+        {g: float(np.mean(v)) for g, v in sorted(groups.items())},
     )
 
 
@@ -73,14 +78,13 @@ def leave_one_model_out(
     bank: FingerprintBank,
     rows: Sequence[Measurement],
     *,
-    target: Target = "fingerprint",
+    target: Target = "measured",
     models: Sequence[str] | None = None,
 ) -> list[LooResult]:
     """One :class:`LooResult` per model of ``rows`` (or ``models``), exponents fitted
     without that model."""
     out = []
     for model in models or sorted({r.key.model for r in rows}):
-        samples = _train_samples(bank, rows, model, target)
-        table, _ = fit_table(samples, f"leave-one-out without {model}")
+        table = _fit_without(bank, rows, model, target)
         out.append(evaluate_model(bank.with_options(exponents=table), rows, model))
     return out

@@ -59,6 +59,10 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 KV_FLAGS: dict[str, str] = {"true": "int8", "false": "fp16"}
 """MaverIQ's ``INT8_KV_Cache`` flag -> sincere's KV precision."""
 
+DTYPES: dict[str, str] = {**MAVERIQ_PRECISIONS, "float32": "fp32"}
+"""``DTYPE`` spellings -> sincere's precision: MaverIQ's, plus ``float32`` that
+``sincere profile local --dtype float32`` writes."""
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class ConfigKey:
@@ -193,12 +197,13 @@ def canonical_model(name: str) -> str:
 
 
 def parse_precision(dtype: str) -> str:
-    """MaverIQ's ``DTYPE`` (``float16``, ``int4_gptq``) -> sincere's (``fp16``, ``int4-gptq``)."""
-    if dtype in MAVERIQ_PRECISIONS:
-        return MAVERIQ_PRECISIONS[dtype]
-    if dtype in MAVERIQ_PRECISIONS.values():
+    """A ``DTYPE`` (``float16``, ``bfloat16``, ``int4_gptq``) -> sincere's precision
+    (``fp16``, ``bf16``, ``int4-gptq``); sincere's own names pass through."""
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    if dtype in DTYPES.values():
         return dtype
-    raise ConfigError("unknown DTYPE", value=dtype, allowed=MAVERIQ_PRECISIONS)
+    raise ConfigError("unknown DTYPE", value=dtype, allowed=[*DTYPES, *DTYPES.values()])
 
 
 def _field(row: Mapping[str, str], column: str, path: Path, line: int) -> str:
@@ -225,7 +230,7 @@ def _row_key(row: Mapping[str, str], path: Path, line: int) -> ConfigKey:
         precision = parse_precision(_field(row, "DTYPE", path, line))
     except ConfigError:
         raise DataError(
-            f"unknown DTYPE; allowed: {', '.join(MAVERIQ_PRECISIONS)}",
+            f"unknown DTYPE; allowed: {', '.join(DTYPES)}",
             path=path,
             line=line,
             column="DTYPE",

@@ -5,10 +5,17 @@ candidates in one vectorised bisection (identical replicas are sized once). For 
 server ``s`` on accelerator ``a`` (one that ``model-data`` lists for the server's
 model; only the current one if the server keeps its accelerator):
 
-* max batch ``N = floor(maxBatchSize · atTokens / (in + out))`` -- the batch the
-  model data measured at ``atTokens`` tokens per request, rescaled to this load's
-  request length (KV memory is what limits it) -- at least 1, at most the server's
-  ``maxBatchSize`` when that is set, and at most :data:`MAX_BATCH`;
+* max batch ``N`` by the optimizer's ``batch_rule`` (:func:`effective_batch`), at
+  least 1 and at most :data:`MAX_BATCH`:
+
+  - ``inferno`` (default, Inferno's own rule): the server's ``maxBatchSize`` as it is
+    when set, else ``floor(maxBatchSize · atTokens / avgOutTokens)``;
+  - ``kv``: ``floor(maxBatchSize · atTokens / (in + out))`` -- the batch the model
+    data measured at ``atTokens`` tokens per request, rescaled to this load's whole
+    request length, which is what a KV cache holds per sequence -- capped by the
+    server's ``maxBatchSize`` when set. Inferno's rule ignores the prompt, so with
+    prompts long against outputs it plans batches the KV cache cannot hold
+    (``benchmarks/plan_vs_sim.py`` measures what that costs);
 * the highest rate per replica meeting the class's SLOs (req/min), from
   :func:`sincere.optimize.sizing.max_rates`;
 * replicas ``r = max(ceil(load / rate), minNumReplicas)`` and
@@ -75,12 +82,20 @@ class CandidateTable:
 
 
 def effective_batch(
-    max_batch: int, at_tokens: int, in_tokens: float, out_tokens: float, server_cap: int
+    max_batch: int,
+    at_tokens: int,
+    in_tokens: float,
+    out_tokens: float,
+    server_cap: int,
+    rule: str = "inferno",
 ) -> int:
-    """The model data's batch rescaled to this request length, capped (see module doc)."""
+    """The max batch of a replica under ``rule`` (module docstring), in [1, MAX_BATCH]."""
+    if rule == "inferno" and server_cap > 0:
+        return max(1, min(server_cap, MAX_BATCH))
+    per_request = out_tokens if rule == "inferno" else in_tokens + out_tokens
     n = max_batch
     if at_tokens > 0:
-        n = int(max_batch * at_tokens / max(in_tokens + out_tokens, 1.0))
+        n = int(max_batch * at_tokens / max(per_request, 1.0))
     if server_cap > 0:
         n = min(n, server_cap)
     return max(1, min(n, MAX_BATCH))
@@ -107,7 +122,12 @@ def _rows(problem: Problem) -> list[tuple[int, str, AffineReplica, Targets]]:
             if model != s.model or (keep is not None and acc != keep):
                 continue
             n = effective_batch(
-                perf.max_batch, perf.at_tokens, load.avg_in_tokens, load.avg_out_tokens, s.max_batch
+                perf.max_batch,
+                perf.at_tokens,
+                load.avg_in_tokens,
+                load.avg_out_tokens,
+                s.max_batch,
+                problem.optimizer.batch_rule,
             )
             rep = affine_replica(
                 perf.params,
@@ -121,12 +141,21 @@ def _rows(problem: Problem) -> list[tuple[int, str, AffineReplica, Targets]]:
 
 
 def size_replicas(replicas: list[AffineReplica], targets: list[Targets]) -> FloatArray:
-    """SLO-meeting rate (req/min) per replica, sizing each distinct one once."""
+    """SLO-meeting rate (req/min) per replica, sizing each distinct one once.
+
+    Replicas are sized in banks of similar max batch (one per power of two), so a bank's
+    padding to its largest batch costs at most twice the states it needs.
+    """
     keys = [(r, t) for r, t in zip(replicas, targets, strict=True)]
     unique: dict[tuple[AffineReplica, Targets], int] = {}
     inverse = np.array([unique.setdefault(k, len(unique)) for k in keys], dtype=np.int64)
     firsts = list(unique)
-    rates = max_rates(ReplicaBank([r for r, _ in firsts]), [t for _, t in firsts])
+    octave = np.array([r.max_batch.bit_length() for r, _ in firsts], dtype=np.int64)
+    rates = np.empty(len(firsts))
+    for level in np.unique(octave):
+        ix = np.flatnonzero(octave == level)
+        bank = ReplicaBank([firsts[i][0] for i in ix])
+        rates[ix] = max_rates(bank, [firsts[i][1] for i in ix])
     out: FloatArray = rates[inverse] * MS_PER_MIN
     return out
 

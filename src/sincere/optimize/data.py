@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sincere.core.errors import DataError
+from sincere.core.errors import ConfigError, DataError
 from sincere.optimize.queueing import ChunkedParams, DecodePrefillParams, ModelParams
 from sincere.optimize.sizing import Targets
 
@@ -106,6 +106,12 @@ class Server:
     max_batch: int = 0  # cap on the batch size; 0 = the model data's
 
 
+BATCH_RULES: tuple[str, ...] = ("inferno", "kv")
+"""How a replica's max batch follows from the model data (see
+:func:`sincere.optimize.candidates.effective_batch`): ``inferno`` is Inferno's own rule,
+``kv`` rescales by the whole request length that the KV cache holds."""
+
+
 @dataclass(frozen=True, slots=True)
 class OptimizerSpec:
     """``optimizer-data``: how to solve."""
@@ -115,6 +121,11 @@ class OptimizerSpec:
     milp: bool = False  # exact MILP instead of the greedy
     saturation_policy: str = "None"  # what to do with servers that do not fit
     queue_factor: int = 10  # K = N + queue_factor·N
+    batch_rule: str = "inferno"  # one of BATCH_RULES
+
+    def __post_init__(self) -> None:
+        if self.batch_rule not in BATCH_RULES:
+            raise ConfigError("unknown batch rule", value=self.batch_rule, allowed=BATCH_RULES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,12 +355,21 @@ def parse_capacity(doc: _Entry) -> dict[str, int]:
 def parse_optimizer(doc: _Entry) -> OptimizerSpec:
     """``{"optimizer": {...}}`` -> spec (policy names checked later, by the registry)."""
     e = doc.sub("optimizer")
+    rule = e.text("batchRule", "inferno")
+    if rule not in BATCH_RULES:
+        raise DataError(
+            f"{e.where}: unknown batch rule; allowed: {', '.join(BATCH_RULES)}",
+            path=e.path,
+            column="batchRule",
+            value=rule,
+        )
     return OptimizerSpec(
         e.flag("unlimited", True),
         e.flag("heterogeneous", False),
         e.flag("milpSolver", False),
         e.text("saturationPolicy", "None"),
         e.int_("queueFactor", 10),
+        rule,
     )
 
 

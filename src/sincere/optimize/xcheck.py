@@ -16,6 +16,12 @@ between the two is the analyzer's modelling error: exponential service times,
 prefill amortised over the batch instead of stalling every decode, no
 iteration-boundary waits.
 
+With ``kv_tokens`` the simulated KV cache holds that many tokens (16-token blocks)
+instead of never binding: what the model data's ``maxBatchSize`` sequences of
+``atTokens`` tokens occupy, so a planned batch larger than memory allows queues or
+preempts as a real continuous-batching engine does (``benchmarks/plan_vs_sim.py``
+compares the planner's batch rules this way).
+
 :func:`check_replica` returns both answers side by side; :func:`replica_simulator`
 wraps it as the :data:`~sincere.optimize.hooks.ServerSimulator` that
 :func:`~sincere.optimize.hooks.cross_check` expects. Rates are requests per second,
@@ -48,6 +54,7 @@ HOST_ACCELERATOR = "A100-80GB"
 """Catalog accelerator of the simulated instance (cost reporting only)."""
 
 NUM_KV_BLOCKS = 10_000_000  # so many 16-token blocks that memory never binds
+BLOCK_TOKENS = 16  # tokens per simulated KV block
 MS_PER_S = 1e3
 S_PER_MIN = 60.0
 
@@ -91,8 +98,10 @@ def replica_sim_config(
     rate_per_s: float,
     num_requests: int,
     seed: int = 0,
+    kv_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """The simulation config (a mapping for :func:`sincere.sim.simulate`) of one replica."""
+    """The simulation config (a mapping for :func:`sincere.sim.simulate`) of one replica;
+    ``kv_tokens``: KV-cache capacity in tokens (``None``: memory never binds)."""
     if in_tokens < 1 or out_tokens < 1 or max_batch < 1 or num_requests < 1:
         raise ConfigError(
             "in_tokens, out_tokens, max_batch and num_requests must be >= 1",
@@ -100,10 +109,16 @@ def replica_sim_config(
         )
     if not (rate_per_s > 0.0 and math.isfinite(rate_per_s)):
         raise ConfigError("arrival rate must be a finite number > 0 (req/s)", value=rate_per_s)
+    if kv_tokens is not None and kv_tokens < in_tokens + out_tokens:
+        raise ConfigError(
+            "the KV cache must hold at least one whole request (in + out tokens)",
+            value=(kv_tokens, in_tokens + out_tokens),
+        )
     step, budget = _step_and_budget(params, in_tokens, max_batch)
     lengths = {"prompt": {"kind": "fixed", "tokens": in_tokens}}
     lengths["output"] = {"kind": "fixed", "tokens": out_tokens}
-    engine = {"scheduler": "fcfs", "max_num_seqs": max_batch, "num_kv_blocks": NUM_KV_BLOCKS}
+    blocks = NUM_KV_BLOCKS if kv_tokens is None else -(-kv_tokens // BLOCK_TOKENS)
+    engine = {"scheduler": "fcfs", "max_num_seqs": max_batch, "num_kv_blocks": blocks}
     engine["max_num_batched_tokens"] = budget
     return {
         "seed": seed,
@@ -134,8 +149,10 @@ def check_replica(
     num_requests: int = 20_000,
     seed: int = 0,
     queue_factor: int = DEFAULT_QUEUE_FACTOR,
+    kv_tokens: int | None = None,
 ) -> ReplicaCheck:
-    """Predicted and simulated mean TTFT and ITL of one replica under Poisson load ``λ``."""
+    """Predicted and simulated mean TTFT and ITL of one replica under Poisson load ``λ``
+    (``kv_tokens``: the simulated KV cache's capacity, see the module docstring)."""
     from sincere.sim import simulate  # sim sits above optimize; import on use only
 
     cfg = replica_sim_config(
@@ -146,6 +163,7 @@ def check_replica(
         rate_per_s=rate_per_s,
         num_requests=num_requests,
         seed=seed,
+        kv_tokens=kv_tokens,
     )
     replica = affine_replica(params, in_tokens, out_tokens, max_batch, queue_factor)
     predicted = analyze(replica, rate_per_s / MS_PER_S)
