@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.outsider._gateway import http_request, raw_exchange, status_of, threaded_gateway
+from tests.outsider._gateway import ROOT, http_request, raw_exchange, status_of, threaded_gateway
 
 NUM_REQUESTS = 3000
 BATCH = 50  # requests per hypothesis example (its per-example overhead is large)
@@ -184,3 +184,59 @@ def test_generated_bodies_and_headers_never_get_a_5xx() -> None:
         check()
     assert sum(statuses.values()) >= NUM_REQUESTS, statuses
     assert statuses[200] > 300 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 300
+
+
+ADMIN_FIELDS = [
+    "name",
+    "model",
+    "url",
+    "join",
+    "emulator",
+    "seed",
+    "max_num_requests",
+    "engine",
+    "step_model",
+    "tp",
+    "token_text",
+    "max_in_flight",
+    "metrics_path",
+    "apply",
+    "confirm",
+    "loads",
+]
+ADMIN_VALUES = [
+    *ANYTHING,
+    "http://127.0.0.1:1",
+    {"block_size": 10**9},
+    {"kind": "roofline", "params_file": "/etc/hostname"},
+    [{"model": "granite_13b", "tier": "Premium", "rate_per_min": 10**400}],
+]
+ADMIN = st.tuples(
+    st.sampled_from(["/admin/models", "/admin/instances", "/admin/plan"]),
+    st.dictionaries(st.sampled_from(ADMIN_FIELDS), st.sampled_from(ADMIN_VALUES), max_size=4),
+)
+
+
+def test_generated_controller_calls_never_get_a_5xx() -> None:
+    """300 generated controller calls: 2xx-4xx only (a started engine counts against the cap)."""
+    statuses: Counter[int] = Counter()
+    planning = {"problem_dir": str(ROOT / "examples" / "plan" / "unlimited")}
+    with threaded_gateway(planning=planning, tiers={"Premium": {}}, default_tier="Premium") as port:
+
+        @settings(
+            max_examples=6,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(st.lists(ADMIN, min_size=50, max_size=50))
+        def check(batch: list[tuple[str, dict[str, Any]]]) -> None:
+            for path, body in batch:
+                raw = json.dumps({"model": "granite_13b", **body}, allow_nan=True).encode()
+                answer = raw_exchange(port, http_request(path, raw, []))
+                statuses[status_of(answer)] += 1
+                assert 200 <= status_of(answer) < 500, (path, body, answer[:300])
+
+        check()
+    assert sum(statuses.values()) >= 300 and statuses[200] > 0, statuses

@@ -104,7 +104,8 @@ def check_emulator_fields(
 
 def _check_number(where: str, path: str, value: float) -> None:
     limit = API_LIMITS.get(path, MAX_API_NUMBER)
-    if not (math.isfinite(value) and abs(value) <= limit):
+    # abs() compares integers exactly (no float conversion that could overflow); NaN fails
+    if not abs(value) <= limit:
         raise ConfigError(
             f"{where}: out of range",
             value=value,

@@ -255,20 +255,27 @@ def check_text(body: Any) -> None:
     Such a string decodes from JSON but cannot be encoded again, so it could never be
     forwarded. Walks the document with a stack (bodies may nest deeply).
     """
-    stack: list[tuple[str, Any]] = [("", body)]
+    stack: list[tuple[str, Any]] = [("body", body)]
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
             if not _encodable(value):
-                raise _bad(where or "body", value, "text without lone UTF-16 surrogates")
+                raise _bad(where, value, "text without lone UTF-16 surrogates")
         elif isinstance(value, dict):
             for key, item in value.items():
-                path = f"{where}.{key}" if where else str(key)
+                path = str(key) if where == "body" else _child(where, f".{key}")
                 if not _encodable(str(key)):
                     raise _bad(path, key, "field names without lone UTF-16 surrogates")
                 stack.append((path, item))
         elif isinstance(value, list):
-            stack.extend((f"{where}[{k}]", item) for k, item in enumerate(value))
+            stack.extend((_child(where, f"[{k}]"), item) for k, item in enumerate(value))
+
+
+def _child(where: str, part: str) -> str:
+    """``where`` + ``part``, the path cut short (with ``...``) once it is long."""
+    if len(where) < _MAX_SHOWN:
+        return where + part
+    return where if where.endswith("...") else where + "..."
 
 
 def _encodable(text: str) -> bool:
