@@ -113,9 +113,10 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         if self.config.admin:
             from sincere.serve.controller import Controller
+            from sincere.serve.controller_api import ControllerApi
 
             self.controller: Controller | None = Controller(self)
-            self.controller.add_routes(app)
+            ControllerApi(self.controller).add_routes(app)
         else:
             self.controller = None
         return app
