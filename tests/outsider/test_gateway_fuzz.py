@@ -9,9 +9,11 @@ truncated JSON, Latin-1 and UTF-8 bytes in the ``x-sincere-*`` headers.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.outsider._gateway import ROOT, http_request, raw_exchange, status_of, threaded_gateway
@@ -159,8 +161,9 @@ def _encode(body: dict[str, Any], cut: int | None) -> bytes:
     return raw if cut is None else raw[:cut]
 
 
-def test_generated_bodies_and_headers_never_get_a_5xx() -> None:
-    """3,000 generated requests: every answer is a 2xx-4xx status, none a 5xx or no answer."""
+def test_generated_bodies_and_headers_never_get_a_5xx(caplog: pytest.LogCaptureFixture) -> None:
+    """3,000 generated requests: 2xx-4xx answers only, and no traceback logged at INFO or above."""
+    caplog.set_level(logging.DEBUG)
     statuses: Counter[int] = Counter()
     prices = {"price_in_per_1m_usd": 0.1, "price_out_per_1m_usd": 0.2}
     tiers = {"default": {"priority": 1, "ttlt_s": 60}, "batch": {"priority": 5}}
@@ -184,6 +187,8 @@ def test_generated_bodies_and_headers_never_get_a_5xx() -> None:
         check()
     assert sum(statuses.values()) >= NUM_REQUESTS, statuses
     assert statuses[200] > 300 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 300
+    tracebacks = [r for r in caplog.records if r.exc_info and r.levelno >= logging.INFO]
+    assert not tracebacks, tracebacks[0].getMessage()
 
 
 ADMIN_FIELDS = [

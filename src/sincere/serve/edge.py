@@ -269,8 +269,8 @@ class QuietServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
         """Log an exception; a client's HTTP syntax error gets one line at DEBUG."""
         if isinstance(exc_info, HttpProcessingError):
-            first = str(exc_info).strip().splitlines()[:1]
-            self.debug(f"{msg}: %s", *args, first[0] if first else type(exc_info).__name__)
+            words = " ".join(part.strip() for part in str(exc_info).splitlines() if part.strip())
+            self.debug(f"{msg}: %s", *args, words[:200] or type(exc_info).__name__)
             return
         super().exception(msg, *args, exc_info=exc_info, **kw)
 
