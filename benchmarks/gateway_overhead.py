@@ -9,14 +9,16 @@ fixed chat completion at once, or streaming it as 16 chunks), measured in one ru
 * ``litellm``  -- the LiteLLM proxy (its own venv, see benchmarks/README.md), 2 workers.
 
 Single-client latency: one client in this process sends ``--latency-requests``
-sequential calls (after a warm-up) and times each to the end of the answer; the
-added latency of a proxy is its p50 / p99 minus the direct one. Sustainable rate:
+sequential calls to each target (after a warm-up), interleaved target by target so
+that every target meets the same load on a shared machine, and times each to the end
+of the answer; the added latency of a proxy is its p50 / p99 minus the direct one. Sustainable rate:
 ``wrk`` (a C load generator, closed loop, ``--connections`` connections for
 ``--duration-s``) saturates each target; the rate is what it completes, with the
 count of failed calls. Generator, proxy and upstream share this machine's cores.
 
     python benchmarks/gateway_overhead.py                  # all targets
     python benchmarks/gateway_overhead.py --no-litellm     # without LiteLLM
+    python benchmarks/gateway_overhead.py --base-src ../base/src   # also another checkout's gateway
 
 Servers bind 127.0.0.1 and are stopped by the PIDs this script started.
 """
@@ -204,19 +206,23 @@ def wait_ready(url: str, headers: dict[str, str], limit_s: float) -> bool:
     return asyncio.run(probe())
 
 
-async def _latencies(url: str, headers: dict[str, str], stream: bool, n: int) -> list[float]:
+async def _latencies(
+    targets: list[tuple[str, str, dict[str, str]]], stream: bool, n: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each target, calls interleaved target by target (50 warm-up)."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}
     body["stream"] = stream
-    out: list[float] = []
+    out: dict[str, list[float]] = {name: [] for name, _, _ in targets}
     async with aiohttp.ClientSession() as s:
         for i in range(n + 50):
-            t = time.perf_counter()
-            async with s.post(url, json=body, headers=headers) as r:
-                await r.read()
-                if r.status != 200:
-                    raise RuntimeError(f"{url}: HTTP {r.status}")
-            if i >= 50:  # warm-up
-                out.append(time.perf_counter() - t)
+            for name, url, headers in targets:
+                t = time.perf_counter()
+                async with s.post(url, json=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: HTTP {r.status}")
+                if i >= 50:  # warm-up
+                    out[name].append(time.perf_counter() - t)
     return out
 
 
@@ -250,12 +256,16 @@ def wrk_rate(
 
 
 def measure(
-    name: str, url: str, headers: dict[str, str], args: argparse.Namespace
+    name: str,
+    url: str,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    latencies: dict[str, dict[str, list[float]]],
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"target": name}
     for stream in (False, True):
         mode = "stream" if stream else "plain"
-        lat = np.array(asyncio.run(_latencies(url, headers, stream, args.latency_requests)))
+        lat = np.array(latencies[mode][name])
         row[f"{mode}_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
         row[f"{mode}_p99_ms"] = float(np.percentile(lat, 99) * 1e3)
         row[f"{mode}_wrk"] = wrk_rate(url, headers, stream, args.connections, args.duration_s)
@@ -312,6 +322,9 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument(
+        "--base-src", type=Path, help="also measure the gateway of another source tree (its src/)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     if args.serve:
@@ -338,14 +351,28 @@ def run_all(args: argparse.Namespace) -> None:
             port = free_port()
             procs.append(start([*me, kind, str(port), upstream]))
             targets.append((kind, f"http://127.0.0.1:{port}", {}))
+        if args.base_src is not None:  # the same gateway code path, from another checkout
+            port = free_port()
+            env = {"PYTHONPATH": str(args.base_src.resolve())}
+            procs.append(start([*me, "sincere", str(port), upstream], env))
+            targets.append(("sincere (base)", f"http://127.0.0.1:{port}", {}))
         if not args.no_litellm:
             targets.append(start_litellm(upstream, args.litellm_workers, procs))
+        ready = []
         for name, root, headers in targets:
             url = root + "/v1/chat/completions"
-            if not wait_ready(url, headers, 120 if name == "litellm" else 20):
+            if not wait_ready(url, headers, 180 if name == "litellm" else 20):
                 print(f"{name}: did not become ready; skipped", file=sys.stderr)
                 continue
-            rows.append(measure(name, url, headers, args))
+            ready.append((name, url, headers))
+        latencies = {
+            "stream" if stream else "plain": asyncio.run(
+                _latencies(ready, stream, args.latency_requests)
+            )
+            for stream in (False, True)
+        }
+        for name, url, headers in ready:
+            rows.append(measure(name, url, headers, args, latencies))
     finally:
         for p in procs:
             stop(p)

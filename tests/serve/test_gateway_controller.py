@@ -68,7 +68,13 @@ def test_register_deploy_by_url_list_and_remove() -> None:
     """A model is registered, deployed at a URL, served, listed, then removed (404 after)."""
 
     async def body() -> None:
-        cfg = parse_config({"port": 0, "scrape": {"enabled": False}})
+        cfg = parse_config(
+            {
+                "port": 0,
+                "scrape": {"enabled": False},
+                "controller": {"allowed_upstreams": ["127.0.0.1:*"]},
+            }
+        )
         async with (
             FakeUpstream(models=("m",)) as up,
             Gateway(cfg) as gw,
@@ -120,7 +126,7 @@ def test_deploy_emulated_and_plan_apply_start_stop(tmp_path: Path) -> None:
                     "avg_out_tokens": 128,
                 }
             ]
-            st, plan = await call(s, "POST", a + "/plan", {"loads": high})
+            st, plan = await call(s, "POST", a + "/plan", {"loads": high, "confirm": True})
             assert st == 200, plan
             n_high = plan["replicas"]["m"]
             assert n_high >= 2 and len(plan["actions"]) == n_high
@@ -133,7 +139,7 @@ def test_deploy_emulated_and_plan_apply_start_stop(tmp_path: Path) -> None:
             assert sum(x.startswith("stopped") for x in plan["actions"]) == n_high - 1
             assert len(gw.dispatcher.by_model["m"]) == 1
             bad = await call(s, "POST", a + "/plan", {"loads": [{"tier": "default"}]})
-        assert bad[0] == 400 and "needs model" in bad[1]["error"]["message"]
+        assert bad[0] == 400 and "loads[0].model" in bad[1]["error"]["message"]
 
     run(body)
 

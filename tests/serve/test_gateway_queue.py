@@ -106,7 +106,7 @@ def test_gateway_queues_when_full_in_priority_order_with_head_insertion() -> Non
                 up,
                 {"max_in_flight": 1},
                 queue={"head_priority": 0},
-                tiers={"default": {"priority": 5}},
+                tiers={"default": {"priority": 0}},  # clients may only lower priority
             )
             async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
                 first = asyncio.create_task(post(s, gw.url, {**BODY, "prompt": "first"}))
@@ -146,7 +146,7 @@ def test_queue_timeout_answers_504_with_reason() -> None:
 
 
 def test_admission_rejects_unreachable_deadline_with_429() -> None:
-    """Once the instance is seen to take ~50 ms, a 10 ms deadline is refused with 429."""
+    """Once a streamed answer shows the instance takes ~50 ms, a 10 ms deadline gets 429."""
 
     async def body() -> None:
         async with (
@@ -154,7 +154,8 @@ def test_admission_rejects_unreachable_deadline_with_429() -> None:
             Gateway(config(up)) as gw,
             aiohttp.ClientSession() as s,
         ):
-            assert (await post(s, gw.url, BODY))[0] == 200
+            async with s.post(gw.url + "/v1/completions", json={**BODY, "stream": True}) as r:
+                assert r.status == 200 and (await r.read()).endswith(b"[DONE]\n\n")
             status, out = await post(s, gw.url, {**BODY, "sincere": {"deadline_s": 0.01}})
             ok = await post(s, gw.url, {**BODY, "sincere": {"deadline_s": 5.0}})
         assert status == 429 and "deadline cannot be met" in out["error"]["message"]

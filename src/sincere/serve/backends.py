@@ -10,7 +10,11 @@ few) and connect / read timeouts from its config.
 once the status line is in. Failures *before the first byte* (connect error, timeout,
 a 5xx or 429 status) raise :class:`UpstreamError` with ``retryable=True`` so the
 gateway can try another instance; failures while reading a stream raise it with
-``retryable=False``. OpenAI streams are relayed as the bytes arrive, cut at line
+``retryable=False``. An error's ``message`` goes to clients, so it names the
+instance and what went wrong in general terms only (``timed out``, ``connection
+failed``, ``upstream status 502``): never an address, and never the upstream's own
+error text, which may quote its configuration; ``detail`` keeps the exception's own
+words for the gateway's debug log. OpenAI streams are relayed as the bytes arrive, cut at line
 ends, without parsing their JSON (:class:`SseScanner` finds ``[DONE]`` and counts
 token events by byte search); OpenAI bodies are passed through byte for byte.
 
@@ -44,11 +48,14 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 class UpstreamError(Exception):
     """An instance failed; ``retryable`` when nothing has reached the client yet."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int = 502) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, status: int = 502, detail: str = ""
+    ) -> None:
         super().__init__(message)
-        self.message = message
+        self.message = message  # safe to show a client: no address, no upstream text
         self.retryable = retryable
         self.status = status  # what the gateway answers if it cannot retry
+        self.detail = detail  # the underlying error, for the gateway's own debug log
 
 
 @dataclass(slots=True)
@@ -120,7 +127,7 @@ class Upstream:
         try:
             return await self.response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamError(f"{self.backend.name}: {_describe(exc)}", retryable=True) from None
+            raise upstream_error(self.backend.name, "", exc, retryable=True) from None
 
     async def events(self) -> AsyncIterator[bytes]:
         """The SSE bytes as they arrive (whole lines, from the first data event), then [DONE]."""
@@ -143,8 +150,8 @@ class Upstream:
                 if out:
                     yield out
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamError(
-                f"{self.backend.name}: stream broken: {_describe(exc)}", retryable=False
+            raise upstream_error(
+                self.backend.name, "stream broken: ", exc, retryable=False
             ) from None
         finally:
             self.stats.num_events = scanner.num_events
@@ -175,10 +182,24 @@ def usage_tokens(body: bytes) -> int:
         return 0
 
 
+def upstream_error(name: str, what: str, exc: BaseException, *, retryable: bool) -> UpstreamError:
+    """An :class:`UpstreamError` for instance ``name`` whose message names no address."""
+    return UpstreamError(
+        f"{name}: {what}{_describe(exc)}",
+        retryable=retryable,
+        detail=f"{type(exc).__name__}: {exc}",
+    )
+
+
 def _describe(exc: BaseException) -> str:
+    """What failed, in general terms (exception texts carry host and port)."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        return "connection failed"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return "connection closed"
+    return type(exc).__name__
 
 
 class Backend:
@@ -254,12 +275,11 @@ class Backend:
         try:
             response = await self.session.post(url, data=data, headers=_JSON_HEADERS)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"{self.name}: {_describe(exc)}", retryable=True) from None
+            raise upstream_error(self.name, "", exc, retryable=True) from None
         if response.status >= 500 or response.status == 429:
-            text = (await _safe_read(response))[:200]
-            response.release()
+            response.release()  # its body is not read: it is no client's business
             raise UpstreamError(
-                f"{self.name}: upstream status {response.status}: {text!r}",
+                f"{self.name}: upstream status {response.status}",
                 retryable=True,
                 status=503 if response.status == 429 else 502,
             )
@@ -271,13 +291,6 @@ class Backend:
         async with self.session.get(self.url + path, timeout=timeout) as response:
             response.raise_for_status()
             return await response.text()
-
-
-async def _safe_read(response: aiohttp.ClientResponse) -> str:
-    try:
-        return (await response.read()).decode(errors="replace")
-    except (TimeoutError, aiohttp.ClientError):
-        return ""
 
 
 def make_backend(config: BackendConfig) -> Backend:

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sincere.serve.backends import Backend, Upstream, UpstreamError, _describe
+from sincere.serve.backends import Backend, Upstream, UpstreamError, upstream_error
 from sincere.serve.config import BackendConfig
 from sincere.serve.protocol import (
     SSE_DONE,
@@ -97,7 +97,9 @@ class OllamaUpstream(Upstream):
                 obj = json.loads(line)
                 if not isinstance(obj, dict) or "error" in obj:
                     raise UpstreamError(
-                        f"{self.backend.name}: Ollama error: {obj}", retryable=False
+                        f"{self.backend.name}: Ollama reported an error",
+                        retryable=False,
+                        detail=str(obj)[:200],
                     )
                 if obj.get("done"):
                     self._finish(obj)
@@ -107,8 +109,8 @@ class OllamaUpstream(Upstream):
                 self.stats.num_events += 1
                 yield obj
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamError(
-                f"{self.backend.name}: Ollama stream broken: {_describe(exc)}", retryable=False
+            raise upstream_error(
+                self.backend.name, "Ollama stream broken: ", exc, retryable=False
             ) from None
 
     def _finish(self, obj: dict[str, Any]) -> None:

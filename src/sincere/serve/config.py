@@ -15,23 +15,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Tier
+from sincere.serve.upstream_policy import parse_rules
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_SECONDS = 86_400.0
+"""Longest duration any setting may give (one day)."""
+
+MAX_PRIORITY = 1 << 31
+"""Largest magnitude of a tier's priority."""
 
 
 class TierConfig(_Strict):
-    """An SLA tier: latency targets (seconds; null = not checked) and a default priority."""
+    """An SLA tier: latency targets (seconds; null = not checked) and a default priority.
 
-    ttft_s: float | None = Field(None, gt=0)
-    ttlt_s: float | None = Field(None, gt=0)
-    tbt_s: float | None = Field(None, gt=0)
-    priority: int = 0
+    ``first_byte_timeout_s``: longest wait for an instance's first byte (a streamed
+    answer's first event; a whole non-streamed answer) before the request is retried
+    on another instance; null = the backend's ``read_timeout_s`` alone.
+    """
+
+    ttft_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
+    ttlt_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
+    tbt_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    first_byte_timeout_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
 
 
 class RouterConfig(_Strict):
@@ -45,19 +59,27 @@ class RouterConfig(_Strict):
 class BackendConfig(_Strict):
     """One serving instance behind the gateway."""
 
-    name: str = Field(min_length=1)
-    url: str = Field(pattern=r"^https?://")
+    name: str = Field(min_length=1, max_length=128)
+    url: str = Field(pattern=r"^https?://", max_length=2048)
     kind: Literal["openai", "ollama"] = "openai"
-    models: dict[str, str] = Field(min_length=1)  # public model name -> backend's name
-    price_in_per_1m_usd: float = Field(0.0, ge=0)
-    price_out_per_1m_usd: float = Field(0.0, ge=0)
-    quality: float = Field(1.0, ge=0)
-    accelerator: str = "unknown"
-    max_in_flight: int = Field(64, ge=1)
-    connect_timeout_s: float = Field(2.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0)  # longest wait for the next byte
-    max_num_seqs: int = Field(256, ge=1)
-    metrics_path: str | None = "/metrics"  # scraped when scrape.enabled; null = never
+    models: dict[str, str] = Field(min_length=1, max_length=64)  # public name -> backend's
+    price_in_per_1m_usd: float = Field(0.0, ge=0, le=1e6)
+    price_out_per_1m_usd: float = Field(0.0, ge=0, le=1e6)
+    quality: float = Field(1.0, ge=0, le=1e6)
+    accelerator: str = Field("unknown", max_length=128)
+    max_in_flight: int = Field(64, ge=1, le=1 << 20)
+    connect_timeout_s: float = Field(2.0, gt=0, le=MAX_SECONDS)
+    read_timeout_s: float = Field(60.0, gt=0, le=MAX_SECONDS)  # longest wait for the next byte
+    max_num_seqs: int = Field(256, ge=1, le=65_536)
+    metrics_path: str | None = Field("/metrics", max_length=256)  # scraped; null = never
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # the name goes into a response header and metric labels
+        if not value.isprintable():
+            raise ValueError("must be printable text (no control characters)")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -69,53 +91,100 @@ class BackendConfig(_Strict):
 
 
 class QueueConfig(_Strict):
-    """Gateway-side queue used while every instance of a model is full."""
+    """Gateway-side queue used while every instance of a model is full.
 
-    max_len: int = Field(1024, ge=0)  # per model; beyond it: 503
-    timeout_s: float = Field(30.0, gt=0)  # longest wait in the queue; then 504
-    head_priority: int | None = None  # priority <= this is inserted at the head
+    ``shed_early``: refuse (429) a request that would join a queue which cannot drain
+    before its timeout at the observed service rate (slots / mean time a request holds
+    one), instead of letting it wait for a 504.
+    """
+
+    max_len: int = Field(1024, ge=0, le=1 << 20)  # per model; beyond it: 503
+    timeout_s: float = Field(30.0, gt=0, le=MAX_SECONDS)  # longest wait in the queue; then 504
+    head_priority: int | None = Field(None, ge=-MAX_PRIORITY, le=MAX_PRIORITY)  # <=: at head
+    shed_early: bool = True
 
 
 class BreakerConfig(_Strict):
     """Circuit breaker per instance."""
 
-    failure_threshold: int = Field(5, ge=1)  # consecutive failures that open it
-    cooldown_s: float = Field(5.0, ge=0)  # open time before a half-open probe
+    failure_threshold: int = Field(5, ge=1, le=1_000_000)  # consecutive failures that open it
+    cooldown_s: float = Field(5.0, ge=0, le=MAX_SECONDS)  # open time before a half-open probe
 
 
 class ScrapeConfig(_Strict):
     """Scraping of engines' Prometheus ``/metrics`` (vLLM gauge names)."""
 
     enabled: bool = True
-    interval_ms: float = Field(500.0, gt=0)
-    max_age_s: float = Field(2.0, gt=0)  # older samples are ignored
-    timeout_s: float = Field(1.0, gt=0)
+    interval_ms: float = Field(500.0, ge=10, le=1000 * MAX_SECONDS)
+    max_age_s: float = Field(2.0, gt=0, le=MAX_SECONDS)  # older samples are ignored
+    timeout_s: float = Field(1.0, gt=0, le=MAX_SECONDS)
 
 
 class AdmissionConfig(_Strict):
-    """Early rejection (429) of requests that cannot meet their deadline or budget."""
+    """Early rejection (429) of requests that cannot meet their deadline or budget.
+
+    Latency estimates come from measured TTFTs (streamed answers) and expire
+    ``max_estimate_age_s`` after an instance's last one, so a tier that was shed
+    entirely is admitted again and measured anew instead of staying locked out.
+    """
 
     enabled: bool = True
-    shed_factor: float = Field(1.0, gt=0)  # reject when predicted > factor x time left
-    priority_bands: list[tuple[float, int]] = Field(default_factory=list)
+    shed_factor: float = Field(1.0, gt=0, le=1e6)  # reject when predicted > factor x time left
+    priority_bands: list[tuple[float, int]] = Field(default_factory=list, max_length=64)
+    max_estimate_age_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
 
 
 class LimitsConfig(_Strict):
-    """Bounds on client input."""
+    """Bounds on client input and on client connections (the gateway's edge).
 
-    max_body_bytes: int = Field(1 << 20, ge=1024)
-    max_tokens: int = Field(32768, ge=1)  # largest max_tokens accepted
-    default_max_tokens: int = Field(256, ge=1)  # assumed when a request sets none
+    A request head must be complete ``header_timeout_s`` after its first byte and its
+    body ``body_timeout_s`` after the head (else 408); a connection without a complete
+    request head for ``idle_timeout_s`` (just opened, or since its last response) is
+    closed; one client address may hold ``max_connections_per_client`` connections and
+    the gateway ``max_connections`` in all (more are answered 429 / 503 and closed).
+    """
+
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
+    max_tokens: int = Field(32768, ge=1, le=1 << 24)  # largest max_tokens accepted
+    default_max_tokens: int = Field(256, ge=1, le=1 << 24)  # assumed when a request sets none
+    header_timeout_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
+    body_timeout_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
+    idle_timeout_s: float = Field(15.0, gt=0, le=MAX_SECONDS)
+    max_connections: int = Field(4096, ge=1, le=1 << 20)
+    max_connections_per_client: int = Field(1024, ge=1, le=1 << 20)
 
 
 class PlanningConfig(_Strict):
     """The controller's planner (Inferno) over observed load."""
 
     problem_dir: str | None = None  # Inferno files: accelerators, models, service classes
-    window_s: float = Field(60.0, gt=0)  # observed load is averaged over this window
+    window_s: float = Field(60.0, gt=0, le=MAX_SECONDS)  # observed load is averaged over it
     solver: Literal["greedy", "milp"] = "greedy"
-    min_replicas: int = Field(1, ge=0)  # per model, whatever the plan says
+    min_replicas: int = Field(1, ge=0, le=1024)  # per model, whatever the plan says
     emulator: dict[str, Any] = Field(default_factory=dict)  # template for emulated instances
+
+
+class ControllerConfig(_Strict):
+    """What the controller API (``/admin``) may do; it is reachable by whoever reaches the port.
+
+    ``allowed_upstreams``: the servers ``POST /admin/instances`` may register by URL, as
+    ``host:port``, ``host:*`` or ``host:low-high`` (empty: none; servers in ``backends``
+    are the operator's and need no entry). ``max_instances``: instances the gateway holds
+    at most (configured, deployed and planned). ``max_plan_starts``: emulated instances
+    one plan may start without ``confirm: true``. ``files_dir``: the only directory whose
+    files API callers may name (a step-model ``params_file``); null = none.
+    """
+
+    allowed_upstreams: list[str] = Field(default_factory=list, max_length=1024)
+    max_instances: int = Field(16, ge=1, le=4096)
+    max_plan_starts: int = Field(4, ge=0, le=4096)
+    files_dir: str | None = None
+
+    @field_validator("allowed_upstreams")
+    @classmethod
+    def _rules(cls, value: list[str]) -> list[str]:
+        parse_rules(value)  # raises naming a bad entry
+        return value
 
 
 class GatewayConfig(_Strict):
@@ -133,6 +202,7 @@ class GatewayConfig(_Strict):
     admission: AdmissionConfig = AdmissionConfig()
     limits: LimitsConfig = LimitsConfig()
     planning: PlanningConfig = PlanningConfig()
+    controller: ControllerConfig = ControllerConfig()
     admin: bool = True  # serve the controller API under /admin
 
     @model_validator(mode="after")

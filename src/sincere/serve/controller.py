@@ -8,39 +8,69 @@ gateway. Routes, all JSON:
   model, ``emulator`` being the :class:`~sincere.serve.emulator_config.EmulatorConfig`
   fields used when the controller starts emulated instances of it;
   ``DELETE /admin/models/{name}`` removes it and every instance serving it;
-* ``GET /admin/instances``; ``POST /admin/instances`` ``{model, url?, name?, kind?,
-  ...}`` deploys an instance: with ``url`` an existing server (any
+* ``GET /admin/instances``; ``POST /admin/instances`` ``{model, url?, name?, join?,
+  kind?, ...}`` deploys an instance: with ``url`` an existing server (any
   :class:`~sincere.serve.config.BackendConfig` field may be given), without one an
   emulated engine started in-process; ``DELETE /admin/instances/{name}`` removes one
   (its requests in flight finish; an emulated one is then stopped);
 * ``GET /admin/load`` -- observed load per (model, tier);
-* ``POST /admin/plan`` ``{apply: true, loads?: [...]}`` -- runs
+* ``POST /admin/plan`` ``{apply: true, confirm?: false, loads?: [...]}`` -- runs
   :func:`sincere.optimize.solve` (Inferno) on a problem made of the configured
   ``planning.problem_dir`` (accelerators, model performance, service classes) and
   one server per (tier, model) with its observed load (or the given ``loads``), then,
-  with ``apply``, starts / stops emulated instances so that each model runs the
+  with ``apply``, stops and starts emulated instances so that each model runs the
   planned number of replicas (at least ``planning.min_replicas``). Instances given by
   URL are never stopped by a plan.
+
+The API is reachable by whoever reaches the port, so it is bounded
+(:class:`~sincere.serve.config.ControllerConfig`): a URL must be a bare origin on the
+allow-list ``controller.allowed_upstreams`` (:mod:`~sincere.serve.upstream_policy`);
+joining a model that already has instances needs ``join: true``; a name already in
+use is ``409``; the gateway holds at most ``controller.max_instances`` instances; a
+plan that would start more than ``controller.max_plan_starts`` needs ``confirm: true``
+(``409`` with the plan otherwise, nothing started); emulator fields and loads are
+checked by :mod:`~sincere.serve.controller_input` (no server files, bounded numbers).
+The HTTP routes (JSON in and out, listed URLs without user info) are
+:mod:`~sincere.serve.controller_api`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
-from pydantic import ValidationError
 
 from sincere.core.errors import ConfigError, SincereError
 from sincere.optimize import CurrentAlloc, Load, Problem, Server, Solution, solve
 from sincere.optimize.data import load_fleet
 from sincere.serve.config import BackendConfig
+from sincere.serve.controller_input import check_emulator_fields, check_name
 from sincere.serve.gateway_load import LoadSummary
 from sincere.serve.gateway_state import InstanceState
+from sincere.serve.upstream_policy import check_upstream, parse_rules
+from sincere.workload.validation import validate_config
 
 if TYPE_CHECKING:
     from sincere.serve.emulator import EmulatorServer
     from sincere.serve.gateway import Gateway
+
+log = logging.getLogger("sincere.serve.controller")
+
+UNSEEN_TOKENS = 128.0
+"""Mean prompt / output tokens assumed for a model with no traffic yet (its plan is for
+zero load; only the batch size the plan reports depends on them)."""
+
+
+class ConflictError(ConfigError):
+    """The request conflicts with the gateway's state (``409``); ``extra`` joins the body."""
+
+    def __init__(
+        self, message: str, *, code: str, extra: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
+        super().__init__(message, **kw)
+        self.code = code
+        self.extra = extra or {}
 
 
 @dataclass(slots=True)
@@ -56,71 +86,119 @@ class Controller:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        cfg = gateway.config.controller
+        self.rules = parse_rules(cfg.allowed_upstreams)
+        self.files_dir = Path(cfg.files_dir).resolve() if cfg.files_dir else None
         self.models: dict[str, ModelEntry] = {}
         self.emulators: dict[str, EmulatorServer] = {}
         self._num_started = 0
 
-    def add_routes(self, app: web.Application) -> None:
-        """Mount the ``/admin`` routes."""
-        r = app.router
-        r.add_get("/admin/models", self._list_models)
-        r.add_post("/admin/models", self._register)
-        r.add_delete("/admin/models/{name}", self._remove_model)
-        r.add_get("/admin/instances", self._list_instances)
-        r.add_post("/admin/instances", self._deploy)
-        r.add_delete("/admin/instances/{name}", self._remove_instance)
-        r.add_get("/admin/load", self._load)
-        r.add_post("/admin/plan", self._plan)
-
     # ------------------------------------------------------------ operations
 
     def register(self, name: str, emulator: dict[str, Any] | None = None) -> ModelEntry:
-        """Register (or update) model ``name``."""
-        if not name:
-            raise ConfigError("model name must be non-empty", value=name)
-        entry = ModelEntry(name, dict(emulator or {}))
+        """Register (or update) model ``name``; ``emulator`` fields are checked as API input."""
+        check_name(name, "name")
+        fields = check_emulator_fields(dict(emulator or {}), self.files_dir)
+        entry = ModelEntry(name, fields)
         self.models[name] = entry
         return entry
 
-    async def deploy(self, model: str, url: str | None = None, **backend: Any) -> InstanceState:
+    async def deploy(
+        self, model: str, url: str | None = None, *, join: bool = False, **backend: Any
+    ) -> InstanceState:
         """An instance of ``model``: the server at ``url``, or a new emulated engine."""
-        if url is not None:
-            name = backend.pop("name", None) or f"{model}-{self._next()}"
-            cfg = _backend_config({"name": name, "url": url, "models": {model: model}, **backend})
-            return self.gw.add_backend(cfg)
-        return await self._start_emulated(model, backend.pop("name", None), backend)
+        check_name(model, "model")
+        name = backend.pop("name", None)
+        name = self._free_name(f"{model}-" if url else f"{model}-emu-") if name is None else name
+        self._check_new(check_name(name, "name"), model, join, num_new=1)
+        if url is None:
+            return await self._start_emulated(model, name, backend)
+        origin = check_upstream(url, self.rules)
+        path = backend.get("metrics_path", "/metrics")
+        if path not in ("/metrics", None):
+            raise ConfigError(
+                "metrics_path: not allowed over the API", value=path, allowed="/metrics or null"
+            )
+        fields = {"name": name, "url": origin, "models": {model: model}, **backend}
+        return self.gw.add_backend(_backend_config(fields))
+
+    def _check_new(self, name: str, model: str, join: bool, num_new: int) -> None:
+        """409 for a taken name, an unflagged join of a served model, or too many instances."""
+        d = self.gw.dispatcher
+        if name in d.instances or name in self.emulators:
+            raise ConflictError(
+                "an instance with this name exists",
+                code="name_taken",
+                value=name,
+                allowed="another name, or remove it first",
+            )
+        serving = len(d.by_model.get(model, ()))
+        if serving and not join:
+            raise ConflictError(
+                f"model {model!r} is already served by {serving} instance(s); adding one to "
+                "its pool sends it other clients' requests",
+                code="join_required",
+                allowed="join: true to add it to the pool",
+            )
+        self._check_room(num_new)
+
+    def _check_room(self, num_new: int) -> None:
+        limit = self.gw.config.controller.max_instances
+        have = len(self.gw.dispatcher.instances)
+        if have + num_new > limit:
+            raise ConflictError(
+                f"the gateway would hold {have + num_new} instances, over "
+                f"controller.max_instances = {limit}",
+                code="instance_cap",
+            )
+
+    def _free_name(self, prefix: str) -> str:
+        """The next ``<prefix><n>`` not in use."""
+        taken = set(self.gw.dispatcher.instances) | set(self.emulators)
+        while True:
+            self._num_started += 1
+            name = f"{prefix}{self._num_started}"
+            if name not in taken:
+                return name
 
     async def _start_emulated(
-        self, model: str, name: str | None, overrides: dict[str, Any]
+        self, model: str, name: str, overrides: dict[str, Any], *, trusted: bool = False
     ) -> InstanceState:
         from sincere.serve.emulator import EmulatorServer
         from sincere.serve.emulator_config import EmulatorConfig
 
-        entry = self.models.get(model) or self.register(model)
-        name = name or f"{model}-emu-{self._next()}"
-        fields = {**self.gw.config.planning.emulator, **entry.emulator}
-        fields.update(name=name, served_model_name=model, port=0, host="127.0.0.1")
+        entry = self.models.get(model) or ModelEntry(model)
         backend_fields = {k: overrides.pop(k) for k in list(overrides) if k in _BACKEND_FIELDS}
-        try:
-            emu_cfg = EmulatorConfig.model_validate({**fields, **overrides})
-        except ValidationError as exc:
-            raise ConfigError(
-                f"emulator config of {model!r}: {exc.errors()[0]['msg']}",
-                value=exc.errors()[0].get("loc"),
-            ) from None
+        if not trusted:
+            overrides = check_emulator_fields(overrides, self.files_dir)
+        fields = {**self.gw.config.planning.emulator, **entry.emulator, **overrides}
+        fields.update(name=name, served_model_name=model, port=0, host="127.0.0.1")
+        emu_cfg = validate_config(EmulatorConfig, fields, prefix="emulator")
+        backend = {
+            "name": name,
+            "url": "http://127.0.0.1:1",
+            "models": {model: model},
+            "accelerator": emu_cfg.accelerator,
+            **backend_fields,
+        }
+        cfg = _backend_config(backend)  # checked before anything starts; the URL comes later
         server = EmulatorServer(emu_cfg)
-        await server.start()
+        try:
+            await server.start()
+        except SincereError:
+            raise
+        except Exception as exc:  # e.g. an operator's parameter file that does not parse
+            log.warning(
+                "emulated instance %s could not start: %s: %s", name, type(exc).__name__, exc
+            )
+            raise ConfigError(
+                "the emulated engine could not be built from these fields "
+                "(the gateway's log says why)",
+                where=f"instance {name}",
+            ) from None
         self.emulators[name] = server
-        cfg = _backend_config(
-            {
-                "name": name,
-                "url": server.url,
-                "models": {model: model},
-                "accelerator": emu_cfg.accelerator,
-                **backend_fields,
-            }
-        )
-        return self.gw.add_backend(cfg, emulated=True)
+        self.models.setdefault(model, entry)
+        return self.gw.add_backend(cfg.model_copy(update={"url": server.url}), emulated=True)
 
     async def remove(self, name: str) -> None:
         """Remove instance ``name`` (and stop it when the controller started it)."""
@@ -149,21 +227,17 @@ class Controller:
             await server.close()
         self.emulators.clear()
 
-    def _next(self) -> int:
-        self._num_started += 1
-        return self._num_started
-
     # -------------------------------------------------------------- planning
 
     def problem(self, loads: list[LoadSummary]) -> Problem:
         """Inferno's problem: configured data plus one server per observed (tier, model)."""
-        base = _read_problem_dir(self.gw.config.planning.problem_dir)
+        base = self.fleet()
         planned_models = {m for m, _ in base.models}
         servers = []
         for ld in loads:
             if ld.tier not in base.classes or ld.model not in planned_models:
                 continue
-            load = Load(ld.rate_per_min, ld.avg_in_tokens, max(ld.avg_out_tokens, 1.0))
+            load = Load(ld.rate_per_min, max(ld.avg_in_tokens, 1.0), max(ld.avg_out_tokens, 1.0))
             servers.append(Server(f"{ld.tier}/{ld.model}", ld.tier, ld.model, CurrentAlloc(load)))
         return Problem(
             base.accelerators,
@@ -174,125 +248,83 @@ class Controller:
             base.optimizer,
         )
 
+    def fleet(self) -> Problem:
+        """The configured planning data (no servers)."""
+        directory = self.gw.config.planning.problem_dir
+        if directory is None:
+            raise ConfigError(
+                "planning needs planning.problem_dir (Inferno's accelerator, "
+                "model and service-class files)",
+                where="planning.problem_dir",
+            )
+        return load_fleet(directory)
+
     def loads(self, now: float) -> list[LoadSummary]:
         """Observed load, with a zero-load entry for registered models never seen."""
         seen = self.gw.load.summary(now)
         names = {s.model for s in seen}
         tier = self.gw.config.default_tier
-        extra = [LoadSummary(m, tier, 0.0, 0.0, 1.0, 0) for m in self.models if m not in names]
+        extra = [
+            LoadSummary(m, tier, 0.0, UNSEEN_TOKENS, UNSEEN_TOKENS, 0)
+            for m in self.models
+            if m not in names
+        ]
         return seen + extra
 
-    async def plan(self, apply: bool, loads: list[LoadSummary] | None = None) -> dict[str, Any]:
+    async def plan(
+        self, apply: bool, loads: list[LoadSummary] | None = None, *, confirm: bool = False
+    ) -> dict[str, Any]:
         """Solve on observed (or given) load; with ``apply``, match emulated replicas to it."""
         solution = solve(
             self.problem(loads or self.loads(self.gw.loop.time())),
             solver=self.gw.config.planning.solver,
         )
         targets = replica_targets(solution, self.gw.config.planning.min_replicas)
+        out = {"solution": solution.to_json(), "replicas": targets}
+        if apply:
+            self._check_plan(targets, confirm, out)
         actions = await self.apply(targets) if apply else []
-        return {"solution": solution.to_json(), "replicas": targets, "actions": actions}
+        return {**out, "actions": actions}
+
+    def _check_plan(self, targets: dict[str, int], confirm: bool, plan: dict[str, Any]) -> None:
+        """409 (nothing started) over the instance cap, or over the start cap unconfirmed."""
+        starts, stops = self._changes(targets)
+        cap = self.gw.config.controller.max_plan_starts
+        if starts > cap and not confirm:
+            raise ConflictError(
+                f"the plan would start {starts} emulated instances, more than "
+                f"controller.max_plan_starts = {cap}; nothing was started",
+                code="confirmation_required",
+                allowed="the same call with confirm: true",
+                extra={"plan": plan, "num_starts": starts},
+            )
+        self._check_room(starts - stops)
+
+    def _changes(self, targets: dict[str, int]) -> tuple[int, int]:
+        """Emulated instances ``apply(targets)`` would start and stop."""
+        starts = stops = 0
+        for model, target in targets.items():
+            have = sum(s.emulated for s in self.gw.dispatcher.by_model.get(model, []))
+            starts += max(0, target - have)
+            stops += max(0, have - target)
+        return starts, stops
 
     async def apply(self, targets: dict[str, int]) -> list[str]:
-        """Start or stop emulated instances so each model has its target replica count."""
+        """Stop, then start emulated instances so each model has its target replica count."""
         actions = []
         for model, target in sorted(targets.items()):
             have = [s for s in self.gw.dispatcher.by_model.get(model, []) if s.emulated]
-            for _ in range(target - len(have)):
-                state = await self._start_emulated(model, None, {})
-                actions.append(f"started {state.name}")
-            for state in reversed(have[target:] if target < len(have) else []):
+            for state in reversed(have[target:]):
                 await self.remove(state.name)
                 actions.append(f"stopped {state.name}")
+        for model, target in sorted(targets.items()):
+            have = [s for s in self.gw.dispatcher.by_model.get(model, []) if s.emulated]
+            for _ in range(target - len(have)):
+                state = await self._start_emulated(
+                    model, self._free_name(f"{model}-emu-"), {}, trusted=True
+                )
+                actions.append(f"started {state.name}")
         return actions
-
-    # ------------------------------------------------------------- handlers
-
-    async def _list_models(self, request: web.Request) -> web.Response:
-        d = self.gw.dispatcher
-        names = sorted(set(self.models) | d.served)
-        return web.json_response(
-            {
-                "models": [
-                    {
-                        "name": m,
-                        "instances": [s.name for s in d.by_model.get(m, [])],
-                        "registered": m in self.models,
-                    }
-                    for m in names
-                ]
-            }
-        )
-
-    async def _register(self, request: web.Request) -> web.Response:
-        return await _guard(request, self._do_register)
-
-    async def _do_register(self, body: dict[str, Any]) -> dict[str, Any]:
-        entry = self.register(_text(body, "name"), _mapping(body, "emulator"))
-        return {"name": entry.name, "emulator": entry.emulator}
-
-    async def _remove_model(self, request: web.Request) -> web.Response:
-        try:
-            removed = await self.remove_model(request.match_info["name"])
-        except ConfigError as exc:
-            return _error(404, str(exc))
-        return web.json_response({"removed": removed})
-
-    async def _list_instances(self, request: web.Request) -> web.Response:
-        now = self.gw.loop.time()
-        return web.json_response(
-            {
-                "instances": [
-                    {
-                        "name": s.name,
-                        "url": s.backend.url,
-                        "models": sorted(s.backend.models),
-                        "kind": s.backend.config.kind,
-                        "emulated": s.emulated,
-                        "in_flight": s.num_in_flight,
-                        "breaker": s.breaker.state(now).value,
-                    }
-                    for s in self.gw.dispatcher.instances.values()
-                ]
-            }
-        )
-
-    async def _deploy(self, request: web.Request) -> web.Response:
-        return await _guard(request, self._do_deploy)
-
-    async def _do_deploy(self, body: dict[str, Any]) -> dict[str, Any]:
-        model = _text(body, "model")
-        rest = {k: v for k, v in body.items() if k not in ("model", "url")}
-        url = body.get("url")
-        if url is not None and not isinstance(url, str):
-            raise ConfigError("url must be a string", value=url)
-        state = await self.deploy(model, url, **rest)
-        return {
-            "name": state.name,
-            "url": state.backend.url,
-            "model": model,
-            "emulated": state.emulated,
-        }
-
-    async def _remove_instance(self, request: web.Request) -> web.Response:
-        try:
-            await self.remove(request.match_info["name"])
-        except ConfigError as exc:
-            return _error(404, str(exc))
-        return web.json_response({"removed": request.match_info["name"]})
-
-    async def _load(self, request: web.Request) -> web.Response:
-        return web.json_response({"load": [_load_json(s) for s in self.loads(self.gw.loop.time())]})
-
-    async def _plan(self, request: web.Request) -> web.Response:
-        return await _guard(request, self._do_plan)
-
-    async def _do_plan(self, body: dict[str, Any]) -> dict[str, Any]:
-        apply = body.get("apply", True)
-        if not isinstance(apply, bool):
-            raise ConfigError("apply must be true or false", value=apply)
-        given = body.get("loads")
-        loads = None if given is None else [_parse_load(x, i) for i, x in enumerate(_list(given))]
-        return await self.plan(apply, loads)
 
 
 _BACKEND_FIELDS = set(BackendConfig.model_fields) - {"name", "url", "models"}
@@ -307,97 +339,5 @@ def replica_targets(solution: Solution, min_replicas: int) -> dict[str, int]:
     return {m: max(n, min_replicas) for m, n in out.items()}
 
 
-def _read_problem_dir(directory: str | None) -> Problem:
-    if directory is None:
-        raise ConfigError(
-            "planning needs planning.problem_dir (Inferno's accelerator, "
-            "model and service-class files)",
-            where="planning.problem_dir",
-        )
-    return load_fleet(directory)
-
-
 def _backend_config(fields: dict[str, Any]) -> BackendConfig:
-    try:
-        return BackendConfig.model_validate(fields)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"instance {where}: {err['msg']}", value=err.get("input")) from None
-
-
-def _load_json(s: LoadSummary) -> dict[str, Any]:
-    return {
-        "model": s.model,
-        "tier": s.tier,
-        "rate_per_min": s.rate_per_min,
-        "avg_in_tokens": s.avg_in_tokens,
-        "avg_out_tokens": s.avg_out_tokens,
-        "num_requests": s.num_requests,
-    }
-
-
-def _parse_load(raw: object, i: int) -> LoadSummary:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"loads[{i}] must be an object", value=raw)
-    try:
-        return LoadSummary(
-            str(raw["model"]),
-            str(raw["tier"]),
-            float(raw["rate_per_min"]),
-            float(raw.get("avg_in_tokens", 128)),
-            float(raw.get("avg_out_tokens", 128)),
-            0,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"loads[{i}]: needs model, tier, rate_per_min ({exc})", value=raw
-        ) from None
-
-
-def _text(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key} must be a non-empty string", value=value)
-    return value
-
-
-def _mapping(body: dict[str, Any], key: str) -> dict[str, Any]:
-    value = body.get(key) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key} must be an object", value=value)
-    return value
-
-
-def _list(value: object) -> list[object]:
-    if not isinstance(value, list):
-        raise ConfigError("loads must be a list", value=value)
-    return value
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response(
-        {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": None,
-            }
-        },
-        status=status,
-    )
-
-
-async def _guard(request: web.Request, action: Any) -> web.Response:
-    """Run an admin action on the JSON body; bad input gives 400 with the reason."""
-    try:
-        body = await request.json()
-    except ValueError:
-        return _error(400, "body must be a JSON object")
-    if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
-    try:
-        return web.json_response(await action(body))
-    except SincereError as exc:
-        return _error(400, str(exc))
+    return validate_config(BackendConfig, fields, prefix="instance")

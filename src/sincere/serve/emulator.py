@@ -44,6 +44,7 @@ from aiohttp import web
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
 from sincere.policy.schedulers import make_scheduler
+from sincere.serve.edge import listen_error
 from sincere.serve.emulator_config import EmulatorConfig
 from sincere.serve.emulator_live import CapacityError, LiveEngine, Outcome, Slot
 from sincere.serve.emulator_metrics import CONTENT_TYPE, EmulatorMetrics
@@ -119,7 +120,11 @@ class EmulatorServer:
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self.close()
+            raise listen_error(self.config.host, self.config.port, exc) from None
         self.port = _bound_port(self._runner, self.config.port)
 
     async def close(self) -> None:
@@ -253,9 +258,27 @@ class EmulatorServer:
         if item == 0:  # ended before any token: an ordinary error answer
             _raise_rejected(slot.done.result())
         response = web.StreamResponse(headers=_SSE_HEADERS)
-        await response.prepare(request)
         self._num_responses += 1
         rid = response_id(req.kind, self._num_responses)
+        try:
+            await response.prepare(request)
+            await self._write_tokens(response, req, rid, queue, item)
+            await response.write(self._stream_end(req, rid, slot.done.result()))
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away: free its slot, no traceback
+            assert self.live is not None  # handlers run only once started
+            self.live.abort(slot)
+        return response
+
+    async def _write_tokens(
+        self,
+        response: web.StreamResponse,
+        req: CompletionRequest,
+        rid: str,
+        queue: asyncio.Queue[int],
+        item: int,
+    ) -> None:
+        """Write token events as the engine hands them out, until the end marker (0)."""
         text = self.config.token_text
         first = True
         while item != 0:
@@ -267,9 +290,6 @@ class EmulatorServer:
             await response.write(b"".join(parts))
             if item == -1:
                 item = await queue.get()
-        await response.write(self._stream_end(req, rid, slot.done.result()))
-        await response.write_eof()
-        return response
 
     def _stream_end(self, req: CompletionRequest, rid: str, outcome: Outcome) -> bytes:
         reason = outcome.finish_reason or "abort"

@@ -24,7 +24,10 @@ from sincere.serve.protocol import MAX_BODY_BYTES
 from sincere.sim.config import ContinuousConfig
 from sincere.workload.validation import validate_config
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+MAX_NUM_REQUESTS = 1 << 20
+"""Most request slots one emulated engine may hold (its arrays are preallocated)."""
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class FailureConfig(BaseModel):
@@ -33,8 +36,8 @@ class FailureConfig(BaseModel):
     model_config = _FROZEN
     error_rate: float = Field(0.0, ge=0, le=1)  # share of requests answered HTTP 500 at once
     stall_probability: float = Field(0.0, ge=0, le=1)  # chance, after each iteration, to pause
-    stall_s: float = Field(0.0, ge=0)  # length of one pause of the engine, seconds
-    crash_after: int | None = Field(None, ge=0)  # requests served before the server dies
+    stall_s: float = Field(0.0, ge=0, le=86_400)  # length of one pause of the engine, seconds
+    crash_after: int | None = Field(None, ge=0, le=1 << 40)  # requests served before dying
 
 
 class TierConfig(BaseModel):
@@ -62,21 +65,22 @@ class EmulatorConfig(BaseModel):
     accelerator: str = "H100-SXM"  # catalog accelerator
     precision: str = "bf16"  # weight precision
     kv_precision: str = "fp16"  # KV-cache precision
-    tp: int = Field(1, ge=1)  # tensor-parallel degree
-    pp: int = Field(1, ge=1)  # pipeline-parallel degree
+    tp: int = Field(1, ge=1, le=1024)  # tensor-parallel degree
+    pp: int = Field(1, ge=1, le=1024)  # pipeline-parallel degree
     cc: bool = False  # confidential-computing mode (wraps the step-time model)
     step_model: StepModelConfig = StepModelConfig()  # where iteration times come from
     engine: ContinuousConfig = ContinuousConfig()  # scheduler and limits
     tiers: list[TierConfig] = []  # tiers requests may name (x-sincere-tier); default one
     host: str = "127.0.0.1"  # address to bind
     port: int = Field(0, ge=0, le=65535)  # 0: the OS chooses (see EmulatorServer.port)
-    count: int = Field(1, ge=1)  # replicas (files and the CLI only)
-    max_num_requests: int = Field(4096, ge=1)  # requests in flight at once; more get 503
-    default_max_tokens: int = Field(256, ge=1)  # cap when a request gives no max_tokens
+    count: int = Field(1, ge=1, le=1024)  # replicas (files and the CLI only)
+    # requests in flight at once; more get 503. Slots are preallocated (~140 bytes each).
+    max_num_requests: int = Field(4096, ge=1, le=MAX_NUM_REQUESTS)
+    default_max_tokens: int = Field(256, ge=1, le=1 << 24)  # cap when a request gives none
     output_lengths: dict[str, Any] | None = None  # {kind: lognormal, ...}: drawn lengths
-    token_text: str = " tok"  # the text of every generated token
-    seed: int = 0  # seed of length draws and failure injection
-    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1)  # larger bodies get 413
+    token_text: str = Field(" tok", max_length=64)  # the text of every generated token
+    seed: int = Field(0, ge=0, le=(1 << 63) - 1)  # seed of length draws and failure injection
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, le=1 << 30)  # larger bodies get 413
     failures: FailureConfig = FailureConfig()
 
 

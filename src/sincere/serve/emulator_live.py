@@ -5,7 +5,9 @@ over a preallocated :class:`~sincere.core.request.RequestArrays` of
 ``max_num_requests`` slots. A request takes a free slot, has its fields written
 there and is ``add``-ed at the current engine time; a slot is free again once the
 request finishes or is aborted, so the capacity bounds requests *in flight*, not in
-total (a full emulator answers 503, it never grows).
+total (a full emulator answers 503, it never grows). The slot bookkeeping is built as
+slots are first used (a free list and a map of the slots in use), so only the
+engine's arrays grow with the capacity.
 
 Time. The engine clock is ``loop.time() - started_at - paused_s`` (seconds). One
 ``loop.call_at`` timer fires at ``engine.next_event_at()``; the tick advances the engine through
@@ -92,8 +94,10 @@ class LiveEngine:
         )
         self.engine.on_tokens = self._on_tokens
         self.metrics = metrics
-        self._slots: list[Slot | None] = [None] * capacity
-        self._free = list(range(capacity - 1, -1, -1))
+        self._slots: dict[int, Slot] = {}  # position -> the request holding it
+        self._free: list[int] = []  # positions used before and free again
+        self._num_used = 0  # positions handed out at least once (0 .. num_used - 1)
+        self._capacity = capacity
         self._rng = rng
         self._stall_probability = stall_probability
         self._stall_s = stall_s
@@ -116,7 +120,7 @@ class LiveEngine:
     @property
     def num_in_flight(self) -> int:
         """Requests holding a slot."""
-        return len(self._slots) - len(self._free)
+        return len(self._slots)
 
     # -------------------------------------------------------------- requests
 
@@ -133,9 +137,12 @@ class LiveEngine:
         """Add a request; raise :class:`CapacityError` when every slot is taken."""
         if not self._closed:
             self._catch_up()  # may free slots of requests that have finished by now
-        if not self._free or self._closed:
+        if self._closed or (not self._free and self._num_used >= self._capacity):
             raise CapacityError(f"{len(self._slots)} requests in flight")
-        i = self._free.pop()
+        if self._free:
+            i = self._free.pop()
+        else:
+            i, self._num_used = self._num_used, self._num_used + 1
         now = self.now()
         self._fill(i, now, prompt_tokens, min(output_tokens, max_tokens), max_tokens)
         self.requests.priority[i] = priority
@@ -183,7 +190,7 @@ class LiveEngine:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for slot in [s for s in self._slots if s is not None]:
+        for slot in list(self._slots.values()):
             self._release(slot, Outcome(slot.num_tokens, None, "aborted"))
 
     # ---------------------------------------------------------------- driving
@@ -244,7 +251,7 @@ class LiveEngine:
         itl = self.metrics.itl
         ttft = self.metrics.ttft
         for i in positions:
-            slot = slots[i]
+            slot = slots.get(i)
             if slot is None:
                 continue
             slot.num_tokens += 1
@@ -261,7 +268,7 @@ class LiveEngine:
             self._stall_due = True
 
     def _finish(self, i: int) -> None:
-        slot = self._slots[i]
+        slot = self._slots.get(i)
         if slot is None:
             return
         rec = self.records
@@ -279,7 +286,7 @@ class LiveEngine:
         self._release(slot, outcome)
 
     def _release(self, slot: Slot, outcome: Outcome) -> None:
-        self._slots[slot.ix] = None
+        del self._slots[slot.ix]
         self._free.append(slot.ix)
         slot.freed = True
         if slot.queue is not None:

@@ -14,6 +14,13 @@ drives. Endpoints:
   (:mod:`~sincere.serve.gateway_metrics`);
 * ``/admin/...`` -- the controller API (:mod:`sincere.serve.controller`).
 
+Client-facing limits (:class:`~sincere.serve.config.LimitsConfig`): connections per
+client and in all, and header / body / idle timeouts (:mod:`~sincere.serve.edge`).
+Priority and tier are server policy: the default tier is what a client gets, and a
+client may only ask for a tier or a priority that is not more important (403).
+A client that disconnects is one log line and a ``cancelled`` count; an unexpected
+error is a 500 with no internals, counted as ``internal_error``.
+
 Background tasks scrape the engines' ``/metrics`` every ``scrape.interval_ms`` and
 re-drain the queues every 50 ms (a breaker may have turned half-open). Per request
 the hot path does no pydantic, no logging above DEBUG, and reuses one keep-alive
@@ -50,7 +57,8 @@ from sincere.core.request import Request, Tier
 from sincere.serve.backends import make_backend
 from sincere.serve.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.config import BackendConfig, GatewayConfig
-from sincere.serve.gateway_dispatch import Dispatcher, RefusalError
+from sincere.serve.edge import EdgeLimits, EdgeSite, runner_kwargs
+from sincere.serve.gateway_dispatch import Dispatcher, Pending, RefusalError, deadline_at
 from sincere.serve.gateway_load import ObservedLoad
 from sincere.serve.gateway_metrics import GatewayMetrics
 from sincere.serve.gateway_relay import serve_request
@@ -78,6 +86,12 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.dispatcher = Dispatcher(config, self.metrics)
         self.tiers = config.tier_objects()
+        self.first_byte_timeouts = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
+        limits = config.limits
+        self.edge = EdgeLimits(
+            limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client
+        )
+        self._logged_errors: set[str] = set()  # exception types whose traceback was logged
         self.load = ObservedLoad(config.planning.window_s, 0.0)
         self._seq = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,9 +113,10 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         if self.config.admin:
             from sincere.serve.controller import Controller
+            from sincere.serve.controller_api import ControllerApi
 
             self.controller: Controller | None = Controller(self)
-            self.controller.add_routes(app)
+            ControllerApi(self.controller).add_routes(app)
         else:
             self.controller = None
         return app
@@ -120,22 +135,25 @@ class Gateway:
         """Bind and serve; start the scraper and the drain ticker."""
         self._loop = asyncio.get_running_loop()
         self.load = ObservedLoad(self.config.planning.window_s, self.loop.time())
+        limits = self.config.limits
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, handler_cancellation=True
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            **runner_kwargs(limits.idle_timeout_s, limits.body_timeout_s),
         )
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            self.config.host,
-            self.config.port,
-            backlog=2048,
-            reuse_port=self.reuse_port or None,
+        site = EdgeSite(
+            self._runner, self.config.host, self.config.port, self.edge, reuse_port=self.reuse_port
         )
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+        self.port = site.port
         self._tasks.append(asyncio.create_task(self._drain_loop()))
         if self.config.scrape.enabled:
             self._tasks.append(asyncio.create_task(self._scrape_loop()))
@@ -176,7 +194,12 @@ class Gateway:
         breaker = CircuitBreaker(
             self.config.breaker.failure_threshold, self.config.breaker.cooldown_s
         )
-        state = InstanceState(make_backend(config), breaker, emulated=emulated)
+        state = InstanceState(
+            make_backend(config),
+            breaker,
+            emulated=emulated,
+            max_estimate_age_s=self.config.admission.max_estimate_age_s,
+        )
         self.dispatcher.add(state)
         return state
 
@@ -203,9 +226,10 @@ class Gateway:
 
     async def _handle(self, http_req: web.Request, kind: Kind) -> web.StreamResponse:
         tier = self.config.default_tier
+        pending: Pending | None = None
         try:
             creq = parse_request(
-                await self._read_body(http_req),
+                await self.read_body(http_req),
                 kind,
                 headers=http_req.headers,
                 models=self.dispatcher.served,
@@ -213,7 +237,8 @@ class Gateway:
             )
             req = self._core_request(creq)
             tier = req.tier.name
-            return await serve_request(self, http_req, creq, req)
+            pending = Pending(req, deadline_at(req))
+            return await serve_request(self, http_req, creq, pending)
         except ProtocolError as exc:
             self.metrics.finished("", tier, "client_error")
             return web.Response(
@@ -225,9 +250,33 @@ class Gateway:
             return web.Response(
                 status=exc.status, body=dumps(body), content_type="application/json"
             )
+        except asyncio.CancelledError:  # the client went away (or the gateway stops)
+            self.client_left(tier, pending.instance if pending else "", "waiting for an answer")
+            raise
+        except Exception as exc:  # a bug: answer 500 without internals, count it, log it
+            return self.internal_error(http_req, tier, exc)
 
-    async def _read_body(self, http_req: web.Request) -> bytes:
-        limit = self.config.limits.max_body_bytes
+    def client_left(self, tier: str, instance: str, when: str) -> None:
+        """Count a request whose client disconnected; one log line, no traceback."""
+        self.metrics.finished(instance, tier, "cancelled")
+        self.log.info("client disconnected %s (tier %s, instance %s)", when, tier, instance or "-")
+
+    def internal_error(self, http_req: web.Request, tier: str, exc: Exception) -> web.Response:
+        """A 500 for an unexpected error: counted, logged (traceback once per error type)."""
+        self.metrics.finished("", tier, "internal_error")
+        kind = type(exc).__name__
+        if kind in self._logged_errors:
+            self.log.error("internal error on %s: %s: %s", http_req.path, kind, exc)
+        else:
+            self._logged_errors.add(kind)
+            self.log.exception("internal error on %s", http_req.path)
+        body = error_body("internal error (logged by the gateway)", type="server_error")
+        return web.Response(status=500, body=dumps(body), content_type="application/json")
+
+    async def read_body(self, http_req: web.Request) -> bytes:
+        """The request body, within ``limits.max_body_bytes`` (413) and ``body_timeout_s`` (408)."""
+        limits = self.config.limits
+        limit = limits.max_body_bytes
         if http_req.content_length is not None and http_req.content_length > limit:
             raise ProtocolError(
                 413,
@@ -236,21 +285,36 @@ class Gateway:
                 code="body_too_large",
             )
         try:
-            return await http_req.read()
+            if http_req.content.is_eof():  # all there already: no timer needed
+                return await http_req.read()
+            async with asyncio.timeout(limits.body_timeout_s):
+                return await http_req.read()
         except web.HTTPRequestEntityTooLarge:
             raise ProtocolError(
                 413, f"request body: allowed: at most {limit} bytes", code="body_too_large"
+            ) from None
+        except TimeoutError:
+            self.edge.count("body_timeout")
+            raise ProtocolError(
+                408,
+                f"request body not complete within {limits.body_timeout_s:g}s "
+                "(limits.body_timeout_s)",
+                code="body_timeout",
             ) from None
 
     def _core_request(self, creq: CompletionRequest) -> Request:
         """The policy-side :class:`Request` of a parsed request (tier, priority, budget)."""
         fields = creq.sincere
-        tier = self.tiers.get(fields.tier or self.config.default_tier)
-        if tier is None:
+        tier = self._tier_of(fields.tier)
+        priority = tier.priority if fields.priority is None else fields.priority
+        if priority < tier.priority:
             raise ProtocolError(
-                400,
-                f"sincere.tier: got {fields.tier!r}; allowed: {', '.join(sorted(self.tiers))}",
-                param="sincere.tier",
+                403,
+                f"sincere.priority: got {priority}; allowed: an integer >= {tier.priority} "
+                f"(tier {tier.name!r}; a client may only lower its own priority)",
+                param="sincere.priority",
+                code="priority_not_allowed",
+                type="permission_error",
             )
         if fields.deadline_s is not None:
             ttlt = min(tier.ttlt_s or math.inf, fields.deadline_s)
@@ -273,9 +337,31 @@ class Gateway:
             max_tokens=creq.max_tokens,
             prompt=creq.prompt,
             tier=tier,
-            priority=tier.priority if fields.priority is None else fields.priority,
+            priority=priority,
             budget_usd=fields.budget_usd,
         )
+
+    def _tier_of(self, name: str | None) -> Tier:
+        """The tier a client asked for; never one more important than the default tier."""
+        base = self.tiers[self.config.default_tier]
+        tier = self.tiers.get(name or base.name)
+        if tier is None:
+            raise ProtocolError(
+                400,
+                f"sincere.tier: got {name!r}; allowed: {', '.join(sorted(self.tiers))}",
+                param="sincere.tier",
+            )
+        if tier.priority < base.priority:
+            allowed = sorted(n for n, t in self.tiers.items() if t.priority >= base.priority)
+            raise ProtocolError(
+                403,
+                f"sincere.tier: got {name!r}, more important than this client's tier "
+                f"{base.name!r}; allowed: {', '.join(allowed)}",
+                param="sincere.tier",
+                code="tier_not_allowed",
+                type="permission_error",
+            )
+        return tier
 
     async def _models(self, http_req: web.Request) -> web.Response:
         names = sorted(self.dispatcher.served)
@@ -294,6 +380,8 @@ class Gateway:
             {m: len(q) for m, q in d.queues.items()},
             {s.name: s.num_in_flight for s in d.instances.values()},
             {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
+            self.edge.refused,
+            self.edge.num_open,
         )
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 

@@ -14,10 +14,18 @@ For each request the :class:`Dispatcher`
 3. **queues** it when no instance has room, ordered by priority then deadline, with
    head insertion for priority requests (:mod:`sincere.serve.queueing`); a freed
    slot routes the head of the queue at once (the slot is reserved before the waiter
-   wakes), and a waiter gives up with 504 at its queue timeout or deadline.
+   wakes), and a waiter gives up with 504 at its queue timeout or deadline. With
+   ``queue.shed_early`` a request that would wait longer than that -- its place in
+   the queue over the rate at which the model's instances free slots (each
+   instance's ``max_in_flight`` over the mean time a request holds a slot) -- is
+   refused at once (429 ``queue_overloaded``) instead of timing out.
 
-A budget caps ``max_tokens`` at ``floor((budget - p_in·prompt) / p_out)`` on the
-chosen instance (the reference router's rule). Everything here runs on the event
+A budget (or a router's cap) only ever lowers ``max_tokens``: the cap sent upstream
+is the smaller of ``floor((budget - p_in·prompt) / p_out)`` on the chosen instance
+(the reference router's rule) and the client's ``max_tokens`` (else
+``limits.default_max_tokens``). ``instances`` is the one record of membership;
+``by_model`` and ``served`` are derived from it on every change, and a second
+instance with a name already in use is refused. Everything here runs on the event
 loop's thread without awaiting, except the waiter in :meth:`Dispatcher.acquire`.
 """
 
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sincere.core.errors import ConfigError
 from sincere.core.request import Request
 from sincere.policy.admission import PredictedMissShedder, PriorityBands, cluster_utilisation
 from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router
@@ -38,6 +47,10 @@ from sincere.serve.config import GatewayConfig
 from sincere.serve.gateway_metrics import GatewayMetrics
 from sincere.serve.gateway_state import InstanceState
 from sincere.serve.queueing import RequestQueue, Ticket
+
+
+class DuplicateInstanceError(ConfigError):
+    """An instance with this name is already in routing."""
 
 
 class RefusalError(Exception):
@@ -58,6 +71,7 @@ class Slot:
     instance: InstanceState
     max_tokens: int | None  # cap to send upstream (budget or router); None = client's
     reason: str  # the router's reason
+    reserved_at: float  # loop time the slot was taken
 
 
 @dataclass(eq=False, slots=True)
@@ -69,6 +83,7 @@ class Pending:
     exclude: frozenset[str] = frozenset()  # instances already tried (retries)
     waiter: asyncio.Future[Slot | RefusalError] | None = None
     enqueued_at: float = 0.0
+    instance: str = ""  # the instance of the latest attempt ("" before routing)
 
 
 class Dispatcher:
@@ -92,11 +107,16 @@ class Dispatcher:
     # ----------------------------------------------------------------- instances
 
     def add(self, state: InstanceState) -> None:
-        """Put an instance into routing for each of its models."""
+        """Put an instance into routing for each of its models; a taken name raises."""
+        if state.name in self.instances:
+            raise DuplicateInstanceError(
+                "an instance with this name is already in routing",
+                value=state.name,
+                allowed="a name not in use (remove the old instance first)",
+            )
         self.instances[state.name] = state
+        self._index()
         for model in state.backend.models:
-            self.by_model.setdefault(model, []).append(state)
-            self.served.add(model)
             self.queues.setdefault(model, RequestQueue(self.config.queue.max_len))
             self.drain(model, self._now())
 
@@ -104,12 +124,17 @@ class Dispatcher:
         """Take an instance out of routing (its requests in flight finish)."""
         state = self.instances.pop(name)
         state.removed = True
-        for model in state.backend.models:
-            rest = [s for s in self.by_model.get(model, []) if s is not state]
-            self.by_model[model] = rest
-            if not rest:
-                self.served.discard(model)
+        self._index()
         return state
+
+    def _index(self) -> None:
+        """Rebuild ``by_model`` and ``served`` from ``instances`` (in instance order)."""
+        by_model: dict[str, list[InstanceState]] = {}
+        for state in self.instances.values():
+            for model in state.backend.models:
+                by_model.setdefault(model, []).append(state)
+        self.by_model = by_model
+        self.served = set(by_model)
 
     # ------------------------------------------------------------------ routing
 
@@ -120,7 +145,7 @@ class Dispatcher:
         for s in self.by_model.get(req.model, ()):
             if s.name in pending.exclude or not s.has_room() or not s.breaker.can_send(now):
                 continue
-            if req.budget_usd is not None and _budget_cap(req, s) == 0:
+            if req.budget_usd is not None and budget_cap(req, s) == 0:
                 continue
             out.append(s.view(req.model, now, self.max_age_s))
         return out
@@ -142,14 +167,17 @@ class Dispatcher:
         state.num_in_flight += 1
         state.num_requests += 1
         state.breaker.send(now)
-        given = (req.max_tokens, decision.max_tokens, _budget_cap(req, state))
-        caps = [c for c in given if c is not None]
-        return Slot(state, min(caps) if caps else None, decision.reason)
+        caps = [c for c in (decision.max_tokens, budget_cap(req, state)) if c is not None]
+        max_tokens = req.max_tokens
+        if caps:  # a budget or router cap only lowers what would be generated anyway
+            max_tokens = min(*caps, req.max_tokens or self.config.limits.default_max_tokens)
+        return Slot(state, max_tokens, decision.reason, now)
 
     def release(self, slot: Slot, now: float) -> None:
         """Free a slot and route queued requests into it."""
         state = slot.instance
         state.num_in_flight -= 1
+        state.observe_hold(now - slot.reserved_at)
         for model in state.backend.models:
             self.drain(model, now)
 
@@ -168,7 +196,7 @@ class Dispatcher:
             return None  # nothing to check: no budget, no latency target, no bands
         states = [s for s in self.by_model.get(req.model, ()) if s.breaker.can_send(now)]
         unaffordable = req.budget_usd is not None and states
-        if unaffordable and all(_budget_cap(req, s) == 0 for s in states):
+        if unaffordable and all(budget_cap(req, s) == 0 for s in states):
             return RefusalError(
                 429,
                 f"budget {req.budget_usd:g} USD cannot pay for {req.prompt_tokens} prompt "
@@ -176,7 +204,7 @@ class Dispatcher:
                 "rejected",
                 "budget_exceeded",
             )
-        estimates = self._estimates(req, states)
+        estimates = self._estimates(req, states, now)
         decision = self.shedder.admit(req, estimates, now)
         if not decision.admit:
             return RefusalError(
@@ -192,14 +220,16 @@ class Dispatcher:
                 return RefusalError(429, f"overloaded: {band.reason}", "rejected", "priority_shed")
         return None
 
-    def _estimates(self, req: Request, states: list[InstanceState]) -> list[LatencyEstimate]:
-        """Predicted TTFT / E2E per instance with history, plus the expected queue wait."""
+    def _estimates(
+        self, req: Request, states: list[InstanceState], now: float
+    ) -> list[LatencyEstimate]:
+        """Predicted TTFT / E2E per instance with recent history, plus the expected queue wait."""
         out_tokens = req.max_tokens or self.config.limits.default_max_tokens
         queued = len(self.queues.get(req.model, ()))
         slots = sum(s.max_in_flight for s in states) or 1
         out = []
         for s in states:
-            e2e = s.predicted_e2e_s(out_tokens)
+            e2e = s.predicted_e2e_s(out_tokens, now)
             if e2e is None or s.ttft_s is None:
                 continue
             wait = 0.0 if s.has_room() and not queued else (queued + 1) / slots * e2e
@@ -238,6 +268,8 @@ class Dispatcher:
             )
         head_at = self.config.queue.head_priority
         head = head_at is not None and pending.request.priority <= head_at
+        if self.config.queue.shed_early:
+            self._shed_if_undrainable(pending, 1 if head else len(queue) + 1, now)
         pending.waiter = loop.create_future()
         pending.enqueued_at = now
         ticket = queue.push(
@@ -261,6 +293,25 @@ class Dispatcher:
             queue.cancel(ticket)
             raise
         return _slot_or_raise(got)
+
+    def _shed_if_undrainable(self, pending: Pending, place: int, now: float) -> None:
+        """429 when ``place`` requests cannot leave the queue before the wait limit."""
+        model = pending.request.model
+        rates = [s.service_rate() for s in self.by_model.get(model, ()) if s.breaker.can_send(now)]
+        if not rates or any(r is None for r in rates):
+            return  # an instance without history: no basis to refuse
+        rate = sum(r for r in rates if r is not None)
+        wait_s = min(self.config.queue.timeout_s, pending.deadline_at - now)
+        expected_s = place / rate
+        if expected_s > wait_s:
+            raise RefusalError(
+                429,
+                f"overloaded: {place - 1} requests wait for {model!r} and its instances free "
+                f"{rate:.3g} slots/s, so this one would wait ~{expected_s:.3g}s, over its "
+                f"limit of {wait_s:.3g}s; retry later",
+                "rejected",
+                "queue_overloaded",
+            )
 
     def drain(self, model: str, now: float) -> None:
         """Route queued requests of ``model`` while instances have room."""
@@ -317,8 +368,15 @@ def _slot_or_raise(got: Slot | RefusalError) -> Slot:
     return got
 
 
-def _budget_cap(req: Request, state: InstanceState) -> int | None:
-    """Output tokens the budget pays on ``state`` (0: not even one); None without a budget."""
+_NO_CAP = float(1 << 53)  # a budget paying this many tokens caps nothing
+
+
+def budget_cap(req: Request, state: InstanceState) -> int | None:
+    """Output tokens the budget pays on ``state`` (0: not even one); None: no cap.
+
+    None without a budget, with free output, or when the budget pays for more tokens
+    than any request could ask (huge budgets never overflow into a cap).
+    """
     if req.budget_usd is None:
         return None
     p_in = state.backend.price_in_per_token_usd
@@ -328,7 +386,8 @@ def _budget_cap(req: Request, state: InstanceState) -> int | None:
         return 0
     if p_out <= 0:
         return None
-    return max(0, math.floor(left / p_out + 1e-9))
+    tokens = left / p_out + 1e-9
+    return None if not tokens < _NO_CAP else max(0, math.floor(tokens))
 
 
 def deadline_at(req: Request) -> float:

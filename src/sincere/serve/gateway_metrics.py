@@ -5,7 +5,8 @@ Served at ``GET /metrics`` in the Prometheus text format (version 0.0.4):
 * ``sincere_gateway_requests_total{instance,tier,outcome}`` -- finished requests by
   outcome: ``ok``, ``error`` (upstream failed), ``rejected`` (admission, 429),
   ``timeout`` (queue wait, 504), ``unavailable`` (queue full / no instance, 503),
-  ``client_error`` (4xx); ``instance=""`` when none was chosen;
+  ``client_error`` (4xx), ``cancelled`` (the client disconnected first),
+  ``internal_error`` (500, a bug); ``instance=""`` when none was chosen;
 * ``sincere_gateway_ttft_seconds`` and ``sincere_gateway_e2e_seconds``
   ``{instance,tier}`` histograms (non-streamed requests: TTFT = E2E);
 * ``sincere_gateway_queue_wait_seconds{model}`` histogram and
@@ -13,7 +14,9 @@ Served at ``GET /metrics`` in the Prometheus text format (version 0.0.4):
 * ``sincere_gateway_in_flight{instance}``, ``sincere_gateway_breaker_state{instance}``
   (0 closed, 1 open, 2 half-open) gauges;
 * ``sincere_gateway_upstream_errors_total{instance,kind}`` and
-  ``sincere_gateway_retries_total{instance}`` counters.
+  ``sincere_gateway_retries_total{instance}`` counters;
+* ``sincere_gateway_edge_refusals_total{reason}`` (connections refused over the
+  limits, header and body timeouts) and the ``sincere_gateway_connections`` gauge.
 
 An observation is a dict lookup and a bisect (well under a microsecond); the text is
 built only when scraped.
@@ -123,6 +126,8 @@ class GatewayMetrics:
         queue_lengths: dict[str, int],
         in_flight: dict[str, int],
         breaker_states: dict[str, int],
+        edge_refusals: Mapping[str, int] | None = None,
+        num_connections: int = 0,
     ) -> str:
         """The whole page."""
         out: list[str] = []
@@ -177,6 +182,15 @@ class GatewayMetrics:
             (((k,), v) for k, v in self.retries.items()),
             "Retries away from an instance.",
         )
+        _counter(
+            out,
+            "sincere_gateway_edge_refusals_total",
+            ("reason",),
+            (((k,), v) for k, v in (edge_refusals or {}).items()),
+            "Connections refused over the limits, and header / body timeouts.",
+        )
+        _header(out, "sincere_gateway_connections", "gauge", "Client connections open.")
+        out.append(f"sincere_gateway_connections {num_connections}")
         return "\n".join(out) + "\n"
 
 

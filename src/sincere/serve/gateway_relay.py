@@ -4,15 +4,20 @@
   timeout, a 5xx or 429 status, a stream that breaks before its first event, a body
   that breaks while read) counts a breaker failure, and the request is routed again
   to an instance it has not tried yet; when none is left the client gets 502 / 503
-  with the last reason.
+  with the last reason. So does an instance that sends no first byte within the
+  tier's ``first_byte_timeout_s`` (a stalled engine): its connection is dropped and
+  the request retried elsewhere, instead of waiting out the read timeout.
 * An instance that fails **mid-stream** ends the client's stream with an error event
   ``data: {"error": {...}}`` followed by ``data: [DONE]``.
 * A 4xx from the instance is passed through (the instance is alive).
+* A client that goes away mid-stream ends the relay quietly: one log line, the
+  request counted as ``cancelled``.
 
 Every path releases its slot (``finally``), so no request is lost or left hanging:
 each ends with a response, an error status or an error event. Timing: TTFT is the
-first streamed event (or the first Ollama token) after the gateway received the
-request; a non-streamed OpenAI response has TTFT = E2E.
+first streamed event (or the first Ollama token) after the gateway sent the request;
+a non-streamed OpenAI answer arrives whole, so its TTFT is not measured (the metrics
+record its E2E for both; admission learns only from measured TTFTs).
 
 Cost per request: the upstream's bytes go to the client as they come (a body in one
 ``web.Response``, a stream chunk by chunk, with headers built once per instance); JSON
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -30,7 +36,7 @@ from aiohttp import web
 from sincere.core.request import Request
 from sincere.policy.router_base import Outcome
 from sincere.serve.backends import Upstream, UpstreamError
-from sincere.serve.gateway_dispatch import Pending, RefusalError, Slot, deadline_at
+from sincere.serve.gateway_dispatch import Pending, RefusalError, Slot
 from sincere.serve.gateway_state import INSTANCE_HEADER, InstanceState
 from sincere.serve.protocol import (
     SSE_DONE,
@@ -50,11 +56,11 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 async def serve_request(
-    gw: Gateway, http_req: web.Request, creq: CompletionRequest, req: Request
+    gw: Gateway, http_req: web.Request, creq: CompletionRequest, pending: Pending
 ) -> web.StreamResponse:
-    """Admit, route (queueing if needed) and relay ``req``; retry before the first byte."""
+    """Admit, route (queueing if needed) and relay ``pending``; retry before the first byte."""
     d = gw.dispatcher
-    pending = Pending(req, deadline_at(req))
+    req = pending.request
     refusal = d.admit(pending, gw.loop.time())
     if refusal is not None:
         raise refusal
@@ -64,6 +70,7 @@ async def serve_request(
         if last is not None and all(s.name in tried for s in d.by_model.get(req.model, ())):
             break
         slot = await d.acquire(pending, gw.loop)
+        pending.instance = slot.instance.name
         try:
             return await _attempt(gw, http_req, creq, req, slot)
         except UpstreamError as exc:
@@ -84,7 +91,12 @@ async def _attempt(
     gw: Gateway, http_req: web.Request, creq: CompletionRequest, req: Request, slot: Slot
 ) -> web.StreamResponse:
     sent_at = gw.loop.time()
-    upstream = await slot.instance.backend.send(creq, slot.max_tokens)
+    limit_s = gw.first_byte_timeouts.get(req.tier.name)
+    opened: Opened | None = None
+    if limit_s is None:
+        upstream = await slot.instance.backend.send(creq, slot.max_tokens)
+    else:
+        upstream, opened = await _first_byte(slot, creq, sent_at + limit_s, limit_s)
     ok = False
     try:
         if upstream.status != 200:
@@ -94,7 +106,7 @@ async def _attempt(
             ok = True
             return _json(upstream.status, body, slot.instance)
         if creq.stream:
-            resp = await _relay_stream(gw, http_req, req, slot, upstream, sent_at)
+            resp = await _relay_stream(gw, http_req, req, slot, upstream, sent_at, opened)
         else:
             resp = await _relay_body(gw, creq, req, slot, upstream, sent_at)
         ok = True
@@ -104,6 +116,40 @@ async def _attempt(
             upstream.release()
         else:
             upstream.response.close()
+
+
+Opened = tuple[AsyncIterator[bytes], bytes]
+"""A stream being relayed: its event iterator and the first event, already read."""
+
+
+async def _first_byte(
+    slot: Slot, creq: CompletionRequest, deadline_at: float, limit_s: float
+) -> tuple[Upstream, Opened | None]:
+    """Send, and for a stream read its first event, before ``deadline_at`` (else retryable)."""
+    upstream: Upstream | None = None
+    try:
+        async with asyncio.timeout_at(deadline_at):
+            upstream = await slot.instance.backend.send(creq, slot.max_tokens)
+            if not creq.stream or upstream.status != 200:
+                return upstream, None
+            return upstream, await _open_stream(upstream)
+    except TimeoutError:
+        if upstream is not None:
+            upstream.response.close()
+        raise UpstreamError(
+            f"{slot.instance.name}: no first byte within {limit_s:g}s "
+            "(the tier's first_byte_timeout_s)",
+            retryable=True,
+        ) from None
+
+
+async def _open_stream(upstream: Upstream) -> Opened:
+    """The stream's events and its first one; a stream that breaks before it is retryable."""
+    events = upstream.events().__aiter__()
+    try:
+        return events, await events.__anext__()
+    except UpstreamError as exc:  # nothing sent to the client yet: retryable
+        raise UpstreamError(exc.message, retryable=True, detail=exc.detail) from None
 
 
 async def _relay_body(
@@ -116,7 +162,7 @@ async def _relay_body(
 ) -> web.StreamResponse:
     body = await upstream.read_all()
     now = gw.loop.time()
-    first = upstream.stats.first_event_at or now
+    first = upstream.stats.first_event_at  # None: the answer came whole (not measured)
     _succeeded(gw, req, slot, sent_at, first, now, upstream.output_tokens(body))
     upstream_model = slot.instance.backend.models.get(req.model, req.model)
     if upstream_model != req.model:
@@ -131,17 +177,14 @@ async def _relay_stream(
     slot: Slot,
     upstream: Upstream,
     sent_at: float,
+    opened: Opened | None,
 ) -> web.StreamResponse:
-    events = upstream.events().__aiter__()
-    try:
-        first_event = await events.__anext__()
-    except UpstreamError as exc:  # nothing sent to the client yet: retryable
-        raise UpstreamError(exc.message, retryable=True) from None
-    first_at = gw.loop.time()
+    events, first_event = opened or await _open_stream(upstream)
+    first_at = upstream.stats.first_event_at or gw.loop.time()
     resp = web.StreamResponse(headers=slot.instance.sse_headers)
-    await resp.prepare(http_req)
-    await resp.write(first_event)
     try:
+        await resp.prepare(http_req)
+        await resp.write(first_event)
         async for event in events:
             await resp.write(event)
     except UpstreamError as exc:
@@ -150,9 +193,9 @@ async def _relay_stream(
         sep = b"" if upstream.stats.ends_event else b"\n"  # close a half-sent event
         await _write_quietly(resp, sep + sse_event(_stream_error(exc.message)) + SSE_DONE)
         return resp
-    except (ConnectionResetError, asyncio.CancelledError):
-        gw.metrics.finished(slot.instance.name, req.tier.name, "cancelled")
-        raise
+    except ConnectionResetError:  # the client went away: not the gateway's error
+        gw.client_left(req.tier.name, slot.instance.name, "mid-stream")
+        return resp
     now = gw.loop.time()
     _succeeded(gw, req, slot, sent_at, first_at, now, upstream.output_tokens(None))
     return resp
@@ -174,18 +217,22 @@ def _succeeded(
     req: Request,
     slot: Slot,
     sent_at: float,
-    first_at: float,
+    first_at: float | None,
     now: float,
     output_tokens: int,
 ) -> None:
+    """Count a served request; ``first_at`` None: its first token was not measured."""
     state = slot.instance
     state.breaker.record_success(now)
-    ttft_s, e2e_s = first_at - sent_at, now - sent_at
-    state.observe(ttft_s, e2e_s, output_tokens)
+    ttft_s = None if first_at is None else first_at - sent_at
+    e2e_s = now - sent_at
+    state.observe(ttft_s, e2e_s, output_tokens, now)
     tier = req.tier.name
-    gw.metrics.served(state.name, tier, first_at - req.arrival_at, now - req.arrival_at)
+    first = now if first_at is None else first_at
+    gw.metrics.served(state.name, tier, first - req.arrival_at, now - req.arrival_at)
     gw.load.record(req.model, tier, now, req.prompt_tokens, output_tokens)
-    outcome = Outcome(req, state.name, ttft_s, e2e_s, max(output_tokens, 1), now)
+    outcome = Outcome(req, state.name, e2e_s if ttft_s is None else ttft_s, e2e_s,
+                      max(output_tokens, 1), now)  # fmt: skip
     gw.dispatcher.observe(outcome)
 
 
@@ -193,7 +240,7 @@ def _failed(gw: Gateway, slot: Slot, kind: str, exc: UpstreamError) -> None:
     state = slot.instance
     state.breaker.record_failure(gw.loop.time())
     gw.metrics.upstream_error(state.name, kind)
-    gw.log.debug("instance %s failed (%s): %s", state.name, kind, exc.message)
+    gw.log.debug("instance %s failed (%s): %s %s", state.name, kind, exc.message, exc.detail)
 
 
 def _json(status: int, body: bytes, instance: InstanceState) -> web.Response:

@@ -84,8 +84,8 @@ class ProtocolError(SincereError):
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
     def to_bytes(self) -> bytes:
-        """The error body as JSON bytes."""
-        return dumps(self.body())
+        """The error body as JSON bytes (ASCII: a quoted bad value is always encodable)."""
+        return json.dumps(self.body(), separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +159,20 @@ def _missing(param: str, allowed: str) -> ProtocolError:
     )
 
 
+INT64_MAX = (1 << 63) - 1
+"""Largest integer accepted in any field: engines read integers as signed 64-bit."""
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (not a boolean) that fits in signed 64 bits."""
+    return type(value) is int and -INT64_MAX - 1 <= value <= INT64_MAX
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
+    """A finite float, or an integer that fits in signed 64 bits (never ``inf`` or ``nan``)."""
+    if type(value) is float:
+        return math.isfinite(value)
+    return _is_int(value)
 
 
 def count_prompt_tokens(text: str) -> int:
@@ -218,10 +226,64 @@ def parse_request(
         ) from None
     if not isinstance(body, dict):
         raise _bad("body", type(body).__name__, "a JSON object")
+    if _may_hold_surrogates(raw):
+        check_text(body)
     raw_bytes = raw.encode() if isinstance(raw, str) else raw
     return parse_body(
         body, kind, headers=headers, models=models, max_context=max_context, raw=raw_bytes
     )
+
+
+def _may_hold_surrogates(raw: bytes | str) -> bool:
+    """Whether ``raw`` may decode to a string with a lone UTF-16 surrogate (a quick scan).
+
+    UTF-8 cannot carry surrogates, so in bytes they come only as ``\\uD8xx``-style
+    escapes; a ``str`` may also hold them directly.
+    """
+    if isinstance(raw, bytes):
+        return b"\\ud" in raw or b"\\uD" in raw
+    try:
+        raw.encode()
+    except UnicodeEncodeError:
+        return True
+    return "\\ud" in raw or "\\uD" in raw
+
+
+def check_text(body: Any) -> None:
+    """Raise 400 naming the first string (a key or a value) with a lone UTF-16 surrogate.
+
+    Such a string decodes from JSON but cannot be encoded again, so it could never be
+    forwarded. Walks the document with a stack (bodies may nest deeply).
+    """
+    stack: list[tuple[str, Any]] = [("body", body)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                raise _bad(where, value, "text without lone UTF-16 surrogates")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                path = str(key) if where == "body" else _child(where, f".{key}")
+                if not _encodable(str(key)):
+                    raise _bad(path, key, "field names without lone UTF-16 surrogates")
+                stack.append((path, item))
+        elif isinstance(value, list):
+            stack.extend((_child(where, f"[{k}]"), item) for k, item in enumerate(value))
+
+
+def _child(where: str, part: str) -> str:
+    """``where`` + ``part``, the path cut short (with ``...``) once it is long."""
+    if len(where) < _MAX_SHOWN:
+        return where + part
+    return where if where.endswith("...") else where + "..."
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_body(
@@ -277,7 +339,7 @@ def _model(body: dict[str, Any], models: Collection[str] | None) -> str:
 
 def _completion_prompt(body: dict[str, Any]) -> tuple[str | None, int]:
     """Prompt text (``None`` for token ids) and its token count."""
-    allowed = "a string, a list of one string, or a list of token ids (integers)"
+    allowed = "a string, a list of one string, or a list of token ids (64-bit integers >= 0)"
     prompt = body.get("prompt")
     if prompt is None:
         raise _missing("prompt", allowed)
@@ -340,7 +402,7 @@ def _check_sampling(body: dict[str, Any]) -> None:
     for name in _INTS:
         value = body.get(name)
         if value is not None and not _is_int(value) and not isinstance(value, bool):
-            raise _bad(name, value, "an integer")
+            raise _bad(name, value, "a 64-bit integer")
     n = body.get("n")
     if n is not None and n != 1:
         raise _bad("n", n, "1 (one choice per request)")
@@ -361,7 +423,7 @@ def _max_tokens(
     if value is None:
         return None
     if not _is_int(value):
-        raise _bad(name, value, "an integer >= 1")
+        raise _bad(name, value, "a 64-bit integer >= 1")
     room = None if max_context is None else max_context - prompt_tokens
     if value < 1 or (room is not None and value > room):
         allowed = "an integer >= 1"
@@ -389,6 +451,9 @@ def _include_usage(body: dict[str, Any]) -> bool:
 
 _HEADER = "x-sincere-"
 
+MAX_BUDGET_USD = 1e6
+"""Largest budget one request may carry, USD."""
+
 
 def parse_sincere(value: Any, headers: Mapping[str, str] | None = None) -> SincereFields:
     """The extension fields from the body's ``sincere`` object and ``x-sincere-*`` headers."""
@@ -403,14 +468,14 @@ def parse_sincere(value: Any, headers: Mapping[str, str] | None = None) -> Since
         raise _bad("sincere.tier", tier, "a non-empty tier name")
     priority = given.get("priority")
     if priority is not None and not _is_int(priority):
-        raise _bad("sincere.priority", priority, "an integer (smaller is more important)")
+        raise _bad("sincere.priority", priority, "a 64-bit integer (smaller is more important)")
     deadline = _positive("deadline_s", given.get("deadline_s"), "a number of seconds > 0")
     budget = given.get("budget_usd")
-    if budget is not None and not (_is_number(budget) and budget >= 0):
-        raise _bad("sincere.budget_usd", budget, "a finite number of USD >= 0")
+    if budget is not None and not (_is_number(budget) and 0 <= budget <= MAX_BUDGET_USD):
+        raise _bad("sincere.budget_usd", budget, f"a number of USD in [0, {MAX_BUDGET_USD:g}]")
     out = given.get("output_tokens")
     if out is not None and not (_is_int(out) and out >= 1):
-        raise _bad("sincere.output_tokens", out, "an integer >= 1")
+        raise _bad("sincere.output_tokens", out, "a 64-bit integer >= 1")
     return SincereFields(
         tier=tier,
         priority=priority,

@@ -1,0 +1,284 @@
+"""The gateway's edge: connection limits that keep slow or greedy clients from holding it.
+
+Between the listening socket and aiohttp's HTTP protocol sits one
+:class:`EdgeProtocol` per connection (:class:`EdgeSite` builds them). It
+
+* refuses a connection whose client address already holds
+  ``max_connections_per_client`` connections (``429``), or any connection beyond
+  ``max_connections`` in all (``503``): a short HTTP error answer, then close;
+* times the first request head of a connection from its first byte: a head not
+  complete (``CRLF CRLF``) ``header_timeout_s`` later is answered ``408`` and the
+  connection closed -- the slow-header ("slowloris") client.
+
+The other limits sit where the data is: the gateway reads a body under a
+``body_timeout_s`` deadline (``408``), and aiohttp's keep-alive timer closes a
+connection that has no complete request head ``idle_timeout_s`` after it opened or
+after its last response (so a later head on a kept-alive connection is bounded by
+that). Every refusal is counted by reason in :attr:`EdgeLimits.refused`
+(``sincere_gateway_edge_refusals_total``).
+
+:func:`listen_error` turns a failed bind into one clear line (port in use, no
+permission). Per connection the cost is one extra method call per chunk received, and
+a byte search only until the first head is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from sincere.core.errors import ConfigError
+from sincere.serve.protocol import ProtocolError
+
+_REASONS = {
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+
+
+def raw_error(error: ProtocolError) -> bytes:
+    """A complete HTTP/1.1 error answer (JSON body, ``Connection: close``) for the socket."""
+    body = error.to_bytes()
+    head = (
+        f"HTTP/1.1 {error.status} {_REASONS.get(error.status, 'Error')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@dataclass(slots=True)
+class EdgeLimits:
+    """The limits of :class:`EdgeProtocol` and the live counts it keeps."""
+
+    header_timeout_s: float
+    max_connections: int
+    max_connections_per_client: int
+    num_open: int = 0  # connections admitted and not yet closed
+    by_client: dict[str, int] = field(default_factory=dict)  # open connections per address
+    refused: dict[str, int] = field(default_factory=dict)  # refusals (and timeouts) by reason
+
+    def count(self, reason: str) -> None:
+        """Count one refusal or timeout."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def admit(self, client: str) -> ProtocolError | None:
+        """Take a connection slot for ``client``, or the error to answer it with."""
+        if self.num_open >= self.max_connections:
+            self.count("max_connections")
+            return ProtocolError(
+                503,
+                f"the gateway holds its limit of {self.max_connections} connections; retry later",
+                code="too_many_connections",
+            )
+        held = self.by_client.get(client, 0)
+        if held >= self.max_connections_per_client:
+            self.count("max_connections_per_client")
+            return ProtocolError(
+                429,
+                f"this client holds its limit of {self.max_connections_per_client} connections",
+                code="too_many_connections",
+            )
+        self.by_client[client] = held + 1
+        self.num_open += 1
+        return None
+
+    def release(self, client: str) -> None:
+        """Give back ``client``'s connection slot."""
+        self.num_open -= 1
+        left = self.by_client.get(client, 1) - 1
+        if left > 0:
+            self.by_client[client] = left
+        else:
+            self.by_client.pop(client, None)
+
+
+class EdgeProtocol(asyncio.Protocol):
+    """One connection: admission by address, then aiohttp's protocol with a head timer."""
+
+    __slots__ = ("_client", "_head_timer", "_inner", "_limits", "_make", "_tail", "_transport")
+
+    def __init__(self, make: Callable[[], asyncio.Protocol], limits: EdgeLimits) -> None:
+        self._make = make
+        self._limits = limits
+        self._inner: asyncio.Protocol | None = None  # aiohttp's protocol, once admitted
+        self._client = ""
+        self._transport: asyncio.Transport | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._tail: bytes | None = b""  # last bytes of an unfinished first head; None: done
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Admit the connection (or answer 429 / 503 and close) and hand it to aiohttp."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        refusal = self._limits.admit(self._client)
+        if refusal is not None:
+            transport.write(raw_error(refusal))
+            transport.close()
+            return
+        self._inner = self._make()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Watch the first head (until it is complete), then pass the bytes on."""
+        if self._tail is not None:
+            self._watch_head(data)
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def _watch_head(self, data: bytes) -> None:
+        buf = self._tail + data if self._tail else data
+        if b"\n\r\n" in buf or b"\n\n" in buf:  # CRLF CRLF, or bare LF LF
+            self._tail = None
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            return
+        self._tail = buf[-2:]
+        if self._head_timer is None and self._inner is not None:
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self._limits.header_timeout_s, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        transport = self._transport
+        if self._tail is None or transport is None or transport.is_closing():
+            return
+        self._limits.count("header_timeout")
+        late = ProtocolError(
+            408,
+            f"request head not complete within {self._limits.header_timeout_s:g}s "
+            "(limits.header_timeout_s)",
+            code="header_timeout",
+        )
+        transport.write(raw_error(late))
+        transport.close()
+
+    def eof_received(self) -> bool | None:
+        """Pass the end of input on (aiohttp closes the connection)."""
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Give back the slot; tell aiohttp."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._inner is not None:
+            self._limits.release(self._client)
+            self._inner.connection_lost(exc)
+            self._inner = None
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        """Flow control, passed on."""
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Flow control, passed on."""
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class EdgeSite(web.BaseSite):
+    """A TCP site whose connections go through :class:`EdgeProtocol` first."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        limits: EdgeLimits,
+        *,
+        backlog: int = 2048,
+        reuse_port: bool = False,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._limits = limits
+        self._reuse_port = reuse_port
+        self.port = port  # the bound port once started (port 0: the OS's choice)
+
+    @property
+    def name(self) -> str:
+        """The site's URL."""
+        return f"http://{self._host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and listen; a failed bind raises :class:`ConfigError` (see :func:`listen_error`)."""
+        await super().start()
+        server = self._runner.server
+        assert server is not None  # the runner is set up before its sites start
+        loop = asyncio.get_running_loop()
+        limits = self._limits
+
+        def protocol() -> EdgeProtocol:
+            return EdgeProtocol(server, limits)
+
+        try:
+            self._server = await loop.create_server(
+                protocol,
+                self._host,
+                self._port,
+                backlog=self._backlog,
+                reuse_address=True,
+                reuse_port=self._reuse_port or None,
+            )
+        except OSError as exc:
+            raise listen_error(self._host, self._port, exc) from None
+        sockets = self._server.sockets
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+
+
+def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """One clear line for a failed bind (port in use, no permission, unknown address)."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "the address is already in use (another server listens there)"
+    elif exc.errno == errno.EACCES:
+        why = "permission denied (ports below 1024 need privileges)"
+    else:
+        why = exc.strerror or type(exc).__name__
+    return ConfigError(
+        f"cannot listen on {host}:{port}: {why}",
+        allowed="a free port (--port), or 0 for one the OS picks",
+    )
+
+
+class QuietServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log, with a client's malformed request as one DEBUG line.
+
+    aiohttp logs every request its parser rejects (a bad header byte, a bad method)
+    with a traceback at ERROR; any client could flood the log that way. The 400 it
+    answers is unchanged.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        """Log an exception; a client's HTTP syntax error gets one line at DEBUG."""
+        if isinstance(exc_info, HttpProcessingError):
+            words = " ".join(part.strip() for part in str(exc_info).splitlines() if part.strip())
+            self.debug(f"{msg}: %s", *args, words[:200] or type(exc_info).__name__)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kw)
+
+
+def runner_kwargs(idle_timeout_s: float, body_timeout_s: float) -> dict[str, Any]:
+    """aiohttp server settings for the edge: keep-alive (idle) timeout, lingering, quiet log."""
+    return {
+        "keepalive_timeout": idle_timeout_s,
+        "lingering_time": min(10.0, body_timeout_s),
+        "logger": QuietServerLog(logging.getLogger("aiohttp.server"), {}),
+    }
