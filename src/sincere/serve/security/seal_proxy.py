@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -63,6 +64,7 @@ class SealProxy:
         port: int = 0,
         prompt_slack: float = 0.1,
         timeout_s: float = 600.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.pair = pair
         self.upstream = upstream.rstrip("/")  # the engine's base URL
@@ -70,6 +72,7 @@ class SealProxy:
         self.port = port
         self.prompt_slack = prompt_slack  # share a prompt may exceed its declared tokens
         self.timeout_s = timeout_s  # per upstream call
+        self.ssl_context = ssl_context  # serve over TLS when given (see security.tls)
         self.app = web.Application(client_max_size=MAX_SEALED_BYTES)
         self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/chat/completions", self._chat)
@@ -81,7 +84,8 @@ class SealProxy:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         """Bind and serve."""
@@ -89,7 +93,7 @@ class SealProxy:
         self._session = aiohttp.ClientSession(timeout=timeout)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 

@@ -191,6 +191,8 @@ class SqliteStorage:
         self.path = path
         self._lock = threading.Lock()
         try:
+            if not path.exists():  # private from the start: it holds digests and spend
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             self._db = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -204,6 +206,8 @@ class SqliteStorage:
             version = self._db.execute("SELECT value FROM meta WHERE name='version'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"not a usable key database: {exc}", where=path) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot create key database: {exc.strerror}", where=path) from None
         if version is None or int(version[0]) != VERSION:
             raise ConfigError(
                 "unsupported key database version", where=path, value=version and version[0]
