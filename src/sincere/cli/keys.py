@@ -138,14 +138,18 @@ def list_command(store: StoreOption = Path("keys.db"), as_json: JsonOption = Fal
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"API keys in {store}")
-    columns = (
-        "key_id", "kind", "name", "state", "models", "tier", "rpm", "tpm", "budget_usd",
-        "spent_usd", "requests", "expires",
-    )  # fmt: skip
-    for column in columns:
-        table.add_column(column.replace("_", " "))
+    for column in ("id", "kind", "name", "state", "models", "limits", "spent / budget USD"):
+        table.add_column(column)
     for row in rows:
-        table.add_row(*("-" if row[c] is None else str(row[c]) for c in columns))
+        limits = [f"{row[k]} {k}" for k in ("rpm", "tpm") if row[k] is not None]
+        limits += [f"tier {row['tier']}"] if row["tier"] is not None else []
+        limits += [f"until {str(row['expires'])[:10]}"] if row["expires"] is not None else []
+        budget = "-" if row["budget_usd"] is None else f"{row['budget_usd']:g}"
+        table.add_row(
+            str(row["key_id"]), str(row["kind"]), str(row["name"]), str(row["state"]),
+            str(row["models"] or "any"), ", ".join(limits) or "-",
+            f"{row['spent_usd']:g} / {budget}",
+        )  # fmt: skip
     Console().print(table)
 
 

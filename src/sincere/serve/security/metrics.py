@@ -52,6 +52,7 @@ class TenantMetrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str], Counter] = {}  # labelled children, cached
+        self._settled: dict[str, tuple[Counter, Counter, Counter]] = {}  # per tenant, cached
 
     def decided(self, tenant: str, outcome: str) -> None:
         """Count one key check."""
@@ -64,9 +65,16 @@ class TenantMetrics:
         self, tenant: str, prompt_tokens: int, completion_tokens: int, cost_usd: float
     ) -> None:
         """Count one settled request's tokens and spend."""
-        self._tokens.labels(tenant, "prompt").inc(prompt_tokens)
-        self._tokens.labels(tenant, "completion").inc(completion_tokens)
-        self._spend.labels(tenant).inc(cost_usd)
+        children = self._settled.get(tenant)
+        if children is None:
+            children = self._settled[tenant] = (
+                self._tokens.labels(tenant, "prompt"),
+                self._tokens.labels(tenant, "completion"),
+                self._spend.labels(tenant),
+            )
+        children[0].inc(prompt_tokens)
+        children[1].inc(completion_tokens)
+        children[2].inc(cost_usd)
 
     def watch(self, source: GaugeSource) -> None:
         """Export the reserved and remaining-budget gauges from ``source`` at each scrape."""
