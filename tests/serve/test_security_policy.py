@@ -265,3 +265,28 @@ def test_interleavings_overspend_at_most_the_estimate_error(
         record = store.authenticate(token)
         assert record is not None
         assert store.totals(record.key_id).spent_usd <= budget + excess + 1e-12
+
+
+def test_outcomes_are_counted_per_tenant(tmp_path: Path) -> None:
+    """Each decision counts once under its tenant; requests without a valid key under ''."""
+    from prometheus_client import CollectorRegistry
+
+    from sincere.serve.security.metrics import TenantMetrics
+
+    registry = CollectorRegistry()
+    store = KeyStore(SqliteStorage(tmp_path / "keys.db"), metrics=TenantMetrics(registry))
+    token = _key(store, max_requests_per_min=1, models=frozenset({"llama-3-8b"}))
+    other = RequestFacts(model="other", prompt_tokens=1, max_tokens=1)
+    authorize_request(store, _auth(token), FACTS, PRICES, NOW)  # allowed
+    authorize_request(store, _auth(token), FACTS, PRICES, NOW)  # rate_limited
+    authorize_request(store, _auth(token), other, PRICES, NOW)  # forbidden
+    authorize_request(store, {}, FACTS, PRICES, NOW)  # unauthenticated
+
+    def count(tenant: str, outcome: str) -> float | None:
+        labels = {"tenant": tenant, "outcome": outcome}
+        return registry.get_sample_value("sincere_tenant_requests_total", labels)
+
+    assert count("acme", "allowed") == 1
+    assert count("acme", "rate_limited") == 1
+    assert count("acme", "forbidden") == 1
+    assert count("", "unauthenticated") == 1
