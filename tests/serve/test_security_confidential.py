@@ -26,6 +26,7 @@ from sincere.serve.security.confidential_client import (
     ConfidentialError,
     seal_for,
 )
+from sincere.serve.security.credentials import Secret
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
     MAX_TOKENS_HEADER,
@@ -209,13 +210,13 @@ class Relay:
 
 @contextlib.asynccontextmanager
 async def _chain(
-    meddle: Callable[[bytes], bytes] | None = None,
+    meddle: Callable[[bytes], bytes] | None = None, upstream_key: Secret | None = None
 ) -> AsyncIterator[tuple[ConfidentialClient, Relay, Relay]]:
     config = EmulatorConfig.model_validate({"step_model": FAST, "engine": {"num_kv_blocks": 4096}})
     async with (
         EmulatorServer(config) as engine,
         Relay(engine.port) as engine_side,
-        SealProxy(PAIR, f"http://127.0.0.1:{engine_side.port}") as proxy,
+        SealProxy(PAIR, f"http://127.0.0.1:{engine_side.port}", upstream_key=upstream_key) as proxy,
         Relay(proxy.port, meddle) as client_side,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http,
     ):
@@ -392,5 +393,20 @@ def test_stream_cut_by_the_engine_is_reported_truncated() -> None:
                 assert len(seen) == 2
         finally:
             await runner.cleanup()
+
+    _run(check)
+
+
+def test_upstream_key_reaches_the_engine_only() -> None:
+    """The engine's API key goes upstream as a Bearer header and never back to the client."""
+    key = Secret("sk-upstream-" + CANARY)
+
+    async def check() -> None:
+        async with _chain(upstream_key=key) as (client, client_side, engine_side):
+            await client.create("chat", _chat())
+            async with client.session.get(client.base_url + "/v1/models") as resp:
+                assert resp.status == 200
+        assert f"Bearer {key.reveal()}".encode() in engine_side.seen
+        assert key.reveal().encode() not in client_side.seen
 
     _run(check)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sincere.core.errors import ConfigError, DataError
 from sincere.serve.security.audit import AuditLog
-from sincere.serve.security.keys import KeySpec, Prices
+from sincere.serve.security.keys import KeyRecord, KeySpec, Prices
 from sincere.serve.security.keystore import KeyStore, LimitRefusal, Reservation
 from sincere.serve.security.metrics import TenantMetrics
 from sincere.serve.security.storage import FileStorage, SqliteStorage, Totals, open_storage
@@ -128,13 +129,21 @@ def test_refresh_sees_keys_created_and_revoked_elsewhere(store_path: Path) -> No
     assert found is not None and found.revoked_at == NOW + 1
 
 
-def test_failed_flush_keeps_usage_for_the_next(tmp_path: Path) -> None:
-    """If writing usage fails, the pending deltas are kept and written by the next flush."""
-    store = KeyStore.open(tmp_path / "k.db")
+def _settled_once(
+    path: Path, prompt_tokens: int = 10, completion_tokens: int = 10
+) -> tuple[KeyStore, KeyRecord, Reservation]:
+    """A store at ``path`` with one key and one request admitted and settled."""
+    store = KeyStore.open(path)
     _, record = store.create(KeySpec(name="acme"), actor="t", now=NOW)
     res = store.admit(record, 10, 10, PRICES, NOW)
     assert isinstance(res, Reservation)
-    store.settle(res, 10, 10, PRICES)
+    store.settle(res, prompt_tokens, completion_tokens, PRICES)
+    return store, record, res
+
+
+def test_failed_flush_keeps_usage_for_the_next(tmp_path: Path) -> None:
+    """If writing usage fails, the pending deltas are kept and written by the next flush."""
+    store, record, _ = _settled_once(tmp_path / "k.db")
     real = store.storage.add_usage
 
     def broken(deltas: object) -> None:
@@ -151,13 +160,7 @@ def test_failed_flush_keeps_usage_for_the_next(tmp_path: Path) -> None:
 
 def test_flush_async_writes_off_the_loop(tmp_path: Path) -> None:
     """flush_async writes pending usage from a worker thread; nothing is lost."""
-    import asyncio
-
-    store = KeyStore.open(tmp_path / "k.db")
-    _, record = store.create(KeySpec(name="acme"), actor="t", now=NOW)
-    res = store.admit(record, 10, 10, PRICES, NOW)
-    assert isinstance(res, Reservation)
-    store.settle(res, 7, 3, PRICES)
+    store, record, _ = _settled_once(tmp_path / "k.db", 7, 3)
     assert asyncio.run(store.flush_async()) == 1
     assert asyncio.run(store.flush_async()) == 0
     assert KeyStore.open(tmp_path / "k.db").totals(record.key_id).num_prompt_tokens == 7
@@ -165,11 +168,7 @@ def test_flush_async_writes_off_the_loop(tmp_path: Path) -> None:
 
 def test_settle_twice_is_an_error(tmp_path: Path) -> None:
     """A reservation is settled once; a second settle raises instead of double counting."""
-    store = KeyStore.open(tmp_path / "k.db")
-    _, record = store.create(KeySpec(name="acme"), actor="t", now=NOW)
-    res = store.admit(record, 10, 10, PRICES, NOW)
-    assert isinstance(res, Reservation)
-    store.settle(res, 10, 10, PRICES)
+    store, _, res = _settled_once(tmp_path / "k.db")
     with pytest.raises(ValueError, match="not open"):
         store.settle(res, 10, 10, PRICES)
 

@@ -62,9 +62,16 @@ def serve_command(
     ] = 0.1,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (serve HTTPS).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
+    upstream_key_env: Annotated[
+        str | None, typer.Option(help="Variable holding the engine's API key, if it needs one.")
+    ] = None,
+    upstream_key_file: Annotated[
+        Path | None, typer.Option(help="File whose first line is the engine's API key.")
+    ] = None,
 ) -> None:
     """Serve sealed requests for one engine until interrupted."""
     from sincere.core.errors import ConfigError
+    from sincere.serve.security.credentials import SecretRef
     from sincere.serve.security.envelope import load_keypair
     from sincere.serve.security.seal_proxy import SealProxy
     from sincere.serve.security.tls import server_context
@@ -74,6 +81,11 @@ def serve_command(
     if not upstream.startswith(("http://", "https://")):
         raise ConfigError("bad URL", where="--upstream", value=upstream, allowed="http(s)://...")
     context = None if tls_cert is None or tls_key is None else server_context(tls_cert, tls_key)
+    if upstream_key_env is not None and upstream_key_file is not None:
+        raise ConfigError("give --upstream-key-env or --upstream-key-file, not both")
+    secret = None
+    if upstream_key_env is not None or upstream_key_file is not None:
+        secret = SecretRef(env=upstream_key_env, file=upstream_key_file).resolve()
     proxy = SealProxy(
         load_keypair(key),
         upstream,
@@ -81,6 +93,7 @@ def serve_command(
         port=port,
         prompt_slack=prompt_slack,
         ssl_context=context,
+        upstream_key=secret,
     )
 
     async def main() -> None:

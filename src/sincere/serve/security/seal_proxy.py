@@ -34,6 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from sincere.serve.protocol import ProtocolError, dumps, error_body, loads, parse_request
+from sincere.serve.security.credentials import Secret
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
     USAGE_HEADER,
@@ -65,6 +66,7 @@ class SealProxy:
         prompt_slack: float = 0.1,
         timeout_s: float = 600.0,
         ssl_context: ssl.SSLContext | None = None,
+        upstream_key: Secret | None = None,
     ) -> None:
         self.pair = pair
         self.upstream = upstream.rstrip("/")  # the engine's base URL
@@ -73,6 +75,9 @@ class SealProxy:
         self.prompt_slack = prompt_slack  # share a prompt may exceed its declared tokens
         self.timeout_s = timeout_s  # per upstream call
         self.ssl_context = ssl_context  # serve over TLS when given (see security.tls)
+        self._upstream_headers = dict(_JSON)  # sent with every forwarded request
+        if upstream_key is not None:
+            self._upstream_headers["Authorization"] = f"Bearer {upstream_key.reveal()}"
         self.app = web.Application(client_max_size=MAX_SEALED_BYTES)
         self.app.router.add_post("/v1/completions", self._completions)
         self.app.router.add_post("/v1/chat/completions", self._chat)
@@ -168,7 +173,8 @@ class SealProxy:
 
     async def _relay_once(self, path: str, body: bytes, sealer: FrameSealer) -> web.Response:
         try:
-            async with self._client.post(self.upstream + path, data=body, headers=_JSON) as up:
+            url, headers = self.upstream + path, self._upstream_headers
+            async with self._client.post(url, data=body, headers=headers) as up:
                 answer = await up.read()
                 status = up.status
         except (aiohttp.ClientError, TimeoutError):
@@ -190,7 +196,8 @@ class SealProxy:
         prompt_tokens: int,
     ) -> web.StreamResponse:
         try:
-            up = await self._client.post(self.upstream + path, data=body, headers=_JSON)
+            url, headers = self.upstream + path, self._upstream_headers
+            up = await self._client.post(url, data=body, headers=headers)
         except (aiohttp.ClientError, TimeoutError):
             return _sealed_body(502, _engine_unreachable(), sealer)
         async with up:
@@ -203,7 +210,7 @@ class SealProxy:
                 async for event in _sse_events(up.content):
                     counter.see(event)
                     await response.write(sse_frame(sealer.seal(event)))
-            except (aiohttp.ClientError, TimeoutError):
+            except (aiohttp.ClientError, TimeoutError, ConnectionResetError):
                 return response  # no final frame: the client reports a truncated stream
             prompt, completion, source = counter.result()
             await response.write(usage_event(prompt, completion, source))
@@ -219,7 +226,8 @@ class SealProxy:
 
     async def _pass_through(self, request: web.Request) -> web.Response:
         try:
-            async with self._client.get(self.upstream + request.path) as up:
+            url = self.upstream + request.path
+            async with self._client.get(url, headers=self._upstream_headers) as up:
                 body = await up.read()
                 kind = up.headers.get("Content-Type", "application/octet-stream")
                 return web.Response(status=up.status, body=body, headers={"Content-Type": kind})
