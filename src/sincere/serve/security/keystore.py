@@ -1,0 +1,390 @@
+"""The key store: keys, per-key limits and budgets in memory, persisted behind.
+
+The request path touches memory only. :meth:`KeyStore.authenticate` finds a key by
+its id and checks the secret's digest; :meth:`KeyStore.admit` checks the key's
+requests-per-minute and tokens-per-minute windows and its budget and, only if all
+three allow, records the request and *reserves* its worst case: ``prompt_tokens +
+max_tokens`` in the tokens window and their price at the dearest instance's prices
+against the budget. :meth:`KeyStore.settle` replaces the reservation by what the
+request used (its actual tokens at the prices of the instance that served it). Both
+are synchronous, with no ``await`` between check and record, so the asyncio tasks of
+one process cannot interleave inside them: a budget is never over-spent by requests
+in flight, only by a request whose actual usage exceeds what it reserved (a prompt
+counted higher upstream than the gateway's estimate).
+
+Settled usage is kept as a pending delta per key and written by :meth:`flush`
+(or :meth:`flush_async`, in a worker thread), which the gateway calls every
+second or so; :meth:`close` flushes the rest. A crash loses at most the last flush
+interval's usage and the requests in flight (under-counting, never double counting).
+The sliding windows live in memory only: after a restart a key may use up to one
+more window's worth. Several gateway worker processes on one store each keep their
+own windows and reservations (limits then apply per worker), and
+:meth:`refresh` picks up keys created or revoked by another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from sincere.core.errors import ConfigError
+from sincere.serve.security.audit import AuditLog
+from sincere.serve.security.keys import (
+    KeyRecord,
+    KeySpec,
+    Prices,
+    TokenBytes,
+    hash_secret,
+    new_token,
+    split_token,
+)
+from sincere.serve.security.metrics import TenantMetrics
+from sincere.serve.security.storage import KeyStorage, Totals, open_storage
+from sincere.serve.security.windows import SlidingWindow
+
+MAX_ID_TRIES = 8  # fresh ids drawn before giving up on a collision (48-bit ids: never)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one admitted request holds until it is settled."""
+
+    number: int  # the store's sequence number of this reservation
+    key_id: str
+    tenant: str
+    reserved_usd: float  # worst-case cost held against the budget
+    reserved_tokens: int  # prompt + max_tokens held in the tokens-per-minute window
+    tokens_bucket: int | None  # the window bucket holding them; None: no tokens limit
+    made_at: float  # when it was admitted (the caller's clock)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRefusal:
+    """Why a key's limits or budget refused a request."""
+
+    status: int  # 429 (rate) or 402 (budget)
+    code: str  # requests_per_minute_exceeded, tokens_per_minute_exceeded, budget_exhausted
+    message: str  # names the limit, the amounts and what would help
+    retry_after_s: float | None  # when a retry can succeed; None: not by waiting
+    remaining_usd: float | None  # budget left; None: the key has no budget
+
+
+class _KeyState:
+    """One key's record and its live accounting."""
+
+    __slots__ = ("pending", "record", "requests", "reserved_usd", "tokens", "totals")
+
+    def __init__(self, record: KeyRecord, totals: Totals, window_s: float, buckets: int) -> None:
+        self.record = record
+        spec = record.spec
+        rpm, tpm = spec.max_requests_per_min, spec.max_tokens_per_min
+        self.requests = None if rpm is None else SlidingWindow(rpm, window_s, buckets)
+        self.tokens = None if tpm is None else SlidingWindow(tpm, window_s, buckets)
+        self.totals = totals  # lifetime usage, including what is not yet flushed
+        self.pending = Totals()  # settled but not yet written to storage
+        self.reserved_usd = 0.0  # worst-case cost of requests in flight
+
+    def remaining_usd(self) -> float | None:
+        budget = self.record.spec.budget_usd
+        if budget is None:
+            return None
+        return budget - self.totals.spent_usd - self.reserved_usd
+
+
+class KeyStore:
+    """Keys with their limits and budgets; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        storage: KeyStorage,
+        *,
+        audit: AuditLog | None = None,
+        metrics: TenantMetrics | None = None,
+        window_s: float = 60.0,
+        num_buckets: int = 60,
+    ) -> None:
+        self.storage = storage
+        self.audit = audit if audit is not None else AuditLog(None)
+        self.metrics = metrics
+        self.window_s = window_s  # the "per minute" window, seconds
+        self.num_buckets = num_buckets  # its resolution
+        self._states: dict[str, _KeyState] = {}
+        self._open: dict[int, Reservation] = {}  # admitted, not yet settled
+        self._num_reservations = 0
+        records, totals = storage.load()
+        for record in records:
+            self._add_state(record, totals.get(record.key_id, Totals()))
+        if metrics is not None:
+            metrics.watch(self.budget_gauges)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        audit_path: str | Path | None = None,
+        metrics: TenantMetrics | None = None,
+    ) -> KeyStore:
+        """The store at ``path`` (SQLite or keys file) with its audit log beside it by default."""
+        path = Path(path)
+        audit = AuditLog(audit_path if audit_path is not None else default_audit_path(path))
+        return cls(open_storage(path), audit=audit, metrics=metrics)
+
+    def _add_state(self, record: KeyRecord, totals: Totals) -> _KeyState:
+        state = _KeyState(record, totals, self.window_s, self.num_buckets)
+        self._states[record.key_id] = state
+        return state
+
+    # ------------------------------------------------------------ administration
+    def create(
+        self,
+        spec: KeySpec,
+        *,
+        actor: str,
+        now: float,
+        token_bytes: TokenBytes = secrets.token_bytes,
+    ) -> tuple[str, KeyRecord]:
+        """A new key: ``(token, record)``. The token is returned here and never again."""
+        spec.validate(now)
+        for _ in range(MAX_ID_TRIES):
+            key_id, token = new_token(spec.kind, token_bytes)
+            if key_id not in self._states:
+                break
+        else:
+            raise ConfigError("could not draw an unused key id", value=MAX_ID_TRIES)
+        salt, digest = hash_secret(token, token_bytes)
+        record = KeyRecord(key_id, spec, salt, digest, created_at=now, created_by=actor)
+        self.storage.insert(record)
+        self._add_state(record, Totals())
+        self.audit.record(now, actor, "key.create", key_id, _spec_details(spec))
+        return token, record
+
+    def revoke(self, key_id: str, *, actor: str, now: float) -> KeyRecord:
+        """Revoke a key at once (its requests in flight finish); an unknown id is an error."""
+        state = self._states.get(key_id)
+        if state is None:
+            raise ConfigError(
+                "no key with this id", value=key_id, allowed="an id from `sincere keys list`"
+            )
+        if state.record.revoked_at is None:
+            self.storage.revoke(key_id, now, actor)
+            old = state.record
+            state.record = KeyRecord(
+                old.key_id, old.spec, old.salt, old.digest, old.created_at, old.created_by,
+                revoked_at=now, revoked_by=actor,
+            )  # fmt: skip
+            self.audit.record(now, actor, "key.revoke", key_id, {"name": old.name})
+        return state.record
+
+    def records(self) -> list[KeyRecord]:
+        """Every key, revoked and expired ones too, in creation order."""
+        return [s.record for s in self._states.values()]
+
+    def totals(self, key_id: str) -> Totals:
+        """A key's lifetime usage (including what is not flushed yet)."""
+        return self._states[key_id].totals
+
+    def refresh(self) -> int:
+        """Re-read the records from storage (keys created or revoked elsewhere); new keys count."""
+        records, totals = self.storage.load()
+        added = 0
+        for record in records:
+            state = self._states.get(record.key_id)
+            if state is None:
+                self._add_state(record, totals.get(record.key_id, Totals()))
+                added += 1
+            elif record.revoked_at is not None and state.record.revoked_at is None:
+                state.record = record
+        return added
+
+    # -------------------------------------------------------------- request path
+    def authenticate(self, token: str) -> KeyRecord | None:
+        """The key a token belongs to (any state), or ``None`` if it is no valid key."""
+        parts = split_token(token)
+        if parts is None:
+            return None
+        kind, key_id, secret = parts
+        state = self._states.get(key_id)
+        if state is None or state.record.kind != kind or not state.record.matches(secret):
+            return None
+        return state.record
+
+    def admit(
+        self, record: KeyRecord, prompt_tokens: int, max_tokens: int, prices: Prices, now: float
+    ) -> Reservation | LimitRefusal:
+        """Check limits and budget; if all allow, record the request and reserve its worst case."""
+        state = self._states[record.key_id]
+        amount = prompt_tokens + max_tokens
+        refusal = _rate_refusal(state, now, amount)
+        if refusal is not None:
+            return refusal
+        cost = prices.cost_usd(prompt_tokens, max_tokens)
+        remaining = state.remaining_usd()
+        if remaining is not None and (remaining <= 0 or cost > remaining):
+            return _budget_refusal(remaining, cost, prompt_tokens, max_tokens)
+        if state.requests is not None:
+            state.requests.add(now, 1)
+        bucket = None if state.tokens is None else state.tokens.add(now, amount)
+        state.reserved_usd += cost
+        self._num_reservations += 1
+        reservation = Reservation(
+            self._num_reservations, record.key_id, record.name, cost, amount, bucket, now
+        )
+        self._open[reservation.number] = reservation
+        return reservation
+
+    def settle(
+        self,
+        reservation: Reservation,
+        prompt_tokens: int,
+        completion_tokens: int,
+        prices: Prices,
+    ) -> float:
+        """Replace a reservation by actual usage at the serving instance's prices; its cost."""
+        if self._open.pop(reservation.number, None) is None:
+            raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
+        state = self._states[reservation.key_id]
+        cost = prices.cost_usd(prompt_tokens, completion_tokens)
+        state.reserved_usd = max(0.0, state.reserved_usd - reservation.reserved_usd)
+        delta = Totals(cost, 1, prompt_tokens, completion_tokens)
+        state.totals += delta
+        state.pending += delta
+        if state.tokens is not None and reservation.tokens_bucket is not None:
+            used = prompt_tokens + completion_tokens
+            state.tokens.adjust(reservation.tokens_bucket, used - reservation.reserved_tokens)
+        if self.metrics is not None:
+            self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
+        return cost
+
+    def remaining_usd(self, key_id: str) -> float | None:
+        """Budget left after spend and reservations; ``None``: the key has no budget."""
+        return self._states[key_id].remaining_usd()
+
+    def window_totals(self, key_id: str, now: float) -> tuple[int | None, int | None]:
+        """Requests and tokens in the key's current windows (``None``: no such limit)."""
+        state = self._states[key_id]
+        requests = None if state.requests is None else state.requests.total(now)
+        return requests, None if state.tokens is None else state.tokens.total(now)
+
+    @property
+    def num_open(self) -> int:
+        """Reservations admitted and not yet settled."""
+        return len(self._open)
+
+    def budget_gauges(self) -> dict[str, tuple[float, float | None]]:
+        """tenant -> (reserved USD, remaining budget USD or None): the metrics' gauges."""
+        out: dict[str, tuple[float, float | None]] = {}
+        for state in self._states.values():
+            if state.record.kind != "client":
+                continue
+            held, left = out.get(state.record.name, (0.0, None))
+            mine = state.remaining_usd()
+            if mine is not None:
+                left = (left or 0.0) + max(mine, 0.0)
+            out[state.record.name] = (held + state.reserved_usd, left)
+        return out
+
+    # --------------------------------------------------------------- persistence
+    def take_pending(self) -> dict[str, Totals]:
+        """The usage settled since the last flush, cleared from memory."""
+        pending = {}
+        for key_id, state in self._states.items():
+            if state.pending.num_requests:
+                pending[key_id] = state.pending
+                state.pending = Totals()
+        return pending
+
+    def restore_pending(self, pending: dict[str, Totals]) -> None:
+        """Put back usage whose write failed, to be written by the next flush."""
+        for key_id, delta in pending.items():
+            state = self._states[key_id]
+            state.pending = delta + state.pending
+
+    def flush(self) -> int:
+        """Write pending usage now (blocking); the number of keys written."""
+        pending = self.take_pending()
+        if pending:
+            try:
+                self.storage.add_usage(pending)
+            except BaseException:
+                self.restore_pending(pending)
+                raise
+        return len(pending)
+
+    async def flush_async(self) -> int:
+        """:meth:`flush` with the write in a worker thread, off the event loop."""
+        pending = self.take_pending()
+        if pending:
+            try:
+                await asyncio.to_thread(self.storage.add_usage, pending)
+            except BaseException:
+                self.restore_pending(pending)
+                raise
+        return len(pending)
+
+    def close(self) -> None:
+        """Flush and close the storage."""
+        self.flush()
+        self.storage.close()
+
+
+def default_audit_path(store_path: Path) -> Path:
+    """``keys.db`` -> ``keys.db.audit.jsonl``."""
+    return store_path.with_name(store_path.name + ".audit.jsonl")
+
+
+def _rate_refusal(state: _KeyState, now: float, amount: int) -> LimitRefusal | None:
+    spec = state.record.spec
+    if state.requests is not None:
+        wait = state.requests.retry_after_s(now, 1)
+        if wait is not None:
+            message = (
+                f"requests per minute: the key's limit is {spec.max_requests_per_min}; "
+                f"retry after {wait:.1f} s"
+            )
+            return LimitRefusal(429, "requests_per_minute_exceeded", message, wait, None)
+    if state.tokens is not None:
+        wait = state.tokens.retry_after_s(now, amount)
+        if wait is not None:
+            limit = spec.max_tokens_per_min
+            if wait == float("inf"):
+                message = (
+                    f"tokens per minute: this request needs {amount} tokens (prompt + "
+                    f"max_tokens), more than the key's limit of {limit}; lower max_tokens"
+                )
+                return LimitRefusal(429, "tokens_per_minute_exceeded", message, None, None)
+            message = (
+                f"tokens per minute: the key's limit is {limit}, this request needs {amount} "
+                f"(prompt + max_tokens); retry after {wait:.1f} s"
+            )
+            return LimitRefusal(429, "tokens_per_minute_exceeded", message, wait, None)
+    return None
+
+
+def _budget_refusal(
+    remaining: float, cost: float, prompt_tokens: int, max_tokens: int
+) -> LimitRefusal:
+    if remaining <= 0:
+        message = f"budget: the key's budget is spent (remaining {max(remaining, 0.0):.6f} USD)"
+    else:
+        message = (
+            f"budget: this request may cost up to {cost:.6f} USD ({prompt_tokens} prompt + "
+            f"{max_tokens} max_tokens) and the key has {remaining:.6f} USD left; lower max_tokens"
+        )
+    return LimitRefusal(402, "budget_exhausted", message, None, max(remaining, 0.0))
+
+
+def _spec_details(spec: KeySpec) -> dict[str, object]:
+    return {
+        "kind": spec.kind,
+        "name": spec.name,
+        "models": None if spec.models is None else sorted(spec.models),
+        "tier": spec.tier,
+        "priority_ceiling": spec.priority_ceiling,
+        "max_requests_per_min": spec.max_requests_per_min,
+        "max_tokens_per_min": spec.max_tokens_per_min,
+        "budget_usd": spec.budget_usd,
+        "expires_at": spec.expires_at,
+    }

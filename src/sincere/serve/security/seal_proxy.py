@@ -1,0 +1,318 @@
+"""``sincere seal``: the proxy in front of an engine that opens sealed requests.
+
+Where a trusted execution environment (TEE) would run it, beside the engine: it holds
+the private key, opens each sealed request (:mod:`~sincere.serve.security.envelope`),
+checks that the plaintext honours what was declared in the clear (same model, same
+``stream``, a prompt no longer than declared plus ``prompt_slack``, ``max_tokens``
+no larger than declared -- and set to the declared value when absent, so a budget
+reserved on the declared figures holds), forwards it to the engine's OpenAI
+endpoint, and seals the answer back: a non-streamed body as one frame, a stream
+event by event. It adds plain usage counts for the gateway's accounting (the
+``x-sincere-usage`` header, or a ``sincere-usage`` SSE event before the final frame).
+
+Errors before the body opens (not sealed, bad headers, wrong key, altered body) are
+plain OpenAI error bodies: they hold nothing of the request. Errors after it opens
+(the plaintext fails validation, the engine answers 4xx/5xx) are sealed, since they
+may quote the prompt. ``GET`` of ``/health``, ``/v1/models``, ``/metrics`` and
+``/sincere/load`` pass through to the engine (metadata only), so a gateway can scrape
+the engine through the proxy; ``GET /sincere/seal/key`` shows the public key and id.
+
+No attestation: nothing here proves to a client that this code runs in a TEE. The
+client trusts the public key it was given as a file (see docs/security.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import ssl
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from sincere.serve.protocol import ProtocolError, dumps, error_body, loads, parse_request
+from sincere.serve.security.credentials import Secret
+from sincere.serve.security.envelope import (
+    CONTENT_TYPE,
+    USAGE_HEADER,
+    Declared,
+    FrameSealer,
+    Kind,
+    SealKeyPair,
+    declared_from_headers,
+    is_sealed,
+    open_request,
+    sse_frame,
+    usage_event,
+)
+
+PASS_THROUGH = ("/health", "/v1/models", "/metrics", "/sincere/load")
+MAX_SEALED_BYTES = 4 * 1024 * 1024 + 64
+
+
+class SealProxy:
+    """An aiohttp server opening sealed requests for one engine; ``async with`` runs it."""
+
+    def __init__(
+        self,
+        pair: SealKeyPair,
+        upstream: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        prompt_slack: float = 0.1,
+        timeout_s: float = 600.0,
+        ssl_context: ssl.SSLContext | None = None,
+        upstream_key: Secret | None = None,
+    ) -> None:
+        self.pair = pair
+        self.upstream = upstream.rstrip("/")  # the engine's base URL
+        self.host = host
+        self.port = port
+        self.prompt_slack = prompt_slack  # share a prompt may exceed its declared tokens
+        self.timeout_s = timeout_s  # per upstream call
+        self.ssl_context = ssl_context  # serve over TLS when given (see security.tls)
+        self._upstream_headers = dict(_JSON)  # sent with every forwarded request
+        if upstream_key is not None:
+            self._upstream_headers["Authorization"] = f"Bearer {upstream_key.reveal()}"
+        self.app = web.Application(client_max_size=MAX_SEALED_BYTES)
+        self.app.router.add_post("/v1/completions", self._completions)
+        self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_get("/sincere/seal/key", self._key)
+        for path in PASS_THROUGH:
+            self.app.router.add_get(path, self._pass_through)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and serve."""
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        self._session = aiohttp.ClientSession(timeout=timeout)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> SealProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ handlers
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "completion")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "chat")
+
+    async def _handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        if not is_sealed(request.headers):
+            message = f"this endpoint takes sealed bodies only (Content-Type: {CONTENT_TYPE})"
+            return _plain_error(ProtocolError(415, message, code="not_sealed"))
+        try:
+            declared = declared_from_headers(request.headers, kind)
+            plaintext, sealer = open_request(self.pair, declared, await request.read())
+        except ProtocolError as exc:
+            return _plain_error(exc)
+        except web.HTTPRequestEntityTooLarge:
+            too_big = f"sealed body: allowed: at most {MAX_SEALED_BYTES} bytes"
+            return _plain_error(ProtocolError(413, too_big, code="body_too_large"))
+        try:
+            body, prompt_tokens = self._checked(plaintext, declared, kind)
+        except ProtocolError as exc:
+            return _sealed_body(exc.status, exc.to_bytes(), sealer)
+        path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        if declared.stream:
+            return await self._relay_stream(request, path, body, sealer, prompt_tokens)
+        return await self._relay_once(path, body, sealer)
+
+    def _checked(self, plaintext: bytes, declared: Declared, kind: Kind) -> tuple[bytes, int]:
+        """The body to forward (checked against what was declared) and its prompt tokens."""
+        creq = parse_request(plaintext, kind)
+        if creq.model != declared.model:
+            raise _mismatch("model", creq.model, declared.model)
+        if creq.stream != declared.stream:
+            raise _mismatch("stream", creq.stream, declared.stream)
+        allowed = max(math.ceil(declared.prompt_tokens * (1 + self.prompt_slack)), 16)
+        if creq.prompt_tokens > allowed:
+            message = (
+                f"prompt: {creq.prompt_tokens} tokens, declared {declared.prompt_tokens} "
+                f"(allowed up to {allowed}); declare the prompt's length"
+            )
+            raise ProtocolError(400, message, param="prompt", code="declared_mismatch")
+        if creq.max_tokens is None:
+            patched = dict(creq.body, max_tokens=declared.max_tokens)
+            return dumps(patched), creq.prompt_tokens
+        if creq.max_tokens > declared.max_tokens:
+            raise _mismatch("max_tokens", creq.max_tokens, declared.max_tokens)
+        return plaintext, creq.prompt_tokens
+
+    async def _relay_once(self, path: str, body: bytes, sealer: FrameSealer) -> web.Response:
+        try:
+            url, headers = self.upstream + path, self._upstream_headers
+            async with self._client.post(url, data=body, headers=headers) as up:
+                answer = await up.read()
+                status = up.status
+        except (aiohttp.ClientError, TimeoutError):
+            return _sealed_body(502, _engine_unreachable(), sealer)
+        response = _sealed_body(status, answer, sealer)
+        usage = _usage_of(answer) if status == 200 else None
+        if usage is not None:
+            response.headers[USAGE_HEADER] = (
+                f"prompt_tokens={usage[0]}, completion_tokens={usage[1]}"
+            )
+        return response
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        path: str,
+        body: bytes,
+        sealer: FrameSealer,
+        prompt_tokens: int,
+    ) -> web.StreamResponse:
+        try:
+            url, headers = self.upstream + path, self._upstream_headers
+            up = await self._client.post(url, data=body, headers=headers)
+        except (aiohttp.ClientError, TimeoutError):
+            return _sealed_body(502, _engine_unreachable(), sealer)
+        async with up:
+            if up.status != 200:
+                return _sealed_body(up.status, await up.read(), sealer)
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            counter = _UsageCounter(prompt_tokens)
+            try:
+                async for event in _sse_events(up.content):
+                    counter.see(event)
+                    await response.write(sse_frame(sealer.seal(event)))
+            except (aiohttp.ClientError, TimeoutError, ConnectionResetError):
+                return response  # no final frame: the client reports a truncated stream
+            prompt, completion, source = counter.result()
+            await response.write(usage_event(prompt, completion, source))
+            await response.write(sse_frame(sealer.seal(b"", final=True)))
+            await response.write_eof()
+            return response
+
+    async def _key(self, request: web.Request) -> web.Response:
+        public = self.pair.pinned
+        return web.json_response(
+            {"key_id": public.key_id, "public_key": public.public_bytes.hex(), "attested": False}
+        )
+
+    async def _pass_through(self, request: web.Request) -> web.Response:
+        try:
+            url = self.upstream + request.path
+            async with self._client.get(url, headers=self._upstream_headers) as up:
+                body = await up.read()
+                kind = up.headers.get("Content-Type", "application/octet-stream")
+                return web.Response(status=up.status, body=body, headers={"Content-Type": kind})
+        except (aiohttp.ClientError, TimeoutError):
+            return _plain_error(ProtocolError(502, "engine unreachable", code="upstream_error"))
+
+    @property
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("SealProxy is not started")
+        return self._session
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def _plain_error(exc: ProtocolError) -> web.Response:
+    return web.Response(status=exc.status, body=exc.to_bytes(), content_type="application/json")
+
+
+def _sealed_body(status: int, body: bytes, sealer: FrameSealer) -> web.Response:
+    frame = sealer.seal(body, final=True)
+    return web.Response(status=status, body=frame, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _engine_unreachable() -> bytes:
+    return dumps(error_body("engine unreachable", type="server_error", code="upstream_error"))
+
+
+def _mismatch(field: str, got: Any, declared: Any) -> ProtocolError:
+    message = f"{field}: the sealed body has {got!r}, the headers declared {declared!r}"
+    return ProtocolError(400, message, param=field, code="declared_mismatch")
+
+
+def _usage_of(answer: bytes) -> tuple[int, int] | None:
+    try:
+        return _usage_from(loads(answer))
+    except ValueError:
+        return None
+
+
+def _usage_from(obj: Any) -> tuple[int, int] | None:
+    """``(prompt, completion)`` tokens of an answer or chunk with a usage object."""
+    try:
+        usage = obj.get("usage") or {}
+        return int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None
+
+
+async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The upstream stream cut into whole SSE events (each ending with a blank line)."""
+    event = bytearray()
+    async for line in content:
+        event += line
+        if line in (b"\n", b"\r\n"):
+            yield bytes(event)
+            event.clear()
+    if event.strip():
+        yield bytes(event)
+
+
+class _UsageCounter:
+    """Usage of a stream: the engine's usage chunk if it sent one, else chunks counted."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens  # counted by the proxy, if the engine says nothing
+        self.usage: tuple[int, int] | None = None
+        self.num_chunks = 0
+
+    def see(self, event: bytes) -> None:
+        for line in event.splitlines():
+            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                continue
+            try:
+                chunk = json.loads(line[5:])
+            except ValueError:
+                continue
+            usage = _usage_from(chunk)
+            if usage is not None:
+                self.usage = usage
+            elif isinstance(chunk, dict) and chunk.get("choices"):
+                self.num_chunks += 1
+
+    def result(self) -> tuple[int, int, str]:
+        if self.usage is not None:
+            return self.usage[0], self.usage[1], "engine"
+        return self.prompt_tokens, self.num_chunks, "counted"
