@@ -122,9 +122,7 @@ def test_time_or_history_dependent_policies_are_not_view_only() -> None:
         def token_budget(self, view: EngineView, now: float) -> int:
             return 64 + int(now)
 
-    class Declared(Growing):
-        static_budget = True
-
+    class Declared(Growing, view_only=True):
         def token_budget(self, view: EngineView, now: float) -> int:
             return 64
 
