@@ -74,7 +74,7 @@ class ContinuousEngine(StateView):
         self.instance_ix = instance_ix
         self.step_model = step_model
         self.scheduler = scheduler
-        self._planner = RunPlanner(self.state, self, scheduler, step_model, limits)
+        self._planner = RunPlanner(self.state, scheduler, step_model, limits)
         self._observes = type(scheduler).observe is not IterationScheduler.observe
         # most iterations one prefill run may hold; 1 keeps ``load()`` exact at every
         # iteration (``require_exact_loads``, called when a router reads the engines)
@@ -110,7 +110,7 @@ class ContinuousEngine(StateView):
             if max_model_len is not None:
                 target = min(target, max_model_len - prompt)
         self.state.accept(i, target, int(req.tier[i]))
-        self._planner.enqueue(i, prompt)
+        self._planner.enqueue(self, i, prompt)
         run = self._run
         if run is None:
             self._wake(now)
@@ -201,7 +201,7 @@ class ContinuousEngine(StateView):
 
     def _start(self, now: Seconds) -> Run | None:
         live = self.on_tokens is not None
-        return self._planner.start(now, self.max_prefill_run, live)
+        return self._planner.start(self, now, self.max_prefill_run, live)
 
     def _complete(self, run: Run) -> None:
         """Apply a finished piece of work: time, tokens, first tokens, finishes."""

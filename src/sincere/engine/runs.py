@@ -206,20 +206,21 @@ def decode_run(decode_steps_s: DecodeStepsTime, now: Seconds, n: int, ctx: int, 
 class RunPlanner:
     """The planning loop of the module docstring, over one engine's :class:`BatchState`.
 
-    ``view`` is what the scheduler reads (the engine itself); the planner asks the
-    scheduler for plans (unless they are known), keys and preemption victims.
+    The planner asks the scheduler for plans (unless they are known), keys and
+    preemption victims, handing it ``view``: what the scheduler reads (the engine
+    itself). The view is an argument, not an attribute: the engine holds its planner,
+    and a reference back would keep a finished engine's state alive until the cyclic
+    garbage collector runs.
     """
 
     def __init__(
         self,
         state: BatchState,
-        view: StateView,
         scheduler: IterationScheduler,
         step_model: StepTimeModel,
         limits: EngineLimits,
     ) -> None:
         self.state = state
-        self.view = view
         self.scheduler = scheduler
         self.step_model = step_model
         self._iteration_s: IterationTime = step_model.iteration_s_fast
@@ -230,13 +231,13 @@ class RunPlanner:
         self._reordered = False  # the last plan admitted or relegated someone
         self._blocked_head: Entry | None = None  # queue head when a decode run began
 
-    def enqueue(self, i: int, prefill_len: int) -> None:
+    def enqueue(self, view: StateView, i: int, prefill_len: int) -> None:
         """Queue ``i`` for a prefill of ``prefill_len`` tokens, by the scheduler's key."""
         st = self.state
         st.wait(i, prefill_len)
-        st.queue.push(i, self.scheduler.waiting_key(self.view, i))
+        st.queue.push(i, self.scheduler.waiting_key(view, i))
 
-    def start(self, now: Seconds, max_prefill_run: int, live: bool) -> Run | None:
+    def start(self, view: StateView, now: Seconds, max_prefill_run: int, live: bool) -> Run | None:
         """Plan the piece of work starting at ``now``; ``None`` when there is none.
 
         ``live``: one iteration per piece (a token hook hears of each).
@@ -246,9 +247,9 @@ class RunPlanner:
         self._repeats = self._reordered = False
         dec = st.dec
         if dec.num_seqs and not dec.fits(st.step + 1, st.num_blocks - st.pre_blocks):
-            self._preempt_for_decode(now)
+            self._preempt_for_decode(view, now)
         if st.pre or st.queue:
-            chunks = self._known_plan(now) if self.view_only else self._asked_plan(now)
+            chunks = self._known_plan(view, now) if self.view_only else self._asked_plan(view, now)
             if chunks:
                 most = 1 if live or not self._repeats else max(1, max_prefill_run)
                 return self._prefill_work(now, chunks, most)
@@ -276,7 +277,7 @@ class RunPlanner:
 
     # ------------------------------------------------------------- planning
 
-    def _known_plan(self, now: Seconds) -> Chunks:
+    def _known_plan(self, view: StateView, now: Seconds) -> Chunks:
         """A view-only policy's plan, computed on the state; admissions are applied.
 
         The loop of :meth:`~sincere.policy.schedulers.base.IterationScheduler.plan`:
@@ -286,7 +287,7 @@ class RunPlanner:
         """
         st = self.state
         if self._budget is None:
-            self._budget = self.scheduler.token_budget(self.view, now)
+            self._budget = self.scheduler.token_budget(view, now)
         left = self._budget - st.dec.num_seqs
         if left <= 0:
             return ()
@@ -329,10 +330,10 @@ class RunPlanner:
             self._reordered = True
             st.admit(admitted, now)
 
-    def _asked_plan(self, now: Seconds) -> Chunks:
+    def _asked_plan(self, view: StateView, now: Seconds) -> Chunks:
         """The scheduler's plan; relegations and admissions are applied."""
         st = self.state
-        plan = self.scheduler.plan(self.view, now)
+        plan = self.scheduler.plan(view, now)
         self._reordered = bool(plan.admit or plan.relegate)
         for i in plan.relegate:
             st.queue.relegate(i)
@@ -377,18 +378,18 @@ class RunPlanner:
 
     # ------------------------------------------------------------- preemption
 
-    def _preempt_for_decode(self, now: Seconds) -> None:
+    def _preempt_for_decode(self, view: StateView, now: Seconds) -> None:
         """Preempt the scheduler's victims until the next decode step's blocks fit."""
         st = self.state
         while st.dec.num_seqs:
             if st.dec.fits(st.step + 1, st.num_blocks - st.pre_blocks):
                 return
-            i = self._victim()
+            i = self._victim(view)
             produced = st.preempt(i, now)
-            self.enqueue(i, int(self.view.requests.prompt_tokens[i]) + produced)
+            self.enqueue(view, i, int(view.requests.prompt_tokens[i]) + produced)
 
-    def _victim(self) -> int:
-        i = self.scheduler.victim(self.view)
+    def _victim(self, view: StateView) -> int:
+        i = self.scheduler.victim(view)
         st = self.state
         if i not in st.pre and i not in st.offset:
             raise ValueError(

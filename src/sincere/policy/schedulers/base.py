@@ -7,7 +7,9 @@ reads an :class:`EngineView` (a read-only view the engine implements, or a
 hand-made :class:`StaticView` in tests) plus ``now``, and returns an
 :class:`IterationPlan` made of request positions and token counts.
 
-The planning loop is vLLM's / nano-vllm's, written here once:
+The planning loop is vLLM's / nano-vllm's (for a view-only policy, below, the engine
+runs the same loop on its own state; tests/engine/test_engine_runs.py checks that the
+two agree at every piece of work):
 
 1. the iteration's token budget (``token_budget``: fixed for FCFS-style policies,
    Sarathi's fixed chunk, Niyama's dynamic chunk) less one token per decode;
@@ -24,10 +26,10 @@ the running sequence with the *largest* key, the one it would serve last) until 
 next decode step fits.
 
 A policy that keeps this loop, a fixed budget, no relegation and no learning declares
-itself *view-only* (``class Fcfs(IterationScheduler, view_only=True)``;
-:meth:`IterationScheduler.plan_is_view_only`):
-its plan is a function of the engine state, so an engine may compute it itself and run
-iterations whose plan is already determined without asking (docs/simulator_speed.md).
+itself *view-only* in its class statement (``class Fcfs(IterationScheduler,
+view_only=True)``; :meth:`IterationScheduler.plan_is_view_only`): its plan is a function
+of the engine state, so an engine may compute it itself and run iterations whose plan is
+already determined without asking (docs/simulator_speed.md).
 """
 
 from __future__ import annotations
