@@ -1,7 +1,8 @@
 """Compiled versions of the simulator's hot modules (optional; same source, same results).
 
-The modules in :data:`COMPILED` (the continuous engine, its KV and queue helpers, the
-roofline step model, Niyama's next-token deadlines and the event loop) are plain, fully
+The modules in :data:`COMPILED` (the continuous engine's API, state, runs and view, its
+KV and queue helpers, the roofline step model, Niyama's next-token deadlines and the event
+loop) are plain, fully
 typed Python. ``build()`` compiles
 them with mypyc into C extensions, about 1.7x faster on the reference workload; nothing
 else changes: the compiled code is the Python source translated, so a run gives identical
@@ -51,6 +52,9 @@ COMPILED: tuple[str, ...] = (
     "sincere.engine.continuous",
     "sincere.engine.gaps",
     "sincere.engine.kv",
+    "sincere.engine.runs",
+    "sincere.engine.state",
+    "sincere.engine.view",
     "sincere.engine.waiting",
     "sincere.perf.roofline",
     "sincere.perf.series",

@@ -12,24 +12,39 @@ passes ``now`` in. The driver's loop is
 
 ``load()`` is a cheap read-only summary the routers see; ``stats()`` the run's totals.
 
+Every engine also answers, so no driver has to probe for them:
+
+* ``drain(now)`` -- no more requests will arrive: serve whatever is held back (a
+  request-level strategy waiting for a full batch); a no-op for engines that never hold
+  requests back;
+* ``gaps`` -- inter-token gaps per tier (empty for engines whose answers come whole);
+* ``require_exact_loads()`` -- a router reads ``load()`` between any two iterations, so
+  the engine must end an event at each (no multi-iteration shortcuts between reads).
+
 Lazy reads. An engine reads request ``i``'s fields from the run's
 :class:`~sincere.core.request.RequestArrays` at ``add(i, now)`` or later, never at
 construction (it keeps references to the columns, not copies). So a live driver may
 preallocate RequestArrays of capacity N (placeholder values) and fill slot ``i`` in
 place just before calling ``add(i, now)``.
 
-Live driving (the emulator). :class:`~sincere.engine.continuous.ContinuousEngine` also
-has ``on_tokens`` (a callback ``(iteration_end_at, positions)`` after every iteration,
-which then runs one iteration per event) and ``abort(i, now) -> bool`` (cancel a waiting
-or running request; it comes back from ``advance`` as rejected, reason ``"aborted"``).
+Live driving (the emulator) needs a :class:`StreamingEngine` (such as
+:class:`~sincere.engine.continuous.ContinuousEngine`): it also has ``on_tokens`` (a
+callback ``(iteration_end_at, positions)`` after every iteration, which then runs one
+iteration per event) and ``abort(i, now) -> bool`` (cancel a waiting or running
+request; it comes back from ``advance`` as rejected, reason ``"aborted"``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from sincere.core.types import InstanceId, Seconds
+from sincere.engine.gaps import GapHistogram
+
+TokenHook = Callable[[Seconds, list[int]], None]
+"""``on_tokens(iteration_end_at, positions)``: requests that produced a token, in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,4 +95,27 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats:
         """Totals so far."""
+        ...
+
+    def drain(self, now: Seconds) -> None:
+        """No more requests will arrive: serve every request held back from now on."""
+        ...
+
+    @property
+    def gaps(self) -> Sequence[GapHistogram]:
+        """Inter-token gaps per tier of the run's requests (empty: not modelled)."""
+        ...
+
+    def require_exact_loads(self) -> None:
+        """Keep ``load()`` exact between any two iterations (a router reads it)."""
+        ...
+
+
+class StreamingEngine(Engine, Protocol):
+    """An engine a live driver can stream from and cancel requests on."""
+
+    on_tokens: TokenHook | None  # called after every iteration; set: one iteration per event
+
+    def abort(self, request_ix: int, now: Seconds) -> bool:
+        """Cancel a waiting or running request; whether the engine held it."""
         ...

@@ -15,8 +15,6 @@ fits in a number of free blocks, then cost O(B) instead of O(sequences).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sincere.core.errors import ConfigError
 
 
@@ -84,19 +82,3 @@ class DecodeBlocks:
             if self.total(step + k + j) - base > left:
                 return k + j - 1
         return k + self.block_size  # unreachable: a full cycle adds n > left
-
-
-@dataclass(frozen=True, slots=True)
-class KvLimits:
-    """The block pool of one engine."""
-
-    num_blocks: int  # KV blocks on the device (all GPUs of the replica)
-    block_size: int = 16  # tokens per block
-    watermark_blocks: int = 0  # blocks admissions must leave free
-
-    def __post_init__(self) -> None:
-        if self.num_blocks < 1 or self.block_size < 1 or self.watermark_blocks < 0:
-            raise ConfigError(
-                "KV pool needs num_blocks >= 1, block_size >= 1, watermark_blocks >= 0",
-                value=(self.num_blocks, self.block_size, self.watermark_blocks),
-            )

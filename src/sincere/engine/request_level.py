@@ -51,6 +51,7 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.engine.base import EngineLoad, EngineStats
+from sincere.engine.gaps import GapHistogram
 from sincere.perf.base import StepTimeModel, SwapTime
 from sincere.perf.sincere_runs import RequestLevelCosts
 from sincere.policy.batching import (
@@ -379,6 +380,14 @@ class RequestLevelEngine:
         self._draining = True
         if self._running is None:
             self._step(now)
+
+    @property
+    def gaps(self) -> tuple[GapHistogram, ...]:
+        """None: a request-level batch returns every answer whole (no inter-token gaps)."""
+        return ()
+
+    def require_exact_loads(self) -> None:
+        """Nothing to do: a batch is one event and the load does not change inside it."""
 
     def load(self) -> EngineLoad:
         """Queue and batch sizes, and the most recently used resident model."""

@@ -34,6 +34,7 @@ import numpy as np
 
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays, Tier
+from sincere.engine.base import StreamingEngine
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
 from sincere.perf.base import StepTimeModel
 from sincere.policy.schedulers.base import IterationScheduler
@@ -89,7 +90,7 @@ class LiveEngine:
     ) -> None:
         self.requests = _placeholder_requests(capacity, model_name, tiers)
         self.records = RecordArrays.empty(capacity, [name])
-        self.engine = ContinuousEngine(
+        self.engine: StreamingEngine = ContinuousEngine(
             name, self.requests, self.records, 0, step_model, scheduler, limits
         )
         self.engine.on_tokens = self._on_tokens

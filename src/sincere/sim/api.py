@@ -123,10 +123,8 @@ def summarize_cluster(
     num_tiers = len(cluster.requests.tiers)
     gaps = [GapHistogram() for _ in range(num_tiers)]
     for engine in cluster.engines:
-        per_tier = getattr(engine, "gaps", None)
-        if isinstance(per_tier, list):
-            for t, hist in enumerate(per_tier):
-                gaps[t].merge(hist)
+        for t, hist in enumerate(engine.gaps):
+            gaps[t].merge(hist)
     stats = [engine.stats() for engine in cluster.engines]
     summary = summarize(cluster.requests, cluster.records, log.end_at, cluster.infos, stats, gaps)
     summary["mean_num_in_system"] = log.num_in_system_area / log.end_at if log.end_at else 0.0

@@ -68,8 +68,7 @@ class Cluster:
         self._views: list[InstanceView | None] = [None] * len(self.engines)  # None: stale
         if router is not None and len(self.engines) > 1:
             for engine in self.engines:  # routers read loads between any two iterations
-                if hasattr(engine, "max_prefill_run"):
-                    engine.max_prefill_run = 1
+                engine.require_exact_loads()
 
     def route(self, i: int, now: Seconds) -> int | None:
         """Engine index for request ``i``; ``None`` after rejecting it."""

@@ -33,7 +33,3 @@ class EventQueue(Generic[P]):
         """The next event's time and payload; raises ``IndexError`` when empty."""
         at, _, _, payload = heapq.heappop(self._heap)
         return at, payload
-
-    def peek_at(self) -> float | None:
-        """Time of the next event, or ``None`` when empty."""
-        return self._heap[0][0] if self._heap else None

@@ -119,10 +119,9 @@ class _Loop:
 
     def _drain_single(self, engine: Engine) -> bool:
         """Arrivals and events exhausted: let an engine holding requests back serve them."""
-        drain = getattr(engine, "drain", None)
-        if self.in_system <= 0 or drain is None:
+        if self.in_system <= 0:
             return False
-        drain(self.last_at)
+        engine.drain(self.last_at)
         return engine.next_event_at() is not None
 
     def _run_heap(self) -> None:
@@ -182,11 +181,9 @@ class _Loop:
         if self.in_system <= 0:
             return False
         for e, engine in enumerate(self.cluster.engines):
-            drain = getattr(engine, "drain", None)
-            if drain is not None:
-                drain(self.last_at)
-                self.cluster.touched(e)
-                self._reschedule(e)
+            engine.drain(self.last_at)
+            self.cluster.touched(e)
+            self._reschedule(e)
         return len(self.queue) > 0
 
     def _mark_unfinished(self) -> int:

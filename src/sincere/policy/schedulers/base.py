@@ -7,7 +7,9 @@ reads an :class:`EngineView` (a read-only view the engine implements, or a
 hand-made :class:`StaticView` in tests) plus ``now``, and returns an
 :class:`IterationPlan` made of request positions and token counts.
 
-The planning loop is vLLM's / nano-vllm's, written here once:
+The planning loop is vLLM's / nano-vllm's (for a view-only policy, below, the engine
+runs the same loop on its own state; tests/engine/test_engine_runs.py checks that the
+two agree at every piece of work):
 
 1. the iteration's token budget (``token_budget``: fixed for FCFS-style policies,
    Sarathi's fixed chunk, Niyama's dynamic chunk) less one token per decode;
@@ -19,12 +21,15 @@ The planning loop is vLLM's / nano-vllm's, written here once:
 
 A subclass changes the order (``waiting_key``), the budget, or adds a hook
 (``should_relegate`` for Niyama's eager relegation). When KV blocks run out for
-decodes, the engine preempts the running sequence with the *largest* key first.
+decodes, the engine preempts the sequences the policy names (``victim``; by default
+the running sequence with the *largest* key, the one it would serve last) until the
+next decode step fits.
 
-A policy that keeps this loop, a fixed budget, no relegation and no learning is
-*view-only* (:meth:`IterationScheduler.plan_is_view_only`): its plan is a function of
-the engine state, so an engine may run iterations whose plan is already determined
-without asking (docs/simulator_speed.md).
+A policy that keeps this loop, a fixed budget, no relegation and no learning declares
+itself *view-only* in its class statement (``class Fcfs(IterationScheduler,
+view_only=True)``; :meth:`IterationScheduler.plan_is_view_only`): its plan is a function
+of the engine state, so an engine may compute it itself and run iterations whose plan is
+already determined without asking (docs/simulator_speed.md).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from itertools import chain
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
@@ -54,11 +60,6 @@ class IterationPlan:
     relegate: tuple[int, ...] = ()
     # Tokens the iteration may compute, decodes included (after the policy's choice).
     token_budget: int = 0
-
-    @property
-    def num_prefill_tokens(self) -> int:
-        """Prompt tokens computed by the plan."""
-        return sum(n for _, n in self.chunks)
 
 
 class EngineView(Protocol):
@@ -176,24 +177,30 @@ class IterationScheduler:
     """Base policy: FCFS order, the engine's full token budget. Subclass to change."""
 
     needs_predictor: ClassVar[bool] = False  # True: the constructor takes ``predictor``
-    # True where this class's ``token_budget`` reads only the view's fixed limits (not
-    # ``now``, not history); see :meth:`plan_is_view_only`.
-    static_budget: ClassVar[bool] = False
+    # Whether ``plan`` is this module's loop with a budget that depends only on the
+    # engine's fixed limits (not on ``now``, not on history), never relegating and never
+    # learning (``observe``): see :meth:`plan_is_view_only`. This class's plan is; each
+    # subclass states its own in its class statement (``__init_subclass__``).
+    view_only: ClassVar[bool] = True
+
+    def __init_subclass__(cls, *, view_only: bool = False, **kwargs: Any) -> None:
+        """Record the subclass's declaration: ``class Fcfs(IterationScheduler, view_only=True)``.
+
+        Not inherited: a subclass that does not state it is not view-only, so one that
+        changes ``plan``, relegates, learns or varies its budget never takes the
+        engine's shortcut by accident.
+        """
+        super().__init_subclass__(**kwargs)
+        cls.view_only = view_only
 
     def plan_is_view_only(self) -> bool:
-        """Whether ``plan`` is this module's loop with a fixed budget, never relegating or learning.
+        """Whether this policy declared its plan a function of the engine's state alone.
 
-        Then the plan is a function of the engine's state alone, and an engine may run
-        the iterations whose plan is known without asking: those where the first
-        running prefill takes every token the decodes leave (nothing is admitted), so
-        arrivals cannot change them.
+        Then an engine may compute the plan itself and run the iterations whose plan is
+        known without asking: those where the first running prefill takes every token
+        the decodes leave (nothing is admitted), so arrivals cannot change them.
         """
-        cls, base = type(self), IterationScheduler
-        for name in ("plan", "_admit", "should_relegate", "observe"):
-            if getattr(cls, name) is not getattr(base, name):
-                return False
-        owner = next(k for k in cls.__mro__ if "token_budget" in vars(k))
-        return owner is base or bool(vars(owner).get("static_budget", False))
+        return self.view_only
 
     def waiting_key(self, view: EngineView, i: int) -> SortKey:
         """Order of waiting request ``i`` (FCFS: arrival time)."""
@@ -210,6 +217,17 @@ class IterationScheduler:
 
     def observe(self, prefill_tokens: int, duration_s: Seconds) -> None:
         """Learn from a finished iteration (prompt tokens it computed, its duration)."""
+
+    def victim(self, view: EngineView) -> int:
+        """The running sequence to preempt when the next decode step's KV blocks do not fit.
+
+        Called with at least one sequence running; the engine frees the victim's blocks,
+        queues it to recompute, and asks again until the step fits. Default: the largest
+        ``waiting_key`` (the sequence this policy would serve last), the first in
+        ``prefilling()`` then ``decoding()`` order among equal keys.
+        """
+        running = chain(view.prefilling(), view.decoding())
+        return max(running, key=lambda i: self.waiting_key(view, i))
 
     def plan(self, view: EngineView, now: Seconds) -> IterationPlan:
         """The next iteration's prefill work (see the module docstring)."""

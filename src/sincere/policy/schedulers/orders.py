@@ -9,6 +9,10 @@
 * ``sarathi`` -- FCFS with a fixed token budget per iteration, ``chunk_size``
   tokens including decodes (Sarathi-Serve's stall-free batching).
 
+All five are view-only (their plan is a function of the engine state; the budget
+depends on ``chunk_size`` and the engine's limits only), so the engine may compute
+their plans itself (:meth:`~.base.IterationScheduler.plan_is_view_only`).
+
 ``max_tokens``-based predictions only: no policy reads a request's true output length.
 """
 
@@ -22,12 +26,12 @@ from sincere.policy.schedulers.registry import SCHEDULERS
 
 
 @SCHEDULERS.register("fcfs")
-class Fcfs(IterationScheduler):
+class Fcfs(IterationScheduler, view_only=True):
     """First come, first served (arrival order), as vLLM."""
 
 
 @SCHEDULERS.register("priority")
-class Priority(IterationScheduler):
+class Priority(IterationScheduler, view_only=True):
     """Smaller ``priority`` first, then arrival."""
 
     def waiting_key(self, view: EngineView, i: int) -> SortKey:
@@ -37,7 +41,7 @@ class Priority(IterationScheduler):
 
 
 @SCHEDULERS.register("edf")
-class Edf(IterationScheduler):
+class Edf(IterationScheduler, view_only=True):
     """Earliest TTFT deadline first.
 
     ``predicted_output_tokens`` fixes the output length used to convert TTLT
@@ -55,7 +59,7 @@ class Edf(IterationScheduler):
 
 
 @SCHEDULERS.register("srpf")
-class Srpf(IterationScheduler):
+class Srpf(IterationScheduler, view_only=True):
     """Shortest remaining prefill first (fewest prompt tokens left)."""
 
     def waiting_key(self, view: EngineView, i: int) -> SortKey:
@@ -64,10 +68,8 @@ class Srpf(IterationScheduler):
 
 
 @SCHEDULERS.register("sarathi")
-class Sarathi(IterationScheduler):
+class Sarathi(IterationScheduler, view_only=True):
     """FCFS with a fixed budget of ``chunk_size`` tokens per iteration (decodes included)."""
-
-    static_budget = True  # the budget depends on chunk_size and the engine's limits only
 
     def __init__(self, chunk_size: int = 512) -> None:
         _check_positive("chunk_size", chunk_size)

@@ -1,0 +1,306 @@
+"""The state of a continuous-batching engine: who waits, who runs, which KV blocks they hold.
+
+Model (vLLM v0's scheduler and block manager, in aggregate). A request the engine holds
+is in exactly one place: the wait queue (ordered by the scheduler's key), ``pre``
+(admitted and prefilling; the value is the prompt tokens computed so far) or ``offset``
+(decoding). Admission reserves the blocks of the whole prefill at once; a decoding
+sequence holds the blocks of its cached tokens and takes a new one at each block
+boundary. Preemption frees a sequence's blocks and queues it again to *recompute* its
+prompt plus the tokens it produced; the last chunk of a prefill produces one token.
+
+Invariants (kept by the transitions below, relied on by the engine and its tests):
+
+* used blocks = ``pre_blocks`` (the sum over ``pre`` of ``blocks_for(prefill_len)``)
+  + ``dec.total(step)`` (decode sequences, by residue class: :mod:`.kv`) <= the pool.
+* decoding ``i`` holds ``offset[i] + step`` cached tokens; ``step`` counts iterations,
+  each of which gives every decoding sequence one token; ``offset_sum`` is the sum of
+  ``offset``.
+* decoding ``i`` is done at step ``finish_step[i]``; ``finish`` is a heap of
+  ``(finish step, request)`` whose stale entries (preempted, aborted) are skipped.
+* ``produced_before[i]`` tokens were made before the current prefill (0 unless
+  recomputing); ``waiting_tokens`` is the sum of ``prefill_len`` over the queue.
+* dict insertion order is meaningful: ``pre`` is in admission order, ``offset`` in
+  decode-start order (the scheduler's tie-break among equal keys, the token hook's order).
+
+Outcomes (first scheduling, first token, finish, rejection, preemptions) are written into
+the run's :class:`~sincere.core.records.RecordArrays` by the transitions themselves, and
+inter-token gaps into one :class:`~sincere.engine.gaps.GapHistogram` per tier. The state
+knows neither the policy nor the clock: times come in as arguments.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sincere.core.errors import ConfigError
+from sincere.core.records import RecordArrays
+from sincere.core.types import Seconds
+from sincere.engine.gaps import GapHistogram
+from sincere.engine.kv import DecodeBlocks, blocks_for
+from sincere.engine.waiting import WaitQueue
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """Batch and memory limits of one engine (vLLM's names)."""
+
+    num_kv_blocks: int  # KV blocks in the pool (from the memory plan)
+    max_num_seqs: int = 256  # sequences per iteration
+    max_num_batched_tokens: int = 8192  # tokens per iteration (prefill chunks + decodes)
+    block_size: int = 16  # tokens per KV block
+    watermark: float = 0.01  # fraction of blocks admissions must leave free
+    max_model_len: int | None = None  # longest prompt + output; None: no limit
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num_kv_blocks": self.num_kv_blocks >= 1,
+            "max_num_seqs": self.max_num_seqs >= 1,
+            "max_num_batched_tokens": self.max_num_batched_tokens >= 1,
+            "block_size": self.block_size >= 1,
+            "watermark": 0.0 <= self.watermark < 1.0,
+            "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(
+                    f"engine limit {name} is out of range",
+                    value=getattr(self, name),
+                    allowed="integers >= 1 (watermark in [0, 1), max_model_len >= 2)",
+                )
+
+    @property
+    def watermark_blocks(self) -> int:
+        """Blocks admissions leave free."""
+        return int(self.watermark * self.num_kv_blocks)
+
+
+class BatchState:
+    """Queues, running sets and KV blocks of one engine, with their transitions."""
+
+    def __init__(self, limits: EngineLimits, records: RecordArrays, num_tiers: int) -> None:
+        self.block = limits.block_size
+        self.num_blocks = limits.num_kv_blocks
+        self.watermark_blocks = limits.watermark_blocks
+        self.records = records
+        self.queue = WaitQueue()
+        self.waiting_tokens = 0
+        self.tier_of: dict[int, int] = {}  # tier of each request in the engine
+        self.target: dict[int, int] = {}  # tokens each request will generate
+        self.prefill_len: dict[int, int] = {}  # tokens to prefill: waiting and prefilling
+        self.produced_before: dict[int, int] = {}  # tokens made before this prefill
+        self.pre: dict[int, int] = {}  # prefilling -> tokens prefilled so far
+        self.pre_blocks = 0
+        self.step = 0  # iterations run so far (each one decode step)
+        self.dec = DecodeBlocks(limits.block_size)
+        self.offset: dict[int, int] = {}  # decoding -> cached tokens minus step
+        self.offset_sum = 0
+        self.finish_step: dict[int, int] = {}  # decoding -> step at which it is done
+        self.finish: list[tuple[int, int]] = []  # heap of (finish step, request)
+        self.decode_starts: list[int] = []  # every start of decoding, in order
+        self.tier_decoding = [0] * num_tiers  # decode sequences per tier
+        self.preempted_at: dict[int, Seconds] = {}  # decoding when preempted -> when
+        self.gaps = [GapHistogram() for _ in range(num_tiers)]  # ITL gaps per tier
+        self.done: list[int] = []  # finished or rejected since the driver last asked
+        self.busy_s = 0.0
+        self.num_preemptions = 0
+        self.num_generated = 0
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def num_running(self) -> int:
+        """Sequences holding KV memory."""
+        return len(self.pre) + self.dec.num_seqs
+
+    @property
+    def used_blocks(self) -> int:
+        """KV blocks held now (prefill reservations plus decode sequences)."""
+        return self.pre_blocks + self.dec.total(self.step)
+
+    def num_produced(self, i: int) -> int:
+        """Output tokens ``i`` has produced."""
+        fs = self.finish_step.get(i)
+        if fs is None:
+            return self.produced_before.get(i, 0)
+        return self.target[i] - (fs - self.step)
+
+    def next_finish_step(self) -> int:
+        """The earliest step at which a decoding sequence is done (some must decode)."""
+        heap = self.finish
+        while self.finish_step.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0]
+
+    # -------------------------------------------------------------- transitions
+
+    def accept(self, i: int, target: int, tier: int) -> None:
+        """Take request ``i`` in; it will generate ``target`` tokens (then :meth:`wait`)."""
+        self.target[i] = target
+        self.produced_before[i] = 0
+        self.tier_of[i] = tier
+
+    def wait(self, i: int, prefill_len: int) -> None:
+        """``i`` needs ``prefill_len`` tokens prefilled; the caller queues it with its key.
+
+        Recorded before the key is computed: a key may read the prefill left (SRPF).
+        """
+        self.prefill_len[i] = prefill_len
+        self.waiting_tokens += prefill_len
+
+    def admit(self, admitted: Sequence[int], now: Seconds) -> None:
+        """Waiting requests start prefilling, in order; each reserves its whole prefill's blocks."""
+        first_scheduled, queue, length, pre = (
+            self.records.first_scheduled_at,
+            self.queue,
+            self.prefill_len,
+            self.pre,
+        )
+        block = self.block
+        for i in admitted:
+            queue.remove(i)
+            length_i = length[i]
+            self.waiting_tokens -= length_i
+            self.pre_blocks += -(-length_i // block)
+            pre[i] = 0
+            if math.isnan(first_scheduled[i]):
+                first_scheduled[i] = now
+
+    def preempt(self, i: int, now: Seconds) -> int:
+        """Free running ``i``'s blocks to recompute it later; return the tokens it made.
+
+        The caller queues it again (:meth:`wait`) for its prompt plus those tokens.
+        """
+        produced = self.num_produced(i)
+        if i in self.pre:
+            del self.pre[i]
+            self.pre_blocks -= blocks_for(self.prefill_len[i], self.block)
+        else:
+            self._drop_decoding(i)
+            self.preempted_at[i] = now
+        self.records.num_preemptions[i] += 1
+        self.num_preemptions += 1
+        self.produced_before[i] = produced
+        return produced
+
+    def prefilled(self, chunks: Sequence[tuple[int, int]], end: Seconds) -> None:
+        """The chunks were computed by ``end``; finished prefills decode or are done."""
+        pre, length = self.pre, self.prefill_len
+        for i, c in chunks:
+            done = pre[i] + c
+            pre[i] = done
+            if done >= length[i]:
+                self._prefill_done(i, end)
+
+    def pop_finished(self, end: Seconds) -> None:
+        """Decoding sequences whose last token came by the current step are done."""
+        heap = self.finish
+        step = self.step
+        while heap and heap[0][0] <= step:
+            fs, i = heapq.heappop(heap)
+            if self.finish_step.get(i) == fs:
+                self._drop_decoding(i)
+                self._finish(i, end)
+
+    def reject(self, i: int, reason: str) -> None:
+        """``i`` is refused before it is taken in."""
+        self.records.reject(i, reason)
+        self.done.append(i)
+
+    def abort(self, i: int) -> bool:
+        """Cancel held ``i``: free its blocks, forget it, report it; whether it was running."""
+        self.records.output_tokens[i] = self.num_produced(i)
+        running = i not in self.queue
+        if not running:
+            self.queue.remove(i)
+            self.waiting_tokens -= self.prefill_len[i]
+        elif i in self.pre:
+            del self.pre[i]
+            self.pre_blocks -= blocks_for(self.prefill_len[i], self.block)
+        else:
+            self._drop_decoding(i)
+        del self.target[i], self.prefill_len[i], self.produced_before[i], self.tier_of[i]
+        self.preempted_at.pop(i, None)
+        self.reject(i, "aborted")
+        return running
+
+    # ----------------------------------------------------------------- time
+
+    def account_run(
+        self, first_s: Seconds, slope_s: Seconds, steps: int, dur: Seconds, decoding: bool
+    ) -> None:
+        """Busy time and ITL gaps of ``steps`` iterations lasting ``first_s + j * slope_s``.
+
+        ``dur`` is their exact total; ``decoding``: whether they gave decode sequences a token.
+        """
+        self.busy_s += dur
+        if not decoding:
+            return
+        gaps = self.gaps
+        for t, count in enumerate(self.tier_decoding):
+            if count:
+                gaps[t].add_run(first_s, slope_s, steps, count, dur)
+
+    def account_each(
+        self, durations: tuple[Seconds, ...], start: Seconds, end: Seconds, decoding: bool
+    ) -> None:
+        """Busy time and ITL gaps of iterations timed one by one from ``start`` to ``end``."""
+        at = start
+        if len(durations) == 1:
+            at = end
+            self.busy_s += at - start
+        else:
+            busy = self.busy_s
+            for d in durations:
+                stop = at + d
+                busy += stop - at
+                at = stop
+            self.busy_s = busy
+        if decoding:
+            for t, count in enumerate(self.tier_decoding):
+                if count:
+                    self.gaps[t].add_each(durations, count, at - start)
+
+    # ---------------------------------------------------------------- internals
+
+    def _prefill_done(self, i: int, end: Seconds) -> None:
+        """Last chunk computed: one more token; the sequence decodes or is done."""
+        length = self.prefill_len[i]
+        del self.pre[i]
+        self.pre_blocks -= -(-length // self.block)
+        self.num_generated += 1
+        before = self.produced_before[i]
+        tier = self.tier_of[i]
+        if before == 0:  # no token before this prefill: it makes the first one
+            self.records.first_token_at[i] = end
+        else:
+            self.gaps[tier].add(end - self.preempted_at.pop(i, end))
+        left = self.target[i] - before - 1
+        if left <= 0:
+            self._finish(i, end)
+            return
+        step = self.step
+        offset = length - step
+        self.offset[i] = offset
+        self.offset_sum += offset
+        self.dec.add(offset)
+        self.tier_decoding[tier] += 1
+        self.decode_starts.append(i)
+        fs = step + left
+        self.finish_step[i] = fs
+        heapq.heappush(self.finish, (fs, i))
+
+    def _drop_decoding(self, i: int) -> None:
+        offset = self.offset.pop(i)
+        self.offset_sum -= offset
+        self.dec.remove(offset)
+        self.tier_decoding[self.tier_of[i]] -= 1
+        del self.finish_step[i]
+
+    def _finish(self, i: int, end: Seconds) -> None:
+        self.records.finished_at[i] = end
+        self.records.output_tokens[i] = self.target.pop(i)
+        del self.prefill_len[i], self.produced_before[i], self.tier_of[i]
+        self.done.append(i)

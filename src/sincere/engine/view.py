@@ -1,0 +1,147 @@
+"""What an engine scheduler reads: a read-only view of a :class:`~.state.BatchState`.
+
+:class:`StateView` implements :class:`~sincere.policy.schedulers.base.EngineView` and
+:class:`~sincere.policy.schedulers.base.DecodeTimeline` over the state's containers, so a
+policy sees the engine's queues, running sets and KV blocks without being able to change
+them. :class:`~sincere.engine.continuous.ContinuousEngine` is a ``StateView``: the
+scheduler reads the engine itself, and so can a driver or a test.
+
+Every read is O(1) except the iterators, which are lazy: ``waiting()`` walks the queue in
+key order without popping it (:mod:`.waiting`), so a policy that stops after a few
+admissions pays only for those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from sincere.core.records import RecordArrays
+from sincere.core.request import RequestArrays
+from sincere.core.types import Seconds
+from sincere.engine.kv import blocks_for
+from sincere.engine.state import BatchState, EngineLimits
+
+
+class StateView:
+    """An :class:`~sincere.policy.schedulers.base.EngineView` (and decode timeline) of a state."""
+
+    def __init__(
+        self,
+        requests: RequestArrays,
+        records: RecordArrays,
+        limits: EngineLimits,
+        state: BatchState,
+    ) -> None:
+        self.requests = requests
+        self.records = records
+        self.limits = limits
+        self.state = state
+
+    @property
+    def max_num_seqs(self) -> int:
+        """Sequences per iteration."""
+        return self.limits.max_num_seqs
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        """Tokens per iteration."""
+        return self.limits.max_num_batched_tokens
+
+    @property
+    def num_running(self) -> int:
+        """Sequences holding KV memory."""
+        return self.state.num_running
+
+    @property
+    def num_decoding(self) -> int:
+        """Sequences decoding in the next iteration."""
+        return self.state.dec.num_seqs
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests waiting for admission."""
+        return len(self.state.queue)
+
+    @property
+    def decode_ctx_tokens(self) -> int:
+        """Summed context of the next decode step (cached tokens + the new one)."""
+        st = self.state
+        return st.offset_sum + st.dec.num_seqs * (st.step + 1)
+
+    @property
+    def free_blocks(self) -> int:
+        """Blocks free after the next decode step's needs."""
+        st = self.state
+        return st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1)
+
+    @property
+    def watermark_blocks(self) -> int:
+        """Blocks admissions leave free."""
+        return self.state.watermark_blocks
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks in use."""
+        return self.state.used_blocks / self.state.num_blocks
+
+    @property
+    def used_blocks(self) -> int:
+        """KV blocks held now (prefill reservations plus decode sequences)."""
+        return self.state.used_blocks
+
+    def seq_blocks(self, i: int) -> int:
+        """Blocks request ``i`` holds now (0 when it holds none)."""
+        st = self.state
+        if i in st.pre:
+            return blocks_for(st.prefill_len[i], st.block)
+        if i in st.offset:
+            return blocks_for(st.offset[i] + st.step, st.block)
+        return 0
+
+    def prefilling(self) -> Iterable[int]:
+        """Running prefills in admission order."""
+        return iter(self.state.pre)
+
+    def decoding(self) -> Iterable[int]:
+        """Decode sequences, in the order they began decoding."""
+        return iter(self.state.offset)
+
+    def waiting(self) -> Iterator[int]:
+        """Waiting requests in the scheduler's order, relegated last."""
+        return self.state.queue.ordered()
+
+    def is_relegated(self, i: int) -> bool:
+        """Whether waiting request ``i`` was relegated."""
+        return self.state.queue.is_relegated(i)
+
+    def prefill_remaining(self, i: int) -> int:
+        """Tokens ``i`` has left to prefill (0 while it decodes)."""
+        st = self.state
+        if i in st.offset:
+            return 0
+        return st.prefill_len[i] - st.pre.get(i, 0)
+
+    def prefill_blocks(self, i: int) -> int:
+        """Blocks ``i``'s whole prefill reserves on admission."""
+        return blocks_for(self.state.prefill_len[i], self.state.block)
+
+    def num_produced(self, i: int) -> int:
+        """Output tokens ``i`` has produced."""
+        return self.state.num_produced(i)
+
+    def first_token_at(self, i: int) -> Seconds:
+        """When ``i`` produced its first token (NaN if not yet)."""
+        return float(self.records.first_token_at[i])
+
+    @property
+    def num_iterations(self) -> int:
+        """Iterations run so far; each gave every decoding sequence one token."""
+        return self.state.step
+
+    def decode_starts(self, since: int) -> list[int]:
+        """Sequences that began decoding, from the ``since``-th start on (0: the first)."""
+        return self.state.decode_starts[since:]
+
+    def is_decoding(self, i: int) -> bool:
+        """Whether ``i`` is decoding now."""
+        return i in self.state.offset
