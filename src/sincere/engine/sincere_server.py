@@ -42,6 +42,7 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.engine.base import EngineLoad, EngineStats
+from sincere.engine.gaps import GapHistogram
 from sincere.engine.request_level import (
     BatchLog,
     BatchRecord,
@@ -165,6 +166,14 @@ class SincereServerEngine:
 
     def drain(self, now: Seconds) -> None:
         """No more arrivals. SINCERE's server has no final flush: nothing changes."""
+
+    @property
+    def gaps(self) -> tuple[GapHistogram, ...]:
+        """None: every answer comes back whole (no inter-token gaps)."""
+        return ()
+
+    def require_exact_loads(self) -> None:
+        """Nothing to do: the load changes only at the events this engine reports."""
 
     def load(self) -> EngineLoad:
         """Queue sizes and the most recently used resident model."""
