@@ -12,39 +12,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
-from sincere.experiment.builtin import builtin_descriptions, builtin_names, resolve_spec
-from sincere.experiment.capacity import (
-    CapacityResult,
-    plot_capacity,
-    pool_evaluator,
-    search_capacity,
-)
-from sincere.experiment.grid import apply_quick, expand, reference_config
-from sincere.experiment.paths import set_path
-from sincere.experiment.report import write_report
-from sincere.experiment.runner import Backend, RunReport, default_workers, run_experiment
-from sincere.experiment.spec import CapacitySpec
-from sincere.workload.validation import validate_config
+
+if TYPE_CHECKING:
+    from sincere.experiment.capacity import CapacityResult
+    from sincere.experiment.runner import Backend, RunReport
+    from sincere.experiment.spec import CapacitySpec
 
 _EXPERIMENT_HELP = """Run a sweep: strategies x traffic x environment (any config fields) -> report.
 
@@ -58,6 +40,9 @@ report/ (report.md, report.html, figures/*.png). Re-running skips finished cells
 
 
 def _print_builtins(console: Console) -> None:
+    from sincere.experiment.builtin import builtin_descriptions, resolve_spec
+    from sincere.experiment.grid import apply_quick, expand
+
     table = Table(title="built-in experiments", show_header=True)
     table.add_column("name")
     table.add_column("cells (full / --quick)", justify="right")
@@ -76,6 +61,15 @@ def _progress(console: Console, quiet: bool) -> Iterator[Any]:
     if quiet:
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -99,6 +93,10 @@ def _run(
     quick: bool,
     quiet: bool,
 ) -> RunReport:
+    from sincere.experiment.builtin import resolve_spec
+    from sincere.experiment.grid import apply_quick
+    from sincere.experiment.runner import run_experiment
+
     spec = resolve_spec(spec_source)
     if quick:
         if spec.quick is None:
@@ -137,6 +135,10 @@ def experiment_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run every cell of SPEC not yet finished in --out, then write the report."""
+    from sincere.experiment.builtin import builtin_names
+    from sincere.experiment.report import write_report
+    from sincere.experiment.runner import default_workers
+
     console = Console(stderr=True)
     if list_builtins:
         _print_builtins(Console())
@@ -164,6 +166,8 @@ def report_command(
     figures: Annotated[bool, typer.Option(help="Draw the PNG figures.")] = True,
 ) -> None:
     """Write DIR/report/report.md, report.html (figures embedded), report.json and PNGs."""
+    from sincere.experiment.report import write_report
+
     files = write_report(out, figures=figures)
     Console(stderr=True).print(
         f"report: {files.markdown} and {files.html} ({len(files.figures)} figures)"
@@ -171,6 +175,8 @@ def report_command(
 
 
 def _parse_sets(values: list[str]) -> list[tuple[str, Any]]:
+    import yaml
+
     pairs = []
     for item in values:
         path, sep, text = item.partition("=")
@@ -184,6 +190,12 @@ def _parse_sets(values: list[str]) -> list[tuple[str, Any]]:
 
 def _capacity_inputs(source: str) -> tuple[dict[str, Any], CapacitySpec]:
     """A simulation config (with default search settings) or a spec's reference config."""
+    import yaml
+
+    from sincere.experiment.builtin import resolve_spec
+    from sincere.experiment.grid import reference_config
+    from sincere.experiment.spec import CapacitySpec
+
     path = Path(source)
     data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
     if isinstance(data, dict) and "base" not in data:
@@ -239,6 +251,12 @@ def capacity_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write JSON + PNG here.")] = None,
 ) -> None:
     """Highest arrival rate whose worst tier misses ≤ 1 % (bracket + bisection, per policy)."""
+    from sincere.experiment.capacity import plot_capacity
+    from sincere.experiment.paths import set_path
+    from sincere.experiment.runner import default_workers
+    from sincere.experiment.spec import CapacitySpec
+    from sincere.workload.validation import validate_config
+
     base, defaults = _capacity_inputs(config)
     for path, value in _parse_sets(set_ or []):
         base = set_path(base, path, value)
@@ -266,6 +284,10 @@ def _search_all(
     base: dict[str, Any], names: list[str | None], settings: CapacitySpec, workers: int
 ) -> list[CapacityResult]:
     """One capacity search per policy, seeds evaluated in ``workers`` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sincere.experiment.capacity import pool_evaluator, search_capacity
+
     console = Console(stderr=True)
     results = []
     with ProcessPoolExecutor(workers) if workers > 1 else _no_pool() as pool:
