@@ -26,7 +26,10 @@ _HELP = (
     "Writes into --out: requests.parquet (one row per request, times in seconds since the "
     "start), summary.json (latency percentiles, throughput, SLO attainment, goodput, "
     "utilization, cost) and config.yaml (the resolved config; rerun it to repeat the run); "
-    "with --plot also simulation.png."
+    "with --plot also simulation.png.\n\n"
+    "Warnings (stderr) name workload models no instance serves and count rejected requests. "
+    "Exit status: 0 when at least one request completed, 1 when none did (the outputs are "
+    "still written), 2 on an invalid config."
 )
 
 
@@ -48,20 +51,9 @@ def simulate_command(
     ] = False,
 ) -> None:
     """Run one simulation and write its outputs."""
-    from sincere.sim.api import simulate
-
     console = Console(stderr=True)
     started = time.perf_counter()
-    if quiet:
-        result = simulate(config, seed=seed)
-    else:
-        with count_bar(console) as bar:
-            task = bar.add_task("simulating", total=None)
-
-            def report(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            result = simulate(config, seed=seed, progress=report)
+    result = _run(config, seed, console, quiet)
     result.write(out)
     wall_s = time.perf_counter() - started
     if plot:
@@ -73,6 +65,30 @@ def simulate_command(
             f"({result.summary['num_requests'] / wall_s:,.0f} simulated requests/s, "
             f"{_engine_code()}); outputs in {out}"
         )
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+    if result.summary["num_requests"] and not result.summary["num_completed"]:
+        console.print(f"[red]error:[/red] no request completed; outputs in {out}")
+        raise typer.Exit(1)
+
+
+def _run(config: Path, seed: int | None, console: Console, quiet: bool) -> Any:
+    """The simulation, with a progress bar unless ``quiet`` (warnings are printed later)."""
+    import warnings
+
+    from sincere.sim.api import SimulationWarning, simulate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SimulationWarning)
+        if quiet:
+            return simulate(config, seed=seed)
+        with count_bar(console) as bar:
+            task = bar.add_task("simulating", total=None)
+
+            def report(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            return simulate(config, seed=seed, progress=report)
 
 
 def _engine_code() -> str:
