@@ -175,6 +175,7 @@ def report_command(
 
 
 def _parse_sets(values: list[str]) -> list[tuple[str, Any]]:
+    """``--set PATH=VALUE`` options as (path, parsed YAML value) pairs."""
     import yaml
 
     pairs = []
@@ -204,7 +205,11 @@ def _capacity_inputs(source: str) -> tuple[dict[str, Any], CapacitySpec]:
     return reference_config(spec), spec.capacity
 
 
-def _capacity_table(results: list[CapacityResult], limit: float) -> Table:
+def _capacity_table(
+    results: list[CapacityResult], limit: float, base: dict[str, Any], paths: list[str]
+) -> Table:
+    from sincere.experiment.capacity import policy_label
+
     table = Table(title=f"capacity (worst tier violation ≤ {limit:.0%})", show_header=True)
     for col in (
         "policy",
@@ -230,7 +235,8 @@ def _capacity_table(results: list[CapacityResult], limit: float) -> Table:
             else (f"< {hi.rate:.3g}" if hi else f"> {lo.rate:.3g}" if lo else "–")
         )
         estimate = f"{res.estimate:.3g}" if res.estimate is not None else "–"
-        table.add_row(str(res.policy), estimate, bracket, ends, passing, str(len(res.points)))
+        name = res.policy or f"{policy_label(base, paths)} (the config's)"
+        table.add_row(name, estimate, bracket, ends, passing, str(len(res.points)))
     return table
 
 
@@ -251,15 +257,14 @@ def capacity_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write JSON + PNG here.")] = None,
 ) -> None:
     """Highest arrival rate whose worst tier misses ≤ 1 % (bracket + bisection, per policy)."""
-    from sincere.experiment.capacity import plot_capacity
-    from sincere.experiment.paths import set_path
+    from sincere.experiment.capacity import check_all, plot_capacity, policy_paths
+    from sincere.experiment.paths import set_fields
     from sincere.experiment.runner import default_workers
     from sincere.experiment.spec import CapacitySpec
     from sincere.workload.validation import validate_config
 
     base, defaults = _capacity_inputs(config)
-    for path, value in _parse_sets(set_ or []):
-        base = set_path(base, path, value)
+    base = set_fields(base, _parse_sets(set_ or []))
     names: list[str | None] = (
         [p.strip() for p in policies.split(",") if p.strip()]
         if policies
@@ -270,14 +275,32 @@ def capacity_command(
         update["seeds"] = [int(s) for s in seeds.split(",")]
     given = {k: v for k, v in update.items() if v is not None}
     settings = validate_config(CapacitySpec, {**defaults.model_dump(), **given}, "capacity")
+    paths = [settings.policy_path] if settings.policy_path else policy_paths(base)
+    check_all(base, names, paths)
+    _note_left_out(base, names, paths)
     results = _search_all(base, names, settings, workers or default_workers())
-    Console().print(_capacity_table(results, settings.max_violation))
+    Console().print(_capacity_table(results, settings.max_violation, base, paths))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         data = {"seeds": settings.seeds, "results": [r.as_json() for r in results]}
         (out / "capacity.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
         plot_capacity(results, out / "capacity.png", settings.rate_path)
         Console(stderr=True).print(f"wrote {out / 'capacity.json'} and {out / 'capacity.png'}")
+
+
+def _note_left_out(base: dict[str, Any], names: list[str | None], paths: list[str]) -> None:
+    """Say which policies run without the config's scheduler parameters (not theirs)."""
+    from sincere.experiment.capacity import left_out_params, policy_label
+
+    own = policy_label(base, paths)
+    for name in names:
+        left = left_out_params(base, name, paths)
+        if left:
+            Console(stderr=True).print(
+                f"note: {name} runs with its own defaults; scheduler_params "
+                f"{', '.join(left)} belong to {own}",
+                highlight=False,
+            )
 
 
 def _search_all(

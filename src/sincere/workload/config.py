@@ -254,6 +254,19 @@ class WorkloadConfig(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
 
+    def missing_files(self, base_dir: Path | None = None) -> list[str]:
+        """``field: path`` of each trace file this workload reads that does not exist."""
+        wanted = []
+        if self.arrival.kind == "trace" and isinstance(self.arrival.params.get("path"), str):
+            wanted.append(("arrival.path", self.arrival.params["path"]))
+        if self.lengths.source is not None and self.lengths.source not in length_sources():
+            wanted.append(("lengths.source", self.lengths.source))
+        return [
+            f"workload.{where}: no such file {str(_resolve(path, base_dir))!r}"
+            for where, path in wanted
+            if not _resolve(path, base_dir).is_file()
+        ]
+
     def tier_mix(self) -> TierMix:
         """The tiers and their weights."""
         if isinstance(self.tiers, TierPresetConfig):
