@@ -18,6 +18,7 @@ from rich.console import Console
 
 from sincere.cli.app import app
 from sincere.cli.progress import count_bar
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def _run_and_report(
         return True
     table = summary_table(result.summary)
     table.title = f"benchmark of {result.settings['url']}"
-    Console().print(table)
+    print_table(table)
     client = result.summary["client"]
     lateness = client["lateness_s"]
     console.print(

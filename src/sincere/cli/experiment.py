@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sincere.cli.app import app
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def _print_builtins(console: Console) -> None:
         num_quick = len(expand(apply_quick(spec), validate=False))
         sizes = f"{num_full} / {num_quick}"
         table.add_row(name, sizes, text)
-    console.print(table)
+    print_table(table, console)
 
 
 @contextmanager
@@ -279,7 +280,7 @@ def capacity_command(
     check_all(base, names, paths)
     _note_left_out(base, names, paths)
     results = _search_all(base, names, settings, workers or default_workers())
-    Console().print(_capacity_table(results, settings.max_violation, base, paths))
+    print_table(_capacity_table(results, settings.max_violation, base, paths))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         data = {"seeds": settings.seeds, "results": [r.as_json() for r in results]}

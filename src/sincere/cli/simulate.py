@@ -17,6 +17,7 @@ from rich.table import Table
 from sincere import native
 from sincere.cli.app import app
 from sincere.cli.progress import count_bar
+from sincere.cli.tables import print_table
 
 _HELP = (
     "Simulate serving a workload on a cluster described by CONFIG (YAML).\n\n"
@@ -59,7 +60,7 @@ def simulate_command(
     if plot:
         result.plot(out / "simulation.png", title=config.stem)
     if not quiet:
-        Console().print(summary_table(result.summary))
+        print_table(summary_table(result.summary))
         console.print(
             f"{result.summary['num_requests']:,} requests in {wall_s:.2f} s wall "
             f"({result.summary['num_requests'] / wall_s:,.0f} simulated requests/s, "

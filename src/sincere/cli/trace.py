@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sincere.cli.app import app
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def stats_cmd(
     if as_json:
         typer.echo(json.dumps(json_safe(stats.to_dict()), indent=2))
     else:
-        Console().print(_table(stats, title))
+        print_table(_table(stats, title))
     if plot is not None:
         plot_trace(requests, plot, title="sample" if file is None else file.name)
         if not as_json:
@@ -135,4 +136,4 @@ def formats_cmd() -> None:
             "yes" if name in TRACE_WRITERS else "-",
             doc,
         )
-    Console().print(table)
+    print_table(table)
