@@ -129,7 +129,7 @@ def formats_cmd() -> None:
         table.add_column(column)
     for name in sorted({*TRACE_READERS.names(), *TRACE_WRITERS.names()}):
         reader = TRACE_READERS.get(name) if name in TRACE_READERS else None
-        doc = (reader.__doc__ or "").strip().splitlines()[0] if reader else ""
+        doc = (reader.__doc__ or "").strip().splitlines()[0].replace("``", "") if reader else ""
         table.add_row(
             name,
             "yes" if reader else "-",

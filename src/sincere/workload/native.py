@@ -7,7 +7,7 @@ tier's targets ``tier_ttft_s``, ``tier_ttlt_s``, ``tier_tbt_s`` (empty / null = 
 target) and ``tier_priority``, ``budget_usd`` (empty = none), and ``prompt`` when the
 requests carry text. Only the first four columns are required when reading.
 
-Writers for other layouts (``azure``, ``mooncake``, ``burstgpt``) let ``sincere trace
+Writers for other layouts (``azure``, ``mooncake``, ``burstgpt``, ``vidur``) let ``sincere trace
 convert`` produce files other tools read; the Azure writer dates the first request
 2023-11-16 00:00:00.
 """
@@ -215,6 +215,18 @@ def write_azure(requests: RequestArrays, path: Path) -> None:
             "TIMESTAMP": trimmed,
             "ContextTokens": requests.prompt_tokens,
             "GeneratedTokens": requests.output_tokens,
+        }
+    )
+    pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="none"))
+
+
+def write_vidur(requests: RequestArrays, path: Path) -> None:
+    """Write Vidur's processed-trace CSV (``arrived_at`` in seconds, token counts)."""
+    table = pa.table(
+        {
+            "arrived_at": requests.arrival_at,
+            "num_prefill_tokens": requests.prompt_tokens,
+            "num_decode_tokens": requests.output_tokens,
         }
     )
     pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="none"))
