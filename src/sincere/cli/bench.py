@@ -41,17 +41,6 @@ _HELP = (
 )
 
 
-def _workload_from_yaml(path: Path, seed: int) -> RequestArrays:
-    import yaml
-
-    from sincere.workload import generate, load_workload_config
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "workload" in data:
-        data = data["workload"]
-    return generate(load_workload_config(data, path), seed, base_dir=path.parent)
-
-
 def load_requests(
     workload: Path | None,
     rate: float | None,
@@ -67,7 +56,7 @@ def load_requests(
         if rate is not None:
             raise ConfigError("give --workload or --rate, not both", value=str(workload))
         if workload.suffix.lower() in (".yaml", ".yml"):
-            requests = _workload_from_yaml(workload, seed)
+            requests = generate(workload, seed)
         else:
             requests = read_trace(workload)
         return first_requests(requests, num_requests, duration_s)
