@@ -9,6 +9,8 @@ Fixtures:
 * ``sincere`` -- run ``sincere ARGS...`` (the console script's entry point, in a fresh
   interpreter) with a timeout; returns the finished process (``returncode``, ``stdout``,
   ``stderr`` as text).
+* ``cli_environment`` -- the environment of those children (this interpreter's ``sincere``
+  and ``python`` first on ``PATH``, 80 columns, no colour).
 * ``modules_loaded`` -- the top-level modules ``sincere ARGS`` imports (fresh process).
 * ``scratch_repo`` -- a fresh copy of the repository's tracked files (README, docs,
   examples, benchmarks, scripts, src) in a temporary folder, to run commands from "the
@@ -64,6 +66,12 @@ def run_sincere(
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"`sincere {' '.join(args)}` ran past {timeout_s:g} s")
+
+
+@pytest.fixture
+def cli_environment() -> Callable[[], dict[str, str]]:
+    """``cli_environment()``: the environment children run in (see :func:`cli_env`)."""
+    return cli_env
 
 
 @pytest.fixture

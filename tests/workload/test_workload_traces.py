@@ -264,3 +264,14 @@ def test_detection_failures(tmp_path: Path) -> None:
         read_trace(_write(tmp_path / "t.csv", "a,b\n1,2\n"))
     with pytest.raises(DataError, match="no such trace file"):
         read_trace(tmp_path / "missing.csv")
+
+
+def test_writers_and_plots_create_missing_folders(tmp_path: Path) -> None:
+    """`trace convert IN out/new/x.csv` and `--plot out/new/x.png` make the folders."""
+    from sincere.workload.stats import plot_trace
+
+    req = _sample_requests()
+    write_trace(req, tmp_path / "a" / "b" / "t.csv", "vidur")
+    assert len(read_trace(tmp_path / "a" / "b" / "t.csv")) == len(req)
+    plot_trace(req, tmp_path / "c" / "d" / "t.png")
+    assert (tmp_path / "c" / "d" / "t.png").stat().st_size > 1000

@@ -88,16 +88,18 @@ class LazyVerbs(TyperGroup):
         return list(VERBS)
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """What the verb list shows: the table's summary (nothing is imported)."""
         verb = VERBS.get(cmd_name)
         if verb is None:
             return None
-        if cmd_name not in self.commands:
-            return TyperCommand(cmd_name, help=verb.summary, short_help=verb.summary)
-        return self.commands[cmd_name]
+        return TyperCommand(cmd_name, help=verb.summary, short_help=verb.summary)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
-        if args and args[0] in VERBS and args[0] not in self.commands:
-            self.commands[args[0]] = load_verb(args[0])
+        """The verb to run: its modules imported on first use."""
+        if args and args[0] in VERBS:
+            if args[0] not in self.commands:
+                self.commands[args[0]] = load_verb(args[0])
+            return args[0], self.commands[args[0]], args[1:]
         return super().resolve_command(ctx, args)
 
 
@@ -108,6 +110,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 

@@ -14,6 +14,7 @@ convert`` produce files other tools read; the Azure writer dates the first reque
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -222,14 +223,17 @@ def write_azure(requests: RequestArrays, path: Path) -> None:
 
 def write_vidur(requests: RequestArrays, path: Path) -> None:
     """Write Vidur's processed-trace CSV (``arrived_at`` in seconds, token counts)."""
-    table = pa.table(
-        {
-            "arrived_at": requests.arrival_at,
-            "num_prefill_tokens": requests.prompt_tokens,
-            "num_decode_tokens": requests.output_tokens,
-        }
-    )
-    pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="none"))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arrived_at", "num_prefill_tokens", "num_decode_tokens"])
+        writer.writerows(
+            zip(
+                requests.arrival_at.tolist(),
+                requests.prompt_tokens.tolist(),
+                requests.output_tokens.tolist(),
+                strict=True,
+            )
+        )
 
 
 def write_mooncake(requests: RequestArrays, path: Path) -> None:

@@ -99,7 +99,9 @@ def write_trace(requests: RequestArrays, path: str | Path, format: str | None = 
             value=p.suffix,
             allowed=TRACE_WRITERS.names(),
         )
-    TRACE_WRITERS.get(fmt)(requests, p)
+    writer = TRACE_WRITERS.get(fmt)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    writer(requests, p)
 
 
 def detect_format(path: Path) -> str:
