@@ -115,7 +115,13 @@ def copy_repo(target: Path) -> Path:
     return target
 
 
+SHARED = ROOT.parent / "shared"
+
+
 @pytest.fixture
 def scratch_repo(tmp_path: Path) -> Path:
-    """A fresh copy of the repository to run commands in (outputs stay in tmp)."""
+    """A fresh copy of the repository to run commands in (outputs stay in tmp); when the
+    published data exists beside the checkout, ``../shared`` points at it from the copy too."""
+    if SHARED.is_dir():
+        (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
     return copy_repo(tmp_path / "repo")

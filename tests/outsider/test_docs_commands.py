@@ -11,6 +11,8 @@ The convention (docs/architecture.md, "Docs that run"):
   (one copy per Markdown file; its blocks run in order, so a command may read what an
   earlier command of the same file wrote). It must exit 0 within the time limit (120 s
   unless the block says otherwise). The checkout itself is never written.
+* Commands may read the published data as ``../shared/data/...`` (the copy sees it at the
+  same relative path); a block that does is skipped where that folder is absent.
 * A block whose first line is ``# docs-test: skip: <reason>`` is not run; the reason is
   required. ``# docs-test: timeout=<seconds>`` as the first line raises the per-command limit
   of that block. Any other ``# docs-test:`` line is an error.
@@ -29,6 +31,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
 DEFAULT_TIMEOUT_S = 120.0
 DIRECTIVE = "# docs-test:"
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^\n]*)$")
@@ -141,6 +144,13 @@ def run_command(command: str, cwd: Path, env: dict[str, str], timeout_s: float) 
     return None
 
 
+def _unless_data_missing(block: Block) -> Block:
+    """``block``, skipped when it reads ``../shared`` and that folder is absent."""
+    if block.skip is None and not SHARED.is_dir() and any("../shared" in c for c in block.commands):
+        return Block(block.where, block.commands, f"needs {SHARED}, absent", block.timeout_s)
+    return block
+
+
 DOCS = [p for p in markdown_files() if any(b.commands for b in bash_blocks(p))]
 
 
@@ -149,7 +159,7 @@ def test_every_docs_command_runs(
     path: Path, scratch_repo: Path, cli_environment: Callable[[], dict[str, str]]
 ) -> None:
     """Each ```bash command of this Markdown file exits 0 from the repository root."""
-    blocks = bash_blocks(path)
+    blocks = [_unless_data_missing(b) for b in bash_blocks(path)]
     runnable = [b for b in blocks if b.skip is None and b.commands]
     if not runnable:
         pytest.skip("; ".join(f"{b.where}: {b.skip}" for b in blocks))

@@ -17,7 +17,9 @@ start in a fraction of a second, so nothing heavy is imported before it is neede
 table); ``sincere VERB ...`` imports only that verb's modules. Errors that sincere
 raises on purpose (``SincereError``) and unreadable files (``OSError``) end the
 process with one line on stderr and exit status 2; anything else is a bug and keeps
-its traceback. ``tests/outsider/test_cli_startup.py`` pins this structure.
+its traceback. Help is plain text (``rich_markup_mode=None``), so square brackets such
+as ``sincere[native]`` reach the user as written. ``tests/outsider/test_cli_startup.py``
+pins this structure.
 """
 
 from __future__ import annotations
