@@ -14,11 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from sincere.cli.app import app
-from sincere.cli.progress import count_bar
-from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -156,8 +153,12 @@ def _run_and_report(
     url: str, requests: RequestArrays, options: Any, out: Path, quiet: bool
 ) -> bool:
     """Run, write the outputs and report; False when no request completed."""
+    from rich.console import Console
+
     from sincere.bench import run_bench
+    from sincere.cli.progress import count_bar
     from sincere.cli.simulate import summary_table
+    from sincere.cli.tables import print_table
 
     console = Console(stderr=True)
     if quiet:

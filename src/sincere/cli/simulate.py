@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sincere import native
 from sincere.cli.app import app
-from sincere.cli.progress import count_bar
-from sincere.cli.tables import print_table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 _HELP = (
     "Simulate serving a workload on a cluster described by CONFIG (YAML).\n\n"
@@ -52,6 +52,10 @@ def simulate_command(
     ] = False,
 ) -> None:
     """Run one simulation and write its outputs."""
+    from rich.console import Console
+
+    from sincere.cli.tables import print_table
+
     console = Console(stderr=True)
     started = time.perf_counter()
     result = _run(config, seed, console, quiet)
@@ -77,6 +81,7 @@ def _run(config: Path, seed: int | None, console: Console, quiet: bool) -> Any:
     """The simulation, with a progress bar unless ``quiet`` (warnings are printed later)."""
     import warnings
 
+    from sincere.cli.progress import count_bar
     from sincere.sim.api import SimulationWarning, simulate
 
     with warnings.catch_warnings():
@@ -108,6 +113,8 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """The terminal table: latency rows (mean / p50 / p90 / p99), then totals."""
+    from rich.table import Table
+
     table = Table(title="simulation summary", show_header=True)
     for column in ("metric", "mean", "p50", "p90", "p99"):
         table.add_column(column, justify="left" if column == "metric" else "right")

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sincere.cli.app import app
-from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from sincere.core.request import RequestArrays
     from sincere.workload.stats import TraceStats
 
@@ -46,6 +45,8 @@ def _sample(num_requests: int, rate: float, seed: int) -> RequestArrays:
 
 
 def _table(stats: TraceStats, title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -80,6 +81,9 @@ def stats_cmd(
     seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
 ) -> None:
     """Rate, duration, inter-arrival CV and token-length percentiles of a trace."""
+    from rich.console import Console
+
+    from sincere.cli.tables import print_table
     from sincere.core.jsonsafe import json_safe
     from sincere.workload.stats import plot_trace, trace_stats
     from sincere.workload.traces import read_trace
@@ -112,6 +116,8 @@ def convert_cmd(
     ] = None,
 ) -> None:
     """Rewrite a trace in another format (default: ours, by extension .csv / .parquet)."""
+    from rich.console import Console
+
     from sincere.workload.traces import read_trace, write_trace
 
     requests = read_trace(source, from_format)
@@ -122,6 +128,9 @@ def convert_cmd(
 @trace_app.command("formats")
 def formats_cmd() -> None:
     """The trace formats sincere reads and writes."""
+    from rich.table import Table
+
+    from sincere.cli.tables import print_table
     from sincere.workload.traces import TRACE_READERS, TRACE_WRITERS
 
     table = Table(title="trace formats", show_header=True, header_style="bold")
