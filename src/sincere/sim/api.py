@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -129,16 +130,17 @@ class SimulationWarning(UserWarning):
 def run_warnings(cluster: Cluster) -> list[str]:
     """Lines about unserved models and rejected requests (empty for a clean run)."""
     requests, records = cluster.requests, cluster.records
-    counts = Counter(requests.model.tolist())
+    counts = np.bincount(requests.model, minlength=len(requests.models))
     served = sorted({m for info in cluster.infos for m in info.models})
     lines = []
     for ix, name in enumerate(requests.models):
-        if counts.get(ix) and not cluster.eligible[ix]:
+        if counts[ix] and not cluster.eligible[ix]:
             close = difflib.get_close_matches(name, served, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             lines.append(
                 f"workload model {name!r} is served by no instance{hint}: its "
-                f"{counts[ix]:,} requests are rejected; the instances serve {', '.join(served)}"
+                f"{int(counts[ix]):,} requests are rejected; the instances serve "
+                f"{', '.join(served)}"
             )
     num_rejected = int(records.rejected.sum())
     if num_rejected:
