@@ -1,6 +1,6 @@
 """Capacity of FCFS, EDF, Sarathi and Niyama on Niyama's setting, in simulation.
 
-Niyama (REFERENCE.md §4) defines capacity as the highest arrival rate (QPS) whose worst
+Niyama (docs/references.md, Niyama) defines capacity as the highest arrival rate (QPS) whose worst
 SLA tier misses its deadline for at most 1 % of requests. This script measures it with
 sincere's own machinery: the built-in ``niyama-study`` spec (Llama-3-8B on one H100-SXM,
 roofline step times, chunked prefill with a 2552-token budget, Sarathi's fixed 512-token

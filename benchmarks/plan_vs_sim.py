@@ -1,6 +1,7 @@
 """Inferno's queueing analyzer vs the discrete-event simulator: one replica, then whole plans.
 
-Part 1. For Inferno's sample granite-13b profile on A100 (REFERENCE.md §2: α 20.58, β 0.41,
+Part 1. For Inferno's sample granite-13b profile on A100 (docs/references.md, Inferno:
+α 20.58, β 0.41,
 γ 164.64, δ 0.0128125 ms; max batch 32) and two request shapes, sweeps the arrival rate
 from 10 % to 95 % of the analyzer's maximum ``μ(N)`` and prints predicted vs simulated
 mean TTFT and ITL (ms) with the relative error (predicted − simulated) / simulated.

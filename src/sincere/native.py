@@ -30,17 +30,10 @@ is impossible (no C compiler), everything still runs, interpreted.
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
-import json
 import os
-import shutil
 import sys
-import sysconfig
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,6 +99,8 @@ def dependencies(modules: Sequence[str]) -> list[str]:
 
 
 def _imports_of(module: str) -> list[str]:
+    import ast
+
     tree = ast.parse(source_path(module).read_text(encoding="utf-8"))
     found: list[str] = []
     for node in ast.walk(tree):
@@ -119,6 +114,8 @@ def _imports_of(module: str) -> list[str]:
 
 def file_hash(path: Path) -> str:
     """SHA-256 of a file's bytes."""
+    import hashlib
+
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -137,6 +134,9 @@ class Status:
 
 def check(directory: Path | None = None) -> tuple[Status, dict[str, Path]]:
     """The status of a build and, when usable, the file of every module it provides."""
+    import json
+    import sysconfig
+
     where = directory or native_dir()
     if not enabled():
         return Status("disabled", "SINCERE_NATIVE=0", where), {}
@@ -164,8 +164,11 @@ def check(directory: Path | None = None) -> tuple[Status, dict[str, Path]]:
     return Status("active", "sources unchanged since the build", where), files
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
     """Imports the compiled modules from the build folder; declines everything else.
+
+    A meta path finder by protocol (``find_spec``): subclassing ``importlib.abc`` would
+    cost every ``sincere`` command the import of ``importlib.resources``.
 
     The build is checked (sources hashed) when the first compiled module is imported,
     not when ``sincere`` is: a process that never imports the engine pays nothing.
@@ -235,6 +238,8 @@ def build(directory: Path | None = None, *, verbose: bool = False) -> Status:
     available, or the folder is not writable; the previous build (if any) is kept until
     the new one is complete.
     """
+    import tempfile
+
     try:
         from mypyc.build import mypycify
         from setuptools import Distribution
@@ -289,6 +294,8 @@ def _unwritable(where: Path, exc: OSError) -> RuntimeError:
 
 def _check_writable(where: Path) -> None:
     """Raise the :func:`build` error now if ``where``'s parent cannot take a build."""
+    import tempfile
+
     try:
         where.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=where.parent, prefix=".sincere-native-"):
@@ -299,6 +306,10 @@ def _check_writable(where: Path) -> None:
 
 def _install_build(lib: Path, where: Path, digests: dict[str, str]) -> None:
     """Move the built extensions into ``where`` (replacing any older build) + manifest."""
+    import json
+    import shutil
+    import sysconfig
+
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     files: dict[str, str] = {}
     staging = where.with_name(where.name + ".new")

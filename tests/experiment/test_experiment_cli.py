@@ -39,12 +39,13 @@ def test_experiment_runs_reports_and_resumes(tiny_spec: dict[str, Any], tmp_path
 def test_experiment_exits_non_zero_when_a_cell_fails(
     tiny_spec: dict[str, Any], tmp_path: Path
 ) -> None:
-    """A failed cell makes the command exit 1 after printing its error."""
+    """A cell failing at run time (a malformed trace) makes the command exit 1 after
+    printing its error."""
+    bad_trace = tmp_path / "bad.csv"
+    bad_trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nnot-a-time,5,5\n")
     tiny_spec["seeds"] = [1]
-    tiny_spec["axes"] = {
-        "gpu": {"path": "instances.0.accelerator", "values": ["no-such-gpu"]},
-        "rate": {"values": [2]},
-    }
+    tiny_spec["base"]["workload"]["lengths"] = {"source": str(bad_trace)}
+    tiny_spec["axes"] = {"rate": {"values": [2]}}
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(tiny_spec))
     result = CliRunner().invoke(
@@ -60,7 +61,29 @@ def test_experiment_exits_non_zero_when_a_cell_fails(
         ],
     )
     assert result.exit_code == 1
-    assert "1 failed" in result.output and "no-such-gpu" in result.output
+    assert "1 failed" in result.output and "not-a-time" in result.output
+
+
+def test_invalid_cells_are_all_named_before_anything_runs(
+    tiny_spec: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two bad values on two axes: one error lists both problems and runs no cell."""
+    tiny_spec["seeds"] = [1]
+    tiny_spec["axes"] = {
+        "gpu": {"path": "instances.0.accelerator", "values": ["H100-SXM", "no-such-gpu"]},
+        "tp": {"path": "instances.0.tp", "values": [1, 3]},
+        "rate": {"values": [2]},
+    }
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec))
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--out", str(out), "--quiet"])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert message.startswith("3 of 4 cells are invalid; nothing was run")
+    assert "unknown accelerator; got 'no-such-gpu'" in message
+    assert "tp=3 does not split" in message
+    assert not (out / "cells").exists() or not any((out / "cells").iterdir())
 
 
 def test_report_verb_rewrites_the_report(tiny_spec: dict[str, Any], tmp_path: Path) -> None:

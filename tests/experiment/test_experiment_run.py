@@ -98,16 +98,22 @@ def test_rerun_skips_finished_cells_and_reruns_changed_ones(
 def test_a_broken_cell_is_reported_and_the_others_finish(
     tiny_spec: dict[str, Any], tmp_path: Path
 ) -> None:
-    """An accelerator the catalog lacks fails its cells only, with a saved traceback."""
+    """A cell failing at run time (a malformed trace) fails alone, with a saved traceback."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nnot-a-time,5,5\n")
+    good = {"prompt": {"kind": "fixed", "tokens": 64}, "output": {"kind": "fixed", "tokens": 20}}
     tiny_spec["seeds"] = [1]
     tiny_spec["axes"] = {
-        "gpu": {"path": "instances.0.accelerator", "values": ["H100-SXM", "no-such-gpu"]},
+        "lengths": {
+            "path": "workload.lengths",
+            "values": {"fixed": good, "bad": {"source": str(bad)}},
+        },
         "rate": {"values": [3]},
     }
     report = run_experiment(load_spec(tiny_spec), tmp_path, backend="process", workers=2)
-    assert [r["gpu"] for r in report.failed] == ["no-such-gpu"]
+    assert [r["lengths"] for r in report.failed] == ["bad"]
     failed = report.failed[0]
-    assert "no-such-gpu" in str(failed["error"])
+    assert "not-a-time" in str(failed["error"])
     trace = (tmp_path / "cells" / str(failed["cell_id"]) / "error.txt").read_text()
     assert "Traceback" in trace
     rows = pq.read_table(tmp_path / "results.parquet").to_pylist()

@@ -53,10 +53,12 @@ def test_zipped_axis_with_a_wrong_length_is_rejected(tiny_spec: dict[str, Any]) 
 def test_a_bad_value_names_the_cell_the_field_and_what_is_allowed(
     tiny_spec: dict[str, Any],
 ) -> None:
-    """An unknown strategy fails at load, naming the cell and the allowed names."""
+    """An unknown strategy fails at load, naming the field, the allowed names and the cells."""
     tiny_spec["axes"]["strategy"]["values"] = ["fcfs", "best-bench"]
     with pytest.raises(
-        ConfigError, match=r"(?s)cell rate=2,strategy=best-bench.*allowed: best-batch"
+        ConfigError,
+        match=r"(?s)4 of 8 cells are invalid.*strategy.*got 'best-bench'; allowed: best-batch"
+        r".*\(cell rate=2,strategy=best-bench,env=non-cc; .* and 1 more\)",
     ):
         expand(load_spec(tiny_spec))
 

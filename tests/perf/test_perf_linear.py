@@ -9,7 +9,7 @@ from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch
 from sincere.perf.linear import BinnedLinear, InfernoChunked, InfernoLinear, fit_binned_linear
 
-# Inferno's sample granite_13b on A100 (REFERENCE.md §2 model-data example), ms.
+# Inferno's sample granite_13b on A100 (docs/references.md, Inferno model-data example), ms.
 GRANITE = InfernoLinear(alpha_ms=20.58, beta_ms=0.41, gamma_ms=164.64, delta_ms=0.0128125)
 
 

@@ -11,7 +11,7 @@ from sincere.profile.sizes import _is_prime, batch_size_ladder
 
 
 def test_ladder_reproduces_sincere_prefix() -> None:
-    """The first sizes are those SINCERE profiled (REFERENCE.md §1)."""
+    """The first sizes are those SINCERE profiled (docs/references.md, SINCERE)."""
     assert batch_size_ladder(32) == [1, 2, 3, 4, 5, 7, 8, 11, 13, 16, 19, 23, 29, 32]
 
 

@@ -186,3 +186,11 @@ def test_config_round_trips_through_yaml() -> None:
     cfg = load_config(small_config())
     again = SimulationConfig.model_validate(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
+
+
+def test_requests_table_converts_to_pandas_for_notebooks() -> None:
+    """The documented notebook use: result.requests.to_pandas() (the ``pandas`` extra)."""
+    pd = pytest.importorskip("pandas")
+    frame = simulate(small_config()).requests.to_pandas()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 400
+    assert set(frame.columns) >= REQUEST_COLUMNS

@@ -64,7 +64,7 @@ def test_sincere_bursty_presets_match_their_mean(mean: int) -> None:
 
 
 def test_sincere_bursty_preset_parameters() -> None:
-    """The mean-8 preset carries REFERENCE.md's burst and idle ranges."""
+    """The mean-8 preset carries SINCERE's published burst and idle ranges."""
     p = SincereBursty.preset(mean=8)
     assert (p.burst_s, p.burst_rate, p.idle_s) == ((1, 4), (30, 45), (8, 12))
     with pytest.raises(ConfigError, match=r"no preset.*got 5"):

@@ -43,6 +43,31 @@ def test_yaml_file_generates_w1(tmp_path: Path) -> None:
     np.testing.assert_array_equal(req.priority, np.array([0, 1, 2])[req.tier])
 
 
+def test_generate_takes_a_mapping_a_file_or_a_simulation_config(tmp_path: Path) -> None:
+    """generate() accepts what simulate() accepts: a dict, a workload YAML or a whole config."""
+    expected = generate(load_workload_config(W1), seed=5)
+    assert _same(generate(W1, seed=5), expected)
+    assert _same(generate({"workload": W1, "instances": []}, seed=5), expected)
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump({"seed": 1, "workload": W1}), encoding="utf-8")
+    assert _same(generate(path, seed=5), expected)
+    assert _same(generate(str(path), seed=5), expected)
+    with pytest.raises(ConfigError, match=r"workload.arrival: poisson: rate must be a finite"):
+        generate({**W1, "arrival": {"kind": "poisson", "rate": -1}})
+    with pytest.raises(ConfigError, match="cannot read workload file"):
+        generate(tmp_path / "missing.yaml")
+
+
+def test_relative_trace_paths_resolve_beside_the_workload_file(tmp_path: Path) -> None:
+    """A trace named relative to a workload file is found from any working directory."""
+    trace = RequestArrays.build([0.0, 1.0, 2.0], [10, 20, 30], [3, 4, 5])
+    write_trace(trace, tmp_path / "t.csv")
+    path = tmp_path / "w.yaml"
+    lengths = {"source": "t.csv", "replay": True}
+    path.write_text(yaml.safe_dump({**W1, "num_requests": 3, "lengths": lengths}))
+    assert generate(path).prompt_tokens.tolist() == [10, 20, 30]
+
+
 def test_same_seed_same_arrays_other_seed_differs() -> None:
     """The same config and seed give identical arrays; another seed does not."""
     cfg = load_workload_config({**W1, "models": "sincere"})

@@ -134,6 +134,42 @@ def test_sharegpt(tmp_path: Path) -> None:
         read_trace(bad, format="sharegpt")
 
 
+def test_vidur_processed_trace_with_arrival_times(tmp_path: Path) -> None:
+    """Vidur's processed traces (arrived_at, num_prefill_tokens, num_decode_tokens) read
+    as they are, by header."""
+    path = _write(
+        tmp_path / "splitwise_conv.csv",
+        "arrived_at,num_prefill_tokens,num_decode_tokens\n"
+        "0.0,374,44\n4.314579,396,109\n4.541877,879,55\n",
+    )
+    assert detect_format(path) == "vidur"
+    req = read_trace(path)
+    np.testing.assert_allclose(req.arrival_at, [0.0, 4.314579, 4.541877])
+    assert req.prompt_tokens.tolist() == [374, 396, 879]
+    assert req.output_tokens.tolist() == [44, 109, 55]
+
+
+def test_vidur_length_only_trace_takes_its_arrivals_from_a_process(tmp_path: Path) -> None:
+    """A length-only Vidur trace (no arrived_at, extra columns) gets the given arrivals."""
+    path = _write(
+        tmp_path / "arxiv.csv",
+        "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n"
+        "3772,54,3826,69.85\n2015,156,2171,12.91\n1,2048,2049,0.0005\n",
+    )
+    req = read_trace(path, arrival=Constant(rate=2.0))
+    np.testing.assert_allclose(req.arrival_at, [0.0, 0.5, 1.0])
+    assert req.prompt_tokens.tolist() == [3772, 2015, 1]
+    assert len(read_trace(path)) == 3  # Poisson at 1 req/s by default
+
+
+def test_vidur_rows_with_zero_tokens_are_named(tmp_path: Path) -> None:
+    """A row with 0 decode tokens is an error naming file, line, column and value."""
+    path = _write(tmp_path / "v.csv", "num_prefill_tokens,num_decode_tokens\n5,5\n7,0\n")
+    want = r"v.csv:3 column 'num_decode_tokens': expected an integer >= 1 \(value '0'\)"
+    with pytest.raises(DataError, match=want):
+        read_trace(path)
+
+
 def test_mooncake(tmp_path: Path) -> None:
     """Mooncake JSONL: ms timestamps become seconds; a bad line is reported by number."""
     lines = [
@@ -207,7 +243,7 @@ def test_own_csv_errors(tmp_path: Path) -> None:
         read_trace(path)
 
 
-@pytest.mark.parametrize("fmt", ["azure", "mooncake", "burstgpt"])
+@pytest.mark.parametrize("fmt", ["azure", "mooncake", "burstgpt", "vidur"])
 def test_third_party_writers(tmp_path: Path, fmt: str) -> None:
     """Writing a third-party layout and reading it back keeps times and lengths."""
     req = _sample_requests()
@@ -228,3 +264,14 @@ def test_detection_failures(tmp_path: Path) -> None:
         read_trace(_write(tmp_path / "t.csv", "a,b\n1,2\n"))
     with pytest.raises(DataError, match="no such trace file"):
         read_trace(tmp_path / "missing.csv")
+
+
+def test_writers_and_plots_create_missing_folders(tmp_path: Path) -> None:
+    """`trace convert IN out/new/x.csv` and `--plot out/new/x.png` make the folders."""
+    from sincere.workload.stats import plot_trace
+
+    req = _sample_requests()
+    write_trace(req, tmp_path / "a" / "b" / "t.csv", "vidur")
+    assert len(read_trace(tmp_path / "a" / "b" / "t.csv")) == len(req)
+    plot_trace(req, tmp_path / "c" / "d" / "t.png")
+    assert (tmp_path / "c" / "d" / "t.png").stat().st_size > 1000

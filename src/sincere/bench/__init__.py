@@ -9,13 +9,14 @@ docs/bench.md.
 from sincere.bench.client import CallTiming
 from sincere.bench.prompts import endpoint_url, request_body, synthetic_prompt
 from sincere.bench.results import BenchResult
-from sincere.bench.runner import BenchOptions, run_bench, run_bench_async
+from sincere.bench.runner import BenchOptions, probe, run_bench, run_bench_async
 
 __all__ = [
     "BenchOptions",
     "BenchResult",
     "CallTiming",
     "endpoint_url",
+    "probe",
     "request_body",
     "run_bench",
     "run_bench_async",

@@ -16,10 +16,12 @@ its 99th percentile exceeds ``late_after_s``, the summary says it did not keep u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -171,6 +173,31 @@ async def served_model(url: str) -> str | None:
         return str(payload["data"][0]["id"])
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError):
         return None
+
+
+async def probe(url: str, timeout_s: float = 10.0) -> None:
+    """Raise :class:`ConfigError` when no TCP connection to ``url``'s host and port opens.
+
+    A cheap check before a long run: it sends nothing over HTTP, so any server that
+    accepts connections passes (whether it speaks the OpenAI API shows in the records).
+    """
+    parts = urlsplit(endpoint_url(url, "completions"))
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # a port outside 0-65535 or not a number
+        raise ConfigError(f"bad port in the URL ({exc})", value=url) from None
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        reason = f"no answer in {timeout_s:g} s" if isinstance(exc, TimeoutError) else exc
+        raise ConfigError(
+            f"cannot connect to {host}:{port} ({reason}); is the server running?", value=url
+        ) from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def run_bench_async(

@@ -9,17 +9,17 @@ summary.json (the simulator's keys plus ``client``) and bench.json.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console
 
 from sincere.cli.app import app
-from sincere.cli.progress import count_bar
 from sincere.core.errors import ConfigError
-from sincere.core.request import RequestArrays
+
+if TYPE_CHECKING:
+    from sincere.core.request import RequestArrays
 
 _HELP = (
     "Send a workload open-loop to an OpenAI-compatible URL and measure every request.\n\n"
@@ -30,17 +30,12 @@ _HELP = (
     "Units: times in seconds, rates in requests/s, lengths in tokens.\n\n"
     "Writes into --out: requests.parquet, itl.parquet (every inter-token gap), "
     "summary.json (the simulator's summary plus a 'client' section with the generator's "
-    "lateness and reject reasons) and bench.json (the settings)."
+    "lateness and reject reasons) and bench.json (the settings).\n\n"
+    "--num-requests and --duration-s also cut a --workload to its first requests. Before "
+    "sending anything the command checks that the URL's host and port accept "
+    "connections. Exit status: 0 when at least one request completed, 1 when none did "
+    "(the outputs are still written), 2 on bad input or an unreachable URL."
 )
-
-
-def _workload_from_yaml(path: Path, seed: int) -> RequestArrays:
-    from sincere.workload import generate, load_workload_config
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "workload" in data:
-        data = data["workload"]
-    return generate(load_workload_config(data, path), seed, base_dir=path.parent)
 
 
 def load_requests(
@@ -58,9 +53,10 @@ def load_requests(
         if rate is not None:
             raise ConfigError("give --workload or --rate, not both", value=str(workload))
         if workload.suffix.lower() in (".yaml", ".yml"):
-            return _workload_from_yaml(workload, seed)
-        requests = read_trace(workload)
-        return _first(requests, num_requests, duration_s)
+            requests = generate(workload, seed)
+        else:
+            requests = read_trace(workload)
+        return first_requests(requests, num_requests, duration_s)
     if rate is None:
         raise ConfigError("give --workload FILE or --rate R", allowed="--workload, --rate")
     if num_requests is None and duration_s is None:
@@ -77,14 +73,25 @@ def load_requests(
     return generate(load_workload_config(config, "command line"), seed)
 
 
-def _first(requests: RequestArrays, num: int | None, duration_s: float | None) -> RequestArrays:
+def first_requests(
+    requests: RequestArrays, num: int | None, duration_s: float | None
+) -> RequestArrays:
+    """The requests among the first ``num`` that arrive before ``duration_s``."""
+    if num is not None and num < 1:
+        raise ConfigError("--num-requests must be >= 1", value=num)
+    if duration_s is not None and not duration_s > 0:
+        raise ConfigError("--duration-s must be > 0", value=duration_s)
     keep = len(requests) if num is None else min(num, len(requests))
     if duration_s is not None:
         keep = min(keep, int((requests.arrival_at < duration_s).sum()))
     if keep == len(requests):
         return requests
-    subset = requests.to_requests()[:keep]
-    return RequestArrays.from_requests(subset)
+    columns = {
+        f.name: getattr(requests, f.name)[:keep]
+        for f in dataclasses.fields(requests)
+        if f.name not in ("models", "tiers")
+    }
+    return dataclasses.replace(requests, **columns)
 
 
 @app.command("bench", help=_HELP)
@@ -116,7 +123,9 @@ def bench_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
     """Run one benchmark and write its outputs."""
-    from sincere.bench import BenchOptions
+    import asyncio
+
+    from sincere.bench import BenchOptions, probe
 
     requests = load_requests(
         workload, rate, num_requests, duration_s, (prompt_tokens, output_tokens), seed
@@ -135,14 +144,21 @@ def bench_command(
         time_limit_s=time_limit_s or last + 60.0,
         sincere_extension=sincere_ext,
     )
-    _run_and_report(url, requests, options, out, quiet)
+    asyncio.run(probe(url))
+    if not _run_and_report(url, requests, options, out, quiet):
+        raise typer.Exit(1)
 
 
 def _run_and_report(
     url: str, requests: RequestArrays, options: Any, out: Path, quiet: bool
-) -> None:
+) -> bool:
+    """Run, write the outputs and report; False when no request completed."""
+    from rich.console import Console
+
     from sincere.bench import run_bench
+    from sincere.cli.progress import count_bar
     from sincere.cli.simulate import summary_table
+    from sincere.cli.tables import print_table
 
     console = Console(stderr=True)
     if quiet:
@@ -154,11 +170,18 @@ def _run_and_report(
                 url, requests, options, lambda done, _n: bar.update(task, completed=done)
             )
     result.write(out)
+    if result.summary["num_completed"] == 0:
+        reasons = result.summary["client"]["reject_reasons"]
+        console.print(
+            f"[red]error:[/red] none of the {len(requests):,} requests completed "
+            f"(reject reasons: {reasons}); records in {out}"
+        )
+        return False
     if quiet:
-        return
+        return True
     table = summary_table(result.summary)
     table.title = f"benchmark of {result.settings['url']}"
-    Console().print(table)
+    print_table(table)
     client = result.summary["client"]
     lateness = client["lateness_s"]
     console.print(
@@ -177,3 +200,4 @@ def _run_and_report(
             "several tokens in one chunk (the server reported more tokens than chunks): "
             "their TTFT and ITL as seen here are later and fewer than the engine's."
         )
+    return True

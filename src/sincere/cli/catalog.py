@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from sincere.catalog.loader import Catalog, load_catalog
 from sincere.catalog.specs import Accelerator, ModelArch
 from sincere.cli.app import app
+from sincere.cli.tables import print_table
 
 catalog_app = typer.Typer(
     help="List the accelerators and models sincere knows (with public sources).",
@@ -103,7 +103,7 @@ def _model_row(m: ModelArch) -> list[str]:
         _num(m.num_params_b),
         *(str(v) for v in (*shape, m.vocab_size, m.max_context)),
         f"{m.kv_bytes_per_token():.0f}",
-        ",".join(m.precisions),
+        ", ".join(m.precisions),
         ", ".join(a for a in m.aliases if "/" not in a),  # Hugging Face ids left out
     ]
 
@@ -115,7 +115,7 @@ def _print_table(title: str, columns: Sequence[str], rows: Sequence[list[str]]) 
         table.add_column(label, justify="left" if col in _TEXT_COLUMNS else "right")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    print_table(table)
 
 
 @catalog_app.command("accelerators")

@@ -12,39 +12,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from sincere.cli.app import app
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
-from sincere.experiment.builtin import builtin_descriptions, builtin_names, resolve_spec
-from sincere.experiment.capacity import (
-    CapacityResult,
-    plot_capacity,
-    pool_evaluator,
-    search_capacity,
-)
-from sincere.experiment.grid import apply_quick, expand, reference_config
-from sincere.experiment.paths import set_path
-from sincere.experiment.report import write_report
-from sincere.experiment.runner import Backend, RunReport, default_workers, run_experiment
-from sincere.experiment.spec import CapacitySpec
-from sincere.workload.validation import validate_config
+
+if TYPE_CHECKING:
+    from sincere.experiment.capacity import CapacityResult
+    from sincere.experiment.runner import Backend, RunReport
+    from sincere.experiment.spec import CapacitySpec
 
 _EXPERIMENT_HELP = """Run a sweep: strategies x traffic x environment (any config fields) -> report.
 
@@ -58,6 +41,9 @@ report/ (report.md, report.html, figures/*.png). Re-running skips finished cells
 
 
 def _print_builtins(console: Console) -> None:
+    from sincere.experiment.builtin import builtin_descriptions, resolve_spec
+    from sincere.experiment.grid import apply_quick, expand
+
     table = Table(title="built-in experiments", show_header=True)
     table.add_column("name")
     table.add_column("cells (full / --quick)", justify="right")
@@ -68,7 +54,7 @@ def _print_builtins(console: Console) -> None:
         num_quick = len(expand(apply_quick(spec), validate=False))
         sizes = f"{num_full} / {num_quick}"
         table.add_row(name, sizes, text)
-    console.print(table)
+    print_table(table, console)
 
 
 @contextmanager
@@ -76,6 +62,15 @@ def _progress(console: Console, quiet: bool) -> Iterator[Any]:
     if quiet:
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -99,6 +94,10 @@ def _run(
     quick: bool,
     quiet: bool,
 ) -> RunReport:
+    from sincere.experiment.builtin import resolve_spec
+    from sincere.experiment.grid import apply_quick
+    from sincere.experiment.runner import run_experiment
+
     spec = resolve_spec(spec_source)
     if quick:
         if spec.quick is None:
@@ -137,6 +136,10 @@ def experiment_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run every cell of SPEC not yet finished in --out, then write the report."""
+    from sincere.experiment.builtin import builtin_names
+    from sincere.experiment.report import write_report
+    from sincere.experiment.runner import default_workers
+
     console = Console(stderr=True)
     if list_builtins:
         _print_builtins(Console())
@@ -164,6 +167,8 @@ def report_command(
     figures: Annotated[bool, typer.Option(help="Draw the PNG figures.")] = True,
 ) -> None:
     """Write DIR/report/report.md, report.html (figures embedded), report.json and PNGs."""
+    from sincere.experiment.report import write_report
+
     files = write_report(out, figures=figures)
     Console(stderr=True).print(
         f"report: {files.markdown} and {files.html} ({len(files.figures)} figures)"
@@ -171,6 +176,9 @@ def report_command(
 
 
 def _parse_sets(values: list[str]) -> list[tuple[str, Any]]:
+    """``--set PATH=VALUE`` options as (path, parsed YAML value) pairs."""
+    import yaml
+
     pairs = []
     for item in values:
         path, sep, text = item.partition("=")
@@ -184,6 +192,12 @@ def _parse_sets(values: list[str]) -> list[tuple[str, Any]]:
 
 def _capacity_inputs(source: str) -> tuple[dict[str, Any], CapacitySpec]:
     """A simulation config (with default search settings) or a spec's reference config."""
+    import yaml
+
+    from sincere.experiment.builtin import resolve_spec
+    from sincere.experiment.grid import reference_config
+    from sincere.experiment.spec import CapacitySpec
+
     path = Path(source)
     data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
     if isinstance(data, dict) and "base" not in data:
@@ -192,7 +206,11 @@ def _capacity_inputs(source: str) -> tuple[dict[str, Any], CapacitySpec]:
     return reference_config(spec), spec.capacity
 
 
-def _capacity_table(results: list[CapacityResult], limit: float) -> Table:
+def _capacity_table(
+    results: list[CapacityResult], limit: float, base: dict[str, Any], paths: list[str]
+) -> Table:
+    from sincere.experiment.capacity import policy_label
+
     table = Table(title=f"capacity (worst tier violation ≤ {limit:.0%})", show_header=True)
     for col in (
         "policy",
@@ -218,7 +236,8 @@ def _capacity_table(results: list[CapacityResult], limit: float) -> Table:
             else (f"< {hi.rate:.3g}" if hi else f"> {lo.rate:.3g}" if lo else "–")
         )
         estimate = f"{res.estimate:.3g}" if res.estimate is not None else "–"
-        table.add_row(str(res.policy), estimate, bracket, ends, passing, str(len(res.points)))
+        name = res.policy or f"{policy_label(base, paths)} (the config's)"
+        table.add_row(name, estimate, bracket, ends, passing, str(len(res.points)))
     return table
 
 
@@ -239,9 +258,14 @@ def capacity_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write JSON + PNG here.")] = None,
 ) -> None:
     """Highest arrival rate whose worst tier misses ≤ 1 % (bracket + bisection, per policy)."""
+    from sincere.experiment.capacity import check_all, plot_capacity, policy_paths
+    from sincere.experiment.paths import set_fields
+    from sincere.experiment.runner import default_workers
+    from sincere.experiment.spec import CapacitySpec
+    from sincere.workload.validation import validate_config
+
     base, defaults = _capacity_inputs(config)
-    for path, value in _parse_sets(set_ or []):
-        base = set_path(base, path, value)
+    base = set_fields(base, _parse_sets(set_ or []))
     names: list[str | None] = (
         [p.strip() for p in policies.split(",") if p.strip()]
         if policies
@@ -252,8 +276,11 @@ def capacity_command(
         update["seeds"] = [int(s) for s in seeds.split(",")]
     given = {k: v for k, v in update.items() if v is not None}
     settings = validate_config(CapacitySpec, {**defaults.model_dump(), **given}, "capacity")
+    paths = [settings.policy_path] if settings.policy_path else policy_paths(base)
+    check_all(base, names, paths)
+    _note_left_out(base, names, paths)
     results = _search_all(base, names, settings, workers or default_workers())
-    Console().print(_capacity_table(results, settings.max_violation))
+    print_table(_capacity_table(results, settings.max_violation, base, paths))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         data = {"seeds": settings.seeds, "results": [r.as_json() for r in results]}
@@ -262,10 +289,29 @@ def capacity_command(
         Console(stderr=True).print(f"wrote {out / 'capacity.json'} and {out / 'capacity.png'}")
 
 
+def _note_left_out(base: dict[str, Any], names: list[str | None], paths: list[str]) -> None:
+    """Say which policies run without the config's scheduler parameters (not theirs)."""
+    from sincere.experiment.capacity import left_out_params, policy_label
+
+    own = policy_label(base, paths)
+    for name in names:
+        left = left_out_params(base, name, paths)
+        if left:
+            Console(stderr=True).print(
+                f"note: {name} runs with its own defaults; scheduler_params "
+                f"{', '.join(left)} belong to {own}",
+                highlight=False,
+            )
+
+
 def _search_all(
     base: dict[str, Any], names: list[str | None], settings: CapacitySpec, workers: int
 ) -> list[CapacityResult]:
     """One capacity search per policy, seeds evaluated in ``workers`` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sincere.experiment.capacity import pool_evaluator, search_capacity
+
     console = Console(stderr=True)
     results = []
     with ProcessPoolExecutor(workers) if workers > 1 else _no_pool() as pool:

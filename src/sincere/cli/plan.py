@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sincere.cli.app import app
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 from sincere.optimize.data import load_problem
 from sincere.optimize.loadtrace import read_load_trace, replan
@@ -194,11 +195,12 @@ def plan(
         console.print(f"wrote {trace_out}")
     final = steps[-1][1]
     rule = problem.optimizer.batch_rule
-    console.print(
+    print_table(
         solution_table(
             final,
             f"{directory} ({final.solver}, batch rule {rule}): total {final.total_cost:.2f} ¢/h",
-        )
+        ),
+        console,
     )
     out.write_text(json.dumps(final.to_json(), indent=2) + "\n")
     console.print(f"wrote {out}")

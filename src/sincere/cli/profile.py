@@ -11,18 +11,17 @@ monitor's CPU / memory / GPU columns, and show progress.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 
 from sincere.cli.app import app
 from sincere.cli.progress import count_bar
 from sincere.core.errors import ConfigError
-from sincere.profile.csvio import write_profile_csv
-from sincere.profile.http import LEADING_COLUMNS, HttpProfileConfig, ProfileRow, profile_http
-from sincere.profile.monitor import Monitor
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 profile_app = typer.Typer(help="Profile real engines (HTTP endpoints, local PyTorch models).")
 app.add_typer(profile_app, name="profile")
@@ -61,6 +60,10 @@ def http_command(
     api_key: Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", help="bearer")] = None,
 ) -> None:
     """Concurrency sweep of an OpenAI-compatible endpoint (streamed TTFT / TPOT / ITL)."""
+    from sincere.profile.csvio import write_profile_csv
+    from sincere.profile.http import LEADING_COLUMNS, HttpProfileConfig, ProfileRow, profile_http
+    from sincere.profile.monitor import Monitor
+
     headers = (("Authorization", f"Bearer {api_key}"),) if api_key else ()
     cfg = HttpProfileConfig(
         url=url,
@@ -102,6 +105,7 @@ def local_command(
 ) -> None:
     """Iteration times, fingerprints and load times of a random-weight PyTorch model."""
     from sincere.profile.local import LocalProfileConfig, run_local_profile
+    from sincere.profile.monitor import Monitor
 
     cfg = LocalProfileConfig(
         device=device,

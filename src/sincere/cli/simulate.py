@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sincere import native
 from sincere.cli.app import app
-from sincere.cli.progress import count_bar
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 _HELP = (
     "Simulate serving a workload on a cluster described by CONFIG (YAML).\n\n"
@@ -26,7 +27,10 @@ _HELP = (
     "Writes into --out: requests.parquet (one row per request, times in seconds since the "
     "start), summary.json (latency percentiles, throughput, SLO attainment, goodput, "
     "utilization, cost) and config.yaml (the resolved config; rerun it to repeat the run); "
-    "with --plot also simulation.png."
+    "with --plot also simulation.png.\n\n"
+    "Warnings (stderr) name workload models no instance serves and count rejected requests. "
+    "Exit status: 0 when at least one request completed, 1 when none did (the outputs are "
+    "still written), 2 on an invalid config."
 )
 
 
@@ -48,31 +52,49 @@ def simulate_command(
     ] = False,
 ) -> None:
     """Run one simulation and write its outputs."""
-    from sincere.sim.api import simulate
+    from rich.console import Console
+
+    from sincere.cli.tables import print_table
 
     console = Console(stderr=True)
     started = time.perf_counter()
-    if quiet:
-        result = simulate(config, seed=seed)
-    else:
+    result = _run(config, seed, console, quiet)
+    result.write(out)
+    wall_s = time.perf_counter() - started
+    if plot:
+        result.plot(out / "simulation.png", title=config.stem)
+    if not quiet:
+        print_table(summary_table(result.summary))
+        console.print(
+            f"{result.summary['num_requests']:,} requests in {wall_s:.2f} s wall "
+            f"({result.summary['num_requests'] / wall_s:,.0f} simulated requests/s, "
+            f"{_engine_code()}); outputs in {out}"
+        )
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+    if result.summary["num_requests"] and not result.summary["num_completed"]:
+        console.print(f"[red]error:[/red] no request completed; outputs in {out}")
+        raise typer.Exit(1)
+
+
+def _run(config: Path, seed: int | None, console: Console, quiet: bool) -> Any:
+    """The simulation, with a progress bar unless ``quiet`` (warnings are printed later)."""
+    import warnings
+
+    from sincere.cli.progress import count_bar
+    from sincere.sim.api import SimulationWarning, simulate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SimulationWarning)
+        if quiet:
+            return simulate(config, seed=seed)
         with count_bar(console) as bar:
             task = bar.add_task("simulating", total=None)
 
             def report(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = simulate(config, seed=seed, progress=report)
-    result.write(out)
-    wall_s = time.perf_counter() - started
-    if plot:
-        result.plot(out / "simulation.png", title=config.stem)
-    if not quiet:
-        Console().print(summary_table(result.summary))
-        console.print(
-            f"{result.summary['num_requests']:,} requests in {wall_s:.2f} s wall "
-            f"({result.summary['num_requests'] / wall_s:,.0f} simulated requests/s, "
-            f"{_engine_code()}); outputs in {out}"
-        )
+            return simulate(config, seed=seed, progress=report)
 
 
 def _engine_code() -> str:
@@ -91,6 +113,8 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """The terminal table: latency rows (mean / p50 / p90 / p99), then totals."""
+    from rich.table import Table
+
     table = Table(title="simulation summary", show_header=True)
     for column in ("metric", "mean", "p50", "p90", "p99"):
         table.add_column(column, justify="left" if column == "metric" else "right")

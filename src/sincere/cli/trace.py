@@ -11,27 +11,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
-from sincere.core.jsonsafe import json_safe
-from sincere.core.request import RequestArrays
-from sincere.workload.config import generate, load_workload_config
-from sincere.workload.stats import TraceStats, plot_trace, trace_stats
-from sincere.workload.traces import TRACE_READERS, TRACE_WRITERS, read_trace, write_trace
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from sincere.core.request import RequestArrays
+    from sincere.workload.stats import TraceStats
 
 trace_app = typer.Typer(help="Inspect and convert request traces.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
 
-_FORMATS = ", ".join(TRACE_READERS.names())
+_FORMATS = "see `sincere trace formats` (default: from the extension and header)"
 
 
 def _sample(num_requests: int, rate: float, seed: int) -> RequestArrays:
+    from sincere.workload.config import generate, load_workload_config
+
     config = load_workload_config(
         {
             "num_requests": num_requests,
@@ -44,6 +45,8 @@ def _sample(num_requests: int, rate: float, seed: int) -> RequestArrays:
 
 
 def _table(stats: TraceStats, title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -66,7 +69,7 @@ def _table(stats: TraceStats, title: str) -> Table:
 def stats_cmd(
     file: Annotated[Path | None, typer.Argument(help="Trace file (see --format).")] = None,
     format: Annotated[
-        str | None, typer.Option("--format", "-f", help=f"One of: {_FORMATS}.")
+        str | None, typer.Option("--format", "-f", help=f"Trace format: {_FORMATS}.")
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG summary here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
@@ -78,6 +81,13 @@ def stats_cmd(
     seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
 ) -> None:
     """Rate, duration, inter-arrival CV and token-length percentiles of a trace."""
+    from rich.console import Console
+
+    from sincere.cli.tables import print_table
+    from sincere.core.jsonsafe import json_safe
+    from sincere.workload.stats import plot_trace, trace_stats
+    from sincere.workload.traces import read_trace
+
     if (file is None) != sample:
         raise ConfigError("give a trace FILE or --sample (not both)", value=str(file))
     requests = _sample(num_requests, rate, seed) if file is None else read_trace(file, format)
@@ -86,7 +96,7 @@ def stats_cmd(
     if as_json:
         typer.echo(json.dumps(json_safe(stats.to_dict()), indent=2))
     else:
-        Console().print(_table(stats, title))
+        print_table(_table(stats, title))
     if plot is not None:
         plot_trace(requests, plot, title="sample" if file is None else file.name)
         if not as_json:
@@ -102,12 +112,37 @@ def convert_cmd(
     ] = None,
     to_format: Annotated[
         str | None,
-        typer.Option(
-            "--to", help=f"Output: {', '.join(TRACE_WRITERS.names())} (default: by extension)."
-        ),
+        typer.Option("--to", help="Output format: see `sincere trace formats`."),
     ] = None,
 ) -> None:
-    """Rewrite a trace in another format."""
+    """Rewrite a trace in another format (default: ours, by extension .csv / .parquet)."""
+    from rich.console import Console
+
+    from sincere.workload.traces import read_trace, write_trace
+
     requests = read_trace(source, from_format)
     write_trace(requests, target, to_format)
     Console().print(f"wrote {len(requests):,} requests to {target}")
+
+
+@trace_app.command("formats")
+def formats_cmd() -> None:
+    """The trace formats sincere reads and writes."""
+    from rich.table import Table
+
+    from sincere.cli.tables import print_table
+    from sincere.workload.traces import TRACE_READERS, TRACE_WRITERS
+
+    table = Table(title="trace formats", show_header=True, header_style="bold")
+    for column in ("format", "read", "write", "what it is"):
+        table.add_column(column)
+    for name in sorted({*TRACE_READERS.names(), *TRACE_WRITERS.names()}):
+        reader = TRACE_READERS.get(name) if name in TRACE_READERS else None
+        doc = (reader.__doc__ or "").strip().splitlines()[0].replace("``", "") if reader else ""
+        table.add_row(
+            name,
+            "yes" if reader else "-",
+            "yes" if name in TRACE_WRITERS else "-",
+            doc,
+        )
+    print_table(table)

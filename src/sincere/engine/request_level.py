@@ -1,6 +1,6 @@
 """A request-level engine: several models share one GPU and swap in and out (SINCERE).
 
-SINCERE (REFERENCE.md §1) serves three 7-8B models on one H100 through the HF
+SINCERE (docs/references.md, SINCERE) serves three 7-8B models on one H100 through the HF
 transformers pipeline: requests queue per model (FIFO); a batch of one model's
 requests runs to completion; a model that is not resident must be loaded first,
 unloading the least recently used one when the device holds ``max_resident_models``
@@ -612,7 +612,7 @@ class RequestLevelConfig(BaseModel):
 
     def planning(self, step_models: Mapping[ModelName, StepTimeModel]) -> tuple[str, Seconds]:
         """(SelectBatch span, timer-thread period): as set here, else as the step models'
-        calibration says, else REFERENCE.md's span and SINCERE's code period (0.1 s)."""
+        calibration says, else the published span and SINCERE's code period (0.1 s)."""
         plans = [s.planning() for s in step_models.values() if isinstance(s, RequestLevelCosts)]
         horizon = self.select_horizon or (plans[0].select_horizon if plans else "sla-slack")
         poll = self.poll_period_s or (plans[0].poll_period_s if plans else SINCERE_POLL_PERIOD_S)

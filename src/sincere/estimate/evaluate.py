@@ -21,7 +21,7 @@ from sincere.estimate.fingerprint import Measurement
 from sincere.estimate.fit import Target, fit_law
 from sincere.estimate.law import ExponentTable
 
-MAVERIQ_MEAN_ERROR = 0.086  # MaverIQ's own estimator on its data (REFERENCE.md §3)
+MAVERIQ_MEAN_ERROR = 0.086  # MaverIQ's own estimator on its data (docs/references.md, MaverIQ)
 MAVERIQ_MEDIAN_ERROR = 0.037
 
 

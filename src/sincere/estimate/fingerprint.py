@@ -4,7 +4,8 @@ A *fingerprint* is the same architecture cut to a few hidden layers, profiled in
 deployment's configuration (TP, PP, weight precision, KV precision, batch size) at two
 output lengths. MaverIQ profiles 1- and 2-layer variants at o1 = 10 and o2 = 20 output
 tokens, giving latencies ``l(n, o)``; since ``l(n, o) = TTFT_other + n*TTFT_layer +
-o*(TPOT_other + n*TPOT_layer)`` (REFERENCE.md §3) the four measurements solve exactly for
+o*(TPOT_other + n*TPOT_layer)`` (docs/references.md,
+MaverIQ) the four measurements solve exactly for
 
 * ``TPOT_layer = [(l(n2,o2) - l(n1,o2)) - (l(n2,o1) - l(n1,o1))] / ((o2-o1)(n2-n1))``
 * ``TPOT_other = (l(n1,o2) - l(n1,o1)) / (o2-o1) - n1*TPOT_layer``

@@ -1,7 +1,7 @@
 """MaverIQ's parallelism law, with the TP overhead read where it was profiled.
 
-With ``L_ref = L(1, 1)`` and the references ``L(2, 1)`` and ``L(1, 2)`` (REFERENCE.md §3),
-MaverIQ's law is
+With ``L_ref = L(1, 1)`` and the references ``L(2, 1)`` and ``L(1, 2)`` (docs/references.md,
+MaverIQ), MaverIQ's law is
 
 ``L(TP, PP) = L_ref / (TP * PP^alpha) + ((TP-1)^beta / PP^gamma) * TP_ovh + (PP-1)^delta * PP_ovh``
 

@@ -14,7 +14,10 @@ than ``rel_tol`` of its upper end (or ``max_points`` rates were tried). It repor
   sure the verdict is: a bracket end where seeds disagree is a coin toss.
 
 The violation rate is assumed to grow with the rate (true of the simulator's queues
-in expectation, not for every seed, hence the seed averages).
+in expectation, not for every seed, hence the seed averages). A search needs SLO
+targets: without a tier that has one, nothing can be violated and every rate would
+pass, so :func:`check_searchable` refuses such a config, and every policy's config is
+validated (and its engines built) before the first simulation runs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from sincere.core.errors import ConfigError
 from sincere.experiment.metrics import tier_columns
-from sincere.experiment.paths import set_path
+from sincere.experiment.paths import get_path, set_fields, set_path
 from sincere.experiment.tables import crossing
 
 Evaluate = Callable[[list[dict[str, Any]]], list[float]]  # configs -> worst-tier violations
@@ -117,9 +120,86 @@ def with_policy(config: dict[str, Any], policy: str | None, paths: Sequence[str]
         return out
     for inst in out.get("instances") or []:
         inst.setdefault("engine", {})
+    return set_fields(out, [(path, policy) for path in paths])
+
+
+def policy_label(config: dict[str, Any], paths: Sequence[str]) -> str:
+    """The policy ``config`` runs at ``paths`` (what a search without ``policy`` measures)."""
+    values = []
     for path in paths:
-        out = set_path(out, path, policy)
-    return out
+        try:
+            values.append(str(get_path(config, path)))
+        except ConfigError:
+            values.append("fcfs" if path.endswith(".scheduler") else "best-batch+timer")
+    return "/".join(dict.fromkeys(values))
+
+
+def check_all(config: dict[str, Any], policies: Sequence[str | None], paths: Sequence[str]) -> None:
+    """:func:`check_searchable` for every policy; one error naming every problem."""
+    from sincere.experiment.grid import problem_lines
+
+    if len(policies) == 1:
+        check_searchable(config, policies[0], paths)
+        return
+    problems: dict[str, list[str]] = {}
+    for policy in policies:
+        try:
+            check_searchable(config, policy, paths)
+        except ConfigError as exc:
+            for line in problem_lines(exc):
+                problems.setdefault(line, []).append(policy or policy_label(config, paths))
+    if problems:
+        lines = [f"cannot search the capacity of {len(policies)} policies; nothing was run:"]
+        lines += [f"  {line} (policy {', '.join(names)})" for line, names in problems.items()]
+        raise ConfigError("\n".join(lines))
+
+
+def left_out_params(config: dict[str, Any], policy: str | None, paths: Sequence[str]) -> list[str]:
+    """Policy parameters of ``config`` that ``policy`` does not get (they were given for
+    the config's own policy), as ``name`` strings."""
+    at_policy = with_policy(config, policy, paths)
+    left: list[str] = []
+    for path in paths:
+        parent, _, name = path.rpartition(".")
+        if name != "scheduler":
+            continue
+        before = _params_at(config, f"{parent}.scheduler_params")
+        after = _params_at(at_policy, f"{parent}.scheduler_params")
+        left += [k for k in before if k not in after]
+    return sorted(set(left))
+
+
+def _params_at(config: dict[str, Any], path: str) -> dict[str, Any]:
+    try:
+        value = get_path(config, path)
+    except ConfigError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def slo_tiers(config: dict[str, Any]) -> list[str]:
+    """Names of the workload's tiers that have at least one latency target."""
+    from sincere.sim.config import load_config
+
+    tiers = load_config(config).workload.tier_mix().tiers
+    return [t.name for t in tiers if (t.ttft_s, t.ttlt_s, t.tbt_s) != (None, None, None)]
+
+
+def check_searchable(config: dict[str, Any], policy: str | None, paths: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` unless ``config`` under ``policy`` can be searched: valid,
+    buildable, and with SLO targets to violate."""
+    from sincere.experiment.grid import check_config
+
+    at_policy = with_policy(config, policy, paths)
+    check_config(at_policy)
+    if not slo_tiers(at_policy):
+        raise ConfigError(
+            "capacity needs SLO targets, and no tier of the workload has one (every rate "
+            "would pass)",
+            where="workload.tiers",
+            allowed="a preset with targets (niyama, inferno, sincere-40/60/80) or tiers with "
+            "ttft_s / ttlt_s / tbt_s",
+        )
 
 
 def _bracket(

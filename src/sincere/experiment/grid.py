@@ -2,10 +2,12 @@
 
 The cells are the cross product of the axes' values (in the spec's order, the last
 axis varying fastest) times the seeds. For each point the base config gets every
-axis's fields set (:func:`~sincere.experiment.paths.set_path`), then every ``${name}``
-placeholder filled with that axis's value, then its seed; the result is validated as
-a :class:`~sincere.sim.config.SimulationConfig`, so a bad value fails before anything
-runs, naming the cell, the field path, the value and what is allowed.
+axis's fields set (:func:`~sincere.experiment.paths.set_fields`: a policy swept away
+from the base's leaves the base's policy parameters behind), then every ``${name}``
+placeholder filled with that axis's value, then its seed. Every point is then
+validated as a :class:`~sincere.sim.config.SimulationConfig` and its engines and router
+are built without requests, so bad values fail before anything runs; the error lists
+every invalid cell at once, naming the field path, the value and what is allowed.
 
 A cell's id spells its coordinates (``strategy=fcfs,env=cc,seed=1``) and names its
 folder; its ``config_hash`` (SHA-256 of the resolved config) tells a resumed run
@@ -22,9 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sincere.core.errors import ConfigError
-from sincere.experiment.paths import format_value, placeholders, set_path, substitute
+from sincere.experiment.paths import (
+    format_value,
+    placeholders,
+    set_fields,
+    set_path,
+    substitute,
+)
 from sincere.experiment.spec import ExperimentSpec, Label
+from sincere.sim.build import check_buildable
 from sincere.sim.config import load_config
+
+MAX_LISTED_CELLS = 3  # cells named per problem in an error (the rest are counted)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+,\-]")
 
@@ -90,46 +101,69 @@ def _check_placeholders(spec: ExperimentSpec) -> None:
 
 def _resolve(spec: ExperimentSpec, point: tuple[tuple[Label, Any], ...]) -> dict[str, Any]:
     """The base config with one point's fields set and placeholders filled."""
-    config = spec.base
     values: dict[str, Any] = {}
+    settings: list[tuple[str, Any]] = []
     for (name, axis), (_, value) in zip(spec.axes.items(), point, strict=True):
         values[name] = value
         parts = value if axis.paths is not None else [value] if axis.path else []
-        for path, part in zip(axis.targets, parts, strict=True):
-            config = set_path(config, path, part)
-    config = substitute(config, values)
+        settings.extend(zip(axis.targets, parts, strict=True))
+    config = substitute(set_fields(spec.base, settings), values)
     if spec.base_dir is not None and "base_dir" not in config:
         config["base_dir"] = spec.base_dir
     return dict(config)
 
 
 def expand(spec: ExperimentSpec, *, validate: bool = True) -> list[Cell]:
-    """Every cell of ``spec``; ``validate`` checks each resolved config."""
+    """Every cell of ``spec``; ``validate`` checks each resolved config (all, then raises)."""
     _check_placeholders(spec)
     names = list(spec.axes)
     points = itertools.product(*(axis.items() for axis in spec.axes.values()))
     cells: list[Cell] = []
+    problems: dict[str, list[str]] = {}  # problem -> cells that have it
     for point in points:
         coords = {name: label for name, (label, _) in zip(names, point, strict=True)}
         where = ",".join(f"{n}={format_value(v)}" for n, v in coords.items()) or "(single cell)"
         try:
             resolved = _resolve(spec, point)
+            if validate:
+                check_config({**resolved, "seed": spec.seeds[0]})
         except ConfigError as exc:
-            raise ConfigError(f"cell {where}: {exc}") from None
-        if validate:
-            _validate({**resolved, "seed": spec.seeds[0]}, where)
+            for line in problem_lines(exc):
+                problems.setdefault(line, []).append(where)
+            continue
         for seed in spec.seeds:
             config = {**resolved, "seed": seed}
             cells.append(Cell(cell_id(coords, seed), coords, seed, config, config_hash(config)))
+    if problems:
+        raise invalid_cells(problems, len(cells) // len(spec.seeds) + _num_bad(problems))
     _check_unique(cells)
     return cells
 
 
-def _validate(config: dict[str, Any], where: str) -> None:
-    try:
-        load_config(config)
-    except ConfigError as exc:
-        raise ConfigError(f"cell {where}: {exc}") from None
+def check_config(config: dict[str, Any]) -> None:
+    """Validate a resolved config and build its engines (no run): ConfigError if bad."""
+    check_buildable(load_config(config))
+
+
+def problem_lines(exc: ConfigError) -> list[str]:
+    """The problems of a ConfigError, one per line (a multi-problem header dropped)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[1:] if len(lines) > 1 else lines
+
+
+def _num_bad(problems: dict[str, list[str]]) -> int:
+    return len({cell for cells in problems.values() for cell in cells})
+
+
+def invalid_cells(problems: dict[str, list[str]], num_points: int) -> ConfigError:
+    """One error listing every problem with the cells (points) that have it."""
+    lines = [f"{_num_bad(problems)} of {num_points} cells are invalid; nothing was run:"]
+    for problem, cells in problems.items():
+        named = "; ".join(cells[:MAX_LISTED_CELLS])
+        more = len(cells) - MAX_LISTED_CELLS
+        suffix = f" and {more} more" if more > 0 else ""
+        lines.append(f"  {problem} (cell {named}{suffix})")
+    return ConfigError("\n".join(lines))
 
 
 def _check_unique(cells: list[Cell]) -> None:

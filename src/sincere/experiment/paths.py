@@ -10,13 +10,20 @@ value of the axis ``rate`` (its type kept: a number stays a number); a placehold
 a longer string (``"sincere-${sla}"``) is replaced by the value's text. This is how one
 axis drives several fields, or a field whose name depends on another axis (e.g. the
 arrival rate is ``rate`` for gamma arrivals but ``mean`` for SINCERE's bursty preset).
+
+Parameters belong to the policy they were given for. :func:`set_fields` (what sweeps and
+capacity searches use) sets several paths; when one of them changes an engine's
+``scheduler`` to another policy, the base's ``scheduler_params`` (written for the old
+one) are dropped from that engine, unless the same settings give new ones. So sweeping
+``scheduler: [fcfs, niyama]`` over a Niyama config runs FCFS with its own defaults
+instead of failing on Niyama's parameters.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sincere.core.errors import ConfigError
@@ -77,6 +84,45 @@ def set_path(config: Mapping[str, Any], path: str, value: Any) -> dict[str, Any]
             f"cannot set {last!r}: its parent is not a mapping", where=path, value=node
         )
     return out
+
+
+POLICY_PARAMS = {"scheduler": "scheduler_params"}
+"""A policy field and the sibling field holding that policy's parameters."""
+DEFAULT_POLICY = {"scheduler": "fcfs"}
+"""The policy an engine block runs when the field is left out."""
+
+
+def set_fields(config: Mapping[str, Any], settings: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """``config`` with every ``(path, value)`` set in order, policy parameters kept with
+    their policy (see the module docstring)."""
+    out = dict(config)
+    given = {path for path, _ in settings}
+    for path, value in settings:
+        out = set_path(out, path, value)
+        parent, _, name = path.rpartition(".")
+        params_path = f"{parent}.{POLICY_PARAMS[name]}" if name in POLICY_PARAMS else None
+        if params_path is None or params_path in given:
+            continue
+        before = _get_or(config, path, DEFAULT_POLICY[name])
+        if isinstance(before, str) and "${" not in before and before != value:
+            out = _delete(out, params_path)
+    return out
+
+
+def _get_or(config: Mapping[str, Any], path: str, default: Any) -> Any:
+    try:
+        return get_path(config, path)
+    except ConfigError:
+        return default
+
+
+def _delete(config: dict[str, Any], path: str) -> dict[str, Any]:
+    """``config`` without the mapping key at ``path`` (unchanged when it is absent)."""
+    parent, _, key = path.rpartition(".")
+    node = _get_or(config, parent, None)
+    if not isinstance(node, dict) or key not in node:
+        return config
+    return set_path(config, parent, {k: v for k, v in node.items() if k != key})
 
 
 def format_value(value: Any) -> str:

@@ -2,8 +2,9 @@
 
 In CC mode the GPU computes at native speed but every host↔device transfer goes
 through an AES-GCM encrypted bounce buffer in shared memory, and each kernel
-launch / copy pays a fixed toll on that channel (REFERENCE.md, "Confidential
-computing"). :class:`Confidential` wraps an inner :class:`StepTimeModel` with:
+launch / copy pays a fixed toll on that channel (the published H100
+confidential-computing studies, docs/references.md).
+:class:`Confidential` wraps an inner :class:`StepTimeModel` with:
 
 * a **latency floor** per forward pass, ``min_iteration_s``: the CPU-side work of
   one step (launches, encrypted copies of inputs and sampled tokens) overlaps with

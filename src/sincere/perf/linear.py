@@ -1,7 +1,7 @@
 """Linear step-time forms: Inferno's (α, β, γ, δ) and Niyama's binned regression.
 
-:class:`InfernoLinear` is Inferno's queueing-model performance profile (REFERENCE.md
-§2), in milliseconds: ``decode(n) = α + β·n`` per token step of ``n`` sequences and
+:class:`InfernoLinear` is Inferno's queueing-model performance profile (docs/references.md,
+Inferno), in milliseconds: ``decode(n) = α + β·n`` per token step of ``n`` sequences and
 ``prefill(n) = γ + δ·in_tokens·n``. Mapped onto a :class:`Batch`: the prefill part
 is ``γ + δ·prefill_tokens`` (``in_tokens·n`` is the batch's prompt tokens), the decode
 part ``α + β·num_decode_seqs``. A mixed batch costs the **sum** of both parts: Inferno
@@ -15,7 +15,7 @@ prefill: an iteration costs ``α`` plus, per token, ``β``, plus, per sequence,
 prompt of ``n_in`` tokens this is Inferno's ``w_pre = (β + γ(c+1)/2)·n_in`` and over
 ``m`` decode steps its ``w_dec = β·m + γ·m·(n_in + (m+1)/2)``.
 
-:class:`BinnedLinear` is Niyama's batch-time predictor (REFERENCE.md §4), in
+:class:`BinnedLinear` is Niyama's batch-time predictor (docs/references.md, Niyama), in
 seconds: per bin of total tokens, ``t = b0 + c1·tokens + c2·prefill_tokens +
 c3·decode_tokens + c4·decode_ctx + c5·prefill_ctx``, fitted by least squares with
 :func:`fit_binned_linear`. Predictions are clamped at zero.

@@ -1,7 +1,7 @@
 """SINCERE's batch-size ladder: powers of two with a few primes between.
 
 SINCERE profiled batch sizes 1, 2, 3, 4, 5, 7, 8, 11, 13, 16, 19, 23, 29, 32, … up to
-out-of-memory (REFERENCE.md §1): every power of two plus primes in between. Our rule
+out-of-memory (SINCERE, docs/references.md): every power of two plus primes in between. Our rule
 reproduces that prefix exactly: between ``2**k`` and ``2**(k+1)`` take the primes
 nearest to the three geometric quarter points ``2**(k + j/4)`` (j = 1, 2, 3), keeping
 only primes strictly inside the octave, without repeats. So each octave has at most

@@ -5,7 +5,7 @@ See docs/simulator.md. Layers: :mod:`.events` (the generic event queue),
 (the YAML schema), :mod:`.build` (config to cluster), :mod:`.metrics` (summary).
 """
 
-from sincere.sim.api import SimulationResult, simulate
+from sincere.sim.api import SimulationResult, SimulationWarning, simulate
 from sincere.sim.config import SimulationConfig, load_config
 
-__all__ = ["SimulationConfig", "SimulationResult", "load_config", "simulate"]
+__all__ = ["SimulationConfig", "SimulationResult", "SimulationWarning", "load_config", "simulate"]

@@ -8,14 +8,23 @@
 ``result.requests`` (a pyarrow Table, one row per request) and ``result.summary``
 (a dict) are exactly what ``requests.parquet`` and ``summary.json`` hold;
 ``config.yaml`` is the resolved config, seed included, so a run repeats exactly.
+
+``result.warnings`` lists, one line each, what a user should not miss: workload models
+that no instance serves (their requests are rejected as ``no_instance``) and how many
+requests were rejected, by reason. When no request completes at all, :func:`simulate`
+also issues a :class:`SimulationWarning` (the CLI exits 1 then).
 """
 
 from __future__ import annotations
 
+import difflib
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,6 +51,7 @@ class SimulationResult:
     records: RecordArrays  # per-request outcomes
     summary: dict[str, Any]  # what summary.json holds
     log: RunLog  # loop measurements (Little's-law integral, events)
+    warnings: list[str] = field(default_factory=list)  # what went wrong, one line each
     _table: pa.Table | None = field(default=None, repr=False)
 
     @property
@@ -108,7 +118,43 @@ def simulate(
     cluster = build_cluster(cfg, requests)
     log = run_events(cluster, progress)
     summary = summarize_cluster(cluster, log, horizon_s=cfg.workload.duration_s)
-    return SimulationResult(cfg, requests, cluster.records, summary, log)
+    notes = run_warnings(cluster)
+    if len(requests) and summary["num_completed"] == 0:
+        warnings.warn("; ".join(notes), SimulationWarning, stacklevel=2)
+    return SimulationResult(cfg, requests, cluster.records, summary, log, notes)
+
+
+class SimulationWarning(UserWarning):
+    """A run that served nothing (every request rejected or unfinished)."""
+
+
+def run_warnings(cluster: Cluster) -> list[str]:
+    """Lines about unserved models and rejected requests (empty for a clean run)."""
+    requests, records = cluster.requests, cluster.records
+    counts = np.bincount(requests.model, minlength=len(requests.models))
+    served = sorted({m for info in cluster.infos for m in info.models})
+    lines = []
+    for ix, name in enumerate(requests.models):
+        if counts[ix] and not cluster.eligible[ix]:
+            close = difflib.get_close_matches(name, served, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(
+                f"workload model {name!r} is served by no instance{hint}: its "
+                f"{int(counts[ix]):,} requests are rejected; the instances serve "
+                f"{', '.join(served)}"
+            )
+    num_rejected = int(records.rejected.sum())
+    if num_rejected:
+        reasons = Counter(r for r in records.reject_reason if r is not None)
+        text = ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
+        total = len(requests)
+        head = (
+            "every request was"
+            if num_rejected == total
+            else f"{num_rejected:,} of {total:,} requests were"
+        )
+        lines.append(f"{head} rejected ({text})")
+    return lines
 
 
 def summarize_cluster(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sincere.catalog import get_accelerator, get_model
+from sincere.catalog import ModelArch, get_accelerator, get_model
 from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
@@ -43,14 +43,47 @@ def canonical_model(name: str) -> str:
 
 
 def deployment_of(inst: InstanceConfig, model: str, where: str) -> Deployment:
-    """The deployment of one of ``inst``'s models."""
+    """The deployment of one of ``inst``'s models (its TP and PP checked against its shape)."""
     try:
+        arch = get_model(model)
+        check_parallelism(arch, inst.tp, inst.pp)
         return Deployment(
-            get_model(model), get_accelerator(inst.accelerator), inst.precision,
+            arch, get_accelerator(inst.accelerator), inst.precision,
             inst.kv_precision, inst.tp, inst.pp,
         )  # fmt: skip
     except ConfigError as exc:
         raise ConfigError(str(exc), where=where) from None
+
+
+def valid_tp(arch: ModelArch, max_tp: int = 64) -> list[int]:
+    """TP degrees that split ``arch``'s heads evenly (vLLM's rule, up to ``max_tp``).
+
+    Query heads must divide by TP; KV heads must too, or, when there are fewer KV heads
+    than GPUs, TP must be a multiple of them (each KV head is then replicated).
+    """
+    kv = arch.num_kv_heads
+    return [
+        tp
+        for tp in range(1, max_tp + 1)
+        if arch.num_heads % tp == 0 and (kv % tp == 0 if kv >= tp else tp % kv == 0)
+    ]
+
+
+def check_parallelism(arch: ModelArch, tp: int, pp: int) -> None:
+    """Raise :class:`ConfigError` when ``tp`` / ``pp`` cannot split ``arch`` evenly."""
+    if tp not in valid_tp(arch, max(tp, 64)):
+        raise ConfigError(
+            f"tp={tp} does not split {arch.name}'s {arch.num_heads} attention heads "
+            f"({arch.num_kv_heads} KV heads) evenly",
+            value=tp,
+            allowed=", ".join(map(str, valid_tp(arch))),
+        )
+    if pp > arch.num_layers:
+        raise ConfigError(
+            f"pp={pp} is more pipeline stages than {arch.name}'s {arch.num_layers} layers",
+            value=pp,
+            allowed=f"1..{arch.num_layers}",
+        )
 
 
 def step_model_of(inst: InstanceConfig, deployment: Deployment, where: str) -> StepTimeModel:
@@ -197,6 +230,17 @@ def canonical_requests(requests: RequestArrays) -> RequestArrays:
 def build_cluster(config: SimulationConfig, requests: RequestArrays) -> Cluster:
     """Engines, router and records for ``requests`` under ``config``."""
     return _Builder(config, requests).build()
+
+
+def check_buildable(config: SimulationConfig) -> None:
+    """Build ``config``'s engines and router without requests, so that every problem a run
+    would meet at start-up (trace files, catalog names, TP, memory, scheduler and router
+    parameters) raises :class:`ConfigError` now."""
+    missing = config.workload.missing_files(base_dir_of(config))
+    if missing:
+        raise ConfigError("\n".join(["missing trace files", *missing]))
+    models = tuple(canonical_model(m) for m in config.workload.model_mix().models)
+    build_cluster(config, RequestArrays.build([], [], [], models=models))
 
 
 def base_dir_of(config: SimulationConfig) -> Path | None:

@@ -42,7 +42,7 @@ from pydantic import (
 from sincere.core.errors import ConfigError
 from sincere.engine.request_level import RequestLevelConfig
 from sincere.perf.factory import StepModelConfig
-from sincere.policy.schedulers import SCHEDULERS
+from sincere.policy.schedulers import SCHEDULERS, check_scheduler_params
 from sincere.workload.config import WorkloadConfig
 from sincere.workload.validation import validate_config
 
@@ -70,6 +70,14 @@ class ContinuousConfig(BaseModel):
         if value not in SCHEDULERS:
             raise ValueError(f"unknown engine scheduler {value!r}; allowed: {SCHEDULERS.names()}")
         return value
+
+    @model_validator(mode="after")
+    def _known_params(self) -> ContinuousConfig:
+        try:
+            check_scheduler_params(self.scheduler, self.scheduler_params)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 def _engine_kind(value: Any) -> str:

@@ -106,6 +106,7 @@ def plot_run(
         fontsize=12,
     )
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

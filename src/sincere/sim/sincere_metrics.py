@@ -1,7 +1,7 @@
 """SINCERE's metric definitions over a finite horizon, for simulated and real runs alike.
 
 SINCERE's runs last a fixed time; whatever has not been processed by the end of the
-run never is. Its metrics (REFERENCE.md §1) therefore count *processed* requests: those
+run never is. Its metrics (docs/references.md, SINCERE) therefore count *processed* requests: those
 whose batch finished by the horizon. With ``duration_s`` the nominal length of the run
 and ``horizon_s`` its end (its log's last entry; ``duration_s`` for a simulation):
 

@@ -14,7 +14,7 @@ Processes and where they come from:
 * ``diurnal`` -- a sinusoidal rate ``mean * (1 + amplitude * sin(2 pi t / period))``,
   drawn by thinning a Poisson process (Lewis & Shedler).
 * ``sincere-bursty`` / ``sincere-ramp`` -- SINCERE's traffic patterns with the exact
-  parameters of its experiments (REFERENCE.md section 1); ``preset(mean=4|8|12)``.
+  parameters of its experiments (docs/references.md, SINCERE); ``preset(mean=4|8|12)``.
 * ``trace`` -- replay of recorded times, optionally rescaled in time or to a target rate.
 
 Kinds are registered in :data:`ARRIVALS` by name; :func:`make_arrival` builds one.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -254,6 +255,19 @@ class WorkloadConfig(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
 
+    def missing_files(self, base_dir: Path | None = None) -> list[str]:
+        """``field: path`` of each trace file this workload reads that does not exist."""
+        wanted = []
+        if self.arrival.kind == "trace" and isinstance(self.arrival.params.get("path"), str):
+            wanted.append(("arrival.path", self.arrival.params["path"]))
+        if self.lengths.source is not None and self.lengths.source not in length_sources():
+            wanted.append(("lengths.source", self.lengths.source))
+        return [
+            f"workload.{where}: no such file {str(_resolve(path, base_dir))!r}"
+            for where, path in wanted
+            if not _resolve(path, base_dir).is_file()
+        ]
+
     def tier_mix(self) -> TierMix:
         """The tiers and their weights."""
         if isinstance(self.tiers, TierPresetConfig):
@@ -284,8 +298,42 @@ def _streams(seed: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
 
 
-def generate(config: WorkloadConfig, seed: int, *, base_dir: Path | None = None) -> RequestArrays:
-    """Draw the requests of ``config``; relative trace paths resolve against ``base_dir``."""
+def as_workload_config(
+    config: WorkloadConfig | Mapping[str, Any] | str | Path,
+) -> tuple[WorkloadConfig, Path | None]:
+    """``config`` as a :class:`WorkloadConfig`, with the folder of the file it came from.
+
+    Takes the config object, a mapping (a ``workload:`` section, or a whole simulation
+    config holding one) or a YAML file of either kind.
+    """
+    if isinstance(config, WorkloadConfig):
+        return config, None
+    source: str | Path | None = None
+    folder: Path | None = None
+    data: Any = config
+    if isinstance(config, str | Path):
+        source, folder = Path(config), Path(config).resolve().parent
+        try:
+            data = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError("cannot read workload file", where=config, value=str(exc)) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", where=config) from None
+    if isinstance(data, Mapping) and "workload" in data and "arrival" not in data:
+        data = data["workload"]
+    return load_workload_config(data, source), folder
+
+
+def generate(
+    config: WorkloadConfig | Mapping[str, Any] | str | Path,
+    seed: int = 0,
+    *,
+    base_dir: Path | None = None,
+) -> RequestArrays:
+    """Draw the requests of ``config`` (see :func:`as_workload_config` for what it takes);
+    relative trace paths resolve against ``base_dir`` (default: the config file's folder)."""
+    config, folder = as_workload_config(config)
+    base_dir = base_dir if base_dir is not None else folder
     arrival_rng, length_rng, model_rng, tier_rng = _streams(seed)
     process = config.arrival.build(base_dir)
     t = process.times(arrival_rng, num_requests=config.num_requests, duration_s=config.duration_s)
@@ -318,6 +366,7 @@ __all__ = [
     "TierConfig",
     "TierPresetConfig",
     "WorkloadConfig",
+    "as_workload_config",
     "generate",
     "load_workload_config",
 ]

@@ -74,7 +74,7 @@ class ModelMix:
 
 
 SINCERE_MODEL_MIX = {"granite-7b": 0.1, "gemma-7b": 0.3, "llama3-8b": 0.6}
-"""SINCERE's per-request model probabilities (REFERENCE.md section 1)."""
+"""SINCERE's per-request model probabilities (docs/references.md, SINCERE)."""
 
 
 @dataclass(frozen=True, slots=True)

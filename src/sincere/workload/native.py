@@ -7,13 +7,14 @@ tier's targets ``tier_ttft_s``, ``tier_ttlt_s``, ``tier_tbt_s`` (empty / null = 
 target) and ``tier_priority``, ``budget_usd`` (empty = none), and ``prompt`` when the
 requests carry text. Only the first four columns are required when reading.
 
-Writers for other layouts (``azure``, ``mooncake``, ``burstgpt``) let ``sincere trace
+Writers for other layouts (``azure``, ``mooncake``, ``burstgpt``, ``vidur``) let ``sincere trace
 convert`` produce files other tools read; the Azure writer dates the first request
 2023-11-16 00:00:00.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -218,6 +219,21 @@ def write_azure(requests: RequestArrays, path: Path) -> None:
         }
     )
     pacsv.write_csv(table, path, pacsv.WriteOptions(quoting_style="none"))
+
+
+def write_vidur(requests: RequestArrays, path: Path) -> None:
+    """Write Vidur's processed-trace CSV (``arrived_at`` in seconds, token counts)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arrived_at", "num_prefill_tokens", "num_decode_tokens"])
+        writer.writerows(
+            zip(
+                requests.arrival_at.tolist(),
+                requests.prompt_tokens.tolist(),
+                requests.output_tokens.tolist(),
+                strict=True,
+            )
+        )
 
 
 def write_mooncake(requests: RequestArrays, path: Path) -> None:

@@ -100,6 +100,7 @@ def plot_trace(requests: RequestArrays, path: str | Path, title: str = "trace") 
         f"{stats.mean_rate:.2f} req/s, inter-arrival CV {stats.cv_interarrival:.2f}",
         fontsize=12,
     )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

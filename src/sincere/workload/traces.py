@@ -12,6 +12,10 @@ Formats (names for ``format=``; :func:`detect_format` guesses from extension and
   the first human turn is the prompt and the next assistant turn the output, both
   counted by :func:`count_tokens`. No times: arrivals come from ``arrival`` (default
   Poisson at 1 req/s) and ``seed``.
+* ``vidur`` -- Vidur's processed traces (CSV): ``arrived_at`` (seconds, optional),
+  ``num_prefill_tokens``, ``num_decode_tokens``; other columns (``num_total_tokens``,
+  ``pd_ratio``) are ignored. Without ``arrived_at`` (Vidur's length-only traces)
+  arrivals come from ``arrival`` (default Poisson at 1 req/s) and ``seed``.
 * ``mooncake`` -- Mooncake JSONL (``timestamp`` in ms, ``input_length``,
   ``output_length``, ``hash_ids``; the block hashes are not kept).
 * ``sincere-prompts`` -- SINCERE's prompt JSONL / JSON (``{"prompt", "model_alias"}``);
@@ -65,6 +69,8 @@ TRACE_WRITERS: Registry[Writer] = Registry("trace output format")
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
+VIDUR_COLUMNS = ("num_prefill_tokens", "num_decode_tokens")
+VIDUR_TIME = "arrived_at"
 SINCERE_COLUMNS = (
     "arrival_at",
     "model",
@@ -98,7 +104,9 @@ def write_trace(requests: RequestArrays, path: str | Path, format: str | None = 
             value=p.suffix,
             allowed=TRACE_WRITERS.names(),
         )
-    TRACE_WRITERS.get(fmt)(requests, p)
+    writer = TRACE_WRITERS.get(fmt)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    writer(requests, p)
 
 
 def detect_format(path: Path) -> str:
@@ -121,6 +129,7 @@ def _detect_csv(path: Path) -> str:
     for fmt, cols in (
         ("azure", AZURE_COLUMNS),
         ("burstgpt", BURSTGPT_COLUMNS),
+        ("vidur", VIDUR_COLUMNS),
         ("sincere-csv", SINCERE_COLUMNS[:4]),
         ("sincere-runs", sincere_runs.REQUEST_COLUMNS[1:4]),
     ):
@@ -217,6 +226,21 @@ def read_burstgpt(path: Path, drop_failed: bool = True) -> RequestArrays:
     return _assemble(
         t[keep], prompt[keep].astype(np.int64), output[keep].astype(np.int64), model_names=models
     )
+
+
+@TRACE_READERS.register("vidur")
+def read_vidur(path: Path, arrival: ArrivalProcess | None = None, seed: int = 0) -> RequestArrays:
+    """Vidur's processed trace CSV: arrived_at (optional), prefill and decode tokens."""
+    cols = read_csv_strings(path, VIDUR_COLUMNS)
+    prompt, output = (
+        to_numbers(cols[c], path=path, column=c, integral=True, minimum=1).astype(np.int64)
+        for c in VIDUR_COLUMNS
+    )
+    if VIDUR_TIME in cols:
+        t = to_numbers(cols[VIDUR_TIME], path=path, column=VIDUR_TIME, minimum=0)
+    else:
+        t = _arrivals_for(len(prompt), arrival, seed)
+    return _assemble(t, prompt, output)
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -337,3 +361,4 @@ TRACE_WRITERS.register("sincere-parquet")(native.write_sincere_parquet)
 TRACE_WRITERS.register("azure")(native.write_azure)
 TRACE_WRITERS.register("mooncake")(native.write_mooncake)
 TRACE_WRITERS.register("burstgpt")(native.write_burstgpt)
+TRACE_WRITERS.register("vidur")(native.write_vidur)

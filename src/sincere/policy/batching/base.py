@@ -1,4 +1,4 @@
-"""The contract of request-level batching strategies (SINCERE, REFERENCE.md §1).
+"""The contract of request-level batching strategies (SINCERE, docs/references.md, SINCERE).
 
 Several models share one GPU; one (or a few) is resident at a time and swapping
 costs an unload plus a load. Requests queue per model, FIFO, and a batch of one
@@ -37,14 +37,15 @@ IntArray: TypeAlias = npt.NDArray[np.int64]
 DEFAULT_BEST_BATCH: Mapping[ModelName, int] = MappingProxyType(
     {"granite-7b": 48, "gemma-7b": 64, "llama3-8b": 64, "llama-3-8b": 64}
 )
-"""Throughput-optimal batch sizes from SINCERE's batch profiling on an H100 (REFERENCE.md §1).
+"""Throughput-optimal batch sizes from SINCERE's batch profiling on an H100
+(docs/references.md, SINCERE).
 
 ``llama-3-8b`` is the catalog's name of SINCERE's ``llama3-8b``."""
 
 
 SELECT_HORIZONS = ("sla-slack", "swap-and-batch")
 """SelectBatch's spans: expected arrivals while the head can still wait (``SLA - T_adj``,
-REFERENCE.md's description) or during one swap and batch (``T_adj``, what SINCERE's runs
+the published description) or during one swap and batch (``T_adj``, what SINCERE's runs
 show)."""
 
 

@@ -1,6 +1,6 @@
 """BestBatch: wait until a model's queue reaches its throughput-optimal batch size.
 
-SINCERE (REFERENCE.md §1) profiles batch sizes until out-of-memory and keeps the
+SINCERE (docs/references.md, SINCERE) profiles batch sizes until out-of-memory and keeps the
 size with the highest throughput per model: granite-7b 48, gemma-7b 64, llama3-8b
 64 on an H100. Parameter: ``best_batch`` (model -> size; ``default_best_batch`` for
 others), capped by the engine's ``max_batch_size``. Exactly that many requests run.

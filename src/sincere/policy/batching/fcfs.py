@@ -1,4 +1,4 @@
-"""FCFS: one request at a time, in arrival order (SINCERE's baseline, REFERENCE.md §1).
+"""FCFS: one request at a time, in arrival order (SINCERE's baseline, docs/references.md, SINCERE).
 
 Every non-empty queue is ready with a batch of one; the composed strategy then picks
 the queue whose head arrived first (FCFS turns ``prefer_resident`` off by default, so

@@ -1,6 +1,6 @@
 """PartialBatch: flush the resident model's queue once it has stayed long enough.
 
-SINCERE (REFERENCE.md §1): once the loaded model has been resident for at least
+SINCERE (docs/references.md, SINCERE): once the loaded model has been resident for at least
 ``partial_residency_s`` (10 s), run its whole queue (capped by ``max_batch_size``)
 if it holds more than ``partial_fraction`` (a quarter) of its best batch, instead of
 waiting for a full one: the swap is already paid, so small batches are cheap. Only

@@ -1,11 +1,13 @@
-"""SelectBatch: a batch size matched to the model's recent arrival rate (SINCERE, REFERENCE.md §1).
+"""SelectBatch: a batch size matched to the model's recent arrival rate.
+
+From SINCERE (docs/references.md).
 
 The rate ``λ̂`` of a model is estimated from its last ``select_window`` (100)
 inter-arrival times as their count over their sum. The batch size is the element of
 ``select_sizes`` ({8, 16, 32, 64}) closest to ``λ̂ · span``, where ``T_adj`` is the
 Timer's adjustment (load mean + std, unload mean + std, estimated batch time) of the
 model and the span (``select_horizon``) is either ``SLA - T_adj`` (``sla-slack``: the
-requests expected while the oldest one can still wait, as REFERENCE.md describes it)
+requests expected while the oldest one can still wait, as the published description has it)
 or ``T_adj`` (``swap-and-batch``: the requests expected during one swap and batch,
 which is what SINCERE's real runs show: their sizes do not change with the SLA; see
 docs/validation.md). Ties go to the smaller size. Before the model has two arrivals there is no

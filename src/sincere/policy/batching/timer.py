@@ -1,4 +1,6 @@
-"""Timer: serve a queue before its oldest request can miss the SLA (SINCERE, REFERENCE.md §1).
+"""Timer: serve a queue before its oldest request can miss the SLA.
+
+From SINCERE (docs/references.md).
 
 When a model's first request is queued a timer starts with
 

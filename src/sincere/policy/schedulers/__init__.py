@@ -23,30 +23,43 @@ __all__ = [
     "IterationPlan",
     "IterationScheduler",
     "StaticView",
+    "check_scheduler_params",
     "make_scheduler",
     "niyama",
     "orders",
+    "scheduler_params",
 ]
 
 
-def make_scheduler(
-    name: str, params: dict[str, Any] | None = None, predictor: StepTimeModel | None = None
-) -> IterationScheduler:
-    """Build scheduler ``name`` with ``params``; unknown names or parameters raise."""
+def scheduler_params(name: str) -> list[str]:
+    """The parameters engine scheduler ``name`` takes (an unknown name raises)."""
     cls = SCHEDULERS.get(name)
-    params = dict(params or {})
-    accepted = [
+    return [
         p.name
         for p in inspect.signature(cls.__init__).parameters.values()
         if p.name not in ("self", "predictor") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
-    unknown = sorted(set(params) - set(accepted))
+
+
+def check_scheduler_params(name: str, params: dict[str, Any] | None) -> None:
+    """Raise :class:`ConfigError` when ``params`` holds a name scheduler ``name`` does not take."""
+    accepted = scheduler_params(name)
+    unknown = sorted(set(params or {}) - set(accepted))
     if unknown:
         raise ConfigError(
             f"unknown parameter for engine scheduler {name!r}",
             value=unknown[0],
             allowed=accepted or ["(none)"],
         )
+
+
+def make_scheduler(
+    name: str, params: dict[str, Any] | None = None, predictor: StepTimeModel | None = None
+) -> IterationScheduler:
+    """Build scheduler ``name`` with ``params``; unknown names or parameters raise."""
+    check_scheduler_params(name, params)
+    cls = SCHEDULERS.get(name)
+    params = dict(params or {})
     try:
         if cls.needs_predictor:
             return cls(predictor=predictor, **params)  # type: ignore[call-arg]

@@ -2,7 +2,7 @@
 
 A tier sets a TTFT deadline directly, or a TTLT (last-token) deadline that Niyama
 converts to a TTFT deadline by leaving room for the predicted decode tokens:
-``ttft_deadline = ttlt_deadline - n_dec * tbt`` (REFERENCE.md §4). After the first
+``ttft_deadline = ttlt_deadline - n_dec * tbt`` (Niyama, docs/references.md). After the first
 token, token ``k`` of a request is due at
 ``max(first_token_at, arrival + ttft_deadline) + k * tbt``. Times in seconds.
 

@@ -1,6 +1,6 @@
 """Niyama: deadline-aware iteration scheduling with a dynamic prefill chunk.
 
-From Niyama (REFERENCE.md §4), on a Sarathi-style engine with chunked prefill:
+From Niyama (docs/references.md), on a Sarathi-style engine with chunked prefill:
 
 * **Order** of waiting requests (``order``): ``hybrid`` (default) sorts by
   ``arrival + ttft_deadline + h * remaining_prefill_tokens`` (``h_s_per_token``,
