@@ -137,7 +137,9 @@ def test_overload_without_a_ttft_target_is_shed_early() -> None:
                 )
         statuses = [status for status, _ in out]
         shed = [answer for status, answer in out if status == 429]
-        assert len(shed) >= 15 and statuses.count(504) <= 2, statuses
+        # without early shedding every one of the 30 past the first few waits out 0.6 s (504);
+        # a few 504s remain where a slow machine stretches the slot's hold time
+        assert len(shed) >= 15 and statuses.count(504) <= 5, statuses
         assert all(a["error"]["code"] == "queue_overloaded" for a in shed)
 
     run(body)

@@ -33,6 +33,7 @@ from typer.core import TyperGroup
 from sincere.catalog.loader import default_catalog, load_catalog
 from sincere.cli.app import app
 from sincere.cli.progress import count_bar
+from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import GpuProfileFit, fit_document, fit_gpu_profiles
 from sincere.fit.models import DEFAULT_BIN_EDGES, FITTERS, FitContext
 from sincere.fit.output import fit_profile, params_document, profile_deployment, write_params
@@ -111,6 +112,8 @@ def fit_profile_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Fit a step-time model to a profile and report its goodness of fit."""
+    if model not in FITTERS.names():
+        raise ConfigError("unknown model to fit", value=model, allowed=FITTERS.names())
     dep = profile_deployment(
         profile, arch=arch, accelerator=accelerator, precision=precision, tp=tp, pp=pp
     )

@@ -19,7 +19,7 @@ from sincere.catalog.loader import Catalog, default_catalog
 from sincere.core.errors import ConfigError, DataError
 from sincere.fit.models import FitContext, FitResult, fit
 from sincere.fit.quality import FitQuality, evaluate
-from sincere.fit.samples import Sample, samples_from_rows
+from sincere.fit.samples import Sample, profile_kind, samples_from_rows
 from sincere.perf.base import Deployment
 from sincere.profile.csvio import read_profile_csv
 
@@ -58,6 +58,7 @@ def profile_deployment(
     """
     catalog = catalog or default_catalog()
     rows = read_profile_csv(path)
+    profile_kind(rows, path)  # a file that is no profile says so before naming columns
     arch = arch or _column_value(rows, "model", path)
     if arch is None:
         raise ConfigError("the profile names no model; pass --arch", where=path)

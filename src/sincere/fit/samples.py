@@ -136,19 +136,26 @@ def _from_streamed(
     return out
 
 
-def samples_from_rows(rows: Sequence[Mapping[str, Any]], path: str | Path) -> list[Sample]:
-    """Samples from a local or an http profile, told apart by their columns."""
+def profile_kind(rows: Sequence[Mapping[str, Any]], path: str | Path) -> str:
+    """``"local"`` or ``"http"``, told apart by the columns; anything else is an error."""
     columns = set(rows[0]) if rows else set()
     if set(LOCAL_COLUMNS) <= columns:
+        return "local"
+    if set(HTTP_COLUMNS) <= columns:
+        return "http"
+    raise DataError(
+        "not a sincere profile: need the columns of `profile local` "
+        f"({', '.join(LOCAL_COLUMNS)}) or of `profile http` ({', '.join(HTTP_COLUMNS)})",
+        path=path,
+    )
+
+
+def samples_from_rows(rows: Sequence[Mapping[str, Any]], path: str | Path) -> list[Sample]:
+    """Samples from a local or an http profile, told apart by their columns."""
+    if profile_kind(rows, path) == "local":
         samples = samples_from_local(rows)
-    elif set(HTTP_COLUMNS) <= columns:
-        samples = samples_from_http(rows)
     else:
-        raise DataError(
-            "not a sincere profile: need the columns of `profile local` "
-            f"({', '.join(LOCAL_COLUMNS)}) or of `profile http` ({', '.join(HTTP_COLUMNS)})",
-            path=path,
-        )
+        samples = samples_from_http(rows)
     if not samples:
         raise DataError("no usable (error-free, timed) rows in the profile", path=path)
     return samples
