@@ -16,6 +16,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -160,7 +161,13 @@ def test_compiled_and_interpreted_runs_are_identical(name: str, tmp_path: Path) 
     compiled_table, compiled_summary = _simulate(cfg, tmp_path / "compiled", True)
     plain_table, plain_summary = _simulate(cfg, tmp_path / "plain", False)
     assert compiled_table.num_rows == len(plain_table) > 0
-    assert compiled_table.equals(plain_table)
+    assert compiled_table.schema.equals(plain_table.schema)
+    for column in compiled_table.column_names:  # NaN (never served) equals NaN here
+        compiled, plain = (
+            t.column(column).to_numpy(zero_copy_only=False) for t in (compiled_table, plain_table)
+        )
+        same = compiled.dtype.kind == "f" and np.array_equal(compiled, plain, equal_nan=True)
+        assert same or compiled.tolist() == plain.tolist(), column
     assert compiled_summary == plain_summary
     if name == "kv-starved-fcfs":  # the case exists to exercise preemption
         assert compiled_summary["num_preemptions"] > 100
