@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sincere.cli.app import app
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def list_command(store: StoreOption = Path("keys.db"), as_json: JsonOption = Fal
             str(row["models"] or "any"), ", ".join(limits) or "-",
             f"{row['spent_usd']:g} / {budget}",
         )  # fmt: skip
-    Console().print(table)
+    print_table(table)
 
 
 def _row(keystore: KeyStore, record: KeyRecord, now: float) -> dict[str, object]:
