@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError, DataError
 
@@ -32,7 +31,7 @@ CONFIG_COLUMNS = ("Model", "TP", "PP", "DTYPE", "INT8_KV_Cache", "Output_Lenght"
 OUT_COLUMNS = ("Predicted_Latency (s)", "Predicted_Memory (GB)", "Estimate_Source")
 
 
-class _PredictByDefault(TyperGroup):
+class _PredictByDefault(VerbGroup):
     """``sincere estimate MODEL ...`` runs ``predict``; ``fit`` stays a subcommand."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:

@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
@@ -47,7 +46,7 @@ FITTER_NAMES = ("inferno", "niyama", "roofline", "table")
 DEFAULT_BINS = "64,512,2048"
 
 
-class _DefaultToProfile(TyperGroup):
+class _DefaultToProfile(VerbGroup):
     """A group whose unknown first argument goes to the ``profile`` command."""
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # typer's vendored click

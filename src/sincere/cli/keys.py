@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from sincere.serve.security.keystore import KeyStore
 
 keys_app = typer.Typer(
+    cls=VerbGroup,
     help="Create, list and revoke API keys (client keys with limits and budgets; admin keys).",
     no_args_is_help=True,
 )

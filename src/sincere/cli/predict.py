@@ -19,11 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
 
 predict_app = typer.Typer(
+    cls=VerbGroup,
     help="Train learned latency / output-length predictors from records; evaluate them.",
     no_args_is_help=True,
 )

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sincere.experiment.validation_report import ErrorStat
 
 validate_app = typer.Typer(
+    cls=VerbGroup,
     help="Replay real runs through the simulator and compare, cell by cell.",
     no_args_is_help=True,
 )
