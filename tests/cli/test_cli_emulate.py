@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +31,7 @@ CONFIG = """\
   count: 2
 """
 """Two engines whose long names make the table wider than 80 columns."""
+Stop = Callable[[Any], None]
 
 
 def _env(terminal: bool) -> dict[str, str]:
@@ -41,7 +42,7 @@ def _env(terminal: bool) -> dict[str, str]:
 
 
 @contextmanager
-def emulating(args: list[str], tmp_path: Path, terminal: bool) -> Iterator[str]:
+def emulating(args: list[str], tmp_path: Path, terminal: bool, stop: Stop) -> Iterator[str]:
     """Run `sincere emulate ARGS` until it has announced two URLs; yields its stderr."""
     log = tmp_path / "stderr.txt"
     with log.open("w") as err:
@@ -62,13 +63,7 @@ def emulating(args: list[str], tmp_path: Path, terminal: bool) -> Iterator[str]:
         time.sleep(0.2)  # the rest of the table
         yield re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", log.read_text())
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, as a user stops it
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop(process)  # Ctrl-C, as a user stops it
 
 
 def _healthy(url: str) -> bool:
@@ -76,11 +71,13 @@ def _healthy(url: str) -> bool:
         return bool(response.status == 200)
 
 
-def test_a_positional_file_is_the_config_and_the_piped_table_is_plain(tmp_path: Path) -> None:
+def test_a_positional_file_is_the_config_and_the_piped_table_is_plain(
+    tmp_path: Path, stop_child: Stop
+) -> None:
     """`sincere emulate FILE` starts FILE's engines; piped, the table is plain, one per line."""
     config = tmp_path / "engines.yaml"
     config.write_text(CONFIG)
-    with emulating([str(config)], tmp_path, terminal=False) as text:
+    with emulating([str(config)], tmp_path, False, stop_child) as text:
         rows = [line for line in text.splitlines() if URL.search(line)]
         assert [row.split()[0] for row in rows] == [
             "emulated-llama-3-8b-on-one-h100-sxm-0",
@@ -91,12 +88,14 @@ def test_a_positional_file_is_the_config_and_the_piped_table_is_plain(tmp_path: 
         assert all(_healthy(URL.findall(row)[0]) for row in rows)
 
 
-def test_the_config_option_still_works_and_fits_80_columns(tmp_path: Path) -> None:
+def test_the_config_option_still_works_and_fits_80_columns(
+    tmp_path: Path, stop_child: Stop
+) -> None:
     """`sincere emulate --config FILE` on an 80-column terminal: no line is wider, nothing is
     cut, and every announced URL answers."""
     config = tmp_path / "engines.yaml"
     config.write_text(CONFIG)
-    with emulating(["--config", str(config)], tmp_path, terminal=True) as text:
+    with emulating(["--config", str(config)], tmp_path, True, stop_child) as text:
         assert "…" not in text
         assert max(len(line) for line in text.splitlines()) <= 80
         joined = " ".join(text.split())
