@@ -37,7 +37,9 @@ _HELP = (
 def emulate_command(
     file: Annotated[
         Path | None,
-        typer.Argument(help="YAML list of emulated instances (the same as --config FILE)."),
+        typer.Argument(
+            metavar="FILE", help="YAML list of emulated instances (the same as --config FILE)."
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML list of emulated instances.")
