@@ -1,13 +1,37 @@
-"""Shared fixtures: where the published measurements and traces live."""
+"""Shared fixtures: where the published measurements and traces live; stopping a child."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def interrupt(process: subprocess.Popen[Any]) -> None:
+    """Stop a child started with ``start_new_session=True`` as a user would, with Ctrl-C
+    to its process group; kill the group if it is still there 10 s later."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def stop_child() -> Callable[[subprocess.Popen[Any]], None]:
+    """``stop_child(process)``: Ctrl-C to a child this test started, then kill (see
+    :func:`interrupt`)."""
+    return interrupt
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 Timings are in ``benchmarks/cli_startup.py``; these tests pin the structure that makes
 them (see the top of ``sincere/cli/app.py``), so they fail on an eager import, not on a
-slow machine.
+slow machine. Every verb and subcommand is found by reading the CLI modules (what they
+register on the root app and on a verb's sub-app, from whichever module), and that list
+is checked against the commands the app really has.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,78 +21,157 @@ import sincere.cli
 CLI_DIR = Path(sincere.cli.__file__).parent
 HEAVY = ("numpy", "scipy", "pyarrow", "matplotlib", "torch", "aiohttp", "pandas", "ray")
 """Modules that cost tens to hundreds of milliseconds to import."""
+NOT_FOR_HELP = (*HEAVY, "pydantic")
+"""What no ``--help`` imports: pydantic converts options when a verb runs, not for help
+(see ``VerbGroup`` in ``sincere/cli/app.py``)."""
 
 Loaded = Callable[..., set[str]]
+Sincere = Callable[..., Any]
+
+
+def _calls(tree: ast.AST) -> list[tuple[str, str, ast.Call]]:
+    """``owner.method(...)`` calls of a module: (owner, method, call)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if isinstance(owner, ast.Name):
+                found.append((owner.id, node.func.attr, node))
+    return found
+
+
+def _text(node: ast.expr | None, constants: dict[str, str]) -> str:
+    """A literal string, or a module-level string constant by name; "?" otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return constants.get(node.id, "?")
+    return "?"
+
+
+def _constants(tree: ast.Module) -> dict[str, str]:
+    """Module-level ``NAME = "text"`` assignments."""
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and isinstance(node.value.value, str):
+                    found[target.id] = node.value.value
+    return found
+
+
+def _verb_of(call: ast.Call) -> str:
+    """The ``name=`` of an ``app.add_typer(group, name=...)`` call."""
+    name = next((k.value for k in call.keywords if k.arg == "name"), None)
+    return _text(name, {})
+
+
+def _sub_apps(trees: dict[str, ast.Module]) -> dict[tuple[str, str], str]:
+    """(module, variable) -> verb, for each ``app.add_typer(variable, name=verb)``."""
+    found = {}
+    for module, tree in trees.items():
+        for owner, method, call in _calls(tree):
+            if owner == "app" and method == "add_typer" and isinstance(call.args[0], ast.Name):
+                found[(module, call.args[0].id)] = _verb_of(call)
+    return found
+
+
+def _groups_in(
+    module: str, tree: ast.Module, sub_apps: dict[tuple[str, str], str]
+) -> dict[str, str]:
+    """Variables of ``module`` that are a verb's sub-app (its own or imported) -> the verb."""
+    groups = {var: verb for (owner, var), verb in sub_apps.items() if owner == module}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sincere.cli."):
+            source = (node.module or "").rsplit(".", 1)[1]
+            for alias in node.names:
+                if (source, alias.name) in sub_apps:
+                    groups[alias.asname or alias.name] = sub_apps[(source, alias.name)]
+    return groups
+
+
+def registered_commands() -> dict[tuple[str, ...], str]:
+    """Every command path the CLI modules register -> the module registering it."""
+    trees = {p.stem: ast.parse(p.read_text(encoding="utf-8")) for p in CLI_DIR.glob("*.py")}
+    sub_apps = _sub_apps(trees)
+    found: dict[tuple[str, ...], str] = {}
+    for module, tree in trees.items():
+        constants, groups = _constants(tree), _groups_in(module, tree, sub_apps)
+        for owner, method, call in _calls(tree):
+            name = _text(call.args[0] if call.args else None, constants)
+            if method == "command" and owner == "app":
+                found[(name,)] = f"sincere.cli.{module}"
+            elif method == "command" and owner in groups:
+                found[(groups[owner], name)] = f"sincere.cli.{module}"
+            elif method == "add_typer" and owner == "app":
+                found[(_verb_of(call),)] = f"sincere.cli.{module}"
+    return found
+
+
+COMMANDS = sorted(registered_commands())
 
 
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ()])
 def test_root_help_and_version_import_nothing_heavy(
     args: tuple[str, ...], modules_loaded: Loaded
 ) -> None:
-    """`sincere`, `sincere --help` and `--version` load no heavy library."""
+    """`sincere`, `sincere --help` and `--version` load no heavy library, nor pydantic."""
     loaded = modules_loaded(*args)
-    assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+    assert loaded.isdisjoint(NOT_FOR_HELP), sorted(loaded & set(NOT_FOR_HELP))
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_every_help_imports_nothing_heavy(path: tuple[str, ...], modules_loaded: Loaded) -> None:
+    """`sincere VERB [SUBCOMMAND] --help`, for every verb and subcommand, loads no heavy
+    library, nor pydantic."""
+    loaded = modules_loaded(*path, "--help")
+    assert loaded.isdisjoint(NOT_FOR_HELP), sorted(loaded & set(NOT_FOR_HELP))
 
 
 @pytest.mark.parametrize(
-    "args",
-    [
-        ("simulate", "--help"),
-        ("bench", "--help"),
-        ("trace", "stats", "--help"),
-        ("trace", "convert", "--help"),
-        ("experiment", "--help"),
-        ("capacity", "--help"),
-        ("report", "--help"),
-        ("profile", "http", "--help"),
-        ("native", "status"),
-        ("catalog", "models"),
-    ],
+    "args", [("native", "status"), ("catalog", "models"), ("catalog", "accelerators")]
 )
-def test_verb_help_and_small_verbs_import_nothing_heavy(
-    args: tuple[str, ...], modules_loaded: Loaded
-) -> None:
-    """A verb's --help (and the catalog and native verbs) load no heavy library."""
+def test_small_verbs_import_nothing_heavy(args: tuple[str, ...], modules_loaded: Loaded) -> None:
+    """The catalog and native verbs load no heavy library."""
     loaded = modules_loaded(*args)
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
 
 
-def _registered_verbs(path: Path) -> set[str]:
-    """Names a CLI module registers on the root app (``app.command`` / ``app.add_typer``)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        owner = node.func.value
-        if not (isinstance(owner, ast.Name) and owner.id == "app"):
-            continue
-        if node.func.attr == "command" and node.args:
-            first = node.args[0]
-            names.add(first.value if isinstance(first, ast.Constant) else "?")
-        if node.func.attr == "add_typer":
-            names |= {
-                k.value.value
-                for k in node.keywords
-                if k.arg == "name" and isinstance(k.value, ast.Constant)
-            }
-    return {n for n in names if isinstance(n, str)}
+def test_listing_keys_imports_nothing_heavy(
+    tmp_path: Path, sincere: Sincere, modules_loaded: Loaded
+) -> None:
+    """`sincere keys list` on a store with a key loads no heavy library."""
+    store = str(tmp_path / "keys.json")
+    assert sincere(["keys", "create", "--name", "a", "--store", store]).returncode == 0
+    loaded = modules_loaded("keys", "list", "--store", store)
+    assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
 
 
 def test_every_registered_verb_is_in_the_verb_table() -> None:
-    """A CLI module that registers a verb has its row in VERBS (else it would be unreachable)."""
+    """A CLI module that registers a verb or a verb's subcommand has its row in VERBS."""
     from sincere.cli.app import VERBS
 
-    for path in sorted(CLI_DIR.glob("*.py")):
-        module = f"sincere.cli.{path.stem}"
-        for name in _registered_verbs(path):
-            assert name in VERBS, f"{path.name} registers {name!r}: add it to VERBS in app.py"
-            assert module in VERBS[name].modules, f"VERBS[{name!r}] misses {module}"
+    for path, module in registered_commands().items():
+        assert "?" not in path, f"{module} registers a command whose name is not a literal"
+        assert path[0] in VERBS, f"{module} registers {path[0]!r}: add it to VERBS in app.py"
+        assert module in VERBS[path[0]].modules, f"VERBS[{path[0]!r}] misses {module}"
 
 
-def test_every_verb_in_the_table_loads() -> None:
-    """Each row of VERBS names modules that register that verb."""
+def _walk(command: Any, path: tuple[str, ...]) -> set[tuple[str, ...]]:
+    found = {path}
+    for name, sub in (getattr(command, "commands", None) or {}).items():
+        found |= _walk(sub, (*path, name))
+    return found
+
+
+def test_every_verb_in_the_table_loads_and_the_command_list_is_complete() -> None:
+    """Each row of VERBS names modules that register that verb; the commands read from the
+    modules are exactly the app's commands, subcommands included."""
     from sincere.cli.app import VERBS, load_verb
 
+    real: set[tuple[str, ...]] = set()
     for name in VERBS:
         command = load_verb(name)
         assert command.name == name
+        real |= _walk(command, (name,))
+    assert set(COMMANDS) == real

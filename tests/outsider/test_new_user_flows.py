@@ -8,9 +8,7 @@ a capacity. Servers bind 127.0.0.1 and are stopped by the PID this test started.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +27,9 @@ Sincere = Callable[..., Any]
 
 
 @pytest.fixture
-def emulator(cli_environment: Callable[[], dict[str, str]]) -> Iterator[str]:
+def emulator(
+    cli_environment: Callable[[], dict[str, str]], stop_child: Callable[[Any], None]
+) -> Iterator[str]:
     """`sincere emulate --port 0` in the background; yields its URL, then stops it."""
     env = {**cli_environment(), "COLUMNS": "200"}
     process = subprocess.Popen(
@@ -44,12 +44,7 @@ def emulator(cli_environment: Callable[[], dict[str, str]]) -> Iterator[str]:
     try:
         yield _wait_for_url(process, deadline_s=60.0)
     finally:
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, as a user stops it
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_child(process)  # Ctrl-C, as a user stops it
 
 
 def _wait_for_url(process: subprocess.Popen[str], deadline_s: float) -> str:

@@ -4,14 +4,19 @@ How a verb is added (and why it starts fast). ``sincere --help`` and every verb 
 start in a fraction of a second, so nothing heavy is imported before it is needed:
 
 1. Write the verb in its own module ``sincere/cli/<verb>.py`` that registers on the
-   root ``app`` as usual (``@app.command("name")`` or ``app.add_typer(group, name=...)``).
+   root ``app`` as usual (``@app.command("name")`` or ``app.add_typer(group, name=...)``;
+   a group is ``typer.Typer(cls=VerbGroup, ...)``, see :class:`VerbGroup`).
 2. Add one row to :data:`VERBS` below: the verb's name, the module(s) that register it,
    and its one-line summary (what ``sincere --help`` lists).
 3. At the top of the module import only the standard library, ``typer``, ``rich`` and
    light ``sincere`` modules (``sincere.core.errors``, ``sincere.cli.*``); import NumPy,
    SciPy, pyarrow, matplotlib, aiohttp, torch and the layers that pull them in
-   (``sincere.sim``, ``sincere.workload``, ``sincere.experiment``, ...) inside the
-   command function. Type hints that need those use ``TYPE_CHECKING`` imports.
+   (``sincere.sim``, ``sincere.workload``, ``sincere.experiment``, ``sincere.perf``,
+   ``sincere.estimate``, ``sincere.optimize``, ``sincere.fit``, ``sincere.catalog``,
+   ``sincere.serve``, ...) inside the command function. Type hints that need those use
+   ``TYPE_CHECKING`` imports. Help texts that list a registry's names write them out
+   (reading the registry would import its package); ``tests/cli/test_cli_help.py``
+   checks them against the registry.
 
 ``sincere --help`` imports no verb module at all (it prints the summaries of the
 table); ``sincere VERB ...`` imports only that verb's modules. Errors that sincere
@@ -98,7 +103,22 @@ VERBS: dict[str, Verb] = {
 }
 
 
-class LazyVerbs(TyperGroup):
+class VerbGroup(TyperGroup):
+    """A group of subcommands whose ``--help``, when not given, costs nothing.
+
+    Typer converts each option value that is not already a bool through pydantic, and a
+    group's ``--help`` is None when it is absent: that one conversion imports pydantic,
+    about half of ``sincere VERB SUBCOMMAND --help``. A False default needs no conversion.
+    """
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None and option.default is None:
+            option.default = False
+        return option
+
+
+class LazyVerbs(VerbGroup):
     """The root group: lists :data:`VERBS` and imports a verb's modules only when it runs."""
 
     def list_commands(self, ctx: Any) -> list[str]:

@@ -11,17 +11,20 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from sincere.catalog.loader import Catalog, load_catalog
-from sincere.catalog.specs import Accelerator, ModelArch
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.tables import print_table
 
+if TYPE_CHECKING:
+    from sincere.catalog.loader import Catalog
+    from sincere.catalog.specs import Accelerator, ModelArch
+
 catalog_app = typer.Typer(
+    cls=VerbGroup,
     help="List the accelerators and models sincere knows (with public sources).",
     no_args_is_help=True,
 )
@@ -41,6 +44,8 @@ JsonOption = Annotated[
 
 
 def _load(files: Sequence[Path] | None) -> Catalog:
+    from sincere.catalog.loader import load_catalog
+
     return load_catalog(list(files or []))
 
 

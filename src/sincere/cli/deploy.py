@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sincere.cli.app import app
-from sincere.estimate.estimator import FingerprintBank
-from sincere.estimate.law import load_exponents
-from sincere.optimize.deploy import (
-    COST_TYPES,
-    DeployDecision,
-    DeployRequest,
-    FingerprintCosts,
-    RankedChoice,
-    RooflineCosts,
-    choose_deployment,
-    parse_pool,
-)
-from sincere.optimize.placement import PLACEMENT_STRATEGIES
+from sincere.cli.tables import print_table
+
+if TYPE_CHECKING:
+    from sincere.optimize.deploy import DeployDecision, RankedChoice
+
+# Named here, not read from the registries, so that --help imports nothing heavy;
+# tests/cli/test_cli_help.py checks that they are the registered names.
+COST_TYPE_NAMES = ("min_lat", "min_mem", "min_cost", "min_gpu_cost")
+STRATEGY_NAMES = ("hybrid", "llf", "packing")
 
 _HELP = (
     "Choose TP, PP, weight and KV-cache precision for MODEL on a GPU pool and place it.\n\n"
@@ -96,16 +92,14 @@ def _view(decision: DeployDecision) -> Table:
 def deploy_cmd(
     model: Annotated[str, typer.Argument(help="Catalog model name or alias.")],
     output_len: Annotated[int, typer.Option(help="Output tokens per request.")],
-    cost_type: Annotated[str, typer.Option(help=f"One of: {', '.join(COST_TYPES)}.")] = (
+    cost_type: Annotated[str, typer.Option(help=f"One of: {', '.join(COST_TYPE_NAMES)}.")] = (
         "min_cost"
     ),
     slo: Annotated[float | None, typer.Option(help="Latency SLO, seconds.")] = None,
     fp16_only: Annotated[bool, typer.Option("--fp16-only", help="fp16 weights and KV only.")] = (
         False
     ),
-    strategy: Annotated[
-        str, typer.Option(help=f"Placement: {', '.join(PLACEMENT_STRATEGIES.names())}.")
-    ] = "llf",
+    strategy: Annotated[str, typer.Option(help=f"Placement: {', '.join(STRATEGY_NAMES)}.")] = "llf",
     batch_size: Annotated[int, typer.Option(help="Requests per batch.")] = 1,
     min_accuracy: Annotated[float, typer.Option(help="Relative accuracy floor, %.")] = 0.0,
     gpus: Annotated[str, typer.Option(help="GPU pool (see above).")] = "8xA6000",
@@ -116,6 +110,16 @@ def deploy_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
 ) -> None:
     """Choose and place a deployment of MODEL."""
+    from sincere.estimate.estimator import FingerprintBank
+    from sincere.estimate.law import load_exponents
+    from sincere.optimize.deploy import (
+        DeployRequest,
+        FingerprintCosts,
+        RooflineCosts,
+        choose_deployment,
+        parse_pool,
+    )
+
     req = DeployRequest(
         model, output_len, cost_type, slo, fp16_only, strategy, batch_size, min_accuracy
     )
@@ -147,7 +151,7 @@ def deploy_cmd(
         raise typer.Exit(1)
     if decision.slo_fallback:
         console.print("[yellow]no configuration meets the SLO: lowest latency chosen[/yellow]")
-    console.print(_view(decision))
+    print_table(_view(decision), console)
     console.print(
         f"considered {decision.num_considered}, dropped {decision.dropped}; "
         f"estimates: {decision.chosen.estimate.source}"

@@ -1,14 +1,12 @@
 """``sincere emulate``: run emulated inference engines (OpenAI-compatible servers, no GPU).
 
 Either one kind of engine from flags (``--model``, ``--accelerator``, ``--count`` on
-consecutive ports from ``--port``) or a YAML list of instances (``--config``); see
-:mod:`sincere.serve.emulator` and docs/emulator.md.
+consecutive ports from ``--port``) or a YAML list of instances (``sincere emulate FILE``
+or ``--config FILE``); see :mod:`sincere.serve.emulator` and docs/emulator.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sincere.cli.app import app
+from sincere.cli.tables import print_table
+from sincere.core.errors import ConfigError
 
 _HELP = (
     "Run EMULATED inference engines: real OpenAI-compatible HTTP servers whose timings come "
@@ -25,16 +25,22 @@ _HELP = (
     "Endpoints: POST /v1/completions, POST /v1/chat/completions (SSE streaming or not), "
     "GET /v1/models, GET /health, GET /metrics (Prometheus, vLLM's metric names), "
     "GET /sincere/load.\n\n"
-    "Either flags (one model, --count replicas on ports --port, --port+1, ...) or --config "
-    "FILE: a YAML list of instances with the simulator's instance fields (model, "
-    "accelerator, precision, tp, cc, step_model, engine) plus port, count, seed, "
-    "output_lengths and failures; see docs/emulator.md.\n\n"
+    "Either flags (one model, --count replicas on ports --port, --port+1, ...) or a config "
+    "FILE (`sincere emulate FILE` or --config FILE): a YAML list of instances with the "
+    "simulator's instance fields (model, accelerator, precision, tp, cc, step_model, engine) "
+    "plus port, count, seed, output_lengths and failures; see docs/emulator.md.\n\n"
     "Units: times in seconds, lengths in tokens, probabilities in [0, 1]. Stop with Ctrl-C."
 )
 
 
 @app.command("emulate", help=_HELP)
 def emulate_command(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE", help="YAML list of emulated instances (the same as --config FILE)."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML list of emulated instances.")
     ] = None,
@@ -64,10 +70,14 @@ def emulate_command(
     ] = None,
 ) -> None:
     """Start the emulators and serve until interrupted."""
+    import asyncio
+    import contextlib
+
     from sincere.serve.emulator import serve_forever
     from sincere.serve.emulator_config import EmulatorConfig, expand, load_emulator_configs
     from sincere.workload.validation import validate_config
 
+    config = _config_file(file, config)
     if config is not None:
         configs = load_emulator_configs(config)
     else:
@@ -84,10 +94,20 @@ def emulate_command(
         asyncio.run(serve_forever(configs, announce=_announce))
 
 
+def _config_file(file: Path | None, option: Path | None) -> Path | None:
+    """The config file, given as FILE or as --config (not both)."""
+    if file is not None and option is not None:
+        raise ConfigError(
+            "config file given twice, as FILE and with --config; give it once",
+            value=f"{file} and {option}",
+        )
+    return file if file is not None else option
+
+
 def _announce(servers: list[Any]) -> None:
     table = Table(title="sincere emulate: emulated engines (timings from a model, no weights)")
     for column in ("name", "model", "accelerator", "url"):
         table.add_column(column)
     for s in servers:
         table.add_row(s.name, s.model_name, s.config.accelerator, s.url)
-    Console(stderr=True).print(table)
+    print_table(table, Console(stderr=True))

@@ -13,30 +13,25 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError, DataError
-from sincere.estimate.estimator import Estimate, FingerprintBank, roofline_estimate
-from sincere.estimate.fingerprint import (
-    KV_FLAGS,
-    ConfigKey,
-    canonical_model,
-    parse_precision,
-)
-from sincere.estimate.fit import TARGETS, fit_from_dir, write_exponents
-from sincere.estimate.law import load_exponents
+
+if TYPE_CHECKING:
+    from sincere.estimate.estimator import Estimate, FingerprintBank
+    from sincere.estimate.fingerprint import ConfigKey
 
 CONFIG_COLUMNS = ("Model", "TP", "PP", "DTYPE", "INT8_KV_Cache", "Output_Lenght", "Batch_Size")
 OUT_COLUMNS = ("Predicted_Latency (s)", "Predicted_Memory (GB)", "Estimate_Source")
 
 
-class _PredictByDefault(TyperGroup):
+class _PredictByDefault(VerbGroup):
     """``sincere estimate MODEL ...`` runs ``predict``; ``fit`` stays a subcommand."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -61,6 +56,9 @@ app.add_typer(estimate_app, name="estimate")
 def _bank(fingerprints: list[Path], exponents: Path | None, mode: str) -> FingerprintBank | None:
     if not fingerprints:
         return None
+    from sincere.estimate.estimator import FingerprintBank
+    from sincere.estimate.law import load_exponents
+
     table = load_exponents(exponents)
     return FingerprintBank.from_files(fingerprints, table, mode=mode)
 
@@ -68,6 +66,8 @@ def _bank(fingerprints: list[Path], exponents: Path | None, mode: str) -> Finger
 def _precision(bank: FingerprintBank | None, model: str, dtype: str | None) -> str:
     """``--dtype`` as given; else the weight precision of ``model``'s fingerprints when
     they have one (``sincere profile local`` writes bfloat16), else fp16."""
+    from sincere.estimate.fingerprint import parse_precision
+
     if dtype is not None:
         return parse_precision(dtype)
     have = sorted({w for w, _ in bank.precisions(model)}) if bank is not None else []
@@ -84,6 +84,8 @@ def _precision(bank: FingerprintBank | None, model: str, dtype: str | None) -> s
 def _estimate(
     bank: FingerprintBank | None, key: ConfigKey, out: int, accelerator: str, prompt: int
 ) -> Estimate:
+    from sincere.estimate.estimator import roofline_estimate
+
     if bank is not None and bank.has_model(key.model):
         return bank.estimate(key, out)
     return roofline_estimate(key, out, accelerator=accelerator, prompt_tokens=prompt)
@@ -119,6 +121,8 @@ def _seconds(value: float) -> str:
 
 
 def _key_from_row(row: dict[str, str], path: Path, line: int) -> tuple[ConfigKey, int]:
+    from sincere.estimate.fingerprint import KV_FLAGS, ConfigKey, canonical_model, parse_precision
+
     try:
         flag = row["INT8_KV_Cache"].strip().lower()
         if flag not in KV_FLAGS:
@@ -202,6 +206,8 @@ def predict_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Estimate one configuration (MODEL) or every row of --configs into --out."""
+    from sincere.estimate.fingerprint import ConfigKey, canonical_model
+
     bank = _bank(fingerprints or [], exponents, mode)
     console = Console()
     if configs is not None or out is not None:
@@ -242,7 +248,7 @@ def predict_cmd(
     if est.source == "roofline":
         why = "no fingerprints given" if bank is None else f"no fingerprint of {key.model}"
         console.print(f"[yellow]{why}: roofline estimate from the catalog[/yellow]")
-    console.print(_table(est, accelerator, prompt_len))
+    print_table(_table(est, accelerator, prompt_len), console)
     for note in noise:
         console.print(
             f"[yellow]warning: {key.model}'s fingerprint {note}: its 1- and 2-layer timings "
@@ -258,8 +264,8 @@ def fit_cmd(
     target: Annotated[
         str,
         typer.Option(
-            help=f"Fit target: {', '.join(TARGETS)} (auto: the folder's full-model runs "
-            "when it has full_model_data_collection*.csv, else the fingerprints)."
+            help="Fit target: auto, fingerprint or measured (auto: the folder's full-model "
+            "runs when it has full_model_data_collection*.csv, else the fingerprints)."
         ),
     ] = "auto",
     pp_reference: Annotated[str, typer.Option(help="same-depth or fingerprint.")] = "same-depth",
@@ -268,6 +274,8 @@ def fit_cmd(
     ] = False,
 ) -> None:
     """Fit the law's decode overhead per TP degree and its exponents; write them to --out."""
+    from sincere.estimate.fit import fit_from_dir, write_exponents
+
     table, fits = fit_from_dir(data, target, pp_reference=pp_reference, per_precision=per_precision)
     write_exponents(table, out)
     view = Table(title="parallelism-law exponents", header_style="bold")
@@ -281,7 +289,7 @@ def fit_cmd(
             str(fit.num_samples),
         )
     console = Console()
-    console.print(view)
+    print_table(view, console)
     decode = ", ".join(f"TP {t}: {v * 1e3:.4g} ms" for t, v in table.decode_s_per_layer.items())
     console.print(f"decode overhead per layer and token: {decode or 'none (no TP > 1 data)'}")
     console.print(f"wrote {out}")

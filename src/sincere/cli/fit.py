@@ -23,28 +23,30 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
-from sincere.catalog.loader import default_catalog, load_catalog
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.progress import count_bar
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
-from sincere.fit.gpu_profiles import GpuProfileFit, fit_document, fit_gpu_profiles
-from sincere.fit.models import DEFAULT_BIN_EDGES, FITTERS, FitContext
-from sincere.fit.output import fit_profile, params_document, profile_deployment, write_params
-from sincere.fit.quality import FitQuality
-from sincere.perf.operators import accelerator_folder, read_operator_profiles
+
+if TYPE_CHECKING:
+    from sincere.fit.gpu_profiles import GpuProfileFit
+    from sincere.fit.quality import FitQuality
 
 console = Console()
 PROFILE_COMMAND = "profile"
+# Named here, not read from sincere.fit, so that --help imports nothing heavy;
+# tests/cli/test_cli_help.py checks them against FITTERS and DEFAULT_BIN_EDGES.
+FITTER_NAMES = ("inferno", "niyama", "roofline", "table")
+DEFAULT_BINS = "64,512,2048"
 
 
-class _DefaultToProfile(TyperGroup):
+class _DefaultToProfile(VerbGroup):
     """A group whose unknown first argument goes to the ``profile`` command."""
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # typer's vendored click
@@ -85,7 +87,7 @@ def _bins(text: str) -> tuple[float, ...]:
 def fit_profile_command(
     profile: Annotated[Path, typer.Argument(help="profile CSV from `sincere profile`")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help=f"what to fit: {', '.join(FITTERS.names())}")
+        str, typer.Option("--model", "-m", help=f"what to fit: {', '.join(FITTER_NAMES)}")
     ] = "inferno",
     out: Annotated[Path, typer.Option("--out", "-o", help="parameter file (.yaml/.json)")] = Path(
         "params.yaml"
@@ -104,7 +106,7 @@ def fit_profile_command(
     pp: Annotated[int, typer.Option(min=1, help="pipeline-parallel degree profiled")] = 1,
     bins: Annotated[
         str, typer.Option(help="niyama: token-count bin edges, comma-separated")
-    ] = ",".join(f"{e:g}" for e in DEFAULT_BIN_EDGES),
+    ] = DEFAULT_BINS,
     max_batch_size: Annotated[
         int | None, typer.Option(help="inferno: maxBatchSize (default: largest profiled)")
     ] = None,
@@ -112,6 +114,9 @@ def fit_profile_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Fit a step-time model to a profile and report its goodness of fit."""
+    from sincere.fit.models import FITTERS, FitContext
+    from sincere.fit.output import fit_profile, params_document, profile_deployment, write_params
+
     if model not in FITTERS.names():
         raise ConfigError("unknown model to fit", value=model, allowed=FITTERS.names())
     dep = profile_deployment(
@@ -125,7 +130,7 @@ def fit_profile_command(
         typer.echo(json.dumps({"out": str(out), **document["fit"], "params": result.params}))
         return
     if verbose:
-        console.print(_points_table(quality))
+        print_table(_points_table(quality))
     console.print(
         f"{model} → kind {result.kind} for {dep.model.name} on {dep.accelerator.name} "
         f"(tp {dep.tp}, pp {dep.pp}, {dep.precision}): R² {quality.r2:.4f}, relative error "
@@ -195,6 +200,11 @@ def fit_gpu_profiles_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the document as JSON")] = False,
 ) -> None:
     """Fit the roofline's constants to one accelerator's operator profiles."""
+    from sincere.catalog.loader import default_catalog, load_catalog
+    from sincere.fit.gpu_profiles import fit_document, fit_gpu_profiles
+    from sincere.fit.output import write_params
+    from sincere.perf.operators import accelerator_folder, read_operator_profiles
+
     catalog = load_catalog(catalog_file or []) if catalog_file else default_catalog()
     acc = catalog.accelerator(accelerator)
     folder = accelerator_folder(directory, accelerator)
@@ -218,7 +228,7 @@ def fit_gpu_profiles_command(
     if as_json:
         typer.echo(json.dumps({"out": str(out), **document}))
         return
-    console.print(_constants_table(fit))
+    print_table(_constants_table(fit))
     for note in fit.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"from {len(profiles.files)} files of {folder}; wrote {out}")

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sincere.cli.fit import fit_app
-from sincere.fit.sincere_runs import fit_runs, write_calibration
+from sincere.cli.tables import print_table
 
 console = Console()
 
@@ -51,12 +51,14 @@ def sincere_runs_command(
     ] = None,
 ) -> None:
     """Fit batch, swap, cold-load and after-batch times and the scheduler's planning."""
+    from sincere.fit.sincere_runs import fit_runs, write_calibration
+
     document, chosen = fit_runs(runs, cells)
     words = ["sincere", "fit", "sincere-runs", str(runs), "--out", str(out)]
     words += [] if cells is None else ["--cells", cells]
     document["command"] = " ".join(map(shlex.quote, words))
     write_calibration(document, out)
-    console.print(_table(document))
+    print_table(_table(document))
     sched = document["scheduler"]
     for env, fig in document["envs"].items():
         after = fig["after_batch"]

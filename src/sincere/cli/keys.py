@@ -21,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from sincere.serve.security.keystore import KeyStore
 
 keys_app = typer.Typer(
+    cls=VerbGroup,
     help="Create, list and revoke API keys (client keys with limits and budgets; admin keys).",
     no_args_is_help=True,
 )
@@ -150,7 +152,7 @@ def list_command(store: StoreOption = Path("keys.db"), as_json: JsonOption = Fal
             str(row["models"] or "any"), ", ".join(limits) or "-",
             f"{row['spent_usd']:g} / {budget}",
         )  # fmt: skip
-    Console().print(table)
+    print_table(table)
 
 
 def _row(keystore: KeyStore, record: KeyRecord, now: float) -> dict[str, object]:

@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 
 from sincere import native
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 
 native_app = typer.Typer(
+    cls=VerbGroup,
     help="Compile the simulator's hot modules with mypyc (same results, ~1.7x faster).",
     no_args_is_help=True,
 )

@@ -6,7 +6,7 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,9 +15,9 @@ from rich.table import Table
 from sincere.cli.app import app
 from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
-from sincere.optimize.data import load_problem
-from sincere.optimize.loadtrace import read_load_trace, replan
-from sincere.optimize.plan import Solution, meets_slos, solve
+
+if TYPE_CHECKING:
+    from sincere.optimize.plan import Solution
 
 console = Console()
 
@@ -31,6 +31,8 @@ def _fmt_slo(value: float, target: float | None) -> str:
 
 def solution_table(solution: Solution, title: str) -> Table:
     """A person-readable view of a solution."""
+    from sincere.optimize.plan import meets_slos
+
     table = Table(title=title)
     for col in (
         "server",
@@ -175,6 +177,10 @@ def plan(
     ] = None,
 ) -> None:
     """Choose accelerator, replicas and batch per server at minimum cost under SLOs."""
+    from sincere.optimize.data import load_problem
+    from sincere.optimize.loadtrace import read_load_trace, replan
+    from sincere.optimize.plan import solve
+
     problem = load_problem(directory)
     if batch_rule is not None:
         problem = replace(problem, optimizer=replace(problem.optimizer, batch_rule=batch_rule))

@@ -19,10 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.progress import count_bar
+from sincere.cli.tables import print_table
 
 predict_app = typer.Typer(
+    cls=VerbGroup,
     help="Train learned latency / output-length predictors from records; evaluate them.",
     no_args_is_help=True,
 )
@@ -106,7 +108,7 @@ def eval_cmd(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        Console().print(_score_table(rows, str(model)))
+        print_table(_score_table(rows, str(model)))
 
 
 @predict_app.command("show")

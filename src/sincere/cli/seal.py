@@ -18,9 +18,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 
 seal_app = typer.Typer(
+    cls=VerbGroup,
     help="Confidential mode: the seal proxy in front of an engine, and its HPKE keys.",
     no_args_is_help=True,
 )

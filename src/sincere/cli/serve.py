@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 
 from sincere.cli.app import app
-from sincere.serve.config import load_config
 
 HELP = """Run the OpenAI-compatible gateway described by CONFIG (YAML).
 
@@ -39,6 +38,8 @@ def serve(
     ] = 1,
 ) -> None:
     """Load CONFIG, bind, and serve until interrupted (Ctrl-C)."""
+    from sincere.serve.config import load_config
+
     cfg = load_config(config)
     updates: dict[str, Any] = {}
     if host is not None:

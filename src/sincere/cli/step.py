@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.catalog.loader import default_catalog
 from sincere.cli.app import app
+from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
-from sincere.perf.base import Batch, Deployment, StepBreakdown, StepParts
-from sincere.perf.calibration import roofline_defaults
-from sincere.perf.factory import STEP_MODELS, StepModelConfig
+
+if TYPE_CHECKING:
+    from sincere.perf.base import StepParts
 
 console = Console()
 
@@ -76,7 +76,11 @@ def step_command(
         str, typer.Option(help="weight precision (bf16, fp16, fp8, int8, …)")
     ] = "bf16",
     step_model: Annotated[
-        str, typer.Option(help=f"step-time model kind: {', '.join(STEP_MODELS.names())}")
+        str,
+        typer.Option(
+            help="step-time model kind: roofline, inferno, profiled, ... (a wrong name lists "
+            "them all)"
+        ),
     ] = "roofline",
     params: Annotated[
         Path | None, typer.Option(help="parameter file of the step model (e.g. from `sincere fit`)")
@@ -94,6 +98,11 @@ def step_command(
     ] = False,
 ) -> None:
     """Time one iteration and break it into parts (linear, attention, communication, …)."""
+    from sincere.catalog.loader import default_catalog
+    from sincere.perf.base import Batch, Deployment, StepBreakdown
+    from sincere.perf.calibration import roofline_defaults
+    from sincere.perf.factory import StepModelConfig
+
     chunks = [parse_prefill(p) for p in prefill or []]
     decodes = [parse_decode(d) for d in decode or []]
     if not chunks and not decodes:
@@ -117,6 +126,6 @@ def step_command(
         console.print(f"{what}: {1e3 * seconds:.3f} ms (this step model gives no breakdown)")
     else:
         console.print(what, highlight=False)
-        console.print(_parts_table(parts))
+        print_table(_parts_table(parts))
     if step_model == "roofline" and params is None:
         console.print(f"constants: {roofline_defaults(dep.accelerator).origin}", highlight=False)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from sincere.core.request import RequestArrays
     from sincere.workload.stats import TraceStats
 
-trace_app = typer.Typer(help="Inspect and convert request traces.", no_args_is_help=True)
+trace_app = typer.Typer(
+    cls=VerbGroup, help="Inspect and convert request traces.", no_args_is_help=True
+)
 app.add_typer(trace_app, name="trace")
 
 _FORMATS = "see `sincere trace formats` (default: from the extension and header)"

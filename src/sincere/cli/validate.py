@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import app
+from sincere.cli.app import VerbGroup, app
 from sincere.cli.progress import count_bar
-from sincere.experiment.validation import REPLAY_MODELS, replay_model, validate_runs
-from sincere.experiment.validation_report import ErrorStat, write_validation
+from sincere.cli.tables import print_table
+
+if TYPE_CHECKING:
+    from sincere.experiment.validation_report import ErrorStat
 
 validate_app = typer.Typer(
+    cls=VerbGroup,
     help="Replay real runs through the simulator and compare, cell by cell.",
     no_args_is_help=True,
 )
@@ -56,7 +59,7 @@ def sincere_runs_command(
     ] = None,
     model: Annotated[
         str,
-        typer.Option(help=f"simulator set-up: {', '.join(REPLAY_MODELS)}"),
+        typer.Option(help="simulator set-up: calibrated or profile"),
     ] = "calibrated",
     calibration: Annotated[
         Path | None,
@@ -69,6 +72,9 @@ def sincere_runs_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Replay each cell's real arrivals and compare the simulated run with the real one."""
+    from sincere.experiment.validation import replay_model, validate_runs
+    from sincere.experiment.validation_report import ErrorStat, write_validation
+
     setup = replay_model(model, calibration)
     with count_bar(console) as bar:
         task = bar.add_task("replaying cells", total=None)
@@ -86,5 +92,5 @@ def sincere_runs_command(
     stats = json.loads(files.summary.read_text(encoding="utf-8"))["errors"]
     rows = [ErrorStat(m, v["unit"], v["median"], v["p90"], len(results), v["target"])
             for m, v in stats.items()]  # fmt: skip
-    console.print(_table(rows, f"{len(results)} cells, {label} model"))
+    print_table(_table(rows, f"{len(results)} cells, {label} model"))
     console.print(f"wrote {files.csv}, {files.markdown} and {files.html}")
