@@ -114,7 +114,7 @@ def test_unknown_scheduler_and_parameter_are_named() -> None:
         make_scheduler("lifo")
     with pytest.raises(ConfigError, match=r"'chunk'.*allowed: chunk_size"):
         make_scheduler("sarathi", {"chunk": 3})
-    with pytest.raises(ConfigError, match="chunk_size must be >= 1"):
+    with pytest.raises(ConfigError, match=r"'sarathi' parameter chunk_size should be >= 1; got 0"):
         make_scheduler("sarathi", {"chunk_size": 0})
 
 
