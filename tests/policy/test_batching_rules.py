@@ -231,7 +231,7 @@ def test_bad_parameters_are_rejected() -> None:
         make_strategy("timer", sla_s=-1.0)
     with pytest.raises(ConfigError, match=r"parameter best_batch.a should be >= 1; got 0"):
         make_strategy("best-batch", sla_s=60.0, best_batch={"a": 0})
-    with pytest.raises(ConfigError, match="parameter choose.*allowed: largest-queue, oldest-head"):
+    with pytest.raises(ConfigError, match=r"parameter choose.*allowed: largest-queue, oldest-head"):
         make_strategy("timer", sla_s=60.0, choose="random")  # type: ignore[arg-type]
 
 

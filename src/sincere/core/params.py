@@ -231,8 +231,41 @@ def describe(annotation: Any, metadata: Sequence[object] = (), *, plural: bool =
 
 
 def allowed_of(field: FieldInfo) -> str:
-    """What ``field`` allows, in words (its type, range and choices)."""
+    """What ``field`` allows, in words (its type, range and choices), unless the field
+    says it itself (``json_schema_extra={"allowed_text": ...}``)."""
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and "allowed_text" in extra:
+        return str(extra["allowed_text"])
     return describe(field.annotation, field.metadata)
+
+
+def default_text(field: FieldInfo) -> str:
+    """A field's default as the docs show it (``required`` when it has none)."""
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and "default_text" in extra:
+        return str(extra["default_text"])
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "{}"
+    if isinstance(value, tuple | list):
+        return ", ".join(str(v) for v in value) or "[]"
+    return str(value)
+
+
+def param_rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
+    """``(parameter, allowed, default, meaning)`` of each field of ``model``, in order."""
+    return [
+        (name, allowed_of(field), default_text(field), field.description or "")
+        for name, field in model.model_fields.items()
+    ]
 
 
 # --- checking a mapping against a model ----------------------------------------------

@@ -33,9 +33,9 @@ from sincere.core.params import (
     Problem,
     Spec,
     Uses,
-    allowed_of,
     check_params,
     format_loc,
+    param_rows,
     raise_problems,
 )
 
@@ -259,27 +259,7 @@ class Registry(Generic[T]):
 
     def param_rows(self, name: str) -> list[tuple[str, str, str, str]]:
         """``(parameter, allowed, default, meaning)`` of each parameter of ``name``."""
-        rows = []
-        for field_name, field in self.params_model(name).model_fields.items():
-            default = "required" if field.is_required() else _default_text(field.default)
-            rows.append((field_name, allowed_of(field), default, field.description or ""))
-        return rows
-
-
-def _default_text(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, Spec | str):
-        return str(value)
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "{}"
-    if isinstance(value, tuple | list):
-        return ", ".join(str(v) for v in value) or "[]"
-    return str(value)
+        return param_rows(self.params_model(name))
 
 
 def _nested_problems(cls: type[Params], params: Mapping[Any, Any], params_at: str) -> list[Problem]:

@@ -38,7 +38,7 @@ from sincere.core.registry import Needs, Registry
 from sincere.perf.base import Deployment, StepTimeModel, SwapTime
 from sincere.perf.calibration import roofline_defaults
 from sincere.perf.cc import CCParams, Confidential
-from sincere.perf.linear import BinnedLinear, InfernoChunked, InfernoLinear
+from sincere.perf.linear import NUM_BINNED_COEFFS, BinnedLinear, InfernoChunked, InfernoLinear
 from sincere.perf.profiled import ProfiledStep, profiles_for
 from sincere.perf.roofline import Roofline, RooflineParams
 from sincere.perf.table import IterationTable, sincere_profile
@@ -129,14 +129,17 @@ class SwapParams(Params):
         return SwapTime(self.mean_s, self.std_s)
 
 
+_SWAP: dict[str, Any] = {"allowed_text": "seconds >= 0, or {mean_s, std_s}, or null"}
+
+
 class SwapTimesParams(Params):
     """Optional load and unload times of a fitted model."""
 
     load: SwapParams | None = Field(
-        None, description="time to load the model: seconds, or {mean_s, std_s}; null: none"
+        None, description="time to load the model; null: none", json_schema_extra=_SWAP
     )
     unload: SwapParams | None = Field(
-        None, description="time to unload the model: seconds, or {mean_s, std_s}; null: none"
+        None, description="time to unload the model; null: none", json_schema_extra=_SWAP
     )
 
     def swaps(self) -> dict[str, SwapTime | None]:
@@ -280,14 +283,24 @@ def _build_inferno_chunked(
 
 
 class BinnedParams(SwapTimesParams):
-    """Parameters of ``niyama-binned`` (shapes are checked by :class:`BinnedLinear`)."""
+    """Parameters of ``niyama-binned``."""
 
     bin_edges: tuple[float, ...] = Field(
-        strict=False, description="inclusive upper edges of every bin but the last, tokens"
+        strict=False,
+        description="increasing inclusive upper edges of every bin but the last, tokens",
     )
-    coeffs: tuple[Row, ...] = Field(
-        strict=False, description="one row (b0, c1..c5) per bin, seconds"
-    )
+    coeffs: tuple[
+        Annotated[Row, Field(min_length=NUM_BINNED_COEFFS, max_length=NUM_BINNED_COEFFS)], ...
+    ] = Field(strict=False, description="one row (b0, c1..c5) per bin, seconds")
+
+    @model_validator(mode="after")
+    def _one_row_per_bin(self) -> BinnedParams:
+        if len(self.coeffs) != len(self.bin_edges) + 1:
+            raise ValueError(
+                f"coeffs needs len(bin_edges) + 1 = {len(self.bin_edges) + 1} rows, "
+                f"not {len(self.coeffs)}"
+            )
+        return self
 
 
 def _build_binned(params: BinnedParams, dep: Deployment, cc: bool) -> StepTimeModel:
@@ -295,7 +308,7 @@ def _build_binned(params: BinnedParams, dep: Deployment, cc: bool) -> StepTimeMo
 
 
 class IterationTableParams(SwapTimesParams):
-    """Parameters of ``iteration-table`` (shapes are checked by :class:`IterationTable`)."""
+    """Parameters of ``iteration-table`` (:class:`IterationTable` checks the grids' order)."""
 
     token_grid: tuple[float, ...] = Field(
         strict=False, description="increasing tokens per iteration"
@@ -304,6 +317,13 @@ class IterationTableParams(SwapTimesParams):
     times_s: tuple[Row, ...] = Field(
         strict=False, description="iteration time per (tokens, sequences), s"
     )
+
+    @model_validator(mode="after")
+    def _one_time_per_cell(self) -> IterationTableParams:
+        shape = (len(self.token_grid), len(self.seq_grid))
+        if len(self.times_s) != shape[0] or any(len(row) != shape[1] for row in self.times_s):
+            raise ValueError(f"times_s must have len(token_grid) x len(seq_grid) = {shape} values")
+        return self
 
 
 def _build_iteration_table(

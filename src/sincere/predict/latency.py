@@ -286,7 +286,7 @@ class LstmFileParams(Params):
     """Parameters of ``lstm``."""
 
     path: Path = Field(
-        strict=False, description="model file written by `sincere predict train lstm`"
+        strict=False, description="model file written by `sincere predict train latency`"
     )
     min_history: int = Field(
         1, ge=0, description="finished requests of an instance before predicting"

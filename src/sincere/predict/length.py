@@ -211,7 +211,9 @@ LENGTH_PREDICTORS.register("prompt-bucket", params=PromptBucketParams, needs=(PR
 class TrainedModelParams(Params):
     """Parameters of a predictor trained offline and saved to a file."""
 
-    path: Path = Field(strict=False, description="model file written by `sincere predict train`")
+    path: Path = Field(
+        strict=False, description="model file written by `sincere predict train length`"
+    )
 
 
 @LENGTH_PREDICTORS.register("quantile", params=TrainedModelParams)

@@ -40,7 +40,7 @@ class LengthPredictorParams(Params):
 
     length_predictor: Annotated[Spec, Uses(LENGTH_PREDICTORS)] = Field(
         Spec(name="history-mean"),
-        description="output-length predictor built when none is passed: a name, or {name, params}",
+        description="the output-length predictor built when none is handed in",
     )
 
 
@@ -49,8 +49,8 @@ class PredictorParams(LengthPredictorParams):
 
     latency_predictor: Annotated[Spec, Uses(LATENCY_PREDICTORS)] = Field(
         Spec(name="recent-window"),
-        description="latency predictor built when none is passed (used for instances "
-        "without a step model): a name, or {name, params}",
+        description="the latency predictor built when none is handed in (it serves "
+        "instances without a step model)",
     )
 
 
