@@ -295,6 +295,14 @@ def check_params(
         return None, problems_of(exc, cls, label, params_at)
 
 
+def validated(cls: type[P], params: object, label: str, params_at: str = "") -> P:
+    """:func:`check_params`'s model; raises one ``ParamsError`` listing every problem."""
+    checked, problems = check_params(cls, params, label, params_at)
+    raise_problems(problems, f"invalid {label} parameters")
+    assert checked is not None  # no problems: the model was made
+    return checked
+
+
 def params_from(cls: type[P], params: P | None, values: Mapping[str, Any], label: str) -> P:
     """``params``, or a ``cls`` made from keyword ``values``: what a constructor that takes
     either its parameter model or the model's fields as keywords uses.
@@ -308,10 +316,7 @@ def params_from(cls: type[P], params: P | None, values: Mapping[str, Any], label
                 value=sorted(values),
             )
         return params
-    checked, problems = check_params(cls, values, label)
-    raise_problems(problems, f"invalid {label} parameters")
-    assert checked is not None  # no problems
-    return checked
+    return validated(cls, values, label)
 
 
 # --- pydantic's errors as problems ---------------------------------------------------

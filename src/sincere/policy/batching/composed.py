@@ -34,7 +34,7 @@ import sincere.policy.batching.partial_batch
 import sincere.policy.batching.select_batch
 import sincere.policy.batching.timer  # noqa: F401 (registers the rules)
 from sincere.core.errors import ConfigError
-from sincere.core.params import Problem, check_params, raise_problems
+from sincere.core.params import Problem, check_params, validated
 from sincere.core.types import ModelName, Seconds
 from sincere.policy.batching.base import (
     ROLE_ORDER,
@@ -197,9 +197,7 @@ def make_strategy(
     values = {"sla_s": sla_s, "prefer_resident": prefer_resident, "choose": choose, **params}
     if best_batch is not None:
         values["best_batch"] = best_batch
-    checked, problems = check_params(ComposedParams, values, f"batching strategy {name!r}")
-    raise_problems(problems, f"invalid batching strategy {name!r} parameters")
-    assert checked is not None  # no problems
+    checked = validated(ComposedParams, values, f"batching strategy {name!r}")
     rules = [STRATEGIES.build(n, _rule_params(n, checked)) for n in rule_names]
     resident = checked.prefer_resident
     return ComposedStrategy(
