@@ -59,8 +59,10 @@ def test_unknown_kind_and_params_are_named(llama8b_h100: Deployment) -> None:
         make_step_model("magic", llama8b_h100)
     with pytest.raises(ConfigError, match="mfu_eff"):
         make_step_model("roofline", llama8b_h100, {"mfu_eff": 0.5})
-    with pytest.raises(ConfigError, match="inferno params"):
+    with pytest.raises(ConfigError, match=r"3 problems.*\n.*'inferno' needs parameter beta_ms"):
         make_step_model("inferno", llama8b_h100, {"alpha_ms": 1.0})
+    with pytest.raises(ConfigError, match=r"'roofline' parameter mfu_efficiency should be <= 1"):
+        make_step_model("roofline", llama8b_h100, {"mfu_efficiency": 1.5})
 
 
 def test_config_reads_params_file(tmp_path: Path, llama8b_h100: Deployment) -> None:

@@ -51,7 +51,7 @@ def test_factory_builds_it_from_a_folder(synthetic_profiles: Path) -> None:
     batch = Batch(num_decode_seqs=8, decode_ctx_tokens=8 * 512)
     assert model.iteration_s(batch) > 0
     assert model.parts(batch).overhead_s == 0.0  # type: ignore[attr-defined]
-    with pytest.raises(ConfigError, match="need 'profiles'"):
+    with pytest.raises(ConfigError, match=r"'profiled' needs parameter profiles.*\n.*got 'folder'"):
         make_step_model("profiled", deployment(), {"folder": "x"})
 
 

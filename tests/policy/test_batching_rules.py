@@ -12,6 +12,7 @@ from sincere.policy.batching import (
     BatchDecision,
     BatchingView,
     BestBatch,
+    BestBatchTable,
     Idle,
     ModelQueueView,
     PartialBatch,
@@ -91,8 +92,11 @@ def test_best_batch_waits_for_exactly_its_size() -> None:
 def test_default_best_batches_are_sincere_profiles() -> None:
     """granite 48, gemma 64, llama 64, and the fallback for other models."""
     params = StrategyParams(sla_s=60.0)
-    sizes = [params.best_batch_of(m) for m in ("granite-7b", "gemma-7b", "llama3-8b", "x")]
+    table = BestBatchTable.of(params)
+    sizes = [table.size(m) for m in ("granite-7b", "gemma-7b", "llama3-8b", "x")]
     assert sizes == [48, 64, 64, params.default_best_batch]
+    overridden = BestBatchTable.of(StrategyParams(sla_s=60.0, best_batch={"gemma-7b": 8}))
+    assert [overridden.size(m) for m in ("granite-7b", "gemma-7b")] == [48, 8]
 
 
 @pytest.mark.parametrize(
@@ -217,14 +221,28 @@ def test_invalid_names_list_valid_ones(name: str) -> None:
 
 def test_bad_parameters_are_rejected() -> None:
     """Unknown parameters and out-of-range values raise ConfigError naming them."""
-    with pytest.raises(ConfigError, match="unknown batching strategy parameter; got 'slack'"):
+    with pytest.raises(
+        ConfigError, match="unknown parameter for batching strategy 'timer'; got 'slack'"
+    ):
         make_strategy("timer", sla_s=60.0, slack=3)
-    with pytest.raises(ConfigError, match="sla_s must be > 0; got -1"):
+    with pytest.raises(
+        ConfigError, match=r"parameter sla_s should be > 0; got -1.0; allowed: a number > 0"
+    ):
         make_strategy("timer", sla_s=-1.0)
-    with pytest.raises(ConfigError, match="best_batch sizes must be >= 1"):
+    with pytest.raises(ConfigError, match=r"parameter best_batch.a should be >= 1; got 0"):
         make_strategy("best-batch", sla_s=60.0, best_batch={"a": 0})
-    with pytest.raises(ConfigError, match="unknown choose"):
+    with pytest.raises(ConfigError, match=r"parameter choose.*allowed: largest-queue, oldest-head"):
         make_strategy("timer", sla_s=60.0, choose="random")  # type: ignore[arg-type]
+
+
+def test_every_bad_parameter_is_reported_at_once() -> None:
+    """One error lists each bad strategy parameter on its own line."""
+    with pytest.raises(ConfigError) as caught:
+        make_strategy("select-batch+timer", sla_s=0.0, select_sizes=[], min_timer_s="5")
+    lines = str(caught.value).splitlines()
+    assert "3 problems" in lines[0]
+    named = {line.split(" parameter ")[1].split(" ")[0] for line in lines[1:]}
+    assert named == {"sla_s", "min_timer_s", "select_sizes"}
 
 
 def test_fcfs_default_does_not_prefer_resident() -> None:

@@ -10,6 +10,7 @@ from sincere.perf.base import SwapTime
 from sincere.policy.batching import (
     BatchingView,
     ModelQueueView,
+    SelectBatch,
     ServerRules,
     StrategyParams,
     make_strategy,
@@ -54,12 +55,12 @@ def test_timer_length_and_flush_come_from_the_rules() -> None:
 def test_select_batch_span_is_sla_slack_or_swap_and_batch() -> None:
     """sla-slack: λ·(SLA - T_adj); swap-and-batch: λ·T_adj (what SINCERE's runs show)."""
     q = queue(1)
-    slack = StrategyParams(sla_s=40.0)
-    swap = StrategyParams(sla_s=40.0, select_horizon="swap-and-batch")
-    assert slack.select_span_s(q) == pytest.approx(40.0 - 12.0)
-    assert swap.select_span_s(q) == pytest.approx(12.0)
+    slack = SelectBatch(StrategyParams(sla_s=40.0))
+    swap = SelectBatch(StrategyParams(sla_s=40.0, select_horizon="swap-and-batch"))
+    assert slack.span_s(q) == pytest.approx(40.0 - 12.0)
+    assert swap.span_s(q) == pytest.approx(12.0)
     with pytest.raises(ConfigError, match="select_horizon"):
-        StrategyParams(sla_s=40.0, select_horizon="later")
+        make_strategy("select-batch", sla_s=40.0, select_horizon="later")
     strategy = make_strategy("select-batch", sla_s=40.0, select_horizon="swap-and-batch")
     for k in range(150):  # 3 req/s: 3 x 12 = 36 -> 32 (sla-slack: 3 x 28 = 84 -> 64)
         strategy.observe_arrival("a", k / 3.0)

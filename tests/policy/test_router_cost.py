@@ -10,7 +10,7 @@ import pytest
 from sincere.core import Request, Tier
 from sincere.perf.base import Batch, StepTimeBase
 from sincere.policy.router_base import InstanceView, Outcome
-from sincere.policy.routers import PRESETS, CostOptimalRouter
+from sincere.policy.routers import PRESETS, CostOptimalRouter, make_router
 from sincere.policy.routers.cost_optimal import weighted_scores
 
 
@@ -42,7 +42,9 @@ def inst(
 
 
 def router(**kw: Any) -> CostOptimalRouter:
-    return CostOptimalRouter(np.random.default_rng(0), length_predictor="max-tokens", **kw)
+    r = make_router("cost-optimal", np.random.default_rng(0), length_predictor="max-tokens", **kw)
+    assert isinstance(r, CostOptimalRouter)
+    return r
 
 
 REQ = Request(0, 0.0, "m", 100, 10, max_tokens=10)

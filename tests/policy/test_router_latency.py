@@ -10,7 +10,7 @@ import pytest
 from sincere.core import Request
 from sincere.perf.base import Batch, StepTimeBase
 from sincere.policy.router_base import InstanceView, Outcome
-from sincere.policy.routers import LatencyOptimalRouter
+from sincere.policy.routers import LatencyOptimalRouter, make_router
 from sincere.predict.latency import RouteContext, step_model_latency
 from sincere.predict.length import MaxTokens
 
@@ -27,7 +27,9 @@ class LinearStep(StepTimeBase):
 
 
 def router(**kw: Any) -> LatencyOptimalRouter:
-    return LatencyOptimalRouter(np.random.default_rng(0), length_predictor=MaxTokens(), **kw)
+    r = make_router("latency-optimal", np.random.default_rng(0), length_predictor=MaxTokens(), **kw)
+    assert isinstance(r, LatencyOptimalRouter)
+    return r
 
 
 def view(name: str, step: StepTimeBase | None, **kw: Any) -> InstanceView:
@@ -107,7 +109,7 @@ def test_seeded_runs_are_identical() -> None:
 @pytest.mark.parametrize("name", ["recent-window", "linear"])
 def test_learned_predictor_is_chosen_by_name(name: str) -> None:
     """latency_predictor accepts a registered name."""
-    r = LatencyOptimalRouter(np.random.default_rng(0), latency_predictor=name)
+    r = router(latency_predictor=name)
     assert type(r.estimator.latency).__name__ in ("RecentWindow", "LinearLatency")
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from sincere.core import Request
 from sincere.policy.router_base import InstanceView
-from sincere.policy.routers import PriceOptimalRouter
+from sincere.policy.routers import make_router
 from sincere.policy.routers._common import budget_max_tokens
 
 A = InstanceView("a", "m7", "H100", price_in_per_token_usd=1e-6, price_out_per_token_usd=2e-6)
@@ -15,7 +15,7 @@ B = InstanceView("b", "m70", "H100", price_in_per_token_usd=0.5e-6, price_out_pe
 
 
 def route(req: Request, views: list[InstanceView]) -> tuple[str | None, int | None, str]:
-    r = PriceOptimalRouter(np.random.default_rng(0), length_predictor="max-tokens")
+    r = make_router("price-optimal", np.random.default_rng(0), length_predictor="max-tokens")
     d = r.route(req, views, 0.0)
     return d.instance, d.max_tokens, d.reason
 

@@ -7,6 +7,7 @@ import pytest
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays, Tier
 from sincere.policy.schedulers import SCHEDULERS, StaticView, make_scheduler
+from sincere.policy.schedulers.orders import Sarathi, SarathiParams
 
 TIERS = (Tier("fast", ttft_s=2.0), Tier("slow", ttlt_s=100.0, tbt_s=0.5))
 
@@ -114,10 +115,19 @@ def test_unknown_scheduler_and_parameter_are_named() -> None:
         make_scheduler("lifo")
     with pytest.raises(ConfigError, match=r"'chunk'.*allowed: chunk_size"):
         make_scheduler("sarathi", {"chunk": 3})
-    with pytest.raises(ConfigError, match="chunk_size must be >= 1"):
+    with pytest.raises(ConfigError, match=r"'sarathi' parameter chunk_size should be >= 1; got 0"):
         make_scheduler("sarathi", {"chunk_size": 0})
 
 
 def test_registry_holds_every_policy() -> None:
     """All six engine schedulers are registered by name."""
     assert SCHEDULERS.names() == ["edf", "fcfs", "niyama", "priority", "sarathi", "srpf"]
+
+
+def test_constructors_take_their_model_or_its_fields_as_keywords() -> None:
+    """Sarathi(chunk_size=...) equals Sarathi(SarathiParams(...)); keywords are checked too."""
+    assert Sarathi(chunk_size=256).chunk_size == Sarathi(SarathiParams(chunk_size=256)).chunk_size
+    with pytest.raises(ConfigError, match="'sarathi' parameter chunk_size should be >= 1; got 0"):
+        Sarathi(chunk_size=0)
+    with pytest.raises(ConfigError, match="as SarathiParams or as keywords, not both"):
+        Sarathi(SarathiParams(), chunk_size=3)

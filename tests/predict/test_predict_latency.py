@@ -9,7 +9,9 @@ from sincere.core import ConfigError
 from sincere.perf.base import Batch, StepTimeBase
 from sincere.predict.latency import (
     LinearLatency,
+    LinearLatencyParams,
     RecentWindow,
+    RecentWindowParams,
     RouteContext,
     make_latency_predictor,
     step_model_latency,
@@ -60,7 +62,7 @@ def test_full_batch_adds_a_wait_for_a_free_slot() -> None:
 
 def test_recent_window_is_an_ewma_and_scales_with_load() -> None:
     """RecentWindow averages TTFT and TPOT exponentially and scales by relative load."""
-    pred = RecentWindow(alpha=0.5)
+    pred = RecentWindow(RecentWindowParams(alpha=0.5))
     assert pred.predict("a", RouteContext(10, 5.0)) is None
     ctx = RouteContext(10, 5.0, num_outstanding=1)
     pred.observe("a", ctx, ttft_s=1.0, e2e_s=5.0, output_tokens=5)  # tpot 1.0
@@ -78,7 +80,7 @@ def test_recent_window_is_an_ewma_and_scales_with_load() -> None:
 def test_linear_latency_recovers_a_linear_ttft_law() -> None:
     """LinearLatency fits TTFT = a + b*prompt + c*waiting from noiseless outcomes."""
     rng = np.random.default_rng(3)
-    pred = LinearLatency(window=64, min_samples=16, refit_every=4)
+    pred = LinearLatency(LinearLatencyParams(window=64, min_samples=16, refit_every=4))
     for _ in range(40):
         prompt, waiting = int(rng.integers(10, 2000)), int(rng.integers(0, 10))
         ctx = RouteContext(prompt, 20.0, num_waiting=waiting, num_outstanding=waiting)
@@ -95,9 +97,9 @@ def test_latency_registry_and_param_checks() -> None:
     assert isinstance(make_latency_predictor("linear"), LinearLatency)
     with pytest.raises(ConfigError, match="recent-window"):
         make_latency_predictor("gradient-boosting")
-    with pytest.raises(ConfigError, match=r"'lstm'.*'path'"):
+    with pytest.raises(ConfigError, match=r"'lstm' needs parameter path; allowed: a file path"):
         make_latency_predictor("lstm")  # a trained model is loaded from a file
     with pytest.raises(ConfigError, match="alpha"):
-        RecentWindow(alpha=0.0)
+        make_latency_predictor("recent-window", alpha=0.0)
     with pytest.raises(ConfigError, match="window"):
-        LinearLatency(window=0)
+        make_latency_predictor("linear", window=0)

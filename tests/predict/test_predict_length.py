@@ -10,8 +10,11 @@ from sincere.core import ConfigError, Request
 from sincere.predict.length import (
     LENGTH_PREDICTORS,
     HistoryMean,
+    HistoryMeanParams,
     MaxTokens,
+    MaxTokensParams,
     PromptBucket,
+    PromptBucketParams,
     default_length_predictor,
     make_length_predictor,
 )
@@ -23,14 +26,14 @@ def req(prompt: int = 100, max_tokens: int | None = 500, model: str = "m") -> Re
 
 def test_max_tokens_uses_cap_or_default() -> None:
     """MaxTokens predicts the request's max_tokens, or its default when there is none."""
-    pred = MaxTokens(default_tokens=77)
+    pred = MaxTokens(MaxTokensParams(default_tokens=77))
     assert pred.predict(req(max_tokens=300)) == 300.0
     assert pred.predict(req(max_tokens=None)) == 77.0
 
 
 def test_history_mean_learns_per_model_after_min_samples() -> None:
     """HistoryMean uses its prior until min_samples outcomes, then the model's own mean."""
-    pred = HistoryMean(min_samples=3, prior=MaxTokens())
+    pred = HistoryMean(HistoryMeanParams(min_samples=3), prior=MaxTokens())
     for n in (10, 20):
         pred.observe(req(), n)
     assert pred.predict(req()) == 500.0  # still the prior
@@ -41,14 +44,14 @@ def test_history_mean_learns_per_model_after_min_samples() -> None:
 
 def test_history_mean_is_capped_by_max_tokens() -> None:
     """A learned mean above the request's max_tokens is cut to max_tokens."""
-    pred = HistoryMean(min_samples=1)
+    pred = HistoryMean(HistoryMeanParams(min_samples=1))
     pred.observe(req(), 400)
     assert pred.predict(req(max_tokens=50)) == 50.0
 
 
 def test_prompt_bucket_separates_prompt_lengths() -> None:
     """PromptBucket learns a different mean for short and long prompts of one model."""
-    pred = PromptBucket(edges=(100, 1000), min_samples=2)
+    pred = PromptBucket(PromptBucketParams(edges=(100, 1000), min_samples=2))
     for _ in range(2):
         pred.observe(req(prompt=50), 20)
         pred.observe(req(prompt=2000), 300)
@@ -59,17 +62,18 @@ def test_prompt_bucket_separates_prompt_lengths() -> None:
 
 
 @pytest.mark.parametrize(
-    ("factory", "match"),
+    ("name", "params", "match"),
     [
-        (lambda: HistoryMean(min_samples=0), "min_samples"),
-        (lambda: PromptBucket(edges=(10, 10)), "increasing"),
-        (lambda: MaxTokens(default_tokens=0), "default_tokens"),
+        ("history-mean", {"min_samples": 0}, "parameter min_samples should be >= 1; got 0"),
+        ("prompt-bucket", {"edges": [10, 10]}, r"parameter edges must increase; got \[10, 10\]"),
+        ("max-tokens", {"default_tokens": 0}, "default_tokens should be >= 1"),
+        ("max-tokens", {"default_tokens": 2.5}, "default_tokens should be a valid integer"),
     ],
 )
-def test_invalid_params_raise(factory: object, match: str) -> None:
-    """Bad predictor parameters raise ConfigError naming the parameter."""
+def test_invalid_params_raise(name: str, params: dict[str, object], match: str) -> None:
+    """Bad predictor parameters raise ConfigError naming the parameter and the value."""
     with pytest.raises(ConfigError, match=match):
-        factory()  # type: ignore[operator]
+        make_length_predictor(name, **params)
 
 
 def test_registry_builds_by_name_and_lists_names_on_error() -> None:
@@ -89,7 +93,8 @@ def test_registry_builds_by_name_and_lists_names_on_error() -> None:
 )
 def test_predictions_stay_within_one_and_cap(outs: list[int], prompt: int, cap: int | None) -> None:
     """Every predictor's output lies in [1, max_tokens] whatever it has observed."""
-    for pred in (default_length_predictor(), PromptBucket(min_samples=1), MaxTokens()):
+    bucket = PromptBucket(PromptBucketParams(min_samples=1))
+    for pred in (default_length_predictor(), bucket, MaxTokens()):
         for n in outs:
             pred.observe(req(prompt=prompt, max_tokens=cap), n)
         value = pred.predict(req(prompt=prompt, max_tokens=cap))

@@ -11,6 +11,7 @@ import pytest
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request, Tier
+from sincere.policy.routers import make_router
 from sincere.predict.evaluate import evaluate_length
 from sincere.predict.length import make_length_predictor
 from sincere.predict.quantile_length import (
@@ -73,11 +74,18 @@ def test_serving_one_request_equals_the_batch_path(trained: QuantileLength) -> N
 
 
 def test_saved_model_loads_by_path_and_by_registry(trained: QuantileLength, tmp_path: Path) -> None:
-    """A saved file predicts the same after loading, directly or as a registered predictor."""
+    """A saved file predicts the same after loading: directly, as a registered predictor, and
+    as the predictor a router's config names."""
     path = trained.save(tmp_path / "len.npz", {}, {})
     req = Request(0, 0.0, "m", 20, 1, tier=Tier("t"), prompt="give a short summary of x")
     assert QuantileLength.load(path).predict(req) == trained.predict(req)
     assert make_length_predictor("quantile", path=path).predict(req) == trained.predict(req)
+    router = make_router(
+        "price-optimal",
+        np.random.default_rng(0),
+        length_predictor={"name": "quantile", "params": {"path": str(path)}},
+    )
+    assert router.length.predict(req) == trained.predict(req)  # type: ignore[attr-defined]
 
 
 def test_hashing_is_the_same_in_every_process() -> None:

@@ -1,22 +1,23 @@
-"""Build step-time models by name: the registry and the config the simulator embeds.
+"""Build step-time models by name: the registry, each kind's parameters, and the config block.
 
-``make_step_model(kind, deployment, params, cc=...)`` looks ``kind`` up in
-:data:`STEP_MODELS` and builds it from a parameter mapping; ``cc=True`` wraps the
-result in :class:`~sincere.perf.cc.Confidential` (except kinds built from CC
-measurements, which use them directly). :class:`StepModelConfig` is the pydantic
-block a simulator / experiment YAML carries per instance; its ``params_file`` points
-at a YAML or JSON file (as ``sincere fit`` writes) holding the parameters, either
-as a plain mapping or under a ``params`` key (with an optional ``kind`` that must
-match). Explicit ``params`` override the file's.
+``make_step_model(kind, deployment, params, cc=...)`` (or ``STEP_MODELS.build(kind,
+params, deployment=..., cc=..., cc_params=...)``) checks ``params`` against the kind's
+parameter model (every problem at once) and builds the model; ``cc=True`` wraps it in
+:class:`~sincere.perf.cc.Confidential` (except kinds built from CC measurements, which
+use them directly). :class:`StepModelConfig` is the pydantic block a simulator /
+experiment YAML carries per instance; its ``params_file`` points at a YAML or JSON file
+(as ``sincere fit`` writes) holding the parameters, either as a plain mapping or under a
+``params`` key (with an optional ``kind`` that must match). Explicit ``params`` override
+the file's.
 
-Kinds: ``roofline`` (:class:`RooflineParams` fields over the accelerator's defaults,
-:mod:`sincere.perf.calibration`), ``profiled`` (``profiles``: a folder of operator
-profiles, optional ``all_reduce`` topology, ``cpu``, ``scale_attention``;
-:mod:`sincere.perf.profiled`), ``inferno`` (alpha_ms,
-beta_ms, gamma_ms, delta_ms), ``inferno-chunked`` (alpha_ms, beta_ms, gamma_ms),
-``niyama-binned`` (bin_edges, coeffs), ``sincere-table`` (model: a SINCERE model
-name, default the deployment's), ``iteration-table`` (token_grid, seq_grid,
-times_s). Add one with ``STEP_MODELS.register("name")(StepModelKind(builder))``.
+Kinds and their parameter models: ``roofline`` (:class:`RooflineStepParams`, over the
+accelerator's fitted constants, :mod:`sincere.perf.calibration`), ``profiled``
+(:class:`ProfiledStepParams`: a folder of operator profiles; :mod:`sincere.perf.profiled`),
+``inferno`` / ``inferno-chunked`` (Inferno's coefficients), ``niyama-binned`` (bin edges
+and coefficients), ``iteration-table`` (a measured grid), ``sincere-table`` (SINCERE's
+H100 profile of a model) and ``sincere-runs`` (:mod:`sincere.perf.sincere_runs`). Add one
+with ``STEP_MODELS.register("name", params=NameParams)(StepModelKind(builder))``, where
+``builder(params, deployment, cc)`` gets the checked parameters.
 """
 
 from __future__ import annotations
@@ -26,53 +27,72 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sincere.core.errors import ConfigError
-from sincere.core.registry import Registry
+from sincere.core.params import Params
+from sincere.core.registry import Needs, Registry
 from sincere.perf.base import Deployment, StepTimeModel, SwapTime
 from sincere.perf.calibration import roofline_defaults
 from sincere.perf.cc import CCParams, Confidential
-from sincere.perf.linear import BinnedLinear, InfernoChunked, InfernoLinear
+from sincere.perf.linear import NUM_BINNED_COEFFS, BinnedLinear, InfernoChunked, InfernoLinear
 from sincere.perf.profiled import ProfiledStep, profiles_for
 from sincere.perf.roofline import Roofline, RooflineParams
 from sincere.perf.table import IterationTable, sincere_profile
 
-Params = Mapping[str, Any]
 D = TypeVar("D")
+P = TypeVar("P", bound=Params)
 
 
 @dataclass(frozen=True, slots=True)
-class StepModelKind:
-    """How to build one kind of step-time model."""
+class StepModelKind(Generic[P]):
+    """How to build one kind of step-time model from its checked parameters."""
 
-    build: Callable[[Deployment, Params, bool], StepTimeModel]  # (deployment, params, cc)
+    build: Callable[[P, Deployment, bool], StepTimeModel]  # (params, deployment, cc)
     measured_cc: bool = False  # True: ``build`` honours cc itself, no wrapper needed
 
+    def __call__(
+        self,
+        *,
+        params: P,
+        deployment: Deployment,
+        cc: bool = False,
+        cc_params: CCParams | None = None,
+    ) -> StepTimeModel:
+        """The model, wrapped for CC mode unless the kind measured it."""
+        model = self.build(params, deployment, cc)
+        if cc and not self.measured_cc:
+            return Confidential(model, cc_params)
+        return model
 
-STEP_MODELS: Registry[StepModelKind] = Registry("step-time model")
+
+STEP_MODELS: Registry[Callable[..., StepTimeModel]] = Registry(
+    "step-time model",
+    needs=(
+        Needs("deployment", Deployment, "a deployment (model, accelerator, precision, TP, PP)"),
+        Needs("cc", bool, "whether it runs in confidential-computing mode", optional=True),
+        Needs("cc_params", CCParams, "the CC wrapper's costs (CCParams)", optional=True),
+    ),
+)
 
 
 def make_step_model(
     kind: str,
     deployment: Deployment,
-    params: Params | None = None,
+    params: Mapping[str, Any] | None = None,
     *,
     cc: bool = False,
     cc_params: CCParams | None = None,
 ) -> StepTimeModel:
     """Build the ``kind`` step-time model for ``deployment``; see the module docstring."""
-    entry = STEP_MODELS.get(kind)
-    model = entry.build(deployment, dict(params or {}), cc)
-    if cc and not entry.measured_cc:
-        return Confidential(model, cc_params)
-    return model
+    extra: dict[str, object] = {} if cc_params is None else {"cc_params": cc_params}
+    return STEP_MODELS.build(kind, params, deployment=deployment, cc=cc, **extra)
 
 
-def dataclass_from(cls: type[D], params: Params, where: str) -> D:
+def dataclass_from(cls: type[D], params: Mapping[str, Any], where: str) -> D:
     """Build frozen dataclass ``cls`` from ``params``, coercing to the defaults' types."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(params) - set(fields)
@@ -89,103 +109,255 @@ def dataclass_from(cls: type[D], params: Params, where: str) -> D:
     return cls(**values)
 
 
-def _require(params: Params, names: tuple[str, ...], where: str) -> dict[str, Any]:
-    """``params`` must hold exactly ``names`` (plus optional load / unload)."""
-    extra = set(params) - set(names) - {"load", "unload"}
-    missing = [n for n in names if n not in params]
-    if extra or missing:
-        raise ConfigError(
-            "parameters do not match", where=where, value=sorted(params), allowed=names
-        )
-    return {n: params[n] for n in names}
+# --- parameters shared by the kinds -------------------------------------------------
 
 
-def _swap(params: Params, key: str) -> SwapTime | None:
-    """Optional ``load`` / ``unload``: a number of seconds or {mean_s, std_s}."""
-    value = params.get(key)
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        return SwapTime(float(value["mean_s"]), float(value.get("std_s", 0.0)))
-    return SwapTime(float(value))
+class SwapParams(Params):
+    """A model swap's duration: seconds, or ``{mean_s, std_s}``."""
+
+    mean_s: float = Field(ge=0, description="mean, s")
+    std_s: float = Field(0.0, ge=0, description="standard deviation, s")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_seconds(cls, value: Any) -> Any:
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return {"mean_s": value} if is_number else value
+
+    def swap_time(self) -> SwapTime:
+        """As the step models take it."""
+        return SwapTime(self.mean_s, self.std_s)
 
 
-def _build_roofline(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
-    merged = {**roofline_defaults(dep.accelerator).params, **params}
+_SWAP: dict[str, Any] = {"allowed_text": "seconds >= 0, or {mean_s, std_s}, or null"}
+
+
+class SwapTimesParams(Params):
+    """Optional load and unload times of a fitted model."""
+
+    load: SwapParams | None = Field(
+        None, description="time to load the model; null: none", json_schema_extra=_SWAP
+    )
+    unload: SwapParams | None = Field(
+        None, description="time to unload the model; null: none", json_schema_extra=_SWAP
+    )
+
+    def swaps(self) -> dict[str, SwapTime | None]:
+        """``load`` and ``unload`` keywords of a step model's constructor."""
+        load, unload = self.load, self.unload
+        return {
+            "load": None if load is None else load.swap_time(),
+            "unload": None if unload is None else unload.swap_time(),
+        }
+
+
+Coefficient = Annotated[float, Field(ge=0)]
+Row = Annotated[tuple[float, ...], Field(strict=False)]  # a list of numbers in YAML
+
+# --- the kinds ------------------------------------------------------------------------
+
+_FIT: dict[str, Any] = {"default_text": "the accelerator's fit"}  # docs: the default
+
+
+def _efficiency(what: str) -> Any:
+    return Field(None, gt=0, le=1, description=f"share of {what} reached", json_schema_extra=_FIT)
+
+
+def _time(what: str) -> Any:
+    return Field(None, ge=0, description=f"{what}, s", json_schema_extra=_FIT)
+
+
+class RooflineStepParams(Params):
+    """Parameters of ``roofline``: overrides of the accelerator's fitted constants.
+
+    A parameter left out or null keeps the accelerator's fitted value
+    (:func:`sincere.perf.calibration.roofline_defaults`).
+    """
+
+    mfu_efficiency: float | None = _efficiency("the dense peak in GEMMs")
+    bw_efficiency: float | None = _efficiency("HBM bandwidth in GEMMs")
+    elementwise_bw_efficiency: float | None = _efficiency("HBM bandwidth in norms, rotary, add")
+    overlap_exponent: float | None = Field(
+        None,
+        ge=1,
+        allow_inf_nan=True,
+        description="p of a GEMM's (compute^p + memory^p)^(1/p); .inf: max",
+        json_schema_extra=_FIT,
+    )
+    token_tile: int | None = Field(
+        None,
+        ge=1,
+        description="GEMM tokens round up to this multiple, tokens",
+        json_schema_extra=_FIT,
+    )
+    layer_overhead_s: float | None = _time("fixed kernel cost of one layer's linear work")
+    attn_mfu_efficiency: float | None = _efficiency("the dense bf16 peak in prefill attention")
+    attn_bw_efficiency: float | None = _efficiency("HBM bandwidth reading the KV cache")
+    attn_kernel_s: float | None = _time("fixed cost of one attention kernel per layer")
+    attn_diag_factor: float | None = Field(
+        None,
+        ge=1,
+        le=2,
+        description="work of a pair inside a prefill chunk vs one against the cache",
+        json_schema_extra=_FIT,
+    )
+    overhead_s: float | None = _time("fixed CPU cost per iteration")
+    overhead_per_seq_s: float | None = _time("CPU cost per sequence in the iteration")
+    interconnect_efficiency: float | None = _efficiency("NVLink / PCIe bandwidth in collectives")
+    allreduce_latency_s: float | None = _time("fixed cost of one all-reduce")
+    p2p_latency_s: float | None = _time("fixed cost of one pipeline-stage send")
+    activation_bytes: float | None = Field(
+        None, gt=0, description="bytes per activation element", json_schema_extra=_FIT
+    )
+    pp_microbatches: int | None = Field(
+        None, ge=1, description="micro-batches an iteration is cut into under PP",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    load_efficiency: float | None = _efficiency("host-link bandwidth while loading")
+    disk_read_gbps: float | None = Field(
+        None,
+        gt=0,
+        description="storage read rate, GB/s; null: not limiting",
+        json_schema_extra=_FIT,
+    )
+    load_overhead_s: float | None = _time("fixed cost of a load")
+    unload_s: float | None = _time("time to free the model")
+
+
+def _build_roofline(params: RooflineStepParams, dep: Deployment, cc: bool) -> StepTimeModel:
+    given = params.model_dump(exclude_none=True)
+    merged = {**roofline_defaults(dep.accelerator).params, **given}
     return Roofline(dep, dataclass_from(RooflineParams, merged, "roofline params"))
 
 
-_PROFILED_PARAMS = ("profiles", "all_reduce", "cpu", "scale_attention", "load", "unload")
+class ProfiledStepParams(SwapTimesParams):
+    """Parameters of ``profiled``."""
+
+    profiles: Path = Field(strict=False, description="folder of operator profiles (Vidur's layout)")
+    all_reduce: str | None = Field(
+        None, description="all-reduce topology of the profiles; null: the only one"
+    )
+    cpu: bool = Field(True, description="add the profiled CPU overhead per iteration")
+    scale_attention: bool = Field(
+        False, description="scale attention profiled at another per-GPU shape"
+    )
 
 
-def _build_profiled(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
-    unknown = set(params) - set(_PROFILED_PARAMS)
-    if unknown or "profiles" not in params:
-        raise ConfigError(
-            "profiled params need 'profiles' (a folder of operator profiles)",
-            where="profiled params",
-            value=sorted(params),
-            allowed=_PROFILED_PARAMS,
-        )
-    all_reduce = params.get("all_reduce")
+def _build_profiled(params: ProfiledStepParams, dep: Deployment, cc: bool) -> StepTimeModel:
     return ProfiledStep(
-        profiles_for(str(params["profiles"]), dep.accelerator.name),
+        profiles_for(params.profiles, dep.accelerator.name),
         dep,
-        all_reduce=None if all_reduce is None else str(all_reduce),
-        cpu=bool(params.get("cpu", True)),
-        scale_attention=bool(params.get("scale_attention", False)),
-        load=_swap(params, "load"),
-        unload=_swap(params, "unload"),
+        all_reduce=params.all_reduce,
+        cpu=params.cpu,
+        scale_attention=params.scale_attention,
+        **params.swaps(),
     )
 
 
-def _build_inferno(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
-    names = ("alpha_ms", "beta_ms", "gamma_ms", "delta_ms")
-    a, b, g, d = (float(v) for v in _require(params, names, "inferno params").values())
-    return InfernoLinear(a, b, g, d, load=_swap(params, "load"), unload=_swap(params, "unload"))
+class InfernoChunkedParams(SwapTimesParams):
+    """Parameters of ``inferno-chunked``: Inferno's iteration = alpha + beta*tokens + gamma*ctx."""
+
+    alpha_ms: Coefficient = Field(description="per iteration, ms")
+    beta_ms: Coefficient = Field(description="per token computed, ms")
+    gamma_ms: Coefficient = Field(description="per sequence, per token of context, ms")
 
 
-def _build_inferno_chunked(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
-    names = ("alpha_ms", "beta_ms", "gamma_ms")
-    a, b, g = (float(v) for v in _require(params, names, "inferno-chunked params").values())
-    return InfernoChunked(a, b, g, load=_swap(params, "load"), unload=_swap(params, "unload"))
+class InfernoParams(SwapTimesParams):
+    """Parameters of ``inferno``: decode alpha + beta*n, prefill gamma + delta*tokens."""
+
+    alpha_ms: Coefficient = Field(description="decode step, fixed part, ms")
+    beta_ms: Coefficient = Field(description="decode step, per sequence, ms")
+    gamma_ms: Coefficient = Field(description="prefill, fixed part, ms")
+    delta_ms: Coefficient = Field(description="prefill, per prompt token, ms")
 
 
-def _build_binned(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
-    vals = _require(params, ("bin_edges", "coeffs"), "niyama-binned params")
-    return BinnedLinear(
-        vals["bin_edges"],
-        vals["coeffs"],
-        load=_swap(params, "load"),
-        unload=_swap(params, "unload"),
+def _build_inferno(params: InfernoParams, dep: Deployment, cc: bool) -> StepTimeModel:
+    p = params
+    return InfernoLinear(p.alpha_ms, p.beta_ms, p.gamma_ms, p.delta_ms, **p.swaps())
+
+
+def _build_inferno_chunked(
+    params: InfernoChunkedParams, dep: Deployment, cc: bool
+) -> StepTimeModel:
+    return InfernoChunked(params.alpha_ms, params.beta_ms, params.gamma_ms, **params.swaps())
+
+
+class BinnedParams(SwapTimesParams):
+    """Parameters of ``niyama-binned``."""
+
+    bin_edges: tuple[float, ...] = Field(
+        strict=False,
+        description="increasing inclusive upper edges of every bin but the last, tokens",
+    )
+    coeffs: tuple[
+        Annotated[Row, Field(min_length=NUM_BINNED_COEFFS, max_length=NUM_BINNED_COEFFS)], ...
+    ] = Field(strict=False, description="one row (b0, c1..c5) per bin, seconds")
+
+    @model_validator(mode="after")
+    def _one_row_per_bin(self) -> BinnedParams:
+        if len(self.coeffs) != len(self.bin_edges) + 1:
+            raise ValueError(
+                f"coeffs needs len(bin_edges) + 1 = {len(self.bin_edges) + 1} rows, "
+                f"not {len(self.coeffs)}"
+            )
+        return self
+
+
+def _build_binned(params: BinnedParams, dep: Deployment, cc: bool) -> StepTimeModel:
+    return BinnedLinear(params.bin_edges, params.coeffs, **params.swaps())
+
+
+class IterationTableParams(SwapTimesParams):
+    """Parameters of ``iteration-table`` (:class:`IterationTable` checks the grids' order)."""
+
+    token_grid: tuple[float, ...] = Field(
+        strict=False, description="increasing tokens per iteration"
+    )
+    seq_grid: tuple[float, ...] = Field(strict=False, description="increasing sequences")
+    times_s: tuple[Row, ...] = Field(
+        strict=False, description="iteration time per (tokens, sequences), s"
+    )
+
+    @model_validator(mode="after")
+    def _one_time_per_cell(self) -> IterationTableParams:
+        shape = (len(self.token_grid), len(self.seq_grid))
+        if len(self.times_s) != shape[0] or any(len(row) != shape[1] for row in self.times_s):
+            raise ValueError(f"times_s must have len(token_grid) x len(seq_grid) = {shape} values")
+        return self
+
+
+def _build_iteration_table(
+    params: IterationTableParams, dep: Deployment, cc: bool
+) -> StepTimeModel:
+    p = params
+    return IterationTable(p.token_grid, p.seq_grid, p.times_s, **p.swaps())
+
+
+class SincereTableParams(Params):
+    """Parameters of ``sincere-table``."""
+
+    model: str | None = Field(
+        None, description="SINCERE model whose H100 profile to use; null: the deployment's"
     )
 
 
-def _build_iteration_table(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
-    vals = _require(params, ("token_grid", "seq_grid", "times_s"), "iteration-table params")
-    return IterationTable(
-        vals["token_grid"],
-        vals["seq_grid"],
-        vals["times_s"],
-        load=_swap(params, "load"),
-        unload=_swap(params, "unload"),
-    )
+def _build_sincere_table(params: SincereTableParams, dep: Deployment, cc: bool) -> StepTimeModel:
+    return sincere_profile(params.model or dep.model.name, cc=cc)
 
 
-def _build_sincere_table(dep: Deployment, params: Params, cc: bool) -> StepTimeModel:
-    extra = set(params) - {"model"}
-    if extra:
-        raise ConfigError("unknown parameter", where="sincere-table params", value=sorted(extra))
-    return sincere_profile(str(params.get("model", dep.model.name)), cc=cc)
-
-
-STEP_MODELS.register("roofline")(StepModelKind(_build_roofline))
-STEP_MODELS.register("inferno")(StepModelKind(_build_inferno))
-STEP_MODELS.register("inferno-chunked")(StepModelKind(_build_inferno_chunked))
-STEP_MODELS.register("niyama-binned")(StepModelKind(_build_binned))
-STEP_MODELS.register("iteration-table")(StepModelKind(_build_iteration_table))
-STEP_MODELS.register("sincere-table")(StepModelKind(_build_sincere_table, measured_cc=True))
-STEP_MODELS.register("profiled")(StepModelKind(_build_profiled))
+STEP_MODELS.register("roofline", params=RooflineStepParams)(StepModelKind(_build_roofline))
+STEP_MODELS.register("inferno", params=InfernoParams)(StepModelKind(_build_inferno))
+STEP_MODELS.register("inferno-chunked", params=InfernoChunkedParams)(
+    StepModelKind(_build_inferno_chunked)
+)
+STEP_MODELS.register("niyama-binned", params=BinnedParams)(StepModelKind(_build_binned))
+STEP_MODELS.register("iteration-table", params=IterationTableParams)(
+    StepModelKind(_build_iteration_table)
+)
+STEP_MODELS.register("sincere-table", params=SincereTableParams)(
+    StepModelKind(_build_sincere_table, measured_cc=True)
+)
+STEP_MODELS.register("profiled", params=ProfiledStepParams)(StepModelKind(_build_profiled))
 
 
 def load_params_file(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -216,11 +388,17 @@ class StepModelConfig(BaseModel):
     cc: bool = False  # run in confidential-computing mode
     cc_params: dict[str, float] = {}  # CCParams fields (defaults: SINCERE calibration)
 
-    def build(self, deployment: Deployment) -> StepTimeModel:
-        """The configured model for ``deployment``."""
+    def merged_params(self) -> dict[str, Any]:
+        """``params_file``'s parameters (read now) under the inline ``params``."""
         params: dict[str, Any] = {}
         if self.params_file is not None:
             params.update(load_params_file(self.params_file, self.kind))
         params.update(self.params)
+        return params
+
+    def build(self, deployment: Deployment) -> StepTimeModel:
+        """The configured model for ``deployment``."""
         cc_params = dataclass_from(CCParams, self.cc_params, "cc_params")
-        return make_step_model(self.kind, deployment, params, cc=self.cc, cc_params=cc_params)
+        return make_step_model(
+            self.kind, deployment, self.merged_params(), cc=self.cc, cc_params=cc_params
+        )

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import yaml
+from pydantic import Field
 
 from sincere.core.errors import ConfigError
+from sincere.core.params import Params
 from sincere.core.types import Seconds
 from sincere.perf.base import Batch, Deployment, StepTimeBase, StepTimeModel, SwapTime
 from sincere.perf.factory import STEP_MODELS, StepModelKind
@@ -282,14 +284,24 @@ def calibrated_model(calibration: RunCalibration, model: str, cc: bool) -> RunCa
     )
 
 
-def _build(dep: Deployment, params: Mapping[str, Any], cc: bool) -> StepTimeModel:
-    extra = set(params) - {"model", "calibration"}
-    if extra:
-        raise ConfigError("unknown parameter", where="sincere-runs params", value=sorted(extra),
-                          allowed=["model", "calibration"])  # fmt: skip
-    path = params.get("calibration")
-    calibration = load_calibration(None if path is None else Path(str(path)))
-    return calibrated_model(calibration, str(params.get("model", dep.model.name)), cc)
+class SincereRunsParams(Params):
+    """Parameters of ``sincere-runs``."""
+
+    model: str | None = Field(
+        None, description="SINCERE model whose fitted timing to use; null: the deployment's"
+    )
+    calibration: Path | None = Field(
+        None,
+        strict=False,
+        description="calibration file from `sincere fit sincere-runs`; null: the shipped one",
+    )
 
 
-STEP_MODELS.register("sincere-runs")(StepModelKind(_build, measured_cc=True))
+def _build(params: SincereRunsParams, dep: Deployment, cc: bool) -> StepTimeModel:
+    calibration = load_calibration(params.calibration)
+    return calibrated_model(calibration, params.model or dep.model.name, cc)
+
+
+STEP_MODELS.register("sincere-runs", params=SincereRunsParams)(
+    StepModelKind(_build, measured_cc=True)
+)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sincere.core.errors import ConfigError
-from sincere.core.registry import Registry
+from sincere.core.registry import Needs, Registry
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.perf.base import StepTimeModel
@@ -69,19 +68,15 @@ class Outcome:
 class Router(ABC):
     """Chooses an instance per request. Subclasses register in :data:`ROUTERS`.
 
-    Every router is built as ``cls(rng=generator, **params)``; subclasses declare
-    their params as typed keyword arguments, validate them, and call
-    ``super().__init__(rng)``. A subclass implements :meth:`choose`, which only sees
-    healthy instances; :meth:`route` is what callers use.
+    ``ROUTERS.build(name, params, rng=generator, **collaborators)`` makes one: it checks
+    ``params`` against the parameter model the subclass registered with and calls
+    ``cls(rng=generator, params=<checked model>, **collaborators)``; the constructor
+    copies the values into plain attributes and calls ``super().__init__(rng)``. A
+    subclass implements :meth:`choose`, which only sees healthy instances; :meth:`route`
+    is what callers use.
     """
 
-    def __init__(self, rng: np.random.Generator, **params: object) -> None:
-        if params:
-            raise ConfigError(
-                f"{type(self).__name__} got unknown parameters",
-                value=sorted(params),
-                allowed="none",
-            )
+    def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
 
     def route(
@@ -122,6 +117,9 @@ def no_instance(instances: Sequence[InstanceView]) -> RouteDecision:
     return RouteDecision(None, reason=f"no healthy instance among {len(instances)}")
 
 
-ROUTERS: Registry[type[Router]] = Registry("router")
+RNG = Needs("rng", np.random.Generator, "a seeded numpy random Generator")
+"""The collaborator every router is handed: its source of randomness."""
+
+ROUTERS: Registry[type[Router]] = Registry("router", needs=(RNG,))
 """Router classes by name (``random``, ``round-robin``, ...). Import
 :mod:`sincere.policy.routers` to fill it."""

@@ -27,11 +27,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import Field
 
-from sincere.core.errors import ConfigError
+from sincere.core.params import Params, params_from
 from sincere.core.registry import Registry
 from sincere.core.types import InstanceId, Seconds
 from sincere.perf.base import StepTimeModel
@@ -124,11 +126,6 @@ def step_model_latency(model: StepTimeModel, ctx: RouteContext) -> LatencyEstima
     return LatencyEstimate(ttft, e2e, max(ctx.expected_output_tokens, 1.0))
 
 
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 < alpha <= 1.0:
-        raise ConfigError("alpha must be in (0, 1]", value=alpha, allowed="0 < alpha <= 1")
-
-
 class _Ewma:
     """Exponentially weighted means of TTFT, time per output token and load."""
 
@@ -148,6 +145,16 @@ class _Ewma:
         self.load += a * (load - self.load)
 
 
+class RecentWindowParams(Params):
+    """Parameters of ``recent-window``."""
+
+    alpha: float = Field(0.2, gt=0, le=1, description="EWMA weight of the newest outcome")
+    min_samples: int = Field(1, ge=1, description="outcomes of an instance before predicting")
+    load_scaling: bool = Field(
+        True, description="scale by (1 + outstanding now) / (1 + mean outstanding seen)"
+    )
+
+
 class RecentWindow:
     """EWMA of TTFT and time per output token per instance, load-scaled.
 
@@ -156,13 +163,11 @@ class RecentWindow:
     predicted slower before its own outcomes say so.
     """
 
-    def __init__(self, alpha: float = 0.2, min_samples: int = 1, load_scaling: bool = True):
-        _check_alpha(alpha)
-        if min_samples < 1:
-            raise ConfigError("min_samples must be >= 1", value=min_samples)
-        self.alpha = alpha
-        self.min_samples = min_samples
-        self.load_scaling = load_scaling
+    def __init__(self, params: RecentWindowParams | None = None, **values: Any) -> None:
+        p = params_from(RecentWindowParams, params, values, "latency predictor 'recent-window'")
+        self.alpha = p.alpha
+        self.min_samples = p.min_samples
+        self.load_scaling = p.load_scaling
         self._stats: dict[InstanceId, _Ewma] = {}
 
     def predict(self, instance: InstanceId, ctx: RouteContext) -> LatencyEstimate | None:
@@ -216,6 +221,15 @@ class _Window:
         return max(0.0, float(np.dot(self.coef, features)))
 
 
+class LinearLatencyParams(Params):
+    """Parameters of ``linear``."""
+
+    window: int = Field(256, ge=1, description="outcomes per instance the fit uses (newest)")
+    min_samples: int = Field(16, ge=1, description="outcomes of an instance before predicting")
+    refit_every: int = Field(8, ge=1, description="outcomes between refits")
+    ridge: float = Field(1e-6, ge=0, description="ridge penalty of the least squares")
+
+
 class LinearLatency:
     """Ridge regression per instance on its last ``window`` outcomes, refit every ``refit_every``.
 
@@ -223,16 +237,10 @@ class LinearLatency:
     token ~ outstanding and running requests. E2E = TTFT + (out - 1) * TPOT.
     """
 
-    def __init__(
-        self, window: int = 256, min_samples: int = 16, refit_every: int = 8, ridge: float = 1e-6
-    ) -> None:
-        for name, value in (("window", window), ("min_samples", min_samples)):
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1", value=value, allowed="an int >= 1")
-        if refit_every < 1 or ridge < 0:
-            raise ConfigError("need refit_every >= 1 and ridge >= 0", value=(refit_every, ridge))
-        self.window, self.min_samples = window, min_samples
-        self.refit_every, self.ridge = refit_every, ridge
+    def __init__(self, params: LinearLatencyParams | None = None, **values: Any) -> None:
+        p = params_from(LinearLatencyParams, params, values, "latency predictor 'linear'")
+        self.window, self.min_samples = p.window, p.min_samples
+        self.refit_every, self.ridge = p.refit_every, p.ridge
         self._ttft: dict[InstanceId, _Window] = {}
         self._tpot: dict[InstanceId, _Window] = {}
         self._seen: dict[InstanceId, int] = {}
@@ -270,28 +278,35 @@ class LinearLatency:
 
 
 LATENCY_PREDICTORS: Registry[Callable[..., LatencyPredictor]] = Registry("latency predictor")
-LATENCY_PREDICTORS.register("recent-window")(RecentWindow)
-LATENCY_PREDICTORS.register("linear")(LinearLatency)
+LATENCY_PREDICTORS.register("recent-window", params=RecentWindowParams)(RecentWindow)
+LATENCY_PREDICTORS.register("linear", params=LinearLatencyParams)(LinearLatency)
 
 
-@LATENCY_PREDICTORS.register("lstm")
-def trained_lstm(path: str, min_history: int = 1) -> LatencyPredictor:
-    """A trained LSTM model file (:class:`~sincere.predict.lstm.LstmLatency`), by path.
+class LstmFileParams(Params):
+    """Parameters of ``lstm``."""
+
+    path: Path = Field(
+        strict=False, description="model file written by `sincere predict train latency`"
+    )
+    min_history: int = Field(
+        1, ge=0, description="finished requests of an instance before predicting"
+    )
+
+
+@LATENCY_PREDICTORS.register("lstm", params=LstmFileParams)
+def trained_lstm(params: LstmFileParams) -> LatencyPredictor:
+    """A trained LSTM model file (:class:`~sincere.predict.lstm.LstmLatency`).
 
     Its module is imported only here, so routers that do not use it do not load it.
     """
     from sincere.predict.lstm import LstmLatency
 
-    return LstmLatency.load(path, min_history)
+    return LstmLatency.load(params.path, params.min_history)
 
 
 def make_latency_predictor(name: str, **params: Any) -> LatencyPredictor:
-    """Build the registered latency predictor ``name`` with ``params``."""
-    factory = LATENCY_PREDICTORS.get(name)
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"latency predictor {name!r}: {exc}", value=params) from None
+    """The registered latency predictor ``name`` built with ``params``."""
+    return LATENCY_PREDICTORS.build(name, params)
 
 
 def default_latency_predictor() -> LatencyPredictor:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Protocol, runtime_checkable
 
-from sincere.core.errors import ConfigError
-from sincere.core.registry import Registry
+from pydantic import Field, field_validator
+
+from sincere.core.params import Params, params_from
+from sincere.core.registry import Needs, Registry
 from sincere.core.request import Request
 from sincere.core.types import ModelName
 
@@ -49,20 +52,20 @@ def _cap(request: Request, tokens: float) -> float:
     return max(tokens, 1.0)
 
 
-def _check_min_samples(min_samples: int) -> None:
-    if min_samples < 1:
-        raise ConfigError("min_samples must be >= 1", value=min_samples, allowed="an int >= 1")
+class MaxTokensParams(Params):
+    """Parameters of ``max-tokens``."""
+
+    default_tokens: int = Field(
+        256, ge=1, description="tokens predicted for a request without max_tokens"
+    )
 
 
 class MaxTokens:
     """The request's ``max_tokens``; ``default_tokens`` when it has none."""
 
-    def __init__(self, default_tokens: int = 256) -> None:
-        if default_tokens < 1:
-            raise ConfigError(
-                "default_tokens must be >= 1", value=default_tokens, allowed="an int >= 1"
-            )
-        self.default_tokens = default_tokens
+    def __init__(self, params: MaxTokensParams | None = None, **values: Any) -> None:
+        p = params_from(MaxTokensParams, params, values, "output-length predictor 'max-tokens'")
+        self.default_tokens = p.default_tokens
 
     def predict(self, request: Request) -> float:
         """``max_tokens`` or the default."""
@@ -86,12 +89,26 @@ class _RunningMean:
         self.mean += (value - self.mean) / self.count
 
 
+class HistoryMeanParams(Params):
+    """Parameters of ``history-mean``."""
+
+    min_samples: int = Field(
+        8, ge=1, description="finished requests of a model before its mean is used"
+    )
+
+
 class HistoryMean:
     """Running mean of observed output tokens per model; ``prior`` until enough samples."""
 
-    def __init__(self, min_samples: int = 8, prior: OutputLengthPredictor | None = None) -> None:
-        _check_min_samples(min_samples)
-        self.min_samples = min_samples
+    def __init__(
+        self,
+        params: HistoryMeanParams | None = None,
+        *,
+        prior: OutputLengthPredictor | None = None,
+        **values: Any,
+    ) -> None:
+        label = "output-length predictor 'history-mean'"
+        self.min_samples = params_from(HistoryMeanParams, params, values, label).min_samples
         self.prior: OutputLengthPredictor = prior or MaxTokens()
         self._means: dict[ModelName, _RunningMean] = {}
 
@@ -112,29 +129,49 @@ DEFAULT_BUCKET_EDGES: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 81
 """Prompt-token bucket edges (a prompt of p tokens falls in bucket bisect_right(edges, p))."""
 
 
+class PromptBucketParams(Params):
+    """Parameters of ``prompt-bucket``."""
+
+    edges: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        DEFAULT_BUCKET_EDGES,
+        min_length=1,
+        strict=False,
+        description="increasing prompt-token bucket edges (a prompt of p tokens falls in "
+        "bucket bisect_right(edges, p))",
+    )
+    min_samples: int = Field(
+        8, ge=1, description="finished requests of a bucket before its mean is used"
+    )
+
+    @field_validator("edges")
+    @classmethod
+    def _increasing(cls, edges: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError("must increase")
+        return edges
+
+
 class PromptBucket:
     """Running mean of output tokens per (model, prompt-length bucket).
 
     A bucket with fewer than ``min_samples`` observations falls back to ``prior``
-    (by default the model's :class:`HistoryMean`).
+    (by default the model's :class:`HistoryMean` with the same ``min_samples``).
     """
 
     def __init__(
         self,
-        edges: Sequence[int] = DEFAULT_BUCKET_EDGES,
-        min_samples: int = 8,
+        params: PromptBucketParams | None = None,
+        *,
         prior: OutputLengthPredictor | None = None,
+        **values: Any,
     ) -> None:
-        _check_min_samples(min_samples)
-        edge_list = [int(e) for e in edges]
-        if not edge_list or any(b <= a for a, b in itertools.pairwise(edge_list)):
-            raise ConfigError(
-                "bucket edges must be a non-empty increasing list of prompt tokens",
-                value=edge_list,
-            )
-        self.edges = edge_list
-        self.min_samples = min_samples
-        self.prior: OutputLengthPredictor = prior or HistoryMean(min_samples)
+        label = "output-length predictor 'prompt-bucket'"
+        p = params_from(PromptBucketParams, params, values, label)
+        self.edges = list(p.edges)
+        self.min_samples = p.min_samples
+        self.prior: OutputLengthPredictor = prior or HistoryMean(
+            HistoryMeanParams(min_samples=p.min_samples)
+        )
         self._means: dict[tuple[ModelName, int], _RunningMean] = {}
 
     def bucket(self, prompt_tokens: int) -> int:
@@ -155,34 +192,47 @@ class PromptBucket:
         self.prior.observe(request, output_tokens)
 
 
+PRIOR = Needs(
+    "prior",
+    OutputLengthPredictor,
+    "an output-length predictor used until enough requests finished",
+    optional=True,
+)
+"""Optional collaborator of the averaging predictors: their fallback."""
+
 LENGTH_PREDICTORS: Registry[Callable[..., OutputLengthPredictor]] = Registry(
     "output-length predictor"
 )
-LENGTH_PREDICTORS.register("max-tokens")(MaxTokens)
-LENGTH_PREDICTORS.register("history-mean")(HistoryMean)
-LENGTH_PREDICTORS.register("prompt-bucket")(PromptBucket)
+LENGTH_PREDICTORS.register("max-tokens", params=MaxTokensParams)(MaxTokens)
+LENGTH_PREDICTORS.register("history-mean", params=HistoryMeanParams, needs=(PRIOR,))(HistoryMean)
+LENGTH_PREDICTORS.register("prompt-bucket", params=PromptBucketParams, needs=(PRIOR,))(PromptBucket)
 
 
-@LENGTH_PREDICTORS.register("quantile")
-def trained_quantile(path: str) -> OutputLengthPredictor:
-    """A trained quantile length model file (:class:`.quantile_length.QuantileLength`), by path.
+class TrainedModelParams(Params):
+    """Parameters of a predictor trained offline and saved to a file."""
+
+    path: Path = Field(
+        strict=False, description="model file written by `sincere predict train length`"
+    )
+
+
+@LENGTH_PREDICTORS.register("quantile", params=TrainedModelParams)
+def trained_quantile(params: TrainedModelParams) -> OutputLengthPredictor:
+    """A trained quantile length model file (:class:`.quantile_length.QuantileLength`).
 
     Its module is imported only here, so routers that do not use it do not load it.
     """
     from sincere.predict.quantile_length import QuantileLength
 
-    return QuantileLength.load(path)
+    return QuantileLength.load(params.path)
 
 
 def make_length_predictor(name: str, **params: Any) -> OutputLengthPredictor:
-    """Build the registered predictor ``name`` with ``params``."""
-    factory = LENGTH_PREDICTORS.get(name)
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"output-length predictor {name!r}: {exc}", value=params) from None
+    """The registered predictor ``name`` built with ``params`` (and a ``prior`` object)."""
+    values, collaborators = LENGTH_PREDICTORS.split(name, params)
+    return LENGTH_PREDICTORS.build(name, values, **collaborators)
 
 
 def default_length_predictor() -> OutputLengthPredictor:
     """Per-model history mean, falling back to ``max_tokens`` until 8 requests finished."""
-    return HistoryMean(min_samples=8, prior=MaxTokens())
+    return HistoryMean(HistoryMeanParams(min_samples=8), prior=MaxTokens())

@@ -26,9 +26,11 @@ lognormal TTFT and TPOT with their own spread) is turned into the same probabili
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sincere.core.errors import ConfigError
+from pydantic import Field
+
+from sincere.core.params import Params, params_from
 from sincere.core.request import Tier
 from sincere.core.types import Seconds
 from sincere.predict.latency import LatencyEstimate
@@ -39,18 +41,23 @@ def normal_cdf(z: float) -> float:
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
 
+class LognormalErrorParams(Params):
+    """Parameters of the lognormal error model."""
+
+    rel_std: float = Field(0.3, gt=0, description="prior relative spread (sigma of the log error)")
+    alpha: float = Field(0.05, gt=0, le=1, description="EWMA weight of the newest log error")
+    learn: bool = Field(True, description="learn bias and spread from outcomes")
+
+
 class LognormalError:
     """Multiplicative error of a latency predictor, learned online (see module docstring)."""
 
-    def __init__(self, rel_std: float = 0.3, alpha: float = 0.05, learn: bool = True) -> None:
-        if not (rel_std > 0 and math.isfinite(rel_std)):
-            raise ConfigError("rel_std must be > 0", value=rel_std, allowed="a finite float > 0")
-        if not 0.0 < alpha <= 1.0:
-            raise ConfigError("alpha must be in (0, 1]", value=alpha, allowed="0 < alpha <= 1")
-        self.alpha = alpha
-        self.learn = learn
+    def __init__(self, params: LognormalErrorParams | None = None, **values: Any) -> None:
+        p = params_from(LognormalErrorParams, params, values, "lognormal error model")
+        self.alpha = p.alpha
+        self.learn = p.learn
         self.bias = 0.0
-        self.variance = rel_std * rel_std
+        self.variance = p.rel_std * p.rel_std
         self.num_observed = 0
 
     @property

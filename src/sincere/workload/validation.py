@@ -16,25 +16,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from sincere.core.errors import ConfigError
+from sincere.core.params import format_loc
+from sincere.core.params import short_repr as _short
 
 M = TypeVar("M", bound=BaseModel)
-_MAX_VALUE_CHARS = 60
-
-
-def format_loc(loc: Sequence[int | str], prefix: str | None = None) -> str:
-    """A dotted field path: ``("tiers", 1, "name")`` -> ``tiers[1].name``."""
-    text = prefix or ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
 
 
 def _fields_at(model: type[BaseModel] | None, loc: Sequence[int | str]) -> list[str] | None:

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar, Literal, TypeAlias
+from typing import Annotated, ClassVar, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field, field_validator
 
 from sincere.core.errors import ConfigError
+from sincere.core.params import Params
 from sincere.core.registry import Registry
 from sincere.core.types import ModelName, RequestId, Seconds
 from sincere.perf.base import SwapTime
@@ -156,68 +158,93 @@ class Readiness:
 NOT_READY = Readiness()
 
 
+class BestBatchParams(Params):
+    """The throughput-optimal batch size of each model (BestBatch; the fallback of others)."""
+
+    best_batch: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: dict(DEFAULT_BEST_BATCH),
+        description="model -> best batch, requests; overrides SINCERE's H100 sizes "
+        "(granite-7b 48, gemma-7b 64, llama3-8b 64), others keep theirs",
+    )
+    default_best_batch: int = Field(
+        64, ge=1, description="best batch of a model missing from best_batch, requests"
+    )
+
+    @field_validator("best_batch")
+    @classmethod
+    def _over_defaults(cls, table: dict[str, int]) -> dict[str, int]:
+        return {**DEFAULT_BEST_BATCH, **table}
+
+
+class SwapBudgetParams(Params):
+    """What a strategy plans a model's swap and batch against (Timer, SelectBatch)."""
+
+    sla_s: Seconds = Field(gt=0, description="end-to-end latency bound, s")
+    est_batch_time_s: Seconds = Field(
+        8.0, gt=0, description="estimated duration of one batch (set by hand in SINCERE), s"
+    )
+
+
+class TimerParams(SwapBudgetParams):
+    """Parameters of ``timer``."""
+
+    min_timer_s: Seconds = Field(5.0, gt=0, description="the timer's floor, s")
+    timer_queue_factor: float = Field(
+        0.001, ge=0, description="the timer shrinks as T / (1 + factor * queued requests)"
+    )
+
+
+class SelectBatchParams(SwapBudgetParams, BestBatchParams):
+    """Parameters of ``select-batch``."""
+
+    select_window: int = Field(
+        100, ge=1, description="inter-arrival times the rate estimate uses (newest)"
+    )
+    select_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (8, 16, 32, 64), min_length=1, strict=False, description="candidate batch sizes"
+    )
+    select_horizon: Literal["sla-slack", "swap-and-batch"] = Field(
+        "sla-slack",
+        description="span of expected arrivals: SLA - T_adj (published) or T_adj (runs)",
+    )
+
+
+class PartialBatchParams(BestBatchParams):
+    """Parameters of ``partial-batch``."""
+
+    partial_residency_s: Seconds = Field(
+        10.0, ge=0, description="residency of the loaded model before a flush, s"
+    )
+    partial_fraction: float = Field(
+        0.25, ge=0, description="flush when the queue holds more than this x its best batch"
+    )
+
+
+class StrategyParams(TimerParams, SelectBatchParams, PartialBatchParams):
+    """Every rule's parameters, as the rules of one strategy share them."""
+
+
 @dataclass(frozen=True, slots=True)
-class StrategyParams:
-    """Parameters shared by SINCERE's rules (defaults are the paper's)."""
+class BestBatchTable:
+    """Best batch sizes per model, read by the rules at decision time."""
 
-    sla_s: Seconds  # end-to-end latency bound (SINCERE sweeps 40, 60, 80 s)
-    best_batch: Mapping[ModelName, int] = field(default_factory=lambda: dict(DEFAULT_BEST_BATCH))
-    default_best_batch: int = 64  # for models missing from ``best_batch``
-    est_batch_time_s: Seconds = 8.0  # Timer's hand-set estimate of one batch's duration
-    min_timer_s: Seconds = 5.0  # Timer's floor
-    timer_queue_factor: float = 0.001  # Timer shrinks as T / (1 + factor * queued)
-    select_window: int = 100  # SelectBatch: inter-arrival times used for the rate
-    select_sizes: tuple[int, ...] = (8, 16, 32, 64)  # SelectBatch's candidate sizes
-    partial_residency_s: Seconds = 10.0  # PartialBatch: residency before a flush
-    partial_fraction: float = 0.25  # PartialBatch: flush when queued > fraction * best
-    select_horizon: str = "sla-slack"  # SelectBatch's span: "sla-slack" or "swap-and-batch"
+    sizes: Mapping[ModelName, int]  # model -> best batch
+    default: int  # for models missing from ``sizes``
 
-    def __post_init__(self) -> None:
-        positive = {
-            "sla_s": self.sla_s,
-            "est_batch_time_s": self.est_batch_time_s,
-            "min_timer_s": self.min_timer_s,
-            "select_window": self.select_window,
-            "default_best_batch": self.default_best_batch,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"batching strategy: {name} must be > 0", value=value)
-        for name, value in (
-            ("timer_queue_factor", self.timer_queue_factor),
-            ("partial_residency_s", self.partial_residency_s),
-            ("partial_fraction", self.partial_fraction),
-        ):
-            if not value >= 0:
-                raise ConfigError(f"batching strategy: {name} must be >= 0", value=value)
-        if self.select_horizon not in SELECT_HORIZONS:
-            raise ConfigError(
-                "batching strategy: unknown select_horizon",
-                value=self.select_horizon,
-                allowed=SELECT_HORIZONS,
-            )
-        bad = {m: n for m, n in self.best_batch.items() if n < 1}
-        if bad:
-            raise ConfigError("batching strategy: best_batch sizes must be >= 1", value=bad)
-        if not self.select_sizes or min(self.select_sizes) < 1:
-            raise ConfigError(
-                "batching strategy: select_sizes must be non-empty sizes >= 1",
-                value=self.select_sizes,
-            )
+    @classmethod
+    def of(cls, params: BestBatchParams) -> BestBatchTable:
+        """The table of checked parameters."""
+        return cls(dict(params.best_batch), params.default_best_batch)
 
-    def best_batch_of(self, model: ModelName) -> int:
-        """The throughput-optimal batch of ``model`` (``default_best_batch`` if unknown)."""
-        return self.best_batch.get(model, self.default_best_batch)
+    def size(self, model: ModelName) -> int:
+        """The throughput-optimal batch of ``model``."""
+        return self.sizes.get(model, self.default)
 
-    def timer_adjust_s(self, queue: ModelQueueView) -> Seconds:
-        """T_adj = (load mean + std) + (unload mean + std) + estimated batch time."""
-        load, unload = queue.load, queue.unload
-        return load.mean_s + load.std_s + unload.mean_s + unload.std_s + self.est_batch_time_s
 
-    def select_span_s(self, queue: ModelQueueView) -> Seconds:
-        """SelectBatch's span: ``SLA - T_adj`` (sla-slack) or ``T_adj`` (swap-and-batch)."""
-        t_adj = self.timer_adjust_s(queue)
-        return t_adj if self.select_horizon == "swap-and-batch" else self.sla_s - t_adj
+def timer_adjust_s(queue: ModelQueueView, est_batch_time_s: Seconds) -> Seconds:
+    """T_adj = (load mean + std) + (unload mean + std) + estimated batch time."""
+    load, unload = queue.load, queue.unload
+    return load.mean_s + load.std_s + unload.mean_s + unload.std_s + est_batch_time_s
 
 
 class BatchStrategy(ABC):
@@ -249,12 +276,13 @@ ROLE_ORDER: tuple[RuleRole, ...] = ("exclusive", "target", "flush", "trigger")
 
 
 class BatchRule(ABC):
-    """One component of a strategy (a batch-size target, a timer, a flush rule)."""
+    """One component of a strategy (a batch-size target, a timer, a flush rule).
+
+    A rule registers in :data:`STRATEGIES` with its parameter model; its constructor
+    takes the checked parameters and copies what it reads into plain attributes.
+    """
 
     role: ClassVar[RuleRole] = "target"
-
-    def __init__(self, params: StrategyParams) -> None:
-        self.params = params
 
     @abstractmethod
     def assess(self, queue: ModelQueueView, view: BatchingView, now: Seconds) -> Readiness:

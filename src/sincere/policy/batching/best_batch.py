@@ -16,20 +16,25 @@ from sincere.policy.batching.base import (
     STRATEGIES,
     BatchingView,
     BatchRule,
+    BestBatchParams,
+    BestBatchTable,
     ModelQueueView,
     Readiness,
 )
 
 
-@STRATEGIES.register("best-batch")
+@STRATEGIES.register("best-batch", params=BestBatchParams)
 class BestBatch(BatchRule):
     """Ready when the queue holds the model's best batch."""
 
     role = "target"
 
+    def __init__(self, params: BestBatchParams) -> None:
+        self.best_batch = BestBatchTable.of(params)
+
     def target(self, queue: ModelQueueView, view: BatchingView) -> int:
         """The batch size this rule waits for."""
-        return view.cap(self.params.best_batch_of(queue.model))
+        return view.cap(self.best_batch.size(queue.model))
 
     def assess(self, queue: ModelQueueView, view: BatchingView, now: Seconds) -> Readiness:
         """A batch of exactly the target once the queue reaches it."""

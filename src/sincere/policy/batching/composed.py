@@ -22,10 +22,11 @@ needs a target or ``timer``; at least one target or trigger.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeAlias
+
+from pydantic import Field
 
 import sincere.policy.batching.best_batch
 import sincere.policy.batching.fcfs
@@ -33,9 +34,9 @@ import sincere.policy.batching.partial_batch
 import sincere.policy.batching.select_batch
 import sincere.policy.batching.timer  # noqa: F401 (registers the rules)
 from sincere.core.errors import ConfigError
+from sincere.core.params import Problem, check_params, validated
 from sincere.core.types import ModelName, Seconds
 from sincere.policy.batching.base import (
-    DEFAULT_BEST_BATCH,
     ROLE_ORDER,
     STRATEGIES,
     BatchDecision,
@@ -51,7 +52,6 @@ from sincere.policy.batching.base import (
 )
 
 Choice: TypeAlias = Literal["oldest-head", "largest-queue"]
-CHOICES: tuple[Choice, ...] = ("oldest-head", "largest-queue")
 
 
 def _roles_valid(roles: Sequence[str]) -> bool:
@@ -89,6 +89,40 @@ def parse_strategy_name(name: str) -> tuple[str, ...]:
     return tuple(_canonical(parts).split("+"))
 
 
+class ComposedParams(StrategyParams):
+    """Everything a strategy name takes: its rules' parameters and how ready queues compete."""
+
+    prefer_resident: bool | None = Field(
+        None, description="a resident model's ready queue first; null: on, except for fcfs"
+    )
+    choose: Choice = Field(
+        "oldest-head", description="which ready queue runs: oldest head, or most requests"
+    )
+
+
+def strategy_problems(
+    name: object, params: Mapping[str, Any] | None, *, name_at: str = "", params_at: str = ""
+) -> list[Problem]:
+    """Every problem with strategy ``name`` and its ``params`` (:class:`ComposedParams`)."""
+    out = []
+    if not isinstance(name, str):
+        out.append(Problem(name_at, "a batching strategy must be a name", name))
+    else:
+        try:
+            parse_strategy_name(name)
+        except ConfigError:
+            out.append(
+                Problem(
+                    name_at,
+                    "not a valid batching strategy",
+                    name,
+                    ", ".join(valid_strategy_names()),
+                )
+            )
+    label = f"batching strategy {name!r}"
+    return out + check_params(ComposedParams, params, label, params_at)[1]
+
+
 class ComposedStrategy(BatchStrategy):
     """A strategy made of rules; see the module docstring for how they combine."""
 
@@ -100,8 +134,6 @@ class ComposedStrategy(BatchStrategy):
         prefer_resident: bool = True,
         choose: Choice = "oldest-head",
     ) -> None:
-        if choose not in CHOICES:
-            raise ConfigError("batching strategy: unknown choose", value=choose, allowed=CHOICES)
         self.rules = tuple(rules)
         self.name = name
         self.prefer_resident = prefer_resident
@@ -144,9 +176,6 @@ class ComposedStrategy(BatchStrategy):
         return "+".join(fired) or "drain"
 
 
-_PARAM_NAMES = tuple(f.name for f in dataclasses.fields(StrategyParams))
-
-
 def make_strategy(
     name: str,
     *,
@@ -159,22 +188,26 @@ def make_strategy(
     """Build the strategy called ``name`` (``+``-joined rules, e.g. ``best-batch+timer``).
 
     ``best_batch`` overrides SINCERE's per-model best batch sizes (others keep their
-    defaults); ``params`` are further :class:`StrategyParams` fields
+    defaults); ``params`` are further :class:`ComposedParams` fields
     (``est_batch_time_s``, ``min_timer_s``, ...). ``prefer_resident`` defaults to
     ``False`` for ``fcfs`` and ``True`` otherwise. Raises ``ConfigError`` on an invalid
-    name, an unknown parameter or a bad value.
+    name, or one listing every unknown parameter and bad value.
     """
     rule_names = parse_strategy_name(name)
-    unknown = sorted(set(params) - set(_PARAM_NAMES))
-    if unknown:
-        raise ConfigError(
-            "unknown batching strategy parameter", value=unknown[0], allowed=_PARAM_NAMES
-        )
-    table = {**DEFAULT_BEST_BATCH, **(best_batch or {})}
-    strategy_params = StrategyParams(sla_s=sla_s, best_batch=table, **params)
-    rules = [STRATEGIES.get(n)(strategy_params) for n in rule_names]
-    if prefer_resident is None:
-        prefer_resident = rule_names != ("fcfs",)
+    values = {"sla_s": sla_s, "prefer_resident": prefer_resident, "choose": choose, **params}
+    if best_batch is not None:
+        values["best_batch"] = best_batch
+    checked = validated(ComposedParams, values, f"batching strategy {name!r}")
+    rules = [STRATEGIES.build(n, _rule_params(n, checked)) for n in rule_names]
+    resident = checked.prefer_resident
     return ComposedStrategy(
-        rules, name="+".join(rule_names), prefer_resident=prefer_resident, choose=choose
+        rules,
+        name="+".join(rule_names),
+        prefer_resident=rule_names != ("fcfs",) if resident is None else resident,
+        choose=checked.choose,
     )
+
+
+def _rule_params(rule: str, checked: ComposedParams) -> dict[str, Any]:
+    """The part of a strategy's checked parameters that rule ``rule`` takes."""
+    return checked.model_dump(include=set(STRATEGIES.param_names(rule)))

@@ -15,25 +15,31 @@ from sincere.policy.batching.base import (
     STRATEGIES,
     BatchingView,
     BatchRule,
+    BestBatchTable,
     ModelQueueView,
+    PartialBatchParams,
     Readiness,
 )
 
 
-@STRATEGIES.register("partial-batch")
+@STRATEGIES.register("partial-batch", params=PartialBatchParams)
 class PartialBatch(BatchRule):
     """Ready for a resident model with enough residency and a big enough queue."""
 
     role = "flush"
 
+    def __init__(self, params: PartialBatchParams) -> None:
+        self.best_batch = BestBatchTable.of(params)
+        self.partial_residency_s = params.partial_residency_s
+        self.partial_fraction = params.partial_fraction
+
     def assess(self, queue: ModelQueueView, view: BatchingView, now: Seconds) -> Readiness:
         """Flush after the residency threshold; wake then if the queue is already big."""
         if queue.loaded_at is None:
             return NOT_READY
-        p = self.params
-        if not queue.num_queued > p.partial_fraction * p.best_batch_of(queue.model):
+        if not queue.num_queued > self.partial_fraction * self.best_batch.size(queue.model):
             return NOT_READY
-        flush_at = queue.loaded_at + p.partial_residency_s
+        flush_at = queue.loaded_at + self.partial_residency_s
         if now >= flush_at:
             return Readiness(view.cap(queue.num_queued))
         return Readiness(0, wake_at=flush_at)

@@ -26,9 +26,11 @@ from sincere.policy.batching.base import (
     STRATEGIES,
     BatchingView,
     BatchRule,
+    BestBatchTable,
     ModelQueueView,
     Readiness,
-    StrategyParams,
+    SelectBatchParams,
+    timer_adjust_s,
 )
 
 
@@ -37,21 +39,26 @@ def closest_size(target: float, sizes: tuple[int, ...]) -> int:
     return int(min(sizes, key=lambda size: (abs(size - target), size)))
 
 
-@STRATEGIES.register("select-batch")
+@STRATEGIES.register("select-batch", params=SelectBatchParams)
 class SelectBatch(BatchRule):
     """Ready when the queue holds the size selected from the arrival rate."""
 
     role = "target"
 
-    def __init__(self, params: StrategyParams) -> None:
-        super().__init__(params)
+    def __init__(self, params: SelectBatchParams) -> None:
+        self.best_batch = BestBatchTable.of(params)
+        self.sla_s = params.sla_s
+        self.est_batch_time_s = params.est_batch_time_s
+        self.select_window = params.select_window
+        self.select_sizes = params.select_sizes
+        self.select_horizon = params.select_horizon
         self._arrivals: dict[ModelName, deque[Seconds]] = {}
 
     def observe_arrival(self, model: ModelName, at: Seconds) -> None:
         """Remember the last ``select_window + 1`` arrival times of ``model``."""
         times = self._arrivals.get(model)
         if times is None:
-            times = self._arrivals[model] = deque(maxlen=self.params.select_window + 1)
+            times = self._arrivals[model] = deque(maxlen=self.select_window + 1)
         times.append(at)
 
     def rate(self, model: ModelName) -> float | None:
@@ -62,13 +69,18 @@ class SelectBatch(BatchRule):
         span = times[-1] - times[0]
         return float("inf") if span <= 0 else (len(times) - 1) / span
 
+    def span_s(self, queue: ModelQueueView) -> Seconds:
+        """The span of expected arrivals: ``SLA - T_adj`` (sla-slack) or ``T_adj``."""
+        t_adj = timer_adjust_s(queue, self.est_batch_time_s)
+        return t_adj if self.select_horizon == "swap-and-batch" else self.sla_s - t_adj
+
     def target(self, queue: ModelQueueView, view: BatchingView) -> int:
         """The batch size this rule waits for."""
         rate = self.rate(queue.model)
         if rate is None:
-            return view.cap(self.params.best_batch_of(queue.model))
-        expected = rate * self.params.select_span_s(queue) if np.isfinite(rate) else float("inf")
-        return view.cap(closest_size(expected, self.params.select_sizes))
+            return view.cap(self.best_batch.size(queue.model))
+        expected = rate * self.span_s(queue) if np.isfinite(rate) else float("inf")
+        return view.cap(closest_size(expected, self.select_sizes))
 
     def assess(self, queue: ModelQueueView, view: BatchingView, now: Seconds) -> Readiness:
         """A batch of exactly the target once the queue reaches it."""

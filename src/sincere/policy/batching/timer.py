@@ -26,20 +26,28 @@ from sincere.policy.batching.base import (
     BatchRule,
     ModelQueueView,
     Readiness,
+    TimerParams,
+    timer_adjust_s,
 )
 
 
-@STRATEGIES.register("timer")
+@STRATEGIES.register("timer", params=TimerParams)
 class Timer(BatchRule):
     """Ready when the oldest queued request has waited ``timer_s``."""
 
     role = "trigger"
 
+    def __init__(self, params: TimerParams) -> None:
+        self.sla_s = params.sla_s
+        self.est_batch_time_s = params.est_batch_time_s
+        self.min_timer_s = params.min_timer_s
+        self.timer_queue_factor = params.timer_queue_factor
+
     def timer_s(self, queue: ModelQueueView) -> Seconds:
         """The timer's length for this queue's current length."""
-        p = self.params
-        base = max(p.sla_s - p.timer_adjust_s(queue), p.min_timer_s)
-        return max(base / (1.0 + p.timer_queue_factor * queue.num_queued), p.min_timer_s)
+        floor = self.min_timer_s
+        base = max(self.sla_s - timer_adjust_s(queue, self.est_batch_time_s), floor)
+        return max(base / (1.0 + self.timer_queue_factor * queue.num_queued), floor)
 
     def fires_at(self, queue: ModelQueueView) -> Seconds | None:
         """When the timer of this queue fires; ``None`` for an empty queue."""

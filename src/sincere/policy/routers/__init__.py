@@ -1,62 +1,76 @@
 """The routers: importing this package registers every one of them in ``ROUTERS``.
 
-Build one by name with :func:`make_router` (or ``ROUTERS.get(name)(rng=..., **params)``).
-See ``docs/routers.md`` for what each optimises.
+Build one by name with ``ROUTERS.build(name, params, rng=generator, **collaborators)``
+(or :func:`make_router`, which takes parameters and collaborators as keywords). See
+``docs/routers.md`` for what each optimises.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
 
-from sincere.core.errors import ConfigError
 from sincere.policy.router_base import ROUTERS, Router
 from sincere.policy.routers.basic import (
+    JoinShortestQueueParams,
     JoinShortestQueueRouter,
     LeastOutstandingRouter,
+    PowerOfTwoParams,
     PowerOfTwoRouter,
     RandomRouter,
     RoundRobinRouter,
 )
-from sincere.policy.routers.cost_optimal import PRESETS, CostOptimalRouter, Weights
-from sincere.policy.routers.latency_optimal import LatencyOptimalRouter
-from sincere.policy.routers.price_optimal import PriceOptimalRouter
-from sincere.policy.routers.relevance_optimal import RelevanceOptimalRouter
-from sincere.policy.routers.small_model_first import SmallModelFirstRouter
+from sincere.policy.routers.cost_optimal import (
+    PRESETS,
+    CostOptimalParams,
+    CostOptimalRouter,
+    Weights,
+)
+from sincere.policy.routers.latency_optimal import LatencyOptimalParams, LatencyOptimalRouter
+from sincere.policy.routers.price_optimal import PriceOptimalParams, PriceOptimalRouter
+from sincere.policy.routers.relevance_optimal import (
+    RelevanceOptimalParams,
+    RelevanceOptimalRouter,
+)
+from sincere.policy.routers.small_model_first import SmallModelFirstParams, SmallModelFirstRouter
 
 
 def router_params(name: str) -> list[str]:
-    """The keyword parameters router ``name`` accepts (besides ``rng``)."""
-    signature = inspect.signature(ROUTERS.get(name).__init__)
-    return [p for p in signature.parameters if p not in ("self", "rng", "params")]
+    """The parameters router ``name`` takes from config (an unknown name raises)."""
+    return ROUTERS.param_names(name)
 
 
 def make_router(name: str, rng: np.random.Generator, **params: Any) -> Router:
-    """Router ``name`` built with ``params``; unknown names or params raise ConfigError."""
-    cls = ROUTERS.get(name)
-    allowed = router_params(name)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"router {name!r} got unknown parameters", value=unknown, allowed=allowed or "none"
-        )
-    return cls(rng=rng, **params)
+    """Router ``name`` from keyword parameters and collaborators (``ROUTERS.build``).
+
+    A keyword naming a collaborator and holding an object of its kind (a predictor, an
+    error model, a difficulty callable) is passed as that collaborator; every other one
+    is a parameter. Raises ``ConfigError`` listing every problem.
+    """
+    values, collaborators = ROUTERS.split(name, params)
+    return ROUTERS.build(name, values, rng=rng, **collaborators)
 
 
 __all__ = [
     "PRESETS",
     "ROUTERS",
+    "CostOptimalParams",
     "CostOptimalRouter",
+    "JoinShortestQueueParams",
     "JoinShortestQueueRouter",
+    "LatencyOptimalParams",
     "LatencyOptimalRouter",
     "LeastOutstandingRouter",
+    "PowerOfTwoParams",
     "PowerOfTwoRouter",
+    "PriceOptimalParams",
     "PriceOptimalRouter",
     "RandomRouter",
+    "RelevanceOptimalParams",
     "RelevanceOptimalRouter",
     "RoundRobinRouter",
+    "SmallModelFirstParams",
     "SmallModelFirstRouter",
     "Weights",
     "make_router",

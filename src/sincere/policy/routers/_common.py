@@ -1,4 +1,4 @@
-"""Shared pieces of the routers: parameter checks, load measures, prices and budgets.
+"""Shared pieces of the routers: load measures, prices and budgets.
 
 Prices follow the reference router: an instance charges ``p_in`` per prompt token
 and ``p_out`` per output token (USD), so a request costs
@@ -10,49 +10,11 @@ token the instance cannot serve it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Literal
 
-from sincere.core.errors import ConfigError
 from sincere.core.request import Request
 from sincere.policy.router_base import InstanceView
-
-
-def check_choice(router: str, name: str, value: str, allowed: Iterable[str]) -> str:
-    """``value`` if it is one of ``allowed``; a ConfigError naming the param otherwise."""
-    options = tuple(allowed)
-    if value not in options:
-        raise ConfigError(f"{router}: unknown {name}", value=value, allowed=options)
-    return value
-
-
-def check_number(
-    router: str,
-    name: str,
-    value: float,
-    *,
-    low: float,
-    high: float = math.inf,
-    strict: bool = False,
-) -> float:
-    """``value`` if it is a finite number in [low, high] (or (low, high] when ``strict``)."""
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = is_number and math.isfinite(value) and value <= high
-    ok = ok and (value > low if strict else value >= low)
-    if not ok:
-        bound = f"{'>' if strict else '>='} {low}"
-        if high < math.inf:
-            bound += f" and <= {high}"
-        raise ConfigError(
-            f"{router}: {name} out of range", value=value, allowed=f"a number {bound}"
-        )
-    return float(value)
-
-
-def check_int(router: str, name: str, value: int, *, low: int) -> int:
-    """``value`` if it is an integer >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{router}: {name} out of range", value=value, allowed=f"an int >= {low}")
-    return value
 
 
 def queue_requests(view: InstanceView) -> float:
@@ -69,6 +31,9 @@ def outstanding(view: InstanceView) -> float:
     """Requests routed to the instance and not finished."""
     return float(view.num_outstanding)
 
+
+LoadMetric = Literal["outstanding", "requests", "tokens"]
+"""Names of the load measures in :data:`LOAD_METRICS` (a router parameter's type)."""
 
 LOAD_METRICS: dict[str, Callable[[InstanceView], float]] = {
     "outstanding": outstanding,

@@ -2,8 +2,10 @@
 
 An :class:`Estimator` bundles the collaborators a predictive router needs: an
 output-length predictor, a learned per-instance latency predictor and an SLO error
-model. For each instance it predicts from the instance's step-time model when the
-view carries one (:func:`~sincere.predict.latency.step_model_latency`) and from the
+model. The router is handed the predictors (:data:`LENGTH`, :data:`LATENCY`); its
+parameters may name the ones to build when none is passed (:class:`PredictorParams`).
+For each instance it predicts from the instance's step-time model when the view
+carries one (:func:`~sincere.predict.latency.step_model_latency`) and from the
 learned predictor otherwise (``None`` until that instance has outcomes). It keeps
 the context and prediction of every routed request until its outcome arrives, so
 ``observe`` can train all three collaborators; the oldest pending entries are
@@ -13,47 +15,60 @@ dropped past ``max_pending`` (requests whose outcome never comes back).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from sincere.core.errors import ConfigError
+from pydantic import Field
+
+from sincere.core.params import Params, Spec, Uses
+from sincere.core.registry import Needs, build_spec
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, RequestId, Seconds
 from sincere.policy.router_base import InstanceView, Outcome
 from sincere.predict.latency import (
+    LATENCY_PREDICTORS,
     LatencyEstimate,
     LatencyPredictor,
     RouteContext,
-    default_latency_predictor,
-    make_latency_predictor,
     step_model_latency,
 )
-from sincere.predict.length import (
-    OutputLengthPredictor,
-    default_length_predictor,
-    make_length_predictor,
-)
+from sincere.predict.length import LENGTH_PREDICTORS, OutputLengthPredictor
 from sincere.predict.slo import LognormalError
 
 
-def resolve_length(value: OutputLengthPredictor | str | None) -> OutputLengthPredictor:
-    """A predictor object from an object, a registered name, or ``None`` (the default)."""
-    if value is None:
-        return default_length_predictor()
-    if isinstance(value, str):
-        return make_length_predictor(value)
-    if not isinstance(value, OutputLengthPredictor):
-        raise ConfigError("length_predictor is not an output-length predictor", value=value)
-    return value
+class LengthPredictorParams(Params):
+    """The output-length predictor a router's config names."""
+
+    length_predictor: Annotated[Spec, Uses(LENGTH_PREDICTORS)] = Field(
+        Spec(name="history-mean"),
+        description="the output-length predictor built when none is handed in",
+    )
 
 
-def resolve_latency(value: LatencyPredictor | str | None) -> LatencyPredictor:
-    """A latency predictor from an object, a registered name, or ``None`` (the default)."""
-    if value is None:
-        return default_latency_predictor()
-    if isinstance(value, str):
-        return make_latency_predictor(value)
-    if not isinstance(value, LatencyPredictor):
-        raise ConfigError("latency_predictor is not a latency predictor", value=value)
-    return value
+class PredictorParams(LengthPredictorParams):
+    """The output-length and latency predictors a router's config names."""
+
+    latency_predictor: Annotated[Spec, Uses(LATENCY_PREDICTORS)] = Field(
+        Spec(name="recent-window"),
+        description="the latency predictor built when none is handed in (it serves "
+        "instances without a step model)",
+    )
+
+
+LENGTH = Needs(
+    "length_predictor",
+    OutputLengthPredictor,
+    "an output-length predictor",
+    default=lambda p: build_spec(LENGTH_PREDICTORS, p.length_predictor),
+)
+"""Collaborator: the output-length predictor (default: the one the parameters name)."""
+
+LATENCY = Needs(
+    "latency_predictor",
+    LatencyPredictor,
+    "a per-instance latency predictor",
+    default=lambda p: build_spec(LATENCY_PREDICTORS, p.latency_predictor),
+)
+"""Collaborator: the learned latency predictor (default: the one the parameters name)."""
 
 
 def context_of(

@@ -20,9 +20,12 @@ and of Vidur's global schedulers (least-outstanding requests).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import (
@@ -31,7 +34,7 @@ from sincere.policy.router_base import (
     RouteDecision,
     Router,
 )
-from sincere.policy.routers._common import LOAD_METRICS, check_choice, check_int
+from sincere.policy.routers._common import LOAD_METRICS, LoadMetric
 
 
 @ROUTERS.register("random")
@@ -76,13 +79,29 @@ class LeastOutstandingRouter(Router):
         return RouteDecision(best.id, reason=f"outstanding={best.num_outstanding}")
 
 
-@ROUTERS.register("join-shortest-queue")
+class JoinShortestQueueParams(Params):
+    """Parameters of ``join-shortest-queue``."""
+
+    metric: Literal["requests", "tokens"] = Field(
+        "requests",
+        description="queue length in requests (waiting + running) or in tokens of work "
+        "(queued prompt tokens + decode tokens still due)",
+    )
+
+
+@ROUTERS.register("join-shortest-queue", params=JoinShortestQueueParams)
 class JoinShortestQueueRouter(Router):
     """Shortest engine queue, in requests or in tokens of work."""
 
-    def __init__(self, rng: np.random.Generator, *, metric: str = "requests") -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        params: JoinShortestQueueParams | None = None,
+        **values: Any,
+    ) -> None:
         super().__init__(rng)
-        self.metric = check_choice("join-shortest-queue", "metric", metric, ("requests", "tokens"))
+        p = params_from(JoinShortestQueueParams, params, values, "router 'join-shortest-queue'")
+        self.metric = p.metric
         self._load = LOAD_METRICS[self.metric]
 
     def choose(
@@ -93,16 +112,24 @@ class JoinShortestQueueRouter(Router):
         return RouteDecision(best.id, reason=f"{self.metric}={self._load(best):g}")
 
 
-@ROUTERS.register("power-of-two")
+class PowerOfTwoParams(Params):
+    """Parameters of ``power-of-two``."""
+
+    metric: LoadMetric = Field("outstanding", description="load measure compared")
+    num_choices: int = Field(2, ge=1, description="healthy instances sampled per request")
+
+
+@ROUTERS.register("power-of-two", params=PowerOfTwoParams)
 class PowerOfTwoRouter(Router):
     """Less loaded of ``num_choices`` random healthy instances."""
 
     def __init__(
-        self, rng: np.random.Generator, *, metric: str = "outstanding", num_choices: int = 2
+        self, rng: np.random.Generator, params: PowerOfTwoParams | None = None, **values: Any
     ) -> None:
         super().__init__(rng)
-        self.metric = check_choice("power-of-two", "metric", metric, sorted(LOAD_METRICS))
-        self.num_choices = check_int("power-of-two", "num_choices", num_choices, low=1)
+        p = params_from(PowerOfTwoParams, params, values, "router 'power-of-two'")
+        self.metric = p.metric
+        self.num_choices = p.num_choices
         self._load = LOAD_METRICS[self.metric]
 
     def choose(

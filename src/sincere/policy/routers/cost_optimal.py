@@ -28,14 +28,17 @@ majority; ``w_quality`` / ``w_cost`` / ``w_latency`` / ``w_util`` override one w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field, model_validator
 
-from sincere.core.errors import ConfigError
+from sincere.core.params import params_from
+from sincere.core.registry import Needs
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import (
@@ -46,21 +49,18 @@ from sincere.policy.router_base import (
     Router,
     utilisation,
 )
-from sincere.policy.routers._common import (
-    capped_tokens,
-    check_choice,
-    check_number,
-)
+from sincere.policy.routers._common import capped_tokens
 from sincere.policy.routers._estimates import (
+    LATENCY,
+    LENGTH,
     Estimator,
+    PredictorParams,
     context_of,
-    resolve_latency,
-    resolve_length,
 )
 from sincere.policy.routers.price_optimal import affordable, over_budget
 from sincere.predict.latency import LatencyEstimate, LatencyPredictor, RouteContext
 from sincere.predict.length import OutputLengthPredictor
-from sincere.predict.slo import LognormalError, slo_probability
+from sincere.predict.slo import LognormalError, LognormalErrorParams, slo_probability
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,20 +107,65 @@ def weighted_scores(
 
 
 def resolve_weights(preset: str, overrides: dict[str, float | None]) -> Weights:
-    """The preset's weights with any non-None override applied, validated."""
-    base = PRESETS[check_choice("cost-optimal", "preset", preset, PRESETS)]
+    """The preset's weights with any non-None override applied."""
+    base = PRESETS[preset]
     values = {
         "quality": base.quality,
         "cost": base.cost,
         "latency": base.latency,
         "util": base.util,
     }
-    for key, value in overrides.items():
-        if value is not None:
-            values[key] = check_number("cost-optimal", f"w_{key}", value, low=0.0)
-    if sum(values.values()) <= 0.0:
-        raise ConfigError("cost-optimal: weights sum to zero", value=values, allowed="a sum > 0")
+    values.update({key: value for key, value in overrides.items() if value is not None})
     return Weights(**values)
+
+
+_WEIGHT = "weight of the {} term; null: the preset's"
+
+
+class CostOptimalParams(PredictorParams):
+    """Parameters of ``cost-optimal``."""
+
+    preset: Literal["balance", "quality", "latency", "cost"] = Field(
+        "balance", description="named weights (w_quality, w_cost, w_latency, w_util)"
+    )
+    w_quality: float | None = Field(None, ge=0, description=_WEIGHT.format("quality"))
+    w_cost: float | None = Field(None, ge=0, description=_WEIGHT.format("price"))
+    w_latency: float | None = Field(None, ge=0, description=_WEIGHT.format("latency"))
+    w_util: float | None = Field(None, ge=0, description=_WEIGHT.format("load"))
+    min_slo_prob: float = Field(
+        0.7, ge=0, le=1, description="drop instances less likely than this to meet the SLO"
+    )
+    latency_metric: Literal["e2e", "ttft"] = Field(
+        "e2e", description="latency term: predicted completion time or time to first token"
+    )
+    rel_std: float = Field(
+        0.3, gt=0, description="prior relative spread of the SLO error model (when built)"
+    )
+
+    def weights(self) -> Weights:
+        """The preset's weights with the overrides applied."""
+        overrides = {
+            "quality": self.w_quality,
+            "cost": self.w_cost,
+            "latency": self.w_latency,
+            "util": self.w_util,
+        }
+        return resolve_weights(self.preset, overrides)
+
+    @model_validator(mode="after")
+    def _weights_not_all_zero(self) -> CostOptimalParams:
+        if sum(dataclasses.astuple(self.weights())) <= 0.0:
+            raise ValueError("the weights sum to zero; give at least one a value > 0")
+        return self
+
+
+ERROR_MODEL = Needs(
+    "error_model",
+    LognormalError,
+    "an SLO error model (LognormalError)",
+    default=lambda p: LognormalError(LognormalErrorParams(rel_std=p.rel_std)),
+)
+"""Collaborator: the error model around latency predictions (default: from ``rel_std``)."""
 
 
 class _Option(NamedTuple):
@@ -135,41 +180,26 @@ class _Option(NamedTuple):
     prob: float
 
 
-@ROUTERS.register("cost-optimal")
+@ROUTERS.register("cost-optimal", params=CostOptimalParams, needs=(LENGTH, LATENCY, ERROR_MODEL))
 class CostOptimalRouter(Router):
     """Weighted quality / price / latency / load score over instances likely to meet the SLO."""
 
     def __init__(
         self,
         rng: np.random.Generator,
+        params: CostOptimalParams | None = None,
         *,
-        preset: str = "balance",
-        w_quality: float | None = None,
-        w_cost: float | None = None,
-        w_latency: float | None = None,
-        w_util: float | None = None,
-        min_slo_prob: float = 0.7,
-        latency_metric: str = "e2e",
-        rel_std: float = 0.3,
-        length_predictor: OutputLengthPredictor | str | None = None,
-        latency_predictor: LatencyPredictor | str | None = None,
-        error_model: LognormalError | None = None,
+        length_predictor: OutputLengthPredictor,
+        latency_predictor: LatencyPredictor,
+        error_model: LognormalError,
+        **values: Any,
     ) -> None:
         super().__init__(rng)
-        overrides = {"quality": w_quality, "cost": w_cost, "latency": w_latency, "util": w_util}
-        self.weights = resolve_weights(preset, overrides)
-        self.min_slo_prob = check_number(
-            "cost-optimal", "min_slo_prob", min_slo_prob, low=0.0, high=1.0
-        )
-        self.latency_metric = check_choice(
-            "cost-optimal", "latency_metric", latency_metric, ("e2e", "ttft")
-        )
-        error = error_model or LognormalError(
-            check_number("cost-optimal", "rel_std", rel_std, low=0.0, strict=True)
-        )
-        self.estimator = Estimator(
-            resolve_length(length_predictor), resolve_latency(latency_predictor), error
-        )
+        p = params_from(CostOptimalParams, params, values, "router 'cost-optimal'")
+        self.weights = p.weights()
+        self.min_slo_prob = p.min_slo_prob
+        self.latency_metric = p.latency_metric
+        self.estimator = Estimator(length_predictor, latency_predictor, error_model)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

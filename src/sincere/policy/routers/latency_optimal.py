@@ -12,7 +12,9 @@ request's completion time (``objective="e2e"``, default) or its time to first to
   (``latency_predictor``, default a load-scaled EWMA of recent requests).
 
 Expected output tokens come from ``length_predictor`` (default: the model's history
-mean, ``max_tokens`` until enough requests finished). Instances without any
+mean, ``max_tokens`` until enough requests finished). Both predictors are handed to the
+router; its parameters name the ones :data:`~sincere.policy.router_base.ROUTERS` builds
+when none is passed. Instances without any
 prediction yet are explored first, least outstanding first -- the reference's
 "train phase" folded into serving. Ties go to the less loaded instance.
 """
@@ -21,9 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import (
@@ -33,35 +38,43 @@ from sincere.policy.router_base import (
     RouteDecision,
     Router,
 )
-from sincere.policy.routers._common import check_choice
 from sincere.policy.routers._estimates import (
+    LATENCY,
+    LENGTH,
     Estimator,
+    PredictorParams,
     context_of,
-    resolve_latency,
-    resolve_length,
 )
 from sincere.predict.latency import LatencyEstimate, LatencyPredictor
 from sincere.predict.length import OutputLengthPredictor
 from sincere.predict.slo import LognormalError
 
 
-@ROUTERS.register("latency-optimal")
+class LatencyOptimalParams(PredictorParams):
+    """Parameters of ``latency-optimal``."""
+
+    objective: Literal["e2e", "ttft"] = Field(
+        "e2e", description="minimise predicted completion time (e2e) or time to first token"
+    )
+
+
+@ROUTERS.register("latency-optimal", params=LatencyOptimalParams, needs=(LENGTH, LATENCY))
 class LatencyOptimalRouter(Router):
     """Smallest predicted E2E (or TTFT) over healthy instances."""
 
     def __init__(
         self,
         rng: np.random.Generator,
+        params: LatencyOptimalParams | None = None,
         *,
-        objective: str = "e2e",
-        length_predictor: OutputLengthPredictor | str | None = None,
-        latency_predictor: LatencyPredictor | str | None = None,
+        length_predictor: OutputLengthPredictor,
+        latency_predictor: LatencyPredictor,
+        **values: Any,
     ) -> None:
         super().__init__(rng)
-        self.objective = check_choice("latency-optimal", "objective", objective, ("e2e", "ttft"))
-        self.estimator = Estimator(
-            resolve_length(length_predictor), resolve_latency(latency_predictor), LognormalError()
-        )
+        p = params_from(LatencyOptimalParams, params, values, "router 'latency-optimal'")
+        self.objective = p.objective
+        self.estimator = Estimator(length_predictor, latency_predictor, LognormalError())
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

@@ -17,9 +17,11 @@ price go to the instance with fewer outstanding requests.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import (
@@ -30,7 +32,7 @@ from sincere.policy.router_base import (
     Router,
 )
 from sincere.policy.routers._common import budget_max_tokens, capped_tokens, request_price
-from sincere.policy.routers._estimates import resolve_length
+from sincere.policy.routers._estimates import LENGTH, LengthPredictorParams
 from sincere.predict.length import OutputLengthPredictor
 
 
@@ -57,18 +59,25 @@ def over_budget(request: Request, num_instances: int) -> RouteDecision:
     )
 
 
-@ROUTERS.register("price-optimal")
+class PriceOptimalParams(LengthPredictorParams):
+    """Parameters of ``price-optimal``."""
+
+
+@ROUTERS.register("price-optimal", params=PriceOptimalParams, needs=(LENGTH,))
 class PriceOptimalRouter(Router):
     """Cheapest expected price within the request's budget."""
 
     def __init__(
         self,
         rng: np.random.Generator,
+        params: PriceOptimalParams | None = None,
         *,
-        length_predictor: OutputLengthPredictor | str | None = None,
+        length_predictor: OutputLengthPredictor,
+        **values: Any,
     ) -> None:
         super().__init__(rng)
-        self.length = resolve_length(length_predictor)
+        params_from(PriceOptimalParams, params, values, "router 'price-optimal'")
+        self.length = length_predictor
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

@@ -12,9 +12,12 @@ the least loaded by ``metric`` (``outstanding`` by default, or ``requests`` /
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from pydantic import Field
 
+from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import (
@@ -23,19 +26,32 @@ from sincere.policy.router_base import (
     RouteDecision,
     Router,
 )
-from sincere.policy.routers._common import LOAD_METRICS, check_choice, check_number
+from sincere.policy.routers._common import LOAD_METRICS, LoadMetric
 
 
-@ROUTERS.register("relevance-optimal")
+class RelevanceOptimalParams(Params):
+    """Parameters of ``relevance-optimal``."""
+
+    tolerance: float = Field(
+        0.0, ge=0, description="quality within this much of the best counts as tied"
+    )
+    metric: LoadMetric = Field("outstanding", description="load measure that breaks ties")
+
+
+@ROUTERS.register("relevance-optimal", params=RelevanceOptimalParams)
 class RelevanceOptimalRouter(Router):
     """Highest quality; the least loaded among equals."""
 
     def __init__(
-        self, rng: np.random.Generator, *, tolerance: float = 0.0, metric: str = "outstanding"
+        self,
+        rng: np.random.Generator,
+        params: RelevanceOptimalParams | None = None,
+        **values: Any,
     ) -> None:
         super().__init__(rng)
-        self.tolerance = check_number("relevance-optimal", "tolerance", tolerance, low=0.0)
-        self.metric = check_choice("relevance-optimal", "metric", metric, sorted(LOAD_METRICS))
+        p = params_from(RelevanceOptimalParams, params, values, "router 'relevance-optimal'")
+        self.tolerance = p.tolerance
+        self.metric = p.metric
         self._load = LOAD_METRICS[self.metric]
 
     def choose(

@@ -17,12 +17,16 @@ model is up every request goes there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
+from sincere.core.params import Params, params_from
+from sincere.core.registry import Needs
 from sincere.core.request import Request
 from sincere.core.types import ModelName, Seconds
 from sincere.policy.router_base import (
@@ -31,7 +35,6 @@ from sincere.policy.router_base import (
     RouteDecision,
     Router,
 )
-from sincere.policy.routers._common import check_int, check_number
 
 
 def catalog_sizes(models: Iterable[ModelName]) -> dict[ModelName, float]:
@@ -54,32 +57,49 @@ def price_size(group: Sequence[InstanceView]) -> tuple[float, float]:
     return price / len(group), quality / len(group)
 
 
-@ROUTERS.register("small-model-first")
+class SmallModelFirstParams(Params):
+    """Parameters of ``small-model-first``."""
+
+    hard_prompt_tokens: int = Field(
+        512, ge=1, description="a prompt longer than this many tokens is hard (no difficulty)"
+    )
+    model_sizes: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
+        None,
+        description="model name -> size (e.g. parameters, billions); null: mean price per "
+        "token of a model's instances, then quality",
+    )
+    hard_threshold: float = Field(
+        0.5, description="a difficulty score at least this is hard (with a difficulty)"
+    )
+
+
+DIFFICULTY = Needs(
+    "difficulty",
+    Callable,  # type: ignore[arg-type]
+    "a difficulty predictor (a callable Request -> float)",
+    optional=True,
+)
+"""Optional collaborator: scores a request's difficulty (e.g. a trained classifier)."""
+
+
+@ROUTERS.register("small-model-first", params=SmallModelFirstParams, needs=(DIFFICULTY,))
 class SmallModelFirstRouter(Router):
     """Smallest model unless the request is hard; round-robin within a model's instances."""
 
     def __init__(
         self,
         rng: np.random.Generator,
+        params: SmallModelFirstParams | None = None,
         *,
-        hard_prompt_tokens: int = 512,
-        model_sizes: Mapping[ModelName, float] | None = None,
         difficulty: Callable[[Request], float] | None = None,
-        hard_threshold: float = 0.5,
+        **values: Any,
     ) -> None:
         super().__init__(rng)
-        self.hard_prompt_tokens = check_int(
-            "small-model-first", "hard_prompt_tokens", hard_prompt_tokens, low=1
-        )
-        self.model_sizes = dict(model_sizes or {})
-        for name, size in self.model_sizes.items():
-            check_number("small-model-first", f"model_sizes[{name!r}]", size, low=0.0)
-        if difficulty is not None and not callable(difficulty):
-            raise ConfigError("small-model-first: difficulty must be callable", value=difficulty)
+        p = params_from(SmallModelFirstParams, params, values, "router 'small-model-first'")
+        self.hard_prompt_tokens = p.hard_prompt_tokens
+        self.model_sizes: dict[ModelName, float] = dict(p.model_sizes or {})
+        self.hard_threshold = p.hard_threshold
         self.difficulty = difficulty
-        self.hard_threshold = check_number(
-            "small-model-first", "hard_threshold", hard_threshold, low=-np.inf
-        )
         self._turn: dict[ModelName, int] = {}
 
     def is_hard(self, request: Request) -> bool:

@@ -176,7 +176,6 @@ class DecodeTimeline(EngineView, Protocol):
 class IterationScheduler:
     """Base policy: FCFS order, the engine's full token budget. Subclass to change."""
 
-    needs_predictor: ClassVar[bool] = False  # True: the constructor takes ``predictor``
     # Whether ``plan`` is this module's loop with a budget that depends only on the
     # engine's fixed limits (not on ``now``, not on history), never relegating and never
     # learning (``observe``): see :meth:`plan_is_view_only`. This class's plan is; each

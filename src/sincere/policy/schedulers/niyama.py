@@ -25,9 +25,12 @@ From Niyama (docs/references.md), on a Sarathi-style engine with chunked prefill
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from sincere.core.errors import ConfigError
+from pydantic import Field
+
+from sincere.core.params import Params, params_from
+from sincere.core.registry import Needs
 from sincere.core.types import Seconds
 from sincere.perf.base import Batch, StepTimeModel
 from sincere.policy.schedulers.base import (
@@ -39,48 +42,70 @@ from sincere.policy.schedulers.base import (
 from sincere.policy.schedulers.deadlines import NextTokenDue, next_token_due_at, ttft_deadline_at
 from sincere.policy.schedulers.registry import SCHEDULERS
 
-ORDERS = ("hybrid", "fcfs", "edf", "srpf")
 DEFAULT_CHUNKS = (128, 256, 512, 1024, 1536, 2048, 2552)
 
 
-@SCHEDULERS.register("niyama")
+class NiyamaParams(Params):
+    """Parameters of ``niyama`` (see the module docstring)."""
+
+    order: Literal["hybrid", "fcfs", "edf", "srpf"] = Field(
+        "hybrid", description="order of waiting requests (hybrid, or an ablation)"
+    )
+    h_s_per_token: float = Field(
+        0.012,
+        ge=0,
+        description="hybrid order's weight of remaining prefill, s/token",
+    )
+    chunk_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        DEFAULT_CHUNKS,
+        min_length=1,
+        strict=False,
+        description="token budgets the dynamic chunk chooses from, tokens",
+    )
+    slack_factor: float = Field(
+        1.2, gt=0, description="safety factor on the predicted batch time against the slack"
+    )
+    relegation: bool = Field(True, description="eager relegation of hopeless requests")
+    ema_alpha: float = Field(
+        0.2, gt=0, le=1, description="EMA weight of the newest prefill throughput"
+    )
+    initial_prefill_tps: float | None = Field(
+        None, gt=0, description="prefill throughput before the first observation, tokens/s"
+    )
+    kv_pressure: float = Field(
+        0.9, gt=0, le=1, description="KV usage above which the chunk is capped (fraction)"
+    )
+    pressure_max_chunk: int = Field(256, ge=1, description="chunk cap under KV pressure, tokens")
+    predicted_output_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="output tokens assumed when converting TTLT deadlines; null: max_tokens",
+    )
+
+
+PREDICTOR = Needs("predictor", StepTimeModel, "a batch-time predictor (a step-time model)")
+"""Niyama's collaborator: predicts an iteration's time (the instance's step-time model)."""
+
+
+@SCHEDULERS.register("niyama", params=NiyamaParams, needs=(PREDICTOR,))
 class Niyama(IterationScheduler):
     """Niyama's scheduler; parameters are described in the module docstring."""
 
-    needs_predictor = True
-
     def __init__(
-        self,
-        predictor: StepTimeModel | None = None,
-        *,
-        order: str = "hybrid",
-        h_s_per_token: float = 0.012,
-        chunk_sizes: Sequence[int] = DEFAULT_CHUNKS,
-        slack_factor: float = 1.2,
-        relegation: bool = True,
-        ema_alpha: float = 0.2,
-        initial_prefill_tps: float | None = None,
-        kv_pressure: float = 0.9,
-        pressure_max_chunk: int = 256,
-        predicted_output_tokens: int | None = None,
+        self, predictor: StepTimeModel, params: NiyamaParams | None = None, **values: Any
     ) -> None:
-        if predictor is None:
-            raise ConfigError("niyama needs a batch-time predictor (a step-time model)")
-        _check_choice("order", order, ORDERS)
-        _check_chunks(chunk_sizes)
-        _check_range("ema_alpha", ema_alpha, 0.0, 1.0)
-        _check_range("kv_pressure", kv_pressure, 0.0, 1.0)
+        p = params_from(NiyamaParams, params, values, "engine scheduler 'niyama'")
         self.predictor = predictor
-        self.order = order
-        self.h_s_per_token = float(h_s_per_token)
-        self.chunk_sizes = tuple(sorted(int(c) for c in chunk_sizes))
-        self.slack_factor = float(slack_factor)
-        self.relegation = relegation
-        self.ema_alpha = float(ema_alpha)
-        self.prefill_tps = initial_prefill_tps  # EMA of prompt tokens / s
-        self.kv_pressure = float(kv_pressure)
-        self.pressure_max_chunk = int(pressure_max_chunk)
-        self.predicted_output_tokens = predicted_output_tokens
+        self.order = p.order
+        self.h_s_per_token = p.h_s_per_token
+        self.chunk_sizes = tuple(sorted(p.chunk_sizes))
+        self.slack_factor = p.slack_factor
+        self.relegation = p.relegation
+        self.ema_alpha = p.ema_alpha
+        self.prefill_tps = p.initial_prefill_tps  # EMA of prompt tokens / s
+        self.kv_pressure = p.kv_pressure
+        self.pressure_max_chunk = p.pressure_max_chunk
+        self.predicted_output_tokens = p.predicted_output_tokens
         self._due_view: EngineView | None = None  # the view ``_due`` tracks
         self._due: NextTokenDue | None = None
 
@@ -176,21 +201,3 @@ class Niyama(IterationScheduler):
             if self.slack_factor * self.predicted_batch_s(view, size) <= slack:
                 return size
         return options[0]
-
-
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"niyama parameter {name}", value=value, allowed=allowed)
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low < value <= high:
-        raise ConfigError(f"niyama parameter {name} must be in ({low}, {high}]", value=value)
-
-
-def _check_chunks(chunk_sizes: Sequence[int]) -> None:
-    if not chunk_sizes or any(int(c) < 1 for c in chunk_sizes):
-        raise ConfigError(
-            "niyama parameter chunk_sizes must be a non-empty list of token counts >= 1",
-            value=list(chunk_sizes),
-        )

@@ -18,7 +18,11 @@ their plans itself (:meth:`~.base.IterationScheduler.plan_is_view_only`).
 
 from __future__ import annotations
 
-from sincere.core.errors import ConfigError
+from typing import Any
+
+from pydantic import Field
+
+from sincere.core.params import Params, params_from
 from sincere.core.types import Seconds
 from sincere.policy.schedulers.base import EngineView, IterationScheduler, SortKey
 from sincere.policy.schedulers.deadlines import ttft_deadline_at
@@ -40,7 +44,18 @@ class Priority(IterationScheduler, view_only=True):
         return (float(req.priority[i]), float(req.arrival_at[i]))
 
 
-@SCHEDULERS.register("edf")
+class EdfParams(Params):
+    """Parameters of ``edf``."""
+
+    predicted_output_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="output tokens assumed when converting TTLT deadlines; null: each "
+        "request's max_tokens",
+    )
+
+
+@SCHEDULERS.register("edf", params=EdfParams)
 class Edf(IterationScheduler, view_only=True):
     """Earliest TTFT deadline first.
 
@@ -48,9 +63,9 @@ class Edf(IterationScheduler, view_only=True):
     deadlines; ``None`` uses each request's ``max_tokens``.
     """
 
-    def __init__(self, predicted_output_tokens: int | None = None) -> None:
-        _check_positive("predicted_output_tokens", predicted_output_tokens)
-        self.predicted_output_tokens = predicted_output_tokens
+    def __init__(self, params: EdfParams | None = None, **values: Any) -> None:
+        p = params_from(EdfParams, params, values, "engine scheduler 'edf'")
+        self.predicted_output_tokens = p.predicted_output_tokens
 
     def waiting_key(self, view: EngineView, i: int) -> SortKey:
         """(absolute TTFT deadline, arrival)."""
@@ -67,20 +82,24 @@ class Srpf(IterationScheduler, view_only=True):
         return (float(view.prefill_remaining(i)), float(view.requests.arrival_at[i]))
 
 
-@SCHEDULERS.register("sarathi")
+class SarathiParams(Params):
+    """Parameters of ``sarathi``."""
+
+    chunk_size: int = Field(
+        512, ge=1, description="tokens per iteration, decodes included (capped by the engine)"
+    )
+
+
+@SCHEDULERS.register("sarathi", params=SarathiParams)
 class Sarathi(IterationScheduler, view_only=True):
     """FCFS with a fixed budget of ``chunk_size`` tokens per iteration (decodes included)."""
 
-    def __init__(self, chunk_size: int = 512) -> None:
-        _check_positive("chunk_size", chunk_size)
-        self.chunk_size = chunk_size
+    def __init__(self, params: SarathiParams | None = None, **values: Any) -> None:
+        self.chunk_size = params_from(
+            SarathiParams, params, values, "engine scheduler 'sarathi'"
+        ).chunk_size
 
     def token_budget(self, view: EngineView, now: Seconds) -> int:
         """``chunk_size``, capped by the engine's ``max_num_batched_tokens``."""
         most = view.max_num_batched_tokens
         return self.chunk_size if self.chunk_size < most else most
-
-
-def _check_positive(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or value < 1):
-        raise ConfigError(f"scheduler parameter {name} must be >= 1", value=value)

@@ -1,0 +1,80 @@
+"""Check every policy a config names, all at once, before anything is built.
+
+A config names policies in several places: the router, each instance's engine scheduler
+or batching strategy and its step-time model, and predictors inside router parameters.
+A config edge (the simulation, gateway, experiment or emulator config) lists them as
+:class:`PolicySpec` s -- what kind of policy, the name and the parameters as written,
+and where each sits in the file -- and :func:`check_policies` raises one
+:class:`~sincere.core.params.ParamsError` listing every problem with its config path
+(``instances[2].engine.scheduler_params.h_s_per_token: engine scheduler 'niyama'
+parameter h_s_per_token should be >= 0; got -1.0; allowed: a number >= 0``).
+Nothing is built: no step-time model, no predictor file is read. The same checks run
+again when the policy is built (``REGISTRY.build``), so a config that skips this step
+still fails with the same messages, only later and one block at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import sincere.perf.sincere_runs  # noqa: F401 (registers the sincere-runs step model)
+from sincere.core.params import Problem, raise_problems
+from sincere.core.registry import Registry
+from sincere.perf.factory import STEP_MODELS
+from sincere.policy.batching.composed import strategy_problems
+from sincere.policy.router_base import ROUTERS
+from sincere.policy.routers import make_router  # noqa: F401 (registers the routers)
+from sincere.policy.schedulers import SCHEDULERS
+from sincere.predict.latency import LATENCY_PREDICTORS
+from sincere.predict.length import LENGTH_PREDICTORS
+
+PolicyKind = Literal[
+    "router", "scheduler", "strategy", "step-model", "length-predictor", "latency-predictor"
+]
+
+REGISTRIES: Mapping[str, Registry[Any]] = {
+    "router": ROUTERS,
+    "scheduler": SCHEDULERS,
+    "step-model": STEP_MODELS,
+    "length-predictor": LENGTH_PREDICTORS,
+    "latency-predictor": LATENCY_PREDICTORS,
+}
+"""The registry of each policy kind (a ``strategy`` is ``+``-joined batching rules)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    """One policy a config names, as written, with where it sits in the config."""
+
+    kind: PolicyKind  # which registry the name belongs to
+    name: object  # the name as written (checked to be a string)
+    params: object = None  # its parameters as written: a mapping, or None for none
+    name_at: str = ""  # config path of the name, e.g. "instances[2].engine.scheduler"
+    params_at: str = ""  # config path of the parameters, e.g. "...engine.scheduler_params"
+
+
+def spec_problems(spec: PolicySpec) -> list[Problem]:
+    """Every problem with one spec (an unknown name, unknown parameters, bad values)."""
+    if spec.kind == "strategy":
+        params = spec.params if isinstance(spec.params, Mapping) else None
+        return strategy_problems(spec.name, params, name_at=spec.name_at, params_at=spec.params_at)
+    registry = REGISTRIES[spec.kind]
+    if not isinstance(spec.name, str):
+        return [Problem(spec.name_at, f"a {registry.kind} must be a name", spec.name)]
+    return registry.problems(spec.name, spec.params, name_at=spec.name_at, params_at=spec.params_at)
+
+
+def policy_problems(specs: Iterable[PolicySpec]) -> list[Problem]:
+    """Every problem with every spec, in the order given."""
+    return [problem for spec in specs for problem in spec_problems(spec)]
+
+
+def check_policies(specs: Iterable[PolicySpec], source: str | Path | None = None) -> None:
+    """Raise one ``ParamsError`` listing every problem with ``specs``; nothing if none.
+
+    ``source`` names the config file at the start of the message.
+    """
+    raise_problems(policy_problems(specs), "invalid policies", source)
