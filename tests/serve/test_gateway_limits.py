@@ -10,16 +10,21 @@ import pytest
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request, Tier
-from sincere.serve.backends import make_backend
-from sincere.serve.breaker import CircuitBreaker
-from sincere.serve.config import BackendConfig, parse_config
-from sincere.serve.controller_input import check_emulator_fields, parse_load, resolve_api_file
-from sincere.serve.edge import EdgeLimits, raw_error
-from sincere.serve.gateway_dispatch import Dispatcher, DuplicateInstanceError, budget_cap
-from sincere.serve.gateway_metrics import GatewayMetrics
-from sincere.serve.gateway_state import InstanceState
+from sincere.serve.backends.config import BackendConfig
+from sincere.serve.backends.openai_api import make_backend
+from sincere.serve.gateway.breaker import CircuitBreaker
+from sincere.serve.gateway.config import parse_config
+from sincere.serve.gateway.controller_input import (
+    check_emulator_fields,
+    parse_load,
+    resolve_api_file,
+)
+from sincere.serve.gateway.dispatch import Dispatcher, DuplicateInstanceError, budget_cap
+from sincere.serve.gateway.edge import EdgeLimits, raw_error
+from sincere.serve.gateway.instances import InstanceState
+from sincere.serve.gateway.metrics import GatewayMetrics
+from sincere.serve.gateway.upstream_policy import check_upstream, parse_rules, redact_url
 from sincere.serve.protocol import ProtocolError, check_text
-from sincere.serve.upstream_policy import check_upstream, parse_rules, redact_url
 
 RULES = parse_rules(["127.0.0.1:8100-8102", "gpu-a.internal:*", "[::1]:9000"])
 

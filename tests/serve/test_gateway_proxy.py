@@ -13,9 +13,9 @@ import numpy as np
 from sincere.core.request import Request
 from sincere.policy.router_base import InstanceView
 from sincere.policy.routers import make_router
-from sincere.serve.config import GatewayConfig, parse_config
-from sincere.serve.gateway import Gateway
-from sincere.serve.gateway_fake import FakeUpstream
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.config import GatewayConfig, parse_config
+from sincere.serve.gateway.server import Gateway
 
 TIMEOUT_S = 20.0
 

@@ -254,7 +254,7 @@ class LoopLag:
 
 
 def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
-    from sincere.serve.emulator_config import EmulatorConfig
+    from sincere.serve.emulator.config import EmulatorConfig
 
     configs = []
     expanded = [inst for inst in config.instances for _ in range(inst.count)]
@@ -281,7 +281,7 @@ def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
 
 
 def _gateway_config(config: SimulationConfig, servers: list[Any], models: list[str]) -> Any:
-    from sincere.serve.config import parse_config
+    from sincere.serve.gateway.config import parse_config
 
     backends = [
         {"name": s.config.name, "url": s.url, "models": [m], "max_in_flight": 1 << 20}
@@ -310,8 +310,8 @@ async def live_run(
 
     ``lag``, when given, samples the event loop's lag while the requests run.
     """
-    from sincere.serve.emulator import start_emulators, stop_emulators
-    from sincere.serve.gateway import Gateway
+    from sincere.serve.emulator.server import start_emulators, stop_emulators
+    from sincere.serve.gateway.server import Gateway
 
     emulators = _emulator_configs(config, instance_ids)
     servers = await start_emulators(emulators)

@@ -2,7 +2,7 @@
 
 Either one kind of engine from flags (``--model``, ``--accelerator``, ``--count`` on
 consecutive ports from ``--port``) or a YAML list of instances (``--config``); see
-:mod:`sincere.serve.emulator` and docs/emulator.md.
+:mod:`sincere.serve.emulator.server` and docs/emulator.md.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def emulate_command(
     ] = None,
 ) -> None:
     """Start the emulators and serve until interrupted."""
-    from sincere.serve.emulator import serve_forever
-    from sincere.serve.emulator_config import EmulatorConfig, expand, load_emulator_configs
-    from sincere.workload.validation import validate_config
+    from sincere.core.config import validate_config
+    from sincere.serve.emulator.config import EmulatorConfig, expand, load_emulator_configs
+    from sincere.serve.emulator.server import serve_forever
 
     if config is not None:
         configs = load_emulator_configs(config)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from sincere.cli.app import app
-from sincere.serve.config import load_config
+from sincere.serve.gateway.config import load_config
 
 HELP = """Run the OpenAI-compatible gateway described by CONFIG (YAML).
 
@@ -47,7 +47,7 @@ def serve(
         updates["port"] = port
     if updates:
         cfg = cfg.model_copy(update=updates)
-    from sincere.serve.gateway import serve_gateway
+    from sincere.serve.gateway.server import serve_gateway
 
     def announce(gw: Any) -> None:
         typer.echo(

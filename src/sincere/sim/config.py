@@ -39,12 +39,12 @@ from pydantic import (
     model_validator,
 )
 
+from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.request_level import RequestLevelConfig
 from sincere.perf.factory import StepModelConfig
 from sincere.policy.schedulers import SCHEDULERS, check_scheduler_params
 from sincere.workload.config import WorkloadConfig
-from sincere.workload.validation import validate_config
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -165,12 +165,7 @@ def load_config(source: str | Path | dict[str, Any]) -> SimulationConfig:
     if isinstance(source, str | Path):
         path = Path(source)
         where = path
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError("cannot read config file", where=path, value=str(exc)) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", where=path) from None
+        data = read_yaml(path)
         if isinstance(data, dict) and "base_dir" not in data:
             data = {**data, "base_dir": str(path.resolve().parent)}
     if not isinstance(data, dict):

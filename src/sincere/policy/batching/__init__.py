@@ -27,7 +27,7 @@ from sincere.policy.batching.composed import (
     parse_strategy_name,
     valid_strategy_names,
 )
-from sincere.policy.batching.fcfs import Fcfs
+from sincere.policy.batching.fcfs import FcfsBatch
 from sincere.policy.batching.partial_batch import PartialBatch
 from sincere.policy.batching.select_batch import SelectBatch, closest_size
 from sincere.policy.batching.server import ServerRules
@@ -44,7 +44,7 @@ __all__ = [
     "BestBatch",
     "Choice",
     "ComposedStrategy",
-    "Fcfs",
+    "FcfsBatch",
     "Idle",
     "ModelQueueView",
     "PartialBatch",

@@ -12,7 +12,7 @@ For each request the :class:`Dispatcher`
    (``max_in_flight``) and that its budget can pay; a router rejection (e.g. the
    price router's budget check) is a 429 with the router's reason;
 3. **queues** it when no instance has room, ordered by priority then deadline, with
-   head insertion for priority requests (:mod:`sincere.serve.queueing`); a freed
+   head insertion for priority requests (:mod:`sincere.serve.gateway.wait_queue`); a freed
    slot routes the head of the queue at once (the slot is reserved before the waiter
    wakes), and a waiter gives up with 504 at its queue timeout or deadline. With
    ``queue.shed_early`` a request that would wait longer than that -- its place in
@@ -43,10 +43,10 @@ from sincere.policy.admission import PredictedMissShedder, PriorityBands, cluste
 from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router
 from sincere.policy.routers import make_router
 from sincere.predict.latency import LatencyEstimate
-from sincere.serve.config import GatewayConfig
-from sincere.serve.gateway_metrics import GatewayMetrics
-from sincere.serve.gateway_state import InstanceState
-from sincere.serve.queueing import RequestQueue, Ticket
+from sincere.serve.gateway.config import GatewayConfig
+from sincere.serve.gateway.instances import InstanceState
+from sincere.serve.gateway.metrics import GatewayMetrics
+from sincere.serve.gateway.wait_queue import RequestQueue, Ticket
 
 
 class DuplicateInstanceError(ConfigError):

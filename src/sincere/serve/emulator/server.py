@@ -2,15 +2,15 @@
 
 It is an *emulator*: no weights run. Each request goes through sincere's
 continuous-batching engine model (:mod:`sincere.engine.continuous`) on the wall
-clock (:mod:`.emulator_live`), with iteration times from any sincere step-time model
+clock (:mod:`.live`), with iteration times from any sincere step-time model
 (a roofline of the catalog's figures, a fitted parameter file, SINCERE's measured
 profiles), so TTFT, inter-token gaps, queueing, batching, preemption and KV-cache
 limits behave as the model says a real deployment would. Every generated token is
 the same filler text (``token_text``, default ``" tok"``).
 
 Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streamed as
-Server-Sent Events or not, see :mod:`.protocol`), ``GET /v1/models``, ``GET /health``,
-``GET /metrics`` (Prometheus text, vLLM's names, :mod:`.emulator_metrics`) and
+Server-Sent Events or not, see :mod:`sincere.serve.protocol`), ``GET /v1/models``, ``GET /health``,
+``GET /metrics`` (Prometheus text, vLLM's names, :mod:`.metrics`) and
 ``GET /sincere/load`` (the engine's :class:`~sincere.engine.base.EngineLoad` as JSON).
 
 Output length: the request's ``sincere.output_tokens`` when given, else a draw from
@@ -18,7 +18,7 @@ Output length: the request's ``sincere.output_tokens`` when given, else a draw f
 ``default_max_tokens``); always capped by ``max_tokens``. Finishing below the cap
 reports ``finish_reason: "stop"``, at the cap ``"length"``.
 
-Failure injection (:class:`~.emulator_config.FailureConfig`): ``error_rate`` answers
+Failure injection (:class:`~.config.FailureConfig`): ``error_rate`` answers
 HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
 engine after an iteration; ``crash_after`` serves that many requests, then the next
 one kills the server (open connections are cut, the port closes). A client that
@@ -44,10 +44,10 @@ from aiohttp import web
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
 from sincere.policy.schedulers import make_scheduler
-from sincere.serve.edge import listen_error
-from sincere.serve.emulator_config import EmulatorConfig
-from sincere.serve.emulator_live import CapacityError, LiveEngine, Outcome, Slot
-from sincere.serve.emulator_metrics import CONTENT_TYPE, EmulatorMetrics
+from sincere.serve.binding import listen_error
+from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
+from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -239,7 +239,7 @@ class EmulatorServer:
             )
         return self.tier_index[name]
 
-    def _full(self, req: CompletionRequest, outcome: Outcome) -> web.Response:
+    def _full(self, req: CompletionRequest, outcome: Finish) -> web.Response:
         _raise_rejected(outcome)
         self._num_responses += 1
         body = full_response(
@@ -250,7 +250,7 @@ class EmulatorServer:
         return web.Response(body=dumps(body), content_type="application/json")
 
     async def _stream(
-        self, request: web.Request, req: CompletionRequest, slot: Slot
+        self, request: web.Request, req: CompletionRequest, slot: LiveRequest
     ) -> web.StreamResponse:
         queue = slot.queue
         assert queue is not None  # submitted with stream=True
@@ -291,7 +291,7 @@ class EmulatorServer:
             if item == -1:
                 item = await queue.get()
 
-    def _stream_end(self, req: CompletionRequest, rid: str, outcome: Outcome) -> bytes:
+    def _stream_end(self, req: CompletionRequest, rid: str, outcome: Finish) -> bytes:
         reason = outcome.finish_reason or "abort"
         end = sse_event(stream_chunk(req, rid, self._created, "", reason))
         if req.include_usage:
@@ -339,7 +339,7 @@ class EmulatorServer:
             await self._site.stop()
 
 
-def _raise_rejected(outcome: Outcome) -> None:
+def _raise_rejected(outcome: Finish) -> None:
     """Turn an engine rejection into the error an engine would answer."""
     reason = outcome.reject_reason
     if reason is None:

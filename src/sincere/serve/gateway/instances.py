@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 
 from sincere.policy.router_base import InstanceView
-from sincere.serve.backends import Backend
-from sincere.serve.breaker import CircuitBreaker
+from sincere.serve.backends.openai_api import Backend
+from sincere.serve.gateway.breaker import CircuitBreaker
 
 VLLM_GAUGES = {
     "vllm:num_requests_running": "num_running",

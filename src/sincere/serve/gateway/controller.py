@@ -5,12 +5,12 @@ Inferno's control loop (observed load -> optimizer -> new allocation) over the l
 gateway. Routes, all JSON:
 
 * ``GET /admin/models``; ``POST /admin/models`` ``{name, emulator: {...}}`` registers a
-  model, ``emulator`` being the :class:`~sincere.serve.emulator_config.EmulatorConfig`
+  model, ``emulator`` being the :class:`~sincere.serve.emulator.config.EmulatorConfig`
   fields used when the controller starts emulated instances of it;
   ``DELETE /admin/models/{name}`` removes it and every instance serving it;
 * ``GET /admin/instances``; ``POST /admin/instances`` ``{model, url?, name?, join?,
   kind?, ...}`` deploys an instance: with ``url`` an existing server (any
-  :class:`~sincere.serve.config.BackendConfig` field may be given), without one an
+  :class:`~sincere.serve.gateway.config.BackendConfig` field may be given), without one an
   emulated engine started in-process; ``DELETE /admin/instances/{name}`` removes one
   (its requests in flight finish; an emulated one is then stopped);
 * ``GET /admin/load`` -- observed load per (model, tier);
@@ -23,15 +23,15 @@ gateway. Routes, all JSON:
   URL are never stopped by a plan.
 
 The API is reachable by whoever reaches the port, so it is bounded
-(:class:`~sincere.serve.config.ControllerConfig`): a URL must be a bare origin on the
-allow-list ``controller.allowed_upstreams`` (:mod:`~sincere.serve.upstream_policy`);
+(:class:`~sincere.serve.gateway.config.ControllerConfig`): a URL must be a bare origin on the
+allow-list ``controller.allowed_upstreams`` (:mod:`~sincere.serve.gateway.upstream_policy`);
 joining a model that already has instances needs ``join: true``; a name already in
 use is ``409``; the gateway holds at most ``controller.max_instances`` instances; a
 plan that would start more than ``controller.max_plan_starts`` needs ``confirm: true``
 (``409`` with the plan otherwise, nothing started); emulator fields and loads are
-checked by :mod:`~sincere.serve.controller_input` (no server files, bounded numbers).
+checked by :mod:`~sincere.serve.gateway.controller_input` (no server files, bounded numbers).
 The HTTP routes (JSON in and out, listed URLs without user info) are
-:mod:`~sincere.serve.controller_api`.
+:mod:`~sincere.serve.gateway.controller_api`.
 """
 
 from __future__ import annotations
@@ -41,21 +41,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sincere.core.config import validate_config
 from sincere.core.errors import ConfigError, SincereError
 from sincere.optimize import CurrentAlloc, Load, Problem, Server, Solution, solve
 from sincere.optimize.data import load_fleet
-from sincere.serve.config import BackendConfig
-from sincere.serve.controller_input import check_emulator_fields, check_name
-from sincere.serve.gateway_load import LoadSummary
-from sincere.serve.gateway_state import InstanceState
-from sincere.serve.upstream_policy import check_upstream, parse_rules
-from sincere.workload.validation import validate_config
+from sincere.serve.backends.config import BackendConfig
+from sincere.serve.gateway.controller_input import check_emulator_fields, check_name
+from sincere.serve.gateway.instances import InstanceState
+from sincere.serve.gateway.observed_load import LoadSummary
+from sincere.serve.gateway.upstream_policy import check_upstream, parse_rules
 
 if TYPE_CHECKING:
-    from sincere.serve.emulator import EmulatorServer
-    from sincere.serve.gateway import Gateway
+    from sincere.serve.emulator.server import EmulatorServer
+    from sincere.serve.gateway.server import Gateway
 
-log = logging.getLogger("sincere.serve.controller")
+log = logging.getLogger("sincere.serve.gateway.controller")
 
 UNSEEN_TOKENS = 128.0
 """Mean prompt / output tokens assumed for a model with no traffic yet (its plan is for
@@ -164,8 +164,8 @@ class Controller:
     async def _start_emulated(
         self, model: str, name: str, overrides: dict[str, Any], *, trusted: bool = False
     ) -> InstanceState:
-        from sincere.serve.emulator import EmulatorServer
-        from sincere.serve.emulator_config import EmulatorConfig
+        from sincere.serve.emulator.config import EmulatorConfig
+        from sincere.serve.emulator.server import EmulatorServer
 
         entry = self.models.get(model) or ModelEntry(model)
         backend_fields = {k: overrides.pop(k) for k in list(overrides) if k in _BACKEND_FIELDS}

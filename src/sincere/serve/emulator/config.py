@@ -14,15 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from sincere.core.config import TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
-from sincere.core.request import Tier
 from sincere.perf.factory import StepModelConfig
 from sincere.serve.protocol import MAX_BODY_BYTES
 from sincere.sim.config import ContinuousConfig
-from sincere.workload.validation import validate_config
 
 MAX_NUM_REQUESTS = 1 << 20
 """Most request slots one emulated engine may hold (its arrays are preallocated)."""
@@ -38,21 +36,6 @@ class FailureConfig(BaseModel):
     stall_probability: float = Field(0.0, ge=0, le=1)  # chance, after each iteration, to pause
     stall_s: float = Field(0.0, ge=0, le=86_400)  # length of one pause of the engine, seconds
     crash_after: int | None = Field(None, ge=0, le=1 << 40)  # requests served before dying
-
-
-class TierConfig(BaseModel):
-    """An SLA tier the engine's scheduler may read (e.g. EDF deadlines)."""
-
-    model_config = _FROZEN
-    name: str
-    ttft_s: float | None = Field(None, gt=0)  # time-to-first-token target, seconds
-    ttlt_s: float | None = Field(None, gt=0)  # end-to-end target, seconds
-    tbt_s: float | None = Field(None, gt=0)  # time-between-tokens target, seconds
-    priority: int = 0  # smaller is more important
-
-    def to_tier(self) -> Tier:
-        """The core :class:`~sincere.core.request.Tier`."""
-        return Tier(self.name, self.ttft_s, self.ttlt_s, self.tbt_s, self.priority)
 
 
 class EmulatorConfig(BaseModel):
@@ -110,12 +93,7 @@ def load_emulator_configs(source: str | Path | list[Any] | dict[str, Any]) -> li
     data: Any = source
     if isinstance(source, str | Path):
         where = Path(source)
-        try:
-            data = yaml.safe_load(where.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError("cannot read emulator config", where=where, value=str(exc)) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", where=where) from None
+        data = read_yaml(where, "emulator config")
     if isinstance(data, dict):
         data = data.get("instances", [data])
     if not isinstance(data, list) or not data:
