@@ -99,3 +99,21 @@ def test_every_serve_part_has_a_rank() -> None:
     parts = {p.name.removesuffix(".py") for p in (SRC / "serve").iterdir()}
     parts -= {"__init__", "__pycache__"}
     assert parts <= set(SERVE_RANK), sorted(parts - set(SERVE_RANK))
+
+
+# Modules of serve/ and bench/ that may import the simulator, and why.
+SIM_USERS = {
+    "bench/parity.py": "runs the simulator beside the live path to compare the two",
+}
+
+
+def test_live_path_imports_nothing_from_the_simulator() -> None:
+    """serve/ and bench/ build engines and summaries from engine/, never from sim/."""
+    found = []
+    for part in ("serve", "bench"):
+        for path in sorted((SRC / part).rglob("*.py")):
+            rel = str(path.relative_to(SRC))
+            if rel in SIM_USERS:
+                continue
+            found += [f"{rel} imports {m}" for m in _modules(path) if m.startswith("sincere.sim")]
+    assert found == []

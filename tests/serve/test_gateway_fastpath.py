@@ -120,13 +120,16 @@ def test_scanner_holds_a_partial_line_and_flags_a_half_sent_event() -> None:
 
 
 def test_view_is_cached_until_what_it_shows_changes() -> None:
-    """The router's view is reused while nothing changed and rebuilt when load changes."""
+    """The router's view is reused while nothing changed and rebuilt when load changes;
+    without a load reading the engine-side fields are unknown (None), never 0."""
     state = InstanceState(backend(), CircuitBreaker())
     first = state.view("m", 0.0, 1.0)
     assert state.view("m", 0.5, 1.0) is first
     state.num_in_flight = 3
     busy = state.view("m", 0.5, 1.0)
-    assert busy is not first and busy.num_outstanding == 3 and busy.num_running == 3
+    assert busy is not first and busy.num_outstanding == 3
+    assert (busy.num_running, busy.num_waiting, busy.kv_usage) == (None, None, None)
+    assert busy.waiting_prefill_tokens is None and busy.running_ctx_tokens is None
 
 
 def test_served_counts_ok_and_both_latencies() -> None:

@@ -42,8 +42,9 @@ from sincere.bench.results import BenchResult
 from sincere.bench.runner import BenchOptions, run_bench_async
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
+from sincere.engine.spec import ContinuousConfig
 from sincere.sim.api import SimulationResult, simulate
-from sincere.sim.config import ContinuousConfig, SimulationConfig, load_config
+from sincere.sim.config import SimulationConfig, load_config
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -266,17 +267,8 @@ def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
                 value=inst.engine.kind,
                 allowed="engine.kind: continuous",
             )
-        fields = ("model", "accelerator", "precision", "kv_precision", "tp", "pp", "cc")
-        settings = {f: getattr(inst, f) for f in fields}
-        configs.append(
-            EmulatorConfig(
-                name=name,
-                step_model=inst.step_model,
-                engine=inst.engine,
-                max_num_requests=1 << 20,
-                **settings,
-            )
-        )
+        spec = {k: v for k, v in inst.deployment_fields().items() if k != "models"}
+        configs.append(EmulatorConfig(name=name, max_num_requests=1 << 20, **spec))
     return configs
 
 

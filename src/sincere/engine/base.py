@@ -10,7 +10,8 @@ passes ``now`` in. The driver's loop is
    :class:`~sincere.core.records.RecordArrays`, and returns the positions of
    requests that finished or were rejected since the last call.
 
-``load()`` is a cheap read-only summary the routers see; ``stats()`` the run's totals.
+``load()`` is a cheap read-only summary the routers see (:class:`EngineLoad`, the one
+load record both paths build router views from); ``stats()`` the run's totals.
 
 Every engine also answers, so no driver has to probe for them:
 
@@ -49,14 +50,19 @@ TokenHook = Callable[[Seconds, list[int]], None]
 
 @dataclass(frozen=True, slots=True)
 class EngineLoad:
-    """A read-only summary of an engine's state at one moment."""
+    """An engine's load at one moment: every dynamic field a router reads.
 
-    num_running: int  # sequences in the running batch
-    num_waiting: int  # requests queued at the engine, not yet started
-    waiting_prefill_tokens: int  # prompt tokens still to compute for queued requests
-    running_remaining_tokens: int  # decode tokens still due for running sequences (estimate)
-    kv_usage: float  # fraction of KV blocks in use, 0..1
-    busy_s: Seconds  # total time spent computing so far
+    Engines fill every field. The same record carries what a live driver learns from a
+    backend, where a field the backend cannot report is ``None`` (unknown, never 0).
+    """
+
+    num_running: int | None  # sequences in the running batch
+    num_waiting: int | None  # requests queued at the engine, not yet started
+    waiting_prefill_tokens: int | None  # prompt tokens still to compute for queued requests
+    running_remaining_tokens: int | None  # decode tokens still due for running sequences
+    running_ctx_tokens: int | None  # context tokens (cached) of the running sequences, summed
+    kv_usage: float | None  # fraction of KV blocks in use, 0..1
+    busy_s: Seconds | None  # total time spent computing so far
     resident_model: str | None = None  # model on the device (request-level engines)
 
 

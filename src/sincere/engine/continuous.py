@@ -152,17 +152,23 @@ class ContinuousEngine(StateView):
         return self.state.gaps
 
     def load(self) -> EngineLoad:
-        """What routers see: queue, batch, KV usage, busy time."""
+        """What routers see: queue, batch, remaining and cached tokens, KV usage, busy time.
+
+        Cached context: a decoding sequence holds ``offset + step`` tokens, a prefilling
+        one the prompt tokens computed so far.
+        """
         st = self.state
         step, max_tokens = st.step, self._max_tokens
         remaining = sum(max_tokens[i] for i in st.pre) + sum(
             int(max_tokens[i]) - st.target[i] + fs - step for i, fs in st.finish_step.items()
         )
+        ctx = st.offset_sum + step * len(st.offset) + sum(st.pre.values())
         return EngineLoad(
             num_running=st.num_running,
             num_waiting=len(st.queue),
             waiting_prefill_tokens=st.waiting_tokens,
             running_remaining_tokens=int(remaining),
+            running_ctx_tokens=ctx,
             kv_usage=self.kv_usage,
             busy_s=st.busy_s,
         )

@@ -393,11 +393,13 @@ class RequestLevelEngine:
         """Queue and batch sizes, and the most recently used resident model."""
         running = None if self._finished_running else self._running
         remaining = 0 if running is None else int(self.requests.max_tokens[running.positions].sum())
+        ctx = 0 if running is None else int(self.requests.prompt_tokens[running.positions].sum())
         return EngineLoad(
             num_running=0 if running is None else len(running.positions),
             num_waiting=self._num_waiting,
             waiting_prefill_tokens=self._waiting_prefill_tokens,
             running_remaining_tokens=remaining,
+            running_ctx_tokens=ctx,
             kv_usage=0.0,
             busy_s=self._busy_s,
             resident_model=self._residency.most_recent,

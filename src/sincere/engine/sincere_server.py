@@ -179,11 +179,13 @@ class SincereServerEngine:
         """Queue sizes and the most recently used resident model."""
         holder = None if self._finished_holder else self._holder
         running = 0 if holder is None else len(holder.positions)
+        ctx = 0 if holder is None else int(self.requests.prompt_tokens[holder.positions].sum())
         return EngineLoad(
             num_running=running,
             num_waiting=self._num_waiting,
             waiting_prefill_tokens=0,
             running_remaining_tokens=0,
+            running_ctx_tokens=ctx,
             kv_usage=0.0,
             busy_s=self._busy_s,
             resident_model=self._residency.most_recent,

@@ -26,17 +26,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from sincere.core.errors import ConfigError
 from sincere.core.jsonsafe import dumps
+from sincere.core.output import output_folder, write_requests
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays
 from sincere.engine.gaps import GapHistogram
+from sincere.engine.summary import summarize
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import SimulationConfig, load_config
-from sincere.sim.metrics import summarize
 from sincere.sim.runner import Progress, RunLog, run_events
 from sincere.sim.sincere_metrics import cluster_sincere_metrics
 from sincere.workload.config import generate
@@ -74,27 +73,6 @@ class SimulationResult:
         (out / "summary.json").write_text(dumps(self.summary), encoding="utf-8")
         (out / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         return out
-
-
-def output_folder(out_dir: str | Path) -> Path:
-    """``out_dir``, created if needed; a folder that cannot be made is a ConfigError."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
-    return out
-
-
-def write_requests(table: pa.Table, path: Path) -> None:
-    """Write ``table`` as Parquet: dictionary pages for the string columns only.
-
-    Float columns hold nearly unique values, so a dictionary page there only costs
-    time before Parquet falls back to plain encoding (most of the write time at 1M
-    rows); the file reads back identically either way.
-    """
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
-    pq.write_table(table, path, use_dictionary=strings)
 
 
 def simulate(

@@ -18,7 +18,6 @@ one (with many instances most do not change between two arrivals).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -27,19 +26,8 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
 from sincere.engine.base import Engine
+from sincere.engine.instance import InstanceInfo, instance_view
 from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
-    """Static facts about one instance, for routers and cost."""
-
-    id: str
-    models: tuple[str, ...]  # model names it serves
-    accelerator: str
-    num_gpus: int  # accelerators one replica occupies
-    price_per_hour_usd: float  # of one accelerator
-    view: InstanceView  # static part of the router's view (loads filled per request)
 
 
 class Cluster:
@@ -93,8 +81,9 @@ class Cluster:
         if len(self.engines) > 1:
             v = self._view(e)
             self.records.note_load(
-                i, v.num_running, v.num_waiting, v.waiting_prefill_tokens, v.num_outstanding
-            )
+                i, _seen(v.num_running), _seen(v.num_waiting),
+                _seen(v.waiting_prefill_tokens), v.num_outstanding,
+            )  # fmt: skip
 
     def _ask_router(self, i: int, choices: list[int], now: Seconds) -> RouteDecision:
         views = [self._view(e) for e in choices]
@@ -128,27 +117,7 @@ class Cluster:
         return view
 
     def _fresh_view(self, e: int) -> InstanceView:
-        load = self.engines[e].load()
-        v = self.infos[e].view  # the static part
-        return InstanceView(
-            v.id,
-            v.model,
-            v.accelerator,
-            v.precision,
-            num_running=load.num_running,
-            num_waiting=load.num_waiting,
-            num_outstanding=self.outstanding[e],
-            waiting_prefill_tokens=load.waiting_prefill_tokens,
-            running_remaining_tokens=load.running_remaining_tokens,
-            running_ctx_tokens=v.running_ctx_tokens,
-            kv_usage=load.kv_usage,
-            max_num_seqs=v.max_num_seqs,
-            price_in_per_token_usd=v.price_in_per_token_usd,
-            price_out_per_token_usd=v.price_out_per_token_usd,
-            quality=v.quality,
-            healthy=v.healthy,
-            step_model=v.step_model,
-        )
+        return instance_view(self.infos[e], self.engines[e].load(), self.outstanding[e])
 
     def finished(self, i: int) -> None:
         """Request ``i`` left the system: tell a learning router how it went."""
@@ -170,3 +139,8 @@ class Cluster:
                 finished_at=float(rec.finished_at[i]),
             )
         )
+
+
+def _seen(value: int | None) -> int:
+    """A load field as the records keep it (-1: unknown; engines know all of them)."""
+    return -1 if value is None else value

@@ -23,7 +23,12 @@ from sincere.policy.router_base import (
     RouteDecision,
     Router,
 )
-from sincere.policy.routers._common import LOAD_METRICS, check_choice, check_number
+from sincere.policy.routers._common import (
+    LOAD_METRICS,
+    check_choice,
+    check_number,
+    load_measure,
+)
 
 
 @ROUTERS.register("relevance-optimal")
@@ -36,12 +41,13 @@ class RelevanceOptimalRouter(Router):
         super().__init__(rng)
         self.tolerance = check_number("relevance-optimal", "tolerance", tolerance, low=0.0)
         self.metric = check_choice("relevance-optimal", "metric", metric, sorted(LOAD_METRICS))
-        self._load = LOAD_METRICS[self.metric]
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The least loaded of the healthy instances with (near-)best quality."""
         top = max(v.quality for v in candidates) - self.tolerance
-        best = min((v for v in candidates if v.quality >= top), key=self._load)
-        return RouteDecision(best.id, reason=f"quality={best.quality:g}")
+        equals = [v for v in candidates if v.quality >= top]
+        _, load, note = load_measure(self.metric, equals)
+        best = min(equals, key=load)
+        return RouteDecision(best.id, reason=f"quality={best.quality:g}{note}")

@@ -4,8 +4,11 @@ Where it is (``url``), which API it speaks (``kind``), which public model names 
 serves and under which names upstream (``models``), what it charges (USD per 1M
 tokens) and how good it is (``quality``, relative), how many requests the gateway may
 send it at once (``max_in_flight``), its batch limit (``max_num_seqs``), timeouts,
-and where its load is read (``metrics_path``, vLLM's Prometheus gauges). Units:
-seconds (``*_s``), USD per 1M tokens for prices.
+where its load is read (``load_path``: sincere's JSON engine load; else
+``metrics_path``: vLLM's Prometheus gauges), and, when known, the deployment behind it
+(``deployment``: a :class:`~sincere.engine.spec.DeploymentSpec`, whose engine's
+``max_num_seqs`` then wins), from which routers get its step-time model. Units: seconds
+(``*_s``), USD per 1M tokens for prices.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sincere.core.config import MAX_SECONDS
+from sincere.engine.spec import DeploymentSpec
 
 
 class BackendConfig(BaseModel):
@@ -35,6 +39,10 @@ class BackendConfig(BaseModel):
     read_timeout_s: float = Field(60.0, gt=0, le=MAX_SECONDS)  # longest wait for the next byte
     max_num_seqs: int = Field(256, ge=1, le=65_536)
     metrics_path: str | None = Field("/metrics", max_length=256)  # scraped; null = never
+    # sincere's JSON engine load (``/sincere/load`` on an emulator), read instead of metrics
+    load_path: str | None = Field(None, max_length=256)
+    # the deployment behind it, when known: gives routers its step-time model and limits
+    deployment: DeploymentSpec | None = None
 
     @field_validator("name")
     @classmethod

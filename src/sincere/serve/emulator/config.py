@@ -1,8 +1,9 @@
 """Configuration of emulated engines (``sincere emulate``), validated once and frozen.
 
 One :class:`EmulatorConfig` describes one emulated engine: the deployment it
-pretends to be (the simulator's instance fields: ``model``, ``accelerator``,
-``precision``, ``kv_precision``, ``tp``, ``pp``, ``cc``, ``step_model``, ``engine``),
+pretends to be (a :class:`~sincere.engine.spec.DeploymentSpec`, as the simulator's
+instances are: ``model``, ``accelerator``, ``precision``, ``kv_precision``, ``tp``,
+``pp``, ``cc``, ``step_model``, ``engine``),
 where it listens, how long its answers are, and which failures it injects
 (:class:`FailureConfig`). A YAML file holds a list of them (or ``{instances: [...]}``);
 an entry with ``count: k`` becomes ``k`` engines on consecutive ports (all on
@@ -18,9 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sincere.core.config import TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
-from sincere.perf.factory import StepModelConfig
+from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.serve.protocol import MAX_BODY_BYTES
-from sincere.sim.config import ContinuousConfig
 
 MAX_NUM_REQUESTS = 1 << 20
 """Most request slots one emulated engine may hold (its arrays are preallocated)."""
@@ -38,22 +38,19 @@ class FailureConfig(BaseModel):
     crash_after: int | None = Field(None, ge=0, le=1 << 40)  # requests served before dying
 
 
-class EmulatorConfig(BaseModel):
-    """One emulated engine (``count`` of them when loaded from a file)."""
+class EmulatorConfig(DeploymentSpec):
+    """One emulated engine (``count`` of them when loaded from a file).
+
+    The deployment it pretends to be is a :class:`~sincere.engine.spec.DeploymentSpec`
+    (the simulator's instances are too): one model, an iteration-level engine.
+    """
 
     model_config = _FROZEN
-    name: str | None = None  # instance id; default <model>-<position>
     model: str = "llama-3-8b"  # catalog model (name or alias)
-    served_model_name: str | None = None  # name in /v1/models; default the catalog name
-    accelerator: str = "H100-SXM"  # catalog accelerator
-    precision: str = "bf16"  # weight precision
-    kv_precision: str = "fp16"  # KV-cache precision
-    tp: int = Field(1, ge=1, le=1024)  # tensor-parallel degree
-    pp: int = Field(1, ge=1, le=1024)  # pipeline-parallel degree
-    cc: bool = False  # confidential-computing mode (wraps the step-time model)
-    step_model: StepModelConfig = StepModelConfig()  # where iteration times come from
     engine: ContinuousConfig = ContinuousConfig()  # scheduler and limits
-    tiers: list[TierConfig] = []  # tiers requests may name (x-sincere-tier); default one
+    name: str | None = None  # instance id; default <model>-<position>
+    served_model_name: str | None = None  # name in /v1/models; default the catalog name
+    tiers: list[TierConfig] = Field(default_factory=list)  # tiers requests may name
     host: str = "127.0.0.1"  # address to bind
     port: int = Field(0, ge=0, le=65535)  # 0: the OS chooses (see EmulatorServer.port)
     count: int = Field(1, ge=1, le=1024)  # replicas (files and the CLI only)

@@ -1,13 +1,13 @@
 """sincere's engine model driven by the wall clock: the heart of the emulator.
 
-A :class:`LiveEngine` owns a :class:`~sincere.engine.continuous.ContinuousEngine`
-over a preallocated :class:`~sincere.core.request.RequestArrays` of
-``max_num_requests`` slots. A request takes a free slot, has its fields written
-there and is ``add``-ed at the current engine time; a slot is free again once the
-request finishes or is aborted, so the capacity bounds requests *in flight*, not in
-total (a full emulator answers 503, it never grows). The slot bookkeeping is built as
-slots are first used (a free list and a map of the slots in use), so only the
-engine's arrays grow with the capacity.
+A :class:`LiveEngine` owns a :class:`~sincere.engine.continuous.ContinuousEngine`, built
+from its deployment spec as the simulator builds its engines, over a preallocated
+:class:`~sincere.core.request.RequestArrays` of ``max_num_requests`` slots. A request
+takes a free slot, has its fields written there and is ``add``-ed at the current engine
+time; a slot is free again once the request finishes or is aborted, so the capacity
+bounds requests *in flight*, not in total (a full emulator answers 503, it never grows).
+The slot bookkeeping is built as slots are first used (a free list and a map of the
+slots in use), so only the engine's arrays grow with the capacity.
 
 Time. The engine clock is ``loop.time() - started_at - paused_s`` (seconds). One
 ``loop.call_at`` timer fires at ``engine.next_event_at()``; the tick advances the engine through
@@ -17,7 +17,8 @@ schedules each next iteration from the previous one's planned end, so timer late
 abort first brings the engine up to the current time (iterations the late timer has not
 run yet are run), so a request never joins an iteration that began before it arrived;
 then it re-arms the timer. The engine's ``on_tokens`` hook (one call per iteration)
-hands each token to its request's queue; a finished request gets its :class:`Finish` on a future.
+hands each token to its request's queue; a finished request gets its :class:`Finish` on a
+future.
 
 Stalls (failure injection) freeze the engine clock for ``stall_s`` from the end of the
 iteration that drew one: everything after it moves later by that much, as when a real
@@ -35,9 +36,8 @@ import numpy as np
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays, Tier
 from sincere.engine.base import StreamingEngine
-from sincere.engine.continuous import ContinuousEngine, EngineLimits
-from sincere.perf.base import StepTimeModel
-from sincere.policy.schedulers.base import IterationScheduler
+from sincere.engine.build import build_streaming_engine
+from sincere.engine.spec import DeploymentSpec
 from sincere.serve.emulator.metrics import EmulatorMetrics
 
 
@@ -77,9 +77,7 @@ class LiveEngine:
         self,
         name: str,
         model_name: str,
-        step_model: StepTimeModel,
-        scheduler: IterationScheduler,
-        limits: EngineLimits,
+        spec: DeploymentSpec,
         *,
         capacity: int,
         tiers: tuple[Tier, ...],
@@ -90,8 +88,8 @@ class LiveEngine:
     ) -> None:
         self.requests = _placeholder_requests(capacity, model_name, tiers)
         self.records = RecordArrays.empty(capacity, [name])
-        self.engine: StreamingEngine = ContinuousEngine(
-            name, self.requests, self.records, 0, step_model, scheduler, limits
+        self.engine: StreamingEngine = build_streaming_engine(
+            spec, name, self.requests, self.records, f"emulator {name}"
         )
         self.engine.on_tokens = self._on_tokens
         self.metrics = metrics

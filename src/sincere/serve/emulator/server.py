@@ -43,7 +43,7 @@ from aiohttp import web
 
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
-from sincere.policy.schedulers import make_scheduler
+from sincere.core.request import DEFAULT_TIER
 from sincere.serve.binding import listen_error
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
@@ -64,8 +64,6 @@ from sincere.serve.protocol import (
 from sincere.serve.protocol import (
     parse_request as parse_openai,
 )
-from sincere.sim.build import deployment_of, limits_of, step_model_of
-from sincere.sim.config import InstanceConfig
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _REJECT_STATUS = {"prompt_too_long": 400, "kv_capacity": 400}
@@ -389,22 +387,10 @@ def _build_live(
     metrics: EmulatorMetrics,
     rng: np.random.Generator,
 ) -> LiveEngine:
-    """The wall-clock engine of ``config`` (the simulator's deployment and limits)."""
-    where = f"emulator {name}"
-    inst = InstanceConfig(
-        model=config.model, accelerator=config.accelerator, precision=config.precision,
-        kv_precision=config.kv_precision, tp=config.tp, pp=config.pp, cc=config.cc,
-        step_model=config.step_model, engine=config.engine,
-    )  # fmt: skip
-    deployment = deployment_of(inst, config.model, where)
-    step = step_model_of(inst, deployment, where)
-    limits = limits_of(config.engine, deployment, where)
-    scheduler = make_scheduler(config.engine.scheduler, config.engine.scheduler_params, step)
+    """The wall-clock engine of ``config`` (built as the simulator builds its engines)."""
     tiers = tuple(t.to_tier() for t in config.tiers)
-    from sincere.core.request import DEFAULT_TIER
-
     return LiveEngine(
-        name, model_name, step, scheduler, limits, capacity=config.max_num_requests,
+        name, model_name, config, capacity=config.max_num_requests,
         tiers=tiers or (DEFAULT_TIER,), metrics=metrics, rng=rng,
         stall_probability=config.failures.stall_probability, stall_s=config.failures.stall_s,
     )  # fmt: skip

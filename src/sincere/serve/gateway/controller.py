@@ -114,11 +114,15 @@ class Controller:
         if url is None:
             return await self._start_emulated(model, name, backend)
         origin = check_upstream(url, self.rules)
-        path = backend.get("metrics_path", "/metrics")
-        if path not in ("/metrics", None):
-            raise ConfigError(
-                "metrics_path: not allowed over the API", value=path, allowed="/metrics or null"
-            )
+        for key, allowed in (("metrics_path", "/metrics"), ("load_path", "/sincere/load")):
+            path = backend.get(key, allowed)
+            if path not in (allowed, None):
+                raise ConfigError(
+                    f"{key}: not allowed over the API", value=path, allowed=f"{allowed} or null"
+                )
+        deployment = backend.get("deployment")
+        if isinstance(deployment, dict):  # checked as emulator fields: no server files
+            backend["deployment"] = check_emulator_fields(deployment, self.files_dir, "deployment")
         fields = {"name": name, "url": origin, "models": {model: model}, **backend}
         return self.gw.add_backend(_backend_config(fields))
 
@@ -179,6 +183,8 @@ class Controller:
             "url": "http://127.0.0.1:1",
             "models": {model: model},
             "accelerator": emu_cfg.accelerator,
+            "load_path": "/sincere/load",  # the emulator reports its whole engine load
+            "deployment": emu_cfg.deployment_fields(),  # routers get its step-time model
             **backend_fields,
         }
         cfg = _backend_config(backend)  # checked before anything starts; the URL comes later
@@ -327,7 +333,14 @@ class Controller:
         return actions
 
 
-_BACKEND_FIELDS = set(BackendConfig.model_fields) - {"name", "url", "models"}
+_BACKEND_FIELDS = set(BackendConfig.model_fields) - {
+    "name",
+    "url",
+    "models",
+    "load_path",  # a path the gateway reads every half second: the operator's to choose
+    "deployment",  # may name step-model parameter files: set by the controller itself
+}
+"""Backend fields an API caller may set."""
 
 
 def replica_targets(solution: Solution, min_replicas: int) -> dict[str, int]:

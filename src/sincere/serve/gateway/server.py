@@ -21,8 +21,9 @@ client may only ask for a tier or a priority that is not more important (403).
 A client that disconnects is one log line and a ``cancelled`` count; an unexpected
 error is a 500 with no internals, counted as ``internal_error``.
 
-Background tasks scrape the engines' ``/metrics`` every ``scrape.interval_ms`` and
-re-drain the queues every 50 ms (a breaker may have turned half-open). Per request
+Background tasks read the engines' load (sincere's JSON engine load, else their
+``/metrics``) every ``scrape.interval_ms`` and re-drain the queues every 50 ms (a
+breaker may have turned half-open). Per request
 the hot path does no pydantic, no logging above DEBUG, and reuses one keep-alive
 session per backend (see docs/gateway.md, "Performance").
 
@@ -58,7 +59,12 @@ from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, deadline_at
 from sincere.serve.gateway.edge import EdgeLimits, EdgeSite, runner_kwargs
-from sincere.serve.gateway.instances import InstanceState, parse_vllm_metrics
+from sincere.serve.gateway.instances import (
+    InstanceState,
+    LoadSample,
+    parse_engine_load,
+    parse_vllm_metrics,
+)
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
 from sincere.serve.gateway.relay import Relay
@@ -332,24 +338,39 @@ class Gateway:
     async def _scrape_loop(self) -> None:
         interval_s = self.config.scrape.interval_ms / 1000.0
         while True:
-            states = [
-                s for s in self.dispatcher.instances.values() if s.backend.config.metrics_path
-            ]
+            states = [s for s in self.dispatcher.instances.values() if _load_source(s)]
             await asyncio.gather(*(self.scrape(s) for s in states))
             await asyncio.sleep(interval_s)
 
     async def scrape(self, state: InstanceState) -> None:
-        """Read one engine's vLLM gauges into ``state.sample`` (failures keep the old one)."""
-        path = state.backend.config.metrics_path
-        if path is None:
+        """Read one engine's load into ``state.sample`` (failures keep the old one).
+
+        sincere's JSON engine load when the backend has a ``load_path``, else its vLLM
+        gauges from ``metrics_path``.
+        """
+        source = _load_source(state)
+        if source is None:
             return
+        path, parse = source
         try:
             text = await state.backend.get_text(path, self.config.scrape.timeout_s)
         except Exception:  # any failure: keep the previous sample, which will go stale
             return
-        sample = parse_vllm_metrics(text, self.loop.time())
+        sample = parse(text, self.loop.time())
         if sample is not None:
             state.sample = sample
+
+
+def _load_source(
+    state: InstanceState,
+) -> tuple[str, Callable[[str, float], LoadSample | None]] | None:
+    """Where ``state``'s load is read and how it is parsed (None: nowhere)."""
+    cfg = state.backend.config
+    if cfg.load_path is not None:
+        return cfg.load_path, parse_engine_load
+    if cfg.metrics_path is not None:
+        return cfg.metrics_path, parse_vllm_metrics
+    return None
 
 
 def _error_type(status: int) -> str:
