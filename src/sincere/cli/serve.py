@@ -37,6 +37,14 @@ def serve(
             "router state, queues and limits (see docs/gateway.md)."
         ),
     ] = 1,
+    decisions: Annotated[
+        Path | None,
+        typer.Option(
+            "--decisions",
+            help="Append every routing decision (request, candidate instances' load, chosen "
+            "instance, reason, estimates) and outcome to this file, one JSON line each.",
+        ),
+    ] = None,
 ) -> None:
     """Load CONFIG, bind, and serve until interrupted (Ctrl-C)."""
     cfg = load_config(config)
@@ -54,4 +62,4 @@ def serve(
             f"sincere gateway on {gw.url} ({len(cfg.backends)} backends, router {cfg.router.name})"
         )
 
-    serve_gateway(cfg, workers=workers, ready=announce)
+    serve_gateway(cfg, workers=workers, ready=announce, decisions=decisions)

@@ -1,9 +1,10 @@
 """From a validated :class:`~sincere.sim.config.SimulationConfig` to a runnable cluster.
 
 Each instance's engine is built by :func:`sincere.engine.build.build_engine` from its
-deployment spec (the emulator builds its engines there too). Random streams: the
-workload uses ``seed``; the router and each request-level engine get independent child
-streams of it.
+deployment spec (the emulator builds its engines there too); the front door (router and
+admission) by :func:`sincere.policy.front_door.build_front_door`, as the gateway builds
+its own. Random streams: the workload uses ``seed``; the router (``router.seed`` when
+set) and each request-level engine get independent child streams of it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from sincere.engine.base import Engine
 from sincere.engine.build import build_engine, canonical_model
 from sincere.engine.instance import InstanceInfo, spec_info
 from sincere.perf.base import Deployment, StepTimeModel
-from sincere.policy.router_base import Router
-from sincere.policy.routers import make_router
+from sincere.policy.decision_log import DecisionLog
+from sincere.policy.front_door import FrontDoor, build_front_door
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, SimulationConfig
 
@@ -47,14 +48,14 @@ class _Builder:
             raise ConfigError("instance names must be unique", where="instances", value=self.ids)
         self.records = RecordArrays.empty(len(requests), self.ids)
 
-    def build(self) -> Cluster:
+    def build(self, decisions: DecisionLog | None) -> Cluster:
         for pos, inst in enumerate(self.config.instances):
             for _ in range(inst.count):
                 self._add(inst, f"instances[{pos}]")
-        router = self._router()
         return Cluster(
-            self.requests, self.records, self.engines, self.infos, router, self.max_tokens
-        )
+            self.requests, self.records, self.engines, self.infos, self._front_door(),
+            self.max_tokens, decisions,
+        )  # fmt: skip
 
     def _add(self, inst: InstanceConfig, where: str) -> None:
         ix = len(self.engines)
@@ -75,12 +76,10 @@ class _Builder:
             quality=inst.quality,
         )  # fmt: skip
 
-    def _router(self) -> Router | None:
-        cfg = self.config.router
-        try:
-            return make_router(cfg.name, _rng(self.config.seed, 1), **cfg.params)
-        except ConfigError as exc:
-            raise ConfigError(str(exc), where="router") from None
+    def _front_door(self) -> FrontDoor:
+        cfg = self.config
+        seed = cfg.seed if cfg.router.seed is None else cfg.router.seed
+        return build_front_door(cfg.router, cfg.admission, _rng(seed, 1))
 
 
 def canonical_requests(requests: RequestArrays) -> RequestArrays:
@@ -93,9 +92,14 @@ def canonical_requests(requests: RequestArrays) -> RequestArrays:
     return replace(requests, models=names)
 
 
-def build_cluster(config: SimulationConfig, requests: RequestArrays) -> Cluster:
-    """Engines, router and records for ``requests`` under ``config``."""
-    return _Builder(config, requests).build()
+def build_cluster(
+    config: SimulationConfig, requests: RequestArrays, decisions: DecisionLog | None = None
+) -> Cluster:
+    """Engines, front door and records for ``requests`` under ``config``.
+
+    ``decisions``: where every front-door call and outcome is logged (None: nowhere).
+    """
+    return _Builder(config, requests).build(decisions)
 
 
 def check_buildable(config: SimulationConfig) -> None:

@@ -4,7 +4,8 @@ Shape (units in the names; docs/simulator.md has every key)::
 
     seed: 0
     workload: {...}                       # sincere.workload.WorkloadConfig
-    router: {name: round-robin, params: {}}
+    router: {name: least-outstanding, params: {}}
+    admission: {enabled: false, shed_factor: 1.0, priority_bands: []}
     instances:
       - name: llama-a100                  # optional; default <model>-<position>
         model: llama-3-8b                 # catalog model (or models: [...] for request-level)
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.spec import DeploymentSpec
+from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.workload.config import WorkloadConfig
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -51,14 +53,6 @@ class InstanceConfig(DeploymentSpec):
     quality: float = Field(1.0, ge=0)  # relative quality for quality-aware routers
 
 
-class RouterConfig(BaseModel):
-    """The router in front of the instances (used when a model has several)."""
-
-    model_config = _FROZEN
-    name: str = "round-robin"  # a router name (see sincere.policy.routers)
-    params: dict[str, Any] = {}  # that router's parameters
-
-
 class SimulationConfig(BaseModel):
     """A whole simulation: workload, instances, router, seed."""
 
@@ -67,6 +61,7 @@ class SimulationConfig(BaseModel):
     workload: WorkloadConfig
     instances: list[InstanceConfig] = Field(min_length=1)
     router: RouterConfig = RouterConfig()
+    admission: AdmissionConfig = AdmissionConfig()  # off unless enabled
     base_dir: str | None = None  # where relative paths resolve; default the file's folder
 
     def with_seed(self, seed: int | None) -> SimulationConfig:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sincere.core.config import MAX_PRIORITY, MAX_SECONDS, TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.core.request import Tier
+from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.gateway.upstream_policy import parse_rules
 
@@ -40,12 +41,10 @@ class GatewayTierConfig(TierConfig):
     first_byte_timeout_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
 
 
-class RouterConfig(_Strict):
-    """The router: a name from ``sincere.policy.routers`` and its parameters."""
+class GatewayAdmissionConfig(AdmissionConfig):
+    """Admission as the simulator has it, on unless ``enabled: false``."""
 
-    name: str = "least-outstanding"
-    params: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    enabled: bool = True
 
 
 class QueueConfig(_Strict):
@@ -76,20 +75,6 @@ class ScrapeConfig(_Strict):
     interval_ms: float = Field(500.0, ge=10, le=1000 * MAX_SECONDS)
     max_age_s: float = Field(2.0, gt=0, le=MAX_SECONDS)  # older samples are ignored
     timeout_s: float = Field(1.0, gt=0, le=MAX_SECONDS)
-
-
-class AdmissionConfig(_Strict):
-    """Early rejection (429) of requests that cannot meet their deadline or budget.
-
-    Latency estimates come from measured TTFTs (streamed answers) and expire
-    ``max_estimate_age_s`` after an instance's last one, so a tier that was shed
-    entirely is admitted again and measured anew instead of staying locked out.
-    """
-
-    enabled: bool = True
-    shed_factor: float = Field(1.0, gt=0, le=1e6)  # reject when predicted > factor x time left
-    priority_bands: list[tuple[float, int]] = Field(default_factory=list, max_length=64)
-    max_estimate_age_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
 
 
 class LimitsConfig(_Strict):
@@ -159,7 +144,7 @@ class GatewayConfig(_Strict):
     queue: QueueConfig = QueueConfig()
     breaker: BreakerConfig = BreakerConfig()
     scrape: ScrapeConfig = ScrapeConfig()
-    admission: AdmissionConfig = AdmissionConfig()
+    admission: GatewayAdmissionConfig = GatewayAdmissionConfig()
     limits: LimitsConfig = LimitsConfig()
     planning: PlanningConfig = PlanningConfig()
     controller: ControllerConfig = ControllerConfig()

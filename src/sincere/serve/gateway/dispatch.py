@@ -1,48 +1,54 @@
-"""Admission, routing and gateway-side queueing: which instance serves a request, and when.
+"""Which instance serves a request, and when: a thin driver of the front-door policy.
 
-For each request the :class:`Dispatcher`
+The decisions are the :class:`~sincere.policy.front_door.FrontDoor`'s -- the very object
+the simulator's cluster drives (budget, admission, eligibility, holding, routing,
+capping; see that module). The :class:`Dispatcher` supplies what only the live path
+has and applies the answers:
 
-1. **admits** it or rejects it early (429 with a reason): a budget that cannot pay
-   for the prompt plus one token on any instance; a deadline the best predicted
-   latency already misses (:class:`~sincere.policy.admission.PredictedMissShedder`
-   on the instances' observed TTFT / time-per-token EWMAs plus the expected queue
-   wait); optional :class:`~sincere.policy.admission.PriorityBands`;
-2. **routes** it with the configured router (the same objects the simulator drives),
-   over views of the instances of its model that are healthy (breaker), have room
-   (``max_in_flight``) and that its budget can pay; a router rejection (e.g. the
-   price router's budget check) is a 429 with the router's reason;
-3. **queues** it when no instance has room, ordered by priority then deadline, with
-   head insertion for priority requests (:mod:`sincere.serve.gateway.wait_queue`); a freed
-   slot routes the head of the queue at once (the slot is reserved before the waiter
-   wakes), and a waiter gives up with 504 at its queue timeout or deadline. With
-   ``queue.shed_early`` a request that would wait longer than that -- its place in
-   the queue over the rate at which the model's instances free slots (each
-   instance's ``max_in_flight`` over the mean time a request holds a slot) -- is
-   refused at once (429 ``queue_overloaded``) instead of timing out.
+* **views**: one per instance serving the request's model
+  (:meth:`~sincere.serve.gateway.instances.InstanceState.view`: health from the circuit
+  breaker, in-flight counts, the engine's last reported load);
+* **Route**: a slot is reserved (``num_in_flight``) and the request relayed with the
+  route's ``max_tokens`` cap (a budget or router cap only ever lowers it);
+* **Reject**: the client gets the code's status (``no_instance``: 503; the others:
+  429) with the reason;
+* **Hold**: the request waits in its model's queue (:mod:`.wait_queue`; ordered by
+  priority, then deadline, with head insertion for priority requests) for at most the
+  hold's ``max_wait_s`` (504 after); a freed slot asks the front door again about the
+  head of the queue at once (the slot is reserved before the waiter wakes). A full
+  queue (``queue.max_len``) is a 503.
 
-A budget (or a router's cap) only ever lowers ``max_tokens``: the cap sent upstream
-is the smaller of ``floor((budget - p_in·prompt) / p_out)`` on the chosen instance
-(the reference router's rule) and the client's ``max_tokens`` (else
-``limits.default_max_tokens``). ``instances`` is the one record of membership;
-``by_model`` and ``served`` are derived from it on every change, and a second
-instance with a name already in use is refused. Everything here runs on the event
-loop's thread without awaiting, except the waiter in :meth:`Dispatcher.acquire`.
+Admission runs once per request (:meth:`Dispatcher.admit`); a retry after an instance
+failed and a queued request asks only for a place (:meth:`FrontDoor.place`). Finished
+requests and slot releases are fed back (:meth:`Dispatcher.observe`,
+:meth:`Dispatcher.release`). With a decision log every call and outcome is written
+(:mod:`sincere.policy.decision_log`). ``instances`` is the one record of membership;
+``by_model`` and ``served`` are derived from it on every change, and a second instance
+with a name already in use is refused. Everything here runs on the event loop's thread
+without awaiting, except the waiter in :meth:`Dispatcher.acquire`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request
-from sincere.policy.admission import PredictedMissShedder, PriorityBands, cluster_utilisation
-from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router
-from sincere.policy.routers import make_router
-from sincere.predict.latency import LatencyEstimate
+from sincere.policy.decision_log import DecisionLog
+from sincere.policy.front_door import (
+    Decision,
+    FrontDoor,
+    Hold,
+    HoldRules,
+    Reject,
+    Route,
+    build_front_door,
+    deadline_at,
+)
+from sincere.policy.router_base import InstanceView, Outcome
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
@@ -64,12 +70,19 @@ class RefusalError(Exception):
         self.code = code  # OpenAI error ``code``
 
 
+def refusal(reject: Reject) -> RefusalError:
+    """The HTTP answer to a front-door rejection."""
+    if reject.code == "no_instance":
+        return RefusalError(503, reject.reason, "unavailable", reject.code)
+    return RefusalError(429, reject.reason, "rejected", reject.code)
+
+
 @dataclass(frozen=True, slots=True)
 class Slot:
     """A reserved place on an instance for one request."""
 
     instance: InstanceState
-    max_tokens: int | None  # cap to send upstream (budget or router); None = client's
+    max_tokens: int | None  # cap to send upstream: the route's, else the client's (or None)
     reason: str  # the router's reason
     reserved_at: float  # loop time the slot was taken
 
@@ -79,30 +92,42 @@ class Pending:
     """A request being dispatched (possibly waiting in the queue)."""
 
     request: Request
-    deadline_at: float  # absolute, loop time; inf when none
+    client_id: str | None = None  # the client's x-request-id, for decision logs
     exclude: frozenset[str] = frozenset()  # instances already tried (retries)
     waiter: asyncio.Future[Slot | RefusalError] | None = None
     enqueued_at: float = 0.0
     instance: str = ""  # the instance of the latest attempt ("" before routing)
+    decision: Decision | None = None  # admission's answer, until acquire applies it
+
+
+def front_door_of(config: GatewayConfig) -> FrontDoor:
+    """The gateway's front door: its router, admission and queue rules."""
+    queue = config.queue
+    hold = HoldRules(queue.timeout_s, queue.head_priority, queue.shed_early)
+    return build_front_door(
+        config.router,
+        config.admission,
+        np.random.default_rng(config.router.seed or 0),
+        hold=hold,
+        default_max_tokens=config.limits.default_max_tokens,
+    )
 
 
 class Dispatcher:
-    """Holds instances, the router and the queues; decides where requests go."""
+    """Holds instances, the front door and the queues; applies the front door's answers."""
 
-    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, config: GatewayConfig, metrics: GatewayMetrics, decisions: DecisionLog | None = None
+    ) -> None:
         self.config = config
         self.metrics = metrics
-        self.router: Router = make_router(
-            config.router.name, np.random.default_rng(config.router.seed), **config.router.params
-        )
+        self.front_door = front_door_of(config)
+        self.decisions = decisions  # where every call and outcome is logged (None: nowhere)
         self.instances: dict[str, InstanceState] = {}
         self.by_model: dict[str, list[InstanceState]] = {}
         self.queues: dict[str, RequestQueue[Pending]] = {}
         self.served: set[str] = set()  # models with at least one instance
         self.max_age_s = config.scrape.max_age_s
-        self.shedder = PredictedMissShedder(config.admission.shed_factor)
-        bands = config.admission.priority_bands
-        self.bands = PriorityBands(bands) if bands else None
 
     # ----------------------------------------------------------------- instances
 
@@ -136,185 +161,121 @@ class Dispatcher:
         self.by_model = by_model
         self.served = set(by_model)
 
-    # ------------------------------------------------------------------ routing
+    def views(self, model: str, now: float) -> list[InstanceView]:
+        """Views of every instance serving ``model`` (health and load as known now)."""
+        return [s.view(model, now, self.max_age_s) for s in self.by_model.get(model, ())]
 
-    def views(self, pending: Pending, now: float) -> list[InstanceView]:
-        """Views of the instances that may take ``pending`` now."""
+    # ------------------------------------------------------------------ deciding
+
+    def admit(self, pending: Pending, now: float) -> RefusalError | None:
+        """The front door's answer to a new request: a refusal now, or None (then acquire)."""
         req = pending.request
-        out = []
-        for s in self.by_model.get(req.model, ()):
-            if s.name in pending.exclude or not s.has_room() or not s.breaker.can_send(now):
-                continue
-            if req.budget_usd is not None and budget_cap(req, s) == 0:
-                continue
-            out.append(s.view(req.model, now, self.max_age_s))
-        return out
+        views = self.views(req.model, now)
+        num_queued = len(self.queues.get(req.model, ()))
+        decision = self.front_door.decide(req, views, now, num_queued)
+        if self.decisions is not None:
+            self.decisions.call(
+                "decide", req, views, now, decision,
+                num_queued=num_queued, client_id=pending.client_id,
+            )  # fmt: skip
+        pending.decision = decision
+        return refusal(decision) if isinstance(decision, Reject) else None
 
-    def try_route(self, pending: Pending, now: float) -> Slot | RefusalError | None:
-        """Route now: a reserved slot, a refusal, or None (no instance has room)."""
-        views = self.views(pending, now)
-        if not views:
-            return None
-        decision = self.router.route(pending.request, views, now)
-        if decision.instance is None:
-            return RefusalError(
-                429, f"rejected by router: {decision.reason}", "rejected", "rejected"
-            )
-        return self._reserve(pending.request, decision, now)
+    def _place(self, pending: Pending, now: float, waiting: bool) -> Decision:
+        """The front door's place for a retried (or, ``waiting``, a queued) request."""
+        req = pending.request
+        views = self.views(req.model, now)
+        num_queued = 0 if waiting else len(self.queues.get(req.model, ()))
+        decision = self.front_door.place(
+            req, views, now, exclude=pending.exclude, num_queued=num_queued, waiting=waiting
+        )
+        if self.decisions is not None:
+            self.decisions.call(
+                "place", req, views, now, decision, num_queued=num_queued,
+                exclude=pending.exclude, waiting=waiting, client_id=pending.client_id,
+            )  # fmt: skip
+        return decision
 
-    def _reserve(self, req: Request, decision: RouteDecision, now: float) -> Slot:
-        state = self.instances[str(decision.instance)]
+    def _reserve(self, pending: Pending, route: Route, now: float) -> Slot:
+        state = self.instances[route.instance]
         state.num_in_flight += 1
         state.num_requests += 1
         state.breaker.send(now)
-        caps = [c for c in (decision.max_tokens, budget_cap(req, state)) if c is not None]
-        max_tokens = req.max_tokens
-        if caps:  # a budget or router cap only lowers what would be generated anyway
-            max_tokens = min(*caps, req.max_tokens or self.config.limits.default_max_tokens)
-        return Slot(state, max_tokens, decision.reason, now)
+        cap = pending.request.max_tokens if route.max_tokens is None else route.max_tokens
+        return Slot(state, cap, route.reason, now)
 
     def release(self, slot: Slot, now: float) -> None:
         """Free a slot and route queued requests into it."""
         state = slot.instance
         state.num_in_flight -= 1
-        state.observe_hold(now - slot.reserved_at)
+        held_s = now - slot.reserved_at
+        self.front_door.observe_hold(state.name, held_s)
+        if self.decisions is not None:
+            self.decisions.hold(state.name, held_s, now)
         for model in state.backend.models:
             self.drain(model, now)
 
     def observe(self, outcome: Outcome) -> None:
-        """Feed a finished request back to the router."""
-        self.router.observe(outcome)
-
-    # -------------------------------------------------------------- admission
-
-    def admit(self, pending: Pending, now: float) -> RefusalError | None:
-        """Early rejection (429) of a request that cannot meet its budget or deadline."""
-        if not self.config.admission.enabled:
-            return None
-        req = pending.request
-        if req.budget_usd is None and self.bands is None and not _has_targets(req):
-            return None  # nothing to check: no budget, no latency target, no bands
-        states = [s for s in self.by_model.get(req.model, ()) if s.breaker.can_send(now)]
-        unaffordable = req.budget_usd is not None and states
-        if unaffordable and all(budget_cap(req, s) == 0 for s in states):
-            return RefusalError(
-                429,
-                f"budget {req.budget_usd:g} USD cannot pay for {req.prompt_tokens} prompt "
-                "tokens and one output token on any instance",
-                "rejected",
-                "budget_exceeded",
-            )
-        estimates = self._estimates(req, states, now)
-        decision = self.shedder.admit(req, estimates, now)
-        if not decision.admit:
-            return RefusalError(
-                429,
-                f"deadline cannot be met: {decision.reason}",
-                "rejected",
-                "deadline_unreachable",
-            )
-        if self.bands is not None:
-            views = [s.view(req.model, now, self.max_age_s) for s in states]
-            band = self.bands.admit(req, cluster_utilisation(views))
-            if not band.admit:
-                return RefusalError(429, f"overloaded: {band.reason}", "rejected", "priority_shed")
-        return None
-
-    def _estimates(
-        self, req: Request, states: list[InstanceState], now: float
-    ) -> list[LatencyEstimate]:
-        """Predicted TTFT / E2E per instance with recent history, plus the expected queue wait."""
-        out_tokens = req.max_tokens or self.config.limits.default_max_tokens
-        queued = len(self.queues.get(req.model, ()))
-        slots = sum(s.max_in_flight for s in states) or 1
-        out = []
-        for s in states:
-            e2e = s.predicted_e2e_s(out_tokens, now)
-            if e2e is None or s.ttft_s is None:
-                continue
-            wait = 0.0 if s.has_room() and not queued else (queued + 1) / slots * e2e
-            out.append(LatencyEstimate(s.ttft_s + wait, e2e + wait, float(out_tokens)))
-        return out
+        """Feed a finished request back to the front door (router, admission history)."""
+        self.front_door.observe(outcome)
+        if self.decisions is not None:
+            self.decisions.outcome(outcome)
 
     # ---------------------------------------------------------------- queueing
 
     async def acquire(self, pending: Pending, loop: asyncio.AbstractEventLoop) -> Slot:
         """A slot for ``pending``: at once, or after waiting in its model's queue."""
         now = loop.time()
-        queue = self.queues.get(pending.request.model)
-        if queue is None or not self.by_model.get(pending.request.model):
-            raise RefusalError(
-                503,
-                f"no instance serves model {pending.request.model!r}",
-                "unavailable",
-                "no_instance",
-            )
-        if not len(queue):
-            got = self.try_route(pending, now)
-            if got is not None:
-                return _slot_or_raise(got)
-        return await self._wait(pending, queue, loop)
+        decision = pending.decision or self._place(pending, now, waiting=False)
+        pending.decision = None
+        if isinstance(decision, Route):
+            return self._reserve(pending, decision, now)
+        if isinstance(decision, Reject):
+            raise refusal(decision)
+        return await self._wait(pending, decision, loop)
 
-    async def _wait(
-        self, pending: Pending, queue: RequestQueue[Pending], loop: asyncio.AbstractEventLoop
-    ) -> Slot:
+    async def _wait(self, pending: Pending, hold: Hold, loop: asyncio.AbstractEventLoop) -> Slot:
         now = loop.time()
+        model = pending.request.model
+        queue = self.queues[model]
         if not queue.can_push():
             raise RefusalError(
                 503,
-                f"gateway queue for {pending.request.model!r} is full ({queue.max_len} waiting)",
+                f"gateway queue for {model!r} is full ({queue.max_len} waiting)",
                 "unavailable",
                 "queue_full",
             )
-        head_at = self.config.queue.head_priority
-        head = head_at is not None and pending.request.priority <= head_at
-        if self.config.queue.shed_early:
-            self._shed_if_undrainable(pending, 1 if head else len(queue) + 1, now)
         pending.waiter = loop.create_future()
         pending.enqueued_at = now
         ticket = queue.push(
-            pending, priority=pending.request.priority, deadline_at=pending.deadline_at, head=head
+            pending,
+            priority=pending.request.priority,
+            deadline_at=deadline_at(pending.request),
+            head=hold.at_head,
         )
-        wait_s = min(self.config.queue.timeout_s, pending.deadline_at - now)
         try:
-            got = await asyncio.wait_for(pending.waiter, timeout=max(0.0, wait_s))
+            got = await asyncio.wait_for(pending.waiter, timeout=hold.max_wait_s)
         except TimeoutError:
             queue.cancel(ticket)
             self._record_wait(pending, loop.time())
-            why = "its deadline" if wait_s < self.config.queue.timeout_s else "the queue timeout"
+            timeout = self.config.queue.timeout_s
+            why = "its deadline" if hold.max_wait_s < timeout else "the queue timeout"
             raise RefusalError(
                 504,
                 f"waited {loop.time() - now:.3f}s in the gateway queue for "
-                f"{pending.request.model!r} and reached {why}",
+                f"{model!r} and reached {why}",
                 "timeout",
                 "queue_timeout",
             ) from None
         except asyncio.CancelledError:
             queue.cancel(ticket)
             raise
-        return _slot_or_raise(got)
-
-    def _shed_if_undrainable(self, pending: Pending, place: int, now: float) -> None:
-        """429 when ``place`` requests cannot leave the queue before the wait limit."""
-        model = pending.request.model
-        rates = [s.service_rate() for s in self.by_model.get(model, ()) if s.breaker.can_send(now)]
-        if not rates or any(r is None for r in rates):
-            return  # an instance without history: no basis to refuse
-        rate = sum(r for r in rates if r is not None)
-        wait_s = min(self.config.queue.timeout_s, pending.deadline_at - now)
-        expected_s = place / rate
-        if expected_s > wait_s:
-            raise RefusalError(
-                429,
-                f"overloaded: {place - 1} requests wait for {model!r} and its instances free "
-                f"{rate:.3g} slots/s, so this one would wait ~{expected_s:.3g}s, over its "
-                f"limit of {wait_s:.3g}s; retry later",
-                "rejected",
-                "queue_overloaded",
-            )
+        if isinstance(got, RefusalError):
+            raise got
+        return got
 
     def drain(self, model: str, now: float) -> None:
-        """Route queued requests of ``model`` while instances have room."""
+        """Ask the front door about the head of ``model``'s queue while it has a place."""
         queue = self.queues.get(model)
         while queue:
             ticket: Ticket[Pending] | None = queue.peek()
@@ -324,12 +285,15 @@ class Dispatcher:
             if pending.waiter is None or pending.waiter.done():
                 queue.pop()
                 continue
-            got = self.try_route(pending, now)
-            if got is None:
+            decision = self._place(pending, now, waiting=True)
+            if isinstance(decision, Hold):
                 return
             queue.pop()
             self._record_wait(pending, now)
-            pending.waiter.set_result(got)
+            if isinstance(decision, Route):
+                pending.waiter.set_result(self._reserve(pending, decision, now))
+            else:
+                pending.waiter.set_result(refusal(decision))
 
     def drain_all(self, now: float) -> None:
         """Drain every model's queue (breakers may have turned half-open)."""
@@ -355,42 +319,3 @@ class Dispatcher:
             return asyncio.get_running_loop().time()
         except RuntimeError:
             return 0.0
-
-
-def _has_targets(req: Request) -> bool:
-    """Whether the request's tier sets a TTFT or TTLT target (what the shedder checks)."""
-    return req.tier.ttft_s is not None or req.tier.ttlt_s is not None
-
-
-def _slot_or_raise(got: Slot | RefusalError) -> Slot:
-    if isinstance(got, RefusalError):
-        raise got
-    return got
-
-
-_NO_CAP = float(1 << 53)  # a budget paying this many tokens caps nothing
-
-
-def budget_cap(req: Request, state: InstanceState) -> int | None:
-    """Output tokens the budget pays on ``state`` (0: not even one); None: no cap.
-
-    None without a budget, with free output, or when the budget pays for more tokens
-    than any request could ask (huge budgets never overflow into a cap).
-    """
-    if req.budget_usd is None:
-        return None
-    p_in = state.backend.price_in_per_token_usd
-    p_out = state.backend.price_out_per_token_usd
-    left = req.budget_usd - p_in * req.prompt_tokens
-    if left < 0:
-        return 0
-    if p_out <= 0:
-        return None
-    tokens = left / p_out + 1e-9
-    return None if not tokens < _NO_CAP else max(0, math.floor(tokens))
-
-
-def deadline_at(req: Request) -> float:
-    """The request's absolute deadline (the earlier of its TTLT and TTFT ones), or inf."""
-    ds = [d for d in (req.ttft_deadline_at, req.ttlt_deadline_at) if d is not None]
-    return min(ds) if ds else math.inf

@@ -18,16 +18,13 @@ The load has two sources, in this order of trust:
    ``max_age_s`` is ignored.
 
 What no fresh sample says is unknown (``None`` in the view), never 0: routers then fall
-back explicitly (see :mod:`sincere.policy.routers`). :func:`sincere.engine.instance.
-instance_view` builds the view, as on the simulator's path.
+back explicitly (see :mod:`sincere.policy.routers`).
+:func:`sincere.engine.instance.instance_view` builds the view, as on the simulator's path.
 
-Latency history feeds admission control: EWMAs of TTFT and time per output token,
-from requests whose first token was *measured* (streamed answers, Ollama), with the
-time of the last measurement so that an old estimate can expire; and an EWMA of how
-long a request holds a slot, which gives the rate at which the gateway's queue drains.
-Views are cached per model and rebuilt only when what they show changed (requests in
-flight, the fresh sample, health), and the response headers naming the instance are
-built once.
+What was measured on an instance (latencies, slot hold times) is the front door's
+(:class:`~sincere.policy.admission.LatencyHistory`), as in the simulator. Views are
+cached per model and rebuilt only when what they show changed (requests in flight, the
+fresh sample, health), and the response headers naming the instance are built once.
 """
 
 from __future__ import annotations
@@ -53,8 +50,6 @@ VLLM_GAUGES = {
     "vllm:gpu_cache_usage_perc": "kv_usage",  # older vLLM name
 }
 """Scraped gauge name -> field of :class:`~sincere.engine.base.EngineLoad`."""
-
-_EWMA = 0.2  # weight of the newest observation in the latency averages
 
 INSTANCE_HEADER = "x-sincere-instance"
 """Response header naming the instance that served the request."""
@@ -170,7 +165,6 @@ class InstanceState:
         backend: Backend,
         breaker: CircuitBreaker,
         emulated: bool = False,
-        max_estimate_age_s: float = math.inf,
     ) -> None:
         self.backend = backend
         self.name = backend.name
@@ -179,11 +173,6 @@ class InstanceState:
         self.max_in_flight = backend.config.max_in_flight
         self.num_in_flight = 0  # sent to the instance and not finished
         self.sample: LoadSample | None = None  # last reading of the engine's load
-        self.ttft_s: float | None = None  # EWMA of measured TTFT
-        self.tpot_s: float | None = None  # EWMA of measured time per output token
-        self.measured_at = -math.inf  # loop time of the last measured TTFT
-        self.max_estimate_age_s = max_estimate_age_s  # older latency estimates are dropped
-        self.hold_s: float | None = None  # EWMA of the time a request holds a slot
         self.emulated = emulated  # started by the controller (it may stop it)
         self.removed = False  # taken out by the controller; finishing its requests
         self.num_requests = 0  # requests sent, ever
@@ -217,40 +206,3 @@ class InstanceState:
         view = instance_view(self.info, load, self.num_in_flight, healthy=healthy, model=model)
         self._views[model] = (key, view)
         return view
-
-    def observe(self, ttft_s: float | None, e2e_s: float, output_tokens: int, now: float) -> None:
-        """Fold one finished request into the latency averages.
-
-        ``ttft_s`` is None when the first token was not measured (a non-streamed
-        OpenAI answer arrives whole): its end-to-end time is no TTFT, so it is not
-        folded in -- taking it for one once locked a tier out of admission.
-        """
-        if ttft_s is None:
-            return
-        if now - self.measured_at > self.max_estimate_age_s:  # expired: start afresh
-            self.ttft_s = self.tpot_s = None
-        self.ttft_s = ttft_s if self.ttft_s is None else _mix(self.ttft_s, ttft_s)
-        self.measured_at = now
-        if output_tokens > 1:
-            tpot = max(0.0, e2e_s - ttft_s) / (output_tokens - 1)
-            self.tpot_s = tpot if self.tpot_s is None else _mix(self.tpot_s, tpot)
-
-    def observe_hold(self, hold_s: float) -> None:
-        """Fold in how long one request held its slot (reserve to release)."""
-        self.hold_s = hold_s if self.hold_s is None else _mix(self.hold_s, hold_s)
-
-    def service_rate(self) -> float | None:
-        """Requests per second the instance frees while full (slots / mean hold); None: no data."""
-        if not self.hold_s:
-            return None
-        return self.max_in_flight / self.hold_s
-
-    def predicted_e2e_s(self, output_tokens: int, now: float) -> float | None:
-        """EWMA-based end-to-end estimate (None: no measurement younger than the maximum age)."""
-        if self.ttft_s is None or now - self.measured_at > self.max_estimate_age_s:
-            return None
-        return self.ttft_s + (self.tpot_s or 0.0) * max(0, output_tokens - 1)
-
-
-def _mix(old: float, new: float) -> float:
-    return (1.0 - _EWMA) * old + _EWMA * new

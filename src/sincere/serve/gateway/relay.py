@@ -208,15 +208,12 @@ class Relay:
         """Count a served request; ``first_at`` None: its first token was not measured."""
         state = slot.instance
         state.breaker.record_success(now)
-        ttft_s = None if first_at is None else first_at - sent_at
-        e2e_s = now - sent_at
-        state.observe(ttft_s, e2e_s, output_tokens, now)
+        ttft_s = None if first_at is None else first_at - sent_at  # None: not measured
         tier = req.tier.name
         first = now if first_at is None else first_at
         self.metrics.served(state.name, tier, first - req.arrival_at, now - req.arrival_at)
         self.load.record(req.model, tier, now, req.prompt_tokens, output_tokens)
-        outcome = Outcome(req, state.name, e2e_s if ttft_s is None else ttft_s, e2e_s,
-                          max(output_tokens, 1), now)  # fmt: skip
+        outcome = Outcome(req, state.name, ttft_s, now - sent_at, max(output_tokens, 1), now)
         self.dispatcher.observe(outcome)
 
     def _failed(self, slot: Slot, kind: str, exc: UpstreamError) -> None:

@@ -47,17 +47,19 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
 from sincere.core.errors import ConfigError
+from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
-from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, deadline_at
+from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
 from sincere.serve.gateway.edge import EdgeLimits, EdgeSite, runner_kwargs
 from sincere.serve.gateway.instances import (
     InstanceState,
@@ -84,12 +86,18 @@ DRAIN_INTERVAL_S = 0.05  # how often queues are re-drained in the background
 class Gateway:
     """The gateway server: instances, dispatcher, metrics and the aiohttp app."""
 
-    def __init__(self, config: GatewayConfig, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        reuse_port: bool = False,
+        decisions: DecisionLog | None = None,
+    ) -> None:
         self.config = config
         self.reuse_port = reuse_port  # share the port with other worker processes
         self.log = logging.getLogger("sincere.serve.gateway.server")
         self.metrics = GatewayMetrics()
-        self.dispatcher = Dispatcher(config, self.metrics)
+        self.dispatcher = Dispatcher(config, self.metrics, decisions)
         limits = config.limits
         self.requests = RequestFactory(
             config.tier_objects(), config.default_tier, limits.max_tokens, limits.default_max_tokens
@@ -201,12 +209,7 @@ class Gateway:
         breaker = CircuitBreaker(
             self.config.breaker.failure_threshold, self.config.breaker.cooldown_s
         )
-        state = InstanceState(
-            make_backend(config),
-            breaker,
-            emulated=emulated,
-            max_estimate_age_s=self.config.admission.max_estimate_age_s,
-        )
+        state = InstanceState(make_backend(config), breaker, emulated=emulated)
         self.dispatcher.add(state)
         return state
 
@@ -244,7 +247,7 @@ class Gateway:
             )
             req = self.requests.build(creq, self.loop.time())
             tier = req.tier.name
-            pending = Pending(req, deadline_at(req))
+            pending = Pending(req, _client_id(http_req))
             return await self.relay.serve(http_req, creq, pending)
         except ProtocolError as exc:
             self.metrics.finished("", tier, "client_error")
@@ -373,6 +376,14 @@ def _load_source(
     return None
 
 
+def _client_id(http_req: web.Request) -> str | None:
+    """The client's own request id (``x-request-id``), when it is a short printable text."""
+    value = http_req.headers.get("x-request-id")
+    if value is None or len(value) > 128 or not value.isprintable():
+        return None
+    return value
+
+
 def _error_type(status: int) -> str:
     if status == 429:
         return "rate_limit_error"
@@ -380,23 +391,37 @@ def _error_type(status: int) -> str:
 
 
 async def run_gateway(
-    config: GatewayConfig, ready: Any = None, *, reuse_port: bool = False
+    config: GatewayConfig,
+    ready: Any = None,
+    *,
+    reuse_port: bool = False,
+    decisions: Path | None = None,
 ) -> None:
-    """Serve until cancelled (``sincere serve``); ``ready(gateway)`` is called once bound."""
-    async with Gateway(config, reuse_port=reuse_port) as gw:
+    """Serve until cancelled (``sincere serve``); ``ready(gateway)`` is called once bound.
+
+    ``decisions``: a file every front-door call and outcome is appended to (JSON lines).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        log = None if decisions is None else stack.enter_context(open_log(decisions, append=True))
+        gw = await stack.enter_async_context(Gateway(config, reuse_port=reuse_port, decisions=log))
         if ready is not None:
             ready(gw)
         await asyncio.Event().wait()
 
 
 def serve_gateway(
-    config: GatewayConfig, *, workers: int = 1, ready: Callable[[Gateway], None] | None = None
+    config: GatewayConfig,
+    *,
+    workers: int = 1,
+    ready: Callable[[Gateway], None] | None = None,
+    decisions: Path | None = None,
 ) -> None:
     """Serve until interrupted, on uvloop when importable, in ``workers`` processes.
 
     With ``workers > 1`` this process binds first (with ``SO_REUSEPORT``; port 0 is
     resolved here), calls ``ready`` and starts ``workers - 1`` more processes on the
-    same port; they stop when this one does. Linux and the BSDs only.
+    same port; they stop when this one does. Linux and the BSDs only. With
+    ``decisions`` every process appends its decisions to that file, line by line.
     """
     if workers < 1:
         raise ConfigError("serve: workers must be >= 1", value=workers, allowed="an integer >= 1")
@@ -407,7 +432,7 @@ def serve_gateway(
             bound = config.model_copy(update={"port": gw.port})
             ctx = multiprocessing.get_context("spawn")
             for _ in range(workers - 1):
-                child = ctx.Process(target=_worker, args=(bound,), daemon=True)
+                child = ctx.Process(target=_worker, args=(bound, decisions), daemon=True)
                 child.start()
                 children.append(child)
         if ready is not None:
@@ -415,7 +440,9 @@ def serve_gateway(
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            run_on_fast_loop(run_gateway(config, on_ready, reuse_port=workers > 1))
+            run_on_fast_loop(
+                run_gateway(config, on_ready, reuse_port=workers > 1, decisions=decisions)
+            )
     finally:
         for child in children:
             child.terminate()
@@ -423,10 +450,10 @@ def serve_gateway(
             child.join(timeout=5)
 
 
-def _worker(config: GatewayConfig) -> None:
+def _worker(config: GatewayConfig, decisions: Path | None) -> None:
     """One extra worker process of :func:`serve_gateway`."""
     with contextlib.suppress(KeyboardInterrupt):
-        run_on_fast_loop(run_gateway(config, reuse_port=True))
+        run_on_fast_loop(run_gateway(config, reuse_port=True, decisions=decisions))
 
 
 def run_on_fast_loop(main: Coroutine[Any, Any, None]) -> None:
