@@ -92,3 +92,31 @@ def test_spec_facts_carry_prices_limits_and_the_step_model() -> None:
     assert info.price_in_per_token_usd == pytest.approx(2e-6)
     assert info.max_num_seqs == 64 and info.step_model is built.step_model
     assert info.cost_per_hour_usd == pytest.approx(built.deployment.accelerator.price_per_hour_usd)
+
+
+def test_progress_inside_a_decode_run_matches_an_engine_stepping_each_iteration() -> None:
+    """load() moved on by progress_at(t) equals the load of an engine advanced per iteration."""
+    spec = DeploymentSpec(model="llama-3-8b", accelerator="A100-80GB")
+    req = RequestArrays.build([0.0] * 3, [300, 500, 700], [40, 60, 80], models=("llama-3-8b",))
+    closed = build_engine(spec, "e0", req, RecordArrays.empty(3, ["e0"]), 0).engine
+    stepped = build_engine(spec, "e1", req, RecordArrays.empty(3, ["e1"]), 0).engine
+    assert isinstance(stepped, ContinuousEngine)
+    stepped.on_tokens = lambda at, positions: None  # one iteration per event
+    for engine in (closed, stepped):
+        for i in range(3):
+            engine.add(i, 0.0)
+    for engine in (closed, stepped):
+        for _ in range(2):  # admission, then the prefill
+            at = engine.next_event_at()
+            assert at is not None
+            engine.advance(at)
+    base = closed.load()
+    for t in (0.2, 0.35, 0.5):  # inside the first decode run (0.11 s to 0.58 s)
+        stepped.advance(t)
+        progress = closed.progress_at(t)
+        assert progress is not None and progress.num_decode == 3
+        want = stepped.load()
+        moved = base.running_ctx_tokens + progress.steps * 3  # type: ignore[operator]
+        assert moved == want.running_ctx_tokens
+        assert base.running_remaining_tokens - progress.steps * 3 == want.running_remaining_tokens  # type: ignore[operator]
+        assert progress.kv_usage == want.kv_usage

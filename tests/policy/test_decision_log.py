@@ -28,7 +28,7 @@ STEP = {"a": Linear(), "b": Linear()}
 
 def fresh(router: str = "latency-optimal") -> FrontDoor:
     admission = AdmissionConfig(enabled=True, priority_bands=[(0.5, 0)])
-    return build_front_door(RouterConfig(name=router), admission, np.random.default_rng(3))
+    return build_front_door(RouterConfig(name=router), admission, 3)
 
 
 def write_log(router: str = "latency-optimal") -> list[str]:

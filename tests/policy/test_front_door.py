@@ -60,7 +60,7 @@ def req(i: int = 0, at: float = 0.0, **kw: Any) -> Request:
 def door(**config: Any) -> FrontDoor:
     rules = config.pop("hold", HoldRules())
     router = RouterConfig(name=config.pop("router", "least-outstanding"))
-    return build_front_door(router, AdmissionConfig(**config), np.random.default_rng(0), hold=rules)
+    return build_front_door(router, AdmissionConfig(**config), 0, hold=rules)
 
 
 def test_one_candidate_is_routed_without_the_router_which_learns_only_its_choices() -> None:
@@ -158,4 +158,4 @@ def test_deadline_is_the_earlier_of_ttft_and_ttlt() -> None:
 def test_an_unknown_router_names_the_config_path() -> None:
     """A bad router in the config is a ConfigError at 'router' listing the routers."""
     with pytest.raises(ConfigError, match=r"router.*unknown router.*least-outstanding"):
-        build_front_door(RouterConfig(name="nope"), AdmissionConfig(), np.random.default_rng(0))
+        build_front_door(RouterConfig(name="nope"), AdmissionConfig(), 0)

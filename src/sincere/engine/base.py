@@ -20,7 +20,10 @@ Every engine also answers, so no driver has to probe for them:
   requests back;
 * ``gaps`` -- inter-token gaps per tier (empty for engines whose answers come whole);
 * ``require_exact_loads()`` -- a router reads ``load()`` between any two iterations, so
-  the engine must end an event at each (no multi-iteration shortcuts between reads).
+  the engine must end an event at each (no multi-iteration shortcuts between reads);
+* ``progress_at(now)`` -- how far a closed-form decode run in flight got by ``now`` (its
+  token counts and KV usage move on between events; a driver reading token counts at
+  an arrival advances the load by it).
 
 Lazy reads. An engine reads request ``i``'s fields from the run's
 :class:`~sincere.core.request.RequestArrays` at ``add(i, now)`` or later, never at
@@ -64,6 +67,20 @@ class EngineLoad:
     kv_usage: float | None  # fraction of KV blocks in use, 0..1
     busy_s: Seconds | None  # total time spent computing so far
     resident_model: str | None = None  # model on the device (request-level engines)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeProgress:
+    """Decode iterations of a run in flight that have ended since the engine's last event.
+
+    Between two events an engine's :meth:`Engine.load` is the state at the last one; a
+    closed-form decode run advances every running sequence by one token per iteration,
+    so the token counts and KV usage move on without an event.
+    """
+
+    steps: int  # decode iterations ended since the last event
+    num_decode: int  # sequences each of them advanced by one token
+    kv_usage: float  # fraction of KV blocks in use after them
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,11 @@ class Engine(Protocol):
 
     def require_exact_loads(self) -> None:
         """Keep ``load()`` exact between any two iterations (a router reads it)."""
+        ...
+
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """How far a decode run in flight got by ``now`` since the last event (``None``:
+        the load has not changed since, e.g. no decode run, or an engine without them)."""
         ...
 
 

@@ -36,7 +36,7 @@ import numpy.typing as npt
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, Seconds
-from sincere.engine.base import EngineLoad, EngineStats, TokenHook
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, TokenHook
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv import blocks_for
 from sincere.engine.runs import Run, RunPlanner
@@ -172,6 +172,21 @@ class ContinuousEngine(StateView):
             kv_usage=self.kv_usage,
             busy_s=st.busy_s,
         )
+
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """Decode iterations of the run in flight that ended by ``now`` (None: none yet)."""
+        run = self._run
+        if run is None or run.chunks or now <= run.start_at:
+            return None
+        decode_steps_s = self.step_model.decode_steps_s
+        j = run.steps_covering(now, decode_steps_s)
+        if run.start_at + decode_steps_s(run.num_decode, run.ctx_tokens, j) > now:
+            j -= 1  # the j-th iteration is still running
+        if j <= 0:
+            return None
+        st = self.state
+        used = st.pre_blocks + st.dec.total(st.step + j)
+        return DecodeProgress(j, run.num_decode, used / st.num_blocks)
 
     def stats(self) -> EngineStats:
         """Totals so far."""

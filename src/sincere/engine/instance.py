@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sincere.core.types import InstanceId, ModelName
-from sincere.engine.base import EngineLoad
+from sincere.engine.base import DecodeProgress, EngineLoad
 from sincere.engine.build import canonical_model
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.perf.base import Deployment, StepTimeModel
@@ -112,4 +112,19 @@ def instance_view(
         load.running_remaining_tokens, load.running_ctx_tokens, load.kv_usage,
         info.max_num_seqs, info.price_in_per_token_usd, info.price_out_per_token_usd,
         info.quality, healthy, info.step_model, info.max_in_flight,
+    )  # fmt: skip
+
+
+def advanced_view(view: InstanceView, progress: DecodeProgress) -> InstanceView:
+    """``view`` moved on by decode iterations ended since its engine's last event."""
+    tokens = progress.steps * progress.num_decode
+    remaining = view.running_remaining_tokens
+    ctx = view.running_ctx_tokens
+    return InstanceView(
+        view.id, view.model, view.accelerator, view.precision,
+        view.num_running, view.num_waiting, view.num_outstanding, view.waiting_prefill_tokens,
+        None if remaining is None else remaining - tokens, None if ctx is None else ctx + tokens,
+        progress.kv_usage, view.max_num_seqs, view.price_in_per_token_usd,
+        view.price_out_per_token_usd, view.quality, view.healthy, view.step_model,
+        view.max_in_flight,
     )  # fmt: skip

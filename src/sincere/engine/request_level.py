@@ -50,7 +50,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import EngineLoad, EngineStats
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats
 from sincere.engine.gaps import GapHistogram
 from sincere.perf.base import StepTimeModel, SwapTime
 from sincere.perf.sincere_runs import RequestLevelCosts
@@ -388,6 +388,10 @@ class RequestLevelEngine:
 
     def require_exact_loads(self) -> None:
         """Nothing to do: a batch is one event and the load does not change inside it."""
+
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """None: batches run whole, and the load changes only at events."""
+        return None
 
     def load(self) -> EngineLoad:
         """Queue and batch sizes, and the most recently used resident model."""

@@ -41,7 +41,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import EngineLoad, EngineStats
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.request_level import (
     BatchLog,
@@ -174,6 +174,10 @@ class SincereServerEngine:
 
     def require_exact_loads(self) -> None:
         """Nothing to do: the load changes only at the events this engine reports."""
+
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """None: batches run whole, and the load changes only at events."""
+        return None
 
     def load(self) -> EngineLoad:
         """Queue sizes and the most recently used resident model."""

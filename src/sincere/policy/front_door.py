@@ -116,6 +116,12 @@ class FrontDoor:
         self.max_pending = 100_000  # requests the router chose whose outcome is awaited
         self._chosen: dict[RequestId, None] = {}  # those requests, oldest first
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether a decision reads the engines' token counts (the router's, or admission's
+        step-model predictions)."""
+        return self.admission is not None or self.router.reads_engine_tokens
+
     def decide(
         self, request: Request, views: Sequence[InstanceView], now: Seconds, num_queued: int = 0
     ) -> Decision:
@@ -260,18 +266,26 @@ def _affordable(request: Request, view: InstanceView) -> bool:
     return request.budget_usd is None or budget_max_tokens(request, view) != 0
 
 
+def router_rng(seed: int) -> np.random.Generator:
+    """The router's random stream of a run seeded ``seed`` (the same on both paths)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+
+
 def build_front_door(
     router: RouterConfig,
     admission: AdmissionConfig,
-    rng: np.random.Generator,
+    seed: int,
     *,
     hold: HoldRules = HoldRules(),
     default_max_tokens: int = 256,
 ) -> FrontDoor:
-    """The front door of a config: its router (drawing from ``rng``), admission and holds.
+    """The front door of a config: its router, admission and holds.
 
-    Raises :class:`ConfigError` for an unknown router or bad parameters, with the path.
+    The router draws from :func:`router_rng` of ``router.seed``, else of ``seed`` (the
+    run's). Raises :class:`ConfigError` for an unknown router or bad parameters, with
+    the config path.
     """
+    rng = router_rng(seed if router.seed is None else router.seed)
     try:
         built = make_router(router.name, rng, **router.params)
     except ConfigError as exc:

@@ -21,7 +21,7 @@ class RouterConfig(BaseModel):
     model_config = _FROZEN
     name: str = "least-outstanding"  # the default on both paths
     params: dict[str, Any] = Field(default_factory=dict)
-    seed: int | None = None  # its random stream; None: the simulation's seed (gateway: 0)
+    seed: int | None = None  # seed of its random stream; None: the run's seed (gateway: 0)
 
 
 class AdmissionConfig(BaseModel):

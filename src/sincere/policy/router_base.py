@@ -133,6 +133,13 @@ class Router(ABC):
     def observe(self, outcome: Outcome) -> None:  # noqa: B027 (optional hook)
         """Learn from a finished request. Default: nothing."""
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether :meth:`choose` reads the engines' token counts (queued, remaining,
+        cached). The simulator then keeps them exact between engine events, at the cost
+        of one more view per candidate and arrival. Default: no."""
+        return False
+
 
 def healthy(instances: Sequence[InstanceView]) -> list[InstanceView]:
     """The instances marked healthy, in their given order."""

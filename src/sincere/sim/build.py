@@ -78,8 +78,7 @@ class _Builder:
 
     def _front_door(self) -> FrontDoor:
         cfg = self.config
-        seed = cfg.seed if cfg.router.seed is None else cfg.router.seed
-        return build_front_door(cfg.router, cfg.admission, _rng(seed, 1))
+        return build_front_door(cfg.router, cfg.admission, cfg.seed)
 
 
 def canonical_requests(requests: RequestArrays) -> RequestArrays:

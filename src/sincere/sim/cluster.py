@@ -21,7 +21,11 @@ costs nothing.
 Views are cached per instance: an engine's load only changes when the event loop adds
 a request to it, advances it or drains it, and the loop says so (:meth:`Cluster.touched`),
 so between two of those the router gets the same snapshot object again instead of a new
-one (with many instances most do not change between two arrivals).
+one (with many instances most do not change between two arrivals). The one exception is a
+closed-form decode run, whose sequences gain a token per iteration without an event:
+when the front door reads token counts (``reads_engine_tokens``), a view is moved on by
+the iterations ended by the arrival (:meth:`~sincere.engine.base.Engine.progress_at`), as
+a live engine reporting its load every iteration would show it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
 from sincere.engine.base import Engine
-from sincere.engine.instance import InstanceInfo, instance_view
+from sincere.engine.instance import InstanceInfo, advanced_view, instance_view
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, Reject, Route
 from sincere.policy.router_base import InstanceView, Outcome
@@ -70,6 +74,8 @@ class Cluster:
         screens = front_door is not None and front_door.admission is not None
         # whether one eligible instance is the answer without asking the front door
         self.passthrough = no_budgets and not screens and decisions is None
+        # token counts read at arrivals: keep them exact inside decode runs (engine progress)
+        self.exact_tokens = front_door is not None and front_door.reads_engine_tokens
         self._routed: set[int] = set()  # requests the front door routed (it observes them)
         self._views: list[InstanceView | None] = [None] * len(self.engines)  # None: stale
         if front_door is not None and len(self.engines) > 1:
@@ -96,7 +102,7 @@ class Cluster:
     def _decide(self, i: int, choices: list[int], now: Seconds) -> int | None:
         """Ask the front door about request ``i`` and apply its answer."""
         assert self.front_door is not None
-        views = [self._view(e) for e in choices]
+        views = [self._view_at(e, now) for e in choices]
         request = self.requests.request(i)
         decision = self.front_door.decide(request, views, now)
         if self.decisions is not None:
@@ -127,6 +133,16 @@ class Cluster:
         view = self._views[e]
         if view is None:
             view = self._views[e] = self._fresh_view(e)
+        return view
+
+    def _view_at(self, e: int, now: Seconds) -> InstanceView:
+        """Engine ``e``'s view at ``now``: its token counts moved on by a decode run in
+        flight when the front door reads them (the cached view is the last event's)."""
+        view = self._view(e)
+        if self.exact_tokens:
+            progress = self.engines[e].progress_at(now)
+            if progress is not None:
+                return advanced_view(view, progress)
         return view
 
     def _fresh_view(self, e: int) -> InstanceView:

@@ -86,6 +86,11 @@ class JoinShortestQueueRouter(Router):
         super().__init__(rng)
         self.metric = check_choice("join-shortest-queue", "metric", metric, ("requests", "tokens"))
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether the metric is ``tokens``."""
+        return self.metric == "tokens"
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
@@ -109,6 +114,11 @@ class PowerOfTwoRouter(Router):
         super().__init__(rng)
         self.metric = check_choice("power-of-two", "metric", metric, sorted(LOAD_METRICS))
         self.num_choices = check_int("power-of-two", "num_choices", num_choices, low=1)
+
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether the metric is ``tokens``."""
+        return self.metric == "tokens"
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

@@ -174,6 +174,11 @@ class CostOptimalRouter(Router):
             resolve_length(length_predictor), resolve_latency(latency_predictor), error
         )
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Yes: a step-model prediction reads the queued, remaining and cached tokens."""
+        return True
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:

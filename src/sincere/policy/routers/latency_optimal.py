@@ -67,6 +67,11 @@ class LatencyOptimalRouter(Router):
             resolve_length(length_predictor), resolve_latency(latency_predictor), LognormalError()
         )
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Yes: a step-model prediction reads the queued, remaining and cached tokens."""
+        return True
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:

@@ -42,6 +42,11 @@ class RelevanceOptimalRouter(Router):
         self.tolerance = check_number("relevance-optimal", "tolerance", tolerance, low=0.0)
         self.metric = check_choice("relevance-optimal", "metric", metric, sorted(LOAD_METRICS))
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether the metric is ``tokens``."""
+        return self.metric == "tokens"
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:

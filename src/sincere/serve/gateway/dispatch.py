@@ -33,8 +33,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import numpy as np
-
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request
 from sincere.policy.decision_log import DecisionLog
@@ -107,7 +105,7 @@ def front_door_of(config: GatewayConfig) -> FrontDoor:
     return build_front_door(
         config.router,
         config.admission,
-        np.random.default_rng(config.router.seed or 0),
+        0,  # the router's seed when router.seed is not set
         hold=hold,
         default_max_tokens=config.limits.default_max_tokens,
     )
