@@ -67,11 +67,20 @@ def config(router: str, params: dict[str, Any], num_requests: int, rate: float) 
             "models": {"llama-3-8b": 1.0},
         },
         "instances": [
-            {"name": "a100", "model": "llama-3-8b", "accelerator": "A100-80GB",
-             "price_out_per_mtok_usd": 2.0, "quality": 0.9},
-            {"name": "h100", "model": "llama-3-8b", "accelerator": "H100-SXM",
-             "price_out_per_mtok_usd": 1.0},
-        ],  # fmt: skip
+            {
+                "name": "a100",
+                "model": "llama-3-8b",
+                "accelerator": "A100-80GB",
+                "price_out_per_mtok_usd": 2.0,
+                "quality": 0.9,
+            },
+            {
+                "name": "h100",
+                "model": "llama-3-8b",
+                "accelerator": "H100-SXM",
+                "price_out_per_mtok_usd": 1.0,
+            },
+        ],
         "router": {"name": router, "params": params},
         "admission": {"enabled": True},
     }
@@ -93,7 +102,7 @@ def requests_of(cfg: dict[str, Any]) -> RequestArrays:
 
 def _row(name: str, result: ParityResult, wall: float) -> str:
     s = result.summary()
-    compared, diffs = result.decision_diffs()
+    _, diffs = result.decision_diffs()
     cells = [name, f"{s['same_decision_share']:.1%}"]
     cells.append(f"{len(diffs)} ({sum(d.explained for d in diffs)} explained)")
     for key in ("replay_sim_on_live", "replay_live_on_sim"):

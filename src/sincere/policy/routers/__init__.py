@@ -1,12 +1,16 @@
 """The routers: importing this package registers every one of them in ``ROUTERS``.
 
 Build one by name with :func:`make_router` (or ``ROUTERS.get(name)(rng=..., **params)``).
-See ``docs/routers.md`` for what each optimises.
+See ``docs/routers.md`` for what each optimises. Every module of this package is
+imported here, so a new router is one file (its class and its ``@ROUTERS.register``
+line) plus its row in ``docs/routers.md``.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,10 @@ from sincere.policy.routers.latency_optimal import LatencyOptimalRouter
 from sincere.policy.routers.price_optimal import PriceOptimalRouter
 from sincere.policy.routers.relevance_optimal import RelevanceOptimalRouter
 from sincere.policy.routers.small_model_first import SmallModelFirstRouter
+
+for _module in pkgutil.iter_modules(__path__):  # register routers added as new files
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def router_params(name: str) -> list[str]:
