@@ -5,7 +5,7 @@ fixed chat completion at once, or streaming it as 16 chunks), measured in one ru
 
 * ``direct``   -- the upstream itself (no proxy);
 * ``bare``     -- a bare async pass-through proxy written here (the floor);
-* ``sincere``  -- sincere's gateway (``sincere.serve.gateway``), round-robin, one backend;
+* ``sincere``  -- sincere's gateway (``sincere.serve.gateway.server``), round-robin, one backend;
 * ``litellm``  -- the LiteLLM proxy (its own venv, see benchmarks/README.md), 2 workers.
 
 Single-client latency: one client in this process sends ``--latency-requests``
@@ -139,8 +139,8 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
 
 def serve_sincere(port: int, upstream: str) -> None:
     """sincere's gateway with one backend (the upstream), round-robin, no scraping."""
-    from sincere.serve.config import parse_config
-    from sincere.serve.gateway import serve_gateway
+    from sincere.serve.gateway.config import parse_config
+    from sincere.serve.gateway.server import serve_gateway
 
     config = parse_config(
         {

@@ -1,38 +1,59 @@
-"""Parity of simulation and live serving: one trace, the simulator vs gateway + emulators.
+"""Parity of simulation and live serving: every router, admission on, one trace both ways.
 
-200 requests (Poisson, 5 req/s; prompts 1,024-3,072 tokens, outputs 16-128) for
-Llama-3-8B on two A100-80GB instances (roofline step model, FCFS continuous
-batching), through (a) ``sincere.sim.simulate`` and (b) sincere's gateway in front of
-two emulated engines with the same config, on the wall clock, in one process. For
-each router it prints the share of identical routing decisions and the p10 / p50 /
-p90 of the per-request relative differences ``(live - sim) / sim`` of TTFT and E2E;
-then the aggregate view (each run's share of requests on the first instance, the
-mean load imbalance at arrivals, the unpaired TTFT p50 difference), the share of
-live decisions off races that follow least-outstanding on the live run's own
-times, the first diverging decision with the finish that crossed it, and the event
-loop's lag (p99 / max: how much the machine disturbed the live run).
+Llama-3-8B on an A100-80GB (dearer, quality 0.9) and an H100 (roofline step models, FCFS
+continuous batching), admission on; ``--num-requests`` (100) Poisson arrivals at
+``--rate`` (5 req/s), prompts 1,024-3,072 tokens, outputs 16-128; one request in ten in a
+tier no instance can meet (1 ms TTFT), one in four with a budget that caps its output, one
+in fifty with a budget that buys nothing. The trace runs (a) through
+``sincere.sim.simulate`` and (b) through sincere's gateway in front of two emulated engines
+built from the same config, on the wall clock, in one process, for every router
+(join-shortest-queue by requests and by tokens; price-optimal with the budgets).
 
-    python benchmarks/parity_sim_vs_live.py [--num-requests 200] [--rate 5]
+Per router, one row: the share of requests the two paths decided identically (route /
+hold / reject, instance, ``max_tokens`` cap, rejection code), the differing decisions
+(and how many of them the logs explain by differing inputs), the two replays (each log's
+inputs through a front door built by the other path: calls / mismatches), the share of
+requests served by the same instance, the median relative TTFT and E2E difference, the
+first differing decision with the first input the logs show differing, and the event
+loop's lag (p99 / max: how much the machine disturbed the live run). Machine-readable
+summaries go to stderr, one JSON line per router.
+
+    python benchmarks/parity_sim_vs_live.py [--num-requests 100] [--rate 5] [--routers NAME...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from typing import Any
 
-from sincere.bench.parity import (
-    RACE_S,
-    ParityResult,
-    follows_least_outstanding,
-    parity,
-    race_margins_s,
-)
+import numpy as np
+
+from sincere.bench.parity import ParityResult, parity
+from sincere.core.request import RequestArrays, Tier
+from sincere.sim import load_config
+from sincere.sim.build import base_dir_of
+from sincere.workload.config import generate
+
+ROUTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "random": ("random", {}),
+    "round-robin": ("round-robin", {}),
+    "least-outstanding": ("least-outstanding", {}),
+    "jsq-requests": ("join-shortest-queue", {}),
+    "jsq-tokens": ("join-shortest-queue", {"metric": "tokens"}),
+    "power-of-two": ("power-of-two", {}),
+    "latency-optimal": ("latency-optimal", {}),
+    "cost-optimal": ("cost-optimal", {}),
+    "price-optimal": ("price-optimal", {}),
+    "relevance-optimal": ("relevance-optimal", {}),
+    "small-model-first": ("small-model-first", {}),
+}
 
 
-def config(router: str, num_requests: int, rate: float) -> dict[str, Any]:
+def config(router: str, params: dict[str, Any], num_requests: int, rate: float) -> dict[str, Any]:
     """The shared simulation config (the live side is built from it)."""
     return {
         "seed": 7,
@@ -45,64 +66,79 @@ def config(router: str, num_requests: int, rate: float) -> dict[str, Any]:
             },
             "models": {"llama-3-8b": 1.0},
         },
-        "instances": [{"model": "llama-3-8b", "accelerator": "A100-80GB", "count": 2}],
-        "router": {"name": router},
+        "instances": [
+            {
+                "name": "a100",
+                "model": "llama-3-8b",
+                "accelerator": "A100-80GB",
+                "price_out_per_mtok_usd": 2.0,
+                "quality": 0.9,
+            },
+            {
+                "name": "h100",
+                "model": "llama-3-8b",
+                "accelerator": "H100-SXM",
+                "price_out_per_mtok_usd": 1.0,
+            },
+        ],
+        "router": {"name": router, "params": params},
+        "admission": {"enabled": True},
     }
 
 
-def _row(router: str, result: ParityResult, wall: float) -> str:
-    summary = result.summary()
-    cells = [router, f"{summary['same_instance_share']:.1%}"]
+def requests_of(cfg: dict[str, Any]) -> RequestArrays:
+    """The workload with a strict tier on every tenth request and budgets on others."""
+    loaded = load_config(cfg)
+    req = generate(loaded.workload, loaded.seed, base_dir=base_dir_of(loaded))
+    n = len(req)
+    tier = np.zeros(n, dtype=np.int64)
+    tier[::10] = 1
+    budget = np.full(n, np.nan)
+    budget[1::4] = 40e-6  # 40 tokens on the H100, 20 on the A100
+    budget[3::50] = 1e-8  # not one token
+    tiers = (Tier("standard", ttlt_s=600.0), Tier("strict", ttft_s=0.001))
+    return dataclasses.replace(req, tier=tier, tiers=tiers, budget_usd=budget)
+
+
+def _row(name: str, result: ParityResult, wall: float) -> str:
+    s = result.summary()
+    _, diffs = result.decision_diffs()
+    cells = [name, f"{s['same_decision_share']:.1%}"]
+    cells.append(f"{len(diffs)} ({sum(d.explained for d in diffs)} explained)")
+    for key in ("replay_sim_on_live", "replay_live_on_sim"):
+        cells.append(f"{s[key]['calls']} / {s[key]['mismatches']}")
+    cells.append(f"{s['same_instance_share']:.1%}")
     for key in ("rel_ttft", "rel_e2e"):
-        q = summary[key]
-        cells.append(" / ".join(f"{q[p]:+.2%}" for p in ("p10", "p50", "p90")))
-    share = summary["instance_share"]
-    first = min(share["sim"])
-    cells.append(f"{share['sim'][first]:.1%} / {share['live'].get(first, 0.0):.1%}")
-    imb = summary["imbalance_at_arrival"]
-    cells.append(f"{imb['sim']:.2f} / {imb['live']:.2f}")
-    cells.append(f"{summary['ttft_quantile_rel']['p50']:+.2%}")
-    live = result.live.requests
-    follows = follows_least_outstanding(live)[race_margins_s(live) >= RACE_S]
-    cells.append(f"{follows.mean():.1%}" if router == "least-outstanding" else "-")
-    cells.append(_divergence(result))
-    lag = summary["loop_lag_ms"]
+        p50 = s[key]["p50"]
+        cells.append("-" if p50 is None else f"{p50:+.2%}")
+    first = diffs[0] if diffs else None
+    cells.append("none" if first is None else f"#{first.position}: {(first.inputs or ('?',))[0]}")
+    lag = s["loop_lag_ms"]
     cells.append(f"{lag['p99']:.1f} / {lag['max']:.0f}")
     cells.append(f"{wall:.0f}")
     return "| " + " | ".join(cells) + " |"
 
 
-def _divergence(result: ParityResult) -> str:
-    div = result.divergence()
-    if div is None:
-        return "none"
-    text = f"#{div.index} at {div.arrival_at:.3f} s (margin {div.race_margin_s * 1e3:.1f} ms)"
-    if div.crossing is not None:
-        text += (
-            f": #{div.crossing} finished {div.crossing_sim_finish_at:.3f} sim, "
-            f"{div.crossing_live_finish_at:.3f} live"
-        )
-    return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-requests", type=int, default=200)
+    parser.add_argument("--num-requests", type=int, default=100)
     parser.add_argument("--rate", type=float, default=5.0)
-    parser.add_argument("--routers", nargs="+", default=["round-robin", "least-outstanding"])
+    parser.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS))
     args = parser.parse_args()
     print(
-        "| router | same instance | TTFT rel. diff p10 / p50 / p90 | E2E rel. diff p10 / p50 / p90 "
-        "| first instance's share sim / live | imbalance sim / live | TTFT p50 unpaired "
-        "| live follows LO off races | first divergence | loop lag p99 / max ms "
-        "| live wall s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| router | same decision | differing (explained by inputs) | replay sim→live "
+        "calls / mismatches | replay live→sim | same instance | TTFT rel. diff p50 "
+        "| E2E rel. diff p50 | first differing decision | loop lag p99 / max ms | wall s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
-    for router in args.routers:
+    for name in args.routers:
+        router, params = ROUTERS[name]
+        cfg = config(router, params, args.num_requests, args.rate)
         started = time.perf_counter()
-        result = parity(config(router, args.num_requests, args.rate))
+        result = parity(cfg, requests=requests_of(cfg))
         wall = time.perf_counter() - started
-        print(_row(router, result, wall), flush=True)
-        print(json.dumps(result.summary()), file=sys.stderr)
+        print(_row(name, result, wall), flush=True)
+        print(json.dumps({"router": name, **result.summary()}), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,21 +28,33 @@ RANK = {
 }
 
 
-def _imports(path: Path) -> set[str]:
+# Inside serve/: the shared wire format and socket helpers at the bottom, the engine-side
+# pieces (backend clients, emulated engines, security blocks) above them, the gateway on top.
+SERVE_RANK = {
+    "protocol": 0,
+    "binding": 0,
+    "backends": 1,
+    "emulator": 1,
+    "security": 1,
+    "gateway": 2,
+}
+
+
+def _modules(path: Path) -> set[str]:
+    """Every ``sincere...`` module ``path`` imports (absolute imports only)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            found.add(node.module)
         elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "sincere" and len(parts) > 1 and parts[1] in RANK:
-                found.add(parts[1])
-    return found
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("sincere.")}
+
+
+def _imports(path: Path) -> set[str]:
+    """The top-level sub-packages (layers) ``path`` imports."""
+    return {m.split(".")[1] for m in _modules(path) if m.split(".")[1] in RANK}
 
 
 def test_every_subpackage_has_a_rank() -> None:
@@ -63,3 +75,45 @@ def test_imports_flow_downwards() -> None:
             if RANK[target] > own:
                 upward.append(f"{rel} imports sincere.{target}")
     assert upward == []
+
+
+def test_serve_parts_import_downwards() -> None:
+    """Backends, emulator and security never import the gateway; they do not import each other."""
+    upward = []
+    for path in sorted((SRC / "serve").rglob("*.py")):
+        rel = path.relative_to(SRC / "serve")
+        own_part = rel.parts[0].removesuffix(".py")
+        if own_part not in SERVE_RANK:
+            continue
+        for module in _modules(path):
+            parts = module.split(".")
+            if parts[:2] != ["sincere", "serve"] or len(parts) < 3 or parts[2] == own_part:
+                continue
+            if SERVE_RANK[parts[2]] >= SERVE_RANK[own_part] and SERVE_RANK[own_part] < 2:
+                upward.append(f"serve/{rel} imports {module}")
+    assert upward == []
+
+
+def test_every_serve_part_has_a_rank() -> None:
+    """A new module or package under serve/ must be placed in SERVE_RANK."""
+    parts = {p.name.removesuffix(".py") for p in (SRC / "serve").iterdir()}
+    parts -= {"__init__", "__pycache__"}
+    assert parts <= set(SERVE_RANK), sorted(parts - set(SERVE_RANK))
+
+
+# Modules of serve/ and bench/ that may import the simulator, and why.
+SIM_USERS = {
+    "bench/parity.py": "runs the simulator beside the live path to compare the two",
+}
+
+
+def test_live_path_imports_nothing_from_the_simulator() -> None:
+    """serve/ and bench/ build engines and summaries from engine/, never from sim/."""
+    found = []
+    for part in ("serve", "bench"):
+        for path in sorted((SRC / part).rglob("*.py")):
+            rel = str(path.relative_to(SRC))
+            if rel in SIM_USERS:
+                continue
+            found += [f"{rel} imports {m}" for m in _modules(path) if m.startswith("sincere.sim")]
+    assert found == []

@@ -98,7 +98,7 @@ def test_dependencies_follow_imports_and_parents() -> None:
     deps = native.dependencies(["sincere.engine.continuous"])
     for module in ("sincere", "sincere.engine", "sincere.engine.kv", "sincere.perf.base"):
         assert module in deps
-    assert "sincere.serve.gateway" not in deps
+    assert "sincere.serve.gateway.server" not in deps
     assert all(native.source_path(m).exists() for m in deps)
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from sincere.serve.config import GatewayConfig, parse_config
-from sincere.serve.gateway import Gateway
-from sincere.serve.gateway_fake import FakeUpstream
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.config import GatewayConfig, parse_config
+from sincere.serve.gateway.server import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY: dict[str, Any] = {"model": "m", "prompt": "hello", "max_tokens": 3}

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 from tests.outsider._gateway import BODY, call, gateway_config, run
 
-from sincere.serve.gateway import Gateway
-from sincere.serve.gateway_fake import FakeUpstream
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.server import Gateway
 
 
 async def _stream(s: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, str]:

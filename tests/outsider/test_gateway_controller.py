@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from tests.outsider._gateway import BODY, ROOT, call, free_port, gateway_config, run
 
-from sincere.serve.config import load_config, parse_config
-from sincere.serve.gateway import Gateway
-from sincere.serve.gateway_fake import FakeUpstream
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.config import load_config, parse_config
+from sincere.serve.gateway.server import Gateway
 
 ALLOW_LOCAL = {"controller": {"allowed_upstreams": ["127.0.0.1:*"]}}
 

@@ -22,8 +22,8 @@ from tests.outsider._gateway import (
 )
 
 from sincere.cli.app import main
-from sincere.serve.gateway import Gateway
-from sincere.serve.gateway_fake import FakeUpstream
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.server import Gateway
 
 
 def test_listed_instances_hide_upstream_credentials() -> None:

@@ -8,8 +8,8 @@ import time
 import aiohttp
 from tests.outsider._gateway import call, gateway_config, metric, run
 
-from sincere.serve.gateway import Gateway
-from sincere.serve.gateway_fake import FakeUpstream
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.server import Gateway
 
 LIMITS = {
     "header_timeout_s": 0.3,

@@ -152,7 +152,7 @@ def test_fcfs_serves_oldest_head_across_models() -> None:
     """FCFS runs one request of the model whose head arrived first, even if not resident."""
     strategy = make_strategy("fcfs", sla_s=60.0)
     a, b = queue("a", 3.0, loaded_at=0.0), queue("b", 1.0)
-    assert strategy.decide(view(a, b), 4.0) == RunBatch("b", 1, "Fcfs")
+    assert strategy.decide(view(a, b), 4.0) == RunBatch("b", 1, "FcfsBatch")
 
 
 def test_prefer_resident_avoids_a_swap() -> None:

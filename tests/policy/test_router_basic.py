@@ -134,3 +134,20 @@ def test_unknown_router_lists_names_and_params_are_introspectable() -> None:
     with pytest.raises(ConfigError, match="least-outstanding"):
         make_router("fastest", np.random.default_rng(0))
     assert router_params("power-of-two") == ["metric", "num_choices"]
+
+
+def test_jsq_by_tokens_falls_back_where_tokens_are_unknown_and_says_so() -> None:
+    """Unknown token counts on one candidate: all compared by requests, named in the reason."""
+    router = make_router("join-shortest-queue", np.random.default_rng(0), metric="tokens")
+    views = [
+        view("a", num_waiting=3, num_running=2, waiting_prefill_tokens=10),
+        view("b", num_waiting=0, num_running=1, waiting_prefill_tokens=None),
+    ]
+    decision = router.route(REQ, views, 0.0)
+    assert decision.instance == "b"
+    assert decision.reason == "requests=1; tokens unknown on b, by requests"
+    unknown: dict[str, Any] = {"num_running": None, "waiting_prefill_tokens": None}
+    blind = [view("a", num_outstanding=2, **unknown), view("b", num_outstanding=1)]
+    decision = router.route(REQ, blind, 0.0)
+    assert decision.instance == "b"
+    assert decision.reason == "outstanding=1; tokens unknown on a, by outstanding"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,8 @@ from sincere.core import Request, Tier
 from sincere.perf.base import Batch, StepTimeBase
 from sincere.policy.router_base import ROUTERS, InstanceView, Outcome
 from sincere.policy.routers import make_router
+
+T = TypeVar("T")
 
 
 class LinearStep(StepTimeBase):
@@ -21,6 +25,11 @@ class LinearStep(StepTimeBase):
 
     def iteration_s(self, batch: Batch) -> float:
         return self.base_s + self.per_token_s * batch.num_tokens
+
+
+def maybe(values: st.SearchStrategy[T]) -> st.SearchStrategy[T | None]:
+    """A load field as a live backend may report it: a value, or unknown (None)."""
+    return st.one_of(st.none(), values)
 
 
 @st.composite
@@ -36,12 +45,13 @@ def views(draw: st.DrawFn) -> list[InstanceView]:
                 f"i{k}",
                 draw(st.sampled_from(["small", "large"])),
                 "H100",
-                num_running=draw(st.integers(0, 300)),
-                num_waiting=draw(st.integers(0, 50)),
+                num_running=draw(maybe(st.integers(0, 300))),
+                num_waiting=draw(maybe(st.integers(0, 50))),
                 num_outstanding=draw(st.integers(0, 400)),
-                waiting_prefill_tokens=draw(st.integers(0, 100_000)),
-                running_remaining_tokens=draw(st.integers(0, 100_000)),
-                kv_usage=draw(st.floats(0.0, 1.0)),
+                waiting_prefill_tokens=draw(maybe(st.integers(0, 100_000))),
+                running_remaining_tokens=draw(maybe(st.integers(0, 100_000))),
+                running_ctx_tokens=draw(maybe(st.integers(0, 1_000_000))),
+                kv_usage=draw(maybe(st.floats(0.0, 1.0))),
                 max_num_seqs=draw(st.integers(1, 256)),
                 price_in_per_token_usd=draw(st.floats(0.0, 1e-5)),
                 price_out_per_token_usd=draw(st.floats(0.0, 1e-5)),
@@ -71,7 +81,8 @@ requests = st.builds(
 def test_routers_choose_a_listed_healthy_instance(
     views: list[InstanceView], request: Request, seed: int, warm: bool
 ) -> None:
-    """No router returns an unknown id or an unhealthy instance while a healthy one exists."""
+    """No router returns an unknown id or an unhealthy instance while a healthy one exists,
+    whichever load fields are unknown."""
     ids = {v.id for v in views}
     any_healthy = any(v.healthy for v in views)
     by_id = {v.id: v for v in views}

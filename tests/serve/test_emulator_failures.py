@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sincere.serve.emulator import EmulatorServer
-from sincere.serve.emulator_config import EmulatorConfig
+from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.server import EmulatorServer
 
 FAST = {"kind": "inferno", "params": {"alpha_ms": 2, "beta_ms": 0, "gamma_ms": 3, "delta_ms": 0}}
 BODY = {"model": "llama-3-8b", "prompt": "hello", "max_tokens": 3}

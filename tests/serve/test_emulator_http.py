@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sincere.serve.emulator import EmulatorServer, start_emulators, stop_emulators
-from sincere.serve.emulator_config import EmulatorConfig, load_emulator_configs
+from sincere.serve.emulator.config import EmulatorConfig, load_emulator_configs
+from sincere.serve.emulator.server import EmulatorServer, start_emulators, stop_emulators
 from sincere.serve.protocol import parse_sse_data
 
 # 2 ms decode steps, 3 ms prefills: quick tests with real batching

@@ -10,9 +10,9 @@ import time
 import aiohttp
 import numpy as np
 
-from sincere.serve.emulator import EmulatorServer, _build_live
-from sincere.serve.emulator_config import EmulatorConfig
-from sincere.serve.emulator_metrics import EmulatorMetrics
+from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.metrics import EmulatorMetrics
+from sincere.serve.emulator.server import EmulatorServer, _build_live
 
 # Inferno's linear form: 20 ms per decode step, 40 ms per prefill, context-independent
 STEP = {"kind": "inferno", "params": {"alpha_ms": 20, "beta_ms": 0, "gamma_ms": 40, "delta_ms": 0}}

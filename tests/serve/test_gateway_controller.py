@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from sincere.cli.app import _register, app
 from sincere.core.errors import ConfigError
-from sincere.serve.config import load_config, parse_config
-from sincere.serve.emulator_config import load_emulator_configs
-from sincere.serve.gateway import Gateway
-from sincere.serve.gateway_fake import FakeUpstream
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.emulator.config import load_emulator_configs
+from sincere.serve.gateway.config import load_config, parse_config
+from sincere.serve.gateway.server import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ def test_deploy_emulated_and_plan_apply_start_stop(tmp_path: Path) -> None:
 
 def test_config_errors_name_field_and_value(tmp_path: Path) -> None:
     """Bad config values raise ConfigError naming the field and the value."""
-    with pytest.raises(ConfigError, match=r"backends\.0\.kind.*'grpc'"):
+    with pytest.raises(ConfigError, match=r"backends\[0\]\.kind.*'grpc'"):
         parse_config(
             {"backends": [{"name": "a", "url": "http://x", "models": ["m"], "kind": "grpc"}]}
         )

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sincere.core.errors import ConfigError
-from sincere.serve.backends import Backend, SseScanner
-from sincere.serve.breaker import CircuitBreaker
-from sincere.serve.config import parse_config
-from sincere.serve.gateway import Gateway, serve_gateway
-from sincere.serve.gateway_fake import FakeUpstream
-from sincere.serve.gateway_metrics import GatewayMetrics
-from sincere.serve.gateway_state import InstanceState
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.backends.openai_api import Backend, SseScanner
+from sincere.serve.gateway.breaker import CircuitBreaker
+from sincere.serve.gateway.config import parse_config
+from sincere.serve.gateway.instances import InstanceState
+from sincere.serve.gateway.metrics import GatewayMetrics
+from sincere.serve.gateway.server import Gateway, serve_gateway
 from sincere.serve.protocol import SSE_DONE, count_prompt_tokens, loads, parse_request
 from sincere.workload.tabular import count_tokens
 
@@ -120,13 +120,16 @@ def test_scanner_holds_a_partial_line_and_flags_a_half_sent_event() -> None:
 
 
 def test_view_is_cached_until_what_it_shows_changes() -> None:
-    """The router's view is reused while nothing changed and rebuilt when load changes."""
+    """The router's view is reused while nothing changed and rebuilt when load changes;
+    without a load reading the engine-side fields are unknown (None), never 0."""
     state = InstanceState(backend(), CircuitBreaker())
     first = state.view("m", 0.0, 1.0)
     assert state.view("m", 0.5, 1.0) is first
     state.num_in_flight = 3
     busy = state.view("m", 0.5, 1.0)
-    assert busy is not first and busy.num_outstanding == 3 and busy.num_running == 3
+    assert busy is not first and busy.num_outstanding == 3
+    assert (busy.num_running, busy.num_waiting, busy.kv_usage) == (None, None, None)
+    assert busy.waiting_prefill_tokens is None and busy.running_ctx_tokens is None
 
 
 def test_served_counts_ok_and_both_latencies() -> None:

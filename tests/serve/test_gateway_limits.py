@@ -10,16 +10,22 @@ import pytest
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request, Tier
-from sincere.serve.backends import make_backend
-from sincere.serve.breaker import CircuitBreaker
-from sincere.serve.config import BackendConfig, parse_config
-from sincere.serve.controller_input import check_emulator_fields, parse_load, resolve_api_file
-from sincere.serve.edge import EdgeLimits, raw_error
-from sincere.serve.gateway_dispatch import Dispatcher, DuplicateInstanceError, budget_cap
-from sincere.serve.gateway_metrics import GatewayMetrics
-from sincere.serve.gateway_state import InstanceState
+from sincere.policy.routers._common import budget_max_tokens
+from sincere.serve.backends.config import BackendConfig
+from sincere.serve.backends.openai_api import make_backend
+from sincere.serve.gateway.breaker import CircuitBreaker
+from sincere.serve.gateway.config import parse_config
+from sincere.serve.gateway.controller_input import (
+    check_emulator_fields,
+    parse_load,
+    resolve_api_file,
+)
+from sincere.serve.gateway.dispatch import Dispatcher, DuplicateInstanceError
+from sincere.serve.gateway.edge import EdgeLimits, raw_error
+from sincere.serve.gateway.instances import InstanceState
+from sincere.serve.gateway.metrics import GatewayMetrics
+from sincere.serve.gateway.upstream_policy import check_upstream, parse_rules, redact_url
 from sincere.serve.protocol import ProtocolError, check_text
-from sincere.serve.upstream_policy import check_upstream, parse_rules, redact_url
 
 RULES = parse_rules(["127.0.0.1:8100-8102", "gpu-a.internal:*", "[::1]:9000"])
 
@@ -149,15 +155,15 @@ def test_duplicate_names_are_refused_and_membership_has_one_source() -> None:
 
 def test_budget_caps_never_overflow() -> None:
     """A huge budget caps nothing; a small one pays whole tokens; none left is zero."""
-    state = _state("a", price_in_per_1m_usd=1.0, price_out_per_1m_usd=2.0)
+    view = _state("a", price_in_per_1m_usd=1.0, price_out_per_1m_usd=2.0).view("m", 0.0, 1.0)
     tier = Tier("default")
 
     def req(budget: float) -> Request:
         return Request(1, 0.0, "m", 10, 5, budget_usd=budget, tier=tier)
 
-    assert budget_cap(req(1e300), state) is None
-    assert budget_cap(req(10e-6 + 7 * 2e-6), state) == 7
-    assert budget_cap(req(1e-6), state) == 0
+    assert budget_max_tokens(req(1e300), view) is None
+    assert budget_max_tokens(req(10e-6 + 7 * 2e-6), view) == 7
+    assert budget_max_tokens(req(1e-6), view) == 0
 
 
 def test_text_with_lone_surrogates_names_its_field() -> None:

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sincere.core.errors import ConfigError
-from sincere.serve.breaker import BreakerState, CircuitBreaker
-from sincere.serve.config import GatewayConfig, parse_config
-from sincere.serve.gateway import Gateway
-from sincere.serve.gateway_fake import FakeUpstream
-from sincere.serve.queueing import RequestQueue
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.breaker import BreakerState, CircuitBreaker
+from sincere.serve.gateway.config import GatewayConfig, parse_config
+from sincere.serve.gateway.server import Gateway
+from sincere.serve.gateway.wait_queue import RequestQueue
 
 BODY = {"model": "m", "prompt": "hello", "max_tokens": 4}
 

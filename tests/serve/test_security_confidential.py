@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 
 from sincere.core.errors import ConfigError
-from sincere.serve.emulator import EmulatorServer
-from sincere.serve.emulator_config import EmulatorConfig
+from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.server import EmulatorServer
 from sincere.serve.protocol import ProtocolError, dumps
 from sincere.serve.security.confidential_client import (
     ConfidentialClient,

@@ -25,8 +25,8 @@ import aiohttp
 import pytest
 
 from sincere.profile.vllm_server import VllmServer, default_cache
-from sincere.serve.config import parse_config
-from sincere.serve.gateway import Gateway
+from sincere.serve.gateway.config import parse_config
+from sincere.serve.gateway.server import Gateway
 
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from sincere.core.output import write_requests
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays, Tier
-from sincere.sim.api import simulate, write_requests
+from sincere.sim.api import simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,10 +8,10 @@ import pytest
 from sincere.core.records import RecordArrays, latencies
 from sincere.core.request import RequestArrays
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
+from sincere.engine.instance import InstanceInfo
 from sincere.perf.base import Batch, StepTimeBase
-from sincere.policy.router_base import InstanceView
 from sincere.policy.schedulers import make_scheduler
-from sincere.sim.cluster import Cluster, InstanceInfo
+from sincere.sim.cluster import Cluster
 from sincere.sim.runner import RunLog, run_events
 
 
@@ -34,7 +34,7 @@ def run_single(
     records = RecordArrays.empty(len(req), ["e0"])
     limits = EngineLimits(num_kv_blocks=1 << 20, max_num_seqs=max_num_seqs)
     engine = ContinuousEngine("e0", req, records, 0, Affine(), make_scheduler(scheduler), limits)
-    info = InstanceInfo("e0", ("default",), "x", 1, 1.0, InstanceView("e0", "default", "x"))
+    info = InstanceInfo("e0", ("default",), "x", num_gpus=1, gpu_price_per_hour_usd=1.0)
     cluster = Cluster(req, records, [engine], [info], None, req.max_tokens.copy())
     return records, run_events(cluster)
 

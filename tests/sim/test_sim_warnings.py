@@ -12,8 +12,8 @@ import yaml
 from sincere.catalog import get_model
 from sincere.cli.app import main
 from sincere.core.errors import ConfigError
+from sincere.engine.build import valid_tp
 from sincere.sim import SimulationWarning, load_config, simulate
-from sincere.sim.build import valid_tp
 
 BASE: dict[str, Any] = {
     "seed": 0,

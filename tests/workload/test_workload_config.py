@@ -54,7 +54,7 @@ def test_generate_takes_a_mapping_a_file_or_a_simulation_config(tmp_path: Path) 
     assert _same(generate(str(path), seed=5), expected)
     with pytest.raises(ConfigError, match=r"workload.arrival: poisson: rate must be a finite"):
         generate({**W1, "arrival": {"kind": "poisson", "rate": -1}})
-    with pytest.raises(ConfigError, match="cannot read workload file"):
+    with pytest.raises(ConfigError, match="workload file not found"):
         generate(tmp_path / "missing.yaml")
 
 

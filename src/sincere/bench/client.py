@@ -117,14 +117,17 @@ async def call(
     body: dict[str, Any],
     timing: CallTiming,
     t0: float,
+    request_id: str | None = None,
 ) -> None:
     """POST ``body`` to ``url`` and fill ``timing``; HTTP and connection errors go to ``error``.
 
+    ``request_id`` goes out as ``x-request-id`` (a gateway's decision log names it).
     Cancellation (a timeout around this call) propagates; ``timing`` keeps what was seen.
     """
     timing.sent_at = time.perf_counter() - t0
+    headers = None if request_id is None else {"x-request-id": request_id}
     try:
-        async with session.post(url, json=body) as resp:
+        async with session.post(url, json=body, headers=headers) as resp:
             timing.instance = resp.headers.get(INSTANCE_HEADER)
             if resp.status != 200:
                 await resp.read()

@@ -3,25 +3,37 @@
 DESIGN.md's central claim is that the same policy objects and engine model run in
 simulation and on the wall clock. :func:`parity` checks it: it simulates a
 :class:`~sincere.sim.config.SimulationConfig`, then starts one emulated engine per
-simulated instance (same model, accelerator, step-time model and engine limits)
-and sincere's gateway with the same router in front of them, in this process, and
-replays the same requests through the load generator. It compares, request by
-request, which instance served it and the TTFT and E2E (relative difference
-``(live - sim) / sim``), and, because per-request agreement cannot hold for routers
-that read the load (below), the aggregate picture: each instance's share of the
-requests, the load imbalance seen at arrivals, and unpaired TTFT / E2E quantiles.
+simulated instance (the same deployment spec) and sincere's gateway in front of them --
+with the same router (and seed), admission and tiers, each backend declaring its
+deployment and reporting its engine load -- in this process, and replays the same
+requests through the load generator. (It is the one module of the live side that
+imports the simulator: running both is its job.)
 
-Load-dependent routers (least-outstanding, JSQ, ...) decide on which requests have
-finished at the moment of an arrival. Live, an arrival reaches the router about a
-millisecond after its scheduled time and a finish reaches it about a millisecond
-after the engine's iteration ends, so whenever a finish and an arrival fall within
-that jitter (a *race*: :func:`race_margins_s`) the live router may see one request
-more or less than the simulated one; from that decision on the two runs serve
-different batches and the rest diverges (chaos, not a bookkeeping error).
-:meth:`ParityResult.divergence` names the first diverging decision and the finish
-that crossed its arrival. Live timings also carry the machine's scheduling noise: the
-run samples its own event-loop lag (``loop_lag_ms`` in the summary), and a run whose
-loop lagged by tens of milliseconds says more about the machine than the model.
+It compares three things:
+
+* **decisions** -- both paths log every front-door call. The first call about each
+  request is paired across the logs (:mod:`sincere.bench.parity_decisions`); where the
+  answers differ, the logged inputs say why (a load read at another moment).
+* **replays** -- each log's inputs and outcomes are fed, in order, to a fresh front door
+  built by the *other* path from the same config (the simulator's log to the gateway's,
+  the gateway's to the simulator's). Every answer must be the logged one: the two paths
+  decide with the same logic, parameters, seeds and views. This holds whatever the
+  machine's load, because it compares decisions on the same recorded inputs.
+* **timings and routing** -- request by request, which instance served it and the TTFT
+  and E2E (relative difference ``(live - sim) / sim``), and, because per-request
+  agreement cannot hold for load-aware routers under load, the aggregate picture: each
+  instance's share, the load imbalance seen at arrivals, unpaired TTFT / E2E quantiles.
+
+Load-dependent routers decide on which requests have finished at the moment of an
+arrival. Live, an arrival reaches the router about a millisecond after its scheduled
+time, a finish about a millisecond after the engine's iteration ends, and an engine's
+load is read every ``scrape_ms``; whenever a finish and an arrival fall within that
+jitter (a *race*: :func:`race_margins_s`) the live router may see another load than the
+simulated one, and from that decision on the two runs serve different batches.
+:meth:`ParityResult.divergence` names the first diverging decision and the finish that
+crossed its arrival; the decision diffs list the differing inputs. The run samples its
+own event-loop lag (``loop_lag_ms`` in the summary): a run whose loop lagged by tens of
+milliseconds says more about the machine than the model.
 
 Use step times well above the jitter (e.g. Llama-3-8B on an A100, 10-50 ms
 iterations). Only iteration-level (``continuous``) engines can be emulated.
@@ -38,12 +50,18 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from sincere.bench.parity_decisions import DecisionDiff, compare_decisions
 from sincere.bench.results import BenchResult
 from sincere.bench.runner import BenchOptions, run_bench_async
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
+from sincere.engine.spec import ContinuousConfig
+from sincere.perf.base import StepTimeModel
+from sincere.policy.decision_log import DecisionLog, Mismatch, read_log, replay
+from sincere.policy.front_door import FrontDoor
 from sincere.sim.api import SimulationResult, simulate
-from sincere.sim.config import ContinuousConfig, SimulationConfig, load_config
+from sincere.sim.build import build_cluster
+from sincere.sim.config import SimulationConfig, load_config
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -52,6 +70,7 @@ LAG_QUANTILES = {"p50": 50.0, "p99": 99.0, "max": 100.0}
 RACE_S = 0.005  # a finish or another arrival this close to an arrival makes it a race
 LAG_INTERVAL_S = 0.005  # period of the event-loop lag sampler
 DISTURBED_LAG_S = 0.020  # p99 loop lag above which the live timings are not trustworthy
+SCRAPE_MS = 10.0  # how often the gateway reads each emulator's engine load in a parity run
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +87,13 @@ class Divergence:
     crossing_live_finish_at: float | None  # its finish live (as the client saw it)
 
 
+Replay = tuple[int, list[Mismatch]]
+"""``(calls replayed, mismatches)`` of one log through the other path's front door."""
+
+
 @dataclass(eq=False)
 class ParityResult:
-    """The two runs and their per-request differences."""
+    """The two runs, their decision logs, and their differences."""
 
     sim: SimulationResult
     live: BenchResult
@@ -78,13 +101,33 @@ class ParityResult:
     rel_ttft: FloatArray  # (live - sim) / sim TTFT, NaN where either is missing
     rel_e2e: FloatArray  # (live - sim) / sim E2E
     loop_lag_s: FloatArray = field(default_factory=lambda: np.zeros(0))  # live loop lag
+    sim_log: list[dict[str, Any]] = field(default_factory=list)  # the simulator's decisions
+    live_log: list[dict[str, Any]] = field(default_factory=list)  # the gateway's decisions
+    sim_on_live: Replay = (0, [])  # the simulator's log through the gateway's front door
+    live_on_sim: Replay = (0, [])  # the gateway's log through the simulator's front door
+
+    def decision_diffs(self) -> tuple[int, list[DecisionDiff]]:
+        """``(requests compared, requests decided differently)`` with the differing inputs."""
+        return compare_decisions(self.sim_log, self.live_log)
 
     def summary(self) -> dict[str, Any]:
-        """Routing agreement, relative differences, aggregate balance and loop lag."""
+        """Decisions, replays, routing agreement, relative differences, balance, loop lag."""
+        num_decided, diffs = self.decision_diffs()
         out: dict[str, Any] = {
             "num_requests": len(self.same_instance),
             "num_compared": int(np.isfinite(self.rel_e2e).sum()),
             "same_instance_share": float(self.same_instance.mean()),
+            "same_decision_share": 1.0 - len(diffs) / num_decided if num_decided else None,
+            "num_decision_diffs": len(diffs),
+            "num_unexplained_diffs": sum(not d.explained for d in diffs),
+            "replay_sim_on_live": {
+                "calls": self.sim_on_live[0],
+                "mismatches": len(self.sim_on_live[1]),
+            },
+            "replay_live_on_sim": {
+                "calls": self.live_on_sim[0],
+                "mismatches": len(self.live_on_sim[1]),
+            },
         }
         for name, rel in (("rel_ttft", self.rel_ttft), ("rel_e2e", self.rel_e2e)):
             out[name] = _quantiles(rel)
@@ -254,7 +297,8 @@ class LoopLag:
 
 
 def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
-    from sincere.serve.emulator_config import EmulatorConfig
+    """One emulator per simulated instance, with the instance's deployment spec."""
+    from sincere.serve.emulator.config import EmulatorConfig
 
     configs = []
     expanded = [inst for inst in config.instances for _ in range(inst.count)]
@@ -266,38 +310,67 @@ def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
                 value=inst.engine.kind,
                 allowed="engine.kind: continuous",
             )
-        fields = ("model", "accelerator", "precision", "kv_precision", "tp", "pp", "cc")
-        settings = {f: getattr(inst, f) for f in fields}
-        configs.append(
-            EmulatorConfig(
-                name=name,
-                step_model=inst.step_model,
-                engine=inst.engine,
-                max_num_requests=1 << 20,
-                **settings,
-            )
-        )
+        configs.append(EmulatorConfig(name=name, max_num_requests=1 << 20, **_spec_fields(inst)))
     return configs
 
 
-def _gateway_config(config: SimulationConfig, servers: list[Any], models: list[str]) -> Any:
-    from sincere.serve.config import parse_config
+def gateway_config(
+    config: SimulationConfig, requests: RequestArrays, servers: list[Any], names: list[str]
+) -> Any:
+    """The gateway's config mirroring ``config``: router, admission, tiers and instances.
 
+    Each backend declares its deployment (so views carry its step-time model) and
+    reports its engine load (read every ``SCRAPE_MS``); no in-flight cap and an unbounded
+    queue, as in the simulator. ``servers`` are the emulators' (or anything with a
+    ``url``), ``names`` the instances' ids in the simulator.
+    """
+    from sincere.serve.gateway.config import parse_config
+
+    expanded = [inst for inst in config.instances for _ in range(inst.count)]
     backends = [
-        {"name": s.config.name, "url": s.url, "models": [m], "max_in_flight": 1 << 20}
-        for s, m in zip(servers, models, strict=True)
+        {
+            "name": name,
+            "url": server.url,
+            "models": [inst.model_names[0]],
+            "max_in_flight": 1 << 20,
+            "max_num_seqs": _max_seqs(inst),
+            "price_in_per_1m_usd": inst.price_in_per_mtok_usd,
+            "price_out_per_1m_usd": inst.price_out_per_mtok_usd,
+            "quality": inst.quality,
+            "load_path": "/sincere/load",
+            "deployment": _spec_fields(inst),
+        }
+        for inst, server, name in zip(expanded, servers, names, strict=True)
     ]
+    tiers = {t.name: {"ttft_s": t.ttft_s, "ttlt_s": t.ttlt_s, "tbt_s": t.tbt_s,
+                      "priority": t.priority} for t in requests.tiers}  # fmt: skip
+    router = config.router.model_dump()
+    router["seed"] = config.seed if router["seed"] is None else router["seed"]
     return parse_config(
         {
             "port": 0,
-            "router": {"name": config.router.name, "params": config.router.params},
+            "router": router,
+            "admission": config.admission.model_dump(),
             "backends": backends,
-            "scrape": {"enabled": False},
-            "admission": {"enabled": False},
-            "queue": {"max_len": 1 << 20, "timeout_s": 3600.0},
+            "tiers": tiers,
+            "default_tier": min(requests.tiers, key=lambda t: t.priority).name,
+            "scrape": {"enabled": True, "interval_ms": SCRAPE_MS, "max_age_s": 1.0},
+            "queue": {"max_len": 1 << 20, "timeout_s": 3600.0, "shed_early": False},
             "admin": False,
         }
     )
+
+
+def _spec_fields(inst: Any) -> dict[str, Any]:
+    """The deployment spec of a simulated instance (its first model)."""
+    fields = dict(inst.deployment_fields())
+    fields.update(model=inst.model_names[0], models=None)
+    return fields
+
+
+def _max_seqs(inst: Any) -> int:
+    engine = inst.engine
+    return int(engine.max_num_seqs) if isinstance(engine, ContinuousConfig) else 256
 
 
 async def live_run(
@@ -305,21 +378,23 @@ async def live_run(
     requests: RequestArrays,
     instance_ids: list[str],
     lag: LoopLag | None = None,
+    decisions: DecisionLog | None = None,
 ) -> BenchResult:
     """Replay ``requests`` through gateway + emulated engines built from ``config``.
 
-    ``lag``, when given, samples the event loop's lag while the requests run.
+    ``lag``, when given, samples the event loop's lag while the requests run;
+    ``decisions`` receives the gateway's decision log.
     """
-    from sincere.serve.emulator import start_emulators, stop_emulators
-    from sincere.serve.gateway import Gateway
+    from sincere.serve.emulator.server import start_emulators, stop_emulators
+    from sincere.serve.gateway.server import Gateway
 
     emulators = _emulator_configs(config, instance_ids)
     servers = await start_emulators(emulators)
     try:
-        models = [str(s.config.served_model_name or s.config.model) for s in servers]
-        async with Gateway(_gateway_config(config, servers, models)) as gateway:
+        gw_config = gateway_config(config, requests, servers, instance_ids)
+        async with Gateway(gw_config, decisions=decisions) as gateway:
             horizon = float(requests.arrival_at[-1]) + 300.0
-            options = BenchOptions(time_limit_s=horizon)
+            options = BenchOptions(time_limit_s=horizon, request_fields=True)
             if lag is not None:
                 lag.start()
             try:
@@ -351,15 +426,57 @@ def compare(
     return ParityResult(sim, live, same, rel("ttft_s"), rel("e2e_s"), lag)
 
 
+def sim_front_door(
+    config: SimulationConfig, requests: RequestArrays
+) -> tuple[FrontDoor, dict[str, StepTimeModel]]:
+    """A fresh front door as the simulator builds it, and its instances' step models."""
+    cluster = build_cluster(config, requests)
+    assert cluster.front_door is not None
+    return cluster.front_door, {i.id: i.step_model for i in cluster.infos if i.step_model}
+
+
+def gateway_front_door(gw_config: Any) -> tuple[FrontDoor, dict[str, StepTimeModel]]:
+    """A fresh front door as the gateway builds it, and its backends' step models."""
+    from sincere.serve.gateway.dispatch import front_door_of
+    from sincere.serve.gateway.instances import backend_info
+
+    infos = [backend_info(b) for b in gw_config.backends]
+    return front_door_of(gw_config), {i.id: i.step_model for i in infos if i.step_model}
+
+
 def parity(
-    config: SimulationConfig | dict[str, Any] | str, seed: int | None = None
+    config: SimulationConfig | dict[str, Any] | str,
+    seed: int | None = None,
+    *,
+    requests: RequestArrays | None = None,
 ) -> ParityResult:
-    """Simulate ``config`` and replay its requests live on the wall clock; compare the two."""
+    """Simulate ``config`` and replay its requests live on the wall clock; compare the two.
+
+    ``requests`` replaces the generated workload (e.g. with budgets). Both decision logs
+    are kept and each is replayed through the other path's front door.
+    """
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
-    sim = simulate(cfg, seed)
-    lag = LoopLag()
-    live = asyncio.run(live_run(sim.config, sim.requests_in, list(sim.records.instances), lag))
-    return compare(sim, live, np.asarray(lag.samples, dtype=np.float64))
+    sim_lines: list[str] = []
+    sim = simulate(cfg, seed, requests=requests, decisions=DecisionLog(sim_lines.append))
+    lag, live_lines = LoopLag(), list[str]()
+    ids = list(sim.records.instances)
+    live = asyncio.run(
+        live_run(sim.config, sim.requests_in, ids, lag, DecisionLog(live_lines.append))
+    )
+    result = compare(sim, live, np.asarray(lag.samples, dtype=np.float64))
+    result.sim_log, result.live_log = list(read_log(sim_lines)), list(read_log(live_lines))
+    servers = [_Url(f"http://127.0.0.1:{k + 1}") for k in range(len(ids))]
+    gw_config = gateway_config(sim.config, sim.requests_in, servers, ids)
+    result.sim_on_live = replay(result.sim_log, *gateway_front_door(gw_config))
+    result.live_on_sim = replay(result.live_log, *sim_front_door(sim.config, sim.requests_in))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Url:
+    """A stand-in server for a config that is built but not served (replays)."""
+
+    url: str
 
 
 def follows_least_outstanding(table: pa.Table) -> npt.NDArray[np.bool_]:

@@ -3,7 +3,7 @@
 Measured calls become a :class:`~sincere.core.records.RecordArrays`, so
 ``requests.parquet`` has exactly the simulator's columns (plus ``sent_at`` and
 ``lateness_s``, the client's own timing) and ``summary.json`` is built by the
-simulator's :func:`~sincere.sim.metrics.summarize`, fed with the measured
+simulator's :func:`~sincere.engine.summary.summarize`, fed with the measured
 inter-token gaps. Arrival is the open-loop schedule's time, as in the simulator, so
 a late generator shows up as latency *and* as ``client.lateness_s``.
 
@@ -29,11 +29,11 @@ import pyarrow.parquet as pq
 
 from sincere.bench.client import CallTiming
 from sincere.core.jsonsafe import dumps
+from sincere.core.output import output_folder, write_requests
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays
 from sincere.engine.gaps import GapHistogram
-from sincere.sim.api import output_folder, write_requests
-from sincere.sim.metrics import describe, summarize
+from sincere.engine.summary import describe, summarize
 
 FloatArray = npt.NDArray[np.float64]
 

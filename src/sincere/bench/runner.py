@@ -53,6 +53,9 @@ class BenchOptions:
     timeout_s: float | None = None  # per call, from its release
     time_limit_s: float | None = None  # whole run, from the start
     sincere_extension: bool = True  # send {"sincere": {"output_tokens": n}}
+    # also send each request's own max_tokens, and its tier, priority and budget in the
+    # extension (for sincere's gateway, whose tiers must include the trace's)
+    request_fields: bool = False
     late_after_s: float = 0.01  # p99 release lateness beyond which the generator lagged
 
     def __post_init__(self) -> None:
@@ -97,7 +100,7 @@ class _Run:
         timing = self.timings[i]
         try:
             async with self.limit, asyncio.timeout(self.options.timeout_s):
-                await call(session, self.url, self.bodies[i], timing, self.t0)
+                await call(session, self.url, self.bodies[i], timing, self.t0, str(i))
         except TimeoutError:
             timing.error = "timeout"
         self.num_done += 1
@@ -146,7 +149,7 @@ def _bodies(requests: RequestArrays, options: BenchOptions) -> list[dict[str, ob
     model_ix = requests.model.tolist()
     prompt = requests.prompt_tokens.tolist()
     output = requests.output_tokens.tolist()
-    return [
+    bodies: list[dict[str, object]] = [
         request_body(
             api=options.api,
             model=options.model or names[model_ix[i]],
@@ -158,6 +161,22 @@ def _bodies(requests: RequestArrays, options: BenchOptions) -> list[dict[str, ob
         )
         for i in range(len(requests))
     ]
+    if options.request_fields:
+        for i, body in enumerate(bodies):
+            _add_request_fields(body, requests, i)
+    return bodies
+
+
+def _add_request_fields(body: dict[str, object], requests: RequestArrays, i: int) -> None:
+    """Request ``i``'s own cap, tier, priority and budget, as sincere's gateway reads them."""
+    body["max_tokens"] = int(requests.max_tokens[i])
+    ext = body.setdefault("sincere", {})
+    assert isinstance(ext, dict)
+    ext["tier"] = requests.tiers[int(requests.tier[i])].name
+    ext["priority"] = int(requests.priority[i])
+    budget = float(requests.budget_usd[i])
+    if not math.isnan(budget):
+        ext["budget_usd"] = budget
 
 
 async def served_model(url: str) -> str | None:

@@ -2,7 +2,7 @@
 
 Either one kind of engine from flags (``--model``, ``--accelerator``, ``--count`` on
 consecutive ports from ``--port``) or a YAML list of instances (``sincere emulate FILE``
-or ``--config FILE``); see :mod:`sincere.serve.emulator` and docs/emulator.md.
+or ``--config FILE``); see :mod:`sincere.serve.emulator.server` and docs/emulator.md.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ def emulate_command(
     import asyncio
     import contextlib
 
-    from sincere.serve.emulator import serve_forever
-    from sincere.serve.emulator_config import EmulatorConfig, expand, load_emulator_configs
-    from sincere.workload.validation import validate_config
+    from sincere.core.config import validate_config
+    from sincere.serve.emulator.config import EmulatorConfig, expand, load_emulator_configs
+    from sincere.serve.emulator.server import serve_forever
 
     config = _config_file(file, config)
     if config is not None:

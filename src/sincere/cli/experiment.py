@@ -192,14 +192,13 @@ def _parse_sets(values: list[str]) -> list[tuple[str, Any]]:
 
 def _capacity_inputs(source: str) -> tuple[dict[str, Any], CapacitySpec]:
     """A simulation config (with default search settings) or a spec's reference config."""
-    import yaml
-
+    from sincere.core.config import read_yaml
     from sincere.experiment.builtin import resolve_spec
     from sincere.experiment.grid import reference_config
     from sincere.experiment.spec import CapacitySpec
 
     path = Path(source)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
+    data = read_yaml(path) if path.exists() else None
     if isinstance(data, dict) and "base" not in data:
         return {**data, "base_dir": str(path.resolve().parent)}, CapacitySpec()
     spec = resolve_spec(source)
@@ -258,11 +257,11 @@ def capacity_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write JSON + PNG here.")] = None,
 ) -> None:
     """Highest arrival rate whose worst tier misses ≤ 1 % (bracket + bisection, per policy)."""
+    from sincere.core.config import validate_config
     from sincere.experiment.capacity import check_all, plot_capacity, policy_paths
     from sincere.experiment.paths import set_fields
     from sincere.experiment.runner import default_workers
     from sincere.experiment.spec import CapacitySpec
-    from sincere.workload.validation import validate_config
 
     base, defaults = _capacity_inputs(config)
     base = set_fields(base, _parse_sets(set_ or []))

@@ -137,10 +137,10 @@ def instance_facts(config: Path) -> Any:
     cfg = load_config(config)
     requests = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
     cluster = build_cluster(cfg, requests)
-    views = [info.view for info in cluster.infos]
+    infos = cluster.infos
     return InstanceFacts(
-        step_models={v.id: v.step_model for v in views if v.step_model is not None},
-        max_num_seqs={v.id: v.max_num_seqs for v in views},
+        step_models={i.id: i.step_model for i in infos if i.step_model is not None},
+        max_num_seqs={i.id: i.max_num_seqs for i in infos},
         tiers={t.name: t for t in requests.tiers},
     )
 

@@ -36,9 +36,17 @@ def serve(
             "router state, queues and limits (see docs/gateway.md)."
         ),
     ] = 1,
+    decisions: Annotated[
+        Path | None,
+        typer.Option(
+            "--decisions",
+            help="Append every routing decision (request, candidate instances' load, chosen "
+            "instance, reason, estimates) and outcome to this file, one JSON line each.",
+        ),
+    ] = None,
 ) -> None:
     """Load CONFIG, bind, and serve until interrupted (Ctrl-C)."""
-    from sincere.serve.config import load_config
+    from sincere.serve.gateway.config import load_config
 
     cfg = load_config(config)
     updates: dict[str, Any] = {}
@@ -48,11 +56,11 @@ def serve(
         updates["port"] = port
     if updates:
         cfg = cfg.model_copy(update=updates)
-    from sincere.serve.gateway import serve_gateway
+    from sincere.serve.gateway.server import serve_gateway
 
     def announce(gw: Any) -> None:
         typer.echo(
             f"sincere gateway on {gw.url} ({len(cfg.backends)} backends, router {cfg.router.name})"
         )
 
-    serve_gateway(cfg, workers=workers, ready=announce)
+    serve_gateway(cfg, workers=workers, ready=announce, decisions=decisions)

@@ -50,6 +50,15 @@ def simulate_command(
             "system and waiting over time, TTFT by arrival time.",
         ),
     ] = False,
+    decisions: Annotated[
+        Path | None,
+        typer.Option(
+            "--decisions",
+            help="Also write every routing decision (request, candidate instances' load, "
+            "chosen instance, reason, estimates) and outcome to this file, one JSON line "
+            "each (docs/routers.md).",
+        ),
+    ] = None,
 ) -> None:
     """Run one simulation and write its outputs."""
     from rich.console import Console
@@ -58,7 +67,7 @@ def simulate_command(
 
     console = Console(stderr=True)
     started = time.perf_counter()
-    result = _run(config, seed, console, quiet)
+    result = _run(config, seed, console, quiet, decisions)
     result.write(out)
     wall_s = time.perf_counter() - started
     if plot:
@@ -77,7 +86,9 @@ def simulate_command(
         raise typer.Exit(1)
 
 
-def _run(config: Path, seed: int | None, console: Console, quiet: bool) -> Any:
+def _run(
+    config: Path, seed: int | None, console: Console, quiet: bool, decisions: Path | None
+) -> Any:
     """The simulation, with a progress bar unless ``quiet`` (warnings are printed later)."""
     import warnings
 
@@ -87,14 +98,14 @@ def _run(config: Path, seed: int | None, console: Console, quiet: bool) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SimulationWarning)
         if quiet:
-            return simulate(config, seed=seed)
+            return simulate(config, seed=seed, decisions=decisions)
         with count_bar(console) as bar:
             task = bar.add_task("simulating", total=None)
 
             def report(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            return simulate(config, seed=seed, progress=report)
+            return simulate(config, seed=seed, progress=report, decisions=decisions)
 
 
 def _engine_code() -> str:

@@ -10,7 +10,8 @@ passes ``now`` in. The driver's loop is
    :class:`~sincere.core.records.RecordArrays`, and returns the positions of
    requests that finished or were rejected since the last call.
 
-``load()`` is a cheap read-only summary the routers see; ``stats()`` the run's totals.
+``load()`` is a cheap read-only summary the routers see (:class:`EngineLoad`, the one
+load record both paths build router views from); ``stats()`` the run's totals.
 
 Every engine also answers, so no driver has to probe for them:
 
@@ -19,7 +20,10 @@ Every engine also answers, so no driver has to probe for them:
   requests back;
 * ``gaps`` -- inter-token gaps per tier (empty for engines whose answers come whole);
 * ``require_exact_loads()`` -- a router reads ``load()`` between any two iterations, so
-  the engine must end an event at each (no multi-iteration shortcuts between reads).
+  the engine must end an event at each (no multi-iteration shortcuts between reads);
+* ``progress_at(now)`` -- how far a closed-form decode run in flight got by ``now`` (its
+  token counts and KV usage move on between events; a driver reading token counts at
+  an arrival advances the load by it).
 
 Lazy reads. An engine reads request ``i``'s fields from the run's
 :class:`~sincere.core.request.RequestArrays` at ``add(i, now)`` or later, never at
@@ -49,15 +53,34 @@ TokenHook = Callable[[Seconds, list[int]], None]
 
 @dataclass(frozen=True, slots=True)
 class EngineLoad:
-    """A read-only summary of an engine's state at one moment."""
+    """An engine's load at one moment: every dynamic field a router reads.
 
-    num_running: int  # sequences in the running batch
-    num_waiting: int  # requests queued at the engine, not yet started
-    waiting_prefill_tokens: int  # prompt tokens still to compute for queued requests
-    running_remaining_tokens: int  # decode tokens still due for running sequences (estimate)
-    kv_usage: float  # fraction of KV blocks in use, 0..1
-    busy_s: Seconds  # total time spent computing so far
+    Engines fill every field. The same record carries what a live driver learns from a
+    backend, where a field the backend cannot report is ``None`` (unknown, never 0).
+    """
+
+    num_running: int | None  # sequences in the running batch
+    num_waiting: int | None  # requests queued at the engine, not yet started
+    waiting_prefill_tokens: int | None  # prompt tokens still to compute for queued requests
+    running_remaining_tokens: int | None  # decode tokens still due for running sequences
+    running_ctx_tokens: int | None  # context tokens (cached) of the running sequences, summed
+    kv_usage: float | None  # fraction of KV blocks in use, 0..1
+    busy_s: Seconds | None  # total time spent computing so far
     resident_model: str | None = None  # model on the device (request-level engines)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeProgress:
+    """Decode iterations of a run in flight that have ended since the engine's last event.
+
+    Between two events an engine's :meth:`Engine.load` is the state at the last one; a
+    closed-form decode run advances every running sequence by one token per iteration,
+    so the token counts and KV usage move on without an event.
+    """
+
+    steps: int  # decode iterations ended since the last event
+    num_decode: int  # sequences each of them advanced by one token
+    kv_usage: float  # fraction of KV blocks in use after them
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +131,11 @@ class Engine(Protocol):
 
     def require_exact_loads(self) -> None:
         """Keep ``load()`` exact between any two iterations (a router reads it)."""
+        ...
+
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """How far a decode run in flight got by ``now`` since the last event (``None``:
+        the load has not changed since, e.g. no decode run, or an engine without them)."""
         ...
 
 

@@ -36,7 +36,7 @@ import numpy.typing as npt
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, Seconds
-from sincere.engine.base import EngineLoad, EngineStats, TokenHook
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, TokenHook
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv import blocks_for
 from sincere.engine.runs import Run, RunPlanner
@@ -152,20 +152,41 @@ class ContinuousEngine(StateView):
         return self.state.gaps
 
     def load(self) -> EngineLoad:
-        """What routers see: queue, batch, KV usage, busy time."""
+        """What routers see: queue, batch, remaining and cached tokens, KV usage, busy time.
+
+        Cached context: a decoding sequence holds ``offset + step`` tokens, a prefilling
+        one the prompt tokens computed so far.
+        """
         st = self.state
         step, max_tokens = st.step, self._max_tokens
         remaining = sum(max_tokens[i] for i in st.pre) + sum(
             int(max_tokens[i]) - st.target[i] + fs - step for i, fs in st.finish_step.items()
         )
+        ctx = st.offset_sum + step * len(st.offset) + sum(st.pre.values())
         return EngineLoad(
             num_running=st.num_running,
             num_waiting=len(st.queue),
             waiting_prefill_tokens=st.waiting_tokens,
             running_remaining_tokens=int(remaining),
+            running_ctx_tokens=ctx,
             kv_usage=self.kv_usage,
             busy_s=st.busy_s,
         )
+
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """Decode iterations of the run in flight that ended by ``now`` (None: none yet)."""
+        run = self._run
+        if run is None or run.chunks or now <= run.start_at:
+            return None
+        decode_steps_s = self.step_model.decode_steps_s
+        j = run.steps_covering(now, decode_steps_s)
+        if run.start_at + decode_steps_s(run.num_decode, run.ctx_tokens, j) > now:
+            j -= 1  # the j-th iteration is still running
+        if j <= 0:
+            return None
+        st = self.state
+        used = st.pre_blocks + st.dec.total(st.step + j)
+        return DecodeProgress(j, run.num_decode, used / st.num_blocks)
 
     def stats(self) -> EngineStats:
         """Totals so far."""

@@ -50,7 +50,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import EngineLoad, EngineStats
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats
 from sincere.engine.gaps import GapHistogram
 from sincere.perf.base import StepTimeModel, SwapTime
 from sincere.perf.sincere_runs import RequestLevelCosts
@@ -389,15 +389,21 @@ class RequestLevelEngine:
     def require_exact_loads(self) -> None:
         """Nothing to do: a batch is one event and the load does not change inside it."""
 
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """None: batches run whole, and the load changes only at events."""
+        return None
+
     def load(self) -> EngineLoad:
         """Queue and batch sizes, and the most recently used resident model."""
         running = None if self._finished_running else self._running
         remaining = 0 if running is None else int(self.requests.max_tokens[running.positions].sum())
+        ctx = 0 if running is None else int(self.requests.prompt_tokens[running.positions].sum())
         return EngineLoad(
             num_running=0 if running is None else len(running.positions),
             num_waiting=self._num_waiting,
             waiting_prefill_tokens=self._waiting_prefill_tokens,
             running_remaining_tokens=remaining,
+            running_ctx_tokens=ctx,
             kv_usage=0.0,
             busy_s=self._busy_s,
             resident_model=self._residency.most_recent,

@@ -41,7 +41,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import EngineLoad, EngineStats
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.request_level import (
     BatchLog,
@@ -175,15 +175,21 @@ class SincereServerEngine:
     def require_exact_loads(self) -> None:
         """Nothing to do: the load changes only at the events this engine reports."""
 
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """None: batches run whole, and the load changes only at events."""
+        return None
+
     def load(self) -> EngineLoad:
         """Queue sizes and the most recently used resident model."""
         holder = None if self._finished_holder else self._holder
         running = 0 if holder is None else len(holder.positions)
+        ctx = 0 if holder is None else int(self.requests.prompt_tokens[holder.positions].sum())
         return EngineLoad(
             num_running=running,
             num_waiting=self._num_waiting,
             waiting_prefill_tokens=0,
             running_remaining_tokens=0,
+            running_ctx_tokens=ctx,
             kv_usage=0.0,
             busy_s=self._busy_s,
             resident_model=self._residency.most_recent,

@@ -1,6 +1,6 @@
 """One results row per cell, and what the report derives from a cell's request table.
 
-A row flattens the simulator's ``summary.json`` (sincere.sim.metrics): scalars as they
+A row flattens the simulator's ``summary.json`` (sincere.engine.summary): scalars as they
 are, ``{mean, p50, p90, p99}`` blocks as ``ttft_s.p99`` and so on, each tier's SLO
 attainment as ``tier.<name>.slo_attainment``. Added here:
 

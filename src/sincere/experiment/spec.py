@@ -27,12 +27,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.experiment.paths import format_value, split_path
-from sincere.workload.validation import validate_config
 
 Label = str | int | float | bool
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -184,12 +183,7 @@ def load_spec(
     if isinstance(source, str | Path):
         path = Path(source)
         where, folder = path, path.resolve().parent
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError("cannot read experiment spec", where=path, value=str(exc)) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", where=path) from None
+        data = read_yaml(path, "experiment spec")
     if not isinstance(data, dict):
         raise ConfigError("an experiment spec must be a mapping", where=where, value=type(data))
     data = dict(data)
@@ -206,6 +200,6 @@ def _read_base(text: str, folder: Path | None, where: str | Path | None) -> tupl
     if not path.is_absolute() and folder is not None:
         path = folder / path
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")), path.resolve().parent
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError("cannot read the base config", where=where, value=str(exc)) from None
+        return read_yaml(path, "base config"), path.resolve().parent
+    except ConfigError as exc:
+        raise ConfigError(f"cannot read the base config: {exc}", where=where) from None

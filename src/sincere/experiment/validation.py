@@ -34,10 +34,11 @@ import numpy as np
 import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
+from sincere.engine.build import canonical_model
 from sincere.engine.request_level import BatchLog, RequestLevelEngine
 from sincere.engine.sincere_server import SincereServerEngine
 from sincere.policy.batching import parse_strategy_name
-from sincere.sim.build import build_cluster, canonical_model, canonical_requests
+from sincere.sim.build import build_cluster, canonical_requests
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.sim.runner import run_events
 from sincere.sim.sincere_metrics import SINCERE_METRICS, RunTimeline, sincere_metrics

@@ -79,13 +79,6 @@ def _row(path: Path, num: int, cells: list[str]) -> LoadChange:
     return LoadChange(values[0], cells[1], values[1], extra[0], extra[1])
 
 
-def _updated(old: Load, change: LoadChange) -> Load:
-    """``old`` with the fields ``change`` gives."""
-    tin = old.avg_in_tokens if change.avg_in_tokens is None else change.avg_in_tokens
-    tout = old.avg_out_tokens if change.avg_out_tokens is None else change.avg_out_tokens
-    return Load(change.arrival_rate, tin, tout)
-
-
 def replan(
     problem: Problem, trace: list[LoadChange], *, solver: str | None = None
 ) -> list[tuple[float, Solution]]:

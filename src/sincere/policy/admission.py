@@ -1,6 +1,8 @@
 """Admission control: which requests to refuse before routing them.
 
-Two clock-free helpers a cluster (simulated or live) consults before its router:
+The front door (:mod:`sincere.policy.front_door`) consults :class:`Admission` before its
+router, on the simulator's path and the gateway's alike. It combines two clock-free
+rules:
 
 * :class:`PredictedMissShedder` -- predicted-miss shedding: refuse a request that
   would miss its tier even on the best instance, i.e. whose smallest predicted TTFT
@@ -14,21 +16,30 @@ Two clock-free helpers a cluster (simulated or live) consults before its router:
   requests with ``priority <= max_priority`` are admitted (smaller priority is more
   important, as in :class:`~sincere.core.request.Request`).
 
-Predictions come from :mod:`sincere.predict.latency` (e.g.
-:func:`~sincere.predict.latency.step_model_latency` per instance).
+Predictions (:meth:`Admission.estimates`): per healthy instance, from its step-time
+model and engine load when the view has both
+(:func:`~sincere.predict.latency.step_model_latency`, for the request's ``max_tokens``),
+else from :class:`LatencyHistory` -- EWMAs of the TTFT and time per output token that
+were *measured* there (a whole non-streamed answer measures no TTFT and teaches
+nothing), which expire ``max_age_s`` after the last measurement so that a tier shed
+entirely is admitted again and measured anew. Where the instance has no room or
+requests already wait, the expected queue wait is added: the requests ahead over the
+model's slots, times a request's predicted E2E.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request
-from sincere.core.types import Seconds
-from sincere.policy.router_base import InstanceView, healthy, utilisation
-from sincere.predict.latency import LatencyEstimate
+from sincere.core.types import InstanceId, Seconds
+from sincere.policy.router_base import InstanceView, Outcome, healthy, utilisation
+from sincere.policy.routers._estimates import context_of
+from sincere.predict.latency import LatencyEstimate, step_model_latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,7 @@ class AdmissionDecision:
 
     admit: bool  # False: reject the request
     reason: str = ""  # why it was rejected (kept in the records)
+    code: str = ""  # which rule rejected it: deadline_unreachable or priority_shed
 
 
 ADMIT = AdmissionDecision(True)
@@ -61,11 +73,13 @@ class PredictedMissShedder:
         if tier.ttft_s is not None:
             best = min(e.ttft_s for e in estimates)
             if best > self.factor * (tier.ttft_s - elapsed):
-                return AdmissionDecision(False, f"predicted TTFT {best:.3g}s misses {tier.name}")
+                why = f"predicted TTFT {best:.3g}s misses {tier.name}"
+                return AdmissionDecision(False, why, "deadline_unreachable")
         if tier.ttlt_s is not None:
             best = min(e.e2e_s for e in estimates)
             if best > self.factor * (tier.ttlt_s - elapsed):
-                return AdmissionDecision(False, f"predicted E2E {best:.3g}s misses {tier.name}")
+                why = f"predicted E2E {best:.3g}s misses {tier.name}"
+                return AdmissionDecision(False, why, "deadline_unreachable")
         return ADMIT
 
 
@@ -106,5 +120,136 @@ class PriorityBands:
         if limit is None or request.priority <= limit:
             return ADMIT
         return AdmissionDecision(
-            False, f"priority {request.priority} > {limit} at utilisation {util:.2f}"
+            False,
+            f"priority {request.priority} > {limit} at utilisation {util:.2f}",
+            "priority_shed",
         )
+
+
+_EWMA = 0.2  # weight of the newest observation in the history's averages
+
+
+class _Measured:
+    """One instance's averages: measured TTFT and TPOT, and slot hold time."""
+
+    __slots__ = ("hold_s", "measured_at", "tpot_s", "ttft_s")
+
+    def __init__(self) -> None:
+        self.ttft_s: float | None = None  # EWMA of measured TTFT
+        self.tpot_s: float | None = None  # EWMA of measured time per output token
+        self.measured_at = -math.inf  # when the last TTFT was measured
+        self.hold_s: float | None = None  # EWMA of the time a request holds a slot
+
+
+def _mix(old: float | None, new: float) -> float:
+    return new if old is None else (1.0 - _EWMA) * old + _EWMA * new
+
+
+class LatencyHistory:
+    """What was measured on each instance: the basis of estimates without a step model."""
+
+    def __init__(self, max_age_s: float = math.inf) -> None:
+        self.max_age_s = max_age_s  # measurements older than this are forgotten
+        self._by_instance: dict[InstanceId, _Measured] = {}
+
+    def _of(self, instance: InstanceId) -> _Measured:
+        m = self._by_instance.get(instance)
+        if m is None:
+            m = self._by_instance[instance] = _Measured()
+        return m
+
+    def observe(self, outcome: Outcome) -> None:
+        """Fold a finished request in; an unmeasured TTFT (a whole answer) teaches nothing.
+
+        Taking a whole answer's time for a TTFT once locked a tier out of admission.
+        """
+        if outcome.ttft_s is None:
+            return
+        m = self._of(outcome.instance)
+        if outcome.finished_at - m.measured_at > self.max_age_s:  # expired: start afresh
+            m.ttft_s = m.tpot_s = None
+        m.ttft_s = _mix(m.ttft_s, outcome.ttft_s)
+        m.measured_at = outcome.finished_at
+        if outcome.output_tokens > 1:
+            tpot = max(0.0, outcome.e2e_s - outcome.ttft_s) / (outcome.output_tokens - 1)
+            m.tpot_s = _mix(m.tpot_s, tpot)
+
+    def observe_hold(self, instance: InstanceId, held_s: Seconds) -> None:
+        """Fold in how long one request held a slot of ``instance`` (sent to released)."""
+        m = self._of(instance)
+        m.hold_s = _mix(m.hold_s, held_s)
+
+    def predict(
+        self, instance: InstanceId, output_tokens: int, now: Seconds
+    ) -> LatencyEstimate | None:
+        """EWMA-based TTFT and E2E; None without a measurement younger than ``max_age_s``."""
+        m = self._by_instance.get(instance)
+        if m is None or m.ttft_s is None or now - m.measured_at > self.max_age_s:
+            return None
+        e2e = m.ttft_s + (m.tpot_s or 0.0) * max(0, output_tokens - 1)
+        return LatencyEstimate(m.ttft_s, e2e, float(output_tokens))
+
+    def service_rate(self, view: InstanceView) -> float | None:
+        """Requests per second ``view``'s instance frees while full (slots / mean hold).
+
+        None without a hold measured yet, or without an in-flight cap (it never fills).
+        """
+        m = self._by_instance.get(view.id)
+        if m is None or not m.hold_s or view.max_in_flight is None:
+            return None
+        return view.max_in_flight / m.hold_s
+
+
+class Admission:
+    """Predicted-miss shedding and priority bands, over the views of a request's instances."""
+
+    def __init__(
+        self,
+        shedder: PredictedMissShedder,
+        bands: PriorityBands | None,
+        history: LatencyHistory,
+        default_max_tokens: int,
+    ) -> None:
+        self.shedder = shedder
+        self.bands = bands
+        self.history = history
+        self.default_max_tokens = default_max_tokens  # output assumed without max_tokens
+
+    def check(
+        self, request: Request, views: Sequence[InstanceView], now: Seconds, num_queued: int
+    ) -> AdmissionDecision:
+        """Admit, or say which rule refuses ``request`` and why."""
+        tier = request.tier
+        if self.bands is None and tier.ttft_s is None and tier.ttlt_s is None:
+            return ADMIT  # nothing to check: no latency target, no bands
+        ok = healthy(views)
+        decision = self.shedder.admit(request, self.estimates(request, ok, now, num_queued), now)
+        if not decision.admit or self.bands is None:
+            return decision
+        return self.bands.admit(request, cluster_utilisation(ok))
+
+    def estimates(
+        self, request: Request, views: Sequence[InstanceView], now: Seconds, num_queued: int
+    ) -> list[LatencyEstimate]:
+        """Predicted TTFT / E2E on each of ``views`` that has a basis, plus the queue wait."""
+        out_tokens = request.max_tokens or self.default_max_tokens
+        caps = [v.max_in_flight for v in views]
+        slots = math.inf if None in caps else float(sum(c for c in caps if c is not None))
+        out = []
+        for view in views:
+            est = self._base(request, view, out_tokens, now)
+            if est is None:
+                continue
+            waits = not view.has_room or num_queued > 0
+            wait = (num_queued + 1) / max(slots, 1.0) * est.e2e_s if waits else 0.0
+            out.append(LatencyEstimate(est.ttft_s + wait, est.e2e_s + wait, est.output_tokens))
+        return out
+
+    def _base(
+        self, request: Request, view: InstanceView, out_tokens: int, now: Seconds
+    ) -> LatencyEstimate | None:
+        """The step-model prediction when the view allows it, else the measured history."""
+        if view.step_model is not None and view.engine_load_known:
+            ctx = context_of(request, view, float(out_tokens), now)
+            return step_model_latency(view.step_model, ctx)
+        return self.history.predict(view.id, out_tokens, now)

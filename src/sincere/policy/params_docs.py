@@ -43,10 +43,16 @@ def _header(entry: str) -> list[str]:
 
 
 def registry_table(registry: Registry[Any], entry: str) -> str:
-    """Markdown table of every entry of ``registry``: parameters, then collaborators."""
+    """Markdown table of every shipped entry of ``registry``: parameters, then collaborators.
+
+    Entries registered from outside the package (a user's plugin) are not sincere's to
+    document and are left out.
+    """
     shared = {n.name for n in registry.needs_all}
     lines = _header(entry)
     for name in registry.names():
+        if not getattr(registry.get(name), "__module__", "sincere.").startswith("sincere."):
+            continue
         rows = registry.param_rows(name)
         for param, allowed, default, meaning in rows:
             lines.append(f"| `{name}` | `{param}` | {_row(allowed, default, meaning)} |")

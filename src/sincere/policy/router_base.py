@@ -23,25 +23,49 @@ from sincere.perf.base import StepTimeModel
 
 @dataclass(frozen=True, slots=True)
 class InstanceView:
-    """What a router may know about one serving instance."""
+    """What a router may know about one serving instance.
+
+    Both paths build it with :func:`sincere.engine.instance.instance_view` from the
+    instance's static facts and its engine's load record. A load field is ``None`` when
+    the instance cannot report it (a live backend without that metric, or a stale
+    sample): unknown, never 0. Routers handle unknown explicitly, falling back to a
+    measure every candidate has and saying so in their reason.
+    """
 
     id: InstanceId
     model: ModelName  # model it serves
     accelerator: str  # catalog name
-    precision: str = "bf16"
-    num_running: int = 0  # sequences in its running batch
-    num_waiting: int = 0  # requests queued at the engine
+    precision: str | None = None  # weight precision; None: not declared
+    num_running: int | None = 0  # sequences in its running batch
+    num_waiting: int | None = 0  # requests queued at the engine
     num_outstanding: int = 0  # routed and not finished (running + waiting + in flight)
-    waiting_prefill_tokens: int = 0  # prompt tokens queued at the engine
-    running_remaining_tokens: int = 0  # decode tokens still due for running sequences
-    running_ctx_tokens: int = 0  # context tokens of the running sequences, summed (0: unknown)
-    kv_usage: float = 0.0  # fraction of KV blocks used
+    waiting_prefill_tokens: int | None = 0  # prompt tokens queued at the engine
+    running_remaining_tokens: int | None = 0  # decode tokens still due for running sequences
+    running_ctx_tokens: int | None = 0  # context tokens of the running sequences, summed
+    kv_usage: float | None = 0.0  # fraction of KV blocks used
     max_num_seqs: int = 256  # batch limit
     price_in_per_token_usd: float = 0.0  # price charged per prompt token
     price_out_per_token_usd: float = 0.0  # price charged per output token
     quality: float = 1.0  # relative quality of model+precision (1.0 = reference)
     healthy: bool = True
     step_model: StepTimeModel | None = None  # for latency prediction, when known
+    max_in_flight: int | None = None  # most requests the driver sends it at once; None: no cap
+
+    @property
+    def has_room(self) -> bool:
+        """Whether the driver may send it one more request (its in-flight cap)."""
+        return self.max_in_flight is None or self.num_outstanding < self.max_in_flight
+
+    @property
+    def engine_load_known(self) -> bool:
+        """Whether every engine-side load field is known (what a step-model prediction reads)."""
+        return (
+            self.num_running is not None
+            and self.num_waiting is not None
+            and self.waiting_prefill_tokens is not None
+            and self.running_remaining_tokens is not None
+            and self.running_ctx_tokens is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +75,18 @@ class RouteDecision:
     instance: InstanceId | None  # chosen instance, or None to reject
     max_tokens: int | None = None  # new cap on generated tokens (budget), None = unchanged
     reason: str = ""  # why (logged by the gateway, kept in the records on rejection)
+    # what the router compared, per candidate (a predicted latency, a score, a price),
+    # for decision logs; empty when the views' load fields say it all
+    estimates: tuple[tuple[InstanceId, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A finished request, fed back to routers that learn (``Router.observe``)."""
+    """A finished request, fed back to policies that learn (``observe``)."""
 
     request: Request
     instance: InstanceId
-    ttft_s: Seconds
+    ttft_s: Seconds | None  # None: the first token was not measured (a whole answer)
     e2e_s: Seconds
     output_tokens: int
     finished_at: Seconds
@@ -101,6 +128,13 @@ class Router(ABC):
     def observe(self, outcome: Outcome) -> None:  # noqa: B027 (optional hook)
         """Learn from a finished request. Default: nothing."""
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether :meth:`choose` reads the engines' token counts (queued, remaining,
+        cached). The simulator then keeps them exact between engine events, at the cost
+        of one more view per candidate and arrival. Default: no."""
+        return False
+
 
 def healthy(instances: Sequence[InstanceView]) -> list[InstanceView]:
     """The instances marked healthy, in their given order."""
@@ -108,8 +142,12 @@ def healthy(instances: Sequence[InstanceView]) -> list[InstanceView]:
 
 
 def utilisation(view: InstanceView) -> float:
-    """Busy share of an instance: the larger of KV usage and batch-slot occupancy (0..)."""
-    return max(view.kv_usage, view.num_outstanding / max(view.max_num_seqs, 1))
+    """Busy share of an instance: the larger of KV usage and batch-slot occupancy (0..).
+
+    With KV usage unknown, the occupancy alone (the gateway knows what it sent).
+    """
+    slots = view.num_outstanding / max(view.max_num_seqs, 1)
+    return slots if view.kv_usage is None else max(view.kv_usage, slots)
 
 
 def no_instance(instances: Sequence[InstanceView]) -> RouteDecision:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -189,9 +189,3 @@ def _default_sampler(pid: int | None) -> Callable[[], Sample]:
         return reading
 
     return sample
-
-
-def column_order(rows: list[Mapping[str, object]], leading: list[str]) -> list[str]:
-    """``leading`` columns, then every other key seen in ``rows`` sorted (monitor columns)."""
-    extra = sorted({k for row in rows for k in row} - set(leading))
-    return leading + extra

@@ -17,26 +17,28 @@ also issues a :class:`SimulationWarning` (the CLI exits 1 then).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from sincere.core.errors import ConfigError
 from sincere.core.jsonsafe import dumps
+from sincere.core.output import output_folder, write_requests
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays
 from sincere.engine.gaps import GapHistogram
+from sincere.engine.summary import summarize
+from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import SimulationConfig, load_config
-from sincere.sim.metrics import summarize
 from sincere.sim.runner import Progress, RunLog, run_events
 from sincere.sim.sincere_metrics import cluster_sincere_metrics
 from sincere.workload.config import generate
@@ -76,38 +78,20 @@ class SimulationResult:
         return out
 
 
-def output_folder(out_dir: str | Path) -> Path:
-    """``out_dir``, created if needed; a folder that cannot be made is a ConfigError."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
-    return out
-
-
-def write_requests(table: pa.Table, path: Path) -> None:
-    """Write ``table`` as Parquet: dictionary pages for the string columns only.
-
-    Float columns hold nearly unique values, so a dictionary page there only costs
-    time before Parquet falls back to plain encoding (most of the write time at 1M
-    rows); the file reads back identically either way.
-    """
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
-    pq.write_table(table, path, use_dictionary=strings)
-
-
 def simulate(
     config: SimulationConfig | str | Path | dict[str, Any],
     seed: int | None = None,
     *,
     requests: RequestArrays | None = None,
     progress: Progress | None = None,
+    decisions: DecisionLog | str | Path | None = None,
 ) -> SimulationResult:
     """Run ``config`` (an object, a YAML path or a mapping); ``seed`` overrides its seed.
 
     ``requests`` replaces the generated workload (e.g. a trace you built yourself).
-    ``progress(done, total)`` is called every 10,000 arrivals. Raises
+    ``progress(done, total)`` is called every 10,000 arrivals. ``decisions`` logs every
+    front-door call and outcome as JSON lines (a file path, or a
+    :class:`~sincere.policy.decision_log.DecisionLog`). Raises
     :class:`~sincere.core.errors.ConfigError` for an invalid config.
     """
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
@@ -115,13 +99,24 @@ def simulate(
     if requests is None:
         requests = generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg))
     requests = canonical_requests(requests)
-    cluster = build_cluster(cfg, requests)
-    log = run_events(cluster, progress)
+    with _decision_log(decisions) as log_to:
+        cluster = build_cluster(cfg, requests, log_to)
+        log = run_events(cluster, progress)
     summary = summarize_cluster(cluster, log, horizon_s=cfg.workload.duration_s)
     notes = run_warnings(cluster)
     if len(requests) and summary["num_completed"] == 0:
         warnings.warn("; ".join(notes), SimulationWarning, stacklevel=2)
     return SimulationResult(cfg, requests, cluster.records, summary, log, notes)
+
+
+@contextlib.contextmanager
+def _decision_log(target: DecisionLog | str | Path | None) -> Iterator[DecisionLog | None]:
+    """The log to write to: ``target`` itself, a file opened at that path, or none."""
+    if target is None or isinstance(target, DecisionLog):
+        yield target
+        return
+    with open_log(target) as log:
+        yield log
 
 
 class SimulationWarning(UserWarning):

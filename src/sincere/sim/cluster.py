@@ -1,24 +1,37 @@
-"""A serving cluster: engines, the router in front of them, and who serves what.
+"""A serving cluster: engines, the front door in front of them, and who serves what.
 
-A request may go to the instances that serve its model (*eligible* ones). With
-exactly one, it goes there without asking the router (the common single-model
-case costs nothing); with several, the router picks from read-only
-:class:`~sincere.policy.router_base.InstanceView` snapshots; with none, or when the
-router declines, the request is rejected with a reason. A router's new
-``max_tokens`` (a budget cap) is written to the run's ``max_tokens`` array, which
-the engines read. The chosen instance's load, as its view shows it, goes into the
-records (the ``arrival_*`` columns) when the cluster has more than one instance.
+A request may go to the instances that serve its model (*eligible* ones). The cluster
+is a thin driver of the :class:`~sincere.policy.front_door.FrontDoor` -- the very object
+the gateway drives: it hands it read-only
+:class:`~sincere.policy.router_base.InstanceView` snapshots of the eligible instances
+and applies its answer. A route's ``max_tokens`` (a budget or router cap) is written to
+the run's ``max_tokens`` array, which the engines read; a rejection is recorded with the
+front door's code (``no_instance``, ``budget_exceeded``, ``deadline_unreachable``,
+``priority_shed``, ``rejected``). Simulated instances have no in-flight cap, so the front
+door never holds a request here. The chosen instance's load, as its view shows it, goes
+into the records (the ``arrival_*`` columns) when the cluster has more than one instance.
+With ``decisions`` every front-door call and outcome is logged
+(:mod:`sincere.policy.decision_log`).
+
+Shortcut: with admission off, no budget in the run and no decision log, a request with
+exactly one eligible instance goes there without building views -- which is what the
+front door would answer (its only candidate, uncapped); the common single-model case
+costs nothing.
 
 Views are cached per instance: an engine's load only changes when the event loop adds
 a request to it, advances it or drains it, and the loop says so (:meth:`Cluster.touched`),
 so between two of those the router gets the same snapshot object again instead of a new
-one (with many instances most do not change between two arrivals).
+one (with many instances most do not change between two arrivals). The one exception is a
+closed-form decode run, whose sequences gain a token per iteration without an event:
+when the front door reads token counts (``reads_engine_tokens``), a view is moved on by
+the iterations ended by the arrival (:meth:`~sincere.engine.base.Engine.progress_at`), as
+a live engine reporting its load every iteration would show it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -27,23 +40,14 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
 from sincere.engine.base import Engine
-from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
-    """Static facts about one instance, for routers and cost."""
-
-    id: str
-    models: tuple[str, ...]  # model names it serves
-    accelerator: str
-    num_gpus: int  # accelerators one replica occupies
-    price_per_hour_usd: float  # of one accelerator
-    view: InstanceView  # static part of the router's view (loads filled per request)
+from sincere.engine.instance import InstanceInfo, advanced_view, instance_view
+from sincere.policy.decision_log import DecisionLog
+from sincere.policy.front_door import FrontDoor, Reject, Route
+from sincere.policy.router_base import InstanceView, Outcome
 
 
 class Cluster:
-    """Engines plus routing; the simulator's event loop drives it."""
+    """Engines plus the front door; the simulator's event loop drives it."""
 
     def __init__(
         self,
@@ -51,71 +55,75 @@ class Cluster:
         records: RecordArrays,
         engines: Sequence[Engine],
         infos: Sequence[InstanceInfo],
-        router: Router | None,
+        front_door: FrontDoor | None,
         max_tokens: npt.NDArray[np.int64],
+        decisions: DecisionLog | None = None,
     ) -> None:
         self.requests = requests
         self.records = records
         self.engines = list(engines)
         self.infos = list(infos)
-        self.router = router
+        self.front_door = front_door
         self.max_tokens = max_tokens
+        self.decisions = decisions
         self.outstanding = [0] * len(engines)
         self.eligible: list[list[int]] = [
             [e for e, info in enumerate(infos) if model in info.models] for model in requests.models
         ]
-        self._routed: set[int] = set()  # requests the router chose for (it observes them)
+        no_budgets = bool(np.isnan(requests.budget_usd).all())
+        screens = front_door is not None and front_door.admission is not None
+        # whether one eligible instance is the answer without asking the front door
+        self.passthrough = no_budgets and not screens and decisions is None
+        # token counts read at arrivals: keep them exact inside decode runs (engine progress)
+        self.exact_tokens = front_door is not None and front_door.reads_engine_tokens
+        self._routed: set[int] = set()  # requests the front door routed (it observes them)
         self._views: list[InstanceView | None] = [None] * len(self.engines)  # None: stale
-        if router is not None and len(self.engines) > 1:
+        if front_door is not None and len(self.engines) > 1:
             for engine in self.engines:  # routers read loads between any two iterations
                 engine.require_exact_loads()
 
     def route(self, i: int, now: Seconds) -> int | None:
         """Engine index for request ``i``; ``None`` after rejecting it."""
         choices = self.eligible[int(self.requests.model[i])]
-        if len(choices) == 1:
+        if len(choices) == 1 and self.passthrough:
             self._note_load(i, choices[0])
             return choices[0]
         if not choices:
             self.records.reject(i, "no_instance")
             return None
-        if self.router is None:
+        if self.front_door is None:
             self.records.reject(i, "no_router")
             return None
-        decision = self._ask_router(i, choices, now)
-        e = self._apply(i, decision, choices)
+        e = self._decide(i, choices, now)
         if e is not None:
             self._note_load(i, e)
         return e
+
+    def _decide(self, i: int, choices: list[int], now: Seconds) -> int | None:
+        """Ask the front door about request ``i`` and apply its answer."""
+        assert self.front_door is not None
+        views = [self._view_at(e, now) for e in choices]
+        request = self.requests.request(i)
+        decision = self.front_door.decide(request, views, now)
+        if self.decisions is not None:
+            self.decisions.call("decide", request, views, now, decision)
+        if isinstance(decision, Reject):
+            self.records.reject(i, decision.code)
+            return None
+        assert isinstance(decision, Route), "simulated instances have no in-flight cap"
+        if decision.max_tokens is not None:
+            self.max_tokens[i] = decision.max_tokens
+        self._routed.add(i)
+        return next(e for e, v in zip(choices, views, strict=True) if v.id == decision.instance)
 
     def _note_load(self, i: int, e: int) -> None:
         """Keep engine ``e``'s load as its view shows it (with one engine nobody looks)."""
         if len(self.engines) > 1:
             v = self._view(e)
             self.records.note_load(
-                i, v.num_running, v.num_waiting, v.waiting_prefill_tokens, v.num_outstanding
-            )
-
-    def _ask_router(self, i: int, choices: list[int], now: Seconds) -> RouteDecision:
-        views = [self._view(e) for e in choices]
-        assert self.router is not None
-        return self.router.route(self.requests.request(i), views, now)
-
-    def _apply(self, i: int, decision: RouteDecision, choices: list[int]) -> int | None:
-        if decision.instance is None:
-            self.records.reject(i, decision.reason or "router")
-            return None
-        by_id = {self.infos[e].id: e for e in choices}
-        if decision.instance not in by_id:
-            self.records.reject(i, f"router chose unknown instance {decision.instance!r}")
-            return None
-        if decision.max_tokens is not None:
-            if decision.max_tokens < 1:
-                self.records.reject(i, decision.reason or "budget")
-                return None
-            self.max_tokens[i] = decision.max_tokens
-        self._routed.add(i)
-        return by_id[decision.instance]
+                i, _seen(v.num_running), _seen(v.num_waiting),
+                _seen(v.waiting_prefill_tokens), v.num_outstanding,
+            )  # fmt: skip
 
     def touched(self, e: int) -> None:
         """Engine ``e`` (or its outstanding count) may have changed: rebuild its view."""
@@ -127,46 +135,49 @@ class Cluster:
             view = self._views[e] = self._fresh_view(e)
         return view
 
+    def _view_at(self, e: int, now: Seconds) -> InstanceView:
+        """Engine ``e``'s view at ``now``: its token counts moved on by a decode run in
+        flight when the front door reads them (the cached view is the last event's)."""
+        view = self._view(e)
+        if self.exact_tokens:
+            progress = self.engines[e].progress_at(now)
+            if progress is not None:
+                return advanced_view(view, progress)
+        return view
+
     def _fresh_view(self, e: int) -> InstanceView:
-        load = self.engines[e].load()
-        v = self.infos[e].view  # the static part
-        return InstanceView(
-            v.id,
-            v.model,
-            v.accelerator,
-            v.precision,
-            num_running=load.num_running,
-            num_waiting=load.num_waiting,
-            num_outstanding=self.outstanding[e],
-            waiting_prefill_tokens=load.waiting_prefill_tokens,
-            running_remaining_tokens=load.running_remaining_tokens,
-            running_ctx_tokens=v.running_ctx_tokens,
-            kv_usage=load.kv_usage,
-            max_num_seqs=v.max_num_seqs,
-            price_in_per_token_usd=v.price_in_per_token_usd,
-            price_out_per_token_usd=v.price_out_per_token_usd,
-            quality=v.quality,
-            healthy=v.healthy,
-            step_model=v.step_model,
-        )
+        return instance_view(self.infos[e], self.engines[e].load(), self.outstanding[e])
 
     def finished(self, i: int) -> None:
-        """Request ``i`` left the system: tell a learning router how it went."""
-        if self.router is None or i not in self._routed:
+        """Request ``i`` left the system: tell the front door how it went."""
+        if i not in self._routed:
             return
         self._routed.discard(i)
-        rec, req = self.records, self.requests
+        door, rec = self.front_door, self.records
         e = int(rec.instance[i])
-        if rec.rejected[i] or e < 0:
+        if door is None or rec.rejected[i] or e < 0:
             return
+        if self.decisions is None and not door.wants_outcome(i):
+            return
+        outcome = self._outcome(i, e)
+        door.observe(outcome)
+        if self.decisions is not None:
+            self.decisions.outcome(outcome)
+
+    def _outcome(self, i: int, e: int) -> Outcome:
+        rec, req = self.records, self.requests
         arrival = float(req.arrival_at[i])
-        self.router.observe(
-            Outcome(
-                request=req.request(i),
-                instance=self.infos[e].id,
-                ttft_s=float(rec.first_token_at[i]) - arrival,
-                e2e_s=float(rec.finished_at[i]) - arrival,
-                output_tokens=int(rec.output_tokens[i]),
-                finished_at=float(rec.finished_at[i]),
-            )
+        first = float(rec.first_token_at[i])
+        return Outcome(
+            request=req.request(i),
+            instance=self.infos[e].id,
+            ttft_s=None if math.isnan(first) else first - arrival,
+            e2e_s=float(rec.finished_at[i]) - arrival,
+            output_tokens=int(rec.output_tokens[i]),
+            finished_at=float(rec.finished_at[i]),
         )
+
+
+def _seen(value: int | None) -> int:
+    """A load field as the records keep it (-1: unknown; engines know all of them)."""
+    return -1 if value is None else value

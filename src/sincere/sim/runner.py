@@ -53,8 +53,11 @@ class _Loop:
         self.num_events = 0
         self.progress = progress
         self.every = every
-        # every model is served by engine 0 alone: routing cannot choose or reject
-        self.always_first = all(choices == [0] for choices in cluster.eligible)
+        # every model is served by engine 0 alone and nothing screens requests: routing
+        # cannot choose, cap or reject
+        self.always_first = cluster.passthrough and all(
+            choices == [0] for choices in cluster.eligible
+        )
 
     def run(self) -> RunLog:
         if len(self.cluster.engines) == 1:
@@ -71,7 +74,7 @@ class _Loop:
         arrivals, n, k = self.arrivals, len(self.arrivals), 0
         area, last_at, num_events = self.area, self.last_at, self.num_events
         outstanding, direct = self.cluster.outstanding, self.always_first
-        quiet = self.cluster.router is None  # nobody to tell about finished requests
+        quiet = self.cluster.front_door is None  # nobody to tell about finished requests
         progress, every = self.progress, self.every
         while True:
             due = next_event_at()

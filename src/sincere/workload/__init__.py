@@ -51,7 +51,6 @@ from sincere.workload.traces import (
     read_trace,
     write_trace,
 )
-from sincere.workload.validation import format_validation_error, validate_config
 
 __all__ = [
     "ARRIVALS",
@@ -82,7 +81,6 @@ __all__ = [
     "Uniform",
     "WorkloadConfig",
     "detect_format",
-    "format_validation_error",
     "generate",
     "inferno_classes",
     "length_sources",
@@ -96,6 +94,5 @@ __all__ = [
     "sincere_sla",
     "tier_preset",
     "trace_stats",
-    "validate_config",
     "write_trace",
 ]

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from sincere.core.config import TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
-from sincere.core.request import RequestArrays, Tier
+from sincere.core.request import RequestArrays
 from sincere.workload.arrivals import ARRIVALS, ArrivalProcess
 from sincere.workload.lengths import (
     LENGTHS,
@@ -45,7 +45,6 @@ from sincere.workload.lengths import (
 )
 from sincere.workload.mixes import SINCERE_MODEL_MIX, ModelMix, TierMix, tier_preset
 from sincere.workload.traces import read_trace
-from sincere.workload.validation import validate_config
 
 _SIMPLE = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
 
@@ -189,16 +188,10 @@ class _Capped:
         return np.minimum(self.dist.sample(rng, n), self.cap)
 
 
-class TierConfig(BaseModel):
-    """One tier of a ``tiers:`` list (seconds; null = no target)."""
+class WeightedTierConfig(TierConfig):
+    """One tier of a ``tiers:`` list: the tier's targets and its share of the requests."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
-    ttft_s: float | None = Field(default=None, gt=0)
-    ttlt_s: float | None = Field(default=None, gt=0)
-    tbt_s: float | None = Field(default=None, gt=0)
-    priority: int = 0
-    weight: float = Field(default=1.0, ge=0)
+    weight: float = Field(default=1.0, ge=0)  # relative share of the requests
 
 
 class TierPresetConfig(BaseModel):
@@ -226,7 +219,7 @@ class WorkloadConfig(BaseModel):
     arrival: ArrivalConfig
     lengths: LengthsConfig
     models: dict[str, float] | str = Field(default_factory=lambda: {"default": 1.0})
-    tiers: TierPresetConfig | list[TierConfig] = Field(default_factory=TierPresetConfig)
+    tiers: TierPresetConfig | list[WeightedTierConfig] = Field(default_factory=TierPresetConfig)
     max_tokens: PositiveInt | None = None
 
     @model_validator(mode="after")
@@ -239,7 +232,7 @@ class WorkloadConfig(BaseModel):
 
     @field_validator("tiers")
     @classmethod
-    def _non_empty(cls, v: TierPresetConfig | list[TierConfig]) -> Any:
+    def _non_empty(cls, v: TierPresetConfig | list[WeightedTierConfig]) -> Any:
         if isinstance(v, list) and not v:
             raise ValueError("the tier list is empty; give at least one tier or a preset")
         return v
@@ -272,9 +265,7 @@ class WorkloadConfig(BaseModel):
         """The tiers and their weights."""
         if isinstance(self.tiers, TierPresetConfig):
             return tier_preset(self.tiers.preset, self.tiers.weights)
-        tiers = tuple(
-            Tier(t.name, t.ttft_s, t.ttlt_s, t.tbt_s, priority=t.priority) for t in self.tiers
-        )
+        tiers = tuple(t.to_tier() for t in self.tiers)
         try:
             return TierMix(tiers, tuple(t.weight for t in self.tiers))
         except ConfigError as exc:
@@ -290,7 +281,7 @@ def load_workload_config(
     """
     if isinstance(data, str | Path):
         source = source or data
-        data = yaml.safe_load(Path(data).read_text(encoding="utf-8"))
+        data = read_yaml(data, "workload")
     return validate_config(WorkloadConfig, data, source, prefix=prefix)
 
 
@@ -313,12 +304,7 @@ def as_workload_config(
     data: Any = config
     if isinstance(config, str | Path):
         source, folder = Path(config), Path(config).resolve().parent
-        try:
-            data = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError("cannot read workload file", where=config, value=str(exc)) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", where=config) from None
+        data = read_yaml(config, "workload")
     if isinstance(data, Mapping) and "workload" in data and "arrival" not in data:
         data = data["workload"]
     return load_workload_config(data, source), folder
@@ -363,8 +349,8 @@ def generate(
 __all__ = [
     "ArrivalConfig",
     "LengthsConfig",
-    "TierConfig",
     "TierPresetConfig",
+    "WeightedTierConfig",
     "WorkloadConfig",
     "as_workload_config",
     "generate",

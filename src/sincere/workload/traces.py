@@ -47,7 +47,7 @@ import numpy.typing as npt
 from sincere.core.errors import ConfigError, DataError
 from sincere.core.registry import Registry
 from sincere.core.request import RequestArrays
-from sincere.workload import native, sincere_runs
+from sincere.workload import request_table, sincere_runs
 from sincere.workload.arrivals import ArrivalProcess, Poisson
 from sincere.workload.tabular import (
     count_tokens,
@@ -354,11 +354,11 @@ def read_sincere_prompts(
 
 
 TRACE_READERS.register("sincere-runs")(sincere_runs.read_sincere_runs)
-TRACE_READERS.register("sincere-csv")(native.read_sincere_csv)
-TRACE_READERS.register("sincere-parquet")(native.read_sincere_parquet)
-TRACE_WRITERS.register("sincere-csv")(native.write_sincere_csv)
-TRACE_WRITERS.register("sincere-parquet")(native.write_sincere_parquet)
-TRACE_WRITERS.register("azure")(native.write_azure)
-TRACE_WRITERS.register("mooncake")(native.write_mooncake)
-TRACE_WRITERS.register("burstgpt")(native.write_burstgpt)
-TRACE_WRITERS.register("vidur")(native.write_vidur)
+TRACE_READERS.register("sincere-csv")(request_table.read_sincere_csv)
+TRACE_READERS.register("sincere-parquet")(request_table.read_sincere_parquet)
+TRACE_WRITERS.register("sincere-csv")(request_table.write_sincere_csv)
+TRACE_WRITERS.register("sincere-parquet")(request_table.write_sincere_parquet)
+TRACE_WRITERS.register("azure")(request_table.write_azure)
+TRACE_WRITERS.register("mooncake")(request_table.write_mooncake)
+TRACE_WRITERS.register("burstgpt")(request_table.write_burstgpt)
+TRACE_WRITERS.register("vidur")(request_table.write_vidur)

@@ -34,7 +34,7 @@ from sincere.policy.batching.composed import (
     strategy_problems,
     valid_strategy_names,
 )
-from sincere.policy.batching.fcfs import Fcfs
+from sincere.policy.batching.fcfs import FcfsBatch
 from sincere.policy.batching.partial_batch import PartialBatch
 from sincere.policy.batching.select_batch import SelectBatch, closest_size
 from sincere.policy.batching.server import ServerRules
@@ -54,7 +54,7 @@ __all__ = [
     "Choice",
     "ComposedParams",
     "ComposedStrategy",
-    "Fcfs",
+    "FcfsBatch",
     "Idle",
     "ModelQueueView",
     "PartialBatch",

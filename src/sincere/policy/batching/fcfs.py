@@ -19,8 +19,8 @@ from sincere.policy.batching.base import (
 
 
 @STRATEGIES.register("fcfs")
-class Fcfs(BatchRule):
-    """Run the head request of a queue alone."""
+class FcfsBatch(BatchRule):
+    """Run the head request of a queue alone (a batch of one, first come first served)."""
 
     role = "exclusive"
 

@@ -2,11 +2,15 @@
 
 Build one by name with ``ROUTERS.build(name, params, rng=generator, **collaborators)``
 (or :func:`make_router`, which takes parameters and collaborators as keywords). See
-``docs/routers.md`` for what each optimises.
+``docs/routers.md`` for what each optimises. Every module of this package is imported
+here, so a new router is one file (its class, its params model and its
+``@ROUTERS.register`` line) plus its row in ``docs/routers.md``.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import numpy as np
@@ -34,6 +38,10 @@ from sincere.policy.routers.relevance_optimal import (
     RelevanceOptimalRouter,
 )
 from sincere.policy.routers.small_model_first import SmallModelFirstParams, SmallModelFirstRouter
+
+for _module in pkgutil.iter_modules(__path__):  # register routers added as new files
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def router_params(name: str) -> list[str]:

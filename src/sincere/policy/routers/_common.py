@@ -10,37 +10,66 @@ token the instance cannot serve it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, cast
 
 from sincere.core.request import Request
 from sincere.policy.router_base import InstanceView
 
 
-def queue_requests(view: InstanceView) -> float:
-    """Requests at the engine: waiting plus running."""
+def queue_requests(view: InstanceView) -> float | None:
+    """Requests at the engine: waiting plus running (``None`` when either is unknown)."""
+    if view.num_waiting is None or view.num_running is None:
+        return None
     return float(view.num_waiting + view.num_running)
 
 
-def queue_tokens(view: InstanceView) -> float:
+def queue_tokens(view: InstanceView) -> float | None:
     """Tokens of work at the engine: queued prompt tokens plus decode tokens still due."""
+    if view.waiting_prefill_tokens is None or view.running_remaining_tokens is None:
+        return None
     return float(view.waiting_prefill_tokens + view.running_remaining_tokens)
 
 
 def outstanding(view: InstanceView) -> float:
-    """Requests routed to the instance and not finished."""
+    """Requests routed to the instance and not finished (always known: drivers count them)."""
     return float(view.num_outstanding)
 
 
 LoadMetric = Literal["outstanding", "requests", "tokens"]
 """Names of the load measures in :data:`LOAD_METRICS` (a router parameter's type)."""
 
-LOAD_METRICS: dict[str, Callable[[InstanceView], float]] = {
+LOAD_METRICS: dict[str, Callable[[InstanceView], float | None]] = {
     "outstanding": outstanding,
     "requests": queue_requests,
     "tokens": queue_tokens,
 }
 """Load measures a router may compare instances by (smaller is less loaded)."""
+
+LOAD_FALLBACK = {"tokens": "requests", "requests": "outstanding"}
+"""The measure a router compares by when its own is unknown on some candidate."""
+
+
+def load_measure(
+    metric: str, views: Sequence[InstanceView]
+) -> tuple[str, Callable[[InstanceView], float], str]:
+    """``(measure, key, note)``: the first of ``metric`` and its fallbacks every view knows.
+
+    ``note`` is empty when ``metric`` itself is known everywhere, else it names the
+    candidates where it is not and the measure used instead (for the decision's reason).
+    One measure for all candidates: mixing measures would compare unlike things.
+    """
+    used = metric
+    unknown: list[str] = []
+    while used in LOAD_FALLBACK:
+        missing = [v.id for v in views if LOAD_METRICS[used](v) is None]
+        if not missing:
+            break
+        unknown = unknown or missing
+        used = LOAD_FALLBACK[used]
+    key = cast(Callable[[InstanceView], float], LOAD_METRICS[used])
+    note = f"; {metric} unknown on {', '.join(unknown)}, by {used}" if unknown else ""
+    return used, key, note
 
 
 MAX_BUDGET_TOKENS = 2**40

@@ -5,8 +5,9 @@ output-length predictor, a learned per-instance latency predictor and an SLO err
 model. The router is handed the predictors (:data:`LENGTH`, :data:`LATENCY`); its
 parameters may name the ones to build when none is passed (:class:`PredictorParams`).
 For each instance it predicts from the instance's step-time model when the view
-carries one (:func:`~sincere.predict.latency.step_model_latency`) and from the
-learned predictor otherwise (``None`` until that instance has outcomes). It keeps
+carries one and the instance's engine load is known
+(:func:`~sincere.predict.latency.step_model_latency`), and from the learned predictor
+otherwise (``None`` until that instance has outcomes). It keeps
 the context and prediction of every routed request until its outcome arrives, so
 ``observe`` can train all three collaborators; the oldest pending entries are
 dropped past ``max_pending`` (requests whose outcome never comes back).
@@ -14,6 +15,7 @@ dropped past ``max_pending`` (requests whose outcome never comes back).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -74,19 +76,36 @@ LATENCY = Needs(
 def context_of(
     request: Request, view: InstanceView, expected_output: float, now: Seconds
 ) -> RouteContext:
-    """The prediction features of ``request`` on ``view`` at ``now``."""
+    """The prediction features of ``request`` on ``view`` at ``now``.
+
+    A load field the view does not know enters as 0: learned predictors then see the
+    same encoding when they learn and when they predict. The analytic prediction is
+    only used where the engine load is known (:meth:`Estimator.analytic`).
+    """
     return RouteContext(
         prompt_tokens=request.prompt_tokens,
         expected_output_tokens=expected_output,
-        num_running=view.num_running,
-        num_waiting=view.num_waiting,
+        num_running=_or_zero(view.num_running),
+        num_waiting=_or_zero(view.num_waiting),
         num_outstanding=view.num_outstanding,
-        waiting_prefill_tokens=view.waiting_prefill_tokens,
-        running_remaining_tokens=view.running_remaining_tokens,
-        running_ctx_tokens=view.running_ctx_tokens,
+        waiting_prefill_tokens=_or_zero(view.waiting_prefill_tokens),
+        running_remaining_tokens=_or_zero(view.running_remaining_tokens),
+        running_ctx_tokens=_or_zero(view.running_ctx_tokens),
         max_num_seqs=view.max_num_seqs,
         routed_at=now,
     )
+
+
+def _or_zero(value: int | None) -> int:
+    return 0 if value is None else value
+
+
+def unused_step_models(views: Sequence[InstanceView]) -> str:
+    """A reason's note naming instances whose step model went unused (load unknown)."""
+    lost = [v.id for v in views if v.step_model is not None and not v.engine_load_known]
+    if not lost:
+        return ""
+    return f"; engine load unknown on {', '.join(lost)}: learned estimate there"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +131,15 @@ class Estimator:
         self.max_pending = max_pending
         self._pending: dict[RequestId, _Pending] = {}
 
+    @staticmethod
+    def analytic(view: InstanceView) -> bool:
+        """Whether ``view``'s latency is predicted from its step model (and known load)."""
+        return view.step_model is not None and view.engine_load_known
+
     def estimate(self, view: InstanceView, ctx: RouteContext) -> LatencyEstimate | None:
-        """Analytic estimate when the view has a step model, else the learned one."""
-        if view.step_model is not None:
+        """Analytic estimate when the view has a step model and its engine load, else the
+        learned one (``None`` until the instance has outcomes)."""
+        if view.step_model is not None and view.engine_load_known:
             return step_model_latency(view.step_model, ctx)
         return self.latency.predict(view.id, ctx)
 
@@ -136,11 +161,12 @@ class Estimator:
             est = None
         else:
             ctx, est = pending.ctx, pending.estimate
-        self.latency.observe(
-            outcome.instance, ctx, outcome.ttft_s, outcome.e2e_s, outcome.output_tokens
-        )
+        # an unmeasured first token (a whole answer) is learned as the end-to-end time
+        ttft = outcome.e2e_s if outcome.ttft_s is None else outcome.ttft_s
+        self.latency.observe(outcome.instance, ctx, ttft, outcome.e2e_s, outcome.output_tokens)
         if est is not None:
-            self.error.observe(est.ttft_s, outcome.ttft_s)
+            if outcome.ttft_s is not None:
+                self.error.observe(est.ttft_s, outcome.ttft_s)
             self.error.observe(est.e2e_s, outcome.e2e_s)
 
     @property

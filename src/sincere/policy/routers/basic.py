@@ -11,7 +11,9 @@ and of Vidur's global schedulers (least-outstanding requests).
 * ``join-shortest-queue`` -- shortest engine queue; ``metric="requests"`` (default)
   compares ``num_waiting + num_running``, ``metric="tokens"`` compares queued prompt
   tokens plus decode tokens still due (``waiting_prefill_tokens +
-  running_remaining_tokens``), which weighs long prompts properly.
+  running_remaining_tokens``), which weighs long prompts properly. Where the engine
+  does not report the metric (a live backend without that metric), the candidates are
+  compared by ``requests``, then ``outstanding``, and the reason says so.
 * ``power-of-two`` -- samples ``num_choices`` (2) distinct healthy instances and takes the
   less loaded by ``metric`` (default ``outstanding``): near-JSQ balance with O(1) state
   reads (Mitzenmacher, "The power of two choices in randomized load balancing", 2001).
@@ -34,7 +36,7 @@ from sincere.policy.router_base import (
     RouteDecision,
     Router,
 )
-from sincere.policy.routers._common import LOAD_METRICS, LoadMetric
+from sincere.policy.routers._common import LoadMetric, load_measure
 
 
 @ROUTERS.register("random")
@@ -102,14 +104,23 @@ class JoinShortestQueueRouter(Router):
         super().__init__(rng)
         p = params_from(JoinShortestQueueParams, params, values, "router 'join-shortest-queue'")
         self.metric = p.metric
-        self._load = LOAD_METRICS[self.metric]
+
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether the metric is ``tokens``."""
+        return self.metric == "tokens"
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
-        """The healthy instance with the least queued work; first in order on ties."""
-        best = min(candidates, key=self._load)
-        return RouteDecision(best.id, reason=f"{self.metric}={self._load(best):g}")
+        """The healthy instance with the least queued work; first in order on ties.
+
+        Where the metric is unknown on a candidate (a live backend that does not report
+        it), all are compared by the fallback measure, and the reason says so.
+        """
+        used, load, note = load_measure(self.metric, candidates)
+        best = min(candidates, key=load)
+        return RouteDecision(best.id, reason=f"{used}={load(best):g}{note}")
 
 
 class PowerOfTwoParams(Params):
@@ -130,15 +141,21 @@ class PowerOfTwoRouter(Router):
         p = params_from(PowerOfTwoParams, params, values, "router 'power-of-two'")
         self.metric = p.metric
         self.num_choices = p.num_choices
-        self._load = LOAD_METRICS[self.metric]
+
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether the metric is ``tokens``."""
+        return self.metric == "tokens"
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """Sample distinct candidates, keep the less loaded (the first sampled on ties)."""
         k = min(self.num_choices, len(candidates))
-        best = min((candidates[i] for i in self._sample(len(candidates), k)), key=self._load)
-        return RouteDecision(best.id, reason=f"{self.metric}={self._load(best):g} of {k}")
+        sampled = [candidates[i] for i in self._sample(len(candidates), k)]
+        used, load, note = load_measure(self.metric, sampled)
+        best = min(sampled, key=load)
+        return RouteDecision(best.id, reason=f"{used}={load(best):g} of {k}{note}")
 
     def _sample(self, n: int, k: int) -> list[int]:
         """``k`` distinct positions out of ``n``, uniformly (fast paths for k <= 2)."""

@@ -9,14 +9,17 @@ request's budget can pay for gets
 where ``quality`` is ``InstanceView.quality``, ``cost`` the request's expected price
 there (as in price-optimal), ``latency`` its predicted E2E (or TTFT with
 ``latency_metric="ttft"``, as in latency-optimal), ``util`` the instance's busy share
-(the larger of KV usage and ``num_outstanding / max_num_seqs``), and each ``max_*`` is
+(the larger of KV usage and ``num_outstanding / max_num_seqs``; the latter alone where
+KV usage is unknown), and each ``max_*`` is
 taken over the candidates (a zero maximum makes that term 1 for all). The highest
 score wins; ties go to the earlier instance.
 
 Before scoring, instances whose probability of meeting the request's tier is below
 ``min_slo_prob`` (0.7) are dropped. That probability puts a lognormal error around
 the latency prediction (:mod:`sincere.predict.slo`; relative spread ``rel_std``, then
-learned from outcomes). An instance without a prediction yet counts as latency 0
+learned from outcomes); latencies are predicted as latency-optimal predicts them (step
+model and engine load, else learned, named in the reason). An instance without a
+prediction yet counts as latency 0
 and probability 1 (explored). If every instance is dropped, the one most likely to
 meet the SLO is chosen.
 
@@ -56,6 +59,7 @@ from sincere.policy.routers._estimates import (
     Estimator,
     PredictorParams,
     context_of,
+    unused_step_models,
 )
 from sincere.policy.routers.price_optimal import affordable, over_budget
 from sincere.predict.latency import LatencyEstimate, LatencyPredictor, RouteContext
@@ -201,6 +205,11 @@ class CostOptimalRouter(Router):
         self.latency_metric = p.latency_metric
         self.estimator = Estimator(length_predictor, latency_predictor, error_model)
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Yes: a step-model prediction reads the queued, remaining and cached tokens."""
+        return True
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
@@ -213,12 +222,17 @@ class CostOptimalRouter(Router):
             scores = self._scores(likely)
             best = likely[int(np.argmax(scores))]
             reason = f"score={float(scores.max()):.4g} p_slo={best.prob:.3g}"
+            estimates = tuple((o.view.id, float(s)) for o, s in zip(likely, scores, strict=True))
         else:
             best = max(options, key=lambda o: o.prob)
             reason = f"no instance with p_slo>={self.min_slo_prob:g}; best p_slo={best.prob:.3g}"
+            estimates = tuple((o.view.id, o.prob) for o in options)
         self.estimator.remember(request, best.view, best.ctx, best.estimate)
         return RouteDecision(
-            best.view.id, max_tokens=capped_tokens(request, best.cap), reason=reason
+            best.view.id,
+            max_tokens=capped_tokens(request, best.cap),
+            reason=reason + unused_step_models(candidates),
+            estimates=estimates,
         )
 
     def _options(

@@ -4,12 +4,15 @@ The reference router's latency objective. For each healthy instance it predicts 
 request's completion time (``objective="e2e"``, default) or its time to first token
 (``objective="ttft"``):
 
-* with the instance's step-time model (``InstanceView.step_model``), analytically:
+* with the instance's step-time model (``InstanceView.step_model``) and its engine
+  load (every load field known), analytically:
   the queued prompt tokens and ours prefilled beside the running decodes, then the
   expected output tokens decoded at the batch size the instance will run
   (:func:`sincere.predict.latency.step_model_latency`);
-* without one, from a per-instance latency predictor learned from outcomes
-  (``latency_predictor``, default a load-scaled EWMA of recent requests).
+* otherwise (no step model, or a live backend that does not report its engine load),
+  from a per-instance latency predictor learned from outcomes (``latency_predictor``,
+  default a load-scaled EWMA of recent requests); the reason names the instances whose
+  step model went unused.
 
 Expected output tokens come from ``length_predictor`` (default: the model's history
 mean, ``max_tokens`` until enough requests finished). Both predictors are handed to the
@@ -44,6 +47,7 @@ from sincere.policy.routers._estimates import (
     Estimator,
     PredictorParams,
     context_of,
+    unused_step_models,
 )
 from sincere.predict.latency import LatencyEstimate, LatencyPredictor
 from sincere.predict.length import OutputLengthPredictor
@@ -76,6 +80,11 @@ class LatencyOptimalRouter(Router):
         self.objective = p.objective
         self.estimator = Estimator(length_predictor, latency_predictor, LognormalError())
 
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Yes: a step-model prediction reads the queued, remaining and cached tokens."""
+        return True
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
@@ -93,7 +102,9 @@ class LatencyOptimalRouter(Router):
             view, ctx, est = min(options, key=lambda o: (self._value(o[2]), o[0].num_outstanding))
             reason = f"predicted {self.objective}={self._value(est):.4g}s"
         self.estimator.remember(request, view, ctx, est)
-        return RouteDecision(view.id, reason=reason)
+        estimates = tuple((o[0].id, self._value(o[2])) for o in options if o[2] is not None)
+        note = unused_step_models(candidates)
+        return RouteDecision(view.id, reason=reason + note, estimates=estimates)
 
     def _value(self, est: LatencyEstimate | None) -> float:
         """The objective of a prediction (infinite when there is none)."""

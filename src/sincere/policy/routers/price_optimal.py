@@ -88,7 +88,10 @@ class PriceOptimalRouter(Router):
             return over_budget(request, len(candidates))
         view, price, cap = min(options, key=lambda o: (o[1], o[0].num_outstanding))
         return RouteDecision(
-            view.id, max_tokens=capped_tokens(request, cap), reason=f"price=${price:.6g}"
+            view.id,
+            max_tokens=capped_tokens(request, cap),
+            reason=f"price=${price:.6g}",
+            estimates=tuple((o[0].id, o[1]) for o in options),
         )
 
     def observe(self, outcome: Outcome) -> None:

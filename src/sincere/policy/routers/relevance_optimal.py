@@ -26,7 +26,7 @@ from sincere.policy.router_base import (
     RouteDecision,
     Router,
 )
-from sincere.policy.routers._common import LOAD_METRICS, LoadMetric
+from sincere.policy.routers._common import LoadMetric, load_measure
 
 
 class RelevanceOptimalParams(Params):
@@ -52,12 +52,18 @@ class RelevanceOptimalRouter(Router):
         p = params_from(RelevanceOptimalParams, params, values, "router 'relevance-optimal'")
         self.tolerance = p.tolerance
         self.metric = p.metric
-        self._load = LOAD_METRICS[self.metric]
+
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether the metric is ``tokens``."""
+        return self.metric == "tokens"
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The least loaded of the healthy instances with (near-)best quality."""
         top = max(v.quality for v in candidates) - self.tolerance
-        best = min((v for v in candidates if v.quality >= top), key=self._load)
-        return RouteDecision(best.id, reason=f"quality={best.quality:g}")
+        equals = [v for v in candidates if v.quality >= top]
+        _, load, note = load_measure(self.metric, equals)
+        best = min(equals, key=load)
+        return RouteDecision(best.id, reason=f"quality={best.quality:g}{note}")

@@ -112,9 +112,13 @@ class EmulatorMetrics:
 
     def render(self, load: EngineLoad, num_preemptions: int) -> bytes:
         """The exposition text, with gauges refreshed from ``load``."""
-        self.running.set(load.num_running)
-        self.waiting.set(load.num_waiting)
-        self.kv_usage.set(load.kv_usage)
+        for gauge, value in (
+            (self.running, load.num_running),
+            (self.waiting, load.num_waiting),
+            (self.kv_usage, load.kv_usage),
+        ):
+            if value is not None:  # an engine reports all three; keep the type honest
+                gauge.set(value)
         if num_preemptions > self._previous_preemptions:
             self.preemptions.inc(num_preemptions - self._previous_preemptions)
             self._previous_preemptions = num_preemptions

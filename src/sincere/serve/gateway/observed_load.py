@@ -33,6 +33,11 @@ class ObservedLoad:
         self.started_at = started_at
         self._windows: dict[tuple[str, str], deque[tuple[float, int, int]]] = {}
 
+    def restart(self, started_at: float) -> None:
+        """Forget every window; the observation starts (again) at ``started_at``."""
+        self.started_at = started_at
+        self._windows.clear()
+
     def record(self, model: str, tier: str, at: float, prompt: int, output: int) -> None:
         """Add one finished request."""
         window = self._windows.get((model, tier))

@@ -17,15 +17,14 @@ after its last response (so a later head on a kept-alive connection is bounded b
 that). Every refusal is counted by reason in :attr:`EdgeLimits.refused`
 (``sincere_gateway_edge_refusals_total``).
 
-:func:`listen_error` turns a failed bind into one clear line (port in use, no
-permission). Per connection the cost is one extra method call per chunk received, and
-a byte search only until the first head is complete.
+A failed bind is one clear line (:func:`sincere.serve.binding.listen_error`). Per
+connection the cost is one extra method call per chunk received, and a byte search only
+until the first head is complete.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from sincere.core.errors import ConfigError
+from sincere.serve.binding import listen_error
 from sincere.serve.protocol import ProtocolError
 
 _REASONS = {
@@ -242,20 +241,6 @@ class EdgeSite(web.BaseSite):
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
-
-
-def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
-    """One clear line for a failed bind (port in use, no permission, unknown address)."""
-    if exc.errno == errno.EADDRINUSE:
-        why = "the address is already in use (another server listens there)"
-    elif exc.errno == errno.EACCES:
-        why = "permission denied (ports below 1024 need privileges)"
-    else:
-        why = exc.strerror or type(exc).__name__
-    return ConfigError(
-        f"cannot listen on {host}:{port}: {why}",
-        allowed="a free port (--port), or 0 for one the OS picks",
-    )
 
 
 class QuietServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]

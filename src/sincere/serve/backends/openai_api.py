@@ -2,7 +2,7 @@
 
 A :class:`Backend` is one instance: an OpenAI-compatible server (vLLM, SGLang, TGI,
 llama.cpp server, ``sincere emulate``; ``kind: openai``) or Ollama's native API
-(``kind: ollama``, translated in :mod:`sincere.serve.backends_ollama`). Each keeps one
+(``kind: ollama``, translated in :mod:`sincere.serve.backends.ollama_api`). Each keeps one
 ``aiohttp.ClientSession`` with keep-alive connections (at most ``max_in_flight`` + a
 few) and connect / read timeouts from its config.
 
@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sincere.serve.config import BackendConfig
+from sincere.serve.backends.config import BackendConfig
 from sincere.serve.protocol import SSE_DONE, CompletionRequest, dumps_compact, loads
 
 PATHS = {"completion": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -296,7 +296,7 @@ class Backend:
 def make_backend(config: BackendConfig) -> Backend:
     """The client for ``config.kind``."""
     if config.kind == "ollama":
-        from sincere.serve.backends_ollama import OllamaBackend
+        from sincere.serve.backends.ollama_api import OllamaBackend
 
         return OllamaBackend(config)
     return Backend(config)

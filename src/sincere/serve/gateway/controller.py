@@ -5,12 +5,12 @@ Inferno's control loop (observed load -> optimizer -> new allocation) over the l
 gateway. Routes, all JSON:
 
 * ``GET /admin/models``; ``POST /admin/models`` ``{name, emulator: {...}}`` registers a
-  model, ``emulator`` being the :class:`~sincere.serve.emulator_config.EmulatorConfig`
+  model, ``emulator`` being the :class:`~sincere.serve.emulator.config.EmulatorConfig`
   fields used when the controller starts emulated instances of it;
   ``DELETE /admin/models/{name}`` removes it and every instance serving it;
 * ``GET /admin/instances``; ``POST /admin/instances`` ``{model, url?, name?, join?,
   kind?, ...}`` deploys an instance: with ``url`` an existing server (any
-  :class:`~sincere.serve.config.BackendConfig` field may be given), without one an
+  :class:`~sincere.serve.gateway.config.BackendConfig` field may be given), without one an
   emulated engine started in-process; ``DELETE /admin/instances/{name}`` removes one
   (its requests in flight finish; an emulated one is then stopped);
 * ``GET /admin/load`` -- observed load per (model, tier);
@@ -23,15 +23,15 @@ gateway. Routes, all JSON:
   URL are never stopped by a plan.
 
 The API is reachable by whoever reaches the port, so it is bounded
-(:class:`~sincere.serve.config.ControllerConfig`): a URL must be a bare origin on the
-allow-list ``controller.allowed_upstreams`` (:mod:`~sincere.serve.upstream_policy`);
+(:class:`~sincere.serve.gateway.config.ControllerConfig`): a URL must be a bare origin on the
+allow-list ``controller.allowed_upstreams`` (:mod:`~sincere.serve.gateway.upstream_policy`);
 joining a model that already has instances needs ``join: true``; a name already in
 use is ``409``; the gateway holds at most ``controller.max_instances`` instances; a
 plan that would start more than ``controller.max_plan_starts`` needs ``confirm: true``
 (``409`` with the plan otherwise, nothing started); emulator fields and loads are
-checked by :mod:`~sincere.serve.controller_input` (no server files, bounded numbers).
+checked by :mod:`~sincere.serve.gateway.controller_input` (no server files, bounded numbers).
 The HTTP routes (JSON in and out, listed URLs without user info) are
-:mod:`~sincere.serve.controller_api`.
+:mod:`~sincere.serve.gateway.controller_api`.
 """
 
 from __future__ import annotations
@@ -41,21 +41,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sincere.core.config import validate_config
 from sincere.core.errors import ConfigError, SincereError
 from sincere.optimize import CurrentAlloc, Load, Problem, Server, Solution, solve
 from sincere.optimize.data import load_fleet
-from sincere.serve.config import BackendConfig
-from sincere.serve.controller_input import check_emulator_fields, check_name
-from sincere.serve.gateway_load import LoadSummary
-from sincere.serve.gateway_state import InstanceState
-from sincere.serve.upstream_policy import check_upstream, parse_rules
-from sincere.workload.validation import validate_config
+from sincere.serve.backends.config import BackendConfig
+from sincere.serve.gateway.controller_input import check_emulator_fields, check_name
+from sincere.serve.gateway.instances import InstanceState
+from sincere.serve.gateway.observed_load import LoadSummary
+from sincere.serve.gateway.upstream_policy import check_upstream, parse_rules
 
 if TYPE_CHECKING:
-    from sincere.serve.emulator import EmulatorServer
-    from sincere.serve.gateway import Gateway
+    from sincere.serve.emulator.server import EmulatorServer
+    from sincere.serve.gateway.server import Gateway
 
-log = logging.getLogger("sincere.serve.controller")
+log = logging.getLogger("sincere.serve.gateway.controller")
 
 UNSEEN_TOKENS = 128.0
 """Mean prompt / output tokens assumed for a model with no traffic yet (its plan is for
@@ -114,11 +114,15 @@ class Controller:
         if url is None:
             return await self._start_emulated(model, name, backend)
         origin = check_upstream(url, self.rules)
-        path = backend.get("metrics_path", "/metrics")
-        if path not in ("/metrics", None):
-            raise ConfigError(
-                "metrics_path: not allowed over the API", value=path, allowed="/metrics or null"
-            )
+        for key, allowed in (("metrics_path", "/metrics"), ("load_path", "/sincere/load")):
+            path = backend.get(key, allowed)
+            if path not in (allowed, None):
+                raise ConfigError(
+                    f"{key}: not allowed over the API", value=path, allowed=f"{allowed} or null"
+                )
+        deployment = backend.get("deployment")
+        if isinstance(deployment, dict):  # checked as emulator fields: no server files
+            backend["deployment"] = check_emulator_fields(deployment, self.files_dir, "deployment")
         fields = {"name": name, "url": origin, "models": {model: model}, **backend}
         return self.gw.add_backend(_backend_config(fields))
 
@@ -164,8 +168,8 @@ class Controller:
     async def _start_emulated(
         self, model: str, name: str, overrides: dict[str, Any], *, trusted: bool = False
     ) -> InstanceState:
-        from sincere.serve.emulator import EmulatorServer
-        from sincere.serve.emulator_config import EmulatorConfig
+        from sincere.serve.emulator.config import EmulatorConfig
+        from sincere.serve.emulator.server import EmulatorServer
 
         entry = self.models.get(model) or ModelEntry(model)
         backend_fields = {k: overrides.pop(k) for k in list(overrides) if k in _BACKEND_FIELDS}
@@ -179,6 +183,8 @@ class Controller:
             "url": "http://127.0.0.1:1",
             "models": {model: model},
             "accelerator": emu_cfg.accelerator,
+            "load_path": "/sincere/load",  # the emulator reports its whole engine load
+            "deployment": emu_cfg.deployment_fields(),  # routers get its step-time model
             **backend_fields,
         }
         cfg = _backend_config(backend)  # checked before anything starts; the URL comes later
@@ -327,7 +333,14 @@ class Controller:
         return actions
 
 
-_BACKEND_FIELDS = set(BackendConfig.model_fields) - {"name", "url", "models"}
+_BACKEND_FIELDS = set(BackendConfig.model_fields) - {
+    "name",
+    "url",
+    "models",
+    "load_path",  # a path the gateway reads every half second: the operator's to choose
+    "deployment",  # may name step-model parameter files: set by the controller itself
+}
+"""Backend fields an API caller may set."""
 
 
 def replica_targets(solution: Solution, min_replicas: int) -> dict[str, int]:

@@ -1,8 +1,9 @@
 """Configuration of emulated engines (``sincere emulate``), validated once and frozen.
 
 One :class:`EmulatorConfig` describes one emulated engine: the deployment it
-pretends to be (the simulator's instance fields: ``model``, ``accelerator``,
-``precision``, ``kv_precision``, ``tp``, ``pp``, ``cc``, ``step_model``, ``engine``),
+pretends to be (a :class:`~sincere.engine.spec.DeploymentSpec`, as the simulator's
+instances are: ``model``, ``accelerator``, ``precision``, ``kv_precision``, ``tp``,
+``pp``, ``cc``, ``step_model``, ``engine``),
 where it listens, how long its answers are, and which failures it injects
 (:class:`FailureConfig`). A YAML file holds a list of them (or ``{instances: [...]}``);
 an entry with ``count: k`` becomes ``k`` engines on consecutive ports (all on
@@ -14,15 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from sincere.core.config import TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
-from sincere.core.request import Tier
-from sincere.perf.factory import StepModelConfig
+from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.serve.protocol import MAX_BODY_BYTES
-from sincere.sim.config import ContinuousConfig
-from sincere.workload.validation import validate_config
 
 MAX_NUM_REQUESTS = 1 << 20
 """Most request slots one emulated engine may hold (its arrays are preallocated)."""
@@ -40,37 +38,19 @@ class FailureConfig(BaseModel):
     crash_after: int | None = Field(None, ge=0, le=1 << 40)  # requests served before dying
 
 
-class TierConfig(BaseModel):
-    """An SLA tier the engine's scheduler may read (e.g. EDF deadlines)."""
+class EmulatorConfig(DeploymentSpec):
+    """One emulated engine (``count`` of them when loaded from a file).
+
+    The deployment it pretends to be is a :class:`~sincere.engine.spec.DeploymentSpec`
+    (the simulator's instances are too): one model, an iteration-level engine.
+    """
 
     model_config = _FROZEN
-    name: str
-    ttft_s: float | None = Field(None, gt=0)  # time-to-first-token target, seconds
-    ttlt_s: float | None = Field(None, gt=0)  # end-to-end target, seconds
-    tbt_s: float | None = Field(None, gt=0)  # time-between-tokens target, seconds
-    priority: int = 0  # smaller is more important
-
-    def to_tier(self) -> Tier:
-        """The core :class:`~sincere.core.request.Tier`."""
-        return Tier(self.name, self.ttft_s, self.ttlt_s, self.tbt_s, self.priority)
-
-
-class EmulatorConfig(BaseModel):
-    """One emulated engine (``count`` of them when loaded from a file)."""
-
-    model_config = _FROZEN
-    name: str | None = None  # instance id; default <model>-<position>
     model: str = "llama-3-8b"  # catalog model (name or alias)
-    served_model_name: str | None = None  # name in /v1/models; default the catalog name
-    accelerator: str = "H100-SXM"  # catalog accelerator
-    precision: str = "bf16"  # weight precision
-    kv_precision: str = "fp16"  # KV-cache precision
-    tp: int = Field(1, ge=1, le=1024)  # tensor-parallel degree
-    pp: int = Field(1, ge=1, le=1024)  # pipeline-parallel degree
-    cc: bool = False  # confidential-computing mode (wraps the step-time model)
-    step_model: StepModelConfig = StepModelConfig()  # where iteration times come from
     engine: ContinuousConfig = ContinuousConfig()  # scheduler and limits
-    tiers: list[TierConfig] = []  # tiers requests may name (x-sincere-tier); default one
+    name: str | None = None  # instance id; default <model>-<position>
+    served_model_name: str | None = None  # name in /v1/models; default the catalog name
+    tiers: list[TierConfig] = Field(default_factory=list)  # tiers requests may name
     host: str = "127.0.0.1"  # address to bind
     port: int = Field(0, ge=0, le=65535)  # 0: the OS chooses (see EmulatorServer.port)
     count: int = Field(1, ge=1, le=1024)  # replicas (files and the CLI only)
@@ -110,12 +90,7 @@ def load_emulator_configs(source: str | Path | list[Any] | dict[str, Any]) -> li
     data: Any = source
     if isinstance(source, str | Path):
         where = Path(source)
-        try:
-            data = yaml.safe_load(where.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError("cannot read emulator config", where=where, value=str(exc)) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", where=where) from None
+        data = read_yaml(where, "emulator config")
     if isinstance(data, dict):
         data = data.get("instances", [data])
     if not isinstance(data, list) or not data:

@@ -8,7 +8,7 @@ connection cut after ``die_after_tokens`` streamed tokens, requests held until a
 event is set (``hold``). It records every body it receives. It exists to pin the
 gateway's fault handling in tests and to measure the gateway's own overhead against
 the cheapest possible upstream; for realistic timing use
-:mod:`sincere.serve.emulator`.
+:mod:`sincere.serve.emulator.server`.
 """
 
 from __future__ import annotations

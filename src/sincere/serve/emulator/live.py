@@ -1,13 +1,13 @@
 """sincere's engine model driven by the wall clock: the heart of the emulator.
 
-A :class:`LiveEngine` owns a :class:`~sincere.engine.continuous.ContinuousEngine`
-over a preallocated :class:`~sincere.core.request.RequestArrays` of
-``max_num_requests`` slots. A request takes a free slot, has its fields written
-there and is ``add``-ed at the current engine time; a slot is free again once the
-request finishes or is aborted, so the capacity bounds requests *in flight*, not in
-total (a full emulator answers 503, it never grows). The slot bookkeeping is built as
-slots are first used (a free list and a map of the slots in use), so only the
-engine's arrays grow with the capacity.
+A :class:`LiveEngine` owns a :class:`~sincere.engine.continuous.ContinuousEngine`, built
+from its deployment spec as the simulator builds its engines, over a preallocated
+:class:`~sincere.core.request.RequestArrays` of ``max_num_requests`` slots. A request
+takes a free slot, has its fields written there and is ``add``-ed at the current engine
+time; a slot is free again once the request finishes or is aborted, so the capacity
+bounds requests *in flight*, not in total (a full emulator answers 503, it never grows).
+The slot bookkeeping is built as slots are first used (a free list and a map of the
+slots in use), so only the engine's arrays grow with the capacity.
 
 Time. The engine clock is ``loop.time() - started_at - paused_s`` (seconds). One
 ``loop.call_at`` timer fires at ``engine.next_event_at()``; the tick advances the engine through
@@ -17,7 +17,8 @@ schedules each next iteration from the previous one's planned end, so timer late
 abort first brings the engine up to the current time (iterations the late timer has not
 run yet are run), so a request never joins an iteration that began before it arrived;
 then it re-arms the timer. The engine's ``on_tokens`` hook (one call per iteration)
-hands each token to its request's queue; a finished request gets its :class:`Outcome` on a future.
+hands each token to its request's queue; a finished request gets its :class:`Finish` on a
+future.
 
 Stalls (failure injection) freeze the engine clock for ``stall_s`` from the end of the
 iteration that drew one: everything after it moves later by that much, as when a real
@@ -35,14 +36,13 @@ import numpy as np
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays, Tier
 from sincere.engine.base import StreamingEngine
-from sincere.engine.continuous import ContinuousEngine, EngineLimits
-from sincere.perf.base import StepTimeModel
-from sincere.policy.schedulers.base import IterationScheduler
-from sincere.serve.emulator_metrics import EmulatorMetrics
+from sincere.engine.build import build_streaming_engine
+from sincere.engine.spec import DeploymentSpec
+from sincere.serve.emulator.metrics import EmulatorMetrics
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Finish:
     """How a request ended."""
 
     num_tokens: int  # tokens generated (and handed out)
@@ -51,7 +51,7 @@ class Outcome:
 
 
 @dataclass(eq=False, slots=True)
-class Slot:
+class LiveRequest:
     """One request in flight: what its HTTP handler waits on."""
 
     ix: int  # position in the engine's RequestArrays
@@ -59,7 +59,7 @@ class Slot:
     prompt_tokens: int
     arrival_at: float  # loop time of arrival (wall clock)
     queue: asyncio.Queue[int] | None  # streamed: 1 per token, then 0 at the end
-    done: asyncio.Future[Outcome]
+    done: asyncio.Future[Finish]
     num_tokens: int = 0
     first_at: float | None = None  # loop time of the first token
     last_at: float | None = None  # loop time of the latest token
@@ -77,9 +77,7 @@ class LiveEngine:
         self,
         name: str,
         model_name: str,
-        step_model: StepTimeModel,
-        scheduler: IterationScheduler,
-        limits: EngineLimits,
+        spec: DeploymentSpec,
         *,
         capacity: int,
         tiers: tuple[Tier, ...],
@@ -90,12 +88,12 @@ class LiveEngine:
     ) -> None:
         self.requests = _placeholder_requests(capacity, model_name, tiers)
         self.records = RecordArrays.empty(capacity, [name])
-        self.engine: StreamingEngine = ContinuousEngine(
-            name, self.requests, self.records, 0, step_model, scheduler, limits
+        self.engine: StreamingEngine = build_streaming_engine(
+            spec, name, self.requests, self.records, f"emulator {name}"
         )
         self.engine.on_tokens = self._on_tokens
         self.metrics = metrics
-        self._slots: dict[int, Slot] = {}  # position -> the request holding it
+        self._slots: dict[int, LiveRequest] = {}  # position -> the request holding it
         self._free: list[int] = []  # positions used before and free again
         self._num_used = 0  # positions handed out at least once (0 .. num_used - 1)
         self._capacity = capacity
@@ -134,7 +132,7 @@ class LiveEngine:
         stream: bool,
         priority: int = 0,
         tier: int = 0,
-    ) -> Slot:
+    ) -> LiveRequest:
         """Add a request; raise :class:`CapacityError` when every slot is taken."""
         if not self._closed:
             self._catch_up()  # may free slots of requests that have finished by now
@@ -149,7 +147,7 @@ class LiveEngine:
         self.requests.priority[i] = priority
         self.requests.tier[i] = tier
         loop = self._loop
-        slot = Slot(
+        slot = LiveRequest(
             i,
             max_tokens,
             prompt_tokens,
@@ -175,7 +173,7 @@ class LiveEngine:
         rec.rejected[i] = False
         rec.reject_reason[i] = None
 
-    def abort(self, slot: Slot) -> None:
+    def abort(self, slot: LiveRequest) -> None:
         """The client left: cancel the request and free its memory (no-op once done)."""
         if slot.freed:
             return
@@ -192,7 +190,7 @@ class LiveEngine:
         if self._timer is not None:
             self._timer.cancel()
         for slot in list(self._slots.values()):
-            self._release(slot, Outcome(slot.num_tokens, None, "aborted"))
+            self._release(slot, Finish(slot.num_tokens, None, "aborted"))
 
     # ---------------------------------------------------------------- driving
 
@@ -277,16 +275,16 @@ class LiveEngine:
         metrics.prompt_tokens.inc(slot.prompt_tokens)
         metrics.generation_tokens.inc(slot.num_tokens)
         if rec.rejected[i]:
-            outcome = Outcome(slot.num_tokens, None, rec.reject_reason[i])
+            outcome = Finish(slot.num_tokens, None, rec.reject_reason[i])
         else:
             reason = "length" if slot.num_tokens >= slot.max_tokens else "stop"
-            outcome = Outcome(slot.num_tokens, reason)
+            outcome = Finish(slot.num_tokens, reason)
             metrics.success(reason)
             last = slot.last_at if slot.last_at is not None else self._loop.time()
             metrics.finished(slot.arrival_at, slot.first_at, last, slot.num_tokens)
         self._release(slot, outcome)
 
-    def _release(self, slot: Slot, outcome: Outcome) -> None:
+    def _release(self, slot: LiveRequest, outcome: Finish) -> None:
         del self._slots[slot.ix]
         self._free.append(slot.ix)
         slot.freed = True

@@ -10,6 +10,9 @@ attainment is the share of *all* requests (rejected ones count as misses) that m
 every target of their tier. Utilisation of an engine is its busy time over
 ``duration_s``; cost is accelerator-hours over ``duration_s`` times the catalog's
 hourly price.
+
+The simulator summarises its runs here and the load generator its measured ones
+(without engine statistics), so ``summary.json`` means the same for both.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from sincere.core.records import RecordArrays, latencies, slo_met
 from sincere.core.request import RequestArrays
 from sincere.engine.base import EngineStats
 from sincere.engine.gaps import GapHistogram
-from sincere.sim.cluster import InstanceInfo
+from sincere.engine.instance import InstanceInfo
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 Stats = dict[str, float | None]
@@ -129,20 +132,29 @@ def _fleet(
             "num_swaps": st.num_swaps,
             "num_preemptions": st.num_preemptions,
             "num_generated_tokens": st.num_generated_tokens,
-            "cost_usd": info.num_gpus * info.price_per_hour_usd * duration_s / 3600.0,
+            "cost_usd": _cost(info, duration_s),
         }
         for info, st in zip(infos, stats, strict=True)
     }
-    cost = float(sum(v["cost_usd"] for v in instances.values()))
+    costs = [v["cost_usd"] for v in instances.values()]
+    cost = None if None in costs else float(sum(costs))
     utils = [v["utilization"] for v in instances.values() if v["utilization"] is not None]
     tokens = (output_tokens_per_s or 0.0) * duration_s
     return {
         "utilization": float(np.mean(utils)) if utils else None,
         "cost_usd": cost,
-        "cost_per_1m_output_tokens_usd": _clean(cost / tokens * 1e6) if tokens else None,
+        "cost_per_1m_output_tokens_usd": (
+            _clean(cost / tokens * 1e6) if tokens and cost is not None else None
+        ),
         "num_preemptions": sum(st.num_preemptions for st in stats),
         "instances": instances,
     }
+
+
+def _cost(info: InstanceInfo, duration_s: float) -> float | None:
+    """Accelerator-hours over ``duration_s`` times the hourly price (None: not declared)."""
+    per_hour = info.cost_per_hour_usd
+    return None if per_hour is None else per_hour * duration_s / 3600.0
 
 
 _FIRST = (

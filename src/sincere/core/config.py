@@ -1,10 +1,18 @@
-"""Turn pydantic's ValidationError into a readable :class:`ConfigError`.
+"""The config edge: YAML files in, validated frozen pydantic models out, ConfigError on defects.
 
 Every config section in sincere is a pydantic v2 model validated once at the edge.
-:func:`format_validation_error` renders each problem as one line
-``<path>: <what is wrong>; got <value>[; allowed: <fields>]`` where the path is the
-dotted field path (``workload.arrival.rate``, list items as ``tiers[1]``), and unknown
-keys list the keys the section accepts. Any layer may reuse it for its own config.
+
+* :func:`read_yaml` reads a YAML (or JSON) file; an unreadable file or bad YAML is a
+  :class:`ConfigError` naming the file, the line and the column.
+* :func:`validate_config` validates data against a model;
+  :func:`format_validation_error` renders every problem as one line
+  ``<path>: <what is wrong>; got <value>[; allowed: <fields>]`` where the path is the
+  dotted field path (``workload.arrival.rate``, list items as ``tiers[1]``), and unknown
+  keys list the keys the section accepts.
+* :class:`TierConfig` is the one schema of an SLA tier (latency targets and priority);
+  the workload (weights), the gateway (first-byte timeouts) and the emulator use it.
+
+Any layer may use these for its own config.
 """
 
 from __future__ import annotations
@@ -13,11 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sincere.core.errors import ConfigError
 from sincere.core.params import format_loc
 from sincere.core.params import short_repr as _short
+from sincere.core.request import Tier
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -102,3 +112,51 @@ def validate_config(
         return model.model_validate(data)
     except ValidationError as exc:
         raise format_validation_error(exc, source, prefix=prefix, model=model) from None
+
+
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The data of the YAML (or JSON) file at ``path``.
+
+    Raises :class:`ConfigError` naming the file when it cannot be read, and its line
+    and column when it is not valid YAML.
+    """
+    where = Path(path)
+    try:
+        text = where.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found", where=where) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} file", where=where, value=str(exc)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"not valid YAML{at}: {problem}", where=where) from None
+
+
+MAX_SECONDS = 86_400.0
+"""Longest duration a latency target or timeout may give (one day)."""
+
+MAX_PRIORITY = 1 << 31
+"""Largest magnitude of a priority."""
+
+
+class TierConfig(BaseModel):
+    """An SLA tier: latency targets (seconds; null = not checked) and a priority.
+
+    Smaller priority is more important. Used as is by the emulator and, extended, by
+    the workload (a share of the requests) and the gateway (a first-byte timeout).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    name: str = Field(min_length=1, max_length=128)
+    ttft_s: float | None = Field(None, gt=0, le=MAX_SECONDS)  # time-to-first-token target
+    ttlt_s: float | None = Field(None, gt=0, le=MAX_SECONDS)  # end-to-end target
+    tbt_s: float | None = Field(None, gt=0, le=MAX_SECONDS)  # time-between-tokens target
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+
+    def to_tier(self) -> Tier:
+        """The core :class:`~sincere.core.request.Tier`."""
+        return Tier(self.name, self.ttft_s, self.ttlt_s, self.tbt_s, self.priority)

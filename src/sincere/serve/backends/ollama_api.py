@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sincere.serve.backends import Backend, Upstream, UpstreamError, upstream_error
-from sincere.serve.config import BackendConfig
+from sincere.serve.backends.config import BackendConfig
+from sincere.serve.backends.openai_api import Backend, Upstream, UpstreamError, upstream_error
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,

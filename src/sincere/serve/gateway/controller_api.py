@@ -1,7 +1,7 @@
 """The controller's HTTP face: the ``/admin`` routes, JSON in and out.
 
 Each route reads its JSON body within the gateway's body limits, checks it for lone
-surrogates, runs the :class:`~sincere.serve.controller.Controller` operation and
+surrogates, runs the :class:`~sincere.serve.gateway.controller.Controller` operation and
 answers JSON: ``400`` for bad input (the message names the field), ``404`` for an
 unknown name, ``409`` for a conflict with the gateway's state (with its ``code``, and
 for a plan that needs confirmation the plan itself), ``500`` without details for a
@@ -17,13 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from sincere.core.errors import ConfigError, SincereError
-from sincere.serve.controller import ConflictError, Controller
-from sincere.serve.controller_input import check_name, parse_load
-from sincere.serve.gateway_load import LoadSummary
+from sincere.serve.gateway.controller import ConflictError, Controller
+from sincere.serve.gateway.controller_input import check_name, parse_load
+from sincere.serve.gateway.observed_load import LoadSummary
+from sincere.serve.gateway.upstream_policy import redact_url
 from sincere.serve.protocol import ProtocolError, check_text
-from sincere.serve.upstream_policy import redact_url
 
-log = logging.getLogger("sincere.serve.controller")
+log = logging.getLogger("sincere.serve.gateway.controller")
 
 
 class ControllerApi:

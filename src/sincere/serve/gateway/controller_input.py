@@ -4,7 +4,7 @@ Whoever reaches the gateway's port can call ``/admin``, so every value of a requ
 body is bounded and no value may name a file of the server:
 
 * **emulator fields** (``POST /admin/models {emulator}``, ``POST /admin/instances``
-  without ``url``) are :class:`~sincere.serve.emulator_config.EmulatorConfig` fields.
+  without ``url``) are :class:`~sincere.serve.emulator.config.EmulatorConfig` fields.
   Text is accepted only where it is a name (model, accelerator, precisions,
   scheduler, step-model and length kinds, instance names, the filler token text);
   any other string is refused, because parameters of step models and length
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sincere.core.errors import ConfigError
-from sincere.serve.gateway_load import LoadSummary
+from sincere.serve.gateway.observed_load import LoadSummary
 
 MAX_API_NUMBER = 1e9
 """Largest magnitude of any number in an emulator's fields given over the API."""

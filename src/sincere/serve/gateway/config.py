@@ -14,80 +14,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sincere.core.config import MAX_PRIORITY, MAX_SECONDS, TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.core.request import Tier
-from sincere.serve.upstream_policy import parse_rules
+from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
+from sincere.serve.backends.config import BackendConfig
+from sincere.serve.gateway.upstream_policy import parse_rules
+
+__all__ = ["BackendConfig", "GatewayConfig", "GatewayTierConfig", "load_config", "parse_config"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-MAX_SECONDS = 86_400.0
-"""Longest duration any setting may give (one day)."""
-
-MAX_PRIORITY = 1 << 31
-"""Largest magnitude of a tier's priority."""
-
-
-class TierConfig(_Strict):
-    """An SLA tier: latency targets (seconds; null = not checked) and a default priority.
+class GatewayTierConfig(TierConfig):
+    """A tier the gateway serves (its name is its key under ``tiers``).
 
     ``first_byte_timeout_s``: longest wait for an instance's first byte (a streamed
     answer's first event; a whole non-streamed answer) before the request is retried
     on another instance; null = the backend's ``read_timeout_s`` alone.
     """
 
-    ttft_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
-    ttlt_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
-    tbt_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
-    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     first_byte_timeout_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
 
 
-class RouterConfig(_Strict):
-    """The router: a name from ``sincere.policy.routers`` and its parameters."""
+class GatewayAdmissionConfig(AdmissionConfig):
+    """Admission as the simulator has it, on unless ``enabled: false``."""
 
-    name: str = "least-outstanding"
-    params: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
-
-
-class BackendConfig(_Strict):
-    """One serving instance behind the gateway."""
-
-    name: str = Field(min_length=1, max_length=128)
-    url: str = Field(pattern=r"^https?://", max_length=2048)
-    kind: Literal["openai", "ollama"] = "openai"
-    models: dict[str, str] = Field(min_length=1, max_length=64)  # public name -> backend's
-    price_in_per_1m_usd: float = Field(0.0, ge=0, le=1e6)
-    price_out_per_1m_usd: float = Field(0.0, ge=0, le=1e6)
-    quality: float = Field(1.0, ge=0, le=1e6)
-    accelerator: str = Field("unknown", max_length=128)
-    max_in_flight: int = Field(64, ge=1, le=1 << 20)
-    connect_timeout_s: float = Field(2.0, gt=0, le=MAX_SECONDS)
-    read_timeout_s: float = Field(60.0, gt=0, le=MAX_SECONDS)  # longest wait for the next byte
-    max_num_seqs: int = Field(256, ge=1, le=65_536)
-    metrics_path: str | None = Field("/metrics", max_length=256)  # scraped; null = never
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        # the name goes into a response header and metric labels
-        if not value.isprintable():
-            raise ValueError("must be printable text (no control characters)")
-        return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _models_list(cls, data: Any) -> Any:
-        # ``models: [a, b]`` is short for ``{a: a, b: b}``.
-        if isinstance(data, dict) and isinstance(data.get("models"), list):
-            data = {**data, "models": {str(m): str(m) for m in data["models"]}}
-        return data
+    enabled: bool = True
 
 
 class QueueConfig(_Strict):
@@ -118,20 +75,6 @@ class ScrapeConfig(_Strict):
     interval_ms: float = Field(500.0, ge=10, le=1000 * MAX_SECONDS)
     max_age_s: float = Field(2.0, gt=0, le=MAX_SECONDS)  # older samples are ignored
     timeout_s: float = Field(1.0, gt=0, le=MAX_SECONDS)
-
-
-class AdmissionConfig(_Strict):
-    """Early rejection (429) of requests that cannot meet their deadline or budget.
-
-    Latency estimates come from measured TTFTs (streamed answers) and expire
-    ``max_estimate_age_s`` after an instance's last one, so a tier that was shed
-    entirely is admitted again and measured anew instead of staying locked out.
-    """
-
-    enabled: bool = True
-    shed_factor: float = Field(1.0, gt=0, le=1e6)  # reject when predicted > factor x time left
-    priority_bands: list[tuple[float, int]] = Field(default_factory=list, max_length=64)
-    max_estimate_age_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
 
 
 class LimitsConfig(_Strict):
@@ -194,16 +137,34 @@ class GatewayConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     router: RouterConfig = RouterConfig()
     backends: list[BackendConfig] = Field(default_factory=list)
-    tiers: dict[str, TierConfig] = Field(default_factory=lambda: {"default": TierConfig()})
+    tiers: dict[str, GatewayTierConfig] = Field(
+        default_factory=lambda: {"default": GatewayTierConfig(name="default")}
+    )
     default_tier: str = "default"
     queue: QueueConfig = QueueConfig()
     breaker: BreakerConfig = BreakerConfig()
     scrape: ScrapeConfig = ScrapeConfig()
-    admission: AdmissionConfig = AdmissionConfig()
+    admission: GatewayAdmissionConfig = GatewayAdmissionConfig()
     limits: LimitsConfig = LimitsConfig()
     planning: PlanningConfig = PlanningConfig()
     controller: ControllerConfig = ControllerConfig()
     admin: bool = True  # serve the controller API under /admin
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_names(cls, data: Any) -> Any:
+        # a tier's name is its key; ``name`` may repeat it, never differ
+        tiers = data.get("tiers") if isinstance(data, dict) else None
+        if not isinstance(tiers, dict):
+            return data
+        named = {}
+        for key, tier in tiers.items():
+            if isinstance(tier, dict):
+                if tier.get("name", key) != key:
+                    raise ValueError(f"tiers.{key}.name must be {key!r} (its key) or left out")
+                tier = {**tier, "name": key}
+            named[key] = tier
+        return {**data, "tiers": named}
 
     @model_validator(mode="after")
     def _cross_check(self) -> GatewayConfig:
@@ -220,36 +181,16 @@ class GatewayConfig(_Strict):
 
     def tier_objects(self) -> dict[str, Tier]:
         """The tiers as core :class:`Tier` objects, by name."""
-        return {
-            name: Tier(name, t.ttft_s, t.ttlt_s, t.tbt_s, t.priority)
-            for name, t in self.tiers.items()
-        }
+        return {name: t.to_tier() for name, t in self.tiers.items()}
 
 
-def parse_config(raw: object, where: str = "config") -> GatewayConfig:
-    """Validate a mapping into a :class:`GatewayConfig`; errors name field and value."""
+def parse_config(raw: object, where: str | Path = "config") -> GatewayConfig:
+    """Validate a mapping into a :class:`GatewayConfig`; every problem is one line of the error."""
     if not isinstance(raw, dict):
         raise ConfigError("expected a mapping at the top level", where=where, value=raw)
-    try:
-        return GatewayConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        value = err.get("input")
-        raise ConfigError(
-            f"{field}: {err['msg']}",
-            where=where,
-            value=value if not isinstance(value, dict) else None,
-        ) from None
+    return validate_config(GatewayConfig, raw, where)
 
 
 def load_config(path: str | Path) -> GatewayConfig:
     """Read a YAML (or JSON) gateway config file."""
-    p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError("config file not found", where=p) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", where=p) from None
-    return parse_config(raw, str(p))
+    return parse_config(read_yaml(path), Path(path))

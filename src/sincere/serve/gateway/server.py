@@ -6,23 +6,24 @@ drives. Endpoints:
 
 * ``POST /v1/completions``, ``POST /v1/chat/completions`` -- parsed and validated by
   :mod:`sincere.serve.protocol` (bad input: 4xx with an OpenAI error body), then
-  admitted, routed, queued and relayed (:mod:`~sincere.serve.gateway_dispatch`,
-  :mod:`~sincere.serve.gateway_relay`); SSE streams pass through token by token.
+  admitted, routed, queued and relayed (:mod:`~sincere.serve.gateway.dispatch`,
+  :mod:`~sincere.serve.gateway.relay`); SSE streams pass through token by token.
   The response header ``x-sincere-instance`` names the instance that served it.
 * ``GET /v1/models`` -- the union of the instances' models; ``GET /health``;
   ``GET /metrics`` -- the gateway's Prometheus metrics
-  (:mod:`~sincere.serve.gateway_metrics`);
-* ``/admin/...`` -- the controller API (:mod:`sincere.serve.controller`).
+  (:mod:`~sincere.serve.gateway.metrics`);
+* ``/admin/...`` -- the controller API (:mod:`sincere.serve.gateway.controller`).
 
-Client-facing limits (:class:`~sincere.serve.config.LimitsConfig`): connections per
-client and in all, and header / body / idle timeouts (:mod:`~sincere.serve.edge`).
+Client-facing limits (:class:`~sincere.serve.gateway.config.LimitsConfig`): connections per
+client and in all, and header / body / idle timeouts (:mod:`~sincere.serve.gateway.edge`).
 Priority and tier are server policy: the default tier is what a client gets, and a
 client may only ask for a tier or a priority that is not more important (403).
 A client that disconnects is one log line and a ``cancelled`` count; an unexpected
 error is a 500 with no internals, counted as ``internal_error``.
 
-Background tasks scrape the engines' ``/metrics`` every ``scrape.interval_ms`` and
-re-drain the queues every 50 ms (a breaker may have turned half-open). Per request
+Background tasks read the engines' load (sincere's JSON engine load, else their
+``/metrics``) every ``scrape.interval_ms`` and re-drain the queues every 50 ms (a
+breaker may have turned half-open). Per request
 the hot path does no pydantic, no logging above DEBUG, and reuses one keep-alive
 session per backend (see docs/gateway.md, "Performance").
 
@@ -43,28 +44,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import multiprocessing
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
 from sincere.core.errors import ConfigError
-from sincere.core.request import Request, Tier
-from sincere.serve.backends import make_backend
-from sincere.serve.breaker import STATE_CODES, CircuitBreaker
-from sincere.serve.config import BackendConfig, GatewayConfig
-from sincere.serve.edge import EdgeLimits, EdgeSite, runner_kwargs
-from sincere.serve.gateway_dispatch import Dispatcher, Pending, RefusalError, deadline_at
-from sincere.serve.gateway_load import ObservedLoad
-from sincere.serve.gateway_metrics import GatewayMetrics
-from sincere.serve.gateway_relay import serve_request
-from sincere.serve.gateway_state import InstanceState, parse_vllm_metrics
+from sincere.policy.decision_log import DecisionLog, open_log
+from sincere.serve.backends.config import BackendConfig
+from sincere.serve.backends.openai_api import make_backend
+from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
+from sincere.serve.gateway.config import GatewayConfig
+from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
+from sincere.serve.gateway.edge import EdgeLimits, EdgeSite, runner_kwargs
+from sincere.serve.gateway.instances import (
+    InstanceState,
+    LoadSample,
+    parse_engine_load,
+    parse_vllm_metrics,
+)
+from sincere.serve.gateway.metrics import GatewayMetrics
+from sincere.serve.gateway.observed_load import ObservedLoad
+from sincere.serve.gateway.relay import Relay
+from sincere.serve.gateway.requests import RequestFactory
 from sincere.serve.protocol import (
-    CompletionRequest,
     Kind,
     ProtocolError,
     dumps,
@@ -79,21 +86,29 @@ DRAIN_INTERVAL_S = 0.05  # how often queues are re-drained in the background
 class Gateway:
     """The gateway server: instances, dispatcher, metrics and the aiohttp app."""
 
-    def __init__(self, config: GatewayConfig, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        reuse_port: bool = False,
+        decisions: DecisionLog | None = None,
+    ) -> None:
         self.config = config
         self.reuse_port = reuse_port  # share the port with other worker processes
-        self.log = logging.getLogger("sincere.serve.gateway")
+        self.log = logging.getLogger("sincere.serve.gateway.server")
         self.metrics = GatewayMetrics()
-        self.dispatcher = Dispatcher(config, self.metrics)
-        self.tiers = config.tier_objects()
-        self.first_byte_timeouts = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
+        self.dispatcher = Dispatcher(config, self.metrics, decisions)
         limits = config.limits
+        self.requests = RequestFactory(
+            config.tier_objects(), config.default_tier, limits.max_tokens, limits.default_max_tokens
+        )
+        self.load = ObservedLoad(config.planning.window_s, 0.0)
+        first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
+        self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log)
         self.edge = EdgeLimits(
             limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client
         )
         self._logged_errors: set[str] = set()  # exception types whose traceback was logged
-        self.load = ObservedLoad(config.planning.window_s, 0.0)
-        self._seq = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
@@ -112,8 +127,8 @@ class Gateway:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         if self.config.admin:
-            from sincere.serve.controller import Controller
-            from sincere.serve.controller_api import ControllerApi
+            from sincere.serve.gateway.controller import Controller
+            from sincere.serve.gateway.controller_api import ControllerApi
 
             self.controller: Controller | None = Controller(self)
             ControllerApi(self.controller).add_routes(app)
@@ -134,7 +149,7 @@ class Gateway:
     async def start(self) -> None:
         """Bind and serve; start the scraper and the drain ticker."""
         self._loop = asyncio.get_running_loop()
-        self.load = ObservedLoad(self.config.planning.window_s, self.loop.time())
+        self.load.restart(self.loop.time())
         limits = self.config.limits
         self._runner = web.AppRunner(
             self.app,
@@ -194,12 +209,7 @@ class Gateway:
         breaker = CircuitBreaker(
             self.config.breaker.failure_threshold, self.config.breaker.cooldown_s
         )
-        state = InstanceState(
-            make_backend(config),
-            breaker,
-            emulated=emulated,
-            max_estimate_age_s=self.config.admission.max_estimate_age_s,
-        )
+        state = InstanceState(make_backend(config), breaker, emulated=emulated)
         self.dispatcher.add(state)
         return state
 
@@ -235,10 +245,10 @@ class Gateway:
                 models=self.dispatcher.served,
                 max_body_bytes=self.config.limits.max_body_bytes,
             )
-            req = self._core_request(creq)
+            req = self.requests.build(creq, self.loop.time())
             tier = req.tier.name
-            pending = Pending(req, deadline_at(req))
-            return await serve_request(self, http_req, creq, pending)
+            pending = Pending(req, _client_id(http_req))
+            return await self.relay.serve(http_req, creq, pending)
         except ProtocolError as exc:
             self.metrics.finished("", tier, "client_error")
             return web.Response(
@@ -251,15 +261,12 @@ class Gateway:
                 status=exc.status, body=dumps(body), content_type="application/json"
             )
         except asyncio.CancelledError:  # the client went away (or the gateway stops)
-            self.client_left(tier, pending.instance if pending else "", "waiting for an answer")
+            self.relay.client_left(
+                tier, pending.instance if pending else "", "waiting for an answer"
+            )
             raise
         except Exception as exc:  # a bug: answer 500 without internals, count it, log it
             return self.internal_error(http_req, tier, exc)
-
-    def client_left(self, tier: str, instance: str, when: str) -> None:
-        """Count a request whose client disconnected; one log line, no traceback."""
-        self.metrics.finished(instance, tier, "cancelled")
-        self.log.info("client disconnected %s (tier %s, instance %s)", when, tier, instance or "-")
 
     def internal_error(self, http_req: web.Request, tier: str, exc: Exception) -> web.Response:
         """A 500 for an unexpected error: counted, logged (traceback once per error type)."""
@@ -302,67 +309,6 @@ class Gateway:
                 code="body_timeout",
             ) from None
 
-    def _core_request(self, creq: CompletionRequest) -> Request:
-        """The policy-side :class:`Request` of a parsed request (tier, priority, budget)."""
-        fields = creq.sincere
-        tier = self._tier_of(fields.tier)
-        priority = tier.priority if fields.priority is None else fields.priority
-        if priority < tier.priority:
-            raise ProtocolError(
-                403,
-                f"sincere.priority: got {priority}; allowed: an integer >= {tier.priority} "
-                f"(tier {tier.name!r}; a client may only lower its own priority)",
-                param="sincere.priority",
-                code="priority_not_allowed",
-                type="permission_error",
-            )
-        if fields.deadline_s is not None:
-            ttlt = min(tier.ttlt_s or math.inf, fields.deadline_s)
-            tier = Tier(tier.name, tier.ttft_s, ttlt, tier.tbt_s, tier.priority)
-        limit = self.config.limits.max_tokens
-        if creq.max_tokens is not None and creq.max_tokens > limit:
-            raise ProtocolError(
-                422,
-                f"max_tokens: got {creq.max_tokens}; allowed: an integer in [1, {limit}]",
-                param="max_tokens",
-                code="invalid_value",
-            )
-        self._seq += 1
-        return Request(
-            id=self._seq,
-            arrival_at=self.loop.time(),
-            model=creq.model,
-            prompt_tokens=max(1, creq.prompt_tokens),
-            output_tokens=creq.max_tokens or self.config.limits.default_max_tokens,
-            max_tokens=creq.max_tokens,
-            prompt=creq.prompt,
-            tier=tier,
-            priority=priority,
-            budget_usd=fields.budget_usd,
-        )
-
-    def _tier_of(self, name: str | None) -> Tier:
-        """The tier a client asked for; never one more important than the default tier."""
-        base = self.tiers[self.config.default_tier]
-        tier = self.tiers.get(name or base.name)
-        if tier is None:
-            raise ProtocolError(
-                400,
-                f"sincere.tier: got {name!r}; allowed: {', '.join(sorted(self.tiers))}",
-                param="sincere.tier",
-            )
-        if tier.priority < base.priority:
-            allowed = sorted(n for n, t in self.tiers.items() if t.priority >= base.priority)
-            raise ProtocolError(
-                403,
-                f"sincere.tier: got {name!r}, more important than this client's tier "
-                f"{base.name!r}; allowed: {', '.join(allowed)}",
-                param="sincere.tier",
-                code="tier_not_allowed",
-                type="permission_error",
-            )
-        return tier
-
     async def _models(self, http_req: web.Request) -> web.Response:
         names = sorted(self.dispatcher.served)
         return web.json_response(models_response(names, int(time.time())))
@@ -395,24 +341,47 @@ class Gateway:
     async def _scrape_loop(self) -> None:
         interval_s = self.config.scrape.interval_ms / 1000.0
         while True:
-            states = [
-                s for s in self.dispatcher.instances.values() if s.backend.config.metrics_path
-            ]
+            states = [s for s in self.dispatcher.instances.values() if _load_source(s)]
             await asyncio.gather(*(self.scrape(s) for s in states))
             await asyncio.sleep(interval_s)
 
     async def scrape(self, state: InstanceState) -> None:
-        """Read one engine's vLLM gauges into ``state.sample`` (failures keep the old one)."""
-        path = state.backend.config.metrics_path
-        if path is None:
+        """Read one engine's load into ``state.sample`` (failures keep the old one).
+
+        sincere's JSON engine load when the backend has a ``load_path``, else its vLLM
+        gauges from ``metrics_path``.
+        """
+        source = _load_source(state)
+        if source is None:
             return
+        path, parse = source
         try:
             text = await state.backend.get_text(path, self.config.scrape.timeout_s)
         except Exception:  # any failure: keep the previous sample, which will go stale
             return
-        sample = parse_vllm_metrics(text, self.loop.time())
+        sample = parse(text, self.loop.time())
         if sample is not None:
             state.sample = sample
+
+
+def _load_source(
+    state: InstanceState,
+) -> tuple[str, Callable[[str, float], LoadSample | None]] | None:
+    """Where ``state``'s load is read and how it is parsed (None: nowhere)."""
+    cfg = state.backend.config
+    if cfg.load_path is not None:
+        return cfg.load_path, parse_engine_load
+    if cfg.metrics_path is not None:
+        return cfg.metrics_path, parse_vllm_metrics
+    return None
+
+
+def _client_id(http_req: web.Request) -> str | None:
+    """The client's own request id (``x-request-id``), when it is a short printable text."""
+    value = http_req.headers.get("x-request-id")
+    if value is None or len(value) > 128 or not value.isprintable():
+        return None
+    return value
 
 
 def _error_type(status: int) -> str:
@@ -422,23 +391,37 @@ def _error_type(status: int) -> str:
 
 
 async def run_gateway(
-    config: GatewayConfig, ready: Any = None, *, reuse_port: bool = False
+    config: GatewayConfig,
+    ready: Any = None,
+    *,
+    reuse_port: bool = False,
+    decisions: Path | None = None,
 ) -> None:
-    """Serve until cancelled (``sincere serve``); ``ready(gateway)`` is called once bound."""
-    async with Gateway(config, reuse_port=reuse_port) as gw:
+    """Serve until cancelled (``sincere serve``); ``ready(gateway)`` is called once bound.
+
+    ``decisions``: a file every front-door call and outcome is appended to (JSON lines).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        log = None if decisions is None else stack.enter_context(open_log(decisions, append=True))
+        gw = await stack.enter_async_context(Gateway(config, reuse_port=reuse_port, decisions=log))
         if ready is not None:
             ready(gw)
         await asyncio.Event().wait()
 
 
 def serve_gateway(
-    config: GatewayConfig, *, workers: int = 1, ready: Callable[[Gateway], None] | None = None
+    config: GatewayConfig,
+    *,
+    workers: int = 1,
+    ready: Callable[[Gateway], None] | None = None,
+    decisions: Path | None = None,
 ) -> None:
     """Serve until interrupted, on uvloop when importable, in ``workers`` processes.
 
     With ``workers > 1`` this process binds first (with ``SO_REUSEPORT``; port 0 is
     resolved here), calls ``ready`` and starts ``workers - 1`` more processes on the
-    same port; they stop when this one does. Linux and the BSDs only.
+    same port; they stop when this one does. Linux and the BSDs only. With
+    ``decisions`` every process appends its decisions to that file, line by line.
     """
     if workers < 1:
         raise ConfigError("serve: workers must be >= 1", value=workers, allowed="an integer >= 1")
@@ -449,7 +432,7 @@ def serve_gateway(
             bound = config.model_copy(update={"port": gw.port})
             ctx = multiprocessing.get_context("spawn")
             for _ in range(workers - 1):
-                child = ctx.Process(target=_worker, args=(bound,), daemon=True)
+                child = ctx.Process(target=_worker, args=(bound, decisions), daemon=True)
                 child.start()
                 children.append(child)
         if ready is not None:
@@ -457,7 +440,9 @@ def serve_gateway(
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            run_on_fast_loop(run_gateway(config, on_ready, reuse_port=workers > 1))
+            run_on_fast_loop(
+                run_gateway(config, on_ready, reuse_port=workers > 1, decisions=decisions)
+            )
     finally:
         for child in children:
             child.terminate()
@@ -465,10 +450,10 @@ def serve_gateway(
             child.join(timeout=5)
 
 
-def _worker(config: GatewayConfig) -> None:
+def _worker(config: GatewayConfig, decisions: Path | None) -> None:
     """One extra worker process of :func:`serve_gateway`."""
     with contextlib.suppress(KeyboardInterrupt):
-        run_on_fast_loop(run_gateway(config, reuse_port=True))
+        run_on_fast_loop(run_gateway(config, reuse_port=True, decisions=decisions))
 
 
 def run_on_fast_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -2,15 +2,15 @@
 
 It is an *emulator*: no weights run. Each request goes through sincere's
 continuous-batching engine model (:mod:`sincere.engine.continuous`) on the wall
-clock (:mod:`.emulator_live`), with iteration times from any sincere step-time model
+clock (:mod:`.live`), with iteration times from any sincere step-time model
 (a roofline of the catalog's figures, a fitted parameter file, SINCERE's measured
 profiles), so TTFT, inter-token gaps, queueing, batching, preemption and KV-cache
 limits behave as the model says a real deployment would. Every generated token is
 the same filler text (``token_text``, default ``" tok"``).
 
 Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streamed as
-Server-Sent Events or not, see :mod:`.protocol`), ``GET /v1/models``, ``GET /health``,
-``GET /metrics`` (Prometheus text, vLLM's names, :mod:`.emulator_metrics`) and
+Server-Sent Events or not, see :mod:`sincere.serve.protocol`), ``GET /v1/models``, ``GET /health``,
+``GET /metrics`` (Prometheus text, vLLM's names, :mod:`.metrics`) and
 ``GET /sincere/load`` (the engine's :class:`~sincere.engine.base.EngineLoad` as JSON).
 
 Output length: the request's ``sincere.output_tokens`` when given, else a draw from
@@ -18,7 +18,7 @@ Output length: the request's ``sincere.output_tokens`` when given, else a draw f
 ``default_max_tokens``); always capped by ``max_tokens``. Finishing below the cap
 reports ``finish_reason: "stop"``, at the cap ``"length"``.
 
-Failure injection (:class:`~.emulator_config.FailureConfig`): ``error_rate`` answers
+Failure injection (:class:`~.config.FailureConfig`): ``error_rate`` answers
 HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
 engine after an iteration; ``crash_after`` serves that many requests, then the next
 one kills the server (open connections are cut, the port closes). A client that
@@ -43,11 +43,11 @@ from aiohttp import web
 
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
-from sincere.policy.schedulers import make_scheduler
-from sincere.serve.edge import listen_error
-from sincere.serve.emulator_config import EmulatorConfig
-from sincere.serve.emulator_live import CapacityError, LiveEngine, Outcome, Slot
-from sincere.serve.emulator_metrics import CONTENT_TYPE, EmulatorMetrics
+from sincere.core.request import DEFAULT_TIER
+from sincere.serve.binding import listen_error
+from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
+from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -64,8 +64,6 @@ from sincere.serve.protocol import (
 from sincere.serve.protocol import (
     parse_request as parse_openai,
 )
-from sincere.sim.build import deployment_of, limits_of, step_model_of
-from sincere.sim.config import InstanceConfig
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _REJECT_STATUS = {"prompt_too_long": 400, "kv_capacity": 400}
@@ -239,7 +237,7 @@ class EmulatorServer:
             )
         return self.tier_index[name]
 
-    def _full(self, req: CompletionRequest, outcome: Outcome) -> web.Response:
+    def _full(self, req: CompletionRequest, outcome: Finish) -> web.Response:
         _raise_rejected(outcome)
         self._num_responses += 1
         body = full_response(
@@ -250,7 +248,7 @@ class EmulatorServer:
         return web.Response(body=dumps(body), content_type="application/json")
 
     async def _stream(
-        self, request: web.Request, req: CompletionRequest, slot: Slot
+        self, request: web.Request, req: CompletionRequest, slot: LiveRequest
     ) -> web.StreamResponse:
         queue = slot.queue
         assert queue is not None  # submitted with stream=True
@@ -291,7 +289,7 @@ class EmulatorServer:
             if item == -1:
                 item = await queue.get()
 
-    def _stream_end(self, req: CompletionRequest, rid: str, outcome: Outcome) -> bytes:
+    def _stream_end(self, req: CompletionRequest, rid: str, outcome: Finish) -> bytes:
         reason = outcome.finish_reason or "abort"
         end = sse_event(stream_chunk(req, rid, self._created, "", reason))
         if req.include_usage:
@@ -339,7 +337,7 @@ class EmulatorServer:
             await self._site.stop()
 
 
-def _raise_rejected(outcome: Outcome) -> None:
+def _raise_rejected(outcome: Finish) -> None:
     """Turn an engine rejection into the error an engine would answer."""
     reason = outcome.reject_reason
     if reason is None:
@@ -389,22 +387,10 @@ def _build_live(
     metrics: EmulatorMetrics,
     rng: np.random.Generator,
 ) -> LiveEngine:
-    """The wall-clock engine of ``config`` (the simulator's deployment and limits)."""
-    where = f"emulator {name}"
-    inst = InstanceConfig(
-        model=config.model, accelerator=config.accelerator, precision=config.precision,
-        kv_precision=config.kv_precision, tp=config.tp, pp=config.pp, cc=config.cc,
-        step_model=config.step_model, engine=config.engine,
-    )  # fmt: skip
-    deployment = deployment_of(inst, config.model, where)
-    step = step_model_of(inst, deployment, where)
-    limits = limits_of(config.engine, deployment, where)
-    scheduler = make_scheduler(config.engine.scheduler, config.engine.scheduler_params, step)
+    """The wall-clock engine of ``config`` (built as the simulator builds its engines)."""
     tiers = tuple(t.to_tier() for t in config.tiers)
-    from sincere.core.request import DEFAULT_TIER
-
     return LiveEngine(
-        name, model_name, step, scheduler, limits, capacity=config.max_num_requests,
+        name, model_name, config, capacity=config.max_num_requests,
         tiers=tiers or (DEFAULT_TIER,), metrics=metrics, rng=rng,
         stall_probability=config.failures.stall_probability, stall_s=config.failures.stall_s,
     )  # fmt: skip

@@ -1,0 +1,190 @@
+"""From a :class:`~sincere.engine.spec.DeploymentSpec` to a running engine.
+
+Each model gets its catalog architecture and accelerator, a
+:class:`~sincere.perf.base.Deployment` (TP and PP checked against the architecture's
+heads and layers, as vLLM requires), a step-time model (the CC wrapper when ``cc``), and
+the instance an engine: a :class:`~sincere.engine.continuous.ContinuousEngine` with its
+scheduler, sized by the memory plan (vLLM's KV-cache accounting) unless the config gives
+``num_kv_blocks``, or SINCERE's request-level engine. The simulator and the emulator both
+build their engines here, so a simulated and an emulated instance of the same spec are
+the same engine. Every problem is a :class:`~sincere.core.errors.ConfigError` naming
+``where`` in the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from sincere.catalog import ModelArch, get_accelerator, get_model
+from sincere.core.errors import ConfigError
+from sincere.core.records import RecordArrays
+from sincere.core.request import RequestArrays
+from sincere.engine.base import Engine, StreamingEngine
+from sincere.engine.continuous import ContinuousEngine
+from sincere.engine.request_level import RequestLevelConfig
+from sincere.engine.spec import ContinuousConfig, DeploymentSpec
+from sincere.engine.state import EngineLimits
+from sincere.perf.base import Deployment, StepTimeModel
+from sincere.perf.memory import plan_memory
+from sincere.policy.schedulers import make_scheduler
+from sincere.policy.schedulers.base import IterationScheduler
+
+
+def canonical_model(name: str) -> str:
+    """The catalog's name for ``name`` (itself when the catalog does not know it)."""
+    try:
+        return get_model(name).name
+    except ConfigError:
+        return name
+
+
+def valid_tp(arch: ModelArch, max_tp: int = 64) -> list[int]:
+    """TP degrees that split ``arch``'s heads evenly (vLLM's rule, up to ``max_tp``).
+
+    Query heads must divide by TP; KV heads must too, or, when there are fewer KV heads
+    than GPUs, TP must be a multiple of them (each KV head is then replicated).
+    """
+    kv = arch.num_kv_heads
+    return [
+        tp
+        for tp in range(1, max_tp + 1)
+        if arch.num_heads % tp == 0 and (kv % tp == 0 if kv >= tp else tp % kv == 0)
+    ]
+
+
+def check_parallelism(arch: ModelArch, tp: int, pp: int) -> None:
+    """Raise :class:`ConfigError` when ``tp`` / ``pp`` cannot split ``arch`` evenly."""
+    if tp not in valid_tp(arch, max(tp, 64)):
+        raise ConfigError(
+            f"tp={tp} does not split {arch.name}'s {arch.num_heads} attention heads "
+            f"({arch.num_kv_heads} KV heads) evenly",
+            value=tp,
+            allowed=", ".join(map(str, valid_tp(arch))),
+        )
+    if pp > arch.num_layers:
+        raise ConfigError(
+            f"pp={pp} is more pipeline stages than {arch.name}'s {arch.num_layers} layers",
+            value=pp,
+            allowed=f"1..{arch.num_layers}",
+        )
+
+
+def deployment_of(spec: DeploymentSpec, model: str, where: str) -> Deployment:
+    """The deployment of one of ``spec``'s models (its TP and PP checked against its shape)."""
+    try:
+        arch = get_model(model)
+        check_parallelism(arch, spec.tp, spec.pp)
+        return Deployment(
+            arch, get_accelerator(spec.accelerator), spec.precision,
+            spec.kv_precision, spec.tp, spec.pp,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=where) from None
+
+
+def step_model_of(spec: DeploymentSpec, deployment: Deployment, where: str) -> StepTimeModel:
+    """``spec``'s step-time model for ``deployment`` (CC mode when ``spec.cc``)."""
+    cfg = spec.step_model
+    if spec.cc and not cfg.cc:
+        cfg = cfg.model_copy(update={"cc": True})
+    try:
+        return cfg.build(deployment)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=f"{where}.step_model") from None
+
+
+def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> EngineLimits:
+    """Engine limits; KV blocks from the memory plan unless given."""
+    blocks = eng.num_kv_blocks
+    if blocks is None:
+        plan = plan_memory(
+            deployment,
+            gpu_memory_utilization=eng.gpu_memory_utilization,
+            block_size=eng.block_size,
+            max_num_seqs=eng.max_num_seqs,
+            max_num_batched_tokens=eng.max_num_batched_tokens,
+        )
+        if not plan.fits or plan.num_kv_blocks < 1:
+            raise ConfigError(
+                f"{deployment.model.name} does not fit on {deployment.accelerator.name} "
+                f"(tp={deployment.tp}, {deployment.precision}): no room for the KV cache",
+                where=where,
+                allowed="a larger accelerator, more tp, lower precision, or num_kv_blocks",
+            )
+        blocks = plan.num_kv_blocks
+    return EngineLimits(
+        num_kv_blocks=blocks,
+        max_num_seqs=eng.max_num_seqs,
+        max_num_batched_tokens=eng.max_num_batched_tokens,
+        block_size=eng.block_size,
+        watermark=eng.watermark,
+        max_model_len=eng.max_model_len,
+    )
+
+
+def scheduler_of(eng: ContinuousConfig, step: StepTimeModel, where: str) -> IterationScheduler:
+    """A fresh scheduler of ``eng`` (predictive schedulers read ``step``)."""
+    try:
+        return make_scheduler(eng.scheduler, eng.scheduler_params, predictor=step)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=f"{where}.engine") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltEngine:
+    """An engine and what it was built from (its first model's deployment and timing)."""
+
+    engine: Engine
+    deployment: Deployment  # of the spec's first model
+    step_model: StepTimeModel  # of the spec's first model
+
+
+def build_engine(
+    spec: DeploymentSpec,
+    ident: str,
+    requests: RequestArrays,
+    records: RecordArrays,
+    ix: int,
+    *,
+    max_tokens: npt.NDArray[np.int64] | None = None,
+    rng: np.random.Generator | None = None,
+    where: str = "instance",
+) -> BuiltEngine:
+    """The engine ``ident`` of ``spec``, at position ``ix`` of the run's records.
+
+    ``max_tokens`` overrides the requests' caps (a router's budget caps; continuous
+    engines), ``rng`` drives request-level engines' random swap times.
+    """
+    deps = {m: deployment_of(spec, m, where) for m in spec.model_names}
+    steps = {m: step_model_of(spec, d, where) for m, d in deps.items()}
+    first = spec.model_names[0]
+    engine: Engine
+    if isinstance(spec.engine, RequestLevelConfig):
+        served = {canonical_model(m): s for m, s in steps.items()}
+        engine = spec.engine.build(ident, requests, records, ix, served, rng=rng)
+    else:
+        engine = ContinuousEngine(
+            ident, requests, records, ix, steps[first],
+            scheduler_of(spec.engine, steps[first], where),
+            limits_of(spec.engine, deps[first], where), max_tokens=max_tokens,
+        )  # fmt: skip
+    return BuiltEngine(engine, deps[first], steps[first])
+
+
+def build_streaming_engine(
+    spec: DeploymentSpec, ident: str, requests: RequestArrays, records: RecordArrays, where: str
+) -> StreamingEngine:
+    """An engine a live driver can stream from (iteration-level engines only)."""
+    if not isinstance(spec.engine, ContinuousConfig):
+        raise ConfigError(
+            "only continuous engines can run live",
+            where=where,
+            value=spec.engine.kind,
+            allowed="engine.kind: continuous",
+        )
+    engine = build_engine(spec, ident, requests, records, 0, where=where).engine
+    assert isinstance(engine, ContinuousEngine)
+    return engine

@@ -1,0 +1,112 @@
+"""What one serving instance is: a deployment spec, validated once at the config edge.
+
+A :class:`DeploymentSpec` names the model(s), the accelerator, the weight and KV-cache
+precisions, the tensor- and pipeline-parallel degrees, confidential-computing mode, the
+step-time model and the engine (an iteration-level :class:`ContinuousConfig` or
+SINCERE's request-level engine). :func:`sincere.engine.build.build_engine` turns it into a
+running engine. The simulator's instance config and the emulator's config extend it (the
+first with a replica count, prices and quality, the second with where it listens), so both
+build the very same engine from the same fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from sincere.core.errors import ConfigError
+from sincere.engine.request_level import RequestLevelConfig
+from sincere.perf.factory import StepModelConfig
+from sincere.policy.schedulers import SCHEDULERS, check_scheduler_params
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class ContinuousConfig(BaseModel):
+    """An iteration-level engine (vLLM / Sarathi-Serve) and its limits."""
+
+    model_config = _FROZEN
+    kind: Literal["continuous"] = "continuous"
+    scheduler: str = "fcfs"  # an engine scheduler name (see sincere.policy.schedulers)
+    scheduler_params: dict[str, Any] = {}  # that scheduler's parameters
+    max_num_seqs: int = Field(256, ge=1)  # sequences per iteration
+    max_num_batched_tokens: int = Field(8192, ge=1)  # tokens per iteration
+    block_size: int = Field(16, ge=1)  # tokens per KV block
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # share of device memory used
+    num_kv_blocks: int | None = Field(None, ge=1)  # override the memory plan's KV blocks
+    watermark: float = Field(0.01, ge=0, lt=1)  # share of blocks admissions leave free
+    max_model_len: int | None = Field(None, ge=2)  # longest prompt + output, tokens
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in SCHEDULERS:
+            raise ValueError(f"unknown engine scheduler {value!r}; allowed: {SCHEDULERS.names()}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_params(self) -> ContinuousConfig:
+        try:
+            check_scheduler_params(self.scheduler, self.scheduler_params)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+def _engine_kind(value: Any) -> str:
+    """The ``kind`` of an engine block; ``continuous`` when left out."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "continuous"))
+    return str(getattr(value, "kind", "continuous"))
+
+
+EngineConfig = Annotated[
+    Annotated[ContinuousConfig, Tag("continuous")]
+    | Annotated[RequestLevelConfig, Tag("request-level")],
+    Discriminator(_engine_kind),
+]
+"""The ``engine:`` block: ``kind: continuous`` (default) or ``kind: request-level``."""
+
+
+class DeploymentSpec(BaseModel):
+    """A model (or, for request-level engines, several) deployed on one accelerator group."""
+
+    model_config = _FROZEN
+    model: str | None = None  # catalog model (a name or alias, also what requests ask for)
+    models: list[str] | None = None  # several models (request-level engines only)
+    accelerator: str = "H100-SXM"  # catalog accelerator
+    precision: str = "bf16"  # weight precision
+    kv_precision: str = "fp16"  # KV-cache precision
+    tp: int = Field(1, ge=1, le=1024)  # tensor-parallel degree
+    pp: int = Field(1, ge=1, le=1024)  # pipeline-parallel degree
+    cc: bool = False  # confidential-computing mode (wraps the step-time model)
+    step_model: StepModelConfig = StepModelConfig()  # where iteration times come from
+    engine: EngineConfig = ContinuousConfig()  # the engine, its scheduler and limits
+
+    @model_validator(mode="after")
+    def _one_model_field(self) -> DeploymentSpec:
+        if (self.model is None) == (self.models is None):
+            raise ValueError("give exactly one of model (one model) or models (a list)")
+        if self.models is not None and not self.models:
+            raise ValueError("models is empty; list at least one catalog model")
+        if self.models is not None and len(self.models) > 1 and self.engine.kind != "request-level":
+            raise ValueError("several models need engine.kind: request-level")
+        return self
+
+    @property
+    def model_names(self) -> list[str]:
+        """The models this instance serves, as written."""
+        return list(self.models) if self.models is not None else [str(self.model)]
+
+    def deployment_fields(self) -> dict[str, Any]:
+        """The fields of the spec itself (what another config extending it copies)."""
+        return {name: getattr(self, name) for name in DeploymentSpec.model_fields}

@@ -1,0 +1,61 @@
+"""One serving instance behind the gateway, as the operator (or the controller) declares it.
+
+Where it is (``url``), which API it speaks (``kind``), which public model names it
+serves and under which names upstream (``models``), what it charges (USD per 1M
+tokens) and how good it is (``quality``, relative), how many requests the gateway may
+send it at once (``max_in_flight``), its batch limit (``max_num_seqs``), timeouts,
+where its load is read (``load_path``: sincere's JSON engine load; else
+``metrics_path``: vLLM's Prometheus gauges), and, when known, the deployment behind it
+(``deployment``: a :class:`~sincere.engine.spec.DeploymentSpec`, whose engine's
+``max_num_seqs`` then wins), from which routers get its step-time model. Units: seconds
+(``*_s``), USD per 1M tokens for prices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sincere.core.config import MAX_SECONDS
+from sincere.engine.spec import DeploymentSpec
+
+
+class BackendConfig(BaseModel):
+    """One serving instance behind the gateway."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(min_length=1, max_length=128)
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    kind: Literal["openai", "ollama"] = "openai"
+    models: dict[str, str] = Field(min_length=1, max_length=64)  # public name -> backend's
+    price_in_per_1m_usd: float = Field(0.0, ge=0, le=1e6)
+    price_out_per_1m_usd: float = Field(0.0, ge=0, le=1e6)
+    quality: float = Field(1.0, ge=0, le=1e6)
+    accelerator: str = Field("unknown", max_length=128)
+    max_in_flight: int = Field(64, ge=1, le=1 << 20)
+    connect_timeout_s: float = Field(2.0, gt=0, le=MAX_SECONDS)
+    read_timeout_s: float = Field(60.0, gt=0, le=MAX_SECONDS)  # longest wait for the next byte
+    max_num_seqs: int = Field(256, ge=1, le=65_536)
+    metrics_path: str | None = Field("/metrics", max_length=256)  # scraped; null = never
+    # sincere's JSON engine load (``/sincere/load`` on an emulator), read instead of metrics
+    load_path: str | None = Field(None, max_length=256)
+    # the deployment behind it, when known: gives routers its step-time model and limits
+    deployment: DeploymentSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # the name goes into a response header and metric labels
+        if not value.isprintable():
+            raise ValueError("must be printable text (no control characters)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_list(cls, data: Any) -> Any:
+        # ``models: [a, b]`` is short for ``{a: a, b: b}``.
+        if isinstance(data, dict) and isinstance(data.get("models"), list):
+            data = {**data, "models": {str(m): str(m) for m in data["models"]}}
+        return data

@@ -1,0 +1,280 @@
+"""Relaying one admitted request to an instance, with retries and fault handling.
+
+* An instance that fails **before the first byte reaches the client** (connect error,
+  timeout, a 5xx or 429 status, a stream that breaks before its first event, a body
+  that breaks while read) counts a breaker failure, and the request is routed again
+  to an instance it has not tried yet; when none is left the client gets 502 / 503
+  with the last reason. So does an instance that sends no first byte within the
+  tier's ``first_byte_timeout_s`` (a stalled engine): its connection is dropped and
+  the request retried elsewhere, instead of waiting out the read timeout.
+* An instance that fails **mid-stream** ends the client's stream with an error event
+  ``data: {"error": {...}}`` followed by ``data: [DONE]``.
+* A 4xx from the instance is passed through (the instance is alive).
+* A client that goes away mid-stream ends the relay quietly: one log line, the
+  request counted as ``cancelled``.
+
+The :class:`Relay` sees only what relaying needs -- the dispatcher (slots, admission,
+outcomes), the metrics, the observed-load window, the tiers' first-byte timeouts and a
+logger -- not the whole gateway. Every path releases its slot (``finally``), so no request
+is lost or left hanging:
+each ends with a response, an error status or an error event. Timing: TTFT is the
+first streamed event (or the first Ollama token) after the gateway sent the request;
+a non-streamed OpenAI answer arrives whole, so its TTFT is not measured (the metrics
+record its E2E for both; admission learns only from measured TTFTs).
+
+Cost per request: the upstream's bytes go to the client as they come (a body in one
+``web.Response``, a stream chunk by chunk, with headers built once per instance); JSON
+is decoded only for the usage of a non-streamed answer and to rename a mapped model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+from aiohttp import web
+
+from sincere.core.request import Request
+from sincere.policy.router_base import Outcome
+from sincere.serve.backends.openai_api import Upstream, UpstreamError
+from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, Slot
+from sincere.serve.gateway.instances import INSTANCE_HEADER, InstanceState
+from sincere.serve.gateway.metrics import GatewayMetrics
+from sincere.serve.gateway.observed_load import ObservedLoad
+from sincere.serve.protocol import (
+    SSE_DONE,
+    CompletionRequest,
+    dumps_compact,
+    error_body,
+    loads,
+    sse_event,
+)
+
+__all__ = ["INSTANCE_HEADER", "SSE_HEADERS", "Relay"]
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+Opened = tuple[AsyncIterator[bytes], bytes]
+"""A stream being relayed: its event iterator and the first event, already read."""
+
+
+class Relay:
+    """Relays admitted requests to instances; one per gateway."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        metrics: GatewayMetrics,
+        load: ObservedLoad,
+        first_byte_timeouts: Mapping[str, float | None],
+        log: logging.Logger,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.load = load  # finished requests per (model, tier), for the planner
+        self.first_byte_timeouts = first_byte_timeouts  # per tier; None: read timeout only
+        self.log = log
+
+    async def serve(
+        self, http_req: web.Request, creq: CompletionRequest, pending: Pending
+    ) -> web.StreamResponse:
+        """Admit, route (queueing if needed) and relay ``pending``; retry before the first byte."""
+        d = self.dispatcher
+        loop = asyncio.get_running_loop()
+        req = pending.request
+        refusal = d.admit(pending, loop.time())
+        if refusal is not None:
+            raise refusal
+        tried: set[str] = set()
+        last: UpstreamError | None = None
+        for _ in range(len(d.by_model.get(req.model, ())) + 1):
+            if last is not None and all(s.name in tried for s in d.by_model.get(req.model, ())):
+                break
+            slot = await d.acquire(pending, loop)
+            pending.instance = slot.instance.name
+            try:
+                return await self._attempt(http_req, creq, req, slot)
+            except UpstreamError as exc:
+                self._failed(slot, "connect" if exc.status != 503 else "status", exc)
+                self.metrics.retries[slot.instance.name] += 1
+                tried.add(slot.instance.name)
+                pending.exclude = frozenset(tried)
+                last = exc
+            finally:
+                d.release(slot, loop.time())
+        assert last is not None  # the loop runs at least once and only breaks after a failure
+        raise RefusalError(
+            last.status,
+            f"every instance tried failed; last: {last.message}",
+            "error",
+            "upstream_error",
+        )
+
+    def client_left(self, tier: str, instance: str, when: str) -> None:
+        """Count a request whose client disconnected; one log line, no traceback."""
+        self.metrics.finished(instance, tier, "cancelled")
+        self.log.info("client disconnected %s (tier %s, instance %s)", when, tier, instance or "-")
+
+    async def _attempt(
+        self, http_req: web.Request, creq: CompletionRequest, req: Request, slot: Slot
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        limit_s = self.first_byte_timeouts.get(req.tier.name)
+        opened: Opened | None = None
+        if limit_s is None:
+            upstream = await slot.instance.backend.send(creq, slot.max_tokens)
+        else:
+            upstream, opened = await _first_byte(slot, creq, sent_at + limit_s, limit_s)
+        ok = False
+        try:
+            if upstream.status != 200:
+                body = await upstream.read_all()
+                slot.instance.breaker.record_success(loop.time())
+                self.metrics.finished(slot.instance.name, req.tier.name, "client_error")
+                ok = True
+                return _json(upstream.status, body, slot.instance)
+            if creq.stream:
+                resp = await self._relay_stream(http_req, req, slot, upstream, sent_at, opened)
+            else:
+                resp = await self._relay_body(creq, req, slot, upstream, sent_at)
+            ok = True
+            return resp
+        finally:
+            if ok:
+                upstream.release()
+            else:
+                upstream.response.close()
+
+    async def _relay_body(
+        self,
+        creq: CompletionRequest,
+        req: Request,
+        slot: Slot,
+        upstream: Upstream,
+        sent_at: float,
+    ) -> web.StreamResponse:
+        body = await upstream.read_all()
+        now = asyncio.get_running_loop().time()
+        first = upstream.stats.first_event_at  # None: the answer came whole (not measured)
+        self._succeeded(req, slot, sent_at, first, now, upstream.output_tokens(body))
+        upstream_model = slot.instance.backend.models.get(req.model, req.model)
+        if upstream_model != req.model:
+            body = _rename_model(body, req.model)
+        return _json(200, body, slot.instance)
+
+    async def _relay_stream(
+        self,
+        http_req: web.Request,
+        req: Request,
+        slot: Slot,
+        upstream: Upstream,
+        sent_at: float,
+        opened: Opened | None,
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        events, first_event = opened or await _open_stream(upstream)
+        first_at = upstream.stats.first_event_at or loop.time()
+        resp = web.StreamResponse(headers=slot.instance.sse_headers)
+        try:
+            await resp.prepare(http_req)
+            await resp.write(first_event)
+            async for event in events:
+                await resp.write(event)
+        except UpstreamError as exc:
+            self._failed(slot, "stream", exc)
+            self.metrics.finished(slot.instance.name, req.tier.name, "error")
+            sep = b"" if upstream.stats.ends_event else b"\n"  # close a half-sent event
+            await _write_quietly(resp, sep + sse_event(_stream_error(exc.message)) + SSE_DONE)
+            return resp
+        except ConnectionResetError:  # the client went away: not the gateway's error
+            self.client_left(req.tier.name, slot.instance.name, "mid-stream")
+            return resp
+        now = loop.time()
+        self._succeeded(req, slot, sent_at, first_at, now, upstream.output_tokens(None))
+        return resp
+
+    def _succeeded(
+        self,
+        req: Request,
+        slot: Slot,
+        sent_at: float,
+        first_at: float | None,
+        now: float,
+        output_tokens: int,
+    ) -> None:
+        """Count a served request; ``first_at`` None: its first token was not measured."""
+        state = slot.instance
+        state.breaker.record_success(now)
+        ttft_s = None if first_at is None else first_at - sent_at  # None: not measured
+        tier = req.tier.name
+        first = now if first_at is None else first_at
+        self.metrics.served(state.name, tier, first - req.arrival_at, now - req.arrival_at)
+        self.load.record(req.model, tier, now, req.prompt_tokens, output_tokens)
+        outcome = Outcome(req, state.name, ttft_s, now - sent_at, max(output_tokens, 1), now)
+        self.dispatcher.observe(outcome)
+
+    def _failed(self, slot: Slot, kind: str, exc: UpstreamError) -> None:
+        state = slot.instance
+        state.breaker.record_failure(asyncio.get_running_loop().time())
+        self.metrics.upstream_error(state.name, kind)
+        self.log.debug("instance %s failed (%s): %s %s", state.name, kind, exc.message, exc.detail)
+
+
+async def _first_byte(
+    slot: Slot, creq: CompletionRequest, deadline_at: float, limit_s: float
+) -> tuple[Upstream, Opened | None]:
+    """Send, and for a stream read its first event, before ``deadline_at`` (else retryable)."""
+    upstream: Upstream | None = None
+    try:
+        async with asyncio.timeout_at(deadline_at):
+            upstream = await slot.instance.backend.send(creq, slot.max_tokens)
+            if not creq.stream or upstream.status != 200:
+                return upstream, None
+            return upstream, await _open_stream(upstream)
+    except TimeoutError:
+        if upstream is not None:
+            upstream.response.close()
+        raise UpstreamError(
+            f"{slot.instance.name}: no first byte within {limit_s:g}s "
+            "(the tier's first_byte_timeout_s)",
+            retryable=True,
+        ) from None
+
+
+async def _open_stream(upstream: Upstream) -> Opened:
+    """The stream's events and its first one; a stream that breaks before it is retryable."""
+    events = upstream.events().__aiter__()
+    try:
+        return events, await events.__anext__()
+    except UpstreamError as exc:  # nothing sent to the client yet: retryable
+        raise UpstreamError(exc.message, retryable=True, detail=exc.detail) from None
+
+
+async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write(data)
+
+
+def _stream_error(message: str) -> dict[str, object]:
+    return error_body(
+        f"upstream failed mid-stream: {message}", type="server_error", code="upstream_failed"
+    )
+
+
+def _json(status: int, body: bytes, instance: InstanceState) -> web.Response:
+    return web.Response(status=status, body=body, headers=instance.json_headers)
+
+
+def _rename_model(body: bytes, model: str) -> bytes:
+    """The body with ``model`` set back to the client's name (mapped backends)."""
+    try:
+        obj = loads(body)
+    except ValueError:
+        return body
+    if isinstance(obj, dict):
+        obj["model"] = model
+        return dumps_compact(obj)
+    return body

@@ -1,0 +1,89 @@
+"""From a parsed OpenAI request to the policy's :class:`~sincere.core.request.Request`.
+
+Priority and tier are server policy: a client gets the configured default tier, and may
+only ask for a tier or a priority that is *not more important* (403 otherwise). A
+client's ``sincere.deadline_s`` only tightens the tier's end-to-end target, and
+``max_tokens`` must lie within ``limits.max_tokens`` (422). The prompt's token count and
+``max_tokens`` (else ``limits.default_max_tokens``) size the request for the policies;
+its budget comes from ``sincere.budget_usd``. Request ids count up per gateway process.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sincere.core.request import Request, Tier
+from sincere.serve.protocol import CompletionRequest, ProtocolError
+
+
+class RequestFactory:
+    """Builds policy requests under the gateway's tiers and limits."""
+
+    def __init__(
+        self, tiers: dict[str, Tier], default_tier: str, max_tokens: int, default_max_tokens: int
+    ) -> None:
+        self.tiers = tiers  # by name
+        self.default_tier = tiers[default_tier]  # what a client gets when it names none
+        self.max_tokens = max_tokens  # largest max_tokens a client may ask for
+        self.default_max_tokens = default_max_tokens  # assumed when a client sets none
+        self._seq = 0
+
+    def build(self, creq: CompletionRequest, now: float) -> Request:
+        """The request ``creq`` arriving at ``now``; a forbidden tier, priority or cap raises."""
+        fields = creq.sincere
+        tier = self.tier_of(fields.tier)
+        priority = tier.priority if fields.priority is None else fields.priority
+        if priority < tier.priority:
+            raise ProtocolError(
+                403,
+                f"sincere.priority: got {priority}; allowed: an integer >= {tier.priority} "
+                f"(tier {tier.name!r}; a client may only lower its own priority)",
+                param="sincere.priority",
+                code="priority_not_allowed",
+                type="permission_error",
+            )
+        if fields.deadline_s is not None:
+            ttlt = min(tier.ttlt_s or math.inf, fields.deadline_s)
+            tier = Tier(tier.name, tier.ttft_s, ttlt, tier.tbt_s, tier.priority)
+        if creq.max_tokens is not None and creq.max_tokens > self.max_tokens:
+            raise ProtocolError(
+                422,
+                f"max_tokens: got {creq.max_tokens}; allowed: an integer in [1, {self.max_tokens}]",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        self._seq += 1
+        return Request(
+            id=self._seq,
+            arrival_at=now,
+            model=creq.model,
+            prompt_tokens=max(1, creq.prompt_tokens),
+            output_tokens=creq.max_tokens or self.default_max_tokens,
+            max_tokens=creq.max_tokens,
+            prompt=creq.prompt,
+            tier=tier,
+            priority=priority,
+            budget_usd=fields.budget_usd,
+        )
+
+    def tier_of(self, name: str | None) -> Tier:
+        """The tier a client asked for; never one more important than the default tier."""
+        base = self.default_tier
+        tier = self.tiers.get(name or base.name)
+        if tier is None:
+            raise ProtocolError(
+                400,
+                f"sincere.tier: got {name!r}; allowed: {', '.join(sorted(self.tiers))}",
+                param="sincere.tier",
+            )
+        if tier.priority < base.priority:
+            allowed = sorted(n for n, t in self.tiers.items() if t.priority >= base.priority)
+            raise ProtocolError(
+                403,
+                f"sincere.tier: got {name!r}, more important than this client's tier "
+                f"{base.name!r}; allowed: {', '.join(allowed)}",
+                param="sincere.tier",
+                code="tier_not_allowed",
+                type="permission_error",
+            )
+        return tier
