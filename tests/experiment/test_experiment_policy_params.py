@@ -79,8 +79,9 @@ def test_every_policy_is_checked_before_any_search_and_all_problems_are_named() 
         check_all(base, ["fcfs", "fcfz", "edff"], PATHS)
     message = str(raised.value)
     assert message.startswith("cannot search the capacity of 3 policies; nothing was run:")
-    assert "unknown engine scheduler 'fcfz'" in message and "(policy fcfz)" in message
-    assert "unknown engine scheduler 'edff'" in message and "(policy edff)" in message
+    assert "instances[0].engine.scheduler: unknown engine scheduler; got 'fcfz'" in message
+    assert "(policy fcfz)" in message
+    assert "unknown engine scheduler; got 'edff'" in message and "(policy edff)" in message
 
 
 def test_a_config_without_slo_targets_cannot_be_searched() -> None:

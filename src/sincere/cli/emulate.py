@@ -73,8 +73,7 @@ def emulate_command(
     import asyncio
     import contextlib
 
-    from sincere.core.config import validate_config
-    from sincere.serve.emulator.config import EmulatorConfig, expand, load_emulator_configs
+    from sincere.serve.emulator.config import expand, load_emulator_configs, parse_emulator_config
     from sincere.serve.emulator.server import serve_forever
 
     config = _config_file(file, config)
@@ -89,7 +88,7 @@ def emulate_command(
             "failures": {"error_rate": error_rate, "stall_probability": stall_probability,
                          "stall_s": stall_s, "crash_after": crash_after},
         }  # fmt: skip
-        configs = expand(validate_config(EmulatorConfig, data, "command line"))
+        configs = expand(parse_emulator_config(data, "command line", prefix=""))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(configs, announce=_announce))
 

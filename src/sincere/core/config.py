@@ -17,7 +17,7 @@ Any layer may use these for its own config.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sincere.core.errors import ConfigError
-from sincere.core.params import format_loc
+from sincere.core.params import Problem, format_loc
 from sincere.core.params import short_repr as _short
 from sincere.core.request import Tier
 
@@ -75,6 +75,32 @@ def _useful_errors(exc: ValidationError) -> list[tuple[tuple[int | str, ...], An
     return useful
 
 
+def validation_lines(
+    exc: ValidationError, *, prefix: str | None = None, model: type[BaseModel] | None = None
+) -> list[str]:
+    """Every problem of ``exc``, one line each (see :func:`format_validation_error`)."""
+    lines = []
+    for loc, err in _useful_errors(exc):
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        line = f"{format_loc(loc, prefix)}: {msg}"
+        if err.get("type") not in ("missing", "value_error"):
+            line += f"; got {_short(err.get('input'))}"
+        if err.get("type") == "extra_forbidden":
+            allowed = _fields_at(model, loc)
+            if allowed:
+                line += f"; allowed: {', '.join(allowed)}"
+        lines.append(line)
+    return lines
+
+
+def problems_error(
+    lines: Sequence[str], what: str, source: str | Path | None = None
+) -> ConfigError:
+    """One :class:`ConfigError` titled ``invalid <what> config (N problems)``, a line each."""
+    count = f"{len(lines)} problem" + ("s" if len(lines) != 1 else "")
+    return ConfigError("\n  ".join([f"invalid {what} config ({count})", *lines]), where=source)
+
+
 def format_validation_error(
     exc: ValidationError,
     source: str | Path | None = None,
@@ -88,30 +114,35 @@ def format_validation_error(
     the section inside it (e.g. ``workload``), ``model`` the validated class (to list
     allowed keys when an unknown key was given).
     """
-    lines = []
-    for loc, err in _useful_errors(exc):
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        line = f"{format_loc(loc, prefix)}: {msg}"
-        if err.get("type") not in ("missing", "value_error"):
-            line += f"; got {_short(err.get('input'))}"
-        if err.get("type") == "extra_forbidden":
-            allowed = _fields_at(model, loc)
-            if allowed:
-                line += f"; allowed: {', '.join(allowed)}"
-        lines.append(line)
-    count = f"{len(lines)} problem" + ("s" if len(lines) != 1 else "")
-    title = f"invalid {prefix or exc.title} config ({count})"
-    return ConfigError("\n  ".join([title, *lines]), where=source)
+    lines = validation_lines(exc, prefix=prefix, model=model)
+    return problems_error(lines, prefix or exc.title, source)
 
 
 def validate_config(
-    model: type[M], data: Any, source: str | Path | None = None, *, prefix: str | None = None
+    model: type[M],
+    data: Any,
+    source: str | Path | None = None,
+    *,
+    prefix: str | None = None,
+    checks: Callable[[Any], Sequence[Problem]] | None = None,
 ) -> M:
-    """``model.model_validate(data)``, raising :func:`format_validation_error`'s error."""
+    """``model.model_validate(data)``, raising :func:`format_validation_error`'s error.
+
+    ``checks`` finds further problems in the raw ``data`` (the policies a config names,
+    checked against their registries: :mod:`sincere.policy.specs`); they are reported
+    in the same error as the schema's own, so a config shows every problem at once.
+    """
+    lines: list[str] = []
+    checked: M | None = None
     try:
-        return model.model_validate(data)
+        checked = model.model_validate(data)
     except ValidationError as exc:
-        raise format_validation_error(exc, source, prefix=prefix, model=model) from None
+        lines = validation_lines(exc, prefix=prefix, model=model)
+    if checks is not None:
+        lines += [problem.line() for problem in checks(data)]
+    if lines or checked is None:
+        raise problems_error(lines, prefix or model.__name__, source)
+    return checked
 
 
 def read_yaml(path: str | Path, what: str = "config") -> Any:

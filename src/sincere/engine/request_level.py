@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
@@ -57,7 +57,7 @@ from sincere.perf.sincere_runs import RequestLevelCosts
 from sincere.policy.batching import (
     BatchingView,
     BatchStrategy,
-    Choice,
+    ComposedParams,
     ComposedStrategy,
     Idle,
     ModelQueueView,
@@ -567,30 +567,26 @@ def check_engine_args(
         )
 
 
-class RequestLevelConfig(BaseModel):
-    """User config of a request-level engine (``engine: {kind: request-level, ...}``)."""
+class RequestLevelConfig(ComposedParams):
+    """User config of a request-level engine (``engine: {kind: request-level, ...}``).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    The strategy's parameters are :class:`~sincere.policy.batching.ComposedParams`'s
+    fields, declared once there (ranges, units, meaning) and written flat in the engine
+    block; the fields below are the engine's own.
+    """
 
     kind: Literal["request-level"] = "request-level"
     strategy: str = "best-batch+timer"  # "+"-joined rules, see valid_strategy_names()
-    sla_s: float = Field(60.0, gt=0)  # end-to-end latency bound the Timer plans for, s
-    best_batch: dict[str, int] | None = None  # model -> best batch (SINCERE's by default)
-    est_batch_time_s: float = Field(8.0, gt=0)  # Timer's estimate of one batch, s
-    min_timer_s: float = Field(5.0, gt=0)  # Timer's floor, s
-    timer_queue_factor: float = Field(0.001, ge=0)  # Timer shrink per queued request
-    select_window: int = Field(100, ge=1)  # SelectBatch: inter-arrival times kept
-    select_sizes: tuple[int, ...] = (8, 16, 32, 64)  # SelectBatch: candidate sizes
-    partial_residency_s: float = Field(10.0, ge=0)  # PartialBatch: residency before flush, s
-    partial_fraction: float = Field(0.25, ge=0)  # PartialBatch: flush above this x best
-    prefer_resident: bool | None = None  # ready resident queue first (None: not for fcfs)
-    choose: Choice = "oldest-head"  # which ready queue runs: oldest head or most requests
+    sla_s: Seconds = Field(60.0, gt=0, description="end-to-end latency bound, s")
+    # widened to allow null: the engine resolves it (planning()) before the strategy sees it
+    select_horizon: Literal["sla-slack", "swap-and-batch"] | None = Field(  # type: ignore[assignment]
+        None, description="SelectBatch's span; null: as the step model's calibration says"
+    )
     max_resident_models: int = Field(1, ge=1)  # models the device holds at once
     max_batch_size: int | None = Field(None, ge=1)  # cap on a batch; None = unbounded
     sample_swap_times: bool = False  # draw swap times from N(mean, std) instead of means
     dispatch: Literal["server", "idle"] = "server"  # SINCERE's server, or decide when idle
     poll_period_s: float | None = Field(None, gt=0)  # server's timer thread; None: calibrated
-    select_horizon: Literal["sla-slack", "swap-and-batch"] | None = None  # None: calibrated
 
     @field_validator("strategy")
     @classmethod
@@ -601,20 +597,9 @@ class RequestLevelConfig(BaseModel):
         self, step_models: Mapping[ModelName, StepTimeModel] | None = None
     ) -> ComposedStrategy:
         """A fresh strategy object for one engine (``step_models``: see :meth:`planning`)."""
-        params = self.model_dump(
-            exclude={"kind", "strategy", "max_resident_models", "max_batch_size"}
-            | {"sample_swap_times", "prefer_resident", "choose", "best_batch", "sla_s"}
-            | {"dispatch", "poll_period_s", "select_horizon"}
-        )
-        return make_strategy(
-            self.strategy,
-            sla_s=self.sla_s,
-            best_batch=self.best_batch,
-            prefer_resident=self.prefer_resident,
-            choose=self.choose,
-            select_horizon=self.planning(step_models or {})[0],
-            **params,
-        )
+        params = self.model_dump(include=set(ComposedParams.model_fields) - {"select_horizon"})
+        horizon = self.planning(step_models or {})[0]
+        return make_strategy(self.strategy, select_horizon=horizon, **params)
 
     def planning(self, step_models: Mapping[ModelName, StepTimeModel]) -> tuple[str, Seconds]:
         """(SelectBatch span, timer-thread period): as set here, else as the step models'

@@ -19,14 +19,11 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    field_validator,
     model_validator,
 )
 
-from sincere.core.errors import ConfigError
 from sincere.engine.request_level import RequestLevelConfig
 from sincere.perf.factory import StepModelConfig
-from sincere.policy.schedulers import SCHEDULERS, check_scheduler_params
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -45,21 +42,6 @@ class ContinuousConfig(BaseModel):
     num_kv_blocks: int | None = Field(None, ge=1)  # override the memory plan's KV blocks
     watermark: float = Field(0.01, ge=0, lt=1)  # share of blocks admissions leave free
     max_model_len: int | None = Field(None, ge=2)  # longest prompt + output, tokens
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str) -> str:
-        if value not in SCHEDULERS:
-            raise ValueError(f"unknown engine scheduler {value!r}; allowed: {SCHEDULERS.names()}")
-        return value
-
-    @model_validator(mode="after")
-    def _known_params(self) -> ContinuousConfig:
-        try:
-            check_scheduler_params(self.scheduler, self.scheduler_params)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return self
 
 
 def _engine_kind(value: Any) -> str:

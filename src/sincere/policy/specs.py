@@ -15,7 +15,7 @@ still fails with the same messages, only later and one block at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -78,3 +78,77 @@ def check_policies(specs: Iterable[PolicySpec], source: str | Path | None = None
     ``source`` names the config file at the start of the message.
     """
     raise_problems(policy_problems(specs), "invalid policies", source)
+
+
+# --- the policies a config names, read from the raw data of its file ---------------------
+#
+# The config edges validate their schema with pydantic and pass these to
+# ``validate_config(..., checks=...)``: both sets of problems come out in one error. They
+# read the raw mapping defensively: a part of the wrong shape is the schema's to report.
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _items(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _at(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def router_specs(raw: object, at: str = "router") -> list[PolicySpec]:
+    """The router a ``router: {name, params}`` block names (the default when left out)."""
+    block = _mapping(raw)
+    name = block.get("name", "least-outstanding")
+    return [PolicySpec("router", name, block.get("params"), _at(at, "name"), _at(at, "params"))]
+
+
+def deployment_specs(raw: object, at: str = "") -> list[PolicySpec]:
+    """The engine scheduler and the step-time model of one deployment.
+
+    A request-level engine's block is its strategy's parameter model itself
+    (:class:`~sincere.engine.request_level.RequestLevelConfig` extends
+    :class:`~sincere.policy.batching.ComposedParams`), so the schema checks its strategy.
+    """
+    spec = _mapping(raw)
+    engine = _mapping(spec.get("engine"))
+    engine_at = _at(at, "engine")
+    found = []
+    if engine.get("kind", "continuous") == "continuous":
+        found.append(
+            PolicySpec(
+                "scheduler",
+                engine.get("scheduler", "fcfs"),
+                engine.get("scheduler_params"),
+                _at(engine_at, "scheduler"),
+                _at(engine_at, "scheduler_params"),
+            )
+        )
+    step = _mapping(spec.get("step_model"))
+    step_at = _at(at, "step_model")
+    params = None if step.get("params_file") is not None else step.get("params")
+    kind = step.get("kind", "roofline")
+    found.append(
+        PolicySpec("step-model", kind, params, _at(step_at, "kind"), _at(step_at, "params"))
+    )
+    return found
+
+
+def simulation_specs(raw: object) -> list[PolicySpec]:
+    """Every policy a simulation config names: the router, each instance's engine policy
+    and step-time model (and the predictors the router's parameters name)."""
+    data = _mapping(raw)
+    found = router_specs(data.get("router"))
+    for k, instance in enumerate(_items(data.get("instances"))):
+        found += deployment_specs(instance, f"instances[{k}]")
+    return found
+
+
+def config_checks(
+    specs_of: Callable[[object], list[PolicySpec]],
+) -> Callable[[object], list[Problem]]:
+    """A ``checks`` callable for :func:`sincere.core.config.validate_config`."""
+    return lambda raw: policy_problems(specs_of(raw))

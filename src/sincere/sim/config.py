@@ -38,6 +38,7 @@ from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.spec import DeploymentSpec
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
+from sincere.policy.specs import config_checks, simulation_specs
 from sincere.workload.config import WorkloadConfig
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -86,4 +87,5 @@ def load_config(source: str | Path | dict[str, Any]) -> SimulationConfig:
             data = {**data, "base_dir": str(path.resolve().parent)}
     if not isinstance(data, dict):
         raise ConfigError("a simulation config must be a mapping", where=where, value=type(data))
-    return validate_config(SimulationConfig, data, where)
+    checks = config_checks(simulation_specs)
+    return validate_config(SimulationConfig, data, where, checks=checks)

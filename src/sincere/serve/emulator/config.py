@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sincere.core.config import TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
+from sincere.policy.specs import config_checks, deployment_specs
 from sincere.serve.protocol import MAX_BODY_BYTES
 
 MAX_NUM_REQUESTS = 1 << 20
@@ -84,6 +85,15 @@ def expand(config: EmulatorConfig, position: int = 0) -> list[EmulatorConfig]:
     ]
 
 
+def parse_emulator_config(
+    data: object, where: str | Path | None = None, *, prefix: str = "emulator"
+) -> EmulatorConfig:
+    """Validate one instance's mapping, its engine scheduler and step model included: every
+    problem in one ``ConfigError``, paths under ``prefix``."""
+    checks = config_checks(lambda raw: deployment_specs(raw, prefix))
+    return validate_config(EmulatorConfig, data, where, prefix=prefix, checks=checks)
+
+
 def load_emulator_configs(source: str | Path | list[Any] | dict[str, Any]) -> list[EmulatorConfig]:
     """Single-engine configs from a YAML file (a list, or ``{instances: [...]}``) or data."""
     where: str | Path | None = None
@@ -102,7 +112,7 @@ def load_emulator_configs(source: str | Path | list[Any] | dict[str, Any]) -> li
         )
     configs: list[EmulatorConfig] = []
     for k, entry in enumerate(data):
-        cfg = validate_config(EmulatorConfig, entry, where, prefix=f"instances[{k}]")
+        cfg = parse_emulator_config(entry, where, prefix=f"instances[{k}]")
         configs.extend(expand(cfg, k))
     _check_unique(configs, where)
     return configs

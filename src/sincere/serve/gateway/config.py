@@ -20,6 +20,7 @@ from sincere.core.config import MAX_PRIORITY, MAX_SECONDS, TierConfig, read_yaml
 from sincere.core.errors import ConfigError
 from sincere.core.request import Tier
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
+from sincere.policy.specs import PolicySpec, config_checks, router_specs
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.gateway.upstream_policy import parse_rules
 
@@ -188,7 +189,12 @@ def parse_config(raw: object, where: str | Path = "config") -> GatewayConfig:
     """Validate a mapping into a :class:`GatewayConfig`; every problem is one line of the error."""
     if not isinstance(raw, dict):
         raise ConfigError("expected a mapping at the top level", where=where, value=raw)
-    return validate_config(GatewayConfig, raw, where)
+    return validate_config(GatewayConfig, raw, where, checks=config_checks(_policies))
+
+
+def _policies(raw: object) -> list[PolicySpec]:
+    """The policies a gateway config names: its router (and the router's predictors)."""
+    return router_specs(raw.get("router") if isinstance(raw, dict) else None)
 
 
 def load_config(path: str | Path) -> GatewayConfig:

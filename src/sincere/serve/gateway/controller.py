@@ -168,7 +168,7 @@ class Controller:
     async def _start_emulated(
         self, model: str, name: str, overrides: dict[str, Any], *, trusted: bool = False
     ) -> InstanceState:
-        from sincere.serve.emulator.config import EmulatorConfig
+        from sincere.serve.emulator.config import parse_emulator_config
         from sincere.serve.emulator.server import EmulatorServer
 
         entry = self.models.get(model) or ModelEntry(model)
@@ -177,7 +177,7 @@ class Controller:
             overrides = check_emulator_fields(overrides, self.files_dir)
         fields = {**self.gw.config.planning.emulator, **entry.emulator, **overrides}
         fields.update(name=name, served_model_name=model, port=0, host="127.0.0.1")
-        emu_cfg = validate_config(EmulatorConfig, fields, prefix="emulator")
+        emu_cfg = parse_emulator_config(fields)
         backend = {
             "name": name,
             "url": "http://127.0.0.1:1",
