@@ -15,13 +15,16 @@ taken over the candidates (a zero maximum makes that term 1 for all). The highes
 score wins; ties go to the earlier instance.
 
 Before scoring, instances whose probability of meeting the request's tier is below
-``min_slo_prob`` (0.7) are dropped. That probability puts a lognormal error around
-the latency prediction (:mod:`sincere.predict.slo`; relative spread ``rel_std``, then
-learned from outcomes); latencies are predicted as latency-optimal predicts them (step
-model and engine load, else learned, named in the reason). An instance without a
+``min_slo_prob`` (0.7) are dropped. That probability comes from the predicted
+distribution where the latency predictor gives one (the trained LSTM:
+:func:`~sincere.predict.slo.distribution_slo_probability`), else it puts a lognormal
+error around the point prediction (:mod:`sincere.predict.slo`; relative spread
+``rel_std``, then learned from outcomes); latencies are predicted as latency-optimal
+predicts them (step model and engine load, else learned, named in the reason). An instance without a
 prediction yet counts as latency 0
 and probability 1 (explored). If every instance is dropped, the one most likely to
-meet the SLO is chosen.
+meet the SLO is chosen. In the train phase (``explore``) a share of requests goes to
+a random affordable instance instead.
 
 Presets set the weights ``(w_q, w_c, w_l, w_b)``: ``balance`` (0.3, 0.2, 0.3, 0.2,
 the published default), ``quality`` (0.6, 0.1, 0.2, 0.1), ``latency`` (0.1, 0.1, 0.7,
@@ -57,6 +60,7 @@ from sincere.policy.routers._estimates import (
     LATENCY,
     LENGTH,
     Estimator,
+    Explorer,
     PredictorParams,
     context_of,
     unused_step_models,
@@ -64,7 +68,13 @@ from sincere.policy.routers._estimates import (
 from sincere.policy.routers.price_optimal import affordable, over_budget
 from sincere.predict.latency import LatencyEstimate, LatencyPredictor, RouteContext
 from sincere.predict.length import OutputLengthPredictor
-from sincere.predict.slo import LognormalError, LognormalErrorParams, slo_probability
+from sincere.predict.slo import (
+    LatencyDistribution,
+    LognormalError,
+    LognormalErrorParams,
+    distribution_slo_probability,
+    slo_probability,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +214,7 @@ class CostOptimalRouter(Router):
         self.min_slo_prob = p.min_slo_prob
         self.latency_metric = p.latency_metric
         self.estimator = Estimator(length_predictor, latency_predictor, error_model)
+        self.explorer = Explorer(p.explore, rng)
 
     @property
     def reads_engine_tokens(self) -> bool:
@@ -217,6 +228,15 @@ class CostOptimalRouter(Router):
         options = self._options(request, candidates, now)
         if not options:
             return over_budget(request, len(candidates))
+        k = self.explorer.pick(options, now)
+        if k is not None:
+            o = options[k]
+            self.estimator.remember(request, o.view, o.ctx, o.estimate)
+            return RouteDecision(
+                o.view.id,
+                max_tokens=capped_tokens(request, o.cap),
+                reason="explore phase: random affordable instance",
+            )
         likely = [o for o in options if o.prob >= self.min_slo_prob]
         if likely:
             scores = self._scores(likely)
@@ -241,18 +261,33 @@ class CostOptimalRouter(Router):
         """Affordable instances with their price, latency prediction and SLO probability."""
         expected = self.estimator.length.predict(request)
         elapsed = max(0.0, now - request.arrival_at)
+        found = affordable(request, views, expected)
+        ctxs = [
+            context_of(request, view, expected if cap is None else min(expected, float(cap)), now)
+            for view, _, cap in found
+        ]
+        preds = self.estimator.estimates([f[0] for f in found], ctxs)
         out = []
-        for view, price, cap in affordable(request, views, expected):
-            tokens = expected if cap is None else min(expected, float(cap))
-            ctx = context_of(request, view, tokens, now)
-            est = self.estimator.estimate(view, ctx)
+        for (view, price, cap), ctx, (est, dist) in zip(found, ctxs, preds, strict=True):
             if est is None:
                 latency, prob = 0.0, 1.0
             else:
                 latency = est.e2e_s if self.latency_metric == "e2e" else est.ttft_s
-                prob = slo_probability(request.tier, est, self.estimator.error, elapsed)
+                prob = self._slo_probability(request, est, dist, elapsed)
             out.append(_Option(view, price, cap, ctx, est, latency, prob))
         return out
+
+    def _slo_probability(
+        self,
+        request: Request,
+        est: LatencyEstimate,
+        dist: LatencyDistribution | None,
+        elapsed: Seconds,
+    ) -> float:
+        """From the predicted distribution when there is one, else the error model's."""
+        if dist is None:
+            return slo_probability(request.tier, est, self.estimator.error, elapsed)
+        return distribution_slo_probability(request.tier, dist, est.output_tokens, elapsed)
 
     def _scores(self, options: Sequence[_Option]) -> npt.NDArray[np.float64]:
         return weighted_scores(
