@@ -16,9 +16,10 @@ Two sources of a prediction, as in the reference router's serving phase:
   output token on outstanding requests) -- a cheap stand-in for the reference's
   gradient-boosted baseline.
 
-The reference's LSTM over the recent request history is an extension point: any
-class with ``predict(instance, ctx)`` and ``observe(instance, ctx, ...)`` registered
-in :data:`LATENCY_PREDICTORS` works (a torch model would live in an optional module).
+The reference's LSTM over the recent request history is ``lstm``: a trained model
+file (:class:`~sincere.predict.lstm.LstmLatency`, served in NumPy). Any class with
+``predict(instance, ctx)`` and ``observe(instance, ctx, ...)`` registered in
+:data:`LATENCY_PREDICTORS` works.
 All predictors are clock-free: times come in :class:`RouteContext`.
 """
 
@@ -291,6 +292,11 @@ class LstmFileParams(Params):
     min_history: int = Field(
         1, ge=0, description="finished requests of an instance before predicting"
     )
+    refresh_on_observe: bool = Field(
+        False,
+        description="run the LSTM over an instance's window when its outcome arrives "
+        "(decisions never run it); else batched at the next decision",
+    )
 
 
 @LATENCY_PREDICTORS.register("lstm", params=LstmFileParams)
@@ -301,7 +307,7 @@ def trained_lstm(params: LstmFileParams) -> LatencyPredictor:
     """
     from sincere.predict.lstm import LstmLatency
 
-    return LstmLatency.load(params.path, params.min_history)
+    return LstmLatency.load(params.path, params.min_history, params.refresh_on_observe)
 
 
 def make_latency_predictor(name: str, **params: Any) -> LatencyPredictor:
