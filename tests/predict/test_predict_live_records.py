@@ -1,0 +1,74 @@
+"""Decision logs read as record tables: live records train and score predictors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sincere.core.errors import DataError
+from sincere.predict.live_records import decision_table
+from sincere.predict.records import read_lengths, read_served
+from sincere.sim import simulate
+from tests.predict.conftest import hetero_config
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 400-request run of the hetero cluster with its decision log beside its records."""
+    folder = tmp_path_factory.mktemp("logged")
+    simulate(hetero_config(3, 400), decisions=folder / "decisions.jsonl").write(folder)
+    return folder
+
+
+def test_a_decision_log_gives_the_records_the_simulator_wrote(logged_run: Path) -> None:
+    """Served requests, latencies and load at arrival from the log equal requests.parquet's."""
+    from_log = read_served(logged_run / "decisions.jsonl")
+    from_table = read_served(logged_run / "requests.parquet")
+    assert len(from_log) == len(from_table) > 300
+    assert from_log.instances == from_table.instances
+    assert from_log.num_derived == 0
+    for name in ("instance", "prompt_tokens", "output_tokens", "running", "waiting",
+                 "waiting_tokens", "outstanding"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(from_log, name), getattr(from_table, name), name)
+    for name in ("arrival_at", "finished_at", "ttft_s", "tpot_s"):
+        np.testing.assert_allclose(getattr(from_log, name), getattr(from_table, name), rtol=1e-9)
+    assert from_log.tier == from_table.tier
+
+
+def test_unknown_engine_load_is_derived_from_timestamps(logged_run: Path, tmp_path: Path) -> None:
+    """A log whose views lack the engine's queue (a live backend) still gives every load."""
+    lines = (logged_run / "decisions.jsonl").read_text().splitlines()
+    blind = []
+    for line in lines:
+        record = json.loads(line)
+        for view in record.get("candidates", []):
+            view.update(num_running=None, num_waiting=None, waiting_prefill_tokens=None)
+        blind.append(json.dumps(record))
+    path = tmp_path / "live.jsonl"
+    path.write_text("\n".join(blind) + "\n")
+    served = read_served(path)
+    exact = read_served(logged_run / "requests.parquet")
+    assert served.num_derived == len(served)
+    np.testing.assert_array_equal(served.outstanding, exact.outstanding)
+    assert (served.running + served.waiting == served.outstanding).all()
+    assert len(read_lengths([path])) == len(served)
+
+
+def test_a_broken_log_line_names_file_and_line(tmp_path: Path) -> None:
+    """A line that is not a decision record is a DataError with its line number."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"event": "outcome", "request": 1}\nnot json\n')
+    with pytest.raises(DataError, match=r"bad.jsonl.*line 1|line 1.*bad.jsonl"):
+        decision_table(path)
+
+
+def test_a_log_without_outcomes_is_a_clear_error(logged_run: Path, tmp_path: Path) -> None:
+    """Routed requests that never finished give no record, and an error says so."""
+    lines = (logged_run / "decisions.jsonl").read_text().splitlines()
+    path = tmp_path / "cut.jsonl"
+    path.write_text("\n".join(x for x in lines if '"event":"outcome"' not in x) + "\n")
+    with pytest.raises(DataError, match=r"no served request in the decision log \(\d+ routed, 0"):
+        decision_table(path)
