@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.predict.conftest import hetero_config
 
 from sincere.core.errors import DataError
 from sincere.predict.live_records import decision_table
 from sincere.predict.records import read_lengths, read_served
 from sincere.sim import simulate
-from tests.predict.conftest import hetero_config
 
 
 @pytest.fixture(scope="module")
