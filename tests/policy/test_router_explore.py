@@ -175,3 +175,36 @@ def test_latency_optimal_predicts_all_candidates_in_one_batch() -> None:
     decision = router.route(req(0), list(reversed(views(4))), 0.0)
     assert decision.instance == "i0"
     assert predictor.num_calls == 1
+
+
+def test_use_step_model_false_routes_on_the_learned_predictor() -> None:
+    """With use_step_model false a view's step model is ignored and the predictor decides."""
+    from sincere.perf.base import Batch, StepTimeBase
+
+    class Fixed(StepTimeBase):
+        def __init__(self, s: float) -> None:
+            super().__init__()
+            self.s = s
+
+        def iteration_s(self, batch: Batch) -> float:
+            return self.s
+
+    known = {"num_running": 0, "num_waiting": 0, "waiting_prefill_tokens": 0,
+             "running_remaining_tokens": 0, "running_ctx_tokens": 0}  # fmt: skip
+    cands = [
+        InstanceView("fast-model", "m", "H100", step_model=Fixed(0.001), **known),
+        InstanceView("slow-model", "m", "H100", step_model=Fixed(0.1), **known),
+    ]
+    dist = LatencyDistribution(math.log(0.5), 0.1, math.log(0.01), 0.1)
+    predictor = FixedDistributions(
+        {"fast-model": dist._replace(ttft_mu=math.log(5.0)), "slow-model": dist}
+    )
+    for use, expected in ((True, "fast-model"), (False, "slow-model")):
+        router = ROUTERS.build(
+            "latency-optimal",
+            {"use_step_model": use},
+            rng=np.random.default_rng(0),
+            length_predictor=MaxTokens(),
+            latency_predictor=predictor,
+        )
+        assert router.route(req(0), cands, 0.0).instance == expected

@@ -85,6 +85,11 @@ class PredictorParams(LengthPredictorParams):
     explore: ExploreParams = Field(
         ExploreParams(), description="train phase: random routing while collecting outcomes"
     )
+    use_step_model: bool = Field(
+        True,
+        description="predict analytically where a view has a step model and its engine "
+        "load; false: the latency predictor everywhere",
+    )
 
     latency_predictor: Annotated[Spec, Uses(LATENCY_PREDICTORS)] = Field(
         Spec(name="recent-window"),
@@ -193,14 +198,6 @@ def _or_zero(value: int | None) -> int:
     return 0 if value is None else value
 
 
-def unused_step_models(views: Sequence[InstanceView]) -> str:
-    """A reason's note naming instances whose step model went unused (load unknown)."""
-    lost = [v.id for v in views if v.step_model is not None and not v.engine_load_known]
-    if not lost:
-        return ""
-    return f"; engine load unknown on {', '.join(lost)}: learned estimate there"
-
-
 @dataclass(frozen=True, slots=True)
 class _Pending:
     instance: InstanceId
@@ -217,6 +214,7 @@ class Estimator:
         latency: LatencyPredictor,
         error: LognormalError | None = None,
         max_pending: int = 100_000,
+        use_step_model: bool = True,
     ) -> None:
         self.length = length
         self.latency = latency
@@ -224,12 +222,21 @@ class Estimator:
         self._batched = latency if isinstance(latency, DistributionPredictor) else None
         self.error = error or LognormalError()
         self.max_pending = max_pending
+        self.use_step_model = use_step_model
         self._pending: dict[RequestId, _Pending] = {}
 
-    @staticmethod
-    def analytic(view: InstanceView) -> bool:
+    def analytic(self, view: InstanceView) -> bool:
         """Whether ``view``'s latency is predicted from its step model (and known load)."""
-        return view.step_model is not None and view.engine_load_known
+        return self.use_step_model and view.step_model is not None and view.engine_load_known
+
+    def unused_step_models(self, views: Sequence[InstanceView]) -> str:
+        """A reason's note naming instances whose step model went unused (load unknown)."""
+        if not self.use_step_model:
+            return ""
+        lost = [v.id for v in views if v.step_model is not None and not v.engine_load_known]
+        if not lost:
+            return ""
+        return f"; engine load unknown on {', '.join(lost)}: learned estimate there"
 
     def estimates(
         self, views: Sequence[InstanceView], ctxs: Sequence[RouteContext]
@@ -250,7 +257,8 @@ class Estimator:
     def estimate(self, view: InstanceView, ctx: RouteContext) -> LatencyEstimate | None:
         """Analytic estimate when the view has a step model and its engine load, else the
         learned one (``None`` until the instance has outcomes)."""
-        if view.step_model is not None and view.engine_load_known:
+        if self.analytic(view):
+            assert view.step_model is not None  # analytic() checked it
             return step_model_latency(view.step_model, ctx)
         return self.latency.predict(view.id, ctx)
 

@@ -63,7 +63,6 @@ from sincere.policy.routers._estimates import (
     Explorer,
     PredictorParams,
     context_of,
-    unused_step_models,
 )
 from sincere.policy.routers.price_optimal import affordable, over_budget
 from sincere.predict.latency import LatencyEstimate, LatencyPredictor, RouteContext
@@ -213,7 +212,9 @@ class CostOptimalRouter(Router):
         self.weights = p.weights()
         self.min_slo_prob = p.min_slo_prob
         self.latency_metric = p.latency_metric
-        self.estimator = Estimator(length_predictor, latency_predictor, error_model)
+        self.estimator = Estimator(
+            length_predictor, latency_predictor, error_model, use_step_model=p.use_step_model
+        )
         self.explorer = Explorer(p.explore, rng)
 
     @property
@@ -251,7 +252,7 @@ class CostOptimalRouter(Router):
         return RouteDecision(
             best.view.id,
             max_tokens=capped_tokens(request, best.cap),
-            reason=reason + unused_step_models(candidates),
+            reason=reason + self.estimator.unused_step_models(candidates),
             estimates=estimates,
         )
 

@@ -52,7 +52,6 @@ from sincere.policy.routers._estimates import (
     Explorer,
     PredictorParams,
     context_of,
-    unused_step_models,
 )
 from sincere.predict.latency import LatencyEstimate, LatencyPredictor
 from sincere.predict.length import OutputLengthPredictor
@@ -83,7 +82,9 @@ class LatencyOptimalRouter(Router):
         super().__init__(rng)
         p = params_from(LatencyOptimalParams, params, values, "router 'latency-optimal'")
         self.objective = p.objective
-        self.estimator = Estimator(length_predictor, latency_predictor, LognormalError())
+        self.estimator = Estimator(
+            length_predictor, latency_predictor, LognormalError(), use_step_model=p.use_step_model
+        )
         self.explorer = Explorer(p.explore, rng)
 
     @property
@@ -117,7 +118,7 @@ class LatencyOptimalRouter(Router):
             reason = f"predicted {self.objective}={self._value(est):.4g}s"
         self.estimator.remember(request, view, ctx, est)
         estimates = tuple((o[0].id, self._value(o[2])) for o in options if o[2] is not None)
-        note = unused_step_models(candidates)
+        note = self.estimator.unused_step_models(candidates)
         return RouteDecision(view.id, reason=reason + note, estimates=estimates)
 
     def _value(self, est: LatencyEstimate | None) -> float:
