@@ -72,3 +72,20 @@ def test_a_log_without_outcomes_is_a_clear_error(logged_run: Path, tmp_path: Pat
     path.write_text("\n".join(x for x in lines if '"event":"outcome"' not in x) + "\n")
     with pytest.raises(DataError, match=r"no served request in the decision log \(\d+ routed, 0"):
         decision_table(path)
+
+
+def test_predict_cli_trains_and_scores_on_a_decision_log(logged_run: Path, tmp_path: Path) -> None:
+    """`sincere predict train length` and `eval` take a decision log as they take a table."""
+    from typer.testing import CliRunner
+
+    from sincere.cli.app import _register, app
+
+    _register()
+    runner = CliRunner()
+    log, model = str(logged_run / "decisions.jsonl"), str(tmp_path / "len.npz")
+    res = runner.invoke(app, ["predict", "train", "length", log, "-o", model, "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["predict", "eval", model, log, "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert rows[-1]["name"] == "quantile model" and rows[-1]["num_scored"] > 300
