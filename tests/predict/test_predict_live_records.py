@@ -89,3 +89,26 @@ def test_predict_cli_trains_and_scores_on_a_decision_log(logged_run: Path, tmp_p
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert rows[-1]["name"] == "quantile model" and rows[-1]["num_scored"] > 300
+
+
+def test_online_predictors_warm_start_from_recorded_runs(logged_run: Path) -> None:
+    """warm_start replays a run's records: a log and its table give the same predictions,
+    and every instance of the run is predicted from the first request on."""
+    from sincere.predict.latency import LATENCY_PREDICTORS, RouteContext
+
+    ctx = RouteContext(800, 120.0, num_running=4, num_waiting=1, num_outstanding=5)
+    for name in ("linear", "recent-window"):
+        cold = LATENCY_PREDICTORS.build(name, {})
+        from_log = LATENCY_PREDICTORS.build(
+            name, {"warm_start": str(logged_run / "decisions.jsonl")}
+        )
+        from_table = LATENCY_PREDICTORS.build(
+            name, {"warm_start": str(logged_run / "requests.parquet")}
+        )
+        for instance in read_served(logged_run / "requests.parquet").instances:
+            assert cold.predict(instance, ctx) is None
+            est = from_log.predict(instance, ctx)
+            assert est is not None and est.e2e_s > est.ttft_s > 0
+            other = from_table.predict(instance, ctx)
+            assert other is not None
+            assert est.e2e_s == pytest.approx(other.e2e_s, rel=1e-9)

@@ -127,6 +127,14 @@ def step_model_latency(model: StepTimeModel, ctx: RouteContext) -> LatencyEstima
     return LatencyEstimate(ttft, e2e, max(ctx.expected_output_tokens, 1.0))
 
 
+def _warm(predictor: LatencyPredictor, records: Path | None) -> None:
+    """Learn from ``records`` (:func:`~sincere.predict.evaluate.warm_start`) if given."""
+    if records is not None:
+        from sincere.predict.evaluate import warm_start
+
+        warm_start(predictor, records)
+
+
 class _Ewma:
     """Exponentially weighted means of TTFT, time per output token and load."""
 
@@ -154,6 +162,12 @@ class RecentWindowParams(Params):
     load_scaling: bool = Field(
         True, description="scale by (1 + outstanding now) / (1 + mean outstanding seen)"
     )
+    warm_start: Path | None = Field(
+        None,
+        strict=False,
+        description="records of an earlier run (requests.parquet or decision log) "
+        "learned from when built; null: start empty",
+    )
 
 
 class RecentWindow:
@@ -170,6 +184,7 @@ class RecentWindow:
         self.min_samples = p.min_samples
         self.load_scaling = p.load_scaling
         self._stats: dict[InstanceId, _Ewma] = {}
+        _warm(self, p.warm_start)
 
     def predict(self, instance: InstanceId, ctx: RouteContext) -> LatencyEstimate | None:
         """Scaled averages, or ``None`` before ``min_samples`` outcomes."""
@@ -229,6 +244,12 @@ class LinearLatencyParams(Params):
     min_samples: int = Field(16, ge=1, description="outcomes of an instance before predicting")
     refit_every: int = Field(8, ge=1, description="outcomes between refits")
     ridge: float = Field(1e-6, ge=0, description="ridge penalty of the least squares")
+    warm_start: Path | None = Field(
+        None,
+        strict=False,
+        description="records of an earlier run (requests.parquet or decision log) "
+        "learned from when built; null: start empty",
+    )
 
 
 class LinearLatency:
@@ -245,6 +266,7 @@ class LinearLatency:
         self._ttft: dict[InstanceId, _Window] = {}
         self._tpot: dict[InstanceId, _Window] = {}
         self._seen: dict[InstanceId, int] = {}
+        _warm(self, p.warm_start)
 
     def predict(self, instance: InstanceId, ctx: RouteContext) -> LatencyEstimate | None:
         """The fitted prediction, or ``None`` before ``min_samples`` outcomes."""
