@@ -37,13 +37,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, model_validator
 
-from sincere.core.params import params_from
+from sincere.core.params import Spec, Uses, params_from
 from sincere.core.registry import Needs
 from sincere.core.request import Request
 from sincere.core.types import Seconds
@@ -65,7 +65,12 @@ from sincere.policy.routers._estimates import (
     context_of,
 )
 from sincere.policy.routers.price_optimal import affordable, over_budget
-from sincere.predict.latency import LatencyEstimate, LatencyPredictor, RouteContext
+from sincere.predict.latency import (
+    LATENCY_PREDICTORS,
+    LatencyEstimate,
+    LatencyPredictor,
+    RouteContext,
+)
 from sincere.predict.length import OutputLengthPredictor
 from sincere.predict.slo import (
     LatencyDistribution,
@@ -137,6 +142,13 @@ _WEIGHT = "weight of the {} term; null: the preset's"
 
 class CostOptimalParams(PredictorParams):
     """Parameters of ``cost-optimal``."""
+
+    latency_predictor: Annotated[Spec, Uses(LATENCY_PREDICTORS)] = Field(
+        Spec(name="linear"),
+        description="the latency predictor built when none is handed in (it serves "
+        "instances without a step model); linear: best goodput and SLO attainment of the "
+        "online ones in benchmarks/predictors.py",
+    )
 
     preset: Literal["balance", "quality", "latency", "cost"] = Field(
         "balance", description="named weights (w_quality, w_cost, w_latency, w_util)"
