@@ -12,7 +12,8 @@ predictor:
   candidates predicted in one batch.
 
 Three figures per pair, median microseconds per call over ``--decisions`` calls after
-a warm-up, and the ratio to the EWMA baseline measured in the same run:
+a warm-up (the median of ``--repeat`` passes), and the ratio to the EWMA baseline
+measured in the same run:
 
 * ``decide``: a decision when no outcome arrived since the last one (the LSTM's
   per-instance summaries are current);
@@ -24,7 +25,7 @@ a warm-up, and the ratio to the EWMA baseline measured in the same run:
 ``lstm refresh-on-observe`` is the LSTM with ``refresh_on_observe: true``: the window
 is summarised when its outcome arrives, so no decision runs the LSTM.
 
-    python benchmarks/decision_cost.py                 # about 20 s
+    python benchmarks/decision_cost.py                 # about a minute
     python benchmarks/decision_cost.py --decisions 500 # quicker, noisier
 """
 
@@ -159,13 +160,15 @@ def measure(router_name: str, make: Callable[[], LatencyPredictor], n: int) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decisions", type=int, default=3000)
+    ap.add_argument("--repeat", type=int, default=3, help="passes; each figure is the median")
     args = ap.parse_args()
     rows = []
     for router in ("latency-optimal", "cost-optimal"):
         base = None
         for name, make in predictors(np.random.default_rng(1)).items():
             measure(router, make, 100)  # warm-up
-            row = measure(router, make, args.decisions)
+            passes = [measure(router, make, args.decisions) for _ in range(args.repeat)]
+            row = {k: float(np.median([p[k] for p in passes])) for k in passes[0]}
             base = base or row
             ratio = {f"{k}_vs_ewma": round(v / base[k], 2) for k, v in row.items()}
             rows.append({"router": router, "predictor": name, **row, **ratio})

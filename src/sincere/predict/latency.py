@@ -224,17 +224,20 @@ class _Window:
 
     def __init__(self, size: int) -> None:
         self.rows: deque[tuple[list[float], float]] = deque(maxlen=size)
-        self.coef: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        self.coef: list[float] | None = None  # plain floats: a prediction is a short sum
 
     def fit(self, ridge: float) -> None:
         x = np.array([r[0] for r in self.rows])
         y = np.array([r[1] for r in self.rows])
         gram = x.T @ x + ridge * np.eye(x.shape[1])
-        self.coef = np.linalg.solve(gram, x.T @ y)
+        self.coef = [float(c) for c in np.linalg.solve(gram, x.T @ y)]
 
     def value(self, features: list[float]) -> float:
         assert self.coef is not None  # callers check fitted first
-        return max(0.0, float(np.dot(self.coef, features)))
+        total = 0.0
+        for c, f in zip(self.coef, features, strict=True):
+            total += c * f
+        return max(0.0, total)
 
 
 class LinearLatencyParams(Params):

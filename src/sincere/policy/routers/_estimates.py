@@ -180,17 +180,17 @@ def context_of(
     same encoding when they learn and when they predict. The analytic prediction is
     only used where the engine load is known (:meth:`Estimator.analytic`).
     """
-    return RouteContext(
-        prompt_tokens=request.prompt_tokens,
-        expected_output_tokens=expected_output,
-        num_running=_or_zero(view.num_running),
-        num_waiting=_or_zero(view.num_waiting),
-        num_outstanding=view.num_outstanding,
-        waiting_prefill_tokens=_or_zero(view.waiting_prefill_tokens),
-        running_remaining_tokens=_or_zero(view.running_remaining_tokens),
-        running_ctx_tokens=_or_zero(view.running_ctx_tokens),
-        max_num_seqs=view.max_num_seqs,
-        routed_at=now,
+    return RouteContext(  # positional, in field order: this runs per candidate per request
+        request.prompt_tokens,
+        expected_output,
+        _or_zero(view.num_running),
+        _or_zero(view.num_waiting),
+        view.num_outstanding,
+        _or_zero(view.waiting_prefill_tokens),
+        _or_zero(view.running_remaining_tokens),
+        _or_zero(view.running_ctx_tokens),
+        view.max_num_seqs,
+        now,
     )
 
 
