@@ -3,10 +3,11 @@
 The gateway decides on its event loop, so a routing decision must stay well under
 100 microseconds at 16 instances. This times whole decisions -- ``Router.route`` of
 ``latency-optimal`` and ``cost-optimal`` over 16 gateway-like views (no step model,
-engine load unknown, so every prediction is the learned one) -- with each latency
-predictor:
+engine load unknown, so every prediction is the learned one) for requests of a tier with
+TTFT and TBT targets (so cost-optimal computes each instance's SLO probability) -- with
+each latency predictor:
 
-* ``recent-window`` (the EWMA baseline, the routers' default), ``linear`` (ridge);
+* ``recent-window`` (the EWMA baseline), ``linear`` (ridge; cost-optimal's default);
 * ``lstm``: the sequence model with the trained model's sizes (history 16, state 32,
   head 32; weights drawn at random -- cost does not depend on their values), all 16
   candidates predicted in one batch.
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from sincere.core.request import Request
+from sincere.core.request import Request, Tier
 from sincere.policy.router_base import ROUTERS, InstanceView, Outcome, Router
 from sincere.policy.routers import make_router  # noqa: F401 (fills ROUTERS)
 from sincere.predict.features import CURRENT_FEATURES, ENTRY_FEATURES
@@ -49,6 +50,7 @@ from sincere.predict.length import HistoryMean
 from sincere.predict.lstm import LstmLatency, LstmWeights
 
 NUM_INSTANCES = 16
+TIER = Tier("interactive", ttft_s=0.15, tbt_s=0.08)  # cost-optimal computes P(SLO met)
 WARM_OUTCOMES = 64  # per instance, before timing
 
 
@@ -97,7 +99,9 @@ class Driver:
         self.next_id = 0
 
     def decide(self) -> tuple[Request, str]:
-        req = Request(self.next_id, float(self.next_id) * 0.01, "m", 600, 180, max_tokens=512)
+        req = Request(
+            self.next_id, float(self.next_id) * 0.01, "m", 600, 180, max_tokens=512, tier=TIER
+        )
         self.next_id += 1
         decision = self.router.route(req, self.views, req.arrival_at)
         assert decision.instance is not None

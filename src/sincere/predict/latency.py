@@ -26,6 +26,7 @@ All predictors are clock-free: times come in :class:`RouteContext`.
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -234,10 +235,7 @@ class _Window:
 
     def value(self, features: list[float]) -> float:
         assert self.coef is not None  # callers check fitted first
-        total = 0.0
-        for c, f in zip(self.coef, features, strict=True):
-            total += c * f
-        return max(0.0, total)
+        return max(0.0, float(sum(map(operator.mul, self.coef, features))))
 
 
 class LinearLatencyParams(Params):
