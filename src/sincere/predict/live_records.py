@@ -32,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from sincere.core.errors import DataError
+from sincere.core.records import LOAD_COLUMNS
 
 LOG_SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson")
 """File suffixes read as decision logs rather than Parquet tables."""
@@ -41,19 +42,12 @@ SCHEMA = pa.schema(
     + [(name, pa.float64()) for name in ("arrival_at", "finished_at", "first_token_at")]
     + [(name, pa.float64()) for name in ("ttft_s", "tpot_s")]
     + [("prompt_tokens", pa.int64()), ("output_tokens", pa.int64())]
-    + [(name, pa.int64()) for name in (
-        "arrival_num_running", "arrival_num_waiting",
-        "arrival_waiting_prefill_tokens", "arrival_num_outstanding",
-    )]
-)  # fmt: skip
+    + [(name, pa.int64()) for name in LOAD_COLUMNS]
+)
 """The columns of a decision log's record table."""
 
-_LOAD = {
-    "arrival_num_running": "num_running",
-    "arrival_num_waiting": "num_waiting",
-    "arrival_waiting_prefill_tokens": "waiting_prefill_tokens",
-    "arrival_num_outstanding": "num_outstanding",
-}
+_LOAD = {column: column.removeprefix("arrival_") for column in LOAD_COLUMNS}
+"""Each load column and the view field it is read from."""
 
 
 def _routes_and_outcomes(path: Path) -> tuple[dict[int, dict[str, Any]], dict[int, Any]]:

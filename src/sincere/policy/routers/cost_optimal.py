@@ -20,10 +20,11 @@ distribution where the latency predictor gives one (the trained LSTM:
 :func:`~sincere.predict.slo.distribution_slo_probability`), else it puts a lognormal
 error around the point prediction (:mod:`sincere.predict.slo`; relative spread
 ``rel_std``, then learned from outcomes); latencies are predicted as latency-optimal
-predicts them (step model and engine load, else learned, named in the reason). An instance without a
-prediction yet counts as latency 0
-and probability 1 (explored). If every instance is dropped, the one most likely to
-meet the SLO is chosen. In the train phase (``explore``) a share of requests goes to
+predicts them (step model and engine load, else learned, named in the reason), the
+learned predictor by default ``linear`` (ridge: the best routing outcomes among the
+online predictors in ``benchmarks/predictors.py``). An instance without a prediction yet
+counts as latency 0 and probability 1 (explored). If every instance is dropped, the one
+most likely to meet the SLO is chosen. In the train phase (``explore``) a share of requests goes to
 a random affordable instance instead.
 
 Presets set the weights ``(w_q, w_c, w_l, w_b)``: ``balance`` (0.3, 0.2, 0.3, 0.2,
