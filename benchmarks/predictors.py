@@ -23,13 +23,21 @@ Cost. Microseconds per call on this machine, at 16 instances with full windows: 
 LSTM batched over the 16 (clean windows), one call per instance, and refreshing 16
 changed windows; the baselines' 16 calls; one length prediction with and without text.
 
-Later parts plug in here: live records from the gateway on emulated engines (a second
-entry in SOURCES) and the routing outcome of each predictor (goodput, SLO attainment,
-cost for the latency-optimal and cost-optimal routers).
+Live. The same cluster behind the random router, 900 requests at 10 req/s (seed 20),
+replayed on the wall clock through sincere's gateway in front of emulated engines; the
+gateway's decision log is the held-out record (``sincere.predict.live_records``), scored
+like the simulated ones, with the LSTMs trained on simulated runs.
+
+Routing. Each router on held-out simulated runs (seeds 10-12, 8,000 requests, both
+scenarios): ``random`` and ``least-outstanding`` as baselines, ``latency-optimal`` and
+``cost-optimal`` with the step model (their default where the view has one) and with
+each learned latency predictor on every instance (``use_step_model: false``; the LSTM
+of the scenario). Goodput, SLO attainment and cost per 1M output tokens.
 
     .venv/bin/python benchmarks/predictors.py              # about 10 minutes on 2 cores
     .venv/bin/python benchmarks/predictors.py --quick      # 2,000-request runs, 1 training run
     .venv/bin/python benchmarks/predictors.py --parts cost # only the per-call costs
+    .venv/bin/python benchmarks/predictors.py --parts routing  # routing outcomes (trains the LSTMs)
 """
 
 from __future__ import annotations
@@ -67,52 +75,148 @@ SCENARIOS = {
     "hetero-bursty": {"kind": "gamma", "rate": 30.0, "cv": 4.0},
 }
 TRAIN_SEEDS, TEST_SEED = (0, 1, 2), 10
+LIVE_SEED, LIVE_RATE = 20, 10.0
+ROUTING_SEEDS = (10, 11, 12)
+
+
+def _explore_config(seed: int, num_requests: int, scenario: str = "hetero") -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "hetero-explore.yaml").read_text())
+    raw["seed"] = seed
+    raw["workload"].update(num_requests=num_requests, arrival=SCENARIOS[scenario])
+    return raw
 
 
 def sim_records(folder: Path, scenario: str, seed: int, num_requests: int) -> Path:
     """One simulated run of ``scenario`` behind the random router; its output folder."""
-    raw: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "hetero-explore.yaml").read_text())
-    raw["seed"] = seed
-    raw["workload"].update(num_requests=num_requests, arrival=SCENARIOS[scenario])
     out = folder / f"{scenario}-{seed}"
-    simulate(raw).write(out)
+    if not (out / "requests.parquet").is_file():
+        simulate(_explore_config(seed, num_requests, scenario)).write(out)
     return out
 
 
 SOURCES: dict[str, Callable[[Path, str, int, int], Path]] = {"sim": sim_records}
-"""Where records come from (the live gateway on emulated engines is the next entry)."""
+"""Where training records come from (live records: :func:`live_rows`)."""
 
 
-def latency_rows(folder: Path, num_requests: int, train_seeds: tuple[int, ...]) -> list[dict]:
-    """Scores of every latency predictor per scenario, and the LSTM across scenarios."""
-    runs = {
-        s: [SOURCES["sim"](folder, s, seed, num_requests) for seed in train_seeds]
-        for s in SCENARIOS
-    }
-    tests = {s: SOURCES["sim"](folder, s, TEST_SEED, num_requests) for s in SCENARIOS}
+def train_models(
+    folder: Path, num_requests: int, train_seeds: tuple[int, ...]
+) -> dict[str, tuple[Path, float, Any]]:
+    """The LSTM of each scenario trained on its training runs: (file, seconds, report)."""
     models = {}
-    for scenario, train in runs.items():
+    for scenario in SCENARIOS:
+        train = [SOURCES["sim"](folder, scenario, seed, num_requests) for seed in train_seeds]
         path = folder / f"lstm-{scenario}.npz"
         started = time.perf_counter()
         served = [read_served(r / "requests.parquet") for r in train]
         model, report = train_lstm(served, LstmParams())
         model.save(path, asdict(LstmParams()), {"records": [str(r) for r in train]})
         models[scenario] = (path, time.perf_counter() - started, report)
+    return models
+
+
+def latency_rows(
+    folder: Path, num_requests: int, models: dict[str, tuple[Path, float, Any]]
+) -> list[dict]:
+    """Scores of every latency predictor per scenario, and the LSTM across scenarios."""
+    tests = {s: SOURCES["sim"](folder, s, TEST_SEED, num_requests) for s in SCENARIOS}
     rows = []
     for scenario, test in tests.items():
         facts = instance_facts(test / "config.yaml")
         own = [scenario, *(s for s in models if s != scenario)]  # its own model first
-        for k, trained_on in enumerate(own):
-            path, train_s, report = models[trained_on]
-            for s in evaluate_model(path, [test / "requests.parquet"], facts=facts):
-                if s.name != "lstm" and k > 0:
-                    continue  # the baselines were scored beside the scenario's own model
-                row = {"scenario": scenario, **asdict(s)}
-                if s.name == "lstm":
-                    row.update(name=f"lstm (trained on {trained_on})", train_s=train_s)
-                    row.update(epochs=report.epochs_run)
-                rows.append(row)
+        rows += _scored(scenario, [test / "requests.parquet"], facts, models, own)
     return rows
+
+
+def _scored(
+    label: str, records: list[Path], facts: Any, models: dict, order: list[str]
+) -> list[dict]:
+    """Every predictor's scores on ``records``; the LSTM of each scenario in ``order``."""
+    rows = []
+    for k, trained_on in enumerate(order):
+        path, train_s, report = models[trained_on]
+        for s in evaluate_model(path, records, facts=facts):
+            if s.name != "lstm" and k > 0:
+                continue  # the baselines were scored beside the first model
+            row = {"scenario": label, **asdict(s)}
+            if s.name == "lstm":
+                row.update(name=f"lstm (trained on {trained_on})", train_s=train_s)
+                row.update(epochs=report.epochs_run)
+            rows.append(row)
+    return rows
+
+
+def live_rows(folder: Path, num_requests: int, models: dict) -> list[dict]:
+    """Scores on the gateway's decision log of a live run on emulated engines.
+
+    The hetero cluster behind the random router, replayed on the wall clock through
+    sincere's gateway in front of emulated engines (``sincere.bench.parity.live_run``),
+    at a third of the simulated rate so this machine's event loop keeps up. The LSTMs
+    trained on simulated records are scored on it (simulation to live transfer).
+    """
+    import asyncio
+
+    from sincere.bench.parity import live_run
+    from sincere.policy.decision_log import open_log
+    from sincere.sim.build import base_dir_of, canonical_requests
+    from sincere.sim.config import load_config
+    from sincere.workload.config import generate
+
+    raw = _explore_config(LIVE_SEED, num_requests)
+    raw["workload"]["arrival"] = {"kind": "poisson", "rate": LIVE_RATE}
+    cfg = load_config(raw)
+    requests = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
+    run = simulate(raw)  # for its instance names and config (facts)
+    run.write(folder / "live-sim")
+    log = folder / "live-decisions.jsonl"
+    with open_log(log) as decisions:
+        asyncio.run(live_run(cfg, requests, list(run.records.instances), None, decisions))
+    facts = instance_facts(folder / "live-sim" / "config.yaml")
+    return _scored("live (gateway, emulated engines)", [log], facts, models, list(models))
+
+
+def routing_rows(folder: Path, num_requests: int, models: dict) -> list[dict]:
+    """Goodput, SLO attainment and cost of each router and predictor on held-out runs.
+
+    The hetero cluster and tiers of the latency part, seeds ``ROUTING_SEEDS`` (means,
+    and the spread of SLO attainment over the seeds). Learned predictors route with
+    ``use_step_model: false``: every prediction is the learned one, as in a gateway
+    whose engines report no queue (the views still carry the simulator's load, which
+    the predictors read).
+    """
+    rows = []
+    for scenario in SCENARIOS:
+        lstm = str(models[scenario][0])
+        for router, params, label in _routing_variants(lstm):
+            runs = []
+            for seed in ROUTING_SEEDS:
+                raw = _explore_config(seed, num_requests, scenario)
+                raw["router"] = {"name": router, "params": params}
+                runs.append(simulate(raw).summary)
+            slo = [r["slo_attainment"] for r in runs]
+            rows.append({
+                "scenario": scenario, "router": router, "predictor": label,
+                "goodput_rps": float(np.mean([r["goodput_rps"] for r in runs])),
+                "slo_attainment": float(np.mean(slo)), "slo_spread": float(np.std(slo)),
+                "cost_per_1m_output_tokens_usd": float(
+                    np.mean([r["cost_per_1m_output_tokens_usd"] for r in runs])
+                ),
+                "p90_ttft_s": float(np.mean([r["ttft_s"]["p90"] for r in runs])),
+            })  # fmt: skip
+    return rows
+
+
+def _routing_variants(lstm: str) -> list[tuple[str, dict, str]]:
+    learned: dict[str, Any] = {
+        "recent-window": "recent-window",
+        "linear": "linear",
+        "lstm": {"name": "lstm", "params": {"path": lstm}},
+    }
+    out: list[tuple[str, dict, str]] = [("random", {}, "-"), ("least-outstanding", {}, "-")]
+    for router in ("latency-optimal", "cost-optimal"):
+        out.append((router, {}, "step model"))
+        for label, spec in learned.items():
+            out.append((router, {"use_step_model": False, "latency_predictor": spec}, label))
+    return out
 
 
 def length_rows(quick: bool) -> list[dict]:
@@ -210,8 +314,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rows = []
+        models = {}
+        if {"latency", "live", "routing"} & set(args.parts):
+            models = train_models(folder, num_requests, seeds)
         if "latency" in args.parts:
-            rows += latency_rows(folder, num_requests, seeds)
+            rows += latency_rows(folder, num_requests, models)
+        if "live" in args.parts:
+            rows += live_rows(folder, 300 if args.quick else 900, models)
+        if "routing" in args.parts:
+            rows += routing_rows(folder, num_requests, models)
         if "length" in args.parts:
             rows += length_rows(args.quick)
         if "cost" in args.parts:
@@ -222,7 +333,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {python}")
 
 
-PARTS = ("latency", "length", "cost")
+PARTS = ("latency", "live", "routing", "length", "cost")
 
 
 def _cost_models(folder: Path) -> tuple[Path, Any]:

@@ -256,3 +256,46 @@ def test_vectorised_counts_and_margins_match_brute_force(
     for i, a in enumerate(arrival):
         near = [abs(f - a) for f in finish] + [abs(b - a) for j, b in enumerate(arrival) if j != i]
         assert margins[i] == pytest.approx(min(near))
+
+
+@pytest.fixture(scope="module")
+def trained_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An LSTM latency model and a quantile length model, trained (small) on the decision
+    log of a simulated run behind the random router -- the explore phase's records."""
+    pytest.importorskip("torch")
+    from sincere.predict.offline import train_model
+
+    folder = tmp_path_factory.mktemp("trained")
+    log = folder / "decisions.jsonl"
+    cfg = _config("random")
+    cfg["workload"].update(num_requests=120, arrival={"kind": "poisson", "rate": 20.0})
+    simulate(cfg, decisions=log)
+    small = {"history": 4, "hidden": 8, "head": 8}
+    train_model("latency", [log], folder / "lstm.npz", epochs=2, options=small)
+    train_model("length", [log], folder / "length.npz", epochs=3, options={"hash_bits": 8})
+    return {"lstm": str(folder / "lstm.npz"), "length": str(folder / "length.npz")}
+
+
+@pytest.mark.parametrize("router", ["latency-optimal", "cost-optimal"])
+def test_one_trained_file_decides_alike_on_both_paths(
+    router: str, trained_files: dict[str, str]
+) -> None:
+    """The same trained files (LSTM latency, quantile length) and explore phase give the
+    same decisions in the simulator and the gateway: replays of each log through the other
+    path's front door match exactly, and live differences are explained by differing
+    inputs (as for every router above)."""
+    params = {
+        "latency_predictor": {"name": "lstm", "params": {"path": trained_files["lstm"]}},
+        "length_predictor": {"name": "quantile", "params": {"path": trained_files["length"]}},
+        "explore": {"fraction": 0.5, "until_requests": 4},
+    }
+    result = parity(_two_kinds(router, params), requests=_quiet_pairs())
+    for calls, mismatches in (result.sim_on_live, result.live_on_sim):
+        assert calls == 8 and mismatches == [], (router, mismatches[:1])
+    compared, diffs = result.decision_diffs()
+    assert compared == 8 and all(d.explained for d in diffs), diffs
+    reasons = [r["decision"].get("reason", "") for r in result.sim_log if r["event"] == "decide"]
+    assert any("explore phase" in r for r in reasons[:4])
+    assert not any("explore phase" in r for r in reasons[4:])
+    learned = [r for r in reasons[4:] if "p_slo" in r or "predicted" in r]
+    assert learned, reasons

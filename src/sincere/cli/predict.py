@@ -2,7 +2,8 @@
 
 ``train KIND RECORDS... --out MODEL`` fits the LSTM latency model (``latency``; needs
 torch, the ``ml`` extra) or the quantile output-length model (``length``) on
-``requests.parquet`` files from ``sincere simulate`` or ``sincere bench``. ``eval MODEL
+``requests.parquet`` files from ``sincere simulate`` or ``sincere bench``, or on decision
+logs (``.jsonl``, ``--decisions`` of ``sincere serve`` / ``sincere simulate``). ``eval MODEL
 RECORDS...`` replays held-out records and compares the model with the online
 baselines (and the step-time model's prediction, given the run's simulation config).
 ``show MODEL`` prints a model file's header. torch is imported only by ``train latency``.
@@ -34,7 +35,10 @@ app.add_typer(predict_app, name="predict")
 @predict_app.command("train")
 def train_cmd(
     kind: Annotated[str, typer.Argument(help="latency (LSTM, needs torch) or length.")],
-    records: Annotated[list[Path], typer.Argument(help="requests.parquet files (one per run).")],
+    records: Annotated[
+        list[Path],
+        typer.Argument(help="requests.parquet files or decision logs (.jsonl), one per run."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.npz).")],
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
     epochs: Annotated[int | None, typer.Option(help="Most passes over the data.")] = None,
@@ -83,7 +87,9 @@ def train_cmd(
 @predict_app.command("eval")
 def eval_cmd(
     model: Annotated[Path, typer.Argument(help="Model file from sincere predict train.")],
-    records: Annotated[list[Path], typer.Argument(help="Held-out requests.parquet files.")],
+    records: Annotated[
+        list[Path], typer.Argument(help="Held-out requests.parquet files or decision logs.")
+    ],
     config: Annotated[
         Path | None,
         typer.Option(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -52,7 +53,7 @@ from sincere.predict.length import (
     PromptBucket,
 )
 from sincere.predict.quantile_length import LEVELS, QuantileLength
-from sincere.predict.records import Lengths, Served
+from sincere.predict.records import Lengths, Served, read_served
 from sincere.predict.slo import (
     LatencyDistribution,
     LognormalError,
@@ -127,6 +128,22 @@ def _context(run: Served, i: int) -> RouteContext:
         waiting_prefill_tokens=int(run.waiting_tokens[i]),
         routed_at=float(run.arrival_at[i]),
     )
+
+
+def warm_start(predictor: LatencyPredictor, path: str | Path) -> int:
+    """Feed the served requests of the records at ``path`` (a ``requests.parquet`` or a
+    decision log) to ``predictor.observe``, in finish order; how many.
+
+    What a train phase recorded thus warms a predictor up before it serves: instance
+    names must be those of the cluster it will serve.
+    """
+    run = read_served(path)
+    done = finish_order(run).tolist()
+    for j in done:
+        ttft, e2e = float(run.ttft_s[j]), float(run.finished_at[j] - run.arrival_at[j])
+        instance = run.instances[run.instance[j]]
+        predictor.observe(instance, _context(run, j), ttft, e2e, int(run.output_tokens[j]))
+    return len(done)
 
 
 def replay_latency(

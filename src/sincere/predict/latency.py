@@ -16,15 +16,17 @@ Two sources of a prediction, as in the reference router's serving phase:
   output token on outstanding requests) -- a cheap stand-in for the reference's
   gradient-boosted baseline.
 
-The reference's LSTM over the recent request history is an extension point: any
-class with ``predict(instance, ctx)`` and ``observe(instance, ctx, ...)`` registered
-in :data:`LATENCY_PREDICTORS` works (a torch model would live in an optional module).
+The reference's LSTM over the recent request history is ``lstm``: a trained model
+file (:class:`~sincere.predict.lstm.LstmLatency`, served in NumPy). Any class with
+``predict(instance, ctx)`` and ``observe(instance, ctx, ...)`` registered in
+:data:`LATENCY_PREDICTORS` works.
 All predictors are clock-free: times come in :class:`RouteContext`.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +128,14 @@ def step_model_latency(model: StepTimeModel, ctx: RouteContext) -> LatencyEstima
     return LatencyEstimate(ttft, e2e, max(ctx.expected_output_tokens, 1.0))
 
 
+def _warm(predictor: LatencyPredictor, records: Path | None) -> None:
+    """Learn from ``records`` (:func:`~sincere.predict.evaluate.warm_start`) if given."""
+    if records is not None:
+        from sincere.predict.evaluate import warm_start
+
+        warm_start(predictor, records)
+
+
 class _Ewma:
     """Exponentially weighted means of TTFT, time per output token and load."""
 
@@ -153,6 +163,12 @@ class RecentWindowParams(Params):
     load_scaling: bool = Field(
         True, description="scale by (1 + outstanding now) / (1 + mean outstanding seen)"
     )
+    warm_start: Path | None = Field(
+        None,
+        strict=False,
+        description="records of an earlier run (requests.parquet or decision log) "
+        "learned from when built; null: start empty",
+    )
 
 
 class RecentWindow:
@@ -169,6 +185,7 @@ class RecentWindow:
         self.min_samples = p.min_samples
         self.load_scaling = p.load_scaling
         self._stats: dict[InstanceId, _Ewma] = {}
+        _warm(self, p.warm_start)
 
     def predict(self, instance: InstanceId, ctx: RouteContext) -> LatencyEstimate | None:
         """Scaled averages, or ``None`` before ``min_samples`` outcomes."""
@@ -208,17 +225,17 @@ class _Window:
 
     def __init__(self, size: int) -> None:
         self.rows: deque[tuple[list[float], float]] = deque(maxlen=size)
-        self.coef: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        self.coef: list[float] | None = None  # plain floats: a prediction is a short sum
 
     def fit(self, ridge: float) -> None:
         x = np.array([r[0] for r in self.rows])
         y = np.array([r[1] for r in self.rows])
         gram = x.T @ x + ridge * np.eye(x.shape[1])
-        self.coef = np.linalg.solve(gram, x.T @ y)
+        self.coef = [float(c) for c in np.linalg.solve(gram, x.T @ y)]
 
     def value(self, features: list[float]) -> float:
         assert self.coef is not None  # callers check fitted first
-        return max(0.0, float(np.dot(self.coef, features)))
+        return max(0.0, float(sum(map(operator.mul, self.coef, features))))
 
 
 class LinearLatencyParams(Params):
@@ -228,6 +245,12 @@ class LinearLatencyParams(Params):
     min_samples: int = Field(16, ge=1, description="outcomes of an instance before predicting")
     refit_every: int = Field(8, ge=1, description="outcomes between refits")
     ridge: float = Field(1e-6, ge=0, description="ridge penalty of the least squares")
+    warm_start: Path | None = Field(
+        None,
+        strict=False,
+        description="records of an earlier run (requests.parquet or decision log) "
+        "learned from when built; null: start empty",
+    )
 
 
 class LinearLatency:
@@ -244,6 +267,7 @@ class LinearLatency:
         self._ttft: dict[InstanceId, _Window] = {}
         self._tpot: dict[InstanceId, _Window] = {}
         self._seen: dict[InstanceId, int] = {}
+        _warm(self, p.warm_start)
 
     def predict(self, instance: InstanceId, ctx: RouteContext) -> LatencyEstimate | None:
         """The fitted prediction, or ``None`` before ``min_samples`` outcomes."""
@@ -291,6 +315,11 @@ class LstmFileParams(Params):
     min_history: int = Field(
         1, ge=0, description="finished requests of an instance before predicting"
     )
+    refresh_on_observe: bool = Field(
+        False,
+        description="run the LSTM over an instance's window when its outcome arrives "
+        "(decisions never run it); else batched at the next decision",
+    )
 
 
 @LATENCY_PREDICTORS.register("lstm", params=LstmFileParams)
@@ -301,7 +330,7 @@ def trained_lstm(params: LstmFileParams) -> LatencyPredictor:
     """
     from sincere.predict.lstm import LstmLatency
 
-    return LstmLatency.load(params.path, params.min_history)
+    return LstmLatency.load(params.path, params.min_history, params.refresh_on_observe)
 
 
 def make_latency_predictor(name: str, **params: Any) -> LatencyPredictor:

@@ -212,10 +212,18 @@ class LstmLatency:
     requests (routers explore it first), then the medians of :meth:`distribution`.
     ``observe`` only appends to the instance's window; the LSTM runs over every changed
     window at once at the next prediction, or when the driver calls :meth:`refresh`
-    (off a router's hot path).
+    (off a router's hot path). With ``refresh_on_observe`` the window is summarised at
+    once when its outcome arrives, so decisions never run the LSTM (one pass per outcome
+    instead of one batched pass per decision).
     """
 
-    def __init__(self, weights: LstmWeights, history: int, min_history: int = 1) -> None:
+    def __init__(
+        self,
+        weights: LstmWeights,
+        history: int,
+        min_history: int = 1,
+        refresh_on_observe: bool = False,
+    ) -> None:
         if history < 1 or min_history < 0:
             raise ConfigError(
                 "need history >= 1 and min_history >= 0",
@@ -225,16 +233,19 @@ class LstmLatency:
         self.weights = weights
         self.length = history
         self.min_history = min_history
+        self.refresh_on_observe = refresh_on_observe
         self._head = _Head.of(weights)
         self._instances: dict[InstanceId, _Instance] = {}
         self._parts = self._summarise([deque()])  # row 0: an instance with no history
 
     @classmethod
-    def load(cls, path: str | Path, min_history: int = 1) -> LstmLatency:
+    def load(
+        cls, path: str | Path, min_history: int = 1, refresh_on_observe: bool = False
+    ) -> LstmLatency:
         """The model in ``path`` (a ``latency-lstm`` file from ``sincere predict train``)."""
         header, data = load_model(path, KIND, SCHEMA, ARRAYS)
         weights = LstmWeights(**{name: data[name] for name in ARRAYS})
-        return cls(weights, int(header.params["history"]), min_history)
+        return cls(weights, int(header.params["history"]), min_history, refresh_on_observe)
 
     def save(self, path: str | Path, params: dict[str, Any], provenance: dict[str, Any]) -> Path:
         """Write the model to ``path`` (``params`` must include ``history``)."""
@@ -269,6 +280,8 @@ class LstmLatency:
         state.entries.append(tuple(float(x) for x in entry))
         state.last_finish_at = max(e[1] for e in state.entries)
         state.stale = True
+        if self.refresh_on_observe:
+            self.refresh([instance])
 
     def refresh(self, instances: Sequence[InstanceId] | None = None) -> int:
         """Run the LSTM over the changed windows (of ``instances``, or all); how many."""

@@ -4,7 +4,10 @@ A record table is a ``requests.parquet`` as ``sincere simulate`` and ``sincere b
 write it (one row per request, :data:`~sincere.core.records.REQUEST_COLUMNS`); for
 output lengths any table with ``prompt_tokens`` and ``output_tokens`` will do (a trace
 converted by ``sincere trace convert`` too), with ``model``, ``tier`` and ``prompt``
-used when present. Each file is one run: instance histories never cross files.
+used when present. A decision log (``--decisions FILE`` of ``sincere serve`` or
+``sincere simulate``, ``.jsonl``) reads as the table of what it served
+(:mod:`sincere.predict.live_records`). Each file is one run: instance histories never
+cross files.
 
 Only *served* requests count (finished, not rejected): they are the ones whose
 latencies and lengths are known. Their instance's load at arrival comes from the
@@ -38,6 +41,7 @@ import pyarrow.parquet as pq
 from sincere.core.errors import ConfigError, DataError
 from sincere.core.records import LOAD_COLUMNS
 from sincere.core.request import DEFAULT_TIER
+from sincere.predict.live_records import LOG_SUFFIXES, decision_table
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -125,14 +129,23 @@ class Served:
 
 
 def read_table(path: str | Path, required: Sequence[str]) -> pa.Table:
-    """A record table, with a clear error for a missing file, bad Parquet or a missing column."""
+    """A record table, with a clear error for a missing file, bad Parquet or a missing column.
+
+    A decision log (``.jsonl``, :mod:`sincere.predict.live_records`) is read as the
+    table of its served requests.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError("no such records file", where=p, allowed="a requests.parquet")
-    try:
-        table = pq.read_table(p)
-    except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"not a Parquet record table ({exc})", path=p) from None
+        raise ConfigError(
+            "no such records file", where=p, allowed="a requests.parquet or a decision log"
+        )
+    if p.suffix in LOG_SUFFIXES:
+        table = decision_table(p)
+    else:
+        try:
+            table = pq.read_table(p)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"not a Parquet record table ({exc})", path=p) from None
     for name in required:
         if name not in table.column_names:
             raise DataError(

@@ -58,12 +58,8 @@ class LognormalError:
         self.learn = p.learn
         self.bias = 0.0
         self.variance = p.rel_std * p.rel_std
+        self.sigma = p.rel_std  # current standard deviation of the log error
         self.num_observed = 0
-
-    @property
-    def sigma(self) -> float:
-        """Current standard deviation of the log error."""
-        return math.sqrt(self.variance)
 
     def prob_within(self, predicted_s: Seconds, budget_s: Seconds) -> float:
         """P(actual <= budget_s) when the prediction is ``predicted_s``."""
@@ -82,6 +78,7 @@ class LognormalError:
         self.num_observed += 1
         self.variance += self.alpha * ((r - self.bias) ** 2 - self.variance)
         self.variance = max(self.variance, 1e-6)
+        self.sigma = math.sqrt(self.variance)
         self.bias += self.alpha * (r - self.bias)
 
 

@@ -11,14 +11,25 @@ otherwise (``None`` until that instance has outcomes). It keeps
 the context and prediction of every routed request until its outcome arrives, so
 ``observe`` can train all three collaborators; the oldest pending entries are
 dropped past ``max_pending`` (requests whose outcome never comes back).
+
+Predictions for all candidates are made in one call (:meth:`Estimator.estimates`): a
+predictor that gives distributions for a batch (:class:`DistributionPredictor`, the
+trained LSTM) answers every instance in one matrix product, and its distribution then
+gives the SLO probability in place of the lognormal error model.
+
+The train phase (:class:`ExploreParams`, :class:`Explorer`): the reference router first
+routes at random to collect outcomes on every instance, then serves on predictions. A
+router with ``explore: {fraction, until_requests, until_s}`` sends each request, with
+probability ``fraction``, to a uniformly drawn candidate, until either bound is reached.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, NamedTuple, Protocol, runtime_checkable
 
+import numpy as np
 from pydantic import Field
 
 from sincere.core.params import Params, Spec, Uses
@@ -34,7 +45,7 @@ from sincere.predict.latency import (
     step_model_latency,
 )
 from sincere.predict.length import LENGTH_PREDICTORS, OutputLengthPredictor
-from sincere.predict.slo import LognormalError
+from sincere.predict.slo import LatencyDistribution, LognormalError
 
 
 class LengthPredictorParams(Params):
@@ -46,8 +57,39 @@ class LengthPredictorParams(Params):
     )
 
 
+class ExploreParams(Params):
+    """The train phase: random routing for a share of requests, until a bound.
+
+    The phase starts at the first request the router decides. A request in the phase
+    goes, with probability ``fraction``, to a candidate drawn uniformly (from the
+    router's seeded generator; the rest are routed on predictions); the phase ends once
+    the router has decided ``until_requests`` requests or ``until_s`` seconds of the
+    driver's clock have passed since that first request, whichever comes first. Neither
+    bound set: the phase never ends (a constant exploration share).
+    """
+
+    fraction: float = Field(
+        0.0, ge=0, le=1, description="share of requests routed at random during the phase"
+    )
+    until_requests: int | None = Field(
+        None, ge=0, description="the phase ends after this many decided requests (null: no bound)"
+    )
+    until_s: float | None = Field(
+        None, ge=0, description="the phase ends this long after the first request, s (null: none)"
+    )
+
+
 class PredictorParams(LengthPredictorParams):
-    """The output-length and latency predictors a router's config names."""
+    """The output-length and latency predictors a router's config names, and its train phase."""
+
+    explore: ExploreParams = Field(
+        ExploreParams(), description="train phase: random routing while collecting outcomes"
+    )
+    use_step_model: bool = Field(
+        True,
+        description="predict analytically where a view has a step model and its engine "
+        "load; false: the latency predictor everywhere",
+    )
 
     latency_predictor: Annotated[Spec, Uses(LATENCY_PREDICTORS)] = Field(
         Spec(name="recent-window"),
@@ -73,6 +115,62 @@ LATENCY = Needs(
 """Collaborator: the learned latency predictor (default: the one the parameters name)."""
 
 
+class Explorer:
+    """Decides which requests of the train phase go to a random candidate (ExploreParams)."""
+
+    def __init__(self, params: ExploreParams, rng: np.random.Generator) -> None:
+        self.fraction = params.fraction
+        self.until_requests = params.until_requests
+        self.until_s = params.until_s
+        self.rng = rng
+        self.num_decided = 0
+        self.started_at: Seconds | None = None
+
+    def active(self, now: Seconds) -> bool:
+        """Whether the phase still runs for a request decided at ``now``."""
+        if self.fraction <= 0.0:
+            return False
+        if self.until_requests is not None and self.num_decided >= self.until_requests:
+            return False
+        start = now if self.started_at is None else self.started_at
+        return self.until_s is None or now - start < self.until_s
+
+    def pick(self, candidates: Sequence[object], now: Seconds) -> int | None:
+        """Index of the random candidate this request goes to, or ``None`` (route on
+        predictions).
+
+        Draws from the generator only while the phase runs, so a router without a
+        phase (or past it) makes the same draws as before.
+        """
+        if not self.active(now) or not candidates:
+            return None
+        if self.started_at is None:
+            self.started_at = now
+        self.num_decided += 1
+        if self.rng.random() >= self.fraction:
+            return None
+        return int(self.rng.integers(len(candidates)))
+
+
+@runtime_checkable
+class DistributionPredictor(Protocol):
+    """A latency predictor that gives lognormal distributions, for a batch of instances."""
+
+    def distributions(
+        self, instances: Sequence[InstanceId], ctxs: Sequence[RouteContext]
+    ) -> list[LatencyDistribution | None]:
+        """The distribution on each instance (``None`` where it has too little data)."""
+        ...
+
+
+class Prediction(NamedTuple):
+    """One candidate's prediction: a point estimate and, where the predictor gives one,
+    its distribution."""
+
+    estimate: LatencyEstimate | None
+    distribution: LatencyDistribution | None
+
+
 def context_of(
     request: Request, view: InstanceView, expected_output: float, now: Seconds
 ) -> RouteContext:
@@ -82,30 +180,22 @@ def context_of(
     same encoding when they learn and when they predict. The analytic prediction is
     only used where the engine load is known (:meth:`Estimator.analytic`).
     """
-    return RouteContext(
-        prompt_tokens=request.prompt_tokens,
-        expected_output_tokens=expected_output,
-        num_running=_or_zero(view.num_running),
-        num_waiting=_or_zero(view.num_waiting),
-        num_outstanding=view.num_outstanding,
-        waiting_prefill_tokens=_or_zero(view.waiting_prefill_tokens),
-        running_remaining_tokens=_or_zero(view.running_remaining_tokens),
-        running_ctx_tokens=_or_zero(view.running_ctx_tokens),
-        max_num_seqs=view.max_num_seqs,
-        routed_at=now,
+    return RouteContext(  # positional, in field order: this runs per candidate per request
+        request.prompt_tokens,
+        expected_output,
+        _or_zero(view.num_running),
+        _or_zero(view.num_waiting),
+        view.num_outstanding,
+        _or_zero(view.waiting_prefill_tokens),
+        _or_zero(view.running_remaining_tokens),
+        _or_zero(view.running_ctx_tokens),
+        view.max_num_seqs,
+        now,
     )
 
 
 def _or_zero(value: int | None) -> int:
     return 0 if value is None else value
-
-
-def unused_step_models(views: Sequence[InstanceView]) -> str:
-    """A reason's note naming instances whose step model went unused (load unknown)."""
-    lost = [v.id for v in views if v.step_model is not None and not v.engine_load_known]
-    if not lost:
-        return ""
-    return f"; engine load unknown on {', '.join(lost)}: learned estimate there"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,22 +214,51 @@ class Estimator:
         latency: LatencyPredictor,
         error: LognormalError | None = None,
         max_pending: int = 100_000,
+        use_step_model: bool = True,
     ) -> None:
         self.length = length
         self.latency = latency
+        # checked once: a runtime protocol check costs microseconds per call
+        self._batched = latency if isinstance(latency, DistributionPredictor) else None
         self.error = error or LognormalError()
         self.max_pending = max_pending
+        self.use_step_model = use_step_model
         self._pending: dict[RequestId, _Pending] = {}
 
-    @staticmethod
-    def analytic(view: InstanceView) -> bool:
+    def analytic(self, view: InstanceView) -> bool:
         """Whether ``view``'s latency is predicted from its step model (and known load)."""
-        return view.step_model is not None and view.engine_load_known
+        return self.use_step_model and view.step_model is not None and view.engine_load_known
+
+    def unused_step_models(self, views: Sequence[InstanceView]) -> str:
+        """A reason's note naming instances whose step model went unused (load unknown)."""
+        if not self.use_step_model:
+            return ""
+        lost = [v.id for v in views if v.step_model is not None and not v.engine_load_known]
+        if not lost:
+            return ""
+        return f"; engine load unknown on {', '.join(lost)}: learned estimate there"
+
+    def estimates(
+        self, views: Sequence[InstanceView], ctxs: Sequence[RouteContext]
+    ) -> list[Prediction]:
+        """:meth:`estimate` of every candidate; a distribution predictor in one batch."""
+        latency = self._batched
+        if latency is None:
+            return [Prediction(self.estimate(v, c), None) for v, c in zip(views, ctxs, strict=True)]
+        learned = [k for k, v in enumerate(views) if not self.analytic(v)]
+        dists = latency.distributions([views[k].id for k in learned], [ctxs[k] for k in learned])
+        out = [Prediction(self.estimate(v, c), None) if self.analytic(v) else Prediction(None, None)
+               for v, c in zip(views, ctxs, strict=True)]  # fmt: skip
+        for k, dist in zip(learned, dists, strict=True):
+            if dist is not None:
+                out[k] = Prediction(dist.estimate(ctxs[k].expected_output_tokens), dist)
+        return out
 
     def estimate(self, view: InstanceView, ctx: RouteContext) -> LatencyEstimate | None:
         """Analytic estimate when the view has a step model and its engine load, else the
         learned one (``None`` until the instance has outcomes)."""
-        if view.step_model is not None and view.engine_load_known:
+        if self.analytic(view):
+            assert view.step_model is not None  # analytic() checked it
             return step_model_latency(view.step_model, ctx)
         return self.latency.predict(view.id, ctx)
 

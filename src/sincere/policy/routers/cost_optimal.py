@@ -15,13 +15,17 @@ taken over the candidates (a zero maximum makes that term 1 for all). The highes
 score wins; ties go to the earlier instance.
 
 Before scoring, instances whose probability of meeting the request's tier is below
-``min_slo_prob`` (0.7) are dropped. That probability puts a lognormal error around
-the latency prediction (:mod:`sincere.predict.slo`; relative spread ``rel_std``, then
-learned from outcomes); latencies are predicted as latency-optimal predicts them (step
-model and engine load, else learned, named in the reason). An instance without a
-prediction yet counts as latency 0
-and probability 1 (explored). If every instance is dropped, the one most likely to
-meet the SLO is chosen.
+``min_slo_prob`` (0.7) are dropped. That probability comes from the predicted
+distribution where the latency predictor gives one (the trained LSTM:
+:func:`~sincere.predict.slo.distribution_slo_probability`), else it puts a lognormal
+error around the point prediction (:mod:`sincere.predict.slo`; relative spread
+``rel_std``, then learned from outcomes); latencies are predicted as latency-optimal
+predicts them (step model and engine load, else learned, named in the reason), the
+learned predictor by default ``linear`` (ridge: the best routing outcomes among the
+online predictors in ``benchmarks/predictors.py``). An instance without a prediction yet
+counts as latency 0 and probability 1 (explored). If every instance is dropped, the one
+most likely to meet the SLO is chosen. In the train phase (``explore``) a share of requests goes to
+a random affordable instance instead.
 
 Presets set the weights ``(w_q, w_c, w_l, w_b)``: ``balance`` (0.3, 0.2, 0.3, 0.2,
 the published default), ``quality`` (0.6, 0.1, 0.2, 0.1), ``latency`` (0.1, 0.1, 0.7,
@@ -34,13 +38,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import Field, model_validator
 
-from sincere.core.params import params_from
+from sincere.core.params import Spec, Uses, params_from
 from sincere.core.registry import Needs
 from sincere.core.request import Request
 from sincere.core.types import Seconds
@@ -57,14 +60,25 @@ from sincere.policy.routers._estimates import (
     LATENCY,
     LENGTH,
     Estimator,
+    Explorer,
     PredictorParams,
     context_of,
-    unused_step_models,
 )
 from sincere.policy.routers.price_optimal import affordable, over_budget
-from sincere.predict.latency import LatencyEstimate, LatencyPredictor, RouteContext
+from sincere.predict.latency import (
+    LATENCY_PREDICTORS,
+    LatencyEstimate,
+    LatencyPredictor,
+    RouteContext,
+)
 from sincere.predict.length import OutputLengthPredictor
-from sincere.predict.slo import LognormalError, LognormalErrorParams, slo_probability
+from sincere.predict.slo import (
+    LatencyDistribution,
+    LognormalError,
+    LognormalErrorParams,
+    distribution_slo_probability,
+    slo_probability,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +100,12 @@ PRESETS: dict[str, Weights] = {
 """Named weight sets (the ``preset`` parameter); ``balance`` is the published default."""
 
 
-def _headroom(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def _headroom(values: Sequence[float]) -> list[float]:
     """``1 - value / max(values)``; all ones when the maximum is not positive."""
-    top = float(values.max())
+    top = max(values)
     if top <= 0.0:
-        return np.ones_like(values)
-    return 1.0 - values / top
+        return [1.0] * len(values)
+    return [1.0 - v / top for v in values]
 
 
 def weighted_scores(
@@ -100,14 +114,14 @@ def weighted_scores(
     cost: Sequence[float],
     latency: Sequence[float],
     util: Sequence[float],
-) -> npt.NDArray[np.float64]:
-    """The published score of each candidate (see the module docstring)."""
-    return (
-        weights.quality * np.asarray(quality, dtype=np.float64)
-        + weights.cost * _headroom(np.asarray(cost, dtype=np.float64))
-        + weights.latency * _headroom(np.asarray(latency, dtype=np.float64))
-        + weights.util * _headroom(np.asarray(util, dtype=np.float64))
-    )
+) -> list[float]:
+    """The published score of each candidate (see the module docstring).
+
+    Plain floats: for a few candidates they are several times cheaper than arrays.
+    """
+    terms = zip(quality, _headroom(cost), _headroom(latency), _headroom(util), strict=True)
+    w = weights
+    return [w.quality * q + w.cost * c + w.latency * lat + w.util * u for q, c, lat, u in terms]
 
 
 def resolve_weights(preset: str, overrides: dict[str, float | None]) -> Weights:
@@ -128,6 +142,13 @@ _WEIGHT = "weight of the {} term; null: the preset's"
 
 class CostOptimalParams(PredictorParams):
     """Parameters of ``cost-optimal``."""
+
+    latency_predictor: Annotated[Spec, Uses(LATENCY_PREDICTORS)] = Field(
+        Spec(name="linear"),
+        description="the latency predictor built when none is handed in (it serves "
+        "instances without a step model); linear: best goodput and SLO attainment of the "
+        "online ones in benchmarks/predictors.py",
+    )
 
     preset: Literal["balance", "quality", "latency", "cost"] = Field(
         "balance", description="named weights (w_quality, w_cost, w_latency, w_util)"
@@ -203,7 +224,10 @@ class CostOptimalRouter(Router):
         self.weights = p.weights()
         self.min_slo_prob = p.min_slo_prob
         self.latency_metric = p.latency_metric
-        self.estimator = Estimator(length_predictor, latency_predictor, error_model)
+        self.estimator = Estimator(
+            length_predictor, latency_predictor, error_model, use_step_model=p.use_step_model
+        )
+        self.explorer = Explorer(p.explore, rng)
 
     @property
     def reads_engine_tokens(self) -> bool:
@@ -217,11 +241,21 @@ class CostOptimalRouter(Router):
         options = self._options(request, candidates, now)
         if not options:
             return over_budget(request, len(candidates))
+        k = self.explorer.pick(options, now)
+        if k is not None:
+            o = options[k]
+            self.estimator.remember(request, o.view, o.ctx, o.estimate)
+            return RouteDecision(
+                o.view.id,
+                max_tokens=capped_tokens(request, o.cap),
+                reason="explore phase: random affordable instance",
+            )
         likely = [o for o in options if o.prob >= self.min_slo_prob]
         if likely:
             scores = self._scores(likely)
-            best = likely[int(np.argmax(scores))]
-            reason = f"score={float(scores.max()):.4g} p_slo={best.prob:.3g}"
+            top = max(range(len(scores)), key=scores.__getitem__)  # the first best
+            best = likely[top]
+            reason = f"score={scores[top]:.4g} p_slo={best.prob:.3g}"
             estimates = tuple((o.view.id, float(s)) for o, s in zip(likely, scores, strict=True))
         else:
             best = max(options, key=lambda o: o.prob)
@@ -231,7 +265,7 @@ class CostOptimalRouter(Router):
         return RouteDecision(
             best.view.id,
             max_tokens=capped_tokens(request, best.cap),
-            reason=reason + unused_step_models(candidates),
+            reason=reason + self.estimator.unused_step_models(candidates),
             estimates=estimates,
         )
 
@@ -241,20 +275,35 @@ class CostOptimalRouter(Router):
         """Affordable instances with their price, latency prediction and SLO probability."""
         expected = self.estimator.length.predict(request)
         elapsed = max(0.0, now - request.arrival_at)
+        found = affordable(request, views, expected)
+        ctxs = [
+            context_of(request, view, expected if cap is None else min(expected, float(cap)), now)
+            for view, _, cap in found
+        ]
+        preds = self.estimator.estimates([f[0] for f in found], ctxs)
         out = []
-        for view, price, cap in affordable(request, views, expected):
-            tokens = expected if cap is None else min(expected, float(cap))
-            ctx = context_of(request, view, tokens, now)
-            est = self.estimator.estimate(view, ctx)
+        for (view, price, cap), ctx, (est, dist) in zip(found, ctxs, preds, strict=True):
             if est is None:
                 latency, prob = 0.0, 1.0
             else:
                 latency = est.e2e_s if self.latency_metric == "e2e" else est.ttft_s
-                prob = slo_probability(request.tier, est, self.estimator.error, elapsed)
+                prob = self._slo_probability(request, est, dist, elapsed)
             out.append(_Option(view, price, cap, ctx, est, latency, prob))
         return out
 
-    def _scores(self, options: Sequence[_Option]) -> npt.NDArray[np.float64]:
+    def _slo_probability(
+        self,
+        request: Request,
+        est: LatencyEstimate,
+        dist: LatencyDistribution | None,
+        elapsed: Seconds,
+    ) -> float:
+        """From the predicted distribution when there is one, else the error model's."""
+        if dist is None:
+            return slo_probability(request.tier, est, self.estimator.error, elapsed)
+        return distribution_slo_probability(request.tier, dist, est.output_tokens, elapsed)
+
+    def _scores(self, options: Sequence[_Option]) -> list[float]:
         return weighted_scores(
             self.weights,
             [o.view.quality for o in options],

@@ -18,8 +18,12 @@ Expected output tokens come from ``length_predictor`` (default: the model's hist
 mean, ``max_tokens`` until enough requests finished). Both predictors are handed to the
 router; its parameters name the ones :data:`~sincere.policy.router_base.ROUTERS` builds
 when none is passed. Instances without any
-prediction yet are explored first, least outstanding first -- the reference's
-"train phase" folded into serving. Ties go to the less loaded instance.
+prediction yet are explored first, least outstanding first. The reference's train
+phase proper is ``explore`` (:class:`~sincere.policy.routers._estimates.ExploreParams`):
+a share of the first requests goes to random candidates. A trained model file serves
+as either predictor (``latency_predictor: {name: lstm, params: {path: ...}}``,
+``length_predictor: {name: quantile, params: {path: ...}}``); the LSTM predicts every
+candidate in one batch. Ties go to the less loaded instance.
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ from sincere.policy.routers._estimates import (
     LATENCY,
     LENGTH,
     Estimator,
+    Explorer,
     PredictorParams,
     context_of,
-    unused_step_models,
 )
 from sincere.predict.latency import LatencyEstimate, LatencyPredictor
 from sincere.predict.length import OutputLengthPredictor
@@ -78,7 +82,10 @@ class LatencyOptimalRouter(Router):
         super().__init__(rng)
         p = params_from(LatencyOptimalParams, params, values, "router 'latency-optimal'")
         self.objective = p.objective
-        self.estimator = Estimator(length_predictor, latency_predictor, LognormalError())
+        self.estimator = Estimator(
+            length_predictor, latency_predictor, LognormalError(), use_step_model=p.use_step_model
+        )
+        self.explorer = Explorer(p.explore, rng)
 
     @property
     def reads_engine_tokens(self) -> bool:
@@ -88,12 +95,20 @@ class LatencyOptimalRouter(Router):
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
-        """The healthy instance predicted fastest; unexplored instances first."""
+        """The healthy instance predicted fastest; unexplored instances first.
+
+        In the train phase a share of requests goes to a random candidate instead.
+        """
         expected = self.estimator.length.predict(request)
-        options = []
-        for view in candidates:
-            ctx = context_of(request, view, expected, now)
-            options.append((view, ctx, self.estimator.estimate(view, ctx)))
+        ctxs = [context_of(request, view, expected, now) for view in candidates]
+        k = self.explorer.pick(candidates, now)
+        if k is not None:
+            picked = candidates[k]
+            est = self.estimator.estimate(picked, ctxs[k])
+            self.estimator.remember(request, picked, ctxs[k], est)
+            return RouteDecision(picked.id, reason="explore phase: random instance")
+        preds = self.estimator.estimates(candidates, ctxs)
+        options = [(v, c, p.estimate) for v, c, p in zip(candidates, ctxs, preds, strict=True)]
         unknown = [o for o in options if o[2] is None]
         if unknown:
             view, ctx, est = min(unknown, key=lambda o: o[0].num_outstanding)
@@ -103,7 +118,7 @@ class LatencyOptimalRouter(Router):
             reason = f"predicted {self.objective}={self._value(est):.4g}s"
         self.estimator.remember(request, view, ctx, est)
         estimates = tuple((o[0].id, self._value(o[2])) for o in options if o[2] is not None)
-        note = unused_step_models(candidates)
+        note = self.estimator.unused_step_models(candidates)
         return RouteDecision(view.id, reason=reason + note, estimates=estimates)
 
     def _value(self, est: LatencyEstimate | None) -> float:
