@@ -28,10 +28,25 @@ class RequestFactory:
         self.default_max_tokens = default_max_tokens  # assumed when a client sets none
         self._seq = 0
 
-    def build(self, creq: CompletionRequest, now: float) -> Request:
-        """The request ``creq`` arriving at ``now``; a forbidden tier, priority or cap raises."""
+    def build(
+        self,
+        creq: CompletionRequest,
+        now: float,
+        *,
+        base_tier: str | None = None,
+        priority_ceiling: int | None = None,
+        tenant: str | None = None,
+        capped: bool = False,
+    ) -> Request:
+        """The request ``creq`` arriving at ``now``; a forbidden tier, priority or cap raises.
+
+        ``base_tier``, ``priority_ceiling``, ``tenant``: what the client's API key says
+        (its tier replaces the default tier; its ceiling raises a too-important priority).
+        ``capped``: a request without ``max_tokens`` gets ``default_max_tokens`` upstream
+        (a budget reserved on that cap then holds).
+        """
         fields = creq.sincere
-        tier = self.tier_of(fields.tier)
+        tier = self.tier_of(fields.tier, base_tier)
         priority = tier.priority if fields.priority is None else fields.priority
         if priority < tier.priority:
             raise ProtocolError(
@@ -42,6 +57,8 @@ class RequestFactory:
                 code="priority_not_allowed",
                 type="permission_error",
             )
+        if priority_ceiling is not None:
+            priority = max(priority, priority_ceiling)
         if fields.deadline_s is not None:
             ttlt = min(tier.ttlt_s or math.inf, fields.deadline_s)
             tier = Tier(tier.name, tier.ttft_s, ttlt, tier.tbt_s, tier.priority)
@@ -59,16 +76,28 @@ class RequestFactory:
             model=creq.model,
             prompt_tokens=max(1, creq.prompt_tokens),
             output_tokens=creq.max_tokens or self.default_max_tokens,
-            max_tokens=creq.max_tokens,
+            max_tokens=creq.max_tokens or (self.default_max_tokens if capped else None),
             prompt=creq.prompt,
             tier=tier,
             priority=priority,
             budget_usd=fields.budget_usd,
+            tenant=tenant,
         )
 
-    def tier_of(self, name: str | None) -> Tier:
-        """The tier a client asked for; never one more important than the default tier."""
-        base = self.default_tier
+    def tier_of(self, name: str | None, base_name: str | None = None) -> Tier:
+        """The tier a client asked for; never one more important than its base tier.
+
+        ``base_name``: the client's own tier (its key's); None: the gateway's default tier.
+        """
+        base = self.default_tier if base_name is None else self.tiers.get(base_name)
+        if base is None:
+            raise ProtocolError(
+                403,
+                f"this API key's tier {base_name!r} is not served here; "
+                f"served: {', '.join(sorted(self.tiers))} (ask the operator to fix the key)",
+                code="tier_not_served",
+                type="permission_error",
+            )
         tier = self.tiers.get(name or base.name)
         if tier is None:
             raise ProtocolError(

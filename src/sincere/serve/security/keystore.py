@@ -188,7 +188,14 @@ class KeyStore:
 
     def refresh(self) -> int:
         """Re-read the records from storage (keys created or revoked elsewhere); new keys count."""
-        records, totals = self.storage.load()
+        return self.apply_loaded(*self.storage.load())
+
+    async def refresh_async(self) -> int:
+        """:meth:`refresh` with the read in a worker thread and the update on the caller's."""
+        return self.apply_loaded(*await asyncio.to_thread(self.storage.load))
+
+    def apply_loaded(self, records: list[KeyRecord], totals: dict[str, Totals]) -> int:
+        """Add new keys and revocations from a storage read; the number of keys added."""
         added = 0
         for record in records:
             state = self._states.get(record.key_id)
