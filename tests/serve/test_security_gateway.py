@@ -167,7 +167,9 @@ def test_tokens_per_minute_limit(tmp_path: Path) -> None:
             Gateway(gateway_config(up.url, keys)) as gw,
             aiohttp.ClientSession() as s,
         ):
-            status, answer, headers = await post(s, gw.url, tokens["acme"], {**BODY, "max_tokens": 60})
+            status, answer, headers = await post(
+                s, gw.url, tokens["acme"], {**BODY, "max_tokens": 60}
+            )
             assert (status, answer["error"]["code"]) == (429, "tokens_per_minute_exceeded")
             assert "Retry-After" not in headers and "lower max_tokens" in answer["error"]["message"]
             codes = [(await post(s, gw.url, tokens["acme"]))[0] for _ in range(12)]
@@ -197,12 +199,14 @@ def test_budget_never_overspent_under_load_and_persists(tmp_path: Path) -> None:
             assert len(served) == 5  # 10 USD / 2 USD worst case: never a sixth
             assert {r[0] for r in refused} == {402}
             assert all(r[1]["error"]["code"] == "budget_exhausted" for r in refused)
-            status, answer, headers = await post(s, gw.url, tokens["acme"], small)
+            status, _, headers = await post(s, gw.url, tokens["acme"], small)
             assert status == 402 and float(headers[BUDGET_HEADER]) == 0.0
             metrics = await (await s.get(gw.url + "/metrics")).text()
             assert 'sincere_tenant_requests_total{outcome="allowed",tenant="acme"} 5.0' in metrics
             assert 'sincere_tenant_spend_usd_total{tenant="acme"} 10.0' in metrics
-            assert 'sincere_tenant_requests_total{outcome="budget_exhausted",tenant="acme"}' in metrics
+            assert (
+                'sincere_tenant_requests_total{outcome="budget_exhausted",tenant="acme"}' in metrics
+            )
 
     run(body)
     store = KeyStore.open(keys)  # after a restart: the settled spend was written
@@ -279,9 +283,7 @@ def test_expired_and_revoked_keys_get_401(tmp_path: Path) -> None:
 def test_admin_api_needs_an_admin_key_and_audits_changes(tmp_path: Path) -> None:
     """/admin refuses no key (401) and client keys (403); an admin's change is audited by name."""
     keys = tmp_path / "keys.db"
-    tokens = make_keys(
-        keys, acme=KeySpec(name="acme"), ops=KeySpec(kind="admin", name="ops")
-    )
+    tokens = make_keys(keys, acme=KeySpec(name="acme"), ops=KeySpec(kind="admin", name="ops"))
 
     async def body() -> None:
         async with (
@@ -305,7 +307,9 @@ def test_admin_api_needs_an_admin_key_and_audits_changes(tmp_path: Path) -> None
                 assert "extra" in names
 
     run(body)
-    audit = [json.loads(line) for line in (tmp_path / "keys.db.audit.jsonl").read_text().splitlines()]
+    audit = [
+        json.loads(line) for line in (tmp_path / "keys.db.audit.jsonl").read_text().splitlines()
+    ]
     changes = [a for a in audit if a["action"] == "model.register"]
     assert len(changes) == 1  # the refused attempt changed nothing and is not a change
     assert changes[0]["actor"].startswith("admin:ops/") and changes[0]["target"] == "extra"

@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from tests.serve.test_security_gateway import BODY, bearer, gateway_config, make_keys, post, run
+from tests.serve.test_security_tls import _self_signed
 
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
-from tests.serve.test_security_gateway import BODY, bearer, gateway_config, make_keys, post, run
-from tests.serve.test_security_tls import _self_signed
 
 CANARY_KEY = "sk-upstream-CANARY-7d41e09b2a6c5f38"
 
@@ -76,7 +76,9 @@ def test_upstream_key_is_sent_and_never_shown(
             async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
                 status, answer, _ = await post(s, gw.url, tokens["acme"])
                 assert status == 200
-                status, answer, _ = await post(s, gw.url, tokens["acme"], {**BODY, "prompt": "echo"})
+                status, answer, _ = await post(
+                    s, gw.url, tokens["acme"], {**BODY, "prompt": "echo"}
+                )
                 assert status == 400 and "***" in answer["error"]["message"]
                 seen.append(str(answer))
                 for path in ("/metrics", "/admin/instances", "/health", "/v1/models"):
@@ -117,7 +119,9 @@ def test_gateway_over_real_tls(tmp_path: Path) -> None:
                 assert gw.url.startswith("https://127.0.0.1:")
                 trusting = ssl.create_default_context(cafile=str(cert))
                 url = gw.url + "/v1/completions"
-                async with s.post(url, json=BODY, headers=bearer(tokens["acme"]), ssl=trusting) as r:
+                async with s.post(
+                    url, json=BODY, headers=bearer(tokens["acme"]), ssl=trusting
+                ) as r:
                     answer: dict[str, Any] = await r.json()
                     assert r.status == 200 and answer["choices"][0]["text"] == " ok"
                 with pytest.raises(aiohttp.ClientConnectorCertificateError):
