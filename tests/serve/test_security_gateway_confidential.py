@@ -30,10 +30,11 @@ from tests.serve.test_security_gateway import gateway_config, make_keys, run
 
 from sincere.core.request import Request
 from sincere.serve.gateway.dispatch import Pending
+from sincere.serve.gateway.sealed import UsageScanner, usage_of_header
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.protocol import CompletionRequest, parse_body
 from sincere.serve.security.confidential_client import ConfidentialClient, ConfidentialError
-from sincere.serve.security.envelope import write_keypair
+from sincere.serve.security.envelope import usage_event, write_keypair
 from sincere.serve.security.keys import KeySpec
 from sincere.serve.security.keystore import KeyStore
 
@@ -190,3 +191,21 @@ def test_plain_request_never_goes_to_a_seal_proxy(tmp_path: Path) -> None:
 
     with engine_side(tmp_path) as proxy_url:
         run(body)
+
+
+def test_usage_event_is_found_however_the_stream_is_cut() -> None:
+    """The proxy's usage event is read whether it arrives whole or byte by byte."""
+    stream = b"data: AAAA\n\n" * 3 + usage_event(7, 11, "engine") + b"data: BBBB\n\n"
+    for size in (1, 5, 64, len(stream)):
+        scanner = UsageScanner()
+        for at in range(0, len(stream), size):
+            scanner.feed(stream[at : at + size])
+        assert scanner.usage == (7, 11), size
+
+
+def test_usage_header_is_parsed_or_ignored() -> None:
+    """``x-sincere-usage`` gives (prompt, completion); a malformed one gives nothing."""
+    assert usage_of_header("prompt_tokens=3, completion_tokens=9") == (3, 9)
+    assert usage_of_header("prompt_tokens=3") is None
+    assert usage_of_header("prompt_tokens=x, completion_tokens=9") is None
+    assert usage_of_header(None) is None

@@ -1,7 +1,8 @@
 """From a parsed OpenAI request to the policy's :class:`~sincere.core.request.Request`.
 
-Priority and tier are server policy: a client gets the configured default tier, and may
-only ask for a tier or a priority that is *not more important* (403 otherwise). A
+Priority and tier are server policy: a client gets the configured default tier (with API
+keys on, its key's tier and priority ceiling), and may only ask for a tier or a priority
+that is *not more important* (403 otherwise). A
 client's ``sincere.deadline_s`` only tightens the tier's end-to-end target, and
 ``max_tokens`` must lie within ``limits.max_tokens`` (422). The prompt's token count and
 ``max_tokens`` (else ``limits.default_max_tokens``) size the request for the policies;

@@ -14,6 +14,12 @@ drives. Endpoints:
   (:mod:`~sincere.serve.gateway.metrics`);
 * ``/admin/...`` -- the controller API (:mod:`sincere.serve.gateway.controller`).
 
+Security (:class:`~sincere.serve.gateway.config.SecurityConfig`, wired by
+:mod:`~sincere.serve.gateway.auth` and :mod:`~sincere.serve.gateway.sealed`): with a key
+store every request needs a client key (checked before the body is read; limits and budget
+before routing; spend settled when it ends) and ``/admin`` an admin key; upstream
+credentials; TLS; sealed bodies routed on their declared headers and relayed unread.
+
 Client-facing limits (:class:`~sincere.serve.gateway.config.LimitsConfig`): connections per
 client and in all, and header / body / idle timeouts (:mod:`~sincere.serve.gateway.edge`).
 Priority and tier are server policy: the default tier is what a client gets, and a
