@@ -7,9 +7,10 @@ temporary SQLite file (or JSON keys file) made with the same calls ``sincere key
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,19 @@ def gateway_config(
     return parse_config(raw)
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    keys: Path, upstream: FakeUpstream, **extra: Any
+) -> AsyncIterator[tuple[FakeUpstream, Gateway, aiohttp.ClientSession]]:
+    """``upstream`` started, a gateway with the key store ``keys`` over it, a client session."""
+    async with (
+        upstream as up,
+        Gateway(gateway_config(up.url, keys, **extra)) as gw,
+        aiohttp.ClientSession() as s,
+    ):
+        yield up, gw, s
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -89,11 +103,7 @@ def test_no_key_wrong_key_and_valid_key(tmp_path: Path) -> None:
     tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=100.0))
 
     async def body() -> None:
-        async with (
-            FakeUpstream() as up,
-            Gateway(gateway_config(up.url, keys)) as gw,
-            aiohttp.ClientSession() as s,
-        ):
+        async with serving(keys, FakeUpstream()) as (up, gw, s):
             status, answer, headers = await post(s, gw.url, None)
             assert (status, answer["error"]["code"]) == (401, "missing_api_key")
             assert headers["WWW-Authenticate"] == "Bearer"
@@ -119,11 +129,7 @@ def test_wrong_model_and_admin_key_are_403(tmp_path: Path) -> None:
     )
 
     async def body() -> None:
-        async with (
-            FakeUpstream() as up,
-            Gateway(gateway_config(up.url, keys)) as gw,
-            aiohttp.ClientSession() as s,
-        ):
+        async with serving(keys, FakeUpstream()) as (_up, gw, s):
             status, answer, _ = await post(s, gw.url, tokens["acme"], {**BODY, "model": "n"})
             assert (status, answer["error"]["code"]) == (403, "model_not_allowed")
             assert "allows: m" in answer["error"]["message"]
@@ -141,11 +147,7 @@ def test_rate_limit_under_concurrent_load(tmp_path: Path) -> None:
     tokens = make_keys(keys, acme=KeySpec(name="acme", max_requests_per_min=5))
 
     async def body() -> None:
-        async with (
-            FakeUpstream(ttft_s=0.05) as up,
-            Gateway(gateway_config(up.url, keys)) as gw,
-            aiohttp.ClientSession() as s,
-        ):
+        async with serving(keys, FakeUpstream(ttft_s=0.05)) as (_up, gw, s):
             results = await asyncio.gather(*(post(s, gw.url, tokens["acme"]) for _ in range(12)))
             statuses = sorted(r[0] for r in results)
             assert statuses == [200] * 5 + [429] * 7
@@ -162,11 +164,7 @@ def test_tokens_per_minute_limit(tmp_path: Path) -> None:
     tokens = make_keys(keys, acme=KeySpec(name="acme", max_tokens_per_min=40))
 
     async def body() -> None:
-        async with (
-            FakeUpstream() as up,
-            Gateway(gateway_config(up.url, keys)) as gw,
-            aiohttp.ClientSession() as s,
-        ):
+        async with serving(keys, FakeUpstream()) as (_up, gw, s):
             status, answer, headers = await post(
                 s, gw.url, tokens["acme"], {**BODY, "max_tokens": 60}
             )
@@ -185,11 +183,7 @@ def test_budget_never_overspent_under_load_and_persists(tmp_path: Path) -> None:
     # each request reserves 2 generated tokens at 1 USD, and the upstream makes 2 tokens
 
     async def body() -> None:
-        async with (
-            FakeUpstream(num_tokens=2, ttft_s=0.02) as up,
-            Gateway(gateway_config(up.url, keys)) as gw,
-            aiohttp.ClientSession() as s,
-        ):
+        async with serving(keys, FakeUpstream(num_tokens=2, ttft_s=0.02)) as (_up, gw, s):
             small = {**BODY, "max_tokens": 2}
             results = await asyncio.gather(
                 *(post(s, gw.url, tokens["acme"], small) for _ in range(40))
@@ -230,11 +224,7 @@ def test_key_tier_sets_the_requests_tier(tmp_path: Path) -> None:
     )
 
     async def body() -> None:
-        async with (
-            FakeUpstream() as up,
-            Gateway(gateway_config(up.url, keys, default_tier="default")) as gw,
-            aiohttp.ClientSession() as s,
-        ):
+        async with serving(keys, FakeUpstream(), default_tier="default") as (_up, gw, s):
             assert (await post(s, gw.url, tokens["fast"]))[0] == 200
             assert (await post(s, gw.url, tokens["slow"]))[0] == 200
             slow_asks_fast = {**BODY, "sincere": {"tier": "interactive"}}
@@ -286,11 +276,7 @@ def test_admin_api_needs_an_admin_key_and_audits_changes(tmp_path: Path) -> None
     tokens = make_keys(keys, acme=KeySpec(name="acme"), ops=KeySpec(kind="admin", name="ops"))
 
     async def body() -> None:
-        async with (
-            FakeUpstream() as up,
-            Gateway(gateway_config(up.url, keys)) as gw,
-            aiohttp.ClientSession() as s,
-        ):
+        async with serving(keys, FakeUpstream()) as (_up, gw, s):
             url = gw.url + "/admin/models"
             change = {"name": "extra"}
             async with s.get(url) as r:
@@ -334,11 +320,7 @@ def test_edge_limits_with_auth_on_keep_the_gateway_responsive(tmp_path: Path) ->
     limits = {"max_body_bytes": 2048, "header_timeout_s": 0.3, "body_timeout_s": 0.3}
 
     async def body() -> None:
-        async with (
-            FakeUpstream() as up,
-            Gateway(gateway_config(up.url, keys, limits=limits)) as gw,
-            aiohttp.ClientSession() as s,
-        ):
+        async with serving(keys, FakeUpstream(), limits=limits) as (_up, gw, s):
             auth = bearer(tokens["acme"])
             big = {**BODY, "prompt": "x" * 5000}
             async with s.post(gw.url + "/v1/completions", json=big, headers=auth) as r:

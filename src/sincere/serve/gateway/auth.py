@@ -28,11 +28,10 @@ bearer token, in the gateway's log lines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -103,7 +102,6 @@ class GatewayAuth:
             self.audit_log = AuditLog(security.audit)
         self.secrets = {name: ref.resolve() for name, ref in security.upstream_keys.items()}
         self._filter = RedactingFilter(self.secrets.values())
-        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -156,41 +154,32 @@ class GatewayAuth:
         self.audit_log.record(time.time(), actor, action, target, details)
 
     # ------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        """Mask secrets in the gateway's logs; start the flush and refresh loops."""
+    def start(self) -> list[Coroutine[Any, Any, None]]:
+        """Mask secrets in the gateway's logs; the flush and refresh loops for the caller to run."""
         for name in LOGGERS:
             logging.getLogger(name).addFilter(self._filter)
-        if self.store is not None:
-            self._tasks.append(asyncio.create_task(self._flush_loop(self.store)))
-            self._tasks.append(asyncio.create_task(self._refresh_loop(self.store)))
+        store = self.store
+        if store is None:
+            return []
+        return [
+            _every(self.config.flush_interval_s, store.flush_async, "write spend to"),
+            _every(self.config.refresh_interval_s, store.refresh_async, "re-read keys from"),
+        ]
 
-    async def stop(self) -> None:
-        """Stop the loops, flush what is pending and close the store."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+    def stop(self) -> None:
+        """After the loops are cancelled: flush what is pending and close the store."""
         for name in LOGGERS:
             logging.getLogger(name).removeFilter(self._filter)
         if self.store is not None:
             self.store.close()
 
-    async def _flush_loop(self, store: KeyStore) -> None:
-        log = logging.getLogger("sincere.serve.gateway.server")
-        while True:
-            await asyncio.sleep(self.config.flush_interval_s)
-            try:
-                await store.flush_async()
-            except Exception as exc:  # kept in memory; the next flush tries again
-                log.warning("could not write spend to %s: %s", store.storage.path, exc)
 
-    async def _refresh_loop(self, store: KeyStore) -> None:
-        log = logging.getLogger("sincere.serve.gateway.server")
-        while True:
-            await asyncio.sleep(self.config.refresh_interval_s)
-            try:
-                await store.refresh_async()
-            except Exception as exc:
-                log.warning("could not re-read keys from %s: %s", store.storage.path, exc)
+async def _every(interval_s: float, action: Callable[[], Awaitable[int]], what: str) -> None:
+    """Run ``action`` every ``interval_s`` until cancelled; a failure is logged and retried."""
+    log = logging.getLogger("sincere.serve.gateway.server")
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await action()
+        except Exception as exc:  # usage stays in memory; the next round tries again
+            log.warning("could not %s the key store: %s", what, exc)

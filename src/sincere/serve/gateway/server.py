@@ -198,7 +198,7 @@ class Gateway:
             self._runner = None
             raise
         self.port = site.port
-        self.auth.start()
+        self._tasks += [asyncio.create_task(loop) for loop in self.auth.start()]
         self._tasks.append(asyncio.create_task(self._drain_loop()))
         if self.config.scrape.enabled:
             self._tasks.append(asyncio.create_task(self._scrape_loop()))
@@ -218,7 +218,7 @@ class Gateway:
             self._runner = None
         for state in list(self.dispatcher.instances.values()):
             await state.backend.close()
-        await self.auth.stop()
+        self.auth.stop()
         self._loop = None
 
     async def __aenter__(self) -> Gateway:
