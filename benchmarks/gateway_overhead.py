@@ -454,6 +454,13 @@ def main() -> None:
         "--security", action="store_true", help="also keys on, the seal proxy, sealed calls"
     )
     parser.add_argument(
+        "--head-to-head",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="with --security: also alternate wrk on gateway vs +auth and +auth vs +sealed",
+    )
+    parser.add_argument(
         "--base-src", type=Path, help="also measure the gateway of another source tree (its src/)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
@@ -508,12 +515,44 @@ def run_all(args: argparse.Namespace) -> None:
         }
         for name, url, headers in ready:
             rows.append(measure(name, url, headers, args, latencies))
+        pairs = head_to_head(ready, args) if args.head_to_head else []
     finally:
         for p in procs:
             stop(p)
     print(table(rows))
+    for line in pairs:
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+PAIRS = (("sincere", "sincere+auth"), ("sincere+auth", "sincere+auth+sealed"))
+
+
+def head_to_head(
+    ready: list[tuple[str, str, dict[str, str]]], args: argparse.Namespace
+) -> list[str]:
+    """Rates of each pair of :data:`PAIRS`, ``wrk`` runs alternated, medians; one line each.
+
+    Sequential rate tests drift with the machine's load; alternating the two sides of a
+    pair round by round lets the ratio hold while the load moves.
+    """
+    by_name = {name: (url, headers) for name, url, headers in ready}
+    out = []
+    for a, b in PAIRS:
+        if a not in by_name or b not in by_name:
+            continue
+        for stream in (False, True):
+            rates: dict[str, list[float]] = {a: [], b: []}
+            for _ in range(args.head_to_head):
+                for name in (a, b):
+                    url, headers = by_name[name]
+                    got = wrk_rate(name, url, headers, stream, args.connections, args.duration_s)
+                    rates[name].append(got["rps"])
+            ra, rb = (float(np.median(rates[n])) for n in (a, b))
+            mode = "streams/s" if stream else "req/s plain"
+            out.append(f"head to head, {mode}: {b} {rb:.0f} vs {a} {ra:.0f} ({rb / ra:.2f}x)")
+    return out
 
 
 def start_security(

@@ -238,3 +238,17 @@ def test_budget_refusal_carries_remaining(tmp_path: Path) -> None:
     assert refusal.status == 402 and refusal.remaining_usd == pytest.approx(0.001)
     assert "may cost up to 0.002100 USD" in refusal.message
     assert store.totals(record.key_id) == Totals()
+
+
+def test_verified_tokens_are_remembered_but_revocation_applies_at_once(store_path: Path) -> None:
+    """A second check of a token skips the HMAC, yet sees a revocation; a forgery stays out."""
+    store = KeyStore.open(store_path)
+    token, record = store.create(KeySpec(name="acme"), actor="t", now=NOW)
+    assert store.authenticate(token) == record
+    assert store.authenticate(token) == record  # from the cache of verified tokens
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert store.authenticate(forged) is None
+    store.revoke(record.key_id, actor="t", now=NOW + 1)
+    again = store.authenticate(token)
+    assert again is not None and again.revoked_at == NOW + 1
+    store.close()

@@ -45,6 +45,7 @@ from sincere.serve.security.storage import KeyStorage, Totals, open_storage
 from sincere.serve.security.windows import SlidingWindow
 
 MAX_ID_TRIES = 8  # fresh ids drawn before giving up on a collision (48-bit ids: never)
+MAX_VERIFIED = 65_536  # verified tokens remembered; the cache starts over beyond
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,7 @@ class KeyStore:
         self._states: dict[str, _KeyState] = {}
         self._open: dict[int, Reservation] = {}  # admitted, not yet settled
         self._num_reservations = 0
+        self._verified: dict[str, str] = {}  # tokens already checked -> their key id
         records, totals = storage.load()
         for record in records:
             self._add_state(record, totals.get(record.key_id, Totals()))
@@ -208,7 +210,24 @@ class KeyStore:
 
     # -------------------------------------------------------------- request path
     def authenticate(self, token: str) -> KeyRecord | None:
-        """The key a token belongs to (any state), or ``None`` if it is no valid key."""
+        """The key a token belongs to (any state), or ``None`` if it is no valid key.
+
+        A token verified once is remembered (token -> key id, at most
+        :data:`MAX_VERIFIED` of them) so that a client's next requests skip parsing and
+        the HMAC: one dict lookup. The record itself is read fresh every time, so a
+        revocation or expiry applies at once.
+        """
+        key_id = self._verified.get(token)
+        if key_id is not None:
+            return self._states[key_id].record
+        record = self._verify(token)
+        if record is not None:
+            if len(self._verified) >= MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[token] = record.key_id
+        return record
+
+    def _verify(self, token: str) -> KeyRecord | None:
         parts = split_token(token)
         if parts is None:
             return None
