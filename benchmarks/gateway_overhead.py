@@ -532,7 +532,7 @@ PAIRS = (("sincere", "sincere+auth"), ("sincere+auth", "sincere+auth+sealed"))
 def head_to_head(
     ready: list[tuple[str, str, dict[str, str]]], args: argparse.Namespace
 ) -> list[str]:
-    """Rates of each pair of :data:`PAIRS`, ``wrk`` runs alternated, medians; one line each.
+    """Rates of each pair of :data:`PAIRS`, ``wrk`` runs alternated (ABBA), medians; one each.
 
     Sequential rate tests drift with the machine's load; alternating the two sides of a
     pair round by round lets the ratio hold while the load moves.
@@ -544,8 +544,8 @@ def head_to_head(
             continue
         for stream in (False, True):
             rates: dict[str, list[float]] = {a: [], b: []}
-            for _ in range(args.head_to_head):
-                for name in (a, b):
+            for r in range(args.head_to_head):
+                for name in (a, b) if r % 2 == 0 else (b, a):  # ABBA: no side always first
                     url, headers = by_name[name]
                     got = wrk_rate(name, url, headers, stream, args.connections, args.duration_s)
                     rates[name].append(got["rps"])

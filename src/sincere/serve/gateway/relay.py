@@ -12,6 +12,15 @@
 * A 4xx from the instance is passed through (the instance is alive).
 * A client that goes away mid-stream ends the relay quietly: one log line, the
   request counted as ``cancelled``.
+* A **sealed** request (confidential mode, :mod:`.sealed`) goes byte for byte to the
+  instance and its answer comes back as it is; only the usage counts the seal proxy adds
+  in the clear are read. A sealed stream that breaks is cut short (the client's opener
+  reports it truncated): an error event could not be sealed by the gateway.
+* Upstream 4xx bodies pass through ``scrub`` when upstream credentials are configured,
+  so an engine quoting the request's ``Authorization`` header leaks nothing.
+
+The tokens an attempt produced are left in ``pending.output_tokens`` (and, when the
+upstream said, ``pending.prompt_tokens_used``) for the spend to be settled.
 
 The :class:`Relay` sees only what relaying needs -- the dispatcher (slots, admission,
 outcomes), the metrics, the observed-load window, the tiers' first-byte timeouts and a
