@@ -337,3 +337,20 @@ def test_edge_limits_with_auth_on_keep_the_gateway_responsive(tmp_path: Path) ->
             assert (await post(s, gw.url, tokens["acme"]))[0] == 200
 
     run(body)
+
+
+def test_a_request_without_max_tokens_is_capped_in_its_own_bytes() -> None:
+    """With keys on, a body without max_tokens gets the default cap appended, else re-encoded."""
+    from sincere.serve.gateway.requests import with_cap
+    from sincere.serve.protocol import parse_request
+
+    raw = b'{"model": "m", "prompt": "hi"}\n'
+    capped = with_cap(parse_request(raw, "completion"), 7)
+    assert json.loads(capped.raw) == {"model": "m", "prompt": "hi", "max_tokens": 7}
+    assert capped.max_tokens == 7 and capped.body["max_tokens"] == 7
+    nulled = with_cap(
+        parse_request(b'{"model": "m", "prompt": "hi", "max_tokens": null}', "completion"), 7
+    )
+    assert nulled.raw == b"" and nulled.body["max_tokens"] == 7  # re-encoded upstream
+    given = parse_request(b'{"model": "m", "prompt": "hi", "max_tokens": 3}', "completion")
+    assert with_cap(given, 7) is given

@@ -11,10 +11,30 @@ its budget comes from ``sincere.budget_usd``. Request ids count up per gateway p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from sincere.core.request import Request, Tier
 from sincere.serve.protocol import CompletionRequest, ProtocolError
+
+
+def with_cap(creq: CompletionRequest, cap: int) -> CompletionRequest:
+    """``creq`` asking for at most ``cap`` tokens when it named no cap (else unchanged).
+
+    Used when a key's budget or token window is at stake: what was reserved then bounds
+    what is generated. The client's bytes get ``"max_tokens"`` appended before their
+    closing brace (no re-encoding), so the relay still sends them as they are; a body
+    with ``max_tokens: null`` is re-encoded instead.
+    """
+    if creq.max_tokens is not None:
+        return creq
+    body = creq.body
+    clean = "max_tokens" not in body and "max_completion_tokens" not in body  # not even null
+    raw = creq.raw.rstrip()
+    patched = raw[:-1] + b',"max_tokens":%d}' % cap if clean and body and raw[-1:] == b"}" else b""
+    capped = {k: v for k, v in body.items() if k != "max_completion_tokens"}
+    capped["max_tokens"] = cap
+    return dataclasses.replace(creq, max_tokens=cap, body=capped, raw=patched)
 
 
 class RequestFactory:
@@ -37,14 +57,11 @@ class RequestFactory:
         base_tier: str | None = None,
         priority_ceiling: int | None = None,
         tenant: str | None = None,
-        capped: bool = False,
     ) -> Request:
         """The request ``creq`` arriving at ``now``; a forbidden tier, priority or cap raises.
 
         ``base_tier``, ``priority_ceiling``, ``tenant``: what the client's API key says
         (its tier replaces the default tier; its ceiling raises a too-important priority).
-        ``capped``: a request without ``max_tokens`` gets ``default_max_tokens`` upstream
-        (a budget reserved on that cap then holds).
         """
         fields = creq.sincere
         tier = self.tier_of(fields.tier, base_tier)
@@ -77,7 +94,7 @@ class RequestFactory:
             model=creq.model,
             prompt_tokens=max(1, creq.prompt_tokens),
             output_tokens=creq.max_tokens or self.default_max_tokens,
-            max_tokens=creq.max_tokens or (self.default_max_tokens if capped else None),
+            max_tokens=creq.max_tokens,
             prompt=creq.prompt,
             tier=tier,
             priority=priority,

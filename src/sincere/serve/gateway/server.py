@@ -78,7 +78,7 @@ from sincere.serve.gateway.instances import (
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
 from sincere.serve.gateway.relay import Relay
-from sincere.serve.gateway.requests import RequestFactory
+from sincere.serve.gateway.requests import RequestFactory, with_cap
 from sincere.serve.gateway.sealed import sealed_request
 from sincere.serve.protocol import (
     CompletionRequest,
@@ -278,13 +278,14 @@ class Gateway:
             if isinstance(key, Refusal):
                 return self._refused(key, tier)
             creq, sealed = await self._parse(http_req, kind)
+            if key is not None:
+                creq = with_cap(creq, self.config.limits.default_max_tokens)
             req = self.requests.build(
                 creq,
                 self.loop.time(),
                 base_tier=None if key is None else key.spec.tier,
                 priority_ceiling=None if key is None else key.spec.priority_ceiling,
                 tenant=None if key is None else key.name,
-                capped=key is not None,
             )
             tier = req.tier.name
             if key is not None:
