@@ -103,11 +103,25 @@ async def chain(keys: Path, proxy_url: str) -> AsyncIterator[tuple[Gateway, aioh
         yield gw, http
 
 
-def dump_requests() -> bytes:
-    """Everything the gateway's live request objects hold, as bytes (their fields, repr)."""
+REQUEST_TYPES = (Request, CompletionRequest, Pending)
+
+
+def live_requests() -> list[object]:
+    """The request objects alive in this process now (after a collection)."""
+    gc.collect()
+    return [obj for obj in gc.get_objects() if isinstance(obj, REQUEST_TYPES)]
+
+
+def dump_requests(before: set[int]) -> bytes:
+    """Everything the request objects made since ``before`` (ids) hold: fields and repr.
+
+    Objects older than the gateway (other tests' plaintext requests still alive in
+    this process) are left out; every one made since is the gateway's, as the engine
+    side runs in child processes.
+    """
     out = bytearray()
     for obj in gc.get_objects():
-        if isinstance(obj, Request | CompletionRequest | Pending):
+        if isinstance(obj, REQUEST_TYPES) and id(obj) not in before:
             out += repr(obj).encode()
             if is_dataclass(obj):
                 for f in fields(obj):
@@ -129,6 +143,9 @@ def test_confidential_round_trip_through_the_gateway(
     caplog.set_level(logging.DEBUG)
     seen: dict[str, bytes] = {}
 
+    older = live_requests()  # held, so that no id of theirs is reused by a new object
+    before = {id(obj) for obj in older}
+
     async def body() -> None:
         async with chain(keys, proxy_url) as (gw, http):
             client = ConfidentialClient(gw.url, PAIR.pinned, http, api_key=tokens["acme"])
@@ -137,7 +154,7 @@ def test_confidential_round_trip_through_the_gateway(
             chunks: list[dict[str, Any]] = []
             async for chunk in client.stream("chat", _chat(stream=True)):
                 if not chunks:
-                    seen["objects"] = dump_requests()  # while the stream is in flight
+                    seen["objects"] = dump_requests(before)  # while the stream is in flight
                 chunks.append(chunk)
             text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
             assert text == " tok" * 5 and chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -160,7 +177,7 @@ def test_confidential_round_trip_through_the_gateway(
     seen["logs"] = caplog.text.encode()
     assert b"Pending(" in seen["objects"] and b"CompletionRequest(" in seen["objects"]
     control = parse_body(_chat(), "chat")  # a plaintext request object: the dump finds it
-    assert CANARY.encode() in dump_requests()
+    assert CANARY.encode() in dump_requests(before)
     del control
     leaks = [where for where, data in seen.items() if CANARY.encode() in data]
     assert leaks == []

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,30 @@ def test_flush_async_writes_off_the_loop(tmp_path: Path) -> None:
     assert asyncio.run(store.flush_async()) == 1
     assert asyncio.run(store.flush_async()) == 0
     assert KeyStore.open(tmp_path / "k.db").totals(record.key_id).num_prompt_tokens == 7
+
+
+def test_flush_cancelled_mid_write_is_written_once(tmp_path: Path) -> None:
+    """A flush cancelled while its thread writes (a gateway stopping) counts the usage once."""
+    store, record, _ = _settled_once(tmp_path / "k.db", 7, 3)
+    real = store.storage.add_usage
+
+    def slow(deltas: dict[str, Totals]) -> None:
+        time.sleep(0.2)
+        real(deltas)
+
+    store.storage.add_usage = slow  # type: ignore[method-assign]
+
+    async def stop_mid_write() -> None:
+        task = asyncio.create_task(store.flush_async())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_mid_write())
+    store.close()
+    totals = KeyStore.open(tmp_path / "k.db").totals(record.key_id)
+    assert (totals.num_requests, totals.num_prompt_tokens) == (1, 7)
 
 
 def test_settle_twice_is_an_error(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,8 @@ class KeyStore:
         self._open: dict[int, Reservation] = {}  # admitted, not yet settled
         self._num_reservations = 0
         self._verified: dict[str, str] = {}  # tokens already checked -> their key id
+        self._writer: ThreadPoolExecutor | None = None  # the write-behind thread
+        self._writing: tuple[Future[None], dict[str, Totals]] | None = None  # under way
         records, totals = storage.load()
         for record in records:
             self._add_state(record, totals.get(record.key_id, Totals()))
@@ -340,18 +343,42 @@ class KeyStore:
         return len(pending)
 
     async def flush_async(self) -> int:
-        """:meth:`flush` with the write in a worker thread, off the event loop."""
+        """:meth:`flush` with the write in a worker thread, off the event loop.
+
+        Cancelled while the write is under way (the gateway stopping), the write still
+        completes in its thread, and :meth:`close` waits for it: the usage is written
+        once, neither lost nor counted twice.
+        """
         pending = self.take_pending()
-        if pending:
-            try:
-                await asyncio.to_thread(self.storage.add_usage, pending)
-            except BaseException:
-                self.restore_pending(pending)
-                raise
+        if not pending:
+            return 0
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sincere-keystore")
+        job = self._writer.submit(self.storage.add_usage, pending)
+        self._writing = (job, pending)
+        try:
+            await asyncio.shield(asyncio.wrap_future(job))
+        except asyncio.CancelledError:
+            raise  # the write goes on; close() waits for it
+        except BaseException:
+            self._writing = None
+            self.restore_pending(pending)
+            raise
+        self._writing = None
         return len(pending)
 
     def close(self) -> None:
-        """Flush and close the storage."""
+        """Wait for a write under way, flush the rest and close the storage."""
+        if self._writing is not None:
+            job, pending = self._writing
+            self._writing = None
+            try:
+                job.result()
+            except Exception:
+                self.restore_pending(pending)  # written again below
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         self.flush()
         self.storage.close()
 
