@@ -16,7 +16,7 @@ budget). Pass the gateway's ``CollectorRegistry`` to export them beside its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -69,28 +69,27 @@ class _CounterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
-        requests = CounterMetricFamily(
-            "sincere_tenant_requests",
-            "Key checks by tenant and outcome.",
-            labels=("tenant", "outcome"),
+        yield _counters(
+            "sincere_tenant_requests", "Key checks by tenant and outcome.",
+            ("tenant", "outcome"), m.requests.items(),
+        )  # fmt: skip
+        yield _counters(
+            "sincere_tenant_tokens", "Settled tokens by tenant and kind (prompt, completion).",
+            ("tenant", "kind"), m.tokens.items(),
+        )  # fmt: skip
+        spend = {(tenant,): usd for tenant, usd in m.spend_usd.items()}
+        yield _counters(
+            "sincere_tenant_spend_usd", "Settled spend by tenant, USD.", ("tenant",), spend
         )
-        for labels, count in sorted(m.requests.items()):
-            requests.add_metric(labels, count)
-        tokens = CounterMetricFamily(
-            "sincere_tenant_tokens",
-            "Settled tokens by tenant and kind (prompt, completion).",
-            labels=("tenant", "kind"),
-        )
-        for labels, count in sorted(m.tokens.items()):
-            tokens.add_metric(labels, count)
-        spend = CounterMetricFamily(
-            "sincere_tenant_spend_usd", "Settled spend by tenant, USD.", labels=("tenant",)
-        )
-        for tenant, usd in sorted(m.spend_usd.items()):
-            spend.add_metric((tenant,), usd)
-        yield requests
-        yield tokens
-        yield spend
+
+
+def _counters(
+    name: str, text: str, labels: tuple[str, ...], values: Iterable[tuple[tuple[str, ...], float]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, text, labels=labels)
+    for key, value in sorted(values):
+        family.add_metric(key, value)
+    return family
 
 
 class _BudgetCollector(Collector):
