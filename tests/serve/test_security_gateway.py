@@ -232,8 +232,8 @@ def test_key_tier_sets_the_requests_tier(tmp_path: Path) -> None:
             assert status == 403 and answer["error"]["param"] == "sincere.tier"
             metrics = await (await s.get(gw.url + "/metrics")).text()
         served = [line for line in metrics.splitlines() if 'outcome="ok"' in line]
-        assert any('tier="interactive"' in line and line.endswith(" 1") for line in served)
-        assert any('tier="default"' in line and line.endswith(" 1") for line in served)
+        assert any('tier="interactive"' in line and line.endswith(" 1") for line in served), served
+        assert any('tier="default"' in line and line.endswith(" 1") for line in served), served
 
     run(body)
 

@@ -77,7 +77,7 @@ class _CounterCollector(Collector):
             "sincere_tenant_tokens", "Settled tokens by tenant and kind (prompt, completion).",
             ("tenant", "kind"), m.tokens.items(),
         )  # fmt: skip
-        spend = {(tenant,): usd for tenant, usd in m.spend_usd.items()}
+        spend = [((tenant,), usd) for tenant, usd in m.spend_usd.items()]
         yield _counters(
             "sincere_tenant_spend_usd", "Settled spend by tenant, USD.", ("tenant",), spend
         )
