@@ -51,6 +51,7 @@ from sincere.serve.security.policy import (
     authenticate,
     authorize_admin,
     authorize_record,
+    counted,
 )
 
 FREE = Prices(0.0, 0.0)
@@ -122,9 +123,7 @@ class GatewayAuth:
         if self.store is None:
             return None
         found = authenticate(self.store, headers, time.time())
-        if isinstance(found, Refusal) and self.store.metrics is not None:
-            self.store.metrics.decided("", found.outcome)
-        return found
+        return counted(self.store, "", found) if isinstance(found, Refusal) else found
 
     def authorize(self, record: KeyRecord, facts: RequestFacts, prices: Prices) -> Grant | Refusal:
         """Access, limits and budget for an authenticated request (reserves on a grant)."""

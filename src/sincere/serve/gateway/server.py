@@ -274,7 +274,7 @@ class Gateway:
         pending: Pending | None = None
         grant: Grant | None = None
         try:
-            key = self.auth.authenticate(http_req.headers) if self.auth.enabled else None
+            key = self.auth.authenticate(http_req.headers)  # None: no keys configured
             if isinstance(key, Refusal):
                 return self._refused(key, tier)
             creq, sealed = await self._parse(http_req, kind)
