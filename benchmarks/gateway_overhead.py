@@ -6,7 +6,20 @@ fixed chat completion at once, or streaming it as 16 chunks), measured in one ru
 * ``direct``   -- the upstream itself (no proxy);
 * ``bare``     -- a bare async pass-through proxy written here (the floor);
 * ``sincere``  -- sincere's gateway (``sincere.serve.gateway.server``), round-robin, one backend;
-* ``litellm``  -- the LiteLLM proxy (its own venv, see benchmarks/README.md), 2 workers.
+* ``litellm``  -- the LiteLLM proxy (its own venv, see benchmarks/README.md), 2 workers;
+
+and with ``--security`` three more, for the cost of keys and confidential mode:
+
+* ``sincere+auth``   -- the gateway with a key store (SQLite): every call carries a client
+  key with requests/tokens-per-minute limits and a budget (all far from reached), priced
+  instances, spend settled and flushed behind -- as LiteLLM is run with its master key;
+* ``seal``           -- the ``sincere seal`` proxy alone in front of the upstream, sealed calls;
+* ``sincere+auth+sealed`` -- the gateway with keys routing sealed calls to that proxy.
+
+A sealed call's latency includes the client's work (sealing the request with HPKE and
+opening the answer, with :class:`~sincere.serve.security.confidential_client.ConfidentialClient`);
+``wrk`` replays one sealed body (the proxy opens it every time), so its rate leaves out
+the client's sealing.
 
 Single-client latency: one client in this process sends ``--latency-requests``
 sequential calls to each target (after a warm-up), interleaved target by target so
@@ -19,6 +32,7 @@ count of failed calls. Generator, proxy and upstream share this machine's cores.
     python benchmarks/gateway_overhead.py                  # all targets
     python benchmarks/gateway_overhead.py --no-litellm     # without LiteLLM
     python benchmarks/gateway_overhead.py --base-src ../base/src   # also another checkout's gateway
+    python benchmarks/gateway_overhead.py --security       # also keys on, and confidential mode
 
 Servers bind 127.0.0.1 and are stopped by the PIDs this script started.
 """
@@ -156,6 +170,74 @@ def serve_sincere(port: int, upstream: str) -> None:
     serve_gateway(config)  # uvloop when the `fast` extra is installed
 
 
+def serve_sincere_auth(port: int, upstream: str, keys: str, sealed: str = "") -> None:
+    """The gateway with a key store, priced instances and (``sealed``) a seal proxy behind."""
+    from sincere.serve.gateway.config import parse_config
+    from sincere.serve.gateway.server import serve_gateway
+
+    backend = {
+        "name": "up",
+        "url": sealed or upstream,
+        "models": [MODEL],
+        "max_in_flight": 4096,
+        "price_in_per_1m_usd": 0.1,
+        "price_out_per_1m_usd": 0.4,
+    }
+    security: dict[str, Any] = {"keys": keys}
+    if sealed:
+        security["sealed_backends"] = ["up"]
+    config = parse_config(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "router": {"name": "round-robin"},
+            "backends": [backend],
+            "scrape": {"enabled": False},
+            "admission": {"enabled": False},
+            "admin": False,
+            "security": security,
+        }
+    )
+    serve_gateway(config)
+
+
+def serve_seal(port: int, upstream: str, key_file: str) -> None:
+    """``sincere seal serve`` in front of the upstream."""
+    from sincere.serve.gateway.server import run_on_fast_loop
+    from sincere.serve.security.envelope import load_keypair
+    from sincere.serve.security.seal_proxy import SealProxy
+
+    async def forever() -> None:
+        async with SealProxy(load_keypair(key_file), upstream, port=port):
+            await asyncio.Event().wait()
+
+    run_on_fast_loop(forever())
+
+
+def make_security(folder: Path) -> tuple[str, str, Path]:
+    """A key store with one client key (limits and budget far from reached), a seal key pair.
+
+    Returns the store's path, the client token and the key pair's file.
+    """
+    from sincere.serve.security.envelope import SealKeyPair, write_keypair
+    from sincere.serve.security.keys import KeySpec
+    from sincere.serve.security.keystore import KeyStore
+
+    store = KeyStore.open(folder / "keys.db")
+    spec = KeySpec(
+        name="bench",
+        models=frozenset({MODEL}),
+        max_requests_per_min=10_000_000,
+        max_tokens_per_min=1_000_000_000,
+        budget_usd=1e9,
+    )
+    token, _ = store.create(spec, actor="bench", now=time.time())
+    store.close()
+    pair_file = folder / "seal.key"
+    write_keypair(SealKeyPair.generate(), pair_file)
+    return str(folder / "keys.db"), token, pair_file
+
+
 # ---------------------------------------------------------------- driver
 def free_port() -> int:
     with socket.socket() as s:
@@ -185,7 +267,50 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def wait_ready(url: str, headers: dict[str, str], limit_s: float) -> bool:
+PINNED: dict[str, Any] = {}  # target name -> the seal proxy's public key (sealed targets)
+
+
+def _body(stream: bool) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "stream": stream,
+    }
+
+
+async def call(
+    s: aiohttp.ClientSession, name: str, url: str, headers: dict[str, str], stream: bool
+) -> int:
+    """One call to a target, its answer read (and, sealed, opened frame by frame); the status."""
+    pinned = PINNED.get(name)
+    if pinned is None:
+        async with s.post(url, json=_body(stream), headers=headers) as r:
+            await r.read()
+            return r.status
+    from sincere.serve.security.confidential_client import seal_for
+    from sincere.serve.security.envelope import frame_of_sse
+
+    sealed = seal_for(pinned, "chat", _body(stream))
+    async with s.post(url, data=sealed.body, headers={**headers, **sealed.headers}) as r:
+        payload = await r.read()
+        if r.status != 200:
+            return r.status
+    opener = sealed.opener()
+    if not stream:
+        json.loads(opener.open(payload))
+        return 200
+    usage_next = False
+    for line in payload.split(b"\n"):
+        if line.startswith(b"event:"):
+            usage_next = True
+        elif line.startswith(b"data:"):
+            if not usage_next:
+                opener.open(frame_of_sse(line[5:].decode()))
+            usage_next = False
+    return 200 if opener.finished else 502
+
+
+def wait_ready(name: str, url: str, headers: dict[str, str], limit_s: float) -> bool:
     """Poll a chat completion until the server answers 200 (or ``limit_s`` passes)."""
 
     async def probe() -> bool:
@@ -193,11 +318,8 @@ def wait_ready(url: str, headers: dict[str, str], limit_s: float) -> bool:
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < end:
                 try:
-                    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-                    async with s.post(url, json=body, headers=headers) as r:
-                        await r.read()
-                        if r.status == 200:
-                            return True
+                    if await call(s, name, url, headers, False) == 200:
+                        return True
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.3)
@@ -210,34 +332,40 @@ async def _latencies(
     targets: list[tuple[str, str, dict[str, str]]], stream: bool, n: int
 ) -> dict[str, list[float]]:
     """Seconds per call of each target, calls interleaved target by target (50 warm-up)."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}
-    body["stream"] = stream
     out: dict[str, list[float]] = {name: [] for name, _, _ in targets}
     async with aiohttp.ClientSession() as s:
         for i in range(n + 50):
             for name, url, headers in targets:
                 t = time.perf_counter()
-                async with s.post(url, json=body, headers=headers) as r:
-                    await r.read()
-                    if r.status != 200:
-                        raise RuntimeError(f"{url}: HTTP {r.status}")
+                status = await call(s, name, url, headers, stream)
+                if status != 200:
+                    raise RuntimeError(f"{url}: HTTP {status}")
                 if i >= 50:  # warm-up
                     out[name].append(time.perf_counter() - t)
     return out
 
 
+def _lua_bytes(data: bytes) -> str:
+    """``data`` as a Lua string literal (decimal escapes: any byte)."""
+    return '"' + "".join(f"\\{b}" for b in data) + '"'
+
+
 def wrk_rate(
-    url: str, headers: dict[str, str], stream: bool, conns: int, secs: float
+    name: str, url: str, headers: dict[str, str], stream: bool, conns: int, secs: float
 ) -> dict[str, float]:
     """Requests/s ``wrk`` completes (closed loop, ``conns`` connections) and its failures."""
-    body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "stream": stream}
-    )
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
-    lines += [
-        f'wrk.headers["{k}"] = "{v}"'
-        for k, v in {"Content-Type": "application/json", **headers}.items()
-    ]
+    pinned = PINNED.get(name)
+    sent = {"Content-Type": "application/json", **headers}
+    if pinned is None:
+        body = _lua_bytes(json.dumps(_body(stream)).encode())
+    else:  # one sealed body, replayed: the proxy opens it on every call
+        from sincere.serve.security.confidential_client import seal_for
+
+        sealed = seal_for(pinned, "chat", _body(stream))
+        body = _lua_bytes(sealed.body)
+        sent.update(sealed.headers)
+    lines = ['wrk.method = "POST"', f"wrk.body = {body}"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in sent.items()]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write("\n".join(lines) + "\n")
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(secs))}s", "-s", f.name, url]
@@ -268,7 +396,7 @@ def measure(
         lat = np.array(latencies[mode][name])
         row[f"{mode}_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
         row[f"{mode}_p99_ms"] = float(np.percentile(lat, 99) * 1e3)
-        row[f"{mode}_wrk"] = wrk_rate(url, headers, stream, args.connections, args.duration_s)
+        row[f"{mode}_wrk"] = wrk_rate(name, url, headers, stream, args.connections, args.duration_s)
         print(
             f"  {name} {mode}: p50 {row[f'{mode}_p50_ms']:.2f} ms, "
             f"{row[f'{mode}_wrk']['rps']:.0f} req/s",
@@ -323,6 +451,16 @@ def main() -> None:
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument(
+        "--security", action="store_true", help="also keys on, the seal proxy, sealed calls"
+    )
+    parser.add_argument(
+        "--head-to-head",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="with --security: also alternate wrk on gateway vs +auth and +auth vs +sealed",
+    )
+    parser.add_argument(
         "--base-src", type=Path, help="also measure the gateway of another source tree (its src/)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
@@ -333,6 +471,8 @@ def main() -> None:
             "upstream": lambda: serve_upstream(int(port)),
             "bare": lambda: serve_bare_proxy(int(port), rest[0]),
             "sincere": lambda: serve_sincere(int(port), rest[0]),
+            "sincere-auth": lambda: serve_sincere_auth(int(port), *rest),
+            "seal": lambda: serve_seal(int(port), rest[0], rest[1]),
         }[kind]()
         return
     run_all(args)
@@ -356,12 +496,14 @@ def run_all(args: argparse.Namespace) -> None:
             env = {"PYTHONPATH": str(args.base_src.resolve())}
             procs.append(start([*me, "sincere", str(port), upstream], env))
             targets.append(("sincere (base)", f"http://127.0.0.1:{port}", {}))
+        if args.security:
+            targets += start_security(me, upstream, procs)
         if not args.no_litellm:
             targets.append(start_litellm(upstream, args.litellm_workers, procs))
         ready = []
         for name, root, headers in targets:
             url = root + "/v1/chat/completions"
-            if not wait_ready(url, headers, 180 if name == "litellm" else 20):
+            if not wait_ready(name, url, headers, 180 if name == "litellm" else 20):
                 print(f"{name}: did not become ready; skipped", file=sys.stderr)
                 continue
             ready.append((name, url, headers))
@@ -373,12 +515,66 @@ def run_all(args: argparse.Namespace) -> None:
         }
         for name, url, headers in ready:
             rows.append(measure(name, url, headers, args, latencies))
+        pairs = head_to_head(ready, args) if args.head_to_head else []
     finally:
         for p in procs:
             stop(p)
     print(table(rows))
+    for line in pairs:
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+PAIRS = (("sincere", "sincere+auth"), ("sincere+auth", "sincere+auth+sealed"))
+
+
+def head_to_head(
+    ready: list[tuple[str, str, dict[str, str]]], args: argparse.Namespace
+) -> list[str]:
+    """Rates of each pair of :data:`PAIRS`, ``wrk`` runs alternated (ABBA), medians; one each.
+
+    Sequential rate tests drift with the machine's load; alternating the two sides of a
+    pair round by round lets the ratio hold while the load moves.
+    """
+    by_name = {name: (url, headers) for name, url, headers in ready}
+    out = []
+    for a, b in PAIRS:
+        if a not in by_name or b not in by_name:
+            continue
+        for stream in (False, True):
+            rates: dict[str, list[float]] = {a: [], b: []}
+            for r in range(args.head_to_head):
+                for name in (a, b) if r % 2 == 0 else (b, a):  # ABBA: no side always first
+                    url, headers = by_name[name]
+                    got = wrk_rate(name, url, headers, stream, args.connections, args.duration_s)
+                    rates[name].append(got["rps"])
+            ra, rb = (float(np.median(rates[n])) for n in (a, b))
+            mode = "streams/s" if stream else "req/s plain"
+            out.append(f"head to head, {mode}: {b} {rb:.0f} vs {a} {ra:.0f} ({rb / ra:.2f}x)")
+    return out
+
+
+def start_security(
+    me: list[str], upstream: str, procs: list[subprocess.Popen[bytes]]
+) -> list[tuple[str, str, dict[str, str]]]:
+    """The gateway with keys, the seal proxy, and the gateway with keys in front of the proxy."""
+    from sincere.serve.security.envelope import load_keypair
+
+    keys, token, pair_file = make_security(Path(tempfile.mkdtemp()))
+    auth = {"Authorization": f"Bearer {token}"}
+    ports = [free_port() for _ in range(3)]
+    seal_url = f"http://127.0.0.1:{ports[1]}"
+    procs.append(start([*me, "sincere-auth", str(ports[0]), upstream, keys]))
+    procs.append(start([*me, "seal", str(ports[1]), upstream, str(pair_file)]))
+    procs.append(start([*me, "sincere-auth", str(ports[2]), upstream, keys, seal_url]))
+    pinned = load_keypair(pair_file).pinned
+    PINNED["seal"] = PINNED["sincere+auth+sealed"] = pinned
+    return [
+        ("sincere+auth", f"http://127.0.0.1:{ports[0]}", auth),
+        ("seal", seal_url, {}),
+        ("sincere+auth+sealed", f"http://127.0.0.1:{ports[2]}", auth),
+    ]
 
 
 def start_litellm(

@@ -91,3 +91,17 @@ def test_seal_serve_checks_its_arguments_before_binding(tmp_path: Path) -> None:
     half = ["seal", "serve", "--upstream", "http://127.0.0.1:1", "--tls-cert", str(key)]
     result = runner.invoke(app, [*half, "--key", str(key)])
     assert isinstance(result.exception, ConfigError) and "both --tls-cert" in str(result.exception)
+
+
+def test_serve_refuses_an_open_address_without_keys(tmp_path: Path) -> None:
+    """`sincere serve --host 0.0.0.0` without --keys stops before binding, naming the flag."""
+    import sincere.cli.serve  # noqa: F401  (registers the verb)
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text("backends: []\n")
+    result = runner.invoke(app, ["serve", str(config), "--host", "0.0.0.0"])
+    assert isinstance(result.exception, ConfigError)
+    message = str(result.exception)
+    assert "--insecure-no-auth" in message and "--keys" in message and "\n" not in message
+    half = runner.invoke(app, ["serve", str(config), "--tls-cert", str(config)])
+    assert isinstance(half.exception, ConfigError) and "go together" in str(half.exception)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,30 @@ def test_flush_async_writes_off_the_loop(tmp_path: Path) -> None:
     assert KeyStore.open(tmp_path / "k.db").totals(record.key_id).num_prompt_tokens == 7
 
 
+def test_flush_cancelled_mid_write_is_written_once(tmp_path: Path) -> None:
+    """A flush cancelled while its thread writes (a gateway stopping) counts the usage once."""
+    store, record, _ = _settled_once(tmp_path / "k.db", 7, 3)
+    real = store.storage.add_usage
+
+    def slow(deltas: dict[str, Totals]) -> None:
+        time.sleep(0.2)
+        real(deltas)
+
+    store.storage.add_usage = slow  # type: ignore[method-assign]
+
+    async def stop_mid_write() -> None:
+        task = asyncio.create_task(store.flush_async())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_mid_write())
+    store.close()
+    totals = KeyStore.open(tmp_path / "k.db").totals(record.key_id)
+    assert (totals.num_requests, totals.num_prompt_tokens) == (1, 7)
+
+
 def test_settle_twice_is_an_error(tmp_path: Path) -> None:
     """A reservation is settled once; a second settle raises instead of double counting."""
     store, _, res = _settled_once(tmp_path / "k.db")
@@ -238,3 +263,17 @@ def test_budget_refusal_carries_remaining(tmp_path: Path) -> None:
     assert refusal.status == 402 and refusal.remaining_usd == pytest.approx(0.001)
     assert "may cost up to 0.002100 USD" in refusal.message
     assert store.totals(record.key_id) == Totals()
+
+
+def test_verified_tokens_are_remembered_but_revocation_applies_at_once(store_path: Path) -> None:
+    """A second check of a token skips the HMAC, yet sees a revocation; a forgery stays out."""
+    store = KeyStore.open(store_path)
+    token, record = store.create(KeySpec(name="acme"), actor="t", now=NOW)
+    assert store.authenticate(token) == record
+    assert store.authenticate(token) == record  # from the cache of verified tokens
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert store.authenticate(forged) is None
+    store.revoke(record.key_id, actor="t", now=NOW + 1)
+    again = store.authenticate(token)
+    assert again is not None and again.revoked_at == NOW + 1
+    store.close()

@@ -213,7 +213,14 @@ class Backend:
         self.price_in_per_token_usd = config.price_in_per_1m_usd / 1e6
         self.price_out_per_token_usd = config.price_out_per_1m_usd / 1e6
         self.urls = {kind: URL(self.url + path) for kind, path in PATHS.items()}  # parsed once
+        self.headers: dict[str, str] = dict(_JSON_HEADERS)  # sent with every POST
+        self._auth: dict[str, str] = {}  # the upstream's credential header, if it needs one
         self._session: aiohttp.ClientSession | None = None
+
+    def use_api_key(self, token: str) -> None:
+        """Send ``Authorization: Bearer token`` upstream (on requests and scrapes)."""
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self.headers = {**_JSON_HEADERS, **self._auth}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -271,9 +278,17 @@ class Backend:
         response = await self._post(self.urls[req.kind], self.upstream_payload(req, max_tokens))
         return Upstream(response, self)
 
-    async def _post(self, url: URL, data: bytes) -> aiohttp.ClientResponse:
+    async def send_opaque(
+        self, kind: str, body: bytes, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """POST ``body`` unchanged with ``headers`` (plus the credential): a sealed request."""
+        return await self._post(self.urls[kind], body, {**headers, **self._auth})
+
+    async def _post(
+        self, url: URL, data: bytes, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         try:
-            response = await self.session.post(url, data=data, headers=_JSON_HEADERS)
+            response = await self.session.post(url, data=data, headers=headers or self.headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise upstream_error(self.name, "", exc, retryable=True) from None
         if response.status >= 500 or response.status == 429:
@@ -288,7 +303,8 @@ class Backend:
     async def get_text(self, path: str, timeout_s: float) -> str:
         """``GET path`` as text (metrics scraping); errors propagate."""
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with self.session.get(self.url + path, timeout=timeout) as response:
+        get = self.session.get(self.url + path, timeout=timeout, headers=self._auth)
+        async with get as response:
             response.raise_for_status()
             return await response.text()
 

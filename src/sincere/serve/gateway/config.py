@@ -23,8 +23,16 @@ from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.policy.specs import PolicySpec, config_checks, router_specs
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.gateway.upstream_policy import parse_rules
+from sincere.serve.security.credentials import SecretRef
 
-__all__ = ["BackendConfig", "GatewayConfig", "GatewayTierConfig", "load_config", "parse_config"]
+__all__ = [
+    "BackendConfig",
+    "GatewayConfig",
+    "GatewayTierConfig",
+    "SecurityConfig",
+    "load_config",
+    "parse_config",
+]
 
 
 class _Strict(BaseModel):
@@ -131,6 +139,41 @@ class ControllerConfig(_Strict):
         return value
 
 
+class SecurityConfig(_Strict):
+    """Who may use the gateway, upstream credentials, TLS (see docs/gateway.md, "Deploying it").
+
+    ``keys``: the key store (SQLite ``.db``/``.sqlite``/``.sqlite3`` or a JSON keys
+    file) made with ``sincere keys``; with it every inference request needs a client
+    key and every ``/admin`` call an admin key. ``audit``: the audit log (JSON lines;
+    default ``KEYS.audit.jsonl``). ``insecure_no_auth``: allow binding a non-loopback
+    host without ``keys``. ``flush_interval_s``: how often settled spend is written
+    (off the request path); ``refresh_interval_s``: how often keys created or revoked
+    by ``sincere keys`` are picked up. ``upstream_keys``: per backend name, where its
+    API key comes from (``{env: NAME}`` or ``{file: PATH}``); sent upstream as
+    ``Authorization: Bearer``, never echoed. ``tls_cert``/``tls_key``: serve HTTPS.
+    ``confidential``: relay sealed (``application/sincere-sealed``) bodies unread;
+    ``sealed_backends``: the backends that are seal proxies (``sincere seal serve``):
+    sealed bodies go only there and plain ones only elsewhere (empty: anywhere).
+    """
+
+    keys: Path | None = None
+    audit: Path | None = None
+    insecure_no_auth: bool = False
+    flush_interval_s: float = Field(1.0, gt=0, le=MAX_SECONDS)
+    refresh_interval_s: float = Field(5.0, gt=0, le=MAX_SECONDS)
+    upstream_keys: dict[str, SecretRef] = Field(default_factory=dict, max_length=4096)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    confidential: bool = True
+    sealed_backends: list[str] = Field(default_factory=list, max_length=4096)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SecurityConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
+
 class GatewayConfig(_Strict):
     """The whole gateway."""
 
@@ -150,6 +193,7 @@ class GatewayConfig(_Strict):
     planning: PlanningConfig = PlanningConfig()
     controller: ControllerConfig = ControllerConfig()
     admin: bool = True  # serve the controller API under /admin
+    security: SecurityConfig = SecurityConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -178,6 +222,13 @@ class GatewayConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+        for field in ("upstream_keys", "sealed_backends"):
+            unknown = sorted(set(getattr(self.security, field)) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"security.{field} names no backend: {', '.join(unknown)}; "
+                    f"allowed: {', '.join(sorted(names)) or '(no backends)'}"
+                )
         return self
 
     def tier_objects(self) -> dict[str, Tier]:

@@ -6,12 +6,18 @@ answers JSON: ``400`` for bad input (the message names the field), ``404`` for a
 unknown name, ``409`` for a conflict with the gateway's state (with its ``code``, and
 for a plan that needs confirmation the plan itself), ``500`` without details for a
 bug (logged). The routes and what they accept are listed in docs/gateway.md.
+
+With a key store (``security.keys``) every route needs an admin key (401 without a
+valid key, 403 for a client key), and every state change that succeeded is appended
+to the audit log with the admin key's actor (``admin:<name>/<key id>``); without one,
+the actor is ``anonymous@<client address>``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -22,8 +28,11 @@ from sincere.serve.gateway.controller_input import check_name, parse_load
 from sincere.serve.gateway.observed_load import LoadSummary
 from sincere.serve.gateway.upstream_policy import redact_url
 from sincere.serve.protocol import ProtocolError, check_text
+from sincere.serve.security.policy import Refusal
 
 log = logging.getLogger("sincere.serve.gateway.controller")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+MAX_AUDITED_BYTES = 4096  # a larger answer (a plan) is audited by its size only
 
 
 class ControllerApi:
@@ -33,16 +42,36 @@ class ControllerApi:
         self.c = controller
 
     def add_routes(self, app: web.Application) -> None:
-        """Mount the ``/admin`` routes."""
-        r = app.router
-        r.add_get("/admin/models", self._list_models)
-        r.add_post("/admin/models", self._register)
-        r.add_delete("/admin/models/{name}", self._remove_model)
-        r.add_get("/admin/instances", self._list_instances)
-        r.add_post("/admin/instances", self._deploy)
-        r.add_delete("/admin/instances/{name}", self._remove_instance)
-        r.add_get("/admin/load", self._load)
-        r.add_post("/admin/plan", self._plan)
+        """Mount the ``/admin`` routes, each behind the admin key check."""
+        routes: list[tuple[str, str, Handler, str | None]] = [
+            ("GET", "/admin/models", self._list_models, None),
+            ("POST", "/admin/models", self._register, "model.register"),
+            ("DELETE", "/admin/models/{name}", self._remove_model, "model.remove"),
+            ("GET", "/admin/instances", self._list_instances, None),
+            ("POST", "/admin/instances", self._deploy, "instance.add"),
+            ("DELETE", "/admin/instances/{name}", self._remove_instance, "instance.remove"),
+            ("GET", "/admin/load", self._load, None),
+            ("POST", "/admin/plan", self._plan, "plan"),
+        ]
+        for method, path, handler, action in routes:
+            app.router.add_route(method, path, self._admin(handler, action))
+
+    def _admin(self, handler: Handler, action: str | None) -> Handler:
+        """``handler`` for admin keys only (401/403 else); a state change is audited."""
+        auth = self.c.gw.auth
+
+        async def guarded(request: web.Request) -> web.Response:
+            grant = auth.admin(request.headers, request.remote or "")
+            if isinstance(grant, Refusal):
+                headers = dict(grant.headers)
+                return web.json_response(grant.body(), status=grant.status, headers=headers)
+            response = await handler(request)
+            if action is not None and response.status < 300:
+                target = request.match_info.get("name") or _target(response)
+                auth.audit(grant.actor, action, target, {"result": _summary(response)})
+            return response
+
+        return guarded
 
     async def _list_models(self, request: web.Request) -> web.Response:
         d = self.c.gw.dispatcher
@@ -156,6 +185,25 @@ class ControllerApi:
         except Exception:  # a bug: no internals to the caller
             log.exception("controller: %s %s failed", request.method, request.path)
             return _error(500, "internal error (logged by the gateway)")
+
+
+def _target(response: web.Response) -> str:
+    """What a state change acted on: the ``name`` (or ``model``) of its JSON answer."""
+    result = _summary(response)
+    if isinstance(result, dict):
+        return str(result.get("name") or result.get("model") or "")
+    return ""
+
+
+def _summary(response: web.Response) -> Any:
+    """The JSON answer of a state change, for the audit log (cut when large)."""
+    raw = response.body if isinstance(response.body, bytes) else b""
+    if len(raw) > MAX_AUDITED_BYTES:
+        return {"truncated_bytes": len(raw)}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def _load_json(s: LoadSummary) -> dict[str, Any]:

@@ -96,6 +96,11 @@ class Pending:
     enqueued_at: float = 0.0
     instance: str = ""  # the instance of the latest attempt ("" before routing)
     decision: Decision | None = None  # admission's answer, until acquire applies it
+    skip: frozenset[str] = frozenset()  # instances that cannot take it (sealed or not)
+    headers: tuple[tuple[str, str], ...] = ()  # added to the answer (budget left)
+    sealed: dict[str, str] | None = None  # headers of a sealed body relayed unread
+    prompt_tokens_used: int | None = None  # as the upstream counted them, when it said
+    output_tokens: int | None = None  # tokens generated (None: no instance answered)
 
 
 def front_door_of(config: GatewayConfig) -> FrontDoor:
@@ -159,16 +164,21 @@ class Dispatcher:
         self.by_model = by_model
         self.served = set(by_model)
 
-    def views(self, model: str, now: float) -> list[InstanceView]:
-        """Views of every instance serving ``model`` (health and load as known now)."""
-        return [s.view(model, now, self.max_age_s) for s in self.by_model.get(model, ())]
+    def views(
+        self, model: str, now: float, skip: frozenset[str] = frozenset()
+    ) -> list[InstanceView]:
+        """Views of every instance serving ``model`` but those in ``skip`` (health, load now)."""
+        states = self.by_model.get(model, ())
+        if skip:
+            return [s.view(model, now, self.max_age_s) for s in states if s.name not in skip]
+        return [s.view(model, now, self.max_age_s) for s in states]
 
     # ------------------------------------------------------------------ deciding
 
     def admit(self, pending: Pending, now: float) -> RefusalError | None:
         """The front door's answer to a new request: a refusal now, or None (then acquire)."""
         req = pending.request
-        views = self.views(req.model, now)
+        views = self.views(req.model, now, pending.skip)
         num_queued = len(self.queues.get(req.model, ()))
         decision = self.front_door.decide(req, views, now, num_queued)
         if self.decisions is not None:
@@ -182,7 +192,7 @@ class Dispatcher:
     def _place(self, pending: Pending, now: float, waiting: bool) -> Decision:
         """The front door's place for a retried (or, ``waiting``, a queued) request."""
         req = pending.request
-        views = self.views(req.model, now)
+        views = self.views(req.model, now, pending.skip)
         num_queued = 0 if waiting else len(self.queues.get(req.model, ()))
         decision = self.front_door.place(
             req, views, now, exclude=pending.exclude, num_queued=num_queued, waiting=waiting

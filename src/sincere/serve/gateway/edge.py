@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,8 +204,10 @@ class EdgeSite(web.BaseSite):
         *,
         backlog: int = 2048,
         reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._tls = ssl_context  # serve HTTPS when given
         self._host = host
         self._port = port
         self._limits = limits
@@ -214,7 +217,7 @@ class EdgeSite(web.BaseSite):
     @property
     def name(self) -> str:
         """The site's URL."""
-        return f"http://{self._host}:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{self._host}:{self.port}"
 
     async def start(self) -> None:
         """Bind and listen; a failed bind raises :class:`ConfigError` (see :func:`listen_error`)."""
@@ -235,6 +238,7 @@ class EdgeSite(web.BaseSite):
                 backlog=self._backlog,
                 reuse_address=True,
                 reuse_port=self._reuse_port or None,
+                ssl=self._tls,
             )
         except OSError as exc:
             raise listen_error(self._host, self._port, exc) from None

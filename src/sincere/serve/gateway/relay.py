@@ -12,6 +12,15 @@
 * A 4xx from the instance is passed through (the instance is alive).
 * A client that goes away mid-stream ends the relay quietly: one log line, the
   request counted as ``cancelled``.
+* A **sealed** request (confidential mode, :mod:`.sealed`) goes byte for byte to the
+  instance and its answer comes back as it is; only the usage counts the seal proxy adds
+  in the clear are read. A sealed stream that breaks is cut short (the client's opener
+  reports it truncated): an error event could not be sealed by the gateway.
+* Upstream 4xx bodies pass through ``scrub`` when upstream credentials are configured,
+  so an engine quoting the request's ``Authorization`` header leaks nothing.
+
+The tokens an attempt produced are left in ``pending.output_tokens`` (and, when the
+upstream said, ``pending.prompt_tokens_used``) for the spend to be settled.
 
 The :class:`Relay` sees only what relaying needs -- the dispatcher (slots, admission,
 outcomes), the metrics, the observed-load window, the tiers' first-byte timeouts and a
@@ -32,17 +41,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
+import aiohttp
 from aiohttp import web
 
 from sincere.core.request import Request
 from sincere.policy.router_base import Outcome
-from sincere.serve.backends.openai_api import Upstream, UpstreamError
+from sincere.serve.backends.openai_api import Upstream, UpstreamError, upstream_error
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, Slot
 from sincere.serve.gateway.instances import INSTANCE_HEADER, InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
+from sincere.serve.gateway.sealed import UsageScanner, relay_stream, usage_of_header
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -51,6 +62,7 @@ from sincere.serve.protocol import (
     loads,
     sse_event,
 )
+from sincere.serve.security.envelope import USAGE_HEADER
 
 __all__ = ["INSTANCE_HEADER", "SSE_HEADERS", "Relay"]
 
@@ -70,7 +82,9 @@ class Relay:
         load: ObservedLoad,
         first_byte_timeouts: Mapping[str, float | None],
         log: logging.Logger,
+        scrub: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        self.scrub = scrub  # masks upstream secrets in error bodies passed through; None: none
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.load = load  # finished requests per (model, tier), for the planner
@@ -95,7 +109,9 @@ class Relay:
             slot = await d.acquire(pending, loop)
             pending.instance = slot.instance.name
             try:
-                return await self._attempt(http_req, creq, req, slot)
+                if pending.sealed is not None:
+                    return await self._attempt_sealed(http_req, creq, pending, slot)
+                return await self._attempt(http_req, creq, pending, slot)
             except UpstreamError as exc:
                 self._failed(slot, "connect" if exc.status != 503 else "status", exc)
                 self.metrics.retries[slot.instance.name] += 1
@@ -118,8 +134,9 @@ class Relay:
         self.log.info("client disconnected %s (tier %s, instance %s)", when, tier, instance or "-")
 
     async def _attempt(
-        self, http_req: web.Request, creq: CompletionRequest, req: Request, slot: Slot
+        self, http_req: web.Request, creq: CompletionRequest, pending: Pending, slot: Slot
     ) -> web.StreamResponse:
+        req = pending.request
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         limit_s = self.first_byte_timeouts.get(req.tier.name)
@@ -135,11 +152,12 @@ class Relay:
                 slot.instance.breaker.record_success(loop.time())
                 self.metrics.finished(slot.instance.name, req.tier.name, "client_error")
                 ok = True
-                return _json(upstream.status, body, slot.instance)
+                pending.output_tokens = 0
+                return _json(upstream.status, self._scrubbed(body), slot.instance)
             if creq.stream:
-                resp = await self._relay_stream(http_req, req, slot, upstream, sent_at, opened)
+                resp = await self._relay_stream(http_req, pending, slot, upstream, sent_at, opened)
             else:
-                resp = await self._relay_body(creq, req, slot, upstream, sent_at)
+                resp = await self._relay_body(creq, pending, slot, upstream, sent_at)
             ok = True
             return resp
         finally:
@@ -151,50 +169,109 @@ class Relay:
     async def _relay_body(
         self,
         creq: CompletionRequest,
-        req: Request,
+        pending: Pending,
         slot: Slot,
         upstream: Upstream,
         sent_at: float,
     ) -> web.StreamResponse:
+        req = pending.request
         body = await upstream.read_all()
         now = asyncio.get_running_loop().time()
         first = upstream.stats.first_event_at  # None: the answer came whole (not measured)
-        self._succeeded(req, slot, sent_at, first, now, upstream.output_tokens(body))
+        pending.output_tokens = upstream.output_tokens(body)
+        self._succeeded(req, slot, sent_at, first, now, pending.output_tokens)
         upstream_model = slot.instance.backend.models.get(req.model, req.model)
         if upstream_model != req.model:
             body = _rename_model(body, req.model)
-        return _json(200, body, slot.instance)
+        resp = _json(200, body, slot.instance)
+        if pending.headers:
+            resp.headers.extend(pending.headers)
+        return resp
 
     async def _relay_stream(
         self,
         http_req: web.Request,
-        req: Request,
+        pending: Pending,
         slot: Slot,
         upstream: Upstream,
         sent_at: float,
         opened: Opened | None,
     ) -> web.StreamResponse:
+        req = pending.request
         loop = asyncio.get_running_loop()
         events, first_event = opened or await _open_stream(upstream)
         first_at = upstream.stats.first_event_at or loop.time()
         resp = web.StreamResponse(headers=slot.instance.sse_headers)
+        if pending.headers:
+            resp.headers.extend(pending.headers)
+        pending.output_tokens = 0
         try:
             await resp.prepare(http_req)
             await resp.write(first_event)
             async for event in events:
                 await resp.write(event)
         except UpstreamError as exc:
+            pending.output_tokens = upstream.stats.num_events
             self._failed(slot, "stream", exc)
             self.metrics.finished(slot.instance.name, req.tier.name, "error")
             sep = b"" if upstream.stats.ends_event else b"\n"  # close a half-sent event
             await _write_quietly(resp, sep + sse_event(_stream_error(exc.message)) + SSE_DONE)
             return resp
         except ConnectionResetError:  # the client went away: not the gateway's error
+            pending.output_tokens = upstream.stats.num_events
             self.client_left(req.tier.name, slot.instance.name, "mid-stream")
             return resp
         now = loop.time()
-        self._succeeded(req, slot, sent_at, first_at, now, upstream.output_tokens(None))
+        pending.output_tokens = upstream.output_tokens(None)
+        self._succeeded(req, slot, sent_at, first_at, now, pending.output_tokens)
         return resp
+
+    def _scrubbed(self, body: bytes) -> bytes:
+        return body if self.scrub is None else self.scrub(body)
+
+    async def _attempt_sealed(
+        self, http_req: web.Request, creq: CompletionRequest, pending: Pending, slot: Slot
+    ) -> web.StreamResponse:
+        """Relay a sealed body and its answer byte for byte (see :mod:`.sealed`)."""
+        req, loop = pending.request, asyncio.get_running_loop()
+        assert pending.sealed is not None
+        sent_at = loop.time()
+        up = await slot.instance.backend.send_opaque(creq.kind, creq.raw, pending.sealed)
+        headers = {**slot.instance.json_headers, "Content-Type": up.headers.get("Content-Type", "")}
+        headers.update(pending.headers)
+        pending.output_tokens = 0
+        try:
+            if up.status != 200 or not creq.stream:
+                try:
+                    body = await up.read()
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise upstream_error(slot.instance.name, "", exc, retryable=True) from None
+                usage = usage_of_header(up.headers.get(USAGE_HEADER))
+                if usage is not None:
+                    pending.prompt_tokens_used, pending.output_tokens = usage
+                if up.status == 200:
+                    self._succeeded(req, slot, sent_at, None, loop.time(), pending.output_tokens)
+                else:
+                    slot.instance.breaker.record_success(loop.time())
+                    self.metrics.finished(slot.instance.name, req.tier.name, "client_error")
+                return web.Response(status=up.status, body=body, headers=headers)
+            scanner = UsageScanner()
+            resp, first_at, ended = await relay_stream(http_req, up, headers, scanner)
+            if scanner.usage is not None:
+                pending.prompt_tokens_used, pending.output_tokens = scanner.usage
+            if ended == "broken":
+                error = UpstreamError(
+                    f"{slot.instance.name}: sealed stream broken", retryable=False
+                )
+                self._failed(slot, "stream", error)
+                self.metrics.finished(slot.instance.name, req.tier.name, "error")
+            elif ended == "client_left":
+                self.client_left(req.tier.name, slot.instance.name, "mid-stream")
+            else:
+                self._succeeded(req, slot, sent_at, first_at, loop.time(), pending.output_tokens)
+            return resp
+        finally:
+            up.release()
 
     def _succeeded(
         self,

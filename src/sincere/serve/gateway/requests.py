@@ -1,7 +1,8 @@
 """From a parsed OpenAI request to the policy's :class:`~sincere.core.request.Request`.
 
-Priority and tier are server policy: a client gets the configured default tier, and may
-only ask for a tier or a priority that is *not more important* (403 otherwise). A
+Priority and tier are server policy: a client gets the configured default tier (with API
+keys on, its key's tier and priority ceiling), and may only ask for a tier or a priority
+that is *not more important* (403 otherwise). A
 client's ``sincere.deadline_s`` only tightens the tier's end-to-end target, and
 ``max_tokens`` must lie within ``limits.max_tokens`` (422). The prompt's token count and
 ``max_tokens`` (else ``limits.default_max_tokens``) size the request for the policies;
@@ -10,10 +11,30 @@ its budget comes from ``sincere.budget_usd``. Request ids count up per gateway p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from sincere.core.request import Request, Tier
 from sincere.serve.protocol import CompletionRequest, ProtocolError
+
+
+def with_cap(creq: CompletionRequest, cap: int) -> CompletionRequest:
+    """``creq`` asking for at most ``cap`` tokens when it named no cap (else unchanged).
+
+    Used when a key's budget or token window is at stake: what was reserved then bounds
+    what is generated. The client's bytes get ``"max_tokens"`` appended before their
+    closing brace (no re-encoding), so the relay still sends them as they are; a body
+    with ``max_tokens: null`` is re-encoded instead.
+    """
+    if creq.max_tokens is not None:
+        return creq
+    body = creq.body
+    clean = "max_tokens" not in body and "max_completion_tokens" not in body  # not even null
+    raw = creq.raw.rstrip()
+    patched = raw[:-1] + b',"max_tokens":%d}' % cap if clean and body and raw[-1:] == b"}" else b""
+    capped = {k: v for k, v in body.items() if k != "max_completion_tokens"}
+    capped["max_tokens"] = cap
+    return dataclasses.replace(creq, max_tokens=cap, body=capped, raw=patched)
 
 
 class RequestFactory:
@@ -28,10 +49,22 @@ class RequestFactory:
         self.default_max_tokens = default_max_tokens  # assumed when a client sets none
         self._seq = 0
 
-    def build(self, creq: CompletionRequest, now: float) -> Request:
-        """The request ``creq`` arriving at ``now``; a forbidden tier, priority or cap raises."""
+    def build(
+        self,
+        creq: CompletionRequest,
+        now: float,
+        *,
+        base_tier: str | None = None,
+        priority_ceiling: int | None = None,
+        tenant: str | None = None,
+    ) -> Request:
+        """The request ``creq`` arriving at ``now``; a forbidden tier, priority or cap raises.
+
+        ``base_tier``, ``priority_ceiling``, ``tenant``: what the client's API key says
+        (its tier replaces the default tier; its ceiling raises a too-important priority).
+        """
         fields = creq.sincere
-        tier = self.tier_of(fields.tier)
+        tier = self.tier_of(fields.tier, base_tier)
         priority = tier.priority if fields.priority is None else fields.priority
         if priority < tier.priority:
             raise ProtocolError(
@@ -42,6 +75,8 @@ class RequestFactory:
                 code="priority_not_allowed",
                 type="permission_error",
             )
+        if priority_ceiling is not None:
+            priority = max(priority, priority_ceiling)
         if fields.deadline_s is not None:
             ttlt = min(tier.ttlt_s or math.inf, fields.deadline_s)
             tier = Tier(tier.name, tier.ttft_s, ttlt, tier.tbt_s, tier.priority)
@@ -64,11 +99,23 @@ class RequestFactory:
             tier=tier,
             priority=priority,
             budget_usd=fields.budget_usd,
+            tenant=tenant,
         )
 
-    def tier_of(self, name: str | None) -> Tier:
-        """The tier a client asked for; never one more important than the default tier."""
-        base = self.default_tier
+    def tier_of(self, name: str | None, base_name: str | None = None) -> Tier:
+        """The tier a client asked for; never one more important than its base tier.
+
+        ``base_name``: the client's own tier (its key's); None: the gateway's default tier.
+        """
+        base = self.default_tier if base_name is None else self.tiers.get(base_name)
+        if base is None:
+            raise ProtocolError(
+                403,
+                f"this API key's tier {base_name!r} is not served here; "
+                f"served: {', '.join(sorted(self.tiers))} (ask the operator to fix the key)",
+                code="tier_not_served",
+                type="permission_error",
+            )
         tier = self.tiers.get(name or base.name)
         if tier is None:
             raise ProtocolError(

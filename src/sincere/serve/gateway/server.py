@@ -14,6 +14,12 @@ drives. Endpoints:
   (:mod:`~sincere.serve.gateway.metrics`);
 * ``/admin/...`` -- the controller API (:mod:`sincere.serve.gateway.controller`).
 
+Security (:class:`~sincere.serve.gateway.config.SecurityConfig`, wired by
+:mod:`~sincere.serve.gateway.auth` and :mod:`~sincere.serve.gateway.sealed`): with a key
+store every request needs a client key (checked before the body is read; limits and budget
+before routing; spend settled when it ends) and ``/admin`` an admin key; upstream
+credentials; TLS; sealed bodies routed on their declared headers and relayed unread.
+
 Client-facing limits (:class:`~sincere.serve.gateway.config.LimitsConfig`): connections per
 client and in all, and header / body / idle timeouts (:mod:`~sincere.serve.gateway.edge`).
 Priority and tier are server policy: the default tier is what a client gets, and a
@@ -54,9 +60,11 @@ from typing import Any
 from aiohttp import web
 
 from sincere.core.errors import ConfigError
+from sincere.core.request import Request
 from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
+from sincere.serve.gateway.auth import FREE, GatewayAuth, check_bind, dearest_prices
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
@@ -70,8 +78,10 @@ from sincere.serve.gateway.instances import (
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
 from sincere.serve.gateway.relay import Relay
-from sincere.serve.gateway.requests import RequestFactory
+from sincere.serve.gateway.requests import RequestFactory, with_cap
+from sincere.serve.gateway.sealed import sealed_request
 from sincere.serve.protocol import (
+    CompletionRequest,
     Kind,
     ProtocolError,
     dumps,
@@ -79,6 +89,10 @@ from sincere.serve.protocol import (
     models_response,
     parse_request,
 )
+from sincere.serve.security.envelope import is_sealed
+from sincere.serve.security.keys import Prices
+from sincere.serve.security.policy import Grant, Refusal, RequestFacts
+from sincere.serve.security.tls import server_context
 
 DRAIN_INTERVAL_S = 0.05  # how often queues are re-drained in the background
 
@@ -103,8 +117,12 @@ class Gateway:
             config.tier_objects(), config.default_tier, limits.max_tokens, limits.default_max_tokens
         )
         self.load = ObservedLoad(config.planning.window_s, 0.0)
+        self.auth = GatewayAuth(config.security)
+        sealed = config.security.sealed_backends
+        self._sealed_only = frozenset(sealed)  # backends that take sealed bodies only
         first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
-        self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log)
+        scrub = self._scrub if self.auth.secrets else None
+        self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
         self.edge = EdgeLimits(
             limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client
         )
@@ -144,10 +162,16 @@ class Gateway:
     @property
     def url(self) -> str:
         """Base URL the gateway listens on."""
-        return f"http://{self.config.host}:{self.port}"
+        scheme = "https" if self.config.security.tls_cert is not None else "http"
+        return f"{scheme}://{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        """Bind and serve; start the scraper and the drain ticker."""
+        """Bind and serve; start the scraper, the drain ticker and the key store's loops."""
+        security = self.config.security
+        check_bind(self.config.host, security)
+        tls = None
+        if security.tls_cert is not None and security.tls_key is not None:
+            tls = server_context(security.tls_cert, security.tls_key)
         self._loop = asyncio.get_running_loop()
         self.load.restart(self.loop.time())
         limits = self.config.limits
@@ -160,7 +184,12 @@ class Gateway:
         )
         await self._runner.setup()
         site = EdgeSite(
-            self._runner, self.config.host, self.config.port, self.edge, reuse_port=self.reuse_port
+            self._runner,
+            self.config.host,
+            self.config.port,
+            self.edge,
+            reuse_port=self.reuse_port,
+            ssl_context=tls,
         )
         try:
             await site.start()
@@ -169,6 +198,7 @@ class Gateway:
             self._runner = None
             raise
         self.port = site.port
+        self._tasks += [asyncio.create_task(loop) for loop in self.auth.start()]
         self._tasks.append(asyncio.create_task(self._drain_loop()))
         if self.config.scrape.enabled:
             self._tasks.append(asyncio.create_task(self._scrape_loop()))
@@ -188,6 +218,7 @@ class Gateway:
             self._runner = None
         for state in list(self.dispatcher.instances.values()):
             await state.backend.close()
+        self.auth.stop()
         self._loop = None
 
     async def __aenter__(self) -> Gateway:
@@ -209,7 +240,11 @@ class Gateway:
         breaker = CircuitBreaker(
             self.config.breaker.failure_threshold, self.config.breaker.cooldown_s
         )
-        state = InstanceState(make_backend(config), breaker, emulated=emulated)
+        backend = make_backend(config)
+        secret = self.auth.credential(config.name)
+        if secret is not None:
+            backend.use_api_key(secret.reveal())
+        state = InstanceState(backend, breaker, emulated=emulated)
         self.dispatcher.add(state)
         return state
 
@@ -237,17 +272,32 @@ class Gateway:
     async def _handle(self, http_req: web.Request, kind: Kind) -> web.StreamResponse:
         tier = self.config.default_tier
         pending: Pending | None = None
+        grant: Grant | None = None
         try:
-            creq = parse_request(
-                await self.read_body(http_req),
-                kind,
-                headers=http_req.headers,
-                models=self.dispatcher.served,
-                max_body_bytes=self.config.limits.max_body_bytes,
+            key = self.auth.authenticate(http_req.headers)  # None: no keys configured
+            if isinstance(key, Refusal):
+                return self._refused(key, tier)
+            creq, sealed = await self._parse(http_req, kind)
+            if key is not None:
+                creq = with_cap(creq, self.config.limits.default_max_tokens)
+            req = self.requests.build(
+                creq,
+                self.loop.time(),
+                base_tier=None if key is None else key.spec.tier,
+                priority_ceiling=None if key is None else key.spec.priority_ceiling,
+                tenant=None if key is None else key.name,
             )
-            req = self.requests.build(creq, self.loop.time())
             tier = req.tier.name
-            pending = Pending(req, _client_id(http_req))
+            if key is not None:
+                granted = self.auth.authorize(key, _facts(req, creq), self._prices(req.model))
+                if isinstance(granted, Refusal):
+                    return self._refused(granted, tier)
+                grant = granted
+            pending = Pending(req, _client_id(http_req), sealed=sealed)
+            if self._sealed_only:
+                pending.skip = self._sealed_only if sealed is None else self._plain_names()
+            if grant is not None:
+                pending.headers = grant.headers
             return await self.relay.serve(http_req, creq, pending)
         except ProtocolError as exc:
             self.metrics.finished("", tier, "client_error")
@@ -267,6 +317,60 @@ class Gateway:
             raise
         except Exception as exc:  # a bug: answer 500 without internals, count it, log it
             return self.internal_error(http_req, tier, exc)
+        finally:
+            if grant is not None:
+                self._settle(grant, pending)
+
+    async def _parse(
+        self, http_req: web.Request, kind: Kind
+    ) -> tuple[CompletionRequest, dict[str, str] | None]:
+        """The request to route, and for a sealed body the headers to relay it with."""
+        body = await self.read_body(http_req)
+        if self.config.security.confidential and is_sealed(http_req.headers):
+            return sealed_request(http_req.headers, kind, body, self.dispatcher.served)
+        creq = parse_request(
+            body,
+            kind,
+            headers=http_req.headers,
+            models=self.dispatcher.served,
+            max_body_bytes=self.config.limits.max_body_bytes,
+        )
+        return creq, None
+
+    def _prices(self, model: str) -> Prices:
+        """The dearest prices among ``model``'s instances: what a request reserves."""
+        return dearest_prices(_prices_of(s) for s in self.dispatcher.by_model.get(model, ()))
+
+    def _settle(self, grant: Grant, pending: Pending | None) -> None:
+        """Charge what the request used at its instance's prices (nothing if none answered)."""
+        used = None if pending is None else pending.output_tokens
+        state = None if pending is None else self.dispatcher.instances.get(pending.instance)
+        if pending is None or used is None:
+            self.auth.settle(grant, 0, 0, FREE)
+            return
+        prices = self._prices(pending.request.model) if state is None else _prices_of(state)
+        prompt = pending.prompt_tokens_used or pending.request.prompt_tokens
+        self.auth.settle(grant, prompt, used, prices)
+
+    def _plain_names(self) -> frozenset[str]:
+        """Instances that are not seal proxies (a sealed body must not go there)."""
+        return frozenset(n for n in self.dispatcher.instances if n not in self._sealed_only)
+
+    def _refused(self, refusal: Refusal, tier: str) -> web.Response:
+        """A key check's refusal as the client's answer (401/402/403/429)."""
+        self.metrics.finished("", tier, refusal.outcome)
+        return web.Response(
+            status=refusal.status,
+            body=dumps(refusal.body()),
+            content_type="application/json",
+            headers=dict(refusal.headers),
+        )
+
+    def _scrub(self, body: bytes) -> bytes:
+        """An upstream's error body with the upstream secrets (and token look-alikes) masked."""
+        text = body.decode("utf-8", "replace")
+        cleaned = self.auth.redact(text)
+        return body if cleaned == text else cleaned.encode()
 
     def internal_error(self, http_req: web.Request, tier: str, exc: Exception) -> web.Response:
         """A 500 for an unexpected error: counted, logged (traceback once per error type)."""
@@ -322,12 +426,15 @@ class Gateway:
     async def _metrics(self, http_req: web.Request) -> web.Response:
         now = self.loop.time()
         d = self.dispatcher
-        text = self.metrics.render(
-            {m: len(q) for m, q in d.queues.items()},
-            {s.name: s.num_in_flight for s in d.instances.values()},
-            {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
-            self.edge.refused,
-            self.edge.num_open,
+        text = (
+            self.metrics.render(
+                {m: len(q) for m, q in d.queues.items()},
+                {s.name: s.num_in_flight for s in d.instances.values()},
+                {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
+                self.edge.refused,
+                self.edge.num_open,
+            )
+            + self.auth.metrics_text()
         )
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
@@ -382,6 +489,20 @@ def _client_id(http_req: web.Request) -> str | None:
     if value is None or len(value) > 128 or not value.isprintable():
         return None
     return value
+
+
+def _facts(req: Request, creq: CompletionRequest) -> RequestFacts:
+    """What the key check needs: model, sized prompt and answer cap, asked tier/priority."""
+    fields = creq.sincere
+    return RequestFacts(
+        req.model, req.prompt_tokens, req.max_tokens or req.output_tokens, fields.tier,
+        fields.priority,
+    )  # fmt: skip
+
+
+def _prices_of(state: InstanceState) -> Prices:
+    backend = state.backend
+    return Prices(backend.price_in_per_token_usd, backend.price_out_per_token_usd)
 
 
 def _error_type(status: int) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from sincere.serve.security.storage import KeyStorage, Totals, open_storage
 from sincere.serve.security.windows import SlidingWindow
 
 MAX_ID_TRIES = 8  # fresh ids drawn before giving up on a collision (48-bit ids: never)
+MAX_VERIFIED = 65_536  # verified tokens remembered; the cache starts over beyond
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,9 @@ class KeyStore:
         self._states: dict[str, _KeyState] = {}
         self._open: dict[int, Reservation] = {}  # admitted, not yet settled
         self._num_reservations = 0
+        self._verified: dict[str, str] = {}  # tokens already checked -> their key id
+        self._writer: ThreadPoolExecutor | None = None  # the write-behind thread
+        self._writing: tuple[Future[None], dict[str, Totals]] | None = None  # under way
         records, totals = storage.load()
         for record in records:
             self._add_state(record, totals.get(record.key_id, Totals()))
@@ -188,7 +193,14 @@ class KeyStore:
 
     def refresh(self) -> int:
         """Re-read the records from storage (keys created or revoked elsewhere); new keys count."""
-        records, totals = self.storage.load()
+        return self.apply_loaded(*self.storage.load())
+
+    async def refresh_async(self) -> int:
+        """:meth:`refresh` with the read in a worker thread and the update on the caller's."""
+        return self.apply_loaded(*await asyncio.to_thread(self.storage.load))
+
+    def apply_loaded(self, records: list[KeyRecord], totals: dict[str, Totals]) -> int:
+        """Add new keys and revocations from a storage read; the number of keys added."""
         added = 0
         for record in records:
             state = self._states.get(record.key_id)
@@ -201,7 +213,24 @@ class KeyStore:
 
     # -------------------------------------------------------------- request path
     def authenticate(self, token: str) -> KeyRecord | None:
-        """The key a token belongs to (any state), or ``None`` if it is no valid key."""
+        """The key a token belongs to (any state), or ``None`` if it is no valid key.
+
+        A token verified once is remembered (token -> key id, at most
+        :data:`MAX_VERIFIED` of them) so that a client's next requests skip parsing and
+        the HMAC: one dict lookup. The record itself is read fresh every time, so a
+        revocation or expiry applies at once.
+        """
+        key_id = self._verified.get(token)
+        if key_id is not None:
+            return self._states[key_id].record
+        record = self._verify(token)
+        if record is not None:
+            if len(self._verified) >= MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[token] = record.key_id
+        return record
+
+    def _verify(self, token: str) -> KeyRecord | None:
         parts = split_token(token)
         if parts is None:
             return None
@@ -314,18 +343,42 @@ class KeyStore:
         return len(pending)
 
     async def flush_async(self) -> int:
-        """:meth:`flush` with the write in a worker thread, off the event loop."""
+        """:meth:`flush` with the write in a worker thread, off the event loop.
+
+        Cancelled while the write is under way (the gateway stopping), the write still
+        completes in its thread, and :meth:`close` waits for it: the usage is written
+        once, neither lost nor counted twice.
+        """
         pending = self.take_pending()
-        if pending:
-            try:
-                await asyncio.to_thread(self.storage.add_usage, pending)
-            except BaseException:
-                self.restore_pending(pending)
-                raise
+        if not pending:
+            return 0
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sincere-keystore")
+        job = self._writer.submit(self.storage.add_usage, pending)
+        self._writing = (job, pending)
+        try:
+            await asyncio.shield(asyncio.wrap_future(job))
+        except asyncio.CancelledError:
+            raise  # the write goes on; close() waits for it
+        except BaseException:
+            self._writing = None
+            self.restore_pending(pending)
+            raise
+        self._writing = None
         return len(pending)
 
     def close(self) -> None:
-        """Flush and close the storage."""
+        """Wait for a write under way, flush the rest and close the storage."""
+        if self._writing is not None:
+            job, pending = self._writing
+            self._writing = None
+            try:
+                job.result()
+            except Exception:
+                self.restore_pending(pending)  # written again below
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         self.flush()
         self.storage.close()
 

@@ -16,10 +16,10 @@ budget). Pass the gateway's ``CollectorRegistry`` to export them beside its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 OUTCOMES = ("allowed", "unauthenticated", "forbidden", "rate_limited", "budget_exhausted")
@@ -29,56 +29,67 @@ GaugeSource = Callable[[], Mapping[str, tuple[float, float | None]]]
 
 
 class TenantMetrics:
-    """The per-tenant counters, and the gauges read from a key store at scrape time."""
+    """The per-tenant counters, and the gauges read from a key store at scrape time.
+
+    The counters are plain dict entries bumped on the request path (no lock: the key
+    store runs on one event loop's thread) and rendered as Prometheus counters when
+    scraped; a labelled ``prometheus_client.Counter`` would take a lock per increment.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._requests = Counter(
-            "sincere_tenant_requests",
-            "Key checks by tenant and outcome.",
-            ("tenant", "outcome"),
-            registry=self.registry,
-        )
-        self._tokens = Counter(
-            "sincere_tenant_tokens",
-            "Settled tokens by tenant and kind (prompt, completion).",
-            ("tenant", "kind"),
-            registry=self.registry,
-        )
-        self._spend = Counter(
-            "sincere_tenant_spend_usd",
-            "Settled spend by tenant, USD.",
-            ("tenant",),
-            registry=self.registry,
-        )
-        self._children: dict[tuple[str, str], Counter] = {}  # labelled children, cached
-        self._settled: dict[str, tuple[Counter, Counter, Counter]] = {}  # per tenant, cached
+        self.requests: dict[tuple[str, str], int] = {}  # (tenant, outcome) -> checks
+        self.tokens: dict[tuple[str, str], int] = {}  # (tenant, prompt|completion) -> tokens
+        self.spend_usd: dict[str, float] = {}  # tenant -> settled USD
+        self.registry.register(_CounterCollector(self))
 
     def decided(self, tenant: str, outcome: str) -> None:
         """Count one key check."""
-        child = self._children.get((tenant, outcome))
-        if child is None:
-            child = self._children[tenant, outcome] = self._requests.labels(tenant, outcome)
-        child.inc()
+        key = (tenant, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
 
     def settled(
         self, tenant: str, prompt_tokens: int, completion_tokens: int, cost_usd: float
     ) -> None:
         """Count one settled request's tokens and spend."""
-        children = self._settled.get(tenant)
-        if children is None:
-            children = self._settled[tenant] = (
-                self._tokens.labels(tenant, "prompt"),
-                self._tokens.labels(tenant, "completion"),
-                self._spend.labels(tenant),
-            )
-        children[0].inc(prompt_tokens)
-        children[1].inc(completion_tokens)
-        children[2].inc(cost_usd)
+        tokens = self.tokens
+        prompt, completion = (tenant, "prompt"), (tenant, "completion")
+        tokens[prompt] = tokens.get(prompt, 0) + prompt_tokens
+        tokens[completion] = tokens.get(completion, 0) + completion_tokens
+        self.spend_usd[tenant] = self.spend_usd.get(tenant, 0.0) + cost_usd
 
     def watch(self, source: GaugeSource) -> None:
         """Export the reserved and remaining-budget gauges from ``source`` at each scrape."""
         self.registry.register(_BudgetCollector(source))
+
+
+class _CounterCollector(Collector):
+    def __init__(self, metrics: TenantMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        yield _counters(
+            "sincere_tenant_requests", "Key checks by tenant and outcome.",
+            ("tenant", "outcome"), m.requests.items(),
+        )  # fmt: skip
+        yield _counters(
+            "sincere_tenant_tokens", "Settled tokens by tenant and kind (prompt, completion).",
+            ("tenant", "kind"), m.tokens.items(),
+        )  # fmt: skip
+        spend = [((tenant,), usd) for tenant, usd in m.spend_usd.items()]
+        yield _counters(
+            "sincere_tenant_spend_usd", "Settled spend by tenant, USD.", ("tenant",), spend
+        )
+
+
+def _counters(
+    name: str, text: str, labels: tuple[str, ...], values: Iterable[tuple[tuple[str, ...], float]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, text, labels=labels)
+    for key, value in sorted(values):
+        family.add_metric(key, value)
+    return family
 
 
 class _BudgetCollector(Collector):

@@ -115,16 +115,26 @@ def authorize_request(
     store: KeyStore, headers: Mapping[str, str], facts: RequestFacts, prices: Prices, now: float
 ) -> Grant | Refusal:
     """The key check of an inference request; ``prices``: the dearest eligible instance's."""
-    found = _authenticate(store, headers, now)
+    found = authenticate(store, headers, now)
     if isinstance(found, Refusal):
-        return _counted(store, "", found)
-    record = found
+        return counted(store, "", found)
+    return authorize_record(store, found, facts, prices, now)
+
+
+def authorize_record(
+    store: KeyStore, record: KeyRecord, facts: RequestFacts, prices: Prices, now: float
+) -> Grant | Refusal:
+    """Steps 2-4 of :func:`authorize_request` for a key already authenticated.
+
+    A front door that authenticates before it reads the body (so an anonymous
+    client gets 401, not a parse error) calls :func:`authenticate` and then this.
+    """
     refusal = check_access(record, facts)
     if refusal is not None:
-        return _counted(store, record.name, refusal)
+        return counted(store, record.name, refusal)
     admitted = store.admit(record, facts.prompt_tokens, facts.max_tokens, prices, now)
     if isinstance(admitted, LimitRefusal):
-        return _counted(store, record.name, _from_limit(admitted))
+        return counted(store, record.name, _from_limit(admitted))
     if store.metrics is not None:
         store.metrics.decided(record.name, "allowed")
     remaining = store.remaining_usd(record.key_id)
@@ -143,7 +153,7 @@ def authorize_admin(
     store: KeyStore, headers: Mapping[str, str], now: float
 ) -> AdminGrant | Refusal:
     """The admin API's check: a valid admin key, else 401 / 403."""
-    found = _authenticate(store, headers, now)
+    found = authenticate(store, headers, now)
     if isinstance(found, Refusal):
         return found
     if found.kind != "admin":
@@ -176,7 +186,8 @@ def check_access(record: KeyRecord, facts: RequestFacts) -> Refusal | None:
     return None
 
 
-def _authenticate(store: KeyStore, headers: Mapping[str, str], now: float) -> KeyRecord | Refusal:
+def authenticate(store: KeyStore, headers: Mapping[str, str], now: float) -> KeyRecord | Refusal:
+    """Step 1: the live key of the request's bearer token, else a 401 refusal (not counted)."""
     token = bearer_token(headers)
     if token is None:
         return _unauthorized("missing_api_key", "no API key: send Authorization: Bearer <key>")
@@ -205,7 +216,8 @@ def _from_limit(limit: LimitRefusal) -> Refusal:
     return Refusal(limit.status, limit.code, limit.message, tuple(headers))
 
 
-def _counted(store: KeyStore, tenant: str, refusal: Refusal) -> Refusal:
+def counted(store: KeyStore, tenant: str, refusal: Refusal) -> Refusal:
+    """Count ``refusal`` in the store's per-tenant metrics (if any) and return it."""
     if store.metrics is not None:
         store.metrics.decided(tenant, refusal.outcome)
     return refusal

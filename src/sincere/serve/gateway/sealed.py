@@ -1,0 +1,146 @@
+"""Confidential mode at the gateway: route a sealed request on what it declares, relay its bytes.
+
+A request with ``Content-Type: application/sincere-sealed`` carries an HPKE ciphertext
+(:mod:`sincere.serve.security.envelope`) that only the seal proxy beside the engine can
+open. The gateway never parses it: :func:`sealed_request` turns the plain declared
+headers (model, prompt tokens, max tokens, stream, tier, priority) into the
+:class:`~sincere.serve.protocol.CompletionRequest` the policies route on (no prompt
+text, no body), and :func:`relay_sealed` posts the ciphertext byte for byte with the
+headers the proxy checks (:data:`~sincere.serve.security.envelope.SEALED_HEADERS`),
+then relays the answer as it comes: a sealed body whole, a sealed SSE stream chunk by
+chunk. The only things read from the answer are the plain usage counts the proxy adds
+for accounting (``x-sincere-usage``, or the ``sincere-usage`` SSE event).
+
+Sealed requests go only to the backends named in ``security.sealed_backends`` (seal
+proxies), and plain requests only to the others; with the list empty both go anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from sincere.serve.protocol import CompletionRequest, Kind, ProtocolError, SincereFields
+from sincere.serve.security.envelope import (
+    CONTENT_TYPE,
+    SEALED_HEADERS,
+    USAGE_EVENT,
+    declared_from_headers,
+)
+
+_USAGE_MARK = f"event: {USAGE_EVENT}\n".encode()
+_TAIL_BYTES = 512  # kept between chunks to find a usage event cut in two
+
+
+def sealed_request(
+    headers: Mapping[str, str], kind: Kind, body: bytes, models: set[str]
+) -> tuple[CompletionRequest, dict[str, str]]:
+    """The routable request a sealed body declares, and the headers to forward with it."""
+    declared = declared_from_headers(headers, kind)
+    if declared.model not in models:
+        raise ProtocolError(
+            404,
+            f"header x-sincere-model: got {declared.model!r}; allowed: {', '.join(sorted(models))}",
+            param="x-sincere-model",
+            code="model_not_found",
+        )
+    if not body:
+        raise ProtocolError(400, "sealed body: empty", code="bad_sealed_body")
+    forward = {"Content-Type": CONTENT_TYPE}
+    for name in SEALED_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            forward[name] = value
+    creq = CompletionRequest(
+        kind=kind,
+        model=declared.model,
+        prompt_tokens=declared.prompt_tokens,
+        max_tokens=declared.max_tokens,
+        stream=declared.stream,
+        include_usage=False,
+        sincere=SincereFields(tier=declared.tier, priority=declared.priority),
+        prompt=None,
+        body={},
+        raw=body,
+    )
+    return creq, forward
+
+
+def usage_of_header(value: str | None) -> tuple[int, int] | None:
+    """``(prompt, completion)`` of an ``x-sincere-usage`` header, if well formed."""
+    if not value:
+        return None
+    fields: dict[str, int] = {}
+    for part in value.split(","):
+        name, _, number = part.strip().partition("=")
+        if number.isdigit():
+            fields[name] = int(number)
+    if "prompt_tokens" in fields and "completion_tokens" in fields:
+        return fields["prompt_tokens"], fields["completion_tokens"]
+    return None
+
+
+class UsageScanner:
+    """Finds the proxy's ``sincere-usage`` event in a relayed stream, chunk by chunk."""
+
+    __slots__ = ("_tail", "usage")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self.usage: tuple[int, int] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at the next bytes of the stream."""
+        if self.usage is not None:
+            return
+        buf = self._tail + chunk
+        at = buf.find(_USAGE_MARK)
+        if at < 0:
+            self._tail = buf[-_TAIL_BYTES:]
+            return
+        end = buf.find(b"\n\n", at)
+        if end < 0:
+            self._tail = buf[at:]
+            return
+        for line in buf[at:end].splitlines():
+            if line.startswith(b"data:"):
+                self.usage = _usage_json(line[5:])
+        self._tail = b""
+
+
+def _usage_json(data: bytes) -> tuple[int, int] | None:
+    try:
+        obj = json.loads(data)
+        return int(obj["prompt_tokens"]), int(obj["completion_tokens"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def relay_stream(
+    http_req: web.Request,
+    upstream: aiohttp.ClientResponse,
+    headers: Mapping[str, str],
+    scanner: UsageScanner,
+) -> tuple[web.StreamResponse, float | None, str]:
+    """Relay a sealed SSE stream as it comes: the response, when its first bytes came, how it
+    ended (``"done"``, ``"broken"``: the upstream failed -- the client's opener reports a
+    truncated stream -- or ``"client_left"``)."""
+    loop = asyncio.get_running_loop()
+    resp = web.StreamResponse(headers=headers)
+    first_at = None
+    try:
+        await resp.prepare(http_req)
+        async for chunk in upstream.content.iter_any():
+            if first_at is None:
+                first_at = loop.time()
+            scanner.feed(chunk)
+            await resp.write(chunk)
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        return resp, first_at, "broken"
+    except ConnectionResetError:
+        return resp, first_at, "client_left"
+    return resp, first_at, "done"
