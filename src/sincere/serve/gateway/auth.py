@@ -34,10 +34,12 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sincere.core.errors import ConfigError
 from sincere.serve.gateway.config import SecurityConfig
+from sincere.serve.protocol import dumps
 from sincere.serve.security.audit import AuditLog
 from sincere.serve.security.credentials import RedactingFilter, Secret, redact_text
 from sincere.serve.security.keys import KeyRecord, Prices
@@ -182,3 +184,13 @@ async def _every(interval_s: float, action: Callable[[], Awaitable[int]], what: 
             await action()
         except Exception as exc:  # usage stays in memory; the next round tries again
             log.warning("could not %s the key store: %s", what, exc)
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    """A key check's refusal as the client's answer: 401/402/403/429 with its headers."""
+    return web.Response(
+        status=refusal.status,
+        body=dumps(refusal.body()),
+        content_type="application/json",
+        headers=dict(refusal.headers),
+    )

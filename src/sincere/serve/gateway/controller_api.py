@@ -25,6 +25,7 @@ from aiohttp import web
 from sincere.core.errors import ConfigError, SincereError
 from sincere.serve.gateway.controller import ConflictError, Controller
 from sincere.serve.gateway.controller_input import check_name, parse_load
+from sincere.serve.gateway.edge import read_body
 from sincere.serve.gateway.observed_load import LoadSummary
 from sincere.serve.gateway.upstream_policy import redact_url
 from sincere.serve.protocol import ProtocolError, check_text
@@ -168,7 +169,8 @@ class ControllerApi:
     async def _guard(self, request: web.Request, action: Any) -> web.Response:
         """Run an admin action on the JSON body: 400 bad input, 409 conflict, 500 a bug."""
         try:
-            body = json.loads(await self.c.gw.read_body(request))
+            gw = self.c.gw
+            body = json.loads(await read_body(request, gw.config.limits, gw.edge))
             if not isinstance(body, dict):
                 raise ValueError("not an object")
             check_text(body)

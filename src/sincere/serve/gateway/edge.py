@@ -35,6 +35,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from sincere.serve.binding import listen_error
+from sincere.serve.gateway.config import LimitsConfig
 from sincere.serve.protocol import ProtocolError
 
 _REASONS = {
@@ -271,3 +272,30 @@ def runner_kwargs(idle_timeout_s: float, body_timeout_s: float) -> dict[str, Any
         "lingering_time": min(10.0, body_timeout_s),
         "logger": QuietServerLog(logging.getLogger("aiohttp.server"), {}),
     }
+
+
+async def read_body(http_req: web.Request, limits: LimitsConfig, edge: EdgeLimits) -> bytes:
+    """The request body, within ``limits.max_body_bytes`` (413) and ``body_timeout_s`` (408)."""
+    limit = limits.max_body_bytes
+    if http_req.content_length is not None and http_req.content_length > limit:
+        raise ProtocolError(
+            413,
+            f"request body: got {http_req.content_length} bytes; allowed: at most {limit} bytes",
+            code="body_too_large",
+        )
+    try:
+        if http_req.content.is_eof():  # all there already: no timer needed
+            return await http_req.read()
+        async with asyncio.timeout(limits.body_timeout_s):
+            return await http_req.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ProtocolError(
+            413, f"request body: allowed: at most {limit} bytes", code="body_too_large"
+        ) from None
+    except TimeoutError:
+        edge.count("body_timeout")
+        raise ProtocolError(
+            408,
+            f"request body not complete within {limits.body_timeout_s:g}s (limits.body_timeout_s)",
+            code="body_timeout",
+        ) from None

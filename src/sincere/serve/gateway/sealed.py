@@ -24,16 +24,39 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
-from sincere.serve.protocol import CompletionRequest, Kind, ProtocolError, SincereFields
+from sincere.serve.protocol import (
+    CompletionRequest,
+    Kind,
+    ProtocolError,
+    SincereFields,
+    parse_request,
+)
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
     SEALED_HEADERS,
     USAGE_EVENT,
     declared_from_headers,
+    is_sealed,
 )
 
 _USAGE_MARK = f"event: {USAGE_EVENT}\n".encode()
 _TAIL_BYTES = 512  # kept between chunks to find a usage event cut in two
+
+
+def parse_any(
+    headers: Mapping[str, str],
+    kind: Kind,
+    body: bytes,
+    models: set[str],
+    max_body_bytes: int,
+    confidential: bool,
+) -> tuple[CompletionRequest, dict[str, str] | None]:
+    """A sealed body's declared request and relay headers (confidential mode), else the
+    plain body parsed and validated (:func:`~sincere.serve.protocol.parse_request`)."""
+    if confidential and is_sealed(headers):
+        return sealed_request(headers, kind, body, models)
+    creq = parse_request(body, kind, headers=headers, models=models, max_body_bytes=max_body_bytes)
+    return creq, None
 
 
 def sealed_request(

@@ -64,22 +64,21 @@ from sincere.core.request import Request
 from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
-from sincere.serve.gateway.auth import FREE, GatewayAuth, check_bind, dearest_prices
+from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
+from sincere.serve.gateway.billing import reserve_prices, settle
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
-from sincere.serve.gateway.edge import EdgeLimits, EdgeSite, runner_kwargs
+from sincere.serve.gateway.edge import EdgeLimits, EdgeSite, read_body, runner_kwargs
 from sincere.serve.gateway.instances import (
     InstanceState,
-    LoadSample,
-    parse_engine_load,
-    parse_vllm_metrics,
 )
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
 from sincere.serve.gateway.relay import Relay
 from sincere.serve.gateway.requests import RequestFactory, with_cap
-from sincere.serve.gateway.sealed import sealed_request
+from sincere.serve.gateway.scrape import LoadScraper
+from sincere.serve.gateway.sealed import parse_any
 from sincere.serve.protocol import (
     CompletionRequest,
     Kind,
@@ -87,10 +86,7 @@ from sincere.serve.protocol import (
     dumps,
     error_body,
     models_response,
-    parse_request,
 )
-from sincere.serve.security.envelope import is_sealed
-from sincere.serve.security.keys import Prices
 from sincere.serve.security.policy import Grant, Refusal, RequestFacts
 from sincere.serve.security.tls import server_context
 
@@ -117,6 +113,9 @@ class Gateway:
             config.tier_objects(), config.default_tier, limits.max_tokens, limits.default_max_tokens
         )
         self.load = ObservedLoad(config.planning.window_s, 0.0)
+        self.scraper = LoadScraper(
+            config.scrape, self.dispatcher.instances.values, lambda: self.loop.time()
+        )
         self.auth = GatewayAuth(config.security)
         sealed = config.security.sealed_backends
         self._sealed_only = frozenset(sealed)  # backends that take sealed bodies only
@@ -201,7 +200,7 @@ class Gateway:
         self._tasks += [asyncio.create_task(loop) for loop in self.auth.start()]
         self._tasks.append(asyncio.create_task(self._drain_loop()))
         if self.config.scrape.enabled:
-            self._tasks.append(asyncio.create_task(self._scrape_loop()))
+            self._tasks.append(asyncio.create_task(self.scraper.run()))
 
     async def stop(self) -> None:
         """Stop serving, cancel background tasks, close every backend session."""
@@ -289,7 +288,8 @@ class Gateway:
             )
             tier = req.tier.name
             if key is not None:
-                granted = self.auth.authorize(key, _facts(req, creq), self._prices(req.model))
+                prices = reserve_prices(self.dispatcher, req.model)
+                granted = self.auth.authorize(key, _facts(req, creq), prices)
                 if isinstance(granted, Refusal):
                     return self._refused(granted, tier)
                 grant = granted
@@ -319,52 +319,25 @@ class Gateway:
             return self.internal_error(http_req, tier, exc)
         finally:
             if grant is not None:
-                self._settle(grant, pending)
+                settle(self.auth, grant, pending, self.dispatcher)
 
     async def _parse(
         self, http_req: web.Request, kind: Kind
     ) -> tuple[CompletionRequest, dict[str, str] | None]:
         """The request to route, and for a sealed body the headers to relay it with."""
-        body = await self.read_body(http_req)
-        if self.config.security.confidential and is_sealed(http_req.headers):
-            return sealed_request(http_req.headers, kind, body, self.dispatcher.served)
-        creq = parse_request(
-            body,
-            kind,
-            headers=http_req.headers,
-            models=self.dispatcher.served,
-            max_body_bytes=self.config.limits.max_body_bytes,
-        )
-        return creq, None
-
-    def _prices(self, model: str) -> Prices:
-        """The dearest prices among ``model``'s instances: what a request reserves."""
-        return dearest_prices(_prices_of(s) for s in self.dispatcher.by_model.get(model, ()))
-
-    def _settle(self, grant: Grant, pending: Pending | None) -> None:
-        """Charge what the request used at its instance's prices (nothing if none answered)."""
-        used = None if pending is None else pending.output_tokens
-        state = None if pending is None else self.dispatcher.instances.get(pending.instance)
-        if pending is None or used is None:
-            self.auth.settle(grant, 0, 0, FREE)
-            return
-        prices = self._prices(pending.request.model) if state is None else _prices_of(state)
-        prompt = pending.prompt_tokens_used or pending.request.prompt_tokens
-        self.auth.settle(grant, prompt, used, prices)
+        body = await read_body(http_req, self.config.limits, self.edge)
+        confidential = self.config.security.confidential
+        served, limit = self.dispatcher.served, self.config.limits.max_body_bytes
+        return parse_any(http_req.headers, kind, body, served, limit, confidential)
 
     def _plain_names(self) -> frozenset[str]:
         """Instances that are not seal proxies (a sealed body must not go there)."""
         return frozenset(n for n in self.dispatcher.instances if n not in self._sealed_only)
 
     def _refused(self, refusal: Refusal, tier: str) -> web.Response:
-        """A key check's refusal as the client's answer (401/402/403/429)."""
+        """A key check's refusal as the client's answer (401/402/403/429), counted."""
         self.metrics.finished("", tier, refusal.outcome)
-        return web.Response(
-            status=refusal.status,
-            body=dumps(refusal.body()),
-            content_type="application/json",
-            headers=dict(refusal.headers),
-        )
+        return refusal_response(refusal)
 
     def _scrub(self, body: bytes) -> bytes:
         """An upstream's error body with the upstream secrets (and token look-alikes) masked."""
@@ -383,35 +356,6 @@ class Gateway:
             self.log.exception("internal error on %s", http_req.path)
         body = error_body("internal error (logged by the gateway)", type="server_error")
         return web.Response(status=500, body=dumps(body), content_type="application/json")
-
-    async def read_body(self, http_req: web.Request) -> bytes:
-        """The request body, within ``limits.max_body_bytes`` (413) and ``body_timeout_s`` (408)."""
-        limits = self.config.limits
-        limit = limits.max_body_bytes
-        if http_req.content_length is not None and http_req.content_length > limit:
-            raise ProtocolError(
-                413,
-                f"request body: got {http_req.content_length} bytes; "
-                f"allowed: at most {limit} bytes",
-                code="body_too_large",
-            )
-        try:
-            if http_req.content.is_eof():  # all there already: no timer needed
-                return await http_req.read()
-            async with asyncio.timeout(limits.body_timeout_s):
-                return await http_req.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ProtocolError(
-                413, f"request body: allowed: at most {limit} bytes", code="body_too_large"
-            ) from None
-        except TimeoutError:
-            self.edge.count("body_timeout")
-            raise ProtocolError(
-                408,
-                f"request body not complete within {limits.body_timeout_s:g}s "
-                "(limits.body_timeout_s)",
-                code="body_timeout",
-            ) from None
 
     async def _models(self, http_req: web.Request) -> web.Response:
         names = sorted(self.dispatcher.served)
@@ -440,47 +384,14 @@ class Gateway:
 
     # ------------------------------------------------------- background tasks
 
+    async def scrape(self, state: InstanceState) -> None:
+        """Read one engine's load now (:meth:`LoadScraper.scrape`)."""
+        await self.scraper.scrape(state)
+
     async def _drain_loop(self) -> None:
         while True:
             await asyncio.sleep(DRAIN_INTERVAL_S)
             self.dispatcher.drain_all(self.loop.time())
-
-    async def _scrape_loop(self) -> None:
-        interval_s = self.config.scrape.interval_ms / 1000.0
-        while True:
-            states = [s for s in self.dispatcher.instances.values() if _load_source(s)]
-            await asyncio.gather(*(self.scrape(s) for s in states))
-            await asyncio.sleep(interval_s)
-
-    async def scrape(self, state: InstanceState) -> None:
-        """Read one engine's load into ``state.sample`` (failures keep the old one).
-
-        sincere's JSON engine load when the backend has a ``load_path``, else its vLLM
-        gauges from ``metrics_path``.
-        """
-        source = _load_source(state)
-        if source is None:
-            return
-        path, parse = source
-        try:
-            text = await state.backend.get_text(path, self.config.scrape.timeout_s)
-        except Exception:  # any failure: keep the previous sample, which will go stale
-            return
-        sample = parse(text, self.loop.time())
-        if sample is not None:
-            state.sample = sample
-
-
-def _load_source(
-    state: InstanceState,
-) -> tuple[str, Callable[[str, float], LoadSample | None]] | None:
-    """Where ``state``'s load is read and how it is parsed (None: nowhere)."""
-    cfg = state.backend.config
-    if cfg.load_path is not None:
-        return cfg.load_path, parse_engine_load
-    if cfg.metrics_path is not None:
-        return cfg.metrics_path, parse_vllm_metrics
-    return None
 
 
 def _client_id(http_req: web.Request) -> str | None:
@@ -498,11 +409,6 @@ def _facts(req: Request, creq: CompletionRequest) -> RequestFacts:
         req.model, req.prompt_tokens, req.max_tokens or req.output_tokens, fields.tier,
         fields.priority,
     )  # fmt: skip
-
-
-def _prices_of(state: InstanceState) -> Prices:
-    backend = state.backend
-    return Prices(backend.price_in_per_token_usd, backend.price_out_per_token_usd)
 
 
 def _error_type(status: int) -> str:

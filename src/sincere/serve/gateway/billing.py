@@ -1,0 +1,41 @@
+"""What a keyed request reserves and what it is charged, at the instances' prices.
+
+A request's grant reserves its worst case at the dearest instance of its model (before
+routing, so a key's budget can never be overspent by more than one request in flight);
+when the request ends, whatever happened, :func:`settle` charges what it used at the
+prices of the instance that served it, or nothing when no instance answered.
+"""
+
+from __future__ import annotations
+
+from sincere.serve.gateway.auth import FREE, GatewayAuth, dearest_prices
+from sincere.serve.gateway.dispatch import Dispatcher, Pending
+from sincere.serve.gateway.instances import InstanceState
+from sincere.serve.security.keys import Prices
+from sincere.serve.security.policy import Grant
+
+
+def prices_of(state: InstanceState) -> Prices:
+    """An instance's prices per prompt and per output token, USD."""
+    backend = state.backend
+    return Prices(backend.price_in_per_token_usd, backend.price_out_per_token_usd)
+
+
+def reserve_prices(dispatcher: Dispatcher, model: str) -> Prices:
+    """The dearest prices among ``model``'s instances: what a request reserves."""
+    return dearest_prices(prices_of(s) for s in dispatcher.by_model.get(model, ()))
+
+
+def settle(
+    auth: GatewayAuth, grant: Grant, pending: Pending | None, dispatcher: Dispatcher
+) -> None:
+    """Charge what the request used at its instance's prices (nothing if none answered)."""
+    used = None if pending is None else pending.output_tokens
+    if pending is None or used is None:
+        auth.settle(grant, 0, 0, FREE)
+        return
+    state = dispatcher.instances.get(pending.instance)
+    model = pending.request.model
+    prices = reserve_prices(dispatcher, model) if state is None else prices_of(state)
+    prompt = pending.prompt_tokens_used or pending.request.prompt_tokens
+    auth.settle(grant, prompt, used, prices)
