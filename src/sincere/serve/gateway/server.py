@@ -70,9 +70,7 @@ from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
 from sincere.serve.gateway.edge import EdgeLimits, EdgeSite, read_body, runner_kwargs
-from sincere.serve.gateway.instances import (
-    InstanceState,
-)
+from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
 from sincere.serve.gateway.relay import Relay
