@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from sincere.serve.binding import Served, bound_port
 
-class FakeUpstream:
+
+class FakeUpstream(Served):
     """An in-process HTTP server speaking OpenAI's and Ollama's APIs, with fault injection."""
 
     def __init__(
@@ -66,25 +67,13 @@ class FakeUpstream:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.port = bound_port(self._runner)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Stop listening and cut open connections."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> FakeUpstream:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _begin(self, request: web.Request) -> dict[str, Any]:
         body: dict[str, Any] = await request.json()

@@ -35,7 +35,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -44,7 +43,7 @@ from aiohttp import web
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
 from sincere.core.request import DEFAULT_TIER
-from sincere.serve.binding import listen_error
+from sincere.serve.binding import Served, bound_port, listen_error
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
@@ -69,7 +68,7 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 _REJECT_STATUS = {"prompt_too_long": 400, "kv_capacity": 400}
 
 
-class EmulatorServer:
+class EmulatorServer(Served):
     """One emulated engine behind an aiohttp server; an async context manager."""
 
     def __init__(self, config: EmulatorConfig) -> None:
@@ -123,27 +122,15 @@ class EmulatorServer:
         except OSError as exc:
             await self.close()
             raise listen_error(self.config.host, self.config.port, exc) from None
-        self.port = _bound_port(self._runner, self.config.port)
+        self.port = bound_port(self._runner, self.config.port)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Abort requests in flight and stop the server."""
         if self.live is not None:
             self.live.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-
-    async def __aenter__(self) -> EmulatorServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # ---------------------------------------------------------------- handlers
 
@@ -350,13 +337,6 @@ def _raise_rejected(outcome: Finish) -> None:
 
 def _error_response(exc: ProtocolError) -> web.Response:
     return web.Response(status=exc.status, body=exc.to_bytes(), content_type="application/json")
-
-
-def _bound_port(runner: web.AppRunner, asked: int) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return asked
 
 
 def _arch(config: EmulatorConfig) -> Any:

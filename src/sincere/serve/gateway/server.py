@@ -54,7 +54,6 @@ import multiprocessing
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -64,6 +63,7 @@ from sincere.core.request import Request
 from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
+from sincere.serve.binding import Served
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
 from sincere.serve.gateway.billing import reserve_prices, settle
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
@@ -91,7 +91,7 @@ from sincere.serve.security.tls import server_context
 DRAIN_INTERVAL_S = 0.05  # how often queues are re-drained in the background
 
 
-class Gateway:
+class Gateway(Served):
     """The gateway server: instances, dispatcher, metrics and the aiohttp app."""
 
     def __init__(
@@ -217,18 +217,6 @@ class Gateway:
             await state.backend.close()
         self.auth.stop()
         self._loop = None
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------- instances
 

@@ -27,12 +27,12 @@ import json
 import math
 import ssl
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from sincere.serve.binding import Served, bound_port
 from sincere.serve.protocol import ProtocolError, dumps, error_body, loads, parse_request
 from sincere.serve.security.credentials import Secret
 from sincere.serve.security.envelope import (
@@ -53,7 +53,7 @@ PASS_THROUGH = ("/health", "/v1/models", "/metrics", "/sincere/load")
 MAX_SEALED_BYTES = 4 * 1024 * 1024 + 64
 
 
-class SealProxy:
+class SealProxy(Served):
     """An aiohttp server opening sealed requests for one engine; ``async with`` runs it."""
 
     def __init__(
@@ -100,7 +100,7 @@ class SealProxy:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self.port = bound_port(self._runner, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -109,18 +109,6 @@ class SealProxy:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> SealProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ handlers
     async def _completions(self, request: web.Request) -> web.StreamResponse:
