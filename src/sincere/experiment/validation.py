@@ -42,7 +42,16 @@ from sincere.sim.build import build_cluster, canonical_requests
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.sim.runner import run_events
 from sincere.sim.sincere_metrics import SINCERE_METRICS, RunTimeline, sincere_metrics
-from sincere.workload.sincere_runs import CellLog, RunCell, read_cell, read_cells, select_cells
+from sincere.workload.mixes import sincere_sla
+from sincere.workload.sincere_runs import (
+    NOMINAL_PROMPT_TOKENS,
+    SINCERE_OUTPUT_TOKENS,
+    CellLog,
+    RunCell,
+    read_cell,
+    read_cells,
+    select_cells,
+)
 
 FloatArray = npt.NDArray[np.float64]
 Metrics = dict[str, float | None]
@@ -57,8 +66,6 @@ SINCERE_RULES = {
 }
 """SINCERE's strategy components and the rules that implement them."""
 QUANTILES = np.linspace(0.0, 1.0, 101)
-REPLAY_PROMPT_TOKENS = 128  # nominal: the logs carry no prompts (timing ignores them)
-REPLAY_OUTPUT_TOKENS = 50  # SINCERE's cap on new tokens
 
 
 @dataclass(frozen=True)
@@ -124,11 +131,11 @@ def replay_config(log: CellLog, model: ReplayModel, seed: int = 0) -> Simulation
             "duration_s": log.end_s,
             "arrival": {"kind": "trace", "path": str(log.folder), "format": "sincere-runs"},
             "lengths": {
-                "prompt": {"kind": "fixed", "tokens": REPLAY_PROMPT_TOKENS},
-                "output": {"kind": "fixed", "tokens": REPLAY_OUTPUT_TOKENS},
+                "prompt": {"kind": "fixed", "tokens": NOMINAL_PROMPT_TOKENS},
+                "output": {"kind": "fixed", "tokens": SINCERE_OUTPUT_TOKENS},
             },
-            "tiers": [{"name": f"sla-{cell.sla_s:g}s", "ttlt_s": cell.sla_s}],
-            "max_tokens": REPLAY_OUTPUT_TOKENS,
+            "tiers": [{"name": t.name, "ttlt_s": t.ttlt_s} for t in sincere_sla(cell.sla_s)],
+            "max_tokens": SINCERE_OUTPUT_TOKENS,
         },
         "instances": [
             {
@@ -147,7 +154,7 @@ def replay_config(log: CellLog, model: ReplayModel, seed: int = 0) -> Simulation
 def _replay(log: CellLog, model: ReplayModel, seed: int) -> tuple[RunTimeline, BatchLog]:
     """Run the replay; the simulated timeline and the engine's batch log."""
     config = replay_config(log, model, seed)
-    requests = canonical_requests(log.to_requests(REPLAY_PROMPT_TOKENS, REPLAY_OUTPUT_TOKENS))
+    requests = canonical_requests(log.to_requests())
     cluster = build_cluster(config, requests)
     run_events(cluster)
     engine = cluster.engines[0]
@@ -239,11 +246,9 @@ class CellComparison:
     sim_latency_q: list[float]
 
 
-def compare_cell(
-    root: str | Path, cell: RunCell, model: ReplayModel, seed: int = 0
-) -> CellComparison:
-    """Read one cell, replay it and measure both runs the same way."""
-    log = read_cell(root, cell)
+def compare_cell(log: CellLog, model: ReplayModel, seed: int = 0) -> CellComparison:
+    """Replay one cell's log and measure both runs the same way."""
+    cell = log.cell
     real = real_timeline(log)
     sim = simulated_timeline(log, model, seed)
     horizon = log.end_s
@@ -271,35 +276,33 @@ def validate_runs(
     ``workers`` processes (default: the CPU count; 1 runs in this process). Every cell's
     files are checked before any replay starts.
     """
-    chosen = select_cells(read_cells(root), cells)
-    for cell in chosen:  # fail on a malformed folder before spending time on the others
-        read_cell(root, cell)
-    num_workers = max(1, min(workers or os.cpu_count() or 1, len(chosen)))
+    # every cell is read first: a malformed folder fails before any replay starts
+    logs = [read_cell(root, cell) for cell in select_cells(read_cells(root), cells)]
+    num_workers = max(1, min(workers or os.cpu_count() or 1, len(logs)))
     if num_workers == 1:
-        return _serial(root, chosen, model, seed, on_cell)
-    return _parallel(root, chosen, model, seed, num_workers, on_cell)
+        return _serial(logs, model, seed, on_cell)
+    return _parallel(logs, model, seed, num_workers, on_cell)
 
 
 def _serial(
-    root: str | Path, chosen: Sequence[RunCell], model: ReplayModel, seed: int,
-    on_cell: OnCell | None,
-) -> list[CellComparison]:  # fmt: skip
+    logs: Sequence[CellLog], model: ReplayModel, seed: int, on_cell: OnCell | None
+) -> list[CellComparison]:
     out = []
-    for k, cell in enumerate(chosen, start=1):
-        out.append(compare_cell(root, cell, model, seed))
+    for k, log in enumerate(logs, start=1):
+        out.append(compare_cell(log, model, seed))
         if on_cell is not None:
-            on_cell(k, len(chosen), cell.name)
+            on_cell(k, len(logs), log.cell.name)
     return out
 
 
 def _parallel(
-    root: str | Path, chosen: Sequence[RunCell], model: ReplayModel, seed: int,
-    num_workers: int, on_cell: OnCell | None,
+    logs: Sequence[CellLog], model: ReplayModel, seed: int, num_workers: int,
+    on_cell: OnCell | None,
 ) -> list[CellComparison]:  # fmt: skip
     results: dict[str, CellComparison] = {}
     with ProcessPoolExecutor(max_workers=num_workers) as pool:
         pending: set[Future[CellComparison]] = {
-            pool.submit(compare_cell, str(root), cell, model, seed) for cell in chosen
+            pool.submit(compare_cell, log, model, seed) for log in logs
         }
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -307,8 +310,8 @@ def _parallel(
                 result = future.result()
                 results[result.cell.name] = result
                 if on_cell is not None:
-                    on_cell(len(results), len(chosen), result.cell.name)
-    return [results[c.name] for c in chosen]
+                    on_cell(len(results), len(logs), result.cell.name)
+    return [results[log.cell.name] for log in logs]
 
 
 def validation_columns() -> list[str]:
