@@ -24,8 +24,9 @@ from sincere.serve.gateway.dispatch import Dispatcher, DuplicateInstanceError
 from sincere.serve.gateway.edge import EdgeLimits, raw_error
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
-from sincere.serve.gateway.upstream_policy import check_upstream, parse_rules, redact_url
+from sincere.serve.gateway.upstream_policy import check_upstream, parse_rules
 from sincere.serve.protocol import ProtocolError, check_text
+from sincere.serve.security.credentials import redact_url
 
 RULES = parse_rules(["127.0.0.1:8100-8102", "gpu-a.internal:*", "[::1]:9000"])
 

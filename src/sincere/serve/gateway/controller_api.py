@@ -27,8 +27,8 @@ from sincere.serve.gateway.controller import ConflictError, Controller
 from sincere.serve.gateway.controller_input import check_name, parse_load
 from sincere.serve.gateway.edge import read_body
 from sincere.serve.gateway.observed_load import LoadSummary
-from sincere.serve.gateway.upstream_policy import redact_url
 from sincere.serve.protocol import ProtocolError, check_text
+from sincere.serve.security.credentials import redact_url
 from sincere.serve.security.policy import Refusal
 
 log = logging.getLogger("sincere.serve.gateway.controller")

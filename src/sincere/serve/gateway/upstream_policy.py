@@ -9,8 +9,9 @@ fragment or user info -- whose host and port match the operator's allow-list
 is not resolved, so ``localhost`` and ``127.0.0.1`` are different rules). Nothing is
 contacted before the check passes.
 
-URLs are shown to API callers only with their user info replaced by ``***``
-(:func:`redact_url`); clients of ``/v1`` never see upstream addresses at all.
+URLs are shown to API callers with their user info and credential-like query values
+replaced by ``***`` (:func:`sincere.serve.security.credentials.redact_url`); clients of
+``/v1`` never see upstream addresses at all.
 """
 
 from __future__ import annotations
@@ -98,14 +99,3 @@ def check_upstream(url: str, rules: Sequence[UpstreamRule]) -> str:
         )
     shown_host = f"[{host}]" if ":" in host else host
     return f"{parsed.scheme}://{shown_host}:{port}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any user info (``user:password@``) replaced by ``***@``."""
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
-        return "***"
-    if parsed.user is None and parsed.password is None:
-        return url
-    return str(parsed.with_user(None)).replace("://", "://***@", 1)
