@@ -39,7 +39,7 @@ from sincere.core.request import Request
 from sincere.core.types import InstanceId, Seconds
 from sincere.policy.router_base import InstanceView, Outcome, healthy, utilisation
 from sincere.policy.routers._estimates import context_of
-from sincere.predict.latency import LatencyEstimate, step_model_latency
+from sincere.predict.latency import LatencyEstimate, step_model_latency, time_per_output_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +171,8 @@ class LatencyHistory:
         m.ttft_s = _mix(m.ttft_s, outcome.ttft_s)
         m.measured_at = outcome.finished_at
         if outcome.output_tokens > 1:
-            tpot = max(0.0, outcome.e2e_s - outcome.ttft_s) / (outcome.output_tokens - 1)
+            tpot = time_per_output_token(outcome.ttft_s, outcome.e2e_s, outcome.output_tokens)
+            tpot = max(0.0, tpot)
             m.tpot_s = _mix(m.tpot_s, tpot)
 
     def observe_hold(self, instance: InstanceId, held_s: Seconds) -> None:
@@ -223,9 +224,13 @@ class Admission:
         if self.bands is None and tier.ttft_s is None and tier.ttlt_s is None:
             return ADMIT  # nothing to check: no latency target, no bands
         ok = healthy(views)
-        decision = self.shedder.admit(request, self.estimates(request, ok, now, num_queued), now)
-        if not decision.admit or self.bands is None:
-            return decision
+        if tier.ttft_s is not None or tier.ttlt_s is not None:  # else no estimate is read
+            estimates = self.estimates(request, ok, now, num_queued)
+            decision = self.shedder.admit(request, estimates, now)
+            if not decision.admit:
+                return decision
+        if self.bands is None:
+            return ADMIT
         return self.bands.admit(request, cluster_utilisation(ok))
 
     def estimates(

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from sincere.core.errors import DataError
 from sincere.core.records import LOAD_COLUMNS
+from sincere.predict.latency import time_per_output_token
 
 LOG_SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson")
 """File suffixes read as decision logs rather than Parquet tables."""
@@ -87,7 +88,7 @@ def _row(route: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
         "finished_at": float(outcome["at"]),
         "first_token_at": float(req["arrival_at"]) + ttft,
         "ttft_s": ttft,
-        "tpot_s": (e2e - ttft) / (out - 1) if out > 1 else 0.0,
+        "tpot_s": time_per_output_token(ttft, e2e, out),
         "prompt_tokens": int(req["prompt_tokens"]),
         "output_tokens": out,
     }
