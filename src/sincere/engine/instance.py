@@ -85,6 +85,10 @@ def spec_info(
     )
 
 
+UNKNOWN_LOAD = EngineLoad(None, None, None, None, None, None, None)
+"""The load of an instance whose engine reported nothing (every field unknown)."""
+
+
 def instance_view(
     info: InstanceInfo,
     load: EngineLoad | None,
@@ -100,12 +104,7 @@ def instance_view(
     """
     shown = info.models[0] if model is None else model
     if load is None:
-        return InstanceView(
-            info.id, shown, info.accelerator, info.precision,
-            None, None, num_outstanding, None, None, None, None,
-            info.max_num_seqs, info.price_in_per_token_usd, info.price_out_per_token_usd,
-            info.quality, healthy, info.step_model, info.max_in_flight,
-        )  # fmt: skip
+        load = UNKNOWN_LOAD
     return InstanceView(  # positional, in the field order: this runs at every arrival
         info.id, shown, info.accelerator, info.precision,
         load.num_running, load.num_waiting, num_outstanding, load.waiting_prefill_tokens,
