@@ -8,6 +8,8 @@ numpy ``Generator`` passed in, so a seed fixes the problem.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from sincere.optimize.data import (
@@ -60,7 +62,7 @@ def synthetic_problem(
     spec = optimizer or OptimizerSpec()
     capacity: dict[str, int] = {}
     if capacity_share is not None:
-        spec = OptimizerSpec(False, spec.heterogeneous, spec.milp, spec.saturation_policy)
+        spec = dataclasses.replace(spec, unlimited=False)  # the rest as the caller set it
         per_type = max(1, int(capacity_share * num_servers * 6 / num_accelerators))
         capacity = {a.type: per_type for a in accs.values()}
     return Problem(accs, models, classes, tuple(servers), capacity, spec)
