@@ -175,8 +175,7 @@ class BatchState:
         """
         produced = self.num_produced(i)
         if i in self.pre:
-            del self.pre[i]
-            self.pre_blocks -= blocks_for(self.prefill_len[i], self.block)
+            self._drop_prefilling(i)
         else:
             self._drop_decoding(i)
             self.preempted_at[i] = now
@@ -217,8 +216,7 @@ class BatchState:
             self.queue.remove(i)
             self.waiting_tokens -= self.prefill_len[i]
         elif i in self.pre:
-            del self.pre[i]
-            self.pre_blocks -= blocks_for(self.prefill_len[i], self.block)
+            self._drop_prefilling(i)
         else:
             self._drop_decoding(i)
         del self.target[i], self.prefill_len[i], self.produced_before[i], self.tier_of[i]
@@ -268,8 +266,7 @@ class BatchState:
     def _prefill_done(self, i: int, end: Seconds) -> None:
         """Last chunk computed: one more token; the sequence decodes or is done."""
         length = self.prefill_len[i]
-        del self.pre[i]
-        self.pre_blocks -= -(-length // self.block)
+        self._drop_prefilling(i)
         self.num_generated += 1
         before = self.produced_before[i]
         tier = self.tier_of[i]
@@ -291,6 +288,10 @@ class BatchState:
         fs = step + left
         self.finish_step[i] = fs
         heapq.heappush(self.finish, (fs, i))
+
+    def _drop_prefilling(self, i: int) -> None:
+        del self.pre[i]
+        self.pre_blocks -= blocks_for(self.prefill_len[i], self.block)
 
     def _drop_decoding(self, i: int) -> None:
         offset = self.offset.pop(i)
