@@ -323,8 +323,6 @@ class RequestLevelEngine:
         self.strategy = strategy
         self.max_resident_models = max_resident_models
         self.max_batch_size = max_batch_size
-        self.rng = rng
-        self.sample_swap_times = sample_swap_times
         self._planned = planned_swaps(self.step_models)
         self._residency = Residency(self.step_models, max_resident_models, rng, sample_swap_times)
         self._finished_running = False

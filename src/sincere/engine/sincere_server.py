@@ -107,8 +107,6 @@ class SincereServerEngine:
         self.poll_period_s = poll_period_s
         self.max_resident_models = max_resident_models
         self.max_batch_size = max_batch_size
-        self.rng = rng
-        self.sample_swap_times = sample_swap_times
         self._planned = planned_swaps(self.step_models)
         self._queues: dict[ModelName, _Fifo] = {m: _Fifo() for m in self.step_models}
         self._slots: dict[ModelName, IntArray | None] = dict.fromkeys(self.step_models)

@@ -36,6 +36,8 @@ import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
+from sincere.engine.request_level import RequestLevelEngine
+from sincere.engine.sincere_server import SincereServerEngine
 from sincere.sim.cluster import Cluster
 
 FloatArray = npt.NDArray[np.float64]
@@ -126,7 +128,9 @@ def cluster_sincere_metrics(cluster: Cluster, horizon_s: Seconds) -> dict[str, A
     """SINCERE's metrics of a finished run of ``cluster``; ``None`` without request-level
     engines. Batches and loads of every request-level engine are pooled; the shares are
     their mean per engine; the SLA is the requests' end-to-end target (their first tier's)."""
-    engines = [e for e in cluster.engines if hasattr(e, "batch_log")]
+    engines = [
+        e for e in cluster.engines if isinstance(e, RequestLevelEngine | SincereServerEngine)
+    ]
     sla = next((t.ttlt_s for t in cluster.requests.tiers if t.ttlt_s is not None), None)
     if not engines or horizon_s <= 0:
         return None
