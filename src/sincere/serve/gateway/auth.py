@@ -106,11 +106,6 @@ class GatewayAuth:
         self.secrets = {name: ref.resolve() for name, ref in security.upstream_keys.items()}
         self._filter = RedactingFilter(self.secrets.values())
 
-    @property
-    def enabled(self) -> bool:
-        """Whether requests need keys."""
-        return self.store is not None
-
     def credential(self, backend: str) -> Secret | None:
         """The upstream API key configured for ``backend``, if any."""
         return self.secrets.get(backend)
