@@ -159,12 +159,12 @@ class ControllerApi:
         apply = _flag(body, "apply", True)
         confirm = _flag(body, "confirm", False)
         given = body.get("loads")
-        loads = None
-        if given is not None:
-            base = self.c.fleet()
-            models, tiers = {m for m, _ in base.models}, set(base.classes)
-            loads = [parse_load(x, i, models, tiers) for i, x in enumerate(_list(given))]
-        return await self.c.plan(apply, loads, confirm=confirm)
+        if given is None:
+            return await self.c.plan(apply, None, confirm=confirm)
+        base = self.c.fleet()
+        models, tiers = {m for m, _ in base.models}, set(base.classes)
+        loads = [parse_load(x, i, models, tiers) for i, x in enumerate(_list(given))]
+        return await self.c.plan(apply, loads, confirm=confirm, base=base)
 
     async def _guard(self, request: web.Request, action: Any) -> web.Response:
         """Run an admin action on the JSON body: 400 bad input, 409 conflict, 500 a bug."""
