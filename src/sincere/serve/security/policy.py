@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sincere.serve.protocol import error_body
 from sincere.serve.security.keys import KeyRecord, Prices
 from sincere.serve.security.keystore import KeyStore, LimitRefusal, Reservation
 
@@ -72,8 +73,8 @@ class Refusal:
 
     def body(self) -> dict[str, Any]:
         """OpenAI's error object."""
-        error = {"message": self.message, "type": _ERROR_TYPES[self.status]}
-        return {"error": {**error, "param": self.param, "code": self.code}}
+        kind = _ERROR_TYPES[self.status]
+        return error_body(self.message, type=kind, param=self.param, code=self.code)
 
 
 @dataclass(frozen=True, slots=True)
