@@ -195,10 +195,11 @@ def authenticate(store: KeyStore, headers: Mapping[str, str], now: float) -> Key
     record = store.authenticate(token)
     if record is None:
         return _unauthorized("invalid_api_key", "invalid API key")
-    if record.revoked_at is not None:
+    state = record.state(now)
+    if state == "revoked":
         return _unauthorized("key_revoked", f"API key {record.key_id} was revoked")
     expires_at = record.spec.expires_at
-    if expires_at is not None and now >= expires_at:
+    if state == "expired" and expires_at is not None:  # expired: it has a date
         when = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds")
         return _unauthorized("key_expired", f"API key {record.key_id} expired at {when}")
     return record
