@@ -32,7 +32,7 @@ def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
     )
 
 
-def bound_port(runner: web.AppRunner, asked: int = 0) -> int:
+def bound_port(runner: web.BaseRunner, asked: int = 0) -> int:
     """The TCP port ``runner`` listens on (``asked`` when it reports no TCP address)."""
     for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:

@@ -50,6 +50,8 @@ from sincere.core.errors import SincereError
 from sincere.workload.tabular import CHARS_PER_TOKEN, count_tokens, tokenizer_name
 
 Kind = Literal["completion", "chat"]
+PATHS = {"completion": "/v1/completions", "chat": "/v1/chat/completions"}
+"""The OpenAI-compatible path of each request kind."""
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """Default cap on a request body (413 above it)."""

@@ -35,10 +35,7 @@ import aiohttp
 from yarl import URL
 
 from sincere.serve.backends.config import BackendConfig
-from sincere.serve.protocol import SSE_DONE, CompletionRequest, dumps_compact, loads
-
-PATHS = {"completion": "/v1/completions", "chat": "/v1/chat/completions"}
-"""Upstream path of each request kind on OpenAI-compatible servers."""
+from sincere.serve.protocol import PATHS, SSE_DONE, CompletionRequest, dumps_compact, loads
 
 _EMPTY_CHOICES = b'"choices":[]'  # the usage-only chunk of a stream
 _DONE_LINE = b"data: [DONE]"

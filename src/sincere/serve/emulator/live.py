@@ -94,8 +94,9 @@ class LiveEngine:
         self.engine.on_tokens = self._on_tokens
         self.metrics = metrics
         self._slots: dict[int, LiveRequest] = {}  # position -> the request holding it
-        self._free: list[int] = []  # positions used before and free again
-        self._num_used = 0  # positions handed out at least once (0 .. num_used - 1)
+        # positions used before and free again; every position handed out is in _slots or
+        # _free, so 0 .. len(_slots) + len(_free) - 1 have been used
+        self._free: list[int] = []
         self._capacity = capacity
         self._rng = rng
         self._stall_probability = stall_probability
@@ -136,12 +137,9 @@ class LiveEngine:
         """Add a request; raise :class:`CapacityError` when every slot is taken."""
         if not self._closed:
             self._catch_up()  # may free slots of requests that have finished by now
-        if self._closed or (not self._free and self._num_used >= self._capacity):
+        if self._closed or (not self._free and len(self._slots) >= self._capacity):
             raise CapacityError(f"{len(self._slots)} requests in flight")
-        if self._free:
-            i = self._free.pop()
-        else:
-            i, self._num_used = self._num_used, self._num_used + 1
+        i = self._free.pop() if self._free else len(self._slots)  # reuse, else the next new
         now = self.now()
         self._fill(i, now, prompt_tokens, min(output_tokens, max_tokens), max_tokens)
         self.requests.priority[i] = priority

@@ -43,7 +43,7 @@ from sincere.serve.protocol import dumps
 from sincere.serve.security.audit import AuditLog
 from sincere.serve.security.credentials import RedactingFilter, Secret, redact_text
 from sincere.serve.security.keys import KeyRecord, Prices
-from sincere.serve.security.keystore import KeyStore, default_audit_path
+from sincere.serve.security.keystore import KeyStore
 from sincere.serve.security.metrics import TenantMetrics
 from sincere.serve.security.policy import (
     AdminGrant,
@@ -96,20 +96,14 @@ class GatewayAuth:
         self.registry = CollectorRegistry()  # the per-tenant metrics, appended to /metrics
         self.store: KeyStore | None = None
         if security.keys is not None:
-            audit_path = security.audit or default_audit_path(security.keys)
             self.store = KeyStore.open(
-                security.keys, audit_path=audit_path, metrics=TenantMetrics(self.registry)
+                security.keys, audit_path=security.audit, metrics=TenantMetrics(self.registry)
             )
             self.audit_log = self.store.audit
         else:
             self.audit_log = AuditLog(security.audit)
         self.secrets = {name: ref.resolve() for name, ref in security.upstream_keys.items()}
         self._filter = RedactingFilter(self.secrets.values())
-
-    @property
-    def enabled(self) -> bool:
-        """Whether requests need keys."""
-        return self.store is not None
 
     def credential(self, backend: str) -> Secret | None:
         """The upstream API key configured for ``backend``, if any."""

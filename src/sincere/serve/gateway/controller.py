@@ -235,9 +235,9 @@ class Controller:
 
     # -------------------------------------------------------------- planning
 
-    def problem(self, loads: list[LoadSummary]) -> Problem:
-        """Inferno's problem: configured data plus one server per observed (tier, model)."""
-        base = self.fleet()
+    def problem(self, loads: list[LoadSummary], base: Problem | None = None) -> Problem:
+        """Inferno's problem: configured data (``base``, else read) plus one server per load."""
+        base = base if base is not None else self.fleet()
         planned_models = {m for m, _ in base.models}
         servers = []
         for ld in loads:
@@ -278,11 +278,19 @@ class Controller:
         return seen + extra
 
     async def plan(
-        self, apply: bool, loads: list[LoadSummary] | None = None, *, confirm: bool = False
+        self,
+        apply: bool,
+        loads: list[LoadSummary] | None = None,
+        *,
+        confirm: bool = False,
+        base: Problem | None = None,
     ) -> dict[str, Any]:
-        """Solve on observed (or given) load; with ``apply``, match emulated replicas to it."""
+        """Solve on observed (or given) load; with ``apply``, match emulated replicas to it.
+
+        ``base`` is the configured planning data when the caller has already read it.
+        """
         solution = solve(
-            self.problem(loads or self.loads(self.gw.loop.time())),
+            self.problem(loads or self.loads(self.gw.loop.time()), base),
             solver=self.gw.config.planning.solver,
         )
         targets = replica_targets(solution, self.gw.config.planning.min_replicas)

@@ -23,11 +23,12 @@ from typing import Any
 from aiohttp import web
 
 from sincere.core.errors import ConfigError, SincereError
+from sincere.serve.gateway.auth import refusal_response
 from sincere.serve.gateway.controller import ConflictError, Controller
 from sincere.serve.gateway.controller_input import check_name, parse_load
 from sincere.serve.gateway.edge import read_body
 from sincere.serve.gateway.observed_load import LoadSummary
-from sincere.serve.protocol import ProtocolError, check_text
+from sincere.serve.protocol import ProtocolError, check_text, error_body
 from sincere.serve.security.credentials import redact_url
 from sincere.serve.security.policy import Refusal
 
@@ -64,8 +65,7 @@ class ControllerApi:
         async def guarded(request: web.Request) -> web.Response:
             grant = auth.admin(request.headers, request.remote or "")
             if isinstance(grant, Refusal):
-                headers = dict(grant.headers)
-                return web.json_response(grant.body(), status=grant.status, headers=headers)
+                return refusal_response(grant)
             response = await handler(request)
             if action is not None and response.status < 300:
                 target = request.match_info.get("name") or _target(response)
@@ -159,12 +159,12 @@ class ControllerApi:
         apply = _flag(body, "apply", True)
         confirm = _flag(body, "confirm", False)
         given = body.get("loads")
-        loads = None
-        if given is not None:
-            base = self.c.fleet()
-            models, tiers = {m for m, _ in base.models}, set(base.classes)
-            loads = [parse_load(x, i, models, tiers) for i, x in enumerate(_list(given))]
-        return await self.c.plan(apply, loads, confirm=confirm)
+        if given is None:
+            return await self.c.plan(apply, None, confirm=confirm)
+        base = self.c.fleet()
+        models, tiers = {m for m, _ in base.models}, set(base.classes)
+        loads = [parse_load(x, i, models, tiers) for i, x in enumerate(_list(given))]
+        return await self.c.plan(apply, loads, confirm=confirm, base=base)
 
     async def _guard(self, request: web.Request, action: Any) -> web.Response:
         """Run an admin action on the JSON body: 400 bad input, 409 conflict, 500 a bug."""
@@ -242,7 +242,7 @@ def _list(value: object) -> list[object]:
 def _error(
     status: int, message: str, *, code: str | None = None, extra: dict[str, Any] | None = None
 ) -> web.Response:
-    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    if status >= 500:
-        error["type"] = "server_error"
-    return web.json_response({"error": error, **(extra or {})}, status=status)
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return web.json_response(
+        {**error_body(message, type=kind, code=code), **(extra or {})}, status=status
+    )

@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from sincere.serve.binding import listen_error
+from sincere.serve.binding import bound_port, listen_error
 from sincere.serve.gateway.config import LimitsConfig
 from sincere.serve.protocol import ProtocolError
 
@@ -213,12 +213,12 @@ class EdgeSite(web.BaseSite):
         self._port = port
         self._limits = limits
         self._reuse_port = reuse_port
-        self.port = port  # the bound port once started (port 0: the OS's choice)
 
     @property
     def name(self) -> str:
         """The site's URL."""
-        return f"{'https' if self._tls else 'http'}://{self._host}:{self.port}"
+        port = bound_port(self._runner, self._port)  # the OS's choice once bound to port 0
+        return f"{'https' if self._tls else 'http'}://{self._host}:{port}"
 
     async def start(self) -> None:
         """Bind and listen; a failed bind raises :class:`ConfigError` (see :func:`listen_error`)."""
@@ -243,9 +243,6 @@ class EdgeSite(web.BaseSite):
             )
         except OSError as exc:
             raise listen_error(self._host, self._port, exc) from None
-        sockets = self._server.sockets
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
 
 
 class QuietServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]

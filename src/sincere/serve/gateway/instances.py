@@ -170,7 +170,6 @@ class InstanceState:
         self.name = backend.name
         self.breaker = breaker
         self.info = backend_info(backend.config)
-        self.max_in_flight = backend.config.max_in_flight
         self.num_in_flight = 0  # sent to the instance and not finished
         self.sample: LoadSample | None = None  # last reading of the engine's load
         self.emulated = emulated  # started by the controller (it may stop it)
@@ -184,10 +183,6 @@ class InstanceState:
         }
         # model -> (what the view showed: in flight, sample, healthy; the view)
         self._views: dict[str, tuple[tuple[int, LoadSample | None, bool], InstanceView]] = {}
-
-    def has_room(self) -> bool:
-        """Whether the gateway may send it one more request."""
-        return self.num_in_flight < self.max_in_flight and not self.removed
 
     def fresh_sample(self, now: float, max_age_s: float) -> LoadSample | None:
         """The last scrape if younger than ``max_age_s``; stale ones are ignored."""

@@ -63,7 +63,7 @@ from sincere.core.request import Request
 from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
-from sincere.serve.binding import Served
+from sincere.serve.binding import Served, bound_port
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
 from sincere.serve.gateway.billing import reserve_prices, settle
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
@@ -194,7 +194,7 @@ class Gateway(Served):
             await self._runner.cleanup()
             self._runner = None
             raise
-        self.port = site.port
+        self.port = bound_port(self._runner, self.config.port)
         self._tasks += [asyncio.create_task(loop) for loop in self.auth.start()]
         self._tasks.append(asyncio.create_task(self._drain_loop()))
         if self.config.scrape.enabled:

@@ -25,13 +25,12 @@ from typing import Any
 
 import aiohttp
 
-from sincere.serve.protocol import dumps, parse_body, parse_sse_data
+from sincere.serve.protocol import PATHS, Kind, dumps, parse_body, parse_sse_data
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
     USAGE_EVENT,
     Declared,
     FrameOpener,
-    Kind,
     PinnedKey,
     SealedRequest,
     frame_of_sse,
@@ -39,7 +38,6 @@ from sincere.serve.security.envelope import (
 )
 
 DEFAULT_MAX_TOKENS = 256
-_PATHS = {"completion": "/v1/completions", "chat": "/v1/chat/completions"}
 
 
 class ConfidentialError(Exception):
@@ -101,7 +99,7 @@ class ConfidentialClient:
     async def create(self, kind: Kind, body: dict[str, Any], **declare: Any) -> dict[str, Any]:
         """A non-streamed request; the engine's answer as a JSON object."""
         sealed = seal_for(self.pinned, kind, dict(body, stream=False), **declare)
-        url = self.base_url + _PATHS[kind]
+        url = self.base_url + PATHS[kind]
         async with self.session.post(url, data=sealed.body, headers=self._headers(sealed)) as resp:
             payload = await resp.read()
             answer = _open_answer(resp, payload, sealed.opener())
@@ -115,7 +113,7 @@ class ConfidentialClient:
         """A streamed request; yields each chunk (the engine's JSON) as it opens."""
         sealed = seal_for(self.pinned, kind, dict(body, stream=True), **declare)
         opener = sealed.opener()
-        url = self.base_url + _PATHS[kind]
+        url = self.base_url + PATHS[kind]
         async with self.session.post(url, data=sealed.body, headers=self._headers(sealed)) as resp:
             if resp.status != 200:
                 answer = _open_answer(resp, await resp.read(), opener)

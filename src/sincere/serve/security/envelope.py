@@ -38,7 +38,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKeyInterface, OpenError
 
 from sincere.core.errors import ConfigError
+from sincere.serve.protocol import Kind as Kind  # re-exported: envelope users name the kind
 from sincere.serve.protocol import ProtocolError
 
 SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.AES128_GCM)
@@ -74,7 +75,6 @@ SEALED_HEADERS = (
 )  # fmt: skip
 """The request headers a gateway forwards with a sealed body (besides Content-Type)."""
 
-Kind = Literal["completion", "chat"]
 MAX_DECLARED_TOKENS = 10_000_000
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sincere.core.errors import ConfigError
@@ -176,10 +176,7 @@ class KeyStore:
         if state.record.revoked_at is None:
             self.storage.revoke(key_id, now, actor)
             old = state.record
-            state.record = KeyRecord(
-                old.key_id, old.spec, old.salt, old.digest, old.created_at, old.created_by,
-                revoked_at=now, revoked_by=actor,
-            )  # fmt: skip
+            state.record = replace(old, revoked_at=now, revoked_by=actor)
             self.audit.record(now, actor, "key.revoke", key_id, {"name": old.name})
         return state.record
 

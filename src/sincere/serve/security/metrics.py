@@ -22,8 +22,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-OUTCOMES = ("allowed", "unauthenticated", "forbidden", "rate_limited", "budget_exhausted")
-
 GaugeSource = Callable[[], Mapping[str, tuple[float, float | None]]]
 """tenant -> (reserved USD, remaining budget USD or None when no key has a budget)."""
 

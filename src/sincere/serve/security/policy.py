@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sincere.serve.protocol import error_body
 from sincere.serve.security.keys import KeyRecord, Prices
 from sincere.serve.security.keystore import KeyStore, LimitRefusal, Reservation
 
@@ -72,8 +73,8 @@ class Refusal:
 
     def body(self) -> dict[str, Any]:
         """OpenAI's error object."""
-        error = {"message": self.message, "type": _ERROR_TYPES[self.status]}
-        return {"error": {**error, "param": self.param, "code": self.code}}
+        kind = _ERROR_TYPES[self.status]
+        return error_body(self.message, type=kind, param=self.param, code=self.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +195,11 @@ def authenticate(store: KeyStore, headers: Mapping[str, str], now: float) -> Key
     record = store.authenticate(token)
     if record is None:
         return _unauthorized("invalid_api_key", "invalid API key")
-    if record.revoked_at is not None:
+    state = record.state(now)
+    if state == "revoked":
         return _unauthorized("key_revoked", f"API key {record.key_id} was revoked")
     expires_at = record.spec.expires_at
-    if expires_at is not None and now >= expires_at:
+    if state == "expired" and expires_at is not None:  # expired: it has a date
         when = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds")
         return _unauthorized("key_expired", f"API key {record.key_id} expired at {when}")
     return record

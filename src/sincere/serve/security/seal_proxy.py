@@ -33,14 +33,21 @@ import aiohttp
 from aiohttp import web
 
 from sincere.serve.binding import Served, bound_port
-from sincere.serve.protocol import ProtocolError, dumps, error_body, loads, parse_request
+from sincere.serve.protocol import (
+    PATHS,
+    Kind,
+    ProtocolError,
+    dumps,
+    error_body,
+    loads,
+    parse_request,
+)
 from sincere.serve.security.credentials import Secret
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
     USAGE_HEADER,
     Declared,
     FrameSealer,
-    Kind,
     SealKeyPair,
     declared_from_headers,
     is_sealed,
@@ -79,8 +86,8 @@ class SealProxy(Served):
         if upstream_key is not None:
             self._upstream_headers["Authorization"] = f"Bearer {upstream_key.reveal()}"
         self.app = web.Application(client_max_size=MAX_SEALED_BYTES)
-        self.app.router.add_post("/v1/completions", self._completions)
-        self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_post(PATHS["completion"], self._completions)
+        self.app.router.add_post(PATHS["chat"], self._chat)
         self.app.router.add_get("/sincere/seal/key", self._key)
         for path in PASS_THROUGH:
             self.app.router.add_get(path, self._pass_through)
@@ -133,7 +140,7 @@ class SealProxy(Served):
             body, prompt_tokens = self._checked(plaintext, declared, kind)
         except ProtocolError as exc:
             return _sealed_body(exc.status, exc.to_bytes(), sealer)
-        path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        path = PATHS[kind]
         if declared.stream:
             return await self._relay_stream(request, path, body, sealer, prompt_tokens)
         return await self._relay_once(path, body, sealer)
