@@ -55,13 +55,14 @@ from sincere.bench.results import BenchResult
 from sincere.bench.runner import BenchOptions, run_bench_async
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
+from sincere.engine.instance import spec_max_num_seqs
 from sincere.engine.spec import ContinuousConfig
 from sincere.perf.base import StepTimeModel
 from sincere.policy.decision_log import DecisionLog, Mismatch, read_log, replay
 from sincere.policy.front_door import FrontDoor
 from sincere.sim.api import SimulationResult, simulate
 from sincere.sim.build import build_cluster
-from sincere.sim.config import SimulationConfig, load_config
+from sincere.sim.config import InstanceConfig, SimulationConfig, load_config
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -301,8 +302,7 @@ def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
     from sincere.serve.emulator.config import EmulatorConfig
 
     configs = []
-    expanded = [inst for inst in config.instances for _ in range(inst.count)]
-    for inst, name in zip(expanded, ids, strict=True):
+    for inst, name in zip(_expanded(config), ids, strict=True):
         if not isinstance(inst.engine, ContinuousConfig) or inst.model is None:
             raise ConfigError(
                 "only single-model continuous engines can be emulated",
@@ -326,21 +326,20 @@ def gateway_config(
     """
     from sincere.serve.gateway.config import parse_config
 
-    expanded = [inst for inst in config.instances for _ in range(inst.count)]
     backends = [
         {
             "name": name,
             "url": server.url,
             "models": [inst.model_names[0]],
             "max_in_flight": 1 << 20,
-            "max_num_seqs": _max_seqs(inst),
+            "max_num_seqs": spec_max_num_seqs(inst),
             "price_in_per_1m_usd": inst.price_in_per_mtok_usd,
             "price_out_per_1m_usd": inst.price_out_per_mtok_usd,
             "quality": inst.quality,
             "load_path": "/sincere/load",
             "deployment": _spec_fields(inst),
         }
-        for inst, server, name in zip(expanded, servers, names, strict=True)
+        for inst, server, name in zip(_expanded(config), servers, names, strict=True)
     ]
     tiers = {t.name: {"ttft_s": t.ttft_s, "ttlt_s": t.ttlt_s, "tbt_s": t.tbt_s,
                       "priority": t.priority} for t in requests.tiers}  # fmt: skip
@@ -368,9 +367,9 @@ def _spec_fields(inst: Any) -> dict[str, Any]:
     return fields
 
 
-def _max_seqs(inst: Any) -> int:
-    engine = inst.engine
-    return int(engine.max_num_seqs) if isinstance(engine, ContinuousConfig) else 256
+def _expanded(config: SimulationConfig) -> list[InstanceConfig]:
+    """The config's instances, each repeated ``count`` times (one per simulated instance)."""
+    return [inst for inst in config.instances for _ in range(inst.count)]
 
 
 async def live_run(

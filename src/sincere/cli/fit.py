@@ -32,7 +32,6 @@ from rich.table import Table
 from sincere.cli.app import VerbGroup, app
 from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
-from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from sincere.fit.gpu_profiles import GpuProfileFit
@@ -116,14 +115,15 @@ def fit_profile_command(
     """Fit a step-time model to a profile and report its goodness of fit."""
     from sincere.fit.models import FITTERS, FitContext
     from sincere.fit.output import fit_profile, params_document, profile_deployment, write_params
+    from sincere.profile.csvio import read_profile_csv
 
-    if model not in FITTERS.names():
-        raise ConfigError("unknown model to fit", value=model, allowed=FITTERS.names())
+    FITTERS.get(model)  # an unknown name stops here, before the profile is read
+    rows = read_profile_csv(profile)
     dep = profile_deployment(
-        profile, arch=arch, accelerator=accelerator, precision=precision, tp=tp, pp=pp
+        profile, arch=arch, accelerator=accelerator, precision=precision, tp=tp, pp=pp, rows=rows
     )
     ctx = FitContext(dep, _bins(bins), max_batch_size)
-    result, quality, _ = fit_profile(profile, model, ctx)
+    result, quality, _ = fit_profile(profile, model, ctx, rows)
     document = params_document(result, quality, profile, ctx)
     write_params(document, out)
     if as_json:

@@ -9,7 +9,6 @@ docs/validation.md). Prints the error table.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,7 +21,7 @@ from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
 
 if TYPE_CHECKING:
-    from sincere.experiment.validation_report import ErrorStat
+    from sincere.experiment.report import Grid
 
 validate_app = typer.Typer(
     cls=VerbGroup,
@@ -33,19 +32,12 @@ app.add_typer(validate_app, name="validate")
 console = Console()
 
 
-def _table(stats: list[ErrorStat], title: str) -> Table:
+def _table(grid: Grid, title: str) -> Table:
     table = Table(title=title)
-    for col in ("metric", "error", "median", "p90", "target", "met"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for s in stats:
-        table.add_row(
-            s.metric,
-            s.unit,
-            "–" if s.median is None else f"{s.median:.1f}",
-            "–" if s.p90 is None else f"{s.p90:.1f}",
-            "" if s.target is None else f"≤ {s.target:g}",
-            {True: "yes", False: "no", None: ""}[s.meets],
-        )
+    for i, col in enumerate(grid.headers):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in grid.rows:
+        table.add_row(*row)
     return table
 
 
@@ -73,7 +65,7 @@ def sincere_runs_command(
 ) -> None:
     """Replay each cell's real arrivals and compare the simulated run with the real one."""
     from sincere.experiment.validation import replay_model, validate_runs
-    from sincere.experiment.validation_report import ErrorStat, write_validation
+    from sincere.experiment.validation_report import summary_grid, write_validation
 
     setup = replay_model(model, calibration)
     with count_bar(console) as bar:
@@ -89,8 +81,5 @@ def sincere_runs_command(
     if as_json:
         typer.echo(files.summary.read_text(encoding="utf-8"))
         return
-    stats = json.loads(files.summary.read_text(encoding="utf-8"))["errors"]
-    rows = [ErrorStat(m, v["unit"], v["median"], v["p90"], len(results), v["target"])
-            for m, v in stats.items()]  # fmt: skip
-    print_table(_table(rows, f"{len(results)} cells, {label} model"))
+    print_table(_table(summary_grid(files.stats), f"{len(results)} cells, {label} model"))
     console.print(f"wrote {files.csv}, {files.markdown} and {files.html}")

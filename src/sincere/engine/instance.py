@@ -55,6 +55,13 @@ class InstanceInfo:
         return self.num_gpus * self.gpu_price_per_hour_usd
 
 
+def spec_max_num_seqs(spec: DeploymentSpec) -> int:
+    """The batch limit of an instance deployed as ``spec`` (its continuous engine's
+    ``max_num_seqs``; :data:`DEFAULT_MAX_NUM_SEQS` for an engine that sets none)."""
+    engine = spec.engine
+    return engine.max_num_seqs if isinstance(engine, ContinuousConfig) else DEFAULT_MAX_NUM_SEQS
+
+
 def spec_info(
     spec: DeploymentSpec,
     ident: InstanceId,
@@ -67,8 +74,6 @@ def spec_info(
     max_in_flight: int | None = None,
 ) -> InstanceInfo:
     """The facts of an instance deployed as ``spec`` (prices per 1M tokens, in USD)."""
-    engine = spec.engine
-    max_seqs = engine.max_num_seqs if isinstance(engine, ContinuousConfig) else None
     return InstanceInfo(
         id=ident,
         models=tuple(canonical_model(m) for m in spec.model_names),
@@ -76,7 +81,7 @@ def spec_info(
         precision=spec.precision,
         num_gpus=deployment.num_gpus,
         gpu_price_per_hour_usd=deployment.accelerator.price_per_hour_usd,
-        max_num_seqs=DEFAULT_MAX_NUM_SEQS if max_seqs is None else max_seqs,
+        max_num_seqs=spec_max_num_seqs(spec),
         max_in_flight=max_in_flight,
         price_in_per_token_usd=price_in_per_mtok_usd / 1e6,
         price_out_per_token_usd=price_out_per_mtok_usd / 1e6,

@@ -200,6 +200,7 @@ class ValidationFiles:
     markdown: Path
     html: Path
     figures: list[Path]
+    stats: list[ErrorStat]  # the error table summary.json holds
 
 
 def write_validation(
@@ -236,7 +237,7 @@ def write_validation(
     md.write_text(to_markdown(blocks, out), encoding="utf-8")
     page = out / "report.html"
     page.write_text(to_html(blocks, "Validation against SINCERE's runs"), encoding="utf-8")
-    return ValidationFiles(table, summary, md, page, drawn)
+    return ValidationFiles(table, summary, md, page, drawn, stats)
 
 
 def _blocks(

@@ -48,16 +48,18 @@ def profile_deployment(
     tp: int = 1,
     pp: int = 1,
     catalog: Catalog | None = None,
+    rows: list[dict[str, Any]] | None = None,
 ) -> Deployment:
     """The deployment a profile was taken on; ``None`` arguments come from the profile.
 
     The model is the ``model`` column (a catalog name or alias, as ``sincere profile``
     writes it); the accelerator is the ``device`` column of a ``profile local`` CSV
     (``cpu``; a GPU device is not named there, nor in an ``http`` profile, so it must
-    be given); the precision is the ``dtype`` column, else bf16.
+    be given); the precision is the ``dtype`` column, else bf16. ``rows``: the profile's
+    rows when the caller has read them already (else they are read from ``path``).
     """
     catalog = catalog or default_catalog()
-    rows = read_profile_csv(path)
+    rows = read_profile_csv(path) if rows is None else rows
     profile_kind(rows, path)  # a file that is no profile says so before naming columns
     arch = arch or _column_value(rows, "model", path)
     if arch is None:
@@ -86,10 +88,11 @@ def profile_deployment(
 
 
 def fit_profile(
-    path: str | Path, kind: str, ctx: FitContext
+    path: str | Path, kind: str, ctx: FitContext, rows: list[dict[str, Any]] | None = None
 ) -> tuple[FitResult, FitQuality, list[Sample]]:
-    """Read the profile at ``path``, fit ``kind`` and evaluate it on the same samples."""
-    samples = samples_from_rows(read_profile_csv(path), path)
+    """Read the profile at ``path`` (unless its ``rows`` are given), fit ``kind`` and
+    evaluate it on the same samples."""
+    samples = samples_from_rows(read_profile_csv(path) if rows is None else rows, path)
     result = fit(kind, samples, ctx)
     return result, evaluate(result, samples, ctx.deployment), samples
 

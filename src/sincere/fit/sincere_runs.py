@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
+from sincere.engine.request_level import SINCERE_POLL_PERIOD_S
 from sincere.fit.output import write_params
 from sincere.perf.sincere_runs import (
     CALIBRATION_KIND,
@@ -42,15 +43,17 @@ from sincere.perf.sincere_runs import (
 )
 from sincere.perf.table import sincere_profile
 from sincere.policy.batching import closest_size
+from sincere.policy.batching.base import SelectBatchParams, swap_budget_s
 from sincere.workload.sincere_runs import CellLog, RunCell, read_cell, read_cells, select_cells
 
 FloatArray = npt.NDArray[np.float64]
 
 MAX_AFTER_GAP_S = 0.5  # a gap after a batch longer than this is waiting, not work
-SELECT_WINDOW = 100  # SelectBatch's inter-arrival window (SINCERE's)
-SELECT_SIZES = (8, 16, 32, 64)  # SelectBatch's candidate sizes (SINCERE's)
-EST_BATCH_TIME_S = 8.0  # SINCERE's hand-set batch estimate in T_adj
-POLL_PERIOD_S = 0.1
+_SELECT = SelectBatchParams.model_fields
+SELECT_WINDOW: int = _SELECT["select_window"].default  # SelectBatch's window (SINCERE's)
+SELECT_SIZES: tuple[int, ...] = _SELECT["select_sizes"].default  # its candidate sizes
+EST_BATCH_TIME_S: float = _SELECT["est_batch_time_s"].default  # SINCERE's hand-set estimate
+POLL_PERIOD_S = SINCERE_POLL_PERIOD_S
 POLL_SOURCE = (
     "SINCERE's scheduler code sleeps 0.1 s between passes of its timer thread; not "
     "identifiable from the logs"
@@ -147,8 +150,7 @@ def _env_document(s: _Samples) -> dict[str, Any]:
 
 def _t_adj(model: str, profile: str) -> float:
     p = sincere_profile(model, cc=profile == "cc")
-    load, unload = p.load_time(), p.unload_time()
-    return load.mean_s + load.std_s + unload.mean_s + unload.std_s + EST_BATCH_TIME_S
+    return swap_budget_s(p.load_time(), p.unload_time(), EST_BATCH_TIME_S)
 
 
 def _select_evidence(logs: Sequence[CellLog]) -> dict[str, dict[str, float]]:

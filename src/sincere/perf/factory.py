@@ -36,11 +36,11 @@ from sincere.core.errors import ConfigError
 from sincere.core.params import Params
 from sincere.core.registry import Needs, Registry
 from sincere.perf.base import Deployment, StepTimeModel, SwapTime
-from sincere.perf.calibration import roofline_defaults
+from sincere.perf.calibration import default_roofline_params
 from sincere.perf.cc import CCParams, Confidential
 from sincere.perf.linear import NUM_BINNED_COEFFS, BinnedLinear, InfernoChunked, InfernoLinear
 from sincere.perf.profiled import ProfiledStep, profiles_for
-from sincere.perf.roofline import Roofline, RooflineParams
+from sincere.perf.roofline import Roofline
 from sincere.perf.table import IterationTable, sincere_profile
 
 D = TypeVar("D")
@@ -225,9 +225,9 @@ class RooflineStepParams(Params):
 
 
 def _build_roofline(params: RooflineStepParams, dep: Deployment, cc: bool) -> StepTimeModel:
-    given = params.model_dump(exclude_none=True)
-    merged = {**roofline_defaults(dep.accelerator).params, **given}
-    return Roofline(dep, dataclass_from(RooflineParams, merged, "roofline params"))
+    return Roofline(
+        dep, default_roofline_params(dep.accelerator, params.model_dump(exclude_none=True))
+    )
 
 
 class ProfiledStepParams(SwapTimesParams):

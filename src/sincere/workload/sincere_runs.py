@@ -138,17 +138,10 @@ class CellLog:
         output_tokens: int = SINCERE_OUTPUT_TOKENS,
     ) -> RequestArrays:
         """The cell's arrivals and models as a workload, tier = the cell's SLA."""
-        n = len(self.arrival_s)
-        out = np.full(n, output_tokens, dtype=np.int64)
-        return RequestArrays.build(
-            self.arrival_s,
-            np.full(n, prompt_tokens, dtype=np.int64),
-            out,
-            models=self.models,
-            model=self.request_model,
-            tiers=sincere_sla(self.cell.sla_s),
-            max_tokens=out.copy(),
-        )
+        return _fixed_length_requests(
+            self.arrival_s, self.models, self.request_model, sincere_sla(self.cell.sla_s),
+            prompt_tokens, output_tokens,
+        )  # fmt: skip
 
 
 def read_cells(root: str | Path) -> list[RunCell]:
@@ -329,26 +322,42 @@ def read_sincere_runs(
     Times start at the cell's first request. The tier is the cell's SLA when the
     folder's parent holds a ``cells.csv`` row for it, else the default tier.
     """
-    if prompt_tokens < 1 or output_tokens < 1:
-        raise ConfigError(
-            "prompt_tokens and output_tokens must be >= 1", value=(prompt_tokens, output_tokens)
-        )
+    _check_lengths(prompt_tokens, output_tokens)  # before the file is read
     file = path / "requests.csv" if path.is_dir() else path
     names: dict[str, int] = {}
     arrival, model, _ = _read_requests(file, names)
     models, remap = _by_first_arrival(names, model)
     tiers = _cell_tiers(file.parent)
-    n = len(arrival)
+    return _fixed_length_requests(
+        arrival - (arrival[0] if len(arrival) else 0.0), models or ("default",), remap[model],
+        tiers or (DEFAULT_TIER,), prompt_tokens, output_tokens,
+    )  # fmt: skip
+
+
+def _check_lengths(prompt_tokens: int, output_tokens: int) -> None:
+    if prompt_tokens < 1 or output_tokens < 1:
+        raise ConfigError(
+            "prompt_tokens and output_tokens must be >= 1", value=(prompt_tokens, output_tokens)
+        )
+
+
+def _fixed_length_requests(
+    arrival_s: npt.NDArray[np.float64],
+    models: Sequence[ModelName],
+    model: npt.NDArray[np.int64],
+    tiers: Sequence[Tier],
+    prompt_tokens: int,
+    output_tokens: int,
+) -> RequestArrays:
+    """Requests arriving at ``arrival_s`` (model and tier indices as given), each with
+    ``prompt_tokens`` in and ``output_tokens`` out (also its cap); both must be >= 1."""
+    _check_lengths(prompt_tokens, output_tokens)
+    n = len(arrival_s)
     out = np.full(n, output_tokens, dtype=np.int64)
     return RequestArrays.build(
-        arrival - (arrival[0] if n else 0.0),
-        np.full(n, prompt_tokens, dtype=np.int64),
-        out,
-        models=models or ("default",),
-        model=remap[model],
-        tiers=tiers or (DEFAULT_TIER,),
-        max_tokens=out.copy(),
-    )
+        arrival_s, np.full(n, prompt_tokens, dtype=np.int64), out,
+        models=models, model=model, tiers=tiers, max_tokens=out.copy(),
+    )  # fmt: skip
 
 
 def _cell_tiers(folder: Path) -> tuple[Tier, ...]:

@@ -242,8 +242,12 @@ class BestBatchTable:
 
 
 def timer_adjust_s(queue: ModelQueueView, est_batch_time_s: Seconds) -> Seconds:
+    """T_adj of ``queue``'s model (see :func:`swap_budget_s`)."""
+    return swap_budget_s(queue.load, queue.unload, est_batch_time_s)
+
+
+def swap_budget_s(load: SwapTime, unload: SwapTime, est_batch_time_s: Seconds) -> Seconds:
     """T_adj = (load mean + std) + (unload mean + std) + estimated batch time."""
-    load, unload = queue.load, queue.unload
     return load.mean_s + load.std_s + unload.mean_s + unload.std_s + est_batch_time_s
 
 
