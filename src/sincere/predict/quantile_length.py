@@ -102,6 +102,28 @@ def hashed_features(
     return out
 
 
+def feature_row(
+    prompt_tokens: int,
+    model: str,
+    tier: str,
+    prompt: str | None,
+    hash_bits: int,
+    log_mean: float,
+    log_std: float,
+) -> dict[int, float]:
+    """All features of one request: the hashed slots, then the standardised log prompt
+    tokens, its square and the bias in slots ``2 ** hash_bits`` to ``2 ** hash_bits + 2``.
+
+    The one place that builds a row, for training (:func:`design`) and serving
+    (:meth:`QuantileLength.quantiles`) alike.
+    """
+    row = hashed_features(prompt_tokens, model, tier, prompt, hash_bits)
+    width = 1 << hash_bits
+    z = (math.log(prompt_tokens) - log_mean) / log_std
+    row[width], row[width + 1], row[width + 2] = z, z * z, 1.0
+    return row
+
+
 @dataclass(frozen=True)
 class LengthParams:
     """Hyper-parameters of the quantile length model and its training."""
@@ -138,9 +160,9 @@ def design(data: Lengths, hash_bits: int, log_mean: float, log_std: float) -> An
     values: list[float] = []
     for k in range(len(data)):
         p = int(data.prompt_tokens[k])
-        row = hashed_features(p, data.model[k], data.tier[k], data.prompt[k], hash_bits)
-        z = (math.log(p) - log_mean) / log_std
-        row[width], row[width + 1], row[width + 2] = z, z * z, 1.0
+        row = feature_row(
+            p, data.model[k], data.tier[k], data.prompt[k], hash_bits, log_mean, log_std
+        )
         indices.extend(row.keys())
         values.extend(row.values())
         indptr.append(len(indices))
@@ -205,13 +227,15 @@ class QuantileLength:
 
     def quantiles(self, request: Request) -> tuple[float, ...]:
         """Output-token quantiles of ``request`` at :data:`LEVELS`, uncapped."""
-        tier = request.tier.name
-        row = hashed_features(
-            request.prompt_tokens, request.model, tier, request.prompt, self.hash_bits
+        row = feature_row(
+            request.prompt_tokens,
+            request.model,
+            request.tier.name,
+            request.prompt,
+            self.hash_bits,
+            self.log_mean,
+            self.log_std,
         )
-        width = 1 << self.hash_bits
-        z = (math.log(request.prompt_tokens) - self.log_mean) / self.log_std
-        row[width], row[width + 1], row[width + 2] = z, z * z, 1.0
         slots = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
         values = np.fromiter(row.values(), dtype=np.float64, count=len(row))
         q = values @ self.weights[slots]
