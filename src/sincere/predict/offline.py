@@ -155,10 +155,10 @@ def evaluate_model(
     """
     if not 0.0 <= warmup < 1.0:
         raise ConfigError("warmup must be in [0, 1)", value=warmup)
-    header, _ = read_model(model)
+    header, data = read_model(model)
     if header.kind == MODEL_KINDS["length"]:
-        return _evaluate_length(QuantileLength.load(model), records, warmup)
-    lstm = LstmLatency.load(model)
+        return _evaluate_length(QuantileLength.from_read(model, header, data), records, warmup)
+    lstm = LstmLatency.from_read(model, header, data)
     runs = [read_served(r) for r in records]
     predictors: dict[str, Callable[[], LatencyPredictor]] = {
         "recent-window (EWMA)": RecentWindow,

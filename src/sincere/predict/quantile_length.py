@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request
-from sincere.predict.saved import ModelHeader, load_model, save_model
+from sincere.predict.saved import Arrays, ModelHeader, check_model, read_model, save_model
 
 if TYPE_CHECKING:  # the records module reads Parquet: imported by its users only
     from sincere.predict.records import Lengths
@@ -206,7 +206,13 @@ class QuantileLength:
     @classmethod
     def load(cls, path: str | Path) -> QuantileLength:
         """The model in ``path`` (a ``length-quantile`` file from ``sincere predict train``)."""
-        header, data = read_length_file(path)
+        header, data = read_model(path)
+        return cls.from_read(path, header, data)
+
+    @classmethod
+    def from_read(cls, path: str | Path, header: ModelHeader, data: Arrays) -> QuantileLength:
+        """The model of a file already read with ``read_model``, checked as :meth:`load` does."""
+        check_length_file(path, header, data)
         bits = int(header.schema["hash_bits"])
         return cls(data["weights"], bits, float(data["log_mean"][0]), float(data["log_std"][0]))
 
@@ -252,14 +258,11 @@ class QuantileLength:
         """Nothing: the model is trained offline (retrain from new records)."""
 
 
-def read_length_file(path: str | Path) -> tuple[ModelHeader, dict[str, FloatArray]]:
-    """A ``length-quantile`` file, checked against this code's schema."""
-    from sincere.predict.saved import read_model
-
-    header, _ = read_model(path)
+def check_length_file(path: str | Path, header: ModelHeader, data: Arrays) -> None:
+    """Check a read ``length-quantile`` file against this code's schema (``path`` names it)."""
     bits = header.schema.get("hash_bits")
     expected = schema(int(bits) if isinstance(bits, int) else 14)
-    return load_model(path, KIND, expected, ("weights", "log_mean", "log_std"))
+    check_model(path, header, data, KIND, expected, ("weights", "log_mean", "log_std"))
 
 
 def _fit(x: Any, y: FloatArray, p: LengthParams, progress: EpochProgress | None) -> FloatArray:

@@ -117,6 +117,22 @@ def load_model(
     missing array.
     """
     header, data = read_model(path)
+    check_model(path, header, data, kind, schema, arrays)
+    return header, data
+
+
+def check_model(
+    path: str | Path,
+    header: ModelHeader,
+    data: Arrays,
+    kind: str,
+    schema: dict[str, Any],
+    arrays: tuple[str, ...],
+) -> None:
+    """The checks of :func:`load_model` on a file already read with :func:`read_model`.
+
+    ``path`` only names the file in the errors; nothing is read again.
+    """
     if header.kind != kind:
         raise ConfigError(
             f"model file holds a {header.kind!r} model, not a {kind!r} one", where=path
@@ -138,4 +154,3 @@ def load_model(
     missing = [name for name in arrays if name not in data]
     if missing:
         raise DataError(f"model file lacks arrays {missing}", path=path)
-    return header, data
