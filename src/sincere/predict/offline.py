@@ -31,12 +31,10 @@ from sincere.predict.latency import LatencyPredictor, LinearLatency, RecentWindo
 from sincere.predict.lstm import LstmLatency
 from sincere.predict.quantile_length import LengthParams, QuantileLength
 from sincere.predict.records import Lengths, read_lengths, read_lengths_of, read_served
-from sincere.predict.saved import read_model
+from sincere.predict.saved import EpochProgress, read_model
 
 MODEL_KINDS: dict[str, str] = {"latency": "latency-lstm", "length": "length-quantile"}
 """``sincere predict train KIND`` -> the model file's kind."""
-
-EpochProgress = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import math
 import re
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,14 +40,19 @@ import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request
-from sincere.predict.saved import Arrays, ModelHeader, check_model, read_model, save_model
+from sincere.predict.saved import (
+    Arrays,
+    EpochProgress,
+    ModelHeader,
+    check_model,
+    read_model,
+    save_model,
+)
 
 if TYPE_CHECKING:  # the records module reads Parquet: imported by its users only
     from sincere.predict.records import Lengths
 
 FloatArray = npt.NDArray[np.float64]
-EpochProgress = Callable[[int, int, float], None]
-"""``progress(epoch, epochs, training pinball loss)``."""
 
 KIND = "length-quantile"
 LEVELS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ KINDS: tuple[str, ...] = ("latency-lstm", "length-quantile")
 """Kinds of model file."""
 
 Arrays = dict[str, npt.NDArray[np.float64]]
+
+EpochProgress = Callable[[int, int, float], None]
+"""``progress(epoch, epochs, loss)`` after each epoch of a trainer that writes these files:
+the LSTM latency trainer reports its held-out loss, the quantile length trainer its
+training pinball loss."""
 
 
 @dataclass(frozen=True)
