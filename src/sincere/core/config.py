@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sincere.core.errors import ConfigError
 from sincere.core.params import Problem, format_loc
-from sincere.core.params import short_repr as _short
 from sincere.core.request import Tier
 
 M = TypeVar("M", bound=BaseModel)
@@ -82,14 +81,12 @@ def validation_lines(
     lines = []
     for loc, err in _useful_errors(exc):
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        line = f"{format_loc(loc, prefix)}: {msg}"
+        parts: dict[str, Any] = {}
         if err.get("type") not in ("missing", "value_error"):
-            line += f"; got {_short(err.get('input'))}"
+            parts["value"] = err.get("input")
         if err.get("type") == "extra_forbidden":
-            allowed = _fields_at(model, loc)
-            if allowed:
-                line += f"; allowed: {', '.join(allowed)}"
-        lines.append(line)
+            parts["allowed"] = ", ".join(_fields_at(model, loc) or ())
+        lines.append(Problem(format_loc(loc, prefix), msg, **parts).line())
     return lines
 
 

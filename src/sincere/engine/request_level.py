@@ -62,6 +62,7 @@ from sincere.policy.batching import (
     Idle,
     ModelQueueView,
     RunBatch,
+    SelectHorizon,
     WaitUntil,
     make_strategy,
     parse_strategy_name,
@@ -577,7 +578,7 @@ class RequestLevelConfig(ComposedParams):
     strategy: str = "best-batch+timer"  # "+"-joined rules, see valid_strategy_names()
     sla_s: Seconds = Field(60.0, gt=0, description="end-to-end latency bound, s")
     # widened to allow null: the engine resolves it (planning()) before the strategy sees it
-    select_horizon: Literal["sla-slack", "swap-and-batch"] | None = Field(  # type: ignore[assignment]
+    select_horizon: SelectHorizon | None = Field(  # type: ignore[assignment]
         None, description="SelectBatch's span; null: as the step model's calibration says"
     )
     max_resident_models: int = Field(1, ge=1)  # models the device holds at once

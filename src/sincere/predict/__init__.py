@@ -74,6 +74,7 @@ __all__ = [
     "RecentWindowParams",
     "RouteContext",
     "TrainedModelParams",
+    "check_model",
     "default_latency_predictor",
     "default_length_predictor",
     "distribution_slo_probability",
@@ -93,6 +94,7 @@ _LAZY = {
     "LstmLatency": "sincere.predict.lstm",
     "QuantileLength": "sincere.predict.quantile_length",
     "ModelHeader": "sincere.predict.saved",
+    "check_model": "sincere.predict.saved",
     "load_model": "sincere.predict.saved",
     "read_model": "sincere.predict.saved",
     "save_model": "sincere.predict.saved",
@@ -101,7 +103,13 @@ _LAZY = {
 if TYPE_CHECKING:
     from sincere.predict.lstm import LstmLatency
     from sincere.predict.quantile_length import QuantileLength
-    from sincere.predict.saved import ModelHeader, load_model, read_model, save_model
+    from sincere.predict.saved import (
+        ModelHeader,
+        check_model,
+        load_model,
+        read_model,
+        save_model,
+    )
 
 
 def __getattr__(name: str) -> Any:

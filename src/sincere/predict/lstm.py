@@ -50,7 +50,7 @@ from sincere.predict.latency import (
     RouteContext,
     time_per_output_token,
 )
-from sincere.predict.saved import ModelHeader, load_model, save_model
+from sincere.predict.saved import Arrays, ModelHeader, check_model, read_model, save_model
 from sincere.predict.slo import LatencyDistribution
 
 FloatArray = npt.NDArray[np.float64]
@@ -243,7 +243,20 @@ class LstmLatency:
         cls, path: str | Path, min_history: int = 1, refresh_on_observe: bool = False
     ) -> LstmLatency:
         """The model in ``path`` (a ``latency-lstm`` file from ``sincere predict train``)."""
-        header, data = load_model(path, KIND, SCHEMA, ARRAYS)
+        header, data = read_model(path)
+        return cls.from_read(path, header, data, min_history, refresh_on_observe)
+
+    @classmethod
+    def from_read(
+        cls,
+        path: str | Path,
+        header: ModelHeader,
+        data: Arrays,
+        min_history: int = 1,
+        refresh_on_observe: bool = False,
+    ) -> LstmLatency:
+        """The model of a file already read with ``read_model``, checked as :meth:`load` does."""
+        check_model(path, header, data, KIND, SCHEMA, ARRAYS)
         weights = LstmWeights(**{name: data[name] for name in ARRAYS})
         return cls(weights, int(header.params["history"]), min_history, refresh_on_observe)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +37,9 @@ from sincere.predict.lstm import (
     standardise_entries,
 )
 from sincere.predict.records import Served
+from sincere.predict.saved import EpochProgress
 
 FloatArray = npt.NDArray[np.float64]
-EpochProgress = Callable[[int, int, float], None]
-"""``progress(epoch, max_epochs, held-out loss)`` after each epoch."""
 
 
 @dataclass(frozen=True)

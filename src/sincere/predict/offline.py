@@ -31,12 +31,10 @@ from sincere.predict.latency import LatencyPredictor, LinearLatency, RecentWindo
 from sincere.predict.lstm import LstmLatency
 from sincere.predict.quantile_length import LengthParams, QuantileLength
 from sincere.predict.records import Lengths, read_lengths, read_lengths_of, read_served
-from sincere.predict.saved import read_model
+from sincere.predict.saved import EpochProgress, read_model
 
 MODEL_KINDS: dict[str, str] = {"latency": "latency-lstm", "length": "length-quantile"}
 """``sincere predict train KIND`` -> the model file's kind."""
-
-EpochProgress = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -155,10 +153,10 @@ def evaluate_model(
     """
     if not 0.0 <= warmup < 1.0:
         raise ConfigError("warmup must be in [0, 1)", value=warmup)
-    header, _ = read_model(model)
+    header, data = read_model(model)
     if header.kind == MODEL_KINDS["length"]:
-        return _evaluate_length(QuantileLength.load(model), records, warmup)
-    lstm = LstmLatency.load(model)
+        return _evaluate_length(QuantileLength.from_read(model, header, data), records, warmup)
+    lstm = LstmLatency.from_read(model, header, data)
     runs = [read_served(r) for r in records]
     predictors: dict[str, Callable[[], LatencyPredictor]] = {
         "recent-window (EWMA)": RecentWindow,

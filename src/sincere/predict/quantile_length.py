@@ -30,7 +30,7 @@ import math
 import re
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,14 +40,19 @@ import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request
-from sincere.predict.saved import ModelHeader, load_model, save_model
+from sincere.predict.saved import (
+    Arrays,
+    EpochProgress,
+    ModelHeader,
+    check_model,
+    read_model,
+    save_model,
+)
 
 if TYPE_CHECKING:  # the records module reads Parquet: imported by its users only
     from sincere.predict.records import Lengths
 
 FloatArray = npt.NDArray[np.float64]
-EpochProgress = Callable[[int, int, float], None]
-"""``progress(epoch, epochs, training pinball loss)``."""
 
 KIND = "length-quantile"
 LEVELS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -102,6 +107,28 @@ def hashed_features(
     return out
 
 
+def feature_row(
+    prompt_tokens: int,
+    model: str,
+    tier: str,
+    prompt: str | None,
+    hash_bits: int,
+    log_mean: float,
+    log_std: float,
+) -> dict[int, float]:
+    """All features of one request: the hashed slots, then the standardised log prompt
+    tokens, its square and the bias in slots ``2 ** hash_bits`` to ``2 ** hash_bits + 2``.
+
+    The one place that builds a row, for training (:func:`design`) and serving
+    (:meth:`QuantileLength.quantiles`) alike.
+    """
+    row = hashed_features(prompt_tokens, model, tier, prompt, hash_bits)
+    width = 1 << hash_bits
+    z = (math.log(prompt_tokens) - log_mean) / log_std
+    row[width], row[width + 1], row[width + 2] = z, z * z, 1.0
+    return row
+
+
 @dataclass(frozen=True)
 class LengthParams:
     """Hyper-parameters of the quantile length model and its training."""
@@ -138,9 +165,9 @@ def design(data: Lengths, hash_bits: int, log_mean: float, log_std: float) -> An
     values: list[float] = []
     for k in range(len(data)):
         p = int(data.prompt_tokens[k])
-        row = hashed_features(p, data.model[k], data.tier[k], data.prompt[k], hash_bits)
-        z = (math.log(p) - log_mean) / log_std
-        row[width], row[width + 1], row[width + 2] = z, z * z, 1.0
+        row = feature_row(
+            p, data.model[k], data.tier[k], data.prompt[k], hash_bits, log_mean, log_std
+        )
         indices.extend(row.keys())
         values.extend(row.values())
         indptr.append(len(indices))
@@ -184,7 +211,13 @@ class QuantileLength:
     @classmethod
     def load(cls, path: str | Path) -> QuantileLength:
         """The model in ``path`` (a ``length-quantile`` file from ``sincere predict train``)."""
-        header, data = read_length_file(path)
+        header, data = read_model(path)
+        return cls.from_read(path, header, data)
+
+    @classmethod
+    def from_read(cls, path: str | Path, header: ModelHeader, data: Arrays) -> QuantileLength:
+        """The model of a file already read with ``read_model``, checked as :meth:`load` does."""
+        check_length_file(path, header, data)
         bits = int(header.schema["hash_bits"])
         return cls(data["weights"], bits, float(data["log_mean"][0]), float(data["log_std"][0]))
 
@@ -205,13 +238,15 @@ class QuantileLength:
 
     def quantiles(self, request: Request) -> tuple[float, ...]:
         """Output-token quantiles of ``request`` at :data:`LEVELS`, uncapped."""
-        tier = request.tier.name
-        row = hashed_features(
-            request.prompt_tokens, request.model, tier, request.prompt, self.hash_bits
+        row = feature_row(
+            request.prompt_tokens,
+            request.model,
+            request.tier.name,
+            request.prompt,
+            self.hash_bits,
+            self.log_mean,
+            self.log_std,
         )
-        width = 1 << self.hash_bits
-        z = (math.log(request.prompt_tokens) - self.log_mean) / self.log_std
-        row[width], row[width + 1], row[width + 2] = z, z * z, 1.0
         slots = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
         values = np.fromiter(row.values(), dtype=np.float64, count=len(row))
         q = values @ self.weights[slots]
@@ -228,14 +263,11 @@ class QuantileLength:
         """Nothing: the model is trained offline (retrain from new records)."""
 
 
-def read_length_file(path: str | Path) -> tuple[ModelHeader, dict[str, FloatArray]]:
-    """A ``length-quantile`` file, checked against this code's schema."""
-    from sincere.predict.saved import read_model
-
-    header, _ = read_model(path)
+def check_length_file(path: str | Path, header: ModelHeader, data: Arrays) -> None:
+    """Check a read ``length-quantile`` file against this code's schema (``path`` names it)."""
     bits = header.schema.get("hash_bits")
     expected = schema(int(bits) if isinstance(bits, int) else 14)
-    return load_model(path, KIND, expected, ("weights", "log_mean", "log_std"))
+    check_model(path, header, data, KIND, expected, ("weights", "log_mean", "log_std"))
 
 
 def _fit(x: Any, y: FloatArray, p: LengthParams, progress: EpochProgress | None) -> FloatArray:

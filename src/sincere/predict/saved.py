@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ KINDS: tuple[str, ...] = ("latency-lstm", "length-quantile")
 """Kinds of model file."""
 
 Arrays = dict[str, npt.NDArray[np.float64]]
+
+EpochProgress = Callable[[int, int, float], None]
+"""``progress(epoch, epochs, loss)`` after each epoch of a trainer that writes these files:
+the LSTM latency trainer reports its held-out loss, the quantile length trainer its
+training pinball loss."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,22 @@ def load_model(
     missing array.
     """
     header, data = read_model(path)
+    check_model(path, header, data, kind, schema, arrays)
+    return header, data
+
+
+def check_model(
+    path: str | Path,
+    header: ModelHeader,
+    data: Arrays,
+    kind: str,
+    schema: dict[str, Any],
+    arrays: tuple[str, ...],
+) -> None:
+    """The checks of :func:`load_model` on a file already read with :func:`read_model`.
+
+    ``path`` only names the file in the errors; nothing is read again.
+    """
     if header.kind != kind:
         raise ConfigError(
             f"model file holds a {header.kind!r} model, not a {kind!r} one", where=path
@@ -138,4 +160,3 @@ def load_model(
     missing = [name for name in arrays if name not in data]
     if missing:
         raise DataError(f"model file lacks arrays {missing}", path=path)
-    return header, data

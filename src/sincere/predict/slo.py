@@ -113,10 +113,6 @@ class LatencyDistribution(NamedTuple):
         """TTFT not exceeded with probability ``q``."""
         return math.exp(self.ttft_mu + self.ttft_sigma * normal_quantile(q))
 
-    def tpot_quantile(self, q: float) -> Seconds:
-        """Time per output token not exceeded with probability ``q``."""
-        return math.exp(self.tpot_mu + self.tpot_sigma * normal_quantile(q))
-
     def estimate(self, output_tokens: float) -> LatencyEstimate:
         """Medians as a point estimate: E2E = TTFT + (output - 1) * TPOT."""
         out = max(output_tokens, 1.0)

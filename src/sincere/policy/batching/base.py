@@ -17,6 +17,7 @@ run now, and when it would next become ready if nothing else arrives.
 
 from __future__ import annotations
 
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,7 +46,10 @@ DEFAULT_BEST_BATCH: Mapping[ModelName, int] = MappingProxyType(
 ``llama-3-8b`` is the catalog's name of SINCERE's ``llama3-8b``."""
 
 
-SELECT_HORIZONS = ("sla-slack", "swap-and-batch")
+SelectHorizon: TypeAlias = Literal["sla-slack", "swap-and-batch"]
+"""SelectBatch's span of expected arrivals (see :data:`SELECT_HORIZONS`)."""
+
+SELECT_HORIZONS: tuple[SelectHorizon, ...] = typing.get_args(SelectHorizon)
 """SelectBatch's spans: expected arrivals while the head can still wait (``SLA - T_adj``,
 the published description) or during one swap and batch (``T_adj``, what SINCERE's runs
 show)."""
@@ -203,7 +207,7 @@ class SelectBatchParams(SwapBudgetParams, BestBatchParams):
     select_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         (8, 16, 32, 64), min_length=1, strict=False, description="candidate batch sizes"
     )
-    select_horizon: Literal["sla-slack", "swap-and-batch"] = Field(
+    select_horizon: SelectHorizon = Field(
         "sla-slack",
         description="span of expected arrivals: SLA - T_adj (published) or T_adj (runs)",
     )

@@ -22,7 +22,6 @@ __all__ = [
     "IterationPlan",
     "IterationScheduler",
     "StaticView",
-    "check_scheduler_params",
     "make_scheduler",
     "niyama",
     "orders",
@@ -33,11 +32,6 @@ __all__ = [
 def scheduler_params(name: str) -> list[str]:
     """The parameters engine scheduler ``name`` takes (an unknown name raises)."""
     return SCHEDULERS.param_names(name)
-
-
-def check_scheduler_params(name: str, params: dict[str, Any] | None) -> None:
-    """Raise one :class:`ConfigError` listing every problem with scheduler ``name``'s params."""
-    SCHEDULERS.validate(name, params)
 
 
 def make_scheduler(
