@@ -75,6 +75,9 @@ class Request:
     priority: int = 0  # smaller is more important
     budget_usd: float | None = None  # most the client will pay for this request
     tenant: str | None = None
+    block_ids: tuple[int, ...] = ()  # prompt content per block (sincere.core.prefix); () unknown
+    block_tokens: int = 0  # prompt tokens per entry of block_ids (0 when there are none)
+    session: str | None = None  # conversation / agent session the request belongs to
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1:
@@ -90,6 +93,10 @@ class Request:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(
                 f"request {self.id}: max_tokens must be >= 1 or null", value=self.max_tokens
+            )
+        if self.block_ids:
+            check_block_count(
+                f"request {self.id}", len(self.block_ids), self.prompt_tokens, self.block_tokens
             )
 
     @property
@@ -107,6 +114,24 @@ class Request:
         return self.arrival_at + self.tier.ttlt_s
 
 
+def check_block_count(where: str, num_blocks: int, prompt_tokens: int, block_tokens: int) -> None:
+    """Refuse block ids that describe more blocks than the prompt has, or have no block size."""
+    if block_tokens < 1:
+        raise ConfigError(
+            f"{where}: block_tokens must be >= 1 when block ids are given",
+            value=block_tokens,
+            allowed="the prompt tokens each block id covers, e.g. 512 for Mooncake's hash_ids",
+        )
+    most = -(-prompt_tokens // block_tokens)
+    if num_blocks > most:
+        raise ConfigError(
+            f"{where}: {num_blocks} block ids of {block_tokens} tokens describe more than its "
+            f"{prompt_tokens} prompt tokens",
+            value=num_blocks,
+            allowed=f"at most {most} blocks",
+        )
+
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
@@ -117,7 +142,10 @@ class RequestArrays:
 
     ``model`` and ``tier`` hold indices into ``models`` and ``tiers``. ``budget_usd``
     is NaN where a request has no budget. ``prompts`` is empty or holds one entry
-    (text or ``None``) per request.
+    (text or ``None``) per request. ``block_ids`` is empty or holds one array per request:
+    its prompt's content ids per block of ``block_tokens`` tokens (empty array: unknown;
+    see :mod:`sincere.core.prefix`). ``sessions`` is empty or holds one session name (or
+    ``None``) per request.
     """
 
     arrival_at: FloatArray
@@ -131,9 +159,13 @@ class RequestArrays:
     models: tuple[ModelName, ...]
     tiers: tuple[Tier, ...] = (DEFAULT_TIER,)
     prompts: tuple[str | None, ...] = field(default=())
+    block_ids: tuple[IntArray, ...] = field(default=())
+    block_tokens: int = 0
+    sessions: tuple[str | None, ...] = field(default=())
 
     def __post_init__(self) -> None:
         n = len(self.arrival_at)
+        self._check_content(n)
         for name in ("prompt_tokens", "output_tokens", "max_tokens", "model", "tier"):
             if len(getattr(self, name)) != n:
                 raise ConfigError(
@@ -149,6 +181,29 @@ class RequestArrays:
             raise ConfigError("RequestArrays.model indexes outside models", value=self.models)
         if n and (self.tier.min() < 0 or self.tier.max() >= len(self.tiers)):
             raise ConfigError("RequestArrays.tier indexes outside tiers")
+
+    def _check_content(self, n: int) -> None:
+        if self.sessions and len(self.sessions) != n:
+            raise ConfigError(f"RequestArrays.sessions has {len(self.sessions)} entries, want {n}")
+        if not self.block_ids:
+            return
+        if len(self.block_ids) != n:
+            raise ConfigError(
+                f"RequestArrays.block_ids has {len(self.block_ids)} entries, want {n}"
+            )
+        counts = np.fromiter((len(b) for b in self.block_ids), dtype=np.int64, count=n)
+        if self.block_tokens < 1:
+            raise ConfigError(
+                "RequestArrays.block_tokens must be >= 1 when block_ids are given",
+                value=self.block_tokens,
+            )
+        limit = -(-self.prompt_tokens // self.block_tokens)  # blocks the prompt has
+        bad = np.flatnonzero(counts > limit)
+        if len(bad):
+            i = int(bad[0])
+            check_block_count(
+                f"request {i}", int(counts[i]), int(self.prompt_tokens[i]), self.block_tokens
+            )
 
     def __len__(self) -> int:
         return len(self.arrival_at)
@@ -168,6 +223,9 @@ class RequestArrays:
         priority: Sequence[int] | IntArray | None = None,
         budget_usd: Sequence[float] | FloatArray | None = None,
         prompts: Sequence[str | None] = (),
+        block_ids: Sequence[Sequence[int] | IntArray] = (),
+        block_tokens: int = 0,
+        sessions: Sequence[str | None] = (),
     ) -> RequestArrays:
         """Build from plain sequences; omitted columns get defaults (index 0, no cap)."""
         arr = np.asarray(arrival_at, dtype=np.float64)
@@ -193,6 +251,9 @@ class RequestArrays:
             models=tuple(models),
             tiers=tuple(tiers),
             prompts=tuple(prompts),
+            block_ids=tuple(np.asarray(b, dtype=np.int64) for b in block_ids),
+            block_tokens=block_tokens,
+            sessions=tuple(sessions),
         )
 
     def request(self, i: int) -> Request:
@@ -209,6 +270,9 @@ class RequestArrays:
             tier=self.tiers[int(self.tier[i])],
             priority=int(self.priority[i]),
             budget_usd=None if math.isnan(budget) else budget,
+            block_ids=tuple(int(b) for b in self.block_ids[i]) if self.block_ids else (),
+            block_tokens=self.block_tokens if self.block_ids else 0,
+            session=self.sessions[i] if self.sessions else None,
         )
 
     def to_requests(self) -> list[Request]:
@@ -224,6 +288,13 @@ class RequestArrays:
         model_ix = {m: i for i, m in enumerate(models)}
         tier_ix = {t: i for i, t in enumerate(tiers)}
         has_text = any(r.prompt is not None for r in reqs)
+        with_blocks = [r for r in reqs if r.block_ids]
+        block_tokens = with_blocks[0].block_tokens if with_blocks else 0
+        if any(r.block_tokens != block_tokens for r in with_blocks):
+            raise ConfigError(
+                "requests with block ids must share one block size",
+                value=sorted({r.block_tokens for r in with_blocks}),
+            )
         return cls.build(
             [r.arrival_at for r in reqs],
             [r.prompt_tokens for r in reqs],
@@ -236,4 +307,7 @@ class RequestArrays:
             priority=[r.priority for r in reqs],
             budget_usd=[math.nan if r.budget_usd is None else r.budget_usd for r in reqs],
             prompts=[r.prompt for r in reqs] if has_text else (),
+            block_ids=[r.block_ids for r in reqs] if with_blocks else (),
+            block_tokens=block_tokens,
+            sessions=[r.session for r in reqs] if any(r.session for r in reqs) else (),
         )

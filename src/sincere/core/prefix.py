@@ -1,0 +1,146 @@
+"""Prompt content as block identities, and the chained keys prefix caches use.
+
+A request's prompt is described by **block ids**: one integer per consecutive block of
+``block_tokens`` prompt tokens (the last block may be partial), equal ids meaning equal
+content. They come from a trace (Mooncake's ``hash_ids``, 512-token blocks), from a
+generator of sessions or shared templates, or from live text (:func:`text_block_ids`, the
+same function on the gateway, the emulator and the load generator, so all three see the
+same structure).
+
+Caches and routers never compare block ids directly: a block is only reusable when
+everything before it matches too. So they use **chained keys**, as vLLM's prefix cache
+does: the key of block ``i`` mixes the key of block ``i - 1`` with the id of block ``i``
+(:func:`chain_keys`). An engine whose KV blocks hold ``engine_block_tokens`` tokens asks
+:func:`engine_block_keys` for the keys of the *full* engine blocks the ids cover; tokens
+past the last id are new content and get no key.
+
+Keys are non-negative 63-bit integers (they fit ``int64`` columns) from a fixed mixing
+function: the same ids give the same keys in every process and on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from sincere.core.errors import ConfigError
+
+_MASK63 = (1 << 63) - 1
+_MASK64 = (1 << 64) - 1
+ROOT_KEY = 0x5C3E_7A11_0B5E_D00D
+"""The parent key of a prompt's first block."""
+
+CHARS_PER_PSEUDO_TOKEN = 4
+"""Characters per token when live text has no tokenizer at hand (the usual ~4 for English)."""
+
+
+def mix(parent: int, value: int) -> int:
+    """A 63-bit key from a parent key and a value (splitmix64's finaliser on their sum)."""
+    z = (parent * 0x9E3779B97F4A7C15 + value + 0x632BE59BD9B4E019) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & _MASK63
+
+
+def chain_keys(block_ids: Sequence[int] | npt.NDArray[np.int64]) -> tuple[int, ...]:
+    """The chained key of every block: key ``i`` identifies blocks ``0..i`` together."""
+    keys: list[int] = []
+    parent = ROOT_KEY
+    for block_id in block_ids:
+        parent = mix(parent, int(block_id))
+        keys.append(parent)
+    return tuple(keys)
+
+
+def engine_block_keys(
+    block_ids: Sequence[int] | npt.NDArray[np.int64],
+    *,
+    block_tokens: int,
+    engine_block_tokens: int,
+    prompt_tokens: int,
+) -> tuple[int, ...]:
+    """Keys of the full ``engine_block_tokens``-token blocks of a prompt described by ids.
+
+    ``block_ids`` describe the prompt in blocks of ``block_tokens`` tokens. An engine
+    block inside one id block gets the key of that id block's chain mixed with its offset;
+    an engine block spanning several id blocks gets the key of the last one it ends in
+    (which already identifies everything before). Only engine blocks that end within both
+    the prompt and the tokens the ids cover get a key.
+    """
+    check_block_sizes(block_tokens, engine_block_tokens)
+    covered = min(prompt_tokens, len(block_ids) * block_tokens)
+    num_full = covered // engine_block_tokens
+    if num_full == 0:
+        return ()
+    chained = chain_keys(block_ids)
+    keys: list[int] = []
+    for b in range(num_full):
+        end = (b + 1) * engine_block_tokens  # tokens [end - engine_block_tokens, end)
+        source = (end - 1) // block_tokens
+        if engine_block_tokens >= block_tokens and end % block_tokens == 0:
+            keys.append(chained[source])
+        else:
+            keys.append(mix(chained[source], end - source * block_tokens))
+    return tuple(keys)
+
+
+def check_block_sizes(block_tokens: int, engine_block_tokens: int) -> None:
+    """Refuse block sizes where neither divides the other (keys would straddle blocks)."""
+    if block_tokens < 1 or engine_block_tokens < 1:
+        raise ConfigError(
+            "block sizes must be positive token counts",
+            value=(block_tokens, engine_block_tokens),
+            allowed="integers >= 1",
+        )
+    if block_tokens % engine_block_tokens and engine_block_tokens % block_tokens:
+        raise ConfigError(
+            f"content blocks of {block_tokens} tokens cannot be mapped onto engine blocks of "
+            f"{engine_block_tokens} tokens",
+            value=engine_block_tokens,
+            allowed="an engine block size that divides the content block size or is a multiple",
+        )
+
+
+def token_block_ids(token_ids: Sequence[int], block_tokens: int) -> tuple[int, ...]:
+    """Block ids of a tokenised prompt: one content hash per block (the last may be partial)."""
+    if block_tokens < 1:
+        raise ConfigError("block_tokens must be >= 1", value=block_tokens, allowed=">= 1")
+    ids: list[int] = []
+    for start in range(0, len(token_ids), block_tokens):
+        block = token_ids[start : start + block_tokens]
+        digest = hashlib.blake2b(
+            b"".join(int(t).to_bytes(8, "little", signed=True) for t in block), digest_size=8
+        ).digest()
+        ids.append(int.from_bytes(digest, "little") & _MASK63)
+    return tuple(ids)
+
+
+def pseudo_tokens(text: str) -> list[int]:
+    """Text as tokens when no tokenizer is at hand: one per ``CHARS_PER_PSEUDO_TOKEN`` chars."""
+    data = text.encode("utf-8")
+    step = CHARS_PER_PSEUDO_TOKEN
+    return [int.from_bytes(data[i : i + step], "little") for i in range(0, len(data), step)]
+
+
+def text_block_ids(
+    text: str, block_tokens: int, token_ids: Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """Block ids of live prompt text: from its token ids when known, else pseudo-tokens."""
+    tokens = list(token_ids) if token_ids is not None else pseudo_tokens(text)
+    return token_block_ids(tokens, block_tokens)
+
+
+__all__ = [
+    "CHARS_PER_PSEUDO_TOKEN",
+    "ROOT_KEY",
+    "chain_keys",
+    "check_block_sizes",
+    "engine_block_keys",
+    "mix",
+    "pseudo_tokens",
+    "text_block_ids",
+    "token_block_ids",
+]
