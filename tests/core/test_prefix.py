@@ -119,3 +119,20 @@ def test_request_arrays_refuse_too_many_blocks() -> None:
         RequestArrays.build(
             [0.0, 1.0], [600, 20], [5, 5], block_ids=[[1, 2], [3, 4]], block_tokens=512
         )
+
+
+def test_head_cuts_every_per_request_column() -> None:
+    """head(n) keeps the first n requests with their block ids and sessions."""
+    arrays = RequestArrays.build(
+        [0.0, 1.0, 2.0],
+        [600, 20, 30],
+        [5, 5, 5],
+        block_ids=[[1, 2], [], [3]],
+        block_tokens=512,
+        sessions=["a", "b", None],
+    )
+    first = arrays.head(2)
+    assert len(first) == 2
+    assert [list(b) for b in first.block_ids] == [[1, 2], []]
+    assert first.sessions == ("a", "b")
+    assert first.block_tokens == 512

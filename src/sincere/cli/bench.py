@@ -9,7 +9,6 @@ summary.json (the simulator's keys plus ``client``) and bench.json.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -86,12 +85,7 @@ def first_requests(
         keep = min(keep, int((requests.arrival_at < duration_s).sum()))
     if keep == len(requests):
         return requests
-    columns = {
-        f.name: getattr(requests, f.name)[:keep]
-        for f in dataclasses.fields(requests)
-        if f.name not in ("models", "tiers")
-    }
-    return dataclasses.replace(requests, **columns)
+    return requests.head(keep)
 
 
 @app.command("bench", help=_HELP)

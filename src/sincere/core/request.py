@@ -208,6 +208,25 @@ class RequestArrays:
     def __len__(self) -> int:
         return len(self.arrival_at)
 
+    def head(self, num: int) -> RequestArrays:
+        """The first ``num`` requests (every per-request column cut, the rest kept)."""
+        return RequestArrays(
+            arrival_at=self.arrival_at[:num],
+            prompt_tokens=self.prompt_tokens[:num],
+            output_tokens=self.output_tokens[:num],
+            max_tokens=self.max_tokens[:num],
+            model=self.model[:num],
+            tier=self.tier[:num],
+            priority=self.priority[:num],
+            budget_usd=self.budget_usd[:num],
+            models=self.models,
+            tiers=self.tiers,
+            prompts=self.prompts[:num],
+            block_ids=self.block_ids[:num],
+            block_tokens=self.block_tokens,
+            sessions=self.sessions[:num],
+        )
+
     @classmethod
     def build(
         cls,
