@@ -93,6 +93,25 @@ def test_plan_reproduces_inferno_published_sample_solution(tmp_path: Path) -> No
         assert got["itlAverage"] == pytest.approx(want["itlAverage"], rel=1e-4), name
 
 
+def test_plan_reproduces_inferno_current_sample_solution(shared_data: Path, tmp_path: Path) -> None:
+    """On Inferno's current published sample (perfParms alpha/beta/gamma) `sincere plan` gives
+    Inferno's solution-data.json: every server's accelerator, replicas, batch and cost equal,
+    its TTFT and ITL within 1 % (in fact within 0.01 %)."""
+    case = shared_data / "inferno" / "small"
+    out = tmp_path / "solution.json"
+    res = CliRunner().invoke(app, ["plan", str(case), "--out", str(out), "--no-verify"])
+    assert res.exit_code == 0, res.output
+    ours = json.loads(out.read_text())
+    ref = json.loads((case / "solution-data.json").read_text())["allocations"]
+    assert set(ours) == set(ref)
+    for name, want in ref.items():
+        got = ours[name]
+        keys = ("accelerator", "numReplicas", "maxBatch", "cost")
+        assert [got[k] for k in keys] == [want[k] for k in keys], name
+        assert got["ttftAverage"] == pytest.approx(want["ttftAverage"], rel=1e-4), name
+        assert got["itlAverage"] == pytest.approx(want["itlAverage"], rel=1e-4), name
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_worked_examples_follow_inferno_batch_rule(case: str, tmp_path: Path) -> None:
     """Each worked case's stored solution is what `sincere plan` gives by default, and every

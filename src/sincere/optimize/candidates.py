@@ -31,6 +31,7 @@ Pairs whose replica cannot meet the SLOs at any rate are left out.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,13 @@ MAX_BATCH = 1024
 """Ceiling on a rescaled max batch (keeps the analyzer's state space bounded)."""
 
 MS_PER_MIN = 60_000.0
+
+CandidateRow = tuple[int, str, AffineReplica, Targets]
+"""(server index, accelerator, the analyzer's replica, the class's targets)."""
+
+Sizer = Callable[[Problem, Sequence[CandidateRow]], FloatArray]
+"""Per-replica SLO-meeting rate (req/min) of every candidate row: the analyzer's
+(:func:`analyzer_sizer`) or the simulator's (:func:`sincere.optimize.simsize.simulated_sizer`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +119,7 @@ def current_cost(problem: Problem, server: Server) -> float:
     return problem.accelerators[cur.accelerator].cost * count * cur.num_replicas
 
 
-def _rows(problem: Problem) -> list[tuple[int, str, AffineReplica, Targets]]:
+def _rows(problem: Problem) -> list[CandidateRow]:
     """Every allowed (server, accelerator) pair with its replica model and targets."""
     rows = []
     for s_ix, s in enumerate(problem.servers):
@@ -160,12 +168,18 @@ def size_replicas(replicas: list[AffineReplica], targets: list[Targets]) -> Floa
     return out
 
 
-def build_candidates(problem: Problem) -> CandidateTable:
-    """Size and price every allowed (server, accelerator) pair of ``problem``."""
+def analyzer_sizer(problem: Problem, rows: Sequence[CandidateRow]) -> FloatArray:
+    """Inferno's sizing: the queueing analyzer's SLO-meeting rate per replica (req/min)."""
+    return size_replicas([r[2] for r in rows], [r[3] for r in rows])
+
+
+def build_candidates(problem: Problem, sizer: Sizer | None = None) -> CandidateTable:
+    """Size (by ``sizer``, default the analyzer) and price every allowed (server,
+    accelerator) pair of ``problem``."""
     rows = _rows(problem)
     if not rows:
         return _empty_table(problem)
-    rate = size_replicas([r[2] for r in rows], [r[3] for r in rows])
+    rate = np.asarray((sizer or analyzer_sizer)(problem, rows), dtype=np.float64)
     keep = [i for i, row in enumerate(rows) if rate[i] > 0 or _load(problem, row[0]) == 0]
     rows = [rows[i] for i in keep]
     rate = rate[keep]
@@ -190,7 +204,7 @@ def _finish(
     problem: Problem,
     server: IntArray,
     accs: tuple[str, ...],
-    rows: list[tuple[int, str, AffineReplica, Targets]],
+    rows: list[CandidateRow],
     rate: FloatArray,
     replicas: IntArray,
     per_rep: FloatArray,

@@ -21,6 +21,7 @@ from sincere.core.errors import ConfigError
 from sincere.optimize.candidates import (
     MS_PER_MIN,
     CandidateTable,
+    Sizer,
     build_candidates,
     current_cost,
     switch_charge,
@@ -97,12 +98,13 @@ def _capacity(problem: Problem, table: CandidateTable) -> np.ndarray[Any, np.dty
     return np.array([float(problem.capacity.get(t, 0)) for t in table.types])
 
 
-def solve(problem: Problem, *, solver: str | None = None) -> Solution:
-    """Allocate every server of ``problem``; ``solver`` overrides optimizer-data."""
+def solve(problem: Problem, *, solver: str | None = None, sizer: Sizer | None = None) -> Solution:
+    """Allocate every server of ``problem``; ``solver`` overrides optimizer-data; ``sizer``
+    gives the per-replica rates (default: the analyzer's, Inferno's sizing)."""
     name = solver or ("milp" if problem.optimizer.milp else "greedy")
     solve_fn = SOLVERS.get(name)
     saturate = SATURATION_POLICIES.get(problem.optimizer.saturation_policy)
-    table = build_candidates(problem)
+    table = build_candidates(problem, sizer)
     by_server = table.of_server(len(problem.servers))
     inp = SolveInput(
         problem,
