@@ -427,14 +427,60 @@ def _verify_job(
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "SIZING_CHOICES",
     "ReplicaJob",
     "SimOutcome",
     "SimSettings",
+    "SizedPlan",
     "Verdict",
     "capacities",
     "default_cache_dir",
+    "plan_with_sizing",
     "replica_capacity",
     "simulate_replica",
     "simulated_sizer",
     "verify",
 ]
+
+
+SIZING_CHOICES = ("analyzer", "simulate", "auto")
+"""How :func:`plan_with_sizing` sizes replicas: Inferno's analyzer, the simulator, or the
+analyzer unless the simulator disagrees with its answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class SizedPlan:
+    """A solution and which sizing produced it, with the reason (for decision logs)."""
+
+    solution: Solution
+    sizing: str  # "analyzer" or "simulate"
+    why: str
+
+
+def plan_with_sizing(
+    problem: Problem, sizing: str, settings: SimSettings, *, solver: str | None = None
+) -> SizedPlan:
+    """Solve with the chosen sizing; ``auto`` verifies the analyzer's answer and switches
+    to the simulated sizing when any server disagrees (:attr:`Verdict.disagrees`)."""
+    from sincere.optimize.plan import solve
+
+    if sizing not in SIZING_CHOICES:
+        raise ConfigError("unknown sizing", value=sizing, allowed=SIZING_CHOICES)
+    if sizing == "simulate":
+        sol = solve(problem, solver=solver, sizer=simulated_sizer(settings))
+        return SizedPlan(sol, "simulate", "requested")
+    analytic = solve(problem, solver=solver)
+    if sizing == "analyzer":
+        return SizedPlan(analytic, "analyzer", "requested (Inferno's model)")
+    off = [v for v in verify(problem, analytic, settings, threshold=0.5) if v.disagrees]
+    if not off:
+        return SizedPlan(analytic, "analyzer", "simulation agrees with the analyzer")
+    sol = solve(problem, solver=solver, sizer=simulated_sizer(settings))
+    names = ", ".join(v.server for v in off)
+    why = (
+        f"analyzer and simulation disagree on {names}; simulated sizing "
+        f"{sum(a.num_replicas for a in sol.allocations)} replicas "
+        f"({sol.total_cost:.0f} ¢/h) vs analyzer "
+        f"{sum(a.num_replicas for a in analytic.allocations)} ({analytic.total_cost:.0f} ¢/h)"
+    )
+    return SizedPlan(sol, "simulate", why)
