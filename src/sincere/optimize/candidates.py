@@ -16,8 +16,8 @@ model; only the current one if the server keeps its accelerator):
     server's ``maxBatchSize`` when set. Inferno's rule ignores the prompt, so with
     prompts long against outputs it plans batches the KV cache cannot hold
     (``benchmarks/plan_vs_sim.py`` measures what that costs);
-* the highest rate per replica meeting the class's SLOs (req/min), from
-  :func:`sincere.optimize.sizing.max_rates`;
+* the rate per replica meeting the class's SLOs (req/min): the analyzer's throughput
+  at the highest arrival rate that does, from :func:`sincere.optimize.sizing.credited_rates`;
 * replicas ``r = max(ceil(load / rate), minNumReplicas)`` and
   ``cost = r · accCount · cost(a)`` (cents/h);
 * Inferno's transition penalty ``0.1·(c_a + c_b) + (c_b − c_a)`` when the server
@@ -44,7 +44,7 @@ from sincere.optimize.queueing import (
     ReplicaBank,
     affine_replica,
 )
-from sincere.optimize.sizing import Targets, max_rates
+from sincere.optimize.sizing import Targets, credited_rates
 
 MAX_BATCH = 1024
 """Ceiling on a rescaled max batch (keeps the analyzer's state space bounded)."""
@@ -163,7 +163,7 @@ def size_replicas(replicas: list[AffineReplica], targets: list[Targets]) -> Floa
     for level in np.unique(octave):
         ix = np.flatnonzero(octave == level)
         bank = ReplicaBank([firsts[i][0] for i in ix])
-        rates[ix] = max_rates(bank, [firsts[i][1] for i in ix])
+        rates[ix] = credited_rates(bank, [firsts[i][1] for i in ix])
     out: FloatArray = rates[inverse] * MS_PER_MIN
     return out
 
