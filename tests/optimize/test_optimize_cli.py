@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sincere.cli.app import app
 from sincere.core.errors import DataError
 from sincere.optimize.data import load_problem
 from sincere.optimize.loadtrace import read_load_trace
+from sincere.optimize.queueing import DecodePrefillParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plan"
 CASES = ["unlimited", "unlimited-load-change", "limited", "limited-load-change"]
@@ -219,3 +221,34 @@ def test_batch_rule_option_selects_the_kv_rule(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["Bronze-mistral_7b"]["maxBatch"] == 57
     bad = CliRunner().invoke(app, [*args[:-1], "memory"])
     assert bad.exit_code != 0 and "unknown batch rule" in str(bad.exception)
+
+
+def test_zero_load_servers_follow_inferno(tmp_path: Path) -> None:
+    """An idle server with no minimum gets no accelerator (batch 0, cost 0); with
+    minNumReplicas it gets the cheapest accelerator, the unscaled maxBatchSize and Inferno's
+    lone-request figures TTFT = γ + δ, ITL = α + β."""
+    case = tmp_path / "case"
+    shutil.copytree(EXAMPLES / "inferno-sample", case)
+    doc = json.loads((case / "server-data.json").read_text())
+    doc["servers"][0]["currentAlloc"]["load"]["arrivalRate"] = 0
+    doc["servers"][1]["currentAlloc"]["load"]["arrivalRate"] = 0
+    doc["servers"][1]["minNumReplicas"] = 2
+    (case / "server-data.json").write_text(json.dumps(doc))
+    out = tmp_path / "solution.json"
+    res = CliRunner().invoke(app, ["plan", str(case), "--out", str(out), "--no-verify"])
+    assert res.exit_code == 0, res.output
+    sol = json.loads(out.read_text())
+    idle, kept = (sol[doc["servers"][i]["name"]] for i in (0, 1))
+    assert (idle["accelerator"], idle["numReplicas"], idle["maxBatch"], idle["cost"]) == (
+        "",
+        0,
+        0,
+        0,
+    )
+    problem = load_problem(case)
+    perf = problem.models[(doc["servers"][1]["model"], kept["accelerator"])]
+    assert kept["numReplicas"] == 2 and kept["maxBatch"] == perf.max_batch
+    p = perf.params
+    assert isinstance(p, DecodePrefillParams)
+    assert kept["ttftAverage"] == pytest.approx(p.gamma + p.delta, rel=1e-4)
+    assert kept["itlAverage"] == pytest.approx(p.alpha + p.beta, rel=1e-4)

@@ -10,6 +10,8 @@ model; only the current one if the server keeps its accelerator):
 
   - ``inferno`` (default, Inferno's own rule): the server's ``maxBatchSize`` as it is
     when set, else ``floor(maxBatchSize · atTokens / avgOutTokens)``;
+  - with no load (arrival rate 0), both rules keep the model data's ``maxBatchSize``
+    (or the server's), as Inferno's zero-load allocation does;
   - ``kv``: ``floor(maxBatchSize · atTokens / (in + out))`` -- the batch the model
     data measured at ``atTokens`` tokens per request, rescaled to this load's whole
     request length, which is what a KV cache holds per sequence -- capped by the
@@ -137,6 +139,8 @@ def _rows(problem: Problem) -> list[CandidateRow]:
                 s.max_batch,
                 problem.optimizer.batch_rule,
             )
+            if load.arrival_rate == 0:  # Inferno's zero-load allocation: the batch unscaled
+                n = max(1, min(s.max_batch or perf.max_batch, MAX_BATCH))
             rep = affine_replica(
                 perf.params,
                 load.avg_in_tokens,

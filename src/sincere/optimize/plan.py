@@ -27,7 +27,7 @@ from sincere.optimize.candidates import (
     switch_charge,
 )
 from sincere.optimize.data import CurrentAlloc, Load, Problem
-from sincere.optimize.queueing import ReplicaBank
+from sincere.optimize.queueing import DecodePrefillParams, ModelParams, ReplicaBank
 from sincere.optimize.saturation import SATURATION_POLICIES
 from sincere.optimize.solvers import SOLVERS, Placements, SolveInput, greedy_order
 
@@ -171,9 +171,13 @@ def _allocation(
     targets = problem.classes[srv.service_class].targets[srv.model]
     load = srv.current.load
     main = max(parts, key=lambda p: p[1])[0] if parts else None
+    if load.arrival_rate == 0 and not any(n > 0 for _, n in parts):
+        main = None  # Inferno: an idle server with no minimum gets no accelerator
     served = sum(w for w, _, _ in pred)
     ttft = sum(w * t for w, t, _ in pred) / served if served > 0 else 0.0
     itl = sum(w * i for w, _, i in pred) / served if served > 0 else 0.0
+    if load.arrival_rate == 0 and main is not None:
+        ttft, itl = idle_metrics(problem.models[(srv.model, table.accelerator[main])].params)
     cost = float(sum(table.cost_per_replica[c] * n for c, n in parts))
     acc = table.accelerator[main] if main is not None else None
     moved = acc is not None and srv.current.accelerator not in (None, acc)
@@ -193,6 +197,16 @@ def _allocation(
         saturated or (main is None and (load.arrival_rate > 0 or srv.min_replicas > 0)),
         tuple((table.accelerator[c], n) for c, n in parts),
     )
+
+
+def idle_metrics(params: ModelParams) -> tuple[float, float]:
+    """TTFT and ITL (ms) Inferno reports for a replica with no load: one lone request,
+    ``(γ + δ, α + β)`` in the older form (Inferno's own figures, the prompt not scaled in),
+    one iteration of one request ``(α + β + γ, α + β + γ)`` in the current form."""
+    if isinstance(params, DecodePrefillParams):
+        return params.gamma + params.delta, params.alpha + params.beta
+    lone = params.alpha + params.beta + params.gamma
+    return lone, lone
 
 
 def with_previous(problem: Problem, solution: Solution) -> Problem:
