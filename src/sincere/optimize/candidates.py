@@ -20,7 +20,8 @@ model; only the current one if the server keeps its accelerator):
     (``benchmarks/plan_vs_sim.py`` measures what that costs);
 * the rate per replica meeting the class's SLOs (req/min): the analyzer's throughput
   at the highest arrival rate that does, from :func:`sincere.optimize.sizing.credited_rates`;
-* replicas ``r = max(ceil(load / rate), minNumReplicas)`` and
+* replicas ``r = max(ceil(load / rate), minNumReplicas)``, the load being the arrival
+  rate, or ``tps / avgOutTokens`` with a throughput target (:func:`planned_load`) and
   ``cost = r · accCount · cost(a)`` (cents/h);
 * Inferno's transition penalty ``0.1·(c_a + c_b) + (c_b − c_a)`` when the server
   runs on another accelerator now (``c_a`` its current cost, ``c_b`` this one's),
@@ -263,7 +264,18 @@ def switch_charge(cost_from: float, cost_to: float) -> float:
 
 
 def _load(problem: Problem, s_ix: int) -> float:
-    return problem.servers[int(s_ix)].current.load.arrival_rate
+    return planned_load(problem, problem.servers[int(s_ix)])
+
+
+def planned_load(problem: Problem, server: Server) -> float:
+    """The request rate (req/min) a server is planned for: its arrival rate, or, with a
+    throughput target ``slo-tps`` (tokens/s) and some load, ``tps / avgOutTokens`` per
+    second, as Inferno plans it."""
+    load = server.current.load
+    targets = problem.classes[server.service_class].targets.get(server.model)
+    if targets is not None and targets.tps is not None and load.arrival_rate > 0:
+        return targets.tps / max(load.avg_out_tokens, 1.0) * 60.0
+    return load.arrival_rate
 
 
 def _empty_table(problem: Problem) -> CandidateTable:

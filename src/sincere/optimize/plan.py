@@ -24,6 +24,7 @@ from sincere.optimize.candidates import (
     Sizer,
     build_candidates,
     current_cost,
+    planned_load,
     switch_charge,
 )
 from sincere.optimize.data import CurrentAlloc, Load, Problem
@@ -153,7 +154,7 @@ def _replica_rate(
     problem: Problem, table: CandidateTable, parts: list[tuple[int, int]], c: int
 ) -> float:
     """Load one replica of candidate ``c`` carries: shares in proportion to SLO rates."""
-    load = problem.servers[int(table.server[c])].current.load.arrival_rate
+    load = planned_load(problem, problem.servers[int(table.server[c])])
     weights = [(table.rate_per_min[k] or 1.0) * n for k, n in parts]
     total = sum(weights)
     return load * (table.rate_per_min[c] or 1.0) / total if total > 0 else 0.0
