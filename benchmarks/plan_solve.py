@@ -7,23 +7,30 @@ greedy and the MILP (HiGHS via SciPy), after one warm-up, best of ``--repeat`` r
 and reports the greedy's cost gap to the MILP optimum (cost plus switching charges;
 limited fleets compare servers left out too).
 
-Run: ``python benchmarks/plan_solve.py [--repeat 3] [--batch-rule inferno|kv]``; the last
-line times the sizing of the 1,000-server fleet under both batch rules, alternately, as
-a ratio measured in the same run.
+Run: ``python benchmarks/plan_solve.py [--repeat 3] [--batch-rule inferno|kv]
+[--simulated 10] [--sim-requests 100] [--workers 1]``; a line times the sizing of the
+1,000-server fleet under both batch rules, alternately, as a ratio measured in the same
+run. The last line times the greedy with simulated sizing (``--sizing simulate``) on the
+first ``--simulated`` servers of the fleet: cold (an empty capacity cache: one capacity
+search per distinct candidate) and warm (the same plan again, every capacity a cache
+read), against the analyzer's sizing of the same fleet.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from sincere.optimize import build_candidates, solve
 from sincere.optimize.data import BATCH_RULES, Problem
+from sincere.optimize.simsize import SimSettings, simulated_sizer
 from sincere.optimize.synthetic import synthetic_problem
 
 SEED = 20240601
@@ -70,7 +77,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-rule", default="inferno", choices=BATCH_RULES)
+    parser.add_argument("--simulated", type=int, default=10, help="servers, simulated sizing")
+    parser.add_argument("--sim-requests", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--only-simulated", action="store_true")
     args = parser.parse_args()
+    if args.only_simulated:
+        print(simulated_row(args.simulated, args.sim_requests, args.workers, args.batch_rule))
+        return
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"python {platform.python_version()}, seed {SEED}"
@@ -93,6 +107,28 @@ def main() -> None:
         "sizing 1,000 servers, best of alternate runs: "
         + ", ".join(f"{r} {min(t):.3f} s (mean batch {sizes[r]:.0f})" for r, t in times.items())
         + f"; inferno / kv = {min(times['inferno']) / min(times['kv']):.2f}"
+    )
+    print(simulated_row(args.simulated, args.sim_requests, args.workers, args.batch_rule))
+
+
+def simulated_row(num: int, requests: int, workers: int, rule: str) -> str:
+    """Greedy with simulated sizing on ``num`` servers: cold and warm cache, one run each."""
+    p = fleet(num, False, rule)
+    t_ana = best_of(lambda: solve(p, solver="greedy"), 1)
+    with tempfile.TemporaryDirectory() as cache:
+        settings = SimSettings(num_requests=requests, workers=workers, cache_dir=Path(cache))
+        t0 = time.perf_counter()
+        cold = solve(p, solver="greedy", sizer=simulated_sizer(settings))
+        t_cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        solve(p, solver="greedy", sizer=simulated_sizer(settings))
+        t_warm = time.perf_counter() - t0
+        searches = len(list(Path(cache).glob("*.json")))
+    ana = solve(p, solver="greedy")
+    return (
+        f"simulated sizing, {num} servers ({searches} capacity searches, {requests} requests "
+        f"per simulated replica, {workers} worker(s)): cold {t_cold:.1f} s, warm {t_warm:.3f} s, "
+        f"analyzer {t_ana:.3f} s; cost {cold.total_cost:.0f} vs analyzer {ana.total_cost:.0f} ¢/h"
     )
 
 

@@ -1,15 +1,23 @@
-"""The candidate table's batch rules: Inferno's own, and the KV-memory one."""
+"""The candidate table: batch rules (Inferno's own, the KV-memory one), the planned load."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sincere.core.errors import ConfigError, DataError
-from sincere.optimize.candidates import MAX_BATCH, effective_batch
+from sincere.optimize.candidates import (
+    MAX_BATCH,
+    build_candidates,
+    effective_batch,
+    planned_load,
+)
 from sincere.optimize.data import OptimizerSpec, load_problem
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plan"
@@ -52,3 +60,34 @@ def test_batch_rule_is_read_from_optimizer_data_and_checked(tmp_path: Path) -> N
         load_problem(case)
     with pytest.raises(ConfigError, match="unknown batch rule"):
         OptimizerSpec(batch_rule="memory")
+
+
+def test_throughput_target_plans_for_tps_over_output_tokens(tmp_path: Path) -> None:
+    """With slo-tps a server is planned for tps / avgOutTokens req/s (Inferno), whatever
+    its arrival rate: replicas = ceil(that / the credited rate per replica)."""
+    case = tmp_path / "case"
+    shutil.copytree(EXAMPLES / "inferno-sample", case)
+    doc = json.loads((case / "serviceclass-data.json").read_text())
+    doc["serviceClasses"][0]["modelTargets"][0]["slo-tps"] = 5000
+    (case / "serviceclass-data.json").write_text(json.dumps(doc))
+    problem = load_problem(case)
+    model = doc["serviceClasses"][0]["modelTargets"][0]["model"]
+    s_ix = next(
+        i
+        for i, s in enumerate(problem.servers)
+        if s.model == model and s.service_class == doc["serviceClasses"][0]["name"]
+    )
+    server = problem.servers[s_ix]
+    want = 5000 / server.current.load.avg_out_tokens * 60.0
+    assert planned_load(problem, server) == pytest.approx(want)
+    table = build_candidates(problem)
+    for c in np.flatnonzero(table.server == s_ix):
+        assert table.replicas[c] == max(math.ceil(want / table.rate_per_min[c] - 1e-9), 0)
+    busier = replace(server, current=replace(server.current, load=replace(
+        server.current.load, arrival_rate=server.current.load.arrival_rate * 3)))  # fmt: skip
+    servers = list(problem.servers)
+    servers[s_ix] = busier
+    again = build_candidates(replace(problem, servers=tuple(servers)))
+    assert np.array_equal(
+        again.replicas[again.server == s_ix], table.replicas[table.server == s_ix]
+    )

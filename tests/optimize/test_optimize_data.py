@@ -10,7 +10,7 @@ import pytest
 
 from sincere.core.errors import DataError
 from sincere.optimize.data import load_problem
-from sincere.optimize.queueing import ChunkedParams, DecodePrefillParams
+from sincere.optimize.queueing import DecodePrefillParams, PerfParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plan"
 
@@ -33,7 +33,7 @@ def test_examples_load_with_both_variants() -> None:
     """The example directory parses; model data holds both parameter variants."""
     p = load_problem(EXAMPLES / "limited")
     kinds = {type(m.params) for m in p.models.values()}
-    assert kinds == {DecodePrefillParams, ChunkedParams}
+    assert kinds == {DecodePrefillParams, PerfParams}
     assert p.accelerators["2xH100"].multiplicity == 2
     assert p.classes["Premium"].targets["granite_13b"].itl_ms == 80
     assert not p.optimizer.unlimited and p.capacity["G2"] > 0

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from sincere.core.errors import ConfigError
 from sincere.optimize.queueing import (
     AffineReplica,
-    ChunkedParams,
     DecodePrefillParams,
+    PerfParams,
     ReplicaBank,
     affine_replica,
     analyze,
@@ -103,19 +103,28 @@ def test_separate_variant_reduces_to_inferno_forms() -> None:
     assert rep.t0 + rep.t1 * n == pytest.approx(150.0 + 2.0 * n + 100 * (20.0 + 0.5 * n))
 
 
-def test_chunked_variant_reduces_to_inferno_forms() -> None:
-    """τ(B), prefill(B) and itl(B) of the chunked-prefill variant, term by term."""
-    a, b, g, n_in, m = 9.0, 0.02, 1e-4, 1000, 300
-    rep = affine_replica(ChunkedParams(a, b, g, chunk_tokens=256), n_in, m, 32)
-    c = 4  # ceil(1000 / 256)
-    w_pre = (b + g * (c + 1) / 2) * n_in
-    w_dec = b * m + g * m * (n_in + (m + 1) / 2)
-    dl = (w_pre + w_dec) / (c + m)
-    big_b = 5
-    assert rep.t0 + rep.t1 * big_b == pytest.approx((c + m) * (a + big_b * dl))
-    assert rep.p0 + rep.p1 * big_b == pytest.approx(c * (a + (big_b - 1) * dl) + w_pre)
-    itl = a + (big_b - 1) * dl + b + g * (n_in + (m + 1) / 2)
-    assert rep.d0 + rep.d1 * big_b == pytest.approx(itl)
+def test_current_form_reduces_to_inferno_forms() -> None:
+    """perfParms: it(n) = α + n(β·c + γ·m), prefill = it + (β+γ)·in, decode = it + β + γ·m,
+    T = prefill + out·decode, with c = (in+out)/(out+1) and m = in + out/2."""
+    a, b, g, n_in, out = 9.0, 0.02, 1e-4, 1000.0, 300.0
+    rep = affine_replica(PerfParams(a, b, g), n_in, out, 32)
+    c, m, n = (n_in + out) / (out + 1), n_in + out / 2, 5.0
+    it = a + n * (b * c + g * m)
+    assert rep.p0 + rep.p1 * n == pytest.approx(it + (b + g) * n_in)
+    assert rep.d0 + rep.d1 * n == pytest.approx(it + b + g * m)
+    assert rep.t0 + rep.t1 * n == pytest.approx(it + (b + g) * n_in + out * (it + b + g * m))
+    assert rep.decodes == out
+
+
+def test_current_form_reads_metrics_at_mean_in_service() -> None:
+    """Current form: ITL = (S − prefill(L_s))/out and TTFT = W + prefill(L_s) + ITL."""
+    rep = affine_replica(PerfParams(17.15, 0.034, 0.0010625), 128, 1024, 38)
+    got = analyze(rep, 0.4 * rep.max_rate)
+    prefill = rep.p0 + rep.p1 * got.mean_in_service
+    itl = (got.service_ms - prefill) / 1024
+    assert got.itl_ms == pytest.approx(itl, rel=1e-9)
+    assert got.ttft_ms == pytest.approx(got.wait_ms + prefill + itl, rel=1e-9)
+    assert got.concurrency == pytest.approx(got.mean_in_service)
 
 
 def test_overload_stays_finite() -> None:

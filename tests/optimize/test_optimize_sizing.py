@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from sincere.core.errors import ConfigError
-from sincere.optimize.queueing import DecodePrefillParams, affine_replica, analyze
-from sincere.optimize.sizing import THROUGHPUT_HEADROOM, Targets, max_rate, params_from_step_model
+from sincere.optimize.queueing import DecodePrefillParams, ReplicaBank, affine_replica, analyze
+from sincere.optimize.sizing import (
+    RATE_EPSILON,
+    THROUGHPUT_HEADROOM,
+    Targets,
+    credited_rates,
+    max_rate,
+    max_rates,
+    params_from_step_model,
+)
 from sincere.perf.base import Batch, StepTimeBase
 
 GRANITE = DecodePrefillParams(20.58, 0.41, 164.64, 0.0128125)  # Inferno's sample, A100
@@ -41,11 +49,26 @@ def test_unreachable_targets_give_zero() -> None:
 
 
 def test_throughput_target_caps_at_headroom() -> None:
-    """With a throughput target the rate stays within 0.9 of μ(N)."""
+    """The rate never exceeds Inferno's top rate (1 − ε)·μ(N); with a throughput target it
+    stays within 0.9 of that."""
     rep = affine_replica(GRANITE, 128, 1024, 14)
-    assert max_rate(rep, Targets()) == pytest.approx(rep.max_rate)
+    top = (1.0 - RATE_EPSILON) * rep.max_rate
+    assert max_rate(rep, Targets()) == pytest.approx(top)
     capped = max_rate(rep, Targets(tps=100.0))
-    assert capped == pytest.approx(THROUGHPUT_HEADROOM * rep.max_rate)
+    assert capped == pytest.approx(THROUGHPUT_HEADROOM * top)
+
+
+def test_credited_rate_is_the_throughput_at_the_sized_rate() -> None:
+    """Replicas are counted on X = λ(1 − p_K) at the sized λ (Inferno's optimizer): below λ,
+    by a visible margin when the sized rate sits at the top (p_K of a long queue)."""
+    rep = affine_replica(GRANITE, 128, 1024, 14)
+    bank = ReplicaBank([rep, rep])
+    targets = [Targets(), Targets(ttft_ms=100.0)]
+    lam = max_rates(bank, targets)
+    x = credited_rates(bank, targets)
+    assert x[1] == 0.0 and lam[1] == 0.0
+    assert 0.9 * lam[0] < x[0] < lam[0]
+    assert x[0] == pytest.approx(analyze(rep, float(lam[0])).throughput)
 
 
 def test_bad_targets_rejected() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sincere.core.errors import ConfigError
 from sincere.optimize import load_problem, solve
 from sincere.optimize.hooks import cross_check
-from sincere.optimize.queueing import ChunkedParams, DecodePrefillParams
+from sincere.optimize.queueing import DecodePrefillParams, PerfParams
 from sincere.optimize.xcheck import (
     ReplicaCheck,
     check_replica,
@@ -84,8 +84,8 @@ def test_bad_inputs_are_refused(kwargs: dict[str, float], match: str) -> None:
 def test_generated_config_is_valid(
     in_tokens: int, out_tokens: int, max_batch: int, chunked: bool
 ) -> None:
-    """Every generated config validates, never chunks a whole-prompt model, and keeps N."""
-    params = ChunkedParams(1.0, 0.01, 1e-5, 256) if chunked else GRANITE
+    """Every generated config validates, never chunks a prompt (both forms), and keeps N."""
+    params = PerfParams(1.0, 0.01, 1e-5) if chunked else GRANITE
     cfg = load_config(
         replica_sim_config(
             params,
@@ -99,7 +99,7 @@ def test_generated_config_is_valid(
     engine = cfg.instances[0].engine
     assert engine.max_num_seqs == max_batch  # type: ignore[union-attr]
     budget = engine.max_num_batched_tokens  # type: ignore[union-attr]
-    assert budget >= (256 if chunked else max_batch * in_tokens)
+    assert budget >= max_batch * in_tokens  # whole prompts in both forms
 
 
 def test_replica_simulator_feeds_cross_check() -> None:

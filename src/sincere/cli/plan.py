@@ -17,7 +17,15 @@ from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from sincere.optimize.data import Problem
     from sincere.optimize.plan import Solution
+    from sincere.optimize.simsize import SimSettings
+
+SIZINGS = ("analyzer", "simulate")
+"""Where per-replica rates come from: Inferno's queueing analyzer or the simulator."""
+
+VERIFY_AUTO_MAX_SERVERS = 32
+"""``--verify`` is on by default when the plan allocates at most this many servers."""
 
 console = Console()
 
@@ -125,6 +133,69 @@ def plot_trace(steps: list[tuple[float, Solution]], path: Path) -> None:
     plt.close(fig)
 
 
+def sim_settings(
+    num_requests: int,
+    lengths: str | None,
+    max_prompt_tokens: int | None,
+    max_output_tokens: int | None,
+    workers: int,
+    cache: Path | None,
+) -> SimSettings:
+    """The simulator settings of ``--verify`` and ``--sizing simulate``."""
+    from sincere.optimize.simsize import SimSettings, default_cache_dir
+
+    block: dict[str, object] | None = None
+    if lengths is not None:
+        block = {"kind": "trace", "source": lengths}
+        if max_prompt_tokens is not None:
+            block["max_prompt_tokens"] = max_prompt_tokens
+        if max_output_tokens is not None:
+            block["max_output_tokens"] = max_output_tokens
+    elif max_prompt_tokens is not None or max_output_tokens is not None:
+        raise ConfigError(
+            "--max-prompt-tokens / --max-output-tokens clip a --lengths distribution",
+            value=(max_prompt_tokens, max_output_tokens),
+        )
+    return SimSettings(
+        num_requests=num_requests,
+        lengths=block,
+        workers=workers,
+        cache_dir=cache or default_cache_dir(),
+    )
+
+
+def sizing_comparison(analytic: Solution, simulated: Solution) -> str:
+    """One line: both sizings' replicas and cost."""
+
+    def reps(sol: Solution) -> int:
+        return sum(a.num_replicas for a in sol.allocations)
+
+    return (
+        f"analyzer sizing (Inferno's model): {reps(analytic)} replicas, "
+        f"{analytic.total_cost:.2f} ¢/h; simulated sizing: {reps(simulated)} replicas, "
+        f"{simulated.total_cost:.2f} ¢/h"
+    )
+
+
+def report_verify(
+    problem: Problem, solution: Solution, settings: SimSettings, threshold: float, sizing: str
+) -> None:
+    """Simulate every allocated server; one line each, and the recommendation."""
+    from sincere.optimize.simsize import verify
+
+    verdicts = verify(problem, solution, settings, threshold=threshold)
+    console.print(f"verify ({settings.num_requests} simulated requests per server):")
+    for v in verdicts:
+        console.print("  " + v.line(), markup=False, highlight=False, soft_wrap=True)
+    off = [v.server for v in verdicts if v.disagrees]
+    if off and sizing == "analyzer":
+        console.print(
+            f"analyzer and simulation disagree on {len(off)} of {len(verdicts)} servers; "
+            "recommended: the simulated sizing (sincere plan --sizing simulate)",
+            soft_wrap=True,
+        )
+
+
 @app.command("plan")
 def plan(
     directory: Annotated[
@@ -175,21 +246,96 @@ def plan(
             ),
         ),
     ] = None,
+    sizing: Annotated[
+        str,
+        typer.Option(
+            "--sizing",
+            help=(
+                "Per-replica capacity from the queueing analyzer (Inferno's model) or from "
+                "simulate: the simulator's capacity search per (model, accelerator, batch), "
+                "cached on disk. With simulate the analyzer's answer is shown beside."
+            ),
+        ),
+    ] = "analyzer",
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help=(
+                "Simulate one replica of every allocated server and print simulated TTFT / ITL "
+                "/ SLO attainment beside the analyzer's, one line per server. Default: on "
+                f"when at most {VERIFY_AUTO_MAX_SERVERS} servers are allocated (a few seconds)."
+            ),
+        ),
+    ] = None,
+    verify_threshold: Annotated[
+        float,
+        typer.Option(
+            "--verify-threshold",
+            help="Flag a server when simulated TTFT or ITL is off the analyzer's by more.",
+        ),
+    ] = 0.5,
+    sim_requests: Annotated[
+        int, typer.Option("--sim-requests", help="Requests per simulated replica.")
+    ] = 300,
+    lengths: Annotated[
+        str | None,
+        typer.Option(
+            "--lengths",
+            help=(
+                "Length distribution to simulate: a shipped table (azure-conv-2023, "
+                "azure-code-2023) or a trace file. Default: fixed at each load's means."
+            ),
+        ),
+    ] = None,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option("--max-prompt-tokens", help="Clip simulated prompts.")
+    ] = None,
+    max_output_tokens: Annotated[
+        int | None, typer.Option("--max-output-tokens", help="Clip simulated outputs.")
+    ] = None,
+    min_attainment: Annotated[
+        float,
+        typer.Option(
+            "--min-attainment",
+            help="Simulated share of requests within both SLOs a replica must reach.",
+        ),
+    ] = 0.9,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Processes for simulated capacity searches.")
+    ] = 1,
+    sim_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--sim-cache",
+            help="Cache of simulated capacities (default $SINCERE_CACHE/plan-capacity).",
+        ),
+    ] = None,
 ) -> None:
     """Choose accelerator, replicas and batch per server at minimum cost under SLOs."""
     from sincere.optimize.data import load_problem
     from sincere.optimize.loadtrace import read_load_trace, replan
     from sincere.optimize.plan import solve
+    from sincere.optimize.simsize import simulated_sizer
 
+    if sizing not in SIZINGS:
+        raise ConfigError("unknown --sizing", value=sizing, allowed=SIZINGS)
     problem = load_problem(directory)
     if batch_rule is not None:
         problem = replace(problem, optimizer=replace(problem.optimizer, batch_rule=batch_rule))
     if plot is not None and load_trace is None:
         raise ConfigError("--plot needs --load-trace", value=str(plot))
+    settings = replace(
+        sim_settings(
+            sim_requests, lengths, max_prompt_tokens, max_output_tokens, workers, sim_cache
+        ),
+        min_attainment=min_attainment,
+    )
+    sizer = simulated_sizer(settings) if sizing == "simulate" else None
     if load_trace is None:
-        steps = [(0.0, solve(problem, solver=solver))]
+        steps = [(0.0, solve(problem, solver=solver, sizer=sizer))]
     else:
-        steps = replan(problem, read_load_trace(load_trace), solver=solver)
+        steps = replan(problem, read_load_trace(load_trace), solver=solver, sizer=sizer)
         trace_out = out.with_name(out.stem + "-trace.csv")
         write_trace_csv(steps, trace_out)
         for time, sol in steps:
@@ -204,10 +350,18 @@ def plan(
     print_table(
         solution_table(
             final,
-            f"{directory} ({final.solver}, batch rule {rule}): total {final.total_cost:.2f} ¢/h",
+            f"{directory} ({final.solver}, batch rule {rule}, sizing {sizing}): "
+            f"total {final.total_cost:.2f} ¢/h"
+            + ("; TTFT / ITL columns are the analyzer's" if sizing == "simulate" else ""),
         ),
         console,
     )
+    if sizing == "simulate" and load_trace is None:
+        console.print(sizing_comparison(solve(problem, solver=solver), final))
+    if verify is None:
+        verify = sum(a.num_replicas > 0 for a in final.allocations) <= VERIFY_AUTO_MAX_SERVERS
+    if verify:
+        report_verify(problem, final, settings, verify_threshold, sizing)
     out.write_text(json.dumps(final.to_json(), indent=2) + "\n")
     console.print(f"wrote {out}")
     if plot is not None:

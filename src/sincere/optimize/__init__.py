@@ -48,8 +48,8 @@ from sincere.optimize.plan import (
 )
 from sincere.optimize.queueing import (
     AffineReplica,
-    ChunkedParams,
     DecodePrefillParams,
+    PerfParams,
     QueueMetrics,
     ReplicaBank,
     affine_replica,
@@ -67,7 +67,6 @@ __all__ = [
     "AcceleratorSpec",
     "AffineReplica",
     "CandidateTable",
-    "ChunkedParams",
     "CurrentAlloc",
     "DecodePrefillParams",
     "DeployDecision",
@@ -77,6 +76,7 @@ __all__ = [
     "Load",
     "ModelPerf",
     "OptimizerSpec",
+    "PerfParams",
     "Placement",
     "Problem",
     "QueueMetrics",

@@ -10,15 +10,18 @@ model; only the current one if the server keeps its accelerator):
 
   - ``inferno`` (default, Inferno's own rule): the server's ``maxBatchSize`` as it is
     when set, else ``floor(maxBatchSize · atTokens / avgOutTokens)``;
+  - with no load (arrival rate 0), both rules keep the model data's ``maxBatchSize``
+    (or the server's), as Inferno's zero-load allocation does;
   - ``kv``: ``floor(maxBatchSize · atTokens / (in + out))`` -- the batch the model
     data measured at ``atTokens`` tokens per request, rescaled to this load's whole
     request length, which is what a KV cache holds per sequence -- capped by the
     server's ``maxBatchSize`` when set. Inferno's rule ignores the prompt, so with
     prompts long against outputs it plans batches the KV cache cannot hold
     (``benchmarks/plan_vs_sim.py`` measures what that costs);
-* the highest rate per replica meeting the class's SLOs (req/min), from
-  :func:`sincere.optimize.sizing.max_rates`;
-* replicas ``r = max(ceil(load / rate), minNumReplicas)`` and
+* the rate per replica meeting the class's SLOs (req/min): the analyzer's throughput
+  at the highest arrival rate that does, from :func:`sincere.optimize.sizing.credited_rates`;
+* replicas ``r = max(ceil(load / rate), minNumReplicas)``, the load being the arrival
+  rate, or ``tps / avgOutTokens`` with a throughput target (:func:`planned_load`) and
   ``cost = r · accCount · cost(a)`` (cents/h);
 * Inferno's transition penalty ``0.1·(c_a + c_b) + (c_b − c_a)`` when the server
   runs on another accelerator now (``c_a`` its current cost, ``c_b`` this one's),
@@ -31,6 +34,7 @@ Pairs whose replica cannot meet the SLOs at any rate are left out.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,12 +47,19 @@ from sincere.optimize.queueing import (
     ReplicaBank,
     affine_replica,
 )
-from sincere.optimize.sizing import Targets, max_rates
+from sincere.optimize.sizing import Targets, credited_rates
 
 MAX_BATCH = 1024
 """Ceiling on a rescaled max batch (keeps the analyzer's state space bounded)."""
 
 MS_PER_MIN = 60_000.0
+
+CandidateRow = tuple[int, str, AffineReplica, Targets]
+"""(server index, accelerator, the analyzer's replica, the class's targets)."""
+
+Sizer = Callable[[Problem, Sequence[CandidateRow]], FloatArray]
+"""Per-replica SLO-meeting rate (req/min) of every candidate row: the analyzer's
+(:func:`analyzer_sizer`) or the simulator's (:func:`sincere.optimize.simsize.simulated_sizer`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +122,7 @@ def current_cost(problem: Problem, server: Server) -> float:
     return problem.accelerators[cur.accelerator].cost * count * cur.num_replicas
 
 
-def _rows(problem: Problem) -> list[tuple[int, str, AffineReplica, Targets]]:
+def _rows(problem: Problem) -> list[CandidateRow]:
     """Every allowed (server, accelerator) pair with its replica model and targets."""
     rows = []
     for s_ix, s in enumerate(problem.servers):
@@ -129,6 +140,8 @@ def _rows(problem: Problem) -> list[tuple[int, str, AffineReplica, Targets]]:
                 s.max_batch,
                 problem.optimizer.batch_rule,
             )
+            if load.arrival_rate == 0:  # Inferno's zero-load allocation: the batch unscaled
+                n = max(1, min(s.max_batch or perf.max_batch, MAX_BATCH))
             rep = affine_replica(
                 perf.params,
                 load.avg_in_tokens,
@@ -155,17 +168,23 @@ def size_replicas(replicas: list[AffineReplica], targets: list[Targets]) -> Floa
     for level in np.unique(octave):
         ix = np.flatnonzero(octave == level)
         bank = ReplicaBank([firsts[i][0] for i in ix])
-        rates[ix] = max_rates(bank, [firsts[i][1] for i in ix])
+        rates[ix] = credited_rates(bank, [firsts[i][1] for i in ix])
     out: FloatArray = rates[inverse] * MS_PER_MIN
     return out
 
 
-def build_candidates(problem: Problem) -> CandidateTable:
-    """Size and price every allowed (server, accelerator) pair of ``problem``."""
+def analyzer_sizer(problem: Problem, rows: Sequence[CandidateRow]) -> FloatArray:
+    """Inferno's sizing: the queueing analyzer's SLO-meeting rate per replica (req/min)."""
+    return size_replicas([r[2] for r in rows], [r[3] for r in rows])
+
+
+def build_candidates(problem: Problem, sizer: Sizer | None = None) -> CandidateTable:
+    """Size (by ``sizer``, default the analyzer) and price every allowed (server,
+    accelerator) pair of ``problem``."""
     rows = _rows(problem)
     if not rows:
         return _empty_table(problem)
-    rate = size_replicas([r[2] for r in rows], [r[3] for r in rows])
+    rate = np.asarray((sizer or analyzer_sizer)(problem, rows), dtype=np.float64)
     keep = [i for i, row in enumerate(rows) if rate[i] > 0 or _load(problem, row[0]) == 0]
     rows = [rows[i] for i in keep]
     rate = rate[keep]
@@ -190,7 +209,7 @@ def _finish(
     problem: Problem,
     server: IntArray,
     accs: tuple[str, ...],
-    rows: list[tuple[int, str, AffineReplica, Targets]],
+    rows: list[CandidateRow],
     rate: FloatArray,
     replicas: IntArray,
     per_rep: FloatArray,
@@ -245,7 +264,18 @@ def switch_charge(cost_from: float, cost_to: float) -> float:
 
 
 def _load(problem: Problem, s_ix: int) -> float:
-    return problem.servers[int(s_ix)].current.load.arrival_rate
+    return planned_load(problem, problem.servers[int(s_ix)])
+
+
+def planned_load(problem: Problem, server: Server) -> float:
+    """The request rate (req/min) a server is planned for: its arrival rate, or, with a
+    throughput target ``slo-tps`` (tokens/s) and some load, ``tps / avgOutTokens`` per
+    second, as Inferno plans it."""
+    load = server.current.load
+    targets = problem.classes[server.service_class].targets.get(server.model)
+    if targets is not None and targets.tps is not None and load.arrival_rate > 0:
+        return targets.tps / max(load.avg_out_tokens, 1.0) * 60.0
+    return load.arrival_rate
 
 
 def _empty_table(problem: Problem) -> CandidateTable:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sincere.core.errors import ConfigError, DataError
-from sincere.optimize.queueing import ChunkedParams, DecodePrefillParams, ModelParams
+from sincere.optimize.queueing import DecodePrefillParams, ModelParams, PerfParams
 from sincere.optimize.sizing import Targets
 
 FILES = {
@@ -267,9 +267,14 @@ def parse_models(doc: _Entry) -> dict[tuple[str, str], ModelPerf]:
 def _model_params(e: _Entry) -> ModelParams:
     if e.has("perfParms"):
         p = e.sub("perfParms")
-        return ChunkedParams(
-            p.num("alpha"), p.num("beta"), p.num("gamma"), p.int_("chunkSize", 512, positive=True)
-        )
+        perf = PerfParams(p.num("alpha"), p.num("beta"), p.num("gamma"))
+        if perf.beta == 0 and perf.gamma == 0:
+            raise DataError(
+                f"{e.where}: beta and gamma are both 0 (time would not grow with the batch)",
+                path=e.path,
+                column="perfParms.beta",
+            )
+        return perf
     if not (e.has("decodeParms") and e.has("prefillParms")):
         raise DataError(
             f"{e.where}: needs perfParms, or decodeParms and prefillParms",

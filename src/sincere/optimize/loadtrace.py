@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sincere.core.errors import DataError
+from sincere.optimize.candidates import Sizer
 from sincere.optimize.data import Load, Problem
 from sincere.optimize.plan import Solution, solve, with_loads, with_previous
 
@@ -80,7 +81,11 @@ def _row(path: Path, num: int, cells: list[str]) -> LoadChange:
 
 
 def replan(
-    problem: Problem, trace: list[LoadChange], *, solver: str | None = None
+    problem: Problem,
+    trace: list[LoadChange],
+    *,
+    solver: str | None = None,
+    sizer: Sizer | None = None,
 ) -> list[tuple[float, Solution]]:
     """Solve at every time of ``trace``, each run starting from the previous solution."""
     current = problem.servers
@@ -102,7 +107,7 @@ def replan(
                 old.avg_out_tokens if c.avg_out_tokens is None else c.avg_out_tokens,
             )
         problem = with_loads(problem, loads)
-        solution = solve(problem, solver=solver)
+        solution = solve(problem, solver=solver, sizer=sizer)
         steps.append((time, solution))
         problem = with_previous(problem, solution)
     return steps

@@ -21,12 +21,14 @@ from sincere.core.errors import ConfigError
 from sincere.optimize.candidates import (
     MS_PER_MIN,
     CandidateTable,
+    Sizer,
     build_candidates,
     current_cost,
+    planned_load,
     switch_charge,
 )
 from sincere.optimize.data import CurrentAlloc, Load, Problem
-from sincere.optimize.queueing import ReplicaBank
+from sincere.optimize.queueing import DecodePrefillParams, ModelParams, ReplicaBank
 from sincere.optimize.saturation import SATURATION_POLICIES
 from sincere.optimize.solvers import SOLVERS, Placements, SolveInput, greedy_order
 
@@ -97,12 +99,13 @@ def _capacity(problem: Problem, table: CandidateTable) -> np.ndarray[Any, np.dty
     return np.array([float(problem.capacity.get(t, 0)) for t in table.types])
 
 
-def solve(problem: Problem, *, solver: str | None = None) -> Solution:
-    """Allocate every server of ``problem``; ``solver`` overrides optimizer-data."""
+def solve(problem: Problem, *, solver: str | None = None, sizer: Sizer | None = None) -> Solution:
+    """Allocate every server of ``problem``; ``solver`` overrides optimizer-data; ``sizer``
+    gives the per-replica rates (default: the analyzer's, Inferno's sizing)."""
     name = solver or ("milp" if problem.optimizer.milp else "greedy")
     solve_fn = SOLVERS.get(name)
     saturate = SATURATION_POLICIES.get(problem.optimizer.saturation_policy)
-    table = build_candidates(problem)
+    table = build_candidates(problem, sizer)
     by_server = table.of_server(len(problem.servers))
     inp = SolveInput(
         problem,
@@ -151,7 +154,7 @@ def _replica_rate(
     problem: Problem, table: CandidateTable, parts: list[tuple[int, int]], c: int
 ) -> float:
     """Load one replica of candidate ``c`` carries: shares in proportion to SLO rates."""
-    load = problem.servers[int(table.server[c])].current.load.arrival_rate
+    load = planned_load(problem, problem.servers[int(table.server[c])])
     weights = [(table.rate_per_min[k] or 1.0) * n for k, n in parts]
     total = sum(weights)
     return load * (table.rate_per_min[c] or 1.0) / total if total > 0 else 0.0
@@ -169,9 +172,13 @@ def _allocation(
     targets = problem.classes[srv.service_class].targets[srv.model]
     load = srv.current.load
     main = max(parts, key=lambda p: p[1])[0] if parts else None
+    if load.arrival_rate == 0 and not any(n > 0 for _, n in parts):
+        main = None  # Inferno: an idle server with no minimum gets no accelerator
     served = sum(w for w, _, _ in pred)
     ttft = sum(w * t for w, t, _ in pred) / served if served > 0 else 0.0
     itl = sum(w * i for w, _, i in pred) / served if served > 0 else 0.0
+    if load.arrival_rate == 0 and main is not None:
+        ttft, itl = idle_metrics(problem.models[(srv.model, table.accelerator[main])].params)
     cost = float(sum(table.cost_per_replica[c] * n for c, n in parts))
     acc = table.accelerator[main] if main is not None else None
     moved = acc is not None and srv.current.accelerator not in (None, acc)
@@ -191,6 +198,16 @@ def _allocation(
         saturated or (main is None and (load.arrival_rate > 0 or srv.min_replicas > 0)),
         tuple((table.accelerator[c], n) for c, n in parts),
     )
+
+
+def idle_metrics(params: ModelParams) -> tuple[float, float]:
+    """TTFT and ITL (ms) Inferno reports for a replica with no load: one lone request,
+    ``(γ + δ, α + β)`` in the older form (Inferno's own figures, the prompt not scaled in),
+    one iteration of one request ``(α + β + γ, α + β + γ)`` in the current form."""
+    if isinstance(params, DecodePrefillParams):
+        return params.gamma + params.delta, params.alpha + params.beta
+    lone = params.alpha + params.beta + params.gamma
+    return lone, lone
 
 
 def with_previous(problem: Problem, solution: Solution) -> Problem:

@@ -4,25 +4,26 @@ A replica runs at most ``N`` requests together (the max batch) and queues up to
 ``K - N`` more, ``K = N + q·N`` with ``q = 10`` in Inferno. With ``n`` requests in
 service, a request takes ``T(n) = t0 + t1·n`` ms in total, so the service rate is
 ``μ(n) = n / T(n)`` for ``n ≤ N`` and ``μ(N)`` above. Both of Inferno's model
-variants reduce to that affine form:
+forms reduce to that affine form (docs/planning.md names the versions):
 
-* separate prefill / decode parameters (``decodeParms``, ``prefillParms``):
-  ``prefill(n) = γ + δ·in·n``, ``decode(n) = α + β·n``, so
-  ``T(n) = prefill(n) + (out − 1)·decode(n)``;
-* one parameter set with chunked prefill (``perfParms``): ``c`` prefill chunks and
-  ``m`` output tokens, ``w_pre = (β + γ(c+1)/2)·in``,
-  ``w_dec = β·m + γ·m·(in + (m+1)/2)``, ``δ = (w_pre + w_dec)/(c + m)``,
-  ``T(B) = (c + m)(α + B·δ)``, ``prefill(B) = c(α + (B−1)δ) + w_pre`` and
-  ``itl(B) = α + (B−1)δ + β + γ(in + (m+1)/2)``.
+* the older form, separate prefill / decode parameters (``decodeParms``,
+  ``prefillParms``): ``prefill(n) = γ + δ·in·n``, ``decode(n) = α + β·n``,
+  ``T(n) = prefill(n) + (out − 1)·decode(n)``; metrics at the effective concurrency
+  ``n* = (S − t0)/t1`` clipped to ``[0, N]``: ``TTFT = W + prefill(n*)``,
+  ``ITL = decode(n*)``;
+* the current form, one parameter set (``perfParms``: α, β, γ): an iteration with
+  ``n`` requests takes ``it(n) = α + n·(β·c + γ·m)`` with ``c = (in + out)/(out + 1)``
+  tokens computed and ``m = in + out/2`` tokens of context per request on average;
+  ``prefill(n) = it(n) + (β + γ)·in``, ``decode(n) = it(n) + β + γ·m``,
+  ``T(n) = prefill(n) + out·decode(n)``; metrics at the mean number in service ``L_s``:
+  ``ITL = (S − prefill(L_s))/out`` and ``TTFT = W + prefill(L_s) + ITL``.
 
 The balance equations ``p(n+1) = p(n)·λ/μ(n)`` are solved in log space: the states
 up to ``N`` explicitly, the geometric tail above ``N`` in closed form, so one
 evaluation costs O(N) whatever ``K`` is, and :class:`ReplicaBank` evaluates many
 replicas (padded to a common ``N``) at once. From ``p``: throughput
-``X = λ(1 − p_K)``, response time ``R = L/X``, service time ``S = E[in service]/X``,
-wait ``W = R − S``, effective concurrency ``n* = (S − t0)/t1`` clipped to
-``[0, N]``, ``TTFT = W + prefill(n*)`` and ``ITL = decode(n*)``. Times are ms, rates
-requests per ms.
+``X = λ(1 − p_K)``, response time ``R = L/X``, service time ``S = L_s/X``,
+wait ``W = R − S``. Times are ms, rates requests per ms.
 """
 
 from __future__ import annotations
@@ -57,16 +58,19 @@ class DecodePrefillParams:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkedParams:
-    """Inferno's chunked-prefill variant: one parameter set (ms, ms/token, ms/token²)."""
+class PerfParams:
+    """Inferno's current form (``perfParms``): one iteration-time parameter set.
+
+    An iteration takes ``α + β·(tokens computed) + γ·(tokens of context read)`` ms
+    summed over the requests in it (the ``inferno-chunked`` step model's form).
+    """
 
     alpha: float  # fixed time of one iteration, ms
     beta: float  # time per token computed, ms
-    gamma: float  # attention time per (token, context token) pair, ms
-    chunk_tokens: int = 512  # prefill chunk size; a prompt takes ceil(in / chunk) chunks
+    gamma: float  # time per token of context read (per request in the batch), ms
 
 
-ModelParams = DecodePrefillParams | ChunkedParams
+ModelParams = DecodePrefillParams | PerfParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +90,13 @@ class AffineReplica:
     d1: float
     max_batch: int  # N, most requests served together
     queue_factor: int = DEFAULT_QUEUE_FACTOR  # K = N + queue_factor·N
+    decodes: float = 0.0  # 0: the older form's metrics at n*; > 0: the current form's, out
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ConfigError("max batch must be >= 1", value=self.max_batch)
+        if self.decodes < 0:
+            raise ConfigError("decodes must be >= 0", value=self.decodes)
         if self.queue_factor < 0:
             raise ConfigError("queue factor must be >= 0", value=self.queue_factor)
         if self.t1 <= 0.0 or self.t0 < 0.0:
@@ -126,17 +133,30 @@ def affine_replica(
             max_batch,
             queue_factor,
         )
+    return _current_form(params, in_tokens, out_tokens, max_batch, queue_factor)
+
+
+def _current_form(
+    params: PerfParams, in_tokens: float, out_tokens: float, max_batch: int, queue_factor: int
+) -> AffineReplica:
+    """Inferno's ``perfParms`` form in affine terms (module docstring)."""
     a, b, g = params.alpha, params.beta, params.gamma
-    if params.chunk_tokens < 1:
-        raise ConfigError("chunk size must be >= 1 token", value=params.chunk_tokens)
-    c = max(1.0, float(math.ceil(in_tokens / params.chunk_tokens)))
-    m = out_tokens
-    w_pre = (b + g * (c + 1.0) / 2.0) * in_tokens
-    w_dec = b * m + g * m * (in_tokens + (m + 1.0) / 2.0)
-    dl = (w_pre + w_dec) / (c + m)
-    itl0 = a - dl + b + g * (in_tokens + (m + 1.0) / 2.0)
+    computed = (in_tokens + out_tokens) / (out_tokens + 1.0)
+    context = in_tokens + out_tokens / 2.0
+    slope = b * computed + g * context  # it(n) = α + slope·n
+    p0 = a + (b + g) * in_tokens if in_tokens > 0 else 0.0
+    p1 = slope if in_tokens > 0 else 0.0
+    d0 = a + b + g * context
     return AffineReplica(
-        (c + m) * a, (c + m) * dl, c * (a - dl) + w_pre, c * dl, itl0, dl, max_batch, queue_factor
+        p0 + out_tokens * d0,
+        p1 + out_tokens * slope,
+        p0,
+        p1,
+        d0,
+        slope,
+        max_batch,
+        queue_factor,
+        out_tokens,
     )
 
 
@@ -151,9 +171,9 @@ class QueueMetrics:
     response_ms: float  # R = L / X
     service_ms: float  # S = E[in service] / X
     wait_ms: float  # W = R − S
-    concurrency: float  # n*, effective batch
-    ttft_ms: float  # W + prefill(n*)
-    itl_ms: float  # decode(n*)
+    concurrency: float  # n* (older form) or L_s (current form): where metrics are read
+    ttft_ms: float  # W + prefill(n*), or W + prefill(L_s) + ITL
+    itl_ms: float  # decode(n*), or (S − prefill(L_s)) / out
     block_prob: float  # p_K, share of arrivals turned away
     utilization: float  # 1 − p_0
 
@@ -165,10 +185,14 @@ class ReplicaBank:
         if not replicas:
             raise ConfigError("a replica bank needs at least one replica")
         col = np.array(
-            [[r.t0, r.t1, r.p0, r.p1, r.d0, r.d1, r.max_batch, r.queue_factor] for r in replicas],
+            [
+                [r.t0, r.t1, r.p0, r.p1, r.d0, r.d1, r.max_batch, r.queue_factor, r.decodes]
+                for r in replicas
+            ],
             dtype=np.float64,
         )
         self.t0, self.t1, self.p0, self.p1, self.d0, self.d1 = (col[:, i] for i in range(6))
+        self.decodes: FloatArray = col[:, 8]
         self.max_batch: IntArray = col[:, 6].astype(np.int64)
         self.tail_len: FloatArray = col[:, 7] * col[:, 6]  # K − N
         n_max = int(self.max_batch.max())
@@ -226,6 +250,14 @@ def _derive(
     serv = in_service / x_safe
     wait = np.maximum(resp - serv, 0.0)
     n_star = np.clip((serv - bank.t0) / bank.t1, 0.0, bank.max_batch.astype(np.float64))
+    current = bank.decodes > 0
+    # the current form reads the metrics at the mean number in service, the older at n*
+    conc = np.where(current, in_service, n_star)
+    prefill = bank.p0 + bank.p1 * conc
+    itl = np.where(
+        current, (serv - prefill) / np.where(current, bank.decodes, 1.0), bank.d0 + bank.d1 * conc
+    )
+    ttft = wait + prefill + np.where(current, itl, 0.0)
     return {
         "arrival_rate": lam,
         "throughput": x,
@@ -234,9 +266,9 @@ def _derive(
         "response_ms": resp,
         "service_ms": serv,
         "wait_ms": wait,
-        "concurrency": n_star,
-        "ttft_ms": wait + bank.p0 + bank.p1 * n_star,
-        "itl_ms": bank.d0 + bank.d1 * n_star,
+        "concurrency": conc,
+        "ttft_ms": ttft,
+        "itl_ms": itl,
         "block_prob": p_k,
         "utilization": 1.0 - p_0,
     }

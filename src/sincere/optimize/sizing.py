@@ -3,9 +3,11 @@
 Inferno's sizing step: binary-search the arrival rate ``λ`` of one replica for the
 largest value whose predicted TTFT and ITL (from :mod:`sincere.optimize.queueing`)
 stay within the targets; with a throughput target, the rate is also held to 0.9 of
-the replica's maximum ``μ(N)`` so it runs clear of saturation. The search never goes
-above ``μ(N)``: past it a replica only turns requests away. The search runs on all
-candidate replicas at once (one numpy evaluation per bisection step).
+the replica's top rate so it runs clear of saturation. The search never goes above
+Inferno's top rate ``(1 − 0.001)·μ(N)``: past ``μ(N)`` a replica only turns requests
+away. The rate a replica is credited with is the analyzer's throughput there,
+``X = λ(1 − p_K)`` (:func:`credited_rates`), as Inferno's optimizer counts replicas.
+The search runs on all candidate replicas at once (one numpy evaluation per step).
 
 :func:`params_from_step_model` lets any sincere step-time model be planned with:
 it fits Inferno's ``α, β`` to decode iterations of batch ``1..N`` and ``γ, δ`` to
@@ -30,7 +32,10 @@ from sincere.optimize.queueing import (
 from sincere.perf.base import Batch, StepTimeModel
 
 THROUGHPUT_HEADROOM = 0.9
-"""With a throughput target, a replica is loaded to at most this share of ``μ(N)``."""
+"""With a throughput target, a replica is loaded to at most this share of its top rate."""
+
+RATE_EPSILON = 0.001
+"""Inferno's top rate of a replica is ``(1 − ε)·μ(N)``: the search never goes above it."""
 
 _NUM_BISECTIONS = 48  # halvings of [0, μ(N)]: relative precision ~4e-15
 
@@ -63,7 +68,7 @@ def _target_arrays(
     ttft = np.array([t.ttft_ms if t.ttft_ms is not None else np.inf for t in targets])
     itl = np.array([t.itl_ms if t.itl_ms is not None else np.inf for t in targets])
     cap = np.array([THROUGHPUT_HEADROOM if t.tps is not None else 1.0 for t in targets])
-    return ttft, itl, cap * bank.max_rate
+    return ttft, itl, cap * (1.0 - RATE_EPSILON) * bank.max_rate
 
 
 def max_rates(bank: ReplicaBank, targets: Sequence[Targets]) -> FloatArray:
@@ -80,6 +85,14 @@ def max_rates(bank: ReplicaBank, targets: Sequence[Targets]) -> FloatArray:
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
     return np.where(top_ok, ceiling, lo)
+
+
+def credited_rates(bank: ReplicaBank, targets: Sequence[Targets]) -> FloatArray:
+    """Throughput ``X = λ(1 − p_K)`` (requests/ms) of each replica at its :func:`max_rates`
+    rate, 0 where no rate meets the targets: what Inferno divides a load by."""
+    lam = max_rates(bank, targets)
+    x: FloatArray = np.where(lam > 0, bank.evaluate(np.maximum(lam, 1e-300))["throughput"], 0.0)
+    return x
 
 
 def max_rate(replica: AffineReplica, targets: Targets) -> float:

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from sincere.core.errors import ConfigError
 from sincere.core.registry import Registry
-from sincere.optimize.candidates import CandidateTable
+from sincere.optimize.candidates import CandidateTable, planned_load
 from sincere.optimize.data import Problem
 from sincere.optimize.queueing import FloatArray, IntArray
 
@@ -99,7 +99,7 @@ def _mixed_fit(inp: SolveInput, s: int, cands: IntArray, room: FloatArray) -> Pa
     """Cover the load with replicas of several types, cheapest capacity first."""
     t = inp.table
     srv = inp.problem.servers[s]
-    left = srv.current.load.arrival_rate
+    left = planned_load(inp.problem, srv)
     min_left = srv.min_replicas
     trial = room.copy()
     parts: Parts = []
@@ -172,7 +172,7 @@ def _assignment_rows(
     """One covering row per server (plus a replica-count row if heterogeneous); capacity."""
     t = inp.table
     srv_ix = np.arange(num_c)
-    loads = np.array([s.current.load.arrival_rate for s in inp.problem.servers])
+    loads = np.array([planned_load(inp.problem, s) for s in inp.problem.servers])
     mins = np.array([s.min_replicas for s in inp.problem.servers], dtype=np.float64)
     served = np.array([len(c) > 0 for c in inp.by_server], dtype=np.float64)
     rows: list[sopt.LinearConstraint] = []

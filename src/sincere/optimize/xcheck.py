@@ -8,9 +8,9 @@ same replica at iteration level: one continuous-batching engine with
 prompt is always prefilled whole (as Inferno assumes), KV memory so large that it
 never binds, and the ``inferno`` step model, whose iteration times are exactly
 Inferno's ``decode(n) = α + β·n`` and ``prefill(n) = γ + δ·in·n`` (a mixed
-iteration costs their sum). Inferno's chunked-prefill variant runs on the
-``inferno-chunked`` step model with a budget of one chunk (plus the running
-decodes) per iteration. Arrivals are Poisson at ``λ``; prompt and output
+iteration costs their sum). Inferno's current ``perfParms`` form runs on the
+``inferno-chunked`` step model (``α + β·tokens + γ·context`` per iteration), also
+with whole-prompt prefill. Arrivals are Poisson at ``λ``; prompt and output
 lengths are fixed. What differs is only the queueing abstraction, so the gap
 between the two is the analyzer's modelling error: exponential service times,
 prefill amortised over the batch instead of stalling every decode, no
@@ -76,17 +76,17 @@ class ReplicaCheck(PredictedVsMeasured):
 def _step_and_budget(params: ModelParams, in_tokens: int, max_batch: int) -> tuple[Any, int]:
     """The ``step_model`` block and the per-iteration token budget for ``params``.
 
-    Decode/prefill parameters get the ``inferno`` step model and a budget that fits
-    ``max_batch`` whole prompts; chunked parameters get ``inferno-chunked`` and a
-    budget of one chunk plus a token per running decode, so a prompt takes Inferno's
-    ``ceil(in / chunk)`` iterations.
+    Decode/prefill parameters get the ``inferno`` step model, ``perfParms`` the
+    ``inferno-chunked`` one (``α + β·tokens + γ·context``, the iteration Inferno's
+    current form averages); both with a budget that fits ``max_batch`` whole prompts,
+    so a prompt is prefilled in one iteration as both forms assume.
     """
     if isinstance(params, DecodePrefillParams):
         step = {"alpha_ms": params.alpha, "beta_ms": params.beta}
         step |= {"gamma_ms": params.gamma, "delta_ms": params.delta}
         return {"kind": "inferno", "params": step}, max_batch * (in_tokens + 1)
     step = {"alpha_ms": params.alpha, "beta_ms": params.beta, "gamma_ms": params.gamma}
-    return {"kind": "inferno-chunked", "params": step}, params.chunk_tokens + max_batch
+    return {"kind": "inferno-chunked", "params": step}, max_batch * (in_tokens + 1)
 
 
 def replica_sim_config(

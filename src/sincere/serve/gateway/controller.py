@@ -14,8 +14,10 @@ gateway. Routes, all JSON:
   emulated engine started in-process; ``DELETE /admin/instances/{name}`` removes one
   (its requests in flight finish; an emulated one is then stopped);
 * ``GET /admin/load`` -- observed load per (model, tier);
-* ``POST /admin/plan`` ``{apply: true, confirm?: false, loads?: [...]}`` -- runs
-  :func:`sincere.optimize.solve` (Inferno) on a problem made of the configured
+* ``POST /admin/plan`` ``{apply: true, confirm?: false, loads?: [...], sizing?:
+  "analyzer"}`` -- runs :func:`sincere.optimize.solve` (Inferno; ``sizing``
+  ``simulate`` or ``auto`` sizes by, or checks against, the simulator, and the answer's
+  ``sizing`` says which was used and why) on a problem made of the configured
   ``planning.problem_dir`` (accelerators, model performance, service classes) and
   one server per (tier, model) with its observed load (or the given ``loads``), then,
   with ``apply``, stops and starts emulated instances so that each model runs the
@@ -36,6 +38,7 @@ The HTTP routes (JSON in and out, listed URLs without user info) are
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ from sincere.core.config import validate_config
 from sincere.core.errors import ConfigError, SincereError
 from sincere.optimize import CurrentAlloc, Load, Problem, Server, Solution, solve
 from sincere.optimize.data import load_fleet
+from sincere.optimize.simsize import SIZING_CHOICES, SimSettings, SizedPlan, plan_with_sizing
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.gateway.controller_input import check_emulator_fields, check_name
 from sincere.serve.gateway.instances import InstanceState
@@ -56,6 +60,9 @@ if TYPE_CHECKING:
     from sincere.serve.gateway.server import Gateway
 
 log = logging.getLogger("sincere.serve.gateway.controller")
+
+PLAN_SIM_REQUESTS = 150
+"""Requests per simulated replica when ``/admin/plan`` sizes or checks by simulation."""
 
 UNSEEN_TOKENS = 128.0
 """Mean prompt / output tokens assumed for a model with no traffic yet (its plan is for
@@ -284,17 +291,34 @@ class Controller:
         *,
         confirm: bool = False,
         base: Problem | None = None,
+        sizing: str = "analyzer",
     ) -> dict[str, Any]:
         """Solve on observed (or given) load; with ``apply``, match emulated replicas to it.
 
         ``base`` is the configured planning data when the caller has already read it.
+        ``sizing`` (:data:`~sincere.optimize.simsize.SIZING_CHOICES`): Inferno's analyzer,
+        the simulator, or ``auto`` (the simulator's when it disagrees with the analyzer);
+        the answer's ``sizing`` and the log say which was used and why.
         """
-        solution = solve(
-            self.problem(loads or self.loads(self.gw.loop.time()), base),
-            solver=self.gw.config.planning.solver,
-        )
+        if sizing not in SIZING_CHOICES:
+            raise ConfigError("unknown sizing", value=sizing, allowed=SIZING_CHOICES)
+        problem = self.problem(loads or self.loads(self.gw.loop.time()), base)
+        solver = self.gw.config.planning.solver
+        if sizing == "analyzer":
+            sized = SizedPlan(solve(problem, solver=solver), "analyzer", "requested")
+        else:  # the simulator runs off the event loop
+            settings = SimSettings(num_requests=PLAN_SIM_REQUESTS)
+            sized = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: plan_with_sizing(problem, sizing, settings, solver=solver)
+            )
+        log.info("plan: %s sizing (asked %s): %s", sized.sizing, sizing, sized.why)
+        solution = sized.solution
         targets = replica_targets(solution, self.gw.config.planning.min_replicas)
-        out = {"solution": solution.to_json(), "replicas": targets}
+        out = {
+            "solution": solution.to_json(),
+            "replicas": targets,
+            "sizing": {"asked": sizing, "used": sized.sizing, "why": sized.why},
+        }
         if apply:
             self._check_plan(targets, confirm, out)
         actions = await self.apply(targets) if apply else []

@@ -159,12 +159,15 @@ class ControllerApi:
         apply = _flag(body, "apply", True)
         confirm = _flag(body, "confirm", False)
         given = body.get("loads")
+        sizing = body.get("sizing", "analyzer")
+        if not isinstance(sizing, str):
+            raise ConfigError("sizing must be a string", value=sizing)
         if given is None:
-            return await self.c.plan(apply, None, confirm=confirm)
+            return await self.c.plan(apply, None, confirm=confirm, sizing=sizing)
         base = self.c.fleet()
         models, tiers = {m for m, _ in base.models}, set(base.classes)
         loads = [parse_load(x, i, models, tiers) for i, x in enumerate(_list(given))]
-        return await self.c.plan(apply, loads, confirm=confirm, base=base)
+        return await self.c.plan(apply, loads, confirm=confirm, base=base, sizing=sizing)
 
     async def _guard(self, request: web.Request, action: Any) -> web.Response:
         """Run an admin action on the JSON body: 400 bad input, 409 conflict, 500 a bug."""
