@@ -2,9 +2,12 @@
 
 ``http`` sweeps concurrency (SINCERE's batch-size ladder), prompt and output lengths
 against any OpenAI-compatible server, streaming to time TTFT and every token gap.
-``local`` times prefill and decode iterations, MaverIQ fingerprints and model
-save / load / unload of a random-weight PyTorch model built from the catalog (needs
-the ``ml`` extra). Both write CSVs in the published column layouts with the
+``local`` times prefill and decode iterations of an eager transformers forward pass (as
+a request-level engine such as SINCERE's pipeline runs it), MaverIQ fingerprints and
+model save / load / unload of a random-weight PyTorch model built from the catalog.
+``gpu`` times one GPU's tensor-parallel shard as an engine with CUDA graphs runs it and
+writes Vidur's kernel layouts for ``sincere fit gpu-profiles`` (both need the ``ml``
+extra). Both write CSVs in the published column layouts with the
 monitor's CPU / memory / GPU columns, and show progress.
 """
 
@@ -191,7 +194,14 @@ def local_command(
     seed: Annotated[int, typer.Option(help="torch seed of the random weights")] = 0,
     monitor_interval: Annotated[float, typer.Option(help="monitor sampling period, s")] = 0.5,
 ) -> None:
-    """Iteration times, fingerprints and load times of a random-weight PyTorch model."""
+    """Eager transformers forward passes, fingerprints and load times of a random-weight model.
+
+    What it measures: an eager Hugging Face forward pass (a kernel launch per operator,
+    no CUDA graphs) -- meaningful for request-level engines such as SINCERE's pipeline,
+    not for engines that replay CUDA graphs (use `sincere profile gpu` for those).
+    Logits are computed for the last position only. Out-of-memory ends a batch-size
+    series and is recorded in series.csv; every file is still written.
+    """
     from sincere.profile.local import LocalProfileConfig, run_local_profile
     from sincere.profile.monitor import Monitor
 

@@ -27,10 +27,9 @@ and every file is written. ``max_duration_s`` bounds the whole run the same way.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,14 @@ from sincere.core.errors import ConfigError
 from sincere.profile.csvio import write_profile_csv
 from sincere.profile.gpu_model import IterationShape, Op, ShardModel, ShardShape
 from sincere.profile.local import DTYPES, require_ml, resolve_config
+from sincere.profile.series import (
+    SERIES_COLUMNS,
+    OutOfMemory,
+    OutOfTimeError,
+    SeriesLog,
+    oom_errors,
+    release,
+)
 
 MLP_OPS = (
     "emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
@@ -50,7 +57,6 @@ ITERATION_COLUMNS = [
     "prefill_seqs", "prefill_chunk", "prefill_ctx", "decode_seqs", "decode_ctx", "tp",
     "timer", "device", "dtype", "status",
 ]  # fmt: skip
-SERIES_COLUMNS = ["series", "status", "largest_ok", "stopped_at", "detail"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +90,6 @@ class GpuProfileConfig:
             raise ConfigError("replays must be >= 1, warmups >= 0", value=(self.replays,))
         if self.max_duration_s <= 0:
             raise ConfigError("max duration must be > 0 s", value=self.max_duration_s)
-
-
-class OutOfTimeError(Exception):
-    """The run's ``max_duration_s`` has passed."""
 
 
 class Timer:
@@ -150,12 +152,6 @@ class Timer:
         return graph
 
 
-def oom_errors(torch: Any) -> tuple[type[BaseException], ...]:
-    """The exceptions that mean out-of-memory (the device's and the host's)."""
-    cuda_oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return (cuda_oom, MemoryError)
-
-
 def stats_ms(times: Sequence[float]) -> dict[str, float]:
     """min / max / mean / median / std of ``times`` (seconds), in ms."""
     ms = [t * 1e3 for t in times]
@@ -183,8 +179,9 @@ class GpuProfiler:
         self.device = self.torch.device(cfg.device)
         self.dtype = getattr(self.torch, cfg.dtype)
         self.timer = Timer(self.torch, self.device, cfg)
-        self.series: list[dict[str, Any]] = []
-        self.deadline = time.monotonic() + cfg.max_duration_s
+        deadline = time.monotonic() + cfg.max_duration_s
+        self.log = SeriesLog(self.torch, self.device, deadline, self.step)
+        self.run_series = self.log.run
         self.on_step = on_step
         self.done, self.total = 0, self.num_steps()
 
@@ -205,44 +202,14 @@ class GpuProfiler:
         return ShardModel(self.torch, shape, self.device, self.dtype, self.cfg.seed, num_layers)
 
     def free(self) -> None:
-        """Return cached device memory after a series (and after out-of-memory)."""
-        gc.collect()
-        if self.device.type == "cuda":
-            self.torch.cuda.empty_cache()
-
-    # --- series ------------------------------------------------------------------------
-    def run_series(
-        self, name: str, sizes: Iterable[Any], measure: Callable[[Any], dict[str, Any]]
-    ) -> Iterator[dict[str, Any]]:
-        """Rows of ``measure(size)`` for growing sizes until one runs out of memory or time."""
-        largest: Any = None
-        for size in sizes:
-            if time.monotonic() > self.deadline:
-                self._end(name, "time limit", largest, size, "--max-duration reached")
-                raise OutOfTimeError
-            try:
-                row = measure(size)
-            except oom_errors(self.torch) as exc:
-                self.free()
-                self._end(name, "oom", largest, size, str(exc).splitlines()[0][:200])
-                yield {"_oom": size}
-                return
-            largest = size
-            self.step()
-            yield row
-        self._end(name, "complete", largest, None, "")
+        """Return cached device memory (between stages)."""
+        release(self.torch, self.device)
 
     def step(self) -> None:
         """One shape done: tell the progress bar."""
         self.done += 1
         if self.on_step is not None:
             self.on_step(self.done, self.total)
-
-    def _end(self, name: str, status: str, largest: Any, stopped: Any, detail: str) -> None:
-        self.series.append(
-            {"series": name, "status": status, "largest_ok": _label(largest),
-             "stopped_at": _label(stopped), "detail": detail}
-        )  # fmt: skip
 
     # --- the measurements --------------------------------------------------------------
     def mlp_rows(self, shape: ShardShape) -> list[dict[str, Any]]:
@@ -258,7 +225,7 @@ class GpuProfiler:
                     "num_tensor_parallel_workers": shape.tp, "timer": timer}  # fmt: skip
 
         rows = self.run_series(f"mlp tp{shape.tp}", self.cfg.num_tokens, measure)
-        out = [r for r in rows if "_oom" not in r]
+        out = [r for r in rows if not isinstance(r, OutOfMemory)]
         return out
 
     def arch_columns(self, shape: ShardShape) -> dict[str, Any]:
@@ -284,7 +251,7 @@ class GpuProfiler:
 
             series = self.run_series(f"attention prefill tp{shape.tp} chunk {chunk}",
                                      self.cfg.kv_sizes, prefill)  # fmt: skip
-            rows.extend(r for r in series if "_oom" not in r)
+            rows.extend(r for r in series if not isinstance(r, OutOfMemory))
         for batch in self.cfg.decode_batches:
 
             def decode(ctx: int, batch: int = batch) -> dict[str, Any]:
@@ -293,7 +260,7 @@ class GpuProfiler:
 
             series = self.run_series(f"attention decode tp{shape.tp} batch {batch}",
                                      self.cfg.decode_contexts, decode)  # fmt: skip
-            rows.extend(r for r in series if "_oom" not in r)
+            rows.extend(r for r in series if not isinstance(r, OutOfMemory))
         return rows
 
     def _attention_row(
@@ -332,8 +299,8 @@ class GpuProfiler:
 
                 for row in self.run_series(f"iterations {phase} tp{shape.tp} ctx {ctx}",
                                            shapes, measure):  # fmt: skip
-                    if "_oom" in row:
-                        batch, it = row["_oom"]
+                    if isinstance(row, OutOfMemory):
+                        batch, it = row.size
                         row = self._iteration_row(shape, phase, batch, ctx, it, None, "oom")
                     rows.append(row)
         return rows
@@ -377,7 +344,11 @@ class GpuProfiler:
                     "collective": "all_reduce", "devices_per_node": n,
                     "max_devices_per_node": n}  # fmt: skip
 
-        rows = [r for r in self.run_series("all_reduce", sizes, measure) if "_oom" not in r]
+        rows = [
+            r
+            for r in self.run_series("all_reduce", sizes, measure)
+            if not isinstance(r, OutOfMemory)
+        ]
         self.free()
         return rows
 
@@ -389,11 +360,6 @@ def _iteration(phase: str, batch: int, ctx: int) -> IterationShape:
     if phase == "decode":
         return IterationShape(decode_seqs=batch, decode_ctx=ctx)
     return IterationShape(prefill_seqs=1, chunk=ctx, decode_seqs=batch, decode_ctx=ctx)
-
-
-def _label(size: Any) -> Any:
-    """A series size for ``series.csv`` (iteration points by their batch size)."""
-    return size[0] if isinstance(size, tuple) else size
 
 
 def run_gpu_profile(
@@ -424,7 +390,7 @@ def run_gpu_profile(
             reduce = profiler.all_reduce_rows()
     except OutOfTimeError:
         pass
-    return write_outputs(out, name, mlp, attention, iterations, reduce, profiler.series)
+    return write_outputs(out, name, mlp, attention, iterations, reduce, profiler.log.rows)
 
 
 def write_outputs(
