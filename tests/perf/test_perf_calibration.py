@@ -112,3 +112,14 @@ def test_unknown_override_is_named() -> None:
     """A misspelt field raises, listing the fields."""
     with pytest.raises(Exception, match=r"unknown roofline parameter.*mfu_eficiency"):
         default_roofline_params(get_accelerator("A100"), {"mfu_eficiency": 0.4})
+
+
+def test_configured_step_models_take_the_transferred_defaults() -> None:
+    """A config's roofline block (simulate, emulate, plan, deploy) needs no option for H200."""
+    from sincere.perf.factory import StepModelConfig
+
+    dep = Deployment(get_model("llama-3-8b"), get_accelerator("H200"))
+    built = StepModelConfig(kind="roofline").build(dep)
+    assert isinstance(built, Roofline)
+    expected = RooflineParams(**shipped_fits()["H100-SXM"]["params"])
+    assert built.params == expected == Roofline(dep).params

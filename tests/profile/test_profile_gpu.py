@@ -155,3 +155,27 @@ def test_cuda_path_captures_graphs() -> None:
         model.iteration(IterationShape(decode_seqs=4, decode_ctx=64))
     )
     assert timer == "cuda_graph" and len(times) == cfg.replays and min(times) > 0
+
+
+def test_a_shard_whose_weights_do_not_fit_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full shard running out of memory skips the iterations, records it, writes the rest."""
+    torch = pytest.importorskip("torch")
+    from sincere.profile import gpu_model
+    from sincere.profile.gpu import run_gpu_profile
+
+    real_init = gpu_model.ShardModel.__init__
+
+    def init(self: Any, *args: Any) -> None:
+        if args[-1] > 1:  # num_layers: only the one-layer operator models fit
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 70 GiB")
+        real_init(self, *args)
+
+    monkeypatch.setattr(gpu_model.ShardModel, "__init__", init)
+    cfg = small_config(num_tokens=(1,), decode_batches=(1,), prefill_chunks=(16,))
+    paths = run_gpu_profile("tiny-llama", cfg, tmp_path)
+    assert "mlp" in paths and read_profile_csv(paths["iterations"]) == []
+    series = {r["series"]: r for r in read_profile_csv(paths["series"])}
+    assert series["iterations tp1 (weights)"]["status"] == "oom"
+    assert "70 GiB" in series["iterations tp1 (weights)"]["detail"]

@@ -197,9 +197,16 @@ class GpuProfiler:
         """CUDA devices visible (0 on a CPU run)."""
         return int(self.torch.cuda.device_count()) if self.device.type == "cuda" else 0
 
-    def model(self, shape: ShardShape, num_layers: int) -> ShardModel:
-        """The shard with ``num_layers`` layers of random weights."""
-        return ShardModel(self.torch, shape, self.device, self.dtype, self.cfg.seed, num_layers)
+    def model(self, shape: ShardShape, num_layers: int, series: str) -> ShardModel | None:
+        """The shard with ``num_layers`` layers of random weights, or None (recorded as
+        the ``series``' out-of-memory) when its weights do not fit."""
+        try:
+            return ShardModel(self.torch, shape, self.device, self.dtype, self.cfg.seed, num_layers)
+        except oom_errors(self.torch) as exc:
+            self.free()
+            detail = f"{num_layers}-layer shard: {str(exc).splitlines()[0][:160]}"
+            self.log.record(f"{series} (weights)", "oom", None, f"tp{shape.tp}", detail)
+            return None
 
     def free(self) -> None:
         """Return cached device memory (between stages)."""
@@ -214,7 +221,9 @@ class GpuProfiler:
     # --- the measurements --------------------------------------------------------------
     def mlp_rows(self, shape: ShardShape) -> list[dict[str, Any]]:
         """One row per token count: every operator's stats, then the architecture columns."""
-        model = self.model(shape, 1)
+        model = self.model(shape, 1, f"mlp tp{shape.tp}")
+        if model is None:
+            return []
 
         def measure(tokens: int) -> dict[str, Any]:
             row: dict[str, Any] = {}
@@ -241,8 +250,10 @@ class GpuProfiler:
 
     def attention_rows(self, shape: ShardShape) -> list[dict[str, Any]]:
         """Prefill rows (batch 1) by chunk and cached tokens, decode rows by batch and context."""
-        model = self.model(shape, 1)
+        model = self.model(shape, 1, f"attention tp{shape.tp}")
         rows: list[dict[str, Any]] = []
+        if model is None:
+            return rows
         for chunk in self.cfg.prefill_chunks:
 
             def prefill(kv: int, chunk: int = chunk) -> dict[str, Any]:
@@ -286,8 +297,10 @@ class GpuProfiler:
 
     def iteration_rows(self, shape: ShardShape) -> list[dict[str, Any]]:
         """Whole iterations of the full shard: prefill, decode and mixed series."""
-        model = self.model(shape, shape.num_layers)
+        model = self.model(shape, shape.num_layers, f"iterations tp{shape.tp}")
         rows: list[dict[str, Any]] = []
+        if model is None:
+            return rows
         for phase in ("prefill", "decode", "mixed"):
             for ctx in self.cfg.context_tokens:
                 shapes = [(b, _iteration(phase, b, ctx)) for b in self.cfg.batch_sizes]

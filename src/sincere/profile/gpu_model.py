@@ -96,7 +96,7 @@ class ShardModel:
         self, torch: Any, shape: ShardShape, device: Any, dtype: Any, seed: int, num_layers: int
     ) -> None:
         self.torch, self.shape, self.device, self.dtype = torch, shape, device, dtype
-        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.gen = torch.Generator(device=device).manual_seed(seed)  # drawn where they live
         s = shape
         qkv = (s.heads + 2 * s.kv_heads) * s.head_dim
         self.layers = [
@@ -118,8 +118,8 @@ class ShardModel:
     # --- tensors -----------------------------------------------------------------------
     def rand(self, *size: int) -> Any:
         """Seeded random values of ``size`` on the device, scaled as initialisers do."""
-        t = self.torch.randn(*size, generator=self.gen, dtype=self.torch.float32) * 0.02
-        return t.to(device=self.device, dtype=self.dtype)
+        t = self.torch.empty(*size, device=self.device, dtype=self.dtype)
+        return t.normal_(0.0, 0.02, generator=self.gen)
 
     def ones(self, *size: int) -> Any:
         """Ones (norm weights)."""
@@ -127,8 +127,9 @@ class ShardModel:
 
     def token_ids(self, num_tokens: int) -> Any:
         """Random token ids of this shard's vocabulary."""
-        ids = self.torch.randint(0, self.shape.vocab, (num_tokens,), generator=self.gen)
-        return ids.to(self.device)
+        return self.torch.randint(
+            0, self.shape.vocab, (num_tokens,), generator=self.gen, device=self.device
+        )
 
     def kv_cache(self, seqs: int, length: int) -> tuple[Any, Any]:
         """Keys and values of ``seqs`` sequences of ``length`` tokens (one layer)."""
