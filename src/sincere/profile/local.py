@@ -123,8 +123,9 @@ class LocalProfiler:
         self.device = self.torch.device(cfg.device)
         self.gen = self.torch.Generator().manual_seed(cfg.seed)
 
-    def build(self, num_layers: int | None = None) -> Any:
-        """The model (``num_layers`` layers if given) with seeded random weights, in eval mode."""
+    def build(self, num_layers: int | None = None, device: str | None = None) -> Any:
+        """The model (``num_layers`` layers if given) with seeded random weights, in eval mode,
+        on the profiled device (or ``device``)."""
         torch = self.torch
         config = dict(self.hf_config)
         if num_layers is not None:
@@ -132,7 +133,7 @@ class LocalProfiler:
         torch.manual_seed(self.cfg.seed)
         llama_config = self.transformers.LlamaConfig(**config)
         model = self.transformers.LlamaForCausalLM(llama_config)
-        return model.to(device=self.device, dtype=self.dtype).eval()
+        return model.to(device=device or self.device, dtype=self.dtype).eval()
 
     def sync(self) -> None:
         """Wait for queued device work (a no-op on CPU)."""
@@ -283,7 +284,7 @@ class LocalProfiler:
         saves: list[float] = []
         loads: list[float] = []
         unloads: list[float] = []
-        model = self.build().to("cpu") if self.device.type != "cpu" else self.build()
+        model = self.build(device="cpu")  # saved from host memory; only the load uses the device
         size_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / GB
 
         def measure(repeat: int) -> dict[str, Any]:
