@@ -21,7 +21,13 @@ and the linear + communication kernels (all measured) are compared on their own.
 Then a leave-one-model-out check: the linear fit on three models, judged on the
 fourth. Machine-independent (no timing); about 40 s.
 
-    python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
+Hopper: the shipped H100-SXM fit against Vidur's H100 profiles (six models, TP 1 to 8).
+Those hold no attention and no engine steps, so what is judged is the GPU work they
+measure -- the layers' linear kernels (the iteration minus overhead, communication,
+attention and LM head) -- on the same iterations, for the shipped fit (all six models)
+and leave-one-model-out (the linear fit on the five others, judged on the sixth).
+
+    python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles] [--only a100|h100]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from sincere.perf.profiled import ProfiledStep
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATOR = get_accelerator("A100-80GB")
+HOPPER = get_accelerator("H100-SXM")
 FAMILIES = ("prefill", "decode 1k", "decode 4k", "mixed")
 
 
@@ -156,12 +163,69 @@ def leave_one_out(profiles: OperatorProfiles) -> None:
         )
 
 
+def hopper_errors(
+    profiles: OperatorProfiles, params: RooflineParams | None, name: str
+) -> dict[int, list[float]]:
+    """Per TP: relative errors of the roofline's linear kernels vs the H100 tables' sums."""
+    out: dict[int, list[float]] = {}
+    for (model_name, tp), table in sorted(profiles.linear.items()):
+        if model_name != name:
+            continue
+        dep = Deployment(get_model(name), HOPPER, tp=tp)
+        model = Roofline(dep, params)
+        layers = dep.model.num_layers
+        errors = []
+        for _, batch in grid():
+            measured = layers * table.layer_ms(batch.num_tokens) * 1e-3
+            errors.append(model.parts(batch).linear_s / measured - 1)
+        out[tp] = errors
+    return out
+
+
+def hopper(profiles: OperatorProfiles) -> None:
+    """The shipped H100 fit and leave-one-model-out, per model and TP."""
+    from sincere.perf.calibration import shipped_fits
+
+    a100 = shipped_fits()["A100-80GB"]
+    print(
+        "\n| H100 model | TPs | shipped H100 fit: mean / max % | leave-one-model-out: mean / max % "
+        "| held-out fit mfu / bw / tile |"
+    )
+    print("|---|---|---:|---:|---:|")
+    shipped_all: list[float] = []
+    held_all: list[float] = []
+    for held in profiles.models:
+        shipped = hopper_errors(profiles, None, held)
+        others = [m for m in profiles.models if m != held]
+        fit = fit_gpu_profiles(profiles, HOPPER, models=others, borrow_from=a100)
+        out = hopper_errors(profiles, RooflineParams(**fit.params), held)
+        flat_shipped = [e for errors in shipped.values() for e in errors]
+        flat_held = [e for errors in out.values() for e in errors]
+        shipped_all += flat_shipped
+        held_all += flat_held
+        p = fit.params
+        print(
+            f"| {held} | {', '.join(map(str, shipped))} | {stats(flat_shipped)} "
+            f"| {stats(flat_held)} | {p['mfu_efficiency']:.3f} / {p['bw_efficiency']:.3f} "
+            f"/ {p['token_tile']} |"
+        )
+    print(
+        f"\none-line: H100 fit vs H100 linear kernel sums: shipped {stats(shipped_all)} %, "
+        f"leave-one-model-out {stats(held_all)} % (mean / max)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
     )
+    parser.add_argument("--only", choices=("a100", "h100"), default=None)
     args = parser.parse_args()
+    if args.only != "a100":
+        hopper(read_operator_profiles(args.profiles / "h100"))
+    if args.only == "h100":
+        return
     profiles = read_operator_profiles(args.profiles / "a100")
     results = compare(profiles, None, profiles.models)  # None: the shipped A100 defaults
     accuracy_tables(results)

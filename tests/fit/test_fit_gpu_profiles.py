@@ -12,7 +12,7 @@ import sincere.cli.fit  # noqa: F401  (registers the command)
 from sincere.catalog import get_accelerator, get_model
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
-from sincere.fit.gpu_profiles import fit_gpu_profiles, octave_weights
+from sincere.fit.gpu_profiles import fit_document, fit_gpu_profiles, octave_weights
 from sincere.perf import Batch, Deployment, Roofline, RooflineParams, make_step_model
 from sincere.perf.operators import read_operator_profiles
 
@@ -116,3 +116,38 @@ def test_cli_names_unknown_models_and_how_to_add_them(synthetic_profiles: Path) 
     assert result.exit_code != 0
     assert isinstance(result.exception, ConfigError)
     assert "mystery-13b" in str(result.exception) and "SINCERE_CATALOG" in str(result.exception)
+
+
+def test_missing_attention_and_cpu_are_borrowed_from_a_reference(synthetic_profiles: Path) -> None:
+    """Without attention / engine-steps files those terms come whole from the reference fit."""
+    for pattern in ("attention_*", "engine_steps_*"):
+        for path in synthetic_profiles.glob(pattern):
+            path.unlink()
+    reference = {
+        "fit": {"accelerator": "A100-80GB"},
+        "params": {
+            "attn_mfu_efficiency": 0.31, "attn_bw_efficiency": 0.72, "attn_kernel_s": 2e-5,
+            "attn_diag_factor": 1.7, "overhead_s": 9e-4, "overhead_per_seq_s": 4e-5,
+            "mfu_efficiency": 0.11,
+        },
+    }  # fmt: skip
+    profiles = read_operator_profiles(synthetic_profiles)
+    fit = fit_gpu_profiles(profiles, H100, borrow_from=reference)
+    assert set(fit.borrowed) == {"attention", "cpu"} and fit.borrowed_from == "A100-80GB"
+    for name in ("attn_mfu_efficiency", "attn_diag_factor", "overhead_per_seq_s"):
+        assert fit.params[name] == reference["params"][name]
+    assert fit.params["mfu_efficiency"] != 0.11  # fitted parts are never borrowed
+    doc = fit_document(fit, profiles, ["sincere"])
+    assert doc["fit"]["borrowed"]["from"] == "A100-80GB"
+    assert doc["fit"]["borrowed"]["parts"]["cpu"] == ["overhead_per_seq_s", "overhead_s"]
+
+
+def test_cli_refuses_an_unknown_reference(synthetic_profiles: Path) -> None:
+    """`--borrow-from` naming no shipped fit or file is refused with the valid names."""
+    result = runner.invoke(
+        app,
+        ["fit", "gpu-profiles", str(synthetic_profiles), "--accelerator", "H100",
+         "--borrow-from", "L4", "--out", str(synthetic_profiles / "x.yaml")],
+    )  # fmt: skip
+    assert isinstance(result.exception, ConfigError)
+    assert "A100-80GB" in str(result.exception) and "L4" in str(result.exception)

@@ -140,3 +140,19 @@ def test_bad_params_are_rejected() -> None:
         RooflineParams(mfu_efficiency=1.5)
     with pytest.raises(ConfigError, match="pp_microbatches"):
         RooflineParams(pp_microbatches=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.integers(1, 20_000), tp=st.sampled_from([1, 2, 8]))
+def test_layer_is_the_sum_of_its_kernel_terms(tokens: int, tp: int) -> None:
+    """One layer's linear work is exactly fixed + elementwise, QKV, O, then the FFN's kernels."""
+    from sincere.catalog import get_accelerator, get_model
+
+    dep = Deployment(get_model("llama-3-8b"), get_accelerator("H100-SXM"), tp=tp)
+    kernels = Roofline(dep).kernels
+    total = kernels.fixed_and_elementwise_s(tokens)
+    for term in (*kernels.projections_s(tokens), *kernels.ffn_s(tokens)):
+        assert term > 0
+        total += term
+    assert kernels.linear_layer_s(tokens) == total
+    assert Roofline(dep).parts(Batch.of(prefill=[(tokens, 0)])).linear_s == 32 * total

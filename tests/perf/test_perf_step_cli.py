@@ -69,7 +69,14 @@ def test_table_names_where_the_constants_come_from() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "attention" in result.output and "iteration" in result.output
-    assert "constants: prior" in result.output
+    assert "constants: fitted" in result.output and "H100-SXM.yaml" in result.output
+    h200 = runner.invoke(
+        app,
+        ["step", "llama-3-8b", "--accelerator", "H200", "--decode", "8@1024"],
+        env={"COLUMNS": "200"},
+    )
+    assert h200.exit_code == 0, h200.output
+    assert "constants: transferred" in h200.output
 
 
 def test_other_step_models_and_params_files(tmp_path: Path) -> None:

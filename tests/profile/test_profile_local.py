@@ -59,3 +59,69 @@ def test_local_profile_writes_three_published_layouts(tmp_path: Path) -> None:
     assert len(rows) == 8
     loading = read_profile_csv(tmp_path / "model_loading_times.csv")[0]
     assert loading["model_name"] == "tiny-llama" and loading["mean_loading_time /s"] > 0
+
+
+def test_prefill_asks_for_the_last_logits_only() -> None:
+    """The timed prefill passes logits_to_keep=1: no LM head over every prompt token."""
+    pytest.importorskip("transformers")
+    from sincere.profile.local import LocalProfiler
+
+    name, config = resolve_config("tiny-llama")
+    profiler = LocalProfiler(name, config, LocalProfileConfig(repeats=1))
+    model = profiler.build(1)
+    seen: list[object] = []
+    forward = model.forward
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs.get("logits_to_keep"))
+        out = forward(*args, **kwargs)
+        seen.append(out.logits.shape[1])
+        return out
+
+    model.forward = spy
+    profiler.prefill_s(model, 2, 16)
+    profiler.decode_s(model, 2, 16)
+    assert seen and all(value == 1 for value in seen)
+
+
+def test_out_of_memory_ends_a_series_and_every_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OOM from batch 2 up is recorded; iterations, fingerprints, loading, series all written."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from sincere.profile.local import LocalProfiler, run_local_profile
+
+    real_decode, real_generate = LocalProfiler.decode_s, LocalProfiler.generate_s
+
+    def decode_s(self: LocalProfiler, model: object, batch: int, ctx: int) -> list[float]:
+        if batch >= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 31.25 GiB")
+        return real_decode(self, model, batch, ctx)
+
+    def generate_s(self: LocalProfiler, model: object, batch: int, out_len: int) -> float:
+        if batch >= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real_generate(self, model, batch, out_len)
+
+    monkeypatch.setattr(LocalProfiler, "decode_s", decode_s)
+    monkeypatch.setattr(LocalProfiler, "generate_s", generate_s)
+    cfg = LocalProfileConfig(
+        batch_sizes=(1, 2, 4),
+        context_tokens=(8,),
+        repeats=1,
+        output_lengths=(2,),
+        fingerprint_layers=(1,),
+        swap_repeats=1,
+    )
+    paths = run_local_profile("tiny-llama", cfg, tmp_path)
+    assert {"iterations", "fingerprints", "loading", "series"} <= set(paths)
+    decode = [r for r in read_profile_csv(paths["iterations"]) if r["phase"] == "decode"]
+    assert [(r["batch_size"], r["status"]) for r in decode] == [(1, "ok"), (2, "oom")]
+    assert decode[1]["iteration_s"] is None
+    assert [r["Batch_Size"] for r in read_profile_csv(paths["fingerprints"])] == [1]
+    assert read_profile_csv(paths["loading"])[0]["mean_loading_time /s"] > 0
+    series = {r["series"]: r for r in read_profile_csv(paths["series"])}
+    assert series["iterations decode ctx 8"]["status"] == "oom"
+    assert series["iterations decode ctx 8"]["largest_ok"] == 1
+    assert series["iterations prefill ctx 8"]["status"] == "complete"

@@ -32,6 +32,7 @@ from rich.table import Table
 from sincere.cli.app import VerbGroup, app
 from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
+from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from sincere.fit.gpu_profiles import GpuProfileFit
@@ -173,6 +174,26 @@ def _command_line(directory: Path, accelerator: str, out: Path, **options: Any) 
     return [*argv, "--out", str(out)]
 
 
+def _reference_fit(name: str, fitting: str, catalog: Any) -> dict[str, Any] | None:
+    """The fit document ``--borrow-from`` names (None for 'none' or the chip being fitted)."""
+    from sincere.perf.calibration import shipped_fits
+    from sincere.perf.factory import load_params_file
+
+    if name.lower() == "none":
+        return None
+    if Path(name).is_file():
+        return {"params": load_params_file(name, "roofline"), "fit": {"accelerator": name}}
+    fits = shipped_fits()
+    if not catalog.has_accelerator(name) or catalog.accelerator(name).name not in fits:
+        raise ConfigError(
+            "--borrow-from names no shipped fit or parameter file",
+            value=name,
+            allowed=[*sorted(fits), "a roofline parameter file", "none"],
+        )
+    chosen = catalog.accelerator(name).name
+    return None if chosen == fitting else dict(fits[chosen])
+
+
 @fit_app.command("gpu-profiles")
 def fit_gpu_profiles_command(
     directory: Annotated[
@@ -197,6 +218,13 @@ def fit_gpu_profiles_command(
         list[Path] | None,
         typer.Option("--catalog", help="extra catalog file (models, accelerators)"),
     ] = None,
+    borrow_from: Annotated[
+        str,
+        typer.Option(
+            help="fit (catalog accelerator with a shipped fit, or a parameter file) whose "
+            "attention / CPU terms fill the parts the profiles lack; 'none' to leave them out"
+        ),
+    ] = "A100-80GB",
     as_json: Annotated[bool, typer.Option("--json", help="print the document as JSON")] = False,
 ) -> None:
     """Fit the roofline's constants to one accelerator's operator profiles."""
@@ -221,8 +249,11 @@ def fit_gpu_profiles_command(
             models=names,
             topology=all_reduce,
             progress=lambda part: bar.update(task, advance=1, description=f"fitting {part}"),
+            borrow_from=_reference_fit(borrow_from, acc.name, catalog),
         )
-    argv = _command_line(directory, accelerator, out, all_reduce=all_reduce, models=models)
+    argv = _command_line(
+        directory, accelerator, out, all_reduce=all_reduce, models=models, borrow_from=borrow_from
+    )
     document = fit_document(fit, profiles, argv, all_reduce)
     write_params(document, out)
     if as_json:

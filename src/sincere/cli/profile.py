@@ -2,9 +2,12 @@
 
 ``http`` sweeps concurrency (SINCERE's batch-size ladder), prompt and output lengths
 against any OpenAI-compatible server, streaming to time TTFT and every token gap.
-``local`` times prefill and decode iterations, MaverIQ fingerprints and model
-save / load / unload of a random-weight PyTorch model built from the catalog (needs
-the ``ml`` extra). Both write CSVs in the published column layouts with the
+``local`` times prefill and decode iterations of an eager transformers forward pass (as
+a request-level engine such as SINCERE's pipeline runs it), MaverIQ fingerprints and
+model save / load / unload of a random-weight PyTorch model built from the catalog.
+``gpu`` times one GPU's tensor-parallel shard as an engine with CUDA graphs runs it and
+writes Vidur's kernel layouts for ``sincere fit gpu-profiles`` (both need the ``ml``
+extra). Both write CSVs in the published column layouts with the
 monitor's CPU / memory / GPU columns, and show progress.
 """
 
@@ -91,6 +94,92 @@ def http_command(
     console.print(f"{len(rows)} points ({failed} with errors) → {out}")
 
 
+@profile_app.command("gpu")
+def gpu_command(
+    arch: Annotated[str, typer.Argument(help="catalog model, or a directory / config.json")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path(
+        "gpu-profile"
+    ),
+    device: Annotated[str, typer.Option(help="torch device: cuda, cuda:1 (cpu: a test run)")] = (
+        "cuda"
+    ),
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "bfloat16",
+    tp: Annotated[str, typer.Option(help="tensor-parallel degrees whose shard is timed")] = "1",
+    num_tokens: Annotated[
+        str, typer.Option(help="token counts of the linear operators")
+    ] = "1,2,4,8,16,32,64,128,256,512,1024,2048,4096",
+    prefill_chunks: Annotated[str, typer.Option(help="prefill attention chunks")] = (
+        "64,128,256,512,1024,2048"
+    ),
+    kv_sizes: Annotated[str, typer.Option(help="cached tokens before a prefill chunk")] = (
+        "0,256,1024,2048,4096"
+    ),
+    decode_batches: Annotated[str, typer.Option(help="decode attention batch sizes")] = (
+        "1,2,4,8,16,32,64,128,256"
+    ),
+    decode_contexts: Annotated[str, typer.Option(help="decode contexts, tokens")] = (
+        "128,512,1024,2048,4096"
+    ),
+    batch_sizes: Annotated[str, typer.Option(help="whole iterations: sequences")] = "1,4,16,64",
+    context_tokens: Annotated[str, typer.Option(help="whole iterations: tokens")] = "128,1024",
+    replays: Annotated[int, typer.Option(help="timed replays per shape (median kept)")] = 20,
+    graphs: Annotated[bool, typer.Option(help="capture each shape in a CUDA graph")] = True,
+    max_duration: Annotated[float, typer.Option(help="whole-profile limit, s")] = 1800.0,
+    seed: Annotated[int, typer.Option(help="torch seed of the random weights")] = 0,
+) -> None:
+    """Kernel times as an engine with CUDA graphs sees them, in Vidur's CSV layouts.
+
+    One GPU's TP shard (fused QKV and gate/up GEMMs, RoPE, RMSNorm, SDPA attention on a
+    KV cache, LM head on each sequence's last token) is timed shape by shape: CUDA graph
+    replays timed by CUDA events on a GPU, wall clock on a CPU (a test run). Writes
+    mlp_<model>.csv, attention_<model>_tp<N>.csv, all_reduce_local.csv (more than one
+    GPU), iterations.csv and series.csv; `sincere fit gpu-profiles OUT --accelerator A`
+    fits them. Out-of-memory ends a series and is recorded in series.csv.
+    """
+    from sincere.profile.gpu import GpuProfileConfig, run_gpu_profile
+
+    cfg = GpuProfileConfig(
+        device=device,
+        dtype=dtype,
+        tp=_ints(tp, "--tp"),
+        num_tokens=_ints(num_tokens, "--num-tokens"),
+        prefill_chunks=_ints(prefill_chunks, "--prefill-chunks"),
+        kv_sizes=_ints(kv_sizes, "--kv-sizes"),
+        decode_batches=_ints(decode_batches, "--decode-batches"),
+        decode_contexts=_ints(decode_contexts, "--decode-contexts"),
+        batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+        context_tokens=_ints(context_tokens, "--context-tokens"),
+        replays=replays,
+        use_graphs=graphs,
+        max_duration_s=max_duration,
+        seed=seed,
+    )
+    with _progress() as bar:
+        task = bar.add_task("profile gpu", total=None)
+
+        def on_step(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        paths = run_gpu_profile(arch, cfg, out, on_step=on_step)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+    _print_series_summary(paths["series"], paths["iterations"])
+
+
+def _print_series_summary(series: Path, iterations: Path) -> None:
+    """Say which timer ran and which series stopped early (out of memory, time)."""
+    from sincere.profile.csvio import read_profile_csv
+
+    timers = sorted({str(r["timer"]) for r in read_profile_csv(iterations) if r.get("timer")})
+    console.print(f"timer: {', '.join(timers) or 'none (no iteration measured)'}")
+    for row in read_profile_csv(series):
+        if row["status"] != "complete":
+            console.print(
+                f"[yellow]{row['series']}[/yellow]: {row['status']} at {row['stopped_at']} "
+                f"(largest that ran: {row['largest_ok']})"
+            )
+
+
 @profile_app.command("local")
 def local_command(
     arch: Annotated[str, typer.Argument(help="catalog model, or a directory / config.json")],
@@ -105,7 +194,14 @@ def local_command(
     seed: Annotated[int, typer.Option(help="torch seed of the random weights")] = 0,
     monitor_interval: Annotated[float, typer.Option(help="monitor sampling period, s")] = 0.5,
 ) -> None:
-    """Iteration times, fingerprints and load times of a random-weight PyTorch model."""
+    """Eager transformers forward passes, fingerprints and load times of a random-weight model.
+
+    What it measures: an eager Hugging Face forward pass (a kernel launch per operator,
+    no CUDA graphs) -- meaningful for request-level engines such as SINCERE's pipeline,
+    not for engines that replay CUDA graphs (use `sincere profile gpu` for those).
+    Logits are computed for the last position only. Out-of-memory ends a batch-size
+    series and is recorded in series.csv; every file is still written.
+    """
     from sincere.profile.local import LocalProfileConfig, run_local_profile
     from sincere.profile.monitor import Monitor
 

@@ -23,6 +23,15 @@ degree at once (one functional form, no per-model constants), the
   and output processing by batch size: ``overhead_s + overhead_per_seq_s · batch``
   (least squares; the Ray transport time of those runs is left out).
 
+A part the profiles cannot give (Vidur published no H100 attention profile, and only
+an A100 engine-steps table) is **borrowed** from a reference fit of the same software
+stack (``borrow_from``: a fit document, by default the shipped A100-80GB one): its
+attention efficiencies, kernel cost and diagonal factor, or its CPU terms, taken as
+they are. Each term being a datasheet peak times an efficiency, the borrowed
+attention is the reference's measured attention scaled by the ratio of the two
+datasheets' bf16 FLOPs (compute-bound prefill) and HBM bandwidth (memory-bound
+decode). The document names what was borrowed and from where.
+
 Every fit minimises a robust (soft-L1) loss of the log ratio of model to measurement
 (symmetric in over- and under-prediction), so a few noisy rows do not pull it; rows
 are weighted so each octave of token counts (or message sizes) weighs the same.
@@ -33,7 +42,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,11 +93,15 @@ class GpuProfileFit:
     accelerator: Accelerator  # the catalog accelerator (its datasheet peaks)
     parts: tuple[PartFit, ...]  # what was fitted
     notes: tuple[str, ...] = field(default=())  # parts that could not be fitted, and why
+    borrowed: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> params taken
+    borrowed_from: str | None = None  # the reference fit those came from
 
     @property
     def params(self) -> dict[str, Any]:
-        """The RooflineParams fields fitted (helper figures left out)."""
+        """The RooflineParams fields fitted or borrowed (helper figures left out)."""
         out: dict[str, Any] = {}
+        for borrowed in self.borrowed.values():
+            out.update(borrowed)
         for part in self.parts:
             out.update({k: v for k, v in part.params.items() if not k.startswith("_")})
         return out
@@ -366,6 +379,23 @@ def fit_cpu(profiles: OperatorProfiles) -> PartFit:
     return _summary("cpu", params, _relative(fixed + per_seq * batch, seconds))
 
 
+# --- borrowed parts ----------------------------------------------------------------------
+BORROWABLE = {
+    "attention": ("attn_mfu_efficiency", "attn_bw_efficiency", "attn_kernel_s", "attn_diag_factor"),
+    "cpu": ("overhead_s", "overhead_per_seq_s"),
+}
+"""Parts a fit may borrow from a reference fit, and the parameters each carries."""
+
+
+def borrowed_params(reference: Mapping[str, Any], part: str) -> dict[str, Any]:
+    """The ``part``'s parameters of a reference fit document (all of them, or none)."""
+    params = reference.get("params", {})
+    names = BORROWABLE[part]
+    if not all(name in params for name in names):
+        return {}
+    return {name: params[name] for name in names}
+
+
 # --- all of it ---------------------------------------------------------------------------
 def fit_gpu_profiles(
     profiles: OperatorProfiles,
@@ -374,12 +404,13 @@ def fit_gpu_profiles(
     models: Iterable[str] | None = None,
     topology: str | None = None,
     progress: Callable[[str], None] | None = None,
+    borrow_from: Mapping[str, Any] | None = None,
 ) -> GpuProfileFit:
     """Fit every part the profiles allow; ``models`` restricts the linear fit (leave-one-out).
 
     ``progress(part)`` is called as each part starts. Attention, all-reduce and CPU
-    parts whose files are missing are left out with a note (the accelerator's prior
-    then applies to them).
+    parts whose files are missing are left out with a note; attention and CPU are then
+    borrowed from ``borrow_from`` (a fit document) when given (module docstring).
     """
     report = progress or (lambda part: None)
     models = None if models is None else list(models)
@@ -397,8 +428,19 @@ def fit_gpu_profiles(
         try:
             parts.append(fitter())
         except ConfigError as exc:
-            notes.append(f"{name} not fitted (the prior applies): {exc}")
-    return GpuProfileFit(accelerator, tuple(parts), tuple(notes))
+            notes.append(f"{name} not fitted: {exc}")
+    fitted = {p.name for p in parts}
+    borrowed: dict[str, dict[str, Any]] = {}
+    source = None
+    if borrow_from is not None:
+        source = str(borrow_from.get("fit", {}).get("accelerator", "a reference fit"))
+        for part in BORROWABLE:
+            taken = borrowed_params(borrow_from, part) if part not in fitted else {}
+            if taken:
+                borrowed[part] = taken
+    return GpuProfileFit(
+        accelerator, tuple(parts), tuple(notes), borrowed, source if borrowed else None
+    )
 
 
 def fit_document(
@@ -420,6 +462,14 @@ def fit_document(
     }
     if fit.notes:
         info["notes"] = list(fit.notes)
+    if fit.borrowed:
+        info["borrowed"] = {
+            "from": fit.borrowed_from,
+            "parts": {part: sorted(params) for part, params in fit.borrowed.items()},
+            "rule": "taken as fitted on the reference accelerator; with this accelerator's "
+            "datasheet peaks they scale the reference's kernel times by the FLOPs and "
+            "bandwidth ratios",
+        }
     return {"kind": "roofline", "params": params, "fit": info}
 
 

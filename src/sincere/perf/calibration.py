@@ -6,11 +6,22 @@ accelerator's operator profiles and writes a parameter file (``kind: roofline``,
 in ``sincere/data/perf/roofline/`` are those fits; an accelerator with one uses its
 fitted constants by default (its datasheet peaks stay the catalog's).
 
-Every other accelerator keeps its datasheet peaks and takes as a prior the fitted
-figures that describe the software stack rather than the chip (:data:`PRIOR_FIELDS`:
-the efficiencies against the peaks, the GEMM overlap exponent and token tile, the
-attention diagonal factor, the per-kernel and per-step fixed costs and the all-reduce
-latency), averaged over the shipped fits. Explicit parameters override either.
+An accelerator without its own fit keeps its datasheet peaks (the catalog's) and takes
+its efficiencies and fixed costs by one of two rules:
+
+* **transfer** (:data:`FIT_TRANSFER`): a variant of a fitted chip (same silicon
+  generation and kernels, other memory, clocks or board) takes that fit's
+  parameters whole: H200 and H100-PCIe from the H100-SXM fit, A100-40GB from the
+  A100-80GB fit. Since every term is a datasheet peak times an efficiency, the fitted
+  kernel times are scaled by the ratio of the two datasheets' FLOPs (compute-bound
+  kernels) and HBM / link bandwidth (memory-bound ones);
+* **prior**: any other accelerator takes the figures that describe the software stack
+  rather than the chip (:data:`PRIOR_FIELDS`: the efficiencies against the peaks, the
+  GEMM overlap exponent and token tile, the attention diagonal factor, the per-kernel
+  and per-step fixed costs and the all-reduce latency), averaged over the shipped fits
+  (the token tile: the smallest of theirs).
+
+Explicit parameters override either.
 """
 
 from __future__ import annotations
@@ -47,6 +58,12 @@ PRIOR_FIELDS = (
     "overhead_per_seq_s",
 )
 """Fitted figures another accelerator takes as its prior (stack, not chip)."""
+FIT_TRANSFER = {
+    "H200": "H100-SXM",
+    "H100-PCIe": "H100-SXM",
+    "A100-40GB": "A100-80GB",
+}
+"""Catalog accelerator -> the fitted chip whose parameters it takes whole (module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +97,18 @@ def shipped_fits() -> dict[str, dict[str, Any]]:
 
 
 def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
-    """The accelerator's own fit, else the prior from the shipped fits (module docstring)."""
+    """The accelerator's own fit, a transferred fit, else the prior (module docstring)."""
     fits = shipped_fits()
     own = fits.get(accelerator.name)
     if own is not None:
         return RooflineDefaults(dict(own["params"]), f"fitted: {own['file']}")
+    source = fits.get(FIT_TRANSFER.get(accelerator.name, ""))
+    if source is not None:
+        origin = (
+            f"transferred: {source['file']} (a variant of {source['fit']['accelerator']}: "
+            f"its efficiencies and fixed costs, {accelerator.name}'s datasheet peaks)"
+        )
+        return RooflineDefaults(dict(source["params"]), origin)
     if not fits:
         return RooflineDefaults({}, "datasheet assumptions (no shipped fit)")
     prior: dict[str, Any] = {}
@@ -93,7 +117,11 @@ def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
         if values:
             prior[name] = sum(values) / len(values)
     if "token_tile" in prior:
-        prior["token_tile"] = round(prior["token_tile"])
+        prior["token_tile"] = min(
+            int(doc["params"]["token_tile"])
+            for doc in fits.values()
+            if "token_tile" in doc["params"]
+        )
     files = ", ".join(doc["file"] for doc in fits.values())
     origin = f"prior: the stack's efficiencies and fixed costs from {files}; datasheet peaks"
     return RooflineDefaults(prior, origin)

@@ -1,5 +1,11 @@
 """Profile a random-weight PyTorch model built from an architecture, on CPU or GPU.
 
+**What it measures**: an eager transformers forward pass (Python dispatch and one kernel
+launch per operator, no CUDA graphs), as a request-level engine such as SINCERE's Hugging
+Face pipeline runs it. That is meaningful for such engines; for engines that replay CUDA
+graphs (vLLM, SGLang, TensorRT-LLM) its small-batch decode times are mostly launch
+overhead -- use ``profile gpu`` (:mod:`sincere.profile.gpu`) to calibrate those.
+
 Timing does not depend on weight values, so the model is a transformers
 ``LlamaForCausalLM`` built from a catalog :class:`~sincere.catalog.specs.ModelArch` (or
 a local ``config.json``) with a seeded random initialisation: nothing is downloaded.
@@ -15,7 +21,15 @@ Three measurements, each written as a CSV in a published layout:
   process's resident memory on CPU), in data/maveriq's columns;
 * ``model_loading_times.csv`` — save the weights to local disk (safetensors), then
   load them onto the device and unload them, ``swap_repeats`` times: mean and std,
-  in data/sincere's ``model_loading_times`` columns (plus the save time).
+  in data/sincere's ``model_loading_times`` columns (plus the save time);
+* ``series.csv`` — how each series of growing batch sizes ended
+  (:mod:`sincere.profile.series`): out-of-memory ends a series and is recorded there
+  (an iteration that ran out of memory is also an ``iterations.csv`` row without a
+  time), the other series still run and every file is written.
+
+Logits are computed only where generation needs them: the prefill timing asks for the
+last position's logits alone (``logits_to_keep=1``), as an engine samples one token
+per sequence.
 
 torch and transformers are the ``ml`` extra, imported only here and only when called.
 """
@@ -37,6 +51,7 @@ from sincere.core.errors import ConfigError
 from sincere.profile.arch import hf_config_dict, read_config_json
 from sincere.profile.csvio import write_profile_csv
 from sincere.profile.monitor import Monitor
+from sincere.profile.series import SERIES_COLUMNS, OutOfMemory, SeriesLog, oom_errors
 
 GB = 1e9
 DTYPES = ("float32", "bfloat16", "float16")
@@ -108,8 +123,9 @@ class LocalProfiler:
         self.device = self.torch.device(cfg.device)
         self.gen = self.torch.Generator().manual_seed(cfg.seed)
 
-    def build(self, num_layers: int | None = None) -> Any:
-        """The model (``num_layers`` layers if given) with seeded random weights, in eval mode."""
+    def build(self, num_layers: int | None = None, device: str | None = None) -> Any:
+        """The model (``num_layers`` layers if given) with seeded random weights, in eval mode,
+        on the profiled device (or ``device``)."""
         torch = self.torch
         config = dict(self.hf_config)
         if num_layers is not None:
@@ -117,7 +133,7 @@ class LocalProfiler:
         torch.manual_seed(self.cfg.seed)
         llama_config = self.transformers.LlamaConfig(**config)
         model = self.transformers.LlamaForCausalLM(llama_config)
-        return model.to(device=self.device, dtype=self.dtype).eval()
+        return model.to(device=device or self.device, dtype=self.dtype).eval()
 
     def sync(self) -> None:
         """Wait for queued device work (a no-op on CPU)."""
@@ -142,43 +158,66 @@ class LocalProfiler:
         """Times of a prefill of ``batch`` prompts of ``ctx`` tokens, warm-up excluded."""
         ids, n = self.tokens(batch, ctx), self.cfg.repeats
         with self.torch.inference_mode():
-            runs = [self.timed(partial(model, ids, use_cache=True))[0] for _ in range(1 + n)]
+            forward = partial(model, ids, use_cache=True, logits_to_keep=1)
+            runs = [self.timed(forward)[0] for _ in range(1 + n)]
         return runs[1:]
 
     def decode_s(self, model: Any, batch: int, ctx: int) -> list[float]:
         """Times of consecutive decode steps of ``batch`` sequences after a ``ctx`` prefill."""
         with self.torch.inference_mode():
-            out = model(self.tokens(batch, ctx), use_cache=True)
+            out = model(self.tokens(batch, ctx), use_cache=True, logits_to_keep=1)
             step = self.tokens(batch, 1)
             runs = []
             for _ in range(1 + self.cfg.repeats):
-                t, out = self.timed(partial(model, step, past_key_values=out.past_key_values))
+                t, out = self.timed(
+                    partial(model, step, past_key_values=out.past_key_values, logits_to_keep=1)
+                )
                 runs.append(t)
         return runs[1:]
 
-    def iteration_rows(self, on_step: Callable[[], None]) -> list[dict[str, Any]]:
-        """One row per (phase, batch size, context) point."""
-        model = self.build()
+    def iteration_rows(self, log: SeriesLog) -> list[dict[str, Any]]:
+        """One row per (phase, context, batch size) point; a series stops at out-of-memory."""
+        model = self.built(log, "iterations")
+        if model is None:
+            return []
         rows = []
         for phase, timer in (("prefill", self.prefill_s), ("decode", self.decode_s)):
-            for batch in self.cfg.batch_sizes:
-                for ctx in self.cfg.context_tokens:
-                    rows.append(self._iteration_row(phase, batch, ctx, timer(model, batch, ctx)))
-                    on_step()
+            for ctx in self.cfg.context_tokens:
+
+                def measure(
+                    batch: int, phase: str = phase, ctx: int = ctx, timer: Any = timer
+                ) -> Any:
+                    return self._iteration_row(phase, batch, ctx, timer(model, batch, ctx))
+
+                for row in log.run(f"iterations {phase} ctx {ctx}", self.cfg.batch_sizes, measure):
+                    if isinstance(row, OutOfMemory):
+                        row = self._iteration_row(phase, row.size, ctx, [])
+                    rows.append(row)
         return rows
 
+    def built(self, log: SeriesLog, name: str, num_layers: int | None = None) -> Any:
+        """:meth:`build`, or None (recorded in ``log``) when the model does not fit."""
+        try:
+            return self.build(num_layers)
+        except oom_errors(self.torch) as exc:
+            log.record(f"{name} (model load)", "oom", None, num_layers, str(exc)[:200])
+            gc.collect()
+            return None
+
     def _iteration_row(self, phase: str, batch: int, ctx: int, runs: list[float]) -> dict[str, Any]:
+        """A measured point, or (no runs) the point that ran out of memory."""
         return {
             "model": self.name,
             "phase": phase,
             "batch_size": batch,
             "context_tokens": ctx,
             "num_tokens": batch * ctx if phase == "prefill" else batch,
-            "iteration_s": statistics.median(runs),
-            "iteration_std_s": statistics.pstdev(runs),
+            "iteration_s": statistics.median(runs) if runs else None,
+            "iteration_std_s": statistics.pstdev(runs) if runs else None,
             "repeats": len(runs),
             "device": str(self.device),
             "dtype": self.cfg.dtype,
+            "status": "ok" if runs else "oom",
         }
 
     def memory_gb(self) -> float:
@@ -197,21 +236,32 @@ class LocalProfiler:
             model.generate(ids, **kwargs)  # warm-up
             return self.timed(lambda: model.generate(ids, **kwargs))[0]
 
-    def fingerprint_rows(self, on_step: Callable[[], None]) -> list[dict[str, Any]]:
-        """MaverIQ fingerprint rows for every depth, batch size and output length."""
-        rows = []
+    def fingerprint_rows(self, log: SeriesLog) -> list[dict[str, Any]]:
+        """MaverIQ fingerprint rows for every depth, output length and batch size that fit."""
+        rows: list[dict[str, Any]] = []
         for layers in self.cfg.fingerprint_layers:
             before = self.memory_gb()
-            model = self.build(layers)
+            model = self.built(log, f"fingerprint {layers}l", layers)
+            if model is None:
+                continue
             model.generation_config.pad_token_id = 0
-            for batch in self.cfg.batch_sizes:
-                for out_len in self.cfg.output_lengths:
-                    latency = self.generate_s(model, batch, out_len)
-                    rows.append(self._fingerprint_row(layers, batch, out_len, latency, before))
-                    on_step()
+            for out_len in self.cfg.output_lengths:
+                rows += self._fingerprint_series(log, model, layers, out_len, before)
             del model
             gc.collect()
         return rows
+
+    def _fingerprint_series(
+        self, log: SeriesLog, model: Any, layers: int, out_len: int, before: float
+    ) -> list[dict[str, Any]]:
+        """One depth and output length over the growing batch sizes."""
+
+        def measure(batch: int) -> dict[str, Any]:
+            latency = self.generate_s(model, batch, out_len)
+            return self._fingerprint_row(layers, batch, out_len, latency, before)
+
+        series = log.run(f"fingerprint {layers}l out {out_len}", self.cfg.batch_sizes, measure)
+        return [r for r in series if not isinstance(r, OutOfMemory)]
 
     def _fingerprint_row(
         self, layers: int, batch: int, out_len: int, latency: float, before: float
@@ -225,17 +275,27 @@ class LocalProfiler:
             )
         )  # fmt: skip
 
-    def loading_row(self, directory: Path) -> dict[str, Any]:
-        """Save / load / unload times of the full model through ``directory``."""
-        saves, loads, unloads = [], [], []
-        model = self.build().to("cpu")
+    def loading_row(self, directory: Path, log: SeriesLog) -> dict[str, Any]:
+        """Save / load / unload times of the full model through ``directory``.
+
+        A load that runs out of device memory is recorded in ``log``; the row then has
+        the save time and no load / unload times.
+        """
+        saves: list[float] = []
+        loads: list[float] = []
+        unloads: list[float] = []
+        model = self.build(device="cpu")  # saved from host memory; only the load uses the device
         size_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / GB
-        for _ in range(self.cfg.swap_repeats):
+
+        def measure(repeat: int) -> dict[str, Any]:
             saves.append(self.timed(partial(model.save_pretrained, directory))[0])
             t, loaded = self.timed(partial(self._load, directory))
             loads.append(t)
             unloads.append(self.timed(partial(self._unload, loaded))[0])
-            del loaded
+            return {"repeat": repeat}
+
+        for _ in log.run("model loading", range(1, self.cfg.swap_repeats + 1), measure):
+            pass
         return self._loading_dict(size_gb, saves, loads, unloads)
 
     def _load(self, directory: Path) -> Any:
@@ -251,7 +311,12 @@ class LocalProfiler:
     def _loading_dict(
         self, size_gb: float, saves: list[float], loads: list[float], unloads: list[float]
     ) -> dict[str, Any]:
-        mean, std = statistics.mean, statistics.pstdev
+        def mean(xs: list[float]) -> float | None:
+            return statistics.mean(xs) if xs else None
+
+        def std(xs: list[float]) -> float | None:
+            return statistics.pstdev(xs) if xs else None
+
         values = [self.name, size_gb, mean(loads), std(loads), mean(unloads), std(unloads)]
         values.append(mean(saves))
         return dict(zip(LOADING_COLUMNS, values, strict=True))
@@ -281,24 +346,25 @@ def run_local_profile(
     out = Path(out_dir)
     points = len(cfg.batch_sizes) * len(cfg.context_tokens) * 2
     fps = len(cfg.fingerprint_layers) * len(cfg.batch_sizes) * len(cfg.output_lengths)
-    total, done = points + fps + 1, [0]
+    total, done = points + fps + cfg.swap_repeats, [0]
 
     def step() -> None:
         done[0] += 1
         if on_step is not None:
             on_step(done[0], total)
 
+    log = SeriesLog(profiler.torch, profiler.device, None, step)
     started = time.monotonic()
     paths = {"iterations": out / "iterations.csv", "fingerprints": out / "fingerprints.csv"}
-    rows = _with_monitor(profiler.iteration_rows(step), monitor, started)
+    rows = _with_monitor(profiler.iteration_rows(log), monitor, started)
     write_profile_csv(rows, paths["iterations"], ITERATION_COLUMNS)
     started = time.monotonic()
-    rows = _with_monitor(profiler.fingerprint_rows(step), monitor, started)
+    rows = _with_monitor(profiler.fingerprint_rows(log), monitor, started)
     write_profile_csv(rows, paths["fingerprints"], FINGERPRINT_COLUMNS)
     with tempfile.TemporaryDirectory(prefix="sincere-load-") as tmp:
-        loading = profiler.loading_row(Path(tmp))
-    step()
+        loading = profiler.loading_row(Path(tmp), log)
     paths["loading"] = write_profile_csv(
         [loading], out / "model_loading_times.csv", LOADING_COLUMNS
     )
+    paths["series"] = write_profile_csv(log.rows, out / "series.csv", SERIES_COLUMNS)
     return paths
