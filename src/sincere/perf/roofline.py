@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from sincere.catalog.specs import PRECISION_BYTES, ModelArch
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
+from sincere.perf.arch_step import ArchStep
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
 from sincere.perf.series import sum_max_affine
 
@@ -182,6 +183,12 @@ class _Coef:
     p2p_token_s: float  # pipeline send time per token
 
 
+def needs_arch_step(deployment: Deployment) -> bool:
+    """The model has experts, latent attention or sliding windows (see :mod:`.arch_step`)."""
+    model = deployment.model
+    return model.uses_layer_groups or model.num_sliding_layers > 0
+
+
 class Roofline(StepTimeBase):
     """Roofline step time of a :class:`Deployment`; see the module docstring.
 
@@ -201,7 +208,12 @@ class Roofline(StepTimeBase):
                 raise ConfigError(
                     f"unknown {name} precision", value=precision, allowed=PRECISION_BYTES
                 )
+        deployment.accelerator.compute_precision(deployment.precision)
         super().__init__(self._load_time(), SwapTime(self.params.unload_s))
+        # Experts, latent attention or sliding windows: priced by ArchStep (same constants).
+        self._arch: ArchStep | None = None
+        if needs_arch_step(deployment):
+            self._arch = ArchStep(deployment, self.params)
         self._gemms = layer_gemms(deployment.model, deployment.tp)
         head_cols = max(1, deployment.model.vocab_size // deployment.tp)
         self._head = Gemm(deployment.model.hidden_size, head_cols)
@@ -227,6 +239,8 @@ class Roofline(StepTimeBase):
     def kv_share(self) -> float:
         """Share of one token's KV bytes (all layers) one TP rank stores."""
         dep = self.deployment
+        if dep.model.is_mla:  # one latent shared by all heads: every rank keeps it whole
+            return 1.0
         heads = dep.model.num_kv_heads
         return math.ceil(heads / dep.tp) / heads
 
@@ -339,6 +353,17 @@ class Roofline(StepTimeBase):
         formulas as :meth:`_prefill_attn_s` / :meth:`_decode_attn_s`, which
         :meth:`parts` uses; the tests hold the two equal).
         """
+        if self._arch is not None:
+            return self._arch.iteration_s(
+                Batch(
+                    num_prefill_seqs,
+                    prefill_tokens,
+                    prefill_ctx_tokens,
+                    prefill_attn_pairs,
+                    num_decode_seqs,
+                    decode_ctx_tokens,
+                )
+            )
         c = self._coef
         tokens = prefill_tokens + num_decode_seqs
         if tokens == 0:
@@ -416,6 +441,14 @@ class Roofline(StepTimeBase):
         """Exact sum of decode iterations: only decode attention changes, split at its ridge."""
         if num_steps <= 0 or num_seqs <= 0:
             return 0.0
+        if self._arch is not None:  # windows make it non-affine in the context: sum the steps
+            total = 0.0
+            for step in range(num_steps):
+                ctx = ctx_tokens + step * num_seqs
+                total += self._arch.iteration_s(
+                    Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx)
+                )
+            return total
         c = self._coef
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
@@ -439,6 +472,8 @@ class Roofline(StepTimeBase):
     # --- breakdown and utilisation ---------------------------------------------------
     def parts(self, batch: Batch) -> StepParts:
         """The iteration split into its kernels' shares (they sum to :meth:`iteration_s`)."""
+        if self._arch is not None:
+            return self._arch.parts(batch)
         c = self._coef
         tokens, seqs = batch.num_tokens, batch.num_seqs
         if tokens == 0:
@@ -479,6 +514,8 @@ class Roofline(StepTimeBase):
         duration = self.iteration_s(batch)
         if duration <= 0.0:
             return 0.0, 0.0
+        if self._arch is not None:
+            return self._arch.utilization(batch, duration)
         dep, p = self.deployment, self.params
         acc, model = dep.accelerator, dep.model
         layers = model.num_layers / dep.pp
