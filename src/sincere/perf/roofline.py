@@ -26,6 +26,11 @@ layers, plus the LM head and the CPU's work (each a roofline of its own):
 * **overhead**: the CPU's scheduling, input preparation and sampling,
   ``overhead_s + overhead_per_seq_s · sequences``.
 
+The code follows that split: :class:`RooflineKernels` holds the per-kernel terms (one
+layer's linear work with the FFN as its own replaceable term, prefill and decode
+attention, the LM head; :class:`KernelCoef` the folded attention, communication and CPU
+constants), :class:`Roofline` composes them into an iteration.
+
 Pipeline parallelism (PP), our assumption: each of the ``pp`` stages holds ``1/pp`` of
 the layers; the batch is cut into ``m = min(pp_microbatches, num_seqs)`` micro-batches
 and the iteration lasts ``(m + pp - 1)`` stage times of one micro-batch (the GPipe
@@ -165,8 +170,11 @@ def elementwise_elements(model: ModelArch, tp: int) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class _Coef:
-    """The roofline folded into per-unit times of one GPU (the hot path is plain float math)."""
+class KernelCoef:
+    """Attention, communication and CPU terms folded into per-unit times of one GPU.
+
+    The hot path is plain float math over these (see :meth:`Roofline.iteration_s_fast`).
+    """
 
     layers: float  # layers one GPU (one pipeline stage) runs
     pp: int  # pipeline stages
@@ -183,6 +191,147 @@ class _Coef:
     p2p_token_s: float  # pipeline send time per token
 
 
+def kv_share(deployment: Deployment) -> float:
+    """Share of one token's KV bytes (all layers) one TP rank stores (MLA's latent is one
+    head shared by all query heads: every rank keeps it whole)."""
+    if deployment.model.is_mla:
+        return 1.0
+    heads = deployment.model.num_kv_heads
+    return math.ceil(heads / deployment.tp) / heads
+
+
+def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelCoef:
+    """Attention, communication and CPU constants of ``deployment``, folded once."""
+    dep, p = deployment, params
+    model, acc = dep.model, dep.accelerator
+    attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
+    attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
+    q_heads = max(1, model.num_heads // dep.tp)
+    kv_bytes = model.kv_bytes_per_token(dep.kv_precision) * kv_share(dep) / model.num_layers
+    link = acc.interconnect_gbps_per_direction * 1e9 * p.interconnect_efficiency
+    message = model.hidden_size * p.activation_bytes  # bytes per token
+    tp_on = dep.tp > 1
+    pp_on = dep.pp > 1
+    ring = 2.0 * (dep.tp - 1) / dep.tp
+    return KernelCoef(
+        layers=model.num_layers / dep.pp,
+        pp=dep.pp,
+        pp_microbatches=p.pp_microbatches,
+        cpu_s=p.overhead_s,
+        cpu_seq_s=p.overhead_per_seq_s,
+        pair_s=4.0 * q_heads * model.head_size / attn_peak,
+        diag=p.attn_diag_factor,
+        kv_token_s=kv_bytes / attn_hbm,
+        attn_kernel_s=p.attn_kernel_s,
+        comm_fixed_s=2.0 * p.allreduce_latency_s if tp_on else 0.0,
+        comm_token_s=2.0 * ring * message / link if tp_on else 0.0,
+        p2p_fixed_s=p.p2p_latency_s if pp_on else 0.0,
+        p2p_token_s=message / link if pp_on else 0.0,
+    )
+
+
+class RooflineKernels:
+    """The per-kernel terms of one GPU: each kernel's time for one layer (or the head).
+
+    Linear work (attention projections, FFN, elementwise kernels), attention (prefill,
+    decode) and the LM head, each a roofline of its own; :class:`Roofline` composes
+    them into an iteration (layers, pipeline stages, communication, overhead). A
+    different FFN (e.g. a mixture of experts) replaces :meth:`ffn_s` only.
+    """
+
+    def __init__(self, deployment: Deployment, params: RooflineParams) -> None:
+        self.deployment = deployment
+        self.params = params
+        model, tp = deployment.model, deployment.tp
+        self.gemms = layer_gemms(model, tp)
+        self.head = Gemm(model.hidden_size, max(1, model.vocab_size // tp))
+        self.coef = fold_coefficients(deployment, params)
+        acc, p = deployment.accelerator, params
+        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * p.mfu_efficiency
+        self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
+        self._weight_bytes = PRECISION_BYTES[deployment.precision]
+        ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
+        self._ew_token_s = elementwise_elements(model, tp) * p.activation_bytes / ew_hbm
+        self.linear_memo: dict[int, float] = {}
+        self.head_memo: dict[int, float] = {}
+
+    def gemm_s(self, gemm: Gemm, tokens: int) -> float:
+        """One GEMM over ``tokens`` tokens: compute and memory combined by the p-norm."""
+        tile = self.params.token_tile
+        tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
+        compute = 2.0 * gemm.k * gemm.n * tiled / self._peak
+        moved = gemm.k * gemm.n * self._weight_bytes
+        moved += (gemm.k + gemm.n) * tokens * self.params.activation_bytes
+        memory = moved / self._hbm
+        p = self.params.overlap_exponent
+        if math.isinf(p):
+            return compute if compute > memory else memory
+        high = compute if compute > memory else memory
+        low = compute if compute <= memory else memory
+        return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
+
+    def fixed_and_elementwise_s(self, tokens: int) -> float:
+        """A layer's fixed kernel cost plus its elementwise kernels over ``tokens``."""
+        return self.params.layer_overhead_s + self._ew_token_s * tokens
+
+    def projections_s(self, tokens: int) -> tuple[float, float]:
+        """The attention block's GEMMs over ``tokens``: fused QKV, then O."""
+        qkv, out = self.gemms[0], self.gemms[1]
+        return self.gemm_s(qkv, tokens), self.gemm_s(out, tokens)
+
+    def ffn_s(self, tokens: int) -> tuple[float, ...]:
+        """The FFN's kernels over ``tokens``, in order: fused gate/up, then down."""
+        up, down = self.gemms[2], self.gemms[3]
+        return self.gemm_s(up, tokens), self.gemm_s(down, tokens)
+
+    def linear_layer_s(self, tokens: int) -> Seconds:
+        """One layer's linear work over ``tokens`` tokens on one GPU (memoised).
+
+        Summed kernel by kernel in a fixed order (fixed and elementwise, QKV, O, then
+        the FFN's kernels), so a result does not depend on how the terms are grouped.
+        """
+        cached = self.linear_memo.get(tokens)
+        if cached is not None:
+            return cached
+        total = self.fixed_and_elementwise_s(tokens)
+        for term in self.projections_s(tokens):
+            total += term
+        for term in self.ffn_s(tokens):
+            total += term
+        self.linear_memo[tokens] = total
+        return total
+
+    def lm_head_s(self, num_seqs: int) -> Seconds:
+        """The LM head for ``num_seqs`` sampled positions on one GPU (memoised)."""
+        if num_seqs <= 0:
+            return 0.0
+        cached = self.head_memo.get(num_seqs)
+        if cached is not None:
+            return cached
+        value = self.gemm_s(self.head, num_seqs)
+        self.head_memo[num_seqs] = value
+        return value
+
+    def prefill_attn_s(
+        self, share: float, num_seqs: int, tokens: int, ctx_tokens: int, pairs: float
+    ) -> float:
+        """Prefill attention of one layer for ``share`` of the chunks (one kernel)."""
+        c = self.coef
+        ctx_pairs = tokens * ctx_tokens / num_seqs  # exact for one chunk
+        if ctx_pairs > pairs:
+            ctx_pairs = pairs
+        compute = share * c.pair_s * (ctx_pairs + c.diag * (pairs - ctx_pairs))
+        memory = share * c.kv_token_s * (tokens + ctx_tokens)
+        return c.attn_kernel_s + (compute if compute > memory else memory)
+
+    def decode_attn_s(self, share: float, num_seqs: int, ctx_tokens: int) -> float:
+        """Decode attention of one layer for ``share`` of the sequences (one kernel)."""
+        c = self.coef
+        compute = share * c.pair_s * ctx_tokens
+        memory = share * c.kv_token_s * (ctx_tokens + num_seqs)
+        return c.attn_kernel_s + (compute if compute > memory else memory)
+
+
 def needs_arch_step(deployment: Deployment) -> bool:
     """The model has experts, latent attention or sliding windows (see :mod:`.arch_step`)."""
     model = deployment.model
@@ -190,9 +339,11 @@ def needs_arch_step(deployment: Deployment) -> bool:
 
 
 class Roofline(StepTimeBase):
-    """Roofline step time of a :class:`Deployment`; see the module docstring.
+    """Roofline step time of a :class:`Deployment`: the composition of its kernels.
 
-    ``params=None`` takes the accelerator's default constants
+    The per-kernel terms are :class:`RooflineKernels`'; this class sums them over the
+    layers, pipeline stages and the batch, and adds communication and overhead (see
+    the module docstring). ``params=None`` takes the accelerator's default constants
     (:func:`sincere.perf.calibration.default_roofline_params`).
     """
 
@@ -210,23 +361,14 @@ class Roofline(StepTimeBase):
                 )
         deployment.accelerator.compute_precision(deployment.precision)
         super().__init__(self._load_time(), SwapTime(self.params.unload_s))
-        # Experts, latent attention or sliding windows: priced by ArchStep (same constants).
+        # Experts, latent attention or sliding windows: ArchStep's kernels (same constants).
         self._arch: ArchStep | None = None
         if needs_arch_step(deployment):
-            self._arch = ArchStep(deployment, self.params)
-        self._gemms = layer_gemms(deployment.model, deployment.tp)
-        head_cols = max(1, deployment.model.vocab_size // deployment.tp)
-        self._head = Gemm(deployment.model.hidden_size, head_cols)
-        self._coef = self._coefficients()
-        acc, p = deployment.accelerator, self.params
-        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * p.mfu_efficiency
-        self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
-        self._weight_bytes = PRECISION_BYTES[deployment.precision]
-        ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
-        ew_elems = elementwise_elements(deployment.model, deployment.tp)
-        self._ew_token_s = ew_elems * p.activation_bytes / ew_hbm
-        self._linear_memo: dict[int, float] = {}
-        self._head_memo: dict[int, float] = {}
+            self._arch = ArchStep(deployment, params)
+        self.kernels = RooflineKernels(deployment, params)
+        self._coef = self.kernels.coef
+        self._linear_memo = self.kernels.linear_memo  # shared: the hot path reads them inline
+        self._head_memo = self.kernels.head_memo
 
     # --- per-GPU figures -------------------------------------------------------------
     @property
@@ -238,11 +380,7 @@ class Roofline(StepTimeBase):
     @property
     def kv_share(self) -> float:
         """Share of one token's KV bytes (all layers) one TP rank stores."""
-        dep = self.deployment
-        if dep.model.is_mla:  # one latent shared by all heads: every rank keeps it whole
-            return 1.0
-        heads = dep.model.num_kv_heads
-        return math.ceil(heads / dep.tp) / heads
+        return kv_share(self.deployment)
 
     def _load_time(self) -> SwapTime:
         p, acc = self.params, self.deployment.accelerator
@@ -251,91 +389,13 @@ class Roofline(StepTimeBase):
             rate = min(rate, p.disk_read_gbps)
         return SwapTime(self.weight_bytes_per_gpu / (rate * 1e9) + p.load_overhead_s)
 
-    def _coefficients(self) -> _Coef:
-        """Attention, communication and CPU constants, folded once."""
-        dep, p = self.deployment, self.params
-        model, acc = dep.model, dep.accelerator
-        attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
-        attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
-        q_heads = max(1, model.num_heads // dep.tp)
-        kv_bytes = model.kv_bytes_per_token(dep.kv_precision) * self.kv_share / model.num_layers
-        link = acc.interconnect_gbps_per_direction * 1e9 * p.interconnect_efficiency
-        message = model.hidden_size * p.activation_bytes  # bytes per token
-        tp_on = dep.tp > 1
-        pp_on = dep.pp > 1
-        ring = 2.0 * (dep.tp - 1) / dep.tp
-        return _Coef(
-            layers=model.num_layers / dep.pp,
-            pp=dep.pp,
-            pp_microbatches=p.pp_microbatches,
-            cpu_s=p.overhead_s,
-            cpu_seq_s=p.overhead_per_seq_s,
-            pair_s=4.0 * q_heads * model.head_size / attn_peak,
-            diag=p.attn_diag_factor,
-            kv_token_s=kv_bytes / attn_hbm,
-            attn_kernel_s=p.attn_kernel_s,
-            comm_fixed_s=2.0 * p.allreduce_latency_s if tp_on else 0.0,
-            comm_token_s=2.0 * ring * message / link if tp_on else 0.0,
-            p2p_fixed_s=p.p2p_latency_s if pp_on else 0.0,
-            p2p_token_s=message / link if pp_on else 0.0,
-        )
-
-    # --- kernels ---------------------------------------------------------------------
-    def _gemm_s(self, gemm: Gemm, tokens: int) -> float:
-        """One GEMM over ``tokens`` tokens: compute and memory combined by the p-norm."""
-        tile = self.params.token_tile
-        tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
-        compute = 2.0 * gemm.k * gemm.n * tiled / self._peak
-        moved = gemm.k * gemm.n * self._weight_bytes
-        moved += (gemm.k + gemm.n) * tokens * self.params.activation_bytes
-        memory = moved / self._hbm
-        p = self.params.overlap_exponent
-        if math.isinf(p):
-            return compute if compute > memory else memory
-        high = compute if compute > memory else memory
-        low = compute if compute <= memory else memory
-        return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
-
     def linear_layer_s(self, tokens: int) -> Seconds:
         """One layer's linear work over ``tokens`` tokens on one GPU (memoised)."""
-        cached = self._linear_memo.get(tokens)
-        if cached is not None:
-            return cached
-        total = self.params.layer_overhead_s + self._ew_token_s * tokens
-        for gemm in self._gemms:
-            total += self._gemm_s(gemm, tokens)
-        self._linear_memo[tokens] = total
-        return total
+        return self.kernels.linear_layer_s(tokens)
 
     def lm_head_s(self, num_seqs: int) -> Seconds:
         """The LM head for ``num_seqs`` sampled positions on one GPU (memoised)."""
-        if num_seqs <= 0:
-            return 0.0
-        cached = self._head_memo.get(num_seqs)
-        if cached is not None:
-            return cached
-        value = self._gemm_s(self._head, num_seqs)
-        self._head_memo[num_seqs] = value
-        return value
-
-    def _prefill_attn_s(
-        self, share: float, num_seqs: int, tokens: int, ctx_tokens: int, pairs: float
-    ) -> float:
-        """Prefill attention of one layer for ``share`` of the chunks (one kernel)."""
-        c = self._coef
-        ctx_pairs = tokens * ctx_tokens / num_seqs  # exact for one chunk
-        if ctx_pairs > pairs:
-            ctx_pairs = pairs
-        compute = share * c.pair_s * (ctx_pairs + c.diag * (pairs - ctx_pairs))
-        memory = share * c.kv_token_s * (tokens + ctx_tokens)
-        return c.attn_kernel_s + (compute if compute > memory else memory)
-
-    def _decode_attn_s(self, share: float, num_seqs: int, ctx_tokens: int) -> float:
-        """Decode attention of one layer for ``share`` of the sequences (one kernel)."""
-        c = self._coef
-        compute = share * c.pair_s * ctx_tokens
-        memory = share * c.kv_token_s * (ctx_tokens + num_seqs)
-        return c.attn_kernel_s + (compute if compute > memory else memory)
+        return self.kernels.lm_head_s(num_seqs)
 
     # --- the iteration ---------------------------------------------------------------
     def iteration_s_fast(
@@ -350,7 +410,7 @@ class Roofline(StepTimeBase):
         """:meth:`iteration_s` of the batch with these fields, without building it.
 
         The engines' hot path: without PP the kernels are summed inline (the same
-        formulas as :meth:`_prefill_attn_s` / :meth:`_decode_attn_s`, which
+        formulas as :meth:`RooflineKernels.prefill_attn_s` / ``decode_attn_s``, which
         :meth:`parts` uses; the tests hold the two equal).
         """
         if self._arch is not None:
@@ -416,11 +476,11 @@ class Roofline(StepTimeBase):
         mb_tokens = math.ceil(tokens * share)
         attn = 0.0
         if num_prefill_seqs > 0:
-            attn += self._prefill_attn_s(
+            attn += self.kernels.prefill_attn_s(
                 share, num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs
             )
         if num_decode_seqs > 0:
-            attn += self._decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
+            attn += self.kernels.decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
         layer = self.linear_layer_s(mb_tokens) + attn + c.comm_fixed_s + c.comm_token_s * mb_tokens
         stage = c.layers * layer + self.lm_head_s(math.ceil(seqs * share))
         p2p = c.p2p_fixed_s + c.p2p_token_s * mb_tokens
@@ -445,9 +505,8 @@ class Roofline(StepTimeBase):
             total = 0.0
             for step in range(num_steps):
                 ctx = ctx_tokens + step * num_seqs
-                total += self._arch.iteration_s(
-                    Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx)
-                )
+                batch = Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx)
+                total += self._arch.iteration_s(batch)
             return total
         c = self._coef
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
@@ -484,7 +543,7 @@ class Roofline(StepTimeBase):
         scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
         attn = 0.0
         if batch.num_prefill_seqs > 0:
-            attn += self._prefill_attn_s(
+            attn += self.kernels.prefill_attn_s(
                 share,
                 batch.num_prefill_seqs,
                 batch.prefill_tokens,
@@ -492,7 +551,8 @@ class Roofline(StepTimeBase):
                 batch.prefill_attn_pairs,
             )
         if batch.num_decode_seqs > 0:
-            attn += self._decode_attn_s(share, batch.num_decode_seqs, batch.decode_ctx_tokens)
+            decode = self.kernels.decode_attn_s
+            attn += decode(share, batch.num_decode_seqs, batch.decode_ctx_tokens)
         comm = c.layers * (c.comm_fixed_s + c.comm_token_s * mb_tokens)
         if scale != 1.0:
             comm += c.p2p_fixed_s + c.p2p_token_s * mb_tokens
@@ -521,14 +581,15 @@ class Roofline(StepTimeBase):
         layers = model.num_layers / dep.pp
         tokens = batch.num_tokens
         pairs = batch.prefill_attn_pairs + batch.decode_ctx_tokens
-        gemm_flops = sum(2.0 * g.k * g.n for g in self._gemms) * tokens
+        gemm_flops = sum(2.0 * g.k * g.n for g in self.kernels.gemms) * tokens
         q_heads = max(1, model.num_heads // dep.tp)
         flops = layers * (gemm_flops + 4.0 * q_heads * model.head_size * pairs)
-        flops += 2.0 * self._head.k * self._head.n * batch.num_seqs
-        weights = sum(g.k * g.n for g in self._gemms) * layers + self._head.k * self._head.n
+        head = self.kernels.head
+        flops += 2.0 * head.k * head.n * batch.num_seqs
+        weights = sum(g.k * g.n for g in self.kernels.gemms) * layers + head.k * head.n
         kv_tokens = batch.decode_ctx_tokens + batch.prefill_ctx_tokens + tokens
         kv = kv_tokens * model.kv_bytes_per_token(dep.kv_precision) * self.kv_share / dep.pp
-        moved = weights * self._weight_bytes + kv
+        moved = weights * PRECISION_BYTES[dep.precision] + kv
         moved += layers * elementwise_elements(model, dep.tp) * tokens * p.activation_bytes
         mfu = flops / (duration * acc.peak_tflops(dep.precision) * 1e12)
         mbu = moved / (duration * acc.hbm_bandwidth_gbps * 1e9)
