@@ -78,8 +78,8 @@ def precision_notes(dep: Deployment) -> list[str]:
     if precision == "fp8" and compute != "fp8":
         return [f"{acc.name} has no fp8 rate: fp8 weights run dequantised, GEMMs at bf16"]
     if precision == "mxfp4":
-        where = "the experts' " if dep.model.is_moe else ""
-        return [f"MXFP4 {where}weights are dequantised on {acc.name}: GEMMs at bf16"]
+        whose = " of the experts" if dep.model.is_moe else ""
+        return [f"MXFP4 weights{whose} are dequantised on {acc.name}: GEMMs at bf16"]
     return []
 
 
