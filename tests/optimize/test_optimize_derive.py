@@ -54,7 +54,7 @@ def test_moe_decode_line_is_fitted_over_the_batch_range_with_its_error() -> None
     assert derived.decode.low_max_rel_error > 0.2
     assert derived.decode.mean_rel_error < 0.15
     entry = derived.entry
-    assert entry["maxBatchSize"] == 64 and entry["atTokens"] == 512 and entry["accCount"] == 1
+    assert entry["maxBatchSize"] == 64 and entry["atTokens"] == 768 and entry["accCount"] == 1
     assert entry["decodeParms"]["beta"] > 0
 
 
@@ -105,7 +105,7 @@ def test_plan_runs_on_a_fleet_of_each_new_model(model: str, tmp_path: Path) -> N
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["fit_error"]["decode"]["range"] == [1, 32]
     out = tmp_path / "solution.json"
-    res = runner.invoke(app, ["plan", str(fleet), "--out", str(out)])
+    res = runner.invoke(app, ["plan", str(fleet), "--batch-rule", "kv", "--out", str(out)])
     assert res.exit_code == 0, res.output
     solution = json.loads(out.read_text())
     assert solution[f"Chat-{name}"]["numReplicas"] >= 1
@@ -113,6 +113,6 @@ def test_plan_runs_on_a_fleet_of_each_new_model(model: str, tmp_path: Path) -> N
 
 def test_the_gpt_oss_example_plans() -> None:
     """The shipped GPT-OSS / Qwen3 fleet plans every server with at least one replica."""
-    res = runner.invoke(app, ["plan", str(EXAMPLE), "--out", "/dev/null"])
+    res = runner.invoke(app, ["plan", str(EXAMPLE), "--batch-rule", "kv", "--out", "/dev/null"])
     assert res.exit_code == 0, res.output
     assert "Chat-gpt_oss_120b" in res.output

@@ -16,7 +16,11 @@ step-time model (the roofline by default) and fits those lines:
 * **prefill**: ``1 .. 8`` prompts of ``in_tokens`` tokens in one iteration.
 
 ``max_batch`` defaults to what the KV cache holds at ``in_tokens + out_tokens`` tokens a
-sequence (:func:`~sincere.perf.memory.plan_memory`), at most 256.
+sequence (:func:`~sincere.perf.memory.plan_memory`), at most 256. ``atTokens`` is
+``in_tokens + out_tokens`` (the KV meaning, as :func:`~sincere.optimize.hooks.
+model_perf_from_step_model` writes it): plan such entries with ``--batch-rule kv``. The
+sampling is :func:`~sincere.optimize.sizing.params_from_step_model`'s; this adds the
+non-negative fit, its error and the memory-derived batch limit.
 """
 
 from __future__ import annotations
@@ -121,7 +125,7 @@ def derive_model_data(
         "acc": acc_name or deployment.accelerator.name,
         "accCount": deployment.num_gpus,
         "maxBatchSize": int(max_batch),
-        "atTokens": int(in_tokens),
+        "atTokens": int(in_tokens + out_tokens),
         "decodeParms": {"alpha": decode.intercept_ms, "beta": decode.slope_ms},
         "prefillParms": {"gamma": prefill.intercept_ms, "delta": prefill.slope_ms},
     }
