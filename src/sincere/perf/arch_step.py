@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
@@ -49,6 +50,9 @@ from sincere.perf.moe import (
     windowed_context,
     windowed_pairs,
 )
+
+if TYPE_CHECKING:
+    from sincere.perf.roofline import RooflineParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +100,8 @@ class ArchStep:
     """Iteration time of one deployment of an MoE / MLA / sliding-window model."""
 
     def __init__(
-        self, deployment: Deployment, params: object, moe: MoEParams | None = None
+        self, deployment: Deployment, params: RooflineParams, moe: MoEParams | None = None
     ) -> None:
-        from sincere.perf.roofline import RooflineParams
-
-        if not isinstance(params, RooflineParams):
-            raise ConfigError("ArchStep needs RooflineParams", value=type(params).__name__)
         self.deployment = deployment
         self.params = params
         self.moe = moe or MoEParams()
@@ -128,6 +128,7 @@ class ArchStep:
         self._moe_frac = model.num_moe_layers / model.num_layers
         self._window_frac = model.num_sliding_layers / model.num_layers
         self._memo: dict[int, tuple[float, float, float, float]] = {}
+        self._attn = self._attention_consts()
 
     # --- GEMMs ---------------------------------------------------------------------------
     def _gemm_s(self, mat: _Mat, tokens: int) -> float:
@@ -250,7 +251,7 @@ class ArchStep:
         )
 
     def _attention_of(self, batch: Batch, share: float, window: int) -> float:
-        pre_pair, dec_pair, token_s = self._attention_consts()
+        pre_pair, dec_pair, token_s = self._attn
         p, total = self.params, 0.0
         if batch.num_prefill_seqs > 0:
             pairs, ctx = batch.prefill_attn_pairs, float(batch.prefill_ctx_tokens)
