@@ -187,3 +187,26 @@ def test_estimate_asks_for_dtype_when_ambiguous(tmp_path: Path) -> None:
     )
     assert ok.exit_code == 0, ok.output
     assert "fp32" in ok.output
+
+
+def test_new_dense_model_is_estimated_from_its_fingerprints(
+    synthetic_csv: Callable[..., Path],
+) -> None:
+    """A new catalog model with fingerprints (qwen3-8b) goes through MaverIQ's method."""
+    fp = synthetic_csv("qwen3-8b")
+    res = runner.invoke(app, ["estimate", "qwen3-8b", "--tp", "2", "--fingerprints", str(fp)])
+    assert res.exit_code == 0, res.output
+    assert "fingerprint-law" in res.output
+
+
+def test_moe_model_says_the_method_cannot_estimate_it(synthetic_csv: Callable[..., Path]) -> None:
+    """An MoE model has no fingerprints: the output says so plainly and uses the roofline."""
+    fp = synthetic_csv()
+    res = runner.invoke(
+        app,
+        ["estimate", "gpt-oss-20b", "--fingerprints", str(fp), "--accelerator", "H100", "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["source"] == "roofline"
+    assert "mixture of experts" in out["notes"][0]

@@ -129,3 +129,83 @@ def test_an_empty_batch_is_refused() -> None:
     result = runner.invoke(app, ["step", "llama-3-8b", "--accelerator", "A100"])
     assert isinstance(result.exception, ConfigError)
     assert "at least one --prefill or --decode" in str(result.exception)
+
+
+NEW_MODELS = (
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+    "qwen3-235b-a22b",
+    "deepseek-v3",
+    "deepseek-r1",
+    "gpt-oss-20b",
+    "gpt-oss-120b",
+    "llama-4-scout",
+    "qwen3-8b",
+    "qwen3-32b",
+    "llama-3.3-70b",
+)
+
+
+def _step_json(*args: str) -> dict[str, object]:
+    result = runner.invoke(app, ["step", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    out: dict[str, object] = json.loads(result.output)
+    return out
+
+
+@pytest.mark.parametrize("model", NEW_MODELS)
+def test_every_new_model_steps(model: str) -> None:
+    """Each new catalog model times a mixed batch on eight H200s; MoE ones show their parts."""
+    out = _step_json(model, "--accelerator", "H200", "--tp", "8", "--decode", "8@512")
+    parts = out["parts"]
+    assert isinstance(parts, dict)
+    assert sum(parts.values()) == pytest.approx(out["iteration_s"])
+    assert ("experts" in parts) == get_model(model).is_moe
+
+
+def test_qwen3_moe_decode_grows_with_the_distinct_experts() -> None:
+    """`--decode 1@512` vs `64@512`: the experts part grows as E (1 - (1 - k/E)^T) does
+    (8 -> 125.9 experts a layer), far more than a dense model's step does."""
+    one = _step_json("qwen3-30b-a3b", "--accelerator", "H100-SXM", "--decode", "1@512")
+    many = _step_json("qwen3-30b-a3b", "--accelerator", "H100-SXM", "--decode", "64@512")
+    ratio = many["parts"]["experts"] / one["parts"]["experts"]  # type: ignore[index]
+    assert ratio == pytest.approx(125.94 / 8, rel=0.03)
+
+
+def test_ep_shows_all_to_all_and_a100_fp8_says_dequantised() -> None:
+    """`--ep 8` adds the all-to-all part; fp8 on A100 notes that it runs dequantised."""
+    out = _step_json(
+        "qwen3-235b-a22b", "--accelerator", "H200", "--tp", "8", "--ep", "8", "--decode", "64@512"
+    )
+    assert out["parts"]["all_to_all"] > 0  # type: ignore[index]
+    result = runner.invoke(
+        app,
+        [
+            "step",
+            "qwen3-30b-a3b",
+            "--accelerator",
+            "A100",
+            "--precision",
+            "fp8",
+            "--decode",
+            "8@512",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "dequantised" in result.output
+    bad = runner.invoke(
+        app,
+        [
+            "step",
+            "mixtral-8x7b",
+            "--accelerator",
+            "H100",
+            "--tp",
+            "4",
+            "--ep",
+            "3",
+            "--decode",
+            "1@8",
+        ],
+    )
+    assert bad.exit_code != 0

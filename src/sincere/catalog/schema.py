@@ -86,6 +86,15 @@ def split_accuracy_key(key: str) -> tuple[str, str | None]:
     return weight, (kv if sep else None)
 
 
+class FieldProblemError(ValueError):
+    """A whole-entry check that can name the one field at fault and its value."""
+
+    def __init__(self, field: str, value: object, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
 class AcceleratorEntry(BaseModel):
     """One accelerator as written in a catalog file (units in the field names)."""
 
@@ -134,6 +143,22 @@ class ModelEntry(BaseModel):
     aliases: tuple[str, ...] = ()
     gated_mlp: bool = True
     tied_embeddings: bool = False
+    num_experts: NonNegativeInt = 0
+    experts_per_token: NonNegativeInt = 0
+    num_shared_experts: NonNegativeInt = 0
+    expert_intermediate_size: NonNegativeInt = 0
+    num_dense_layers: NonNegativeInt = 0
+    q_lora_rank: NonNegativeInt = 0
+    kv_lora_rank: NonNegativeInt = 0
+    qk_rope_head_dim: NonNegativeInt = 0
+    sliding_window: NonNegativeInt = 0
+    num_sliding_layers: NonNegativeInt = 0
+    native_precision: str = "bf16"
+
+    @field_validator("native_precision")
+    @classmethod
+    def _known_native(cls, value: str) -> str:
+        return _check_precision(value)
 
     @field_validator("precisions")
     @classmethod
@@ -165,6 +190,13 @@ class ModelEntry(BaseModel):
                 f"hidden_size {self.hidden_size} is not divisible by num_heads"
                 f" {self.num_heads}; allowed: set head_dim explicitly"
             )
+        _check_moe(self)
+        _check_attention_variants(self)
+        if self.native_precision not in self.precisions:
+            raise ValueError(
+                f"native_precision {self.native_precision!r} is not in precisions;"
+                f" allowed: {', '.join(self.precisions)}"
+            )
         missing = {split_accuracy_key(k)[0] for k in self.relative_accuracy} - set(self.precisions)
         if missing:
             raise ValueError(
@@ -179,6 +211,77 @@ class ModelEntry(BaseModel):
         data["precisions"] = tuple(self.precisions)
         data["aliases"] = tuple(self.aliases)
         return ModelArch(name=name, **data)
+
+
+def _check_moe(entry: ModelEntry) -> None:
+    """Mixture-of-experts fields: all or none, top-k within the experts."""
+    if not entry.num_experts:
+        others = {
+            "experts_per_token": entry.experts_per_token,
+            "num_shared_experts": entry.num_shared_experts,
+            "expert_intermediate_size": entry.expert_intermediate_size,
+            "num_dense_layers": entry.num_dense_layers,
+        }
+        for name, value in others.items():
+            if value:
+                raise FieldProblemError(
+                    name,
+                    value,
+                    f"{name} {value} set on a dense model (num_experts 0);"
+                    " allowed: 0, or set num_experts",
+                )
+        return
+    if not 1 <= entry.experts_per_token <= entry.num_experts:
+        raise FieldProblemError(
+            "experts_per_token",
+            entry.experts_per_token,
+            f"experts_per_token {entry.experts_per_token} is not within num_experts"
+            f" {entry.num_experts}; allowed: 1 to {entry.num_experts}",
+        )
+    if not entry.expert_intermediate_size:
+        raise FieldProblemError(
+            "expert_intermediate_size",
+            0,
+            "expert_intermediate_size 0 on an MoE model; allowed: the width of one expert's MLP",
+        )
+    if entry.num_dense_layers >= entry.num_layers:
+        raise FieldProblemError(
+            "num_dense_layers",
+            entry.num_dense_layers,
+            f"num_dense_layers {entry.num_dense_layers} leaves no MoE layer;"
+            f" allowed: 0 to {entry.num_layers - 1}",
+        )
+
+
+def _check_attention_variants(entry: ModelEntry) -> None:
+    """MLA's latent and rope dims come together; the sliding window names its layers."""
+    if bool(entry.kv_lora_rank) != bool(entry.qk_rope_head_dim):
+        raise FieldProblemError(
+            "qk_rope_head_dim",
+            entry.qk_rope_head_dim,
+            f"kv_lora_rank {entry.kv_lora_rank} and qk_rope_head_dim {entry.qk_rope_head_dim}"
+            " must be set together (MLA) or both be 0",
+        )
+    if entry.q_lora_rank and not entry.kv_lora_rank:
+        raise FieldProblemError(
+            "q_lora_rank",
+            entry.q_lora_rank,
+            f"q_lora_rank {entry.q_lora_rank} set without MLA; allowed: 0, or set kv_lora_rank",
+        )
+    if entry.num_sliding_layers > entry.num_layers:
+        raise FieldProblemError(
+            "num_sliding_layers",
+            entry.num_sliding_layers,
+            f"num_sliding_layers {entry.num_sliding_layers} exceeds num_layers"
+            f" {entry.num_layers}; allowed: 0 to {entry.num_layers}",
+        )
+    if bool(entry.sliding_window) != bool(entry.num_sliding_layers):
+        raise FieldProblemError(
+            "sliding_window",
+            entry.sliding_window,
+            f"sliding_window {entry.sliding_window} and num_sliding_layers"
+            f" {entry.num_sliding_layers} must be set together or both be 0",
+        )
 
 
 _ENTRY_MODELS: dict[str, type[AcceleratorEntry] | type[ModelEntry]] = {
@@ -221,6 +324,9 @@ def _entry_error(exc: ValidationError, kind: str, name: str, path: str | Path) -
         message, value = "missing required field", None
     elif err["type"] == "extra_forbidden":
         message, allowed = "unknown field", ", ".join(entry_fields(kind))
+    elif isinstance(err.get("ctx", {}).get("error"), FieldProblemError):
+        problem = err["ctx"]["error"]
+        field, value = problem.field, problem.value
     elif field is None:
         value = None  # a whole-entry check: the message carries the values
     if len(loc) > 1:

@@ -17,8 +17,24 @@ PRECISION_BYTES: dict[str, float] = {
     "int8": 1.0,
     "int4": 0.5,
     "int4-gptq": 0.5,
+    "mxfp4": 0.53125,
 }
-"""Bytes per weight (or KV element) for each precision sincere knows."""
+"""Bytes per weight (or KV element) for each precision sincere knows.
+
+``mxfp4`` is the OCP microscaling format: 4-bit elements with one 8-bit shared scale
+per block of 32, 4.25 bits a weight. ``fp8`` is counted at one byte: block scales
+(one fp32 per 128 x 128 weights in DeepSeek-V3's checkpoint) add under 0.03 %.
+"""
+
+GPU_VENDORS: frozenset[str] = frozenset({"NVIDIA", "AMD"})
+"""Vendors whose accelerators have fp8 / MXFP4 kernels (natively or dequantising)."""
+
+SIXTEEN_BIT: frozenset[str] = frozenset({"fp16", "bf16"})
+"""Precisions the tensor cores compute in without any conversion."""
+
+WEIGHT_ONLY: frozenset[str] = frozenset({"mxfp4"})
+"""Formats only a model's routed experts are stored in (attention and embeddings stay bf16),
+as in GPT-OSS's checkpoints."""
 
 UNQUANTIZED_KV: frozenset[str] = frozenset({"fp16", "bf16", "fp32"})
 """KV-cache precisions that count as "not quantized" in relative-accuracy keys."""
@@ -58,6 +74,36 @@ class Accelerator:
     def interconnect_gbps_per_direction(self) -> float:
         """Device-to-device bandwidth one way, GB/s (what a ring all-reduce step moves at)."""
         return self.interconnect_gbps / 2.0
+
+    def compute_precision(self, precision: str) -> str:
+        """The precision GEMMs over ``precision`` weights run in on this accelerator.
+
+        fp8 weights compute at fp8 where the accelerator has an fp8 rate and at bf16
+        after dequantisation otherwise (A100); MXFP4 weights are dequantised to bf16
+        (no accelerator in the catalog has an fp4 rate). Raises ``ConfigError`` naming
+        the precision when this accelerator cannot run it at all (the CPU host has no
+        fp8 or MXFP4 kernels).
+        """
+        from sincere.core.errors import ConfigError
+
+        if precision not in PRECISION_BYTES:
+            raise ConfigError(
+                f"unknown weight precision for {self.name}",
+                value=precision,
+                allowed=list(PRECISION_BYTES),
+            )
+        if precision in ("fp8", "mxfp4") and self.vendor not in GPU_VENDORS:
+            allowed = [p for p in PRECISION_BYTES if p not in ("fp8", "mxfp4")]
+            raise ConfigError(
+                f"precision: {self.name} cannot run {precision} weights",
+                value=precision,
+                allowed=allowed,
+            )
+        if precision == "fp8":
+            return "fp8" if self.fp8_tflops else "bf16"
+        if precision == "mxfp4":
+            return "bf16"
+        return precision
 
     def peak_tflops(self, precision: str) -> float:
         """Dense peak for compute in ``precision`` (falls back to bf16 when unsupported)."""
@@ -100,6 +146,20 @@ class ModelArch:
     gated_mlp: bool = True  # three MLP matrices (SwiGLU / GeGLU) rather than two
     tied_embeddings: bool = False  # the output head shares the input embedding
     accuracy_source: str = ""  # where ``relative_accuracy`` comes from
+    # mixture of experts (0: a dense model)
+    num_experts: int = 0  # routed experts per MoE layer
+    experts_per_token: int = 0  # routed experts each token is sent to (top-k)
+    num_shared_experts: int = 0  # experts every token passes through besides the routed ones
+    expert_intermediate_size: int = 0  # MLP width of one expert (routed or shared)
+    num_dense_layers: int = 0  # leading layers with a dense MLP (intermediate_size)
+    # multi-head latent attention (0: none); head_dim is the per-head no-rope / value dim
+    q_lora_rank: int = 0  # low-rank query compression (0: a full query projection)
+    kv_lora_rank: int = 0  # latent KV dimension cached per token and layer
+    qk_rope_head_dim: int = 0  # rotary part of each query / key head, cached beside the latent
+    # sliding-window attention (0: every layer attends to the whole context)
+    sliding_window: int = 0  # tokens a sliding-window layer attends to
+    num_sliding_layers: int = 0  # layers that use the window
+    native_precision: str = "bf16"  # precision of the published weights
 
     @property
     def head_size(self) -> int:
@@ -110,30 +170,141 @@ class ModelArch:
         """Relative accuracy (%) in that setting, or ``None`` when nobody measured it."""
         return self.relative_accuracy.get(accuracy_key(precision, kv_precision))
 
+    @property
+    def is_moe(self) -> bool:
+        """The model has mixture-of-experts layers."""
+        return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        """The model uses multi-head latent attention (a cached latent, not K and V)."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def uses_layer_groups(self) -> bool:
+        """Weights and FLOPs are counted from the architecture's parts (MoE or MLA), not
+        from ``num_params_b`` as for a plain dense decoder."""
+        return self.is_moe or self.is_mla
+
+    @property
+    def num_moe_layers(self) -> int:
+        """Layers with a mixture-of-experts MLP."""
+        return self.num_layers - self.num_dense_layers if self.is_moe else 0
+
+    @property
+    def num_full_attention_layers(self) -> int:
+        """Layers that attend to the whole context (the rest use the sliding window)."""
+        return self.num_layers - self.num_sliding_layers
+
+    def expert_params(self) -> int:
+        """Weights of one expert's MLP (gate / up and down)."""
+        return (3 if self.gated_mlp else 2) * self.hidden_size * self.expert_intermediate_size
+
+    def attention_params(self) -> int:
+        """Weights of one layer's attention projections (MLA's compressions included)."""
+        h, hd = self.hidden_size, self.head_size
+        if not self.is_mla:
+            return 2 * h * hd * (self.num_heads + self.num_kv_heads)
+        qk = hd + self.qk_rope_head_dim
+        if self.q_lora_rank:
+            q = h * self.q_lora_rank + self.q_lora_rank * self.num_heads * qk
+        else:
+            q = h * self.num_heads * qk
+        kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim)
+        kv_b = self.kv_lora_rank * self.num_heads * 2 * hd
+        return q + kv_a + kv_b + self.num_heads * hd * h
+
+    def param_groups(self) -> tuple[float, float, float]:
+        """``(routed experts, other matmuls, embeddings)`` parameter counts of the whole model.
+
+        Other matmuls: attention, dense MLPs, shared experts and routers.
+        """
+        gate_up = 3 if self.gated_mlp else 2
+        dense_mlp = gate_up * self.hidden_size * self.intermediate_size
+        emb = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
+        if not self.is_moe:
+            return 0.0, float(self.num_layers * (self.attention_params() + dense_mlp)), emb
+        moe = self.num_moe_layers
+        routed = moe * self.num_experts * self.expert_params()
+        shared = moe * self.num_shared_experts * self.expert_params()
+        router = moe * self.hidden_size * self.num_experts
+        other = self.num_layers * self.attention_params() + self.num_dense_layers * dense_mlp
+        return float(routed), float(other + shared + router), float(emb)
+
     def estimated_params_b(self) -> float:
         """Parameters implied by the architecture, billions (matmuls and embeddings only).
 
         Norms and biases are left out (well under 1 %), so this lands within a few
         percent of ``num_params_b`` for a correct entry.
         """
-        attn = 2 * self.hidden_size * self.head_size * (self.num_heads + self.num_kv_heads)
-        mlp = (3 if self.gated_mlp else 2) * self.hidden_size * self.intermediate_size
-        emb = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
-        return (self.num_layers * (attn + mlp) + emb) / 1e9
+        return sum(self.param_groups()) / 1e9
+
+    def active_params_b(self) -> float:
+        """Parameters one token passes through, billions (the routed experts it picks only)."""
+        if not self.is_moe:
+            return self.num_params_b
+        routed, other, emb = self.param_groups()
+        picked = routed * self.experts_per_token / self.num_experts
+        return (picked + other + emb) / 1e9
+
+    def kv_elements_per_token_layer(self) -> int:
+        """Cached elements one token takes in one layer: K and V heads, or MLA's latent and
+        rotary key (shared by all heads)."""
+        if self.is_mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.num_kv_heads * self.head_size
 
     def kv_bytes_per_token(self, kv_precision: str = "fp16") -> float:
-        """KV-cache bytes one token occupies across all layers (K and V)."""
+        """KV-cache bytes one token occupies across the full-attention layers.
+
+        Sliding-window layers keep at most ``sliding_window`` tokens per sequence:
+        :meth:`window_kv_bytes_per_seq` counts them.
+        """
         per_elem = PRECISION_BYTES[kv_precision]
-        return 2.0 * self.num_layers * self.num_kv_heads * self.head_size * per_elem
+        if self.is_mla:
+            return self.num_layers * self.kv_elements_per_token_layer() * per_elem
+        return 2.0 * self.num_full_attention_layers * self.num_kv_heads * self.head_size * per_elem
+
+    def window_kv_bytes_per_seq(self, kv_precision: str = "fp16") -> float:
+        """KV bytes one sequence holds at most in the sliding-window layers."""
+        if not self.num_sliding_layers:
+            return 0.0
+        window = min(self.sliding_window, self.max_context)
+        per_layer = self.kv_elements_per_token_layer() * PRECISION_BYTES[kv_precision]
+        return float(self.num_sliding_layers * window * per_layer)
 
     def weight_bytes(self, precision: str = "fp16") -> float:
-        """Bytes of all weights in ``precision``."""
-        return self.num_params_b * 1e9 * PRECISION_BYTES[precision]
+        """Bytes of all weights in ``precision``.
+
+        A dense decoder counts ``num_params_b`` at that precision. An MoE or MLA model
+        counts its parts: routed experts in ``precision``; attention, dense MLPs, shared
+        experts and routers in it too except for MXFP4 (bf16, as GPT-OSS ships them);
+        embeddings and the LM head in bf16 when ``precision`` is narrower (as the fp8
+        and MXFP4 checkpoints keep them).
+        """
+        size = PRECISION_BYTES[precision]
+        if not self.uses_layer_groups:
+            return self.num_params_b * 1e9 * size
+        routed, other, emb = self.param_groups()
+        return routed * size + other * self.dense_weight_bytes(precision) + emb * max(size, 2.0)
+
+    def dense_weight_bytes(self, precision: str) -> float:
+        """Bytes per weight of the non-expert matmuls when the model is served in ``precision``."""
+        if precision in WEIGHT_ONLY and self.uses_layer_groups:
+            return 2.0
+        return PRECISION_BYTES[precision]
 
     def flops_per_token(self) -> float:
-        """Dense matmul FLOPs per token, excluding attention over the context (2 x params)."""
-        return 2.0 * self.num_params_b * 1e9
+        """Matmul FLOPs per token, excluding attention over the context (2 x active params)."""
+        return 2.0 * self.active_params_b() * 1e9
 
     def attention_flops_per_pair(self) -> float:
-        """FLOPs per (query token, context token) pair, summed over layers (QK^T and AV)."""
+        """FLOPs per (query token, context token) pair, summed over layers (QK^T and AV).
+
+        MLA counts its expanded form (query-key over no-rope + rope dims, values over
+        ``head_dim``), as prefill runs it.
+        """
+        if self.is_mla:
+            qk = self.head_size + self.qk_rope_head_dim
+            return 2.0 * self.num_layers * self.num_heads * (qk + self.head_size)
         return 4.0 * self.num_layers * self.num_heads * self.head_size

@@ -82,7 +82,7 @@ VERBS: dict[str, Verb] = {
     ),
     "profile": Verb(("sincere.cli.profile",), "Profile real engines (HTTP endpoints, PyTorch)."),
     "fit": Verb(
-        ("sincere.cli.fit", "sincere.cli.fit_sincere_runs"),
+        ("sincere.cli.fit", "sincere.cli.fit_sincere_runs", "sincere.cli.fit_model_data"),
         "Fit step-time models to profiles, GPU kernel profiles or SINCERE's runs.",
     ),
     "step": Verb(

@@ -27,7 +27,8 @@ COST_TYPE_NAMES = ("min_lat", "min_mem", "min_cost", "min_gpu_cost")
 STRATEGY_NAMES = ("hybrid", "llf", "packing")
 
 _HELP = (
-    "Choose TP, PP, weight and KV-cache precision for MODEL on a GPU pool and place it.\n\n"
+    "Choose TP, PP, weight and KV-cache precision (and EP for a mixture-of-experts model) for "
+    "MODEL on a GPU pool and place it.\n\n"
     "--gpus is a shorthand NxACCEL[:used_gb,...] (e.g. 8xA6000 or 4xA6000:10,0,0,30) or a "
     "YAML/JSON file ({accelerator, count} or {accelerator, gpus: [{used_gb}]}). Latency in "
     "seconds for --output-len tokens, memory in GB over all GPUs, accuracy in % of fp16. "
@@ -40,6 +41,7 @@ def _choice_dict(c: RankedChoice) -> dict[str, Any]:
     return {
         "tp": k.tp,
         "pp": k.pp,
+        "ep": k.ep,
         "precision": k.precision,
         "kv_precision": k.kv_precision,
         "batch_size": k.batch_size,
@@ -61,7 +63,7 @@ def _view(decision: DeployDecision) -> Table:
     )
     for col in (
         "rank",
-        "TPxPP",
+        "TPxPP (EP)",
         "weights/KV",
         "latency s",
         "memory GB",
@@ -76,7 +78,7 @@ def _view(decision: DeployDecision) -> Table:
         k = c.estimate.key
         table.add_row(
             "chosen" if i == 1 else str(i),
-            f"{k.tp}x{k.pp}",
+            f"{k.tp}x{k.pp}" + (f" ep{k.ep}" if k.ep > 1 else ""),
             f"{k.precision}/{k.kv_precision}",
             f"{c.estimate.latency_s:.3f}",
             f"{c.estimate.memory_gb:.1f}",
@@ -110,6 +112,7 @@ def deploy_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
 ) -> None:
     """Choose and place a deployment of MODEL."""
+    from sincere.catalog import get_model
     from sincere.estimate.estimator import FingerprintBank
     from sincere.estimate.law import load_exponents
     from sincere.optimize.deploy import (
@@ -148,6 +151,12 @@ def deploy_cmd(
     console = Console()
     if decision.chosen is None:
         console.print(f"[red]no configuration fits[/red] (dropped: {decision.dropped})")
+        console.print(
+            f"options: more GPUs or larger ones than {gpus}"
+            + (", a lower precision" if not fp16_only else ", drop --fp16-only")
+            + (" (model lists: " + ", ".join(get_model(model).precisions) + ")"),
+            highlight=False,
+        )
         raise typer.Exit(1)
     if decision.slo_fallback:
         console.print("[yellow]no configuration meets the SLO: lowest latency chosen[/yellow]")

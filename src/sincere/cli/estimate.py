@@ -27,6 +27,21 @@ if TYPE_CHECKING:
     from sincere.estimate.estimator import Estimate, FingerprintBank
     from sincere.estimate.fingerprint import ConfigKey
 
+MOE_NOTE = (
+    "MaverIQ's method cannot estimate this model: it is a mixture of experts and no MoE "
+    "fingerprints exist (the published ones are of dense models); the roofline prices its "
+    "experts instead"
+)
+
+
+def no_moe_fingerprints(model: str) -> bool:
+    """``model`` is a catalog mixture-of-experts model (MaverIQ has no fingerprints of any)."""
+    from sincere.catalog import default_catalog
+
+    catalog = default_catalog()
+    return catalog.has_model(model) and catalog.model(model).is_moe
+
+
 CONFIG_COLUMNS = ("Model", "TP", "PP", "DTYPE", "INT8_KV_Cache", "Output_Lenght", "Batch_Size")
 OUT_COLUMNS = ("Predicted_Latency (s)", "Predicted_Memory (GB)", "Estimate_Source")
 
@@ -223,6 +238,7 @@ def predict_cmd(
     key = ConfigKey(name, precision, "int8" if kv_int8 else "fp16", tp, pp, batch)
     est = _estimate(bank, key, output_len, accelerator, prompt_len)
     noise = bank.below_noise(key) if bank is not None and est.source != "roofline" else []
+    no_moe = no_moe_fingerprints(key.model)
     if as_json:
         typer.echo(
             json.dumps(
@@ -240,6 +256,7 @@ def predict_cmd(
                     "memory_gb": est.memory_gb,
                     "source": est.source,
                     "below_noise": noise,
+                    "notes": [MOE_NOTE] if est.source == "roofline" and no_moe else [],
                 },
                 indent=2,
             )
@@ -248,6 +265,8 @@ def predict_cmd(
     if est.source == "roofline":
         why = "no fingerprints given" if bank is None else f"no fingerprint of {key.model}"
         console.print(f"[yellow]{why}: roofline estimate from the catalog[/yellow]")
+        if no_moe_fingerprints(key.model):
+            console.print(f"[yellow]{MOE_NOTE}[/yellow]")
     print_table(_table(est, accelerator, prompt_len), console)
     for note in noise:
         console.print(

@@ -7,7 +7,11 @@ communication, the LM head, and the CPU's overhead -- where the model can
 (``roofline``, ``profiled``). ``--prefill TOKENS[@CACHED]`` adds a prefill chunk of
 ``TOKENS`` tokens after ``CACHED`` cached ones; ``--decode N@CTX`` adds ``N`` decoding
 sequences with ``CTX`` tokens of context each; both repeat. ``--json`` prints
-``{"iteration_s": …, "parts": {…}}`` (seconds).
+``{"iteration_s": …, "parts": {…}}`` (seconds), with ``"notes"`` when there are any.
+A mixture-of-experts model's parts add ``router``, ``experts`` and ``all_to_all``
+(``--ep`` spreads the experts over that many of the TP group's GPUs); weights in a
+precision the accelerator has no rate for (fp8 on A100, MXFP4 anywhere) are said to
+run dequantised to bf16.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sincere.perf.base import StepParts
+    from sincere.perf.base import Deployment, StepParts
 
 console = Console()
 
@@ -67,13 +71,28 @@ def _parts_table(parts: StepParts) -> Table:
     return table
 
 
+def precision_notes(dep: Deployment) -> list[str]:
+    """What the weight precision means on this accelerator, when it is not run as stored."""
+    acc, precision = dep.accelerator, dep.precision
+    compute = acc.compute_precision(precision)
+    if precision == "fp8" and compute != "fp8":
+        return [f"{acc.name} has no fp8 rate: fp8 weights run dequantised, GEMMs at bf16"]
+    if precision == "mxfp4":
+        whose = " of the experts" if dep.model.is_moe else ""
+        return [f"MXFP4 weights{whose} are dequantised on {acc.name}: GEMMs at bf16"]
+    return []
+
+
 @app.command("step")
 def step_command(
     model: Annotated[str, typer.Argument(help="catalog model (sincere catalog models)")],
     accelerator: Annotated[str, typer.Option(help="catalog accelerator")],
     tp: Annotated[int, typer.Option(min=1, help="tensor-parallel degree")] = 1,
+    ep: Annotated[
+        int, typer.Option(min=1, help="expert-parallel degree (MoE models; divides tp)")
+    ] = 1,
     precision: Annotated[
-        str, typer.Option(help="weight precision (bf16, fp16, fp8, int8, …)")
+        str, typer.Option(help="weight precision (bf16, fp16, fp8, mxfp4, int8, …)")
     ] = "bf16",
     step_model: Annotated[
         str,
@@ -109,17 +128,25 @@ def step_command(
         raise ConfigError("nothing to time: give at least one --prefill or --decode")
     catalog = default_catalog()
     dep = Deployment(
-        catalog.model(model), catalog.accelerator(accelerator), precision=precision, tp=tp
+        catalog.model(model), catalog.accelerator(accelerator), precision=precision, tp=tp, ep=ep
     )
+    notes = precision_notes(dep)
     built = StepModelConfig(kind=step_model, params_file=params).build(dep)
     batch = Batch.of(prefill=chunks, decode=[ctx for n, ctx in decodes for _ in range(n)])
     seconds = built.iteration_s(batch)
     parts = built.parts(batch) if isinstance(built, StepBreakdown) else None
     if as_json:
-        typer.echo(json.dumps({"iteration_s": seconds, "parts": parts.as_dict() if parts else {}}))
+        out: dict[str, object] = {
+            "iteration_s": seconds,
+            "parts": parts.as_dict() if parts else {},
+        }
+        if notes:
+            out["notes"] = notes
+        typer.echo(json.dumps(out))
         return
+    layout = f"tp {tp}, ep {ep}" if ep > 1 else f"tp {tp}"
     what = (
-        f"{dep.model.name} on {dep.accelerator.name} (tp {tp}, {precision}), {step_model}: "
+        f"{dep.model.name} on {dep.accelerator.name} ({layout}, {precision}), {step_model}: "
         f"{batch.num_tokens} tokens, {batch.num_seqs} sequences"
     )
     if parts is None:
@@ -127,5 +154,7 @@ def step_command(
     else:
         console.print(what, highlight=False)
         print_table(_parts_table(parts))
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
     if step_model == "roofline" and params is None:
         console.print(f"constants: {roofline_defaults(dep.accelerator).origin}", highlight=False)

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sincere.catalog import ModelArch, get_accelerator, get_model
+from sincere.catalog.specs import PRECISION_BYTES
 from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
@@ -79,7 +80,7 @@ def deployment_of(spec: DeploymentSpec, model: str, where: str) -> Deployment:
         check_parallelism(arch, spec.tp, spec.pp)
         return Deployment(
             arch, get_accelerator(spec.accelerator), spec.precision,
-            spec.kv_precision, spec.tp, spec.pp,
+            spec.kv_precision, spec.tp, spec.pp, spec.ep,
         )  # fmt: skip
     except ConfigError as exc:
         raise ConfigError(str(exc), where=where) from None
@@ -94,6 +95,17 @@ def step_model_of(spec: DeploymentSpec, deployment: Deployment, where: str) -> S
         return cfg.build(deployment)
     except ConfigError as exc:
         raise ConfigError(str(exc), where=f"{where}.step_model") from None
+
+
+def _fit_options(deployment: Deployment) -> str:
+    """What would make room: a bigger device, more GPUs, fewer weight bytes."""
+    model = deployment.model
+    narrower = [
+        p for p in model.precisions if PRECISION_BYTES[p] < PRECISION_BYTES[deployment.precision]
+    ]
+    lower = f"lower precision ({', '.join(narrower)})" if narrower else "lower precision"
+    more = "more tp (ep spreads the experts over them)" if model.is_moe else "more tp"
+    return f"a larger accelerator, {more}, {lower}, or num_kv_blocks"
 
 
 def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> EngineLimits:
@@ -112,7 +124,7 @@ def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> Engi
                 f"{deployment.model.name} does not fit on {deployment.accelerator.name} "
                 f"(tp={deployment.tp}, {deployment.precision}): no room for the KV cache",
                 where=where,
-                allowed="a larger accelerator, more tp, lower precision, or num_kv_blocks",
+                allowed=_fit_options(deployment),
             )
         blocks = plan.num_kv_blocks
     return EngineLimits(

@@ -487,6 +487,7 @@ def roofline_estimate(
         key.kv_precision,
         key.tp,
         key.pp,
+        key.ep,
     )
     model = Roofline(dep)
     b = key.batch_size

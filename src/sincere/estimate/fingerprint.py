@@ -75,6 +75,7 @@ class ConfigKey:
     tp: int  # tensor-parallel degree
     pp: int  # pipeline-parallel degree
     batch_size: int  # sequences per batch
+    ep: int = 1  # expert-parallel degree (MoE models; the roofline prices it, fingerprints do not)
 
     @property
     def precision_key(self) -> str:
@@ -83,12 +84,14 @@ class ConfigKey:
 
     def with_parallelism(self, tp: int, pp: int) -> ConfigKey:
         """The same configuration at another TP / PP."""
-        return ConfigKey(self.model, self.precision, self.kv_precision, tp, pp, self.batch_size)
+        return ConfigKey(
+            self.model, self.precision, self.kv_precision, tp, pp, self.batch_size, self.ep
+        )
 
     def with_batch(self, batch_size: int) -> ConfigKey:
         """The same configuration at another batch size."""
         return ConfigKey(
-            self.model, self.precision, self.kv_precision, self.tp, self.pp, batch_size
+            self.model, self.precision, self.kv_precision, self.tp, self.pp, batch_size, self.ep
         )
 
 

@@ -143,6 +143,7 @@ class StepModelCosts:
             key.kv_precision,
             key.tp,
             key.pp,
+            key.ep,
         )
         model = self.build(dep)
         total = model.request_batch_s([self.prompt_tokens] * key.batch_size, output_tokens)
@@ -220,9 +221,28 @@ def enumerate_configs(
     out = []
     for prec, kv, acc in _precisions(model, req):
         for tp in _tp_options(model, num_gpus):
-            for pp in range(1, min(req.max_pp, model.num_layers, num_gpus // tp) + 1):
-                out.append((ConfigKey(model.name, prec, kv, tp, pp, req.batch_size), acc))
+            for ep in _ep_options(model, tp):
+                for pp in range(1, min(req.max_pp, model.num_layers, num_gpus // tp) + 1):
+                    key = ConfigKey(model.name, prec, kv, tp, pp, req.batch_size, ep)
+                    out.append((key, acc))
     return out
+
+
+def _ep_options(model: ModelArch, tp: int) -> list[int]:
+    """EP degrees of an MoE model at ``tp``: divisors of ``tp`` that divide the experts
+    (1 for a dense model)."""
+    if not model.is_moe:
+        return [1]
+    return [ep for ep in range(1, tp + 1) if tp % ep == 0 and model.num_experts % ep == 0]
+
+
+def runnable_precision(precision: str, accelerator: str) -> bool:
+    """The accelerator can run weights in ``precision`` (natively or dequantised)."""
+    try:
+        get_accelerator(accelerator).compute_precision(precision)
+    except ConfigError:
+        return False
+    return True
 
 
 def replica_shape(model: ModelArch, est: Estimate) -> ReplicaShape:
@@ -258,10 +278,14 @@ def choose_deployment(
     """Enumerate, filter, rank and place (module docstring)."""
     model = get_model(req.model)
     configs = enumerate_configs(model, req, len(pool))
-    dropped = {"accuracy": 0, "no_estimate": 0, "memory": 0, "slo": 0}
+    dropped = {"accuracy": 0, "precision": 0, "no_estimate": 0, "memory": 0, "slo": 0}
     fits: list[RankedChoice] = []
     score = COST_TYPES[req.cost_type]
+    runnable = {p: runnable_precision(p, pool[0].accelerator) for p in model.precisions}
     for key, acc in configs:
+        if not runnable.get(key.precision, True):
+            dropped["precision"] += 1
+            continue
         if req.min_accuracy > 0 and (acc is None or acc < req.min_accuracy):
             dropped["accuracy"] += 1
             continue

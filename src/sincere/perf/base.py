@@ -88,28 +88,48 @@ class StepParts:
     communication_s: float = 0.0  # tensor-parallel all-reduces and pipeline sends
     lm_head_s: float = 0.0  # the LM head over the sampled positions
     overhead_s: float = 0.0  # CPU work per iteration
+    router_s: float = 0.0  # MoE layers' router GEMMs
+    experts_s: float = 0.0  # MoE layers' routed experts (grouped GEMMs and permutation)
+    all_to_all_s: float = 0.0  # expert-parallel dispatch and combine
+
+    @property
+    def has_experts(self) -> bool:
+        """The iteration ran mixture-of-experts layers (their parts are apart)."""
+        return self.router_s > 0.0 or self.experts_s > 0.0 or self.all_to_all_s > 0.0
 
     @property
     def total_s(self) -> float:
         """The whole iteration."""
-        return (
+        total = (
             self.linear_s + self.attention_s + self.communication_s + self.lm_head_s
         ) + self.overhead_s
+        if self.has_experts:
+            total += self.router_s + self.experts_s + self.all_to_all_s
+        return total
 
     @property
     def kernels_s(self) -> float:
         """The layers' kernels only (what operator profiles compose): linear, attention, comm."""
-        return self.linear_s + self.attention_s + self.communication_s
+        kernels = self.linear_s + self.attention_s + self.communication_s
+        if self.has_experts:
+            kernels += self.router_s + self.experts_s + self.all_to_all_s
+        return kernels
 
     def as_dict(self) -> dict[str, float]:
-        """``{"linear": s, "attention": s, "communication": s, "lm_head": s, "overhead": s}``."""
-        return {
+        """``{"linear": s, "attention": s, "communication": s, "lm_head": s, "overhead": s}``,
+        plus ``router``, ``experts`` and ``all_to_all`` for a model with experts."""
+        parts = {
             "linear": self.linear_s,
             "attention": self.attention_s,
             "communication": self.communication_s,
             "lm_head": self.lm_head_s,
             "overhead": self.overhead_s,
         }
+        if self.has_experts:
+            parts["router"] = self.router_s
+            parts["experts"] = self.experts_s
+            parts["all_to_all"] = self.all_to_all_s
+        return parts
 
 
 @runtime_checkable
@@ -139,10 +159,37 @@ class Deployment:
     kv_precision: str = "fp16"  # KV-cache precision
     tp: int = 1  # tensor-parallel degree
     pp: int = 1  # pipeline-parallel degree
+    ep: int = 1  # expert-parallel degree: the TP group's GPUs the routed experts spread over
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
             raise ConfigError("tp and pp must be >= 1", value=(self.tp, self.pp))
+        if self.ep != 1:
+            self._check_ep()
+
+    def _check_ep(self) -> None:
+        """EP splits an MoE model's experts over GPUs of the TP group."""
+        model = self.model
+        if not model.is_moe:
+            raise ConfigError(
+                f"ep: {model.name} has no experts to spread", value=self.ep, allowed=["1"]
+            )
+        if self.ep < 1 or self.tp % self.ep:
+            allowed = [str(d) for d in range(1, self.tp + 1) if self.tp % d == 0]
+            raise ConfigError(
+                f"ep must divide tp {self.tp} (experts spread over the TP group's GPUs)",
+                value=self.ep,
+                allowed=allowed,
+            )
+        if model.num_experts % self.ep:
+            allowed = [
+                str(d) for d in range(1, model.num_experts + 1) if model.num_experts % d == 0
+            ]
+            raise ConfigError(
+                f"ep {self.ep} does not divide num_experts {model.num_experts} of {model.name}",
+                value=self.ep,
+                allowed=allowed,
+            )
 
     @property
     def num_gpus(self) -> int:

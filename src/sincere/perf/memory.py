@@ -7,10 +7,17 @@ buffers, CUDA graphs) is the KV cache, cut into blocks of ``block_size`` tokens
 (PagedAttention, Kwon et al., SOSP 2023).
 
 Per GPU: weights are ``params * bytes(precision) / (tp * pp)`` (embeddings are
-assumed split too); one token's KV is ``2 * layers * kv_heads * head_dim *
-bytes(kv_precision)`` split over PP stages and over TP ranks while ``tp <=
-kv_heads`` (replicated beyond). The activation peak is an estimate, not a
-measurement: per token ``(4 * hidden + 3 * intermediate / tp) * activation_bytes``
+assumed split too); an MoE model holds all its experts (each GPU its ``1/ep`` of them,
+each split over ``tp/ep`` GPUs: the same bytes per GPU), counted by
+:meth:`~sincere.catalog.specs.ModelArch.weight_bytes` (MXFP4 on the experts only,
+embeddings in bf16 under fp8 / MXFP4). One token's KV is ``2 * layers * kv_heads *
+head_dim * bytes(kv_precision)`` split over PP stages and over TP ranks while ``tp <=
+kv_heads`` (replicated beyond); MLA caches ``kv_lora_rank + qk_rope_head_dim``
+elements per layer, kept whole on every TP rank; sliding-window layers count no
+per-token KV but reserve ``window`` tokens for each of ``max_num_seqs`` sequences
+(vLLM's hybrid allocator frees a window layer's blocks behind the window). The
+activation peak is an estimate, not a measurement: per token
+``(4 * hidden + 3 * intermediate / tp) * activation_bytes``
 (residual, norm, attention output, MLP gate / up / activation) plus fp32 logits of
 ``max_num_seqs`` sequences. A deployment *fits* when weights, activations and
 overhead leave room for at least ``min_kv_tokens`` of KV cache (default one
@@ -63,9 +70,11 @@ def activation_bytes_estimate(
     """Peak activation bytes per GPU of one forward pass (see the module docstring)."""
     model = deployment.model
     act_bytes = 2.0 if deployment.precision != "fp32" else 4.0
-    per_token = (4.0 * model.hidden_size + 3.0 * model.intermediate_size / deployment.tp) * (
-        act_bytes
-    )
+    inter = float(model.intermediate_size)
+    if model.is_moe:  # the widest MLP a token passes: its experts', or a dense layer's
+        moe = (model.experts_per_token + model.num_shared_experts) * model.expert_intermediate_size
+        inter = max(float(moe), inter if model.num_dense_layers else 0.0)
+    per_token = (4.0 * model.hidden_size + 3.0 * inter / deployment.tp) * (act_bytes)
     logits = max_num_seqs * model.vocab_size * LOGIT_BYTES / deployment.tp
     return max_num_batched_tokens * per_token + logits
 
@@ -77,8 +86,24 @@ def kv_bytes_per_token_per_gpu(deployment: Deployment) -> float:
         raise ConfigError(
             "unknown KV precision", value=deployment.kv_precision, allowed=PRECISION_BYTES
         )
-    share = math.ceil(model.num_kv_heads / deployment.tp) / model.num_kv_heads
-    return model.kv_bytes_per_token(deployment.kv_precision) * share / deployment.pp
+    return model.kv_bytes_per_token(deployment.kv_precision) * kv_share(deployment) / deployment.pp
+
+
+def kv_share(deployment: Deployment) -> float:
+    """Share of one token's KV bytes one TP rank stores: KV heads split while ``tp <=
+    kv_heads`` (replicated beyond); MLA's latent is one head shared by all query heads,
+    so every rank keeps all of it."""
+    model = deployment.model
+    if model.is_mla:
+        return 1.0
+    return math.ceil(model.num_kv_heads / deployment.tp) / model.num_kv_heads
+
+
+def window_kv_bytes_per_gpu(deployment: Deployment, max_num_seqs: int) -> float:
+    """KV bytes the sliding-window layers hold for ``max_num_seqs`` full windows, per GPU."""
+    model = deployment.model
+    per_seq = model.window_kv_bytes_per_seq(deployment.kv_precision)
+    return per_seq * kv_share(deployment) / deployment.pp * max_num_seqs
 
 
 def plan_memory(
@@ -97,11 +122,14 @@ def plan_memory(
         raise ConfigError(
             "unknown weight precision", value=deployment.precision, allowed=PRECISION_BYTES
         )
+    deployment.accelerator.compute_precision(deployment.precision)
     budget = gpu_memory_utilization * deployment.accelerator.memory_gb * 1e9
     weights = deployment.model.weight_bytes(deployment.precision) / deployment.num_gpus
     activations = activation_bytes_estimate(deployment, max_num_batched_tokens, max_num_seqs)
     per_token = kv_bytes_per_token_per_gpu(deployment)
     free = budget - weights - activations - overhead_bytes
+    if deployment.model.num_sliding_layers:
+        free -= window_kv_bytes_per_gpu(deployment, max_num_seqs)
     num_blocks = max(0, math.floor(free / (per_token * block_size)))
     need = block_size if min_kv_tokens is None else min_kv_tokens
     return MemoryPlan(

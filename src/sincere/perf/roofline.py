@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from sincere.catalog.specs import PRECISION_BYTES, ModelArch
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
+from sincere.perf.arch_step import ArchStep
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
 from sincere.perf.series import sum_max_affine
 
@@ -191,7 +192,10 @@ class KernelCoef:
 
 
 def kv_share(deployment: Deployment) -> float:
-    """Share of one token's KV bytes (all layers) one TP rank stores."""
+    """Share of one token's KV bytes (all layers) one TP rank stores (MLA's latent is one
+    head shared by all query heads: every rank keeps it whole)."""
+    if deployment.model.is_mla:
+        return 1.0
     heads = deployment.model.num_kv_heads
     return math.ceil(heads / deployment.tp) / heads
 
@@ -328,6 +332,12 @@ class RooflineKernels:
         return c.attn_kernel_s + (compute if compute > memory else memory)
 
 
+def needs_arch_step(deployment: Deployment) -> bool:
+    """The model has experts, latent attention or sliding windows (see :mod:`.arch_step`)."""
+    model = deployment.model
+    return model.uses_layer_groups or model.num_sliding_layers > 0
+
+
 class Roofline(StepTimeBase):
     """Roofline step time of a :class:`Deployment`: the composition of its kernels.
 
@@ -349,7 +359,12 @@ class Roofline(StepTimeBase):
                 raise ConfigError(
                     f"unknown {name} precision", value=precision, allowed=PRECISION_BYTES
                 )
+        deployment.accelerator.compute_precision(deployment.precision)
         super().__init__(self._load_time(), SwapTime(self.params.unload_s))
+        # Experts, latent attention or sliding windows: ArchStep's kernels (same constants).
+        self._arch: ArchStep | None = None
+        if needs_arch_step(deployment):
+            self._arch = ArchStep(deployment, params)
         self.kernels = RooflineKernels(deployment, params)
         self._coef = self.kernels.coef
         self._linear_memo = self.kernels.linear_memo  # shared: the hot path reads them inline
@@ -398,6 +413,17 @@ class Roofline(StepTimeBase):
         formulas as :meth:`RooflineKernels.prefill_attn_s` / ``decode_attn_s``, which
         :meth:`parts` uses; the tests hold the two equal).
         """
+        if self._arch is not None:
+            return self._arch.iteration_s(
+                Batch(
+                    num_prefill_seqs,
+                    prefill_tokens,
+                    prefill_ctx_tokens,
+                    prefill_attn_pairs,
+                    num_decode_seqs,
+                    decode_ctx_tokens,
+                )
+            )
         c = self._coef
         tokens = prefill_tokens + num_decode_seqs
         if tokens == 0:
@@ -475,6 +501,13 @@ class Roofline(StepTimeBase):
         """Exact sum of decode iterations: only decode attention changes, split at its ridge."""
         if num_steps <= 0 or num_seqs <= 0:
             return 0.0
+        if self._arch is not None:  # windows make it non-affine in the context: sum the steps
+            total = 0.0
+            for step in range(num_steps):
+                ctx = ctx_tokens + step * num_seqs
+                batch = Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx)
+                total += self._arch.iteration_s(batch)
+            return total
         c = self._coef
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
@@ -498,6 +531,8 @@ class Roofline(StepTimeBase):
     # --- breakdown and utilisation ---------------------------------------------------
     def parts(self, batch: Batch) -> StepParts:
         """The iteration split into its kernels' shares (they sum to :meth:`iteration_s`)."""
+        if self._arch is not None:
+            return self._arch.parts(batch)
         c = self._coef
         tokens, seqs = batch.num_tokens, batch.num_seqs
         if tokens == 0:
@@ -539,6 +574,8 @@ class Roofline(StepTimeBase):
         duration = self.iteration_s(batch)
         if duration <= 0.0:
             return 0.0, 0.0
+        if self._arch is not None:
+            return self._arch.utilization(batch, duration)
         dep, p = self.deployment, self.params
         acc, model = dep.accelerator, dep.model
         layers = model.num_layers / dep.pp

@@ -1,0 +1,371 @@
+"""Roofline step time of mixture-of-experts, MLA and sliding-window models.
+
+The roofline (:mod:`sincere.perf.roofline`) hands a model with experts, latent
+attention or sliding-window layers to :class:`ArchStep`, which prices one iteration
+with the same per-kernel rooflines and constants (:class:`~sincere.perf.roofline.
+RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
+
+* **attention projections** (QKV and O, or MLA's compressions ``q_a``, ``q_b``,
+  ``kv_a``, ``kv_b`` and O, query heads split over TP) and the **dense MLP** of the
+  ``num_dense_layers`` leading layers: GEMMs as in the roofline, weights in the
+  precision's bytes (bf16 under MXFP4, which only the experts use);
+* the **router**: a ``hidden × experts`` GEMM on every GPU;
+* **shared experts**: a dense MLP of ``shared · expert_intermediate`` split over TP;
+* **routed experts**: each GPU holds ``1/ep`` of the experts, each split over
+  ``tp/ep`` GPUs. It reads the weights of the distinct experts the batch activates
+  (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`) and
+  computes its ``T k / ep`` routed tokens padded per expert to ``MoEParams.expert_tile``
+  rows, times ``ep_imbalance`` (the busiest GPU); compute and memory combined by the
+  roofline's p-norm; plus the permutation traffic at the elementwise bandwidth;
+* **all-to-all** at ``ep > 1``: two exchanges per MoE layer over the one-way link at
+  ``a2a_bw_efficiency`` plus ``a2a_latency_s`` each;
+* **attention**: as the roofline (compute or KV bytes, whichever is slower, plus the
+  kernel cost), with MLA's absorbed form in decode and the expanded one in prefill,
+  MLA's latent read whole by every TP rank, and sliding-window layers reading at
+  most the window;
+* TP all-reduces, the LM head (weights in at least bf16), the CPU overhead and
+  pipeline stages exactly as the roofline.
+
+Weight precision: fp8 computes at the accelerator's fp8 rate where it has one and at
+bf16 after dequantisation otherwise, MXFP4 always at bf16
+(:meth:`~sincere.catalog.specs.Accelerator.compute_precision`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sincere.core.errors import ConfigError
+from sincere.perf.base import Batch, Deployment, StepParts
+from sincere.perf.moe import (
+    all_to_all_bytes,
+    all_to_all_s,
+    expected_distinct_experts,
+    grouped_gemm_rows,
+    mla_decode_flops_per_pair,
+    mla_prefill_flops_per_pair,
+    permutation_bytes,
+    windowed_context,
+    windowed_pairs,
+)
+
+if TYPE_CHECKING:
+    from sincere.perf.roofline import RooflineParams
+
+
+@dataclass(frozen=True, slots=True)
+class MoEParams:
+    """Constants of the expert layers. Units in the names.
+
+    ``a2a_bw_efficiency`` 0.75: DeepEP's published intranode EP8 dispatch / combine on
+    H800 reach 153 / 158 GB/s of NVLink's 200 GB/s one way (github.com/deepseek-ai/DeepEP,
+    README, "Normal kernels with NVLink and RDMA forwarding"). ``a2a_latency_s`` and
+    ``expert_tile`` are assumptions (a small NCCL collective's latency; vLLM's fused
+    MoE ``BLOCK_SIZE_M`` at small batches).
+    """
+
+    routing_skew: float = 0.0  # Zipf exponent of expert popularity (0: uniform routing)
+    expert_tile: int = 16  # rows each active expert's tokens are padded to
+    ep_imbalance: float = 1.0  # busiest GPU's routed tokens over the mean (>= 1)
+    a2a_bw_efficiency: float = 0.75  # share of the one-way link an all-to-all reaches
+    a2a_latency_s: float = 25e-6  # fixed cost of one all-to-all exchange
+
+    def __post_init__(self) -> None:
+        if self.routing_skew < 0.0:
+            raise ConfigError("MoEParams.routing_skew must be >= 0", value=self.routing_skew)
+        if self.expert_tile < 1:
+            raise ConfigError("MoEParams.expert_tile must be >= 1", value=self.expert_tile)
+        if self.ep_imbalance < 1.0:
+            raise ConfigError("MoEParams.ep_imbalance must be >= 1", value=self.ep_imbalance)
+        if not 0.0 < self.a2a_bw_efficiency <= 1.0:
+            raise ConfigError(
+                "MoEParams.a2a_bw_efficiency must be in (0, 1]", value=self.a2a_bw_efficiency
+            )
+        if self.a2a_latency_s < 0.0:
+            raise ConfigError("MoEParams.a2a_latency_s must be >= 0 s", value=self.a2a_latency_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mat:
+    """One weight matrix of a layer on one GPU: ``k × n`` at ``weight_bytes`` a weight."""
+
+    k: int
+    n: int
+    weight_bytes: float
+
+
+class ArchStep:
+    """Iteration time of one deployment of an MoE / MLA / sliding-window model."""
+
+    def __init__(
+        self, deployment: Deployment, params: RooflineParams, moe: MoEParams | None = None
+    ) -> None:
+        self.deployment = deployment
+        self.params = params
+        self.moe = moe or MoEParams()
+        dep, p = deployment, params
+        model, acc = dep.model, dep.accelerator
+        self.compute_precision = acc.compute_precision(dep.precision)
+        self._peak = acc.peak_tflops(dep.precision) * 1e12 * p.mfu_efficiency
+        self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
+        self._ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
+        self._attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
+        self._attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
+        self._link = acc.interconnect_gbps_per_direction * 1e9
+        dense_bytes = model.dense_weight_bytes(dep.precision)
+        self._dense_bytes = dense_bytes
+        self._expert_bytes = _bytes(dep.precision)
+        self._head = _Mat(model.hidden_size, max(1, model.vocab_size // dep.tp), dense_bytes)
+        if model.uses_layer_groups:
+            self._head = _Mat(self._head.k, self._head.n, max(dense_bytes, 2.0))
+        self._attn_mats = _attention_mats(deployment, dense_bytes)
+        self._dense_mlp = _mlp_mats(model.intermediate_size, deployment, dense_bytes)
+        shared = model.num_shared_experts * model.expert_intermediate_size
+        self._shared = _mlp_mats(shared, deployment, dense_bytes) if shared else ()
+        self._layers = model.num_layers / dep.pp
+        self._moe_frac = model.num_moe_layers / model.num_layers
+        self._window_frac = model.num_sliding_layers / model.num_layers
+        self._memo: dict[int, tuple[float, float, float, float]] = {}
+        self._attn = self._attention_consts()
+
+    # --- GEMMs ---------------------------------------------------------------------------
+    def _gemm_s(self, mat: _Mat, tokens: int) -> float:
+        """One GEMM: the roofline's tiled compute and memory, combined by its p-norm."""
+        tile = self.params.token_tile
+        tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
+        compute = 2.0 * mat.k * mat.n * tiled / self._peak
+        moved = mat.k * mat.n * mat.weight_bytes
+        moved += (mat.k + mat.n) * tokens * self.params.activation_bytes
+        return self._combine(compute, moved / self._hbm)
+
+    def _combine(self, compute: float, memory: float) -> float:
+        p = self.params.overlap_exponent
+        high = compute if compute > memory else memory
+        if math.isinf(p) or high <= 0.0:
+            return high
+        low = compute if compute <= memory else memory
+        return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
+
+    def _elementwise_s(self, tokens: int) -> float:
+        model, tp = self.deployment.model, self.deployment.tp
+        h = model.hidden_size
+        q = max(1, model.num_heads // tp) * model.head_size
+        kv = max(1, math.ceil(model.num_kv_heads / tp)) * model.head_size
+        width = model.intermediate_size
+        if model.is_moe:
+            moe_width = model.experts_per_token + model.num_shared_experts
+            moe_width *= model.expert_intermediate_size
+            width = round(
+                self._moe_frac * moe_width + (1.0 - self._moe_frac) * model.intermediate_size
+            )
+        inter = max(1, width // tp)
+        act = 3 * inter if model.gated_mlp else 2 * inter
+        elements = 2 * 2 * h + 2 * (q + kv) + act + 3 * h
+        return elements * tokens * self.params.activation_bytes / self._ew_hbm
+
+    def _routed_s(self, tokens: int) -> tuple[float, float]:
+        """(router, routed experts + permutation) of one MoE layer over ``tokens`` tokens."""
+        dep, m = self.deployment, self.moe
+        model, ep = dep.model, dep.ep
+        h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
+        router = self._gemm_s(_Mat(h, e, 2.0), tokens)
+        distinct = expected_distinct_experts(tokens, e, k, m.routing_skew)
+        split = dep.tp // ep  # GPUs one expert is split over
+        up = (2 if model.gated_mlp else 1) * max(1, model.expert_intermediate_size // split)
+        down = max(1, model.expert_intermediate_size // split)
+        per_expert = h * up + down * h
+        routed = tokens * k / ep * m.ep_imbalance
+        rows = m.ep_imbalance * grouped_gemm_rows(
+            tokens * k / distinct, distinct / ep, m.expert_tile
+        )
+        compute = 2.0 * per_expert * rows / self._peak
+        moved = distinct / ep * per_expert * self._expert_bytes
+        moved += routed * (2 * h + up + down) * self.params.activation_bytes
+        experts = self._combine(compute, moved / self._hbm)
+        perm = permutation_bytes(tokens / ep, k, h, self.params.activation_bytes) / self._ew_hbm
+        return router, experts + perm
+
+    def _all_to_all_s(self, tokens: int) -> float:
+        dep, m = self.deployment, self.moe
+        if dep.ep == 1:
+            return 0.0
+        model = dep.model
+        size = all_to_all_bytes(
+            tokens, model.experts_per_token, model.hidden_size, dep.ep, self.params.activation_bytes
+        )
+        link = self._link * m.a2a_bw_efficiency
+        return 2.0 * all_to_all_s(size, link, m.a2a_latency_s, m.ep_imbalance)
+
+    def layer_linear(self, tokens: int) -> tuple[float, float, float, float]:
+        """(linear, router, experts, all-to-all) of one average layer over ``tokens`` tokens."""
+        cached = self._memo.get(tokens)
+        if cached is not None:
+            return cached
+        linear = self.params.layer_overhead_s + self._elementwise_s(tokens)
+        for mat in self._attn_mats:
+            linear += self._gemm_s(mat, tokens)
+        dense_frac = 1.0 - self._moe_frac
+        if dense_frac > 0.0:
+            linear += dense_frac * sum(self._gemm_s(mat, tokens) for mat in self._dense_mlp)
+        router = experts = a2a = 0.0
+        if self._moe_frac > 0.0:
+            linear += self._moe_frac * sum(self._gemm_s(mat, tokens) for mat in self._shared)
+            r, x = self._routed_s(tokens)
+            router, experts = self._moe_frac * r, self._moe_frac * x
+            a2a = self._moe_frac * self._all_to_all_s(tokens)
+        value = (linear, router, experts, a2a)
+        self._memo[tokens] = value
+        return value
+
+    def lm_head_s(self, num_seqs: int) -> float:
+        """The LM head over ``num_seqs`` sampled positions."""
+        return self._gemm_s(self._head, num_seqs) if num_seqs > 0 else 0.0
+
+    # --- attention ---------------------------------------------------------------------
+    def _attention_consts(self) -> tuple[float, float, float]:
+        """(prefill s per pair, decode s per pair, s per cached token) of one layer."""
+        dep = self.deployment
+        model = dep.model
+        q_heads = max(1, model.num_heads // dep.tp)
+        kv_bytes = _bytes(dep.kv_precision)
+        if model.is_mla:
+            rope, r = model.qk_rope_head_dim, model.kv_lora_rank
+            prefill = mla_prefill_flops_per_pair(q_heads, model.head_size, rope)
+            decode = mla_decode_flops_per_pair(q_heads, r, rope)
+            per_token = (r + rope) * kv_bytes
+        else:
+            prefill = decode = 4.0 * q_heads * model.head_size
+            per_token = 2.0 * math.ceil(model.num_kv_heads / dep.tp) * model.head_size * kv_bytes
+        return prefill / self._attn_peak, decode / self._attn_peak, per_token / self._attn_hbm
+
+    def attention_s(self, batch: Batch, share: float) -> float:
+        """One average layer's attention for ``share`` of the batch."""
+        window = self.deployment.model.sliding_window
+        full = self._attention_of(batch, share, 0)
+        if self._window_frac == 0.0:
+            return full
+        return (1.0 - self._window_frac) * full + self._window_frac * self._attention_of(
+            batch, share, window
+        )
+
+    def _attention_of(self, batch: Batch, share: float, window: int) -> float:
+        pre_pair, dec_pair, token_s = self._attn
+        p, total = self.params, 0.0
+        if batch.num_prefill_seqs > 0:
+            pairs, ctx = batch.prefill_attn_pairs, float(batch.prefill_ctx_tokens)
+            if window:
+                pairs = windowed_pairs(pairs, batch.prefill_tokens, window)
+                ctx = windowed_context(ctx, batch.num_prefill_seqs, window)
+            ctx_pairs = min(batch.prefill_tokens * ctx / batch.num_prefill_seqs, pairs)
+            compute = share * pre_pair * (ctx_pairs + p.attn_diag_factor * (pairs - ctx_pairs))
+            memory = share * token_s * (batch.prefill_tokens + ctx)
+            total += p.attn_kernel_s + max(compute, memory)
+        if batch.num_decode_seqs > 0:
+            ctx = float(batch.decode_ctx_tokens)
+            if window:
+                ctx = windowed_context(ctx, batch.num_decode_seqs, window)
+            compute = share * dec_pair * ctx
+            memory = share * token_s * (ctx + batch.num_decode_seqs)
+            total += p.attn_kernel_s + max(compute, memory)
+        return total
+
+    # --- the iteration -----------------------------------------------------------------
+    def parts(self, batch: Batch) -> StepParts:
+        """The iteration split into its parts, expert layers apart."""
+        tokens, seqs = batch.num_tokens, batch.num_seqs
+        if tokens == 0:
+            return StepParts()
+        dep, p = self.deployment, self.params
+        pp = dep.pp
+        num_mb = 1 if pp == 1 else max(1, min(p.pp_microbatches, seqs))
+        share = 1.0 / num_mb
+        mb_tokens = tokens if num_mb == 1 else math.ceil(tokens * share)
+        mb_seqs = seqs if num_mb == 1 else math.ceil(seqs * share)
+        scale = 1.0 if num_mb == 1 and pp == 1 else num_mb + pp - 1.0
+        linear, router, experts, a2a = self.layer_linear(mb_tokens)
+        message = dep.model.hidden_size * p.activation_bytes
+        link = self._link * p.interconnect_efficiency
+        comm = 0.0
+        if dep.tp > 1:
+            ring = 2.0 * (dep.tp - 1) / dep.tp
+            comm = self._layers * 2.0 * (p.allreduce_latency_s + ring * message * mb_tokens / link)
+        if pp > 1:
+            comm += p.p2p_latency_s + message * mb_tokens / link
+        layers = scale * self._layers
+        return StepParts(
+            linear_s=layers * linear,
+            attention_s=layers * self.attention_s(batch, share),
+            communication_s=scale * comm,
+            lm_head_s=scale * self.lm_head_s(mb_seqs),
+            overhead_s=p.overhead_s + p.overhead_per_seq_s * seqs,
+            router_s=layers * router,
+            experts_s=layers * experts,
+            all_to_all_s=layers * a2a,
+        )
+
+    def iteration_s(self, batch: Batch) -> float:
+        """Duration of one iteration."""
+        return self.parts(batch).total_s
+
+    def utilization(self, batch: Batch, duration_s: float) -> tuple[float, float]:
+        """Model-FLOPs and memory-bandwidth utilisation (0..1) per GPU: the active
+        parameters' FLOPs and the causal pairs; weights of the attention, dense and
+        shared layers, the activated experts and the KV cache read."""
+        if duration_s <= 0.0:
+            return 0.0, 0.0
+        dep = self.deployment
+        model, acc = dep.model, dep.accelerator
+        tokens = batch.num_tokens
+        pairs = batch.prefill_attn_pairs + batch.decode_ctx_tokens
+        flops = model.flops_per_token() * tokens / dep.num_gpus
+        flops += model.attention_flops_per_pair() * pairs / dep.num_gpus
+        routed, other, emb = model.param_groups()
+        moved = (other * self._dense_bytes + emb / 2.0 * max(self._dense_bytes, 2.0)) / dep.num_gpus
+        if model.is_moe:
+            distinct = expected_distinct_experts(
+                tokens, model.num_experts, model.experts_per_token, self.moe.routing_skew
+            )
+            moved += routed * distinct / model.num_experts * self._expert_bytes / dep.num_gpus
+        kv_tokens = batch.decode_ctx_tokens + batch.prefill_ctx_tokens + tokens
+        moved += kv_tokens * model.kv_bytes_per_token(dep.kv_precision) / dep.num_gpus
+        mfu = flops / (duration_s * acc.peak_tflops(dep.precision) * 1e12)
+        mbu = moved / (duration_s * acc.hbm_bandwidth_gbps * 1e9)
+        return min(mfu, 1.0), min(mbu, 1.0)
+
+
+def _bytes(precision: str) -> float:
+    from sincere.catalog.specs import PRECISION_BYTES
+
+    return PRECISION_BYTES[precision]
+
+
+def _attention_mats(dep: Deployment, weight_bytes: float) -> tuple[_Mat, ...]:
+    """One layer's attention projections on one of ``tp`` GPUs."""
+    model, tp = dep.model, dep.tp
+    h, hd = model.hidden_size, model.head_size
+    q_heads = max(1, model.num_heads // tp)
+    if not model.is_mla:
+        kv = max(1, math.ceil(model.num_kv_heads / tp)) * hd
+        return _Mat(h, q_heads * hd + 2 * kv, weight_bytes), _Mat(q_heads * hd, h, weight_bytes)
+    rope, r = model.qk_rope_head_dim, model.kv_lora_rank
+    qk = hd + rope
+    mats = [_Mat(h, r + rope, weight_bytes), _Mat(r, q_heads * 2 * hd, weight_bytes)]
+    if model.q_lora_rank:
+        mats += [
+            _Mat(h, model.q_lora_rank, weight_bytes),
+            _Mat(model.q_lora_rank, q_heads * qk, weight_bytes),
+        ]
+    else:
+        mats.append(_Mat(h, q_heads * qk, weight_bytes))
+    mats.append(_Mat(q_heads * hd, h, weight_bytes))
+    return tuple(mats)
+
+
+def _mlp_mats(width: int, dep: Deployment, weight_bytes: float) -> tuple[_Mat, ...]:
+    """A dense MLP of ``width`` split over TP: gate / up and down."""
+    model = dep.model
+    inter = max(1, width // dep.tp)
+    up = 2 * inter if model.gated_mlp else inter
+    return _Mat(model.hidden_size, up, weight_bytes), _Mat(inter, model.hidden_size, weight_bytes)

@@ -1,0 +1,132 @@
+"""Formulas for mixture-of-experts layers, MLA, sliding windows and weight formats.
+
+Pure functions of plain numbers; :mod:`sincere.perf.arch_step` composes them into
+an iteration's time. Sources and assumptions:
+
+* **Distinct experts.** A token picks ``k`` distinct experts of ``E``; under uniform
+  routing a given expert escapes one token with probability ``1 - k/E`` and a batch
+  of ``T`` tokens with ``(1 - k/E)^T``, so the batch activates ``E (1 - (1 - k/E)^T)``
+  experts on average (the occupancy argument also used for MoE serving in e.g.
+  Huang et al., "Towards MoE deployment", 2023). ``skew > 0`` makes expert ``i``'s
+  popularity ``∝ i^-skew`` (Zipf): a token includes it with probability
+  ``min(1, k p_i)`` and the count is ``Σ 1 - (1 - q_i)^T``; ``skew = 0`` is uniform.
+* **Grouped GEMM.** Each active expert's tokens are padded to a tile of ``tile``
+  rows (vLLM's fused MoE kernel uses ``BLOCK_SIZE_M`` 16 to 64), so the work of
+  ``m`` tokens per expert is that of ``tile · ceil(m / tile)``.
+* **Permutation.** Tokens are gathered into expert order and scattered back with
+  their routing weights: ``2 T h (1 + k)`` activation elements read and written.
+* **Expert-parallel all-to-all.** Two exchanges per MoE layer (dispatch, combine);
+  in each, a GPU sends its ``T / ep`` tokens' ``k`` copies bound to the other
+  ``ep - 1`` ranks: ``(T/ep) k h b (ep-1)/ep`` bytes, no de-duplication of copies
+  bound to the same rank. Time: a latency plus the busiest rank's bytes
+  (``imbalance`` × the mean) over the link.
+* **MLA** (DeepSeek-V2/V3): the cache holds a latent of ``kv_lora_rank`` plus a
+  rotary key of ``qk_rope_head_dim`` per token and layer, shared by all heads.
+  Decode runs the absorbed form: every head scores against the latent and rope key
+  (``2 (r + rope)`` FLOPs a pair) and sums latents (``2 r``), reading the cache once
+  for all heads; prefill runs the expanded form (``2 (d_qk + d_v)`` a pair and head).
+* **Sliding windows**: a window layer reads at most ``window`` cached tokens a
+  sequence. From a batch's sums the cap is ``min(ctx, seqs · window)`` (exact when
+  the sequences are equally long, else an upper bound).
+"""
+
+from __future__ import annotations
+
+import math
+
+from sincere.core.errors import ConfigError
+
+
+def _check_routing(num_experts: int, top_k: int) -> None:
+    if num_experts < 1 or not 1 <= top_k <= num_experts:
+        raise ConfigError(
+            "experts_per_token must be within num_experts",
+            value=(top_k, num_experts),
+            allowed="1 <= experts_per_token <= num_experts",
+        )
+
+
+def expected_distinct_experts(
+    num_tokens: float, num_experts: int, top_k: int, skew: float = 0.0
+) -> float:
+    """Experts a batch of ``num_tokens`` tokens activates on average (see the module docstring)."""
+    _check_routing(num_experts, top_k)
+    if skew < 0.0:
+        raise ConfigError("routing skew must be >= 0", value=skew, allowed=">= 0 (0: uniform)")
+    if num_tokens <= 0:
+        return 0.0
+    if skew == 0.0:
+        return num_experts * (1.0 - math.pow(1.0 - top_k / num_experts, num_tokens))
+    weights = [math.pow(i, -skew) for i in range(1, num_experts + 1)]
+    total = sum(weights)
+    distinct = 0.0
+    for w in weights:
+        q = min(1.0, top_k * w / total)
+        distinct += 1.0 - math.pow(1.0 - q, num_tokens)
+    return distinct
+
+
+def grouped_gemm_rows(tokens_per_expert: float, num_active: float, tile: int) -> float:
+    """Rows a grouped GEMM computes: each active expert's tokens padded to the tile."""
+    if tile < 1:
+        raise ConfigError("expert tile must be >= 1 token", value=tile)
+    if tokens_per_expert <= 0.0 or num_active <= 0.0:
+        return 0.0
+    return num_active * tile * math.ceil(tokens_per_expert / tile - 1e-9)
+
+
+def grouped_gemm_efficiency(tokens_per_expert: float, tile: int) -> float:
+    """Useful share of a grouped GEMM's rows at ``tokens_per_expert`` tokens an expert."""
+    if tokens_per_expert <= 0.0:
+        return 1.0
+    return tokens_per_expert / grouped_gemm_rows(tokens_per_expert, 1.0, tile)
+
+
+def permutation_bytes(num_tokens: float, top_k: int, hidden: int, act_bytes: float) -> float:
+    """Bytes the gather into expert order and the weighted scatter back move."""
+    return 2.0 * num_tokens * hidden * (1.0 + top_k) * act_bytes
+
+
+def all_to_all_bytes(
+    num_tokens: float, top_k: int, hidden: int, ep: int, act_bytes: float
+) -> float:
+    """Bytes one GPU sends in one expert-parallel exchange (dispatch or combine)."""
+    if ep < 1:
+        raise ConfigError("ep must be >= 1", value=ep)
+    return num_tokens / ep * top_k * hidden * act_bytes * (ep - 1) / ep
+
+
+def all_to_all_s(
+    message_bytes: float, link_bytes_per_s: float, latency_s: float, imbalance: float = 1.0
+) -> float:
+    """One exchange: its latency plus the busiest rank's bytes over the link (0 bytes: 0 s)."""
+    if imbalance < 1.0:
+        raise ConfigError("EP imbalance must be >= 1", value=imbalance, allowed=">= 1")
+    if message_bytes <= 0.0:
+        return 0.0
+    return latency_s + imbalance * message_bytes / link_bytes_per_s
+
+
+def mla_decode_flops_per_pair(num_heads: int, kv_lora_rank: int, rope_dim: int) -> float:
+    """FLOPs per (query, cached token) pair and layer of MLA's absorbed decode form."""
+    return 2.0 * num_heads * (2 * kv_lora_rank + rope_dim)
+
+
+def mla_prefill_flops_per_pair(num_heads: int, head_dim: int, rope_dim: int) -> float:
+    """FLOPs per (query, key) pair and layer of MLA's expanded form (prefill)."""
+    return 2.0 * num_heads * (head_dim + rope_dim + head_dim)
+
+
+def mla_kv_bytes_per_token_layer(kv_lora_rank: int, rope_dim: int, kv_bytes: float) -> float:
+    """Cache bytes of one token in one MLA layer: the latent and the rotary key."""
+    return (kv_lora_rank + rope_dim) * kv_bytes
+
+
+def windowed_context(ctx_tokens: float, num_seqs: int, window: int) -> float:
+    """Cached tokens the decode sequences of a sliding-window layer read (summed)."""
+    return min(ctx_tokens, float(num_seqs) * window)
+
+
+def windowed_pairs(pairs: float, num_tokens: int, window: int) -> float:
+    """Causal query-key pairs of a prefill in a sliding-window layer (each query <= window)."""
+    return min(pairs, float(num_tokens) * window)

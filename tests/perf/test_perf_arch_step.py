@@ -1,0 +1,146 @@
+"""Step time of MoE, MLA and sliding-window models through the roofline."""
+
+from __future__ import annotations
+
+import pytest
+
+from sincere.catalog import get_accelerator, get_model
+from sincere.core.errors import ConfigError
+from sincere.perf import Batch, Deployment, Roofline
+from sincere.perf.arch_step import ArchStep, MoEParams
+from sincere.perf.moe import expected_distinct_experts
+
+NEW_MODELS = (
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+    "qwen3-235b-a22b",
+    "deepseek-v3",
+    "deepseek-r1",
+    "gpt-oss-20b",
+    "gpt-oss-120b",
+    "llama-4-scout",
+    "qwen3-8b",
+    "qwen3-32b",
+    "llama-3.3-70b",
+)
+BATCHES = (
+    Batch.of(decode=[512]),
+    Batch.of(decode=[512] * 64),
+    Batch.of(prefill=[(480, 500)], decode=[1200] * 32),
+    Batch.of(prefill=[(2048, 0)]),
+)
+
+
+def _dep(model: str, acc: str = "H100-SXM", **kw: object) -> Deployment:
+    return Deployment(get_model(model), get_accelerator(acc), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model", ["llama-3-8b", "llama-2-70b", "falcon-7b", "gemma-7b"])
+@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (2, 1), (2, 2)])
+def test_dense_models_price_the_same_through_arch_step(model: str, tp: int, pp: int) -> None:
+    """ArchStep composes the roofline's kernels: on a dense model it gives the roofline's times."""
+    dep = _dep(model, tp=tp, pp=pp)
+    roofline = Roofline(dep)
+    arch = ArchStep(dep, roofline.params)
+    for batch in BATCHES:
+        assert arch.iteration_s(batch) == pytest.approx(roofline.iteration_s(batch), rel=1e-12)
+        ours, theirs = arch.parts(batch).as_dict(), roofline.parts(batch).as_dict()
+        assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+@pytest.mark.parametrize("model", NEW_MODELS)
+def test_parts_sum_and_fast_path_agree(model: str) -> None:
+    """Parts sum to the iteration, the engines' fast path gives the same, decode runs add up."""
+    dep = _dep(model, tp=8, precision="bf16")
+    roofline = Roofline(dep)
+    for batch in BATCHES:
+        parts = roofline.parts(batch)
+        assert parts.total_s == pytest.approx(roofline.iteration_s(batch))
+        fast = roofline.iteration_s_fast(
+            batch.num_prefill_seqs,
+            batch.prefill_tokens,
+            batch.prefill_ctx_tokens,
+            batch.prefill_attn_pairs,
+            batch.num_decode_seqs,
+            batch.decode_ctx_tokens,
+        )
+        assert fast == roofline.iteration_s(batch)
+        assert parts.has_experts == dep.model.is_moe
+    steps = sum(roofline.decode_step_s(4, 400 + 4 * i) for i in range(5))
+    assert roofline.decode_steps_s(4, 400, 5) == pytest.approx(steps)
+
+
+def test_decode_experts_scale_with_the_distinct_expert_count() -> None:
+    """Qwen3-30B-A3B decode at batch 1 reads 8 experts a layer, at 64 about 125.9: the experts
+    part grows by that ratio (memory-bound), not by 64 and not flat as a dense model's GEMMs."""
+    roofline = Roofline(_dep("qwen3-30b-a3b"))
+    one = roofline.parts(Batch.of(decode=[512]))
+    many = roofline.parts(Batch.of(decode=[512] * 64))
+    ratio = expected_distinct_experts(64, 128, 8) / expected_distinct_experts(1, 128, 8)
+    assert many.experts_s / one.experts_s == pytest.approx(ratio, rel=0.03)
+    assert 15.0 < ratio < 16.0
+    dense = Roofline(_dep("qwen3-32b"))
+    dense_ratio = dense.iteration_s(Batch.of(decode=[512] * 64)) / dense.iteration_s(
+        Batch.of(decode=[512])
+    )
+    assert dense_ratio < 2.0 < many.total_s / one.total_s
+
+
+def test_expert_parallelism_adds_all_to_all_and_splits_experts() -> None:
+    """EP8 on TP8: each GPU reads 1/8 of the activated experts whole; two exchanges a layer."""
+    tp8 = Roofline(_dep("qwen3-235b-a22b", tp=8))
+    ep8 = Roofline(_dep("qwen3-235b-a22b", tp=8, ep=8))
+    batch = Batch.of(decode=[1024] * 128)
+    assert tp8.parts(batch).all_to_all_s == 0.0
+    assert ep8.parts(batch).all_to_all_s > 0.0
+    moe = MoEParams(ep_imbalance=1.5)
+    skewed = ArchStep(_dep("qwen3-235b-a22b", tp=8, ep=8), ep8.params, moe)
+    assert skewed.parts(batch).all_to_all_s > ep8.parts(batch).all_to_all_s
+    assert skewed.parts(batch).experts_s > ep8.parts(batch).experts_s
+
+
+def test_bad_ep_and_precision_are_refused() -> None:
+    """An EP degree that does not divide the experts or TP, EP on a dense model and fp8 on the
+    CPU host are refused naming the value."""
+    with pytest.raises(ConfigError, match="num_experts") as err:
+        _dep("mixtral-8x7b", tp=3, ep=3)
+    assert err.value.value == 3 if hasattr(err.value, "value") else True
+    with pytest.raises(ConfigError, match="divide tp"):
+        _dep("qwen3-30b-a3b", tp=2, ep=4)
+    with pytest.raises(ConfigError, match="no experts"):
+        _dep("llama-3-8b", tp=2, ep=2)
+    with pytest.raises(ConfigError, match="cannot run fp8"):
+        Roofline(_dep("qwen3-8b", "cpu", precision="fp8"))
+
+
+def test_fp8_computes_at_fp8_on_h100_and_dequantised_on_a100() -> None:
+    """H100 has an fp8 rate, A100 does not (bf16 after dequantisation); MXFP4 runs at bf16."""
+    assert get_accelerator("H100-SXM").compute_precision("fp8") == "fp8"
+    assert get_accelerator("A100-80GB").compute_precision("fp8") == "bf16"
+    assert get_accelerator("H100-SXM").compute_precision("mxfp4") == "bf16"
+    prefill = Batch.of(prefill=[(4096, 0)])
+    fp8 = Roofline(_dep("qwen3-30b-a3b", "A100-80GB", precision="fp8")).parts(prefill)
+    bf16 = Roofline(_dep("qwen3-30b-a3b", "A100-80GB", precision="bf16")).parts(prefill)
+    assert fp8.experts_s > 0.85 * bf16.experts_s  # compute at bf16: only weight reads shrink
+    h100 = Roofline(_dep("qwen3-30b-a3b", precision="fp8")).parts(prefill)
+    h100_bf16 = Roofline(_dep("qwen3-30b-a3b", precision="bf16")).parts(prefill)
+    assert h100.experts_s < 0.7 * h100_bf16.experts_s
+
+
+def test_mxfp4_reads_a_quarter_of_the_expert_bytes() -> None:
+    """GPT-OSS-120B decode at batch 1 is memory-bound: MXFP4 experts take ~0.53/2 of bf16's."""
+    batch = Batch.of(decode=[1024])
+    mx = Roofline(_dep("gpt-oss-120b", tp=2, precision="mxfp4")).parts(batch)
+    bf = Roofline(_dep("gpt-oss-120b", tp=2, precision="bf16")).parts(batch)
+    assert mx.experts_s / bf.experts_s == pytest.approx(0.53125 / 2, rel=0.1)
+
+
+def test_mla_latent_is_read_whole_on_every_rank_and_windows_cap_reads() -> None:
+    """DeepSeek-V3's KV share is 1 at any TP; GPT-OSS's window layers stop growing past 128."""
+    assert Roofline(_dep("deepseek-v3", tp=8, precision="fp8")).kv_share == 1.0
+    roofline = Roofline(_dep("gpt-oss-20b", precision="mxfp4"))
+    short = roofline.parts(Batch.of(decode=[128] * 8)).attention_s
+    long = roofline.parts(Batch.of(decode=[8192] * 8)).attention_s
+    full_only = Roofline(_dep("qwen3-8b")).parts(Batch.of(decode=[8192] * 8)).attention_s
+    assert short < long
+    assert full_only > 0

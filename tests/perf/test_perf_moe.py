@@ -1,0 +1,103 @@
+"""Formulas of mixture-of-experts layers, MLA and sliding windows on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sincere.core.errors import ConfigError
+from sincere.perf.moe import (
+    all_to_all_bytes,
+    all_to_all_s,
+    expected_distinct_experts,
+    grouped_gemm_efficiency,
+    grouped_gemm_rows,
+    mla_decode_flops_per_pair,
+    mla_kv_bytes_per_token_layer,
+    mla_prefill_flops_per_pair,
+    permutation_bytes,
+    windowed_context,
+    windowed_pairs,
+)
+
+
+def test_distinct_experts_hand_cases() -> None:
+    """One token activates exactly k experts; two tokens top-2 of 8: 8 (1 - (3/4)^2) = 3.5."""
+    assert expected_distinct_experts(1, 128, 8) == pytest.approx(8.0)
+    assert expected_distinct_experts(2, 8, 2) == pytest.approx(3.5)
+    assert expected_distinct_experts(0, 8, 2) == 0.0
+    # 64 tokens top-8 of 128: 128 (1 - (15/16)^64) = 125.94
+    assert expected_distinct_experts(64, 128, 8) == pytest.approx(125.94, abs=0.01)
+
+
+@given(
+    tokens=st.integers(1, 5000),
+    experts=st.integers(1, 256),
+    data=st.data(),
+    skew=st.floats(0.0, 2.0),
+)
+def test_distinct_experts_bounds(
+    tokens: int, experts: int, data: st.DataObject, skew: float
+) -> None:
+    """The count lies between k and min(E, T k) and grows with the tokens."""
+    k = data.draw(st.integers(1, experts))
+    d = expected_distinct_experts(tokens, experts, k, skew)
+    assert d <= min(experts, tokens * k) + 1e-9
+    assert d >= min(k, experts) * (1 - 1e-9) or skew > 0
+    assert expected_distinct_experts(tokens + 1, experts, k, skew) >= d - 1e-9
+
+
+def test_skew_activates_fewer_experts() -> None:
+    """Skewed routing concentrates tokens on popular experts: fewer distinct ones."""
+    uniform = expected_distinct_experts(16, 128, 8)
+    skewed = expected_distinct_experts(16, 128, 8, skew=1.0)
+    assert skewed < uniform
+    assert expected_distinct_experts(16, 128, 8, skew=0.0) == uniform
+
+
+def test_routing_input_is_checked() -> None:
+    """Top-k above the experts and a negative skew are refused naming the value."""
+    with pytest.raises(ConfigError, match="experts_per_token"):
+        expected_distinct_experts(4, 8, 9)
+    with pytest.raises(ConfigError, match="skew"):
+        expected_distinct_experts(4, 8, 2, skew=-1.0)
+
+
+def test_grouped_gemm_pads_each_expert_to_the_tile() -> None:
+    """3 tokens an expert in 16-row tiles use 3/16 of the rows; 20 tokens take two tiles."""
+    assert grouped_gemm_efficiency(3, 16) == pytest.approx(3 / 16)
+    assert grouped_gemm_rows(20, 4, 16) == 4 * 32
+    assert grouped_gemm_rows(16, 1, 16) == 16
+    assert grouped_gemm_efficiency(64, 16) == pytest.approx(1.0)
+
+
+def test_permutation_and_all_to_all_bytes() -> None:
+    """Permutation moves 2 T h (1 + k) elements; an EP4 exchange of 64 tokens top-8 at
+    hidden 2048 in bf16 sends 64/4 * 8 * 2048 * 2 * 3/4 = 393,216 bytes from a GPU."""
+    assert permutation_bytes(10, 8, 2048, 2.0) == 2 * 10 * 2048 * 9 * 2.0
+    assert all_to_all_bytes(64, 8, 2048, 4, 2.0) == pytest.approx(393_216)
+    assert all_to_all_bytes(64, 8, 2048, 1, 2.0) == 0.0
+    # latency + imbalance x bytes / bandwidth
+    assert all_to_all_s(393_216, 300e9, 25e-6, 1.5) == pytest.approx(25e-6 + 1.5 * 393_216 / 300e9)
+    assert all_to_all_s(0.0, 300e9, 25e-6) == 0.0
+    with pytest.raises(ConfigError, match="imbalance"):
+        all_to_all_s(1.0, 1.0, 0.0, 0.5)
+
+
+def test_mla_formulas() -> None:
+    """DeepSeek-V3: latent 512 + rope 64 = 576 elements a token and layer (1,152 bytes in bf16);
+    absorbed decode 2 * 128 * (2 * 512 + 64) FLOPs a pair; expanded 2 * 128 * (192 + 128)."""
+    assert mla_kv_bytes_per_token_layer(512, 64, 2.0) == 1152
+    assert mla_decode_flops_per_pair(128, 512, 64) == 2 * 128 * 1088
+    assert mla_prefill_flops_per_pair(128, 128, 64) == 2 * 128 * 320
+
+
+def test_window_caps_reads() -> None:
+    """Four sequences of 1,000 tokens read 4 * 128 tokens in a 128-window layer; short ones all."""
+    assert windowed_context(4000, 4, 128) == 512
+    assert windowed_context(300, 4, 128) == 300
+    assert windowed_pairs(1e6, 2048, 128) == 2048 * 128
+    assert math.isclose(windowed_pairs(100.0, 2048, 128), 100.0)
