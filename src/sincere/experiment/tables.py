@@ -210,7 +210,11 @@ def crossing(
     return cap, x0, x1
 
 
-def capacity_table(results: Results, threshold: float = 0.01) -> TableData | None:
+CAPACITY_THRESHOLD = 0.01
+"""Niyama's capacity criterion: the worst tier misses its targets for at most 1 %."""
+
+
+def capacity_table(results: Results, threshold: float = CAPACITY_THRESHOLD) -> TableData | None:
     """Capacity per strategy x traffic x env from the load sweep (reference slice)."""
     load = results.role("load")
     if load is None or not all(isinstance(x, int | float) for x in results.axes[load]):
@@ -223,8 +227,10 @@ def capacity_table(results: Results, threshold: float = 0.01) -> TableData | Non
         Column("first failing load", "worst_tier_violation", "capacity_hi"),
     ]
     note = (
-        f"load where the mean worst-tier violation over seeds crosses {threshold:.0%}; "
-        "empty: never crossed within the sweep"
+        f"capacity: the load where the mean worst-tier violation over seeds crosses "
+        f"{threshold:.0%}, interpolated between the last passing and the first failing load; "
+        "– as last passing load: the lowest load tried already failed; – as first failing "
+        "load: no load of the sweep failed; either way the capacity lies outside the sweep (–)"
     )
     table = TableData(f"Capacity over {load}", note, keys, fixed, columns)
     loads = sorted(float(x) for x in results.axes[load])
