@@ -36,7 +36,8 @@ def test_plan_runs_on_every_example(case: str, tmp_path: Path) -> None:
 
 
 def test_load_trace_replans_and_plots(tmp_path: Path) -> None:
-    """--load-trace re-plans at each time; --plot writes a PNG; a CSV row per step."""
+    """--load-trace re-plans at each time; --plot writes a PNG; a CSV row per step; the
+    table printed says it is the last step's allocation, not the plain run's."""
     out, png = tmp_path / "s.json", tmp_path / "p.png"
     trace = EXAMPLES / "limited" / "trace.csv"
     res = CliRunner().invoke(
@@ -57,6 +58,9 @@ def test_load_trace_replans_and_plots(tmp_path: Path) -> None:
     rows = (tmp_path / "s-trace.csv").read_text().splitlines()
     num_times = len({c.time for c in read_load_trace(trace)})
     assert len(rows) == 1 + 6 * num_times
+    last = max(c.time for c in read_load_trace(trace))
+    heading = " ".join(res.output.split())
+    assert f"at t={last:g}, the last step of" in heading
 
 
 def test_bad_trace_row_is_located(tmp_path: Path) -> None:

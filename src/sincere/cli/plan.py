@@ -199,15 +199,13 @@ def plan(
                 f"switching charges {sol.total_value - sol.total_cost:.2f} ¢/h"
             )
         console.print(f"wrote {trace_out}")
-    final = steps[-1][1]
+    final_at, final = steps[-1]
     rule = problem.optimizer.batch_rule
-    print_table(
-        solution_table(
-            final,
-            f"{directory} ({final.solver}, batch rule {rule}): total {final.total_cost:.2f} ¢/h",
-        ),
-        console,
+    when = "" if load_trace is None else f" at t={final_at:g}, the last step of {load_trace}"
+    title = (
+        f"{directory}{when} ({final.solver}, batch rule {rule}): total {final.total_cost:.2f} ¢/h"
     )
+    print_table(solution_table(final, title), console)
     out.write_text(json.dumps(final.to_json(), indent=2) + "\n")
     console.print(f"wrote {out}")
     if plot is not None:
