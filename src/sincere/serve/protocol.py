@@ -330,12 +330,14 @@ def _model(body: dict[str, Any], models: Collection[str] | None) -> str:
     if not isinstance(model, str) or not model:
         raise _bad("model", model, "a non-empty string")
     if models is not None and model not in models:
-        raise ProtocolError(
-            404,
-            f"model: got {_shown(model)}; allowed: {', '.join(sorted(models))}",
-            param="model",
-            code="model_not_found",
+        allowed = ", ".join(sorted(models)) or (
+            "none yet: no instance serves a model (a registered model is served once an "
+            "instance of it is added or planned)"
         )
+        raise ProtocolError(
+            404, f"model: got {_shown(model)}; allowed: {allowed}", param="model",
+            code="model_not_found",
+        )  # fmt: skip
     return model
 
 
