@@ -45,7 +45,7 @@ from sincere.workload.lengths import (
     load_length_table,
 )
 from sincere.workload.mixes import SINCERE_MODEL_MIX, ModelMix, TierMix, tier_preset
-from sincere.workload.traces import read_trace
+from sincere.workload.traces import read_lengths, read_trace
 
 _SIMPLE = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
 
@@ -187,7 +187,7 @@ class LengthsConfig(BaseModel):
         path = _resolve(self.source, base_dir)
         if not path.is_file():
             raise ConfigError(unknown_source(self.source, path), where="workload.lengths.source")
-        trace = read_trace(path, format=self.format)
+        trace = read_lengths(path, format=self.format)
         return PairedLengths(trace.prompt_tokens, trace.output_tokens, *caps, replay=self.replay)
 
 
