@@ -59,3 +59,23 @@ def test_local_profile_writes_three_published_layouts(tmp_path: Path) -> None:
     assert len(rows) == 8
     loading = read_profile_csv(tmp_path / "model_loading_times.csv")[0]
     assert loading["model_name"] == "tiny-llama" and loading["mean_loading_time /s"] > 0
+
+
+def test_loading_times_draw_no_transformers_progress_bars(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Saving and loading the model for its swap times prints no tqdm bars of transformers
+    or the Hub (they would cut into the command's own progress bar), and leaves them on."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from sincere.profile.local import LocalProfileConfig, LocalProfiler
+
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 128,
+            "max_position_embeddings": 64}  # fmt: skip
+    cfg = LocalProfileConfig(swap_repeats=1, dtype="float32")
+    row = LocalProfiler("tiny", tiny, cfg).loading_row(tmp_path / "model")
+    assert row["mean_loading_time /s"] > 0
+    err = capfd.readouterr().err
+    assert "it/s" not in err and "Loading weights" not in err, err
+    assert transformers.utils.logging.is_progress_bar_enabled()
