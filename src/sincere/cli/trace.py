@@ -32,6 +32,16 @@ app.add_typer(trace_app, name="trace")
 _FORMATS = "see `sincere trace formats` (default: from the extension and header)"
 
 
+def token_counters(requests: RequestArrays) -> dict[str, str]:
+    """Model -> the token counter used on its requests' text, for a trace whose lengths were
+    counted from text (ShareGPT, SINCERE's prompts); empty for one that gives counts."""
+    from sincere.workload.tabular import tokenizer_name
+
+    if not any(p is not None for p in requests.prompts):
+        return {}
+    return {model: tokenizer_name(model) for model in requests.models}
+
+
 def _sample(num_requests: int, rate: float, seed: int) -> RequestArrays:
     from sincere.workload.config import generate, load_workload_config
 
@@ -108,10 +118,16 @@ def stats_cmd(
         raise ConfigError("--plot needs arrival times; this trace has lengths only", where=file)
     title = "sample (Poisson, azure-conv-2023 lengths)" if file is None else str(file)
     stats = trace_stats(requests, timed=timed)
+    counters = token_counters(requests)
     if as_json:
-        typer.echo(json.dumps(json_safe(stats.to_dict()), indent=2))
+        extra = {"token_counters": counters} if counters else {}
+        typer.echo(json.dumps(json_safe({**stats.to_dict(), **extra}), indent=2))
     else:
         print_table(_table(stats, title))
+        for model, counter in counters.items():
+            Console(stderr=True).print(
+                f"tokens of {model} counted from its text with: {counter}", highlight=False
+            )
     if plot is not None:
         plot_trace(requests, plot, title="sample" if file is None else file.name)
         if not as_json:

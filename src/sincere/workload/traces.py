@@ -375,8 +375,18 @@ def read_sincere_prompts(
     t = _arrivals_for(n, arrival, seed, path)
     out = np.full(n, max_new_tokens, dtype=np.int64)
     return _assemble(
-        t, count_tokens(prompts), out, model_names=models, prompts=prompts, max_tokens=out.copy()
-    )
+        t, _counts_by_model(prompts, models), out, model_names=models, prompts=prompts,
+        max_tokens=out.copy(),
+    )  # fmt: skip
+
+
+def _counts_by_model(prompts: list[str], models: list[str]) -> IntArray:
+    """Token counts of ``prompts``, each with its model's tokenizer when that is at hand."""
+    counts = np.empty(len(prompts), dtype=np.int64)
+    for model in dict.fromkeys(models):
+        rows = [k for k, m in enumerate(models) if m == model]
+        counts[rows] = count_tokens([prompts[k] for k in rows], model)
+    return counts
 
 
 TRACE_READERS.register("sincere-runs")(sincere_runs.read_sincere_runs)
