@@ -96,5 +96,29 @@ def test_run_where_no_request_completes_exits_1(
     args = ["bench", fake_server.url, "-w", str(workload), "--num-requests", "3"]
     code, err = _run([*args, "--out", str(out)], monkeypatch, capsys)
     assert code == 1
-    assert "none of the 3 requests completed" in err and "http_500" in err
+    assert "none of the 3 requests completed" in err and "(reject reasons: http_500 3)" in err
     assert pq.read_table(out / "requests.parquet").num_rows == 3
+
+
+def test_reject_reasons_read_as_words_not_a_python_dict() -> None:
+    """Reject reasons print as `reason count` pairs, most first; none as `none`."""
+    from sincere.cli.bench import reasons_text
+
+    assert reasons_text({"timeout": 1, "http_500": 3}) == "http_500 3, timeout 1"
+    assert reasons_text({}) == "none"
+
+
+def test_the_progress_bar_shows_an_eta() -> None:
+    """The bar bench (and the other long verbs) draw has an ETA from the pace so far."""
+    import io
+
+    from rich.console import Console
+
+    from sincere.cli.progress import count_bar
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with count_bar(console, transient=False) as bar:
+        task = bar.add_task("requests answered", total=10)
+        bar.update(task, completed=4)
+    assert "ETA" in out.getvalue() and "4/10" in out.getvalue()

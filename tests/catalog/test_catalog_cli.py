@@ -50,3 +50,12 @@ def test_bad_file_surfaces_the_catalog_error(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert isinstance(result.exception, CatalogEntryError)
     assert "model 'toy'" in str(result.exception)
+
+
+def test_models_json_fills_head_dim_for_every_model() -> None:
+    """No model's JSON says head_dim 0: left out of the catalog it is hidden / heads."""
+    result = runner.invoke(app, ["catalog", "models", "--json"])
+    records = {r["name"]: r for r in json.loads(result.output)}
+    assert all(r["head_dim"] > 0 for r in records.values())
+    llama = records["llama-3-8b"]
+    assert llama["head_dim"] == llama["hidden_size"] // llama["num_heads"] == 128

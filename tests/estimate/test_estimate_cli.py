@@ -210,3 +210,11 @@ def test_moe_model_says_the_method_cannot_estimate_it(synthetic_csv: Callable[..
     out = json.loads(res.output)
     assert out["source"] == "roofline"
     assert "mixture of experts" in out["notes"][0]
+
+
+def test_a_tp_that_does_not_split_the_heads_is_refused() -> None:
+    """`estimate --tp 3` on a 40-head catalog model names the value and the allowed TPs."""
+    res = runner.invoke(app, ["estimate", "llama-2-13b", "--tp", "3"])
+    assert res.exit_code != 0
+    assert "--tp: tp=3 does not split llama-2-13b's 40 attention heads" in str(res.exception)
+    assert "allowed: 1, 2, 4, 5, 8, 10, 20, 40" in str(res.exception)

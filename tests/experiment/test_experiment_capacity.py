@@ -77,7 +77,8 @@ def test_policy_override_targets_each_instance_scheduler_or_strategy() -> None:
 
 
 def test_capacity_cli_runs_a_real_search_and_writes_json_and_plot(tmp_path: Path) -> None:
-    """sincere capacity on a small config: a bracket per policy, JSON and PNG written."""
+    """sincere capacity on a small config: a bracket per policy; JSON (naming the config,
+    the trace and num_requests) and PNG written."""
     import yaml
 
     config = {
@@ -128,3 +129,8 @@ def test_capacity_cli_runs_a_real_search_and_writes_json_and_plot(tmp_path: Path
     assert lo is not None and hi is not None and lo < hi
     assert (tmp_path / "o" / "capacity.png").stat().st_size > 1000
     assert res["policy"] == "best-batch+timer" and "capacity" in result.output
+    assert data["config"] == str(path)
+    assert data["num_requests"] == config["workload"]["num_requests"]
+    assert data["trace"]["arrival"] == config["workload"]["arrival"]
+    assert data["trace"]["lengths"] == config["workload"]["lengths"]
+    assert data["base_config"]["instances"] == config["instances"]

@@ -99,7 +99,8 @@ def test_worked_case_simulated_sizing_needs_at_most_three_l4(tmp_path: Path) -> 
 
 
 def test_load_trace_replans_and_plots(tmp_path: Path) -> None:
-    """--load-trace re-plans at each time; --plot writes a PNG; a CSV row per step."""
+    """--load-trace re-plans at each time; --plot writes a PNG; a CSV row per step; the
+    table printed says it is the last step's allocation, not the plain run's."""
     out, png = tmp_path / "s.json", tmp_path / "p.png"
     trace = EXAMPLES / "limited" / "trace.csv"
     res = CliRunner().invoke(
@@ -121,6 +122,9 @@ def test_load_trace_replans_and_plots(tmp_path: Path) -> None:
     rows = (tmp_path / "s-trace.csv").read_text().splitlines()
     num_times = len({c.time for c in read_load_trace(trace)})
     assert len(rows) == 1 + 6 * num_times
+    last = max(c.time for c in read_load_trace(trace))
+    heading = " ".join(res.output.split())
+    assert f"at t={last:g}, the last step of" in heading
 
 
 def test_bad_trace_row_is_located(tmp_path: Path) -> None:

@@ -209,3 +209,12 @@ def test_ep_shows_all_to_all_and_a100_fp8_says_dequantised() -> None:
         ],
     )
     assert bad.exit_code != 0
+
+
+def test_a_tp_that_does_not_split_the_heads_is_refused() -> None:
+    """`--tp 3` on a 40-head model names the value and the TPs that split the heads."""
+    args = ["step", "llama-2-13b", "--accelerator", "A100", "--tp", "3", "--decode", "2@100"]
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, ConfigError)
+    assert "--tp: tp=3 does not split llama-2-13b's 40 attention heads" in str(result.exception)
+    assert "allowed: 1, 2, 4, 5, 8, 10, 20, 40" in str(result.exception)

@@ -84,7 +84,7 @@ def test_a_request_level_engine_names_a_bad_strategy_beside_its_bad_fields() -> 
     with pytest.raises(ConfigError, match=r"\(2 problems\)") as exc:
         load_config(config)
     text = str(exc.value)
-    assert "engine.request-level.strategy: not a valid batching strategy" in text
+    assert "instances[0].engine.strategy: not a valid batching strategy" in text
     assert "est_batch_time_s" in text
 
 

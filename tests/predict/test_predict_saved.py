@@ -76,3 +76,18 @@ def test_unknown_kind_is_not_written(tmp_path: Path) -> None:
     """save_model refuses a kind it does not know, listing the known ones."""
     with pytest.raises(ConfigError, match=r"unknown model kind.*latency-lstm"):
         _save(tmp_path / "m.npz", kind="forest")
+
+
+def test_a_yaml_file_given_as_model_says_so_without_numpys_pickle_advice(tmp_path: Path) -> None:
+    """A config YAML passed as the model (`predict eval examples/w1.yaml ...`) is refused as
+    not a model archive; numpy's advice to load pickled data never shows."""
+    config = tmp_path / "w1.yaml"
+    config.write_text("seed: 0\nworkload: {num_requests: 10}\n")
+    with pytest.raises(DataError) as caught:
+        read_model(config)
+    assert "not a sincere model file: not a zip archive of arrays" in str(caught.value)
+    assert "pickle" not in str(caught.value)
+    np.savez(tmp_path / "objects.npz", header=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="an entry is not a plain array") as caught:
+        read_model(tmp_path / "objects.npz")
+    assert "pickle" not in str(caught.value)

@@ -125,3 +125,26 @@ def test_out_of_memory_ends_a_series_and_every_file_is_written(
     assert series["iterations decode ctx 8"]["status"] == "oom"
     assert series["iterations decode ctx 8"]["largest_ok"] == 1
     assert series["iterations prefill ctx 8"]["status"] == "complete"
+
+
+def test_loading_times_draw_no_transformers_progress_bars(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Saving and loading the model for its swap times prints no tqdm bars of transformers
+    or the Hub (they would cut into the command's own progress bar), and leaves them on."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from sincere.profile.local import LocalProfileConfig, LocalProfiler
+    from sincere.profile.series import SeriesLog
+
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 128,
+            "max_position_embeddings": 64}  # fmt: skip
+    cfg = LocalProfileConfig(swap_repeats=1, dtype="float32")
+    profiler = LocalProfiler("tiny", tiny, cfg)
+    log = SeriesLog(profiler.torch, profiler.device)
+    row = profiler.loading_row(tmp_path / "model", log)
+    assert row["mean_loading_time /s"] > 0
+    err = capfd.readouterr().err
+    assert "it/s" not in err and "Loading weights" not in err, err
+    assert transformers.utils.logging.is_progress_bar_enabled()

@@ -246,3 +246,12 @@ def test_fuzzed_bytes_raise_only_protocol_errors(raw: bytes) -> None:
         parse_request(raw, "completion")
     except ProtocolError as exc:
         assert exc.status == 400
+
+
+def test_a_model_when_none_is_served_yet_says_so_not_an_empty_list() -> None:
+    """No instance serves any model (a model registered, none planned yet): the 404 says
+    none is served yet instead of an empty `allowed: `."""
+    err = _error({"model": "llama-3-8b", "prompt": "hi"}, models=set())
+    assert err.status == 404
+    assert "allowed: none yet: no instance serves a model" in str(err)
+    assert not str(err).rstrip().endswith("allowed:")

@@ -105,3 +105,23 @@ def test_serve_refuses_an_open_address_without_keys(tmp_path: Path) -> None:
     assert "--insecure-no-auth" in message and "--keys" in message and "\n" not in message
     half = runner.invoke(app, ["serve", str(config), "--tls-cert", str(config)])
     assert isinstance(half.exception, ConfigError) and "go together" in str(half.exception)
+
+
+def test_create_refuses_a_tier_the_gateway_does_not_serve(tmp_path: Path) -> None:
+    """`--tier gold` is refused naming the tiers allowed: the gateway config's with --config,
+    else the one a config without tiers serves; a served tier is accepted."""
+    store, config = tmp_path / "keys.db", tmp_path / "gateway.yaml"
+    config.write_text(
+        "tiers:\n  interactive: {ttft_s: 1.0}\n  batch: {ttlt_s: 600}\ndefault_tier: batch\n"
+    )
+    base = ["keys", "create", "--name", "acme", "--store", str(store)]
+    plain = runner.invoke(app, [*base, "--tier", "gold"])
+    assert isinstance(plain.exception, ConfigError)
+    assert "--tier" in str(plain.exception) and "allowed: default" in str(plain.exception)
+    assert "--config" in str(plain.exception)
+    given = runner.invoke(app, [*base, "--tier", "gold", "--config", str(config)])
+    assert isinstance(given.exception, ConfigError)
+    assert "got 'gold'; allowed: batch, interactive" in str(given.exception)
+    assert not store.exists() or KeyStore.open(store).records() == []
+    ok = runner.invoke(app, [*base, "--tier", "batch", "--config", str(config), "--json"])
+    assert ok.exit_code == 0, ok.output

@@ -172,3 +172,21 @@ def test_config_is_frozen() -> None:
     cfg = WorkloadConfig.model_validate(W1)
     with pytest.raises(ValueError, match="frozen"):
         cfg.num_requests = 5  # type: ignore[misc]
+
+
+def test_an_unknown_length_source_lists_the_built_in_tables(tmp_path: Path) -> None:
+    """`lengths: {source: azure-conv-2024x}` (no such table, no such file) names the built-in
+    tables and the closest one, at generation and in the file check."""
+    from sincere.workload.config import LengthsConfig, WorkloadConfig
+
+    lengths = LengthsConfig(source="azure-conv-2024x")
+    with pytest.raises(ConfigError, match=r"did you mean 'azure-conv-2023'.*built-in tables: "
+                       r"azure-code-2023, azure-conv-2023"):  # fmt: skip
+        lengths.build(tmp_path)
+    workload = WorkloadConfig.model_validate(
+        {"num_requests": 5, "arrival": {"kind": "poisson", "rate": 1.0},
+         "lengths": {"source": "azure-conv-2024x"}}
+    )  # fmt: skip
+    (problem,) = workload.missing_files(tmp_path)
+    assert problem.startswith("workload.lengths.source: 'azure-conv-2024x' is neither")
+    assert "built-in tables: azure-code-2023, azure-conv-2023" in problem

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sincere.core.errors import DataError
+from sincere.core.errors import ConfigError, DataError
 from sincere.core.request import RequestArrays, Tier
 from sincere.workload.arrivals import Constant
-from sincere.workload.traces import detect_format, read_trace, write_trace
+from sincere.workload.config import WorkloadConfig, generate
+from sincere.workload.traces import detect_format, read_lengths, read_trace, write_trace
 
 
 def _write(path: Path, text: str) -> Path:
@@ -150,7 +151,8 @@ def test_vidur_processed_trace_with_arrival_times(tmp_path: Path) -> None:
 
 
 def test_vidur_length_only_trace_takes_its_arrivals_from_a_process(tmp_path: Path) -> None:
-    """A length-only Vidur trace (no arrived_at, extra columns) gets the given arrivals."""
+    """A length-only Vidur trace (no arrived_at, extra columns) gets the given arrivals;
+    without a process it is refused (no invented rate); read for lengths it reads."""
     path = _write(
         tmp_path / "arxiv.csv",
         "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n"
@@ -159,7 +161,24 @@ def test_vidur_length_only_trace_takes_its_arrivals_from_a_process(tmp_path: Pat
     req = read_trace(path, arrival=Constant(rate=2.0))
     np.testing.assert_allclose(req.arrival_at, [0.0, 0.5, 1.0])
     assert req.prompt_tokens.tolist() == [3772, 2015, 1]
-    assert len(read_trace(path)) == 3  # Poisson at 1 req/s by default
+    with pytest.raises(ConfigError, match=r"arxiv\.csv: this trace has no arrival times"):
+        read_trace(path)
+    assert read_lengths(path).prompt_tokens.tolist() == [3772, 2015, 1]
+
+
+def test_a_length_only_trace_as_arrivals_is_refused_and_as_lengths_is_read(
+    tmp_path: Path,
+) -> None:
+    """In a workload, a length-only Vidur file gives lengths beside an arrival process, and
+    as the arrival trace it is refused naming the file and the way out."""
+    path = _write(tmp_path / "v.csv", "num_prefill_tokens,num_decode_tokens\n30,4\n50,6\n")
+    lengths = {"source": str(path)}
+    good = {"num_requests": 4, "arrival": {"kind": "poisson", "rate": 3.0}, "lengths": lengths}
+    req = generate(WorkloadConfig.model_validate(good), seed=0)
+    assert set(req.prompt_tokens.tolist()) <= {30, 50}
+    bad = {**good, "arrival": {"kind": "trace", "path": str(path)}}
+    with pytest.raises(ConfigError, match=r"v\.csv: this trace has no arrival times.*lengths: "):
+        generate(WorkloadConfig.model_validate(bad), seed=0)
 
 
 def test_vidur_rows_with_zero_tokens_are_named(tmp_path: Path) -> None:
@@ -192,12 +211,12 @@ def test_mooncake(tmp_path: Path) -> None:
 
 def test_sincere_prompts(shared_data: Path, tmp_path: Path) -> None:
     """SINCERE's 2,172 prompts read with their aliases and a 50-token output cap."""
-    req = read_trace(shared_data / "sincere" / "prompts.jsonl")
+    req = read_trace(shared_data / "sincere" / "prompts.jsonl", arrival=Constant(rate=1.0))
     assert len(req) == 2172 and len(req.prompts) == 2172
     assert set(req.output_tokens.tolist()) == {50} and set(req.max_tokens.tolist()) == {50}
     assert req.prompt_tokens.min() >= 1 and len(req.models) >= 1
     small = _write(tmp_path / "p.json", json.dumps([{"prompt": "abcd" * 10, "model_alias": "m"}]))
-    one = read_trace(small, max_new_tokens=7)
+    one = read_trace(small, max_new_tokens=7, arrival=Constant(rate=1.0))
     assert one.output_tokens.tolist() == [7] and one.prompt_tokens.tolist() == [10]
 
 

@@ -210,6 +210,7 @@ class ModelEntry(BaseModel):
         data = self.model_dump()
         data["precisions"] = tuple(self.precisions)
         data["aliases"] = tuple(self.aliases)
+        data["head_dim"] = self.head_dim or self.hidden_size // self.num_heads  # filled in
         return ModelArch(name=name, **data)
 
 

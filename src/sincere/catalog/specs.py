@@ -138,7 +138,7 @@ class ModelArch:
     num_kv_heads: int
     vocab_size: int
     max_context: int
-    head_dim: int = 0  # 0 means hidden_size // num_heads
+    head_dim: int = 0  # per-head dimension; catalog entries fill it (hidden // heads unless given)
     precisions: tuple[str, ...] = ("fp16", "bf16")
     relative_accuracy: dict[str, float] = field(default_factory=dict, hash=False)  # key -> %
     source: str = ""  # the public config the figures come from

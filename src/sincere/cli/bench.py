@@ -143,6 +143,12 @@ def bench_command(
         raise typer.Exit(1)
 
 
+def reasons_text(reasons: dict[str, int]) -> str:
+    """``http_500 3, timeout 1`` (most first), or ``none``: reject reasons as words."""
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{reason} {count:,}" for reason, count in ranked) or "none"
+
+
 def _run_and_report(
     url: str, requests: RequestArrays, options: Any, out: Path, quiet: bool
 ) -> bool:
@@ -159,16 +165,17 @@ def _run_and_report(
         result = run_bench(url, requests, options)
     else:
         with count_bar(console) as bar:
-            task = bar.add_task("requests", total=len(requests))
+            task = bar.add_task("requests answered", total=len(requests))
             result = run_bench(
                 url, requests, options, lambda done, _n: bar.update(task, completed=done)
             )
     result.write(out)
     if result.summary["num_completed"] == 0:
-        reasons = result.summary["client"]["reject_reasons"]
+        reasons = reasons_text(result.summary["client"]["reject_reasons"])
         console.print(
             f"[red]error:[/red] none of the {len(requests):,} requests completed "
-            f"(reject reasons: {reasons}); records in {out}"
+            f"(reject reasons: {reasons}); records in {out}",
+            highlight=False,
         )
         return False
     if quiet:
@@ -180,7 +187,8 @@ def _run_and_report(
     lateness = client["lateness_s"]
     console.print(
         f"generator lateness p50 {lateness['p50'] or 0.0:.4f} s, max {lateness['max'] or 0.0:.4f}"
-        f" s; rejects {client['reject_reasons'] or 'none'}; outputs in {out}"
+        f" s; rejects {reasons_text(client['reject_reasons'])}; outputs in {out}",
+        highlight=False,
     )
     if not client["kept_up"]:
         console.print(

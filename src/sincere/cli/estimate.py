@@ -101,9 +101,26 @@ def _estimate(
 ) -> Estimate:
     from sincere.estimate.estimator import roofline_estimate
 
+    _check_parallelism(key)
     if bank is not None and bank.has_model(key.model):
         return bank.estimate(key, out)
     return roofline_estimate(key, out, accelerator=accelerator, prompt_tokens=prompt)
+
+
+def _check_parallelism(key: ConfigKey) -> None:
+    """Raise when a catalog model's heads (or layers) do not split by ``key``'s TP (PP)."""
+    from sincere.catalog import get_model
+    from sincere.engine.build import check_parallelism
+
+    try:
+        arch = get_model(key.model)
+    except ConfigError:
+        return  # a model known only from its fingerprints: no shape to check against
+    try:
+        check_parallelism(arch, key.tp, key.pp)
+    except ConfigError as exc:
+        option = "--pp" if str(exc).startswith("pp=") else "--tp"
+        raise ConfigError(str(exc), where=option) from None
 
 
 def _table(est: Estimate, accelerator: str, prompt: int) -> Table:
@@ -172,7 +189,10 @@ def _run_batch(
     results: list[dict[str, Any]] = []
     for line, row in enumerate(rows, start=2):
         key, num_out = _key_from_row(row, configs, line)
-        est = _estimate(bank, key, num_out, accelerator, prompt)
+        try:
+            est = _estimate(bank, key, num_out, accelerator, prompt)
+        except ConfigError as exc:
+            raise DataError(str(exc).split(": ", 1)[-1], path=configs, line=line) from None
         results.append(
             {
                 **row,

@@ -282,10 +282,32 @@ def capacity_command(
     print_table(_capacity_table(results, settings.max_violation, base, paths))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        data = {"seeds": settings.seeds, "results": [r.as_json() for r in results]}
+        data = {
+            **capacity_inputs_json(config, base),
+            "seeds": settings.seeds,
+            "results": [r.as_json() for r in results],
+        }
         (out / "capacity.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
         plot_capacity(results, out / "capacity.png", settings.rate_path)
         Console(stderr=True).print(f"wrote {out / 'capacity.json'} and {out / 'capacity.png'}")
+
+
+def capacity_inputs_json(source: str, base: dict[str, Any]) -> dict[str, Any]:
+    """What a capacity was measured on, for ``capacity.json``: the config named (a file or a
+    built-in spec), the workload's length source and arrival process (the trace), its
+    number of requests (or duration) and the resolved config itself."""
+    workload = base.get("workload") if isinstance(base.get("workload"), dict) else {}
+    assert isinstance(workload, dict)
+    lengths = workload.get("lengths") if isinstance(workload.get("lengths"), dict) else {}
+    assert isinstance(lengths, dict)
+    arrival = workload.get("arrival")
+    return {
+        "config": source,
+        "trace": {"lengths": lengths.get("source") or lengths, "arrival": arrival},
+        "num_requests": workload.get("num_requests"),
+        "duration_s": workload.get("duration_s"),
+        "base_config": {k: v for k, v in base.items() if k != "base_dir"},
+    }
 
 
 def _note_left_out(base: dict[str, Any], names: list[str | None], paths: list[str]) -> None:

@@ -72,6 +72,22 @@ def _expiry(in_days: float | None, at: str | None, now: float) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
+def check_tier(tier: str, config: Path | None) -> None:
+    """Raise unless ``tier`` is one the gateway of ``config`` serves (a gateway whose config
+    names no tiers serves only ``default``), naming the tiers allowed."""
+    from sincere.serve.gateway.config import GatewayConfig, load_config
+
+    tiers = sorted((load_config(config) if config is not None else GatewayConfig()).tiers)
+    if tier in tiers:
+        return
+    source = f"the gateway config {config}" if config is not None else "a gateway whose config"
+    served = "serves" if config is not None else "names no tiers serves"
+    hint = "" if config is not None else "; pass --config GATEWAY.yaml to allow its tiers"
+    raise ConfigError(
+        f"{source} {served} no tier {tier!r}{hint}", where="--tier", value=tier, allowed=tiers
+    )
+
+
 @keys_app.command("create")
 def create_command(
     name: Annotated[str, typer.Option(help="Tenant (client key) or operator (admin key) name.")],
@@ -80,7 +96,18 @@ def create_command(
     model: Annotated[
         list[str] | None, typer.Option("--model", help="A model the key may use; repeatable.")
     ] = None,
-    tier: Annotated[str | None, typer.Option(help="Tier its requests get.")] = None,
+    tier: Annotated[
+        str | None,
+        typer.Option(help="Tier its requests get: one the gateway serves (see --config)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The gateway's config, whose tiers --tier must name (without it: the tiers "
+            "a gateway serves when its config has no tiers: default).",
+        ),
+    ] = None,
     priority_ceiling: Annotated[
         int | None, typer.Option(help="Most important priority allowed (smaller is sooner).")
     ] = None,
@@ -97,6 +124,8 @@ def create_command(
     from sincere.serve.security.keys import KeySpec
     from sincere.serve.security.keystore import KeyStore
 
+    if tier is not None:
+        check_tier(tier, config)
     now = time.time()
     spec = KeySpec(
         kind="admin" if admin else "client",

@@ -345,12 +345,13 @@ def plan(
                 f"switching charges {sol.total_value - sol.total_cost:.2f} ¢/h"
             )
         console.print(f"wrote {trace_out}")
-    final = steps[-1][1]
+    final_at, final = steps[-1]
     rule = problem.optimizer.batch_rule
+    when = "" if load_trace is None else f" at t={final_at:g}, the last step of {load_trace}"
     print_table(
         solution_table(
             final,
-            f"{directory} ({final.solver}, batch rule {rule}, sizing {sizing}): "
+            f"{directory}{when} ({final.solver}, batch rule {rule}, sizing {sizing}): "
             f"total {final.total_cost:.2f} ¢/h"
             + ("; TTFT / ITL columns are the analyzer's" if sizing == "simulate" else ""),
         ),

@@ -118,6 +118,7 @@ def step_command(
 ) -> None:
     """Time one iteration and break it into parts (linear, attention, communication, …)."""
     from sincere.catalog.loader import default_catalog
+    from sincere.engine.build import check_parallelism
     from sincere.perf.base import Batch, Deployment, StepBreakdown
     from sincere.perf.calibration import roofline_defaults
     from sincere.perf.factory import StepModelConfig
@@ -127,6 +128,10 @@ def step_command(
     if not chunks and not decodes:
         raise ConfigError("nothing to time: give at least one --prefill or --decode")
     catalog = default_catalog()
+    try:
+        check_parallelism(catalog.model(model), tp, 1)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where="--tp") from None
     dep = Deployment(
         catalog.model(model), catalog.accelerator(accelerator), precision=precision, tp=tp, ep=ep
     )

@@ -32,6 +32,16 @@ app.add_typer(trace_app, name="trace")
 _FORMATS = "see `sincere trace formats` (default: from the extension and header)"
 
 
+def token_counters(requests: RequestArrays) -> dict[str, str]:
+    """Model -> the token counter used on its requests' text, for a trace whose lengths were
+    counted from text (ShareGPT, SINCERE's prompts); empty for one that gives counts."""
+    from sincere.workload.tabular import tokenizer_name
+
+    if not any(p is not None for p in requests.prompts):
+        return {}
+    return {model: tokenizer_name(model) for model in requests.models}
+
+
 def _sample(num_requests: int, rate: float, seed: int) -> RequestArrays:
     from sincere.workload.config import generate, load_workload_config
 
@@ -53,9 +63,13 @@ def _table(stats: TraceStats, title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("requests", f"{stats.num_requests:,}")
-    table.add_row("duration (s)", f"{stats.duration_s:,.1f}")
-    table.add_row("mean rate (req/s)", f"{stats.mean_rate:.3f}")
-    table.add_row("inter-arrival CV", f"{stats.cv_interarrival:.3f}")
+    untimed = "– (no arrival times in the trace)"
+    for name, value, spec in (
+        ("duration (s)", stats.duration_s, ",.1f"),
+        ("mean rate (req/s)", stats.mean_rate, ".3f"),
+        ("inter-arrival CV", stats.cv_interarrival, ".3f"),
+    ):
+        table.add_row(name, untimed if value is None else format(value, spec))
     for name, ls in (("prompt tokens", stats.prompt), ("output tokens", stats.output)):
         table.add_row(
             name,
@@ -88,17 +102,32 @@ def stats_cmd(
     from sincere.cli.tables import print_table
     from sincere.core.jsonsafe import json_safe
     from sincere.workload.stats import plot_trace, trace_stats
-    from sincere.workload.traces import read_trace
+    from sincere.workload.traces import NoArrivalTimesError, read_lengths, read_trace
 
     if (file is None) != sample:
         raise ConfigError("give a trace FILE or --sample (not both)", value=str(file))
-    requests = _sample(num_requests, rate, seed) if file is None else read_trace(file, format)
+    timed = True
+    if file is None:
+        requests = _sample(num_requests, rate, seed)
+    else:
+        try:
+            requests = read_trace(file, format)
+        except NoArrivalTimesError:  # a length-only trace: its lengths, and no rate
+            requests, timed = read_lengths(file, format), False
+    if plot is not None and not timed:
+        raise ConfigError("--plot needs arrival times; this trace has lengths only", where=file)
     title = "sample (Poisson, azure-conv-2023 lengths)" if file is None else str(file)
-    stats = trace_stats(requests)
+    stats = trace_stats(requests, timed=timed)
+    counters = token_counters(requests)
     if as_json:
-        typer.echo(json.dumps(json_safe(stats.to_dict()), indent=2))
+        extra = {"token_counters": counters} if counters else {}
+        typer.echo(json.dumps(json_safe({**stats.to_dict(), **extra}), indent=2))
     else:
         print_table(_table(stats, title))
+        for model, counter in counters.items():
+            Console(stderr=True).print(
+                f"tokens of {model} counted from its text with: {counter}", highlight=False
+            )
     if plot is not None:
         plot_trace(requests, plot, title="sample" if file is None else file.name)
         if not as_json:

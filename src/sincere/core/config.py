@@ -17,12 +17,15 @@ Any layer may use these for its own config.
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError
 
 from sincere.core.errors import ConfigError
 from sincere.core.params import Problem, format_loc
@@ -31,18 +34,61 @@ from sincere.core.request import Tier
 M = TypeVar("M", bound=BaseModel)
 
 
+def _tags(annotation: Any) -> dict[str, Any]:
+    """Tag -> member of a tagged (discriminated) union annotation; empty for anything else."""
+    out: dict[str, Any] = {}
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Annotated:
+            base, *meta = typing.get_args(arg)
+            out.update({m.tag: base for m in meta if isinstance(m, Tag)})
+    return out
+
+
+def _step(current: Any, part: int | str) -> Any:
+    """The annotation below ``current`` at ``part`` (a field name or a list index)."""
+    if typing.get_origin(current) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(current) if a is not type(None)]
+        current = members[0] if len(members) == 1 else current
+    if isinstance(part, int):
+        args = typing.get_args(current)
+        return args[0] if typing.get_origin(current) in (list, tuple) and args else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        field = current.model_fields.get(part)
+        return field.annotation if field is not None else None
+    return None
+
+
+def _walk(
+    model: type[BaseModel] | None, loc: Sequence[int | str]
+) -> tuple[tuple[int | str, ...], Any]:
+    """``loc`` without the tags pydantic puts in it for tagged unions (``engine.continuous.x``
+    is the user's ``engine.x``), and the annotation of the value that holds its last key."""
+    current: Any = model
+    kept: list[int | str] = []
+    holder: Any = None
+    for part in loc:
+        tags = _tags(current)
+        if isinstance(part, str) and part in tags:
+            current = tags[part]
+            continue
+        holder = current
+        kept.append(part)
+        current = _step(current, part)
+    return tuple(kept), holder
+
+
 def _fields_at(model: type[BaseModel] | None, loc: Sequence[int | str]) -> list[str] | None:
     """Field names of the (sub)model that holds ``loc``'s last key, when it can be found."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or current is None:
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        annotation = getattr(field, "annotation", None)
-        current = annotation if isinstance(annotation, type) else None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
+    _, holder = _walk(model, loc)
+    if isinstance(holder, type) and issubclass(holder, BaseModel):
+        return sorted(holder.model_fields)
     return None
+
+
+def _did_you_mean(key: int | str, fields: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the field closest to an unknown ``key``; empty if none."""
+    close = difflib.get_close_matches(str(key), list(fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _TYPE_MISMATCH = {"list_type", "dict_type", "model_type", "string_type", "model_attributes_type"}
@@ -79,13 +125,16 @@ def validation_lines(
 ) -> list[str]:
     """Every problem of ``exc``, one line each (see :func:`format_validation_error`)."""
     lines = []
-    for loc, err in _useful_errors(exc):
+    for raw_loc, err in _useful_errors(exc):
+        loc, _ = _walk(model, raw_loc)
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts: dict[str, Any] = {}
         if err.get("type") not in ("missing", "value_error"):
             parts["value"] = err.get("input")
         if err.get("type") == "extra_forbidden":
-            parts["allowed"] = ", ".join(_fields_at(model, loc) or ())
+            fields = _fields_at(model, raw_loc) or []
+            parts["allowed"] = ", ".join(fields)
+            msg += _did_you_mean(loc[-1], fields) if loc else ""
         lines.append(Problem(format_loc(loc, prefix), msg, **parts).line())
     return lines
 

@@ -84,9 +84,23 @@ def apply_quick(spec: ExperimentSpec) -> ExperimentSpec:
             )
         values = {items[str(k)][0]: items[str(k)][1] for k in keep}
         axes[name] = axes[name].model_copy(update={"values": values})
-    return spec.model_copy(
-        update={"base": base, "axes": axes, "seeds": quick.seeds or spec.seeds, "quick": None}
-    )
+    seeds = quick.seeds or spec.seeds
+    update = {"base": base, "axes": axes, "seeds": seeds, "quick": None}
+    return spec.model_copy(update={**update, "description": _quick_note(spec, seeds)})
+
+
+def _quick_note(spec: ExperimentSpec, seeds: list[int]) -> str:
+    """``spec``'s description with what its quick run leaves out (so the report's text
+    does not promise the full grid)."""
+    quick = spec.quick
+    assert quick is not None  # only called for a spec with a quick section
+    kept = [
+        f"{name} {', '.join(map(format_value, keep))} only" for name, keep in quick.only.items()
+    ]
+    kept.append(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
+    kept += [f"{path} = {format_value(value)}" for path, value in quick.set.items()]
+    note = f"Quick run ({'; '.join(kept)})."
+    return f"{spec.description} {note}" if spec.description else note
 
 
 def _check_placeholders(spec: ExperimentSpec) -> None:

@@ -10,6 +10,9 @@ attainment as ``tier.<name>.slo_attainment``. Added here:
 * ``num_model_switches`` -- consecutive batches of different models on one instance
   (SINCERE's switch count), rebuilt from ``requests.parquet``: a request-level batch is
   the requests of one instance sharing a start time (``first_scheduled_at``).
+* ``tokens_per_step`` -- prompt and output tokens processed per iteration (or batch), over
+  all instances: how full the steps were (a continuous engine is busy nearly all the time
+  under load, so its busy share alone says little).
 * ``busy_fraction`` -- mean over instances of the union of in-service intervals
   (first scheduled -> finished) over the run; for request-level engines this is
   SINCERE's "fraction of time in inference".
@@ -159,6 +162,16 @@ def busy_fraction(table: pa.Table, duration_s: float | None) -> float | None:
     return total / len(names)
 
 
+def tokens_per_step(summary: dict[str, Any]) -> float | None:
+    """Prompt and output tokens processed per iteration (or request-level batch), over all
+    instances: how full the engine's steps were; ``None`` when nothing ran."""
+    steps = sum(int(v.get("num_steps", 0)) for v in (summary.get("instances") or {}).values())
+    rate, duration = summary.get("total_tokens_per_s"), summary.get("duration_s")
+    if not steps or rate is None or duration is None:
+        return None
+    return float(rate) * float(duration) / steps
+
+
 def cell_metrics(summary: dict[str, Any], table: pa.Table) -> dict[str, Scalar]:
     """Every metric column of a finished cell."""
     row = flatten_summary(summary)
@@ -167,6 +180,7 @@ def cell_metrics(summary: dict[str, Any], table: pa.Table) -> dict[str, Scalar]:
     row["num_model_loads"] = int(sum(int(v.get("num_swaps", 0)) for v in instances.values()))
     row["num_model_switches"] = num_model_switches(table)
     row["busy_fraction"] = busy_fraction(table, summary.get("duration_s"))
+    row["tokens_per_step"] = tokens_per_step(summary)
     for name, value in (summary.get("sincere") or {}).items():
         row[f"sincere.{name}"] = value
     return row

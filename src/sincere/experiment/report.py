@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sincere.experiment.answer import capacity_answer
 from sincere.experiment.paths import format_value
 from sincere.experiment.plots import all_figures
 from sincere.experiment.results import Results, load_results
 from sincere.experiment.tables import (
+    CAPACITY_THRESHOLD,
     TableData,
     capacity_table,
     delta_table,
@@ -145,6 +147,19 @@ def _failures(results: Results) -> list[Block]:
     ]
 
 
+def _answer(results: Results, capacity: TableData | None) -> str:
+    """The report's first sentence (:mod:`sincere.experiment.answer`)."""
+    load = results.role("load")
+    if capacity is None or load is None:
+        return (
+            "No load axis with numbers: this report cannot say up to which load a strategy "
+            "meets the SLO (give the spec a rate axis, or run `sincere capacity`)."
+        )
+    loads = sorted(float(x) for x in results.axes[load])
+    has_strategy = results.role("strategy") is not None
+    return capacity_answer(capacity, load, loads, CAPACITY_THRESHOLD, has_strategy)
+
+
 def build_blocks(
     results: Results, figures: list[tuple[str, Path]]
 ) -> tuple[list[Block], list[TableData]]:
@@ -155,6 +170,8 @@ def build_blocks(
         if t is not None
     ]
     blocks = _intro(results)
+    capacity = next((t for t in tables if t.columns[0].agg == "capacity"), None)
+    blocks.insert(1, Para(_answer(results, capacity)))
     for table in tables:
         blocks += _grid(table)
     if figures:

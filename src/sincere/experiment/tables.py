@@ -30,15 +30,21 @@ SUMMARY_COLUMNS = (
     ("E2E p50 (s)", "e2e_s.p50"),
     ("E2E p99 (s)", "e2e_s.p99"),
     ("TTFT p99 (s)", "ttft_s.p99"),
-    ("utilisation", "utilization"),
+    ("busy share (a step running)", "utilization"),
+    ("tokens / step", "tokens_per_step"),
     ("model switches", "num_model_switches"),
 )
+"""Generic columns. A continuous engine is "busy" whenever an iteration runs, which under
+any steady load is nearly always, so the busy share is labelled as what it is and the
+tokens per iteration show how full those iterations are; model switches are left out
+when no engine of the results loaded or switched models (continuous engines serve one)."""
 DELTA_METRICS = (
     ("E2E p50", "e2e_s.p50", "delta_rel"),
     ("E2E p99", "e2e_s.p99", "delta_rel"),
     ("SLA attainment", "slo_attainment", "delta_abs"),
     ("throughput", "throughput_rps", "delta_rel"),
-    ("utilisation", "utilization", "delta_rel"),
+    ("busy share", "utilization", "delta_rel"),
+    ("tokens / step", "tokens_per_step", "delta_rel"),
 )
 SINCERE_SUMMARY_COLUMNS = (
     ("SLA attainment (processed)", "sincere.slo_attainment"),
@@ -68,9 +74,19 @@ def _sincere(results: Results) -> bool:
     return any("sincere.throughput_rps" in r for r in results.ok_rows)
 
 
+def _switching(results: Results) -> bool:
+    """Whether any finished cell loaded or switched models (engines that can switch)."""
+    keys = ("num_model_switches", "num_model_loads")
+    return any((r.get(k) or 0) > 0 for r in results.ok_rows for k in keys)
+
+
 def summary_columns(results: Results) -> tuple[tuple[str, str], ...]:
     """The summary table's (header, metric) columns for these results."""
-    return SINCERE_SUMMARY_COLUMNS if _sincere(results) else SUMMARY_COLUMNS
+    if _sincere(results):
+        return SINCERE_SUMMARY_COLUMNS
+    if _switching(results):
+        return SUMMARY_COLUMNS
+    return tuple(c for c in SUMMARY_COLUMNS if c[1] != "num_model_switches")
 
 
 def delta_metrics(results: Results) -> tuple[tuple[str, str, str], ...]:
@@ -210,7 +226,11 @@ def crossing(
     return cap, x0, x1
 
 
-def capacity_table(results: Results, threshold: float = 0.01) -> TableData | None:
+CAPACITY_THRESHOLD = 0.01
+"""Niyama's capacity criterion: the worst tier misses its targets for at most 1 %."""
+
+
+def capacity_table(results: Results, threshold: float = CAPACITY_THRESHOLD) -> TableData | None:
     """Capacity per strategy x traffic x env from the load sweep (reference slice)."""
     load = results.role("load")
     if load is None or not all(isinstance(x, int | float) for x in results.axes[load]):
@@ -223,8 +243,10 @@ def capacity_table(results: Results, threshold: float = 0.01) -> TableData | Non
         Column("first failing load", "worst_tier_violation", "capacity_hi"),
     ]
     note = (
-        f"load where the mean worst-tier violation over seeds crosses {threshold:.0%}; "
-        "empty: never crossed within the sweep"
+        f"capacity: the load where the mean worst-tier violation over seeds crosses "
+        f"{threshold:.0%}, interpolated between the last passing and the first failing load; "
+        "– as last passing load: the lowest load tried already failed; – as first failing "
+        "load: no load of the sweep failed; either way the capacity lies outside the sweep (–)"
     )
     table = TableData(f"Capacity over {load}", note, keys, fixed, columns)
     loads = sorted(float(x) for x in results.axes[load])

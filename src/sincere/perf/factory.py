@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sincere.core.errors import ConfigError
-from sincere.core.params import Params
+from sincere.core.params import Params, ParamsError, Problem
 from sincere.core.registry import Needs, Registry
 from sincere.perf.base import Deployment, StepTimeModel, SwapTime
 from sincere.perf.calibration import default_roofline_params
@@ -390,15 +390,38 @@ class StepModelConfig(BaseModel):
 
     def merged_params(self) -> dict[str, Any]:
         """``params_file``'s parameters (read now) under the inline ``params``."""
-        params: dict[str, Any] = {}
-        if self.params_file is not None:
-            params.update(load_params_file(self.params_file, self.kind))
-        params.update(self.params)
-        return params
+        return merge_params_file(self.kind, self.params, self.params_file)
 
     def build(self, deployment: Deployment) -> StepTimeModel:
-        """The configured model for ``deployment``."""
+        """The configured model for ``deployment``.
+
+        Raises ``ConfigError``; a problem with parameters read from ``params_file``
+        names the file.
+        """
         cc_params = dataclass_from(CCParams, self.cc_params, "cc_params")
-        return make_step_model(
-            self.kind, deployment, self.merged_params(), cc=self.cc, cc_params=cc_params
-        )
+        params = self.merged_params()
+        try:
+            return make_step_model(self.kind, deployment, params, cc=self.cc, cc_params=cc_params)
+        except ParamsError as exc:
+            if self.params_file is None:
+                raise
+            raise ParamsError(
+                from_params_file(exc.problems, self.params_file), "invalid step-time model"
+            ) from None
+
+
+def merge_params_file(
+    kind: str, params: Mapping[str, Any] | None, params_file: str | Path | None
+) -> dict[str, Any]:
+    """``params_file``'s parameters for ``kind`` (read now) under the inline ``params``."""
+    merged: dict[str, Any] = {}
+    if params_file is not None:
+        merged.update(load_params_file(params_file, kind))
+    merged.update(params or {})
+    return merged
+
+
+def from_params_file(problems: Sequence[Problem], params_file: str | Path) -> list[Problem]:
+    """``problems`` of parameters merged with ``params_file``'s, each naming the file."""
+    note = f" (parameters from params_file {str(params_file)!r})"
+    return [dataclasses.replace(p, message=p.message + note) for p in problems]

@@ -8,7 +8,9 @@ and where each sits in the file -- and :func:`check_policies` raises one
 :class:`~sincere.core.params.ParamsError` listing every problem with its config path
 (``instances[2].engine.scheduler_params.h_s_per_token: engine scheduler 'niyama'
 parameter h_s_per_token should be >= 0; got -1.0; allowed: a number >= 0``).
-Nothing is built: no step-time model, no predictor file is read. The same checks run
+Nothing is built: no step-time model, no predictor file is read; a step model's
+``params_file`` is read, so its parameters are checked as inline ones are (each problem
+naming the file). The same checks run
 again when the policy is built (``REGISTRY.build``), so a config that skips this step
 still fails with the same messages, only later and one block at a time.
 """
@@ -21,9 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sincere.perf.sincere_runs  # noqa: F401 (registers the sincere-runs step model)
+from sincere.core.errors import ConfigError
 from sincere.core.params import Problem, raise_problems
 from sincere.core.registry import Registry
-from sincere.perf.factory import STEP_MODELS
+from sincere.perf.factory import STEP_MODELS, from_params_file, merge_params_file
 from sincere.policy.batching.composed import strategy_problems
 from sincere.policy.router_base import ROUTERS
 from sincere.policy.routers import make_router  # noqa: F401 (registers the routers)
@@ -54,6 +57,8 @@ class PolicySpec:
     params: object = None  # its parameters as written: a mapping, or None for none
     name_at: str = ""  # config path of the name, e.g. "instances[2].engine.scheduler"
     params_at: str = ""  # config path of the parameters, e.g. "...engine.scheduler_params"
+    params_file: object = None  # step models: a file of parameters under ``params``, as written
+    params_file_at: str = ""  # config path of the file's name, e.g. "...step_model.params_file"
 
 
 def spec_problems(spec: PolicySpec) -> list[Problem]:
@@ -64,7 +69,26 @@ def spec_problems(spec: PolicySpec) -> list[Problem]:
     registry = REGISTRIES[spec.kind]
     if not isinstance(spec.name, str):
         return [Problem(spec.name_at, f"a {registry.kind} must be a name", spec.name)]
+    if spec.params_file is not None:
+        return _params_file_problems(spec, spec.name)
     return registry.problems(spec.name, spec.params, name_at=spec.name_at, params_at=spec.params_at)
+
+
+def _params_file_problems(spec: PolicySpec, name: str) -> list[Problem]:
+    """Problems of a step model whose parameters come from a file (and inline ``params``):
+    the file's parameters are checked as inline ones are, each problem naming the file."""
+    if name not in STEP_MODELS:
+        return STEP_MODELS.problems(name, None, name_at=spec.name_at)
+    if not isinstance(spec.params_file, str | Path):
+        return [Problem(spec.params_file_at, "params_file must be a path", spec.params_file)]
+    if spec.params is not None and not isinstance(spec.params, Mapping):
+        return STEP_MODELS.problems(name, spec.params, params_at=spec.params_at)
+    try:
+        merged = merge_params_file(name, spec.params, spec.params_file)
+    except ConfigError as exc:
+        return [Problem(spec.params_file_at, str(exc))]
+    found = STEP_MODELS.problems(name, merged, params_at=spec.params_at)
+    return from_params_file(found, spec.params_file)
 
 
 def policy_problems(specs: Iterable[PolicySpec]) -> list[Problem]:
@@ -129,10 +153,17 @@ def deployment_specs(raw: object, at: str = "") -> list[PolicySpec]:
         )
     step = _mapping(spec.get("step_model"))
     step_at = _at(at, "step_model")
-    params = None if step.get("params_file") is not None else step.get("params")
     kind = step.get("kind", "roofline")
     found.append(
-        PolicySpec("step-model", kind, params, _at(step_at, "kind"), _at(step_at, "params"))
+        PolicySpec(
+            "step-model",
+            kind,
+            step.get("params"),
+            _at(step_at, "kind"),
+            _at(step_at, "params"),
+            step.get("params_file"),
+            _at(step_at, "params_file"),
+        )
     )
     return found
 

@@ -92,11 +92,16 @@ def read_model(path: str | Path) -> tuple[ModelHeader, Arrays]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("no such model file", where=p, allowed="a sincere predict train output")
+    expected = "a zip archive of arrays, as `sincere predict train` writes"
+    if not zipfile.is_zipfile(p):
+        raise DataError(f"not a sincere model file: not {expected}", path=p)
     try:
         with np.load(p, allow_pickle=False) as data:
             raw = {name: np.asarray(data[name]) for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"not a sincere model file ({exc})", path=p) from None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        raise DataError(
+            f"not a sincere model file: an entry is not a plain array ({expected})", path=p
+        ) from None
     if "header" not in raw:
         raise DataError("not a sincere model file: no header entry", path=p)
     try:

@@ -40,7 +40,8 @@ import gc
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -101,6 +102,26 @@ def require_ml() -> tuple[Any, Any]:
             allowed="pip install 'sincere[ml]'",
         ) from None
     return torch, transformers
+
+
+@contextmanager
+def quiet_progress(transformers: Any) -> Iterator[None]:
+    """Turn off transformers' (and the Hub's) tqdm bars, as they were before afterwards."""
+    from huggingface_hub import utils as hub_utils  # a dependency of transformers
+
+    hub: Any = hub_utils
+
+    hf_logging = transformers.utils.logging
+    was_on, hub_was_off = hf_logging.is_progress_bar_enabled(), hub.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+        if not hub_was_off:
+            hub.enable_progress_bars()
 
 
 def resolve_config(arch: str) -> tuple[str, dict[str, Any]]:
@@ -276,11 +297,16 @@ class LocalProfiler:
         )  # fmt: skip
 
     def loading_row(self, directory: Path, log: SeriesLog) -> dict[str, Any]:
-        """Save / load / unload times of the full model through ``directory``.
+        """Save / load / unload times of the full model through ``directory`` (without the
+        progress bars transformers would draw over the command's own).
 
         A load that runs out of device memory is recorded in ``log``; the row then has
         the save time and no load / unload times.
         """
+        with quiet_progress(self.transformers):
+            return self._loading_row(directory, log)
+
+    def _loading_row(self, directory: Path, log: SeriesLog) -> dict[str, Any]:
         saves: list[float] = []
         loads: list[float] = []
         unloads: list[float] = []

@@ -31,8 +31,10 @@ value and what is allowed.
 
 Responses. Builders for non-streamed completion / chat objects (with ``usage``), the
 chunks of a stream, and Server-Sent Events framing (``data: {...}\\n\\n``, ending with
-``data: [DONE]\\n\\n``). Prompt tokens are counted with tiktoken's cl100k_base when it
-is installed, else at ~4 characters per token, as :mod:`sincere.workload` does.
+``data: [DONE]\\n\\n``). Prompt tokens are counted with the requested model's own tokenizer
+when it is at hand (``tokenizers`` installed, its ``tokenizer.json`` in the local Hugging
+Face cache), else tiktoken's cl100k_base when it is installed, else at ~4 characters per
+token, as :mod:`sincere.workload` does.
 
 The hot path is plain dict checks (a few microseconds a request), no pydantic.
 """
@@ -47,7 +49,12 @@ from functools import cache
 from typing import Any, Literal
 
 from sincere.core.errors import SincereError
-from sincere.workload.tabular import CHARS_PER_TOKEN, count_tokens, tokenizer_name
+from sincere.workload.tabular import (
+    CHARS_PER_TOKEN,
+    count_tokens,
+    model_encoder,
+    tokenizer_name,
+)
 
 Kind = Literal["completion", "chat"]
 PATHS = {"completion": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -177,8 +184,12 @@ def _is_number(value: Any) -> bool:
     return _is_int(value)
 
 
-def count_prompt_tokens(text: str) -> int:
-    """Tokens in ``text``: tiktoken cl100k_base when installed, else ~4 characters a token."""
+def count_prompt_tokens(text: str, model: str | None = None) -> int:
+    """Tokens in ``text``: ``model``'s own tokenizer when it is at hand (installed and in the
+    local Hugging Face cache), else tiktoken cl100k_base when installed, else ~4 characters a
+    token (:func:`~sincere.workload.tabular.tokenizer_name` says which)."""
+    if model is not None and model_encoder(model) is not None:
+        return int(count_tokens([text], model)[0])
     if _approximate_tokens():
         return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))  # count_tokens' rule, scalar
     return int(count_tokens([text])[0])
@@ -301,9 +312,9 @@ def parse_body(
     model = _model(body, models)
     if kind == "chat":
         prompt: str | None = _chat_prompt(body)
-        tokens = count_prompt_tokens(prompt) if prompt else 1
+        tokens = count_prompt_tokens(prompt, model) if prompt else 1
     else:
-        prompt, tokens = _completion_prompt(body)
+        prompt, tokens = _completion_prompt(body, model)
     _check_sampling(body)
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
@@ -330,16 +341,18 @@ def _model(body: dict[str, Any], models: Collection[str] | None) -> str:
     if not isinstance(model, str) or not model:
         raise _bad("model", model, "a non-empty string")
     if models is not None and model not in models:
-        raise ProtocolError(
-            404,
-            f"model: got {_shown(model)}; allowed: {', '.join(sorted(models))}",
-            param="model",
-            code="model_not_found",
+        allowed = ", ".join(sorted(models)) or (
+            "none yet: no instance serves a model (a registered model is served once an "
+            "instance of it is added or planned)"
         )
+        raise ProtocolError(
+            404, f"model: got {_shown(model)}; allowed: {allowed}", param="model",
+            code="model_not_found",
+        )  # fmt: skip
     return model
 
 
-def _completion_prompt(body: dict[str, Any]) -> tuple[str | None, int]:
+def _completion_prompt(body: dict[str, Any], model: str | None = None) -> tuple[str | None, int]:
     """Prompt text (``None`` for token ids) and its token count."""
     allowed = "a string, a list of one string, or a list of token ids (64-bit integers >= 0)"
     prompt = body.get("prompt")
@@ -348,7 +361,7 @@ def _completion_prompt(body: dict[str, Any]) -> tuple[str | None, int]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return prompt, (count_prompt_tokens(prompt) if prompt else 1)
+        return prompt, (count_prompt_tokens(prompt, model) if prompt else 1)
     if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
         return None, len(prompt)
     raise _bad("prompt", prompt, allowed)

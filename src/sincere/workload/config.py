@@ -20,6 +20,7 @@ spawned from ``seed``, so the same config and seed give identical arrays.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -44,7 +45,7 @@ from sincere.workload.lengths import (
     load_length_table,
 )
 from sincere.workload.mixes import SINCERE_MODEL_MIX, ModelMix, TierMix, tier_preset
-from sincere.workload.traces import read_trace
+from sincere.workload.traces import read_lengths, read_trace
 
 _SIMPLE = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
 
@@ -125,6 +126,16 @@ def _trace_times(path: str, fmt: str | None, base_dir: Path | None) -> Any:
     return read_trace(_resolve(path, base_dir), format=fmt).arrival_at
 
 
+def unknown_source(source: str, path: Path) -> str:
+    """Why ``lengths.source`` names nothing: neither a built-in table nor a file."""
+    close = difflib.get_close_matches(source, length_sources(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"{source!r} is neither a built-in length table{hint} nor a trace file (no file "
+        f"{str(path)!r}); built-in tables: {', '.join(length_sources())}"
+    )
+
+
 class LengthsConfig(BaseModel):
     """``lengths:``: a trace's joint (prompt, output) pairs, or one distribution per column.
 
@@ -173,7 +184,10 @@ class LengthsConfig(BaseModel):
         caps = (self.max_prompt_tokens, self.max_output_tokens)
         if self.source in length_sources():
             return load_length_table(self.source).joint(*caps)
-        trace = read_trace(_resolve(self.source, base_dir), format=self.format)
+        path = _resolve(self.source, base_dir)
+        if not path.is_file():
+            raise ConfigError(unknown_source(self.source, path), where="workload.lengths.source")
+        trace = read_lengths(path, format=self.format)
         return PairedLengths(trace.prompt_tokens, trace.output_tokens, *caps, replay=self.replay)
 
 
@@ -256,7 +270,12 @@ class WorkloadConfig(BaseModel):
         if self.lengths.source is not None and self.lengths.source not in length_sources():
             wanted.append(("lengths.source", self.lengths.source))
         return [
-            f"workload.{where}: no such file {str(_resolve(path, base_dir))!r}"
+            f"workload.{where}: "
+            + (
+                unknown_source(path, _resolve(path, base_dir))
+                if where == "lengths.source"
+                else f"no such file {str(_resolve(path, base_dir))!r}"
+            )
             for where, path in wanted
             if not _resolve(path, base_dir).is_file()
         ]

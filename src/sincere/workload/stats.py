@@ -9,6 +9,7 @@ histograms on log-spaced bins.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,9 @@ class TraceStats:
     """What a trace looks like: size, rate, burstiness, lengths, model shares."""
 
     num_requests: int
-    duration_s: float  # first to last arrival
-    mean_rate: float  # requests per second
-    cv_interarrival: float  # std / mean of gaps
+    duration_s: float | None  # first to last arrival; None: the trace has no arrival times
+    mean_rate: float | None  # requests per second; None: no arrival times
+    cv_interarrival: float | None  # std / mean of gaps; None: no arrival times
     prompt: LengthStats
     output: LengthStats
     num_per_model: dict[str, int]
@@ -57,8 +58,12 @@ class TraceStats:
         return asdict(self)
 
 
-def trace_stats(requests: RequestArrays) -> TraceStats:
-    """Statistics of ``requests``."""
+def trace_stats(requests: RequestArrays, *, timed: bool = True) -> TraceStats:
+    """Statistics of ``requests``; ``timed=False``: their arrival times are placeholders
+    (a length-only trace), so duration, rate and CV are ``None``."""
+    if not timed:
+        full = trace_stats(requests)
+        return dataclasses.replace(full, duration_s=None, mean_rate=None, cv_interarrival=None)
     t = requests.arrival_at
     gaps = np.diff(t)
     duration = float(t[-1] - t[0]) if len(t) else 0.0
@@ -90,6 +95,8 @@ def plot_trace(requests: RequestArrays, path: str | Path, title: str = "trace") 
     import matplotlib.pyplot as plt
 
     stats = trace_stats(requests)
+    assert stats.duration_s is not None and stats.mean_rate is not None
+    assert stats.cv_interarrival is not None
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     _plot_rate(axes[0, 0], requests.arrival_at, stats)
     _plot_gaps(axes[0, 1], np.diff(requests.arrival_at), stats)
@@ -106,6 +113,7 @@ def plot_trace(requests: RequestArrays, path: str | Path, title: str = "trace") 
 
 
 def _plot_rate(ax: Any, t: npt.NDArray[np.float64], stats: TraceStats) -> None:
+    assert stats.duration_s is not None and stats.mean_rate is not None  # timed trace
     span = max(stats.duration_s, 1e-9)
     num_bins = int(np.clip(len(t) / 20, 10, 200))
     counts, edges = np.histogram(t, bins=num_bins, range=(float(t[0]), float(t[0]) + span))

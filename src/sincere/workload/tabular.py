@@ -11,8 +11,10 @@ token-count approximation used for formats that carry text instead of counts.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Sequence
 from functools import cache
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -195,17 +197,78 @@ def _tiktoken_encoder() -> Callable[[str], list[int]] | None:
     return encode
 
 
-def count_tokens(texts: Sequence[str]) -> IntArray:
-    """Token counts of ``texts``: tiktoken's cl100k_base when it works, else ~4 chars/token."""
+def _hub_ids(model: str) -> list[str]:
+    """Hugging Face repositories that may hold ``model``'s tokenizer: itself when it reads
+    as one (``org/name``), and its catalog aliases that do."""
+    from sincere.catalog import get_model
+    from sincere.core.errors import ConfigError
+
+    try:
+        aliases = [model, *get_model(model).aliases]
+    except ConfigError:
+        aliases = [model]
+    return [a for a in dict.fromkeys(aliases) if "/" in a]
+
+
+def hub_cache_dir() -> str:
+    """The local Hugging Face cache, read now: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub`` (the Hub's rule)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "huggingface", "hub")
+
+
+@cache
+def model_encoder(model: str) -> tuple[str, Callable[[str], list[int]]] | None:
+    """``(repository, encode)`` of ``model``'s own tokenizer when it is at hand: the
+    ``tokenizers`` library (installed with transformers) and the tokenizer's
+    ``tokenizer.json`` already in the local Hugging Face cache (``$HF_HUB_CACHE``); nothing
+    is downloaded. ``None`` otherwise."""
+    if find_spec("tokenizers") is None or find_spec("huggingface_hub") is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in _hub_ids(model):
+        path = try_to_load_from_cache(repo, "tokenizer.json", cache_dir=hub_cache_dir())
+        if isinstance(path, str):
+            from tokenizers import Tokenizer
+
+            return repo, _encode_with(Tokenizer.from_file(path))
+    return None
+
+
+def _encode_with(tokenizer: Any) -> Callable[[str], list[int]]:
+    """``encode(text)``: the token ids of ``text`` under ``tokenizer`` (no special tokens)."""
+    return lambda text: list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _encoder(model: str | None) -> tuple[str, Callable[[str], list[int]]] | None:
+    """The best counter at hand: the model's tokenizer, else tiktoken's cl100k_base."""
+    own = model_encoder(model) if model else None
+    if own is not None:
+        return f"{own[0]} tokenizer", own[1]
     encode = _tiktoken_encoder()
-    if encode is not None:
+    return ("tiktoken cl100k_base", encode) if encode is not None else None
+
+
+def count_tokens(texts: Sequence[str], model: str | None = None) -> IntArray:
+    """Token counts of ``texts``: ``model``'s own tokenizer when it is at hand
+    (:func:`model_encoder`), else tiktoken's cl100k_base when it works, else ~4 characters
+    a token; :func:`tokenizer_name` says which."""
+    found = _encoder(model)
+    if found is not None:
+        encode = found[1]
         return np.array([max(1, len(encode(t))) for t in texts], dtype=np.int64)
     chars = np.fromiter((len(t) for t in texts), dtype=np.float64, count=len(texts))
     return np.maximum(1, np.ceil(chars / CHARS_PER_TOKEN)).astype(np.int64)
 
 
-def tokenizer_name() -> str:
-    """Which token counter :func:`count_tokens` uses."""
-    if _tiktoken_encoder() is not None:
-        return "tiktoken cl100k_base"
+def tokenizer_name(model: str | None = None) -> str:
+    """Which token counter :func:`count_tokens` uses for ``model``."""
+    found = _encoder(model)
+    if found is not None:
+        return found[0]
     return f"approximation: {CHARS_PER_TOKEN:g} characters per token"

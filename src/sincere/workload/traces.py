@@ -10,12 +10,13 @@ Formats (names for ``format=``; :func:`detect_format` guesses from extension and
   log: dropped with a warning (``drop_failed=False`` makes them an error).
 * ``sharegpt`` -- ShareGPT JSON (a list of ``{"conversations": [{"from", "value"}...]}``);
   the first human turn is the prompt and the next assistant turn the output, both
-  counted by :func:`count_tokens`. No times: arrivals come from ``arrival`` (default
-  Poisson at 1 req/s) and ``seed``.
+  counted by :func:`count_tokens`. No times: arrivals come from ``arrival`` (required:
+  without it the reader refuses, rather than invent a rate) and ``seed``.
 * ``vidur`` -- Vidur's processed traces (CSV): ``arrived_at`` (seconds, optional),
   ``num_prefill_tokens``, ``num_decode_tokens``; other columns (``num_total_tokens``,
   ``pd_ratio``) are ignored. Without ``arrived_at`` (Vidur's length-only traces)
-  arrivals come from ``arrival`` (default Poisson at 1 req/s) and ``seed``.
+  arrivals come from ``arrival`` (required, as for ShareGPT) and ``seed``.
+  :func:`read_lengths` reads any trace for its lengths only.
 * ``mooncake`` -- Mooncake JSONL (``timestamp`` in ms, ``input_length``,
   ``output_length``, ``hash_ids``; the block hashes are not kept).
 * ``sincere-prompts`` -- SINCERE's prompt JSONL / JSON (``{"prompt", "model_alias"}``);
@@ -48,7 +49,7 @@ from sincere.core.errors import ConfigError, DataError
 from sincere.core.registry import Registry
 from sincere.core.request import RequestArrays
 from sincere.workload import request_table, sincere_runs
-from sincere.workload.arrivals import ArrivalProcess, Poisson
+from sincere.workload.arrivals import ArrivalProcess, Constant
 from sincere.workload.tabular import (
     count_tokens,
     csv_header,
@@ -91,6 +92,23 @@ def read_trace(path: str | Path, format: str | None = None, **options: Any) -> R
         raise DataError("no such trace file", path=p)
     fmt = format or detect_format(p)
     return TRACE_READERS.get(fmt)(p, **options)
+
+
+class NoArrivalTimesError(ConfigError):
+    """A trace without arrival times was read for its arrivals, with no process to make them."""
+
+
+LENGTH_ONLY_FORMATS = ("sharegpt", "vidur", "sincere-prompts")
+"""Formats that may carry no arrival times (Vidur's only without ``arrived_at``)."""
+
+
+def read_lengths(path: str | Path, format: str | None = None) -> RequestArrays:
+    """A trace read for its (prompt, output) lengths only: a format without arrival times
+    gets placeholder ones (one per second), which the caller must not use."""
+    p = Path(path)
+    fmt = format or (detect_format(p) if p.is_file() else None)
+    placeholder: dict[str, Any] = {"arrival": Constant(rate=1.0)}
+    return read_trace(p, format, **(placeholder if fmt in LENGTH_ONLY_FORMATS else {}))
 
 
 def write_trace(requests: RequestArrays, path: str | Path, format: str | None = None) -> None:
@@ -239,7 +257,7 @@ def read_vidur(path: Path, arrival: ArrivalProcess | None = None, seed: int = 0)
     if VIDUR_TIME in cols:
         t = to_numbers(cols[VIDUR_TIME], path=path, column=VIDUR_TIME, minimum=0)
     else:
-        t = _arrivals_for(len(prompt), arrival, seed)
+        t = _arrivals_for(len(prompt), arrival, seed, path)
     return _assemble(t, prompt, output)
 
 
@@ -293,9 +311,17 @@ def read_mooncake(path: Path) -> RequestArrays:
     return _assemble(arr[:, 0], arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
 
 
-def _arrivals_for(n: int, arrival: ArrivalProcess | None, seed: int) -> FloatArray:
-    process = arrival if arrival is not None else Poisson(rate=1.0)
-    t = process.times(np.random.default_rng(seed), num_requests=n)
+def _arrivals_for(n: int, arrival: ArrivalProcess | None, seed: int, path: Path) -> FloatArray:
+    """Arrival times from ``arrival`` for a trace without its own; refused without one."""
+    if arrival is None:
+        raise NoArrivalTimesError(
+            "this trace has no arrival times (lengths only), and no arrival process was given",
+            where=path,
+            allowed="its lengths with an arrival process: in a workload `lengths: {source: "
+            "FILE}` beside `arrival: {kind: poisson, rate: R}` (or any arrival kind); in "
+            "Python read_trace(FILE, arrival=Poisson(rate=R))",
+        )
+    t = arrival.times(np.random.default_rng(seed), num_requests=n)
     if len(t) < n:
         raise ConfigError(f"the arrival process gave {len(t)} times for {n} requests")
     return t
@@ -329,7 +355,7 @@ def read_sharegpt(
         warnings.warn(
             f"{path}: skipped {num_short} conversations with fewer than 2 turns", stacklevel=2
         )
-    t = _arrivals_for(len(prompts), arrival, seed)
+    t = _arrivals_for(len(prompts), arrival, seed, path)
     return _assemble(t, count_tokens(prompts), count_tokens(replies), prompts=prompts)
 
 
@@ -346,11 +372,21 @@ def read_sincere_prompts(
     if max_new_tokens < 1:
         raise ConfigError("max_new_tokens must be >= 1", value=max_new_tokens)
     n = len(prompts)
-    t = _arrivals_for(n, arrival, seed)
+    t = _arrivals_for(n, arrival, seed, path)
     out = np.full(n, max_new_tokens, dtype=np.int64)
     return _assemble(
-        t, count_tokens(prompts), out, model_names=models, prompts=prompts, max_tokens=out.copy()
-    )
+        t, _counts_by_model(prompts, models), out, model_names=models, prompts=prompts,
+        max_tokens=out.copy(),
+    )  # fmt: skip
+
+
+def _counts_by_model(prompts: list[str], models: list[str]) -> IntArray:
+    """Token counts of ``prompts``, each with its model's tokenizer when that is at hand."""
+    counts = np.empty(len(prompts), dtype=np.int64)
+    for model in dict.fromkeys(models):
+        rows = [k for k, m in enumerate(models) if m == model]
+        counts[rows] = count_tokens([prompts[k] for k in rows], model)
+    return counts
 
 
 TRACE_READERS.register("sincere-runs")(sincere_runs.read_sincere_runs)
