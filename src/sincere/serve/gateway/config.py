@@ -153,7 +153,8 @@ class SecurityConfig(_Strict):
     ``Authorization: Bearer``, never echoed. ``tls_cert``/``tls_key``: serve HTTPS.
     ``confidential``: relay sealed (``application/sincere-sealed``) bodies unread;
     ``sealed_backends``: the backends that are seal proxies (``sincere seal serve``):
-    sealed bodies go only there and plain ones only elsewhere (empty: anywhere).
+    sealed bodies go only there and plain ones only elsewhere (empty: a sealed body is
+    refused with 415, as no plain engine may receive one).
     """
 
     keys: Path | None = None

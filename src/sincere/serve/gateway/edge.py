@@ -114,20 +114,22 @@ class EdgeProtocol(asyncio.Protocol):
         self._limits = limits
         self._inner: asyncio.Protocol | None = None  # aiohttp's protocol, once admitted
         self._client = ""
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._tail: bytes | None = b""  # last bytes of an unfinished first head; None: done
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Admit the connection (or answer 429 / 503 and close) and hand it to aiohttp."""
-        assert isinstance(transport, asyncio.Transport)
+        """Admit the connection (or answer 429 / 503 and close) and hand it to aiohttp.
+
+        The transport is used through its methods only: uvloop's transports are not
+        subclasses of :class:`asyncio.Transport`, though they have the same methods.
+        """
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         refusal = self._limits.admit(self._client)
         if refusal is not None:
-            transport.write(raw_error(refusal))
-            transport.close()
+            _write_close(transport, raw_error(refusal))
             return
         self._inner = self._make()
         self._inner.connection_made(transport)
@@ -164,8 +166,7 @@ class EdgeProtocol(asyncio.Protocol):
             "(limits.header_timeout_s)",
             code="header_timeout",
         )
-        transport.write(raw_error(late))
-        transport.close()
+        _write_close(transport, raw_error(late))
 
     def eof_received(self) -> bool | None:
         """Pass the end of input on (aiohttp closes the connection)."""
@@ -191,6 +192,14 @@ class EdgeProtocol(asyncio.Protocol):
         """Flow control, passed on."""
         if self._inner is not None:
             self._inner.resume_writing()
+
+
+def _write_close(transport: asyncio.BaseTransport, data: bytes) -> None:
+    """Write ``data`` on a stream transport (asyncio's or uvloop's) and close it."""
+    write = getattr(transport, "write", None)
+    if write is not None:
+        write(data)
+    transport.close()
 
 
 class EdgeSite(web.BaseSite):

@@ -178,7 +178,7 @@ class Relay:
         body = await upstream.read_all()
         now = asyncio.get_running_loop().time()
         first = upstream.stats.first_event_at  # None: the answer came whole (not measured)
-        pending.output_tokens = upstream.output_tokens(body)
+        pending.output_tokens = upstream.output_tokens(body, slot.max_tokens)
         self._succeeded(req, slot, sent_at, first, now, pending.output_tokens)
         upstream_model = slot.instance.backend.models.get(req.model, req.model)
         if upstream_model != req.model:
@@ -205,24 +205,28 @@ class Relay:
         if pending.headers:
             resp.headers.extend(pending.headers)
         pending.output_tokens = 0
+        cap = slot.max_tokens
         try:
             await resp.prepare(http_req)
             await resp.write(first_event)
             async for event in events:
                 await resp.write(event)
+        except asyncio.CancelledError:  # the client left while the next event was awaited
+            pending.output_tokens = upstream.output_tokens(None, cap)
+            raise
         except UpstreamError as exc:
-            pending.output_tokens = upstream.stats.num_events
+            pending.output_tokens = upstream.output_tokens(None, cap)
             self._failed(slot, "stream", exc)
             self.metrics.finished(slot.instance.name, req.tier.name, "error")
             sep = b"" if upstream.stats.ends_event else b"\n"  # close a half-sent event
             await _write_quietly(resp, sep + sse_event(_stream_error(exc.message)) + SSE_DONE)
             return resp
         except ConnectionResetError:  # the client went away: not the gateway's error
-            pending.output_tokens = upstream.stats.num_events
+            pending.output_tokens = upstream.output_tokens(None, cap)
             self.client_left(req.tier.name, slot.instance.name, "mid-stream")
             return resp
         now = loop.time()
-        pending.output_tokens = upstream.output_tokens(None)
+        pending.output_tokens = upstream.output_tokens(None, cap)
         self._succeeded(req, slot, sent_at, first_at, now, pending.output_tokens)
         return resp
 
@@ -240,6 +244,7 @@ class Relay:
         headers = {**slot.instance.json_headers, "Content-Type": up.headers.get("Content-Type", "")}
         headers.update(pending.headers)
         pending.output_tokens = 0
+        cap = creq.max_tokens  # the declared cap the seal proxy enforced
         try:
             if up.status != 200 or not creq.stream:
                 try:
@@ -249,6 +254,9 @@ class Relay:
                 usage = usage_of_header(up.headers.get(USAGE_HEADER))
                 if usage is not None:
                     pending.prompt_tokens_used, pending.output_tokens = usage
+                elif up.status == 200:  # an answer whose usage nobody told: its cap
+                    pending.output_tokens = cap or 0
+                pending.output_tokens = _capped(pending.output_tokens, cap)
                 if up.status == 200:
                     self._succeeded(req, slot, sent_at, None, loop.time(), pending.output_tokens)
                 else:
@@ -256,9 +264,16 @@ class Relay:
                     self.metrics.finished(slot.instance.name, req.tier.name, "client_error")
                 return web.Response(status=up.status, body=body, headers=headers)
             scanner = UsageScanner()
-            resp, first_at, ended = await relay_stream(http_req, up, headers, scanner)
+            try:
+                resp, first_at, ended = await relay_stream(http_req, up, headers, scanner)
+            except asyncio.CancelledError:  # the client left: charge the events relayed
+                pending.output_tokens = _capped(scanner.num_events, cap)
+                raise
             if scanner.usage is not None:
                 pending.prompt_tokens_used, pending.output_tokens = scanner.usage
+            else:
+                pending.output_tokens = scanner.num_events
+            pending.output_tokens = _capped(pending.output_tokens, cap)
             if ended == "broken":
                 error = UpstreamError(
                     f"{slot.instance.name}: sealed stream broken", retryable=False
@@ -339,6 +354,11 @@ def _stream_error(message: str) -> dict[str, object]:
     return error_body(
         f"upstream failed mid-stream: {message}", type="server_error", code="upstream_failed"
     )
+
+
+def _capped(tokens: int, cap: int | None) -> int:
+    """``tokens``, at most ``cap`` (None: no cap)."""
+    return tokens if cap is None else min(tokens, cap)
 
 
 def _json(status: int, body: bytes, instance: InstanceState) -> web.Response:

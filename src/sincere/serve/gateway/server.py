@@ -314,7 +314,16 @@ class Gateway(Served):
         body = await read_body(http_req, self.config.limits, self.edge)
         confidential = self.config.security.confidential
         served, limit = self.dispatcher.served, self.config.limits.max_body_bytes
-        return parse_any(http_req.headers, kind, body, served, limit, confidential)
+        creq, sealed = parse_any(http_req.headers, kind, body, served, limit, confidential)
+        if sealed is not None and not self._sealed_only:
+            raise ProtocolError(
+                415,
+                "Content-Type: application/sincere-sealed: this gateway has no backend that "
+                "opens sealed bodies (security.sealed_backends is empty); send plain JSON",
+                param="Content-Type",
+                code="sealed_not_served",
+            )
+        return creq, sealed
 
     def _plain_names(self) -> frozenset[str]:
         """Instances that are not seal proxies (a sealed body must not go there)."""
