@@ -49,13 +49,20 @@ class UpstreamError(Exception):
     """An instance failed; ``retryable`` when nothing has reached the client yet."""
 
     def __init__(
-        self, message: str, *, retryable: bool, status: int = 502, detail: str = ""
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int = 502,
+        detail: str = "",
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message  # safe to show a client: no address, no upstream text
         self.retryable = retryable
         self.status = status  # what the gateway answers if it cannot retry
         self.detail = detail  # the underlying error, for the gateway's own debug log
+        self.timed_out = timed_out  # a read timeout: slow, not failed (no breaker failure)
 
 
 @dataclass(slots=True)
@@ -217,6 +224,7 @@ def upstream_error(name: str, what: str, exc: BaseException, *, retryable: bool)
         f"{name}: {what}{_describe(exc)}",
         retryable=retryable,
         detail=f"{type(exc).__name__}: {exc}",
+        timed_out=isinstance(exc, asyncio.TimeoutError),
     )
 
 
@@ -304,20 +312,49 @@ class Backend:
 
     async def send(self, req: CompletionRequest, max_tokens: int | None) -> Upstream:
         """Open the upstream request; raise UpstreamError(retryable) before the first byte."""
-        response = await self._post(self.urls[req.kind], self.upstream_payload(req, max_tokens))
+        payload = self.upstream_payload(req, max_tokens)
+        timeout = None if req.stream else self.answer_timeout(max_tokens)
+        response = await self._post(self.urls[req.kind], payload, timeout=timeout)
         return Upstream(response, self)
 
+    def answer_timeout(self, max_tokens: int | None) -> aiohttp.ClientTimeout:
+        """The timeouts of a non-streamed answer: its read wait grows with the tokens asked."""
+        c = self.config
+        tokens = max_tokens if max_tokens is not None else 0
+        return aiohttp.ClientTimeout(
+            total=None,
+            connect=c.connect_timeout_s,
+            sock_connect=c.connect_timeout_s,
+            sock_read=c.read_timeout_s + c.read_timeout_per_token_s * tokens,
+        )
+
     async def send_opaque(
-        self, kind: str, body: bytes, headers: dict[str, str]
+        self, kind: str, body: bytes, headers: dict[str, str], answer_tokens: int | None = None
     ) -> aiohttp.ClientResponse:
-        """POST ``body`` unchanged with ``headers`` (plus the credential): a sealed request."""
-        return await self._post(self.urls[kind], body, {**headers, **self._auth})
+        """POST ``body`` unchanged with ``headers`` (plus the credential): a sealed request.
+
+        ``answer_tokens``: for a non-streamed answer, the tokens asked for (its read wait
+        grows with them, :meth:`answer_timeout`); None for a stream.
+        """
+        timeout = None if answer_tokens is None else self.answer_timeout(answer_tokens)
+        return await self._post(self.urls[kind], body, {**headers, **self._auth}, timeout=timeout)
 
     async def _post(
-        self, url: URL, data: bytes, headers: dict[str, str] | None = None
+        self,
+        url: URL,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
         try:
-            response = await self.session.post(url, data=data, headers=headers or self.headers)
+            post = self.session.post
+            if timeout is None:
+                response = await post(url, data=data, headers=headers or self.headers)
+            else:
+                response = await post(
+                    url, data=data, headers=headers or self.headers, timeout=timeout
+                )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise upstream_error(self.name, "", exc, retryable=True) from None
         if response.status >= 500 or response.status == 429:

@@ -103,6 +103,7 @@ class Pending:
     sealed: dict[str, str] | None = None  # headers of a sealed body relayed unread
     prompt_tokens_used: int | None = None  # as the upstream counted them, when it said
     output_tokens: int | None = None  # tokens generated (None: no instance answered)
+    deadline_at: float | None = None  # the client's deadline_s, loop time; None: none
 
 
 def front_door_of(config: GatewayConfig) -> FrontDoor:

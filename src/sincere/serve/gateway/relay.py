@@ -9,6 +9,13 @@
   the request retried elsewhere, instead of waiting out the read timeout.
 * An instance that fails **mid-stream** ends the client's stream with an error event
   ``data: {"error": {...}}`` followed by ``data: [DONE]``.
+* A **read timeout** (no byte within the backend's ``read_timeout_s``; a non-streamed
+  answer, which comes whole, gets ``read_timeout_per_token_s`` more per token asked for)
+  is retried like a failure but counts no breaker failure: a slow answer is not a dead
+  instance.
+* A client's ``sincere.deadline_s`` is enforced while relaying: passed before the answer
+  started, the client gets **504** ``deadline_exceeded``; passed mid-stream, the stream
+  ends with that error event and ``[DONE]`` (charged the tokens relayed).
 * A 4xx from the instance is passed through (the instance is alive).
 * A client that goes away mid-stream ends the relay quietly: one log line, the
   request counted as ``cancelled``.
@@ -113,7 +120,8 @@ class Relay:
                     return await self._attempt_sealed(http_req, creq, pending, slot)
                 return await self._attempt(http_req, creq, pending, slot)
             except UpstreamError as exc:
-                self._failed(slot, "connect" if exc.status != 503 else "status", exc)
+                kind = "timeout" if exc.timed_out else "connect" if exc.status != 503 else "status"
+                self._failed(slot, kind, exc)
                 self.metrics.retries[slot.instance.name] += 1
                 tried.add(slot.instance.name)
                 pending.exclude = frozenset(tried)
@@ -141,10 +149,14 @@ class Relay:
         sent_at = loop.time()
         limit_s = self.first_byte_timeouts.get(req.tier.name)
         opened: Opened | None = None
-        if limit_s is None:
-            upstream = await slot.instance.backend.send(creq, slot.max_tokens)
-        else:
-            upstream, opened = await _first_byte(slot, creq, sent_at + limit_s, limit_s)
+        try:
+            async with asyncio.timeout_at(pending.deadline_at):
+                if limit_s is None:
+                    upstream = await slot.instance.backend.send(creq, slot.max_tokens)
+                else:
+                    upstream, opened = await _first_byte(slot, creq, sent_at + limit_s, limit_s)
+        except TimeoutError:
+            raise deadline_error(pending, loop.time(), "before the first byte") from None
         ok = False
         try:
             if upstream.status != 200:
@@ -175,8 +187,13 @@ class Relay:
         sent_at: float,
     ) -> web.StreamResponse:
         req = pending.request
-        body = await upstream.read_all()
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(pending.deadline_at):
+                body = await upstream.read_all()
+        except TimeoutError:
+            raise deadline_error(pending, loop.time(), "while the answer was generated") from None
+        now = loop.time()
         first = upstream.stats.first_event_at  # None: the answer came whole (not measured)
         pending.output_tokens = upstream.output_tokens(body, slot.max_tokens)
         self._succeeded(req, slot, sent_at, first, now, pending.output_tokens)
@@ -209,8 +226,17 @@ class Relay:
         try:
             await resp.prepare(http_req)
             await resp.write(first_event)
-            async for event in events:
-                await resp.write(event)
+            async with asyncio.timeout_at(pending.deadline_at):
+                async for event in events:
+                    await resp.write(event)
+        except TimeoutError:  # the client's deadline_s passed mid-stream: end it, say why
+            pending.output_tokens = upstream.output_tokens(None, cap)
+            self.metrics.finished(slot.instance.name, req.tier.name, "timeout")
+            late = deadline_error(pending, loop.time(), "mid-stream")
+            sep = b"" if upstream.stats.ends_event else b"\n"
+            error = error_body(late.message, type="timeout_error", code=late.code)
+            await _write_quietly(resp, sep + sse_event(error) + SSE_DONE)
+            return resp
         except asyncio.CancelledError:  # the client left while the next event was awaited
             pending.output_tokens = upstream.output_tokens(None, cap)
             raise
@@ -240,7 +266,14 @@ class Relay:
         req, loop = pending.request, asyncio.get_running_loop()
         assert pending.sealed is not None
         sent_at = loop.time()
-        up = await slot.instance.backend.send_opaque(creq.kind, creq.raw, pending.sealed)
+        answer_tokens = None if creq.stream else creq.max_tokens or 0
+        try:
+            async with asyncio.timeout_at(pending.deadline_at):
+                up = await slot.instance.backend.send_opaque(
+                    creq.kind, creq.raw, pending.sealed, answer_tokens
+                )
+        except TimeoutError:
+            raise deadline_error(pending, loop.time(), "before the first byte") from None
         headers = {**slot.instance.json_headers, "Content-Type": up.headers.get("Content-Type", "")}
         headers.update(pending.headers)
         pending.output_tokens = 0
@@ -248,9 +281,11 @@ class Relay:
         try:
             if up.status != 200 or not creq.stream:
                 try:
-                    body = await up.read()
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise upstream_error(slot.instance.name, "", exc, retryable=True) from None
+                    async with asyncio.timeout_at(pending.deadline_at):
+                        body = await _read_sealed(up, slot)
+                except TimeoutError:
+                    late = "while the answer was generated"
+                    raise deadline_error(pending, loop.time(), late) from None
                 usage = usage_of_header(up.headers.get(USAGE_HEADER))
                 if usage is not None:
                     pending.prompt_tokens_used, pending.output_tokens = usage
@@ -309,10 +344,33 @@ class Relay:
         self.dispatcher.observe(outcome)
 
     def _failed(self, slot: Slot, kind: str, exc: UpstreamError) -> None:
+        """Count an instance's error; a read timeout (a slow answer) opens no breaker."""
         state = slot.instance
-        state.breaker.record_failure(asyncio.get_running_loop().time())
+        if not exc.timed_out:
+            state.breaker.record_failure(asyncio.get_running_loop().time())
         self.metrics.upstream_error(state.name, kind)
         self.log.debug("instance %s failed (%s): %s %s", state.name, kind, exc.message, exc.detail)
+
+
+def deadline_error(pending: Pending, now: float, when: str) -> RefusalError:
+    """The 504 of a request whose client ``deadline_s`` passed (``when``: where it was)."""
+    req = pending.request
+    given = (pending.deadline_at or now) - req.arrival_at
+    return RefusalError(
+        504,
+        f"sincere.deadline_s of {given:g}s passed {when} ({now - req.arrival_at:.3f}s after "
+        "arrival); ask for fewer tokens or a later deadline",
+        "timeout",
+        "deadline_exceeded",
+    )
+
+
+async def _read_sealed(up: aiohttp.ClientResponse, slot: Slot) -> bytes:
+    """A sealed answer's whole body; a broken or timed-out read is a retryable UpstreamError."""
+    try:
+        return await up.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise upstream_error(slot.instance.name, "", exc, retryable=True) from None
 
 
 async def _first_byte(

@@ -280,6 +280,8 @@ class Gateway(Served):
                     return self._refused(granted, tier)
                 grant = granted
             pending = Pending(req, _client_id(http_req), sealed=sealed)
+            if creq.sincere.deadline_s is not None:
+                pending.deadline_at = req.arrival_at + creq.sincere.deadline_s
             if self._sealed_only:
                 pending.skip = self._sealed_only if sealed is None else self._plain_names()
             if grant is not None:
