@@ -175,6 +175,21 @@ class SecurityConfig(_Strict):
         return self
 
 
+class StateConfig(_Strict):
+    """Where the key store's live accounting lives.
+
+    ``redis``: a Redis (or Valkey) URL (``redis://HOST:PORT/DB``, ``rediss://`` with
+    TLS, ``unix:///path``); every limit, reservation and spend is then one atomic
+    script there, shared by all workers and gateways on it
+    (:mod:`sincere.serve.security.shared`). None: in each process, with the key
+    store's SQLite file as the durable record either way. ``prefix``: the Redis keys'
+    prefix (gateways sharing budgets use the same one).
+    """
+
+    redis: str | None = Field(None, pattern=r"^(rediss?|unix)://", max_length=2048)
+    prefix: str = Field("sincere", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 class GatewayConfig(_Strict):
     """The whole gateway."""
 
@@ -195,6 +210,7 @@ class GatewayConfig(_Strict):
     controller: ControllerConfig = ControllerConfig()
     admin: bool = True  # serve the controller API under /admin
     security: SecurityConfig = SecurityConfig()
+    state: StateConfig = StateConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -114,7 +114,7 @@ class Gateway(Served):
         self.scraper = LoadScraper(
             config.scrape, self.dispatcher.instances.values, lambda: self.loop.time()
         )
-        self.auth = GatewayAuth(config.security)
+        self.auth = GatewayAuth(config.security, config.state)
         sealed = config.security.sealed_backends
         self._sealed_only = frozenset(sealed)  # backends that take sealed bodies only
         first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
@@ -362,7 +362,13 @@ class Gateway(Served):
         now = self.loop.time()
         states = {s.name: s.breaker.state(now).value for s in self.dispatcher.instances.values()}
         ok = any(v != "open" for v in states.values())
-        return web.json_response({"status": "ok" if ok else "degraded", "instances": states})
+        out: dict[str, Any] = {"status": "ok" if ok else "degraded", "instances": states}
+        state = await asyncio.to_thread(self.auth.state_health) if self.auth.shared else None
+        if state is not None:
+            out["state"] = state
+            if not state["ok"]:
+                out["status"] = "degraded"
+        return web.json_response(out)
 
     async def _metrics(self, http_req: web.Request) -> web.Response:
         now = self.loop.time()

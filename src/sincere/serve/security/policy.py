@@ -41,8 +41,12 @@ _ERROR_TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     429: "rate_limit_error",
+    503: "server_error",
 }
-_OUTCOMES = {401: "unauthenticated", 402: "budget_exhausted", 403: "forbidden", 429: "rate_limited"}
+_OUTCOMES = {
+    401: "unauthenticated", 402: "budget_exhausted", 403: "forbidden", 429: "rate_limited",
+    503: "unavailable",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ class RequestFacts:
 class Refusal:
     """An error answer: status, OpenAI error body fields, headers."""
 
-    status: int  # 401, 402, 403 or 429
+    status: int  # 401, 402, 403, 429, or 503 (the shared state store is unreachable)
     code: str  # machine-readable reason (see the module docstring)
     message: str  # what was wrong and what would help; no secrets
     headers: tuple[tuple[str, str], ...] = ()  # Retry-After, WWW-Authenticate, budget
