@@ -154,7 +154,10 @@ class SecurityConfig(_Strict):
     ``confidential``: relay sealed (``application/sincere-sealed``) bodies unread;
     ``sealed_backends``: the backends that are seal proxies (``sincere seal serve``):
     sealed bodies go only there and plain ones only elsewhere (empty: a sealed body is
-    refused with 415, as no plain engine may receive one).
+    refused with 415, as no plain engine may receive one). With keys, ``/metrics`` needs
+    an admin key (``metrics_access: aggregate``: anyone gets the gateway's figures
+    without tenant labels), ``/health`` shows instances to admin keys only, and
+    ``/v1/models`` needs a client key and lists the models that key may use.
     """
 
     keys: Path | None = None
@@ -167,6 +170,9 @@ class SecurityConfig(_Strict):
     tls_key: Path | None = None
     confidential: bool = True
     sealed_backends: list[str] = Field(default_factory=list, max_length=4096)
+    # with keys: who reads /metrics -- "admin" (an admin key), "aggregate" (anyone the
+    # gateway's own figures, without tenant labels; the per-tenant part to admins)
+    metrics_access: Literal["admin", "aggregate"] = "admin"
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SecurityConfig:

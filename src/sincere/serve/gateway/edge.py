@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sincere.serve.binding import bound_port, listen_error
 from sincere.serve.gateway.config import LimitsConfig
@@ -305,3 +306,19 @@ async def read_body(http_req: web.Request, limits: LimitsConfig, edge: EdgeLimit
             f"request body not complete within {limits.body_timeout_s:g}s (limits.body_timeout_s)",
             code="body_timeout",
         ) from None
+
+
+async def expect_handler(request: web.Request) -> None:
+    """``Expect: 100-continue`` answered as aiohttp does; any other value a JSON 417.
+
+    aiohttp's own handler quotes the value in a text answer, and a value with bytes that
+    are not UTF-8 made that answer fail (500).
+    """
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue" and request.version >= (1, 1):
+        error = ProtocolError(
+            417, f"header Expect: got {ascii(expect)[:80]}; allowed: 100-continue",
+            param="Expect", code="expectation_failed",
+        )  # fmt: skip
+        raise web.HTTPExpectationFailed(body=error.to_bytes(), content_type="application/json")
+    await _default_expect_handler(request)

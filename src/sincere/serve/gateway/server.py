@@ -9,9 +9,11 @@ drives. Endpoints:
   admitted, routed, queued and relayed (:mod:`~sincere.serve.gateway.dispatch`,
   :mod:`~sincere.serve.gateway.relay`); SSE streams pass through token by token.
   The response header ``x-sincere-instance`` names the instance that served it.
-* ``GET /v1/models`` -- the union of the instances' models; ``GET /health``;
+* ``GET /v1/models`` -- the union of the instances' models (with keys: a client key's
+  allowed ones); ``GET /health`` (with keys: instance states to admin keys only);
   ``GET /metrics`` -- the gateway's Prometheus metrics
-  (:mod:`~sincere.serve.gateway.metrics`);
+  (:mod:`~sincere.serve.gateway.metrics`; with keys: an admin key, see
+  ``security.metrics_access``);
 * ``/admin/...`` -- the controller API (:mod:`sincere.serve.gateway.controller`).
 
 Security (:class:`~sincere.serve.gateway.config.SecurityConfig`, wired by
@@ -69,7 +71,13 @@ from sincere.serve.gateway.billing import reserve_prices, settle
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
-from sincere.serve.gateway.edge import EdgeLimits, EdgeSite, read_body, runner_kwargs
+from sincere.serve.gateway.edge import (
+    EdgeLimits,
+    EdgeSite,
+    expect_handler,
+    read_body,
+    runner_kwargs,
+)
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
@@ -136,11 +144,12 @@ class Gateway(Served):
 
     def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.limits.max_body_bytes + 1)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
+        expect = expect_handler
+        app.router.add_post("/v1/completions", self._completions, expect_handler=expect)
+        app.router.add_post("/v1/chat/completions", self._chat, expect_handler=expect)
+        app.router.add_get("/v1/models", self._models, expect_handler=expect)
+        app.router.add_get("/health", self._health, expect_handler=expect)
+        app.router.add_get("/metrics", self._metrics, expect_handler=expect)
         if self.config.admin:
             from sincere.serve.gateway.controller import Controller
             from sincere.serve.gateway.controller_api import ControllerApi
@@ -355,14 +364,27 @@ class Gateway(Served):
         return web.Response(status=500, body=dumps(body), content_type="application/json")
 
     async def _models(self, http_req: web.Request) -> web.Response:
-        names = sorted(self.dispatcher.served)
-        return web.json_response(models_response(names, int(time.time())))
+        """The models served; with keys, a client key's only (401 without one)."""
+        names = self.dispatcher.served
+        key = self.auth.authenticate(http_req.headers)
+        if isinstance(key, Refusal):
+            return self._refused(key, self.config.default_tier)
+        if key is not None and key.spec.models is not None:
+            names = names & key.spec.models
+        return web.json_response(models_response(sorted(names), int(time.time())))
+
+    def _is_admin(self, http_req: web.Request) -> bool:
+        """Whether the caller may see the gateway's internals (always without keys)."""
+        return not isinstance(self.auth.admin(http_req.headers, ""), Refusal)
 
     async def _health(self, http_req: web.Request) -> web.Response:
+        """Up or degraded; instance states to admins only when keys are on."""
         now = self.loop.time()
         states = {s.name: s.breaker.state(now).value for s in self.dispatcher.instances.values()}
         ok = any(v != "open" for v in states.values())
-        out: dict[str, Any] = {"status": "ok" if ok else "degraded", "instances": states}
+        out: dict[str, Any] = {"status": "ok" if ok else "degraded"}
+        if self.auth.store is None or self._is_admin(http_req):
+            out["instances"] = states
         state = await asyncio.to_thread(self.auth.state_health) if self.auth.shared else None
         if state is not None:
             out["state"] = state
@@ -371,18 +393,23 @@ class Gateway(Served):
         return web.json_response(out)
 
     async def _metrics(self, http_req: web.Request) -> web.Response:
+        """Prometheus text; with keys an admin key's (or, ``aggregate``, tenant-free to all)."""
+        tenants = True
+        if self.auth.store is not None:
+            grant = self.auth.admin(http_req.headers, "")
+            if isinstance(grant, Refusal):
+                if self.config.security.metrics_access != "aggregate":
+                    return refusal_response(grant)
+                tenants = False
         now = self.loop.time()
         d = self.dispatcher
-        text = (
-            self.metrics.render(
-                {m: len(q) for m, q in d.queues.items()},
-                {s.name: s.num_in_flight for s in d.instances.values()},
-                {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
-                self.edge.refused,
-                self.edge.num_open,
-            )
-            + self.auth.metrics_text()
-        )
+        text = self.metrics.render(
+            {m: len(q) for m, q in d.queues.items()},
+            {s.name: s.num_in_flight for s in d.instances.values()},
+            {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
+            self.edge.refused,
+            self.edge.num_open,
+        ) + (self.auth.metrics_text() if tenants else "")
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     # ------------------------------------------------------- background tasks
