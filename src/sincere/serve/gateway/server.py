@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -477,7 +478,8 @@ def serve_gateway(
 
     With ``workers > 1`` this process binds first (with ``SO_REUSEPORT``; port 0 is
     resolved here), calls ``ready`` and starts ``workers - 1`` more processes on the
-    same port; they stop when this one does. Linux and the BSDs only. With
+    same port; they stop when this one does: on SIGINT or SIGTERM it stops them (and on
+    Linux the kernel stops them should it be killed outright). Linux and the BSDs only. With
     ``decisions`` every process appends its decisions to that file, line by line.
     """
     if workers < 1:
@@ -495,6 +497,7 @@ def serve_gateway(
         if ready is not None:
             ready(gw)
 
+    stop_on_sigterm()
     try:
         with contextlib.suppress(KeyboardInterrupt):
             run_on_fast_loop(
@@ -505,10 +508,33 @@ def serve_gateway(
             child.terminate()
         for child in children:
             child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=5)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops this process as Ctrl-C does (cleanly: keys flushed, workers stopped)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies (even by -9)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
 
 
 def _worker(config: GatewayConfig, decisions: Path | None) -> None:
-    """One extra worker process of :func:`serve_gateway`."""
+    """One extra worker process of :func:`serve_gateway`; it stops with the first one."""
+    _die_with_parent()
+    stop_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):
         run_on_fast_loop(run_gateway(config, reuse_port=True, decisions=decisions))
 
