@@ -6,7 +6,9 @@
   to an instance it has not tried yet; when none is left the client gets 502 / 503
   with the last reason. So does an instance that sends no first byte within the
   tier's ``first_byte_timeout_s`` (a stalled engine): its connection is dropped and
-  the request retried elsewhere, instead of waiting out the read timeout.
+  the request retried elsewhere, instead of waiting out the read timeout. A non-streamed
+  answer's first byte is the whole answer: its limit grows by the backend's
+  ``read_timeout_per_token_s`` per token asked for.
 * An instance that fails **mid-stream** ends the client's stream with an error event
   ``data: {"error": {...}}`` followed by ``data: [DONE]``.
 * A **read timeout** (no byte within the backend's ``read_timeout_s``; a non-streamed
@@ -148,6 +150,9 @@ class Relay:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         limit_s = self.first_byte_timeouts.get(req.tier.name)
+        if limit_s is not None and not creq.stream:  # the first byte is the whole answer
+            per_token_s = slot.instance.backend.config.read_timeout_per_token_s
+            limit_s += per_token_s * (slot.max_tokens or 0)
         opened: Opened | None = None
         try:
             async with asyncio.timeout_at(pending.deadline_at):
