@@ -53,6 +53,7 @@ from sincere.serve.security.policy import (
     authenticate,
     authorize_admin,
     authorize_record,
+    authorize_record_async,
     counted,
 )
 from sincere.serve.security.shared import RedisState
@@ -141,6 +142,15 @@ class GatewayAuth:
         assert self.store is not None
         return authorize_record(self.store, record, facts, prices, time.time())
 
+    async def authorize_async(
+        self, record: KeyRecord, facts: RequestFacts, prices: Prices
+    ) -> Grant | Refusal:
+        """:meth:`authorize`, awaiting the shared state store when there is one."""
+        assert self.store is not None
+        if self.shared is None:
+            return authorize_record(self.store, record, facts, prices, time.time())
+        return await authorize_record_async(self.store, record, facts, prices, time.time())
+
     def settle(
         self, grant: Grant, prompt_tokens: int, completion_tokens: int, prices: Prices
     ) -> None:
@@ -187,6 +197,11 @@ class GatewayAuth:
             _every(self.config.flush_interval_s, store.flush_async, "write spend to"),
             _every(self.config.refresh_interval_s, store.refresh_async, "re-read keys from"),
         ]
+
+    async def drain(self) -> None:
+        """Wait for settlements on their way to the shared state store (before stopping)."""
+        if self.store is not None:
+            await self.store.drain()
 
     def stop(self) -> None:
         """After the loops are cancelled: flush what is pending and close the store."""

@@ -25,8 +25,11 @@ until the first head is complete.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import math
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -322,3 +325,92 @@ async def expect_handler(request: web.Request) -> None:
         )  # fmt: skip
         raise web.HTTPExpectationFailed(body=error.to_bytes(), content_type="application/json")
     await _default_expect_handler(request)
+
+
+FD_MARGIN = 64  # descriptors kept for logs, the key store, scrapes and the like
+
+
+@dataclass(frozen=True, slots=True)
+class FdBudget:
+    """What the process's open-file limit allows: the soft limit to set, the connections."""
+
+    soft_limit: int  # RLIMIT_NOFILE soft limit to ask for (unchanged if it is enough)
+    max_connections: int  # client connections the edge may hold within it
+    note: str | None  # one log line when the connection limit had to be lowered
+
+
+def fd_budget(max_connections: int, upstream_fds: int, soft: int, hard: int) -> FdBudget:
+    """Fit ``max_connections`` client connections and ``upstream_fds`` upstream ones under
+    RLIMIT_NOFILE: raise the soft limit toward what is needed (not above ``hard``), and
+    lower the connection limit when even that is not enough."""
+    need = max_connections + upstream_fds + FD_MARGIN
+    unlimited = hard < 0  # RLIM_INFINITY
+    target = need if unlimited else min(need, hard)
+    new_soft = max(soft, target)
+    if new_soft >= need:
+        return FdBudget(new_soft, max_connections, None)
+    fits = min(max_connections, max(1, new_soft - upstream_fds - FD_MARGIN))
+    if fits == max_connections:  # one connection is the least the edge can hold
+        return FdBudget(new_soft, max_connections, None)
+    note = (
+        f"limits.max_connections lowered from {max_connections} to {fits}: the open-file "
+        f"limit (RLIMIT_NOFILE) is {new_soft} and the upstreams need {upstream_fds}; "
+        "raise it (ulimit -n) to keep the configured limit"
+    )
+    return FdBudget(new_soft, fits, note)
+
+
+def fit_open_files(edge: EdgeLimits, upstream_fds: int, log: logging.Logger) -> None:
+    """Check the edge's connection limit against RLIMIT_NOFILE at start (see :func:`fd_budget`)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to check
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    budget = fd_budget(edge.max_connections, upstream_fds, soft, hard)
+    if budget.soft_limit != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (budget.soft_limit, hard))
+        except (ValueError, OSError):
+            budget = fd_budget(edge.max_connections, upstream_fds, soft, soft)
+    if budget.note is not None:
+        log.warning("%s", budget.note)
+    edge.max_connections = budget.max_connections
+    edge.max_connections_per_client = min(edge.max_connections_per_client, edge.max_connections)
+
+
+class AcceptErrorLog:
+    """The event loop's exception handler, with errors accepting connections rate-limited.
+
+    Out of file descriptors, every accept attempt fails and asyncio logs each one with a
+    traceback (hundreds of MB a minute). Here such errors give one line per
+    ``interval_s`` with the number left out; anything else goes to the default handler.
+    """
+
+    def __init__(self, log: logging.Logger, interval_s: float = 5.0) -> None:
+        self.log = log
+        self.interval_s = interval_s
+        self._last_at = -math.inf  # monotonic time of the last line written
+        self.num_suppressed = 0  # accept errors not logged since that line
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Handle one error the loop reports."""
+        if not _is_accept_error(context):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._last_at < self.interval_s:
+            self.num_suppressed += 1
+            return
+        exc = context.get("exception")
+        more = f" ({self.num_suppressed} more since the last line)" if self.num_suppressed else ""
+        self.log.error("cannot accept connections: %s%s", exc or context.get("message"), more)
+        self._last_at, self.num_suppressed = now, 0
+
+
+def _is_accept_error(context: dict[str, Any]) -> bool:
+    message = str(context.get("message", ""))
+    exc = context.get("exception")
+    if "accept" in message:
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)

@@ -73,9 +73,11 @@ from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
 from sincere.serve.gateway.edge import (
+    AcceptErrorLog,
     EdgeLimits,
     EdgeSite,
     expect_handler,
+    fit_open_files,
     read_body,
     runner_kwargs,
 )
@@ -180,6 +182,9 @@ class Gateway(Served):
         if security.tls_cert is not None and security.tls_key is not None:
             tls = server_context(security.tls_cert, security.tls_key)
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(AcceptErrorLog(self.log))
+        upstream_fds = sum(b.max_in_flight + 8 for b in self.config.backends)
+        fit_open_files(self.edge, upstream_fds, self.log)
         self.load.restart(self.loop.time())
         limits = self.config.limits
         self._runner = web.AppRunner(
@@ -225,6 +230,7 @@ class Gateway(Served):
             self._runner = None
         for state in list(self.dispatcher.instances.values()):
             await state.backend.close()
+        await self.auth.drain()
         self.auth.stop()
         self._loop = None
 
@@ -285,7 +291,7 @@ class Gateway(Served):
             tier = req.tier.name
             if key is not None:
                 prices = reserve_prices(self.dispatcher, req.model)
-                granted = self.auth.authorize(key, _facts(req, creq), prices)
+                granted = await self.auth.authorize_async(key, _facts(req, creq), prices)
                 if isinstance(granted, Refusal):
                     return self._refused(granted, tier)
                 grant = granted

@@ -55,6 +55,7 @@ from sincere.serve.security.shared import (
     Admitted,
     KeyLimits,
     RedisState,
+    Refused,
     StateUnavailableError,
 )
 from sincere.serve.security.storage import KeyStorage, Totals, open_storage
@@ -127,7 +128,8 @@ class KeyStore:
         self.storage = storage
         self.shared = shared  # None: windows, reservations and spend in this process
         self._remaining: dict[str, float | None] = {}  # shared: budget left at last admit
-        self._backlog: list[tuple[Reservation, int, int, float]] = []  # settles to retry
+        self._backlog: list[_Settled] = []  # settlements Redis missed, retried at a flush
+        self._settling: set[asyncio.Task[None]] = set()  # settlements on their way to Redis
         self.audit = audit if audit is not None else AuditLog(None)
         self.metrics = metrics
         self.window_s = window_s  # the "per minute" window, seconds
@@ -284,6 +286,30 @@ class KeyStore:
         self._open[reservation.number] = reservation
         return reservation
 
+    async def admit_async(
+        self, record: KeyRecord, prompt_tokens: int, max_tokens: int, prices: Prices, now: float
+    ) -> Reservation | LimitRefusal:
+        """:meth:`admit`; with shared state the Redis call is awaited, not blocking the loop."""
+        if self.shared is None:
+            return self.admit(record, prompt_tokens, max_tokens, prices, now)
+        state = self._states[record.key_id]
+        limits, amount, cost = self._shared_ask(state, prompt_tokens, max_tokens, prices)
+        try:
+            got = await self.shared.admit_async(limits, amount, cost, now)
+        except StateUnavailableError as exc:
+            return _unavailable(exc, self.shared)
+        return self._shared_answer(got, state, prompt_tokens, max_tokens, cost, now)
+
+    def _shared_ask(
+        self, state: _KeyState, prompt_tokens: int, max_tokens: int, prices: Prices
+    ) -> tuple[KeyLimits, int, float]:
+        record, spec = state.record, state.record.spec
+        limits = KeyLimits(
+            record.key_id, spec.max_requests_per_min, spec.max_tokens_per_min,
+            spec.budget_usd, state.seed_usd,
+        )  # fmt: skip
+        return limits, prompt_tokens + max_tokens, prices.cost_usd(prompt_tokens, max_tokens)
+
     def _admit_shared(
         self,
         shared: RedisState,
@@ -294,19 +320,24 @@ class KeyStore:
         now: float,
     ) -> Reservation | LimitRefusal:
         """:meth:`admit` against the shared state: one atomic script in Redis."""
-        record, spec = state.record, state.record.spec
-        amount = prompt_tokens + max_tokens
-        cost = prices.cost_usd(prompt_tokens, max_tokens)
-        limits = KeyLimits(
-            record.key_id, spec.max_requests_per_min, spec.max_tokens_per_min,
-            spec.budget_usd, state.seed_usd,
-        )  # fmt: skip
+        limits, amount, cost = self._shared_ask(state, prompt_tokens, max_tokens, prices)
         try:
             got = shared.admit(limits, amount, cost, now)
         except StateUnavailableError as exc:
-            return LimitRefusal(
-                503, "state_store_unavailable", str(exc), shared.retry_after_s, None
-            )
+            return _unavailable(exc, shared)
+        return self._shared_answer(got, state, prompt_tokens, max_tokens, cost, now)
+
+    def _shared_answer(
+        self,
+        got: Admitted | Refused,
+        state: _KeyState,
+        prompt_tokens: int,
+        max_tokens: int,
+        cost: float,
+        now: float,
+    ) -> Reservation | LimitRefusal:
+        record, spec = state.record, state.record.spec
+        amount = prompt_tokens + max_tokens
         if not isinstance(got, Admitted):
             return _shared_refusal(got.limit, spec, amount, got.retry_after_s, got.remaining_usd,
                                    cost, prompt_tokens, max_tokens)  # fmt: skip
@@ -334,7 +365,11 @@ class KeyStore:
         delta = Totals(cost, 1, prompt_tokens, completion_tokens)
         state.totals += delta
         if self.shared is not None:
-            self._settle_shared(self.shared, (reservation, prompt_tokens, completion_tokens, cost))
+            settled = (reservation, prompt_tokens, completion_tokens, cost)
+            if _loop_running():
+                self._settle_later(self.shared, settled)
+            else:
+                self._settle_shared(self.shared, settled)
             if self.metrics is not None:
                 self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
             return cost
@@ -347,22 +382,34 @@ class KeyStore:
             self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
         return cost
 
-    def _settle_shared(
-        self, shared: RedisState, settled: tuple[Reservation, int, int, float]
-    ) -> bool:
+    def _settle_shared(self, shared: RedisState, settled: _Settled) -> bool:
         """Settle in Redis; kept for the next flush to retry when Redis is unreachable."""
-        reservation, prompt_tokens, completion_tokens, cost = settled
-        used = prompt_tokens + completion_tokens
         try:
-            shared.settle(
-                reservation.key_id, reservation.reserved_usd, cost, reservation.tokens_bucket,
-                used - reservation.reserved_tokens, prompt_tokens, completion_tokens,
-                reservation.made_at,
-            )  # fmt: skip
+            shared.settle(*_settle_args(settled))
         except StateUnavailableError:
             self._backlog.append(settled)
             return False
         return True
+
+    def _settle_later(self, shared: RedisState, settled: _Settled) -> None:
+        """On an event loop: settle in Redis in a task of its own (awaited by :meth:`drain`)."""
+
+        async def settle() -> None:
+            try:
+                await shared.settle_async(*_settle_args(settled))
+            except StateUnavailableError:
+                self._backlog.append(settled)
+
+        task = asyncio.get_running_loop().create_task(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def drain(self) -> None:
+        """Wait for settlements under way (before the loop stops); close the loop's client."""
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
+        if self.shared is not None:
+            await self.shared.aclose()
 
     def remaining_usd(self, key_id: str) -> float | None:
         """Budget left after spend and reservations; ``None``: the key has no budget.
@@ -482,6 +529,28 @@ class KeyStore:
             self.shared.close()
 
 
+_Settled = tuple[Reservation, int, int, float]  # reservation, prompt, completion tokens, cost
+
+
+def _settle_args(settled: _Settled) -> tuple[str, float, float, int | None, int, int, int, float]:
+    """The arguments of :meth:`RedisState.settle` for one settlement."""
+    reservation, prompt_tokens, completion_tokens, cost = settled
+    used = prompt_tokens + completion_tokens
+    return (
+        reservation.key_id, reservation.reserved_usd, cost, reservation.tokens_bucket,
+        used - reservation.reserved_tokens, prompt_tokens, completion_tokens,
+        reservation.made_at,
+    )  # fmt: skip
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def default_audit_path(store_path: Path) -> Path:
     """``keys.db`` -> ``keys.db.audit.jsonl``."""
     return store_path.with_name(store_path.name + ".audit.jsonl")
@@ -513,6 +582,10 @@ def _rate_refusal(state: _KeyState, now: float, amount: int) -> LimitRefusal | N
             )
             return LimitRefusal(429, "tokens_per_minute_exceeded", message, wait, None)
     return None
+
+
+def _unavailable(exc: StateUnavailableError, shared: RedisState) -> LimitRefusal:
+    return LimitRefusal(503, "state_store_unavailable", str(exc), shared.retry_after_s, None)
 
 
 def _shared_refusal(

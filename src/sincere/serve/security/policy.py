@@ -138,6 +138,24 @@ def authorize_record(
     if refusal is not None:
         return counted(store, record.name, refusal)
     admitted = store.admit(record, facts.prompt_tokens, facts.max_tokens, prices, now)
+    return _granted(store, record, admitted)
+
+
+async def authorize_record_async(
+    store: KeyStore, record: KeyRecord, facts: RequestFacts, prices: Prices, now: float
+) -> Grant | Refusal:
+    """:func:`authorize_record` with the store's admission awaited (shared state in Redis)."""
+    refusal = check_access(record, facts)
+    if refusal is not None:
+        return counted(store, record.name, refusal)
+    admitted = await store.admit_async(record, facts.prompt_tokens, facts.max_tokens, prices, now)
+    return _granted(store, record, admitted)
+
+
+def _granted(
+    store: KeyStore, record: KeyRecord, admitted: Reservation | LimitRefusal
+) -> Grant | Refusal:
+    """The grant of an admitted request, or its limit's refusal (counted either way)."""
     if isinstance(admitted, LimitRefusal):
         return counted(store, record.name, _from_limit(admitted))
     if store.metrics is not None:

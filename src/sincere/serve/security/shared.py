@@ -39,6 +39,8 @@ from typing import Any
 
 from sincere.serve.security.storage import Totals
 
+MAX_CONNECTIONS = 32  # per process: requests beyond wait for a connection (a pool)
+
 _WINDOW = """
 local function window(key, bucket, n, limit, add)
   if limit <= 0 then return 0, -1 end
@@ -183,7 +185,7 @@ class RedisState:
         prefix: str = "sincere",
         window_s: float = 60.0,
         num_buckets: int = 60,
-        timeout_s: float = 0.25,
+        timeout_s: float = 1.0,
         retry_after_s: float = 1.0,
     ) -> None:
         import redis  # the ``redis`` package; a dependency of the gateway's shared state
@@ -201,6 +203,9 @@ class RedisState:
         self._admit = self._client.register_script(ADMIT)
         self._settle = self._client.register_script(SETTLE)
         self._take = self._client.register_script(TAKE)
+        self._timeout_s = timeout_s
+        self._async: Any = None  # redis.asyncio client of the running loop (made on first use)
+        self._async_scripts: dict[str, Any] = {}
         self._down_until = 0.0  # monotonic time before which Redis is not tried
         self.last_error: str | None = None  # why the last call failed; None: it worked
 
@@ -216,11 +221,42 @@ class RedisState:
         try:
             out = script(keys=keys, args=args)
         except self._errors as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-            self._down_until = now + self.retry_after_s
+            self._failed(exc, now)
             raise StateUnavailableError(self._why()) from None
         self.last_error = None
         return out
+
+    async def _call_async(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """:meth:`_call` on the event loop: the request path never blocks on Redis."""
+        now = time.monotonic()
+        if now < self._down_until:
+            raise StateUnavailableError(self._why())
+        if self._async is None:
+            import redis.asyncio
+
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=self._timeout_s,
+                socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s,
+            )
+            self._async = redis.asyncio.Redis(connection_pool=pool)
+            source = {"admit": ADMIT, "settle": SETTLE}
+            self._async_scripts = {k: self._async.register_script(v) for k, v in source.items()}
+        try:
+            out = await self._async_scripts[name](keys=keys, args=args)
+        except self._errors as exc:
+            self._failed(exc, now)
+            raise StateUnavailableError(self._why()) from None
+        self.last_error = None
+        return out
+
+    def _failed(self, exc: BaseException, now: float) -> None:
+        """Remember why; a refused connection (not a slow answer) marks Redis down a while."""
+        self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+        if not isinstance(exc, TimeoutError) and "Timeout" not in type(exc).__name__:
+            self._down_until = now + self.retry_after_s
 
     def _why(self) -> str:
         return f"the shared state store (Redis) cannot be reached: {self.last_error}"
@@ -244,6 +280,19 @@ class RedisState:
 
     def admit(self, key: KeyLimits, amount: int, cost: float, now: float) -> Admitted | Refused:
         """Check and, if all allow, record and reserve one request -- atomically."""
+        keys, args = self._admit_call(key, amount, cost, now)
+        return self._admitted(self._call(self._admit, keys, args), now)
+
+    async def admit_async(
+        self, key: KeyLimits, amount: int, cost: float, now: float
+    ) -> Admitted | Refused:
+        """:meth:`admit` without blocking the event loop."""
+        keys, args = self._admit_call(key, amount, cost, now)
+        return self._admitted(await self._call_async("admit", keys, args), now)
+
+    def _admit_call(
+        self, key: KeyLimits, amount: int, cost: float, now: float
+    ) -> tuple[list[str], list[Any]]:
         bucket = self.bucket(now)
         keys = [self._key(key.key_id, w) for w in ("requests", "tokens", "money")]
         args = [
@@ -252,10 +301,13 @@ class RedisState:
             -1 if key.budget_usd is None else repr(key.budget_usd), repr(cost),
             repr(key.seed_spent_usd), int(self.window_s * 2) + 2,
         ]  # fmt: skip
-        verdict, wait, left = (_text(x) for x in self._call(self._admit, keys, args))
+        return keys, args
+
+    def _admitted(self, out: Any, now: float) -> Admitted | Refused:
+        verdict, wait, left = (_text(x) for x in out)
         remaining = float(left) if left else None
         if verdict == "ok":
-            return Admitted(bucket, remaining)
+            return Admitted(self.bucket(now), remaining)
         retry = None
         if wait:
             freed = int(wait)
@@ -278,6 +330,28 @@ class RedisState:
         now: float,
     ) -> None:
         """Replace a reservation by the usage, in one script."""
+        keys, args = self._settle_call(
+            key_id, reserved_usd, cost, tokens_bucket, tokens_delta, prompt_tokens,
+            completion_tokens, now,
+        )  # fmt: skip
+        self._call(self._settle, keys, args)
+
+    async def settle_async(self, *settled: Any) -> None:
+        """:meth:`settle` without blocking the event loop (the same arguments)."""
+        keys, args = self._settle_call(*settled)
+        await self._call_async("settle", keys, args)
+
+    def _settle_call(
+        self,
+        key_id: str,
+        reserved_usd: float,
+        cost: float,
+        tokens_bucket: int | None,
+        tokens_delta: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        now: float,
+    ) -> tuple[list[str], list[Any]]:
         keys = [
             self._key(key_id, "money"), self._key(key_id, "tokens"),
             self._key(key_id, "unflushed"), f"{self.prefix}dirty",
@@ -287,7 +361,7 @@ class RedisState:
             tokens_delta, self.bucket(now), self.num_buckets, prompt_tokens,
             completion_tokens, key_id,
         ]  # fmt: skip
-        self._call(self._settle, keys, args)
+        return keys, args
 
     def take_unflushed(self) -> dict[str, Totals]:
         """Every key's usage not yet written to the durable record, taken and cleared."""
@@ -328,6 +402,12 @@ class RedisState:
         fields = {_text(k): float(_text(v)) for k, v in money.items()}
         spent = fields.get("spent", key.seed_spent_usd)
         return key.budget_usd - spent - fields.get("reserved", 0.0)
+
+    async def aclose(self) -> None:
+        """Close the event loop's connections (before the loop ends)."""
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
 
     def close(self) -> None:
         """Close the connections."""
