@@ -253,6 +253,8 @@ class EdgeSite(web.BaseSite):
                 reuse_address=True,
                 reuse_port=self._reuse_port or None,
                 ssl=self._tls,
+                # a TLS handshake gets the head's time limit of its own
+                ssl_handshake_timeout=self._limits.header_timeout_s if self._tls else None,
             )
         except OSError as exc:
             raise listen_error(self._host, self._port, exc) from None
