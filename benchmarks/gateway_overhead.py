@@ -218,7 +218,8 @@ def serve_seal(port: int, upstream: str, key_file: str) -> None:
     from sincere.serve.security.seal_proxy import SealProxy
 
     async def forever() -> None:
-        async with SealProxy(load_keypair(key_file), upstream, port=port):
+        # wrk replays one sealed body: the replay window is off for the benchmark
+        async with SealProxy(load_keypair(key_file), upstream, port=port, replay_window_s=0.0):
             await asyncio.Event().wait()
 
     run_on_fast_loop(forever())
