@@ -170,6 +170,13 @@ class GatewayAuth:
             )
         return out
 
+    async def settle_async(
+        self, grant: Grant, prompt_tokens: int, completion_tokens: int, prices: Prices
+    ) -> None:
+        """:meth:`settle`, awaiting the shared state store (so it is done when this returns)."""
+        assert self.store is not None
+        await self.store.settle_async(grant.reservation, prompt_tokens, completion_tokens, prices)
+
     def metrics_text(self) -> str:
         """The per-tenant metrics in Prometheus text ("" without keys)."""
         return generate_latest(self.registry).decode() if self.store is not None else ""

@@ -325,7 +325,8 @@ async def expect_handler(request: web.Request) -> None:
             417, f"header Expect: got {ascii(expect)[:80]}; allowed: 100-continue",
             param="Expect", code="expectation_failed",
         )  # fmt: skip
-        raise web.HTTPExpectationFailed(body=error.to_bytes(), content_type="application/json")
+        text = error.to_bytes().decode()
+        raise web.HTTPExpectationFailed(text=text, content_type="application/json")
     await _default_expect_handler(request)
 
 

@@ -68,7 +68,7 @@ from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
-from sincere.serve.gateway.billing import reserve_prices, settle
+from sincere.serve.gateway.billing import reserve_prices, settle, settle_async
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
@@ -318,11 +318,16 @@ class Gateway(Served):
             self.relay.client_left(
                 tier, pending.instance if pending else "", "waiting for an answer"
             )
+            if grant is not None:  # settled now (in a task with shared state), not awaited
+                settle(self.auth, grant, pending, self.dispatcher)
+                grant = None
             raise
         except Exception as exc:  # a bug: answer 500 without internals, count it, log it
             return self.internal_error(http_req, tier, exc)
         finally:
-            if grant is not None:
+            if grant is not None and self.auth.shared is not None:
+                await settle_async(self.auth, grant, pending, self.dispatcher)
+            elif grant is not None:
                 settle(self.auth, grant, pending, self.dispatcher)
 
     async def _parse(

@@ -382,6 +382,27 @@ class KeyStore:
             self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
         return cost
 
+    async def settle_async(
+        self,
+        reservation: Reservation,
+        prompt_tokens: int,
+        completion_tokens: int,
+        prices: Prices,
+    ) -> float:
+        """:meth:`settle`; with shared state the Redis call is awaited (done when it returns)."""
+        if self.shared is None:
+            return self.settle(reservation, prompt_tokens, completion_tokens, prices)
+        if self._open.pop(reservation.number, None) is None:
+            raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
+        cost = prices.cost_usd(prompt_tokens, completion_tokens)
+        self._states[reservation.key_id].totals += Totals(cost, 1, prompt_tokens, completion_tokens)
+        settled = (reservation, prompt_tokens, completion_tokens, cost)
+        if self.metrics is not None:
+            self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
+        # shielded: a caller cancelled meanwhile must not leave the reservation held in Redis
+        await asyncio.shield(self._settle_later(self.shared, settled))
+        return cost
+
     def _settle_shared(self, shared: RedisState, settled: _Settled) -> bool:
         """Settle in Redis; kept for the next flush to retry when Redis is unreachable."""
         try:
@@ -391,7 +412,7 @@ class KeyStore:
             return False
         return True
 
-    def _settle_later(self, shared: RedisState, settled: _Settled) -> None:
+    def _settle_later(self, shared: RedisState, settled: _Settled) -> asyncio.Task[None]:
         """On an event loop: settle in Redis in a task of its own (awaited by :meth:`drain`)."""
 
         async def settle() -> None:
@@ -403,6 +424,7 @@ class KeyStore:
         task = asyncio.get_running_loop().create_task(settle())
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+        return task
 
     async def drain(self) -> None:
         """Wait for settlements under way (before the loop stops); close the loop's client."""
