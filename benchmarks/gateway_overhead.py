@@ -14,7 +14,11 @@ and with ``--security`` three more, for the cost of keys and confidential mode:
   key with requests/tokens-per-minute limits and a budget (all far from reached), priced
   instances, spend settled and flushed behind -- as LiteLLM is run with its master key;
 * ``seal``           -- the ``sincere seal`` proxy alone in front of the upstream, sealed calls;
-* ``sincere+auth+sealed`` -- the gateway with keys routing sealed calls to that proxy.
+* ``sincere+auth+sealed`` -- the gateway with keys routing sealed calls to that proxy;
+
+and with ``--redis-workers 1,2,4`` the gateway with keys whose limits, reservations and
+spend live in a redis-server this script starts (``state.redis``), in 1, 2 and 4 worker
+processes (``sincere+auth+redis wN``).
 
 A sealed call's latency includes the client's work (sealing the request with HPKE and
 opening the answer, with :class:`~sincere.serve.security.confidential_client.ConfidentialClient`);
@@ -33,6 +37,7 @@ count of failed calls. Generator, proxy and upstream share this machine's cores.
     python benchmarks/gateway_overhead.py --no-litellm     # without LiteLLM
     python benchmarks/gateway_overhead.py --base-src ../base/src   # also another checkout's gateway
     python benchmarks/gateway_overhead.py --security       # also keys on, and confidential mode
+    python benchmarks/gateway_overhead.py --security --redis-workers 1,2,4   # keys on Redis
 
 Servers bind 127.0.0.1 and are stopped by the PIDs this script started.
 """
@@ -44,6 +49,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,8 +176,11 @@ def serve_sincere(port: int, upstream: str) -> None:
     serve_gateway(config)  # uvloop when the `fast` extra is installed
 
 
-def serve_sincere_auth(port: int, upstream: str, keys: str, sealed: str = "") -> None:
-    """The gateway with a key store, priced instances and (``sealed``) a seal proxy behind."""
+def serve_sincere_auth(
+    port: int, upstream: str, keys: str, sealed: str = "", redis: str = "", workers: str = "1"
+) -> None:
+    """The gateway with a key store, priced instances and (``sealed``) a seal proxy behind;
+    ``redis``: its limits and spend in that Redis; ``workers``: processes on the port."""
     from sincere.serve.gateway.config import parse_config
     from sincere.serve.gateway.server import serve_gateway
 
@@ -196,9 +205,10 @@ def serve_sincere_auth(port: int, upstream: str, keys: str, sealed: str = "") ->
             "admission": {"enabled": False},
             "admin": False,
             "security": security,
+            "state": {"redis": redis or None},
         }
     )
-    serve_gateway(config)
+    serve_gateway(config, workers=int(workers))
 
 
 def serve_seal(port: int, upstream: str, key_file: str) -> None:
@@ -208,7 +218,8 @@ def serve_seal(port: int, upstream: str, key_file: str) -> None:
     from sincere.serve.security.seal_proxy import SealProxy
 
     async def forever() -> None:
-        async with SealProxy(load_keypair(key_file), upstream, port=port):
+        # wrk replays one sealed body: the replay window is off for the benchmark
+        async with SealProxy(load_keypair(key_file), upstream, port=port, replay_window_s=0.0):
             await asyncio.Event().wait()
 
     run_on_fast_loop(forever())
@@ -463,6 +474,14 @@ def main() -> None:
     parser.add_argument(
         "--base-src", type=Path, help="also measure the gateway of another source tree (its src/)"
     )
+    parser.add_argument(
+        "--redis-workers",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=[],
+        metavar="N,N,...",
+        help="with --security: also the gateway with keys and its state in a redis-server of "
+        "this script's own, in each of these worker counts (e.g. 1,2,4)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     if args.serve:
@@ -472,6 +491,7 @@ def main() -> None:
             "bare": lambda: serve_bare_proxy(int(port), rest[0]),
             "sincere": lambda: serve_sincere(int(port), rest[0]),
             "sincere-auth": lambda: serve_sincere_auth(int(port), *rest),
+            "redis": lambda: serve_redis(int(port), rest[0]),
             "seal": lambda: serve_seal(int(port), rest[0], rest[1]),
         }[kind]()
         return
@@ -497,7 +517,7 @@ def run_all(args: argparse.Namespace) -> None:
             procs.append(start([*me, "sincere", str(port), upstream], env))
             targets.append(("sincere (base)", f"http://127.0.0.1:{port}", {}))
         if args.security:
-            targets += start_security(me, upstream, procs)
+            targets += start_security(me, upstream, procs, args.redis_workers)
         if not args.no_litellm:
             targets.append(start_litellm(upstream, args.litellm_workers, procs))
         ready = []
@@ -555,10 +575,46 @@ def head_to_head(
     return out
 
 
-def start_security(
-    me: list[str], upstream: str, procs: list[subprocess.Popen[bytes]]
+def serve_redis(port: int, folder: str) -> None:
+    """A redis-server on 127.0.0.1 without persistence (replaces this process)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (scripts/setup_redis.sh)")
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    os.execv(binary, [binary, *args, "--dir", folder])
+
+
+def start_redis_targets(
+    me: list[str],
+    upstream: str,
+    keys: str,
+    auth: dict[str, str],
+    procs: list[subprocess.Popen[bytes]],
+    workers: list[int],
 ) -> list[tuple[str, str, dict[str, str]]]:
-    """The gateway with keys, the seal proxy, and the gateway with keys in front of the proxy."""
+    """A redis-server, and the gateway with keys and its state there, in 1, 2, 4 workers."""
+    if shutil.which("redis-server") is None:
+        print("redis-server is not installed: Redis targets skipped", file=sys.stderr)
+        return []
+    port = free_port()
+    procs.append(start([*me, "redis", str(port), tempfile.mkdtemp()]))
+    redis = f"redis://127.0.0.1:{port}/0"
+    out = []
+    for n in workers:
+        gw_port = free_port()
+        procs.append(start([*me, "sincere-auth", str(gw_port), upstream, keys, "", redis, str(n)]))
+        out.append((f"sincere+auth+redis w{n}", f"http://127.0.0.1:{gw_port}", auth))
+    return out
+
+
+def start_security(
+    me: list[str],
+    upstream: str,
+    procs: list[subprocess.Popen[bytes]],
+    redis_workers: list[int] | None = None,
+) -> list[tuple[str, str, dict[str, str]]]:
+    """The gateway with keys, the seal proxy, and the gateway with keys in front of the proxy
+    (and with ``redis_workers``, the gateway with keys on Redis in that many workers)."""
     from sincere.serve.security.envelope import load_keypair
 
     keys, token, pair_file = make_security(Path(tempfile.mkdtemp()))
@@ -570,11 +626,14 @@ def start_security(
     procs.append(start([*me, "sincere-auth", str(ports[2]), upstream, keys, seal_url]))
     pinned = load_keypair(pair_file).pinned
     PINNED["seal"] = PINNED["sincere+auth+sealed"] = pinned
-    return [
+    targets = [
         ("sincere+auth", f"http://127.0.0.1:{ports[0]}", auth),
         ("seal", seal_url, {}),
         ("sincere+auth+sealed", f"http://127.0.0.1:{ports[2]}", auth),
     ]
+    if redis_workers:
+        targets += start_redis_targets(me, upstream, keys, auth, procs, redis_workers)
+    return targets
 
 
 def start_litellm(

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sincere.core import ConfigError, Request, Tier
-from sincere.policy.admission import PredictedMissShedder, PriorityBands, cluster_utilisation
-from sincere.policy.router_base import InstanceView
+from sincere.policy.admission import (
+    LatencyHistory,
+    PredictedMissShedder,
+    PriorityBands,
+    cluster_utilisation,
+)
+from sincere.policy.router_base import InstanceView, Outcome
 from sincere.predict.latency import LatencyEstimate
 
 INTERACTIVE = Tier("interactive", ttft_s=1.0)
@@ -69,3 +76,39 @@ def test_cluster_utilisation_averages_healthy_instances() -> None:
     ]
     assert cluster_utilisation(views) == pytest.approx((0.5 + 0.9) / 2)
     assert cluster_utilisation(views[2:]) == 1.0
+
+
+def _outcome(prompt_tokens: int, ttft_s: float, at: float) -> Outcome:
+    req = Request(0, 0.0, "m", prompt_tokens, 1)
+    return Outcome(req, "i0", ttft_s, ttft_s, 1, at)
+
+
+def test_history_judges_a_request_on_its_own_prompt() -> None:
+    """Long prompts' long TTFTs predict a short prompt's TTFT in proportion, not as theirs."""
+    history = LatencyHistory()
+    for k in range(4):
+        history.observe(_outcome(7500, 2.0, float(k)))
+    short = history.predict("i0", 1, 4.0, prompt_tokens=10)
+    long = history.predict("i0", 1, 4.0, prompt_tokens=7500)
+    assert short is not None and long is not None
+    assert short.ttft_s < 0.01 and long.ttft_s == pytest.approx(2.0)
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 20_000), st.floats(0.0, 30.0)), min_size=1, max_size=30),
+    st.integers(1, 20_000),
+    st.integers(1, 20_000),
+)
+def test_history_prediction_grows_with_the_prompt(
+    measured: list[tuple[int, float]], a: int, b: int
+) -> None:
+    """Whatever was measured, a longer prompt is never predicted a shorter TTFT, nor < 0."""
+    history = LatencyHistory()
+    for k, (prompt, ttft) in enumerate(measured):
+        history.observe(_outcome(prompt, ttft, float(k)))
+    now = float(len(measured))
+    small, large = sorted((a, b))
+    lo = history.predict("i0", 1, now, prompt_tokens=small)
+    hi = history.predict("i0", 1, now, prompt_tokens=large)
+    assert lo is not None and hi is not None
+    assert 0.0 <= lo.ttft_s <= hi.ttft_s + 1e-9

@@ -410,3 +410,48 @@ def test_upstream_key_reaches_the_engine_only() -> None:
         assert key.reveal().encode() not in client_side.seen
 
     _run(check)
+
+
+def test_a_replayed_sealed_request_is_refused() -> None:
+    """The same sealed bytes sent twice: served once, then 409 ``replayed``."""
+
+    async def check() -> None:
+        sealed = seal_for(PAIR.pinned, "chat", _chat())
+        async with _chain() as (client, _, _):
+            url = client.base_url + "/v1/chat/completions"
+            statuses = []
+            for _ in range(2):
+                async with client.session.post(
+                    url, data=sealed.body, headers=sealed.headers
+                ) as resp:
+                    statuses.append((resp.status, await resp.read()))
+        assert statuses[0][0] == 200
+        assert statuses[1][0] == 409 and b'"replayed"' in statuses[1][1]
+
+    _run(check)
+
+
+def test_inbound_key_is_required_when_set() -> None:
+    """With an inbound key, a call without it is 401; with it, the sealed call is served."""
+    config = EmulatorConfig.model_validate({"step_model": FAST, "engine": {"num_kv_blocks": 4096}})
+
+    async def check() -> None:
+        async with (
+            EmulatorServer(config) as engine,
+            SealProxy(PAIR, engine.url, inbound_key=Secret("gateway-to-proxy")) as proxy,
+            aiohttp.ClientSession() as http,
+        ):
+            url = proxy.url + "/v1/chat/completions"
+            answers = []
+            for auth in ({}, {"Authorization": "Bearer wrong"},
+                         {"Authorization": "Bearer gateway-to-proxy"}):  # fmt: skip
+                sealed = seal_for(PAIR.pinned, "chat", _chat())
+                async with http.post(
+                    url, data=sealed.body, headers={**sealed.headers, **auth}
+                ) as r:
+                    answers.append(r.status)
+            async with http.get(proxy.url + "/metrics") as r:
+                answers.append(r.status)
+        assert answers == [401, 401, 200, 401]
+
+    _run(check)

@@ -179,7 +179,9 @@ def test_tokens_per_minute_limit(tmp_path: Path) -> None:
 def test_budget_never_overspent_under_load_and_persists(tmp_path: Path) -> None:
     """40 racing requests on a 10-USD budget: spend stays within budget; 402 after; it persists."""
     keys = tmp_path / "keys.db"
-    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=10.0))
+    tokens = make_keys(
+        keys, acme=KeySpec(name="acme", budget_usd=10.0), ops=KeySpec(kind="admin", name="ops")
+    )
     # each request reserves 2 generated tokens at 1 USD, and the upstream makes 2 tokens
 
     async def body() -> None:
@@ -195,7 +197,8 @@ def test_budget_never_overspent_under_load_and_persists(tmp_path: Path) -> None:
             assert all(r[1]["error"]["code"] == "budget_exhausted" for r in refused)
             status, _, headers = await post(s, gw.url, tokens["acme"], small)
             assert status == 402 and float(headers[BUDGET_HEADER]) == 0.0
-            metrics = await (await s.get(gw.url + "/metrics")).text()
+            as_admin = bearer(tokens["ops"])
+            metrics = await (await s.get(gw.url + "/metrics", headers=as_admin)).text()
             assert 'sincere_tenant_requests_total{outcome="allowed",tenant="acme"} 5.0' in metrics
             assert 'sincere_tenant_spend_usd_total{tenant="acme"} 10.0' in metrics
             assert (
@@ -205,7 +208,7 @@ def test_budget_never_overspent_under_load_and_persists(tmp_path: Path) -> None:
     run(body)
     store = KeyStore.open(keys)  # after a restart: the settled spend was written
     try:
-        (record,) = store.records()
+        record = next(r for r in store.records() if r.name == "acme")
         totals = store.totals(record.key_id)
         assert (totals.spent_usd, totals.num_requests) == (10.0, 5)
         assert totals.num_completion_tokens == 10
@@ -221,6 +224,7 @@ def test_key_tier_sets_the_requests_tier(tmp_path: Path) -> None:
         keys,
         fast=KeySpec(name="fast", tier="interactive"),
         slow=KeySpec(name="slow"),
+        ops=KeySpec(kind="admin", name="ops"),
     )
 
     async def body() -> None:
@@ -230,7 +234,8 @@ def test_key_tier_sets_the_requests_tier(tmp_path: Path) -> None:
             slow_asks_fast = {**BODY, "sincere": {"tier": "interactive"}}
             status, answer, _ = await post(s, gw.url, tokens["slow"], slow_asks_fast)
             assert status == 403 and answer["error"]["param"] == "sincere.tier"
-            metrics = await (await s.get(gw.url + "/metrics")).text()
+            as_admin = bearer(tokens["ops"])
+            metrics = await (await s.get(gw.url + "/metrics", headers=as_admin)).text()
         served = [line for line in metrics.splitlines() if 'outcome="ok"' in line]
         assert any('tier="interactive"' in line and line.endswith(" 1") for line in served), served
         assert any('tier="default"' in line and line.endswith(" 1") for line in served), served

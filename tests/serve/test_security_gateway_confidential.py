@@ -139,6 +139,7 @@ def test_confidential_round_trip_through_the_gateway(
         keys,
         acme=KeySpec(name="acme", models=frozenset({MODEL}), budget_usd=1000.0),
         other=KeySpec(name="other", models=frozenset({"another-model"})),
+        ops=KeySpec(kind="admin", name="ops"),
     )
     caplog.set_level(logging.DEBUG)
     seen: dict[str, bytes] = {}
@@ -165,7 +166,8 @@ def test_confidential_round_trip_through_the_gateway(
                 await refused.create("chat", _chat())
             assert info.value.status == 403
             seen["error"] = info.value.message.encode()
-            async with http.get(gw.url + "/metrics") as r:
+            as_admin = {"Authorization": f"Bearer {tokens['ops']}"}
+            async with http.get(gw.url + "/metrics", headers=as_admin) as r:
                 seen["metrics"] = await r.read()
             assert (
                 b'sincere_tenant_requests_total{outcome="allowed",tenant="acme"} 2.0'

@@ -69,6 +69,19 @@ def serve_command(
     upstream_key_file: Annotated[
         Path | None, typer.Option(help="File whose first line is the engine's API key.")
     ] = None,
+    inbound_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Variable holding the key callers (the gateway) must send as "
+            "Authorization: Bearer (the gateway's upstream_keys entry for this backend)."
+        ),
+    ] = None,
+    inbound_key_file: Annotated[
+        Path | None, typer.Option(help="File whose first line is that inbound key.")
+    ] = None,
+    replay_window_s: Annotated[
+        float, typer.Option(help="A sealed body seen again within this many seconds: 409.", min=0)
+    ] = 600.0,
 ) -> None:
     """Serve sealed requests for one engine until interrupted."""
     from sincere.core.errors import ConfigError
@@ -87,6 +100,11 @@ def serve_command(
     secret = None
     if upstream_key_env is not None or upstream_key_file is not None:
         secret = SecretRef(env=upstream_key_env, file=upstream_key_file).resolve()
+    if inbound_key_env is not None and inbound_key_file is not None:
+        raise ConfigError("give --inbound-key-env or --inbound-key-file, not both")
+    inbound = None
+    if inbound_key_env is not None or inbound_key_file is not None:
+        inbound = SecretRef(env=inbound_key_env, file=inbound_key_file).resolve()
     proxy = SealProxy(
         load_keypair(key),
         upstream,
@@ -95,6 +113,8 @@ def serve_command(
         prompt_slack=prompt_slack,
         ssl_context=context,
         upstream_key=secret,
+        inbound_key=inbound,
+        replay_window_s=replay_window_s,
     )
 
     async def main() -> None:

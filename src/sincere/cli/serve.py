@@ -70,6 +70,15 @@ def serve(
     tls_key: Annotated[
         Path | None, typer.Option("--tls-key", help="The PEM private key of --tls-cert.")
     ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            help="Keep every key's limits, reservations and spend in this Redis "
+            "(redis://HOST:PORT/DB), shared by all workers and gateways on it "
+            "(overrides state.redis; needs --keys).",
+        ),
+    ] = None,
 ) -> None:
     """Load CONFIG, bind, and serve until interrupted (Ctrl-C)."""
     from sincere.serve.gateway.config import load_config
@@ -83,6 +92,8 @@ def serve(
     security = _security(cfg.security, keys, insecure_no_auth, tls_cert, tls_key)
     if security is not None:
         updates["security"] = security
+    if redis is not None:
+        updates["state"] = _state(cfg.state, redis)
     if updates:
         cfg = cfg.model_copy(update=updates)
     from sincere.serve.gateway.auth import check_bind
@@ -113,3 +124,20 @@ def _security(
 
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     return merged
+
+
+def _state(base: Any, redis: str) -> Any:
+    """``base`` (the config's state section) with ``--redis`` set, validated."""
+    from pydantic import ValidationError
+
+    from sincere.core.errors import ConfigError
+    from sincere.serve.gateway.config import StateConfig
+
+    try:
+        return StateConfig.model_validate({**base.model_dump(), "redis": redis})
+    except ValidationError:
+        raise ConfigError(
+            "--redis: not a Redis URL",
+            value=redis,
+            allowed="redis://HOST:PORT/DB, rediss://... (TLS) or unix:///path/to/socket",
+        ) from None

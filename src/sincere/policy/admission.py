@@ -21,10 +21,13 @@ model and engine load when the view has both
 (:func:`~sincere.predict.latency.step_model_latency`, for the request's ``max_tokens``),
 else from :class:`LatencyHistory` -- EWMAs of the TTFT and time per output token that
 were *measured* there (a whole non-streamed answer measures no TTFT and teaches
-nothing), which expire ``max_age_s`` after the last measurement so that a tier shed
-entirely is admitted again and measured anew. Where the instance has no room or
+nothing), the TTFT as a line in the prompt's length so that a request is judged on its
+own prompt (other tenants' long prompts do not close a tier to short ones). They
+expire ``max_age_s`` after the last measurement so that a tier shed entirely is
+admitted again and measured anew. Where the instance has no room or
 requests already wait, the expected queue wait is added: the requests ahead over the
-model's slots, times a request's predicted E2E.
+model's slots, times a request's predicted E2E (the caller counts only the queued
+requests at least as important: those ahead of it).
 """
 
 from __future__ import annotations
@@ -127,18 +130,53 @@ class PriorityBands:
 
 
 _EWMA = 0.2  # weight of the newest observation in the history's averages
+_SPREAD = 0.1  # prompts whose spread is below this share of their mean: one size
 
 
 class _Measured:
-    """One instance's averages: measured TTFT and TPOT, and slot hold time."""
+    """One instance's averages: measured TTFT (with the prompts it was measured on),
+    TPOT, and slot hold time."""
 
-    __slots__ = ("hold_s", "measured_at", "tpot_s", "ttft_s")
+    __slots__ = ("hold_s", "measured_at", "prompt", "prompt_sq", "prompt_ttft", "tpot_s", "ttft_s")
 
     def __init__(self) -> None:
         self.ttft_s: float | None = None  # EWMA of measured TTFT
+        self.prompt = 0.0  # EWMA of the prompt tokens of those measurements
+        self.prompt_sq = 0.0  # EWMA of their square
+        self.prompt_ttft = 0.0  # EWMA of prompt tokens times TTFT
         self.tpot_s: float | None = None  # EWMA of measured time per output token
         self.measured_at = -math.inf  # when the last TTFT was measured
         self.hold_s: float | None = None  # EWMA of the time a request holds a slot
+
+    def fold_ttft(self, prompt_tokens: float, ttft_s: float) -> None:
+        """Fold one measured TTFT and its prompt length into the averages."""
+        if self.ttft_s is None:
+            self.prompt, self.prompt_sq = prompt_tokens, prompt_tokens * prompt_tokens
+            self.prompt_ttft = prompt_tokens * ttft_s
+        else:
+            self.prompt = _mix(self.prompt, prompt_tokens)
+            self.prompt_sq = _mix(self.prompt_sq, prompt_tokens * prompt_tokens)
+            self.prompt_ttft = _mix(self.prompt_ttft, prompt_tokens * ttft_s)
+        self.ttft_s = _mix(self.ttft_s, ttft_s)
+
+    def ttft_for(self, prompt_tokens: float) -> float:
+        """The TTFT predicted for a prompt of ``prompt_tokens``, from what was measured.
+
+        A least-squares line ``a + b * prompt`` over the (exponentially weighted)
+        measurements when their prompts differ enough, with ``a, b >= 0``; when they do
+        not, the average TTFT, scaled down in proportion for a shorter prompt (one
+        tenant's long prompts say nothing of another's short one's wait beyond that).
+        """
+        mean_ttft = self.ttft_s or 0.0
+        mean_x = self.prompt
+        var_x = self.prompt_sq - mean_x * mean_x
+        if var_x > (_SPREAD * max(mean_x, 1.0)) ** 2:
+            slope = max(0.0, (self.prompt_ttft - mean_x * mean_ttft) / var_x)
+            base = max(0.0, mean_ttft - slope * mean_x)
+            return base + slope * prompt_tokens
+        if mean_x > 0 and prompt_tokens < mean_x:
+            return mean_ttft * max(prompt_tokens, 1.0) / mean_x
+        return mean_ttft
 
 
 def _mix(old: float | None, new: float) -> float:
@@ -168,7 +206,7 @@ class LatencyHistory:
         m = self._of(outcome.instance)
         if outcome.finished_at - m.measured_at > self.max_age_s:  # expired: start afresh
             m.ttft_s = m.tpot_s = None
-        m.ttft_s = _mix(m.ttft_s, outcome.ttft_s)
+        m.fold_ttft(float(outcome.request.prompt_tokens), outcome.ttft_s)
         m.measured_at = outcome.finished_at
         if outcome.output_tokens > 1:
             tpot = time_per_output_token(outcome.ttft_s, outcome.e2e_s, outcome.output_tokens)
@@ -181,14 +219,20 @@ class LatencyHistory:
         m.hold_s = _mix(m.hold_s, held_s)
 
     def predict(
-        self, instance: InstanceId, output_tokens: int, now: Seconds
+        self,
+        instance: InstanceId,
+        output_tokens: int,
+        now: Seconds,
+        prompt_tokens: int | None = None,
     ) -> LatencyEstimate | None:
-        """EWMA-based TTFT and E2E; None without a measurement younger than ``max_age_s``."""
+        """EWMA-based TTFT and E2E for a request of ``prompt_tokens`` (None: the average
+        measured TTFT); None without a measurement younger than ``max_age_s``."""
         m = self._by_instance.get(instance)
         if m is None or m.ttft_s is None or now - m.measured_at > self.max_age_s:
             return None
-        e2e = m.ttft_s + (m.tpot_s or 0.0) * max(0, output_tokens - 1)
-        return LatencyEstimate(m.ttft_s, e2e, float(output_tokens))
+        ttft = m.ttft_s if prompt_tokens is None else m.ttft_for(float(prompt_tokens))
+        e2e = ttft + (m.tpot_s or 0.0) * max(0, output_tokens - 1)
+        return LatencyEstimate(ttft, e2e, float(output_tokens))
 
     def service_rate(self, view: InstanceView) -> float | None:
         """Requests per second ``view``'s instance frees while full (slots / mean hold).
@@ -257,4 +301,4 @@ class Admission:
         if view.step_model is not None and view.engine_load_known:
             ctx = context_of(request, view, float(out_tokens), now)
             return step_model_latency(view.step_model, ctx)
-        return self.history.predict(view.id, out_tokens, now)
+        return self.history.predict(view.id, out_tokens, now, request.prompt_tokens)

@@ -33,12 +33,16 @@ class FakeUpstream(Served):
         token_delay_s: float = 0.0,
         models: tuple[str, ...] = ("m",),
         metrics_text: str = "",
+        finish_chunk: bool = False,
+        ttft_per_prompt_char_s: float = 0.0,
     ) -> None:
         self.num_tokens = num_tokens  # tokens per answer (capped by max_tokens/num_predict)
         self.ttft_s = ttft_s  # delay before the first token, seconds
+        self.ttft_per_prompt_char_s = ttft_per_prompt_char_s  # more per prompt character
         self.token_delay_s = token_delay_s  # delay between tokens, seconds
         self.models = models
         self.metrics_text = metrics_text  # body of GET /metrics
+        self.finish_chunk = finish_chunk  # end streams with an empty-text finish_reason chunk
         self.fail_status: int | None = None  # answer every request with this status
         self.die_after_tokens: int | None = None  # cut streams after this many tokens
         self.hold: asyncio.Event | None = None  # requests wait until it is set
@@ -76,12 +80,15 @@ class FakeUpstream(Served):
             self._runner = None
 
     async def _begin(self, request: web.Request) -> dict[str, Any]:
-        body: dict[str, Any] = await request.json()
+        body: dict[str, Any] = json.loads(await request.read())  # whatever the content type
         self.bodies.append(body)
         if self.hold is not None:
             await self.hold.wait()
-        if self.ttft_s:
-            await asyncio.sleep(self.ttft_s)
+        prompt = body.get("prompt")
+        chars = len(prompt) if isinstance(prompt, str) else 0
+        delay_s = self.ttft_s + self.ttft_per_prompt_char_s * chars
+        if delay_s:
+            await asyncio.sleep(delay_s)
         return body
 
     def _count(self, cap: object) -> int:
@@ -134,6 +141,15 @@ class FakeUpstream(Served):
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
+        if self.finish_chunk:
+            last = {"content": ""} if chat else {"text": ""}
+            end = {
+                "index": 0,
+                ("delta" if chat else "text"): last if chat else "",
+                "finish_reason": "length",
+            }
+            chunk = {"id": "x", "model": body.get("model"), "choices": [end]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
 

@@ -157,9 +157,10 @@ class OllamaUpstream(Upstream):
         text = f"{self.backend.name} (ollama): {message or f'status {self.status}'}"
         return dumps(error_body(text, code="upstream_error"))
 
-    def output_tokens(self, body: bytes | None) -> int:
-        """Tokens generated (Ollama's ``eval_count`` when it came, else tokens seen)."""
-        return self.stats.num_events
+    def output_tokens(self, body: bytes | None, cap: int | None = None) -> int:
+        """Generated tokens (Ollama's ``eval_count``, else the tokens relayed), at most ``cap``."""
+        used = self.stats.num_events
+        return used if cap is None else min(used, cap)
 
 
 class OllamaBackend(Backend):

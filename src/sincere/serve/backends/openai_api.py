@@ -38,6 +38,9 @@ from sincere.serve.backends.config import BackendConfig
 from sincere.serve.protocol import PATHS, SSE_DONE, CompletionRequest, dumps_compact, loads
 
 _EMPTY_CHOICES = b'"choices":[]'  # the usage-only chunk of a stream
+# chunks that carry no token: a role-only first chunk, a finish-reason-only last chunk
+_NO_TEXT = (b'"text":""', b'"text": ""', b'"content":""', b'"content": ""')
+_COMPLETION_TOKENS = b'"completion_tokens":'
 _DONE_LINE = b"data: [DONE]"
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -46,20 +49,28 @@ class UpstreamError(Exception):
     """An instance failed; ``retryable`` when nothing has reached the client yet."""
 
     def __init__(
-        self, message: str, *, retryable: bool, status: int = 502, detail: str = ""
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int = 502,
+        detail: str = "",
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message  # safe to show a client: no address, no upstream text
         self.retryable = retryable
         self.status = status  # what the gateway answers if it cannot retry
         self.detail = detail  # the underlying error, for the gateway's own debug log
+        self.timed_out = timed_out  # a read timeout: slow, not failed (no breaker failure)
 
 
 @dataclass(slots=True)
 class StreamStats:
     """What the gateway learns while relaying a stream."""
 
-    num_events: int = 0  # token events relayed
+    num_events: int = 0  # token events relayed (kept current while relaying)
+    reported_tokens: int | None = None  # the stream's usage chunk, when the engine sent one
     first_event_at: float | None = None  # loop time of the first token event
     ends_event: bool = True  # the bytes relayed so far end with a blank line
 
@@ -70,11 +81,13 @@ class SseScanner:
     :meth:`feed` takes the next chunk and returns the complete lines it finishes
     (a partial last line waits for the next chunk), stopping before the
     ``data: [DONE]`` line. JSON strings cannot hold a raw newline, so every
-    ``data:`` at a line start is one event; ``num_events`` counts those that are not
-    the usage-only chunk (``"choices":[]``).
+    ``data:`` at a line start is one event; ``num_events`` counts those that carry a
+    token: not the usage-only chunk (``"choices":[]``, whose ``completion_tokens`` is
+    kept in ``reported``), nor a chunk with empty text (a role-only first chunk, the
+    finish-reason-only last one).
     """
 
-    __slots__ = ("_tail", "done", "ends_event", "num_data", "num_events")
+    __slots__ = ("_tail", "done", "ends_event", "num_data", "num_events", "reported")
 
     def __init__(self) -> None:
         self._tail = b""  # bytes after the last line end, not yet returned
@@ -82,6 +95,7 @@ class SseScanner:
         self.num_data = 0  # data lines seen (events, usage chunk included)
         self.num_events = 0  # token events seen
         self.ends_event = True  # what was returned ends with a blank line
+        self.reported: int | None = None  # completion_tokens of the usage chunk, if any
 
     def feed(self, chunk: bytes) -> bytes:
         """The whole lines completed by ``chunk``, up to (without) ``data: [DONE]``."""
@@ -97,9 +111,25 @@ class SseScanner:
             return lines
         num = lines.count(b"\ndata:") + lines.startswith(b"data:")
         self.num_data += num
-        self.num_events += num - lines.count(_EMPTY_CHOICES)
+        usage_only = lines.count(_EMPTY_CHOICES)
+        empty = sum(lines.count(mark) for mark in _NO_TEXT)
+        self.num_events += max(0, num - usage_only - empty)
+        if usage_only:
+            self.reported = _reported_tokens(lines)
         self.ends_event = lines.endswith((b"\n\n", b"\r\n\r\n"))
         return lines
+
+
+def _reported_tokens(lines: bytes) -> int | None:
+    """``completion_tokens`` of the last usage object in ``lines``, if one is readable."""
+    at = lines.rfind(_COMPLETION_TOKENS)
+    if at < 0:
+        return None
+    digits = lines[at + len(_COMPLETION_TOKENS) :].lstrip()[:12]
+    end = 0
+    while end < len(digits) and 0x30 <= digits[end] <= 0x39:
+        end += 1
+    return int(digits[:end]) if end else None
 
 
 def _line_start(buf: bytes, prefix: bytes) -> int | None:
@@ -138,6 +168,7 @@ class Upstream:
                 if not chunk:
                     break
                 out = scanner.feed(chunk)
+                self.stats.num_events = scanner.num_events  # current if the relay is cut
                 if self.stats.first_event_at is None:
                     if not scanner.num_data:
                         held += out
@@ -152,6 +183,7 @@ class Upstream:
             ) from None
         finally:
             self.stats.num_events = scanner.num_events
+            self.stats.reported_tokens = scanner.reported
             self.stats.ends_event = scanner.ends_event
         if not scanner.done:
             raise UpstreamError(
@@ -159,11 +191,18 @@ class Upstream:
             )
         yield SSE_DONE
 
-    def output_tokens(self, body: bytes | None) -> int:
-        """Generated tokens: the usage of a body, or the events of a stream."""
+    def output_tokens(self, body: bytes | None, cap: int | None = None) -> int:
+        """Generated tokens, at most ``cap`` (the cap that was sent; None: none).
+
+        A body's usage; for a stream the usage the engine reported in it, else the token
+        events relayed (so far, for a stream cut short).
+        """
         if body is None:
-            return self.stats.num_events
-        return usage_tokens(body)
+            reported = self.stats.reported_tokens
+            used = self.stats.num_events if reported is None else reported
+        else:
+            used = usage_tokens(body)
+        return used if cap is None else min(used, cap)
 
     def release(self) -> None:
         """Return the connection to the pool (or drop a broken one)."""
@@ -185,6 +224,7 @@ def upstream_error(name: str, what: str, exc: BaseException, *, retryable: bool)
         f"{name}: {what}{_describe(exc)}",
         retryable=retryable,
         detail=f"{type(exc).__name__}: {exc}",
+        timed_out=isinstance(exc, asyncio.TimeoutError),
     )
 
 
@@ -272,20 +312,49 @@ class Backend:
 
     async def send(self, req: CompletionRequest, max_tokens: int | None) -> Upstream:
         """Open the upstream request; raise UpstreamError(retryable) before the first byte."""
-        response = await self._post(self.urls[req.kind], self.upstream_payload(req, max_tokens))
+        payload = self.upstream_payload(req, max_tokens)
+        timeout = None if req.stream else self.answer_timeout(max_tokens)
+        response = await self._post(self.urls[req.kind], payload, timeout=timeout)
         return Upstream(response, self)
 
+    def answer_timeout(self, max_tokens: int | None) -> aiohttp.ClientTimeout:
+        """The timeouts of a non-streamed answer: its read wait grows with the tokens asked."""
+        c = self.config
+        tokens = max_tokens if max_tokens is not None else 0
+        return aiohttp.ClientTimeout(
+            total=None,
+            connect=c.connect_timeout_s,
+            sock_connect=c.connect_timeout_s,
+            sock_read=c.read_timeout_s + c.read_timeout_per_token_s * tokens,
+        )
+
     async def send_opaque(
-        self, kind: str, body: bytes, headers: dict[str, str]
+        self, kind: str, body: bytes, headers: dict[str, str], answer_tokens: int | None = None
     ) -> aiohttp.ClientResponse:
-        """POST ``body`` unchanged with ``headers`` (plus the credential): a sealed request."""
-        return await self._post(self.urls[kind], body, {**headers, **self._auth})
+        """POST ``body`` unchanged with ``headers`` (plus the credential): a sealed request.
+
+        ``answer_tokens``: for a non-streamed answer, the tokens asked for (its read wait
+        grows with them, :meth:`answer_timeout`); None for a stream.
+        """
+        timeout = None if answer_tokens is None else self.answer_timeout(answer_tokens)
+        return await self._post(self.urls[kind], body, {**headers, **self._auth}, timeout=timeout)
 
     async def _post(
-        self, url: URL, data: bytes, headers: dict[str, str] | None = None
+        self,
+        url: URL,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
         try:
-            response = await self.session.post(url, data=data, headers=headers or self.headers)
+            post = self.session.post
+            if timeout is None:
+                response = await post(url, data=data, headers=headers or self.headers)
+            else:
+                response = await post(
+                    url, data=data, headers=headers or self.headers, timeout=timeout
+                )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise upstream_error(self.name, "", exc, retryable=True) from None
         if response.status >= 500 or response.status == 429:

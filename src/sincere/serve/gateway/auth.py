@@ -38,7 +38,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sincere.core.errors import ConfigError
-from sincere.serve.gateway.config import SecurityConfig
+from sincere.serve.gateway.config import SecurityConfig, StateConfig
 from sincere.serve.protocol import dumps
 from sincere.serve.security.audit import AuditLog
 from sincere.serve.security.credentials import RedactingFilter, Secret, redact_text
@@ -53,8 +53,10 @@ from sincere.serve.security.policy import (
     authenticate,
     authorize_admin,
     authorize_record,
+    authorize_record_async,
     counted,
 )
+from sincere.serve.security.shared import RedisState
 
 FREE = Prices(0.0, 0.0)
 LOGGERS = ("sincere.serve.gateway.server", "sincere.serve.gateway.controller", "aiohttp.server")
@@ -91,13 +93,27 @@ def dearest_prices(prices: Iterable[Prices]) -> Prices:
 class GatewayAuth:
     """Keys, limits, budgets, admin checks, audit and upstream secrets of one gateway."""
 
-    def __init__(self, security: SecurityConfig) -> None:
+    def __init__(self, security: SecurityConfig, state: StateConfig | None = None) -> None:
         self.config = security
         self.registry = CollectorRegistry()  # the per-tenant metrics, appended to /metrics
         self.store: KeyStore | None = None
+        self.shared: RedisState | None = None  # the shared state store, when configured
+        if state is not None and state.redis is not None:
+            if security.keys is None:
+                raise ConfigError(
+                    "state.redis holds the key store's limits and spend: it needs keys",
+                    value=state.redis,
+                    allowed="security.keys (--keys FILE) set, or state.redis left out",
+                )
+            from sincere.serve.security.shared import RedisState
+
+            self.shared = RedisState(state.redis, prefix=state.prefix)
         if security.keys is not None:
             self.store = KeyStore.open(
-                security.keys, audit_path=security.audit, metrics=TenantMetrics(self.registry)
+                security.keys,
+                audit_path=security.audit,
+                metrics=TenantMetrics(self.registry),
+                shared=self.shared,
             )
             self.audit_log = self.store.audit
         else:
@@ -126,12 +142,40 @@ class GatewayAuth:
         assert self.store is not None
         return authorize_record(self.store, record, facts, prices, time.time())
 
+    async def authorize_async(
+        self, record: KeyRecord, facts: RequestFacts, prices: Prices
+    ) -> Grant | Refusal:
+        """:meth:`authorize`, awaiting the shared state store when there is one."""
+        assert self.store is not None
+        if self.shared is None:
+            return authorize_record(self.store, record, facts, prices, time.time())
+        return await authorize_record_async(self.store, record, facts, prices, time.time())
+
     def settle(
         self, grant: Grant, prompt_tokens: int, completion_tokens: int, prices: Prices
     ) -> None:
         """Replace ``grant``'s reservation by what the request used."""
         assert self.store is not None
         self.store.settle(grant.reservation, prompt_tokens, completion_tokens, prices)
+
+    def state_health(self) -> dict[str, Any] | None:
+        """The shared state store's health for ``/health`` (None: state is per process)."""
+        if self.shared is None:
+            return None
+        ok = self.shared.ping()
+        out: dict[str, Any] = {"store": "redis", "ok": ok}
+        if not ok:
+            out["reason"] = (
+                f"{self.shared.last_error}; keyed requests are refused (503) until it is back"
+            )
+        return out
+
+    async def settle_async(
+        self, grant: Grant, prompt_tokens: int, completion_tokens: int, prices: Prices
+    ) -> None:
+        """:meth:`settle`, awaiting the shared state store (so it is done when this returns)."""
+        assert self.store is not None
+        await self.store.settle_async(grant.reservation, prompt_tokens, completion_tokens, prices)
 
     def metrics_text(self) -> str:
         """The per-tenant metrics in Prometheus text ("" without keys)."""
@@ -160,6 +204,11 @@ class GatewayAuth:
             _every(self.config.flush_interval_s, store.flush_async, "write spend to"),
             _every(self.config.refresh_interval_s, store.refresh_async, "re-read keys from"),
         ]
+
+    async def drain(self) -> None:
+        """Wait for settlements on their way to the shared state store (before stopping)."""
+        if self.store is not None:
+            await self.store.drain()
 
     def stop(self) -> None:
         """After the loops are cancelled: flush what is pending and close the store."""

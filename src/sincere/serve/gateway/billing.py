@@ -30,12 +30,23 @@ def settle(
     auth: GatewayAuth, grant: Grant, pending: Pending | None, dispatcher: Dispatcher
 ) -> None:
     """Charge what the request used at its instance's prices (nothing if none answered)."""
+    auth.settle(grant, *charge(pending, dispatcher))
+
+
+async def settle_async(
+    auth: GatewayAuth, grant: Grant, pending: Pending | None, dispatcher: Dispatcher
+) -> None:
+    """:func:`settle`, awaited to the end (the shared state store's write included)."""
+    await auth.settle_async(grant, *charge(pending, dispatcher))
+
+
+def charge(pending: Pending | None, dispatcher: Dispatcher) -> tuple[int, int, Prices]:
+    """Prompt tokens, completion tokens and the prices to charge them at."""
     used = None if pending is None else pending.output_tokens
     if pending is None or used is None:
-        auth.settle(grant, 0, 0, FREE)
-        return
+        return 0, 0, FREE
     state = dispatcher.instances.get(pending.instance)
     model = pending.request.model
     prices = reserve_prices(dispatcher, model) if state is None else prices_of(state)
     prompt = pending.prompt_tokens_used or pending.request.prompt_tokens
-    auth.settle(grant, prompt, used, prices)
+    return prompt, used, prices

@@ -153,7 +153,11 @@ class SecurityConfig(_Strict):
     ``Authorization: Bearer``, never echoed. ``tls_cert``/``tls_key``: serve HTTPS.
     ``confidential``: relay sealed (``application/sincere-sealed``) bodies unread;
     ``sealed_backends``: the backends that are seal proxies (``sincere seal serve``):
-    sealed bodies go only there and plain ones only elsewhere (empty: anywhere).
+    sealed bodies go only there and plain ones only elsewhere (empty: a sealed body is
+    refused with 415, as no plain engine may receive one). With keys, ``/metrics`` needs
+    an admin key (``metrics_access: aggregate``: anyone gets the gateway's figures
+    without tenant labels), ``/health`` shows instances to admin keys only, and
+    ``/v1/models`` needs a client key and lists the models that key may use.
     """
 
     keys: Path | None = None
@@ -166,12 +170,30 @@ class SecurityConfig(_Strict):
     tls_key: Path | None = None
     confidential: bool = True
     sealed_backends: list[str] = Field(default_factory=list, max_length=4096)
+    # with keys: who reads /metrics -- "admin" (an admin key), "aggregate" (anyone the
+    # gateway's own figures, without tenant labels; the per-tenant part to admins)
+    metrics_access: Literal["admin", "aggregate"] = "admin"
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SecurityConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         return self
+
+
+class StateConfig(_Strict):
+    """Where the key store's live accounting lives.
+
+    ``redis``: a Redis (or Valkey) URL (``redis://HOST:PORT/DB``, ``rediss://`` with
+    TLS, ``unix:///path``); every limit, reservation and spend is then one atomic
+    script there, shared by all workers and gateways on it
+    (:mod:`sincere.serve.security.shared`). None: in each process, with the key
+    store's SQLite file as the durable record either way. ``prefix``: the Redis keys'
+    prefix (gateways sharing budgets use the same one).
+    """
+
+    redis: str | None = Field(None, pattern=r"^(rediss?|unix)://", max_length=2048)
+    prefix: str = Field("sincere", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class GatewayConfig(_Strict):
@@ -194,6 +216,7 @@ class GatewayConfig(_Strict):
     controller: ControllerConfig = ControllerConfig()
     admin: bool = True  # serve the controller API under /admin
     security: SecurityConfig = SecurityConfig()
+    state: StateConfig = StateConfig()
 
     @model_validator(mode="before")
     @classmethod

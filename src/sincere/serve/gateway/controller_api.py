@@ -10,7 +10,9 @@ bug (logged). The routes and what they accept are listed in docs/gateway.md.
 With a key store (``security.keys``) every route needs an admin key (401 without a
 valid key, 403 for a client key), and every state change that succeeded is appended
 to the audit log with the admin key's actor (``admin:<name>/<key id>``); without one,
-the actor is ``anonymous@<client address>``.
+the actor is ``anonymous@<client address>``. A change that failed, or failed half-way
+(an error status or an exception), is audited too, with its status. A change is not
+made when the audit log cannot be written (503 ``audit_unavailable``).
 """
 
 from __future__ import annotations
@@ -66,10 +68,26 @@ class ControllerApi:
             grant = auth.admin(request.headers, request.remote or "")
             if isinstance(grant, Refusal):
                 return refusal_response(grant)
-            response = await handler(request)
-            if action is not None and response.status < 300:
-                target = request.match_info.get("name") or _target(response)
-                auth.audit(grant.actor, action, target, {"result": _summary(response)})
+            if action is None:
+                return await handler(request)
+            unwritable = auth.audit_log.unwritable()
+            if unwritable is not None:  # no change that could not be audited
+                body = error_body(
+                    f"the audit log cannot be written ({unwritable}); the change was not made",
+                    type="server_error", code="audit_unavailable",
+                )  # fmt: skip
+                return web.json_response(body, status=503)
+            name = request.match_info.get("name")
+            try:
+                response = await handler(request)
+            except Exception as exc:  # a change that failed half-way is audited too
+                details = {"status": getattr(exc, "status", 500), "error": type(exc).__name__}
+                auth.audit(grant.actor, action, name or "", details)
+                raise
+            details = {"result": _summary(response)}
+            if response.status >= 300:
+                details["status"] = response.status
+            auth.audit(grant.actor, action, name or _target(response), details)
             return response
 
         return guarded

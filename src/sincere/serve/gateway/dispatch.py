@@ -18,7 +18,9 @@ has and applies the answers:
   head of the queue at once (the slot is reserved before the waiter wakes). A full
   queue (``queue.max_len``) is a 503.
 
-Admission runs once per request (:meth:`Dispatcher.admit`); a retry after an instance
+Admission runs once per request (:meth:`Dispatcher.admit`), told of the queued
+requests ahead of it (at least as important), not those a less important tier queued;
+a retry after an instance
 failed and a queued request asks only for a place (:meth:`FrontDoor.place`). Finished
 requests and slot releases are fed back (:meth:`Dispatcher.observe`,
 :meth:`Dispatcher.release`). With a decision log every call and outcome is written
@@ -101,6 +103,7 @@ class Pending:
     sealed: dict[str, str] | None = None  # headers of a sealed body relayed unread
     prompt_tokens_used: int | None = None  # as the upstream counted them, when it said
     output_tokens: int | None = None  # tokens generated (None: no instance answered)
+    deadline_at: float | None = None  # the client's deadline_s, loop time; None: none
 
 
 def front_door_of(config: GatewayConfig) -> FrontDoor:
@@ -179,7 +182,8 @@ class Dispatcher:
         """The front door's answer to a new request: a refusal now, or None (then acquire)."""
         req = pending.request
         views = self.views(req.model, now, pending.skip)
-        num_queued = len(self.queues.get(req.model, ()))
+        queue = self.queues.get(req.model)
+        num_queued = 0 if queue is None else queue.num_ahead(req.priority)  # ahead of it
         decision = self.front_door.decide(req, views, now, num_queued)
         if self.decisions is not None:
             self.decisions.call(

@@ -25,14 +25,18 @@ until the first head is complete.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import math
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sincere.serve.binding import bound_port, listen_error
 from sincere.serve.gateway.config import LimitsConfig
@@ -114,20 +118,22 @@ class EdgeProtocol(asyncio.Protocol):
         self._limits = limits
         self._inner: asyncio.Protocol | None = None  # aiohttp's protocol, once admitted
         self._client = ""
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._tail: bytes | None = b""  # last bytes of an unfinished first head; None: done
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Admit the connection (or answer 429 / 503 and close) and hand it to aiohttp."""
-        assert isinstance(transport, asyncio.Transport)
+        """Admit the connection (or answer 429 / 503 and close) and hand it to aiohttp.
+
+        The transport is used through its methods only: uvloop's transports are not
+        subclasses of :class:`asyncio.Transport`, though they have the same methods.
+        """
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         refusal = self._limits.admit(self._client)
         if refusal is not None:
-            transport.write(raw_error(refusal))
-            transport.close()
+            _write_close(transport, raw_error(refusal))
             return
         self._inner = self._make()
         self._inner.connection_made(transport)
@@ -164,8 +170,7 @@ class EdgeProtocol(asyncio.Protocol):
             "(limits.header_timeout_s)",
             code="header_timeout",
         )
-        transport.write(raw_error(late))
-        transport.close()
+        _write_close(transport, raw_error(late))
 
     def eof_received(self) -> bool | None:
         """Pass the end of input on (aiohttp closes the connection)."""
@@ -191,6 +196,14 @@ class EdgeProtocol(asyncio.Protocol):
         """Flow control, passed on."""
         if self._inner is not None:
             self._inner.resume_writing()
+
+
+def _write_close(transport: asyncio.BaseTransport, data: bytes) -> None:
+    """Write ``data`` on a stream transport (asyncio's or uvloop's) and close it."""
+    write = getattr(transport, "write", None)
+    if write is not None:
+        write(data)
+    transport.close()
 
 
 class EdgeSite(web.BaseSite):
@@ -240,6 +253,8 @@ class EdgeSite(web.BaseSite):
                 reuse_address=True,
                 reuse_port=self._reuse_port or None,
                 ssl=self._tls,
+                # a TLS handshake gets the head's time limit of its own
+                ssl_handshake_timeout=self._limits.header_timeout_s if self._tls else None,
             )
         except OSError as exc:
             raise listen_error(self._host, self._port, exc) from None
@@ -296,3 +311,109 @@ async def read_body(http_req: web.Request, limits: LimitsConfig, edge: EdgeLimit
             f"request body not complete within {limits.body_timeout_s:g}s (limits.body_timeout_s)",
             code="body_timeout",
         ) from None
+
+
+async def expect_handler(request: web.Request) -> None:
+    """``Expect: 100-continue`` answered as aiohttp does; any other value a JSON 417.
+
+    aiohttp's own handler quotes the value in a text answer, and a value with bytes that
+    are not UTF-8 made that answer fail (500).
+    """
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue" and request.version >= (1, 1):
+        error = ProtocolError(
+            417, f"header Expect: got {ascii(expect)[:80]}; allowed: 100-continue",
+            param="Expect", code="expectation_failed",
+        )  # fmt: skip
+        text = error.to_bytes().decode()
+        raise web.HTTPExpectationFailed(text=text, content_type="application/json")
+    await _default_expect_handler(request)
+
+
+FD_MARGIN = 64  # descriptors kept for logs, the key store, scrapes and the like
+
+
+@dataclass(frozen=True, slots=True)
+class FdBudget:
+    """What the process's open-file limit allows: the soft limit to set, the connections."""
+
+    soft_limit: int  # RLIMIT_NOFILE soft limit to ask for (unchanged if it is enough)
+    max_connections: int  # client connections the edge may hold within it
+    note: str | None  # one log line when the connection limit had to be lowered
+
+
+def fd_budget(max_connections: int, upstream_fds: int, soft: int, hard: int) -> FdBudget:
+    """Fit ``max_connections`` client connections and ``upstream_fds`` upstream ones under
+    RLIMIT_NOFILE: raise the soft limit toward what is needed (not above ``hard``), and
+    lower the connection limit when even that is not enough."""
+    need = max_connections + upstream_fds + FD_MARGIN
+    unlimited = hard < 0  # RLIM_INFINITY
+    target = need if unlimited else min(need, hard)
+    new_soft = max(soft, target)
+    if new_soft >= need:
+        return FdBudget(new_soft, max_connections, None)
+    fits = min(max_connections, max(1, new_soft - upstream_fds - FD_MARGIN))
+    if fits == max_connections:  # one connection is the least the edge can hold
+        return FdBudget(new_soft, max_connections, None)
+    note = (
+        f"limits.max_connections lowered from {max_connections} to {fits}: the open-file "
+        f"limit (RLIMIT_NOFILE) is {new_soft} and the upstreams need {upstream_fds}; "
+        "raise it (ulimit -n) to keep the configured limit"
+    )
+    return FdBudget(new_soft, fits, note)
+
+
+def fit_open_files(edge: EdgeLimits, upstream_fds: int, log: logging.Logger) -> None:
+    """Check the edge's connection limit against RLIMIT_NOFILE at start (see :func:`fd_budget`)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to check
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    budget = fd_budget(edge.max_connections, upstream_fds, soft, hard)
+    if budget.soft_limit != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (budget.soft_limit, hard))
+        except (ValueError, OSError):
+            budget = fd_budget(edge.max_connections, upstream_fds, soft, soft)
+    if budget.note is not None:
+        log.warning("%s", budget.note)
+    edge.max_connections = budget.max_connections
+    edge.max_connections_per_client = min(edge.max_connections_per_client, edge.max_connections)
+
+
+class AcceptErrorLog:
+    """The event loop's exception handler, with errors accepting connections rate-limited.
+
+    Out of file descriptors, every accept attempt fails and asyncio logs each one with a
+    traceback (hundreds of MB a minute). Here such errors give one line per
+    ``interval_s`` with the number left out; anything else goes to the default handler.
+    """
+
+    def __init__(self, log: logging.Logger, interval_s: float = 5.0) -> None:
+        self.log = log
+        self.interval_s = interval_s
+        self._last_at = -math.inf  # monotonic time of the last line written
+        self.num_suppressed = 0  # accept errors not logged since that line
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Handle one error the loop reports."""
+        if not _is_accept_error(context):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._last_at < self.interval_s:
+            self.num_suppressed += 1
+            return
+        exc = context.get("exception")
+        more = f" ({self.num_suppressed} more since the last line)" if self.num_suppressed else ""
+        self.log.error("cannot accept connections: %s%s", exc or context.get("message"), more)
+        self._last_at, self.num_suppressed = now, 0
+
+
+def _is_accept_error(context: dict[str, Any]) -> bool:
+    message = str(context.get("message", ""))
+    exc = context.get("exception")
+    if "accept" in message:
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)

@@ -6,9 +6,18 @@
   to an instance it has not tried yet; when none is left the client gets 502 / 503
   with the last reason. So does an instance that sends no first byte within the
   tier's ``first_byte_timeout_s`` (a stalled engine): its connection is dropped and
-  the request retried elsewhere, instead of waiting out the read timeout.
+  the request retried elsewhere, instead of waiting out the read timeout. A non-streamed
+  answer's first byte is the whole answer: its limit grows by the backend's
+  ``read_timeout_per_token_s`` per token asked for.
 * An instance that fails **mid-stream** ends the client's stream with an error event
   ``data: {"error": {...}}`` followed by ``data: [DONE]``.
+* A **read timeout** (no byte within the backend's ``read_timeout_s``; a non-streamed
+  answer, which comes whole, gets ``read_timeout_per_token_s`` more per token asked for)
+  is retried like a failure but counts no breaker failure: a slow answer is not a dead
+  instance.
+* A client's ``sincere.deadline_s`` is enforced while relaying: passed before the answer
+  started, the client gets **504** ``deadline_exceeded``; passed mid-stream, the stream
+  ends with that error event and ``[DONE]`` (charged the tokens relayed).
 * A 4xx from the instance is passed through (the instance is alive).
 * A client that goes away mid-stream ends the relay quietly: one log line, the
   request counted as ``cancelled``.
@@ -113,7 +122,8 @@ class Relay:
                     return await self._attempt_sealed(http_req, creq, pending, slot)
                 return await self._attempt(http_req, creq, pending, slot)
             except UpstreamError as exc:
-                self._failed(slot, "connect" if exc.status != 503 else "status", exc)
+                kind = "timeout" if exc.timed_out else "connect" if exc.status != 503 else "status"
+                self._failed(slot, kind, exc)
                 self.metrics.retries[slot.instance.name] += 1
                 tried.add(slot.instance.name)
                 pending.exclude = frozenset(tried)
@@ -140,11 +150,18 @@ class Relay:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         limit_s = self.first_byte_timeouts.get(req.tier.name)
+        if limit_s is not None and not creq.stream:  # the first byte is the whole answer
+            per_token_s = slot.instance.backend.config.read_timeout_per_token_s
+            limit_s += per_token_s * (slot.max_tokens or 0)
         opened: Opened | None = None
-        if limit_s is None:
-            upstream = await slot.instance.backend.send(creq, slot.max_tokens)
-        else:
-            upstream, opened = await _first_byte(slot, creq, sent_at + limit_s, limit_s)
+        try:
+            async with asyncio.timeout_at(pending.deadline_at):
+                if limit_s is None:
+                    upstream = await slot.instance.backend.send(creq, slot.max_tokens)
+                else:
+                    upstream, opened = await _first_byte(slot, creq, sent_at + limit_s, limit_s)
+        except TimeoutError:
+            raise deadline_error(pending, loop.time(), "before the first byte") from None
         ok = False
         try:
             if upstream.status != 200:
@@ -175,10 +192,15 @@ class Relay:
         sent_at: float,
     ) -> web.StreamResponse:
         req = pending.request
-        body = await upstream.read_all()
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(pending.deadline_at):
+                body = await upstream.read_all()
+        except TimeoutError:
+            raise deadline_error(pending, loop.time(), "while the answer was generated") from None
+        now = loop.time()
         first = upstream.stats.first_event_at  # None: the answer came whole (not measured)
-        pending.output_tokens = upstream.output_tokens(body)
+        pending.output_tokens = upstream.output_tokens(body, slot.max_tokens)
         self._succeeded(req, slot, sent_at, first, now, pending.output_tokens)
         upstream_model = slot.instance.backend.models.get(req.model, req.model)
         if upstream_model != req.model:
@@ -205,24 +227,37 @@ class Relay:
         if pending.headers:
             resp.headers.extend(pending.headers)
         pending.output_tokens = 0
+        cap = slot.max_tokens
         try:
             await resp.prepare(http_req)
             await resp.write(first_event)
-            async for event in events:
-                await resp.write(event)
+            async with asyncio.timeout_at(pending.deadline_at):
+                async for event in events:
+                    await resp.write(event)
+        except TimeoutError:  # the client's deadline_s passed mid-stream: end it, say why
+            pending.output_tokens = upstream.output_tokens(None, cap)
+            self.metrics.finished(slot.instance.name, req.tier.name, "timeout")
+            late = deadline_error(pending, loop.time(), "mid-stream")
+            sep = b"" if upstream.stats.ends_event else b"\n"
+            error = error_body(late.message, type="timeout_error", code=late.code)
+            await _write_quietly(resp, sep + sse_event(error) + SSE_DONE)
+            return resp
+        except asyncio.CancelledError:  # the client left while the next event was awaited
+            pending.output_tokens = upstream.output_tokens(None, cap)
+            raise
         except UpstreamError as exc:
-            pending.output_tokens = upstream.stats.num_events
+            pending.output_tokens = upstream.output_tokens(None, cap)
             self._failed(slot, "stream", exc)
             self.metrics.finished(slot.instance.name, req.tier.name, "error")
             sep = b"" if upstream.stats.ends_event else b"\n"  # close a half-sent event
             await _write_quietly(resp, sep + sse_event(_stream_error(exc.message)) + SSE_DONE)
             return resp
         except ConnectionResetError:  # the client went away: not the gateway's error
-            pending.output_tokens = upstream.stats.num_events
+            pending.output_tokens = upstream.output_tokens(None, cap)
             self.client_left(req.tier.name, slot.instance.name, "mid-stream")
             return resp
         now = loop.time()
-        pending.output_tokens = upstream.output_tokens(None)
+        pending.output_tokens = upstream.output_tokens(None, cap)
         self._succeeded(req, slot, sent_at, first_at, now, pending.output_tokens)
         return resp
 
@@ -236,19 +271,32 @@ class Relay:
         req, loop = pending.request, asyncio.get_running_loop()
         assert pending.sealed is not None
         sent_at = loop.time()
-        up = await slot.instance.backend.send_opaque(creq.kind, creq.raw, pending.sealed)
+        answer_tokens = None if creq.stream else creq.max_tokens or 0
+        try:
+            async with asyncio.timeout_at(pending.deadline_at):
+                up = await slot.instance.backend.send_opaque(
+                    creq.kind, creq.raw, pending.sealed, answer_tokens
+                )
+        except TimeoutError:
+            raise deadline_error(pending, loop.time(), "before the first byte") from None
         headers = {**slot.instance.json_headers, "Content-Type": up.headers.get("Content-Type", "")}
         headers.update(pending.headers)
         pending.output_tokens = 0
+        cap = creq.max_tokens  # the declared cap the seal proxy enforced
         try:
             if up.status != 200 or not creq.stream:
                 try:
-                    body = await up.read()
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise upstream_error(slot.instance.name, "", exc, retryable=True) from None
+                    async with asyncio.timeout_at(pending.deadline_at):
+                        body = await _read_sealed(up, slot)
+                except TimeoutError:
+                    late = "while the answer was generated"
+                    raise deadline_error(pending, loop.time(), late) from None
                 usage = usage_of_header(up.headers.get(USAGE_HEADER))
                 if usage is not None:
                     pending.prompt_tokens_used, pending.output_tokens = usage
+                elif up.status == 200:  # an answer whose usage nobody told: its cap
+                    pending.output_tokens = cap or 0
+                pending.output_tokens = _capped(pending.output_tokens, cap)
                 if up.status == 200:
                     self._succeeded(req, slot, sent_at, None, loop.time(), pending.output_tokens)
                 else:
@@ -256,9 +304,16 @@ class Relay:
                     self.metrics.finished(slot.instance.name, req.tier.name, "client_error")
                 return web.Response(status=up.status, body=body, headers=headers)
             scanner = UsageScanner()
-            resp, first_at, ended = await relay_stream(http_req, up, headers, scanner)
+            try:
+                resp, first_at, ended = await relay_stream(http_req, up, headers, scanner)
+            except asyncio.CancelledError:  # the client left: charge the events relayed
+                pending.output_tokens = _capped(scanner.num_events, cap)
+                raise
             if scanner.usage is not None:
                 pending.prompt_tokens_used, pending.output_tokens = scanner.usage
+            else:
+                pending.output_tokens = scanner.num_events
+            pending.output_tokens = _capped(pending.output_tokens, cap)
             if ended == "broken":
                 error = UpstreamError(
                     f"{slot.instance.name}: sealed stream broken", retryable=False
@@ -294,10 +349,33 @@ class Relay:
         self.dispatcher.observe(outcome)
 
     def _failed(self, slot: Slot, kind: str, exc: UpstreamError) -> None:
+        """Count an instance's error; a read timeout (a slow answer) opens no breaker."""
         state = slot.instance
-        state.breaker.record_failure(asyncio.get_running_loop().time())
+        if not exc.timed_out:
+            state.breaker.record_failure(asyncio.get_running_loop().time())
         self.metrics.upstream_error(state.name, kind)
         self.log.debug("instance %s failed (%s): %s %s", state.name, kind, exc.message, exc.detail)
+
+
+def deadline_error(pending: Pending, now: float, when: str) -> RefusalError:
+    """The 504 of a request whose client ``deadline_s`` passed (``when``: where it was)."""
+    req = pending.request
+    given = (pending.deadline_at or now) - req.arrival_at
+    return RefusalError(
+        504,
+        f"sincere.deadline_s of {given:g}s passed {when} ({now - req.arrival_at:.3f}s after "
+        "arrival); ask for fewer tokens or a later deadline",
+        "timeout",
+        "deadline_exceeded",
+    )
+
+
+async def _read_sealed(up: aiohttp.ClientResponse, slot: Slot) -> bytes:
+    """A sealed answer's whole body; a broken or timed-out read is a retryable UpstreamError."""
+    try:
+        return await up.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise upstream_error(slot.instance.name, "", exc, retryable=True) from None
 
 
 async def _first_byte(
@@ -339,6 +417,11 @@ def _stream_error(message: str) -> dict[str, object]:
     return error_body(
         f"upstream failed mid-stream: {message}", type="server_error", code="upstream_failed"
     )
+
+
+def _capped(tokens: int, cap: int | None) -> int:
+    """``tokens``, at most ``cap`` (None: no cap)."""
+    return tokens if cap is None else min(tokens, cap)
 
 
 def _json(status: int, body: bytes, instance: InstanceState) -> web.Response:

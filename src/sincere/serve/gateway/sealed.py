@@ -12,7 +12,10 @@ chunk. The only things read from the answer are the plain usage counts the proxy
 for accounting (``x-sincere-usage``, or the ``sincere-usage`` SSE event).
 
 Sealed requests go only to the backends named in ``security.sealed_backends`` (seal
-proxies), and plain requests only to the others; with the list empty both go anywhere.
+proxies), and plain requests only to the others; with the list empty a sealed body is
+refused (415): a plain engine never receives one. The usage a proxy reports is capped
+by the declared ``max_tokens`` (the cap the proxy enforced); an answer without usage is
+charged that cap, and a stream cut short the events relayed.
 """
 
 from __future__ import annotations
@@ -108,18 +111,31 @@ def usage_of_header(value: str | None) -> tuple[int, int] | None:
 
 
 class UsageScanner:
-    """Finds the proxy's ``sincere-usage`` event in a relayed stream, chunk by chunk."""
+    """Finds the proxy's ``sincere-usage`` event in a relayed stream, chunk by chunk.
 
-    __slots__ = ("_tail", "usage")
+    It also counts the events relayed (``num_events``: each ends with a blank line; the
+    usage event not counted): the seal proxy seals the engine's stream event by event,
+    so for a stream cut short that is an upper bound of the tokens the client got.
+    """
+
+    __slots__ = ("_last", "_tail", "num_events", "usage")
 
     def __init__(self) -> None:
         self._tail = b""
+        self._last = b""  # the last byte seen (a blank line cut between two chunks)
+        self.num_events = 0  # events relayed, the usage event not counted
         self.usage: tuple[int, int] | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Look at the next bytes of the stream."""
-        if self.usage is not None:
+        if not chunk:
             return
+        ends = (self._last + chunk).count(b"\n\n")
+        self._last = chunk[-1:]
+        if self.usage is not None:
+            self.num_events += ends
+            return
+        self.num_events += ends
         buf = self._tail + chunk
         at = buf.find(_USAGE_MARK)
         if at < 0:
@@ -132,6 +148,7 @@ class UsageScanner:
         for line in buf[at:end].splitlines():
             if line.startswith(b"data:"):
                 self.usage = _usage_json(line[5:])
+        self.num_events -= 1  # the usage event itself
         self._tail = b""
 
 

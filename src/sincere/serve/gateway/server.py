@@ -9,9 +9,11 @@ drives. Endpoints:
   admitted, routed, queued and relayed (:mod:`~sincere.serve.gateway.dispatch`,
   :mod:`~sincere.serve.gateway.relay`); SSE streams pass through token by token.
   The response header ``x-sincere-instance`` names the instance that served it.
-* ``GET /v1/models`` -- the union of the instances' models; ``GET /health``;
+* ``GET /v1/models`` -- the union of the instances' models (with keys: a client key's
+  allowed ones); ``GET /health`` (with keys: instance states to admin keys only);
   ``GET /metrics`` -- the gateway's Prometheus metrics
-  (:mod:`~sincere.serve.gateway.metrics`);
+  (:mod:`~sincere.serve.gateway.metrics`; with keys: an admin key, see
+  ``security.metrics_access``);
 * ``/admin/...`` -- the controller API (:mod:`sincere.serve.gateway.controller`).
 
 Security (:class:`~sincere.serve.gateway.config.SecurityConfig`, wired by
@@ -51,6 +53,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -65,11 +68,19 @@ from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
-from sincere.serve.gateway.billing import reserve_prices, settle
+from sincere.serve.gateway.billing import reserve_prices, settle, settle_async
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
-from sincere.serve.gateway.edge import EdgeLimits, EdgeSite, read_body, runner_kwargs
+from sincere.serve.gateway.edge import (
+    AcceptErrorLog,
+    EdgeLimits,
+    EdgeSite,
+    expect_handler,
+    fit_open_files,
+    read_body,
+    runner_kwargs,
+)
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
@@ -114,7 +125,7 @@ class Gateway(Served):
         self.scraper = LoadScraper(
             config.scrape, self.dispatcher.instances.values, lambda: self.loop.time()
         )
-        self.auth = GatewayAuth(config.security)
+        self.auth = GatewayAuth(config.security, config.state)
         sealed = config.security.sealed_backends
         self._sealed_only = frozenset(sealed)  # backends that take sealed bodies only
         first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
@@ -136,11 +147,12 @@ class Gateway(Served):
 
     def _make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.limits.max_body_bytes + 1)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
+        expect = expect_handler
+        app.router.add_post("/v1/completions", self._completions, expect_handler=expect)
+        app.router.add_post("/v1/chat/completions", self._chat, expect_handler=expect)
+        app.router.add_get("/v1/models", self._models, expect_handler=expect)
+        app.router.add_get("/health", self._health, expect_handler=expect)
+        app.router.add_get("/metrics", self._metrics, expect_handler=expect)
         if self.config.admin:
             from sincere.serve.gateway.controller import Controller
             from sincere.serve.gateway.controller_api import ControllerApi
@@ -170,6 +182,9 @@ class Gateway(Served):
         if security.tls_cert is not None and security.tls_key is not None:
             tls = server_context(security.tls_cert, security.tls_key)
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(AcceptErrorLog(self.log))
+        upstream_fds = sum(b.max_in_flight + 8 for b in self.config.backends)
+        fit_open_files(self.edge, upstream_fds, self.log)
         self.load.restart(self.loop.time())
         limits = self.config.limits
         self._runner = web.AppRunner(
@@ -215,6 +230,7 @@ class Gateway(Served):
             self._runner = None
         for state in list(self.dispatcher.instances.values()):
             await state.backend.close()
+        await self.auth.drain()
         self.auth.stop()
         self._loop = None
 
@@ -275,11 +291,13 @@ class Gateway(Served):
             tier = req.tier.name
             if key is not None:
                 prices = reserve_prices(self.dispatcher, req.model)
-                granted = self.auth.authorize(key, _facts(req, creq), prices)
+                granted = await self.auth.authorize_async(key, _facts(req, creq), prices)
                 if isinstance(granted, Refusal):
                     return self._refused(granted, tier)
                 grant = granted
             pending = Pending(req, _client_id(http_req), sealed=sealed)
+            if creq.sincere.deadline_s is not None:
+                pending.deadline_at = req.arrival_at + creq.sincere.deadline_s
             if self._sealed_only:
                 pending.skip = self._sealed_only if sealed is None else self._plain_names()
             if grant is not None:
@@ -300,11 +318,16 @@ class Gateway(Served):
             self.relay.client_left(
                 tier, pending.instance if pending else "", "waiting for an answer"
             )
+            if grant is not None:  # settled now (in a task with shared state), not awaited
+                settle(self.auth, grant, pending, self.dispatcher)
+                grant = None
             raise
         except Exception as exc:  # a bug: answer 500 without internals, count it, log it
             return self.internal_error(http_req, tier, exc)
         finally:
-            if grant is not None:
+            if grant is not None and self.auth.shared is not None:
+                await settle_async(self.auth, grant, pending, self.dispatcher)
+            elif grant is not None:
                 settle(self.auth, grant, pending, self.dispatcher)
 
     async def _parse(
@@ -314,7 +337,16 @@ class Gateway(Served):
         body = await read_body(http_req, self.config.limits, self.edge)
         confidential = self.config.security.confidential
         served, limit = self.dispatcher.served, self.config.limits.max_body_bytes
-        return parse_any(http_req.headers, kind, body, served, limit, confidential)
+        creq, sealed = parse_any(http_req.headers, kind, body, served, limit, confidential)
+        if sealed is not None and not self._sealed_only:
+            raise ProtocolError(
+                415,
+                "Content-Type: application/sincere-sealed: this gateway has no backend that "
+                "opens sealed bodies (security.sealed_backends is empty); send plain JSON",
+                param="Content-Type",
+                code="sealed_not_served",
+            )
+        return creq, sealed
 
     def _plain_names(self) -> frozenset[str]:
         """Instances that are not seal proxies (a sealed body must not go there)."""
@@ -344,28 +376,52 @@ class Gateway(Served):
         return web.Response(status=500, body=dumps(body), content_type="application/json")
 
     async def _models(self, http_req: web.Request) -> web.Response:
-        names = sorted(self.dispatcher.served)
-        return web.json_response(models_response(names, int(time.time())))
+        """The models served; with keys, a client key's only (401 without one)."""
+        names = self.dispatcher.served
+        key = self.auth.authenticate(http_req.headers)
+        if isinstance(key, Refusal):
+            return self._refused(key, self.config.default_tier)
+        if key is not None and key.spec.models is not None:
+            names = names & key.spec.models
+        return web.json_response(models_response(sorted(names), int(time.time())))
+
+    def _is_admin(self, http_req: web.Request) -> bool:
+        """Whether the caller may see the gateway's internals (always without keys)."""
+        return not isinstance(self.auth.admin(http_req.headers, ""), Refusal)
 
     async def _health(self, http_req: web.Request) -> web.Response:
+        """Up or degraded; instance states to admins only when keys are on."""
         now = self.loop.time()
         states = {s.name: s.breaker.state(now).value for s in self.dispatcher.instances.values()}
         ok = any(v != "open" for v in states.values())
-        return web.json_response({"status": "ok" if ok else "degraded", "instances": states})
+        out: dict[str, Any] = {"status": "ok" if ok else "degraded"}
+        if self.auth.store is None or self._is_admin(http_req):
+            out["instances"] = states
+        state = await asyncio.to_thread(self.auth.state_health) if self.auth.shared else None
+        if state is not None:
+            out["state"] = state
+            if not state["ok"]:
+                out["status"] = "degraded"
+        return web.json_response(out)
 
     async def _metrics(self, http_req: web.Request) -> web.Response:
+        """Prometheus text; with keys an admin key's (or, ``aggregate``, tenant-free to all)."""
+        tenants = True
+        if self.auth.store is not None:
+            grant = self.auth.admin(http_req.headers, "")
+            if isinstance(grant, Refusal):
+                if self.config.security.metrics_access != "aggregate":
+                    return refusal_response(grant)
+                tenants = False
         now = self.loop.time()
         d = self.dispatcher
-        text = (
-            self.metrics.render(
-                {m: len(q) for m, q in d.queues.items()},
-                {s.name: s.num_in_flight for s in d.instances.values()},
-                {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
-                self.edge.refused,
-                self.edge.num_open,
-            )
-            + self.auth.metrics_text()
-        )
+        text = self.metrics.render(
+            {m: len(q) for m, q in d.queues.items()},
+            {s.name: s.num_in_flight for s in d.instances.values()},
+            {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
+            self.edge.refused,
+            self.edge.num_open,
+        ) + (self.auth.metrics_text() if tenants else "")
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     # ------------------------------------------------------- background tasks
@@ -433,7 +489,8 @@ def serve_gateway(
 
     With ``workers > 1`` this process binds first (with ``SO_REUSEPORT``; port 0 is
     resolved here), calls ``ready`` and starts ``workers - 1`` more processes on the
-    same port; they stop when this one does. Linux and the BSDs only. With
+    same port; they stop when this one does: on SIGINT or SIGTERM it stops them (and on
+    Linux the kernel stops them should it be killed outright). Linux and the BSDs only. With
     ``decisions`` every process appends its decisions to that file, line by line.
     """
     if workers < 1:
@@ -451,6 +508,7 @@ def serve_gateway(
         if ready is not None:
             ready(gw)
 
+    stop_on_sigterm()
     try:
         with contextlib.suppress(KeyboardInterrupt):
             run_on_fast_loop(
@@ -461,10 +519,33 @@ def serve_gateway(
             child.terminate()
         for child in children:
             child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=5)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops this process as Ctrl-C does (cleanly: keys flushed, workers stopped)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies (even by -9)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
 
 
 def _worker(config: GatewayConfig, decisions: Path | None) -> None:
-    """One extra worker process of :func:`serve_gateway`."""
+    """One extra worker process of :func:`serve_gateway`; it stops with the first one."""
+    _die_with_parent()
+    stop_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):
         run_on_fast_loop(run_gateway(config, reuse_port=True, decisions=decisions))
 

@@ -50,6 +50,7 @@ class RequestQueue(Generic[T]):
         self._heap: list[tuple[tuple[int, float, float, int], Ticket[T]]] = []
         self._counter = itertools.count()
         self._num_live = 0
+        self._by_priority: dict[int, int] = {}  # live tickets per priority
 
     def __len__(self) -> int:
         return self._num_live
@@ -72,7 +73,20 @@ class RequestQueue(Generic[T]):
         ticket = Ticket(payload, priority, deadline, head, seq=seq, key=key)
         heapq.heappush(self._heap, (key, ticket))
         self._num_live += 1
+        self._by_priority[priority] = self._by_priority.get(priority, 0) + 1
         return ticket
+
+    def num_ahead(self, priority: int) -> int:
+        """Live tickets at least as important as ``priority`` (smaller or equal): ahead of it."""
+        return sum(n for p, n in self._by_priority.items() if p <= priority)
+
+    def _gone(self, ticket: Ticket[T]) -> None:
+        self._num_live -= 1
+        left = self._by_priority.get(ticket.priority, 1) - 1
+        if left > 0:
+            self._by_priority[ticket.priority] = left
+        else:
+            self._by_priority.pop(ticket.priority, None)
 
     def peek(self) -> Ticket[T] | None:
         """The ticket ``pop`` would return, without removing it."""
@@ -84,8 +98,8 @@ class RequestQueue(Generic[T]):
         self._drop_cancelled()
         if not self._heap:
             return None
-        self._num_live -= 1
         ticket = heapq.heappop(self._heap)[1]
+        self._gone(ticket)
         ticket.queued = False
         return ticket
 
@@ -95,7 +109,7 @@ class RequestQueue(Generic[T]):
             return False
         ticket.queued = False
         ticket.cancelled = True
-        self._num_live -= 1
+        self._gone(ticket)
         return True
 
     def order(self) -> list[T]:

@@ -58,6 +58,17 @@ class AuditLog:
                     out.write(line)
         return entry
 
+    def unwritable(self) -> str | None:
+        """Why a record could not be appended now (None: it can, or there is no file)."""
+        if self.path is None:
+            return None
+        try:
+            with self.path.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+        return None
+
     def read(self) -> list[dict[str, Any]]:
         """Every record so far, oldest first."""
         if self.path is None:

@@ -20,11 +20,20 @@ The sliding windows live in memory only: after a restart a key may use up to one
 more window's worth. Several gateway worker processes on one store each keep their
 own windows and reservations (limits then apply per worker), and
 :meth:`refresh` picks up keys created or revoked by another process.
+
+**Shared state** (``shared``: a :class:`~sincere.serve.security.shared.RedisState`):
+windows, reservations, spend and the usage not yet flushed live in Redis instead, each
+admission and settlement one atomic script, so limits and budgets hold across every
+worker and gateway on that Redis; :meth:`flush` writes what Redis holds unflushed to
+the durable record (SQLite, as without it). Redis unreachable: :meth:`admit` refuses
+with 503 ``state_store_unavailable`` (budgets fail closed) and a settlement is kept in
+memory and retried at the next flush.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -42,6 +51,13 @@ from sincere.serve.security.keys import (
     split_token,
 )
 from sincere.serve.security.metrics import TenantMetrics
+from sincere.serve.security.shared import (
+    Admitted,
+    KeyLimits,
+    RedisState,
+    Refused,
+    StateUnavailableError,
+)
 from sincere.serve.security.storage import KeyStorage, Totals, open_storage
 from sincere.serve.security.windows import SlidingWindow
 
@@ -66,7 +82,7 @@ class Reservation:
 class LimitRefusal:
     """Why a key's limits or budget refused a request."""
 
-    status: int  # 429 (rate) or 402 (budget)
+    status: int  # 429 (rate), 402 (budget) or 503 (shared state store unreachable)
     code: str  # requests_per_minute_exceeded, tokens_per_minute_exceeded, budget_exhausted
     message: str  # names the limit, the amounts and what would help
     retry_after_s: float | None  # when a retry can succeed; None: not by waiting
@@ -76,7 +92,7 @@ class LimitRefusal:
 class _KeyState:
     """One key's record and its live accounting."""
 
-    __slots__ = ("pending", "record", "requests", "reserved_usd", "tokens", "totals")
+    __slots__ = ("pending", "record", "requests", "reserved_usd", "seed_usd", "tokens", "totals")
 
     def __init__(self, record: KeyRecord, totals: Totals, window_s: float, buckets: int) -> None:
         self.record = record
@@ -87,6 +103,7 @@ class _KeyState:
         self.totals = totals  # lifetime usage, including what is not yet flushed
         self.pending = Totals()  # settled but not yet written to storage
         self.reserved_usd = 0.0  # worst-case cost of requests in flight
+        self.seed_usd = totals.spent_usd  # the durable record's spend when loaded
 
     def remaining_usd(self) -> float | None:
         budget = self.record.spec.budget_usd
@@ -106,8 +123,13 @@ class KeyStore:
         metrics: TenantMetrics | None = None,
         window_s: float = 60.0,
         num_buckets: int = 60,
+        shared: RedisState | None = None,
     ) -> None:
         self.storage = storage
+        self.shared = shared  # None: windows, reservations and spend in this process
+        self._remaining: dict[str, float | None] = {}  # shared: budget left at last admit
+        self._backlog: list[_Settled] = []  # settlements Redis missed, retried at a flush
+        self._settling: set[asyncio.Task[None]] = set()  # settlements on their way to Redis
         self.audit = audit if audit is not None else AuditLog(None)
         self.metrics = metrics
         self.window_s = window_s  # the "per minute" window, seconds
@@ -131,11 +153,12 @@ class KeyStore:
         *,
         audit_path: str | Path | None = None,
         metrics: TenantMetrics | None = None,
+        shared: RedisState | None = None,
     ) -> KeyStore:
         """The store at ``path`` (SQLite or keys file) with its audit log beside it by default."""
         path = Path(path)
         audit = AuditLog(audit_path if audit_path is not None else default_audit_path(path))
-        return cls(open_storage(path), audit=audit, metrics=metrics)
+        return cls(open_storage(path), audit=audit, metrics=metrics, shared=shared)
 
     def _add_state(self, record: KeyRecord, totals: Totals) -> _KeyState:
         state = _KeyState(record, totals, self.window_s, self.num_buckets)
@@ -243,6 +266,8 @@ class KeyStore:
         """Check limits and budget; if all allow, record the request and reserve its worst case."""
         state = self._states[record.key_id]
         amount = prompt_tokens + max_tokens
+        if self.shared is not None:
+            return self._admit_shared(self.shared, state, prompt_tokens, max_tokens, prices, now)
         refusal = _rate_refusal(state, now, amount)
         if refusal is not None:
             return refusal
@@ -254,6 +279,70 @@ class KeyStore:
             state.requests.add(now, 1)
         bucket = None if state.tokens is None else state.tokens.add(now, amount)
         state.reserved_usd += cost
+        self._num_reservations += 1
+        reservation = Reservation(
+            self._num_reservations, record.key_id, record.name, cost, amount, bucket, now
+        )
+        self._open[reservation.number] = reservation
+        return reservation
+
+    async def admit_async(
+        self, record: KeyRecord, prompt_tokens: int, max_tokens: int, prices: Prices, now: float
+    ) -> Reservation | LimitRefusal:
+        """:meth:`admit`; with shared state the Redis call is awaited, not blocking the loop."""
+        if self.shared is None:
+            return self.admit(record, prompt_tokens, max_tokens, prices, now)
+        state = self._states[record.key_id]
+        limits, amount, cost = self._shared_ask(state, prompt_tokens, max_tokens, prices)
+        try:
+            got = await self.shared.admit_async(limits, amount, cost, now)
+        except StateUnavailableError as exc:
+            return _unavailable(exc, self.shared)
+        return self._shared_answer(got, state, prompt_tokens, max_tokens, cost, now)
+
+    def _shared_ask(
+        self, state: _KeyState, prompt_tokens: int, max_tokens: int, prices: Prices
+    ) -> tuple[KeyLimits, int, float]:
+        record, spec = state.record, state.record.spec
+        limits = KeyLimits(
+            record.key_id, spec.max_requests_per_min, spec.max_tokens_per_min,
+            spec.budget_usd, state.seed_usd,
+        )  # fmt: skip
+        return limits, prompt_tokens + max_tokens, prices.cost_usd(prompt_tokens, max_tokens)
+
+    def _admit_shared(
+        self,
+        shared: RedisState,
+        state: _KeyState,
+        prompt_tokens: int,
+        max_tokens: int,
+        prices: Prices,
+        now: float,
+    ) -> Reservation | LimitRefusal:
+        """:meth:`admit` against the shared state: one atomic script in Redis."""
+        limits, amount, cost = self._shared_ask(state, prompt_tokens, max_tokens, prices)
+        try:
+            got = shared.admit(limits, amount, cost, now)
+        except StateUnavailableError as exc:
+            return _unavailable(exc, shared)
+        return self._shared_answer(got, state, prompt_tokens, max_tokens, cost, now)
+
+    def _shared_answer(
+        self,
+        got: Admitted | Refused,
+        state: _KeyState,
+        prompt_tokens: int,
+        max_tokens: int,
+        cost: float,
+        now: float,
+    ) -> Reservation | LimitRefusal:
+        record, spec = state.record, state.record.spec
+        amount = prompt_tokens + max_tokens
+        if not isinstance(got, Admitted):
+            return _shared_refusal(got.limit, spec, amount, got.retry_after_s, got.remaining_usd,
+                                   cost, prompt_tokens, max_tokens)  # fmt: skip
+        self._remaining[record.key_id] = got.remaining_usd
+        bucket = got.bucket if spec.max_tokens_per_min is not None else None
         self._num_reservations += 1
         reservation = Reservation(
             self._num_reservations, record.key_id, record.name, cost, amount, bucket, now
@@ -273,9 +362,18 @@ class KeyStore:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
         state = self._states[reservation.key_id]
         cost = prices.cost_usd(prompt_tokens, completion_tokens)
-        state.reserved_usd = max(0.0, state.reserved_usd - reservation.reserved_usd)
         delta = Totals(cost, 1, prompt_tokens, completion_tokens)
         state.totals += delta
+        if self.shared is not None:
+            settled = (reservation, prompt_tokens, completion_tokens, cost)
+            if _loop_running():
+                self._settle_later(self.shared, settled)
+            else:
+                self._settle_shared(self.shared, settled)
+            if self.metrics is not None:
+                self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
+            return cost
+        state.reserved_usd = max(0.0, state.reserved_usd - reservation.reserved_usd)
         state.pending += delta
         if state.tokens is not None and reservation.tokens_bucket is not None:
             used = prompt_tokens + completion_tokens
@@ -284,8 +382,64 @@ class KeyStore:
             self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
         return cost
 
+    async def settle_async(
+        self,
+        reservation: Reservation,
+        prompt_tokens: int,
+        completion_tokens: int,
+        prices: Prices,
+    ) -> float:
+        """:meth:`settle`; with shared state the Redis call is awaited (done when it returns)."""
+        if self.shared is None:
+            return self.settle(reservation, prompt_tokens, completion_tokens, prices)
+        if self._open.pop(reservation.number, None) is None:
+            raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
+        cost = prices.cost_usd(prompt_tokens, completion_tokens)
+        self._states[reservation.key_id].totals += Totals(cost, 1, prompt_tokens, completion_tokens)
+        settled = (reservation, prompt_tokens, completion_tokens, cost)
+        if self.metrics is not None:
+            self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
+        # shielded: a caller cancelled meanwhile must not leave the reservation held in Redis
+        await asyncio.shield(self._settle_later(self.shared, settled))
+        return cost
+
+    def _settle_shared(self, shared: RedisState, settled: _Settled) -> bool:
+        """Settle in Redis; kept for the next flush to retry when Redis is unreachable."""
+        try:
+            shared.settle(*_settle_args(settled))
+        except StateUnavailableError:
+            self._backlog.append(settled)
+            return False
+        return True
+
+    def _settle_later(self, shared: RedisState, settled: _Settled) -> asyncio.Task[None]:
+        """On an event loop: settle in Redis in a task of its own (awaited by :meth:`drain`)."""
+
+        async def settle() -> None:
+            try:
+                await shared.settle_async(*_settle_args(settled))
+            except StateUnavailableError:
+                self._backlog.append(settled)
+
+        task = asyncio.get_running_loop().create_task(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for settlements under way (before the loop stops); close the loop's client."""
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
+        if self.shared is not None:
+            await self.shared.aclose()
+
     def remaining_usd(self, key_id: str) -> float | None:
-        """Budget left after spend and reservations; ``None``: the key has no budget."""
+        """Budget left after spend and reservations; ``None``: the key has no budget.
+
+        With shared state: as Redis said at this key's last admission in this process.
+        """
+        if self.shared is not None:
+            return self._remaining.get(key_id)
         return self._states[key_id].remaining_usd()
 
     def window_totals(self, key_id: str, now: float) -> tuple[int | None, int | None]:
@@ -314,7 +468,9 @@ class KeyStore:
 
     # --------------------------------------------------------------- persistence
     def take_pending(self) -> dict[str, Totals]:
-        """The usage settled since the last flush, cleared from memory."""
+        """The usage settled since the last flush, cleared from memory (or from Redis)."""
+        if self.shared is not None:
+            return self._take_shared(self.shared)
         pending = {}
         for key_id, state in self._states.items():
             if state.pending.num_requests:
@@ -322,8 +478,21 @@ class KeyStore:
                 state.pending = Totals()
         return pending
 
+    def _take_shared(self, shared: RedisState) -> dict[str, Totals]:
+        """Retry settlements Redis missed, then take what it holds unflushed ({} if down)."""
+        backlog, self._backlog = self._backlog, []
+        for settled in backlog:
+            self._settle_shared(shared, settled)
+        try:
+            return shared.take_unflushed()
+        except StateUnavailableError:
+            return {}
+
     def restore_pending(self, pending: dict[str, Totals]) -> None:
         """Put back usage whose write failed, to be written by the next flush."""
+        if self.shared is not None:
+            self.shared.restore_unflushed(pending)
+            return
         for key_id, delta in pending.items():
             state = self._states[key_id]
             state.pending = delta + state.pending
@@ -378,6 +547,30 @@ class KeyStore:
             self._writer = None
         self.flush()
         self.storage.close()
+        if self.shared is not None:
+            self.shared.close()
+
+
+_Settled = tuple[Reservation, int, int, float]  # reservation, prompt, completion tokens, cost
+
+
+def _settle_args(settled: _Settled) -> tuple[str, float, float, int | None, int, int, int, float]:
+    """The arguments of :meth:`RedisState.settle` for one settlement."""
+    reservation, prompt_tokens, completion_tokens, cost = settled
+    used = prompt_tokens + completion_tokens
+    return (
+        reservation.key_id, reservation.reserved_usd, cost, reservation.tokens_bucket,
+        used - reservation.reserved_tokens, prompt_tokens, completion_tokens,
+        reservation.made_at,
+    )  # fmt: skip
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def default_audit_path(store_path: Path) -> Path:
@@ -411,6 +604,44 @@ def _rate_refusal(state: _KeyState, now: float, amount: int) -> LimitRefusal | N
             )
             return LimitRefusal(429, "tokens_per_minute_exceeded", message, wait, None)
     return None
+
+
+def _unavailable(exc: StateUnavailableError, shared: RedisState) -> LimitRefusal:
+    return LimitRefusal(503, "state_store_unavailable", str(exc), shared.retry_after_s, None)
+
+
+def _shared_refusal(
+    limit: str,
+    spec: KeySpec,
+    amount: int,
+    retry_after_s: float | None,
+    remaining: float | None,
+    cost: float,
+    prompt_tokens: int,
+    max_tokens: int,
+) -> LimitRefusal:
+    """The refusal of a limit the shared state named (``rpm``, ``tpm`` or ``budget``)."""
+    if limit == "budget":
+        return _budget_refusal(remaining or 0.0, cost, prompt_tokens, max_tokens)
+    wait = math.inf if retry_after_s is None else retry_after_s
+    if limit == "rpm":
+        message = (
+            f"requests per minute: the key's limit is {spec.max_requests_per_min}; "
+            f"retry after {wait:.1f} s"
+        )
+        return LimitRefusal(429, "requests_per_minute_exceeded", message, wait, None)
+    cap = spec.max_tokens_per_min
+    if wait == math.inf:
+        message = (
+            f"tokens per minute: this request needs {amount} tokens (prompt + "
+            f"max_tokens), more than the key's limit of {cap}; lower max_tokens"
+        )
+        return LimitRefusal(429, "tokens_per_minute_exceeded", message, None, None)
+    message = (
+        f"tokens per minute: the key's limit is {cap}, this request needs {amount} "
+        f"(prompt + max_tokens); retry after {wait:.1f} s"
+    )
+    return LimitRefusal(429, "tokens_per_minute_exceeded", message, wait, None)
 
 
 def _budget_refusal(

@@ -41,8 +41,12 @@ _ERROR_TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     429: "rate_limit_error",
+    503: "server_error",
 }
-_OUTCOMES = {401: "unauthenticated", 402: "budget_exhausted", 403: "forbidden", 429: "rate_limited"}
+_OUTCOMES = {
+    401: "unauthenticated", 402: "budget_exhausted", 403: "forbidden", 429: "rate_limited",
+    503: "unavailable",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ class RequestFacts:
 class Refusal:
     """An error answer: status, OpenAI error body fields, headers."""
 
-    status: int  # 401, 402, 403 or 429
+    status: int  # 401, 402, 403, 429, or 503 (the shared state store is unreachable)
     code: str  # machine-readable reason (see the module docstring)
     message: str  # what was wrong and what would help; no secrets
     headers: tuple[tuple[str, str], ...] = ()  # Retry-After, WWW-Authenticate, budget
@@ -134,6 +138,24 @@ def authorize_record(
     if refusal is not None:
         return counted(store, record.name, refusal)
     admitted = store.admit(record, facts.prompt_tokens, facts.max_tokens, prices, now)
+    return _granted(store, record, admitted)
+
+
+async def authorize_record_async(
+    store: KeyStore, record: KeyRecord, facts: RequestFacts, prices: Prices, now: float
+) -> Grant | Refusal:
+    """:func:`authorize_record` with the store's admission awaited (shared state in Redis)."""
+    refusal = check_access(record, facts)
+    if refusal is not None:
+        return counted(store, record.name, refusal)
+    admitted = await store.admit_async(record, facts.prompt_tokens, facts.max_tokens, prices, now)
+    return _granted(store, record, admitted)
+
+
+def _granted(
+    store: KeyStore, record: KeyRecord, admitted: Reservation | LimitRefusal
+) -> Grant | Refusal:
+    """The grant of an admitted request, or its limit's refusal (counted either way)."""
     if isinstance(admitted, LimitRefusal):
         return counted(store, record.name, _from_limit(admitted))
     if store.metrics is not None:

@@ -17,15 +17,26 @@ may quote the prompt. ``GET`` of ``/health``, ``/v1/models``, ``/metrics`` and
 ``/sincere/load`` pass through to the engine (metadata only), so a gateway can scrape
 the engine through the proxy; ``GET /sincere/seal/key`` shows the public key and id.
 
+Edges: with an inbound key (``inbound_key``; the gateway sends it as its upstream
+credential for this backend) every call but ``/sincere/seal/key`` needs it (401); a
+sealed body received twice within ``replay_window_s`` is refused (409 ``replayed``:
+:class:`ReplayWindow`); a kept-alive connection idle ``idle_timeout_s`` is closed and a
+body must arrive within ``body_timeout_s`` (408).
+
 No attestation: nothing here proves to a client that this code runs in a TEE. The
 client trusts the public key it was given as a file (see docs/security.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import hashlib
+import hmac
 import json
 import math
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -74,8 +85,16 @@ class SealProxy(Served):
         timeout_s: float = 600.0,
         ssl_context: ssl.SSLContext | None = None,
         upstream_key: Secret | None = None,
+        inbound_key: Secret | None = None,
+        replay_window_s: float = 600.0,
+        idle_timeout_s: float = 15.0,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.pair = pair
+        self._inbound = None if inbound_key is None else inbound_key.reveal().encode()
+        self.replays = ReplayWindow(replay_window_s)  # sealed bodies seen lately
+        self.idle_timeout_s = idle_timeout_s  # a kept-alive connection's silence, then closed
+        self.body_timeout_s = body_timeout_s  # the longest a sealed body may take to arrive
         self.upstream = upstream.rstrip("/")  # the engine's base URL
         self.host = host
         self.port = port
@@ -103,7 +122,13 @@ class SealProxy(Served):
         """Bind and serve."""
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         self._session = aiohttp.ClientSession(timeout=timeout)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.idle_timeout_s,
+            lingering_time=min(10.0, self.body_timeout_s),
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
@@ -124,13 +149,43 @@ class SealProxy(Served):
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "chat")
 
+    def _refused_caller(self, request: web.Request) -> web.Response | None:
+        """401 unless the caller sends the inbound key (``Authorization: Bearer``), when set."""
+        if self._inbound is None:
+            return None
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self._inbound
+        ):
+            return None
+        error = ProtocolError(401, "this seal proxy needs its inbound key", code="invalid_api_key")
+        return _plain_error(error)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            late = f"sealed body not complete within {self.body_timeout_s:g}s"
+            raise ProtocolError(408, late, code="body_timeout") from None
+
     async def _handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        refused = self._refused_caller(request)
+        if refused is not None:
+            return refused
         if not is_sealed(request.headers):
             message = f"this endpoint takes sealed bodies only (Content-Type: {CONTENT_TYPE})"
             return _plain_error(ProtocolError(415, message, code="not_sealed"))
         try:
             declared = declared_from_headers(request.headers, kind)
-            plaintext, sealer = open_request(self.pair, declared, await request.read())
+            raw = await self._read_body(request)
+            plaintext, sealer = open_request(self.pair, declared, raw)
+            if not self.replays.first_time(raw, time.monotonic()):
+                raise ProtocolError(
+                    409, "this sealed request was already received: replays are refused",
+                    code="replayed",
+                )  # fmt: skip
         except ProtocolError as exc:
             return _plain_error(exc)
         except web.HTTPRequestEntityTooLarge:
@@ -220,6 +275,12 @@ class SealProxy(Served):
         )
 
     async def _pass_through(self, request: web.Request) -> web.Response:
+        refused = self._refused_caller(request)
+        if refused is not None:
+            return refused
+        return await self._passed(request)
+
+    async def _passed(self, request: web.Request) -> web.Response:
         try:
             url = self.upstream + request.path
             async with self._client.get(url, headers=self._upstream_headers) as up:
@@ -237,6 +298,33 @@ class SealProxy(Served):
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+class ReplayWindow:
+    """Sealed bodies seen in the last ``window_s`` seconds (their digests), to refuse replays.
+
+    An HPKE encapsulation is fresh for every sealed request, so the same bytes twice are a
+    replay. Bounded: at most ``max_entries`` digests, the oldest forgotten first. A replay
+    older than the window is not detected (the envelope carries no timestamp).
+    """
+
+    def __init__(self, window_s: float, max_entries: int = 200_000) -> None:
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self._seen: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+
+    def first_time(self, body: bytes, now: float) -> bool:
+        """Remember ``body``; False when it was seen within the window (a replay)."""
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if now - at <= self.window_s and len(self._seen) < self.max_entries:
+                break
+            del self._seen[oldest]
+        digest = hashlib.sha256(body).digest()
+        if digest in self._seen:
+            return False
+        self._seen[digest] = now
+        return True
 
 
 def _plain_error(exc: ProtocolError) -> web.Response:

@@ -1,0 +1,86 @@
+"""The edge's connection limit against the open-file limit, and accept errors in the log."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.edge import FD_MARGIN, AcceptErrorLog, fd_budget
+from sincere.serve.gateway.server import Gateway
+
+from .test_security_gateway import gateway_config
+
+
+def run(factory: Callable[[], Awaitable[None]]) -> None:
+    """One async test body with a hard time bound."""
+    asyncio.run(asyncio.wait_for(factory(), 30))
+
+
+@given(
+    st.integers(1, 1 << 20), st.integers(0, 1 << 16), st.integers(16, 1 << 20),
+    st.integers(16, 1 << 21),
+)  # fmt: skip
+def test_fd_budget_always_fits_under_the_limit(
+    max_connections: int, upstream: int, soft: int, hard: int
+) -> None:
+    """The connections kept plus the upstreams fit the soft limit asked for (<= hard), and
+    the connection limit is only ever lowered, with a note saying so."""
+    soft = min(soft, hard)
+    got = fd_budget(max_connections, upstream, soft, hard)
+    assert soft <= got.soft_limit <= hard
+    assert 1 <= got.max_connections <= max_connections
+    if got.max_connections > 1:
+        assert got.max_connections + upstream + FD_MARGIN <= got.soft_limit
+    assert (got.note is None) == (got.max_connections == max_connections)
+
+
+def test_a_low_fd_limit_lowers_the_connection_limit_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under a 1,024-descriptor limit that cannot be raised, the default 4,096 connections
+    are lowered to what fits, with one warning naming RLIMIT_NOFILE."""
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1024))
+    monkeypatch.setattr(resource, "setrlimit", lambda *_: None)
+    caplog.set_level(logging.WARNING)
+
+    async def main() -> None:
+        async with FakeUpstream() as up, Gateway(gateway_config(up.url, None)) as gw:
+            upstream = gw.config.backends[0].max_in_flight + 8
+            assert gw.edge.max_connections == 1024 - upstream - FD_MARGIN
+            assert gw.edge.max_connections_per_client <= gw.edge.max_connections
+
+    run(main)
+    assert "RLIMIT_NOFILE" in caplog.text and "lowered from 4096" in caplog.text
+
+
+def test_accept_errors_are_one_line_per_interval() -> None:
+    """A thousand EMFILE accept errors in a burst give one log line, the rest counted."""
+    log = logging.getLogger("test.accept")
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    log.addHandler(handler)
+    try:
+        on_error = AcceptErrorLog(log, interval_s=60.0)
+        loop = asyncio.new_event_loop()
+        try:
+            for _ in range(1000):
+                context = {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(errno.EMFILE, "Too many open files"),
+                }
+                on_error(loop, context)
+        finally:
+            loop.close()
+    finally:
+        log.removeHandler(handler)
+    assert len(lines) == 1 and "Too many open files" in lines[0]
+    assert on_error.num_suppressed == 999

@@ -1,0 +1,140 @@
+"""Limits and budgets shared through a real Redis: two gateways, one budget, one window.
+
+Each test starts its own redis-server (the ``redis_url`` fixture) and two gateways in
+this process on the same key store and Redis; requests race over both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.gateway.server import Gateway
+from sincere.serve.security.keys import KeySpec
+from sincere.serve.security.keystore import KeyStore
+from sincere.serve.security.shared import RedisState
+
+from .test_security_gateway import bearer, gateway_config, make_keys
+
+BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
+
+
+def run(factory: Callable[[], Awaitable[None]]) -> None:
+    """One async test body with a hard time bound."""
+    asyncio.run(asyncio.wait_for(factory(), 40))
+
+
+@contextlib.asynccontextmanager
+async def two_gateways(
+    keys: Path, redis: str, **extra: Any
+) -> AsyncIterator[tuple[list[Gateway], aiohttp.ClientSession]]:
+    """A fake upstream and two gateways over it sharing ``keys`` and ``redis``."""
+    async with FakeUpstream(num_tokens=4) as up:
+        cfg = gateway_config(up.url, keys, state={"redis": redis}, **extra)
+        async with Gateway(cfg) as a, Gateway(cfg) as b, aiohttp.ClientSession() as s:
+            yield [a, b], s
+
+
+async def race(gws: list[Gateway], s: aiohttp.ClientSession, token: str, n: int) -> list[int]:
+    """``n`` requests at once, alternating between the gateways: their statuses."""
+
+    async def one(k: int) -> int:
+        url = gws[k % len(gws)].url + "/v1/completions"
+        async with s.post(url, json=BODY, headers=bearer(token)) as r:
+            await r.read()
+            return r.status
+
+    return list(await asyncio.gather(*(one(k) for k in range(n))))
+
+
+def test_a_budget_for_five_serves_exactly_five_across_two_gateways(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """40 racing requests on two gateways, a budget for 5 answers: exactly 5 served."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=5 * 4.0))
+
+    async def main() -> None:
+        async with two_gateways(keys, redis_url) as (gws, s):
+            statuses = await race(gws, s, tokens["acme"], 40)
+        assert statuses.count(200) == 5 and statuses.count(402) == 35
+
+    run(main)
+    store = KeyStore.open(keys)
+    try:
+        (record,) = store.records()
+        assert store.totals(record.key_id).spent_usd == 20.0  # both flushed on close
+    finally:
+        store.close()
+
+
+def test_requests_and_tokens_per_minute_hold_across_two_gateways(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """RPM 7 over two gateways: 7 of 20 served; TPM for 3 requests: 3 of 20 served."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(
+        keys,
+        rpm=KeySpec(name="rpm", max_requests_per_min=7),
+        tpm=KeySpec(name="tpm", max_tokens_per_min=3 * (3 + 4)),  # prompt ~3 + max_tokens 4
+    )
+
+    async def main() -> None:
+        async with two_gateways(keys, redis_url) as (gws, s):
+            by_rpm = await race(gws, s, tokens["rpm"], 20)
+            by_tpm = await race(gws, s, tokens["tpm"], 20)
+        assert by_rpm.count(200) == 7 and by_rpm.count(429) == 13
+        assert by_tpm.count(200) == 3 and by_tpm.count(429) == 17
+
+    run(main)
+
+
+def test_redis_unreachable_fails_closed_and_health_says_so(tmp_path: Path) -> None:
+    """With Redis down a keyed request is refused 503 with the reason; /health is degraded."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=100.0))
+
+    async def main() -> None:
+        async with FakeUpstream() as up:
+            cfg = gateway_config(up.url, keys, state={"redis": "redis://127.0.0.1:1/0"})
+            async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+                async with s.post(
+                    gw.url + "/v1/completions", json=BODY, headers=bearer(tokens["acme"])
+                ) as r:
+                    status, answer = r.status, await r.json()
+                async with s.get(gw.url + "/health") as r:
+                    health = await r.json()
+            assert up.bodies == []
+        assert status == 503 and answer["error"]["code"] == "state_store_unavailable"
+        assert "Redis" in answer["error"]["message"]
+        assert health["status"] == "degraded" and health["state"]["ok"] is False
+        assert "refused (503)" in health["state"]["reason"]
+
+    run(main)
+
+
+def test_spend_in_redis_equals_the_durable_record(tmp_path: Path, redis_url: str) -> None:
+    """After racing requests and a flush, Redis's spend equals the SQLite record's."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
+
+    async def main() -> None:
+        async with two_gateways(keys, redis_url) as (gws, s):
+            statuses = await race(gws, s, tokens["acme"], 12)
+        assert statuses == [200] * 12
+
+    run(main)
+    store = KeyStore.open(keys)
+    shared = RedisState(redis_url)
+    try:
+        (record,) = store.records()
+        assert store.totals(record.key_id).spent_usd == shared.spent_usd(record.key_id) == 48.0
+    finally:
+        store.close()
+        shared.close()

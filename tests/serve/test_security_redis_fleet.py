@@ -1,0 +1,152 @@
+"""A fleet on one Redis: two `sincere serve --workers 2` processes, four workers, one budget.
+
+Real processes (the CLI), a real redis-server (the ``redis_url`` fixture), a fake
+upstream on a thread of this process. Racing requests over both gateways hold one
+budget and one requests-per-minute window; after ``kill -9`` of one gateway (its
+workers with it) the other flushes what it left in Redis, and the spend in Redis equals
+the durable record's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.security.keys import KeySpec
+from sincere.serve.security.keystore import KeyStore
+from sincere.serve.security.shared import RedisState
+
+from .conftest import _free_port
+from .test_security_gateway import bearer, make_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = "import sys; sys.argv[0] = 'sincere'; from sincere.cli import main; main()"
+BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
+
+
+@contextlib.contextmanager
+def upstream_thread() -> Iterator[str]:
+    """A fake upstream served by an event loop on a thread of its own; its URL."""
+    loop = asyncio.new_event_loop()
+    up = FakeUpstream(num_tokens=4)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(up.start(), loop).result(10)
+    try:
+        yield up.url
+    finally:
+        asyncio.run_coroutine_threadsafe(up.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def gateway_process(
+    tmp_path: Path, name: str, upstream: str, keys: Path, redis: str, flush_s: float
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`sincere serve --workers 2` in a new process group; the process and its URL."""
+    port = _free_port()
+    config = {
+        "port": port,
+        "backends": [{"name": "b0", "url": upstream, "models": ["m"], "metrics_path": None,
+                      "price_out_per_1m_usd": 1_000_000.0}],
+        "scrape": {"enabled": False},
+        "admission": {"enabled": False},
+        "security": {"flush_interval_s": flush_s},
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(config))
+    args = ["serve", str(path), "--workers", "2", "--keys", str(keys), "--redis", redis]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENTRY, *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / f"{name}.log").open("w"),
+        start_new_session=True,  # its own process group: its workers go with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/health", timeout=2) as r:
+            if r.status == 200:
+                time.sleep(1.0)  # the second worker binds after the first answers
+                return proc, url
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"gateway {name} did not start: {(tmp_path / f'{name}.log').read_text()[-500:]}")
+
+
+async def race(urls: list[str], token: str, n: int) -> list[int]:
+    """``n`` requests at once, alternating over ``urls`` (new connections): their statuses."""
+
+    async def one(k: int) -> int:
+        async with aiohttp.ClientSession() as s:
+            url = urls[k % len(urls)] + "/v1/completions"
+            async with s.post(url, json=BODY, headers=bearer(token)) as r:
+                await r.read()
+                return r.status
+
+    return list(await asyncio.gather(*(one(k) for k in range(n))))
+
+
+def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group of ``proc`` (a gateway and its workers); reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_two_gateways_four_workers_share_budget_limits_and_spend(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """40 racing requests on a budget for 5 -> exactly 5 served; RPM 7 -> 7 of 20; after
+    kill -9 of one gateway the spend in Redis equals the durable record's, per key."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(
+        keys,
+        budget=KeySpec(name="budget", budget_usd=5 * 4.0),
+        rpm=KeySpec(name="rpm", max_requests_per_min=7),
+        spend=KeySpec(name="spend", budget_usd=1000.0),
+    )
+    with upstream_thread() as upstream:
+        a, url_a = gateway_process(tmp_path, "a", upstream, keys, redis_url, 30.0)  # no flush
+        b, url_b = gateway_process(tmp_path, "b", upstream, keys, redis_url, 0.1)
+        try:
+            by_budget = asyncio.run(race([url_a, url_b], tokens["budget"], 40))
+            by_rpm = asyncio.run(race([url_a, url_b], tokens["rpm"], 20))
+            through_a = asyncio.run(race([url_a], tokens["spend"], 10))
+            stop_group(a, signal.SIGKILL)  # A flushed nothing: its usage sits in Redis
+            time.sleep(1.0)  # B's flush loop writes it
+        finally:
+            stop_group(a, signal.SIGKILL)
+            stop_group(b, signal.SIGINT)
+    assert by_budget.count(200) == 5 and by_budget.count(402) == 35
+    assert by_rpm.count(200) == 7 and by_rpm.count(429) == 13
+    assert through_a == [200] * 10
+    store, shared = KeyStore.open(keys), RedisState(redis_url)
+    try:
+        for record in store.records():
+            durable = store.totals(record.key_id).spent_usd
+            assert durable == pytest.approx(shared.spent_usd(record.key_id)), record.name
+        spend = next(r for r in store.records() if r.name == "spend")
+        assert store.totals(spend.key_id).spent_usd == 40.0
+    finally:
+        store.close()
+        shared.close()

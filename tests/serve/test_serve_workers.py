@@ -1,0 +1,66 @@
+"""`sincere serve --workers N` is one process group: SIGTERM to it stops every worker."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import _free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = "import sys; sys.argv[0] = 'sincere'; from sincere.cli import main; main()"
+
+
+def _answers(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+        return r.status == 200
+    return False
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_gateway_stops_all_its_workers(tmp_path: Path) -> None:
+    """SIGTERM to the first process: it and its 2 workers exit; nothing serves the port."""
+    port = _free_port()
+    config = tmp_path / "gw.yaml"
+    config.write_text(json.dumps({"port": port, "backends": [], "scrape": {"enabled": False}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENTRY, "serve", str(config), "--workers", "3"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "gw.log").open("w"),
+    )
+    url = f"http://127.0.0.1:{port}/health"
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(workers) < 2:
+            time.sleep(0.2)
+            if _answers(url):
+                workers = [
+                    c for c in psutil.Process(proc.pid).children() if c.name().startswith("python")
+                ]
+        assert len(workers) >= 2, (tmp_path / "gw.log").read_text()[-500:]
+        time.sleep(1.0)  # the workers bind
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        gone, alive = psutil.wait_procs(workers, timeout=20)
+        assert alive == [] and len(gone) == len(workers)
+        assert not _answers(url)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for worker in workers:  # a failed run leaves none behind
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
