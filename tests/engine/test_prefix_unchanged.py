@@ -44,7 +44,7 @@ def _summary_sha(config: dict[str, Any], out: Path) -> str:
 
 
 @pytest.mark.parametrize("caching", [False, True])
-def test_w1_summary_is_byte_identical_with_caching_off_and_on(tmp_path: Path, caching: bool) -> None:
+def test_w1_summary_is_byte_identical_caching_off_and_on(tmp_path: Path, caching: bool) -> None:
     """W1's summary.json is the pinned one with enable_prefix_caching false and true."""
     assert _summary_sha(_config("w1", caching), tmp_path) == PINNED["w1"]
 
