@@ -142,16 +142,22 @@ def test_cache_invariants_hold_under_pressure(
     req = _requests(prompts, ids, outs, gap)
     engine = _engine(req, num_kv_blocks=blocks, block_size=16, max_num_batched_tokens=256)
     computed: dict[int, int] = {}
-    prefilled = engine.state.prefilled
-
-    def counting(chunks: Sequence[tuple[int, int]], end: float) -> None:
-        for i, c in chunks:
-            if engine.records.num_preemptions[i] == 0:
-                computed[i] = computed.get(i, 0) + c
-        prefilled(chunks, end)
-
-    engine.state.prefilled = counting  # type: ignore[method-assign]
-    drive(engine, lambda: _check_cache(engine))
+    arrivals, nxt = req.arrival_at, 0
+    while True:  # drive(), counting the prompt tokens of every piece of work that completes
+        at = engine.next_event_at()
+        if nxt < len(arrivals) and (at is None or arrivals[nxt] <= at):
+            engine.add(nxt, float(arrivals[nxt]))
+            nxt += 1
+        elif at is not None:
+            run = engine._run
+            if run is not None and run.end_at <= at:
+                for i, c in run.chunks:
+                    if engine.records.num_preemptions[i] == 0:
+                        computed[i] = computed.get(i, 0) + c
+            engine.advance(at)
+        else:
+            break
+        _check_cache(engine)
     rec = engine.records
     cache = engine.state.cache
     assert cache is not None and cache.shared == 0 and not cache.held
