@@ -142,9 +142,9 @@ def _rows(problem: Problem) -> list[CandidateRow]:
             )
             if load.arrival_rate == 0:  # Inferno's zero-load allocation: the batch unscaled
                 n = max(1, min(s.max_batch or perf.max_batch, MAX_BATCH))
-            rep = affine_replica(
+            rep = affine_replica(  # prefill work: the prompt tokens its prefix cache lacks
                 perf.params,
-                load.avg_in_tokens,
+                load.uncached_in_tokens,
                 load.avg_out_tokens,
                 n,
                 problem.optimizer.queue_factor,

@@ -9,6 +9,12 @@ YAML shape (all keys documented in docs/workload.md)::
     tiers: {preset: niyama}      # or a list of {name, ttft_s, ttlt_s, tbt_s, priority, weight}
     max_tokens: null             # client cap on generated tokens
 
+``trace: {path, format}`` replays a recorded trace instead of ``arrival`` and ``lengths``:
+its requests in order with their arrival times, lengths, block ids (prefix caching) and
+models where it names them (otherwise drawn from ``models``); ``tiers`` are drawn as usual.
+An ``arrival`` section beside it replaces the recorded times (e.g. ``kind: trace`` of the
+same file with a ``rate``, for capacity scans); ``num_requests`` / ``duration_s`` cut it.
+
 ``arrival`` takes any kind of :data:`~sincere.workload.arrivals.ARRIVALS` with that
 class's parameters; ``sincere-bursty`` / ``sincere-ramp`` also take ``mean: 4|8|12``;
 ``trace`` takes ``path`` (and ``format``, ``time_scale``, ``rate``, ``loop``) instead of
@@ -45,6 +51,7 @@ from sincere.workload.lengths import (
     load_length_table,
 )
 from sincere.workload.mixes import SINCERE_MODEL_MIX, ModelMix, TierMix, tier_preset
+from sincere.workload.sessions import SessionShape, build_sessions
 from sincere.workload.traces import read_lengths, read_trace
 
 _SIMPLE = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
@@ -202,6 +209,41 @@ class _Capped:
         return np.minimum(self.dist.sample(rng, n), self.cap)
 
 
+class TraceConfig(BaseModel):
+    """``trace:``: a recorded trace replayed as the workload (``format``: see ``trace formats``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: str
+    format: str | None = None
+
+
+class SessionsConfig(BaseModel):
+    """``sessions:``: shared system prompts, multi-turn sessions, agent loops
+    (:mod:`sincere.workload.sessions`); ``arrival`` then gives session starts and
+    ``lengths`` each user message (prompt column) and answer (output column)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min_turns: PositiveInt = 1
+    max_turns: PositiveInt = 1
+    think_s: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    system_prompt_tokens: int = Field(default=0, ge=0)
+    num_system_prompts: PositiveInt = 1
+    popularity_s: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    block_tokens: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _check(self) -> SessionsConfig:
+        self.shape()
+        return self
+
+    def shape(self) -> SessionShape:
+        """The generator's parameters."""
+        try:
+            return SessionShape(**self.model_dump())
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class WeightedTierConfig(TierConfig):
     """One tier of a ``tiers:`` list: the tier's targets and its share of the requests."""
 
@@ -230,16 +272,25 @@ class WorkloadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     num_requests: PositiveInt | None = None
     duration_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    arrival: ArrivalConfig
-    lengths: LengthsConfig
+    arrival: ArrivalConfig | None = None  # required unless ``trace`` is given
+    lengths: LengthsConfig | None = None  # required unless ``trace`` is given; not with it
+    trace: TraceConfig | None = None  # replay a recorded trace (module docstring)
+    sessions: SessionsConfig | None = None  # prompts sharing prefixes (workload.sessions)
     models: dict[str, float] | str = Field(default_factory=lambda: {"default": 1.0})
     tiers: TierPresetConfig | list[WeightedTierConfig] = Field(default_factory=TierPresetConfig)
     max_tokens: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadConfig:
-        if self.num_requests is None and self.duration_s is None:
-            raise ValueError("give num_requests, duration_s or both")
+        if self.trace is None:
+            if self.num_requests is None and self.duration_s is None:
+                raise ValueError("give num_requests, duration_s or both")
+            if self.arrival is None or self.lengths is None:
+                raise ValueError("give arrival and lengths (or a trace to replay)")
+        elif self.lengths is not None:
+            raise ValueError("a replayed trace brings its own lengths; drop 'lengths'")
+        if self.trace is not None and self.sessions is not None:
+            raise ValueError("give a trace or sessions, not both")
         self.model_mix()
         self.tier_mix()
         return self
@@ -265,10 +316,21 @@ class WorkloadConfig(BaseModel):
     def missing_files(self, base_dir: Path | None = None) -> list[str]:
         """``field: path`` of each trace file this workload reads that does not exist."""
         wanted = []
-        if self.arrival.kind == "trace" and isinstance(self.arrival.params.get("path"), str):
+        if self.trace is not None:
+            wanted.append(("trace.path", self.trace.path))
+        if (
+            self.arrival is not None
+            and self.arrival.kind == "trace"
+            and isinstance(self.arrival.params.get("path"), str)
+        ):
             wanted.append(("arrival.path", self.arrival.params["path"]))
-        if self.lengths.source is not None and self.lengths.source not in length_sources():
-            wanted.append(("lengths.source", self.lengths.source))
+        lengths = self.lengths
+        if (
+            lengths is not None
+            and lengths.source is not None
+            and lengths.source not in length_sources()
+        ):
+            wanted.append(("lengths.source", lengths.source))
         return [
             f"workload.{where}: "
             + (
@@ -339,9 +401,14 @@ def generate(
     relative trace paths resolve against ``base_dir`` (default: the config file's folder)."""
     config, folder = as_workload_config(config)
     base_dir = base_dir if base_dir is not None else folder
+    if config.trace is not None:
+        return _replay(config, config.trace, seed, base_dir)
     arrival_rng, length_rng, model_rng, tier_rng = _streams(seed)
+    assert config.arrival is not None and config.lengths is not None  # checked on load
     process = config.arrival.build(base_dir)
     t = process.times(arrival_rng, num_requests=config.num_requests, duration_s=config.duration_s)
+    if config.sessions is not None:
+        return _sessions(config, config.sessions, t, base_dir, length_rng, model_rng, tier_rng)
     n = len(t)
     prompt, output = config.lengths.build(base_dir).sample(length_rng, n)
     if config.max_tokens is not None:
@@ -365,10 +432,95 @@ def generate(
     )
 
 
+def _sessions(
+    config: WorkloadConfig,
+    sessions: SessionsConfig,
+    starts: Any,
+    base_dir: Path | None,
+    length_rng: np.random.Generator,
+    model_rng: np.random.Generator,
+    tier_rng: np.random.Generator,
+) -> RequestArrays:
+    """Sessions starting at ``starts`` (one per arrival), cut to the workload's size."""
+    assert config.lengths is not None  # checked on load
+    shape = sessions.shape()
+    user, answer = config.lengths.build(base_dir).sample(length_rng, len(starts) * shape.max_turns)
+    got = build_sessions(np.asarray(starts, dtype=np.float64), shape, user, answer, length_rng)
+    n = len(got.arrival_at)
+    if config.num_requests is not None and config.num_requests < n:
+        n = config.num_requests
+    if config.duration_s is not None:
+        n = int(np.searchsorted(got.arrival_at[:n], config.duration_s, side="left"))
+    output = got.output_tokens[:n]
+    max_tokens = output.copy()
+    if config.max_tokens is not None:
+        output = np.minimum(output, config.max_tokens)
+        max_tokens = np.full(n, config.max_tokens, dtype=np.int64)
+    mix, tiers = config.model_mix(), config.tier_mix()
+    tier = tiers.sample(tier_rng, n)
+    return RequestArrays(
+        arrival_at=got.arrival_at[:n],
+        prompt_tokens=got.prompt_tokens[:n],
+        output_tokens=output,
+        max_tokens=max_tokens,
+        model=mix.sample(model_rng, n),
+        tier=tier,
+        priority=tiers.priorities[tier],
+        budget_usd=np.full(n, np.nan),
+        models=mix.models,
+        tiers=tiers.tiers,
+        block_ids=got.block_ids[:n],
+        block_tokens=shape.block_tokens,
+        sessions=got.sessions[:n],
+    )
+
+
+def _replay(
+    config: WorkloadConfig, trace: TraceConfig, seed: int, base_dir: Path | None
+) -> RequestArrays:
+    """The requests of a recorded trace, cut and completed by the rest of ``config``."""
+    arrival_rng, _, model_rng, tier_rng = _streams(seed)
+    rec = read_trace(_resolve(trace.path, base_dir), format=trace.format)
+    t = rec.arrival_at
+    if config.arrival is not None:
+        t = config.arrival.build(base_dir).times(arrival_rng, num_requests=len(rec))
+    n = len(rec) if len(t) > len(rec) else len(t)
+    if config.num_requests is not None and config.num_requests < n:
+        n = config.num_requests
+    if config.duration_s is not None:
+        n = int(np.searchsorted(t[:n], config.duration_s, side="left"))
+    output = rec.output_tokens[:n]
+    max_tokens = rec.max_tokens[:n].copy()
+    if config.max_tokens is not None:
+        output = np.minimum(output, config.max_tokens)
+        max_tokens = np.minimum(max_tokens, config.max_tokens)
+    mix, tiers = config.model_mix(), config.tier_mix()
+    named = rec.models != ("default",)
+    tier = tiers.sample(tier_rng, n)
+    return RequestArrays(
+        arrival_at=np.asarray(t[:n], dtype=np.float64),
+        prompt_tokens=rec.prompt_tokens[:n],
+        output_tokens=output,
+        max_tokens=max_tokens,
+        model=rec.model[:n] if named else mix.sample(model_rng, n),
+        tier=tier,
+        priority=tiers.priorities[tier],
+        budget_usd=np.full(n, np.nan),
+        models=rec.models if named else mix.models,
+        tiers=tiers.tiers,
+        prompts=rec.prompts[:n],
+        block_ids=rec.block_ids[:n],
+        block_tokens=rec.block_tokens if rec.block_ids else 0,
+        sessions=rec.sessions[:n],
+    )
+
+
 __all__ = [
     "ArrivalConfig",
     "LengthsConfig",
+    "SessionsConfig",
     "TierPresetConfig",
+    "TraceConfig",
     "WeightedTierConfig",
     "WorkloadConfig",
     "as_workload_config",
