@@ -163,8 +163,11 @@ class FrontDoor:
         """
         if not views:
             return Reject("no_instance", f"no instance serves model {request.model!r}")
-        if request.budget_usd is None and not exclude:  # the common case, per instance
-            candidates = [v for v in views if v.healthy and v.has_room]
+        if request.budget_usd is None and not exclude:  # the common case: has_room inlined
+            candidates = [
+                v for v in views
+                if v.healthy and (v.max_in_flight is None or v.num_outstanding < v.max_in_flight)
+            ]  # fmt: skip
         else:
             candidates = [
                 v for v in views
