@@ -20,8 +20,8 @@ Served at ``GET /metrics`` in the Prometheus text format (version 0.0.4):
 
 An observation is a dict lookup and a bisect (well under a microsecond); the text is
 built only when scraped. Kept hand-written on measurement: prometheus-client, holding the
-same metrics, cost ~13x more per served request and ~16x more per render at 10 label sets
-(benchmarks/gateway_metrics_render.py; figures in benchmarks/README.md).
+same metrics, cost 7-13x more per served request and 12-16x more per render at 10 and
+10,000 label sets (benchmarks/gateway_metrics_render.py; figures in benchmarks/README.md).
 """
 
 from __future__ import annotations
