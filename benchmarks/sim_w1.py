@@ -9,7 +9,9 @@ Each size runs with the compiled modules (``sincere native``; the default once b
 and with ``SINCERE_NATIVE=0`` (the interpreted sources), in turn, ``--repeat`` times;
 the table gives medians and the compiled/interpreted wall ratio, pair by pair, so the
 comparison holds while the machine's speed drifts. Both modes must give the same
-summary (checked).
+summary (checked). No peer figure is printed: Vidur cannot run on this machine, and a
+ratio to a figure from another run, machine or size would not be a measurement
+(benchmarks/README.md, "Speed beside Vidur").
 
     .venv/bin/python benchmarks/sim_w1.py                 # 10k and 1M requests
     .venv/bin/python benchmarks/sim_w1.py --sizes 10000 100000 --repeat 1
@@ -33,7 +35,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SINCERE = Path(sys.executable).with_name("sincere")
-VIDUR_RPS = 670.0  # Vidur on W1 (10k requests), whole process, plots and traces off, 2 cores
 
 
 def run_once(config: Path, out: Path, compiled: bool) -> tuple[float, float]:
@@ -96,7 +97,6 @@ def main() -> None:
                 "requests": size,
                 "wall_s": round(wall, 2),
                 "requests_per_s": round(size / wall),
-                "vs_vidur": round(size / wall / VIDUR_RPS, 1),
                 "interpreted_wall_s": round(statistics.median(walls[False]), 2),
                 "compiled_over_interpreted": round(statistics.median(ratios), 3),
                 "peak_rss_mib": round(peaks[True]),

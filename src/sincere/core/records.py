@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -151,47 +152,80 @@ def slo_met(
 
 
 def to_table(requests: RequestArrays, records: RecordArrays) -> pa.Table:
-    """The ``requests.parquet`` table (columns :data:`REQUEST_COLUMNS`)."""
+    """The ``requests.parquet`` table (columns :data:`REQUEST_COLUMNS`).
+
+    Columns are laid into Arrow buffers from the NumPy arrays directly (:func:`_column`):
+    ``pa.array`` and ``pa.table`` on NumPy data import pandas to ask whether it is a
+    Series, about a second of a short run's start-up."""
     lat = latencies(requests, records)
     instance = np.where(records.instance < 0, len(records.instances), records.instance)
-    return pa.table(
-        {
-            "request_id": np.arange(len(requests), dtype=np.int64),
-            "model": _strings(requests.models, requests.model),
-            "tier": _strings([t.name for t in requests.tiers], requests.tier),
-            "instance": _strings([*records.instances, ""], instance),
-            "arrival_at": requests.arrival_at,
-            "first_scheduled_at": records.first_scheduled_at,
-            "first_token_at": records.first_token_at,
-            "finished_at": records.finished_at,
-            "prompt_tokens": requests.prompt_tokens,
-            "output_tokens": records.output_tokens,
-            "ttft_s": lat["ttft_s"],
-            "tpot_s": lat["tpot_s"],
-            "e2e_s": lat["e2e_s"],
-            "queue_s": lat["queue_s"],
-            "num_preemptions": records.num_preemptions,
-            "cached_tokens": records.cached_tokens,
-            "slo_met": slo_met(requests, records, lat),
-            "rejected": records.rejected,
-            "reject_reason": _reasons(records),
-            **{name: _counts(getattr(records, name)) for name in LOAD_COLUMNS},
-        }
-    )
+    columns: dict[str, pa.Array] = {
+        "request_id": _column(np.arange(len(requests), dtype=np.int64)),
+        "model": _strings(requests.models, requests.model),
+        "tier": _strings([t.name for t in requests.tiers], requests.tier),
+        "instance": _strings([*records.instances, ""], instance),
+        "arrival_at": _column(requests.arrival_at),
+        "first_scheduled_at": _column(records.first_scheduled_at),
+        "first_token_at": _column(records.first_token_at),
+        "finished_at": _column(records.finished_at),
+        "prompt_tokens": _column(requests.prompt_tokens),
+        "output_tokens": _column(records.output_tokens),
+        "ttft_s": _column(lat["ttft_s"]),
+        "tpot_s": _column(lat["tpot_s"]),
+        "e2e_s": _column(lat["e2e_s"]),
+        "queue_s": _column(lat["queue_s"]),
+        "num_preemptions": _column(records.num_preemptions),
+        "cached_tokens": _column(records.cached_tokens),
+        "slo_met": _column(slo_met(requests, records, lat)),
+        "rejected": _column(records.rejected),
+        "reject_reason": _reasons(records),
+        **{name: _counts(getattr(records, name)) for name in LOAD_COLUMNS},
+    }
+    return pa.Table.from_arrays(list(columns.values()), names=list(columns))
+
+
+_ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+
+
+def _column(values: npt.NDArray[Any], null: npt.NDArray[np.bool_] | None = None) -> pa.Array:
+    """A 1-D int64, float64 or bool NumPy array as an Arrow array (``null``: masked rows)."""
+    kind = _ARROW_TYPES[values.dtype.name]
+    n = len(values)
+    if values.dtype == np.bool_:
+        data = pa.py_buffer(np.packbits(values, bitorder="little").tobytes())
+    else:
+        data = pa.py_buffer(np.ascontiguousarray(values).tobytes())
+    if null is None or not null.any():
+        return pa.Array.from_buffers(kind, n, [None, data], null_count=0)
+    valid = pa.py_buffer(np.packbits(~null, bitorder="little").tobytes())
+    return pa.Array.from_buffers(kind, n, [valid, data], null_count=int(null.sum()))
 
 
 def _counts(values: npt.NDArray[np.int64]) -> pa.Array:
     """A load column: -1 (not seen) becomes null."""
-    return pa.array(values, type=pa.int64(), mask=values < 0)
+    return _column(values.astype(np.int64, copy=False), values < 0)
 
 
-def _strings(names: Sequence[str], index: npt.NDArray[np.int64]) -> pa.Array:
-    """``names[index]`` as an Arrow string array, without a Python object per row."""
-    return pa.array(names, type=pa.string()).take(pa.array(index, type=pa.int64()))
+def _strings(
+    names: Sequence[str], index: npt.NDArray[np.int64], null: npt.NDArray[np.bool_] | None = None
+) -> pa.Array:
+    """``names[index]`` as an Arrow string array, without a Python object per row (the
+    few names laid into Arrow buffers directly; ``null``: rows that are null)."""
+    encoded = [name.encode("utf-8") for name in names]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(b) for b in encoded])
+    dictionary = pa.StringArray.from_buffers(
+        len(encoded), pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(encoded))
+    )
+    return dictionary.take(_column(index.astype(np.int64, copy=False), null))
 
 
 def _reasons(records: RecordArrays) -> pa.Array:
     """The ``reject_reason`` column; all nulls (the common case) without a Python list walk."""
     if not records.rejected.any():
         return pa.nulls(len(records.rejected), type=pa.string())
-    return pa.array(records.reject_reason, type=pa.string())
+    reasons = records.reject_reason
+    names = sorted({r for r in reasons if r is not None})
+    code = {name: k for k, name in enumerate(names)}
+    index = np.array([-1 if r is None else code[r] for r in reasons], dtype=np.int64)
+    return _strings(names, np.maximum(index, 0), index < 0)

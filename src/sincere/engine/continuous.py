@@ -110,7 +110,7 @@ class ContinuousEngine(StateView):
                 return
             if max_model_len is not None:
                 target = min(target, max_model_len - prompt)
-        self.state.accept(i, target, int(req.tier[i]))
+        self.state.accept(i, target, int(req.tier[i]), cap)
         cache = self.state.cache
         if cache is not None and req.block_ids:
             ids = req.block_ids[i]
@@ -166,17 +166,15 @@ class ContinuousEngine(StateView):
         one the prompt tokens computed so far.
         """
         st = self.state
-        step, max_tokens = st.step, self._max_tokens
-        remaining = sum(max_tokens[i] for i in st.pre) + sum(
-            int(max_tokens[i]) - st.target[i] + fs - step for i, fs in st.finish_step.items()
-        )
-        ctx = st.offset_sum + step * len(st.offset) + sum(st.pre.values())
+        step = st.step
+        remaining = st.pre_cap_sum + st.dec_due_sum - step * len(st.finish_step)
+        ctx = st.offset_sum + step * len(st.offset) + st.pre_done_sum
         cache = st.cache
         return EngineLoad(
             num_running=st.num_running,
             num_waiting=len(st.queue),
             waiting_prefill_tokens=st.waiting_tokens,
-            running_remaining_tokens=int(remaining),
+            running_remaining_tokens=remaining,
             running_ctx_tokens=ctx,
             kv_usage=self.kv_usage,
             busy_s=st.busy_s,

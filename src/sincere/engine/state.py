@@ -23,6 +23,10 @@ Invariants (kept by the transitions below, relied on by the engine and its tests
   ``(finish step, request)`` whose stale entries (preempted, aborted) are skipped.
 * ``produced_before[i]`` tokens were made before the current prefill (0 unless
   recomputing); ``waiting_tokens`` is the sum of ``prefill_len`` over the queue.
+* running sums for an O(1) load report: ``pre_done_sum`` is the sum of ``pre``'s values,
+  ``pre_cap_sum`` the sum of ``cap`` over ``pre``, and ``dec_due_sum`` the sum over
+  decoding ``i`` of ``cap[i] - target[i] + finish_step[i]`` (so the output tokens a
+  router still budgets for are ``pre_cap_sum + dec_due_sum - step * len(finish_step)``).
 * dict insertion order is meaningful: ``pre`` is in admission order, ``offset`` in
   decode-start order (the scheduler's tie-break among equal keys, the token hook's order).
 
@@ -95,10 +99,14 @@ class BatchState:
         self.waiting_tokens = 0
         self.tier_of: dict[int, int] = {}  # tier of each request in the engine
         self.target: dict[int, int] = {}  # tokens each request will generate
+        self.cap: dict[int, int] = {}  # each request's output cap (max_tokens)
         self.prefill_len: dict[int, int] = {}  # tokens to prefill: waiting and prefilling
         self.produced_before: dict[int, int] = {}  # tokens made before this prefill
         self.pre: dict[int, int] = {}  # prefilling -> tokens prefilled so far
         self.pre_blocks = 0
+        self.pre_done_sum = 0  # sum of pre's values
+        self.pre_cap_sum = 0  # sum of cap over pre
+        self.dec_due_sum = 0  # sum over decoding of cap - target + finish_step
         self.step = 0  # iterations run so far (each one decode step)
         self.dec = DecodeBlocks(limits.block_size)
         self.offset: dict[int, int] = {}  # decoding -> cached tokens minus step
@@ -146,9 +154,11 @@ class BatchState:
 
     # -------------------------------------------------------------- transitions
 
-    def accept(self, i: int, target: int, tier: int) -> None:
-        """Take request ``i`` in; it will generate ``target`` tokens (then :meth:`wait`)."""
+    def accept(self, i: int, target: int, tier: int, cap: int) -> None:
+        """Take request ``i`` in; it will generate ``target`` tokens of at most ``cap``
+        (then :meth:`wait`)."""
         self.target[i] = target
+        self.cap[i] = cap
         self.produced_before[i] = 0
         self.tier_of[i] = tier
 
@@ -162,11 +172,12 @@ class BatchState:
 
     def admit(self, admitted: Sequence[int], now: Seconds) -> None:
         """Waiting requests start prefilling, in order; each reserves its whole prefill's blocks."""
-        first_scheduled, queue, length, pre = (
+        first_scheduled, queue, length, pre, cap = (
             self.records.first_scheduled_at,
             self.queue,
             self.prefill_len,
             self.pre,
+            self.cap,
         )
         block = self.block
         cache = self.cache
@@ -175,6 +186,7 @@ class BatchState:
             length_i = length[i]
             self.waiting_tokens -= length_i
             self.pre_blocks += -(-length_i // block)
+            self.pre_cap_sum += cap[i]
             first = math.isnan(first_scheduled[i])
             if first:
                 first_scheduled[i] = now
@@ -184,6 +196,7 @@ class BatchState:
             hit = cache.match(i, length_i)[0]
             self.pre_blocks -= cache.acquire(i, hit, length_i)
             pre[i] = hit * block
+            self.pre_done_sum += hit * block
             if first:
                 self.records.cached_tokens[i] = hit * block
         if cache is not None and cache.free:
@@ -227,6 +240,7 @@ class BatchState:
         for i, c in chunks:
             done = pre[i] + c
             pre[i] = done
+            self.pre_done_sum += c
             if cache is not None:
                 cache.register(i, done)
             if done >= length[i]:
@@ -258,7 +272,8 @@ class BatchState:
             self._drop_prefilling(i)
         else:
             self._drop_decoding(i)
-        del self.target[i], self.prefill_len[i], self.produced_before[i], self.tier_of[i]
+        del self.target[i], self.cap[i], self.prefill_len[i], self.produced_before[i]
+        del self.tier_of[i]
         self.preempted_at.pop(i, None)
         if self.cache is not None:
             self.pre_blocks += self.cache.release(i)
@@ -329,10 +344,12 @@ class BatchState:
         self.decode_starts.append(i)
         fs = step + left
         self.finish_step[i] = fs
+        self.dec_due_sum += self.cap[i] - self.target[i] + fs
         heapq.heappush(self.finish, (fs, i))
 
     def _drop_prefilling(self, i: int) -> None:
-        del self.pre[i]
+        self.pre_done_sum -= self.pre.pop(i)
+        self.pre_cap_sum -= self.cap[i]
         self.pre_blocks -= blocks_for(self.prefill_len[i], self.block)
 
     def _drop_decoding(self, i: int) -> None:
@@ -340,12 +357,12 @@ class BatchState:
         self.offset_sum -= offset
         self.dec.remove(offset)
         self.tier_decoding[self.tier_of[i]] -= 1
-        del self.finish_step[i]
+        self.dec_due_sum -= self.cap[i] - self.target[i] + self.finish_step.pop(i)
 
     def _finish(self, i: int, end: Seconds) -> None:
         self.records.finished_at[i] = end
         self.records.output_tokens[i] = self.target.pop(i)
-        del self.prefill_len[i], self.produced_before[i], self.tier_of[i]
+        del self.cap[i], self.prefill_len[i], self.produced_before[i], self.tier_of[i]
         if self.cache is not None:
             self.pre_blocks += self.cache.release(i)
             self.cache.forget(i)

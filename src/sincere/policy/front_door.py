@@ -163,10 +163,16 @@ class FrontDoor:
         """
         if not views:
             return Reject("no_instance", f"no instance serves model {request.model!r}")
-        candidates = [
-            v for v in views
-            if v.healthy and v.has_room and v.id not in exclude and _affordable(request, v)
-        ]  # fmt: skip
+        if request.budget_usd is None and not exclude:  # the common case: has_room inlined
+            candidates = [
+                v for v in views
+                if v.healthy and (v.max_in_flight is None or v.num_outstanding < v.max_in_flight)
+            ]  # fmt: skip
+        else:
+            candidates = [
+                v for v in views
+                if v.healthy and v.has_room and v.id not in exclude and _affordable(request, v)
+            ]  # fmt: skip
         if not candidates or num_queued > 0:
             why = "requests of this model wait" if candidates else "no instance has room"
             return self._hold(request, views, now, num_queued, why, shed=not waiting)

@@ -19,9 +19,13 @@ front door would answer (its only candidate, uncapped); the common single-model 
 costs nothing.
 
 Views are cached per instance: an engine's load only changes when the event loop adds
-a request to it, advances it or drains it, and the loop says so (:meth:`Cluster.touched`),
-so between two of those the router gets the same snapshot object again instead of a new
-one (with many instances most do not change between two arrivals). The one exception is a
+a request to it, advances it or drains it, and the loop says so (:meth:`Cluster.touched`,
+which marks the engine's view stale), so at an arrival only the stale views are rebuilt
+and the router gets the same snapshot objects as before for the others (with many
+instances most do not change between two arrivals). The list of views handed to the
+front door is a copy of the cached list, and the chosen instance is found by its id in a
+dict: with many instances an arrival costs a few list copies and comprehensions over the
+views, not a Python call per instance. The one exception is a
 closed-form decode run, whose sequences gain a token per iteration without an event:
 when the front door reads token counts (``reads_engine_tokens``), a view is moved on by
 the iterations ended by the arrival (:meth:`~sincere.engine.base.Engine.progress_at`), as
@@ -37,8 +41,8 @@ import numpy as np
 import numpy.typing as npt
 
 from sincere.core.records import RecordArrays
-from sincere.core.request import RequestArrays
-from sincere.core.types import Seconds
+from sincere.core.request import Request, RequestArrays
+from sincere.core.types import InstanceId, Seconds
 from sincere.engine.base import Engine
 from sincere.engine.instance import InstanceInfo, advanced_view, instance_view
 from sincere.policy.decision_log import DecisionLog
@@ -76,8 +80,13 @@ class Cluster:
         self.passthrough = no_budgets and not screens and decisions is None
         # token counts read at arrivals: keep them exact inside decode runs (engine progress)
         self.exact_tokens = front_door is not None and front_door.reads_engine_tokens
-        self._routed: set[int] = set()  # requests the front door routed (it observes them)
-        self._views: list[InstanceView | None] = [None] * len(self.engines)  # None: stale
+        # requests the front door routed (it observes them), with the request it saw
+        self._routed: dict[int, Request] = {}
+        num = len(self.engines)
+        self._views: list[InstanceView] = []  # every engine's view (built on first use)
+        self._stale: set[int] = set(range(num))  # engines whose view must be rebuilt
+        self._all_engines = list(range(num))
+        self._engine_of: dict[InstanceId, int] = {info.id: e for e, info in enumerate(infos)}
         if front_door is not None and len(self.engines) > 1:
             for engine in self.engines:  # routers read loads between any two iterations
                 engine.require_exact_loads()
@@ -102,7 +111,7 @@ class Cluster:
     def _decide(self, i: int, choices: list[int], now: Seconds) -> int | None:
         """Ask the front door about request ``i`` and apply its answer."""
         assert self.front_door is not None
-        views = [self._view_at(e, now) for e in choices]
+        views = self._views_at(choices, now)
         request = self.requests.request(i)
         decision = self.front_door.decide(request, views, now)
         if self.decisions is not None:
@@ -113,8 +122,8 @@ class Cluster:
         assert isinstance(decision, Route), "simulated instances have no in-flight cap"
         if decision.max_tokens is not None:
             self.max_tokens[i] = decision.max_tokens
-        self._routed.add(i)
-        return next(e for e, v in zip(choices, views, strict=True) if v.id == decision.instance)
+        self._routed[i] = request
+        return self._engine_of[decision.instance]
 
     def _note_load(self, i: int, e: int) -> None:
         """Keep engine ``e``'s load as its view shows it (with one engine nobody looks)."""
@@ -127,49 +136,65 @@ class Cluster:
 
     def touched(self, e: int) -> None:
         """Engine ``e`` (or its outstanding count) may have changed: rebuild its view."""
-        self._views[e] = None
+        self._stale.add(e)
 
     def _view(self, e: int) -> InstanceView:
-        view = self._views[e]
-        if view is None:
-            view = self._views[e] = self._fresh_view(e)
-        return view
+        """Engine ``e``'s view as of its last event."""
+        if self._stale:
+            self._refresh()
+        return self._views[e]
 
-    def _view_at(self, e: int, now: Seconds) -> InstanceView:
-        """Engine ``e``'s view at ``now``: its token counts moved on by a decode run in
-        flight when the front door reads them (the cached view is the last event's)."""
-        view = self._view(e)
+    def _refresh(self) -> None:
+        """Rebuild the stale views (the first call builds them all)."""
+        views, stale = self._views, self._stale
+        if not views:
+            views.extend(self._fresh_view(e) for e in self._all_engines)
+        else:
+            for e in stale:
+                views[e] = self._fresh_view(e)
+        stale.clear()
+
+    def _views_at(self, choices: list[int], now: Seconds) -> list[InstanceView]:
+        """The views of ``choices`` at ``now``: a fresh list the front door may keep, its
+        token counts moved on by decode runs in flight when the front door reads them
+        (the cached views are the last events')."""
+        if self._stale:
+            self._refresh()
+        cached = self._views
+        views = cached.copy() if choices == self._all_engines else [cached[e] for e in choices]
         if self.exact_tokens:
-            progress = self.engines[e].progress_at(now)
-            if progress is not None:
-                return advanced_view(view, progress)
-        return view
+            engines = self.engines
+            for k, e in enumerate(choices):
+                progress = engines[e].progress_at(now)
+                if progress is not None:
+                    views[k] = advanced_view(views[k], progress)
+        return views
 
     def _fresh_view(self, e: int) -> InstanceView:
         return instance_view(self.infos[e], self.engines[e].load(), self.outstanding[e])
 
     def finished(self, i: int) -> None:
         """Request ``i`` left the system: tell the front door how it went."""
-        if i not in self._routed:
+        request = self._routed.pop(i, None)
+        if request is None:
             return
-        self._routed.discard(i)
         door, rec = self.front_door, self.records
         e = int(rec.instance[i])
         if door is None or rec.rejected[i] or e < 0:
             return
         if self.decisions is None and not door.wants_outcome(i):
             return
-        outcome = self._outcome(i, e)
+        outcome = self._outcome(i, e, request)
         door.observe(outcome)
         if self.decisions is not None:
             self.decisions.outcome(outcome)
 
-    def _outcome(self, i: int, e: int) -> Outcome:
-        rec, req = self.records, self.requests
-        arrival = float(req.arrival_at[i])
+    def _outcome(self, i: int, e: int, request: Request) -> Outcome:
+        rec = self.records
+        arrival = float(self.requests.arrival_at[i])
         first = float(rec.first_token_at[i])
         return Outcome(
-            request=req.request(i),
+            request=request,
             instance=self.infos[e].id,
             ttft_s=None if math.isnan(first) else first - arrival,
             e2e_s=float(rec.finished_at[i]) - arrival,

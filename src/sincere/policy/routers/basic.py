@@ -22,6 +22,7 @@ and of Vidur's global schedulers (least-outstanding requests).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -77,7 +78,7 @@ class LeastOutstandingRouter(Router):
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The healthy instance with the smallest ``num_outstanding``."""
-        best = min(candidates, key=lambda v: v.num_outstanding)
+        best = min(candidates, key=attrgetter("num_outstanding"))
         return RouteDecision(best.id, reason=f"outstanding={best.num_outstanding}")
 
 

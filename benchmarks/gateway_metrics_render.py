@@ -1,0 +1,130 @@
+"""The gateway's hand-written Prometheus exposition against prometheus-client.
+
+Both sides hold the same metrics: a requests counter {instance, tier, outcome} and TTFT and
+E2E histograms {instance, tier} with the gateway's buckets. For 10 and 10,000 label sets
+(instance × tier pairs) it times, in one process, alternating the two sides:
+
+* an observation on the request path (one served request: counter + two histograms);
+* rendering the whole text page (what a scrape of ``/metrics`` costs).
+
+Best of ``--repeat`` rounds; CPU seconds (``time.process_time``). Both pages are parsed back
+with prometheus-client's text parser and must hold the same samples (checked).
+
+    .venv/bin/python benchmarks/gateway_metrics_render.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sincere.serve.gateway.metrics import LATENCY_BUCKETS_S, GatewayMetrics
+
+
+class ClientSide:
+    """The same metrics kept by prometheus-client."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sincere_gateway_requests",
+            "Finished requests by outcome.",
+            ("instance", "tier", "outcome"),
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "sincere_gateway_ttft_seconds",
+            "Time to first token seen by the gateway.",
+            ("instance", "tier"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "sincere_gateway_e2e_seconds",
+            "End-to-end latency seen by the gateway.",
+            ("instance", "tier"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def served(self, instance: str, tier: str, ttft_s: float, e2e_s: float) -> None:
+        self.ttft.labels(instance, tier).observe(ttft_s)
+        self.e2e.labels(instance, tier).observe(e2e_s)
+        self.requests.labels(instance, tier, "ok").inc()
+
+    def render(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+def best_of(repeat: int, fn: Callable[[], object]) -> float:
+    """Smallest CPU time of ``repeat`` calls."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        fn()
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def samples(page: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The request and latency samples of a page (name, labels) -> value."""
+    out = {}
+    for family in text_string_to_metric_families(page):
+        for s in family.samples:
+            if s.name.endswith("_created") or not s.name.startswith(
+                ("sincere_gateway_requests", "sincere_gateway_ttft", "sincere_gateway_e2e")
+            ):
+                continue
+            name = s.name.removesuffix("_total")
+            labels = {k: (f"{float(v):g}" if k == "le" else v) for k, v in s.labels.items()}
+            out[(name, tuple(sorted(labels.items())))] = round(s.value, 6)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--observations", type=int, default=20_000)
+    args = parser.parse_args()
+    for num_sets in (10, 10_000):
+        pairs = [(f"emu-{k % 1000}", f"tier-{k // 1000}") for k in range(num_sets)]
+        hand, client = GatewayMetrics(), ClientSide()
+        for k, (inst, tier) in enumerate(pairs):  # every label set exists before timing
+            hand.served(inst, tier, 0.01 * (k % 50), 0.1 * (k % 50))
+            client.served(inst, tier, 0.01 * (k % 50), 0.1 * (k % 50))
+        hand_page = hand.render({}, {}, {})
+        if samples(hand_page) != samples(client.render()):
+            raise SystemExit(f"the two pages differ at {num_sets} label sets")
+        n = args.observations
+
+        def observe(
+            side: GatewayMetrics | ClientSide, pairs: list[tuple[str, str]] = pairs, n: int = n
+        ) -> Callable[[], None]:
+            def run() -> None:
+                for k in range(n):
+                    inst, tier = pairs[k % len(pairs)]
+                    side.served(inst, tier, 0.2, 1.5)
+
+            return run
+
+        def render_hand(hand: GatewayMetrics = hand) -> str:
+            return hand.render({}, {}, {})
+
+        row = {
+            "label_sets": num_sets,
+            "observe_us_hand": round(best_of(args.repeat, observe(hand)) / n * 1e6, 2),
+            "observe_us_client": round(best_of(args.repeat, observe(client)) / n * 1e6, 2),
+            "render_ms_hand": round(best_of(args.repeat, render_hand) * 1e3, 2),
+            "render_ms_client": round(best_of(args.repeat, client.render) * 1e3, 2),
+            "page_kib": round(len(hand_page) / 1024),
+        }
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

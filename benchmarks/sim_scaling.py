@@ -1,0 +1,107 @@
+"""How the simulator's cost grows with the fleet: 1, 8 and 64 instances, same load each.
+
+W1 (examples/w1.yaml: Llama-3-8B on an A100, Sarathi chunk 512) with ``count`` instances
+behind a router and ``count`` times W1's arrival rate, so every instance sees W1's load;
+10k, 100k and 1M requests. Each cell is one whole ``sincere simulate`` process (imports,
+workload, simulation, Parquet / JSON output), timed by wall clock and by the child's CPU
+time (user + system, ``RUSAGE_CHILDREN``), which a busy machine disturbs less. The
+ratio column is a cell's CPU time over the 1-instance cell's at the same size, measured
+in the same call. One warm-up process first; ``--repeat`` runs per cell, medians.
+
+    .venv/bin/python benchmarks/sim_scaling.py --quick      # 10k and 100k requests
+    .venv/bin/python benchmarks/sim_scaling.py              # 10k, 100k and 1M
+    .venv/bin/python benchmarks/sim_scaling.py --router least-outstanding
+
+``SINCERE_NATIVE`` is passed through: compiled modules when built (the default), or
+``SINCERE_NATIVE=0`` for the interpreted sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SINCERE = Path(sys.executable).with_name("sincere")
+W1_RATE = 6.45  # W1's arrival rate per instance, req/s
+
+
+def config(num_instances: int, num_requests: int, router: str) -> dict[str, Any]:
+    """W1 with ``num_instances`` replicas at ``num_instances`` times its rate."""
+    cfg: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "w1.yaml").read_text())
+    cfg = copy.deepcopy(cfg)
+    cfg["workload"]["num_requests"] = num_requests
+    cfg["workload"]["arrival"]["rate"] = W1_RATE * num_instances
+    cfg["instances"][0]["count"] = num_instances
+    if num_instances > 1:
+        cfg["router"] = {"name": router}
+    return cfg
+
+
+def run_once(path: Path, out: Path) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of one ``sincere simulate`` process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run([str(SINCERE), "simulate", str(path), "--out", str(out), "--quiet"], check=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="10k and 100k requests only")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--instances", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--router", default="round-robin")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median)")
+    args = parser.parse_args()
+    sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    native = os.environ.get("SINCERE_NATIVE", "default")
+    print(f"router {args.router}, SINCERE_NATIVE={native}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        warm = tmp_dir / "warm.yaml"
+        warm.write_text(yaml.safe_dump(config(1, 1_000, args.router)))
+        run_once(warm, tmp_dir / "warm")
+        for size in sizes:
+            base_cpu: float | None = None
+            for count in args.instances:
+                path = tmp_dir / f"c{count}_{size}.yaml"
+                path.write_text(yaml.safe_dump(config(count, size, args.router)))
+                runs = [run_once(path, tmp_dir / "out") for _ in range(max(1, args.repeat))]
+                wall = statistics.median(w for w, _ in runs)
+                cpu = statistics.median(c for _, c in runs)
+                if base_cpu is None:
+                    base_cpu = cpu
+                summary = json.loads((tmp_dir / "out" / "summary.json").read_text())
+                row = {
+                    "instances": count,
+                    "requests": size,
+                    "wall_s": round(wall, 2),
+                    "cpu_s": round(cpu, 2),
+                    "cpu_us_per_request": round(cpu / size * 1e6, 1),
+                    "cpu_vs_1_instance": round(cpu / base_cpu, 2),
+                    "ttft_p50_s": round(summary["ttft_s"]["p50"], 3),
+                }
+                print(json.dumps(row), flush=True)
+    cpus, python = os.cpu_count(), platform.python_version()
+    print(f"machine: {platform.machine()}, {cpus} CPUs, Python {python}")
+
+
+if __name__ == "__main__":
+    main()
