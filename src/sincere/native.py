@@ -45,6 +45,7 @@ COMPILED: tuple[str, ...] = (
     "sincere.engine.continuous",
     "sincere.engine.gaps",
     "sincere.engine.kv",
+    "sincere.engine.prefix_cache",
     "sincere.engine.runs",
     "sincere.engine.state",
     "sincere.engine.view",

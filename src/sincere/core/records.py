@@ -38,6 +38,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "e2e_s",
     "queue_s",
     "num_preemptions",
+    "cached_tokens",
     "slo_met",
     "rejected",
     "reject_reason",
@@ -62,6 +63,7 @@ class RecordArrays:
     finished_at: npt.NDArray[np.float64]
     output_tokens: npt.NDArray[np.int64]  # tokens actually generated
     num_preemptions: npt.NDArray[np.int64]
+    cached_tokens: npt.NDArray[np.int64]  # prompt tokens cached at first admission
     rejected: npt.NDArray[np.bool_]
     reject_reason: list[str | None]
     instances: list[str]
@@ -83,6 +85,7 @@ class RecordArrays:
             finished_at=nan.copy(),
             output_tokens=np.zeros(n, dtype=np.int64),
             num_preemptions=np.zeros(n, dtype=np.int64),
+            cached_tokens=np.zeros(n, dtype=np.int64),
             rejected=np.zeros(n, dtype=np.bool_),
             reject_reason=[None] * n,
             instances=list(instances or []),
@@ -168,6 +171,7 @@ def to_table(requests: RequestArrays, records: RecordArrays) -> pa.Table:
             "e2e_s": lat["e2e_s"],
             "queue_s": lat["queue_s"],
             "num_preemptions": records.num_preemptions,
+            "cached_tokens": records.cached_tokens,
             "slo_met": slo_met(requests, records, lat),
             "rejected": records.rejected,
             "reject_reason": _reasons(records),

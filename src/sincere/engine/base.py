@@ -67,6 +67,10 @@ class EngineLoad:
     kv_usage: float | None  # fraction of KV blocks in use, 0..1
     busy_s: Seconds | None  # total time spent computing so far
     resident_model: str | None = None  # model on the device (request-level engines)
+    # cumulative prompt tokens looked up in / found in the prefix cache (vLLM's
+    # prefix_cache_queries / prefix_cache_hits); None: no prefix cache or not reported
+    prefix_cache_queries: int | None = None
+    prefix_cache_hits: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,9 @@ class EngineStats:
     num_swaps: int  # model loads
     num_preemptions: int  # sequences preempted (recomputed later)
     num_generated_tokens: int  # output tokens produced
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, tokens served from it
+    prefix_cache_evictions: int = 0  # cached blocks evicted
 
 
 class Engine(Protocol):

@@ -122,6 +122,7 @@ def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> Engi
         block_size=eng.block_size,
         watermark=eng.watermark,
         max_model_len=eng.max_model_len,
+        enable_prefix_caching=eng.enable_prefix_caching,
     )
 
 

@@ -39,6 +39,7 @@ from sincere.core.types import InstanceId, Seconds
 from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, TokenHook
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv import blocks_for
+from sincere.engine.prefix_cache import block_keys
 from sincere.engine.runs import Run, RunPlanner
 from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
@@ -110,6 +111,13 @@ class ContinuousEngine(StateView):
             if max_model_len is not None:
                 target = min(target, max_model_len - prompt)
         self.state.accept(i, target, int(req.tier[i]))
+        cache = self.state.cache
+        if cache is not None and req.block_ids:
+            ids = req.block_ids[i]
+            if len(ids):
+                cache.keys_of[i] = block_keys(
+                    ids.tolist(), req.block_tokens, self.limits.block_size, prompt
+                )
         self._planner.enqueue(self, i, prompt)
         run = self._run
         if run is None:
@@ -163,6 +171,7 @@ class ContinuousEngine(StateView):
             int(max_tokens[i]) - st.target[i] + fs - step for i, fs in st.finish_step.items()
         )
         ctx = st.offset_sum + step * len(st.offset) + sum(st.pre.values())
+        cache = st.cache
         return EngineLoad(
             num_running=st.num_running,
             num_waiting=len(st.queue),
@@ -171,6 +180,8 @@ class ContinuousEngine(StateView):
             running_ctx_tokens=ctx,
             kv_usage=self.kv_usage,
             busy_s=st.busy_s,
+            prefix_cache_queries=None if cache is None else cache.num_queries,
+            prefix_cache_hits=None if cache is None else cache.num_hits,
         )
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
@@ -198,6 +209,9 @@ class ContinuousEngine(StateView):
             num_swaps=0,
             num_preemptions=st.num_preemptions,
             num_generated_tokens=st.num_generated,
+            prefix_cache_queries=0 if st.cache is None else st.cache.num_queries,
+            prefix_cache_hits=0 if st.cache is None else st.cache.num_hits,
+            prefix_cache_evictions=0 if st.cache is None else st.cache.num_evictions,
         )
 
     def abort(self, request_ix: int, now: Seconds) -> bool:
@@ -244,6 +258,8 @@ class ContinuousEngine(StateView):
         finish = st.finish
         if finish and finish[0][0] <= st.step:
             st.pop_finished(end)
+        if decoding:
+            st.evict()  # decode steps took new blocks
         if hook is not None and produced is not None:
             produced.extend(i for i, _ in run.chunks if i not in st.pre)
             hook(end, produced)

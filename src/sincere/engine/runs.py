@@ -313,12 +313,17 @@ class RunPlanner:
         st = self.state
         blocks = st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1) - st.watermark_blocks
         length, block = st.prefill_len, st.block
+        caching = st.cache is not None
         admitted: list[int] = []
         for i in st.queue.ordered():
             need = -(-length[i] // block)
+            n = length[i]
+            if caching:  # a prefix hit computes less, and shared blocks cost nothing new
+                cached, shared = st.prefix_hit(i)
+                need -= shared
+                n -= cached
             if need > blocks:
                 break
-            n = length[i]
             chunks.append((i, n if n < left else left))
             admitted.append(i)
             left -= n

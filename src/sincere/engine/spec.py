@@ -42,6 +42,7 @@ class ContinuousConfig(BaseModel):
     num_kv_blocks: int | None = Field(None, ge=1)  # override the memory plan's KV blocks
     watermark: float = Field(0.01, ge=0, lt=1)  # share of blocks admissions leave free
     max_model_len: int | None = Field(None, ge=2)  # longest prompt + output, tokens
+    enable_prefix_caching: bool = True  # reuse KV blocks of shared prompt prefixes (vLLM V1)
 
 
 def _engine_kind(value: Any) -> str:

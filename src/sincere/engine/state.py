@@ -10,8 +10,12 @@ prompt plus the tokens it produced; the last chunk of a prefill produces one tok
 
 Invariants (kept by the transitions below, relied on by the engine and its tests):
 
-* used blocks = ``pre_blocks`` (the sum over ``pre`` of ``blocks_for(prefill_len)``)
-  + ``dec.total(step)`` (decode sequences, by residue class: :mod:`.kv`) <= the pool.
+* used blocks = ``pre_blocks`` (the sum over ``pre`` of ``blocks_for(prefill_len)``, less
+  ``cache.shared``: blocks two running sequences share count once) + ``dec.total(step)``
+  (decode sequences, by residue class: :mod:`.kv`) <= the pool.
+* with prefix caching (``cache`` set, :mod:`.prefix_cache`): a prefill admitted with a
+  hit of ``h`` blocks starts at ``pre[i] = h * block``; cached blocks no running sequence
+  holds count as free and are evicted when the distinct blocks in use need their room.
 * decoding ``i`` holds ``offset[i] + step`` cached tokens; ``step`` counts iterations,
   each of which gives every decoding sequence one token; ``offset_sum`` is the sum of
   ``offset``.
@@ -40,6 +44,7 @@ from sincere.core.records import RecordArrays
 from sincere.core.types import Seconds
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv import DecodeBlocks, blocks_for
+from sincere.engine.prefix_cache import PrefixCache
 from sincere.engine.waiting import WaitQueue
 
 
@@ -53,6 +58,7 @@ class EngineLimits:
     block_size: int = 16  # tokens per KV block
     watermark: float = 0.01  # fraction of blocks admissions must leave free
     max_model_len: int | None = None  # longest prompt + output; None: no limit
+    enable_prefix_caching: bool = True  # reuse KV blocks of equal prompt prefixes (vLLM V1)
 
     def __post_init__(self) -> None:
         checks = {
@@ -107,6 +113,10 @@ class BatchState:
         self.busy_s = 0.0
         self.num_preemptions = 0
         self.num_generated = 0
+        # content-addressed blocks; None: caching off (every prefill starts from zero)
+        self.cache: PrefixCache | None = (
+            PrefixCache(limits.block_size) if limits.enable_prefix_caching else None
+        )
 
     # ------------------------------------------------------------------ queries
 
@@ -159,14 +169,39 @@ class BatchState:
             self.pre,
         )
         block = self.block
+        cache = self.cache
         for i in admitted:
             queue.remove(i)
             length_i = length[i]
             self.waiting_tokens -= length_i
             self.pre_blocks += -(-length_i // block)
-            pre[i] = 0
-            if math.isnan(first_scheduled[i]):
+            first = math.isnan(first_scheduled[i])
+            if first:
                 first_scheduled[i] = now
+            if cache is None:
+                pre[i] = 0
+                continue
+            hit = cache.match(i, length_i)[0]
+            self.pre_blocks -= cache.acquire(i, hit, length_i)
+            pre[i] = hit * block
+            if first:
+                self.records.cached_tokens[i] = hit * block
+        if cache is not None and cache.free:
+            self.evict()
+
+    def evict(self) -> None:
+        """Evict cached free blocks the distinct blocks in use now need the room of."""
+        cache = self.cache
+        if cache is not None and cache.free:
+            cache.evict(self.num_blocks - self.pre_blocks - self.dec.total(self.step))
+
+    def prefix_hit(self, i: int) -> tuple[int, int]:
+        """(prompt tokens cached, blocks held by running sequences) for waiting ``i`` now."""
+        cache = self.cache
+        if cache is None:
+            return (0, 0)
+        hit, shared = cache.match(i, self.prefill_len[i])
+        return (hit * self.block, shared)
 
     def preempt(self, i: int, now: Seconds) -> int:
         """Free running ``i``'s blocks to recompute it later; return the tokens it made.
@@ -179,6 +214,8 @@ class BatchState:
         else:
             self._drop_decoding(i)
             self.preempted_at[i] = now
+        if self.cache is not None:
+            self.pre_blocks += self.cache.release(i)
         self.records.num_preemptions[i] += 1
         self.num_preemptions += 1
         self.produced_before[i] = produced
@@ -186,10 +223,12 @@ class BatchState:
 
     def prefilled(self, chunks: Sequence[tuple[int, int]], end: Seconds) -> None:
         """The chunks were computed by ``end``; finished prefills decode or are done."""
-        pre, length = self.pre, self.prefill_len
+        pre, length, cache = self.pre, self.prefill_len, self.cache
         for i, c in chunks:
             done = pre[i] + c
             pre[i] = done
+            if cache is not None:
+                cache.register(i, done)
             if done >= length[i]:
                 self._prefill_done(i, end)
 
@@ -221,6 +260,9 @@ class BatchState:
             self._drop_decoding(i)
         del self.target[i], self.prefill_len[i], self.produced_before[i], self.tier_of[i]
         self.preempted_at.pop(i, None)
+        if self.cache is not None:
+            self.pre_blocks += self.cache.release(i)
+            self.cache.forget(i)
         self.reject(i, "aborted")
         return running
 
@@ -304,4 +346,7 @@ class BatchState:
         self.records.finished_at[i] = end
         self.records.output_tokens[i] = self.target.pop(i)
         del self.prefill_len[i], self.produced_before[i], self.tier_of[i]
+        if self.cache is not None:
+            self.pre_blocks += self.cache.release(i)
+            self.cache.forget(i)
         self.done.append(i)

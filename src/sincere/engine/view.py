@@ -119,11 +119,15 @@ class StateView:
         st = self.state
         if i in st.offset:
             return 0
-        return st.prefill_len[i] - st.pre.get(i, 0)
+        done = st.pre.get(i)
+        if done is None:  # waiting: a prefix-cache hit is not computed again
+            return st.prefill_len[i] - st.prefix_hit(i)[0]
+        return st.prefill_len[i] - done
 
     def prefill_blocks(self, i: int) -> int:
-        """Blocks ``i``'s whole prefill reserves on admission."""
-        return blocks_for(self.state.prefill_len[i], self.state.block)
+        """New blocks ``i``'s whole prefill reserves on admission (shared cached ones are free)."""
+        st = self.state
+        return blocks_for(st.prefill_len[i], st.block) - st.prefix_hit(i)[1]
 
     def num_produced(self, i: int) -> int:
         """Output tokens ``i`` has produced."""
