@@ -9,7 +9,7 @@ client's ``sincere.deadline_s`` only tightens the tier's end-to-end target, and
 its budget comes from ``sincere.budget_usd``. Request ids count up per gateway process.
 
 Content (``prefix`` settings): the prompt's text, or its token ids, become block ids of
-``block_tokens`` tokens (:func:`prompt_block_ids`, the one mapping of
+``block_tokens`` tokens (:func:`sincere.serve.content.prompt_block_ids`, the one mapping of
 :mod:`sincere.core.prefix`), at most as many as the counted prompt tokens fill; the session
 is the configured header, else the OpenAI ``user`` field (:func:`session_of`). Sealed
 bodies have no readable prompt and get neither block ids nor a ``user`` session.
@@ -20,40 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
 
-from sincere.core.prefix import text_block_ids
 from sincere.core.request import Request, Tier
+from sincere.serve.content import prompt_block_ids
 from sincere.serve.gateway.config import PrefixConfig
 from sincere.serve.protocol import CompletionRequest, ProtocolError
 
 MAX_SESSION_CHARS = 256
 """Longest session name kept (a longer header or ``user`` is cut to it)."""
-
-
-def _token_ids(body: Mapping[str, Any]) -> list[int] | None:
-    """A completions body's prompt as token ids, when it is given as ids."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
-        prompt = prompt[0]
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return [int(t) for t in prompt]
-    return None
-
-
-def prompt_block_ids(creq: CompletionRequest, block_tokens: int) -> tuple[int, ...]:
-    """Block ids of ``creq``'s prompt (text or token ids); () when it has neither.
-
-    Cut to the blocks ``creq.prompt_tokens`` can fill, so a counted length below the
-    text's pseudo-token length never describes more blocks than the prompt has.
-    """
-    if creq.prompt is not None:
-        ids = text_block_ids(creq.prompt, block_tokens) if creq.prompt else ()
-    else:
-        tokens = _token_ids(creq.body) if creq.kind == "completion" else None
-        ids = text_block_ids("", block_tokens, token_ids=tokens) if tokens else ()
-    most = -(-max(1, creq.prompt_tokens) // block_tokens)
-    return ids[:most]
 
 
 def session_of(
