@@ -12,8 +12,9 @@ import aiohttp
 from sincere.core.prefix import text_block_ids
 from sincere.policy.decision_log import DecisionLog, read_log
 from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.content import prompt_block_ids
 from sincere.serve.gateway.config import PrefixConfig, parse_config
-from sincere.serve.gateway.requests import prompt_block_ids, session_of
+from sincere.serve.gateway.requests import session_of
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.protocol import parse_body
 
@@ -29,12 +30,15 @@ def run(factory: Callable[[], Awaitable[None]]) -> None:
 def test_block_ids_follow_text_block_ids() -> None:
     """A completion's block ids are text_block_ids of its prompt, cut to its counted tokens."""
     creq = parse_body({"model": "m", "prompt": LONG}, "completion")
-    assert prompt_block_ids(creq, 16) == text_block_ids(LONG, 16)[: -(-creq.prompt_tokens // 16)]
+    got = prompt_block_ids(creq.prompt, creq.body, creq.prompt_tokens, 16)
+    assert got == text_block_ids(LONG, 16)[: -(-creq.prompt_tokens // 16)]
+    assert prompt_block_ids(creq.prompt, creq.body, 20, 16) == got[:2]
     ids = [7] * 40
     by_ids = parse_body({"model": "m", "prompt": ids}, "completion")
-    assert prompt_block_ids(by_ids, 16) == text_block_ids("", 16, token_ids=ids)
+    assert prompt_block_ids(None, by_ids.body, 40, 16) == text_block_ids("", 16, token_ids=ids)
     chat = parse_body({"model": "m", "messages": [{"role": "user", "content": LONG}]}, "chat")
-    assert prompt_block_ids(chat, 16) == text_block_ids(f"user: {LONG}", 16)
+    want = text_block_ids(f"user: {LONG}", 16)[: -(-chat.prompt_tokens // 16)]
+    assert prompt_block_ids(chat.prompt, chat.body, chat.prompt_tokens, 16) == want
 
 
 def test_session_from_header_then_user() -> None:

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from sincere.core.prefix import text_block_ids
-from sincere.serve.protocol import CompletionRequest
 
 
 def _token_ids(body: Mapping[str, Any]) -> list[int] | None:
@@ -26,18 +25,18 @@ def _token_ids(body: Mapping[str, Any]) -> list[int] | None:
 
 
 def prompt_block_ids(
-    creq: CompletionRequest, block_tokens: int, prompt_tokens: int | None = None
+    prompt: str | None, body: Mapping[str, Any], prompt_tokens: int, block_tokens: int
 ) -> tuple[int, ...]:
-    """Block ids of ``creq``'s prompt (text or token ids); () when it has neither.
+    """Block ids of a parsed request's prompt; () when it has neither text nor token ids.
 
-    Cut to the blocks ``prompt_tokens`` (default ``creq.prompt_tokens``) can fill, so a
-    counted length below the text's pseudo-token length never describes more blocks than
-    the prompt has.
+    ``prompt``: its text (a chat's rendered messages), ``None`` when the body gives token
+    ids (read from ``body``). Cut to the blocks ``prompt_tokens`` (the counted length) can
+    fill, so a count below the text's pseudo-token length never describes more blocks
+    than the prompt has.
     """
-    if creq.prompt is not None:
-        ids = text_block_ids(creq.prompt, block_tokens) if creq.prompt else ()
+    if prompt is not None:
+        ids = text_block_ids(prompt, block_tokens) if prompt else ()
     else:
-        tokens = _token_ids(creq.body) if creq.kind == "completion" else None
+        tokens = _token_ids(body)
         ids = text_block_ids("", block_tokens, token_ids=tokens) if tokens else ()
-    count = creq.prompt_tokens if prompt_tokens is None else prompt_tokens
-    return ids[: -(-max(1, count) // block_tokens)]
+    return ids[: -(-max(1, prompt_tokens) // block_tokens)]

@@ -192,7 +192,9 @@ class EmulatorServer(Served):
             slot = live.submit(
                 req.prompt_tokens, *self._lengths_of(req), stream=req.stream,
                 priority=req.sincere.priority or 0, tier=self._tier_of(req),
-                block_ids=prompt_block_ids(req, self.config.prefix_block_tokens),
+                block_ids=prompt_block_ids(
+                    req.prompt, req.body, req.prompt_tokens, self.config.prefix_block_tokens
+                ),
             )  # fmt: skip
         except CapacityError as exc:
             raise ProtocolError(503, f"emulator at capacity: {exc}; retry later") from None

@@ -122,7 +122,11 @@ class RequestFactory:
             )
         self._seq += 1
         prefix = self.prefix
-        block_ids = prompt_block_ids(creq, prefix.block_tokens) if prefix.enabled else ()
+        block_ids = (
+            prompt_block_ids(creq.prompt, creq.body, creq.prompt_tokens, prefix.block_tokens)
+            if prefix.enabled
+            else ()
+        )
         return Request(
             id=self._seq,
             arrival_at=now,
