@@ -166,6 +166,9 @@ def _bodies(requests: RequestArrays, options: BenchOptions) -> list[dict[str, ob
     if options.request_fields:
         for i, body in enumerate(bodies):
             _add_request_fields(body, requests, i)
+    for body, session in zip(bodies, requests.sessions, strict=False):
+        if session is not None:  # OpenAI's end-user id: the gateway's session by default
+            body["user"] = session
     return bodies
 
 
