@@ -190,6 +190,43 @@ def test_mooncake(tmp_path: Path) -> None:
         read_trace(broken, format="mooncake")
 
 
+def test_mooncake_hash_ids_become_block_ids(tmp_path: Path) -> None:
+    """hash_ids are kept as 512-token block ids, in arrival order, and written back."""
+    lines = [
+        {"timestamp": 900, "input_length": 1100, "output_length": 5, "hash_ids": [0, 1, 2]},
+        {"timestamp": 0, "input_length": 600, "output_length": 9, "hash_ids": [0, 7]},
+    ]
+    path = _write(tmp_path / "mc.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    req = read_trace(path)
+    assert req.block_tokens == 512
+    assert [b.tolist() for b in req.block_ids] == [[0, 7], [0, 1, 2]]
+    write_trace(req, tmp_path / "back.jsonl", "mooncake")
+    back = read_trace(tmp_path / "back.jsonl")
+    assert [b.tolist() for b in back.block_ids] == [[0, 7], [0, 1, 2]]
+
+
+@pytest.mark.parametrize(
+    ("hash_ids", "message"),
+    [
+        ("[0, 1]", "expected a list of integers"),
+        ([0, "x"], "expected a list of integers"),
+        ([0, True], "expected a list of integers"),
+        ([0, -3], "expected a list of integers"),
+        ([0, 1, 2], r"3 blocks of 512 tokens is more than the 600-token prompt has \(at most 2\)"),
+    ],
+)
+def test_mooncake_malformed_hash_ids_are_refused(
+    tmp_path: Path, hash_ids: object, message: str
+) -> None:
+    """Malformed hash_ids (not integers, more blocks than the prompt) name file, line, value."""
+    good = {"timestamp": 0, "input_length": 600, "output_length": 9, "hash_ids": [0]}
+    bad = {"timestamp": 5, "input_length": 600, "output_length": 9, "hash_ids": hash_ids}
+    path = _write(tmp_path / "mc.jsonl", json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=r"mc.jsonl:2 column 'hash_ids': " + message) as err:
+        read_trace(path)
+    assert "value" in str(err.value)
+
+
 def test_sincere_prompts(shared_data: Path, tmp_path: Path) -> None:
     """SINCERE's 2,172 prompts read with their aliases and a 50-token output cap."""
     req = read_trace(shared_data / "sincere" / "prompts.jsonl")

@@ -64,6 +64,11 @@ def _table(stats: TraceStats, title: str) -> Table:
         )
     for model, count in stats.num_per_model.items():
         table.add_row(f"model {model}", f"{count:,}")
+    if stats.prefix_reuse_ratio is not None:
+        table.add_row("prefix reuse (unbounded cache)", f"{100 * stats.prefix_reuse_ratio:.1f} %")
+        for point in stats.reuse_curve:
+            name = f"prefix reuse, LRU {point.capacity_tokens:,} tokens"
+            table.add_row(name, f"{100 * point.hit_rate:.1f} %")
     return table
 
 
@@ -82,12 +87,14 @@ def stats_cmd(
     rate: Annotated[float, typer.Option(help="Arrival rate of --sample (req/s).")] = 5.0,
     seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
 ) -> None:
-    """Rate, duration, inter-arrival CV and token-length percentiles of a trace."""
+    """Rate, duration, inter-arrival CV and token-length percentiles of a trace; with block
+    ids (Mooncake's hash_ids), its prefix reuse ratio and reuse against cache capacity (--plot
+    also writes PLOT-prefix-reuse.png)."""
     from rich.console import Console
 
     from sincere.cli.tables import print_table
     from sincere.core.jsonsafe import json_safe
-    from sincere.workload.stats import plot_trace, trace_stats
+    from sincere.workload.stats import plot_reuse, plot_trace, trace_stats
     from sincere.workload.traces import read_trace
 
     if (file is None) != sample:
@@ -101,8 +108,13 @@ def stats_cmd(
         print_table(_table(stats, title))
     if plot is not None:
         plot_trace(requests, plot, title="sample" if file is None else file.name)
+        written = [plot]
+        if stats.prefix_reuse_ratio is not None:
+            curve = plot.with_name(f"{plot.stem}-prefix-reuse{plot.suffix}")
+            plot_reuse(stats, curve, title="sample" if file is None else file.name)
+            written.append(curve)
         if not as_json:
-            Console().print(f"wrote {plot}")
+            Console().print("wrote " + ", ".join(str(p) for p in written))
 
 
 @trace_app.command("convert")

@@ -237,16 +237,21 @@ def write_vidur(requests: RequestArrays, path: Path) -> None:
 
 
 def write_mooncake(requests: RequestArrays, path: Path) -> None:
-    """Write Mooncake JSONL (timestamp in integer ms; no block hashes)."""
+    """Write Mooncake JSONL (timestamp in integer ms); ``hash_ids`` are the requests' block
+    ids when they have 512-token ones, else empty."""
     ms = np.round(requests.arrival_at * 1000.0).astype(np.int64)
+    keep = bool(requests.block_ids) and requests.block_tokens == 512
     with path.open("w", encoding="utf-8") as f:
-        for t, p, o in zip(
-            ms.tolist(),
-            requests.prompt_tokens.tolist(),
-            requests.output_tokens.tolist(),
-            strict=True,
+        for i, (t, p, o) in enumerate(
+            zip(
+                ms.tolist(),
+                requests.prompt_tokens.tolist(),
+                requests.output_tokens.tolist(),
+                strict=True,
+            )
         ):
-            rec = {"timestamp": t, "input_length": p, "output_length": o, "hash_ids": []}
+            ids = requests.block_ids[i].tolist() if keep else []
+            rec = {"timestamp": t, "input_length": p, "output_length": o, "hash_ids": ids}
             f.write(json.dumps(rec) + "\n")
 
 

@@ -17,7 +17,9 @@ Formats (names for ``format=``; :func:`detect_format` guesses from extension and
   ``pd_ratio``) are ignored. Without ``arrived_at`` (Vidur's length-only traces)
   arrivals come from ``arrival`` (default Poisson at 1 req/s) and ``seed``.
 * ``mooncake`` -- Mooncake JSONL (``timestamp`` in ms, ``input_length``,
-  ``output_length``, ``hash_ids``; the block hashes are not kept).
+  ``output_length``, ``hash_ids``: the ids of the prompt's 512-token blocks, kept as the
+  requests' ``block_ids`` for prefix caching; a list that is not of integers or has more
+  blocks than the prompt is refused with file, line and value).
 * ``sincere-prompts`` -- SINCERE's prompt JSONL / JSON (``{"prompt", "model_alias"}``);
   every request generates ``max_new_tokens`` (50, SINCERE's cap); arrivals as ShareGPT.
 * ``sincere-runs`` -- one cell of SINCERE's real runs (its folder, or its
@@ -163,6 +165,8 @@ def _assemble(
     model_names: Sequence[str] | None = None,
     prompts: Sequence[str] = (),
     max_tokens: IntArray | None = None,
+    block_ids: Sequence[IntArray] = (),
+    block_tokens: int = 0,
 ) -> RequestArrays:
     """Shift to start at 0, sort stably by time and pack; models by first appearance."""
     order = np.argsort(arrival_s, kind="stable")
@@ -186,6 +190,8 @@ def _assemble(
         model=model_ix,
         max_tokens=None if max_tokens is None else max_tokens[order],
         prompts=[prompts[i] for i in order] if prompts else (),
+        block_ids=[block_ids[i] for i in order] if block_ids else (),
+        block_tokens=block_tokens if block_ids else 0,
     )
 
 
@@ -276,10 +282,46 @@ def _field(path: Path, line: int, record: Any, key: str, kind: type) -> Any:
     return value
 
 
+MOONCAKE_BLOCK_TOKENS = 512
+"""Prompt tokens per entry of Mooncake's ``hash_ids``."""
+
+
+def _hash_ids(path: Path, line: int, record: dict[str, Any], prompt_tokens: int) -> IntArray:
+    """A record's ``hash_ids`` (missing: none), checked: integers, no more than the prompt has."""
+    ids = record.get("hash_ids", [])
+    ok = isinstance(ids, list) and set(map(type, ids)) <= {int}  # bool is not int here
+    arr = np.zeros(0, dtype=np.int64)
+    if ok and ids:
+        try:
+            arr = np.asarray(ids, dtype=np.int64)
+        except OverflowError:
+            ok = False
+    if not ok or (len(arr) and arr.min() < 0):
+        raise DataError(
+            "expected a list of integers >= 0 (ids of 512-token prompt blocks)",
+            path=path,
+            line=line,
+            column="hash_ids",
+            value=ids,
+        )
+    most = -(-prompt_tokens // MOONCAKE_BLOCK_TOKENS)
+    if len(ids) > most:
+        raise DataError(
+            f"{len(ids)} blocks of {MOONCAKE_BLOCK_TOKENS} tokens is more than the "
+            f"{prompt_tokens}-token prompt has (at most {most})",
+            path=path,
+            line=line,
+            column="hash_ids",
+            value=ids,
+        )
+    return arr.astype(np.int64, copy=False)
+
+
 @TRACE_READERS.register("mooncake")
 def read_mooncake(path: Path) -> RequestArrays:
-    """Mooncake JSONL: ``timestamp`` (ms), ``input_length``, ``output_length``."""
+    """Mooncake JSONL: ``timestamp`` (ms), ``input_length``, ``output_length``, ``hash_ids``."""
     rows: list[tuple[float, int, int]] = []
+    blocks: list[IntArray] = []
     for line, rec in _json_records(path):
         t = _field(path, line, rec, "timestamp", float)
         vals = [_field(path, line, rec, k, int) for k in ("input_length", "output_length")]
@@ -289,8 +331,16 @@ def read_mooncake(path: Path) -> RequestArrays:
                     "expected an integer >= 1", path=path, line=line, column=key, value=v
                 )
         rows.append((t / 1000.0, vals[0], vals[1]))
+        blocks.append(_hash_ids(path, line, rec, vals[0]))
     arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
-    return _assemble(arr[:, 0], arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
+    has_ids = any(len(b) for b in blocks)
+    return _assemble(
+        arr[:, 0],
+        arr[:, 1].astype(np.int64),
+        arr[:, 2].astype(np.int64),
+        block_ids=blocks if has_ids else (),
+        block_tokens=MOONCAKE_BLOCK_TOKENS,
+    )
 
 
 def _arrivals_for(n: int, arrival: ArrivalProcess | None, seed: int) -> FloatArray:
