@@ -59,6 +59,19 @@ def simulate_command(
             "each (docs/routers.md).",
         ),
     ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace",
+            help="Serve this recorded trace instead of CONFIG's workload: its arrivals, "
+            "lengths, block ids (prefix caching) and models where it names them; CONFIG's "
+            "cluster, model mix and tiers stay (workload.trace in config.yaml).",
+        ),
+    ] = None,
+    trace_format: Annotated[
+        str | None,
+        typer.Option("--trace-format", help="Format of --trace (see `sincere trace formats`)."),
+    ] = None,
 ) -> None:
     """Run one simulation and write its outputs."""
     from rich.console import Console
@@ -67,11 +80,11 @@ def simulate_command(
 
     console = Console(stderr=True)
     started = time.perf_counter()
-    result = _run(config, seed, console, quiet, decisions)
+    result = _run(_config(config, trace, trace_format), seed, console, quiet, decisions)
     result.write(out)
     wall_s = time.perf_counter() - started
     if plot:
-        result.plot(out / "simulation.png", title=config.stem)
+        result.plot(out / "simulation.png", title=config.stem if trace is None else trace.stem)
     if not quiet:
         print_table(summary_table(result.summary))
         console.print(
@@ -86,8 +99,21 @@ def simulate_command(
         raise typer.Exit(1)
 
 
+def _config(config: Path, trace: Path | None, trace_format: str | None) -> Any:
+    """CONFIG as given, or (``--trace``) loaded with its workload replaced by the trace."""
+    if trace is None:
+        if trace_format is not None:
+            from sincere.core.errors import ConfigError
+
+            raise ConfigError("--trace-format needs --trace", value=trace_format)
+        return config
+    from sincere.sim.config import load_config
+
+    return load_config(config).with_trace(trace, trace_format)
+
+
 def _run(
-    config: Path, seed: int | None, console: Console, quiet: bool, decisions: Path | None
+    config: Any, seed: int | None, console: Console, quiet: bool, decisions: Path | None
 ) -> Any:
     """The simulation, with a progress bar unless ``quiet`` (warnings are printed later)."""
     import warnings

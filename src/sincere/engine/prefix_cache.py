@@ -29,6 +29,9 @@ disk tier (docs/prefix_caching.md).
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
+from itertools import islice, repeat
+
 import numpy as np
 
 from sincere.core.prefix import chain_keys, check_block_sizes
@@ -74,7 +77,9 @@ class PrefixCache:
     def __init__(self, block_size: int) -> None:
         self.block = block_size
         self.ref: dict[int, int] = {}  # key -> running sequences holding the block
-        self.free: dict[int, bool] = {}  # keys with ref 0, least recently freed first
+        # keys with ref 0, least recently freed first (an OrderedDict: popping its front is
+        # O(1), where a dict's first key gets slower to find after many front deletions)
+        self.free: OrderedDict[int, bool] = OrderedDict()
         self.held: dict[int, list[int]] = {}  # request -> keys it references
         self.keys_of: dict[int, list[int]] = {}  # request -> keys of its full prompt blocks
         self.progress: dict[int, int] = {}  # running request -> its keys handled so far
@@ -151,10 +156,15 @@ class PrefixCache:
             return
         self.progress[i] = upto
         held, ref = self.held[i], self.ref
-        for key in keys[start:upto]:
-            if key not in ref:  # cached by another sequence meanwhile: this copy stays private
-                ref[key] = 1
-                held.append(key)
+        new = keys[start:upto]
+        if any(map(ref.__contains__, new)):
+            for key in new:
+                if key not in ref:  # cached by another sequence meanwhile: this copy stays private
+                    ref[key] = 1
+                    held.append(key)
+        else:  # the common case, in bulk
+            ref.update(zip(new, repeat(1)))
+            held.extend(new)
         self.epoch += 1
 
     def release(self, i: int) -> int:
@@ -165,16 +175,19 @@ class PrefixCache:
         del self.progress[i]
         ref, free = self.ref, self.free
         unshared = 0
-        for key in reversed(held):
-            r = ref.get(key)
-            if r is None:
-                continue
-            if r == 1:
-                ref[key] = 0
-                free[key] = True
-            elif r > 1:
-                ref[key] = r - 1
-                unshared += 1
+        held.reverse()
+        if max(map(ref.__getitem__, held), default=1) == 1:  # no one else holds any: in bulk
+            ref.update(zip(held, repeat(0)))
+            free.update(zip(held, repeat(True)))
+        else:
+            for key in held:
+                r = ref[key]
+                if r == 1:
+                    ref[key] = 0
+                    free[key] = True
+                else:
+                    ref[key] = r - 1
+                    unshared += 1
         self.shared -= unshared
         self.epoch += 1
         return unshared
@@ -189,10 +202,8 @@ class PrefixCache:
         over = len(free) - (room if room > 0 else 0)
         if over <= 0:
             return
-        ref = self.ref
-        for _ in range(over):
-            key = next(iter(free))
-            del free[key]
-            del ref[key]
+        gone = list(islice(free, over))
+        deque(map(free.__delitem__, gone), maxlen=0)  # in bulk, oldest first
+        deque(map(self.ref.__delitem__, gone), maxlen=0)
         self.num_evictions += over
         self.epoch += 1

@@ -39,7 +39,7 @@ from sincere.core.errors import ConfigError
 from sincere.engine.spec import DeploymentSpec
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.policy.specs import config_checks, simulation_specs
-from sincere.workload.config import WorkloadConfig
+from sincere.workload.config import TraceConfig, WorkloadConfig
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -68,6 +68,21 @@ class SimulationConfig(BaseModel):
     def with_seed(self, seed: int | None) -> SimulationConfig:
         """This config with ``seed`` (unchanged when ``None``)."""
         return self if seed is None else self.model_copy(update={"seed": seed})
+
+    def with_trace(self, path: str | Path, format: str | None = None) -> SimulationConfig:
+        """This cluster serving a recorded trace instead of the workload (``workload.trace``).
+
+        The trace brings arrivals, lengths, block ids and models where it names them; the
+        workload's model mix, tiers and ``max_tokens`` fill in the rest.
+        """
+        old = self.workload
+        workload = WorkloadConfig(
+            trace=TraceConfig(path=str(Path(path).resolve()), format=format),
+            models=old.models,
+            tiers=old.tiers,
+            max_tokens=old.max_tokens,
+        )
+        return self.model_copy(update={"workload": workload})
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (what ``config.yaml`` holds)."""

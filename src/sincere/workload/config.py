@@ -9,6 +9,12 @@ YAML shape (all keys documented in docs/workload.md)::
     tiers: {preset: niyama}      # or a list of {name, ttft_s, ttlt_s, tbt_s, priority, weight}
     max_tokens: null             # client cap on generated tokens
 
+``trace: {path, format}`` replays a recorded trace instead of ``arrival`` and ``lengths``:
+its requests in order with their arrival times, lengths, block ids (prefix caching) and
+models where it names them (otherwise drawn from ``models``); ``tiers`` are drawn as usual.
+An ``arrival`` section beside it replaces the recorded times (e.g. ``kind: trace`` of the
+same file with a ``rate``, for capacity scans); ``num_requests`` / ``duration_s`` cut it.
+
 ``arrival`` takes any kind of :data:`~sincere.workload.arrivals.ARRIVALS` with that
 class's parameters; ``sincere-bursty`` / ``sincere-ramp`` also take ``mean: 4|8|12``;
 ``trace`` takes ``path`` (and ``format``, ``time_scale``, ``rate``, ``loop``) instead of
@@ -188,6 +194,14 @@ class _Capped:
         return np.minimum(self.dist.sample(rng, n), self.cap)
 
 
+class TraceConfig(BaseModel):
+    """``trace:``: a recorded trace replayed as the workload (``format``: see ``trace formats``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: str
+    format: str | None = None
+
+
 class WeightedTierConfig(TierConfig):
     """One tier of a ``tiers:`` list: the tier's targets and its share of the requests."""
 
@@ -216,16 +230,22 @@ class WorkloadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     num_requests: PositiveInt | None = None
     duration_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    arrival: ArrivalConfig
-    lengths: LengthsConfig
+    arrival: ArrivalConfig | None = None  # required unless ``trace`` is given
+    lengths: LengthsConfig | None = None  # required unless ``trace`` is given; not with it
+    trace: TraceConfig | None = None  # replay a recorded trace (module docstring)
     models: dict[str, float] | str = Field(default_factory=lambda: {"default": 1.0})
     tiers: TierPresetConfig | list[WeightedTierConfig] = Field(default_factory=TierPresetConfig)
     max_tokens: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadConfig:
-        if self.num_requests is None and self.duration_s is None:
-            raise ValueError("give num_requests, duration_s or both")
+        if self.trace is None:
+            if self.num_requests is None and self.duration_s is None:
+                raise ValueError("give num_requests, duration_s or both")
+            if self.arrival is None or self.lengths is None:
+                raise ValueError("give arrival and lengths (or a trace to replay)")
+        elif self.lengths is not None:
+            raise ValueError("a replayed trace brings its own lengths; drop 'lengths'")
         self.model_mix()
         self.tier_mix()
         return self
@@ -251,10 +271,21 @@ class WorkloadConfig(BaseModel):
     def missing_files(self, base_dir: Path | None = None) -> list[str]:
         """``field: path`` of each trace file this workload reads that does not exist."""
         wanted = []
-        if self.arrival.kind == "trace" and isinstance(self.arrival.params.get("path"), str):
+        if self.trace is not None:
+            wanted.append(("trace.path", self.trace.path))
+        if (
+            self.arrival is not None
+            and self.arrival.kind == "trace"
+            and isinstance(self.arrival.params.get("path"), str)
+        ):
             wanted.append(("arrival.path", self.arrival.params["path"]))
-        if self.lengths.source is not None and self.lengths.source not in length_sources():
-            wanted.append(("lengths.source", self.lengths.source))
+        lengths = self.lengths
+        if (
+            lengths is not None
+            and lengths.source is not None
+            and lengths.source not in length_sources()
+        ):
+            wanted.append(("lengths.source", lengths.source))
         return [
             f"workload.{where}: no such file {str(_resolve(path, base_dir))!r}"
             for where, path in wanted
@@ -320,7 +351,10 @@ def generate(
     relative trace paths resolve against ``base_dir`` (default: the config file's folder)."""
     config, folder = as_workload_config(config)
     base_dir = base_dir if base_dir is not None else folder
+    if config.trace is not None:
+        return _replay(config, config.trace, seed, base_dir)
     arrival_rng, length_rng, model_rng, tier_rng = _streams(seed)
+    assert config.arrival is not None and config.lengths is not None  # checked on load
     process = config.arrival.build(base_dir)
     t = process.times(arrival_rng, num_requests=config.num_requests, duration_s=config.duration_s)
     n = len(t)
@@ -346,10 +380,51 @@ def generate(
     )
 
 
+def _replay(
+    config: WorkloadConfig, trace: TraceConfig, seed: int, base_dir: Path | None
+) -> RequestArrays:
+    """The requests of a recorded trace, cut and completed by the rest of ``config``."""
+    arrival_rng, _, model_rng, tier_rng = _streams(seed)
+    rec = read_trace(_resolve(trace.path, base_dir), format=trace.format)
+    t = rec.arrival_at
+    if config.arrival is not None:
+        t = config.arrival.build(base_dir).times(arrival_rng, num_requests=len(rec))
+    n = len(rec) if len(t) > len(rec) else len(t)
+    if config.num_requests is not None and config.num_requests < n:
+        n = config.num_requests
+    if config.duration_s is not None:
+        n = int(np.searchsorted(t[:n], config.duration_s, side="left"))
+    output = rec.output_tokens[:n]
+    max_tokens = rec.max_tokens[:n].copy()
+    if config.max_tokens is not None:
+        output = np.minimum(output, config.max_tokens)
+        max_tokens = np.minimum(max_tokens, config.max_tokens)
+    mix, tiers = config.model_mix(), config.tier_mix()
+    named = rec.models != ("default",)
+    tier = tiers.sample(tier_rng, n)
+    return RequestArrays(
+        arrival_at=np.asarray(t[:n], dtype=np.float64),
+        prompt_tokens=rec.prompt_tokens[:n],
+        output_tokens=output,
+        max_tokens=max_tokens,
+        model=rec.model[:n] if named else mix.sample(model_rng, n),
+        tier=tier,
+        priority=tiers.priorities[tier],
+        budget_usd=np.full(n, np.nan),
+        models=rec.models if named else mix.models,
+        tiers=tiers.tiers,
+        prompts=rec.prompts[:n],
+        block_ids=rec.block_ids[:n],
+        block_tokens=rec.block_tokens if rec.block_ids else 0,
+        sessions=rec.sessions[:n],
+    )
+
+
 __all__ = [
     "ArrivalConfig",
     "LengthsConfig",
     "TierPresetConfig",
+    "TraceConfig",
     "WeightedTierConfig",
     "WorkloadConfig",
     "as_workload_config",
