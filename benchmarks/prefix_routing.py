@@ -13,7 +13,10 @@ prefix caching on, the engine defaults otherwise) serve two workloads with each 
 Per run: prefix-cache hit rate (share of prompt tokens served from cache), TTFT p50 / p99,
 goodput (requests/s meeting the tier: no targets here, so completed requests/s) and the
 simulation's wall time. ``--cache-off`` adds the same runs with ``enable_prefix_caching:
-false``. One markdown row per run on stdout, one JSON line per run on stderr.
+false``; ``--num-kv-blocks`` sets every instance's KV pool (default: what the GPU's memory
+holds, which on Mooncake's ~12k-token prompts keeps little beyond the running requests; a
+larger pool stands for a host-memory KV tier such as Mooncake's own). One markdown row per
+run on stdout, one JSON line per run on stderr.
 
     python benchmarks/prefix_routing.py [--num-requests 1500] [--routers NAME...] [--cache-off]
 """
@@ -35,9 +38,11 @@ MOONCAKE = Path("../shared/data/traces/mooncake_conversation_trace.jsonl")
 ROUTERS = ["least-outstanding", "prefix-aware", "weighted-score", "session-affinity"]
 
 
-def instances(count: int, cache: bool) -> list[dict[str, Any]]:
+def instances(count: int, cache: bool, num_kv_blocks: int | None) -> list[dict[str, Any]]:
     """``count`` Llama-3-8B H100 instances, prefix caching on or off."""
     engine: dict[str, Any] = {"kind": "continuous", "enable_prefix_caching": cache}
+    if num_kv_blocks is not None:
+        engine["num_kv_blocks"] = num_kv_blocks
     return [
         {
             "name": "h100",
@@ -50,12 +55,18 @@ def instances(count: int, cache: bool) -> list[dict[str, Any]]:
     ]
 
 
-def config(router: str, workload: dict[str, Any], count: int, cache: bool) -> dict[str, Any]:
+def config(
+    router: str,
+    workload: dict[str, Any],
+    count: int,
+    cache: bool,
+    num_kv_blocks: int | None = None,
+) -> dict[str, Any]:
     """The simulation config of one run."""
     return {
         "seed": 1,
         "workload": workload,
-        "instances": instances(count, cache),
+        "instances": instances(count, cache, num_kv_blocks),
         "router": {"name": router},
     }
 
@@ -118,6 +129,13 @@ def main() -> None:
     parser.add_argument("--routers", nargs="+", default=ROUTERS)
     parser.add_argument("--workloads", nargs="+", default=["mooncake", "azure-conv"])
     parser.add_argument("--cache-off", action="store_true", help="also run without caching")
+    parser.add_argument(
+        "--num-kv-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per instance (default: what the GPU memory holds); a larger pool "
+        "stands for a host-memory KV tier",
+    )
     args = parser.parse_args()
     print(
         "| workload | router | cache | hit rate | TTFT p50 s | TTFT p99 s | goodput req/s "
@@ -131,11 +149,11 @@ def main() -> None:
         for cache in caches:
             for router in args.routers:
                 if name == "mooncake":
-                    cfg = config(router, placeholder, args.instances, cache)
+                    cfg = config(router, placeholder, args.instances, cache, args.num_kv_blocks)
                     print(run(name, router, cfg, trace), flush=True)
                 else:
                     work = azure(args.num_requests, args.azure_rate)
-                    cfg = config(router, work, args.instances, cache)
+                    cfg = config(router, work, args.instances, cache, args.num_kv_blocks)
                     print(run(name, router, cfg, None), flush=True)
 
 
