@@ -18,7 +18,12 @@ holds, which on Mooncake's ~12k-token prompts keeps little beyond the running re
 larger pool stands for a host-memory KV tier such as Mooncake's own). One markdown row per
 run on stdout, one JSON line per run on stderr.
 
+``--plot FILE`` draws hit rate and TTFT p50 per router, workload and cache setting (from
+this run, or with ``--replot JSONL...`` from the JSON lines of earlier runs, without
+simulating).
+
     python benchmarks/prefix_routing.py [--num-requests 1500] [--routers NAME...] [--cache-off]
+    python benchmarks/prefix_routing.py --replot runs.jsonl --plot prefix_routing.png
 """
 
 from __future__ import annotations
@@ -95,6 +100,41 @@ def azure(num_requests: int, rate: float) -> dict[str, Any]:
     }
 
 
+ROWS: list[dict[str, Any]] = []
+"""The rows of this run (what ``--plot`` draws)."""
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Hit rate and TTFT p50 per (workload, cache, label) group, one bar per router."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["workload"], r["cache"], r.get("label", "")) for r in rows})
+    routers = list(dict.fromkeys(r["router"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(routers), 1)
+    for panel, (key, title) in zip(
+        axes, (("hit_rate", "prefix-cache hit rate"), ("ttft_p50_s", "TTFT p50 (s)")), strict=True
+    ):
+        for k, router in enumerate(routers):
+            values = []
+            for g in groups:
+                match = [r for r in rows if (r["workload"], r["cache"], r.get("label", "")) == g
+                         and r["router"] == router]  # fmt: skip
+                values.append(float(match[0][key] or 0.0) if match else 0.0)
+            xs = [x + k * width for x in range(len(groups))]
+            panel.bar(xs, values, width=width, label=router)
+        panel.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))])
+        names = [f"{w}\ncache {'on' if c else 'off'}\n{lab}".strip() for w, c, lab in groups]
+        panel.set_xticklabels(names, fontsize=8)
+        panel.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def run(name: str, router: str, cfg: dict[str, Any], requests: RequestArrays | None) -> str:
     """Simulate one cell; its markdown row (and a JSON line on stderr)."""
     started = time.perf_counter()
@@ -113,6 +153,7 @@ def run(name: str, router: str, cfg: dict[str, Any], requests: RequestArrays | N
         "goodput_rps": summary["goodput_rps"],
         "wall_s": wall,
     }
+    ROWS.append(row)
     print(json.dumps(row), file=sys.stderr, flush=True)
     hit = "-" if row["hit_rate"] is None else f"{row['hit_rate']:.1%}"
     return (
@@ -136,7 +177,16 @@ def main() -> None:
         help="KV blocks per instance (default: what the GPU memory holds); a larger pool "
         "stands for a host-memory KV tier",
     )
+    parser.add_argument("--plot", type=Path, default=None, help="write the figure here")
+    parser.add_argument(
+        "--replot", type=Path, nargs="+", default=None, help="JSON lines of earlier runs"
+    )
     args = parser.parse_args()
+    if args.replot:
+        rows = [json.loads(line) for f in args.replot for line in f.read_text().splitlines()
+                if line.startswith("{")]  # fmt: skip
+        plot(rows, args.plot or Path("prefix_routing.png"))
+        return
     print(
         "| workload | router | cache | hit rate | TTFT p50 s | TTFT p99 s | goodput req/s "
         "| sim wall s |\n|---|---|---|---|---|---|---|---|",
@@ -155,6 +205,8 @@ def main() -> None:
                     work = azure(args.num_requests, args.azure_rate)
                     cfg = config(router, work, args.instances, cache, args.num_kv_blocks)
                     print(run(name, router, cfg, None), flush=True)
+    if args.plot is not None:
+        plot(ROWS, args.plot)
 
 
 if __name__ == "__main__":
