@@ -52,3 +52,32 @@ def test_batch_rule_is_read_from_optimizer_data_and_checked(tmp_path: Path) -> N
         load_problem(case)
     with pytest.raises(ConfigError, match="unknown batch rule"):
         OptimizerSpec(batch_rule="memory")
+
+
+def test_prefix_hit_rate_sizes_prefill_on_uncached_tokens(tmp_path: Path) -> None:
+    """A server's load with prefixHitRate 0.75 plans replicas for a quarter of the prompt's
+    prefill work: no candidate sustains a lower rate, and a wrong rate is refused."""
+    from sincere.optimize.candidates import build_candidates
+
+    case = tmp_path / "case"
+    shutil.copytree(EXAMPLES / "unlimited", case)
+    plain = build_candidates(load_problem(case))
+    path = case / "server-data.json"
+    doc = json.loads(path.read_text())
+    for server in doc["servers"]:
+        server["currentAlloc"]["load"]["avgInTokens"] = 4096
+    path.write_text(json.dumps(doc))
+    long_prompts = build_candidates(load_problem(case))
+    for server in doc["servers"]:
+        server["currentAlloc"]["load"]["prefixHitRate"] = 0.75
+    path.write_text(json.dumps(doc))
+    problem = load_problem(case)
+    assert problem.servers[0].current.load.uncached_in_tokens == 1024
+    cached = build_candidates(problem)
+    assert len(cached.rate_per_min) == len(long_prompts.rate_per_min) == len(plain.rate_per_min)
+    assert (cached.rate_per_min >= long_prompts.rate_per_min).all()
+    assert (cached.rate_per_min > long_prompts.rate_per_min).any()
+    doc["servers"][0]["currentAlloc"]["load"]["prefixHitRate"] = 1.0
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="prefix_hit_rate"):
+        load_problem(case)

@@ -129,9 +129,9 @@ def _rows(problem: Problem) -> list[tuple[int, str, AffineReplica, Targets]]:
                 s.max_batch,
                 problem.optimizer.batch_rule,
             )
-            rep = affine_replica(
+            rep = affine_replica(  # prefill work: the prompt tokens its prefix cache lacks
                 perf.params,
-                load.avg_in_tokens,
+                load.uncached_in_tokens,
                 load.avg_out_tokens,
                 n,
                 problem.optimizer.queue_factor,

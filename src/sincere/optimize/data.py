@@ -72,14 +72,31 @@ class Load:
     arrival_rate: float  # requests per minute
     avg_in_tokens: float
     avg_out_tokens: float
+    prefix_hit_rate: float = 0.0  # expected share of prompt tokens served from a prefix cache
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prefix_hit_rate < 1.0:
+            raise ConfigError(
+                "load prefix_hit_rate must be a fraction of prompt tokens",
+                value=self.prefix_hit_rate,
+                allowed="0 <= prefix_hit_rate < 1",
+            )
+
+    @property
+    def uncached_in_tokens(self) -> float:
+        """Prompt tokens a replica computes per request (the rest come from its prefix cache)."""
+        return self.avg_in_tokens * (1.0 - self.prefix_hit_rate)
 
     def to_json(self) -> dict[str, float]:
-        """Inferno's ``load`` object."""
-        return {
+        """Inferno's ``load`` object (plus ``prefixHitRate`` when set)."""
+        out = {
             "arrivalRate": self.arrival_rate,
             "avgInTokens": self.avg_in_tokens,
             "avgOutTokens": self.avg_out_tokens,
         }
+        if self.prefix_hit_rate:
+            out["prefixHitRate"] = self.prefix_hit_rate
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +349,12 @@ def parse_servers(doc: _Entry) -> tuple[Server, ...]:
 
 def _current(e: _Entry) -> CurrentAlloc:
     ld = e.sub("load")
-    load = Load(ld.num("arrivalRate"), ld.num("avgInTokens"), ld.num("avgOutTokens", positive=True))
+    load = Load(
+        ld.num("arrivalRate"),
+        ld.num("avgInTokens"),
+        ld.num("avgOutTokens", positive=True),
+        ld.num("prefixHitRate", 0.0),
+    )
     acc = e.raw.get(_norm("accelerator")) or None
     if acc is not None and not isinstance(acc, str):
         raise DataError(

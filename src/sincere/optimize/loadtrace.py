@@ -100,6 +100,7 @@ def replan(
                 c.arrival_rate,
                 old.avg_in_tokens if c.avg_in_tokens is None else c.avg_in_tokens,
                 old.avg_out_tokens if c.avg_out_tokens is None else c.avg_out_tokens,
+                old.prefix_hit_rate,
             )
         problem = with_loads(problem, loads)
         solution = solve(problem, solver=solver)

@@ -50,6 +50,7 @@ from sincere.workload.lengths import (
     load_length_table,
 )
 from sincere.workload.mixes import SINCERE_MODEL_MIX, ModelMix, TierMix, tier_preset
+from sincere.workload.sessions import SessionShape, build_sessions
 from sincere.workload.traces import read_trace
 
 _SIMPLE = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
@@ -202,6 +203,33 @@ class TraceConfig(BaseModel):
     format: str | None = None
 
 
+class SessionsConfig(BaseModel):
+    """``sessions:``: shared system prompts, multi-turn sessions, agent loops
+    (:mod:`sincere.workload.sessions`); ``arrival`` then gives session starts and
+    ``lengths`` each user message (prompt column) and answer (output column)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min_turns: PositiveInt = 1
+    max_turns: PositiveInt = 1
+    think_s: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    system_prompt_tokens: int = Field(default=0, ge=0)
+    num_system_prompts: PositiveInt = 1
+    popularity_s: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    block_tokens: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _check(self) -> SessionsConfig:
+        self.shape()
+        return self
+
+    def shape(self) -> SessionShape:
+        """The generator's parameters."""
+        try:
+            return SessionShape(**self.model_dump())
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class WeightedTierConfig(TierConfig):
     """One tier of a ``tiers:`` list: the tier's targets and its share of the requests."""
 
@@ -233,6 +261,7 @@ class WorkloadConfig(BaseModel):
     arrival: ArrivalConfig | None = None  # required unless ``trace`` is given
     lengths: LengthsConfig | None = None  # required unless ``trace`` is given; not with it
     trace: TraceConfig | None = None  # replay a recorded trace (module docstring)
+    sessions: SessionsConfig | None = None  # prompts sharing prefixes (workload.sessions)
     models: dict[str, float] | str = Field(default_factory=lambda: {"default": 1.0})
     tiers: TierPresetConfig | list[WeightedTierConfig] = Field(default_factory=TierPresetConfig)
     max_tokens: PositiveInt | None = None
@@ -246,6 +275,8 @@ class WorkloadConfig(BaseModel):
                 raise ValueError("give arrival and lengths (or a trace to replay)")
         elif self.lengths is not None:
             raise ValueError("a replayed trace brings its own lengths; drop 'lengths'")
+        if self.trace is not None and self.sessions is not None:
+            raise ValueError("give a trace or sessions, not both")
         self.model_mix()
         self.tier_mix()
         return self
@@ -357,6 +388,8 @@ def generate(
     assert config.arrival is not None and config.lengths is not None  # checked on load
     process = config.arrival.build(base_dir)
     t = process.times(arrival_rng, num_requests=config.num_requests, duration_s=config.duration_s)
+    if config.sessions is not None:
+        return _sessions(config, config.sessions, t, base_dir, length_rng, model_rng, tier_rng)
     n = len(t)
     prompt, output = config.lengths.build(base_dir).sample(length_rng, n)
     if config.max_tokens is not None:
@@ -377,6 +410,49 @@ def generate(
         budget_usd=np.full(n, np.nan),
         models=mix.models,
         tiers=tiers.tiers,
+    )
+
+
+def _sessions(
+    config: WorkloadConfig,
+    sessions: SessionsConfig,
+    starts: Any,
+    base_dir: Path | None,
+    length_rng: np.random.Generator,
+    model_rng: np.random.Generator,
+    tier_rng: np.random.Generator,
+) -> RequestArrays:
+    """Sessions starting at ``starts`` (one per arrival), cut to the workload's size."""
+    assert config.lengths is not None  # checked on load
+    shape = sessions.shape()
+    user, answer = config.lengths.build(base_dir).sample(length_rng, len(starts) * shape.max_turns)
+    got = build_sessions(np.asarray(starts, dtype=np.float64), shape, user, answer, length_rng)
+    n = len(got.arrival_at)
+    if config.num_requests is not None and config.num_requests < n:
+        n = config.num_requests
+    if config.duration_s is not None:
+        n = int(np.searchsorted(got.arrival_at[:n], config.duration_s, side="left"))
+    output = got.output_tokens[:n]
+    max_tokens = output.copy()
+    if config.max_tokens is not None:
+        output = np.minimum(output, config.max_tokens)
+        max_tokens = np.full(n, config.max_tokens, dtype=np.int64)
+    mix, tiers = config.model_mix(), config.tier_mix()
+    tier = tiers.sample(tier_rng, n)
+    return RequestArrays(
+        arrival_at=got.arrival_at[:n],
+        prompt_tokens=got.prompt_tokens[:n],
+        output_tokens=output,
+        max_tokens=max_tokens,
+        model=mix.sample(model_rng, n),
+        tier=tier,
+        priority=tiers.priorities[tier],
+        budget_usd=np.full(n, np.nan),
+        models=mix.models,
+        tiers=tiers.tiers,
+        block_ids=got.block_ids[:n],
+        block_tokens=shape.block_tokens,
+        sessions=got.sessions[:n],
     )
 
 
@@ -423,6 +499,7 @@ def _replay(
 __all__ = [
     "ArrivalConfig",
     "LengthsConfig",
+    "SessionsConfig",
     "TierPresetConfig",
     "TraceConfig",
     "WeightedTierConfig",
