@@ -18,7 +18,16 @@ first differing decision with the first input the logs show differing, and the e
 loop's lag (p99 / max: how much the machine disturbed the live run). Machine-readable
 summaries go to stderr, one JSON line per router.
 
+With ``--prefix`` the trace is prefix-heavy instead (``sincere.bench.parity.prefix_sessions``:
+four-turn sessions behind a shared 512-token system prompt, each turn resending the whole
+conversation, 16-token blocks), no tiers or budgets, for the prefix-routing family
+(least-outstanding as the baseline, prefix-aware, session-affinity, weighted-score): the
+simulator reads the block ids, the load generator sends text reproducing them and the
+gateway and the emulators hash that text back into block ids (``text_block_ids``), so both
+paths route and cache on the same structure.
+
     python benchmarks/parity_sim_vs_live.py [--num-requests 100] [--rate 5] [--routers NAME...]
+    python benchmarks/parity_sim_vs_live.py --prefix [--routers NAME...]
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from sincere.bench.parity import ParityResult, parity
+from sincere.bench.parity import ParityResult, parity, prefix_sessions
 from sincere.core.request import RequestArrays, Tier
 from sincere.sim import load_config
 from sincere.sim.build import base_dir_of
@@ -50,6 +59,13 @@ ROUTERS: dict[str, tuple[str, dict[str, Any]]] = {
     "price-optimal": ("price-optimal", {}),
     "relevance-optimal": ("relevance-optimal", {}),
     "small-model-first": ("small-model-first", {}),
+}
+
+PREFIX_ROUTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "least-outstanding": ("least-outstanding", {}),
+    "prefix-aware": ("prefix-aware", {}),
+    "session-affinity": ("session-affinity", {}),
+    "weighted-score": ("weighted-score", {}),
 }
 
 
@@ -123,19 +139,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-requests", type=int, default=100)
     parser.add_argument("--rate", type=float, default=5.0)
-    parser.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS))
+    parser.add_argument("--routers", nargs="+", choices=sorted({*ROUTERS, *PREFIX_ROUTERS}))
+    parser.add_argument("--prefix", action="store_true", help="the prefix-heavy workload")
     args = parser.parse_args()
+    table = PREFIX_ROUTERS if args.prefix else ROUTERS
+    names = args.routers or list(table)
     print(
         "| router | same decision | differing (explained by inputs) | replay sim→live "
         "calls / mismatches | replay live→sim | same instance | TTFT rel. diff p50 "
         "| E2E rel. diff p50 | first differing decision | loop lag p99 / max ms | wall s |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|"
     )
-    for name in args.routers:
-        router, params = ROUTERS[name]
+    for name in names:
+        router, params = table[name]
         cfg = config(router, params, args.num_requests, args.rate)
         started = time.perf_counter()
-        result = parity(cfg, requests=requests_of(cfg))
+        if args.prefix:
+            requests = prefix_sessions(args.num_requests, args.rate, seed=cfg["seed"])
+        else:
+            requests = requests_of(cfg)
+        result = parity(cfg, requests=requests)
         wall = time.perf_counter() - started
         print(_row(name, result, wall), flush=True)
         print(json.dumps({"router": name, **result.summary()}), file=sys.stderr)

@@ -33,6 +33,7 @@ RANK = {
 SERVE_RANK = {
     "protocol": 0,
     "binding": 0,
+    "content": 0,
     "backends": 1,
     "emulator": 1,
     "security": 1,

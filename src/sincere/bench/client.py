@@ -7,6 +7,9 @@ is counted as one token unless the server reports ``usage.completion_tokens``
 (sent when ``stream_options.include_usage`` is honoured), which then wins.
 Non-streaming calls only see the whole answer: no first-token time, no gaps.
 
+A server that reports ``usage.prompt_tokens_details.cached_tokens`` (OpenAI's field; vLLM
+with prefix caching on) has it kept: the prompt tokens it served from its prefix cache.
+
 A server may report its own queueing delay and the instance that served the call
 in a ``sincere`` object of the body or last chunk (``{"queue_s": .., "instance":
 ..}``) or in the ``x-sincere-instance`` header; both are optional.
@@ -35,6 +38,7 @@ class CallTiming:
     finished_at: float = float("nan")
     chunk_at: list[float] = field(default_factory=list)  # arrival of each text chunk
     usage_tokens: int | None = None  # usage.completion_tokens, when reported
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when reported
     queue_s: float | None = None  # server-reported queueing delay
     instance: str | None = None  # server-reported instance
     error: str | None = None  # reject reason: http_<status>, connection_error, bad_response
@@ -70,6 +74,9 @@ def _absorb(timing: CallTiming, payload: dict[str, Any]) -> bool:
     usage = payload.get("usage")
     if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
         timing.usage_tokens = usage["completion_tokens"]
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        timing.cached_tokens = details["cached_tokens"]
     ext = payload.get("sincere")
     if isinstance(ext, dict):
         if isinstance(ext.get("queue_s"), int | float):

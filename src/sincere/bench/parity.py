@@ -471,6 +471,55 @@ def parity(
     return result
 
 
+def prefix_sessions(
+    num_requests: int,
+    rate: float,
+    seed: int,
+    *,
+    turns: int = 4,
+    system_blocks: int = 32,
+    block_tokens: int = 16,
+    new_blocks: tuple[int, int] = (4, 24),
+    output_tokens: tuple[int, int] = (16, 128),
+    think_s: float = 2.0,
+    model: str = "llama-3-8b",
+) -> RequestArrays:
+    """A prefix-heavy workload: multi-turn sessions behind one shared system prompt.
+
+    Sessions start as a Poisson process of ``rate / turns`` per second; each has ``turns``
+    turns, the next one an exponential think time (mean ``think_s``) after the previous
+    arrival. Every prompt starts with the same ``system_blocks`` blocks; turn ``k`` is turn
+    ``k - 1``'s prompt plus ``new_blocks`` (uniform) fresh blocks, so it shares all of the
+    previous turn's blocks. Block ids are unique integers; every block is full.
+    """
+    rng = np.random.default_rng(seed)
+    num_sessions = -(-num_requests // turns)
+    starts = np.cumsum(rng.exponential(turns / rate, size=num_sessions))
+    rows: list[tuple[float, int, list[int], int]] = []
+    next_id = system_blocks
+    for s, start in enumerate(starts.tolist()):
+        blocks = list(range(system_blocks))
+        at = start
+        for _ in range(turns):
+            fresh = int(rng.integers(new_blocks[0], new_blocks[1] + 1))
+            blocks = blocks + list(range(next_id, next_id + fresh))
+            next_id += fresh
+            out = int(rng.integers(output_tokens[0], output_tokens[1] + 1))
+            rows.append((at, s, blocks, out))
+            at += float(rng.exponential(think_s))
+    rows.sort(key=lambda r: r[0])
+    rows = rows[:num_requests]
+    return RequestArrays.build(
+        [r[0] for r in rows],
+        [len(r[2]) * block_tokens for r in rows],
+        [r[3] for r in rows],
+        models=(model,),
+        block_ids=[r[2] for r in rows],
+        block_tokens=block_tokens,
+        sessions=[f"s{r[1]}" for r in rows],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Url:
     """A stand-in server for a config that is built but not served (replays)."""

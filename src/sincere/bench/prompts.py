@@ -6,6 +6,17 @@ so each word is one token in the BPE tokenizers of today's models and a prompt o
 token). Each request's text starts at a different place in a fixed pool, so prompts
 differ and prefix caches do not merge them. A trace's own prompt text is sent as is.
 
+A request with block ids (``RequestArrays.block_ids``, e.g. a Mooncake trace's
+``hash_ids``) gets text that reproduces their structure instead (:func:`block_prompt`):
+each block id becomes ``block_tokens`` words drawn from a generator seeded by the id, so
+equal ids give equal text and different ids different text, every word four bytes
+("xyz "). Four bytes is the pseudo-token of :func:`sincere.core.prefix.text_block_ids`, so
+that mapping at any block size dividing ``block_tokens`` (the gateway's 16 under
+Mooncake's 512) sees prompts sharing exactly the trace's leading blocks, and a real
+tokenizer sees about one token per word, so the server's prefix cache does too. A prompt's
+last block may be partial (a prefix of its block's text); tokens past the ids' blocks are
+the request's own synthetic text (new content).
+
 Bodies carry ``max_tokens`` = the request's output tokens and, unless disabled, the
 sincere extension ``"sincere": {"output_tokens": n, "prompt_tokens": p}``, which makes
 sincere's emulated engines generate exactly ``n`` tokens; other servers ignore it.
@@ -13,6 +24,7 @@ sincere's emulated engines generate exactly ``n`` tokens; other servers ignore i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -57,14 +69,55 @@ def synthetic_prompt(num_tokens: int, index: int = 0) -> str:
     return "".join(parts).rstrip()
 
 
+_BLOCK_SALT = 0xB10C_7E47
+
+
+class BlockTexts:
+    """Text per block id, ``block_tokens`` four-byte words each (cached: ids repeat)."""
+
+    def __init__(self, block_tokens: int) -> None:
+        if block_tokens < 1:
+            raise ConfigError("block_tokens must be >= 1", value=block_tokens, allowed=">= 1")
+        self.block_tokens = block_tokens
+        self._words = np.asarray([w + " " for w in _WORDS])
+        self._cache: dict[int, str] = {}
+
+    def text(self, block_id: int) -> str:
+        """The block's text: the same for the same id in every run and process."""
+        got = self._cache.get(block_id)
+        if got is None:
+            rng = np.random.default_rng([int(block_id) & ((1 << 64) - 1), _BLOCK_SALT])
+            picks = rng.integers(0, len(self._words), size=self.block_tokens)
+            got = self._cache[block_id] = "".join(self._words[picks].tolist())
+        return got
+
+
+def block_prompt(
+    block_ids: Sequence[int], prompt_tokens: int, texts: BlockTexts, index: int = 0
+) -> str:
+    """A prompt of ``prompt_tokens`` words whose blocks reproduce ``block_ids``' structure."""
+    b = texts.block_tokens
+    covered = min(prompt_tokens, len(block_ids) * b)
+    parts = [texts.text(int(block_id)) for block_id in block_ids[: covered // b]]
+    if covered % b:
+        parts.append(texts.text(int(block_ids[covered // b]))[: (covered % b) * _CHARS_PER_TOKEN])
+    if prompt_tokens > covered:  # new content: this request's own words, 4 bytes each
+        parts.append(synthetic_prompt(prompt_tokens - covered, index) + " ")
+    return "".join(parts)
+
+
 def prompt_texts(requests: RequestArrays) -> list[str]:
-    """Each request's prompt: the trace's text where it has one, else synthetic text."""
+    """Each request's prompt: the trace's text where it has one, else text reproducing its
+    block ids where it has them, else synthetic text."""
     given = requests.prompts or (None,) * len(requests)
     lengths = requests.prompt_tokens.tolist()
-    return [
-        text if text is not None else synthetic_prompt(int(n), i)
-        for i, (text, n) in enumerate(zip(given, lengths, strict=True))
-    ]
+    texts = BlockTexts(requests.block_tokens) if requests.block_ids else None
+    out = []
+    for i, (text, n) in enumerate(zip(given, lengths, strict=True)):
+        if text is None and texts is not None and len(requests.block_ids[i]):
+            text = block_prompt(requests.block_ids[i].tolist(), int(n), texts, i)
+        out.append(text if text is not None else synthetic_prompt(int(n), i))
+    return out
 
 
 def request_body(

@@ -49,6 +49,8 @@ class BenchResult:
     itl: pa.Table  # every inter-token gap: request_id, gap_index, gap_s
     summary: dict[str, Any]  # what summary.json holds
     settings: dict[str, Any] = field(default_factory=dict)  # url, model, stream, limits
+    # prompt tokens the server reported cached, per request (NaN: not reported); empty: none
+    cached_tokens: FloatArray = field(default_factory=lambda: np.zeros(0))
     _table: pa.Table | None = field(default=None, repr=False)
 
     @property
@@ -58,7 +60,8 @@ class BenchResult:
             table = to_table(self.requests_in, self.records)
             table = table.append_column("sent_at", pa.array(self.sent_at))
             lateness = self.dispatched_at - self.requests_in.arrival_at
-            self._table = table.append_column("lateness_s", pa.array(lateness))
+            table = table.append_column("lateness_s", pa.array(lateness))
+            self._table = with_cached_tokens(table, self.cached_tokens)
         return self._table
 
     def write(self, out_dir: str | Path) -> Path:
@@ -69,6 +72,41 @@ class BenchResult:
         for name, data in (("summary.json", self.summary), ("bench.json", self.settings)):
             (out / name).write_text(dumps(data), encoding="utf-8")
         return out
+
+
+def reported_cached_tokens(timings: list[CallTiming]) -> FloatArray:
+    """Per call, the cached prompt tokens the server reported; empty when none reported any."""
+    if all(t.cached_tokens is None for t in timings):
+        return np.zeros(0)
+    return np.array([math.nan if t.cached_tokens is None else t.cached_tokens for t in timings])
+
+
+def with_cached_tokens(table: pa.Table, cached: FloatArray) -> pa.Table:
+    """``table`` with a ``cached_tokens`` column of what servers reported (NaN elsewhere).
+
+    Unchanged when nothing was reported; replaces a ``cached_tokens`` column already there.
+    """
+    if not len(cached):
+        return table
+    column = pa.array(cached, type=pa.float64())
+    if "cached_tokens" in table.column_names:
+        return table.set_column(table.column_names.index("cached_tokens"), "cached_tokens", column)
+    return table.append_column("cached_tokens", column)
+
+
+def prefix_cache_section(requests: RequestArrays, cached: FloatArray) -> dict[str, Any] | None:
+    """Reported cached prompt tokens over the prompt tokens of the calls that reported them."""
+    if not len(cached):
+        return None
+    known = np.isfinite(cached)
+    prompt = float(requests.prompt_tokens[known].sum())
+    hits = float(cached[known].sum())
+    return {
+        "num_reported": int(known.sum()),
+        "cached_tokens": hits,
+        "prompt_tokens": prompt,
+        "hit_rate": hits / prompt if prompt > 0 else None,
+    }
 
 
 def build_records(

@@ -34,6 +34,8 @@ from sincere.bench.results import (
     build_records,
     client_section,
     itl_table,
+    prefix_cache_section,
+    reported_cached_tokens,
 )
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
@@ -164,6 +166,9 @@ def _bodies(requests: RequestArrays, options: BenchOptions) -> list[dict[str, ob
     if options.request_fields:
         for i, body in enumerate(bodies):
             _add_request_fields(body, requests, i)
+    for body, session in zip(bodies, requests.sessions, strict=False):
+        if session is not None:  # OpenAI's end-user id: the gateway's session by default
+            body["user"] = session
     return bodies
 
 
@@ -253,8 +258,14 @@ def _result(run: _Run, unfinished: str, duration_s: float) -> BenchResult:
     )
     settings = {"url": run.url, **asdict(options), "num_requests": len(requests)}
     client = {**settings, **client}
+    cached = reported_cached_tokens(run.timings)
+    reported = prefix_cache_section(requests, cached)
+    if reported is not None:
+        client["prefix_cache"] = reported
     summary = bench_summary(requests, records, itl, duration_s, client)
-    return BenchResult(requests, records, sent_at, run.dispatched_at, itl, summary, settings)
+    return BenchResult(
+        requests, records, sent_at, run.dispatched_at, itl, summary, settings, cached
+    )
 
 
 def run_bench(

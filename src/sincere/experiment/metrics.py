@@ -6,6 +6,8 @@ attainment as ``tier.<name>.slo_attainment``. Added here:
 
 * ``worst_tier_violation`` -- the largest share of a tier's requests that missed a
   target (Niyama's capacity criterion); ``worst_tier`` names that tier.
+* ``prefix_cache.hit_rate`` -- share of prompt tokens served from the engines' prefix
+  caches (the summary's ``prefix_cache`` block; absent when no request carried block ids).
 * ``num_model_loads`` -- model loads over all instances (the engines' ``num_swaps``).
 * ``num_model_switches`` -- consecutive batches of different models on one instance
   (SINCERE's switch count), rebuilt from ``requests.parquet``: a request-level batch is
@@ -48,6 +50,9 @@ def flatten_summary(summary: dict[str, Any]) -> dict[str, Scalar]:
                 row[f"{key}.{stat}"] = value.get(stat)
         elif value is None or isinstance(value, int | float | str | bool):
             row[key] = value
+    prefix = summary.get("prefix_cache")
+    if isinstance(prefix, dict):
+        row["prefix_cache.hit_rate"] = prefix.get("hit_rate")
     return row
 
 

@@ -6,7 +6,8 @@ Both drivers (the simulator's cluster and the gateway's dispatcher) write, when 
 * ``{"event": "decide" | "place", "at", "request": {...}, "num_queued", "exclude",
   "waiting", "candidates": [views...], "decision": {...}}`` -- one call of
   :meth:`~sincere.policy.front_door.FrontDoor.decide` or ``place``: the request (its
-  id, ``client_id`` when a client named it, model, sizes, tier, priority, budget), every
+  id, ``client_id`` when a client named it, model, sizes, tier, priority, budget, and its
+  ``block_ids``, ``block_tokens`` and ``session`` where it has them), every
   view the front door was given (all scalar fields; ``step_model`` as a flag) and its
   answer (``kind`` route / hold / reject, instance, ``max_tokens``, code, reason, and the
   router's per-candidate ``estimates``);
@@ -129,7 +130,20 @@ def request_record(request: Request, client_id: str | None = None) -> Record:
         "tier": [tier.name, tier.ttft_s, tier.ttlt_s, tier.tbt_s, tier.priority],
         "priority": request.priority,
         "budget_usd": request.budget_usd,
+        **_content_record(request),
     }
+
+
+def _content_record(request: Request) -> Record:
+    """The prompt's block ids, their size and the session, where the request has them
+    (absent otherwise, so logs of requests without them read as before)."""
+    out: Record = {}
+    if request.block_ids:
+        out["block_ids"] = list(request.block_ids)
+        out["block_tokens"] = request.block_tokens
+    if request.session is not None:
+        out["session"] = request.session
+    return out
 
 
 def view_record(view: InstanceView) -> Record:
@@ -172,6 +186,9 @@ def request_of(record: Record) -> Request:
         tier=Tier(name, ttft, ttlt, tbt, priority),
         priority=record["priority"],
         budget_usd=record["budget_usd"],
+        block_ids=tuple(record.get("block_ids", ())),
+        block_tokens=record.get("block_tokens", 0),
+        session=record.get("session"),
     )
 
 

@@ -62,6 +62,9 @@ class EmulatorConfig(DeploymentSpec):
     token_text: str = Field(" tok", max_length=64)  # the text of every generated token
     seed: int = Field(0, ge=0, le=(1 << 63) - 1)  # seed of length draws and failure injection
     max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, le=1 << 30)  # larger bodies get 413
+    # tokens per block id of a prompt's content (sincere.core.prefix.text_block_ids): what
+    # the engine's prefix cache compares; the gateway's prefix.block_tokens
+    prefix_block_tokens: int = Field(16, ge=1, le=1 << 16)
     failures: FailureConfig = FailureConfig()
 
 

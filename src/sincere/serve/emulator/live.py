@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays, Tier
@@ -81,12 +82,14 @@ class LiveEngine:
         *,
         capacity: int,
         tiers: tuple[Tier, ...],
+        block_tokens: int = 16,
         metrics: EmulatorMetrics,
         rng: np.random.Generator,
         stall_probability: float = 0.0,
         stall_s: float = 0.0,
     ) -> None:
-        self.requests = _placeholder_requests(capacity, model_name, tiers)
+        self.requests = _placeholder_requests(capacity, model_name, tiers, block_tokens)
+        self._block_ids: list[npt.NDArray[np.int64]] = []  # per slot used: its prompt's ids
         self.records = RecordArrays.empty(capacity, [name])
         self.engine: StreamingEngine = build_streaming_engine(
             spec, name, self.requests, self.records, f"emulator {name}"
@@ -133,8 +136,13 @@ class LiveEngine:
         stream: bool,
         priority: int = 0,
         tier: int = 0,
+        block_ids: tuple[int, ...] = (),
     ) -> LiveRequest:
-        """Add a request; raise :class:`CapacityError` when every slot is taken."""
+        """Add a request; raise :class:`CapacityError` when every slot is taken.
+
+        ``block_ids``: its prompt's content in blocks of the emulator's block size
+        (:mod:`sincere.core.prefix`), which the engine's prefix cache reads.
+        """
         if not self._closed:
             self._catch_up()  # may free slots of requests that have finished by now
         if self._closed or (not self._free and len(self._slots) >= self._capacity):
@@ -144,6 +152,7 @@ class LiveEngine:
         self._fill(i, now, prompt_tokens, min(output_tokens, max_tokens), max_tokens)
         self.requests.priority[i] = priority
         self.requests.tier[i] = tier
+        self._set_block_ids(i, block_ids)
         loop = self._loop
         slot = LiveRequest(
             i,
@@ -170,6 +179,23 @@ class LiveEngine:
         rec.output_tokens[i] = rec.num_preemptions[i] = 0
         rec.rejected[i] = False
         rec.reject_reason[i] = None
+
+    def _set_block_ids(self, i: int, block_ids: tuple[int, ...]) -> None:
+        """Give slot ``i`` its prompt's block ids where the engine reads them.
+
+        The engine reads ``requests.block_ids[i]`` when a request is added. The arrays'
+        tuple is frozen, so it is swapped for one holding the slots used so far (only when
+        a slot's ids change; the tuple never grows past the slots in use).
+        """
+        ids = np.asarray(block_ids, dtype=np.int64)
+        current = self.requests.block_ids
+        if not len(ids) and (not current or (i < len(current) and not len(current[i]))):
+            return  # the engine reads no ids here, or the empty ones already there
+        slots = self._block_ids
+        while len(slots) <= i:
+            slots.append(_NO_BLOCKS)
+        slots[i] = ids
+        object.__setattr__(self.requests, "block_ids", tuple(slots))
 
     def abort(self, slot: LiveRequest) -> None:
         """The client left: cancel the request and free its memory (no-op once done)."""
@@ -311,7 +337,12 @@ class LiveEngine:
         self._arm(force=True)
 
 
-def _placeholder_requests(capacity: int, model: str, tiers: tuple[Tier, ...]) -> RequestArrays:
+_NO_BLOCKS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+
+def _placeholder_requests(
+    capacity: int, model: str, tiers: tuple[Tier, ...], block_tokens: int = 16
+) -> RequestArrays:
     """``capacity`` slots of placeholder requests, filled in place on arrival."""
     ones = np.ones(capacity, dtype=np.int64)
     return RequestArrays.build(
@@ -321,4 +352,5 @@ def _placeholder_requests(capacity: int, model: str, tiers: tuple[Tier, ...]) ->
         models=(model,),
         tiers=tiers,
         max_tokens=ones.copy(),
+        block_tokens=block_tokens,
     )

@@ -7,8 +7,11 @@ vLLM: gauges ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and
 between streamed tokens), ``vllm:time_per_output_token_seconds`` (per request, (E2E -
 TTFT) / (tokens - 1)), ``vllm:e2e_request_latency_seconds``; counters
 ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``,
-``vllm:request_success_total`` (label ``finished_reason``: stop / length) and
-``vllm:num_preemptions_total``; plus ``sincere:injected_errors_total`` and
+``vllm:request_success_total`` (label ``finished_reason``: stop / length),
+``vllm:num_preemptions_total`` and the prefix cache's ``vllm:prefix_cache_queries_total`` /
+``vllm:prefix_cache_hits_total`` (prompt tokens looked up / found cached, as vLLM v1
+counts them; from the engine load's ``prefix_cache_queries`` / ``prefix_cache_hits``,
+0 while the engine reports none); plus ``sincere:injected_errors_total`` and
 ``sincere:aborted_requests_total``. Every series is labelled ``model_name``. Bucket
 bounds are vLLM v1's (``vllm/v1/metrics/loggers.py``). Times are wall-clock seconds
 measured when the emulator hands a token to the response.
@@ -38,6 +41,7 @@ class EmulatorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.model_name = model_name
         self._previous_preemptions = 0
+        self._previous_prefix = (0, 0)  # prefix-cache queries and hits already counted
         self._build_gauges()
         self._build_histograms()
         self._build_counters()
@@ -88,6 +92,15 @@ class EmulatorMetrics:
         self.preemptions = Counter(
             "vllm:num_preemptions", "Sequences preempted.", ["model_name"], registry=r
         ).labels(m)
+        self.prefix_queries = Counter(
+            "vllm:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            ["model_name"],
+            registry=r,
+        ).labels(m)
+        self.prefix_hits = Counter(
+            "vllm:prefix_cache_hits", "Prompt tokens found cached.", ["model_name"], registry=r
+        ).labels(m)
         self.injected_errors = Counter(
             "sincere:injected_errors", "HTTP 500s injected.", ["model_name"], registry=r
         ).labels(m)
@@ -122,4 +135,18 @@ class EmulatorMetrics:
         if num_preemptions > self._previous_preemptions:
             self.preemptions.inc(num_preemptions - self._previous_preemptions)
             self._previous_preemptions = num_preemptions
+        self._count_prefix(load)
         return generate_latest(self.registry)
+
+    def _count_prefix(self, load: EngineLoad) -> None:
+        """Move the prefix-cache counters on to the load's cumulative totals."""
+        queries = getattr(load, "prefix_cache_queries", None)
+        hits = getattr(load, "prefix_cache_hits", None)
+        if not isinstance(queries, int) or not isinstance(hits, int):
+            return
+        seen_q, seen_h = self._previous_prefix
+        if queries > seen_q:
+            self.prefix_queries.inc(queries - seen_q)
+        if hits > seen_h:
+            self.prefix_hits.inc(hits - seen_h)
+        self._previous_prefix = (max(queries, seen_q), max(hits, seen_h))

@@ -44,6 +44,7 @@ from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
 from sincere.core.request import DEFAULT_TIER
 from sincere.serve.binding import Served, bound_port, listen_error
+from sincere.serve.content import prompt_block_ids
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
@@ -191,6 +192,9 @@ class EmulatorServer(Served):
             slot = live.submit(
                 req.prompt_tokens, *self._lengths_of(req), stream=req.stream,
                 priority=req.sincere.priority or 0, tier=self._tier_of(req),
+                block_ids=prompt_block_ids(
+                    req.prompt, req.body, req.prompt_tokens, self.config.prefix_block_tokens
+                ),
             )  # fmt: skip
         except CapacityError as exc:
             raise ProtocolError(503, f"emulator at capacity: {exc}; retry later") from None
@@ -371,6 +375,7 @@ def _build_live(
     tiers = tuple(t.to_tier() for t in config.tiers)
     return LiveEngine(
         name, model_name, config, capacity=config.max_num_requests,
+        block_tokens=config.prefix_block_tokens,
         tiers=tiers or (DEFAULT_TIER,), metrics=metrics, rng=rng,
         stall_probability=config.failures.stall_probability, stall_s=config.failures.stall_s,
     )  # fmt: skip

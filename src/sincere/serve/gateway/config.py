@@ -29,6 +29,7 @@ __all__ = [
     "BackendConfig",
     "GatewayConfig",
     "GatewayTierConfig",
+    "PrefixConfig",
     "SecurityConfig",
     "load_config",
     "parse_config",
@@ -104,6 +105,22 @@ class LimitsConfig(_Strict):
     idle_timeout_s: float = Field(15.0, gt=0, le=MAX_SECONDS)
     max_connections: int = Field(4096, ge=1, le=1 << 20)
     max_connections_per_client: int = Field(1024, ge=1, le=1 << 20)
+
+
+class PrefixConfig(_Strict):
+    """How the gateway describes a prompt's content to prefix-aware and session routers.
+
+    Each request's prompt text (chat messages as the token count renders them) or token ids
+    become block ids of ``block_tokens`` tokens with :func:`sincere.core.prefix.text_block_ids`
+    (the same mapping as the emulator and the load generator); its session is the
+    ``session_header`` header, else (with ``session_from_user``) the OpenAI ``user`` field.
+    ``enabled: false`` leaves both unset (routers then see no content).
+    """
+
+    enabled: bool = True
+    block_tokens: int = Field(16, ge=1, le=1 << 16)  # tokens per block id (vLLM's block: 16)
+    session_header: str = Field("x-session-id", min_length=1, max_length=128)
+    session_from_user: bool = True  # the body's "user" names the session when no header does
 
 
 class PlanningConfig(_Strict):
@@ -212,6 +229,7 @@ class GatewayConfig(_Strict):
     scrape: ScrapeConfig = ScrapeConfig()
     admission: GatewayAdmissionConfig = GatewayAdmissionConfig()
     limits: LimitsConfig = LimitsConfig()
+    prefix: PrefixConfig = PrefixConfig()
     planning: PlanningConfig = PlanningConfig()
     controller: ControllerConfig = ControllerConfig()
     admin: bool = True  # serve the controller API under /admin

@@ -14,7 +14,10 @@ The load has two sources, in this order of trust:
    reports its whole :class:`~sincere.engine.base.EngineLoad` as JSON (``load_path``,
    ``/sincere/load``); other engines their Prometheus ``/metrics`` (vLLM's gauge names
    ``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
-   ``vllm:kv_cache_usage_perc``), which carry no token counts. A sample older than
+   ``vllm:kv_cache_usage_perc``), which carry no token counts. Both also give the
+   engine's prefix-cache counters where it exports them (``vllm:prefix_cache_queries``
+   and ``vllm:prefix_cache_hits``, tokens; the emulator's JSON ``prefix_cache_queries`` /
+   ``prefix_cache_hits``): :attr:`LoadSample.prefix_hit_rate`. A sample older than
    ``max_age_s`` is ignored.
 
 What no fresh sample says is unknown (``None`` in the view), never 0: routers then fall
@@ -51,6 +54,16 @@ VLLM_GAUGES = {
 }
 """Scraped gauge name -> field of :class:`~sincere.engine.base.EngineLoad`."""
 
+PREFIX_COUNTERS = {
+    "vllm:prefix_cache_queries_total": "queries",
+    "vllm:prefix_cache_hits_total": "hits",
+    "vllm:prefix_cache_queries": "queries",  # the counter without its exposition suffix
+    "vllm:prefix_cache_hits": "hits",
+    "vllm:gpu_prefix_cache_queries_total": "queries",  # older vLLM V1 names
+    "vllm:gpu_prefix_cache_hits_total": "hits",
+}
+"""Scraped prefix-cache counter (tokens queried / found cached, vLLM's) -> sample field."""
+
 INSTANCE_HEADER = "x-sincere-instance"
 """Response header naming the instance that served the request."""
 
@@ -61,17 +74,30 @@ class LoadSample:
 
     at: float  # loop time of the reading, seconds
     load: EngineLoad  # what it said (fields it does not report are None)
+    prefix_cache_queries: float | None = None  # prompt tokens looked up in its prefix cache
+    prefix_cache_hits: float | None = None  # of those, tokens found cached (both cumulative)
+
+    @property
+    def prefix_hit_rate(self) -> float | None:
+        """Cumulative share of queried prompt tokens found cached (None: not reported)."""
+        q, h = self.prefix_cache_queries, self.prefix_cache_hits
+        return None if q is None or h is None or q <= 0 else h / q
 
 
 def parse_vllm_metrics(text: str, at: float) -> LoadSample | None:
-    """The vLLM gauges of a Prometheus text page (summed over label sets), or None."""
+    """The vLLM gauges and prefix-cache counters of a Prometheus page (summed over label
+    sets), or None when it has none of them."""
     found: dict[str, float] = {}
+    prefix: dict[str, float] = {}
     for line in text.splitlines():
         if not line.startswith("vllm:"):
             continue
         name_part, _, value_part = line.rpartition(" ")
         name = name_part.split("{", 1)[0].strip()
         field = VLLM_GAUGES.get(name)
+        into = found
+        if field is None:
+            field, into = PREFIX_COUNTERS.get(name), prefix
         if field is None:
             continue
         try:
@@ -79,8 +105,8 @@ def parse_vllm_metrics(text: str, at: float) -> LoadSample | None:
         except ValueError:
             continue
         if math.isfinite(value):
-            found[field] = found.get(field, 0.0) + value
-    if not found:
+            into[field] = into.get(field, 0.0) + value
+    if not found and not prefix:
         return None
     running, waiting, kv = found.get("num_running"), found.get("num_waiting"), found.get("kv_usage")
     load = EngineLoad(
@@ -92,7 +118,7 @@ def parse_vllm_metrics(text: str, at: float) -> LoadSample | None:
         kv_usage=None if kv is None else min(1.0, max(0.0, kv)),
         busy_s=None,
     )
-    return LoadSample(at, load)
+    return LoadSample(at, load, prefix.get("queries"), prefix.get("hits"))
 
 
 def parse_engine_load(text: str, at: float) -> LoadSample | None:
@@ -113,7 +139,8 @@ def parse_engine_load(text: str, at: float) -> LoadSample | None:
         kv_usage=None if kv is None else min(1.0, max(0.0, kv)),
         busy_s=_number(data.get("busy_s")),
     )
-    return LoadSample(at, load)
+    queries = _number(data.get("prefix_cache_queries"))
+    return LoadSample(at, load, queries, _number(data.get("prefix_cache_hits")))
 
 
 def _count(value: object) -> int | None:

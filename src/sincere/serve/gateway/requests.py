@@ -7,15 +7,40 @@ client's ``sincere.deadline_s`` only tightens the tier's end-to-end target, and
 ``max_tokens`` must lie within ``limits.max_tokens`` (422). The prompt's token count and
 ``max_tokens`` (else ``limits.default_max_tokens``) size the request for the policies;
 its budget comes from ``sincere.budget_usd``. Request ids count up per gateway process.
+
+Content (``prefix`` settings): the prompt's text, or its token ids, become block ids of
+``block_tokens`` tokens (:func:`sincere.serve.content.prompt_block_ids`, the one mapping of
+:mod:`sincere.core.prefix`), at most as many as the counted prompt tokens fill; the session
+is the configured header, else the OpenAI ``user`` field (:func:`session_of`). Sealed
+bodies have no readable prompt and get neither block ids nor a ``user`` session.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 from sincere.core.request import Request, Tier
+from sincere.serve.content import prompt_block_ids
+from sincere.serve.gateway.config import PrefixConfig
 from sincere.serve.protocol import CompletionRequest, ProtocolError
+
+MAX_SESSION_CHARS = 256
+"""Longest session name kept (a longer header or ``user`` is cut to it)."""
+
+
+def session_of(
+    headers: Mapping[str, str], creq: CompletionRequest, prefix: PrefixConfig
+) -> str | None:
+    """The request's session: the configured header, else the body's ``user`` (if allowed)."""
+    if not prefix.enabled:
+        return None
+    value = headers.get(prefix.session_header)
+    if not value and prefix.session_from_user:
+        user = creq.body.get("user") if isinstance(creq.body, dict) else None
+        value = user if isinstance(user, str) else None
+    return value[:MAX_SESSION_CHARS] if value else None
 
 
 def with_cap(creq: CompletionRequest, cap: int) -> CompletionRequest:
@@ -41,9 +66,15 @@ class RequestFactory:
     """Builds policy requests under the gateway's tiers and limits."""
 
     def __init__(
-        self, tiers: dict[str, Tier], default_tier: str, max_tokens: int, default_max_tokens: int
+        self,
+        tiers: dict[str, Tier],
+        default_tier: str,
+        max_tokens: int,
+        default_max_tokens: int,
+        prefix: PrefixConfig | None = None,
     ) -> None:
         self.tiers = tiers  # by name
+        self.prefix = prefix or PrefixConfig()  # how prompts become block ids
         self.default_tier = tiers[default_tier]  # what a client gets when it names none
         self.max_tokens = max_tokens  # largest max_tokens a client may ask for
         self.default_max_tokens = default_max_tokens  # assumed when a client sets none
@@ -57,11 +88,13 @@ class RequestFactory:
         base_tier: str | None = None,
         priority_ceiling: int | None = None,
         tenant: str | None = None,
+        session: str | None = None,
     ) -> Request:
         """The request ``creq`` arriving at ``now``; a forbidden tier, priority or cap raises.
 
         ``base_tier``, ``priority_ceiling``, ``tenant``: what the client's API key says
-        (its tier replaces the default tier; its ceiling raises a too-important priority).
+        (its tier replaces the default tier; its ceiling raises a too-important priority);
+        ``session``: the conversation it belongs to (:func:`session_of`).
         """
         fields = creq.sincere
         tier = self.tier_of(fields.tier, base_tier)
@@ -88,6 +121,12 @@ class RequestFactory:
                 code="invalid_value",
             )
         self._seq += 1
+        prefix = self.prefix
+        block_ids = (
+            prompt_block_ids(creq.prompt, creq.body, creq.prompt_tokens, prefix.block_tokens)
+            if prefix.enabled
+            else ()
+        )
         return Request(
             id=self._seq,
             arrival_at=now,
@@ -100,6 +139,9 @@ class RequestFactory:
             priority=priority,
             budget_usd=fields.budget_usd,
             tenant=tenant,
+            block_ids=block_ids,
+            block_tokens=prefix.block_tokens if block_ids else 0,
+            session=session,
         )
 
     def tier_of(self, name: str | None, base_name: str | None = None) -> Tier:

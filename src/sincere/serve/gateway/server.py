@@ -85,7 +85,7 @@ from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
 from sincere.serve.gateway.relay import Relay
-from sincere.serve.gateway.requests import RequestFactory, with_cap
+from sincere.serve.gateway.requests import RequestFactory, session_of, with_cap
 from sincere.serve.gateway.scrape import LoadScraper
 from sincere.serve.gateway.sealed import parse_any
 from sincere.serve.protocol import (
@@ -119,7 +119,11 @@ class Gateway(Served):
         self.dispatcher = Dispatcher(config, self.metrics, decisions)
         limits = config.limits
         self.requests = RequestFactory(
-            config.tier_objects(), config.default_tier, limits.max_tokens, limits.default_max_tokens
+            config.tier_objects(),
+            config.default_tier,
+            limits.max_tokens,
+            limits.default_max_tokens,
+            config.prefix,
         )
         self.load = ObservedLoad(config.planning.window_s, 0.0)
         self.scraper = LoadScraper(
@@ -287,6 +291,7 @@ class Gateway(Served):
                 base_tier=None if key is None else key.spec.tier,
                 priority_ceiling=None if key is None else key.spec.priority_ceiling,
                 tenant=None if key is None else key.name,
+                session=session_of(http_req.headers, creq, self.config.prefix),
             )
             tier = req.tier.name
             if key is not None:

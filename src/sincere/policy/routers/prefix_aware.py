@@ -1,0 +1,106 @@
+"""Prefix-aware routing: send a prompt where its longest prefix was already sent.
+
+Serving engines keep the KV cache of prompt prefixes they computed (vLLM's automatic
+prefix caching, SGLang's radix cache), so a request whose prefix an instance already
+holds skips that part of its prefill. The routers in front of them route on it: llm-d's
+endpoint picker with its approximate prefix-cache scorer, Dynamo's KV router, SGLang's
+cache-aware router. This is that policy on sincere's block ids
+(:mod:`sincere.core.prefix`):
+
+* **Index.** Per instance, an LRU of the chained keys of the full blocks of every prompt
+  routed there, at most ``max_blocks_per_instance`` keys
+  (:class:`~sincere.policy.routers._prefix_index.PrefixIndex`; approximate, like llm-d's
+  ``lruCapacityPerServer`` index: what was sent, not what the engine still holds).
+* **Score.** The longest matched prefix on each candidate, in tokens (matched blocks times
+  the request's ``block_tokens``); at most ``max_prefix_blocks`` leading blocks are keyed.
+* **Load.** Prefix affinity only among candidates within ``max_load_gap`` of the least
+  loaded by ``metric`` (SGLang's router balances the same way once loads diverge past an
+  absolute threshold): an overloaded instance yields its prefix to a less loaded one,
+  which then builds the cache. A best match below ``min_match_tokens`` counts as none.
+  Ties (no match anywhere, or equal matches) go to the least loaded, then the earlier
+  candidate.
+
+Requests without block ids match nothing and go to the least loaded instance. The
+decision's ``estimates`` hold every candidate's matched tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from sincere.core.params import Params, params_from
+from sincere.core.request import Request
+from sincere.core.types import Seconds
+from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router
+from sincere.policy.routers._common import LoadMetric, load_measure
+from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
+
+
+class PrefixAwareParams(Params):
+    """Parameters of ``prefix-aware``."""
+
+    max_blocks_per_instance: int = Field(
+        65_536, ge=1, description="block keys remembered per instance (LRU beyond)"
+    )
+    max_prefix_blocks: int | None = Field(
+        None, ge=1, description="leading blocks of a prompt keyed and matched; null: all"
+    )
+    metric: LoadMetric = Field("outstanding", description="load measure compared")
+    max_load_gap: float = Field(
+        4.0,
+        ge=0.0,
+        description="prefix affinity only on candidates loaded at most this much above the "
+        "least loaded (in the metric's unit); beyond it the prefix yields to load",
+    )
+    min_match_tokens: int = Field(
+        0, ge=0, description="a best match shorter than this counts as no match"
+    )
+
+
+@ROUTERS.register("prefix-aware", params=PrefixAwareParams)
+class PrefixAwareRouter(Router):
+    """Longest matched prefix among the not-overloaded candidates; least loaded on ties."""
+
+    def __init__(
+        self, rng: np.random.Generator, params: PrefixAwareParams | None = None, **values: Any
+    ) -> None:
+        super().__init__(rng)
+        p = params_from(PrefixAwareParams, params, values, "router 'prefix-aware'")
+        self.index = PrefixIndex(p.max_blocks_per_instance)
+        self.max_prefix_blocks = p.max_prefix_blocks
+        self.metric = p.metric
+        self.max_load_gap = p.max_load_gap
+        self.min_match_tokens = p.min_match_tokens
+
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether the load metric is ``tokens``."""
+        return self.metric == "tokens"
+
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        """The candidate with the longest matched prefix within the load gap; see the module."""
+        keys = prompt_keys(request, self.max_prefix_blocks)
+        used, load, note = load_measure(self.metric, candidates)
+        loads = [load(v) for v in candidates]
+        least = min(loads)
+        matched = [self.index.matched_blocks(v.id, keys) * request.block_tokens for v in candidates]
+        if max(matched) < self.min_match_tokens:
+            matched = [0] * len(candidates)
+        eligible = [k for k, x in enumerate(loads) if x <= least + self.max_load_gap]
+        best = min(eligible, key=lambda k: (-matched[k], loads[k], k))
+        choice = candidates[best]
+        self.index.add(choice.id, keys)
+        overloaded = len(candidates) - len(eligible)
+        yielded = max(matched) > matched[best]
+        reason = f"prefix {matched[best]}/{len(keys) * request.block_tokens} tokens, "
+        reason += f"{used}={loads[best]:g}"
+        if yielded:
+            reason += f"; {overloaded} candidate(s) with a longer prefix over the load gap"
+        estimates = tuple((v.id, float(m)) for v, m in zip(candidates, matched, strict=True))
+        return RouteDecision(choice.id, reason=reason + note, estimates=estimates)
