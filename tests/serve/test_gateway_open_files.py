@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
-from sincere.serve.gateway.edge import FD_MARGIN, AcceptErrorLog, fd_budget
+from sincere.serve.gateway.edge import FD_MARGIN, AcceptErrorLog, fd_budget, upstream_fd_need
 from sincere.serve.gateway.server import Gateway
 
 from .test_security_gateway import gateway_config
@@ -84,3 +84,12 @@ def test_accept_errors_are_one_line_per_interval() -> None:
         log.removeHandler(handler)
     assert len(lines) == 1 and "Too many open files" in lines[0]
     assert on_error.num_suppressed == 999
+
+
+def test_unbounded_backends_do_not_shrink_the_edge() -> None:
+    """Backends without an in-flight cap (1 << 20) need no more upstream sockets than the
+    edge admits clients, so a 4,096-connection edge fits a 20,000-file limit unchanged."""
+    need = upstream_fd_need([1 << 20, 1 << 20], 4096)
+    assert need == 4096 + 16
+    assert fd_budget(4096, need, 20_000, 20_000).max_connections == 4096
+    assert upstream_fd_need([64, 32], 4096) == 96 + 16

@@ -30,7 +30,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -361,6 +361,12 @@ def fd_budget(max_connections: int, upstream_fds: int, soft: int, hard: int) -> 
         "raise it (ulimit -n) to keep the configured limit"
     )
     return FdBudget(new_soft, fits, note)
+
+
+def upstream_fd_need(max_in_flight: Sequence[int], max_connections: int) -> int:
+    """Sockets the backends' pools can hold: each relayed request holds one for one client
+    connection, so never more than the edge admits, plus each backend's scrapes (8)."""
+    return min(sum(max_in_flight), max_connections) + 8 * len(max_in_flight)
 
 
 def fit_open_files(edge: EdgeLimits, upstream_fds: int, log: logging.Logger) -> None:

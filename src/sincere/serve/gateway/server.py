@@ -80,6 +80,7 @@ from sincere.serve.gateway.edge import (
     fit_open_files,
     read_body,
     runner_kwargs,
+    upstream_fd_need,
 )
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
@@ -187,7 +188,9 @@ class Gateway(Served):
             tls = server_context(security.tls_cert, security.tls_key)
         self._loop = asyncio.get_running_loop()
         self._loop.set_exception_handler(AcceptErrorLog(self.log))
-        upstream_fds = sum(b.max_in_flight + 8 for b in self.config.backends)
+        upstream_fds = upstream_fd_need(
+            [b.max_in_flight for b in self.config.backends], self.edge.max_connections
+        )
         fit_open_files(self.edge, upstream_fds, self.log)
         self.load.restart(self.loop.time())
         limits = self.config.limits
