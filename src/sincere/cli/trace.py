@@ -161,8 +161,9 @@ def convert_cmd(
     """Rewrite a trace in another format (default: ours, by extension .csv / .parquet)."""
     from rich.console import Console
 
-    from sincere.workload.traces import read_trace, write_trace
+    from sincere.workload.traces import output_format, read_trace, write_trace
 
+    to_format = output_format(target, to_format)  # a bad target is refused before reading
     requests = read_trace(source, from_format)
     write_trace(requests, target, to_format)
     Console().print(f"wrote {len(requests):,} requests to {target}")

@@ -113,8 +113,9 @@ def read_lengths(path: str | Path, format: str | None = None) -> RequestArrays:
     return read_trace(p, format, **(placeholder if fmt in LENGTH_ONLY_FORMATS else {}))
 
 
-def write_trace(requests: RequestArrays, path: str | Path, format: str | None = None) -> None:
-    """Write ``requests``; the format defaults from the extension (.csv or .parquet: ours)."""
+def output_format(path: str | Path, format: str | None = None) -> str:
+    """The writer format for ``path``: ``format`` if given (checked), else from the extension
+    (.csv or .parquet: ours). Raises before anything is read or written."""
     p = Path(path)
     fmt = format or {".parquet": "sincere-parquet", ".csv": "sincere-csv"}.get(p.suffix.lower())
     if fmt is None:
@@ -124,7 +125,14 @@ def write_trace(requests: RequestArrays, path: str | Path, format: str | None = 
             value=p.suffix,
             allowed=TRACE_WRITERS.names(),
         )
-    writer = TRACE_WRITERS.get(fmt)
+    TRACE_WRITERS.get(fmt)  # an unknown name raises, listing the writers
+    return fmt
+
+
+def write_trace(requests: RequestArrays, path: str | Path, format: str | None = None) -> None:
+    """Write ``requests``; the format defaults from the extension (.csv or .parquet: ours)."""
+    p = Path(path)
+    writer = TRACE_WRITERS.get(output_format(p, format))
     p.parent.mkdir(parents=True, exist_ok=True)
     writer(requests, p)
 
