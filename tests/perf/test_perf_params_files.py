@@ -164,3 +164,14 @@ def test_inline_params_override_the_file_and_are_checked_with_it(tmp_path: Path)
     data["instances"][0]["step_model"]["params"] = {"delta_ms": -1.0}
     with pytest.raises(ConfigError, match=r"step_model\.params\.delta_ms: .*part\.yaml"):
         load_config(data)
+
+
+def test_a_malformed_params_file_is_a_config_error(tmp_path: Path) -> None:
+    """A params_file that is not YAML is refused as such, naming the file (not a traceback)."""
+    from sincere.perf.factory import load_params_file
+
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("mfu_efficiency: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML / JSON") as info:
+        load_params_file(bad, "roofline")
+    assert "broken.yaml" in str(info.value)

@@ -367,7 +367,11 @@ def load_params_file(path: str | Path, kind: str | None = None) -> dict[str, Any
         text = path.read_text()
     except OSError as exc:
         raise ConfigError("cannot read params_file", where=path, value=str(exc)) from None
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("params_file is not valid YAML / JSON", where=path, value=first) from None
     if not isinstance(data, Mapping):
         raise ConfigError("params_file must hold a mapping", where=path, value=type(data).__name__)
     if "params" in data:
