@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.front_door import FrontDoor, Reject, Route, build_front_door
+from sincere.policy.front_door import FrontDoor, Hold, Reject, Route, build_front_door
 from sincere.policy.front_door_config import AdmissionConfig
 from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
 from sincere.policy.router_base import InstanceView
@@ -86,21 +86,21 @@ class PDFrontDoor:
         prefill: Sequence[InstanceView],
         decode: Sequence[InstanceView],
         now: Seconds,
-    ) -> PDRoute | Reject | None:
-        """Both phases' instances, a rejection, or ``None``: serve it colocated."""
+    ) -> PDRoute | Reject | Hold | None:
+        """Both phases' instances, a phase's rejection or hold (no room in it: the driver
+        queues the request, as for :class:`~sincere.policy.front_door.Hold`), or ``None``:
+        serve it colocated. Routers are asked only once the request is disaggregated."""
         if not prefill or not decode:
             return None
         uncached = self.uncached_tokens(request, prefill)
         if not self.decider.disaggregate(uncached):
             return None
         first = self.prefill.decide(request, prefill, now)
-        if isinstance(first, Reject):
+        if not isinstance(first, Route):
             return first
-        assert isinstance(first, Route), "simulated instances have no in-flight cap"
         second = self.decode.decide(request, decode, now)
-        if isinstance(second, Reject):
+        if not isinstance(second, Route):
             return second
-        assert isinstance(second, Route), "simulated instances have no in-flight cap"
         self.index.add(first.instance, prompt_keys(request))
         return PDRoute(first, second, uncached)
 

@@ -41,7 +41,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import _column, _strings
 from sincere.core.types import Seconds
 from sincere.engine.continuous import ContinuousEngine
-from sincere.policy.front_door import Reject
+from sincere.policy.front_door import Hold, Reject
 from sincere.policy.pd import PDFrontDoor, PDRoute
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, KvLinkConfig, SimulationConfig
@@ -266,6 +266,7 @@ class PDLoop:
             cluster.records.reject(i, decision.code)
             self.in_system -= 1
             return
+        assert not isinstance(decision, Hold), "simulated instances have no in-flight cap"
         if decision is None:
             e = cluster.route(i, at)
             if e is None:
@@ -285,7 +286,7 @@ class PDLoop:
         cluster.touched(d)
         self._add(p, i, at)
 
-    def _pd_decision(self, i: int, model: int, at: Seconds) -> PDRoute | Reject | None:
+    def _pd_decision(self, i: int, model: int, at: Seconds) -> PDRoute | Reject | Hold | None:
         plan, cluster = self.plan, self.cluster
         prefill, decode = plan.prefill_of[model], plan.decode_of[model]
         if not prefill or not decode:
