@@ -80,3 +80,12 @@ def test_an_unknown_decider_names_the_allowed_ones() -> None:
     }  # fmt: skip
     with pytest.raises(ConfigError, match="threshold"):
         load_config(cfg)
+
+
+def test_an_unknown_phase_router_names_its_section() -> None:
+    """A misspelt decode router is refused naming disaggregation.decode_router."""
+    from sincere.policy.front_door_config import RouterConfig
+
+    cfg = PDRoutingConfig(decode_router=RouterConfig(name="least-outstandin"))
+    with pytest.raises(ConfigError, match=r"disaggregation\.decode_router"):
+        build_pd_front_door(cfg, 0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sincere.core.errors import ConfigError
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.front_door import FrontDoor, Hold, Reject, Route, build_front_door
@@ -108,6 +109,12 @@ class PDFrontDoor:
 def build_pd_front_door(config: PDRoutingConfig, seed: int) -> PDFrontDoor:
     """The P/D policy of ``config``; each phase's router draws from its own stream."""
     off = AdmissionConfig()
-    prefill = build_front_door(config.prefill_router, off, seed + 1)
-    decode = build_front_door(config.decode_router, off, seed + 2)
-    return PDFrontDoor(build_decider(config.decider), prefill, decode)
+    doors = []
+    for k, (where, router) in enumerate(
+        (("prefill_router", config.prefill_router), ("decode_router", config.decode_router))
+    ):
+        try:
+            doors.append(build_front_door(router, off, seed + 1 + k))
+        except ConfigError as exc:
+            raise ConfigError(str(exc), where=f"disaggregation.{where}") from None
+    return PDFrontDoor(build_decider(config.decider), doors[0], doors[1])
