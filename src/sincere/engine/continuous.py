@@ -88,6 +88,10 @@ class ContinuousEngine(StateView):
         self._fits_tokens = (limits.num_kv_blocks - limits.watermark_blocks) * limits.block_size
         self._run: Run | None = None
         self._wake_at: Seconds | None = None
+        # disaggregated decodes whose KV arrived, waiting for free blocks (FIFO), with
+        # their KV tokens; and (request, time) of each one's start of decoding
+        self._arrived: list[tuple[int, int]] = []
+        self.kv_admitted: list[tuple[int, Seconds]] = []
 
     # ----------------------------------------------------------------- Engine API
 
@@ -124,6 +128,32 @@ class ContinuousEngine(StateView):
             self._wake(now)
         elif not run.chunks:
             self._planner.cut_on_arrival(run, now)
+
+    def add_prefilled(self, request_ix: int, now: Seconds, kv_tokens: int) -> None:
+        """Take request ``request_ix`` whose prompt was prefilled on another instance and
+        whose ``kv_tokens`` tokens of KV have arrived (its first token came with them).
+
+        It joins the decode batch at the next iteration boundary once the blocks of its KV
+        (and the ``max_num_seqs`` slot) are free, in arrival order -- backpressure: until
+        then it waits, holding nothing. Rejected (``kv_capacity``) when it could never fit.
+        """
+        i = request_ix
+        req = self.requests
+        self.records.instance[i] = self.instance_ix
+        target = min(int(req.output_tokens[i]), int(self._max_tokens[i]))
+        reason = self._reject_reason(int(req.prompt_tokens[i]), target)
+        if reason is not None:
+            self.state.reject(i, reason)
+            self._wake(now)
+            return
+        self.state.accept(i, target, int(req.tier[i]), int(self._max_tokens[i]))
+        self._arrived.append((i, kv_tokens))
+        run = self._run
+        if run is None:
+            self._wake(now)
+        elif not (run.chunks or run.durations) and run.steps > 1:
+            decode_steps_s = self.step_model.decode_steps_s
+            run.cut_decode(run.steps_covering(now, decode_steps_s), decode_steps_s)
 
     def next_event_at(self) -> Seconds | None:
         """End of the work in progress, or a pending start; ``None`` when idle."""
@@ -223,6 +253,8 @@ class ContinuousEngine(StateView):
         """
         if request_ix not in self.state.target:
             return False
+        if self._drop_arrived(request_ix):
+            return False
         was_running = self.state.abort(request_ix)
         run = self._run
         if was_running and run is not None:
@@ -233,6 +265,8 @@ class ContinuousEngine(StateView):
     # ------------------------------------------------------------- internals
 
     def _start(self, now: Seconds) -> Run | None:
+        if self._arrived:
+            self._admit_arrived(now)
         live = self.on_tokens is not None
         return self._planner.start(self, now, self.max_prefill_run, live)
 
@@ -261,6 +295,35 @@ class ContinuousEngine(StateView):
         if hook is not None and produced is not None:
             produced.extend(i for i, _ in run.chunks if i not in st.pre)
             hook(end, produced)
+
+    def _admit_arrived(self, now: Seconds) -> None:
+        """Arrived KV joins the decode batch, in order, while its blocks and a slot are free
+        (the next decode step's growth and the watermark kept free)."""
+        st = self.state
+        lim = self.limits
+        arrived = self._arrived
+        while arrived:
+            i, kv_tokens = arrived[0]
+            if st.num_running >= lim.max_num_seqs:
+                return
+            free = st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1)
+            if blocks_for(kv_tokens + 1, lim.block_size) > free - lim.watermark_blocks:
+                return
+            arrived.pop(0)
+            st.start_decoding(i, kv_tokens)
+            self.kv_admitted.append((i, now))
+
+    def _drop_arrived(self, i: int) -> bool:
+        """Forget ``i`` if its KV waits for blocks (marked ``aborted``); whether it did."""
+        for k, (j, _) in enumerate(self._arrived):
+            if j == i:
+                del self._arrived[k]
+                st = self.state
+                del st.target[i], st.cap[i], st.produced_before[i], st.tier_of[i]
+                self.records.output_tokens[i] = 1
+                st.reject(i, "aborted")
+                return True
+        return False
 
     def _reject_reason(self, prompt: int, target: int) -> str | None:
         lim = self.limits

@@ -335,6 +335,18 @@ class BatchState:
         if left <= 0:
             self._finish(i, end)
             return
+        self._decode_from(i, length, left, tier)
+
+    def start_decoding(self, i: int, kv_tokens: int) -> None:
+        """Accepted ``i`` joins the decode batch holding ``kv_tokens`` tokens of KV computed
+        elsewhere (a disaggregated prefill): its first token came with them."""
+        self.produced_before[i] = 1
+        self.prefill_len[i] = kv_tokens
+        left = self.target[i] - 1
+        self._decode_from(i, kv_tokens, left, self.tier_of[i])
+
+    def _decode_from(self, i: int, length: int, left: int, tier: int) -> None:
+        """``i`` decodes from ``length`` cached tokens, ``left`` tokens still to make."""
         step = self.step
         offset = length - step
         self.offset[i] = offset

@@ -39,6 +39,7 @@ from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import SimulationConfig, load_config
+from sincere.sim.disagg import PDRecords
 from sincere.sim.runner import Progress, RunLog, run_events
 from sincere.sim.sincere_metrics import cluster_sincere_metrics
 from sincere.workload.config import generate
@@ -54,13 +55,18 @@ class SimulationResult:
     summary: dict[str, Any]  # what summary.json holds
     log: RunLog  # loop measurements (Little's-law integral, events)
     warnings: list[str] = field(default_factory=list)  # what went wrong, one line each
+    pd: PDRecords | None = None  # per-phase records of a disaggregated run
     _table: pa.Table | None = field(default=None, repr=False)
 
     @property
     def requests(self) -> pa.Table:
         """One row per request (the ``requests.parquet`` schema)."""
         if self._table is None:
-            self._table = to_table(self.requests_in, self.records)
+            table = to_table(self.requests_in, self.records)
+            if self.pd is not None:
+                for name, column in self.pd.columns(self.records.instances).items():
+                    table = table.append_column(name, column)
+            self._table = table
         return self._table
 
     def plot(self, path: str | Path, title: str = "simulation") -> Path:
@@ -106,7 +112,8 @@ def simulate(
     notes = run_warnings(cluster)
     if len(requests) and summary["num_completed"] == 0:
         warnings.warn("; ".join(notes), SimulationWarning, stacklevel=2)
-    return SimulationResult(cfg, requests, cluster.records, summary, log, notes)
+    pd = None if cluster.pd is None else cluster.pd.records
+    return SimulationResult(cfg, requests, cluster.records, summary, log, notes, pd=pd)
 
 
 @contextlib.contextmanager
@@ -169,6 +176,8 @@ def summarize_cluster(
     stats = [engine.stats() for engine in cluster.engines]
     summary = summarize(cluster.requests, cluster.records, log.end_at, cluster.infos, stats, gaps)
     summary["mean_num_in_system"] = log.num_in_system_area / log.end_at if log.end_at else 0.0
+    if cluster.pd is not None:
+        summary["disaggregation"] = cluster.pd.summary()
     block = cluster_sincere_metrics(cluster, horizon_s or log.end_at)
     if block is not None:
         summary["sincere"] = block

@@ -18,12 +18,22 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.base import Engine
 from sincere.engine.build import build_engine, canonical_model
+from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.instance import InstanceInfo, spec_info
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, build_front_door
+from sincere.policy.pd import build_pd_front_door
 from sincere.sim.cluster import Cluster
-from sincere.sim.config import InstanceConfig, SimulationConfig
+from sincere.sim.config import DisaggregationConfig, InstanceConfig, SimulationConfig
+from sincere.sim.disagg import (
+    PDPlan,
+    PDRecords,
+    check_roles,
+    is_disaggregated,
+    link_figures,
+    role_of,
+)
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -47,24 +57,64 @@ class _Builder:
         if len(set(self.ids)) != len(self.ids):
             raise ConfigError("instance names must be unique", where="instances", value=self.ids)
         self.records = RecordArrays.empty(len(requests), self.ids)
+        self.disaggregated = is_disaggregated(config)
+        self.deployments: list[Deployment] = []
+        self.roles: list[str] = []
+        # prefill instances make one token per request: their own output caps
+        self.prefill_caps = np.ones(len(requests), dtype=np.int64)
 
     def build(self, decisions: DecisionLog | None) -> Cluster:
+        check_roles(self.config)
         for pos, inst in enumerate(self.config.instances):
             for _ in range(inst.count):
                 self._add(inst, f"instances[{pos}]")
-        return Cluster(
+        cluster = Cluster(
             self.requests, self.records, self.engines, self.infos, self._front_door(),
             self.max_tokens, decisions,
         )  # fmt: skip
+        if self.disaggregated:
+            cluster.pd = self._pd_plan(cluster)
+        return cluster
 
     def _add(self, inst: InstanceConfig, where: str) -> None:
         ix = len(self.engines)
+        role = role_of(inst)
+        caps = self.prefill_caps if role == "prefill" else self.max_tokens
         built = build_engine(
             inst, self.ids[ix], self.requests, self.records, ix,
-            max_tokens=self.max_tokens, rng=_rng(self.config.seed, 100 + ix), where=where,
+            max_tokens=caps, rng=_rng(self.config.seed, 100 + ix), where=where,
         )  # fmt: skip
+        if role != "both" and not isinstance(built.engine, ContinuousEngine):
+            raise ConfigError(
+                f"a {role} instance needs a continuous engine", where=f"{where}.engine.kind",
+                value=inst.engine.kind, allowed=["continuous"],
+            )  # fmt: skip
         self.engines.append(built.engine)
+        self.deployments.append(built.deployment)
+        self.roles.append(role)
         self.infos.append(self._info(inst, ix, built.deployment, built.step_model))
+
+    def _pd_plan(self, cluster: Cluster) -> PDPlan:
+        """Roles, per-phase candidates, KV sizes and link figures of a disaggregated run;
+        requests not disaggregated go to ``both`` instances, else to decode ones."""
+        cfg = self.config.disaggregation or DisaggregationConfig()
+        roles = self.roles
+        prefill_of, decode_of = [], []
+        for m, choices in enumerate(cluster.eligible):
+            prefill_of.append([e for e in choices if roles[e] == "prefill"])
+            decode_of.append([e for e in choices if roles[e] == "decode"])
+            both = [e for e in choices if roles[e] == "both"]
+            cluster.eligible[m] = both or decode_of[m]
+        cluster.passthrough = False
+        kv = [d.model.kv_bytes_per_token(d.kv_precision) for d in self.deployments]
+        links = [
+            link_figures(cfg.kv_link, d.accelerator.interconnect_gbps, d.num_gpus)
+            for d in self.deployments
+        ]
+        door = build_pd_front_door(cfg, self.config.seed)
+        return PDPlan(
+            door, roles, prefill_of, decode_of, kv, links, PDRecords.empty(len(self.requests))
+        )
 
     def _info(
         self, inst: InstanceConfig, ix: int, dep: Deployment, step: StepTimeModel

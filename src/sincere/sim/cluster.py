@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,9 @@ from sincere.engine.instance import InstanceInfo, advanced_view, instance_view
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, Reject, Route
 from sincere.policy.router_base import InstanceView, Outcome
+
+if TYPE_CHECKING:
+    from sincere.sim.disagg import PDPlan
 
 
 class Cluster:
@@ -87,6 +91,9 @@ class Cluster:
         self._stale: set[int] = set(range(num))  # engines whose view must be rebuilt
         self._all_engines = list(range(num))
         self._engine_of: dict[InstanceId, int] = {info.id: e for e, info in enumerate(infos)}
+        # prefill/decode roles and links when some instance has one (sim.disagg); None:
+        # every instance serves whole requests (the runner's loop)
+        self.pd: PDPlan | None = None
         if front_door is not None and len(self.engines) > 1:
             for engine in self.engines:  # routers read loads between any two iterations
                 engine.require_exact_loads()

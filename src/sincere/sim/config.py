@@ -19,6 +19,12 @@ Shape (units in the names; docs/simulator.md has every key)::
         step_model: {kind: roofline}      # sincere.perf StepModelConfig
         engine: {kind: continuous, scheduler: sarathi, scheduler_params: {chunk_size: 512},
                  max_num_seqs: 128, max_num_batched_tokens: 512}
+        role: both                        # prefill, decode or both (docs/disaggregation.md)
+    disaggregation:                       # optional; only read when some role is not both
+      decider: {name: always}             # always | never | threshold (min_uncached_tokens)
+      prefill_router: {name: prefix-aware}
+      decode_router: {name: least-outstanding}
+      kv_link: {kind: nvlink}             # nvlink | rdma; bandwidth_gbps, latency_s override
 
 An instance is a :class:`~sincere.engine.spec.DeploymentSpec` (model, accelerator,
 precisions, TP, PP, CC, step model, engine) plus its replica count, prices and quality.
@@ -29,7 +35,7 @@ the field path, the value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +44,7 @@ from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.spec import DeploymentSpec
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
+from sincere.policy.pd_config import PDRoutingConfig
 from sincere.policy.specs import config_checks, simulation_specs
 from sincere.workload.config import TraceConfig, WorkloadConfig
 
@@ -52,6 +59,29 @@ class InstanceConfig(DeploymentSpec):
     price_in_per_mtok_usd: float = Field(0.0, ge=0)  # price charged per 1M prompt tokens
     price_out_per_mtok_usd: float = Field(0.0, ge=0)  # price charged per 1M output tokens
     quality: float = Field(1.0, ge=0)  # relative quality for quality-aware routers
+    # prefill, decode, or both (None: both -- colocated, serving whole requests)
+    role: Literal["prefill", "decode", "both"] | None = None
+
+
+class KvLinkConfig(BaseModel):
+    """The link KV caches cross from a prefill instance to a decode instance.
+
+    ``nvlink``: within a node; bandwidth by default the prefill accelerator's NVLink
+    figure one way (catalog ``interconnect_gbps`` / 2) times its GPUs (each sends its
+    shard of the KV). ``rdma``: between nodes; bandwidth by default
+    :data:`RDMA_DEFAULT_GBPS`. ``bandwidth_gbps`` / ``latency_s`` given override both.
+    """
+
+    model_config = _FROZEN
+    kind: Literal["nvlink", "rdma"] = "nvlink"
+    bandwidth_gbps: float | None = Field(None, gt=0, allow_inf_nan=False)  # GB/s one way
+    latency_s: float | None = Field(None, ge=0, allow_inf_nan=False)  # per transfer
+
+
+class DisaggregationConfig(PDRoutingConfig):
+    """Prefill/decode disaggregation: the decider, the routers per phase, the KV link."""
+
+    kv_link: KvLinkConfig = KvLinkConfig()
 
 
 class SimulationConfig(BaseModel):
@@ -63,6 +93,8 @@ class SimulationConfig(BaseModel):
     instances: list[InstanceConfig] = Field(min_length=1)
     router: RouterConfig = RouterConfig()
     admission: AdmissionConfig = AdmissionConfig()  # off unless enabled
+    # P/D routing and KV link (None: defaults when an instance has a prefill/decode role)
+    disaggregation: DisaggregationConfig | None = None
     base_dir: str | None = None  # where relative paths resolve; default the file's folder
 
     def with_seed(self, seed: int | None) -> SimulationConfig:

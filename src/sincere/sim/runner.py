@@ -201,6 +201,10 @@ def run_events(
     cluster: Cluster, progress: Progress | None = None, progress_every: int = 10_000
 ) -> RunLog:
     """Run every request of ``cluster`` to completion (or rejection)."""
+    if cluster.pd is not None:
+        from sincere.sim.disagg import run_pd
+
+        return run_pd(cluster, cluster.pd, progress)
     log = _Loop(cluster, progress, max(1, progress_every)).run()
     if progress is not None:
         progress(len(cluster.requests), len(cluster.requests))

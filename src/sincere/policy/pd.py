@@ -1,0 +1,120 @@
+"""Prefill/decode disaggregation as one clock-free policy: decide, then route each phase.
+
+For a request of a model served by prefill and decode instances, :class:`PDFrontDoor`
+answers in three steps, from read-only views as every policy here:
+
+1. **Decide** (:class:`Decider`): disaggregate or not. ``threshold`` compares the prompt
+   tokens not expected in a prefill instance's prefix cache with ``min_uncached_tokens``
+   (llm-d's P/D decider: a mostly cached prompt is cheaper to prefill where it decodes).
+   The expected hit is the longest prefix of the prompt's block keys sent to any prefill
+   instance before (the approximate :class:`~sincere.policy.routers._prefix_index.PrefixIndex`
+   prefix-aware routers keep), so the decision needs no engine round trip.
+2. **Prefill**: the prefill front door (a :class:`~sincere.policy.front_door.FrontDoor`
+   with the prefill router; prefix-aware by default) picks among the prefill instances.
+3. **Decode**: the decode front door picks among the decode instances.
+
+A request not disaggregated goes the colocated way (the driver's own front door).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sincere.core.errors import ConfigError
+from sincere.core.request import Request
+from sincere.core.types import Seconds
+from sincere.policy.front_door import FrontDoor, Hold, Reject, Route, build_front_door
+from sincere.policy.front_door_config import AdmissionConfig
+from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
+from sincere.policy.router_base import InstanceView
+from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
+
+DECIDER_INDEX_BLOCKS = 1 << 20
+"""Block keys per prefill instance the decider's prefix index remembers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decider:
+    """Whether to disaggregate a request, from its uncached prompt tokens."""
+
+    name: str  # always, never or threshold
+    min_uncached_tokens: int = 0
+
+    def disaggregate(self, uncached_prompt_tokens: int) -> bool:
+        """The decision for a prompt with ``uncached_prompt_tokens`` to compute."""
+        if self.name == "always":
+            return True
+        if self.name == "never":
+            return False
+        return uncached_prompt_tokens >= self.min_uncached_tokens
+
+
+def build_decider(config: DeciderConfig) -> Decider:
+    """The decider of ``config`` (the schema already limited the names)."""
+    return Decider(config.name, config.min_uncached_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class PDRoute:
+    """Prefill on ``prefill``, then decode on ``decode``."""
+
+    prefill: Route
+    decode: Route
+    uncached_prompt_tokens: int  # what the decider read
+
+
+class PDFrontDoor:
+    """The decider and the two per-phase front doors (see the module docstring)."""
+
+    def __init__(self, decider: Decider, prefill: FrontDoor, decode: FrontDoor) -> None:
+        self.decider = decider
+        self.prefill = prefill
+        self.decode = decode
+        self.index = PrefixIndex(DECIDER_INDEX_BLOCKS)
+
+    def uncached_tokens(self, request: Request, prefill: Sequence[InstanceView]) -> int:
+        """Prompt tokens not expected in the best prefill instance's prefix cache."""
+        keys = prompt_keys(request)
+        if not keys:
+            return request.prompt_tokens
+        best = max(self.index.matched_blocks(v.id, keys) for v in prefill)
+        return request.prompt_tokens - best * request.block_tokens
+
+    def decide(
+        self,
+        request: Request,
+        prefill: Sequence[InstanceView],
+        decode: Sequence[InstanceView],
+        now: Seconds,
+    ) -> PDRoute | Reject | Hold | None:
+        """Both phases' instances, a phase's rejection or hold (no room in it: the driver
+        queues the request, as for :class:`~sincere.policy.front_door.Hold`), or ``None``:
+        serve it colocated. Routers are asked only once the request is disaggregated."""
+        if not prefill or not decode:
+            return None
+        uncached = self.uncached_tokens(request, prefill)
+        if not self.decider.disaggregate(uncached):
+            return None
+        first = self.prefill.decide(request, prefill, now)
+        if not isinstance(first, Route):
+            return first
+        second = self.decode.decide(request, decode, now)
+        if not isinstance(second, Route):
+            return second
+        self.index.add(first.instance, prompt_keys(request))
+        return PDRoute(first, second, uncached)
+
+
+def build_pd_front_door(config: PDRoutingConfig, seed: int) -> PDFrontDoor:
+    """The P/D policy of ``config``; each phase's router draws from its own stream."""
+    off = AdmissionConfig()
+    doors = []
+    for k, (where, router) in enumerate(
+        (("prefill_router", config.prefill_router), ("decode_router", config.decode_router))
+    ):
+        try:
+            doors.append(build_front_door(router, off, seed + 1 + k))
+        except ConfigError as exc:
+            raise ConfigError(str(exc), where=f"disaggregation.{where}") from None
+    return PDFrontDoor(build_decider(config.decider), doors[0], doors[1])

@@ -1,0 +1,377 @@
+"""Prefill/decode disaggregation in the simulator: roles, the KV link, and its event loop.
+
+A config whose instances all have the default role (``both``) never reaches this module:
+its runs take :mod:`sincere.sim.runner`'s loop unchanged. With prefill and decode
+instances (docs/disaggregation.md):
+
+* the :class:`~sincere.policy.pd.PDFrontDoor` decides per request whether to
+  disaggregate and picks a prefill and a decode instance; a request not disaggregated is
+  served whole by the cluster's front door, on ``both`` instances of its model, else on
+  its decode instances (which then prefill it too, as llm-d's decode pods do);
+* a disaggregated request is prefilled on its prefill instance, an ordinary continuous
+  engine whose output cap is one token: prefix caching applies there, its first token
+  comes at the end of the prefill (TTFT is taken then, as vLLM's disaggregated serving
+  does);
+* its prompt's KV (``prompt_tokens x`` the model's KV bytes per token at the prefill
+  instance's KV precision; the first token's KV is computed by its first decode step)
+  crosses the :class:`KvLink` between the two instances: a FIFO link, one per (prefill,
+  decode) pair -- a transfer starts when the link is free, occupies it for
+  ``bytes / bandwidth`` and lands ``latency_s`` later;
+* the decode instance takes the KV
+  (:meth:`~sincere.engine.continuous.ContinuousEngine.add_prefilled`) and starts
+  decoding at an iteration boundary once blocks for it are free, in arrival
+  order (backpressure: KV waiting for room holds nothing).
+
+Records: every column keeps its meaning (``instance`` is where the request ended: its
+decode instance); :class:`PDRecords` adds, for disaggregated runs only, where each phase
+ran, when the KV was ready and how long the transfer took (queueing on the link
+included), and when decoding started.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from sincere.core.errors import ConfigError
+from sincere.core.records import _column, _strings
+from sincere.core.types import Seconds
+from sincere.engine.continuous import ContinuousEngine
+from sincere.policy.front_door import Hold, Reject
+from sincere.policy.pd import PDFrontDoor, PDRoute
+from sincere.sim.cluster import Cluster
+from sincere.sim.config import InstanceConfig, KvLinkConfig, SimulationConfig
+from sincere.sim.events import EventQueue
+from sincere.sim.runner import ARRIVAL, Progress, RunLog
+
+RDMA_DEFAULT_GBPS = 50.0
+"""RDMA bandwidth when none is given: one 400 Gb/s NIC (NDR InfiniBand, ConnectX-7), GB/s."""
+NVLINK_DEFAULT_LATENCY_S = 5e-6
+"""Per-transfer latency assumed over NVLink when none is given (a few microseconds)."""
+RDMA_DEFAULT_LATENCY_S = 20e-6
+"""Per-transfer latency assumed over RDMA when none is given (setup plus one round trip)."""
+
+ROLES = ("prefill", "decode", "both")
+NO_INSTANCE = -1
+
+
+def role_of(inst: InstanceConfig) -> str:
+    """An instance group's role (``both`` when not set)."""
+    return inst.role or "both"
+
+
+def is_disaggregated(config: SimulationConfig) -> bool:
+    """Whether some instance has a prefill or decode role."""
+    return any(role_of(inst) != "both" for inst in config.instances)
+
+
+def check_roles(config: SimulationConfig) -> None:
+    """Raise :class:`ConfigError` unless every model with a prefill or decode instance
+    has both kinds, and ``disaggregation`` is only set when some instance has a role."""
+    if not is_disaggregated(config):
+        if config.disaggregation is not None:
+            raise ConfigError(
+                "disaggregation is set but no instance has a prefill or decode role",
+                where="instances[].role", value="both", allowed=ROLES,
+            )  # fmt: skip
+        return
+    served: dict[str, set[str]] = {}
+    for inst in config.instances:
+        for model in inst.model_names:
+            served.setdefault(model, set()).add(role_of(inst))
+    for model, roles in served.items():
+        split = roles & {"prefill", "decode"}
+        if split and split != {"prefill", "decode"}:
+            missing = ({"prefill", "decode"} - split).pop()
+            raise ConfigError(
+                f"model {model!r} has {split.pop()} instances but no {missing} instance: a "
+                "disaggregated model needs at least one of each",
+                where="instances[].role", value=sorted(roles), allowed=ROLES,
+            )  # fmt: skip
+
+
+@dataclass(eq=False)
+class KvLink:
+    """A FIFO link: transfers cross one after another at ``bandwidth_gbps``."""
+
+    bandwidth_gbps: float  # GB/s (1e9 bytes) one way
+    latency_s: Seconds  # added to every transfer
+    free_at: Seconds = 0.0  # when the transfer on the link ends its last byte
+    num_transfers: int = 0
+    num_bytes: float = 0.0
+    busy_s: Seconds = 0.0
+
+    def send(self, ready_at: Seconds, num_bytes: float) -> Seconds:
+        """When ``num_bytes`` ready at ``ready_at`` have arrived."""
+        start = max(ready_at, self.free_at)
+        wire = num_bytes / (self.bandwidth_gbps * 1e9)
+        self.free_at = start + wire
+        self.num_transfers += 1
+        self.num_bytes += num_bytes
+        self.busy_s += wire
+        return self.free_at + self.latency_s
+
+
+def link_figures(cfg: KvLinkConfig, interconnect_gbps: float, num_gpus: int) -> tuple[float, float]:
+    """(bandwidth GB/s, latency s) of a link from a prefill instance whose accelerator
+    quotes ``interconnect_gbps`` (both directions) on each of its ``num_gpus`` GPUs."""
+    if cfg.kind == "nvlink":
+        bandwidth = interconnect_gbps / 2.0 * num_gpus
+        latency = NVLINK_DEFAULT_LATENCY_S
+    else:
+        bandwidth, latency = RDMA_DEFAULT_GBPS, RDMA_DEFAULT_LATENCY_S
+    if cfg.bandwidth_gbps is not None:
+        bandwidth = cfg.bandwidth_gbps
+    if cfg.latency_s is not None:
+        latency = cfg.latency_s
+    return bandwidth, latency
+
+
+@dataclass(eq=False)
+class PDRecords:
+    """Per-request outcomes of the two phases (disaggregated runs only)."""
+
+    prefill_instance: npt.NDArray[np.int64]  # -1: not disaggregated
+    decode_instance: npt.NDArray[np.int64]  # -1: not disaggregated (or decode not needed)
+    prefill_done_at: npt.NDArray[np.float64]  # first token, end of the prefill
+    kv_ready_at: npt.NDArray[np.float64]  # the KV arrived at the decode instance
+    decode_started_at: npt.NDArray[np.float64]  # joined the decode batch
+    kv_bytes: npt.NDArray[np.float64]  # bytes transferred
+
+    @classmethod
+    def empty(cls, n: int) -> PDRecords:
+        """Records of ``n`` requests none of which has been disaggregated."""
+        nan = np.full(n, np.nan)
+        return cls(
+            np.full(n, NO_INSTANCE, dtype=np.int64), np.full(n, NO_INSTANCE, dtype=np.int64),
+            nan.copy(), nan.copy(), nan.copy(), np.zeros(n),
+        )  # fmt: skip
+
+    def columns(self, instances: list[str]) -> dict[str, pa.Array]:
+        """The extra ``requests.parquet`` columns (null where not disaggregated)."""
+        names = [*instances, ""]
+        pre, dec = self.prefill_instance, self.decode_instance
+        return {
+            "prefill_instance": _strings(names, np.where(pre < 0, len(instances), pre), pre < 0),
+            "decode_instance": _strings(names, np.where(dec < 0, len(instances), dec), dec < 0),
+            "kv_transfer_s": _column(
+                self.kv_ready_at - self.prefill_done_at, np.isnan(self.kv_ready_at)
+            ),
+            "kv_ready_at": _column(self.kv_ready_at, np.isnan(self.kv_ready_at)),
+            "decode_started_at": _column(self.decode_started_at, np.isnan(self.decode_started_at)),
+            "kv_bytes": _column(self.kv_bytes),
+        }
+
+
+@dataclass(eq=False)
+class PDPlan:
+    """What a disaggregated cluster adds: roles, candidates per phase, KV sizes, links."""
+
+    door: PDFrontDoor
+    roles: list[str]  # per engine
+    prefill_of: list[list[int]]  # per model: its prefill engines
+    decode_of: list[list[int]]  # per model: its decode engines
+    kv_bytes_per_token: list[float]  # per engine (its model's KV at its KV precision)
+    link_figures: list[tuple[float, float]]  # per engine as a sender: (GB/s, latency s)
+    records: PDRecords
+    links: dict[tuple[int, int], KvLink] = field(default_factory=dict)
+
+    def link(self, p: int, d: int) -> KvLink:
+        """The link from prefill engine ``p`` to decode engine ``d``."""
+        found = self.links.get((p, d))
+        if found is None:
+            found = self.links[(p, d)] = KvLink(*self.link_figures[p])
+        return found
+
+    def summary(self) -> dict[str, object]:
+        """Counts and link totals for ``summary.json``."""
+        rec = self.records
+        done = ~np.isnan(rec.kv_ready_at)
+        wait = rec.kv_ready_at - rec.prefill_done_at
+        return {
+            "num_disaggregated": int((rec.prefill_instance >= 0).sum()),
+            "num_transfers": int(done.sum()),
+            "kv_bytes": float(rec.kv_bytes.sum()),
+            "kv_transfer_s_mean": float(wait[done].mean()) if done.any() else None,
+            "kv_transfer_s_max": float(wait[done].max()) if done.any() else None,
+            "roles": dict(Counter(self.roles)),
+        }
+
+
+KV_READY = 0  # priority of a KV arrival: with arrivals, before engine wake-ups
+
+
+class PDLoop:
+    """The event loop of a disaggregated cluster: arrivals, engine wake-ups, KV arrivals.
+
+    Payloads: :data:`~sincere.sim.runner.ARRIVAL`, an engine index, or ``-2 - i`` for
+    request ``i``'s KV landing at its decode instance.
+    """
+
+    def __init__(self, cluster: Cluster, plan: PDPlan, progress: Progress | None) -> None:
+        self.cluster = cluster
+        self.plan = plan
+        self.progress = progress
+        self.arrivals = cluster.requests.arrival_at.tolist()
+        self.queue: EventQueue[int] = EventQueue()
+        self.wake: list[float | None] = [None] * len(cluster.engines)
+        self.in_system = 0
+        self.area = 0.0
+        self.last_at = 0.0
+        self.num_events = 0
+        req = cluster.requests
+        # tokens each request will generate (its cap applied; re-read after routing)
+        self._prompt = req.prompt_tokens
+        self._pending: dict[int, int] = {}  # prefilling request -> its decode engine
+
+    def run(self) -> RunLog:
+        n = len(self.arrivals)
+        if n:
+            self.queue.push(self.arrivals[0], 0, ARRIVAL)
+        k = 0
+        while self.queue or self._drain():
+            at, payload = self.queue.pop()
+            if payload >= 0 and self.wake[payload] != at:
+                continue  # stale wake-up
+            self.area += self.in_system * (at - self.last_at)
+            self.last_at = at
+            self.num_events += 1
+            if payload == ARRIVAL:
+                self._arrive(k, at)
+                k += 1
+                if k < n:
+                    self.queue.push(self.arrivals[k], 0, ARRIVAL)
+                if self.progress is not None and k % 10_000 == 0:
+                    self.progress(k, n)
+            elif payload >= 0:
+                self._advance(payload, at)
+            else:
+                self._kv_ready(-2 - payload, at)
+        records = self.cluster.records
+        left = records.unfinished()
+        for i in left.tolist():
+            records.reject(int(i), "unfinished")
+        return RunLog(self.last_at, self.area, self.num_events, len(left))
+
+    def _arrive(self, i: int, at: Seconds) -> None:
+        self.in_system += 1
+        cluster, plan = self.cluster, self.plan
+        model = int(cluster.requests.model[i])
+        decision = self._pd_decision(i, model, at)
+        if isinstance(decision, Reject):
+            cluster.records.reject(i, decision.code)
+            self.in_system -= 1
+            return
+        assert not isinstance(decision, Hold), "simulated instances have no in-flight cap"
+        if decision is None:
+            e = cluster.route(i, at)
+            if e is None:
+                self.in_system -= 1
+                cluster.finished(i)
+                return
+            self._add(e, i, at)
+            return
+        p = cluster._engine_of[decision.prefill.instance]
+        d = cluster._engine_of[decision.decode.instance]
+        if decision.decode.max_tokens is not None:
+            cluster.max_tokens[i] = decision.decode.max_tokens
+        plan.records.prefill_instance[i] = p
+        plan.records.decode_instance[i] = d
+        self._pending[i] = d
+        cluster.outstanding[d] += 1  # routed there, not finished: the decode router sees it
+        cluster.touched(d)
+        self._add(p, i, at)
+
+    def _pd_decision(self, i: int, model: int, at: Seconds) -> PDRoute | Reject | Hold | None:
+        plan, cluster = self.plan, self.cluster
+        prefill, decode = plan.prefill_of[model], plan.decode_of[model]
+        if not prefill or not decode:
+            return None
+        request = cluster.requests.request(i)
+        return plan.door.decide(
+            request, cluster._views_at(prefill, at), cluster._views_at(decode, at), at
+        )
+
+    def _add(self, e: int, i: int, at: Seconds) -> None:
+        self.cluster.outstanding[e] += 1
+        self.cluster.engines[e].add(i, at)
+        self.cluster.touched(e)
+        self._reschedule(e)
+
+    def _advance(self, e: int, at: Seconds) -> None:
+        cluster = self.cluster
+        self.wake[e] = None
+        engine = cluster.engines[e]
+        done = engine.advance(at)
+        cluster.touched(e)
+        if isinstance(engine, ContinuousEngine) and engine.kv_admitted:
+            started = self.plan.records.decode_started_at
+            for i, when in engine.kv_admitted:
+                started[i] = when
+            engine.kv_admitted.clear()
+        for i in done:
+            cluster.outstanding[e] -= 1
+            d = self._pending.pop(i, None)
+            if d is not None and self._prefilled(i, d, at):
+                continue
+            self.in_system -= 1
+            cluster.finished(i)
+        self._reschedule(e)
+
+    def _prefilled(self, i: int, d: int, at: Seconds) -> bool:
+        """Prefill of ``i`` done: send its KV to decode engine ``d``; whether it went
+        (not when the prefill was rejected or its one token was all it had to make)."""
+        cluster, rec = self.cluster, self.plan.records
+        records = cluster.records
+        target = min(int(cluster.requests.output_tokens[i]), int(cluster.max_tokens[i]))
+        if records.rejected[i] or target <= 1:
+            cluster.outstanding[d] -= 1
+            cluster.touched(d)
+            rec.decode_instance[i] = NO_INSTANCE
+            rec.prefill_done_at[i] = records.finished_at[i]
+            return False
+        rec.prefill_done_at[i] = at
+        records.finished_at[i] = np.nan  # the request goes on at its decode instance
+        p = int(records.instance[i])
+        num_bytes = int(self._prompt[i]) * self.plan.kv_bytes_per_token[p]
+        rec.kv_bytes[i] = num_bytes
+        ready = self.plan.link(p, d).send(at, num_bytes)
+        rec.kv_ready_at[i] = ready
+        self.queue.push(ready, KV_READY, -2 - i)
+        return True
+
+    def _kv_ready(self, i: int, at: Seconds) -> None:
+        d = int(self.plan.records.decode_instance[i])
+        engine = self.cluster.engines[d]
+        assert isinstance(engine, ContinuousEngine), "decode instances are continuous engines"
+        engine.add_prefilled(i, at, int(self._prompt[i]))
+        self.cluster.touched(d)
+        self._reschedule(d)
+
+    def _drain(self) -> bool:
+        """No events left: let engines holding requests back serve them."""
+        if self.in_system <= 0:
+            return False
+        for e, engine in enumerate(self.cluster.engines):
+            engine.drain(self.last_at)
+            self.cluster.touched(e)
+            self._reschedule(e)
+        return len(self.queue) > 0
+
+    def _reschedule(self, e: int) -> None:
+        at = self.cluster.engines[e].next_event_at()
+        if at is not None and at != self.wake[e]:
+            self.wake[e] = at
+            self.queue.push(at, 1, e)
+
+
+def run_pd(cluster: Cluster, plan: PDPlan, progress: Progress | None = None) -> RunLog:
+    """Run every request of a disaggregated ``cluster`` to completion (or rejection)."""
+    log = PDLoop(cluster, plan, progress).run()
+    if progress is not None:
+        progress(len(cluster.requests), len(cluster.requests))
+    return log

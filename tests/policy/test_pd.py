@@ -1,0 +1,91 @@
+"""The P/D policy: the decider and the per-phase front doors, clock-free."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sincere.core import ConfigError, Request
+from sincere.policy.front_door import Hold
+from sincere.policy.pd import Decider, PDRoute, build_pd_front_door
+from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
+from sincere.policy.router_base import InstanceView
+from sincere.sim.config import load_config
+
+
+def view(name: str, **kw: Any) -> InstanceView:
+    """A view of instance ``name`` serving model ``m``."""
+    return InstanceView(name, "m", "H100", **kw)
+
+
+def req(i: int, prompt: int, blocks: tuple[int, ...] = ()) -> Request:
+    """A request of ``prompt`` tokens whose content is ``blocks`` (16 tokens each)."""
+    return Request(i, 0.0, "m", prompt, 10, block_ids=blocks, block_tokens=16 if blocks else 0)
+
+
+@given(uncached=st.integers(0, 100_000), threshold=st.integers(0, 100_000))
+def test_deciders_follow_their_rule(uncached: int, threshold: int) -> None:
+    """always says yes, never says no, threshold says yes exactly at or above it."""
+    assert Decider("always").disaggregate(uncached)
+    assert not Decider("never").disaggregate(uncached)
+    assert Decider("threshold", threshold).disaggregate(uncached) == (uncached >= threshold)
+
+
+def test_a_cached_prefix_keeps_a_repeat_prompt_colocated() -> None:
+    """The second prompt sharing 48 of 64 tokens has 16 uncached: under 32, not split."""
+    cfg = PDRoutingConfig(decider=DeciderConfig(name="threshold", min_uncached_tokens=32))
+    door = build_pd_front_door(cfg, 0)
+    pre, dec = [view("p0"), view("p1")], [view("d0")]
+    first = door.decide(req(0, 64, (1, 2, 3, 4)), pre, dec, 0.0)
+    assert isinstance(first, PDRoute) and first.uncached_prompt_tokens == 64
+    assert first.decode.instance == "d0"
+    assert door.uncached_tokens(req(1, 64, (1, 2, 3, 9)), pre) == 16
+    assert door.decide(req(1, 64, (1, 2, 3, 9)), pre, dec, 0.1) is None
+
+
+def test_prefix_aware_prefill_routing_follows_the_prompt() -> None:
+    """The default prefill router sends a repeated prefix to the instance that has it."""
+    door = build_pd_front_door(PDRoutingConfig(), 0)
+    dec = [view("d0")]
+    first = door.decide(req(0, 64, (1, 2, 3, 4)), [view("p0"), view("p1")], dec, 0.0)
+    assert isinstance(first, PDRoute)
+    loaded = [view(v, num_outstanding=1 if v == first.prefill.instance else 0)
+              for v in ("p0", "p1")]  # fmt: skip
+    again = door.decide(req(1, 64, (1, 2, 3, 4)), loaded, dec, 0.1)
+    assert isinstance(again, PDRoute)
+    assert again.prefill.instance == first.prefill.instance
+
+
+def test_no_healthy_decode_instance_holds() -> None:
+    """Every decode instance down: the decode front door's Hold comes back to the driver;
+    an empty candidate list for a phase means colocated (None)."""
+    door = build_pd_front_door(PDRoutingConfig(), 0)
+    answer = door.decide(req(0, 64), [view("p0")], [view("d0", healthy=False)], 0.0)
+    assert isinstance(answer, Hold)
+    assert door.decide(req(1, 64), [view("p0")], [], 0.0) is None
+
+
+def test_an_unknown_decider_names_the_allowed_ones() -> None:
+    """decider: 'sometimes' is refused at load, listing always, never and threshold."""
+    cfg = {
+        "workload": {"num_requests": 1, "arrival": {"kind": "poisson", "rate": 1.0},
+                     "lengths": {"prompt": {"kind": "fixed", "tokens": 10},
+                                 "output": {"kind": "fixed", "tokens": 2}}},
+        "instances": [{"model": "llama-3-8b", "accelerator": "A100-80GB", "role": "prefill"},
+                      {"model": "llama-3-8b", "accelerator": "A100-80GB", "role": "decode"}],
+        "disaggregation": {"decider": {"name": "sometimes"}},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="threshold"):
+        load_config(cfg)
+
+
+def test_an_unknown_phase_router_names_its_section() -> None:
+    """A misspelt decode router is refused naming disaggregation.decode_router."""
+    from sincere.policy.front_door_config import RouterConfig
+
+    cfg = PDRoutingConfig(decode_router=RouterConfig(name="least-outstandin"))
+    with pytest.raises(ConfigError, match=r"disaggregation\.decode_router"):
+        build_pd_front_door(cfg, 0)

@@ -1,0 +1,224 @@
+"""Prefill/decode disaggregation in the simulator: formula case, invariants, config edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sincere.catalog import get_model
+from sincere.core.errors import ConfigError
+from sincere.core.request import RequestArrays
+from sincere.sim import load_config, simulate
+
+# inferno linear step times, ms: decode step alpha + beta * n, prefill gamma + delta * tokens
+ALPHA, BETA, GAMMA, DELTA = 10.0, 1.0, 5.0, 0.1
+STEP = {"kind": "inferno", "params": {"alpha_ms": ALPHA, "beta_ms": BETA,
+                                       "gamma_ms": GAMMA, "delta_ms": DELTA}}  # fmt: skip
+ENGINE = {"kind": "continuous", "scheduler": "sarathi", "scheduler_params": {"chunk_size": 4096},
+          "max_num_seqs": 64, "max_num_batched_tokens": 4096}  # fmt: skip
+MODEL = "llama-3-8b"
+
+
+def instance(role: str | None, name: str, **extra: Any) -> dict[str, Any]:
+    """One Llama-3-8B A100 instance with the linear step model."""
+    inst = {"name": name, "model": MODEL, "accelerator": "A100-80GB", "step_model": STEP,
+            "engine": ENGINE, **extra}  # fmt: skip
+    if role is not None:
+        inst["role"] = role
+    return inst
+
+
+def pd_config(link: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One prefill and one decode instance joined by ``link``."""
+    return {
+        "seed": 0,
+        "workload": {
+            "num_requests": 1,
+            "arrival": {"kind": "poisson", "rate": 1.0},
+            "lengths": {
+                "prompt": {"kind": "fixed", "tokens": 100},
+                "output": {"kind": "fixed", "tokens": 10},
+            },
+            "models": {MODEL: 1.0},
+        },
+        "instances": [instance("prefill", "p"), instance("decode", "d")],
+        "disaggregation": {"kv_link": link, **extra},
+    }
+
+
+def kv_bytes_per_token() -> float:
+    """Llama-3-8B's KV bytes per token at fp16 (the catalog's memory figure)."""
+    return get_model(MODEL).kv_bytes_per_token("fp16")
+
+
+def test_an_isolated_request_meets_the_formula() -> None:
+    """TTFT = prefill time; E2E = TTFT + latency + bytes / bandwidth + (O - 1) decode steps."""
+    prompt, output, bw_gbps, lat_s = 1000, 10, 1.0, 0.002
+    arrivals = [0.0, 10.0, 20.0]  # far apart: each request is alone in the system
+    requests = RequestArrays.build(arrivals, [prompt] * 3, [output] * 3, models=(MODEL,))
+    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": bw_gbps, "latency_s": lat_s})
+    result = simulate(cfg, requests=requests)
+    table = result.requests.to_pydict()
+    ttft = (GAMMA + DELTA * prompt) / 1e3
+    transfer = lat_s + prompt * kv_bytes_per_token() / (bw_gbps * 1e9)
+    e2e = ttft + transfer + (output - 1) * (ALPHA + BETA * 1) / 1e3
+    assert table["ttft_s"] == pytest.approx([ttft] * 3, rel=1e-9)
+    assert table["kv_transfer_s"] == pytest.approx([transfer] * 3, rel=1e-9)
+    assert table["e2e_s"] == pytest.approx([e2e] * 3, rel=1e-9)
+    assert table["prefill_instance"] == ["p"] * 3
+    assert table["decode_instance"] == ["d"] * 3
+    assert table["instance"] == ["d"] * 3
+    assert table["output_tokens"] == [output] * 3
+
+
+def test_concurrent_transfers_queue_on_the_fifo_link() -> None:
+    """Two prefills ending together: the second KV lands one wire time after the first."""
+    prompt, bw_gbps, lat_s = 1000, 1.0, 0.002
+    requests = RequestArrays.build([0.0, 0.0], [prompt] * 2, [5] * 2, models=(MODEL,))
+    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": bw_gbps, "latency_s": lat_s})
+    table = simulate(cfg, requests=requests).requests.to_pydict()
+    done = (GAMMA + DELTA * 2 * prompt) / 1e3  # one prefill iteration of both prompts
+    wire = prompt * kv_bytes_per_token() / (bw_gbps * 1e9)
+    assert table["ttft_s"] == pytest.approx([done, done], rel=1e-9)
+    assert sorted(table["kv_ready_at"]) == pytest.approx(
+        [done + wire + lat_s, done + 2 * wire + lat_s], rel=1e-9
+    )
+
+
+def test_nvlink_takes_the_catalog_figure() -> None:
+    """NVLink by default: the A100's 600 GB/s (both ways) halved, times its one GPU."""
+    requests = RequestArrays.build([0.0], [1000], [4], models=(MODEL,))
+    result = simulate(pd_config({"kind": "nvlink", "latency_s": 0.0}), requests=requests)
+    transfer = result.requests.column("kv_transfer_s").to_pylist()[0]
+    assert transfer == pytest.approx(1000 * kv_bytes_per_token() / 300e9, rel=1e-9)
+
+
+def test_the_never_decider_serves_whole_requests_on_the_decode_instance() -> None:
+    """Not disaggregated: prefilled and decoded where it decodes, no transfer recorded."""
+    requests = RequestArrays.build([0.0], [1000], [4], models=(MODEL,))
+    cfg = pd_config({"kind": "rdma"}, decider={"name": "never"})
+    table = simulate(cfg, requests=requests).requests.to_pydict()
+    assert table["instance"] == ["d"]
+    assert table["prefill_instance"] == [None]
+    assert table["kv_transfer_s"] == [None]
+
+
+def test_the_threshold_decider_keeps_short_prompts_colocated() -> None:
+    """Threshold 500 uncached tokens: the 100-token prompt stays, the 1,000-token one splits."""
+    requests = RequestArrays.build([0.0, 5.0], [100, 1000], [4, 4], models=(MODEL,))
+    cfg = pd_config({"kind": "rdma"}, decider={"name": "threshold", "min_uncached_tokens": 500})
+    table = simulate(cfg, requests=requests).requests.to_pydict()
+    assert table["prefill_instance"] == [None, "p"]
+
+
+def test_colocated_runs_have_no_new_columns() -> None:
+    """Without roles the request table keeps its columns (outputs stay byte-identical)."""
+    cfg = pd_config({"kind": "rdma"})
+    del cfg["disaggregation"]
+    cfg["instances"] = [instance(None, "a")]
+    table = simulate(cfg).requests
+    assert "kv_transfer_s" not in table.column_names
+
+
+@pytest.mark.parametrize(
+    ("roles", "needle"),
+    [(["prefill"], "no decode instance"), (["decode", "both"], "no prefill instance")],
+)
+def test_a_split_model_needs_both_roles(roles: list[str], needle: str) -> None:
+    """A model with prefill but no decode instance (or the reverse) is refused at build."""
+    cfg = pd_config({"kind": "rdma"})
+    cfg["instances"] = [instance(r, f"i{k}") for k, r in enumerate(roles)]
+    with pytest.raises(ConfigError, match=needle):
+        simulate(cfg)
+
+
+def test_disaggregation_without_roles_is_refused() -> None:
+    """A disaggregation section with only colocated instances is a config error."""
+    cfg = pd_config({"kind": "rdma"})
+    cfg["instances"] = [instance(None, "a")]
+    with pytest.raises(ConfigError, match="no instance has a prefill or decode role"):
+        simulate(cfg)
+
+
+def test_an_unknown_role_names_the_allowed_ones() -> None:
+    """role: 'prefil' is rejected at load, listing prefill, decode and both."""
+    cfg = pd_config({"kind": "rdma"})
+    cfg["instances"][0]["role"] = "prefil"
+    with pytest.raises(ConfigError, match="prefill"):
+        load_config(cfg)
+
+
+def test_a_zero_bandwidth_link_is_refused() -> None:
+    """bandwidth_gbps must be positive."""
+    with pytest.raises(ConfigError, match="bandwidth_gbps"):
+        load_config(pd_config({"kind": "rdma", "bandwidth_gbps": 0}))
+
+
+def test_decode_admission_waits_for_free_kv() -> None:
+    """A decode instance with little KV: landed KV waits for blocks (backpressure), and
+    every request still finishes."""
+    n = 40
+    requests = RequestArrays.build([0.0] * n, [3000] * n, [400] * n, models=(MODEL,))
+    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": 100.0})
+    cfg["instances"][1]["engine"] = {**ENGINE, "gpu_memory_utilization": 0.3}
+    result = simulate(cfg, requests=requests)
+    pd = result.pd
+    assert pd is not None
+    assert result.log.num_unfinished == 0 and not result.records.rejected.any()
+    waited = pd.decode_started_at - pd.kv_ready_at
+    assert (waited >= 0).all()
+    assert (waited > 1.0).any()
+
+
+def _run(seed: int, n: int, rate: float, kv_blocks_tight: bool) -> Any:
+    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": 5.0})
+    cfg["seed"] = seed
+    cfg["workload"] = {"num_requests": n, "arrival": {"kind": "poisson", "rate": rate},
+                       "lengths": {"prompt": {"kind": "uniform", "low": 16, "high": 3000},
+                                   "output": {"kind": "uniform", "low": 1, "high": 300}},
+                       "models": {MODEL: 1.0}}  # fmt: skip
+    cfg["instances"] = [instance("prefill", "p", count=2), instance("decode", "d", count=2)]
+    if kv_blocks_tight:  # little KV on the decode side: arrivals wait for blocks
+        cfg["instances"][1]["engine"] = {**ENGINE, "gpu_memory_utilization": 0.3}
+    return simulate(cfg)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 60),
+    rate=st.floats(0.5, 50.0),
+    tight=st.booleans(),
+)
+def test_pd_invariants(seed: int, n: int, rate: float, tight: bool) -> None:
+    """Each request prefills once and decodes once (or is rejected with a reason), its KV
+    crosses whole, decoding starts after it lands, and the run repeats exactly."""
+    result = _run(seed, n, rate, tight)
+    t = result.requests.to_pydict()
+    pd = result.pd
+    assert pd is not None
+    kvb = kv_bytes_per_token()
+    for i in range(n):
+        if t["rejected"][i]:
+            assert t["reject_reason"][i] is not None
+            continue
+        assert t["prefill_instance"][i] in ("p-0", "p-1")
+        assert t["first_token_at"][i] == pytest.approx(pd.prefill_done_at[i])
+        if t["output_tokens"][i] <= 1:
+            assert t["decode_instance"][i] is None
+            continue
+        assert t["decode_instance"][i] == t["instance"][i]
+        assert t["instance"][i] in ("d-0", "d-1")
+        assert pd.kv_bytes[i] == pytest.approx(t["prompt_tokens"][i] * kvb)
+        assert pd.kv_ready_at[i] >= pd.prefill_done_at[i] + pd.kv_bytes[i] / 5e9
+        assert pd.decode_started_at[i] >= pd.kv_ready_at[i]
+        assert t["finished_at"][i] > pd.decode_started_at[i]
+    assert result.log.num_unfinished == 0
+    again = _run(seed, n, rate, tight).requests
+    assert again.equals(result.requests)
+    assert np.array_equal(result.pd.kv_ready_at, again.column("kv_ready_at").to_numpy(
+        zero_copy_only=False), equal_nan=True)  # fmt: skip
