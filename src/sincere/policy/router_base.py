@@ -136,6 +136,12 @@ class Router(ABC):
         return False
 
     @property
+    def learns_from_outcomes(self) -> bool:
+        """Whether :meth:`observe` is overridden (a router that learns from finished
+        requests); a driver may skip building outcomes for one that does not."""
+        return type(self).observe is not Router.observe
+
+    @property
     def reads_engine_load(self) -> bool:
         """Whether :meth:`choose` reads any load an engine reports (running, waiting,
         token counts, KV usage, busy time) rather than only an instance's fixed fields

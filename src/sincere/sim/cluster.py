@@ -37,6 +37,10 @@ admission, no decision log), the views show the load unknown -- as an instance t
 reported nothing -- and an engine event that finishes no request leaves its view as it
 was; the chosen instance's load for the records is then read from its engine directly.
 The decisions, and so the results, are the same.
+
+Outcomes are built only when something uses them (``observes``): admission's latency
+history, a router that learns from them (``learns_from_outcomes``) or the decision log.
+Otherwise the front door's history would only pace holds, which never happen here.
 """
 
 from __future__ import annotations
@@ -95,6 +99,14 @@ class Cluster:
             and not self.exact_tokens
             and decisions is None
         )
+        # whether a finished request's outcome is of use: to admission's latency history,
+        # a router that learns, or the decision log (the history otherwise only paces
+        # holds, which simulated instances never need)
+        self.observes = front_door is not None and (
+            decisions is not None
+            or front_door.admission is not None
+            or front_door.router.learns_from_outcomes
+        )
         # requests the front door routed (it observes them), with the request it saw
         self._routed: dict[int, Request] = {}
         num = len(self.engines)
@@ -137,7 +149,8 @@ class Cluster:
         assert isinstance(decision, Route), "simulated instances have no in-flight cap"
         if decision.max_tokens is not None:
             self.max_tokens[i] = decision.max_tokens
-        self._routed[i] = request
+        if self.observes:
+            self._routed[i] = request
         return self._engine_of[decision.instance]
 
     def _note_load(self, i: int, e: int) -> None:

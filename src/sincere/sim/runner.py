@@ -141,6 +141,7 @@ class _Loop:
         touched, finished = cluster.touched, cluster.finished
         push, pop = queue.push, queue.pop
         track_load = not self.load_blind
+        observes = cluster.observes  # whether finished requests are told to the cluster
         progress, every = self.progress, self.every
         if n:
             push(arrivals[0], 0, ARRIVAL)
@@ -171,8 +172,9 @@ class _Loop:
                 self.in_system -= len(done)
                 outstanding[e] -= len(done)
                 touched(e)
-                for i in done:
-                    finished(i)
+                if observes:
+                    for i in done:
+                        finished(i)
             elif track_load:
                 touched(e)
             due = engine.next_event_at()
