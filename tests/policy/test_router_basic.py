@@ -151,3 +151,31 @@ def test_jsq_by_tokens_falls_back_where_tokens_are_unknown_and_says_so() -> None
     decision = router.route(REQ, blind, 0.0)
     assert decision.instance == "b"
     assert decision.reason == "outstanding=1; tokens unknown on a, by outstanding"
+
+
+@pytest.mark.parametrize("name", ["random", "round-robin", "least-outstanding", "power-of-two"])
+def test_load_blind_routers_ignore_engine_load(name: str) -> None:
+    """Routers saying they read no engine load choose the same with the load unknown."""
+    rng = np.random.default_rng(3)
+    loaded, blind = [], []
+    for k in range(6):
+        outstanding = int(rng.integers(0, 9))
+        loaded.append(
+            view(
+                f"i{k}", num_outstanding=outstanding, num_running=int(rng.integers(0, 9)),
+                num_waiting=int(rng.integers(0, 9)), kv_usage=float(rng.random()),
+                waiting_prefill_tokens=int(rng.integers(0, 5000)),
+            )
+        )  # fmt: skip
+        blind.append(view(f"i{k}", num_outstanding=outstanding))
+    assert not make_router(name, np.random.default_rng(0)).reads_engine_load
+    assert route_many(name, loaded, 50) == route_many(name, blind, 50)
+
+
+def test_load_reading_routers_say_so() -> None:
+    """Routers that compare engine load keep the default: they read it."""
+    for name in ("join-shortest-queue", "latency-optimal", "cost-optimal"):
+        assert make_router(name, np.random.default_rng(0)).reads_engine_load
+    for metric in ("requests", "tokens"):
+        router = ROUTERS.build("power-of-two", {"metric": metric}, rng=np.random.default_rng(0))
+        assert router.reads_engine_load

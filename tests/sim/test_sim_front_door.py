@@ -110,3 +110,24 @@ def test_the_single_instance_shortcut_equals_asking_the_front_door(tmp_path: Pat
     direct = simulate(cfg)
     through = simulate(cfg, decisions=tmp_path / "d.jsonl")  # a log turns the shortcut off
     assert same_rows(direct.requests, through.requests)
+
+
+def _cluster(**extra: Any) -> Any:
+    cfg = load_config(config(**extra))
+    reqs = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
+    return build_cluster(cfg, reqs)
+
+
+def test_outcomes_are_built_only_for_what_learns_from_them() -> None:
+    """No outcomes for a router that learns nothing; kept for learning routers and admission."""
+    assert not _cluster(router={"name": "round-robin"}).observes
+    assert _cluster(router={"name": "latency-optimal"}).observes
+    assert _cluster(router={"name": "round-robin"}, admission={"enabled": True}).observes
+
+
+def test_skipping_outcomes_gives_the_same_records(tmp_path: Path) -> None:
+    """Round-robin records are the same with outcomes skipped and with a decision log."""
+    cfg = config(router={"name": "round-robin"})
+    quiet = simulate(cfg)
+    logged = simulate(cfg, decisions=tmp_path / "d.jsonl")  # a log wants every outcome
+    assert same_rows(quiet.requests, logged.requests)

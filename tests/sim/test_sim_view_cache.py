@@ -55,7 +55,8 @@ def test_cached_views_give_the_same_run_as_fresh_ones(router: str) -> None:
 
 def test_a_view_is_reused_until_its_engine_is_touched() -> None:
     """Same object while unchanged; after touched(), one that shows the new load."""
-    cluster = _cluster("least-outstanding", 10)
+    cluster = _cluster("join-shortest-queue", 10)
+    assert not cluster.load_blind
     before = cluster._view(0)
     assert cluster._view(0) is before
     cluster.outstanding[0] += 1
@@ -66,3 +67,41 @@ def test_a_view_is_reused_until_its_engine_is_touched() -> None:
     assert after is not before
     assert (after.num_waiting, after.num_outstanding) == (1, before.num_outstanding + 1)
     assert after == cluster._fresh_view(0)
+
+
+RECORD_COLUMNS = (
+    "instance", "first_scheduled_at", "first_token_at", "finished_at", "output_tokens",
+    "arrival_num_running", "arrival_num_waiting", "arrival_waiting_prefill_tokens",
+    "arrival_num_outstanding",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("router", ["round-robin", "least-outstanding", "random"])
+def test_load_blind_views_give_the_same_run_as_full_ones(router: str) -> None:
+    """A router that reads no engine load gets load-unknown views; records are identical."""
+    blind = _cluster(router, 1500)
+    full = _cluster(router, 1500)
+    assert blind.load_blind
+    full.load_blind = False
+    log_blind, log_full = run_events(blind), run_events(full)
+    for col in RECORD_COLUMNS:
+        np.testing.assert_array_equal(getattr(blind.records, col), getattr(full.records, col))
+    assert log_blind == log_full
+    assert (blind.records.arrival_num_running > 0).any()  # the engines' load was recorded
+
+
+def test_load_blind_views_show_the_load_unknown_and_track_outstanding() -> None:
+    """Load-blind views carry no engine load, and show a new outstanding count once told."""
+    cluster = _cluster("least-outstanding", 10)
+    assert cluster.load_blind
+    before = cluster._view(0)
+    assert (before.num_running, before.num_waiting, before.kv_usage) == (None, None, None)
+    cluster.outstanding[0] += 1
+    cluster.touched(0)
+    assert cluster._view(0).num_outstanding == before.num_outstanding + 1
+
+
+def test_a_router_that_reads_load_is_not_load_blind() -> None:
+    """Routers that compare engine load, and any decision log, keep full views."""
+    assert not _cluster("join-shortest-queue", 10).load_blind
+    assert not _cluster("latency-optimal", 10).load_blind

@@ -122,6 +122,13 @@ class FrontDoor:
         step-model predictions)."""
         return self.admission is not None or self.router.reads_engine_tokens
 
+    @property
+    def reads_engine_load(self) -> bool:
+        """Whether a decision reads any engine-reported load (the router's, or admission's).
+        Without a budget, placement itself reads only health, in-flight caps and the
+        driver's outstanding counts."""
+        return self.admission is not None or self.router.reads_engine_load
+
     def decide(
         self, request: Request, views: Sequence[InstanceView], now: Seconds, num_queued: int = 0
     ) -> Decision:

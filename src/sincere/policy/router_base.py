@@ -135,6 +135,21 @@ class Router(ABC):
         of one more view per candidate and arrival. Default: no."""
         return False
 
+    @property
+    def learns_from_outcomes(self) -> bool:
+        """Whether :meth:`observe` is overridden (a router that learns from finished
+        requests); a driver may skip building outcomes for one that does not."""
+        return type(self).observe is not Router.observe
+
+    @property
+    def reads_engine_load(self) -> bool:
+        """Whether :meth:`choose` reads any load an engine reports (running, waiting,
+        token counts, KV usage, busy time) rather than only an instance's fixed fields
+        and ``num_outstanding``, the driver's own count. When it does not, the simulator
+        may hand it views with the engine's load unknown and skip building them at every
+        engine event. Default: yes."""
+        return True
+
 
 def healthy(instances: Sequence[InstanceView]) -> list[InstanceView]:
     """The instances marked healthy, in their given order."""

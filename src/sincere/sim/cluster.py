@@ -30,6 +30,17 @@ closed-form decode run, whose sequences gain a token per iteration without an ev
 when the front door reads token counts (``reads_engine_tokens``), a view is moved on by
 the iterations ended by the arrival (:meth:`~sincere.engine.base.Engine.progress_at`), as
 a live engine reporting its load every iteration would show it.
+
+When nothing at a decision reads an engine's reported load (``load_blind``: a router
+such as ``round-robin`` or ``least-outstanding`` whose ``reads_engine_load`` is false, no
+admission, no decision log), the views show the load unknown -- as an instance that
+reported nothing -- and an engine event that finishes no request leaves its view as it
+was; the chosen instance's load for the records is then read from its engine directly.
+The decisions, and so the results, are the same.
+
+Outcomes are built only when something uses them (``observes``): admission's latency
+history, a router that learns from them (``learns_from_outcomes``) or the decision log.
+Otherwise the front door's history would only pace holds, which never happen here.
 """
 
 from __future__ import annotations
@@ -84,6 +95,22 @@ class Cluster:
         self.passthrough = no_budgets and not screens and decisions is None
         # token counts read at arrivals: keep them exact inside decode runs (engine progress)
         self.exact_tokens = front_door is not None and front_door.reads_engine_tokens
+        # nothing reads an engine's reported load at a decision: views show it unknown and
+        # only a change of outstanding count makes one stale
+        self.load_blind = (
+            front_door is not None
+            and not front_door.reads_engine_load
+            and not self.exact_tokens
+            and decisions is None
+        )
+        # whether a finished request's outcome is of use: to admission's latency history,
+        # a router that learns, or the decision log (the history otherwise only paces
+        # holds, which simulated instances never need)
+        self.observes = front_door is not None and (
+            decisions is not None
+            or front_door.admission is not None
+            or front_door.router.learns_from_outcomes
+        )
         # requests the front door routed (it observes them), with the request it saw
         self._routed: dict[int, Request] = {}
         num = len(self.engines)
@@ -129,12 +156,20 @@ class Cluster:
         assert isinstance(decision, Route), "simulated instances have no in-flight cap"
         if decision.max_tokens is not None:
             self.max_tokens[i] = decision.max_tokens
-        self._routed[i] = request
+        if self.observes:
+            self._routed[i] = request
         return self._engine_of[decision.instance]
 
     def _note_load(self, i: int, e: int) -> None:
         """Keep engine ``e``'s load as its view shows it (with one engine nobody looks)."""
         if len(self.engines) > 1:
+            if self.load_blind:  # the views do not carry it: ask the engine
+                load = self.engines[e].load()
+                self.records.note_load(
+                    i, _seen(load.num_running), _seen(load.num_waiting),
+                    _seen(load.waiting_prefill_tokens), self.outstanding[e],
+                )  # fmt: skip
+                return
             v = self._view(e)
             self.records.note_load(
                 i, _seen(v.num_running), _seen(v.num_waiting),
@@ -142,7 +177,8 @@ class Cluster:
             )  # fmt: skip
 
     def touched(self, e: int) -> None:
-        """Engine ``e`` (or its outstanding count) may have changed: rebuild its view."""
+        """Engine ``e`` (or its outstanding count) may have changed: rebuild its view.
+        With ``load_blind`` only a change of outstanding count needs telling."""
         self._stale.add(e)
 
     def _view(self, e: int) -> InstanceView:
@@ -178,7 +214,8 @@ class Cluster:
         return views
 
     def _fresh_view(self, e: int) -> InstanceView:
-        return instance_view(self.infos[e], self.engines[e].load(), self.outstanding[e])
+        load = None if self.load_blind else self.engines[e].load()
+        return instance_view(self.infos[e], load, self.outstanding[e])
 
     def finished(self, i: int) -> None:
         """Request ``i`` left the system: tell the front door how it went."""

@@ -53,6 +53,7 @@ class _Loop:
         self.num_events = 0
         self.progress = progress
         self.every = every
+        self.load_blind = cluster.load_blind  # only outstanding counts make views stale
         # every model is served by engine 0 alone and nothing screens requests: routing
         # cannot choose, cap or reject
         self.always_first = cluster.passthrough and all(
@@ -128,27 +129,58 @@ class _Loop:
         return engine.next_event_at() is not None
 
     def _run_heap(self) -> None:
-        """The general loop: arrivals and every engine's wake-up on one event queue."""
+        """The general loop: arrivals and every engine's wake-up on one event queue.
+
+        An engine event is handled inline (the hot path with many instances): advance,
+        tell the cluster, reschedule; an arrival through :meth:`_arrive`.
+        """
         n = len(self.arrivals)
+        queue, wake, arrivals = self.queue, self.wake, self.arrivals
+        cluster = self.cluster
+        engines, outstanding = cluster.engines, cluster.outstanding
+        touched, finished = cluster.touched, cluster.finished
+        push, pop = queue.push, queue.pop
+        track_load = not self.load_blind
+        observes = cluster.observes  # whether finished requests are told to the cluster
+        progress, every = self.progress, self.every
         if n:
-            self.queue.push(self.arrivals[0], 0, ARRIVAL)
+            push(arrivals[0], 0, ARRIVAL)
         next_arrival = 0
-        while self.queue or self._drain():
-            at, payload = self.queue.pop()
-            if payload != ARRIVAL and self.wake[payload] != at:
+        while queue or self._drain():
+            at, payload = pop()
+            if payload == ARRIVAL:
+                self.area += self.in_system * (at - self.last_at)
+                self.last_at = at
+                self.num_events += 1
+                self._arrive(next_arrival, at)
+                next_arrival += 1
+                if next_arrival < n:
+                    push(arrivals[next_arrival], 0, ARRIVAL)
+                if progress is not None and next_arrival % every == 0:
+                    progress(next_arrival, n)
+                continue
+            e = payload
+            if wake[e] != at:
                 continue  # stale wake-up
             self.area += self.in_system * (at - self.last_at)
             self.last_at = at
             self.num_events += 1
-            if payload == ARRIVAL:
-                self._arrive(next_arrival, at)
-                next_arrival += 1
-                if next_arrival < n:
-                    self.queue.push(self.arrivals[next_arrival], 0, ARRIVAL)
-                if self.progress is not None and next_arrival % self.every == 0:
-                    self.progress(next_arrival, n)
-            else:
-                self._advance(payload, at)
+            wake[e] = None
+            engine = engines[e]
+            done = engine.advance(at)
+            if done:
+                self.in_system -= len(done)
+                outstanding[e] -= len(done)
+                touched(e)
+                if observes:
+                    for i in done:
+                        finished(i)
+            elif track_load:
+                touched(e)
+            due = engine.next_event_at()
+            if due is not None:  # wake[e] is None: always a new wake-up
+                wake[e] = due
+                push(due, 1, e)
 
     def _arrive(self, i: int, at: float) -> None:
         self.in_system += 1
@@ -160,17 +192,6 @@ class _Loop:
         self.cluster.outstanding[e] += 1
         self.cluster.engines[e].add(i, at)
         self.cluster.touched(e)
-        self._reschedule(e)
-
-    def _advance(self, e: int, at: float) -> None:
-        self.wake[e] = None
-        done = self.cluster.engines[e].advance(at)
-        self.cluster.touched(e)
-        if done:
-            self.in_system -= len(done)
-            self.cluster.outstanding[e] -= len(done)
-            for i in done:
-                self.cluster.finished(i)
         self._reschedule(e)
 
     def _reschedule(self, e: int) -> None:

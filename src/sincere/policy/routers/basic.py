@@ -44,6 +44,11 @@ from sincere.policy.routers._common import LoadMetric, load_measure
 class RandomRouter(Router):
     """Uniformly random healthy instance."""
 
+    @property
+    def reads_engine_load(self) -> bool:
+        """No: the router's generator alone decides."""
+        return False
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
@@ -61,6 +66,11 @@ class RoundRobinRouter(Router):
         super().__init__(rng)
         self._next = 0
 
+    @property
+    def reads_engine_load(self) -> bool:
+        """No: the position alone decides."""
+        return False
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
@@ -73,6 +83,11 @@ class RoundRobinRouter(Router):
 @ROUTERS.register("least-outstanding")
 class LeastOutstandingRouter(Router):
     """Fewest outstanding requests; first in order on ties."""
+
+    @property
+    def reads_engine_load(self) -> bool:
+        """No: the driver's outstanding counts decide."""
+        return False
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -147,6 +162,11 @@ class PowerOfTwoRouter(Router):
     def reads_engine_tokens(self) -> bool:
         """Whether the metric is ``tokens``."""
         return self.metric == "tokens"
+
+    @property
+    def reads_engine_load(self) -> bool:
+        """Whether the metric is other than ``outstanding`` (the driver's own count)."""
+        return self.metric != "outstanding"
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
