@@ -2,14 +2,22 @@
 
 A request whose prompt carries block ids (:mod:`sincere.core.prefix`) has one key per
 *full* engine block its ids cover (:func:`block_keys`, equal to
-:func:`~sincere.core.prefix.engine_block_keys`). Blocks are tracked by key:
+:func:`~sincere.core.prefix.engine_block_keys`). The semantics are per engine block:
 
-* ``ref[key]`` -- how many running sequences hold the block (0: cached but free);
-* ``free`` -- the blocks no running sequence holds, least recently freed first: they
-  still count as free memory and are evicted, oldest first, only when a new block needs
-  their room (:meth:`PrefixCache.evict`); a block with ``ref > 0`` is never evicted;
-* ``held[i]`` -- the keys running request ``i`` holds a reference on (its cache hits,
-  then the blocks it computed itself that no other sequence had cached).
+* each cached block has a count of the running sequences that hold it (0: cached but free);
+* the free blocks, least recently freed first: they still count as free memory and are
+  evicted, oldest first, only when a new block needs their room
+  (:meth:`PrefixCache.evict`); a block held by a running sequence is never evicted;
+* each running request holds a reference on its cache hits, then on the blocks it
+  computed itself that no other sequence had cached.
+
+The representation groups them (:class:`PrefixCache`): when content blocks are larger than
+engine blocks (Mooncake's 512 tokens on 16-token blocks), the engine blocks of one content
+block are named by the content block's chained key and their position in it, and live in
+consecutive slots of flat lists; requests hold runs of slots and the free list is a queue
+of runs, so the work per engine block is a list access rather than a dict entry. A
+reference model with one dict entry per engine block pins the equivalence
+(``tests/engine/test_prefix_cache.py``).
 
 A request admitted for prefill *hits* the longest prefix of its keys present in the cache
 (:meth:`PrefixCache.match`), at most all but its last prompt token (vLLM always computes
