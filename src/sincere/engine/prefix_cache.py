@@ -239,20 +239,35 @@ class PrefixCache:
         for j in range(start // group, (upto - 1) // group + 1):
             base = self._base(keys[j], group)
             first = j * group
-            added = 0
-            for k in range(max(start - first, 0), min(upto - first, group)):
-                s = base + k
-                if ref[s] >= 0:  # cached by another sequence meanwhile: this copy stays private
-                    continue
-                ref[s] = 1
-                added += 1
-                if held and held[-3] == base and held[-1] == k - 1:
-                    held[-1] = k
+            k0, k1 = max(start - first, 0), min(upto - first, group)
+            if max(ref[base + k0 : base + k1]) < 0:  # the common case: none cached, in bulk
+                ref[base + k0 : base + k1] = [1] * (k1 - k0)
+                added = k1 - k0
+                if held and held[-3] == base and held[-1] == k0 - 1:
+                    held[-1] = k1 - 1
                 else:
-                    held.extend((base, k, k))
+                    held.extend((base, k0, k1 - 1))
+            else:
+                added = self._register_each(held, base, k0, k1)
             if added:
                 self._present[base] += added
         self.epoch += 1
+
+    def _register_each(self, held: list[int], base: int, k0: int, k1: int) -> int:
+        """Take blocks ``k0..k1-1`` of the group at ``base`` one by one; return how many."""
+        ref = self._ref
+        added = 0
+        for k in range(k0, k1):
+            s = base + k
+            if ref[s] >= 0:  # cached by another sequence meanwhile: this copy stays private
+                continue
+            ref[s] = 1
+            added += 1
+            if held and held[-3] == base and held[-1] == k - 1:
+                held[-1] = k
+            else:
+                held.extend((base, k, k))
+        return added
 
     def _base(self, key: int, group: int) -> int:
         """First slot of the group ``key`` (of ``group`` blocks), taken if it has none yet."""
@@ -291,6 +306,11 @@ class PrefixCache:
             before = freed
             s = base + hi
             end = base + lo
+            if max(ref[end : s + 1]) == 1:  # no one else holds any: in bulk
+                ref[end : s + 1] = [0] * (s + 1 - end)
+                stamp[end : s + 1] = [now] * (s + 1 - end)
+                freed += s + 1 - end
+                s = end - 1
             while s >= end:
                 r = ref[s]
                 if r == 1:
@@ -325,6 +345,12 @@ class PrefixCache:
             base, hi, lo, when = free[0]
             k = hi
             gone = 0
+            a, b = base + lo, base + hi + 1
+            if max(ref[a:b]) == 0 and min(stamp[a:b]) == when == max(stamp[a:b]):
+                gone = min(over, b - a)  # the whole run is still free: its top, in bulk
+                ref[b - gone : b] = [-1] * gone
+                over -= gone
+                k = hi - gone
             while k >= lo and over > 0:
                 s = base + k
                 if ref[s] == 0 and stamp[s] == when:
