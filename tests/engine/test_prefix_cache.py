@@ -13,7 +13,7 @@ from sincere.core.prefix import engine_block_keys
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
-from sincere.engine.prefix_cache import block_keys
+from sincere.engine.prefix_cache import PrefixCache, block_keys
 from sincere.policy.schedulers import make_scheduler
 
 
@@ -100,16 +100,19 @@ def _check_cache(engine: ContinuousEngine) -> None:
     st_ = engine.state
     cache = st_.cache
     assert cache is not None
-    assert all(r >= 0 for r in cache.ref.values())
-    assert all(cache.ref[k] == 0 for k in cache.free)
-    assert all(k in cache.free for k, r in cache.ref.items() if r == 0)
-    holders: dict[int, int] = {}
-    for i, keys in cache.held.items():
+    ref = cache.cached()
+    free = cache.free_order()
+    assert all(r >= 0 for r in ref.values())
+    assert len(free) == len(set(free)) == cache.num_free
+    assert all(ref[k] == 0 for k in free)
+    assert all(k in set(free) for k, r in ref.items() if r == 0)
+    holders: dict[tuple[int, int, int], int] = {}
+    for i, keys in cache.holdings().items():
         assert i in st_.pre or i in st_.offset  # only running sequences hold blocks
         for k in keys:
-            assert cache.ref.get(k, 0) > 0  # a block in use is never evicted
+            assert ref.get(k, 0) > 0  # a block in use is never evicted
             holders[k] = holders.get(k, 0) + 1
-    assert holders == {k: r for k, r in cache.ref.items() if r > 0}
+    assert holders == {k: r for k, r in ref.items() if r > 0}
     assert cache.shared == sum(r - 1 for r in holders.values())
     used = st_.used_blocks
     assert 0 <= used <= st_.num_blocks
@@ -161,7 +164,7 @@ def test_cache_invariants_hold_under_pressure(
     rec = engine.records
     cache = engine.state.cache
     assert cache is not None and cache.shared == 0 and not cache.held
-    assert all(r == 0 for r in cache.ref.values())
+    assert all(r == 0 for r in cache.cached().values())
     for i in range(len(req)):
         if rec.rejected[i] or rec.num_preemptions[i]:
             continue
@@ -170,3 +173,120 @@ def test_cache_invariants_hold_under_pressure(
     drive(again)
     assert np.array_equal(again.records.finished_at, rec.finished_at, equal_nan=True)
     assert np.array_equal(again.records.cached_tokens, rec.cached_tokens)
+
+
+class _PerBlock:
+    """Reference model: one dict entry per engine block, named (group size, key, block)."""
+
+    def __init__(self, block: int) -> None:
+        self.block = block
+        self.ref: dict[tuple[int, int, int], int] = {}
+        self.free: dict[tuple[int, int, int], None] = {}  # insertion order = LRU order
+        self.held: dict[int, list[tuple[int, int, int]]] = {}
+        self.keys: dict[int, list[tuple[int, int, int]]] = {}
+        self.progress: dict[int, int] = {}
+        self.shared = self.evictions = 0
+
+    def add(self, i: int, cache: PrefixCache) -> None:
+        p = cache.prompts[i]
+        g = p.group
+        self.keys[i] = [(g, p.keys[b // g], b % g) for b in range(p.num_blocks)]
+
+    def match(self, i: int, prefill_len: int) -> tuple[int, int]:
+        hit = shared = 0
+        for key in self.keys.get(i, []):
+            if hit >= (prefill_len - 1) // self.block or key not in self.ref:
+                break
+            hit += 1
+            shared += self.ref[key] > 0
+        return hit, shared
+
+    def acquire(self, i: int, hit: int) -> int:
+        if i not in self.keys:
+            return 0
+        self.held[i] = self.keys[i][:hit]
+        self.progress[i] = hit
+        new = 0
+        for key in self.held[i]:
+            if self.ref[key] == 0:
+                del self.free[key]
+            else:
+                new += 1
+            self.ref[key] += 1
+        self.shared += new
+        return new
+
+    def register(self, i: int, computed: int) -> None:
+        if i not in self.keys:
+            return
+        upto = min(computed // self.block, len(self.keys[i]))
+        for key in self.keys[i][self.progress[i] : upto]:
+            if key not in self.ref:
+                self.ref[key] = 1
+                self.held[i].append(key)
+        self.progress[i] = max(self.progress[i], upto)
+
+    def release(self, i: int) -> int:
+        unshared = 0
+        for key in reversed(self.held.pop(i, [])):
+            self.ref[key] -= 1
+            if self.ref[key] == 0:
+                self.free[key] = None
+            else:
+                unshared += 1
+        self.progress.pop(i, None)
+        self.shared -= unshared
+        return unshared
+
+    def evict(self, room: int) -> None:
+        while len(self.free) > max(room, 0):
+            key = next(iter(self.free))
+            del self.free[key], self.ref[key]
+            self.evictions += 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prompts=st.lists(
+        st.tuples(st.lists(st.integers(0, 2), min_size=1, max_size=5), st.integers(1, 320)),
+        min_size=2,
+        max_size=6,
+    ),
+    seed=st.integers(0, 2**32 - 1),
+    block_tokens=st.sampled_from([16, 64, 32]),
+)
+def test_grouped_cache_matches_a_per_block_model(
+    prompts: list[tuple[list[int], int]], seed: int, block_tokens: int
+) -> None:
+    """The grouped, run-based cache answers exactly as one dict entry per engine block would:
+    the same hits, shared blocks, refcounts, holdings, evictions and LRU free order."""
+    rng = np.random.default_rng(seed)
+    ops = [
+        ("arfe"[rng.integers(4)], int(rng.integers(6)), int(rng.integers(321))) for _ in range(300)
+    ]
+    cache, model = PrefixCache(16), _PerBlock(16)
+    for i, (ids, length) in enumerate(prompts):
+        cache.add(i, ids, block_tokens, length)
+        model.add(i, cache)
+    running: set[int] = set()
+    for op, j, n in ops:
+        i = j % len(prompts)
+        length = prompts[i][1]
+        if op == "a" and i not in running:  # admit: hit its cached prefix
+            hit, shared = cache.match(i, length)
+            assert (hit, shared) == model.match(i, length)
+            assert cache.acquire(i, hit, length) == model.acquire(i, hit)
+            running.add(i)
+        elif op == "r" and i in running:  # a prefill chunk completed
+            cache.register(i, min(n, length))
+            model.register(i, min(n, length))
+        elif op == "f" and i in running:  # finished or preempted
+            assert cache.release(i) == model.release(i)
+            running.discard(i)
+        elif op == "e":
+            cache.evict(n % 12)
+            model.evict(n % 12)
+        assert cache.cached() == model.ref
+        assert cache.free_order() == list(model.free)
+        assert cache.holdings() == {k: v for k, v in model.held.items()}
+        assert cache.shared == model.shared and cache.num_evictions == model.evictions

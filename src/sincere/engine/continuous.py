@@ -39,7 +39,6 @@ from sincere.core.types import InstanceId, Seconds
 from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, TokenHook
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv import blocks_for
-from sincere.engine.prefix_cache import block_keys
 from sincere.engine.runs import Run, RunPlanner
 from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
@@ -119,9 +118,7 @@ class ContinuousEngine(StateView):
         if cache is not None and req.block_ids:
             ids = req.block_ids[i]
             if len(ids):
-                cache.keys_of[i] = block_keys(
-                    ids.tolist(), req.block_tokens, self.limits.block_size, prompt
-                )
+                cache.add(i, ids.tolist(), req.block_tokens, prompt)
         self._planner.enqueue(self, i, prompt)
         run = self._run
         if run is None:

@@ -2,14 +2,22 @@
 
 A request whose prompt carries block ids (:mod:`sincere.core.prefix`) has one key per
 *full* engine block its ids cover (:func:`block_keys`, equal to
-:func:`~sincere.core.prefix.engine_block_keys`). Blocks are tracked by key:
+:func:`~sincere.core.prefix.engine_block_keys`). The semantics are per engine block:
 
-* ``ref[key]`` -- how many running sequences hold the block (0: cached but free);
-* ``free`` -- the blocks no running sequence holds, least recently freed first: they
-  still count as free memory and are evicted, oldest first, only when a new block needs
-  their room (:meth:`PrefixCache.evict`); a block with ``ref > 0`` is never evicted;
-* ``held[i]`` -- the keys running request ``i`` holds a reference on (its cache hits,
-  then the blocks it computed itself that no other sequence had cached).
+* each cached block has a count of the running sequences that hold it (0: cached but free);
+* the free blocks, least recently freed first: they still count as free memory and are
+  evicted, oldest first, only when a new block needs their room
+  (:meth:`PrefixCache.evict`); a block held by a running sequence is never evicted;
+* each running request holds a reference on its cache hits, then on the blocks it
+  computed itself that no other sequence had cached.
+
+The representation groups them (:class:`PrefixCache`): when content blocks are larger than
+engine blocks (Mooncake's 512 tokens on 16-token blocks), the engine blocks of one content
+block are named by the content block's chained key and their position in it, and live in
+consecutive slots of flat lists; requests hold runs of slots and the free list is a queue
+of runs, so the work per engine block is a list access rather than a dict entry. A
+reference model with one dict entry per engine block pins the equivalence
+(``tests/engine/test_prefix_cache.py``).
 
 A request admitted for prefill *hits* the longest prefix of its keys present in the cache
 (:meth:`PrefixCache.match`), at most all but its last prompt token (vLLM always computes
@@ -29,8 +37,7 @@ disk tier (docs/prefix_caching.md).
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from itertools import islice, repeat
+from collections import deque
 
 import numpy as np
 
@@ -71,51 +78,112 @@ def block_keys(
     return keys
 
 
+class _Prompt:
+    """A prompt's full engine blocks as content groups of ``group`` engine blocks each.
+
+    Engine block ``p`` is block ``p % group`` of group ``keys[p // group]``; every group
+    is full but perhaps the last (``num_blocks`` engine blocks in all).
+    """
+
+    __slots__ = ("group", "keys", "num_blocks")
+
+    def __init__(self, keys: list[int], group: int, num_blocks: int) -> None:
+        self.keys = keys
+        self.group = group
+        self.num_blocks = num_blocks
+
+
 class PrefixCache:
-    """Cached KV blocks of one engine by key, with reference counts and an LRU free list."""
+    """Cached KV blocks of one engine, with reference counts and an LRU free list.
+
+    Representation (the semantics are per engine block, as the module says). A content
+    group (one content block's ``group`` engine blocks, or one engine block when content
+    blocks are not larger than engine blocks) owns ``group`` consecutive slots of the flat
+    lists ``_ref`` (-1: not cached, 0: cached and free, r > 0: held by r sequences) and
+    ``_stamp`` (the release that last freed the block). A request holds *runs* of slots
+    (``held[i]``: flat ``base, lo, hi`` triples, in prompt order). The free list is a
+    queue of runs ``(base, hi, lo, stamp)`` in the order their blocks were freed (``hi``
+    down to ``lo`` within a run); a block in a run is still free there only while its
+    ``_ref`` is 0 and its ``_stamp`` is the run's (a block taken again leaves its old run
+    lazily and joins a new one when freed again), so eviction walks the queue exactly in
+    least-recently-freed order. Work per block is a list access, not a dict entry.
+    """
 
     def __init__(self, block_size: int) -> None:
         self.block = block_size
-        self.ref: dict[int, int] = {}  # key -> running sequences holding the block
-        # keys with ref 0, least recently freed first (an OrderedDict: popping its front is
-        # O(1), where a dict's first key gets slower to find after many front deletions)
-        self.free: OrderedDict[int, bool] = OrderedDict()
-        self.held: dict[int, list[int]] = {}  # request -> keys it references
-        self.keys_of: dict[int, list[int]] = {}  # request -> keys of its full prompt blocks
-        self.progress: dict[int, int] = {}  # running request -> its keys handled so far
+        self.prompts: dict[int, _Prompt] = {}  # request -> its prompt's block groups
+        self.held: dict[int, list[int]] = {}  # request -> runs it references (base, lo, hi)
+        self.progress: dict[int, int] = {}  # running request -> its blocks handled so far
         self.shared = 0  # sum over held blocks of (holders - 1)
+        self.num_free = 0  # cached blocks no running sequence holds
         self.num_queries = 0  # prompt tokens looked up (every admission, recomputes too)
         self.num_hits = 0  # of those, tokens found cached
         self.num_evictions = 0  # cached blocks evicted
         self.epoch = 0  # bumped whenever a lookup's answer may change
+        self._ref: list[int] = []
+        self._stamp: list[int] = []
+        self._bases: dict[int, dict[int, int]] = {}  # group size -> group key -> first slot
+        self._present: dict[int, int] = {}  # first slot -> cached blocks of its group
+        self._owner: dict[int, tuple[int, int]] = {}  # first slot -> (group size, key)
+        self._spare: dict[int, list[int]] = {}  # group size -> first slots to reuse
+        self._free: deque[tuple[int, int, int, int]] = deque()
+        self._releases = 0
         self._memo_i = -1
         self._memo_epoch = -1
         self._memo_len = -1
         self._memo = (0, 0)
 
+    def add(self, i: int, block_ids: list[int], block_tokens: int, prompt_tokens: int) -> None:
+        """Request ``i``'s prompt carries ``block_ids`` of ``block_tokens`` tokens each."""
+        engine = self.block
+        if block_tokens > engine:
+            check_block_sizes(block_tokens, engine)
+            group = block_tokens // engine
+            covered = min(prompt_tokens, len(block_ids) * block_tokens)
+            num_blocks = covered // engine
+            num_groups = -(-num_blocks // group)
+            keys = list(chain_keys(block_ids[:num_groups]))
+        else:
+            group = 1
+            keys = block_keys(block_ids, block_tokens, engine, prompt_tokens)
+            num_blocks = len(keys)
+        self.prompts[i] = _Prompt(keys, group, num_blocks)
+
     def match(self, i: int, prefill_len: int) -> tuple[int, int]:
         """(blocks hit, of which held by a running sequence) for ``i`` prefilling ``prefill_len``.
 
-        The hit is the longest cached prefix of ``i``'s keys, at most all but its last
+        The hit is the longest cached prefix of ``i``'s blocks, at most all but its last
         token. Blocks held by another sequence cost no new memory; free cached ones do
         (they leave the free list).
         """
         if i == self._memo_i and self.epoch == self._memo_epoch and prefill_len == self._memo_len:
             return self._memo
-        keys = self.keys_of.get(i)
+        prompt = self.prompts.get(i)
         hit = shared = 0
-        if keys is not None:
-            most = (prefill_len - 1) // self.block
-            ref = self.ref
-            for key in keys:
-                if hit >= most:
-                    break
-                r = ref.get(key)
-                if r is None:
-                    break
-                hit += 1
-                if r > 0:
-                    shared += 1
+        if prompt is not None:
+            most = min((prefill_len - 1) // self.block, prompt.num_blocks)
+            group = prompt.group
+            bases = self._bases.get(group)
+            ref = self._ref
+            if bases is not None:
+                for key in prompt.keys:
+                    if hit >= most:
+                        break
+                    base = bases.get(key)
+                    if base is None:
+                        break
+                    end = base + min(group, most - hit)
+                    s = base
+                    while s < end:
+                        r = ref[s]
+                        if r < 0:
+                            break
+                        if r > 0:
+                            shared += 1
+                        s += 1
+                    hit += s - base
+                    if s < end:
+                        break
         self._memo_i, self._memo_epoch, self._memo_len = i, self.epoch, prefill_len
         self._memo = (hit, shared)
         return self._memo
@@ -124,48 +192,102 @@ class PrefixCache:
         """``i`` is admitted with ``hit`` blocks cached: reference them; return shared ones."""
         self.num_queries += prefill_len
         self.num_hits += hit * self.block
-        keys = self.keys_of.get(i)
-        if keys is None:
+        prompt = self.prompts.get(i)
+        if prompt is None:
             return 0
-        ref, free = self.ref, self.free
-        held = keys[:hit]
-        newly_shared = 0
-        for key in held:
-            r = ref[key]
-            if r == 0:
-                del free[key]
-            else:
-                newly_shared += 1
-            ref[key] = r + 1
+        held: list[int] = []
+        newly_shared = freed = 0
+        if hit > 0:
+            group = prompt.group
+            bases = self._bases[group]
+            ref = self._ref
+            left = hit
+            for key in prompt.keys:
+                if left <= 0:
+                    break
+                n = min(group, left)
+                base = bases[key]
+                for s in range(base, base + n):
+                    r = ref[s]
+                    if r == 0:
+                        freed += 1
+                    else:
+                        newly_shared += 1
+                    ref[s] = r + 1
+                held.extend((base, 0, n - 1))
+                left -= n
         self.held[i] = held
         self.progress[i] = hit
+        self.num_free -= freed
         self.shared += newly_shared
         self.epoch += 1
         return newly_shared
 
     def register(self, i: int, computed_tokens: int) -> None:
         """``i`` has computed ``computed_tokens`` prompt tokens: cache its full blocks."""
-        keys = self.keys_of.get(i)
-        if keys is None:
+        prompt = self.prompts.get(i)
+        if prompt is None:
             return
-        upto = computed_tokens // self.block
-        if upto > len(keys):
-            upto = len(keys)
+        upto = min(computed_tokens // self.block, prompt.num_blocks)
         start = self.progress[i]
         if upto <= start:
             return
         self.progress[i] = upto
-        held, ref = self.held[i], self.ref
-        new = keys[start:upto]
-        if any(map(ref.__contains__, new)):
-            for key in new:
-                if key not in ref:  # cached by another sequence meanwhile: this copy stays private
-                    ref[key] = 1
-                    held.append(key)
-        else:  # the common case, in bulk
-            ref.update(zip(new, repeat(1)))
-            held.extend(new)
+        group = prompt.group
+        keys = prompt.keys
+        held, ref = self.held[i], self._ref
+        for j in range(start // group, (upto - 1) // group + 1):
+            base = self._base(keys[j], group)
+            first = j * group
+            k0, k1 = max(start - first, 0), min(upto - first, group)
+            if max(ref[base + k0 : base + k1]) < 0:  # the common case: none cached, in bulk
+                ref[base + k0 : base + k1] = [1] * (k1 - k0)
+                added = k1 - k0
+                if held and held[-3] == base and held[-1] == k0 - 1:
+                    held[-1] = k1 - 1
+                else:
+                    held.extend((base, k0, k1 - 1))
+            else:
+                added = self._register_each(held, base, k0, k1)
+            if added:
+                self._present[base] += added
         self.epoch += 1
+
+    def _register_each(self, held: list[int], base: int, k0: int, k1: int) -> int:
+        """Take blocks ``k0..k1-1`` of the group at ``base`` one by one; return how many."""
+        ref = self._ref
+        added = 0
+        for k in range(k0, k1):
+            s = base + k
+            if ref[s] >= 0:  # cached by another sequence meanwhile: this copy stays private
+                continue
+            ref[s] = 1
+            added += 1
+            if held and held[-3] == base and held[-1] == k - 1:
+                held[-1] = k
+            else:
+                held.extend((base, k, k))
+        return added
+
+    def _base(self, key: int, group: int) -> int:
+        """First slot of the group ``key`` (of ``group`` blocks), taken if it has none yet."""
+        bases = self._bases.get(group)
+        if bases is None:
+            bases = self._bases[group] = {}
+        base = bases.get(key)
+        if base is not None:
+            return base
+        spare = self._spare.get(group)
+        if spare:
+            base = spare.pop()
+        else:
+            base = len(self._ref)
+            self._ref.extend([-1] * group)
+            self._stamp.extend([0] * group)
+        bases[key] = base
+        self._present[base] = 0
+        self._owner[base] = (group, key)
+        return base
 
     def release(self, i: int) -> int:
         """``i`` stops running: drop its references, tail first; return blocks unshared."""
@@ -173,37 +295,120 @@ class PrefixCache:
         if held is None:
             return 0
         del self.progress[i]
-        ref, free = self.ref, self.free
-        unshared = 0
-        held.reverse()
-        if max(map(ref.__getitem__, held), default=1) == 1:  # no one else holds any: in bulk
-            ref.update(zip(held, repeat(0)))
-            free.update(zip(held, repeat(True)))
-        else:
-            for key in held:
-                r = ref[key]
+        self._releases += 1
+        now = self._releases
+        ref, stamp, free = self._ref, self._stamp, self._free
+        unshared = freed = 0
+        at = len(held) - 3
+        while at >= 0:
+            base, lo, hi = held[at], held[at + 1], held[at + 2]
+            at -= 3
+            before = freed
+            s = base + hi
+            end = base + lo
+            if max(ref[end : s + 1]) == 1:  # no one else holds any: in bulk
+                ref[end : s + 1] = [0] * (s + 1 - end)
+                stamp[end : s + 1] = [now] * (s + 1 - end)
+                freed += s + 1 - end
+                s = end - 1
+            while s >= end:
+                r = ref[s]
                 if r == 1:
-                    ref[key] = 0
-                    free[key] = True
+                    ref[s] = 0
+                    stamp[s] = now
+                    freed += 1
                 else:
-                    ref[key] = r - 1
+                    ref[s] = r - 1
                     unshared += 1
+                s -= 1
+            if freed > before:
+                free.append((base, hi, lo, now))
+        self.num_free += freed
         self.shared -= unshared
         self.epoch += 1
         return unshared
 
     def forget(self, i: int) -> None:
-        """``i`` left the engine for good: drop its keys."""
-        self.keys_of.pop(i, None)
+        """``i`` left the engine for good: drop its prompt."""
+        self.prompts.pop(i, None)
 
     def evict(self, room: int) -> None:
         """Evict free cached blocks, least recently freed first, until at most ``room`` remain."""
-        free = self.free
-        over = len(free) - (room if room > 0 else 0)
+        over = self.num_free - (room if room > 0 else 0)
         if over <= 0:
             return
-        gone = list(islice(free, over))
-        deque(map(free.__delitem__, gone), maxlen=0)  # in bulk, oldest first
-        deque(map(self.ref.__delitem__, gone), maxlen=0)
+        self.num_free -= over
         self.num_evictions += over
         self.epoch += 1
+        ref, stamp, free = self._ref, self._stamp, self._free
+        while over > 0:
+            base, hi, lo, when = free[0]
+            k = hi
+            gone = 0
+            a, b = base + lo, base + hi + 1
+            if max(ref[a:b]) == 0 and min(stamp[a:b]) == when == max(stamp[a:b]):
+                gone = min(over, b - a)  # the whole run is still free: its top, in bulk
+                ref[b - gone : b] = [-1] * gone
+                over -= gone
+                k = hi - gone
+            while k >= lo and over > 0:
+                s = base + k
+                if ref[s] == 0 and stamp[s] == when:
+                    ref[s] = -1
+                    gone += 1
+                    over -= 1
+                k -= 1
+            if gone:
+                self._drop(base, gone)
+            if k < lo:
+                free.popleft()
+            else:
+                free[0] = (base, k, lo, when)
+
+    def _drop(self, base: int, gone: int) -> None:
+        """``gone`` blocks of the group at ``base`` were evicted; free its slots once empty."""
+        left = self._present[base] - gone
+        if left > 0:
+            self._present[base] = left
+            return
+        del self._present[base]
+        group, key = self._owner.pop(base)
+        del self._bases[group][key]
+        self._spare.setdefault(group, []).append(base)
+
+    # ------------------------------------------------------------- inspection (tests, debugging)
+
+    def _names(self) -> dict[int, tuple[int, int, int]]:
+        """Slot -> (group size, group key, block within the group) of every group's slots."""
+        names: dict[int, tuple[int, int, int]] = {}
+        for base, (group, key) in self._owner.items():
+            for k in range(group):
+                names[base + k] = (group, key, k)
+        return names
+
+    def cached(self) -> dict[tuple[int, int, int], int]:
+        """Every cached block, named (group size, group key, block), with its holders."""
+        names = self._names()
+        return {name: self._ref[s] for s, name in names.items() if self._ref[s] >= 0}
+
+    def free_order(self) -> list[tuple[int, int, int]]:
+        """The free cached blocks, least recently freed (next evicted) first."""
+        names = self._names()
+        order: list[tuple[int, int, int]] = []
+        for base, hi, lo, when in self._free:
+            for s in range(base + hi, base + lo - 1, -1):
+                if self._ref[s] == 0 and self._stamp[s] == when:
+                    order.append(names[s])
+        return order
+
+    def holdings(self) -> dict[int, list[tuple[int, int, int]]]:
+        """Running request -> the blocks it holds a reference on, in prompt order."""
+        names = self._names()
+        out: dict[int, list[tuple[int, int, int]]] = {}
+        for i, runs in self.held.items():
+            blocks: list[tuple[int, int, int]] = []
+            for at in range(0, len(runs), 3):
+                base, lo, hi = runs[at], runs[at + 1], runs[at + 2]
+                blocks.extend(names[base + k] for k in range(lo, hi + 1))
+            out[i] = blocks
+        return out

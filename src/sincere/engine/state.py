@@ -199,13 +199,13 @@ class BatchState:
             self.pre_done_sum += hit * block
             if first:
                 self.records.cached_tokens[i] = hit * block
-        if cache is not None and cache.free:
+        if cache is not None and cache.num_free:
             self.evict()
 
     def evict(self) -> None:
         """Evict cached free blocks the distinct blocks in use now need the room of."""
         cache = self.cache
-        if cache is not None and cache.free:
+        if cache is not None and cache.num_free:
             cache.evict(self.num_blocks - self.pre_blocks - self.dec.total(self.step))
 
     def prefix_hit(self, i: int) -> tuple[int, int]:
