@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from sincere.experiment.metrics import utilization_timeline
 from sincere.experiment.paths import format_value
 from sincere.experiment.results import Results, Row, key, mean_of
+from sincere.experiment.tables import has_prefix_cache
 
 STYLES = ("-", "--", ":", "-.")
 Fixed = dict[str, Any]
@@ -338,6 +339,54 @@ def model_switches(results: Results, path: Path) -> Path | None:
     return _save(fig, path, f"model switches ({_title(results, base, [])}; mean over seeds)")
 
 
+def prefix_cache_gain(results: Results, path: Path) -> Path | None:
+    """Goodput and TTFT p50 per strategy with each env side by side, one column of panels
+    per traffic pattern; only for results with a prefix-cache hit rate (the env axis is
+    then caching on / off, so the bars show the gain from caching)."""
+    if not has_prefix_cache(results):
+        return None
+    t_axis, traffics = _labels(results, "traffic")
+    s_axis, strategies = _labels(results, "strategy")
+    e_axis, envs = _labels(results, "env")
+    base = results.slice_except(t_axis, s_axis, e_axis)
+    metrics = (("goodput_rps", "goodput (req/s)"), ("ttft_s.p50", "TTFT p50 (s)"))
+    fig, grid = plt.subplots(
+        len(metrics), len(traffics), figsize=(4.6 * len(traffics), 6.4), squeeze=False
+    )
+    width = 0.8 / max(1, len(envs))
+    for col, traffic in enumerate(traffics):
+        for row, (metric, ylabel) in enumerate(metrics):
+            ax = grid[row][col]
+            for j, env in enumerate(envs):
+                heights = [
+                    mean_of(
+                        results.select(
+                            _fix(_fix(_fix(base, t_axis, traffic), s_axis, s), e_axis, env)
+                        ),
+                        metric,
+                    )
+                    for s in strategies
+                ]
+                xs = [i - 0.4 + width * (j + 0.5) for i in range(len(strategies))]
+                ax.bar(
+                    [x for x, h in zip(xs, heights, strict=True) if h is not None],
+                    [h for h in heights if h is not None],
+                    width,
+                    color=_color(j),
+                    label=format_value(env) if env is not None else "all",
+                )
+            ax.set_xticks(range(len(strategies)))
+            ax.set_xticklabels(
+                [format_value(s) for s in strategies], rotation=30, ha="right", fontsize=7
+            )
+            ax.set_ylabel(ylabel)
+            ax.set_title(format_value(traffic) if traffic is not None else "")
+            ax.grid(alpha=0.3, axis="y")
+    return _save(
+        fig, path, f"Gain from prefix caching ({_title(results, base, [])}; mean over seeds)"
+    )
+
+
 FigureFn = Callable[[Results, Path], Path | None]
 
 
@@ -370,6 +419,11 @@ def all_figures(results: Results, folder: Path) -> list[tuple[str, Path]]:
         ),
         ("GPU utilisation over time", "utilization_over_time.png", utilization_over_time),
         ("Model switches", "model_switches.png", model_switches),
+        (
+            "Gain from prefix caching: goodput and TTFT p50 per strategy, each env side by side",
+            "prefix_cache_gain.png",
+            prefix_cache_gain,
+        ),
     ]
     out = []
     for caption, name, draw in specs:

@@ -28,6 +28,7 @@ from sincere.experiment.tables import (
     capacity_table,
     delta_table,
     failed_rows,
+    prefix_cache_table,
     summary_table,
 )
 
@@ -166,7 +167,12 @@ def build_blocks(
     """The report's blocks and the tables they print."""
     tables = [
         t
-        for t in (summary_table(results), delta_table(results), capacity_table(results))
+        for t in (
+            summary_table(results),
+            delta_table(results),
+            capacity_table(results),
+            prefix_cache_table(results),
+        )
         if t is not None
     ]
     blocks = _intro(results)

@@ -260,6 +260,43 @@ def capacity_table(results: Results, threshold: float = CAPACITY_THRESHOLD) -> T
     return table
 
 
+PREFIX_HIT_RATE = "prefix_cache.hit_rate"
+"""The results column that marks a study of prefix caching (cells with a prefix cache)."""
+PREFIX_CACHE_COLUMNS = (
+    ("prefix hit rate", PREFIX_HIT_RATE),
+    ("TTFT p50 (s)", "ttft_s.p50"),
+    ("TTFT p99 (s)", "ttft_s.p99"),
+    ("goodput (req/s)", "goodput_rps"),
+)
+
+
+def has_prefix_cache(results: Results) -> bool:
+    """Whether any finished cell reports a prefix-cache hit rate."""
+    return mean_of(results.ok_rows, PREFIX_HIT_RATE) is not None
+
+
+def prefix_cache_table(results: Results) -> TableData | None:
+    """Hit rate, TTFT and goodput per traffic x strategy x env (reference slice).
+
+    Only for results that carry ``prefix_cache.hit_rate`` (:func:`has_prefix_cache`).
+    """
+    if not has_prefix_cache(results):
+        return None
+    keys = _key_axes(results, "traffic", "strategy", "env")
+    fixed = results.slice_except(*keys)
+    columns = [Column(h, m, "mean") for h, m in PREFIX_CACHE_COLUMNS]
+    note = (
+        "mean over seeds; prefix hit rate = share of the prompt tokens found cached when "
+        "each request was first admitted (0 or – where caching was off)"
+    )
+    table = TableData("Prefix caching: hit rate, TTFT and goodput", note, keys, fixed, columns)
+    for combo in _combos(results, keys):
+        rows = results.select({**fixed, **dict(zip(keys, combo, strict=True))})
+        if rows:
+            table.rows.append((combo, [mean_of(rows, c.metric) for c in columns]))
+    return table
+
+
 def failed_rows(results: Results) -> list[Row]:
     """Rows of failed cells."""
     return [r for r in results.rows if r.get("status") != "ok"]
