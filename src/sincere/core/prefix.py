@@ -128,9 +128,21 @@ def pseudo_tokens(text: str) -> list[int]:
 def text_block_ids(
     text: str, block_tokens: int, token_ids: Sequence[int] | None = None
 ) -> tuple[int, ...]:
-    """Block ids of live prompt text: from its token ids when known, else pseudo-tokens."""
-    tokens = list(token_ids) if token_ids is not None else pseudo_tokens(text)
-    return token_block_ids(tokens, block_tokens)
+    """Block ids of live prompt text: from its token ids when known, else from its UTF-8
+    bytes in blocks of ``block_tokens`` pseudo-tokens (one hash per block: this runs on the
+    gateway's and the emulator's request path, so it must cost microseconds, not a loop
+    over every token)."""
+    if token_ids is not None:
+        return token_block_ids(token_ids, block_tokens)
+    if block_tokens < 1:
+        raise ConfigError("block_tokens must be >= 1", value=block_tokens, allowed=">= 1")
+    data = text.encode("utf-8")
+    step = block_tokens * CHARS_PER_PSEUDO_TOKEN
+    blake2b = hashlib.blake2b
+    return tuple(
+        int.from_bytes(blake2b(data[i : i + step], digest_size=8).digest(), "little") & _MASK63
+        for i in range(0, len(data), step)
+    )
 
 
 __all__ = [
