@@ -27,6 +27,23 @@ def interrupt(process: subprocess.Popen[Any]) -> None:
         process.wait(timeout=10)
 
 
+# The catalog models added with mixture-of-experts, MLA and sliding windows (and three new
+# dense ones): every verb is tested on each.
+NEW_MODELS = (
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+    "qwen3-235b-a22b",
+    "deepseek-v3",
+    "deepseek-r1",
+    "gpt-oss-20b",
+    "gpt-oss-120b",
+    "llama-4-scout",
+    "qwen3-8b",
+    "qwen3-32b",
+    "llama-3.3-70b",
+)
+
+
 @pytest.fixture
 def stop_child() -> Callable[[subprocess.Popen[Any]], None]:
     """``stop_child(process)``: Ctrl-C to a child this test started, then kill (see

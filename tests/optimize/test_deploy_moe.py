@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.conftest import NEW_MODELS
 from typer.testing import CliRunner
 
 from sincere.catalog import get_model
@@ -13,19 +14,6 @@ from sincere.optimize.deploy import DeployRequest, enumerate_configs
 
 _register()
 runner = CliRunner()
-NEW_MODELS = (
-    "mixtral-8x7b",
-    "qwen3-30b-a3b",
-    "qwen3-235b-a22b",
-    "deepseek-v3",
-    "deepseek-r1",
-    "gpt-oss-20b",
-    "gpt-oss-120b",
-    "llama-4-scout",
-    "qwen3-8b",
-    "qwen3-32b",
-    "llama-3.3-70b",
-)
 
 
 def test_moe_configurations_span_tp_ep_and_precision() -> None:

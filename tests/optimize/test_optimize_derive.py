@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import NEW_MODELS
 from typer.testing import CliRunner
 
 from sincere.catalog import get_accelerator, get_model
@@ -20,19 +21,6 @@ from sincere.perf import Deployment, Roofline
 _register()
 runner = CliRunner()
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plan" / "gpt-oss"
-NEW_MODELS = (
-    "mixtral-8x7b",
-    "qwen3-30b-a3b",
-    "qwen3-235b-a22b",
-    "deepseek-v3",
-    "deepseek-r1",
-    "gpt-oss-20b",
-    "gpt-oss-120b",
-    "llama-4-scout",
-    "qwen3-8b",
-    "qwen3-32b",
-    "llama-3.3-70b",
-)
 
 
 def test_fit_line_reports_its_errors() -> None:

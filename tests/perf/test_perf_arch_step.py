@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.conftest import NEW_MODELS
 
 from sincere.catalog import get_accelerator, get_model
 from sincere.core.errors import ConfigError
@@ -10,19 +11,6 @@ from sincere.perf import Batch, Deployment, Roofline
 from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.moe import expected_distinct_experts
 
-NEW_MODELS = (
-    "mixtral-8x7b",
-    "qwen3-30b-a3b",
-    "qwen3-235b-a22b",
-    "deepseek-v3",
-    "deepseek-r1",
-    "gpt-oss-20b",
-    "gpt-oss-120b",
-    "llama-4-scout",
-    "qwen3-8b",
-    "qwen3-32b",
-    "llama-3.3-70b",
-)
 BATCHES = (
     Batch.of(decode=[512]),
     Batch.of(decode=[512] * 64),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.conftest import NEW_MODELS
 from typer.testing import CliRunner
 
 import sincere.cli.step  # noqa: F401  (registers the command)
@@ -129,21 +130,6 @@ def test_an_empty_batch_is_refused() -> None:
     result = runner.invoke(app, ["step", "llama-3-8b", "--accelerator", "A100"])
     assert isinstance(result.exception, ConfigError)
     assert "at least one --prefill or --decode" in str(result.exception)
-
-
-NEW_MODELS = (
-    "mixtral-8x7b",
-    "qwen3-30b-a3b",
-    "qwen3-235b-a22b",
-    "deepseek-v3",
-    "deepseek-r1",
-    "gpt-oss-20b",
-    "gpt-oss-120b",
-    "llama-4-scout",
-    "qwen3-8b",
-    "qwen3-32b",
-    "llama-3.3-70b",
-)
 
 
 def _step_json(*args: str) -> dict[str, object]:

@@ -7,24 +7,11 @@ import asyncio
 
 import aiohttp
 import pytest
+from tests.conftest import NEW_MODELS
 
 from sincere.catalog import get_model
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.server import EmulatorServer
-
-NEW_MODELS = (
-    "mixtral-8x7b",
-    "qwen3-30b-a3b",
-    "qwen3-235b-a22b",
-    "deepseek-v3",
-    "deepseek-r1",
-    "gpt-oss-20b",
-    "gpt-oss-120b",
-    "llama-4-scout",
-    "qwen3-8b",
-    "qwen3-32b",
-    "llama-3.3-70b",
-)
 
 
 @pytest.mark.parametrize("model", NEW_MODELS)

@@ -4,24 +4,11 @@ roofline unchanged."""
 from __future__ import annotations
 
 import pytest
+from tests.conftest import NEW_MODELS
 
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
 from sincere.sim import SimulationConfig, simulate
-
-NEW_MODELS = (
-    "mixtral-8x7b",
-    "qwen3-30b-a3b",
-    "qwen3-235b-a22b",
-    "deepseek-v3",
-    "deepseek-r1",
-    "gpt-oss-20b",
-    "gpt-oss-120b",
-    "llama-4-scout",
-    "qwen3-8b",
-    "qwen3-32b",
-    "llama-3.3-70b",
-)
 
 
 def _config(model: str, **instance: object) -> SimulationConfig:
