@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from sincere.core.config import TierConfig, read_yaml, validate_config
@@ -409,8 +410,23 @@ def generate(
     t = process.times(arrival_rng, num_requests=config.num_requests, duration_s=config.duration_s)
     if config.sessions is not None:
         return _sessions(config, config.sessions, t, base_dir, length_rng, model_rng, tier_rng)
-    n = len(t)
-    prompt, output = config.lengths.build(base_dir).sample(length_rng, n)
+    prompt, output = config.lengths.build(base_dir).sample(length_rng, len(t))
+    return _assemble(config, np.asarray(t, dtype=np.float64), prompt, output, model_rng, tier_rng)
+
+
+def _assemble(
+    config: WorkloadConfig,
+    arrival_at: npt.NDArray[np.float64],
+    prompt: npt.NDArray[np.int64],
+    output: npt.NDArray[np.int64],
+    model_rng: np.random.Generator,
+    tier_rng: np.random.Generator,
+    **content: Any,
+) -> RequestArrays:
+    """Requests from their arrivals and lengths: outputs capped by the workload's
+    ``max_tokens``, models and tiers drawn from its mixes; ``content``: block ids, their
+    size and sessions, where the source has them."""
+    n = len(arrival_at)
     if config.max_tokens is not None:
         output = np.minimum(output, config.max_tokens)
         max_tokens = np.full(n, config.max_tokens, dtype=np.int64)
@@ -419,7 +435,7 @@ def generate(
     mix, tiers = config.model_mix(), config.tier_mix()
     tier = tiers.sample(tier_rng, n)
     return RequestArrays(
-        arrival_at=np.asarray(t, dtype=np.float64),
+        arrival_at=arrival_at,
         prompt_tokens=prompt,
         output_tokens=output,
         max_tokens=max_tokens,
@@ -429,6 +445,7 @@ def generate(
         budget_usd=np.full(n, np.nan),
         models=mix.models,
         tiers=tiers.tiers,
+        **content,
     )
 
 
@@ -451,24 +468,13 @@ def _sessions(
         n = config.num_requests
     if config.duration_s is not None:
         n = int(np.searchsorted(got.arrival_at[:n], config.duration_s, side="left"))
-    output = got.output_tokens[:n]
-    max_tokens = output.copy()
-    if config.max_tokens is not None:
-        output = np.minimum(output, config.max_tokens)
-        max_tokens = np.full(n, config.max_tokens, dtype=np.int64)
-    mix, tiers = config.model_mix(), config.tier_mix()
-    tier = tiers.sample(tier_rng, n)
-    return RequestArrays(
-        arrival_at=got.arrival_at[:n],
-        prompt_tokens=got.prompt_tokens[:n],
-        output_tokens=output,
-        max_tokens=max_tokens,
-        model=mix.sample(model_rng, n),
-        tier=tier,
-        priority=tiers.priorities[tier],
-        budget_usd=np.full(n, np.nan),
-        models=mix.models,
-        tiers=tiers.tiers,
+    return _assemble(
+        config,
+        got.arrival_at[:n],
+        got.prompt_tokens[:n],
+        got.output_tokens[:n],
+        model_rng,
+        tier_rng,
         block_ids=got.block_ids[:n],
         block_tokens=shape.block_tokens,
         sessions=got.sessions[:n],
