@@ -11,14 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sincere.core.errors import ConfigError
-from sincere.optimize.pd_input import compare, load_plan_input
+from sincere.optimize.pd_input import LENGTH_SAMPLE, compare, load_plan_input
 from sincere.optimize.pd_plan import (
     Candidate,
     PDLoad,
     PDTargets,
     busy_sequences,
+    deployment,
     erlang_c,
+    phase_times,
     plan_pd,
+    predict_prefill,
 )
 from sincere.optimize.solvers import PoolChoice, solve_pools
 from sincere.perf.factory import StepModelConfig
@@ -186,3 +189,30 @@ def test_compare_reports_both_and_the_cheaper() -> None:
     assert cmp.saving == pytest.approx((dearer - cheaper) / dearer)
     alone = compare(load_plan_input({k: v for k, v in BASE.items() if k != "disaggregation"}))
     assert alone.disaggregated is None and alone.winner == "colocated"
+
+
+def test_prompt_sample_gives_the_mg1_wait() -> None:
+    """Prompts of 500 and 1500 tokens (50 and 150 ms) at 5 req/s: E[S²] = 12,500 ms², so
+    W = λ·E[S²]/(2(1 − ρ)) = 62.5 ms and TTFT = 162.5 ms, against 150 ms for fixed 1000."""
+    dep = deployment("llama-3-8b", H100[0])
+    step = LINEAR.build(dep)
+    mixed = phase_times(dep, step, PDLoad(5.0, 1000, 101, (500, 1500)), FAST_LINK)
+    fixed = phase_times(dep, step, PDLoad(5.0, 1000, 101), FAST_LINK)
+    assert mixed is not None and fixed is not None
+    assert predict_prefill(mixed, 5.0).ttft_ms == pytest.approx(162.5, rel=1e-6)
+    assert predict_prefill(fixed, 5.0).ttft_ms == pytest.approx(150.0, rel=1e-6)
+
+
+def test_lengths_block_gives_means_and_a_prompt_sample() -> None:
+    """A load given as a lengths block is planned on its sampled means and prompt sample."""
+    lengths = {
+        "prompt": {"kind": "uniform", "low": 500, "high": 1500},
+        "output": {"kind": "fixed", "tokens": 101},
+    }
+    inp = load_plan_input({**BASE, "load": {"rate_per_s": 2.0, "lengths": lengths}})
+    load = inp.pd_load()
+    assert load.prompt_tokens == pytest.approx(1000, abs=15) and load.output_tokens == 101
+    assert len(load.prompt_sample) == LENGTH_SAMPLE
+    assert load == inp.pd_load()  # seeded: the same sample every time
+    with pytest.raises(ConfigError, match="lengths"):
+        load_plan_input({**BASE, "load": {"rate_per_s": 2.0}})

@@ -49,7 +49,7 @@ def _workload(inp: PlanInput, num_requests: int) -> dict[str, Any]:
         "kind": "independent",
         "prompt": {"kind": "fixed", "tokens": inp.load.prompt_tokens},
         "output": {"kind": "fixed", "tokens": inp.load.output_tokens},
-    }
+    }  # without a lengths block both token counts are given (LoadConfig checks)
     return {
         "num_requests": num_requests,
         "arrival": {"kind": "poisson", "rate": inp.load.rate_per_s},
@@ -79,7 +79,7 @@ def pd_sim_config(
     inp: PlanInput, plan: PDPlan, num_requests: int = 300, seed: int = 0
 ) -> dict[str, Any]:
     """The simulation of ``plan`` (module docstring)."""
-    budget = inp.load.prompt_tokens if inp.load.lengths is None else DEFAULT_ENGINE_TOKENS
+    budget = plan.load.prompt_tokens if inp.load.lengths is None else DEFAULT_ENGINE_TOKENS
     prefill = {"kind": "continuous", "scheduler": "fcfs", "max_num_seqs": 64}
     prefill["max_num_batched_tokens"] = budget
     batch = plan.decode.batch
@@ -104,7 +104,7 @@ def colocated_sim_config(
 ) -> dict[str, Any]:
     """The simulation of the colocated plan: ``count`` instances, ``max_num_seqs`` = its
     batch, a token budget holding a whole prompt beside the batch's decodes."""
-    budget = max(DEFAULT_ENGINE_TOKENS, inp.load.prompt_tokens + plan.batch)
+    budget = max(DEFAULT_ENGINE_TOKENS, (inp.load.prompt_tokens or 0) + plan.batch)
     engine = {"kind": "continuous", "scheduler": "fcfs", "max_num_seqs": plan.batch}
     engine["max_num_batched_tokens"] = budget
     inst = _instance(inp, plan.candidate.accelerator, plan.candidate.tp, plan.count)

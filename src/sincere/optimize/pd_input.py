@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
@@ -51,24 +52,35 @@ from sincere.optimize.pd_plan import (
     plan_pd,
 )
 from sincere.optimize.plan import solve
-from sincere.optimize.queueing import DecodePrefillParams
+from sincere.optimize.queueing import DecodePrefillParams, IntArray
 from sincere.optimize.sizing import Targets
 from sincere.perf.factory import StepModelConfig
 from sincere.sim.config import KvLinkConfig
+from sincere.workload.config import LengthsConfig
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 CENTS = 100.0
+LENGTH_SAMPLE = 4000
+"""Prompt lengths drawn from a ``lengths`` block for the prefill queue's moments."""
 
 
 class LoadConfig(BaseModel):
-    """Poisson arrivals and mean lengths; ``lengths`` (a simulation ``lengths:`` block)
-    is what the cross-check simulates instead of fixed means."""
+    """Poisson arrivals and lengths: fixed ``prompt_tokens`` / ``output_tokens``, or a
+    simulation ``lengths:`` block (``{kind: trace, source: azure-conv-2023, ...}``), whose
+    means the planner takes where the tokens are not given and whose prompt lengths it
+    samples (:data:`LENGTH_SAMPLE` draws, seed 0) for the prefill queue."""
 
     model_config = _FROZEN
     rate_per_s: float = Field(gt=0)
-    prompt_tokens: int = Field(ge=1)
-    output_tokens: int = Field(ge=2)
+    prompt_tokens: int | None = Field(None, ge=1)
+    output_tokens: int | None = Field(None, ge=2)
     lengths: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _lengths_given(self) -> LoadConfig:
+        if self.lengths is None and (self.prompt_tokens is None or self.output_tokens is None):
+            raise ValueError("give prompt_tokens and output_tokens, or a lengths block")
+        return self
 
 
 class SloConfig(BaseModel):
@@ -110,13 +122,32 @@ class PlanInput(BaseModel):
     disaggregation: PDPlanConfig | None = None
 
     def pd_load(self) -> PDLoad:
-        return PDLoad(self.load.rate_per_s, self.load.prompt_tokens, self.load.output_tokens)
+        """The load the planner sizes for (lengths sampled once, deterministically)."""
+        load = self.load
+        if load.lengths is None:
+            return PDLoad(
+                load.rate_per_s, int(load.prompt_tokens or 0), int(load.output_tokens or 0)
+            )
+        prompts, outputs = sample_lengths(load.lengths)
+        p = load.prompt_tokens or max(1, round(float(np.mean(prompts))))
+        o = load.output_tokens or max(2, round(float(np.mean(outputs))))
+        return PDLoad(load.rate_per_s, p, o, tuple(int(n) for n in prompts))
 
     def targets(self) -> PDTargets:
         return PDTargets(self.slo.ttft_ms, self.slo.tpot_ms)
 
     def shapes(self) -> list[Candidate]:
         return [Candidate(c.accelerator, c.tp) for c in self.candidates]
+
+
+def sample_lengths(lengths: dict[str, Any]) -> tuple[IntArray, IntArray]:
+    """:data:`LENGTH_SAMPLE` (prompt, output) pairs of a ``lengths`` block, seed 0."""
+    try:
+        joint = LengthsConfig.model_validate(lengths).build()
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise ConfigError("load.lengths is not a valid lengths block", value=str(exc)) from None
+    prompts, outputs = joint.sample(np.random.default_rng(0), LENGTH_SAMPLE)
+    return prompts, outputs
 
 
 def load_plan_input(source: str | Path | dict[str, Any]) -> PlanInput:
@@ -177,13 +208,16 @@ def _acc_name(cand: Candidate) -> str:
     return cand.accelerator if cand.tp == 1 else f"{cand.accelerator}-tp{cand.tp}"
 
 
-def colocated_problem(inp: PlanInput) -> tuple[Problem, dict[str, Candidate]]:
+def colocated_problem(
+    inp: PlanInput, load: PDLoad | None = None
+) -> tuple[Problem, dict[str, Candidate]]:
     """The planner's problem for the same load and targets, and each accelerator name's
     shape (shapes the model does not fit are left out)."""
     accs: dict[str, AcceleratorSpec] = {}
     models: dict[tuple[str, str], ModelPerf] = {}
     shapes: dict[str, Candidate] = {}
-    p, o = inp.load.prompt_tokens, inp.load.output_tokens
+    pd_load = load or inp.pd_load()
+    p, o = pd_load.prompt_tokens, pd_load.output_tokens
     for cand in inp.shapes():
         dep = deployment(inp.model, cand, inp.precision, inp.kv_precision)
         name = _acc_name(cand)
@@ -207,21 +241,21 @@ def colocated_problem(inp: PlanInput) -> tuple[Problem, dict[str, Candidate]]:
         )
         shapes[name] = cand
     targets = Targets(ttft_ms=inp.slo.ttft_ms, itl_ms=inp.slo.tpot_ms)
-    load = Load(inp.load.rate_per_s * 60.0, float(p), float(o))
+    offered = Load(inp.load.rate_per_s * 60.0, float(p), float(o))
     problem = Problem(
         accs,
         models,
         {"slo": ServiceClass("slo", 1, {inp.model: targets})},
-        (Server("colocated", "slo", inp.model, CurrentAlloc(load)),),
+        (Server("colocated", "slo", inp.model, CurrentAlloc(offered)),),
         dict(inp.capacity or {}),
         OptimizerSpec(unlimited=inp.capacity is None, milp=True, batch_rule="kv"),
     )
     return problem, shapes
 
 
-def plan_colocated(inp: PlanInput) -> ColocatedPlan | None:
+def plan_colocated(inp: PlanInput, load: PDLoad | None = None) -> ColocatedPlan | None:
     """The planner's best colocated allocation; ``None`` when none meets the SLOs."""
-    problem, shapes = colocated_problem(inp)
+    problem, shapes = colocated_problem(inp, load)
     if not problem.models:
         return None
     alloc = solve(problem).allocations[0]
@@ -241,14 +275,15 @@ def plan_colocated(inp: PlanInput) -> ColocatedPlan | None:
 
 def compare(inp: PlanInput) -> Comparison:
     """The colocated plan and, when ``disaggregation`` is set, the xPyD plan."""
-    colocated = plan_colocated(inp)
+    load = inp.pd_load()
+    colocated = plan_colocated(inp, load)
     if inp.disaggregation is None:
         return Comparison(colocated, None, "not asked (no disaggregation: block)")
     try:
         pd = plan_pd(
             inp.model,
             inp.shapes(),
-            inp.pd_load(),
+            load,
             inp.targets(),
             kv_link=inp.disaggregation.kv_link,
             step_model=inp.step_model,

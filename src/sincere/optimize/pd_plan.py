@@ -12,11 +12,12 @@ iteration -- what a prefill instance with a token budget of ``P`` does):
 
 * service time ``t_p`` = the step model's iteration of one ``P``-token prompt;
 * the wait, M/D/1 at ``λ_i`` requests/s per instance: ``W = ρ·t_p / (2(1 − ρ))``,
-  ``ρ = λ_i·t_p``;
+  ``ρ = λ_i·t_p`` -- M/G/1, ``W = λ_i·E[t_p²] / (2(1 − ρ))``, when the load gives a
+  sample of prompt lengths (each timed by the step model);
 * the KV hand-off: ``P·kv_bytes_per_token`` over the link (bandwidth and latency as the
   simulator takes them, :func:`sincere.sim.disagg.link_figures`): ``x = wire + latency``;
-  the link queue, M/D/1 with every transfer of the instance on one link (the worst
-  case): ``W_l = ρ_l·wire / (2(1 − ρ_l))``, ``ρ_l = λ_i·wire``;
+  the link queue, M/D/1 (M/G/1) with every transfer of the instance on one link (the
+  worst case): ``W_l = ρ_l·wire / (2(1 − ρ_l))``, ``ρ_l = λ_i·wire``;
 * predicted TTFT ``= W + t_p`` (the first token comes from the prefill, as the simulator
   and vLLM's disaggregated serving take it); the pool is sized so that
   ``W + t_p + W_l + x ≤ TTFT target``: the KV has reached the decode side within the TTFT
@@ -36,8 +37,9 @@ iteration -- what a prefill instance with a token budget of ``P`` does):
   token, spread over the other ``O − 1`` tokens, as the simulator measures it.
 
 Each pool's per-instance capacity is the largest ``λ_i`` meeting its target (bisection);
-a candidate needs ``ceil(λ / λ_i)`` instances. Lengths are the means (deterministic
-service): heavy-tailed lengths make the prefill queue longer than M/D/1 says.
+a candidate needs ``ceil(λ / λ_i)`` instances. The decode side reads mean lengths only;
+the prefill side reads the prompt sample when there is one (a heavy tail lengthens the
+queue well beyond what the mean prompt's M/D/1 says).
 """
 
 from __future__ import annotations
@@ -71,8 +73,11 @@ class PDLoad:
     rate_per_s: float
     prompt_tokens: int
     output_tokens: int
+    prompt_sample: tuple[int, ...] = ()  # prompt lengths drawn from the load; () = fixed
 
     def __post_init__(self) -> None:
+        if any(n < 1 for n in self.prompt_sample):
+            raise ConfigError("prompt lengths must be >= 1", value=min(self.prompt_sample))
         if not (self.rate_per_s > 0 and math.isfinite(self.rate_per_s)):
             raise ConfigError("load rate_per_s must be > 0", value=self.rate_per_s, allowed="> 0")
         if self.prompt_tokens < 1:
@@ -116,10 +121,12 @@ class PhaseTimes:
     candidate: Candidate
     num_gpus: int
     price_per_hour_usd: float  # one instance (all its GPUs)
-    prefill_s: float  # one whole prompt
+    prefill_s: float  # one whole prompt, mean over the prompt lengths
+    prefill_s2: float  # its second moment, s^2 (the M/G/1 wait reads it)
     decode_step_s: tuple[float, ...]  # s(n), n = 1 .. len
     kv_batch: int  # sequences of P + O tokens the KV cache holds
-    wire_s: float  # the prompt's KV on the link
+    wire_s: float  # the prompt's KV on the link, mean
+    wire_s2: float  # its second moment, s^2
     latency_s: float  # the link's per-transfer latency
 
 
@@ -209,28 +216,35 @@ def phase_times(
         for n in range(1, max_batch + 1)
     )
     bandwidth, latency = link_figures(kv_link, dep.accelerator.interconnect_gbps, dep.num_gpus)
-    wire = p * dep.model.kv_bytes_per_token(dep.kv_precision) / (bandwidth * 1e9)
+    per_token = dep.model.kv_bytes_per_token(dep.kv_precision) / (bandwidth * 1e9)
+    lengths, weights = np.unique(np.asarray(load.prompt_sample or (p,)), return_counts=True)
+    share = weights / weights.sum()
+    prefill = np.array([step.iteration_s(Batch.of(prefill=[(int(n), 0)])) for n in lengths])
+    wire = lengths * per_token
     return PhaseTimes(
         Candidate(dep.accelerator.name, dep.tp),
         dep.num_gpus,
         dep.accelerator.price_per_hour_usd * dep.num_gpus,
-        step.iteration_s(Batch.of(prefill=[(p, 0)])),
+        float(share @ prefill),
+        float(share @ prefill**2),
         steps,
         mem.max_batch_at(p + o),
-        wire,
+        float(share @ wire),
+        float(share @ wire**2),
         latency,
     )
 
 
-def _md1_wait(rate: float, service: float) -> float:
-    """Mean wait of an M/D/1 queue (``inf`` at or past saturation)."""
-    rho = rate * service
-    return math.inf if rho >= 1.0 else rho * service / (2.0 * (1.0 - rho))
+def _mg1_wait(rate: float, mean: float, second: float) -> float:
+    """Mean wait of an M/G/1 queue, ``λ·E[S²] / (2(1 − ρ))`` (Pollaczek-Khinchine; M/D/1
+    when ``E[S²] = E[S]²``); ``inf`` at or past saturation."""
+    rho = rate * mean
+    return math.inf if rho >= 1.0 else rate * second / (2.0 * (1.0 - rho))
 
 
 def predict_prefill(t: PhaseTimes, rate_per_s: float) -> PoolPrediction:
     """TTFT and hand-off of one prefill instance at ``rate_per_s`` (module docstring)."""
-    wait = _md1_wait(rate_per_s, t.prefill_s)
+    wait = _mg1_wait(rate_per_s, t.prefill_s, t.prefill_s2)
     handoff = handoff_s(t, rate_per_s)
     return PoolPrediction(
         (wait + t.prefill_s) * 1e3, math.nan, handoff * 1e3, rate_per_s * t.prefill_s
@@ -278,7 +292,8 @@ def busy_sequences(steps: FloatArray, batch: int, rate_per_s: float, decodes: in
 def handoff_s(sender: PhaseTimes, rate_per_s: float) -> float:
     """KV transfer time from ``sender`` sending ``rate_per_s`` transfers a second, link
     queue included (all on one link: the worst case)."""
-    return _md1_wait(rate_per_s, sender.wire_s) + sender.wire_s + sender.latency_s
+    queue = _mg1_wait(rate_per_s, sender.wire_s, sender.wire_s2)
+    return queue + sender.wire_s + sender.latency_s
 
 
 def predict_decode(
