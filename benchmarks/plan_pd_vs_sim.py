@@ -7,8 +7,10 @@ lengths, every request disaggregated over the case's KV link for the xPyD plan) 
 planned mean TTFT / TPOT are printed beside the simulated ones with the share of
 requests within both targets (attainment) and whether the means meet the SLOs. Lengths
 are fixed at the means except in the ``azure-conv`` cases, whose simulated lengths come
-from the shipped Azure conversation table (clipped) while the planner sees only its
-means. Fixed seed; one markdown table.
+from the shipped Azure conversation table (clipped), the planner reading its means and a
+prompt sample. The colocated plan is sized both ways the planner can: Inferno's analyzer
+(its default) and the simulator's capacity search (``--sizing simulate``, SLOs on means,
+400 requests, a cold cache). Fixed seeds; one markdown table.
 
     python benchmarks/plan_pd_vs_sim.py [--requests 1000] [--cases long-6,chat-8]
 """
@@ -16,12 +18,15 @@ means. Fixed seed; one markdown table.
 from __future__ import annotations
 
 import argparse
-import math
+import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from sincere.optimize.pd_check import SimCheck, check, colocated_sim_config, pd_sim_config
 from sincere.optimize.pd_input import Comparison, PlanInput, compare, load_plan_input
+from sincere.optimize.simsize import SimSettings
 
 CANDIDATES = [
     {"accelerator": "H100-SXM", "tp": 1},
@@ -64,16 +69,19 @@ def _shape(acc: str, tp: int, count: int) -> str:
     return f"{count}x{acc}" + (f"/tp{tp}" if tp > 1 else "")
 
 
-def rows(name: str, inp: PlanInput, cmp: Comparison, num_requests: int) -> list[str]:
-    """One table row per plan of the case."""
+def rows(
+    name: str, inp: PlanInput, cmp: Comparison, by_sim: Comparison, num_requests: int
+) -> list[str]:
+    """One table row per plan of the case (colocated sized both ways, then xPyD)."""
     out = []
-    c, d = cmp.colocated, cmp.disaggregated
-    if c is not None:
+    for kind, c in (("colocated (analyzer)", cmp.colocated), ("colocated (sim)", by_sim.colocated)):
+        if c is None:
+            out.append(f"| {name} | {kind} | none meets the SLOs |  |  |  |  |  |")
+            continue
         sim = check(inp, colocated_sim_config(inp, c, num_requests))
         shape = _shape(c.candidate.accelerator, c.candidate.tp, c.count) + f" (b {c.batch})"
-        out.append(
-            _row(name, "colocated", shape, c.cost_per_hour_usd, c.ttft_ms, c.tpot_ms, sim, inp)
-        )
+        out.append(_row(name, kind, shape, c.cost_per_hour_usd, c.ttft_ms, c.tpot_ms, sim, inp))
+    d = cmp.disaggregated
     if d is not None:
         sim = check(inp, pd_sim_config(inp, d, num_requests))
         pre = _shape(d.prefill.candidate.accelerator, d.prefill.candidate.tp, d.prefill.count)
@@ -111,16 +119,19 @@ def main() -> None:
     )
     print("|---|---|---|---:|---:|---:|---:|---|")
     start = time.perf_counter()
+    cache = Path(tempfile.mkdtemp(prefix="plan-pd-vs-sim-"))  # cold: nothing reused
+    settings = SimSettings(num_requests=400, min_attainment=0.0, cache_dir=cache)
     for name in args.cases.split(","):
         inp = plan_input(name)
         cmp = compare(inp)
-        for row in rows(name, inp, cmp, args.requests):
+        by_sim = compare(inp, "simulate", replace(settings, lengths=inp.load.lengths))
+        for row in rows(name, inp, cmp, by_sim, args.requests):
             print(row, flush=True)
-        if cmp.winner is not None and cmp.saving is not None and not math.isnan(cmp.saving):
-            print(
-                f"|  | winner: {cmp.winner}, {100 * cmp.saving:.1f} % cheaper |  |  |  |  |  |  |"
-            )
-        elif cmp.pd_reason:
+        for label, c in (("analyzer", cmp), ("sim", by_sim)):
+            if c.saving is not None:
+                verdict = f"vs colocated ({label}): {c.winner}, {100 * c.saving:.1f} % cheaper"
+                print(f"|  | {verdict} |  |  |  |  |  |  |")
+        if cmp.pd_reason:
             print(f"|  | no xPyD plan: {cmp.pd_reason} |  |  |  |  |  |  |")
     print(f"\nwall {time.perf_counter() - start:.1f} s")
 

@@ -301,16 +301,23 @@ def report_pd_verify(inp: PlanInput, cmp: Comparison, num_requests: int) -> None
         )  # fmt: skip
 
 
-def plan_pd_file(path: Path, out: Path, verify: bool, sim_requests: int) -> None:
+def plan_pd_file(
+    path: Path, out: Path, verify: bool, sim_requests: int, sizing: str, settings: SimSettings
+) -> None:
     """``sincere plan FILE``: the colocated plan and, asked for, the xPyD plan."""
     from sincere.optimize.pd_input import compare, load_plan_input
 
     inp = load_plan_input(path)
-    cmp = compare(inp)
-    load = inp.load
+    if inp.load.lengths is not None:
+        settings = replace(settings, lengths=inp.load.lengths)
+    cmp = compare(inp, sizing, settings)
+    load = inp.pd_load()
+    mean = "" if inp.load.lengths is None else "mean "
     title = (
-        f"{path}: {inp.model}, {load.rate_per_s:g} req/s, {load.prompt_tokens} in / "
-        f"{load.output_tokens} out, SLO TTFT {inp.slo.ttft_ms:g} ms, TPOT {inp.slo.tpot_ms:g} ms"
+        f"{path}: {inp.model}, {load.rate_per_s:g} req/s, {mean}{load.prompt_tokens} in / "
+        f"{load.output_tokens} out, SLO TTFT {inp.slo.ttft_ms:g} ms, TPOT {inp.slo.tpot_ms:g} ms; "
+        f"colocated sized by the {'simulator' if sizing == 'simulate' else 'analyzer'}"
+        + ("; its TTFT / TPOT columns are the analyzer's" if sizing == "simulate" else "")
     )
     print_table(comparison_table(cmp, title), console)
     console.print(verdict_line(cmp), markup=False, highlight=False, soft_wrap=True)
@@ -448,13 +455,17 @@ def plan(
     if directory.is_file():
         dir_only = {"--solver": solver, "--load-trace": load_trace, "--batch-rule": batch_rule}
         given = [k for k, v in dir_only.items() if v is not None]
-        if given or sizing != "analyzer":
+        if given:
             raise ConfigError(
                 "these options apply to an Inferno directory, not to a YAML plan input",
-                value=given or ["--sizing"],
-                allowed="--out, --verify/--no-verify, --sim-requests",
+                value=given,
+                allowed="--out, --sizing, --verify/--no-verify, --sim-requests, --workers, "
+                "--sim-cache",
             )
-        plan_pd_file(directory, out, verify is not False, sim_requests)
+        pd_settings = replace(
+            sim_settings(400, None, None, None, workers, sim_cache), min_attainment=0.0
+        )
+        plan_pd_file(directory, out, verify is not False, sim_requests, sizing, pd_settings)
         return
     problem = load_problem(directory)
     if batch_rule is not None:

@@ -53,6 +53,7 @@ from sincere.optimize.pd_plan import (
 )
 from sincere.optimize.plan import solve
 from sincere.optimize.queueing import DecodePrefillParams, IntArray
+from sincere.optimize.simsize import SimSettings, simulated_sizer
 from sincere.optimize.sizing import Targets
 from sincere.perf.factory import StepModelConfig
 from sincere.sim.config import KvLinkConfig
@@ -253,12 +254,33 @@ def colocated_problem(
     return problem, shapes
 
 
-def plan_colocated(inp: PlanInput, load: PDLoad | None = None) -> ColocatedPlan | None:
-    """The planner's best colocated allocation; ``None`` when none meets the SLOs."""
+COLOCATED_SIZINGS: tuple[str, ...] = ("analyzer", "simulate")
+"""How the colocated plan's replicas are sized: Inferno's analyzer (the planner's
+default) or the simulator's capacity search (``sincere plan --sizing simulate``)."""
+
+
+def plan_colocated(
+    inp: PlanInput,
+    load: PDLoad | None = None,
+    sizing: str = "analyzer",
+    settings: SimSettings | None = None,
+) -> ColocatedPlan | None:
+    """The planner's best colocated allocation; ``None`` when none meets the SLOs.
+
+    ``sizing="simulate"`` sizes replicas by :func:`~sincere.optimize.simsize.
+    simulated_sizer` with ``settings`` (default: 400 requests, the load's lengths, the
+    SLOs held on means -- no attainment floor -- as the xPyD plan holds them).
+    """
+    if sizing not in COLOCATED_SIZINGS:
+        raise ConfigError("unknown colocated sizing", value=sizing, allowed=COLOCATED_SIZINGS)
     problem, shapes = colocated_problem(inp, load)
     if not problem.models:
         return None
-    alloc = solve(problem).allocations[0]
+    sizer = None
+    if sizing == "simulate":
+        sim = settings or SimSettings(lengths=inp.load.lengths, min_attainment=0.0)
+        sizer = simulated_sizer(sim)
+    alloc = solve(problem, sizer=sizer).allocations[0]
     if alloc.accelerator is None or alloc.saturated:
         return None
     cand = shapes[alloc.accelerator]
@@ -273,10 +295,13 @@ def plan_colocated(inp: PlanInput, load: PDLoad | None = None) -> ColocatedPlan 
     )
 
 
-def compare(inp: PlanInput) -> Comparison:
-    """The colocated plan and, when ``disaggregation`` is set, the xPyD plan."""
+def compare(
+    inp: PlanInput, sizing: str = "analyzer", settings: SimSettings | None = None
+) -> Comparison:
+    """The colocated plan (sized by ``sizing``, :func:`plan_colocated`) and, when
+    ``disaggregation`` is set, the xPyD plan."""
     load = inp.pd_load()
-    colocated = plan_colocated(inp, load)
+    colocated = plan_colocated(inp, load, sizing, settings)
     if inp.disaggregation is None:
         return Comparison(colocated, None, "not asked (no disaggregation: block)")
     try:
