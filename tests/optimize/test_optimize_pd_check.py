@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 
 import sincere.cli.plan  # noqa: F401  (registers the command)
 from sincere.cli.app import app
+from sincere.core.errors import ConfigError
 from sincere.optimize.pd_check import check, colocated_sim_config, pd_sim_config
 from sincere.optimize.pd_input import compare, load_plan_input
+from sincere.optimize.simsize import SimSettings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plan" / "pd"
 LONG = EXAMPLE / "llama8b-long-prompts.yaml"
@@ -63,3 +65,15 @@ def test_cli_refuses_directory_options_with_a_plan_file(tmp_path: Path) -> None:
     )
     assert res.exit_code != 0
     assert "--solver" in str(res.exception) or "--solver" in res.output
+
+
+def test_simulated_colocated_sizing_holds_in_simulation(tmp_path: Path) -> None:
+    """``--sizing simulate``'s colocated plan, simulated, meets the SLOs; an unknown sizing
+    is refused with the allowed names."""
+    inp = load_plan_input(LONG)
+    settings = SimSettings(num_requests=150, min_attainment=0.0, cache_dir=tmp_path)
+    cmp = compare(inp, "simulate", settings)
+    assert cmp.colocated is not None
+    assert check(inp, colocated_sim_config(inp, cmp.colocated, num_requests=150)).meets(inp)
+    with pytest.raises(ConfigError, match="analyzer"):
+        compare(inp, "guess")

@@ -216,3 +216,19 @@ def test_lengths_block_gives_means_and_a_prompt_sample() -> None:
     assert load == inp.pd_load()  # seeded: the same sample every time
     with pytest.raises(ConfigError, match="lengths"):
         load_plan_input({**BASE, "load": {"rate_per_s": 2.0}})
+
+
+def test_slow_prefill_link_that_no_decode_count_fixes_is_an_error() -> None:
+    """Two L4 prefill instances are cheapest, but their NVLink-less link (32 GB/s) takes
+    ~33 ms per 8,000-token KV: spread over 2 decodes TPOT cannot reach 20 ms however many
+    decode instances, and the plan says so instead of returning a plan that misses."""
+    with pytest.raises(ConfigError, match="KV link"):
+        plan_pd(
+            "llama-3-8b",
+            [Candidate("L4", 1), Candidate("H100-SXM", 1)],
+            PDLoad(1.5, 8000, 3),
+            PDTargets(2000.0, 20.0),
+            kv_link=KvLinkConfig(kind="nvlink"),
+            step_model=LINEAR,
+            capacity={"L4": 2},
+        )

@@ -229,12 +229,13 @@ def verdict_line(cmp: Comparison) -> str:
     c, d = cmp.colocated, cmp.disaggregated
     if c is None and d is None:
         return f"no plan meets the SLOs (xPyD: {cmp.pd_reason})"
-    if d is None:
-        return f"colocated only: {c.cost_per_hour_usd:.2f} $/h; no xPyD plan: {cmp.pd_reason}"  # type: ignore[union-attr]
-    if c is None:
+    if d is None and c is not None:
+        return f"colocated only: {c.cost_per_hour_usd:.2f} $/h; no xPyD plan: {cmp.pd_reason}"
+    if c is None and d is not None:
         return (
             f"disaggregated wins: {d.cost_per_hour_usd:.2f} $/h; no colocated plan meets the SLOs"
         )
+    assert c is not None and d is not None
     if cmp.winner == "tie":
         return f"tie: both {c.cost_per_hour_usd:.2f} $/h"
     return (

@@ -64,6 +64,8 @@ POOLS: tuple[str, ...] = ("prefill", "decode")
 MAX_DECODE_BATCH = 256
 """Default ceiling on a decode instance's batch (vLLM's default ``max_num_seqs``)."""
 _BISECTIONS = 60
+MAX_EXTRA_DECODE = 64
+"""Most decode instances, as a multiple of the count sized alone, added for a slower link."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +430,27 @@ def plan_pd(
     sized = size_pools(times, load, targets)
     prefill, decode = choose(sized, capacity)
     decode = _with_sender(decode, _times_of(times, decode.candidate), prefill, times, load, targets)
+    _check_capacity((prefill, decode), capacity)
     return PDPlan(load, targets, prefill, decode, tuple(sized))
+
+
+def _check_capacity(pools: Sequence[PoolSizing], capacity: dict[str, int] | None) -> None:
+    """Raise when the pools (the decode pool possibly grown for its link) need more GPUs of
+    an accelerator than ``capacity`` has."""
+    used: dict[str, int] = {}
+    for pool in pools:
+        acc = pool.candidate.accelerator
+        used[acc] = used.get(acc, 0) + pool.count * pool.num_gpus
+    for acc, n in used.items():
+        have = (capacity or {}).get(acc)
+        if have is not None and n > have:
+            raise ConfigError(
+                f"the pools need {n} {acc} GPUs (the decode pool grown for the prefill "
+                "pool's link)",
+                where=f"capacity.{acc}",
+                value=have,
+                allowed=f">= {n}",
+            )
 
 
 def _with_sender(
@@ -445,8 +467,15 @@ def _with_sender(
     count = decode.count
     while True:
         pred = predict_decode(t, decode.batch, load.rate_per_s / count, load, handoff)
-        if pred.tpot_ms <= targets.tpot_ms or count >= 64 * decode.count:
+        if pred.tpot_ms <= targets.tpot_ms:
             break
+        if count >= MAX_EXTRA_DECODE * decode.count:
+            raise ConfigError(
+                "the decode pool cannot meet the TPOT target behind the chosen prefill "
+                "pool's KV link",
+                value=f"{pred.tpot_ms:.2f} ms > {targets.tpot_ms:g} ms",
+                allowed="a faster kv_link, a looser tpot_ms or longer outputs",
+            )
         count += 1
     cost = count * t.price_per_hour_usd
     return replace(decode, count=count, cost_per_hour_usd=cost, predicted=pred)
