@@ -18,6 +18,7 @@ from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from sincere.optimize.data import Problem
+    from sincere.optimize.pd_input import Comparison, PlanInput
     from sincere.optimize.plan import Solution
     from sincere.optimize.simsize import SimSettings
 
@@ -196,6 +197,137 @@ def report_verify(
         )
 
 
+def comparison_table(cmp: Comparison, title: str) -> Table:
+    """Colocated and xPyD plans side by side: one row per pool."""
+    table = Table(title=title)
+    for col in ("plan", "pool", "accelerator", "TP", "count", "batch", "cost $/h"):
+        table.add_column(col, justify="left" if col in ("plan", "pool", "accelerator") else "right")
+    table.add_column("TTFT ms (pred)", justify="right")
+    table.add_column("TPOT ms (pred)", justify="right")
+    c = cmp.colocated
+    if c is not None:
+        table.add_row(
+            "colocated", "both", c.candidate.accelerator, str(c.candidate.tp), str(c.count),
+            str(c.batch), f"{c.cost_per_hour_usd:.2f}", f"{c.ttft_ms:.1f}", f"{c.tpot_ms:.2f}",
+        )  # fmt: skip
+    d = cmp.disaggregated
+    if d is not None:
+        for pool in (d.prefill, d.decode):
+            pre = pool.pool == "prefill"
+            table.add_row(
+                f"{d.prefill.count}P{d.decode.count}D", pool.pool, pool.candidate.accelerator,
+                str(pool.candidate.tp), str(pool.count), str(pool.batch),
+                f"{pool.cost_per_hour_usd:.2f}",
+                f"{pool.predicted.ttft_ms:.1f}" if pre else "-",
+                "-" if pre else f"{pool.predicted.tpot_ms:.2f}",
+            )  # fmt: skip
+    return table
+
+
+def verdict_line(cmp: Comparison) -> str:
+    """Which plan is cheaper and by how much (or why one is missing)."""
+    c, d = cmp.colocated, cmp.disaggregated
+    if c is None and d is None:
+        return f"no plan meets the SLOs (xPyD: {cmp.pd_reason})"
+    if d is None and c is not None:
+        return f"colocated only: {c.cost_per_hour_usd:.2f} $/h; no xPyD plan: {cmp.pd_reason}"
+    if c is None and d is not None:
+        return (
+            f"disaggregated wins: {d.cost_per_hour_usd:.2f} $/h; no colocated plan meets the SLOs"
+        )
+    assert c is not None and d is not None
+    if cmp.winner == "tie":
+        return f"tie: both {c.cost_per_hour_usd:.2f} $/h"
+    return (
+        f"{cmp.winner} wins: disaggregated {d.cost_per_hour_usd:.2f} $/h ({d.num_gpus} GPUs) vs "
+        f"colocated {c.cost_per_hour_usd:.2f} $/h ({c.count * c.num_gpus} GPUs), "
+        f"{100 * (cmp.saving or 0.0):.1f} % cheaper"
+    )
+
+
+def comparison_json(cmp: Comparison) -> object:
+    """The comparison as JSON: both plans (null when none), the winner and the saving."""
+    from dataclasses import asdict
+
+    d = cmp.disaggregated
+    pd = None
+    if d is not None:
+        pd = {
+            "prefill": asdict(d.prefill),
+            "decode": asdict(d.decode),
+            "cost_per_hour_usd": d.cost_per_hour_usd,
+            "num_gpus": d.num_gpus,
+        }
+    return _no_nan(
+        {
+            "colocated": asdict(cmp.colocated) if cmp.colocated is not None else None,
+            "disaggregated": pd,
+            "pd_reason": cmp.pd_reason,
+            "winner": cmp.winner,
+            "saving": cmp.saving,
+        }
+    )
+
+
+def _no_nan(value: object) -> object:
+    """``value`` with NaN floats (figures a pool does not have) as ``None``: valid JSON."""
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def report_pd_verify(inp: PlanInput, cmp: Comparison, num_requests: int) -> None:
+    """Simulate each plan; planned vs simulated TTFT / TPOT and attainment, one line each."""
+    from sincere.optimize.pd_check import check, colocated_sim_config, pd_sim_config
+
+    console.print(f"verify ({num_requests} simulated requests per plan):")
+    plans: list[tuple[str, float, float, dict[str, object]]] = []
+    if cmp.colocated is not None:
+        cfg = colocated_sim_config(inp, cmp.colocated, num_requests)
+        plans.append(("colocated", cmp.colocated.ttft_ms, cmp.colocated.tpot_ms, cfg))
+    if cmp.disaggregated is not None:
+        cfg = pd_sim_config(inp, cmp.disaggregated, num_requests)
+        d = cmp.disaggregated
+        plans.append(("disaggregated", d.ttft_ms, d.tpot_ms, cfg))
+    for name, ttft, tpot, cfg in plans:
+        sim = check(inp, cfg)
+        ok = "meets SLO" if sim.meets(inp) else "MISSES SLO"
+        console.print(
+            f"  {name}: TTFT planned {ttft:.1f} ms vs sim {sim.ttft_ms:.1f} ms; TPOT planned "
+            f"{tpot:.2f} ms vs sim {sim.tpot_ms:.2f} ms; sim attainment "
+            f"{100 * sim.attainment:.1f}%, {ok}",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+
+
+def plan_pd_file(
+    path: Path, out: Path, verify: bool, sim_requests: int, sizing: str, settings: SimSettings
+) -> None:
+    """``sincere plan FILE``: the colocated plan and, asked for, the xPyD plan."""
+    from sincere.optimize.pd_input import compare, load_plan_input
+
+    inp = load_plan_input(path)
+    if inp.load.lengths is not None:
+        settings = replace(settings, lengths=inp.load.lengths)
+    cmp = compare(inp, sizing, settings)
+    load = inp.pd_load()
+    mean = "" if inp.load.lengths is None else "mean "
+    title = (
+        f"{path}: {inp.model}, {load.rate_per_s:g} req/s, {mean}{load.prompt_tokens} in / "
+        f"{load.output_tokens} out, SLO TTFT {inp.slo.ttft_ms:g} ms, TPOT {inp.slo.tpot_ms:g} ms; "
+        f"colocated sized by the {'simulator' if sizing == 'simulate' else 'analyzer'}"
+        + ("; its TTFT / TPOT columns are the analyzer's" if sizing == "simulate" else "")
+    )
+    print_table(comparison_table(cmp, title), console)
+    console.print(verdict_line(cmp), markup=False, highlight=False, soft_wrap=True)
+    if verify:
+        report_pd_verify(inp, cmp, sim_requests)
+    out.write_text(json.dumps(comparison_json(cmp), indent=2) + "\n")
+    console.print(f"wrote {out}")
+
+
 @app.command("plan")
 def plan(
     directory: Annotated[
@@ -203,7 +335,8 @@ def plan(
         typer.Argument(
             help=(
                 "Directory of Inferno JSON files (accelerator-, model-, serviceclass-, server-, "
-                "optional capacity- and optimizer-data.json)."
+                "optional capacity- and optimizer-data.json), or a YAML plan input (model, "
+                "load, slo, candidates; a disaggregation: block plans xPyD beside colocated)."
             )
         ),
     ],
@@ -320,6 +453,21 @@ def plan(
 
     if sizing not in SIZINGS:
         raise ConfigError("unknown --sizing", value=sizing, allowed=SIZINGS)
+    if directory.is_file():
+        dir_only = {"--solver": solver, "--load-trace": load_trace, "--batch-rule": batch_rule}
+        given = [k for k, v in dir_only.items() if v is not None]
+        if given:
+            raise ConfigError(
+                "these options apply to an Inferno directory, not to a YAML plan input",
+                value=given,
+                allowed="--out, --sizing, --verify/--no-verify, --sim-requests, --workers, "
+                "--sim-cache",
+            )
+        pd_settings = replace(
+            sim_settings(400, None, None, None, workers, sim_cache), min_attainment=0.0
+        )
+        plan_pd_file(directory, out, verify is not False, sim_requests, sizing, pd_settings)
+        return
     problem = load_problem(directory)
     if batch_rule is not None:
         problem = replace(problem, optimizer=replace(problem.optimizer, batch_rule=batch_rule))

@@ -211,3 +211,64 @@ def _placements_from(t: CandidateTable, x: IntArray, hetero: bool) -> Placements
         reps = int(x[c]) if hetero else int(t.replicas[c])
         out.setdefault(int(t.server[c]), []).append((int(c), reps))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class PoolChoice:
+    """Candidates of several pools, each with the instances it needs alone.
+
+    Every candidate ``c`` belongs to pool ``pool[c]`` and needs ``count[c]`` instances
+    of ``units[c]`` units of accelerator type ``type_ix[c]`` at ``cost[c]`` per instance
+    to carry its pool's whole load. ``capacity[t]`` bounds the units of type ``t`` all
+    pools together use (``inf``: unlimited).
+    """
+
+    pool: IntArray
+    count: IntArray
+    cost: FloatArray  # per instance
+    units: IntArray  # per instance
+    type_ix: IntArray
+    capacity: FloatArray  # per type
+    num_pools: int
+
+
+def solve_pools(choice: PoolChoice) -> IntArray:
+    """One candidate per pool at least total cost within the shared capacity (MILP).
+
+    A binary ``z[c]`` per candidate, ``Σ_{c in p} z[c] = 1`` for every pool ``p``,
+    ``Σ_c units[c]·count[c]·z[c] ≤ capacity[t]`` per type, minimising
+    ``Σ_c cost[c]·count[c]·z[c]``: pools compete for the same accelerators, which is
+    what makes this more than a cheapest pick per pool. Returns the chosen candidate
+    of each pool; raises :class:`ConfigError` when no choice fits.
+    """
+    num_c = len(choice.pool)
+    missing = sorted(set(range(choice.num_pools)) - {int(p) for p in choice.pool})
+    if missing:
+        raise ConfigError("a pool has no candidate that meets its SLO", value=missing)
+    total = choice.cost * choice.count
+    pick = sp.csr_matrix(
+        (np.ones(num_c), (choice.pool, np.arange(num_c))), shape=(choice.num_pools, num_c)
+    )
+    rows = [sopt.LinearConstraint(pick, 1.0, 1.0)]
+    finite = np.isfinite(choice.capacity)
+    if finite.any():
+        use = sp.csr_matrix(
+            ((choice.units * choice.count).astype(np.float64), (choice.type_ix, np.arange(num_c))),
+            shape=(len(choice.capacity), num_c),
+        )
+        rows.append(sopt.LinearConstraint(use[finite], -np.inf, choice.capacity[finite]))
+    res = sopt.milp(
+        total,
+        constraints=rows,
+        integrality=np.ones(num_c),
+        bounds=sopt.Bounds(np.zeros(num_c), np.ones(num_c)),
+        options={"time_limit": MILP_TIME_LIMIT_S},
+    )
+    if res.x is None:
+        raise ConfigError(
+            f"no choice of pools fits the accelerators available: {res.message}",
+            value={int(i): float(c) for i, c in enumerate(choice.capacity) if np.isfinite(c)},
+        )
+    chosen = np.flatnonzero(np.round(res.x) > 0)
+    out: IntArray = chosen[np.argsort(choice.pool[chosen], kind="stable")]
+    return out
