@@ -128,3 +128,26 @@ def test_other_studies_get_no_pd_table(tmp_path: Path) -> None:
     results = load_results(folder)
     assert not is_pd_study(results)
     assert pd_table(results) is None and pd_ratio_figure(results, tmp_path / "x.png") is None
+
+
+def test_first_token_at_decode_start_by_hand(tmp_path: Path) -> None:
+    """A request whose KV waited 2 s for decode room: on time with TTFT at the prefill end
+    (0.1 s, TPOT (3.1 - 0.1) / 100 = 30 ms), late when its first token counts at decode
+    start (2.1 s); a colocated request (no decode start) keeps its recorded TTFT."""
+    from sincere.experiment.pd_study import decode_start_attainment
+
+    table = pa.table({
+        "tier": ["chat", "chat"],
+        "arrival_at": [0.0, 0.0],
+        "ttft_s": [0.1, 0.2],
+        "e2e_s": [3.1, 1.2],
+        "output_tokens": [101, 101],
+        "decode_started_at": pa.array([2.1, None], type=pa.float64()),
+        "rejected": [False, False],
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "requests.parquet")
+    tiers = [{"name": "chat", "ttft_s": 1.0, "tbt_s": 0.05}]
+    config = {"workload": {"tiers": tiers}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    found = decode_start_attainment(tmp_path / "requests.parquet", tmp_path / "config.yaml")
+    assert found == {"chat": 0.5}

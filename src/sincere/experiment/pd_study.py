@@ -297,42 +297,72 @@ def _where(row: PDRow) -> str:
 
 
 def pd_ratio_figure(results: Results, path: Path) -> Path | None:
-    """A heatmap of best-xPyD / colocated goodput per GPU: traffic x tier rows, env
-    columns, each cell annotated with the ratio and the winning split."""
+    """Heatmaps of best-xPyD / colocated goodput per GPU (traffic x tier rows, env
+    columns, each cell annotated with the ratio and the winning split): TTFT at the end
+    of the prefill, and the first token counted at decode start."""
     if not is_pd_study(results):
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rows = pd_rows(results)
     envs = list(dict.fromkeys(r.env for r in rows))
     lines = list(dict.fromkeys((r.traffic, r.tier) for r in rows))
-    grid = np.full((len(lines), len(envs)), np.nan)
-    text: dict[tuple[int, int], str] = {}
-    for r in rows:
-        i, j = lines.index((r.traffic, r.tier)), envs.index(r.env)
-        ratio = r.ratio
-        if ratio is not None:
-            grid[i, j] = math.log2(max(ratio, 1 / 16))
-            text[(i, j)] = f"x{ratio:.2f}\n{r.best_split}"
-        else:
-            text[(i, j)] = "–"
-    fig, ax = plt.subplots(figsize=(1.6 + 1.25 * len(envs), 0.9 + 0.5 * len(lines)))
-    limit = max(1.0, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
-    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-    for (i, j), label in text.items():
-        ax.text(j, i, label, ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(envs)), [str(e) for e in envs], fontsize=8)
-    ax.set_yticks(range(len(lines)), [f"{t} / {tier}" for t, tier in lines], fontsize=8)
-    ax.set_xlabel(results.role("env") or "", fontsize=8)
-    bar = fig.colorbar(image, ax=ax, fraction=0.05)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2.2 + 2.2 * len(envs), 1.0 + 0.45 * len(lines)), sharey=True
+    )
+    panels = (
+        ("TTFT at the end of the prefill", lambda r: (r.ratio, r.best_split)),
+        ("first token at decode start", _at_decode_best),
+    )
+    images = []
+    for ax, (title, pick) in zip(axes, panels, strict=True):
+        images.append(_heatmap(ax, rows, envs, lines, pick))
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel(results.role("env") or "", fontsize=8)
+    axes[0].set_yticks(range(len(lines)), [f"{t} / {tier}" for t, tier in lines], fontsize=8)
+    bar = fig.colorbar(images[0], ax=list(axes), fraction=0.04)
     bar.set_label("log2(best xPyD / colocated goodput per GPU)", fontsize=7)
     bar.ax.tick_params(labelsize=7)
-    ax.set_title("Where disaggregation wins (blue) or loses (red)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    fig.suptitle("Where disaggregation wins (blue) or loses (red)", fontsize=9)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+RATIO_LIMIT = 2.0
+"""The colour scale's ends, in log2 of the ratio (x4 either way; beyond is clipped)."""
+
+
+def _at_decode_best(row: PDRow) -> tuple[float | None, str | None]:
+    """The first-token-at-decode-start ratio and the split that achieves it."""
+    splits = {d: g for d, g in row.at_decode.items() if SPLIT_LABEL.match(d)}
+    best = max(splits, key=lambda d: splits[d].per_gpu, default=None)
+    return row.ratio_at_decode, best
+
+
+def _heatmap(
+    ax: Any,
+    rows: list[PDRow],
+    envs: list[Any],
+    lines: list[tuple[Any, str]],
+    pick: Any,
+) -> Any:
+    """One panel: log2 of the ratio ``pick(row)`` gives, annotated."""
+    import numpy as np
+
+    grid = np.full((len(lines), len(envs)), np.nan)
+    for r in rows:
+        i, j = lines.index((r.traffic, r.tier)), envs.index(r.env)
+        ratio, split = pick(r)
+        label, color = "–", "black"
+        if ratio is not None:
+            grid[i, j] = math.log2(max(ratio, 2.0**-RATIO_LIMIT))
+            label = f"x{ratio:.2f}\n{split}"
+            color = "white" if abs(grid[i, j]) > RATIO_LIMIT / 2 else "black"
+        ax.text(j, i, label, ha="center", va="center", fontsize=7, color=color)
+    image = ax.imshow(grid, cmap="RdBu", vmin=-RATIO_LIMIT, vmax=RATIO_LIMIT, aspect="auto")
+    ax.set_xticks(range(len(envs)), [str(e) for e in envs], fontsize=8)
+    return image
