@@ -89,3 +89,37 @@ def test_an_unknown_phase_router_names_its_section() -> None:
     cfg = PDRoutingConfig(decode_router=RouterConfig(name="least-outstandin"))
     with pytest.raises(ConfigError, match=r"disaggregation\.decode_router"):
         build_pd_front_door(cfg, 0)
+
+
+def _split_config(**disaggregation: object) -> dict[str, object]:
+    """One prefill and one decode A100 with the given ``disaggregation:`` section."""
+    return {
+        "workload": {"num_requests": 1, "arrival": {"kind": "poisson", "rate": 1.0},
+                     "lengths": {"prompt": {"kind": "fixed", "tokens": 10},
+                                 "output": {"kind": "fixed", "tokens": 2}}},
+        "instances": [{"model": "llama-3-8b", "accelerator": "A100-80GB", "role": "prefill"},
+                      {"model": "llama-3-8b", "accelerator": "A100-80GB", "role": "decode"}],
+        "disaggregation": disaggregation,
+    }  # fmt: skip
+
+
+def test_phase_router_names_and_params_are_checked_at_load() -> None:
+    """A misspelt prefill router and a bad decode router parameter are both refused when
+    the config loads, each at its config path, with the allowed values."""
+    cfg = _split_config(
+        prefill_router={"name": "prefix-awar"},
+        decode_router={"name": "least-outstanding", "params": {"bogus": 1}},
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(cfg)
+    text = str(caught.value)
+    assert "disaggregation.prefill_router.name" in text and "prefix-aware" in text
+    assert "disaggregation.decode_router.params" in text and "bogus" in text
+
+
+def test_valid_phase_routers_load() -> None:
+    """Known phase routers with valid parameters load; a phase left out keeps its default."""
+    cfg = load_config(_split_config(decode_router={"name": "round-robin"}))
+    assert cfg.disaggregation is not None
+    assert cfg.disaggregation.decode_router.name == "round-robin"
+    assert cfg.disaggregation.prefill_router.name == "prefix-aware"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,11 @@ from hypothesis import strategies as st
 
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
-from sincere.core.request import RequestArrays
+from sincere.core.request import Request, RequestArrays
+from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router
 from sincere.sim import load_config, simulate
+from sincere.sim.build import build_cluster, canonical_requests
+from sincere.sim.disagg import run_pd
 
 # inferno linear step times, ms: decode step alpha + beta * n, prefill gamma + delta * tokens
 ALPHA, BETA, GAMMA, DELTA = 10.0, 1.0, 5.0, 0.1
@@ -75,8 +79,8 @@ def test_an_isolated_request_meets_the_formula() -> None:
     assert table["output_tokens"] == [output] * 3
 
 
-def test_concurrent_transfers_queue_on_the_fifo_link() -> None:
-    """Two prefills ending together: the second KV lands one wire time after the first."""
+def test_transfers_starting_together_share_the_link() -> None:
+    """Two prefills ending together: each KV moves at half the bandwidth, both land at 2 W."""
     prompt, bw_gbps, lat_s = 1000, 1.0, 0.002
     requests = RequestArrays.build([0.0, 0.0], [prompt] * 2, [5] * 2, models=(MODEL,))
     cfg = pd_config({"kind": "rdma", "bandwidth_gbps": bw_gbps, "latency_s": lat_s})
@@ -84,8 +88,28 @@ def test_concurrent_transfers_queue_on_the_fifo_link() -> None:
     done = (GAMMA + DELTA * 2 * prompt) / 1e3  # one prefill iteration of both prompts
     wire = prompt * kv_bytes_per_token() / (bw_gbps * 1e9)
     assert table["ttft_s"] == pytest.approx([done, done], rel=1e-9)
-    assert sorted(table["kv_ready_at"]) == pytest.approx(
-        [done + wire + lat_s, done + 2 * wire + lat_s], rel=1e-9
+    assert table["kv_ready_at"] == pytest.approx([done + 2 * wire + lat_s] * 2, rel=1e-9)
+
+
+def test_staggered_transfers_share_the_link_by_hand() -> None:
+    """Processor sharing by hand: A alone for d, then both at half rate; A ends at
+    s_A + 2W - d, B at s_A + 2W (W: one KV's wire time alone, d: the gap of the starts)."""
+    prompt, bw_gbps, lat_s, gap = 1000, 0.5, 0.002, 0.15
+    requests = RequestArrays.build([0.0, gap], [prompt] * 2, [5] * 2, models=(MODEL,))
+    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": bw_gbps, "latency_s": lat_s})
+    table = simulate(cfg, requests=requests).requests.to_pydict()
+    prefill = (GAMMA + DELTA * prompt) / 1e3  # each prefill alone on the prefill instance
+    wire = prompt * kv_bytes_per_token() / (bw_gbps * 1e9)
+    assert gap < wire  # B starts while A is on the wire
+    start_a = prefill
+    # A moves gap * bw alone, then (wire - gap) * bw at half rate: 2 (wire - gap) more
+    end_a = start_a + gap + 2 * (wire - gap)
+    # B moved (wire - gap) * bw by then; its last gap * bw alone
+    end_b = end_a + gap
+    assert end_b == pytest.approx(start_a + 2 * wire, rel=1e-12)
+    assert table["kv_ready_at"] == pytest.approx([end_a + lat_s, end_b + lat_s], rel=1e-9)
+    assert table["kv_transfer_s"] == pytest.approx(
+        [end_a + lat_s - prefill, end_b + lat_s - (gap + prefill)], rel=1e-9
     )
 
 
@@ -222,3 +246,78 @@ def test_pd_invariants(seed: int, n: int, rate: float, tight: bool) -> None:
     assert again.equals(result.requests)
     assert np.array_equal(result.pd.kv_ready_at, again.column("kv_ready_at").to_numpy(
         zero_copy_only=False), equal_nan=True)  # fmt: skip
+
+
+class _Recorder(Router):
+    """A router that takes turns and keeps every view it saw and every outcome told."""
+
+    def __init__(self) -> None:
+        super().__init__(np.random.default_rng(0))
+        self.seen: list[list[InstanceView]] = []
+        self.outcomes: list[Outcome] = []
+
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: float
+    ) -> RouteDecision:
+        self.seen.append(list(candidates))
+        return RouteDecision(candidates[len(self.seen) % len(candidates)].id)
+
+    def observe(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+
+def _two_by_two(requests: RequestArrays, decode_memory: float = 0.9) -> tuple[Any, Any, Any]:
+    """A 2P2D run whose two phase routers are recorders: (result records, prefill, decode)."""
+    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": 50.0})
+    cfg["instances"] = [
+        instance("prefill", "p", count=2),
+        instance("decode", "d", count=2,
+                 engine={**ENGINE, "gpu_memory_utilization": decode_memory}),
+    ]  # fmt: skip
+    cluster = build_cluster(load_config(cfg), canonical_requests(requests))
+    plan = cluster.pd
+    assert plan is not None
+    prefill, decode = _Recorder(), _Recorder()
+    plan.door.prefill.router, plan.door.decode.router = prefill, decode
+    run_pd(cluster, plan)
+    return cluster, prefill, decode
+
+
+def test_both_phase_routers_learn_the_outcomes() -> None:
+    """The prefill router is told each prefill (first token, on its prefill instance), the
+    decode router each whole request (on its decode instance), matching the records."""
+    n = 12
+    arrivals = [0.2 * k for k in range(n)]
+    requests = RequestArrays.build(arrivals, [800] * n, [20] * n, models=(MODEL,))
+    cluster, prefill, decode = _two_by_two(requests)
+    rec = cluster.records
+    assert len(prefill.outcomes) == n and len(decode.outcomes) == n
+    names = cluster.infos
+    by_id = {o.request.id: o for o in prefill.outcomes}
+    for i in range(n):
+        request_id = cluster.requests.request(i).id
+        first = by_id[request_id]
+        p = names[int(cluster.pd.records.prefill_instance[i])].id
+        assert first.instance == p and first.output_tokens == 1
+        assert first.e2e_s == pytest.approx(first.ttft_s)
+        assert first.ttft_s == pytest.approx(rec.first_token_at[i] - arrivals[i])
+    for whole in decode.outcomes:
+        i = next(k for k in range(n) if cluster.requests.request(k).id == whole.request.id)
+        assert whole.instance == names[int(rec.instance[i])].id
+        assert whole.output_tokens == 20
+        assert whole.e2e_s == pytest.approx(rec.finished_at[i] - arrivals[i])
+        assert whole.finished_at > by_id[whole.request.id].finished_at
+
+
+def test_kv_waiting_for_decode_blocks_counts_as_waiting() -> None:
+    """Under backpressure the decode router sees the landed KV waiting for blocks in
+    num_waiting (decode-only instances queue nothing else)."""
+    n = 40
+    arrivals = [0.05 * k for k in range(n)]
+    requests = RequestArrays.build(arrivals, [3000] * n, [400] * n, models=(MODEL,))
+    cluster, _, decode = _two_by_two(requests, decode_memory=0.3)
+    waited = cluster.pd.records.decode_started_at - cluster.pd.records.kv_ready_at
+    assert (waited > 0.5).any()
+    seen = [v.num_waiting for views in decode.seen for v in views]
+    assert all(w is not None for w in seen)
+    assert max(w for w in seen if w is not None) > 0

@@ -154,30 +154,30 @@ def slo_met(
 def to_table(requests: RequestArrays, records: RecordArrays) -> pa.Table:
     """The ``requests.parquet`` table (columns :data:`REQUEST_COLUMNS`).
 
-    Columns are laid into Arrow buffers from the NumPy arrays directly (:func:`_column`):
+    Columns are laid into Arrow buffers from the NumPy arrays directly (:func:`arrow_column`):
     ``pa.array`` and ``pa.table`` on NumPy data import pandas to ask whether it is a
     Series, about a second of a short run's start-up."""
     lat = latencies(requests, records)
     instance = np.where(records.instance < 0, len(records.instances), records.instance)
     columns: dict[str, pa.Array] = {
-        "request_id": _column(np.arange(len(requests), dtype=np.int64)),
-        "model": _strings(requests.models, requests.model),
-        "tier": _strings([t.name for t in requests.tiers], requests.tier),
-        "instance": _strings([*records.instances, ""], instance),
-        "arrival_at": _column(requests.arrival_at),
-        "first_scheduled_at": _column(records.first_scheduled_at),
-        "first_token_at": _column(records.first_token_at),
-        "finished_at": _column(records.finished_at),
-        "prompt_tokens": _column(requests.prompt_tokens),
-        "output_tokens": _column(records.output_tokens),
-        "ttft_s": _column(lat["ttft_s"]),
-        "tpot_s": _column(lat["tpot_s"]),
-        "e2e_s": _column(lat["e2e_s"]),
-        "queue_s": _column(lat["queue_s"]),
-        "num_preemptions": _column(records.num_preemptions),
-        "cached_tokens": _column(records.cached_tokens),
-        "slo_met": _column(slo_met(requests, records, lat)),
-        "rejected": _column(records.rejected),
+        "request_id": arrow_column(np.arange(len(requests), dtype=np.int64)),
+        "model": arrow_strings(requests.models, requests.model),
+        "tier": arrow_strings([t.name for t in requests.tiers], requests.tier),
+        "instance": arrow_strings([*records.instances, ""], instance),
+        "arrival_at": arrow_column(requests.arrival_at),
+        "first_scheduled_at": arrow_column(records.first_scheduled_at),
+        "first_token_at": arrow_column(records.first_token_at),
+        "finished_at": arrow_column(records.finished_at),
+        "prompt_tokens": arrow_column(requests.prompt_tokens),
+        "output_tokens": arrow_column(records.output_tokens),
+        "ttft_s": arrow_column(lat["ttft_s"]),
+        "tpot_s": arrow_column(lat["tpot_s"]),
+        "e2e_s": arrow_column(lat["e2e_s"]),
+        "queue_s": arrow_column(lat["queue_s"]),
+        "num_preemptions": arrow_column(records.num_preemptions),
+        "cached_tokens": arrow_column(records.cached_tokens),
+        "slo_met": arrow_column(slo_met(requests, records, lat)),
+        "rejected": arrow_column(records.rejected),
         "reject_reason": _reasons(records),
         **{name: _counts(getattr(records, name)) for name in LOAD_COLUMNS},
     }
@@ -187,7 +187,7 @@ def to_table(requests: RequestArrays, records: RecordArrays) -> pa.Table:
 _ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 
 
-def _column(values: npt.NDArray[Any], null: npt.NDArray[np.bool_] | None = None) -> pa.Array:
+def arrow_column(values: npt.NDArray[Any], null: npt.NDArray[np.bool_] | None = None) -> pa.Array:
     """A 1-D int64, float64 or bool NumPy array as an Arrow array (``null``: masked rows)."""
     kind = _ARROW_TYPES[values.dtype.name]
     n = len(values)
@@ -203,10 +203,10 @@ def _column(values: npt.NDArray[Any], null: npt.NDArray[np.bool_] | None = None)
 
 def _counts(values: npt.NDArray[np.int64]) -> pa.Array:
     """A load column: -1 (not seen) becomes null."""
-    return _column(values.astype(np.int64, copy=False), values < 0)
+    return arrow_column(values.astype(np.int64, copy=False), values < 0)
 
 
-def _strings(
+def arrow_strings(
     names: Sequence[str], index: npt.NDArray[np.int64], null: npt.NDArray[np.bool_] | None = None
 ) -> pa.Array:
     """``names[index]`` as an Arrow string array, without a Python object per row (the
@@ -217,7 +217,7 @@ def _strings(
     dictionary = pa.StringArray.from_buffers(
         len(encoded), pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(encoded))
     )
-    return dictionary.take(_column(index.astype(np.int64, copy=False), null))
+    return dictionary.take(arrow_column(index.astype(np.int64, copy=False), null))
 
 
 def _reasons(records: RecordArrays) -> pa.Array:
@@ -228,4 +228,4 @@ def _reasons(records: RecordArrays) -> pa.Array:
     names = sorted({r for r in reasons if r is not None})
     code = {name: k for k, name in enumerate(names)}
     index = np.array([-1 if r is None else code[r] for r in reasons], dtype=np.int64)
-    return _strings(names, np.maximum(index, 0), index < 0)
+    return arrow_strings(names, np.maximum(index, 0), index < 0)

@@ -189,6 +189,9 @@ class ContinuousEngine(StateView):
     def load(self) -> EngineLoad:
         """What routers see: queue, batch, remaining and cached tokens, KV usage, busy time.
 
+        Waiting requests include those whose KV arrived from a prefill instance and waits
+        for blocks (backpressure).
+
         Cached context: a decoding sequence holds ``offset + step`` tokens, a prefilling
         one the prompt tokens computed so far.
         """
@@ -199,7 +202,7 @@ class ContinuousEngine(StateView):
         cache = st.cache
         return EngineLoad(
             num_running=st.num_running,
-            num_waiting=len(st.queue),
+            num_waiting=len(st.queue) + len(self._arrived),  # arrived KV waits too
             waiting_prefill_tokens=st.waiting_tokens,
             running_remaining_tokens=remaining,
             running_ctx_tokens=ctx,

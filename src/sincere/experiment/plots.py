@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from sincere.experiment.metrics import utilization_timeline
 from sincere.experiment.paths import format_value
+from sincere.experiment.pd_study import pd_ratio_figure
 from sincere.experiment.results import Results, Row, key, mean_of
 from sincere.experiment.tables import has_prefix_cache
 
@@ -423,6 +424,11 @@ def all_figures(results: Results, folder: Path) -> list[tuple[str, Path]]:
             "Gain from prefix caching: goodput and TTFT p50 per strategy, each env side by side",
             "prefix_cache_gain.png",
             prefix_cache_gain,
+        ),
+        (
+            "Where disaggregation wins: best xPyD / colocated goodput per GPU",
+            "pd_goodput_ratio.png",
+            pd_ratio_figure,
         ),
     ]
     out = []

@@ -20,6 +20,7 @@ from typing import Any
 
 from sincere.experiment.answer import capacity_answer
 from sincere.experiment.paths import format_value
+from sincere.experiment.pd_study import pd_table
 from sincere.experiment.plots import all_figures
 from sincere.experiment.results import Results, load_results
 from sincere.experiment.tables import (
@@ -172,6 +173,7 @@ def build_blocks(
             delta_table(results),
             capacity_table(results),
             prefix_cache_table(results),
+            pd_table(results),
         )
         if t is not None
     ]

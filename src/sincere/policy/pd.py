@@ -13,6 +13,10 @@ answers in three steps, from read-only views as every policy here:
    with the prefill router; prefix-aware by default) picks among the prefill instances.
 3. **Decode**: the decode front door picks among the decode instances.
 
+Each phase's router is told its outcome (:meth:`PDFrontDoor.observe_prefill`, the time
+to the first token on the prefill instance; :meth:`PDFrontDoor.observe_decode`, the whole
+request on the decode instance), so routers that learn do so from both pools.
+
 A request not disaggregated goes the colocated way (the driver's own front door).
 """
 
@@ -27,7 +31,7 @@ from sincere.core.types import Seconds
 from sincere.policy.front_door import FrontDoor, Hold, Reject, Route, build_front_door
 from sincere.policy.front_door_config import AdmissionConfig
 from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
-from sincere.policy.router_base import InstanceView
+from sincere.policy.router_base import InstanceView, Outcome
 from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
 
 DECIDER_INDEX_BLOCKS = 1 << 20
@@ -104,6 +108,33 @@ class PDFrontDoor:
             return second
         self.index.add(first.instance, prompt_keys(request))
         return PDRoute(first, second, uncached)
+
+    @property
+    def reads_engine_load(self) -> bool:
+        """Whether a phase's decision reads engine-reported load (not only outstanding)."""
+        return self.prefill.reads_engine_load or self.decode.reads_engine_load
+
+    @property
+    def reads_engine_tokens(self) -> bool:
+        """Whether a phase's decision reads the engines' token counts."""
+        return self.prefill.reads_engine_tokens or self.decode.reads_engine_tokens
+
+    @property
+    def learns_from_outcomes(self) -> bool:
+        """Whether a phase's router learns from outcomes (drivers may skip them if not)."""
+        return self.prefill.router.learns_from_outcomes or self.decode.router.learns_from_outcomes
+
+    def observe_prefill(self, outcome: Outcome) -> None:
+        """A disaggregated request's prefill ended on ``outcome.instance``: its first token
+        (``e2e_s`` is the time to it, ``output_tokens`` 1); the prefill router learns."""
+        if self.prefill.wants_outcome(outcome.request.id):
+            self.prefill.observe(outcome)
+
+    def observe_decode(self, outcome: Outcome) -> None:
+        """A disaggregated request finished on its decode instance ``outcome.instance``
+        (TTFT and E2E of the whole request); the decode router learns."""
+        if self.decode.wants_outcome(outcome.request.id):
+            self.decode.observe(outcome)
 
 
 def build_pd_front_door(config: PDRoutingConfig, seed: int) -> PDFrontDoor:

@@ -170,12 +170,25 @@ def deployment_specs(raw: object, at: str = "") -> list[PolicySpec]:
 
 def simulation_specs(raw: object) -> list[PolicySpec]:
     """Every policy a simulation config names: the router, each instance's engine policy
-    and step-time model (and the predictors the router's parameters name)."""
+    and step-time model, the per-phase routers of ``disaggregation:`` (and the predictors
+    the routers' parameters name)."""
     data = _mapping(raw)
     found = router_specs(data.get("router"))
     for k, instance in enumerate(_items(data.get("instances"))):
         found += deployment_specs(instance, f"instances[{k}]")
-    return found
+    return found + disaggregation_specs(data.get("disaggregation"))
+
+
+def disaggregation_specs(raw: object, at: str = "disaggregation") -> list[PolicySpec]:
+    """The per-phase routers a ``disaggregation:`` section names (those written only:
+    a phase left out keeps its default router)."""
+    block = _mapping(raw)
+    return [
+        spec
+        for phase in ("prefill_router", "decode_router")
+        if phase in block
+        for spec in router_specs(block[phase], _at(at, phase))
+    ]
 
 
 def config_checks(

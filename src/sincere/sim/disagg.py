@@ -14,9 +14,12 @@ instances (docs/disaggregation.md):
   does);
 * its prompt's KV (``prompt_tokens x`` the model's KV bytes per token at the prefill
   instance's KV precision; the first token's KV is computed by its first decode step)
-  crosses the :class:`KvLink` between the two instances: a FIFO link, one per (prefill,
-  decode) pair -- a transfer starts when the link is free, occupies it for
-  ``bytes / bandwidth`` and lands ``latency_s`` later;
+  crosses the :class:`KvLink` between the two instances, one per (prefill, decode)
+  pair, shared by its transfers in flight (processor sharing: ``n`` transfers each move
+  at ``bandwidth / n``); a transfer's last byte lands ``latency_s`` after it leaves, so
+  one alone takes ``latency_s + bytes / bandwidth``;
+* routers learn from both phases: the prefill router is told the prefill's outcome
+  (its first token) and the decode router the whole request's;
 * the decode instance takes the KV
   (:meth:`~sincere.engine.continuous.ContinuousEngine.add_prefilled`) and starts
   decoding at an iteration boundary once blocks for it are free, in arrival
@@ -30,6 +33,7 @@ included), and when decoding started.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -38,11 +42,13 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from sincere.core.errors import ConfigError
-from sincere.core.records import _column, _strings
+from sincere.core.records import arrow_column, arrow_strings
+from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.engine.continuous import ContinuousEngine
 from sincere.policy.front_door import Hold, Reject
 from sincere.policy.pd import PDFrontDoor, PDRoute
+from sincere.policy.router_base import Outcome
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, KvLinkConfig, SimulationConfig
 from sincere.sim.events import EventQueue
@@ -94,26 +100,68 @@ def check_roles(config: SimulationConfig) -> None:
             )  # fmt: skip
 
 
+WIRE_BYTES_TOL = 1.0
+"""Bytes left below which a transfer counts as sent (float rounding of the shares)."""
+
+
 @dataclass(eq=False)
 class KvLink:
-    """A FIFO link: transfers cross one after another at ``bandwidth_gbps``."""
+    """A link shared by the transfers on it (processor sharing).
+
+    ``n`` transfers in flight each move at ``bandwidth_gbps / n``; at every start and
+    end the bytes left are brought up to date and the next end recomputed. The loop
+    calls :meth:`start` and, at :attr:`next_at`, :meth:`finish`.
+    """
 
     bandwidth_gbps: float  # GB/s (1e9 bytes) one way
     latency_s: Seconds  # added to every transfer
-    free_at: Seconds = 0.0  # when the transfer on the link ends its last byte
+    index: int = 0  # the loop's number for this link (its events' payload)
+    active: dict[int, float] = field(default_factory=dict)  # request -> bytes left
+    updated_at: Seconds = 0.0  # when ``active`` was last brought up to date
+    next_at: Seconds | None = None  # when the next transfer in flight sends its last byte
     num_transfers: int = 0
     num_bytes: float = 0.0
-    busy_s: Seconds = 0.0
+    busy_s: Seconds = 0.0  # time with at least one transfer in flight
 
-    def send(self, ready_at: Seconds, num_bytes: float) -> Seconds:
-        """When ``num_bytes`` ready at ``ready_at`` have arrived."""
-        start = max(ready_at, self.free_at)
-        wire = num_bytes / (self.bandwidth_gbps * 1e9)
-        self.free_at = start + wire
+    def _catch_up(self, at: Seconds) -> None:
+        """Move every transfer in flight on to ``at`` at its share of the bandwidth."""
+        active = self.active
+        if active and at > self.updated_at:
+            span = at - self.updated_at
+            sent = span * self.bandwidth_gbps * 1e9 / len(active)
+            for i in active:
+                active[i] -= sent
+            self.busy_s += span
+        self.updated_at = at
+
+    def _plan(self) -> Seconds | None:
+        """Recompute when the transfer with the fewest bytes left ends."""
+        active = self.active
+        if not active:
+            self.next_at = None
+        else:
+            left = max(min(active.values()), 0.0)
+            self.next_at = self.updated_at + left * len(active) / (self.bandwidth_gbps * 1e9)
+        return self.next_at
+
+    def start(self, i: int, at: Seconds, num_bytes: float) -> Seconds | None:
+        """Request ``i``'s ``num_bytes`` start at ``at``; the link's next end."""
+        self._catch_up(at)
+        self.active[i] = float(num_bytes)
         self.num_transfers += 1
         self.num_bytes += num_bytes
-        self.busy_s += wire
-        return self.free_at + self.latency_s
+        return self._plan()
+
+    def finish(self, at: Seconds) -> list[int]:
+        """At :attr:`next_at`: the requests whose last byte left (the next end replanned)."""
+        self._catch_up(at)
+        active = self.active
+        least = min(active.values())
+        done = [i for i, left in active.items() if left <= max(least, 0.0) + WIRE_BYTES_TOL]
+        for i in done:
+            del active[i]
+        self._plan()
+        return done
 
 
 def link_figures(cfg: KvLinkConfig, interconnect_gbps: float, num_gpus: int) -> tuple[float, float]:
@@ -155,16 +203,20 @@ class PDRecords:
         """The extra ``requests.parquet`` columns (null where not disaggregated)."""
         names = [*instances, ""]
         pre, dec = self.prefill_instance, self.decode_instance
+        ready, started = self.kv_ready_at, self.decode_started_at
         return {
-            "prefill_instance": _strings(names, np.where(pre < 0, len(instances), pre), pre < 0),
-            "decode_instance": _strings(names, np.where(dec < 0, len(instances), dec), dec < 0),
-            "kv_transfer_s": _column(
-                self.kv_ready_at - self.prefill_done_at, np.isnan(self.kv_ready_at)
-            ),
-            "kv_ready_at": _column(self.kv_ready_at, np.isnan(self.kv_ready_at)),
-            "decode_started_at": _column(self.decode_started_at, np.isnan(self.decode_started_at)),
-            "kv_bytes": _column(self.kv_bytes),
+            "prefill_instance": _names(names, pre),
+            "decode_instance": _names(names, dec),
+            "kv_transfer_s": arrow_column(ready - self.prefill_done_at, np.isnan(ready)),
+            "kv_ready_at": arrow_column(ready, np.isnan(ready)),
+            "decode_started_at": arrow_column(started, np.isnan(started)),
+            "kv_bytes": arrow_column(self.kv_bytes),
         }
+
+
+def _names(names: list[str], index: npt.NDArray[np.int64]) -> pa.Array:
+    """``names[index]``, null where ``index`` is negative (``names`` ends with a blank)."""
+    return arrow_strings(names, np.where(index < 0, len(names) - 1, index), index < 0)
 
 
 @dataclass(eq=False)
@@ -179,12 +231,15 @@ class PDPlan:
     link_figures: list[tuple[float, float]]  # per engine as a sender: (GB/s, latency s)
     records: PDRecords
     links: dict[tuple[int, int], KvLink] = field(default_factory=dict)
+    all_links: list[KvLink] = field(default_factory=list)  # by index, in creation order
 
     def link(self, p: int, d: int) -> KvLink:
         """The link from prefill engine ``p`` to decode engine ``d``."""
         found = self.links.get((p, d))
         if found is None:
-            found = self.links[(p, d)] = KvLink(*self.link_figures[p])
+            bandwidth, latency = self.link_figures[p]
+            found = self.links[(p, d)] = KvLink(bandwidth, latency, len(self.all_links))
+            self.all_links.append(found)
         return found
 
     def summary(self) -> dict[str, object]:
@@ -202,14 +257,15 @@ class PDPlan:
         }
 
 
-KV_READY = 0  # priority of a KV arrival: with arrivals, before engine wake-ups
+KV_READY = 0  # priority of a KV arrival or a link's next end: before engine wake-ups
 
 
 class PDLoop:
     """The event loop of a disaggregated cluster: arrivals, engine wake-ups, KV arrivals.
 
-    Payloads: :data:`~sincere.sim.runner.ARRIVAL`, an engine index, or ``-2 - i`` for
-    request ``i``'s KV landing at its decode instance.
+    Payloads: :data:`~sincere.sim.runner.ARRIVAL`, an engine index, ``-2 - i`` for
+    request ``i``'s KV landing at its decode instance, or ``-2 - n - k`` (``n``
+    requests) for link ``k``'s next transfer sending its last byte.
     """
 
     def __init__(self, cluster: Cluster, plan: PDPlan, progress: Progress | None) -> None:
@@ -227,6 +283,15 @@ class PDLoop:
         # tokens each request will generate (its cap applied; re-read after routing)
         self._prompt = req.prompt_tokens
         self._pending: dict[int, int] = {}  # prefilling request -> its decode engine
+        # disaggregated requests whose outcomes a router learns from, with what it saw
+        self._learns = plan.door.learns_from_outcomes
+        self._seen: dict[int, Request] = {}
+        # the per-phase routers read the same views as the cluster's front door: keep
+        # the loads and token counts in them when either phase's router reads them
+        if plan.door.reads_engine_load:
+            cluster.load_blind = False
+        if plan.door.reads_engine_tokens:
+            cluster.exact_tokens = True
 
     def run(self) -> RunLog:
         n = len(self.arrivals)
@@ -249,8 +314,10 @@ class PDLoop:
                     self.progress(k, n)
             elif payload >= 0:
                 self._advance(payload, at)
-            else:
+            elif payload >= -1 - n:
                 self._kv_ready(-2 - payload, at)
+            else:
+                self._link_end(-2 - n - payload, at)
         records = self.cluster.records
         left = records.unfinished()
         for i in left.tolist():
@@ -261,7 +328,8 @@ class PDLoop:
         self.in_system += 1
         cluster, plan = self.cluster, self.plan
         model = int(cluster.requests.model[i])
-        decision = self._pd_decision(i, model, at)
+        request = cluster.requests.request(i)
+        decision = self._pd_decision(i, model, request, at)
         if isinstance(decision, Reject):
             cluster.records.reject(i, decision.code)
             self.in_system -= 1
@@ -282,16 +350,19 @@ class PDLoop:
         plan.records.prefill_instance[i] = p
         plan.records.decode_instance[i] = d
         self._pending[i] = d
+        if self._learns:
+            self._seen[i] = request
         cluster.outstanding[d] += 1  # routed there, not finished: the decode router sees it
         cluster.touched(d)
         self._add(p, i, at)
 
-    def _pd_decision(self, i: int, model: int, at: Seconds) -> PDRoute | Reject | Hold | None:
+    def _pd_decision(
+        self, i: int, model: int, request: Request, at: Seconds
+    ) -> PDRoute | Reject | Hold | None:
         plan, cluster = self.plan, self.cluster
         prefill, decode = plan.prefill_of[model], plan.decode_of[model]
         if not prefill or not decode:
             return None
-        request = cluster.requests.request(i)
         return plan.door.decide(
             request, cluster._views_at(prefill, at), cluster._views_at(decode, at), at
         )
@@ -316,8 +387,13 @@ class PDLoop:
         for i in done:
             cluster.outstanding[e] -= 1
             d = self._pending.pop(i, None)
-            if d is not None and self._prefilled(i, d, at):
-                continue
+            if d is not None:
+                self._observe(i, e, at, prefill=True)
+                if self._prefilled(i, d, at):
+                    continue
+                self._seen.pop(i, None)  # done at its prefill: no decode outcome
+            elif i in self._seen:
+                self._observe(i, e, at, prefill=False)
             self.in_system -= 1
             cluster.finished(i)
         self._reschedule(e)
@@ -339,10 +415,45 @@ class PDLoop:
         p = int(records.instance[i])
         num_bytes = int(self._prompt[i]) * self.plan.kv_bytes_per_token[p]
         rec.kv_bytes[i] = num_bytes
-        ready = self.plan.link(p, d).send(at, num_bytes)
-        rec.kv_ready_at[i] = ready
-        self.queue.push(ready, KV_READY, -2 - i)
+        link = self.plan.link(p, d)
+        end = link.start(i, at, num_bytes)
+        assert end is not None, "a transfer was just started"
+        self.queue.push(end, KV_READY, -2 - len(self.arrivals) - link.index)
         return True
+
+    def _link_end(self, k: int, at: Seconds) -> None:
+        """Link ``k``'s next transfer (or transfers) sent its last byte: it lands later."""
+        link = self.plan.all_links[k]
+        if link.next_at != at:
+            return  # stale: a transfer started or ended since
+        for i in link.finish(at):
+            ready = at + link.latency_s
+            self.plan.records.kv_ready_at[i] = ready
+            self.queue.push(ready, KV_READY, -2 - i)
+        if link.next_at is not None:
+            self.queue.push(link.next_at, KV_READY, -2 - len(self.arrivals) - k)
+
+    def _observe(self, i: int, e: int, at: Seconds, *, prefill: bool) -> None:
+        """Tell the phase's router how request ``i`` went on engine ``e`` (its prefill:
+        the first token; its decode: the whole request), unless it was rejected."""
+        request = self._seen.get(i) if prefill else self._seen.pop(i, None)
+        records = self.cluster.records
+        if request is None or records.rejected[i]:
+            self._seen.pop(i, None)
+            return
+        arrival = float(self.cluster.requests.arrival_at[i])
+        first = float(records.first_token_at[i])
+        end = at if prefill else float(records.finished_at[i])
+        outcome = Outcome(
+            request=request,
+            instance=self.cluster.infos[e].id,
+            ttft_s=None if math.isnan(first) else first - arrival,
+            e2e_s=end - arrival,
+            output_tokens=1 if prefill else int(records.output_tokens[i]),
+            finished_at=end,
+        )
+        door = self.plan.door
+        (door.observe_prefill if prefill else door.observe_decode)(outcome)
 
     def _kv_ready(self, i: int, at: Seconds) -> None:
         d = int(self.plan.records.decode_instance[i])
