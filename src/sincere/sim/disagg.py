@@ -14,7 +14,8 @@ instances (docs/disaggregation.md):
   does);
 * its prompt's KV (``prompt_tokens x`` the model's KV bytes per token at the prefill
   instance's KV precision; the first token's KV is computed by its first decode step)
-  crosses the :class:`KvLink` between the two instances: a FIFO link, one per (prefill,
+  crosses the :class:`~sincere.perf.kv_link.KvLink` between the two instances (the link
+  model the live path's emulated decode engines use too): a FIFO link, one per (prefill,
   decode) pair -- a transfer starts when the link is free, occupies it for
   ``bytes / bandwidth`` and lands ``latency_s`` later;
 * the decode instance takes the KV
@@ -41,19 +42,17 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import _column, _strings
 from sincere.core.types import Seconds
 from sincere.engine.continuous import ContinuousEngine
+from sincere.perf.kv_link import NVLINK_DEFAULT_LATENCY_S as NVLINK_DEFAULT_LATENCY_S
+from sincere.perf.kv_link import RDMA_DEFAULT_GBPS as RDMA_DEFAULT_GBPS
+from sincere.perf.kv_link import RDMA_DEFAULT_LATENCY_S as RDMA_DEFAULT_LATENCY_S
+from sincere.perf.kv_link import KvLink as KvLink
+from sincere.perf.kv_link import link_figures as link_figures
 from sincere.policy.front_door import Hold, Reject
 from sincere.policy.pd import PDFrontDoor, PDRoute
 from sincere.sim.cluster import Cluster
-from sincere.sim.config import InstanceConfig, KvLinkConfig, SimulationConfig
+from sincere.sim.config import InstanceConfig, SimulationConfig
 from sincere.sim.events import EventQueue
 from sincere.sim.runner import ARRIVAL, Progress, RunLog
-
-RDMA_DEFAULT_GBPS = 50.0
-"""RDMA bandwidth when none is given: one 400 Gb/s NIC (NDR InfiniBand, ConnectX-7), GB/s."""
-NVLINK_DEFAULT_LATENCY_S = 5e-6
-"""Per-transfer latency assumed over NVLink when none is given (a few microseconds)."""
-RDMA_DEFAULT_LATENCY_S = 20e-6
-"""Per-transfer latency assumed over RDMA when none is given (setup plus one round trip)."""
 
 ROLES = ("prefill", "decode", "both")
 NO_INSTANCE = -1
@@ -92,43 +91,6 @@ def check_roles(config: SimulationConfig) -> None:
                 "disaggregated model needs at least one of each",
                 where="instances[].role", value=sorted(roles), allowed=ROLES,
             )  # fmt: skip
-
-
-@dataclass(eq=False)
-class KvLink:
-    """A FIFO link: transfers cross one after another at ``bandwidth_gbps``."""
-
-    bandwidth_gbps: float  # GB/s (1e9 bytes) one way
-    latency_s: Seconds  # added to every transfer
-    free_at: Seconds = 0.0  # when the transfer on the link ends its last byte
-    num_transfers: int = 0
-    num_bytes: float = 0.0
-    busy_s: Seconds = 0.0
-
-    def send(self, ready_at: Seconds, num_bytes: float) -> Seconds:
-        """When ``num_bytes`` ready at ``ready_at`` have arrived."""
-        start = max(ready_at, self.free_at)
-        wire = num_bytes / (self.bandwidth_gbps * 1e9)
-        self.free_at = start + wire
-        self.num_transfers += 1
-        self.num_bytes += num_bytes
-        self.busy_s += wire
-        return self.free_at + self.latency_s
-
-
-def link_figures(cfg: KvLinkConfig, interconnect_gbps: float, num_gpus: int) -> tuple[float, float]:
-    """(bandwidth GB/s, latency s) of a link from a prefill instance whose accelerator
-    quotes ``interconnect_gbps`` (both directions) on each of its ``num_gpus`` GPUs."""
-    if cfg.kind == "nvlink":
-        bandwidth = interconnect_gbps / 2.0 * num_gpus
-        latency = NVLINK_DEFAULT_LATENCY_S
-    else:
-        bandwidth, latency = RDMA_DEFAULT_GBPS, RDMA_DEFAULT_LATENCY_S
-    if cfg.bandwidth_gbps is not None:
-        bandwidth = cfg.bandwidth_gbps
-    if cfg.latency_s is not None:
-        latency = cfg.latency_s
-    return bandwidth, latency
 
 
 @dataclass(eq=False)
