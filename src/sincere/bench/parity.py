@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,12 @@ from sincere.policy.decision_log import DecisionLog, Mismatch, read_log, replay
 from sincere.policy.front_door import FrontDoor
 from sincere.sim.api import SimulationResult, simulate
 from sincere.sim.build import build_cluster
-from sincere.sim.config import InstanceConfig, SimulationConfig, load_config
+from sincere.sim.config import (
+    DisaggregationConfig,
+    InstanceConfig,
+    SimulationConfig,
+    load_config,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -310,7 +316,12 @@ def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
                 value=inst.engine.kind,
                 allowed="engine.kind: continuous",
             )
-        configs.append(EmulatorConfig(name=name, max_num_requests=1 << 20, **_spec_fields(inst)))
+        pd: dict[str, Any] = {"role": inst.role or "both"}
+        if config.disaggregation is not None:
+            pd["kv_link"] = config.disaggregation.kv_link
+        configs.append(
+            EmulatorConfig(name=name, max_num_requests=1 << 20, **_spec_fields(inst), **pd)
+        )
     return configs
 
 
@@ -338,6 +349,7 @@ def gateway_config(
             "quality": inst.quality,
             "load_path": "/sincere/load",
             "deployment": _spec_fields(inst),
+            "role": inst.role or "both",
         }
         for inst, server, name in zip(_expanded(config), servers, names, strict=True)
     ]
@@ -347,6 +359,7 @@ def gateway_config(
     router["seed"] = config.seed if router["seed"] is None else router["seed"]
     return parse_config(
         {
+            **_disaggregation(config),
             "port": 0,
             "router": router,
             "admission": config.admission.model_dump(),
@@ -358,6 +371,18 @@ def gateway_config(
             "admin": False,
         }
     )
+
+
+def _disaggregation(config: SimulationConfig) -> dict[str, Any]:
+    """The gateway's ``disaggregation`` section mirroring the simulator's (the link lives
+    in the emulators); each phase's router seeded as the simulator seeds it."""
+    if not any((inst.role or "both") != "both" for inst in config.instances):
+        return {}
+    pd = (config.disaggregation or DisaggregationConfig()).model_dump(exclude={"kv_link"})
+    for k, where in enumerate(("prefill_router", "decode_router")):
+        if pd[where]["seed"] is None:
+            pd[where]["seed"] = config.seed + 1 + k  # build_pd_front_door's streams
+    return {"disaggregation": pd}
 
 
 def _spec_fields(inst: Any) -> dict[str, Any]:
@@ -388,6 +413,7 @@ async def live_run(
     from sincere.serve.gateway.server import Gateway
 
     emulators = _emulator_configs(config, instance_ids)
+    _warm_up(config)
     servers = await start_emulators(emulators)
     try:
         gw_config = gateway_config(config, requests, servers, instance_ids)
@@ -403,6 +429,16 @@ async def live_run(
                     await lag.stop()
     finally:
         await stop_emulators(servers)
+
+
+def _warm_up(config: SimulationConfig) -> None:
+    """Load the prompt tokenizer now: its first use (hundreds of ms) would otherwise delay
+    the first request at the gateway and put it out of step with the simulated one."""
+    from sincere.serve.protocol import count_prompt_tokens
+
+    for inst in config.instances:
+        for model in inst.model_names:
+            count_prompt_tokens("warm up", model)
 
 
 def compare(
@@ -539,3 +575,132 @@ def follows_least_outstanding(table: pa.Table) -> npt.NDArray[np.bool_]:
     best = np.asarray(keys, dtype=object)[np.argmin(counts, axis=1)] if keys else []
     same: npt.NDArray[np.bool_] = np.asarray(names, dtype=object) == np.asarray(best, dtype=object)
     return same
+
+
+PD_RACE_S = 0.03
+"""An arrival this close to another request's prefill end or finish may see either side
+of it live: the prefill's answer crosses two HTTP hops and the gateway's event loop
+(about 10-20 ms more than simulated on a loaded 2-core machine)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseDiff:
+    """A request whose prefill or decode instance differs between the two paths, and the
+    requests each instance held at its arrival on each path (the load-aware routers'
+    input, rebuilt from the records: prefill instances from arrival to the prefill's
+    end, decode instances from arrival -- the decision -- to the request's end)."""
+
+    position: int
+    sim: tuple[str | None, str | None]  # (prefill, decode) instance; prefill None: colocated
+    live: tuple[str | None, str | None]
+    sim_outstanding: dict[str, int]
+    live_outstanding: dict[str, int]
+    race_s: float  # from its arrival to the nearest prefill end or finish, either path
+
+    @property
+    def explained(self) -> bool:
+        """Whether the two paths saw different loads at this arrival, or it raced with
+        another request's prefill end or finish (closer than the live path's jitter)."""
+        return self.sim_outstanding != self.live_outstanding or self.race_s < PD_RACE_S
+
+
+@dataclass(eq=False)
+class PDParity:
+    """Per request, where each phase ran in the simulator and live."""
+
+    sim: SimulationResult
+    live: BenchResult
+    diffs: list[PhaseDiff]
+
+    @property
+    def num_same(self) -> int:
+        """Requests whose prefill and decode instances agree."""
+        return len(self.sim.requests) - len(self.diffs)
+
+
+def phases_of(table: pa.Table) -> list[tuple[str | None, str | None]]:
+    """(prefill, decode) instance of each request; colocated: (None, its instance)."""
+    instance = table.column("instance").to_pylist()
+    if "prefill_instance" not in table.column_names:
+        return [(None, name) for name in instance]
+    prefill = table.column("prefill_instance").to_pylist()
+    return list(zip(prefill, instance, strict=True))
+
+
+def prefill_done_at(table: pa.Table) -> FloatArray:
+    """When each request's prefill ended (NaN: not disaggregated): the bench's
+    ``prefill_done_at``, the simulator's KV-ready time less its transfer."""
+    if "prefill_done_at" in table.column_names:
+        return _col(table, "prefill_done_at")
+    if "kv_ready_at" not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    return _col(table, "kv_ready_at") - _col(table, "kv_transfer_s")
+
+
+def _held_at_arrivals(
+    names: list[Any], arrival: FloatArray, until: FloatArray
+) -> dict[str, IntArray]:
+    """Per instance, requests routed there (arrived) and not yet done at every arrival."""
+    keys = sorted({str(n) for n in names if n is not None})
+    held = np.asarray(names, dtype=object)
+    out = {}
+    for key in keys:
+        mine = (held == key) & np.isfinite(until)
+        started = np.searchsorted(np.sort(arrival[mine]), arrival, side="left")
+        ended = np.searchsorted(np.sort(until[mine]), arrival, side="left")
+        out[key] = started - ended
+    return out
+
+
+def phase_loads(table: pa.Table) -> dict[str, IntArray]:
+    """Requests each prefill and decode instance held at every arrival (see PhaseDiff)."""
+    arrival = _col(table, "arrival_at")
+    loads = _held_at_arrivals(table.column("instance").to_pylist(), arrival,
+                              _col(table, "finished_at"))  # fmt: skip
+    if "prefill_instance" in table.column_names:
+        prefill = table.column("prefill_instance").to_pylist()
+        loads.update(_held_at_arrivals(prefill, arrival, prefill_done_at(table)))
+    return loads
+
+
+def _ends(table: pa.Table) -> FloatArray:
+    """Every prefill end and finish of ``table``, sorted (NaN left out)."""
+    ends = np.concatenate([prefill_done_at(table), _col(table, "finished_at")])
+    return np.sort(ends[np.isfinite(ends)])
+
+
+def _nearest(points: FloatArray, at: float) -> float:
+    """Distance from ``at`` to the nearest of sorted ``points`` (inf: none)."""
+    if not len(points):
+        return math.inf
+    k = int(np.searchsorted(points, at))
+    near = points[max(k - 1, 0) : k + 1]
+    return float(np.abs(near - at).min())
+
+
+def compare_phases(sim: pa.Table, live: pa.Table) -> list[PhaseDiff]:
+    """The requests whose phases ran on other instances live than simulated."""
+    s, m = phases_of(sim), phases_of(live)
+    s_loads, m_loads = phase_loads(sim), phase_loads(live)
+    ends = np.sort(np.concatenate([_ends(sim), _ends(live)]))
+    arrival = _col(sim, "arrival_at")
+    diffs = []
+    for i, (a, b) in enumerate(zip(s, m, strict=True)):
+        if a != b:
+            keys = sorted({*s_loads, *m_loads})  # an instance one path never used: 0
+            seen_sim = {k: int(s_loads[k][i]) if k in s_loads else 0 for k in keys}
+            seen_live = {k: int(m_loads[k][i]) if k in m_loads else 0 for k in keys}
+            race = _nearest(ends, float(arrival[i]))
+            diffs.append(PhaseDiff(i, a, b, seen_sim, seen_live, race))
+    return diffs
+
+
+def pd_parity(config: SimulationConfig | dict[str, Any] | str, seed: int | None = None) -> PDParity:
+    """Simulate a disaggregated ``config`` and replay its requests through gateway +
+    emulators with the same roles, P/D routing and KV link; compare where each request's
+    prefill and decode ran (decision logs are not compared: the P/D path writes none)."""
+    cfg = config if isinstance(config, SimulationConfig) else load_config(config)
+    sim = simulate(cfg, seed)
+    ids = list(sim.records.instances)
+    live = asyncio.run(live_run(sim.config, sim.requests_in, ids))
+    return PDParity(sim, live, compare_phases(sim.requests, live.requests))
