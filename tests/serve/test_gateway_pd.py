@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from sincere.core.errors import ConfigError
-from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.config import EmulatorConfig, load_emulator_configs
 from sincere.serve.emulator.server import EmulatorServer, start_emulators, stop_emulators
-from sincere.serve.gateway.config import parse_config
+from sincere.serve.gateway.config import load_config, parse_config
 from sincere.serve.gateway.pd_relay import PREFILL_INSTANCE_HEADER, PREFILL_S_HEADER
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
@@ -179,3 +179,13 @@ def test_roles_must_pair_and_disaggregation_needs_roles() -> None:
     with pytest.raises(ConfigError, match="no backend has role"):
         parse_config({"backends": [plain], "disaggregation": {}})
     json.dumps(plain)  # the config stays plain data
+
+
+def test_shipped_example_pairs_roles() -> None:
+    """The shipped P/D example: the gateway's roles match the emulators' on the same ports."""
+    root = Path(__file__).resolve().parents[2] / "examples" / "serve"
+    emulators = {c.port: c.role for c in load_emulator_configs(root / "emulators-pd.yaml")}
+    gateway = load_config(root / "gateway-pd.yaml")
+    assert gateway.disaggregation is not None
+    roles = {int(b.url.rsplit(":", 1)[1]): b.role for b in gateway.backends}
+    assert roles == emulators == {8111: "prefill", 8112: "decode", 8113: "decode"}
