@@ -189,3 +189,51 @@ def test_shipped_example_pairs_roles() -> None:
     assert gateway.disaggregation is not None
     roles = {int(b.url.rsplit(":", 1)[1]): b.role for b in gateway.backends}
     assert roles == emulators == {8111: "prefill", 8112: "decode", 8113: "decode"}
+
+
+def test_a_full_prefill_pool_holds_then_serves() -> None:
+    """With the prefill backend capped at one request in flight, a second concurrent request
+    waits for the slot (asked again every 10 ms) and is served, not refused."""
+
+    async def body() -> None:
+        servers = await start_emulators(_emulators())
+        try:
+            raw = _gateway_raw(servers)
+            raw["backends"][0]["max_in_flight"] = 1
+            async with Gateway(parse_config(raw)) as gw, aiohttp.ClientSession() as s:
+                reqs = [  # other prompts: the second finds nothing in the prefix cache
+                    {"model": "llama-3-8b", "prompt": [k] * 500, "max_tokens": 3, "stream": True}
+                    for k in (1, 2)
+                ]
+                got = await asyncio.gather(*(_stream(s, gw.url, req) for req in reqs))
+                assert [g[0] for g in got] == [200, 200]
+                prefill_s = sorted(float(g[1][PREFILL_S_HEADER]) for g in got)
+                assert prefill_s[1] >= prefill_s[0] + 0.08  # the second waited for the first
+        finally:
+            await stop_emulators(servers)
+
+    run(body)
+
+
+def test_a_dead_prefill_instance_is_a_502() -> None:
+    """A prefill backend that refuses connections: the client gets 502 naming the phase,
+    and the breaker counts the failure."""
+
+    async def body() -> None:
+        servers = await start_emulators(_emulators()[1:])
+        try:
+            raw = _gateway_raw(servers)
+            dead = {**raw["backends"][0], "name": "p0", "role": "prefill",
+                    "url": "http://127.0.0.1:9"}  # fmt: skip
+            raw["backends"].append(dead)
+            async with Gateway(parse_config(raw)) as gw, aiohttp.ClientSession() as s:
+                req = {"model": "llama-3-8b", "prompt": PROMPT, "max_tokens": 3}
+                async with s.post(gw.url + "/v1/completions", json=req) as r:
+                    assert r.status == 502
+                    assert "prefill failed" in (await r.json())["error"]["message"]
+                assert gw.metrics.upstream_errors[("p0", "prefill")] == 1
+                assert gw.dispatcher.instances["p0"].breaker.num_failures == 1
+        finally:
+            await stop_emulators(servers)
+
+    run(body)
