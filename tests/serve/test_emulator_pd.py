@@ -8,12 +8,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sincere.bench.prompts import BlockTexts, block_prompt
 from sincere.catalog import get_model
 from sincere.serve.emulator.config import EmulatorConfig
-from sincere.serve.emulator.pd import KV_TRANSFER_HEADER, KV_WAIT_HEADER
+from sincere.serve.emulator.pd import KV_TRANSFER_HEADER, KV_WAIT_HEADER, phase_of, remote_kv
 from sincere.serve.emulator.server import EmulatorServer
+from sincere.serve.protocol import ProtocolError
 
 # 2 ms decode steps; a prefill costs 3 ms plus 0.5 ms a prompt token (1000 tokens: 0.5 s)
 STEP = {"kind": "inferno", "params": {"alpha_ms": 2, "beta_ms": 0, "gamma_ms": 3,
@@ -164,3 +167,32 @@ def test_usage_reports_cached_prompt_tokens(caching: bool) -> None:
     else:
         assert "prompt_tokens_details" not in usages[1]
         assert "prompt_tokens_details" not in usages[2]["stream"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(["do_remote_prefill", "do_remote_decode", "remote_engine_id", "sincere"])
+
+
+@given(
+    st.one_of(JSON, st.dictionaries(KEYS, JSON | st.dictionaries(
+        st.sampled_from(["kv_bytes", "bandwidth_gbps", "latency_s"]), JSON), max_size=4)),
+    st.sampled_from(["prefill", "decode", "both"]),
+)  # fmt: skip
+def test_any_kv_transfer_params_parse_or_get_a_400(params: Any, role: str) -> None:
+    """Whatever kv_transfer_params a client sends, the emulator reads it or answers a 400
+    naming the field -- never another error."""
+    body = {"kv_transfer_params": params}
+    try:
+        phase = phase_of(body, role)
+        if phase == "decode":
+            remote = remote_kv(body)
+            assert remote.engine_id
+            assert remote.bandwidth_gbps is None or remote.bandwidth_gbps > 0
+    except ProtocolError as exc:
+        assert exc.status == 400 and (exc.param or "").startswith("kv_transfer_params")
