@@ -170,14 +170,17 @@ def test_the_client_is_charged_once(tmp_path: Path) -> None:
 
 
 def test_roles_must_pair_and_disaggregation_needs_roles() -> None:
-    """A model with prefill backends but no decode backend, or disaggregation without any
-    role, is a config error naming the problem."""
+    """A model with prefill backends but no decode backend, disaggregation without any
+    role, or an unknown phase router, is a config error naming the problem."""
     one = {"name": "p", "url": "http://127.0.0.1:1", "models": ["m"], "role": "prefill"}
     with pytest.raises(ConfigError, match="no decode backend"):
         parse_config({"backends": [one]})
     plain = {**one, "role": "both"}
     with pytest.raises(ConfigError, match="no backend has role"):
         parse_config({"backends": [plain], "disaggregation": {}})
+    pair = [one, {**one, "name": "d", "role": "decode"}]
+    with pytest.raises(ConfigError, match=r"disaggregation.prefill_router.name: unknown router"):
+        parse_config({"backends": pair, "disaggregation": {"prefill_router": {"name": "nope"}}})
     json.dumps(plain)  # the config stays plain data
 
 

@@ -312,8 +312,18 @@ def parse_config(raw: object, where: str | Path = "config") -> GatewayConfig:
 
 
 def _policies(raw: object) -> list[PolicySpec]:
-    """The policies a gateway config names: its router (and the router's predictors)."""
-    return router_specs(raw.get("router") if isinstance(raw, dict) else None)
+    """The policies a gateway config names: its router (and the router's predictors), and
+    the routers of ``disaggregation`` when set (each phase's default when left out)."""
+    data = raw if isinstance(raw, dict) else {}
+    specs = router_specs(data.get("router"))
+    pd = data.get("disaggregation")
+    if isinstance(pd, dict):
+        for key, default in (("prefill_router", "prefix-aware"), ("decode_router", None)):
+            block = pd.get(key)
+            if block is None and default is not None:
+                block = {"name": default}
+            specs += router_specs(block, f"disaggregation.{key}")
+    return specs
 
 
 def load_config(path: str | Path) -> GatewayConfig:
