@@ -8,7 +8,19 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sincere.bench.parity import PD_RACE_S, compare_phases, pd_parity, phase_loads
+from sincere.bench.parity import (
+    PD_RACE_S,
+    PDCall,
+    compare_phases,
+    pd_answer,
+    pd_parity,
+    phase_loads,
+    replay_pd,
+)
+from sincere.core.request import Request
+from sincere.policy.pd import build_pd_front_door
+from sincere.policy.pd_config import PDRoutingConfig
+from sincere.policy.router_base import InstanceView
 
 CONFIG: dict[str, Any] = {
     "seed": 3,
@@ -37,7 +49,8 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
 def test_sim_and_live_choose_the_same_instances_or_say_why() -> None:
     """One trace through the simulator and through gateway + role emulators: every request
     is disaggregated both ways, the first decisions agree, every divergence is explained
-    by a load the two paths saw differently or a race with a prefill end / finish, and
+    by a load the two paths saw differently or a race with a prefill end / finish, the
+    gateway's P/D decisions replay identically on the simulator's front door, and
     the bench's per-request phases (instances, transfer, TTFT at the prefill) match the
     simulator's figures."""
     result = pd_parity(CONFIG)
@@ -50,6 +63,8 @@ def test_sim_and_live_choose_the_same_instances_or_say_why() -> None:
     assert all(d.position > 0 for d in result.diffs)  # the first request has nothing to race
     unexplained = [d for d in result.diffs if not d.explained]
     assert unexplained == [], unexplained
+    # the same logic: the gateway's decisions, replayed on the simulator's P/D front door
+    assert result.num_replayed == 24 and result.replay_mismatches == []
     # the same link model: each transfer within a few ms of the simulated one
     transfer = _column(live, "kv_transfer_s") - _column(sim, "kv_transfer_s")
     assert np.median(np.abs(transfer)) < 0.01
@@ -92,3 +107,24 @@ def test_phase_loads_count_prefill_until_its_end() -> None:
     loads = phase_loads(table)
     assert loads["p0"].tolist() == [0, 1, 1]
     assert loads["d0"].tolist() == [0, 1, 2]
+
+
+def test_replay_catches_other_logic() -> None:
+    """Recorded P/D calls replay identically on a door built the same way, and not on one
+    whose decode router differs (the replay can tell logics apart)."""
+
+    def view(name: str, outstanding: int) -> InstanceView:
+        return InstanceView(name, "m", "A100-80GB", num_outstanding=outstanding)
+
+    same = PDRoutingConfig()
+    other = PDRoutingConfig.model_validate({"decode_router": {"name": "round-robin"}})
+    recorded = build_pd_front_door(same, 0)
+    calls = []
+    for k in range(6):
+        req = Request(k, float(k), "m", 100, 10)
+        pv = (view("p0", 0), view("p1", 0))
+        dv = (view("d0", 0), view("d1", 0), view("d2", 3))  # d2 busy: least-outstanding avoids it
+        answer = pd_answer(recorded.decide(req, pv, dv, float(k)))
+        calls.append(PDCall(req, pv, dv, float(k), answer))
+    assert replay_pd(calls, build_pd_front_door(same, 0)) == []
+    assert replay_pd(calls, build_pd_front_door(other, 0)) != []

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,12 +56,14 @@ from sincere.bench.parity_decisions import DecisionDiff, compare_decisions
 from sincere.bench.results import BenchResult
 from sincere.bench.runner import BenchOptions, run_bench_async
 from sincere.core.errors import ConfigError
-from sincere.core.request import RequestArrays
+from sincere.core.request import Request, RequestArrays
 from sincere.engine.instance import spec_max_num_seqs
 from sincere.engine.spec import ContinuousConfig
 from sincere.perf.base import StepTimeModel
 from sincere.policy.decision_log import DecisionLog, Mismatch, read_log, replay
-from sincere.policy.front_door import FrontDoor
+from sincere.policy.front_door import FrontDoor, Hold, Reject
+from sincere.policy.pd import PDFrontDoor, PDRoute, build_pd_front_door
+from sincere.policy.router_base import InstanceView
 from sincere.sim.api import SimulationResult, simulate
 from sincere.sim.build import build_cluster
 from sincere.sim.config import (
@@ -403,11 +406,13 @@ async def live_run(
     instance_ids: list[str],
     lag: LoopLag | None = None,
     decisions: DecisionLog | None = None,
+    on_gateway: Callable[[Any], None] | None = None,
 ) -> BenchResult:
     """Replay ``requests`` through gateway + emulated engines built from ``config``.
 
     ``lag``, when given, samples the event loop's lag while the requests run;
-    ``decisions`` receives the gateway's decision log.
+    ``decisions`` receives the gateway's decision log; ``on_gateway`` is called with the
+    gateway before the first request.
     """
     from sincere.serve.emulator.server import start_emulators, stop_emulators
     from sincere.serve.gateway.server import Gateway
@@ -418,6 +423,8 @@ async def live_run(
     try:
         gw_config = gateway_config(config, requests, servers, instance_ids)
         async with Gateway(gw_config, decisions=decisions) as gateway:
+            if on_gateway is not None:
+                on_gateway(gateway)
             horizon = float(requests.arrival_at[-1]) + 300.0
             options = BenchOptions(time_limit_s=horizon, request_fields=True)
             if lag is not None:
@@ -604,13 +611,70 @@ class PhaseDiff:
         return self.sim_outstanding != self.live_outstanding or self.race_s < PD_RACE_S
 
 
+@dataclass(frozen=True, slots=True)
+class PDCall:
+    """One question the gateway's P/D front door answered: its inputs and its answer."""
+
+    request: Request
+    prefill: tuple[InstanceView, ...]
+    decode: tuple[InstanceView, ...]
+    now: float
+    answer: tuple[str, str | None, str | None]  # kind, prefill instance, decode instance
+
+
+def pd_answer(decision: PDRoute | Reject | Hold | None) -> tuple[str, str | None, str | None]:
+    """What must agree of a P/D decision: its kind and each phase's instance."""
+    if isinstance(decision, PDRoute):
+        return "route", decision.prefill.instance, decision.decode.instance
+    if decision is None:
+        return "colocated", None, None
+    return ("reject" if isinstance(decision, Reject) else "hold"), None, None
+
+
+class PDRecorder:
+    """Wraps a gateway's P/D front door to keep every call and answer (in order)."""
+
+    def __init__(self) -> None:
+        self.calls: list[PDCall] = []
+
+    def attach(self, gateway: Any) -> None:
+        """Record ``gateway``'s P/D decisions from now on."""
+        door: PDFrontDoor = gateway.pd_relay.door
+        decide = door.decide
+
+        def recorded(
+            request: Request,
+            prefill: Sequence[InstanceView],
+            decode: Sequence[InstanceView],
+            now: float,
+        ) -> PDRoute | Reject | Hold | None:
+            answer = decide(request, prefill, decode, now)
+            call = PDCall(request, tuple(prefill), tuple(decode), now, pd_answer(answer))
+            self.calls.append(call)
+            return answer
+
+        door.decide = recorded  # type: ignore[method-assign]  # this door only, for the run
+
+
+def replay_pd(calls: Sequence[PDCall], door: PDFrontDoor) -> list[int]:
+    """Feed the recorded calls, in order, to ``door``; the positions answered otherwise."""
+    return [
+        k
+        for k, c in enumerate(calls)
+        if pd_answer(door.decide(c.request, c.prefill, c.decode, c.now)) != c.answer
+    ]
+
+
 @dataclass(eq=False)
 class PDParity:
-    """Per request, where each phase ran in the simulator and live."""
+    """Per request, where each phase ran in the simulator and live; and the gateway's P/D
+    decisions replayed through a P/D front door built as the simulator builds it."""
 
     sim: SimulationResult
     live: BenchResult
     diffs: list[PhaseDiff]
+    num_replayed: int = 0
+    replay_mismatches: list[int] = field(default_factory=list)  # positions in the calls
 
     @property
     def num_same(self) -> int:
@@ -698,9 +762,15 @@ def compare_phases(sim: pa.Table, live: pa.Table) -> list[PhaseDiff]:
 def pd_parity(config: SimulationConfig | dict[str, Any] | str, seed: int | None = None) -> PDParity:
     """Simulate a disaggregated ``config`` and replay its requests through gateway +
     emulators with the same roles, P/D routing and KV link; compare where each request's
-    prefill and decode ran (decision logs are not compared: the P/D path writes none)."""
+    prefill and decode ran; then replay the gateway's P/D decisions, inputs as it saw them,
+    through a P/D front door built from the simulation config as the simulator builds it
+    (the same logic, parameters and seeds give the same answers whatever the timing)."""
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
     sim = simulate(cfg, seed)
     ids = list(sim.records.instances)
-    live = asyncio.run(live_run(sim.config, sim.requests_in, ids))
-    return PDParity(sim, live, compare_phases(sim.requests, live.requests))
+    recorder = PDRecorder()
+    live = asyncio.run(live_run(sim.config, sim.requests_in, ids, on_gateway=recorder.attach))
+    pd = sim.config.disaggregation or DisaggregationConfig()
+    mismatches = replay_pd(recorder.calls, build_pd_front_door(pd, sim.config.seed))
+    diffs = compare_phases(sim.requests, live.requests)
+    return PDParity(sim, live, diffs, len(recorder.calls), mismatches)
