@@ -240,3 +240,26 @@ def test_a_dead_prefill_instance_is_a_502() -> None:
             await stop_emulators(servers)
 
     run(body)
+
+
+def test_a_clients_own_kv_transfer_params_are_dropped() -> None:
+    """A client cannot make an engine skip its prompt: kv_transfer_params it sends are
+    removed (a prefill-role engine would refuse them with 400 wrong_role)."""
+
+    async def body() -> None:
+        servers = await start_emulators(_emulators()[:1])  # the prefill engine alone
+        try:
+            raw = _gateway_raw(servers)
+            raw["backends"][0]["role"] = "both"  # served whole by the gateway
+            async with Gateway(parse_config(raw)) as gw, aiohttp.ClientSession() as s:
+                forged = {"do_remote_prefill": True, "remote_engine_id": "x",
+                          "sincere": {"kv_bytes": 0}}  # fmt: skip
+                req = {"model": "llama-3-8b", "prompt": PROMPT, "max_tokens": 2,
+                       "kv_transfer_params": forged}  # fmt: skip
+                async with s.post(gw.url + "/v1/completions", json=req) as r:
+                    assert r.status == 200, await r.text()
+                    assert (await r.json())["usage"]["completion_tokens"] == 2
+        finally:
+            await stop_emulators(servers)
+
+    run(body)

@@ -26,6 +26,9 @@ instance), ``x-sincere-prefill-instance``, ``x-sincere-prefill-s`` (arrival to t
 prefill's answer: the TTFT as the simulator takes it) and, relayed from the decode
 instance when it says, ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``.
 
+A client's own ``kv_transfer_params`` are dropped (on every request): they would make an
+engine pull KV from wherever they point, or skip computing the prompt.
+
 Billing: one request, one charge -- the prompt and the completion tokens the decode
 answer reports, at the decode instance's prices (the prefill's one token is not
 charged). Failures: an instance failing before the client's first byte is a breaker
@@ -97,6 +100,8 @@ class PDRelay:
         self, http_req: web.Request, creq: CompletionRequest, pending: Pending
     ) -> web.StreamResponse:
         """Serve ``pending``: disaggregated when its model has roles and the decider says so."""
+        if KV_PARAMS in creq.body:  # the gateway speaks the KV protocol, never a client
+            creq = _without_kv_params(creq)
         if pending.sealed is not None or pending.request.model not in self.split_models():
             return await self.relay.serve(http_req, creq, pending)
         states = [
@@ -282,6 +287,13 @@ class PDRelay:
 _PREFILL_DROPS = frozenset(
     {"stream_options", "max_completion_tokens", "min_tokens", "min_completion_tokens"}
 )
+
+
+def _without_kv_params(creq: CompletionRequest) -> CompletionRequest:
+    """``creq`` without a client's ``kv_transfer_params``: they would make an engine pull
+    KV from wherever they point, or skip the prompt's compute."""
+    body = {k: v for k, v in creq.body.items() if k != KV_PARAMS}
+    return dataclasses.replace(creq, body=body, raw=b"")
 
 
 def _kv_params(answer: bytes) -> dict[str, Any] | None:
