@@ -121,3 +121,11 @@ def test_a_file_given_twice_is_a_clear_error(tmp_path: Path) -> None:
         "error: config file given twice, as FILE and with --config; give it once; "
         "got 'a.yaml and b.yaml'"
     ]
+
+
+def test_the_role_flag_is_announced(tmp_path: Path, stop_child: Stop) -> None:
+    """`sincere emulate --role decode`: the engines take the P/D role, and the table says so."""
+    args = ["--role", "decode", "--port", "0", "--count", "2"]
+    with emulating(args, tmp_path, False, stop_child) as text:
+        rows = [line for line in text.splitlines() if URL.search(line)]
+        assert len(rows) == 2 and all(row.split()[3] == "decode" for row in rows)

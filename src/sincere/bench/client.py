@@ -14,6 +14,11 @@ A server may report its own queueing delay and the instance that served the call
 in a ``sincere`` object of the body or last chunk (``{"queue_s": .., "instance":
 ..}``) or in the ``x-sincere-instance`` header; both are optional.
 
+A disaggregating gateway (:mod:`sincere.serve.gateway.pd_relay`) names the prefill
+instance and its time in headers (``x-sincere-prefill-instance``, ``x-sincere-prefill-s``:
+its arrival to the prefill's answer, the TTFT as the simulator takes it), and relays the
+decode instance's ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``; they are kept.
+
 Times come from one monotonic clock (``time.perf_counter``), relative to ``t0``.
 """
 
@@ -27,6 +32,12 @@ from typing import Any
 import aiohttp
 
 INSTANCE_HEADER = "x-sincere-instance"
+PHASE_HEADERS = {
+    "x-sincere-prefill-s": "prefill_s",
+    "x-sincere-kv-transfer-s": "kv_transfer_s",
+    "x-sincere-kv-wait-s": "kv_wait_s",
+}
+"""Headers of a disaggregated answer, by the :class:`CallTiming` field they fill."""
 
 
 @dataclass(eq=False)
@@ -42,6 +53,12 @@ class CallTiming:
     queue_s: float | None = None  # server-reported queueing delay
     instance: str | None = None  # server-reported instance
     error: str | None = None  # reject reason: http_<status>, connection_error, bad_response
+    # disaggregated serving (None: not reported): the prefill instance, the gateway's
+    # arrival-to-prefill-answer, the KV transfer (link queueing included), decode admission
+    prefill_instance: str | None = None
+    prefill_s: float | None = None
+    kv_transfer_s: float | None = None
+    kv_wait_s: float | None = None
 
     @property
     def output_tokens(self) -> int:
@@ -57,6 +74,19 @@ class CallTiming:
         fewer than the engine's.
         """
         return bool(self.chunk_at) and (self.usage_tokens or 0) > len(self.chunk_at)
+
+
+def _phases(timing: CallTiming, headers: Any) -> None:
+    """The phase headers of a disaggregated answer (unreadable numbers are ignored)."""
+    timing.prefill_instance = headers.get("x-sincere-prefill-instance")
+    for name, attr in PHASE_HEADERS.items():
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            setattr(timing, attr, float(value))
+        except ValueError:
+            continue
 
 
 def _text_of(choice: dict[str, Any]) -> str:
@@ -136,6 +166,7 @@ async def call(
     try:
         async with session.post(url, json=body, headers=headers) as resp:
             timing.instance = resp.headers.get(INSTANCE_HEADER)
+            _phases(timing, resp.headers)
             if resp.status != 200:
                 await resp.read()
                 timing.error = f"http_{resp.status}"

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,15 +56,22 @@ from sincere.bench.parity_decisions import DecisionDiff, compare_decisions
 from sincere.bench.results import BenchResult
 from sincere.bench.runner import BenchOptions, run_bench_async
 from sincere.core.errors import ConfigError
-from sincere.core.request import RequestArrays
+from sincere.core.request import Request, RequestArrays
 from sincere.engine.instance import spec_max_num_seqs
 from sincere.engine.spec import ContinuousConfig
 from sincere.perf.base import StepTimeModel
 from sincere.policy.decision_log import DecisionLog, Mismatch, read_log, replay
-from sincere.policy.front_door import FrontDoor
+from sincere.policy.front_door import FrontDoor, Hold, Reject
+from sincere.policy.pd import PDFrontDoor, PDRoute, build_pd_front_door
+from sincere.policy.router_base import InstanceView
 from sincere.sim.api import SimulationResult, simulate
 from sincere.sim.build import build_cluster
-from sincere.sim.config import InstanceConfig, SimulationConfig, load_config
+from sincere.sim.config import (
+    DisaggregationConfig,
+    InstanceConfig,
+    SimulationConfig,
+    load_config,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -310,7 +319,12 @@ def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:
                 value=inst.engine.kind,
                 allowed="engine.kind: continuous",
             )
-        configs.append(EmulatorConfig(name=name, max_num_requests=1 << 20, **_spec_fields(inst)))
+        pd: dict[str, Any] = {"role": inst.role or "both"}
+        if config.disaggregation is not None:
+            pd["kv_link"] = config.disaggregation.kv_link
+        configs.append(
+            EmulatorConfig(name=name, max_num_requests=1 << 20, **_spec_fields(inst), **pd)
+        )
     return configs
 
 
@@ -338,6 +352,7 @@ def gateway_config(
             "quality": inst.quality,
             "load_path": "/sincere/load",
             "deployment": _spec_fields(inst),
+            "role": inst.role or "both",
         }
         for inst, server, name in zip(_expanded(config), servers, names, strict=True)
     ]
@@ -347,6 +362,7 @@ def gateway_config(
     router["seed"] = config.seed if router["seed"] is None else router["seed"]
     return parse_config(
         {
+            **_disaggregation(config),
             "port": 0,
             "router": router,
             "admission": config.admission.model_dump(),
@@ -358,6 +374,18 @@ def gateway_config(
             "admin": False,
         }
     )
+
+
+def _disaggregation(config: SimulationConfig) -> dict[str, Any]:
+    """The gateway's ``disaggregation`` section mirroring the simulator's (the link lives
+    in the emulators); each phase's router seeded as the simulator seeds it."""
+    if not any((inst.role or "both") != "both" for inst in config.instances):
+        return {}
+    pd = (config.disaggregation or DisaggregationConfig()).model_dump(exclude={"kv_link"})
+    for k, where in enumerate(("prefill_router", "decode_router")):
+        if pd[where]["seed"] is None:
+            pd[where]["seed"] = config.seed + 1 + k  # build_pd_front_door's streams
+    return {"disaggregation": pd}
 
 
 def _spec_fields(inst: Any) -> dict[str, Any]:
@@ -378,20 +406,25 @@ async def live_run(
     instance_ids: list[str],
     lag: LoopLag | None = None,
     decisions: DecisionLog | None = None,
+    on_gateway: Callable[[Any], None] | None = None,
 ) -> BenchResult:
     """Replay ``requests`` through gateway + emulated engines built from ``config``.
 
     ``lag``, when given, samples the event loop's lag while the requests run;
-    ``decisions`` receives the gateway's decision log.
+    ``decisions`` receives the gateway's decision log; ``on_gateway`` is called with the
+    gateway before the first request.
     """
     from sincere.serve.emulator.server import start_emulators, stop_emulators
     from sincere.serve.gateway.server import Gateway
 
     emulators = _emulator_configs(config, instance_ids)
+    _warm_up(config)
     servers = await start_emulators(emulators)
     try:
         gw_config = gateway_config(config, requests, servers, instance_ids)
         async with Gateway(gw_config, decisions=decisions) as gateway:
+            if on_gateway is not None:
+                on_gateway(gateway)
             horizon = float(requests.arrival_at[-1]) + 300.0
             options = BenchOptions(time_limit_s=horizon, request_fields=True)
             if lag is not None:
@@ -403,6 +436,16 @@ async def live_run(
                     await lag.stop()
     finally:
         await stop_emulators(servers)
+
+
+def _warm_up(config: SimulationConfig) -> None:
+    """Load the prompt tokenizer now: its first use (hundreds of ms) would otherwise delay
+    the first request at the gateway and put it out of step with the simulated one."""
+    from sincere.serve.protocol import count_prompt_tokens
+
+    for inst in config.instances:
+        for model in inst.model_names:
+            count_prompt_tokens("warm up", model)
 
 
 def compare(
@@ -539,3 +582,195 @@ def follows_least_outstanding(table: pa.Table) -> npt.NDArray[np.bool_]:
     best = np.asarray(keys, dtype=object)[np.argmin(counts, axis=1)] if keys else []
     same: npt.NDArray[np.bool_] = np.asarray(names, dtype=object) == np.asarray(best, dtype=object)
     return same
+
+
+PD_RACE_S = 0.03
+"""An arrival this close to another request's prefill end or finish may see either side
+of it live: the prefill's answer crosses two HTTP hops and the gateway's event loop
+(about 10-20 ms more than simulated on a loaded 2-core machine)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseDiff:
+    """A request whose prefill or decode instance differs between the two paths, and the
+    requests each instance held at its arrival on each path (the load-aware routers'
+    input, rebuilt from the records: prefill instances from arrival to the prefill's
+    end, decode instances from arrival -- the decision -- to the request's end)."""
+
+    position: int
+    sim: tuple[str | None, str | None]  # (prefill, decode) instance; prefill None: colocated
+    live: tuple[str | None, str | None]
+    sim_outstanding: dict[str, int]
+    live_outstanding: dict[str, int]
+    race_s: float  # from its arrival to the nearest prefill end or finish, either path
+
+    @property
+    def explained(self) -> bool:
+        """Whether the two paths saw different loads at this arrival, or it raced with
+        another request's prefill end or finish (closer than the live path's jitter)."""
+        return self.sim_outstanding != self.live_outstanding or self.race_s < PD_RACE_S
+
+
+@dataclass(frozen=True, slots=True)
+class PDCall:
+    """One question the gateway's P/D front door answered: its inputs and its answer."""
+
+    request: Request
+    prefill: tuple[InstanceView, ...]
+    decode: tuple[InstanceView, ...]
+    now: float
+    answer: tuple[str, str | None, str | None]  # kind, prefill instance, decode instance
+
+
+def pd_answer(decision: PDRoute | Reject | Hold | None) -> tuple[str, str | None, str | None]:
+    """What must agree of a P/D decision: its kind and each phase's instance."""
+    if isinstance(decision, PDRoute):
+        return "route", decision.prefill.instance, decision.decode.instance
+    if decision is None:
+        return "colocated", None, None
+    return ("reject" if isinstance(decision, Reject) else "hold"), None, None
+
+
+class PDRecorder:
+    """Wraps a gateway's P/D front door to keep every call and answer (in order)."""
+
+    def __init__(self) -> None:
+        self.calls: list[PDCall] = []
+
+    def attach(self, gateway: Any) -> None:
+        """Record ``gateway``'s P/D decisions from now on."""
+        door: PDFrontDoor = gateway.pd_relay.door
+        decide = door.decide
+
+        def recorded(
+            request: Request,
+            prefill: Sequence[InstanceView],
+            decode: Sequence[InstanceView],
+            now: float,
+        ) -> PDRoute | Reject | Hold | None:
+            answer = decide(request, prefill, decode, now)
+            call = PDCall(request, tuple(prefill), tuple(decode), now, pd_answer(answer))
+            self.calls.append(call)
+            return answer
+
+        door.decide = recorded  # type: ignore[method-assign]  # this door only, for the run
+
+
+def replay_pd(calls: Sequence[PDCall], door: PDFrontDoor) -> list[int]:
+    """Feed the recorded calls, in order, to ``door``; the positions answered otherwise."""
+    return [
+        k
+        for k, c in enumerate(calls)
+        if pd_answer(door.decide(c.request, c.prefill, c.decode, c.now)) != c.answer
+    ]
+
+
+@dataclass(eq=False)
+class PDParity:
+    """Per request, where each phase ran in the simulator and live; and the gateway's P/D
+    decisions replayed through a P/D front door built as the simulator builds it."""
+
+    sim: SimulationResult
+    live: BenchResult
+    diffs: list[PhaseDiff]
+    num_replayed: int = 0
+    replay_mismatches: list[int] = field(default_factory=list)  # positions in the calls
+
+    @property
+    def num_same(self) -> int:
+        """Requests whose prefill and decode instances agree."""
+        return len(self.sim.requests) - len(self.diffs)
+
+
+def phases_of(table: pa.Table) -> list[tuple[str | None, str | None]]:
+    """(prefill, decode) instance of each request; colocated: (None, its instance)."""
+    instance = table.column("instance").to_pylist()
+    if "prefill_instance" not in table.column_names:
+        return [(None, name) for name in instance]
+    prefill = table.column("prefill_instance").to_pylist()
+    return list(zip(prefill, instance, strict=True))
+
+
+def prefill_done_at(table: pa.Table) -> FloatArray:
+    """When each request's prefill ended (NaN: not disaggregated): the bench's
+    ``prefill_done_at``, the simulator's KV-ready time less its transfer."""
+    if "prefill_done_at" in table.column_names:
+        return _col(table, "prefill_done_at")
+    if "kv_ready_at" not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    return _col(table, "kv_ready_at") - _col(table, "kv_transfer_s")
+
+
+def _held_at_arrivals(
+    names: list[Any], arrival: FloatArray, until: FloatArray
+) -> dict[str, IntArray]:
+    """Per instance, requests routed there (arrived) and not yet done at every arrival."""
+    keys = sorted({str(n) for n in names if n is not None})
+    held = np.asarray(names, dtype=object)
+    out = {}
+    for key in keys:
+        mine = (held == key) & np.isfinite(until)
+        started = np.searchsorted(np.sort(arrival[mine]), arrival, side="left")
+        ended = np.searchsorted(np.sort(until[mine]), arrival, side="left")
+        out[key] = started - ended
+    return out
+
+
+def phase_loads(table: pa.Table) -> dict[str, IntArray]:
+    """Requests each prefill and decode instance held at every arrival (see PhaseDiff)."""
+    arrival = _col(table, "arrival_at")
+    loads = _held_at_arrivals(table.column("instance").to_pylist(), arrival,
+                              _col(table, "finished_at"))  # fmt: skip
+    if "prefill_instance" in table.column_names:
+        prefill = table.column("prefill_instance").to_pylist()
+        loads.update(_held_at_arrivals(prefill, arrival, prefill_done_at(table)))
+    return loads
+
+
+def _ends(table: pa.Table) -> FloatArray:
+    """Every prefill end and finish of ``table``, sorted (NaN left out)."""
+    ends = np.concatenate([prefill_done_at(table), _col(table, "finished_at")])
+    return np.sort(ends[np.isfinite(ends)])
+
+
+def _nearest(points: FloatArray, at: float) -> float:
+    """Distance from ``at`` to the nearest of sorted ``points`` (inf: none)."""
+    if not len(points):
+        return math.inf
+    k = int(np.searchsorted(points, at))
+    near = points[max(k - 1, 0) : k + 1]
+    return float(np.abs(near - at).min())
+
+
+def compare_phases(sim: pa.Table, live: pa.Table) -> list[PhaseDiff]:
+    """The requests whose phases ran on other instances live than simulated."""
+    s, m = phases_of(sim), phases_of(live)
+    s_loads, m_loads = phase_loads(sim), phase_loads(live)
+    ends = np.sort(np.concatenate([_ends(sim), _ends(live)]))
+    arrival = _col(sim, "arrival_at")
+    diffs = []
+    for i, (a, b) in enumerate(zip(s, m, strict=True)):
+        if a != b:
+            keys = sorted({*s_loads, *m_loads})  # an instance one path never used: 0
+            seen_sim = {k: int(s_loads[k][i]) if k in s_loads else 0 for k in keys}
+            seen_live = {k: int(m_loads[k][i]) if k in m_loads else 0 for k in keys}
+            race = _nearest(ends, float(arrival[i]))
+            diffs.append(PhaseDiff(i, a, b, seen_sim, seen_live, race))
+    return diffs
+
+
+def pd_parity(config: SimulationConfig | dict[str, Any] | str, seed: int | None = None) -> PDParity:
+    """Simulate a disaggregated ``config`` and replay its requests through gateway +
+    emulators with the same roles, P/D routing and KV link; compare where each request's
+    prefill and decode ran; then replay the gateway's P/D decisions, inputs as it saw them,
+    through a P/D front door built from the simulation config as the simulator builds it
+    (the same logic, parameters and seeds give the same answers whatever the timing)."""
+    cfg = config if isinstance(config, SimulationConfig) else load_config(config)
+    sim = simulate(cfg, seed)
+    ids = list(sim.records.instances)
+    recorder = PDRecorder()
+    live = asyncio.run(live_run(sim.config, sim.requests_in, ids, on_gateway=recorder.attach))
+    pd = sim.config.disaggregation or DisaggregationConfig()
+    mismatches = replay_pd(recorder.calls, build_pd_front_door(pd, sim.config.seed))
+    diffs = compare_phases(sim.requests, live.requests)
+    return PDParity(sim, live, diffs, len(recorder.calls), mismatches)

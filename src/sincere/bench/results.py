@@ -51,6 +51,8 @@ class BenchResult:
     settings: dict[str, Any] = field(default_factory=dict)  # url, model, stream, limits
     # prompt tokens the server reported cached, per request (NaN: not reported); empty: none
     cached_tokens: FloatArray = field(default_factory=lambda: np.zeros(0))
+    # disaggregated serving's per-request columns (pd_columns); empty: none reported
+    phases: dict[str, pa.Array] = field(default_factory=dict)
     _table: pa.Table | None = field(default=None, repr=False)
 
     @property
@@ -61,7 +63,10 @@ class BenchResult:
             table = table.append_column("sent_at", pa.array(self.sent_at))
             lateness = self.dispatched_at - self.requests_in.arrival_at
             table = table.append_column("lateness_s", pa.array(lateness))
-            self._table = with_cached_tokens(table, self.cached_tokens)
+            table = with_cached_tokens(table, self.cached_tokens)
+            for name, column in self.phases.items():
+                table = table.append_column(name, column)
+            self._table = table
         return self._table
 
     def write(self, out_dir: str | Path) -> Path:
@@ -92,6 +97,48 @@ def with_cached_tokens(table: pa.Table, cached: FloatArray) -> pa.Table:
     if "cached_tokens" in table.column_names:
         return table.set_column(table.column_names.index("cached_tokens"), "cached_tokens", column)
     return table.append_column("cached_tokens", column)
+
+
+def pd_columns(timings: list[CallTiming]) -> dict[str, pa.Array]:
+    """Both phases of each request a disaggregating gateway served (null elsewhere):
+    ``prefill_instance``, ``decode_instance``, ``prefill_done_at`` (when the first token
+    existed, run clock: the simulator's TTFT point), ``kv_transfer_s`` (as the decode
+    instance measured it) and ``kv_wait_s`` (its KV waiting for room); ``{}`` when no
+    answer named a prefill instance."""
+    if all(t.prefill_instance is None for t in timings):
+        return {}
+
+    def floats(values: list[float | None]) -> pa.Array:
+        return pa.array([math.nan if v is None else v for v in values], type=pa.float64())
+
+    split = [t.prefill_instance is not None for t in timings]
+    done = [t.sent_at + t.prefill_s if t.prefill_s is not None else None for t in timings]
+    return {
+        "prefill_instance": pa.array([t.prefill_instance for t in timings], type=pa.string()),
+        "decode_instance": pa.array(
+            [t.instance if s else None for t, s in zip(timings, split, strict=True)],
+            type=pa.string(),
+        ),
+        "prefill_done_at": floats(done),
+        "kv_transfer_s": floats([t.kv_transfer_s for t in timings]),
+        "kv_wait_s": floats([t.kv_wait_s for t in timings]),
+    }
+
+
+def pd_section(requests: RequestArrays, phases: dict[str, pa.Array]) -> dict[str, Any] | None:
+    """``summary.json``'s ``disaggregation``: counts, transfer times, TTFT at the prefill."""
+    if not phases:
+        return None
+    split = np.array(phases["prefill_instance"].is_valid())
+    transfer = phases["kv_transfer_s"].to_numpy(zero_copy_only=False)[split]
+    transfer = transfer[np.isfinite(transfer)]
+    ttft = phases["prefill_done_at"].to_numpy(zero_copy_only=False) - requests.arrival_at
+    return {
+        "num_disaggregated": int(split.sum()),
+        "kv_transfer_s_mean": float(transfer.mean()) if len(transfer) else None,
+        "kv_transfer_s_max": float(transfer.max()) if len(transfer) else None,
+        "prefill_ttft_s": describe(ttft[split]),
+    }
 
 
 def prefix_cache_section(requests: RequestArrays, cached: FloatArray) -> dict[str, Any] | None:

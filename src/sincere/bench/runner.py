@@ -34,6 +34,8 @@ from sincere.bench.results import (
     build_records,
     client_section,
     itl_table,
+    pd_columns,
+    pd_section,
     prefix_cache_section,
     reported_cached_tokens,
 )
@@ -263,8 +265,12 @@ def _result(run: _Run, unfinished: str, duration_s: float) -> BenchResult:
     if reported is not None:
         client["prefix_cache"] = reported
     summary = bench_summary(requests, records, itl, duration_s, client)
+    phases = pd_columns(run.timings)
+    pd = pd_section(requests, phases)
+    if pd is not None:
+        summary["disaggregation"] = pd
     return BenchResult(
-        requests, records, sent_at, run.dispatched_at, itl, summary, settings, cached
+        requests, records, sent_at, run.dispatched_at, itl, summary, settings, cached, phases
     )
 
 

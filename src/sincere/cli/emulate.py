@@ -68,6 +68,9 @@ def emulate_command(
     crash_after: Annotated[
         int | None, typer.Option(help="Requests served before the server dies.")
     ] = None,
+    role: Annotated[
+        str, typer.Option(help="P/D disaggregation role: prefill, decode or both.")
+    ] = "both",
 ) -> None:
     """Start the emulators and serve until interrupted."""
     import asyncio
@@ -82,7 +85,7 @@ def emulate_command(
     else:
         data: dict[str, Any] = {
             "name": model, "model": model, "accelerator": accelerator, "precision": precision,
-            "tp": tp, "count": count, "host": host, "port": port, "seed": seed,
+            "tp": tp, "count": count, "host": host, "port": port, "seed": seed, "role": role,
             "step_model": {"kind": step_model, "params_file": params_file},
             "engine": {"scheduler": scheduler, "max_num_seqs": max_num_seqs},
             "failures": {"error_rate": error_rate, "stall_probability": stall_probability,
@@ -105,8 +108,8 @@ def _config_file(file: Path | None, option: Path | None) -> Path | None:
 
 def _announce(servers: list[Any]) -> None:
     table = Table(title="sincere emulate: emulated engines (timings from a model, no weights)")
-    for column in ("name", "model", "accelerator", "url"):
+    for column in ("name", "model", "accelerator", "role", "url"):
         table.add_column(column)
     for s in servers:
-        table.add_row(s.name, s.model_name, s.config.accelerator, s.url)
+        table.add_row(s.name, s.model_name, s.config.accelerator, s.config.role, s.url)
     print_table(table, Console(stderr=True))

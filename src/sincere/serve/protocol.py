@@ -549,13 +549,19 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """The ``usage`` object."""
-    return {
+def usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None
+) -> dict[str, Any]:
+    """The ``usage`` object; with ``cached_tokens`` (prompt tokens served from a prefix
+    cache) OpenAI's ``prompt_tokens_details.cached_tokens`` too."""
+    out: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
 
 
 def response_id(kind: Kind, number: int) -> str:
@@ -570,8 +576,10 @@ def full_response(
     text: str,
     finish_reason: str,
     completion_tokens: int,
+    cached_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """A non-streamed completion (``text_completion``) or chat (``chat.completion``)."""
+    """A non-streamed completion (``text_completion``) or chat (``chat.completion``);
+    ``cached_tokens``: see :func:`usage`."""
     if req.kind == "chat":
         choice: dict[str, Any] = {
             "index": 0,
@@ -589,7 +597,7 @@ def full_response(
         "created": created,
         "model": req.model,
         "choices": [choice],
-        "usage": usage(req.prompt_tokens, completion_tokens),
+        "usage": usage(req.prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -625,7 +633,11 @@ def stream_chunk(
 
 
 def usage_chunk(
-    req: CompletionRequest, id: str, created: int, completion_tokens: int
+    req: CompletionRequest,
+    id: str,
+    created: int,
+    completion_tokens: int,
+    cached_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The final chunk of a stream with ``include_usage``: no choices, the usage."""
     obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
@@ -635,7 +647,7 @@ def usage_chunk(
         "created": created,
         "model": req.model,
         "choices": [],
-        "usage": usage(req.prompt_tokens, completion_tokens),
+        "usage": usage(req.prompt_tokens, completion_tokens, cached_tokens),
     }
 
 

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.spec import DeploymentSpec
+from sincere.perf.kv_link import KvLinkConfig as KvLinkConfig
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.policy.specs import config_checks, simulation_specs
@@ -61,21 +62,6 @@ class InstanceConfig(DeploymentSpec):
     quality: float = Field(1.0, ge=0)  # relative quality for quality-aware routers
     # prefill, decode, or both (None: both -- colocated, serving whole requests)
     role: Literal["prefill", "decode", "both"] | None = None
-
-
-class KvLinkConfig(BaseModel):
-    """The link KV caches cross from a prefill instance to a decode instance.
-
-    ``nvlink``: within a node; bandwidth by default the prefill accelerator's NVLink
-    figure one way (catalog ``interconnect_gbps`` / 2) times its GPUs (each sends its
-    shard of the KV). ``rdma``: between nodes; bandwidth by default
-    :data:`RDMA_DEFAULT_GBPS`. ``bandwidth_gbps`` / ``latency_s`` given override both.
-    """
-
-    model_config = _FROZEN
-    kind: Literal["nvlink", "rdma"] = "nvlink"
-    bandwidth_gbps: float | None = Field(None, gt=0, allow_inf_nan=False)  # GB/s one way
-    latency_s: float | None = Field(None, ge=0, allow_inf_nan=False)  # per transfer
 
 
 class DisaggregationConfig(PDRoutingConfig):

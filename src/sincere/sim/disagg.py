@@ -14,10 +14,11 @@ instances (docs/disaggregation.md):
   does);
 * its prompt's KV (``prompt_tokens x`` the model's KV bytes per token at the prefill
   instance's KV precision; the first token's KV is computed by its first decode step)
-  crosses the :class:`KvLink` between the two instances, one per (prefill, decode)
-  pair, shared by its transfers in flight (processor sharing: ``n`` transfers each move
-  at ``bandwidth / n``); a transfer's last byte lands ``latency_s`` after it leaves, so
-  one alone takes ``latency_s + bytes / bandwidth``;
+  crosses the :class:`~sincere.perf.kv_link.KvLink` between the two instances, one
+  per (prefill, decode) pair (the link model the live path's emulated decode engines
+  use too), shared by its transfers in flight (processor sharing: ``n`` transfers each
+  move at ``bandwidth / n``); a transfer's last byte lands ``latency_s`` after it
+  leaves, so one alone takes ``latency_s + bytes / bandwidth``;
 * routers learn from both phases: the prefill router is told the prefill's outcome
   (its first token) and the decode router the whole request's;
 * the decode instance takes the KV
@@ -46,20 +47,18 @@ from sincere.core.records import arrow_column, arrow_strings
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.engine.continuous import ContinuousEngine
+from sincere.perf.kv_link import NVLINK_DEFAULT_LATENCY_S as NVLINK_DEFAULT_LATENCY_S
+from sincere.perf.kv_link import RDMA_DEFAULT_GBPS as RDMA_DEFAULT_GBPS
+from sincere.perf.kv_link import RDMA_DEFAULT_LATENCY_S as RDMA_DEFAULT_LATENCY_S
+from sincere.perf.kv_link import KvLink as KvLink
+from sincere.perf.kv_link import link_figures as link_figures
 from sincere.policy.front_door import Hold, Reject
 from sincere.policy.pd import PDFrontDoor, PDRoute
 from sincere.policy.router_base import Outcome
 from sincere.sim.cluster import Cluster
-from sincere.sim.config import InstanceConfig, KvLinkConfig, SimulationConfig
+from sincere.sim.config import InstanceConfig, SimulationConfig
 from sincere.sim.events import EventQueue
 from sincere.sim.runner import ARRIVAL, Progress, RunLog
-
-RDMA_DEFAULT_GBPS = 50.0
-"""RDMA bandwidth when none is given: one 400 Gb/s NIC (NDR InfiniBand, ConnectX-7), GB/s."""
-NVLINK_DEFAULT_LATENCY_S = 5e-6
-"""Per-transfer latency assumed over NVLink when none is given (a few microseconds)."""
-RDMA_DEFAULT_LATENCY_S = 20e-6
-"""Per-transfer latency assumed over RDMA when none is given (setup plus one round trip)."""
 
 ROLES = ("prefill", "decode", "both")
 NO_INSTANCE = -1
@@ -98,85 +97,6 @@ def check_roles(config: SimulationConfig) -> None:
                 "disaggregated model needs at least one of each",
                 where="instances[].role", value=sorted(roles), allowed=ROLES,
             )  # fmt: skip
-
-
-WIRE_BYTES_TOL = 1.0
-"""Bytes left below which a transfer counts as sent (float rounding of the shares)."""
-
-
-@dataclass(eq=False)
-class KvLink:
-    """A link shared by the transfers on it (processor sharing).
-
-    ``n`` transfers in flight each move at ``bandwidth_gbps / n``; at every start and
-    end the bytes left are brought up to date and the next end recomputed. The loop
-    calls :meth:`start` and, at :attr:`next_at`, :meth:`finish`.
-    """
-
-    bandwidth_gbps: float  # GB/s (1e9 bytes) one way
-    latency_s: Seconds  # added to every transfer
-    index: int = 0  # the loop's number for this link (its events' payload)
-    active: dict[int, float] = field(default_factory=dict)  # request -> bytes left
-    updated_at: Seconds = 0.0  # when ``active`` was last brought up to date
-    next_at: Seconds | None = None  # when the next transfer in flight sends its last byte
-    num_transfers: int = 0
-    num_bytes: float = 0.0
-    busy_s: Seconds = 0.0  # time with at least one transfer in flight
-
-    def _catch_up(self, at: Seconds) -> None:
-        """Move every transfer in flight on to ``at`` at its share of the bandwidth."""
-        active = self.active
-        if active and at > self.updated_at:
-            span = at - self.updated_at
-            sent = span * self.bandwidth_gbps * 1e9 / len(active)
-            for i in active:
-                active[i] -= sent
-            self.busy_s += span
-        self.updated_at = at
-
-    def _plan(self) -> Seconds | None:
-        """Recompute when the transfer with the fewest bytes left ends."""
-        active = self.active
-        if not active:
-            self.next_at = None
-        else:
-            left = max(min(active.values()), 0.0)
-            self.next_at = self.updated_at + left * len(active) / (self.bandwidth_gbps * 1e9)
-        return self.next_at
-
-    def start(self, i: int, at: Seconds, num_bytes: float) -> Seconds | None:
-        """Request ``i``'s ``num_bytes`` start at ``at``; the link's next end."""
-        self._catch_up(at)
-        self.active[i] = float(num_bytes)
-        self.num_transfers += 1
-        self.num_bytes += num_bytes
-        return self._plan()
-
-    def finish(self, at: Seconds) -> list[int]:
-        """At :attr:`next_at`: the requests whose last byte left (the next end replanned)."""
-        self._catch_up(at)
-        active = self.active
-        least = min(active.values())
-        done = [i for i, left in active.items() if left <= max(least, 0.0) + WIRE_BYTES_TOL]
-        for i in done:
-            del active[i]
-        self._plan()
-        return done
-
-
-def link_figures(cfg: KvLinkConfig, interconnect_gbps: float, num_gpus: int) -> tuple[float, float]:
-    """(bandwidth GB/s, latency s) of a link from a prefill instance whose accelerator
-    quotes ``interconnect_gbps`` (both directions) on each of its ``num_gpus`` GPUs."""
-    if cfg.kind == "nvlink":
-        bandwidth = interconnect_gbps / 2.0 * num_gpus
-        latency = NVLINK_DEFAULT_LATENCY_S
-    else:
-        bandwidth, latency = RDMA_DEFAULT_GBPS, RDMA_DEFAULT_LATENCY_S
-    if cfg.bandwidth_gbps is not None:
-        bandwidth = cfg.bandwidth_gbps
-    if cfg.latency_s is not None:
-        latency = cfg.latency_s
-    return bandwidth, latency
 
 
 @dataclass(eq=False)

@@ -9,7 +9,9 @@ send it at once (``max_in_flight``), its batch limit (``max_num_seqs``), timeout
 where its load is read (``load_path``: sincere's JSON engine load; else
 ``metrics_path``: vLLM's Prometheus gauges), and, when known, the deployment behind it
 (``deployment``: a :class:`~sincere.engine.spec.DeploymentSpec`, whose engine's
-``max_num_seqs`` then wins), from which routers get its step-time model. Units: seconds
+``max_num_seqs`` then wins), from which routers get its step-time model, and its
+``role`` in prefill/decode disaggregation (``prefill``, ``decode`` or ``both``; see
+:mod:`sincere.serve.gateway.pd_relay`). Units: seconds
 (``*_s``), USD per 1M tokens for prices.
 """
 
@@ -47,6 +49,8 @@ class BackendConfig(BaseModel):
     load_path: str | None = Field(None, max_length=256)
     # the deployment behind it, when known: gives routers its step-time model and limits
     deployment: DeploymentSpec | None = None
+    # prefill/decode disaggregation: prefill, decode, or both (serves whole requests)
+    role: Literal["prefill", "decode", "both"] = "both"
 
     @field_validator("name")
     @classmethod

@@ -5,7 +5,8 @@ pretends to be (a :class:`~sincere.engine.spec.DeploymentSpec`, as the simulator
 instances are: ``model``, ``accelerator``, ``precision``, ``kv_precision``, ``tp``,
 ``pp``, ``cc``, ``step_model``, ``engine``),
 where it listens, how long its answers are, and which failures it injects
-(:class:`FailureConfig`). A YAML file holds a list of them (or ``{instances: [...]}``);
+(:class:`FailureConfig`), and its part in prefill/decode disaggregation (``role``,
+``kv_link``: :mod:`.pd`). A YAML file holds a list of them (or ``{instances: [...]}``);
 an entry with ``count: k`` becomes ``k`` engines on consecutive ports (all on
 OS-chosen ports when ``port`` is 0). Units: seconds, tokens, probabilities in [0, 1].
 """
@@ -13,13 +14,14 @@ OS-chosen ports when ``port`` is 0). Units: seconds, tokens, probabilities in [0
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sincere.core.config import TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
+from sincere.perf.kv_link import KvLinkConfig
 from sincere.policy.specs import config_checks, deployment_specs
 from sincere.serve.protocol import MAX_BODY_BYTES
 
@@ -66,6 +68,10 @@ class EmulatorConfig(DeploymentSpec):
     # the engine's prefix cache compares; the gateway's prefix.block_tokens
     prefix_block_tokens: int = Field(16, ge=1, le=1 << 16)
     failures: FailureConfig = FailureConfig()
+    # prefill/decode disaggregation (serve/emulator/pd.py): which KV-transfer requests it
+    # takes (both: either), and the link its KV leaves by when it prefills for a decoder
+    role: Literal["prefill", "decode", "both"] = "both"
+    kv_link: KvLinkConfig = KvLinkConfig()
 
 
 def expand(config: EmulatorConfig, position: int = 0) -> list[EmulatorConfig]:

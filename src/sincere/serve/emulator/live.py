@@ -38,7 +38,9 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays, Tier
 from sincere.engine.base import StreamingEngine
 from sincere.engine.build import build_streaming_engine
+from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.spec import DeploymentSpec
+from sincere.perf.kv_link import KvLink
 from sincere.serve.emulator.metrics import EmulatorMetrics
 
 
@@ -49,6 +51,7 @@ class Finish:
     num_tokens: int  # tokens generated (and handed out)
     finish_reason: str | None  # "length" or "stop"; None when rejected or aborted
     reject_reason: str | None = None  # the engine's reason ("kv_capacity", "aborted", ...)
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
 
 
 @dataclass(eq=False, slots=True)
@@ -65,6 +68,20 @@ class LiveRequest:
     first_at: float | None = None  # loop time of the first token
     last_at: float | None = None  # loop time of the latest token
     freed: bool = field(default=False)  # the slot went back to the free list
+    # disaggregated decode (submit_prefilled): loop times the KV landed and was admitted
+    kv_ready_at: float | None = None
+    kv_admitted_at: float | None = None
+    kv_timer: asyncio.TimerHandle | None = None  # the KV's arrival, once its last byte left
+    kv_transfer: tuple[_Link, int] | None = None  # its KV on the link: (link, transfer key)
+
+
+@dataclass(eq=False, slots=True)
+class _Link:
+    """The shared link from one prefill engine and the timer of its next transfer's end."""
+
+    link: KvLink
+    slots: dict[int, LiveRequest] = field(default_factory=dict)  # transfer key -> request
+    timer: asyncio.TimerHandle | None = None
 
 
 class CapacityError(Exception):
@@ -112,6 +129,8 @@ class LiveEngine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._closed = False
+        self._links: dict[str, _Link] = {}  # per prefill engine: the shared link from it
+        self._num_transfers = 0  # keys of transfers on the links (slots are reused)
 
     # ------------------------------------------------------------------ clock
 
@@ -143,6 +162,95 @@ class LiveEngine:
         ``block_ids``: its prompt's content in blocks of the emulator's block size
         (:mod:`sincere.core.prefix`), which the engine's prefix cache reads.
         """
+        slot = self._take(prompt_tokens, max_tokens, output_tokens, stream, priority, tier)
+        self._set_block_ids(slot.ix, block_ids)
+        self.engine.add(slot.ix, self.now())
+        self._arm()
+        return slot
+
+    def submit_prefilled(
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        output_tokens: int,
+        *,
+        stream: bool,
+        engine_id: str,
+        kv_bytes: float,
+        bandwidth_gbps: float,
+        latency_s: float,
+        priority: int = 0,
+        tier: int = 0,
+    ) -> LiveRequest:
+        """Add a request whose prompt was prefilled by engine ``engine_id``: its
+        ``kv_bytes`` cross the shared link from there (``bandwidth_gbps``, ``latency_s``),
+        then join the decode batch once blocks are free (its first token is handed out
+        then); raise :class:`CapacityError` when every slot is taken."""
+        engine = self.engine
+        if not isinstance(engine, ContinuousEngine):  # the builder makes only these
+            raise CapacityError("this engine cannot take prefilled KV")
+        slot = self._take(prompt_tokens, max_tokens, output_tokens, stream, priority, tier)
+        self._set_block_ids(slot.ix, ())  # its prompt is not computed here
+        state = self._links.get(engine_id)
+        if state is None:
+            state = self._links[engine_id] = _Link(KvLink(bandwidth_gbps, latency_s))
+        key = self._num_transfers
+        self._num_transfers += 1
+        state.slots[key] = slot
+        slot.kv_transfer = (state, key)
+        state.link.start(key, self.now(), kv_bytes)
+        self._arm_link(state)
+        return slot
+
+    def _wall(self, at: float) -> float:
+        """Loop time of engine time ``at``."""
+        return self._started_at + self._paused_s + at
+
+    def _arm_link(self, state: _Link) -> None:
+        """Set ``state``'s timer to its link's next transfer end (none when idle)."""
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        at = state.link.next_at
+        if at is not None and not self._closed:
+            state.timer = self._loop.call_at(self._wall(at), self._link_tick, state)
+
+    def _link_tick(self, state: _Link) -> None:
+        """The link's next transfer sent its last byte: its KV lands ``latency_s`` later."""
+        state.timer = None
+        link = state.link
+        at = link.next_at
+        if self._closed or at is None:
+            return
+        for key in link.finish(at):
+            slot = state.slots.pop(key)
+            slot.kv_transfer = None
+            wall = self._wall(at + link.latency_s)
+            slot.kv_timer = self._loop.call_at(wall, self._kv_landed, slot)
+        self._arm_link(state)
+
+    def _kv_landed(self, slot: LiveRequest) -> None:
+        """The KV of ``slot`` arrived: hand it to the engine (admitted when blocks allow)."""
+        slot.kv_timer = None
+        if self._closed or slot.freed:
+            return
+        self._catch_up()
+        slot.kv_ready_at = self._loop.time()
+        engine = self.engine
+        assert isinstance(engine, ContinuousEngine)  # checked by submit_prefilled
+        engine.add_prefilled(slot.ix, self.now(), slot.prompt_tokens)
+        self._arm(force=True)
+
+    def _take(
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        output_tokens: int,
+        stream: bool,
+        priority: int,
+        tier: int,
+    ) -> LiveRequest:
+        """A free slot holding a new request's fields (not yet given to the engine)."""
         if not self._closed:
             self._catch_up()  # may free slots of requests that have finished by now
         if self._closed or (not self._free and len(self._slots) >= self._capacity):
@@ -152,7 +260,6 @@ class LiveEngine:
         self._fill(i, now, prompt_tokens, min(output_tokens, max_tokens), max_tokens)
         self.requests.priority[i] = priority
         self.requests.tier[i] = tier
-        self._set_block_ids(i, block_ids)
         loop = self._loop
         slot = LiveRequest(
             i,
@@ -163,8 +270,6 @@ class LiveEngine:
             loop.create_future(),
         )
         self._slots[i] = slot
-        self.engine.add(i, now)
-        self._arm()
         return slot
 
     def _fill(self, i: int, now: float, prompt: int, output: int, max_tokens: int) -> None:
@@ -176,7 +281,7 @@ class LiveEngine:
         req.max_tokens[i] = max_tokens
         rec.instance[i] = -1
         rec.first_scheduled_at[i] = rec.first_token_at[i] = rec.finished_at[i] = math.nan
-        rec.output_tokens[i] = rec.num_preemptions[i] = 0
+        rec.output_tokens[i] = rec.num_preemptions[i] = rec.cached_tokens[i] = 0
         rec.rejected[i] = False
         rec.reject_reason[i] = None
 
@@ -201,6 +306,12 @@ class LiveEngine:
         """The client left: cancel the request and free its memory (no-op once done)."""
         if slot.freed:
             return
+        if slot.kv_transfer is not None or slot.kv_timer is not None:
+            # its KV has not landed: the engine has not seen it
+            self._drop_kv(slot)
+            self.metrics.aborted.inc()
+            self._release(slot, Finish(0, None, "aborted"))
+            return
         self._catch_up()
         if slot.freed:
             return  # it finished in an iteration that had already ended
@@ -213,8 +324,24 @@ class LiveEngine:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        for state in self._links.values():
+            if state.timer is not None:
+                state.timer.cancel()
         for slot in list(self._slots.values()):
+            self._drop_kv(slot)
             self._release(slot, Finish(slot.num_tokens, None, "aborted"))
+
+    def _drop_kv(self, slot: LiveRequest) -> None:
+        """Take ``slot``'s KV off its link (the others speed up) or cancel its landing."""
+        if slot.kv_transfer is not None:
+            state, key = slot.kv_transfer
+            slot.kv_transfer = None
+            del state.slots[key]
+            state.link.cancel(key, self.now())
+            self._arm_link(state)
+        if slot.kv_timer is not None:
+            slot.kv_timer.cancel()
+            slot.kv_timer = None
 
     # ---------------------------------------------------------------- driving
 
@@ -256,7 +383,10 @@ class LiveEngine:
         now = self.now()
         at = engine.next_event_at()
         while at is not None and at <= now and self._stalled_since is None:
-            for i in engine.advance(at):
+            done = engine.advance(at)
+            if isinstance(engine, ContinuousEngine) and engine.kv_admitted:
+                self._kv_admitted(engine.kv_admitted)
+            for i in done:
                 self._finish(i)
             if self._stall_due:
                 self._stall_due = False
@@ -267,8 +397,25 @@ class LiveEngine:
                 break  # nothing advanced; let the timer come back at once
             at = after
 
+    def _kv_admitted(self, admitted: list[tuple[int, float]]) -> None:
+        """Prefilled KV joined the batch: hand out its first token (the prefill's)."""
+        wall = self._loop.time()
+        for i, _ in admitted:
+            slot = self._slots.get(i)
+            if slot is not None:
+                slot.kv_admitted_at = wall
+        self._hand_out([i for i, _ in admitted])
+        admitted.clear()
+
     def _on_tokens(self, end_at: float, positions: list[int]) -> None:
         """One iteration's tokens: hand each to its request."""
+        self._hand_out(positions)
+        p = self._stall_probability
+        if p > 0 and self._rng.random() < p:
+            self._stall_due = True
+
+    def _hand_out(self, positions: list[int]) -> None:
+        """One token to each request at ``positions`` (counted, timed, queued)."""
         wall = self._loop.time()
         slots = self._slots
         itl = self.metrics.itl
@@ -286,9 +433,6 @@ class LiveEngine:
             slot.last_at = wall
             if slot.queue is not None:
                 slot.queue.put_nowait(1)
-        p = self._stall_probability
-        if p > 0 and self._rng.random() < p:
-            self._stall_due = True
 
     def _finish(self, i: int) -> None:
         slot = self._slots.get(i)
@@ -302,7 +446,7 @@ class LiveEngine:
             outcome = Finish(slot.num_tokens, None, rec.reject_reason[i])
         else:
             reason = "length" if slot.num_tokens >= slot.max_tokens else "stop"
-            outcome = Finish(slot.num_tokens, reason)
+            outcome = Finish(slot.num_tokens, reason, None, int(rec.cached_tokens[i]))
             metrics.success(reason)
             last = slot.last_at if slot.last_at is not None else self._loop.time()
             metrics.finished(slot.arrival_at, slot.first_at, last, slot.num_tokens)

@@ -43,8 +43,11 @@ from aiohttp import web
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
 from sincere.core.request import DEFAULT_TIER
+from sincere.engine.build import deployment_of
+from sincere.perf.kv_link import kv_bytes, sender_figures
 from sincere.serve.binding import Served, bound_port, listen_error
 from sincere.serve.content import prompt_block_ids
+from sincere.serve.emulator import pd
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
@@ -82,6 +85,8 @@ class EmulatorServer(Served):
         self.max_context = config.engine.max_model_len or arch.max_context
         self.tier_index = {t.name: k for k, t in enumerate(config.tiers)}
         self.metrics = EmulatorMetrics(self.model_name)
+        self.deployment = deployment_of(config, config.model, f"emulator {self.name}")
+        self.prefix_caching = config.engine.enable_prefix_caching  # usage says cached tokens
         seeds = np.random.SeedSequence(config.seed).spawn(3)
         self._length_rng = np.random.default_rng(seeds[0])
         self._error_rng = np.random.default_rng(seeds[1])
@@ -188,23 +193,46 @@ class EmulatorServer(Served):
         live = self.live
         if live is None:
             raise ProtocolError(503, "emulator not started")
+        phase = pd.phase_of(req.body, self.config.role)
         try:
-            slot = live.submit(
-                req.prompt_tokens, *self._lengths_of(req), stream=req.stream,
-                priority=req.sincere.priority or 0, tier=self._tier_of(req),
-                block_ids=prompt_block_ids(
-                    req.prompt, req.body, req.prompt_tokens, self.config.prefix_block_tokens
-                ),
-            )  # fmt: skip
+            slot = self._submit(live, req, phase)
         except CapacityError as exc:
             raise ProtocolError(503, f"emulator at capacity: {exc}; retry later") from None
         try:
             if req.stream:
                 return await self._stream(request, req, slot)
-            return self._full(req, await asyncio.shield(slot.done))
+            return self._full(req, await asyncio.shield(slot.done), slot, phase)
         except (asyncio.CancelledError, ConnectionError):
             live.abort(slot)
             raise
+
+    def _submit(self, live: LiveEngine, req: CompletionRequest, phase: str | None) -> LiveRequest:
+        """Give ``req`` to the engine: prefilled KV to pull (a decode request), or whole."""
+        priority, tier = req.sincere.priority or 0, self._tier_of(req)
+        if phase == "decode":
+            remote = pd.remote_kv(req.body)
+            bandwidth, latency = sender_figures(self.config.kv_link, self.deployment)
+            num_bytes = remote.kv_bytes
+            if num_bytes is None:
+                num_bytes = kv_bytes(self.deployment, req.prompt_tokens)
+            return live.submit_prefilled(
+                req.prompt_tokens, *self._lengths_of(req), stream=req.stream,
+                engine_id=remote.engine_id, kv_bytes=num_bytes,
+                bandwidth_gbps=remote.bandwidth_gbps or bandwidth,
+                latency_s=latency if remote.latency_s is None else remote.latency_s,
+                priority=priority, tier=tier,
+            )  # fmt: skip
+        return live.submit(
+            req.prompt_tokens, *self._lengths_of(req), stream=req.stream,
+            priority=priority, tier=tier,
+            block_ids=prompt_block_ids(
+                req.prompt, req.body, req.prompt_tokens, self.config.prefix_block_tokens
+            ),
+        )  # fmt: skip
+
+    def _cached(self, outcome: Finish) -> int | None:
+        """``usage.prompt_tokens_details.cached_tokens`` when prefix caching is on."""
+        return outcome.cached_tokens if self.prefix_caching else None
 
     def _lengths_of(self, req: CompletionRequest) -> tuple[int, int]:
         """(max_tokens, ground-truth output tokens) of a request."""
@@ -228,15 +256,25 @@ class EmulatorServer(Served):
             )
         return self.tier_index[name]
 
-    def _full(self, req: CompletionRequest, outcome: Finish) -> web.Response:
+    def _full(
+        self, req: CompletionRequest, outcome: Finish, slot: LiveRequest, phase: str | None
+    ) -> web.Response:
         _raise_rejected(outcome)
         self._num_responses += 1
+        rid = response_id(req.kind, self._num_responses)
         body = full_response(
-            req, response_id(req.kind, self._num_responses), self._created,
-            self.config.token_text * outcome.num_tokens, outcome.finish_reason or "stop",
-            outcome.num_tokens,
+            req, rid, self._created, self.config.token_text * outcome.num_tokens,
+            outcome.finish_reason or "stop", outcome.num_tokens, self._cached(outcome),
         )  # fmt: skip
-        return web.Response(body=dumps(body), content_type="application/json")
+        if phase == "prefill":
+            body[pd.PARAM] = pd.prefill_params(
+                engine_id=self.name, host=self.config.host, port=self.port, request_id=rid,
+                prompt_tokens=req.prompt_tokens, block_tokens=self.config.prefix_block_tokens,
+                deployment=self.deployment, link=self.config.kv_link,
+            )  # fmt: skip
+        return web.Response(
+            body=dumps(body), content_type="application/json", headers=_kv_headers(slot)
+        )
 
     async def _stream(
         self, request: web.Request, req: CompletionRequest, slot: LiveRequest
@@ -246,7 +284,7 @@ class EmulatorServer(Served):
         item = await queue.get()
         if item == 0:  # ended before any token: an ordinary error answer
             _raise_rejected(slot.done.result())
-        response = web.StreamResponse(headers=_SSE_HEADERS)
+        response = web.StreamResponse(headers={**_SSE_HEADERS, **_kv_headers(slot)})
         self._num_responses += 1
         rid = response_id(req.kind, self._num_responses)
         try:
@@ -284,7 +322,8 @@ class EmulatorServer(Served):
         reason = outcome.finish_reason or "abort"
         end = sse_event(stream_chunk(req, rid, self._created, "", reason))
         if req.include_usage:
-            end += sse_event(usage_chunk(req, rid, self._created, outcome.num_tokens))
+            usage = usage_chunk(req, rid, self._created, outcome.num_tokens, self._cached(outcome))
+            end += sse_event(usage)
         return end + SSE_DONE
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -326,6 +365,17 @@ class EmulatorServer(Served):
             self.live.close()
         if self._site is not None:
             await self._site.stop()
+
+
+def _kv_headers(slot: LiveRequest) -> dict[str, str]:
+    """A decode answer's phase timings (see :mod:`.pd`); none for other requests."""
+    ready, admitted = slot.kv_ready_at, slot.kv_admitted_at
+    if ready is None or admitted is None:
+        return {}
+    return {
+        pd.KV_TRANSFER_HEADER: f"{ready - slot.arrival_at:.6f}",
+        pd.KV_WAIT_HEADER: f"{admitted - ready:.6f}",
+    }
 
 
 def _raise_rejected(outcome: Finish) -> None:

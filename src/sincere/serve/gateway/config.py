@@ -20,6 +20,7 @@ from sincere.core.config import MAX_PRIORITY, MAX_SECONDS, TierConfig, read_yaml
 from sincere.core.errors import ConfigError
 from sincere.core.request import Tier
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
+from sincere.policy.pd_config import PDRoutingConfig
 from sincere.policy.specs import PolicySpec, config_checks, router_specs
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.gateway.upstream_policy import parse_rules
@@ -235,6 +236,9 @@ class GatewayConfig(_Strict):
     admin: bool = True  # serve the controller API under /admin
     security: SecurityConfig = SecurityConfig()
     state: StateConfig = StateConfig()
+    # P/D routing (decider, router per phase) for models whose backends have roles;
+    # None: the defaults when some backend has a prefill or decode role (pd_relay.py)
+    disaggregation: PDRoutingConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -263,6 +267,7 @@ class GatewayConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+        _check_roles(self.backends, self.disaggregation)
         for field in ("upstream_keys", "sealed_backends"):
             unknown = sorted(set(getattr(self.security, field)) - set(names))
             if unknown:
@@ -277,6 +282,28 @@ class GatewayConfig(_Strict):
         return {name: t.to_tier() for name, t in self.tiers.items()}
 
 
+def _check_roles(backends: list[BackendConfig], pd: PDRoutingConfig | None) -> None:
+    """A model with prefill backends has decode ones and the reverse (as the simulator
+    asks); ``disaggregation`` only with some role set."""
+    roles: dict[str, set[str]] = {}
+    for b in backends:
+        for model in b.models:
+            roles.setdefault(model, set()).add(b.role)
+    split = {m: r & {"prefill", "decode"} for m, r in roles.items()}
+    for model, have in split.items():
+        if have and have != {"prefill", "decode"}:
+            missing = ({"prefill", "decode"} - have).pop()
+            raise ValueError(
+                f"model {model!r} has {have.pop()} backends but no {missing} backend; "
+                "allowed: at least one of each role for a disaggregated model"
+            )
+    if pd is not None and not any(split.values()):
+        raise ValueError(
+            "disaggregation is set but no backend has role prefill or decode; "
+            "allowed: backends[].role prefill / decode"
+        )
+
+
 def parse_config(raw: object, where: str | Path = "config") -> GatewayConfig:
     """Validate a mapping into a :class:`GatewayConfig`; every problem is one line of the error."""
     if not isinstance(raw, dict):
@@ -285,8 +312,18 @@ def parse_config(raw: object, where: str | Path = "config") -> GatewayConfig:
 
 
 def _policies(raw: object) -> list[PolicySpec]:
-    """The policies a gateway config names: its router (and the router's predictors)."""
-    return router_specs(raw.get("router") if isinstance(raw, dict) else None)
+    """The policies a gateway config names: its router (and the router's predictors), and
+    the routers of ``disaggregation`` when set (each phase's default when left out)."""
+    data = raw if isinstance(raw, dict) else {}
+    specs = router_specs(data.get("router"))
+    pd = data.get("disaggregation")
+    if isinstance(pd, dict):
+        for key, default in (("prefill_router", "prefix-aware"), ("decode_router", None)):
+            block = pd.get(key)
+            if block is None and default is not None:
+                block = {"name": default}
+            specs += router_specs(block, f"disaggregation.{key}")
+    return specs
 
 
 def load_config(path: str | Path) -> GatewayConfig:

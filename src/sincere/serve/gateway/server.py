@@ -85,6 +85,7 @@ from sincere.serve.gateway.edge import (
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
+from sincere.serve.gateway.pd_relay import PDRelay
 from sincere.serve.gateway.relay import Relay
 from sincere.serve.gateway.requests import RequestFactory, session_of, with_cap
 from sincere.serve.gateway.scrape import LoadScraper
@@ -136,6 +137,7 @@ class Gateway(Served):
         first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
         scrub = self._scrub if self.auth.secrets else None
         self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
+        self.pd_relay = PDRelay(config, self.dispatcher, self.relay)  # roles: two phases
         self.edge = EdgeLimits(
             limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client
         )
@@ -310,7 +312,7 @@ class Gateway(Served):
                 pending.skip = self._sealed_only if sealed is None else self._plain_names()
             if grant is not None:
                 pending.headers = grant.headers
-            return await self.relay.serve(http_req, creq, pending)
+            return await self.pd_relay.serve(http_req, creq, pending)
         except ProtocolError as exc:
             self.metrics.finished("", tier, "client_error")
             return web.Response(

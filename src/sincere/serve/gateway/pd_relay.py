@@ -1,0 +1,305 @@
+"""Disaggregated serving at the gateway: prefill on one instance, decode on another.
+
+For a model whose backends have roles (``backends[].role``: ``prefill`` / ``decode``;
+``both`` serves whole requests), each request is decided by the
+:class:`~sincere.policy.pd.PDFrontDoor` -- the very decider and per-phase routers the
+simulator drives (:mod:`sincere.sim.disagg`), built from the gateway's
+``disaggregation:`` section (:class:`~sincere.policy.pd_config.PDRoutingConfig`) -- from
+views of the model's prefill and decode instances. Then, as vLLM's P/D proxy does:
+
+1. **Prefill**: the client's request goes to the prefill instance with ``max_tokens: 1``,
+   ``stream: false`` and ``kv_transfer_params: {"do_remote_decode": true, ...}``; the
+   answer's ``kv_transfer_params`` say where the KV is. The gateway takes the request's
+   TTFT here, when the first token exists (as the simulator does).
+2. **Decode**: the client's request goes to the decode instance with those
+   ``kv_transfer_params``; its answer (streamed or whole) is relayed to the client as any
+   answer is (:class:`~sincere.serve.gateway.relay.Relay`: deadlines, mid-stream
+   errors, usage).
+
+A request the decider keeps colocated is routed by the gateway's own front door over
+the ``both`` instances of its model (else its decode instances, which then prefill it
+too), as in the simulator. P/D decisions are not written to the decision log (its
+records hold one instance per call); the answers' headers say where each phase ran.
+
+Both phases are recorded in the answer's headers: ``x-sincere-instance`` (the decode
+instance), ``x-sincere-prefill-instance``, ``x-sincere-prefill-s`` (arrival to the
+prefill's answer: the TTFT as the simulator takes it) and, relayed from the decode
+instance when it says, ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``.
+
+A client's own ``kv_transfer_params`` are dropped (on every request): they would make an
+engine pull KV from wherever they point, or skip computing the prompt.
+
+Billing: one request, one charge -- the prompt and the completion tokens the decode
+answer reports, at the decode instance's prices (the prefill's one token is not
+charged). Failures: an instance failing before the client's first byte is a breaker
+failure and a 502 (no retry on another pair: one transfer path per request); a 4xx of
+either phase goes to the client as it is. A phase with no room (a hold: every candidate
+at its ``max_in_flight``) is asked again every 10 ms up to the queue timeout, then 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from sincere.policy.front_door import Hold, Reject, Route
+from sincere.policy.pd import PDFrontDoor, PDRoute, build_pd_front_door
+from sincere.policy.pd_config import PDRoutingConfig
+from sincere.serve.backends.openai_api import UpstreamError
+from sincere.serve.gateway.config import GatewayConfig
+from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, Slot, refusal
+from sincere.serve.gateway.instances import InstanceState
+from sincere.serve.gateway.relay import Relay, deadline_error
+from sincere.serve.protocol import CompletionRequest, loads
+
+PREFILL_INSTANCE_HEADER = "x-sincere-prefill-instance"
+PREFILL_S_HEADER = "x-sincere-prefill-s"
+RELAYED_HEADERS = ("x-sincere-kv-transfer-s", "x-sincere-kv-wait-s")
+KV_PARAMS = "kv_transfer_params"
+HOLD_POLL_S = 0.01
+
+PREFILL_PARAMS: dict[str, Any] = {
+    "do_remote_decode": True,
+    "do_remote_prefill": False,
+    "remote_engine_id": None,
+    "remote_block_ids": None,
+    "remote_host": None,
+    "remote_port": None,
+}
+"""The ``kv_transfer_params`` of a prefill request (vLLM's P/D proxy sends these)."""
+
+
+def role_of(state: InstanceState) -> str:
+    """An instance's role (``both`` when its backend says none)."""
+    return str(getattr(state.backend.config, "role", "both"))
+
+
+class PDRelay:
+    """Serves requests of disaggregated models in two phases; others go to ``relay``."""
+
+    def __init__(self, config: GatewayConfig, dispatcher: Dispatcher, relay: Relay) -> None:
+        self.dispatcher = dispatcher
+        self.relay = relay
+        self.queue_timeout_s = config.queue.timeout_s
+        self.door: PDFrontDoor = build_pd_front_door(config.disaggregation or PDRoutingConfig(), 0)
+        self._split: tuple[object, frozenset[str]] = (None, frozenset())
+
+    def split_models(self) -> frozenset[str]:
+        """Models with a prefill or decode instance (recomputed when membership changes)."""
+        by_model = self.dispatcher.by_model
+        if self._split[0] is not by_model:
+            split = (m for m, ss in by_model.items() if any(role_of(s) != "both" for s in ss))
+            self._split = (by_model, frozenset(split))
+        return self._split[1]
+
+    async def serve(
+        self, http_req: web.Request, creq: CompletionRequest, pending: Pending
+    ) -> web.StreamResponse:
+        """Serve ``pending``: disaggregated when its model has roles and the decider says so."""
+        if KV_PARAMS in creq.body:  # the gateway speaks the KV protocol, never a client
+            creq = _without_kv_params(creq)
+        if pending.sealed is not None or pending.request.model not in self.split_models():
+            return await self.relay.serve(http_req, creq, pending)
+        states = [
+            s
+            for s in self.dispatcher.by_model.get(pending.request.model, ())
+            if s.name not in pending.skip
+        ]
+        prefill = [s for s in states if role_of(s) == "prefill"]
+        decode = [s for s in states if role_of(s) == "decode"]
+        if not prefill and not decode:
+            return await self.relay.serve(http_req, creq, pending)
+        route = await self._decide(pending, prefill, decode) if prefill and decode else None
+        if route is None:  # colocated: on "both" instances, else the decode ones
+            both = any(role_of(s) == "both" for s in states)
+            keep = "both" if both else "decode"
+            pending.skip |= {s.name for s in states if role_of(s) != keep}
+            return await self.relay.serve(http_req, creq, pending)
+        return await self._two_phases(http_req, creq, pending, route)
+
+    async def _decide(
+        self, pending: Pending, prefill: Sequence[InstanceState], decode: Sequence[InstanceState]
+    ) -> PDRoute | None:
+        """The P/D front door's answer, asked again while a phase holds (bounded)."""
+        d, req = self.dispatcher, pending.request
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.queue_timeout_s
+        while True:
+            now = loop.time()
+            pv = [s.view(req.model, now, d.max_age_s) for s in prefill]
+            dv = [s.view(req.model, now, d.max_age_s) for s in decode]
+            decision = self.door.decide(req, pv, dv, now)
+            if isinstance(decision, Reject):
+                raise refusal(decision)
+            if not isinstance(decision, Hold):
+                return decision
+            if now >= give_up_at or (pending.deadline_at or give_up_at) <= now:
+                raise RefusalError(
+                    504, f"no prefill / decode room for {req.model!r} within "
+                    f"{self.queue_timeout_s:g}s (the queue timeout)", "timeout", "queue_timeout",
+                )  # fmt: skip
+            await asyncio.sleep(HOLD_POLL_S)
+
+    async def _two_phases(
+        self, http_req: web.Request, creq: CompletionRequest, pending: Pending, route: PDRoute
+    ) -> web.StreamResponse:
+        d = self.dispatcher
+        loop = asyncio.get_running_loop()
+        # both slots now, as the simulator counts the decode instance's request from the
+        # decision on: the decode router of the next request sees it
+        slot = self._reserve(pending, route.prefill, 1)
+        second = self._reserve(pending, route.decode, None)
+        try:
+            pending.instance = slot.instance.name
+            try:
+                first = await self._prefill(creq, pending, slot)
+            finally:
+                d.release(slot, loop.time())
+            if isinstance(first, web.StreamResponse):
+                return first
+            params, prefill_s = first
+            headers = (
+                (PREFILL_INSTANCE_HEADER, slot.instance.name),
+                (PREFILL_S_HEADER, f"{prefill_s:.6f}"),
+            )
+            pending.headers = (*pending.headers, *headers)
+            pending.instance = second.instance.name
+            return await self._decode(http_req, creq, pending, second, params)
+        finally:
+            d.release(second, loop.time())
+
+    def _reserve(self, pending: Pending, route: Route, cap: int | None) -> Slot:
+        """A slot on the routed instance (as the dispatcher reserves one)."""
+        state = self.dispatcher.instances[route.instance]
+        now = asyncio.get_running_loop().time()
+        state.num_in_flight += 1
+        state.num_requests += 1
+        state.breaker.send(now)
+        if cap is None:
+            cap = pending.request.max_tokens if route.max_tokens is None else route.max_tokens
+        return Slot(state, cap, route.reason, now)
+
+    async def _prefill(
+        self, creq: CompletionRequest, pending: Pending, slot: Slot
+    ) -> tuple[dict[str, Any], float] | web.StreamResponse:
+        """Run the prefill: the KV parameters and arrival-to-answer seconds, or the answer
+        the client gets now (an instance's 4xx; the whole answer of a one-token request)."""
+        loop = asyncio.get_running_loop()
+        body = {k: v for k, v in creq.body.items() if k not in _PREFILL_DROPS}
+        body.update(stream=False, max_tokens=1, kv_transfer_params=dict(PREFILL_PARAMS))
+        one = dataclasses.replace(
+            creq, body=body, raw=b"", stream=False, include_usage=False, max_tokens=1
+        )
+        upstream = None
+        try:
+            async with asyncio.timeout_at(pending.deadline_at):
+                upstream = await slot.instance.backend.send(one, 1)
+                answer = await upstream.read_all()
+        except TimeoutError:
+            raise deadline_error(pending, loop.time(), "during the prefill") from None
+        except UpstreamError as exc:
+            raise self._phase_failed(slot, "prefill", exc) from None
+        finally:
+            if upstream is not None:
+                upstream.release()
+        now = loop.time()
+        if upstream.status != 200:
+            slot.instance.breaker.record_success(now)
+            pending.output_tokens = 0
+            return web.Response(
+                status=upstream.status, body=self.relay._scrubbed(answer),
+                headers=slot.instance.json_headers,
+            )  # fmt: skip
+        slot.instance.breaker.record_success(now)
+        params = _kv_params(answer)
+        if params is None:
+            raise self._phase_failed(
+                slot, "prefill", UpstreamError(
+                    f"{slot.instance.name}: the prefill answer has no kv_transfer_params "
+                    "(is it started with a KV connector?)", retryable=False,
+                ),
+            )  # fmt: skip
+        return params, now - pending.request.arrival_at
+
+    async def _decode(
+        self,
+        http_req: web.Request,
+        creq: CompletionRequest,
+        pending: Pending,
+        slot: Slot,
+        params: dict[str, Any],
+    ) -> web.StreamResponse:
+        """Send the decode request with the prefill's parameters; relay its answer."""
+        loop = asyncio.get_running_loop()
+        body = {**creq.body, KV_PARAMS: params}
+        second = dataclasses.replace(creq, body=body, raw=b"")
+        sent_at = loop.time()
+        try:
+            async with asyncio.timeout_at(pending.deadline_at):
+                upstream = await slot.instance.backend.send(second, slot.max_tokens)
+        except TimeoutError:
+            raise deadline_error(pending, loop.time(), "before the first byte") from None
+        except UpstreamError as exc:
+            raise self._phase_failed(slot, "decode", exc) from None
+        relayed = tuple(
+            (name, upstream.response.headers[name])
+            for name in RELAYED_HEADERS
+            if name in upstream.response.headers
+        )
+        pending.headers = (*pending.headers, *relayed)
+        ok = False
+        try:
+            if upstream.status != 200:
+                answer = await upstream.read_all()
+                slot.instance.breaker.record_success(loop.time())
+                pending.output_tokens = 0
+                ok = True
+                return web.Response(
+                    status=upstream.status, body=self.relay._scrubbed(answer),
+                    headers=slot.instance.json_headers,
+                )  # fmt: skip
+            if creq.stream:
+                resp = await self.relay._relay_stream(
+                    http_req, pending, slot, upstream, sent_at, None
+                )
+            else:
+                resp = await self.relay._relay_body(second, pending, slot, upstream, sent_at)
+            ok = True
+            return resp
+        except UpstreamError as exc:
+            raise self._phase_failed(slot, "decode", exc) from None
+        finally:
+            if ok:
+                upstream.release()
+            else:
+                upstream.response.close()
+
+    def _phase_failed(self, slot: Slot, phase: str, exc: UpstreamError) -> RefusalError:
+        """Count a phase's failure on its instance; the client's 502."""
+        self.relay._failed(slot, phase, exc)
+        return RefusalError(502, f"{phase} failed: {exc.message}", "error", "upstream_error")
+
+
+_PREFILL_DROPS = frozenset(
+    {"stream_options", "max_completion_tokens", "min_tokens", "min_completion_tokens"}
+)
+
+
+def _without_kv_params(creq: CompletionRequest) -> CompletionRequest:
+    """``creq`` without a client's ``kv_transfer_params``: they would make an engine pull
+    KV from wherever they point, or skip the prompt's compute."""
+    body = {k: v for k, v in creq.body.items() if k != KV_PARAMS}
+    return dataclasses.replace(creq, body=body, raw=b"")
+
+
+def _kv_params(answer: bytes) -> dict[str, Any] | None:
+    """The ``kv_transfer_params`` object of a prefill answer (None: absent or unreadable)."""
+    try:
+        params = loads(answer).get(KV_PARAMS)
+    except (ValueError, AttributeError):
+        return None
+    return params if isinstance(params, dict) else None
