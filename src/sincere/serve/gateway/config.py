@@ -95,6 +95,8 @@ class LimitsConfig(_Strict):
     request head for ``idle_timeout_s`` (just opened, or since its last response) is
     closed; one client address may hold ``max_connections_per_client`` connections and
     the gateway ``max_connections`` in all (more are answered 429 / 503 and closed).
+    With TLS a connection takes its slot before the handshake, which must be done
+    ``tls_handshake_timeout_s`` after it connected (else it is closed).
     """
 
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
@@ -103,6 +105,7 @@ class LimitsConfig(_Strict):
     header_timeout_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
     body_timeout_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
     idle_timeout_s: float = Field(15.0, gt=0, le=MAX_SECONDS)
+    tls_handshake_timeout_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
     max_connections: int = Field(4096, ge=1, le=1 << 20)
     max_connections_per_client: int = Field(1024, ge=1, le=1 << 20)
 

@@ -8,7 +8,12 @@ Between the listening socket and aiohttp's HTTP protocol sits one
   ``max_connections`` in all (``503``): a short HTTP error answer, then close;
 * times the first request head of a connection from its first byte: a head not
   complete (``CRLF CRLF``) ``header_timeout_s`` later is answered ``408`` and the
-  connection closed -- the slow-header ("slowloris") client.
+  connection closed -- the slow-header ("slowloris") client;
+* on a TLS site, admits the TCP connection *before* its handshake (so a client that
+  opens connections and never sends a ClientHello holds slots, and is refused past
+  the limits like any other: closed, as no HTTP can be spoken yet), and closes one
+  whose handshake is not done ``handshake_timeout_s`` after it connected
+  (``tls_handshake_timeout``; a failed handshake counts as ``tls_handshake_failed``).
 
 The other limits sit where the data is: the gateway reads a body under a
 ``body_timeout_s`` deadline (``408``), and aiohttp's keep-alive timer closes a
@@ -32,7 +37,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -69,6 +74,7 @@ class EdgeLimits:
     header_timeout_s: float
     max_connections: int
     max_connections_per_client: int
+    handshake_timeout_s: float = 10.0  # a TLS handshake must be done this long after connecting
     num_open: int = 0  # connections admitted and not yet closed
     by_client: dict[str, int] = field(default_factory=dict)  # open connections per address
     refused: dict[str, int] = field(default_factory=dict)  # refusals (and timeouts) by reason
@@ -109,21 +115,35 @@ class EdgeLimits:
 
 
 class EdgeProtocol(asyncio.Protocol):
-    """One connection: admission by address, then aiohttp's protocol with a head timer."""
+    """One connection: admission by address, the TLS handshake if any, then aiohttp's
+    protocol with a head timer."""
 
-    __slots__ = ("_client", "_head_timer", "_inner", "_limits", "_make", "_tail", "_transport")
+    __slots__ = (
+        "_client", "_early", "_handshake", "_head_timer", "_holding", "_inner", "_limits",
+        "_lost", "_make", "_tail", "_tls", "_transport",
+    )  # fmt: skip
 
-    def __init__(self, make: Callable[[], asyncio.Protocol], limits: EdgeLimits) -> None:
+    def __init__(
+        self,
+        make: Callable[[], asyncio.Protocol],
+        limits: EdgeLimits,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._make = make
         self._limits = limits
+        self._tls = tls  # the handshake to run before HTTP, when serving HTTPS
         self._inner: asyncio.Protocol | None = None  # aiohttp's protocol, once admitted
         self._client = ""
         self._transport: asyncio.BaseTransport | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._tail: bytes | None = b""  # last bytes of an unfinished first head; None: done
+        self._holding = False  # whether this connection holds a slot of the limits
+        self._lost = False  # the connection is gone (possibly before aiohttp saw it)
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes | None] = []  # data (None: EOF) decrypted before aiohttp's turn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Admit the connection (or answer 429 / 503 and close) and hand it to aiohttp.
+        """Admit the connection (or answer 429 / 503 and close), shake hands, hand it to aiohttp.
 
         The transport is used through its methods only: uvloop's transports are not
         subclasses of :class:`asyncio.Transport`, though they have the same methods.
@@ -133,17 +153,66 @@ class EdgeProtocol(asyncio.Protocol):
         self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         refusal = self._limits.admit(self._client)
         if refusal is not None:
-            _write_close(transport, raw_error(refusal))
+            if self._tls is None:
+                _write_close(transport, raw_error(refusal))
+            else:  # no HTTP before a handshake, and none is spent on a refused connection
+                transport.close()
             return
+        self._holding = True
+        if self._tls is None:
+            self._inner = self._make()
+            self._inner.connection_made(transport)
+            return
+        cast(asyncio.ReadTransport, transport).pause_reading()  # the ClientHello waits for TLS
+        self._handshake = asyncio.get_running_loop().create_task(self._shake_hands(transport))
+
+    async def _shake_hands(self, raw: asyncio.BaseTransport) -> None:
+        """Run the TLS handshake within ``handshake_timeout_s``; then start aiohttp on it."""
+        assert self._tls is not None
+        loop = asyncio.get_running_loop()
+        limit_s = self._limits.handshake_timeout_s
+        started = loop.time()
+        try:
+            wrapped = await loop.start_tls(
+                raw,  # type: ignore[arg-type]  # uvloop's transports have the same methods
+                self,
+                self._tls,
+                server_side=True,
+                ssl_handshake_timeout=limit_s,
+            )
+        except (OSError, TimeoutError, ValueError, RuntimeError):
+            late = loop.time() - started >= 0.99 * limit_s
+            self._limits.count("tls_handshake_timeout" if late else "tls_handshake_failed")
+            raw.close()
+            self._release()
+            return
+        if self._lost or wrapped is None:
+            self._release()
+            return
+        self._transport = wrapped
         self._inner = self._make()
-        self._inner.connection_made(transport)
+        self._inner.connection_made(wrapped)
+        early, self._early = self._early, []
+        for data in early:
+            if data is None:
+                self.eof_received()
+            else:
+                self.data_received(data)
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._limits.release(self._client)
 
     def data_received(self, data: bytes) -> None:
         """Watch the first head (until it is complete), then pass the bytes on."""
+        if self._inner is None:
+            if self._holding and not self._lost:  # decrypted before aiohttp's turn: kept
+                self._early.append(data)
+            return
         if self._tail is not None:
             self._watch_head(data)
-        if self._inner is not None:
-            self._inner.data_received(data)
+        self._inner.data_received(data)
 
     def _watch_head(self, data: bytes) -> None:
         buf = self._tail + data if self._tail else data
@@ -174,17 +243,24 @@ class EdgeProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """Pass the end of input on (aiohttp closes the connection)."""
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._inner is None:
+            if self._holding and self._tls is not None:
+                self._early.append(None)
+            return None
+        return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Give back the slot; tell aiohttp."""
+        self._lost = True
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         if self._inner is not None:
-            self._limits.release(self._client)
+            self._release()
             self._inner.connection_lost(exc)
             self._inner = None
+        elif self._handshake is None or self._handshake.done():
+            self._release()  # else the handshake's task gives it back
         self._transport = None
 
     def pause_writing(self) -> None:
@@ -241,8 +317,10 @@ class EdgeSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         limits = self._limits
 
+        tls = self._tls
+
         def protocol() -> EdgeProtocol:
-            return EdgeProtocol(server, limits)
+            return EdgeProtocol(server, limits, tls)
 
         try:
             self._server = await loop.create_server(
@@ -252,9 +330,7 @@ class EdgeSite(web.BaseSite):
                 backlog=self._backlog,
                 reuse_address=True,
                 reuse_port=self._reuse_port or None,
-                ssl=self._tls,
-                # a TLS handshake gets the head's time limit of its own
-                ssl_handshake_timeout=self._limits.header_timeout_s if self._tls else None,
+                # TLS is not given here: EdgeProtocol admits the connection, then shakes hands
             )
         except OSError as exc:
             raise listen_error(self._host, self._port, exc) from None

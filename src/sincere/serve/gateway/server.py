@@ -137,8 +137,9 @@ class Gateway(Served):
         scrub = self._scrub if self.auth.secrets else None
         self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
         self.edge = EdgeLimits(
-            limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client
-        )
+            limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client,
+            limits.tls_handshake_timeout_s,
+        )  # fmt: skip
         self._logged_errors: set[str] = set()  # exception types whose traceback was logged
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
