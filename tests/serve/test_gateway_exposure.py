@@ -110,3 +110,39 @@ def test_aggregate_metrics_are_open_without_tenant_labels(tmp_path: Path) -> Non
         assert "acme" not in text and "sincere_tenant" not in text
 
     run(main)
+
+
+def test_a_metrics_key_reads_metrics_and_nothing_else(tmp_path: Path) -> None:
+    """A metrics key (``sk-snc-metrics-``) gets /metrics with tenants; it is refused (403) the
+    inference and admin APIs, and a client key is still refused /metrics."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(
+        keys,
+        acme=KeySpec(name="acme"),
+        scraper=KeySpec(kind="metrics", name="prometheus"),
+    )
+    assert tokens["scraper"].startswith("sk-snc-metrics-")
+
+    async def main() -> None:
+        async with (
+            FakeUpstream() as up,
+            Gateway(gateway_config(up.url, keys)) as gw,
+            aiohttp.ClientSession() as s,
+        ):
+            body = {"model": "m", "prompt": "hi", "max_tokens": 2}
+            async with s.post(
+                gw.url + "/v1/completions", json=body, headers=bearer(tokens["acme"])
+            ) as r:
+                assert r.status == 200
+            status, text = await get(s, gw.url + "/metrics", tokens["scraper"])
+            assert status == 200 and 'tenant="acme"' in text
+            assert (await get(s, gw.url + "/metrics", tokens["acme"]))[0] == 403
+            async with s.post(
+                gw.url + "/v1/completions", json=body, headers=bearer(tokens["scraper"])
+            ) as r:
+                answer = await r.json()
+                assert (r.status, answer["error"]["code"]) == (403, "metrics_key_not_allowed")
+            status, text = await get(s, gw.url + "/admin/instances", tokens["scraper"])
+            assert status == 403 and "metrics_key_not_allowed" in text
+
+    run(main)

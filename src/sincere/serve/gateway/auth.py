@@ -52,6 +52,7 @@ from sincere.serve.security.policy import (
     RequestFacts,
     authenticate,
     authorize_admin,
+    authorize_metrics,
     authorize_record,
     authorize_record_async,
     counted,
@@ -187,6 +188,12 @@ class GatewayAuth:
         if self.store is None:
             return AdminGrant("", f"anonymous@{peer or '?'}")
         return authorize_admin(self.store, headers, time.time())
+
+    def metrics_reader(self, headers: Mapping[str, str]) -> AdminGrant | Refusal:
+        """``/metrics``' reader: an admin or metrics key's, else 401/403 (anyone without keys)."""
+        if self.store is None:
+            return AdminGrant("", "anonymous")
+        return authorize_metrics(self.store, headers, time.time())
 
     def audit(self, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
         """Append one state change to the audit log."""

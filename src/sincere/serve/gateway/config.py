@@ -175,8 +175,9 @@ class SecurityConfig(_Strict):
     ``sealed_backends``: the backends that are seal proxies (``sincere seal serve``):
     sealed bodies go only there and plain ones only elsewhere (empty: a sealed body is
     refused with 415, as no plain engine may receive one). With keys, ``/metrics`` needs
-    an admin key (``metrics_access: aggregate``: anyone gets the gateway's figures
-    without tenant labels), ``/health`` shows instances to admin keys only, and
+    an admin or a metrics key (``sincere keys create --metrics``; ``metrics_access:
+    aggregate``: anyone gets the gateway's figures without tenant labels), ``/health``
+    shows instances to admin keys only, and
     ``/v1/models`` needs a client key and lists the models that key may use.
     """
 
@@ -190,8 +191,9 @@ class SecurityConfig(_Strict):
     tls_key: Path | None = None
     confidential: bool = True
     sealed_backends: list[str] = Field(default_factory=list, max_length=4096)
-    # with keys: who reads /metrics -- "admin" (an admin key), "aggregate" (anyone the
-    # gateway's own figures, without tenant labels; the per-tenant part to admins)
+    # with keys: who reads /metrics -- "admin" (an admin or a metrics key), "aggregate"
+    # (anyone the gateway's own figures, without tenant labels; the per-tenant part to
+    # admin and metrics keys)
     metrics_access: Literal["admin", "aggregate"] = "admin"
 
     @model_validator(mode="after")

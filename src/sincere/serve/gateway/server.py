@@ -414,10 +414,10 @@ class Gateway(Served):
         return web.json_response(out)
 
     async def _metrics(self, http_req: web.Request) -> web.Response:
-        """Prometheus text; with keys an admin key's (or, ``aggregate``, tenant-free to all)."""
+        """Prometheus text; with keys an admin or metrics key's (``aggregate``: tenant-free)."""
         tenants = True
         if self.auth.store is not None:
-            grant = self.auth.admin(http_req.headers, "")
+            grant = self.auth.metrics_reader(http_req.headers)
             if isinstance(grant, Refusal):
                 if self.config.security.metrics_access != "aggregate":
                     return refusal_response(grant)
