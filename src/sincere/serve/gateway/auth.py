@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from sincere.core.errors import ConfigError
 from sincere.serve.gateway.config import SecurityConfig, StateConfig
@@ -178,9 +178,13 @@ class GatewayAuth:
         assert self.store is not None
         await self.store.settle_async(grant.reservation, prompt_tokens, completion_tokens, prices)
 
-    def metrics_text(self) -> str:
-        """The per-tenant metrics in Prometheus text ("" without keys)."""
-        return generate_latest(self.registry).decode() if self.store is not None else ""
+    def metrics_text(self, every_tenant: bool = False) -> str:
+        """The per-tenant metrics in Prometheus text ("" without keys): the
+        ``metrics_max_tenants`` tenants with the most spend and ``(other)``, or every tenant."""
+        store = self.store
+        if store is None or store.metrics is None:
+            return ""
+        return store.metrics.render(None if every_tenant else self.config.metrics_max_tenants)
 
     # ------------------------------------------------------------------ admin
     def admin(self, headers: Mapping[str, str], peer: str) -> AdminGrant | Refusal:

@@ -195,6 +195,9 @@ class SecurityConfig(_Strict):
     # (anyone the gateway's own figures, without tenant labels; the per-tenant part to
     # admin and metrics keys)
     metrics_access: Literal["admin", "aggregate"] = "admin"
+    # per-tenant series on /metrics for this many tenants (most spend first), the others
+    # summed under tenant="(other)"; an admin key's ?tenants=all shows every tenant
+    metrics_max_tenants: int = Field(50, ge=0, le=1 << 20)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SecurityConfig:

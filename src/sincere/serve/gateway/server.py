@@ -415,13 +415,16 @@ class Gateway(Served):
 
     async def _metrics(self, http_req: web.Request) -> web.Response:
         """Prometheus text; with keys an admin or metrics key's (``aggregate``: tenant-free)."""
-        tenants = True
+        tenants, every_tenant = True, False
         if self.auth.store is not None:
             grant = self.auth.metrics_reader(http_req.headers)
             if isinstance(grant, Refusal):
                 if self.config.security.metrics_access != "aggregate":
                     return refusal_response(grant)
                 tenants = False
+            else:  # ?tenants=all: an admin's page without the tenant cap
+                wants_all = http_req.query.get("tenants") == "all"
+                every_tenant = wants_all and grant.actor.startswith("admin:")
         now = self.loop.time()
         d = self.dispatcher
         text = self.metrics.render(
@@ -430,7 +433,7 @@ class Gateway(Served):
             {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
             self.edge.refused,
             self.edge.num_open,
-        ) + (self.auth.metrics_text() if tenants else "")
+        ) + (self.auth.metrics_text(every_tenant) if tenants else "")
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     # ------------------------------------------------------- background tasks
