@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,8 +58,10 @@ def seal_for(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     tier: str | None = None,
     priority: int | None = None,
+    now: float | None = None,
 ) -> SealedRequest:
-    """Declare ``body``'s metadata and seal it to ``pinned``."""
+    """Declare ``body``'s metadata and seal it to ``pinned``, stamped ``now`` (Unix seconds;
+    None: the current time), which the seal proxy checks against its replay window."""
     creq = parse_body(body, kind)
     declared = Declared(
         kind=kind,
@@ -69,6 +72,7 @@ def seal_for(
         stream=creq.stream,
         tier=tier,
         priority=priority,
+        sealed_at=int(time.time() if now is None else now),
     )
     return seal_request(pinned, declared, dumps(body))
 
