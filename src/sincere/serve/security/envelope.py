@@ -14,9 +14,10 @@ ciphertext as its associated data, so it cannot be changed on the way undetected
 ``x-sincere-sealed-at``     when it was sealed, whole Unix seconds (replays)
 ==========================  ===============================================
 
-plus, unbound (the gateway's own business), ``x-sincere-tier`` and
-``x-sincere-priority``. The body is ``enc`` (32 bytes) followed by the ciphertext,
-``Content-Type: application/sincere-sealed``: a gateway relays it byte for byte.
+plus, unbound (the gateway's own business), ``x-sincere-tier``,
+``x-sincere-priority`` and ``x-sincere-deadline-s``. The body is ``enc`` (32 bytes)
+followed by the ciphertext, ``Content-Type: application/sincere-sealed``: a gateway
+relays it byte for byte.
 
 Responses are sealed with keys exported from the same HPKE context
 (``export("sincere confidential v1 response key" | "... nonce")``), so only the client
@@ -71,9 +72,11 @@ TIER_HEADER = "x-sincere-tier"
 PRIORITY_HEADER = "x-sincere-priority"
 USAGE_HEADER = "x-sincere-usage"  # response: "prompt_tokens=N, completion_tokens=M"
 USAGE_EVENT = "sincere-usage"  # stream: a plain SSE event with the same figures as JSON
+ERROR_EVENT = "sincere-error"  # stream: a plain SSE error event the gateway ended it with
+DEADLINE_HEADER = "x-sincere-deadline-s"  # the client's deadline, a hint for the gateway
 SEALED_HEADERS = (
     KEY_HEADER, MODEL_HEADER, PROMPT_TOKENS_HEADER, MAX_TOKENS_HEADER, STREAM_HEADER,
-    SEALED_AT_HEADER, TIER_HEADER, PRIORITY_HEADER,
+    SEALED_AT_HEADER, TIER_HEADER, PRIORITY_HEADER, DEADLINE_HEADER,
 )  # fmt: skip
 """The request headers a gateway forwards with a sealed body (besides Content-Type)."""
 
