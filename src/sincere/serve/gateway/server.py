@@ -68,7 +68,7 @@ from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
-from sincere.serve.gateway.billing import reserve_prices, settle, settle_async
+from sincere.serve.gateway.billing import reserve_prices, settle, settle_async, token_counter
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
@@ -309,8 +309,8 @@ class Gateway(Served):
                 pending.deadline_at = req.arrival_at + creq.sincere.deadline_s
             if self._sealed_only:
                 pending.skip = self._sealed_only if sealed is None else self._plain_names()
-            if grant is not None:
-                pending.headers = grant.headers
+            counted = token_counter(creq, sealed is not None)  # x-sincere-token-counter
+            pending.headers = (counted,) if grant is None else (*grant.headers, counted)
             return await self.relay.serve(http_req, creq, pending)
         except ProtocolError as exc:
             self.metrics.finished("", tier, "client_error")
