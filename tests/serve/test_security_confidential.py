@@ -27,6 +27,7 @@ from sincere.serve.security.confidential_client import (
     ConfidentialError,
     seal_for,
 )
+from sincere.serve.security.connections import AcceptErrorLog
 from sincere.serve.security.credentials import Secret
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
@@ -495,7 +496,7 @@ def test_a_sealed_request_outside_the_window_is_refused_though_never_seen() -> N
 
 def test_a_slow_header_client_is_cut_off_by_the_seal_proxy() -> None:
     """A client sending its request head one byte at a time is answered 408 and closed at
-    ``header_timeout_s``; the proxy still serves others."""
+    ``header_timeout_s``; the proxy still serves others; accept errors are rate-limited."""
     config = EmulatorConfig.model_validate({"step_model": FAST, "engine": {"num_kv_blocks": 4096}})
 
     async def check() -> None:
@@ -522,6 +523,8 @@ def test_a_slow_header_client_is_cut_off_by_the_seal_proxy() -> None:
             assert answer.startswith(b"HTTP/1.1 408") and b"header_timeout" in answer
             assert 0.4 <= time.monotonic() - started < 3.0
             assert proxy.edge.refused == {"header_timeout": 1}
+            accept_errors = asyncio.get_running_loop().get_exception_handler()
+            assert isinstance(accept_errors, AcceptErrorLog)  # rate-limited, as the gateway's
             writer.close()
             sealed = seal_for(PAIR.pinned, "chat", _chat())
             url = proxy.url + "/v1/chat/completions"

@@ -14,10 +14,7 @@ and accept errors are rate-limited in the log. Every refusal is counted by reaso
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +25,13 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sincere.serve.gateway.config import LimitsConfig
 from sincere.serve.protocol import ProtocolError
-from sincere.serve.security.connections import EdgeLimits, EdgeProtocol, EdgeSite, raw_error
+from sincere.serve.security.connections import (
+    AcceptErrorLog,
+    EdgeLimits,
+    EdgeProtocol,
+    EdgeSite,
+    raw_error,
+)
 
 __all__ = [
     "AcceptErrorLog", "EdgeLimits", "EdgeProtocol", "EdgeSite", "FdBudget", "QuietServerLog",
@@ -163,40 +166,3 @@ def fit_open_files(edge: EdgeLimits, upstream_fds: int, log: logging.Logger) -> 
         log.warning("%s", budget.note)
     edge.max_connections = budget.max_connections
     edge.max_connections_per_client = min(edge.max_connections_per_client, edge.max_connections)
-
-
-class AcceptErrorLog:
-    """The event loop's exception handler, with errors accepting connections rate-limited.
-
-    Out of file descriptors, every accept attempt fails and asyncio logs each one with a
-    traceback (hundreds of MB a minute). Here such errors give one line per
-    ``interval_s`` with the number left out; anything else goes to the default handler.
-    """
-
-    def __init__(self, log: logging.Logger, interval_s: float = 5.0) -> None:
-        self.log = log
-        self.interval_s = interval_s
-        self._last_at = -math.inf  # monotonic time of the last line written
-        self.num_suppressed = 0  # accept errors not logged since that line
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """Handle one error the loop reports."""
-        if not _is_accept_error(context):
-            loop.default_exception_handler(context)
-            return
-        now = time.monotonic()
-        if now - self._last_at < self.interval_s:
-            self.num_suppressed += 1
-            return
-        exc = context.get("exception")
-        more = f" ({self.num_suppressed} more since the last line)" if self.num_suppressed else ""
-        self.log.error("cannot accept connections: %s%s", exc or context.get("message"), more)
-        self._last_at, self.num_suppressed = now, 0
-
-
-def _is_accept_error(context: dict[str, Any]) -> bool:
-    message = str(context.get("message", ""))
-    exc = context.get("exception")
-    if "accept" in message:
-        return True
-    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)

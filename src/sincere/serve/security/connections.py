@@ -15,7 +15,9 @@ Between the listening socket and aiohttp's HTTP protocol sits one
   whose handshake is not done ``handshake_timeout_s`` after it connected
   (``tls_handshake_timeout``; a failed handshake counts as ``tls_handshake_failed``).
 
-Every refusal is counted by reason in :attr:`EdgeLimits.refused`. The gateway
+Every refusal is counted by reason in :attr:`EdgeLimits.refused`; errors accepting
+connections (out of file descriptors) are rate-limited in the log
+(:class:`AcceptErrorLog`, the loop's exception handler). The gateway
 (:mod:`sincere.serve.gateway.edge`) and the seal proxy
 (:mod:`sincere.serve.security.seal_proxy`) both serve through it. A failed bind is
 one clear line (:func:`sincere.serve.binding.listen_error`). Per connection the cost
@@ -26,10 +28,14 @@ head is complete.
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import math
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -323,3 +329,40 @@ class EdgeSite(web.BaseSite):
             )
         except OSError as exc:
             raise listen_error(self._host, self._port, exc) from None
+
+
+class AcceptErrorLog:
+    """The event loop's exception handler, with errors accepting connections rate-limited.
+
+    Out of file descriptors, every accept attempt fails and asyncio logs each one with a
+    traceback (hundreds of MB a minute). Here such errors give one line per
+    ``interval_s`` with the number left out; anything else goes to the default handler.
+    """
+
+    def __init__(self, log: logging.Logger, interval_s: float = 5.0) -> None:
+        self.log = log
+        self.interval_s = interval_s
+        self._last_at = -math.inf  # monotonic time of the last line written
+        self.num_suppressed = 0  # accept errors not logged since that line
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Handle one error the loop reports."""
+        if not _is_accept_error(context):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._last_at < self.interval_s:
+            self.num_suppressed += 1
+            return
+        exc = context.get("exception")
+        more = f" ({self.num_suppressed} more since the last line)" if self.num_suppressed else ""
+        self.log.error("cannot accept connections: %s%s", exc or context.get("message"), more)
+        self._last_at, self.num_suppressed = now, 0
+
+
+def _is_accept_error(context: dict[str, Any]) -> bool:
+    message = str(context.get("message", ""))
+    exc = context.get("exception")
+    if "accept" in message:
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)

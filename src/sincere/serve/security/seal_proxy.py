@@ -45,6 +45,7 @@ import collections
 import hashlib
 import hmac
 import json
+import logging
 import math
 import ssl
 import time
@@ -64,7 +65,7 @@ from sincere.serve.protocol import (
     loads,
     parse_request,
 )
-from sincere.serve.security.connections import EdgeLimits, EdgeSite
+from sincere.serve.security.connections import AcceptErrorLog, EdgeLimits, EdgeSite
 from sincere.serve.security.credentials import Secret
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
@@ -140,6 +141,8 @@ class SealProxy(Served):
 
     async def start(self) -> None:
         """Bind and serve."""
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrorLog(logging.getLogger("sincere.seal")))
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         self._session = aiohttp.ClientSession(timeout=timeout)
         self._runner = web.AppRunner(
