@@ -80,7 +80,12 @@ def serve_command(
         Path | None, typer.Option(help="File whose first line is that inbound key.")
     ] = None,
     replay_window_s: Annotated[
-        float, typer.Option(help="A sealed body seen again within this many seconds: 409.", min=0)
+        float,
+        typer.Option(
+            help="A sealed body seen again within this many seconds, or sealed longer ago: "
+            "409 (0: off).",
+            min=0,
+        ),
     ] = 600.0,
     header_timeout_s: Annotated[
         float, typer.Option(help="A request head must be complete this long after its first byte.")
