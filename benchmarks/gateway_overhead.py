@@ -39,6 +39,11 @@ count of failed calls. Generator, proxy and upstream share this machine's cores.
     python benchmarks/gateway_overhead.py --security       # also keys on, and confidential mode
     python benchmarks/gateway_overhead.py --security --redis-workers 1,2,4   # keys on Redis
 
+The last one records, in one run, direct, the gateway with keys in memory, with keys on
+Redis in 1, 2 and 4 workers, and LiteLLM (found in ``$LITELLM_VENV``, default
+``/tmp/litellm-venv``; skipped with a note when it is not there), and prints each
+gateway target's rate as a multiple of LiteLLM's.
+
 Servers bind 127.0.0.1 and are stopped by the PIDs this script started.
 """
 
@@ -518,8 +523,9 @@ def run_all(args: argparse.Namespace) -> None:
             targets.append(("sincere (base)", f"http://127.0.0.1:{port}", {}))
         if args.security:
             targets += start_security(me, upstream, procs, args.redis_workers)
-        if not args.no_litellm:
-            targets.append(start_litellm(upstream, args.litellm_workers, procs))
+        litellm = None if args.no_litellm else start_litellm(upstream, args.litellm_workers, procs)
+        if litellm is not None:
+            targets.append(litellm)
         ready = []
         for name, root, headers in targets:
             url = root + "/v1/chat/completions"
@@ -540,10 +546,28 @@ def run_all(args: argparse.Namespace) -> None:
         for p in procs:
             stop(p)
     print(table(rows))
-    for line in pairs:
+    for line in [*litellm_ratios(rows), *pairs]:
         print(line)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def litellm_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """Each gateway target's saturated rate as a multiple of LiteLLM's (same run)."""
+    litellm = next((r for r in rows if r["target"] == "litellm"), None)
+    if litellm is None:
+        return []
+    out = []
+    for r in rows:
+        if not r["target"].startswith("sincere"):
+            continue
+        cells = []
+        for mode, unit in (("plain", "req/s"), ("stream", "streams/s")):
+            theirs = litellm[f"{mode}_wrk"]["rps"]
+            ratio = r[f"{mode}_wrk"]["rps"] / theirs if theirs else float("inf")
+            cells.append(f"{ratio:.1f}x {unit}")
+        out.append(f"rate vs litellm: {r['target']}: " + ", ".join(cells))
+    return out
 
 
 PAIRS = (("sincere", "sincere+auth"), ("sincere+auth", "sincere+auth+sealed"))
@@ -638,7 +662,15 @@ def start_security(
 
 def start_litellm(
     upstream: str, workers: int, procs: list[subprocess.Popen[bytes]]
-) -> tuple[str, str, dict[str, str]]:
+) -> tuple[str, str, dict[str, str]] | None:
+    """The LiteLLM proxy from its venv (None, with a note, when the venv is missing)."""
+    if not LITELLM_PY.exists():
+        print(
+            f"{LITELLM_PY} not found: LiteLLM skipped (see benchmarks/README.md, "
+            "'Gateway overhead', to make its venv; or set LITELLM_VENV)",
+            file=sys.stderr,
+        )
+        return None
     port = free_port()
     cfg = Path(tempfile.mkdtemp()) / "litellm.yaml"
     litellm_config(upstream, cfg)

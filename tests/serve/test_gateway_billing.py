@@ -19,6 +19,7 @@ from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.envelope import CONTENT_TYPE
 from sincere.serve.security.keys import KeySpec
 from sincere.serve.security.storage import Totals
+from sincere.workload.tabular import tokenizer_name
 
 from .test_security_gateway import bearer, gateway_config, make_keys
 
@@ -186,5 +187,50 @@ def test_stream_is_billed_its_tokens_not_one_more(tmp_path: Path) -> None:
             used = await settled(gw, 1)
         assert text.count(b'"finish_reason"') == 1
         assert used.num_completion_tokens == 5
+
+    run(main)
+
+
+def test_answers_name_the_token_counter_of_their_prompt(tmp_path: Path) -> None:
+    """``x-sincere-token-counter``: the counter the prompt text was counted with (the same
+    :func:`tokenizer_name` picks), ``token ids`` for ids, ``declared`` for a sealed body;
+    on whole answers and streams, with keys on and off."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=10 * ANSWER))
+    text_counter = tokenizer_name("m")
+
+    async def main() -> None:
+        up = FakeUpstream(num_tokens=3)
+        seen: list[str | None] = []
+        async with up, Gateway(gateway_config(up.url, keys)) as gw, aiohttp.ClientSession() as s:
+            url, auth = gw.url + "/v1/completions", bearer(tokens["acme"])
+            for body in (
+                {"model": "m", "prompt": "hello there", "max_tokens": 3},
+                {"model": "m", "prompt": "hello there", "max_tokens": 3, "stream": True},
+                {"model": "m", "prompt": [1, 2, 3], "max_tokens": 3},
+            ):
+                async with s.post(url, json=body, headers=auth) as r:
+                    await r.read()
+                    seen.append(r.headers.get("x-sincere-token-counter"))
+        sealed = {"sealed_backends": ["b0"]}
+        async with (
+            FakeUpstream() as up1,
+            Gateway(gateway_config(up1.url, keys, security=sealed)) as gw1,
+            aiohttp.ClientSession() as s,
+        ):
+            data = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode()
+            headers = sealed_headers(tokens["acme"], 1, stream=False)
+            async with s.post(gw1.url + "/v1/completions", data=data, headers=headers) as r:
+                await r.read()
+                seen.append(r.headers.get("x-sincere-token-counter"))
+        assert seen == [text_counter, text_counter, "token ids", "declared"]
+        async with (
+            FakeUpstream() as up2,
+            Gateway(gateway_config(up2.url, None)) as gw2,
+            aiohttp.ClientSession() as s,
+        ):
+            body = {"model": "m", "prompt": "hello", "max_tokens": 2}
+            async with s.post(gw2.url + "/v1/completions", json=body) as r:
+                assert r.headers.get("x-sincere-token-counter") == text_counter
 
     run(main)

@@ -110,3 +110,77 @@ def test_aggregate_metrics_are_open_without_tenant_labels(tmp_path: Path) -> Non
         assert "acme" not in text and "sincere_tenant" not in text
 
     run(main)
+
+
+def test_a_metrics_key_reads_metrics_and_nothing_else(tmp_path: Path) -> None:
+    """A metrics key (``sk-snc-metrics-``) gets /metrics with tenants; it is refused (403) the
+    inference and admin APIs, and a client key is still refused /metrics."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(
+        keys,
+        acme=KeySpec(name="acme"),
+        scraper=KeySpec(kind="metrics", name="prometheus"),
+    )
+    assert tokens["scraper"].startswith("sk-snc-metrics-")
+
+    async def main() -> None:
+        async with (
+            FakeUpstream() as up,
+            Gateway(gateway_config(up.url, keys)) as gw,
+            aiohttp.ClientSession() as s,
+        ):
+            body = {"model": "m", "prompt": "hi", "max_tokens": 2}
+            async with s.post(
+                gw.url + "/v1/completions", json=body, headers=bearer(tokens["acme"])
+            ) as r:
+                assert r.status == 200
+            status, text = await get(s, gw.url + "/metrics", tokens["scraper"])
+            assert status == 200 and 'tenant="acme"' in text
+            assert (await get(s, gw.url + "/metrics", tokens["acme"]))[0] == 403
+            async with s.post(
+                gw.url + "/v1/completions", json=body, headers=bearer(tokens["scraper"])
+            ) as r:
+                answer = await r.json()
+                assert (r.status, answer["error"]["code"]) == (403, "metrics_key_not_allowed")
+            status, text = await get(s, gw.url + "/admin/instances", tokens["scraper"])
+            assert status == 403 and "metrics_key_not_allowed" in text
+
+    run(main)
+
+
+def test_metrics_show_per_tenant_series_for_the_top_tenants_only(tmp_path: Path) -> None:
+    """``metrics_max_tenants: 2`` with 4 tenants: a scrape shows 2 tenants and ``(other)``;
+    an admin key's ``?tenants=all`` shows all 4, a metrics key's stays capped."""
+    keys = tmp_path / "keys.db"
+    tenants = {f"t{k}": KeySpec(name=f"t{k}") for k in range(4)}
+    tokens = make_keys(
+        keys,
+        ops=KeySpec(kind="admin", name="ops"),
+        scraper=KeySpec(kind="metrics", name="prometheus"),
+        **tenants,
+    )
+
+    async def main() -> None:
+        security = {"metrics_max_tenants": 2}
+        async with (
+            FakeUpstream() as up,
+            Gateway(gateway_config(up.url, keys, security=security)) as gw,
+            aiohttp.ClientSession() as s,
+        ):
+            for k in range(4):
+                for _ in range(k + 1):  # t3 spends most
+                    async with s.post(
+                        gw.url + "/v1/completions",
+                        json={"model": "m", "prompt": "hi", "max_tokens": 2},
+                        headers=bearer(tokens[f"t{k}"]),
+                    ) as r:
+                        assert r.status == 200
+            capped = (await get(s, gw.url + "/metrics", tokens["scraper"]))[1]
+            still = (await get(s, gw.url + "/metrics?tenants=all", tokens["scraper"]))[1]
+            every = (await get(s, gw.url + "/metrics?tenants=all", tokens["ops"]))[1]
+        for page in (capped, still):
+            assert 'tenant="t3"' in page and 'tenant="t2"' in page and 'tenant="(other)"' in page
+            assert 'tenant="t0"' not in page and "sincere_tenant_series_omitted 2" in page
+        assert all(f'tenant="t{k}"' in every for k in range(4)) and 'tenant="(other)"' not in every
+
+    run(main)

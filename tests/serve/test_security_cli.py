@@ -125,3 +125,23 @@ def test_create_refuses_a_tier_the_gateway_does_not_serve(tmp_path: Path) -> Non
     assert not store.exists() or KeyStore.open(store).records() == []
     ok = runner.invoke(app, [*base, "--tier", "batch", "--config", str(config), "--json"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_create_metrics_key(tmp_path: Path) -> None:
+    """``keys create --metrics`` makes a metrics key; with --admin too, or with a limit, it is
+    a one-line error."""
+    store = str(tmp_path / "keys.db")
+    created = runner.invoke(
+        app, ["keys", "create", "--metrics", "--name", "prom", "--store", store, "--json"]
+    )
+    assert created.exit_code == 0, created.output
+    made = json.loads(created.stdout)
+    assert made["kind"] == "metrics" and made["token"].startswith("sk-snc-metrics-")
+    for extra, message in (
+        (["--admin"], "a key is of one kind"),
+        (["--rpm", "5"], "metrics key has no tenant limits"),
+    ):
+        result = runner.invoke(
+            app, ["keys", "create", "--metrics", "--name", "p", "--store", store, *extra]
+        )
+        assert isinstance(result.exception, ConfigError) and message in str(result.exception)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from sincere.serve.security.confidential_client import (
     ConfidentialError,
     seal_for,
 )
+from sincere.serve.security.connections import AcceptErrorLog
 from sincere.serve.security.credentials import Secret
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
@@ -53,7 +55,7 @@ PAIR = SealKeyPair.generate()
 def _declared(**kw: Any) -> Declared:
     base: dict[str, Any] = {
         "kind": "chat", "key_id": PAIR.key_id, "model": "m", "prompt_tokens": 5,
-        "max_tokens": 8, "stream": False,
+        "max_tokens": 8, "stream": False, "sealed_at": int(time.time()),
     }  # fmt: skip
     base.update(kw)
     return Declared(**base)
@@ -453,5 +455,84 @@ def test_inbound_key_is_required_when_set() -> None:
             async with http.get(proxy.url + "/metrics") as r:
                 answers.append(r.status)
         assert answers == [401, 401, 200, 401]
+
+    _run(check)
+
+
+def test_a_sealed_request_outside_the_window_is_refused_though_never_seen() -> None:
+    """Sealed 2 windows ago (or ahead): 409 ``sealed_request_stale`` from a proxy that never saw
+    it; no timestamp: 400 ``sealed_at_missing``; a changed timestamp does not open (400)."""
+    config = EmulatorConfig.model_validate({"step_model": FAST, "engine": {"num_kv_blocks": 4096}})
+
+    async def check() -> None:
+        async with (
+            EmulatorServer(config) as engine,
+            SealProxy(PAIR, engine.url, replay_window_s=60.0) as proxy,
+            aiohttp.ClientSession() as http,
+        ):
+            url = proxy.url + "/v1/chat/completions"
+            now = time.time()
+            old = seal_for(PAIR.pinned, "chat", _chat(), now=now - 120)
+            ahead = seal_for(PAIR.pinned, "chat", _chat(), now=now + 120)
+            fresh = seal_for(PAIR.pinned, "chat", _chat(), now=now - 30)
+            unstamped = seal_request(PAIR.pinned, _declared(sealed_at=None), dumps(_chat()))
+            moved = seal_for(PAIR.pinned, "chat", _chat(), now=now - 120)
+            moved.headers["x-sincere-sealed-at"] = str(int(now))  # made to look fresh
+            answers = []
+            for sealed in (old, ahead, fresh, unstamped, moved):
+                async with http.post(url, data=sealed.body, headers=sealed.headers) as r:
+                    plain = r.content_type == "application/json"
+                    answers.append((r.status, (await r.json())["error"]["code"] if plain else ""))
+            proxy.replays.window_s = 0.0  # off: a stale stamp is served (a benchmark's replays)
+            async with http.post(url, data=old.body, headers=old.headers) as r:
+                answers.append((r.status, ""))
+        assert answers == [
+            (409, "sealed_request_stale"),
+            (409, "sealed_request_stale"),
+            (200, ""),
+            (400, "sealed_at_missing"),
+            (400, "bad_sealed_body"),
+            (200, ""),
+        ]
+
+    _run(check)
+
+
+def test_a_slow_header_client_is_cut_off_by_the_seal_proxy() -> None:
+    """A client sending its request head one byte at a time is answered 408 and closed at
+    ``header_timeout_s``; the proxy still serves others; accept errors are rate-limited."""
+    config = EmulatorConfig.model_validate({"step_model": FAST, "engine": {"num_kv_blocks": 4096}})
+
+    async def check() -> None:
+        async with (
+            EmulatorServer(config) as engine,
+            SealProxy(PAIR, engine.url, header_timeout_s=0.5) as proxy,
+            aiohttp.ClientSession() as http,
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            started = time.monotonic()
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+            answer = b""
+            for byte in head:  # one byte every 50 ms: the head would take 13 s
+                if reader.at_eof():
+                    break
+                with contextlib.suppress(ConnectionError):
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    answer += await asyncio.wait_for(reader.read(1000), 0.05)
+                if answer:
+                    break
+            answer += await asyncio.wait_for(reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 408") and b"header_timeout" in answer
+            assert 0.4 <= time.monotonic() - started < 3.0
+            assert proxy.edge.refused == {"header_timeout": 1}
+            accept_errors = asyncio.get_running_loop().get_exception_handler()
+            assert isinstance(accept_errors, AcceptErrorLog)  # rate-limited, as the gateway's
+            writer.close()
+            sealed = seal_for(PAIR.pinned, "chat", _chat())
+            url = proxy.url + "/v1/chat/completions"
+            async with http.post(url, data=sealed.body, headers=sealed.headers) as r:
+                assert r.status == 200
 
     _run(check)

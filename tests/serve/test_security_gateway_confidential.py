@@ -9,6 +9,7 @@ counts the proxy reports in the clear.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -228,3 +229,39 @@ def test_usage_header_is_parsed_or_ignored() -> None:
     assert usage_of_header("prompt_tokens=3") is None
     assert usage_of_header("prompt_tokens=x, completion_tokens=9") is None
     assert usage_of_header(None) is None
+
+
+def test_deadline_cuts_a_sealed_stream_mid_way(tmp_path: Path) -> None:
+    """``x-sincere-deadline-s`` 0.4 on a sealed 100-token stream at 20 ms a token: the gateway
+    ends it with a ``sincere-error`` event the client raises as 504 ``deadline_exceeded``,
+    counts a timeout, and charges the events relayed (fewer than 100)."""
+    from sincere.serve.backends.fake_upstream import FakeUpstream
+    from sincere.serve.security.seal_proxy import SealProxy
+
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1e9))
+
+    async def body() -> None:
+        engine = FakeUpstream(num_tokens=100, token_delay_s=0.02, models=(MODEL,))
+        async with engine, SealProxy(PAIR, engine.url) as proxy, chain(keys, proxy.url) as (gw, s):
+            client = ConfidentialClient(gw.url, PAIR.pinned, s, api_key=tokens["acme"])
+            request = dict(_chat(stream=True), max_tokens=100)
+            started, seen = time.monotonic(), 0
+            with pytest.raises(ConfidentialError) as caught:
+                async for _ in client.stream("chat", request, deadline_s=0.4):
+                    seen += 1
+            took = time.monotonic() - started
+            assert caught.value.status == 504 and "deadline_s" in caught.value.message
+            assert 1 <= seen < 100 and took < 2.0
+            page = gw.metrics.render({}, {}, {})
+            assert 'outcome="timeout"' in page
+            store = gw.auth.store
+            assert store is not None and store.metrics is not None
+            for _ in range(50):  # the settlement runs as the handler ends
+                if store.metrics.tokens.get(("acme", "completion")):
+                    break
+                await asyncio.sleep(0.02)
+            charged = store.metrics.tokens[("acme", "completion")]
+            assert seen <= charged < 100
+
+    run(body)

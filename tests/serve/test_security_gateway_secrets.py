@@ -7,6 +7,8 @@ that echoes it included), ``/metrics``, ``/admin`` listings, the config echo or 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -129,5 +131,51 @@ def test_gateway_over_real_tls(tmp_path: Path) -> None:
                 plain = url.replace("https://", "http://")
                 with pytest.raises(aiohttp.ClientError):
                     await s.post(plain, json=BODY)  # the TLS port drops plain HTTP
+
+    run(body)
+
+
+def test_silent_tls_connections_hold_slots_and_are_closed_at_the_handshake_timeout(
+    tmp_path: Path,
+) -> None:
+    """8 TCP clients that never send a ClientHello to a TLS gateway limited to 5: 3 refused, 5
+    closed at the handshake timeout; a real client is served again once they are gone."""
+    cert, key = _self_signed(tmp_path)
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", expires_at=time.time() + 60))
+    limits = {"max_connections": 5, "tls_handshake_timeout_s": 1.0}
+
+    async def closed_after(reader: asyncio.StreamReader) -> float:
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        return time.monotonic() - started
+
+    async def body() -> None:
+        async with RecordingUpstream() as up:
+            security = {"tls_cert": str(cert), "tls_key": str(key)}
+            cfg = gateway_config(
+                f"http://127.0.0.1:{up.port}", keys, security=security, limits=limits
+            )
+            async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+                silent = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(8)]
+                await asyncio.sleep(0.3)
+                assert gw.edge.num_open == 5  # counted before any handshake
+                times = await asyncio.gather(*(closed_after(r) for r, _ in silent))
+                refused = [t for t in times if t < 0.5]
+                timed_out = [t for t in times if 0.6 <= t < 3.0]
+                assert (len(refused), len(timed_out)) == (3, 5), times
+                assert gw.edge.refused["max_connections"] == 3
+                assert gw.edge.refused["tls_handshake_timeout"] == 5
+                for _, writer in silent:
+                    writer.close()
+                await asyncio.sleep(0.1)
+                assert gw.edge.num_open == 0
+                trusting = ssl.create_default_context(cafile=str(cert))
+                url = gw.url + "/v1/completions"
+                async with s.post(
+                    url, json=BODY, headers=bearer(tokens["acme"]), ssl=trusting
+                ) as r:
+                    assert r.status == 200
 
     run(body)

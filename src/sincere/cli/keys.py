@@ -93,6 +93,9 @@ def create_command(
     name: Annotated[str, typer.Option(help="Tenant (client key) or operator (admin key) name.")],
     store: StoreOption = Path("keys.db"),
     admin: Annotated[bool, typer.Option("--admin", help="An admin key (admin API only).")] = False,
+    metrics: Annotated[
+        bool, typer.Option("--metrics", help="A metrics key (reads /metrics only).")
+    ] = False,
     model: Annotated[
         list[str] | None, typer.Option("--model", help="A model the key may use; repeatable.")
     ] = None,
@@ -126,9 +129,13 @@ def create_command(
 
     if tier is not None:
         check_tier(tier, config)
+    if admin and metrics:
+        raise ConfigError(
+            "a key is of one kind", where="--admin / --metrics", allowed="one of them, or neither"
+        )
     now = time.time()
     spec = KeySpec(
-        kind="admin" if admin else "client",
+        kind="admin" if admin else "metrics" if metrics else "client",
         name=name,
         models=frozenset(model) if model else None,
         tier=tier,

@@ -80,8 +80,17 @@ def serve_command(
         Path | None, typer.Option(help="File whose first line is that inbound key.")
     ] = None,
     replay_window_s: Annotated[
-        float, typer.Option(help="A sealed body seen again within this many seconds: 409.", min=0)
+        float,
+        typer.Option(
+            help="A sealed body seen again within this many seconds, or sealed longer ago: "
+            "409 (0: off).",
+            min=0,
+        ),
     ] = 600.0,
+    header_timeout_s: Annotated[
+        float, typer.Option(help="A request head must be complete this long after its first byte.")
+    ] = 10.0,
+    max_connections: Annotated[int, typer.Option(help="Connections held at most.", min=1)] = 1024,
 ) -> None:
     """Serve sealed requests for one engine until interrupted."""
     from sincere.core.errors import ConfigError
@@ -115,6 +124,9 @@ def serve_command(
         upstream_key=secret,
         inbound_key=inbound,
         replay_window_s=replay_window_s,
+        header_timeout_s=header_timeout_s,
+        max_connections=max_connections,
+        max_connections_per_client=max_connections,
     )
 
     async def main() -> None:

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from sincere.core.errors import ConfigError
 from sincere.serve.gateway.config import SecurityConfig, StateConfig
@@ -52,6 +52,7 @@ from sincere.serve.security.policy import (
     RequestFacts,
     authenticate,
     authorize_admin,
+    authorize_metrics,
     authorize_record,
     authorize_record_async,
     counted,
@@ -177,9 +178,13 @@ class GatewayAuth:
         assert self.store is not None
         await self.store.settle_async(grant.reservation, prompt_tokens, completion_tokens, prices)
 
-    def metrics_text(self) -> str:
-        """The per-tenant metrics in Prometheus text ("" without keys)."""
-        return generate_latest(self.registry).decode() if self.store is not None else ""
+    def metrics_text(self, every_tenant: bool = False) -> str:
+        """The per-tenant metrics in Prometheus text ("" without keys): the
+        ``metrics_max_tenants`` tenants with the most spend and ``(other)``, or every tenant."""
+        store = self.store
+        if store is None or store.metrics is None:
+            return ""
+        return store.metrics.render(None if every_tenant else self.config.metrics_max_tenants)
 
     # ------------------------------------------------------------------ admin
     def admin(self, headers: Mapping[str, str], peer: str) -> AdminGrant | Refusal:
@@ -187,6 +192,12 @@ class GatewayAuth:
         if self.store is None:
             return AdminGrant("", f"anonymous@{peer or '?'}")
         return authorize_admin(self.store, headers, time.time())
+
+    def metrics_reader(self, headers: Mapping[str, str]) -> AdminGrant | Refusal:
+        """``/metrics``' reader: an admin or metrics key's, else 401/403 (anyone without keys)."""
+        if self.store is None:
+            return AdminGrant("", "anonymous")
+        return authorize_metrics(self.store, headers, time.time())
 
     def audit(self, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
         """Append one state change to the audit log."""

@@ -96,6 +96,8 @@ class LimitsConfig(_Strict):
     request head for ``idle_timeout_s`` (just opened, or since its last response) is
     closed; one client address may hold ``max_connections_per_client`` connections and
     the gateway ``max_connections`` in all (more are answered 429 / 503 and closed).
+    With TLS a connection takes its slot before the handshake, which must be done
+    ``tls_handshake_timeout_s`` after it connected (else it is closed).
     """
 
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
@@ -104,6 +106,7 @@ class LimitsConfig(_Strict):
     header_timeout_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
     body_timeout_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
     idle_timeout_s: float = Field(15.0, gt=0, le=MAX_SECONDS)
+    tls_handshake_timeout_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
     max_connections: int = Field(4096, ge=1, le=1 << 20)
     max_connections_per_client: int = Field(1024, ge=1, le=1 << 20)
 
@@ -173,8 +176,9 @@ class SecurityConfig(_Strict):
     ``sealed_backends``: the backends that are seal proxies (``sincere seal serve``):
     sealed bodies go only there and plain ones only elsewhere (empty: a sealed body is
     refused with 415, as no plain engine may receive one). With keys, ``/metrics`` needs
-    an admin key (``metrics_access: aggregate``: anyone gets the gateway's figures
-    without tenant labels), ``/health`` shows instances to admin keys only, and
+    an admin or a metrics key (``sincere keys create --metrics``; ``metrics_access:
+    aggregate``: anyone gets the gateway's figures without tenant labels), ``/health``
+    shows instances to admin keys only, and
     ``/v1/models`` needs a client key and lists the models that key may use.
     """
 
@@ -188,9 +192,13 @@ class SecurityConfig(_Strict):
     tls_key: Path | None = None
     confidential: bool = True
     sealed_backends: list[str] = Field(default_factory=list, max_length=4096)
-    # with keys: who reads /metrics -- "admin" (an admin key), "aggregate" (anyone the
-    # gateway's own figures, without tenant labels; the per-tenant part to admins)
+    # with keys: who reads /metrics -- "admin" (an admin or a metrics key), "aggregate"
+    # (anyone the gateway's own figures, without tenant labels; the per-tenant part to
+    # admin and metrics keys)
     metrics_access: Literal["admin", "aggregate"] = "admin"
+    # per-tenant series on /metrics for this many tenants (most spend first), the others
+    # summed under tenant="(other)"; an admin key's ?tenants=all shows every tenant
+    metrics_max_tenants: int = Field(50, ge=0, le=1 << 20)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SecurityConfig:

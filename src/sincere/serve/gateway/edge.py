@@ -1,263 +1,43 @@
 """The gateway's edge: connection limits that keep slow or greedy clients from holding it.
 
-Between the listening socket and aiohttp's HTTP protocol sits one
-:class:`EdgeProtocol` per connection (:class:`EdgeSite` builds them). It
-
-* refuses a connection whose client address already holds
-  ``max_connections_per_client`` connections (``429``), or any connection beyond
-  ``max_connections`` in all (``503``): a short HTTP error answer, then close;
-* times the first request head of a connection from its first byte: a head not
-  complete (``CRLF CRLF``) ``header_timeout_s`` later is answered ``408`` and the
-  connection closed -- the slow-header ("slowloris") client.
-
-The other limits sit where the data is: the gateway reads a body under a
-``body_timeout_s`` deadline (``408``), and aiohttp's keep-alive timer closes a
-connection that has no complete request head ``idle_timeout_s`` after it opened or
-after its last response (so a later head on a kept-alive connection is bounded by
-that). Every refusal is counted by reason in :attr:`EdgeLimits.refused`
-(``sincere_gateway_edge_refusals_total``).
-
-A failed bind is one clear line (:func:`sincere.serve.binding.listen_error`). Per
-connection the cost is one extra method call per chunk received, and a byte search only
-until the first head is complete.
+The connection-level limits (admission by address and in all, the first head's timer,
+TLS handshakes counted and timed) are :mod:`sincere.serve.security.connections`
+(:class:`EdgeLimits`, :class:`EdgeSite`), shared with the seal proxy. Here is what is
+the gateway's own: the gateway reads a body under a ``body_timeout_s`` deadline
+(``408``), aiohttp's keep-alive timer closes a connection that has no complete request
+head ``idle_timeout_s`` after it opened or after its last response (so a later head on
+a kept-alive connection is bounded by that), the open-file limit is checked at start
+and accept errors are rate-limited in the log. Every refusal is counted by reason in
+:attr:`EdgeLimits.refused` (``sincere_gateway_edge_refusals_total``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import math
-import ssl
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
-from sincere.serve.binding import bound_port, listen_error
 from sincere.serve.gateway.config import LimitsConfig
 from sincere.serve.protocol import ProtocolError
+from sincere.serve.security.connections import (
+    AcceptErrorLog,
+    EdgeLimits,
+    EdgeProtocol,
+    EdgeSite,
+    raw_error,
+)
 
-_REASONS = {
-    408: "Request Timeout",
-    413: "Payload Too Large",
-    429: "Too Many Requests",
-    503: "Service Unavailable",
-}
-
-
-def raw_error(error: ProtocolError) -> bytes:
-    """A complete HTTP/1.1 error answer (JSON body, ``Connection: close``) for the socket."""
-    body = error.to_bytes()
-    head = (
-        f"HTTP/1.1 {error.status} {_REASONS.get(error.status, 'Error')}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-@dataclass(slots=True)
-class EdgeLimits:
-    """The limits of :class:`EdgeProtocol` and the live counts it keeps."""
-
-    header_timeout_s: float
-    max_connections: int
-    max_connections_per_client: int
-    num_open: int = 0  # connections admitted and not yet closed
-    by_client: dict[str, int] = field(default_factory=dict)  # open connections per address
-    refused: dict[str, int] = field(default_factory=dict)  # refusals (and timeouts) by reason
-
-    def count(self, reason: str) -> None:
-        """Count one refusal or timeout."""
-        self.refused[reason] = self.refused.get(reason, 0) + 1
-
-    def admit(self, client: str) -> ProtocolError | None:
-        """Take a connection slot for ``client``, or the error to answer it with."""
-        if self.num_open >= self.max_connections:
-            self.count("max_connections")
-            return ProtocolError(
-                503,
-                f"the gateway holds its limit of {self.max_connections} connections; retry later",
-                code="too_many_connections",
-            )
-        held = self.by_client.get(client, 0)
-        if held >= self.max_connections_per_client:
-            self.count("max_connections_per_client")
-            return ProtocolError(
-                429,
-                f"this client holds its limit of {self.max_connections_per_client} connections",
-                code="too_many_connections",
-            )
-        self.by_client[client] = held + 1
-        self.num_open += 1
-        return None
-
-    def release(self, client: str) -> None:
-        """Give back ``client``'s connection slot."""
-        self.num_open -= 1
-        left = self.by_client.get(client, 1) - 1
-        if left > 0:
-            self.by_client[client] = left
-        else:
-            self.by_client.pop(client, None)
-
-
-class EdgeProtocol(asyncio.Protocol):
-    """One connection: admission by address, then aiohttp's protocol with a head timer."""
-
-    __slots__ = ("_client", "_head_timer", "_inner", "_limits", "_make", "_tail", "_transport")
-
-    def __init__(self, make: Callable[[], asyncio.Protocol], limits: EdgeLimits) -> None:
-        self._make = make
-        self._limits = limits
-        self._inner: asyncio.Protocol | None = None  # aiohttp's protocol, once admitted
-        self._client = ""
-        self._transport: asyncio.BaseTransport | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._tail: bytes | None = b""  # last bytes of an unfinished first head; None: done
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Admit the connection (or answer 429 / 503 and close) and hand it to aiohttp.
-
-        The transport is used through its methods only: uvloop's transports are not
-        subclasses of :class:`asyncio.Transport`, though they have the same methods.
-        """
-        self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        refusal = self._limits.admit(self._client)
-        if refusal is not None:
-            _write_close(transport, raw_error(refusal))
-            return
-        self._inner = self._make()
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        """Watch the first head (until it is complete), then pass the bytes on."""
-        if self._tail is not None:
-            self._watch_head(data)
-        if self._inner is not None:
-            self._inner.data_received(data)
-
-    def _watch_head(self, data: bytes) -> None:
-        buf = self._tail + data if self._tail else data
-        if b"\n\r\n" in buf or b"\n\n" in buf:  # CRLF CRLF, or bare LF LF
-            self._tail = None
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-            return
-        self._tail = buf[-2:]
-        if self._head_timer is None and self._inner is not None:
-            loop = asyncio.get_running_loop()
-            self._head_timer = loop.call_later(self._limits.header_timeout_s, self._head_late)
-
-    def _head_late(self) -> None:
-        self._head_timer = None
-        transport = self._transport
-        if self._tail is None or transport is None or transport.is_closing():
-            return
-        self._limits.count("header_timeout")
-        late = ProtocolError(
-            408,
-            f"request head not complete within {self._limits.header_timeout_s:g}s "
-            "(limits.header_timeout_s)",
-            code="header_timeout",
-        )
-        _write_close(transport, raw_error(late))
-
-    def eof_received(self) -> bool | None:
-        """Pass the end of input on (aiohttp closes the connection)."""
-        return self._inner.eof_received() if self._inner is not None else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Give back the slot; tell aiohttp."""
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        if self._inner is not None:
-            self._limits.release(self._client)
-            self._inner.connection_lost(exc)
-            self._inner = None
-        self._transport = None
-
-    def pause_writing(self) -> None:
-        """Flow control, passed on."""
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        """Flow control, passed on."""
-        if self._inner is not None:
-            self._inner.resume_writing()
-
-
-def _write_close(transport: asyncio.BaseTransport, data: bytes) -> None:
-    """Write ``data`` on a stream transport (asyncio's or uvloop's) and close it."""
-    write = getattr(transport, "write", None)
-    if write is not None:
-        write(data)
-    transport.close()
-
-
-class EdgeSite(web.BaseSite):
-    """A TCP site whose connections go through :class:`EdgeProtocol` first."""
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        host: str,
-        port: int,
-        limits: EdgeLimits,
-        *,
-        backlog: int = 2048,
-        reuse_port: bool = False,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        super().__init__(runner, backlog=backlog)
-        self._tls = ssl_context  # serve HTTPS when given
-        self._host = host
-        self._port = port
-        self._limits = limits
-        self._reuse_port = reuse_port
-
-    @property
-    def name(self) -> str:
-        """The site's URL."""
-        port = bound_port(self._runner, self._port)  # the OS's choice once bound to port 0
-        return f"{'https' if self._tls else 'http'}://{self._host}:{port}"
-
-    async def start(self) -> None:
-        """Bind and listen; a failed bind raises :class:`ConfigError` (see :func:`listen_error`)."""
-        await super().start()
-        server = self._runner.server
-        assert server is not None  # the runner is set up before its sites start
-        loop = asyncio.get_running_loop()
-        limits = self._limits
-
-        def protocol() -> EdgeProtocol:
-            return EdgeProtocol(server, limits)
-
-        try:
-            self._server = await loop.create_server(
-                protocol,
-                self._host,
-                self._port,
-                backlog=self._backlog,
-                reuse_address=True,
-                reuse_port=self._reuse_port or None,
-                ssl=self._tls,
-                # a TLS handshake gets the head's time limit of its own
-                ssl_handshake_timeout=self._limits.header_timeout_s if self._tls else None,
-            )
-        except OSError as exc:
-            raise listen_error(self._host, self._port, exc) from None
+__all__ = [
+    "AcceptErrorLog", "EdgeLimits", "EdgeProtocol", "EdgeSite", "FdBudget", "QuietServerLog",
+    "expect_handler", "fd_budget", "fit_open_files", "raw_error", "read_body", "runner_kwargs",
+    "upstream_fd_need",
+]  # fmt: skip
 
 
 class QuietServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -386,40 +166,3 @@ def fit_open_files(edge: EdgeLimits, upstream_fds: int, log: logging.Logger) -> 
         log.warning("%s", budget.note)
     edge.max_connections = budget.max_connections
     edge.max_connections_per_client = min(edge.max_connections_per_client, edge.max_connections)
-
-
-class AcceptErrorLog:
-    """The event loop's exception handler, with errors accepting connections rate-limited.
-
-    Out of file descriptors, every accept attempt fails and asyncio logs each one with a
-    traceback (hundreds of MB a minute). Here such errors give one line per
-    ``interval_s`` with the number left out; anything else goes to the default handler.
-    """
-
-    def __init__(self, log: logging.Logger, interval_s: float = 5.0) -> None:
-        self.log = log
-        self.interval_s = interval_s
-        self._last_at = -math.inf  # monotonic time of the last line written
-        self.num_suppressed = 0  # accept errors not logged since that line
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """Handle one error the loop reports."""
-        if not _is_accept_error(context):
-            loop.default_exception_handler(context)
-            return
-        now = time.monotonic()
-        if now - self._last_at < self.interval_s:
-            self.num_suppressed += 1
-            return
-        exc = context.get("exception")
-        more = f" ({self.num_suppressed} more since the last line)" if self.num_suppressed else ""
-        self.log.error("cannot accept connections: %s%s", exc or context.get("message"), more)
-        self._last_at, self.num_suppressed = now, 0
-
-
-def _is_accept_error(context: dict[str, Any]) -> bool:
-    message = str(context.get("message", ""))
-    exc = context.get("exception")
-    if "accept" in message:
-        return True
-    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)

@@ -24,7 +24,8 @@
 * A **sealed** request (confidential mode, :mod:`.sealed`) goes byte for byte to the
   instance and its answer comes back as it is; only the usage counts the seal proxy adds
   in the clear are read. A sealed stream that breaks is cut short (the client's opener
-  reports it truncated): an error event could not be sealed by the gateway.
+  reports it truncated): an error event could not be sealed by the gateway. One the
+  client's deadline cuts ends with a plain ``sincere-error`` event instead.
 * Upstream 4xx bodies pass through ``scrub`` when upstream credentials are configured,
   so an engine quoting the request's ``Authorization`` header leaks nothing.
 
@@ -62,7 +63,12 @@ from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, Sl
 from sincere.serve.gateway.instances import INSTANCE_HEADER, InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
-from sincere.serve.gateway.sealed import UsageScanner, relay_stream, usage_of_header
+from sincere.serve.gateway.sealed import (
+    UsageScanner,
+    error_event,
+    relay_stream,
+    usage_of_header,
+)
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -305,7 +311,9 @@ class Relay:
                 return web.Response(status=up.status, body=body, headers=headers)
             scanner = UsageScanner()
             try:
-                resp, first_at, ended = await relay_stream(http_req, up, headers, scanner)
+                resp, first_at, ended = await relay_stream(
+                    http_req, up, headers, scanner, pending.deadline_at
+                )
             except asyncio.CancelledError:  # the client left: charge the events relayed
                 pending.output_tokens = _capped(scanner.num_events, cap)
                 raise
@@ -322,6 +330,10 @@ class Relay:
                 self.metrics.finished(slot.instance.name, req.tier.name, "error")
             elif ended == "client_left":
                 self.client_left(req.tier.name, slot.instance.name, "mid-stream")
+            elif ended == "deadline":  # cut, and said why in the clear (it cannot be sealed)
+                self.metrics.finished(slot.instance.name, req.tier.name, "timeout")
+                cut = deadline_error(pending, loop.time(), "mid-stream")
+                await _write_quietly(resp, error_event(cut.message, cut.code, scanner.at_boundary))
             else:
                 self._succeeded(req, slot, sent_at, first_at, loop.time(), pending.output_tokens)
             return resp

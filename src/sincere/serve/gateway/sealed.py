@@ -9,7 +9,10 @@ text, no body), and :func:`relay_sealed` posts the ciphertext byte for byte with
 headers the proxy checks (:data:`~sincere.serve.security.envelope.SEALED_HEADERS`),
 then relays the answer as it comes: a sealed body whole, a sealed SSE stream chunk by
 chunk. The only things read from the answer are the plain usage counts the proxy adds
-for accounting (``x-sincere-usage``, or the ``sincere-usage`` SSE event).
+for accounting (``x-sincere-usage``, or the ``sincere-usage`` SSE event). A client's
+``deadline_s`` (header ``x-sincere-deadline-s``, a hint like the tier: not bound to the
+ciphertext) is enforced as for a plain request; a sealed stream it cuts ends with a plain
+``sincere-error`` event (``deadline_exceeded``) that the confidential client raises.
 
 Sealed requests go only to the backends named in ``security.sealed_backends`` (seal
 proxies), and plain requests only to the others; with the list empty a sealed body is
@@ -32,10 +35,15 @@ from sincere.serve.protocol import (
     Kind,
     ProtocolError,
     SincereFields,
+    dumps,
+    error_body,
     parse_request,
+    parse_sincere,
 )
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
+    DEADLINE_HEADER,
+    ERROR_EVENT,
     SEALED_HEADERS,
     USAGE_EVENT,
     declared_from_headers,
@@ -88,12 +96,20 @@ def sealed_request(
         max_tokens=declared.max_tokens,
         stream=declared.stream,
         include_usage=False,
-        sincere=SincereFields(tier=declared.tier, priority=declared.priority),
+        sincere=SincereFields(
+            tier=declared.tier, priority=declared.priority, deadline_s=_deadline_s(headers)
+        ),
         prompt=None,
         body={},
         raw=body,
     )
     return creq, forward
+
+
+def _deadline_s(headers: Mapping[str, str]) -> float | None:
+    """The client's ``x-sincere-deadline-s`` (400 naming it when it is not seconds > 0)."""
+    value = headers.get(DEADLINE_HEADER)
+    return None if value is None else parse_sincere(None, {DEADLINE_HEADER: value}).deadline_s
 
 
 def usage_of_header(value: str | None) -> tuple[int, int] | None:
@@ -118,11 +134,12 @@ class UsageScanner:
     so for a stream cut short that is an upper bound of the tokens the client got.
     """
 
-    __slots__ = ("_last", "_tail", "num_events", "usage")
+    __slots__ = ("_end", "_last", "_tail", "num_events", "usage")
 
     def __init__(self) -> None:
         self._tail = b""
         self._last = b""  # the last byte seen (a blank line cut between two chunks)
+        self._end = b""  # the last two bytes seen
         self.num_events = 0  # events relayed, the usage event not counted
         self.usage: tuple[int, int] | None = None
 
@@ -132,6 +149,7 @@ class UsageScanner:
             return
         ends = (self._last + chunk).count(b"\n\n")
         self._last = chunk[-1:]
+        self._end = (self._end + chunk)[-2:]
         if self.usage is not None:
             self.num_events += ends
             return
@@ -151,6 +169,11 @@ class UsageScanner:
         self.num_events -= 1  # the usage event itself
         self._tail = b""
 
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the bytes so far end between two events (or none came)."""
+        return self._end in (b"", b"\n\n")
+
 
 def _usage_json(data: bytes) -> tuple[int, int] | None:
     try:
@@ -165,22 +188,36 @@ async def relay_stream(
     upstream: aiohttp.ClientResponse,
     headers: Mapping[str, str],
     scanner: UsageScanner,
+    deadline_at: float | None = None,
 ) -> tuple[web.StreamResponse, float | None, str]:
     """Relay a sealed SSE stream as it comes: the response, when its first bytes came, how it
     ended (``"done"``, ``"broken"``: the upstream failed -- the client's opener reports a
-    truncated stream -- or ``"client_left"``)."""
+    truncated stream --, ``"client_left"``, or ``"deadline"``: the client's ``deadline_s``
+    passed, at loop time ``deadline_at``, before the stream ended)."""
     loop = asyncio.get_running_loop()
     resp = web.StreamResponse(headers=headers)
     first_at = None
     try:
         await resp.prepare(http_req)
-        async for chunk in upstream.content.iter_any():
-            if first_at is None:
-                first_at = loop.time()
-            scanner.feed(chunk)
-            await resp.write(chunk)
-    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        async with asyncio.timeout_at(deadline_at):
+            async for chunk in upstream.content.iter_any():
+                if first_at is None:
+                    first_at = loop.time()
+                scanner.feed(chunk)
+                await resp.write(chunk)
+    except TimeoutError:
+        late = deadline_at is not None and loop.time() >= deadline_at
+        return resp, first_at, "deadline" if late else "broken"
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         return resp, first_at, "broken"
     except ConnectionResetError:
         return resp, first_at, "client_left"
     return resp, first_at, "done"
+
+
+def error_event(message: str, code: str, at_boundary: bool) -> bytes:
+    """A plain ``sincere-error`` SSE event ending a sealed stream the gateway cut (the
+    gateway cannot seal; the client raises it), after a blank line when cut mid-event."""
+    data = dumps(error_body(message, type="timeout_error", code=code))
+    head = b"" if at_boundary else b"\n\n"
+    return head + b"event: " + ERROR_EVENT.encode() + b"\ndata: " + data + b"\n\n"

@@ -68,7 +68,7 @@ from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
-from sincere.serve.gateway.billing import reserve_prices, settle, settle_async
+from sincere.serve.gateway.billing import reserve_prices, settle, settle_async, token_counter
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
@@ -139,8 +139,9 @@ class Gateway(Served):
         self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
         self.pd_relay = PDRelay(config, self.dispatcher, self.relay)  # roles: two phases
         self.edge = EdgeLimits(
-            limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client
-        )
+            limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client,
+            limits.tls_handshake_timeout_s,
+        )  # fmt: skip
         self._logged_errors: set[str] = set()  # exception types whose traceback was logged
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -310,8 +311,8 @@ class Gateway(Served):
                 pending.deadline_at = req.arrival_at + creq.sincere.deadline_s
             if self._sealed_only:
                 pending.skip = self._sealed_only if sealed is None else self._plain_names()
-            if grant is not None:
-                pending.headers = grant.headers
+            counted = token_counter(creq, sealed is not None)  # x-sincere-token-counter
+            pending.headers = (counted,) if grant is None else (*grant.headers, counted)
             return await self.pd_relay.serve(http_req, creq, pending)
         except ProtocolError as exc:
             self.metrics.finished("", tier, "client_error")
@@ -415,14 +416,17 @@ class Gateway(Served):
         return web.json_response(out)
 
     async def _metrics(self, http_req: web.Request) -> web.Response:
-        """Prometheus text; with keys an admin key's (or, ``aggregate``, tenant-free to all)."""
-        tenants = True
+        """Prometheus text; with keys an admin or metrics key's (``aggregate``: tenant-free)."""
+        tenants, every_tenant = True, False
         if self.auth.store is not None:
-            grant = self.auth.admin(http_req.headers, "")
+            grant = self.auth.metrics_reader(http_req.headers)
             if isinstance(grant, Refusal):
                 if self.config.security.metrics_access != "aggregate":
                     return refusal_response(grant)
                 tenants = False
+            else:  # ?tenants=all: an admin's page without the tenant cap
+                wants_all = http_req.query.get("tenants") == "all"
+                every_tenant = wants_all and grant.actor.startswith("admin:")
         now = self.loop.time()
         d = self.dispatcher
         text = self.metrics.render(
@@ -431,7 +435,7 @@ class Gateway(Served):
             {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
             self.edge.refused,
             self.edge.num_open,
-        ) + (self.auth.metrics_text() if tenants else "")
+        ) + (self.auth.metrics_text(every_tenant) if tenants else "")
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     # ------------------------------------------------------- background tasks

@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,8 @@ import aiohttp
 from sincere.serve.protocol import PATHS, Kind, dumps, parse_body, parse_sse_data
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
+    DEADLINE_HEADER,
+    ERROR_EVENT,
     USAGE_EVENT,
     Declared,
     FrameOpener,
@@ -57,8 +60,12 @@ def seal_for(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     tier: str | None = None,
     priority: int | None = None,
+    now: float | None = None,
+    deadline_s: float | None = None,
 ) -> SealedRequest:
-    """Declare ``body``'s metadata and seal it to ``pinned``."""
+    """Declare ``body``'s metadata and seal it to ``pinned``, stamped ``now`` (Unix seconds;
+    None: the current time), which the seal proxy checks against its replay window;
+    ``deadline_s`` goes to the gateway as ``x-sincere-deadline-s``."""
     creq = parse_body(body, kind)
     declared = Declared(
         kind=kind,
@@ -69,8 +76,12 @@ def seal_for(
         stream=creq.stream,
         tier=tier,
         priority=priority,
+        sealed_at=int(time.time() if now is None else now),
     )
-    return seal_request(pinned, declared, dumps(body))
+    sealed = seal_request(pinned, declared, dumps(body))
+    if deadline_s is not None:
+        sealed.headers[DEADLINE_HEADER] = repr(float(deadline_s))
+    return sealed
 
 
 class ConfidentialClient:
@@ -133,11 +144,23 @@ class ConfidentialClient:
                 event_name = line[6:].strip()
             elif line.startswith("data:") and event_name == USAGE_EVENT:
                 self.last_usage = json.loads(line[5:])
+            elif line.startswith("data:") and event_name == ERROR_EVENT:
+                raise _stream_error(line[5:])
             elif line.startswith("data:"):
                 for chunk in _open_event(opener, line[5:]):
                     yield chunk
             elif not line:
                 event_name = ""
+
+
+def _stream_error(data: str) -> ConfidentialError:
+    """The gateway's plain ``sincere-error`` event (a deadline that cut the stream)."""
+    try:
+        error = json.loads(data)["error"]
+        message, code = str(error["message"]), str(error.get("code"))
+    except (ValueError, KeyError, TypeError):
+        return ConfidentialError(502, f"stream ended with an unreadable error: {data[:200]}")
+    return ConfidentialError(504 if code == "deadline_exceeded" else 502, message)
 
 
 def _open_event(opener: FrameOpener, data: str) -> list[dict[str, Any]]:

@@ -11,11 +11,13 @@ ciphertext as its associated data, so it cannot be changed on the way undetected
 ``x-sincere-prompt-tokens`` the prompt's length in tokens (a declared upper bound)
 ``x-sincere-max-tokens``    the most tokens the answer may have
 ``x-sincere-stream``        ``1`` for an SSE stream, ``0`` otherwise
+``x-sincere-sealed-at``     when it was sealed, whole Unix seconds (replays)
 ==========================  ===============================================
 
-plus, unbound (the gateway's own business), ``x-sincere-tier`` and
-``x-sincere-priority``. The body is ``enc`` (32 bytes) followed by the ciphertext,
-``Content-Type: application/sincere-sealed``: a gateway relays it byte for byte.
+plus, unbound (the gateway's own business), ``x-sincere-tier``,
+``x-sincere-priority`` and ``x-sincere-deadline-s``. The body is ``enc`` (32 bytes)
+followed by the ciphertext, ``Content-Type: application/sincere-sealed``: a gateway
+relays it byte for byte.
 
 Responses are sealed with keys exported from the same HPKE context
 (``export("sincere confidential v1 response key" | "... nonce")``), so only the client
@@ -65,13 +67,16 @@ MODEL_HEADER = "x-sincere-model"
 PROMPT_TOKENS_HEADER = "x-sincere-prompt-tokens"
 MAX_TOKENS_HEADER = "x-sincere-max-tokens"
 STREAM_HEADER = "x-sincere-stream"
+SEALED_AT_HEADER = "x-sincere-sealed-at"
 TIER_HEADER = "x-sincere-tier"
 PRIORITY_HEADER = "x-sincere-priority"
 USAGE_HEADER = "x-sincere-usage"  # response: "prompt_tokens=N, completion_tokens=M"
 USAGE_EVENT = "sincere-usage"  # stream: a plain SSE event with the same figures as JSON
+ERROR_EVENT = "sincere-error"  # stream: a plain SSE error event the gateway ended it with
+DEADLINE_HEADER = "x-sincere-deadline-s"  # the client's deadline, a hint for the gateway
 SEALED_HEADERS = (
     KEY_HEADER, MODEL_HEADER, PROMPT_TOKENS_HEADER, MAX_TOKENS_HEADER, STREAM_HEADER,
-    TIER_HEADER, PRIORITY_HEADER,
+    SEALED_AT_HEADER, TIER_HEADER, PRIORITY_HEADER, DEADLINE_HEADER,
 )  # fmt: skip
 """The request headers a gateway forwards with a sealed body (besides Content-Type)."""
 
@@ -222,11 +227,14 @@ class Declared:
     stream: bool
     tier: str | None = None  # routing hint, not bound to the ciphertext
     priority: int | None = None  # routing hint, not bound to the ciphertext
+    sealed_at: int | None = None  # Unix seconds it was sealed (bound); None: an old client's
 
     def aad(self) -> bytes:
-        """The associated data binding the routed fields to the ciphertext."""
+        """The associated data binding the routed fields (and the sealing time) to the
+        ciphertext; without a sealing time it is the first version's, unchanged."""
         fields = (self.kind, self.key_id, self.model, self.prompt_tokens, self.max_tokens)
-        return "\n".join(map(str, (*fields, int(self.stream)))).encode()
+        stamp = () if self.sealed_at is None else (self.sealed_at,)
+        return "\n".join(map(str, (*fields, int(self.stream), *stamp))).encode()
 
     def headers(self) -> dict[str, str]:
         """The plain headers of a sealed request."""
@@ -242,6 +250,8 @@ class Declared:
             out[TIER_HEADER] = self.tier
         if self.priority is not None:
             out[PRIORITY_HEADER] = str(self.priority)
+        if self.sealed_at is not None:
+            out[SEALED_AT_HEADER] = str(self.sealed_at)
         return out
 
 
@@ -264,6 +274,7 @@ def declared_from_headers(headers: Mapping[str, str], kind: Kind) -> Declared:
         raise _bad_header(STREAM_HEADER, stream, "0 or 1")
     tier = _header(headers, TIER_HEADER) or None
     priority = _header(headers, PRIORITY_HEADER)
+    sealed_at = _header(headers, SEALED_AT_HEADER)
     return Declared(
         kind=kind,
         key_id=key_id,
@@ -273,7 +284,15 @@ def declared_from_headers(headers: Mapping[str, str], kind: Kind) -> Declared:
         stream=stream == "1",
         tier=tier,
         priority=None if not priority else _integer(PRIORITY_HEADER, priority),
+        sealed_at=None if not sealed_at else _unix_seconds(sealed_at),
     )
+
+
+def _unix_seconds(text: str) -> int:
+    value = _integer(SEALED_AT_HEADER, text)
+    if not 0 <= value < 1 << 40:
+        raise _bad_header(SEALED_AT_HEADER, text, "whole Unix seconds")
+    return value
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -373,7 +392,8 @@ class SealedRequest:
 
 
 def seal_request(pinned: PinnedKey, declared: Declared, body: bytes) -> SealedRequest:
-    """Seal a request body (the JSON an OpenAI endpoint takes) to the pinned key."""
+    """Seal a request body (the JSON an OpenAI endpoint takes) to the pinned key (with
+    ``declared.sealed_at`` set: a seal proxy refuses a request without it)."""
     if declared.key_id != pinned.key_id:
         raise ValueError(f"declared key {declared.key_id} is not the pinned key {pinned.key_id}")
     enc, context = SUITE.create_sender_context(pinned.kem_key(), INFO)

@@ -11,8 +11,9 @@ dictionary or brute-force search applies, and a per-request check must cost
 microseconds, not the ~100 ms a password KDF is tuned to take.
 
 A client key carries a tenant name and its limits (:class:`KeyRecord`); an admin key
-carries an operator name and may use only the admin API. :class:`KeySpec` is what a
-caller asks for at creation, validated with errors naming the field.
+carries an operator name and may use only the admin API; a metrics key
+(``sk-snc-metrics-<id>.<secret>``) names a scraper and may only read ``/metrics``.
+:class:`KeySpec` is what a caller asks for at creation, validated with errors naming the field.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ from typing import Literal
 
 from sincere.core.errors import ConfigError
 
-KeyKind = Literal["client", "admin"]
-KEY_KINDS: tuple[KeyKind, ...] = ("client", "admin")
+KeyKind = Literal["client", "admin", "metrics"]
+KEY_KINDS: tuple[KeyKind, ...] = ("client", "admin", "metrics")
 
 CLIENT_PREFIX = "sk-snc-"
 ADMIN_PREFIX = "sk-snc-admin-"
+METRICS_PREFIX = "sk-snc-metrics-"
+_PREFIXES: dict[KeyKind, str] = {
+    "client": CLIENT_PREFIX, "admin": ADMIN_PREFIX, "metrics": METRICS_PREFIX,
+}  # fmt: skip
 ID_CHARS = 12  # hex characters of a key id (48 bits)
 SALT_BYTES = 16
 SECRET_BYTES = 32
@@ -62,7 +67,7 @@ class KeySpec:
     """What a new key allows (``None``: no limit / every model / the server's default)."""
 
     kind: KeyKind = "client"
-    name: str = ""  # tenant (client key) or operator (admin key)
+    name: str = ""  # tenant (client key), operator (admin key) or scraper (metrics key)
     models: frozenset[str] | None = None  # models the key may use
     tier: str | None = None  # the tier its requests get
     priority_ceiling: int | None = None  # the most important priority it may use (smallest)
@@ -79,9 +84,9 @@ class KeySpec:
             raise ConfigError(
                 "bad name", where="name", value=self.name, allowed="1-128 printable characters"
             )
-        if self.kind == "admin" and self._client_fields():
+        if self.kind != "client" and self._client_fields():
             raise ConfigError(
-                "an admin key has no tenant limits",
+                f"an {self.kind} key has no tenant limits",
                 where=self._client_fields()[0],
                 allowed="models, tier, priority, limits and budget only on client keys",
             )
@@ -155,15 +160,18 @@ def new_token(kind: KeyKind, token_bytes: TokenBytes = secrets.token_bytes) -> t
     """A fresh ``(key_id, token)``; the token is shown once, at creation."""
     key_id = token_bytes(ID_CHARS // 2).hex()
     secret = base64.urlsafe_b64encode(token_bytes(SECRET_BYTES)).rstrip(b"=").decode()
-    prefix = ADMIN_PREFIX if kind == "admin" else CLIENT_PREFIX
-    return key_id, f"{prefix}{key_id}.{secret}"
+    return key_id, f"{_PREFIXES[kind]}{key_id}.{secret}"
 
 
 def split_token(token: str) -> tuple[KeyKind, str, str] | None:
     """``(kind, key_id, secret)`` of a well-formed token, else ``None``."""
+    kind: KeyKind
     if token.startswith(ADMIN_PREFIX):
-        kind: KeyKind = "admin"
+        kind = "admin"
         rest = token[len(ADMIN_PREFIX) :]
+    elif token.startswith(METRICS_PREFIX):
+        kind = "metrics"
+        rest = token[len(METRICS_PREFIX) :]
     elif token.startswith(CLIENT_PREFIX):
         kind = "client"
         rest = token[len(CLIENT_PREFIX) :]

@@ -5,7 +5,8 @@
 1. a key (``Authorization: Bearer sk-snc-...``) is present and valid -- else **401**
    (``missing_api_key``, ``invalid_api_key``, ``key_revoked``, ``key_expired``;
    with ``WWW-Authenticate: Bearer``);
-2. it is a client key (**403** ``admin_key_not_allowed``), allowed the model (**403**
+2. it is a client key (**403** ``admin_key_not_allowed``, ``metrics_key_not_allowed``),
+   allowed the model (**403**
    ``model_not_allowed``) and the declared tier, if any (**403** ``tier_not_allowed``);
 3. its requests-per-minute and tokens-per-minute windows have room (**429**
    ``requests_per_minute_exceeded`` / ``tokens_per_minute_exceeded`` with
@@ -17,7 +18,8 @@ A grant carries the tenant, the tier, the priority ceiling and the budget
 :class:`~sincere.serve.security.keystore.Reservation` that the caller must settle
 once the request ends (``store.settle(grant.reservation, ...)``, also on failure,
 with the tokens actually produced). :func:`authorize_admin` is the admin API's check:
-only admin keys pass. Refusals carry OpenAI's error body and never echo a secret.
+only admin keys pass; :func:`authorize_metrics` is ``/metrics``': admin or metrics keys.
+Refusals carry OpenAI's error body and never echo a secret.
 
 Clock-free: ``now`` (Unix seconds; key expiry is a date) is an argument. The only
 state is the store's windows and budgets, changed only when every check passes.
@@ -181,16 +183,38 @@ def authorize_admin(
         return found
     if found.kind != "admin":
         return Refusal(
-            403, "client_key_not_allowed", "the admin API needs an admin key; this is a client key"
+            403,
+            f"{found.kind}_key_not_allowed",
+            f"the admin API needs an admin key; this is a {found.kind} key",
         )
     return AdminGrant(found.key_id, f"admin:{found.name}/{found.key_id}")
+
+
+def authorize_metrics(
+    store: KeyStore, headers: Mapping[str, str], now: float
+) -> AdminGrant | Refusal:
+    """``/metrics``' check: a valid admin or metrics key, else 401 / 403 (a client key)."""
+    found = authenticate(store, headers, now)
+    if isinstance(found, Refusal):
+        return found
+    if found.kind not in ("admin", "metrics"):
+        return Refusal(
+            403,
+            f"{found.kind}_key_not_allowed",
+            f"/metrics needs an admin or a metrics key; this is a {found.kind} key",
+        )
+    return AdminGrant(found.key_id, f"{found.kind}:{found.name}/{found.key_id}")
 
 
 def check_access(record: KeyRecord, facts: RequestFacts) -> Refusal | None:
     """What the key allows, independent of time and usage: kind, model, tier."""
     spec = record.spec
     if record.kind != "client":
-        return Refusal(403, "admin_key_not_allowed", "an admin key cannot send inference requests")
+        return Refusal(
+            403,
+            f"{record.kind}_key_not_allowed",
+            f"an {record.kind} key cannot send inference requests",
+        )
     if spec.models is not None and facts.model not in spec.models:
         allowed = ", ".join(sorted(spec.models))
         return Refusal(

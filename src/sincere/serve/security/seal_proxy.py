@@ -18,10 +18,22 @@ may quote the prompt. ``GET`` of ``/health``, ``/v1/models``, ``/metrics`` and
 the engine through the proxy; ``GET /sincere/seal/key`` shows the public key and id.
 
 Edges: with an inbound key (``inbound_key``; the gateway sends it as its upstream
-credential for this backend) every call but ``/sincere/seal/key`` needs it (401); a
-sealed body received twice within ``replay_window_s`` is refused (409 ``replayed``:
-:class:`ReplayWindow`); a kept-alive connection idle ``idle_timeout_s`` is closed and a
-body must arrive within ``body_timeout_s`` (408).
+credential for this backend) every call but ``/sincere/seal/key`` needs it (401); the
+gateway's connection limits (:mod:`~sincere.serve.security.connections`): a request head
+must be complete ``header_timeout_s`` after its first byte (408, the slow-header client),
+at most ``max_connections`` connections (``max_connections_per_client`` per address),
+a TLS handshake within ``handshake_timeout_s``; a kept-alive connection idle
+``idle_timeout_s`` is closed and a body must arrive within ``body_timeout_s`` (408).
+
+Replays: a sealed body received twice within ``replay_window_s`` is refused (409
+``replayed``: :class:`ReplayWindow`), and so is one sealed more than ``replay_window_s``
+before (or after) the proxy's clock, whatever the proxy remembers (409
+``sealed_request_stale``): the client puts the time it sealed the request in
+``x-sincere-sealed-at``, bound to the ciphertext, so it cannot be changed. A request
+without that header (sealed by an older client) is refused (400
+``sealed_at_missing``): a timestamp-free envelope could be replayed once the window has
+forgotten it. ``replay_window_s=0`` turns replay protection off (a benchmark replaying
+one body).
 
 No attestation: nothing here proves to a client that this code runs in a TEE. The
 client trusts the public key it was given as a file (see docs/security.md).
@@ -34,6 +46,7 @@ import collections
 import hashlib
 import hmac
 import json
+import logging
 import math
 import ssl
 import time
@@ -53,9 +66,11 @@ from sincere.serve.protocol import (
     loads,
     parse_request,
 )
+from sincere.serve.security.connections import AcceptErrorLog, EdgeLimits, EdgeSite
 from sincere.serve.security.credentials import Secret
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
+    SEALED_AT_HEADER,
     USAGE_HEADER,
     Declared,
     FrameSealer,
@@ -89,8 +104,15 @@ class SealProxy(Served):
         replay_window_s: float = 600.0,
         idle_timeout_s: float = 15.0,
         body_timeout_s: float = 30.0,
+        header_timeout_s: float = 10.0,
+        handshake_timeout_s: float = 10.0,
+        max_connections: int = 1024,
+        max_connections_per_client: int = 1024,
     ) -> None:
         self.pair = pair
+        self.edge = EdgeLimits(
+            header_timeout_s, max_connections, max_connections_per_client, handshake_timeout_s
+        )
         self._inbound = None if inbound_key is None else inbound_key.reveal().encode()
         self.replays = ReplayWindow(replay_window_s)  # sealed bodies seen lately
         self.idle_timeout_s = idle_timeout_s  # a kept-alive connection's silence, then closed
@@ -120,6 +142,8 @@ class SealProxy(Served):
 
     async def start(self) -> None:
         """Bind and serve."""
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrorLog(logging.getLogger("sincere.seal")))
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         self._session = aiohttp.ClientSession(timeout=timeout)
         self._runner = web.AppRunner(
@@ -130,7 +154,7 @@ class SealProxy(Served):
             lingering_time=min(10.0, self.body_timeout_s),
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
+        site = EdgeSite(self._runner, self.host, self.port, self.edge, ssl_context=self.ssl_context)
         await site.start()
         self.port = bound_port(self._runner, self.port)
 
@@ -181,6 +205,7 @@ class SealProxy(Served):
             declared = declared_from_headers(request.headers, kind)
             raw = await self._read_body(request)
             plaintext, sealer = open_request(self.pair, declared, raw)
+            self._check_fresh(declared.sealed_at, time.time())
             if not self.replays.first_time(raw, time.monotonic()):
                 raise ProtocolError(
                     409, "this sealed request was already received: replays are refused",
@@ -199,6 +224,29 @@ class SealProxy(Served):
         if declared.stream:
             return await self._relay_stream(request, path, body, sealer, prompt_tokens)
         return await self._relay_once(path, body, sealer)
+
+    def _check_fresh(self, sealed_at: int | None, now: float) -> None:
+        """409 for a request sealed outside the replay window; 400 for one without a time
+        (a window of 0 turns replay protection off, timestamps included)."""
+        window = self.replays.window_s
+        if window <= 0:
+            return
+        if sealed_at is None:
+            raise ProtocolError(
+                400,
+                f"header {SEALED_AT_HEADER} missing: sealed requests must carry the time they "
+                "were sealed (replay protection); seal it with a current client",
+                param=SEALED_AT_HEADER,
+                code="sealed_at_missing",
+            )
+        if abs(now - sealed_at) > window:
+            raise ProtocolError(
+                409,
+                f"sealed {now - sealed_at:+.0f}s from this proxy's clock; accepted: within "
+                f"{window:g}s (replay protection); seal it again",
+                param=SEALED_AT_HEADER,
+                code="sealed_request_stale",
+            )
 
     def _checked(self, plaintext: bytes, declared: Declared, kind: Kind) -> tuple[bytes, int]:
         """The body to forward (checked against what was declared) and its prompt tokens."""
@@ -305,7 +353,8 @@ class ReplayWindow:
 
     An HPKE encapsulation is fresh for every sealed request, so the same bytes twice are a
     replay. Bounded: at most ``max_entries`` digests, the oldest forgotten first. A replay
-    older than the window is not detected (the envelope carries no timestamp).
+    older than the window is refused by its sealed timestamp instead
+    (:meth:`SealProxy._check_fresh`).
     """
 
     def __init__(self, window_s: float, max_entries: int = 200_000) -> None:

@@ -1,0 +1,87 @@
+"""The connection edge on its own: an aiohttp app behind :class:`EdgeSite` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from tests.serve.test_security_tls import _self_signed
+
+from sincere.serve.security.connections import EdgeLimits, EdgeSite
+from sincere.serve.security.tls import server_context
+
+
+@contextlib.asynccontextmanager
+async def edge_app(limits: EdgeLimits, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """A one-route app (``GET /``: ok) served through the edge; yields its port."""
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await EdgeSite(runner, "127.0.0.1", 0, limits, ssl_context=tls).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+def test_per_client_limit_answers_429_and_slots_come_back() -> None:
+    """Two connections allowed per address: the third gets a raw 429 and is closed; once the
+    first two close, a new one is served."""
+
+    async def main() -> None:
+        limits = EdgeLimits(5.0, max_connections=10, max_connections_per_client=2)
+        async with edge_app(limits) as port:
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 429") and b"too_many_connections" in answer
+            writer.close()
+            for _, w in held:
+                w.close()
+            for _ in range(50):
+                if limits.num_open == 0:
+                    break
+                await asyncio.sleep(0.02)
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/") as r:
+                assert r.status == 200 and await r.text() == "ok"
+            assert limits.refused == {"max_connections_per_client": 1}
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_tls_handshake_that_never_starts_is_closed_at_its_timeout(tmp_path: Path) -> None:
+    """A TLS client that sends nothing holds a slot until ``handshake_timeout_s``, then is
+    closed and counted; a real TLS client is served meanwhile."""
+    cert, key = _self_signed(tmp_path)
+
+    async def main() -> None:
+        limits = EdgeLimits(5.0, 10, 10, handshake_timeout_s=0.5)
+        async with edge_app(limits, server_context(cert, key)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            started = time.monotonic()
+            await asyncio.sleep(0.1)
+            assert limits.num_open == 1
+            trusting = ssl.create_default_context(cafile=str(cert))
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"https://127.0.0.1:{port}/", ssl=trusting) as r,
+            ):
+                assert await r.text() == "ok"
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert 0.4 <= time.monotonic() - started < 3.0
+            assert limits.refused == {"tls_handshake_timeout": 1}
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
