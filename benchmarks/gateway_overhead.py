@@ -159,8 +159,8 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
 
 def serve_sincere(port: int, upstream: str) -> None:
     """sincere's gateway with one backend (the upstream), round-robin, no scraping."""
+    from sincere.serve.app import serve_gateway
     from sincere.serve.gateway.config import parse_config
-    from sincere.serve.gateway.server import serve_gateway
 
     config = parse_config(
         {
@@ -181,8 +181,8 @@ def serve_sincere_auth(
 ) -> None:
     """The gateway with a key store, priced instances and (``sealed``) a seal proxy behind;
     ``redis``: its limits and spend in that Redis; ``workers``: processes on the port."""
+    from sincere.serve.app import serve_gateway
     from sincere.serve.gateway.config import parse_config
-    from sincere.serve.gateway.server import serve_gateway
 
     backend = {
         "name": "up",
