@@ -159,7 +159,12 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
 
 def serve_sincere(port: int, upstream: str) -> None:
     """sincere's gateway with one backend (the upstream), round-robin, no scraping."""
-    from sincere.serve.app import serve_gateway
+    try:
+        from sincere.serve.app import serve_gateway
+    except ImportError:  # a --base-src checkout from before sincere.serve.app
+        from sincere.serve.gateway.server import (  # type: ignore[attr-defined, no-redef, unused-ignore]
+            serve_gateway,
+        )
     from sincere.serve.gateway.config import parse_config
 
     config = parse_config(

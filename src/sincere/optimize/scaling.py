@@ -4,8 +4,9 @@ Pure functions with no clock and no I/O, so the live controller
 (:class:`~sincere.serve.control.controller.Controller`) and the simulator can run the same
 decision on their own state:
 
-* :class:`LoadSummary` -- the load of one (model, tier) over a window: arrival rate (per
-  minute, Inferno's unit) and mean prompt and output lengths;
+* :class:`~sincere.core.load.LoadSummary` (re-exported here) -- the load of one (model,
+  tier) over a window: arrival rate (per minute, Inferno's unit) and mean prompt and output
+  lengths;
 * :func:`problem_for` -- Inferno's problem: configured planning data plus one server per
   observed (tier, model) load;
 * :func:`replica_targets` -- a solved plan's replicas per model (at least a floor);
@@ -20,22 +21,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sincere.core.errors import ConfigError
+from sincere.core.load import LoadSummary
 from sincere.optimize.data import CurrentAlloc, Load, Problem, Server
 from sincere.optimize.plan import Solution
 
 __all__ = ["LoadSummary", "Scaling", "problem_for", "replica_targets", "scale"]
-
-
-@dataclass(frozen=True, slots=True)
-class LoadSummary:
-    """Load of one (model, tier) over the window."""
-
-    model: str
-    tier: str
-    rate_per_min: float  # requests per minute
-    avg_in_tokens: float
-    avg_out_tokens: float
-    num_requests: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,9 @@ one, the actor is ``anonymous@<client address>``. A change that failed, or faile
 (an error status or an exception), is audited too, with its status. A change is not made
 when the audit log cannot be written (503 ``audit_unavailable``).
 
+The control plane (and the planner it imports) is loaded only when ``admin`` is on: a
+gateway without ``/admin`` keeps no planning code in memory.
+
 Usage::
 
     async with compose(load_config("gateway.yaml")) as gw:
@@ -27,17 +30,14 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from sincere.core.errors import ConfigError
 from sincere.policy.decision_log import DecisionLog, open_log
-from sincere.serve.control.api import ControllerApi, Handler
-from sincere.serve.control.controller import Controller
-from sincere.serve.control.fleet import Fleet
 from sincere.serve.gateway.auth import GatewayAuth, refusal_response
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.edge import read_body
@@ -50,9 +50,14 @@ from sincere.serve.gateway.server import (
 from sincere.serve.protocol import error_body
 from sincere.serve.security.policy import Refusal
 
+if TYPE_CHECKING:
+    from sincere.serve.control.controller import Controller
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
 __all__ = ["CONTROLLER", "admin_only", "compose", "mount_control", "run_gateway", "serve_gateway"]
 
-CONTROLLER = web.AppKey("controller", Controller)
+CONTROLLER: web.AppKey[Controller] = web.AppKey("controller")
 """Where a composed gateway's app keeps its controller (``gw.app[CONTROLLER]``)."""
 
 MAX_AUDITED_BYTES = 4096  # a larger answer (a plan) is audited by its size only
@@ -73,6 +78,10 @@ def compose(
 
 def mount_control(gateway: Gateway) -> Controller:
     """A controller over ``gateway`` (as its fleet), its routes mounted behind admin keys."""
+    from sincere.serve.control.api import ControllerApi
+    from sincere.serve.control.controller import Controller
+    from sincere.serve.control.fleet import Fleet
+
     config = gateway.config
     fleet: Fleet = gateway
     controller = Controller(fleet, config.controller, config.planning, config.default_tier)

@@ -199,7 +199,7 @@ class GatewayConfig(_Strict):
     prefix: PrefixConfig = PrefixConfig()
     planning: PlanningConfig = PlanningConfig()
     controller: ControllerConfig = ControllerConfig()
-    admin: bool = True  # serve the controller API under /admin
+    admin: bool = True  # serve the controller API under /admin (mounted by serve/app.py)
     security: SecurityConfig = SecurityConfig()
     state: StateConfig = StateConfig()
 

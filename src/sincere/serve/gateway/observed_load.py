@@ -3,16 +3,16 @@
 Every finished request adds ``(finished_at, prompt_tokens, output_tokens)`` to its
 (model, tier) window; :meth:`ObservedLoad.summary` gives, over the last ``window_s``
 seconds, the arrival rate (requests per minute, Inferno's unit) and the mean prompt
-and output lengths (:class:`~sincere.optimize.scaling.LoadSummary`, what the
-scaling decision takes). Old entries are dropped as new ones come, so memory is bounded
-by the traffic of one window.
+and output lengths (:class:`~sincere.core.load.LoadSummary`, what the scaling decision
+of :mod:`sincere.optimize.scaling` takes). Old entries are dropped as new ones come, so
+memory is bounded by the traffic of one window.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from sincere.optimize.scaling import LoadSummary
+from sincere.core.load import LoadSummary
 
 __all__ = ["LoadSummary", "ObservedLoad"]
 

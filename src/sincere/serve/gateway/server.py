@@ -69,7 +69,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sincere.optimize.scaling import LoadSummary
+from sincere.core.load import LoadSummary
 from sincere.policy.decision_log import DecisionLog
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
@@ -173,6 +173,7 @@ class Gateway(Served):
         return self._loop or asyncio.get_running_loop()
 
     def _now(self) -> float:
+        """The gateway's clock now (loop time, seconds)."""
         return self.loop.time()
 
     @property
