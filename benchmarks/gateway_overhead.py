@@ -164,8 +164,13 @@ def serve_bare_proxy(port: int, upstream: str) -> None:
 
 def serve_sincere(port: int, upstream: str) -> None:
     """sincere's gateway with one backend (the upstream), round-robin, no scraping."""
+    try:
+        from sincere.serve.app import serve_gateway
+    except ImportError:  # a --base-src checkout from before sincere.serve.app
+        from sincere.serve.gateway.server import (  # type: ignore[attr-defined, no-redef, unused-ignore]
+            serve_gateway,
+        )
     from sincere.serve.gateway.config import parse_config
-    from sincere.serve.gateway.server import serve_gateway
 
     config = parse_config(
         {
@@ -186,8 +191,8 @@ def serve_sincere_auth(
 ) -> None:
     """The gateway with a key store, priced instances and (``sealed``) a seal proxy behind;
     ``redis``: its limits and spend in that Redis; ``workers``: processes on the port."""
+    from sincere.serve.app import serve_gateway
     from sincere.serve.gateway.config import parse_config
-    from sincere.serve.gateway.server import serve_gateway
 
     backend = {
         "name": "up",

@@ -29,7 +29,10 @@ RANK = {
 
 
 # Inside serve/: the shared wire format and socket helpers at the bottom, the engine-side
-# pieces (backend clients, emulated engines, security blocks) above them, the gateway on top.
+# pieces (backend clients, emulated engines, security blocks) above them, then the two
+# planes side by side -- the gateway (data plane) and the control plane, which meet only
+# through the control plane's Fleet protocol -- and on top the composition root (app.py),
+# the one module that imports both.
 SERVE_RANK = {
     "protocol": 0,
     "binding": 0,
@@ -38,7 +41,13 @@ SERVE_RANK = {
     "emulator": 1,
     "security": 1,
     "gateway": 2,
+    "control": 2,
+    "app": 3,
 }
+
+# The one import between the planes, and why: the gateway's config file embeds the control
+# plane's sections (pure schema; it imports nothing of the gateway).
+PLANE_EXCEPTIONS = {("gateway", "sincere.serve.control.config")}
 
 
 def _modules(path: Path) -> set[str]:
@@ -79,7 +88,7 @@ def test_imports_flow_downwards() -> None:
 
 
 def test_serve_parts_import_downwards() -> None:
-    """Backends, emulator and security never import the gateway; they do not import each other."""
+    """A part of serve/ imports only lower parts: not its peers, so not the other plane."""
     upward = []
     for path in sorted((SRC / "serve").rglob("*.py")):
         rel = path.relative_to(SRC / "serve")
@@ -90,9 +99,69 @@ def test_serve_parts_import_downwards() -> None:
             parts = module.split(".")
             if parts[:2] != ["sincere", "serve"] or len(parts) < 3 or parts[2] == own_part:
                 continue
-            if SERVE_RANK[parts[2]] >= SERVE_RANK[own_part] and SERVE_RANK[own_part] < 2:
+            if (own_part, module) in PLANE_EXCEPTIONS:
+                continue
+            if SERVE_RANK[parts[2]] >= SERVE_RANK[own_part]:
                 upward.append(f"serve/{rel} imports {module}")
     assert upward == []
+
+
+def _module_name(path: Path) -> str:
+    """``sincere.a.b`` for ``src/sincere/a/b.py`` (a package for ``__init__.py``)."""
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` (module -> modules it imports), or [] when none."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(graph.get(node, ())):
+                if nxt == start:
+                    return [*path, nxt]
+                if nxt not in path and nxt not in done:
+                    stack.append((nxt, [*path, nxt]))
+        done.add(start)
+    return []
+
+
+def test_no_import_cycle_between_control_and_gateway() -> None:
+    """The modules of serve/control and serve/gateway import each other in no cycle."""
+    paths = sorted((SRC / "serve" / "control").rglob("*.py"))
+    paths += sorted((SRC / "serve" / "gateway").rglob("*.py"))
+    names = {_module_name(p) for p in paths}
+    graph = {_module_name(p): {m for m in _modules(p) if m in names} for p in paths}
+    assert len(graph) > 20
+    assert _cycle(graph) == []
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    """The cycle check above would report a gateway <-> controller loop."""
+    graph = {"g.server": {"c.controller"}, "c.controller": {"c.fleet", "g.server"}}
+    assert _cycle(graph) == ["c.controller", "g.server", "c.controller"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_control_plane_sees_the_gateway_only_through_the_fleet() -> None:
+    """serve/control imports nothing of the gateway; the gateway only the control config."""
+    found = []
+    for plane, other in (("control", "gateway"), ("gateway", "control")):
+        for path in sorted((SRC / "serve" / plane).rglob("*.py")):
+            rel = path.relative_to(SRC)
+            for module in _modules(path):
+                if (
+                    module.startswith(f"sincere.serve.{other}")
+                    and (
+                        plane,
+                        module,
+                    )
+                    not in PLANE_EXCEPTIONS
+                ):
+                    found.append(f"{rel} imports {module}")
+    assert found == []
 
 
 def test_every_serve_part_has_a_rank() -> None:

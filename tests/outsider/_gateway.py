@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from sincere.serve.app import compose
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.config import GatewayConfig, parse_config
-from sincere.serve.gateway.server import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY: dict[str, Any] = {"model": "m", "prompt": "hello", "max_tokens": 3}
@@ -130,7 +130,7 @@ def threaded_gateway(backend: dict[str, Any] | None = None, **extra: Any) -> Ite
     async def main() -> None:
         async with (
             FakeUpstream() as up,
-            Gateway(gateway_config([up.url], backend, **extra)) as gw,
+            compose(gateway_config([up.url], backend, **extra)) as gw,
         ):
             port.append(gw.port)
             ready.set()

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from tests.outsider._gateway import BODY, ROOT, call, free_port, gateway_config, run
 
+from sincere.serve.app import CONTROLLER, compose
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.config import load_config, parse_config
-from sincere.serve.gateway.server import Gateway
 
 ALLOW_LOCAL = {"controller": {"allowed_upstreams": ["127.0.0.1:*"]}}
 
@@ -27,7 +27,7 @@ def test_urls_with_path_query_fragment_or_credentials_are_refused() -> None:
     async def body() -> None:
         async with (
             FakeUpstream(models=("x",)) as up,
-            Gateway(gateway_config([], **ALLOW_LOCAL)) as gw,
+            compose(gateway_config([], **ALLOW_LOCAL)) as gw,
             aiohttp.ClientSession() as s,
         ):
             port = up.port
@@ -55,7 +55,7 @@ def test_upstreams_off_the_allow_list_are_refused() -> None:
     async def body() -> None:
         async with (
             FakeUpstream(models=("x",)) as up,
-            Gateway(gateway_config([])) as gw,
+            compose(gateway_config([])) as gw,
             aiohttp.ClientSession() as s,
         ):
             got = await call(s, "POST", gw.url + "/admin/instances", {"model": "x", "url": up.url})
@@ -72,7 +72,7 @@ def test_joining_a_served_model_needs_the_join_flag() -> None:
         async with (
             FakeUpstream() as public,
             FakeUpstream() as attacker,
-            Gateway(gateway_config([public.url], **ALLOW_LOCAL)) as gw,
+            compose(gateway_config([public.url], **ALLOW_LOCAL)) as gw,
             aiohttp.ClientSession() as s,
         ):
             hijack = {"model": "m", "url": attacker.url, "metrics_path": None}
@@ -93,7 +93,7 @@ def test_api_metrics_path_is_only_the_metrics_page() -> None:
     async def body() -> None:
         async with (
             FakeUpstream(models=("x",)) as up,
-            Gateway(gateway_config([], **ALLOW_LOCAL)) as gw,
+            compose(gateway_config([], **ALLOW_LOCAL)) as gw,
             aiohttp.ClientSession() as s,
         ):
             probe = {"model": "x", "url": up.url, "metrics_path": "/internal/probe"}
@@ -109,7 +109,7 @@ def test_client_errors_never_name_upstream_addresses() -> None:
 
     async def body() -> None:
         cfg = gateway_config([f"http://127.0.0.1:{port}"])
-        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        async with compose(cfg) as gw, aiohttp.ClientSession() as s:
             status, out = await call(s, "POST", gw.url + "/v1/completions", BODY)
         message = json.dumps(out)
         assert status == 502 and "b0" in message
@@ -125,7 +125,7 @@ def test_duplicate_instance_names_are_409_and_leave_no_ghost() -> None:
         async with (
             FakeUpstream() as a,
             FakeUpstream() as b,
-            Gateway(gateway_config([], **ALLOW_LOCAL)) as gw,
+            compose(gateway_config([], **ALLOW_LOCAL)) as gw,
             aiohttp.ClientSession() as s,
         ):
             adm = gw.url + "/admin/instances"
@@ -150,7 +150,7 @@ def test_memory_numbers_are_bounded_and_instances_capped() -> None:
     """Huge sizes are 400 before anything is allocated; the 17th instance is 409; removal frees."""
 
     async def body() -> None:
-        async with Gateway(gateway_config([])) as gw, aiohttp.ClientSession() as s:
+        async with compose(gateway_config([])) as gw, aiohttp.ClientSession() as s:
             adm = gw.url + "/admin/instances"
             huge = await call(s, "POST", adm, {"model": "x", "max_num_requests": 10_000_000})
             blocks = await call(s, "POST", adm, {"model": "x", "engine": {"block_size": 10**9}})
@@ -158,7 +158,7 @@ def test_memory_numbers_are_bounded_and_instances_capped() -> None:
             answers = [await call(s, "POST", adm, {"model": f"x{k}", "seed": k}) for k in range(18)]
             statuses = [status for status, _ in answers]
             first = answers[0][1]["name"]
-            server = gw.controller.emulators[first] if gw.controller else None
+            server = gw.app[CONTROLLER].emulators[first]
             assert server is not None and server.live is not None
             live = weakref.ref(server.live)
             del server
@@ -180,7 +180,7 @@ def test_plan_loads_must_be_finite_and_in_range(tmp_path: Path) -> None:
         cfg = parse_config(
             {"port": 0, "planning": {"problem_dir": str(ROOT / "examples/plan/unlimited")}}
         )
-        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        async with compose(cfg) as gw, aiohttp.ClientSession() as s:
             out = []
             for rate in ("NaN", "Infinity", "-5", "1e400", "6e12"):
                 raw = (
@@ -224,7 +224,7 @@ def test_api_cannot_name_server_files(tmp_path: Path) -> None:
 
     async def body() -> dict[str, Any]:
         cfg = gateway_config([], controller={"files_dir": str(allowed)})
-        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        async with compose(cfg) as gw, aiohttp.ClientSession() as s:
             adm = gw.url + "/admin"
             got: dict[str, Any] = {}
             for key, path in paths.items():
@@ -271,7 +271,7 @@ def test_planned_example_applies_as_documented(monkeypatch: pytest.MonkeyPatch) 
 
     async def body() -> None:
         cfg = load_config(path).model_copy(update={"port": 0})
-        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        async with compose(cfg) as gw, aiohttp.ClientSession() as s:
             reg = await call(s, "POST", gw.url + "/admin/models", registration)
             plan = await call(s, "POST", gw.url + "/admin/plan", apply)
             req = {**BODY, "model": registration["name"]}
@@ -292,7 +292,7 @@ def test_a_plan_above_the_start_cap_needs_confirmation(monkeypatch: pytest.Monke
 
     async def body() -> None:
         cfg = load_config(path).model_copy(update={"port": 0})
-        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        async with compose(cfg) as gw, aiohttp.ClientSession() as s:
             await call(s, "POST", gw.url + "/admin/models", registration)
             asked = await call(s, "POST", gw.url + "/admin/plan", {"apply": True, "loads": [load]})
             started_unconfirmed = len(gw.dispatcher.instances)

@@ -22,8 +22,8 @@ from tests.outsider._gateway import (
 )
 
 from sincere.cli.app import main
+from sincere.serve.app import compose
 from sincere.serve.backends.fake_upstream import FakeUpstream
-from sincere.serve.gateway.server import Gateway
 
 
 def test_listed_instances_hide_upstream_credentials() -> None:
@@ -32,7 +32,7 @@ def test_listed_instances_hide_upstream_credentials() -> None:
     async def body() -> str:
         async with FakeUpstream() as up:
             url = up.url.replace("http://", "http://app:hunter2@")
-            async with Gateway(gateway_config([url])) as gw, aiohttp.ClientSession() as s:
+            async with compose(gateway_config([url])) as gw, aiohttp.ClientSession() as s:
                 return json.dumps(await call(s, "GET", gw.url + "/admin/instances"))
 
     listed = run(body)
@@ -45,7 +45,7 @@ def test_upstream_5xx_bodies_do_not_reach_the_client() -> None:
     async def body() -> tuple[int, str]:
         async with (
             SecretUpstream() as up,
-            Gateway(gateway_config([up.url])) as gw,
+            compose(gateway_config([up.url])) as gw,
             aiohttp.ClientSession() as s,
         ):
             status, out = await call(s, "POST", gw.url + "/v1/completions", BODY)
@@ -82,7 +82,7 @@ def test_absurd_numbers_and_lone_surrogates_are_400_naming_the_field(
     async def body() -> tuple[int, dict[str, Any]]:
         async with (
             FakeUpstream() as up,
-            Gateway(gateway_config([up.url], prices)) as gw,
+            compose(gateway_config([up.url], prices)) as gw,
             aiohttp.ClientSession() as s,
         ):
             raw = json.dumps({**BODY, **extra}).encode()  # ASCII: surrogates as \\u escapes
@@ -113,7 +113,7 @@ def test_a_client_leaving_mid_stream_is_one_line_and_counted(
     async def body() -> str:
         async with (
             FakeUpstream(num_tokens=50, token_delay_s=0.01) as up,
-            Gateway(gateway_config([up.url])) as gw,
+            compose(gateway_config([up.url])) as gw,
             aiohttp.ClientSession() as s,
         ):
             for _ in range(3):
@@ -137,7 +137,7 @@ def test_non_streamed_cancellations_are_counted() -> None:
     async def body() -> str:
         async with (
             FakeUpstream(ttft_s=0.5) as up,
-            Gateway(gateway_config([up.url])) as gw,
+            compose(gateway_config([up.url])) as gw,
             aiohttp.ClientSession() as s,
         ):
             with pytest.raises(TimeoutError):
@@ -160,7 +160,7 @@ def test_an_internal_error_is_a_counted_500_without_details(
     async def body() -> tuple[int, str, str]:
         async with (
             FakeUpstream() as up,
-            Gateway(gateway_config([up.url])) as gw,
+            compose(gateway_config([up.url])) as gw,
             aiohttp.ClientSession() as s,
         ):
             monkeypatch.setattr(gw.dispatcher, "admit", broken)

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from sincere.cli.app import _register, app
 from sincere.core.errors import ConfigError
+from sincere.serve.app import compose
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.emulator.config import load_emulator_configs
 from sincere.serve.gateway.config import load_config, parse_config
-from sincere.serve.gateway.server import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_register_deploy_by_url_list_and_remove() -> None:
         )
         async with (
             FakeUpstream(models=("m",)) as up,
-            Gateway(cfg) as gw,
+            compose(cfg) as gw,
             aiohttp.ClientSession() as s,
         ):
             a = gw.url + "/admin"
@@ -114,7 +114,7 @@ def test_deploy_emulated_and_plan_apply_start_stop(tmp_path: Path) -> None:
                 "planning": {"problem_dir": str(write_problem(tmp_path))},
             }
         )
-        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        async with compose(cfg) as gw, aiohttp.ClientSession() as s:
             a = gw.url + "/admin"
             await call(s, "POST", a + "/models", {"name": "m", "emulator": {"seed": 1}})
             high = [

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sincere.serve.app import compose
 from sincere.serve.gateway.config import parse_config
-from sincere.serve.gateway.server import Gateway
 
 PROBLEM = {
     "accelerator-data.json": {"accelerators": [{"name": "A100", "cost": 40.0}]},
@@ -77,7 +77,7 @@ def test_plan_sizing_is_chosen_and_logged(
                 "planning": {"problem_dir": str(write_problem(tmp_path))},
             }
         )
-        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+        async with compose(cfg) as gw, aiohttp.ClientSession() as s:
             url = gw.url + "/admin/plan"
             got = {}
             for sizing in ("analyzer", "simulate", "auto"):

@@ -13,13 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sincere.core.errors import ConfigError
+from sincere.serve.app import serve_gateway
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.backends.openai_api import Backend, SseScanner
 from sincere.serve.gateway.breaker import CircuitBreaker
 from sincere.serve.gateway.config import parse_config
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
-from sincere.serve.gateway.server import Gateway, serve_gateway
+from sincere.serve.gateway.server import Gateway
 from sincere.serve.protocol import SSE_DONE, count_prompt_tokens, loads, parse_request
 from sincere.workload.tabular import count_tokens
 

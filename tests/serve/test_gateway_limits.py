@@ -13,18 +13,18 @@ from sincere.core.request import Request, Tier
 from sincere.policy.routers._common import budget_max_tokens
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
-from sincere.serve.gateway.breaker import CircuitBreaker
-from sincere.serve.gateway.config import parse_config
-from sincere.serve.gateway.controller_input import (
+from sincere.serve.control.inputs import (
     check_emulator_fields,
     parse_load,
     resolve_api_file,
 )
+from sincere.serve.control.upstream_policy import check_upstream, parse_rules
+from sincere.serve.gateway.breaker import CircuitBreaker
+from sincere.serve.gateway.config import parse_config
 from sincere.serve.gateway.dispatch import Dispatcher, DuplicateInstanceError
 from sincere.serve.gateway.edge import EdgeLimits, raw_error
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
-from sincere.serve.gateway.upstream_policy import check_upstream, parse_rules
 from sincere.serve.protocol import ProtocolError, check_text
 from sincere.serve.security.credentials import redact_url
 

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from sincere.core.errors import ConfigError
+from sincere.serve.app import compose
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.config import GatewayConfig, parse_config
 from sincere.serve.gateway.server import Gateway
@@ -79,7 +80,7 @@ async def serving(
     """``upstream`` started, a gateway with the key store ``keys`` over it, a client session."""
     async with (
         upstream as up,
-        Gateway(gateway_config(up.url, keys, **extra)) as gw,
+        compose(gateway_config(up.url, keys, **extra)) as gw,
         aiohttp.ClientSession() as s,
     ):
         yield up, gw, s
@@ -258,7 +259,7 @@ def test_expired_and_revoked_keys_get_401(tmp_path: Path) -> None:
     async def body() -> None:
         async with FakeUpstream() as up:
             cfg = gateway_config(up.url, keys, security={"refresh_interval_s": 0.05})
-            async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            async with compose(cfg) as gw, aiohttp.ClientSession() as s:
                 status, answer, _ = await post(s, gw.url, tokens["old"])
                 assert (status, answer["error"]["code"]) == (401, "key_expired")
                 assert (await post(s, gw.url, tokens["live"]))[0] == 200
@@ -313,7 +314,7 @@ def test_non_loopback_without_keys_is_refused() -> None:
 
     async def body() -> None:
         with pytest.raises(ConfigError, match="--insecure-no-auth"):
-            await Gateway(cfg).start()
+            await compose(cfg).start()
 
     run(body)
 

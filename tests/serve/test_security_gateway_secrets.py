@@ -21,7 +21,7 @@ from aiohttp import web
 from tests.serve.test_security_gateway import BODY, bearer, gateway_config, make_keys, post, run
 from tests.serve.test_security_tls import _self_signed
 
-from sincere.serve.gateway.server import Gateway
+from sincere.serve.app import compose
 from sincere.serve.security.keys import KeySpec
 
 CANARY_KEY = "sk-upstream-CANARY-7d41e09b2a6c5f38"
@@ -75,7 +75,7 @@ def test_upstream_key_is_sent_and_never_shown(
             security = {"upstream_keys": {"b0": {"env": "UPSTREAM_KEY_B0"}}}
             cfg = gateway_config(url, keys, security=security)
             seen.append(cfg.model_dump_json())
-            async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            async with compose(cfg) as gw, aiohttp.ClientSession() as s:
                 status, answer, _ = await post(s, gw.url, tokens["acme"])
                 assert status == 200
                 status, answer, _ = await post(
@@ -104,7 +104,7 @@ def test_missing_upstream_key_variable_fails_at_start(tmp_path: Path) -> None:
 
     security = {"upstream_keys": {"b0": {"env": "SINCERE_TEST_UNSET_VARIABLE"}}}
     with pytest.raises(ConfigError, match="env:SINCERE_TEST_UNSET_VARIABLE"):
-        Gateway(gateway_config("http://127.0.0.1:9", None, security=security))
+        compose(gateway_config("http://127.0.0.1:9", None, security=security))
 
 
 def test_gateway_over_real_tls(tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_gateway_over_real_tls(tmp_path: Path) -> None:
         async with RecordingUpstream() as up:
             security = {"tls_cert": str(cert), "tls_key": str(key)}
             cfg = gateway_config(f"http://127.0.0.1:{up.port}", keys, security=security)
-            async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            async with compose(cfg) as gw, aiohttp.ClientSession() as s:
                 assert gw.url.startswith("https://127.0.0.1:")
                 trusting = ssl.create_default_context(cafile=str(cert))
                 url = gw.url + "/v1/completions"
@@ -157,7 +157,7 @@ def test_silent_tls_connections_hold_slots_and_are_closed_at_the_handshake_timeo
             cfg = gateway_config(
                 f"http://127.0.0.1:{up.port}", keys, security=security, limits=limits
             )
-            async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            async with compose(cfg) as gw, aiohttp.ClientSession() as s:
                 silent = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(8)]
                 await asyncio.sleep(0.3)
                 assert gw.edge.num_open == 5  # counted before any handshake

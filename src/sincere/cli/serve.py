@@ -99,7 +99,7 @@ def serve(
     from sincere.serve.gateway.auth import check_bind
 
     check_bind(cfg.host, cfg.security)  # before anything starts: one line naming the flag
-    from sincere.serve.gateway.server import serve_gateway
+    from sincere.serve.app import serve_gateway
 
     def announce(gw: Any) -> None:
         typer.echo(

@@ -6,9 +6,13 @@
   HTTP server (``sincere emulate``);
 * :mod:`sincere.serve.backends` -- clients of the serving instances (OpenAI-compatible
   servers, Ollama) and a scriptable upstream for tests;
-* :mod:`sincere.serve.gateway` -- the OpenAI-compatible gateway (``sincere serve``): the
-  front door's policy objects in front of backends, with queueing, retries, a circuit
-  breaker, metrics and the controller API;
+* :mod:`sincere.serve.gateway` -- the OpenAI-compatible gateway (``sincere serve``), the
+  data plane: the front door's policy objects in front of backends, with queueing,
+  retries, a circuit breaker and metrics;
+* :mod:`sincere.serve.control` -- the control plane: the controller and its ``/admin``
+  API, acting on the gateway only through the ``Fleet`` face;
+* :mod:`sincere.serve.app` -- the composition root of ``sincere serve``: the gateway with
+  the controller mounted on it;
 * :mod:`sincere.serve.security` -- API keys, limits, TLS and confidential mode's blocks.
 
 Import submodules directly; these packages import nothing heavy on their own.

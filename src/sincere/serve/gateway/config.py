@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sincere.core.config import MAX_PRIORITY, MAX_SECONDS, TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
@@ -23,7 +23,7 @@ from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.policy.specs import PolicySpec, config_checks, router_specs
 from sincere.serve.backends.config import BackendConfig
-from sincere.serve.gateway.upstream_policy import parse_rules
+from sincere.serve.control.config import ControllerConfig, PlanningConfig
 from sincere.serve.security.credentials import SecretRef
 
 __all__ = [
@@ -127,39 +127,6 @@ class PrefixConfig(_Strict):
     session_from_user: bool = True  # the body's "user" names the session when no header does
 
 
-class PlanningConfig(_Strict):
-    """The controller's planner (Inferno) over observed load."""
-
-    problem_dir: str | None = None  # Inferno files: accelerators, models, service classes
-    window_s: float = Field(60.0, gt=0, le=MAX_SECONDS)  # observed load is averaged over it
-    solver: Literal["greedy", "milp"] = "greedy"
-    min_replicas: int = Field(1, ge=0, le=1024)  # per model, whatever the plan says
-    emulator: dict[str, Any] = Field(default_factory=dict)  # template for emulated instances
-
-
-class ControllerConfig(_Strict):
-    """What the controller API (``/admin``) may do; it is reachable by whoever reaches the port.
-
-    ``allowed_upstreams``: the servers ``POST /admin/instances`` may register by URL, as
-    ``host:port``, ``host:*`` or ``host:low-high`` (empty: none; servers in ``backends``
-    are the operator's and need no entry). ``max_instances``: instances the gateway holds
-    at most (configured, deployed and planned). ``max_plan_starts``: emulated instances
-    one plan may start without ``confirm: true``. ``files_dir``: the only directory whose
-    files API callers may name (a step-model ``params_file``); null = none.
-    """
-
-    allowed_upstreams: list[str] = Field(default_factory=list, max_length=1024)
-    max_instances: int = Field(16, ge=1, le=4096)
-    max_plan_starts: int = Field(4, ge=0, le=4096)
-    files_dir: str | None = None
-
-    @field_validator("allowed_upstreams")
-    @classmethod
-    def _rules(cls, value: list[str]) -> list[str]:
-        parse_rules(value)  # raises naming a bad entry
-        return value
-
-
 class SecurityConfig(_Strict):
     """Who may use the gateway, upstream credentials, TLS (see docs/gateway.md, "Deploying it").
 
@@ -241,7 +208,7 @@ class GatewayConfig(_Strict):
     prefix: PrefixConfig = PrefixConfig()
     planning: PlanningConfig = PlanningConfig()
     controller: ControllerConfig = ControllerConfig()
-    admin: bool = True  # serve the controller API under /admin
+    admin: bool = True  # serve the controller API under /admin (mounted by serve/app.py)
     security: SecurityConfig = SecurityConfig()
     state: StateConfig = StateConfig()
     # P/D routing (decider, router per phase) for models whose backends have roles;

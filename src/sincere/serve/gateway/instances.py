@@ -211,6 +211,21 @@ class InstanceState:
         # model -> (what the view showed: in flight, sample, healthy; the view)
         self._views: dict[str, tuple[tuple[int, LoadSample | None, bool], InstanceView]] = {}
 
+    @property
+    def url(self) -> str:
+        """The backend's base URL (may carry credentials: redact before showing it)."""
+        return self.backend.url
+
+    @property
+    def models(self) -> dict[str, str]:
+        """Public model name -> the name the backend knows it by."""
+        return self.backend.models
+
+    @property
+    def kind(self) -> str:
+        """The API the backend speaks (``openai``, ``ollama``)."""
+        return self.backend.config.kind
+
     def fresh_sample(self, now: float, max_age_s: float) -> LoadSample | None:
         """The last scrape if younger than ``max_age_s``; stale ones are ignored."""
         s = self.sample

@@ -3,26 +3,18 @@
 Every finished request adds ``(finished_at, prompt_tokens, output_tokens)`` to its
 (model, tier) window; :meth:`ObservedLoad.summary` gives, over the last ``window_s``
 seconds, the arrival rate (requests per minute, Inferno's unit) and the mean prompt
-and output lengths. Old entries are dropped as new ones come, so memory is bounded
-by the traffic of one window.
+and output lengths (:class:`~sincere.core.load.LoadSummary`, what the scaling decision
+of :mod:`sincere.optimize.scaling` takes). Old entries are dropped as new ones come, so
+memory is bounded by the traffic of one window.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
+from sincere.core.load import LoadSummary
 
-@dataclass(frozen=True, slots=True)
-class LoadSummary:
-    """Load of one (model, tier) over the window."""
-
-    model: str
-    tier: str
-    rate_per_min: float  # requests per minute
-    avg_in_tokens: float
-    avg_out_tokens: float
-    num_requests: int
+__all__ = ["LoadSummary", "ObservedLoad"]
 
 
 class ObservedLoad:

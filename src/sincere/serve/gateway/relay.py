@@ -109,13 +109,11 @@ class Relay:
     async def serve(
         self, http_req: web.Request, creq: CompletionRequest, pending: Pending
     ) -> web.StreamResponse:
-        """Admit, route (queueing if needed) and relay ``pending``; retry before the first byte."""
+        """Route (queueing if needed) and relay an admitted ``pending`` (the guard's
+        :meth:`~sincere.serve.gateway.guard.Guard.admit`); retry before the first byte."""
         d = self.dispatcher
         loop = asyncio.get_running_loop()
         req = pending.request
-        refusal = d.admit(pending, loop.time())
-        if refusal is not None:
-            raise refusal
         tried: set[str] = set()
         last: UpstreamError | None = None
         for _ in range(len(d.by_model.get(req.model, ())) + 1):

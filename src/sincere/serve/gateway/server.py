@@ -9,12 +9,21 @@ drives. Endpoints:
   admitted, routed, queued and relayed (:mod:`~sincere.serve.gateway.dispatch`,
   :mod:`~sincere.serve.gateway.relay`); SSE streams pass through token by token.
   The response header ``x-sincere-instance`` names the instance that served it.
+  :meth:`Gateway._handle` reads as parse -> guard -> relay -> settle: the guard
+  (:mod:`~sincere.serve.gateway.guard`) checks the key on the headers, then admits the
+  parsed request (limits, budget reservation, admission) and settles its spend at the end.
 * ``GET /v1/models`` -- the union of the instances' models (with keys: a client key's
   allowed ones); ``GET /health`` (with keys: instance states to admin keys only);
   ``GET /metrics`` -- the gateway's Prometheus metrics
   (:mod:`~sincere.serve.gateway.metrics`; with keys: an admin key, see
   ``security.metrics_access``);
-* ``/admin/...`` -- the controller API (:mod:`sincere.serve.gateway.controller`).
+
+The gateway is the data plane. It knows nothing of the control plane
+(:mod:`sincere.serve.control`): it offers the control plane's
+:class:`~sincere.serve.control.fleet.Fleet` face (:meth:`Gateway.add_backend`,
+:meth:`Gateway.remove_backend`, :meth:`Gateway.instances_of`,
+:meth:`Gateway.instance_health`, :meth:`Gateway.observed_load`), and
+:func:`sincere.serve.app.compose` mounts the controller's ``/admin`` routes on its app.
 
 Security (:class:`~sincere.serve.gateway.config.SecurityConfig`, wired by
 :mod:`~sincere.serve.gateway.auth` and :mod:`~sincere.serve.gateway.sealed`): with a key
@@ -35,13 +44,14 @@ breaker may have turned half-open). Per request
 the hot path does no pydantic, no logging above DEBUG, and reuses one keep-alive
 session per backend (see docs/gateway.md, "Performance").
 
-:func:`serve_gateway` runs it to completion on uvloop when importable (extra
-``fast``), optionally as ``workers`` processes sharing the port (``SO_REUSEPORT``;
-the kernel spreads connections over them). Each worker then has its own router
-state, queues, breakers, limits and metrics: ``max_in_flight`` and the queue bound
-apply per worker, and ``/metrics`` answers for the worker that took the connection.
+:func:`sincere.serve.app.serve_gateway` runs it to completion on uvloop when importable
+(extra ``fast``; :func:`run_on_fast_loop`), optionally as ``workers`` processes sharing
+the port (``SO_REUSEPORT``; the kernel spreads connections over them). Each worker then
+has its own router state, queues, breakers, limits and metrics: ``max_in_flight`` and
+the queue bound apply per worker, and ``/metrics`` answers for the worker that took the
+connection.
 
-Usage::
+Usage (the data plane alone; :func:`sincere.serve.app.compose` adds ``/admin``)::
 
     async with Gateway(load_config("gateway.yaml")) as gw:
         print(gw.url)           # http://127.0.0.1:PORT
@@ -52,26 +62,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import signal
 import time
-from collections.abc import Callable, Coroutine
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 
-from sincere.core.errors import ConfigError
-from sincere.core.request import Request
-from sincere.policy.decision_log import DecisionLog, open_log
+from sincere.core.load import LoadSummary
+from sincere.policy.decision_log import DecisionLog
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
-from sincere.serve.gateway.billing import reserve_prices, settle, settle_async, token_counter
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
-from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
+from sincere.serve.gateway.dispatch import Dispatcher, RefusalError
 from sincere.serve.gateway.edge import (
     AcceptErrorLog,
     EdgeLimits,
@@ -82,12 +88,13 @@ from sincere.serve.gateway.edge import (
     runner_kwargs,
     upstream_fd_need,
 )
+from sincere.serve.gateway.guard import Admitted, Guard, Refused
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
 from sincere.serve.gateway.pd_relay import PDRelay
 from sincere.serve.gateway.relay import Relay
-from sincere.serve.gateway.requests import RequestFactory, session_of, with_cap
+from sincere.serve.gateway.requests import RequestFactory
 from sincere.serve.gateway.scrape import LoadScraper
 from sincere.serve.gateway.sealed import parse_any
 from sincere.serve.protocol import (
@@ -98,7 +105,7 @@ from sincere.serve.protocol import (
     error_body,
     models_response,
 )
-from sincere.serve.security.policy import Grant, Refusal, RequestFacts
+from sincere.serve.security.policy import Refusal
 from sincere.serve.security.tls import server_context
 
 DRAIN_INTERVAL_S = 0.05  # how often queues are re-drained in the background
@@ -132,8 +139,7 @@ class Gateway(Served):
             config.scrape, self.dispatcher.instances.values, lambda: self.loop.time()
         )
         self.auth = GatewayAuth(config.security, config.state)
-        sealed = config.security.sealed_backends
-        self._sealed_only = frozenset(sealed)  # backends that take sealed bodies only
+        self.guard = Guard(config, self.auth, self.dispatcher, self.requests, self._now)
         first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
         scrub = self._scrub if self.auth.secrets else None
         self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
@@ -144,6 +150,7 @@ class Gateway(Served):
         )  # fmt: skip
         self._logged_errors: set[str] = set()  # exception types whose traceback was logged
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []  # run first when stopping
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
         self.port = config.port
@@ -161,20 +168,16 @@ class Gateway(Served):
         app.router.add_get("/v1/models", self._models, expect_handler=expect)
         app.router.add_get("/health", self._health, expect_handler=expect)
         app.router.add_get("/metrics", self._metrics, expect_handler=expect)
-        if self.config.admin:
-            from sincere.serve.gateway.controller import Controller
-            from sincere.serve.gateway.controller_api import ControllerApi
-
-            self.controller: Controller | None = Controller(self)
-            ControllerApi(self.controller).add_routes(app)
-        else:
-            self.controller = None
         return app
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The running event loop (the gateway's clock: ``loop.time()``)."""
         return self._loop or asyncio.get_running_loop()
+
+    def _now(self) -> float:
+        """The gateway's clock now (loop time, seconds)."""
+        return self.loop.time()
 
     @property
     def url(self) -> str:
@@ -233,8 +236,8 @@ class Gateway(Served):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self.controller is not None:
-            await self.controller.close()
+        for hook in self.on_stop:
+            await hook()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -272,6 +275,21 @@ class Gateway(Served):
         await state.backend.close()
         return state
 
+    def instances_of(self, model: str | None = None) -> list[InstanceState]:
+        """The instances serving ``model`` (every instance when None), in the order added."""
+        if model is None:
+            return list(self.dispatcher.instances.values())
+        return list(self.dispatcher.by_model.get(model, ()))
+
+    def instance_health(self) -> dict[str, str]:
+        """Each instance's circuit-breaker state now."""
+        now = self.loop.time()
+        return {s.name: s.breaker.state(now).value for s in self.dispatcher.instances.values()}
+
+    def observed_load(self) -> list[LoadSummary]:
+        """Load per (model, tier) over the planning window ending now."""
+        return self.load.summary(self.loop.time())
+
     # -------------------------------------------------------------- handlers
 
     async def _completions(self, http_req: web.Request) -> web.StreamResponse:
@@ -281,65 +299,38 @@ class Gateway(Served):
         return await self._handle(http_req, "chat")
 
     async def _handle(self, http_req: web.Request, kind: Kind) -> web.StreamResponse:
+        """parse -> guard -> relay -> settle (the key is checked before the body is read)."""
         tier = self.config.default_tier
-        pending: Pending | None = None
-        grant: Grant | None = None
+        admitted: Admitted | None = None
         try:
-            key = self.auth.authenticate(http_req.headers)  # None: no keys configured
+            key = self.guard.authenticate(http_req.headers)  # None: no keys configured
             if isinstance(key, Refusal):
                 return self._refused(key, tier)
             creq, sealed = await self._parse(http_req, kind)
-            if key is not None:
-                creq = with_cap(creq, self.config.limits.default_max_tokens)
-            req = self.requests.build(
-                creq,
-                self.loop.time(),
-                base_tier=None if key is None else key.spec.tier,
-                priority_ceiling=None if key is None else key.spec.priority_ceiling,
-                tenant=None if key is None else key.name,
-                session=session_of(http_req.headers, creq, self.config.prefix),
-            )
-            tier = req.tier.name
-            if key is not None:
-                prices = reserve_prices(self.dispatcher, req.model)
-                granted = await self.auth.authorize_async(key, _facts(req, creq), prices)
-                if isinstance(granted, Refusal):
-                    return self._refused(granted, tier)
-                grant = granted
-            pending = Pending(req, _client_id(http_req), sealed=sealed)
-            if creq.sincere.deadline_s is not None:
-                pending.deadline_at = req.arrival_at + creq.sincere.deadline_s
-            if self._sealed_only:
-                pending.skip = self._sealed_only if sealed is None else self._plain_names()
-            counted = token_counter(creq, sealed is not None)  # x-sincere-token-counter
-            pending.headers = (counted,) if grant is None else (*grant.headers, counted)
-            return await self.pd_relay.serve(http_req, creq, pending)
+            verdict = await self.guard.admit(key, creq, sealed, http_req.headers)
+            if isinstance(verdict, Refused):
+                return self._turned_away(verdict)
+            admitted, tier = verdict, verdict.tier
+            return await self.pd_relay.serve(http_req, admitted.request, admitted.pending)
         except ProtocolError as exc:
             self.metrics.finished("", tier, "client_error")
             return web.Response(
                 status=exc.status, body=exc.to_bytes(), content_type="application/json"
             )
         except RefusalError as exc:
-            self.metrics.finished("", tier, exc.outcome)
-            body = error_body(exc.message, type=_error_type(exc.status), code=exc.code)
-            return web.Response(
-                status=exc.status, body=dumps(body), content_type="application/json"
-            )
+            return self._refusal_answer(exc, tier)
         except asyncio.CancelledError:  # the client went away (or the gateway stops)
-            self.relay.client_left(
-                tier, pending.instance if pending else "", "waiting for an answer"
-            )
-            if grant is not None:  # settled now (in a task with shared state), not awaited
-                settle(self.auth, grant, pending, self.dispatcher)
-                grant = None
+            instance = "" if admitted is None else admitted.pending.instance
+            self.relay.client_left(tier, instance, "waiting for an answer")
+            if admitted is not None:  # settled now (in a task with shared state), not awaited
+                self.guard.settle_now(admitted)
+                admitted = None
             raise
         except Exception as exc:  # a bug: answer 500 without internals, count it, log it
             return self.internal_error(http_req, tier, exc)
         finally:
-            if grant is not None and self.auth.shared is not None:
-                await settle_async(self.auth, grant, pending, self.dispatcher)
-            elif grant is not None:
-                settle(self.auth, grant, pending, self.dispatcher)
+            if admitted is not None:
+                await self.guard.settle(admitted)
 
     async def _parse(
         self, http_req: web.Request, kind: Kind
@@ -349,7 +340,7 @@ class Gateway(Served):
         confidential = self.config.security.confidential
         served, limit = self.dispatcher.served, self.config.limits.max_body_bytes
         creq, sealed = parse_any(http_req.headers, kind, body, served, limit, confidential)
-        if sealed is not None and not self._sealed_only:
+        if sealed is not None and not self.guard.sealed_only:
             raise ProtocolError(
                 415,
                 "Content-Type: application/sincere-sealed: this gateway has no backend that "
@@ -359,14 +350,22 @@ class Gateway(Served):
             )
         return creq, sealed
 
-    def _plain_names(self) -> frozenset[str]:
-        """Instances that are not seal proxies (a sealed body must not go there)."""
-        return frozenset(n for n in self.dispatcher.instances if n not in self._sealed_only)
-
     def _refused(self, refusal: Refusal, tier: str) -> web.Response:
         """A key check's refusal as the client's answer (401/402/403/429), counted."""
         self.metrics.finished("", tier, refusal.outcome)
         return refusal_response(refusal)
+
+    def _turned_away(self, refused: Refused) -> web.Response:
+        """The guard's refusal (a key check's or admission's) as the client's answer, counted."""
+        if isinstance(refused.refusal, RefusalError):
+            return self._refusal_answer(refused.refusal, refused.tier)
+        return self._refused(refused.refusal, refused.tier)
+
+    def _refusal_answer(self, exc: RefusalError, tier: str) -> web.Response:
+        """The gateway's own refusal (429/502/503/504) as an OpenAI error body, counted."""
+        self.metrics.finished("", tier, exc.outcome)
+        body = error_body(exc.message, type=_error_type(exc.status), code=exc.code)
+        return web.Response(status=exc.status, body=dumps(body), content_type="application/json")
 
     def _scrub(self, body: bytes) -> bytes:
         """An upstream's error body with the upstream secrets (and token look-alikes) masked."""
@@ -402,8 +401,7 @@ class Gateway(Served):
 
     async def _health(self, http_req: web.Request) -> web.Response:
         """Up or degraded; instance states to admins only when keys are on."""
-        now = self.loop.time()
-        states = {s.name: s.breaker.state(now).value for s in self.dispatcher.instances.values()}
+        states = self.instance_health()
         ok = any(v != "open" for v in states.values())
         out: dict[str, Any] = {"status": "ok" if ok else "degraded"}
         if self.auth.store is None or self._is_admin(http_req):
@@ -450,92 +448,10 @@ class Gateway(Served):
             self.dispatcher.drain_all(self.loop.time())
 
 
-def _client_id(http_req: web.Request) -> str | None:
-    """The client's own request id (``x-request-id``), when it is a short printable text."""
-    value = http_req.headers.get("x-request-id")
-    if value is None or len(value) > 128 or not value.isprintable():
-        return None
-    return value
-
-
-def _facts(req: Request, creq: CompletionRequest) -> RequestFacts:
-    """What the key check needs: model, sized prompt and answer cap, asked tier/priority."""
-    fields = creq.sincere
-    return RequestFacts(
-        req.model, req.prompt_tokens, req.max_tokens or req.output_tokens, fields.tier,
-        fields.priority,
-    )  # fmt: skip
-
-
 def _error_type(status: int) -> str:
     if status == 429:
         return "rate_limit_error"
     return "server_error" if status >= 500 else "invalid_request_error"
-
-
-async def run_gateway(
-    config: GatewayConfig,
-    ready: Any = None,
-    *,
-    reuse_port: bool = False,
-    decisions: Path | None = None,
-) -> None:
-    """Serve until cancelled (``sincere serve``); ``ready(gateway)`` is called once bound.
-
-    ``decisions``: a file every front-door call and outcome is appended to (JSON lines).
-    """
-    async with contextlib.AsyncExitStack() as stack:
-        log = None if decisions is None else stack.enter_context(open_log(decisions, append=True))
-        gw = await stack.enter_async_context(Gateway(config, reuse_port=reuse_port, decisions=log))
-        if ready is not None:
-            ready(gw)
-        await asyncio.Event().wait()
-
-
-def serve_gateway(
-    config: GatewayConfig,
-    *,
-    workers: int = 1,
-    ready: Callable[[Gateway], None] | None = None,
-    decisions: Path | None = None,
-) -> None:
-    """Serve until interrupted, on uvloop when importable, in ``workers`` processes.
-
-    With ``workers > 1`` this process binds first (with ``SO_REUSEPORT``; port 0 is
-    resolved here), calls ``ready`` and starts ``workers - 1`` more processes on the
-    same port; they stop when this one does: on SIGINT or SIGTERM it stops them (and on
-    Linux the kernel stops them should it be killed outright). Linux and the BSDs only. With
-    ``decisions`` every process appends its decisions to that file, line by line.
-    """
-    if workers < 1:
-        raise ConfigError("serve: workers must be >= 1", value=workers, allowed="an integer >= 1")
-    children: list[multiprocessing.process.BaseProcess] = []
-
-    def on_ready(gw: Gateway) -> None:
-        if workers > 1:
-            bound = config.model_copy(update={"port": gw.port})
-            ctx = multiprocessing.get_context("spawn")
-            for _ in range(workers - 1):
-                child = ctx.Process(target=_worker, args=(bound, decisions), daemon=True)
-                child.start()
-                children.append(child)
-        if ready is not None:
-            ready(gw)
-
-    stop_on_sigterm()
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            run_on_fast_loop(
-                run_gateway(config, on_ready, reuse_port=workers > 1, decisions=decisions)
-            )
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.join(timeout=5)
-            if child.is_alive():
-                child.kill()
-                child.join(timeout=5)
 
 
 def stop_on_sigterm() -> None:
@@ -547,21 +463,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: have the kernel send this process SIGTERM when its parent dies (even by -9)."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-
-
-def _worker(config: GatewayConfig, decisions: Path | None) -> None:
-    """One extra worker process of :func:`serve_gateway`; it stops with the first one."""
-    _die_with_parent()
-    stop_on_sigterm()
-    with contextlib.suppress(KeyboardInterrupt):
-        run_on_fast_loop(run_gateway(config, reuse_port=True, decisions=decisions))
 
 
 def run_on_fast_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sincere.core.errors import ConfigError
-from sincere.serve.gateway.observed_load import LoadSummary
+from sincere.optimize.scaling import LoadSummary
 
 MAX_API_NUMBER = 1e9
 """Largest magnitude of any number in an emulator's fields given over the API."""

@@ -1,18 +1,16 @@
 """The controller's HTTP face: the ``/admin`` routes, JSON in and out.
 
-Each route reads its JSON body within the gateway's body limits, checks it for lone
-surrogates, runs the :class:`~sincere.serve.gateway.controller.Controller` operation and
+Each route reads its JSON body with the reader it is given (the gateway's, within its body
+limits), checks it for lone surrogates, runs the
+:class:`~sincere.serve.control.controller.Controller` operation and
 answers JSON: ``400`` for bad input (the message names the field), ``404`` for an
 unknown name, ``409`` for a conflict with the gateway's state (with its ``code``, and
 for a plan that needs confirmation the plan itself), ``500`` without details for a
 bug (logged). The routes and what they accept are listed in docs/gateway.md.
 
-With a key store (``security.keys``) every route needs an admin key (401 without a
-valid key, 403 for a client key), and every state change that succeeded is appended
-to the audit log with the admin key's actor (``admin:<name>/<key id>``); without one,
-the actor is ``anonymous@<client address>``. A change that failed, or failed half-way
-(an error status or an exception), is audited too, with its status. A change is not
-made when the audit log cannot be written (503 ``audit_unavailable``).
+:meth:`ControllerApi.routes` lists them with the audit action of each state change; the
+composition root (:mod:`sincere.serve.app`) mounts each behind the admin-key check and the
+audit log.
 """
 
 from __future__ import annotations
@@ -20,87 +18,63 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from sincere.core.errors import ConfigError, SincereError
-from sincere.serve.gateway.auth import refusal_response
-from sincere.serve.gateway.controller import ConflictError, Controller
-from sincere.serve.gateway.controller_input import check_name, parse_load
-from sincere.serve.gateway.edge import read_body
-from sincere.serve.gateway.observed_load import LoadSummary
+from sincere.optimize.scaling import LoadSummary
+from sincere.serve.control.controller import ConflictError, Controller
+from sincere.serve.control.inputs import check_name, parse_load
 from sincere.serve.protocol import ProtocolError, check_text, error_body
 from sincere.serve.security.credentials import redact_url
-from sincere.serve.security.policy import Refusal
 
 log = logging.getLogger("sincere.serve.gateway.controller")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
-MAX_AUDITED_BYTES = 4096  # a larger answer (a plan) is audited by its size only
+BodyReader = Callable[[web.Request], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One ``/admin`` route; ``action`` names a state change in the audit log (None: a read)."""
+
+    method: str
+    path: str
+    handler: Handler
+    action: str | None
 
 
 class ControllerApi:
     """The ``/admin`` routes over one :class:`Controller`."""
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, read_body: BodyReader) -> None:
         self.c = controller
+        self.read_body = read_body  # a request's body, within the server's limits
 
-    def add_routes(self, app: web.Application) -> None:
-        """Mount the ``/admin`` routes, each behind the admin key check."""
-        routes: list[tuple[str, str, Handler, str | None]] = [
-            ("GET", "/admin/models", self._list_models, None),
-            ("POST", "/admin/models", self._register, "model.register"),
-            ("DELETE", "/admin/models/{name}", self._remove_model, "model.remove"),
-            ("GET", "/admin/instances", self._list_instances, None),
-            ("POST", "/admin/instances", self._deploy, "instance.add"),
-            ("DELETE", "/admin/instances/{name}", self._remove_instance, "instance.remove"),
-            ("GET", "/admin/load", self._load, None),
-            ("POST", "/admin/plan", self._plan, "plan"),
+    def routes(self) -> list[Route]:
+        """The ``/admin`` routes (to be mounted behind the admin key check)."""
+        return [
+            Route("GET", "/admin/models", self._list_models, None),
+            Route("POST", "/admin/models", self._register, "model.register"),
+            Route("DELETE", "/admin/models/{name}", self._remove_model, "model.remove"),
+            Route("GET", "/admin/instances", self._list_instances, None),
+            Route("POST", "/admin/instances", self._deploy, "instance.add"),
+            Route("DELETE", "/admin/instances/{name}", self._remove_instance, "instance.remove"),
+            Route("GET", "/admin/load", self._load, None),
+            Route("POST", "/admin/plan", self._plan, "plan"),
         ]
-        for method, path, handler, action in routes:
-            app.router.add_route(method, path, self._admin(handler, action))
-
-    def _admin(self, handler: Handler, action: str | None) -> Handler:
-        """``handler`` for admin keys only (401/403 else); a state change is audited."""
-        auth = self.c.gw.auth
-
-        async def guarded(request: web.Request) -> web.Response:
-            grant = auth.admin(request.headers, request.remote or "")
-            if isinstance(grant, Refusal):
-                return refusal_response(grant)
-            if action is None:
-                return await handler(request)
-            unwritable = auth.audit_log.unwritable()
-            if unwritable is not None:  # no change that could not be audited
-                body = error_body(
-                    f"the audit log cannot be written ({unwritable}); the change was not made",
-                    type="server_error", code="audit_unavailable",
-                )  # fmt: skip
-                return web.json_response(body, status=503)
-            name = request.match_info.get("name")
-            try:
-                response = await handler(request)
-            except Exception as exc:  # a change that failed half-way is audited too
-                details = {"status": getattr(exc, "status", 500), "error": type(exc).__name__}
-                auth.audit(grant.actor, action, name or "", details)
-                raise
-            details = {"result": _summary(response)}
-            if response.status >= 300:
-                details["status"] = response.status
-            auth.audit(grant.actor, action, name or _target(response), details)
-            return response
-
-        return guarded
 
     async def _list_models(self, request: web.Request) -> web.Response:
-        d = self.c.gw.dispatcher
-        names = sorted(set(self.c.models) | d.served)
+        fleet = self.c.fleet
+        served = {m for s in fleet.instances_of() for m in s.models}
+        names = sorted(set(self.c.models) | served)
         return web.json_response(
             {
                 "models": [
                     {
                         "name": m,
-                        "instances": [s.name for s in d.by_model.get(m, [])],
+                        "instances": [s.name for s in fleet.instances_of(m)],
                         "registered": m in self.c.models,
                     }
                     for m in names
@@ -123,20 +97,21 @@ class ControllerApi:
         return web.json_response({"removed": removed})
 
     async def _list_instances(self, request: web.Request) -> web.Response:
-        now = self.c.gw.loop.time()
+        fleet = self.c.fleet
+        health = fleet.instance_health()
         return web.json_response(
             {
                 "instances": [
                     {
                         "name": s.name,
-                        "url": redact_url(s.backend.url),
-                        "models": sorted(s.backend.models),
-                        "kind": s.backend.config.kind,
+                        "url": redact_url(s.url),
+                        "models": sorted(s.models),
+                        "kind": s.kind,
                         "emulated": s.emulated,
                         "in_flight": s.num_in_flight,
-                        "breaker": s.breaker.state(now).value,
+                        "breaker": health[s.name],
                     }
-                    for s in self.c.gw.dispatcher.instances.values()
+                    for s in fleet.instances_of()
                 ]
             }
         )
@@ -153,7 +128,7 @@ class ControllerApi:
         state = await self.c.deploy(model, url, join=_flag(body, "join", False), **rest)
         return {
             "name": state.name,
-            "url": redact_url(state.backend.url),
+            "url": redact_url(state.url),
             "model": model,
             "emulated": state.emulated,
         }
@@ -166,9 +141,7 @@ class ControllerApi:
         return web.json_response({"removed": request.match_info["name"]})
 
     async def _load(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"load": [_load_json(s) for s in self.c.loads(self.c.gw.loop.time())]}
-        )
+        return web.json_response({"load": [_load_json(s) for s in self.c.loads()]})
 
     async def _plan(self, request: web.Request) -> web.Response:
         return await self._guard(request, self._do_plan)
@@ -182,7 +155,7 @@ class ControllerApi:
             raise ConfigError("sizing must be a string", value=sizing)
         if given is None:
             return await self.c.plan(apply, None, confirm=confirm, sizing=sizing)
-        base = self.c.fleet()
+        base = self.c.planning_data()
         models, tiers = {m for m, _ in base.models}, set(base.classes)
         loads = [parse_load(x, i, models, tiers) for i, x in enumerate(_list(given))]
         return await self.c.plan(apply, loads, confirm=confirm, base=base, sizing=sizing)
@@ -190,8 +163,7 @@ class ControllerApi:
     async def _guard(self, request: web.Request, action: Any) -> web.Response:
         """Run an admin action on the JSON body: 400 bad input, 409 conflict, 500 a bug."""
         try:
-            gw = self.c.gw
-            body = json.loads(await read_body(request, gw.config.limits, gw.edge))
+            body = json.loads(await self.read_body(request))
             if not isinstance(body, dict):
                 raise ValueError("not an object")
             check_text(body)
@@ -208,25 +180,6 @@ class ControllerApi:
         except Exception:  # a bug: no internals to the caller
             log.exception("controller: %s %s failed", request.method, request.path)
             return _error(500, "internal error (logged by the gateway)")
-
-
-def _target(response: web.Response) -> str:
-    """What a state change acted on: the ``name`` (or ``model``) of its JSON answer."""
-    result = _summary(response)
-    if isinstance(result, dict):
-        return str(result.get("name") or result.get("model") or "")
-    return ""
-
-
-def _summary(response: web.Response) -> Any:
-    """The JSON answer of a state change, for the audit log (cut when large)."""
-    raw = response.body if isinstance(response.body, bytes) else b""
-    if len(raw) > MAX_AUDITED_BYTES:
-        return {"truncated_bytes": len(raw)}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
 
 
 def _load_json(s: LoadSummary) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 MaverIQ's controller operations (register a model, deploy it, remove it) and
 Inferno's control loop (observed load -> optimizer -> new allocation) over the live
-gateway. Routes, all JSON:
+gateway, reached only through its :class:`~sincere.serve.control.fleet.Fleet` face. Routes,
+all JSON:
 
 * ``GET /admin/models``; ``POST /admin/models`` ``{name, emulator: {...}}`` registers a
   model, ``emulator`` being the :class:`~sincere.serve.emulator.config.EmulatorConfig`
@@ -10,7 +11,7 @@ gateway. Routes, all JSON:
   ``DELETE /admin/models/{name}`` removes it and every instance serving it;
 * ``GET /admin/instances``; ``POST /admin/instances`` ``{model, url?, name?, join?,
   kind?, ...}`` deploys an instance: with ``url`` an existing server (any
-  :class:`~sincere.serve.gateway.config.BackendConfig` field may be given), without one an
+  :class:`~sincere.serve.backends.config.BackendConfig` field may be given), without one an
   emulated engine started in-process; ``DELETE /admin/instances/{name}`` removes one
   (its requests in flight finish; an emulated one is then stopped);
 * ``GET /admin/load`` -- observed load per (model, tier);
@@ -22,18 +23,19 @@ gateway. Routes, all JSON:
   one server per (tier, model) with its observed load (or the given ``loads``), then,
   with ``apply``, stops and starts emulated instances so that each model runs the
   planned number of replicas (at least ``planning.min_replicas``). Instances given by
-  URL are never stopped by a plan.
+  URL are never stopped by a plan. The observed load, the problem, the replica targets
+  and the starts and stops are :mod:`sincere.optimize.scaling`'s pure functions.
 
 The API is reachable by whoever reaches the port, so it is bounded
-(:class:`~sincere.serve.gateway.config.ControllerConfig`): a URL must be a bare origin on the
-allow-list ``controller.allowed_upstreams`` (:mod:`~sincere.serve.gateway.upstream_policy`);
+(:class:`~sincere.serve.control.config.ControllerConfig`): a URL must be a bare origin on the
+allow-list ``controller.allowed_upstreams`` (:mod:`~sincere.serve.control.upstream_policy`);
 joining a model that already has instances needs ``join: true``; a name already in
 use is ``409``; the gateway holds at most ``controller.max_instances`` instances; a
 plan that would start more than ``controller.max_plan_starts`` needs ``confirm: true``
 (``409`` with the plan otherwise, nothing started); emulator fields and loads are
-checked by :mod:`~sincere.serve.gateway.controller_input` (no server files, bounded numbers).
+checked by :mod:`~sincere.serve.control.inputs` (no server files, bounded numbers).
 The HTTP routes (JSON in and out, listed URLs without user info) are
-:mod:`~sincere.serve.gateway.controller_api`.
+:mod:`~sincere.serve.control.api`.
 """
 
 from __future__ import annotations
@@ -46,19 +48,20 @@ from typing import TYPE_CHECKING, Any
 
 from sincere.core.config import validate_config
 from sincere.core.errors import ConfigError, SincereError
-from sincere.optimize import CurrentAlloc, Load, Problem, Server, Solution, solve
+from sincere.optimize import Problem, solve
 from sincere.optimize.data import load_fleet
+from sincere.optimize.scaling import LoadSummary, Scaling, problem_for, replica_targets, scale
 from sincere.optimize.simsize import SIZING_CHOICES, SimSettings, SizedPlan, plan_with_sizing
 from sincere.serve.backends.config import BackendConfig
-from sincere.serve.gateway.controller_input import check_emulator_fields, check_name
-from sincere.serve.gateway.instances import InstanceState
-from sincere.serve.gateway.observed_load import LoadSummary
-from sincere.serve.gateway.upstream_policy import check_upstream, parse_rules
+from sincere.serve.control.config import ControllerConfig, PlanningConfig
+from sincere.serve.control.fleet import Fleet, Instance
+from sincere.serve.control.inputs import check_emulator_fields, check_name
+from sincere.serve.control.upstream_policy import check_upstream, parse_rules
 
 if TYPE_CHECKING:
     from sincere.serve.emulator.server import EmulatorServer
-    from sincere.serve.gateway.server import Gateway
 
+# the log's name predates the control package; kept so logging configs keep working
 log = logging.getLogger("sincere.serve.gateway.controller")
 
 PLAN_SIM_REQUESTS = 150
@@ -89,13 +92,24 @@ class ModelEntry:
 
 
 class Controller:
-    """Registers models and manages the gateway's instances (and emulated engines)."""
+    """Registers models and manages the fleet's instances (and emulated engines).
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        cfg = gateway.config.controller
-        self.rules = parse_rules(cfg.allowed_upstreams)
-        self.files_dir = Path(cfg.files_dir).resolve() if cfg.files_dir else None
+    ``default_tier``: the tier a registered model without traffic is planned in.
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        config: ControllerConfig,
+        planning: PlanningConfig,
+        default_tier: str,
+    ) -> None:
+        self.fleet = fleet
+        self.config = config
+        self.planning = planning
+        self.default_tier = default_tier
+        self.rules = parse_rules(config.allowed_upstreams)
+        self.files_dir = Path(config.files_dir).resolve() if config.files_dir else None
         self.models: dict[str, ModelEntry] = {}
         self.emulators: dict[str, EmulatorServer] = {}
         self._num_started = 0
@@ -112,7 +126,7 @@ class Controller:
 
     async def deploy(
         self, model: str, url: str | None = None, *, join: bool = False, **backend: Any
-    ) -> InstanceState:
+    ) -> Instance:
         """An instance of ``model``: the server at ``url``, or a new emulated engine."""
         check_name(model, "model")
         name = backend.pop("name", None)
@@ -131,19 +145,18 @@ class Controller:
         if isinstance(deployment, dict):  # checked as emulator fields: no server files
             backend["deployment"] = check_emulator_fields(deployment, self.files_dir, "deployment")
         fields = {"name": name, "url": origin, "models": {model: model}, **backend}
-        return self.gw.add_backend(_backend_config(fields))
+        return self.fleet.add_backend(_backend_config(fields))
 
     def _check_new(self, name: str, model: str, join: bool, num_new: int) -> None:
         """409 for a taken name, an unflagged join of a served model, or too many instances."""
-        d = self.gw.dispatcher
-        if name in d.instances or name in self.emulators:
+        if name in self._names() or name in self.emulators:
             raise ConflictError(
                 "an instance with this name exists",
                 code="name_taken",
                 value=name,
                 allowed="another name, or remove it first",
             )
-        serving = len(d.by_model.get(model, ()))
+        serving = len(self.fleet.instances_of(model))
         if serving and not join:
             raise ConflictError(
                 f"model {model!r} is already served by {serving} instance(s); adding one to "
@@ -154,8 +167,8 @@ class Controller:
         self._check_room(num_new)
 
     def _check_room(self, num_new: int) -> None:
-        limit = self.gw.config.controller.max_instances
-        have = len(self.gw.dispatcher.instances)
+        limit = self.config.max_instances
+        have = len(self.fleet.instances_of())
         if have + num_new > limit:
             raise ConflictError(
                 f"the gateway would hold {have + num_new} instances, over "
@@ -165,7 +178,7 @@ class Controller:
 
     def _free_name(self, prefix: str) -> str:
         """The next ``<prefix><n>`` not in use."""
-        taken = set(self.gw.dispatcher.instances) | set(self.emulators)
+        taken = self._names() | set(self.emulators)
         while True:
             self._num_started += 1
             name = f"{prefix}{self._num_started}"
@@ -174,7 +187,7 @@ class Controller:
 
     async def _start_emulated(
         self, model: str, name: str, overrides: dict[str, Any], *, trusted: bool = False
-    ) -> InstanceState:
+    ) -> Instance:
         from sincere.serve.emulator.config import parse_emulator_config
         from sincere.serve.emulator.server import EmulatorServer
 
@@ -182,7 +195,7 @@ class Controller:
         backend_fields = {k: overrides.pop(k) for k in list(overrides) if k in _BACKEND_FIELDS}
         if not trusted:
             overrides = check_emulator_fields(overrides, self.files_dir)
-        fields = {**self.gw.config.planning.emulator, **entry.emulator, **overrides}
+        fields = {**self.planning.emulator, **entry.emulator, **overrides}
         fields.update(name=name, served_model_name=model, port=0, host="127.0.0.1")
         emu_cfg = parse_emulator_config(fields)
         backend = {
@@ -211,22 +224,21 @@ class Controller:
             ) from None
         self.emulators[name] = server
         self.models.setdefault(model, entry)
-        return self.gw.add_backend(cfg.model_copy(update={"url": server.url}), emulated=True)
+        return self.fleet.add_backend(cfg.model_copy(update={"url": server.url}), emulated=True)
 
     async def remove(self, name: str) -> None:
         """Remove instance ``name`` (and stop it when the controller started it)."""
-        if name not in self.gw.dispatcher.instances:
-            raise ConfigError(
-                "unknown instance", value=name, allowed=sorted(self.gw.dispatcher.instances)
-            )
-        await self.gw.remove_backend(name)
+        names = self._names()
+        if name not in names:
+            raise ConfigError("unknown instance", value=name, allowed=sorted(names))
+        await self.fleet.remove_backend(name)
         server = self.emulators.pop(name, None)
         if server is not None:
             await server.close()
 
     async def remove_model(self, model: str) -> list[str]:
         """Unregister ``model`` and remove every instance serving it."""
-        names = [s.name for s in self.gw.dispatcher.by_model.get(model, [])]
+        names = [s.name for s in self.fleet.instances_of(model)]
         if model not in self.models and not names:
             raise ConfigError("unknown model", value=model, allowed=sorted(self.models))
         for name in names:
@@ -244,26 +256,11 @@ class Controller:
 
     def problem(self, loads: list[LoadSummary], base: Problem | None = None) -> Problem:
         """Inferno's problem: configured data (``base``, else read) plus one server per load."""
-        base = base if base is not None else self.fleet()
-        planned_models = {m for m, _ in base.models}
-        servers = []
-        for ld in loads:
-            if ld.tier not in base.classes or ld.model not in planned_models:
-                continue
-            load = Load(ld.rate_per_min, max(ld.avg_in_tokens, 1.0), max(ld.avg_out_tokens, 1.0))
-            servers.append(Server(f"{ld.tier}/{ld.model}", ld.tier, ld.model, CurrentAlloc(load)))
-        return Problem(
-            base.accelerators,
-            base.models,
-            base.classes,
-            tuple(servers),
-            base.capacity,
-            base.optimizer,
-        )
+        return problem_for(base if base is not None else self.planning_data(), loads)
 
-    def fleet(self) -> Problem:
+    def planning_data(self) -> Problem:
         """The configured planning data (no servers)."""
-        directory = self.gw.config.planning.problem_dir
+        directory = self.planning.problem_dir
         if directory is None:
             raise ConfigError(
                 "planning needs planning.problem_dir (Inferno's accelerator, "
@@ -272,11 +269,11 @@ class Controller:
             )
         return load_fleet(directory)
 
-    def loads(self, now: float) -> list[LoadSummary]:
+    def loads(self) -> list[LoadSummary]:
         """Observed load, with a zero-load entry for registered models never seen."""
-        seen = self.gw.load.summary(now)
+        seen = self.fleet.observed_load()
         names = {s.model for s in seen}
-        tier = self.gw.config.default_tier
+        tier = self.default_tier
         extra = [
             LoadSummary(m, tier, 0.0, UNSEEN_TOKENS, UNSEEN_TOKENS, 0)
             for m in self.models
@@ -302,8 +299,8 @@ class Controller:
         """
         if sizing not in SIZING_CHOICES:
             raise ConfigError("unknown sizing", value=sizing, allowed=SIZING_CHOICES)
-        problem = self.problem(loads or self.loads(self.gw.loop.time()), base)
-        solver = self.gw.config.planning.solver
+        problem = self.problem(loads or self.loads(), base)
+        solver = self.planning.solver
         if sizing == "analyzer":
             sized = SizedPlan(solve(problem, solver=solver), "analyzer", "requested")
         else:  # the simulator runs off the event loop
@@ -313,7 +310,7 @@ class Controller:
             )
         log.info("plan: %s sizing (asked %s): %s", sized.sizing, sizing, sized.why)
         solution = sized.solution
-        targets = replica_targets(solution, self.gw.config.planning.min_replicas)
+        targets = replica_targets(solution, self.planning.min_replicas)
         out = {
             "solution": solution.to_json(),
             "replicas": targets,
@@ -326,8 +323,9 @@ class Controller:
 
     def _check_plan(self, targets: dict[str, int], confirm: bool, plan: dict[str, Any]) -> None:
         """409 (nothing started) over the instance cap, or over the start cap unconfirmed."""
-        starts, stops = self._changes(targets)
-        cap = self.gw.config.controller.max_plan_starts
+        change = self.scaling(targets)
+        starts, stops = change.num_starts, change.num_stops
+        cap = self.config.max_plan_starts
         if starts > cap and not confirm:
             raise ConflictError(
                 f"the plan would start {starts} emulated instances, more than "
@@ -338,31 +336,32 @@ class Controller:
             )
         self._check_room(starts - stops)
 
-    def _changes(self, targets: dict[str, int]) -> tuple[int, int]:
-        """Emulated instances ``apply(targets)`` would start and stop."""
-        starts = stops = 0
-        for model, target in targets.items():
-            have = sum(s.emulated for s in self.gw.dispatcher.by_model.get(model, []))
-            starts += max(0, target - have)
-            stops += max(0, have - target)
-        return starts, stops
+    def scaling(self, targets: dict[str, int]) -> Scaling:
+        """The emulated instances ``apply(targets)`` would stop, and how many it would start."""
+        running = {
+            model: [s.name for s in self.fleet.instances_of(model) if s.emulated]
+            for model in targets
+        }
+        return scale(targets, running)
 
     async def apply(self, targets: dict[str, int]) -> list[str]:
         """Stop, then start emulated instances so each model has its target replica count."""
+        change = self.scaling(targets)
         actions = []
-        for model, target in sorted(targets.items()):
-            have = [s for s in self.gw.dispatcher.by_model.get(model, []) if s.emulated]
-            for state in reversed(have[target:]):
-                await self.remove(state.name)
-                actions.append(f"stopped {state.name}")
-        for model, target in sorted(targets.items()):
-            have = [s for s in self.gw.dispatcher.by_model.get(model, []) if s.emulated]
-            for _ in range(target - len(have)):
+        for name in change.stops:
+            await self.remove(name)
+            actions.append(f"stopped {name}")
+        for model, num in change.starts:
+            for _ in range(num):
                 state = await self._start_emulated(
                     model, self._free_name(f"{model}-emu-"), {}, trusted=True
                 )
                 actions.append(f"started {state.name}")
         return actions
+
+    def _names(self) -> set[str]:
+        """Every instance's name."""
+        return {s.name for s in self.fleet.instances_of()}
 
 
 _BACKEND_FIELDS = set(BackendConfig.model_fields) - {
@@ -373,15 +372,6 @@ _BACKEND_FIELDS = set(BackendConfig.model_fields) - {
     "deployment",  # may name step-model parameter files: set by the controller itself
 }
 """Backend fields an API caller may set."""
-
-
-def replica_targets(solution: Solution, min_replicas: int) -> dict[str, int]:
-    """Replicas per model: summed over its (tier, model) servers, at least ``min_replicas``."""
-    out: dict[str, int] = {}
-    for alloc in solution.allocations:
-        model = alloc.server.split("/", 1)[1]
-        out[model] = out.get(model, 0) + alloc.num_replicas
-    return {m: max(n, min_replicas) for m, n in out.items()}
 
 
 def _backend_config(fields: dict[str, Any]) -> BackendConfig:

@@ -1,0 +1,172 @@
+"""The guard stage of the request path: who may ask, what it may take, what it is charged.
+
+A request goes through the gateway as parse -> guard -> relay -> settle
+(:meth:`~sincere.serve.gateway.server.Gateway._handle`); the guard's steps are named here
+and each can be driven alone, without HTTP:
+
+1. :meth:`Guard.authenticate` -- the client key, from the headers alone (before the body is
+   read: a request without a valid key costs the gateway no body read);
+2. :meth:`Guard.admit` -- the parsed request becomes a policy request (tier, priority, answer
+   cap, session); with keys, the key's limits are checked and its worst case is reserved at
+   the dearest instance of the model (:mod:`~sincere.serve.gateway.billing`); then the front
+   door's admission answers. The result is :class:`Admitted` (a :class:`Pending` ready to
+   relay, with its reservation) or :class:`Refused` (the refusal, holding nothing: a
+   reservation made before an admission refusal is released);
+3. :meth:`Guard.settle` -- when the request ends, whatever happened, it is charged what was
+   relayed at the prices of the instance that served it (nothing when none answered), and
+   the rest of its reservation is released. :meth:`Guard.settle_now` does the same without
+   waiting (a client that went away: the write to a shared store runs in a task).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sincere.core.request import Request
+from sincere.serve.gateway.auth import GatewayAuth
+from sincere.serve.gateway.billing import reserve_prices, settle, settle_async, token_counter
+from sincere.serve.gateway.config import GatewayConfig
+from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
+from sincere.serve.gateway.requests import RequestFactory, session_of, with_cap
+from sincere.serve.protocol import CompletionRequest
+from sincere.serve.security.keys import KeyRecord
+from sincere.serve.security.policy import Grant, Refusal, RequestFacts
+
+__all__ = ["Admitted", "Guard", "Refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request let through: what to relay, and (with keys) the reservation it holds."""
+
+    request: CompletionRequest  # as parsed, with the answer cap a keyed request gets
+    pending: Pending  # the policy request on its way; the relay fills in what it used
+    grant: Grant | None  # the key's grant and reservation; None without keys
+
+    @property
+    def tier(self) -> str:
+        """The tier it is served in."""
+        return self.pending.request.tier.name
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A request turned away by a key check (401/402/403/429) or by admission (429/503)."""
+
+    tier: str  # the tier it asked for (counted under it)
+    refusal: Refusal | RefusalError
+
+
+class Guard:
+    """The key checks, budget reservation and admission in front of the relay."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        auth: GatewayAuth,
+        dispatcher: Dispatcher,
+        requests: RequestFactory,
+        clock: Callable[[], float],
+    ) -> None:
+        self.auth = auth
+        self.dispatcher = dispatcher
+        self.requests = requests
+        self.clock = clock  # the gateway's loop time, seconds
+        self.default_max_tokens = config.limits.default_max_tokens
+        self.prefix = config.prefix
+        self.sealed_only = frozenset(config.security.sealed_backends)  # take sealed bodies only
+
+    def authenticate(self, headers: Mapping[str, str]) -> KeyRecord | Refusal | None:
+        """The client's key (None: no keys configured), or why it is refused."""
+        return self.auth.authenticate(headers)
+
+    async def admit(
+        self,
+        key: KeyRecord | None,
+        creq: CompletionRequest,
+        sealed: dict[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> Admitted | Refused:
+        """Limits, budget reservation and admission for a parsed request.
+
+        ``sealed``: the headers a sealed body is relayed with (None: a plain body). Raises
+        :class:`~sincere.serve.protocol.ProtocolError` for a tier or priority the client
+        may not ask for.
+        """
+        if key is not None:
+            creq = with_cap(creq, self.default_max_tokens)
+        req = self.requests.build(
+            creq,
+            self.clock(),
+            base_tier=None if key is None else key.spec.tier,
+            priority_ceiling=None if key is None else key.spec.priority_ceiling,
+            tenant=None if key is None else key.name,
+            session=session_of(headers, creq, self.prefix),
+        )
+        grant = None
+        if key is not None:
+            prices = reserve_prices(self.dispatcher, req.model)
+            granted = await self.auth.authorize_async(key, request_facts(req, creq), prices)
+            if isinstance(granted, Refusal):
+                return Refused(req.tier.name, granted)
+            grant = granted
+        admitted = Admitted(creq, self._pending(req, creq, sealed, headers, grant), grant)
+        refusal = self.dispatcher.admit(admitted.pending, self.clock())
+        if refusal is not None:
+            await self.settle(admitted)  # nothing was relayed: the reservation is released
+            return Refused(req.tier.name, refusal)
+        return admitted
+
+    def _pending(
+        self,
+        req: Request,
+        creq: CompletionRequest,
+        sealed: dict[str, str] | None,
+        headers: Mapping[str, str],
+        grant: Grant | None,
+    ) -> Pending:
+        """The request to dispatch: its deadline, the instances it may not go to, its headers."""
+        pending = Pending(req, client_id(headers), sealed=sealed)
+        if creq.sincere.deadline_s is not None:
+            pending.deadline_at = req.arrival_at + creq.sincere.deadline_s
+        if self.sealed_only:
+            pending.skip = self.sealed_only if sealed is None else self._plain_names()
+        counted = token_counter(creq, sealed is not None)  # x-sincere-token-counter
+        pending.headers = (counted,) if grant is None else (*grant.headers, counted)
+        return pending
+
+    def _plain_names(self) -> frozenset[str]:
+        """Instances that are not seal proxies (a sealed body must not go there)."""
+        return frozenset(n for n in self.dispatcher.instances if n not in self.sealed_only)
+
+    async def settle(self, admitted: Admitted) -> None:
+        """Charge what was relayed and release the rest; awaited to the end (shared store too)."""
+        if admitted.grant is None:
+            return
+        if self.auth.shared is not None:
+            await settle_async(self.auth, admitted.grant, admitted.pending, self.dispatcher)
+        else:
+            settle(self.auth, admitted.grant, admitted.pending, self.dispatcher)
+
+    def settle_now(self, admitted: Admitted) -> None:
+        """:meth:`settle` without waiting (with a shared store its write runs in a task)."""
+        if admitted.grant is not None:
+            settle(self.auth, admitted.grant, admitted.pending, self.dispatcher)
+
+
+def client_id(headers: Mapping[str, str]) -> str | None:
+    """The client's own request id (``x-request-id``), when it is a short printable text."""
+    value = headers.get("x-request-id")
+    if value is None or len(value) > 128 or not value.isprintable():
+        return None
+    return value
+
+
+def request_facts(req: Request, creq: CompletionRequest) -> RequestFacts:
+    """What the key check needs: model, sized prompt and answer cap, asked tier/priority."""
+    fields = creq.sincere
+    return RequestFacts(
+        req.model, req.prompt_tokens, req.max_tokens or req.output_tokens, fields.tier,
+        fields.priority,
+    )  # fmt: skip
