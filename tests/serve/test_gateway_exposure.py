@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from sincere.serve.app import compose
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
@@ -126,7 +127,7 @@ def test_a_metrics_key_reads_metrics_and_nothing_else(tmp_path: Path) -> None:
     async def main() -> None:
         async with (
             FakeUpstream() as up,
-            Gateway(gateway_config(up.url, keys)) as gw,
+            compose(gateway_config(up.url, keys)) as gw,
             aiohttp.ClientSession() as s,
         ):
             body = {"model": "m", "prompt": "hi", "max_tokens": 2}

@@ -76,6 +76,9 @@ class Guard:
         self.default_max_tokens = config.limits.default_max_tokens
         self.prefix = config.prefix
         self.sealed_only = frozenset(config.security.sealed_backends)  # take sealed bodies only
+        # requests whose admission waits for a later step (the P/D relay decides first
+        # whether they are disaggregated, and admits only those it keeps colocated)
+        self.admits_later: Callable[[Pending], bool] = lambda pending: False
 
     def authenticate(self, headers: Mapping[str, str]) -> KeyRecord | Refusal | None:
         """The client's key (None: no keys configured), or why it is refused."""
@@ -112,6 +115,8 @@ class Guard:
                 return Refused(req.tier.name, granted)
             grant = granted
         admitted = Admitted(creq, self._pending(req, creq, sealed, headers, grant), grant)
+        if self.admits_later(admitted.pending):
+            return admitted
         refusal = self.dispatcher.admit(admitted.pending, self.clock())
         if refusal is not None:
             await self.settle(admitted)  # nothing was relayed: the reservation is released

@@ -96,6 +96,12 @@ class PDRelay:
             self._split = (by_model, frozenset(split))
         return self._split[1]
 
+    def admits_later(self, pending: Pending) -> bool:
+        """Whether ``pending``'s admission waits for the P/D decision (its model has roles):
+        a disaggregated request is not admitted by the colocated front door, as in the
+        simulator; one kept colocated is admitted on the instances it may use."""
+        return pending.sealed is None and pending.request.model in self.split_models()
+
     async def serve(
         self, http_req: web.Request, creq: CompletionRequest, pending: Pending
     ) -> web.StreamResponse:
@@ -103,7 +109,7 @@ class PDRelay:
         if KV_PARAMS in creq.body:  # the gateway speaks the KV protocol, never a client
             creq = _without_kv_params(creq)
         if pending.sealed is not None or pending.request.model not in self.split_models():
-            return await self.relay.serve(http_req, creq, pending)
+            return await self._colocated(http_req, creq, pending)
         states = [
             s
             for s in self.dispatcher.by_model.get(pending.request.model, ())
@@ -112,14 +118,25 @@ class PDRelay:
         prefill = [s for s in states if role_of(s) == "prefill"]
         decode = [s for s in states if role_of(s) == "decode"]
         if not prefill and not decode:
-            return await self.relay.serve(http_req, creq, pending)
+            return await self._colocated(http_req, creq, pending)
         route = await self._decide(pending, prefill, decode) if prefill and decode else None
         if route is None:  # colocated: on "both" instances, else the decode ones
             both = any(role_of(s) == "both" for s in states)
             keep = "both" if both else "decode"
             pending.skip |= {s.name for s in states if role_of(s) != keep}
-            return await self.relay.serve(http_req, creq, pending)
+            return await self._colocated(http_req, creq, pending)
         return await self._two_phases(http_req, creq, pending, route)
+
+    async def _colocated(
+        self, http_req: web.Request, creq: CompletionRequest, pending: Pending
+    ) -> web.StreamResponse:
+        """Relay ``pending`` whole; admitted first when its admission waited for the P/D
+        decision (no decision yet: the guard left it here)."""
+        if pending.decision is None:
+            refused = self.dispatcher.admit(pending, asyncio.get_running_loop().time())
+            if refused is not None:
+                raise refused
+        return await self.relay.serve(http_req, creq, pending)
 
     async def _decide(
         self, pending: Pending, prefill: Sequence[InstanceState], decode: Sequence[InstanceState]

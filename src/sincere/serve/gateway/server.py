@@ -144,6 +144,7 @@ class Gateway(Served):
         scrub = self._scrub if self.auth.secrets else None
         self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
         self.pd_relay = PDRelay(config, self.dispatcher, self.relay)  # roles: two phases
+        self.guard.admits_later = self.pd_relay.admits_later
         self.edge = EdgeLimits(
             limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client,
             limits.tls_handshake_timeout_s,
