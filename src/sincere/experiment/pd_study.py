@@ -315,8 +315,14 @@ def pd_table(results: Results) -> TableData | None:
         ]
         values += [r.ratio_to(b) for b in baselines] + [r.ratio_at_decode]
         label = [*([r.traffic] if traffic else []), r.tier, *([r.env] if env else [])]
-        table.rows.append(([*label, r.best_split or "–"], values))
+        table.rows.append(([*label, _winner(r)], values))
     return table
+
+
+def _winner(row: PDRow) -> str:
+    """The best split's label, or "–" when no split has any goodput."""
+    best = row.best_split
+    return best if best is not None and row.goodput[best].per_gpu > 0 else "–"
 
 
 def _where(row: PDRow) -> str:
@@ -387,7 +393,7 @@ def _heatmap(
         label, color = "–", "black"
         if ratio is not None:
             grid[i, j] = math.log2(max(ratio, 2.0**-RATIO_LIMIT))
-            label = f"x{ratio:.2f}\n{split}"
+            label = f"x{ratio:.2f}\n{split}" if ratio > 0 else "x0\nno split"
             color = "white" if abs(grid[i, j]) > RATIO_LIMIT / 2 else "black"
         ax.text(j, i, label, ha="center", va="center", fontsize=7, color=color)
     image = ax.imshow(grid, cmap="RdBu", vmin=-RATIO_LIMIT, vmax=RATIO_LIMIT, aspect="auto")
