@@ -121,3 +121,31 @@ def test_a_broken_cell_is_reported_and_the_others_finish(
     assert rows[0]["num_completed"] == 40
     rerun = run_experiment(load_spec(tiny_spec), tmp_path, backend="serial")
     assert (rerun.num_run, rerun.num_skipped) == (1, 1)
+
+
+def test_cells_with_identical_configs_are_simulated_once(
+    tiny_spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An axis no config field reads makes twin cells: one simulation, every twin's folder
+    and row filled with its own coordinates and the same metrics."""
+    tiny_spec["seeds"] = [1]
+    tiny_spec["axes"] = {"rate": {"values": [2]}, "unused": {"values": ["a", "b", "c"]}}
+    from sincere.experiment import runner
+
+    simulated: list[str] = []
+
+    def counted(cell: Any) -> Any:
+        simulated.append(cell.id)
+        return execute(cell)
+
+    execute = runner.execute_cell
+    monkeypatch.setattr(runner, "execute_cell", counted)
+    report = run_experiment(load_spec(tiny_spec), tmp_path, backend="serial")
+    assert len(simulated) == 1 and report.num_run == 3 and not report.failed
+    assert {str(r["unused"]) for r in report.rows} == {"a", "b", "c"}
+    assert len({r["cell_id"] for r in report.rows}) == 3
+    assert len({r["e2e_s.p99"] for r in report.rows}) == 1
+    for row in report.rows:
+        marker = json.loads((tmp_path / "cells" / str(row["cell_id"]) / "cell.json").read_text())
+        assert marker["row"]["unused"] == row["unused"]
+        assert (tmp_path / "cells" / str(row["cell_id"]) / "requests.parquet").exists()

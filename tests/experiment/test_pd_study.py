@@ -39,15 +39,17 @@ INSTANCES = {
 
 
 def test_pd_study_grid() -> None:
-    """3 mixes x 5 deployments x 3 links x 14 rates; quick keeps 2 deployments, 2 links, 6
-    rates; colocated cells have no disaggregation section, xPyD cells the axis' link."""
+    """3 mixes x 5 deployments x 2 links x 14 rates x 2 seeds; quick keeps 2 deployments, 2
+    links, 6 rates, 1 seed; colocated cells have no disaggregation section (so the links'
+    colocated cells are twins, simulated once), xPyD cells the axis' link."""
     assert "pd-study" in builtin_names()
     spec = resolve_spec("pd-study")
     cells = expand(spec)
-    assert len(cells) == 3 * 5 * 3 * 14
+    assert len(cells) == 3 * 5 * 2 * 14 * 2
+    assert len({c.config_hash for c in cells}) == 3 * (2 + 3 * 2) * 14 * 2
     assert len(expand(apply_quick(spec))) == 3 * 2 * 2 * 6
     by = {(c.coords["deploy"], c.coords["link"]): c for c in cells}
-    colocated = load_config(by[("colocated", "rdma")].config)
+    colocated = load_config(by[("colocated", "10gbe")].config)
     assert colocated.disaggregation is None
     split = load_config(by[("1P3D", "10gbe")].config)
     assert split.disaggregation is not None
@@ -134,7 +136,7 @@ def test_first_token_at_decode_start_by_hand(tmp_path: Path) -> None:
     """A request whose KV waited 2 s for decode room: on time with TTFT at the prefill end
     (0.1 s, TPOT (3.1 - 0.1) / 100 = 30 ms), late when its first token counts at decode
     start (2.1 s); a colocated request (no decode start) keeps its recorded TTFT."""
-    from sincere.experiment.pd_study import decode_start_attainment
+    from sincere.experiment.pd_study import tier_attainment
 
     table = pa.table({
         "tier": ["chat", "chat"],
@@ -149,5 +151,57 @@ def test_first_token_at_decode_start_by_hand(tmp_path: Path) -> None:
     tiers = [{"name": "chat", "ttft_s": 1.0, "tbt_s": 0.05}]
     config = {"workload": {"tiers": tiers}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    found = decode_start_attainment(tmp_path / "requests.parquet", tmp_path / "config.yaml")
+    found = tier_attainment(
+        tmp_path / "requests.parquet", tmp_path / "config.yaml", at_decode_start=True
+    )
     assert found == {"chat": 0.5}
+
+
+def test_every_tier_is_judged_on_every_request(tmp_path: Path) -> None:
+    """A tier no request was drawn into is measured on all of them: TTFT 0.15 s passes the
+    0.1-s request and fails the 0.2-s one (0.5); without decode start both meet chat's."""
+    from sincere.experiment.pd_study import tier_attainment
+
+    table = pa.table({
+        "tier": ["chat", "chat"],
+        "arrival_at": [0.0, 0.0],
+        "ttft_s": [0.1, 0.2],
+        "e2e_s": [3.1, 1.2],
+        "output_tokens": [101, 101],
+        "rejected": [False, False],
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "requests.parquet")
+    tiers = [{"name": "chat", "ttft_s": 1.0, "tbt_s": 0.05}, {"name": "fast", "ttft_s": 0.15}]
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump({"workload": {"tiers": tiers}}), encoding="utf-8"
+    )
+    found = tier_attainment(tmp_path / "requests.parquet", tmp_path / "config.yaml")
+    assert found == {"chat": 1.0, "fast": 0.5}
+
+
+@pytest.mark.parametrize("deploy", ["colocated", "2P2D"])
+def test_an_added_tier_changes_no_request_timing(deploy: str) -> None:
+    """The study's policies ignore tiers: a pd-study cell without the strict tier serves
+    every request at the same times as with it, so tiers are pure targets."""
+    from sincere.sim.api import simulate
+
+    spec = resolve_spec("pd-study")
+    cell = next(
+        c
+        for c in expand(spec)
+        if c.coords["mix"] == "long-short"
+        and c.coords["deploy"] == deploy
+        and c.coords["link"] == "nvlink"
+        and c.coords["rate"] == 16
+        and c.seed == 1
+    )
+    config = {**cell.config, "workload": {**cell.config["workload"], "duration_s": 3}}
+    tiers = config["workload"]["tiers"]
+    assert [t["name"] for t in tiers] == ["tight", "loose", "strict"]
+    fewer = {**config, "workload": {**config["workload"], "tiers": tiers[:2]}}
+    runs = [simulate(c).requests for c in (config, fewer)]
+    columns = ["arrival_at", "first_token_at", "finished_at", "instance"]
+    columns += ["decode_started_at"] if deploy != "colocated" else []
+    for column in columns:
+        assert runs[0].column(column).equals(runs[1].column(column))
+    assert runs[0].num_rows > 20

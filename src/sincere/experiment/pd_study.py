@@ -5,22 +5,26 @@ For results whose strategy axis compares a ``colocated`` deployment with ``xPyD`
 SLO tier:
 
 * **goodput per GPU** -- DistServe's goodput: the highest arrival rate at which at least
-  :data:`GOODPUT_ATTAINMENT` of the tier's requests meet every target of the tier,
-  interpolated linearly over the load sweep where the tier's attainment crosses it
-  (:func:`~sincere.experiment.tables.crossing`), divided by the deployment's GPUs (the
-  ``count x tp`` of its instances, read from each cell's ``config.yaml``). Where the
-  lowest load already misses it the goodput is 0; where even the highest load meets it,
-  the highest load (a lower bound: the row is marked);
+  :data:`GOODPUT_ATTAINMENT` of the requests meet every target of the tier (each tier
+  judged on all the run's requests, :func:`tier_attainment`; TPOT per request, its mean
+  time per output token, so 90 % attainment bounds the P90 of per-request TPOT and of
+  TTFT together; averaged over seeds), interpolated linearly over the load sweep where
+  the tier's attainment crosses it (:func:`~sincere.experiment.tables.crossing`),
+  divided by the deployment's GPUs (the ``count x tp`` of its instances, read from each
+  cell's ``config.yaml``). Where the lowest load already misses it the goodput is 0;
+  where even the highest load meets it, the highest load (a lower bound: the row is
+  marked);
 * **the ratio** of the best xPyD deployment's goodput per GPU to the colocated one's
   (> 1: disaggregation wins);
 * the same ratio with the first token of a disaggregated request counted only when its
-  decode started (:func:`decode_start_attainment`): the simulator takes TTFT at the end
-  of the prefill, so a request whose KV waits for decode room has its first token early
-  and the wait only inflates its mean TPOT; a client served by the decode instance
-  alone sees that wait before its first token.
+  decode started (:func:`tier_attainment` with ``at_decode_start``): the simulator takes
+  TTFT at the end of the prefill, so a request whose KV waits for decode room has its
+  first token early and the wait only inflates its mean TPOT; a client served by the
+  decode instance alone sees that wait before its first token.
 
-Colocated cells do not depend on the link; they are read at the same env label as the
-xPyD cells they are compared with.
+Colocated cells do not depend on the link (the runner simulates them once and files the
+result under every link label); they are read at the same env label as the xPyD cells
+they are compared with.
 """
 
 from __future__ import annotations
@@ -114,41 +118,58 @@ def num_gpus(config_path: Path) -> int:
     return sum(int(i.get("count", 1)) * int(i.get("tp", 1)) for i in data["instances"])
 
 
-def decode_start_attainment(requests_path: Path, config_path: Path) -> dict[str, float]:
-    """Per tier, the share of requests meeting its targets when a disaggregated request's
-    first token counts at ``decode_started_at`` (its TPOT over the rest of the time);
-    other requests as recorded. Empty when the tiers are not a list in the config."""
-    import numpy as np
+def tier_attainment(
+    requests_path: Path, config_path: Path, *, at_decode_start: bool = False
+) -> dict[str, float]:
+    """Per tier, the share of *all* the run's requests that meet its targets (TTFT, TPOT
+    as (E2E - TTFT) / (output - 1) per request, TTLT); rejected and unfinished requests
+    miss. ``at_decode_start``: a disaggregated request's first token counts at
+    ``decode_started_at`` (its TPOT over the rest of the time). Empty when the tiers are
+    not a list in the config.
+
+    Every tier is judged on every request, not only on those drawn into it: the study's
+    policies never read a request's tier (tests/experiment/test_pd_study.py holds a run
+    with an extra tier to the same per-request timings), so the tiers are only targets,
+    each measured on the whole sample, and adding one changes no other tier's figure.
+    """
+    return both_attainments(requests_path, config_path)[at_decode_start]
+
+
+def both_attainments(requests_path: Path, config_path: Path) -> dict[bool, dict[str, float]]:
+    """:func:`tier_attainment` without and with ``at_decode_start`` (one read)."""
     import pyarrow.parquet as pq
 
     data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     tiers = (data.get("workload") or {}).get("tiers")
     if not isinstance(tiers, list):
-        return {}
+        return {False: {}, True: {}}
     table = pq.read_table(requests_path)
-    names = set(table.column_names)
+    return {late: _met_shares(table, tiers, late) for late in (False, True)}
+
+
+def _met_shares(table: Any, tiers: list[dict[str, Any]], at_decode_start: bool) -> dict[str, float]:
+    """Each tier's share of the table's requests meeting its targets."""
+    import numpy as np
 
     def col(name: str) -> Any:
         return table.column(name).to_numpy(zero_copy_only=False).astype(float)
 
     arrival, ttft, e2e = col("arrival_at"), col("ttft_s"), col("e2e_s")
     out_tokens = col("output_tokens")
-    if "decode_started_at" in names:
+    if at_decode_start and "decode_started_at" in table.column_names:
         started = col("decode_started_at") - arrival
         ttft = np.where(np.isnan(started), ttft, np.fmax(ttft, started))
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(out_tokens > 1, (e2e - ttft) / (out_tokens - 1), 0.0)
     served = ~np.isnan(e2e) & ~table.column("rejected").to_numpy(zero_copy_only=False)
-    tier_of = np.array(table.column("tier").to_pylist(), dtype=object)
+    if not len(served):
+        return {}
     found = {}
     for tier in tiers:
-        sel = tier_of == tier["name"]
-        if not sel.any():
-            continue
-        met = served[sel].copy()
+        met = served.copy()
         for target, value in (("ttft_s", ttft), ("tbt_s", tpot), ("ttlt_s", e2e)):
             if tier.get(target) is not None:
-                met &= value[sel] <= float(tier[target])
+                met &= value <= float(tier[target])
         found[str(tier["name"])] = float(met.mean())
     return found
 
@@ -163,25 +184,30 @@ def goodput_per_gpu(loads: list[float], attainment: list[float], gpus: int) -> G
     return Goodput(0.0, "<")
 
 
+Cache = dict[Path, dict[bool, dict[str, float]]]
+"""Each cell's :func:`both_attainments`, by its requests path."""
+
+
 def _deploy_goodput(
     results: Results,
     fixed: dict[str, Any],
     tier: str,
     gpus: int,
-    at_decode: dict[Path, dict[str, float]] | None = None,
+    cache: Cache,
+    at_decode_start: bool = False,
 ) -> Goodput | None:
-    """A deployment's goodput per GPU over the load sweep (``at_decode``: a cache of the
-    cells' :func:`decode_start_attainment`, to measure that way)."""
+    """A deployment's goodput per GPU over the load sweep, its attainment at each load the
+    mean over seeds of :func:`tier_attainment` (a cell without ``requests.parquet``: the
+    results table's attainment of the tier's own requests)."""
     load = results.role("load")
     assert load is not None
     pairs = []
     for x in sorted(float(v) for v in results.axes[load]):
         rows = results.select({**fixed, load: x})
-        if at_decode is not None:
-            shares = [_at_decode(results, r, at_decode).get(tier) for r in rows]
-            known = [v for v in shares if v is not None]
-            value = sum(known) / len(known) if known else None
-        else:
+        shares = [_attainment(results, r, cache, at_decode_start).get(tier) for r in rows]
+        known = [v for v in shares if v is not None]
+        value = sum(known) / len(known) if known else None
+        if value is None and not at_decode_start:
             value = mean_of(rows, f"tier.{tier}.slo_attainment")
         if value is not None:
             pairs.append((x, value))
@@ -190,16 +216,16 @@ def _deploy_goodput(
     return goodput_per_gpu([p[0] for p in pairs], [p[1] for p in pairs], gpus)
 
 
-def _at_decode(
-    results: Results, row: dict[str, Any], cache: dict[Path, dict[str, float]]
+def _attainment(
+    results: Results, row: dict[str, Any], cache: Cache, at_decode_start: bool
 ) -> dict[str, float]:
-    """:func:`decode_start_attainment` of a cell (read once per cell folder)."""
+    """:func:`tier_attainment` of a cell (its folder read once)."""
     path = results.requests_path(row)
     if path not in cache:
         if not path.exists():
             return {}
-        cache[path] = decode_start_attainment(path, path.with_name("config.yaml"))
-    return cache[path]
+        cache[path] = both_attainments(path, path.with_name("config.yaml"))
+    return cache[path][at_decode_start]
 
 
 def pd_rows(results: Results) -> list[PDRow]:
@@ -210,7 +236,7 @@ def pd_rows(results: Results) -> list[PDRow]:
     free = [a for a in (strategy, traffic, env, results.role("load")) if a is not None]
     base = results.slice_except(*free)
     gpus = _gpus_by_deploy(results, strategy, base)
-    cache: dict[Path, dict[str, float]] = {}
+    cache: Cache = {}
     out = []
     for t in results.axes[traffic] if traffic else [None]:
         for tier in tiers_of(results):
@@ -222,10 +248,10 @@ def pd_rows(results: Results) -> list[PDRow]:
                     if d not in gpus:
                         continue
                     where = {**fixed, strategy: d}
-                    g = _deploy_goodput(results, where, tier, gpus[d])
+                    g = _deploy_goodput(results, where, tier, gpus[d], cache)
                     if g is not None:
                         found[d] = g
-                    g = _deploy_goodput(results, where, tier, gpus[d], cache)
+                    g = _deploy_goodput(results, where, tier, gpus[d], cache, True)
                     if g is not None:
                         late[d] = g
                 splits = [d for d in found if SPLIT_LABEL.match(d)]
@@ -270,8 +296,9 @@ def pd_table(results: Results) -> TableData | None:
     ]
     note = (
         f"goodput per GPU (req/s/GPU): the highest arrival rate at which "
-        f"{GOODPUT_ATTAINMENT:.0%} of the tier's requests meet both its TTFT and TPOT "
-        "targets, interpolated over the load sweep, divided by the deployment's GPUs "
+        f"{GOODPUT_ATTAINMENT:.0%} of all the run's requests meet both the tier's TTFT and "
+        "per-request TPOT targets (mean over seeds), interpolated over the load sweep, "
+        "divided by the deployment's GPUs "
         "(0: the lowest load already missed it); ratio > 1: the best xPyD split wins; the "
         "last column counts a disaggregated request's first token only once its decode "
         "started (KV waiting for decode room then delays it instead of its mean TPOT)"
@@ -288,8 +315,14 @@ def pd_table(results: Results) -> TableData | None:
         ]
         values += [r.ratio_to(b) for b in baselines] + [r.ratio_at_decode]
         label = [*([r.traffic] if traffic else []), r.tier, *([r.env] if env else [])]
-        table.rows.append(([*label, r.best_split or "–"], values))
+        table.rows.append(([*label, _winner(r)], values))
     return table
+
+
+def _winner(row: PDRow) -> str:
+    """The best split's label, or "–" when no split has any goodput."""
+    best = row.best_split
+    return best if best is not None and row.goodput[best].per_gpu > 0 else "–"
 
 
 def _where(row: PDRow) -> str:
@@ -360,7 +393,7 @@ def _heatmap(
         label, color = "–", "black"
         if ratio is not None:
             grid[i, j] = math.log2(max(ratio, 2.0**-RATIO_LIMIT))
-            label = f"x{ratio:.2f}\n{split}"
+            label = f"x{ratio:.2f}\n{split}" if ratio > 0 else "x0\nno split"
             color = "white" if abs(grid[i, j]) > RATIO_LIMIT / 2 else "black"
         ax.text(j, i, label, ha="center", va="center", fontsize=7, color=color)
     image = ax.imshow(grid, cmap="RdBu", vmin=-RATIO_LIMIT, vmax=RATIO_LIMIT, aspect="auto")

@@ -13,7 +13,10 @@ bytes; only the driver writes into ``DIR``, and ``cell.json`` last, so a cell wh
 marker says ``ok`` with the current config hash is complete. A re-run skips those
 cells and runs the others (failed ones included). A cell that raises is recorded with
 its error and traceback; it never stops the other cells. Because workers return
-bytes, Ray workers on other machines need no shared file system.
+bytes, Ray workers on other machines need no shared file system. Cells whose resolved
+configs are identical (an axis that some values ignore, such as a KV link for a colocated
+deployment) are simulated once: each twin gets the same files and metrics under its own
+coordinates.
 """
 
 from __future__ import annotations
@@ -201,17 +204,38 @@ def run_experiment(
     num_skipped = len(rows)
     if on_done is not None:
         on_done(num_skipped, len(cells), {})
+    unique, twins = _twins(todo)
 
     def sink(cell: Cell, result: CellResult) -> None:
-        save_cell(cells_dir, cell, result)
-        rows[cell.id] = result.row
-        if on_done is not None:
-            on_done(len(rows), len(cells), result.row)
+        for each in [cell, *twins.get(cell.id, [])]:
+            copy = result if each is cell else _as_twin(each, result)
+            save_cell(cells_dir, each, copy)
+            rows[each.id] = copy.row
+            if on_done is not None:
+                on_done(len(rows), len(cells), copy.row)
 
-    _dispatch(todo, backend, workers or default_workers(), ray_address, sink)
+    _dispatch(unique, backend, workers or default_workers(), ray_address, sink)
     ordered = [rows[c.id] for c in cells]
     write_results(ordered, spec, out / "results.parquet")
     return RunReport(out, ordered, len(todo), num_skipped, time.perf_counter() - started)
+
+
+def _twins(cells: list[Cell]) -> tuple[list[Cell], dict[str, list[Cell]]]:
+    """The cells to simulate (the first of each resolved config) and, by their ids, the
+    later cells with the same config."""
+    first: dict[str, Cell] = {}
+    twins: dict[str, list[Cell]] = {}
+    for cell in cells:
+        if cell.config_hash in first:
+            twins.setdefault(first[cell.config_hash].id, []).append(cell)
+        else:
+            first[cell.config_hash] = cell
+    return list(first.values()), twins
+
+
+def _as_twin(cell: Cell, result: CellResult) -> CellResult:
+    """``result`` of an identical config, under ``cell``'s id and coordinates."""
+    return CellResult(cell.id, {**result.row, **_base_row(cell)}, result.files)
 
 
 def _split_done(
