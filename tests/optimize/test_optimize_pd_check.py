@@ -41,7 +41,7 @@ def test_sim_configs_carry_the_plan() -> None:
     assert (pre["role"], pre["count"]) == ("prefill", cmp.disaggregated.prefill.count)
     assert (dec["role"], dec["count"]) == ("decode", cmp.disaggregated.decode.count)
     assert dec["engine"]["max_num_seqs"] == cmp.disaggregated.decode.batch
-    assert cfg["disaggregation"]["kv_link"]["kind"] == "nvlink"
+    assert cfg["disaggregation"]["kv_link"]["kind"] == "rdma"
     colo = colocated_sim_config(inp, cmp.colocated, num_requests=10)["instances"][0]
     assert colo["count"] == cmp.colocated.count and "role" not in colo
 

@@ -46,15 +46,31 @@ def _plan(rate: float, ttft_ms: float = 200.0, tpot_ms: float = 20.0, out: int =
     )
 
 
+def _times(rate: float, out: int):
+    dep = deployment("llama-3-8b", H100[0])
+    return phase_times(dep, LINEAR.build(dep), PDLoad(rate, 1000, out), FAST_LINK)
+
+
+def test_one_prefill_instance_is_pollaczek_khinchine_and_a_pool_shares_its_queue() -> None:
+    """M/D/c at c = 1 is M/D/1 exactly; two instances sharing a queue wait less than two
+    halves of the load each on its own (the router sends a prompt to the least loaded)."""
+    t = _times(6.0, 101)
+    assert predict_prefill(t, 6.0, 1).ttft_ms == pytest.approx(175.0, rel=1e-6)  # ρ = 0.6
+    pooled = predict_prefill(t, 12.0, 2).ttft_ms
+    assert pooled == pytest.approx(128.125, rel=1e-6) and pooled < 175.0
+
+
 def test_hand_computed_prefill_and_decode_pools() -> None:
     """12 req/s of 1000 in / 101 out, TTFT 200 ms, TPOT 20 ms: 2 prefill and 1 decode
-    instance, figures as M/D/1 and Little's law give them by hand."""
+    instance, figures as M/D/c and Little's law give them by hand."""
     plan = _plan(12.0)
-    # prefill: t_p = 100 ms; W + t_p <= 200 ms with W = ρ·t_p/(2(1 − ρ)) holds up to ρ = 2/3
+    # one instance alone: t_p = 100 ms; W + t_p <= 200 ms with W = ρ·t_p/(2(1 − ρ)) (M/D/1)
+    # holds up to ρ = 2/3
     assert plan.prefill.capacity_per_s == pytest.approx(20.0 / 3.0, rel=1e-6)
-    assert plan.prefill.count == 2  # ceil(12 / 6.67)
-    # at 6 req/s each: ρ = 0.6, W = 0.6·100 / 0.8 = 75 ms, TTFT = 175 ms
-    assert plan.prefill.predicted.ttft_ms == pytest.approx(175.0, rel=1e-6)
+    assert plan.prefill.count == 2  # a = 12·0.1 = 1.2 Erlangs needs 2
+    # the pool, M/D/2 at a = 1.2: Erlang C = 1.8 / 4 = 0.45; M/M/2 wait 0.45·100 / 0.8 =
+    # 56.25 ms, halved for deterministic service: W = 28.125 ms, TTFT = 128.125 ms
+    assert plan.prefill.predicted.ttft_ms == pytest.approx(128.125, rel=1e-6)
     # decode: s(b) = 10 + 0.1·b <= 20 ms up to b = 100 (the KV of 1101 tokens holds more)
     assert plan.decode.batch == 100
     assert plan.decode.count == 1
@@ -131,8 +147,11 @@ def test_planned_pools_meet_targets_and_are_minimal(
     """The chosen pools meet both targets, and one instance fewer in a pool would not."""
     plan = _plan(rate, ttft, tpot, out)
     assert plan.meets
-    assert plan.prefill.capacity_per_s * plan.prefill.count >= rate * (1 - 1e-9)
-    assert plan.prefill.capacity_per_s * (plan.prefill.count - 1) < rate
+    n = plan.prefill.count
+    if n > 1:  # a pool one instance smaller misses the TTFT target (or saturates)
+        times = _times(rate, out)
+        fewer = predict_prefill(times, rate, n - 1)
+        assert fewer.ttft_ms + fewer.handoff_ms > ttft
     assert plan.decode.capacity_per_s * (plan.decode.count - 1) < rate
 
 
@@ -219,16 +238,29 @@ def test_lengths_block_gives_means_and_a_prompt_sample() -> None:
 
 
 def test_slow_prefill_link_that_no_decode_count_fixes_is_an_error() -> None:
-    """Two L4 prefill instances are cheapest, but their NVLink-less link (32 GB/s) takes
-    ~33 ms per 8,000-token KV: spread over 2 decodes TPOT cannot reach 20 ms however many
-    decode instances, and the plan says so instead of returning a plan that misses."""
+    """Two L4 TP-1 prefill instances are cheapest, but each sends over one GPU's link (32
+    GB/s, half the TP-2 decode side's own): ~33 ms per 8,000-token KV spread over 2 decodes
+    keeps TPOT above 20 ms however many decode instances, and the plan says so instead of
+    returning a plan that misses."""
     with pytest.raises(ConfigError, match="KV link"):
         plan_pd(
             "llama-3-8b",
-            [Candidate("L4", 1), Candidate("H100-SXM", 1)],
+            [Candidate("L4", 1), Candidate("L4", 2)],
             PDLoad(1.5, 8000, 3),
             PDTargets(2000.0, 20.0),
             kv_link=KvLinkConfig(kind="nvlink"),
             step_model=LINEAR,
-            capacity={"L4": 2},
         )
+
+
+def test_nvlink_keeps_both_pools_on_one_accelerator() -> None:
+    """Over NVLink (one node's GPUs) the cheapest pair on a single accelerator is chosen even
+    when a mixed pair would cost less; over RDMA the mixed pair is allowed."""
+    cands = [Candidate("L4", 1), Candidate("H100-SXM", 1)]
+    load, targets = PDLoad(1.0, 1000, 101), PDTargets(400.0, 20.0)
+    rdma = plan_pd("llama-3-8b", cands, load, targets, kv_link=FAST_LINK, step_model=LINEAR)
+    nvlink = plan_pd("llama-3-8b", cands, load, targets, step_model=LINEAR,
+                     kv_link=KvLinkConfig(kind="nvlink"))  # fmt: skip
+    pools = (nvlink.prefill.candidate.accelerator, nvlink.decode.candidate.accelerator)
+    assert pools[0] == pools[1]
+    assert nvlink.cost_per_hour_usd >= rdma.cost_per_hour_usd

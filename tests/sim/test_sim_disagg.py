@@ -321,3 +321,18 @@ def test_kv_waiting_for_decode_blocks_counts_as_waiting() -> None:
     seen = [v.num_waiting for views in decode.seen for v in views]
     assert all(w is not None for w in seen)
     assert max(w for w in seen if w is not None) > 0
+
+
+def test_nvlink_between_accelerators_is_refused() -> None:
+    """NVLink joins one node's GPUs: prefill and decode pools on different accelerators are
+    refused over it, naming rdma; the same pools over RDMA (and aliases of one GPU) load."""
+    cfg = pd_config({"kind": "nvlink"})
+    cfg["instances"][0]["accelerator"] = "H100-SXM"
+    with pytest.raises(ConfigError, match="rdma") as err:
+        simulate(cfg)
+    assert err.value.where == "disaggregation.kv_link.kind"
+    cfg["disaggregation"]["kv_link"] = {"kind": "rdma"}
+    assert simulate(cfg).summary["num_completed"] == 1
+    same = pd_config({"kind": "nvlink"})
+    same["instances"][0]["accelerator"] = "a100-80gb"  # an alias of the decode side's
+    assert simulate(same).summary["num_completed"] == 1

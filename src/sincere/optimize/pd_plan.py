@@ -5,23 +5,28 @@ tokens on average) and mean TTFT / TPOT targets, every candidate (accelerator, T
 timed with the project's step-time model (:mod:`sincere.perf`, the roofline unless
 another is given) and sized for each pool alone; a MILP
 (:func:`~sincere.optimize.solvers.solve_pools`) then picks one candidate per pool at
-least cost within the accelerators available (docs/disaggregation.md, "Planning").
+least cost within the accelerators available (docs/disaggregation.md, "Planning"); over
+an NVLink KV link both pools are on one accelerator (NVLink joins one node's GPUs), the
+cheapest such pair over the accelerators (:func:`choose_linked`).
 
-**Prefill pool** (one instance: a queue of prompts, each prefilled whole, one per
-iteration -- what a prefill instance with a token budget of ``P`` does):
+**Prefill pool** (a queue of prompts, each prefilled whole, one per iteration -- what a
+prefill instance with a token budget of ``P`` does):
 
 * service time ``t_p`` = the step model's iteration of one ``P``-token prompt;
-* the wait, M/D/1 at ``λ_i`` requests/s per instance: ``W = ρ·t_p / (2(1 − ρ))``,
-  ``ρ = λ_i·t_p`` -- M/G/1, ``W = λ_i·E[t_p²] / (2(1 − ρ))``, when the load gives a
-  sample of prompt lengths (each timed by the step model);
+* the wait of ``c`` instances taking ``λ`` requests/s in all, one M/D/c queue (the router
+  sends each prompt to the least-loaded instance, which a shared queue approaches),
+  Allen-Cunneen: ``W = C(c, a)·t_p / (c − a) · (1 + c_s²) / 2``, ``a = λ·t_p``, Erlang C
+  ``C``; ``c_s²`` the squared coefficient of variation of ``t_p`` when the load gives a
+  sample of prompt lengths (each timed by the step model), else 0; exactly
+  Pollaczek-Khinchine at ``c = 1``;
 * the KV hand-off: ``P·kv_bytes_per_token`` over the link (bandwidth and latency as the
   simulator takes them, :func:`sincere.sim.disagg.link_figures`): ``x = wire + latency``;
   the link queue, M/D/1 (M/G/1) with every transfer of the instance on one link (the
   worst case): ``W_l = ρ_l·wire / (2(1 − ρ_l))``, ``ρ_l = λ_i·wire``;
 * predicted TTFT ``= W + t_p`` (the first token comes from the prefill, as the simulator
   and vLLM's disaggregated serving take it); the pool is sized so that
-  ``W + t_p + W_l + x ≤ TTFT target``: the KV has reached the decode side within the TTFT
-  budget too.
+  ``W + t_p + W_l + x ≤ TTFT target`` with the fewest instances: the KV has reached the
+  decode side within the TTFT budget too.
 
 **Decode pool** (one instance: at most ``b`` sequences decoding together):
 
@@ -36,10 +41,10 @@ iteration -- what a prefill instance with a token budget of ``P`` does):
 * predicted TPOT ``= s(L) + (x + W_l + W_a) / (O − 1)`` -- the time after the first
   token, spread over the other ``O − 1`` tokens, as the simulator measures it.
 
-Each pool's per-instance capacity is the largest ``λ_i`` meeting its target (bisection);
-a candidate needs ``ceil(λ / λ_i)`` instances. The decode side reads mean lengths only;
-the prefill side reads the prompt sample when there is one (a heavy tail lengthens the
-queue well beyond what the mean prompt's M/D/1 says).
+A decode candidate's per-instance capacity is the largest ``λ_i`` meeting its target
+(bisection); it needs ``ceil(λ / λ_i)`` instances. The decode side reads mean lengths
+only; the prefill side reads the prompt sample when there is one (a heavy tail lengthens
+the queue well beyond what the mean prompt's M/D/c says).
 """
 
 from __future__ import annotations
@@ -244,13 +249,36 @@ def _mg1_wait(rate: float, mean: float, second: float) -> float:
     return math.inf if rho >= 1.0 else rate * second / (2.0 * (1.0 - rho))
 
 
-def predict_prefill(t: PhaseTimes, rate_per_s: float) -> PoolPrediction:
-    """TTFT and hand-off of one prefill instance at ``rate_per_s`` (module docstring)."""
-    wait = _mg1_wait(rate_per_s, t.prefill_s, t.prefill_s2)
-    handoff = handoff_s(t, rate_per_s)
+def _mgc_wait(servers: int, rate: float, mean: float, second: float) -> float:
+    """Mean wait of an M/G/c queue, Allen-Cunneen: the M/M/c wait ``C(c, a)·E[S] / (c − a)``
+    (``a = λ·E[S]``) times ``(1 + c_s²) / 2``; exactly Pollaczek-Khinchine at ``c = 1``;
+    ``inf`` at or past saturation."""
+    offered = rate * mean
+    if offered >= servers:
+        return math.inf
+    cs2 = max(second / mean**2 - 1.0, 0.0) if mean > 0 else 0.0
+    return erlang_c(servers, offered) * mean / (servers - offered) * (1.0 + cs2) / 2.0
+
+
+def predict_prefill(t: PhaseTimes, rate_per_s: float, servers: int = 1) -> PoolPrediction:
+    """TTFT and hand-off of a pool of ``servers`` prefill instances taking ``rate_per_s``
+    in all (module docstring): one queue in front of the pool, as the router's sending
+    each prompt to the least-loaded instance approaches."""
+    wait = _mgc_wait(servers, rate_per_s, t.prefill_s, t.prefill_s2)
+    handoff = handoff_s(t, rate_per_s / servers)
     return PoolPrediction(
-        (wait + t.prefill_s) * 1e3, math.nan, handoff * 1e3, rate_per_s * t.prefill_s
+        (wait + t.prefill_s) * 1e3, math.nan, handoff * 1e3, rate_per_s * t.prefill_s / servers
     )
+
+
+def prefill_count(t: PhaseTimes, rate_per_s: float, most: int, targets: PDTargets) -> int:
+    """Fewest prefill instances (at most ``most``, which meets the target on its own)
+    whose pool keeps TTFT plus hand-off within target at ``rate_per_s``."""
+    for n in range(max(1, math.ceil(rate_per_s * t.prefill_s)), most):
+        pred = predict_prefill(t, rate_per_s, n)
+        if pred.ttft_ms + pred.handoff_ms <= targets.ttft_ms:
+            return n
+    return most
 
 
 def decode_batch(t: PhaseTimes, targets: PDTargets) -> int:
@@ -352,8 +380,9 @@ def size_pools(times: Sequence[PhaseTimes], load: PDLoad, targets: PDTargets) ->
     for t in times:
         cap = prefill_capacity(t, targets)
         if cap > 0:
-            n = math.ceil(load.rate_per_s / cap - 1e-9)
-            pred = predict_prefill(t, load.rate_per_s / n)
+            most = math.ceil(load.rate_per_s / cap - 1e-9)  # as separate queues: enough
+            n = prefill_count(t, load.rate_per_s, most, targets)
+            pred = predict_prefill(t, load.rate_per_s, n)
             out.append(_sized("prefill", t, n, 1, cap, pred))
         batch = decode_batch(t, targets)
         cap = decode_capacity(t, batch, load, targets) if batch > 0 else 0.0
@@ -401,6 +430,38 @@ def choose(
     return sized[int(picked[0])], sized[int(picked[1])]
 
 
+def choose_linked(
+    sized: Sequence[PoolSizing], capacity: dict[str, int] | None, link: KvLinkConfig
+) -> tuple[PoolSizing, PoolSizing]:
+    """:func:`choose`, with both pools on one accelerator when ``link`` is NVLink (it joins
+    the GPUs of one node, and a node has one kind): the cheapest such pair over the
+    accelerators; RDMA pairs any two."""
+    if link.kind != "nvlink":
+        return choose(sized, capacity)
+    best: tuple[PoolSizing, PoolSizing] | None = None
+    for acc in sorted({s.candidate.accelerator for s in sized}):
+        try:
+            pair = choose([s for s in sized if s.candidate.accelerator == acc], capacity)
+        except ConfigError:  # this accelerator cannot hold both pools
+            continue
+        if best is None or _cost(pair) < _cost(best):
+            best = pair
+    if best is None:
+        raise ConfigError(
+            "no accelerator meets the SLOs in both pools on its own, and an NVLink KV link "
+            "joins only the GPUs of one node",
+            where="disaggregation.kv_link.kind",
+            value="nvlink",
+            allowed="rdma (pools on different accelerators), a looser TTFT / TPOT target, "
+            "or a faster accelerator",
+        )
+    return best
+
+
+def _cost(pair: tuple[PoolSizing, PoolSizing]) -> float:
+    return pair[0].cost_per_hour_usd + pair[1].cost_per_hour_usd
+
+
 def plan_pd(
     model: str,
     candidates: Sequence[Candidate],
@@ -428,7 +489,7 @@ def plan_pd(
         if t is not None:
             times.append(t)
     sized = size_pools(times, load, targets)
-    prefill, decode = choose(sized, capacity)
+    prefill, decode = choose_linked(sized, capacity, link)
     decode = _with_sender(decode, _times_of(times, decode.candidate), prefill, times, load, targets)
     _check_capacity((prefill, decode), capacity)
     return PDPlan(load, targets, prefill, decode, tuple(sized))

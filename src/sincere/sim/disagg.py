@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from sincere.catalog import get_accelerator
 from sincere.core.errors import ConfigError
 from sincere.core.records import arrow_column, arrow_strings
 from sincere.core.request import Request
@@ -97,6 +98,37 @@ def check_roles(config: SimulationConfig) -> None:
                 "disaggregated model needs at least one of each",
                 where="instances[].role", value=sorted(roles), allowed=ROLES,
             )  # fmt: skip
+    _check_nvlink_pairs(config)
+
+
+def _check_nvlink_pairs(config: SimulationConfig) -> None:
+    """Raise when an NVLink would join a model's prefill and decode instances on different
+    accelerators: NVLink joins the GPUs of one node, and a node has one kind of GPU."""
+    link = config.disaggregation.kv_link if config.disaggregation is not None else None
+    if link is not None and link.kind != "nvlink":
+        return
+    kinds: dict[str, set[str]] = {}
+    for inst in config.instances:
+        if role_of(inst) in ("prefill", "decode"):
+            for model in inst.model_names:
+                kinds.setdefault(model, set()).add(_accelerator_name(inst.accelerator))
+    for model, names in kinds.items():
+        if len(names) > 1:
+            raise ConfigError(
+                f"model {model!r} has prefill and decode instances on different accelerators "
+                "joined by NVLink, which links the GPUs of one node",
+                where="disaggregation.kv_link.kind", value="nvlink",
+                allowed="rdma (between nodes; bandwidth_gbps and latency_s may be given), or "
+                f"one accelerator for both pools (now {sorted(names)})",
+            )  # fmt: skip
+
+
+def _accelerator_name(name: str) -> str:
+    """The catalog's name for ``name`` (an alias or another case), else ``name`` itself."""
+    try:
+        return get_accelerator(name).name
+    except ConfigError:  # reported where the instance is built
+        return name
 
 
 @dataclass(eq=False)
