@@ -204,3 +204,14 @@ def test_all_open_views_give_the_decisions_of_screened_ones() -> None:
         a = screened.decide(req(i), views, 0.0)
         b = trusted.decide(req(i), views, 0.0, all_open=True)
         assert a == b
+
+
+def test_past_max_pending_the_oldest_awaited_outcome_is_forgotten() -> None:
+    """Outcomes that never came back are dropped oldest first, the newest kept."""
+    fd = FrontDoor(Counting())
+    fd.max_pending = 3
+    for i in range(5):
+        assert isinstance(fd.decide(req(i), [view("a"), view("b")], 0.0), Route)
+    assert [fd.wants_outcome(i) for i in range(5)] == [False, False, True, True, True]
+    fd.observe(Outcome(req(3), "b", 0.1, 0.2, 10, 0.2))
+    assert [fd.wants_outcome(i) for i in range(5)] == [False, False, True, False, True]

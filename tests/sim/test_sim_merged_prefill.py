@@ -85,3 +85,11 @@ def test_routers_that_read_loads_keep_one_event_per_iteration() -> None:
     assert not cluster.load_blind
     run_events(cluster)
     assert [getattr(e, "max_prefill_run", 1) for e in cluster.engines] == [1] * 4
+
+
+def test_replicas_of_one_entry_share_their_step_model() -> None:
+    """count: 8 builds one step-time model (a pure function), not eight copies."""
+    cluster = _cluster("round-robin", 8, 10)
+    models = {id(e.step_model) for e in cluster.engines if isinstance(e, ContinuousEngine)}
+    assert len(models) == 1
+    assert {id(info.step_model) for info in cluster.infos} == models

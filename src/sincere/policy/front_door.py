@@ -34,6 +34,7 @@ and the gateway's dispatcher drive the very same object; only the clock differs.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -114,7 +115,9 @@ class FrontDoor:
         self.history = history or (admission.history if admission else LatencyHistory())
         self.default_max_tokens = default_max_tokens  # a request's cap when it sets none
         self.max_pending = 100_000  # requests the router chose whose outcome is awaited
-        self._chosen: dict[RequestId, None] = {}  # those requests, oldest first
+        # those requests, oldest first (an OrderedDict: dropping the oldest is O(1), where
+        # a dict's first key is found past every deleted slot before it)
+        self._chosen: OrderedDict[RequestId, None] = OrderedDict()
         self._positions: dict[InstanceId, int] = {}  # where each id was among the candidates
 
     @property
@@ -232,7 +235,7 @@ class FrontDoor:
         """Note a request the router chose for (it learns from those outcomes)."""
         chosen = self._chosen
         if len(chosen) >= self.max_pending:  # outcomes that never came back (failures)
-            del chosen[next(iter(chosen))]
+            chosen.popitem(last=False)
         chosen[request_id] = None
 
     def _capped(self, request: Request, view: InstanceView, decision: RouteDecision) -> Decision:
