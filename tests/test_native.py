@@ -180,3 +180,26 @@ def test_an_unwritable_build_folder_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder", encoding="utf-8")
     with pytest.raises(RuntimeError, match=r"cannot write the build to .*SINCERE_NATIVE_DIR"):
         native.build(blocker / "sub" / "sincere-native")
+
+
+def test_compiling_runs_in_a_child_whose_failure_is_reported(tmp_path: Path) -> None:
+    """The compile happens in a child process (this one never loads mypyc, whose state
+    took about a minute to free at exit); a failing compile raises with the child's words."""
+    pytest.importorskip("mypyc")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from sincere import native\n"
+        "try:\n"
+        "    native._compile_in_child(Path(sys.argv[1]), [sys.argv[1] + '/missing.py'], False)\n"
+        "except RuntimeError as exc:\n"
+        "    print('RAISED', exc)\n"
+        "print('MYPYC LOADED', any(m.split('.')[0] in ('mypy', 'mypyc') for m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    assert "RAISED compiling failed" in done.stdout
+    assert "missing.py" in done.stdout  # what the child said is passed on
+    assert "MYPYC LOADED False" in done.stdout

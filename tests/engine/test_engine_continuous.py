@@ -252,3 +252,18 @@ def test_load_running_sums_match_the_sequences(
 
     drive(eng, same)
     assert _load_by_sequence(eng) == (0, 0) == (eng.state.pre_cap_sum, eng.state.pre_done_sum)
+
+
+def test_queue_sizes_are_the_load_reports_fields() -> None:
+    """queue_sizes() is (num_running, num_waiting, waiting_prefill_tokens) of load()."""
+    eng = _engine(_workload(3, 200, 40.0), max_num_seqs=8, max_num_batched_tokens=512)
+    seen: list[tuple[int, int, int]] = []
+
+    def check() -> None:
+        load = eng.load()
+        sizes = eng.queue_sizes()
+        assert sizes == (load.num_running, load.num_waiting, load.waiting_prefill_tokens)
+        seen.append(sizes)
+
+    drive(eng, check)
+    assert any(r and w and t for r, w, t in seen)  # some moment had all three non-zero

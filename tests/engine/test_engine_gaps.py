@@ -50,3 +50,25 @@ def test_empty_histogram_has_no_statistics() -> None:
     """An empty histogram reports NaN rather than a made-up number."""
     hist = GapHistogram()
     assert np.isnan(hist.mean_s) and np.isnan(hist.quantile(0.5))
+
+
+@given(
+    st.floats(0.0, 1e5),
+    st.lists(st.floats(1e-5, 3.0), min_size=1, max_size=30),
+    st.integers(1, 128),
+)
+def test_iterations_added_apart_sum_as_one_call_per_iteration(
+    start: float, durations: list[float], weight: int
+) -> None:
+    """add_each_apart gives the very count, total and bins of one add_each per iteration."""
+    apart, each = GapHistogram(), GapHistogram()
+    apart.add_each_apart(durations, weight, start)
+    at = start
+    for d in durations:  # what an event per iteration adds: its end minus its start
+        stop = at + d
+        each.add_each((d,), weight, stop - at)
+        at = stop
+    apart.flush()
+    each.flush()
+    assert (apart.count, apart.total_s) == (each.count, each.total_s)
+    np.testing.assert_array_equal(apart.counts, each.counts)

@@ -225,6 +225,21 @@ def test_load_reports_queue_and_resident_model() -> None:
     assert load.running_remaining_tokens == 4
 
 
+def test_queue_sizes_are_the_load_reports_fields() -> None:
+    """queue_sizes() is (num_running, num_waiting, waiting_prefill_tokens) of load()."""
+    arrivals = [(0.0, "a"), (1.0, "b"), (1.5, "b"), (2.0, "a")]
+    engine, _, _ = make_engine(arrivals, make_strategy("fcfs", sla_s=60.0))
+    for i, (t, _) in enumerate(arrivals):
+        engine.add(i, t)
+    while (at := engine.next_event_at()) is not None:
+        load = engine.load()
+        assert engine.queue_sizes() == (
+            load.num_running, load.num_waiting, load.waiting_prefill_tokens,
+        )  # fmt: skip
+        engine.advance(at)
+    assert engine.queue_sizes() == (0, 0, 0)
+
+
 def test_bad_arguments_raise() -> None:
     """Constructor and add() reject bad input with ConfigError naming it."""
     strategy = make_strategy("fcfs", sla_s=60.0)

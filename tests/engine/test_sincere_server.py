@@ -64,6 +64,25 @@ def run(
     raise AssertionError("the engine kept asking for events")
 
 
+def test_queue_sizes_are_the_load_reports_fields() -> None:
+    """queue_sizes() is (num_running, num_waiting, waiting_prefill_tokens) of load()."""
+    models = ("a", "b")
+    reqs = RequestArrays.build([0.0, 0.5, 1.0], [5] * 3, [10] * 3, models=models, model=[0, 0, 1])
+    recs = RecordArrays.empty(len(reqs), ["gpu"])
+    cfg = RequestLevelConfig(strategy="best-batch", best_batch={"a": 2, "b": 2})
+    engine = cfg.build("gpu", reqs, recs, 0, {"a": timing(), "b": timing()})
+    assert isinstance(engine, SincereServerEngine)
+    sizes = []
+    for i in range(3):
+        engine.add(i, float(reqs.arrival_at[i]))
+    while (at := engine.next_event_at()) is not None:
+        load = engine.load()
+        sizes.append(engine.queue_sizes())
+        assert sizes[-1] == (load.num_running, load.num_waiting, load.waiting_prefill_tokens)
+        engine.advance(at)
+    assert any(running for running, _, _ in sizes)
+
+
 def test_a_batch_is_handed_off_when_the_queue_reaches_its_target() -> None:
     """The second request of a hands off both; cold load 10 s, batch 1.2 s."""
     engine, recs = run([(0.0, "a"), (1.0, "a")])

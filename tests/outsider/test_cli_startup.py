@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import sincere.cli
 
 CLI_DIR = Path(sincere.cli.__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("numpy", "scipy", "pyarrow", "matplotlib", "torch", "aiohttp", "pandas", "ray")
 """Modules that cost tens to hundreds of milliseconds to import."""
 NOT_FOR_HELP = (*HEAVY, "pydantic")
@@ -145,6 +147,17 @@ def test_listing_keys_imports_nothing_heavy(
     assert sincere(["keys", "create", "--name", "a", "--store", store]).returncode == 0
     loaded = modules_loaded("keys", "list", "--store", store)
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_a_quiet_simulation_imports_no_terminal_ui(tmp_path: Path, modules_loaded: Loaded) -> None:
+    """`sincere simulate --quiet` prints nothing, so it loads no rich (nor pandas, plots)."""
+    config = yaml.safe_load((ROOT / "examples" / "w1.yaml").read_text(encoding="utf-8"))
+    config["workload"]["num_requests"] = 10
+    path = tmp_path / "w1-10.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    loaded = modules_loaded("simulate", str(path), "--out", str(tmp_path / "out"), "--quiet")
+    assert "numpy" in loaded  # it did simulate
+    assert loaded.isdisjoint({"rich", "pandas", "matplotlib", "scipy"}), sorted(loaded)
 
 
 def test_every_registered_verb_is_in_the_verb_table() -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sincere.core import ConfigError, Request, Tier
 from sincere.core.types import Seconds
@@ -159,3 +161,57 @@ def test_an_unknown_router_names_the_config_path() -> None:
     """A bad router in the config is a ConfigError at 'router' listing the routers."""
     with pytest.raises(ConfigError, match=r"router.*unknown router.*least-outstanding"):
         build_front_door(RouterConfig(name="nope"), AdmissionConfig(), 0)
+
+
+class Picker(Router):
+    """Picks the candidate at a position it is told, or an id no candidate has."""
+
+    def __init__(self) -> None:
+        super().__init__(np.random.default_rng(0))
+        self.pick: int | None = 0
+
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        if self.pick is None:
+            return RouteDecision("nowhere", reason="made up")
+        return RouteDecision(candidates[self.pick].id, reason="told")
+
+
+@given(st.lists(st.tuples(st.permutations(range(6)), st.integers(0, 5)), max_size=30))
+def test_the_chosen_view_is_found_however_the_candidates_are_ordered(
+    steps: list[tuple[list[int], int]],
+) -> None:
+    """Orders that change between requests: the route is always the router's choice."""
+    router = Picker()
+    fd = FrontDoor(router)
+    for order, pick in steps:
+        views = [view(f"i{k}", num_outstanding=k) for k in order]
+        router.pick = pick
+        decision = fd.decide(req(1), views, 0.0, all_open=True)
+        assert isinstance(decision, Route)
+        assert decision.instance == views[pick].id
+    router.pick = None
+    rejected = fd.decide(req(2), [view("a"), view("b")], 0.0)
+    assert isinstance(rejected, Reject) and "nowhere" in rejected.reason
+
+
+def test_all_open_views_give_the_decisions_of_screened_ones() -> None:
+    """all_open only skips the test per view: same routes as when the views are screened."""
+    views = [view(f"i{k}", num_outstanding=(7 * k) % 5) for k in range(12)]
+    screened, trusted = door(), door()
+    for i in range(20):
+        a = screened.decide(req(i), views, 0.0)
+        b = trusted.decide(req(i), views, 0.0, all_open=True)
+        assert a == b
+
+
+def test_past_max_pending_the_oldest_awaited_outcome_is_forgotten() -> None:
+    """Outcomes that never came back are dropped oldest first, the newest kept."""
+    fd = FrontDoor(Counting())
+    fd.max_pending = 3
+    for i in range(5):
+        assert isinstance(fd.decide(req(i), [view("a"), view("b")], 0.0), Route)
+    assert [fd.wants_outcome(i) for i in range(5)] == [False, False, True, True, True]
+    fd.observe(Outcome(req(3), "b", 0.1, 0.2, 10, 0.2))
+    assert [fd.wants_outcome(i) for i in range(5)] == [False, False, True, False, True]

@@ -52,7 +52,8 @@ def test_single_engine_loop_matches_the_event_queue(name: str) -> None:
 
 
 def test_router_clusters_keep_per_iteration_loads() -> None:
-    """With a router over several engines, no engine batches prefill iterations."""
+    """With a router over several engines, no engine batches prefill iterations as built
+    (the event loop lets load-blind ones: tests/sim/test_sim_merged_prefill.py)."""
     cluster = _cluster("hetero", 50)
     assert len(cluster.engines) > 1
     runs = [getattr(e, "max_prefill_run", 1) for e in cluster.engines]

@@ -74,29 +74,39 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Run one simulation and write its outputs."""
-    from rich.console import Console
-
-    from sincere.cli.tables import print_table
-
-    console = Console(stderr=True)
+    console = None if quiet else _stderr()  # (rich only when something is printed)
     started = time.perf_counter()
-    result = _run(_config(config, trace, trace_format), seed, console, quiet, decisions)
+    result = _run(_config(config, trace, trace_format), seed, console, decisions)
     result.write(out)
     wall_s = time.perf_counter() - started
     if plot:
         result.plot(out / "simulation.png", title=config.stem if trace is None else trace.stem)
-    if not quiet:
+    if console is not None:
+        from sincere.cli.tables import print_table
+
         print_table(summary_table(result.summary))
         console.print(
             f"{result.summary['num_requests']:,} requests in {wall_s:.2f} s wall "
             f"({result.summary['num_requests'] / wall_s:,.0f} simulated requests/s, "
             f"{_engine_code()}); outputs in {out}"
         )
+    failed = bool(result.summary["num_requests"] and not result.summary["num_completed"])
+    if console is None and (result.warnings or failed):
+        console = _stderr()
     for line in result.warnings:
+        assert console is not None
         console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
-    if result.summary["num_requests"] and not result.summary["num_completed"]:
+    if failed:
+        assert console is not None
         console.print(f"[red]error:[/red] no request completed; outputs in {out}")
         raise typer.Exit(1)
+
+
+def _stderr() -> Console:
+    """Rich's console on stderr (imported when first needed: it costs ~50 ms)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _config(config: Path, trace: Path | None, trace_format: str | None) -> Any:
@@ -112,19 +122,19 @@ def _config(config: Path, trace: Path | None, trace_format: str | None) -> Any:
     return load_config(config).with_trace(trace, trace_format)
 
 
-def _run(
-    config: Any, seed: int | None, console: Console, quiet: bool, decisions: Path | None
-) -> Any:
-    """The simulation, with a progress bar unless ``quiet`` (warnings are printed later)."""
+def _run(config: Any, seed: int | None, console: Console | None, decisions: Path | None) -> Any:
+    """The simulation, with a progress bar on ``console`` (none: quiet; warnings are
+    printed later)."""
     import warnings
 
-    from sincere.cli.progress import count_bar
     from sincere.sim.api import SimulationWarning, simulate
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SimulationWarning)
-        if quiet:
+        if console is None:
             return simulate(config, seed=seed, decisions=decisions)
+        from sincere.cli.progress import count_bar
+
         with count_bar(console) as bar:
             task = bar.add_task("simulating", total=None)
 

@@ -11,7 +11,8 @@ passes ``now`` in. The driver's loop is
    requests that finished or were rejected since the last call.
 
 ``load()`` is a cheap read-only summary the routers see (:class:`EngineLoad`, the one
-load record both paths build router views from); ``stats()`` the run's totals.
+load record both paths build router views from), ``queue_sizes()`` three of its fields
+alone; ``stats()`` the run's totals.
 
 Every engine also answers, so no driver has to probe for them:
 
@@ -21,6 +22,10 @@ Every engine also answers, so no driver has to probe for them:
 * ``gaps`` -- inter-token gaps per tier (empty for engines whose answers come whole);
 * ``require_exact_loads()`` -- a router reads ``load()`` between any two iterations, so
   the engine must end an event at each (no multi-iteration shortcuts between reads);
+* ``sum_by_iteration(inner_ends)`` -- nothing reads ``load()`` between events, but the
+  driver sums over time as if every iteration were an event: the engine may run identical
+  iterations as one piece, adds its own sums iteration by iteration, and appends the end of
+  each iteration inside a piece (but its last) to ``inner_ends`` when the piece starts;
 * ``progress_at(now)`` -- how far a closed-form decode run in flight got by ``now`` (its
   token counts and KV usage move on between events; a driver reading token counts at
   an arrival advances the load by it).
@@ -123,6 +128,11 @@ class Engine(Protocol):
         """Current load summary."""
         ...
 
+    def queue_sizes(self) -> tuple[int, int, int]:
+        """``(num_running, num_waiting, waiting_prefill_tokens)`` as ``load()`` reports
+        them: what the simulator's records keep at an arrival, without the whole report."""
+        ...
+
     def stats(self) -> EngineStats:
         """Totals so far."""
         ...
@@ -138,6 +148,11 @@ class Engine(Protocol):
 
     def require_exact_loads(self) -> None:
         """Keep ``load()`` exact between any two iterations (a router reads it)."""
+        ...
+
+    def sum_by_iteration(self, inner_ends: list[float]) -> None:
+        """Run identical iterations as one piece, keeping per-iteration sums; append the
+        ends of the iterations inside each piece (but its last) to ``inner_ends``."""
         ...
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:

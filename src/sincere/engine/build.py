@@ -153,6 +153,7 @@ class BuiltEngine:
     engine: Engine
     deployment: Deployment  # of the spec's first model
     step_model: StepTimeModel  # of the spec's first model
+    step_models: dict[str, StepTimeModel]  # of every model it serves, by name
 
 
 def build_engine(
@@ -165,14 +166,19 @@ def build_engine(
     max_tokens: npt.NDArray[np.int64] | None = None,
     rng: np.random.Generator | None = None,
     where: str = "instance",
+    step_models: dict[str, StepTimeModel] | None = None,
 ) -> BuiltEngine:
     """The engine ``ident`` of ``spec``, at position ``ix`` of the run's records.
 
     ``max_tokens`` overrides the requests' caps (a router's budget caps; continuous
-    engines), ``rng`` drives request-level engines' random swap times.
+    engines), ``rng`` drives request-level engines' random swap times. ``step_models``:
+    the step-time models by model name, when another replica of ``spec`` built them
+    already (a step model is a pure function of the batch, so replicas may share one:
+    one copy of its memo tables instead of one per replica); the engine's are in
+    :attr:`BuiltEngine.step_models`.
     """
     deps = {m: deployment_of(spec, m, where) for m in spec.model_names}
-    steps = {m: step_model_of(spec, d, where) for m, d in deps.items()}
+    steps = step_models or {m: step_model_of(spec, d, where) for m, d in deps.items()}
     first = spec.model_names[0]
     engine: Engine
     if isinstance(spec.engine, RequestLevelConfig):
@@ -184,7 +190,7 @@ def build_engine(
             scheduler_of(spec.engine, steps[first], where),
             limits_of(spec.engine, deps[first], where), max_tokens=max_tokens,
         )  # fmt: skip
-    return BuiltEngine(engine, deps[first], steps[first])
+    return BuiltEngine(engine, deps[first], steps[first], steps)
 
 
 def build_streaming_engine(

@@ -87,6 +87,8 @@ class ContinuousEngine(StateView):
         self._fits_tokens = (limits.num_kv_blocks - limits.watermark_blocks) * limits.block_size
         self._run: Run | None = None
         self._wake_at: Seconds | None = None
+        # where the ends of the iterations inside a piece of work go (``sum_by_iteration``)
+        self._inner_ends: list[float] | None = None
         # disaggregated decodes whose KV arrived, waiting for free blocks (FIFO), with
         # their KV tokens; and (request, time) of each one's start of decoding
         self._arrived: list[tuple[int, int]] = []
@@ -181,6 +183,20 @@ class ContinuousEngine(StateView):
         """A router reads ``load()`` between any two iterations: end an event at each."""
         self.max_prefill_run = 1
 
+    def sum_by_iteration(self, inner_ends: list[float]) -> None:
+        """Nothing reads ``load()`` between events, but the sums must be those of one event
+        per iteration: identical prefill iterations run as one piece again (as without
+        ``require_exact_loads``), their busy time and ITL are summed iteration by
+        iteration, and when such a piece starts, the end of each of its iterations but the
+        last is appended to ``inner_ends`` (for the driver's own time integrals).
+
+        The records are the same either way; this keeps the float sums of the summary
+        (ITL mean, requests in the system) bit for bit too, at one event per piece.
+        """
+        self.max_prefill_run = 1 << 30
+        self.state.split_sums = True
+        self._inner_ends = inner_ends
+
     @property
     def gaps(self) -> list[GapHistogram]:
         """Inter-token gaps per tier (vLLM's ITL)."""
@@ -211,6 +227,11 @@ class ContinuousEngine(StateView):
             prefix_cache_queries=None if cache is None else cache.num_queries,
             prefix_cache_hits=None if cache is None else cache.num_hits,
         )
+
+    def queue_sizes(self) -> tuple[int, int, int]:
+        """Running sequences, waiting requests and their prompt tokens (as ``load()``)."""
+        st = self.state
+        return len(st.pre) + st.dec.num_seqs, len(st.queue), st.waiting_tokens
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """Decode iterations of the run in flight that ended by ``now`` (None: none yet)."""
@@ -268,7 +289,14 @@ class ContinuousEngine(StateView):
         if self._arrived:
             self._admit_arrived(now)
         live = self.on_tokens is not None
-        return self._planner.start(self, now, self.max_prefill_run, live)
+        run = self._planner.start(self, now, self.max_prefill_run, live)
+        inner = self._inner_ends
+        if inner is not None and run is not None and len(run.durations) > 1:
+            at = run.start_at
+            for d in run.durations[:-1]:  # as one event per iteration would end them
+                at += d
+                inner.append(at)
+        return run
 
     def _complete(self, run: Run) -> None:
         """Apply a finished piece of work: time, tokens, first tokens, finishes."""

@@ -75,6 +75,23 @@ class GapHistogram:
         if len(self._gaps) >= _FLUSH_AT:
             self.flush()
 
+    def add_each_apart(self, gaps_s: Sequence[float], weight: float, start_s: float) -> None:
+        """As :meth:`add_each` for iterations that began at ``start_s`` and followed each
+        other, the total summed one iteration at a time (``(at + gap) - at``): the very
+        float sums one :meth:`add_each` call per iteration would give."""
+        at = start_s
+        count, total = self.count, self.total_s
+        for gap in gaps_s:
+            stop = at + gap
+            count += weight
+            total += weight * (stop - at)
+            at = stop
+        self.count, self.total_s = count, total
+        self._gaps.extend(gaps_s)
+        self._weights.extend([weight] * len(gaps_s))
+        if len(self._gaps) >= _FLUSH_AT:
+            self.flush()
+
     def add(self, gap_s: float, weight: float = 1.0) -> None:
         """One gap (or ``weight`` equal gaps)."""
         self.add_run(gap_s, 0.0, 1, weight, gap_s)

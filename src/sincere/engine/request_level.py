@@ -388,6 +388,9 @@ class RequestLevelEngine:
     def require_exact_loads(self) -> None:
         """Nothing to do: a batch is one event and the load does not change inside it."""
 
+    def sum_by_iteration(self, inner_ends: list[float]) -> None:
+        """Nothing to do: a batch is one event with no iterations inside it."""
+
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """None: batches run whole, and the load changes only at events."""
         return None
@@ -407,6 +410,12 @@ class RequestLevelEngine:
             busy_s=self._busy_s,
             resident_model=self._residency.most_recent,
         )
+
+    def queue_sizes(self) -> tuple[int, int, int]:
+        """The batch size, waiting requests and their prompt tokens (as ``load()``)."""
+        running = None if self._finished_running else self._running
+        num_running = 0 if running is None else len(running.positions)
+        return num_running, self._num_waiting, self._waiting_prefill_tokens
 
     def stats(self) -> EngineStats:
         """Totals over finished batches (``num_steps`` = batches, ``num_swaps`` = loads)."""

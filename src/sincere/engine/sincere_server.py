@@ -173,6 +173,9 @@ class SincereServerEngine:
     def require_exact_loads(self) -> None:
         """Nothing to do: the load changes only at the events this engine reports."""
 
+    def sum_by_iteration(self, inner_ends: list[float]) -> None:
+        """Nothing to do: every piece of work is one event with no iterations inside it."""
+
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """None: batches run whole, and the load changes only at events."""
         return None
@@ -192,6 +195,11 @@ class SincereServerEngine:
             busy_s=self._busy_s,
             resident_model=self._residency.most_recent,
         )
+
+    def queue_sizes(self) -> tuple[int, int, int]:
+        """The batch size and waiting requests (no prompt tokens are counted; as ``load()``)."""
+        holder = None if self._finished_holder else self._holder
+        return 0 if holder is None else len(holder.positions), self._num_waiting, 0
 
     def stats(self) -> EngineStats:
         """Totals over finished batches (``num_steps`` = batches, ``num_swaps`` = loads)."""

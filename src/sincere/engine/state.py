@@ -119,6 +119,9 @@ class BatchState:
         self.gaps = [GapHistogram() for _ in range(num_tiers)]  # ITL gaps per tier
         self.done: list[int] = []  # finished or rejected since the driver last asked
         self.busy_s = 0.0
+        # ITL sums of a multi-iteration piece added iteration by iteration, as one event
+        # per iteration adds them (the same float sums; ``ContinuousEngine.sum_by_iteration``)
+        self.split_sums = False
         self.num_preemptions = 0
         self.num_generated = 0
         # content-addressed blocks; None: caching off (every prefill starts from zero)
@@ -313,10 +316,16 @@ class BatchState:
                 busy += stop - at
                 at = stop
             self.busy_s = busy
-        if decoding:
-            for t, count in enumerate(self.tier_decoding):
-                if count:
-                    self.gaps[t].add_each(durations, count, at - start)
+        if not decoding:
+            return
+        split = self.split_sums and len(durations) > 1
+        for t, count in enumerate(self.tier_decoding):
+            if not count:
+                continue
+            if split:
+                self.gaps[t].add_each_apart(durations, count, start)
+            else:
+                self.gaps[t].add_each(durations, count, at - start)
 
     # ---------------------------------------------------------------- internals
 

@@ -34,6 +34,7 @@ and the gateway's dispatcher drive the very same object; only the clock differs.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -114,7 +115,10 @@ class FrontDoor:
         self.history = history or (admission.history if admission else LatencyHistory())
         self.default_max_tokens = default_max_tokens  # a request's cap when it sets none
         self.max_pending = 100_000  # requests the router chose whose outcome is awaited
-        self._chosen: dict[RequestId, None] = {}  # those requests, oldest first
+        # those requests, oldest first (an OrderedDict: dropping the oldest is O(1), where
+        # a dict's first key is found past every deleted slot before it)
+        self._chosen: OrderedDict[RequestId, None] = OrderedDict()
+        self._positions: dict[InstanceId, int] = {}  # where each id was among the candidates
 
     @property
     def reads_engine_tokens(self) -> bool:
@@ -130,12 +134,20 @@ class FrontDoor:
         return self.admission is not None or self.router.reads_engine_load
 
     def decide(
-        self, request: Request, views: Sequence[InstanceView], now: Seconds, num_queued: int = 0
+        self,
+        request: Request,
+        views: Sequence[InstanceView],
+        now: Seconds,
+        num_queued: int = 0,
+        *,
+        all_open: bool = False,
     ) -> Decision:
         """Budget, admission, then :meth:`place` for a request arriving at ``now``.
 
         ``views``: every instance serving the request's model; ``num_queued``: requests
-        of that model already waiting in the driver's queue.
+        of that model already waiting in the driver's queue; ``all_open``: the driver
+        knows every view is healthy and has no in-flight cap (a simulated fleet), so
+        they need no test one by one.
         """
         if not views:
             return Reject("no_instance", f"no instance serves model {request.model!r}")
@@ -151,7 +163,7 @@ class FrontDoor:
                 shed = verdict.code == "priority_shed"
                 prefix = "overloaded" if shed else "deadline cannot be met"
                 return Reject(verdict.code, f"{prefix}: {verdict.reason}")
-        return self.place(request, views, now, num_queued=num_queued)
+        return self.place(request, views, now, num_queued=num_queued, all_open=all_open)
 
     def place(
         self,
@@ -162,15 +174,19 @@ class FrontDoor:
         exclude: Collection[InstanceId] = (),
         num_queued: int = 0,
         waiting: bool = False,
+        all_open: bool = False,
     ) -> Decision:
         """Eligibility, holding, routing and capping (no budget or admission check).
 
         ``exclude``: instances the request already failed on; ``waiting``: it is the
-        head of the queue (holding it again never sheds it).
+        head of the queue (holding it again never sheds it); ``all_open``: as for
+        :meth:`decide`.
         """
         if not views:
             return Reject("no_instance", f"no instance serves model {request.model!r}")
-        if request.budget_usd is None and not exclude:  # the common case: has_room inlined
+        if all_open and request.budget_usd is None and not exclude:
+            candidates = list(views)
+        elif request.budget_usd is None and not exclude:  # the common case: has_room inlined
             candidates = [
                 v for v in views
                 if v.healthy and (v.max_in_flight is None or v.num_outstanding < v.max_in_flight)
@@ -186,8 +202,9 @@ class FrontDoor:
         if len(candidates) == 1:  # no choice: the router is not asked (nor told the outcome)
             only = candidates[0]
             return self._capped(request, only, RouteDecision(only.id, None, "only candidate"))
-        decision = self.router.route(request, candidates, now)
-        chosen = next((v for v in candidates if v.id == decision.instance), None)
+        # the candidates are healthy and not empty: what ``route`` would check first
+        decision = self.router.choose(request, candidates, now)
+        chosen = self._find(candidates, decision.instance)
         if chosen is None:
             why = decision.reason
             if decision.instance is not None:
@@ -196,11 +213,29 @@ class FrontDoor:
         self._remember(request.id)
         return self._capped(request, chosen, decision)
 
+    def _find(
+        self, candidates: list[InstanceView], instance: InstanceId | None
+    ) -> InstanceView | None:
+        """The view of ``instance`` among ``candidates`` (``None``: not among them).
+
+        Drivers pass a model's instances in the same order request after request, so the
+        position the id had last time is tried first (checked by the id there); only when
+        that misses are the candidates searched, and the positions learnt again.
+        """
+        if instance is None:
+            return None
+        k = self._positions.get(instance)
+        if k is not None and k < len(candidates) and candidates[k].id == instance:
+            return candidates[k]
+        self._positions.update((v.id, k) for k, v in enumerate(candidates))
+        k = self._positions.get(instance)
+        return None if k is None else candidates[k]
+
     def _remember(self, request_id: RequestId) -> None:
         """Note a request the router chose for (it learns from those outcomes)."""
         chosen = self._chosen
         if len(chosen) >= self.max_pending:  # outcomes that never came back (failures)
-            del chosen[next(iter(chosen))]
+            chosen.popitem(last=False)
         chosen[request_id] = None
 
     def _capped(self, request: Request, view: InstanceView, decision: RouteDecision) -> Decision:

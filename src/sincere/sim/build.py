@@ -62,6 +62,8 @@ class _Builder:
         self.roles: list[str] = []
         # prefill instances make one token per request: their own output caps
         self.prefill_caps = np.ones(len(requests), dtype=np.int64)
+        # step models of each instances entry, shared by its replicas (pure functions)
+        self.step_models: dict[str, dict[str, StepTimeModel]] = {}
 
     def build(self, decisions: DecisionLog | None) -> Cluster:
         check_roles(self.config)
@@ -83,7 +85,9 @@ class _Builder:
         built = build_engine(
             inst, self.ids[ix], self.requests, self.records, ix,
             max_tokens=caps, rng=_rng(self.config.seed, 100 + ix), where=where,
+            step_models=self.step_models.get(where),
         )  # fmt: skip
+        self.step_models[where] = built.step_models
         if role != "both" and not isinstance(built.engine, ContinuousEngine):
             raise ConfigError(
                 f"a {role} instance needs a continuous engine", where=f"{where}.engine.kind",

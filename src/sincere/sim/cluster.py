@@ -111,6 +111,9 @@ class Cluster:
             or front_door.admission is not None
             or front_door.router.learns_from_outcomes
         )
+        # simulated views are always healthy: with no in-flight cap anywhere, every view
+        # is a candidate and the front door need not test them one by one
+        self.all_open = all(info.max_in_flight is None for info in infos)
         # requests the front door routed (it observes them), with the request it saw
         self._routed: dict[int, Request] = {}
         num = len(self.engines)
@@ -118,6 +121,8 @@ class Cluster:
         self._stale: set[int] = set(range(num))  # engines whose view must be rebuilt
         self._all_engines = list(range(num))
         self._engine_of: dict[InstanceId, int] = {info.id: e for e, info in enumerate(infos)}
+        # load-blind views differ only by the outstanding count: each engine's, by count
+        self._blind_views: list[dict[int, InstanceView]] = [{} for _ in range(num)]
         # prefill/decode roles and links when some instance has one (sim.disagg); None:
         # every instance serves whole requests (the runner's loop)
         self.pd: PDPlan | None = None
@@ -147,7 +152,7 @@ class Cluster:
         assert self.front_door is not None
         views = self._views_at(choices, now)
         request = self.requests.request(i)
-        decision = self.front_door.decide(request, views, now)
+        decision = self.front_door.decide(request, views, now, all_open=self.all_open)
         if self.decisions is not None:
             self.decisions.call("decide", request, views, now, decision)
         if isinstance(decision, Reject):
@@ -164,11 +169,8 @@ class Cluster:
         """Keep engine ``e``'s load as its view shows it (with one engine nobody looks)."""
         if len(self.engines) > 1:
             if self.load_blind:  # the views do not carry it: ask the engine
-                load = self.engines[e].load()
-                self.records.note_load(
-                    i, _seen(load.num_running), _seen(load.num_waiting),
-                    _seen(load.waiting_prefill_tokens), self.outstanding[e],
-                )  # fmt: skip
+                running, waiting, tokens = self.engines[e].queue_sizes()
+                self.records.note_load(i, running, waiting, tokens, self.outstanding[e])
                 return
             v = self._view(e)
             self.records.note_load(
@@ -214,8 +216,14 @@ class Cluster:
         return views
 
     def _fresh_view(self, e: int) -> InstanceView:
-        load = None if self.load_blind else self.engines[e].load()
-        return instance_view(self.infos[e], load, self.outstanding[e])
+        if self.load_blind:  # (views are immutable: one per engine and count is kept)
+            num = self.outstanding[e]
+            known = self._blind_views[e]
+            view = known.get(num)
+            if view is None:
+                view = known[num] = instance_view(self.infos[e], None, num)
+            return view
+        return instance_view(self.infos[e], self.engines[e].load(), self.outstanding[e])
 
     def finished(self, i: int) -> None:
         """Request ``i`` left the system: tell the front door how it went."""

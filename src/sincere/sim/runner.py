@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from heapq import heappop, heappush
 
 from sincere.core.types import Seconds
 from sincere.engine.base import Engine
@@ -133,6 +134,11 @@ class _Loop:
 
         An engine event is handled inline (the hot path with many instances): advance,
         tell the cluster, reschedule; an arrival through :meth:`_arrive`.
+
+        When nothing reads the engines' loads between events (``load_blind``), engines
+        run identical prefill iterations as one piece (``sum_by_iteration``) and report
+        the iteration ends inside it; the loop adds those to its time integral in time
+        order (:meth:`_pass_inner`), so the sums are those of one event per iteration.
         """
         n = len(self.arrivals)
         queue, wake, arrivals = self.queue, self.wake, self.arrivals
@@ -143,11 +149,18 @@ class _Loop:
         track_load = not self.load_blind
         observes = cluster.observes  # whether finished requests are told to the cluster
         progress, every = self.progress, self.every
+        inner: list[float] = []  # a heap of iteration ends inside engines' pieces of work
+        started: list[float] = []  # such ends, as engines report them when a piece starts
+        if self.load_blind and len(engines) > 1:  # (one engine: no one-event-per-iteration)
+            for engine in engines:
+                engine.sum_by_iteration(started)
         if n:
             push(arrivals[0], 0, ARRIVAL)
         next_arrival = 0
         while queue or self._drain():
             at, payload = pop()
+            if inner and inner[0] <= at:
+                self._pass_inner(inner, at)
             if payload == ARRIVAL:
                 self.area += self.in_system * (at - self.last_at)
                 self.last_at = at
@@ -168,6 +181,10 @@ class _Loop:
             wake[e] = None
             engine = engines[e]
             done = engine.advance(at)
+            if started:
+                for end in started:
+                    heappush(inner, end)
+                started.clear()
             if done:
                 self.in_system -= len(done)
                 outstanding[e] -= len(done)
@@ -181,6 +198,14 @@ class _Loop:
             if due is not None:  # wake[e] is None: always a new wake-up
                 wake[e] = due
                 push(due, 1, e)
+
+    def _pass_inner(self, inner: list[float], at: float) -> None:
+        """Iteration ends up to ``at`` inside pieces of work: integrate up to each, in order."""
+        while inner and inner[0] <= at:
+            end = heappop(inner)
+            self.area += self.in_system * (end - self.last_at)
+            self.last_at = end
+            self.num_events += 1
 
     def _arrive(self, i: int, at: float) -> None:
         self.in_system += 1
