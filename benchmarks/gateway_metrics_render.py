@@ -15,7 +15,9 @@ scrape with N client keys (each with a budget, each having made one request): th
 with every tenant (what a scrape cost before the cap, prometheus-client's
 ``generate_latest`` of the key store's registry, and the hand-written page uncapped) against
 the capped page the gateway now serves (``security.metrics_max_tenants``, default 50).
-Bytes and CPU time per scrape; the capped page's totals must equal the full page's.
+Bytes and CPU time per scrape; the capped page's totals must equal the full page's. Also
+``request_us``: the key store's and the metrics' bookkeeping per request (a key check
+counted, an admission and a settlement), CPU microseconds, after a capped scrape.
 
     .venv/bin/python benchmarks/gateway_metrics_render.py
 """
@@ -127,9 +129,27 @@ def tenant_pages(num_keys: int, max_tenants: int, repeat: int) -> dict[str, obje
             for name, render in pages.items():
                 row[f"{name}_kib"] = round(len(render()) / 1024, 1)
                 row[f"{name}_ms"] = round(best_of(repeat, render) * 1e3, 2)
+            row["request_us"] = round(request_cost_s(store, metrics, repeat) * 1e6, 2)
             return row
         finally:
             store.close()
+
+
+def request_cost_s(store: KeyStore, metrics: TenantMetrics, repeat: int) -> float:
+    """CPU seconds of one request's key-store bookkeeping (key check counted, admit, settle)
+    on a store whose capped page was scraped (so the top tenants are being kept)."""
+    records = [r for r in store.records() if r.kind == "client"]
+    prices, now, n = Prices(1e-6, 2e-6), time.time(), 5_000
+
+    def requests() -> None:
+        for k in range(n):
+            record = records[(k * 7919) % len(records)]
+            metrics.decided(record.name, "allowed")
+            held = store.admit(record, 100, 20, prices, now)
+            assert isinstance(held, Reservation)
+            store.settle(held, 100, 10, prices)
+
+    return best_of(repeat, requests) / n
 
 
 def samples_of(page: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -28,6 +28,12 @@ worker and gateway on that Redis; :meth:`flush` writes what Redis holds unflushe
 the durable record (SQLite, as without it). Redis unreachable: :meth:`admit` refuses
 with 503 ``state_store_unavailable`` (budgets fail closed) and a settlement is kept in
 memory and retried at the next flush.
+
+**Metrics** (``metrics``: a :class:`~sincere.serve.security.metrics.TenantMetrics`): each
+change of a key's reservations, spend or record updates its tenant's reserved and
+remaining-budget gauges there (a few integer additions), so a scrape never walks the keys.
+With shared state those gauges are this process's view: the spend loaded from the durable
+record plus what this process settled, less what it holds in flight (Redis is not asked).
 """
 
 from __future__ import annotations
@@ -140,11 +146,11 @@ class KeyStore:
         self._verified: dict[str, str] = {}  # tokens already checked -> their key id
         self._writer: ThreadPoolExecutor | None = None  # the write-behind thread
         self._writing: tuple[Future[None], dict[str, Totals]] | None = None  # under way
+        if metrics is not None:
+            metrics.watch()
         records, totals = storage.load()
         for record in records:
             self._add_state(record, totals.get(record.key_id, Totals()))
-        if metrics is not None:
-            metrics.watch(self.budget_gauges)
 
     @classmethod
     def open(
@@ -163,7 +169,21 @@ class KeyStore:
     def _add_state(self, record: KeyRecord, totals: Totals) -> _KeyState:
         state = _KeyState(record, totals, self.window_s, self.num_buckets)
         self._states[record.key_id] = state
+        self._changed(state)
         return state
+
+    def _changed(self, state: _KeyState) -> None:
+        """Tell the metrics a key's reservations, spend or record changed (their gauges)."""
+        if self.metrics is None:
+            return
+        record = state.record
+        left = state.remaining_usd()
+        self.metrics.key_changed(
+            record.key_id,
+            record.name if record.kind == "client" else None,
+            state.reserved_usd,
+            None if left is None else max(left, 0.0),
+        )
 
     # ------------------------------------------------------------ administration
     def create(
@@ -200,6 +220,7 @@ class KeyStore:
             self.storage.revoke(key_id, now, actor)
             old = state.record
             state.record = replace(old, revoked_at=now, revoked_by=actor)
+            self._changed(state)
             self.audit.record(now, actor, "key.revoke", key_id, {"name": old.name})
         return state.record
 
@@ -229,6 +250,7 @@ class KeyStore:
                 added += 1
             elif record.revoked_at is not None and state.record.revoked_at is None:
                 state.record = record
+                self._changed(state)
         return added
 
     # -------------------------------------------------------------- request path
@@ -279,6 +301,7 @@ class KeyStore:
             state.requests.add(now, 1)
         bucket = None if state.tokens is None else state.tokens.add(now, amount)
         state.reserved_usd += cost
+        self._changed(state)
         self._num_reservations += 1
         reservation = Reservation(
             self._num_reservations, record.key_id, record.name, cost, amount, bucket, now
@@ -342,6 +365,8 @@ class KeyStore:
             return _shared_refusal(got.limit, spec, amount, got.retry_after_s, got.remaining_usd,
                                    cost, prompt_tokens, max_tokens)  # fmt: skip
         self._remaining[record.key_id] = got.remaining_usd
+        state.reserved_usd += cost  # this process's share, for the gauges (Redis decides)
+        self._changed(state)
         bucket = got.bucket if spec.max_tokens_per_min is not None else None
         self._num_reservations += 1
         reservation = Reservation(
@@ -364,6 +389,8 @@ class KeyStore:
         cost = prices.cost_usd(prompt_tokens, completion_tokens)
         delta = Totals(cost, 1, prompt_tokens, completion_tokens)
         state.totals += delta
+        state.reserved_usd = max(0.0, state.reserved_usd - reservation.reserved_usd)
+        self._changed(state)
         if self.shared is not None:
             settled = (reservation, prompt_tokens, completion_tokens, cost)
             if _loop_running():
@@ -373,7 +400,6 @@ class KeyStore:
             if self.metrics is not None:
                 self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
             return cost
-        state.reserved_usd = max(0.0, state.reserved_usd - reservation.reserved_usd)
         state.pending += delta
         if state.tokens is not None and reservation.tokens_bucket is not None:
             used = prompt_tokens + completion_tokens
@@ -395,7 +421,10 @@ class KeyStore:
         if self._open.pop(reservation.number, None) is None:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
         cost = prices.cost_usd(prompt_tokens, completion_tokens)
-        self._states[reservation.key_id].totals += Totals(cost, 1, prompt_tokens, completion_tokens)
+        state = self._states[reservation.key_id]
+        state.totals += Totals(cost, 1, prompt_tokens, completion_tokens)
+        state.reserved_usd = max(0.0, state.reserved_usd - reservation.reserved_usd)
+        self._changed(state)
         settled = (reservation, prompt_tokens, completion_tokens, cost)
         if self.metrics is not None:
             self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
@@ -454,17 +483,25 @@ class KeyStore:
         return len(self._open)
 
     def budget_gauges(self) -> dict[str, tuple[float, float | None]]:
-        """tenant -> (reserved USD, remaining budget USD or None): the metrics' gauges."""
-        out: dict[str, tuple[float, float | None]] = {}
+        """tenant -> (reserved USD, remaining budget USD or None), recomputed from every key.
+
+        O(keys): a check of what the metrics keep as keys change (``metrics.gauges``), which
+        is what a scrape reads; both sum exactly (``math.fsum``), so they agree to the bit.
+        """
+        held: dict[str, list[float]] = {}
+        left: dict[str, list[float]] = {}
         for state in self._states.values():
             if state.record.kind != "client":
                 continue
-            held, left = out.get(state.record.name, (0.0, None))
+            name = state.record.name
+            held.setdefault(name, []).append(state.reserved_usd)
             mine = state.remaining_usd()
             if mine is not None:
-                left = (left or 0.0) + max(mine, 0.0)
-            out[state.record.name] = (held + state.reserved_usd, left)
-        return out
+                left.setdefault(name, []).append(max(mine, 0.0))
+        return {
+            name: (math.fsum(values), math.fsum(left[name]) if name in left else None)
+            for name, values in held.items()
+        }
 
     # --------------------------------------------------------------- persistence
     def take_pending(self) -> dict[str, Totals]:
