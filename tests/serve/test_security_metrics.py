@@ -229,3 +229,17 @@ def test_shared_state_gauges_are_kept_locally_and_a_scrape_asks_redis_nothing(
     finally:
         monkeypatch.undo()
         store.close()
+
+
+def test_gauge_sums_beyond_the_largest_float_are_infinite_not_an_error() -> None:
+    """Two keys with budgets of 1e308 USD: the tenant's remaining budget and the total read
+    as +inf (what a float sum gives), and the capped page still renders."""
+    metrics = TenantMetrics()
+    metrics.watch()
+    metrics.key_changed("a", "big", 0.0, 1e308)
+    metrics.key_changed("b", "big", 0.0, 1e308)
+    metrics.key_changed("c", "small", 1.0, 2.0)
+    assert metrics.gauges.get("big") == (0.0, math.inf)
+    assert metrics.gauges.others(["small"]) == (0.0, math.inf)
+    page = _samples(metrics.render(1))
+    assert page['sincere_tenant_budget_remaining_usd{tenant="(other)"}'] == math.inf

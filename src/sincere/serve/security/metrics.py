@@ -29,6 +29,7 @@ cost O(tenants).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
@@ -50,8 +51,12 @@ def _exact(usd: float) -> int:
 
 
 def _usd(units: int) -> float:
-    """An exact sum back to the nearest float (int / int divides correctly rounded)."""
-    return units / _UNIT
+    """An exact sum back to the nearest float (int / int divides correctly rounded); a sum
+    beyond the largest float (budgets near 1e308) is infinite, as a float sum would be."""
+    try:
+        return units / _UNIT
+    except OverflowError:
+        return math.inf if units > 0 else -math.inf
 
 
 class TenantGauges:
