@@ -21,7 +21,7 @@ ones is never loaded.
 ``SINCERE_NATIVE=0`` turns the compiled modules off. From the shell::
 
     sincere native status      # active / stale / not built / disabled, and why
-    sincere native build       # compile (about 40 s on 2 cores; needs mypy and a C compiler)
+    sincere native build       # compile (about 3 min on 2 cores; needs mypy and a C compiler)
     sincere native build --if-stale
 
 The project's scripts build them after installing (``scripts/_venv.sh``); when compiling

@@ -40,7 +40,7 @@ def build(
         bool, typer.Option("--verbose", help="Show mypyc's and gcc's output.")
     ] = False,
 ) -> None:
-    """Compile the modules into <venv>/sincere-native (about 40 s on 2 cores).
+    """Compile the modules into <venv>/sincere-native (about 3 min on 2 cores).
 
     Needs mypy (``pip install 'sincere[native]'``) and a C compiler. When compiling fails
     the previous build, if any, is kept and sincere runs the interpreted sources; the
@@ -51,7 +51,7 @@ def build(
     if if_stale and current.state in {"active", "disabled"}:
         typer.echo(current.line())
         return
-    typer.echo(f"compiling {len(native.COMPILED)} modules with mypyc (about 40 s)", err=True)
+    typer.echo(f"compiling {len(native.COMPILED)} modules with mypyc (about 3 min on 2 cores)", err=True)
     try:
         result = native.build(verbose=verbose)
     except RuntimeError as exc:
