@@ -51,7 +51,8 @@ def build(
     if if_stale and current.state in {"active", "disabled"}:
         typer.echo(current.line())
         return
-    typer.echo(f"compiling {len(native.COMPILED)} modules with mypyc (about 3 min on 2 cores)", err=True)
+    num = len(native.COMPILED)
+    typer.echo(f"compiling {num} modules with mypyc (about 3 min on 2 cores)", err=True)
     try:
         result = native.build(verbose=verbose)
     except RuntimeError as exc:
