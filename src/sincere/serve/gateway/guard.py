@@ -10,9 +10,10 @@ and each can be driven alone, without HTTP:
    cap, session); with keys, the key's limits are checked and its worst case is reserved at
    the dearest instance of the model (:mod:`~sincere.serve.gateway.billing`); then the front
    door's admission answers (for a model with prefill/decode roles the P/D relay admits
-   instead, after deciding whether to disaggregate: :attr:`Guard.admits_later`). The result is :class:`Admitted` (a :class:`Pending` ready to
-   relay, with its reservation) or :class:`Refused` (the refusal, holding nothing: a
-   reservation made before an admission refusal is released);
+   instead, after deciding whether to disaggregate: :attr:`Guard.admits_later`). The
+   result is :class:`Admitted` (a :class:`Pending` ready to relay, with its reservation)
+   or :class:`Refused` (the refusal, holding nothing: a reservation made before an
+   admission refusal is released);
 3. :meth:`Guard.settle` -- when the request ends, whatever happened, it is charged what was
    relayed at the prices of the instance that served it (nothing when none answered), and
    the rest of its reservation is released. :meth:`Guard.settle_now` does the same without
