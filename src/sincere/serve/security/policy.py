@@ -178,30 +178,29 @@ def authorize_admin(
     store: KeyStore, headers: Mapping[str, str], now: float
 ) -> AdminGrant | Refusal:
     """The admin API's check: a valid admin key, else 401 / 403."""
-    found = authenticate(store, headers, now)
-    if isinstance(found, Refusal):
-        return found
-    if found.kind != "admin":
-        return Refusal(
-            403,
-            f"{found.kind}_key_not_allowed",
-            f"the admin API needs an admin key; this is a {found.kind} key",
-        )
-    return AdminGrant(found.key_id, f"admin:{found.name}/{found.key_id}")
+    return _authorize_kinds(store, headers, now, ("admin",), "the admin API needs an admin key")
 
 
 def authorize_metrics(
     store: KeyStore, headers: Mapping[str, str], now: float
 ) -> AdminGrant | Refusal:
     """``/metrics``' check: a valid admin or metrics key, else 401 / 403 (a client key)."""
+    needs = "/metrics needs an admin or a metrics key"
+    return _authorize_kinds(store, headers, now, ("admin", "metrics"), needs)
+
+
+def _authorize_kinds(
+    store: KeyStore, headers: Mapping[str, str], now: float, kinds: tuple[str, ...], needs: str
+) -> AdminGrant | Refusal:
+    """A valid key of one of ``kinds``, else 401 (no valid key) or 403 saying what it ``needs``."""
     found = authenticate(store, headers, now)
     if isinstance(found, Refusal):
         return found
-    if found.kind not in ("admin", "metrics"):
+    if found.kind not in kinds:
         return Refusal(
             403,
             f"{found.kind}_key_not_allowed",
-            f"/metrics needs an admin or a metrics key; this is a {found.kind} key",
+            f"{needs}; this is a {found.kind} key",
         )
     return AdminGrant(found.key_id, f"{found.kind}:{found.name}/{found.key_id}")
 
