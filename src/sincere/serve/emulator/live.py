@@ -355,7 +355,7 @@ class LiveEngine:
                 self._timer.cancel()
                 self._timer, self._timer_at = None, math.inf
             return
-        wall = self._started_at + self._paused_s + at
+        wall = self._wall(at)
         if self._timer is not None and wall == self._timer_at and not force:
             return
         if self._timer is not None:
@@ -468,7 +468,7 @@ class LiveEngine:
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
-        since = self._started_at + self._paused_s + at  # wall time the engine reached ``at``
+        since = self._wall(at)  # wall time the engine reached ``at``
         self._stalled_since = since
         self._loop.call_at(since + self._stall_s, self._end_stall)
 
