@@ -70,6 +70,7 @@ class Guard:
         dispatcher: Dispatcher,
         requests: RequestFactory,
         clock: Callable[[], float],
+        admits_later: Callable[[Pending], bool] | None = None,
     ) -> None:
         self.auth = auth
         self.dispatcher = dispatcher
@@ -80,7 +81,7 @@ class Guard:
         self.sealed_only = frozenset(config.security.sealed_backends)  # take sealed bodies only
         # requests whose admission waits for a later step (the P/D relay decides first
         # whether they are disaggregated, and admits only those it keeps colocated)
-        self.admits_later: Callable[[Pending], bool] = lambda pending: False
+        self.admits_later = admits_later
 
     def authenticate(self, headers: Mapping[str, str]) -> KeyRecord | Refusal | None:
         """The client's key (None: no keys configured), or why it is refused."""
@@ -117,7 +118,7 @@ class Guard:
                 return Refused(req.tier.name, granted)
             grant = granted
         admitted = Admitted(creq, self._pending(req, creq, sealed, headers, grant), grant)
-        if self.admits_later(admitted.pending):
+        if self.admits_later is not None and self.admits_later(admitted.pending):
             return admitted
         refusal = self.dispatcher.admit(admitted.pending, self.clock())
         if refusal is not None:

@@ -139,12 +139,14 @@ class Gateway(Served):
             config.scrape, self.dispatcher.instances.values, lambda: self.loop.time()
         )
         self.auth = GatewayAuth(config.security, config.state)
-        self.guard = Guard(config, self.auth, self.dispatcher, self.requests, self._now)
         first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
         scrub = self._scrub if self.auth.secrets else None
         self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
         self.pd_relay = PDRelay(config, self.dispatcher, self.relay)  # roles: two phases
-        self.guard.admits_later = self.pd_relay.admits_later
+        self.guard = Guard(
+            config, self.auth, self.dispatcher, self.requests, self._now,
+            admits_later=self.pd_relay.admits_later,
+        )  # fmt: skip
         self.edge = EdgeLimits(
             limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client,
             limits.tls_handshake_timeout_s,
