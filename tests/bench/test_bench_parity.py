@@ -183,13 +183,20 @@ def _table(arrival: list[float], finish: list[float], instance: list[str]) -> pa
 
 
 def test_live_replay_routes_and_times_like_the_simulator() -> None:
-    """Round-robin sends every request to the same instance; median TTFT/E2E within 5 %."""
+    """Round-robin sends every request to the same instance; the median first token comes
+    at most 15 ms later live than simulated, and the median E2E within 5 %.
+
+    The TTFT bound is in milliseconds because what the live path adds is its transport: two
+    HTTP hops and two event loops, 5-8 ms on a quiet 2-core machine and more on a busy one,
+    whatever the TTFT's size (4-5 % of these 90-250 ms TTFTs). A step model off by 10 % on
+    prefill (15-25 ms here) fails it; so does a gateway that holds the first chunk back.
+    """
     result = _quiet_parity("round-robin")
     summary = result.summary()
     assert summary["num_compared"] == 30
     assert summary["same_instance_share"] == 1.0
     assert result.divergence() is None
-    assert abs(summary["rel_ttft"]["p50"]) <= 0.05
+    assert -5.0 <= summary["ttft_added_ms"]["p50"] <= 15.0, summary["ttft_added_ms"]
     assert abs(summary["rel_e2e"]["p50"]) <= 0.05
     assert np.all(
         result.live.requests.column("output_tokens").to_numpy()

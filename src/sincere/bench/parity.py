@@ -143,6 +143,10 @@ class ParityResult:
             out[name] = _quantiles(rel)
             finite = rel[np.isfinite(rel)]
             out[name]["median_abs"] = float(np.median(np.abs(finite))) if len(finite) else None
+        # What the live path adds to a first token in milliseconds (its HTTP hops and event
+        # loops, which the simulator does not model): a few ms whatever the TTFT's size.
+        added = _col(self.live.requests, "ttft_s") - _col(self.sim.requests, "ttft_s")
+        out["ttft_added_ms"] = _quantiles(added * 1e3)
         out.update(self.aggregate())
         div = self.divergence()
         out["num_races"] = int((race_margins_s(self.sim.requests) < RACE_S).sum())

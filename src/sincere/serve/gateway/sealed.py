@@ -197,17 +197,19 @@ async def relay_stream(
     loop = asyncio.get_running_loop()
     resp = web.StreamResponse(headers=headers)
     first_at = None
+    # Whether the deadline cut the stream is the timeout's own record, not a clock reading:
+    # uvloop's millisecond timers may fire just before ``deadline_at`` by ``loop.time()``.
+    cut = asyncio.timeout_at(deadline_at)
     try:
         await resp.prepare(http_req)
-        async with asyncio.timeout_at(deadline_at):
+        async with cut:
             async for chunk in upstream.content.iter_any():
                 if first_at is None:
                     first_at = loop.time()
                 scanner.feed(chunk)
                 await resp.write(chunk)
-    except TimeoutError:
-        late = deadline_at is not None and loop.time() >= deadline_at
-        return resp, first_at, "deadline" if late else "broken"
+    except TimeoutError:  # the deadline, or the upstream session's own read timeout
+        return resp, first_at, "deadline" if cut.expired() else "broken"
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         return resp, first_at, "broken"
     except ConnectionResetError:
