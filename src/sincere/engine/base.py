@@ -18,7 +18,7 @@ Every engine also answers, so no driver has to probe for them:
 
 * ``drain(now)`` -- no more requests will arrive: serve whatever is held back (a
   request-level strategy waiting for a full batch); a no-op for engines that never hold
-  requests back;
+  requests back, which say so with ``holds_back`` false;
 * ``gaps`` -- inter-token gaps per tier (empty for engines whose answers come whole);
 * ``require_exact_loads()`` -- a router reads ``load()`` between any two iterations, so
   the engine must end an event at each (no multi-iteration shortcuts between reads);
@@ -139,6 +139,13 @@ class Engine(Protocol):
 
     def drain(self, now: Seconds) -> None:
         """No more requests will arrive: serve every request held back from now on."""
+        ...
+
+    @property
+    def holds_back(self) -> bool:
+        """Whether ``drain`` may serve anything: the engine can hold requests back with no
+        event pending (a request-level batch waiting to fill). When none can, a driver
+        need not know when the whole run's arrivals end to finish one engine's work."""
         ...
 
     @property

@@ -179,6 +179,11 @@ class ContinuousEngine(StateView):
     def drain(self, now: Seconds) -> None:
         """Nothing to do: this engine never holds requests back from its scheduler."""
 
+    @property
+    def holds_back(self) -> bool:
+        """No: every request it holds is in its scheduler's hands."""
+        return False
+
     def require_exact_loads(self) -> None:
         """A router reads ``load()`` between any two iterations: end an event at each."""
         self.max_prefill_run = 1

@@ -381,6 +381,11 @@ class RequestLevelEngine:
             self._step(now)
 
     @property
+    def holds_back(self) -> bool:
+        """Yes: a queue may wait for a fuller batch until the arrivals end."""
+        return True
+
+    @property
     def gaps(self) -> tuple[GapHistogram, ...]:
         """None: a request-level batch returns every answer whole (no inter-token gaps)."""
         return ()

@@ -166,6 +166,11 @@ class SincereServerEngine:
         """No more arrivals. SINCERE's server has no final flush: nothing changes."""
 
     @property
+    def holds_back(self) -> bool:
+        """No: it has no final flush."""
+        return False
+
+    @property
     def gaps(self) -> tuple[GapHistogram, ...]:
         """None: every answer comes back whole (no inter-token gaps)."""
         return ()

@@ -133,6 +133,22 @@ class FrontDoor:
         driver's outstanding counts."""
         return self.admission is not None or self.router.reads_engine_load
 
+    @property
+    def oblivious(self) -> bool:
+        """Whether a decision reads nothing the instances' serving changes: no admission
+        and an oblivious router (placement's budget checks read prices, not loads)."""
+        return self.admission is None and self.router.oblivious
+
+    def place_many(self, count: int, views: Sequence[InstanceView]) -> list[int] | None:
+        """Positions in ``views`` for ``count`` requests in turn, as :meth:`decide` would
+        route them one by one, when that needs no request: an oblivious front door, more
+        than one view, every view open (no health or in-flight cap to test), requests
+        without budgets. ``None``: ask :meth:`decide` request by request. The requests
+        are not noted for outcomes: an oblivious router learns nothing from them."""
+        if not self.oblivious or len(views) < 2:
+            return None
+        return self.router.choose_many(count, views)
+
     def decide(
         self,
         request: Request,

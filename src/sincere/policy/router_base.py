@@ -141,6 +141,22 @@ class Router(ABC):
         requests); a driver may skip building outcomes for one that does not."""
         return type(self).observe is not Router.observe
 
+    def choose_many(self, count: int, candidates: Sequence[InstanceView]) -> list[int] | None:
+        """For an :attr:`oblivious` router that never caps ``max_tokens``: the positions
+        in ``candidates`` that ``count`` calls of :meth:`choose`, one per request in turn
+        with these candidates, would pick -- and the router's state after them. ``None``
+        (the default): not known without asking :meth:`choose` request by request."""
+        return None
+
+    @property
+    def oblivious(self) -> bool:
+        """Whether :meth:`choose` answers from the candidates' ids and order, the requests
+        asked about so far and the router's generator alone -- never from a view's load or
+        outstanding count, nor from outcomes. The answers for a whole trace then do not
+        depend on how the instances serve it: a simulator may route every request first
+        and run each instance apart. Default: no."""
+        return False
+
     @property
     def reads_engine_load(self) -> bool:
         """Whether :meth:`choose` reads any load an engine reports (running, waiting,

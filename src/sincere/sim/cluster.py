@@ -38,6 +38,12 @@ reported nothing -- and an engine event that finishes no request leaves its view
 was; the chosen instance's load for the records is then read from its engine directly.
 The decisions, and so the results, are the same.
 
+When, besides, the front door is ``oblivious`` (no admission; a router such as
+``round-robin`` or ``random`` whose answers do not depend on the instances' state),
+nothing observes outcomes and no engine holds requests back (``apart``), every request
+can be routed before any is served: the event loop does so, then runs each engine alone
+over its own arrivals (:mod:`sincere.sim.runner`).
+
 Outcomes are built only when something uses them (``observes``): admission's latency
 history, a router that learns from them (``learns_from_outcomes``) or the decision log.
 Otherwise the front door's history would only pace holds, which never happen here.
@@ -114,6 +120,17 @@ class Cluster:
         # simulated views are always healthy: with no in-flight cap anywhere, every view
         # is a candidate and the front door need not test them one by one
         self.all_open = all(info.max_in_flight is None for info in infos)
+        # the whole trace can be routed before any instance serves (an oblivious front
+        # door that nothing observes), and each engine's work ends with its own events
+        # (none holds requests back for the run's end): the loop may run engines apart
+        self.apart = (
+            front_door is not None
+            and front_door.oblivious
+            and self.load_blind
+            and not self.observes
+            and self.all_open
+            and not any(engine.holds_back for engine in engines)
+        )
         # requests the front door routed (it observes them), with the request it saw
         self._routed: dict[int, Request] = {}
         num = len(self.engines)
@@ -132,9 +149,43 @@ class Cluster:
 
     def route(self, i: int, now: Seconds) -> int | None:
         """Engine index for request ``i``; ``None`` after rejecting it."""
+        e = self.assign(i, now)
+        if e is not None:
+            self._note_load(i, e)
+        return e
+
+    def assign_all(self) -> list[int]:
+        """Every request's engine index in arrival order (-1: rejected), routed before
+        any is served (``apart``). A run of consecutive requests for one model is placed
+        in one call when the front door can (:meth:`FrontDoor.place_many`), else
+        request by request as at arrivals."""
+        n = len(self.requests)
+        engine_of = [-1] * n
+        arrival = self.requests.arrival_at
+        model = self.requests.model
+        starts = [0, *(np.flatnonzero(np.diff(model)) + 1).tolist()] if n else []
+        for start, end in zip(starts, [*starts[1:], n], strict=True):
+            choices = self.eligible[int(model[start])]
+            picks: list[int] | None = None
+            if self.passthrough and len(choices) == 1:
+                picks = [0] * (end - start)
+            elif self.passthrough and self.front_door is not None and len(choices) > 1:
+                views = self._views_at(choices, float(arrival[start]))
+                picks = self.front_door.place_many(end - start, views)
+            if picks is not None:
+                engine_of[start:end] = [choices[k] for k in picks]
+                continue
+            for i in range(start, end):
+                e = self.assign(i, float(arrival[i]))
+                engine_of[i] = -1 if e is None else e
+        return engine_of
+
+    def assign(self, i: int, now: Seconds) -> int | None:
+        """Engine index for request ``i`` (``None`` after rejecting it), without noting
+        the engine's load in the records: with ``apart`` the loop routes the whole trace
+        first and notes each load when the request reaches its engine."""
         choices = self.eligible[int(self.requests.model[i])]
         if len(choices) == 1 and self.passthrough:
-            self._note_load(i, choices[0])
             return choices[0]
         if not choices:
             self.records.reject(i, "no_instance")
@@ -142,10 +193,7 @@ class Cluster:
         if self.front_door is None:
             self.records.reject(i, "no_router")
             return None
-        e = self._decide(i, choices, now)
-        if e is not None:
-            self._note_load(i, e)
-        return e
+        return self._decide(i, choices, now)
 
     def _decide(self, i: int, choices: list[int], now: Seconds) -> int | None:
         """Ask the front door about request ``i`` and apply its answer."""

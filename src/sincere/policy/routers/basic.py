@@ -49,6 +49,17 @@ class RandomRouter(Router):
         """No: the router's generator alone decides."""
         return False
 
+    @property
+    def oblivious(self) -> bool:
+        """Yes: one draw per request, whatever the instances hold."""
+        return True
+
+    def choose_many(self, count: int, candidates: Sequence[InstanceView]) -> list[int] | None:
+        """``count`` draws at once: the generator gives a vector of bounded integers as
+        the same number of single draws (a test holds it to that)."""
+        drawn: list[int] = self.rng.integers(len(candidates), size=count).tolist()
+        return drawn
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
@@ -70,6 +81,20 @@ class RoundRobinRouter(Router):
     def reads_engine_load(self) -> bool:
         """No: the position alone decides."""
         return False
+
+    @property
+    def oblivious(self) -> bool:
+        """Yes: the position alone decides, whatever the instances hold."""
+        return True
+
+    def choose_many(self, count: int, candidates: Sequence[InstanceView]) -> list[int] | None:
+        """The next ``count`` positions in turn (``choose`` wraps its position below the
+        number of candidates, so the k-th call picks ``(start + k) % n``)."""
+        if count == 0:
+            return []
+        n, start = len(candidates), self._next
+        self._next = (start + count) % n
+        return [(start + k) % n for k in range(count)]
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
