@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,14 +74,14 @@ def test_same_seed_same_arrays_other_seed_differs() -> None:
     assert not _same(generate(cfg, 3), generate(cfg, 4))
 
 
-def test_generates_a_million_fast() -> None:
-    """One million requests generate in well under 2 s."""
+def test_generates_a_million() -> None:
+    """One million requests, every one with lengths and an arrival (the speed target, under
+    2 s, is measured by benchmarks/workload_speed.py)."""
     cfg = load_workload_config({**W1, "num_requests": 1_000_000, "models": "sincere"})
-    generate(cfg, 0)  # warm caches
-    start = time.perf_counter()
     req = generate(cfg, 1)
-    assert time.perf_counter() - start < 2.0
     assert len(req) == 1_000_000
+    assert (req.prompt_tokens > 0).all() and (req.output_tokens > 0).all()
+    assert (np.diff(req.arrival_at) >= 0).all()
 
 
 def test_independent_lengths_and_client_cap() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +28,11 @@ def _write(path: Path, text: str) -> Path:
 def test_azure_2023_traces(
     shared_data: Path, service: str, count: int, rate: float, prompt_mean: int, output_mean: int
 ) -> None:
-    """Both Azure 2023 traces read with every row, about an hour long, with sane lengths."""
+    """Both Azure 2023 traces read with every row, about an hour long, with sane lengths
+    (read speed: benchmarks/workload_speed.py)."""
     path = shared_data / "traces" / f"AzureLLMInferenceTrace_{service}.csv"
     assert detect_format(path) == "azure"
-    start = time.perf_counter()
     req = read_trace(path)
-    assert time.perf_counter() - start < 1.0
     assert len(req) == count
     assert req.arrival_at[0] == 0.0 and 3400 < req.arrival_at[-1] < 3600
     assert (len(req) - 1) / req.arrival_at[-1] == pytest.approx(rate, rel=0.01)
