@@ -3,9 +3,8 @@
 Targets (they were timed tests; timing belongs here, where a noisy machine shows as a
 spread rather than a red test run):
 
-* ``generate`` of W1's lengths (the Azure 2023 conversation trace's empirical
-  distribution, Poisson arrivals, the Niyama tiers, the SINCERE model mix) for 1,000,000
-  requests: under 2 s;
+* ``generate`` of W1's workload (Azure 2023 conversation lengths, Poisson arrivals) with
+  the SINCERE model mix and Niyama's tiers, 1,000,000 requests: under 2 s;
 * ``read_trace`` of each Azure 2023 trace (code: 8,819 rows, conversation: 19,366): under
   1 s, also as the first read of a fresh process (which loads the CSV reader's modules).
 
@@ -26,24 +25,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from sincere.workload import traces
 from sincere.workload.config import generate, load_workload_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "traces"
-W1_MILLION = {
-    "num_requests": 1_000_000,
-    "arrival": {"kind": "poisson", "rate": 6.45},
-    "lengths": {
-        "kind": "trace",
-        "source": "azure-conv-2023",
-        "max_prompt_tokens": 4096,
-        "max_output_tokens": 4096,
-    },
-    "models": "sincere",
-    "tiers": {"preset": "niyama"},
-}
+
+
+def w1_million() -> dict[str, Any]:
+    """W1's workload (examples/w1.yaml) at 1M requests, over the SINCERE model mix and
+    Niyama's tiers (what the test generated)."""
+    w1: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "w1.yaml").read_text())["workload"]
+    return {**w1, "num_requests": 1_000_000, "models": "sincere", "tiers": {"preset": "niyama"}}
 
 
 FIRST_READ = (
@@ -74,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    cfg = load_workload_config(W1_MILLION)
+    cfg = load_workload_config(w1_million())
     rows = [
         ("generate, 1M requests (W1 lengths)", 2.0, timed(lambda: generate(cfg, 1), args.repeat))
     ]
