@@ -126,9 +126,9 @@ def test_request_level_engines_keep_the_heap() -> None:
 def test_the_integral_sums_in_time_order_whatever_order_events_come_in() -> None:
     """Two arrivals at 1 and 2 s, one leaving at 4 s and one at 5 s: 1·1 + 2·2 + 1·1 = 6,
     events listed out of order; ties add nothing."""
-    area, end, left, num = _integral([2.0, 5.0, 1.0, 4.0, 4.0], [1, -1, 1, -1, 0])
-    assert (area, end, left, num) == (6.0, 5.0, 0, 5)
-    assert _integral([], []) == (0.0, 0.0, 0, 0)
+    times, change = np.array([2.0, 5.0, 1.0, 4.0, 4.0]), np.array([1, -1, 1, -1, 0])
+    assert _integral(times, change) == (6.0, 5.0, 0, 5)
+    assert _integral(np.zeros(0), np.zeros(0, np.int64)) == (0.0, 0.0, 0, 0)
 
 
 @settings(max_examples=60, deadline=None)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappop, heappush
+from typing import Any
 
 import numpy as np
 
@@ -261,9 +262,17 @@ class _Loop:
                 else:
                     break  # no event and no arrival left: nothing is held back
             cluster.outstanding[e] = outstanding
-        self.area, self.last_at, self.in_system, self.num_events = _integral(
-            arrivals + event_at + inner, joined + left + [0] * len(inner)
+        # the events as arrays (8 bytes each, not a float object each): their times, and
+        # each one's change of the number in the system (0 for an iteration end)
+        times = np.concatenate((np.array(arrivals), np.array(event_at), np.array(inner)))
+        event_at.clear()
+        inner.clear()
+        num_inner = len(times) - n - len(left)
+        change = np.concatenate(
+            (np.array(joined, np.int64), np.array(left, np.int64), np.zeros(num_inner, np.int64))
         )
+        left.clear()
+        self.area, self.last_at, self.in_system, self.num_events = _integral(times, change)
 
     def _pass_inner(self, inner: list[float], at: float) -> None:
         """Iteration ends up to ``at`` inside pieces of work: integrate up to each, in order."""
@@ -309,25 +318,31 @@ class _Loop:
         return len(left)
 
 
-def _integral(at: list[float], change: list[int]) -> tuple[float, float, int, int]:
+def _integral(at: Any, change: Any) -> tuple[float, float, int, int]:
     """The integral over time of the number in the system, given every event's time and
-    its change of that number, summed as the heap loop sums it: event by event in time
-    order, each interval times the number before the event. Returns ``(area, time of the
-    last event, number left in the system, number of events)``.
+    its change of that number (float64 and int64 arrays, reused in place), summed as the
+    heap loop sums it: event by event in time order, each interval times the number
+    before the event. Returns ``(area, time of the last event, number left in the system,
+    number of events)``.
 
     Events at one time may come in any order: between them the interval is zero, which
     adds exactly nothing, and the number after them is the same.
     """
-    if not at:
+    num = len(at)
+    if not num:
         return 0.0, 0.0, 0, 0
-    times = np.asarray(at, dtype=np.float64)
-    order = np.argsort(times, kind="stable")
-    times = times[order]
-    after = np.cumsum(np.asarray(change, dtype=np.int64)[order])
-    before = np.concatenate((np.zeros(1, dtype=np.int64), after[:-1]))
-    steps = before * np.diff(times, prepend=0.0)
-    area = np.cumsum(steps)  # sequential: the same additions in the same order
-    return float(area[-1]), float(times[-1]), int(after[-1]), len(at)
+    order: Any = np.argsort(at, kind="stable")
+    times = at[order]
+    after = change[order]
+    order = None  # (freed: the arrays are as long as the run has events)
+    np.cumsum(after, out=after)
+    steps = np.diff(times, prepend=0.0)  # each interval, ending at its event
+    end = float(times[-1])
+    times = None
+    steps[0] = 0.0  # nobody in the system before the first event
+    steps[1:] *= after[:-1]  # times the number before the event (int64 to float64, exact)
+    np.cumsum(steps, out=steps)  # sequential: the heap loop's additions in its order
+    return float(steps[-1]), end, int(after[-1]), num
 
 
 def run_events(
