@@ -198,7 +198,8 @@ async def relay_stream(
     resp = web.StreamResponse(headers=headers)
     first_at = None
     # Whether the deadline cut the stream is the timeout's own record, not a clock reading:
-    # uvloop's millisecond timers may fire just before ``deadline_at`` by ``loop.time()``.
+    # under load on uvloop, ``loop.time()`` read after the cut came out short of
+    # ``deadline_at`` (its millisecond timers, most likely), and the cut passed for a break.
     cut = asyncio.timeout_at(deadline_at)
     try:
         await resp.prepare(http_req)
