@@ -24,7 +24,7 @@ from sincere.policy.routers.basic import RandomRouter, RoundRobinRouter
 from sincere.sim import load_config
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
-from sincere.sim.runner import RunLog, _integral, run_events
+from sincere.sim.runner import _integral, run_events
 from sincere.workload.config import generate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -55,10 +55,6 @@ def _cluster(raw: dict[str, Any], decisions: DecisionLog | None = None) -> Clust
     return build_cluster(cfg, reqs, decisions)
 
 
-def _run(cluster: Cluster) -> RunLog:
-    return run_events(cluster)
-
-
 @pytest.mark.parametrize(
     ("router", "count", "num_requests", "example"),
     [
@@ -81,7 +77,7 @@ def test_engines_run_apart_give_the_heap_loops_results_bit_for_bit(
     apart, heap = _cluster(raw), _cluster(raw)
     assert apart.apart and heap.apart
     heap.apart = False  # the general loop: arrivals and every engine on one event heap
-    log, ref = _run(apart), _run(heap)
+    log, ref = run_events(apart), run_events(heap)
     assert log == ref
     assert log.num_in_system_area > 0  # (SINCERE's server leaves some unfinished: no flush)
     for col in COLUMNS:
