@@ -33,6 +33,7 @@ import numpy.typing as npt
 from scipy.optimize import nnls
 
 from sincere.core.errors import ConfigError
+from sincere.optimize.queueing import DecodePrefillParams
 from sincere.perf.base import Batch, Deployment, StepTimeModel
 from sincere.perf.memory import plan_memory
 
@@ -60,6 +61,14 @@ class DerivedModelData:
     entry: dict[str, Any]  # name, acc, accCount, maxBatchSize, atTokens, decodeParms, prefillParms
     decode: LineFit  # alpha (intercept), beta (slope per sequence)
     prefill: LineFit  # gamma (intercept), delta (slope per token)
+
+    @property
+    def params(self) -> DecodePrefillParams:
+        """The entry's ``decodeParms`` and ``prefillParms`` as the planner's parameters."""
+        return DecodePrefillParams(
+            self.decode.intercept_ms, self.decode.slope_ms,
+            self.prefill.intercept_ms, self.prefill.slope_ms,
+        )  # fmt: skip
 
 
 def fit_line(xs: FArray, ys_ms: FArray) -> LineFit:

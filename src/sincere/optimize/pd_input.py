@@ -52,7 +52,7 @@ from sincere.optimize.pd_plan import (
     plan_pd,
 )
 from sincere.optimize.plan import solve
-from sincere.optimize.queueing import DecodePrefillParams, IntArray
+from sincere.optimize.queueing import IntArray
 from sincere.optimize.simsize import SimSettings, simulated_sizer
 from sincere.optimize.sizing import Targets
 from sincere.perf.factory import StepModelConfig
@@ -229,16 +229,12 @@ def colocated_problem(
         except ConfigError:
             continue  # the model does not fit this shape
         e = derived.entry
-        params = DecodePrefillParams(
-            e["decodeParms"]["alpha"], e["decodeParms"]["beta"],
-            e["prefillParms"]["gamma"], e["prefillParms"]["delta"],
-        )  # fmt: skip
         cost = dep.accelerator.price_per_hour_usd * cand.tp * CENTS
         accs[name] = AcceleratorSpec(
             name, cand.accelerator, cand.tp, dep.accelerator.memory_gb, cost
         )
         models[(inp.model, name)] = ModelPerf(
-            inp.model, name, 1, e["maxBatchSize"], e["atTokens"], params
+            inp.model, name, 1, e["maxBatchSize"], e["atTokens"], derived.params
         )
         shapes[name] = cand
     targets = Targets(ttft_ms=inp.slo.ttft_ms, itl_ms=inp.slo.tpot_ms)
