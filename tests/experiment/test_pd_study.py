@@ -132,29 +132,38 @@ def test_other_studies_get_no_pd_table(tmp_path: Path) -> None:
     assert pd_table(results) is None and pd_ratio_figure(results, tmp_path / "x.png") is None
 
 
+def _two_request_run(
+    tmp_path: Path, tiers: list[dict[str, Any]], decode_started_at: pa.Array | None = None
+) -> tuple[Path, Path]:
+    """A run folder's requests and config: two chat requests arriving at 0 with TTFT 0.1
+    and 0.2 s, E2E 3.1 and 1.2 s, 101 tokens each; the config declares ``tiers``."""
+    columns: dict[str, Any] = {
+        "tier": ["chat", "chat"],
+        "arrival_at": [0.0, 0.0],
+        "ttft_s": [0.1, 0.2],
+        "e2e_s": [3.1, 1.2],
+        "output_tokens": [101, 101],
+    }
+    if decode_started_at is not None:
+        columns["decode_started_at"] = decode_started_at
+    columns["rejected"] = [False, False]
+    pq.write_table(pa.table(columns), tmp_path / "requests.parquet")
+    config = yaml.safe_dump({"workload": {"tiers": tiers}})
+    (tmp_path / "config.yaml").write_text(config, encoding="utf-8")
+    return tmp_path / "requests.parquet", tmp_path / "config.yaml"
+
+
 def test_first_token_at_decode_start_by_hand(tmp_path: Path) -> None:
     """A request whose KV waited 2 s for decode room: on time with TTFT at the prefill end
     (0.1 s, TPOT (3.1 - 0.1) / 100 = 30 ms), late when its first token counts at decode
     start (2.1 s); a colocated request (no decode start) keeps its recorded TTFT."""
     from sincere.experiment.pd_study import tier_attainment
 
-    table = pa.table({
-        "tier": ["chat", "chat"],
-        "arrival_at": [0.0, 0.0],
-        "ttft_s": [0.1, 0.2],
-        "e2e_s": [3.1, 1.2],
-        "output_tokens": [101, 101],
-        "decode_started_at": pa.array([2.1, None], type=pa.float64()),
-        "rejected": [False, False],
-    })  # fmt: skip
-    pq.write_table(table, tmp_path / "requests.parquet")
-    tiers = [{"name": "chat", "ttft_s": 1.0, "tbt_s": 0.05}]
-    config = {"workload": {"tiers": tiers}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    found = tier_attainment(
-        tmp_path / "requests.parquet", tmp_path / "config.yaml", at_decode_start=True
+    decode_started = pa.array([2.1, None], type=pa.float64())
+    requests, config = _two_request_run(
+        tmp_path, [{"name": "chat", "ttft_s": 1.0, "tbt_s": 0.05}], decode_started
     )
-    assert found == {"chat": 0.5}
+    assert tier_attainment(requests, config, at_decode_start=True) == {"chat": 0.5}
 
 
 def test_every_tier_is_judged_on_every_request(tmp_path: Path) -> None:
@@ -162,21 +171,9 @@ def test_every_tier_is_judged_on_every_request(tmp_path: Path) -> None:
     0.1-s request and fails the 0.2-s one (0.5); without decode start both meet chat's."""
     from sincere.experiment.pd_study import tier_attainment
 
-    table = pa.table({
-        "tier": ["chat", "chat"],
-        "arrival_at": [0.0, 0.0],
-        "ttft_s": [0.1, 0.2],
-        "e2e_s": [3.1, 1.2],
-        "output_tokens": [101, 101],
-        "rejected": [False, False],
-    })  # fmt: skip
-    pq.write_table(table, tmp_path / "requests.parquet")
     tiers = [{"name": "chat", "ttft_s": 1.0, "tbt_s": 0.05}, {"name": "fast", "ttft_s": 0.15}]
-    (tmp_path / "config.yaml").write_text(
-        yaml.safe_dump({"workload": {"tiers": tiers}}), encoding="utf-8"
-    )
-    found = tier_attainment(tmp_path / "requests.parquet", tmp_path / "config.yaml")
-    assert found == {"chat": 1.0, "fast": 0.5}
+    requests, config = _two_request_run(tmp_path, tiers)
+    assert tier_attainment(requests, config) == {"chat": 1.0, "fast": 0.5}
 
 
 @pytest.mark.parametrize("deploy", ["colocated", "2P2D"])
