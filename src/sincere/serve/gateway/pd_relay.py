@@ -26,8 +26,10 @@ instance), ``x-sincere-prefill-instance``, ``x-sincere-prefill-s`` (arrival to t
 prefill's answer: the TTFT as the simulator takes it) and, relayed from the decode
 instance when it says, ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``.
 
-A client's own ``kv_transfer_params`` are dropped (on every request): they would make an
-engine pull KV from wherever they point, or skip computing the prompt.
+A client's own ``kv_transfer_params`` are dropped (on every request:
+:mod:`~sincere.serve.security.engine_fields`): they would make an engine pull KV from
+wherever they point, or skip computing the prompt. A sealed body is opened only by the
+seal proxy, which drops them there.
 
 Billing: one request, one charge -- the prompt and the completion tokens the decode
 answer reports, at the decode instance's prices (the prefill's one token is not
@@ -55,6 +57,7 @@ from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, Sl
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.relay import Relay, deadline_error
 from sincere.serve.protocol import CompletionRequest, loads
+from sincere.serve.security.engine_fields import engine_fields_in, without_engine_fields
 
 PREFILL_INSTANCE_HEADER = "x-sincere-prefill-instance"
 PREFILL_S_HEADER = "x-sincere-prefill-s"
@@ -106,8 +109,8 @@ class PDRelay:
         self, http_req: web.Request, creq: CompletionRequest, pending: Pending
     ) -> web.StreamResponse:
         """Serve ``pending``: disaggregated when its model has roles and the decider says so."""
-        if KV_PARAMS in creq.body:  # the gateway speaks the KV protocol, never a client
-            creq = _without_kv_params(creq)
+        if engine_fields_in(creq.body):  # the gateway speaks the KV protocol, never a client
+            creq = dataclasses.replace(creq, body=without_engine_fields(creq.body), raw=b"")
         if pending.sealed is not None or pending.request.model not in self.split_models():
             return await self._colocated(http_req, creq, pending)
         states = [
@@ -304,13 +307,6 @@ class PDRelay:
 _PREFILL_DROPS = frozenset(
     {"stream_options", "max_completion_tokens", "min_tokens", "min_completion_tokens"}
 )
-
-
-def _without_kv_params(creq: CompletionRequest) -> CompletionRequest:
-    """``creq`` without a client's ``kv_transfer_params``: they would make an engine pull
-    KV from wherever they point, or skip the prompt's compute."""
-    body = {k: v for k, v in creq.body.items() if k != KV_PARAMS}
-    return dataclasses.replace(creq, body=body, raw=b"")
 
 
 def _kv_params(answer: bytes) -> dict[str, Any] | None:

@@ -5,8 +5,9 @@ the private key, opens each sealed request (:mod:`~sincere.serve.security.envelo
 checks that the plaintext honours what was declared in the clear (same model, same
 ``stream``, a prompt no longer than declared plus ``prompt_slack``, ``max_tokens``
 no larger than declared -- and set to the declared value when absent, so a budget
-reserved on the declared figures holds), forwards it to the engine's OpenAI
-endpoint, and seals the answer back: a non-streamed body as one frame, a stream
+reserved on the declared figures holds), drops the fields only a front end may set on
+an engine (``kv_transfer_params``: :mod:`~sincere.serve.security.engine_fields`),
+forwards it to the engine's OpenAI endpoint, and seals the answer back: a non-streamed body as one frame, a stream
 event by event. It adds plain usage counts for the gateway's accounting (the
 ``x-sincere-usage`` header, or a ``sincere-usage`` SSE event before the final frame).
 
@@ -24,6 +25,11 @@ must be complete ``header_timeout_s`` after its first byte (408, the slow-header
 at most ``max_connections`` connections (``max_connections_per_client`` per address),
 a TLS handshake within ``handshake_timeout_s``; a kept-alive connection idle
 ``idle_timeout_s`` is closed and a body must arrive within ``body_timeout_s`` (408).
+
+A caller that gives up (the gateway past a request's deadline, or its client gone)
+closes its connection; the handler is then cancelled and the engine's connection closed
+with it, so the engine aborts the request instead of generating an answer nobody reads
+(``handler_cancellation``).
 
 Replays: a sealed body received twice within ``replay_window_s`` is refused (409
 ``replayed``: :class:`ReplayWindow`), and so is one sealed more than ``replay_window_s``
@@ -68,6 +74,7 @@ from sincere.serve.protocol import (
 )
 from sincere.serve.security.connections import AcceptErrorLog, EdgeLimits, EdgeSite
 from sincere.serve.security.credentials import Secret
+from sincere.serve.security.engine_fields import engine_fields_in, without_engine_fields
 from sincere.serve.security.envelope import (
     CONTENT_TYPE,
     SEALED_AT_HEADER,
@@ -150,6 +157,7 @@ class SealProxy(Served):
             self.app,
             access_log=None,
             handle_signals=False,
+            handler_cancellation=True,  # a caller gone: the engine's request is closed too
             keepalive_timeout=self.idle_timeout_s,
             lingering_time=min(10.0, self.body_timeout_s),
         )
@@ -262,12 +270,14 @@ class SealProxy(Served):
                 f"(allowed up to {allowed}); declare the prompt's length"
             )
             raise ProtocolError(400, message, param="prompt", code="declared_mismatch")
-        if creq.max_tokens is None:
-            patched = dict(creq.body, max_tokens=declared.max_tokens)
-            return dumps(patched), creq.prompt_tokens
-        if creq.max_tokens > declared.max_tokens:
+        if creq.max_tokens is not None and creq.max_tokens > declared.max_tokens:
             raise _mismatch("max_tokens", creq.max_tokens, declared.max_tokens)
-        return plaintext, creq.prompt_tokens
+        if creq.max_tokens is not None and not engine_fields_in(creq.body):
+            return plaintext, creq.prompt_tokens
+        patched = without_engine_fields(creq.body)  # only the P/D front end speaks KV
+        if creq.max_tokens is None:
+            patched["max_tokens"] = declared.max_tokens
+        return dumps(patched), creq.prompt_tokens
 
     async def _relay_once(self, path: str, body: bytes, sealer: FrameSealer) -> web.Response:
         try:

@@ -1,0 +1,109 @@
+"""The seal proxy in front of an emulated engine: what it forwards, and what it stops.
+
+A client's engine-only fields never reach the engine; a request the gateway gave up on
+(its deadline passed) is aborted in the engine, not run to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.server import EmulatorServer
+from sincere.serve.gateway.server import Gateway
+from sincere.serve.security.confidential_client import seal_for
+from sincere.serve.security.seal_proxy import SealProxy
+
+from .test_security_confidential import FAST, PAIR, Relay
+from .test_security_gateway import gateway_config, run
+
+SLOW = {"kind": "inferno", "params": {"alpha_ms": 20, "beta_ms": 0, "gamma_ms": 2, "delta_ms": 0}}
+
+
+def _prompt(**extra: Any) -> dict[str, Any]:
+    body = {"model": "llama-3-8b", "prompt": "hello there", "max_tokens": 4}
+    return body | {"sincere": {"output_tokens": 4}} | extra
+
+
+def test_a_clients_kv_transfer_params_never_reach_the_engine() -> None:
+    """Sealed ``kv_transfer_params`` (a forged remote prefill) are dropped after opening: the
+    engine never sees them and serves the prompt itself (a prefill-role engine would refuse
+    them with 400 ``wrong_role``)."""
+    config = EmulatorConfig.model_validate(
+        {"step_model": FAST, "role": "prefill", "engine": {"num_kv_blocks": 4096}}
+    )
+    forged = {"do_remote_prefill": True, "remote_engine_id": "x", "remote_host": "10.9.9.9",
+              "remote_port": 1, "remote_block_ids": [1], "sincere": {"kv_bytes": 0}}  # fmt: skip
+
+    async def main() -> None:
+        async with (
+            EmulatorServer(config) as engine,
+            Relay(engine.port) as engine_side,
+            SealProxy(PAIR, f"http://127.0.0.1:{engine_side.port}") as proxy,
+            aiohttp.ClientSession() as http,
+        ):
+            for kind, body in (
+                ("completion", _prompt(kv_transfer_params=forged)),
+                ("completion", {**_prompt(kv_transfer_params=forged), "max_tokens": None}),
+            ):
+                sealed = seal_for(PAIR.pinned, kind, body)
+                url = proxy.url + "/v1/completions"
+                async with http.post(url, data=sealed.body, headers=sealed.headers) as r:
+                    status, raw = r.status, await r.read()
+                answer = sealed.opener().open(raw)
+                assert status == 200, answer
+                assert b'"completion_tokens":4' in answer.replace(b" ", b"")
+        assert b"kv_transfer_params" not in engine_side.seen
+        assert b"10.9.9.9" not in engine_side.seen
+
+    run(main)
+
+
+@contextlib.asynccontextmanager
+async def _sealed_chain() -> AsyncIterator[tuple[EmulatorServer, Gateway]]:
+    """An emulated engine at 20 ms a token, its seal proxy, a gateway routing sealed bodies."""
+    config = EmulatorConfig.model_validate({"step_model": SLOW, "engine": {"num_kv_blocks": 4096}})
+    async with EmulatorServer(config) as engine, SealProxy(PAIR, engine.url) as proxy:
+        cfg = gateway_config(proxy.url, None, security={"sealed_backends": ["b0"]})
+        backend = cfg.backends[0].model_copy(update={"models": {"llama-3-8b": "llama-3-8b"}})
+        async with Gateway(cfg.model_copy(update={"backends": [backend]})) as gw:
+            yield engine, gw
+
+
+async def _aborted_within(engine: EmulatorServer, limit_s: float) -> float:
+    """Seconds until the engine holds no request and counts one abort (fails past the limit)."""
+    live = engine.live
+    assert live is not None
+    start = time.monotonic()
+    while live.num_in_flight or engine.metrics.aborted._value.get() < 1:
+        assert time.monotonic() - start < limit_s, "the engine still runs the abandoned request"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_sealed_request_past_its_deadline_is_aborted_in_the_engine(stream: bool) -> None:
+    """The gateway answers 504 at the 0.5 s deadline of a 400-token (8 s) sealed request; the
+    seal proxy closes the engine's request, which the engine aborts within a second."""
+    body = _prompt(max_tokens=400, stream=stream, sincere={"output_tokens": 400})
+
+    async def main() -> None:
+        async with _sealed_chain() as (engine, gw), aiohttp.ClientSession() as http:
+            sealed = seal_for(PAIR.pinned, "completion", body, deadline_s=0.5)
+            url = gw.url + "/v1/completions"
+            async with http.post(url, data=sealed.body, headers=sealed.headers) as r:
+                status, raw = r.status, await r.read()
+            if stream:  # cut mid-stream: the gateway says why in a plain event
+                assert status == 200 and b"deadline_exceeded" in raw
+            else:
+                assert status == 504, raw
+            await _aborted_within(engine, 1.0)
+
+    run(main)
