@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from sincere.serve.app import compose
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
 
-from .test_security_gateway import bearer, gateway_config, make_keys
+from .test_security_gateway import bearer, gateway_config, make_keys, serving
 
 EXPECT_REQUEST = (
     b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -185,3 +188,111 @@ def test_metrics_show_per_tenant_series_for_the_top_tenants_only(tmp_path: Path)
         assert all(f'tenant="t{k}"' in every for k in range(4)) and 'tenant="(other)"' not in every
 
     run(main)
+
+
+def _raw_request(method: bytes, path: bytes, head: bytes, body: bytes = b"") -> bytes:
+    return (
+        method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )  # fmt: skip
+
+
+async def _exchange(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4000), 5)
+    finally:
+        writer.close()
+
+
+def test_a_bad_expect_header_is_a_4xx_on_every_method_and_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Expect:`` with bytes that are not UTF-8, on routed paths, admin routes, unknown paths
+    and methods no route takes: a 417 (never a 500, no traceback logged)."""
+    keys = tmp_path / "keys.db"
+    make_keys(keys, ops=KeySpec(kind="admin", name="ops"))
+    paths = (b"/v1/completions", b"/health", b"/admin/models", b"/admin/instances/x", b"/nope",
+             b"/v1/nope/deeper")  # fmt: skip
+    methods = (b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS")
+
+    async def main() -> list[tuple[bytes, bytes, bytes]]:
+        async with serving(keys, FakeUpstream()) as (_up, gw, _s):
+            return [
+                (m, p, await _exchange(gw.port, _raw_request(m, p, b"Expect: \xff\xfe1\r\n")))
+                for m in methods
+                for p in paths
+            ]
+
+    caplog.set_level(logging.INFO)
+    answers = asyncio.run(asyncio.wait_for(main(), 30))
+    for method, path, answer in answers:
+        assert answer.startswith(b"HTTP/1.1 417 "), (method, path, answer[:200])
+        assert b'"code":"expectation_failed"' in answer
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+
+
+def test_unrouted_paths_and_methods_answer_404_and_405_as_before() -> None:
+    """The route that carries the Expect check for unknown paths keeps aiohttp's answers:
+    404 for an unknown path, 405 naming the allowed methods for a known one."""
+
+    async def main() -> list[tuple[int, str]]:
+        async with (
+            FakeUpstream() as up,
+            Gateway(gateway_config(up.url, None)) as gw,
+            aiohttp.ClientSession() as s,
+        ):
+            got = []
+            for method, path in (("GET", "/nope"), ("POST", "/health"), ("GET", "/v1/models")):
+                async with s.request(method, gw.url + path) as r:
+                    got.append((r.status, r.headers.get("Allow", "")))
+            return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [(404, ""), (405, "GET,HEAD"), (200, "")]
+
+
+def _surrogate_bodies(rng: random.Random, num: int) -> list[bytes]:
+    """Admin bodies with a lone surrogate in a key, at the top or nested (a seeded corpus)."""
+    fields = ["name", "model", "emulator", "url", "loads", "sizing", "apply", "join"]
+    bodies = []
+    for _ in range(num):
+        surrogate = rng.choice([0xD800, 0xDBFF, 0xDC00, 0xDFFF, 0xDABC])
+        bad = f"\\u{surrogate:04x}"
+        key = rng.choice(["", "x", "name"])
+        bad_key = f'"{key[: rng.randint(0, len(key))]}{bad}{key}"'
+        value = rng.choice(["1", '"v"', "null", "[1]", "{}"])
+        inner = f"{{{bad_key}: {value}}}"
+        where = rng.randint(0, 3)
+        good = f'"{rng.choice(fields)}": "m"'
+        text = (
+            f"{{{bad_key}: 1, {good}}}" if where == 0
+            else f'{{{good}, "emulator": {inner}}}' if where == 1
+            else f'{{"loads": [{inner}], {good}}}' if where == 2
+            else f'{{{good}, "x": [[{inner}]]}}'
+        )  # fmt: skip
+        bodies.append(text.encode())
+    return bodies
+
+
+def test_admin_bodies_with_lone_surrogates_in_keys_are_400(tmp_path: Path) -> None:
+    """A seeded corpus of 60 admin bodies with a lone surrogate in a JSON key, over every
+    admin POST route with an admin key (so each answer is audited): 400 each, never 500."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, ops=KeySpec(kind="admin", name="ops"))
+    bodies = _surrogate_bodies(random.Random(7), 20)
+    auth = f"Authorization: Bearer {tokens['ops']}\r\n".encode()
+
+    async def main() -> list[tuple[bytes, bytes, bytes]]:
+        async with serving(keys, FakeUpstream()) as (_up, gw, _s):
+            return [
+                (path, body, await _exchange(gw.port, _raw_request(b"POST", path, auth, body)))
+                for path in (b"/admin/models", b"/admin/instances", b"/admin/plan")
+                for body in bodies
+            ]
+
+    answers = asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(answers) == 60
+    for path, body, answer in answers:
+        assert answer.startswith(b"HTTP/1.1 400 "), (path, body, answer[:300])

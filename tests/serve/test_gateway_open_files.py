@@ -13,7 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
-from sincere.serve.gateway.edge import FD_MARGIN, AcceptErrorLog, fd_budget, upstream_fd_need
+from sincere.serve.gateway.edge import (
+    FD_MARGIN,
+    AcceptErrorLog,
+    fd_budget,
+    per_client_share,
+    upstream_fd_need,
+)
 from sincere.serve.gateway.server import Gateway
 
 from .test_security_gateway import gateway_config
@@ -55,7 +61,9 @@ def test_a_low_fd_limit_lowers_the_connection_limit_at_start(
         async with FakeUpstream() as up, Gateway(gateway_config(up.url, None)) as gw:
             upstream = gw.config.backends[0].max_in_flight + 8
             assert gw.edge.max_connections == 1024 - upstream - FD_MARGIN
-            assert gw.edge.max_connections_per_client <= gw.edge.max_connections
+            # the configured share (1,024 of 4,096: a quarter) is kept: one address cannot
+            # take every connection the lowered limit allows
+            assert gw.edge.max_connections_per_client == gw.edge.max_connections // 4
 
     run(main)
     assert "RLIMIT_NOFILE" in caplog.text and "lowered from 4096" in caplog.text
@@ -93,3 +101,16 @@ def test_unbounded_backends_do_not_shrink_the_edge() -> None:
     assert need == 4096 + 16
     assert fd_budget(4096, need, 20_000, 20_000).max_connections == 4096
     assert upstream_fd_need([64, 32], 4096) == 96 + 16
+
+
+@given(st.integers(1, 1 << 16), st.integers(1, 1 << 16), st.integers(1, 1 << 16))
+def test_a_lowered_limit_keeps_the_per_client_share(
+    per_client: int, configured: int, fitted: int
+) -> None:
+    """Lowering the connection limit never lets one address hold all of it when the
+    configured per-client limit did not, and never raises the per-client limit."""
+    fitted = min(fitted, configured)
+    got = per_client_share(per_client, configured, fitted)
+    assert 1 <= got <= min(per_client, fitted)
+    if per_client < configured and fitted > 1:
+        assert got < fitted

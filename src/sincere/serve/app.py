@@ -40,6 +40,7 @@ from sincere.core.errors import ConfigError
 from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.serve.gateway.auth import GatewayAuth, refusal_response
 from sincere.serve.gateway.config import GatewayConfig
+from sincere.serve.gateway.edge import expect_handler as expect
 from sincere.serve.gateway.edge import read_body
 from sincere.serve.gateway.server import (
     Gateway,
@@ -92,7 +93,7 @@ def mount_control(gateway: Gateway) -> Controller:
 
     for route in ControllerApi(controller, body_of).routes():
         handler = admin_only(gateway.auth, route.handler, route.action)
-        gateway.app.router.add_route(route.method, route.path, handler)
+        gateway.app.router.add_route(route.method, route.path, handler, expect_handler=expect)
     gateway.app[CONTROLLER] = controller
     gateway.on_stop.append(controller.close)  # its emulated engines stop with the gateway
     return controller

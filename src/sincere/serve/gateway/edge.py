@@ -35,8 +35,8 @@ from sincere.serve.security.connections import (
 
 __all__ = [
     "AcceptErrorLog", "EdgeLimits", "EdgeProtocol", "EdgeSite", "FdBudget", "QuietServerLog",
-    "expect_handler", "fd_budget", "fit_open_files", "raw_error", "read_body", "runner_kwargs",
-    "upstream_fd_need",
+    "expect_handler", "fd_budget", "fit_open_files", "per_client_share", "raw_error",
+    "read_body", "route_unrouted", "runner_kwargs", "upstream_fd_need",
 ]  # fmt: skip
 
 
@@ -110,6 +110,28 @@ async def expect_handler(request: web.Request) -> None:
     await _default_expect_handler(request)
 
 
+UNROUTED_PATH = "/{unrouted:.*}"
+
+
+def route_unrouted(app: web.Application) -> None:
+    """Answer requests no route takes (404, or 405 naming the allowed methods) as aiohttp
+    does, but behind :func:`expect_handler`: aiohttp checks ``Expect:`` before routing, so a
+    path or method no route takes would otherwise get aiohttp's own check (a 500 for bytes
+    that are not UTF-8). Matched last, whatever is added after it."""
+    app.router.add_route("*", UNROUTED_PATH, _unrouted, expect_handler=expect_handler)
+
+
+async def _unrouted(request: web.Request) -> web.StreamResponse:
+    allowed: set[str] = set()
+    itself = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is not itself:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
 FD_MARGIN = 64  # descriptors kept for logs, the key store, scrapes and the like
 
 
@@ -164,5 +186,16 @@ def fit_open_files(edge: EdgeLimits, upstream_fds: int, log: logging.Logger) -> 
             budget = fd_budget(edge.max_connections, upstream_fds, soft, soft)
     if budget.note is not None:
         log.warning("%s", budget.note)
+    edge.max_connections_per_client = per_client_share(
+        edge.max_connections_per_client, edge.max_connections, budget.max_connections
+    )
     edge.max_connections = budget.max_connections
-    edge.max_connections_per_client = min(edge.max_connections_per_client, edge.max_connections)
+
+
+def per_client_share(per_client: int, configured: int, fitted: int) -> int:
+    """The per-address connection limit once the connection limit went from ``configured``
+    to ``fitted``: the same share of it (at least 1), so that one address still cannot take
+    every connection when the configured limit did not let it."""
+    if fitted >= configured or per_client >= configured:
+        return min(per_client, fitted)
+    return max(1, min(per_client, per_client * fitted // configured, fitted - 1))

@@ -85,6 +85,7 @@ from sincere.serve.gateway.edge import (
     expect_handler,
     fit_open_files,
     read_body,
+    route_unrouted,
     runner_kwargs,
     upstream_fd_need,
 )
@@ -171,6 +172,7 @@ class Gateway(Served):
         app.router.add_get("/v1/models", self._models, expect_handler=expect)
         app.router.add_get("/health", self._health, expect_handler=expect)
         app.router.add_get("/metrics", self._metrics, expect_handler=expect)
+        route_unrouted(app)  # 404 / 405 with the same Expect check
         return app
 
     @property

@@ -50,6 +50,9 @@ class AuditLog:
             "details": _redacted(details or {}),
         }
         line = json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n"
+        # a lone UTF-16 surrogate (an admin body's key quoted in its 400) cannot be written
+        # as UTF-8: keep it as the JSON escape it came in as
+        line = line.encode("utf-8", "backslashreplace").decode("utf-8")
         with self._lock:
             if self.path is None:
                 self.records.append(entry)

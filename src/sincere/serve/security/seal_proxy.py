@@ -7,9 +7,10 @@ checks that the plaintext honours what was declared in the clear (same model, sa
 no larger than declared -- and set to the declared value when absent, so a budget
 reserved on the declared figures holds), drops the fields only a front end may set on
 an engine (``kv_transfer_params``: :mod:`~sincere.serve.security.engine_fields`),
-forwards it to the engine's OpenAI endpoint, and seals the answer back: a non-streamed body as one frame, a stream
-event by event. It adds plain usage counts for the gateway's accounting (the
-``x-sincere-usage`` header, or a ``sincere-usage`` SSE event before the final frame).
+forwards it to the engine's OpenAI endpoint, and seals the answer back: a non-streamed
+body as one frame, a stream event by event. It adds plain usage counts for the gateway's
+accounting (the ``x-sincere-usage`` header, or a ``sincere-usage`` SSE event before the
+final frame).
 
 Errors before the body opens (not sealed, bad headers, wrong key, altered body) are
 plain OpenAI error bodies: they hold nothing of the request. Errors after it opens
