@@ -68,6 +68,19 @@ def test_no_healthy_decode_instance_holds() -> None:
     assert door.decide(req(1, 64), [view("p0")], [], 0.0) is None
 
 
+def test_no_healthy_prefill_instance_serves_colocated() -> None:
+    """Every prefill instance down: colocated (None), not held; a full but healthy prefill
+    pool still holds (backpressure), and one healthy instance is enough to split."""
+    door = build_pd_front_door(PDRoutingConfig(), 0)
+    down = [view("p0", healthy=False), view("p1", healthy=False)]
+    assert door.decide(req(0, 64), down, [view("d0")], 0.0) is None
+    full = [view("p0", num_outstanding=1, max_in_flight=1)]
+    assert isinstance(door.decide(req(1, 64), full, [view("d0")], 0.0), Hold)
+    one_up = [view("p0", healthy=False), view("p1")]
+    split = door.decide(req(2, 64), one_up, [view("d0")], 0.0)
+    assert isinstance(split, PDRoute) and split.prefill.instance == "p1"
+
+
 def test_an_unknown_decider_names_the_allowed_ones() -> None:
     """decider: 'sometimes' is refused at load, listing always, never and threshold."""
     cfg = {

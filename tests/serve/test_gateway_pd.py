@@ -218,24 +218,103 @@ def test_a_full_prefill_pool_holds_then_serves() -> None:
     run(body)
 
 
-def test_a_dead_prefill_instance_is_a_502() -> None:
-    """A prefill backend that refuses connections: the client gets 502 naming the phase,
-    and the breaker counts the failure."""
+def _with_dead(servers: list[EmulatorServer], name: str, role: str) -> dict[str, Any]:
+    """The gateway over ``servers`` plus a backend ``name`` in ``role`` that refuses
+    connections (port 9), priced as p0."""
+    raw = _gateway_raw(servers)
+    dead = {**_gateway_raw(servers)["backends"][0], "name": name, "role": role,
+            "url": "http://127.0.0.1:9",
+            "price_in_per_1m_usd": 1e6 if role == "prefill" else 0.0}  # fmt: skip
+    raw["backends"].append(dead)
+    raw["queue"] = {"timeout_s": 5}
+    return raw
+
+
+def test_a_dead_prefill_pool_serves_long_prompts_on_the_decode_instances() -> None:
+    """The only prefill backend refuses connections: each request is served whole by a
+    decode instance at once (no 502, no wait for the queue timeout); the prefill's breaker
+    counts the failures, and once it is open the prefill is not tried at all."""
 
     async def body() -> None:
         servers = await start_emulators(_emulators()[1:])
         try:
-            raw = _gateway_raw(servers)
-            dead = {**raw["backends"][0], "name": "p0", "role": "prefill",
-                    "url": "http://127.0.0.1:9"}  # fmt: skip
-            raw["backends"].append(dead)
+            raw = _with_dead(servers, "p0", "prefill")
+            async with Gateway(parse_config(raw)) as gw, aiohttp.ClientSession() as s:
+                started = time.perf_counter()
+                for k in range(8):  # the breaker opens after 5 failures
+                    req = {"model": "llama-3-8b", "prompt": [k + 1] * 500, "max_tokens": 3}
+                    async with s.post(gw.url + "/v1/completions", json=req) as r:
+                        assert r.status == 200, await r.text()
+                        assert PREFILL_INSTANCE_HEADER not in r.headers
+                        assert r.headers["x-sincere-instance"] in ("d0", "d1")
+                        assert (await r.json())["usage"]["completion_tokens"] == 3
+                assert time.perf_counter() - started < 4.0  # well under the queue timeout
+                assert gw.metrics.upstream_errors[("p0", "prefill")] == 5
+                assert not gw.dispatcher.instances["p0"].breaker.can_send(gw.loop.time())
+        finally:
+            await stop_emulators(servers)
+
+    run(body)
+
+
+def test_a_failed_decode_is_retried_on_the_other_decode_instance() -> None:
+    """One decode backend refuses connections: every request (concurrent, so the decode
+    router sends some to it) is decoded on the live one after the prefill, and answered."""
+
+    async def body() -> None:
+        servers = await start_emulators(_emulators()[:2])  # p0 and d0
+        try:
+            raw = _with_dead(servers, "d1", "decode")
+            async with Gateway(parse_config(raw)) as gw, aiohttp.ClientSession() as s:
+                reqs = [
+                    {"model": "llama-3-8b", "prompt": [k + 1] * 500, "max_tokens": 3,
+                     "stream": True}
+                    for k in range(4)
+                ]  # fmt: skip
+                got = await asyncio.gather(*(_stream(s, gw.url, req) for req in reqs))
+                assert [g[0] for g in got] == [200] * 4
+                assert [g[2] for g in got] == [3] * 4
+                assert {g[1][PREFILL_INSTANCE_HEADER] for g in got} == {"p0"}
+                assert {g[1]["x-sincere-instance"] for g in got} == {"d0"}
+                assert gw.metrics.upstream_errors[("d1", "decode")] >= 1
+        finally:
+            await stop_emulators(servers)
+
+    run(body)
+
+
+def test_a_request_whose_decode_failed_everywhere_is_charged_its_prefill(
+    tmp_path: Path,
+) -> None:
+    """Both decode backends refuse connections: the client gets 502 after its prompt was
+    prefilled, and is charged that prompt at the prefill instance's prices, no output."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1e9))
+
+    async def body() -> None:
+        servers = await start_emulators(_emulators()[:1])  # p0 alone
+        try:
+            raw = _with_dead(servers, "d0", "decode")
+            raw["backends"].append({**raw["backends"][-1], "name": "d1"})
+            raw["security"] = {"keys": str(keys), "flush_interval_s": 0.05}
             async with Gateway(parse_config(raw)) as gw, aiohttp.ClientSession() as s:
                 req = {"model": "llama-3-8b", "prompt": PROMPT, "max_tokens": 3}
-                async with s.post(gw.url + "/v1/completions", json=req) as r:
+                headers = bearer(tokens["acme"])
+                async with s.post(gw.url + "/v1/completions", json=req, headers=headers) as r:
                     assert r.status == 502
-                    assert "prefill failed" in (await r.json())["error"]["message"]
-                assert gw.metrics.upstream_errors[("p0", "prefill")] == 1
-                assert gw.dispatcher.instances["p0"].breaker.num_failures == 1
+                    assert "decode failed" in (await r.json())["error"]["message"]
+                assert gw.metrics.upstream_errors[("d0", "decode")] == 1
+                assert gw.metrics.upstream_errors[("d1", "decode")] == 1
+                store = gw.auth.store
+                assert store is not None
+                for _ in range(400):
+                    (record,) = [r for r in store.records() if r.kind == "client"]
+                    totals = store.totals(record.key_id)
+                    if totals.num_requests:
+                        break
+                    await asyncio.sleep(0.01)
+                assert (totals.num_prompt_tokens, totals.num_completion_tokens) == (500, 0)
+                assert totals.spent_usd == pytest.approx(500.0)  # 1 USD a prompt token on p0
         finally:
             await stop_emulators(servers)
 

@@ -17,7 +17,9 @@ Each phase's router is told its outcome (:meth:`PDFrontDoor.observe_prefill`, th
 to the first token on the prefill instance; :meth:`PDFrontDoor.observe_decode`, the whole
 request on the decode instance), so routers that learn do so from both pools.
 
-A request not disaggregated goes the colocated way (the driver's own front door).
+A request not disaggregated goes the colocated way (the driver's own front door); so does
+every request while no prefill instance is healthy (a live pool whose breakers are open:
+simulated instances are always healthy).
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ class PDFrontDoor:
     ) -> PDRoute | Reject | Hold | None:
         """Both phases' instances, a phase's rejection or hold (no room in it: the driver
         queues the request, as for :class:`~sincere.policy.front_door.Hold`), or ``None``:
-        serve it colocated. Routers are asked only once the request is disaggregated."""
-        if not prefill or not decode:
-            return None
+        serve it colocated -- the decider's answer, or no prefill instance healthy (a
+        prefill pool that is down does not hold requests its decode pool can serve whole).
+        Routers are asked only once the request is disaggregated."""
+        if not decode or not any(v.healthy for v in prefill):
+            return None  # nowhere to prefill: a decode instance prefills it itself
         uncached = self.uncached_tokens(request, prefill)
         if not self.decider.disaggregate(uncached):
             return None

@@ -33,10 +33,14 @@ seal proxy, which drops them there.
 
 Billing: one request, one charge -- the prompt and the completion tokens the decode
 answer reports, at the decode instance's prices (the prefill's one token is not
-charged). Failures: an instance failing before the client's first byte is a breaker
-failure and a 502 (no retry on another pair: one transfer path per request); a 4xx of
-either phase goes to the client as it is. A phase with no room (a hold: every candidate
-at its ``max_in_flight``) is asked again every 10 ms up to the queue timeout, then 504.
+charged); a request prefilled that no decode instance answered is charged its prompt at
+the prefill instance's prices. Failures: an instance failing before the client's first
+byte is a breaker failure; a failed prefill is served whole on the decode (or ``both``)
+instances instead, a failed decode is sent to another decode instance (each tried once;
+then 502). With no prefill instance healthy the front door keeps requests colocated
+(:meth:`~sincere.policy.pd.PDFrontDoor.decide`). A 4xx of either phase goes to the
+client as it is. A phase with no room (a hold: every candidate at its
+``max_in_flight``) is asked again every 10 ms up to the queue timeout, then 504.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ PREFILL_PARAMS: dict[str, Any] = {
     "remote_port": None,
 }
 """The ``kv_transfer_params`` of a prefill request (vLLM's P/D proxy sends these)."""
+
+
+PrefillResult = tuple[dict[str, Any], float] | web.StreamResponse
+"""A prefill's KV parameters and arrival-to-answer seconds, or the client's answer."""
 
 
 def role_of(state: InstanceState) -> str:
@@ -123,12 +131,22 @@ class PDRelay:
         if not prefill and not decode:
             return await self._colocated(http_req, creq, pending)
         route = await self._decide(pending, prefill, decode) if prefill and decode else None
-        if route is None:  # colocated: on "both" instances, else the decode ones
-            both = any(role_of(s) == "both" for s in states)
-            keep = "both" if both else "decode"
-            pending.skip |= {s.name for s in states if role_of(s) != keep}
-            return await self._colocated(http_req, creq, pending)
+        if route is None:
+            return await self._colocated_on(states, http_req, creq, pending)
         return await self._two_phases(http_req, creq, pending, route)
+
+    async def _colocated_on(
+        self,
+        states: Sequence[InstanceState],
+        http_req: web.Request,
+        creq: CompletionRequest,
+        pending: Pending,
+    ) -> web.StreamResponse:
+        """Serve ``pending`` whole on the ``both`` instances of ``states``, else the decode
+        ones (which then prefill it too)."""
+        keep = "both" if any(role_of(s) == "both" for s in states) else "decode"
+        pending.skip |= {s.name for s in states if role_of(s) != keep}
+        return await self._colocated(http_req, creq, pending)
 
     async def _colocated(
         self, http_req: web.Request, creq: CompletionRequest, pending: Pending
@@ -173,24 +191,78 @@ class PDRelay:
         # decision on: the decode router of the next request sees it
         slot = self._reserve(pending, route.prefill, 1)
         second = self._reserve(pending, route.decode, None)
+        pending.instance = slot.instance.name
         try:
-            pending.instance = slot.instance.name
-            try:
-                first = await self._prefill(creq, pending, slot)
-            finally:
-                d.release(slot, loop.time())
+            first: PrefillResult | UpstreamError = await self._prefill(creq, pending, slot)
+        except UpstreamError as exc:
+            self.relay._failed(slot, "prefill", exc)
+            first = exc
+        except BaseException:
+            d.release(second, loop.time())
+            raise
+        finally:
+            d.release(slot, loop.time())
+        if not isinstance(first, tuple):
+            d.release(second, loop.time())
             if isinstance(first, web.StreamResponse):
                 return first
-            params, prefill_s = first
-            headers = (
-                (PREFILL_INSTANCE_HEADER, slot.instance.name),
-                (PREFILL_S_HEADER, f"{prefill_s:.6f}"),
-            )
-            pending.headers = (*pending.headers, *headers)
-            pending.instance = second.instance.name
-            return await self._decode(http_req, creq, pending, second, params)
-        finally:
-            d.release(second, loop.time())
+            # nothing reached the client: served whole by a decode instance instead
+            states = d.by_model.get(pending.request.model, ())
+            return await self._colocated_on(states, http_req, creq, pending)
+        params, prefill_s = first
+        headers = (
+            (PREFILL_INSTANCE_HEADER, slot.instance.name),
+            (PREFILL_S_HEADER, f"{prefill_s:.6f}"),
+        )
+        pending.headers = (*pending.headers, *headers)
+        try:
+            return await self._decode_anywhere(http_req, creq, pending, second, params)
+        except BaseException:
+            if pending.output_tokens is None:  # no decode answered: the prefill is charged
+                pending.instance, pending.output_tokens = slot.instance.name, 0
+            raise
+
+    async def _decode_anywhere(
+        self,
+        http_req: web.Request,
+        creq: CompletionRequest,
+        pending: Pending,
+        slot: Slot,
+        params: dict[str, Any],
+    ) -> web.StreamResponse:
+        """Decode on ``slot``'s instance; one that fails before the client's first byte is
+        a breaker failure, and the decode goes to another decode instance the decode
+        router picks (each tried once), with the same KV parameters. ``slot`` and the
+        slots taken here are released."""
+        loop = asyncio.get_running_loop()
+        tried: set[str] = set()
+        while True:
+            pending.instance = slot.instance.name
+            try:
+                return await self._decode(http_req, creq, pending, slot, params)
+            except UpstreamError as exc:
+                self.relay._failed(slot, "decode", exc)
+                tried.add(slot.instance.name)
+                last = exc
+            finally:
+                self.dispatcher.release(slot, loop.time())
+            again = self._other_decode(pending, tried)
+            if again is None:
+                raise RefusalError(502, f"decode failed: {last.message}", "error", "upstream_error")
+            slot = again
+
+    def _other_decode(self, pending: Pending, tried: set[str]) -> Slot | None:
+        """A slot on a decode instance not in ``tried`` (the decode router's choice among
+        those with room), or None."""
+        d, req = self.dispatcher, pending.request
+        now = asyncio.get_running_loop().time()
+        views = [
+            s.view(req.model, now, d.max_age_s)
+            for s in d.by_model.get(req.model, ())
+            if role_of(s) == "decode" and s.name not in pending.skip
+        ]
+        decision = self.door.decode.place(req, views, now, exclude=frozenset(tried), waiting=True)
+        return self._reserve(pending, decision, None) if isinstance(decision, Route) else None
 
     def _reserve(self, pending: Pending, route: Route, cap: int | None) -> Slot:
         """A slot on the routed instance (as the dispatcher reserves one)."""
@@ -205,7 +277,7 @@ class PDRelay:
 
     async def _prefill(
         self, creq: CompletionRequest, pending: Pending, slot: Slot
-    ) -> tuple[dict[str, Any], float] | web.StreamResponse:
+    ) -> PrefillResult:
         """Run the prefill: the KV parameters and arrival-to-answer seconds, or the answer
         the client gets now (an instance's 4xx; the whole answer of a one-token request)."""
         loop = asyncio.get_running_loop()
@@ -221,8 +293,6 @@ class PDRelay:
                 answer = await upstream.read_all()
         except TimeoutError:
             raise deadline_error(pending, loop.time(), "during the prefill") from None
-        except UpstreamError as exc:
-            raise self._phase_failed(slot, "prefill", exc) from None
         finally:
             if upstream is not None:
                 upstream.release()
@@ -237,11 +307,9 @@ class PDRelay:
         slot.instance.breaker.record_success(now)
         params = _kv_params(answer)
         if params is None:
-            raise self._phase_failed(
-                slot, "prefill", UpstreamError(
-                    f"{slot.instance.name}: the prefill answer has no kv_transfer_params "
-                    "(is it started with a KV connector?)", retryable=False,
-                ),
+            raise UpstreamError(
+                f"{slot.instance.name}: the prefill answer has no kv_transfer_params "
+                "(is it started with a KV connector?)", retryable=False,
             )  # fmt: skip
         return params, now - pending.request.arrival_at
 
@@ -263,8 +331,6 @@ class PDRelay:
                 upstream = await slot.instance.backend.send(second, slot.max_tokens)
         except TimeoutError:
             raise deadline_error(pending, loop.time(), "before the first byte") from None
-        except UpstreamError as exc:
-            raise self._phase_failed(slot, "decode", exc) from None
         relayed = tuple(
             (name, upstream.response.headers[name])
             for name in RELAYED_HEADERS
@@ -290,18 +356,11 @@ class PDRelay:
                 resp = await self.relay._relay_body(second, pending, slot, upstream, sent_at)
             ok = True
             return resp
-        except UpstreamError as exc:
-            raise self._phase_failed(slot, "decode", exc) from None
         finally:
             if ok:
                 upstream.release()
             else:
                 upstream.response.close()
-
-    def _phase_failed(self, slot: Slot, phase: str, exc: UpstreamError) -> RefusalError:
-        """Count a phase's failure on its instance; the client's 502."""
-        self.relay._failed(slot, phase, exc)
-        return RefusalError(502, f"{phase} failed: {exc.message}", "error", "upstream_error")
 
 
 _PREFILL_DROPS = frozenset(
