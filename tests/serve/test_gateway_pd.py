@@ -342,3 +342,73 @@ def test_a_clients_own_kv_transfer_params_are_dropped() -> None:
             await stop_emulators(servers)
 
     run(body)
+
+
+def test_a_prompt_beyond_the_prefill_kv_names_its_token_counts() -> None:
+    """A prompt the prefill engine's KV can never hold: the client's 400 ``kv_capacity``
+    names the prompt's tokens and the engine's capacity in tokens."""
+
+    async def body() -> None:
+        configs = _emulators()
+        configs[0] = configs[0].model_copy(
+            update={"engine": configs[0].engine.model_copy(update={"num_kv_blocks": 64})}
+        )
+        servers = await start_emulators(configs)
+        try:
+            config = parse_config(_gateway_raw(servers))
+            async with Gateway(config) as gw, aiohttp.ClientSession() as s:
+                req = {"model": "llama-3-8b", "prompt": [7] * 2000, "max_tokens": 8}
+                async with s.post(gw.url + "/v1/completions", json=req) as r:
+                    status, error = r.status, (await r.json())["error"]
+        finally:
+            await stop_emulators(servers)
+        assert status == 400 and error["code"] == "kv_capacity"
+        message = error["message"]
+        # the prefill runs one output token: the prompt alone cannot fit
+        assert "2000 prompt tokens and 1 output token needs up to 2000 tokens" in message
+        assert "at most 1024 tokens for one request (64 blocks of 16 tokens" in message
+
+    run(body)
+
+
+def _docs_curl() -> str:
+    """The curl command of docs/disaggregation.md's live example (its continued lines)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "disaggregation.md").read_text()
+    lines = text[text.index("curl -s http://127.0.0.1:8080/v1/completions") :].splitlines()
+    end = next(k for k, line in enumerate(lines) if not line.endswith("\\"))
+    return "\n".join(lines[: end + 1])
+
+
+def test_the_docs_curl_example_is_served_disaggregated() -> None:
+    """docs/disaggregation.md's curl, run by bash against the shipped example configs (the
+    emulators and the gateway on free ports): its headers name both phases' instances."""
+    root = Path(__file__).resolve().parents[2] / "examples" / "serve"
+    command = _docs_curl()
+
+    async def body() -> str:
+        configs = load_emulator_configs(root / "emulators-pd.yaml")
+        servers = await start_emulators([c.model_copy(update={"port": 0}) for c in configs])
+        try:
+            by_port = {c.port: s.url for c, s in zip(configs, servers, strict=True)}
+            config = load_config(root / "gateway-pd.yaml")
+            backends = [
+                b.model_copy(update={"url": by_port[int(b.url.rsplit(":", 1)[1])]})
+                for b in config.backends
+            ]
+            config = config.model_copy(update={"port": 0, "backends": backends})
+            async with Gateway(config) as gw:
+                shell = await asyncio.create_subprocess_exec(
+                    "bash", "-c", command.replace("http://127.0.0.1:8080", gw.url),
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(shell.communicate(), 20)
+                return out.decode()
+        finally:
+            await stop_emulators(servers)
+
+    out = asyncio.run(asyncio.wait_for(body(), 40))
+    pairs = (line.split(":", 1) for line in out.strip().splitlines())
+    found = {name.strip().lower(): value.strip() for name, value in pairs}
+    assert found.get(PREFILL_INSTANCE_HEADER) == "prefill", out
+    assert found["x-sincere-instance"] in ("decode-0", "decode-1")
+    assert float(found[PREFILL_S_HEADER]) > 0

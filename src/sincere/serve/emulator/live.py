@@ -52,6 +52,7 @@ class Finish:
     finish_reason: str | None  # "length" or "stop"; None when rejected or aborted
     reject_reason: str | None = None  # the engine's reason ("kv_capacity", "aborted", ...)
     cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
+    reject_detail: str | None = None  # the reason with the figures behind it, for the client
 
 
 @dataclass(eq=False, slots=True)
@@ -443,7 +444,8 @@ class LiveEngine:
         metrics.prompt_tokens.inc(slot.prompt_tokens)
         metrics.generation_tokens.inc(slot.num_tokens)
         if rec.rejected[i]:
-            outcome = Finish(slot.num_tokens, None, rec.reject_reason[i])
+            why = rec.reject_reason[i]
+            outcome = Finish(slot.num_tokens, None, why, reject_detail=self._rejected_why(i, why))
         else:
             reason = "length" if slot.num_tokens >= slot.max_tokens else "stop"
             outcome = Finish(slot.num_tokens, reason, None, int(rec.cached_tokens[i]))
@@ -451,6 +453,24 @@ class LiveEngine:
             last = slot.last_at if slot.last_at is not None else self._loop.time()
             metrics.finished(slot.arrival_at, slot.first_at, last, slot.num_tokens)
         self._release(slot, outcome)
+
+    def _rejected_why(self, i: int, reason: str | None) -> str | None:
+        """A ``kv_capacity`` rejection with its token counts: what request ``i`` needs at
+        most (its prompt, then a recompute of all but its last output token) and the most
+        KV one request may hold here (the blocks less the watermark)."""
+        engine = self.engine
+        if reason != "kv_capacity" or not isinstance(engine, ContinuousEngine):
+            return None
+        lim = engine.limits
+        prompt, output = int(self.requests.prompt_tokens[i]), int(self.requests.output_tokens[i])
+        most = lim.num_kv_blocks - lim.watermark_blocks
+        return (
+            f"kv_capacity: {prompt} prompt tokens and {output} output "
+            f"{'token needs' if output == 1 else 'tokens need'} up to "
+            f"{prompt + output - 1} tokens of KV; this engine holds at most "
+            f"{most * lim.block_size} tokens for one request ({most} blocks of "
+            f"{lim.block_size} tokens, its watermark kept free)"
+        )
 
     def _release(self, slot: LiveRequest, outcome: Finish) -> None:
         del self._slots[slot.ix]

@@ -384,8 +384,9 @@ def _raise_rejected(outcome: Finish) -> None:
     if reason is None:
         return
     status = _REJECT_STATUS.get(reason, 503)
+    why = outcome.reject_detail or reason
     raise ProtocolError(
-        status, f"the engine rejected the request: {reason}", code=reason, param="prompt"
+        status, f"the engine rejected the request: {why}", code=reason, param="prompt"
     )
 
 
