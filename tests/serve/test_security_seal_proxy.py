@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sincere.core.errors import ConfigError
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.server import EmulatorServer
 from sincere.serve.gateway.server import Gateway
@@ -107,3 +108,51 @@ def test_a_sealed_request_past_its_deadline_is_aborted_in_the_engine(stream: boo
             await _aborted_within(engine, 1.0)
 
     run(main)
+
+
+async def _post_to(http: aiohttp.ClientSession, url: str, sealed: Any) -> tuple[int, bytes]:
+    async with http.post(url + "/v1/completions", data=sealed.body, headers=sealed.headers) as r:
+        return r.status, await r.read()
+
+
+def test_proxies_sharing_a_redis_accept_sealed_bytes_once_in_all(redis_url: str) -> None:
+    """Two proxies of one key pair: without a shared store each serves the same sealed bytes
+    once (per process, as documented); with the same Redis (a real redis-server) the second
+    proxy refuses them, 409 ``replayed``."""
+    config = EmulatorConfig.model_validate({"step_model": FAST, "engine": {"num_kv_blocks": 4096}})
+
+    async def main() -> list[int]:
+        statuses = []
+        async with EmulatorServer(config) as engine, aiohttp.ClientSession() as http:
+            for shared in (None, redis_url):
+                sealed = seal_for(PAIR.pinned, "completion", _prompt())
+                async with (
+                    SealProxy(PAIR, engine.url, replay_redis=shared) as a,
+                    SealProxy(PAIR, engine.url, replay_redis=shared) as b,
+                ):
+                    for proxy in (a, b, a):
+                        statuses.append((await _post_to(http, proxy.url, sealed))[0])
+        return statuses
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [200, 200, 409, 200, 409, 409]
+
+
+def test_an_unreachable_replay_store_refuses_rather_than_serves() -> None:
+    """A shared replay store that cannot be reached: 503 ``replay_store_unavailable`` (the
+    request is not served unchecked), in about the store's 1 s limit; a bad URL is a
+    ConfigError that does not echo it."""
+    config = EmulatorConfig.model_validate({"step_model": FAST, "engine": {"num_kv_blocks": 4096}})
+
+    async def main() -> tuple[int, bytes]:
+        async with (
+            EmulatorServer(config) as engine,
+            SealProxy(PAIR, engine.url, replay_redis="redis://127.0.0.1:9/0") as proxy,
+            aiohttp.ClientSession() as http,
+        ):
+            return await _post_to(http, proxy.url, seal_for(PAIR.pinned, "completion", _prompt()))
+
+    status, body = asyncio.run(asyncio.wait_for(main(), 30))
+    assert status == 503 and b'"replay_store_unavailable"' in body
+    with pytest.raises(ConfigError, match="replay_redis") as caught:
+        SealProxy(PAIR, "http://127.0.0.1:1", replay_redis="htp://user:pw@host")
+    assert "pw" not in str(caught.value)

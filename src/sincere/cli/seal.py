@@ -87,6 +87,14 @@ def serve_command(
             min=0,
         ),
     ] = 600.0,
+    replay_redis: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis URL where accepted sealed bodies are remembered, shared by every proxy "
+            "of this key pair given the same URL. Without it replay protection is per process: "
+            "proxies sharing a key pair each accept the same bytes once.",
+        ),
+    ] = None,
     header_timeout_s: Annotated[
         float, typer.Option(help="A request head must be complete this long after its first byte.")
     ] = 10.0,
@@ -124,6 +132,7 @@ def serve_command(
         upstream_key=secret,
         inbound_key=inbound,
         replay_window_s=replay_window_s,
+        replay_redis=replay_redis,
         header_timeout_s=header_timeout_s,
         max_connections=max_connections,
         max_connections_per_client=max_connections,
@@ -131,9 +140,12 @@ def serve_command(
 
     async def main() -> None:
         async with proxy:
+            replays = "shared through Redis" if proxy.replays.shared else "this process only"
+            if replay_window_s <= 0:
+                replays = "off"
             Console(stderr=True).print(
-                f"sincere seal: key {proxy.pair.key_id} at {proxy.url} -> {upstream} "
-                "(no TEE attestation; Ctrl-C to stop)",
+                f"sincere seal: key {proxy.pair.key_id} at {proxy.url} -> {upstream}; "
+                f"replay protection: {replays} (no TEE attestation; Ctrl-C to stop)",
                 highlight=False,
             )
             await asyncio.Event().wait()

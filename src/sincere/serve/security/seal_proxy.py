@@ -33,7 +33,9 @@ with it, so the engine aborts the request instead of generating an answer nobody
 (``handler_cancellation``).
 
 Replays: a sealed body received twice within ``replay_window_s`` is refused (409
-``replayed``: :class:`ReplayWindow`), and so is one sealed more than ``replay_window_s``
+``replayed``: :mod:`~sincere.serve.security.replays`) -- by this process alone, or, with
+``replay_redis``, by every proxy sharing that Redis (proxies of one key pair that do not
+share one each accept the same bytes once) --, and so is one sealed more than ``replay_window_s``
 before (or after) the proxy's clock, whatever the proxy remembers (409
 ``sealed_request_stale``): the client puts the time it sealed the request in
 ``x-sincere-sealed-at``, bound to the ciphertext, so it cannot be changed. A request
@@ -49,8 +51,6 @@ client trusts the public key it was given as a file (see docs/security.md).
 from __future__ import annotations
 
 import asyncio
-import collections
-import hashlib
 import hmac
 import json
 import logging
@@ -89,6 +89,7 @@ from sincere.serve.security.envelope import (
     sse_frame,
     usage_event,
 )
+from sincere.serve.security.replays import ReplayWindow, SharedReplays
 
 PASS_THROUGH = ("/health", "/v1/models", "/metrics", "/sincere/load")
 MAX_SEALED_BYTES = 4 * 1024 * 1024 + 64
@@ -110,6 +111,7 @@ class SealProxy(Served):
         upstream_key: Secret | None = None,
         inbound_key: Secret | None = None,
         replay_window_s: float = 600.0,
+        replay_redis: str | None = None,
         idle_timeout_s: float = 15.0,
         body_timeout_s: float = 30.0,
         header_timeout_s: float = 10.0,
@@ -122,7 +124,12 @@ class SealProxy(Served):
             header_timeout_s, max_connections, max_connections_per_client, handshake_timeout_s
         )
         self._inbound = None if inbound_key is None else inbound_key.reveal().encode()
-        self.replays = ReplayWindow(replay_window_s)  # sealed bodies seen lately
+        # sealed bodies accepted lately: this process's, or every proxy's sharing the Redis
+        self.replays: ReplayWindow | SharedReplays = (
+            ReplayWindow(replay_window_s)
+            if replay_redis is None or replay_window_s <= 0
+            else SharedReplays(replay_redis, pair.key_id, replay_window_s)
+        )
         self.idle_timeout_s = idle_timeout_s  # a kept-alive connection's silence, then closed
         self.body_timeout_s = body_timeout_s  # the longest a sealed body may take to arrive
         self.upstream = upstream.rstrip("/")  # the engine's base URL
@@ -174,6 +181,7 @@ class SealProxy(Served):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.replays.close()
 
     # ------------------------------------------------------------------ handlers
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -215,7 +223,7 @@ class SealProxy(Served):
             raw = await self._read_body(request)
             plaintext, sealer = open_request(self.pair, declared, raw)
             self._check_fresh(declared.sealed_at, time.time())
-            if not self.replays.first_time(raw, time.monotonic()):
+            if self.replays.window_s > 0 and not await self.replays.accept(raw):
                 raise ProtocolError(
                     409, "this sealed request was already received: replays are refused",
                     code="replayed",
@@ -357,34 +365,6 @@ class SealProxy(Served):
 
 
 _JSON = {"Content-Type": "application/json"}
-
-
-class ReplayWindow:
-    """Sealed bodies seen in the last ``window_s`` seconds (their digests), to refuse replays.
-
-    An HPKE encapsulation is fresh for every sealed request, so the same bytes twice are a
-    replay. Bounded: at most ``max_entries`` digests, the oldest forgotten first. A replay
-    older than the window is refused by its sealed timestamp instead
-    (:meth:`SealProxy._check_fresh`).
-    """
-
-    def __init__(self, window_s: float, max_entries: int = 200_000) -> None:
-        self.window_s = window_s
-        self.max_entries = max_entries
-        self._seen: collections.OrderedDict[bytes, float] = collections.OrderedDict()
-
-    def first_time(self, body: bytes, now: float) -> bool:
-        """Remember ``body``; False when it was seen within the window (a replay)."""
-        while self._seen:
-            oldest, at = next(iter(self._seen.items()))
-            if now - at <= self.window_s and len(self._seen) < self.max_entries:
-                break
-            del self._seen[oldest]
-        digest = hashlib.sha256(body).digest()
-        if digest in self._seen:
-            return False
-        self._seen[digest] = now
-        return True
 
 
 def _plain_error(exc: ProtocolError) -> web.Response:
