@@ -156,3 +156,21 @@ def test_an_unreachable_replay_store_refuses_rather_than_serves() -> None:
     with pytest.raises(ConfigError, match="replay_redis") as caught:
         SealProxy(PAIR, "http://127.0.0.1:1", replay_redis="htp://user:pw@host")
     assert "pw" not in str(caught.value)
+
+
+def test_a_sealed_request_whose_client_left_is_aborted_in_the_engine() -> None:
+    """The client of a 400-token (8 s) sealed non-streamed request disconnects after 0.3 s:
+    the gateway drops its upstream call, the seal proxy its engine call, and the engine
+    aborts the request within a second."""
+    body = _prompt(max_tokens=400, sincere={"output_tokens": 400})
+
+    async def main() -> None:
+        async with _sealed_chain() as (engine, gw), aiohttp.ClientSession() as http:
+            sealed = seal_for(PAIR.pinned, "completion", body)
+            call = http.post(gw.url + "/v1/completions", data=sealed.body, headers=sealed.headers)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3), call as r:
+                    await r.read()
+            await _aborted_within(engine, 1.0)
+
+    run(main)
