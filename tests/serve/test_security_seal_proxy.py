@@ -174,3 +174,23 @@ def test_a_sealed_request_whose_client_left_is_aborted_in_the_engine() -> None:
             await _aborted_within(engine, 1.0)
 
     run(main)
+
+
+def test_a_bad_expect_header_is_a_417_at_the_seal_proxy() -> None:
+    """``Expect:`` with bytes that are not UTF-8 on the proxy's routes and elsewhere: a JSON
+    417, never a 500."""
+
+    async def main() -> list[bytes]:
+        answers = []
+        async with SealProxy(PAIR, "http://127.0.0.1:9") as proxy:
+            for method, path in ((b"POST", b"/v1/completions"), (b"GET", b"/health"),
+                                 (b"PUT", b"/health"), (b"GET", b"/nope")):  # fmt: skip
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                writer.write(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                             b"Expect: \xff\xfe\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+                answers.append(await asyncio.wait_for(reader.read(2000), 5))
+                writer.close()
+        return answers
+
+    for answer in asyncio.run(asyncio.wait_for(main(), 30)):
+        assert answer.startswith(b"HTTP/1.1 417 ") and b"expectation_failed" in answer, answer

@@ -21,7 +21,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sincere.serve.gateway.config import LimitsConfig
 from sincere.serve.protocol import ProtocolError
@@ -30,7 +29,9 @@ from sincere.serve.security.connections import (
     EdgeLimits,
     EdgeProtocol,
     EdgeSite,
+    expect_handler,
     raw_error,
+    route_unrouted,
 )
 
 __all__ = [
@@ -91,45 +92,6 @@ async def read_body(http_req: web.Request, limits: LimitsConfig, edge: EdgeLimit
             f"request body not complete within {limits.body_timeout_s:g}s (limits.body_timeout_s)",
             code="body_timeout",
         ) from None
-
-
-async def expect_handler(request: web.Request) -> None:
-    """``Expect: 100-continue`` answered as aiohttp does; any other value a JSON 417.
-
-    aiohttp's own handler quotes the value in a text answer, and a value with bytes that
-    are not UTF-8 made that answer fail (500).
-    """
-    expect = request.headers.get("Expect", "")
-    if expect.lower() != "100-continue" and request.version >= (1, 1):
-        error = ProtocolError(
-            417, f"header Expect: got {ascii(expect)[:80]}; allowed: 100-continue",
-            param="Expect", code="expectation_failed",
-        )  # fmt: skip
-        text = error.to_bytes().decode()
-        raise web.HTTPExpectationFailed(text=text, content_type="application/json")
-    await _default_expect_handler(request)
-
-
-UNROUTED_PATH = "/{unrouted:.*}"
-
-
-def route_unrouted(app: web.Application) -> None:
-    """Answer requests no route takes (404, or 405 naming the allowed methods) as aiohttp
-    does, but behind :func:`expect_handler`: aiohttp checks ``Expect:`` before routing, so a
-    path or method no route takes would otherwise get aiohttp's own check (a 500 for bytes
-    that are not UTF-8). Matched last, whatever is added after it."""
-    app.router.add_route("*", UNROUTED_PATH, _unrouted, expect_handler=expect_handler)
-
-
-async def _unrouted(request: web.Request) -> web.StreamResponse:
-    allowed: set[str] = set()
-    itself = request.match_info.route.resource
-    for resource in request.app.router.resources():
-        if resource is not itself:
-            allowed |= (await resource.resolve(request))[1]
-    if allowed:
-        raise web.HTTPMethodNotAllowed(request.method, allowed)
-    raise web.HTTPNotFound()
 
 
 FD_MARGIN = 64  # descriptors kept for logs, the key store, scrapes and the like

@@ -15,7 +15,10 @@ Between the listening socket and aiohttp's HTTP protocol sits one
   whose handshake is not done ``handshake_timeout_s`` after it connected
   (``tls_handshake_timeout``; a failed handshake counts as ``tls_handshake_failed``).
 
-Every refusal is counted by reason in :attr:`EdgeLimits.refused`; errors accepting
+:func:`expect_handler` answers an ``Expect:`` header other than ``100-continue`` with a
+JSON 417 (any bytes), and :func:`route_unrouted` puts it in front of the 404 / 405 of
+paths and methods no route takes. Every refusal is counted by reason in
+:attr:`EdgeLimits.refused`; errors accepting
 connections (out of file descriptors) are rate-limited in the log
 (:class:`AcceptErrorLog`, the loop's exception handler). The gateway
 (:mod:`sincere.serve.gateway.edge`) and the seal proxy
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sincere.serve.binding import bound_port, listen_error
 from sincere.serve.protocol import ProtocolError
@@ -366,3 +370,42 @@ def _is_accept_error(context: dict[str, Any]) -> bool:
     if "accept" in message:
         return True
     return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+async def expect_handler(request: web.Request) -> None:
+    """``Expect: 100-continue`` answered as aiohttp does; any other value a JSON 417.
+
+    aiohttp's own handler quotes the value in a text answer, and a value with bytes that
+    are not UTF-8 made that answer fail (500).
+    """
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue" and request.version >= (1, 1):
+        error = ProtocolError(
+            417, f"header Expect: got {ascii(expect)[:80]}; allowed: 100-continue",
+            param="Expect", code="expectation_failed",
+        )  # fmt: skip
+        text = error.to_bytes().decode()
+        raise web.HTTPExpectationFailed(text=text, content_type="application/json")
+    await _default_expect_handler(request)
+
+
+UNROUTED_PATH = "/{unrouted:.*}"
+
+
+def route_unrouted(app: web.Application) -> None:
+    """Answer requests no route takes (404, or 405 naming the allowed methods) as aiohttp
+    does, but behind :func:`expect_handler`: aiohttp checks ``Expect:`` before routing, so a
+    path or method no route takes would otherwise get aiohttp's own check (a 500 for bytes
+    that are not UTF-8). Matched last, whatever is added after it."""
+    app.router.add_route("*", UNROUTED_PATH, _unrouted, expect_handler=expect_handler)
+
+
+async def _unrouted(request: web.Request) -> web.StreamResponse:
+    allowed: set[str] = set()
+    itself = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is not itself:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()

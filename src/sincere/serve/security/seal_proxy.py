@@ -73,7 +73,13 @@ from sincere.serve.protocol import (
     loads,
     parse_request,
 )
-from sincere.serve.security.connections import AcceptErrorLog, EdgeLimits, EdgeSite
+from sincere.serve.security.connections import (
+    AcceptErrorLog,
+    EdgeLimits,
+    EdgeSite,
+    expect_handler,
+    route_unrouted,
+)
 from sincere.serve.security.credentials import Secret
 from sincere.serve.security.engine_fields import engine_fields_in, without_engine_fields
 from sincere.serve.security.envelope import (
@@ -142,11 +148,13 @@ class SealProxy(Served):
         if upstream_key is not None:
             self._upstream_headers["Authorization"] = f"Bearer {upstream_key.reveal()}"
         self.app = web.Application(client_max_size=MAX_SEALED_BYTES)
-        self.app.router.add_post(PATHS["completion"], self._completions)
-        self.app.router.add_post(PATHS["chat"], self._chat)
-        self.app.router.add_get("/sincere/seal/key", self._key)
+        routes = self.app.router
+        routes.add_post(PATHS["completion"], self._completions, expect_handler=expect_handler)
+        routes.add_post(PATHS["chat"], self._chat, expect_handler=expect_handler)
+        routes.add_get("/sincere/seal/key", self._key, expect_handler=expect_handler)
         for path in PASS_THROUGH:
-            self.app.router.add_get(path, self._pass_through)
+            routes.add_get(path, self._pass_through, expect_handler=expect_handler)
+        route_unrouted(self.app)  # a bad Expect: 417 on any path and method
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
