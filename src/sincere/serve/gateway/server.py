@@ -74,6 +74,14 @@ from sincere.policy.decision_log import DecisionLog
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
+from sincere.serve.content import image_tokens_rule
+from sincere.serve.gateway.answers import (
+    cors_headers,
+    cors_preflight,
+    json_errors,
+    key_refusal_answer,
+    refusal_answer,
+)
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
@@ -92,6 +100,7 @@ from sincere.serve.gateway.guard import Admitted, Guard, Refused
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
+from sincere.serve.gateway.passthrough import Passthrough
 from sincere.serve.gateway.pd_relay import PDRelay
 from sincere.serve.gateway.relay import Relay
 from sincere.serve.gateway.requests import RequestFactory
@@ -151,6 +160,9 @@ class Gateway(Served):
             limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client,
             limits.tls_handshake_timeout_s,
         )  # fmt: skip
+        images = config.images
+        self._image_tokens = image_tokens_rule(images.tokens_by_model, images.tokens_per_image)
+        self.passthrough = Passthrough(self.auth, self.dispatcher, limits, self.edge)
         self._logged_errors: set[str] = set()  # exception types whose traceback was logged
         self._tasks: list[asyncio.Task[None]] = []
         self.on_stop: list[Callable[[], Awaitable[None]]] = []  # run first when stopping
@@ -164,8 +176,16 @@ class Gateway(Served):
     # ------------------------------------------------------------- lifecycle
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.limits.max_body_bytes + 1)
+        origins = self.config.allowed_origins
+        middlewares = [json_errors(), *([cors_preflight(origins)] if origins else [])]
+        app = web.Application(
+            client_max_size=self.config.limits.max_body_bytes + 1, middlewares=middlewares
+        )
+        if origins:
+            app.on_response_prepare.append(cors_headers(origins))
         expect = expect_handler
+        for path in ("/tokenize", "/detokenize"):
+            app.router.add_post(path, self.passthrough.handle, expect_handler=expect)
         app.router.add_post("/v1/completions", self._completions, expect_handler=expect)
         app.router.add_post("/v1/chat/completions", self._chat, expect_handler=expect)
         app.router.add_get("/v1/models", self._models, expect_handler=expect)
@@ -342,7 +362,10 @@ class Gateway(Served):
         body = await read_body(http_req, self.config.limits, self.edge)
         confidential = self.config.security.confidential
         served, limit = self.dispatcher.served, self.config.limits.max_body_bytes
-        creq, sealed = parse_any(http_req.headers, kind, body, served, limit, confidential)
+        creq, sealed = parse_any(
+            http_req.headers, kind, body, served, limit, confidential, self._image_tokens
+        )
+        self.guard.model_limits.check(creq)  # the context and the backends' abilities
         if sealed is not None and not self.guard.sealed_only:
             raise ProtocolError(
                 415,
@@ -354,9 +377,10 @@ class Gateway(Served):
         return creq, sealed
 
     def _refused(self, refusal: Refusal, tier: str) -> web.Response:
-        """A key check's refusal as the client's answer (401/402/403/429), counted."""
+        """A key check's refusal as the client's answer (401/403/429; a spent budget 429
+        ``insufficient_quota`` or 402, ``security.budget_status``), counted."""
         self.metrics.finished("", tier, refusal.outcome)
-        return refusal_response(refusal)
+        return key_refusal_answer(refusal, self.config.security.budget_status)
 
     def _turned_away(self, refused: Refused) -> web.Response:
         """The guard's refusal (a key check's or admission's) as the client's answer, counted."""
@@ -365,10 +389,11 @@ class Gateway(Served):
         return self._refused(refused.refusal, refused.tier)
 
     def _refusal_answer(self, exc: RefusalError, tier: str) -> web.Response:
-        """The gateway's own refusal (429/502/503/504) as an OpenAI error body, counted."""
+        """The gateway's own refusal (429/502/503/504) as an OpenAI error body with retry
+        hints (:mod:`.answers`), counted."""
         self.metrics.finished("", tier, exc.outcome)
-        body = error_body(exc.message, type=_error_type(exc.status), code=exc.code)
-        return web.Response(status=exc.status, body=dumps(body), content_type="application/json")
+        wait_s = self.config.breaker.cooldown_s if exc.code == "no_instance" else 1.0
+        return refusal_answer(exc.status, exc.message, exc.code, wait_s)
 
     def _scrub(self, body: bytes) -> bytes:
         """An upstream's error body with the upstream secrets (and token look-alikes) masked."""
@@ -449,12 +474,6 @@ class Gateway(Served):
         while True:
             await asyncio.sleep(DRAIN_INTERVAL_S)
             self.dispatcher.drain_all(self.loop.time())
-
-
-def _error_type(status: int) -> str:
-    if status == 429:
-        return "rate_limit_error"
-    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def stop_on_sigterm() -> None:
