@@ -224,6 +224,8 @@ class FakeUpstream(Served):
 def num_choices(body: dict[str, Any]) -> int:
     """Choices an OpenAI server such as vLLM returns: ``n`` for each prompt of a batch."""
     prompt = body.get("prompt")
-    batch = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], str | list)
+    num_prompts = 1
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        num_prompts = len(prompt)
     n = body.get("n")
-    return (len(prompt) if batch else 1) * (int(n) if n is not None else 1)
+    return num_prompts * (int(n) if n is not None else 1)
