@@ -82,15 +82,21 @@ def test_a_key_without_a_token_is_refused_before_the_body(tmp_path: Path) -> Non
     run_with(gateway_config(UPSTREAM, keys), body)
 
 
+def chat(**fields: Any) -> CompletionRequest:
+    """A parsed chat request for model ``m`` with ``fields`` added."""
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+    return parse_request(raw, "chat")
+
+
 def test_admit_caps_the_answer_at_the_context_room_and_reserves_it(tmp_path: Path) -> None:
-    """A keyed request without max_tokens is capped at what its context leaves (not a small
-    default), reserves that worst case and says the cap in x-sincere-max-tokens."""
+    """A keyed chat without max_tokens is capped at what its context leaves (as vLLM, not a
+    small default), reserves that worst case and says the cap in x-sincere-max-tokens."""
     keys = tmp_path / "keys.db"
     tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
 
     async def body(gw: Gateway) -> None:
         key = key_of(gw, tokens["acme"])
-        creq = completion()
+        creq = chat()
         got = await gw.guard.admit(key, creq, None, {})
         assert isinstance(got, Admitted) and got.grant is not None
         cap = 1000 - creq.prompt_tokens  # the context's room, above default_max_tokens
@@ -110,14 +116,18 @@ def test_admit_caps_the_answer_at_the_context_room_and_reserves_it(tmp_path: Pat
 
 
 def test_admit_without_a_known_context_caps_at_the_token_limit(tmp_path: Path) -> None:
-    """With no context known, a keyed answer is capped at limits.max_tokens (said in a header)."""
+    """With no context known, a keyed chat is capped at limits.max_tokens (said in a header);
+    a completion at vLLM's default of 16 tokens."""
     keys = tmp_path / "keys.db"
     tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
 
     async def body(gw: Gateway) -> None:
-        got = await gw.guard.admit(key_of(gw, tokens["acme"]), completion(), None, {})
+        got = await gw.guard.admit(key_of(gw, tokens["acme"]), chat(), None, {})
         assert isinstance(got, Admitted) and got.request.max_tokens == 700
         assert ("x-sincere-max-tokens", "700") in got.pending.headers
+        await gw.guard.settle(got)
+        got = await gw.guard.admit(key_of(gw, tokens["acme"]), completion(), None, {})
+        assert isinstance(got, Admitted) and got.request.max_tokens == 16
         await gw.guard.settle(got)
 
     run_with(gateway_config(UPSTREAM, keys, limits={"max_tokens": 700}), body)

@@ -154,7 +154,8 @@ def test_over_context_is_400_before_any_rate_limit(tmp_path: Path) -> None:
 
 
 def test_keyed_answer_without_max_tokens_says_its_cap(tmp_path: Path) -> None:
-    """Keys on and no max_tokens: the context's room is the cap, sent upstream and named."""
+    """Keys on and no max_tokens: a chat is capped at the context's room (not 256), sent
+    upstream and named in a header; a completion at vLLM's 16."""
     keys = tmp_path / "keys.db"
     tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1e5))
 
@@ -163,10 +164,14 @@ def test_keyed_answer_without_max_tokens_says_its_cap(tmp_path: Path) -> None:
             cfg = gateway_config(up.url, keys)
             ctx = cfg.backends[0].model_copy(update={"max_model_len": 2048})
             async with Gateway(cfg.model_copy(update={"backends": [ctx]})) as gw:
-                req = {"model": "m", "prompt": [1, 2, 3, 4]}
-                status, _, headers = await post(s, gw.url, req, bearer(tokens["acme"]))
-        assert status == 200 and headers["x-sincere-max-tokens"] == "2044"
-        assert up.bodies[0]["max_tokens"] == 2044  # not 256
+                req = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+                who = bearer(tokens["acme"])
+                status, _, headers = await post(s, gw.url, req, who, "/v1/chat/completions")
+                completion = {"model": "m", "prompt": [1, 2, 3, 4]}
+                _, _, plain = await post(s, gw.url, completion, who)
+        cap = int(headers["x-sincere-max-tokens"])
+        assert status == 200 and 2000 < cap < 2048 and up.bodies[0]["max_tokens"] == cap
+        assert plain["x-sincere-max-tokens"] == "16" and up.bodies[1]["max_tokens"] == 16
 
     run(body)
 

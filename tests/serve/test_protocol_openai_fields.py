@@ -65,7 +65,7 @@ def test_n_and_best_of_are_sequences_when_multi_is_on() -> None:
     assert parse({"prompt": "hi", "n": "2"}, multi=True).num_choices == 2
     err = refused({"prompt": "hi", "n": 3})
     assert err.status == 400 and "one choice here" in err.message
-    assert "[1, 128]" in refused({"prompt": "hi", "n": 129}, multi=True).message
+    assert "[1, 16384]" in refused({"prompt": "hi", "n": 16385}, multi=True).message
 
 
 def test_batched_prompts_count_every_prompt() -> None:

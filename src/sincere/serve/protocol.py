@@ -344,6 +344,7 @@ def parse_body(
     """:func:`parse_request` on an already decoded JSON object (``raw``: its bytes, if kept)."""
     model = _model(body, models)
     num_images = 0
+    prompt: str | None
     if kind == "chat":
         prompt, num_images = _chat_prompt(body)
         tokens = count_prompt_tokens(prompt, model) if prompt else 1
@@ -397,8 +398,9 @@ _PROMPT_ALLOWED = (
     "a string, a list of token ids (64-bit integers >= 0), or a list of either "
     "(a batch: one answer per prompt)"
 )
-MAX_PROMPTS = 4096
-"""Most prompts one batched /v1/completions request may carry."""
+MAX_PROMPTS = 1024
+"""Most prompts one batched /v1/completions request may carry (vLLM's default limit,
+``VLLM_MAX_COMPLETION_PROMPTS``)."""
 
 
 def _completion_prompts(
@@ -484,8 +486,9 @@ def _image_url(value: Any, k: int) -> str:
 
 _NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
 _INTS = ("seed", "top_k", "logprobs", "top_logprobs")
-MAX_CHOICES = 128
-"""Most choices (``n``, ``best_of``) one request may ask for, as OpenAI allows."""
+MAX_CHOICES = 16384
+"""Most choices (``n``, ``best_of``) one request may ask for (vLLM's default limit,
+``VLLM_MAX_N_SEQUENCES``)."""
 
 
 def _lax_field(body: dict[str, Any], name: str, read: Any, allowed: str) -> Any:
@@ -526,7 +529,7 @@ def _max_tokens(body: dict[str, Any], kind: Kind) -> int | None:
     name = "max_tokens"
     if kind == "chat" and body.get("max_completion_tokens") is not None:
         name = "max_completion_tokens"
-    value = _lax_field(body, name, lax_int, "an integer >= 1")
+    value: int | None = _lax_field(body, name, lax_int, "an integer >= 1")
     if value is not None and value < 1:
         raise _bad(name, body[name], "an integer >= 1")
     return value

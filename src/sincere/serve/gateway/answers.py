@@ -24,6 +24,7 @@ import math
 from collections.abc import Awaitable, Callable, Collection
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from sincere.serve.protocol import dumps, error_body
 from sincere.serve.security.policy import Refusal
@@ -91,7 +92,7 @@ def key_refusal_answer(refusal: Refusal, budget_status: int = 429) -> web.Respon
     )
 
 
-def json_errors(served: Collection[str] = SERVED_PATHS) -> Callable[..., Awaitable[object]]:
+def json_errors(served: Collection[str] = SERVED_PATHS) -> Middleware:
     """Middleware: aiohttp's own 404 / 405 answers as OpenAI error JSON."""
 
     @web.middleware
@@ -129,7 +130,7 @@ _CORS_HEADERS = {
 }
 
 
-def cors_preflight(allowed_origins: Collection[str]) -> Callable[..., Awaitable[object]]:
+def cors_preflight(allowed_origins: Collection[str]) -> Middleware:
     """Middleware: answer CORS preflights (``OPTIONS``) for ``allowed_origins`` (``*``: any)."""
     allowed = frozenset(allowed_origins)
 

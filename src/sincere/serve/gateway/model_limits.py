@@ -6,8 +6,9 @@ declares; the catalog's context length of that deployment's model. A model serve
 several instances gets the smallest context among those that say one (a request must fit
 wherever it is routed); with none known the gateway leaves the check to the engine. The
 gateway checks a parsed request against it (:func:`~sincere.serve.protocol.check_context`)
-before any limit, budget or admission, and a keyed request without ``max_tokens`` gets
-the context's room as its cap (:func:`answer_cap`).
+before any limit, budget or admission, and a keyed request without ``max_tokens`` is
+reserved and relayed with the cap vLLM would apply (:func:`answer_cap`: a chat the
+context's room, a completion 16 tokens), named in the ``x-sincere-max-tokens`` header.
 
 **Choices and batches.** ``n`` > 1, ``best_of`` and batched prompts are served when every
 instance of the model speaks the OpenAI API (vLLM, SGLang and the like generate them in one
@@ -77,13 +78,21 @@ def check_multi(creq: CompletionRequest, configs: Iterable[BackendConfig]) -> No
     )
 
 
+COMPLETION_MAX_TOKENS = 16
+"""vLLM's (and OpenAI's legacy) cap of a ``/v1/completions`` request without ``max_tokens``."""
+
+
 def answer_cap(creq: CompletionRequest, context: int | None, max_tokens: int) -> int:
-    """The cap a request without ``max_tokens`` is reserved and relayed with: the room its
-    longest prompt leaves in the context (what vLLM generates up to), at most
-    ``max_tokens`` (``limits.max_tokens``); ``max_tokens`` when the context is unknown."""
+    """The cap a request without ``max_tokens`` is reserved and relayed with: what vLLM
+    would generate up to -- a completion :data:`COMPLETION_MAX_TOKENS`, a chat the room its
+    prompt leaves in the context -- at most ``max_tokens`` (``limits.max_tokens``; the cap
+    of a chat whose context is unknown)."""
+    if context is not None:
+        check_context(creq, context)
+    if creq.kind == "completion":
+        return min(COMPLETION_MAX_TOKENS, max_tokens)
     if context is None:
         return max_tokens
-    check_context(creq, context)
     return max(1, min(max_tokens, context - creq.longest_prompt))
 
 

@@ -47,7 +47,7 @@ class Passthrough:
             return _json(key.status, dumps(key.body()), dict(key.headers))
         try:
             body = await self._body(http_req)
-            model = body["model"]
+            model = str(body["model"])  # checked: a served model's name
             if key is not None and key.spec.models is not None and model not in key.spec.models:
                 raise ProtocolError(
                     403, f"model: got {model!r}; this API key may not use it",
