@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Collection
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from sincere.serve.gateway.dispatch import RefusalError
 from sincere.serve.protocol import dumps, error_body
 from sincere.serve.security.policy import Refusal
 
@@ -65,16 +66,30 @@ def retry_headers(code: str, retry_after_s: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
 
 
-def refusal_answer(status: int, message: str, code: str, retry_after_s: float) -> web.Response:
-    """The gateway's own refusal (429/502/503/504) as OpenAI's error object with retry hints."""
-    kind = "rate_limit_error" if status == 429 else "server_error"
-    body = error_body(message, type=kind, code=code)
+def refusal_answer(exc: RefusalError, cooldown_s: float) -> web.Response:
+    """The gateway's own refusal (429/502/503/504) as OpenAI's error object with retry hints:
+    a retry may succeed in a second, or (no instance up) once a breaker's ``cooldown_s``
+    has passed."""
+    kind = "rate_limit_error" if exc.status == 429 else "server_error"
+    body = error_body(exc.message, type=kind, code=exc.code)
+    wait_s = cooldown_s if exc.code == "no_instance" else 1.0
     return web.Response(
-        status=status,
+        status=exc.status,
         body=dumps(body),
         content_type="application/json",
-        headers=retry_headers(code, retry_after_s),
+        headers=retry_headers(exc.code, wait_s),
     )
+
+
+def openai_app(max_body_bytes: int, allowed_origins: Collection[str]) -> web.Application:
+    """An aiohttp app whose own errors are OpenAI JSON, with CORS for ``allowed_origins``."""
+    middlewares = [json_errors()]
+    if allowed_origins:
+        middlewares.append(cors_preflight(allowed_origins))
+    app = web.Application(client_max_size=max_body_bytes + 1, middlewares=middlewares)
+    if allowed_origins:
+        app.on_response_prepare.append(cors_headers(allowed_origins))
+    return app
 
 
 def key_refusal_answer(refusal: Refusal, budget_status: int = 429) -> web.Response:

@@ -4,6 +4,9 @@ A request goes through the gateway as parse -> guard -> relay -> settle
 (:meth:`~sincere.serve.gateway.server.Gateway._handle`); the guard's steps are named here
 and each can be driven alone, without HTTP:
 
+0. :meth:`Guard.parse` -- the body read as vLLM reads it, then checked against its model's
+   limits (:mod:`~sincere.serve.gateway.model_limits`: the context, and ``n`` / batches
+   only where every instance can generate them), before any key limit is spent;
 1. :meth:`Guard.authenticate` -- the client key, from the headers alone (before the body is
    read: a request without a valid key costs the gateway no body read);
 2. :meth:`Guard.admit` -- the parsed request becomes a policy request (tier, priority, answer
@@ -29,13 +32,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sincere.core.request import Request
+from sincere.serve.content import image_tokens_rule
 from sincere.serve.gateway.auth import GatewayAuth
 from sincere.serve.gateway.billing import reserve_prices, settle, settle_async, token_counter
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
 from sincere.serve.gateway.model_limits import MAX_TOKENS_HEADER, ModelLimits
 from sincere.serve.gateway.requests import RequestFactory, session_of, with_cap
-from sincere.serve.protocol import CompletionRequest
+from sincere.serve.gateway.sealed import parse_any
+from sincere.serve.protocol import CompletionRequest, Kind, ProtocolError
 from sincere.serve.security.keys import KeyRecord
 from sincere.serve.security.policy import Grant, Refusal, RequestFacts
 
@@ -81,11 +86,37 @@ class Guard:
         self.requests = requests
         self.clock = clock  # the gateway's loop time, seconds
         self.model_limits = ModelLimits(dispatcher, config.limits.max_tokens)  # contexts
+        images = config.images  # prompt tokens per image part, by model
+        self.image_tokens = image_tokens_rule(images.tokens_by_model, images.tokens_per_image)
         self.prefix = config.prefix
         self.sealed_only = frozenset(config.security.sealed_backends)  # take sealed bodies only
+        self.confidential = config.security.confidential  # sealed bodies are relayed unread
+        self.max_body_bytes = config.limits.max_body_bytes
         # requests whose admission waits for a later step (the P/D relay decides first
         # whether they are disaggregated, and admits only those it keeps colocated)
         self.admits_later = admits_later
+
+    def parse(
+        self, headers: Mapping[str, str], kind: Kind, body: bytes
+    ) -> tuple[CompletionRequest, dict[str, str] | None]:
+        """The request to route, and for a sealed body the headers to relay it with; raises
+        :class:`~sincere.serve.protocol.ProtocolError` for a body its model cannot take
+        (over the context, several sequences an instance cannot generate, a sealed body
+        no instance opens)."""
+        creq, sealed = parse_any(
+            headers, kind, body, self.dispatcher.served, self.max_body_bytes,
+            self.confidential, self.image_tokens,
+        )  # fmt: skip
+        self.model_limits.check(creq)
+        if sealed is not None and not self.sealed_only:
+            raise ProtocolError(
+                415,
+                "Content-Type: application/sincere-sealed: this gateway has no backend that "
+                "opens sealed bodies (security.sealed_backends is empty); send plain JSON",
+                param="Content-Type",
+                code="sealed_not_served",
+            )
+        return creq, sealed
 
     def authenticate(self, headers: Mapping[str, str]) -> KeyRecord | Refusal | None:
         """The client's key (None: no keys configured), or why it is refused."""

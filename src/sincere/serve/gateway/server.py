@@ -74,14 +74,7 @@ from sincere.policy.decision_log import DecisionLog
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
-from sincere.serve.content import image_tokens_rule
-from sincere.serve.gateway.answers import (
-    cors_headers,
-    cors_preflight,
-    json_errors,
-    key_refusal_answer,
-    refusal_answer,
-)
+from sincere.serve.gateway.answers import key_refusal_answer, openai_app, refusal_answer
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
@@ -105,9 +98,7 @@ from sincere.serve.gateway.pd_relay import PDRelay
 from sincere.serve.gateway.relay import Relay
 from sincere.serve.gateway.requests import RequestFactory
 from sincere.serve.gateway.scrape import LoadScraper
-from sincere.serve.gateway.sealed import parse_any
 from sincere.serve.protocol import (
-    CompletionRequest,
     Kind,
     ProtocolError,
     dumps,
@@ -160,8 +151,6 @@ class Gateway(Served):
             limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client,
             limits.tls_handshake_timeout_s,
         )  # fmt: skip
-        images = config.images
-        self._image_tokens = image_tokens_rule(images.tokens_by_model, images.tokens_per_image)
         self.passthrough = Passthrough(self.auth, self.dispatcher, limits, self.edge)
         self._logged_errors: set[str] = set()  # exception types whose traceback was logged
         self._tasks: list[asyncio.Task[None]] = []
@@ -176,13 +165,7 @@ class Gateway(Served):
     # ------------------------------------------------------------- lifecycle
 
     def _make_app(self) -> web.Application:
-        origins = self.config.allowed_origins
-        middlewares = [json_errors(), *([cors_preflight(origins)] if origins else [])]
-        app = web.Application(
-            client_max_size=self.config.limits.max_body_bytes + 1, middlewares=middlewares
-        )
-        if origins:
-            app.on_response_prepare.append(cors_headers(origins))
+        app = openai_app(self.config.limits.max_body_bytes, self.config.allowed_origins)
         expect = expect_handler
         for path in ("/tokenize", "/detokenize"):
             app.router.add_post(path, self.passthrough.handle, expect_handler=expect)
@@ -329,7 +312,8 @@ class Gateway(Served):
             key = self.guard.authenticate(http_req.headers)  # None: no keys configured
             if isinstance(key, Refusal):
                 return self._refused(key, tier)
-            creq, sealed = await self._parse(http_req, kind)
+            body = await read_body(http_req, self.config.limits, self.edge)
+            creq, sealed = self.guard.parse(http_req.headers, kind, body)
             verdict = await self.guard.admit(key, creq, sealed, http_req.headers)
             if isinstance(verdict, Refused):
                 return self._turned_away(verdict)
@@ -355,27 +339,6 @@ class Gateway(Served):
             if admitted is not None:
                 await self.guard.settle(admitted)
 
-    async def _parse(
-        self, http_req: web.Request, kind: Kind
-    ) -> tuple[CompletionRequest, dict[str, str] | None]:
-        """The request to route, and for a sealed body the headers to relay it with."""
-        body = await read_body(http_req, self.config.limits, self.edge)
-        confidential = self.config.security.confidential
-        served, limit = self.dispatcher.served, self.config.limits.max_body_bytes
-        creq, sealed = parse_any(
-            http_req.headers, kind, body, served, limit, confidential, self._image_tokens
-        )
-        self.guard.model_limits.check(creq)  # the context and the backends' abilities
-        if sealed is not None and not self.guard.sealed_only:
-            raise ProtocolError(
-                415,
-                "Content-Type: application/sincere-sealed: this gateway has no backend that "
-                "opens sealed bodies (security.sealed_backends is empty); send plain JSON",
-                param="Content-Type",
-                code="sealed_not_served",
-            )
-        return creq, sealed
-
     def _refused(self, refusal: Refusal, tier: str) -> web.Response:
         """A key check's refusal as the client's answer (401/403/429; a spent budget 429
         ``insufficient_quota`` or 402, ``security.budget_status``), counted."""
@@ -392,8 +355,7 @@ class Gateway(Served):
         """The gateway's own refusal (429/502/503/504) as an OpenAI error body with retry
         hints (:mod:`.answers`), counted."""
         self.metrics.finished("", tier, exc.outcome)
-        wait_s = self.config.breaker.cooldown_s if exc.code == "no_instance" else 1.0
-        return refusal_answer(exc.status, exc.message, exc.code, wait_s)
+        return refusal_answer(exc, self.config.breaker.cooldown_s)
 
     def _scrub(self, body: bytes) -> bytes:
         """An upstream's error body with the upstream secrets (and token look-alikes) masked."""
