@@ -151,3 +151,25 @@ def test_sdk_unknown_path_is_not_found() -> None:
             assert "/v1/chat/completions" in missing.value.message
 
     run(body)
+
+
+def test_sdk_waits_as_retry_after_says_then_retries_a_failed_instance() -> None:
+    """Every instance failing is a 502 with Retry-After: 1, which the SDK honours: it
+    retries once after about a second (max_retries=1), and gets InternalServerError."""
+
+    async def body() -> None:
+        raw = {
+            "port": 0, "scrape": {"enabled": False},
+            "backends": [{"name": "dead", "url": "http://127.0.0.1:9", "models": [MODEL],
+                          "metrics_path": None}],
+        }  # fmt: skip
+        async with Gateway(parse_config(raw)) as gw, client(gw, max_retries=1) as c:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(openai.InternalServerError) as failed:
+                await c.completions.create(model=MODEL, prompt="hi", max_tokens=1)
+            waited = asyncio.get_running_loop().time() - started
+            assert failed.value.status_code == 502 and failed.value.code == "upstream_error"
+            attempts = sum(v for k, v in gw.metrics.requests.items() if k[2] == "error")
+            assert attempts == 2 and waited >= 0.9  # one retry, after Retry-After
+
+    run(body)
