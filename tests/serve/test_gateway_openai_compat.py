@@ -12,8 +12,10 @@ import aiohttp
 import pytest
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
+from sincere.serve.backends.ollama_api import ollama_body
 from sincere.serve.gateway.dispatch import RefusalError
 from sincere.serve.gateway.server import Gateway
+from sincere.serve.protocol import parse_request
 from sincere.serve.security.keys import KeySpec
 
 from .test_gateway_billing import settled
@@ -352,3 +354,11 @@ def test_image_parts_are_counted_and_the_body_limit_says_so(tmp_path: Path) -> N
                 assert status == 413 and "limits.max_body_bytes" in out["error"]["message"]
 
     run(body)
+
+
+def test_lenient_options_reach_ollama_as_numbers() -> None:
+    """seed "42" and temperature "0.5", accepted as vLLM accepts them, reach Ollama typed."""
+    raw = json.dumps({**BODY, "seed": "42", "temperature": "0.5", "top_p": 1})
+    creq = parse_request(raw, "completion")
+    options = ollama_body(creq, "m", 4)["options"]
+    assert options == {"seed": 42, "temperature": 0.5, "top_p": 1.0, "num_predict": 4}
