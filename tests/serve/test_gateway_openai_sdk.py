@@ -173,3 +173,31 @@ def test_sdk_waits_as_retry_after_says_then_retries_a_failed_instance() -> None:
             assert attempts == 2 and waited >= 0.9  # one retry, after Retry-After
 
     run(body)
+
+
+def test_sdk_does_not_resend_a_hopeless_deadline() -> None:
+    """A deadline admission knows cannot be met (deadline_unreachable) is refused once: the
+    SDK, told x-should-retry: false, does not send it again (it used to, 3 times in 2 s)."""
+
+    async def body() -> None:
+        async with FakeUpstream(ttft_s=0.05) as up:
+            raw = {
+                "port": 0, "scrape": {"enabled": False},
+                "backends": [{"name": "v0", "url": up.url, "models": [MODEL],
+                              "metrics_path": None}],
+            }  # fmt: skip
+            async with Gateway(parse_config(raw)) as gw, client(gw, max_retries=3) as c:
+                warm = await c.completions.create(
+                    model=MODEL, prompt="hi", max_tokens=3, stream=True
+                )
+                _ = [chunk async for chunk in warm]  # the instance is measured: ~50 ms
+                with pytest.raises(openai.RateLimitError) as hopeless:
+                    await c.completions.create(
+                        model=MODEL, prompt="hi", max_tokens=3,
+                        extra_body={"sincere": {"deadline_s": 0.01}},
+                    )  # fmt: skip
+                assert hopeless.value.code == "deadline_unreachable"
+                refused = sum(v for k, v in gw.metrics.requests.items() if k[2] == "rejected")
+                assert refused == 1 and len(up.bodies) == 1
+
+    run(body)
