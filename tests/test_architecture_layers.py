@@ -34,15 +34,16 @@ RANK = {
 # through the control plane's Fleet protocol -- and on top the composition root (app.py),
 # the one module that imports both.
 SERVE_RANK = {
-    "protocol": 0,
+    "lax": 0,  # reading scalars as vLLM's pydantic models do
     "binding": 0,
-    "content": 0,
-    "backends": 1,
-    "emulator": 1,
-    "security": 1,
-    "gateway": 2,
-    "control": 2,
-    "app": 3,
+    "content": 0,  # a prompt's content: block ids, image placeholders
+    "protocol": 1,  # the wire format, which reads content
+    "backends": 2,
+    "emulator": 2,
+    "security": 2,
+    "gateway": 3,
+    "control": 3,
+    "app": 4,
 }
 
 # The one import between the planes, and why: the gateway's config file embeds the control

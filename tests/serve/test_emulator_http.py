@@ -125,7 +125,8 @@ def test_streamed_completion_stops_at_output_tokens() -> None:
 
 
 def test_errors_are_http_statuses_with_openai_body() -> None:
-    """Unknown models are 404 and absurd max_tokens 422, with OpenAI error JSON."""
+    """Unknown models are 404 and an over-context max_tokens 400 context_length_exceeded (as
+    vLLM answers), with OpenAI error JSON."""
 
     async def check(server: EmulatorServer, session: aiohttp.ClientSession) -> None:
         url = server.url + "/v1/completions"
@@ -134,8 +135,10 @@ def test_errors_are_http_statuses_with_openai_body() -> None:
             assert (await resp.json())["error"]["code"] == "model_not_found"
         body = {"model": "llama-3-8b", "prompt": "a", "max_tokens": 10**7}
         async with session.post(url, json=body) as resp:
-            assert resp.status == 422
-            assert "max_tokens" in (await resp.json())["error"]["message"]
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+            assert error["code"] == "context_length_exceeded"
+            assert "maximum context length is 8192 tokens" in error["message"]
         async with session.post(url, data=b"{oops") as resp:
             assert resp.status == 400
 

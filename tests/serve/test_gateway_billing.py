@@ -94,7 +94,7 @@ def test_dropped_plain_streams_are_charged_what_was_relayed(tmp_path: Path) -> N
             headers = {**bearer(tokens["acme"]), "Content-Type": "application/json"}
             statuses = [await read_and_drop(s, gw.url, headers, body, 90) for _ in range(5)]
             used = await settled(gw, 1)
-        assert statuses[0] == 200 and statuses[1:] == [402] * 4
+        assert statuses[0] == 200 and statuses[1:] == [429] * 4
         assert 90 <= used.num_completion_tokens <= ANSWER
         assert used.spent_usd >= 90.0
 

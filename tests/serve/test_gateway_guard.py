@@ -82,17 +82,27 @@ def test_a_key_without_a_token_is_refused_before_the_body(tmp_path: Path) -> Non
     run_with(gateway_config(UPSTREAM, keys), body)
 
 
-def test_admit_caps_the_answer_and_reserves_its_worst_case(tmp_path: Path) -> None:
-    """A keyed request without max_tokens gets the default cap; its worst case is held."""
+def chat(**fields: Any) -> CompletionRequest:
+    """A parsed chat request for model ``m`` with ``fields`` added."""
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+    return parse_request(raw, "chat")
+
+
+def test_admit_caps_the_answer_at_the_context_room_and_reserves_it(tmp_path: Path) -> None:
+    """A keyed chat without max_tokens is capped at what its context leaves (as vLLM, not a
+    small default), reserves that worst case and says the cap in x-sincere-max-tokens."""
     keys = tmp_path / "keys.db"
     tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
 
     async def body(gw: Gateway) -> None:
         key = key_of(gw, tokens["acme"])
-        got = await gw.guard.admit(key, completion(), None, {})
+        creq = chat()
+        got = await gw.guard.admit(key, creq, None, {})
         assert isinstance(got, Admitted) and got.grant is not None
-        cap = gw.config.limits.default_max_tokens
-        assert got.request.max_tokens == cap and got.pending.request.max_tokens == cap
+        cap = 1000 - creq.prompt_tokens  # the context's room, above default_max_tokens
+        assert got.request.max_tokens == cap and b'"max_tokens":%d' % cap in got.request.raw
+        assert ("x-sincere-max-tokens", str(cap)) in got.pending.headers
+        assert got.pending.request.max_tokens is None  # policies see what the client sent
         store = gw.auth.store
         assert store is not None and store.num_open == 1
         held = cap * PRICE_OUT_PER_1M / 1e6
@@ -100,7 +110,48 @@ def test_admit_caps_the_answer_and_reserves_its_worst_case(tmp_path: Path) -> No
         await gw.guard.settle(got)  # no instance answered: nothing charged, all released
         assert store.num_open == 0 and store.remaining_usd(key.key_id) == pytest.approx(1000.0)
 
-    run_with(gateway_config(UPSTREAM, keys, limits={"default_max_tokens": 50}), body)
+    cfg = gateway_config(UPSTREAM, keys, limits={"default_max_tokens": 50})
+    backend = cfg.backends[0].model_copy(update={"max_model_len": 1000})
+    run_with(cfg.model_copy(update={"backends": [backend]}), body)
+
+
+def test_admit_without_a_known_context_caps_at_the_token_limit(tmp_path: Path) -> None:
+    """With no context known, a keyed chat is capped at limits.max_tokens (said in a header);
+    a completion at vLLM's default of 16 tokens."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
+
+    async def body(gw: Gateway) -> None:
+        got = await gw.guard.admit(key_of(gw, tokens["acme"]), chat(), None, {})
+        assert isinstance(got, Admitted) and got.request.max_tokens == 700
+        assert ("x-sincere-max-tokens", "700") in got.pending.headers
+        await gw.guard.settle(got)
+        got = await gw.guard.admit(key_of(gw, tokens["acme"]), completion(), None, {})
+        assert isinstance(got, Admitted) and got.request.max_tokens == 16
+        await gw.guard.settle(got)
+
+    run_with(gateway_config(UPSTREAM, keys, limits={"max_tokens": 700}), body)
+
+
+def test_admit_reserves_every_choice_and_every_prompt(tmp_path: Path) -> None:
+    """n = 3 over a batch of 2 prompts reserves 6 answers' worth of output tokens."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
+
+    async def body(gw: Gateway) -> None:
+        key = key_of(gw, tokens["acme"])
+        raw = json.dumps({"model": "m", "prompt": ["a b", "c d"], "n": 3, "max_tokens": 10})
+        creq = parse_request(raw, "completion", multi=True)
+        got = await gw.guard.admit(key, creq, None, {})
+        assert isinstance(got, Admitted) and gw.auth.store is not None
+        held = 6 * 10 * PRICE_OUT_PER_1M / 1e6
+        left = gw.auth.store.remaining_usd(key.key_id)
+        assert left == pytest.approx(1000.0 - held, abs=1e-6)
+        assert got.pending.request.output_tokens == 60
+        assert got.pending.request.prompt_tokens == creq.prompt_tokens > 1
+        await gw.guard.settle(got)
+
+    run_with(gateway_config(UPSTREAM, keys), body)
 
 
 def test_admit_refuses_a_spent_budget_and_holds_nothing(tmp_path: Path) -> None:

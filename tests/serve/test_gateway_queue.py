@@ -188,17 +188,17 @@ def test_budget_caps_max_tokens_and_rejects_unaffordable() -> None:
 
 
 def test_unknown_tier_and_absurd_max_tokens_are_4xx() -> None:
-    """An unknown tier is 400 naming the tiers; max_tokens over the limit is 422."""
+    """An unknown tier is 400 naming the tiers; max_tokens over the limit is 400 (as vLLM)."""
 
     async def body() -> None:
         async with FakeUpstream() as up, Gateway(config(up)) as gw, aiohttp.ClientSession() as s:
             tier = await post(s, gw.url, {**BODY, "sincere": {"tier": "gold"}})
             big = await post(s, gw.url, {**BODY, "max_tokens": 10**9})
             model = await post(s, gw.url, {**BODY, "model": "nope"})
-            async with s.post(gw.url + "/v1/completions", data=b"x" * (2 << 20)) as r:
+            async with s.post(gw.url + "/v1/completions", data=b"x" * (21 << 20)) as r:
                 huge = r.status
         assert tier[0] == 400 and "allowed: default" in tier[1]["error"]["message"]
-        assert big[0] == 422 and model[0] == 404 and huge == 413
+        assert big[0] == 400 and model[0] == 404 and huge == 413
 
     run(body)
 

@@ -63,7 +63,7 @@ def test_a_budget_for_five_serves_exactly_five_across_two_gateways(
     async def main() -> None:
         async with two_gateways(keys, redis_url) as (gws, s):
             statuses = await race(gws, s, tokens["acme"], 40)
-        assert statuses.count(200) == 5 and statuses.count(402) == 35
+        assert statuses.count(200) == 5 and statuses.count(429) == 35
 
     run(main)
     store = KeyStore.open(keys)

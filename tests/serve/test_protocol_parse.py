@@ -90,13 +90,17 @@ def test_chat_renders_messages_and_prefers_max_completion_tokens() -> None:
         ({"model": 3, "prompt": "hi"}, 400, "model: got 3"),
         ({"model": "llama-3-8b"}, 400, "prompt is required"),
         ({"model": "llama-3-8b", "prompt": 12}, 400, "prompt: got 12"),
-        ({"model": "llama-3-8b", "prompt": "a", "max_tokens": "5"}, 400, "max_tokens: got '5'"),
-        ({"model": "llama-3-8b", "prompt": "a", "stream": "yes"}, 400, "stream: got 'yes'"),
+        ({"model": "llama-3-8b", "prompt": "a", "max_tokens": "5x"}, 400, "max_tokens: got '5x'"),
+        ({"model": "llama-3-8b", "prompt": "a", "stream": "maybe"}, 400, "stream: got 'maybe'"),
         ({"model": "llama-3-8b", "prompt": "a", "temperature": "hot"}, 400, "temperature"),
-        ({"model": "llama-3-8b", "prompt": "a", "n": 3}, 400, r"n: got 3; allowed: 1"),
+        (
+            {"model": "llama-3-8b", "prompt": "a", "n": 3},
+            400,
+            r"n: got 3; allowed: 1 \(one choice here\)",
+        ),
         ({"model": "gpt-9", "prompt": "a"}, 404, "model: got 'gpt-9'; allowed: llama-3-8b"),
-        ({"model": "llama-3-8b", "prompt": "a", "max_tokens": 0}, 422, "max_tokens: got 0"),
-        ({"model": "llama-3-8b", "prompt": "a", "max_tokens": 10**6}, 422, r"\[1, 4095\]"),
+        ({"model": "llama-3-8b", "prompt": "a", "max_tokens": 0}, 400, "max_tokens: got 0"),
+        ({"model": "llama-3-8b", "prompt": "a", "max_tokens": 10**6}, 400, "at most 4095 fits"),
     ],
 )
 def test_bad_completion_bodies(body: Any, status: int, match: str) -> None:

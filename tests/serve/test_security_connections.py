@@ -36,8 +36,8 @@ async def edge_app(limits: EdgeLimits, tls: ssl.SSLContext | None = None) -> Asy
 
 
 def test_per_client_limit_answers_429_and_slots_come_back() -> None:
-    """Two connections allowed per address: the third gets a raw 429 and is closed; once the
-    first two close, a new one is served."""
+    """Two connections allowed per address: the third gets a raw 429 (with Retry-After) and
+    is closed; once the first two close, a new one is served."""
 
     async def main() -> None:
         limits = EdgeLimits(5.0, max_connections=10, max_connections_per_client=2)
@@ -46,6 +46,7 @@ def test_per_client_limit_answers_429_and_slots_come_back() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             answer = await asyncio.wait_for(reader.read(), 5)
             assert answer.startswith(b"HTTP/1.1 429") and b"too_many_connections" in answer
+            assert b"\r\nRetry-After: 1\r\n" in answer
             writer.close()
             for _, w in held:
                 w.close()

@@ -1,4 +1,4 @@
-"""The gateway with keys on: 401/403/429/402 at the front door, admin keys, audit, spend persisted.
+"""The gateway with keys on: 401/403/429 at the front door, admin keys, audit, spend persisted.
 
 Real HTTP on 127.0.0.1: the gateway and in-process fake upstreams, a key store in a
 temporary SQLite file (or JSON keys file) made with the same calls ``sincere keys`` uses.
@@ -178,7 +178,8 @@ def test_tokens_per_minute_limit(tmp_path: Path) -> None:
 
 
 def test_budget_never_overspent_under_load_and_persists(tmp_path: Path) -> None:
-    """40 racing requests on a 10-USD budget: spend stays within budget; 402 after; it persists."""
+    """40 racing requests on a 10-USD budget: spend stays within budget; then 429
+    insufficient_quota (as OpenAI) with no quick retry; the spend persists."""
     keys = tmp_path / "keys.db"
     tokens = make_keys(
         keys, acme=KeySpec(name="acme", budget_usd=10.0), ops=KeySpec(kind="admin", name="ops")
@@ -194,10 +195,12 @@ def test_budget_never_overspent_under_load_and_persists(tmp_path: Path) -> None:
             served = [r for r in results if r[0] == 200]
             refused = [r for r in results if r[0] != 200]
             assert len(served) == 5  # 10 USD / 2 USD worst case: never a sixth
-            assert {r[0] for r in refused} == {402}
-            assert all(r[1]["error"]["code"] == "budget_exhausted" for r in refused)
+            assert {r[0] for r in refused} == {429}
+            assert all(r[1]["error"]["code"] == "insufficient_quota" for r in refused)
+            assert all(r[1]["error"]["type"] == "insufficient_quota" for r in refused)
             status, _, headers = await post(s, gw.url, tokens["acme"], small)
-            assert status == 402 and float(headers[BUDGET_HEADER]) == 0.0
+            assert status == 429 and float(headers[BUDGET_HEADER]) == 0.0
+            assert headers["x-should-retry"] == "false" and int(headers["Retry-After"]) >= 10
             as_admin = bearer(tokens["ops"])
             metrics = await (await s.get(gw.url + "/metrics", headers=as_admin)).text()
             assert 'sincere_tenant_requests_total{outcome="allowed",tenant="acme"} 5.0' in metrics

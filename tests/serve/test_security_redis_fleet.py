@@ -137,7 +137,7 @@ def test_two_gateways_four_workers_share_budget_limits_and_spend(
         finally:
             stop_group(a, signal.SIGKILL)
             stop_group(b, signal.SIGINT)
-    assert by_budget.count(200) == 5 and by_budget.count(402) == 35
+    assert by_budget.count(200) == 5 and by_budget.count(429) == 35
     assert by_rpm.count(200) == 7 and by_rpm.count(429) == 13
     assert through_a == [200] * 10
     store, shared = KeyStore.open(keys), RedisState(redis_url)

@@ -2,13 +2,17 @@
 
 Requests. :func:`parse_request` validates the JSON body of ``POST /v1/completions``
 (``kind="completion"``) or ``POST /v1/chat/completions`` (``kind="chat"``) as OpenAI
-defines them: ``model``; ``prompt`` (a string, a list of one string, or token ids) or
-``messages`` (``role`` + ``content``, a string or text parts); ``max_tokens`` (chat
-also ``max_completion_tokens``); ``stream`` and ``stream_options.include_usage``.
-Sampling fields (``temperature``, ``top_p``, ``stop``, ``seed``, ...) are type-checked
-and otherwise ignored: times do not depend on them. Unknown fields are ignored, as
-vLLM does. The client's bytes are kept (``CompletionRequest.raw``) so the gateway can
-forward them unchanged when it has nothing to patch.
+defines them and vLLM reads them: ``model``; ``prompt`` (a string or token ids, or, with
+``multi``, a list of either: a batch) or ``messages`` (``role`` + ``content``, a string
+or parts: text, and ``image_url`` counted per image, see :mod:`sincere.serve.content`);
+``max_tokens`` (chat also ``max_completion_tokens``); ``n`` / ``best_of`` (above 1 only
+with ``multi``); ``stream`` and ``stream_options.include_usage``. Sampling fields
+(``temperature``, ``top_p``, ``stop``, ``seed``, ...) are type-checked and otherwise
+ignored: times do not depend on them. Scalars are read as leniently as vLLM's pydantic
+models read them (``"seed": "42"``, ``"max_tokens": 2.0``; :mod:`sincere.serve.lax`).
+Unknown fields are ignored, as vLLM does. The client's bytes are kept
+(``CompletionRequest.raw``) so the gateway can forward them unchanged when it has
+nothing to patch.
 
 sincere's extension (all optional) rides in a ``sincere`` object of the body or in
 headers; the body wins where both are given:
@@ -24,10 +28,11 @@ body ``sincere.*``    header                     meaning
 ====================  =========================  ===========================================
 
 Errors. Bad input raises :class:`ProtocolError`, carrying the HTTP status (400
-malformed JSON, wrong types, missing fields; 404 unknown model; 413 body too large;
-422 a ``max_tokens`` outside ``[1, context - prompt]``) and OpenAI's error body
-``{"error": {"message", "type", "param", "code"}}``; the message names the field, the
-value and what is allowed.
+malformed JSON, wrong types, missing fields, values out of range, a prompt and
+``max_tokens`` over the context (``context_length_exceeded``, :func:`check_context`);
+404 unknown model; 413 body too large) and OpenAI's error body
+``{"error": {"message", "type", "param", "code"}}`` (``code`` is never null); the
+message names the field, the value and what is allowed.
 
 Responses. Builders for non-streamed completion / chat objects (with ``usage``), the
 chunks of a stream, and Server-Sent Events framing (``data: {...}\\n\\n``, ending with
@@ -49,6 +54,13 @@ from functools import cache
 from typing import Any, Literal
 
 from sincere.core.errors import SincereError
+from sincere.serve.content import (
+    DEFAULT_IMAGE_TOKENS,
+    ImageTokens,
+    image_placeholder,
+    image_tokens_rule,
+)
+from sincere.serve.lax import lax_bool, lax_int, lax_number
 from sincere.workload.tabular import (
     CHARS_PER_TOKEN,
     count_tokens,
@@ -67,6 +79,7 @@ SSE_DONE = b"data: [DONE]\n\n"
 """The event that ends every OpenAI stream."""
 
 _MAX_SHOWN = 60  # characters of a bad value quoted in an error message
+_DEFAULT_IMAGE_RULE = image_tokens_rule(None, DEFAULT_IMAGE_TOKENS)
 
 
 class ProtocolError(SincereError):
@@ -122,6 +135,20 @@ class CompletionRequest:
     prompt: str | None = None  # prompt text (chat: the rendered messages); None for token ids
     body: dict[str, Any] = field(default_factory=dict, compare=False)  # the parsed JSON body
     raw: bytes = field(default=b"", compare=False, repr=False)  # the client's bytes; b"": none
+    num_choices: int = 1  # sequences generated per prompt (``n``, or ``best_of`` when larger)
+    num_prompts: int = 1  # prompts of a batched /v1/completions (each gets num_choices)
+    max_prompt_tokens: int = 0  # the longest prompt's tokens (0: prompt_tokens, one prompt)
+    num_images: int = 0  # image parts of a chat's messages (counted in prompt_tokens)
+
+    @property
+    def num_sequences(self) -> int:
+        """Sequences the engine generates for this request: every choice of every prompt."""
+        return self.num_choices * self.num_prompts
+
+    @property
+    def longest_prompt(self) -> int:
+        """Tokens of the longest prompt: what must fit the context with ``max_tokens``."""
+        return self.max_prompt_tokens or self.prompt_tokens
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -153,13 +180,11 @@ def _shown(value: Any) -> str:
 
 
 def _bad(param: str, value: Any, allowed: str, status: int = 400) -> ProtocolError:
-    """``param`` has a bad ``value``; say what is allowed."""
+    """``param`` has a bad ``value``; say what is allowed (400, as vLLM answers)."""
     return ProtocolError(
-        status,
-        f"{param}: got {_shown(value)}; allowed: {allowed}",
-        param=param,
-        code="invalid_value" if status == 422 else "invalid_type",
-    )
+        status, f"{param}: got {_shown(value)}; allowed: {allowed}", param=param,
+        code="invalid_value",
+    )  # fmt: skip
 
 
 def _missing(param: str, allowed: str) -> ProtocolError:
@@ -222,13 +247,18 @@ def parse_request(
     models: Collection[str] | None = None,
     max_context: int | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    multi: bool = False,
+    image_tokens: ImageTokens | None = None,
 ) -> CompletionRequest:
     """Validate one request body; raise :class:`ProtocolError` on anything wrong.
 
     ``models``: the names served (404 for another; ``None`` accepts any).
-    ``max_context``: the model's context window, for the 422 check of ``max_tokens``.
-    ``headers``: request headers (any mapping; names looked up lower-case) for the
-    ``x-sincere-*`` extension.
+    ``max_context``: the model's context window, for the context-length check
+    (:func:`check_context`). ``headers``: request headers (any mapping; names looked up
+    lower-case) for the ``x-sincere-*`` extension. ``multi``: accept ``n`` > 1 and batched
+    prompts (a server that generates one sequence per request leaves it off and refuses
+    them). ``image_tokens``: prompt tokens per image part by model (default
+    :data:`~sincere.serve.content.DEFAULT_IMAGE_TOKENS`).
     """
     check_body_size(len(raw), max_body_bytes)
     try:
@@ -243,8 +273,9 @@ def parse_request(
         check_text(body)
     raw_bytes = raw.encode() if isinstance(raw, str) else raw
     return parse_body(
-        body, kind, headers=headers, models=models, max_context=max_context, raw=raw_bytes
-    )
+        body, kind, headers=headers, models=models, max_context=max_context, raw=raw_bytes,
+        multi=multi, image_tokens=image_tokens,
+    )  # fmt: skip
 
 
 def _may_hold_surrogates(raw: bytes | str) -> bool:
@@ -307,31 +338,42 @@ def parse_body(
     models: Collection[str] | None = None,
     max_context: int | None = None,
     raw: bytes = b"",
+    multi: bool = False,
+    image_tokens: ImageTokens | None = None,
 ) -> CompletionRequest:
     """:func:`parse_request` on an already decoded JSON object (``raw``: its bytes, if kept)."""
     model = _model(body, models)
+    num_images = 0
+    prompt: str | None
     if kind == "chat":
-        prompt: str | None = _chat_prompt(body)
+        prompt, num_images = _chat_prompt(body)
         tokens = count_prompt_tokens(prompt, model) if prompt else 1
+        tokens += num_images * (image_tokens or _DEFAULT_IMAGE_RULE)(model)
+        prompts = [tokens]
     else:
-        prompt, tokens = _completion_prompt(body, model)
-    _check_sampling(body)
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise _bad("stream", stream, "true or false")
-    max_tokens = _max_tokens(body, kind, tokens, max_context)
-    return CompletionRequest(
+        prompt, prompts = _completion_prompts(body, model, multi)
+        tokens = sum(prompts)
+    num_choices = _check_sampling(body, multi)
+    stream = _lax_field(body, "stream", lax_bool, "true or false")
+    creq = CompletionRequest(
         kind=kind,
         model=model,
         prompt_tokens=tokens,
-        max_tokens=max_tokens,
+        max_tokens=_max_tokens(body, kind),
         stream=bool(stream),
         include_usage=_include_usage(body),
         sincere=parse_sincere(body.get("sincere"), headers),
         prompt=prompt,
         body=body,
         raw=raw,
+        num_choices=num_choices,
+        num_prompts=len(prompts),
+        max_prompt_tokens=max(prompts) if len(prompts) > 1 else 0,
+        num_images=num_images,
     )
+    if max_context is not None:
+        check_context(creq, max_context)
+    return creq
 
 
 def _model(body: dict[str, Any], models: Collection[str] | None) -> str:
@@ -352,102 +394,169 @@ def _model(body: dict[str, Any], models: Collection[str] | None) -> str:
     return model
 
 
-def _completion_prompt(body: dict[str, Any], model: str | None = None) -> tuple[str | None, int]:
-    """Prompt text (``None`` for token ids) and its token count."""
-    allowed = "a string, a list of one string, or a list of token ids (64-bit integers >= 0)"
+_PROMPT_ALLOWED = (
+    "a string, a list of token ids (64-bit integers >= 0), or a list of either "
+    "(a batch: one answer per prompt)"
+)
+MAX_PROMPTS = 1024
+"""Most prompts one batched /v1/completions request may carry (vLLM's default limit,
+``VLLM_MAX_COMPLETION_PROMPTS``)."""
+
+
+def _completion_prompts(
+    body: dict[str, Any], model: str | None, multi: bool
+) -> tuple[str | None, list[int]]:
+    """The first prompt's text (``None`` for token ids) and each prompt's token count."""
     prompt = body.get("prompt")
     if prompt is None:
-        raise _missing("prompt", allowed)
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-        prompt = prompt[0]
+        raise _missing("prompt", _PROMPT_ALLOWED)
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        if len(prompt) > 1 and not multi:
+            raise _bad("prompt", prompt, "one prompt per request here (a string or token ids)")
+        if len(prompt) > MAX_PROMPTS:
+            raise _bad("prompt", f"{len(prompt)} prompts", f"at most {MAX_PROMPTS} prompts")
+        counted = [_one_prompt(p, model, f"prompt[{k}]") for k, p in enumerate(prompt)]
+        return counted[0][0], [n for _, n in counted]
+    text, tokens = _one_prompt(prompt, model, "prompt")
+    return text, [tokens]
+
+
+def _one_prompt(prompt: Any, model: str | None, where: str) -> tuple[str | None, int]:
+    """One prompt's text (``None`` for token ids) and its token count."""
     if isinstance(prompt, str):
         return prompt, (count_prompt_tokens(prompt, model) if prompt else 1)
     if isinstance(prompt, list) and prompt and all(_is_int(t) and t >= 0 for t in prompt):
         return None, len(prompt)
-    raise _bad("prompt", prompt, allowed)
+    raise _bad(where, prompt, _PROMPT_ALLOWED)
 
 
-def _chat_prompt(body: dict[str, Any]) -> str:
-    """The messages rendered as ``role: content`` lines (what the token count reads)."""
+def _chat_prompt(body: dict[str, Any]) -> tuple[str, int]:
+    """The messages rendered as ``role: content`` lines (what the token count reads), and
+    the number of image parts among them."""
     messages = body.get("messages")
-    allowed = "a non-empty list of {role: string, content: string or text parts}"
+    allowed = "a non-empty list of {role: string, content: string or content parts}"
     if messages is None:
         raise _missing("messages", allowed)
     if not isinstance(messages, list) or not messages:
         raise _bad("messages", messages, allowed)
-    lines = []
+    lines, num_images = [], 0
     for k, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise _bad(f"messages[{k}]", msg, allowed)
         role = msg.get("role")
         if not isinstance(role, str) or not role:
             raise _bad(f"messages[{k}].role", role, "a string such as system, user, assistant")
-        lines.append(f"{role}: {_content(msg.get('content'), k)}")
-    return "\n".join(lines)
+        text, images = _content(msg.get("content"), k)
+        lines.append(f"{role}: {text}")
+        num_images += images
+    return "\n".join(lines), num_images
 
 
-def _content(content: Any, k: int) -> str:
-    """A message's text: a string, null, or a list of ``{type: text, text: ...}`` parts."""
+def _content(content: Any, k: int) -> tuple[str, int]:
+    """A message's text and its image count: a string, null, or a list of parts
+    (``{type: text, text}``; ``{type: image_url, image_url: {url}}`` as a placeholder)."""
     if content is None or isinstance(content, str):
-        return content or ""
-    allowed = "a string, null, or a list of {type, text} parts"
+        return content or "", 0
+    allowed = "a string, null, or a list of {type, text} / {type: image_url, image_url} parts"
     if not isinstance(content, list):
         raise _bad(f"messages[{k}].content", content, allowed)
-    texts = []
+    texts, num_images = [], 0
     for part in content:
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise _bad(f"messages[{k}].content", part, allowed)
+        if part["type"] == "image_url":
+            texts.append(image_placeholder(_image_url(part.get("image_url"), k)))
+            num_images += 1
+            continue
         text = part.get("text", "")
         if not isinstance(text, str):
             raise _bad(f"messages[{k}].content.text", text, "a string")
         texts.append(text)
-    return "".join(texts)
+    return "".join(texts), num_images
+
+
+def _image_url(value: Any, k: int) -> str:
+    """The URL of an ``image_url`` part: ``{url: ...}`` (OpenAI's form) or a bare string."""
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        allowed = "{url: an http(s) or data: URL}"
+        raise _bad(f"messages[{k}].content.image_url", value, allowed)
+    return url
 
 
 _NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
-_INTS = ("seed", "top_k", "logprobs", "top_logprobs", "best_of")
+_INTS = ("seed", "top_k", "logprobs", "top_logprobs")
+MAX_CHOICES = 16384
+"""Most choices (``n``, ``best_of``) one request may ask for (vLLM's default limit,
+``VLLM_MAX_N_SEQUENCES``)."""
 
 
-def _check_sampling(body: dict[str, Any]) -> None:
-    """Type-check the sampling fields times do not depend on (their values are ignored)."""
+def _lax_field(body: dict[str, Any], name: str, read: Any, allowed: str) -> Any:
+    """Field ``name`` read leniently (:mod:`sincere.serve.lax`); 400 when it cannot be."""
+    value = body.get(name)
+    if value is None:
+        return None
+    got = read(value)
+    if got is None:
+        raise _bad(name, value, allowed)
+    return got
+
+
+def _check_sampling(body: dict[str, Any], multi: bool) -> int:
+    """Type-check the sampling fields times do not depend on (their values are ignored);
+    return the sequences generated per prompt (``n``, or ``best_of`` when larger)."""
     for name in _NUMBERS:
-        value = body.get(name)
-        if value is not None and not _is_number(value):
-            raise _bad(name, value, "a finite number")
+        _lax_field(body, name, lax_number, "a finite number")
     for name in _INTS:
-        value = body.get(name)
-        if value is not None and not _is_int(value) and not isinstance(value, bool):
-            raise _bad(name, value, "a 64-bit integer")
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise _bad("n", n, "1 (one choice per request)")
+        _lax_field(body, name, lax_int, "a 64-bit integer")
+    counts = []
+    for name in ("n", "best_of"):
+        value = _lax_field(body, name, lax_int, f"an integer in [1, {MAX_CHOICES}]")
+        if value is not None and not 1 <= value <= (MAX_CHOICES if multi else 1):
+            allowed = f"an integer in [1, {MAX_CHOICES}]" if multi else "1 (one choice here)"
+            raise _bad(name, body[name], allowed)
+        counts.append(1 if value is None else value)
     stop = body.get("stop")
     ok = stop is None or isinstance(stop, str)
     ok = ok or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
     if not ok:
         raise _bad("stop", stop, "a string or a list of strings")
+    return max(counts)
 
 
-def _max_tokens(
-    body: dict[str, Any], kind: Kind, prompt_tokens: int, max_context: int | None
-) -> int | None:
+def _max_tokens(body: dict[str, Any], kind: Kind) -> int | None:
+    """The client's answer cap (chat: ``max_completion_tokens`` wins), read leniently."""
     name = "max_tokens"
-    value = body.get(name)
     if kind == "chat" and body.get("max_completion_tokens") is not None:
-        name, value = "max_completion_tokens", body["max_completion_tokens"]
-    if value is None:
-        return None
-    if not _is_int(value):
-        raise _bad(name, value, "a 64-bit integer >= 1")
-    room = None if max_context is None else max_context - prompt_tokens
-    if value < 1 or (room is not None and value > room):
-        allowed = "an integer >= 1"
-        if room is not None:
-            allowed = (
-                f"an integer in [1, {room}] (context {max_context} - {prompt_tokens} prompt tokens)"
-            )
-        raise _bad(name, value, allowed, status=422)
-    return int(value)
+        name = "max_completion_tokens"
+    value: int | None = _lax_field(body, name, lax_int, "an integer >= 1")
+    if value is not None and value < 1:
+        raise _bad(name, body[name], "an integer >= 1")
+    return value
+
+
+def check_context(creq: CompletionRequest, max_context: int) -> None:
+    """Raise 400 ``context_length_exceeded`` when the longest prompt and ``max_tokens``
+    (when given) do not fit ``max_context``, naming the prompt's tokens, the cap asked
+    for and the largest cap that would fit (OpenAI's and vLLM's wording, which clients
+    such as LiteLLM recognise)."""
+    prompt = creq.longest_prompt
+    asked = creq.max_tokens or 0
+    if prompt + asked <= max_context and prompt < max_context:
+        return
+    where = "messages" if creq.kind == "chat" else "prompt"
+    room = max_context - prompt
+    fits = (
+        f"max_tokens at most {room} fits"
+        if room >= 1
+        else "no max_tokens fits: shorten the " + where
+    )
+    message = (
+        f"This model's maximum context length is {max_context} tokens. However, you requested "
+        f"{prompt + asked} tokens ({prompt} in the {where}, {asked} in the completion). "
+        f"Please reduce the length of the {where} or completion ({fits})."
+    )
+    raise ProtocolError(400, message, param=where, code="context_length_exceeded")
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -545,7 +654,8 @@ def error_body(
     param: str | None = None,
     code: str | None = None,
 ) -> dict[str, Any]:
-    """OpenAI's error object."""
+    """OpenAI's error object; ``code`` falls back to ``type`` (clients switch on it)."""
+    code = type if code is None else code
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 

@@ -11,7 +11,8 @@ where its load is read (``load_path``: sincere's JSON engine load; else
 (``deployment``: a :class:`~sincere.engine.spec.DeploymentSpec`, whose engine's
 ``max_num_seqs`` then wins), from which routers get its step-time model, and its
 ``role`` in prefill/decode disaggregation (``prefill``, ``decode`` or ``both``; see
-:mod:`sincere.serve.gateway.pd_relay`). Units: seconds
+:mod:`sincere.serve.gateway.pd_relay`), and its context window (``max_model_len``; else
+the deployment's, see :mod:`sincere.serve.gateway.model_limits`). Units: seconds
 (``*_s``), USD per 1M tokens for prices.
 """
 
@@ -51,6 +52,9 @@ class BackendConfig(BaseModel):
     deployment: DeploymentSpec | None = None
     # prefill/decode disaggregation: prefill, decode, or both (serves whole requests)
     role: Literal["prefill", "decode", "both"] = "both"
+    # its context window (prompt + answer), tokens, as vLLM's --max-model-len; None: the
+    # deployment's, else the catalog's for its model, else unknown (the engine checks)
+    max_model_len: int | None = Field(None, ge=2, le=1 << 24)
 
     @field_validator("name")
     @classmethod

@@ -3,11 +3,12 @@
 :class:`FakeUpstream` answers OpenAI's ``/v1/completions`` and
 ``/v1/chat/completions`` (JSON or SSE) and Ollama's ``/api/generate`` and
 ``/api/chat`` (NDJSON) at once, with a fixed number of filler tokens, optional
-delays, and injected faults: a status answered at once (``fail_status``), a
-connection cut after ``die_after_tokens`` streamed tokens, requests held until an
-event is set (``hold``). It records every body it receives. It exists to pin the
-gateway's fault handling in tests and to measure the gateway's own overhead against
-the cheapest possible upstream; for realistic timing use
+delays, ``n`` choices for each prompt of a batch (as vLLM answers them), vLLM's
+``/tokenize`` and ``/detokenize``, and injected faults: a status answered at once
+(``fail_status``), a connection cut after ``die_after_tokens`` streamed tokens,
+requests held until an event is set (``hold``). It records every body it receives.
+It exists to pin the gateway's fault handling in tests and to measure the gateway's
+own overhead against the cheapest possible upstream; for realistic timing use
 :mod:`sincere.serve.emulator.server`.
 """
 
@@ -64,6 +65,8 @@ class FakeUpstream(Served):
         for path in ("/api/generate", "/api/chat"):
             app.router.add_post(path, self._ollama)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._detokenize)
         # a closing fake cuts what is still open after a short grace (a dying server)
         self._runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
@@ -107,19 +110,24 @@ class FakeUpstream(Served):
             if body.get("stream"):
                 return await self._openai_stream(request, body, n, chat)
             text = " tok" * n
-            choice: dict[str, Any] = (
-                {"index": 0, "message": {"role": "assistant", "content": text}}
-                if chat
-                else {"index": 0, "text": text}
-            )
-            choice["finish_reason"] = "length"
-            usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
+            choices = []
+            for index in range(num_choices(body)):
+                choice: dict[str, Any] = (
+                    {"index": index, "message": {"role": "assistant", "content": text}}
+                    if chat
+                    else {"index": index, "text": text}
+                )
+                choice["finish_reason"] = "length"
+                choices.append(choice)
+            out = n * len(choices)
+            usage = {"prompt_tokens": 1, "completion_tokens": out, "total_tokens": out + 1}
             return web.json_response(
                 {
                     "id": "x",
-                    "object": "x",
+                    "object": "chat.completion" if chat else "text_completion",
+                    "created": 0,
                     "model": body.get("model"),
-                    "choices": [choice],
+                    "choices": choices,
                     "usage": usage,
                 }
             )
@@ -131,14 +139,18 @@ class FakeUpstream(Served):
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        head = {"id": "x", "object": kind, "created": 0, "model": body.get("model")}
+        indexes = range(num_choices(body))
         for k in range(n):
             if self.die_after_tokens is not None and k >= self.die_after_tokens:
                 assert request.transport is not None
                 request.transport.close()
                 return resp
             delta = {"delta": {"content": " tok"}} if chat else {"text": " tok"}
-            chunk = {"id": "x", "model": body.get("model"), "choices": [{"index": 0, **delta}]}
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            for index in indexes:
+                chunk = {**head, "choices": [{"index": index, **delta}]}
+                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
         if self.finish_chunk:
@@ -148,10 +160,29 @@ class FakeUpstream(Served):
                 ("delta" if chat else "text"): last if chat else "",
                 "finish_reason": "length",
             }
-            chunk = {"id": "x", "model": body.get("model"), "choices": [end]}
+            chunk = {**head, "choices": [end]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            out = n * len(indexes)
+            usage = {"prompt_tokens": 1, "completion_tokens": out, "total_tokens": out + 1}
+            chunk = {**head, "choices": [], "usage": usage}
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/tokenize``: one token per word of the prompt (or of the messages)."""
+        body = await self._begin(request)
+        text = body.get("prompt") or " ".join(
+            str(m.get("content", "")) for m in body.get("messages") or []
+        )
+        tokens = list(range(len(str(text).split())))
+        return web.json_response({"count": len(tokens), "max_model_len": 4096, "tokens": tokens})
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/detokenize``: a word per token id."""
+        body = await self._begin(request)
+        return web.json_response({"prompt": " ".join(f"t{t}" for t in body.get("tokens") or [])})
 
     async def _ollama(self, request: web.Request) -> web.StreamResponse:
         body = await self._begin(request)
@@ -188,3 +219,13 @@ class FakeUpstream(Served):
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics_text, content_type="text/plain")
+
+
+def num_choices(body: dict[str, Any]) -> int:
+    """Choices an OpenAI server such as vLLM returns: ``n`` for each prompt of a batch."""
+    prompt = body.get("prompt")
+    num_prompts = 1
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        num_prompts = len(prompt)
+    n = body.get("n")
+    return num_prompts * (int(n) if n is not None else 1)

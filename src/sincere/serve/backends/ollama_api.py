@@ -8,7 +8,8 @@ token (the reference router's note). So the gateway always asks Ollama to stream
 OpenAI SSE chunks token by token for streaming clients, or to one OpenAI completion
 object for the others, measuring TTFT either way. OpenAI's ``max_tokens``,
 ``temperature``, ``top_p``, ``seed`` and ``stop`` map to Ollama's ``options``
-(``num_predict``, ...). API reference: github.com/ollama/ollama, docs/api.md.
+(``num_predict``, ...), as numbers even when the client wrote them as strings (the gateway
+reads them leniently, as vLLM does). API reference: github.com/ollama/ollama, docs/api.md.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from yarl import URL
 
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import Backend, Upstream, UpstreamError, upstream_error
+from sincere.serve.lax import lax_int, lax_number
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -40,11 +42,19 @@ OLLAMA_PATHS = {"completion": "/api/generate", "chat": "/api/chat"}
 """Ollama endpoint of each request kind."""
 
 _OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop"}
+# how each option is read: leniently, as the gateway's parser accepted it ("seed": "42")
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "temperature": lax_number, "top_p": lax_number, "seed": lax_int, "stop": lambda v: v,
+}  # fmt: skip
 
 
 def ollama_body(req: CompletionRequest, model: str, max_tokens: int | None) -> dict[str, Any]:
     """Ollama's request for an OpenAI request (always streamed)."""
-    options = {dst: req.body[src] for src, dst in _OPTIONS.items() if req.body.get(src) is not None}
+    options = {
+        dst: _READERS[src](req.body[src])
+        for src, dst in _OPTIONS.items()
+        if req.body.get(src) is not None
+    }
     if max_tokens is not None:
         options["num_predict"] = max_tokens
     body: dict[str, Any] = {"model": model, "stream": True, "options": options}

@@ -9,7 +9,9 @@ few) and connect / read timeouts from its config.
 :meth:`Backend.send` opens the upstream request and returns an :class:`Upstream`
 once the status line is in. Failures *before the first byte* (connect error, timeout,
 a 5xx or 429 status) raise :class:`UpstreamError` with ``retryable=True`` so the
-gateway can try another instance; failures while reading a stream raise it with
+gateway can try another instance (a 5xx keeps its status and the start of its body,
+``upstream_status`` / ``body``: the gateway passes them on when the request itself is at
+fault, :mod:`sincere.serve.gateway.faults`); failures while reading a stream raise it with
 ``retryable=False``. An error's ``message`` goes to clients, so it names the
 instance and what went wrong in general terms only (``timed out``, ``connection
 failed``, ``upstream status 502``): never an address, and never the upstream's own
@@ -56,6 +58,8 @@ class UpstreamError(Exception):
         status: int = 502,
         detail: str = "",
         timed_out: bool = False,
+        upstream_status: int | None = None,
+        body: bytes = b"",
     ) -> None:
         super().__init__(message)
         self.message = message  # safe to show a client: no address, no upstream text
@@ -63,6 +67,9 @@ class UpstreamError(Exception):
         self.status = status  # what the gateway answers if it cannot retry
         self.detail = detail  # the underlying error, for the gateway's own debug log
         self.timed_out = timed_out  # a read timeout: slow, not failed (no breaker failure)
+        # the error status the instance answered (None: no answer: connection, timeout)
+        self.upstream_status = upstream_status
+        self.body = body  # that answer's body (at most MAX_ERROR_BYTES), for a request fault
 
 
 @dataclass(slots=True)
@@ -358,11 +365,13 @@ class Backend:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise upstream_error(self.name, "", exc, retryable=True) from None
         if response.status >= 500 or response.status == 429:
-            response.release()  # its body is not read: it is no client's business
+            body = await _error_body(response)  # kept in case the request is at fault
             raise UpstreamError(
                 f"{self.name}: upstream status {response.status}",
                 retryable=True,
                 status=503 if response.status == 429 else 502,
+                upstream_status=response.status,
+                body=body,
             )
         return response
 
@@ -373,6 +382,25 @@ class Backend:
         async with get as response:
             response.raise_for_status()
             return await response.text()
+
+
+MAX_ERROR_BYTES = 64 * 1024
+"""Most bytes of an upstream's error answer kept (the rest is dropped with the connection)."""
+
+
+async def _error_body(response: aiohttp.ClientResponse) -> bytes:
+    """The start of an error answer's body (b"" when it cannot be read); the response is
+    released (a body cut short closes its connection)."""
+    try:
+        async with asyncio.timeout(1.0):
+            body = await response.content.read(MAX_ERROR_BYTES)
+    except (TimeoutError, aiohttp.ClientError):
+        body = b""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
+    return body
 
 
 def make_backend(config: BackendConfig) -> Backend:

@@ -30,6 +30,7 @@ __all__ = [
     "BackendConfig",
     "GatewayConfig",
     "GatewayTierConfig",
+    "ImagesConfig",
     "PrefixConfig",
     "SecurityConfig",
     "load_config",
@@ -100,7 +101,9 @@ class LimitsConfig(_Strict):
     ``tls_handshake_timeout_s`` after it connected (else it is closed).
     """
 
-    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
+    # a body's bytes (413 above): 20 MiB holds a few base64 images inline (OpenAI's and
+    # vLLM's clients send them so)
+    max_body_bytes: int = Field(20 << 20, ge=1024, le=1 << 30)
     max_tokens: int = Field(32768, ge=1, le=1 << 24)  # largest max_tokens accepted
     default_max_tokens: int = Field(256, ge=1, le=1 << 24)  # assumed when a request sets none
     header_timeout_s: float = Field(10.0, gt=0, le=MAX_SECONDS)
@@ -125,6 +128,18 @@ class PrefixConfig(_Strict):
     block_tokens: int = Field(16, ge=1, le=1 << 16)  # tokens per block id (vLLM's block: 16)
     session_header: str = Field("x-session-id", min_length=1, max_length=128)
     session_from_user: bool = True  # the body's "user" names the session when no header does
+
+
+class ImagesConfig(_Strict):
+    """How image parts of chat messages count (see :mod:`sincere.serve.content`).
+
+    Each ``image_url`` part counts ``tokens_per_image`` prompt tokens (by public model name
+    in ``tokens_by_model``, else the default: 576, a LLaVA-1.5-style encoder's 24 x 24
+    patches) in budgets, limits and admission, and is hashed into the prompt's block ids.
+    """
+
+    tokens_per_image: int = Field(576, ge=1, le=1 << 20)
+    tokens_by_model: dict[str, int] = Field(default_factory=dict, max_length=4096)
 
 
 class SecurityConfig(_Strict):
@@ -166,6 +181,8 @@ class SecurityConfig(_Strict):
     # per-tenant series on /metrics for this many tenants (most spend first), the others
     # summed under tenant="(other)"; an admin key's ?tenants=all shows every tenant
     metrics_max_tenants: int = Field(50, ge=0, le=1 << 20)
+    # the status of a spent budget: 429 insufficient_quota (as OpenAI) or 402 Payment Required
+    budget_status: Literal[402, 429] = 429
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SecurityConfig:
@@ -206,6 +223,9 @@ class GatewayConfig(_Strict):
     admission: GatewayAdmissionConfig = GatewayAdmissionConfig()
     limits: LimitsConfig = LimitsConfig()
     prefix: PrefixConfig = PrefixConfig()
+    images: ImagesConfig = ImagesConfig()
+    # browser origins allowed to call the API (CORS, as vLLM's --allowed-origins); "*": any
+    allowed_origins: list[str] = Field(default_factory=list, max_length=256)
     planning: PlanningConfig = PlanningConfig()
     controller: ControllerConfig = ControllerConfig()
     admin: bool = True  # serve the controller API under /admin (mounted by serve/app.py)

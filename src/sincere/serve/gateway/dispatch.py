@@ -104,6 +104,7 @@ class Pending:
     prompt_tokens_used: int | None = None  # as the upstream counted them, when it said
     output_tokens: int | None = None  # tokens generated (None: no instance answered)
     deadline_at: float | None = None  # the client's deadline_s, loop time; None: none
+    num_sequences: int = 1  # sequences generated: n choices of each prompt of a batch
 
 
 def front_door_of(config: GatewayConfig) -> FrontDoor:

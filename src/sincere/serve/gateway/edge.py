@@ -67,13 +67,20 @@ def runner_kwargs(idle_timeout_s: float, body_timeout_s: float) -> dict[str, Any
     }
 
 
+_BODY_HINT = (
+    " (limits.max_body_bytes; images sent inline as base64 count toward it: send image URLs "
+    "or ask the operator to raise the limit)"
+)
+
+
 async def read_body(http_req: web.Request, limits: LimitsConfig, edge: EdgeLimits) -> bytes:
     """The request body, within ``limits.max_body_bytes`` (413) and ``body_timeout_s`` (408)."""
     limit = limits.max_body_bytes
     if http_req.content_length is not None and http_req.content_length > limit:
         raise ProtocolError(
             413,
-            f"request body: got {http_req.content_length} bytes; allowed: at most {limit} bytes",
+            f"request body: got {http_req.content_length} bytes; allowed: at most {limit} bytes"
+            f"{_BODY_HINT}",
             code="body_too_large",
         )
     try:
@@ -83,7 +90,7 @@ async def read_body(http_req: web.Request, limits: LimitsConfig, edge: EdgeLimit
             return await http_req.read()
     except web.HTTPRequestEntityTooLarge:
         raise ProtocolError(
-            413, f"request body: allowed: at most {limit} bytes", code="body_too_large"
+            413, f"request body: allowed: at most {limit} bytes{_BODY_HINT}", code="body_too_large"
         ) from None
     except TimeoutError:
         edge.count("body_timeout")

@@ -4,11 +4,17 @@ A request goes through the gateway as parse -> guard -> relay -> settle
 (:meth:`~sincere.serve.gateway.server.Gateway._handle`); the guard's steps are named here
 and each can be driven alone, without HTTP:
 
+0. :meth:`Guard.parse` -- the body read as vLLM reads it, then checked against its model's
+   limits (:mod:`~sincere.serve.gateway.model_limits`: the context, and ``n`` / batches
+   only where every instance can generate them), before any key limit is spent;
 1. :meth:`Guard.authenticate` -- the client key, from the headers alone (before the body is
    read: a request without a valid key costs the gateway no body read);
 2. :meth:`Guard.admit` -- the parsed request becomes a policy request (tier, priority, answer
    cap, session); with keys, the key's limits are checked and its worst case is reserved at
-   the dearest instance of the model (:mod:`~sincere.serve.gateway.billing`); then the front
+   the dearest instance of the model (:mod:`~sincere.serve.gateway.billing`; every sequence
+   of it: ``n`` choices of each prompt of a batch; a request without ``max_tokens`` is
+   capped at the room its context leaves and the answer says so in
+   ``x-sincere-max-tokens``, :mod:`.model_limits`); then the front
    door's admission answers (for a model with prefill/decode roles the P/D relay admits
    instead, after deciding whether to disaggregate: :attr:`Guard.admits_later`). The
    result is :class:`Admitted` (a :class:`Pending` ready to relay, with its reservation)
@@ -26,12 +32,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sincere.core.request import Request
+from sincere.serve.content import image_tokens_rule
 from sincere.serve.gateway.auth import GatewayAuth
 from sincere.serve.gateway.billing import reserve_prices, settle, settle_async, token_counter
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
+from sincere.serve.gateway.model_limits import MAX_TOKENS_HEADER, ModelLimits
 from sincere.serve.gateway.requests import RequestFactory, session_of, with_cap
-from sincere.serve.protocol import CompletionRequest
+from sincere.serve.gateway.sealed import parse_any
+from sincere.serve.protocol import CompletionRequest, Kind, ProtocolError
 from sincere.serve.security.keys import KeyRecord
 from sincere.serve.security.policy import Grant, Refusal, RequestFacts
 
@@ -76,12 +85,38 @@ class Guard:
         self.dispatcher = dispatcher
         self.requests = requests
         self.clock = clock  # the gateway's loop time, seconds
-        self.default_max_tokens = config.limits.default_max_tokens
+        self.model_limits = ModelLimits(dispatcher, config.limits.max_tokens)  # contexts
+        images = config.images  # prompt tokens per image part, by model
+        self.image_tokens = image_tokens_rule(images.tokens_by_model, images.tokens_per_image)
         self.prefix = config.prefix
         self.sealed_only = frozenset(config.security.sealed_backends)  # take sealed bodies only
+        self.confidential = config.security.confidential  # sealed bodies are relayed unread
+        self.max_body_bytes = config.limits.max_body_bytes
         # requests whose admission waits for a later step (the P/D relay decides first
         # whether they are disaggregated, and admits only those it keeps colocated)
         self.admits_later = admits_later
+
+    def parse(
+        self, headers: Mapping[str, str], kind: Kind, body: bytes
+    ) -> tuple[CompletionRequest, dict[str, str] | None]:
+        """The request to route, and for a sealed body the headers to relay it with; raises
+        :class:`~sincere.serve.protocol.ProtocolError` for a body its model cannot take
+        (over the context, several sequences an instance cannot generate, a sealed body
+        no instance opens)."""
+        creq, sealed = parse_any(
+            headers, kind, body, self.dispatcher.served, self.max_body_bytes,
+            self.confidential, self.image_tokens,
+        )  # fmt: skip
+        self.model_limits.check(creq)
+        if sealed is not None and not self.sealed_only:
+            raise ProtocolError(
+                415,
+                "Content-Type: application/sincere-sealed: this gateway has no backend that "
+                "opens sealed bodies (security.sealed_backends is empty); send plain JSON",
+                param="Content-Type",
+                code="sealed_not_served",
+            )
+        return creq, sealed
 
     def authenticate(self, headers: Mapping[str, str]) -> KeyRecord | Refusal | None:
         """The client's key (None: no keys configured), or why it is refused."""
@@ -100,8 +135,10 @@ class Guard:
         :class:`~sincere.serve.protocol.ProtocolError` for a tier or priority the client
         may not ask for.
         """
-        if key is not None:
-            creq = with_cap(creq, self.default_max_tokens)
+        relayed, applied = creq, None
+        if key is not None and creq.max_tokens is None:  # reserve what it may really take
+            applied = self.model_limits.cap(creq)
+            relayed = with_cap(creq, applied)
         req = self.requests.build(
             creq,
             self.clock(),
@@ -113,11 +150,15 @@ class Guard:
         grant = None
         if key is not None:
             prices = reserve_prices(self.dispatcher, req.model)
-            granted = await self.auth.authorize_async(key, request_facts(req, creq), prices)
+            facts = request_facts(req, relayed)
+            granted = await self.auth.authorize_async(key, facts, prices)
             if isinstance(granted, Refusal):
                 return Refused(req.tier.name, granted)
             grant = granted
-        admitted = Admitted(creq, self._pending(req, creq, sealed, headers, grant), grant)
+        pending = self._pending(req, creq, sealed, headers, grant)
+        if applied is not None:  # say what cap was applied to an answer that named none
+            pending.headers = (*pending.headers, (MAX_TOKENS_HEADER, str(applied)))
+        admitted = Admitted(relayed, pending, grant)
         if self.admits_later is not None and self.admits_later(admitted.pending):
             return admitted
         refusal = self.dispatcher.admit(admitted.pending, self.clock())
@@ -135,7 +176,7 @@ class Guard:
         grant: Grant | None,
     ) -> Pending:
         """The request to dispatch: its deadline, the instances it may not go to, its headers."""
-        pending = Pending(req, client_id(headers), sealed=sealed)
+        pending = Pending(req, client_id(headers), sealed=sealed, num_sequences=creq.num_sequences)
         if creq.sincere.deadline_s is not None:
             pending.deadline_at = req.arrival_at + creq.sincere.deadline_s
         if self.sealed_only:
@@ -172,9 +213,10 @@ def client_id(headers: Mapping[str, str]) -> str | None:
 
 
 def request_facts(req: Request, creq: CompletionRequest) -> RequestFacts:
-    """What the key check needs: model, sized prompt and answer cap, asked tier/priority."""
+    """What the key check needs: model, sized prompts (all of a batch) and the answer cap
+    of every sequence generated (``n`` choices of each prompt), asked tier/priority."""
     fields = creq.sincere
+    cap = creq.max_tokens or req.max_tokens or req.output_tokens // creq.num_sequences
     return RequestFacts(
-        req.model, req.prompt_tokens, req.max_tokens or req.output_tokens, fields.tier,
-        fields.priority,
+        req.model, req.prompt_tokens, cap * creq.num_sequences, fields.tier, fields.priority,
     )  # fmt: skip

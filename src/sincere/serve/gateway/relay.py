@@ -18,7 +18,10 @@
 * A client's ``sincere.deadline_s`` is enforced while relaying: passed before the answer
   started, the client gets **504** ``deadline_exceeded``; passed mid-stream, the stream
   ends with that error event and ``[DONE]`` (charged the tokens relayed).
-* A 4xx from the instance is passed through (the instance is alive).
+* A 4xx from the instance is passed through (the instance is alive). A 5xx that the
+  request itself caused (``501``, or the same status from a second instance) is passed
+  through too, not retried further, and takes back its breaker failures
+  (:mod:`.faults`).
 * A client that goes away mid-stream ends the relay quietly: one log line, the
   request counted as ``cancelled``.
 * A **sealed** request (confidential mode, :mod:`.sealed`) goes byte for byte to the
@@ -60,6 +63,7 @@ from sincere.core.request import Request
 from sincere.policy.router_base import Outcome
 from sincere.serve.backends.openai_api import Upstream, UpstreamError, upstream_error
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, Slot
+from sincere.serve.gateway.faults import error_kind, is_request_fault
 from sincere.serve.gateway.instances import INSTANCE_HEADER, InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
@@ -126,8 +130,9 @@ class Relay:
                     return await self._attempt_sealed(http_req, creq, pending, slot)
                 return await self._attempt(http_req, creq, pending, slot)
             except UpstreamError as exc:
-                kind = "timeout" if exc.timed_out else "connect" if exc.status != 503 else "status"
-                self._failed(slot, kind, exc)
+                if is_request_fault(exc, last):  # not the instances': answer it, no retry
+                    return self._request_fault(exc, slot, pending, tried)
+                self._failed(slot, error_kind(exc), exc)
                 self.metrics.retries[slot.instance.name] += 1
                 tried.add(slot.instance.name)
                 pending.exclude = frozenset(tried)
@@ -141,6 +146,25 @@ class Relay:
             "error",
             "upstream_error",
         )
+
+    def _request_fault(
+        self, exc: UpstreamError, slot: Slot, pending: Pending, tried: set[str]
+    ) -> web.Response:
+        """The engine's own error answer to a request at fault (:mod:`.faults`); the
+        instances that answered it are alive, so their breakers take back its failures."""
+        now = asyncio.get_running_loop().time()
+        for name in {*tried, slot.instance.name}:
+            state = self.dispatcher.instances.get(name)
+            if state is not None:
+                state.breaker.record_success(now)
+        self.metrics.upstream_error(slot.instance.name, "status")
+        self.metrics.finished(slot.instance.name, pending.request.tier.name, "client_error")
+        pending.output_tokens = 0
+        status = exc.upstream_status or 500
+        body = exc.body or dumps_compact(
+            error_body(f"{exc.message} (the same from every instance tried)", code="upstream")
+        )
+        return _json(status, self._scrubbed(body), slot.instance)
 
     def client_left(self, tier: str, instance: str, when: str) -> None:
         """Count a request whose client disconnected; one log line, no traceback."""
@@ -204,7 +228,7 @@ class Relay:
             raise deadline_error(pending, loop.time(), "while the answer was generated") from None
         now = loop.time()
         first = upstream.stats.first_event_at  # None: the answer came whole (not measured)
-        pending.output_tokens = upstream.output_tokens(body, slot.max_tokens)
+        pending.output_tokens = upstream.output_tokens(body, every_sequence(slot, pending))
         self._succeeded(req, slot, sent_at, first, now, pending.output_tokens)
         upstream_model = slot.instance.backend.models.get(req.model, req.model)
         if upstream_model != req.model:
@@ -231,7 +255,7 @@ class Relay:
         if pending.headers:
             resp.headers.extend(pending.headers)
         pending.output_tokens = 0
-        cap = slot.max_tokens
+        cap = every_sequence(slot, pending)  # the cap of all its sequences together
         try:
             await resp.prepare(http_req)
             await resp.write(first_event)
@@ -427,6 +451,13 @@ def _stream_error(message: str) -> dict[str, object]:
     return error_body(
         f"upstream failed mid-stream: {message}", type="server_error", code="upstream_failed"
     )
+
+
+def every_sequence(slot: Slot, pending: Pending) -> int | None:
+    """The most tokens all of a request's sequences may generate (``n`` choices of each
+    prompt, each within the cap sent); None: no cap was sent."""
+    cap = slot.max_tokens
+    return None if cap is None else cap * pending.num_sequences
 
 
 def _capped(tokens: int, cap: int | None) -> int:

@@ -4,9 +4,11 @@ Priority and tier are server policy: a client gets the configured default tier (
 keys on, its key's tier and priority ceiling), and may only ask for a tier or a priority
 that is *not more important* (403 otherwise). A
 client's ``sincere.deadline_s`` only tightens the tier's end-to-end target, and
-``max_tokens`` must lie within ``limits.max_tokens`` (422). The prompt's token count and
+``max_tokens`` must lie within ``limits.max_tokens`` (400). The prompt's token count and
 ``max_tokens`` (else ``limits.default_max_tokens``) size the request for the policies;
-its budget comes from ``sincere.budget_usd``. Request ids count up per gateway process.
+its budget comes from ``sincere.budget_usd``. A request generating several sequences
+(``n`` > 1, a batch of prompts) counts the tokens of all of them. Request ids count up per
+gateway process.
 
 Content (``prefix`` settings): the prompt's text, or its token ids, become block ids of
 ``block_tokens`` tokens (:func:`sincere.serve.content.prompt_block_ids`, the one mapping of
@@ -115,8 +117,9 @@ class RequestFactory:
             tier = Tier(tier.name, tier.ttft_s, ttlt, tier.tbt_s, tier.priority)
         if creq.max_tokens is not None and creq.max_tokens > self.max_tokens:
             raise ProtocolError(
-                422,
-                f"max_tokens: got {creq.max_tokens}; allowed: an integer in [1, {self.max_tokens}]",
+                400,
+                f"max_tokens: got {creq.max_tokens}; allowed: an integer in [1, {self.max_tokens}]"
+                " (limits.max_tokens)",
                 param="max_tokens",
                 code="invalid_value",
             )
@@ -131,8 +134,10 @@ class RequestFactory:
             id=self._seq,
             arrival_at=now,
             model=creq.model,
-            prompt_tokens=max(1, creq.prompt_tokens),
-            output_tokens=creq.max_tokens or self.default_max_tokens,
+            prompt_tokens=max(1, creq.prompt_tokens),  # every prompt of a batch
+            # every sequence: n choices of each prompt (they decode side by side, each
+            # within max_tokens)
+            output_tokens=(creq.max_tokens or self.default_max_tokens) * creq.num_sequences,
             max_tokens=creq.max_tokens,
             prompt=creq.prompt,
             tier=tier,

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
+from sincere.serve.content import ImageTokens
 from sincere.serve.protocol import (
     CompletionRequest,
     Kind,
@@ -61,12 +62,17 @@ def parse_any(
     models: set[str],
     max_body_bytes: int,
     confidential: bool,
+    image_tokens: ImageTokens | None = None,
 ) -> tuple[CompletionRequest, dict[str, str] | None]:
     """A sealed body's declared request and relay headers (confidential mode), else the
-    plain body parsed and validated (:func:`~sincere.serve.protocol.parse_request`)."""
+    plain body parsed and validated (:func:`~sincere.serve.protocol.parse_request`, with
+    ``n`` > 1 and batched prompts accepted: the gateway relays them whole)."""
     if confidential and is_sealed(headers):
         return sealed_request(headers, kind, body, models)
-    creq = parse_request(body, kind, headers=headers, models=models, max_body_bytes=max_body_bytes)
+    creq = parse_request(
+        body, kind, headers=headers, models=models, max_body_bytes=max_body_bytes, multi=True,
+        image_tokens=image_tokens,
+    )  # fmt: skip
     return creq, None
 
 

@@ -74,6 +74,7 @@ from sincere.policy.decision_log import DecisionLog
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
+from sincere.serve.gateway.answers import key_refusal_answer, openai_app, refusal_answer
 from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
 from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
@@ -93,13 +94,12 @@ from sincere.serve.gateway.guard import Admitted, Guard, Refused
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
 from sincere.serve.gateway.observed_load import ObservedLoad
+from sincere.serve.gateway.passthrough import Passthrough
 from sincere.serve.gateway.pd_relay import PDRelay
 from sincere.serve.gateway.relay import Relay
 from sincere.serve.gateway.requests import RequestFactory
 from sincere.serve.gateway.scrape import LoadScraper
-from sincere.serve.gateway.sealed import parse_any
 from sincere.serve.protocol import (
-    CompletionRequest,
     Kind,
     ProtocolError,
     dumps,
@@ -152,6 +152,7 @@ class Gateway(Served):
             limits.header_timeout_s, limits.max_connections, limits.max_connections_per_client,
             limits.tls_handshake_timeout_s,
         )  # fmt: skip
+        self.passthrough = Passthrough(self.auth, self.dispatcher, limits, self.edge)
         self._logged_errors: set[str] = set()  # exception types whose traceback was logged
         self._tasks: list[asyncio.Task[None]] = []
         self.on_stop: list[Callable[[], Awaitable[None]]] = []  # run first when stopping
@@ -165,8 +166,10 @@ class Gateway(Served):
     # ------------------------------------------------------------- lifecycle
 
     def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.limits.max_body_bytes + 1)
+        app = openai_app(self.config.limits.max_body_bytes, self.config.allowed_origins)
         expect = expect_handler
+        for path in ("/tokenize", "/detokenize"):
+            app.router.add_post(path, self.passthrough.handle, expect_handler=expect)
         app.router.add_post("/v1/completions", self._completions, expect_handler=expect)
         app.router.add_post("/v1/chat/completions", self._chat, expect_handler=expect)
         app.router.add_get("/v1/models", self._models, expect_handler=expect)
@@ -311,7 +314,8 @@ class Gateway(Served):
             key = self.guard.authenticate(http_req.headers)  # None: no keys configured
             if isinstance(key, Refusal):
                 return self._refused(key, tier)
-            creq, sealed = await self._parse(http_req, kind)
+            body = await read_body(http_req, self.config.limits, self.edge)
+            creq, sealed = self.guard.parse(http_req.headers, kind, body)
             verdict = await self.guard.admit(key, creq, sealed, http_req.headers)
             if isinstance(verdict, Refused):
                 return self._turned_away(verdict)
@@ -337,28 +341,11 @@ class Gateway(Served):
             if admitted is not None:
                 await self.guard.settle(admitted)
 
-    async def _parse(
-        self, http_req: web.Request, kind: Kind
-    ) -> tuple[CompletionRequest, dict[str, str] | None]:
-        """The request to route, and for a sealed body the headers to relay it with."""
-        body = await read_body(http_req, self.config.limits, self.edge)
-        confidential = self.config.security.confidential
-        served, limit = self.dispatcher.served, self.config.limits.max_body_bytes
-        creq, sealed = parse_any(http_req.headers, kind, body, served, limit, confidential)
-        if sealed is not None and not self.guard.sealed_only:
-            raise ProtocolError(
-                415,
-                "Content-Type: application/sincere-sealed: this gateway has no backend that "
-                "opens sealed bodies (security.sealed_backends is empty); send plain JSON",
-                param="Content-Type",
-                code="sealed_not_served",
-            )
-        return creq, sealed
-
     def _refused(self, refusal: Refusal, tier: str) -> web.Response:
-        """A key check's refusal as the client's answer (401/402/403/429), counted."""
+        """A key check's refusal as the client's answer (401/403/429; a spent budget 429
+        ``insufficient_quota`` or 402, ``security.budget_status``), counted."""
         self.metrics.finished("", tier, refusal.outcome)
-        return refusal_response(refusal)
+        return key_refusal_answer(refusal, self.config.security.budget_status)
 
     def _turned_away(self, refused: Refused) -> web.Response:
         """The guard's refusal (a key check's or admission's) as the client's answer, counted."""
@@ -367,10 +354,10 @@ class Gateway(Served):
         return self._refused(refused.refusal, refused.tier)
 
     def _refusal_answer(self, exc: RefusalError, tier: str) -> web.Response:
-        """The gateway's own refusal (429/502/503/504) as an OpenAI error body, counted."""
+        """The gateway's own refusal (429/502/503/504) as an OpenAI error body with retry
+        hints (:mod:`.answers`), counted."""
         self.metrics.finished("", tier, exc.outcome)
-        body = error_body(exc.message, type=_error_type(exc.status), code=exc.code)
-        return web.Response(status=exc.status, body=dumps(body), content_type="application/json")
+        return refusal_answer(exc, self.config.breaker.cooldown_s)
 
     def _scrub(self, body: bytes) -> bytes:
         """An upstream's error body with the upstream secrets (and token look-alikes) masked."""
@@ -451,12 +438,6 @@ class Gateway(Served):
         while True:
             await asyncio.sleep(DRAIN_INTERVAL_S)
             self.dispatcher.drain_all(self.loop.time())
-
-
-def _error_type(status: int) -> str:
-    if status == 429:
-        return "rate_limit_error"
-    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def stop_on_sigterm() -> None:

@@ -55,13 +55,15 @@ _REASONS = {
 
 
 def raw_error(error: ProtocolError) -> bytes:
-    """A complete HTTP/1.1 error answer (JSON body, ``Connection: close``) for the socket."""
+    """A complete HTTP/1.1 error answer (JSON body, ``Connection: close``) for the socket;
+    a 429 or 503 (too many connections) says ``Retry-After: 1``."""
     body = error.to_bytes()
+    retry = "Retry-After: 1\r\n" if error.status in (429, 503) else ""
     head = (
         f"HTTP/1.1 {error.status} {_REASONS.get(error.status, 'Error')}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{retry}Connection: close\r\n\r\n"
     )
     return head.encode() + body
 
