@@ -32,6 +32,7 @@ a missing file, a malformed line or an inconsistent value raises
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,16 +219,16 @@ def _requests(path: Path) -> dict[str, FloatArray]:
         if len(bad):
             raise DataError("expected an integer >= 1", path=path, line=int(bad[0]) + 1,
                             column=key, value=columns[key][bad[0]])  # fmt: skip
-    order = ("queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")
-    for before, after in zip(order, order[1:], strict=False):
+    for before, after in itertools.pairwise(TIMESTAMP_FIELDS):
         bad = np.flatnonzero(columns[after] < columns[before])
         if len(bad):
             raise DataError(f"{after} is before {before}", path=path, line=int(bad[0]) + 1,
                             column=after, value=columns[after][bad[0]])  # fmt: skip
-    bad = np.flatnonzero(np.diff(columns["arrival_time"]) < 0)
+    arrival = columns["arrival_time"]
+    bad = np.flatnonzero(np.diff(arrival) < 0)
     if len(bad):
         raise DataError("arrival_time goes back in time", path=path, line=int(bad[0]) + 2,
-                        column="arrival_time", value=columns["arrival_time"][bad[0] + 1])  # fmt: skip
+                        column="arrival_time", value=arrival[bad[0] + 1])  # fmt: skip
     columns["request_id"] = np.array([str(r.get("request_id", i)) for i, r in enumerate(rows)])
     return columns
 
