@@ -229,3 +229,14 @@ def test_the_runs_gpus_are_catalog_entries_with_datasheet_figures() -> None:
         503.8,
     )
     assert "whitepaper" in rtx.sources["memory_gb"] and "datasheet" in pro.sources["memory_gb"]
+
+
+def test_a_subset_keeps_the_whole_runs_clock(tmp_path: Path) -> None:
+    """The first request alone keeps the offset the fastest of all requests set."""
+    folder = write_tiny_run(tmp_path / "runs" / "tiny")
+    rows = [json.loads(line) for line in (folder / "requests.jsonl").read_text().splitlines()]
+    for key in ("queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts"):
+        rows[0][key] += 0.005  # the first request reached the engine 5 ms late
+    (folder / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first = read_serving_run(folder).subset(1)
+    assert first.queued_ts - first.arrival_ts == pytest.approx([0.005], abs=1e-6)

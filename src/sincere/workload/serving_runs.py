@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +91,10 @@ class ServingRun:
     last_token_ts: FloatArray
     prompt_token_ids: tuple[IntArray, ...]  # per request; empty: inputs not found
     dataset: Path | None  # the inputs file read, if found
+    clock_offset_s: float  # engine clock - harness clock, from all the run's requests
 
     def __len__(self) -> int:
         return len(self.input_tokens)
-
-    @property
-    def clock_offset_s(self) -> float:
-        """Engine clock minus harness clock (module docstring: the fastest request's)."""
-        return float(np.min(self.queued_ts - self.arrival_time))
 
     @property
     def arrival_ts(self) -> FloatArray:
@@ -106,9 +102,7 @@ class ServingRun:
         return self.arrival_time + self.clock_offset_s
 
     def subset(self, count: int) -> ServingRun:
-        """The run's first ``count`` requests (all when ``count`` is larger)."""
-        from dataclasses import replace
-
+        """The run's first ``count`` requests (all when ``count`` is larger), same clocks."""
         k = slice(0, count)
         return replace(
             self,
@@ -189,7 +183,9 @@ def _engine_args(meta: dict[str, Any], path: Path) -> EngineArgs:
         dtype=str(kwargs.get("dtype", "bfloat16")),
         block_size=_count(kv, "block_size", path) if "block_size" in kv else DEFAULT_BLOCK_SIZE,
         num_gpu_blocks=None if blocks is None else _count(kv, "num_gpu_blocks", path),
-        gpu_memory_utilization=float(kv.get("gpu_memory_utilization", 0.9)),
+        gpu_memory_utilization=_number(kv, "gpu_memory_utilization", path)
+        if "gpu_memory_utilization" in kv
+        else 0.9,
         enable_prefix_caching=bool(kv.get("enable_prefix_caching", True)),
     )
 
@@ -258,6 +254,11 @@ def _prompt_ids(path: Path, input_tokens: IntArray) -> tuple[IntArray, ...]:
     return tuple(out)
 
 
+def clock_offset(arrival_time: FloatArray, queued_ts: FloatArray) -> float:
+    """Engine clock minus harness clock: the fastest request's (module docstring)."""
+    return float(np.min(queued_ts - arrival_time))
+
+
 def read_serving_run(folder: str | Path) -> ServingRun:
     """Read and check one run folder (module docstring)."""
     folder = Path(folder)
@@ -289,6 +290,7 @@ def read_serving_run(folder: str | Path) -> ServingRun:
         last_token_ts=cols["last_token_ts"],
         prompt_token_ids=ids,
         dataset=dataset,
+        clock_offset_s=clock_offset(cols["arrival_time"], cols["queued_ts"]),
     )
 
 
