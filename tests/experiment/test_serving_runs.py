@@ -90,7 +90,7 @@ def test_a_run_with_a_known_answer_replays_with_zero_error(tmp_path: Path) -> No
     """Timestamps made by LINEAR, prefix reuse included: every error is 0."""
     run = read_serving_run(write_tiny_run(tmp_path / "runs" / "tiny"))
     result = compare_run(run, LINEAR)
-    assert list(result.sim_cached_tokens) == [0, 64]
+    assert list(result.sim_cached_tokens) == [0, 64] and result.sim_preemptions == 0
     assert result.sim["ttft_s"] == pytest.approx([0.030, 0.0236], abs=1e-6)
     stats = {s.metric: s for s in error_stats([result])}
     for metric in ("ttft_s", "tpot_s", "e2e_s"):
@@ -140,7 +140,8 @@ def test_the_report_files_are_written(tmp_path: Path) -> None:
     assert len(files.requests_csv.read_text().splitlines()) == 3
     assert len(files.scoreboard_csv.read_text().splitlines()) == 5  # header + 4 metrics
     text = files.markdown.read_text()
-    assert "inferno with the parameters given" in text and "![tiny](figures/tiny.png)" in text
+    assert "inferno with the parameters given" in text and "0 preemptions" in text
+    assert "![tiny](figures/tiny.png)" in text
     assert files.figures[0].stat().st_size > 0
     assert json.loads(files.summary.read_text())["runs"][0]["catalog_model"] == "llama-3.1-8b"
 

@@ -87,6 +87,7 @@ class RunComparison:
     real: dict[str, FloatArray]  # METRICS -> per request
     sim: dict[str, FloatArray]
     sim_cached_tokens: npt.NDArray[np.int64]  # prompt tokens the simulator found cached
+    sim_preemptions: int  # preemptions (recomputes) in the simulated run
     frontend_s: FloatArray  # real: queued - arrival on the engine clock
 
 
@@ -282,5 +283,6 @@ def compare_run(
         real=real_metrics(run),
         sim=sim,
         sim_cached_tokens=rec.cached_tokens.copy(),
+        sim_preemptions=int(rec.num_preemptions.sum()),
         frontend_s=run.queued_ts - run.arrival_ts,
     )
