@@ -1,4 +1,11 @@
-"""``sincere validate sincere-runs DIR --out OUT``: replay real runs and compare, cell by cell.
+"""``sincere validate``: replay real runs through the simulator and compare.
+
+``validate runs DIR --out OUT`` replays per-request vLLM serving runs (one folder, or a
+folder of them: :mod:`sincere.workload.serving_runs`) and writes ``requests.csv``,
+``scoreboard.csv``, ``summary.json``, ``report.md`` and TTFT / E2E CDF figures; it prints
+the median error per run and metric.
+
+``validate sincere-runs DIR --out OUT``: SINCERE's runs, cell by cell.
 
 Reads a folder in the layout of SINCERE's published runs (``cells.csv`` and one folder
 per cell), replays every cell (or those ``--cells`` selects) through the simulator in
@@ -25,7 +32,8 @@ if TYPE_CHECKING:
 
 validate_app = typer.Typer(
     cls=VerbGroup,
-    help="Replay real runs through the simulator and compare, cell by cell.",
+    help="Replay real runs through the simulator and compare: serving runs request by request, "
+    "SINCERE's runs cell by cell.",
     no_args_is_help=True,
 )
 app.add_typer(validate_app, name="validate")
@@ -83,3 +91,45 @@ def sincere_runs_command(
         return
     print_table(_table(summary_grid(files.stats), f"{len(results)} cells, {label} model"))
     console.print(f"wrote {files.csv}, {files.markdown} and {files.html}")
+
+
+@validate_app.command("runs")
+def runs_command(
+    runs: Annotated[
+        Path,
+        typer.Argument(help="a serving-run folder (meta.json, requests.jsonl) or a folder of them"),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    step_model: Annotated[
+        Path | None,
+        typer.Option(help="YAML/JSON step-model block ({kind, params}) instead of the roofline"),
+    ] = None,
+    max_requests: Annotated[
+        int | None, typer.Option(help="replay only each run's first N requests", min=1)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the simulations")] = 0,
+) -> None:
+    """Replay real per-request vLLM runs and score the simulator, request by request."""
+    from sincere.experiment.serving_runs import compare_run, load_step_model
+    from sincere.experiment.serving_runs_report import scoreboard_rows, write_runs_report
+    from sincere.workload.serving_runs import read_serving_runs
+
+    block = None if step_model is None else load_step_model(step_model)
+    logs = read_serving_runs(runs)  # every run is read before any replay
+    if max_requests is not None:
+        logs = [log.subset(max_requests) for log in logs]
+    results = []
+    with count_bar(console) as bar:
+        task = bar.add_task("replaying runs", total=len(logs))
+        for log in logs:
+            bar.update(task, description=log.name[:40])
+            results.append(compare_run(log, block, seed))
+            bar.advance(task)
+    files = write_runs_report(results, out, source=str(runs))
+    table = Table(title=f"{len(results)} runs: median APE, %")
+    for col in ("run", "TTFT", "TPOT", "E2E", "queue"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for row in scoreboard_rows(files.stats):
+        table.add_row(*row)
+    print_table(table)
+    console.print(f"wrote {files.markdown}, {files.scoreboard_csv} and {files.requests_csv}")

@@ -1,0 +1,288 @@
+"""Replay real vLLM serving runs through the simulator and score it per request.
+
+For each run (layout: :mod:`sincere.workload.serving_runs`) the replay builds the
+simulator config that matches the real deployment and replays the run's own requests:
+
+* **model**: the catalog entry the engine's model name maps to (by name or alias; a few
+  releases that share a catalog entry's architecture are mapped in
+  :data:`SAME_ARCHITECTURE` and the report says so); a missing one stops the command;
+* **accelerator**: the hardware file's GPU, by catalog name or alias;
+* **parallelism**: ``tp`` GPUs per engine; ``data_parallel_size`` engines behind a
+  ``least-outstanding`` router: vLLM's own data-parallel balancer sends a request to the
+  engine with the lowest ``4 x waiting + running`` count, and the fewest outstanding
+  requests (waiting + running) is the simulator's closest router. With expert parallelism
+  and ``tp > 1`` the experts are spread over the TP group (``ep = tp``); spread over DP
+  replicas (attention DP sharing one EP group) the simulator cannot yet express, so each
+  replica is priced holding every expert (``ep = 1``), and the report says so;
+* **engine**: vLLM V1's as the run was started: FCFS continuous batching with chunked
+  prefill, the run's ``max_num_seqs`` and ``max_num_batched_tokens``, its KV block size
+  and pool (``num_gpu_blocks`` when recorded, else the memory plan at its
+  ``gpu_memory_utilization``), prefix caching on, no admission watermark (V1 keeps none);
+* **requests**: arrival times on the engine clock (``arrival_ts``), prompt and output
+  lengths, and the prompt's token ids hashed into 16-token block ids, so prefix reuse
+  between prompts is the real one.
+
+The simulator has no front end: a request enters its engine at its arrival. Every real
+metric is taken on the engine clock from the request's arrival (the clock relation is in
+:mod:`sincere.workload.serving_runs`), so the real TTFT includes the front-end time
+(tokenisation, the hop to the engine core) that the simulator leaves out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sincere.catalog.loader import default_catalog
+from sincere.core.config import read_yaml
+from sincere.core.errors import ConfigError
+from sincere.core.prefix import token_block_ids
+from sincere.core.request import DEFAULT_TIER, RequestArrays
+from sincere.perf.calibration import roofline_defaults
+from sincere.perf.factory import STEP_MODELS
+from sincere.sim.api import simulate
+from sincere.sim.config import SimulationConfig, load_config
+from sincere.workload.serving_runs import ServingRun
+
+FloatArray = npt.NDArray[np.float64]
+
+SAME_ARCHITECTURE = {
+    "qwen/qwen3-30b-a3b-instruct-2507": "qwen3-30b-a3b",
+}
+"""Engine model names whose architecture is a catalog entry's under another release name
+(Qwen3-30B-A3B-Instruct-2507 retrains Qwen3-30B-A3B's weights; layers, experts and heads
+are the same, only the context length grew)."""
+ROUTER = "least-outstanding"
+METRICS = ("ttft_s", "tpot_s", "e2e_s", "queue_s")
+"""Per-request metrics compared: TTFT, TPOT (= the mean inter-token latency of the
+request: the runs hold no per-token times), end to end, and queueing (first scheduled)."""
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """What the replay of one run was built with, for the report."""
+
+    catalog_model: str
+    model_note: str  # how the engine's model name was mapped
+    accelerator: str  # catalog name
+    tp: int
+    instances: int  # data-parallel engines
+    ep: int  # expert-parallel degree per engine as simulated
+    router: str
+    step_model: str  # the step-time model and where its constants come from
+    notes: tuple[str, ...]  # what the replay does not model of this run
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """One run replayed: per-request real and simulated metrics (seconds)."""
+
+    run: ServingRun
+    setup: ReplaySetup
+    real: dict[str, FloatArray]  # METRICS -> per request
+    sim: dict[str, FloatArray]
+    sim_cached_tokens: npt.NDArray[np.int64]  # prompt tokens the simulator found cached
+    sim_preemptions: int  # preemptions (recomputes) in the simulated run
+    frontend_s: FloatArray  # real: queued - arrival on the engine clock
+
+
+def catalog_model(name: str) -> tuple[str, str]:
+    """The catalog model for an engine's model name, and a note on how it was found."""
+    catalog = default_catalog()
+    if catalog.has_model(name):
+        return catalog.model(name).name, f"{name} is the catalog's {catalog.model(name).name}"
+    same = SAME_ARCHITECTURE.get(name.strip().lower())
+    if same is not None:
+        return same, f"{name} mapped to {same} (same architecture, another release)"
+    raise ConfigError(
+        "the run's model is not in the model catalog; add it by file (docs/catalog.md)",
+        value=name,
+        allowed=[m.name for m in catalog.models()],
+    )
+
+
+def catalog_accelerator(name: str) -> str:
+    """The catalog accelerator for the hardware file's GPU name."""
+    catalog = default_catalog()
+    if not catalog.has_accelerator(name):
+        raise ConfigError(
+            "the run's GPU is not in the accelerator catalog; add it by file (docs/catalog.md)",
+            value=name,
+            allowed=[a.name for a in catalog.accelerators()],
+        )
+    return catalog.accelerator(name).name
+
+
+def _parallelism(run: ServingRun, model: str) -> tuple[int, list[str]]:
+    """The EP degree per engine, and notes on what of the run's parallelism is left out."""
+    args = run.engine
+    moe = default_catalog().model(model).num_experts > 0
+    if not (args.expert_parallel and moe):
+        return 1, []
+    if args.dp > 1:
+        note = (
+            f"expert parallelism over the {args.dp} data-parallel replicas (one EP group of "
+            f"{args.tp * args.dp} GPUs) is not modelled: each replica holds every expert, "
+            "no all-to-all, and the replicas do not step in lockstep"
+        )
+        return 1, [note]
+    return args.tp, []
+
+
+def _step_model_label(accelerator: str, step_model: Mapping[str, Any] | None) -> str:
+    if step_model is not None:
+        return f"{step_model.get('kind', 'roofline')} with the parameters given (no defaults)"
+    acc = default_catalog().accelerator(accelerator)
+    return f"roofline; constants {roofline_defaults(acc).origin}"
+
+
+def replay_setup(run: ServingRun, step_model: Mapping[str, Any] | None = None) -> ReplaySetup:
+    """How ``run`` is replayed (module docstring)."""
+    model, model_note = catalog_model(run.model)
+    accelerator = catalog_accelerator(run.accelerator)
+    ep, notes = _parallelism(run, model)
+    if not run.prompt_token_ids:
+        notes.append("the replayed inputs were not found: no prefix reuse is simulated")
+    notes.append("no front end (HTTP, tokenisation, detokenisation) in the simulated times")
+    return ReplaySetup(
+        catalog_model=model,
+        model_note=model_note,
+        accelerator=accelerator,
+        tp=run.engine.tp,
+        instances=run.engine.dp,
+        ep=ep,
+        router=ROUTER,
+        step_model=_step_model_label(accelerator, step_model),
+        notes=tuple(notes),
+    )
+
+
+def replay_config(
+    run: ServingRun, setup: ReplaySetup, step_model: Mapping[str, Any] | None = None, seed: int = 0
+) -> SimulationConfig:
+    """The simulator config of ``run``'s deployment (its workload is handed in apart)."""
+    args = run.engine
+    engine: dict[str, Any] = {
+        "kind": "continuous",
+        "scheduler": "fcfs",
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "block_size": args.block_size,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "num_kv_blocks": args.num_gpu_blocks,
+        "watermark": 0.0,
+        "max_model_len": args.max_model_len,
+        "enable_prefix_caching": args.enable_prefix_caching,
+    }
+    instance: dict[str, Any] = {
+        "name": run.name,
+        "model": setup.catalog_model,
+        "accelerator": setup.accelerator,
+        "count": setup.instances,
+        "tp": setup.tp,
+        "ep": setup.ep,
+        "engine": engine,
+    }
+    if step_model is not None:
+        instance["step_model"] = dict(step_model)
+    n = len(run)
+    placeholder = {  # the requests are handed to simulate(); this section is not used
+        "num_requests": n,
+        "arrival": {"kind": "poisson", "rate": 1.0},
+        "lengths": {"prompt": {"kind": "fixed", "tokens": 1}, "output": {"kind": "fixed",
+                                                                          "tokens": 1}},
+        "models": {setup.catalog_model: 1.0},
+    }  # fmt: skip
+    return load_config({"seed": seed, "workload": placeholder, "router": {"name": ROUTER},
+                        "instances": [instance]})  # fmt: skip
+
+
+def replay_requests(run: ServingRun, setup: ReplaySetup) -> RequestArrays:
+    """``run``'s requests: engine-clock arrivals from the first, lengths, prompt blocks."""
+    n = len(run)
+    arrival = run.arrival_ts
+    block = run.engine.block_size
+    ids = tuple(
+        np.asarray(token_block_ids(t.tolist(), block), dtype=np.int64) for t in run.prompt_token_ids
+    )
+    return RequestArrays(
+        arrival_at=arrival - arrival[0],
+        prompt_tokens=run.input_tokens.copy(),
+        output_tokens=run.output_tokens.copy(),
+        max_tokens=run.output_tokens.copy(),
+        model=np.zeros(n, dtype=np.int64),
+        tier=np.zeros(n, dtype=np.int64),
+        priority=np.zeros(n, dtype=np.int64),
+        budget_usd=np.full(n, np.nan),
+        models=(setup.catalog_model,),
+        tiers=(DEFAULT_TIER,),
+        block_ids=ids,
+        block_tokens=block if ids else 0,
+    )
+
+
+def tpot(first: FloatArray, last: FloatArray, output_tokens: npt.NDArray[np.int64]) -> FloatArray:
+    """(last − first token) / (output tokens − 1); NaN for one-token outputs."""
+    steps = (output_tokens - 1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(steps > 0, (last - first) / np.maximum(steps, 1.0), np.nan)
+
+
+def real_metrics(run: ServingRun) -> dict[str, FloatArray]:
+    """The real per-request metrics, on the engine clock from each arrival."""
+    arrival = run.arrival_ts
+    return {
+        "ttft_s": run.first_token_ts - arrival,
+        "tpot_s": tpot(run.first_token_ts, run.last_token_ts, run.output_tokens),
+        "e2e_s": run.last_token_ts - arrival,
+        "queue_s": run.scheduled_ts - arrival,
+    }
+
+
+def load_step_model(path: str | Path) -> dict[str, Any]:
+    """A step-model block (``{kind, params}``) from a YAML or JSON file."""
+    block = read_yaml(path, "step model")
+    if not isinstance(block, dict) or "kind" not in block:
+        raise ConfigError("expected a step-model block with a kind (and params)", where=path,
+                          value=block, allowed=sorted(STEP_MODELS.names()))  # fmt: skip
+    return block  # its kind and params are checked with the config
+
+
+def compare_run(
+    run: ServingRun, step_model: Mapping[str, Any] | None = None, seed: int = 0
+) -> RunComparison:
+    """Replay ``run`` in the simulator and return both sides' per-request metrics."""
+    setup = replay_setup(run, step_model)
+    requests = replay_requests(run, setup)
+    result = simulate(replay_config(run, setup, step_model, seed), requests=requests)
+    rec = result.records
+    unfinished = np.flatnonzero(~np.isfinite(rec.finished_at))
+    if len(unfinished):
+        first = int(unfinished[0])
+        raise ConfigError(
+            f"the simulator did not finish {len(unfinished)} of the run's requests "
+            f"({'; '.join(result.warnings) or 'no reason given'})",
+            where=run.folder,
+            value=run.request_id[first],
+        )
+    arrival = requests.arrival_at
+    sim = {
+        "ttft_s": rec.first_token_at - arrival,
+        "tpot_s": tpot(rec.first_token_at, rec.finished_at, run.output_tokens),
+        "e2e_s": rec.finished_at - arrival,
+        "queue_s": rec.first_scheduled_at - arrival,
+    }
+    return RunComparison(
+        run=run,
+        setup=setup,
+        real=real_metrics(run),
+        sim=sim,
+        sim_cached_tokens=rec.cached_tokens.copy(),
+        sim_preemptions=int(rec.num_preemptions.sum()),
+        frontend_s=run.queued_ts - run.arrival_ts,
+    )
