@@ -34,10 +34,13 @@ def refuse_blank_lines(path: str | Path) -> None:
     """Raise :class:`DataError` when ``path`` has a blank line before its last row."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read ({exc.strerror})", path=path) from None
-    line = interior_blank_line(text)
+    body = data.rstrip(b"\r\n")
+    if b"\n\n" not in body and b"\n\r\n" not in body and not body.startswith((b"\n", b"\r\n")):
+        return  # the common case: no empty line at all, decided on the bytes
+    line = interior_blank_line(data.decode("utf-8", errors="replace"))
     if line is not None:
         raise DataError(
             "blank line inside the data; remove it (blank lines after the last row are fine)",
