@@ -3,6 +3,7 @@ constants stopped at a search bound, and whole iterations (iterations.csv) it mi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -85,3 +86,6 @@ def test_kernels_far_below_the_datasheet_put_constants_at_their_bounds(tmp_path:
     written = yaml.safe_load(out.read_text())["fit"]
     assert any("bw_efficiency" in w for w in written["warnings"])
     assert "mfu_efficiency" in written["errors"]["linear"]["at_bounds"]
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert json.loads(as_json.stdout)["fit"]["warnings"] == written["warnings"]
+    assert "WARNING: linear: mfu_efficiency" in as_json.stderr

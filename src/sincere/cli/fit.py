@@ -167,14 +167,20 @@ def _constants_table(fit: GpuProfileFit) -> Table:
 
 
 def _print_checks(check: IterationCheck | None, warnings: list[str]) -> None:
-    """The fit against whole iterations, then every warning, loud (stderr, bold red)."""
+    """The fit against whole iterations, then every warning."""
     if check is not None:
         console.print(
             f"whole iterations (iterations.csv, {check.num_rows} rows): error mean "
             f"{100 * check.mean_relative_error:.1f} %, max {100 * check.max_relative_error:.0f} %"
             f" ({check.worst})",
             highlight=False,
+            soft_wrap=True,
         )
+    _print_warnings(warnings)
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    """Each warning on stderr in bold red, then what to do about them."""
     loud = Console(stderr=True)
     for line in warnings:
         loud.print(f"[bold red]WARNING:[/bold red] {line}", highlight=False, soft_wrap=True)
@@ -287,6 +293,7 @@ def fit_gpu_profiles_command(
     write_params(document, out)
     if as_json:
         typer.echo(json.dumps({"out": str(out), **document}))
+        _print_warnings(warnings)  # on stderr: the JSON on stdout stays whole
         return
     print_table(_constants_table(fit))
     for note in fit.notes:
