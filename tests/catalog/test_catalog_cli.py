@@ -59,3 +59,21 @@ def test_models_json_fills_head_dim_for_every_model() -> None:
     assert all(r["head_dim"] > 0 for r in records.values())
     llama = records["llama-3-8b"]
     assert llama["head_dim"] == llama["hidden_size"] // llama["num_heads"] == 128
+
+
+def test_models_table_shows_experts_and_active_parameters() -> None:
+    """The table has experts and active-parameter columns: a mixture of experts shows its
+    routed experts, picks per token and shared ones, a dense model a dash and all its
+    parameters active; --json carries active_params_b."""
+    result = runner.invoke(app, ["catalog", "models"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    header = result.output.splitlines()[1].split()
+    assert "active" in header and "experts" in header
+    rows = {line.split()[0]: line for line in result.output.splitlines()[3:] if line.strip()}
+    assert "256 (8/token) +1 shared" in rows["deepseek-v3"]
+    assert rows["deepseek-v3"].split()[1:3] == ["671", "37.6"]
+    assert rows["llama-3-8b"].split()[1:4] == ["8.03", "8.03", "-"]
+    records = {
+        r["name"]: r for r in json.loads(runner.invoke(app, ["catalog", "models", "--json"]).output)
+    }
+    assert records["qwen3-30b-a3b"]["active_params_b"] < records["qwen3-30b-a3b"]["num_params_b"]

@@ -48,3 +48,15 @@ def test_a_request_level_engine_key_is_reported_without_its_tag() -> None:
     assert "instances[0].engine.max_batch_sise: Extra inputs" in text
     assert "did you mean 'max_batch_size'?" in text
     assert "request-level.max_batch_sise" not in text
+
+
+def test_a_misspelt_choice_suggests_the_closest_and_lists_them() -> None:
+    """`role: decod` (a Literal field): the closest role suggested, every role listed, and the
+    error's title names the config in words, not its class."""
+    instance = {"name": "a", "model": "llama-3-8b", "role": "decod"}
+    with pytest.raises(ConfigError) as caught:
+        load_config({**BASE, "instances": [instance]})
+    text = str(caught.value)
+    assert "instances[0].role: not one of the allowed values (did you mean 'decode'?)" in text
+    assert "allowed: prefill, decode, both" in text
+    assert text.startswith("invalid simulation config")

@@ -118,3 +118,13 @@ def test_missing_column_is_reported(tmp_path: Path) -> None:
     path.write_text("Model,TP\nllama-2-7b,1\n")
     with pytest.raises(DataError, match="missing column"):
         read_fingerprints(path)
+
+
+def test_an_unknown_dtype_lists_each_allowed_spelling_once() -> None:
+    """`--dtype int3`'s error names every accepted spelling once (int4, int8 were listed twice)."""
+    from sincere.estimate.fingerprint import parse_precision
+
+    with pytest.raises(ConfigError, match="unknown DTYPE") as info:
+        parse_precision("int3")
+    allowed = str(info.value).split("allowed: ")[1].split(", ")
+    assert len(allowed) == len(set(allowed)) and {"int4", "int8", "bfloat16"} <= set(allowed)

@@ -82,3 +82,33 @@ def test_a_quick_run_says_what_it_left_out() -> None:
     spec = apply_quick(resolve_spec("sincere-study"))
     assert "3 SLAs" not in spec.description
     assert "Quick run (sla 60 only; seed 1; workload.duration_s = 600)." in spec.description
+
+
+def test_the_sentence_names_the_slice_when_a_swept_axis_is_held() -> None:
+    """A capacity table at sla=60 of a sweep that also ran other SLAs opens by naming that
+    slice, so it is not read as the answer for the whole sweep."""
+    table = _table([(["A", "non-cc"], [9.0, 8.0, 12.0]), (["A", "cc"], [5.0, 4.0, 8.0])])
+    text = capacity_answer(table, "rate", LOADS, 0.01, has_strategy=True, swept=["sla", "env"])
+    assert text.startswith("In the reference slice sla=60 (the sweep's other sla values are not")
+    assert "meets the SLO (worst-tier violation ≤ 1%, sla=60) in every env: A up to rate 4" in text
+    alone = capacity_answer(table, "rate", LOADS, 0.01, has_strategy=True, swept=["env"])
+    assert alone.startswith("Meets the SLO")  # sla took one value: nothing else to name
+
+
+def test_a_custom_sweep_over_instances_is_labelled_as_such(
+    tmp_path: Path, tiny_spec: dict[str, Any]
+) -> None:
+    """Load axis = instance count, and a swept batch size held at its reference: the figures
+    say "vs instances" (never "offered load") and the headline names the batch slice."""
+    tiny_spec["base"]["workload"]["arrival"]["rate"] = 4
+    tiny_spec["seeds"] = [1]
+    tiny_spec["axes"] = {
+        "instances": {"path": "instances.0.count", "values": [1, 2]},
+        "batch": {"path": "instances.0.engine.max_batch_size", "values": [16, 64]},
+    }
+    tiny_spec["report"] = {"load": "instances", "reference": {"batch": 64}}
+    run_experiment(load_spec(tiny_spec), tmp_path, backend="serial")
+    text = write_report(tmp_path).markdown.read_text()
+    first = text.split("\n\n")[1]
+    assert first.startswith("In the reference slice batch=64 (the sweep's other batch"), first
+    assert "Goodput vs instances" in text and "offered load" not in text

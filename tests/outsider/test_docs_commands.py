@@ -20,10 +20,12 @@ The convention (docs/architecture.md, "Docs that run"):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,20 +156,69 @@ def _unless_data_missing(block: Block) -> Block:
 DOCS = [p for p in markdown_files() if any(b.commands for b in bash_blocks(p))]
 
 
+Say = Callable[[str], None]
+
+
+def run_blocks(blocks: list[Block], cwd: Path, env: dict[str, str], say: Say) -> str | None:
+    """Run every command of ``blocks`` in order, announcing each with ``say`` (where it is,
+    its position, the seconds elapsed) before it runs; the first problem, or None."""
+    started = time.monotonic()
+    total = sum(len(b.commands) for b in blocks)
+    done = 0
+    for block in blocks:
+        for command in block.commands:
+            done += 1
+            elapsed = time.monotonic() - started
+            say(f"  docs {block.where} [{done}/{total}, {elapsed:.0f} s]: {command[:120]}")
+            problem = run_command(command, cwd, env, block.timeout_s)
+            if problem is not None:
+                return f"{block.where}: `{command}` {problem}"
+    return None
+
+
+def terminal_line(config: pytest.Config) -> Say:
+    """Write a line to the terminal now, past pytest's output capture (a silent minute in
+    a long docs file otherwise looks like a hang)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def say(text: str) -> None:
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(text)
+
+    return say
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_docs_command_runs(
-    path: Path, scratch_repo: Path, cli_environment: Callable[[], dict[str, str]]
+    path: Path,
+    scratch_repo: Path,
+    cli_environment: Callable[[], dict[str, str]],
+    request: pytest.FixtureRequest,
 ) -> None:
-    """Each ```bash command of this Markdown file exits 0 from the repository root."""
+    """Each ```bash command of this Markdown file exits 0 from the repository root; each is
+    announced on the terminal as it starts."""
     blocks = [_unless_data_missing(b) for b in bash_blocks(path)]
     runnable = [b for b in blocks if b.skip is None and b.commands]
     if not runnable:
         pytest.skip("; ".join(f"{b.where}: {b.skip}" for b in blocks))
-    env = cli_environment()
-    for block in runnable:
-        for command in block.commands:
-            problem = run_command(command, scratch_repo, env, block.timeout_s)
-            assert problem is None, f"{block.where}: `{command}` {problem}"
+    problem = run_blocks(runnable, scratch_repo, cli_environment(), terminal_line(request.config))
+    assert problem is None, problem
+
+
+def test_each_command_is_announced_before_it_runs(tmp_path: Path) -> None:
+    """run_blocks says where each command is, its position and the time so far, in order,
+    and stops at the first that fails."""
+    doc = tmp_path / "doc.md"
+    doc.write_text("```bash\ntrue\necho hi\n```\n\n```bash\nfalse\ntrue\n```\n")
+    said: list[str] = []
+    problem = run_blocks(bash_blocks(doc, tmp_path), tmp_path, dict(os.environ), said.append)
+    assert [line.split("]: ")[1] for line in said] == ["true", "echo hi", "false"]
+    assert said[0].startswith("  docs doc.md:1 [1/4, ") and " s]: " in said[0]
+    assert said[2].startswith("  docs doc.md:6 [3/4, ")
+    assert problem is not None and problem.startswith("doc.md:6: `false` exited 1")
 
 
 def test_skip_markers_give_a_reason_and_directives_are_known(tmp_path: Path) -> None:

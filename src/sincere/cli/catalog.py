@@ -53,8 +53,16 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _record(r: Accelerator | ModelArch) -> dict[str, object]:
+    """The record's fields; a model's also its active parameters per token (billions)."""
+    out = dataclasses.asdict(r)
+    if hasattr(r, "active_params_b"):
+        out["active_params_b"] = round(r.active_params_b(), 3)
+    return out
+
+
 def _print_json(records: Sequence[Accelerator | ModelArch]) -> None:
-    typer.echo(json.dumps([dataclasses.asdict(r) for r in records], indent=2))
+    typer.echo(json.dumps([_record(r) for r in records], indent=2))
 
 
 ACCELERATOR_COLUMNS = [
@@ -74,6 +82,8 @@ ACCELERATOR_COLUMNS = [
 MODEL_COLUMNS = [
     "name",
     "params_B",
+    "active_B",
+    "experts",
     "layers",
     "hidden",
     "heads",
@@ -101,11 +111,21 @@ def _accelerator_row(a: Accelerator) -> list[str]:
     ]
 
 
+def _experts(m: ModelArch) -> str:
+    """``"128 (8/token)"``, ``"+1 shared"`` when there are; ``"-"`` for a dense model."""
+    if not m.is_moe:
+        return "-"
+    shared = f" +{m.num_shared_experts} shared" if m.num_shared_experts else ""
+    return f"{m.num_experts} ({m.experts_per_token}/token){shared}"
+
+
 def _model_row(m: ModelArch) -> list[str]:
     shape = (m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.head_size)
     return [
         m.name,
         _num(m.num_params_b),
+        f"{m.active_params_b():.3g}",
+        _experts(m),
         *(str(v) for v in (*shape, m.vocab_size, m.max_context)),
         f"{m.kv_bytes_per_token():.0f}",
         ", ".join(m.precisions),
@@ -136,10 +156,14 @@ def accelerators(files: FileOption = None, as_json: JsonOption = False) -> None:
 
 @catalog_app.command("models")
 def models(files: FileOption = None, as_json: JsonOption = False) -> None:
-    """Model architectures: parameters (billions), shape, context, KV bytes per token."""
+    """Model architectures: parameters (billions, all and active per token), experts, shape,
+    context, KV bytes per token."""
     records = _load(files).models()
     if as_json:
         _print_json(records)
         return
-    title = "Models (KV B/tok = fp16 KV-cache bytes per token)"
+    title = (
+        "Models (active B = parameters one token passes through; experts = routed experts, "
+        "picked per token; KV B/tok = fp16 KV-cache bytes per token)"
+    )
     _print_table(title, MODEL_COLUMNS, [_model_row(m) for m in records])

@@ -3,6 +3,11 @@
 Enumerates TP, PP, weight and KV precision, filters by accuracy floor, free GPU memory
 and SLO, ranks by the cost type and places the winner on the GPU pool; prints the
 choice, its placement and the runners-up (or JSON with ``--json``).
+
+A configuration whose relative accuracy the catalog has no figure for (``acc %`` shows
+``unknown``, ``null`` in JSON) ranks by its cost like any other -- the cost type is what
+was asked for -- and the output says so under the table: such a choice may lose accuracy
+nobody measured. ``--min-accuracy`` above 0 keeps measured configurations only.
 """
 
 from __future__ import annotations
@@ -57,6 +62,27 @@ def _choice_dict(c: RankedChoice) -> dict[str, Any]:
     }
 
 
+def dropped_text(dropped: dict[str, int]) -> str:
+    """``"memory 63, slo 2"``: the reasons that dropped configurations (``"none"``)."""
+    shown = [f"{reason} {count}" for reason, count in dropped.items() if count]
+    return ", ".join(shown) or "none"
+
+
+def unmeasured_note(decision: DeployDecision) -> str | None:
+    """A warning when configurations shown have no measured accuracy (None when all do)."""
+    shown = [c for c in (decision.chosen, *decision.runners_up) if c is not None]
+    unknown = sorted({c.estimate.key.precision for c in shown if c.accuracy is None})
+    if not unknown:
+        return None
+    chosen = decision.chosen
+    which = "the chosen configuration" if chosen and chosen.accuracy is None else "some rows"
+    return (
+        f"accuracy unknown for {', '.join(unknown)} weights of {decision.request.model} "
+        f"({which}): the catalog has no measured figure, so the ranking ignores the "
+        "accuracy these may lose; --min-accuracy N keeps measured configurations only"
+    )
+
+
 def _view(decision: DeployDecision) -> Table:
     table = Table(
         title=f"{decision.request.model}: {decision.request.cost_type}", header_style="bold"
@@ -82,7 +108,7 @@ def _view(decision: DeployDecision) -> Table:
             f"{k.precision}/{k.kv_precision}",
             f"{c.estimate.latency_s:.3f}",
             f"{c.estimate.memory_gb:.1f}",
-            "-" if c.accuracy is None else f"{c.accuracy:.1f}",
+            "unknown" if c.accuracy is None else f"{c.accuracy:.1f}",
             f"{c.score:.4g}",
             ",".join(map(str, c.placement.gpus)),
             "/".join(map(str, c.placement.layer_split)),
@@ -103,7 +129,13 @@ def deploy_cmd(
     ),
     strategy: Annotated[str, typer.Option(help=f"Placement: {', '.join(STRATEGY_NAMES)}.")] = "llf",
     batch_size: Annotated[int, typer.Option(help="Requests per batch.")] = 1,
-    min_accuracy: Annotated[float, typer.Option(help="Relative accuracy floor, %.")] = 0.0,
+    min_accuracy: Annotated[
+        float,
+        typer.Option(
+            help="Relative accuracy floor, % of fp16 (above 0 also drops configurations "
+            "whose accuracy the catalog has not measured)."
+        ),
+    ] = 0.0,
     gpus: Annotated[str, typer.Option(help="GPU pool (see above).")] = "8xA6000",
     fingerprints: Annotated[
         list[Path] | None, typer.Option("--fingerprints", "-f", help="Fingerprint CSV(s).")
@@ -143,6 +175,7 @@ def deploy_cmd(
                     "slo_fallback": decision.slo_fallback,
                     "considered": decision.num_considered,
                     "dropped": decision.dropped,
+                    "notes": [n for n in (unmeasured_note(decision),) if n is not None],
                 },
                 indent=2,
             )
@@ -150,7 +183,10 @@ def deploy_cmd(
         return
     console = Console()
     if decision.chosen is None:
-        console.print(f"[red]no configuration fits[/red] (dropped: {decision.dropped})")
+        console.print(
+            f"[red]no configuration fits[/red] (dropped: {dropped_text(decision.dropped)})",
+            highlight=False,
+        )
         console.print(
             f"options: more GPUs or larger ones than {gpus}"
             + (", a lower precision" if not fp16_only else ", drop --fp16-only")
@@ -161,7 +197,11 @@ def deploy_cmd(
     if decision.slo_fallback:
         console.print("[yellow]no configuration meets the SLO: lowest latency chosen[/yellow]")
     print_table(_view(decision), console)
+    note = unmeasured_note(decision)
+    if note is not None:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     console.print(
-        f"considered {decision.num_considered}, dropped {decision.dropped}; "
-        f"estimates: {decision.chosen.estimate.source}"
+        f"considered {decision.num_considered}, dropped {dropped_text(decision.dropped)}; "
+        f"estimates: {decision.chosen.estimate.source}",
+        highlight=False,
     )

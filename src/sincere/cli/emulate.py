@@ -27,8 +27,9 @@ _HELP = (
     "GET /sincere/load.\n\n"
     "Either flags (one model, --count replicas on ports --port, --port+1, ...) or a config "
     "FILE (`sincere emulate FILE` or --config FILE): a YAML list of instances with the "
-    "simulator's instance fields (model, accelerator, precision, tp, cc, step_model, engine) "
-    "plus port, count, seed, output_lengths and failures; see docs/emulator.md.\n\n"
+    "simulator's instance fields (model, accelerator, precision, kv_precision, tp, pp, ep, cc, "
+    "step_model, engine) plus port, count, seed, output_lengths and failures; see "
+    "docs/emulator.md.\n\n"
     "Units: times in seconds, lengths in tokens, probabilities in [0, 1]. Stop with Ctrl-C."
 )
 
@@ -48,6 +49,14 @@ def emulate_command(
     accelerator: Annotated[str, typer.Option(help="Catalog accelerator.")] = "H100-SXM",
     precision: Annotated[str, typer.Option(help="Weight precision.")] = "bf16",
     tp: Annotated[int, typer.Option(help="Tensor-parallel degree.", min=1)] = 1,
+    ep: Annotated[
+        int,
+        typer.Option(
+            help="Expert-parallel degree (mixture-of-experts models; divides --tp): the experts "
+            "spread over this many of the TP group's GPUs.",
+            min=1,
+        ),
+    ] = 1,
     count: Annotated[int, typer.Option(help="Replicas, on consecutive ports.", min=1)] = 1,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="First port (0: the OS picks).", min=0)] = 8100,
@@ -85,7 +94,8 @@ def emulate_command(
     else:
         data: dict[str, Any] = {
             "name": model, "model": model, "accelerator": accelerator, "precision": precision,
-            "tp": tp, "count": count, "host": host, "port": port, "seed": seed, "role": role,
+            "tp": tp, "ep": ep, "count": count, "host": host, "port": port, "seed": seed,
+            "role": role,
             "step_model": {"kind": step_model, "params_file": params_file},
             "engine": {"scheduler": scheduler, "max_num_seqs": max_num_seqs},
             "failures": {"error_rate": error_rate, "stall_probability": stall_probability,

@@ -93,9 +93,10 @@ def _run(
     ray_address: str | None,
     quick: bool,
     quiet: bool,
+    sets: list[tuple[str, Any]],
 ) -> RunReport:
     from sincere.experiment.builtin import resolve_spec
-    from sincere.experiment.grid import apply_quick
+    from sincere.experiment.grid import apply_quick, apply_sets
     from sincere.experiment.runner import run_experiment
 
     spec = resolve_spec(spec_source)
@@ -103,6 +104,7 @@ def _run(
         if spec.quick is None:
             raise ConfigError("--quick: this spec has no `quick:` section", value=spec_source)
         spec = apply_quick(spec)
+    spec = apply_sets(spec, sets)
     console = Console(stderr=True)
     with _progress(console, quiet) as bar:
         task = None if bar is None else bar.add_task(spec.name, total=None, failed=0)
@@ -134,6 +136,15 @@ def experiment_command(
     report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
     list_builtins: Annotated[bool, typer.Option("--list", help="List built-in specs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a field of the base config in every cell: PATH=VALUE, a dotted "
+            "path (workload.num_requests=500, instances.0.count=2), the value read as YAML "
+            "(repeatable; after --quick's own settings).",
+        ),
+    ] = None,
 ) -> None:
     """Run every cell of SPEC not yet finished in --out, then write the report."""
     from sincere.experiment.builtin import builtin_names
@@ -149,7 +160,8 @@ def experiment_command(
             "give SPEC and --out DIR (or --list)", value=spec, allowed=builtin_names()
         )
     backend: Backend = "ray" if (ray or ray_address) else "serial" if serial else "process"
-    run = _run(spec, out, backend, workers or default_workers(), ray_address, quick, quiet)
+    sets = _parse_sets(set_ or [])
+    run = _run(spec, out, backend, workers or default_workers(), ray_address, quick, quiet, sets)
     console.print(
         f"{len(run.rows)} cells: {run.num_run} run, {run.num_skipped} already done, "
         f"{len(run.failed)} failed, in {run.wall_s:.1f} s; table: {out / 'results.parquet'}"

@@ -35,6 +35,7 @@ from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from sincere.fit.gpu_check import IterationCheck
     from sincere.fit.gpu_profiles import GpuProfileFit
     from sincere.fit.quality import FitQuality
 
@@ -165,6 +166,33 @@ def _constants_table(fit: GpuProfileFit) -> Table:
     return table
 
 
+def _print_checks(check: IterationCheck | None, warnings: list[str]) -> None:
+    """The fit against whole iterations, then every warning."""
+    if check is not None:
+        console.print(
+            f"whole iterations (iterations.csv, {check.num_rows} rows): error mean "
+            f"{100 * check.mean_relative_error:.1f} %, max {100 * check.max_relative_error:.0f} %"
+            f" ({check.worst})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    _print_warnings(warnings)
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    """Each warning on stderr in bold red, then what to do about them."""
+    loud = Console(stderr=True)
+    for line in warnings:
+        loud.print(f"[bold red]WARNING:[/bold red] {line}", highlight=False, soft_wrap=True)
+    if warnings:
+        loud.print(
+            "[bold red]WARNING:[/bold red] check this fit before using it (profile on the "
+            "target GPU, more sizes, or --borrow-from a fit you trust)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _command_line(directory: Path, accelerator: str, out: Path, **options: Any) -> list[str]:
     """The command that reproduces this fit (kept in the file's provenance)."""
     argv = ["sincere", "fit", "gpu-profiles", str(directory), "--accelerator", accelerator]
@@ -229,6 +257,7 @@ def fit_gpu_profiles_command(
 ) -> None:
     """Fit the roofline's constants to one accelerator's operator profiles."""
     from sincere.catalog.loader import default_catalog, load_catalog
+    from sincere.fit.gpu_check import fit_warnings, iteration_check
     from sincere.fit.gpu_profiles import fit_document, fit_gpu_profiles
     from sincere.fit.output import write_params
     from sincere.perf.operators import accelerator_folder, read_operator_profiles
@@ -255,12 +284,20 @@ def fit_gpu_profiles_command(
         directory, accelerator, out, all_reduce=all_reduce, models=models, borrow_from=borrow_from
     )
     document = fit_document(fit, profiles, argv, all_reduce)
+    check = iteration_check(fit, folder, catalog, acc)
+    warnings = fit_warnings(fit, check)
+    if check is not None:
+        document["fit"]["iterations"] = check.as_dict()
+    if warnings:
+        document["fit"]["warnings"] = warnings
     write_params(document, out)
     if as_json:
         typer.echo(json.dumps({"out": str(out), **document}))
+        _print_warnings(warnings)  # on stderr: the JSON on stdout stays whole
         return
     print_table(_constants_table(fit))
     for note in fit.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+    _print_checks(check, warnings)
     console.print(f"from {len(profiles.files)} files of {folder}; wrote {out}")
     console.print(f"reproduce: {shlex.join(argv)}", highlight=False, soft_wrap=True)

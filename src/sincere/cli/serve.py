@@ -37,7 +37,9 @@ def serve(
         int,
         typer.Option(
             help="Gateway processes sharing the port (SO_REUSEPORT); each keeps its own "
-            "router state, queues and limits (see docs/gateway.md)."
+            "router state and queues. Per-key limits and budgets are per process unless "
+            "--redis (state.redis) keeps them in Redis, shared by every worker and gateway "
+            "(see docs/gateway.md)."
         ),
     ] = 1,
     decisions: Annotated[
@@ -100,13 +102,45 @@ def serve(
 
     check_bind(cfg.host, cfg.security)  # before anything starts: one line naming the flag
     from sincere.serve.app import serve_gateway
+    from sincere.serve.gateway.server import exit_process
 
     def announce(gw: Any) -> None:
-        typer.echo(
-            f"sincere gateway on {gw.url} ({len(cfg.backends)} backends, router {cfg.router.name})"
-        )
+        typer.echo(start_line(gw.url, cfg, workers))
 
     serve_gateway(cfg, workers=workers, ready=announce, decisions=decisions)
+    exit_process(0)  # every worker has stopped and flushed: skip the interpreter's teardown
+
+
+def start_line(url: str, cfg: Any, workers: int) -> str:
+    """What is serving: address, workers, backends, router, key store and where the keys'
+    limits and budgets live (a Redis address without its password)."""
+    keys = cfg.security.keys
+    auth = f"keys {keys}" if keys is not None else "no keys (no authentication)"
+    redis = cfg.state.redis
+    if redis is not None:
+        state = f"limits and budgets in Redis {redis_address(redis)}, shared by every worker"
+    elif keys is not None:
+        state = "limits and budgets in each worker process"
+    else:
+        state = ""
+    plural = "s" if workers != 1 else ""
+    parts = [f"{workers} worker{plural}", f"{len(cfg.backends)} backends"]
+    parts += [f"router {cfg.router.name}", auth] + ([state] if state else [])
+    return f"sincere gateway on {url} ({', '.join(parts)})"
+
+
+def redis_address(url: str) -> str:
+    """``redis://user:secret@host:6379/0`` -> ``redis://host:6379/0`` (no credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":  # a socket path: nothing secret before it
+        return f"unix://{parts.path}"
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _security(

@@ -119,6 +119,7 @@ def step_command(
     """Time one iteration and break it into parts (linear, attention, communication, …)."""
     from sincere.catalog.loader import default_catalog
     from sincere.engine.build import check_parallelism
+    from sincere.engine.fit_check import check_step_fits
     from sincere.perf.base import Batch, Deployment, StepBreakdown
     from sincere.perf.calibration import roofline_defaults
     from sincere.perf.factory import StepModelConfig
@@ -135,9 +136,10 @@ def step_command(
     dep = Deployment(
         catalog.model(model), catalog.accelerator(accelerator), precision=precision, tp=tp, ep=ep
     )
+    batch = Batch.of(prefill=chunks, decode=[ctx for n, ctx in decodes for _ in range(n)])
+    check_step_fits(dep, batch)
     notes = precision_notes(dep)
     built = StepModelConfig(kind=step_model, params_file=params).build(dep)
-    batch = Batch.of(prefill=chunks, decode=[ctx for n, ctx in decodes for _ in range(n)])
     seconds = built.iteration_s(batch)
     parts = built.parts(batch) if isinstance(built, StepBreakdown) else None
     if as_json:

@@ -18,9 +18,10 @@ Any layer may use these for its own config.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union
 
@@ -91,6 +92,18 @@ def _did_you_mean(key: int | str, fields: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _literal_choices(err: Mapping[str, Any]) -> list[str]:
+    """The values a ``Literal`` field accepts, from pydantic's ``expected`` text."""
+    expected = str(err.get("ctx", {}).get("expected", ""))
+    return re.findall(r"'([^']*)'", expected) or [expected]
+
+
+def title_of(model: type[BaseModel]) -> str:
+    """A config class's name as words: ``EmulatorConfig`` -> ``emulator``."""
+    name = re.sub(r"(Config|Spec)$", "", model.__name__) or model.__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", name).lower()
+
+
 _TYPE_MISMATCH = {"list_type", "dict_type", "model_type", "string_type", "model_attributes_type"}
 
 
@@ -135,6 +148,10 @@ def validation_lines(
             fields = _fields_at(model, raw_loc) or []
             parts["allowed"] = ", ".join(fields)
             msg += _did_you_mean(loc[-1], fields) if loc else ""
+        if err.get("type") == "literal_error":
+            choices = _literal_choices(err)
+            msg = "not one of the allowed values" + _did_you_mean(err.get("input", ""), choices)
+            parts["allowed"] = ", ".join(choices)
         lines.append(Problem(format_loc(loc, prefix), msg, **parts).line())
     return lines
 
@@ -187,7 +204,7 @@ def validate_config(
     if checks is not None:
         lines += [problem.line() for problem in checks(data)]
     if lines or checked is None:
-        raise problems_error(lines, prefix or model.__name__, source)
+        raise problems_error(lines, prefix or title_of(model), source)
     return checked
 
 

@@ -18,7 +18,8 @@ class ConfigError(SincereError, ValueError):
     """A configuration or argument is invalid.
 
     ``where`` locates the problem (a file, a config path such as ``workload.rate``),
-    ``value`` is what was given and ``allowed`` says what would be accepted.
+    ``value`` is what was given and ``allowed`` says what would be accepted (a list is
+    shown sorted, each value once).
     """
 
     def __init__(
@@ -32,7 +33,7 @@ class ConfigError(SincereError, ValueError):
         self.where = str(where) if where is not None else None
         self.value = value
         if allowed is not None and not isinstance(allowed, str):
-            allowed = ", ".join(sorted(str(a) for a in allowed))
+            allowed = ", ".join(sorted({str(a) for a in allowed}))
         self.allowed = allowed
         parts = [f"{self.where}: {message}" if self.where else message]
         if value is not None:

@@ -41,6 +41,7 @@ from pathlib import Path
 from sincere.catalog import get_model
 from sincere.catalog.accuracy import MAVERIQ_PRECISIONS
 from sincere.catalog.specs import accuracy_key
+from sincere.core.csv_lines import refuse_blank_lines
 from sincere.core.errors import ConfigError, DataError
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -286,8 +287,10 @@ class Measurement:
 
 
 def read_measurements(path: str | Path) -> list[Measurement]:
-    """Rows of a MaverIQ CSV (fingerprints or full models); bad rows raise ``DataError``."""
+    """Rows of a MaverIQ CSV (fingerprints or full models); bad rows (and a blank line
+    before the last row) raise ``DataError``."""
     path = Path(path)
+    refuse_blank_lines(path)
     try:
         handle = path.open(newline="")
     except OSError as exc:

@@ -6,12 +6,16 @@ threshold (Niyama's 1 %) at that load and every lower load of the sweep, for eve
 key of the table (traffic pattern, environment). The sentence names the strategies that
 meet it and their highest such load (best first); says when one never failed within the
 sweep (try higher loads); or, when none meets it anywhere, says so with the lowest load
-tried and what to try (lower loads, a looser SLA, ``sincere capacity``).
+tried and what to try (lower loads, a looser SLA, ``sincere capacity``). The table is
+the reference slice of the axes it does not compare; when one of those was swept over
+several values the sentence opens by naming the slice, so it is not read as the whole
+sweep's answer.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sincere.experiment.paths import format_value
@@ -53,10 +57,38 @@ def strategy_reach(table: TableData, has_strategy: bool) -> list[StrategyReach]:
     return [_reach(name, rows) for name, rows in groups.items()]
 
 
+def slice_scope(table: TableData, swept: Collection[str]) -> str:
+    """``"In the reference slice sla=60 (…): "`` when the table holds axes of the sweep
+    (``swept``: axes with several values) at one value; empty when it covers the sweep."""
+    held = {a: v for a, v in table.fixed.items() if a in swept}
+    if not held:
+        return ""
+    where = ", ".join(f"{a}={format_value(v)}" for a, v in held.items())
+    names = ", ".join(held)
+    return (
+        f"In the reference slice {where} (the sweep's other {names} values are not in this "
+        "sentence; see results.parquet): "
+    )
+
+
 def capacity_answer(
+    table: TableData,
+    load_axis: str,
+    loads: list[float],
+    threshold: float,
+    has_strategy: bool,
+    swept: Collection[str] = (),
+) -> str:
+    """One sentence: which strategy meets the SLO up to which load, or that none does;
+    it opens with the slice it speaks of when the table holds swept axes fixed."""
+    scope = slice_scope(table, swept)
+    sentence = _answer(table, load_axis, loads, threshold, has_strategy)
+    return scope + sentence[0].lower() + sentence[1:] if scope else sentence
+
+
+def _answer(
     table: TableData, load_axis: str, loads: list[float], threshold: float, has_strategy: bool
 ) -> str:
-    """One sentence: which strategy meets the SLO up to which load, or that none does."""
     reach = strategy_reach(table, has_strategy)
     fixed = ", ".join(f"{a}={format_value(v)}" for a, v in table.fixed.items())
     slo = f"the SLO (worst-tier violation ≤ {threshold:.0%}{f', {fixed}' if fixed else ''})"

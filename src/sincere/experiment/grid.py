@@ -89,6 +89,28 @@ def apply_quick(spec: ExperimentSpec) -> ExperimentSpec:
     return spec.model_copy(update={**update, "description": _quick_note(spec, seeds)})
 
 
+def apply_sets(spec: ExperimentSpec, settings: list[tuple[str, Any]]) -> ExperimentSpec:
+    """``spec`` with every ``(path, value)`` set in its base config (``experiment --set``).
+
+    A path an axis sweeps is refused (the axis would overwrite it in every cell), and so
+    is one whose parent does not exist; a misspelt last key fails when the cells are
+    validated, with the keys that section takes. The description lists the overrides.
+    """
+    swept = {path: name for name, axis in spec.axes.items() for path in axis.targets}
+    for path, _ in settings:
+        if path in swept:
+            raise ConfigError(
+                f"--set {path}: axis {swept[path]!r} sweeps this field, so every cell would "
+                "overwrite it; narrow the axis in the spec instead",
+                value=path,
+            )
+    base = set_fields(spec.base, settings)
+    shown = "; ".join(f"{path} = {format_value(value)}" for path, value in settings)
+    note = f"Overrides: {shown}." if settings else ""
+    description = " ".join(t for t in (spec.description, note) if t)
+    return spec.model_copy(update={"base": base, "description": description})
+
+
 def _quick_note(spec: ExperimentSpec, seeds: list[int]) -> str:
     """``spec``'s description with what its quick run leaves out (so the report's text
     does not promise the full grid)."""

@@ -180,7 +180,8 @@ def latency_percentiles(results: Results, path: Path, metric: str = "e2e_s") -> 
 def versus_load(
     results: Results, path: Path, metric: str, ylabel: str, hline: float | None = None
 ) -> Path | None:
-    """``metric`` against the offered load per strategy and env (mean, seed range shaded)."""
+    """``metric`` against the load axis per strategy and env (mean, seed range shaded); the
+    axis keeps its own name (a rate, or an instance count), never called a rate it is not."""
     l_axis = results.role("load")
     if l_axis is None or not all(_numeric(v) for v in results.axes[l_axis]):
         return None
@@ -205,11 +206,11 @@ def versus_load(
                 )
         if hline is not None:
             ax.axhline(hline, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel(f"{l_axis} (offered load)")
+        ax.set_xlabel(l_axis)  # the load axis as named: a rate, or e.g. an instance count
         ax.set_ylabel(ylabel)
         ax.set_title(format_value(traffic) if traffic is not None else "")
         ax.grid(alpha=0.3)
-    return _save(fig, path, f"{ylabel} vs load ({_title(results, base, [])}; mean over seeds)")
+    return _save(fig, path, f"{ylabel} vs {l_axis} ({_title(results, base, [])}; mean over seeds)")
 
 
 def _numeric(value: Any) -> bool:
@@ -394,27 +395,28 @@ FigureFn = Callable[[Results, Path], Path | None]
 def all_figures(results: Results, folder: Path) -> list[tuple[str, Path]]:
     """Draw every applicable figure into ``folder``; (caption, path) pairs."""
     folder.mkdir(parents=True, exist_ok=True)
+    load = results.role("load") or "load"
     specs: list[tuple[str, str, FigureFn]] = [
         ("End-to-end latency CDF per strategy", "latency_cdf.png", latency_cdf),
         ("TTFT CDF per strategy", "ttft_cdf.png", _ttft_cdf_if_distinct),
         ("Latency percentiles per strategy", "latency_percentiles.png", latency_percentiles),
         (
-            "SLA attainment vs load",
+            f"SLA attainment vs {load}",
             "slo_vs_load.png",
             lambda r, p: versus_load(r, p, "slo_attainment", "SLA attainment"),
         ),
         (
-            "Goodput vs load",
+            f"Goodput vs {load}",
             "goodput_vs_load.png",
             lambda r, p: versus_load(r, p, "goodput_rps", "goodput (req/s)"),
         ),
         (
-            "Throughput vs load",
+            f"Throughput vs {load}",
             "throughput_vs_load.png",
             lambda r, p: versus_load(r, p, "throughput_rps", "throughput (req/s)"),
         ),
         (
-            "Worst-tier violation rate vs load (1 % line)",
+            f"Worst-tier violation rate vs {load} (1 % line)",
             "violation_vs_load.png",
             lambda r, p: versus_load(r, p, "worst_tier_violation", "worst-tier violation", 0.01),
         ),

@@ -159,7 +159,8 @@ def _answer(results: Results, capacity: TableData | None) -> str:
         )
     loads = sorted(float(x) for x in results.axes[load])
     has_strategy = results.role("strategy") is not None
-    return capacity_answer(capacity, load, loads, CAPACITY_THRESHOLD, has_strategy)
+    swept = [a for a, labels in results.axes.items() if len(labels) > 1]
+    return capacity_answer(capacity, load, loads, CAPACITY_THRESHOLD, has_strategy, swept)
 
 
 def build_blocks(

@@ -76,14 +76,18 @@ class PartFit:
     mean_relative_error: float  # mean of |model − measured| / measured
     max_relative_error: float  # the largest of the same
     num_rows: int  # rows fitted
+    at_bounds: tuple[str, ...] = ()  # constants the search stopped at a bound of (unpinned)
 
     def as_dict(self) -> dict[str, Any]:
         """For the provenance block of the parameter file."""
-        return {
+        out: dict[str, Any] = {
             "mean_relative_error": round(self.mean_relative_error, 4),
             "max_relative_error": round(self.max_relative_error, 4),
             "rows": self.num_rows,
         }
+        if self.at_bounds:
+            out["at_bounds"] = list(self.at_bounds)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +138,37 @@ def _robust(
     return np.asarray(result.x, dtype=float), float(result.cost)
 
 
-def _summary(name: str, params: dict[str, float], rel: FArray) -> PartFit:
+def _summary(
+    name: str, params: dict[str, float], rel: FArray, at_bounds: tuple[str, ...] = ()
+) -> PartFit:
     err = np.abs(rel)
-    return PartFit(name, params, float(err.mean()), float(err.max()), len(rel))
+    return PartFit(name, params, float(err.mean()), float(err.max()), len(rel), at_bounds)
+
+
+def _physical(name: str, bound: float) -> bool:
+    """A bound that is a limit of the model, not of the search: a time of 0, an efficiency
+    of 1, no overlap (exponent 1), a causal diagonal factor anywhere in [1, 2]."""
+    return (
+        bound == 0.0
+        or ("efficiency" in name and bound == 1.0)
+        or name == "attn_diag_factor"
+        or (name == "overlap_exponent" and bound == 1.0)
+    )
+
+
+def _at_bounds(
+    names: Sequence[str], x: FArray, bounds: tuple[Sequence[float], Sequence[float]]
+) -> tuple[str, ...]:
+    """The ``names`` whose solution sits on a bound of the search range (relative 1e-6)
+    that is not a limit of the model itself: the rows did not pin that constant, the
+    search ran into the edge of its range (e.g. an efficiency of 0.05)."""
+    out = []
+    for name, value, lo, hi in zip(names, x, *bounds, strict=True):
+        span = max(hi - lo, 1e-30)
+        for bound in (lo, hi):
+            if abs(value - bound) <= 1e-6 * span and not _physical(name, bound):
+                out.append(name.lstrip("_"))
+    return tuple(out)
 
 
 # --- linear work -------------------------------------------------------------------------
@@ -196,12 +228,13 @@ def fit_linear(
     rows = _gemm_rows(profiles, models)
     measured, root_w = rows[:, 3], np.sqrt(rows[:, 4])
     best: tuple[float, int, FArray] | None = None
+    bounds = ([0.05, 0.05, 0.0, 1.0], [1.0, 1.0, 1e-4, 50.0])
     for tile in TOKEN_TILES:
         predict = _gemm_model(rows, acc, tile)
         x, cost = _robust(
             lambda x, f=predict: root_w * _log_ratio(f(x), measured),  # type: ignore[misc]
             [0.7, 0.8, 5e-6, 2.0],
-            ([0.05, 0.05, 0.0, 1.0], [1.0, 1.0, 1e-4, 50.0]),
+            bounds,
         )
         if best is None or cost < best[0]:
             best = (cost, tile, x)
@@ -218,7 +251,8 @@ def fit_linear(
     elementwise = _fit_elementwise(profiles, acc, models)
     ew_fixed = elementwise.params.pop("_elementwise_fixed_s")
     gemm["layer_overhead_s"] = len(GEMM_OPS) * gemm["_gemm_kernel_s"] + ew_fixed
-    return _summary("linear", gemm, rel), elementwise
+    names = ("mfu_efficiency", "bw_efficiency", "_gemm_kernel_s", "overlap_exponent")
+    return _summary("linear", gemm, rel, _at_bounds(names, x, bounds)), elementwise
 
 
 def _fit_elementwise(
@@ -247,13 +281,11 @@ def _fit_elementwise(
         result: FArray = x[0] + moved / (hbm * x[1])
         return result
 
-    x, _ = _robust(
-        lambda x: root_w * _log_ratio(predict(x), measured),
-        [20e-6, 0.5],
-        ([0.0, 0.01], [1e-3, 1.0]),
-    )
+    bounds = ([0.0, 0.01], [1e-3, 1.0])
+    x, _ = _robust(lambda x: root_w * _log_ratio(predict(x), measured), [20e-6, 0.5], bounds)
     params = {"elementwise_bw_efficiency": float(x[1]), "_elementwise_fixed_s": float(x[0])}
-    return _summary("elementwise", params, _relative(predict(x), measured))
+    pinned = _at_bounds(("_elementwise_fixed_s", "elementwise_bw_efficiency"), x, bounds)
+    return _summary("elementwise", params, _relative(predict(x), measured), pinned)
 
 
 # --- attention ---------------------------------------------------------------------------
@@ -299,18 +331,16 @@ def fit_attention(profiles: OperatorProfiles, acc: Accelerator) -> PartFit:
         result: FArray = np.concatenate([pre_t, dec_t]) + kernel
         return result
 
-    x, _ = _robust(
-        lambda x: _log_ratio(predict(x), measured),
-        [0.4, 0.8, 15e-6, 1.5],
-        ([0.01, 0.01, 0.0, 1.0], [1.0, 1.0, 1e-3, 2.0]),
-    )
+    bounds = ([0.01, 0.01, 0.0, 1.0], [1.0, 1.0, 1e-3, 2.0])
+    x, _ = _robust(lambda x: _log_ratio(predict(x), measured), [0.4, 0.8, 15e-6, 1.5], bounds)
     params = {
         "attn_mfu_efficiency": float(x[0]),
         "attn_bw_efficiency": float(x[1]),
         "attn_kernel_s": float(x[2]),
         "attn_diag_factor": float(x[3]),
     }
-    return _summary("attention", params, _relative(predict(x), measured))
+    pinned = _at_bounds(list(params), x, bounds)
+    return _summary("attention", params, _relative(predict(x), measured), pinned)
 
 
 # --- all-reduce --------------------------------------------------------------------------
@@ -353,14 +383,11 @@ def fit_all_reduce(
         result: FArray = x[0] + ring * data[:, 1] / (link * x[1])
         return result
 
-    x, _ = _robust(
-        lambda x: root_w * _log_ratio(predict(x), data[:, 2]),
-        [30e-6, 0.5],
-        ([0.0, 0.01], [1e-3, 1.0]),
-        0.2,
-    )
+    bounds = ([0.0, 0.01], [1e-3, 1.0])
+    x, _ = _robust(lambda x: root_w * _log_ratio(predict(x), data[:, 2]), [30e-6, 0.5], bounds, 0.2)
     params = {"allreduce_latency_s": float(x[0]), "interconnect_efficiency": float(x[1])}
-    return _summary("all_reduce", params, _relative(predict(x), data[:, 2]))
+    pinned = _at_bounds(list(params), x, bounds)
+    return _summary("all_reduce", params, _relative(predict(x), data[:, 2]), pinned)
 
 
 # --- CPU per step ------------------------------------------------------------------------

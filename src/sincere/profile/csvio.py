@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sincere.core.csv_lines import refuse_blank_lines
 from sincere.core.errors import DataError
 
 MONITOR_PREFIXES = ("cpu/", "memory/", "process/", "gpu/")
@@ -67,8 +68,10 @@ def _parse(text: str) -> Any:
 
 
 def read_profile_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a profile CSV with numbers parsed and ``None`` / empty cells as ``None``."""
+    """Rows of a profile CSV with numbers parsed and ``None`` / empty cells as ``None``;
+    a blank line before the last row is a :class:`DataError` naming it."""
     path = Path(path)
+    refuse_blank_lines(path)
     try:
         with path.open(newline="") as fh:
             reader = csv.DictReader(fh)

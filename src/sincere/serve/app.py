@@ -45,6 +45,7 @@ from sincere.serve.gateway.edge import read_body
 from sincere.serve.gateway.server import (
     Gateway,
     die_with_parent,
+    exit_process,
     run_on_fast_loop,
     stop_on_sigterm,
 )
@@ -206,7 +207,7 @@ def serve_gateway(
                 run_gateway(config, on_ready, reuse_port=workers > 1, decisions=decisions)
             )
     finally:
-        for child in children:
+        for child in children:  # all told first: they stop side by side
             child.terminate()
         for child in children:
             child.join(timeout=5)
@@ -216,8 +217,10 @@ def serve_gateway(
 
 
 def _worker(config: GatewayConfig, decisions: Path | None) -> None:
-    """One extra worker process of :func:`serve_gateway`; it stops with the first one."""
+    """One extra worker process of :func:`serve_gateway`; it stops with the first one and,
+    once its gateway has stopped (keys and decisions flushed), exits at once."""
     die_with_parent()
     stop_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):
         run_on_fast_loop(run_gateway(config, reuse_port=True, decisions=decisions))
+    exit_process(0)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from sincere.core.csv_lines import refuse_blank_lines
 from sincere.core.errors import DataError
 
 IntArray = npt.NDArray[np.int64]
@@ -35,8 +36,13 @@ text under GPT-style BPE tokenizers, as OpenAI's tokenizer guide states)."""
 
 
 def read_csv_strings(path: Path, required: Sequence[str]) -> dict[str, pa.Array]:
-    """All columns of a CSV file as string arrays; the ``required`` ones must exist."""
+    """All columns of a CSV file as string arrays; the ``required`` ones must exist.
+
+    A blank line inside the data is an error naming it (pyarrow would skip it and every
+    later line number would be off); blank lines after the last row are fine.
+    """
     header = csv_header(path)
+    refuse_blank_lines(path)
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"missing column(s) {missing}; the header has {header}", path=path, line=1)

@@ -62,10 +62,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -456,6 +458,18 @@ def die_with_parent() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+
+def exit_process(code: int = 0) -> NoReturn:
+    """End this process now, after a clean stop: flush the standard streams and the logs,
+    then skip the interpreter's teardown of every imported module (half a second or more
+    for the gateway's, per process, which made a stopping gateway wait on each worker).
+    Only for a process whose work is done: the gateway stopped, keys and logs flushed."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def run_on_fast_loop(main: Coroutine[Any, Any, None]) -> None:
