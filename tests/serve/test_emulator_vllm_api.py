@@ -53,9 +53,12 @@ def _config(**kw: Any) -> EmulatorConfig:
 
 def _run(check: Any, **kw: Any) -> None:
     async def main() -> None:
-        async with EmulatorServer(_config(**kw)) as server:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-                await asyncio.wait_for(check(server, session), 30)
+        timeout = aiohttp.ClientTimeout(total=20)
+        async with (
+            EmulatorServer(_config(**kw)) as server,
+            aiohttp.ClientSession(timeout=timeout) as session,
+        ):
+            await asyncio.wait_for(check(server, session), 30)
 
     asyncio.run(main())
 
@@ -175,8 +178,7 @@ def test_metrics_phase_times_come_from_the_emulated_timings() -> None:
     async def check(server: EmulatorServer, session: aiohttp.ClientSession) -> None:
         url = server.url + "/v1/completions"
         bodies = [  # distinct prompts: no prefix-cache hits
-            {"model": MODEL, "prompt": [k + 1] * 40, "max_tokens": n}
-            for k, n in enumerate(lengths)
+            {"model": MODEL, "prompt": [k + 1] * 40, "max_tokens": n} for k, n in enumerate(lengths)
         ]
         await asyncio.gather(*(_post(session, url, b) for b in bodies))
         async with session.get(server.url + "/metrics") as resp:
@@ -185,9 +187,10 @@ def test_metrics_phase_times_come_from_the_emulated_timings() -> None:
         def total(name: str) -> float:
             return _sample(text, f"vllm:{name}_sum")
 
-        for name in ("request_queue_time_seconds", "request_prefill_time_seconds",
-                     "request_decode_time_seconds", "request_inference_time_seconds",
-                     "request_time_per_output_token_seconds", "e2e_request_latency_seconds"):  # fmt: skip
+        phases = ("queue_time", "prefill_time", "decode_time", "inference_time")
+        names = [f"request_{p}_seconds" for p in phases]
+        names += ["request_time_per_output_token_seconds", "e2e_request_latency_seconds"]
+        for name in names:
             assert _sample(text, f"vllm:{name}_count") == len(lengths), name
         assert total("request_decode_time_seconds") > 0
         assert total("request_prefill_time_seconds") > 0
@@ -318,7 +321,7 @@ def test_logprobs_in_completion_and_chat_shapes() -> None:
         content = data["choices"][0]["logprobs"]["content"]
         assert [c["token"] for c in content] == [" tok", " tok"]
         assert content[0]["bytes"] == list(b" tok")
-        assert [t["token"] for t in content[0]["top_logprobs"]][0] == " tok"
+        assert content[0]["top_logprobs"][0]["token"] == " tok"
         assert len(content[0]["top_logprobs"]) == 3
         events = await _events(session, server.url + "/v1/chat/completions", chat)
         streamed = [e["choices"][0]["logprobs"] for e in events[1:] if e and e["choices"]]
@@ -349,8 +352,8 @@ def test_continuous_usage_stats_on_every_chunk() -> None:
     """stream_options.continuous_usage_stats: every chunk carries the usage so far."""
 
     async def check(server: EmulatorServer, session: aiohttp.ClientSession) -> None:
-        body = {"model": MODEL, "prompt": [1, 2], "max_tokens": 3,
-                "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+        options = {"include_usage": True, "continuous_usage_stats": True}
+        body = {"model": MODEL, "prompt": [1, 2], "max_tokens": 3, "stream_options": options}
         events = await _events(session, server.url + "/v1/completions", body)
         tokens = [e for e in events if e is not None and e["choices"]]
         assert [e["usage"]["completion_tokens"] for e in tokens] == [1, 2, 3]
