@@ -101,8 +101,7 @@ class Reply:
             "service_tier": None,
             "system_fingerprint": self.fingerprint,
             "usage": self.usage(num_tokens, cached),
-            "kv_transfer_params": None,
-        }
+        }  # kv_transfer_params only on a prefill's answer (vLLM writes null elsewhere)
 
     def _choice(self, text: str, logprobs: dict[str, Any] | None) -> dict[str, Any]:
         if self.kind == "completion":
