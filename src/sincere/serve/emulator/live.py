@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -437,7 +438,7 @@ class LiveEngine:
             if slot.last_at is None:
                 slot.first_at = wall
                 metrics.ttft.observe(wall - slot.arrival_at)
-                cached = self._cached_of(slot)
+                cached = _cached_of(slot, self.records)
                 metrics.prompt_done(slot.prompt_tokens, cached, slot.kv_ready_at is not None)
                 computed += slot.prompt_tokens - cached
             else:
@@ -447,12 +448,6 @@ class LiveEngine:
                 slot.queue.put_nowait(1)
         metrics.generation_tokens.inc(num_tokens)
         return computed
-
-    def _cached_of(self, slot: LiveRequest) -> int:
-        """Prompt tokens ``slot`` did not compute here: cached, or pulled from a prefill."""
-        if slot.kv_ready_at is not None:
-            return slot.prompt_tokens
-        return min(int(self.records.cached_tokens[slot.ix]), slot.prompt_tokens)
 
     def _finish(self, i: int) -> None:
         slot = self._slots.get(i)
@@ -465,25 +460,9 @@ class LiveEngine:
             at_cap = slot.num_tokens >= slot.max_tokens and not slot.stopped
             reason = "length" if at_cap else "stop"
             outcome = Finish(slot.num_tokens, reason, None, int(rec.cached_tokens[i]))
-            self.metrics.request_finished(self._figures(slot, reason))
+            figures = _figures(slot, rec, reason, self._wall, self._loop.time())
+            self.metrics.request_finished(figures)
         self._release(slot, outcome)
-
-    def _figures(self, slot: LiveRequest, reason: str) -> FinishedRequest:
-        """What the metrics record of a finished ``slot`` (wall-clock times)."""
-        last = slot.last_at if slot.last_at is not None else self._loop.time()
-        first = slot.first_at if slot.first_at is not None else last
-        scheduled = slot.kv_admitted_at
-        if scheduled is None:
-            at = float(self.records.first_scheduled_at[slot.ix])
-            scheduled = self._wall(at) if math.isfinite(at) else first
-        scheduled = min(max(scheduled, slot.arrival_at), first)
-        return FinishedRequest(
-            finish_reason=reason, arrival_at=slot.arrival_at, scheduled_at=scheduled,
-            first_token_at=first, last_token_at=last, prompt_tokens=slot.prompt_tokens,
-            cached_tokens=self._cached_of(slot), generation_tokens=slot.num_tokens,
-            max_tokens=slot.max_tokens,
-            num_preemptions=int(self.records.num_preemptions[slot.ix]),
-        )  # fmt: skip
 
     def _release(self, slot: LiveRequest, outcome: Finish) -> None:
         del self._slots[slot.ix]
@@ -515,6 +494,37 @@ class LiveEngine:
 
 
 _NO_BLOCKS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+
+def _cached_of(slot: LiveRequest, records: RecordArrays) -> int:
+    """Prompt tokens ``slot`` did not compute here: cached, or pulled from a prefill."""
+    if slot.kv_ready_at is not None:
+        return slot.prompt_tokens
+    return min(int(records.cached_tokens[slot.ix]), slot.prompt_tokens)
+
+
+def _figures(
+    slot: LiveRequest,
+    records: RecordArrays,
+    reason: str,
+    wall: Callable[[float], float],
+    now: float,
+) -> FinishedRequest:
+    """What the metrics record of a finished ``slot``, in loop seconds (``wall`` turns an
+    engine time into one; ``now``: the loop time)."""
+    last = slot.last_at if slot.last_at is not None else now
+    first = slot.first_at if slot.first_at is not None else last
+    scheduled = slot.kv_admitted_at  # a decode's KV joined the batch
+    if scheduled is None:
+        at = float(records.first_scheduled_at[slot.ix])
+        scheduled = wall(at) if math.isfinite(at) else first
+    scheduled = min(max(scheduled, slot.arrival_at), first)
+    return FinishedRequest(
+        finish_reason=reason, arrival_at=slot.arrival_at, scheduled_at=scheduled,
+        first_token_at=first, last_token_at=last, prompt_tokens=slot.prompt_tokens,
+        cached_tokens=_cached_of(slot, records), generation_tokens=slot.num_tokens,
+        max_tokens=slot.max_tokens, num_preemptions=int(records.num_preemptions[slot.ix]),
+    )  # fmt: skip
 
 
 def _placeholder_requests(

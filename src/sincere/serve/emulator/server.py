@@ -54,7 +54,7 @@ from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
 from sincere.serve.emulator.text import plan_text
-from sincere.serve.emulator.vllm_api import check_request
+from sincere.serve.emulator.vllm_api import Shaping, check_request
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -195,17 +195,9 @@ class EmulatorServer(Served):
 
     def _reply(self, req: CompletionRequest, request_id: str) -> Reply:
         """The answer's identity and text, planned before it reaches the engine."""
-        shaping = check_request(req.body, req.kind)
-        cap, out = self._lengths_of(req)
-        text = self.config.token_text
-        plan = plan_text(shaping, text, out, at_cap=out >= cap)
-        echo = req.prompt if req.prompt is not None else text * req.prompt_tokens
-        return Reply(
-            kind=req.kind, id=response_id(req.kind, request_id), created=int(time.time()),
-            model=req.model, fingerprint=self.fingerprint, shaping=shaping, plan=plan,
-            prompt_tokens=req.prompt_tokens, prompt_text=echo, include_usage=req.include_usage,
-            max_tokens=cap,
-        )  # fmt: skip
+        shaping = check_request(req.body, req.kind)  # what vLLM refuses, before any draw
+        return _new_reply(req, request_id, shaping, self._lengths_of(req), self.config.token_text,
+                          self.fingerprint)  # fmt: skip
 
     def _inject_error(self) -> None:
         rate = self.config.failures.error_rate
@@ -399,6 +391,26 @@ async def _write_tokens(
         if item == -1:
             item = await queue.get()
     return min(k, last + 1)
+
+
+def _new_reply(
+    req: CompletionRequest,
+    request_id: str,
+    shaping: Shaping,
+    lengths: tuple[int, int],
+    token_text: str,
+    fingerprint: str,
+) -> Reply:
+    """``req``'s answer: ``lengths`` (its cap, its ground-truth length) and the text."""
+    cap, out = lengths
+    plan = plan_text(shaping, token_text, out, at_cap=out >= cap)
+    echo = req.prompt if req.prompt is not None else token_text * req.prompt_tokens
+    return Reply(
+        kind=req.kind, id=response_id(req.kind, request_id), created=int(time.time()),
+        model=req.model, fingerprint=fingerprint, shaping=shaping, plan=plan,
+        prompt_tokens=req.prompt_tokens, prompt_text=echo, include_usage=req.include_usage,
+        max_tokens=cap,
+    )  # fmt: skip
 
 
 def _kv_headers(slot: LiveRequest) -> dict[str, str]:

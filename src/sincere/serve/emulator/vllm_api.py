@@ -20,6 +20,9 @@ without ``--tool-call-parser`` and with the default ``--max-logprobs 20``:
 * ``tools``: not empty; ``tool_choice`` needs ``tools``; ``"auto"`` (the default once tools
   are given), ``"required"`` and a named function need a tool-call parser, which this
   server (as vLLM's default) has not: 400. ``tool_choice: "none"`` answers in text.
+
+Unlike vLLM, an emulator answers one prompt with one choice: ``n`` > 1 and a list of
+prompts are refused (400) rather than answered in part.
 """
 
 from __future__ import annotations
@@ -216,8 +219,23 @@ def _check_tools(body: dict[str, Any]) -> None:
     raise _bad(f'tool_choice=function "{name}" requires --tool-call-parser to be set', None)
 
 
+def _check_one_choice(body: dict[str, Any]) -> None:
+    """One prompt and one choice a request: the emulator answers no more (vLLM would)."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise _bad(f"n: got {n!r}; allowed: 1 (the emulator answers one choice)", "n")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) > 1 and not all(isinstance(t, int) for t in prompt):
+        raise _bad(
+            f"prompt: got a list of {len(prompt)} prompts; allowed: one prompt (the emulator "
+            "answers one prompt a request)",
+            "prompt",
+        )
+
+
 def check_request(body: dict[str, Any], kind: Kind) -> Shaping:
     """Refuse (400, as vLLM 0.32.0) what vLLM refuses; return what shapes the answer."""
+    _check_one_choice(body)
     if kind == "completion" and body.get("prompt") == "":
         raise _bad("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
     if body.get("stream_options") and not body.get("stream"):
