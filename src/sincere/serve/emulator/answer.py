@@ -140,7 +140,7 @@ class Reply:
         if self.kind == "completion":
             choice: dict[str, Any] = {"index": 0, "text": "", "logprobs": None}
         else:
-            choice = {"index": 0, "delta": {}, "logprobs": None}
+            choice = {"index": 0, "delta": {"content": ""}, "logprobs": None}
         choice.update(finish_reason=finish_reason, stop_reason=None)
         chunk = self._chunk(choice)
         if self.shaping.continuous_usage:

@@ -16,7 +16,11 @@ Server-Sent Events or not, see :mod:`sincere.serve.protocol`), ``GET /v1/models`
 Output length: the request's ``sincere.output_tokens`` when given, else a draw from
 ``output_lengths`` when configured, else ``max_tokens`` (default
 ``default_max_tokens``); always capped by ``max_tokens``. Finishing below the cap
-reports ``finish_reason: "stop"``, at the cap ``"length"``.
+reports ``finish_reason: "stop"``, at the cap ``"length"``; a stop string found in the
+text ends it sooner (:mod:`.text`).
+
+The API is vLLM 0.32.0's: what it refuses (:mod:`.vllm_api`, 400 with vLLM's error
+body), the fields and chunks of its answers (:mod:`.answer`), its metrics (:mod:`.metrics`).
 
 Failure injection (:class:`~.config.FailureConfig`): ``error_rate`` answers
 HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
