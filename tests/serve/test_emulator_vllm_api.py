@@ -410,3 +410,15 @@ def test_stop_plan_follows_min_tokens_and_list_order() -> None:
     plan = plan_text(Shaping(stop=("ok", "to")), " tok", 10, at_cap=False)
     assert (plan.num_tokens, plan.stop_reason) == (1, "ok")
     assert plan_text(Shaping(stop=("x",)), " tok", 5, at_cap=True).num_tokens == 5
+
+
+def test_refusal_comes_before_injected_failures() -> None:
+    """A request vLLM refuses is a 400 even on an emulator that fails every request."""
+
+    async def check(server: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        url = server.url + "/v1/completions"
+        body = {"model": MODEL, "prompt": "a", "max_tokens": 2}
+        assert (await _post(session, url, {**body, "top_p": 0}))[0] == 400
+        assert (await _post(session, url, body))[0] == 500
+
+    _run(check, failures={"error_rate": 1.0})

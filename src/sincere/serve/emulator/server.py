@@ -160,8 +160,9 @@ class EmulatorServer(Served):
         request_id = request.headers.get("X-Request-Id") or random_request_id()
         try:
             req = await self._parse(request, kind)
+            shaping = check_request(req.body, req.kind)  # what vLLM refuses, first
             self._inject_error()
-            response = await self._answer(request, req, self._reply(req, request_id))
+            response = await self._answer(request, req, self._reply(req, request_id, shaping))
         except ProtocolError as exc:
             response = _error_response(exc)
         finally:
@@ -197,9 +198,10 @@ class EmulatorServer(Served):
                 raise
             raise ProtocolError(400, exc.message, param=exc.param) from None  # vLLM: 400
 
-    def _reply(self, req: CompletionRequest, request_id: str) -> Reply:
-        """The answer's identity and text, planned before it reaches the engine."""
-        shaping = check_request(req.body, req.kind)  # what vLLM refuses, before any draw
+    def _reply(self, req: CompletionRequest, request_id: str, shaping: Shaping) -> Reply:
+        """The answer's identity and text, planned before it reaches the engine (an
+        unknown tier is refused before the length is drawn)."""
+        self._tier_of(req)
         return _new_reply(req, request_id, shaping, self._lengths_of(req), self.config.token_text,
                           self.fingerprint)  # fmt: skip
 
