@@ -126,6 +126,9 @@ def test_request_id_header_names_the_answer() -> None:
         assert data["id"] == f"chatcmpl-{headers['X-Request-Id']}"
         status, _, headers = await _post(session, url, {**body, "temperature": -1})
         assert status == 400 and headers["X-Request-Id"]  # errors carry one too
+        async with session.post(url, json={**body, "stream": True}) as resp:
+            events = [parse_sse_data(x) async for x in resp.content if x.strip()]
+        assert events[0]["id"] == f"chatcmpl-{resp.headers['X-Request-Id']}"
 
     _run(check)
 

@@ -60,7 +60,8 @@ class Reply:
     """Everything an answer's bodies need but the tokens' count."""
 
     kind: Kind
-    id: str
+    request_id: str  # the client's X-Request-Id, else a random one
+    id: str  # the answer's id: cmpl-<request id> or chatcmpl-<request id>
     created: int  # Unix seconds the request was taken
     model: str  # the model name as the client wrote it
     fingerprint: str

@@ -167,7 +167,8 @@ class EmulatorServer(Served):
             response = _error_response(exc)
         finally:
             self._open.discard(transport)
-        response.headers["X-Request-Id"] = request_id
+        if not response.prepared:  # a stream set it before its first byte
+            response.headers["X-Request-Id"] = request_id
         return response
 
     async def _parse(self, request: web.Request, kind: Kind) -> CompletionRequest:
@@ -314,7 +315,7 @@ class EmulatorServer(Served):
         if item == 0:  # ended before any token: an ordinary error answer
             _raise_rejected(slot.done.result())
         response = web.StreamResponse(headers={**_SSE_HEADERS, **_kv_headers(slot)})
-        response.headers["X-Request-Id"] = request.headers.get("X-Request-Id") or reply.id
+        response.headers["X-Request-Id"] = reply.request_id
         try:
             await response.prepare(request)
             if reply.kind == "chat":
@@ -412,7 +413,8 @@ def _new_reply(
     plan = plan_text(shaping, token_text, out, at_cap=out >= cap)
     echo = req.prompt if req.prompt is not None else token_text * req.prompt_tokens
     return Reply(
-        kind=req.kind, id=response_id(req.kind, request_id), created=int(time.time()),
+        kind=req.kind, request_id=request_id, id=response_id(req.kind, request_id),
+        created=int(time.time()),
         model=req.model, fingerprint=fingerprint, shaping=shaping, plan=plan,
         prompt_tokens=req.prompt_tokens, prompt_text=echo, include_usage=req.include_usage,
         max_tokens=cap,
