@@ -353,7 +353,8 @@ def test_echo_puts_the_prompt_first() -> None:
 
 
 def test_continuous_usage_stats_on_every_chunk() -> None:
-    """stream_options.continuous_usage_stats: every chunk carries the usage so far."""
+    """stream_options.continuous_usage_stats: every chunk carries the usage so far (a chat's
+    role chunk too)."""
 
     async def check(server: EmulatorServer, session: aiohttp.ClientSession) -> None:
         options = {"include_usage": True, "continuous_usage_stats": True}
@@ -363,6 +364,11 @@ def test_continuous_usage_stats_on_every_chunk() -> None:
         assert [e["usage"]["completion_tokens"] for e in tokens] == [1, 2, 3]
         assert {e["usage"]["prompt_tokens"] for e in tokens} == {2}
         assert events[-2]["choices"] == [] and events[-2]["usage"]["total_tokens"] == 5
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2, "stream_options": options}  # fmt: skip
+        events = await _events(session, server.url + "/v1/chat/completions", chat)
+        usages = [e["usage"]["completion_tokens"] for e in events if e and e["choices"]]
+        assert usages == [0, 1, 2]  # the role chunk first, as vLLM
 
     _run(check)
 

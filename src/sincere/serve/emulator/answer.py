@@ -115,7 +115,10 @@ class Reply:
     def role_chunk(self) -> dict[str, Any]:
         """A chat stream's opening chunk: the assistant role, empty content."""
         delta = {"role": "assistant", "content": ""}
-        return self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        chunk = self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        if self.shaping.continuous_usage:
+            chunk["usage"] = self.usage(0)
+        return chunk
 
     def token_chunk(self, k: int, finish_reason: str | None) -> dict[str, Any]:
         """The chunk of token ``k`` (0-based); the last one carries ``finish_reason``."""
