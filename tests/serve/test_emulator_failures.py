@@ -58,7 +58,8 @@ def test_error_rate_one_fails_every_request_with_500() -> None:
             async with session.post(server.url + "/v1/completions", json=BODY) as resp:
                 assert resp.status == 500
                 err = (await resp.json())["error"]
-                assert (err["type"], err["code"]) == ("server_error", "injected")
+                assert (err["type"], err["code"]) == ("InternalServerError", 500)
+                assert "injected" in err["message"]
         assert server.metrics.injected_errors._value.get() == 3
 
     _run(check, failures={"error_rate": 1.0})

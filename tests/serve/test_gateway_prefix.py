@@ -135,7 +135,7 @@ def test_emulator_exports_prefix_counters_under_vllm_names() -> None:
     metrics = EmulatorMetrics("m")
     base = (1, 0, 0, 0, 0, 0.1, 0.0)
     first = metrics.render(EngineLoad(*base), 0).decode()
-    assert 'vllm:prefix_cache_hits_total{model_name="m"} 0.0' in first
+    assert 'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 0.0' in first
     metrics.render(Load(*base, prefix_cache_queries=300, prefix_cache_hits=100), 0)
     text = metrics.render(Load(*base, prefix_cache_queries=500, prefix_cache_hits=260), 0)
     sample = parse_vllm_metrics(text.decode(), 0.0)

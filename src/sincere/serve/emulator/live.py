@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +42,7 @@ from sincere.engine.build import build_streaming_engine
 from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.spec import DeploymentSpec
 from sincere.perf.kv_link import KvLink
-from sincere.serve.emulator.metrics import EmulatorMetrics
+from sincere.serve.emulator.metrics import EmulatorMetrics, FinishedRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class LiveRequest:
     arrival_at: float  # loop time of arrival (wall clock)
     queue: asyncio.Queue[int] | None  # streamed: 1 per token, then 0 at the end
     done: asyncio.Future[Finish]
+    stopped: bool = False  # its last token completes a stop string: "stop" even at the cap
     num_tokens: int = 0
     first_at: float | None = None  # loop time of the first token
     last_at: float | None = None  # loop time of the latest token
@@ -157,13 +159,16 @@ class LiveEngine:
         priority: int = 0,
         tier: int = 0,
         block_ids: tuple[int, ...] = (),
+        stopped: bool = False,
     ) -> LiveRequest:
         """Add a request; raise :class:`CapacityError` when every slot is taken.
 
         ``block_ids``: its prompt's content in blocks of the emulator's block size
         (:mod:`sincere.core.prefix`), which the engine's prefix cache reads.
+        ``stopped``: its ``output_tokens``-th token completes a stop string.
         """
         slot = self._take(prompt_tokens, max_tokens, output_tokens, stream, priority, tier)
+        slot.stopped = stopped
         self._set_block_ids(slot.ix, block_ids)
         self.engine.add(slot.ix, self.now())
         self._arm()
@@ -182,6 +187,7 @@ class LiveEngine:
         latency_s: float,
         priority: int = 0,
         tier: int = 0,
+        stopped: bool = False,
     ) -> LiveRequest:
         """Add a request whose prompt was prefilled by engine ``engine_id``: its
         ``kv_bytes`` cross the shared link from there (``bandwidth_gbps``, ``latency_s``),
@@ -191,6 +197,7 @@ class LiveEngine:
         if not isinstance(engine, ContinuousEngine):  # the builder makes only these
             raise CapacityError("this engine cannot take prefilled KV")
         slot = self._take(prompt_tokens, max_tokens, output_tokens, stream, priority, tier)
+        slot.stopped = stopped
         self._set_block_ids(slot.ix, ())  # its prompt is not computed here
         state = self._links.get(engine_id)
         if state is None:
@@ -410,48 +417,53 @@ class LiveEngine:
 
     def _on_tokens(self, end_at: float, positions: list[int]) -> None:
         """One iteration's tokens: hand each to its request."""
-        self._hand_out(positions)
+        computed = self._hand_out(positions)
+        self.metrics.iteration_tokens.observe(len(positions) + computed)
         p = self._stall_probability
         if p > 0 and self._rng.random() < p:
             self._stall_due = True
 
-    def _hand_out(self, positions: list[int]) -> None:
-        """One token to each request at ``positions`` (counted, timed, queued)."""
+    def _hand_out(self, positions: list[int]) -> int:
+        """One token to each request at ``positions`` (counted, timed, queued); returns
+        the prompt tokens computed for the requests whose first token this is."""
         wall = self._loop.time()
         slots = self._slots
-        itl = self.metrics.itl
-        ttft = self.metrics.ttft
+        metrics = self.metrics
+        computed = num_tokens = 0
         for i in positions:
             slot = slots.get(i)
             if slot is None:
                 continue
+            num_tokens += 1
             slot.num_tokens += 1
             if slot.last_at is None:
                 slot.first_at = wall
-                ttft.observe(wall - slot.arrival_at)
+                metrics.ttft.observe(wall - slot.arrival_at)
+                cached = _cached_of(slot, self.records)
+                metrics.prompt_done(slot.prompt_tokens, cached, slot.kv_ready_at is not None)
+                computed += slot.prompt_tokens - cached
             else:
-                itl.observe(wall - slot.last_at)
+                metrics.itl.observe(wall - slot.last_at)
             slot.last_at = wall
             if slot.queue is not None:
                 slot.queue.put_nowait(1)
+        metrics.generation_tokens.inc(num_tokens)
+        return computed
 
     def _finish(self, i: int) -> None:
         slot = self._slots.get(i)
         if slot is None:
             return
         rec = self.records
-        metrics = self.metrics
-        metrics.prompt_tokens.inc(slot.prompt_tokens)
-        metrics.generation_tokens.inc(slot.num_tokens)
         if rec.rejected[i]:
             why = rec.reject_reason[i]
             outcome = Finish(slot.num_tokens, None, why, reject_detail=self._rejected_why(i, why))
         else:
-            reason = "length" if slot.num_tokens >= slot.max_tokens else "stop"
+            at_cap = slot.num_tokens >= slot.max_tokens and not slot.stopped
+            reason = "length" if at_cap else "stop"
             outcome = Finish(slot.num_tokens, reason, None, int(rec.cached_tokens[i]))
-            metrics.success(reason)
-            last = slot.last_at if slot.last_at is not None else self._loop.time()
-            metrics.finished(slot.arrival_at, slot.first_at, last, slot.num_tokens)
+            figures = _figures(slot, rec, reason, self._wall, self._loop.time())
+            self.metrics.request_finished(figures)
         self._release(slot, outcome)
 
     def _rejected_why(self, i: int, reason: str | None) -> str | None:
@@ -502,6 +514,37 @@ class LiveEngine:
 
 
 _NO_BLOCKS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+
+def _cached_of(slot: LiveRequest, records: RecordArrays) -> int:
+    """Prompt tokens ``slot`` did not compute here: cached, or pulled from a prefill."""
+    if slot.kv_ready_at is not None:
+        return slot.prompt_tokens
+    return min(int(records.cached_tokens[slot.ix]), slot.prompt_tokens)
+
+
+def _figures(
+    slot: LiveRequest,
+    records: RecordArrays,
+    reason: str,
+    wall: Callable[[float], float],
+    now: float,
+) -> FinishedRequest:
+    """What the metrics record of a finished ``slot``, in loop seconds (``wall`` turns an
+    engine time into one; ``now``: the loop time)."""
+    last = slot.last_at if slot.last_at is not None else now
+    first = slot.first_at if slot.first_at is not None else last
+    scheduled = slot.kv_admitted_at  # a decode's KV joined the batch
+    if scheduled is None:
+        at = float(records.first_scheduled_at[slot.ix])
+        scheduled = wall(at) if math.isfinite(at) else first
+    scheduled = min(max(scheduled, slot.arrival_at), first)
+    return FinishedRequest(
+        finish_reason=reason, arrival_at=slot.arrival_at, scheduled_at=scheduled,
+        first_token_at=first, last_token_at=last, prompt_tokens=slot.prompt_tokens,
+        cached_tokens=_cached_of(slot, records), generation_tokens=slot.num_tokens,
+        max_tokens=slot.max_tokens, num_preemptions=int(records.num_preemptions[slot.ix]),
+    )  # fmt: skip
 
 
 def _placeholder_requests(

@@ -16,7 +16,11 @@ Server-Sent Events or not, see :mod:`sincere.serve.protocol`), ``GET /v1/models`
 Output length: the request's ``sincere.output_tokens`` when given, else a draw from
 ``output_lengths`` when configured, else ``max_tokens`` (default
 ``default_max_tokens``); always capped by ``max_tokens``. Finishing below the cap
-reports ``finish_reason: "stop"``, at the cap ``"length"``.
+reports ``finish_reason: "stop"``, at the cap ``"length"``; a stop string found in the
+text ends it sooner (:mod:`.text`).
+
+The API is vLLM 0.32.0's: what it refuses (:mod:`.vllm_api`, 400 with vLLM's error
+body), the fields and chunks of its answers (:mod:`.answer`), its metrics (:mod:`.metrics`).
 
 Failure injection (:class:`~.config.FailureConfig`): ``error_rate`` answers
 HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
@@ -35,6 +39,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
@@ -48,21 +53,20 @@ from sincere.perf.kv_link import kv_bytes, sender_figures
 from sincere.serve.binding import Served, bound_port, listen_error
 from sincere.serve.content import prompt_block_ids
 from sincere.serve.emulator import pd
+from sincere.serve.emulator.answer import Reply, fingerprint, random_request_id, response_id
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
+from sincere.serve.emulator.text import plan_text
+from sincere.serve.emulator.vllm_api import Shaping, check_request
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
     Kind,
     ProtocolError,
     dumps,
-    full_response,
     models_response,
-    response_id,
     sse_event,
-    stream_chunk,
-    usage_chunk,
 )
 from sincere.serve.protocol import (
     parse_request as parse_openai,
@@ -84,7 +88,10 @@ class EmulatorServer(Served):
         self.accepted_models = frozenset({self.model_name, arch.name, *arch.aliases})
         self.max_context = config.engine.max_model_len or arch.max_context
         self.tier_index = {t.name: k for k, t in enumerate(config.tiers)}
-        self.metrics = EmulatorMetrics(self.model_name)
+        self.metrics = EmulatorMetrics(
+            self.model_name, self.max_context, config.prefix_block_tokens
+        )
+        self.fingerprint = fingerprint(config)
         self.deployment = deployment_of(config, config.model, f"emulator {self.name}")
         self.prefix_caching = config.engine.enable_prefix_caching  # usage says cached tokens
         seeds = np.random.SeedSequence(config.seed).spawn(3)
@@ -94,7 +101,6 @@ class EmulatorServer(Served):
         self._lengths = _length_sampler(config)
         self._created = int(time.time())
         self._num_received = 0
-        self._num_responses = 0
         self.crashed = False
         self.live: LiveEngine | None = None
         self._runner: web.AppRunner | None = None
@@ -151,14 +157,19 @@ class EmulatorServer(Served):
         if transport is None or self._crash_due(transport):
             return web.Response(status=500)  # never sent: the connection is already cut
         self._open.add(transport)
+        request_id = request.headers.get("X-Request-Id") or random_request_id()
         try:
             req = await self._parse(request, kind)
+            shaping = check_request(req.body, req.kind)  # what vLLM refuses, first
             self._inject_error()
-            return await self._answer(request, req)
+            response = await self._answer(request, req, self._reply(req, request_id, shaping))
         except ProtocolError as exc:
-            return _error_response(exc)
+            response = _error_response(exc)
         finally:
             self._open.discard(transport)
+        if not response.prepared:  # a stream set it before its first byte
+            response.headers["X-Request-Id"] = request_id
+        return response
 
     async def _parse(self, request: web.Request, kind: Kind) -> CompletionRequest:
         limit = self.config.max_body_bytes
@@ -174,14 +185,26 @@ class EmulatorServer(Served):
             raise ProtocolError(
                 413, f"request body is over the limit; allowed: at most {limit} bytes"
             ) from None
-        return parse_openai(
-            raw,
-            kind,
-            headers=request.headers,
-            models=self.accepted_models,
-            max_context=self.max_context,
-            max_body_bytes=limit,
-        )
+        try:
+            return parse_openai(
+                raw,
+                kind,
+                headers=request.headers,
+                models=self.accepted_models,
+                max_context=self.max_context,
+                max_body_bytes=limit,
+            )
+        except ProtocolError as exc:
+            if exc.status != 422:
+                raise
+            raise ProtocolError(400, exc.message, param=exc.param) from None  # vLLM: 400
+
+    def _reply(self, req: CompletionRequest, request_id: str, shaping: Shaping) -> Reply:
+        """The answer's identity and text, planned before it reaches the engine (an
+        unknown tier is refused before the length is drawn)."""
+        self._tier_of(req)
+        return _new_reply(req, request_id, shaping, self._lengths_of(req), self.config.token_text,
+                          self.fingerprint)  # fmt: skip
 
     def _inject_error(self) -> None:
         rate = self.config.failures.error_rate
@@ -189,26 +212,32 @@ class EmulatorServer(Served):
             self.metrics.injected_errors.inc()
             raise ProtocolError(500, "injected failure (emulator error_rate)", code="injected")
 
-    async def _answer(self, request: web.Request, req: CompletionRequest) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, req: CompletionRequest, reply: Reply
+    ) -> web.StreamResponse:
         live = self.live
         if live is None:
             raise ProtocolError(503, "emulator not started")
         phase = pd.phase_of(req.body, self.config.role)
         try:
-            slot = self._submit(live, req, phase)
+            slot = self._submit(live, req, reply, phase)
         except CapacityError as exc:
             raise ProtocolError(503, f"emulator at capacity: {exc}; retry later") from None
         try:
             if req.stream:
-                return await self._stream(request, req, slot)
-            return self._full(req, await asyncio.shield(slot.done), slot, phase)
+                return await self._stream(request, reply, slot)
+            return self._full(req, reply, await asyncio.shield(slot.done), slot, phase)
         except (asyncio.CancelledError, ConnectionError):
             live.abort(slot)
             raise
 
-    def _submit(self, live: LiveEngine, req: CompletionRequest, phase: str | None) -> LiveRequest:
+    def _submit(
+        self, live: LiveEngine, req: CompletionRequest, reply: Reply, phase: str | None
+    ) -> LiveRequest:
         """Give ``req`` to the engine: prefilled KV to pull (a decode request), or whole."""
         priority, tier = req.sincere.priority or 0, self._tier_of(req)
+        lengths = (reply.max_tokens, reply.plan.num_tokens)
+        stopped = reply.plan.stop_reason is not None
         if phase == "decode":
             remote = pd.remote_kv(req.body)
             bandwidth, latency = sender_figures(self.config.kv_link, self.deployment)
@@ -216,15 +245,15 @@ class EmulatorServer(Served):
             if num_bytes is None:
                 num_bytes = kv_bytes(self.deployment, req.prompt_tokens)
             return live.submit_prefilled(
-                req.prompt_tokens, *self._lengths_of(req), stream=req.stream,
+                req.prompt_tokens, *lengths, stream=req.stream,
                 engine_id=remote.engine_id, kv_bytes=num_bytes,
                 bandwidth_gbps=remote.bandwidth_gbps or bandwidth,
                 latency_s=latency if remote.latency_s is None else remote.latency_s,
-                priority=priority, tier=tier,
+                priority=priority, tier=tier, stopped=stopped,
             )  # fmt: skip
         return live.submit(
-            req.prompt_tokens, *self._lengths_of(req), stream=req.stream,
-            priority=priority, tier=tier,
+            req.prompt_tokens, *lengths, stream=req.stream,
+            priority=priority, tier=tier, stopped=stopped,
             block_ids=prompt_block_ids(
                 req.prompt, req.body, req.prompt_tokens, self.config.prefix_block_tokens
             ),
@@ -257,18 +286,19 @@ class EmulatorServer(Served):
         return self.tier_index[name]
 
     def _full(
-        self, req: CompletionRequest, outcome: Finish, slot: LiveRequest, phase: str | None
+        self,
+        req: CompletionRequest,
+        reply: Reply,
+        outcome: Finish,
+        slot: LiveRequest,
+        phase: str | None,
     ) -> web.Response:
         _raise_rejected(outcome)
-        self._num_responses += 1
-        rid = response_id(req.kind, self._num_responses)
-        body = full_response(
-            req, rid, self._created, self.config.token_text * outcome.num_tokens,
-            outcome.finish_reason or "stop", outcome.num_tokens, self._cached(outcome),
-        )  # fmt: skip
+        reason = outcome.finish_reason or "stop"
+        body = reply.full(outcome.num_tokens, reason, self._cached(outcome))
         if phase == "prefill":
             body[pd.PARAM] = pd.prefill_params(
-                engine_id=self.name, host=self.config.host, port=self.port, request_id=rid,
+                engine_id=self.name, host=self.config.host, port=self.port, request_id=reply.id,
                 prompt_tokens=req.prompt_tokens, block_tokens=self.config.prefix_block_tokens,
                 deployment=self.deployment, link=self.config.kv_link,
             )  # fmt: skip
@@ -277,7 +307,7 @@ class EmulatorServer(Served):
         )
 
     async def _stream(
-        self, request: web.Request, req: CompletionRequest, slot: LiveRequest
+        self, request: web.Request, reply: Reply, slot: LiveRequest
     ) -> web.StreamResponse:
         queue = slot.queue
         assert queue is not None  # submitted with stream=True
@@ -285,45 +315,26 @@ class EmulatorServer(Served):
         if item == 0:  # ended before any token: an ordinary error answer
             _raise_rejected(slot.done.result())
         response = web.StreamResponse(headers={**_SSE_HEADERS, **_kv_headers(slot)})
-        self._num_responses += 1
-        rid = response_id(req.kind, self._num_responses)
+        response.headers["X-Request-Id"] = reply.request_id
         try:
             await response.prepare(request)
-            await self._write_tokens(response, req, rid, queue, item)
-            await response.write(self._stream_end(req, rid, slot.done.result()))
+            if reply.kind == "chat":
+                await response.write(sse_event(reply.role_chunk()))
+            written = await _write_tokens(response, reply, queue, item)
+            await response.write(self._stream_end(reply, written, slot.done.result()))
             await response.write_eof()
         except ConnectionResetError:  # the client went away: free its slot, no traceback
             assert self.live is not None  # handlers run only once started
             self.live.abort(slot)
         return response
 
-    async def _write_tokens(
-        self,
-        response: web.StreamResponse,
-        req: CompletionRequest,
-        rid: str,
-        queue: asyncio.Queue[int],
-        item: int,
-    ) -> None:
-        """Write token events as the engine hands them out, until the end marker (0)."""
-        text = self.config.token_text
-        first = True
-        while item != 0:
-            parts = []
-            while item == 1:
-                parts.append(sse_event(stream_chunk(req, rid, self._created, text, first=first)))
-                first = False
-                item = queue.get_nowait() if not queue.empty() else -1
-            await response.write(b"".join(parts))
-            if item == -1:
-                item = await queue.get()
-
-    def _stream_end(self, req: CompletionRequest, rid: str, outcome: Finish) -> bytes:
-        reason = outcome.finish_reason or "abort"
-        end = sse_event(stream_chunk(req, rid, self._created, "", reason))
-        if req.include_usage:
-            usage = usage_chunk(req, rid, self._created, outcome.num_tokens, self._cached(outcome))
-            end += sse_event(usage)
+    def _stream_end(self, reply: Reply, written: int, outcome: Finish) -> bytes:
+        """The finishing chunk (unless the last token carried it), usage, ``[DONE]``."""
+        end = b""
+        if written < reply.plan.num_tokens:  # ended early (aborted): say so
+            end = sse_event(reply.end_chunk(written, outcome.finish_reason or "abort"))
+        if reply.include_usage:
+            end += sse_event(reply.usage_chunk(outcome.num_tokens, self._cached(outcome)))
         return end + SSE_DONE
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -367,6 +378,49 @@ class EmulatorServer(Served):
             await self._site.stop()
 
 
+async def _write_tokens(
+    response: web.StreamResponse, reply: Reply, queue: asyncio.Queue[int], item: int
+) -> int:
+    """Write token chunks as the engine hands tokens out, until the end marker (0); the
+    planned last token's chunk carries the finish reason. Returns the tokens written."""
+    last = reply.plan.num_tokens - 1
+    reason = reply.finish_reason
+    k = 0
+    while item != 0:
+        parts = []
+        while item == 1:
+            if k <= last:
+                chunk = reply.token_chunk(k, reason if k == last else None)
+                parts.append(sse_event(chunk))
+            k += 1
+            item = queue.get_nowait() if not queue.empty() else -1
+        await response.write(b"".join(parts))
+        if item == -1:
+            item = await queue.get()
+    return min(k, last + 1)
+
+
+def _new_reply(
+    req: CompletionRequest,
+    request_id: str,
+    shaping: Shaping,
+    lengths: tuple[int, int],
+    token_text: str,
+    fingerprint: str,
+) -> Reply:
+    """``req``'s answer: ``lengths`` (its cap, its ground-truth length) and the text."""
+    cap, out = lengths
+    plan = plan_text(shaping, token_text, out, at_cap=out >= cap)
+    echo = req.prompt if req.prompt is not None else token_text * req.prompt_tokens
+    return Reply(
+        kind=req.kind, request_id=request_id, id=response_id(req.kind, request_id),
+        created=int(time.time()),
+        model=req.model, fingerprint=fingerprint, shaping=shaping, plan=plan,
+        prompt_tokens=req.prompt_tokens, prompt_text=echo, include_usage=req.include_usage,
+        max_tokens=cap,
+    )  # fmt: skip
+
+
 def _kv_headers(slot: LiveRequest) -> dict[str, str]:
     """A decode answer's phase timings (see :mod:`.pd`); none for other requests."""
     ready, admitted = slot.kv_ready_at, slot.kv_admitted_at
@@ -390,8 +444,15 @@ def _raise_rejected(outcome: Finish) -> None:
     )
 
 
+_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
+
+
 def _error_response(exc: ProtocolError) -> web.Response:
-    return web.Response(status=exc.status, body=exc.to_bytes(), content_type="application/json")
+    """vLLM's error body: ``{"error": {"message", "type", "param", "code": <status>}}``."""
+    kind = _ERROR_TYPES.get(exc.status) or HTTPStatus(exc.status).phrase
+    body = {"error": {"message": exc.message, "type": kind, "param": exc.param,
+                      "code": exc.status}}  # fmt: skip
+    return web.Response(status=exc.status, body=dumps(body), content_type="application/json")
 
 
 def _arch(config: EmulatorConfig) -> Any:
