@@ -336,3 +336,19 @@ def test_nvlink_between_accelerators_is_refused() -> None:
     same = pd_config({"kind": "nvlink"})
     same["instances"][0]["accelerator"] = "a100-80gb"  # an alias of the decode side's
     assert simulate(same).summary["num_completed"] == 1
+
+
+def test_the_threshold_reads_the_decode_instances_cache_and_serves_there() -> None:
+    """A 600-token prompt kept whole on the decode instance (under 1,000 uncached); its
+    1,200-token follow-up shares 512 tokens cached there: 688 uncached, kept, and it hits
+    the decode instance's cache instead of being recomputed."""
+    first, follow = list(range(1, 10)), [*range(1, 9), *range(50, 60)]  # 64-token blocks
+    requests = RequestArrays.build(
+        [0.0, 5.0], [600, 1200], [4, 4], models=(MODEL,),
+        block_ids=[first, follow], block_tokens=64,
+    )  # fmt: skip
+    cfg = pd_config({"kind": "rdma"}, decider={"name": "threshold", "min_uncached_tokens": 1000})
+    table = simulate(cfg, requests=requests).requests.to_pydict()
+    assert table["prefill_instance"] == [None, None]
+    assert table["instance"] == ["d", "d"]
+    assert table["cached_tokens"] == [0, 512]

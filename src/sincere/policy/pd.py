@@ -3,21 +3,27 @@
 For a request of a model served by prefill and decode instances, :class:`PDFrontDoor`
 answers in three steps, from read-only views as every policy here:
 
-1. **Decide** (:class:`Decider`): disaggregate or not. ``threshold`` compares the prompt
-   tokens not expected in a prefill instance's prefix cache with ``min_uncached_tokens``
-   (llm-d's P/D decider: a mostly cached prompt is cheaper to prefill where it decodes).
-   The expected hit is the longest prefix of the prompt's block keys sent to any prefill
-   instance before (the approximate :class:`~sincere.policy.routers._prefix_index.PrefixIndex`
-   prefix-aware routers keep), so the decision needs no engine round trip.
+1. **Decide** (:class:`Decider`): disaggregate or not. ``always`` and ``never`` need no
+   input. ``threshold`` is llm-d's prefix-based P/D decider: the decode front door picks
+   the decode instance first, and the prompt tokens not expected in *that* instance's
+   prefix cache are compared with ``min_uncached_tokens``; below it the request is served
+   whole on that decode instance (:class:`Local`: a mostly cached prompt is cheaper to
+   prefill where it decodes, and it is cached there). The expected hit is the longest
+   prefix of the prompt's block keys that instance prefilled itself before (the
+   approximate :class:`~sincere.policy.routers._prefix_index.PrefixIndex` prefix-aware
+   routers keep), so the decision needs no engine round trip. KV received from a prefill
+   instance is not counted: the engines do not cache it.
 2. **Prefill**: the prefill front door (a :class:`~sincere.policy.front_door.FrontDoor`
    with the prefill router; prefix-aware by default) picks among the prefill instances.
-3. **Decode**: the decode front door picks among the decode instances.
+3. **Decode**: the decode front door picks among the decode instances (for ``threshold``
+   before step 1).
 
 Each phase's router is told its outcome (:meth:`PDFrontDoor.observe_prefill`, the time
 to the first token on the prefill instance; :meth:`PDFrontDoor.observe_decode`, the whole
 request on the decode instance), so routers that learn do so from both pools.
 
-A request not disaggregated goes the colocated way (the driver's own front door).
+A request not disaggregated by ``always`` / ``never`` goes the colocated way (the
+driver's own front door); one kept by ``threshold`` goes to its :class:`Local` instance.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from sincere.policy.router_base import InstanceView, Outcome
 from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
 
 DECIDER_INDEX_BLOCKS = 1 << 20
-"""Block keys per prefill instance the decider's prefix index remembers."""
+"""Block keys per decode instance the decider's prefix index remembers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,14 @@ class PDRoute:
     uncached_prompt_tokens: int  # what the decider read
 
 
+@dataclass(frozen=True, slots=True)
+class Local:
+    """Not disaggregated: prefill and decode on the decode instance ``route`` chose."""
+
+    route: Route
+    uncached_prompt_tokens: int  # what the decider read, against that instance's cache
+
+
 class PDFrontDoor:
     """The decider and the two per-phase front doors (see the module docstring)."""
 
@@ -77,12 +91,12 @@ class PDFrontDoor:
         self.decode = decode
         self.index = PrefixIndex(DECIDER_INDEX_BLOCKS)
 
-    def uncached_tokens(self, request: Request, prefill: Sequence[InstanceView]) -> int:
-        """Prompt tokens not expected in the best prefill instance's prefix cache."""
+    def uncached_tokens(self, request: Request, decode_instance: str) -> int:
+        """Prompt tokens not expected in ``decode_instance``'s prefix cache."""
         keys = prompt_keys(request)
         if not keys:
             return request.prompt_tokens
-        best = max(self.index.matched_blocks(v.id, keys) for v in prefill)
+        best = self.index.matched_blocks(decode_instance, keys)
         return request.prompt_tokens - best * request.block_tokens
 
     def decide(
@@ -91,22 +105,41 @@ class PDFrontDoor:
         prefill: Sequence[InstanceView],
         decode: Sequence[InstanceView],
         now: Seconds,
-    ) -> PDRoute | Reject | Hold | None:
-        """Both phases' instances, a phase's rejection or hold (no room in it: the driver
-        queues the request, as for :class:`~sincere.policy.front_door.Hold`), or ``None``:
-        serve it colocated. Routers are asked only once the request is disaggregated."""
-        if not prefill or not decode:
+    ) -> PDRoute | Local | Reject | Hold | None:
+        """Both phases' instances, the decode instance to serve it whole (:class:`Local`),
+        a phase's rejection or hold (no room in it: the driver queues the request, as for
+        :class:`~sincere.policy.front_door.Hold`), or ``None``: serve it colocated."""
+        if not prefill or not decode or self.decider.name == "never":
             return None
-        uncached = self.uncached_tokens(request, prefill)
+        if self.decider.name == "always":
+            return self._split(request, prefill, decode, now, request.prompt_tokens)
+        second = self.decode.decide(request, decode, now)
+        if not isinstance(second, Route):
+            return second
+        uncached = self.uncached_tokens(request, second.instance)
         if not self.decider.disaggregate(uncached):
-            return None
+            self.index.add(second.instance, prompt_keys(request))  # prefilled there
+            return Local(second, uncached)
+        first = self.prefill.decide(request, prefill, now)
+        if not isinstance(first, Route):
+            return first
+        return PDRoute(first, second, uncached)
+
+    def _split(
+        self,
+        request: Request,
+        prefill: Sequence[InstanceView],
+        decode: Sequence[InstanceView],
+        now: Seconds,
+        uncached: int,
+    ) -> PDRoute | Reject | Hold:
+        """Prefill, then decode instance (``always``)."""
         first = self.prefill.decide(request, prefill, now)
         if not isinstance(first, Route):
             return first
         second = self.decode.decide(request, decode, now)
         if not isinstance(second, Route):
             return second
-        self.index.add(first.instance, prompt_keys(request))
         return PDRoute(first, second, uncached)
 
     @property

@@ -54,7 +54,7 @@ from sincere.perf.kv_link import RDMA_DEFAULT_LATENCY_S as RDMA_DEFAULT_LATENCY_
 from sincere.perf.kv_link import KvLink as KvLink
 from sincere.perf.kv_link import link_figures as link_figures
 from sincere.policy.front_door import Hold, Reject
-from sincere.policy.pd import PDFrontDoor, PDRoute
+from sincere.policy.pd import Local, PDFrontDoor, PDRoute
 from sincere.policy.router_base import Outcome
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, SimulationConfig
@@ -295,6 +295,11 @@ class PDLoop:
                 return
             self._add(e, i, at)
             return
+        if isinstance(decision, Local):  # whole on the decode instance the decider read
+            if decision.route.max_tokens is not None:
+                cluster.max_tokens[i] = decision.route.max_tokens
+            self._add(cluster._engine_of[decision.route.instance], i, at)
+            return
         p = cluster._engine_of[decision.prefill.instance]
         d = cluster._engine_of[decision.decode.instance]
         if decision.decode.max_tokens is not None:
@@ -310,7 +315,7 @@ class PDLoop:
 
     def _pd_decision(
         self, i: int, model: int, request: Request, at: Seconds
-    ) -> PDRoute | Reject | Hold | None:
+    ) -> PDRoute | Local | Reject | Hold | None:
         plan, cluster = self.plan, self.cluster
         prefill, decode = plan.prefill_of[model], plan.decode_of[model]
         if not prefill or not decode:

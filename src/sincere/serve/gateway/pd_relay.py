@@ -47,7 +47,7 @@ from typing import Any
 from aiohttp import web
 
 from sincere.policy.front_door import Hold, Reject, Route
-from sincere.policy.pd import PDFrontDoor, PDRoute, build_pd_front_door
+from sincere.policy.pd import Local, PDFrontDoor, PDRoute, build_pd_front_door
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.serve.backends.openai_api import UpstreamError
 from sincere.serve.gateway.config import GatewayConfig
@@ -120,6 +120,9 @@ class PDRelay:
         if not prefill and not decode:
             return await self._colocated(http_req, creq, pending)
         route = await self._decide(pending, prefill, decode) if prefill and decode else None
+        if isinstance(route, Local):  # whole on the decode instance the decider read
+            pending.skip |= {s.name for s in states if s.name != route.route.instance}
+            return await self._colocated(http_req, creq, pending)
         if route is None:  # colocated: on "both" instances, else the decode ones
             both = any(role_of(s) == "both" for s in states)
             keep = "both" if both else "decode"
@@ -140,7 +143,7 @@ class PDRelay:
 
     async def _decide(
         self, pending: Pending, prefill: Sequence[InstanceState], decode: Sequence[InstanceState]
-    ) -> PDRoute | None:
+    ) -> PDRoute | Local | None:
         """The P/D front door's answer, asked again while a phase holds (bounded)."""
         d, req = self.dispatcher, pending.request
         loop = asyncio.get_running_loop()
