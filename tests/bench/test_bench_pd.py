@@ -128,3 +128,22 @@ def test_replay_catches_other_logic() -> None:
         calls.append(PDCall(req, pv, dv, float(k), answer))
     assert replay_pd(calls, build_pd_front_door(same, 0)) == []
     assert replay_pd(calls, build_pd_front_door(other, 0)) != []
+
+
+def test_the_measured_prefix_hit_rate_is_the_prefill_instances_and_is_in_the_summary() -> None:
+    """Shared system prompts through gateway + P/D emulators: the bench's top-level
+    ``prefix_cache.hit_rate`` is filled, counts the prefill instances' hits (the decode
+    side computes no prompt), and is the client section's figure."""
+    config = {**CONFIG, "workload": {
+        "num_requests": 16, "arrival": {"kind": "poisson", "rate": 4.0},
+        "lengths": {"prompt": {"kind": "uniform", "low": 20, "high": 200},
+                    "output": {"kind": "uniform", "low": 4, "high": 16}},
+        "sessions": {"min_turns": 1, "max_turns": 1, "system_prompt_tokens": 512,
+                     "num_system_prompts": 1, "block_tokens": 16},
+        "models": {"llama-3-8b": 1.0},
+    }}  # fmt: skip
+    result = pd_parity(config)
+    live = result.live.summary
+    assert live["prefix_cache"]["hit_rate"] == live["client"]["prefix_cache"]["hit_rate"]
+    assert live["prefix_cache"]["hit_rate"] > 0.3
+    assert result.sim.summary["prefix_cache"]["hit_rate"] > 0.3

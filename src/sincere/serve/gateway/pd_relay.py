@@ -58,6 +58,7 @@ from sincere.serve.protocol import CompletionRequest, loads
 
 PREFILL_INSTANCE_HEADER = "x-sincere-prefill-instance"
 PREFILL_S_HEADER = "x-sincere-prefill-s"
+PREFILL_CACHED_HEADER = "x-sincere-prefill-cached-tokens"
 RELAYED_HEADERS = ("x-sincere-kv-transfer-s", "x-sincere-kv-wait-s")
 KV_PARAMS = "kv_transfer_params"
 HOLD_POLL_S = 0.01
@@ -181,10 +182,11 @@ class PDRelay:
                 d.release(slot, loop.time())
             if isinstance(first, web.StreamResponse):
                 return first
-            params, prefill_s = first
+            params, prefill_s, cached = first
             headers = (
                 (PREFILL_INSTANCE_HEADER, slot.instance.name),
                 (PREFILL_S_HEADER, f"{prefill_s:.6f}"),
+                *(() if cached is None else ((PREFILL_CACHED_HEADER, str(cached)),)),
             )
             pending.headers = (*pending.headers, *headers)
             pending.instance = second.instance.name
@@ -205,9 +207,10 @@ class PDRelay:
 
     async def _prefill(
         self, creq: CompletionRequest, pending: Pending, slot: Slot
-    ) -> tuple[dict[str, Any], float] | web.StreamResponse:
-        """Run the prefill: the KV parameters and arrival-to-answer seconds, or the answer
-        the client gets now (an instance's 4xx; the whole answer of a one-token request)."""
+    ) -> tuple[dict[str, Any], float, int | None] | web.StreamResponse:
+        """Run the prefill: the KV parameters, arrival-to-answer seconds and the prompt's
+        cached tokens it reported, or the answer the client gets now (an instance's 4xx;
+        the whole answer of a one-token request)."""
         loop = asyncio.get_running_loop()
         body = {k: v for k, v in creq.body.items() if k not in _PREFILL_DROPS}
         body.update(stream=False, max_tokens=1, kv_transfer_params=dict(PREFILL_PARAMS))
@@ -243,7 +246,7 @@ class PDRelay:
                     "(is it started with a KV connector?)", retryable=False,
                 ),
             )  # fmt: skip
-        return params, now - pending.request.arrival_at
+        return params, now - pending.request.arrival_at, _cached_tokens(answer)
 
     async def _decode(
         self,
@@ -314,6 +317,15 @@ def _without_kv_params(creq: CompletionRequest) -> CompletionRequest:
     KV from wherever they point, or skip the prompt's compute."""
     body = {k: v for k, v in creq.body.items() if k != KV_PARAMS}
     return dataclasses.replace(creq, body=body, raw=b"")
+
+
+def _cached_tokens(answer: bytes) -> int | None:
+    """A prefill answer's ``usage.prompt_tokens_details.cached_tokens`` (None: absent)."""
+    try:
+        value = loads(answer)["usage"]["prompt_tokens_details"]["cached_tokens"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _kv_params(answer: bytes) -> dict[str, Any] | None:
