@@ -40,8 +40,8 @@ from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
 from sincere.policy.router_base import InstanceView, Outcome
 from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
 
-DECIDER_INDEX_BLOCKS = 1 << 20
-"""Block keys per decode instance the decider's prefix index remembers."""
+DECIDER_INDEX_TOKENS = 1 << 25
+"""Prompt tokens per decode instance the decider's prefix index remembers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ class PDFrontDoor:
         self.decider = decider
         self.prefill = prefill
         self.decode = decode
-        self.index = PrefixIndex(DECIDER_INDEX_BLOCKS)
+        self.index = PrefixIndex(DECIDER_INDEX_TOKENS)
 
     def uncached_tokens(self, request: Request, decode_instance: str) -> int:
         """Prompt tokens not expected in ``decode_instance``'s prefix cache."""
@@ -118,7 +118,8 @@ class PDFrontDoor:
             return second
         uncached = self.uncached_tokens(request, second.instance)
         if not self.decider.disaggregate(uncached):
-            self.index.add(second.instance, prompt_keys(request))  # prefilled there
+            keys = prompt_keys(request)
+            self.index.add(second.instance, keys, request.block_tokens)  # prefilled there
             return Local(second, uncached)
         first = self.prefill.decide(request, prefill, now)
         if not isinstance(first, Route):
