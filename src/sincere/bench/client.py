@@ -16,8 +16,9 @@ in a ``sincere`` object of the body or last chunk (``{"queue_s": .., "instance":
 
 A disaggregating gateway (:mod:`sincere.serve.gateway.pd_relay`) names the prefill
 instance and its time in headers (``x-sincere-prefill-instance``, ``x-sincere-prefill-s``:
-its arrival to the prefill's answer, the TTFT as the simulator takes it), and relays the
-decode instance's ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``; they are kept.
+its arrival to the prefill's answer, the end of the prefill as the simulator takes it),
+and relays the decode instance's ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``;
+they are kept.
 
 Times come from one monotonic clock (``time.perf_counter``), relative to ``t0``.
 """

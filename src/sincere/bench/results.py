@@ -131,7 +131,7 @@ def pd_columns(timings: list[CallTiming]) -> dict[str, pa.Array]:
 
 
 def pd_section(requests: RequestArrays, phases: dict[str, pa.Array]) -> dict[str, Any] | None:
-    """``summary.json``'s ``disaggregation``: counts, transfer times, TTFT at the prefill."""
+    """``summary.json``'s ``disaggregation``: counts, transfer times, the prefill's end."""
     if not phases:
         return None
     split = np.array(phases["prefill_instance"].is_valid())

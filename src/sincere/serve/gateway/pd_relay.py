@@ -23,7 +23,7 @@ records hold one instance per call); the answers' headers say where each phase r
 
 Both phases are recorded in the answer's headers: ``x-sincere-instance`` (the decode
 instance), ``x-sincere-prefill-instance``, ``x-sincere-prefill-s`` (arrival to the
-prefill's answer: the TTFT as the simulator takes it) and, relayed from the decode
+prefill's answer: the end of the prefill as the simulator takes it) and, relayed from the decode
 instance when it says, ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``.
 
 A client's own ``kv_transfer_params`` are dropped (on every request): they would make an
