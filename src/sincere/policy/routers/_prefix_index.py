@@ -55,8 +55,8 @@ class PrefixIndex:
     def __init__(self, max_tokens: int | None = None, *, max_blocks: int | None = None) -> None:
         if (max_tokens is None) == (max_blocks is None):
             raise ValueError("give the index's capacity in max_tokens or max_blocks, not both")
-        self.capacity = max_tokens if max_tokens is not None else max_blocks
         self.in_tokens = max_tokens is not None
+        self.capacity: int = max_tokens if max_tokens is not None else max_blocks or 0
         self._by_instance: dict[InstanceId, OrderedDict[int, int]] = {}
         self._held: dict[InstanceId, int] = {}  # tokens (or keys) held per instance
 
