@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from sincere.catalog import get_model
 from sincere.experiment import apply_quick, builtin_names, expand, resolve_spec
 from sincere.experiment.metrics import flatten_summary
+from sincere.experiment.report import build_blocks, to_markdown
+from sincere.experiment.results import Results
 from sincere.sim.config import load_config
 
 
@@ -35,3 +41,32 @@ def test_results_rows_carry_the_prefix_hit_rate() -> None:
     row = flatten_summary({"ttft_s": {"p50": 1.0}, "prefix_cache": {"hit_rate": 0.25}})
     assert row["prefix_cache.hit_rate"] == 0.25 and row["ttft_s.p50"] == 1.0
     assert "prefix_cache.hit_rate" not in flatten_summary({"ttft_s": {"p50": 1.0}})
+
+
+def test_prefix_study_serves_a_model_whose_context_holds_the_whole_trace(
+    shared_data: Path,
+) -> None:
+    """Every Mooncake request's prompt + output fits the study's model: nothing is refused."""
+    cell = next(
+        c for c in expand(resolve_spec("prefix-study")) if c.coords["workload"] == "mooncake-conv"
+    )
+    model = get_model(cell.config["instances"][0]["model"])
+    trace = shared_data / "traces" / "mooncake_conversation_trace.jsonl"
+    longest = max(
+        row["input_length"] + row["output_length"]
+        for row in map(json.loads, trace.read_text().splitlines())
+    )
+    assert longest > 100_000 and model.max_context >= longest
+
+
+def test_a_report_warns_with_counts_when_cells_refused_over_context_requests() -> None:
+    """Cells with context refusals: a warning section right after the answer, per cell."""
+    row = flatten_summary(
+        {"num_requests": 600, "rejected_over_context": {"prompt_too_long": 300, "over_context": 27}}
+    )
+    assert row["num_rejected_over_context"] == 327
+    rows = [{"status": "ok", "seed": 1, "cell_id": c, **r} for c, r in (("c1", row), ("c2", {}))]
+    blocks, _ = build_blocks(Results(Path("."), rows, {}, {}, "t", ""), [])
+    text = to_markdown(blocks, Path("."))
+    assert "## Warning: 327 requests over the model's context" in text
+    assert "| c1 | 327 | 54.5% |" in text and "c2 |" not in text

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sincere.core import ConfigError, Request
 from sincere.policy.front_door import Hold
-from sincere.policy.pd import Decider, PDRoute, build_pd_front_door
+from sincere.policy.pd import Decider, Local, PDRoute, build_pd_front_door
 from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
 from sincere.policy.router_base import InstanceView
 from sincere.sim.config import load_config
@@ -34,16 +34,25 @@ def test_deciders_follow_their_rule(uncached: int, threshold: int) -> None:
     assert Decider("threshold", threshold).disaggregate(uncached) == (uncached >= threshold)
 
 
-def test_a_cached_prefix_keeps_a_repeat_prompt_colocated() -> None:
-    """The second prompt sharing 48 of 64 tokens has 16 uncached: under 32, not split."""
+def test_the_threshold_decides_with_the_chosen_decode_instances_cache() -> None:
+    """llm-d's rule: a prompt cached only on a prefill instance is split again (the decode
+    instance would recompute it); one cached on the chosen decode instance stays there."""
     cfg = PDRoutingConfig(decider=DeciderConfig(name="threshold", min_uncached_tokens=32))
     door = build_pd_front_door(cfg, 0)
     pre, dec = [view("p0"), view("p1")], [view("d0")]
     first = door.decide(req(0, 64, (1, 2, 3, 4)), pre, dec, 0.0)
     assert isinstance(first, PDRoute) and first.uncached_prompt_tokens == 64
-    assert first.decode.instance == "d0"
-    assert door.uncached_tokens(req(1, 64, (1, 2, 3, 9)), pre) == 16
-    assert door.decide(req(1, 64, (1, 2, 3, 9)), pre, dec, 0.1) is None
+    again = door.decide(req(1, 64, (1, 2, 3, 4)), pre, dec, 0.1)
+    assert isinstance(again, PDRoute) and again.uncached_prompt_tokens == 64
+    short = door.decide(req(2, 16, (7,)), pre, dec, 0.2)  # under 32: whole on d0
+    assert isinstance(short, Local) and short.route.instance == "d0"
+    assert door.uncached_tokens(req(3, 40, (7, 8)), "d0") == 24
+    longer = door.decide(req(3, 40, (7, 8)), pre, dec, 0.3)
+    assert isinstance(longer, Local) and longer.uncached_prompt_tokens == 24
+    busy = [view("d0", num_outstanding=5), view("d1")]  # the decode router picks d1
+    elsewhere = door.decide(req(4, 40, (7, 8)), pre, busy, 0.4)
+    assert isinstance(elsewhere, PDRoute) and elsewhere.decode.instance == "d1"
+    assert elsewhere.uncached_prompt_tokens == 40
 
 
 def test_prefix_aware_prefill_routing_follows_the_prompt() -> None:

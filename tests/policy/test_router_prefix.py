@@ -38,8 +38,8 @@ def router(name: str, **params: object) -> Router:
 
 def test_index_matches_leading_keys_only() -> None:
     """A prompt matches the leading blocks an instance was sent, stopping at the first miss."""
-    index = PrefixIndex(100)
-    index.add("a", prompt_keys(req((1, 2, 3))))
+    index = PrefixIndex(100 * 16)
+    index.add("a", prompt_keys(req((1, 2, 3))), 16)
     assert index.matched_blocks("a", prompt_keys(req((1, 2, 3, 4)))) == 3
     assert index.matched_blocks("a", prompt_keys(req((1, 9, 3)))) == 1
     assert index.matched_blocks("a", prompt_keys(req((2, 3)))) == 0  # keys are chained
@@ -48,12 +48,33 @@ def test_index_matches_leading_keys_only() -> None:
 
 def test_index_is_bounded_and_evicts_tails_first() -> None:
     """Past its capacity the index drops the tails of the oldest prompts, not their heads."""
-    index = PrefixIndex(4)
-    index.add("a", prompt_keys(req((1, 2, 3))))
-    index.add("a", prompt_keys(req((7, 8))))
+    index = PrefixIndex(4 * 16)
+    index.add("a", prompt_keys(req((1, 2, 3))), 16)
+    index.add("a", prompt_keys(req((7, 8))), 16)
     assert index.size("a") == 4
     assert index.matched_blocks("a", prompt_keys(req((1, 2, 3)))) == 2
     assert index.matched_blocks("a", prompt_keys(req((7, 8)))) == 2
+
+
+def test_index_capacity_is_in_tokens_whatever_the_block_size() -> None:
+    """One capacity, 4,096 tokens: eight 512-token keys (a Mooncake trace) or 256 16-token
+    keys (the gateway's text blocks) -- the same prompt tokens, not 32 times fewer."""
+    index = PrefixIndex(4096)
+    index.add("sim", tuple(range(100)), 512)
+    index.add("live", tuple(range(1000)), 16)
+    assert index.size("sim") == 8 and index.held_tokens("sim") == 4096
+    assert index.size("live") == 256 and index.held_tokens("live") == 4096
+
+
+@pytest.mark.parametrize("name", ["prefix-aware", "weighted-score"])
+def test_routers_state_the_index_in_tokens_and_the_old_name_still_works(name: str) -> None:
+    """max_tokens_per_instance sizes the index in tokens; max_blocks_per_instance still
+    counts keys, with a FutureWarning that says why and what to give instead."""
+    r = router(name, max_tokens_per_instance=2048)
+    assert r.index.in_tokens and r.index.capacity == 2048  # type: ignore[attr-defined]
+    with pytest.warns(FutureWarning, match="max_tokens_per_instance"):
+        old = router(name, max_blocks_per_instance=4)
+    assert not old.index.in_tokens and old.index.capacity == 4  # type: ignore[attr-defined]
 
 
 def test_partial_last_block_is_not_keyed() -> None:

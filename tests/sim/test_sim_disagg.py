@@ -60,17 +60,21 @@ def kv_bytes_per_token() -> float:
 
 
 def test_an_isolated_request_meets_the_formula() -> None:
-    """TTFT = prefill time; E2E = TTFT + latency + bytes / bandwidth + (O - 1) decode steps."""
+    """Prefill done after the prefill time; TTFT (the client's first token, from the decode
+    side) = that + latency + bytes / bandwidth; E2E = TTFT + (O - 1) decode steps."""
     prompt, output, bw_gbps, lat_s = 1000, 10, 1.0, 0.002
     arrivals = [0.0, 10.0, 20.0]  # far apart: each request is alone in the system
     requests = RequestArrays.build(arrivals, [prompt] * 3, [output] * 3, models=(MODEL,))
     cfg = pd_config({"kind": "rdma", "bandwidth_gbps": bw_gbps, "latency_s": lat_s})
     result = simulate(cfg, requests=requests)
     table = result.requests.to_pydict()
-    ttft = (GAMMA + DELTA * prompt) / 1e3
+    prefill = (GAMMA + DELTA * prompt) / 1e3
     transfer = lat_s + prompt * kv_bytes_per_token() / (bw_gbps * 1e9)
-    e2e = ttft + transfer + (output - 1) * (ALPHA + BETA * 1) / 1e3
+    ttft = prefill + transfer
+    e2e = ttft + (output - 1) * (ALPHA + BETA * 1) / 1e3
+    assert table["prefill_done_at"] == pytest.approx([prefill + a for a in arrivals], rel=1e-9)
     assert table["ttft_s"] == pytest.approx([ttft] * 3, rel=1e-9)
+    assert result.summary["disaggregation"]["prefill_ttft_s"]["mean"] == pytest.approx(prefill)
     assert table["kv_transfer_s"] == pytest.approx([transfer] * 3, rel=1e-9)
     assert table["e2e_s"] == pytest.approx([e2e] * 3, rel=1e-9)
     assert table["prefill_instance"] == ["p"] * 3
@@ -87,8 +91,9 @@ def test_transfers_starting_together_share_the_link() -> None:
     table = simulate(cfg, requests=requests).requests.to_pydict()
     done = (GAMMA + DELTA * 2 * prompt) / 1e3  # one prefill iteration of both prompts
     wire = prompt * kv_bytes_per_token() / (bw_gbps * 1e9)
-    assert table["ttft_s"] == pytest.approx([done, done], rel=1e-9)
+    assert table["prefill_done_at"] == pytest.approx([done, done], rel=1e-9)
     assert table["kv_ready_at"] == pytest.approx([done + 2 * wire + lat_s] * 2, rel=1e-9)
+    assert table["ttft_s"] == table["kv_ready_at"]  # the idle decode instance takes both
 
 
 def test_staggered_transfers_share_the_link_by_hand() -> None:
@@ -231,10 +236,12 @@ def test_pd_invariants(seed: int, n: int, rate: float, tight: bool) -> None:
             assert t["reject_reason"][i] is not None
             continue
         assert t["prefill_instance"][i] in ("p-0", "p-1")
-        assert t["first_token_at"][i] == pytest.approx(pd.prefill_done_at[i])
-        if t["output_tokens"][i] <= 1:
+        if t["output_tokens"][i] <= 1:  # answered by the prefill: its first token
+            assert t["first_token_at"][i] == pytest.approx(pd.prefill_done_at[i])
             assert t["decode_instance"][i] is None
             continue
+        # the client's first token: when the decode side took the KV
+        assert t["first_token_at"][i] == pd.decode_started_at[i]
         assert t["decode_instance"][i] == t["instance"][i]
         assert t["instance"][i] in ("d-0", "d-1")
         assert pd.kv_bytes[i] == pytest.approx(t["prompt_tokens"][i] * kvb)
@@ -300,7 +307,8 @@ def test_both_phase_routers_learn_the_outcomes() -> None:
         p = names[int(cluster.pd.records.prefill_instance[i])].id
         assert first.instance == p and first.output_tokens == 1
         assert first.e2e_s == pytest.approx(first.ttft_s)
-        assert first.ttft_s == pytest.approx(rec.first_token_at[i] - arrivals[i])
+        done = cluster.pd.records.prefill_done_at[i]
+        assert first.ttft_s == pytest.approx(done - arrivals[i])
     for whole in decode.outcomes:
         i = next(k for k in range(n) if cluster.requests.request(k).id == whole.request.id)
         assert whole.instance == names[int(rec.instance[i])].id
@@ -336,3 +344,19 @@ def test_nvlink_between_accelerators_is_refused() -> None:
     same = pd_config({"kind": "nvlink"})
     same["instances"][0]["accelerator"] = "a100-80gb"  # an alias of the decode side's
     assert simulate(same).summary["num_completed"] == 1
+
+
+def test_the_threshold_reads_the_decode_instances_cache_and_serves_there() -> None:
+    """A 600-token prompt kept whole on the decode instance (under 1,000 uncached); its
+    1,200-token follow-up shares 512 tokens cached there: 688 uncached, kept, and it hits
+    the decode instance's cache instead of being recomputed."""
+    first, follow = list(range(1, 10)), [*range(1, 9), *range(50, 60)]  # 64-token blocks
+    requests = RequestArrays.build(
+        [0.0, 5.0], [600, 1200], [4, 4], models=(MODEL,),
+        block_ids=[first, follow], block_tokens=64,
+    )  # fmt: skip
+    cfg = pd_config({"kind": "rdma"}, decider={"name": "threshold", "min_uncached_tokens": 1000})
+    table = simulate(cfg, requests=requests).requests.to_pydict()
+    assert table["prefill_instance"] == [None, None]
+    assert table["instance"] == ["d", "d"]
+    assert table["cached_tokens"] == [0, 512]

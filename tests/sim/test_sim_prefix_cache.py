@@ -21,10 +21,10 @@ NUM_REQUESTS = 600
 def _config(trace: Path, num_kv_blocks: int, caching: bool = True) -> dict[str, Any]:
     base = {
         "seed": 0,
-        "workload": {"trace": {"path": str(trace)}, "models": {"llama-3-8b": 1.0}},
+        "workload": {"trace": {"path": str(trace)}, "models": {"llama-3.1-8b": 1.0}},
         "instances": [
             {
-                "model": "llama-3-8b",
+                "model": "llama-3.1-8b",
                 "accelerator": "H100-SXM",
                 "engine": {"num_kv_blocks": num_kv_blocks, "enable_prefix_caching": caching},
             }

@@ -16,8 +16,9 @@ in a ``sincere`` object of the body or last chunk (``{"queue_s": .., "instance":
 
 A disaggregating gateway (:mod:`sincere.serve.gateway.pd_relay`) names the prefill
 instance and its time in headers (``x-sincere-prefill-instance``, ``x-sincere-prefill-s``:
-its arrival to the prefill's answer, the TTFT as the simulator takes it), and relays the
-decode instance's ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``; they are kept.
+its arrival to the prefill's answer, the end of the prefill as the simulator takes it),
+and relays the decode instance's ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``;
+they are kept.
 
 Times come from one monotonic clock (``time.perf_counter``), relative to ``t0``.
 """
@@ -38,6 +39,8 @@ PHASE_HEADERS = {
     "x-sincere-kv-wait-s": "kv_wait_s",
 }
 """Headers of a disaggregated answer, by the :class:`CallTiming` field they fill."""
+PREFILL_CACHED_HEADER = "x-sincere-prefill-cached-tokens"
+"""A disaggregated answer's prefill instance's ``cached_tokens`` (its prompt's hits)."""
 
 
 @dataclass(eq=False)
@@ -57,6 +60,8 @@ class CallTiming:
     # arrival-to-prefill-answer, the KV transfer (link queueing included), decode admission
     prefill_instance: str | None = None
     prefill_s: float | None = None
+    # the prefill instance's cached prompt tokens (the decode side computes no prompt)
+    prefill_cached_tokens: int | None = None
     kv_transfer_s: float | None = None
     kv_wait_s: float | None = None
 
@@ -79,6 +84,9 @@ class CallTiming:
 def _phases(timing: CallTiming, headers: Any) -> None:
     """The phase headers of a disaggregated answer (unreadable numbers are ignored)."""
     timing.prefill_instance = headers.get("x-sincere-prefill-instance")
+    cached = headers.get(PREFILL_CACHED_HEADER)
+    if cached is not None and cached.isdigit():
+        timing.prefill_cached_tokens = int(cached)
     for name, attr in PHASE_HEADERS.items():
         value = headers.get(name)
         if value is None:

@@ -62,7 +62,7 @@ from sincere.engine.spec import ContinuousConfig
 from sincere.perf.base import StepTimeModel
 from sincere.policy.decision_log import DecisionLog, Mismatch, read_log, replay
 from sincere.policy.front_door import FrontDoor, Hold, Reject
-from sincere.policy.pd import PDFrontDoor, PDRoute, build_pd_front_door
+from sincere.policy.pd import Local, PDFrontDoor, PDRoute, build_pd_front_door
 from sincere.policy.router_base import InstanceView
 from sincere.sim.api import SimulationResult, simulate
 from sincere.sim.build import build_cluster
@@ -626,10 +626,14 @@ class PDCall:
     answer: tuple[str, str | None, str | None]  # kind, prefill instance, decode instance
 
 
-def pd_answer(decision: PDRoute | Reject | Hold | None) -> tuple[str, str | None, str | None]:
+def pd_answer(
+    decision: PDRoute | Local | Reject | Hold | None,
+) -> tuple[str, str | None, str | None]:
     """What must agree of a P/D decision: its kind and each phase's instance."""
     if isinstance(decision, PDRoute):
         return "route", decision.prefill.instance, decision.decode.instance
+    if isinstance(decision, Local):
+        return "local", None, decision.route.instance
     if decision is None:
         return "colocated", None, None
     return ("reject" if isinstance(decision, Reject) else "hold"), None, None
@@ -651,7 +655,7 @@ class PDRecorder:
             prefill: Sequence[InstanceView],
             decode: Sequence[InstanceView],
             now: float,
-        ) -> PDRoute | Reject | Hold | None:
+        ) -> PDRoute | Local | Reject | Hold | None:
             answer = decide(request, prefill, decode, now)
             call = PDCall(request, tuple(prefill), tuple(decode), now, pd_answer(answer))
             self.calls.append(call)

@@ -80,10 +80,15 @@ class BenchResult:
 
 
 def reported_cached_tokens(timings: list[CallTiming]) -> FloatArray:
-    """Per call, the cached prompt tokens the server reported; empty when none reported any."""
-    if all(t.cached_tokens is None for t in timings):
+    """Per call, the cached prompt tokens the server reported (a disaggregated call's: its
+    prefill instance's, where the prompt was computed); empty when none reported any."""
+    cached = [
+        t.cached_tokens if t.prefill_cached_tokens is None else t.prefill_cached_tokens
+        for t in timings
+    ]
+    if all(c is None for c in cached):
         return np.zeros(0)
-    return np.array([math.nan if t.cached_tokens is None else t.cached_tokens for t in timings])
+    return np.array([math.nan if c is None else c for c in cached])
 
 
 def with_cached_tokens(table: pa.Table, cached: FloatArray) -> pa.Table:
@@ -126,7 +131,7 @@ def pd_columns(timings: list[CallTiming]) -> dict[str, pa.Array]:
 
 
 def pd_section(requests: RequestArrays, phases: dict[str, pa.Array]) -> dict[str, Any] | None:
-    """``summary.json``'s ``disaggregation``: counts, transfer times, TTFT at the prefill."""
+    """``summary.json``'s ``disaggregation``: counts, transfer times, the prefill's end."""
     if not phases:
         return None
     split = np.array(phases["prefill_instance"].is_valid())
@@ -153,6 +158,17 @@ def prefix_cache_section(requests: RequestArrays, cached: FloatArray) -> dict[st
         "cached_tokens": hits,
         "prompt_tokens": prompt,
         "hit_rate": hits / prompt if prompt > 0 else None,
+    }
+
+
+def measured_prefix_cache(reported: dict[str, Any]) -> dict[str, Any]:
+    """The summary's top-level ``prefix_cache`` block of a measured run: the servers'
+    reported hits (:func:`prefix_cache_section`) under the simulator's names."""
+    return {
+        "hit_rate": reported["hit_rate"],
+        "query_tokens": int(reported["prompt_tokens"]),
+        "hit_tokens": int(reported["cached_tokens"]),
+        "num_reported": reported["num_reported"],
     }
 
 

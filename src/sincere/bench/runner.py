@@ -34,6 +34,7 @@ from sincere.bench.results import (
     build_records,
     client_section,
     itl_table,
+    measured_prefix_cache,
     pd_columns,
     pd_section,
     prefix_cache_section,
@@ -265,6 +266,8 @@ def _result(run: _Run, unfinished: str, duration_s: float) -> BenchResult:
     if reported is not None:
         client["prefix_cache"] = reported
     summary = bench_summary(requests, records, itl, duration_s, client)
+    if reported is not None:  # the servers' reported hits, as the simulator's block reads
+        summary["prefix_cache"] = measured_prefix_cache(reported)
     phases = pd_columns(run.timings)
     pd = pd_section(requests, phases)
     if pd is not None:

@@ -279,27 +279,30 @@ def _no_nan(value: object) -> object:
 
 
 def report_pd_verify(inp: PlanInput, cmp: Comparison, num_requests: int) -> None:
-    """Simulate each plan; planned vs simulated TTFT / TPOT and attainment, one line each."""
-    from sincere.optimize.pd_check import check, colocated_sim_config, pd_sim_config
+    """Simulate each plan; planned vs simulated TTFT / TPOT and attainment, and warnings."""
+    from sincere.optimize.pd_check import (
+        arrivals_line,
+        check,
+        colocated_sim_config,
+        pd_sim_config,
+        verify_lines,
+    )
 
-    console.print(f"verify ({num_requests} simulated requests per plan):")
+    console.print(
+        f"verify ({num_requests} simulated requests per plan; {arrivals_line(inp)}):",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
     plans: list[tuple[str, float, float, dict[str, object]]] = []
     if cmp.colocated is not None:
         cfg = colocated_sim_config(inp, cmp.colocated, num_requests)
         plans.append(("colocated", cmp.colocated.ttft_ms, cmp.colocated.tpot_ms, cfg))
     if cmp.disaggregated is not None:
         cfg = pd_sim_config(inp, cmp.disaggregated, num_requests)
-        d = cmp.disaggregated
-        plans.append(("disaggregated", d.ttft_ms, d.tpot_ms, cfg))
+        d = cmp.disaggregated  # TTFT as a client sees it: from the decode side
+        plans.append(("disaggregated", d.client_ttft_ms, d.client_tpot_ms, cfg))
     for name, ttft, tpot, cfg in plans:
-        sim = check(inp, cfg)
-        ok = "meets SLO" if sim.meets(inp) else "MISSES SLO"
-        console.print(
-            f"  {name}: TTFT planned {ttft:.1f} ms vs sim {sim.ttft_ms:.1f} ms; TPOT planned "
-            f"{tpot:.2f} ms vs sim {sim.tpot_ms:.2f} ms; sim attainment "
-            f"{100 * sim.attainment:.1f}%, {ok}",
-            markup=False, highlight=False, soft_wrap=True,
-        )  # fmt: skip
+        for line in verify_lines(inp, name, ttft, tpot, check(inp, cfg)):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def plan_pd_file(

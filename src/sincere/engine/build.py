@@ -133,7 +133,8 @@ def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> Engi
         max_num_batched_tokens=eng.max_num_batched_tokens,
         block_size=eng.block_size,
         watermark=eng.watermark,
-        max_model_len=eng.max_model_len,
+        # vLLM's default: the model's own context length
+        max_model_len=eng.max_model_len or deployment.model.max_context,
         enable_prefix_caching=eng.enable_prefix_caching,
     )
 
@@ -164,6 +165,7 @@ def build_engine(
     ix: int,
     *,
     max_tokens: npt.NDArray[np.int64] | None = None,
+    context_caps: npt.NDArray[np.int64] | None = None,
     rng: np.random.Generator | None = None,
     where: str = "instance",
     step_models: dict[str, StepTimeModel] | None = None,
@@ -171,7 +173,9 @@ def build_engine(
     """The engine ``ident`` of ``spec``, at position ``ix`` of the run's records.
 
     ``max_tokens`` overrides the requests' caps (a router's budget caps; continuous
-    engines), ``rng`` drives request-level engines' random swap times. ``step_models``:
+    engines), ``context_caps`` the ``max_tokens`` checked against the context length
+    when they differ (a prefill instance's), ``rng`` drives request-level engines' random
+    swap times. ``step_models``:
     the step-time models by model name, when another replica of ``spec`` built them
     already (a step model is a pure function of the batch, so replicas may share one:
     one copy of its memo tables instead of one per replica); the engine's are in
@@ -189,6 +193,7 @@ def build_engine(
             ident, requests, records, ix, steps[first],
             scheduler_of(spec.engine, steps[first], where),
             limits_of(spec.engine, deps[first], where), max_tokens=max_tokens,
+            context_caps=context_caps,
         )  # fmt: skip
     return BuiltEngine(engine, deps[first], steps[first], steps)
 

@@ -53,7 +53,10 @@ class ContinuousEngine(StateView):
 
     It is also the :class:`~sincere.policy.schedulers.base.EngineView` its scheduler
     reads (a :class:`~.view.StateView`). ``max_tokens`` (optional) overrides the
-    requests' caps, e.g. set by a budget-aware router.
+    requests' caps, e.g. set by a budget-aware router. ``context_caps`` (optional; the
+    caps by default): the output tokens each request asks for when checked against
+    ``max_model_len`` -- a prefill instance makes one token but refuses a request whose
+    prompt plus its decode's ``max_tokens`` would not fit the context, as vLLM does.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class ContinuousEngine(StateView):
         scheduler: IterationScheduler,
         limits: EngineLimits,
         max_tokens: npt.NDArray[np.int64] | None = None,
+        context_caps: npt.NDArray[np.int64] | None = None,
     ) -> None:
         super().__init__(
             requests, records, limits, BatchState(limits, records, len(requests.tiers))
@@ -83,6 +87,9 @@ class ContinuousEngine(StateView):
         # that produced a token in it; while set, every piece of work is one iteration
         self.on_tokens: TokenHook | None = None
         self._max_tokens = requests.max_tokens if max_tokens is None else max_tokens
+        self._context_caps = self._max_tokens if context_caps is None else context_caps
+        # longest prompt + max_tokens; the limit's or, when it has none, no limit at all
+        self._max_model_len = (1 << 62) if limits.max_model_len is None else limits.max_model_len
         # prompt + output tokens that always fit (blocks_for(prompt + target - 1) <= most)
         self._fits_tokens = (limits.num_kv_blocks - limits.watermark_blocks) * limits.block_size
         self._run: Run | None = None
@@ -106,15 +113,13 @@ class ContinuousEngine(StateView):
         cap = int(self._max_tokens[i])
         if cap < target:
             target = cap
-        max_model_len = self.limits.max_model_len
-        if prompt + target > self._fits_tokens or max_model_len is not None:
-            reason = self._reject_reason(prompt, target)
+        asked = int(self._context_caps[i])
+        if prompt + target > self._fits_tokens or prompt + asked > self._max_model_len:
+            reason = self._reject_reason(prompt, target, asked)
             if reason is not None:
                 self.state.reject(i, reason)
                 self._wake(now)
                 return
-            if max_model_len is not None:
-                target = min(target, max_model_len - prompt)
         self.state.accept(i, target, int(req.tier[i]), cap)
         cache = self.state.cache
         if cache is not None and req.block_ids:
@@ -140,7 +145,7 @@ class ContinuousEngine(StateView):
         req = self.requests
         self.records.instance[i] = self.instance_ix
         target = min(int(req.output_tokens[i]), int(self._max_tokens[i]))
-        reason = self._reject_reason(int(req.prompt_tokens[i]), target)
+        reason = self._reject_reason(int(req.prompt_tokens[i]), target, int(self._context_caps[i]))
         if reason is not None:
             self.state.reject(i, reason)
             self._wake(now)
@@ -358,10 +363,18 @@ class ContinuousEngine(StateView):
                 return True
         return False
 
-    def _reject_reason(self, prompt: int, target: int) -> str | None:
+    def _reject_reason(self, prompt: int, target: int, asked: int) -> str | None:
+        """Why a request of ``prompt`` tokens, ``target`` to make and ``asked`` asked for
+        (its ``max_tokens``) can never be served here; ``None`` when it can.
+
+        vLLM's rule: ``prompt + max_tokens > max_model_len`` is refused -- with no room
+        for even one output token ``prompt_too_long``, else ``over_context``.
+        """
         lim = self.limits
-        if lim.max_model_len is not None and prompt >= lim.max_model_len:
+        if prompt >= self._max_model_len:
             return "prompt_too_long"
+        if prompt + asked > self._max_model_len:
+            return "over_context"
         # the longest prefill it may need is a recompute of prompt + all but one output
         most = lim.num_kv_blocks - lim.watermark_blocks
         if blocks_for(prompt + target - 1, lim.block_size) > most:

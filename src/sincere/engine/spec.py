@@ -41,7 +41,8 @@ class ContinuousConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # share of device memory used
     num_kv_blocks: int | None = Field(None, ge=1)  # override the memory plan's KV blocks
     watermark: float = Field(0.01, ge=0, lt=1)  # share of blocks admissions leave free
-    max_model_len: int | None = Field(None, ge=2)  # longest prompt + output, tokens
+    # longest prompt + max_tokens, tokens; None: the model's context (catalog), as vLLM
+    max_model_len: int | None = Field(None, ge=2)
     enable_prefix_caching: bool = True  # reuse KV blocks of shared prompt prefixes (vLLM V1)
 
 

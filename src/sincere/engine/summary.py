@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,6 +98,9 @@ def summarize(
     everyone = np.ones(len(requests), dtype=np.bool_)
     overall = _group(requests, records, lat, met, everyone, duration_s)
     summary = copy.deepcopy(overall)
+    over_context = rejected_over_context(records)
+    if over_context:  # only then: summaries of runs that fit keep their bytes
+        summary["rejected_over_context"] = over_context
     summary["duration_s"] = duration_s
     total = GapHistogram()
     for hist in gaps:
@@ -117,6 +121,17 @@ def summarize(
         for t, tier in enumerate(requests.tiers)
     }
     return _ordered(summary)
+
+
+CONTEXT_REASONS = ("prompt_too_long", "over_context")
+"""Rejections for the model's context length: no room for one output token; prompt +
+``max_tokens`` over ``max_model_len`` (vLLM's rule)."""
+
+
+def rejected_over_context(records: RecordArrays) -> dict[str, int]:
+    """Requests refused for the context length, by reason (empty when none were)."""
+    reasons = Counter(r for r in records.reject_reason if r in CONTEXT_REASONS)
+    return {r: reasons[r] for r in CONTEXT_REASONS if reasons[r]}
 
 
 def prefix_cache_summary(
@@ -185,6 +200,7 @@ _FIRST = (
     "num_requests",
     "num_completed",
     "num_rejected",
+    "rejected_over_context",
     "duration_s",
     "throughput_rps",
     "output_tokens_per_s",

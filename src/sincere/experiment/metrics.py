@@ -53,6 +53,9 @@ def flatten_summary(summary: dict[str, Any]) -> dict[str, Scalar]:
     prefix = summary.get("prefix_cache")
     if isinstance(prefix, dict):
         row["prefix_cache.hit_rate"] = prefix.get("hit_rate")
+    over_context = summary.get("rejected_over_context")
+    if isinstance(over_context, dict):
+        row["num_rejected_over_context"] = int(sum(over_context.values()))
     return row
 
 

@@ -16,11 +16,11 @@ SLO tier:
   marked);
 * **the ratio** of the best xPyD deployment's goodput per GPU to the colocated one's
   (> 1: disaggregation wins);
-* the same ratio with the first token of a disaggregated request counted only when its
-  decode started (:func:`tier_attainment` with ``at_decode_start``): the simulator takes
-  TTFT at the end of the prefill, so a request whose KV waits for decode room has its
-  first token early and the wait only inflates its mean TPOT; a client served by the
-  decode instance alone sees that wait before its first token.
+* the same ratio with the first token of a disaggregated request counted at the end of
+  its prefill (:func:`tier_attainment` with ``at_prefill_end``): the simulator takes TTFT
+  where a streaming client gets it, from the decode side once the KV has landed and found
+  room; counted at the end of the prefill instead, the transfer and the wait for decode
+  room only inflate the request's mean TPOT (how the simulator took it before).
 
 Colocated cells do not depend on the link (the runner simulates them once and files the
 result under every link label); they are read at the same env label as the xPyD cells
@@ -66,7 +66,7 @@ class PDRow:
     env: Any
     goodput: dict[str, Goodput]  # deployment label -> its goodput
     best_split: str | None  # the xPyD label with the highest goodput per GPU
-    at_decode: dict[str, Goodput]  # the same, first token counted at decode start
+    at_prefill: dict[str, Goodput]  # the same, first token counted at the prefill's end
 
     @property
     def ratio(self) -> float | None:
@@ -81,10 +81,10 @@ class PDRow:
         return self.goodput[self.best_split].per_gpu / base.per_gpu
 
     @property
-    def ratio_at_decode(self) -> float | None:
-        """Best xPyD (by this measure) over colocated, first token at decode start."""
-        base = self.at_decode.get(COLOCATED)
-        splits = [g.per_gpu for d, g in self.at_decode.items() if SPLIT_LABEL.match(d)]
+    def ratio_at_prefill(self) -> float | None:
+        """Best xPyD (by this measure) over colocated, first token at the prefill's end."""
+        base = self.at_prefill.get(COLOCATED)
+        splits = [g.per_gpu for d, g in self.at_prefill.items() if SPLIT_LABEL.match(d)]
         if base is None or not splits or base.per_gpu <= 0:
             return None
         return max(splits) / base.per_gpu
@@ -119,12 +119,12 @@ def num_gpus(config_path: Path) -> int:
 
 
 def tier_attainment(
-    requests_path: Path, config_path: Path, *, at_decode_start: bool = False
+    requests_path: Path, config_path: Path, *, at_prefill_end: bool = False
 ) -> dict[str, float]:
     """Per tier, the share of *all* the run's requests that meet its targets (TTFT, TPOT
     as (E2E - TTFT) / (output - 1) per request, TTLT); rejected and unfinished requests
-    miss. ``at_decode_start``: a disaggregated request's first token counts at
-    ``decode_started_at`` (its TPOT over the rest of the time). Empty when the tiers are
+    miss. ``at_prefill_end``: a disaggregated request's first token counts at
+    ``prefill_done_at`` (its TPOT over the rest of the time). Empty when the tiers are
     not a list in the config.
 
     Every tier is judged on every request, not only on those drawn into it: the study's
@@ -132,11 +132,11 @@ def tier_attainment(
     with an extra tier to the same per-request timings), so the tiers are only targets,
     each measured on the whole sample, and adding one changes no other tier's figure.
     """
-    return both_attainments(requests_path, config_path)[at_decode_start]
+    return both_attainments(requests_path, config_path)[at_prefill_end]
 
 
 def both_attainments(requests_path: Path, config_path: Path) -> dict[bool, dict[str, float]]:
-    """:func:`tier_attainment` without and with ``at_decode_start`` (one read)."""
+    """:func:`tier_attainment` without and with ``at_prefill_end`` (one read)."""
     import pyarrow.parquet as pq
 
     data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -144,10 +144,10 @@ def both_attainments(requests_path: Path, config_path: Path) -> dict[bool, dict[
     if not isinstance(tiers, list):
         return {False: {}, True: {}}
     table = pq.read_table(requests_path)
-    return {late: _met_shares(table, tiers, late) for late in (False, True)}
+    return {early: _met_shares(table, tiers, early) for early in (False, True)}
 
 
-def _met_shares(table: Any, tiers: list[dict[str, Any]], at_decode_start: bool) -> dict[str, float]:
+def _met_shares(table: Any, tiers: list[dict[str, Any]], at_prefill_end: bool) -> dict[str, float]:
     """Each tier's share of the table's requests meeting its targets."""
     import numpy as np
 
@@ -156,9 +156,9 @@ def _met_shares(table: Any, tiers: list[dict[str, Any]], at_decode_start: bool) 
 
     arrival, ttft, e2e = col("arrival_at"), col("ttft_s"), col("e2e_s")
     out_tokens = col("output_tokens")
-    if at_decode_start and "decode_started_at" in table.column_names:
-        started = col("decode_started_at") - arrival
-        ttft = np.where(np.isnan(started), ttft, np.fmax(ttft, started))
+    if at_prefill_end and "prefill_done_at" in table.column_names:
+        done = col("prefill_done_at") - arrival
+        ttft = np.where(np.isnan(done), ttft, done)
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(out_tokens > 1, (e2e - ttft) / (out_tokens - 1), 0.0)
     served = ~np.isnan(e2e) & ~table.column("rejected").to_numpy(zero_copy_only=False)
@@ -194,7 +194,7 @@ def _deploy_goodput(
     tier: str,
     gpus: int,
     cache: Cache,
-    at_decode_start: bool = False,
+    at_prefill_end: bool = False,
 ) -> Goodput | None:
     """A deployment's goodput per GPU over the load sweep, its attainment at each load the
     mean over seeds of :func:`tier_attainment` (a cell without ``requests.parquet``: the
@@ -204,10 +204,10 @@ def _deploy_goodput(
     pairs = []
     for x in sorted(float(v) for v in results.axes[load]):
         rows = results.select({**fixed, load: x})
-        shares = [_attainment(results, r, cache, at_decode_start).get(tier) for r in rows]
+        shares = [_attainment(results, r, cache, at_prefill_end).get(tier) for r in rows]
         known = [v for v in shares if v is not None]
         value = sum(known) / len(known) if known else None
-        if value is None and not at_decode_start:
+        if value is None and not at_prefill_end:
             value = mean_of(rows, f"tier.{tier}.slo_attainment")
         if value is not None:
             pairs.append((x, value))
@@ -217,7 +217,7 @@ def _deploy_goodput(
 
 
 def _attainment(
-    results: Results, row: dict[str, Any], cache: Cache, at_decode_start: bool
+    results: Results, row: dict[str, Any], cache: Cache, at_prefill_end: bool
 ) -> dict[str, float]:
     """:func:`tier_attainment` of a cell (its folder read once)."""
     path = results.requests_path(row)
@@ -225,7 +225,7 @@ def _attainment(
         if not path.exists():
             return {}
         cache[path] = both_attainments(path, path.with_name("config.yaml"))
-    return cache[path][at_decode_start]
+    return cache[path][at_prefill_end]
 
 
 def pd_rows(results: Results) -> list[PDRow]:
@@ -243,7 +243,7 @@ def pd_rows(results: Results) -> list[PDRow]:
             for e in results.axes[env] if env else [None]:
                 fixed = {**base, **({traffic: t} if traffic else {}), **({env: e} if env else {})}
                 found: dict[str, Goodput] = {}
-                late: dict[str, Goodput] = {}
+                early: dict[str, Goodput] = {}
                 for d in deploys:
                     if d not in gpus:
                         continue
@@ -253,10 +253,10 @@ def pd_rows(results: Results) -> list[PDRow]:
                         found[d] = g
                     g = _deploy_goodput(results, where, tier, gpus[d], cache, True)
                     if g is not None:
-                        late[d] = g
+                        early[d] = g
                 splits = [d for d in found if SPLIT_LABEL.match(d)]
                 best = max(splits, key=lambda d: found[d].per_gpu, default=None)
-                out.append(PDRow(t, tier, e, found, best, late))
+                out.append(PDRow(t, tier, e, found, best, early))
     return out
 
 
@@ -284,9 +284,9 @@ def pd_table(results: Results) -> TableData | None:
     columns += [Column(f"best xPyD / {b}", "tier.*.slo_attainment", "ratio") for b in baselines]
     columns.append(
         Column(
-            f"best xPyD / {COLOCATED}, first token at decode start",
+            f"best xPyD / {COLOCATED}, first token at the prefill's end",
             "requests.parquet",
-            "ratio_at_decode",
+            "ratio_at_prefill",
         )
     )
     keys = [a for a in (traffic,) if a] + ["tier"] + [a for a in (env,) if a] + ["best xPyD"]
@@ -300,8 +300,9 @@ def pd_table(results: Results) -> TableData | None:
         "per-request TPOT targets (mean over seeds), interpolated over the load sweep, "
         "divided by the deployment's GPUs "
         "(0: the lowest load already missed it); ratio > 1: the best xPyD split wins; the "
-        "last column counts a disaggregated request's first token only once its decode "
-        "started (KV waiting for decode room then delays it instead of its mean TPOT)"
+        "last column counts a disaggregated request's first token at the end of its "
+        "prefill (the KV transfer and the wait for decode room then raise its mean TPOT "
+        "instead of its TTFT)"
     )
     if bounds:
         note += "; lower bounds (the highest load still met it): " + ", ".join(bounds)
@@ -313,7 +314,7 @@ def pd_table(results: Results) -> TableData | None:
         values: list[float | None] = [
             r.goodput[d].per_gpu if d in r.goodput else None for d in deploys
         ]
-        values += [r.ratio_to(b) for b in baselines] + [r.ratio_at_decode]
+        values += [r.ratio_to(b) for b in baselines] + [r.ratio_at_prefill]
         label = [*([r.traffic] if traffic else []), r.tier, *([r.env] if env else [])]
         table.rows.append(([*label, _winner(r)], values))
     return table
@@ -331,8 +332,8 @@ def _where(row: PDRow) -> str:
 
 def pd_ratio_figure(results: Results, path: Path) -> Path | None:
     """Heatmaps of best-xPyD / colocated goodput per GPU (traffic x tier rows, env
-    columns, each cell annotated with the ratio and the winning split): TTFT at the end
-    of the prefill, and the first token counted at decode start."""
+    columns, each cell annotated with the ratio and the winning split): TTFT as a client
+    sees it (from the decode side), and the first token counted at the prefill's end."""
     if not is_pd_study(results):
         return None
     import matplotlib
@@ -347,8 +348,8 @@ def pd_ratio_figure(results: Results, path: Path) -> Path | None:
         1, 2, figsize=(2.2 + 2.2 * len(envs), 1.0 + 0.45 * len(lines)), sharey=True
     )
     panels = (
-        ("TTFT at the end of the prefill", lambda r: (r.ratio, r.best_split)),
-        ("first token at decode start", _at_decode_best),
+        ("first token from the decode side", lambda r: (r.ratio, r.best_split)),
+        ("first token at the prefill's end", _at_prefill_best),
     )
     images = []
     for ax, (title, pick) in zip(axes, panels, strict=True):
@@ -369,11 +370,11 @@ RATIO_LIMIT = 2.0
 """The colour scale's ends, in log2 of the ratio (x4 either way; beyond is clipped)."""
 
 
-def _at_decode_best(row: PDRow) -> tuple[float | None, str | None]:
-    """The first-token-at-decode-start ratio and the split that achieves it."""
-    splits = {d: g for d, g in row.at_decode.items() if SPLIT_LABEL.match(d)}
+def _at_prefill_best(row: PDRow) -> tuple[float | None, str | None]:
+    """The first-token-at-the-prefill's-end ratio and the split that achieves it."""
+    splits = {d: g for d, g in row.at_prefill.items() if SPLIT_LABEL.match(d)}
     best = max(splits, key=lambda d: splits[d].per_gpu, default=None)
-    return row.ratio_at_decode, best
+    return row.ratio_at_prefill, best
 
 
 def _heatmap(

@@ -149,6 +149,29 @@ def _failures(results: Results) -> list[Block]:
     ]
 
 
+def _over_context(results: Results) -> list[Block]:
+    """A loud section when cells refused requests over their model's context length."""
+    hit = [
+        (str(r["cell_id"]), int(n), int(r.get("num_requests") or 0))
+        for r in results.ok_rows
+        if (n := r.get("num_rejected_over_context"))
+    ]
+    if not hit:
+        return []
+    total = sum(n for _, n, _ in hit)
+    rows = [[cell, f"{n:,}", f"{n / max(1, of):.1%}"] for cell, n, of in hit]
+    return [
+        Heading(2, f"Warning: {total:,} requests over the model's context"),
+        Para(
+            f"{len(hit)} cells refused requests whose prompt + max_tokens is over the "
+            "engine's max_model_len (the model's context unless engine.max_model_len is "
+            "set), as vLLM refuses them; they count as SLO misses. Serve this traffic on a "
+            "model with a longer context to compare the strategies on all of it"
+        ),
+        Grid(["cell", "refused", "share of its requests"], rows),
+    ]
+
+
 def _answer(results: Results, capacity: TableData | None) -> str:
     """The report's first sentence (:mod:`sincere.experiment.answer`)."""
     load = results.role("load")
@@ -181,6 +204,7 @@ def build_blocks(
     blocks = _intro(results)
     capacity = next((t for t in tables if t.columns[0].agg == "capacity"), None)
     blocks.insert(1, Para(_answer(results, capacity)))
+    blocks[2:2] = _over_context(results)
     for table in tables:
         blocks += _grid(table)
     if figures:

@@ -6,7 +6,9 @@ planner assumes: token budget = the prompt length when lengths are fixed) and ``
 decode instances (role ``decode``, ``max_num_seqs`` = the planned batch), the plan
 input's step model and KV link, every request disaggregated (decider ``always``,
 least-outstanding routers for both phases), Poisson arrivals at the load's rate and the
-load's lengths (fixed at the means unless the input gives a ``lengths`` block).
+load's lengths (fixed at the means unless the input gives a ``lengths`` block) -- or, when
+the lengths come from a trace file, that trace's own arrivals rescaled to the load's rate
+(:func:`trace_file`).
 :func:`colocated_sim_config` does the same for the colocated plan. :func:`check` runs
 one and reports mean TTFT, mean TPOT (per request ``(E2E − TTFT)/(O − 1)``, then
 averaged) and the share of requests within both targets.
@@ -21,6 +23,7 @@ from sincere.optimize.pd_input import ColocatedPlan, PlanInput
 from sincere.optimize.pd_plan import PDPlan, PoolSizing
 from sincere.optimize.simsize import _outcome_row
 from sincere.optimize.sizing import Targets
+from sincere.workload.lengths import length_sources
 
 DEFAULT_ENGINE_TOKENS = 8192
 
@@ -29,11 +32,13 @@ DEFAULT_ENGINE_TOKENS = 8192
 class SimCheck:
     """What the simulator measured for one plan."""
 
-    ttft_ms: float  # mean TTFT of finished requests
+    ttft_ms: float  # mean TTFT of finished requests (the client's: decode side in P/D)
     tpot_ms: float  # mean of per-request TPOT
     attainment: float  # share of requests within both targets (unfinished: misses)
     finished: float  # share of requests finished
     num_requests: int
+    prefix_hit_rate: float | None = None  # simulated, when the requests carry block ids
+    prefill_ttft_ms: float | None = None  # P/D: mean arrival to the end of the prefill
 
     def meets(self, inp: PlanInput) -> bool:
         """Mean TTFT and TPOT within the targets and every request finished."""
@@ -44,18 +49,32 @@ class SimCheck:
         )
 
 
+def trace_file(inp: PlanInput) -> str | None:
+    """The trace file the load's lengths come from (``None``: fixed lengths or a table)."""
+    source = (inp.load.lengths or {}).get("source")
+    return source if isinstance(source, str) and source not in length_sources() else None
+
+
 def _workload(inp: PlanInput, num_requests: int) -> dict[str, Any]:
+    """Poisson arrivals at the load's rate; when the lengths come from a trace file, that
+    trace's own arrivals (their burstiness) rescaled to the load's rate, and with
+    ``replay: true`` the trace itself (its lengths in order and its block ids: the
+    prefix reuse it really has)."""
     lengths = inp.load.lengths or {
         "kind": "independent",
         "prompt": {"kind": "fixed", "tokens": inp.load.prompt_tokens},
         "output": {"kind": "fixed", "tokens": inp.load.output_tokens},
     }  # without a lengths block both token counts are given (LoadConfig checks)
-    return {
-        "num_requests": num_requests,
-        "arrival": {"kind": "poisson", "rate": inp.load.rate_per_s},
-        "lengths": dict(lengths),
-        "models": {inp.model: 1.0},
-    }
+    arrival: dict[str, Any] = {"kind": "poisson", "rate": inp.load.rate_per_s}
+    path = trace_file(inp)
+    out: dict[str, Any] = {"num_requests": num_requests, "models": {inp.model: 1.0}}
+    if path is None:
+        return {**out, "arrival": arrival, "lengths": dict(lengths)}
+    fmt = {"format": lengths["format"]} if lengths.get("format") else {}
+    arrival = {"kind": "trace", "path": path, **fmt, "rate": inp.load.rate_per_s}
+    if lengths.get("replay"):
+        return {**out, "arrival": arrival, "trace": {"path": path, **fmt}}
+    return {**out, "arrival": arrival, "lengths": dict(lengths)}
 
 
 def _instance(inp: PlanInput, accelerator: str, tp: int, count: int) -> dict[str, Any]:
@@ -123,4 +142,62 @@ def check(inp: PlanInput, config: dict[str, Any]) -> SimCheck:
     res = simulate(config)
     targets = Targets(ttft_ms=inp.slo.ttft_ms, itl_ms=inp.slo.tpot_ms)
     ttft, tpot, att, fin = _outcome_row(res.requests_in, res.records, targets)
-    return SimCheck(ttft, tpot, att, fin, int(config["workload"]["num_requests"]))
+    hit = (res.summary.get("prefix_cache") or {}).get("hit_rate")
+    prefill = ((res.summary.get("disaggregation") or {}).get("prefill_ttft_s") or {}).get("mean")
+    return SimCheck(
+        ttft, tpot, att, fin, int(config["workload"]["num_requests"]), hit,
+        None if prefill is None else prefill * 1e3,
+    )  # fmt: skip
+
+
+TPOT_TOLERANCE = 0.10
+"""Simulated mean TPOT more than this share above the planned one is flagged."""
+
+
+def verify_lines(
+    inp: PlanInput, name: str, ttft_ms: float, tpot_ms: float, sim: SimCheck
+) -> list[str]:
+    """What ``plan --verify`` prints for one plan: planned vs simulated means (TTFT as a
+    streaming client sees it), attainment, and warnings: TPOT under-predicted beyond
+    :data:`TPOT_TOLERANCE`, requests not finished, a hit rate the simulation lacked."""
+    ok = "meets SLO" if sim.meets(inp) else "MISSES SLO"
+    prefill = "" if sim.prefill_ttft_ms is None else f" (end of prefill {sim.prefill_ttft_ms:.1f})"
+    lines = [
+        f"  {name}: TTFT planned {ttft_ms:.1f} ms vs sim {sim.ttft_ms:.1f} ms{prefill}; TPOT "
+        f"planned {tpot_ms:.2f} ms vs sim {sim.tpot_ms:.2f} ms; sim attainment "
+        f"{100 * sim.attainment:.1f}%, {ok}"
+    ]
+    if sim.tpot_ms > tpot_ms * (1 + TPOT_TOLERANCE):
+        lines.append(
+            f"  warning: {name} TPOT under-predicted: planned {tpot_ms:.2f} ms, simulated "
+            f"{sim.tpot_ms:.2f} ms (+{100 * (sim.tpot_ms / tpot_ms - 1):.0f} %, over the "
+            f"{100 * TPOT_TOLERANCE:.0f} % tolerance)"
+        )
+    if sim.finished < 1.0:
+        lines.append(
+            f"  warning: {name}: {100 * (1 - sim.finished):.1f}% of the simulated requests "
+            "did not finish (rejected: e.g. over the model's context, or unfinished)"
+        )
+    hit = inp.load.prefix_hit_rate
+    if hit > 0 and sim.prefix_hit_rate is None:
+        lines.append(
+            f"  note: planned with prefix_hit_rate {hit:g}; the simulated requests share no "
+            "prefixes (lengths from a trace with block ids and replay: true bring them)"
+        )
+    elif sim.prefix_hit_rate is not None and name == "disaggregated":
+        lines.append(f"  prefix hit rate: planned {hit:g}, simulated {sim.prefix_hit_rate:.3f}")
+    return lines
+
+
+def arrivals_line(inp: PlanInput) -> str:
+    """Which arrivals ``--verify`` simulates."""
+    path = trace_file(inp)
+    rate = inp.load.rate_per_s
+    if path is None:
+        return f"arrivals: Poisson at {rate:g} req/s"
+    what = (
+        "the trace replayed (lengths in order, block ids)"
+        if ((inp.load.lengths or {}).get("replay"))
+        else "lengths from load.lengths"
+    )
+    return f"arrivals: the trace's own ({path}), rescaled to {rate:g} req/s; {what}"

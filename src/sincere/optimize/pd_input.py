@@ -4,6 +4,7 @@ Shape (docs/disaggregation.md, "Planning")::
 
     model: llama-3-8b
     load: {rate_per_s: 4.0, prompt_tokens: 2000, output_tokens: 200}
+    #   optional: prefix_hit_rate: 0.3 (share of prompt tokens expected cached)
     slo: {ttft_ms: 600, tpot_ms: 40}                 # means
     candidates: [{accelerator: H100-SXM, tp: 1}, {accelerator: A100-80GB, tp: 1}]
     step_model: {kind: roofline}                     # optional, any sincere step model
@@ -69,13 +70,16 @@ class LoadConfig(BaseModel):
     """Poisson arrivals and lengths: fixed ``prompt_tokens`` / ``output_tokens``, or a
     simulation ``lengths:`` block (``{kind: trace, source: azure-conv-2023, ...}``), whose
     means the planner takes where the tokens are not given and whose prompt lengths it
-    samples (:data:`LENGTH_SAMPLE` draws, seed 0) for the prefill queue."""
+    samples (:data:`LENGTH_SAMPLE` draws, seed 0) for the prefill queue.
+    ``prefix_hit_rate``: the share of prompt tokens expected in a prefix cache; both
+    plans size prefill work on the rest (the KV hand-off still moves the whole prompt)."""
 
     model_config = _FROZEN
     rate_per_s: float = Field(gt=0)
     prompt_tokens: int | None = Field(None, ge=1)
     output_tokens: int | None = Field(None, ge=2)
     lengths: dict[str, Any] | None = None
+    prefix_hit_rate: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _lengths_given(self) -> LoadConfig:
@@ -127,12 +131,13 @@ class PlanInput(BaseModel):
         load = self.load
         if load.lengths is None:
             return PDLoad(
-                load.rate_per_s, int(load.prompt_tokens or 0), int(load.output_tokens or 0)
-            )
+                load.rate_per_s, int(load.prompt_tokens or 0), int(load.output_tokens or 0),
+                prefix_hit_rate=load.prefix_hit_rate,
+            )  # fmt: skip
         prompts, outputs = sample_lengths(load.lengths)
         p = load.prompt_tokens or max(1, round(float(np.mean(prompts))))
         o = load.output_tokens or max(2, round(float(np.mean(outputs))))
-        return PDLoad(load.rate_per_s, p, o, tuple(int(n) for n in prompts))
+        return PDLoad(load.rate_per_s, p, o, tuple(int(n) for n in prompts), load.prefix_hit_rate)
 
     def targets(self) -> PDTargets:
         return PDTargets(self.slo.ttft_ms, self.slo.tpot_ms)
@@ -238,7 +243,7 @@ def colocated_problem(
         )
         shapes[name] = cand
     targets = Targets(ttft_ms=inp.slo.ttft_ms, itl_ms=inp.slo.tpot_ms)
-    offered = Load(inp.load.rate_per_s * 60.0, float(p), float(o))
+    offered = Load(inp.load.rate_per_s * 60.0, float(p), float(o), inp.load.prefix_hit_rate)
     problem = Problem(
         accs,
         models,

@@ -23,10 +23,10 @@ prefill instance with a token budget of ``P`` does):
   simulator takes them, :func:`sincere.sim.disagg.link_figures`): ``x = wire + latency``;
   the link queue, M/D/1 (M/G/1) with every transfer of the instance on one link (the
   worst case): ``W_l = ρ_l·wire / (2(1 − ρ_l))``, ``ρ_l = λ_i·wire``;
-* predicted TTFT ``= W + t_p`` (the first token comes from the prefill, as the simulator
-  and vLLM's disaggregated serving take it); the pool is sized so that
+* the pool's TTFT ``= W + t_p`` (the end of the prefill); the pool is sized so that
   ``W + t_p + W_l + x ≤ TTFT target`` with the fewest instances: the KV has reached the
-  decode side within the TTFT budget too.
+  decode side within the TTFT budget too. With a ``prefix_hit_rate`` ``h`` the prefill
+  iteration computes ``(1 − h)·P`` tokens with ``h·P`` cached as context.
 
 **Decode pool** (one instance: at most ``b`` sequences decoding together):
 
@@ -38,8 +38,12 @@ prefill instance with a token budget of ``P`` does):
   interpolated between whole batches);
 * waiting for a slot: Erlang C with ``b`` servers at offered load ``L`` (M/M/b),
   ``W_a = C(b, L)·(O − 1)·s(L) / (b − L)``;
-* predicted TPOT ``= s(L) + (x + W_l + W_a) / (O − 1)`` -- the time after the first
-  token, spread over the other ``O − 1`` tokens, as the simulator measures it.
+* the pool is sized on ``s(L) + (x + W_l + W_a) / (O − 1)`` within the TPOT target (which
+  bounds the slot wait ``W_a`` too).
+
+What a streaming client sees -- its first token from the decode side, as the simulator
+takes TTFT -- is :attr:`PDPlan.client_ttft_ms` ``= W + t_p + W_l + x + W_a`` and
+:attr:`PDPlan.client_tpot_ms` ``= s(L)``.
 
 A decode candidate's per-instance capacity is the largest ``λ_i`` meeting its target
 (bisection); it needs ``ceil(λ / λ_i)`` instances. The decode side reads mean lengths
@@ -81,8 +85,14 @@ class PDLoad:
     prompt_tokens: int
     output_tokens: int
     prompt_sample: tuple[int, ...] = ()  # prompt lengths drawn from the load; () = fixed
+    prefix_hit_rate: float = 0.0  # share of prompt tokens expected in a prefix cache
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.prefix_hit_rate < 1.0:
+            raise ConfigError(
+                "load prefix_hit_rate must be a fraction of prompt tokens",
+                value=self.prefix_hit_rate, allowed="0 <= prefix_hit_rate < 1",
+            )  # fmt: skip
         if any(n < 1 for n in self.prompt_sample):
             raise ConfigError("prompt lengths must be >= 1", value=min(self.prompt_sample))
         if not (self.rate_per_s > 0 and math.isfinite(self.rate_per_s)):
@@ -142,9 +152,11 @@ class PoolPrediction:
     """A pool's predicted figures at a per-instance rate."""
 
     ttft_ms: float  # prefill: W + t_p; decode: not applicable (nan)
-    tpot_ms: float  # decode: s(L) + hand-off / (O - 1); prefill: nan
+    tpot_ms: float  # decode: s(L) + (hand-off + slot wait) / (O - 1), sized on; prefill: nan
     handoff_ms: float  # the KV transfer (link queue included)
     utilization: float  # ρ (prefill) or L / b (decode)
+    step_ms: float = math.nan  # decode: s(L), the gap between tokens once decoding
+    slot_wait_ms: float = math.nan  # decode: a landed KV's wait for a slot (W_a)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +200,18 @@ class PDPlan:
         return self.decode.predicted.tpot_ms
 
     @property
+    def client_ttft_ms(self) -> float:
+        """The first token a streaming client gets (from the decode side): prefill wait and
+        time, KV hand-off, and the wait for a decode slot -- as the simulator takes TTFT."""
+        decode = self.decode.predicted
+        return self.ttft_ms + self.prefill.predicted.handoff_ms + decode.slot_wait_ms
+
+    @property
+    def client_tpot_ms(self) -> float:
+        """TPOT after that first token: the decode step ``s(L)``."""
+        return self.decode.predicted.step_ms
+
+    @property
     def meets(self) -> bool:
         """Predicted TTFT plus hand-off and TPOT within the targets."""
         ready = self.ttft_ms + self.prefill.predicted.handoff_ms
@@ -226,7 +250,13 @@ def phase_times(
     per_token = dep.model.kv_bytes_per_token(dep.kv_precision) / (bandwidth * 1e9)
     lengths, weights = np.unique(np.asarray(load.prompt_sample or (p,)), return_counts=True)
     share = weights / weights.sum()
-    prefill = np.array([step.iteration_s(Batch.of(prefill=[(int(n), 0)])) for n in lengths])
+    hit = load.prefix_hit_rate  # cached prompt tokens: context of the chunk, not computed
+    prefill = np.array(
+        [
+            step.iteration_s(Batch.of(prefill=[(max(1, round(n * (1 - hit))), round(n * hit))]))
+            for n in lengths
+        ]
+    )
     wire = lengths * per_token
     return PhaseTimes(
         Candidate(dep.accelerator.name, dep.tp),
@@ -339,7 +369,7 @@ def predict_decode(
     s_l = _step_at(steps, busy)
     admit = erlang_c(batch, busy) * decodes * s_l / (batch - busy)
     tpot = s_l + (handoff + admit) / decodes
-    return PoolPrediction(math.nan, tpot * 1e3, handoff * 1e3, busy / batch)
+    return PoolPrediction(math.nan, tpot * 1e3, handoff * 1e3, busy / batch, s_l * 1e3, admit * 1e3)
 
 
 def _max_rate(ok: Callable[[float], bool], ceiling: float) -> float:

@@ -3,23 +3,29 @@
 For a request of a model served by prefill and decode instances, :class:`PDFrontDoor`
 answers in three steps, from read-only views as every policy here:
 
-1. **Decide** (:class:`Decider`): disaggregate or not. ``threshold`` compares the prompt
-   tokens not expected in a prefill instance's prefix cache with ``min_uncached_tokens``
-   (llm-d's P/D decider: a mostly cached prompt is cheaper to prefill where it decodes).
-   The expected hit is the longest prefix of the prompt's block keys sent to any prefill
-   instance before (the approximate :class:`~sincere.policy.routers._prefix_index.PrefixIndex`
-   prefix-aware routers keep), so the decision needs no engine round trip.
+1. **Decide** (:class:`Decider`): disaggregate or not. ``always`` and ``never`` need no
+   input. ``threshold`` is llm-d's prefix-based P/D decider: the decode front door picks
+   the decode instance first, and the prompt tokens not expected in *that* instance's
+   prefix cache are compared with ``min_uncached_tokens``; below it the request is served
+   whole on that decode instance (:class:`Local`: a mostly cached prompt is cheaper to
+   prefill where it decodes, and it is cached there). The expected hit is the longest
+   prefix of the prompt's block keys that instance prefilled itself before (the
+   approximate :class:`~sincere.policy.routers._prefix_index.PrefixIndex` prefix-aware
+   routers keep), so the decision needs no engine round trip. KV received from a prefill
+   instance is not counted: the engines do not cache it.
 2. **Prefill**: the prefill front door (a :class:`~sincere.policy.front_door.FrontDoor`
    with the prefill router; prefix-aware by default) picks among the prefill instances.
-3. **Decode**: the decode front door picks among the decode instances.
+3. **Decode**: the decode front door picks among the decode instances (for ``threshold``
+   before step 1).
 
 Each phase's router is told its outcome (:meth:`PDFrontDoor.observe_prefill`, the time
 to the first token on the prefill instance; :meth:`PDFrontDoor.observe_decode`, the whole
 request on the decode instance), so routers that learn do so from both pools.
 
-A request not disaggregated goes the colocated way (the driver's own front door); so does
-every request while no prefill instance is healthy (a live pool whose breakers are open:
-simulated instances are always healthy).
+A request not disaggregated by ``always`` / ``never`` goes the colocated way (the
+driver's own front door); one kept by ``threshold`` goes to its :class:`Local` instance.
+While no prefill instance is healthy (a live pool whose breakers are open: simulated
+instances are always healthy) every request goes the colocated way.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
 from sincere.policy.router_base import InstanceView, Outcome
 from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
 
-DECIDER_INDEX_BLOCKS = 1 << 20
-"""Block keys per prefill instance the decider's prefix index remembers."""
+DECIDER_INDEX_TOKENS = 1 << 25
+"""Prompt tokens per decode instance the decider's prefix index remembers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,14 @@ class PDRoute:
     uncached_prompt_tokens: int  # what the decider read
 
 
+@dataclass(frozen=True, slots=True)
+class Local:
+    """Not disaggregated: prefill and decode on the decode instance ``route`` chose."""
+
+    route: Route
+    uncached_prompt_tokens: int  # what the decider read, against that instance's cache
+
+
 class PDFrontDoor:
     """The decider and the two per-phase front doors (see the module docstring)."""
 
@@ -77,14 +91,14 @@ class PDFrontDoor:
         self.decider = decider
         self.prefill = prefill
         self.decode = decode
-        self.index = PrefixIndex(DECIDER_INDEX_BLOCKS)
+        self.index = PrefixIndex(DECIDER_INDEX_TOKENS)
 
-    def uncached_tokens(self, request: Request, prefill: Sequence[InstanceView]) -> int:
-        """Prompt tokens not expected in the best prefill instance's prefix cache."""
+    def uncached_tokens(self, request: Request, decode_instance: str) -> int:
+        """Prompt tokens not expected in ``decode_instance``'s prefix cache."""
         keys = prompt_keys(request)
         if not keys:
             return request.prompt_tokens
-        best = max(self.index.matched_blocks(v.id, keys) for v in prefill)
+        best = self.index.matched_blocks(decode_instance, keys)
         return request.prompt_tokens - best * request.block_tokens
 
     def decide(
@@ -93,24 +107,44 @@ class PDFrontDoor:
         prefill: Sequence[InstanceView],
         decode: Sequence[InstanceView],
         now: Seconds,
-    ) -> PDRoute | Reject | Hold | None:
-        """Both phases' instances, a phase's rejection or hold (no room in it: the driver
-        queues the request, as for :class:`~sincere.policy.front_door.Hold`), or ``None``:
-        serve it colocated -- the decider's answer, or no prefill instance healthy (a
-        prefill pool that is down does not hold requests its decode pool can serve whole).
-        Routers are asked only once the request is disaggregated."""
-        if not decode or not any(v.healthy for v in prefill):
+    ) -> PDRoute | Local | Reject | Hold | None:
+        """Both phases' instances, the decode instance to serve it whole (:class:`Local`),
+        a phase's rejection or hold (no room in it: the driver queues the request, as for
+        :class:`~sincere.policy.front_door.Hold`), or ``None``: serve it colocated -- the
+        decider's answer, or no prefill instance healthy (a prefill pool that is down does
+        not hold requests its decode pool can serve whole)."""
+        if not decode or not any(v.healthy for v in prefill) or self.decider.name == "never":
             return None  # nowhere to prefill: a decode instance prefills it itself
-        uncached = self.uncached_tokens(request, prefill)
+        if self.decider.name == "always":
+            return self._split(request, prefill, decode, now, request.prompt_tokens)
+        second = self.decode.decide(request, decode, now)
+        if not isinstance(second, Route):
+            return second
+        uncached = self.uncached_tokens(request, second.instance)
         if not self.decider.disaggregate(uncached):
-            return None
+            keys = prompt_keys(request)
+            self.index.add(second.instance, keys, request.block_tokens)  # prefilled there
+            return Local(second, uncached)
+        first = self.prefill.decide(request, prefill, now)
+        if not isinstance(first, Route):
+            return first
+        return PDRoute(first, second, uncached)
+
+    def _split(
+        self,
+        request: Request,
+        prefill: Sequence[InstanceView],
+        decode: Sequence[InstanceView],
+        now: Seconds,
+        uncached: int,
+    ) -> PDRoute | Reject | Hold:
+        """Prefill, then decode instance (``always``)."""
         first = self.prefill.decide(request, prefill, now)
         if not isinstance(first, Route):
             return first
         second = self.decode.decide(request, decode, now)
         if not isinstance(second, Route):
             return second
-        self.index.add(first.instance, prompt_keys(request))
         return PDRoute(first, second, uncached)
 
     @property

@@ -22,8 +22,9 @@ DECIDERS: tuple[str, ...] = ("always", "never", "threshold")
 class DeciderConfig(BaseModel):
     """Whether a request's prefill runs on a prefill instance (llm-d's P/D decider).
 
-    ``always`` / ``never``, or ``threshold``: when its prompt tokens not expected in a
-    prefill instance's prefix cache are at least ``min_uncached_tokens``.
+    ``always`` / ``never``, or ``threshold``: when its prompt tokens not expected in the
+    prefix cache of the decode instance chosen for it are at least ``min_uncached_tokens``
+    (else it is served whole on that decode instance).
     """
 
     model_config = _FROZEN

@@ -33,8 +33,9 @@ from sincere.core.jsonsafe import dumps
 from sincere.core.output import output_folder, write_requests
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays
+from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.gaps import GapHistogram
-from sincere.engine.summary import summarize
+from sincere.engine.summary import CONTEXT_REASONS, summarize
 from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
@@ -156,7 +157,26 @@ def run_warnings(cluster: Cluster) -> list[str]:
             else f"{num_rejected:,} of {total:,} requests were"
         )
         lines.append(f"{head} rejected ({text})")
+        if any(reason in reasons for reason in CONTEXT_REASONS):
+            lines.append(_context_hint(cluster))
     return lines
+
+
+def _context_hint(cluster: Cluster) -> str:
+    """What the context rejections mean, with each instance's ``max_model_len``."""
+    limits = sorted(
+        {
+            f"{e.id} {e.limits.max_model_len:,}"
+            for e in cluster.engines
+            if isinstance(e, ContinuousEngine) and e.limits.max_model_len is not None
+        }
+    )
+    return (
+        "prompt_too_long / over_context: prompt + max_tokens is over the engine's "
+        f"max_model_len ({', '.join(limits)} tokens; the model's context unless "
+        "engine.max_model_len is set), refused as vLLM refuses them; serve such "
+        "traffic on a model with a longer context"
+    )
 
 
 def summarize_cluster(
@@ -177,7 +197,7 @@ def summarize_cluster(
     summary = summarize(cluster.requests, cluster.records, log.end_at, cluster.infos, stats, gaps)
     summary["mean_num_in_system"] = log.num_in_system_area / log.end_at if log.end_at else 0.0
     if cluster.pd is not None:
-        summary["disaggregation"] = cluster.pd.summary()
+        summary["disaggregation"] = cluster.pd.summary(cluster.requests.arrival_at)
     block = cluster_sincere_metrics(cluster, horizon_s or log.end_at)
     if block is not None:
         summary["sincere"] = block

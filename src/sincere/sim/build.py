@@ -84,7 +84,8 @@ class _Builder:
         caps = self.prefill_caps if role == "prefill" else self.max_tokens
         built = build_engine(
             inst, self.ids[ix], self.requests, self.records, ix,
-            max_tokens=caps, rng=_rng(self.config.seed, 100 + ix), where=where,
+            max_tokens=caps, context_caps=self.max_tokens,
+            rng=_rng(self.config.seed, 100 + ix), where=where,
             step_models=self.step_models.get(where),
         )  # fmt: skip
         self.step_models[where] = built.step_models

@@ -9,9 +9,8 @@ instances (docs/disaggregation.md):
   served whole by the cluster's front door, on ``both`` instances of its model, else on
   its decode instances (which then prefill it too, as llm-d's decode pods do);
 * a disaggregated request is prefilled on its prefill instance, an ordinary continuous
-  engine whose output cap is one token: prefix caching applies there, its first token
-  comes at the end of the prefill (TTFT is taken then, as vLLM's disaggregated serving
-  does);
+  engine whose output cap is one token: prefix caching applies there, and its first token
+  is computed at the end of the prefill (``prefill_done_at``);
 * its prompt's KV (``prompt_tokens x`` the model's KV bytes per token at the prefill
   instance's KV precision; the first token's KV is computed by its first decode step)
   crosses the :class:`~sincere.perf.kv_link.KvLink` between the two instances, one
@@ -24,7 +23,11 @@ instances (docs/disaggregation.md):
 * the decode instance takes the KV
   (:meth:`~sincere.engine.continuous.ContinuousEngine.add_prefilled`) and starts
   decoding at an iteration boundary once blocks for it are free, in arrival
-  order (backpressure: KV waiting for room holds nothing).
+  order (backpressure: KV waiting for room holds nothing). That is when a streaming
+  client gets its first token (the decode side emits it, as the live emulator and
+  vLLM's disaggregated serving do), so TTFT (``first_token_at``) is taken then: the
+  prefill, the KV transfer and the wait for decode room; the end of the prefill is
+  reported beside it (``prefill_done_at``, the summary's ``disaggregation.prefill_ttft_s``).
 
 Records: every column keeps its meaning (``instance`` is where the request ended: its
 decode instance); :class:`PDRecords` adds, for disaggregated runs only, where each phase
@@ -48,13 +51,14 @@ from sincere.core.records import arrow_column, arrow_strings
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.engine.continuous import ContinuousEngine
+from sincere.engine.summary import describe
 from sincere.perf.kv_link import NVLINK_DEFAULT_LATENCY_S as NVLINK_DEFAULT_LATENCY_S
 from sincere.perf.kv_link import RDMA_DEFAULT_GBPS as RDMA_DEFAULT_GBPS
 from sincere.perf.kv_link import RDMA_DEFAULT_LATENCY_S as RDMA_DEFAULT_LATENCY_S
 from sincere.perf.kv_link import KvLink as KvLink
 from sincere.perf.kv_link import link_figures as link_figures
 from sincere.policy.front_door import Hold, Reject
-from sincere.policy.pd import PDFrontDoor, PDRoute
+from sincere.policy.pd import Local, PDFrontDoor, PDRoute
 from sincere.policy.router_base import Outcome
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, SimulationConfig
@@ -159,6 +163,7 @@ class PDRecords:
         return {
             "prefill_instance": _names(names, pre),
             "decode_instance": _names(names, dec),
+            "prefill_done_at": arrow_column(self.prefill_done_at, np.isnan(self.prefill_done_at)),
             "kv_transfer_s": arrow_column(ready - self.prefill_done_at, np.isnan(ready)),
             "kv_ready_at": arrow_column(ready, np.isnan(ready)),
             "decode_started_at": arrow_column(started, np.isnan(started)),
@@ -194,13 +199,16 @@ class PDPlan:
             self.all_links.append(found)
         return found
 
-    def summary(self) -> dict[str, object]:
-        """Counts and link totals for ``summary.json``."""
+    def summary(self, arrival_at: npt.NDArray[np.float64]) -> dict[str, object]:
+        """Counts, link totals and the time to the end of the prefill (``prefill_ttft_s``;
+        the summary's ``ttft_s`` is the client's, at the decode side) for ``summary.json``."""
         rec = self.records
         done = ~np.isnan(rec.kv_ready_at)
         wait = rec.kv_ready_at - rec.prefill_done_at
+        split = rec.prefill_instance >= 0
         return {
-            "num_disaggregated": int((rec.prefill_instance >= 0).sum()),
+            "num_disaggregated": int(split.sum()),
+            "prefill_ttft_s": describe((rec.prefill_done_at - arrival_at)[split]),
             "num_transfers": int(done.sum()),
             "kv_bytes": float(rec.kv_bytes.sum()),
             "kv_transfer_s_mean": float(wait[done].mean()) if done.any() else None,
@@ -295,6 +303,11 @@ class PDLoop:
                 return
             self._add(e, i, at)
             return
+        if isinstance(decision, Local):  # whole on the decode instance the decider read
+            if decision.route.max_tokens is not None:
+                cluster.max_tokens[i] = decision.route.max_tokens
+            self._add(cluster._engine_of[decision.route.instance], i, at)
+            return
         p = cluster._engine_of[decision.prefill.instance]
         d = cluster._engine_of[decision.decode.instance]
         if decision.decode.max_tokens is not None:
@@ -310,7 +323,7 @@ class PDLoop:
 
     def _pd_decision(
         self, i: int, model: int, request: Request, at: Seconds
-    ) -> PDRoute | Reject | Hold | None:
+    ) -> PDRoute | Local | Reject | Hold | None:
         plan, cluster = self.plan, self.cluster
         prefill, decode = plan.prefill_of[model], plan.decode_of[model]
         if not prefill or not decode:
@@ -333,8 +346,9 @@ class PDLoop:
         cluster.touched(e)
         if isinstance(engine, ContinuousEngine) and engine.kv_admitted:
             started = self.plan.records.decode_started_at
+            first = cluster.records.first_token_at
             for i, when in engine.kv_admitted:
-                started[i] = when
+                started[i] = first[i] = when  # the client's first token: decode side
             engine.kv_admitted.clear()
         for i in done:
             cluster.outstanding[e] -= 1

@@ -4,9 +4,11 @@ Prefix-aware routers cannot ask an engine which KV blocks it holds (live engines
 say, and asking would cost a round trip per request). Like llm-d's approximate prefix
 cache scorer and Dynamo's KV router without engine events, they remember instead what
 they sent where: per instance, the chained keys (:func:`sincere.core.prefix.chain_keys`)
-of the full blocks of every prompt routed there, in an LRU of at most ``max_blocks``
-keys. The longest matched prefix of a new prompt on an instance is then the number of
-its leading keys present there -- because keys are chained, key ``i`` present means
+of the full blocks of every prompt routed there, in an LRU of at most ``max_tokens``
+prompt tokens (each key weighs its block's tokens, so one setting means the same for
+Mooncake's 512-token blocks in simulation and the gateway's 16-token blocks live). The
+longest matched prefix of a new prompt on an instance is then the number of its leading
+keys present there -- because keys are chained, key ``i`` present means
 blocks ``0..i`` were all sent there together.
 
 A prompt's keys are touched from its last block to its first, so the first blocks are
@@ -18,6 +20,7 @@ the index still holds, or kept what the index dropped.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 from sincere.core.prefix import chain_keys
@@ -39,12 +42,23 @@ def prompt_keys(request: Request, max_blocks: int | None = None) -> tuple[int, .
     return chain_keys(request.block_ids[:full])
 
 
-class PrefixIndex:
-    """Per instance, an LRU of the chained block keys routed there (at most ``max_blocks``)."""
+DEFAULT_INDEX_TOKENS = 1 << 25
+"""Prompt tokens a router's index remembers per instance by default (33,554,432: 65,536
+blocks of Mooncake's 512 tokens, 2,097,152 of the gateway's 16)."""
 
-    def __init__(self, max_blocks: int) -> None:
-        self.max_blocks = max_blocks
-        self._by_instance: dict[InstanceId, OrderedDict[int, None]] = {}
+
+class PrefixIndex:
+    """Per instance, an LRU of the chained block keys routed there, bounded in prompt
+    tokens (each key weighs its block's tokens), so one capacity means the same at any
+    block size; with ``max_blocks`` instead, bounded in keys (the deprecated unit)."""
+
+    def __init__(self, max_tokens: int | None = None, *, max_blocks: int | None = None) -> None:
+        if (max_tokens is None) == (max_blocks is None):
+            raise ValueError("give the index's capacity in max_tokens or max_blocks, not both")
+        self.in_tokens = max_tokens is not None
+        self.capacity: int = max_tokens if max_tokens is not None else max_blocks or 0
+        self._by_instance: dict[InstanceId, OrderedDict[int, int]] = {}
+        self._held: dict[InstanceId, int] = {}  # tokens (or keys) held per instance
 
     def matched_blocks(self, instance: InstanceId, keys: tuple[int, ...]) -> int:
         """Leading keys of ``keys`` the instance's index holds (stops at the first miss)."""
@@ -58,19 +72,45 @@ class PrefixIndex:
             count += 1
         return count
 
-    def add(self, instance: InstanceId, keys: tuple[int, ...]) -> None:
-        """Note that a prompt with ``keys`` went to ``instance`` (its tail is evicted first)."""
+    def add(self, instance: InstanceId, keys: tuple[int, ...], block_tokens: int) -> None:
+        """Note that a prompt with ``keys`` (blocks of ``block_tokens``) went to
+        ``instance``; its tail is evicted first."""
         if not keys:
             return
+        weight = block_tokens if self.in_tokens else 1
         held = self._by_instance.setdefault(instance, OrderedDict())
+        total = self._held.get(instance, 0)
         for key in reversed(keys):
             if key in held:
                 held.move_to_end(key)
             else:
-                held[key] = None
-        while len(held) > self.max_blocks:
-            held.popitem(last=False)
+                held[key] = weight
+                total += weight
+        while total > self.capacity and held:
+            total -= held.popitem(last=False)[1]
+        self._held[instance] = total
 
     def size(self, instance: InstanceId) -> int:
         """Keys held for ``instance``."""
         return len(self._by_instance.get(instance, ()))
+
+    def held_tokens(self, instance: InstanceId) -> int:
+        """What ``instance``'s keys weigh: prompt tokens (keys with ``max_blocks``)."""
+        return self._held.get(instance, 0)
+
+
+def router_index(max_tokens: int, max_blocks: int | None, router: str) -> PrefixIndex:
+    """A router's index: ``max_tokens`` per instance, unless the deprecated
+    ``max_blocks_per_instance`` is given (keys, whose tokens depend on the block size:
+    512 in Mooncake's trace, 16 at the gateway), which warns and keeps its old meaning."""
+    if max_blocks is None:
+        return PrefixIndex(max_tokens)
+    warnings.warn(
+        f"router {router!r}: max_blocks_per_instance is deprecated: it counts block keys, "
+        "whose size differs between traces (Mooncake: 512 tokens) and the gateway (16), so "
+        "one setting forgets 32 times sooner live; give max_tokens_per_instance (tokens, "
+        f"e.g. {max_blocks} x the block tokens) instead",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return PrefixIndex(max_blocks=max_blocks)

@@ -37,14 +37,20 @@ from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router
 from sincere.policy.routers._common import LoadMetric, load_measure
-from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
+from sincere.policy.routers._prefix_index import DEFAULT_INDEX_TOKENS, prompt_keys, router_index
 
 
 class PrefixAwareParams(Params):
     """Parameters of ``prefix-aware``."""
 
-    max_blocks_per_instance: int = Field(
-        65_536, ge=1, description="block keys remembered per instance (LRU beyond)"
+    max_tokens_per_instance: int = Field(
+        DEFAULT_INDEX_TOKENS,
+        ge=1,
+        description="prompt tokens the prefix index remembers per instance (LRU beyond), "
+        "the same at any block size",
+    )
+    max_blocks_per_instance: int | None = Field(
+        None, ge=1, description="deprecated: block keys per instance; use max_tokens_per_instance"
     )
     max_prefix_blocks: int | None = Field(
         None, ge=1, description="leading blocks of a prompt keyed and matched; null: all"
@@ -70,7 +76,9 @@ class PrefixAwareRouter(Router):
     ) -> None:
         super().__init__(rng)
         p = params_from(PrefixAwareParams, params, values, "router 'prefix-aware'")
-        self.index = PrefixIndex(p.max_blocks_per_instance)
+        self.index = router_index(
+            p.max_tokens_per_instance, p.max_blocks_per_instance, "prefix-aware"
+        )
         self.max_prefix_blocks = p.max_prefix_blocks
         self.metric = p.metric
         self.max_load_gap = p.max_load_gap
@@ -95,7 +103,7 @@ class PrefixAwareRouter(Router):
         eligible = [k for k, x in enumerate(loads) if x <= least + self.max_load_gap]
         best = min(eligible, key=lambda k: (-matched[k], loads[k], k))
         choice = candidates[best]
-        self.index.add(choice.id, keys)
+        self.index.add(choice.id, keys, request.block_tokens)
         overloaded = len(candidates) - len(eligible)
         yielded = max(matched) > matched[best]
         reason = f"prefix {matched[best]}/{len(keys) * request.block_tokens} tokens, "

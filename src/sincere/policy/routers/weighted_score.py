@@ -34,7 +34,7 @@ from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router
-from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
+from sincere.policy.routers._prefix_index import DEFAULT_INDEX_TOKENS, prompt_keys, router_index
 
 SCORERS = ("prefix", "queue", "kv", "running")
 """The scorers, in the order the reason lists them."""
@@ -47,8 +47,14 @@ class WeightedScoreParams(Params):
     w_queue: float = Field(1.0, ge=0.0, description="weight of the queue-depth scorer")
     w_kv: float = Field(1.0, ge=0.0, description="weight of the KV-utilisation scorer")
     w_running: float = Field(0.0, ge=0.0, description="weight of the running-requests scorer")
-    max_blocks_per_instance: int = Field(
-        65_536, ge=1, description="block keys the prefix index remembers per instance"
+    max_tokens_per_instance: int = Field(
+        DEFAULT_INDEX_TOKENS,
+        ge=1,
+        description="prompt tokens the prefix index remembers per instance (LRU beyond), "
+        "the same at any block size",
+    )
+    max_blocks_per_instance: int | None = Field(
+        None, ge=1, description="deprecated: block keys per instance; use max_tokens_per_instance"
     )
     max_prefix_blocks: int | None = Field(
         None, ge=1, description="leading blocks of a prompt keyed and matched; null: all"
@@ -103,7 +109,9 @@ class WeightedScoreRouter(Router):
         super().__init__(rng)
         p = params_from(WeightedScoreParams, params, values, "router 'weighted-score'")
         self.weights = {name: float(getattr(p, f"w_{name}")) for name in SCORERS}
-        self.index = PrefixIndex(p.max_blocks_per_instance)
+        self.index = router_index(
+            p.max_tokens_per_instance, p.max_blocks_per_instance, "weighted-score"
+        )
         self.max_prefix_blocks = p.max_prefix_blocks
 
     def scores(
@@ -135,7 +143,7 @@ class WeightedScoreRouter(Router):
             range(len(candidates)), key=lambda k: (totals[k], -candidates[k].num_outstanding, -k)
         )
         choice = candidates[best]
-        self.index.add(choice.id, keys)
+        self.index.add(choice.id, keys, request.block_tokens)
         parts = []
         for k, v in enumerate(candidates):
             shown = " ".join(f"{name}={values[name][k]:.3g}" for name in SCORERS)

@@ -73,7 +73,7 @@ from sincere.serve.protocol import (
 )
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-_REJECT_STATUS = {"prompt_too_long": 400, "kv_capacity": 400}
+_REJECT_STATUS = {"prompt_too_long": 400, "over_context": 400, "kv_capacity": 400}
 
 
 class EmulatorServer(Served):

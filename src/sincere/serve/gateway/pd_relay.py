@@ -23,7 +23,7 @@ records hold one instance per call); the answers' headers say where each phase r
 
 Both phases are recorded in the answer's headers: ``x-sincere-instance`` (the decode
 instance), ``x-sincere-prefill-instance``, ``x-sincere-prefill-s`` (arrival to the
-prefill's answer: the TTFT as the simulator takes it) and, relayed from the decode
+prefill's answer: the end of the prefill as the simulator takes it) and, relayed from the decode
 instance when it says, ``x-sincere-kv-transfer-s`` / ``x-sincere-kv-wait-s``.
 
 A client's own ``kv_transfer_params`` are dropped (on every request:
@@ -53,7 +53,7 @@ from typing import Any
 from aiohttp import web
 
 from sincere.policy.front_door import Hold, Reject, Route
-from sincere.policy.pd import PDFrontDoor, PDRoute, build_pd_front_door
+from sincere.policy.pd import Local, PDFrontDoor, PDRoute, build_pd_front_door
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.serve.backends.openai_api import UpstreamError
 from sincere.serve.gateway.config import GatewayConfig
@@ -65,6 +65,7 @@ from sincere.serve.security.engine_fields import engine_fields_in, without_engin
 
 PREFILL_INSTANCE_HEADER = "x-sincere-prefill-instance"
 PREFILL_S_HEADER = "x-sincere-prefill-s"
+PREFILL_CACHED_HEADER = "x-sincere-prefill-cached-tokens"
 RELAYED_HEADERS = ("x-sincere-kv-transfer-s", "x-sincere-kv-wait-s")
 KV_PARAMS = "kv_transfer_params"
 HOLD_POLL_S = 0.01
@@ -80,7 +81,7 @@ PREFILL_PARAMS: dict[str, Any] = {
 """The ``kv_transfer_params`` of a prefill request (vLLM's P/D proxy sends these)."""
 
 
-PrefillResult = tuple[dict[str, Any], float] | web.StreamResponse
+PrefillResult = tuple[dict[str, Any], float, int | None] | web.StreamResponse
 """A prefill's KV parameters and arrival-to-answer seconds, or the client's answer."""
 
 
@@ -131,6 +132,9 @@ class PDRelay:
         if not prefill and not decode:
             return await self._colocated(http_req, creq, pending)
         route = await self._decide(pending, prefill, decode) if prefill and decode else None
+        if isinstance(route, Local):  # whole on the decode instance the decider read
+            pending.skip |= {s.name for s in states if s.name != route.route.instance}
+            return await self._colocated(http_req, creq, pending)
         if route is None:
             return await self._colocated_on(states, http_req, creq, pending)
         return await self._two_phases(http_req, creq, pending, route)
@@ -161,7 +165,7 @@ class PDRelay:
 
     async def _decide(
         self, pending: Pending, prefill: Sequence[InstanceState], decode: Sequence[InstanceState]
-    ) -> PDRoute | None:
+    ) -> PDRoute | Local | None:
         """The P/D front door's answer, asked again while a phase holds (bounded)."""
         d, req = self.dispatcher, pending.request
         loop = asyncio.get_running_loop()
@@ -209,10 +213,11 @@ class PDRelay:
             # nothing reached the client: served whole by a decode instance instead
             states = d.by_model.get(pending.request.model, ())
             return await self._colocated_on(states, http_req, creq, pending)
-        params, prefill_s = first
+        params, prefill_s, cached = first
         headers = (
             (PREFILL_INSTANCE_HEADER, slot.instance.name),
             (PREFILL_S_HEADER, f"{prefill_s:.6f}"),
+            *(() if cached is None else ((PREFILL_CACHED_HEADER, str(cached)),)),
         )
         pending.headers = (*pending.headers, *headers)
         try:
@@ -278,8 +283,9 @@ class PDRelay:
     async def _prefill(
         self, creq: CompletionRequest, pending: Pending, slot: Slot
     ) -> PrefillResult:
-        """Run the prefill: the KV parameters and arrival-to-answer seconds, or the answer
-        the client gets now (an instance's 4xx; the whole answer of a one-token request)."""
+        """Run the prefill: the KV parameters, arrival-to-answer seconds and the prompt's
+        cached tokens it reported, or the answer the client gets now (an instance's 4xx;
+        the whole answer of a one-token request)."""
         loop = asyncio.get_running_loop()
         body = {k: v for k, v in creq.body.items() if k not in _PREFILL_DROPS}
         body.update(stream=False, max_tokens=1, kv_transfer_params=dict(PREFILL_PARAMS))
@@ -311,7 +317,7 @@ class PDRelay:
                 f"{slot.instance.name}: the prefill answer has no kv_transfer_params "
                 "(is it started with a KV connector?)", retryable=False,
             )  # fmt: skip
-        return params, now - pending.request.arrival_at
+        return params, now - pending.request.arrival_at, _cached_tokens(answer)
 
     async def _decode(
         self,
@@ -366,6 +372,15 @@ class PDRelay:
 _PREFILL_DROPS = frozenset(
     {"stream_options", "max_completion_tokens", "min_tokens", "min_completion_tokens"}
 )
+
+
+def _cached_tokens(answer: bytes) -> int | None:
+    """A prefill answer's ``usage.prompt_tokens_details.cached_tokens`` (None: absent)."""
+    try:
+        value = loads(answer)["usage"]["prompt_tokens_details"]["cached_tokens"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _kv_params(answer: bytes) -> dict[str, Any] | None:
