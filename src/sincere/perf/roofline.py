@@ -71,6 +71,9 @@ _TIMES = (
     "overhead_s",
     "overhead_per_seq_s",
     "allreduce_latency_s",
+    "allreduce_latency_per_doubling_s",
+    "allreduce_eager_s",
+    "moe_kernel_s",
     "p2p_latency_s",
     "load_overhead_s",
     "unload_s",
@@ -98,7 +101,16 @@ class RooflineParams:
     overhead_s: float = 0.001  # fixed CPU cost per iteration
     overhead_per_seq_s: float = 0.0  # CPU cost per sequence in the iteration
     interconnect_efficiency: float = 0.7  # share of NVLink / PCIe bandwidth in collectives
-    allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce
+    allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce (2 GPUs, in a CUDA graph)
+    allreduce_latency_per_doubling_s: float = 0.0  # all-reduce latency added per doubling of GPUs
+    allreduce_eager_s: float = 0.0  # all-reduce latency added outside a CUDA graph
+    cuda_graph_max_tokens: int = 512  # iterations up to this many tokens replay CUDA graphs
+    fp8_mfu_efficiency: float | None = None  # fp8 GEMMs' share of the fp8 peak (None: mfu's)
+    attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
+    moe_mfu_efficiency: float | None = None  # fused-MoE share of the peak (None: mfu's)
+    moe_bw_efficiency: float | None = None  # fused-MoE share of HBM (None: bw's)
+    moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
+    moe_tail_share: float = 0.0  # share of the busiest expert's rows not hidden by the others
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
     activation_bytes: float = 2.0  # bytes per activation element (bf16)
     pp_microbatches: int = 1  # micro-batches an iteration is cut into under PP
@@ -123,6 +135,19 @@ class RooflineParams:
             raise ConfigError(
                 "RooflineParams.attn_diag_factor must be in [1, 2]", value=self.attn_diag_factor
             )
+        for name in ("fp8_mfu_efficiency", "moe_mfu_efficiency", "moe_bw_efficiency"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ConfigError(f"RooflineParams.{name} must be in (0, 1]", value=value)
+        if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
+            raise ConfigError(
+                "RooflineParams.attn_decode_kernel_s must be >= 0 s",
+                value=self.attn_decode_kernel_s,
+            )
+        if not 0.0 <= self.moe_tail_share <= 1.0:
+            raise ConfigError("RooflineParams.moe_tail_share must be in [0, 1]")
+        if self.cuda_graph_max_tokens < 0:
+            raise ConfigError("RooflineParams.cuda_graph_max_tokens must be >= 0")
         if self.token_tile < 1:
             raise ConfigError("RooflineParams.token_tile must be >= 1", value=self.token_tile)
         if self.pp_microbatches < 1:
@@ -184,8 +209,11 @@ class KernelCoef:
     pair_s: float  # attention compute time per (weighted) query-key pair, per layer
     diag: float  # weight of a pair inside a prefill chunk
     kv_token_s: float  # time to move one token's KV bytes, per layer
-    attn_kernel_s: float  # fixed cost of one attention kernel, per layer
-    comm_fixed_s: float  # all-reduce latency per layer (0 without TP)
+    attn_kernel_s: float  # fixed cost of one prefill attention kernel, per layer
+    decode_kernel_s: float  # fixed cost of one decode attention kernel, per layer
+    comm_fixed_s: float  # all-reduce latency per layer in a CUDA graph (0 without TP)
+    comm_eager_s: float  # all-reduce latency per layer added outside a graph (0 without TP)
+    graph_tokens: int  # iterations up to this many tokens run in CUDA graphs
     comm_token_s: float  # all-reduce time per token per layer
     p2p_fixed_s: float  # pipeline send latency (0 without PP)
     p2p_token_s: float  # pipeline send time per token
@@ -198,6 +226,22 @@ def kv_share(deployment: Deployment) -> float:
         return 1.0
     heads = deployment.model.num_kv_heads
     return math.ceil(heads / deployment.tp) / heads
+
+
+def gemm_mfu(params: RooflineParams, compute_precision: str) -> float:
+    """The GEMMs' share of the peak in ``compute_precision`` (fp8 may have its own)."""
+    if compute_precision == "fp8" and params.fp8_mfu_efficiency is not None:
+        return params.fp8_mfu_efficiency
+    return params.mfu_efficiency
+
+
+def allreduce_latency_s(params: RooflineParams, gpus: int) -> float:
+    """Latency of one all-reduce over ``gpus`` GPUs in a CUDA graph (0 for one GPU)."""
+    if gpus <= 1:
+        return 0.0
+    return params.allreduce_latency_s + params.allreduce_latency_per_doubling_s * math.log2(
+        gpus / 2.0
+    )
 
 
 def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelCoef:
@@ -223,7 +267,12 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         diag=p.attn_diag_factor,
         kv_token_s=kv_bytes / attn_hbm,
         attn_kernel_s=p.attn_kernel_s,
-        comm_fixed_s=2.0 * p.allreduce_latency_s if tp_on else 0.0,
+        decode_kernel_s=p.attn_kernel_s
+        if p.attn_decode_kernel_s is None
+        else p.attn_decode_kernel_s,
+        comm_fixed_s=2.0 * allreduce_latency_s(p, dep.tp),
+        comm_eager_s=2.0 * p.allreduce_eager_s if tp_on else 0.0,
+        graph_tokens=p.cuda_graph_max_tokens,
         comm_token_s=2.0 * ring * message / link if tp_on else 0.0,
         p2p_fixed_s=p.p2p_latency_s if pp_on else 0.0,
         p2p_token_s=message / link if pp_on else 0.0,
@@ -247,7 +296,8 @@ class RooflineKernels:
         self.head = Gemm(model.hidden_size, max(1, model.vocab_size // tp))
         self.coef = fold_coefficients(deployment, params)
         acc, p = deployment.accelerator, params
-        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * p.mfu_efficiency
+        mfu = gemm_mfu(p, acc.compute_precision(deployment.precision))
+        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * mfu
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
         self._weight_bytes = PRECISION_BYTES[deployment.precision]
         ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
@@ -329,7 +379,15 @@ class RooflineKernels:
         c = self.coef
         compute = share * c.pair_s * ctx_tokens
         memory = share * c.kv_token_s * (ctx_tokens + num_seqs)
-        return c.attn_kernel_s + (compute if compute > memory else memory)
+        return c.decode_kernel_s + (compute if compute > memory else memory)
+
+
+def comm_layer_s(coef: KernelCoef, tokens: int, step_tokens: int) -> float:
+    """One layer's all-reduces over ``tokens``; eager when the step's tokens exceed the graphs."""
+    value = coef.comm_fixed_s + coef.comm_token_s * tokens
+    if step_tokens > coef.graph_tokens:
+        value += coef.comm_eager_s
+    return value
 
 
 def needs_arch_step(deployment: Deployment) -> bool:
@@ -445,6 +503,8 @@ class Roofline(StepTimeBase):
         if head is None:
             head = self.lm_head_s(seqs)
         layer = linear + c.comm_fixed_s + c.comm_token_s * tokens
+        if tokens > c.graph_tokens:
+            layer += c.comm_eager_s
         if num_prefill_seqs > 0:
             ctx_pairs = prefill_tokens * prefill_ctx_tokens / num_prefill_seqs
             if ctx_pairs > prefill_attn_pairs:
@@ -455,7 +515,7 @@ class Roofline(StepTimeBase):
         if num_decode_seqs > 0:
             compute = c.pair_s * decode_ctx_tokens
             memory = c.kv_token_s * (decode_ctx_tokens + num_decode_seqs)
-            layer += c.attn_kernel_s + (compute if compute > memory else memory)
+            layer += c.decode_kernel_s + (compute if compute > memory else memory)
         return c.cpu_s + c.cpu_seq_s * seqs + c.layers * layer + head
 
     def _pipelined_s(
@@ -482,6 +542,8 @@ class Roofline(StepTimeBase):
         if num_decode_seqs > 0:
             attn += self.kernels.decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
         layer = self.linear_layer_s(mb_tokens) + attn + c.comm_fixed_s + c.comm_token_s * mb_tokens
+        if tokens > c.graph_tokens:
+            layer += c.comm_eager_s
         stage = c.layers * layer + self.lm_head_s(math.ceil(seqs * share))
         p2p = c.p2p_fixed_s + c.p2p_token_s * mb_tokens
         return c.cpu_s + c.cpu_seq_s * seqs + (num_mb + c.pp - 1.0) * (stage + p2p)
@@ -512,7 +574,9 @@ class Roofline(StepTimeBase):
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
         mb = num_seqs if num_mb == 1 else math.ceil(num_seqs * share)
-        fixed = self.linear_layer_s(mb) + c.attn_kernel_s + c.comm_fixed_s + c.comm_token_s * mb
+        fixed = self.linear_layer_s(mb) + c.decode_kernel_s + c.comm_fixed_s + c.comm_token_s * mb
+        if num_seqs > c.graph_tokens:
+            fixed += c.comm_eager_s
         stage = c.layers * fixed + self.lm_head_s(mb)
         scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
         if scale != 1.0:
@@ -553,7 +617,7 @@ class Roofline(StepTimeBase):
         if batch.num_decode_seqs > 0:
             decode = self.kernels.decode_attn_s
             attn += decode(share, batch.num_decode_seqs, batch.decode_ctx_tokens)
-        comm = c.layers * (c.comm_fixed_s + c.comm_token_s * mb_tokens)
+        comm = c.layers * comm_layer_s(c, mb_tokens, tokens)
         if scale != 1.0:
             comm += c.p2p_fixed_s + c.p2p_token_s * mb_tokens
         return StepParts(

@@ -1,0 +1,478 @@
+"""Fit the roofline's per-kernel terms to one GPU's measured vLLM kernels.
+
+``fit_kernels(folder, accelerator)`` reads the tables of :mod:`sincere.fit.kernel_tables`
+(AIConfigurator's database: real vLLM kernels timed on the GPU) and fits, family by
+family, the general forms the roofline prices a step with -- one set of constants per
+family over every measured shape, never a table per shape:
+
+* **GEMM** by weight dtype (bf16 from ``torch.nn.functional.linear``, fp8 per-tensor
+  from vLLM's CUTLASS kernel): ``kernel + (compute^p + memory^p)^(1/p)`` with compute
+  = ``2·m·n·k`` FLOPs (``m`` rounded up to the token tile above one tile) over the
+  dtype's dense peak × efficiency and memory = weights + bf16 activations over HBM ×
+  efficiency; the tile is chosen among :data:`TOKEN_TILES` by the loss;
+* **prefill attention** (``context_attention``, bf16 KV, no window): ``attn_kernel_s +
+  4·heads·head_dim·pairs / (bf16 peak × attn_mfu_efficiency)``, causal pairs counted
+  once (``attn_diag_factor = 1``: the kernels skip the masked half);
+* **decode attention** (``generation_attention``): ``attn_decode_kernel_s + KV bytes /
+  (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower);
+* **all-reduce** (vLLM's custom all-reduce, inside and outside CUDA graphs):
+  ``latency(n) + 2(n−1)/n · bytes / (one-way link × interconnect_efficiency)`` with
+  ``latency(n) = allreduce_latency_s + allreduce_latency_per_doubling_s · log2(n/2)``
+  in a graph, plus ``allreduce_eager_s`` outside one; messages up to 128 MiB;
+* **fused MoE** (bf16 experts, no EP): the roofline of the grouped GEMMs over the
+  experts a batch activates (:mod:`sincere.perf.moe`, balanced and Zipf-skewed routing
+  with the measured skew), each expert's tokens padded to its tile, with its own
+  efficiencies, a fixed kernel cost and the share of the busiest expert's rows that
+  does not overlap with the others (``moe_tail_share``).
+
+Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
+so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
+reports its rows, mean / max relative error and bias, and says when a constant sits on
+its bound or the family misses its own data by more than :data:`FAIR_ERROR`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sincere.catalog.specs import Accelerator
+from sincere.core.errors import ConfigError
+from sincere.fit.gpu_profiles import FArray, octave_weights
+from sincere.fit.kernel_tables import KernelTable, read_table
+from sincere.perf.moe import routing_load
+
+TOKEN_TILES = (1, 64, 128, 256)
+MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
+MAX_ALLREDUCE_BYTES = 128 * 2**20
+FAIR_ERROR = 0.08  # mean relative error above which a family says it misses its data
+ACT_BYTES = 2.0
+GEMM_DTYPES = {"bfloat16": ("torch.nn.functional.linear", "bf16", 2.0), "fp8": ("", "fp8", 1.0)}
+MOE_TILE = 16  # rows an expert's tokens are padded to (as :class:`MoEParams.expert_tile`)
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyFit:
+    """One kernel family's fitted constants and how well they reproduce its rows."""
+
+    name: str  # "gemm_bf16", "gemm_fp8", "prefill_attention", ...
+    params: dict[str, float]  # RooflineParams fields it sets
+    rows: int  # rows fitted
+    mean_error: float  # mean |model − measured| / measured
+    max_error: float  # largest of the same
+    bias: float  # mean (model − measured) / measured
+    source: str  # the table file, relative to the database
+    version: str  # the framework version measured
+    notes: tuple[str, ...] = ()  # bound hits, poor fits
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the provenance block of the parameter file."""
+        out: dict[str, Any] = {
+            "table": self.source,
+            "version": self.version,
+            "rows": self.rows,
+            "mean_error": round(self.mean_error, 4),
+            "max_error": round(self.max_error, 4),
+            "bias": round(self.bias, 4),
+        }
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class KernelFit:
+    """Every family fitted for one GPU, and the families that could not be."""
+
+    accelerator: Accelerator
+    folder: Path
+    families: tuple[FamilyFit, ...]
+    missing: tuple[str, ...] = field(default=())  # "family: why"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The RooflineParams fields the families set."""
+        out: dict[str, Any] = {}
+        for fam in self.families:
+            out.update({k: v for k, v in fam.params.items() if not k.startswith("_")})
+        return out
+
+    def family(self, name: str) -> FamilyFit | None:
+        """The family called ``name`` if it was fitted."""
+        return next((f for f in self.families if f.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Bounded:
+    """A constant's start value and bounds (named so a fit can say which sit on a bound)."""
+
+    name: str
+    start: float
+    low: float
+    high: float
+
+
+def robust_fit(
+    residuals: Callable[[FArray], FArray], spec: Sequence[Bounded]
+) -> tuple[FArray, float, tuple[str, ...]]:
+    """Soft-L1 least squares: the solution, its loss and the names that sit on a bound."""
+    from scipy.optimize import least_squares
+
+    lows = [b.low for b in spec]
+    highs = [b.high for b in spec]
+    start = np.array([b.start for b in spec], dtype=float)
+    result = least_squares(residuals, start, bounds=(lows, highs), loss="soft_l1", f_scale=0.05)
+    x = np.asarray(result.x, dtype=float)
+    on_bound = tuple(
+        b.name
+        for b, v in zip(spec, x, strict=True)
+        if b.high > b.low and min(v - b.low, b.high - v) <= 1e-3 * (b.high - b.low)
+    )
+    return x, float(result.cost), on_bound
+
+
+def log_ratio(pred: FArray, measured: FArray) -> FArray:
+    """``log(pred / measured)``: the residual every family fit minimises."""
+    out: FArray = np.log(np.maximum(pred, 1e-12) / measured)
+    return out
+
+
+def pnorm(compute: FArray, memory: FArray, p: float) -> FArray:
+    """``(compute^p + memory^p)^(1/p)``, computed stably; ``p = inf`` is the max."""
+    high, low = np.maximum(compute, memory), np.minimum(compute, memory)
+    if math.isinf(p):
+        return high
+    ratio = np.where(high > 0, low / np.where(high > 0, high, 1.0), 0.0)
+    out: FArray = high * (1.0 + ratio**p) ** (1.0 / p)
+    return out
+
+
+def summarise(
+    name: str,
+    params: dict[str, float],
+    pred: FArray,
+    measured: FArray,
+    table: KernelTable,
+    root: Path,
+    on_bound: tuple[str, ...] = (),
+) -> FamilyFit:
+    """A :class:`FamilyFit` with its errors and notes."""
+    rel = (pred - measured) / measured
+    mean = float(np.abs(rel).mean())
+    notes = [f"{n} sits on its bound" for n in on_bound]
+    if mean > FAIR_ERROR:
+        notes.append(f"misses its own rows by {100 * mean:.1f} % on average")
+    try:
+        source = str(table.path.relative_to(root))
+    except ValueError:
+        source = str(table.path)
+    return FamilyFit(
+        name,
+        params,
+        len(measured),
+        mean,
+        float(np.abs(rel).max()),
+        float(rel.mean()),
+        source,
+        table.version,
+        tuple(notes),
+    )
+
+
+def subsample(table: KernelTable, limit: int = MAX_ROWS) -> KernelTable:
+    """At most ``limit`` rows, evenly spaced (deterministic)."""
+    if table.num_rows <= limit:
+        return table
+    keep = np.zeros(table.num_rows, dtype=bool)
+    keep[np.linspace(0, table.num_rows - 1, limit).astype(int)] = True
+    return table.where(keep)
+
+
+def dominant(table: KernelTable, column: str) -> str:
+    """The most frequent value of ``column`` (the kernel vLLM picks most often)."""
+    values, counts = np.unique(table.columns[column].astype(str), return_counts=True)
+    return str(values[int(np.argmax(counts))])
+
+
+# --- GEMM ----------------------------------------------------------------------------------
+def gemm_predict(
+    m: FArray, n: FArray, k: FArray, x: FArray, tile: int, peak: float, hbm: float, wbytes: float
+) -> FArray:
+    """A GEMM's time under constants ``x = (mfu, bw, kernel_s, p)``."""
+    tiled = np.where(m <= tile, m, tile * np.ceil(m / tile))
+    compute = 2.0 * n * k * tiled / (peak * x[0])
+    memory = (n * k * wbytes + ACT_BYTES * (n + k) * m) / (hbm * x[1])
+    out: FArray = x[2] + pnorm(compute, memory, float(x[3]))
+    return out
+
+
+def fit_gemm(table: KernelTable, acc: Accelerator, dtype: str, root: Path) -> FamilyFit:
+    """GEMM constants of one dtype (module docstring)."""
+    kernel, precision, wbytes = GEMM_DTYPES[dtype]
+    rows = table.where(table.equals("gemm_dtype", dtype))
+    if kernel:
+        rows = rows.where(rows.equals("kernel_source", kernel))
+    else:
+        rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+    if rows.num_rows == 0:
+        raise ConfigError("no GEMM rows of this dtype", where=str(table.path), value=dtype)
+    rows = subsample(rows)
+    m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
+    measured = rows.num("latency") * 1e-3
+    root_w = np.sqrt(octave_weights(m))
+    peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    spec = (
+        Bounded("mfu", 0.7, 0.05, 1.0),
+        Bounded("bw", 0.8, 0.05, 1.0),
+        Bounded("kernel_s", 5e-6, 0.0, 1e-4),
+        Bounded("overlap_exponent", 2.0, 1.0, 50.0),
+    )
+    best: tuple[float, int, FArray, tuple[str, ...]] | None = None
+    for tile in TOKEN_TILES:
+        x, cost, bound = robust_fit(
+            lambda x, t=tile: (
+                root_w  # type: ignore[misc]
+                * log_ratio(gemm_predict(m, n, k, x, t, peak, hbm, wbytes), measured)
+            ),
+            spec,
+        )
+        if best is None or cost < best[0]:
+            best = (cost, tile, x, bound)
+    assert best is not None
+    _, tile, x, bound = best
+    pred = gemm_predict(m, n, k, x, tile, peak, hbm, wbytes)
+    if dtype == "bfloat16":
+        params = {
+            "mfu_efficiency": float(x[0]),
+            "bw_efficiency": float(x[1]),
+            "overlap_exponent": float(x[3]),
+            "token_tile": float(tile),
+            "_gemm_kernel_s": float(x[2]),
+        }
+    else:
+        params = {"fp8_mfu_efficiency": float(x[0]), "_fp8_bw": float(x[1])}
+    return summarise(f"gemm_{precision}", params, pred, measured, rows, root, bound)
+
+
+# --- attention -----------------------------------------------------------------------------
+def _attention_rows(table: KernelTable) -> KernelTable:
+    """bf16-KV, full-attention rows of the kernel vLLM picks most for them."""
+    rows = table.where(table.equals("kv_cache_dtype", "bfloat16"))
+    rows = rows.where(rows.num("window_size") == 0)
+    if rows.num_rows == 0:
+        raise ConfigError("no bf16-KV full-attention rows", where=str(table.path))
+    return subsample(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
+
+
+def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """Prefill attention: causal pairs over the bf16 peak × efficiency, plus a kernel cost."""
+    rows = _attention_rows(table)
+    b, s = rows.num("batch_size"), rows.num("isl")
+    heads, hd = rows.num("num_heads"), rows.num("head_dim")
+    measured = rows.num("latency") * 1e-3
+    flops = 4.0 * heads * hd * b * s * (s + 1) / 2.0
+    peak = acc.peak_tflops("bf16") * 1e12
+    root_w = np.sqrt(octave_weights(b * s))
+
+    def predict(x: FArray) -> FArray:
+        out: FArray = x[1] + flops / (peak * x[0])
+        return out
+
+    spec = (Bounded("attn_mfu", 0.4, 0.01, 1.0), Bounded("attn_kernel_s", 10e-6, 0.0, 1e-3))
+    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+    params = {
+        "attn_mfu_efficiency": float(x[0]),
+        "attn_kernel_s": float(x[1]),
+        "attn_diag_factor": 1.0,
+    }
+    return summarise("prefill_attention", params, predict(x), measured, rows, root, bound)
+
+
+def fit_decode_attention(
+    table: KernelTable, acc: Accelerator, attn_mfu: float, root: Path
+) -> FamilyFit:
+    """Decode attention: KV bytes over HBM × efficiency (or its compute), plus a kernel cost."""
+    rows = _attention_rows(table)
+    b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
+    heads, kvh, hd = rows.num("num_heads"), rows.num("num_key_value_heads"), rows.num("head_dim")
+    measured = rows.num("latency") * 1e-3
+    moved = b * ctx * 2.0 * kvh * hd * ACT_BYTES
+    compute = 4.0 * heads * hd * b * ctx / (acc.peak_tflops("bf16") * 1e12 * attn_mfu)
+    hbm = acc.hbm_bandwidth_gbps * 1e9
+    root_w = np.sqrt(octave_weights(moved / 1024.0))
+
+    def predict(x: FArray) -> FArray:
+        out: FArray = x[1] + np.maximum(compute, moved / (hbm * x[0]))
+        return out
+
+    spec = (Bounded("attn_bw", 0.7, 0.01, 1.0), Bounded("attn_decode_kernel_s", 10e-6, 0.0, 1e-3))
+    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+    params = {"attn_bw_efficiency": float(x[0]), "attn_decode_kernel_s": float(x[1])}
+    return summarise("decode_attention", params, predict(x), measured, rows, root, bound)
+
+
+# --- all-reduce ----------------------------------------------------------------------------
+def allreduce_predict(
+    gpus: FArray, nbytes: FArray, eager: FArray, x: FArray, link: float
+) -> FArray:
+    """All-reduce time under ``x = (latency_s, per_doubling_s, efficiency, eager_s)``."""
+    ring = 2.0 * (gpus - 1.0) / gpus
+    latency = x[0] + x[1] * np.log2(gpus / 2.0) + x[3] * eager
+    out: FArray = latency + ring * nbytes / (link * x[2])
+    return out
+
+
+def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """vLLM's custom all-reduce, graph and eager (module docstring)."""
+    nbytes = table.num("message_size") * ACT_BYTES  # the collector's size is in elements
+    rows = table.where(nbytes <= MAX_ALLREDUCE_BYTES)
+    gpus, nbytes = rows.num("num_gpus"), rows.num("message_size") * ACT_BYTES
+    eager = rows.equals("backend", "vllm_eager").astype(np.float64)
+    measured = rows.num("latency") * 1e-3
+    link = acc.interconnect_gbps_per_direction * 1e9
+    root_w = np.sqrt(octave_weights(nbytes))
+    spec = (
+        Bounded("allreduce_latency_s", 5e-6, 0.0, 1e-3),
+        Bounded("allreduce_latency_per_doubling_s", 1e-6, 0.0, 1e-3),
+        Bounded("interconnect_efficiency", 0.5, 0.01, 1.0),
+        Bounded("allreduce_eager_s", 10e-6, 0.0, 1e-3),
+    )
+    x, _, bound = robust_fit(
+        lambda x: root_w * log_ratio(allreduce_predict(gpus, nbytes, eager, x, link), measured),
+        spec,
+    )
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    pred = allreduce_predict(gpus, nbytes, eager, x, link)
+    return summarise("allreduce", params, pred, measured, rows, root, bound)
+
+
+# --- fused MoE -----------------------------------------------------------------------------
+def skew_of(distribution: str) -> float:
+    """The Zipf exponent of a routing distribution name (``balanced``: 0)."""
+    if distribution == "balanced":
+        return 0.0
+    if distribution.startswith("power_law_"):
+        return float(distribution.removeprefix("power_law_"))
+    raise ConfigError("unknown routing distribution", value=distribution)
+
+
+def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray]:
+    """Per row: FLOPs of the padded rows and of the busiest expert's; weight, activation bytes."""
+    t, h, inter = rows.num("num_tokens"), rows.num("hidden_size"), rows.num("inter_size")
+    k, e, tp = rows.num("topk"), rows.num("num_experts"), rows.num("moe_tp_size")
+    dist = rows.columns["distribution"].astype(str)
+    local = np.maximum(1.0, np.floor(inter / tp))
+    per_expert = 3.0 * h * local  # gate, up and down
+    distinct = np.empty_like(t)
+    padded = np.empty_like(t)
+    busiest = np.empty_like(t)
+    for i in range(len(t)):
+        load = routing_load(t[i], int(e[i]), int(k[i]), skew_of(str(dist[i])), MOE_TILE)
+        distinct[i], padded[i], busiest[i] = load
+    flops = 2.0 * per_expert * padded
+    tail = 2.0 * per_expert * busiest
+    weights = distinct * per_expert
+    acts = t * k * (2.0 * h + 3.0 * local) * ACT_BYTES + 2.0 * t * h * (1.0 + k) * ACT_BYTES
+    return flops, tail, weights, acts
+
+
+def moe_predict(
+    feat: tuple[FArray, FArray, FArray, FArray],
+    x: FArray,
+    peak: float,
+    hbm: float,
+    wbytes: float,
+    p: float,
+) -> FArray:
+    """Fused-MoE time under ``x = (mfu, bw, kernel_s, tail_share)``."""
+    flops, tail, weights, acts = feat
+    compute = (flops + x[3] * tail) / (peak * x[0])
+    memory = (weights * wbytes + acts) / (hbm * x[1])
+    out: FArray = x[2] + pnorm(compute, memory, p)
+    return out
+
+
+def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) -> FamilyFit:
+    """Fused MoE, bf16 experts, one GPU holding every expert (no EP), all routings."""
+    rows = table.where(table.equals("moe_dtype", "bfloat16") & (table.num("moe_ep_size") == 1))
+    if rows.num_rows == 0:
+        raise ConfigError("no bf16 fused-MoE rows without EP", where=str(table.path))
+    rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+    rows = subsample(rows, 4000)
+    feat = moe_features(rows)
+    measured = rows.num("latency") * 1e-3
+    peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
+    spec = (
+        Bounded("moe_mfu_efficiency", 0.5, 0.02, 1.0),
+        Bounded("moe_bw_efficiency", 0.6, 0.02, 1.0),
+        Bounded("moe_kernel_s", 20e-6, 0.0, 1e-3),
+        Bounded("moe_tail_share", 0.05, 0.0, 1.0),
+    )
+    x, _, bound = robust_fit(
+        lambda x: root_w * log_ratio(moe_predict(feat, x, peak, hbm, 2.0, overlap), measured),
+        spec,
+    )
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    pred = moe_predict(feat, x, peak, hbm, 2.0, overlap)
+    return summarise("moe", params, pred, measured, rows, root, bound)
+
+
+# --- all of it -----------------------------------------------------------------------------
+COLUMNS = {
+    "gemm": ["gemm_dtype", "kernel_source", "m", "n", "k", "latency"],
+    "context_attention": [
+        "kernel_source", "batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim",
+        "kv_cache_dtype", "window_size", "latency",
+    ],
+    "generation_attention": [
+        "kernel_source", "batch_size", "isl", "step", "num_heads", "num_key_value_heads",
+        "head_dim", "kv_cache_dtype", "window_size", "latency",
+    ],
+    "custom_allreduce": ["num_gpus", "message_size", "backend", "latency"],
+    "moe": [
+        "kernel_source", "moe_dtype", "num_tokens", "hidden_size", "inter_size", "topk",
+        "num_experts", "moe_tp_size", "moe_ep_size", "distribution", "latency",
+    ],
+}  # fmt: skip
+
+
+def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
+    """Every family the GPU's folder measures (module docstring); the others are listed missing."""
+    root = folder.parent
+    tables = {name: read_table(folder, name, cols) for name, cols in COLUMNS.items()}
+    families: list[FamilyFit] = []
+    missing: list[str] = []
+
+    def attempt(name: str, table: str, run: Callable[[KernelTable], FamilyFit]) -> None:
+        found = tables[table]
+        if found is None:
+            missing.append(f"{name}: no {table} table under {folder}")
+            return
+        try:
+            families.append(run(found))
+        except ConfigError as exc:
+            missing.append(f"{name}: {exc}")
+
+    acc = accelerator
+    attempt("gemm_bf16", "gemm", lambda t: fit_gemm(t, acc, "bfloat16", root))
+    if acc.fp8_tflops is not None:
+        attempt("gemm_fp8", "gemm", lambda t: fit_gemm(t, acc, "fp8", root))
+    attempt("prefill_attention", "context_attention", lambda t: fit_prefill_attention(t, acc, root))
+    prefill = next((f for f in families if f.name == "prefill_attention"), None)
+    mfu = prefill.params["attn_mfu_efficiency"] if prefill else 0.5
+    attempt(
+        "decode_attention",
+        "generation_attention",
+        lambda t: fit_decode_attention(t, acc, mfu, root),
+    )
+    attempt("allreduce", "custom_allreduce", lambda t: fit_allreduce(t, acc, root))
+    gemm = next((f for f in families if f.name == "gemm_bf16"), None)
+    overlap = gemm.params["overlap_exponent"] if gemm else 2.0
+    attempt("moe", "moe", lambda t: fit_moe(t, acc, overlap, root))
+    return KernelFit(acc, folder, tuple(families), tuple(missing))
