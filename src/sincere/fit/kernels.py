@@ -476,3 +476,37 @@ def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
     overlap = gemm.params["overlap_exponent"] if gemm else 2.0
     attempt("moe", "moe", lambda t: fit_moe(t, acc, overlap, root))
     return KernelFit(acc, folder, tuple(families), tuple(missing))
+
+
+SOURCE = (
+    "vLLM kernels measured by NVIDIA's AIConfigurator collector (github.com/ai-dynamo/"
+    "aiconfigurator, Apache-2.0)"
+)
+
+
+def kernel_document(fit: KernelFit, argv: Sequence[str], default: bool = True) -> dict[str, Any]:
+    """The parameter file: ``kind: roofline``, ``params`` and ``fit`` (provenance, errors)."""
+    params = {k: _round(v) for k, v in fit.params.items()}
+    if "token_tile" in params:
+        params["token_tile"] = int(params["token_tile"])
+    gemm = fit.family("gemm_bf16")
+    info: dict[str, Any] = {
+        "accelerator": fit.accelerator.name,
+        "source": SOURCE,
+        "folder": fit.folder.name,
+        "versions": sorted({f.version for f in fit.families}),
+        "command": " ".join(argv),
+        "default": default,
+        "families": {f.name: f.as_dict() for f in fit.families},
+    }
+    if gemm is not None:
+        info["gemm_kernel_s"] = _round(gemm.params["_gemm_kernel_s"])
+    if fit.missing:
+        info["missing"] = list(fit.missing)
+    return {"kind": "roofline", "params": params, "fit": info}
+
+
+def _round(value: float) -> float:
+    if math.isfinite(value) and value != 0.0:
+        return float(f"{value:.4g}")
+    return value
