@@ -317,7 +317,9 @@ def fit_kernels_command(
     for col in ("family", "rows", "mean / max error", "bias", "constants"):
         table.add_column(col, justify="left" if col in ("family", "constants") else "right")
     for fam in fit.families:
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in fam.params.items() if not k.startswith("_"))
+        shown = ", ".join(
+            f"{k} {_shown(v)}" for k, v in fam.params.items() if not k.startswith("_")
+        )
         table.add_row(
             fam.name,
             str(fam.rows),
@@ -332,3 +334,9 @@ def fit_kernels_command(
     for line in fit.missing:
         console.print(f"[yellow]not fitted:[/yellow] {line}")
     console.print(f"wrote {out}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return f"{value:.4g}"

@@ -38,6 +38,8 @@ GPU_FOLDERS = {
     "RTX-PRO-6000": "rtx_pro_6000_server",
 }
 """Catalog accelerator -> its folder in the database."""
+OPTIONAL = {"window_size": 0}
+"""Columns older collections lack, and the value they imply (no sliding window)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,17 @@ def read_table(folder: Path, name: str, columns: list[str]) -> KernelTable | Non
     if found is None:
         return None
     path, version = found
-    data = pq.read_table(path, columns=columns)
-    arrays = {col: np.asarray(data.column(col).to_numpy(zero_copy_only=False)) for col in columns}
+    present = set(pq.read_schema(path).names)
+    missing = [col for col in columns if col not in present]
+    unknown = [col for col in missing if col not in OPTIONAL]
+    if unknown:
+        raise ConfigError("kernel table lacks columns", where=str(path), value=unknown)
+    data = pq.read_table(path, columns=[col for col in columns if col in present])
+    arrays = {
+        col: np.asarray(data.column(col).to_numpy(zero_copy_only=False))
+        for col in columns
+        if col in present
+    }
+    for col in missing:  # older collections: the column's implied value
+        arrays[col] = np.full(data.num_rows, OPTIONAL[col])
     return KernelTable(name, path, version, arrays)

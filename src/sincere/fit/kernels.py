@@ -52,7 +52,10 @@ MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
 MAX_ALLREDUCE_BYTES = 128 * 2**20
 FAIR_ERROR = 0.08  # mean relative error above which a family says it misses its data
 ACT_BYTES = 2.0
-GEMM_DTYPES = {"bfloat16": ("torch.nn.functional.linear", "bf16", 2.0), "fp8": ("", "fp8", 1.0)}
+GEMM_DTYPES = {
+    "bfloat16": ("torch.nn.functional.linear",),
+    "fp8": ("CutlassFP8ScaledMMLinearKernel",),
+}
 MOE_TILE = 16  # rows an expert's tokens are padded to (as :class:`MoEParams.expert_tile`)
 
 
@@ -61,7 +64,7 @@ class FamilyFit:
     """One kernel family's fitted constants and how well they reproduce its rows."""
 
     name: str  # "gemm_bf16", "gemm_fp8", "prefill_attention", ...
-    params: dict[str, float]  # RooflineParams fields it sets
+    params: dict[str, Any]  # RooflineParams fields it sets (numbers, or lists per GPU count)
     rows: int  # rows fitted
     mean_error: float  # mean |model − measured| / measured
     max_error: float  # largest of the same
@@ -131,7 +134,7 @@ def robust_fit(
     on_bound = tuple(
         b.name
         for b, v in zip(spec, x, strict=True)
-        if b.high > b.low and min(v - b.low, b.high - v) <= 1e-3 * (b.high - b.low)
+        if b.high > b.low and min(v - b.low, b.high - v) <= 1e-5 * (b.high - b.low)
     )
     return x, float(result.cost), on_bound
 
@@ -154,7 +157,7 @@ def pnorm(compute: FArray, memory: FArray, p: float) -> FArray:
 
 def summarise(
     name: str,
-    params: dict[str, float],
+    params: dict[str, Any],
     pred: FArray,
     measured: FArray,
     table: KernelTable,
@@ -203,33 +206,44 @@ def dominant(table: KernelTable, column: str) -> str:
 def gemm_predict(
     m: FArray, n: FArray, k: FArray, x: FArray, tile: int, peak: float, hbm: float, wbytes: float
 ) -> FArray:
-    """A GEMM's time under constants ``x = (mfu, bw, kernel_s, p)``."""
+    """A GEMM's time under ``x = (mfu, bw, kernel_s, p[, quantisation bytes per input])``."""
     tiled = np.where(m <= tile, m, tile * np.ceil(m / tile))
     compute = 2.0 * n * k * tiled / (peak * x[0])
-    memory = (n * k * wbytes + ACT_BYTES * (n + k) * m) / (hbm * x[1])
+    quant = x[4] if len(x) > 4 else 0.0
+    memory = (n * k * wbytes + ACT_BYTES * (n + k) * m + quant * k * m) / (hbm * x[1])
     out: FArray = x[2] + pnorm(compute, memory, float(x[3]))
     return out
 
 
-def fit_gemm(table: KernelTable, acc: Accelerator, dtype: str, root: Path) -> FamilyFit:
-    """GEMM constants of one dtype (module docstring)."""
-    kernel, precision, wbytes = GEMM_DTYPES[dtype]
+def gemm_rows(table: KernelTable, dtype: str) -> KernelTable:
+    """The dtype's rows of the kernel vLLM uses for it, at transformer-layer sizes.
+
+    GEMMs under half a million weights or with a side under 256 (no projection of a
+    served model is that small) are left out: launch effects there say nothing of a
+    layer's work.
+    """
+    kernel = GEMM_DTYPES[dtype][0]
     rows = table.where(table.equals("gemm_dtype", dtype))
-    if kernel:
-        rows = rows.where(rows.equals("kernel_source", kernel))
-    else:
-        rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
     if rows.num_rows == 0:
         raise ConfigError("no GEMM rows of this dtype", where=str(table.path), value=dtype)
-    rows = subsample(rows)
+    if not rows.equals("kernel_source", kernel).any():  # older collections name it otherwise
+        kernel = dominant(rows, "kernel_source")
+    rows = rows.where(rows.equals("kernel_source", kernel))
+    n, k = rows.num("n"), rows.num("k")
+    return subsample(rows.where((n * k >= 2**19) & (n >= 256) & (k >= 256)))
+
+
+def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """bf16 GEMM constants, the token tile chosen by the loss (module docstring)."""
+    rows = gemm_rows(table, "bfloat16")
     m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
     measured = rows.num("latency") * 1e-3
     root_w = np.sqrt(octave_weights(m))
-    peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
     spec = (
-        Bounded("mfu", 0.7, 0.05, 1.0),
-        Bounded("bw", 0.8, 0.05, 1.0),
-        Bounded("kernel_s", 5e-6, 0.0, 1e-4),
+        Bounded("mfu_efficiency", 0.7, 0.05, 1.0),
+        Bounded("bw_efficiency", 0.8, 0.05, 1.0),
+        Bounded("gemm_kernel_s", 5e-6, 0.0, 1e-4),
         Bounded("overlap_exponent", 2.0, 1.0, 50.0),
     )
     best: tuple[float, int, FArray, tuple[str, ...]] | None = None
@@ -237,7 +251,7 @@ def fit_gemm(table: KernelTable, acc: Accelerator, dtype: str, root: Path) -> Fa
         x, cost, bound = robust_fit(
             lambda x, t=tile: (
                 root_w  # type: ignore[misc]
-                * log_ratio(gemm_predict(m, n, k, x, t, peak, hbm, wbytes), measured)
+                * log_ratio(gemm_predict(m, n, k, x, t, peak, hbm, 2.0), measured)
             ),
             spec,
         )
@@ -245,18 +259,47 @@ def fit_gemm(table: KernelTable, acc: Accelerator, dtype: str, root: Path) -> Fa
             best = (cost, tile, x, bound)
     assert best is not None
     _, tile, x, bound = best
-    pred = gemm_predict(m, n, k, x, tile, peak, hbm, wbytes)
-    if dtype == "bfloat16":
-        params = {
-            "mfu_efficiency": float(x[0]),
-            "bw_efficiency": float(x[1]),
-            "overlap_exponent": float(x[3]),
-            "token_tile": float(tile),
-            "_gemm_kernel_s": float(x[2]),
-        }
-    else:
-        params = {"fp8_mfu_efficiency": float(x[0]), "_fp8_bw": float(x[1])}
-    return summarise(f"gemm_{precision}", params, pred, measured, rows, root, bound)
+    params = {
+        "mfu_efficiency": float(x[0]),
+        "bw_efficiency": float(x[1]),
+        "overlap_exponent": float(x[3]),
+        "token_tile": float(tile),
+        "_gemm_kernel_s": float(x[2]),
+    }
+    pred = gemm_predict(m, n, k, x, tile, peak, hbm, 2.0)
+    return summarise("gemm_bf16", params, pred, measured, rows, root, bound)
+
+
+def fit_gemm_fp8(table: KernelTable, acc: Accelerator, bf16: FamilyFit, root: Path) -> FamilyFit:
+    """fp8 GEMMs: their own peak share, quantisation cost and traffic; bf16's bw, p, tile."""
+    rows = gemm_rows(table, "fp8")
+    m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
+    measured = rows.num("latency") * 1e-3
+    root_w = np.sqrt(octave_weights(m))
+    peak, hbm = acc.peak_tflops("fp8") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    shared = bf16.params
+    tile = int(shared["token_tile"])
+
+    def predict(x: FArray) -> FArray:
+        full = np.array(
+            [
+                x[0],
+                shared["bw_efficiency"],
+                shared["_gemm_kernel_s"] + x[1],
+                shared["overlap_exponent"],
+                x[2],
+            ]
+        )
+        return gemm_predict(m, n, k, full, tile, peak, hbm, 1.0)
+
+    spec = (
+        Bounded("fp8_mfu_efficiency", 0.6, 0.05, 1.0),
+        Bounded("fp8_gemm_kernel_s", 3e-6, 0.0, 1e-4),
+        Bounded("fp8_act_bytes", 4.0, 0.0, 100.0),
+    )
+    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    return summarise("gemm_fp8", params, predict(x), measured, rows, root, bound)
 
 
 # --- attention -----------------------------------------------------------------------------
@@ -275,19 +318,25 @@ def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> F
     b, s = rows.num("batch_size"), rows.num("isl")
     heads, hd = rows.num("num_heads"), rows.num("head_dim")
     measured = rows.num("latency") * 1e-3
-    flops = 4.0 * heads * hd * b * s * (s + 1) / 2.0
+    pair_flops = 4.0 * heads * hd
+    pairs, queries = b * s * (s + 1) / 2.0, b * s
     peak = acc.peak_tflops("bf16") * 1e12
-    root_w = np.sqrt(octave_weights(b * s))
+    root_w = np.sqrt(octave_weights(queries))
 
     def predict(x: FArray) -> FArray:
-        out: FArray = x[1] + flops / (peak * x[0])
+        out: FArray = x[1] + pair_flops * (pairs + x[2] * queries) / (peak * x[0])
         return out
 
-    spec = (Bounded("attn_mfu", 0.4, 0.01, 1.0), Bounded("attn_kernel_s", 10e-6, 0.0, 1e-3))
+    spec = (
+        Bounded("attn_mfu_efficiency", 0.4, 0.01, 1.0),
+        Bounded("attn_kernel_s", 10e-6, 0.0, 1e-3),
+        Bounded("attn_query_pairs", 100.0, 0.0, 1e5),
+    )
     x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
     params = {
         "attn_mfu_efficiency": float(x[0]),
         "attn_kernel_s": float(x[1]),
+        "attn_query_pairs": float(x[2]),
         "attn_diag_factor": 1.0,
     }
     return summarise("prefill_attention", params, predict(x), measured, rows, root, bound)
@@ -301,53 +350,71 @@ def fit_decode_attention(
     b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
     heads, kvh, hd = rows.num("num_heads"), rows.num("num_key_value_heads"), rows.num("head_dim")
     measured = rows.num("latency") * 1e-3
-    moved = b * ctx * 2.0 * kvh * hd * ACT_BYTES
+    token_bytes = 2.0 * kvh * hd * ACT_BYTES
     compute = 4.0 * heads * hd * b * ctx / (acc.peak_tflops("bf16") * 1e12 * attn_mfu)
     hbm = acc.hbm_bandwidth_gbps * 1e9
-    root_w = np.sqrt(octave_weights(moved / 1024.0))
+    root_w = np.sqrt(octave_weights(b * ctx * token_bytes / 1024.0))
 
     def predict(x: FArray) -> FArray:
+        moved = b * (ctx + x[2]) * token_bytes
         out: FArray = x[1] + np.maximum(compute, moved / (hbm * x[0]))
         return out
 
-    spec = (Bounded("attn_bw", 0.7, 0.01, 1.0), Bounded("attn_decode_kernel_s", 10e-6, 0.0, 1e-3))
+    spec = (
+        Bounded("attn_bw_efficiency", 0.7, 0.01, 1.0),
+        Bounded("attn_decode_kernel_s", 10e-6, 0.0, 1e-3),
+        Bounded("attn_decode_seq_tokens", 16.0, 0.0, 1e4),
+    )
     x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
-    params = {"attn_bw_efficiency": float(x[0]), "attn_decode_kernel_s": float(x[1])}
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
     return summarise("decode_attention", params, predict(x), measured, rows, root, bound)
 
 
 # --- all-reduce ----------------------------------------------------------------------------
 def allreduce_predict(
-    gpus: FArray, nbytes: FArray, eager: FArray, x: FArray, link: float
+    gpus: FArray, nbytes: FArray, eager: FArray, x: FArray, counts: Sequence[int], link: float
 ) -> FArray:
-    """All-reduce time under ``x = (latency_s, per_doubling_s, efficiency, eager_s)``."""
+    """All-reduce time under ``x = (latency per count…, efficiency per count…, eager_s)``."""
+    num = len(counts)
+    index = np.searchsorted(np.asarray(counts), gpus)
+    latency, efficiency = x[:num][index], x[num : 2 * num][index]
     ring = 2.0 * (gpus - 1.0) / gpus
-    latency = x[0] + x[1] * np.log2(gpus / 2.0) + x[3] * eager
-    out: FArray = latency + ring * nbytes / (link * x[2])
+    out: FArray = latency + x[-1] * eager + ring * nbytes / (link * efficiency)
     return out
 
 
 def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
-    """vLLM's custom all-reduce, graph and eager (module docstring)."""
+    """vLLM's custom all-reduce, graph and eager, per GPU count (module docstring)."""
     nbytes = table.num("message_size") * ACT_BYTES  # the collector's size is in elements
     rows = table.where(nbytes <= MAX_ALLREDUCE_BYTES)
     gpus, nbytes = rows.num("num_gpus"), rows.num("message_size") * ACT_BYTES
+    counts = sorted({int(g) for g in gpus})
     eager = rows.equals("backend", "vllm_eager").astype(np.float64)
     measured = rows.num("latency") * 1e-3
     link = acc.interconnect_gbps_per_direction * 1e9
     root_w = np.sqrt(octave_weights(nbytes))
     spec = (
-        Bounded("allreduce_latency_s", 5e-6, 0.0, 1e-3),
-        Bounded("allreduce_latency_per_doubling_s", 1e-6, 0.0, 1e-3),
-        Bounded("interconnect_efficiency", 0.5, 0.01, 1.0),
+        *(Bounded(f"latency_{n}_s", 5e-6, 0.0, 1e-3) for n in counts),
+        *(Bounded(f"efficiency_{n}", 0.5, 0.01, 1.0) for n in counts),
         Bounded("allreduce_eager_s", 10e-6, 0.0, 1e-3),
     )
     x, _, bound = robust_fit(
-        lambda x: root_w * log_ratio(allreduce_predict(gpus, nbytes, eager, x, link), measured),
+        lambda x: (
+            root_w * log_ratio(allreduce_predict(gpus, nbytes, eager, x, counts, link), measured)
+        ),
         spec,
     )
-    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
-    pred = allreduce_predict(gpus, nbytes, eager, x, link)
+    num = len(counts)
+    efficiencies = [float(v) for v in x[num : 2 * num]]
+    params: dict[str, Any] = {
+        "allreduce_gpus": counts,
+        "allreduce_latencies_s": [float(v) for v in x[:num]],
+        "allreduce_efficiencies": efficiencies,
+        "allreduce_eager_s": float(x[-1]),
+        "allreduce_latency_s": float(x[0]),
+        "interconnect_efficiency": float(np.median(efficiencies)),
+    }
+    pred = allreduce_predict(gpus, nbytes, eager, x, counts, link)
     return summarise("allreduce", params, pred, measured, rows, root, bound)
 
 
@@ -460,9 +527,10 @@ def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
             missing.append(f"{name}: {exc}")
 
     acc = accelerator
-    attempt("gemm_bf16", "gemm", lambda t: fit_gemm(t, acc, "bfloat16", root))
-    if acc.fp8_tflops is not None:
-        attempt("gemm_fp8", "gemm", lambda t: fit_gemm(t, acc, "fp8", root))
+    attempt("gemm_bf16", "gemm", lambda t: fit_gemm(t, acc, root))
+    bf16 = next((f for f in families if f.name == "gemm_bf16"), None)
+    if acc.fp8_tflops is not None and bf16 is not None:
+        attempt("gemm_fp8", "gemm", lambda t: fit_gemm_fp8(t, acc, bf16, root))
     attempt("prefill_attention", "context_attention", lambda t: fit_prefill_attention(t, acc, root))
     prefill = next((f for f in families if f.name == "prefill_attention"), None)
     mfu = prefill.params["attn_mfu_efficiency"] if prefill else 0.5
@@ -486,7 +554,7 @@ SOURCE = (
 
 def kernel_document(fit: KernelFit, argv: Sequence[str], default: bool = True) -> dict[str, Any]:
     """The parameter file: ``kind: roofline``, ``params`` and ``fit`` (provenance, errors)."""
-    params = {k: _round(v) for k, v in fit.params.items()}
+    params = {k: _round_all(v) for k, v in fit.params.items()}
     if "token_tile" in params:
         params["token_tile"] = int(params["token_tile"])
     gemm = fit.family("gemm_bf16")
@@ -504,6 +572,14 @@ def kernel_document(fit: KernelFit, argv: Sequence[str], default: bool = True) -
     if fit.missing:
         info["missing"] = list(fit.missing)
     return {"kind": "roofline", "params": params, "fit": info}
+
+
+def _round_all(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_round_all(v) for v in value]
+    if isinstance(value, int):
+        return value
+    return _round(float(value))
 
 
 def _round(value: float) -> float:

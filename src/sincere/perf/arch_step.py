@@ -107,7 +107,7 @@ class ArchStep:
         self.moe = moe or MoEParams()
         dep, p = deployment, params
         model, acc = dep.model, dep.accelerator
-        from sincere.perf.roofline import allreduce_latency_s, gemm_mfu
+        from sincere.perf.roofline import allreduce_terms, gemm_mfu
 
         self.compute_precision = acc.compute_precision(dep.precision)
         self._peak = acc.peak_tflops(dep.precision) * 1e12 * gemm_mfu(p, self.compute_precision)
@@ -120,7 +120,7 @@ class ArchStep:
             else self._peak / gemm_mfu(p, self.compute_precision) * moe_mfu
         )
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
-        self._allreduce_s = allreduce_latency_s(p, dep.tp)
+        self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
         self._ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
         self._attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
         self._attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
@@ -149,6 +149,9 @@ class ArchStep:
         compute = 2.0 * mat.k * mat.n * tiled / self._peak
         moved = mat.k * mat.n * mat.weight_bytes
         moved += (mat.k + mat.n) * tokens * self.params.activation_bytes
+        if mat.weight_bytes < 2.0 and self.compute_precision == "fp8":  # quantised activations
+            moved += mat.k * tokens * self.params.fp8_act_bytes
+            return self.params.fp8_gemm_kernel_s + self._combine(compute, moved / self._hbm)
         return self._combine(compute, moved / self._hbm)
 
     def _combine(self, compute: float, memory: float) -> float:
@@ -268,7 +271,10 @@ class ArchStep:
                 pairs = windowed_pairs(pairs, batch.prefill_tokens, window)
                 ctx = windowed_context(ctx, batch.num_prefill_seqs, window)
             ctx_pairs = min(batch.prefill_tokens * ctx / batch.num_prefill_seqs, pairs)
-            compute = share * pre_pair * (ctx_pairs + p.attn_diag_factor * (pairs - ctx_pairs))
+            query = p.attn_query_pairs * batch.prefill_tokens
+            compute = (
+                share * pre_pair * (ctx_pairs + p.attn_diag_factor * (pairs - ctx_pairs) + query)
+            )
             memory = share * token_s * (batch.prefill_tokens + ctx)
             total += p.attn_kernel_s + max(compute, memory)
         if batch.num_decode_seqs > 0:
@@ -276,7 +282,7 @@ class ArchStep:
             if window:
                 ctx = windowed_context(ctx, batch.num_decode_seqs, window)
             compute = share * dec_pair * ctx
-            memory = share * token_s * (ctx + batch.num_decode_seqs)
+            memory = share * token_s * (ctx + p.attn_decode_seq_tokens * batch.num_decode_seqs)
             decode_kernel = p.attn_kernel_s
             if p.attn_decode_kernel_s is not None:
                 decode_kernel = p.attn_decode_kernel_s
@@ -305,7 +311,8 @@ class ArchStep:
             latency = self._allreduce_s + (
                 p.allreduce_eager_s if tokens > p.cuda_graph_max_tokens else 0.0
             )
-            comm = self._layers * 2.0 * (latency + ring * message * mb_tokens / link)
+            ring_link = self._link * self._allreduce_eff
+            comm = self._layers * 2.0 * (latency + ring * message * mb_tokens / ring_link)
         if pp > 1:
             comm += p.p2p_latency_s + message * mb_tokens / link
         layers = scale * self._layers

@@ -26,7 +26,8 @@ database) takes the families ``sincere fit kernels`` fitted to them
 (``sincere/data/perf/kernels/<accelerator>.yaml``, :data:`KERNEL_PARTS`): GEMMs by dtype,
 prefill and decode attention, the all-reduce by GPU count inside and outside CUDA graphs,
 the fused-MoE kernel. A kernel file whose ``fit.default`` is false is shipped for
-``--params`` use only (A100-80GB keeps its fit to Vidur's A100 kernels). The elementwise
+``--params`` use only (A100-80GB keeps its fit to Vidur's A100 kernels); a variant
+(:data:`FIT_TRANSFER`) without a kernel fit of its own takes its chip's. The elementwise
 kernels and the CPU per step, which that database does not measure, stay the base's.
 :attr:`RooflineDefaults.parts` says where each part's constants come from.
 
@@ -53,13 +54,20 @@ FITS_FOLDER = ("data", "perf", "roofline")  # package-relative folder of the shi
 KERNEL_FITS_FOLDER = ("data", "perf", "kernels")  # fits to measured vLLM kernels
 KERNEL_PARTS = {
     "linear": ("mfu_efficiency", "bw_efficiency", "overlap_exponent", "token_tile"),
-    "linear_fp8": ("fp8_mfu_efficiency",),
+    "linear_fp8": ("fp8_mfu_efficiency", "fp8_gemm_kernel_s", "fp8_act_bytes"),
     "elementwise": ("elementwise_bw_efficiency", "layer_overhead_s"),
-    "prefill_attention": ("attn_mfu_efficiency", "attn_kernel_s", "attn_diag_factor"),
-    "decode_attention": ("attn_bw_efficiency", "attn_decode_kernel_s"),
+    "prefill_attention": (
+        "attn_mfu_efficiency",
+        "attn_kernel_s",
+        "attn_diag_factor",
+        "attn_query_pairs",
+    ),
+    "decode_attention": ("attn_bw_efficiency", "attn_decode_kernel_s", "attn_decode_seq_tokens"),
     "communication": (
         "allreduce_latency_s",
-        "allreduce_latency_per_doubling_s",
+        "allreduce_gpus",
+        "allreduce_latencies_s",
+        "allreduce_efficiencies",
         "allreduce_eager_s",
         "interconnect_efficiency",
     ),
@@ -164,6 +172,10 @@ def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
     """The base (own fit, transfer or prior) with the GPU's kernel fit over it (module doc)."""
     base = _base_defaults(accelerator)
     kernels = kernel_fits().get(accelerator.name)
+    how = "fitted"
+    if kernels is None:  # a variant takes its chip's kernel fit too (module docstring)
+        kernels = kernel_fits().get(FIT_TRANSFER.get(accelerator.name, ""))
+        how = "transferred"
     if kernels is None or kernels.get("fit", {}).get("default", True) is False:
         return base
     params = dict(base.params)
@@ -176,7 +188,7 @@ def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
         fitted["layer_overhead_s"] = elementwise + 4.0 * float(kernel_s)
     params.update(fitted)
     versions = ", ".join(sorted({str(v) for v in kernels["fit"].get("versions", [])}))
-    label = f"fitted: measured vLLM {versions} kernels ({kernels['file']})"
+    label = f"{how}: measured vLLM {versions} kernels ({kernels['file']})"
     parts = dict(base.parts)
     for part, names in KERNEL_PARTS.items():
         if any(name in kernels["params"] for name in names):
@@ -243,6 +255,9 @@ def default_roofline_params(
 ) -> RooflineParams:
     """:class:`RooflineParams` of the accelerator's defaults with ``overrides`` applied."""
     params = {**roofline_defaults(accelerator).params, **(overrides or {})}
+    for name, value in params.items():
+        if isinstance(value, list):  # YAML lists: the dataclass holds tuples
+            params[name] = tuple(value)
     fields = {f.name for f in dataclasses.fields(RooflineParams)}
     unknown = set(params) - fields
     if unknown:

@@ -71,9 +71,9 @@ _TIMES = (
     "overhead_s",
     "overhead_per_seq_s",
     "allreduce_latency_s",
-    "allreduce_latency_per_doubling_s",
     "allreduce_eager_s",
     "moe_kernel_s",
+    "fp8_gemm_kernel_s",
     "p2p_latency_s",
     "load_overhead_s",
     "unload_s",
@@ -102,11 +102,17 @@ class RooflineParams:
     overhead_per_seq_s: float = 0.0  # CPU cost per sequence in the iteration
     interconnect_efficiency: float = 0.7  # share of NVLink / PCIe bandwidth in collectives
     allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce (2 GPUs, in a CUDA graph)
-    allreduce_latency_per_doubling_s: float = 0.0  # all-reduce latency added per doubling of GPUs
+    allreduce_gpus: tuple[int, ...] = ()  # GPU counts with their own all-reduce terms (below)
+    allreduce_latencies_s: tuple[float, ...] = ()  # graph all-reduce latency at each count
+    allreduce_efficiencies: tuple[float, ...] = ()  # bus bandwidth share of the link at each
     allreduce_eager_s: float = 0.0  # all-reduce latency added outside a CUDA graph
     cuda_graph_max_tokens: int = 512  # iterations up to this many tokens replay CUDA graphs
     fp8_mfu_efficiency: float | None = None  # fp8 GEMMs' share of the fp8 peak (None: mfu's)
+    fp8_gemm_kernel_s: float = 0.0  # fp8 GEMM's extra fixed cost (activation quantisation)
+    fp8_act_bytes: float = 0.0  # fp8 GEMM's extra bytes per input activation (quantisation)
     attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
+    attn_query_pairs: float = 0.0  # prefill: pairs' worth of work per query row beyond its own
+    attn_decode_seq_tokens: float = 1.0  # decode: KV tokens' worth of traffic per sequence
     moe_mfu_efficiency: float | None = None  # fused-MoE share of the peak (None: mfu's)
     moe_bw_efficiency: float | None = None  # fused-MoE share of HBM (None: bw's)
     moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
@@ -143,6 +149,28 @@ class RooflineParams:
             raise ConfigError(
                 "RooflineParams.attn_decode_kernel_s must be >= 0 s",
                 value=self.attn_decode_kernel_s,
+            )
+        counts = (self.allreduce_gpus, self.allreduce_latencies_s, self.allreduce_efficiencies)
+        if len({len(c) for c in counts}) != 1:
+            raise ConfigError(
+                "RooflineParams.allreduce_gpus, allreduce_latencies_s and allreduce_efficiencies "
+                "must have one entry per GPU count",
+                value=counts,
+            )
+        if any(g < 2 for g in self.allreduce_gpus) or any(
+            v < 0.0 for v in self.allreduce_latencies_s
+        ):
+            raise ConfigError("all-reduce GPU counts must be >= 2 and latencies >= 0", value=counts)
+        if any(not 0.0 < v <= 1.0 for v in self.allreduce_efficiencies):
+            raise ConfigError(
+                "RooflineParams.allreduce_efficiencies must be in (0, 1]",
+                value=self.allreduce_efficiencies,
+            )
+        if self.fp8_act_bytes < 0.0:
+            raise ConfigError("RooflineParams.fp8_act_bytes must be >= 0", value=self.fp8_act_bytes)
+        if self.attn_query_pairs < 0.0 or self.attn_decode_seq_tokens < 0.0:
+            raise ConfigError(
+                "RooflineParams.attn_query_pairs / attn_decode_seq_tokens must be >= 0"
             )
         if not 0.0 <= self.moe_tail_share <= 1.0:
             raise ConfigError("RooflineParams.moe_tail_share must be in [0, 1]")
@@ -208,6 +236,8 @@ class KernelCoef:
     cpu_seq_s: float  # CPU cost per sequence
     pair_s: float  # attention compute time per (weighted) query-key pair, per layer
     diag: float  # weight of a pair inside a prefill chunk
+    query_pairs: float  # pairs' worth of work per prefill query row beyond its own pairs
+    seq_tokens: float  # KV tokens' worth of traffic per decoding sequence beyond its context
     kv_token_s: float  # time to move one token's KV bytes, per layer
     attn_kernel_s: float  # fixed cost of one prefill attention kernel, per layer
     decode_kernel_s: float  # fixed cost of one decode attention kernel, per layer
@@ -235,13 +265,22 @@ def gemm_mfu(params: RooflineParams, compute_precision: str) -> float:
     return params.mfu_efficiency
 
 
-def allreduce_latency_s(params: RooflineParams, gpus: int) -> float:
-    """Latency of one all-reduce over ``gpus`` GPUs in a CUDA graph (0 for one GPU)."""
-    if gpus <= 1:
-        return 0.0
-    return params.allreduce_latency_s + params.allreduce_latency_per_doubling_s * math.log2(
-        gpus / 2.0
-    )
+def allreduce_terms(params: RooflineParams, gpus: int) -> tuple[float, float]:
+    """(latency in a CUDA graph, bus bandwidth share) of one all-reduce over ``gpus`` GPUs.
+
+    The measured GPU count nearest in doublings gives them when ``allreduce_gpus`` lists
+    any (the link's topology changes with the count: PCIe switches, NVSwitch); else the
+    scalar ``allreduce_latency_s`` and ``interconnect_efficiency``.
+    """
+    best = -1
+    for i, count in enumerate(params.allreduce_gpus):
+        if best < 0 or abs(math.log2(count / gpus)) < abs(
+            math.log2(params.allreduce_gpus[best] / gpus)
+        ):
+            best = i
+    if best < 0:
+        return params.allreduce_latency_s, params.interconnect_efficiency
+    return params.allreduce_latencies_s[best], params.allreduce_efficiencies[best]
 
 
 def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelCoef:
@@ -253,6 +292,8 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
     q_heads = max(1, model.num_heads // dep.tp)
     kv_bytes = model.kv_bytes_per_token(dep.kv_precision) * kv_share(dep) / model.num_layers
     link = acc.interconnect_gbps_per_direction * 1e9 * p.interconnect_efficiency
+    allreduce_s, allreduce_eff = allreduce_terms(p, dep.tp)
+    ring_link = acc.interconnect_gbps_per_direction * 1e9 * allreduce_eff
     message = model.hidden_size * p.activation_bytes  # bytes per token
     tp_on = dep.tp > 1
     pp_on = dep.pp > 1
@@ -265,15 +306,17 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         cpu_seq_s=p.overhead_per_seq_s,
         pair_s=4.0 * q_heads * model.head_size / attn_peak,
         diag=p.attn_diag_factor,
+        query_pairs=p.attn_query_pairs,
+        seq_tokens=p.attn_decode_seq_tokens,
         kv_token_s=kv_bytes / attn_hbm,
         attn_kernel_s=p.attn_kernel_s,
         decode_kernel_s=p.attn_kernel_s
         if p.attn_decode_kernel_s is None
         else p.attn_decode_kernel_s,
-        comm_fixed_s=2.0 * allreduce_latency_s(p, dep.tp),
+        comm_fixed_s=2.0 * allreduce_s if tp_on else 0.0,
         comm_eager_s=2.0 * p.allreduce_eager_s if tp_on else 0.0,
         graph_tokens=p.cuda_graph_max_tokens,
-        comm_token_s=2.0 * ring * message / link if tp_on else 0.0,
+        comm_token_s=2.0 * ring * message / ring_link if tp_on else 0.0,
         p2p_fixed_s=p.p2p_latency_s if pp_on else 0.0,
         p2p_token_s=message / link if pp_on else 0.0,
     )
@@ -296,7 +339,9 @@ class RooflineKernels:
         self.head = Gemm(model.hidden_size, max(1, model.vocab_size // tp))
         self.coef = fold_coefficients(deployment, params)
         acc, p = deployment.accelerator, params
-        mfu = gemm_mfu(p, acc.compute_precision(deployment.precision))
+        compute_precision = acc.compute_precision(deployment.precision)
+        mfu = gemm_mfu(p, compute_precision)
+        self._fp8 = compute_precision == "fp8"
         self._peak = acc.peak_tflops(deployment.precision) * 1e12 * mfu
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
         self._weight_bytes = PRECISION_BYTES[deployment.precision]
@@ -312,7 +357,13 @@ class RooflineKernels:
         compute = 2.0 * gemm.k * gemm.n * tiled / self._peak
         moved = gemm.k * gemm.n * self._weight_bytes
         moved += (gemm.k + gemm.n) * tokens * self.params.activation_bytes
-        memory = moved / self._hbm
+        if self._fp8:  # the activations are quantised first: a kernel and its traffic
+            moved += gemm.k * tokens * self.params.fp8_act_bytes
+            return self.params.fp8_gemm_kernel_s + self._combine(compute, moved / self._hbm)
+        return self._combine(compute, moved / self._hbm)
+
+    def _combine(self, compute: float, memory: float) -> float:
+        """``(compute^p + memory^p)^(1/p)`` (``p = inf``: the larger)."""
         p = self.params.overlap_exponent
         if math.isinf(p):
             return compute if compute > memory else memory
@@ -370,7 +421,9 @@ class RooflineKernels:
         ctx_pairs = tokens * ctx_tokens / num_seqs  # exact for one chunk
         if ctx_pairs > pairs:
             ctx_pairs = pairs
-        compute = share * c.pair_s * (ctx_pairs + c.diag * (pairs - ctx_pairs))
+        compute = (
+            share * c.pair_s * (ctx_pairs + c.diag * (pairs - ctx_pairs) + c.query_pairs * tokens)
+        )
         memory = share * c.kv_token_s * (tokens + ctx_tokens)
         return c.attn_kernel_s + (compute if compute > memory else memory)
 
@@ -378,7 +431,7 @@ class RooflineKernels:
         """Decode attention of one layer for ``share`` of the sequences (one kernel)."""
         c = self.coef
         compute = share * c.pair_s * ctx_tokens
-        memory = share * c.kv_token_s * (ctx_tokens + num_seqs)
+        memory = share * c.kv_token_s * (ctx_tokens + c.seq_tokens * num_seqs)
         return c.decode_kernel_s + (compute if compute > memory else memory)
 
 
@@ -509,12 +562,16 @@ class Roofline(StepTimeBase):
             ctx_pairs = prefill_tokens * prefill_ctx_tokens / num_prefill_seqs
             if ctx_pairs > prefill_attn_pairs:
                 ctx_pairs = prefill_attn_pairs
-            compute = c.pair_s * (ctx_pairs + c.diag * (prefill_attn_pairs - ctx_pairs))
+            compute = c.pair_s * (
+                ctx_pairs
+                + c.diag * (prefill_attn_pairs - ctx_pairs)
+                + c.query_pairs * prefill_tokens
+            )
             memory = c.kv_token_s * (prefill_tokens + prefill_ctx_tokens)
             layer += c.attn_kernel_s + (compute if compute > memory else memory)
         if num_decode_seqs > 0:
             compute = c.pair_s * decode_ctx_tokens
-            memory = c.kv_token_s * (decode_ctx_tokens + num_decode_seqs)
+            memory = c.kv_token_s * (decode_ctx_tokens + c.seq_tokens * num_decode_seqs)
             layer += c.decode_kernel_s + (compute if compute > memory else memory)
         return c.cpu_s + c.cpu_seq_s * seqs + c.layers * layer + head
 
@@ -586,7 +643,7 @@ class Roofline(StepTimeBase):
         attention = sum_max_affine(
             w * c.pair_s * ctx_tokens,
             w * c.pair_s * num_seqs,
-            w * c.kv_token_s * (ctx_tokens + num_seqs),
+            w * c.kv_token_s * (ctx_tokens + c.seq_tokens * num_seqs),
             w * c.kv_token_s * num_seqs,
             num_steps,
         )
