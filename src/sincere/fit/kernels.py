@@ -385,9 +385,9 @@ def allreduce_predict(
 
 def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
     """vLLM's custom all-reduce, graph and eager, per GPU count (module docstring)."""
-    nbytes = table.num("message_size") * ACT_BYTES  # the collector's size is in elements
-    rows = table.where(nbytes <= MAX_ALLREDUCE_BYTES)
-    gpus, nbytes = rows.num("num_gpus"), rows.num("message_size") * ACT_BYTES
+    rows = allreduce_rows(table)
+    gpus = rows.num("num_gpus")
+    nbytes = rows.num("message_size") * ACT_BYTES  # the collector's size is in elements
     counts = sorted({int(g) for g in gpus})
     eager = rows.equals("backend", "vllm_eager").astype(np.float64)
     measured = rows.num("latency") * 1e-3
@@ -464,13 +464,23 @@ def moe_predict(
     return out
 
 
-def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) -> FamilyFit:
-    """Fused MoE, bf16 experts, one GPU holding every expert (no EP), all routings."""
+def moe_rows(table: KernelTable) -> KernelTable:
+    """bf16 experts on one GPU holding every expert (no EP), all routings, vLLM's kernel."""
     rows = table.where(table.equals("moe_dtype", "bfloat16") & (table.num("moe_ep_size") == 1))
     if rows.num_rows == 0:
         raise ConfigError("no bf16 fused-MoE rows without EP", where=str(table.path))
     rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
-    rows = subsample(rows, 4000)
+    return subsample(rows, 4000)
+
+
+def allreduce_rows(table: KernelTable) -> KernelTable:
+    """Messages up to :data:`MAX_ALLREDUCE_BYTES` (an iteration's all-reduces)."""
+    return table.where(table.num("message_size") * ACT_BYTES <= MAX_ALLREDUCE_BYTES)
+
+
+def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) -> FamilyFit:
+    """Fused MoE, bf16 experts, one GPU holding every expert (no EP), all routings."""
+    rows = moe_rows(table)
     feat = moe_features(rows)
     measured = rows.num("latency") * 1e-3
     peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
@@ -488,6 +498,84 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
     params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
     pred = moe_predict(feat, x, peak, hbm, 2.0, overlap)
     return summarise("moe", params, pred, measured, rows, root, bound)
+
+
+# --- any family, for checks ----------------------------------------------------------------
+FAMILY_TABLES = {
+    "gemm_bf16": "gemm",
+    "gemm_fp8": "gemm",
+    "prefill_attention": "context_attention",
+    "decode_attention": "generation_attention",
+    "allreduce": "custom_allreduce",
+    "moe": "moe",
+}
+"""Family -> the table it is fitted on."""
+SHAPE_COLUMNS = {
+    "gemm_bf16": ("n", "k"),
+    "gemm_fp8": ("n", "k"),
+    "prefill_attention": ("num_heads", "num_key_value_heads", "head_dim"),
+    "decode_attention": ("num_heads", "num_key_value_heads", "head_dim"),
+    "allreduce": ("num_gpus",),
+    "moe": ("hidden_size", "inter_size", "num_experts", "topk"),
+}
+"""Family -> the columns that make a row's model shape (the size axis left out)."""
+
+
+def family_rows(name: str, table: KernelTable) -> KernelTable:
+    """The rows family ``name`` is fitted on and judged by."""
+    if name in ("gemm_bf16", "gemm_fp8"):
+        return gemm_rows(table, "bfloat16" if name == "gemm_bf16" else "fp8")
+    if name in ("prefill_attention", "decode_attention"):
+        return _attention_rows(table)
+    if name == "allreduce":
+        return allreduce_rows(table)
+    if name == "moe":
+        return moe_rows(table)
+    raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
+
+
+def predict_family(
+    name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]
+) -> FArray:
+    """Family ``name``'s time of ``rows`` (seconds) under ``params`` (every family's constants,
+    helper figures such as ``_gemm_kernel_s`` included)."""
+    peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    p = params
+    if name in ("gemm_bf16", "gemm_fp8"):
+        m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
+        x = [p["mfu_efficiency"], p["bw_efficiency"], p["_gemm_kernel_s"], p["overlap_exponent"]]
+        if name == "gemm_bf16":
+            return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, 2.0)
+        x = [p["fp8_mfu_efficiency"], x[1], x[2] + p["fp8_gemm_kernel_s"], x[3], p["fp8_act_bytes"]]
+        fp8 = acc.peak_tflops("fp8") * 1e12
+        return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), fp8, hbm, 1.0)
+    if name == "prefill_attention":
+        b, s = rows.num("batch_size"), rows.num("isl")
+        flops = 4.0 * rows.num("num_heads") * rows.num("head_dim")
+        work = b * s * (s + 1) / 2.0 + p["attn_query_pairs"] * b * s
+        out: FArray = p["attn_kernel_s"] + flops * work / (peak * p["attn_mfu_efficiency"])
+        return out
+    if name == "decode_attention":
+        b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
+        hd = rows.num("head_dim")
+        compute = 4.0 * rows.num("num_heads") * hd * b * ctx / (peak * p["attn_mfu_efficiency"])
+        moved = b * (ctx + p["attn_decode_seq_tokens"]) * 2.0 * rows.num("num_key_value_heads")
+        memory = moved * hd * ACT_BYTES / (hbm * p["attn_bw_efficiency"])
+        out = p["attn_decode_kernel_s"] + np.maximum(compute, memory)
+        return out
+    if name == "allreduce":
+        counts = [int(c) for c in p["allreduce_gpus"]]
+        x = [*p["allreduce_latencies_s"], *p["allreduce_efficiencies"], p["allreduce_eager_s"]]
+        gpus = rows.num("num_gpus")
+        eager = rows.equals("backend", "vllm_eager").astype(np.float64)
+        link = acc.interconnect_gbps_per_direction * 1e9
+        nbytes = rows.num("message_size") * ACT_BYTES
+        return allreduce_predict(gpus, nbytes, eager, np.array(x), counts, link)
+    if name == "moe":
+        x = [p["moe_mfu_efficiency"], p["moe_bw_efficiency"], p["moe_kernel_s"]]
+        x.append(p["moe_tail_share"])
+        return moe_predict(moe_features(rows), np.array(x), peak, hbm, 2.0, p["overlap_exponent"])
+    raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
 
 
 # --- all of it -----------------------------------------------------------------------------
