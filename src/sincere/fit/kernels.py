@@ -129,7 +129,9 @@ def robust_fit(
     lows = [b.low for b in spec]
     highs = [b.high for b in spec]
     start = np.array([b.start for b in spec], dtype=float)
-    result = least_squares(residuals, start, bounds=(lows, highs), loss="soft_l1", f_scale=0.05)
+    result = least_squares(
+        residuals, start, bounds=(lows, highs), loss="soft_l1", f_scale=0.05, x_scale="jac"
+    )
     x = np.asarray(result.x, dtype=float)
     on_bound = tuple(
         b.name
