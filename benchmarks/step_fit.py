@@ -313,7 +313,7 @@ def kernel_checks(database: Path) -> None:
                 totals[key].append(err)
             print(f"| {acc_name} | {fam.name} | {len(measured)} | {cell(own)} | {cell(held)} "
                   f"| {cell(shape)} |")  # fmt: skip
-    means = {k: float(np.mean([e[0] for e in v])) for k, v in totals.items()}
+    means = {k: float(np.nanmean([e[0] for e in v])) for k, v in totals.items()}
     print(
         f"\none-line: kernel families on {len(fits)} GPUs, mean |error|: own fit "
         f"{100 * means['own']:.1f} %, leave-one-GPU-out {100 * means['gpu']:.1f} %, "
