@@ -20,8 +20,8 @@ runner = CliRunner()
 
 
 def test_json_gives_the_iteration_and_its_parts() -> None:
-    """`--json` prints {"iteration_s", "parts", "constants"}; parts sum to the iteration, and it is the
-    default A100 roofline's time of that batch."""
+    """`--json` prints {"iteration_s", "parts", "constants"}; parts sum to the iteration, and
+    it is the default A100 roofline's time of that batch."""
     args = [
         "step",
         "llama-3-8b",
