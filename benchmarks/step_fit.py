@@ -215,13 +215,150 @@ def hopper(profiles: OperatorProfiles) -> None:
     )
 
 
+# --- measured vLLM kernels (AIConfigurator's database) ------------------------------------
+KERNEL_GPUS = (
+    ("H100-SXM", "h100_sxm"),
+    ("H200", "h200_sxm"),
+    ("A100-80GB", "a100_sxm"),
+    ("L40S", "l40s"),
+    ("B200", "b200_sxm"),
+    ("RTX-PRO-6000", "rtx_pro_6000_server"),
+)
+NUM_FOLDS = 4  # leave-one-model-shape-out: shapes dealt into this many folds
+
+
+def errors_of(pred: np.ndarray, measured: np.ndarray) -> tuple[float, float, float]:
+    """(mean |error|, max |error|, mean signed error), relative."""
+    rel = pred / measured - 1.0
+    return float(np.abs(rel).mean()), float(np.abs(rel).max()), float(rel.mean())
+
+
+def cell(err: tuple[float, float, float]) -> str:
+    """``mean / max (bias)`` in percent."""
+    return f"{100 * err[0]:.1f} / {100 * err[1]:.0f} ({100 * err[2]:+.1f})"
+
+
+def fit_one(name: str, table, acc, context: dict, root: Path):  # type: ignore[no-untyped-def]
+    """Fit family ``name`` on ``table`` (the others' constants it needs from ``context``)."""
+    from sincere.fit import kernels as kf
+
+    if name == "gemm_bf16":
+        return kf.fit_gemm(table, acc, root)
+    if name == "gemm_fp8":
+        return kf.fit_gemm_fp8(table, acc, context["_bf16"], root)
+    if name == "prefill_attention":
+        return kf.fit_prefill_attention(table, acc, root)
+    if name == "decode_attention":
+        return kf.fit_decode_attention(table, acc, context["attn_mfu_efficiency"], root)
+    if name == "allreduce":
+        return kf.fit_allreduce(table, acc, root)
+    return kf.fit_moe(table, acc, context["overlap_exponent"], root)
+
+
+def shape_folds(name: str, rows) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Each row's fold: its model shape's rank among the sorted shapes, modulo the folds."""
+    from sincere.fit.kernels import SHAPE_COLUMNS
+
+    keys = np.column_stack([rows.num(c) for c in SHAPE_COLUMNS[name]])
+    _, index = np.unique(keys, axis=0, return_inverse=True)
+    folds: np.ndarray = index.reshape(-1) % NUM_FOLDS
+    return folds
+
+
+def mean_params(docs: list[dict]) -> dict:  # type: ignore[type-arg]
+    """The other GPUs' constants averaged (lists per entry, the token tile the smallest)."""
+    out: dict = {}  # type: ignore[type-arg]
+    for key in {k for d in docs for k in d}:
+        values = [d[key] for d in docs if key in d]
+        if key == "token_tile":
+            out[key] = min(values)
+        elif isinstance(values[0], list):
+            out[key] = [float(np.mean(v)) for v in zip(*values, strict=True)]
+        else:
+            out[key] = float(np.mean(values))
+    return out
+
+
+def kernel_checks(database: Path) -> None:
+    """Per GPU and family: the fit's own error, leave-one-GPU-out, leave-one-shape-out."""
+    from sincere.fit.kernel_tables import read_table
+    from sincere.fit.kernels import COLUMNS, FAMILY_TABLES, family_rows, fit_kernels, predict_family
+
+    fits, tables = {}, {}
+    for acc_name, folder in KERNEL_GPUS:
+        acc = get_accelerator(acc_name)
+        fit = fit_kernels(database / folder, acc)
+        merged = {k: v for fam in fit.families for k, v in fam.params.items()}
+        fits[acc_name] = (acc, fit, merged)
+        tables[acc_name] = {n: read_table(database / folder, n, COLUMNS[n]) for n in COLUMNS}
+    print("\n| GPU | family | rows | own fit: mean / max % (bias) | leave-one-GPU-out "
+          "| leave-one-shape-out |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|")
+    totals: dict[str, list[tuple[float, float, float]]] = {"own": [], "gpu": [], "shape": []}
+    for acc_name, (acc, fit, merged) in fits.items():
+        for fam in fit.families:
+            table = tables[acc_name][FAMILY_TABLES[fam.name]]
+            rows = family_rows(fam.name, table)
+            measured = rows.num("latency") * 1e-3
+            own = errors_of(predict_family(fam.name, rows, acc, merged), measured)
+            others = [m for a, (_, f, m) in fits.items() if a != acc_name and f.family(fam.name)]
+            prior = {**merged, **mean_params([{k: m[k] for k in fam.params} for m in others])}
+            if fam.name == "gemm_fp8":  # the bf16 terms it builds on, also the others'
+                prior.update(
+                    mean_params([{k: m[k] for k in fit.families[0].params} for m in others])
+                )
+            held = errors_of(predict_family(fam.name, rows, acc, prior), measured)
+            shape = shape_out(fam.name, table, acc, merged, fit)
+            for key, err in (("own", own), ("gpu", held), ("shape", shape)):
+                totals[key].append(err)
+            print(f"| {acc_name} | {fam.name} | {len(measured)} | {cell(own)} | {cell(held)} "
+                  f"| {cell(shape)} |")  # fmt: skip
+    means = {k: float(np.nanmean([e[0] for e in v])) for k, v in totals.items()}
+    print(
+        f"\none-line: kernel families on {len(fits)} GPUs, mean |error|: own fit "
+        f"{100 * means['own']:.1f} %, leave-one-GPU-out {100 * means['gpu']:.1f} %, "
+        f"leave-one-shape-out {100 * means['shape']:.1f} %"
+    )
+
+
+def shape_out(name, table, acc, merged, fit) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """Leave-one-shape-out: fit on the other folds' shapes, predict the held-out fold."""
+    from sincere.fit.kernels import family_rows, predict_family
+
+    if name == "allreduce":  # the shape is the GPU count: its own constants, nothing to hold
+        return (float("nan"),) * 3
+    table = family_rows(name, table)  # the rows the family is fitted on: folds of their shapes
+    table_folds = shape_folds(name, table)
+    context = {**merged, "_bf16": fit.families[0]}
+    preds, meas = [], []
+    for fold in range(NUM_FOLDS):
+        train = table.where(table_folds != fold)
+        test = table.where(table_folds == fold)
+        if train.num_rows == 0 or test.num_rows == 0:
+            continue
+        fam = fit_one(name, train, acc, context, table.path.parents[4])
+        test_rows = family_rows(name, test)
+        preds.append(predict_family(name, test_rows, acc, {**merged, **fam.params}))
+        meas.append(test_rows.num("latency") * 1e-3)
+    return errors_of(np.concatenate(preds), np.concatenate(meas))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
     )
-    parser.add_argument("--only", choices=("a100", "h100"), default=None)
+    parser.add_argument("--only", choices=("a100", "h100", "kernels"), default=None)
+    parser.add_argument(
+        "--kernels",
+        type=Path,
+        default=ROOT.parent / "shared" / "data" / "kernels" / "aiconfigurator",
+    )
     args = parser.parse_args()
+    if args.only in (None, "kernels"):
+        kernel_checks(args.kernels)
+    if args.only == "kernels":
+        return
     if args.only != "a100":
         hopper(read_operator_profiles(args.profiles / "h100"))
     if args.only == "h100":

@@ -78,9 +78,9 @@ def test_low_precision_is_at_least_as_fast_as_bf16(catalog: Catalog) -> None:
 
 
 def test_only_hopper_gpus_and_the_cpu_claim_confidential_computing(catalog: Catalog) -> None:
-    """CC mode is flagged on H100 / H200 (and the host CPU's TEE), not on Ampere or Ada."""
+    """CC mode is flagged on Hopper and Blackwell (and the host CPU's TEE), not on Ampere or Ada."""
     flagged = {a.name for a in catalog.accelerators() if a.cc_supported}
-    assert flagged == {"H100-SXM", "H100-PCIe", "H200", "cpu"}
+    assert flagged == {"H100-SXM", "H100-PCIe", "H200", "B200", "RTX-PRO-6000", "cpu"}
 
 
 def test_llama2_70b_fp16_weights_do_not_fit_one_80gb_gpu(catalog: Catalog) -> None:

@@ -2,8 +2,9 @@
 
 The SHA-256 values are those of ``summary.json`` written by ``sincere simulate`` for each
 shipped example before prefix caching existed (the H100-SXM examples with the roofline fitted to
-H100 kernels, which moved them once; W1 and SINCERE's study are A100 / request-level and never
-moved). With caching off, and with it on (the
+H100 kernels, which moved them once, and again when H100's GEMM, attention, all-reduce and
+fused-MoE constants came from its measured vLLM kernels; W1 and SINCERE's study are A100 /
+request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
 """
 
@@ -22,11 +23,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PINNED = {
     "w1": "b89ca563fb17e486fbf0ad479ad7aba9558f0e05a234765acb8e2e627879f00c",
-    "hetero": "0d05d5a4443fefd9be7d2222f7a85fec59112c4d1ff964f51e475ccbe9f5ac29",
-    "hetero-explore": "9f7c84a0b4512617418f4ee9361c4a8259eaf507d571e39183a0e0b63f0d7592",
-    "niyama": "7ae46eff938bfe5bb5a695050f395cbc70547398fd8e8898c0393e597bfbc455",
+    "hetero": "ebb0ba3023ff181989fa15ae8fd861445f984b4680b9c09f4b46a22d9a9d3568",
+    "hetero-explore": "a0f89e3af1462da9e76681780cfc3a25dfe33f91455080d9f01fac595c3ca2f8",
+    "niyama": "36939b05d372b431a935a3481452d5842b07c26a0c8c19627586d39a491f2e6e",
     "sincere": "3ab15ad72eff7ccb31e8cce25708beb0ccd67b24e9b7ff774291602186a0c09c",
-    "vllm": "a0bcb1ac73cdbb17a0a7d0a4181f054183ba3f47282af5bec5f76a95e58ff7fa",
+    "vllm": "3fa0f6f0c51100df02a538d7e2bb12ac545d7ec84cc6e8d51010bfcb267b9b4b",
 }
 
 

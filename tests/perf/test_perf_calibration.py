@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import pytest
 import yaml
@@ -49,26 +50,53 @@ def test_the_fit_names_its_sources_and_command() -> None:
     assert set(shipped_fits()) == {"A100-80GB", "H100-SXM"}
 
 
-def test_h100_uses_its_own_fit_with_borrowed_attention() -> None:
-    """H100-SXM's defaults are its own fit; attention and CPU are the A100's, said so."""
+def shipped_kernels(name: str) -> dict[str, Any]:
+    """A kernel fit file as shipped."""
+    text = resources.files("sincere").joinpath("data", "perf", "kernels", f"{name}.yaml")
+    doc: dict[str, Any] = yaml.safe_load(text.read_text())
+    return doc
+
+
+def test_h100_takes_its_measured_kernels_over_its_profile_fit() -> None:
+    """H100-SXM: GEMM, attention, all-reduce and MoE constants from its measured vLLM kernels
+    (no attention borrowed from A100, no fixed 32 us all-reduce); elementwise and CPU terms
+    stay those of its Vidur-profile fit, and each part says where it comes from."""
     h100 = roofline_defaults(get_accelerator("H100-SXM"))
-    doc = shipped_fits()["H100-SXM"]
-    assert h100.origin.startswith("fitted:") and h100.params == doc["params"]
-    a100 = shipped_a100()["params"]
-    assert isinstance(a100, dict)
-    assert h100.params["attn_mfu_efficiency"] == a100["attn_mfu_efficiency"]
-    assert h100.params["mfu_efficiency"] != a100["mfu_efficiency"]
-    assert doc["fit"]["borrowed"]["from"] == "A100-80GB"
+    kernels = shipped_kernels("H100-SXM")
+    for name, value in kernels["params"].items():
+        assert h100.params[name] == value, name
+    vidur = shipped_fits()["H100-SXM"]["params"]
+    assert h100.params["elementwise_bw_efficiency"] == vidur["elementwise_bw_efficiency"]
+    assert h100.params["attn_mfu_efficiency"] != shipped_a100()["params"]["attn_mfu_efficiency"]  # type: ignore[index]
+    assert h100.params["allreduce_latency_s"] < 10e-6 < vidur["allreduce_latency_s"]
+    assert "kernels/H100-SXM.yaml" in h100.parts["prefill_attention"]
+    assert "kernels/H100-SXM.yaml" in h100.parts["communication"]
+    assert h100.parts["cpu"].startswith("borrowed: A100-80GB")
+    assert kernels["fit"]["families"]["allreduce"]["rows"] > 0
+
+
+def test_h200_fits_its_kernels_over_the_transferred_h100_base() -> None:
+    """H200 has its own measured kernels; only its elementwise and CPU terms are transferred."""
+    h200 = roofline_defaults(get_accelerator("H200"))
+    assert h200.params["mfu_efficiency"] == shipped_kernels("H200")["params"]["mfu_efficiency"]
+    assert h200.parts["linear"].startswith("fitted: measured vLLM")
+    assert h200.parts["elementwise"].startswith("transferred:")
+
+
+def test_a100_kernel_fit_is_shipped_but_not_the_default() -> None:
+    """A100-80GB keeps its Vidur-fitted constants; its kernel fit is there for --params."""
+    doc = shipped_kernels("A100-80GB")
+    assert doc["fit"]["default"] is False
+    assert roofline_defaults(get_accelerator("A100")).params == shipped_a100()["params"]
 
 
 @pytest.mark.parametrize(
-    ("variant", "fitted"),
-    [("H200", "H100-SXM"), ("H100-PCIe", "H100-SXM"), ("A100-40GB", "A100-80GB")],
+    ("variant", "fitted"), [("H100-PCIe", "H100-SXM"), ("A100-40GB", "A100-80GB")]
 )
 def test_variants_take_their_chips_fit_whole(variant: str, fitted: str) -> None:
     """A variant of a fitted chip takes its parameters whole, with its own datasheet peaks."""
     defaults = roofline_defaults(get_accelerator(variant))
-    assert defaults.params == shipped_fits()[fitted]["params"]
+    assert defaults.params == roofline_defaults(get_accelerator(fitted)).params
     assert defaults.origin.startswith("transferred:") and fitted in defaults.origin
     acc = get_accelerator(variant)
     dep = Deployment(get_model("llama-3-8b"), acc)
@@ -121,5 +149,6 @@ def test_configured_step_models_take_the_transferred_defaults() -> None:
     dep = Deployment(get_model("llama-3-8b"), get_accelerator("H200"))
     built = StepModelConfig(kind="roofline").build(dep)
     assert isinstance(built, Roofline)
-    expected = RooflineParams(**shipped_fits()["H100-SXM"]["params"])
+    expected = default_roofline_params(get_accelerator("H200"))
     assert built.params == expected == Roofline(dep).params
+    assert expected.allreduce_gpus == (2, 4, 8)  # the YAML lists arrive as tuples

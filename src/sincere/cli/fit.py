@@ -301,3 +301,79 @@ def fit_gpu_profiles_command(
     _print_checks(check, warnings)
     console.print(f"from {len(profiles.files)} files of {folder}; wrote {out}")
     console.print(f"reproduce: {shlex.join(argv)}", highlight=False, soft_wrap=True)
+
+
+@fit_app.command("kernels")
+def fit_kernels_command(
+    directory: Annotated[
+        Path, typer.Argument(help="the kernel database: one GPU's folder or the one above")
+    ],
+    gpu: Annotated[
+        str, typer.Option(help="the GPU: its folder (h100_sxm) or catalog accelerator (H100-SXM)")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="parameter file (.yaml/.json)")
+    ] = None,
+    default: Annotated[
+        bool,
+        typer.Option(
+            help="mark the fit as the GPU's default constants (--no-default: --params only)"
+        ),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the document as JSON")] = False,
+) -> None:
+    """Fit the roofline's kernel families to one GPU's measured vLLM kernels."""
+    from sincere.catalog.loader import default_catalog
+    from sincere.fit.kernel_tables import GPU_FOLDERS, gpu_folder
+    from sincere.fit.kernels import fit_kernels, kernel_document
+    from sincere.fit.output import write_params
+
+    by_folder = {folder: name for name, folder in GPU_FOLDERS.items()}
+    catalog = default_catalog()
+    name = by_folder.get(gpu.lower(), gpu)
+    if not catalog.has_accelerator(name):
+        raise ConfigError(
+            "--gpu names no kernel folder or catalog accelerator",
+            value=gpu,
+            allowed=sorted(by_folder),
+        )
+    acc = catalog.accelerator(name)
+    folder = gpu_folder(directory, acc.name)
+    out = out or Path(f"kernels-{acc.name}.yaml")
+    with console.status(f"fitting {folder.name}'s kernels"):
+        fit = fit_kernels(folder, acc)
+    argv = ["sincere", "fit", "kernels", str(directory), "--gpu", gpu, "--out", str(out)]
+    if not default:
+        argv.insert(-2, "--no-default")
+    document = kernel_document(fit, argv, default)
+    write_params(document, out)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), **document}))
+        return
+    table = Table(title=f"{acc.name}: kernel families fitted to {folder}")
+    for col in ("family", "rows", "mean / max error", "bias", "constants"):
+        table.add_column(col, justify="left" if col in ("family", "constants") else "right")
+    for fam in fit.families:
+        shown = ", ".join(
+            f"{k} {_shown(v)}" for k, v in fam.params.items() if not k.startswith("_")
+        )
+        table.add_row(
+            fam.name,
+            str(fam.rows),
+            f"{100 * fam.mean_error:.1f} / {100 * fam.max_error:.0f} %",
+            f"{100 * fam.bias:+.1f} %",
+            shown,
+        )
+    print_table(table)
+    for fam in fit.families:
+        for note in fam.notes:
+            console.print(f"[yellow]note:[/yellow] {fam.name}: {note}")
+    for line in fit.missing:
+        console.print(f"[yellow]not fitted:[/yellow] {line}")
+    console.print(f"wrote {out}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return f"{value:.4g}"

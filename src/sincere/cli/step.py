@@ -83,6 +83,21 @@ def precision_notes(dep: Deployment) -> list[str]:
     return []
 
 
+def constants_origin(dep: Deployment) -> dict[str, str]:
+    """Where each part's default constants come from, for the parts this deployment uses."""
+    from sincere.perf.calibration import roofline_defaults
+
+    parts = roofline_defaults(dep.accelerator).parts
+    skip = set()
+    if dep.accelerator.compute_precision(dep.precision) != "fp8":
+        skip.add("linear_fp8")
+    if dep.tp == 1:
+        skip.add("communication")
+    if not dep.model.is_moe:
+        skip.add("experts")
+    return {part: origin for part, origin in parts.items() if part not in skip}
+
+
 @app.command("step")
 def step_command(
     model: Annotated[str, typer.Argument(help="catalog model (sincere catalog models)")],
@@ -149,6 +164,8 @@ def step_command(
         }
         if notes:
             out["notes"] = notes
+        if step_model == "roofline" and params is None:
+            out["constants"] = constants_origin(dep)
         typer.echo(json.dumps(out))
         return
     layout = f"tp {tp}, ep {ep}" if ep > 1 else f"tp {tp}"
@@ -165,3 +182,5 @@ def step_command(
         console.print(f"note: {note}", highlight=False)
     if step_model == "roofline" and params is None:
         console.print(f"constants: {roofline_defaults(dep.accelerator).origin}", highlight=False)
+        for part, origin in constants_origin(dep).items():
+            console.print(f"  {part}: {origin}", highlight=False)

@@ -43,10 +43,10 @@ from sincere.perf.moe import (
     all_to_all_bytes,
     all_to_all_s,
     expected_distinct_experts,
-    grouped_gemm_rows,
     mla_decode_flops_per_pair,
     mla_prefill_flops_per_pair,
     permutation_bytes,
+    routing_load,
     windowed_context,
     windowed_pairs,
 )
@@ -107,9 +107,20 @@ class ArchStep:
         self.moe = moe or MoEParams()
         dep, p = deployment, params
         model, acc = dep.model, dep.accelerator
+        from sincere.perf.roofline import allreduce_terms, gemm_mfu
+
         self.compute_precision = acc.compute_precision(dep.precision)
-        self._peak = acc.peak_tflops(dep.precision) * 1e12 * p.mfu_efficiency
+        self._peak = acc.peak_tflops(dep.precision) * 1e12 * gemm_mfu(p, self.compute_precision)
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
+        moe_mfu = p.moe_mfu_efficiency
+        moe_bw = p.moe_bw_efficiency
+        self._moe_peak = (
+            self._peak
+            if moe_mfu is None
+            else self._peak / gemm_mfu(p, self.compute_precision) * moe_mfu
+        )
+        self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
+        self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
         self._ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
         self._attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
         self._attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
@@ -138,6 +149,9 @@ class ArchStep:
         compute = 2.0 * mat.k * mat.n * tiled / self._peak
         moved = mat.k * mat.n * mat.weight_bytes
         moved += (mat.k + mat.n) * tokens * self.params.activation_bytes
+        if mat.weight_bytes < 2.0 and self.compute_precision == "fp8":  # quantised activations
+            moved += mat.k * tokens * self.params.fp8_act_bytes
+            return self.params.fp8_gemm_kernel_s + self._combine(compute, moved / self._hbm)
         return self._combine(compute, moved / self._hbm)
 
     def _combine(self, compute: float, memory: float) -> float:
@@ -171,19 +185,17 @@ class ArchStep:
         model, ep = dep.model, dep.ep
         h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
         router = self._gemm_s(_Mat(h, e, 2.0), tokens)
-        distinct = expected_distinct_experts(tokens, e, k, m.routing_skew)
+        distinct, all_rows, busiest = routing_load(tokens, e, k, m.routing_skew, m.expert_tile)
         split = dep.tp // ep  # GPUs one expert is split over
         up = (2 if model.gated_mlp else 1) * max(1, model.expert_intermediate_size // split)
         down = max(1, model.expert_intermediate_size // split)
         per_expert = h * up + down * h
         routed = tokens * k / ep * m.ep_imbalance
-        rows = m.ep_imbalance * grouped_gemm_rows(
-            tokens * k / distinct, distinct / ep, m.expert_tile
-        )
-        compute = 2.0 * per_expert * rows / self._peak
+        rows = m.ep_imbalance * all_rows / ep + self.params.moe_tail_share * busiest
+        compute = 2.0 * per_expert * rows / self._moe_peak
         moved = distinct / ep * per_expert * self._expert_bytes
         moved += routed * (2 * h + up + down) * self.params.activation_bytes
-        experts = self._combine(compute, moved / self._hbm)
+        experts = self.params.moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
         perm = permutation_bytes(tokens / ep, k, h, self.params.activation_bytes) / self._ew_hbm
         return router, experts + perm
 
@@ -259,7 +271,10 @@ class ArchStep:
                 pairs = windowed_pairs(pairs, batch.prefill_tokens, window)
                 ctx = windowed_context(ctx, batch.num_prefill_seqs, window)
             ctx_pairs = min(batch.prefill_tokens * ctx / batch.num_prefill_seqs, pairs)
-            compute = share * pre_pair * (ctx_pairs + p.attn_diag_factor * (pairs - ctx_pairs))
+            query = p.attn_query_pairs * batch.prefill_tokens
+            compute = (
+                share * pre_pair * (ctx_pairs + p.attn_diag_factor * (pairs - ctx_pairs) + query)
+            )
             memory = share * token_s * (batch.prefill_tokens + ctx)
             total += p.attn_kernel_s + max(compute, memory)
         if batch.num_decode_seqs > 0:
@@ -267,8 +282,11 @@ class ArchStep:
             if window:
                 ctx = windowed_context(ctx, batch.num_decode_seqs, window)
             compute = share * dec_pair * ctx
-            memory = share * token_s * (ctx + batch.num_decode_seqs)
-            total += p.attn_kernel_s + max(compute, memory)
+            memory = share * token_s * (ctx + p.attn_decode_seq_tokens * batch.num_decode_seqs)
+            decode_kernel = p.attn_kernel_s
+            if p.attn_decode_kernel_s is not None:
+                decode_kernel = p.attn_decode_kernel_s
+            total += decode_kernel + max(compute, memory)
         return total
 
     # --- the iteration -----------------------------------------------------------------
@@ -290,7 +308,11 @@ class ArchStep:
         comm = 0.0
         if dep.tp > 1:
             ring = 2.0 * (dep.tp - 1) / dep.tp
-            comm = self._layers * 2.0 * (p.allreduce_latency_s + ring * message * mb_tokens / link)
+            latency = self._allreduce_s + (
+                p.allreduce_eager_s if tokens > p.cuda_graph_max_tokens else 0.0
+            )
+            ring_link = self._link * self._allreduce_eff
+            comm = self._layers * 2.0 * (latency + ring * message * mb_tokens / ring_link)
         if pp > 1:
             comm += p.p2p_latency_s + message * mb_tokens / link
         layers = scale * self._layers

@@ -21,6 +21,16 @@ its efficiencies and fixed costs by one of two rules:
   and per-step fixed costs and the all-reduce latency), averaged over the shipped fits
   (the token tile: the smallest of theirs).
 
+On top of that base, a GPU whose real vLLM kernels were measured (AIConfigurator's
+database) takes the families ``sincere fit kernels`` fitted to them
+(``sincere/data/perf/kernels/<accelerator>.yaml``, :data:`KERNEL_PARTS`): GEMMs by dtype,
+prefill and decode attention, the all-reduce by GPU count inside and outside CUDA graphs,
+the fused-MoE kernel. A kernel file whose ``fit.default`` is false is shipped for
+``--params`` use only (A100-80GB keeps its fit to Vidur's A100 kernels); a variant
+(:data:`FIT_TRANSFER`) without a kernel fit of its own takes its chip's. The elementwise
+kernels and the CPU per step, which that database does not measure, stay the base's.
+:attr:`RooflineDefaults.parts` says where each part's constants come from.
+
 Explicit parameters override either.
 """
 
@@ -41,6 +51,30 @@ from sincere.core.errors import ConfigError, DataError
 from sincere.perf.roofline import RooflineParams
 
 FITS_FOLDER = ("data", "perf", "roofline")  # package-relative folder of the shipped fits
+KERNEL_FITS_FOLDER = ("data", "perf", "kernels")  # fits to measured vLLM kernels
+KERNEL_PARTS = {
+    "linear": ("mfu_efficiency", "bw_efficiency", "overlap_exponent", "token_tile"),
+    "linear_fp8": ("fp8_mfu_efficiency", "fp8_gemm_kernel_s", "fp8_act_bytes"),
+    "elementwise": ("elementwise_bw_efficiency", "layer_overhead_s"),
+    "prefill_attention": (
+        "attn_mfu_efficiency",
+        "attn_kernel_s",
+        "attn_diag_factor",
+        "attn_query_pairs",
+    ),
+    "decode_attention": ("attn_bw_efficiency", "attn_decode_kernel_s", "attn_decode_seq_tokens"),
+    "communication": (
+        "allreduce_latency_s",
+        "allreduce_gpus",
+        "allreduce_latencies_s",
+        "allreduce_efficiencies",
+        "allreduce_eager_s",
+        "interconnect_efficiency",
+    ),
+    "experts": ("moe_mfu_efficiency", "moe_bw_efficiency", "moe_kernel_s", "moe_tail_share"),
+    "cpu": ("overhead_s", "overhead_per_seq_s"),
+}
+"""Parts of a step and the constants that price each (provenance is kept per part)."""
 PRIOR_FIELDS = (
     "mfu_efficiency",
     "bw_efficiency",
@@ -72,6 +106,7 @@ class RooflineDefaults:
 
     params: dict[str, Any]  # RooflineParams fields (others keep the dataclass defaults)
     origin: str  # "fitted: <file>" or "prior: <files>" or "datasheet assumptions"
+    parts: dict[str, str] = dataclasses.field(default_factory=dict)  # part -> its origin
 
 
 @functools.cache
@@ -96,19 +131,105 @@ def shipped_fits() -> dict[str, dict[str, Any]]:
     return fits
 
 
+@functools.cache
+def kernel_fits() -> dict[str, dict[str, Any]]:
+    """The shipped fits to measured vLLM kernels by catalog accelerator name."""
+    folder = resources.files("sincere").joinpath(*KERNEL_FITS_FOLDER)
+    fits: dict[str, dict[str, Any]] = {}
+    if not folder.is_dir():
+        return fits
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            doc = yaml.safe_load(entry.read_text())
+            where = f"sincere/{'/'.join(KERNEL_FITS_FOLDER)}/{entry.name}"
+            name = str(doc.get("fit", {}).get("accelerator", "")) if isinstance(doc, dict) else ""
+            if not default_catalog().has_accelerator(name) or "params" not in doc:
+                raise DataError("not a kernel fit (params, fit.accelerator)", path=where)
+            doc["file"] = where
+            fits[default_catalog().accelerator(name).name] = doc
+    return fits
+
+
+def _part_origins(
+    params: Mapping[str, Any], origin: str, base: Mapping[str, Any]
+) -> dict[str, str]:
+    """Each part's origin: ``origin`` where the base sets its constants, else the datasheet's."""
+    borrowed = base.get("fit", {}).get("borrowed", {}) if base else {}
+    out = {}
+    for part, names in KERNEL_PARTS.items():
+        if not any(name in params for name in names):
+            out[part] = "datasheet assumptions"
+            continue
+        out[part] = origin
+        key = "attention" if part.endswith("attention") else part
+        for taken in borrowed.get("parts", {}).get(key, []):
+            if taken in names:
+                out[part] = f"borrowed: {borrowed['from']} (as fitted there), via {origin}"
+    return out
+
+
 def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
+    """The base (own fit, transfer or prior) with the GPU's kernel fit over it (module doc)."""
+    base = _base_defaults(accelerator)
+    kernels = kernel_fits().get(accelerator.name)
+    how = "fitted"
+    if kernels is None:  # a variant takes its chip's kernel fit too (module docstring)
+        kernels = kernel_fits().get(FIT_TRANSFER.get(accelerator.name, ""))
+        how = "transferred"
+    if kernels is None or kernels.get("fit", {}).get("default", True) is False:
+        return base
+    params = dict(base.params)
+    fitted = dict(kernels["params"])
+    kernel_s = kernels["fit"].get("gemm_kernel_s")
+    base_kernel_s = _base_gemm_kernel_s(accelerator)
+    if kernel_s is not None and base_kernel_s is not None and "layer_overhead_s" in params:
+        # the layer's fixed cost holds four GEMM launches: take the measured GEMMs' own
+        elementwise = max(0.0, params["layer_overhead_s"] - 4.0 * base_kernel_s)
+        fitted["layer_overhead_s"] = elementwise + 4.0 * float(kernel_s)
+    params.update(fitted)
+    versions = ", ".join(sorted({str(v) for v in kernels["fit"].get("versions", [])}))
+    label = f"{how}: measured vLLM {versions} kernels ({kernels['file']})"
+    parts = dict(base.parts)
+    for part, names in KERNEL_PARTS.items():
+        if any(name in kernels["params"] for name in names):
+            parts[part] = label
+    origin = f"{label}; elementwise and CPU terms {base.origin}"
+    return RooflineDefaults(params, origin, parts)
+
+
+def _base_gemm_kernel_s(accelerator: Accelerator) -> float | None:
+    """The per-GEMM launch cost inside the base's ``layer_overhead_s`` (None: unknown)."""
+    fits = shipped_fits()
+    doc = fits.get(accelerator.name) or fits.get(FIT_TRANSFER.get(accelerator.name, ""))
+    if doc is not None:
+        value = doc.get("fit", {}).get("gemm_kernel_s")
+        return None if value is None else float(value)
+    values = [
+        float(d["fit"]["gemm_kernel_s"])
+        for d in fits.values()
+        if "gemm_kernel_s" in d.get("fit", {})
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def _base_defaults(accelerator: Accelerator) -> RooflineDefaults:
     """The accelerator's own fit, a transferred fit, else the prior (module docstring)."""
     fits = shipped_fits()
     own = fits.get(accelerator.name)
     if own is not None:
-        return RooflineDefaults(dict(own["params"]), f"fitted: {own['file']}")
+        origin = f"fitted: {own['file']}"
+        return RooflineDefaults(
+            dict(own["params"]), origin, _part_origins(own["params"], origin, own)
+        )
     source = fits.get(FIT_TRANSFER.get(accelerator.name, ""))
     if source is not None:
         origin = (
             f"transferred: {source['file']} (a variant of {source['fit']['accelerator']}: "
             f"its efficiencies and fixed costs, {accelerator.name}'s datasheet peaks)"
         )
-        return RooflineDefaults(dict(source["params"]), origin)
+        short = f"transferred: {source['file']} ({source['fit']['accelerator']}'s fit)"
+        parts = _part_origins(source["params"], short, source)
+        return RooflineDefaults(dict(source["params"]), origin, parts)
     if not fits:
         return RooflineDefaults({}, "datasheet assumptions (no shipped fit)")
     prior: dict[str, Any] = {}
@@ -124,7 +245,9 @@ def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
         )
     files = ", ".join(doc["file"] for doc in fits.values())
     origin = f"prior: the stack's efficiencies and fixed costs from {files}; datasheet peaks"
-    return RooflineDefaults(prior, origin)
+    return RooflineDefaults(
+        prior, origin, _part_origins(prior, "prior: mean of the shipped fits", {})
+    )
 
 
 def default_roofline_params(
@@ -132,6 +255,9 @@ def default_roofline_params(
 ) -> RooflineParams:
     """:class:`RooflineParams` of the accelerator's defaults with ``overrides`` applied."""
     params = {**roofline_defaults(accelerator).params, **(overrides or {})}
+    for name, value in params.items():
+        if isinstance(value, list):  # YAML lists: the dataclass holds tuples
+            params[name] = tuple(value)
     fields = {f.name for f in dataclasses.fields(RooflineParams)}
     unknown = set(params) - fields
     if unknown:

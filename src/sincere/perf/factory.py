@@ -193,7 +193,7 @@ class RooflineStepParams(Params):
     layer_overhead_s: float | None = _time("fixed kernel cost of one layer's linear work")
     attn_mfu_efficiency: float | None = _efficiency("the dense bf16 peak in prefill attention")
     attn_bw_efficiency: float | None = _efficiency("HBM bandwidth reading the KV cache")
-    attn_kernel_s: float | None = _time("fixed cost of one attention kernel per layer")
+    attn_kernel_s: float | None = _time("fixed cost of one (prefill) attention kernel per layer")
     attn_diag_factor: float | None = Field(
         None,
         ge=1,
@@ -204,7 +204,46 @@ class RooflineStepParams(Params):
     overhead_s: float | None = _time("fixed CPU cost per iteration")
     overhead_per_seq_s: float | None = _time("CPU cost per sequence in the iteration")
     interconnect_efficiency: float | None = _efficiency("NVLink / PCIe bandwidth in collectives")
-    allreduce_latency_s: float | None = _time("fixed cost of one all-reduce")
+    allreduce_latency_s: float | None = _time("fixed cost of one all-reduce (2 GPUs, CUDA graph)")
+    allreduce_gpus: tuple[int, ...] | None = Field(
+        None, description="GPU counts with their own all-reduce latency and bandwidth share",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    allreduce_latencies_s: tuple[float, ...] | None = Field(
+        None, description="all-reduce latency in a CUDA graph at each of allreduce_gpus, s",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    allreduce_efficiencies: tuple[float, ...] | None = Field(
+        None, description="all-reduce bus bandwidth share of the link at each of allreduce_gpus",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    allreduce_eager_s: float | None = _time("all-reduce latency added outside a CUDA graph")
+    cuda_graph_max_tokens: int | None = Field(
+        None, ge=0, description="iterations up to this many tokens replay CUDA graphs, tokens",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in fp8 GEMMs")
+    fp8_gemm_kernel_s: float | None = _time("fp8 GEMM's extra fixed cost (activation quantisation)")
+    fp8_act_bytes: float | None = Field(
+        None, ge=0, description="fp8 GEMM's extra bytes per input activation element",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    attn_decode_kernel_s: float | None = _time("fixed cost of one decode attention kernel")
+    attn_query_pairs: float | None = Field(
+        None, ge=0, description="prefill: pairs' worth of work per query row beyond its own",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    attn_decode_seq_tokens: float | None = Field(
+        None, ge=0, description="decode: KV tokens' worth of traffic per sequence (1: its new one)",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    moe_mfu_efficiency: float | None = _efficiency("the dense peak in the fused-MoE kernel")
+    moe_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fused-MoE kernel")
+    moe_kernel_s: float | None = _time("fixed cost of one fused-MoE kernel per layer")
+    moe_tail_share: float | None = Field(
+        None, ge=0, le=1, description="share of the busiest expert's rows not hidden by the others",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
     p2p_latency_s: float | None = _time("fixed cost of one pipeline-stage send")
     activation_bytes: float | None = Field(
         None, gt=0, description="bytes per activation element", json_schema_extra=_FIT

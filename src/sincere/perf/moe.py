@@ -130,3 +130,38 @@ def windowed_context(ctx_tokens: float, num_seqs: int, window: int) -> float:
 def windowed_pairs(pairs: float, num_tokens: int, window: int) -> float:
     """Causal query-key pairs of a prefill in a sliding-window layer (each query <= window)."""
     return min(pairs, float(num_tokens) * window)
+
+
+def routing_load(
+    num_tokens: float, num_experts: int, top_k: int, skew: float, tile: int
+) -> tuple[float, float, float]:
+    """(distinct experts, padded grouped-GEMM rows, busiest expert's tokens) of a batch.
+
+    Expert ``i`` is picked by a token with probability ``q_i = min(1, k p_i)``
+    (``p_i ∝ i^-skew``; uniform at 0); it is active with probability ``1 - (1 - q_i)^T``
+    and then holds ``T q_i`` tokens over that probability, padded to ``tile`` rows. The
+    busiest expert holds ``T max q_i`` tokens. Uniform routing gives
+    :func:`expected_distinct_experts` and :func:`grouped_gemm_rows` of the mean load.
+    """
+    _check_routing(num_experts, top_k)
+    if tile < 1:
+        raise ConfigError("expert tile must be >= 1 token", value=tile)
+    if num_tokens <= 0:
+        return 0.0, 0.0, 0.0
+    if skew == 0.0:
+        distinct = expected_distinct_experts(num_tokens, num_experts, top_k)
+        rows = grouped_gemm_rows(num_tokens * top_k / distinct, distinct, tile)
+        return distinct, rows, num_tokens * top_k / num_experts
+    weights = [math.pow(i, -skew) for i in range(1, num_experts + 1)]
+    total = sum(weights)
+    distinct = rows = busiest = 0.0
+    for w in weights:
+        q = min(1.0, top_k * w / total)
+        active = 1.0 - math.pow(1.0 - q, num_tokens)
+        if active <= 0.0:
+            continue
+        load = num_tokens * q / active
+        distinct += active
+        rows += active * tile * math.ceil(load / tile - 1e-9)
+        busiest = max(busiest, num_tokens * q)
+    return distinct, rows, busiest

@@ -71,6 +71,9 @@ _TIMES = (
     "overhead_s",
     "overhead_per_seq_s",
     "allreduce_latency_s",
+    "allreduce_eager_s",
+    "moe_kernel_s",
+    "fp8_gemm_kernel_s",
     "p2p_latency_s",
     "load_overhead_s",
     "unload_s",
@@ -98,7 +101,22 @@ class RooflineParams:
     overhead_s: float = 0.001  # fixed CPU cost per iteration
     overhead_per_seq_s: float = 0.0  # CPU cost per sequence in the iteration
     interconnect_efficiency: float = 0.7  # share of NVLink / PCIe bandwidth in collectives
-    allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce
+    allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce (2 GPUs, in a CUDA graph)
+    allreduce_gpus: tuple[int, ...] = ()  # GPU counts with their own all-reduce terms (below)
+    allreduce_latencies_s: tuple[float, ...] = ()  # graph all-reduce latency at each count
+    allreduce_efficiencies: tuple[float, ...] = ()  # bus bandwidth share of the link at each
+    allreduce_eager_s: float = 0.0  # all-reduce latency added outside a CUDA graph
+    cuda_graph_max_tokens: int = 512  # iterations up to this many tokens replay CUDA graphs
+    fp8_mfu_efficiency: float | None = None  # fp8 GEMMs' share of the fp8 peak (None: mfu's)
+    fp8_gemm_kernel_s: float = 0.0  # fp8 GEMM's extra fixed cost (activation quantisation)
+    fp8_act_bytes: float = 0.0  # fp8 GEMM's extra bytes per input activation (quantisation)
+    attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
+    attn_query_pairs: float = 0.0  # prefill: pairs' worth of work per query row beyond its own
+    attn_decode_seq_tokens: float = 1.0  # decode: KV tokens' worth of traffic per sequence
+    moe_mfu_efficiency: float | None = None  # fused-MoE share of the peak (None: mfu's)
+    moe_bw_efficiency: float | None = None  # fused-MoE share of HBM (None: bw's)
+    moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
+    moe_tail_share: float = 0.0  # share of the busiest expert's rows not hidden by the others
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
     activation_bytes: float = 2.0  # bytes per activation element (bf16)
     pp_microbatches: int = 1  # micro-batches an iteration is cut into under PP
@@ -123,6 +141,41 @@ class RooflineParams:
             raise ConfigError(
                 "RooflineParams.attn_diag_factor must be in [1, 2]", value=self.attn_diag_factor
             )
+        for name in ("fp8_mfu_efficiency", "moe_mfu_efficiency", "moe_bw_efficiency"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ConfigError(f"RooflineParams.{name} must be in (0, 1]", value=value)
+        if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
+            raise ConfigError(
+                "RooflineParams.attn_decode_kernel_s must be >= 0 s",
+                value=self.attn_decode_kernel_s,
+            )
+        counts = (self.allreduce_gpus, self.allreduce_latencies_s, self.allreduce_efficiencies)
+        if len({len(c) for c in counts}) != 1:
+            raise ConfigError(
+                "RooflineParams.allreduce_gpus, allreduce_latencies_s and allreduce_efficiencies "
+                "must have one entry per GPU count",
+                value=counts,
+            )
+        if any(g < 2 for g in self.allreduce_gpus) or any(
+            v < 0.0 for v in self.allreduce_latencies_s
+        ):
+            raise ConfigError("all-reduce GPU counts must be >= 2 and latencies >= 0", value=counts)
+        if any(not 0.0 < v <= 1.0 for v in self.allreduce_efficiencies):
+            raise ConfigError(
+                "RooflineParams.allreduce_efficiencies must be in (0, 1]",
+                value=self.allreduce_efficiencies,
+            )
+        if self.fp8_act_bytes < 0.0:
+            raise ConfigError("RooflineParams.fp8_act_bytes must be >= 0", value=self.fp8_act_bytes)
+        if self.attn_query_pairs < 0.0 or self.attn_decode_seq_tokens < 0.0:
+            raise ConfigError(
+                "RooflineParams.attn_query_pairs / attn_decode_seq_tokens must be >= 0"
+            )
+        if not 0.0 <= self.moe_tail_share <= 1.0:
+            raise ConfigError("RooflineParams.moe_tail_share must be in [0, 1]")
+        if self.cuda_graph_max_tokens < 0:
+            raise ConfigError("RooflineParams.cuda_graph_max_tokens must be >= 0")
         if self.token_tile < 1:
             raise ConfigError("RooflineParams.token_tile must be >= 1", value=self.token_tile)
         if self.pp_microbatches < 1:
@@ -183,9 +236,14 @@ class KernelCoef:
     cpu_seq_s: float  # CPU cost per sequence
     pair_s: float  # attention compute time per (weighted) query-key pair, per layer
     diag: float  # weight of a pair inside a prefill chunk
+    query_pairs: float  # pairs' worth of work per prefill query row beyond its own pairs
+    seq_tokens: float  # KV tokens' worth of traffic per decoding sequence beyond its context
     kv_token_s: float  # time to move one token's KV bytes, per layer
-    attn_kernel_s: float  # fixed cost of one attention kernel, per layer
-    comm_fixed_s: float  # all-reduce latency per layer (0 without TP)
+    attn_kernel_s: float  # fixed cost of one prefill attention kernel, per layer
+    decode_kernel_s: float  # fixed cost of one decode attention kernel, per layer
+    comm_fixed_s: float  # all-reduce latency per layer in a CUDA graph (0 without TP)
+    comm_eager_s: float  # all-reduce latency per layer added outside a graph (0 without TP)
+    graph_tokens: int  # iterations up to this many tokens run in CUDA graphs
     comm_token_s: float  # all-reduce time per token per layer
     p2p_fixed_s: float  # pipeline send latency (0 without PP)
     p2p_token_s: float  # pipeline send time per token
@@ -200,6 +258,31 @@ def kv_share(deployment: Deployment) -> float:
     return math.ceil(heads / deployment.tp) / heads
 
 
+def gemm_mfu(params: RooflineParams, compute_precision: str) -> float:
+    """The GEMMs' share of the peak in ``compute_precision`` (fp8 may have its own)."""
+    if compute_precision == "fp8" and params.fp8_mfu_efficiency is not None:
+        return params.fp8_mfu_efficiency
+    return params.mfu_efficiency
+
+
+def allreduce_terms(params: RooflineParams, gpus: int) -> tuple[float, float]:
+    """(latency in a CUDA graph, bus bandwidth share) of one all-reduce over ``gpus`` GPUs.
+
+    The measured GPU count nearest in doublings gives them when ``allreduce_gpus`` lists
+    any (the link's topology changes with the count: PCIe switches, NVSwitch); else the
+    scalar ``allreduce_latency_s`` and ``interconnect_efficiency``.
+    """
+    best = -1
+    for i, count in enumerate(params.allreduce_gpus):
+        if best < 0 or abs(math.log2(count / gpus)) < abs(
+            math.log2(params.allreduce_gpus[best] / gpus)
+        ):
+            best = i
+    if best < 0:
+        return params.allreduce_latency_s, params.interconnect_efficiency
+    return params.allreduce_latencies_s[best], params.allreduce_efficiencies[best]
+
+
 def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelCoef:
     """Attention, communication and CPU constants of ``deployment``, folded once."""
     dep, p = deployment, params
@@ -209,6 +292,8 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
     q_heads = max(1, model.num_heads // dep.tp)
     kv_bytes = model.kv_bytes_per_token(dep.kv_precision) * kv_share(dep) / model.num_layers
     link = acc.interconnect_gbps_per_direction * 1e9 * p.interconnect_efficiency
+    allreduce_s, allreduce_eff = allreduce_terms(p, dep.tp)
+    ring_link = acc.interconnect_gbps_per_direction * 1e9 * allreduce_eff
     message = model.hidden_size * p.activation_bytes  # bytes per token
     tp_on = dep.tp > 1
     pp_on = dep.pp > 1
@@ -221,10 +306,17 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         cpu_seq_s=p.overhead_per_seq_s,
         pair_s=4.0 * q_heads * model.head_size / attn_peak,
         diag=p.attn_diag_factor,
+        query_pairs=p.attn_query_pairs,
+        seq_tokens=p.attn_decode_seq_tokens,
         kv_token_s=kv_bytes / attn_hbm,
         attn_kernel_s=p.attn_kernel_s,
-        comm_fixed_s=2.0 * p.allreduce_latency_s if tp_on else 0.0,
-        comm_token_s=2.0 * ring * message / link if tp_on else 0.0,
+        decode_kernel_s=p.attn_kernel_s
+        if p.attn_decode_kernel_s is None
+        else p.attn_decode_kernel_s,
+        comm_fixed_s=2.0 * allreduce_s if tp_on else 0.0,
+        comm_eager_s=2.0 * p.allreduce_eager_s if tp_on else 0.0,
+        graph_tokens=p.cuda_graph_max_tokens,
+        comm_token_s=2.0 * ring * message / ring_link if tp_on else 0.0,
         p2p_fixed_s=p.p2p_latency_s if pp_on else 0.0,
         p2p_token_s=message / link if pp_on else 0.0,
     )
@@ -247,7 +339,10 @@ class RooflineKernels:
         self.head = Gemm(model.hidden_size, max(1, model.vocab_size // tp))
         self.coef = fold_coefficients(deployment, params)
         acc, p = deployment.accelerator, params
-        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * p.mfu_efficiency
+        compute_precision = acc.compute_precision(deployment.precision)
+        mfu = gemm_mfu(p, compute_precision)
+        self._fp8 = compute_precision == "fp8"
+        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * mfu
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
         self._weight_bytes = PRECISION_BYTES[deployment.precision]
         ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
@@ -262,7 +357,13 @@ class RooflineKernels:
         compute = 2.0 * gemm.k * gemm.n * tiled / self._peak
         moved = gemm.k * gemm.n * self._weight_bytes
         moved += (gemm.k + gemm.n) * tokens * self.params.activation_bytes
-        memory = moved / self._hbm
+        if self._fp8:  # the activations are quantised first: a kernel and its traffic
+            moved += gemm.k * tokens * self.params.fp8_act_bytes
+            return self.params.fp8_gemm_kernel_s + self._combine(compute, moved / self._hbm)
+        return self._combine(compute, moved / self._hbm)
+
+    def _combine(self, compute: float, memory: float) -> float:
+        """``(compute^p + memory^p)^(1/p)`` (``p = inf``: the larger)."""
         p = self.params.overlap_exponent
         if math.isinf(p):
             return compute if compute > memory else memory
@@ -320,7 +421,9 @@ class RooflineKernels:
         ctx_pairs = tokens * ctx_tokens / num_seqs  # exact for one chunk
         if ctx_pairs > pairs:
             ctx_pairs = pairs
-        compute = share * c.pair_s * (ctx_pairs + c.diag * (pairs - ctx_pairs))
+        compute = (
+            share * c.pair_s * (ctx_pairs + c.diag * (pairs - ctx_pairs) + c.query_pairs * tokens)
+        )
         memory = share * c.kv_token_s * (tokens + ctx_tokens)
         return c.attn_kernel_s + (compute if compute > memory else memory)
 
@@ -328,8 +431,16 @@ class RooflineKernels:
         """Decode attention of one layer for ``share`` of the sequences (one kernel)."""
         c = self.coef
         compute = share * c.pair_s * ctx_tokens
-        memory = share * c.kv_token_s * (ctx_tokens + num_seqs)
-        return c.attn_kernel_s + (compute if compute > memory else memory)
+        memory = share * c.kv_token_s * (ctx_tokens + c.seq_tokens * num_seqs)
+        return c.decode_kernel_s + (compute if compute > memory else memory)
+
+
+def comm_layer_s(coef: KernelCoef, tokens: int, step_tokens: int) -> float:
+    """One layer's all-reduces over ``tokens``; eager when the step's tokens exceed the graphs."""
+    value = coef.comm_fixed_s + coef.comm_token_s * tokens
+    if step_tokens > coef.graph_tokens:
+        value += coef.comm_eager_s
+    return value
 
 
 def needs_arch_step(deployment: Deployment) -> bool:
@@ -445,17 +556,23 @@ class Roofline(StepTimeBase):
         if head is None:
             head = self.lm_head_s(seqs)
         layer = linear + c.comm_fixed_s + c.comm_token_s * tokens
+        if tokens > c.graph_tokens:
+            layer += c.comm_eager_s
         if num_prefill_seqs > 0:
             ctx_pairs = prefill_tokens * prefill_ctx_tokens / num_prefill_seqs
             if ctx_pairs > prefill_attn_pairs:
                 ctx_pairs = prefill_attn_pairs
-            compute = c.pair_s * (ctx_pairs + c.diag * (prefill_attn_pairs - ctx_pairs))
+            compute = c.pair_s * (
+                ctx_pairs
+                + c.diag * (prefill_attn_pairs - ctx_pairs)
+                + c.query_pairs * prefill_tokens
+            )
             memory = c.kv_token_s * (prefill_tokens + prefill_ctx_tokens)
             layer += c.attn_kernel_s + (compute if compute > memory else memory)
         if num_decode_seqs > 0:
             compute = c.pair_s * decode_ctx_tokens
-            memory = c.kv_token_s * (decode_ctx_tokens + num_decode_seqs)
-            layer += c.attn_kernel_s + (compute if compute > memory else memory)
+            memory = c.kv_token_s * (decode_ctx_tokens + c.seq_tokens * num_decode_seqs)
+            layer += c.decode_kernel_s + (compute if compute > memory else memory)
         return c.cpu_s + c.cpu_seq_s * seqs + c.layers * layer + head
 
     def _pipelined_s(
@@ -482,6 +599,8 @@ class Roofline(StepTimeBase):
         if num_decode_seqs > 0:
             attn += self.kernels.decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
         layer = self.linear_layer_s(mb_tokens) + attn + c.comm_fixed_s + c.comm_token_s * mb_tokens
+        if tokens > c.graph_tokens:
+            layer += c.comm_eager_s
         stage = c.layers * layer + self.lm_head_s(math.ceil(seqs * share))
         p2p = c.p2p_fixed_s + c.p2p_token_s * mb_tokens
         return c.cpu_s + c.cpu_seq_s * seqs + (num_mb + c.pp - 1.0) * (stage + p2p)
@@ -512,7 +631,9 @@ class Roofline(StepTimeBase):
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
         mb = num_seqs if num_mb == 1 else math.ceil(num_seqs * share)
-        fixed = self.linear_layer_s(mb) + c.attn_kernel_s + c.comm_fixed_s + c.comm_token_s * mb
+        fixed = self.linear_layer_s(mb) + c.decode_kernel_s + c.comm_fixed_s + c.comm_token_s * mb
+        if num_seqs > c.graph_tokens:
+            fixed += c.comm_eager_s
         stage = c.layers * fixed + self.lm_head_s(mb)
         scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
         if scale != 1.0:
@@ -522,7 +643,7 @@ class Roofline(StepTimeBase):
         attention = sum_max_affine(
             w * c.pair_s * ctx_tokens,
             w * c.pair_s * num_seqs,
-            w * c.kv_token_s * (ctx_tokens + num_seqs),
+            w * c.kv_token_s * (ctx_tokens + c.seq_tokens * num_seqs),
             w * c.kv_token_s * num_seqs,
             num_steps,
         )
@@ -553,7 +674,7 @@ class Roofline(StepTimeBase):
         if batch.num_decode_seqs > 0:
             decode = self.kernels.decode_attn_s
             attn += decode(share, batch.num_decode_seqs, batch.decode_ctx_tokens)
-        comm = c.layers * (c.comm_fixed_s + c.comm_token_s * mb_tokens)
+        comm = c.layers * comm_layer_s(c, mb_tokens, tokens)
         if scale != 1.0:
             comm += c.p2p_fixed_s + c.p2p_token_s * mb_tokens
         return StepParts(

@@ -1,0 +1,130 @@
+"""Read one GPU's measured vLLM kernels (AIConfigurator's database layout).
+
+The layout (NVIDIA's AIConfigurator, Apache-2.0): ``<gpu>/<family>/<framework>/<version>/
+<table>.parquet`` with ``latency`` in milliseconds, e.g. ``h100_sxm/gemm/vllm/0.24.0/
+gemm_perf.parquet``; ``<gpu>.yaml`` next to the folder holds the hardware figures. For
+each table the newest version that holds it is read (versions compared numerically),
+and only the columns and rows a fit uses are kept: a :class:`KernelTable` is a mapping
+of column name to a numpy array, plus where it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow.parquet as pq
+
+from sincere.core.errors import ConfigError
+
+FArray = npt.NDArray[np.float64]
+TABLES = {
+    "gemm": ("gemm", "gemm_perf"),
+    "context_attention": ("attention", "context_attention_perf"),
+    "generation_attention": ("attention", "generation_attention_perf"),
+    "custom_allreduce": ("comm", "custom_allreduce_perf"),
+    "nccl": ("comm", "nccl_perf"),
+    "moe": ("moe", "moe_perf"),
+}
+"""Table name -> (family folder, file stem) of the tables the kernel fit reads."""
+GPU_FOLDERS = {
+    "A100-80GB": "a100_sxm",
+    "H100-SXM": "h100_sxm",
+    "H200": "h200_sxm",
+    "L40S": "l40s",
+    "B200": "b200_sxm",
+    "RTX-PRO-6000": "rtx_pro_6000_server",
+}
+"""Catalog accelerator -> its folder in the database."""
+OPTIONAL = {"window_size": 0}
+"""Columns older collections lack, and the value they imply (no sliding window)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTable:
+    """Selected columns of one measured table."""
+
+    name: str  # a TABLES key
+    path: Path  # the parquet file read
+    version: str  # the framework version folder (vLLM, or NCCL for nccl)
+    columns: dict[str, npt.NDArray[np.generic]]  # column -> values, one entry a row
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the table (after the selection)."""
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def num(self, column: str) -> FArray:
+        """A numeric column as floats."""
+        return np.asarray(self.columns[column], dtype=np.float64)
+
+    def where(self, mask: npt.NDArray[np.bool_]) -> KernelTable:
+        """The rows where ``mask`` holds."""
+        kept = {name: values[mask] for name, values in self.columns.items()}
+        return KernelTable(self.name, self.path, self.version, kept)
+
+    def equals(self, column: str, value: str) -> npt.NDArray[np.bool_]:
+        """Mask of the rows whose ``column`` is ``value`` (compared as text)."""
+        return np.asarray(self.columns[column].astype(str) == value)
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    parts = []
+    for piece in name.replace("-", ".").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else -1)
+    return tuple(parts)
+
+
+def gpu_folder(directory: Path, accelerator: str) -> Path:
+    """The GPU's folder: ``directory`` itself, or its child named for ``accelerator``."""
+    if (directory / "gemm").is_dir() or (directory / "comm").is_dir():
+        return directory
+    name = GPU_FOLDERS.get(accelerator, accelerator.lower())
+    folder = directory / name
+    if not folder.is_dir():
+        have = (
+            sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
+        )
+        raise ConfigError(
+            "no kernel folder for this accelerator", where=str(directory), value=name, allowed=have
+        )
+    return folder
+
+
+def find_table(folder: Path, name: str, framework: str = "vllm") -> tuple[Path, str] | None:
+    """The newest version's file of table ``name`` under ``folder`` (None: not measured)."""
+    family, stem = TABLES[name]
+    framework = "nccl" if name == "nccl" else framework
+    root = folder / family / framework
+    if not root.is_dir():
+        return None
+    for version in sorted((p.name for p in root.iterdir()), key=_version_key, reverse=True):
+        path = root / version / f"{stem}.parquet"
+        if path.is_file():
+            return path, version
+    return None
+
+
+def read_table(folder: Path, name: str, columns: list[str]) -> KernelTable | None:
+    """Table ``name``'s ``columns`` from its newest version (None: not measured)."""
+    found = find_table(folder, name)
+    if found is None:
+        return None
+    path, version = found
+    present = set(pq.read_schema(path).names)
+    missing = [col for col in columns if col not in present]
+    unknown = [col for col in missing if col not in OPTIONAL]
+    if unknown:
+        raise ConfigError("kernel table lacks columns", where=str(path), value=unknown)
+    data = pq.read_table(path, columns=[col for col in columns if col in present])
+    arrays = {
+        col: np.asarray(data.column(col).to_numpy(zero_copy_only=False))
+        for col in columns
+        if col in present
+    }
+    for col in missing:  # older collections: the column's implied value
+        arrays[col] = np.full(data.num_rows, OPTIONAL[col])
+    return KernelTable(name, path, version, arrays)

@@ -1,0 +1,678 @@
+"""Fit the roofline's per-kernel terms to one GPU's measured vLLM kernels.
+
+``fit_kernels(folder, accelerator)`` reads the tables of :mod:`sincere.fit.kernel_tables`
+(AIConfigurator's database: real vLLM kernels timed on the GPU) and fits, family by
+family, the general forms the roofline prices a step with -- one set of constants per
+family over every measured shape, never a table per shape:
+
+* **GEMM** by weight dtype (bf16 from ``torch.nn.functional.linear``, fp8 per-tensor
+  from vLLM's CUTLASS kernel): ``kernel + (compute^p + memory^p)^(1/p)`` with compute
+  = ``2·m·n·k`` FLOPs (``m`` rounded up to the token tile above one tile) over the
+  dtype's dense peak × efficiency and memory = weights + bf16 activations over HBM ×
+  efficiency; the tile is chosen among :data:`TOKEN_TILES` by the loss;
+* **prefill attention** (``context_attention``, bf16 KV, no window): ``attn_kernel_s +
+  4·heads·head_dim·pairs / (bf16 peak × attn_mfu_efficiency)``, causal pairs counted
+  once (``attn_diag_factor = 1``: the kernels skip the masked half);
+* **decode attention** (``generation_attention``): ``attn_decode_kernel_s + KV bytes /
+  (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower);
+* **all-reduce** (vLLM's custom all-reduce, inside and outside CUDA graphs):
+  ``latency(n) + 2(n−1)/n · bytes / (one-way link × interconnect_efficiency)`` with
+  ``latency(n) = allreduce_latency_s + allreduce_latency_per_doubling_s · log2(n/2)``
+  in a graph, plus ``allreduce_eager_s`` outside one; messages up to 128 MiB;
+* **fused MoE** (bf16 experts, no EP): the roofline of the grouped GEMMs over the
+  experts a batch activates (:mod:`sincere.perf.moe`, balanced and Zipf-skewed routing
+  with the measured skew), each expert's tokens padded to its tile, with its own
+  efficiencies, a fixed kernel cost and the share of the busiest expert's rows that
+  does not overlap with the others (``moe_tail_share``).
+
+Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
+so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
+reports its rows, mean / max relative error and bias, and says when a constant sits on
+its bound or the family misses its own data by more than :data:`FAIR_ERROR`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sincere.catalog.specs import Accelerator
+from sincere.core.errors import ConfigError
+from sincere.fit.gpu_profiles import FArray, octave_weights
+from sincere.fit.kernel_tables import KernelTable, read_table
+from sincere.perf.moe import routing_load
+
+TOKEN_TILES = (1, 64, 128, 256)
+MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
+MAX_ALLREDUCE_BYTES = 128 * 2**20
+FAIR_ERROR = 0.08  # mean relative error above which a family says it misses its data
+ACT_BYTES = 2.0
+GEMM_DTYPES = {
+    "bfloat16": ("torch.nn.functional.linear",),
+    "fp8": ("CutlassFP8ScaledMMLinearKernel",),
+}
+MOE_TILE = 16  # rows an expert's tokens are padded to (as :class:`MoEParams.expert_tile`)
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyFit:
+    """One kernel family's fitted constants and how well they reproduce its rows."""
+
+    name: str  # "gemm_bf16", "gemm_fp8", "prefill_attention", ...
+    params: dict[str, Any]  # RooflineParams fields it sets (numbers, or lists per GPU count)
+    rows: int  # rows fitted
+    mean_error: float  # mean |model − measured| / measured
+    max_error: float  # largest of the same
+    bias: float  # mean (model − measured) / measured
+    source: str  # the table file, relative to the database
+    version: str  # the framework version measured
+    notes: tuple[str, ...] = ()  # bound hits, poor fits
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the provenance block of the parameter file."""
+        out: dict[str, Any] = {
+            "table": self.source,
+            "version": self.version,
+            "rows": self.rows,
+            "mean_error": round(self.mean_error, 4),
+            "max_error": round(self.max_error, 4),
+            "bias": round(self.bias, 4),
+        }
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class KernelFit:
+    """Every family fitted for one GPU, and the families that could not be."""
+
+    accelerator: Accelerator
+    folder: Path
+    families: tuple[FamilyFit, ...]
+    missing: tuple[str, ...] = field(default=())  # "family: why"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The RooflineParams fields the families set."""
+        out: dict[str, Any] = {}
+        for fam in self.families:
+            out.update({k: v for k, v in fam.params.items() if not k.startswith("_")})
+        return out
+
+    def family(self, name: str) -> FamilyFit | None:
+        """The family called ``name`` if it was fitted."""
+        return next((f for f in self.families if f.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Bounded:
+    """A constant's start value and bounds (named so a fit can say which sit on a bound)."""
+
+    name: str
+    start: float
+    low: float
+    high: float
+
+
+def robust_fit(
+    residuals: Callable[[FArray], FArray], spec: Sequence[Bounded]
+) -> tuple[FArray, float, tuple[str, ...]]:
+    """Soft-L1 least squares: the solution, its loss and the names that sit on a bound."""
+    from scipy.optimize import least_squares
+
+    lows = [b.low for b in spec]
+    highs = [b.high for b in spec]
+    start = np.array([b.start for b in spec], dtype=float)
+    result = least_squares(
+        residuals, start, bounds=(lows, highs), loss="soft_l1", f_scale=0.05, x_scale="jac"
+    )
+    x = np.asarray(result.x, dtype=float)
+    on_bound = tuple(
+        b.name
+        for b, v in zip(spec, x, strict=True)
+        if b.high > b.low and min(v - b.low, b.high - v) <= 1e-5 * (b.high - b.low)
+    )
+    return x, float(result.cost), on_bound
+
+
+def log_ratio(pred: FArray, measured: FArray) -> FArray:
+    """``log(pred / measured)``: the residual every family fit minimises."""
+    out: FArray = np.log(np.maximum(pred, 1e-12) / measured)
+    return out
+
+
+def pnorm(compute: FArray, memory: FArray, p: float) -> FArray:
+    """``(compute^p + memory^p)^(1/p)``, computed stably; ``p = inf`` is the max."""
+    high, low = np.maximum(compute, memory), np.minimum(compute, memory)
+    if math.isinf(p):
+        return high
+    ratio = np.where(high > 0, low / np.where(high > 0, high, 1.0), 0.0)
+    out: FArray = high * (1.0 + ratio**p) ** (1.0 / p)
+    return out
+
+
+def summarise(
+    name: str,
+    params: dict[str, Any],
+    pred: FArray,
+    measured: FArray,
+    table: KernelTable,
+    root: Path,
+    on_bound: tuple[str, ...] = (),
+) -> FamilyFit:
+    """A :class:`FamilyFit` with its errors and notes."""
+    rel = (pred - measured) / measured
+    mean = float(np.abs(rel).mean())
+    notes = [f"{n} sits on its bound" for n in on_bound]
+    if mean > FAIR_ERROR:
+        notes.append(f"misses its own rows by {100 * mean:.1f} % on average")
+    try:
+        source = str(table.path.relative_to(root))
+    except ValueError:
+        source = str(table.path)
+    return FamilyFit(
+        name,
+        params,
+        len(measured),
+        mean,
+        float(np.abs(rel).max()),
+        float(rel.mean()),
+        source,
+        table.version,
+        tuple(notes),
+    )
+
+
+def subsample(table: KernelTable, limit: int = MAX_ROWS) -> KernelTable:
+    """At most ``limit`` rows, evenly spaced (deterministic)."""
+    if table.num_rows <= limit:
+        return table
+    keep = np.zeros(table.num_rows, dtype=bool)
+    keep[np.linspace(0, table.num_rows - 1, limit).astype(int)] = True
+    return table.where(keep)
+
+
+def dominant(table: KernelTable, column: str) -> str:
+    """The most frequent value of ``column`` (the kernel vLLM picks most often)."""
+    values, counts = np.unique(table.columns[column].astype(str), return_counts=True)
+    return str(values[int(np.argmax(counts))])
+
+
+# --- GEMM ----------------------------------------------------------------------------------
+def gemm_predict(
+    m: FArray, n: FArray, k: FArray, x: FArray, tile: int, peak: float, hbm: float, wbytes: float
+) -> FArray:
+    """A GEMM's time under ``x = (mfu, bw, kernel_s, p[, quantisation bytes per input])``."""
+    tiled = np.where(m <= tile, m, tile * np.ceil(m / tile))
+    compute = 2.0 * n * k * tiled / (peak * x[0])
+    quant = x[4] if len(x) > 4 else 0.0
+    memory = (n * k * wbytes + ACT_BYTES * (n + k) * m + quant * k * m) / (hbm * x[1])
+    out: FArray = x[2] + pnorm(compute, memory, float(x[3]))
+    return out
+
+
+def gemm_rows(table: KernelTable, dtype: str) -> KernelTable:
+    """The dtype's rows of the kernel vLLM uses for it, at transformer-layer sizes.
+
+    GEMMs under half a million weights or with a side under 256 (no projection of a
+    served model is that small) are left out: launch effects there say nothing of a
+    layer's work.
+    """
+    kernel = GEMM_DTYPES[dtype][0]
+    rows = table.where(table.equals("gemm_dtype", dtype))
+    if rows.num_rows == 0:
+        raise ConfigError("no GEMM rows of this dtype", where=str(table.path), value=dtype)
+    if not rows.equals("kernel_source", kernel).any():  # older collections name it otherwise
+        kernel = dominant(rows, "kernel_source")
+    rows = rows.where(rows.equals("kernel_source", kernel))
+    n, k = rows.num("n"), rows.num("k")
+    return subsample(rows.where((n * k >= 2**19) & (n >= 256) & (k >= 256)))
+
+
+def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """bf16 GEMM constants, the token tile chosen by the loss (module docstring)."""
+    rows = gemm_rows(table, "bfloat16")
+    m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
+    measured = rows.num("latency") * 1e-3
+    root_w = np.sqrt(octave_weights(m))
+    peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    spec = (
+        Bounded("mfu_efficiency", 0.7, 0.05, 1.0),
+        Bounded("bw_efficiency", 0.8, 0.05, 1.0),
+        Bounded("gemm_kernel_s", 5e-6, 0.0, 1e-4),
+        Bounded("overlap_exponent", 2.0, 1.0, 50.0),
+    )
+    best: tuple[float, int, FArray, tuple[str, ...]] | None = None
+    for tile in TOKEN_TILES:
+        x, cost, bound = robust_fit(
+            lambda x, t=tile: (
+                root_w  # type: ignore[misc]
+                * log_ratio(gemm_predict(m, n, k, x, t, peak, hbm, 2.0), measured)
+            ),
+            spec,
+        )
+        if best is None or cost < best[0]:
+            best = (cost, tile, x, bound)
+    assert best is not None
+    _, tile, x, bound = best
+    params = {
+        "mfu_efficiency": float(x[0]),
+        "bw_efficiency": float(x[1]),
+        "overlap_exponent": float(x[3]),
+        "token_tile": float(tile),
+        "_gemm_kernel_s": float(x[2]),
+    }
+    pred = gemm_predict(m, n, k, x, tile, peak, hbm, 2.0)
+    return summarise("gemm_bf16", params, pred, measured, rows, root, bound)
+
+
+def fit_gemm_fp8(table: KernelTable, acc: Accelerator, bf16: FamilyFit, root: Path) -> FamilyFit:
+    """fp8 GEMMs: their own peak share, quantisation cost and traffic; bf16's bw, p, tile."""
+    rows = gemm_rows(table, "fp8")
+    m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
+    measured = rows.num("latency") * 1e-3
+    root_w = np.sqrt(octave_weights(m))
+    peak, hbm = acc.peak_tflops("fp8") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    shared = bf16.params
+    tile = int(shared["token_tile"])
+
+    def predict(x: FArray) -> FArray:
+        full = np.array(
+            [
+                x[0],
+                shared["bw_efficiency"],
+                shared["_gemm_kernel_s"] + x[1],
+                shared["overlap_exponent"],
+                x[2],
+            ]
+        )
+        return gemm_predict(m, n, k, full, tile, peak, hbm, 1.0)
+
+    spec = (
+        Bounded("fp8_mfu_efficiency", 0.6, 0.05, 1.0),
+        Bounded("fp8_gemm_kernel_s", 3e-6, 0.0, 1e-4),
+        Bounded("fp8_act_bytes", 4.0, 0.0, 100.0),
+    )
+    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    return summarise("gemm_fp8", params, predict(x), measured, rows, root, bound)
+
+
+# --- attention -----------------------------------------------------------------------------
+def _attention_rows(table: KernelTable) -> KernelTable:
+    """bf16-KV, full-attention rows of the kernel vLLM picks most for them."""
+    rows = table.where(table.equals("kv_cache_dtype", "bfloat16"))
+    rows = rows.where(rows.num("window_size") == 0)
+    if rows.num_rows == 0:
+        raise ConfigError("no bf16-KV full-attention rows", where=str(table.path))
+    return subsample(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
+
+
+def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """Prefill attention: causal pairs over the bf16 peak × efficiency, plus a kernel cost."""
+    rows = _attention_rows(table)
+    b, s = rows.num("batch_size"), rows.num("isl")
+    heads, hd = rows.num("num_heads"), rows.num("head_dim")
+    measured = rows.num("latency") * 1e-3
+    pair_flops = 4.0 * heads * hd
+    pairs, queries = b * s * (s + 1) / 2.0, b * s
+    peak = acc.peak_tflops("bf16") * 1e12
+    root_w = np.sqrt(octave_weights(queries))
+
+    def predict(x: FArray) -> FArray:
+        out: FArray = x[1] + pair_flops * (pairs + x[2] * queries) / (peak * x[0])
+        return out
+
+    spec = (
+        Bounded("attn_mfu_efficiency", 0.4, 0.01, 1.0),
+        Bounded("attn_kernel_s", 10e-6, 0.0, 1e-3),
+        Bounded("attn_query_pairs", 100.0, 0.0, 1e5),
+    )
+    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+    params = {
+        "attn_mfu_efficiency": float(x[0]),
+        "attn_kernel_s": float(x[1]),
+        "attn_query_pairs": float(x[2]),
+        "attn_diag_factor": 1.0,
+    }
+    return summarise("prefill_attention", params, predict(x), measured, rows, root, bound)
+
+
+def fit_decode_attention(
+    table: KernelTable, acc: Accelerator, attn_mfu: float, root: Path
+) -> FamilyFit:
+    """Decode attention: KV bytes over HBM × efficiency (or its compute), plus a kernel cost."""
+    rows = _attention_rows(table)
+    b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
+    heads, kvh, hd = rows.num("num_heads"), rows.num("num_key_value_heads"), rows.num("head_dim")
+    measured = rows.num("latency") * 1e-3
+    token_bytes = 2.0 * kvh * hd * ACT_BYTES
+    compute = 4.0 * heads * hd * b * ctx / (acc.peak_tflops("bf16") * 1e12 * attn_mfu)
+    hbm = acc.hbm_bandwidth_gbps * 1e9
+    root_w = np.sqrt(octave_weights(b * ctx * token_bytes / 1024.0))
+
+    def predict(x: FArray) -> FArray:
+        moved = b * (ctx + x[2]) * token_bytes
+        out: FArray = x[1] + np.maximum(compute, moved / (hbm * x[0]))
+        return out
+
+    spec = (
+        Bounded("attn_bw_efficiency", 0.7, 0.01, 1.0),
+        Bounded("attn_decode_kernel_s", 10e-6, 0.0, 1e-3),
+        Bounded("attn_decode_seq_tokens", 16.0, 0.0, 1e4),
+    )
+    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    return summarise("decode_attention", params, predict(x), measured, rows, root, bound)
+
+
+# --- all-reduce ----------------------------------------------------------------------------
+def allreduce_predict(
+    gpus: FArray, nbytes: FArray, eager: FArray, x: FArray, counts: Sequence[int], link: float
+) -> FArray:
+    """All-reduce time under ``x = (latency per count…, efficiency per count…, eager_s)``."""
+    num = len(counts)
+    index = np.searchsorted(np.asarray(counts), gpus)
+    latency, efficiency = x[:num][index], x[num : 2 * num][index]
+    ring = 2.0 * (gpus - 1.0) / gpus
+    out: FArray = latency + x[-1] * eager + ring * nbytes / (link * efficiency)
+    return out
+
+
+def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """vLLM's custom all-reduce, graph and eager, per GPU count (module docstring)."""
+    rows = allreduce_rows(table)
+    gpus = rows.num("num_gpus")
+    nbytes = rows.num("message_size") * ACT_BYTES  # the collector's size is in elements
+    counts = sorted({int(g) for g in gpus})
+    eager = rows.equals("backend", "vllm_eager").astype(np.float64)
+    measured = rows.num("latency") * 1e-3
+    link = acc.interconnect_gbps_per_direction * 1e9
+    root_w = np.sqrt(octave_weights(nbytes))
+    spec = (
+        *(Bounded(f"latency_{n}_s", 5e-6, 0.0, 1e-3) for n in counts),
+        *(Bounded(f"efficiency_{n}", 0.5, 0.01, 1.0) for n in counts),
+        Bounded("allreduce_eager_s", 10e-6, 0.0, 1e-3),
+    )
+    x, _, bound = robust_fit(
+        lambda x: (
+            root_w * log_ratio(allreduce_predict(gpus, nbytes, eager, x, counts, link), measured)
+        ),
+        spec,
+    )
+    num = len(counts)
+    efficiencies = [float(v) for v in x[num : 2 * num]]
+    params: dict[str, Any] = {
+        "allreduce_gpus": counts,
+        "allreduce_latencies_s": [float(v) for v in x[:num]],
+        "allreduce_efficiencies": efficiencies,
+        "allreduce_eager_s": float(x[-1]),
+        "allreduce_latency_s": float(x[0]),
+        "interconnect_efficiency": float(np.median(efficiencies)),
+    }
+    pred = allreduce_predict(gpus, nbytes, eager, x, counts, link)
+    return summarise("allreduce", params, pred, measured, rows, root, bound)
+
+
+# --- fused MoE -----------------------------------------------------------------------------
+def skew_of(distribution: str) -> float:
+    """The Zipf exponent of a routing distribution name (``balanced``: 0)."""
+    if distribution == "balanced":
+        return 0.0
+    if distribution.startswith("power_law_"):
+        return float(distribution.removeprefix("power_law_"))
+    raise ConfigError("unknown routing distribution", value=distribution)
+
+
+def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray]:
+    """Per row: FLOPs of the padded rows and of the busiest expert's; weight, activation bytes."""
+    t, h, inter = rows.num("num_tokens"), rows.num("hidden_size"), rows.num("inter_size")
+    k, e, tp = rows.num("topk"), rows.num("num_experts"), rows.num("moe_tp_size")
+    dist = rows.columns["distribution"].astype(str)
+    local = np.maximum(1.0, np.floor(inter / tp))
+    per_expert = 3.0 * h * local  # gate, up and down
+    distinct = np.empty_like(t)
+    padded = np.empty_like(t)
+    busiest = np.empty_like(t)
+    for i in range(len(t)):
+        load = routing_load(t[i], int(e[i]), int(k[i]), skew_of(str(dist[i])), MOE_TILE)
+        distinct[i], padded[i], busiest[i] = load
+    flops = 2.0 * per_expert * padded
+    tail = 2.0 * per_expert * busiest
+    weights = distinct * per_expert
+    acts = t * k * (2.0 * h + 3.0 * local) * ACT_BYTES + 2.0 * t * h * (1.0 + k) * ACT_BYTES
+    return flops, tail, weights, acts
+
+
+def moe_predict(
+    feat: tuple[FArray, FArray, FArray, FArray],
+    x: FArray,
+    peak: float,
+    hbm: float,
+    wbytes: float,
+    p: float,
+) -> FArray:
+    """Fused-MoE time under ``x = (mfu, bw, kernel_s, tail_share)``."""
+    flops, tail, weights, acts = feat
+    compute = (flops + x[3] * tail) / (peak * x[0])
+    memory = (weights * wbytes + acts) / (hbm * x[1])
+    out: FArray = x[2] + pnorm(compute, memory, p)
+    return out
+
+
+def moe_rows(table: KernelTable) -> KernelTable:
+    """bf16 experts on one GPU holding every expert (no EP), all routings, vLLM's kernel."""
+    rows = table.where(table.equals("moe_dtype", "bfloat16") & (table.num("moe_ep_size") == 1))
+    if rows.num_rows == 0:
+        raise ConfigError("no bf16 fused-MoE rows without EP", where=str(table.path))
+    rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+    return subsample(rows, 4000)
+
+
+def allreduce_rows(table: KernelTable) -> KernelTable:
+    """Messages up to :data:`MAX_ALLREDUCE_BYTES` (an iteration's all-reduces)."""
+    return table.where(table.num("message_size") * ACT_BYTES <= MAX_ALLREDUCE_BYTES)
+
+
+def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) -> FamilyFit:
+    """Fused MoE, bf16 experts, one GPU holding every expert (no EP), all routings."""
+    rows = moe_rows(table)
+    feat = moe_features(rows)
+    measured = rows.num("latency") * 1e-3
+    peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
+    spec = (
+        Bounded("moe_mfu_efficiency", 0.5, 0.02, 1.0),
+        Bounded("moe_bw_efficiency", 0.6, 0.02, 1.0),
+        Bounded("moe_kernel_s", 20e-6, 0.0, 1e-3),
+        Bounded("moe_tail_share", 0.05, 0.0, 1.0),
+    )
+    x, _, bound = robust_fit(
+        lambda x: root_w * log_ratio(moe_predict(feat, x, peak, hbm, 2.0, overlap), measured),
+        spec,
+    )
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    pred = moe_predict(feat, x, peak, hbm, 2.0, overlap)
+    return summarise("moe", params, pred, measured, rows, root, bound)
+
+
+# --- any family, for checks ----------------------------------------------------------------
+FAMILY_TABLES = {
+    "gemm_bf16": "gemm",
+    "gemm_fp8": "gemm",
+    "prefill_attention": "context_attention",
+    "decode_attention": "generation_attention",
+    "allreduce": "custom_allreduce",
+    "moe": "moe",
+}
+"""Family -> the table it is fitted on."""
+SHAPE_COLUMNS = {
+    "gemm_bf16": ("n", "k"),
+    "gemm_fp8": ("n", "k"),
+    "prefill_attention": ("num_heads", "num_key_value_heads", "head_dim"),
+    "decode_attention": ("num_heads", "num_key_value_heads", "head_dim"),
+    "allreduce": ("num_gpus",),
+    "moe": ("hidden_size", "inter_size", "num_experts", "topk"),
+}
+"""Family -> the columns that make a row's model shape (the size axis left out)."""
+
+
+def family_rows(name: str, table: KernelTable) -> KernelTable:
+    """The rows family ``name`` is fitted on and judged by."""
+    if name in ("gemm_bf16", "gemm_fp8"):
+        return gemm_rows(table, "bfloat16" if name == "gemm_bf16" else "fp8")
+    if name in ("prefill_attention", "decode_attention"):
+        return _attention_rows(table)
+    if name == "allreduce":
+        return allreduce_rows(table)
+    if name == "moe":
+        return moe_rows(table)
+    raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
+
+
+def predict_family(
+    name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]
+) -> FArray:
+    """Family ``name``'s time of ``rows`` (seconds) under ``params`` (every family's constants,
+    helper figures such as ``_gemm_kernel_s`` included)."""
+    peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    p = params
+    if name in ("gemm_bf16", "gemm_fp8"):
+        m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
+        x = [p["mfu_efficiency"], p["bw_efficiency"], p["_gemm_kernel_s"], p["overlap_exponent"]]
+        if name == "gemm_bf16":
+            return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, 2.0)
+        x = [p["fp8_mfu_efficiency"], x[1], x[2] + p["fp8_gemm_kernel_s"], x[3], p["fp8_act_bytes"]]
+        fp8 = acc.peak_tflops("fp8") * 1e12
+        return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), fp8, hbm, 1.0)
+    if name == "prefill_attention":
+        b, s = rows.num("batch_size"), rows.num("isl")
+        flops = 4.0 * rows.num("num_heads") * rows.num("head_dim")
+        work = b * s * (s + 1) / 2.0 + p["attn_query_pairs"] * b * s
+        out: FArray = p["attn_kernel_s"] + flops * work / (peak * p["attn_mfu_efficiency"])
+        return out
+    if name == "decode_attention":
+        b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
+        hd = rows.num("head_dim")
+        compute = 4.0 * rows.num("num_heads") * hd * b * ctx / (peak * p["attn_mfu_efficiency"])
+        moved = b * (ctx + p["attn_decode_seq_tokens"]) * 2.0 * rows.num("num_key_value_heads")
+        memory = moved * hd * ACT_BYTES / (hbm * p["attn_bw_efficiency"])
+        out = p["attn_decode_kernel_s"] + np.maximum(compute, memory)
+        return out
+    if name == "allreduce":
+        counts = [int(c) for c in p["allreduce_gpus"]]
+        x = [*p["allreduce_latencies_s"], *p["allreduce_efficiencies"], p["allreduce_eager_s"]]
+        gpus = rows.num("num_gpus")
+        eager = rows.equals("backend", "vllm_eager").astype(np.float64)
+        link = acc.interconnect_gbps_per_direction * 1e9
+        nbytes = rows.num("message_size") * ACT_BYTES
+        return allreduce_predict(gpus, nbytes, eager, np.array(x), counts, link)
+    if name == "moe":
+        x = [p["moe_mfu_efficiency"], p["moe_bw_efficiency"], p["moe_kernel_s"]]
+        x.append(p["moe_tail_share"])
+        return moe_predict(moe_features(rows), np.array(x), peak, hbm, 2.0, p["overlap_exponent"])
+    raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
+
+
+# --- all of it -----------------------------------------------------------------------------
+COLUMNS = {
+    "gemm": ["gemm_dtype", "kernel_source", "m", "n", "k", "latency"],
+    "context_attention": [
+        "kernel_source", "batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim",
+        "kv_cache_dtype", "window_size", "latency",
+    ],
+    "generation_attention": [
+        "kernel_source", "batch_size", "isl", "step", "num_heads", "num_key_value_heads",
+        "head_dim", "kv_cache_dtype", "window_size", "latency",
+    ],
+    "custom_allreduce": ["num_gpus", "message_size", "backend", "latency"],
+    "moe": [
+        "kernel_source", "moe_dtype", "num_tokens", "hidden_size", "inter_size", "topk",
+        "num_experts", "moe_tp_size", "moe_ep_size", "distribution", "latency",
+    ],
+}  # fmt: skip
+
+
+def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
+    """Every family the GPU's folder measures (module docstring); the others are listed missing."""
+    root = folder.parent
+    tables = {name: read_table(folder, name, cols) for name, cols in COLUMNS.items()}
+    families: list[FamilyFit] = []
+    missing: list[str] = []
+
+    def attempt(name: str, table: str, run: Callable[[KernelTable], FamilyFit]) -> None:
+        found = tables[table]
+        if found is None:
+            missing.append(f"{name}: no {table} table under {folder}")
+            return
+        try:
+            families.append(run(found))
+        except ConfigError as exc:
+            missing.append(f"{name}: {exc}")
+
+    acc = accelerator
+    attempt("gemm_bf16", "gemm", lambda t: fit_gemm(t, acc, root))
+    bf16 = next((f for f in families if f.name == "gemm_bf16"), None)
+    if acc.fp8_tflops is not None and bf16 is not None:
+        attempt("gemm_fp8", "gemm", lambda t: fit_gemm_fp8(t, acc, bf16, root))
+    attempt("prefill_attention", "context_attention", lambda t: fit_prefill_attention(t, acc, root))
+    prefill = next((f for f in families if f.name == "prefill_attention"), None)
+    mfu = prefill.params["attn_mfu_efficiency"] if prefill else 0.5
+    attempt(
+        "decode_attention",
+        "generation_attention",
+        lambda t: fit_decode_attention(t, acc, mfu, root),
+    )
+    attempt("allreduce", "custom_allreduce", lambda t: fit_allreduce(t, acc, root))
+    gemm = next((f for f in families if f.name == "gemm_bf16"), None)
+    overlap = gemm.params["overlap_exponent"] if gemm else 2.0
+    attempt("moe", "moe", lambda t: fit_moe(t, acc, overlap, root))
+    return KernelFit(acc, folder, tuple(families), tuple(missing))
+
+
+SOURCE = (
+    "vLLM kernels measured by NVIDIA's AIConfigurator collector (github.com/ai-dynamo/"
+    "aiconfigurator, Apache-2.0)"
+)
+
+
+def kernel_document(fit: KernelFit, argv: Sequence[str], default: bool = True) -> dict[str, Any]:
+    """The parameter file: ``kind: roofline``, ``params`` and ``fit`` (provenance, errors)."""
+    params = {k: _round_all(v) for k, v in fit.params.items()}
+    if "token_tile" in params:
+        params["token_tile"] = int(params["token_tile"])
+    gemm = fit.family("gemm_bf16")
+    info: dict[str, Any] = {
+        "accelerator": fit.accelerator.name,
+        "source": SOURCE,
+        "folder": fit.folder.name,
+        "versions": sorted({f.version for f in fit.families}),
+        "command": " ".join(argv),
+        "default": default,
+        "families": {f.name: f.as_dict() for f in fit.families},
+    }
+    if gemm is not None:
+        info["gemm_kernel_s"] = _round(gemm.params["_gemm_kernel_s"])
+    if fit.missing:
+        info["missing"] = list(fit.missing)
+    return {"kind": "roofline", "params": params, "fit": info}
+
+
+def _round_all(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_round_all(v) for v in value]
+    if isinstance(value, int):
+        return value
+    return _round(float(value))
+
+
+def _round(value: float) -> float:
+    if math.isfinite(value) and value != 0.0:
+        return float(f"{value:.4g}")
+    return value

@@ -1,0 +1,225 @@
+"""``fit_kernels``: the roofline's kernel families come back from measured vLLM kernels."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import sincere.cli.fit  # noqa: F401  (registers the command)
+from sincere.catalog import get_accelerator, get_model
+from sincere.cli.app import app
+from sincere.core.errors import ConfigError
+from sincere.fit.kernel_tables import KernelTable, gpu_folder, read_table
+from sincere.fit.kernels import (
+    COLUMNS,
+    allreduce_predict,
+    family_rows,
+    fit_allreduce,
+    fit_decode_attention,
+    fit_gemm,
+    fit_prefill_attention,
+    gemm_predict,
+    predict_family,
+)
+from sincere.perf import Batch, Deployment, Roofline
+from sincere.perf.arch_step import ArchStep, MoEParams
+from sincere.perf.calibration import default_roofline_params
+from sincere.perf.roofline import RooflineParams, allreduce_terms
+
+runner = CliRunner()
+H100 = get_accelerator("H100-SXM")
+DATABASE = Path(__file__).resolve().parents[3] / "shared" / "data" / "kernels" / "aiconfigurator"
+needs_data = pytest.mark.skipif(
+    not (DATABASE / "h100_sxm").is_dir(), reason="the kernel database is not here"
+)
+
+
+def _table(name: str, **columns: Any) -> KernelTable:
+    arrays = {k: np.asarray(v) for k, v in columns.items()}
+    return KernelTable(name, Path(f"/synthetic/h100_sxm/{name}/vllm/0.0/t.parquet"), "0.0", arrays)
+
+
+def test_fit_recovers_a_synthetic_gemm_roofline() -> None:
+    """GEMM rows made by the roofline's own form fit back to its constants, errors ~0."""
+    rng = np.random.default_rng(7)
+    m = rng.choice([1, 4, 16, 40, 100, 300, 1000, 3000, 10000], 600).astype(float)
+    n = rng.choice([1024, 4096, 8192, 14336], 600).astype(float)
+    k = rng.choice([2048, 4096, 8192], 600).astype(float)
+    truth = np.array([0.74, 0.83, 4e-6, 2.5])
+    peak, hbm = H100.peak_tflops("bf16") * 1e12, H100.hbm_bandwidth_gbps * 1e9
+    ms = gemm_predict(m, n, k, truth, 64, peak, hbm, 2.0) * 1e3
+    table = _table(
+        "gemm", gemm_dtype=["bfloat16"] * 600, kernel_source=["torch.nn.functional.linear"] * 600,
+        m=m, n=n, k=k, latency=ms,
+    )  # fmt: skip
+    fam = fit_gemm(table, H100, Path("/synthetic"))
+    assert fam.params["mfu_efficiency"] == pytest.approx(0.74, rel=0.02)
+    assert fam.params["bw_efficiency"] == pytest.approx(0.83, rel=0.02)
+    assert fam.params["token_tile"] == 64
+    assert fam.mean_error < 0.01 and not fam.notes
+
+
+def test_fit_recovers_synthetic_attention_and_allreduce() -> None:
+    """Prefill, decode and all-reduce rows made from known constants fit back to them."""
+    b = np.repeat([1.0, 4.0, 16.0], 8)
+    s = np.tile([16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0], 3)
+    heads, hd = np.full(24, 32.0), np.full(24, 128.0)
+    peak = H100.peak_tflops("bf16") * 1e12
+    pre_ms = 1e3 * (12e-6 + 4 * heads * hd * (b * s * (s + 1) / 2 + 300 * b * s) / (peak * 0.6))
+    common = dict(kernel_source=["fa"] * 24, num_heads=heads, head_dim=hd)
+    prefill = _table(
+        "context_attention", batch_size=b, isl=s, num_key_value_heads=np.full(24, 8.0),
+        kv_cache_dtype=["bfloat16"] * 24, window_size=np.zeros(24), latency=pre_ms, **common,
+    )  # fmt: skip
+    fam = fit_prefill_attention(prefill, H100, Path("/synthetic"))
+    assert fam.params["attn_mfu_efficiency"] == pytest.approx(0.6, rel=0.02)
+    assert fam.params["attn_query_pairs"] == pytest.approx(300, rel=0.05)
+    kvh = np.full(24, 8.0)
+    moved = b * (s + 100) * 2 * kvh * hd * 2
+    dec_ms = 1e3 * (10e-6 + moved / (H100.hbm_bandwidth_gbps * 1e9 * 0.9))
+    decode = _table(
+        "generation_attention", batch_size=b, isl=np.ones(24), step=s - 1,
+        num_key_value_heads=kvh, kv_cache_dtype=["bfloat16"] * 24, window_size=np.zeros(24),
+        latency=dec_ms, **common,
+    )  # fmt: skip
+    fam = fit_decode_attention(decode, H100, 0.6, Path("/synthetic"))
+    assert fam.params["attn_bw_efficiency"] == pytest.approx(0.9, rel=0.02)
+    assert fam.params["attn_decode_seq_tokens"] == pytest.approx(100, rel=0.05)
+    gpus = np.repeat([2.0, 4.0, 8.0], 20)
+    size = np.tile(2.0 ** np.arange(7, 27, 1.0), 3)
+    eager = np.tile([0.0, 1.0], 30)
+    x = np.array([4e-6, 5e-6, 6e-6, 0.5, 0.6, 0.7, 15e-6])
+    link = H100.interconnect_gbps_per_direction * 1e9
+    ar_ms = 1e3 * allreduce_predict(gpus, size * 2, eager, x, [2, 4, 8], link)
+    backend = np.where(eager > 0, "vllm_eager", "vllm_graph")
+    table = _table(
+        "custom_allreduce", num_gpus=gpus, message_size=size, backend=backend, latency=ar_ms
+    )
+    fam = fit_allreduce(table, H100, Path("/synthetic"))
+    assert fam.params["allreduce_efficiencies"] == pytest.approx([0.5, 0.6, 0.7], rel=0.02)
+    assert fam.params["allreduce_eager_s"] == pytest.approx(15e-6, rel=0.05)
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "name", ["gemm_bf16", "prefill_attention", "decode_attention", "allreduce"]
+)
+def test_shipped_h100_fit_reproduces_its_rows_in_aggregate(name: str) -> None:
+    """The shipped H100 constants reproduce the measured H100 rows of each family: the summed
+    time within 5 % and the median row within 3 % (rows scatter more one by one)."""
+    doc = yaml.safe_load(
+        (
+            Path(__file__).resolve().parents[2] / "src/sincere/data/perf/kernels/H100-SXM.yaml"
+        ).read_text()
+    )
+    params = {**doc["params"], "_gemm_kernel_s": doc["fit"]["gemm_kernel_s"]}
+    table_name = {"gemm_bf16": "gemm", "prefill_attention": "context_attention"}.get(
+        name, {"decode_attention": "generation_attention"}.get(name, "custom_allreduce")
+    )
+    table = read_table(DATABASE / "h100_sxm", table_name, COLUMNS[table_name])
+    assert table is not None
+    rows = family_rows(name, table)
+    measured = rows.num("latency") * 1e-3
+    ratio = predict_family(name, rows, H100, params) / measured
+    assert abs(float(np.median(ratio)) - 1.0) < 0.03
+    assert abs(float(np.mean(ratio)) - 1.0) < 0.05
+
+
+def test_allreduce_grows_with_message_size_and_gpu_count() -> None:
+    """The shipped H100 all-reduce: longer for larger messages and for more GPUs, eager
+    (above the CUDA-graph sizes) dearer than in a graph, and far under the old fixed 32 us."""
+    params = default_roofline_params(H100)
+    for tp in (2, 4, 8):
+        latency, _ = allreduce_terms(params, tp)
+        assert latency < 10e-6
+    model = get_model("llama-3-70b")
+    comm = {
+        (tp, n): Roofline(Deployment(model, H100, tp=tp)).parts(Batch.of(decode=[512] * n))
+        for tp in (2, 4, 8)
+        for n in (8, 256)
+    }
+    assert (
+        comm[(2, 8)].communication_s < comm[(4, 8)].communication_s < comm[(8, 8)].communication_s
+    )
+    for tp in (2, 4, 8):
+        assert comm[(tp, 8)].communication_s < comm[(tp, 256)].communication_s
+    small = Roofline(Deployment(model, H100, tp=8)).parts(Batch.of(prefill=[(512, 0)]))
+    eager = Roofline(Deployment(model, H100, tp=8)).parts(Batch.of(prefill=[(513, 0)]))
+    assert eager.communication_s - small.communication_s > 80 * 2 * 10e-6
+
+
+def test_moe_price_follows_skewed_routing_as_measured() -> None:
+    """Qwen3-30B-A3B's experts under Zipf-skewed routing (s = 1.2): a 16-token batch touches
+    fewer experts and is cheaper (H100's fused-MoE rows: x0.70 of balanced at 16 tokens), and
+    the busiest expert's tail makes a large batch dearer than it would be without it."""
+    dep = Deployment(get_model("qwen3-30b-a3b"), H100)
+    params = default_roofline_params(H100)
+    assert params.moe_tail_share > 0.0
+    skew = MoEParams(routing_skew=1.2)
+    decode = Batch.of(decode=[512] * 16)
+    balanced = ArchStep(dep, params).parts(decode).experts_s
+    assert ArchStep(dep, params, skew).parts(decode).experts_s < 0.9 * balanced
+    prefill = Batch.of(prefill=[(4096, 0)])
+    tailed = ArchStep(dep, params, skew).parts(prefill).experts_s
+    untailed = replace(params, moe_tail_share=0.0)
+    assert ArchStep(dep, untailed, skew).parts(prefill).experts_s < tailed
+    more = ArchStep(dep, params).parts(Batch.of(prefill=[(8192, 0)])).experts_s
+    assert more > ArchStep(dep, params).parts(prefill).experts_s
+
+
+def test_fp8_gemms_take_their_own_efficiency_and_quantisation() -> None:
+    """An fp8 deployment's GEMMs run at the fitted fp8 share of the fp8 peak plus the
+    activation quantisation; bf16 ones are untouched by the fp8 constants."""
+    dep = Deployment(get_model("llama-3-8b"), H100, precision="fp8")
+    params = default_roofline_params(H100)
+    assert params.fp8_mfu_efficiency is not None and params.fp8_act_bytes > 0
+    fitted = Roofline(dep, params).parts(Batch.of(prefill=[(4096, 0)])).linear_s
+    plain = replace(params, fp8_mfu_efficiency=None, fp8_act_bytes=0.0, fp8_gemm_kernel_s=0.0)
+    assert fitted > Roofline(dep, plain).parts(Batch.of(prefill=[(4096, 0)])).linear_s
+    bf16 = Deployment(get_model("llama-3-8b"), H100)
+    assert Roofline(bf16, params).iteration_s(Batch.of(prefill=[(4096, 0)])) == Roofline(
+        bf16, plain
+    ).iteration_s(Batch.of(prefill=[(4096, 0)]))
+
+
+def test_bad_allreduce_table_lengths_are_refused() -> None:
+    """The per-GPU-count lists must line up; a mismatch names the fields."""
+    with pytest.raises(ConfigError, match="one entry per GPU count"):
+        RooflineParams(allreduce_gpus=(2, 4), allreduce_latencies_s=(1e-6,))
+
+
+def test_unknown_gpu_folder_is_named(tmp_path: Path) -> None:
+    """A database without the GPU's folder says which folders it has."""
+    (tmp_path / "h100_sxm").mkdir()
+    with pytest.raises(ConfigError, match="no kernel folder"):
+        gpu_folder(tmp_path, "B200")
+    result = runner.invoke(app, ["fit", "kernels", str(tmp_path), "--gpu", "nope"])
+    assert result.exit_code != 0 and "--gpu names no kernel folder" in str(result.exception)
+
+
+@needs_data
+def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
+    """`sincere fit kernels DIR --gpu h100_sxm` writes the constants, the tables, the vLLM
+    version, the rows and each family's error, and the file drives the roofline."""
+    out = tmp_path / "h100.yaml"
+    result = runner.invoke(
+        app, ["fit", "kernels", str(DATABASE), "--gpu", "h100_sxm", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(out.read_text())
+    assert doc["kind"] == "roofline" and doc["fit"]["versions"] == ["0.24.0"]
+    families = doc["fit"]["families"]
+    assert set(families) == {
+        "gemm_bf16", "gemm_fp8", "prefill_attention", "decode_attention", "allreduce", "moe",
+    }  # fmt: skip
+    assert families["gemm_bf16"]["table"].endswith("gemm/vllm/0.24.0/gemm_perf.parquet")
+    assert all(f["rows"] > 0 and "bias" in f for f in families.values())
+    assert "Apache-2.0" in doc["fit"]["source"]
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
+    assert Roofline(Deployment(get_model("llama-3-8b"), H100), RooflineParams(**params))
