@@ -197,7 +197,9 @@ def test_the_published_runs_read_whole(shared_data: Path) -> None:
     setup = replay_setup(moe)
     assert (setup.instances, setup.ep, setup.accelerator) == (2, 1, "RTX-PRO-6000")
     assert any("expert parallelism" in n for n in setup.notes)
-    assert setup.step_model.startswith("roofline; constants prior")
+    # the RTX PRO 6000's GEMM, attention and MoE constants come from its measured kernels
+    assert setup.step_model.startswith("roofline; constants fitted: measured vLLM")
+    assert "kernels/RTX-PRO-6000.yaml" in setup.step_model
 
 
 def test_a_published_run_replays_in_part(shared_data: Path) -> None:
@@ -227,7 +229,7 @@ def test_the_runs_gpus_are_catalog_entries_with_datasheet_figures() -> None:
         "RTX-PRO-6000",
         96,
         1792,
-        503.8,
+        467.8,  # the Server Edition's dense bf16 rate (the kernel database's hardware file)
     )
     assert "whitepaper" in rtx.sources["memory_gb"] and "datasheet" in pro.sources["memory_gb"]
 
