@@ -71,6 +71,7 @@ class Reply:
     prompt_text: str  # what echo puts first
     include_usage: bool  # stream_options.include_usage
     max_tokens: int  # the cap the engine runs it under
+    index: int = 0  # the choice's index: prompt's position * n + the choice's
 
     @property
     def finish_reason(self) -> str:
@@ -107,15 +108,17 @@ class Reply:
     def _choice(self, text: str, logprobs: dict[str, Any] | None) -> dict[str, Any]:
         if self.kind == "completion":
             prompt = self.prompt_text if self.shaping.echo else ""
-            return {"index": 0, "text": prompt + text, "logprobs": logprobs}
+            return {"index": self.index, "text": prompt + text, "logprobs": logprobs}
         message = {"role": "assistant", "content": text, "refusal": None, "annotations": None,
                    "audio": None, "function_call": None, "reasoning": None}  # fmt: skip
-        return {"index": 0, "message": message, "logprobs": logprobs}
+        return {"index": self.index, "message": message, "logprobs": logprobs}
 
     def role_chunk(self) -> dict[str, Any]:
         """A chat stream's opening chunk: the assistant role, empty content."""
         delta = {"role": "assistant", "content": ""}
-        chunk = self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        chunk = self._chunk(
+            {"index": self.index, "delta": delta, "logprobs": None, "finish_reason": None}
+        )
         if self.shaping.continuous_usage:
             chunk["usage"] = self.usage(0)
         return chunk
@@ -127,9 +130,9 @@ class Reply:
         logprobs = self._logprobs(k, k + 1, echo)
         if self.kind == "completion":
             text = (self.prompt_text if echo else "") + piece
-            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": logprobs}
+            choice: dict[str, Any] = {"index": self.index, "text": text, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "delta": {"content": piece}, "logprobs": logprobs}
+            choice = {"index": self.index, "delta": {"content": piece}, "logprobs": logprobs}
         stop = self.plan.stop_reason if finish_reason == "stop" else None
         choice.update(finish_reason=finish_reason, stop_reason=stop)
         chunk = self._chunk(choice)
@@ -142,9 +145,9 @@ class Reply:
     def end_chunk(self, num_tokens: int, finish_reason: str) -> dict[str, Any]:
         """A finishing chunk without text (an answer that ended before its last token)."""
         if self.kind == "completion":
-            choice: dict[str, Any] = {"index": 0, "text": "", "logprobs": None}
+            choice: dict[str, Any] = {"index": self.index, "text": "", "logprobs": None}
         else:
-            choice = {"index": 0, "delta": {"content": ""}, "logprobs": None}
+            choice = {"index": self.index, "delta": {"content": ""}, "logprobs": None}
         choice.update(finish_reason=finish_reason, stop_reason=None)
         chunk = self._chunk(choice)
         if self.shaping.continuous_usage:
