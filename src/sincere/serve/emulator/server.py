@@ -20,7 +20,8 @@ reports ``finish_reason: "stop"``, at the cap ``"length"``; a stop string found 
 text ends it sooner (:mod:`.text`).
 
 The API is vLLM 0.32.0's: what it refuses (:mod:`.vllm_api`, 400 with vLLM's error
-body), the fields and chunks of its answers (:mod:`.answer`), its metrics (:mod:`.metrics`).
+body), the fields and chunks of its answers (:mod:`.answer`), its metrics (:mod:`.metrics`),
+``n`` choices and batched prompts, each choice its own engine request (:mod:`.choices`).
 
 Failure injection (:class:`~.config.FailureConfig`): ``error_rate`` answers
 HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
