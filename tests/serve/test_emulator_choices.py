@@ -202,3 +202,20 @@ def test_client_leaving_aborts_every_choice() -> None:
         assert server.metrics.aborted._value.get() == 3
 
     _run(check)
+
+
+def test_choices_past_capacity_are_503_and_leave_nothing_behind() -> None:
+    """n = 3 on an emulator of 2 request slots is 503 (each choice takes a slot) and none
+    of its choices reaches the engine."""
+
+    async def check(server: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        body = {**COMPLETION, "n": 3}
+        async with session.post(server.url + "/v1/completions", json=body) as resp:
+            assert resp.status == 503
+            assert "at capacity" in (await resp.json())["error"]["message"]
+        assert server.live is not None and server.live.num_in_flight == 0
+        assert server.metrics.aborted._value.get() == 0  # none was given to the engine
+        out = await _post(session, server.url + "/v1/completions", {**body, "n": 2})
+        assert [c["index"] for c in out["choices"]] == [0, 1]
+
+    _run(check, max_num_requests=2)

@@ -223,6 +223,14 @@ class LiveEngine:
         self._arm_link(state)
         return slot
 
+    def can_take(self, num_requests: int) -> bool:
+        """Whether ``num_requests`` more requests find free slots now (the choices of one
+        answer are taken all or none)."""
+        if self._closed:
+            return False
+        self._catch_up()  # may free slots of requests that have finished by now
+        return len(self._slots) + num_requests <= self._capacity
+
     def _wall(self, at: float) -> float:
         """Loop time of engine time ``at``."""
         return self._started_at + self._paused_s + at

@@ -266,6 +266,9 @@ class EmulatorServer(Served):
     ) -> list[LiveRequest]:  # fmt: skip
         """Each choice of each prompt as its own engine request; all or none (503)."""
         n = len(replies) // len(prompts)
+        if not live.can_take(len(replies)):
+            raise ProtocolError(503, f"emulator at capacity: {live.num_in_flight} requests in "
+                                f"flight, {len(replies)} more asked; retry later")  # fmt: skip
         slots: list[LiveRequest] = []
         try:
             for prompt in prompts:
