@@ -204,18 +204,32 @@ def test_client_leaving_aborts_every_choice() -> None:
     _run(check)
 
 
-def test_choices_past_capacity_are_503_and_leave_nothing_behind() -> None:
-    """n = 3 on an emulator of 2 request slots is 503 (each choice takes a slot) and none
-    of its choices reaches the engine."""
+def test_choices_past_capacity_are_refused_before_the_engine() -> None:
+    """On an emulator of 2 request slots n = 3 is 400 (each choice takes a slot: 3 never
+    fit), n = 2 beside a running request 503; none of their choices reaches the engine."""
 
     async def check(server: EmulatorServer, session: aiohttp.ClientSession) -> None:
         body = {**COMPLETION, "n": 3}
         async with session.post(server.url + "/v1/completions", json=body) as resp:
-            assert resp.status == 503
-            assert "at capacity" in (await resp.json())["error"]["message"]
+            assert resp.status == 400
+            assert "got 3 sequences" in (await resp.json())["error"]["message"]
         assert server.live is not None and server.live.num_in_flight == 0
         assert server.metrics.aborted._value.get() == 0  # none was given to the engine
         out = await _post(session, server.url + "/v1/completions", {**body, "n": 2})
         assert [c["index"] for c in out["choices"]] == [0, 1]
+        long = {**COMPLETION, "max_tokens": 2000, "stream": True}
+        async with session.post(server.url + "/v1/completions", json=long) as held:
+            await held.content.readline()  # one slot busy: n = 2 does not fit now
+            two = {**body, "n": 2}
+            async with session.post(server.url + "/v1/completions", json=two) as resp:
+                assert resp.status == 503 and server.live.num_in_flight == 1
+        body = {**COMPLETION, "prompt": ["a", "b"], "n": 2}  # 4 sequences: never fit
+        async with session.post(server.url + "/v1/completions", json=body) as resp:
+            assert resp.status == 400
+            message = (await resp.json())["error"]["message"]
+        assert (
+            message == "n x prompts: got 4 sequences; allowed: at most 2 (the emulator's "
+            "max_num_requests)"
+        )
 
     _run(check, max_num_requests=2)

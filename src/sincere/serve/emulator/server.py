@@ -210,6 +210,7 @@ class EmulatorServer(Served):
         self._tier_of(req)
         prompts = prompts_of(req, self.config.prefix_block_tokens)
         n = num_choices(req.body)
+        self._check_room(len(prompts) * n)
         replies = [
             _new_reply(
                 req,
@@ -225,6 +226,19 @@ class EmulatorServer(Served):
             for c in range(n)
         ]
         return prompts, replies
+
+    def _check_room(self, num_requests: int) -> None:
+        """400 when an answer needs more engine requests than the emulator ever holds at
+        once; 503 when they do not all fit the free slots now (none is started)."""
+        most = self.config.max_num_requests
+        if num_requests > most:
+            raise ProtocolError(400, f"n x prompts: got {num_requests} sequences; allowed: at "
+                                f"most {most} (the emulator's max_num_requests)",
+                                param="n")  # fmt: skip
+        live = self.live
+        if live is not None and not live.can_take(num_requests):
+            raise ProtocolError(503, f"emulator at capacity: {live.num_in_flight} requests in "
+                                f"flight, {num_requests} more asked; retry later")  # fmt: skip
 
     def _inject_error(self) -> None:
         rate = self.config.failures.error_rate
@@ -266,9 +280,6 @@ class EmulatorServer(Served):
     ) -> list[LiveRequest]:  # fmt: skip
         """Each choice of each prompt as its own engine request; all or none (503)."""
         n = len(replies) // len(prompts)
-        if not live.can_take(len(replies)):
-            raise ProtocolError(503, f"emulator at capacity: {live.num_in_flight} requests in "
-                                f"flight, {len(replies)} more asked; retry later")  # fmt: skip
         slots: list[LiveRequest] = []
         try:
             for prompt in prompts:
