@@ -166,11 +166,16 @@ def test_sdk_n_and_batches_over_emulators_are_served_and_billed(tmp_path: Path) 
             )  # fmt: skip
             seen: dict[int, str] = {}
             async for chunk in stream:
+                if chunk.usage is not None:
+                    chat_usage = chunk.usage
                 for ch in chunk.choices:
                     seen[ch.index] = seen.get(ch.index, "") + (ch.delta.content or "")
             assert seen == {0: " tok" * 4, 1: " tok" * 4}
             used = await settled(gw, 3)
             assert used.num_completion_tokens == 9 + 8 + 8
+            assert three.usage is not None and chat_usage.completion_tokens == 8
+            prompts = three.usage.prompt_tokens + 5 + chat_usage.prompt_tokens
+            assert used.num_prompt_tokens == prompts  # each prompt once, as vLLM's usage
             assert used.spent_usd == pytest.approx(25.0)
 
     run(body)
