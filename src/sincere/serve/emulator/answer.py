@@ -26,10 +26,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sincere.serve.emulator.live import Finish
 from sincere.serve.emulator.metrics import VLLM_VERSION
 from sincere.serve.emulator.text import TOKEN_LOGPROB, TextPlan, split_text, top_alternatives
 from sincere.serve.emulator.vllm_api import Shaping
-from sincere.serve.protocol import Kind
+from sincere.serve.protocol import Kind, ProtocolError
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+REJECT_STATUS = {"prompt_too_long": 400, "over_context": 400, "kv_capacity": 400}
+"""The status of an engine's rejection (others: 503)."""
 
 _OBJECT = {"completion": "text_completion", "chat": "chat.completion"}
 _CHUNK = {"completion": "text_completion", "chat": "chat.completion.chunk"}
@@ -218,3 +223,15 @@ def _chat_entry(token: str, count: int) -> dict[str, Any]:
         "bytes": list(token.encode()),
         "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in tops],
     }
+
+
+def raise_rejected(outcome: Finish) -> None:
+    """Turn an engine rejection into the error an engine would answer."""
+    reason = outcome.reject_reason
+    if reason is None:
+        return
+    status = REJECT_STATUS.get(reason, 503)
+    why = outcome.reject_detail or reason
+    raise ProtocolError(
+        status, f"the engine rejected the request: {why}", code=reason, param="prompt"
+    )

@@ -20,8 +20,16 @@ from typing import Any
 from aiohttp import web
 
 from sincere.serve.content import prompt_block_ids
-from sincere.serve.emulator.answer import Reply
-from sincere.serve.protocol import SSE_DONE, CompletionRequest, count_prompt_tokens, sse_event
+from sincere.serve.emulator.answer import SSE_HEADERS, Reply, raise_rejected
+from sincere.serve.emulator.live import Finish, LiveEngine, LiveRequest
+from sincere.serve.protocol import (
+    SSE_DONE,
+    CompletionRequest,
+    ProtocolError,
+    count_prompt_tokens,
+    dumps,
+    sse_event,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,79 @@ def prompts_of(req: CompletionRequest, block_tokens: int) -> list[Prompt]:
         ids = prompt_block_ids(text, {"prompt": one}, tokens, block_tokens)
         prompts.append(Prompt(text, tokens, ids))
     return prompts
+
+
+def check_room(num_requests: int, most: int, live: LiveEngine | None) -> None:
+    """400 when an answer needs more engine requests than the emulator ever holds at once
+    (``most``); 503 when they do not all fit its free slots now (then none is started)."""
+    if num_requests > most:
+        raise ProtocolError(
+            400,
+            f"n x prompts: got {num_requests} sequences; allowed: at most {most} (the "
+            "emulator's max_num_requests)",
+            param="n",
+        )
+    if live is not None and not live.can_take(num_requests):
+        raise ProtocolError(
+            503,
+            f"emulator at capacity: {live.num_in_flight} requests in flight, {num_requests} "
+            "more asked; retry later",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer of several choices, each an engine request already submitted."""
+
+    replies: list[Reply]  # every choice's, in index order
+    slots: list[LiveRequest]  # its engine request, in the same order
+    prompt_tokens: int  # every prompt's tokens, each counted once
+    prefix_caching: bool  # usage reports cached tokens
+    live: LiveEngine
+
+    def _cached(self, outcome: Finish) -> int | None:
+        return outcome.cached_tokens if self.prefix_caching else None
+
+    async def full(self) -> web.Response:
+        """Every choice's answer in one body, once all have finished (``cached_tokens``:
+        the last one's, as vLLM reports its last result's)."""
+        outcomes = await asyncio.shield(asyncio.gather(*(slot.done for slot in self.slots)))
+        for outcome in outcomes:
+            raise_rejected(outcome)
+        ends = [(o.num_tokens, o.finish_reason or "stop") for o in outcomes]
+        cached = self._cached(outcomes[-1])
+        body = full_body(self.replies, ends, self.prompt_tokens, cached)
+        return web.Response(body=dumps(body), content_type="application/json")
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Every choice's chunks, as each choice's tokens come out (``cached_tokens``: the
+        first one's, as vLLM reports its first result's)."""
+        replies, slots = self.replies, self.slots
+        merged: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        pumps = [asyncio.ensure_future(pump(j, slot.queue, merged))
+                 for j, slot in enumerate(slots) if slot.queue is not None]  # fmt: skip
+        try:
+            item = await merged.get()
+            if item[1] == 0:  # a choice ended before any token: an ordinary error answer
+                raise_rejected(slots[item[0]].done.result())
+            response = web.StreamResponse(headers=SSE_HEADERS)
+            response.headers["X-Request-Id"] = replies[0].request_id
+            await response.prepare(request)
+            if replies[0].kind == "chat":
+                await response.write(b"".join(sse_event(r.role_chunk()) for r in replies))
+            written = await write_choices(response, replies, merged, item)
+            ends = [slot.done.result() for slot in slots]
+            reasons = [o.finish_reason for o in ends]
+            cached = self._cached(ends[0])
+            await response.write(stream_end(replies, written, reasons, self.prompt_tokens, cached))
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away: free the slots, no traceback
+            for slot in slots:
+                self.live.abort(slot)
+        finally:
+            for task in pumps:
+                task.cancel()
+        return response
 
 
 def total(replies: list[Reply], prompt_tokens: int) -> Reply:

@@ -53,7 +53,14 @@ from sincere.engine.build import deployment_of
 from sincere.perf.kv_link import kv_bytes, sender_figures
 from sincere.serve.binding import Served, bound_port, listen_error
 from sincere.serve.emulator import choices, pd
-from sincere.serve.emulator.answer import Reply, fingerprint, random_request_id, response_id
+from sincere.serve.emulator.answer import (
+    SSE_HEADERS,
+    Reply,
+    fingerprint,
+    raise_rejected,
+    random_request_id,
+    response_id,
+)
 from sincere.serve.emulator.choices import Prompt, prompts_of
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest, Parent
@@ -72,9 +79,6 @@ from sincere.serve.protocol import (
 from sincere.serve.protocol import (
     parse_request as parse_openai,
 )
-
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-_REJECT_STATUS = {"prompt_too_long": 400, "over_context": 400, "kv_capacity": 400}
 
 
 class EmulatorServer(Served):
@@ -210,35 +214,12 @@ class EmulatorServer(Served):
         self._tier_of(req)
         prompts = prompts_of(req, self.config.prefix_block_tokens)
         n = num_choices(req.body)
-        self._check_room(len(prompts) * n)
-        replies = [
-            _new_reply(
-                req,
-                prompt,
-                p * n + c,
-                request_id,
-                shaping,
-                self._lengths_of(req, prompt.num_tokens),
-                self.config.token_text,
-                self.fingerprint,
-            )
-            for p, prompt in enumerate(prompts)
-            for c in range(n)
-        ]
+        choices.check_room(len(prompts) * n, self.config.max_num_requests, self.live)
+        filler, stamp = self.config.token_text, self.fingerprint
+        replies = [_new_reply(req, prompt, p * n + c, request_id, shaping,
+                              self._lengths_of(req, prompt.num_tokens), filler, stamp)
+                   for p, prompt in enumerate(prompts) for c in range(n)]  # fmt: skip
         return prompts, replies
-
-    def _check_room(self, num_requests: int) -> None:
-        """400 when an answer needs more engine requests than the emulator ever holds at
-        once; 503 when they do not all fit the free slots now (none is started)."""
-        most = self.config.max_num_requests
-        if num_requests > most:
-            raise ProtocolError(400, f"n x prompts: got {num_requests} sequences; allowed: at "
-                                f"most {most} (the emulator's max_num_requests)",
-                                param="n")  # fmt: skip
-        live = self.live
-        if live is not None and not live.can_take(num_requests):
-            raise ProtocolError(503, f"emulator at capacity: {live.num_in_flight} requests in "
-                                f"flight, {num_requests} more asked; retry later")  # fmt: skip
 
     def _inject_error(self) -> None:
         rate = self.config.failures.error_rate
@@ -261,10 +242,9 @@ class EmulatorServer(Served):
         slots = self._submit_all(live, req, prompts, replies, phase)
         try:
             if len(slots) > 1:
-                total = sum(p.num_tokens for p in prompts)
-                if req.stream:
-                    return await self._stream_many(request, replies, slots, total)
-                return await self._full_many(replies, slots, total)
+                many = choices.Answer(replies, slots, sum(p.num_tokens for p in prompts),
+                                      self.prefix_caching, live)  # fmt: skip
+                return await (many.stream(request) if req.stream else many.full())
             reply, slot = replies[0], slots[0]
             if req.stream:
                 return await self._stream(request, reply, slot)
@@ -352,7 +332,7 @@ class EmulatorServer(Served):
         slot: LiveRequest,
         phase: str | None,
     ) -> web.Response:
-        _raise_rejected(outcome)
+        raise_rejected(outcome)
         reason = outcome.finish_reason or "stop"
         body = reply.full(outcome.num_tokens, reason, self._cached(outcome))
         if phase == "prefill":
@@ -372,8 +352,8 @@ class EmulatorServer(Served):
         assert queue is not None  # submitted with stream=True
         item = await queue.get()
         if item == 0:  # ended before any token: an ordinary error answer
-            _raise_rejected(slot.done.result())
-        response = web.StreamResponse(headers={**_SSE_HEADERS, **_kv_headers(slot)})
+            raise_rejected(slot.done.result())
+        response = web.StreamResponse(headers={**SSE_HEADERS, **_kv_headers(slot)})
         response.headers["X-Request-Id"] = reply.request_id
         try:
             await response.prepare(request)
@@ -385,51 +365,6 @@ class EmulatorServer(Served):
         except ConnectionResetError:  # the client went away: free its slot, no traceback
             assert self.live is not None  # handlers run only once started
             self.live.abort(slot)
-        return response
-
-    async def _full_many(
-        self, replies: list[Reply], slots: list[LiveRequest], prompt_tokens: int
-    ) -> web.Response:
-        """Every choice's answer in one body, once all have finished."""
-        outcomes = await asyncio.shield(asyncio.gather(*(slot.done for slot in slots)))
-        for outcome in outcomes:
-            _raise_rejected(outcome)
-        ends = [(o.num_tokens, o.finish_reason or "stop") for o in outcomes]
-        body = choices.full_body(replies, ends, prompt_tokens, self._cached(outcomes[-1]))
-        return web.Response(body=dumps(body), content_type="application/json")
-
-    async def _stream_many(
-        self, request: web.Request, replies: list[Reply], slots: list[LiveRequest],
-        prompt_tokens: int,
-    ) -> web.StreamResponse:  # fmt: skip
-        """Every choice's chunks, as each choice's tokens come out."""
-        merged: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-        pumps = [asyncio.ensure_future(choices.pump(j, slot.queue, merged))
-                 for j, slot in enumerate(slots) if slot.queue is not None]  # fmt: skip
-        try:
-            item = await merged.get()
-            if item[1] == 0:  # a choice ended before any token: an ordinary error answer
-                _raise_rejected(slots[item[0]].done.result())
-            response = web.StreamResponse(headers=_SSE_HEADERS)
-            response.headers["X-Request-Id"] = replies[0].request_id
-            await response.prepare(request)
-            if replies[0].kind == "chat":
-                await response.write(b"".join(sse_event(r.role_chunk()) for r in replies))
-            written = await choices.write_choices(response, replies, merged, item)
-            ends = [slot.done.result() for slot in slots]
-            reasons = [o.finish_reason for o in ends]
-            cached = self._cached(ends[0])
-            await response.write(
-                choices.stream_end(replies, written, reasons, prompt_tokens, cached)
-            )
-            await response.write_eof()
-        except ConnectionResetError:  # the client went away: free the slots, no traceback
-            assert self.live is not None  # handlers run only once started
-            for slot in slots:
-                self.live.abort(slot)
-        finally:
-            for task in pumps:
-                task.cancel()
         return response
 
     def _stream_end(self, reply: Reply, written: int, outcome: Finish) -> bytes:
@@ -537,18 +472,6 @@ def _kv_headers(slot: LiveRequest) -> dict[str, str]:
         pd.KV_TRANSFER_HEADER: f"{ready - slot.arrival_at:.6f}",
         pd.KV_WAIT_HEADER: f"{admitted - ready:.6f}",
     }
-
-
-def _raise_rejected(outcome: Finish) -> None:
-    """Turn an engine rejection into the error an engine would answer."""
-    reason = outcome.reject_reason
-    if reason is None:
-        return
-    status = _REJECT_STATUS.get(reason, 503)
-    why = outcome.reject_detail or reason
-    raise ProtocolError(
-        status, f"the engine rejected the request: {why}", code=reason, param="prompt"
-    )
 
 
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
