@@ -396,16 +396,17 @@ def test_response_format_gives_json() -> None:
 # ------------------------------------------------------------------------- unit level
 
 
-def test_check_request_refuses_more_than_one_choice_or_prompt() -> None:
-    """``n`` > 1 and a list of prompts are refused by name, never answered in part."""
-    from sincere.serve.emulator.vllm_api import check_request
+def test_check_request_takes_choices_and_prompt_lists() -> None:
+    """``n`` > 1 and a list of prompts pass (vLLM serves them); ``best_of`` is not read;
+    greedy sampling with ``n`` > 1 is vLLM's 400."""
+    from sincere.serve.emulator.vllm_api import check_request, num_choices
     from sincere.serve.protocol import ProtocolError
 
-    with pytest.raises(ProtocolError, match=r"n: got 2; allowed: 1"):
-        check_request({"prompt": "a", "n": 2}, "completion")
-    with pytest.raises(ProtocolError, match="list of 2 prompts"):
-        check_request({"prompt": ["a", "b"]}, "completion")
-    assert check_request({"prompt": [1, 2, 3]}, "completion").stop == ()
+    assert check_request({"prompt": ["a", "b"], "n": 2}, "completion").stop == ()
+    assert num_choices({"n": 3, "best_of": 5}) == 3 and num_choices({"n": "2"}) == 2
+    assert num_choices({}) == 1 and num_choices({"n": None}) == 1
+    with pytest.raises(ProtocolError, match="n must be 1 when using greedy sampling, got 2"):
+        check_request({"prompt": "a", "n": 2, "temperature": 0}, "completion")
 
 
 def test_stop_plan_follows_min_tokens_and_list_order() -> None:

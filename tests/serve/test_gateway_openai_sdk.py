@@ -1,7 +1,6 @@
 """The official OpenAI Python SDK against the gateway, with vLLM's documented behaviour as the
-expectation: over emulated engines for errors, limits and streams; over a vLLM-shaped upstream
-(:class:`FakeUpstream`, which answers ``n`` choices per prompt as vLLM does) for ``n`` and
-batched prompts, which the emulator generates one at a time."""
+expectation: over emulated engines for errors, limits, streams, ``n`` and batched prompts;
+over a vLLM-shaped upstream (:class:`FakeUpstream`) for a backend without a model."""
 
 from __future__ import annotations
 
@@ -137,6 +136,47 @@ def test_sdk_n_choices_and_batched_prompts() -> None:
                     model=MODEL, messages=[{"role": "user", "content": "hi"}], n=3, max_tokens=3
                 )
                 assert len(chat.choices) == 3
+
+    run(body)
+
+
+def test_sdk_n_and_batches_over_emulators_are_served_and_billed(tmp_path: Path) -> None:
+    """Over an emulated engine n = 3, a batch of 2 prompts with n = 2 and a streamed chat
+    with n = 2 are answered whole (3, 4, 2 choices, vLLM's indexes), and the key is
+    billed every choice's tokens: 3x3 + 4x2 + 2x4 completion tokens at $1 a token."""
+    from .test_gateway_billing import settled
+
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1e6))
+    exact = {"extra_body": {"sincere": {"output_tokens": 100}}}  # answers run to max_tokens
+
+    async def body() -> None:
+        async with over_emulator(keys) as gw, client(gw, tokens["acme"]) as c:
+            three = await c.completions.create(model=MODEL, prompt="hi", max_tokens=3, n=3, **exact)
+            assert [ch.index for ch in three.choices] == [0, 1, 2]
+            batch = await c.completions.create(
+                model=MODEL, prompt=[[1, 2, 3], [4, 5]], max_tokens=2, n=2, **exact
+            )
+            assert [ch.index for ch in batch.choices] == [0, 1, 2, 3]
+            assert batch.usage is not None and batch.usage.prompt_tokens == 5
+            assert batch.usage.completion_tokens == 8
+            stream = await c.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2, max_tokens=4,
+                stream=True, stream_options={"include_usage": True}, **exact,
+            )  # fmt: skip
+            seen: dict[int, str] = {}
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    chat_usage = chunk.usage
+                for ch in chunk.choices:
+                    seen[ch.index] = seen.get(ch.index, "") + (ch.delta.content or "")
+            assert seen == {0: " tok" * 4, 1: " tok" * 4}
+            used = await settled(gw, 3)
+            assert used.num_completion_tokens == 9 + 8 + 8
+            assert three.usage is not None and chat_usage.completion_tokens == 8
+            prompts = three.usage.prompt_tokens + 5 + chat_usage.prompt_tokens
+            assert used.num_prompt_tokens == prompts  # each prompt once, as vLLM's usage
+            assert used.spent_usd == pytest.approx(25.0)
 
     run(body)
 

@@ -44,6 +44,12 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/chat/completions", {**CHAT, "top_logprobs": 2}),
     ("/v1/chat/completions", {**CHAT, "temperature": 3}),
     ("/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    # n and batched prompts: every choice answered, numbered prompt * n + choice
+    ("/v1/completions", {**COMPLETION, "n": 2}),
+    ("/v1/completions", {**COMPLETION, "prompt": ["hello there", "hi"], "n": 2}),
+    ("/v1/completions", {**COMPLETION, "prompt": [[1, 2, 3], [4, 5]]}),
+    ("/v1/completions", {**COMPLETION, "n": 2, "temperature": 0}),
+    ("/v1/chat/completions", {**CHAT, "n": 2}),
 ]
 
 
@@ -117,6 +123,8 @@ def test_statuses_errors_and_fields_match_vllm(vllm: VllmServer) -> None:
         assert set(emu["choices"][0]) <= set(real["choices"][0])
         assert {"finish_reason", "stop_reason", "logprobs"} <= set(emu["choices"][0])
         assert emu["choices"][0]["finish_reason"] == real["choices"][0]["finish_reason"]
+        assert [c["index"] for c in emu["choices"]] == [c["index"] for c in real["choices"]]
+        assert emu["usage"]["completion_tokens"] == real["usage"]["completion_tokens"]
         if body.get("logprobs"):
             _same_logprobs(emu["choices"][0]["logprobs"], real["choices"][0]["logprobs"])
 
@@ -164,7 +172,7 @@ def test_streams_and_metric_families_match_vllm(vllm: VllmServer) -> None:
     chunk with the fingerprint) and /metrics has vLLM's families but its FLOP estimates."""
     options = {"include_usage": True, "continuous_usage_stats": True}
     calls = [(path, {**body, "stream": True, "stream_options": options})
-             for path, body in (CASES[0], CASES[8])]  # fmt: skip
+             for path, body in (CASES[0], CASES[8], CASES[13], CASES[17])]  # fmt: skip
     results = _both(vllm, calls)
     for (_, real), (_, emu) in results[:-1]:
         _same_stream(emu, real)

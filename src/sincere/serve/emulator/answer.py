@@ -26,10 +26,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sincere.serve.emulator.live import Finish
 from sincere.serve.emulator.metrics import VLLM_VERSION
 from sincere.serve.emulator.text import TOKEN_LOGPROB, TextPlan, split_text, top_alternatives
 from sincere.serve.emulator.vllm_api import Shaping
-from sincere.serve.protocol import Kind
+from sincere.serve.protocol import Kind, ProtocolError
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+REJECT_STATUS = {"prompt_too_long": 400, "over_context": 400, "kv_capacity": 400}
+"""The status of an engine's rejection (others: 503)."""
 
 _OBJECT = {"completion": "text_completion", "chat": "chat.completion"}
 _CHUNK = {"completion": "text_completion", "chat": "chat.completion.chunk"}
@@ -71,6 +76,7 @@ class Reply:
     prompt_text: str  # what echo puts first
     include_usage: bool  # stream_options.include_usage
     max_tokens: int  # the cap the engine runs it under
+    index: int = 0  # the choice's index: prompt's position * n + the choice's
 
     @property
     def finish_reason(self) -> str:
@@ -107,15 +113,17 @@ class Reply:
     def _choice(self, text: str, logprobs: dict[str, Any] | None) -> dict[str, Any]:
         if self.kind == "completion":
             prompt = self.prompt_text if self.shaping.echo else ""
-            return {"index": 0, "text": prompt + text, "logprobs": logprobs}
+            return {"index": self.index, "text": prompt + text, "logprobs": logprobs}
         message = {"role": "assistant", "content": text, "refusal": None, "annotations": None,
                    "audio": None, "function_call": None, "reasoning": None}  # fmt: skip
-        return {"index": 0, "message": message, "logprobs": logprobs}
+        return {"index": self.index, "message": message, "logprobs": logprobs}
 
     def role_chunk(self) -> dict[str, Any]:
         """A chat stream's opening chunk: the assistant role, empty content."""
         delta = {"role": "assistant", "content": ""}
-        chunk = self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        chunk = self._chunk(
+            {"index": self.index, "delta": delta, "logprobs": None, "finish_reason": None}
+        )
         if self.shaping.continuous_usage:
             chunk["usage"] = self.usage(0)
         return chunk
@@ -127,9 +135,9 @@ class Reply:
         logprobs = self._logprobs(k, k + 1, echo)
         if self.kind == "completion":
             text = (self.prompt_text if echo else "") + piece
-            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": logprobs}
+            choice: dict[str, Any] = {"index": self.index, "text": text, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "delta": {"content": piece}, "logprobs": logprobs}
+            choice = {"index": self.index, "delta": {"content": piece}, "logprobs": logprobs}
         stop = self.plan.stop_reason if finish_reason == "stop" else None
         choice.update(finish_reason=finish_reason, stop_reason=stop)
         chunk = self._chunk(choice)
@@ -142,9 +150,9 @@ class Reply:
     def end_chunk(self, num_tokens: int, finish_reason: str) -> dict[str, Any]:
         """A finishing chunk without text (an answer that ended before its last token)."""
         if self.kind == "completion":
-            choice: dict[str, Any] = {"index": 0, "text": "", "logprobs": None}
+            choice: dict[str, Any] = {"index": self.index, "text": "", "logprobs": None}
         else:
-            choice = {"index": 0, "delta": {"content": ""}, "logprobs": None}
+            choice = {"index": self.index, "delta": {"content": ""}, "logprobs": None}
         choice.update(finish_reason=finish_reason, stop_reason=None)
         chunk = self._chunk(choice)
         if self.shaping.continuous_usage:
@@ -215,3 +223,15 @@ def _chat_entry(token: str, count: int) -> dict[str, Any]:
         "bytes": list(token.encode()),
         "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in tops],
     }
+
+
+def raise_rejected(outcome: Finish) -> None:
+    """Turn an engine rejection into the error an engine would answer."""
+    reason = outcome.reject_reason
+    if reason is None:
+        return
+    status = REJECT_STATUS.get(reason, 503)
+    why = outcome.reject_detail or reason
+    raise ProtocolError(
+        status, f"the engine rejected the request: {why}", code=reason, param="prompt"
+    )

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +57,15 @@ class Finish:
 
 
 @dataclass(eq=False, slots=True)
+class Parent:
+    """The ``n`` choices of one prompt: each is its own engine request (vLLM's parallel
+    sampling), and vLLM records ``n`` once, when the last of them finishes."""
+
+    n: int  # choices of the prompt
+    num_open: int  # choices not finished yet
+
+
+@dataclass(eq=False, slots=True)
 class LiveRequest:
     """One request in flight: what its HTTP handler waits on."""
 
@@ -76,6 +85,7 @@ class LiveRequest:
     kv_admitted_at: float | None = None
     kv_timer: asyncio.TimerHandle | None = None  # the KV's arrival, once its last byte left
     kv_transfer: tuple[_Link, int] | None = None  # its KV on the link: (link, transfer key)
+    parent: Parent | None = None  # one of n choices of a prompt (None: n is 1)
 
 
 @dataclass(eq=False, slots=True)
@@ -160,15 +170,18 @@ class LiveEngine:
         tier: int = 0,
         block_ids: tuple[int, ...] = (),
         stopped: bool = False,
+        parent: Parent | None = None,
     ) -> LiveRequest:
         """Add a request; raise :class:`CapacityError` when every slot is taken.
 
         ``block_ids``: its prompt's content in blocks of the emulator's block size
         (:mod:`sincere.core.prefix`), which the engine's prefix cache reads.
         ``stopped``: its ``output_tokens``-th token completes a stop string.
+        ``parent``: the prompt it is one choice of, when ``n`` > 1.
         """
         slot = self._take(prompt_tokens, max_tokens, output_tokens, stream, priority, tier)
         slot.stopped = stopped
+        slot.parent = parent
         self._set_block_ids(slot.ix, block_ids)
         self.engine.add(slot.ix, self.now())
         self._arm()
@@ -209,6 +222,14 @@ class LiveEngine:
         state.link.start(key, self.now(), kv_bytes)
         self._arm_link(state)
         return slot
+
+    def can_take(self, num_requests: int) -> bool:
+        """Whether ``num_requests`` more requests find free slots now (the choices of one
+        answer are taken all or none)."""
+        if self._closed:
+            return False
+        self._catch_up()  # may free slots of requests that have finished by now
+        return len(self._slots) + num_requests <= self._capacity
 
     def _wall(self, at: float) -> float:
         """Loop time of engine time ``at``."""
@@ -463,7 +484,7 @@ class LiveEngine:
             reason = "length" if at_cap else "stop"
             outcome = Finish(slot.num_tokens, reason, None, int(rec.cached_tokens[i]))
             figures = _figures(slot, rec, reason, self._wall, self._loop.time())
-            self.metrics.request_finished(figures)
+            self.metrics.request_finished(replace(figures, n_param=_n_param(slot.parent)))
         self._release(slot, outcome)
 
     def _rejected_why(self, i: int, reason: str | None) -> str | None:
@@ -514,6 +535,14 @@ class LiveEngine:
 
 
 _NO_BLOCKS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+
+def _n_param(parent: Parent | None) -> int | None:
+    """``n`` when the finishing request is the last open choice of its prompt, else None."""
+    if parent is None:
+        return 1
+    parent.num_open -= 1
+    return parent.n if parent.num_open == 0 else None
 
 
 def _cached_of(slot: LiveRequest, records: RecordArrays) -> int:

@@ -92,6 +92,9 @@ class FinishedRequest:
     generation_tokens: int
     max_tokens: int  # the cap the request ran under
     num_preemptions: int
+    # the parent's ``n`` when this is the last of its choices to finish (vLLM records ``n``
+    # and the cap once a parent request); None for its other choices
+    n_param: int | None = 1
 
 
 class EmulatorMetrics:
@@ -251,11 +254,12 @@ class EmulatorMetrics:
             (self.request_generation, n),
             (self.kv_computed, done.prompt_tokens - done.cached_tokens),
             (self.request_preemptions, done.num_preemptions),
-            (self.max_generation, done.max_tokens),
             (self.max_tokens_param, done.max_tokens),
-            (self.n_param, 1),
         ):
             hist.observe(value)
+        if done.n_param is not None:
+            self.max_generation.observe(done.max_tokens)
+            self.n_param.observe(done.n_param)
 
     def render(self, load: EngineLoad, num_preemptions: int) -> bytes:
         """The exposition text, with gauges refreshed from ``load``."""

@@ -20,7 +20,8 @@ reports ``finish_reason: "stop"``, at the cap ``"length"``; a stop string found 
 text ends it sooner (:mod:`.text`).
 
 The API is vLLM 0.32.0's: what it refuses (:mod:`.vllm_api`, 400 with vLLM's error
-body), the fields and chunks of its answers (:mod:`.answer`), its metrics (:mod:`.metrics`).
+body), the fields and chunks of its answers (:mod:`.answer`), its metrics (:mod:`.metrics`),
+``n`` choices and batched prompts, each choice its own engine request (:mod:`.choices`).
 
 Failure injection (:class:`~.config.FailureConfig`): ``error_rate`` answers
 HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
@@ -51,14 +52,21 @@ from sincere.core.request import DEFAULT_TIER
 from sincere.engine.build import deployment_of
 from sincere.perf.kv_link import kv_bytes, sender_figures
 from sincere.serve.binding import Served, bound_port, listen_error
-from sincere.serve.content import prompt_block_ids
-from sincere.serve.emulator import pd
-from sincere.serve.emulator.answer import Reply, fingerprint, random_request_id, response_id
+from sincere.serve.emulator import choices, pd
+from sincere.serve.emulator.answer import (
+    SSE_HEADERS,
+    Reply,
+    fingerprint,
+    raise_rejected,
+    random_request_id,
+    response_id,
+)
+from sincere.serve.emulator.choices import Prompt, prompts_of
 from sincere.serve.emulator.config import EmulatorConfig
-from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest
+from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest, Parent
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
 from sincere.serve.emulator.text import plan_text
-from sincere.serve.emulator.vllm_api import Shaping, check_request
+from sincere.serve.emulator.vllm_api import Shaping, check_request, num_choices
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -71,9 +79,6 @@ from sincere.serve.protocol import (
 from sincere.serve.protocol import (
     parse_request as parse_openai,
 )
-
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-_REJECT_STATUS = {"prompt_too_long": 400, "over_context": 400, "kv_capacity": 400}
 
 
 class EmulatorServer(Served):
@@ -162,7 +167,7 @@ class EmulatorServer(Served):
             req = await self._parse(request, kind)
             shaping = check_request(req.body, req.kind)  # what vLLM refuses, first
             self._inject_error()
-            response = await self._answer(request, req, self._reply(req, request_id, shaping))
+            response = await self._answer(request, req, *self._replies(req, request_id, shaping))
         except ProtocolError as exc:
             response = _error_response(exc)
         finally:
@@ -193,18 +198,28 @@ class EmulatorServer(Served):
                 models=self.accepted_models,
                 max_context=self.max_context,
                 max_body_bytes=limit,
+                multi=True,
             )
         except ProtocolError as exc:
             if exc.status != 422:
                 raise
             raise ProtocolError(400, exc.message, param=exc.param) from None  # vLLM: 400
 
-    def _reply(self, req: CompletionRequest, request_id: str, shaping: Shaping) -> Reply:
-        """The answer's identity and text, planned before it reaches the engine (an
-        unknown tier is refused before the length is drawn)."""
+    def _replies(
+        self, req: CompletionRequest, request_id: str, shaping: Shaping
+    ) -> tuple[list[Prompt], list[Reply]]:
+        """The prompts and every choice's identity and text, planned before they reach the
+        engine (an unknown tier is refused before a length is drawn); choice ``c`` of
+        prompt ``p`` is answer ``p * n + c``, as vLLM numbers them."""
         self._tier_of(req)
-        return _new_reply(req, request_id, shaping, self._lengths_of(req), self.config.token_text,
-                          self.fingerprint)  # fmt: skip
+        prompts = prompts_of(req, self.config.prefix_block_tokens)
+        n = num_choices(req.body)
+        choices.check_room(len(prompts) * n, self.config.max_num_requests, self.live)
+        filler, stamp = self.config.token_text, self.fingerprint
+        replies = [_new_reply(req, prompt, p * n + c, request_id, shaping,
+                              self._lengths_of(req, prompt.num_tokens), filler, stamp)
+                   for p, prompt in enumerate(prompts) for c in range(n)]  # fmt: skip
+        return prompts, replies
 
     def _inject_error(self) -> None:
         rate = self.config.failures.error_rate
@@ -213,27 +228,54 @@ class EmulatorServer(Served):
             raise ProtocolError(500, "injected failure (emulator error_rate)", code="injected")
 
     async def _answer(
-        self, request: web.Request, req: CompletionRequest, reply: Reply
-    ) -> web.StreamResponse:
+        self, request: web.Request, req: CompletionRequest, prompts: list[Prompt],
+        replies: list[Reply],
+    ) -> web.StreamResponse:  # fmt: skip
         live = self.live
         if live is None:
             raise ProtocolError(503, "emulator not started")
         phase = pd.phase_of(req.body, self.config.role)
+        if phase is not None and len(replies) > 1:
+            raise ProtocolError(400, f"n and a list of prompts: got {len(replies)} answers to "
+                                f"a {phase} request; allowed: one (n 1, one prompt)",
+                                param="n")  # fmt: skip
+        slots = self._submit_all(live, req, prompts, replies, phase)
         try:
-            slot = self._submit(live, req, reply, phase)
-        except CapacityError as exc:
-            raise ProtocolError(503, f"emulator at capacity: {exc}; retry later") from None
-        try:
+            if len(slots) > 1:
+                many = choices.Answer(replies, slots, sum(p.num_tokens for p in prompts),
+                                      self.prefix_caching, live)  # fmt: skip
+                return await (many.stream(request) if req.stream else many.full())
+            reply, slot = replies[0], slots[0]
             if req.stream:
                 return await self._stream(request, reply, slot)
             return self._full(req, reply, await asyncio.shield(slot.done), slot, phase)
-        except (asyncio.CancelledError, ConnectionError):
-            live.abort(slot)
+        except BaseException:  # the client left, or a choice was refused: end them all
+            for slot in slots:
+                live.abort(slot)
             raise
 
+    def _submit_all(
+        self, live: LiveEngine, req: CompletionRequest, prompts: list[Prompt],
+        replies: list[Reply], phase: str | None,
+    ) -> list[LiveRequest]:  # fmt: skip
+        """Each choice of each prompt as its own engine request; all or none (503)."""
+        n = len(replies) // len(prompts)
+        slots: list[LiveRequest] = []
+        try:
+            for prompt in prompts:
+                parent = Parent(n, n) if n > 1 else None
+                for reply in replies[len(slots) : len(slots) + n]:
+                    slots.append(self._submit(live, req, reply, phase, prompt, parent))
+        except CapacityError as exc:
+            for slot in slots:
+                live.abort(slot)
+            raise ProtocolError(503, f"emulator at capacity: {exc}; retry later") from None
+        return slots
+
     def _submit(
-        self, live: LiveEngine, req: CompletionRequest, reply: Reply, phase: str | None
-    ) -> LiveRequest:
+        self, live: LiveEngine, req: CompletionRequest, reply: Reply, phase: str | None,
+        prompt: Prompt, parent: Parent | None,
+    ) -> LiveRequest:  # fmt: skip
         """Give ``req`` to the engine: prefilled KV to pull (a decode request), or whole."""
         priority, tier = req.sincere.priority or 0, self._tier_of(req)
         lengths = (reply.max_tokens, reply.plan.num_tokens)
@@ -252,22 +294,19 @@ class EmulatorServer(Served):
                 priority=priority, tier=tier, stopped=stopped,
             )  # fmt: skip
         return live.submit(
-            req.prompt_tokens, *lengths, stream=req.stream,
-            priority=priority, tier=tier, stopped=stopped,
-            block_ids=prompt_block_ids(
-                req.prompt, req.body, req.prompt_tokens, self.config.prefix_block_tokens
-            ),
+            prompt.num_tokens, *lengths, stream=req.stream, priority=priority, tier=tier,
+            stopped=stopped, block_ids=prompt.block_ids, parent=parent,
         )  # fmt: skip
 
     def _cached(self, outcome: Finish) -> int | None:
         """``usage.prompt_tokens_details.cached_tokens`` when prefix caching is on."""
         return outcome.cached_tokens if self.prefix_caching else None
 
-    def _lengths_of(self, req: CompletionRequest) -> tuple[int, int]:
-        """(max_tokens, ground-truth output tokens) of a request."""
+    def _lengths_of(self, req: CompletionRequest, prompt_tokens: int) -> tuple[int, int]:
+        """(max_tokens, ground-truth output tokens) of one choice of a prompt."""
         cap = req.max_tokens
         if cap is None:
-            cap = max(1, min(self.config.default_max_tokens, self.max_context - req.prompt_tokens))
+            cap = max(1, min(self.config.default_max_tokens, self.max_context - prompt_tokens))
         out = req.sincere.output_tokens
         if out is None and self._lengths is not None:
             out = int(self._lengths.sample(self._length_rng, 1)[0])
@@ -293,7 +332,7 @@ class EmulatorServer(Served):
         slot: LiveRequest,
         phase: str | None,
     ) -> web.Response:
-        _raise_rejected(outcome)
+        raise_rejected(outcome)
         reason = outcome.finish_reason or "stop"
         body = reply.full(outcome.num_tokens, reason, self._cached(outcome))
         if phase == "prefill":
@@ -313,8 +352,8 @@ class EmulatorServer(Served):
         assert queue is not None  # submitted with stream=True
         item = await queue.get()
         if item == 0:  # ended before any token: an ordinary error answer
-            _raise_rejected(slot.done.result())
-        response = web.StreamResponse(headers={**_SSE_HEADERS, **_kv_headers(slot)})
+            raise_rejected(slot.done.result())
+        response = web.StreamResponse(headers={**SSE_HEADERS, **_kv_headers(slot)})
         response.headers["X-Request-Id"] = reply.request_id
         try:
             await response.prepare(request)
@@ -402,22 +441,25 @@ async def _write_tokens(
 
 def _new_reply(
     req: CompletionRequest,
+    prompt: Prompt,
+    index: int,
     request_id: str,
     shaping: Shaping,
     lengths: tuple[int, int],
     token_text: str,
     fingerprint: str,
 ) -> Reply:
-    """``req``'s answer: ``lengths`` (its cap, its ground-truth length) and the text."""
+    """Choice ``index`` of ``req``'s answer to ``prompt``: ``lengths`` (its cap, its
+    ground-truth length) and the text."""
     cap, out = lengths
     plan = plan_text(shaping, token_text, out, at_cap=out >= cap)
-    echo = req.prompt if req.prompt is not None else token_text * req.prompt_tokens
+    echo = prompt.text if prompt.text is not None else token_text * prompt.num_tokens
     return Reply(
         kind=req.kind, request_id=request_id, id=response_id(req.kind, request_id),
         created=int(time.time()),
         model=req.model, fingerprint=fingerprint, shaping=shaping, plan=plan,
-        prompt_tokens=req.prompt_tokens, prompt_text=echo, include_usage=req.include_usage,
-        max_tokens=cap,
+        prompt_tokens=prompt.num_tokens, prompt_text=echo, include_usage=req.include_usage,
+        max_tokens=cap, index=index,
     )  # fmt: skip
 
 
@@ -430,18 +472,6 @@ def _kv_headers(slot: LiveRequest) -> dict[str, str]:
         pd.KV_TRANSFER_HEADER: f"{ready - slot.arrival_at:.6f}",
         pd.KV_WAIT_HEADER: f"{admitted - ready:.6f}",
     }
-
-
-def _raise_rejected(outcome: Finish) -> None:
-    """Turn an engine rejection into the error an engine would answer."""
-    reason = outcome.reject_reason
-    if reason is None:
-        return
-    status = _REJECT_STATUS.get(reason, 503)
-    why = outcome.reject_detail or reason
-    raise ProtocolError(
-        status, f"the engine rejected the request: {why}", code=reason, param="prompt"
-    )
 
 
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}

@@ -20,9 +20,8 @@ without ``--tool-call-parser`` and with the default ``--max-logprobs 20``:
 * ``tools``: not empty; ``tool_choice`` needs ``tools``; ``"auto"`` (the default once tools
   are given), ``"required"`` and a named function need a tool-call parser, which this
   server (as vLLM's default) has not: 400. ``tool_choice: "none"`` answers in text.
-
-Unlike vLLM, an emulator answers one prompt with one choice: ``n`` > 1 and a list of
-prompts are refused (400) rather than answered in part.
+* ``n`` > 1 only when sampling: with ``temperature`` 0 (greedy) ``n`` must be 1.
+  ``best_of`` is not a field of vLLM 0.32.0's requests: it is ignored, as there.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sincere.serve.lax import lax_int
 from sincere.serve.protocol import Kind, ProtocolError
 
 MAX_LOGPROBS = 20
@@ -219,28 +219,34 @@ def _check_tools(body: dict[str, Any]) -> None:
     raise _bad(f'tool_choice=function "{name}" requires --tool-call-parser to be set', None)
 
 
-def _check_one_choice(body: dict[str, Any]) -> None:
-    """One prompt and one choice a request: the emulator answers no more (vLLM would)."""
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise _bad(f"n: got {n!r}; allowed: 1 (the emulator answers one choice)", "n")
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) > 1 and not all(isinstance(t, int) for t in prompt):
-        raise _bad(
-            f"prompt: got a list of {len(prompt)} prompts; allowed: one prompt (the emulator "
-            "answers one prompt a request)",
-            "prompt",
-        )
+SAMPLING_EPS = 1e-5
+"""vLLM's ``_SAMPLING_EPS``: a temperature below it is greedy sampling."""
+
+
+def num_choices(body: dict[str, Any]) -> int:
+    """The choices generated per prompt: ``n`` (read leniently, as vLLM's pydantic model;
+    its range is the shared parser's check); ``best_of`` is not read, as vLLM 0.32.0."""
+    n = lax_int(body.get("n"))
+    return 1 if n is None else n
+
+
+def _check_choices(body: dict[str, Any]) -> None:
+    """Greedy sampling makes one answer: vLLM refuses ``n`` > 1 with ``temperature`` 0."""
+    n = num_choices(body)
+    temperature = body.get("temperature")
+    greedy = isinstance(temperature, int | float) and temperature < SAMPLING_EPS
+    if n > 1 and greedy:
+        raise _bad(f"n must be 1 when using greedy sampling, got {n}.", "n")
 
 
 def check_request(body: dict[str, Any], kind: Kind) -> Shaping:
     """Refuse (400, as vLLM 0.32.0) what vLLM refuses; return what shapes the answer."""
-    _check_one_choice(body)
     if kind == "completion" and body.get("prompt") == "":
         raise _bad("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
     if body.get("stream_options") and not body.get("stream"):
         raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
     _check_ranges(body)
+    _check_choices(body)
     stop = _stop(body)
     logprobs = _logprobs(body, kind)
     min_tokens = _min_tokens(body)
