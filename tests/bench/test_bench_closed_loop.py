@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from sincere.bench import BenchOptions, run_bench
+from sincere.cli.app import main
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
 
@@ -54,3 +58,51 @@ def test_bad_concurrency_is_refused() -> None:
         BenchOptions(concurrency=0)
     with pytest.raises(ConfigError, match="think_time_s"):
         BenchOptions(concurrency=1, think_time_s=-1.0)
+
+
+def test_ignore_eos_asks_for_exact_output_lengths(fake_server: FakeServer) -> None:
+    before = len(fake_server.bodies)
+    run_bench(fake_server.url, _requests(2, output=7), BenchOptions(ignore_eos=True))
+    sent = fake_server.bodies[before:]
+    assert [(b["ignore_eos"], b["min_tokens"]) for b in sent] == [(True, 7), (True, 7)]
+    run_bench(fake_server.url, _requests(1), BenchOptions())
+    assert "ignore_eos" not in fake_server.bodies[-1]
+
+
+def _run(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr("sys.argv", ["sincere", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code if isinstance(exited.value.code, int) else 1
+
+
+def test_cli_concurrency_runs_a_closed_loop(
+    fake_server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "c2"
+    args = ["bench", fake_server.url, "--out", str(out), "-q", "--model", "m"]
+    code = _run([*args, "--concurrency", "2", "--num-requests", "6"], monkeypatch)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["closed_loop"] == {"concurrency": 2, "think_time_s": 0.0}
+    assert summary["num_completed"] == 6
+
+
+def test_cli_takes_the_closed_loop_of_a_workload_file(
+    fake_server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workload = {
+        "num_requests": 4,
+        "arrival": {"kind": "closed", "concurrency": 3, "think_time_s": 0.01},
+        "lengths": {
+            "prompt": {"kind": "fixed", "tokens": 4},
+            "output": {"kind": "fixed", "tokens": 2},
+        },
+        "models": {"m": 1.0},
+    }
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"workload": workload}), encoding="utf-8")
+    out = tmp_path / "w"
+    assert _run(["bench", fake_server.url, "-w", str(path), "-o", str(out), "-q"], monkeypatch) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["closed_loop"] == {"concurrency": 3, "think_time_s": 0.01}

@@ -72,6 +72,7 @@ class BenchOptions:
     late_after_s: float = 0.01  # p99 release lateness beyond which the generator lagged
     concurrency: int | None = None  # closed loop: clients (None: open loop, at arrival times)
     think_time_s: float = 0.0  # closed loop: each client's pause between two requests
+    ignore_eos: bool = False  # send vLLM's ignore_eos / min_tokens: exact output lengths
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "time_limit_s"):
@@ -197,6 +198,7 @@ def _bodies(requests: RequestArrays, options: BenchOptions) -> list[dict[str, ob
             output_tokens=output[i],
             stream=options.stream,
             sincere_extension=options.sincere_extension,
+            ignore_eos=options.ignore_eos,
         )
         for i in range(len(requests))
     ]

@@ -134,6 +134,9 @@ def bench_command(
     sincere_ext: Annotated[
         bool, typer.Option(help="Send sincere.output_tokens (exact lengths on emulators).")
     ] = True,
+    ignore_eos: Annotated[
+        bool, typer.Option(help="Send vLLM's ignore_eos / min_tokens (exact output lengths).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the workload draw.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
@@ -160,6 +163,7 @@ def bench_command(
         timeout_s=timeout,
         time_limit_s=time_limit_s or (last + 60.0 if closed is None else CLOSED_LIMIT_S),
         sincere_extension=sincere_ext,
+        ignore_eos=ignore_eos,
         concurrency=None if closed is None else closed[0],
         think_time_s=0.0 if closed is None else closed[1],
     )
