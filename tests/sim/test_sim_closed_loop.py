@@ -119,3 +119,14 @@ def test_closed_loop_needs_a_request_count() -> None:
 def test_the_generated_table_waits_for_the_run_to_time_it() -> None:
     requests = generate(closed_config(3)["workload"], seed=1)
     assert len(requests) == 60 and not requests.arrival_at.any()
+
+
+def test_a_given_request_table_is_timed_in_a_copy() -> None:
+    config = closed_config(2, num=10)
+    requests = generate(config["workload"], seed=1)
+    requests.arrival_at[:] = np.arange(10.0)  # times a closed loop ignores
+    result = simulate(config, requests=requests)
+    assert np.array_equal(requests.arrival_at, np.arange(10.0))
+    arrival, _, _ = _times(result)
+    assert arrival[0] == arrival[1] == 0.0
+    assert np.array_equal(result.requests_in.arrival_at, arrival)

@@ -115,7 +115,8 @@ def simulate(
     if len(requests) and summary["num_completed"] == 0:
         warnings.warn("; ".join(notes), SimulationWarning, stacklevel=2)
     pd = None if cluster.pd is None else cluster.pd.records
-    return SimulationResult(cfg, requests, cluster.records, summary, log, notes, pd=pd)
+    # (the cluster's requests: a closed loop's hold the arrival times the run decided)
+    return SimulationResult(cfg, cluster.requests, cluster.records, summary, log, notes, pd=pd)
 
 
 @contextlib.contextmanager

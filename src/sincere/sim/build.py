@@ -10,6 +10,7 @@ streams of it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,12 @@ from sincere.workload.arrivals import Closed
 THINK_STREAM = 50  # the child stream of a closed loop's think times
 
 
+def _is_closed(config: SimulationConfig) -> bool:
+    """Whether the workload is a closed loop (its arrivals decided by the run)."""
+    arrival = config.workload.arrival
+    return arrival is not None and arrival.kind == "closed"
+
+
 def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
 
@@ -49,6 +56,8 @@ class _Builder:
 
     def __init__(self, config: SimulationConfig, requests: RequestArrays) -> None:
         self.config = config
+        if _is_closed(config):  # the run writes the arrival times: into an array of its own
+            requests = replace(requests, arrival_at=np.zeros(len(requests)))
         self.requests = requests
         self.max_tokens = requests.max_tokens.copy()
         self.engines: list[Engine] = []
@@ -85,7 +94,7 @@ class _Builder:
     def _closed_loop(self) -> ClosedLoop | None:
         """The workload's closed loop, with its think times drawn (None: open loop)."""
         arrival = self.config.workload.arrival
-        if arrival is None or arrival.kind != "closed":
+        if arrival is None or not _is_closed(self.config):
             return None
         if self.disaggregated:
             raise ConfigError(
@@ -162,8 +171,6 @@ def canonical_requests(requests: RequestArrays) -> RequestArrays:
     names = tuple(canonical_model(m) for m in requests.models)
     if names == requests.models:
         return requests
-    from dataclasses import replace
-
     return replace(requests, models=names)
 
 
