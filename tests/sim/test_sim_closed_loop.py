@@ -135,7 +135,8 @@ def test_a_given_request_table_is_timed_in_a_copy() -> None:
 
 
 def test_disaggregated_closed_loops_are_refused() -> None:
-    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "pd.yaml").read_text(encoding="utf-8"))
+    example = Path(__file__).resolve().parents[2] / "examples" / "pd.yaml"
+    config = yaml.safe_load(example.read_text(encoding="utf-8"))
     config["workload"]["arrival"] = {"kind": "closed", "concurrency": 4}
     with pytest.raises(ConfigError, match="closed-loop workload is not supported with prefill"):
         simulate(config)
