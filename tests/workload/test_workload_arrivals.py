@@ -144,7 +144,7 @@ def test_registry_lists_kinds() -> None:
     """Every kind is registered; an unknown one names the valid kinds."""
     assert {"poisson", "gamma", "sincere-bursty", "sincere-ramp", "trace"} <= set(ARRIVALS)
     assert isinstance(make_arrival("gamma", rate=2.0, cv=3.0), Gamma)
-    with pytest.raises(ConfigError, match=r"unknown arrival process.*allowed: constant"):
+    with pytest.raises(ConfigError, match=r"unknown arrival process.*allowed: closed, constant"):
         make_arrival("poison", rate=1.0)
 
 

@@ -411,12 +411,14 @@ async def live_run(
     lag: LoopLag | None = None,
     decisions: DecisionLog | None = None,
     on_gateway: Callable[[Any], None] | None = None,
+    concurrency: int | None = None,
 ) -> BenchResult:
     """Replay ``requests`` through gateway + emulated engines built from ``config``.
 
     ``lag``, when given, samples the event loop's lag while the requests run;
     ``decisions`` receives the gateway's decision log; ``on_gateway`` is called with the
-    gateway before the first request.
+    gateway before the first request. ``concurrency``: send them in a closed loop of that
+    many clients (the requests' arrival times are then ignored) instead of at their times.
     """
     from sincere.serve.emulator.server import start_emulators, stop_emulators
     from sincere.serve.gateway.server import Gateway
@@ -430,7 +432,9 @@ async def live_run(
             if on_gateway is not None:
                 on_gateway(gateway)
             horizon = float(requests.arrival_at[-1]) + 300.0
-            options = BenchOptions(time_limit_s=horizon, request_fields=True)
+            options = BenchOptions(
+                time_limit_s=horizon, request_fields=True, concurrency=concurrency
+            )
             if lag is not None:
                 lag.start()
             try:

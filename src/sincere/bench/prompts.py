@@ -129,8 +129,11 @@ def request_body(
     output_tokens: int,
     stream: bool,
     sincere_extension: bool = True,
+    ignore_eos: bool = False,
 ) -> dict[str, Any]:
-    """The JSON body of one completions or chat-completions call."""
+    """The JSON body of one completions or chat-completions call; ``ignore_eos`` adds
+    vLLM's ``ignore_eos`` and ``min_tokens`` so a real engine makes exactly
+    ``output_tokens`` tokens (as benchmark clients ask)."""
     body: dict[str, Any] = {"model": model, "max_tokens": output_tokens, "stream": stream}
     if api == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]
@@ -140,6 +143,8 @@ def request_body(
         body["stream_options"] = {"include_usage": True}
     if sincere_extension:
         body["sincere"] = {"output_tokens": output_tokens, "prompt_tokens": prompt_tokens}
+    if ignore_eos:
+        body.update(ignore_eos=True, min_tokens=output_tokens)
     return body
 
 

@@ -9,6 +9,14 @@ When the deadline passes, calls in flight are cancelled and recorded as rejected
 with reason ``timeout``; requests not yet released are rejected as ``cancelled``.
 Nothing is dropped: every request ends completed or rejected with a reason.
 
+Closed loop (``concurrency``): ``concurrency`` client tasks instead, each sending its next
+request when its last one ended (completed, failed or timed out) plus ``think_time_s``,
+as vLLM's ``bench serve --max-concurrency`` and GuideLLM's concurrent mode do. Requests
+go out in order (the next unsent one to whichever client is free), so they are numbered
+in sending order; each one's ``arrival_at`` becomes the moment it was sent (the
+workload's times are ignored), as the simulator's closed loop decides its arrivals in
+the run. The run ends when every request was answered or at ``time_limit_s``.
+
 The generator measures its own lateness (release time minus scheduled time); if
 its 99th percentile exceeds ``late_after_s``, the summary says it did not keep up.
 """
@@ -62,6 +70,9 @@ class BenchOptions:
     # extension (for sincere's gateway, whose tiers must include the trace's)
     request_fields: bool = False
     late_after_s: float = 0.01  # p99 release lateness beyond which the generator lagged
+    concurrency: int | None = None  # closed loop: clients (None: open loop, at arrival times)
+    think_time_s: float = 0.0  # closed loop: each client's pause between two requests
+    ignore_eos: bool = False  # send vLLM's ignore_eos / min_tokens: exact output lengths
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "time_limit_s"):
@@ -70,6 +81,10 @@ class BenchOptions:
                 raise ConfigError(f"{name} must be a positive number of seconds", value=value)
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ConfigError("max_concurrency must be >= 1", value=self.max_concurrency)
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError("concurrency must be >= 1", value=self.concurrency)
+        if not (self.think_time_s >= 0 and math.isfinite(self.think_time_s)):
+            raise ConfigError("think_time_s must be a number >= 0", value=self.think_time_s)
 
 
 class _Run:
@@ -86,6 +101,7 @@ class _Run:
         self.tasks: set[asyncio.Task[None]] = set()
         self.limit = asyncio.Semaphore(options.max_concurrency or max(n, 1))
         self.num_done = 0
+        self.num_sent = 0  # closed loop: requests handed to a client so far
         self.t0 = 0.0
 
     async def dispatch(self, session: aiohttp.ClientSession, progress: Progress | None) -> None:
@@ -99,6 +115,24 @@ class _Run:
             task = asyncio.create_task(self.one(session, i, progress))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+
+    async def clients(self, session: aiohttp.ClientSession, progress: Progress | None) -> None:
+        """Closed loop: ``concurrency`` clients, each sending the next unsent request when
+        its last one ended, after the think time."""
+        assert self.options.concurrency is not None
+        arrival_at = self.requests.arrival_at
+        think, n = self.options.think_time_s, len(self.timings)
+
+        async def client() -> None:
+            while self.num_sent < n:
+                i = self.num_sent
+                self.num_sent += 1
+                arrival_at[i] = self.dispatched_at[i] = time.perf_counter() - self.t0
+                await self.one(session, i, progress)
+                if think > 0 and self.num_sent < n:
+                    await asyncio.sleep(think)
+
+        await asyncio.gather(*(client() for _ in range(self.options.concurrency)))
 
     async def one(self, session: aiohttp.ClientSession, i: int, progress: Progress | None) -> None:
         """One call, under the concurrency limit and the per-call timeout."""
@@ -115,7 +149,8 @@ class _Run:
     async def drive(self, session: aiohttp.ClientSession, progress: Progress | None) -> str:
         """Run to the end or the deadline; the reason for calls still unfinished."""
         self.t0 = time.perf_counter()
-        dispatcher = asyncio.create_task(self.dispatch(session, progress))
+        sender = self.dispatch if self.options.concurrency is None else self.clients
+        dispatcher = asyncio.create_task(sender(session, progress))
         try:
             async with asyncio.timeout(self.options.time_limit_s):
                 await dispatcher
@@ -163,6 +198,7 @@ def _bodies(requests: RequestArrays, options: BenchOptions) -> list[dict[str, ob
             output_tokens=output[i],
             stream=options.stream,
             sincere_extension=options.sincere_extension,
+            ignore_eos=options.ignore_eos,
         )
         for i in range(len(requests))
     ]
@@ -239,6 +275,8 @@ async def run_bench_async(
     and network errors do not raise: they become rejected requests with a reason.
     """
     options = options or BenchOptions()
+    if options.concurrency is not None:  # the run decides the arrival times: on a copy
+        requests = replace(requests, arrival_at=np.zeros(len(requests)))
     if options.model is None and requests.models == ("default",):
         options = replace(options, model=await served_model(url))
     run = _Run(url, requests, options)
@@ -266,6 +304,11 @@ def _result(run: _Run, unfinished: str, duration_s: float) -> BenchResult:
     if reported is not None:
         client["prefix_cache"] = reported
     summary = bench_summary(requests, records, itl, duration_s, client)
+    if options.concurrency is not None:  # as the simulator's closed loop says it
+        summary["closed_loop"] = {
+            "concurrency": options.concurrency,
+            "think_time_s": options.think_time_s,
+        }
     if reported is not None:  # the servers' reported hits, as the simulator's block reads
         summary["prefix_cache"] = measured_prefix_cache(reported)
     phases = pd_columns(run.timings)

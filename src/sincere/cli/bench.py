@@ -44,8 +44,10 @@ def load_requests(
     duration_s: float | None,
     lengths: tuple[int, int],
     seed: int,
+    concurrency: int | None = None,
 ) -> RequestArrays:
-    """The requests to send: from a workload YAML, a trace, or a Poisson rate."""
+    """The requests to send: from a workload YAML, a trace, or a Poisson rate (or, with
+    ``concurrency`` and no rate, fixed lengths for a closed loop)."""
     from sincere.workload import generate, load_workload_config, read_trace
 
     if workload is not None:
@@ -56,12 +58,21 @@ def load_requests(
         else:
             requests = read_trace(workload)
         return first_requests(requests, num_requests, duration_s)
-    if rate is None:
-        raise ConfigError("give --workload FILE or --rate R", allowed="--workload, --rate")
-    if num_requests is None and duration_s is None:
+    if concurrency is not None and rate is None:
+        if num_requests is None:
+            raise ConfigError("--concurrency without --workload needs --num-requests")
+        arrival: dict[str, Any] = {"kind": "closed", "concurrency": concurrency}
+    elif rate is None:
+        raise ConfigError(
+            "give --workload FILE, --rate R or --concurrency C",
+            allowed="--workload, --rate, --concurrency",
+        )
+    elif num_requests is None and duration_s is None:
         raise ConfigError("--rate needs --num-requests and/or --duration-s")
+    else:
+        arrival = {"kind": "poisson", "rate": rate}
     config: dict[str, Any] = {
-        "arrival": {"kind": "poisson", "rate": rate},
+        "arrival": arrival,
         "lengths": {
             "prompt": {"kind": "fixed", "tokens": lengths[0]},
             "output": {"kind": "fixed", "tokens": lengths[1]},
@@ -106,6 +117,16 @@ def bench_command(
     stream: Annotated[bool, typer.Option(help="Stream tokens (TTFT/ITL).")] = True,
     api: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
     max_concurrency: Annotated[int | None, typer.Option(help="Calls in flight.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Closed loop: C clients, each sending its next request when its last ended "
+            "(default: a --workload's closed arrival; otherwise open loop)."
+        ),
+    ] = None,
+    think_time_s: Annotated[
+        float | None, typer.Option(help="Closed loop: each client's pause between requests (s).")
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Per-request timeout (s).")] = None,
     time_limit_s: Annotated[
         float | None, typer.Option(help="Global deadline (s); default last arrival + 60.")
@@ -113,6 +134,9 @@ def bench_command(
     sincere_ext: Annotated[
         bool, typer.Option(help="Send sincere.output_tokens (exact lengths on emulators).")
     ] = True,
+    ignore_eos: Annotated[
+        bool, typer.Option(help="Send vLLM's ignore_eos / min_tokens (exact output lengths).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the workload draw.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no table.")] = False,
 ) -> None:
@@ -121,9 +145,11 @@ def bench_command(
 
     from sincere.bench import BenchOptions, probe
 
+    closed = closed_arrival(workload, concurrency, think_time_s)
     requests = load_requests(
-        workload, rate, num_requests, duration_s, (prompt_tokens, output_tokens), seed
-    )
+        workload, rate, num_requests, duration_s, (prompt_tokens, output_tokens), seed,
+        concurrency,
+    )  # fmt: skip
     if not len(requests):
         raise ConfigError("the workload has no requests", value=str(workload or rate))
     if api not in ("completions", "chat"):
@@ -135,12 +161,43 @@ def bench_command(
         stream=stream,
         max_concurrency=max_concurrency,
         timeout_s=timeout,
-        time_limit_s=time_limit_s or last + 60.0,
+        time_limit_s=time_limit_s or (last + 60.0 if closed is None else CLOSED_LIMIT_S),
         sincere_extension=sincere_ext,
+        ignore_eos=ignore_eos,
+        concurrency=None if closed is None else closed[0],
+        think_time_s=0.0 if closed is None else closed[1],
     )
     asyncio.run(probe(url))
     if not _run_and_report(url, requests, options, out, quiet):
         raise typer.Exit(1)
+
+
+CLOSED_LIMIT_S = 600.0  # a closed loop's default deadline (it has no last arrival)
+
+
+def closed_arrival(
+    workload: Path | None, concurrency: int | None, think_time_s: float | None
+) -> tuple[int, float] | None:
+    """The closed loop to run, ``(clients, think time)``: the options', else a workload
+    YAML's ``arrival: {kind: closed}`` (constant think time); None: open loop."""
+    if concurrency is None and workload is not None and workload.suffix in (".yaml", ".yml"):
+        from sincere.workload.config import as_workload_config
+
+        arrival = as_workload_config(workload)[0].arrival
+        if arrival is not None and arrival.kind == "closed":
+            spec = arrival.params  # checked on load
+            think = spec.get("think_time_s", 0.0)
+            if not isinstance(think, int | float):
+                raise ConfigError(
+                    "bench runs constant think times only", value=think, allowed="seconds"
+                )
+            concurrency = int(spec["concurrency"])
+            think_time_s = think_time_s if think_time_s is not None else float(think)
+    if concurrency is None:
+        if think_time_s is not None:
+            raise ConfigError("--think-time-s needs --concurrency", value=think_time_s)
+        return None
+    return concurrency, think_time_s or 0.0
 
 
 def reasons_text(reasons: dict[str, int]) -> str:

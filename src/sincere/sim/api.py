@@ -18,6 +18,7 @@ also issues a :class:`SimulationWarning` (the CLI exits 1 then).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import warnings
 from collections import Counter
@@ -38,7 +39,7 @@ from sincere.engine.gaps import GapHistogram
 from sincere.engine.summary import CONTEXT_REASONS, summarize
 from sincere.policy.decision_log import DecisionLog, open_log
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
-from sincere.sim.cluster import Cluster
+from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.sim.disagg import PDRecords
 from sincere.sim.runner import Progress, RunLog, run_events
@@ -114,7 +115,8 @@ def simulate(
     if len(requests) and summary["num_completed"] == 0:
         warnings.warn("; ".join(notes), SimulationWarning, stacklevel=2)
     pd = None if cluster.pd is None else cluster.pd.records
-    return SimulationResult(cfg, requests, cluster.records, summary, log, notes, pd=pd)
+    # (the cluster's requests: a closed loop's hold the arrival times the run decided)
+    return SimulationResult(cfg, cluster.requests, cluster.records, summary, log, notes, pd=pd)
 
 
 @contextlib.contextmanager
@@ -201,4 +203,50 @@ def summarize_cluster(
     block = cluster_sincere_metrics(cluster, horizon_s or log.end_at)
     if block is not None:
         summary["sincere"] = block
+    if cluster.closed is not None:
+        _closed_loop_summary(summary, cluster, cluster.closed, log.end_at, gaps, stats)
     return summary
+
+
+_REQUEST_KEYS = (
+    "num_requests", "num_completed", "num_rejected", "throughput_rps", "output_tokens_per_s",
+    "total_tokens_per_s", "ttft_s", "tpot_s", "e2e_s", "queue_s", "slo_attainment",
+    "goodput_rps", "tiers",
+)  # fmt: skip
+"""The summary's figures over requests, which a closed loop's warm-up is left out of."""
+
+_SHARED = ("models", "tiers", "instances", "block_tokens")  # not one value per row
+
+
+def _closed_loop_summary(
+    summary: dict[str, Any],
+    cluster: Cluster,
+    closed: ClosedLoop,
+    end_at: float,
+    gaps: list[GapHistogram],
+    stats: list[Any],
+) -> None:
+    """Add ``closed_loop`` to ``summary``; with a warm-up, its request figures become those
+    of the measured requests (from the first one after the warm-up to the run's end)."""
+    w = closed.num_warmup
+    start = float(cluster.requests.arrival_at[w]) if w < len(cluster.requests) else end_at
+    summary["closed_loop"] = {
+        "concurrency": closed.concurrency,
+        "num_warmup": w,
+        "measured_from_s": start,
+    }
+    if not w:
+        return
+    requests, records = _rows_from(cluster.requests, w), _rows_from(cluster.records, w)
+    window = end_at - start
+    measured = summarize(requests, records, window, cluster.infos, stats, gaps)
+    for key in _REQUEST_KEYS:
+        summary[key] = measured[key]
+
+
+def _rows_from(table: Any, start: int) -> Any:
+    """A per-request dataclass (requests or records) without its first ``start`` rows."""
+    fields = dataclasses.fields(table)
+    return dataclasses.replace(
+        table, **{f.name: getattr(table, f.name)[start:] for f in fields if f.name not in _SHARED}
+    )

@@ -4,11 +4,13 @@ Each instance's engine is built by :func:`sincere.engine.build.build_engine` fro
 deployment spec (the emulator builds its engines there too); the front door (router and
 admission) by :func:`sincere.policy.front_door.build_front_door`, as the gateway builds
 its own. Random streams: the workload uses ``seed``; the router (``router.seed`` when
-set) and each request-level engine get independent child streams of it.
+set), each request-level engine and a closed loop's think times get independent child
+streams of it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from sincere.perf.base import Deployment, StepTimeModel
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, build_front_door
 from sincere.policy.pd import build_pd_front_door
-from sincere.sim.cluster import Cluster
+from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.config import DisaggregationConfig, InstanceConfig, SimulationConfig
 from sincere.sim.disagg import (
     PDPlan,
@@ -34,6 +36,15 @@ from sincere.sim.disagg import (
     link_figures,
     role_of,
 )
+from sincere.workload.arrivals import Closed
+
+THINK_STREAM = 50  # the child stream of a closed loop's think times
+
+
+def _is_closed(config: SimulationConfig) -> bool:
+    """Whether the workload is a closed loop (its arrivals decided by the run)."""
+    arrival = config.workload.arrival
+    return arrival is not None and arrival.kind == "closed"
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -45,6 +56,8 @@ class _Builder:
 
     def __init__(self, config: SimulationConfig, requests: RequestArrays) -> None:
         self.config = config
+        if _is_closed(config):  # the run writes the arrival times: into an array of its own
+            requests = replace(requests, arrival_at=np.zeros(len(requests)))
         self.requests = requests
         self.max_tokens = requests.max_tokens.copy()
         self.engines: list[Engine] = []
@@ -72,11 +85,28 @@ class _Builder:
                 self._add(inst, f"instances[{pos}]")
         cluster = Cluster(
             self.requests, self.records, self.engines, self.infos, self._front_door(),
-            self.max_tokens, decisions,
+            self.max_tokens, decisions, self._closed_loop(),
         )  # fmt: skip
         if self.disaggregated:
             cluster.pd = self._pd_plan(cluster)
         return cluster
+
+    def _closed_loop(self) -> ClosedLoop | None:
+        """The workload's closed loop, with its think times drawn (None: open loop)."""
+        arrival = self.config.workload.arrival
+        if arrival is None or not _is_closed(self.config):
+            return None
+        if self.disaggregated:
+            raise ConfigError(
+                "a closed-loop workload is not supported with prefill/decode "
+                "disaggregation; use an open-loop arrival kind",
+                where="workload.arrival.kind", value="closed",
+            )  # fmt: skip
+        process = arrival.build()
+        assert isinstance(process, Closed)
+        n = len(self.requests)
+        think = process.think_times(_rng(self.config.seed, THINK_STREAM), n)
+        return ClosedLoop(process.concurrency, think.tolist(), process.num_warmup(n))
 
     def _add(self, inst: InstanceConfig, where: str) -> None:
         ix = len(self.engines)
@@ -141,8 +171,6 @@ def canonical_requests(requests: RequestArrays) -> RequestArrays:
     names = tuple(canonical_model(m) for m in requests.models)
     if names == requests.models:
         return requests
-    from dataclasses import replace
-
     return replace(requests, models=names)
 
 

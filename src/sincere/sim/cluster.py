@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,6 +72,17 @@ if TYPE_CHECKING:
     from sincere.sim.disagg import PDPlan
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedLoop:
+    """A closed-loop workload as the loop runs it: ``concurrency`` clients whose next
+    request arrives when their last one ends plus a think time (``think_s[j]`` after the
+    ``j``-th request to end). The requests' arrival times are written as they arrive."""
+
+    concurrency: int
+    think_s: list[float]
+    num_warmup: int = 0  # the first requests to arrive, left out of the summary's requests
+
+
 class Cluster:
     """Engines plus the front door; the simulator's event loop drives it."""
 
@@ -83,8 +95,10 @@ class Cluster:
         front_door: FrontDoor | None,
         max_tokens: npt.NDArray[np.int64],
         decisions: DecisionLog | None = None,
+        closed: ClosedLoop | None = None,
     ) -> None:
         self.requests = requests
+        self.closed = closed
         self.records = records
         self.engines = list(engines)
         self.infos = list(infos)
@@ -122,9 +136,12 @@ class Cluster:
         self.all_open = all(info.max_in_flight is None for info in infos)
         # the whole trace can be routed before any instance serves (an oblivious front
         # door that nothing observes), and each engine's work ends with its own events
-        # (none holds requests back for the run's end): the loop may run engines apart
+        # (none holds requests back for the run's end): the loop may run engines apart.
+        # Not with a closed loop: its arrivals follow completions, which only a loop
+        # that serves while it routes (one event queue) knows in time
         self.apart = (
-            front_door is not None
+            closed is None
+            and front_door is not None
             and front_door.oblivious
             and self.load_blind
             and not self.observes

@@ -24,6 +24,15 @@ state stays in the CPU's caches for its whole run instead of 64 engines' taking 
 The time integral is the heap's too, bit for bit: every event time (arrivals, engine
 events, iteration ends inside pieces) is collected with its change of the number in
 the system, sorted, and summed in time order (:func:`_integral`).
+
+Closed loop (``Cluster.closed``). A closed workload's arrivals depend on completions,
+so it always takes the heap loop (whatever the number of engines): the ``concurrency``
+first requests arrive at 0; each request that ends (finished, or rejected at the front
+door or by an engine) frees its client, whose next request arrives after the next think
+time. Every such arrival is pushed onto the queue at once (at most ``concurrency`` are
+pending, and none is earlier than the event that made it), and the request taking it is
+the next by number, so requests are numbered in arrival order and the arrival times
+written into the request table stay sorted.
 """
 
 from __future__ import annotations
@@ -68,6 +77,9 @@ class _Loop:
         self.num_events = 0
         self.progress = progress
         self.every = every
+        self.closed = cluster.closed
+        self.ended = 0  # closed loop: requests that have ended (each frees its client)
+        self.issued = 0  # closed loop: arrivals put on the queue
         self.load_blind = cluster.load_blind  # only outstanding counts make views stale
         # every model is served by engine 0 alone and nothing screens requests: routing
         # cannot choose, cap or reject
@@ -76,7 +88,9 @@ class _Loop:
         )
 
     def run(self) -> RunLog:
-        if len(self.cluster.engines) == 1:
+        if self.closed is not None:
+            self._run_heap()  # completions feed arrivals (module docstring)
+        elif len(self.cluster.engines) == 1:
             self._run_single()
         elif self.cluster.apart:
             self._run_apart()
@@ -170,7 +184,10 @@ class _Loop:
         if self.load_blind and len(engines) > 1:  # (one engine: no one-event-per-iteration)
             for engine in engines:
                 engine.sum_by_iteration(started)
-        if n:
+        closed = self.closed is not None
+        if closed:
+            self._start_clients()
+        elif n:
             push(arrivals[0], 0, ARRIVAL)
         next_arrival = 0
         while queue or self._drain():
@@ -181,9 +198,12 @@ class _Loop:
                 self.area += self.in_system * (at - self.last_at)
                 self.last_at = at
                 self.num_events += 1
-                self._arrive(next_arrival, at)
+                if closed:
+                    self._arrive_closed(next_arrival, at)
+                else:
+                    self._arrive(next_arrival, at)
                 next_arrival += 1
-                if next_arrival < n:
+                if not closed and next_arrival < n:
                     push(arrivals[next_arrival], 0, ARRIVAL)
                 if progress is not None and next_arrival % every == 0:
                     progress(next_arrival, n)
@@ -208,6 +228,8 @@ class _Loop:
                 if observes:
                     for i in done:
                         finished(i)
+                if closed:
+                    self._clients_free(len(done), at)
             elif track_load:
                 touched(e)
             due = engine.next_event_at()
@@ -282,17 +304,44 @@ class _Loop:
             self.last_at = end
             self.num_events += 1
 
-    def _arrive(self, i: int, at: float) -> None:
+    def _arrive(self, i: int, at: float) -> bool:
+        """Route request ``i``; whether it reached an engine (not rejected at the door)."""
         self.in_system += 1
         e = self.cluster.route(i, at)
         if e is None:
             self.in_system -= 1
             self.cluster.finished(i)
-            return
+            return False
         self.cluster.outstanding[e] += 1
         self.cluster.engines[e].add(i, at)
         self.cluster.touched(e)
         self._reschedule(e)
+        return True
+
+    def _start_clients(self) -> None:
+        """Closed loop: every client's first request arrives at 0."""
+        assert self.closed is not None
+        first = min(self.closed.concurrency, len(self.arrivals))
+        for _ in range(first):
+            self.queue.push(0.0, 0, ARRIVAL)
+        self.issued = first
+
+    def _arrive_closed(self, i: int, at: float) -> None:
+        """Closed loop: request ``i`` takes this arrival; one rejected at once ends now."""
+        self.arrivals[i] = at
+        self.cluster.requests.arrival_at[i] = at
+        if not self._arrive(i, at):
+            self._clients_free(1, at)
+
+    def _clients_free(self, num: int, at: float) -> None:
+        """Closed loop: ``num`` requests ended at ``at``; their clients send their next."""
+        assert self.closed is not None
+        think, n = self.closed.think_s, len(self.arrivals)
+        for _ in range(num):
+            if self.issued < n:
+                self.queue.push(at + think[self.ended], 0, ARRIVAL)
+                self.issued += 1
+            self.ended += 1
 
     def _reschedule(self, e: int) -> None:
         at = self.cluster.engines[e].next_event_at()

@@ -508,3 +508,70 @@ class TraceReplay:
                 allowed="num_requests <= trace length, or loop: true",
             )
         return _trim(t, num_requests, duration_s)
+
+
+THINK_TIMES = ("constant", "exponential")
+"""How a closed loop's think times are drawn: all ``think_time_s``, or exponential with
+that mean."""
+
+
+@ARRIVALS.register("closed")
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """A closed loop: ``concurrency`` clients, each sending its next request when its last
+    one ends (finished or rejected), after a think time.
+
+    The arrival times are decided by the run, not here: :meth:`times` gives ``num_requests``
+    placeholders (0.0), which the simulator's loop overwrites as the requests arrive, in
+    arrival order. ``think_time`` names the think-time distribution (:data:`THINK_TIMES`)
+    of mean ``think_time_s``; the first ``warmup_share`` of the requests (in arrival
+    order) are left out of the summary.
+    """
+
+    concurrency: int
+    think_time_s: float = 0.0
+    think_time: str = "constant"
+    warmup_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError("closed: concurrency must be >= 1", value=self.concurrency)
+        if not (self.think_time_s >= 0 and math.isfinite(self.think_time_s)):
+            raise ConfigError(
+                "closed: think_time_s must be a finite number >= 0", value=self.think_time_s
+            )
+        if self.think_time not in THINK_TIMES:
+            raise ConfigError(
+                "closed: unknown think_time", value=self.think_time, allowed=list(THINK_TIMES)
+            )
+        if not 0.0 <= self.warmup_share < 1.0:
+            raise ConfigError(
+                "closed: warmup_share must be in [0, 1)", value=self.warmup_share, allowed="0..1"
+            )
+
+    def times(
+        self,
+        rng: np.random.Generator,
+        *,
+        num_requests: int | None = None,
+        duration_s: float | None = None,
+    ) -> FloatArray:
+        """``num_requests`` placeholder times (0.0): the run decides the real ones."""
+        if num_requests is None or duration_s is not None:
+            raise ConfigError(
+                "a closed loop needs num_requests (and no duration_s): its arrivals are "
+                "decided by the run",
+                value={"num_requests": num_requests, "duration_s": duration_s},
+            )
+        _check_limits(num_requests, None)
+        return np.zeros(num_requests, dtype=np.float64)
+
+    def think_times(self, rng: np.random.Generator, n: int) -> FloatArray:
+        """``n`` think times, the ``j``-th for the ``j``-th request to end."""
+        if self.think_time == "exponential" and self.think_time_s > 0:
+            return np.asarray(rng.exponential(self.think_time_s, n), dtype=np.float64)
+        return np.full(n, self.think_time_s, dtype=np.float64)
+
+    def num_warmup(self, n: int) -> int:
+        """How many of ``n`` requests (the first to arrive) warm the system up."""
+        return int(self.warmup_share * n)

@@ -114,6 +114,8 @@ class ArrivalConfig(BaseModel):
                 raise ValueError(f"trace: 'path' (a trace file) is required, got {path!r}")
             times: Any = [0.0, 1.0] if check_only else _trace_times(path, fmt, base_dir)
             params["recorded_at"] = times
+        elif self.kind == "closed" and isinstance(params.get("think_time_s"), dict):
+            params.update(_think_time(params.pop("think_time_s")))
         elif "mean" in params and hasattr(cls, "preset"):
             if len(params) > 1:
                 raise ValueError(f"{self.kind}: 'mean' selects a preset; give no other parameter")
@@ -123,6 +125,18 @@ class ArrivalConfig(BaseModel):
                 raise ValueError(str(exc)) from None
         process: ArrivalProcess = _construct(self.kind, cls, params)
         return process
+
+
+def _think_time(spec: dict[str, Any]) -> dict[str, Any]:
+    """``think_time_s: {kind: constant|exponential, mean: S}`` as the closed loop's
+    ``think_time`` and ``think_time_s`` parameters."""
+    unknown = sorted(set(spec) - {"kind", "mean"})
+    if unknown or "mean" not in spec:
+        raise ValueError(
+            f"closed.think_time_s: got {spec!r}; give a number of seconds or "
+            "{kind: constant|exponential, mean: seconds}"
+        )
+    return {"think_time": spec.get("kind", "constant"), "think_time_s": spec["mean"]}
 
 
 def _resolve(path: str, base_dir: Path | None) -> Path:
@@ -292,9 +306,22 @@ class WorkloadConfig(BaseModel):
             raise ValueError("a replayed trace brings its own lengths; drop 'lengths'")
         if self.trace is not None and self.sessions is not None:
             raise ValueError("give a trace or sessions, not both")
+        if self.arrival is not None and self.arrival.kind == "closed":
+            self._check_closed()
         self.model_mix()
         self.tier_mix()
         return self
+
+    def _check_closed(self) -> None:
+        """A closed loop draws a fixed number of requests whose times the run decides."""
+        if self.num_requests is None or self.duration_s is not None:
+            raise ValueError(
+                "arrival kind closed needs num_requests and no duration_s (its arrival "
+                f"times are decided by the run); got num_requests={self.num_requests}, "
+                f"duration_s={self.duration_s}"
+            )
+        if self.trace is not None or self.sessions is not None:
+            raise ValueError("arrival kind closed takes no trace or sessions")
 
     @field_validator("tiers")
     @classmethod
