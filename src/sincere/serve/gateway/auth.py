@@ -108,7 +108,9 @@ class GatewayAuth:
                 )
             from sincere.serve.security.shared import RedisState
 
-            self.shared = RedisState(state.redis, prefix=state.prefix)
+            self.shared = RedisState(
+                state.redis, prefix=state.prefix, lease_s=state.lease_s, renew_s=state.renew_s
+            )
         if security.keys is not None:
             self.store = KeyStore.open(
                 security.keys,
@@ -211,10 +213,14 @@ class GatewayAuth:
         store = self.store
         if store is None:
             return []
-        return [
+        loops = [
             _every(self.config.flush_interval_s, store.flush_async, "write spend to"),
             _every(self.config.refresh_interval_s, store.refresh_async, "re-read keys from"),
         ]
+        if self.shared is not None:
+            renew = self.shared.renew_s
+            loops.append(_every(renew, lambda: store.maintain(time.time()), "renew leases in"))
+        return loops
 
     async def drain(self) -> None:
         """Wait for settlements on their way to the shared state store (before stopping)."""

@@ -74,8 +74,13 @@ class KeyStorage(Protocol):
         """Mark a key revoked (idempotent for an already revoked key)."""
         ...
 
-    def add_usage(self, deltas: Mapping[str, Totals]) -> None:
-        """Add each delta to its key's totals, in one transaction."""
+    def usage(self, key_id: str) -> Totals:
+        """One key's usage totals as written now (zero if none)."""
+        ...
+
+    def add_usage(self, deltas: Mapping[str, Totals]) -> dict[str, int]:
+        """Add each delta to its key's totals, in one transaction; each key's request
+        count right after it (so a reader can tell whether it saw this write)."""
         ...
 
     def close(self) -> None: ...
@@ -240,7 +245,14 @@ class SqliteStorage:
                 (at, by, key_id),
             )
 
-    def add_usage(self, deltas: Mapping[str, Totals]) -> None:
+    def usage(self, key_id: str) -> Totals:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM usage WHERE key_id=?", (key_id,)).fetchone()
+        return Totals() if row is None else Totals(*tuple(row)[1:])
+
+    def add_usage(self, deltas: Mapping[str, Totals]) -> dict[str, int]:
+        if not deltas:
+            return {}
         rows = [
             (k, d.spent_usd, d.num_requests, d.num_prompt_tokens, d.num_completion_tokens)
             for k, d in deltas.items()
@@ -254,6 +266,11 @@ class SqliteStorage:
                 "num_completion_tokens = num_completion_tokens + excluded.num_completion_tokens",
                 rows,
             )
+            marks = ", ".join("?" for _ in deltas)
+            counts = self._db.execute(
+                f"SELECT key_id, num_requests FROM usage WHERE key_id IN ({marks})", list(deltas)
+            ).fetchall()
+        return {str(k): int(n) for k, n in counts}
 
     def close(self) -> None:
         with self._lock:
@@ -336,7 +353,10 @@ class FileStorage:
                     row["revoked_at"], row["revoked_by"] = at, by
             self._write(doc)
 
-    def add_usage(self, deltas: Mapping[str, Totals]) -> None:
+    def usage(self, key_id: str) -> Totals:
+        return self.load()[1].get(key_id, Totals())
+
+    def add_usage(self, deltas: Mapping[str, Totals]) -> dict[str, int]:
         with self._locked():
             doc = self._read()
             usage = doc["usage"]
@@ -350,6 +370,7 @@ class FileStorage:
                     new.num_completion_tokens,
                 ]
             self._write(doc)
+        return {k: int(usage[k][1]) for k in deltas}
 
     def close(self) -> None:
         """Nothing stays open between calls."""
