@@ -1,0 +1,253 @@
+"""The shared books through Redis faults: flushed, restarted empty, stalled, restored, and a
+process that stops renewing its leases (killed) -- two key stores on one key file and one
+real redis-server, as two gateways use them, with budgets racing.
+
+Every test checks the three books: nothing served beyond the budget (costs here equal the
+reservations, so "within budget" means exactly the budget's number of answers), nothing
+charged twice and nothing lost (the durable record and Redis both equal the answers served).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sincere.serve.security.keys import KeyRecord, KeySpec, Prices
+from sincere.serve.security.keystore import KeyStore, LimitRefusal, Reservation
+from sincere.serve.security.shared import RedisState, StateUnavailableError
+
+from .conftest import RedisServer
+
+PRICES = Prices(1.0, 1.0)  # 1 USD a token: a request of max_tokens 4 costs 4 USD
+COST = 4.0
+RENEW_S = 0.2  # leases renewed and Redis checked this often; grace after a loss: 0.6 s
+LEASE_S = 1.0
+
+
+@pytest.fixture
+def two(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[KeyStore, KeyStore]]:
+    """Two key stores on one key file and one Redis (two gateways' view)."""
+    path = tmp_path / "keys.db"
+    stores = [
+        KeyStore.open(path, shared=RedisState(redis_server.url, lease_s=LEASE_S, renew_s=RENEW_S))
+        for _ in range(2)
+    ]
+    try:
+        yield stores[0], stores[1]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def make_key(a: KeyStore, b: KeyStore, num_answers: int) -> KeyRecord:
+    """A key with a budget for ``num_answers`` answers, known to both stores."""
+    _, record = a.create(KeySpec(name="acme", budget_usd=num_answers * COST), actor="t", now=0.0)
+    b.refresh()
+    return record
+
+
+async def admit(store: KeyStore, record: KeyRecord) -> Reservation | LimitRefusal:
+    return await store.admit_async(record, 0, 4, PRICES, time.time())
+
+
+async def serve(store: KeyStore, record: KeyRecord) -> int:
+    """One request start to end: 1 if served (and settled), else 0."""
+    got = await admit(store, record)
+    if not isinstance(got, Reservation):
+        return 0
+    await store.settle_async(got, 0, 4, PRICES)
+    return 1
+
+
+async def race(a: KeyStore, b: KeyStore, record: KeyRecord, n: int) -> int:
+    """``n`` requests at once alternating over both stores; how many were served."""
+    done = await asyncio.gather(*(serve(a if k % 2 else b, record) for k in range(n)))
+    return sum(done)
+
+
+async def tick(*stores: KeyStore) -> None:
+    """One round of each store's background upkeep (the gateway runs it every renew_s)."""
+    for store in stores:
+        try:
+            await store.maintain(time.time())
+        except StateUnavailableError:
+            pass
+
+
+async def settle_rebuild(a: KeyStore, b: KeyStore) -> None:
+    """Let both stores notice a rebuilt Redis and its grace pass."""
+    for _ in range(5):
+        await tick(a, b)
+        await asyncio.sleep(RENEW_S)
+
+
+def books(store: KeyStore, shared: RedisState, record: KeyRecord) -> tuple[float, float]:
+    """(the durable record's spend, Redis's spend) after every store has flushed."""
+    durable = store.storage.usage(record.key_id).spent_usd
+    return durable, shared.spent_usd(record.key_id)
+
+
+@pytest.mark.parametrize("fault", ["flushall", "restart-empty"])
+def test_redis_losing_its_data_does_not_reopen_a_budget(
+    two: tuple[KeyStore, KeyStore], redis_server: RedisServer, fault: str
+) -> None:
+    """Budget for 10; 5 served (some flushed, some not, one in flight) when Redis loses
+    everything: keys are refused 503 with Retry-After while the books are rebuilt from the
+    durable record's current spend plus each process's unwritten usage and reservations;
+    a settlement reaching the empty Redis creates no spend; then exactly 5 more are served."""
+    a, b = two
+    record = make_key(a, b, 10)
+
+    async def main() -> None:
+        assert await serve(a, record) + await serve(a, record) == 2
+        await a.flush_async()  # written: the durable record says 8
+        assert await serve(b, record) == 1  # B's 4 USD not written yet
+        held_a, held_b = await admit(a, record), await admit(b, record)
+        assert isinstance(held_a, Reservation) and isinstance(held_b, Reservation)
+        if fault == "flushall":
+            redis_server.client().flushall()
+        else:
+            redis_server.restart()
+        await b.settle_async(held_b, 0, 4, PRICES)  # reaches the empty Redis first
+        refused = await admit(a, record)
+        assert isinstance(refused, LimitRefusal) and refused.status == 503
+        assert refused.code == "state_store_unavailable" and refused.retry_after_s
+        assert "rebuilt" in refused.message
+        await settle_rebuild(a, b)
+        shared = a.shared
+        assert shared is not None
+        assert shared.spent_usd(record.key_id) == 4 * COST  # 8 written + B's 8 unwritten
+        more = await race(a, b, record, 20)
+        await a.settle_async(held_a, 0, 4, PRICES)
+        assert 4 + 1 + more == 10, f"served {4 + 1 + more} on a budget for 10"
+        await a.flush_async()
+        await b.flush_async()
+        assert books(a, shared, record) == (10 * COST, 10 * COST)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_redis_stall_charges_each_settlement_once_and_loses_none(
+    two: tuple[KeyStore, KeyStore], redis_server: RedisServer
+) -> None:
+    """Twelve requests in flight on two processes when Redis stalls 2 s (SIGSTOP): their
+    settlements time out, Redis runs them when it resumes, the processes retry them, and
+    flushes run meanwhile -- Redis and the durable record each count every answer once."""
+    a, b = two
+    record = make_key(a, b, 1000)
+
+    async def main() -> None:
+        held = [await admit(a if k % 2 else b, record) for k in range(12)]
+        assert all(isinstance(r, Reservation) for r in held)
+        redis_server.pause()
+        try:
+            settles = [
+                (a if k % 2 else b).settle_async(r, 0, 4, PRICES)
+                for k, r in enumerate(held)
+                if isinstance(r, Reservation)
+            ]
+            await asyncio.gather(*settles)  # each times out after ~1 s
+            await a.flush_async()
+            await b.flush_async()
+            await asyncio.sleep(1.0)
+        finally:
+            redis_server.resume()
+        await tick(a, b)  # the missed settlements retried: each applies once
+        await a.flush_async()
+        await b.flush_async()
+        shared = a.shared
+        assert shared is not None
+        assert books(a, shared, record) == (12 * COST, 12 * COST)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_reservations_of_a_process_that_stops_renewing_them_are_released(
+    two: tuple[KeyStore, KeyStore],
+) -> None:
+    """A holds 4 of a 5-answer budget and dies (renews nothing): B gets 1 at once, and all
+    4 more once A's leases have run out; B's own held reservations, renewed, stay held."""
+    a, b = two
+    record = make_key(a, b, 5)
+
+    async def main() -> None:
+        held = [await admit(a, record) for _ in range(4)]
+        assert all(isinstance(r, Reservation) for r in held)  # A is now "killed"
+        assert await race(b, b, record, 3) == 1
+        mine = await admit(b, record)  # held by B across the lease period, renewed
+        assert isinstance(mine, LimitRefusal) and mine.status == 402
+        deadline = time.monotonic() + LEASE_S + 3 * RENEW_S
+        while time.monotonic() < deadline:
+            await tick(b)
+            await asyncio.sleep(RENEW_S)
+        assert await race(b, b, record, 10) == 4
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_live_process_keeps_its_leases_held(two: tuple[KeyStore, KeyStore]) -> None:
+    """B holds 2 of a 3-answer budget and renews them past the lease: A gets exactly 1."""
+    a, b = two
+    record = make_key(a, b, 3)
+
+    async def main() -> None:
+        held = [await admit(b, record) for _ in range(2)]
+        assert all(isinstance(r, Reservation) for r in held)
+        deadline = time.monotonic() + LEASE_S * 2
+        while time.monotonic() < deadline:
+            await tick(b)
+            await asyncio.sleep(RENEW_S)
+        assert await race(a, a, record, 5) == 1
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_redis_restored_from_a_snapshot_counts_nothing_twice(
+    two: tuple[KeyStore, KeyStore], redis_server: RedisServer
+) -> None:
+    """Snapshot (SAVE) with usage unflushed, more served and flushed, Redis restarted from
+    the snapshot: the books go back in time, are rebuilt from the durable record, the
+    budget holds and nothing is counted twice."""
+    a, b = two
+    record = make_key(a, b, 12)
+
+    async def main() -> None:
+        assert await race(a, b, record, 4) == 4
+        redis_server.save()  # Redis holds 4 answers; nothing flushed yet
+        assert await race(a, b, record, 4) == 4
+        await a.flush_async()
+        await b.flush_async()
+        redis_server.restart(from_snapshot=True)
+        await settle_rebuild(a, b)
+        more = await race(a, b, record, 10)
+        assert 8 + more == 12, f"served {8 + more} on a budget for 12"
+        await a.flush_async()
+        await b.flush_async()
+        shared = a.shared
+        assert shared is not None
+        assert books(a, shared, record) == (12 * COST, 12 * COST)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_stale_connections_after_a_redis_restart_are_retried_not_refused(
+    two: tuple[KeyStore, KeyStore], redis_server: RedisServer
+) -> None:
+    """Redis restarted with its data (from a snapshot of now): every pooled connection is
+    stale; a burst of 30 is served in full, none refused 503, Redis not marked down."""
+    a, b = two
+    record = make_key(a, b, 1000)
+
+    async def main() -> None:
+        assert await race(a, b, record, 30) == 30  # fills both pools
+        redis_server.save()
+        redis_server.restart(from_snapshot=True)
+        results = await asyncio.gather(*(admit(a if k % 2 else b, record) for k in range(30)))
+        refused = [r.message for r in results if isinstance(r, LimitRefusal)]
+        assert refused == []
+
+    asyncio.run(asyncio.wait_for(main(), 60))
