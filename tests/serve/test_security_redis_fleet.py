@@ -3,8 +3,9 @@
 Real processes (the CLI), a real redis-server (the ``redis_url`` fixture), a fake
 upstream on a thread of this process. Racing requests over both gateways hold one
 budget and one requests-per-minute window; after ``kill -9`` of one gateway (its
-workers with it) the other flushes what it left in Redis, and the spend in Redis equals
-the durable record's.
+workers with it) the other writes what it left unwritten (mirrored in Redis), the spend
+in Redis equals the durable record's, and the budget the killed gateway held in flight
+is released when its leases run out.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ from .test_security_gateway import bearer, make_keys
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = "import sys; sys.argv[0] = 'sincere'; from sincere.cli import main; main()"
 BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
+LEASE_S = 2.0  # a killed gateway's leases and heartbeat run out after this
 
 
 @contextlib.contextmanager
-def upstream_thread() -> Iterator[str]:
+def upstream_thread(ttft_s: float = 0.0) -> Iterator[str]:
     """A fake upstream served by an event loop on a thread of its own; its URL."""
     loop = asyncio.new_event_loop()
-    up = FakeUpstream(num_tokens=4)
+    up = FakeUpstream(num_tokens=4, ttft_s=ttft_s)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(up.start(), loop).result(10)
@@ -67,6 +69,7 @@ def gateway_process(
         "scrape": {"enabled": False},
         "admission": {"enabled": False},
         "security": {"flush_interval_s": flush_s},
+        "state": {"lease_s": LEASE_S, "renew_s": LEASE_S / 4},
     }  # fmt: skip
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(config))
@@ -105,6 +108,12 @@ async def race(urls: list[str], token: str, n: int) -> list[int]:
     return list(await asyncio.gather(*(one(k) for k in range(n))))
 
 
+def hold(urls: list[str], token: str, n: int) -> None:
+    """:func:`race` on a thread, its requests cut off when their gateway is killed."""
+    with contextlib.suppress(aiohttp.ClientError):
+        asyncio.run(race(urls, token, n))
+
+
 def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Send ``sig`` to the process group of ``proc`` (a gateway and its workers); reap it."""
     with contextlib.suppress(ProcessLookupError):
@@ -132,8 +141,8 @@ def test_two_gateways_four_workers_share_budget_limits_and_spend(
             by_budget = asyncio.run(race([url_a, url_b], tokens["budget"], 40))
             by_rpm = asyncio.run(race([url_a, url_b], tokens["rpm"], 20))
             through_a = asyncio.run(race([url_a], tokens["spend"], 10))
-            stop_group(a, signal.SIGKILL)  # A flushed nothing: its usage sits in Redis
-            time.sleep(1.0)  # B's flush loop writes it
+            stop_group(a, signal.SIGKILL)  # A flushed nothing: its usage is mirrored in Redis
+            time.sleep(LEASE_S + 1.5)  # A's heartbeat runs out; B writes A's usage
         finally:
             stop_group(a, signal.SIGKILL)
             stop_group(b, signal.SIGINT)
@@ -150,3 +159,30 @@ def test_two_gateways_four_workers_share_budget_limits_and_spend(
     finally:
         store.close()
         shared.close()
+
+
+@pytest.mark.slow
+def test_budget_held_by_a_killed_gateway_is_released_when_its_leases_run_out(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A budget for 5; gateway A holds 4 answers in flight (a slow upstream) and is killed
+    (kill -9): gateway B serves the 1 left at once, and the other 4 once A's leases ran out."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=5 * 4.0))
+    with upstream_thread(ttft_s=60.0) as slow, upstream_thread() as fast:
+        a, url_a = gateway_process(tmp_path, "a", slow, keys, redis_url, 0.1)
+        b, url_b = gateway_process(tmp_path, "b", fast, keys, redis_url, 0.1)
+        try:
+            hung = threading.Thread(target=hold, args=([url_a], tokens["acme"], 4))
+            hung.start()
+            time.sleep(1.5)  # admitted and reserved; waiting on the slow upstream
+            stop_group(a, signal.SIGKILL)
+            at_once = asyncio.run(race([url_b], tokens["acme"], 5))
+            time.sleep(LEASE_S + 1.0)
+            later = asyncio.run(race([url_b], tokens["acme"], 10))
+            hung.join(30)
+        finally:
+            stop_group(a, signal.SIGKILL)
+            stop_group(b, signal.SIGINT)
+    assert at_once.count(200) == 1 and at_once.count(402) == 4, at_once
+    assert later.count(200) == 4 and later.count(402) == 6, later

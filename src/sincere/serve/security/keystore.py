@@ -141,6 +141,7 @@ class KeyStore:
         self.shared = shared  # None: windows, reservations and spend in this process
         self._remaining: dict[str, float | None] = {}  # shared: budget left at last admit
         self.ledger = None if shared is None else SharedLedger(shared, storage, self)
+        self._batch = 1  # the flush batch pending usage belongs to (named in Redis's mirror)
         self._settling: set[asyncio.Task[None]] = set()  # settlements on their way to Redis
         self.audit = audit if audit is not None else AuditLog(None)
         self.metrics = metrics
@@ -374,7 +375,9 @@ class KeyStore:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
         cost = self._settle_here(reservation, prompt_tokens, completion_tokens, prices)
         if self.ledger is not None:
-            call = self._settle_shared(reservation, prompt_tokens + completion_tokens, cost)
+            call = self._settle_shared(
+                reservation, (prompt_tokens, completion_tokens), cost, self._batch
+            )
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -404,11 +407,13 @@ class KeyStore:
             self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
         return cost
 
-    async def _settle_shared(self, reservation: Reservation, used: int, cost: float) -> None:
+    async def _settle_shared(
+        self, reservation: Reservation, used: tuple[int, int], cost: float, batch: int
+    ) -> None:
         assert self.ledger is not None
         await self.ledger.settle(
             reservation.key_id, self._rid(reservation.number), cost, reservation.tokens_bucket,
-            used - reservation.reserved_tokens, reservation.made_at,
+            sum(used) - reservation.reserved_tokens, reservation.made_at, batch, used,
         )  # fmt: skip
 
     async def settle_async(
@@ -424,7 +429,8 @@ class KeyStore:
         if self._open.pop(reservation.number, None) is None:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
         cost = self._settle_here(reservation, prompt_tokens, completion_tokens, prices)
-        call = self._settle_shared(reservation, prompt_tokens + completion_tokens, cost)
+        used = (prompt_tokens, completion_tokens)
+        call = self._settle_shared(reservation, used, cost, self._batch)
         task = asyncio.get_running_loop().create_task(call)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
@@ -535,8 +541,9 @@ class KeyStore:
         """Write pending usage now (blocking); the number of keys written."""
         pending = self.take_pending()
         if pending:
+            batch, self._batch = self._batch, self._batch + 1
             try:
-                self._write(pending)
+                self._write(pending, batch)
             except BaseException:
                 self.restore_pending(pending)
                 raise
@@ -554,7 +561,8 @@ class KeyStore:
             return 0
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sincere-keystore")
-        job = self._writer.submit(self._write, pending)
+        batch, self._batch = self._batch, self._batch + 1
+        job = self._writer.submit(self._write, pending, batch)
         self._writing = (job, pending)
         try:
             await asyncio.shield(asyncio.wrap_future(job))
@@ -567,11 +575,13 @@ class KeyStore:
         self._writing = None
         return len(pending)
 
-    def _write(self, pending: Mapping[str, Totals]) -> None:
+    def _write(self, pending: Mapping[str, Totals], batch: int) -> None:
         """Add ``pending`` to the durable record (tell the ledger what was written)."""
-        after = self.storage.add_usage(pending)
-        if self.ledger is not None:
-            self.ledger.wrote(pending, after)
+        if self.ledger is None:
+            self.storage.add_usage(pending)
+            return
+        after = self.storage.add_usage(pending, (self.ledger.process_id, batch))
+        self.ledger.wrote(pending, after, batch)
 
     def close(self) -> None:
         """Wait for a write under way, flush the rest and close the storage."""

@@ -76,6 +76,8 @@ class _Settlement:
     tokens_delta: int
     made_at: float  # when the request was admitted (its window bucket's time)
     token: str  # the instance it belongs to: in a rebuilt one the sync carried it
+    batch: int  # the flush batch its usage is written with (this process's mirror)
+    used: tuple[int, int]  # prompt and completion tokens
 
 
 class SharedLedger:
@@ -97,6 +99,7 @@ class SharedLedger:
         self._written: deque[tuple[str, int, float, float]] = deque()  # key, n_after, usd, at
         self._written_lock = threading.Lock()  # written by the key store's writer thread
         self._backlog: list[_Settlement] = []
+        self._last_batch = 0  # the last flush batch this process wrote
 
     # ------------------------------------------------------------ request path
     async def admit(
@@ -161,7 +164,7 @@ class SharedLedger:
 
     async def settle(
         self, key_id: str, rid: str, cost: float, tokens_bucket: int | None,
-        tokens_delta: int, made_at: float,
+        tokens_delta: int, made_at: float, batch: int, used: tuple[int, int],
     ) -> None:  # fmt: skip
         """Replace reservation ``rid`` by ``cost`` in Redis; kept for a retry if it fails.
 
@@ -174,7 +177,9 @@ class SharedLedger:
         token = self._token
         if token is None or key_id not in self._synced:
             return  # counted in the unwritten usage the sync adds
-        item = _Settlement(key_id, rid, cost, tokens_bucket, tokens_delta, made_at, token)
+        item = _Settlement(
+            key_id, rid, cost, tokens_bucket, tokens_delta, made_at, token, batch, used
+        )
         held = self._syncing.get(key_id)
         if held is not None:
             held.append(item)
@@ -194,20 +199,26 @@ class SharedLedger:
 
     def _settle_call(self, item: _Settlement) -> tuple[list[str], list[Any]]:
         st, now = self.state, item.made_at
-        keys = [st.instance_key] + [
-            st.key(item.token, item.key_id, w) for w in ("money", "res", "lease", "done", "tokens")
-        ]
+        keys = (
+            [st.instance_key]
+            + [
+                st.key(item.token, item.key_id, w)
+                for w in ("money", "res", "lease", "done", "tokens")
+            ]
+            + [st.key(item.token, "w", self.process_id)]
+        )
         args = [
             item.token, repr(time.time()), self._clock if item.token == self._token else 0,
             item.rid, repr(item.cost), -1 if item.tokens_bucket is None else item.tokens_bucket,
             item.tokens_delta, st.bucket(now), st.num_buckets, DONE_KEEP_S, KEY_TTL_S,
+            item.batch, item.used[0], item.used[1], item.key_id,
         ]  # fmt: skip
         return keys, args
 
-    def wrote(self, deltas: Mapping[str, Totals], after: Mapping[str, int] | None) -> None:
-        """The key store wrote ``deltas``; ``after``: each key's request count right after."""
-        if after is None:
-            return
+    def wrote(self, deltas: Mapping[str, Totals], after: Mapping[str, int], batch: int) -> None:
+        """The key store wrote ``deltas`` as ``batch``; ``after``: each key's request count
+        right after (empty: the batch had been written already, by a survivor)."""
+        self._last_batch = max(self._last_batch, batch)
         at = time.monotonic()
         with self._written_lock:
             for key_id, delta in deltas.items():
@@ -311,6 +322,7 @@ class SharedLedger:
         Redis cannot be reached (the next round tries again).
         """
         await self.check_instance(now)
+        await self._writers(now)
         horizon = time.monotonic() - MEMORY_S
         self._touched = {k: t for k, t in self._touched.items() if t >= horizon}
         keys = set(self._touched) | {k for k, _ in self._held.values()}
@@ -336,3 +348,37 @@ class SharedLedger:
         out = await self.state.call("sync", self._sync_keys(token, key_id), args)
         if out.verdict != "ok":
             await self._rebuild(out, key_id, now)
+
+    async def _writers(self, now: float) -> None:
+        """Beat this process's heartbeat; write the mirrored usage of processes gone silent
+        (killed before their flush); trim this process's mirror of what it wrote."""
+        token, st = self._token, self.state
+        if token is None:
+            return
+        procs = st.key(token, "procs", "all")
+        beat = ["beat", self.process_id, repr(now + st.lease_s), repr(now), repr(now + st.lease_s)]
+        dead = await st.call_raw("writers", [procs, procs], beat)
+        for raw in dead:
+            gone = raw.decode() if isinstance(raw, bytes) else str(raw)
+            mirror = st.key(token, "w", gone)
+            fields = await st.call_raw("writers", [procs, mirror], ["read"])
+            for batch, deltas in sorted(_batches(fields).items()):
+                await asyncio.to_thread(self.storage.add_usage, deltas, (gone, batch))
+            await st.call_raw("writers", [procs, mirror], ["forget", gone])
+        mine = st.key(token, "w", self.process_id)
+        await st.call_raw("writers", [procs, mine], ["trim", self._last_batch])
+
+
+def _batches(fields: list[Any]) -> dict[int, dict[str, Totals]]:
+    """A mirror's fields (``<batch>:<key id>:<s|r|p|c>``, value) as usage by batch."""
+    parts: dict[tuple[int, str], dict[str, float]] = {}
+    for i in range(0, len(fields), 2):
+        name = fields[i].decode() if isinstance(fields[i], bytes) else str(fields[i])
+        value = fields[i + 1].decode() if isinstance(fields[i + 1], bytes) else str(fields[i + 1])
+        batch, key_id, what = name.split(":")
+        parts.setdefault((int(batch), key_id), {})[what] = float(value)
+    out: dict[int, dict[str, Totals]] = {}
+    for (batch, key_id), v in parts.items():
+        totals = Totals(v.get("s", 0.0), int(v.get("r", 0)), int(v.get("p", 0)), int(v.get("c", 0)))
+        out.setdefault(batch, {})[key_id] = totals
+    return out

@@ -132,9 +132,9 @@ return {'ok', '', left(cost)}
 """
 )
 
-# KEYS: instance, money, res, lease, done, tokens window
+# KEYS: instance, money, res, lease, done, tokens window, the settling process's mirror
 # ARGV: token, now, clock, rid, cost, tokens_bucket (<0: none), tokens_delta, bucket,
-#       num_buckets, done_keep_s, ttl_s
+#       num_buckets, done_keep_s, ttl_s, flush batch, prompt tokens, completion tokens, key id
 SETTLE = (
     _INSTANCE
     + """
@@ -159,6 +159,12 @@ local now = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[10]))
 for i = 2, 5 do redis.call('EXPIRE', KEYS[i], ARGV[11]) end
+local f = ARGV[12] .. ':' .. ARGV[15] .. ':'
+redis.call('HINCRBYFLOAT', KEYS[7], f .. 's', ARGV[5])
+redis.call('HINCRBY', KEYS[7], f .. 'r', 1)
+redis.call('HINCRBY', KEYS[7], f .. 'p', ARGV[13])
+redis.call('HINCRBY', KEYS[7], f .. 'c', ARGV[14])
+redis.call('EXPIRE', KEYS[7], ARGV[11])
 return {'ok', '', tostring(redis.call('HINCRBY', KEYS[1], 'clock', 1))}
 """
 )
@@ -199,3 +205,33 @@ for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
 return {'ok', '', ''}
 """
 )
+
+# A process's *mirror* (``w:<process id>``): the usage of its settlements as Redis applied
+# them, by flush batch (fields ``<batch>:<key id>:<s|r|p|c>``), so that a survivor can
+# write a killed process's unwritten usage. ``procs``: process id -> heartbeat expiry.
+# KEYS: procs, mirror; ARGV: what, then
+#   beat: process id, expiry, now, claim until -> the dead process ids, now claimed
+#   read: -> the mirror's fields and values
+#   trim: last batch written -> (fields of batches up to it removed)
+#   forget: process id -> (its mirror and heartbeat removed)
+WRITERS = """
+local what = ARGV[1]
+if what == 'beat' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
+  for _, id in ipairs(dead) do redis.call('ZADD', KEYS[1], ARGV[5], id) end
+  return dead
+elseif what == 'read' then
+  return redis.call('HGETALL', KEYS[2])
+elseif what == 'trim' then
+  local upto = tonumber(ARGV[2])
+  for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+    local b = tonumber(string.match(f, '^(%d+):'))
+    if b and b <= upto then redis.call('HDEL', KEYS[2], f) end
+  end
+  return {}
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[2])
+return {}
+"""

@@ -38,6 +38,7 @@ SCRIPTS = {
     "admit": redis_scripts.ADMIT,
     "settle": redis_scripts.SETTLE,
     "sync": redis_scripts.SYNC,
+    "writers": redis_scripts.WRITERS,
 }
 _ADDRESS = re.compile(r"\S+:\d+|unix://\S+|/\S+\.sock")
 log = logging.getLogger("sincere.serve.security.shared")
