@@ -10,6 +10,7 @@ charged twice and nothing lost (the durable record and Redis both equal the answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,10 +73,8 @@ async def race(a: KeyStore, b: KeyStore, record: KeyRecord, n: int) -> int:
 async def tick(*stores: KeyStore) -> None:
     """One round of each store's background upkeep (the gateway runs it every renew_s)."""
     for store in stores:
-        try:
+        with contextlib.suppress(StateUnavailableError):
             await store.maintain(time.time())
-        except StateUnavailableError:
-            pass
 
 
 async def settle_rebuild(a: KeyStore, b: KeyStore) -> None:
