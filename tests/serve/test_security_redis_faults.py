@@ -250,3 +250,31 @@ def test_stale_connections_after_a_redis_restart_are_retried_not_refused(
         assert refused == []
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_silent_process_usage_is_written_by_a_survivor_once(
+    two: tuple[KeyStore, KeyStore],
+) -> None:
+    """A settles 3 answers and falls silent (no heartbeat, no flush) past its lease: B,
+    beating all along, writes A's mirrored usage to the durable record; when A comes back
+    and flushes the same batch, the record skips it -- 3 answers, counted once."""
+    a, b = two
+    record = make_key(a, b, 100)
+
+    async def main() -> None:
+        await tick(a, b)
+        assert await serve(a, record) + await serve(a, record) + await serve(a, record) == 3
+        deadline = time.monotonic() + 2 * LEASE_S + 3 * RENEW_S  # B beats; A is silent
+        while time.monotonic() < deadline:
+            await tick(b)
+            await asyncio.sleep(RENEW_S)
+        shared = a.shared
+        assert shared is not None
+        assert books(b, shared, record) == (3 * COST, 3 * COST)  # written by B
+        await a.flush_async()  # A's own write of the same batch: already written
+        await tick(a)
+        assert await serve(a, record) == 1
+        await a.flush_async()
+        assert books(a, shared, record) == (4 * COST, 4 * COST)
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -100,6 +100,8 @@ class SharedLedger:
         self._written_lock = threading.Lock()  # written by the key store's writer thread
         self._backlog: list[_Settlement] = []
         self._last_batch = 0  # the last flush batch this process wrote
+        self._beating_since = 0.0  # monotonic start of this process's unbroken heartbeats
+        self._last_beat: float | None = None
 
     # ------------------------------------------------------------ request path
     async def admit(
@@ -356,7 +358,13 @@ class SharedLedger:
         if token is None:
             return
         procs = st.key(token, "procs", "all")
-        beat = ["beat", self.process_id, repr(now + st.lease_s), repr(now), repr(now + st.lease_s)]
+        mono = time.monotonic()
+        if self._last_beat is None or mono - self._last_beat > st.lease_s / 2:
+            self._beating_since = mono  # after a gap (Redis or this process stalled) others
+        self._last_beat = mono  # may not have beaten yet: judge no one dead for a lease
+        judge = mono - self._beating_since >= st.lease_s
+        until = repr(now + st.lease_s)
+        beat = ["beat", self.process_id, until, repr(now) if judge else "-inf", until]
         dead = await st.call_raw("writers", [procs, procs], beat)
         for raw in dead:
             gone = raw.decode() if isinstance(raw, bytes) else str(raw)

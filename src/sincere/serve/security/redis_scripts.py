@@ -210,7 +210,8 @@ return {'ok', '', ''}
 # them, by flush batch (fields ``<batch>:<key id>:<s|r|p|c>``), so that a survivor can
 # write a killed process's unwritten usage. ``procs``: process id -> heartbeat expiry.
 # KEYS: procs, mirror; ARGV: what, then
-#   beat: process id, expiry, now, claim until -> the dead process ids, now claimed
+#   beat: process id, expiry, now ('-inf': judge no one), claim until -> the dead
+#         process ids (heartbeat expired before now), now claimed until "claim until"
 #   read: -> the mirror's fields and values
 #   trim: last batch written -> (fields of batches up to it removed)
 #   forget: process id -> (its mirror and heartbeat removed)
@@ -218,6 +219,7 @@ WRITERS = """
 local what = ARGV[1]
 if what == 'beat' then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  if ARGV[4] == '-inf' then return {} end
   local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
   for _, id in ipairs(dead) do redis.call('ZADD', KEYS[1], ARGV[5], id) end
   return dead
