@@ -40,7 +40,19 @@ SCRIPTS = {
     "sync": redis_scripts.SYNC,
     "writers": redis_scripts.WRITERS,
 }
-_ADDRESS = re.compile(r"\S+:\d+|unix://\S+|/\S+\.sock")
+_REASONS = (  # what an error says, in words that name no host, port or path
+    ("refused", "connection refused"),
+    ("connect call failed", "connection refused"),
+    ("connecting to", "cannot connect"),
+    ("closed", "connection closed by the server"),
+    ("reset", "connection reset"),
+    ("timeout", "timed out"),
+    ("timed out", "timed out"),
+    ("no connection available", "no free connection in the pool"),
+    ("auth", "authentication failed"),
+    ("name or service", "host name not found"),
+    ("unreachable", "network unreachable"),
+)
 log = logging.getLogger("sincere.serve.security.shared")
 
 
@@ -191,8 +203,9 @@ class RedisState:
 
     def _failed(self, exc: BaseException, now: float) -> None:
         """Remember why (without the address); a refused connection marks Redis down a while."""
-        log.warning("shared state store (%s): %s: %s", self.url, type(exc).__name__, exc)
-        self.last_error = _ADDRESS.sub("(address)", f"{type(exc).__name__}: {exc}")[:200]
+        where = re.sub(r"//[^@/]*@", "//***@", self.url)  # no password in the log
+        log.warning("shared state store (%s): %s: %s", where, type(exc).__name__, exc)
+        self.last_error = _describe(exc)
         if not _is_timeout(exc):
             self._down_until = now + self.retry_after_s
 
@@ -204,7 +217,7 @@ class RedisState:
         try:
             self._client.ping()
         except self._errors as exc:
-            self.last_error = _ADDRESS.sub("(address)", f"{type(exc).__name__}: {exc}")[:200]
+            self.last_error = _describe(exc)
             return False
         self.last_error = None
         return True
@@ -226,6 +239,13 @@ class RedisState:
     def close(self) -> None:
         """Close the connections."""
         self._client.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """Why a call failed, without Redis's address (answers and /health show it)."""
+    text = str(exc).lower()
+    reason = next((say for words, say in _REASONS if words in text), "see the gateway's log")
+    return f"{type(exc).__name__}: {reason}"
 
 
 def _is_timeout(exc: BaseException) -> bool:
