@@ -90,6 +90,16 @@ def books(store: KeyStore, shared: RedisState, record: KeyRecord) -> tuple[float
     return durable, shared.spent_usd(record.key_id)
 
 
+def reserved_usd(server: RedisServer, record: KeyRecord) -> float:
+    """What Redis holds reserved for the key now."""
+    client = server.client()
+    try:
+        token = client.hget("sincere:instance", "token").decode()
+        return float(client.hget(f"sincere:{token}:{record.key_id}:money", "reserved"))
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("fault", ["flushall", "restart-empty"])
 def test_redis_losing_its_data_does_not_reopen_a_budget(
     two: tuple[KeyStore, KeyStore], redis_server: RedisServer, fault: str
@@ -135,13 +145,15 @@ def test_a_redis_stall_charges_each_settlement_once_and_loses_none(
 ) -> None:
     """Twelve requests in flight on two processes when Redis stalls 2 s (SIGSTOP): their
     settlements time out, Redis runs them when it resumes, the processes retry them, and
-    flushes run meanwhile -- Redis and the durable record each count every answer once."""
+    flushes run meanwhile -- Redis and the durable record each count every answer once.
+    An admission that timed out (503) but ran late holds nothing once the process has
+    retried its cancellation (no waiting for its lease)."""
     a, b = two
     record = make_key(a, b, 1000)
 
     async def main() -> None:
-        held = [await admit(a if k % 2 else b, record) for k in range(12)]
-        assert all(isinstance(r, Reservation) for r in held)
+        held = await asyncio.gather(*(admit(a if k % 2 else b, record) for k in range(12)))
+        assert all(isinstance(r, Reservation) for r in held)  # and connections pooled
         redis_server.pause()
         try:
             settles = [
@@ -149,6 +161,8 @@ def test_a_redis_stall_charges_each_settlement_once_and_loses_none(
                 for k, r in enumerate(held)
                 if isinstance(r, Reservation)
             ]
+            late = await admit(a, record)  # sent on a pooled connection; runs on resume
+            assert isinstance(late, LimitRefusal) and late.status == 503
             await asyncio.gather(*settles)  # each times out after ~1 s
             await a.flush_async()
             await b.flush_async()
@@ -156,6 +170,7 @@ def test_a_redis_stall_charges_each_settlement_once_and_loses_none(
         finally:
             redis_server.resume()
         await tick(a, b)  # the missed settlements retried: each applies once
+        assert reserved_usd(redis_server, record) == 0.0
         await a.flush_async()
         await b.flush_async()
         shared = a.shared
@@ -276,5 +291,25 @@ def test_a_silent_process_usage_is_written_by_a_survivor_once(
         assert await serve(a, record) == 1
         await a.flush_async()
         assert books(a, shared, record) == (4 * COST, 4 * COST)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_settlement_sent_twice_is_charged_once(two: tuple[KeyStore, KeyStore]) -> None:
+    """A settlement Redis ran although its sender timed out, then sent again (the retry),
+    changes the books once: spend and the durable record count one answer."""
+    a, b = two
+    record = make_key(a, b, 100)
+
+    async def main() -> None:
+        got = await admit(a, record)
+        assert isinstance(got, Reservation) and a.ledger is not None
+        await a.settle_async(got, 0, 4, PRICES)
+        rid = f"{a.ledger.process_id}:{got.number}"  # the same settlement, sent again
+        await a.ledger.settle(record.key_id, rid, COST, None, 0, got.made_at, 1, (0, 4))
+        await a.flush_async()
+        shared = a.shared
+        assert shared is not None
+        assert books(a, shared, record) == (COST, COST)
 
     asyncio.run(asyncio.wait_for(main(), 60))

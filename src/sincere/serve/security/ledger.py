@@ -78,6 +78,7 @@ class _Settlement:
     token: str  # the instance it belongs to: in a rebuilt one the sync carried it
     batch: int  # the flush batch its usage is written with (this process's mirror)
     used: tuple[int, int]  # prompt and completion tokens
+    cancel: bool = False  # an admission that failed here: release it if Redis ran it
 
 
 class SharedLedger:
@@ -117,7 +118,12 @@ class SharedLedger:
             token = self._token
             assert token is not None
             call = self._admit_call(token, key, amount, cost, rid, now)
-            out = await self.state.call("admit", *call)
+            try:
+                out = await self.state.call("admit", *call)
+            except StateUnavailableError:  # it may still run (a stall): cancel it by its id
+                cancel = _Settlement(key.key_id, rid, 0.0, None, 0, now, token, 0, (0, 0), True)
+                self._backlog.append(cancel)
+                raise
             if out.verdict in REBUILD:
                 await self._rebuild(out, key.key_id, now)
                 continue
@@ -159,10 +165,6 @@ class SharedLedger:
             width, n = self.state.width_s, self.state.num_buckets
             retry = math.inf if freed == -2 else max((freed + n + 1) * width - now, 0.0)
         return Refused(out.verdict, retry, remaining)
-
-    def release(self, rid: str) -> None:
-        """Forget a reservation this process will not settle in Redis (admission refused)."""
-        self._held.pop(rid, None)
 
     async def settle(
         self, key_id: str, rid: str, cost: float, tokens_bucket: int | None,
@@ -213,7 +215,7 @@ class SharedLedger:
             item.token, repr(time.time()), self._clock if item.token == self._token else 0,
             item.rid, repr(item.cost), -1 if item.tokens_bucket is None else item.tokens_bucket,
             item.tokens_delta, st.bucket(now), st.num_buckets, DONE_KEEP_S, KEY_TTL_S,
-            item.batch, item.used[0], item.used[1], item.key_id,
+            item.batch, item.used[0], item.used[1], item.key_id, 1 if item.cancel else 0,
         ]  # fmt: skip
         return keys, args
 
@@ -279,7 +281,12 @@ class SharedLedger:
                 return
             token = self._token
             await self.usage.writes_done()
-            seed = await asyncio.to_thread(self.storage.usage, key_id)
+            try:
+                seed = await asyncio.to_thread(self.storage.usage, key_id)
+            except Exception as exc:  # the key store unreadable: no seed, the key waits
+                raise StateUnavailableError(
+                    f"cannot read the key's spend from the key store to join Redis's books: {exc}"
+                ) from None
             args = self._sync_args(token, key_id, seed, now)  # no await from here to the call
             self._syncing[key_id] = []
             try:

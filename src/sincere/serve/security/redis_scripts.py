@@ -134,7 +134,8 @@ return {'ok', '', left(cost)}
 
 # KEYS: instance, money, res, lease, done, tokens window, the settling process's mirror
 # ARGV: token, now, clock, rid, cost, tokens_bucket (<0: none), tokens_delta, bucket,
-#       num_buckets, done_keep_s, ttl_s, flush batch, prompt tokens, completion tokens, key id
+#       num_buckets, done_keep_s, ttl_s, flush batch, prompt tokens, completion tokens, key id,
+#       cancel (1: an admission its process gave up on -- released, nothing charged)
 SETTLE = (
     _INSTANCE
     + """
@@ -148,6 +149,9 @@ if held then
   redis.call('HDEL', KEYS[3], ARGV[4])
   redis.call('ZREM', KEYS[4], ARGV[4])
 end
+local now = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[5], now, ARGV[4])
+if ARGV[16] == '1' then return {'ok', '', ''} end
 redis.call('HINCRBYFLOAT', KEYS[2], 'spent', ARGV[5])
 local tb = tonumber(ARGV[6])
 if tb >= 0 and tonumber(ARGV[8]) - tb <= tonumber(ARGV[9]) then
@@ -155,8 +159,6 @@ if tb >= 0 and tonumber(ARGV[8]) - tb <= tonumber(ARGV[9]) then
   if v < 0 then v = 0 end
   redis.call('HSET', KEYS[6], tb, v)
 end
-local now = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[5], now, ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[10]))
 for i = 2, 5 do redis.call('EXPIRE', KEYS[i], ARGV[11]) end
 local f = ARGV[12] .. ':' .. ARGV[15] .. ':'
