@@ -13,7 +13,15 @@ was seeded, plus every settlement since), the reservations in flight, and the wi
   process was killed) is released by the next admission.
 * **Settlement** (:meth:`SharedLedger.settle`): one script replaces the reservation by the
   cost, once per id (a settlement retried after a timeout is not applied twice). One that
-  fails is kept and retried by :meth:`maintain` (never on the request path).
+  fails is kept and retried by :meth:`maintain` (never on the request path); so is the
+  cancellation of an admission that timed out (Redis may run it late: it then holds
+  nothing, instead of holding budget for a lease).
+* **A killed process's usage**: each settlement also adds its usage to the process's
+  *mirror* in Redis, by flush batch. Processes beat a heartbeat every ``renew_s``; one
+  silent for ``lease_s`` is taken for dead by a process that has itself beaten without a
+  gap for that long, which writes the dead one's mirror to the key store, batch by batch.
+  The key store keeps each writer's last batch, so a batch is written once, by its
+  process or by a survivor.
 * **Rebuilding.** Redis can vouch for a key only under the instance token its books were
   written under (see :mod:`sincere.serve.security.redis_scripts`). When the books are gone
   (``FLUSHALL``, a restart without persistence) or went back in time (a snapshot), a
