@@ -30,6 +30,7 @@ from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.security.keys import KeySpec
 from sincere.serve.security.keystore import KeyStore
 from sincere.serve.security.shared import RedisState
+from sincere.serve.security.storage import open_storage
 
 from .conftest import _free_port
 from .test_security_gateway import bearer, make_keys
@@ -108,6 +109,41 @@ async def race(urls: list[str], token: str, n: int) -> list[int]:
     return list(await asyncio.gather(*(one(k) for k in range(n))))
 
 
+def wait_written(keys: Path, name: str, spent_usd: float, limit_s: float) -> None:
+    """Wait (at most ``limit_s``) until the key store records ``spent_usd`` for key ``name``."""
+    storage = open_storage(keys)
+    try:
+        (record,) = [r for r in storage.load()[0] if r.name == name]
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if storage.usage(record.key_id).spent_usd >= spent_usd:
+                return
+            time.sleep(0.2)
+    finally:
+        storage.close()
+
+
+def wait_reserved(redis_url: str, keys: Path, usd: float, limit_s: float) -> None:
+    """Wait (at most ``limit_s``) until Redis holds ``usd`` reserved for the only key."""
+    import redis
+
+    storage = open_storage(keys)
+    (record,) = storage.load()[0]
+    storage.close()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            token = client.hget("sincere:instance", "token")
+            if token is not None:
+                key = f"sincere:{token.decode()}:{record.key_id}:money"
+                if float(client.hget(key, "reserved") or 0.0) >= usd:
+                    return
+            time.sleep(0.1)
+    finally:
+        client.close()
+
+
 def hold(urls: list[str], token: str, n: int) -> None:
     """:func:`race` on a thread, its requests cut off when their gateway is killed."""
     with contextlib.suppress(aiohttp.ClientError):
@@ -142,7 +178,7 @@ def test_two_gateways_four_workers_share_budget_limits_and_spend(
             by_rpm = asyncio.run(race([url_a, url_b], tokens["rpm"], 20))
             through_a = asyncio.run(race([url_a], tokens["spend"], 10))
             stop_group(a, signal.SIGKILL)  # A flushed nothing: its usage is mirrored in Redis
-            time.sleep(LEASE_S + 1.5)  # A's heartbeat runs out; B writes A's usage
+            wait_written(keys, "spend", 40.0, LEASE_S + 20)  # A's heartbeat ran out: B wrote it
         finally:
             stop_group(a, signal.SIGKILL)
             stop_group(b, signal.SIGINT)
@@ -175,7 +211,7 @@ def test_budget_held_by_a_killed_gateway_is_released_when_its_leases_run_out(
         try:
             hung = threading.Thread(target=hold, args=([url_a], tokens["acme"], 4))
             hung.start()
-            time.sleep(1.5)  # admitted and reserved; waiting on the slow upstream
+            wait_reserved(redis_url, keys, 16.0, 20.0)  # 4 admitted, on the slow upstream
             stop_group(a, signal.SIGKILL)
             at_once = asyncio.run(race([url_b], tokens["acme"], 5))
             time.sleep(LEASE_S + 1.0)

@@ -17,11 +17,8 @@ was seeded, plus every settlement since), the reservations in flight, and the wi
   cancellation of an admission that timed out (Redis may run it late: it then holds
   nothing, instead of holding budget for a lease).
 * **A killed process's usage**: each settlement also adds its usage to the process's
-  *mirror* in Redis, by flush batch. Processes beat a heartbeat every ``renew_s``; one
-  silent for ``lease_s`` is taken for dead by a process that has itself beaten without a
-  gap for that long, which writes the dead one's mirror to the key store, batch by batch.
-  The key store keeps each writer's last batch, so a batch is written once, by its
-  process or by a survivor.
+  *mirror* in Redis, by flush batch; a survivor writes a dead process's mirror to the key
+  store (:class:`~sincere.serve.security.mirror.Mirror`).
 * **Rebuilding.** Redis can vouch for a key only under the instance token its books were
   written under (see :mod:`sincere.serve.security.redis_scripts`). When the books are gone
   (``FLUSHALL``, a restart without persistence) or went back in time (a snapshot), a
@@ -45,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sincere.serve.security.mirror import Mirror
 from sincere.serve.security.shared import (
     Admitted,
     Answer,
@@ -108,9 +106,7 @@ class SharedLedger:
         self._written: deque[tuple[str, int, float, float]] = deque()  # key, n_after, usd, at
         self._written_lock = threading.Lock()  # written by the key store's writer thread
         self._backlog: list[_Settlement] = []
-        self._last_batch = 0  # the last flush batch this process wrote
-        self._beating_since = 0.0  # monotonic start of this process's unbroken heartbeats
-        self._last_beat: float | None = None
+        self.mirror = Mirror(state, storage, self.process_id)
 
     # ------------------------------------------------------------ request path
     async def admit(
@@ -230,7 +226,7 @@ class SharedLedger:
     def wrote(self, deltas: Mapping[str, Totals], after: Mapping[str, int], batch: int) -> None:
         """The key store wrote ``deltas`` as ``batch``; ``after``: each key's request count
         right after (empty: the batch had been written already, by a survivor)."""
-        self._last_batch = max(self._last_batch, batch)
+        self.mirror.wrote(batch)
         at = time.monotonic()
         with self._written_lock:
             for key_id, delta in deltas.items():
@@ -339,7 +335,8 @@ class SharedLedger:
         Redis cannot be reached (the next round tries again).
         """
         await self.check_instance(now)
-        await self._writers(now)
+        if self._token is not None:
+            await self.mirror.round(self._token, now)
         horizon = time.monotonic() - MEMORY_S
         self._touched = {k: t for k, t in self._touched.items() if t >= horizon}
         keys = set(self._touched) | {k for k, _ in self._held.values()}
@@ -365,43 +362,3 @@ class SharedLedger:
         out = await self.state.call("sync", self._sync_keys(token, key_id), args)
         if out.verdict != "ok":
             await self._rebuild(out, key_id, now)
-
-    async def _writers(self, now: float) -> None:
-        """Beat this process's heartbeat; write the mirrored usage of processes gone silent
-        (killed before their flush); trim this process's mirror of what it wrote."""
-        token, st = self._token, self.state
-        if token is None:
-            return
-        procs = st.key(token, "procs", "all")
-        mono = time.monotonic()
-        if self._last_beat is None or mono - self._last_beat > st.lease_s / 2:
-            self._beating_since = mono  # after a gap (Redis or this process stalled) others
-        self._last_beat = mono  # may not have beaten yet: judge no one dead for a lease
-        judge = mono - self._beating_since >= st.lease_s
-        until = repr(now + st.lease_s)
-        beat = ["beat", self.process_id, until, repr(now) if judge else "-inf", until]
-        dead = await st.call_raw("writers", [procs, procs], beat)
-        for raw in dead:
-            gone = raw.decode() if isinstance(raw, bytes) else str(raw)
-            mirror = st.key(token, "w", gone)
-            fields = await st.call_raw("writers", [procs, mirror], ["read"])
-            for batch, deltas in sorted(_batches(fields).items()):
-                await asyncio.to_thread(self.storage.add_usage, deltas, (gone, batch))
-            await st.call_raw("writers", [procs, mirror], ["forget", gone])
-        mine = st.key(token, "w", self.process_id)
-        await st.call_raw("writers", [procs, mine], ["trim", self._last_batch])
-
-
-def _batches(fields: list[Any]) -> dict[int, dict[str, Totals]]:
-    """A mirror's fields (``<batch>:<key id>:<s|r|p|c>``, value) as usage by batch."""
-    parts: dict[tuple[int, str], dict[str, float]] = {}
-    for i in range(0, len(fields), 2):
-        name = fields[i].decode() if isinstance(fields[i], bytes) else str(fields[i])
-        value = fields[i + 1].decode() if isinstance(fields[i + 1], bytes) else str(fields[i + 1])
-        batch, key_id, what = name.split(":")
-        parts.setdefault((int(batch), key_id), {})[what] = float(value)
-    out: dict[int, dict[str, Totals]] = {}
-    for (batch, key_id), v in parts.items():
-        totals = Totals(v.get("s", 0.0), int(v.get("r", 0)), int(v.get("p", 0)), int(v.get("c", 0)))
-        out.setdefault(batch, {})[key_id] = totals
-    return out
