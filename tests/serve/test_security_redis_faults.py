@@ -183,8 +183,9 @@ def test_a_redis_stall_charges_each_settlement_once_and_loses_none(
 def test_reservations_of_a_process_that_stops_renewing_them_are_released(
     two: tuple[KeyStore, KeyStore],
 ) -> None:
-    """A holds 4 of a 5-answer budget and dies (renews nothing): B gets 1 at once, and all
-    4 more once A's leases have run out; B's own held reservations, renewed, stay held."""
+    """A holds 4 of a 5-answer budget and falls silent (renews nothing): B gets 1 at once,
+    and 4 more once A's leases have run out. If A was only stalled, an answer it settles
+    then is still charged (once): the lease's documented over-commit, not a lost charge."""
     a, b = two
     record = make_key(a, b, 5)
 
@@ -192,13 +193,21 @@ def test_reservations_of_a_process_that_stops_renewing_them_are_released(
         held = [await admit(a, record) for _ in range(4)]
         assert all(isinstance(r, Reservation) for r in held)  # A is now "killed"
         assert await race(b, b, record, 3) == 1
-        mine = await admit(b, record)  # held by B across the lease period, renewed
-        assert isinstance(mine, LimitRefusal) and mine.status == 402
+        refused = await admit(b, record)  # A's 4 still held: the budget is full
+        assert isinstance(refused, LimitRefusal) and refused.status == 402
         deadline = time.monotonic() + LEASE_S + 3 * RENEW_S
         while time.monotonic() < deadline:
             await tick(b)
             await asyncio.sleep(RENEW_S)
         assert await race(b, b, record, 10) == 4
+        late = held[0]  # A was only stalled: its answer, settled after its lease ran out,
+        assert isinstance(late, Reservation) and a.ledger is not None
+        await a.settle_async(late, 0, 4, PRICES)  # is still charged, once
+        again = a.ledger.settle(record.key_id, f"{a.ledger.process_id}:{late.number}",
+                                COST, None, 0, late.made_at, 1, (0, 4))  # fmt: skip
+        await a.ledger.send(again)
+        shared = a.shared
+        assert shared is not None and shared.spent_usd(record.key_id) == 6 * COST
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
@@ -306,7 +315,8 @@ def test_a_settlement_sent_twice_is_charged_once(two: tuple[KeyStore, KeyStore])
         assert isinstance(got, Reservation) and a.ledger is not None
         await a.settle_async(got, 0, 4, PRICES)
         rid = f"{a.ledger.process_id}:{got.number}"  # the same settlement, sent again
-        await a.ledger.settle(record.key_id, rid, COST, None, 0, got.made_at, 1, (0, 4))
+        again = a.ledger.settle(record.key_id, rid, COST, None, 0, got.made_at, 1, (0, 4))
+        await a.ledger.send(again)
         await a.flush_async()
         shared = a.shared
         assert shared is not None

@@ -375,9 +375,7 @@ class KeyStore:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
         cost = self._settle_here(reservation, prompt_tokens, completion_tokens, prices)
         if self.ledger is not None:
-            call = self._settle_shared(
-                reservation, (prompt_tokens, completion_tokens), cost, self._batch
-            )
+            call = self._settle_shared(reservation, (prompt_tokens, completion_tokens), cost)
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -407,14 +405,18 @@ class KeyStore:
             self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
         return cost
 
-    async def _settle_shared(
-        self, reservation: Reservation, used: tuple[int, int], cost: float, batch: int
-    ) -> None:
+    def _settle_shared(
+        self, reservation: Reservation, used: tuple[int, int], cost: float
+    ) -> Coroutine[Any, Any, None]:
+        """The ledger's part, decided now (right after the usage became pending: a rebuild
+        of Redis's books either counts it there or gets it from here, never both); the
+        returned call sends it."""
         assert self.ledger is not None
-        await self.ledger.settle(
+        item = self.ledger.settle(
             reservation.key_id, self._rid(reservation.number), cost, reservation.tokens_bucket,
-            sum(used) - reservation.reserved_tokens, reservation.made_at, batch, used,
+            sum(used) - reservation.reserved_tokens, reservation.made_at, self._batch, used,
         )  # fmt: skip
+        return self.ledger.send(item)
 
     async def settle_async(
         self,
@@ -429,8 +431,7 @@ class KeyStore:
         if self._open.pop(reservation.number, None) is None:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
         cost = self._settle_here(reservation, prompt_tokens, completion_tokens, prices)
-        used = (prompt_tokens, completion_tokens)
-        call = self._settle_shared(reservation, used, cost, self._batch)
+        call = self._settle_shared(reservation, (prompt_tokens, completion_tokens), cost)
         task = asyncio.get_running_loop().create_task(call)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)

@@ -53,7 +53,7 @@ from sincere.serve.security.shared import (
 )
 from sincere.serve.security.storage import KeyStorage, Totals
 
-DONE_KEEP_S = 3600.0  # settled ids remembered this long (a retry later than this is applied)
+GONE_KEEP_S = 3600.0  # ids of run-out leases and cancelled admissions kept this long
 KEY_TTL_S = 7 * 86400  # a key's books idle this long leave Redis (re-seeded on next use)
 MEMORY_S = 120.0  # a key touched this recently counts as this process's (synced on rebuild)
 REBUILD = ("no-instance", "new-instance", "regressed", "unseeded")
@@ -149,13 +149,13 @@ class SharedLedger:
         st = self.state
         keys = [st.instance_key] + [
             st.key(token, key.key_id, w)
-            for w in ("money", "res", "lease", "done", "requests", "tokens")
+            for w in ("money", "res", "lease", "gone", "requests", "tokens")
         ]
         args = [
             token, repr(now), self._clock, rid, st.bucket(now), st.num_buckets,
             key.max_requests_per_min or 0, key.max_tokens_per_min or 0, amount,
             -1 if key.budget_usd is None else repr(key.budget_usd), repr(cost),
-            int(st.window_s * 2) + 2, repr(now + st.lease_s),
+            int(st.window_s * 2) + 2, repr(now + st.lease_s), GONE_KEEP_S,
         ]  # fmt: skip
         return keys, args
 
@@ -170,31 +170,35 @@ class SharedLedger:
             retry = math.inf if freed == -2 else max((freed + n + 1) * width - now, 0.0)
         return Refused(out.verdict, retry, remaining)
 
-    async def settle(
+    def settle(
         self, key_id: str, rid: str, cost: float, tokens_bucket: int | None,
         tokens_delta: int, made_at: float, batch: int, used: tuple[int, int],
-    ) -> None:  # fmt: skip
-        """Replace reservation ``rid`` by ``cost`` in Redis; kept for a retry if it fails.
+    ) -> _Settlement | None:  # fmt: skip
+        """Reservation ``rid`` settled at ``cost``: what to :meth:`send` to Redis, if anything.
 
-        The caller has already added the usage to its unwritten total: where Redis's books
-        are not this process's to write (a rebuilt instance not joined yet), the sync adds
-        it from there instead.
+        Called as the usage joins the caller's unwritten total, with no ``await`` between:
+        where this process has not joined the key's books yet (a rebuilt instance) the
+        sync adds that total, so nothing is sent; during a sync, whose total was taken
+        before, it is sent once the sync is done.
         """
         self._held.pop(rid, None)
         self._touched[key_id] = time.monotonic()
         token = self._token
         if token is None or key_id not in self._synced:
-            return  # counted in the unwritten usage the sync adds
+            return None  # counted in the unwritten usage the sync adds
         item = _Settlement(
             key_id, rid, cost, tokens_bucket, tokens_delta, made_at, token, batch, used
         )
         held = self._syncing.get(key_id)
         if held is not None:
             held.append(item)
-            return
-        await self._send(item)
+            return None
+        return item
 
-    async def _send(self, item: _Settlement) -> None:
+    async def send(self, item: _Settlement | None) -> None:
+        """Apply a settlement in Redis (once, by its id); kept for a retry if it fails."""
+        if item is None:
+            return
         try:
             out = await self.state.call("settle", *self._settle_call(item))
         except StateUnavailableError:
@@ -211,14 +215,14 @@ class SharedLedger:
             [st.instance_key]
             + [
                 st.key(item.token, item.key_id, w)
-                for w in ("money", "res", "lease", "done", "tokens")
+                for w in ("money", "res", "lease", "gone", "tokens")
             ]
             + [st.key(item.token, "w", self.process_id)]
         )
         args = [
             item.token, repr(time.time()), self._clock if item.token == self._token else 0,
             item.rid, repr(item.cost), -1 if item.tokens_bucket is None else item.tokens_bucket,
-            item.tokens_delta, st.bucket(now), st.num_buckets, DONE_KEEP_S, KEY_TTL_S,
+            item.tokens_delta, st.bucket(now), st.num_buckets, GONE_KEEP_S, KEY_TTL_S,
             item.batch, item.used[0], item.used[1], item.key_id, 1 if item.cancel else 0,
         ]  # fmt: skip
         return keys, args
@@ -303,12 +307,12 @@ class SharedLedger:
             if token == self._token:
                 self._synced.add(key_id)
                 for item in held:
-                    await self._send(item)
+                    await self.send(item)
 
     def _sync_keys(self, token: str, key_id: str) -> list[str]:
         st = self.state
         return [st.instance_key] + [
-            st.key(token, key_id, w) for w in ("money", "res", "lease", "done", "synced")
+            st.key(token, key_id, w) for w in ("money", "res", "lease", "gone", "synced")
         ]
 
     def _sync_args(self, token: str, key_id: str, seed: Totals | None, now: float) -> list[Any]:
@@ -347,7 +351,7 @@ class SharedLedger:
                 await self._renew(key_id, now)
         backlog, self._backlog = self._backlog, []
         for item in backlog:
-            await self._send(item)
+            await self.send(item)
 
     async def _renew(self, key_id: str, now: float) -> None:
         token = self._token

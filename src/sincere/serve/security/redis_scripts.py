@@ -13,9 +13,11 @@ written to this Redis, the time from which keys may be admitted (``ready_at``) a
 In each case the script changes nothing and says so; the caller rebuilds (see
 :mod:`sincere.serve.security.ledger`). Per key (``KEYS[2..]``, all under the token):
 ``money`` (``spent``, ``base``: the durable record's request count when seeded,
-``reserved``), ``res`` (reservation id -> worst-case cost), ``lease`` (reservation id ->
-expiry), ``done`` (settled ids -> when, kept ``done_keep_s``: a retried settlement is
-applied once), ``synced`` (the processes that added their unwritten usage).
+``reserved``), ``res`` (reservation id -> worst-case cost: held), ``lease`` (reservation
+id -> expiry), ``gone`` (ids whose lease ran out, and ``x:``-prefixed ids of cancelled
+admissions -> when, kept ``keep_s``), ``synced`` (the processes that added their unwritten
+usage). A settlement charges only a reservation held or gone: sent again, it finds
+neither and changes nothing -- each applies once, with no record of every settled id.
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ end
 """
 
 _PRUNE = """
-local function prune(money, res, lease, now)
-  local gone = redis.call('ZRANGEBYSCORE', lease, '-inf', '(' .. now)
-  for _, rid in ipairs(gone) do
+local function prune(money, res, lease, gone, now, keep)
+  local out = redis.call('ZRANGEBYSCORE', lease, '-inf', '(' .. now)
+  for _, rid in ipairs(out) do
     local c = redis.call('HGET', res, rid)
     if c then redis.call('HINCRBYFLOAT', money, 'reserved', -tonumber(c)) end
     redis.call('HDEL', res, rid)
+    redis.call('ZADD', gone, now, rid)
   end
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', lease, '-inf', '(' .. now) end
+  if #out > 0 then redis.call('ZREMRANGEBYSCORE', lease, '-inf', '(' .. now) end
   if redis.call('ZCARD', lease) == 0 then redis.call('HSET', money, 'reserved', '0') end
+  redis.call('ZREMRANGEBYSCORE', gone, '-inf', tonumber(now) - keep)
 end
 """
 
@@ -83,9 +87,9 @@ end
 return {cur[1] or '', cur[2] or '0'}
 """
 
-# KEYS: instance, money, res, lease, done, requests window, tokens window
+# KEYS: instance, money, res, lease, gone, requests window, tokens window
 # ARGV: token, now, clock, rid, bucket, num_buckets, rpm (0: none), tpm (0: none), amount,
-#       budget (<0: none), cost, window ttl_s, lease expiry
+#       budget (<0: none), cost, window ttl_s, lease expiry, keep_s
 ADMIT = (
     _INSTANCE
     + _PRUNE
@@ -96,7 +100,7 @@ if bad then return bad end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'unseeded', '', ''} end
 local now = tonumber(ARGV[2])
 if now < ready_at then return {'syncing', tostring(ready_at - now), ''} end
-prune(KEYS[2], KEYS[3], KEYS[4], ARGV[2])
+prune(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], tonumber(ARGV[14]))
 local budget, cost = tonumber(ARGV[10]), tonumber(ARGV[11])
 local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
 local reserved = tonumber(redis.call('HGET', KEYS[2], 'reserved') or '0')
@@ -104,8 +108,11 @@ local function left(extra)
   if budget < 0 then return '' end
   return tostring(budget - spent - reserved - extra)
 end
-if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 or redis.call('ZSCORE', KEYS[5], ARGV[4]) then
+if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then
   return {'ok', '', left(0)}  -- a retried call: admitted once
+end
+if redis.call('ZSCORE', KEYS[5], 'x:' .. ARGV[4]) then
+  return {'budget', '', left(0)}  -- cancelled by its process before it ran
 end
 local bucket, n = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rpm, tpm, amount, ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[12]
@@ -132,9 +139,9 @@ return {'ok', '', left(cost)}
 """
 )
 
-# KEYS: instance, money, res, lease, done, tokens window, the settling process's mirror
+# KEYS: instance, money, res, lease, gone, tokens window, the settling process's mirror
 # ARGV: token, now, clock, rid, cost, tokens_bucket (<0: none), tokens_delta, bucket,
-#       num_buckets, done_keep_s, ttl_s, flush batch, prompt tokens, completion tokens, key id,
+#       num_buckets, keep_s, ttl_s, flush batch, prompt tokens, completion tokens, key id,
 #       cancel (1: an admission its process gave up on -- released, nothing charged)
 SETTLE = (
     _INSTANCE
@@ -142,15 +149,17 @@ SETTLE = (
 local bad = instance()
 if bad then return bad end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'unseeded', '', ''} end
-if redis.call('ZSCORE', KEYS[5], ARGV[4]) then return {'duplicate', '', ''} end
+local now = tonumber(ARGV[2])
 local held = redis.call('HGET', KEYS[3], ARGV[4])
 if held then
   redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', -tonumber(held))
   redis.call('HDEL', KEYS[3], ARGV[4])
   redis.call('ZREM', KEYS[4], ARGV[4])
+elseif ARGV[16] == '1' then
+  redis.call('ZADD', KEYS[5], now, 'x:' .. ARGV[4])  -- refuse it if it runs later
+elseif redis.call('ZREM', KEYS[5], ARGV[4]) == 0 then
+  return {'duplicate', '', ''}  -- neither held nor gone: settled already
 end
-local now = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[5], now, ARGV[4])
 if ARGV[16] == '1' then return {'ok', '', ''} end
 redis.call('HINCRBYFLOAT', KEYS[2], 'spent', ARGV[5])
 local tb = tonumber(ARGV[6])
@@ -171,7 +180,7 @@ return {'ok', '', tostring(redis.call('HINCRBY', KEYS[1], 'clock', 1))}
 """
 )
 
-# KEYS: instance, money, res, lease, done, synced
+# KEYS: instance, money, res, lease, gone, synced
 # ARGV: token, now, clock, process id, seed spent ('': do not seed), seed base,
 #       unwritten usage, lease expiry, ttl_s, num_batches, then (num_requests_after,
 #       spent) per batch written, then (rid, cost) per reservation held
@@ -195,13 +204,12 @@ if redis.call('SADD', KEYS[6], ARGV[4]) == 1 then
 end
 for i = 11 + 2 * nb, #ARGV, 2 do
   local rid, cost = ARGV[i], ARGV[i + 1]
-  if redis.call('HEXISTS', KEYS[3], rid) == 1 then
-    redis.call('ZADD', KEYS[4], ARGV[8], rid)
-  elseif not redis.call('ZSCORE', KEYS[5], rid) then
+  if redis.call('HEXISTS', KEYS[3], rid) == 0 then  -- lost with the books, or run out
     redis.call('HSET', KEYS[3], rid, cost)
-    redis.call('ZADD', KEYS[4], ARGV[8], rid)
     redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', cost)
+    redis.call('ZREM', KEYS[5], rid)
   end
+  redis.call('ZADD', KEYS[4], ARGV[8], rid)
 end
 for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
 return {'ok', '', ''}
