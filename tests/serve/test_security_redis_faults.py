@@ -323,3 +323,13 @@ def test_a_settlement_sent_twice_is_charged_once(two: tuple[KeyStore, KeyStore])
         assert books(a, shared, record) == (COST, COST)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_renewal_interval_too_long_for_the_lease_is_refused() -> None:
+    """state.renew_s above a third of state.lease_s would let live leases run out."""
+    from sincere.core.errors import ConfigError
+    from sincere.serve.gateway.config import parse_config
+
+    state = {"redis": "redis://127.0.0.1:1/0", "renew_s": 20, "lease_s": 30}
+    with pytest.raises(ConfigError, match=r"renew_s \(20.0\) must be at most a third"):
+        parse_config({"state": state})
