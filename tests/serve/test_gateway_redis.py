@@ -256,3 +256,26 @@ def test_models_answer_at_once_while_redis_stalls(
     finally:
         store.close()
         shared.close()
+
+
+def test_a_burst_after_a_redis_restart_with_its_data_is_served_in_full(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Redis restarted with its data (a snapshot of now): every pooled connection of both
+    gateways is stale, and a burst of 30 keyed requests is served in full -- no 503
+    'Connection closed by server', and Redis is not marked down."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
+
+    async def main() -> None:
+        state = {"redis": redis_server.url, **FAST_STATE}
+        async with FakeUpstream(num_tokens=4) as up:
+            cfg = gateway_config(up.url, keys, state=state)
+            async with Gateway(cfg) as a, Gateway(cfg) as b, aiohttp.ClientSession() as s:
+                assert await race([a, b], s, tokens["acme"], 30) == [200] * 30
+                redis_server.save()
+                redis_server.restart(from_snapshot=True)
+                burst = await race([a, b], s, tokens["acme"], 30)
+        assert burst == [200] * 30, burst
+
+    asyncio.run(asyncio.wait_for(main(), 60))
