@@ -258,6 +258,18 @@ def test_models_answer_at_once_while_redis_stalls(
         shared.close()
 
 
+async def settled(gw: Gateway, spent_usd: float) -> None:
+    """Wait (at most 5 s) until Redis holds ``spent_usd`` for the gateway's only key."""
+    shared, store = gw.auth.shared, gw.auth.store
+    assert shared is not None and store is not None
+    (record,) = store.records()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(shared.spent_usd, record.key_id) >= spent_usd:
+            return
+        await asyncio.sleep(0.05)
+
+
 def test_a_burst_after_a_redis_restart_with_its_data_is_served_in_full(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -273,6 +285,7 @@ def test_a_burst_after_a_redis_restart_with_its_data_is_served_in_full(
             cfg = gateway_config(up.url, keys, state=state)
             async with Gateway(cfg) as a, Gateway(cfg) as b, aiohttp.ClientSession() as s:
                 assert await race([a, b], s, tokens["acme"], 30) == [200] * 30
+                await settled(a, 30 * 4.0)  # so that the snapshot is of now
                 redis_server.save()
                 redis_server.restart(from_snapshot=True)
                 burst = await race([a, b], s, tokens["acme"], 30)

@@ -243,6 +243,9 @@ async def _every(interval_s: float, action: Callable[[], Awaitable[int]], what: 
         try:
             await action()
         except Exception as exc:  # usage stays in memory; the next round tries again
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a timeout raised in its place
+                raise asyncio.CancelledError from exc
             log.warning("could not %s the key store: %s", what, exc)
 
 

@@ -16,9 +16,10 @@ within the bucket width. Failure: a call that cannot reach Redis, or that times 
 (``timeout_s``), raises :class:`StateUnavailableError` (the key store then refuses with
 503: budgets fail closed). redis-py's own retries are off (a script that timed out may
 still run: sending it again is the ledger's choice, with ids that make it apply once). A
-broken pooled connection (Redis restarted) is retried once at once on a fresh one; only
-when that fails too is Redis marked down for ``retry_after_s`` (no request waits on a
-dead Redis). Errors never carry Redis's address: it is logged, not answered.
+broken pooled connection (Redis restarted) drops the pool's idle connections and is
+retried once at once on a fresh one; only when that fails too is Redis marked down for
+``retry_after_s`` (no request waits on a dead Redis). Errors never carry Redis's
+address: it is logged, not answered.
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ class RedisState:
                 if attempt == 2 or _is_timeout(exc):
                     self._failed(exc, now)
                     raise StateUnavailableError(self._why(), self.retry_after_s) from None
+                # Redis restarted: every idle connection is as stale as this one
+                await self._async.connection_pool.disconnect(inuse_connections=False)
             except self._errors as exc:
                 self._failed(exc, now)
                 raise StateUnavailableError(self._why(), self.retry_after_s) from None
