@@ -238,15 +238,15 @@ class GatewayAuth:
 async def _every(interval_s: float, action: Callable[[], Awaitable[int]], what: str) -> None:
     """Run ``action`` every ``interval_s`` until cancelled; a failure is logged and retried."""
     log = logging.getLogger("sincere.serve.gateway.server")
+    task = asyncio.current_task()
     while True:
         await asyncio.sleep(interval_s)
         try:
             await action()
         except Exception as exc:  # usage stays in memory; the next round tries again
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # a timeout raised in its place
-                raise asyncio.CancelledError from exc
             log.warning("could not %s the key store: %s", what, exc)
+        if task is not None and task.cancelling():  # cancelled, but a library below turned
+            raise asyncio.CancelledError  # it into a timeout it retried: stop all the same
 
 
 def refusal_response(refusal: Refusal) -> web.Response:
