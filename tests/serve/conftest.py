@@ -10,11 +10,15 @@ policy this fixture sets. Without uvloop installed the uvloop case is skipped.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,28 +56,89 @@ def _free_port() -> int:
         return port
 
 
+class RedisServer:
+    """A redis-server of a test's own on 127.0.0.1 (no persistence unless asked), by PID.
+
+    It can be killed, restarted (empty, or from a snapshot its ``save`` wrote), stalled
+    (``pause``: SIGSTOP) and resumed (SIGCONT) -- the faults the shared books must survive.
+    """
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary, self.workdir, self.port = binary, workdir, _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.workdir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_redis(self.port, self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: whatever was not saved is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def restart(self, *, from_snapshot: bool = False) -> None:
+        """Kill and start again: empty, or loading the snapshot ``save`` wrote."""
+        self.kill()
+        snapshot = self.workdir / "dump.rdb"
+        if not from_snapshot:
+            snapshot.unlink(missing_ok=True)
+        self.start()
+
+    def save(self) -> None:
+        """Write a snapshot (RDB) of what Redis holds now."""
+        self.client().save()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
 @pytest.fixture
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server of this test's own on 127.0.0.1 (no persistence), stopped by PID."""
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own that the test may kill, stall or restore."""
     pytest.importorskip("redis", reason="the redis package (gateway shared state) is missing")
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (scripts/setup_redis.sh installs it)")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--dir", str(workdir)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
     try:
-        _wait_for_redis(port, proc)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A real redis-server of this test's own on 127.0.0.1 (no persistence), stopped by PID."""
+    return redis_server.url
 
 
 def _wait_for_redis(port: int, proc: subprocess.Popen[bytes]) -> None:

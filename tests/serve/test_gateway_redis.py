@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from sincere.serve.security.keys import KeySpec
 from sincere.serve.security.keystore import KeyStore
 from sincere.serve.security.shared import RedisState
 
+from .conftest import RedisServer
 from .test_security_gateway import bearer, gateway_config, make_keys
 
 BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
@@ -115,6 +119,8 @@ def test_redis_unreachable_fails_closed_and_health_says_so(tmp_path: Path) -> No
         assert "Redis" in answer["error"]["message"]
         assert health["status"] == "degraded" and health["state"]["ok"] is False
         assert "refused (503)" in health["state"]["reason"]
+        for said in (json.dumps(answer), json.dumps(health)):  # Redis's address stays private
+            assert "127.0.0.1" not in said and "redis://" not in said, said
 
     run(main)
 
@@ -138,3 +144,151 @@ def test_spend_in_redis_equals_the_durable_record(tmp_path: Path, redis_url: str
     finally:
         store.close()
         shared.close()
+
+
+FAST_STATE = {"renew_s": 0.2, "lease_s": 1.0}  # leases and Redis checks every 0.2 s
+
+
+async def served_with_retries(
+    gws: list[Gateway], s: aiohttp.ClientSession, token: str, n: int
+) -> tuple[list[int], list[str]]:
+    """``n`` racing requests that retry a 503 after its Retry-After (within 10 s): the
+    final statuses, and the 503 messages seen on the way."""
+    seen: list[str] = []
+
+    async def one(k: int) -> int:
+        url = gws[k % len(gws)].url + "/v1/completions"
+        deadline = time.monotonic() + 10
+        while True:
+            async with s.post(url, json=BODY, headers=bearer(token)) as r:
+                answer = await r.json()
+                if r.status != 503 or time.monotonic() > deadline:
+                    return r.status
+                seen.append(answer["error"]["message"])
+                await asyncio.sleep(min(float(r.headers["Retry-After"]), 1.0))
+
+    return list(await asyncio.gather(*(one(k) for k in range(n)))), seen
+
+
+def test_a_redis_that_loses_its_data_serves_no_answer_unpaid(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two gateways, a budget for 10 answers; 5 served, then Redis flushed (FLUSHALL), 2
+    more, then Redis restarted empty: keyed requests get 503 with Retry-After while the
+    books are rebuilt (never 'Connection closed'), and exactly 10 answers are served."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=10 * 4.0))
+
+    async def main() -> None:
+        state = {"redis": redis_server.url, **FAST_STATE}
+        async with FakeUpstream(num_tokens=4) as up:
+            cfg = gateway_config(up.url, keys, state=state)
+            async with Gateway(cfg) as a, Gateway(cfg) as b, aiohttp.ClientSession() as s:
+                first = await race([a, b], s, tokens["acme"], 5)
+                await asyncio.sleep(0.2)  # some of it flushed, some not
+                redis_server.client().flushall()
+                second, seen = await served_with_retries([a, b], s, tokens["acme"], 2)
+                redis_server.restart()
+                third, seen_too = await served_with_retries([a, b], s, tokens["acme"], 20)
+        assert first == [200] * 5 and second == [200] * 2
+        assert third.count(200) == 3 and third.count(402) == 17, third
+        for message in seen + seen_too:
+            assert "rebuilt" in message and "Connection closed" not in message, message
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    store = KeyStore.open(keys)
+    try:
+        (record,) = store.records()
+        assert store.totals(record.key_id).spent_usd == 40.0  # every answer, once
+    finally:
+        store.close()
+
+
+def test_models_answer_at_once_while_redis_stalls(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Redis stalled 2 s (SIGSTOP) with keyed requests settling: GET /v1/models keeps
+    answering within 0.3 s (nothing waits on Redis on the event loop), keyed requests get
+    503, and once Redis resumes they are served again and every answer is charged once."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
+    headers = bearer(tokens["acme"])
+
+    def poll(url: str, until: float) -> float:
+        """GET /v1/models from another thread (a client the gateway's loop cannot pause)."""
+        slowest = 0.0
+        while time.monotonic() < until:
+            began = time.monotonic()
+            request = urllib.request.Request(url + "/v1/models", headers=headers)
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert r.status == 200
+            slowest = max(slowest, time.monotonic() - began)
+            time.sleep(0.05)
+        return slowest
+
+    async def main() -> None:
+        state = {"redis": redis_server.url, **FAST_STATE}
+        async with FakeUpstream(num_tokens=4, ttft_s=0.3) as up:
+            cfg = gateway_config(up.url, keys, state=state)
+            async with Gateway(cfg) as a, Gateway(cfg) as b, aiohttp.ClientSession() as s:
+                assert await race([a, b], s, tokens["acme"], 4) == [200] * 4
+                streams = asyncio.ensure_future(race([a, b], s, tokens["acme"], 6))
+                await asyncio.sleep(0.1)  # admitted; they settle during the stall
+                redis_server.pause()
+                try:
+                    polling = asyncio.to_thread(poll, a.url, time.monotonic() + 2.0)
+                    slowest = await polling
+                    during = await race([a, b], s, tokens["acme"], 2)
+                finally:
+                    redis_server.resume()
+                in_flight = await streams
+                await asyncio.sleep(0.5)  # missed settlements retried
+                after, _ = await served_with_retries([a, b], s, tokens["acme"], 2)
+        assert slowest < 0.3, f"GET /v1/models took {slowest:.2f} s during the stall"
+        assert in_flight == [200] * 6 and during == [503] * 2 and after == [200] * 2
+        return None
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    store, shared = KeyStore.open(keys), RedisState(redis_server.url)
+    try:
+        (record,) = store.records()
+        assert store.totals(record.key_id).spent_usd == shared.spent_usd(record.key_id) == 48.0
+    finally:
+        store.close()
+        shared.close()
+
+
+async def settled(gw: Gateway, spent_usd: float) -> None:
+    """Wait (at most 5 s) until Redis holds ``spent_usd`` for the gateway's only key."""
+    shared, store = gw.auth.shared, gw.auth.store
+    assert shared is not None and store is not None
+    (record,) = store.records()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(shared.spent_usd, record.key_id) >= spent_usd:
+            return
+        await asyncio.sleep(0.05)
+
+
+def test_a_burst_after_a_redis_restart_with_its_data_is_served_in_full(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Redis restarted with its data (a snapshot of now): every pooled connection of both
+    gateways is stale, and a burst of 30 keyed requests is served in full -- no 503
+    'Connection closed by server', and Redis is not marked down."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1000.0))
+
+    async def main() -> None:
+        state = {"redis": redis_server.url, **FAST_STATE}
+        async with FakeUpstream(num_tokens=4) as up:
+            cfg = gateway_config(up.url, keys, state=state)
+            async with Gateway(cfg) as a, Gateway(cfg) as b, aiohttp.ClientSession() as s:
+                assert await race([a, b], s, tokens["acme"], 30) == [200] * 30
+                await settled(a, 30 * 4.0)  # so that the snapshot is of now
+                redis_server.save()
+                redis_server.restart(from_snapshot=True)
+                burst = await race([a, b], s, tokens["acme"], 30)
+        assert burst == [200] * 30, burst
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -222,8 +222,8 @@ def test_shared_state_gauges_are_kept_locally_and_a_scrape_asks_redis_nothing(
         def no_redis(*args: object) -> None:
             raise AssertionError("a scrape called Redis")
 
-        monkeypatch.setattr(shared, "_call", no_redis)
-        monkeypatch.setattr(shared, "_call_async", no_redis)
+        monkeypatch.setattr(shared, "call", no_redis)
+        monkeypatch.setattr(shared, "call_raw", no_redis)
         _assert_kept_equals_recomputed(store, 3)
         assert store.metrics.gauges.others(())[0] > 0  # reservations in flight are shown
     finally:

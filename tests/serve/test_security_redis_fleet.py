@@ -3,8 +3,9 @@
 Real processes (the CLI), a real redis-server (the ``redis_url`` fixture), a fake
 upstream on a thread of this process. Racing requests over both gateways hold one
 budget and one requests-per-minute window; after ``kill -9`` of one gateway (its
-workers with it) the other flushes what it left in Redis, and the spend in Redis equals
-the durable record's.
+workers with it) the other writes what it left unwritten (mirrored in Redis), the spend
+in Redis equals the durable record's, and the budget the killed gateway held in flight
+is released when its leases run out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.security.keys import KeySpec
 from sincere.serve.security.keystore import KeyStore
 from sincere.serve.security.shared import RedisState
+from sincere.serve.security.storage import open_storage
 
 from .conftest import _free_port
 from .test_security_gateway import bearer, make_keys
@@ -36,13 +38,14 @@ from .test_security_gateway import bearer, make_keys
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = "import sys; sys.argv[0] = 'sincere'; from sincere.cli import main; main()"
 BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
+LEASE_S = 2.0  # a killed gateway's leases and heartbeat run out after this
 
 
 @contextlib.contextmanager
-def upstream_thread() -> Iterator[str]:
+def upstream_thread(ttft_s: float = 0.0) -> Iterator[str]:
     """A fake upstream served by an event loop on a thread of its own; its URL."""
     loop = asyncio.new_event_loop()
-    up = FakeUpstream(num_tokens=4)
+    up = FakeUpstream(num_tokens=4, ttft_s=ttft_s)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(up.start(), loop).result(10)
@@ -67,6 +70,7 @@ def gateway_process(
         "scrape": {"enabled": False},
         "admission": {"enabled": False},
         "security": {"flush_interval_s": flush_s},
+        "state": {"lease_s": LEASE_S, "renew_s": LEASE_S / 4},
     }  # fmt: skip
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(config))
@@ -105,6 +109,47 @@ async def race(urls: list[str], token: str, n: int) -> list[int]:
     return list(await asyncio.gather(*(one(k) for k in range(n))))
 
 
+def wait_written(keys: Path, name: str, spent_usd: float, limit_s: float) -> None:
+    """Wait (at most ``limit_s``) until the key store records ``spent_usd`` for key ``name``."""
+    storage = open_storage(keys)
+    try:
+        (record,) = [r for r in storage.load()[0] if r.name == name]
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if storage.usage(record.key_id).spent_usd >= spent_usd:
+                return
+            time.sleep(0.2)
+    finally:
+        storage.close()
+
+
+def wait_reserved(redis_url: str, keys: Path, usd: float, limit_s: float) -> None:
+    """Wait (at most ``limit_s``) until Redis holds ``usd`` reserved for the only key."""
+    import redis
+
+    storage = open_storage(keys)
+    (record,) = storage.load()[0]
+    storage.close()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            token = client.hget("sincere:instance", "token")
+            if token is not None:
+                key = f"sincere:{token.decode()}:{record.key_id}:money"
+                if float(client.hget(key, "reserved") or 0.0) >= usd:
+                    return
+            time.sleep(0.1)
+    finally:
+        client.close()
+
+
+def hold(urls: list[str], token: str, n: int) -> None:
+    """:func:`race` on a thread, its requests cut off when their gateway is killed."""
+    with contextlib.suppress(aiohttp.ClientError):
+        asyncio.run(race(urls, token, n))
+
+
 def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Send ``sig`` to the process group of ``proc`` (a gateway and its workers); reap it."""
     with contextlib.suppress(ProcessLookupError):
@@ -132,8 +177,8 @@ def test_two_gateways_four_workers_share_budget_limits_and_spend(
             by_budget = asyncio.run(race([url_a, url_b], tokens["budget"], 40))
             by_rpm = asyncio.run(race([url_a, url_b], tokens["rpm"], 20))
             through_a = asyncio.run(race([url_a], tokens["spend"], 10))
-            stop_group(a, signal.SIGKILL)  # A flushed nothing: its usage sits in Redis
-            time.sleep(1.0)  # B's flush loop writes it
+            stop_group(a, signal.SIGKILL)  # A flushed nothing: its usage is mirrored in Redis
+            wait_written(keys, "spend", 40.0, LEASE_S + 20)  # A's heartbeat ran out: B wrote it
         finally:
             stop_group(a, signal.SIGKILL)
             stop_group(b, signal.SIGINT)
@@ -150,3 +195,30 @@ def test_two_gateways_four_workers_share_budget_limits_and_spend(
     finally:
         store.close()
         shared.close()
+
+
+@pytest.mark.slow
+def test_budget_held_by_a_killed_gateway_is_released_when_its_leases_run_out(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A budget for 5; gateway A holds 4 answers in flight (a slow upstream) and is killed
+    (kill -9): gateway B serves the 1 left at once, and the other 4 once A's leases ran out."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=5 * 4.0))
+    with upstream_thread(ttft_s=60.0) as slow, upstream_thread() as fast:
+        a, url_a = gateway_process(tmp_path, "a", slow, keys, redis_url, 0.1)
+        b, url_b = gateway_process(tmp_path, "b", fast, keys, redis_url, 0.1)
+        try:
+            hung = threading.Thread(target=hold, args=([url_a], tokens["acme"], 4))
+            hung.start()
+            wait_reserved(redis_url, keys, 16.0, 20.0)  # 4 admitted, on the slow upstream
+            stop_group(a, signal.SIGKILL)
+            at_once = asyncio.run(race([url_b], tokens["acme"], 5))
+            time.sleep(LEASE_S + 1.0)
+            later = asyncio.run(race([url_b], tokens["acme"], 10))
+            hung.join(30)
+        finally:
+            stop_group(a, signal.SIGKILL)
+            stop_group(b, signal.SIGINT)
+    assert at_once.count(200) == 1 and at_once.count(402) == 4, at_once
+    assert later.count(200) == 4 and later.count(402) == 6, later

@@ -108,7 +108,9 @@ class GatewayAuth:
                 )
             from sincere.serve.security.shared import RedisState
 
-            self.shared = RedisState(state.redis, prefix=state.prefix)
+            self.shared = RedisState(
+                state.redis, prefix=state.prefix, lease_s=state.lease_s, renew_s=state.renew_s
+            )
         if security.keys is not None:
             self.store = KeyStore.open(
                 security.keys,
@@ -211,10 +213,14 @@ class GatewayAuth:
         store = self.store
         if store is None:
             return []
-        return [
+        loops = [
             _every(self.config.flush_interval_s, store.flush_async, "write spend to"),
             _every(self.config.refresh_interval_s, store.refresh_async, "re-read keys from"),
         ]
+        if self.shared is not None:
+            renew = self.shared.renew_s
+            loops.append(_every(renew, lambda: store.maintain(time.time()), "renew leases in"))
+        return loops
 
     async def drain(self) -> None:
         """Wait for settlements on their way to the shared state store (before stopping)."""
@@ -232,12 +238,15 @@ class GatewayAuth:
 async def _every(interval_s: float, action: Callable[[], Awaitable[int]], what: str) -> None:
     """Run ``action`` every ``interval_s`` until cancelled; a failure is logged and retried."""
     log = logging.getLogger("sincere.serve.gateway.server")
+    task = asyncio.current_task()
     while True:
         await asyncio.sleep(interval_s)
         try:
             await action()
         except Exception as exc:  # usage stays in memory; the next round tries again
             log.warning("could not %s the key store: %s", what, exc)
+        if task is not None and task.cancelling():  # cancelled, but a library below turned
+            raise asyncio.CancelledError  # it into a timeout it retried: stop all the same
 
 
 def refusal_response(refusal: Refusal) -> web.Response:

@@ -199,11 +199,25 @@ class StateConfig(_Strict):
     script there, shared by all workers and gateways on it
     (:mod:`sincere.serve.security.shared`). None: in each process, with the key
     store's SQLite file as the durable record either way. ``prefix``: the Redis keys'
-    prefix (gateways sharing budgets use the same one).
+    prefix (gateways sharing budgets use the same one). ``lease_s``: a reservation not
+    renewed this long (its gateway was killed) stops holding budget; ``renew_s``: how often
+    a gateway renews its leases, checks that Redis still holds the books and retries
+    settlements Redis missed (after Redis lost its books, keys wait ``3 * renew_s``).
     """
 
     redis: str | None = Field(None, pattern=r"^(rediss?|unix)://", max_length=2048)
     prefix: str = Field("sincere", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    lease_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
+    renew_s: float = Field(1.0, gt=0, le=MAX_SECONDS)
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> StateConfig:
+        if self.renew_s * 3 > self.lease_s:
+            raise ValueError(
+                f"state.renew_s ({self.renew_s}) must be at most a third of state.lease_s "
+                f"({self.lease_s}): a live gateway's leases must not expire between renewals"
+            )
+        return self
 
 
 class GatewayConfig(_Strict):

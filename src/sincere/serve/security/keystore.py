@@ -22,12 +22,14 @@ own windows and reservations (limits then apply per worker), and
 :meth:`refresh` picks up keys created or revoked by another process.
 
 **Shared state** (``shared``: a :class:`~sincere.serve.security.shared.RedisState`):
-windows, reservations, spend and the usage not yet flushed live in Redis instead, each
-admission and settlement one atomic script, so limits and budgets hold across every
-worker and gateway on that Redis; :meth:`flush` writes what Redis holds unflushed to
-the durable record (SQLite, as without it). Redis unreachable: :meth:`admit` refuses
-with 503 ``state_store_unavailable`` (budgets fail closed) and a settlement is kept in
-memory and retried at the next flush.
+windows, reservations and spend live in Redis as well, each admission and settlement one
+atomic script, so limits and budgets hold across every worker and gateway on that Redis
+(:class:`~sincere.serve.security.ledger.SharedLedger`: leases, settlement ids, rebuilding
+lost books). Usage is still kept and flushed by each process as without it, so the
+durable record never depends on Redis. Redis unreachable, stalled, or unable to vouch for
+a key: :meth:`admit` refuses with 503 ``state_store_unavailable`` and a ``Retry-After``
+(budgets fail closed); :meth:`maintain` (the gateway runs it every ``renew_s``) renews
+leases and retries settlements Redis missed.
 
 **Metrics** (``metrics``: a :class:`~sincere.serve.security.metrics.TenantMetrics`): each
 change of a key's reservations, spend or record updates its tenant's reserved and
@@ -39,11 +41,14 @@ record plus what this process settled, less what it holds in flight (Redis is no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sincere.core.errors import ConfigError
 from sincere.serve.security.audit import AuditLog
@@ -56,6 +61,7 @@ from sincere.serve.security.keys import (
     new_token,
     split_token,
 )
+from sincere.serve.security.ledger import SharedLedger
 from sincere.serve.security.metrics import TenantMetrics
 from sincere.serve.security.shared import (
     Admitted,
@@ -69,6 +75,7 @@ from sincere.serve.security.windows import SlidingWindow
 
 MAX_ID_TRIES = 8  # fresh ids drawn before giving up on a collision (48-bit ids: never)
 MAX_VERIFIED = 65_536  # verified tokens remembered; the cache starts over beyond
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +105,7 @@ class LimitRefusal:
 class _KeyState:
     """One key's record and its live accounting."""
 
-    __slots__ = ("pending", "record", "requests", "reserved_usd", "seed_usd", "tokens", "totals")
+    __slots__ = ("pending", "record", "requests", "reserved_usd", "tokens", "totals")
 
     def __init__(self, record: KeyRecord, totals: Totals, window_s: float, buckets: int) -> None:
         self.record = record
@@ -109,7 +116,6 @@ class _KeyState:
         self.totals = totals  # lifetime usage, including what is not yet flushed
         self.pending = Totals()  # settled but not yet written to storage
         self.reserved_usd = 0.0  # worst-case cost of requests in flight
-        self.seed_usd = totals.spent_usd  # the durable record's spend when loaded
 
     def remaining_usd(self) -> float | None:
         budget = self.record.spec.budget_usd
@@ -134,7 +140,8 @@ class KeyStore:
         self.storage = storage
         self.shared = shared  # None: windows, reservations and spend in this process
         self._remaining: dict[str, float | None] = {}  # shared: budget left at last admit
-        self._backlog: list[_Settled] = []  # settlements Redis missed, retried at a flush
+        self.ledger = None if shared is None else SharedLedger(shared, storage, self)
+        self._batch = 1  # the flush batch pending usage belongs to (named in Redis's mirror)
         self._settling: set[asyncio.Task[None]] = set()  # settlements on their way to Redis
         self.audit = audit if audit is not None else AuditLog(None)
         self.metrics = metrics
@@ -289,7 +296,7 @@ class KeyStore:
         state = self._states[record.key_id]
         amount = prompt_tokens + max_tokens
         if self.shared is not None:
-            return self._admit_shared(self.shared, state, prompt_tokens, max_tokens, prices, now)
+            return self._run(self.admit_async(record, prompt_tokens, max_tokens, prices, now))
         refusal = _rate_refusal(state, now, amount)
         if refusal is not None:
             return refusal
@@ -313,42 +320,25 @@ class KeyStore:
         self, record: KeyRecord, prompt_tokens: int, max_tokens: int, prices: Prices, now: float
     ) -> Reservation | LimitRefusal:
         """:meth:`admit`; with shared state the Redis call is awaited, not blocking the loop."""
-        if self.shared is None:
+        if self.ledger is None:
             return self.admit(record, prompt_tokens, max_tokens, prices, now)
-        state = self._states[record.key_id]
-        limits, amount, cost = self._shared_ask(state, prompt_tokens, max_tokens, prices)
-        try:
-            got = await self.shared.admit_async(limits, amount, cost, now)
-        except StateUnavailableError as exc:
-            return _unavailable(exc, self.shared)
-        return self._shared_answer(got, state, prompt_tokens, max_tokens, cost, now)
-
-    def _shared_ask(
-        self, state: _KeyState, prompt_tokens: int, max_tokens: int, prices: Prices
-    ) -> tuple[KeyLimits, int, float]:
-        record, spec = state.record, state.record.spec
+        state, spec = self._states[record.key_id], record.spec
         limits = KeyLimits(
-            record.key_id, spec.max_requests_per_min, spec.max_tokens_per_min,
-            spec.budget_usd, state.seed_usd,
-        )  # fmt: skip
-        return limits, prompt_tokens + max_tokens, prices.cost_usd(prompt_tokens, max_tokens)
-
-    def _admit_shared(
-        self,
-        shared: RedisState,
-        state: _KeyState,
-        prompt_tokens: int,
-        max_tokens: int,
-        prices: Prices,
-        now: float,
-    ) -> Reservation | LimitRefusal:
-        """:meth:`admit` against the shared state: one atomic script in Redis."""
-        limits, amount, cost = self._shared_ask(state, prompt_tokens, max_tokens, prices)
+            record.key_id, spec.max_requests_per_min, spec.max_tokens_per_min, spec.budget_usd
+        )
+        amount, cost = prompt_tokens + max_tokens, prices.cost_usd(prompt_tokens, max_tokens)
+        self._num_reservations += 1
+        number = self._num_reservations
         try:
-            got = shared.admit(limits, amount, cost, now)
+            got = await self.ledger.admit(limits, amount, cost, self._rid(number), now)
         except StateUnavailableError as exc:
-            return _unavailable(exc, shared)
-        return self._shared_answer(got, state, prompt_tokens, max_tokens, cost, now)
+            return LimitRefusal(503, "state_store_unavailable", str(exc), exc.retry_after_s, None)
+        return self._shared_answer(got, state, prompt_tokens, max_tokens, cost, now, number)
+
+    def _rid(self, number: int) -> str:
+        """A reservation's id in Redis: this process's id and its number."""
+        assert self.ledger is not None
+        return f"{self.ledger.process_id}:{number}"
 
     def _shared_answer(
         self,
@@ -358,6 +348,7 @@ class KeyStore:
         max_tokens: int,
         cost: float,
         now: float,
+        number: int,
     ) -> Reservation | LimitRefusal:
         record, spec = state.record, state.record.spec
         amount = prompt_tokens + max_tokens
@@ -368,10 +359,7 @@ class KeyStore:
         state.reserved_usd += cost  # this process's share, for the gauges (Redis decides)
         self._changed(state)
         bucket = got.bucket if spec.max_tokens_per_min is not None else None
-        self._num_reservations += 1
-        reservation = Reservation(
-            self._num_reservations, record.key_id, record.name, cost, amount, bucket, now
-        )
+        reservation = Reservation(number, record.key_id, record.name, cost, amount, bucket, now)
         self._open[reservation.number] = reservation
         return reservation
 
@@ -385,28 +373,50 @@ class KeyStore:
         """Replace a reservation by actual usage at the serving instance's prices; its cost."""
         if self._open.pop(reservation.number, None) is None:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
+        cost = self._settle_here(reservation, prompt_tokens, completion_tokens, prices)
+        if self.ledger is not None:
+            call = self._settle_shared(reservation, (prompt_tokens, completion_tokens), cost)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._run(call)
+            else:
+                task = loop.create_task(call)
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
+        return cost
+
+    def _settle_here(
+        self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, prices: Prices
+    ) -> float:
+        """This process's side of a settlement: usage pending for the flush, windows, gauges."""
         state = self._states[reservation.key_id]
         cost = prices.cost_usd(prompt_tokens, completion_tokens)
         delta = Totals(cost, 1, prompt_tokens, completion_tokens)
         state.totals += delta
+        state.pending += delta
         state.reserved_usd = max(0.0, state.reserved_usd - reservation.reserved_usd)
         self._changed(state)
-        if self.shared is not None:
-            settled = (reservation, prompt_tokens, completion_tokens, cost)
-            if _loop_running():
-                self._settle_later(self.shared, settled)
-            else:
-                self._settle_shared(self.shared, settled)
-            if self.metrics is not None:
-                self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
-            return cost
-        state.pending += delta
-        if state.tokens is not None and reservation.tokens_bucket is not None:
+        local = state.tokens if self.ledger is None else None  # shared: Redis holds windows
+        if local is not None and reservation.tokens_bucket is not None:
             used = prompt_tokens + completion_tokens
-            state.tokens.adjust(reservation.tokens_bucket, used - reservation.reserved_tokens)
+            local.adjust(reservation.tokens_bucket, used - reservation.reserved_tokens)
         if self.metrics is not None:
             self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
         return cost
+
+    def _settle_shared(
+        self, reservation: Reservation, used: tuple[int, int], cost: float
+    ) -> Coroutine[Any, Any, None]:
+        """The ledger's part, decided now (right after the usage became pending: a rebuild
+        of Redis's books either counts it there or gets it from here, never both); the
+        returned call sends it."""
+        assert self.ledger is not None
+        item = self.ledger.settle(
+            reservation.key_id, self._rid(reservation.number), cost, reservation.tokens_bucket,
+            sum(used) - reservation.reserved_tokens, reservation.made_at, self._batch, used,
+        )  # fmt: skip
+        return self.ledger.send(item)
 
     async def settle_async(
         self,
@@ -416,44 +426,53 @@ class KeyStore:
         prices: Prices,
     ) -> float:
         """:meth:`settle`; with shared state the Redis call is awaited (done when it returns)."""
-        if self.shared is None:
+        if self.ledger is None:
             return self.settle(reservation, prompt_tokens, completion_tokens, prices)
         if self._open.pop(reservation.number, None) is None:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
-        cost = prices.cost_usd(prompt_tokens, completion_tokens)
-        state = self._states[reservation.key_id]
-        state.totals += Totals(cost, 1, prompt_tokens, completion_tokens)
-        state.reserved_usd = max(0.0, state.reserved_usd - reservation.reserved_usd)
-        self._changed(state)
-        settled = (reservation, prompt_tokens, completion_tokens, cost)
-        if self.metrics is not None:
-            self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
-        # shielded: a caller cancelled meanwhile must not leave the reservation held in Redis
-        await asyncio.shield(self._settle_later(self.shared, settled))
-        return cost
-
-    def _settle_shared(self, shared: RedisState, settled: _Settled) -> bool:
-        """Settle in Redis; kept for the next flush to retry when Redis is unreachable."""
-        try:
-            shared.settle(*_settle_args(settled))
-        except StateUnavailableError:
-            self._backlog.append(settled)
-            return False
-        return True
-
-    def _settle_later(self, shared: RedisState, settled: _Settled) -> asyncio.Task[None]:
-        """On an event loop: settle in Redis in a task of its own (awaited by :meth:`drain`)."""
-
-        async def settle() -> None:
-            try:
-                await shared.settle_async(*_settle_args(settled))
-            except StateUnavailableError:
-                self._backlog.append(settled)
-
-        task = asyncio.get_running_loop().create_task(settle())
+        cost = self._settle_here(reservation, prompt_tokens, completion_tokens, prices)
+        call = self._settle_shared(reservation, (prompt_tokens, completion_tokens), cost)
+        task = asyncio.get_running_loop().create_task(call)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
-        return task
+        # shielded: a caller cancelled meanwhile must not leave the reservation held in Redis
+        await asyncio.shield(task)
+        return cost
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        """Run a shared-state call to the end from synchronous code (no loop running)."""
+        shared = self.shared
+        assert shared is not None
+
+        async def run() -> T:
+            try:
+                return await call
+            finally:
+                await shared.aclose()  # its connections belong to this loop
+
+        return asyncio.run(run())
+
+    async def maintain(self, now: float) -> int:
+        """Renew leases, follow Redis's instance, retry settlements Redis missed (shared)."""
+        if self.ledger is not None:
+            await self.ledger.maintain(now)
+        return 0
+
+    def unwritten_usd(self, key_id: str) -> float:
+        """Spend settled here and not yet written: pending, or in a write not yet done."""
+        state = self._states.get(key_id)
+        usd = 0.0 if state is None else state.pending.spent_usd
+        if self._writing is not None:
+            job, batch = self._writing
+            if not job.done() or job.exception() is not None:
+                usd += batch[key_id].spent_usd if key_id in batch else 0.0
+        return usd
+
+    async def writes_done(self) -> None:
+        """Wait until a write under way has ended (either way)."""
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(self._writing[0]))
 
     async def drain(self) -> None:
         """Wait for settlements under way (before the loop stops); close the loop's client."""
@@ -505,9 +524,7 @@ class KeyStore:
 
     # --------------------------------------------------------------- persistence
     def take_pending(self) -> dict[str, Totals]:
-        """The usage settled since the last flush, cleared from memory (or from Redis)."""
-        if self.shared is not None:
-            return self._take_shared(self.shared)
+        """The usage settled since the last flush, cleared from memory."""
         pending = {}
         for key_id, state in self._states.items():
             if state.pending.num_requests:
@@ -515,21 +532,8 @@ class KeyStore:
                 state.pending = Totals()
         return pending
 
-    def _take_shared(self, shared: RedisState) -> dict[str, Totals]:
-        """Retry settlements Redis missed, then take what it holds unflushed ({} if down)."""
-        backlog, self._backlog = self._backlog, []
-        for settled in backlog:
-            self._settle_shared(shared, settled)
-        try:
-            return shared.take_unflushed()
-        except StateUnavailableError:
-            return {}
-
     def restore_pending(self, pending: dict[str, Totals]) -> None:
         """Put back usage whose write failed, to be written by the next flush."""
-        if self.shared is not None:
-            self.shared.restore_unflushed(pending)
-            return
         for key_id, delta in pending.items():
             state = self._states[key_id]
             state.pending = delta + state.pending
@@ -538,8 +542,9 @@ class KeyStore:
         """Write pending usage now (blocking); the number of keys written."""
         pending = self.take_pending()
         if pending:
+            batch, self._batch = self._batch, self._batch + 1
             try:
-                self.storage.add_usage(pending)
+                self._write(pending, batch)
             except BaseException:
                 self.restore_pending(pending)
                 raise
@@ -557,7 +562,8 @@ class KeyStore:
             return 0
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sincere-keystore")
-        job = self._writer.submit(self.storage.add_usage, pending)
+        batch, self._batch = self._batch, self._batch + 1
+        job = self._writer.submit(self._write, pending, batch)
         self._writing = (job, pending)
         try:
             await asyncio.shield(asyncio.wrap_future(job))
@@ -569,6 +575,14 @@ class KeyStore:
             raise
         self._writing = None
         return len(pending)
+
+    def _write(self, pending: Mapping[str, Totals], batch: int) -> None:
+        """Add ``pending`` to the durable record (tell the ledger what was written)."""
+        if self.ledger is None:
+            self.storage.add_usage(pending)
+            return
+        after = self.storage.add_usage(pending, (self.ledger.process_id, batch))
+        self.ledger.wrote(pending, after, batch)
 
     def close(self) -> None:
         """Wait for a write under way, flush the rest and close the storage."""
@@ -586,28 +600,6 @@ class KeyStore:
         self.storage.close()
         if self.shared is not None:
             self.shared.close()
-
-
-_Settled = tuple[Reservation, int, int, float]  # reservation, prompt, completion tokens, cost
-
-
-def _settle_args(settled: _Settled) -> tuple[str, float, float, int | None, int, int, int, float]:
-    """The arguments of :meth:`RedisState.settle` for one settlement."""
-    reservation, prompt_tokens, completion_tokens, cost = settled
-    used = prompt_tokens + completion_tokens
-    return (
-        reservation.key_id, reservation.reserved_usd, cost, reservation.tokens_bucket,
-        used - reservation.reserved_tokens, prompt_tokens, completion_tokens,
-        reservation.made_at,
-    )  # fmt: skip
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def default_audit_path(store_path: Path) -> Path:
@@ -641,10 +633,6 @@ def _rate_refusal(state: _KeyState, now: float, amount: int) -> LimitRefusal | N
             )
             return LimitRefusal(429, "tokens_per_minute_exceeded", message, wait, None)
     return None
-
-
-def _unavailable(exc: StateUnavailableError, shared: RedisState) -> LimitRefusal:
-    return LimitRefusal(503, "state_store_unavailable", str(exc), shared.retry_after_s, None)
 
 
 def _shared_refusal(

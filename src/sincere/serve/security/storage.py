@@ -74,8 +74,20 @@ class KeyStorage(Protocol):
         """Mark a key revoked (idempotent for an already revoked key)."""
         ...
 
-    def add_usage(self, deltas: Mapping[str, Totals]) -> None:
-        """Add each delta to its key's totals, in one transaction."""
+    def usage(self, key_id: str) -> Totals:
+        """One key's usage totals as written now (zero if none)."""
+        ...
+
+    def add_usage(
+        self, deltas: Mapping[str, Totals], writer: tuple[str, int] | None = None
+    ) -> dict[str, int]:
+        """Add each delta to its key's totals, in one transaction; each key's request
+        count right after it (so a reader can tell whether it saw this write).
+
+        ``writer``: (writer id, batch number): the batch is added only if that writer's
+        last batch written is lower, and becomes it -- writing a batch twice (its writer
+        and a survivor writing for it) adds it once; ``{}`` when it was already written.
+        """
         ...
 
     def close(self) -> None: ...
@@ -181,6 +193,7 @@ CREATE TABLE IF NOT EXISTS keys ({_KEY_COLUMNS});
 CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT PRIMARY KEY, spent_usd REAL NOT NULL, num_requests INTEGER NOT NULL,
     num_prompt_tokens INTEGER NOT NULL, num_completion_tokens INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS writers (writer_id TEXT PRIMARY KEY, last_batch INTEGER NOT NULL);
 """
 
 
@@ -240,12 +253,23 @@ class SqliteStorage:
                 (at, by, key_id),
             )
 
-    def add_usage(self, deltas: Mapping[str, Totals]) -> None:
+    def usage(self, key_id: str) -> Totals:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM usage WHERE key_id=?", (key_id,)).fetchone()
+        return Totals() if row is None else Totals(*tuple(row)[1:])
+
+    def add_usage(
+        self, deltas: Mapping[str, Totals], writer: tuple[str, int] | None = None
+    ) -> dict[str, int]:
+        if not deltas:
+            return {}
         rows = [
             (k, d.spent_usd, d.num_requests, d.num_prompt_tokens, d.num_completion_tokens)
             for k, d in deltas.items()
         ]
         with self._lock, self._db:
+            if writer is not None and not self._fence(*writer):
+                return {}
             self._db.executemany(
                 "INSERT INTO usage VALUES (?, ?, ?, ?, ?) ON CONFLICT(key_id) DO UPDATE SET "
                 "spent_usd = spent_usd + excluded.spent_usd, "
@@ -254,6 +278,25 @@ class SqliteStorage:
                 "num_completion_tokens = num_completion_tokens + excluded.num_completion_tokens",
                 rows,
             )
+            marks = ", ".join("?" for _ in deltas)
+            counts = self._db.execute(
+                f"SELECT key_id, num_requests FROM usage WHERE key_id IN ({marks})", list(deltas)
+            ).fetchall()
+        return {str(k): int(n) for k, n in counts}
+
+    def _fence(self, writer_id: str, batch: int) -> bool:
+        """Within a transaction: record ``batch`` as the writer's last; False if it was."""
+        row = self._db.execute(
+            "SELECT last_batch FROM writers WHERE writer_id=?", (writer_id,)
+        ).fetchone()
+        if row is not None and int(row[0]) >= batch:
+            return False
+        self._db.execute(
+            "INSERT INTO writers VALUES (?, ?) ON CONFLICT(writer_id) DO UPDATE SET "
+            "last_batch = excluded.last_batch",
+            (writer_id, batch),
+        )
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -301,7 +344,10 @@ class FileStorage:
         return doc
 
     def _write(self, doc: dict[str, Any]) -> None:
-        doc = {"format": FORMAT, "version": VERSION, "keys": doc["keys"], "usage": doc["usage"]}
+        doc = {
+            "format": FORMAT, "version": VERSION, "keys": doc["keys"], "usage": doc["usage"],
+            "writers": doc.get("writers", {}),
+        }  # fmt: skip
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -336,9 +382,19 @@ class FileStorage:
                     row["revoked_at"], row["revoked_by"] = at, by
             self._write(doc)
 
-    def add_usage(self, deltas: Mapping[str, Totals]) -> None:
+    def usage(self, key_id: str) -> Totals:
+        return self.load()[1].get(key_id, Totals())
+
+    def add_usage(
+        self, deltas: Mapping[str, Totals], writer: tuple[str, int] | None = None
+    ) -> dict[str, int]:
         with self._locked():
             doc = self._read()
+            writers = doc.setdefault("writers", {})
+            if writer is not None:
+                if writers.get(writer[0], 0) >= writer[1]:
+                    return {}
+                writers[writer[0]] = writer[1]
             usage = doc["usage"]
             for key_id, delta in deltas.items():
                 old = Totals(*usage.get(key_id, ()))
@@ -350,6 +406,7 @@ class FileStorage:
                     new.num_completion_tokens,
                 ]
             self._write(doc)
+        return {k: int(usage[k][1]) for k in deltas}
 
     def close(self) -> None:
         """Nothing stays open between calls."""

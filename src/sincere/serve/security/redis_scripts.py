@@ -1,0 +1,249 @@
+"""The Lua scripts of the shared books (:mod:`sincere.serve.security.shared`): text only.
+
+Every script but :data:`INSTANCE` opens with the same check (``instance()``): the Redis
+*instance* hash (``KEYS[1]``) holds a random ``token`` made when the books were first
+written to this Redis, the time from which keys may be admitted (``ready_at``) and a
+``clock`` that every settlement advances. The caller passes the token it works under
+(``ARGV[1]``), its ``now`` (``ARGV[2]``) and the highest clock it has seen (``ARGV[3]``):
+
+* no instance hash -- Redis lost its data (restart without persistence, ``FLUSHALL``);
+* another token -- the caller has not yet joined the books as they are now;
+* a clock below the caller's -- Redis went back in time (restored from a snapshot).
+
+In each case the script changes nothing and says so; the caller rebuilds (see
+:mod:`sincere.serve.security.ledger`). Per key (``KEYS[2..]``, all under the token):
+``money`` (``spent``, ``base``: the durable record's request count when seeded,
+``reserved``), ``res`` (reservation id -> worst-case cost: held), ``lease`` (reservation
+id -> expiry), ``gone`` (ids whose lease ran out, and ``x:``-prefixed ids of cancelled
+admissions -> when, kept ``keep_s``), ``synced`` (the processes that added their unwritten
+usage). A settlement charges only a reservation held or gone: sent again, it finds
+neither and changes nothing -- each applies once, with no record of every settled id.
+"""
+
+from __future__ import annotations
+
+_INSTANCE = """
+local function instance()
+  local inst = redis.call('HMGET', KEYS[1], 'token', 'ready_at', 'clock')
+  if not inst[1] then return {'no-instance', '', ''} end
+  if inst[1] ~= ARGV[1] then return {'new-instance', inst[1], ''} end
+  local clock = tonumber(inst[3] or '0')
+  if clock < tonumber(ARGV[3]) then return {'regressed', inst[1], tostring(clock)} end
+  return nil, tonumber(inst[2] or '0'), clock
+end
+"""
+
+_PRUNE = """
+local function prune(money, res, lease, gone, now, keep)
+  local out = redis.call('ZRANGEBYSCORE', lease, '-inf', '(' .. now)
+  for _, rid in ipairs(out) do
+    local c = redis.call('HGET', res, rid)
+    if c then redis.call('HINCRBYFLOAT', money, 'reserved', -tonumber(c)) end
+    redis.call('HDEL', res, rid)
+    redis.call('ZADD', gone, now, rid)
+  end
+  if #out > 0 then redis.call('ZREMRANGEBYSCORE', lease, '-inf', '(' .. now) end
+  if redis.call('ZCARD', lease) == 0 then redis.call('HSET', money, 'reserved', '0') end
+  redis.call('ZREMRANGEBYSCORE', gone, '-inf', tonumber(now) - keep)
+end
+"""
+
+_WINDOW = """
+local function window(key, bucket, n, limit, add)
+  if limit <= 0 then return 0, -1 end
+  local all = redis.call('HGETALL', key)
+  local total = 0
+  local parts = {}
+  for i = 1, #all, 2 do
+    local b = tonumber(all[i])
+    local v = tonumber(all[i + 1])
+    if b < bucket - n then
+      redis.call('HDEL', key, all[i])
+    else
+      total = total + v
+      parts[#parts + 1] = {b, v}
+    end
+  end
+  if total + add <= limit then return total, -1 end
+  if add > limit then return total, -2 end
+  table.sort(parts, function(x, y) return x[1] < y[1] end)
+  local freed = 0
+  for _, p in ipairs(parts) do
+    freed = freed + p[2]
+    if total - freed + add <= limit then return total, p[1] end
+  end
+  return total, -2
+end
+"""
+
+# KEYS: instance; ARGV: expected token ('': create if none; '?': only read), new token,
+#       ready_at, clock. Answers the token and clock in force afterwards ('' : none).
+INSTANCE = """
+local cur = redis.call('HMGET', KEYS[1], 'token', 'clock')
+if (ARGV[1] == '' and not cur[1]) or (cur[1] and cur[1] == ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'token', ARGV[2], 'ready_at', ARGV[3], 'clock', ARGV[4])
+  return {ARGV[2], ARGV[4]}
+end
+return {cur[1] or '', cur[2] or '0'}
+"""
+
+# KEYS: instance, money, res, lease, gone, requests window, tokens window
+# ARGV: token, now, clock, rid, bucket, num_buckets, rpm (0: none), tpm (0: none), amount,
+#       budget (<0: none), cost, window ttl_s, lease expiry, keep_s
+ADMIT = (
+    _INSTANCE
+    + _PRUNE
+    + _WINDOW
+    + """
+local bad, ready_at, clock = instance()
+if bad then return bad end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'unseeded', '', ''} end
+local now = tonumber(ARGV[2])
+if now < ready_at then return {'syncing', tostring(ready_at - now), ''} end
+prune(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], tonumber(ARGV[14]))
+local budget, cost = tonumber(ARGV[10]), tonumber(ARGV[11])
+local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[2], 'reserved') or '0')
+local function left(extra)
+  if budget < 0 then return '' end
+  return tostring(budget - spent - reserved - extra)
+end
+if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then
+  return {'ok', '', left(0)}  -- a retried call: admitted once
+end
+if redis.call('ZSCORE', KEYS[5], 'x:' .. ARGV[4]) then
+  return {'budget', '', left(0)}  -- cancelled by its process before it ran
+end
+local bucket, n = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rpm, tpm, amount, ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[12]
+local _, wait = window(KEYS[6], bucket, n, rpm, 1)
+if wait ~= -1 then return {'rpm', tostring(wait), ''} end
+local _, twait = window(KEYS[7], bucket, n, tpm, amount)
+if twait ~= -1 then return {'tpm', tostring(twait), ''} end
+if budget >= 0 then
+  local remaining = budget - spent - reserved
+  if remaining <= 0 or cost > remaining then return {'budget', '', tostring(remaining)} end
+end
+if rpm > 0 then
+  redis.call('HINCRBY', KEYS[6], bucket, 1)
+  redis.call('EXPIRE', KEYS[6], ttl)
+end
+if tpm > 0 then
+  redis.call('HINCRBY', KEYS[7], bucket, amount)
+  redis.call('EXPIRE', KEYS[7], ttl)
+end
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[11])
+redis.call('ZADD', KEYS[4], ARGV[13], ARGV[4])
+redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', ARGV[11])
+return {'ok', '', left(cost)}
+"""
+)
+
+# KEYS: instance, money, res, lease, gone, tokens window, the settling process's mirror
+# ARGV: token, now, clock, rid, cost, tokens_bucket (<0: none), tokens_delta, bucket,
+#       num_buckets, keep_s, ttl_s, flush batch, prompt tokens, completion tokens, key id,
+#       cancel (1: an admission its process gave up on -- released, nothing charged)
+SETTLE = (
+    _INSTANCE
+    + """
+local bad = instance()
+if bad then return bad end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'unseeded', '', ''} end
+local now = tonumber(ARGV[2])
+local held = redis.call('HGET', KEYS[3], ARGV[4])
+if held then
+  redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', -tonumber(held))
+  redis.call('HDEL', KEYS[3], ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[4])
+elseif ARGV[16] == '1' then
+  redis.call('ZADD', KEYS[5], now, 'x:' .. ARGV[4])  -- refuse it if it runs later
+elseif redis.call('ZREM', KEYS[5], ARGV[4]) == 0 then
+  return {'duplicate', '', ''}  -- neither held nor gone: settled already
+end
+if ARGV[16] == '1' then return {'ok', '', ''} end
+redis.call('HINCRBYFLOAT', KEYS[2], 'spent', ARGV[5])
+local tb = tonumber(ARGV[6])
+if tb >= 0 and tonumber(ARGV[8]) - tb <= tonumber(ARGV[9]) then
+  local v = tonumber(redis.call('HGET', KEYS[6], tb) or '0') + tonumber(ARGV[7])
+  if v < 0 then v = 0 end
+  redis.call('HSET', KEYS[6], tb, v)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[10]))
+for i = 2, 5 do redis.call('EXPIRE', KEYS[i], ARGV[11]) end
+local f = ARGV[12] .. ':' .. ARGV[15] .. ':'
+redis.call('HINCRBYFLOAT', KEYS[7], f .. 's', ARGV[5])
+redis.call('HINCRBY', KEYS[7], f .. 'r', 1)
+redis.call('HINCRBY', KEYS[7], f .. 'p', ARGV[13])
+redis.call('HINCRBY', KEYS[7], f .. 'c', ARGV[14])
+redis.call('EXPIRE', KEYS[7], ARGV[11])
+return {'ok', '', tostring(redis.call('HINCRBY', KEYS[1], 'clock', 1))}
+"""
+)
+
+# KEYS: instance, money, res, lease, gone, synced
+# ARGV: token, now, clock, process id, seed spent ('': do not seed), seed base,
+#       unwritten usage, lease expiry, ttl_s, num_batches, then (num_requests_after,
+#       spent) per batch written, then (rid, cost) per reservation held
+SYNC = (
+    _INSTANCE
+    + """
+local bad = instance()
+if bad then return bad end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if ARGV[5] == '' then return {'unseeded', '', ''} end
+  redis.call('HSET', KEYS[2], 'spent', ARGV[5], 'base', ARGV[6], 'reserved', '0')
+end
+local base = tonumber(redis.call('HGET', KEYS[2], 'base') or '0')
+local nb = tonumber(ARGV[10])
+if redis.call('SADD', KEYS[6], ARGV[4]) == 1 then
+  local add = tonumber(ARGV[7])
+  for i = 0, nb - 1 do
+    if tonumber(ARGV[11 + 2 * i]) > base then add = add + tonumber(ARGV[12 + 2 * i]) end
+  end
+  if add ~= 0 then redis.call('HINCRBYFLOAT', KEYS[2], 'spent', add) end
+end
+for i = 11 + 2 * nb, #ARGV, 2 do
+  local rid, cost = ARGV[i], ARGV[i + 1]
+  if redis.call('HEXISTS', KEYS[3], rid) == 0 then  -- lost with the books, or run out
+    redis.call('HSET', KEYS[3], rid, cost)
+    redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', cost)
+    redis.call('ZREM', KEYS[5], rid)
+  end
+  redis.call('ZADD', KEYS[4], ARGV[8], rid)
+end
+for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+return {'ok', '', ''}
+"""
+)
+
+# A process's *mirror* (``w:<process id>``): the usage of its settlements as Redis applied
+# them, by flush batch (fields ``<batch>:<key id>:<s|r|p|c>``), so that a survivor can
+# write a killed process's unwritten usage. ``procs``: process id -> heartbeat expiry.
+# KEYS: procs, mirror; ARGV: what, then
+#   beat: process id, expiry, now ('-inf': judge no one), claim until -> the dead
+#         process ids (heartbeat expired before now), now claimed until "claim until"
+#   read: -> the mirror's fields and values
+#   trim: last batch written -> (fields of batches up to it removed)
+#   forget: process id -> (its mirror and heartbeat removed)
+WRITERS = """
+local what = ARGV[1]
+if what == 'beat' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  if ARGV[4] == '-inf' then return {} end
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
+  for _, id in ipairs(dead) do redis.call('ZADD', KEYS[1], ARGV[5], id) end
+  return dead
+elseif what == 'read' then
+  return redis.call('HGETALL', KEYS[2])
+elseif what == 'trim' then
+  local upto = tonumber(ARGV[2])
+  for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+    local b = tonumber(string.match(f, '^(%d+):'))
+    if b and b <= upto then redis.call('HDEL', KEYS[2], f) end
+  end
+  return {}
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[2])
+return {}
+"""
