@@ -220,5 +220,5 @@ def test_budget_held_by_a_killed_gateway_is_released_when_its_leases_run_out(
         finally:
             stop_group(a, signal.SIGKILL)
             stop_group(b, signal.SIGINT)
-    assert at_once.count(200) == 1 and at_once.count(402) == 4, at_once
-    assert later.count(200) == 4 and later.count(402) == 6, later
+    assert at_once.count(200) == 1 and at_once.count(429) == 4, at_once
+    assert later.count(200) == 4 and later.count(429) == 6, later
