@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
 
-from sincere.core.errors import ConfigError
+from sincere.core.output import output_folder
 from sincere.experiment.serving_runs import METRICS, RunComparison
 
 FloatArray = npt.NDArray[np.float64]
@@ -202,12 +202,8 @@ def write_runs_report(
     comparisons: Sequence[RunComparison], out_dir: str | Path, *, source: str
 ) -> RunsFiles:
     """Write the CSVs, ``summary.json``, ``report.md`` and the figures into ``out_dir``."""
-    out = Path(out_dir)
-    figures_dir = out / "figures"
-    try:
-        figures_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
+    out = output_folder(out_dir)
+    figures_dir = output_folder(out / "figures")
     stats = error_stats(comparisons)
     requests_csv = _write_csv(_request_rows(comparisons), out / "requests.csv")
     scoreboard_csv = _write_csv([asdict(s) for s in stats], out / "scoreboard.csv")

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sincere.core.errors import ConfigError
+from sincere.core.output import output_folder
 from sincere.experiment.report import Block, Figure, Grid, Heading, Para, to_html, to_markdown
 from sincere.experiment.validation import (
     QUANTILES,
@@ -207,12 +208,8 @@ def write_validation(
     results: Sequence[CellComparison], out_dir: str | Path, *, model: str, source: str
 ) -> ValidationFiles:
     """Write ``validation.csv``, ``summary.json``, ``report.md``, ``report.html``, figures."""
-    out = Path(out_dir)
-    figures_dir = out / "figures"
-    try:
-        figures_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("cannot create output folder", where=out, value=str(exc)) from None
+    out = output_folder(out_dir)
+    figures_dir = output_folder(out / "figures")
     rows = validation_rows(results)
     stats = error_summary(rows)
     table = write_csv(rows, out / "validation.csv")
