@@ -23,6 +23,9 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 
+from pydantic import Field
+
+from sincere.core.params import Params
 from sincere.core.prefix import chain_keys
 from sincere.core.request import Request
 from sincere.core.types import InstanceId
@@ -99,18 +102,35 @@ class PrefixIndex:
         return self._held.get(instance, 0)
 
 
-def router_index(max_tokens: int, max_blocks: int | None, router: str) -> PrefixIndex:
-    """A router's index: ``max_tokens`` per instance, unless the deprecated
-    ``max_blocks_per_instance`` is given (keys, whose tokens depend on the block size:
-    512 in Mooncake's trace, 16 at the gateway), which warns and keeps its old meaning."""
-    if max_blocks is None:
-        return PrefixIndex(max_tokens)
-    warnings.warn(
-        f"router {router!r}: max_blocks_per_instance is deprecated: it counts block keys, "
-        "whose size differs between traces (Mooncake: 512 tokens) and the gateway (16), so "
-        "one setting forgets 32 times sooner live; give max_tokens_per_instance (tokens, "
-        f"e.g. {max_blocks} x the block tokens) instead",
-        FutureWarning,
-        stacklevel=3,
+class PrefixIndexParams(Params):
+    """The prefix index's parameters, shared by the routers that keep one."""
+
+    max_tokens_per_instance: int = Field(
+        DEFAULT_INDEX_TOKENS,
+        ge=1,
+        description="prompt tokens the prefix index remembers per instance (LRU beyond), "
+        "the same at any block size",
     )
-    return PrefixIndex(max_blocks=max_blocks)
+    max_blocks_per_instance: int | None = Field(
+        None, ge=1, description="deprecated: block keys per instance; use max_tokens_per_instance"
+    )
+    max_prefix_blocks: int | None = Field(
+        None, ge=1, description="leading blocks of a prompt keyed and matched; null: all"
+    )
+
+    def index(self, router: str) -> PrefixIndex:
+        """The index: ``max_tokens_per_instance`` per instance, unless the deprecated
+        ``max_blocks_per_instance`` is given (keys, whose tokens depend on the block size:
+        512 in Mooncake's trace, 16 at the gateway), which warns and keeps its old meaning."""
+        max_blocks = self.max_blocks_per_instance
+        if max_blocks is None:
+            return PrefixIndex(self.max_tokens_per_instance)
+        warnings.warn(
+            f"router {router!r}: max_blocks_per_instance is deprecated: it counts block keys, "
+            "whose size differs between traces (Mooncake: 512 tokens) and the gateway (16), so "
+            "one setting forgets 32 times sooner live; give max_tokens_per_instance (tokens, "
+            f"e.g. {max_blocks} x the block tokens) instead",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return PrefixIndex(max_blocks=max_blocks)

@@ -32,29 +32,17 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from sincere.core.params import Params, params_from
+from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router
 from sincere.policy.routers._common import LoadMetric, load_measure
-from sincere.policy.routers._prefix_index import DEFAULT_INDEX_TOKENS, prompt_keys, router_index
+from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
 
 
-class PrefixAwareParams(Params):
+class PrefixAwareParams(PrefixIndexParams):
     """Parameters of ``prefix-aware``."""
 
-    max_tokens_per_instance: int = Field(
-        DEFAULT_INDEX_TOKENS,
-        ge=1,
-        description="prompt tokens the prefix index remembers per instance (LRU beyond), "
-        "the same at any block size",
-    )
-    max_blocks_per_instance: int | None = Field(
-        None, ge=1, description="deprecated: block keys per instance; use max_tokens_per_instance"
-    )
-    max_prefix_blocks: int | None = Field(
-        None, ge=1, description="leading blocks of a prompt keyed and matched; null: all"
-    )
     metric: LoadMetric = Field("outstanding", description="load measure compared")
     max_load_gap: float = Field(
         4.0,
@@ -76,9 +64,7 @@ class PrefixAwareRouter(Router):
     ) -> None:
         super().__init__(rng)
         p = params_from(PrefixAwareParams, params, values, "router 'prefix-aware'")
-        self.index = router_index(
-            p.max_tokens_per_instance, p.max_blocks_per_instance, "prefix-aware"
-        )
+        self.index = p.index("prefix-aware")
         self.max_prefix_blocks = p.max_prefix_blocks
         self.metric = p.metric
         self.max_load_gap = p.max_load_gap

@@ -30,35 +30,23 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from sincere.core.params import Params, params_from
+from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router
-from sincere.policy.routers._prefix_index import DEFAULT_INDEX_TOKENS, prompt_keys, router_index
+from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
 
 SCORERS = ("prefix", "queue", "kv", "running")
 """The scorers, in the order the reason lists them."""
 
 
-class WeightedScoreParams(Params):
+class WeightedScoreParams(PrefixIndexParams):
     """Parameters of ``weighted-score``."""
 
     w_prefix: float = Field(2.0, ge=0.0, description="weight of the prefix-match scorer")
     w_queue: float = Field(1.0, ge=0.0, description="weight of the queue-depth scorer")
     w_kv: float = Field(1.0, ge=0.0, description="weight of the KV-utilisation scorer")
     w_running: float = Field(0.0, ge=0.0, description="weight of the running-requests scorer")
-    max_tokens_per_instance: int = Field(
-        DEFAULT_INDEX_TOKENS,
-        ge=1,
-        description="prompt tokens the prefix index remembers per instance (LRU beyond), "
-        "the same at any block size",
-    )
-    max_blocks_per_instance: int | None = Field(
-        None, ge=1, description="deprecated: block keys per instance; use max_tokens_per_instance"
-    )
-    max_prefix_blocks: int | None = Field(
-        None, ge=1, description="leading blocks of a prompt keyed and matched; null: all"
-    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> WeightedScoreParams:
@@ -109,9 +97,7 @@ class WeightedScoreRouter(Router):
         super().__init__(rng)
         p = params_from(WeightedScoreParams, params, values, "router 'weighted-score'")
         self.weights = {name: float(getattr(p, f"w_{name}")) for name in SCORERS}
-        self.index = router_index(
-            p.max_tokens_per_instance, p.max_blocks_per_instance, "weighted-score"
-        )
+        self.index = p.index("weighted-score")
         self.max_prefix_blocks = p.max_prefix_blocks
 
     def scores(
