@@ -108,6 +108,13 @@ def runs_command(
         int | None, typer.Option(help="replay only each run's first N requests", min=1)
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the simulations")] = 0,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="engine execution model: vllm-v1 (as the runs; the default), eager (2024), "
+            "…; eager by default with --step-model"
+        ),
+    ] = None,
 ) -> None:
     """Replay real per-request vLLM runs and score the simulator, request by request."""
     from sincere.experiment.serving_runs import compare_run, load_step_model
@@ -123,7 +130,7 @@ def runs_command(
         task = bar.add_task("replaying runs", total=len(logs))
         for log in logs:
             bar.update(task, description=log.name[:40])
-            results.append(compare_run(log, block, seed))
+            results.append(compare_run(log, block, seed, preset))
             bar.advance(task)
     files = write_runs_report(results, out, source=str(runs))
     table = Table(title=f"{len(results)} runs: median APE, %")

@@ -36,6 +36,7 @@ from sincere.sim.disagg import (
     link_figures,
     role_of,
 )
+from sincere.sim.frontend import closed_loop_delays, front_end_of
 from sincere.workload.arrivals import Closed
 
 THINK_STREAM = 50  # the child stream of a closed loop's think times
@@ -105,8 +106,12 @@ class _Builder:
         process = arrival.build()
         assert isinstance(process, Closed)
         n = len(self.requests)
-        think = process.think_times(_rng(self.config.seed, THINK_STREAM), n)
-        return ClosedLoop(process.concurrency, think.tolist(), process.num_warmup(n))
+        think = process.think_times(_rng(self.config.seed, THINK_STREAM), n).tolist()
+        front = front_end_of(self.config)
+        if front.is_zero:
+            return ClosedLoop(process.concurrency, think, process.num_warmup(n))
+        first, think = closed_loop_delays(self.requests, front, process.concurrency, think)
+        return ClosedLoop(process.concurrency, think, process.num_warmup(n), tuple(first))
 
     def _add(self, inst: InstanceConfig, where: str) -> None:
         ix = len(self.engines)

@@ -81,6 +81,7 @@ class ClosedLoop:
     concurrency: int
     think_s: list[float]
     num_warmup: int = 0  # the first requests to arrive, left out of the summary's requests
+    first_s: tuple[float, ...] = ()  # each client's first arrival (empty: all at 0)
 
 
 class Cluster:
