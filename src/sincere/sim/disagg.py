@@ -58,14 +58,13 @@ from sincere.perf.kv_link import RDMA_DEFAULT_LATENCY_S as RDMA_DEFAULT_LATENCY_
 from sincere.perf.kv_link import KvLink as KvLink
 from sincere.perf.kv_link import link_figures as link_figures
 from sincere.policy.front_door import Hold, Reject
-from sincere.policy.pd import Local, PDFrontDoor, PDRoute
+from sincere.policy.pd import PHASE_ROLES, ROLES, Local, PDFrontDoor, PDRoute, missing_phase
 from sincere.policy.router_base import Outcome
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, SimulationConfig
 from sincere.sim.events import EventQueue
 from sincere.sim.runner import ARRIVAL, Progress, RunLog
 
-ROLES = ("prefill", "decode", "both")
 NO_INSTANCE = -1
 
 
@@ -94,12 +93,11 @@ def check_roles(config: SimulationConfig) -> None:
         for model in inst.model_names:
             served.setdefault(model, set()).add(role_of(inst))
     for model, roles in served.items():
-        split = roles & {"prefill", "decode"}
-        if split and split != {"prefill", "decode"}:
-            missing = ({"prefill", "decode"} - split).pop()
+        missing = missing_phase(roles)
+        if missing is not None:
             raise ConfigError(
-                f"model {model!r} has {split.pop()} instances but no {missing} instance: a "
-                "disaggregated model needs at least one of each",
+                f"model {model!r} has {(roles & PHASE_ROLES).pop()} instances but no {missing} "
+                "instance: a disaggregated model needs at least one of each",
                 where="instances[].role", value=sorted(roles), allowed=ROLES,
             )  # fmt: skip
     _check_nvlink_pairs(config)
@@ -113,7 +111,7 @@ def _check_nvlink_pairs(config: SimulationConfig) -> None:
         return
     kinds: dict[str, set[str]] = {}
     for inst in config.instances:
-        if role_of(inst) in ("prefill", "decode"):
+        if role_of(inst) in PHASE_ROLES:
             for model in inst.model_names:
                 kinds.setdefault(model, set()).add(_accelerator_name(inst.accelerator))
     for model, names in kinds.items():
