@@ -37,7 +37,6 @@ included), and when decoding started.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -406,15 +405,10 @@ class PDLoop:
             self._seen.pop(i, None)
             return
         arrival = float(self.cluster.requests.arrival_at[i])
-        first = float(records.first_token_at[i])
-        end = at if prefill else float(records.finished_at[i])
-        outcome = Outcome(
-            request=request,
-            instance=self.cluster.infos[e].id,
-            ttft_s=None if math.isnan(first) else first - arrival,
-            e2e_s=end - arrival,
-            output_tokens=1 if prefill else int(records.output_tokens[i]),
-            finished_at=end,
+        instance = self.cluster.infos[e].id
+        end, tokens = (at, 1) if prefill else (None, None)
+        outcome = Outcome.of_record(
+            records, i, request, instance, arrival, end_at=end, output_tokens=tokens
         )
         door = self.plan.door
         (door.observe_prefill if prefill else door.observe_decode)(outcome)
