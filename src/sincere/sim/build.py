@@ -25,7 +25,7 @@ from sincere.engine.instance import InstanceInfo, spec_info
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, build_front_door
-from sincere.policy.pd import build_pd_front_door
+from sincere.policy.pd import build_pd_front_door, colocated_role
 from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.config import DisaggregationConfig, InstanceConfig, SimulationConfig
 from sincere.sim.disagg import (
@@ -143,8 +143,8 @@ class _Builder:
         for m, choices in enumerate(cluster.eligible):
             prefill_of.append([e for e in choices if roles[e] == "prefill"])
             decode_of.append([e for e in choices if roles[e] == "decode"])
-            both = [e for e in choices if roles[e] == "both"]
-            cluster.eligible[m] = both or decode_of[m]
+            whole = colocated_role(roles[e] for e in choices)
+            cluster.eligible[m] = [e for e in choices if roles[e] == whole]
         cluster.passthrough = False
         kv = [d.model.kv_bytes_per_token(d.kv_precision) for d in self.deployments]
         links = [
