@@ -16,8 +16,8 @@ from sincere.experiment.inferencex import (
     PointResult,
     PointSpec,
     Skip,
+    benchmark_prompts,
     engine_preset,
-    measured_requests,
     point_config,
     point_spec,
     score_points,
@@ -39,13 +39,12 @@ FILE = "serving-runs/inferencex/blackwell_operating_points.csv"
 
 
 def test_a_representable_point_maps_to_its_deployment() -> None:
-    """Catalog model, GPU, precision, TP, EP = moe_ep, clients, warm-up wave and count."""
+    """Catalog model, GPU, precision, TP, EP = moe_ep, clients, the benchmark's 10 C prompts."""
     spec = point_spec(POINT)
     assert isinstance(spec, PointSpec)
     assert (spec.catalog_model, spec.accelerator, spec.precision) == ("deepseek-r1", "B200", "fp8")
     assert (spec.tp, spec.pp, spec.ep, spec.clients) == (8, 1, 8, 64)
-    assert spec.num_warmup == 64  # the first wave, all sent at t = 0
-    assert spec.num_requests == 64 + 200  # 3 waves = 192 < the floor of 200
+    assert spec.num_requests == 640  # InferenceX's client sends 10 C prompts
     assert spec.engine_preset == "sglang"
 
 
@@ -114,19 +113,20 @@ def test_engine_presets_by_backend() -> None:
         engine_preset("tgi", "3")
 
 
-def test_measured_requests_are_three_waves_within_bounds() -> None:
-    """At least 200, three waves of the clients, at most 4096."""
-    assert [measured_requests(c) for c in (1, 64, 100, 1024, 2048)] == [200, 200, 300, 3072, 4096]
+def test_benchmark_prompts_are_ten_per_client_within_bounds() -> None:
+    """10 C, at most 4096, but every client sends at least twice."""
+    assert [benchmark_prompts(c) for c in (1, 64, 409, 1024, 4096)] == [10, 640, 4090, 4096, 8192]
 
 
-def test_the_config_is_a_closed_loop_whose_warmup_is_the_first_wave() -> None:
-    """C clients, no think time, fixed lengths, max_num_seqs = C; warm-up = exactly C."""
+def test_the_config_is_the_benchmark_as_run() -> None:
+    """C clients, no think time, no warm-up left out, lengths in [0.8 L, L], the backend's
+    preset, max_num_seqs = C, 8192 batched tokens, no prefix caching, fp8 KV for fp8."""
     spec = point_spec(dataclasses.replace(POINT, batch_size=6, source_concurrency=6))
     assert isinstance(spec, PointSpec)
     config = point_config(spec)
     arrival = config.workload.arrival
-    assert (arrival.kind, arrival.concurrency) == ("closed", 6)
-    assert int(arrival.warmup_share * spec.num_requests) == 6
+    assert (arrival.kind, arrival.params) == ("closed", {"concurrency": 6})  # no warm-up share
+    assert config.workload.lengths.prompt == {"kind": "uniform", "low": 819, "high": 1024}
     (instance,) = config.instances
     assert (instance.model, instance.accelerator, instance.tp, instance.ep) == (
         "deepseek-r1",
@@ -134,10 +134,17 @@ def test_the_config_is_a_closed_loop_whose_warmup_is_the_first_wave() -> None:
         8,
         8,
     )
-    assert instance.engine.max_num_seqs == 6
+    assert instance.kv_precision == "fp8"
+    engine = instance.engine
+    assert (engine.preset, engine.max_num_seqs, engine.max_num_batched_tokens) == (
+        "sglang",
+        6,
+        8192,
+    )
+    assert engine.enable_prefix_caching is False
     summary = simulate(config).summary
-    assert summary["closed_loop"]["num_warmup"] == 6
-    assert summary["num_requests"] == spec.num_requests - 6
+    assert summary["num_requests"] == spec.num_requests == 60
+    assert summary["closed_loop"]["num_warmup"] == 0
 
 
 def _result(backend: str, ttft: float, tpot: float) -> PointResult:
@@ -179,7 +186,7 @@ def _real_points(shared_data: Path) -> list[OperatingPoint]:
 
 
 def test_real_rows_end_to_end(shared_data: Path, tmp_path: Path) -> None:
-    """Two rows simulated (finite means, three waves measured), one skipped; the files hold
+    """Two rows simulated (finite means, every request measured), one skipped; the files hold
     both, the engine preset per point; the same seed gives the same figures."""
     points = _real_points(shared_data)
     board = score_points(points, seed=0)
@@ -187,7 +194,7 @@ def test_real_rows_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     assert len(board.results) == 2
     for r in board.results:
         assert math.isfinite(r.sim_ttft_ms) and r.sim_ttft_ms > 0 and r.sim_tpot_ms > 0
-        assert r.num_measured == measured_requests(r.spec.clients)
+        assert r.num_measured == benchmark_prompts(r.spec.clients)
     again = score_points(points, seed=0)
     assert [(r.sim_ttft_ms, r.sim_tpot_ms) for r in again.results] == [
         (r.sim_ttft_ms, r.sim_tpot_ms) for r in board.results

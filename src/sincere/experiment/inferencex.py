@@ -10,13 +10,16 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
   only for a model whose published checkpoint is MXFP4 (GPT-OSS: the row's checkpoint is
   that one); NVFP4 weights are not a format of the simulator;
 * **experts**: ``ep = moe_ep_size`` over the TP group when ``moe_tp x moe_ep`` covers it;
-* **engine**: continuous batching (FCFS, chunked prefill) with ``max_num_seqs`` = the
-  clients and the engine config's other defaults; the backend's execution-model preset
-  (:func:`engine_preset`) is recorded, and passed on once the engine config takes one;
-* **workload**: ``C = batch_size x attention_dp`` clients with no think time, every request
-  ``isl`` tokens in and exactly ``osl`` out (``ignore_eos``); the first wave of ``C`` requests
-  (all sent at once, into an empty engine) is the warm-up, then :func:`measured_requests`
-  more are measured; seed fixed.
+* **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration, no
+  prefix caching) with ``max_num_seqs`` = the clients, under the backend's execution-model
+  preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
+  time); fp8 and fp4 weights run an fp8 KV cache (the serving recipes' setting; the rows do
+  not state it);
+* **workload**: as InferenceX's client ran it (vLLM's ``benchmark_serving``): ``C =
+  batch_size x attention_dp`` clients with no think time, :func:`benchmark_prompts`
+  requests, each with input and output lengths drawn uniformly in ``[0.8 L, L]`` (its
+  ``random_range_ratio`` 0.8) and exactly that output (``ignore_eos``); no warm-up left out
+  (the benchmark's means hold every request); seed fixed.
 
 A point the simulator cannot represent is a :class:`Skip` with its reason (one of
 :data:`SKIP_REASONS`), never dropped: disaggregated points (the simulator refuses a closed
@@ -24,8 +27,8 @@ loop over a prefill / decode split), attention data parallelism, NVFP4 weights, 
 outside the catalog, and deployments the simulator refuses at build (too little memory for
 weights and KV, a TP degree that does not split the heads).
 
-Compared: the simulated mean TTFT and TPOT of the measured requests (engine side: from the
-arrival at the engine, no HTTP) against the row's means (measured by the benchmark client).
+Compared: the simulated mean TTFT and TPOT of the run's requests at the client (the engine's
+time plus its preset's front end) against the row's means (measured by the benchmark client).
 """
 
 from __future__ import annotations
@@ -77,9 +80,9 @@ SKIP_REASONS = {
     "refused": "deployment refused by the simulator",
 }
 """Why a point is not simulated: key -> the words the report prints."""
-MIN_MEASURED = 200
-WAVES = 3
-MAX_MEASURED = 4096
+PROMPTS_PER_CLIENT = 10
+MAX_PROMPTS = 4096
+RANGE_RATIO = 0.8
 
 
 def engine_preset(backend: str, version: str) -> str:
@@ -92,10 +95,10 @@ def engine_preset(backend: str, version: str) -> str:
     return preset
 
 
-def measured_requests(clients: int) -> int:
-    """Requests measured after the warm-up: ``WAVES`` waves, at least ``MIN_MEASURED``,
-    at most ``MAX_MEASURED``."""
-    return min(max(WAVES * clients, MIN_MEASURED), MAX_MEASURED)
+def benchmark_prompts(clients: int) -> int:
+    """Requests of a point's run: InferenceX's ``10 C`` prompts, at most :data:`MAX_PROMPTS`
+    (or ``2 C`` when that is more, so that every client sends twice)."""
+    return min(PROMPTS_PER_CLIENT * clients, max(MAX_PROMPTS, 2 * clients))
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,8 @@ class PointSpec:
     pp: int
     ep: int
     clients: int  # closed-loop concurrency
-    num_warmup: int  # the first wave, left out of the means
-    num_requests: int  # warm-up + measured
-    engine_preset: str  # recorded; see point_config
+    num_requests: int  # the run's requests, every one measured (the benchmark's means)
+    engine_preset: str  # the backend's execution model
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,7 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
         pp=point.pp or 1,
         ep=ep,
         clients=clients,
-        num_warmup=clients,
-        num_requests=clients + measured_requests(clients),
+        num_requests=benchmark_prompts(clients),
         engine_preset=engine_preset(point.backend, point.backend_version),
     )
 
@@ -218,17 +219,17 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
 def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     """The closed-loop simulator config of ``spec`` (module docstring)."""
     p = spec.point
-    engine: dict[str, Any] = {"kind": "continuous", "max_num_seqs": spec.clients}
-    # the execution-model preset, once the engine config takes one:
-    # engine["preset"] = spec.engine_preset
-    warmup_share = (spec.num_warmup + 0.5) / spec.num_requests  # int(share * n) == warm-up
+    engine: dict[str, Any] = {
+        "kind": "continuous",
+        "preset": spec.engine_preset,
+        "max_num_seqs": spec.clients,
+        "max_num_batched_tokens": 8192,
+        "enable_prefix_caching": False,
+    }
     workload = {
         "num_requests": spec.num_requests,
-        "arrival": {"kind": "closed", "concurrency": spec.clients, "warmup_share": warmup_share},
-        "lengths": {
-            "prompt": {"kind": "fixed", "tokens": p.isl},
-            "output": {"kind": "fixed", "tokens": p.osl},
-        },
+        "arrival": {"kind": "closed", "concurrency": spec.clients},
+        "lengths": {"prompt": _benchmark_length(p.isl), "output": _benchmark_length(p.osl)},
         "models": {spec.catalog_model: 1.0},
     }
     instance = {
@@ -241,7 +242,17 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "ep": spec.ep,
         "engine": engine,
     }
+    if spec.precision in ("fp8", "fp4"):
+        instance["kv_precision"] = "fp8"
     return load_config({"seed": seed, "workload": workload, "instances": [instance]})
+
+
+def _benchmark_length(tokens: int) -> dict[str, Any]:
+    """Lengths uniform in ``[RANGE_RATIO * tokens, tokens]`` (a point of 1 token: fixed)."""
+    low = max(1, int(RANGE_RATIO * tokens))
+    if low >= tokens:
+        return {"kind": "fixed", "tokens": tokens}
+    return {"kind": "uniform", "low": low, "high": tokens}
 
 
 def _refusal(spec: PointSpec, exc: ConfigError) -> Skip:

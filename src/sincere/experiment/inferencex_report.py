@@ -128,7 +128,6 @@ def point_row(r: PointResult) -> dict[str, object]:
         "pp": s.pp,
         "ep": s.ep,
         "num_requests": s.num_requests,
-        "num_warmup": s.num_warmup,
         "num_measured": r.num_measured,
     }
     for m in METRICS:
