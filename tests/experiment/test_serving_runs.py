@@ -203,7 +203,7 @@ def test_the_published_runs_read_whole(shared_data: Path) -> None:
 
 
 def test_the_replay_runs_vllm_v1_unless_told_otherwise(shared_data: Path) -> None:
-    """The default replay takes vLLM V1's execution model and its 16 ms intake in TTFT."""
+    """The default replay takes vLLM V1's execution model and its intake in TTFT."""
     run = read_serving_run(shared_data / SERVING_RUNS / "RTXPRO6000_Llama-3.1-8B").subset(3)
     v1, eager = compare_run(run), compare_run(run, preset="eager")
     assert v1.setup.preset == "vllm-v1" and eager.setup.preset == "eager"

@@ -139,12 +139,17 @@ def _trtllm_graph_sizes() -> tuple[int, ...]:
     return (1, 2, 4, *range(8, 129, 8))
 
 
-VLLM_V1_FRONTEND = FrontEnd(request_s=0.016, prompt_token_s=0.0, output_s=0.0)
-"""vLLM 0.19's API server: the median time from a request's send to the engine core's
-queue in the four published per-request runs (``queued_ts`` less the engine-clock
-arrival: 15-22 ms on three runs, 111 ms on the TP-2 one; no dependence on the prompt
-length was found), taken as 16 ms; detokenisation and streaming run in the API process
-beside the engine and are not seen in per-token times."""
+VLLM_V1_FRONTEND = FrontEnd(request_s=0.002, prompt_token_s=0.0, output_s=0.0)
+"""vLLM 0.19's API server in the four published per-request runs. A request's ``queued_ts``
+is stamped when the engine core takes it from its input queue, between two iterations (it
+falls within 0.01 ms of another request's step event), so ``queued_ts`` less the arrival is
+mostly the wait for the iteration in flight to end (a median of 15-22 ms, 111 ms in the
+TP-2 run of long prefills), which the engine's own timing already holds (and, scheduling
+asynchronously, one iteration more: :mod:`sincere.engine.async_intake`). What is left is
+the front end proper: the request that found each run's engine idle reached its queue
+0.5-2.1 ms after the run's fastest one, taken as 2 ms (the fastest one's own time is not
+in the runs). Detokenisation and streaming run in the API process beside the engine and
+are not seen in per-token times."""
 
 PRESETS: dict[str, ExecutionParams] = {
     "vllm-v1": ExecutionParams(
@@ -374,6 +379,13 @@ class ExecutedStepModel(StepTimeBase):
         gpu = inner.total_s - inner.overhead_s + pad
         overhead = self._total(gpu, cpu) - gpu
         return dataclasses.replace(inner, linear_s=inner.linear_s + pad, overhead_s=overhead)
+
+
+def schedules_ahead(step_model: StepTimeModel) -> bool:
+    """Whether an engine timed by ``step_model`` plans each iteration while the one before
+    runs (asynchronous scheduling): its new requests join one iteration late
+    (:mod:`sincere.engine.async_intake`)."""
+    return isinstance(step_model, ExecutedStepModel) and step_model.params.async_scheduling
 
 
 def with_execution(
