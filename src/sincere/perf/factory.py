@@ -218,6 +218,23 @@ class RooflineStepParams(Params):
         json_schema_extra=_FIT,
     )  # fmt: skip
     allreduce_eager_s: float | None = _time("all-reduce latency added outside a CUDA graph")
+    allreduce_eager_floor_s: float | None = _time("least time of an all-reduce outside a graph")
+    alltoall_gpus: tuple[int, ...] | None = Field(
+        None, description="GPU counts with their own expert-parallel all-to-all terms",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    alltoall_latencies_s: tuple[float, ...] | None = Field(
+        None, description="all-to-all latency at each of alltoall_gpus, s", json_schema_extra=_FIT
+    )
+    alltoall_efficiencies: tuple[float, ...] | None = Field(
+        None, description="all-to-all share of the one-way link at each of alltoall_gpus",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    alltoall_protocol_s: float | None = _time("all-to-all latency added past the knee")
+    alltoall_knee_bytes: float | None = Field(
+        None, gt=0, description="bytes sent where half the all-to-all's protocol latency is added",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
     cuda_graph_max_tokens: int | None = Field(
         None, ge=0, description="iterations up to this many tokens replay CUDA graphs, tokens",
         json_schema_extra=_FIT,
@@ -231,6 +248,14 @@ class RooflineStepParams(Params):
     attn_decode_kernel_s: float | None = _time("fixed cost of one decode attention kernel")
     attn_query_pairs: float | None = Field(
         None, ge=0, description="prefill: pairs' worth of work per query row beyond its own",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    attn_head_dim_offset: float | None = Field(
+        None, ge=0, description="a pair's work per query head as if head_dim were this wider",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    attn_kv_head_work: float | None = Field(
+        None, ge=0, description="a pair's work per KV head, in shares of a head_dim product",
         json_schema_extra=_FIT,
     )  # fmt: skip
     attn_decode_seq_tokens: float | None = Field(
