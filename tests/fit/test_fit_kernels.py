@@ -18,6 +18,7 @@ from sincere.core.errors import ConfigError
 from sincere.fit.kernel_tables import KernelTable, gpu_folder, read_table
 from sincere.fit.kernels import (
     COLUMNS,
+    FAMILY_TABLES,
     allreduce_predict,
     alltoall_predict,
     family_rows,
@@ -26,7 +27,10 @@ from sincere.fit.kernels import (
     fit_decode_attention,
     fit_gemm,
     fit_prefill_attention,
+    fit_quant_moe,
     gemm_predict,
+    moe_features,
+    moe_predict,
     predict_family,
 )
 from sincere.perf import Batch, Deployment, Roofline
@@ -141,7 +145,8 @@ def test_fit_recovers_a_synthetic_all_to_all() -> None:
 
 @needs_data
 @pytest.mark.parametrize(
-    "name", ["gemm_bf16", "prefill_attention", "decode_attention", "allreduce"]
+    "name",
+    ["gemm_bf16", "prefill_attention", "decode_attention", "allreduce", "moe_fp8", "moe_mxfp4"],
 )
 def test_shipped_h100_fit_reproduces_its_rows_in_aggregate(name: str) -> None:
     """The shipped H100 constants reproduce the measured H100 rows of each family: the summed
@@ -152,9 +157,7 @@ def test_shipped_h100_fit_reproduces_its_rows_in_aggregate(name: str) -> None:
         ).read_text()
     )
     params = {**doc["params"], "_gemm_kernel_s": doc["fit"]["gemm_kernel_s"]}
-    table_name = {"gemm_bf16": "gemm", "prefill_attention": "context_attention"}.get(
-        name, {"decode_attention": "generation_attention"}.get(name, "custom_allreduce")
-    )
+    table_name = FAMILY_TABLES[name]
     table = read_table(DATABASE / "h100_sxm", table_name, COLUMNS[table_name])
     assert table is not None
     rows = family_rows(name, table)
@@ -252,8 +255,9 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
     families = doc["fit"]["families"]
     assert set(families) == {
         "gemm_bf16", "gemm_fp8", "prefill_attention", "decode_attention", "allreduce",
-        "alltoall", "moe",
+        "alltoall", "moe", "moe_fp8", "moe_mxfp4",
     }  # fmt: skip
+    assert families["moe_fp8"]["notes"][0] == "fp8_block experts"
     assert families["alltoall"]["table"].endswith("comm/nccl/2.29.2/nccl_perf.parquet")
     assert doc["fit"]["nccl_versions"] == ["2.29.2"]
     assert families["gemm_bf16"]["table"].endswith("gemm/vllm/0.24.0/gemm_perf.parquet")
@@ -261,3 +265,73 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
     assert "Apache-2.0" in doc["fit"]["source"]
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
     assert Roofline(Deployment(get_model("llama-3-8b"), H100), RooflineParams(**params))
+
+
+def _moe_rows(dtypes: list[str]) -> dict[str, Any]:
+    """Fused-MoE rows of two shapes at 1 to 8k tokens, balanced and skewed, per dtype."""
+    tokens = np.tile(2.0 ** np.arange(0, 14, 1.0), 4)
+    shape = np.repeat([0, 1], 28)
+    dist = np.tile(np.repeat(["balanced", "power_law_1.2"], 14), 2)
+    cols: dict[str, Any] = dict(
+        num_tokens=tokens, hidden_size=np.where(shape, 4096.0, 2048.0),
+        inter_size=np.where(shape, 1536.0, 768.0), topk=np.full(56, 8.0),
+        num_experts=np.where(shape, 64.0, 128.0), moe_tp_size=np.ones(56),
+        moe_ep_size=np.ones(56), distribution=dist, kernel_source=np.full(56, "fused"),
+    )  # fmt: skip
+    return {k: np.concatenate([v] * len(dtypes)) for k, v in cols.items()} | {
+        "moe_dtype": np.repeat(dtypes, 56)
+    }
+
+
+def test_fit_recovers_synthetic_fp8_and_mxfp4_experts() -> None:
+    """fp8 experts (block-scaled rows preferred over per-tensor ones) at the fp8 rate with 1 B
+    weights, and MXFP4 experts at the bf16 rate with 4.25-bit weights, made from known
+    efficiencies and kernel cost, fit back to them; the file notes which rows were used."""
+    cols = _moe_rows(["fp8_block", "fp8", "w4a16_mxfp4", "bfloat16"])
+    bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
+    truth = {"fp8_block": (0.3, 0.7, 40e-6), "w4a16_mxfp4": (0.45, 0.6, 30e-6)}
+    probe = _table("moe", latency=np.ones(224), **cols)
+    latency = np.full(224, 1.0)  # other dtypes' rows: far off, so picking them would show
+    hbm = H100.hbm_bandwidth_gbps * 1e9
+    for dtype, (mfu, bw, kernel) in truth.items():
+        keep = cols["moe_dtype"] == dtype
+        peak = H100.peak_tflops("fp8" if dtype == "fp8_block" else "bf16") * 1e12
+        wbytes = 1.0 if dtype == "fp8_block" else 0.53125
+        feat = moe_features(probe.where(keep))
+        x = np.array([mfu, bw, kernel, 0.1])
+        latency[keep] = 1e3 * moe_predict(feat, x, peak, hbm, wbytes, 2.5)
+    table = _table("moe", latency=latency, **cols)
+    for name, dtype in (("moe_fp8", "fp8_block"), ("moe_mxfp4", "w4a16_mxfp4")):
+        fam = fit_quant_moe(name, table, H100, bf16, Path("/synthetic"))
+        mfu, bw, kernel = truth[dtype]
+        assert fam.rows == 56 and fam.notes[0] == f"{dtype} experts"
+        assert fam.params[f"{name}_mfu_efficiency"] == pytest.approx(mfu, rel=0.02)
+        assert fam.params[f"{name}_bw_efficiency"] == pytest.approx(bw, rel=0.02)
+        assert fam.params[f"{name}_kernel_s"] == pytest.approx(kernel, rel=0.05)
+    no_quant = _table("moe", latency=latency[-56:], **_moe_rows(["bfloat16"]))
+    with pytest.raises(ConfigError, match="fp8_block or fp8 experts"):
+        fit_quant_moe("moe_fp8", no_quant, H100, bf16, Path("/synthetic"))
+
+
+def test_fp8_and_mxfp4_experts_take_their_own_kernel_constants() -> None:
+    """Qwen3-30B-A3B in fp8 on H100 prices its experts with the fp8-expert constants (a
+    change of moe_fp8_kernel_s moves the experts part by it on each of 48 layers), GPT-OSS-20B
+    in MXFP4 with the MXFP4 ones; a bf16 deployment is untouched by either."""
+    params = default_roofline_params(H100)
+    assert params.moe_fp8_mfu_efficiency is not None
+    assert params.moe_mxfp4_mfu_efficiency is not None
+    batch = Batch.of(decode=[512] * 16)
+    cases = (
+        ("qwen3-30b-a3b", "fp8", "moe_fp8_kernel_s"),
+        ("gpt-oss-20b", "mxfp4", "moe_mxfp4_kernel_s"),
+    )
+    for model, precision, field in cases:
+        dep = Deployment(get_model(model), H100, precision=precision)
+        base = ArchStep(dep, params).parts(batch).experts_s
+        moved = replace(params, **{field: getattr(params, field) + 1e-5})
+        layers = get_model(model).num_moe_layers
+        assert ArchStep(dep, moved).parts(batch).experts_s == pytest.approx(base + layers * 1e-5)
+        bf16 = Deployment(get_model(model), H100)
+        assert ArchStep(bf16, moved).parts(batch) == ArchStep(bf16, params).parts(batch)
+    with pytest.raises(ConfigError, match="moe_fp8_kernel_s"):
+        RooflineParams(moe_fp8_kernel_s=-1.0)

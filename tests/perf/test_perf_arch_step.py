@@ -107,7 +107,10 @@ def test_bad_ep_and_precision_are_refused() -> None:
 
 
 def test_fp8_computes_at_fp8_on_h100_and_dequantised_on_a100() -> None:
-    """H100 has an fp8 rate, A100 does not (bf16 after dequantisation); MXFP4 runs at bf16."""
+    """H100 has an fp8 rate, A100 does not (bf16 after dequantisation); MXFP4 runs at bf16.
+    H100's fp8 experts take the fitted fp8-expert kernel: as measured (Qwen3-30B-A3B's shape,
+    block-scaled fp8 vs bf16: 0.83 vs 0.84 ms at 4,096 tokens, 0.24 vs 0.42 ms at 16) they
+    gain little where compute-bound and most where the weight reads dominate."""
     assert get_accelerator("H100-SXM").compute_precision("fp8") == "fp8"
     assert get_accelerator("A100-80GB").compute_precision("fp8") == "bf16"
     assert get_accelerator("H100-SXM").compute_precision("mxfp4") == "bf16"
@@ -117,14 +120,30 @@ def test_fp8_computes_at_fp8_on_h100_and_dequantised_on_a100() -> None:
     assert fp8.experts_s > 0.85 * bf16.experts_s  # compute at bf16: only weight reads shrink
     h100 = Roofline(_dep("qwen3-30b-a3b", precision="fp8")).parts(prefill)
     h100_bf16 = Roofline(_dep("qwen3-30b-a3b", precision="bf16")).parts(prefill)
-    assert h100.experts_s < 0.7 * h100_bf16.experts_s
+    assert 0.75 * h100_bf16.experts_s < h100.experts_s < h100_bf16.experts_s
+    decode = Batch.of(decode=[512] * 16)
+    small = Roofline(_dep("qwen3-30b-a3b", precision="fp8")).parts(decode).experts_s
+    small_bf16 = Roofline(_dep("qwen3-30b-a3b", precision="bf16")).parts(decode).experts_s
+    assert small < 0.75 * small_bf16
 
 
 def test_mxfp4_reads_a_quarter_of_the_expert_bytes() -> None:
-    """GPT-OSS-120B decode at batch 1 is memory-bound: MXFP4 experts take ~0.53/2 of bf16's."""
+    """GPT-OSS-120B decode at batch 1 is memory-bound: with the bf16 kernel's bandwidth share
+    and no fixed cost (the bytes alone), MXFP4 experts take ~0.53/2 of bf16's. With the fitted
+    MXFP4 kernel (its own fixed cost and bandwidth share) a layer's experts come within 25 %
+    of H100's measured fused MXFP4 MoE of that shape at TP 2 (48 us a token)."""
     batch = Batch.of(decode=[1024])
     mx_dep = _dep("gpt-oss-120b", tp=2, precision="mxfp4")
-    params = replace(default_roofline_params(mx_dep.accelerator), moe_kernel_s=0.0)
+    fitted = default_roofline_params(mx_dep.accelerator)
+    layer = Roofline(mx_dep, fitted).parts(batch).experts_s / mx_dep.model.num_moe_layers
+    assert layer == pytest.approx(48.3e-6, rel=0.25)
+    params = replace(
+        fitted,
+        moe_kernel_s=0.0,
+        moe_mxfp4_kernel_s=0.0,
+        moe_mxfp4_bw_efficiency=fitted.moe_bw_efficiency,
+        moe_mxfp4_mfu_efficiency=fitted.moe_mfu_efficiency,
+    )
     mx = Roofline(mx_dep, params).parts(batch)  # the bytes alone: no fused-kernel fixed cost
     bf = Roofline(_dep("gpt-oss-120b", tp=2, precision="bf16"), params).parts(batch)
     assert mx.experts_s / bf.experts_s == pytest.approx(0.53125 / 2, rel=0.1)

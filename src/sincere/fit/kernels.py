@@ -32,7 +32,11 @@ family over every measured shape, never a table per shape:
   experts a batch activates (:mod:`sincere.perf.moe`, balanced and Zipf-skewed routing
   with the measured skew), each expert's tokens padded to its tile, with its own
   efficiencies, a fixed kernel cost and the share of the busiest expert's rows that
-  does not overlap with the others (``moe_tail_share``).
+  does not overlap with the others (``moe_tail_share``);
+* **fp8 and MXFP4 experts** (:data:`QUANT_EXPERTS`, no EP): the same form with their
+  weight bytes and compute rate (fp8: the fp8 peak, block-scaled rows where measured;
+  MXFP4: 4.25-bit weights at the bf16 peak), their own efficiencies and kernel cost, the
+  bf16 fit's overlap exponent and tail share (``moe_fp8_*``, ``moe_mxfp4_*``).
 
 Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
 so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
@@ -44,13 +48,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sincere.catalog.specs import Accelerator
+from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, octave_weights
 from sincere.fit.kernel_tables import KernelTable, read_table
@@ -594,6 +598,66 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
     return summarise("moe", params, pred, measured, rows, root, bound)
 
 
+QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
+    "moe_fp8": (("fp8_block", "fp8"), "fp8", 1.0),
+    "moe_mxfp4": (("w4a16_mxfp4",), "bf16", PRECISION_BYTES["mxfp4"]),
+}
+"""Quantised-expert family -> (the rows' ``moe_dtype`` in order of preference, the precision
+its GEMMs run at, weight bytes per element). fp8: block-scaled (the format of the published
+DeepSeek-V3/R1 and Qwen3 FP8 checkpoints), per-tensor where no block rows were measured;
+MXFP4: 4-bit weights with bf16 activations (GPT-OSS)."""
+
+
+def quant_moe_rows(name: str, table: KernelTable) -> KernelTable:
+    """Family ``name``'s experts on one GPU holding every expert (no EP), vLLM's kernel."""
+    no_ep = table.num("moe_ep_size") == 1
+    for dtype in QUANT_EXPERTS[name][0]:
+        rows = table.where(table.equals("moe_dtype", dtype) & no_ep)
+        if rows.num_rows > 0:
+            rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+            return subsample(rows, 4000)
+    raise ConfigError(
+        f"no fused-MoE rows without EP of {' or '.join(QUANT_EXPERTS[name][0])} experts",
+        where=str(table.path),
+    )
+
+
+def fit_quant_moe(
+    name: str, table: KernelTable, acc: Accelerator, bf16: dict[str, Any], root: Path
+) -> FamilyFit:
+    """Quantised experts (:data:`QUANT_EXPERTS`): the bf16 form with their weight bytes and
+    compute rate, their own efficiencies and kernel cost; the overlap exponent and tail
+    share are the bf16 fits' (``bf16``)."""
+    rows = quant_moe_rows(name, table)
+    _, precision, wbytes = QUANT_EXPERTS[name]
+    feat = moe_features(rows)
+    measured = rows.num("latency") * 1e-3
+    peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    tail, overlap = bf16["moe_tail_share"], bf16["overlap_exponent"]
+    root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
+    spec = (
+        Bounded(f"{name}_mfu_efficiency", 0.5, 0.02, 1.0),
+        Bounded(f"{name}_bw_efficiency", 0.6, 0.02, 1.0),
+        Bounded(f"{name}_kernel_s", 20e-6, 0.0, 1e-3),
+    )
+
+    def predict(x: FArray) -> FArray:
+        return moe_predict(feat, np.append(x, tail), peak, hbm, wbytes, overlap)
+
+    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    fam = summarise(name, params, predict(x), measured, rows, root, bound)
+    dtype = str(rows.columns["moe_dtype"][0])
+    return replace(fam, notes=(f"{dtype} experts", *fam.notes))
+
+
+def quant_fitter(
+    name: str, acc: Accelerator, bf16: dict[str, Any], root: Path
+) -> Callable[[KernelTable], FamilyFit]:
+    """:func:`fit_quant_moe` of family ``name``, waiting for its table."""
+    return lambda table: fit_quant_moe(name, table, acc, bf16, root)
+
+
 # --- any family, for checks ----------------------------------------------------------------
 FAMILY_TABLES = {
     "gemm_bf16": "gemm",
@@ -603,6 +667,8 @@ FAMILY_TABLES = {
     "allreduce": "custom_allreduce",
     "alltoall": "nccl",
     "moe": "moe",
+    "moe_fp8": "moe",
+    "moe_mxfp4": "moe",
 }
 """Family -> the table it is fitted on."""
 NCCL_FAMILIES = ("alltoall",)
@@ -615,6 +681,8 @@ SHAPE_COLUMNS = {
     "allreduce": ("num_gpus",),
     "alltoall": ("num_gpus",),
     "moe": ("hidden_size", "inter_size", "num_experts", "topk"),
+    "moe_fp8": ("hidden_size", "inter_size", "num_experts", "topk"),
+    "moe_mxfp4": ("hidden_size", "inter_size", "num_experts", "topk"),
 }
 """Family -> the columns that make a row's model shape (the size axis left out)."""
 
@@ -631,6 +699,8 @@ def family_rows(name: str, table: KernelTable) -> KernelTable:
         return alltoall_rows(table)
     if name == "moe":
         return moe_rows(table)
+    if name in QUANT_EXPERTS:
+        return quant_moe_rows(name, table)
     raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
 
 
@@ -672,11 +742,19 @@ def predict_family(
         return out
     if name in ("allreduce", "alltoall"):
         return predict_collective(name, rows, acc, p)
-    if name == "moe":
-        x = [p["moe_mfu_efficiency"], p["moe_bw_efficiency"], p["moe_kernel_s"]]
-        x.append(p["moe_tail_share"])
-        return moe_predict(moe_features(rows), np.array(x), peak, hbm, 2.0, p["overlap_exponent"])
+    if name == "moe" or name in QUANT_EXPERTS:
+        return predict_moe(name, rows, acc, p)
     raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
+
+
+def predict_moe(name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]) -> FArray:
+    """The fused MoE's time of ``rows`` (seconds): bf16 experts (``moe``) or quantised ones."""
+    p, prefix = params, "moe" if name == "moe" else name
+    precision, wbytes = ("bf16", 2.0) if name == "moe" else QUANT_EXPERTS[name][1:]
+    x = [p[f"{prefix}_mfu_efficiency"], p[f"{prefix}_bw_efficiency"], p[f"{prefix}_kernel_s"]]
+    x.append(p["moe_tail_share"])
+    peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    return moe_predict(moe_features(rows), np.array(x), peak, hbm, wbytes, p["overlap_exponent"])
 
 
 def predict_collective(
@@ -758,6 +836,12 @@ def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
     gemm = next((f for f in families if f.name == "gemm_bf16"), None)
     overlap = gemm.params["overlap_exponent"] if gemm else 2.0
     attempt("moe", "moe", lambda t: fit_moe(t, acc, overlap, root))
+    moe = next((f for f in families if f.name == "moe"), None)
+    if moe is not None:
+        experts = {**moe.params, "overlap_exponent": overlap}
+        for name in QUANT_EXPERTS:
+            if QUANT_EXPERTS[name][1] != "fp8" or acc.fp8_tflops is not None:
+                attempt(name, "moe", quant_fitter(name, acc, experts, root))
     return KernelFit(acc, folder, tuple(families), tuple(missing))
 
 

@@ -116,13 +116,19 @@ class ArchStep:
         self.moe = moe or MoEParams()
         dep, p = deployment, params
         model, acc = dep.model, dep.accelerator
-        from sincere.perf.roofline import allreduce_terms, alltoall_terms, gemm_mfu
+        from sincere.perf.roofline import (
+            allreduce_terms,
+            alltoall_terms,
+            expert_constants,
+            gemm_mfu,
+        )
 
         self.compute_precision = acc.compute_precision(dep.precision)
         self._peak = acc.peak_tflops(dep.precision) * 1e12 * gemm_mfu(p, self.compute_precision)
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
-        moe_mfu = p.moe_mfu_efficiency
-        moe_bw = p.moe_bw_efficiency
+        moe_mfu, moe_bw, self._moe_kernel_s = expert_constants(
+            p, dep.precision, self.compute_precision
+        )
         self._moe_peak = (
             self._peak
             if moe_mfu is None
@@ -209,7 +215,7 @@ class ArchStep:
         compute = 2.0 * per_expert * rows / self._moe_peak
         moved = distinct / ep * per_expert * self._expert_bytes
         moved += routed * (2 * h + up + down) * self.params.activation_bytes
-        experts = self.params.moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
+        experts = self._moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
         perm = permutation_bytes(tokens / ep, k, h, self.params.activation_bytes) / self._ew_hbm
         return router, experts + perm
 

@@ -81,7 +81,18 @@ KERNEL_PARTS = {
         "alltoall_protocol_s",
         "alltoall_knee_bytes",
     ),
-    "experts": ("moe_mfu_efficiency", "moe_bw_efficiency", "moe_kernel_s", "moe_tail_share"),
+    "experts": (
+        "moe_mfu_efficiency",
+        "moe_bw_efficiency",
+        "moe_kernel_s",
+        "moe_tail_share",
+        "moe_fp8_mfu_efficiency",
+        "moe_fp8_bw_efficiency",
+        "moe_fp8_kernel_s",
+        "moe_mxfp4_mfu_efficiency",
+        "moe_mxfp4_bw_efficiency",
+        "moe_mxfp4_kernel_s",
+    ),
     "cpu": ("overhead_s", "overhead_per_seq_s"),
 }
 """Parts of a step and the constants that price each (provenance is kept per part)."""

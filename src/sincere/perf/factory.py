@@ -269,6 +269,12 @@ class RooflineStepParams(Params):
         None, ge=0, le=1, description="share of the busiest expert's rows not hidden by the others",
         json_schema_extra=_FIT,
     )  # fmt: skip
+    moe_fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in the fp8-expert kernel")
+    moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
+    moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")
+    moe_mxfp4_mfu_efficiency: float | None = _efficiency("the bf16 peak in the MXFP4-expert kernel")
+    moe_mxfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the MXFP4-expert kernel")
+    moe_mxfp4_kernel_s: float | None = _time("fixed cost of one MXFP4-expert MoE kernel per layer")
     p2p_latency_s: float | None = _time("fixed cost of one pipeline-stage send")
     activation_bytes: float | None = Field(
         None, gt=0, description="bytes per activation element", json_schema_extra=_FIT

@@ -81,6 +81,16 @@ _TIMES = (
     "unload_s",
 )
 
+_OPTIONAL_EFFICIENCIES = (
+    "fp8_mfu_efficiency",
+    "moe_mfu_efficiency",
+    "moe_bw_efficiency",
+    "moe_fp8_mfu_efficiency",
+    "moe_fp8_bw_efficiency",
+    "moe_mxfp4_mfu_efficiency",
+    "moe_mxfp4_bw_efficiency",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class RooflineParams:
@@ -127,6 +137,12 @@ class RooflineParams:
     moe_bw_efficiency: float | None = None  # fused-MoE share of HBM (None: bw's)
     moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
     moe_tail_share: float = 0.0  # share of the busiest expert's rows not hidden by the others
+    moe_fp8_mfu_efficiency: float | None = None  # fp8 experts: share of the fp8 peak (None: bf16's)
+    moe_fp8_bw_efficiency: float | None = None  # fp8 experts: share of HBM (None: bf16's)
+    moe_fp8_kernel_s: float | None = None  # fp8 experts: fixed cost per layer (None: bf16's)
+    moe_mxfp4_mfu_efficiency: float | None = None  # MXFP4 experts: share of the bf16 peak
+    moe_mxfp4_bw_efficiency: float | None = None  # MXFP4 experts: share of HBM
+    moe_mxfp4_kernel_s: float | None = None  # MXFP4 experts: fixed cost per layer
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
     activation_bytes: float = 2.0  # bytes per activation element (bf16)
     pp_microbatches: int = 1  # micro-batches an iteration is cut into under PP
@@ -151,10 +167,13 @@ class RooflineParams:
             raise ConfigError(
                 "RooflineParams.attn_diag_factor must be in [1, 2]", value=self.attn_diag_factor
             )
-        for name in ("fp8_mfu_efficiency", "moe_mfu_efficiency", "moe_bw_efficiency"):
+        for name in _OPTIONAL_EFFICIENCIES:
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
                 raise ConfigError(f"RooflineParams.{name} must be in (0, 1]", value=value)
+        for name in ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s"):
+            if (value := getattr(self, name)) is not None and value < 0.0:
+                raise ConfigError(f"RooflineParams.{name} must be >= 0 s", value=value)
         if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
             raise ConfigError(
                 "RooflineParams.attn_decode_kernel_s must be >= 0 s",
@@ -312,6 +331,23 @@ def gemm_mfu(params: RooflineParams, compute_precision: str) -> float:
     if compute_precision == "fp8" and params.fp8_mfu_efficiency is not None:
         return params.fp8_mfu_efficiency
     return params.mfu_efficiency
+
+
+def expert_constants(
+    params: RooflineParams, precision: str, compute_precision: str
+) -> tuple[float | None, float | None, float]:
+    """(share of the peak, share of HBM, fixed cost per layer) of the fused-MoE kernel for
+    experts stored in ``precision`` and computed in ``compute_precision``: fp8 experts run
+    at the fp8 rate and MXFP4 ones dequantised to bf16, each with its own fitted kernel
+    where the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``); otherwise the bf16 experts'
+    (None: the GEMMs' shares)."""
+    p = params
+    if compute_precision == "fp8" and p.moe_fp8_mfu_efficiency is not None:
+        return p.moe_fp8_mfu_efficiency, p.moe_fp8_bw_efficiency, p.moe_fp8_kernel_s or 0.0
+    if precision == "mxfp4" and p.moe_mxfp4_mfu_efficiency is not None:
+        kernel = p.moe_mxfp4_kernel_s or 0.0
+        return p.moe_mxfp4_mfu_efficiency, p.moe_mxfp4_bw_efficiency, kernel
+    return p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s
 
 
 def allreduce_terms(params: RooflineParams, gpus: int) -> tuple[float, float]:
