@@ -257,6 +257,8 @@ def fit_one(name: str, table, acc, context: dict, root: Path):  # type: ignore[n
         return kf.fit_allreduce(table, acc, root)
     if name == "alltoall":
         return kf.fit_alltoall(table, acc, root)
+    if name in kf.QUANT_EXPERTS:  # on the bf16 experts' overlap exponent and tail share
+        return kf.fit_quant_moe(name, table, acc, context, root)
     return kf.fit_moe(table, acc, context["overlap_exponent"], root)
 
 
