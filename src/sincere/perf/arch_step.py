@@ -12,13 +12,22 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
 * the **router**: a ``hidden × experts`` GEMM on every GPU;
 * **shared experts**: a dense MLP of ``shared · expert_intermediate`` split over TP;
 * **routed experts**: each GPU holds ``1/ep`` of the experts, each split over
-  ``tp/ep`` GPUs. It reads the weights of the distinct experts the batch activates
-  (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`) and
-  computes its ``T k / ep`` routed tokens padded per expert to ``MoEParams.expert_tile``
-  rows, times ``ep_imbalance`` (the busiest GPU); compute and memory combined by the
-  roofline's p-norm; plus the permutation traffic at the elementwise bandwidth;
-* **all-to-all** at ``ep > 1``: two exchanges per MoE layer over the one-way link at
-  ``a2a_bw_efficiency`` plus ``a2a_latency_s`` each;
+  ``tp · attention_dp / ep`` GPUs. It reads the weights of the distinct experts the
+  batch activates (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`)
+  and computes its ``T k / ep`` routed tokens padded per expert to
+  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU); compute and
+  memory combined by the roofline's p-norm; plus the permutation traffic at the
+  elementwise bandwidth;
+* **attention data parallelism** (``attention_dp = D``): the deployment is one of ``D``
+  ranks, each running attention over its own batch on its own TP group, that share one
+  MoE group of ``D · tp`` GPUs. Under symmetric load (every rank carries a batch like
+  this one) the experts see ``T = D ×`` this batch's tokens; the router, the shared
+  experts and attention see this batch alone;
+* **all-to-all** at ``ep > 1``: two exchanges per MoE layer (dispatch, combine), each
+  GPU sending ``T/ep`` tokens' ``k`` copies bound to other ranks; priced by the
+  accelerator's measured NCCL all-to-all where its kernel fit has one
+  (``alltoall_*``: latency and link share at the nearest GPU count, plus the latency
+  step past the protocol knee), else at ``a2a_bw_efficiency`` plus ``a2a_latency_s``;
 * **attention**: as the roofline (compute or KV bytes, whichever is slower, plus the
   kernel cost), with MLA's absorbed form in decode and the expanded one in prefill,
   MLA's latent read whole by every TP rank, and sliding-window layers reading at
@@ -107,13 +116,19 @@ class ArchStep:
         self.moe = moe or MoEParams()
         dep, p = deployment, params
         model, acc = dep.model, dep.accelerator
-        from sincere.perf.roofline import allreduce_terms, gemm_mfu
+        from sincere.perf.roofline import (
+            allreduce_terms,
+            alltoall_terms,
+            expert_constants,
+            gemm_mfu,
+        )
 
         self.compute_precision = acc.compute_precision(dep.precision)
         self._peak = acc.peak_tflops(dep.precision) * 1e12 * gemm_mfu(p, self.compute_precision)
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
-        moe_mfu = p.moe_mfu_efficiency
-        moe_bw = p.moe_bw_efficiency
+        moe_mfu, moe_bw, self._moe_kernel_s = expert_constants(
+            p, dep.precision, self.compute_precision
+        )
         self._moe_peak = (
             self._peak
             if moe_mfu is None
@@ -121,6 +136,7 @@ class ArchStep:
         )
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
         self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
+        self._a2a_terms = alltoall_terms(p, self.moe, dep.ep)
         self._ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
         self._attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
         self._attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
@@ -180,13 +196,17 @@ class ArchStep:
         return elements * tokens * self.params.activation_bytes / self._ew_hbm
 
     def _routed_s(self, tokens: int) -> tuple[float, float]:
-        """(router, routed experts + permutation) of one MoE layer over ``tokens`` tokens."""
+        """(router, routed experts + permutation) of one MoE layer over ``tokens`` tokens.
+
+        Under attention DP the experts see the whole group's tokens: every rank carries a
+        batch like this one (symmetric load), ``attention_dp · tokens`` in all."""
         dep, m = self.deployment, self.moe
         model, ep = dep.model, dep.ep
         h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
         router = self._gemm_s(_Mat(h, e, 2.0), tokens)
+        tokens *= dep.attention_dp
         distinct, all_rows, busiest = routing_load(tokens, e, k, m.routing_skew, m.expert_tile)
-        split = dep.tp // ep  # GPUs one expert is split over
+        split = dep.moe_group_gpus // ep  # GPUs one expert is split over
         up = (2 if model.gated_mlp else 1) * max(1, model.expert_intermediate_size // split)
         down = max(1, model.expert_intermediate_size // split)
         per_expert = h * up + down * h
@@ -195,7 +215,7 @@ class ArchStep:
         compute = 2.0 * per_expert * rows / self._moe_peak
         moved = distinct / ep * per_expert * self._expert_bytes
         moved += routed * (2 * h + up + down) * self.params.activation_bytes
-        experts = self.params.moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
+        experts = self._moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
         perm = permutation_bytes(tokens / ep, k, h, self.params.activation_bytes) / self._ew_hbm
         return router, experts + perm
 
@@ -205,10 +225,16 @@ class ArchStep:
             return 0.0
         model = dep.model
         size = all_to_all_bytes(
-            tokens, model.experts_per_token, model.hidden_size, dep.ep, self.params.activation_bytes
+            tokens * dep.attention_dp,
+            model.experts_per_token,
+            model.hidden_size,
+            dep.ep,
+            self.params.activation_bytes,
         )
-        link = self._link * m.a2a_bw_efficiency
-        return 2.0 * all_to_all_s(size, link, m.a2a_latency_s, m.ep_imbalance)
+        latency, efficiency = self._a2a_terms
+        p = self.params
+        latency += p.alltoall_protocol_s * size / (size + p.alltoall_knee_bytes)
+        return 2.0 * all_to_all_s(size, self._link * efficiency, latency, m.ep_imbalance)
 
     def layer_linear(self, tokens: int) -> tuple[float, float, float, float]:
         """(linear, router, experts, all-to-all) of one average layer over ``tokens`` tokens."""
@@ -248,7 +274,10 @@ class ArchStep:
             decode = mla_decode_flops_per_pair(q_heads, r, rope)
             per_token = (r + rope) * kv_bytes
         else:
-            prefill = decode = 4.0 * q_heads * model.head_size
+            from sincere.perf.roofline import attention_pair_flops
+
+            kv_heads = max(1, math.ceil(model.num_kv_heads / dep.tp))
+            prefill = decode = attention_pair_flops(self.params, q_heads, kv_heads, model.head_size)
             per_token = 2.0 * math.ceil(model.num_kv_heads / dep.tp) * model.head_size * kv_bytes
         return prefill / self._attn_peak, decode / self._attn_peak, per_token / self._attn_hbm
 
@@ -308,11 +337,14 @@ class ArchStep:
         comm = 0.0
         if dep.tp > 1:
             ring = 2.0 * (dep.tp - 1) / dep.tp
-            latency = self._allreduce_s + (
-                p.allreduce_eager_s if tokens > p.cuda_graph_max_tokens else 0.0
-            )
+            eager = tokens > p.cuda_graph_max_tokens
+            latency = self._allreduce_s + (p.allreduce_eager_s if eager else 0.0)
             ring_link = self._link * self._allreduce_eff
-            comm = self._layers * 2.0 * (latency + ring * message * mb_tokens / ring_link)
+            one = latency + ring * message * mb_tokens / ring_link
+            if eager and p.allreduce_eager_floor_s > 0.0:  # see roofline.with_comm_s
+                transfer = self._allreduce_s + ring * message * mb_tokens / ring_link
+                one = max(transfer, p.allreduce_eager_floor_s) + p.allreduce_eager_s
+            comm = self._layers * 2.0 * one
         if pp > 1:
             comm += p.p2p_latency_s + message * mb_tokens / link
         layers = scale * self._layers
