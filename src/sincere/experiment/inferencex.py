@@ -9,7 +9,10 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 * **precision**: ``fp8`` / ``bf16`` / ``int4`` as stated when the catalog entry has it; ``fp4``
   only for a model whose published checkpoint is MXFP4 (GPT-OSS: the row's checkpoint is
   that one); NVFP4 weights are not a format of the simulator;
-* **experts**: ``ep = moe_ep_size`` over the TP group when ``moe_tp x moe_ep`` covers it;
+* **experts**: ``ep = moe_ep_size`` over the MoE group when ``moe_tp x moe_ep`` covers it;
+* **attention data parallelism**: ``attention_dp_size`` ranks of ``tp_size`` GPUs sharing
+  one MoE group: one rank is simulated with its share of the clients and requests, the
+  others taken to load the experts alike (the MoE step model's ``attention_dp``);
 * **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration, no
   prefix caching) with ``max_num_seqs`` = the clients, under the backend's execution-model
   preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
@@ -23,9 +26,9 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 
 A point the simulator cannot represent is a :class:`Skip` with its reason (one of
 :data:`SKIP_REASONS`), never dropped: disaggregated points (the simulator refuses a closed
-loop over a prefill / decode split), attention data parallelism, NVFP4 weights, models
-outside the catalog, and deployments the simulator refuses at build (too little memory for
-weights and KV, a TP degree that does not split the heads).
+loop over a prefill / decode split), attention data parallelism on a dense model, NVFP4
+weights, models outside the catalog, and deployments the simulator refuses at build (too
+little memory for weights and KV, a TP degree that does not split the heads).
 
 Compared: the simulated mean TTFT and TPOT of the run's requests at the client (the engine's
 time plus its preset's front end) against the row's means (measured by the benchmark client).
@@ -73,7 +76,7 @@ SKIP_REASONS = {
     "precision-unstated": "precision not stated",
     "nvfp4": "NVFP4 weights: not a format of the simulator",
     "precision-missing": "precision not in the model's catalog entry",
-    "attention-dp": "attention data parallelism: not modelled",
+    "attention-dp": "attention data parallelism on a dense model: nothing to share",
     "moe-split": "MoE TP x EP does not cover the attention TP group",
     "concurrency": "clients unclear: batch_size x attention DP differs from the source's",
     "no-fit": "does not fit: too little memory for the weights and KV cache",
@@ -112,7 +115,8 @@ class PointSpec:
     tp: int
     pp: int
     ep: int
-    clients: int  # closed-loop concurrency
+    attention_dp: int  # attention ranks sharing the MoE group (one is simulated)
+    clients: int  # closed-loop concurrency (of all the ranks)
     num_requests: int  # the run's requests, every one measured (the benchmark's means)
     engine_preset: str  # the backend's execution model
 
@@ -175,8 +179,6 @@ def _representable(point: OperatingPoint) -> Skip | None:
     """The first reason ``point``'s shape is beyond the simulator, if any."""
     if point.mode != "agg":
         return Skip(point, "disagg", f"mode {point.mode}")
-    if (point.attention_dp or 0) > 1:
-        return Skip(point, "attention-dp", f"attention_dp_size {point.attention_dp}")
     if point.source_concurrency is not None and point.source_concurrency != point.clients:
         return Skip(
             point,
@@ -198,7 +200,10 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
     if isinstance(precision, Skip):
         return precision
     tp = point.tp or 1
-    ep = _expert_parallel(point, model, tp)
+    dp = max(point.attention_dp or 1, 1)
+    if dp > 1 and not default_catalog().model(model).is_moe:
+        return Skip(point, "attention-dp", f"attention_dp_size {dp} on a dense model")
+    ep = _expert_parallel(point, model, tp * dp)
     if isinstance(ep, Skip):
         return ep
     clients = point.clients
@@ -210,8 +215,9 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
         tp=tp,
         pp=point.pp or 1,
         ep=ep,
+        attention_dp=dp,
         clients=clients,
-        num_requests=benchmark_prompts(clients),
+        num_requests=benchmark_prompts(clients // dp),
         engine_preset=engine_preset(point.backend, point.backend_version),
     )
 
@@ -219,16 +225,17 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
 def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     """The closed-loop simulator config of ``spec`` (module docstring)."""
     p = spec.point
+    rank_clients = spec.clients // spec.attention_dp  # one rank's share of the clients
     engine: dict[str, Any] = {
         "kind": "continuous",
         "preset": spec.engine_preset,
-        "max_num_seqs": spec.clients,
+        "max_num_seqs": rank_clients,
         "max_num_batched_tokens": 8192,
         "enable_prefix_caching": False,
     }
     workload = {
         "num_requests": spec.num_requests,
-        "arrival": {"kind": "closed", "concurrency": spec.clients},
+        "arrival": {"kind": "closed", "concurrency": rank_clients},
         "lengths": {"prompt": _benchmark_length(p.isl), "output": _benchmark_length(p.osl)},
         "models": {spec.catalog_model: 1.0},
     }
@@ -240,6 +247,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "tp": spec.tp,
         "pp": spec.pp,
         "ep": spec.ep,
+        "attention_dp": spec.attention_dp,
         "engine": engine,
     }
     if spec.precision in ("fp8", "fp4"):
