@@ -59,6 +59,7 @@ from sincere.perf.moe import (
     windowed_context,
     windowed_pairs,
 )
+from sincere.perf.series import sum_max_affine
 
 if TYPE_CHECKING:
     from sincere.perf.roofline import RooflineParams
@@ -362,6 +363,48 @@ class ArchStep:
     def iteration_s(self, batch: Batch) -> float:
         """Duration of one iteration."""
         return self.parts(batch).total_s
+
+    def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> float:
+        """Exact sum of ``num_steps`` decode iterations, the context growing by ``num_seqs``
+        each: all but attention is the same every step (the batch's tokens and sequences do
+        not change); a layer's decode attention is its kernel plus the larger of two affine
+        terms in the context, and a window layer's context stops growing at ``num_seqs x
+        window``: each piece is summed in closed form (:func:`sum_max_affine`)."""
+        if num_steps <= 0 or num_seqs <= 0:
+            return 0.0
+        n = num_seqs
+        base = self.parts(Batch(num_decode_seqs=n, decode_ctx_tokens=0))
+        fixed = base.total_s - base.attention_s
+        dep = self.deployment
+        num_mb = 1 if dep.pp == 1 else max(1, min(self.params.pp_microbatches, n))
+        share = 1.0 / num_mb
+        scale = 1.0 if num_mb == 1 and dep.pp == 1 else num_mb + dep.pp - 1.0
+        attention = self._decode_attention_sum(ctx_tokens, n, num_steps, share, None)
+        if self._window_frac:
+            window = float(n) * dep.model.sliding_window
+            windowed = self._decode_attention_sum(ctx_tokens, n, num_steps, share, window)
+            attention = (1.0 - self._window_frac) * attention + self._window_frac * windowed
+        return num_steps * fixed + scale * self._layers * attention
+
+    def _decode_attention_sum(
+        self, ctx: int, n: int, steps: int, share: float, limit: float | None
+    ) -> float:
+        """One layer's decode attention summed over ``steps`` steps from context ``ctx``
+        (``n`` more each step), the context read capped at ``limit`` (a window)."""
+        _, dec_pair, token_s = self._attn
+        p = self.params
+        kernel = p.attn_kernel_s if p.attn_decode_kernel_s is None else p.attn_decode_kernel_s
+        growing = steps
+        if limit is not None:
+            growing = 0 if ctx >= limit else min(steps, math.ceil((limit - ctx) / n))
+        a, b = share * dec_pair, share * token_s
+        seq = p.attn_decode_seq_tokens * n
+        total = steps * kernel
+        total += sum_max_affine(a * ctx, a * n, b * (ctx + seq), b * n, growing)
+        if growing < steps:  # the window is full: the same read every step
+            assert limit is not None
+            total += (steps - growing) * max(a * limit, b * (limit + seq))
+        return total
 
     def utilization(self, batch: Batch, duration_s: float) -> tuple[float, float]:
         """Model-FLOPs and memory-bandwidth utilisation (0..1) per GPU: the active

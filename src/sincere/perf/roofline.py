@@ -731,13 +731,8 @@ class Roofline(StepTimeBase):
         """Exact sum of decode iterations: only decode attention changes, split at its ridge."""
         if num_steps <= 0 or num_seqs <= 0:
             return 0.0
-        if self._arch is not None:  # windows make it non-affine in the context: sum the steps
-            total = 0.0
-            for step in range(num_steps):
-                ctx = ctx_tokens + step * num_seqs
-                batch = Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx)
-                total += self._arch.iteration_s(batch)
-            return total
+        if self._arch is not None:  # experts, MLA, windows: their own closed form
+            return self._arch.decode_steps_s(num_seqs, ctx_tokens, num_steps)
         c = self._coef
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
