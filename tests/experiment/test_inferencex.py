@@ -84,6 +84,9 @@ def test_models_precisions_and_experts_map(
         ({"model": "openai/gpt-oss-120b", "precision": "fp8"}, "precision-missing",
          "fp8 not in ('bf16', 'mxfp4')"),
         ({"moe_tp": 2, "moe_ep": 2}, "moe-split", "moe_tp 2 x moe_ep 2 vs tp 8"),
+        ({"tp": 16, "moe_ep": 16}, "multi-node", "16 GPUs > 8 per node"),
+        ({"tp": 1, "attention_dp": 16, "batch_size": 4, "source_concurrency": 64},
+         "multi-node", "16 GPUs > 8 per node"),
     ],
 )  # fmt: skip
 def test_unrepresentable_points_are_skipped_with_their_reason(

@@ -27,8 +27,9 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 A point the simulator cannot represent is a :class:`Skip` with its reason (one of
 :data:`SKIP_REASONS`), never dropped: disaggregated points (the simulator refuses a closed
 loop over a prefill / decode split), attention data parallelism on a dense model, NVFP4
-weights, models outside the catalog, and deployments the simulator refuses at build (too
-little memory for weights and KV, a TP degree that does not split the heads).
+weights, models outside the catalog, engines over more GPUs than one NVLink domain
+(:data:`NVLINK_DOMAIN`), and deployments the simulator refuses at build (too little memory
+for weights and KV, a TP degree that does not split the heads).
 
 Compared: the simulated mean TTFT and TPOT of the run's requests at the client (the engine's
 time plus its preset's front end) against the row's means (measured by the benchmark client).
@@ -53,6 +54,10 @@ from sincere.workload.inferencex import OperatingPoint
 
 SYSTEM_ACCELERATORS = {"b200_sxm": "B200", "b300_sxm": "B300", "gb200": "GB200", "gb300": "GB300"}
 """InferenceX system -> catalog accelerator (one GPU of the system)."""
+NVLINK_DOMAIN = {"b200_sxm": 8, "b300_sxm": 8, "gb200": 72, "gb300": 72}
+"""GPUs one NVLink domain of each system joins: an HGX B200 / B300 board's 8, a GB200 /
+GB300 NVL72 rack's 72. An engine over more GPUs crosses the scale-out network between
+nodes, which the simulator does not model."""
 MODEL_NAMES = {
     "deepseek-ai/DeepSeek-R1": "deepseek-r1",
     "deepseek-ai/DeepSeek-V3": "deepseek-v3",
@@ -81,6 +86,7 @@ SKIP_REASONS = {
     "concurrency": "clients unclear: batch_size x attention DP differs from the source's",
     "no-fit": "does not fit: too little memory for the weights and KV cache",
     "refused": "deployment refused by the simulator",
+    "multi-node": "the engine's GPUs span nodes: links between nodes are not modelled",
 }
 """Why a point is not simulated: key -> the words the report prints."""
 PROMPTS_PER_CLIENT = 10
@@ -179,6 +185,9 @@ def _representable(point: OperatingPoint) -> Skip | None:
     """The first reason ``point``'s shape is beyond the simulator, if any."""
     if point.mode != "agg":
         return Skip(point, "disagg", f"mode {point.mode}")
+    gpus = (point.tp or 1) * max(point.attention_dp or 1, 1) * (point.pp or 1)
+    if gpus > NVLINK_DOMAIN[point.system]:
+        return Skip(point, "multi-node", f"{gpus} GPUs > {NVLINK_DOMAIN[point.system]} per node")
     if point.source_concurrency is not None and point.source_concurrency != point.clients:
         return Skip(
             point,
