@@ -187,7 +187,7 @@ class Cluster:
             if self.passthrough and len(choices) == 1:
                 picks = [0] * (end - start)
             elif self.passthrough and self.front_door is not None and len(choices) > 1:
-                views = self._views_at(choices, float(arrival[start]))
+                views = self.views_at(choices, float(arrival[start]))
                 picks = self.front_door.place_many(end - start, views)
             if picks is not None:
                 engine_of[start:end] = [choices[k] for k in picks]
@@ -215,7 +215,7 @@ class Cluster:
     def _decide(self, i: int, choices: list[int], now: Seconds) -> int | None:
         """Ask the front door about request ``i`` and apply its answer."""
         assert self.front_door is not None
-        views = self._views_at(choices, now)
+        views = self.views_at(choices, now)
         request = self.requests.request(i)
         decision = self.front_door.decide(request, views, now, all_open=self.all_open)
         if self.decisions is not None:
@@ -264,7 +264,11 @@ class Cluster:
                 views[e] = self._fresh_view(e)
         stale.clear()
 
-    def _views_at(self, choices: list[int], now: Seconds) -> list[InstanceView]:
+    def engine_index(self, instance: InstanceId) -> int:
+        """The engine of instance ``instance`` (its position in ``engines``)."""
+        return self._engine_of[instance]
+
+    def views_at(self, choices: list[int], now: Seconds) -> list[InstanceView]:
         """The views of ``choices`` at ``now``: a fresh list the front door may keep, its
         token counts moved on by decode runs in flight when the front door reads them
         (the cached views are the last events')."""
