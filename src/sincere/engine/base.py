@@ -20,12 +20,14 @@ Every engine also answers, so no driver has to probe for them:
   request-level strategy waiting for a full batch); a no-op for engines that never hold
   requests back, which say so with ``holds_back`` false;
 * ``gaps`` -- inter-token gaps per tier (empty for engines whose answers come whole);
-* ``require_exact_loads()`` -- a router reads ``load()`` between any two iterations, so
-  the engine must end an event at each (no multi-iteration shortcuts between reads);
-* ``sum_by_iteration(inner_ends)`` -- nothing reads ``load()`` between events, but the
-  driver sums over time as if every iteration were an event: the engine may run identical
-  iterations as one piece, adds its own sums iteration by iteration, and appends the end of
-  each iteration inside a piece (but its last) to ``inner_ends`` when the piece starts;
+* ``configure(exact_loads=..., inner_ends=...)`` -- how the driver's readers need the
+  engine's work cut into events, said once before the run: ``exact_loads`` -- a router
+  reads ``load()`` between any two iterations, so the engine must end an event at each (no
+  multi-iteration shortcuts between reads); ``inner_ends`` -- nothing reads ``load()``
+  between events, but the driver sums over time as if every iteration were an event: the
+  engine may run identical iterations as one piece, adds its own sums iteration by
+  iteration, and appends the end of each iteration inside a piece (but its last) to
+  ``inner_ends`` when the piece starts. Neither: the engine cuts its work as it likes;
 * ``progress_at(now)`` -- how far a closed-form decode run in flight got by ``now`` (its
   token counts and KV usage move on between events; a driver reading token counts at
   an arrival advances the load by it).
@@ -153,13 +155,12 @@ class Engine(Protocol):
         """Inter-token gaps per tier of the run's requests (empty: not modelled)."""
         ...
 
-    def require_exact_loads(self) -> None:
-        """Keep ``load()`` exact between any two iterations (a router reads it)."""
-        ...
-
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        """Run identical iterations as one piece, keeping per-iteration sums; append the
-        ends of the iterations inside each piece (but its last) to ``inner_ends``."""
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """How to cut work into events (module docstring): ``exact_loads``, one event per
+        iteration; ``inner_ends``, pieces of identical iterations summed iteration by
+        iteration, their inner ends reported there. Raises ``ValueError`` given both."""
         ...
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:

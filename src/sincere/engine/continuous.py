@@ -81,7 +81,7 @@ class ContinuousEngine(StateView):
         self._planner = RunPlanner(self.state, scheduler, step_model, limits)
         self._observes = type(scheduler).observe is not IterationScheduler.observe
         # most iterations one prefill run may hold; 1 keeps ``load()`` exact at every
-        # iteration (``require_exact_loads``, called when a router reads the engines)
+        # iteration (``configure(exact_loads=True)``, when a router reads the engines)
         self.max_prefill_run = 1 << 30
         # live drivers: called after every iteration with its end time and the requests
         # that produced a token in it; while set, every piece of work is one iteration
@@ -94,7 +94,7 @@ class ContinuousEngine(StateView):
         self._fits_tokens = (limits.num_kv_blocks - limits.watermark_blocks) * limits.block_size
         self._run: Run | None = None
         self._wake_at: Seconds | None = None
-        # where the ends of the iterations inside a piece of work go (``sum_by_iteration``)
+        # where the ends of the iterations inside a piece of work go (``configure``)
         self._inner_ends: list[float] | None = None
         # disaggregated decodes whose KV arrived, waiting for free blocks (FIFO), with
         # their KV tokens; and (request, time) of each one's start of decoding
@@ -189,22 +189,27 @@ class ContinuousEngine(StateView):
         """No: every request it holds is in its scheduler's hands."""
         return False
 
-    def require_exact_loads(self) -> None:
-        """A router reads ``load()`` between any two iterations: end an event at each."""
-        self.max_prefill_run = 1
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """How the driver needs the work cut into events (said once, before the run).
 
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        """Nothing reads ``load()`` between events, but the sums must be those of one event
-        per iteration: identical prefill iterations run as one piece again (as without
-        ``require_exact_loads``), their busy time and ITL are summed iteration by
-        iteration, and when such a piece starts, the end of each of its iterations but the
-        last is appended to ``inner_ends`` (for the driver's own time integrals).
-
-        The records are the same either way; this keeps the float sums of the summary
-        (ITL mean, requests in the system) bit for bit too, at one event per piece.
+        ``exact_loads``: a router reads ``load()`` between any two iterations: end an
+        event at each. ``inner_ends``: nothing reads ``load()`` between events, but the
+        sums must be those of one event per iteration: identical prefill iterations run as
+        one piece, their busy time and ITL are summed iteration by iteration, and when
+        such a piece starts, the end of each of its iterations but the last is appended to
+        ``inner_ends`` (for the driver's own time integrals). The records are the same
+        either way; this keeps the float sums of the summary (ITL mean, requests in the
+        system) bit for bit too, at one event per piece. Neither: pieces as they come.
         """
-        self.max_prefill_run = 1 << 30
-        self.state.split_sums = True
+        if exact_loads and inner_ends is not None:
+            raise ValueError(
+                "configure: exact_loads (an event per iteration) and inner_ends (pieces of "
+                "several iterations) exclude each other; give one or neither"
+            )
+        self.max_prefill_run = 1 if exact_loads else 1 << 30
+        self.state.split_sums = inner_ends is not None
         self._inner_ends = inner_ends
 
     @property

@@ -390,11 +390,10 @@ class RequestLevelEngine:
         """None: a request-level batch returns every answer whole (no inter-token gaps)."""
         return ()
 
-    def require_exact_loads(self) -> None:
-        """Nothing to do: a batch is one event and the load does not change inside it."""
-
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        """Nothing to do: a batch is one event with no iterations inside it."""
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """Nothing to do: a batch is one event, with no iterations inside it."""
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """None: batches run whole, and the load changes only at events."""

@@ -175,11 +175,10 @@ class SincereServerEngine:
         """None: every answer comes back whole (no inter-token gaps)."""
         return ()
 
-    def require_exact_loads(self) -> None:
-        """Nothing to do: the load changes only at the events this engine reports."""
-
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        """Nothing to do: every piece of work is one event with no iterations inside it."""
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """Nothing to do: every piece of work is one event, with no iterations inside it."""
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """None: batches run whole, and the load changes only at events."""

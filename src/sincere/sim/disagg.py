@@ -59,10 +59,12 @@ from sincere.perf.kv_link import KvLink as KvLink
 from sincere.perf.kv_link import link_figures as link_figures
 from sincere.policy.front_door import Hold, Reject
 from sincere.policy.pd import Local, PDFrontDoor, PDRoute
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import Outcome
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, SimulationConfig
 from sincere.sim.extension import Extension, Sim
+from sincere.sim.plan import ExtensionNeeds
 
 ROLES = ("prefill", "decode", "both")
 NO_INSTANCE = -1
@@ -225,28 +227,41 @@ class PDExtension(Extension):
     transfer sending its last byte (index: the link) and a request's KV landing at its
     decode instance (index: the request)."""
 
-    def __init__(self, cluster: Cluster, plan: PDPlan) -> None:
-        self.cluster = cluster
+    def __init__(self, plan: PDPlan) -> None:
         self.plan = plan
-        self._prompt = cluster.requests.prompt_tokens
-        self._pending: dict[int, int] = {}  # prefilling request -> its decode engine
-        # disaggregated requests whose outcomes a router learns from, with what it saw
-        self._learns = plan.door.learns_from_outcomes
-        self._seen: dict[int, Request] = {}
+        self._cluster: Cluster | None = None
         self._sim: Sim | None = None
-        self._kv_ready_kind = self._link_end_kind = -1  # set at attach
-        # the per-phase routers read the same views as the cluster's front door: keep
-        # the loads and token counts in them when either phase's router reads them
-        if plan.door.reads_engine_load:
-            cluster.load_blind = False
-        if plan.door.reads_engine_tokens:
-            cluster.exact_tokens = True
+        self._pending: dict[int, int] = {}  # prefilling request -> its decode engine
+        self._learns = False  # whether a phase's router learns (set at attach)
+        # disaggregated requests whose outcomes a router learns from, with what it saw
+        self._seen: dict[int, Request] = {}
+        self._kv_ready_kind = self._link_end_kind = 0  # set at attach
+
+    @property
+    def needs(self) -> ExtensionNeeds:
+        """The per-phase routers read the same views as the cluster's front door (their
+        load and token counts as they declare); the phases' outcomes are built here, not
+        by the cluster. Arrivals are routed here, and KV lands in engines between events."""
+        reads = self.plan.door.reads
+        return ExtensionNeeds(
+            reads=Reads(load=reads.load, tokens=reads.tokens, outcomes=False, oblivious=False),
+            routes_arrivals=True,
+            feeds_engines=True,
+        )
 
     def attach(self, sim: Sim) -> None:
         """Declare the KV arrivals and link ends (before engine wake-ups at one time)."""
         self._sim = sim
+        self._cluster = sim.cluster
+        self._prompt = sim.cluster.requests.prompt_tokens
+        self._learns = self.plan.door.learns_from_outcomes
         self._kv_ready_kind = sim.add_kind(KV_PRIORITY, self._kv_ready)
         self._link_end_kind = sim.add_kind(KV_PRIORITY, self._link_end)
+
+    @property
+    def cluster(self) -> Cluster:
+        assert self._cluster is not None, "attached to a loop"
+        return self._cluster
 
     @property
     def sim(self) -> Sim:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from sincere.core.types import Seconds
 from sincere.sim.cluster import Cluster
+from sincere.sim.plan import ExtensionNeeds
 
 Handler = Callable[[int, Seconds], None]
 """An event kind's handler: ``(index, at)``."""
@@ -52,6 +53,12 @@ class Sim(Protocol):
 
 class Extension:
     """A timed feature of the simulator; every hook is a no-op by default."""
+
+    @property
+    def needs(self) -> ExtensionNeeds:
+        """What the extension reads of the cluster and does to it, which the run's
+        shortcuts follow (:mod:`sincere.sim.plan`). Default: everything (safe)."""
+        return ExtensionNeeds()
 
     def attach(self, sim: Sim) -> None:
         """The loop is about to run: declare event kinds (:meth:`Sim.add_kind`)."""

@@ -24,8 +24,9 @@ priorities say), which handles exactly the events the heap would, in the same
 order, without pushing and popping stale wake-ups.
 
 Engines apart. When the cluster's routing cannot depend on how the engines serve
-(``Cluster.apart``: an oblivious router such as round-robin or random, no admission, no
-decision log, no outcome anyone learns from, no engine holding requests back), the
+(``Cluster.shortcuts.apart``, planned once by :mod:`sincere.sim.plan`: an oblivious router
+such as round-robin or random, no admission, no decision log, no extension, no outcome
+anyone learns from, no engine holding requests back), the
 loop routes the whole trace first and then runs each engine alone over its own
 arrivals, as the single-engine loop does: an engine's events are then exactly those it
 has under the heap, in the same order (nothing else ever touched it), and one engine's
@@ -57,7 +58,7 @@ from sincere.core.types import Seconds
 from sincere.engine.base import Engine
 from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.events import EventQueue
-from sincere.sim.extension import Extension, Handler
+from sincere.sim.extension import Handler
 
 ARRIVAL = 0  # event kind: the next request arrives (index: the send's number)
 ENGINE = 1  # event kind: an engine's wake-up (index: the engine)
@@ -111,7 +112,6 @@ class _Loop:
         cluster: Cluster,
         progress: Progress | None,
         every: int,
-        extension: Extension | None = None,
     ) -> None:
         self.cluster = cluster
         self.arrivals = cluster.requests.arrival_at.tolist()
@@ -127,13 +127,13 @@ class _Loop:
         self.clients = (
             None if cluster.closed is None else ClosedClients(cluster.closed, len(self.arrivals))
         )
-        self.extension = extension
+        self.extension = cluster.extension
         self.priorities = [ARRIVAL_PRIORITY, ENGINE_PRIORITY]  # by event kind
         self.handlers: list[Handler] = []  # by event kind, past ENGINE
-        self.load_blind = cluster.load_blind  # only outstanding counts make views stale
+        self.load_blind = cluster.shortcuts.load_blind  # only outstanding counts make views stale
         # every model is served by engine 0 alone and nothing screens requests: routing
         # cannot choose, cap or reject
-        self.always_first = cluster.passthrough and all(
+        self.always_first = cluster.shortcuts.passthrough and all(
             choices == [0] for choices in cluster.eligible
         )
 
@@ -145,7 +145,7 @@ class _Loop:
             self._run_heap()  # completions feed arrivals (module docstring)
         elif len(self.cluster.engines) == 1:
             self._run_single()
-        elif self.cluster.apart:
+        elif self.cluster.shortcuts.apart:
             self._run_apart()
         else:
             self._run_heap()
@@ -255,10 +255,11 @@ class _Loop:
         tell the extension and the cluster, reschedule; an arrival through :meth:`_arrive`;
         an extension's event by the handler of its kind.
 
-        When nothing reads the engines' loads between events (``load_blind``), engines
-        run identical prefill iterations as one piece (``sum_by_iteration``) and report
-        the iteration ends inside it; the loop adds those to its time integral in time
-        order (:meth:`_pass_inner`), so the sums are those of one event per iteration.
+        When nothing reads the engines' loads between events (``summed`` pacing, planned
+        with ``load_blind``), engines run identical prefill iterations as one piece
+        (``Engine.configure(inner_ends=...)``) and report the iteration ends inside it;
+        the loop adds those to its time integral in time order (:meth:`_pass_inner`), so
+        the sums are those of one event per iteration.
         """
         n = len(self.arrivals)
         queue, wake, arrivals = self.queue, self.wake, self.arrivals
@@ -267,13 +268,10 @@ class _Loop:
         touched, finished = cluster.touched, cluster.finished
         push, pop = queue.push, queue.pop
         track_load = not self.load_blind
-        observes = cluster.observes  # whether finished requests are told to the cluster
+        observes = cluster.shortcuts.observes  # finished requests are told to the cluster
         progress, every = self.progress, self.every
         inner: list[float] = []  # a heap of iteration ends inside engines' pieces of work
-        started: list[float] = []  # such ends, as engines report them when a piece starts
-        if self.load_blind and len(engines) > 1 and extension is None:
-            for engine in engines:  # (one engine: no one-event-per-iteration)
-                engine.sum_by_iteration(started)
+        started = cluster.inner_ends  # such ends, as engines report them (``summed`` pacing)
         closed = self.clients is not None
         if self.clients is not None:
             for k in range(self.clients.first_sends()):
@@ -344,7 +342,7 @@ class _Loop:
             if e >= 0:
                 mine[e].append(i)
                 joined[i] = 1
-        inner: list[float] = []  # iteration ends inside pieces, every engine's
+        inner = cluster.inner_ends  # iteration ends inside pieces, every engine's
         event_at: list[float] = []  # engine events, every engine's
         left: list[int] = []  # requests each of them finished or rejected (negated)
         progress, every = self.progress, self.every
@@ -352,7 +350,6 @@ class _Loop:
         note = cluster.records.note_load
         for e, ids in enumerate(mine):
             engine = engines[e]
-            engine.sum_by_iteration(inner)
             next_event_at, advance, add = engine.next_event_at, engine.advance, engine.add
             queue_sizes = engine.queue_sizes
             outstanding, k, m = 0, 0, len(ids)
@@ -470,12 +467,7 @@ def run_events(
     cluster: Cluster, progress: Progress | None = None, progress_every: int = 10_000
 ) -> RunLog:
     """Run every request of ``cluster`` to completion (or rejection)."""
-    extension: Extension | None = None
-    if cluster.pd is not None:
-        from sincere.sim.disagg import PDExtension
-
-        extension = PDExtension(cluster, cluster.pd)
-    log = _Loop(cluster, progress, max(1, progress_every), extension).run()
+    log = _Loop(cluster, progress, max(1, progress_every)).run()
     if progress is not None:
         progress(len(cluster.requests), len(cluster.requests))
     return log
