@@ -360,3 +360,15 @@ def test_the_threshold_reads_the_decode_instances_cache_and_serves_there() -> No
     assert table["prefill_instance"] == [None, None]
     assert table["instance"] == ["d", "d"]
     assert table["cached_tokens"] == [0, 512]
+
+
+def test_a_decode_role_without_kv_intake_is_refused_at_build() -> None:
+    """A decode instance on an engine that takes no prefilled KV is a config error naming
+    the instance's engine kind."""
+    cfg = pd_config({"kind": "rdma"})
+    cfg["instances"] = [
+        instance("prefill", "p"),
+        instance("decode", "d", engine={"kind": "request-level"}),
+    ]
+    with pytest.raises(ConfigError, match=r"decode instance needs an engine that .* takes"):
+        simulate(cfg)

@@ -30,7 +30,13 @@ Every engine also answers, so no driver has to probe for them:
   ``inner_ends`` when the piece starts. Neither: the engine cuts its work as it likes;
 * ``progress_at(now)`` -- how far a closed-form decode run in flight got by ``now`` (its
   token counts and KV usage move on between events; a driver reading token counts at
-  an arrival advances the load by it).
+  an arrival advances the load by it);
+* ``kv_intake`` -- the engine's intake of KV prefilled on another instance (a
+  :class:`KvIntake`, what a decode instance of prefill/decode disaggregation needs), or
+  ``None`` for an engine that takes none: an optional capability, declared rather than
+  found by the engine's class;
+* ``max_model_len`` -- the longest prompt plus ``max_tokens`` it serves (``None``: no
+  context limit modelled), for the messages that explain context rejections.
 
 Lazy reads. An engine reads request ``i``'s fields from the run's
 :class:`~sincere.core.request.RequestArrays` at ``add(i, now)`` or later, never at
@@ -166,6 +172,32 @@ class Engine(Protocol):
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """How far a decode run in flight got by ``now`` since the last event (``None``:
         the load has not changed since, e.g. no decode run, or an engine without them)."""
+        ...
+
+    @property
+    def kv_intake(self) -> KvIntake | None:
+        """Its intake of KV prefilled elsewhere; ``None``: it takes none."""
+        ...
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Longest prompt plus ``max_tokens`` it serves (``None``: no limit modelled)."""
+        ...
+
+
+class KvIntake(Protocol):
+    """An engine's intake of requests prefilled on another instance (P/D disaggregation):
+    their KV arrives, waits for room, and joins the decode batch."""
+
+    def add_prefilled(self, request_ix: int, now: Seconds, kv_tokens: int) -> None:
+        """Take request ``request_ix``, whose ``kv_tokens`` tokens of KV have arrived."""
+        ...
+
+    @property
+    def kv_admitted(self) -> list[tuple[int, Seconds]]:
+        """``(request, time)`` of each start of decoding of such a request, in order,
+        since the driver last cleared this list (the time its client gets its first
+        token)."""
         ...
 
 

@@ -36,9 +36,10 @@ import numpy.typing as npt
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, Seconds
-from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, TokenHook
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, KvIntake, TokenHook
 from sincere.engine.gaps import GapHistogram
-from sincere.engine.kv import blocks_for
+from sincere.engine.kv_intake import ArrivedKv
+from sincere.engine.request_fit import RequestFit
 from sincere.engine.runs import Run, RunPlanner
 from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
@@ -88,18 +89,16 @@ class ContinuousEngine(StateView):
         self.on_tokens: TokenHook | None = None
         self._max_tokens = requests.max_tokens if max_tokens is None else max_tokens
         self._context_caps = self._max_tokens if context_caps is None else context_caps
-        # longest prompt + max_tokens; the limit's or, when it has none, no limit at all
-        self._max_model_len = (1 << 62) if limits.max_model_len is None else limits.max_model_len
-        # prompt + output tokens that always fit (blocks_for(prompt + target - 1) <= most)
-        self._fits_tokens = (limits.num_kv_blocks - limits.watermark_blocks) * limits.block_size
+        # which requests can ever be served here; its two bounds copied for ``add``
+        self._fit = RequestFit(limits)
+        self._max_model_len = self._fit.max_model_len
+        self._fits_tokens = self._fit.fits_tokens
         self._run: Run | None = None
         self._wake_at: Seconds | None = None
         # where the ends of the iterations inside a piece of work go (``configure``)
         self._inner_ends: list[float] | None = None
-        # disaggregated decodes whose KV arrived, waiting for free blocks (FIFO), with
-        # their KV tokens; and (request, time) of each one's start of decoding
-        self._arrived: list[tuple[int, int]] = []
-        self.kv_admitted: list[tuple[int, Seconds]] = []
+        # disaggregated decodes whose KV arrived, waiting for free blocks, and their starts
+        self._arrived = ArrivedKv(limits)
 
     # ----------------------------------------------------------------- Engine API
 
@@ -115,7 +114,7 @@ class ContinuousEngine(StateView):
             target = cap
         asked = int(self._context_caps[i])
         if prompt + target > self._fits_tokens or prompt + asked > self._max_model_len:
-            reason = self._reject_reason(prompt, target, asked)
+            reason = self._fit.reject_reason(prompt, target, asked)
             if reason is not None:
                 self.state.reject(i, reason)
                 self._wake(now)
@@ -145,13 +144,14 @@ class ContinuousEngine(StateView):
         req = self.requests
         self.records.instance[i] = self.instance_ix
         target = min(int(req.output_tokens[i]), int(self._max_tokens[i]))
-        reason = self._reject_reason(int(req.prompt_tokens[i]), target, int(self._context_caps[i]))
+        prompt, asked = int(req.prompt_tokens[i]), int(self._context_caps[i])
+        reason = self._fit.reject_reason(prompt, target, asked)
         if reason is not None:
             self.state.reject(i, reason)
             self._wake(now)
             return
         self.state.accept(i, target, int(req.tier[i]), int(self._max_tokens[i]))
-        self._arrived.append((i, kv_tokens))
+        self._arrived.arrive(i, kv_tokens)
         run = self._run
         if run is None:
             self._wake(now)
@@ -213,6 +213,22 @@ class ContinuousEngine(StateView):
         self._inner_ends = inner_ends
 
     @property
+    def kv_intake(self) -> KvIntake:
+        """Itself: it takes KV prefilled elsewhere (:meth:`add_prefilled`)."""
+        return self
+
+    @property
+    def kv_admitted(self) -> list[tuple[int, Seconds]]:
+        """``(request, time)`` of each start of decoding of a request whose KV arrived,
+        since the driver last cleared this list."""
+        return self._arrived.admitted
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Longest prompt plus ``max_tokens`` served (``None``: no context limit)."""
+        return self.limits.max_model_len
+
+    @property
     def gaps(self) -> list[GapHistogram]:
         """Inter-token gaps per tier (vLLM's ITL)."""
         return self.state.gaps
@@ -233,7 +249,7 @@ class ContinuousEngine(StateView):
         cache = st.cache
         return EngineLoad(
             num_running=st.num_running,
-            num_waiting=len(st.queue) + len(self._arrived),  # arrived KV waits too
+            num_waiting=len(st.queue) + len(self._arrived.waiting),  # arrived KV waits too
             waiting_prefill_tokens=st.waiting_tokens,
             running_remaining_tokens=remaining,
             running_ctx_tokens=ctx,
@@ -301,8 +317,8 @@ class ContinuousEngine(StateView):
     # ------------------------------------------------------------- internals
 
     def _start(self, now: Seconds) -> Run | None:
-        if self._arrived:
-            self._admit_arrived(now)
+        if self._arrived.waiting:
+            self._arrived.admit(self.state, now)
         live = self.on_tokens is not None
         run = self._planner.start(self, now, self.max_prefill_run, live)
         inner = self._inner_ends
@@ -339,52 +355,15 @@ class ContinuousEngine(StateView):
             produced.extend(i for i, _ in run.chunks if i not in st.pre)
             hook(end, produced)
 
-    def _admit_arrived(self, now: Seconds) -> None:
-        """Arrived KV joins the decode batch, in order, while its blocks and a slot are free
-        (the next decode step's growth and the watermark kept free)."""
-        st = self.state
-        lim = self.limits
-        arrived = self._arrived
-        while arrived:
-            i, kv_tokens = arrived[0]
-            if st.num_running >= lim.max_num_seqs:
-                return
-            free = st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1)
-            if blocks_for(kv_tokens + 1, lim.block_size) > free - lim.watermark_blocks:
-                return
-            arrived.pop(0)
-            st.start_decoding(i, kv_tokens)
-            self.kv_admitted.append((i, now))
-
     def _drop_arrived(self, i: int) -> bool:
         """Forget ``i`` if its KV waits for blocks (marked ``aborted``); whether it did."""
-        for k, (j, _) in enumerate(self._arrived):
-            if j == i:
-                del self._arrived[k]
-                st = self.state
-                del st.target[i], st.cap[i], st.produced_before[i], st.tier_of[i]
-                self.records.output_tokens[i] = 1
-                st.reject(i, "aborted")
-                return True
-        return False
-
-    def _reject_reason(self, prompt: int, target: int, asked: int) -> str | None:
-        """Why a request of ``prompt`` tokens, ``target`` to make and ``asked`` asked for
-        (its ``max_tokens``) can never be served here; ``None`` when it can.
-
-        vLLM's rule: ``prompt + max_tokens > max_model_len`` is refused -- with no room
-        for even one output token ``prompt_too_long``, else ``over_context``.
-        """
-        lim = self.limits
-        if prompt >= self._max_model_len:
-            return "prompt_too_long"
-        if prompt + asked > self._max_model_len:
-            return "over_context"
-        # the longest prefill it may need is a recompute of prompt + all but one output
-        most = lim.num_kv_blocks - lim.watermark_blocks
-        if blocks_for(prompt + target - 1, lim.block_size) > most:
-            return "kv_capacity"
-        return None
+        if not self._arrived.drop(i):
+            return False
+        st = self.state
+        del st.target[i], st.cap[i], st.produced_before[i], st.tier_of[i]
+        self.records.output_tokens[i] = 1
+        st.reject(i, "aborted")
+        return True
 
     def _wake(self, now: Seconds) -> None:
         if self._run is None and self._wake_at is None:

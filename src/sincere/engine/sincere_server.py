@@ -41,7 +41,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, KvIntake
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.request_level import (
     BatchLog,
@@ -182,6 +182,16 @@ class SincereServerEngine:
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """None: batches run whole, and the load changes only at events."""
+        return None
+
+    @property
+    def kv_intake(self) -> KvIntake | None:
+        """None: it takes no KV prefilled elsewhere."""
+        return None
+
+    @property
+    def max_model_len(self) -> int | None:
+        """None: no context limit is modelled."""
         return None
 
     def load(self) -> EngineLoad:

@@ -21,7 +21,6 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.base import Engine
 from sincere.engine.build import build_engine, canonical_model
-from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.instance import InstanceInfo, spec_info
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.policy.decision_log import DecisionLog
@@ -122,9 +121,10 @@ class _Builder:
             step_models=self.step_models.get(where),
         )  # fmt: skip
         self.step_models[where] = built.step_models
-        if role != "both" and not isinstance(built.engine, ContinuousEngine):
+        if role != "both" and built.engine.kv_intake is None:
             raise ConfigError(
-                f"a {role} instance needs a continuous engine", where=f"{where}.engine.kind",
+                f"a {role} instance needs an engine that hands over and takes prefilled KV "
+                "(a continuous engine)", where=f"{where}.engine.kind",
                 value=inst.engine.kind, allowed=["continuous"],
             )  # fmt: skip
         self.engines.append(built.engine)

@@ -50,7 +50,6 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import arrow_column, arrow_strings
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.summary import describe
 from sincere.perf.kv_link import NVLINK_DEFAULT_LATENCY_S as NVLINK_DEFAULT_LATENCY_S
 from sincere.perf.kv_link import RDMA_DEFAULT_GBPS as RDMA_DEFAULT_GBPS
@@ -316,12 +315,13 @@ class PDExtension(Extension):
         cluster = self.cluster
         engine = cluster.engines[e]
         cluster.touched(e)
-        if isinstance(engine, ContinuousEngine) and engine.kv_admitted:
+        intake = engine.kv_intake
+        if intake is not None and intake.kv_admitted:
             started = self.plan.records.decode_started_at
             first = cluster.records.first_token_at
-            for i, when in engine.kv_admitted:
+            for i, when in intake.kv_admitted:
                 started[i] = first[i] = when  # the client's first token: decode side
-            engine.kv_admitted.clear()
+            intake.kv_admitted.clear()
         left: list[int] = []
         for i in done:
             d = self._pending.pop(i, None)
@@ -396,8 +396,8 @@ class PDExtension(Extension):
     def _kv_ready(self, i: int, at: Seconds) -> None:
         """Request ``i``'s KV landed at its decode instance, which takes it."""
         d = int(self.plan.records.decode_instance[i])
-        engine = self.cluster.engines[d]
-        assert isinstance(engine, ContinuousEngine), "decode instances are continuous engines"
-        engine.add_prefilled(i, at, int(self._prompt[i]))
+        intake = self.cluster.engines[d].kv_intake
+        assert intake is not None, "decode instances take prefilled KV (checked at build)"
+        intake.add_prefilled(i, at, int(self._prompt[i]))
         self.cluster.touched(d)
         self.sim.reschedule(d)
