@@ -37,12 +37,13 @@ the system, sorted, and summed in time order (:func:`_integral`).
 
 Closed loop (``Cluster.closed``). A closed workload's arrivals depend on completions,
 so it always takes the heap loop (whatever the number of engines): the ``concurrency``
-first requests arrive at 0; each request that ends (finished, or rejected at the front
-door or by an engine) frees its client, whose next request arrives after the next think
-time. Every such arrival is pushed onto the queue at once (at most ``concurrency`` are
-pending, and none is earlier than the event that made it), and the request taking it is
-the next by number, so requests are numbered in arrival order and the arrival times
-written into the request table stay sorted.
+first requests arrive at 0 (or after their time in the front end, ``ClosedLoop.first_s``);
+each request that ends (finished, or rejected at the front door or by an engine) frees its
+client, whose next request arrives after the next think time. Every such arrival is pushed
+onto the queue at once (at most ``concurrency`` are pending, and none is earlier than the
+event that made it), and the request taking it is the next by number, so requests are
+numbered in arrival order and the arrival times written into the request table stay
+sorted.
 """
 
 from __future__ import annotations
@@ -86,12 +87,15 @@ class ClosedClients:
         self.num_requests = num_requests
         self.num_ended = 0  # requests that have ended (each frees its client)
         self.num_sent = 0  # sends put on the queue
+        self.first_s = closed.first_s  # each client's first send (empty: all at 0)
 
-    def first_sends(self) -> int:
-        """How many clients send at time 0 (one request each)."""
+    def first_sends(self) -> list[Seconds]:
+        """When each client sends its first request (one each): at 0, or after its time
+        in the front end."""
         first = min(self.concurrency, self.num_requests)
         self.num_sent = first
-        return first
+        starts = self.first_s
+        return [starts[k] if starts else 0.0 for k in range(first)]
 
     def next_send_at(self, ended_at: Seconds) -> Seconds | None:
         """A request ended at ``ended_at``: when its client sends the next (``None``: every
@@ -274,8 +278,8 @@ class _Loop:
         started = cluster.inner_ends  # such ends, as engines report them (``summed`` pacing)
         closed = self.clients is not None
         if self.clients is not None:
-            for k in range(self.clients.first_sends()):
-                push(0.0, ARRIVAL_PRIORITY, ARRIVAL, k)
+            for k, send_at in enumerate(self.clients.first_sends()):
+                push(send_at, ARRIVAL_PRIORITY, ARRIVAL, k)
         elif n:
             push(arrivals[0], ARRIVAL_PRIORITY, ARRIVAL, 0)
         next_arrival = 0
