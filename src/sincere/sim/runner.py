@@ -332,62 +332,10 @@ class _Loop:
                 push(due, ENGINE_PRIORITY, ENGINE, e)
 
     def _run_apart(self) -> None:
-        """Route every request, then run each engine alone (see the module docstring).
-
-        The records get each request's engine load as the heap loop notes it: read from
-        the engine when the request reaches it, with the requests outstanding there.
-        """
-        cluster = self.cluster
-        arrivals, n = self.arrivals, len(self.arrivals)
-        engines = cluster.engines
-        mine: list[list[int]] = [[] for _ in engines]
-        joined = [0] * n  # the change of the number in the system at each arrival
-        for i, e in enumerate(cluster.assign_all()):
-            if e >= 0:
-                mine[e].append(i)
-                joined[i] = 1
-        inner = cluster.inner_ends  # iteration ends inside pieces, every engine's
-        event_at: list[float] = []  # engine events, every engine's
-        left: list[int] = []  # requests each of them finished or rejected (negated)
-        progress, every = self.progress, self.every
-        handled = n - sum(len(ids) for ids in mine)  # the rejected, at once
-        note = cluster.records.note_load
-        for e, ids in enumerate(mine):
-            engine = engines[e]
-            next_event_at, advance, add = engine.next_event_at, engine.advance, engine.add
-            queue_sizes = engine.queue_sizes
-            outstanding, k, m = 0, 0, len(ids)
-            while True:
-                due = next_event_at()
-                if k < m and (due is None or arrivals[ids[k]] <= due):
-                    i = ids[k]
-                    running, waiting, tokens = queue_sizes()
-                    note(i, running, waiting, tokens, outstanding)
-                    outstanding += 1
-                    add(i, arrivals[i])
-                    k += 1
-                    handled += 1
-                    if progress is not None and handled % every == 0:
-                        progress(handled, n)
-                elif due is not None:
-                    done = advance(due)
-                    event_at.append(due)
-                    left.append(-len(done))
-                    outstanding -= len(done)
-                else:
-                    break  # no event and no arrival left: nothing is held back
-            cluster.outstanding[e] = outstanding
-        # the events as arrays (8 bytes each, not a float object each): their times, and
-        # each one's change of the number in the system (0 for an iteration end)
-        times = np.concatenate((np.array(arrivals), np.array(event_at), np.array(inner)))
-        event_at.clear()
-        inner.clear()
-        num_inner = len(times) - n - len(left)
-        change = np.concatenate(
-            (np.array(joined, np.int64), np.array(left, np.int64), np.zeros(num_inner, np.int64))
-        )
-        left.clear()
-        self.area, self.last_at, self.in_system, self.num_events = _integral(times, change)
+        """Route every request, then run each engine alone (see the module docstring);
+        :func:`_engines_apart` does it and hands back the books."""
+        books = _engines_apart(self.cluster, self.arrivals, self.progress, self.every)
+        self.area, self.last_at, self.in_system, self.num_events = books
 
     def _pass_inner(self, inner: list[float], at: float) -> None:
         """Iteration ends up to ``at`` inside pieces of work: integrate up to each, in order."""
@@ -438,6 +386,66 @@ class _Loop:
         for i in left.tolist():
             records.reject(int(i), "unfinished")
         return len(left)
+
+
+def _engines_apart(
+    cluster: Cluster, arrivals: list[float], progress: Progress | None, every: int
+) -> tuple[float, float, int, int]:
+    """Route every request of ``cluster`` arriving at ``arrivals``, then run each engine
+    alone over its own; the books as :func:`_integral` returns them.
+
+    The records get each request's engine load as the heap loop notes it: read from
+    the engine when the request reaches it, with the requests outstanding there.
+    """
+    n = len(arrivals)
+    engines = cluster.engines
+    mine: list[list[int]] = [[] for _ in engines]
+    joined = [0] * n  # the change of the number in the system at each arrival
+    for i, e in enumerate(cluster.assign_all()):
+        if e >= 0:
+            mine[e].append(i)
+            joined[i] = 1
+    inner = cluster.inner_ends  # iteration ends inside pieces, every engine's
+    event_at: list[float] = []  # engine events, every engine's
+    left: list[int] = []  # requests each of them finished or rejected (negated)
+    handled = n - sum(len(ids) for ids in mine)  # the rejected, at once
+    note = cluster.records.note_load
+    for e, ids in enumerate(mine):
+        engine = engines[e]
+        next_event_at, advance, add = engine.next_event_at, engine.advance, engine.add
+        queue_sizes = engine.queue_sizes
+        outstanding, k, m = 0, 0, len(ids)
+        while True:
+            due = next_event_at()
+            if k < m and (due is None or arrivals[ids[k]] <= due):
+                i = ids[k]
+                running, waiting, tokens = queue_sizes()
+                note(i, running, waiting, tokens, outstanding)
+                outstanding += 1
+                add(i, arrivals[i])
+                k += 1
+                handled += 1
+                if progress is not None and handled % every == 0:
+                    progress(handled, n)
+            elif due is not None:
+                done = advance(due)
+                event_at.append(due)
+                left.append(-len(done))
+                outstanding -= len(done)
+            else:
+                break  # no event and no arrival left: nothing is held back
+        cluster.outstanding[e] = outstanding
+    # the events as arrays (8 bytes each, not a float object each): their times, and
+    # each one's change of the number in the system (0 for an iteration end)
+    times = np.concatenate((np.array(arrivals), np.array(event_at), np.array(inner)))
+    event_at.clear()
+    inner.clear()
+    num_inner = len(times) - n - len(left)
+    change = np.concatenate(
+        (np.array(joined, np.int64), np.array(left, np.int64), np.zeros(num_inner, np.int64))
+    )
+    left.clear()
+    return _integral(times, change)
 
 
 def _integral(at: Any, change: Any) -> tuple[float, float, int, int]:
