@@ -165,8 +165,8 @@ class Router(ABC):
         return type(self).observe is not Router.observe
 
     def choose_many(self, count: int, candidates: Sequence[InstanceView]) -> list[int] | None:
-        """For an :attr:`oblivious` router that never caps ``max_tokens``: the positions
-        in ``candidates`` that ``count`` calls of :meth:`choose`, one per request in turn
+        """For a router that declares oblivious ``reads`` and never caps ``max_tokens``: the
+        positions in ``candidates`` that ``count`` calls of :meth:`choose`, one per request in turn
         with these candidates, would pick -- and the router's state after them. ``None``
         (the default): not known without asking :meth:`choose` request by request."""
         return None
