@@ -46,16 +46,18 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
 from sincere.perf.moe import (
     all_to_all_bytes,
     all_to_all_s,
     expected_distinct_experts,
+    expert_work,
+    fused_moe_s,
     mla_decode_flops_per_pair,
     mla_prefill_flops_per_pair,
-    permutation_bytes,
-    routing_load,
     windowed_context,
     windowed_pairs,
 )
@@ -201,24 +203,27 @@ class ArchStep:
 
         Under attention DP the experts see the whole group's tokens: every rank carries a
         batch like this one (symmetric load), ``attention_dp · tokens`` in all."""
-        dep, m = self.deployment, self.moe
+        dep, m, p = self.deployment, self.moe, self.params
         model, ep = dep.model, dep.ep
         h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
         router = self._gemm_s(_Mat(h, e, 2.0), tokens)
         tokens *= dep.attention_dp
-        distinct, all_rows, busiest = routing_load(tokens, e, k, m.routing_skew, m.expert_tile)
         split = dep.moe_group_gpus // ep  # GPUs one expert is split over
-        up = (2 if model.gated_mlp else 1) * max(1, model.expert_intermediate_size // split)
-        down = max(1, model.expert_intermediate_size // split)
-        per_expert = h * up + down * h
-        routed = tokens * k / ep * m.ep_imbalance
-        rows = m.ep_imbalance * all_rows / ep + self.params.moe_tail_share * busiest
-        compute = 2.0 * per_expert * rows / self._moe_peak
-        moved = distinct / ep * per_expert * self._expert_bytes
-        moved += routed * (2 * h + up + down) * self.params.activation_bytes
-        experts = self._moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
-        perm = permutation_bytes(tokens / ep, k, h, self.params.activation_bytes) / self._ew_hbm
-        return router, experts + perm
+        width = max(1, model.expert_intermediate_size // split)
+        routing = (e, k, m.routing_skew, m.expert_tile)
+        work = expert_work(
+            tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance
+        )
+        one = np.array(work).reshape(4, 1)
+        experts = fused_moe_s(
+            (one[0], one[1], one[2], one[3]),
+            (self._moe_peak, self._moe_hbm),
+            self._expert_bytes,
+            self._moe_kernel_s,
+            p.moe_tail_share,
+            p.overlap_exponent,
+        )
+        return router, float(experts[0])
 
     def _all_to_all_s(self, tokens: int) -> float:
         dep, m = self.deployment, self.moe
