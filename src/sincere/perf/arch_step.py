@@ -15,9 +15,10 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
   ``tp · attention_dp / ep`` GPUs. It reads the weights of the distinct experts the
   batch activates (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`)
   and computes its ``T k / ep`` routed tokens padded per expert to
-  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU); compute and
-  memory combined by the roofline's p-norm; plus the permutation traffic at the
-  elementwise bandwidth;
+  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU), the
+  permutation's traffic with the tokens'; compute and memory combined by the roofline's
+  p-norm: the kernel fit's own formula (:func:`~sincere.perf.moe.expert_work`,
+  :func:`~sincere.perf.moe.fused_moe_s`);
 * **attention data parallelism** (``attention_dp = D``): the deployment is one of ``D``
   ranks, each running attention over its own batch on its own TP group, that share one
   MoE group of ``D · tp`` GPUs. Under symmetric load (every rank carries a batch like
@@ -199,7 +200,7 @@ class ArchStep:
         return elements * tokens * self.params.activation_bytes / self._ew_hbm
 
     def _routed_s(self, tokens: int) -> tuple[float, float]:
-        """(router, routed experts + permutation) of one MoE layer over ``tokens`` tokens.
+        """(router, routed experts with their permutation) of one MoE layer over ``tokens``.
 
         Under attention DP the experts see the whole group's tokens: every rank carries a
         batch like this one (symmetric load), ``attention_dp · tokens`` in all."""
