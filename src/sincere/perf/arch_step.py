@@ -15,9 +15,10 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
   ``tp · attention_dp / ep`` GPUs. It reads the weights of the distinct experts the
   batch activates (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`)
   and computes its ``T k / ep`` routed tokens padded per expert to
-  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU); compute and
-  memory combined by the roofline's p-norm; plus the permutation traffic at the
-  elementwise bandwidth;
+  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU), the
+  permutation's traffic with the tokens'; compute and memory combined by the roofline's
+  p-norm: the kernel fit's own formula (:func:`~sincere.perf.moe.expert_work`,
+  :func:`~sincere.perf.moe.fused_moe_s`);
 * **attention data parallelism** (``attention_dp = D``): the deployment is one of ``D``
   ranks, each running attention over its own batch on its own TP group, that share one
   MoE group of ``D · tp`` GPUs. Under symmetric load (every rank carries a batch like
@@ -46,16 +47,18 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
 from sincere.perf.moe import (
     all_to_all_bytes,
     all_to_all_s,
     expected_distinct_experts,
+    expert_work,
+    fused_moe_s,
     mla_decode_flops_per_pair,
     mla_prefill_flops_per_pair,
-    permutation_bytes,
-    routing_load,
     windowed_context,
     windowed_pairs,
 )
@@ -197,28 +200,31 @@ class ArchStep:
         return elements * tokens * self.params.activation_bytes / self._ew_hbm
 
     def _routed_s(self, tokens: int) -> tuple[float, float]:
-        """(router, routed experts + permutation) of one MoE layer over ``tokens`` tokens.
+        """(router, routed experts with their permutation) of one MoE layer over ``tokens``.
 
         Under attention DP the experts see the whole group's tokens: every rank carries a
         batch like this one (symmetric load), ``attention_dp · tokens`` in all."""
-        dep, m = self.deployment, self.moe
+        dep, m, p = self.deployment, self.moe, self.params
         model, ep = dep.model, dep.ep
         h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
         router = self._gemm_s(_Mat(h, e, 2.0), tokens)
         tokens *= dep.attention_dp
-        distinct, all_rows, busiest = routing_load(tokens, e, k, m.routing_skew, m.expert_tile)
         split = dep.moe_group_gpus // ep  # GPUs one expert is split over
-        up = (2 if model.gated_mlp else 1) * max(1, model.expert_intermediate_size // split)
-        down = max(1, model.expert_intermediate_size // split)
-        per_expert = h * up + down * h
-        routed = tokens * k / ep * m.ep_imbalance
-        rows = m.ep_imbalance * all_rows / ep + self.params.moe_tail_share * busiest
-        compute = 2.0 * per_expert * rows / self._moe_peak
-        moved = distinct / ep * per_expert * self._expert_bytes
-        moved += routed * (2 * h + up + down) * self.params.activation_bytes
-        experts = self._moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
-        perm = permutation_bytes(tokens / ep, k, h, self.params.activation_bytes) / self._ew_hbm
-        return router, experts + perm
+        width = max(1, model.expert_intermediate_size // split)
+        routing = (e, k, m.routing_skew, m.expert_tile)
+        work = expert_work(
+            tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance
+        )
+        one = np.array(work).reshape(4, 1)
+        experts = fused_moe_s(
+            (one[0], one[1], one[2], one[3]),
+            (self._moe_peak, self._moe_hbm),
+            self._expert_bytes,
+            self._moe_kernel_s,
+            p.moe_tail_share,
+            p.overlap_exponent,
+        )
+        return router, float(experts[0])
 
     def _all_to_all_s(self, tokens: int) -> float:
         dep, m = self.deployment, self.moe
