@@ -13,15 +13,18 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sincere.core.records import RecordArrays
 from sincere.core.registry import Needs, Registry
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.perf.base import StepTimeModel
 from sincere.policy.reads import Reads
+
+if TYPE_CHECKING:  # the records module imports pyarrow: routers must not
+    from sincere.core.records import RecordArrays
 
 
 @dataclass(frozen=True, slots=True)
