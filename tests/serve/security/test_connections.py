@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from tests.serve.test_security_tls import _self_signed
+from tests.serve.security.test_tls import _self_signed
 
 from sincere.serve.security.connections import EdgeLimits, EdgeSite
 from sincere.serve.security.tls import server_context
