@@ -371,6 +371,35 @@ def test_a_prompt_beyond_the_prefill_kv_names_its_token_counts() -> None:
     run(body)
 
 
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_an_instances_4xx_in_either_phase_is_counted_as_a_plain_one_is(phase: str) -> None:
+    """An engine's 4xx to a prefill or a decode reaches the client and is counted
+    ``client_error`` against that instance, as the plain path counts one."""
+
+    async def body() -> None:
+        configs = _emulators()
+        small = [0] if phase == "prefill" else [1, 2]  # whose KV cannot hold the prompt
+        for i in small:
+            engine = configs[i].engine.model_copy(update={"num_kv_blocks": 64})
+            configs[i] = configs[i].model_copy(update={"engine": engine})
+        servers = await start_emulators(configs)
+        try:
+            async with Gateway(parse_config(_gateway_raw(servers))) as gw:
+                async with aiohttp.ClientSession() as s:
+                    req = {"model": "llama-3-8b", "prompt": [7] * 2000, "max_tokens": 8}
+                    async with s.post(gw.url + "/v1/completions", json=req) as r:
+                        status, instance = r.status, r.headers["x-sincere-instance"]
+                counts = dict(gw.metrics.requests)
+                tier = gw.config.default_tier
+        finally:
+            await stop_emulators(servers)
+        assert status == 400
+        assert (instance == "p0") == (phase == "prefill")
+        assert {k: n for k, n in counts.items() if n} == {(instance, tier, "client_error"): 1}
+
+    run(body)
+
+
 def _docs_curl() -> str:
     """The curl command of docs/disaggregation.md's live example (its continued lines)."""
     text = (Path(__file__).resolve().parents[3] / "docs" / "disaggregation.md").read_text()

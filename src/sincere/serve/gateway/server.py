@@ -92,6 +92,7 @@ from sincere.serve.gateway.edge import (
     runner_kwargs,
     upstream_fd_need,
 )
+from sincere.serve.gateway.exchange import Exchange
 from sincere.serve.gateway.guard import Admitted, Guard, Refused
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
@@ -144,7 +145,8 @@ class Gateway(Served):
         self.auth = GatewayAuth(config.security, config.state)
         first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
         scrub = self._scrub if self.auth.secrets else None
-        self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
+        exchange = Exchange(self.dispatcher, self.metrics, self.load, self.log, scrub)
+        self.relay = Relay(exchange, first_byte)
         self.pd_relay = PDRelay(config, self.dispatcher, self.relay)  # roles: two phases
         self.guard = Guard(
             config, self.auth, self.dispatcher, self.requests, self._now,
@@ -332,7 +334,7 @@ class Gateway(Served):
             return self._refusal_answer(exc, tier)
         except asyncio.CancelledError:  # the client went away (or the gateway stops)
             instance = "" if admitted is None else admitted.pending.instance
-            self.relay.client_left(tier, instance, "waiting for an answer")
+            self.relay.exchange.client_left(tier, instance, "waiting for an answer")
             if admitted is not None:  # settled now (in a task with shared state), not awaited
                 self.guard.settle_now(admitted)
                 admitted = None
