@@ -68,19 +68,44 @@ def test_hopper_generation_is_faster_and_bigger(catalog: Catalog) -> None:
     assert h100.bf16_tflops > a100.bf16_tflops
 
 
+BLACKWELL_ULTRA = {"B300", "GB300"}
+"""Blackwell Ultra cut INT8 tensor throughput below its BF16 rate (its datasheet)."""
+
+
 def test_low_precision_is_at_least_as_fast_as_bf16(catalog: Catalog) -> None:
-    """Where fp8 / int8 exist, their dense peak is at least the bf16 peak."""
+    """Where fp8 / int8 exist, their dense peak is at least the bf16 peak (Blackwell Ultra's
+    int8 excepted: far below it)."""
     for acc in catalog.accelerators():
         for peak in (acc.fp8_tflops, acc.int8_tops):
-            if peak is not None:
+            if peak is not None and not (peak is acc.int8_tops and acc.name in BLACKWELL_ULTRA):
                 assert peak >= acc.bf16_tflops, acc.name
         assert acc.peak_tflops("fp8") >= acc.peak_tflops("bf16")
+    for name in BLACKWELL_ULTRA:
+        ultra = catalog.accelerator(name)
+        assert ultra.int8_tops is not None and ultra.int8_tops < ultra.bf16_tflops / 10
+
+
+@pytest.mark.parametrize("name", ["B300", "GB200", "GB300"])
+def test_blackwell_systems_have_every_figure_sourced(catalog: Catalog, name: str) -> None:
+    """The Blackwell systems of the InferenceX points: positive figures, a source for each,
+    more memory than the B200 on Blackwell Ultra."""
+    acc = catalog.accelerator(name)
+    for fname in FIGURES:
+        value = getattr(acc, fname)
+        if isinstance(value, float):
+            assert value > 0, fname
+        assert acc.sources.get(fname, "").strip(), f"{name}.{fname} has no source"
+    assert acc.interconnect_gbps == 1800  # NVLink 5, both directions
+    if name in BLACKWELL_ULTRA:
+        assert acc.memory_gb > catalog.accelerator("B200").memory_gb
 
 
 def test_only_hopper_gpus_and_the_cpu_claim_confidential_computing(catalog: Catalog) -> None:
     """CC mode is flagged on Hopper and Blackwell (and the host CPU's TEE), not on Ampere or Ada."""
     flagged = {a.name for a in catalog.accelerators() if a.cc_supported}
-    assert flagged == {"H100-SXM", "H100-PCIe", "H200", "B200", "RTX-PRO-6000", "cpu"}
+    assert flagged == {
+        "H100-SXM", "H100-PCIe", "H200", "B200", "B300", "GB200", "GB300", "RTX-PRO-6000", "cpu",
+    }  # fmt: skip
 
 
 def test_llama2_70b_fp16_weights_do_not_fit_one_80gb_gpu(catalog: Catalog) -> None:

@@ -79,6 +79,7 @@ NEW = {
     "qwen3-8b": 8.19,
     "qwen3-32b": 32.8,
     "llama-3.3-70b": 70.55,
+    "minimax-m2.5": 230.0,  # the model card's total
 }
 
 

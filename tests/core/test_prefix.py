@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from sincere.core.prefix import (
     chain_keys,
     engine_block_keys,
     mix,
+    mix_array,
     text_block_ids,
     token_block_ids,
 )
@@ -22,6 +24,39 @@ def test_mix_is_fixed_and_63_bit() -> None:
     assert mix(1, 2) == mix(1, 2)
     assert mix(1, 2) != mix(2, 1)
     assert 0 <= mix(2**62, 2**62) < 2**63
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)), max_size=20))
+def test_mix_array_is_mix_pair_by_pair(pairs: list[tuple[int, int]]) -> None:
+    """The vectorised mixer gives exactly the scalar one's keys (one definition, two speeds)."""
+    parents = np.array([p for p, _ in pairs], dtype=np.uint64)
+    values = np.array([v for _, v in pairs], dtype=np.uint64)
+    assert mix_array(parents, values).tolist() == [mix(p, v) for p, v in pairs]
+
+
+def _reference_engine_keys(ids: list[int], block: int, engine: int, prompt: int) -> tuple[int, ...]:
+    """The definition, one engine block at a time: the chain of the id block a block ends
+    in, mixed with the tokens up to its end when engine blocks are the smaller."""
+    chained = chain_keys(ids)
+    keys = []
+    for b in range(min(prompt, len(ids) * block) // engine):
+        end = (b + 1) * engine
+        source = (end - 1) // block
+        inside = end - source * block
+        keys.append(chained[source] if engine >= block else mix(chained[source], inside))
+    return tuple(keys)
+
+
+def test_engine_block_keys_follow_their_definition() -> None:
+    """For smaller, equal and larger engine blocks, and prompts ending anywhere, the
+    vectorised keys equal the block-by-block definition."""
+    ids = [5, 9, 9, 1, 77]
+    for engine_block in (16, 32, 64, 128):
+        for prompt in (1, 63, 64, 200, 320, 400):
+            got = engine_block_keys(
+                ids, block_tokens=64, engine_block_tokens=engine_block, prompt_tokens=prompt
+            )
+            assert got == _reference_engine_keys(ids, 64, engine_block, prompt)
 
 
 @given(st.lists(st.integers(0, 2**40), min_size=1, max_size=20), st.integers(0, 19))

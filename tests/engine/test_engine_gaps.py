@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sincere.engine.gaps import GapHistogram
+from sincere.engine.state import TimeAccount
 
 runs = st.lists(
     st.tuples(st.floats(1e-4, 2.0), st.floats(0.0, 1e-3), st.integers(1, 50), st.integers(1, 8)),
@@ -72,3 +73,16 @@ def test_iterations_added_apart_sum_as_one_call_per_iteration(
     each.flush()
     assert (apart.count, apart.total_s) == (each.count, each.total_s)
     np.testing.assert_array_equal(apart.counts, each.counts)
+
+
+def test_time_account_counts_busy_time_and_gives_gaps_to_decoding_tiers_only() -> None:
+    """An engine's account adds every run's time as busy, and one gap per iteration per
+    decoding sequence to that sequence's tier; a run with no decode tokens adds no gaps."""
+    account = TimeAccount(3)
+    account.add_run(0.02, 0.001, 3, 0.063, [2, 0, 1])
+    account.add_each((0.5, 0.25), 1.0, 1.75, [0, 4, 0], split=False)
+    account.add_run(1.0, 0.0, 1, 1.0, None)
+    assert account.busy_s == pytest.approx(0.063 + 0.75 + 1.0)
+    assert [h.count for h in account.gaps] == [6, 8, 3]
+    assert account.gaps[1].mean_s == pytest.approx(0.375)
+    assert account.gaps[2].mean_s == pytest.approx(0.021)

@@ -9,11 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.engine.test_engine_continuous import Affine, drive
 
-from sincere.core.prefix import engine_block_keys
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
-from sincere.engine.prefix_cache import PrefixCache, block_keys
+from sincere.engine.prefix_cache import PrefixCache
 from sincere.policy.schedulers import make_scheduler
 
 
@@ -36,17 +35,6 @@ def _engine(req: RequestArrays, caching: bool = True, **lim: int) -> ContinuousE
     records = RecordArrays.empty(len(req), ["e0"])
     sched = make_scheduler("fcfs", {}, predictor=Affine())
     return ContinuousEngine("e0", req, records, 0, Affine(), sched, limits)
-
-
-def test_vectorised_keys_equal_the_shared_definition() -> None:
-    """block_keys gives exactly core.prefix.engine_block_keys for smaller and larger blocks."""
-    ids = [5, 9, 9, 1, 77]
-    for engine_block in (16, 32, 64, 128):
-        for prompt in (1, 63, 64, 200, 320, 400):
-            want = engine_block_keys(
-                ids, block_tokens=64, engine_block_tokens=engine_block, prompt_tokens=prompt
-            )
-            assert tuple(block_keys(ids, 64, engine_block, prompt)) == want
 
 
 def test_second_request_with_the_same_prefix_hits_and_starts_sooner() -> None:

@@ -202,6 +202,19 @@ def test_the_published_runs_read_whole(shared_data: Path) -> None:
     assert "kernels/RTX-PRO-6000.yaml" in setup.step_model
 
 
+def test_the_replay_runs_vllm_v1_unless_told_otherwise(shared_data: Path) -> None:
+    """The default replay takes vLLM V1's execution model and its intake in TTFT."""
+    run = read_serving_run(shared_data / SERVING_RUNS / "RTXPRO6000_Llama-3.1-8B").subset(3)
+    v1, eager = compare_run(run), compare_run(run, preset="eager")
+    assert v1.setup.preset == "vllm-v1" and eager.setup.preset == "eager"
+    assert any("no front end" in n for n in eager.setup.notes)
+    assert not any("no front end" in n for n in v1.setup.notes)
+    # the first request meets an idle engine: its TTFT differs by the intake, less the CPU
+    # the eager engine adds in series and the CUDA-graph padding
+    assert v1.sim["ttft_s"][0] != eager.sim["ttft_s"][0]
+    assert v1.sim["tpot_s"][0] < eager.sim["tpot_s"][0]  # CPU hidden under the GPU
+
+
 def test_a_published_run_replays_in_part(shared_data: Path) -> None:
     """The first 40 requests of the RTX PRO 6000 Llama run replay; errors are finite."""
     run = read_serving_run(shared_data / SERVING_RUNS / "RTXPRO6000_Llama-3.1-8B").subset(40)

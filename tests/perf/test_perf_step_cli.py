@@ -15,6 +15,7 @@ from sincere.catalog import get_accelerator, get_model
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
 from sincere.perf import Batch, Deployment, Roofline
+from sincere.perf.execution import PRESETS
 
 runner = CliRunner()
 
@@ -36,13 +37,30 @@ def test_json_gives_the_iteration_and_its_parts() -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert set(out) == {"iteration_s", "parts", "constants"}
+    assert set(out) == {"iteration_s", "parts", "constants", "execution"}
+    assert out["execution"]["preset"] == "eager"  # the 2024 engine unless --preset
     assert out["constants"]["linear"].startswith("fitted:")  # A100's fit to Vidur's kernels
     assert set(out["parts"]) == {"linear", "attention", "communication", "lm_head", "overhead"}
     assert sum(out["parts"].values()) == pytest.approx(out["iteration_s"])
     dep = Deployment(get_model("llama-3-8b"), get_accelerator("A100-80GB"))
     batch = Batch.of(prefill=[(480, 500)], decode=[1200] * 32)
     assert out["iteration_s"] == pytest.approx(Roofline(dep).iteration_s(batch))
+
+
+def test_a_preset_hides_the_cpu_and_pads_to_the_captured_graph() -> None:
+    """Under vllm-v1, 5 decodes run the graph of 8 and the CPU hides under the GPU."""
+    args = ["step", "llama-3.1-70b", "--accelerator", "B200", "--precision", "fp8",
+            "--tp", "8", "--decode", "5@1000", "--json"]  # fmt: skip
+    eager = json.loads(runner.invoke(app, args).output)
+    result = runner.invoke(app, [*args, "--preset", "vllm-v1"])
+    assert result.exit_code == 0, result.output
+    v1 = json.loads(result.output)
+    assert v1["execution"]["preset"] == "vllm-v1"
+    assert v1["parts"]["overhead"] == 0.0 < eager["parts"]["overhead"]
+    assert v1["parts"]["linear"] > eager["parts"]["linear"]  # three padded slots
+    assert v1["iteration_s"] < eager["iteration_s"]
+    bad = runner.invoke(app, [*args, "--preset", "vllm"])
+    assert isinstance(bad.exception, ConfigError) and "vllm-v1" in str(bad.exception)
 
 
 def test_tensor_parallelism_adds_communication() -> None:
@@ -123,7 +141,8 @@ def test_other_step_models_and_params_files(tmp_path: Path) -> None:
         "--json",
     ]
     out = json.loads(runner.invoke(app, args).output)
-    assert out == {"iteration_s": pytest.approx(0.014), "parts": {}}
+    assert out == {"iteration_s": pytest.approx(0.014), "parts": {},
+                   "execution": {"preset": "eager", "source": PRESETS["eager"].source}}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,10 @@ def names_a_parameter(error: ConfigError, params: dict[str, Any], fields: list[s
 def _build(kind: str, name: str, params: dict[str, Any]) -> object:
     registry = REGISTRIES[kind]
     extra = {"predictor": Flat()} if name == "niyama" else {}
-    return registry.build(name, params, **COLLABORATORS[kind], **extra)
+    if params.get("max_blocks_per_instance") is None:
+        return registry.build(name, params, **COLLABORATORS[kind], **extra)
+    with pytest.warns(FutureWarning, match="max_blocks_per_instance is deprecated"):
+        return registry.build(name, params, **COLLABORATORS[kind], **extra)
 
 
 @pytest.mark.parametrize(("kind", "name"), ENTRIES)

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from sincere.core import ConfigError, Request
 from sincere.policy.front_door import Hold
-from sincere.policy.pd import Decider, Local, PDRoute, build_pd_front_door
+from sincere.policy.pd import (
+    ROLES,
+    Decider,
+    Local,
+    PDRoute,
+    build_pd_front_door,
+    colocated_role,
+    missing_phase,
+)
 from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
 from sincere.policy.router_base import InstanceView
 from sincere.sim.config import load_config
@@ -145,3 +153,20 @@ def test_valid_phase_routers_load() -> None:
     assert cfg.disaggregation is not None
     assert cfg.disaggregation.decode_router.name == "round-robin"
     assert cfg.disaggregation.prefill_router.name == "prefix-aware"
+
+
+@given(st.sets(st.sampled_from(ROLES)))
+def test_a_model_with_one_phase_role_misses_the_other(roles: set[str]) -> None:
+    """missing_phase names the phase a model lacks exactly when it has the other one."""
+    missing = missing_phase(roles)
+    if ("prefill" in roles) == ("decode" in roles):
+        assert missing is None
+    else:
+        assert missing in ("prefill", "decode") and missing not in roles
+
+
+def test_the_colocated_way_prefers_both_instances_then_decode_ones() -> None:
+    """Whole requests go to the model's both instances if it has any, else its decode ones."""
+    assert colocated_role(["prefill", "both", "decode"]) == "both"
+    assert colocated_role(iter(["prefill", "decode"])) == "decode"
+    assert colocated_role([]) == "decode"

@@ -88,6 +88,10 @@ VERBS: dict[str, Verb] = {
     "step": Verb(
         ("sincere.cli.step",), "One iteration's time on a deployment, broken into its parts."
     ),
+    "speculate": Verb(
+        ("sincere.cli.speculate",),
+        "Where speculative decoding pays: time per token with and without, by batch size.",
+    ),
     "validate": Verb(
         ("sincere.cli.validate",),
         "Replay real runs (SINCERE's H100 cells) through the simulator and compare.",

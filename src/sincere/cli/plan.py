@@ -38,6 +38,27 @@ def _fmt_slo(value: float, target: float | None) -> str:
     return f"[{colour}]{value:.1f}[/{colour}] / {target:g}"
 
 
+def write_k8s(
+    problem: Problem, final: Solution, history: list[Solution], folder: Path, config: Path | None
+) -> None:
+    """The final solution as manifests in ``folder`` (sincere.optimize.manifests)."""
+    import yaml
+
+    from sincere.optimize.manifests import options_from, pools, write_manifests
+
+    data = yaml.safe_load(config.read_text(encoding="utf-8")) if config is not None else None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("--k8s-config must hold a mapping of options", value=str(config))
+    options = options_from(data)
+    paths, checked = write_manifests(folder, pools(problem, final, options, history), options)
+    against = sorted({c.against for c in checked})
+    console.print(
+        f"wrote {len(paths)} manifest file(s) to {folder} ({len(checked)} objects; checked "
+        f"against {', '.join(against) or 'nothing'})",
+        highlight=False,
+    )
+
+
 def solution_table(solution: Solution, title: str) -> Table:
     """A person-readable view of a solution."""
     from sincere.optimize.plan import meets_slos
@@ -364,6 +385,26 @@ def plan(
             ),
         ),
     ] = None,
+    k8s: Annotated[
+        Path | None,
+        typer.Option(
+            "--k8s",
+            help=(
+                "Folder for Kubernetes manifests of the final solution: a Deployment, Service "
+                "and autoscaler per server, checked against the published schemas."
+            ),
+        ),
+    ] = None,
+    k8s_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--k8s-config",
+            help=(
+                "YAML of manifest options: namespace, image, port, accelerator_label, "
+                "autoscaler (hpa, keda, none), max_replicas_factor, prometheus, model_ids."
+            ),
+        ),
+    ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -516,6 +557,8 @@ def plan(
         report_verify(problem, final, settings, verify_threshold, sizing)
     out.write_text(json.dumps(final.to_json(), indent=2) + "\n")
     console.print(f"wrote {out}")
+    if k8s is not None:
+        write_k8s(problem, final, [sol for _, sol in steps], k8s, k8s_config)
     if plot is not None:
         plot_trace(steps, plot)
         console.print(f"wrote {plot}")

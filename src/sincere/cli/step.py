@@ -130,6 +130,13 @@ def step_command(
     as_json: Annotated[
         bool, typer.Option("--json", help='print {"iteration_s": …, "parts": {…}}')
     ] = False,
+    preset: Annotated[
+        str,
+        typer.Option(help="engine execution model: eager (CPU in series), vllm-v1, sglang, …"),
+    ] = "eager",
+    max_num_seqs: Annotated[
+        int, typer.Option(min=1, help="the engine's max_num_seqs (bounds vLLM's CUDA graphs)")
+    ] = 256,
 ) -> None:
     """Time one iteration and break it into parts (linear, attention, communication, …)."""
     from sincere.catalog.loader import default_catalog
@@ -137,6 +144,7 @@ def step_command(
     from sincere.engine.fit_check import check_step_fits
     from sincere.perf.base import Batch, Deployment, StepBreakdown
     from sincere.perf.calibration import roofline_defaults
+    from sincere.perf.execution import execution_params, with_execution
     from sincere.perf.factory import StepModelConfig
 
     chunks = [parse_prefill(p) for p in prefill or []]
@@ -155,6 +163,8 @@ def step_command(
     check_step_fits(dep, batch)
     notes = precision_notes(dep)
     built = StepModelConfig(kind=step_model, params_file=params).build(dep)
+    execution = execution_params(preset, {})
+    built = with_execution(built, execution, max_num_seqs)
     seconds = built.iteration_s(batch)
     parts = built.parts(batch) if isinstance(built, StepBreakdown) else None
     if as_json:
@@ -166,6 +176,7 @@ def step_command(
             out["notes"] = notes
         if step_model == "roofline" and params is None:
             out["constants"] = constants_origin(dep)
+        out["execution"] = {"preset": execution.name, "source": execution.source}
         typer.echo(json.dumps(out))
         return
     layout = f"tp {tp}, ep {ep}" if ep > 1 else f"tp {tp}"
@@ -180,6 +191,7 @@ def step_command(
         print_table(_parts_table(parts))
     for note in notes:
         console.print(f"note: {note}", highlight=False)
+    console.print(f"engine execution model: {execution.name} ({execution.source})", highlight=False)
     if step_model == "roofline" and params is None:
         console.print(f"constants: {roofline_defaults(dep.accelerator).origin}", highlight=False)
         for part, origin in constants_origin(dep).items():

@@ -5,6 +5,11 @@ folder of them: :mod:`sincere.workload.serving_runs`) and writes ``requests.csv`
 ``scoreboard.csv``, ``summary.json``, ``report.md`` and TTFT / E2E CDF figures; it prints
 the median error per run and metric.
 
+``validate inferencex FILE --out OUT`` simulates InferenceX's closed-loop operating points
+(:mod:`sincere.workload.inferencex`) and writes ``points.csv``, ``skipped.csv``,
+``scoreboard.csv``, ``summary.json``, ``report.md`` and figures; it prints the error per
+backend and the skipped points per reason.
+
 ``validate sincere-runs DIR --out OUT``: SINCERE's runs, cell by cell.
 
 Reads a folder in the layout of SINCERE's published runs (``cells.csv`` and one folder
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 validate_app = typer.Typer(
     cls=VerbGroup,
     help="Replay real runs through the simulator and compare: serving runs request by request, "
-    "SINCERE's runs cell by cell.",
+    "SINCERE's runs cell by cell, InferenceX's closed-loop points point by point.",
     no_args_is_help=True,
 )
 app.add_typer(validate_app, name="validate")
@@ -108,6 +113,13 @@ def runs_command(
         int | None, typer.Option(help="replay only each run's first N requests", min=1)
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the simulations")] = 0,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="engine execution model: vllm-v1 (as the runs; the default), eager (2024), "
+            "…; eager by default with --step-model"
+        ),
+    ] = None,
 ) -> None:
     """Replay real per-request vLLM runs and score the simulator, request by request."""
     from sincere.experiment.serving_runs import compare_run, load_step_model
@@ -123,7 +135,7 @@ def runs_command(
         task = bar.add_task("replaying runs", total=len(logs))
         for log in logs:
             bar.update(task, description=log.name[:40])
-            results.append(compare_run(log, block, seed))
+            results.append(compare_run(log, block, seed, preset))
             bar.advance(task)
     files = write_runs_report(results, out, source=str(runs))
     table = Table(title=f"{len(results)} runs: median APE, %")
@@ -133,3 +145,60 @@ def runs_command(
         table.add_row(*row)
     print_table(table)
     console.print(f"wrote {files.markdown}, {files.scoreboard_csv} and {files.requests_csv}")
+
+
+@validate_app.command("inferencex")
+def inferencex_command(
+    points: Annotated[
+        Path, typer.Argument(help="InferenceX operating points CSV (silicon_sample.csv layout)")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    sample: Annotated[
+        int | None,
+        typer.Option(help="simulate N of the representable points, drawn with --seed", min=1),
+    ] = None,
+    filter_: Annotated[
+        str | None,
+        typer.Option(
+            "--filter",
+            help="keep rows matching key=value terms, comma-separated (keys: backend, "
+            "backend_version, model, system, precision, mode; one key's values are alternatives)",
+        ),
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="worker processes", min=1)] = 1,
+    seed: Annotated[int, typer.Option(help="seed of the simulations and of --sample")] = 0,
+) -> None:
+    """Simulate InferenceX's closed-loop points and score the mean TTFT and TPOT."""
+    from sincere.experiment.inferencex import SKIP_REASONS, score_points
+    from sincere.experiment.inferencex_report import (
+        SCOREBOARD_HEADERS,
+        scoreboard_rows,
+        skip_counts,
+        write_inferencex_report,
+    )
+    from sincere.workload.inferencex import parse_filter, read_operating_points, select_points
+
+    wanted = parse_filter(filter_ or "")
+    rows = select_points(read_operating_points(points), wanted)  # the whole file is checked
+    with count_bar(Console(stderr=True)) as bar:  # progress on stderr, tables on stdout
+        task = bar.add_task("simulating points", total=None)
+
+        def on_point(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=name[:40])
+
+        board = score_points(rows, sample=sample, seed=seed, jobs=jobs, on_point=on_point)
+    files = write_inferencex_report(board, out, source=str(points))
+    table = Table(title=f"{len(board.results)} of {board.num_points} points simulated: error, %")
+    for i, col in enumerate(SCOREBOARD_HEADERS):
+        table.add_column(col, justify="left" if i < 2 else "right")
+    for row in scoreboard_rows(files.errors):
+        if row[0] in ("all", "backend"):
+            table.add_row(*row)
+    print_table(table)
+    skipped = Table(title=f"{len(board.skips)} points skipped")
+    skipped.add_column("reason")
+    skipped.add_column("points", justify="right")
+    for reason, count in skip_counts(board.skips).items():
+        skipped.add_row(SKIP_REASONS[reason], str(count))
+    print_table(skipped)
+    console.print(f"wrote {files.markdown}, {files.points_csv} and {files.skipped_csv}")

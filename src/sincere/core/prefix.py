@@ -30,19 +30,36 @@ from sincere.core.errors import ConfigError
 
 _MASK63 = (1 << 63) - 1
 _MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # the mixing function's constants (splitmix64's)
+_OFFSET = 0x632BE59BD9B4E019
+_MUL1 = 0xBF58476D1CE4E5B9
+_MUL2 = 0x94D049BB133111EB
 ROOT_KEY = 0x5C3E_7A11_0B5E_D00D
 """The parent key of a prompt's first block."""
 
 CHARS_PER_PSEUDO_TOKEN = 4
 """Characters per token when live text has no tokenizer at hand (the usual ~4 for English)."""
 
+U64Array = npt.NDArray[np.uint64]
+
 
 def mix(parent: int, value: int) -> int:
     """A 63-bit key from a parent key and a value (splitmix64's finaliser on their sum)."""
-    z = (parent * 0x9E3779B97F4A7C15 + value + 0x632BE59BD9B4E019) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z = (parent * _GOLDEN + value + _OFFSET) & _MASK64
+    z = ((z ^ (z >> 30)) * _MUL1) & _MASK64
+    z = ((z ^ (z >> 27)) * _MUL2) & _MASK64
     return (z ^ (z >> 31)) & _MASK63
+
+
+def mix_array(parents: U64Array, values: U64Array) -> U64Array:
+    """:func:`mix` of each (parent, value) pair at once (numpy's wrapping ``uint64``
+    arithmetic is the function's ``mod 2**64``)."""
+    with np.errstate(over="ignore"):
+        z = parents * np.uint64(_GOLDEN) + values + np.uint64(_OFFSET)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_MUL1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_MUL2)
+        out: U64Array = (z ^ (z >> np.uint64(31))) & np.uint64(_MASK63)
+    return out
 
 
 def chain_keys(block_ids: Sequence[int] | npt.NDArray[np.int64]) -> tuple[int, ...]:
@@ -65,26 +82,24 @@ def engine_block_keys(
     """Keys of the full ``engine_block_tokens``-token blocks of a prompt described by ids.
 
     ``block_ids`` describe the prompt in blocks of ``block_tokens`` tokens. An engine
-    block inside one id block gets the key of that id block's chain mixed with its offset;
-    an engine block spanning several id blocks gets the key of the last one it ends in
-    (which already identifies everything before). Only engine blocks that end within both
-    the prompt and the tokens the ids cover get a key.
+    block spanning one or more whole id blocks gets the key of the last one it ends in
+    (which already identifies everything before); an engine block inside one id block gets
+    the key of that id block's chain mixed with the tokens up to its end in it. Only engine
+    blocks that end within both the prompt and the tokens the ids cover get a key. (The
+    engine's prefix cache computes these for every admitted prompt: vectorised.)
     """
     check_block_sizes(block_tokens, engine_block_tokens)
     covered = min(prompt_tokens, len(block_ids) * block_tokens)
     num_full = covered // engine_block_tokens
     if num_full == 0:
         return ()
-    chained = chain_keys(block_ids)
-    keys: list[int] = []
-    for b in range(num_full):
-        end = (b + 1) * engine_block_tokens  # tokens [end - engine_block_tokens, end)
-        source = (end - 1) // block_tokens
-        if engine_block_tokens >= block_tokens and end % block_tokens == 0:
-            keys.append(chained[source])
-        else:
-            keys.append(mix(chained[source], end - source * block_tokens))
-    return tuple(keys)
+    chained = np.array(chain_keys(block_ids), dtype=np.uint64)
+    ends = np.arange(1, num_full + 1, dtype=np.int64) * engine_block_tokens
+    source = (ends - 1) // block_tokens
+    if engine_block_tokens >= block_tokens:  # each ends where an id block ends
+        return tuple(chained[source].tolist())
+    offsets = (ends - source * block_tokens).astype(np.uint64)
+    return tuple(mix_array(chained[source], offsets).tolist())
 
 
 def check_block_sizes(block_tokens: int, engine_block_tokens: int) -> None:
@@ -152,6 +167,7 @@ __all__ = [
     "check_block_sizes",
     "engine_block_keys",
     "mix",
+    "mix_array",
     "pseudo_tokens",
     "text_block_ids",
     "token_block_ids",

@@ -29,6 +29,7 @@ from sincere.engine.request_level import RequestLevelConfig
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.engine.state import EngineLimits
 from sincere.perf.base import Deployment, StepTimeModel
+from sincere.perf.execution import with_execution
 from sincere.perf.memory import plan_memory
 from sincere.policy.schedulers import make_scheduler
 from sincere.policy.schedulers.base import IterationScheduler
@@ -92,9 +93,16 @@ def step_model_of(spec: DeploymentSpec, deployment: Deployment, where: str) -> S
     if spec.cc and not cfg.cc:
         cfg = cfg.model_copy(update={"cc": True})
     try:
-        return cfg.build(deployment)
+        step = cfg.build(deployment)
     except ConfigError as exc:
         raise ConfigError(str(exc), where=f"{where}.step_model") from None
+    if not isinstance(spec.engine, ContinuousConfig):
+        return step
+    try:
+        execution = spec.engine.execution_params()
+        return with_execution(step, execution, spec.engine.max_num_seqs)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=f"{where}.engine.preset") from None
 
 
 def _fit_options(deployment: Deployment) -> str:

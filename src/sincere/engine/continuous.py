@@ -36,6 +36,7 @@ import numpy.typing as npt
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, Seconds
+from sincere.engine.async_intake import AsyncIntake
 from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, TokenHook
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv import blocks_for
@@ -43,6 +44,7 @@ from sincere.engine.runs import Run, RunPlanner
 from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
 from sincere.perf.base import StepTimeModel
+from sincere.perf.execution import schedules_ahead
 from sincere.policy.schedulers.base import IterationScheduler
 
 __all__ = ["ContinuousEngine", "EngineLimits", "TokenHook"]
@@ -94,6 +96,9 @@ class ContinuousEngine(StateView):
         self._fits_tokens = (limits.num_kv_blocks - limits.watermark_blocks) * limits.block_size
         self._run: Run | None = None
         self._wake_at: Seconds | None = None
+        # an asynchronously scheduling engine sees new requests one iteration late
+        self._intake = AsyncIntake() if schedules_ahead(step_model) else None
+        self._seen_by: Seconds = float("-inf")  # start of the last iteration that ended
         # where the ends of the iterations inside a piece of work go (``sum_by_iteration``)
         self._inner_ends: list[float] | None = None
         # disaggregated decodes whose KV arrived, waiting for free blocks (FIFO), with
@@ -126,8 +131,11 @@ class ContinuousEngine(StateView):
             ids = req.block_ids[i]
             if len(ids):
                 cache.add(i, ids.tolist(), req.block_tokens, prompt)
-        self._planner.enqueue(self, i, prompt)
         run = self._run
+        if self._intake is not None and run is not None:
+            self._hold(i, prompt, now, run)
+            return
+        self._planner.enqueue(self, i, prompt)
         if run is None:
             self._wake(now)
         elif not run.chunks:
@@ -171,6 +179,8 @@ class ContinuousEngine(StateView):
                 if run.end_at > now:
                     break
                 self._complete(run)
+                if self._intake is not None:
+                    self._seen_by = self._last_iteration_start(run)
                 self._run = self._start(run.end_at)
             elif self._wake_at is not None and self._wake_at <= now:
                 at, self._wake_at = self._wake_at, None
@@ -228,7 +238,8 @@ class ContinuousEngine(StateView):
         cache = st.cache
         return EngineLoad(
             num_running=st.num_running,
-            num_waiting=len(st.queue) + len(self._arrived),  # arrived KV waits too
+            # arrived KV waits too, and requests an async scheduler has not seen yet
+            num_waiting=len(st.queue) + len(self._arrived) + self._num_held,
             waiting_prefill_tokens=st.waiting_tokens,
             running_remaining_tokens=remaining,
             running_ctx_tokens=ctx,
@@ -241,7 +252,7 @@ class ContinuousEngine(StateView):
     def queue_sizes(self) -> tuple[int, int, int]:
         """Running sequences, waiting requests and their prompt tokens (as ``load()``)."""
         st = self.state
-        return len(st.pre) + st.dec.num_seqs, len(st.queue), st.waiting_tokens
+        return len(st.pre) + st.dec.num_seqs, len(st.queue) + self._num_held, st.waiting_tokens
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """Decode iterations of the run in flight that ended by ``now`` (None: none yet)."""
@@ -284,6 +295,9 @@ class ContinuousEngine(StateView):
         """
         if request_ix not in self.state.target:
             return False
+        held = None if self._intake is None else self._intake.take(request_ix)
+        if held is not None:
+            self._planner.enqueue(self, *held)  # the state's abort takes it from the queue
         if self._drop_arrived(request_ix):
             return False
         was_running = self.state.abort(request_ix)
@@ -299,7 +313,12 @@ class ContinuousEngine(StateView):
         if self._arrived:
             self._admit_arrived(now)
         live = self.on_tokens is not None
+        intake = self._intake
+        if intake:
+            self._enqueue(intake.release(self._seen_by))
         run = self._planner.start(self, now, self.max_prefill_run, live)
+        if intake:
+            run = self._after_held(run, now, live)
         inner = self._inner_ends
         if inner is not None and run is not None and len(run.durations) > 1:
             at = run.start_at
@@ -380,6 +399,45 @@ class ContinuousEngine(StateView):
         if blocks_for(prompt + target - 1, lim.block_size) > most:
             return "kv_capacity"
         return None
+
+    @property
+    def _num_held(self) -> int:
+        return 0 if self._intake is None else len(self._intake)
+
+    def _hold(self, i: int, prompt: int, now: Seconds, run: Run) -> None:
+        """Async scheduling: ``i`` joins the iteration after the next; a decode run in
+        flight is cut there (unless the batch is full)."""
+        assert self._intake is not None
+        self._intake.hold(i, prompt, now)
+        if run.chunks or run.durations or run.steps <= 1:
+            return
+        if self.state.num_running < self.limits.max_num_seqs:
+            f = self.step_model.decode_steps_s
+            run.cut_decode(run.steps_covering(now, f) + 1, f)
+
+    def _after_held(self, run: Run | None, now: Seconds, live: bool) -> Run | None:
+        """Requests still held: none to run (the engine would idle and poll at once, so
+        they are seen now), or a decode run cut after one iteration (they join the next)."""
+        assert self._intake is not None
+        if run is None:
+            self._enqueue(self._intake.release_all())
+            return self._planner.start(self, now, self.max_prefill_run, live)
+        if not (run.chunks or run.durations) and run.steps > 1:
+            run.cut_decode(1, self.step_model.decode_steps_s)
+        return run
+
+    def _enqueue(self, released: list[tuple[int, int]]) -> None:
+        for i, prompt in released:
+            self._planner.enqueue(self, i, prompt)
+
+    def _last_iteration_start(self, run: Run) -> Seconds:
+        """When the last iteration of ``run`` began (its requests were seen by then)."""
+        if run.steps <= 1:
+            return run.start_at
+        if run.durations:
+            return run.end_at - run.durations[-1]
+        steps_s = self.step_model.decode_steps_s(run.num_decode, run.ctx_tokens, run.steps - 1)
+        return run.start_at + steps_s
 
     def _wake(self, now: Seconds) -> None:
         if self._run is None and self._wake_at is None:

@@ -1,8 +1,8 @@
 """Content-addressed KV blocks of one engine: vLLM V1's automatic prefix caching.
 
 A request whose prompt carries block ids (:mod:`sincere.core.prefix`) has one key per
-*full* engine block its ids cover (:func:`block_keys`, equal to
-:func:`~sincere.core.prefix.engine_block_keys`). The semantics are per engine block:
+*full* engine block its ids cover (:func:`~sincere.core.prefix.engine_block_keys`). The
+semantics are per engine block:
 
 * each cached block has a count of the running sequences that hold it (0: cached but free);
 * the free blocks, least recently freed first: they still count as free memory and are
@@ -11,11 +11,13 @@ A request whose prompt carries block ids (:mod:`sincere.core.prefix`) has one ke
 * each running request holds a reference on its cache hits, then on the blocks it
   computed itself that no other sequence had cached.
 
-The representation groups them (:class:`PrefixCache`): when content blocks are larger than
-engine blocks (Mooncake's 512 tokens on 16-token blocks), the engine blocks of one content
-block are named by the content block's chained key and their position in it, and live in
-consecutive slots of flat lists; requests hold runs of slots and the free list is a queue
-of runs, so the work per engine block is a list access rather than a dict entry. A
+The representation groups them: when content blocks are larger than engine blocks
+(Mooncake's 512 tokens on 16-token blocks), the engine blocks of one content block are named
+by the content block's chained key and their position in it, and live in consecutive slots
+of flat lists (:class:`BlockSlots`, the block index); requests hold runs of slots
+(:class:`PrefixCache`, with the counters) and the free list is a queue of runs
+(:class:`FreeRuns`, the eviction order), so the work per engine block is a list access
+rather than a dict entry. A
 reference model with one dict entry per engine block pins the equivalence
 (``tests/engine/test_prefix_cache.py``).
 
@@ -39,43 +41,7 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
-
-from sincere.core.prefix import chain_keys, check_block_sizes
-
-_C1 = np.uint64(0x9E3779B97F4A7C15)
-_C2 = np.uint64(0x632BE59BD9B4E019)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_MASK63 = np.uint64((1 << 63) - 1)
-
-
-def block_keys(
-    block_ids: list[int], block_tokens: int, engine_block_tokens: int, prompt_tokens: int
-) -> list[int]:
-    """Keys of the full engine blocks of a prompt: :func:`~sincere.core.prefix.engine_block_keys`,
-    vectorised (numpy's wrapping ``uint64`` arithmetic is the mixing function's ``mod 2**64``).
-    """
-    check_block_sizes(block_tokens, engine_block_tokens)
-    covered = min(prompt_tokens, len(block_ids) * block_tokens)
-    num_full = covered // engine_block_tokens
-    if num_full == 0:
-        return []
-    chained = np.array(chain_keys(block_ids), dtype=np.uint64)
-    ends = np.arange(1, num_full + 1, dtype=np.int64) * engine_block_tokens
-    source = (ends - 1) // block_tokens
-    if engine_block_tokens >= block_tokens:
-        out: list[int] = chained[source].tolist()
-        return out
-    parent = chained[source]
-    value = (ends - source * block_tokens).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        z = parent * _C1 + value + _C2
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        z = (z ^ (z >> np.uint64(31))) & _MASK63
-    keys: list[int] = z.tolist()
-    return keys
+from sincere.core.prefix import chain_keys, check_block_sizes, engine_block_keys
 
 
 class _Prompt:
@@ -87,26 +53,139 @@ class _Prompt:
 
     __slots__ = ("group", "keys", "num_blocks")
 
-    def __init__(self, keys: list[int], group: int, num_blocks: int) -> None:
+    def __init__(self, keys: tuple[int, ...], group: int, num_blocks: int) -> None:
         self.keys = keys
         self.group = group
         self.num_blocks = num_blocks
 
 
+class BlockSlots:
+    """Where cached engine blocks live: each content group owns consecutive slots.
+
+    A content group (one content block's ``group`` engine blocks, or one engine block when
+    content blocks are not larger than engine blocks) owns ``group`` consecutive slots of
+    the flat lists ``ref`` (-1: not cached, 0: cached and free, r > 0: held by r sequences)
+    and ``stamp`` (the release that last freed the block). A group takes its slots when its
+    first block is cached (:meth:`base`) and gives them back, for a group of its size to
+    reuse, when its last cached block is evicted (:meth:`drop`).
+    """
+
+    def __init__(self) -> None:
+        self.ref: list[int] = []
+        self.stamp: list[int] = []
+        self.bases: dict[int, dict[int, int]] = {}  # group size -> group key -> first slot
+        self._present: dict[int, int] = {}  # first slot -> cached blocks of its group
+        self._owner: dict[int, tuple[int, int]] = {}  # first slot -> (group size, key)
+        self._spare: dict[int, list[int]] = {}  # group size -> first slots to reuse
+
+    def base(self, key: int, group: int) -> int:
+        """First slot of the group ``key`` (of ``group`` blocks), taken if it has none yet."""
+        bases = self.bases.get(group)
+        if bases is None:
+            bases = self.bases[group] = {}
+        base = bases.get(key)
+        if base is not None:
+            return base
+        spare = self._spare.get(group)
+        if spare:
+            base = spare.pop()
+        else:
+            base = len(self.ref)
+            self.ref.extend([-1] * group)
+            self.stamp.extend([0] * group)
+        bases[key] = base
+        self._present[base] = 0
+        self._owner[base] = (group, key)
+        return base
+
+    def cached(self, base: int, added: int) -> None:
+        """``added`` more blocks of the group at ``base`` are cached."""
+        self._present[base] += added
+
+    def drop(self, base: int, gone: int) -> None:
+        """``gone`` blocks of the group at ``base`` were evicted; free its slots once empty."""
+        left = self._present[base] - gone
+        if left > 0:
+            self._present[base] = left
+            return
+        del self._present[base]
+        group, key = self._owner.pop(base)
+        del self.bases[group][key]
+        self._spare.setdefault(group, []).append(base)
+
+    def names(self) -> dict[int, tuple[int, int, int]]:
+        """Slot -> (group size, group key, block within the group) of every group's slots."""
+        names: dict[int, tuple[int, int, int]] = {}
+        for base, (group, key) in self._owner.items():
+            for k in range(group):
+                names[base + k] = (group, key, k)
+        return names
+
+
+class FreeRuns:
+    """The free cached blocks in the order they were freed: a queue of runs of slots.
+
+    A run ``(base, hi, lo, stamp)`` is blocks ``hi`` down to ``lo`` of the group at
+    ``base``, freed by the release numbered ``stamp``. A block in a run is still free there
+    only while its ``ref`` is 0 and its ``stamp`` is the run's (a block taken again leaves
+    its old run lazily and joins a new one when freed again), so :meth:`evict` walks the
+    queue exactly in least-recently-freed order.
+    """
+
+    def __init__(self) -> None:
+        self.runs: deque[tuple[int, int, int, int]] = deque()
+        self.num_releases = 0  # stamps handed out so far
+
+    def next_stamp(self) -> int:
+        """The stamp of a new release (its blocks freed after every earlier one's)."""
+        self.num_releases += 1
+        return self.num_releases
+
+    def evict(self, over: int, slots: BlockSlots) -> None:
+        """Evict the ``over`` least recently freed blocks (there are at least that many)."""
+        ref, stamp, runs = slots.ref, slots.stamp, self.runs
+        while over > 0:
+            base, hi, lo, when = runs[0]
+            k = hi
+            gone = 0
+            a, b = base + lo, base + hi + 1
+            if max(ref[a:b]) == 0 and min(stamp[a:b]) == when == max(stamp[a:b]):
+                gone = min(over, b - a)  # the whole run is still free: its top, in bulk
+                ref[b - gone : b] = [-1] * gone
+                over -= gone
+                k = hi - gone
+            while k >= lo and over > 0:
+                s = base + k
+                if ref[s] == 0 and stamp[s] == when:
+                    ref[s] = -1
+                    gone += 1
+                    over -= 1
+                k -= 1
+            if gone:
+                slots.drop(base, gone)
+            if k < lo:
+                runs.popleft()
+            else:
+                runs[0] = (base, k, lo, when)
+
+    def order(self, slots: BlockSlots) -> list[int]:
+        """The slots of the free cached blocks, least recently freed (next evicted) first."""
+        ref, stamp = slots.ref, slots.stamp
+        return [
+            s
+            for base, hi, lo, when in self.runs
+            for s in range(base + hi, base + lo - 1, -1)
+            if ref[s] == 0 and stamp[s] == when
+        ]
+
+
 class PrefixCache:
     """Cached KV blocks of one engine, with reference counts and an LRU free list.
 
-    Representation (the semantics are per engine block, as the module says). A content
-    group (one content block's ``group`` engine blocks, or one engine block when content
-    blocks are not larger than engine blocks) owns ``group`` consecutive slots of the flat
-    lists ``_ref`` (-1: not cached, 0: cached and free, r > 0: held by r sequences) and
-    ``_stamp`` (the release that last freed the block). A request holds *runs* of slots
-    (``held[i]``: flat ``base, lo, hi`` triples, in prompt order). The free list is a
-    queue of runs ``(base, hi, lo, stamp)`` in the order their blocks were freed (``hi``
-    down to ``lo`` within a run); a block in a run is still free there only while its
-    ``_ref`` is 0 and its ``_stamp`` is the run's (a block taken again leaves its old run
-    lazily and joins a new one when freed again), so eviction walks the queue exactly in
-    least-recently-freed order. Work per block is a list access, not a dict entry.
+    Representation (the semantics are per engine block, as the module says): the blocks
+    live in the slots of :class:`BlockSlots`, their free ones queue in :class:`FreeRuns`,
+    and a request holds *runs* of slots (``held[i]``: flat ``base, lo, hi`` triples, in
+    prompt order). Work per block is a list access, not a dict entry.
     """
 
     def __init__(self, block_size: int) -> None:
@@ -120,14 +199,8 @@ class PrefixCache:
         self.num_hits = 0  # of those, tokens found cached
         self.num_evictions = 0  # cached blocks evicted
         self.epoch = 0  # bumped whenever a lookup's answer may change
-        self._ref: list[int] = []
-        self._stamp: list[int] = []
-        self._bases: dict[int, dict[int, int]] = {}  # group size -> group key -> first slot
-        self._present: dict[int, int] = {}  # first slot -> cached blocks of its group
-        self._owner: dict[int, tuple[int, int]] = {}  # first slot -> (group size, key)
-        self._spare: dict[int, list[int]] = {}  # group size -> first slots to reuse
-        self._free: deque[tuple[int, int, int, int]] = deque()
-        self._releases = 0
+        self.slots = BlockSlots()
+        self.free = FreeRuns()
         self._memo_i = -1
         self._memo_epoch = -1
         self._memo_len = -1
@@ -142,10 +215,15 @@ class PrefixCache:
             covered = min(prompt_tokens, len(block_ids) * block_tokens)
             num_blocks = covered // engine
             num_groups = -(-num_blocks // group)
-            keys = list(chain_keys(block_ids[:num_groups]))
+            keys = chain_keys(block_ids[:num_groups])
         else:
             group = 1
-            keys = block_keys(block_ids, block_tokens, engine, prompt_tokens)
+            keys = engine_block_keys(
+                block_ids,
+                block_tokens=block_tokens,
+                engine_block_tokens=engine,
+                prompt_tokens=prompt_tokens,
+            )
             num_blocks = len(keys)
         self.prompts[i] = _Prompt(keys, group, num_blocks)
 
@@ -163,8 +241,8 @@ class PrefixCache:
         if prompt is not None:
             most = min((prefill_len - 1) // self.block, prompt.num_blocks)
             group = prompt.group
-            bases = self._bases.get(group)
-            ref = self._ref
+            bases = self.slots.bases.get(group)
+            ref = self.slots.ref
             if bases is not None:
                 for key in prompt.keys:
                     if hit >= most:
@@ -199,8 +277,8 @@ class PrefixCache:
         newly_shared = freed = 0
         if hit > 0:
             group = prompt.group
-            bases = self._bases[group]
-            ref = self._ref
+            bases = self.slots.bases[group]
+            ref = self.slots.ref
             left = hit
             for key in prompt.keys:
                 if left <= 0:
@@ -235,9 +313,10 @@ class PrefixCache:
         self.progress[i] = upto
         group = prompt.group
         keys = prompt.keys
-        held, ref = self.held[i], self._ref
+        slots = self.slots
+        held, ref = self.held[i], slots.ref
         for j in range(start // group, (upto - 1) // group + 1):
-            base = self._base(keys[j], group)
+            base = slots.base(keys[j], group)
             first = j * group
             k0, k1 = max(start - first, 0), min(upto - first, group)
             if max(ref[base + k0 : base + k1]) < 0:  # the common case: none cached, in bulk
@@ -250,12 +329,12 @@ class PrefixCache:
             else:
                 added = self._register_each(held, base, k0, k1)
             if added:
-                self._present[base] += added
+                slots.cached(base, added)
         self.epoch += 1
 
     def _register_each(self, held: list[int], base: int, k0: int, k1: int) -> int:
         """Take blocks ``k0..k1-1`` of the group at ``base`` one by one; return how many."""
-        ref = self._ref
+        ref = self.slots.ref
         added = 0
         for k in range(k0, k1):
             s = base + k
@@ -269,35 +348,14 @@ class PrefixCache:
                 held.extend((base, k, k))
         return added
 
-    def _base(self, key: int, group: int) -> int:
-        """First slot of the group ``key`` (of ``group`` blocks), taken if it has none yet."""
-        bases = self._bases.get(group)
-        if bases is None:
-            bases = self._bases[group] = {}
-        base = bases.get(key)
-        if base is not None:
-            return base
-        spare = self._spare.get(group)
-        if spare:
-            base = spare.pop()
-        else:
-            base = len(self._ref)
-            self._ref.extend([-1] * group)
-            self._stamp.extend([0] * group)
-        bases[key] = base
-        self._present[base] = 0
-        self._owner[base] = (group, key)
-        return base
-
     def release(self, i: int) -> int:
         """``i`` stops running: drop its references, tail first; return blocks unshared."""
         held = self.held.pop(i, None)
         if held is None:
             return 0
         del self.progress[i]
-        self._releases += 1
-        now = self._releases
-        ref, stamp, free = self._ref, self._stamp, self._free
+        now = self.free.next_stamp()
+        ref, stamp, free = self.slots.ref, self.slots.stamp, self.free.runs
         unshared = freed = 0
         at = len(held) - 3
         while at >= 0:
@@ -340,70 +398,23 @@ class PrefixCache:
         self.num_free -= over
         self.num_evictions += over
         self.epoch += 1
-        ref, stamp, free = self._ref, self._stamp, self._free
-        while over > 0:
-            base, hi, lo, when = free[0]
-            k = hi
-            gone = 0
-            a, b = base + lo, base + hi + 1
-            if max(ref[a:b]) == 0 and min(stamp[a:b]) == when == max(stamp[a:b]):
-                gone = min(over, b - a)  # the whole run is still free: its top, in bulk
-                ref[b - gone : b] = [-1] * gone
-                over -= gone
-                k = hi - gone
-            while k >= lo and over > 0:
-                s = base + k
-                if ref[s] == 0 and stamp[s] == when:
-                    ref[s] = -1
-                    gone += 1
-                    over -= 1
-                k -= 1
-            if gone:
-                self._drop(base, gone)
-            if k < lo:
-                free.popleft()
-            else:
-                free[0] = (base, k, lo, when)
-
-    def _drop(self, base: int, gone: int) -> None:
-        """``gone`` blocks of the group at ``base`` were evicted; free its slots once empty."""
-        left = self._present[base] - gone
-        if left > 0:
-            self._present[base] = left
-            return
-        del self._present[base]
-        group, key = self._owner.pop(base)
-        del self._bases[group][key]
-        self._spare.setdefault(group, []).append(base)
+        self.free.evict(over, self.slots)
 
     # ------------------------------------------------------------- inspection (tests, debugging)
 
-    def _names(self) -> dict[int, tuple[int, int, int]]:
-        """Slot -> (group size, group key, block within the group) of every group's slots."""
-        names: dict[int, tuple[int, int, int]] = {}
-        for base, (group, key) in self._owner.items():
-            for k in range(group):
-                names[base + k] = (group, key, k)
-        return names
-
     def cached(self) -> dict[tuple[int, int, int], int]:
         """Every cached block, named (group size, group key, block), with its holders."""
-        names = self._names()
-        return {name: self._ref[s] for s, name in names.items() if self._ref[s] >= 0}
+        ref = self.slots.ref
+        return {name: ref[s] for s, name in self.slots.names().items() if ref[s] >= 0}
 
     def free_order(self) -> list[tuple[int, int, int]]:
         """The free cached blocks, least recently freed (next evicted) first."""
-        names = self._names()
-        order: list[tuple[int, int, int]] = []
-        for base, hi, lo, when in self._free:
-            for s in range(base + hi, base + lo - 1, -1):
-                if self._ref[s] == 0 and self._stamp[s] == when:
-                    order.append(names[s])
-        return order
+        names = self.slots.names()
+        return [names[s] for s in self.free.order(self.slots)]
 
     def holdings(self) -> dict[int, list[tuple[int, int, int]]]:
         """Running request -> the blocks it holds a reference on, in prompt order."""
-        names = self._names()
+        names = self.slots.names()
         out: dict[int, list[tuple[int, int, int]]] = {}
         for i, runs in self.held.items():
             blocks: list[tuple[int, int, int]] = []

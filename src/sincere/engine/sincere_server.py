@@ -43,12 +43,12 @@ from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats
 from sincere.engine.gaps import GapHistogram
-from sincere.engine.request_level import (
+from sincere.engine.request_batches import (
     BatchLog,
     BatchRecord,
+    Fifo,
     IntArray,
     Residency,
-    _Fifo,
     after_batch_s,
     answer_tokens,
     check_engine_args,
@@ -108,7 +108,7 @@ class SincereServerEngine:
         self.max_resident_models = max_resident_models
         self.max_batch_size = max_batch_size
         self._planned = planned_swaps(self.step_models)
-        self._queues: dict[ModelName, _Fifo] = {m: _Fifo() for m in self.step_models}
+        self._queues: dict[ModelName, Fifo] = {m: Fifo() for m in self.step_models}
         self._slots: dict[ModelName, IntArray | None] = dict.fromkeys(self.step_models)
         self._timer_at: dict[ModelName, Seconds | None] = {}  # in order of first arrival
         self._lock_queue: deque[tuple[ModelName, bool]] = deque()

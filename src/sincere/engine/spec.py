@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from sincere.engine.request_level import RequestLevelConfig
+from sincere.perf.execution import ExecutionParams, execution_params
 from sincere.perf.factory import StepModelConfig
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -44,6 +45,19 @@ class ContinuousConfig(BaseModel):
     # longest prompt + max_tokens, tokens; None: the model's context (catalog), as vLLM
     max_model_len: int | None = Field(None, ge=2)
     enable_prefix_caching: bool = True  # reuse KV blocks of shared prompt prefixes (vLLM V1)
+    # how iterations run (CUDA graphs, async scheduling, front end): a named preset of
+    # sincere.perf.execution.PRESETS (vllm-v1, sglang, trtllm, eager); None: eager (2024)
+    preset: str | None = None
+    execution: dict[str, Any] = {}  # the preset's fields overridden (docs/engine.md)
+
+    @model_validator(mode="after")
+    def _known_execution(self) -> ContinuousConfig:
+        self.execution_params()  # unknown preset or setting: a ConfigError now
+        return self
+
+    def execution_params(self) -> ExecutionParams:
+        """The execution model this engine runs its iterations with."""
+        return execution_params(self.preset, self.execution)
 
 
 def _engine_kind(value: Any) -> str:

@@ -31,9 +31,10 @@ Invariants (kept by the transitions below, relied on by the engine and its tests
   decode-start order (the scheduler's tie-break among equal keys, the token hook's order).
 
 Outcomes (first scheduling, first token, finish, rejection, preemptions) are written into
-the run's :class:`~sincere.core.records.RecordArrays` by the transitions themselves, and
-inter-token gaps into one :class:`~sincere.engine.gaps.GapHistogram` per tier. The state
-knows neither the policy nor the clock: times come in as arguments.
+the run's :class:`~sincere.core.records.RecordArrays` by the transitions themselves; busy
+time and inter-token gaps (one :class:`~sincere.engine.gaps.GapHistogram` per tier) into
+its :class:`TimeAccount`. The state knows neither the policy nor the clock: times come in
+as arguments.
 """
 
 from __future__ import annotations
@@ -87,6 +88,72 @@ class EngineLimits:
         return int(self.watermark * self.num_kv_blocks)
 
 
+class TimeAccount:
+    """Busy time and, per tier, the inter-token gaps of the iterations an engine ran.
+
+    An iteration of ``d`` seconds gives each decoding sequence one token: with ``n``
+    sequences of tier ``t`` decoding, it adds ``n`` gaps of ``d`` to tier ``t``'s
+    histogram. Runs of iterations come either as an arithmetic series (``first_s + j *
+    slope_s``) or timed one by one.
+    """
+
+    def __init__(self, num_tiers: int) -> None:
+        self.busy_s = 0.0
+        self.gaps = [GapHistogram() for _ in range(num_tiers)]  # ITL gaps per tier
+
+    def add_run(
+        self,
+        first_s: Seconds,
+        slope_s: Seconds,
+        steps: int,
+        dur: Seconds,
+        per_tier: list[int] | None,
+    ) -> None:
+        """``steps`` iterations lasting ``first_s + j * slope_s``, ``dur`` in all (their
+        exact total), with ``per_tier[t]`` sequences of tier ``t`` decoding (None: none)."""
+        self.busy_s += dur
+        if per_tier is None:
+            return
+        gaps = self.gaps
+        for t, count in enumerate(per_tier):
+            if count:
+                gaps[t].add_run(first_s, slope_s, steps, count, dur)
+
+    def add_each(
+        self,
+        durations: tuple[Seconds, ...],
+        start: Seconds,
+        end: Seconds,
+        per_tier: list[int] | None,
+        split: bool,
+    ) -> None:
+        """Iterations timed one by one from ``start`` to ``end``, ``per_tier`` as in
+        :meth:`add_run`. ``split``: add the ITL sums of several iterations one iteration at
+        a time, as one event per iteration adds them (the same float sums;
+        ``ContinuousEngine.sum_by_iteration``)."""
+        at = start
+        if len(durations) == 1:
+            at = end
+            self.busy_s += at - start
+        else:
+            busy = self.busy_s
+            for d in durations:
+                stop = at + d
+                busy += stop - at
+                at = stop
+            self.busy_s = busy
+        if per_tier is None:
+            return
+        split = split and len(durations) > 1
+        for t, count in enumerate(per_tier):
+            if not count:
+                continue
+            if split:
+                self.gaps[t].add_each_apart(durations, count, start)
+            else:
+                self.gaps[t].add_each(durations, count, at - start)
+
+
 class BatchState:
     """Queues, running sets and KV blocks of one engine, with their transitions."""
 
@@ -116,9 +183,9 @@ class BatchState:
         self.decode_starts: list[int] = []  # every start of decoding, in order
         self.tier_decoding = [0] * num_tiers  # decode sequences per tier
         self.preempted_at: dict[int, Seconds] = {}  # decoding when preempted -> when
-        self.gaps = [GapHistogram() for _ in range(num_tiers)]  # ITL gaps per tier
+        self.time = TimeAccount(num_tiers)  # busy time and ITL gaps
+        self.gaps = self.time.gaps  # ITL gaps per tier
         self.done: list[int] = []  # finished or rejected since the driver last asked
-        self.busy_s = 0.0
         # ITL sums of a multi-iteration piece added iteration by iteration, as one event
         # per iteration adds them (the same float sums; ``ContinuousEngine.sum_by_iteration``)
         self.split_sums = False
@@ -286,46 +353,24 @@ class BatchState:
 
     # ----------------------------------------------------------------- time
 
+    @property
+    def busy_s(self) -> Seconds:
+        """Seconds the engine has computed (its :class:`TimeAccount`'s)."""
+        return self.time.busy_s
+
     def account_run(
         self, first_s: Seconds, slope_s: Seconds, steps: int, dur: Seconds, decoding: bool
     ) -> None:
-        """Busy time and ITL gaps of ``steps`` iterations lasting ``first_s + j * slope_s``.
-
-        ``dur`` is their exact total; ``decoding``: whether they gave decode sequences a token.
-        """
-        self.busy_s += dur
-        if not decoding:
-            return
-        gaps = self.gaps
-        for t, count in enumerate(self.tier_decoding):
-            if count:
-                gaps[t].add_run(first_s, slope_s, steps, count, dur)
+        """:meth:`TimeAccount.add_run` for the tiers decoding now (``decoding``: whether the
+        iterations gave decode sequences a token)."""
+        self.time.add_run(first_s, slope_s, steps, dur, self.tier_decoding if decoding else None)
 
     def account_each(
         self, durations: tuple[Seconds, ...], start: Seconds, end: Seconds, decoding: bool
     ) -> None:
-        """Busy time and ITL gaps of iterations timed one by one from ``start`` to ``end``."""
-        at = start
-        if len(durations) == 1:
-            at = end
-            self.busy_s += at - start
-        else:
-            busy = self.busy_s
-            for d in durations:
-                stop = at + d
-                busy += stop - at
-                at = stop
-            self.busy_s = busy
-        if not decoding:
-            return
-        split = self.split_sums and len(durations) > 1
-        for t, count in enumerate(self.tier_decoding):
-            if not count:
-                continue
-            if split:
-                self.gaps[t].add_each_apart(durations, count, start)
-            else:
-                self.gaps[t].add_each(durations, count, at - start)
+        """:meth:`TimeAccount.add_each` for the tiers decoding now."""
+        per_tier = self.tier_decoding if decoding else None
+        self.time.add_each(durations, start, end, per_tier, self.split_sums)
 
     # ---------------------------------------------------------------- internals
 

@@ -17,15 +17,18 @@ simulator config that matches the real deployment and replays the run's own requ
 * **engine**: vLLM V1's as the run was started: FCFS continuous batching with chunked
   prefill, the run's ``max_num_seqs`` and ``max_num_batched_tokens``, its KV block size
   and pool (``num_gpu_blocks`` when recorded, else the memory plan at its
-  ``gpu_memory_utilization``), prefix caching on, no admission watermark (V1 keeps none);
+  ``gpu_memory_utilization``), prefix caching on, no admission watermark (V1 keeps none),
+  and the ``vllm-v1`` execution model (:mod:`sincere.perf.execution`: CUDA graphs,
+  asynchronous scheduling, the API server's intake) unless another preset is asked for
+  (``eager`` when a step model is given: its times are taken as whole iterations);
 * **requests**: arrival times on the engine clock (``arrival_ts``), prompt and output
   lengths, and the prompt's token ids hashed into 16-token block ids, so prefix reuse
   between prompts is the real one.
 
-The simulator has no front end: a request enters its engine at its arrival. Every real
-metric is taken on the engine clock from the request's arrival (the clock relation is in
-:mod:`sincere.workload.serving_runs`), so the real TTFT includes the front-end time
-(tokenisation, the hop to the engine core) that the simulator leaves out.
+Every real metric is taken on the engine clock from the request's arrival (the clock
+relation is in :mod:`sincere.workload.serving_runs`), so the real TTFT includes the
+front-end time (tokenisation, the hop to the engine core); the simulated one includes the
+preset's front end (``eager`` has none).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.prefix import token_block_ids
 from sincere.core.request import DEFAULT_TIER, RequestArrays
 from sincere.perf.calibration import roofline_defaults
+from sincere.perf.execution import execution_params
 from sincere.perf.factory import STEP_MODELS
 from sincere.sim.api import simulate
 from sincere.sim.config import SimulationConfig, load_config
@@ -75,6 +79,7 @@ class ReplaySetup:
     ep: int  # expert-parallel degree per engine as simulated
     router: str
     step_model: str  # the step-time model and where its constants come from
+    preset: str  # the engine's execution model (sincere.perf.execution.PRESETS)
     notes: tuple[str, ...]  # what the replay does not model of this run
 
 
@@ -141,14 +146,25 @@ def _step_model_label(accelerator: str, step_model: Mapping[str, Any] | None) ->
     return f"roofline; constants {roofline_defaults(acc).origin}"
 
 
-def replay_setup(run: ServingRun, step_model: Mapping[str, Any] | None = None) -> ReplaySetup:
+def default_preset(step_model: Mapping[str, Any] | None) -> str:
+    """``vllm-v1`` (as the runs were started) over the default step model; ``eager`` over a
+    step model given by hand, whose times are taken as whole iterations."""
+    return "vllm-v1" if step_model is None else "eager"
+
+
+def replay_setup(
+    run: ServingRun, step_model: Mapping[str, Any] | None = None, preset: str | None = None
+) -> ReplaySetup:
     """How ``run`` is replayed (module docstring)."""
     model, model_note = catalog_model(run.model)
     accelerator = catalog_accelerator(run.accelerator)
     ep, notes = _parallelism(run, model)
     if not run.prompt_token_ids:
         notes.append("the replayed inputs were not found: no prefix reuse is simulated")
-    notes.append("no front end (HTTP, tokenisation, detokenisation) in the simulated times")
+    preset = default_preset(step_model) if preset is None else preset
+    front = execution_params(preset, {}).frontend
+    if front.is_zero:
+        notes.append("no front end (HTTP, tokenisation, detokenisation) in the simulated times")
     return ReplaySetup(
         catalog_model=model,
         model_note=model_note,
@@ -158,6 +174,7 @@ def replay_setup(run: ServingRun, step_model: Mapping[str, Any] | None = None) -
         ep=ep,
         router=ROUTER,
         step_model=_step_model_label(accelerator, step_model),
+        preset=preset,
         notes=tuple(notes),
     )
 
@@ -178,6 +195,7 @@ def replay_config(
         "watermark": 0.0,
         "max_model_len": args.max_model_len,
         "enable_prefix_caching": args.enable_prefix_caching,
+        "preset": setup.preset,
     }
     instance: dict[str, Any] = {
         "name": run.name,
@@ -254,10 +272,13 @@ def load_step_model(path: str | Path) -> dict[str, Any]:
 
 
 def compare_run(
-    run: ServingRun, step_model: Mapping[str, Any] | None = None, seed: int = 0
+    run: ServingRun,
+    step_model: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    preset: str | None = None,
 ) -> RunComparison:
-    """Replay ``run`` in the simulator and return both sides' per-request metrics."""
-    setup = replay_setup(run, step_model)
+    """Replay ``run`` in the simulator (engine ``preset``); both sides' per-request metrics."""
+    setup = replay_setup(run, step_model, preset)
     requests = replay_requests(run, setup)
     result = simulate(replay_config(run, setup, step_model, seed), requests=requests)
     rec = result.records

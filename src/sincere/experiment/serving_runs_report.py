@@ -181,6 +181,7 @@ def _run_section(
         f"max_num_batched_tokens {run.engine.max_num_batched_tokens}, chunked prefill, "
         f"prefix caching {'on' if run.engine.enable_prefix_caching else 'off'}",
         f"- step model: {s.step_model}",
+        f"- engine execution model: {s.preset} (docs/engine.md)",
         f"- {len(run)} requests; simulated: prefix-cache hits {hit:.1%} of prompt tokens, "
         f"{c.sim_preemptions} preemptions; real front-end time (queued − arrival) median "
         f"{np.median(c.frontend_s) * 1e3:.0f} ms",

@@ -35,7 +35,8 @@ import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
 from sincere.engine.build import canonical_model
-from sincere.engine.request_level import BatchLog, RequestLevelEngine
+from sincere.engine.request_batches import BatchLog
+from sincere.engine.request_level import RequestLevelEngine
 from sincere.engine.sincere_server import SincereServerEngine
 from sincere.policy.batching import parse_strategy_name
 from sincere.sim.build import build_cluster, canonical_requests

@@ -649,6 +649,11 @@ class Roofline(StepTimeBase):
         )
         return num_steps * per_step + attention
 
+    def cpu_step_s(self, num_seqs: int) -> Seconds:
+        """The CPU part of an iteration of ``num_seqs`` sequences (in :meth:`iteration_s`)."""
+        c = self._coef
+        return c.cpu_s + c.cpu_seq_s * num_seqs
+
     # --- breakdown and utilisation ---------------------------------------------------
     def parts(self, batch: Batch) -> StepParts:
         """The iteration split into its kernels' shares (they sum to :meth:`iteration_s`)."""

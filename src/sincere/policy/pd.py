@@ -26,12 +26,20 @@ A request not disaggregated by ``always`` / ``never`` goes the colocated way (th
 driver's own front door); one kept by ``threshold`` goes to its :class:`Local` instance.
 While no prefill instance is healthy (a live pool whose breakers are open: simulated
 instances are always healthy) every request goes the colocated way.
+
+Roles. Every instance has one of :data:`ROLES`: ``prefill`` or ``decode`` (a phase of
+disaggregated requests) or ``both`` (whole requests; the default). The rules every path
+applies, the simulator and the gateway alike: a model with instances of one phase role
+needs instances of the other (:func:`missing_phase`), and the colocated way serves a
+request on its model's ``both`` instances, else on its decode ones, which then prefill it
+too, as llm-d's decode pods do (:func:`colocated_role`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request
@@ -44,6 +52,28 @@ from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
 
 DECIDER_INDEX_TOKENS = 1 << 25
 """Prompt tokens per decode instance the decider's prefix index remembers."""
+
+Role: TypeAlias = Literal["prefill", "decode", "both"]
+ROLES: tuple[Role, ...] = ("prefill", "decode", "both")
+"""An instance's part: one phase of disaggregated requests, or whole requests (``both``)."""
+PHASE_ROLES: frozenset[str] = frozenset(("prefill", "decode"))
+"""The roles of a disaggregated model's two pools."""
+
+
+def missing_phase(roles: Collection[str]) -> Role | None:
+    """The phase role a model whose instances have ``roles`` lacks (it has the other one);
+    None when it has both phases or neither (then it is served whole)."""
+    if "prefill" in roles and "decode" not in roles:
+        return "decode"
+    if "decode" in roles and "prefill" not in roles:
+        return "prefill"
+    return None
+
+
+def colocated_role(roles: Iterable[str]) -> Role:
+    """The role of the instances a request is served whole on, among a model's instances
+    of ``roles``: ``both`` when it has any, else ``decode`` (which then prefill it too)."""
+    return "both" if "both" in roles else "decode"
 
 
 @dataclass(frozen=True, slots=True)

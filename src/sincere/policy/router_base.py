@@ -9,12 +9,14 @@ to the constructor. The same router object runs in the simulator and the gateway
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from sincere.core.records import RecordArrays
 from sincere.core.registry import Needs, Registry
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, ModelName, Seconds
@@ -90,6 +92,33 @@ class Outcome:
     e2e_s: Seconds
     output_tokens: int
     finished_at: Seconds
+
+    @classmethod
+    def of_record(
+        cls,
+        records: RecordArrays,
+        i: int,
+        request: Request,
+        instance: InstanceId,
+        arrival_at: Seconds,
+        *,
+        end_at: Seconds | None = None,
+        output_tokens: int | None = None,
+    ) -> Outcome:
+        """Request ``i``'s outcome as a run's records hold it, from ``arrival_at``: TTFT to
+        its first token (None when it has none), E2E to ``end_at`` (default: its finish), and
+        ``output_tokens`` (default: the records'). A phase of a request (a disaggregated
+        prefill) passes its own end and tokens."""
+        first = float(records.first_token_at[i])
+        end = float(records.finished_at[i]) if end_at is None else end_at
+        return cls(
+            request=request,
+            instance=instance,
+            ttft_s=None if math.isnan(first) else first - arrival_at,
+            e2e_s=end - arrival_at,
+            output_tokens=int(records.output_tokens[i]) if output_tokens is None else output_tokens,
+            finished_at=end,
+        )
 
 
 class Router(ABC):

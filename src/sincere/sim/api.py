@@ -42,6 +42,7 @@ from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.sim.disagg import PDRecords
+from sincere.sim.frontend import engine_arrivals, front_end_of, to_client_times
 from sincere.sim.runner import Progress, RunLog, run_events
 from sincere.sim.sincere_metrics import cluster_sincere_metrics
 from sincere.workload.config import generate
@@ -107,9 +108,13 @@ def simulate(
     if requests is None:
         requests = generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg))
     requests = canonical_requests(requests)
+    front = front_end_of(cfg)
+    closed = cfg.workload.arrival is not None and cfg.workload.arrival.kind == "closed"
+    sent = None if closed else requests.arrival_at
     with _decision_log(decisions) as log_to:
-        cluster = build_cluster(cfg, requests, log_to)
+        cluster = build_cluster(cfg, engine_arrivals(requests, front), log_to)
         log = run_events(cluster, progress)
+    to_client_times(cluster.requests, cluster.records, front, sent)
     summary = summarize_cluster(cluster, log, horizon_s=cfg.workload.duration_s)
     notes = run_warnings(cluster)
     if len(requests) and summary["num_completed"] == 0:

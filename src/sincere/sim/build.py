@@ -25,7 +25,7 @@ from sincere.engine.instance import InstanceInfo, spec_info
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, build_front_door
-from sincere.policy.pd import build_pd_front_door
+from sincere.policy.pd import build_pd_front_door, colocated_role
 from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.config import DisaggregationConfig, InstanceConfig, SimulationConfig
 from sincere.sim.disagg import (
@@ -36,6 +36,7 @@ from sincere.sim.disagg import (
     link_figures,
     role_of,
 )
+from sincere.sim.frontend import closed_loop_delays, front_end_of
 from sincere.workload.arrivals import Closed
 
 THINK_STREAM = 50  # the child stream of a closed loop's think times
@@ -105,8 +106,12 @@ class _Builder:
         process = arrival.build()
         assert isinstance(process, Closed)
         n = len(self.requests)
-        think = process.think_times(_rng(self.config.seed, THINK_STREAM), n)
-        return ClosedLoop(process.concurrency, think.tolist(), process.num_warmup(n))
+        think = process.think_times(_rng(self.config.seed, THINK_STREAM), n).tolist()
+        front = front_end_of(self.config)
+        if front.is_zero:
+            return ClosedLoop(process.concurrency, think, process.num_warmup(n))
+        first, think = closed_loop_delays(self.requests, front, process.concurrency, think)
+        return ClosedLoop(process.concurrency, think, process.num_warmup(n), tuple(first))
 
     def _add(self, inst: InstanceConfig, where: str) -> None:
         ix = len(self.engines)
@@ -138,8 +143,8 @@ class _Builder:
         for m, choices in enumerate(cluster.eligible):
             prefill_of.append([e for e in choices if roles[e] == "prefill"])
             decode_of.append([e for e in choices if roles[e] == "decode"])
-            both = [e for e in choices if roles[e] == "both"]
-            cluster.eligible[m] = both or decode_of[m]
+            whole = colocated_role(roles[e] for e in choices)
+            cluster.eligible[m] = [e for e in choices if roles[e] == whole]
         cluster.passthrough = False
         kv = [d.model.kv_bytes_per_token(d.kv_precision) for d in self.deployments]
         links = [

@@ -51,7 +51,6 @@ Otherwise the front door's history would only pace holds, which never happen her
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -81,6 +80,7 @@ class ClosedLoop:
     concurrency: int
     think_s: list[float]
     num_warmup: int = 0  # the first requests to arrive, left out of the summary's requests
+    first_s: tuple[float, ...] = ()  # each client's first arrival (empty: all at 0)
 
 
 class Cluster:
@@ -307,17 +307,8 @@ class Cluster:
             self.decisions.outcome(outcome)
 
     def _outcome(self, i: int, e: int, request: Request) -> Outcome:
-        rec = self.records
         arrival = float(self.requests.arrival_at[i])
-        first = float(rec.first_token_at[i])
-        return Outcome(
-            request=request,
-            instance=self.infos[e].id,
-            ttft_s=None if math.isnan(first) else first - arrival,
-            e2e_s=float(rec.finished_at[i]) - arrival,
-            output_tokens=int(rec.output_tokens[i]),
-            finished_at=float(rec.finished_at[i]),
-        )
+        return Outcome.of_record(self.records, i, request, self.infos[e].id, arrival)
 
 
 def _seen(value: int | None) -> int:

@@ -35,7 +35,7 @@ the field path, the value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +45,7 @@ from sincere.core.errors import ConfigError
 from sincere.engine.spec import DeploymentSpec
 from sincere.perf.kv_link import KvLinkConfig as KvLinkConfig
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
+from sincere.policy.pd import Role
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.policy.specs import config_checks, simulation_specs
 from sincere.workload.config import TraceConfig, WorkloadConfig
@@ -61,7 +62,7 @@ class InstanceConfig(DeploymentSpec):
     price_out_per_mtok_usd: float = Field(0.0, ge=0)  # price charged per 1M output tokens
     quality: float = Field(1.0, ge=0)  # relative quality for quality-aware routers
     # prefill, decode, or both (None: both -- colocated, serving whole requests)
-    role: Literal["prefill", "decode", "both"] | None = None
+    role: Role | None = None
 
 
 class DisaggregationConfig(PDRoutingConfig):

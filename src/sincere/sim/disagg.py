@@ -37,7 +37,6 @@ included), and when decoding started.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -58,14 +57,13 @@ from sincere.perf.kv_link import RDMA_DEFAULT_LATENCY_S as RDMA_DEFAULT_LATENCY_
 from sincere.perf.kv_link import KvLink as KvLink
 from sincere.perf.kv_link import link_figures as link_figures
 from sincere.policy.front_door import Hold, Reject
-from sincere.policy.pd import Local, PDFrontDoor, PDRoute
+from sincere.policy.pd import PHASE_ROLES, ROLES, Local, PDFrontDoor, PDRoute, missing_phase
 from sincere.policy.router_base import Outcome
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, SimulationConfig
 from sincere.sim.events import EventQueue
 from sincere.sim.runner import ARRIVAL, Progress, RunLog
 
-ROLES = ("prefill", "decode", "both")
 NO_INSTANCE = -1
 
 
@@ -94,12 +92,11 @@ def check_roles(config: SimulationConfig) -> None:
         for model in inst.model_names:
             served.setdefault(model, set()).add(role_of(inst))
     for model, roles in served.items():
-        split = roles & {"prefill", "decode"}
-        if split and split != {"prefill", "decode"}:
-            missing = ({"prefill", "decode"} - split).pop()
+        missing = missing_phase(roles)
+        if missing is not None:
             raise ConfigError(
-                f"model {model!r} has {split.pop()} instances but no {missing} instance: a "
-                "disaggregated model needs at least one of each",
+                f"model {model!r} has {(roles & PHASE_ROLES).pop()} instances but no {missing} "
+                "instance: a disaggregated model needs at least one of each",
                 where="instances[].role", value=sorted(roles), allowed=ROLES,
             )  # fmt: skip
     _check_nvlink_pairs(config)
@@ -113,7 +110,7 @@ def _check_nvlink_pairs(config: SimulationConfig) -> None:
         return
     kinds: dict[str, set[str]] = {}
     for inst in config.instances:
-        if role_of(inst) in ("prefill", "decode"):
+        if role_of(inst) in PHASE_ROLES:
             for model in inst.model_names:
                 kinds.setdefault(model, set()).add(_accelerator_name(inst.accelerator))
     for model, names in kinds.items():
@@ -408,15 +405,10 @@ class PDLoop:
             self._seen.pop(i, None)
             return
         arrival = float(self.cluster.requests.arrival_at[i])
-        first = float(records.first_token_at[i])
-        end = at if prefill else float(records.finished_at[i])
-        outcome = Outcome(
-            request=request,
-            instance=self.cluster.infos[e].id,
-            ttft_s=None if math.isnan(first) else first - arrival,
-            e2e_s=end - arrival,
-            output_tokens=1 if prefill else int(records.output_tokens[i]),
-            finished_at=end,
+        instance = self.cluster.infos[e].id
+        end, tokens = (at, 1) if prefill else (None, None)
+        outcome = Outcome.of_record(
+            records, i, request, instance, arrival, end_at=end, output_tokens=tokens
         )
         door = self.plan.door
         (door.observe_prefill if prefill else door.observe_decode)(outcome)

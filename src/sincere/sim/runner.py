@@ -319,11 +319,12 @@ class _Loop:
         return True
 
     def _start_clients(self) -> None:
-        """Closed loop: every client's first request arrives at 0."""
+        """Closed loop: every client's first request arrives (at 0, or after its intake)."""
         assert self.closed is not None
         first = min(self.closed.concurrency, len(self.arrivals))
-        for _ in range(first):
-            self.queue.push(0.0, 0, ARRIVAL)
+        starts = self.closed.first_s
+        for k in range(first):
+            self.queue.push(starts[k] if starts else 0.0, 0, ARRIVAL)
         self.issued = first
 
     def _arrive_closed(self, i: int, at: float) -> None:

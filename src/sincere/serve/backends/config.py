@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sincere.core.config import MAX_SECONDS
 from sincere.engine.spec import DeploymentSpec
+from sincere.policy.pd import Role
 
 
 class BackendConfig(BaseModel):
@@ -51,7 +52,7 @@ class BackendConfig(BaseModel):
     # the deployment behind it, when known: gives routers its step-time model and limits
     deployment: DeploymentSpec | None = None
     # prefill/decode disaggregation: prefill, decode, or both (serves whole requests)
-    role: Literal["prefill", "decode", "both"] = "both"
+    role: Role = "both"
     # its context window (prompt + answer), tokens, as vLLM's --max-model-len; None: the
     # deployment's, else the catalog's for its model, else unknown (the engine checks)
     max_model_len: int | None = Field(None, ge=2, le=1 << 24)

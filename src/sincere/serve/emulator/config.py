@@ -14,7 +14,7 @@ OS-chosen ports when ``port`` is 0). Units: seconds, tokens, probabilities in [0
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,7 @@ from sincere.core.config import TierConfig, read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.perf.kv_link import KvLinkConfig
+from sincere.policy.pd import Role
 from sincere.policy.specs import config_checks, deployment_specs
 from sincere.serve.protocol import MAX_BODY_BYTES
 
@@ -70,7 +71,7 @@ class EmulatorConfig(DeploymentSpec):
     failures: FailureConfig = FailureConfig()
     # prefill/decode disaggregation (serve/emulator/pd.py): which KV-transfer requests it
     # takes (both: either), and the link its KV leaves by when it prefills for a decoder
-    role: Literal["prefill", "decode", "both"] = "both"
+    role: Role = "both"
     kv_link: KvLinkConfig = KvLinkConfig()
 
 

@@ -42,7 +42,6 @@ from sincere.serve.protocol import ProtocolError
 PARAM = "kv_transfer_params"
 KV_TRANSFER_HEADER = "x-sincere-kv-transfer-s"
 KV_WAIT_HEADER = "x-sincere-kv-wait-s"
-ROLES = ("prefill", "decode", "both")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from sincere.core.config import MAX_PRIORITY, MAX_SECONDS, TierConfig, read_yaml
 from sincere.core.errors import ConfigError
 from sincere.core.request import Tier
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
+from sincere.policy.pd import PHASE_ROLES, missing_phase
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.policy.specs import PolicySpec, config_checks, router_specs
 from sincere.serve.backends.config import BackendConfig
@@ -298,10 +299,10 @@ def _check_roles(backends: list[BackendConfig], pd: PDRoutingConfig | None) -> N
     for b in backends:
         for model in b.models:
             roles.setdefault(model, set()).add(b.role)
-    split = {m: r & {"prefill", "decode"} for m, r in roles.items()}
+    split = {m: r & PHASE_ROLES for m, r in roles.items()}
     for model, have in split.items():
-        if have and have != {"prefill", "decode"}:
-            missing = ({"prefill", "decode"} - have).pop()
+        missing = missing_phase(have)
+        if missing is not None:
             raise ValueError(
                 f"model {model!r} has {have.pop()} backends but no {missing} backend; "
                 "allowed: at least one of each role for a disaggregated model"

@@ -54,7 +54,7 @@ from typing import Any
 from aiohttp import web
 
 from sincere.policy.front_door import Hold, Reject, Route
-from sincere.policy.pd import Local, PDFrontDoor, PDRoute, build_pd_front_door
+from sincere.policy.pd import Local, PDFrontDoor, PDRoute, build_pd_front_door, colocated_role
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.serve.backends.openai_api import UpstreamError
 from sincere.serve.gateway.config import GatewayConfig
@@ -151,7 +151,7 @@ class PDRelay:
     ) -> web.StreamResponse:
         """Serve ``pending`` whole on the ``both`` instances of ``states``, else the decode
         ones (which then prefill it too)."""
-        keep = "both" if any(role_of(s) == "both" for s in states) else "decode"
+        keep = colocated_role(role_of(s) for s in states)
         pending.skip |= {s.name for s in states if role_of(s) != keep}
         return await self._colocated(http_req, creq, pending)
 

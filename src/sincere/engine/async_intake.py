@@ -1,0 +1,62 @@
+"""New requests under asynchronous scheduling: they join one iteration later.
+
+An engine that schedules iteration ``n + 1`` while iteration ``n`` runs on the GPU (vLLM
+V1's async scheduling, SGLang's and TensorRT-LLM's overlap schedulers) takes new requests
+from its input queue between iterations, after the next one is already planned: a request
+that arrives while iteration ``n`` runs is seen when ``n`` ends and scheduled into ``n + 2``
+(``n + 1`` is already on its way). The published vLLM 0.19 runs show the first half: each
+request's ``queued_ts`` falls within 0.01 ms of another request's step event (its first
+token or its scheduling), not at its arrival.
+
+:class:`AsyncIntake` holds such a request until it may be scheduled: at the start of an
+iteration, the requests that arrived before the previous iteration began are released. An
+engine that is idle polls at once, so a request that finds it idle is never held.
+"""
+
+from __future__ import annotations
+
+from sincere.core.types import Seconds
+
+
+class AsyncIntake:
+    """Requests waiting to be seen by an asynchronously scheduling engine, in arrival order."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: list[tuple[int, int, Seconds]] = []  # (request, prefill tokens, arrival)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __contains__(self, request_ix: object) -> bool:
+        return any(i == request_ix for i, _, _ in self._held)
+
+    def hold(self, request_ix: int, prefill_len: int, now: Seconds) -> None:
+        """Hold ``request_ix`` (``prefill_len`` tokens to prefill), arrived at ``now``."""
+        self._held.append((request_ix, prefill_len, now))
+
+    def release(self, seen_by: Seconds) -> list[tuple[int, int]]:
+        """Every request that arrived by ``seen_by`` (the start of the iteration before
+        the one being planned): ``(request, prefill tokens)``, in arrival order."""
+        held = self._held
+        k = 0
+        while k < len(held) and held[k][2] <= seen_by:
+            k += 1
+        out = [(i, n) for i, n, _ in held[:k]]
+        del held[:k]
+        return out
+
+    def release_all(self) -> list[tuple[int, int]]:
+        """Every held request (the engine went idle: it polls at once)."""
+        out = [(i, n) for i, n, _ in self._held]
+        self._held.clear()
+        return out
+
+    def take(self, request_ix: int) -> tuple[int, int] | None:
+        """Remove ``request_ix`` (an abort); ``(request, prefill tokens)`` or None."""
+        for k, (i, n, _) in enumerate(self._held):
+            if i == request_ix:
+                del self._held[k]
+                return i, n
+        return None

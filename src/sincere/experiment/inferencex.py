@@ -1,0 +1,355 @@
+"""Simulate InferenceX's closed-loop operating points and compare with the measured means.
+
+Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulation:
+
+* **model**: the catalog entry its Hugging Face id maps to (:data:`MODEL_NAMES`, then the
+  catalog's own names and aliases);
+* **accelerator**: the system's GPU (:data:`SYSTEM_ACCELERATORS`), one instance of ``tp``
+  of them (``pp`` as given);
+* **precision**: ``fp8`` / ``bf16`` / ``int4`` as stated when the catalog entry has it; ``fp4``
+  only for a model whose published checkpoint is MXFP4 (GPT-OSS: the row's checkpoint is
+  that one); NVFP4 weights are not a format of the simulator;
+* **experts**: ``ep = moe_ep_size`` over the TP group when ``moe_tp x moe_ep`` covers it;
+* **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration, no
+  prefix caching) with ``max_num_seqs`` = the clients, under the backend's execution-model
+  preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
+  time); fp8 and fp4 weights run an fp8 KV cache (the serving recipes' setting; the rows do
+  not state it);
+* **workload**: as InferenceX's client ran it (vLLM's ``benchmark_serving``): ``C =
+  batch_size x attention_dp`` clients with no think time, :func:`benchmark_prompts`
+  requests, each with input and output lengths drawn uniformly in ``[0.8 L, L]`` (its
+  ``random_range_ratio`` 0.8) and exactly that output (``ignore_eos``); no warm-up left out
+  (the benchmark's means hold every request); seed fixed.
+
+A point the simulator cannot represent is a :class:`Skip` with its reason (one of
+:data:`SKIP_REASONS`), never dropped: disaggregated points (the simulator refuses a closed
+loop over a prefill / decode split), attention data parallelism, NVFP4 weights, models
+outside the catalog, and deployments the simulator refuses at build (too little memory for
+weights and KV, a TP degree that does not split the heads).
+
+Compared: the simulated mean TTFT and TPOT of the run's requests at the client (the engine's
+time plus its preset's front end) against the row's means (measured by the benchmark client).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sincere.catalog.loader import default_catalog
+from sincere.core.errors import ConfigError
+from sincere.sim.api import simulate
+from sincere.sim.config import SimulationConfig, load_config
+from sincere.workload.inferencex import OperatingPoint
+
+SYSTEM_ACCELERATORS = {"b200_sxm": "B200", "b300_sxm": "B300", "gb200": "GB200", "gb300": "GB300"}
+"""InferenceX system -> catalog accelerator (one GPU of the system)."""
+MODEL_NAMES = {
+    "deepseek-ai/DeepSeek-R1": "deepseek-r1",
+    "deepseek-ai/DeepSeek-V3": "deepseek-v3",
+    "nvidia/DeepSeek-R1-NVFP4": "deepseek-r1",
+    "nvidia/DeepSeek-V3.1-NVFP4": "deepseek-v3",
+    "meta-llama/Llama-3.1-70B": "llama-3.1-70b",
+    "openai/gpt-oss-120b": "gpt-oss-120b",
+    "Qwen/Qwen3-32B": "qwen3-32b",
+    "nvidia/Qwen3-32B-NVFP4": "qwen3-32b",
+    "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
+}
+"""Hugging Face ids of the file -> catalog models. NVIDIA's NVFP4 re-quantisations keep
+their base model's architecture; DeepSeek-V3.1 keeps DeepSeek-V3's. Ids not here are looked
+up among the catalog's names and aliases."""
+ENGINE_PRESETS = {"vllm": "vllm-v1", "sglang": "sglang", "trtllm": "trtllm"}
+"""Backend -> engine execution-model preset. Every vLLM release of the file (0.15 on, and
+nightlies) runs the V1 engine, so versions do not change the preset."""
+SKIP_REASONS = {
+    "disagg": "prefill/decode split: no closed loop over disaggregation in the simulator",
+    "model": "model not in the catalog",
+    "precision-unstated": "precision not stated",
+    "nvfp4": "NVFP4 weights: not a format of the simulator",
+    "precision-missing": "precision not in the model's catalog entry",
+    "attention-dp": "attention data parallelism: not modelled",
+    "moe-split": "MoE TP x EP does not cover the attention TP group",
+    "concurrency": "clients unclear: batch_size x attention DP differs from the source's",
+    "no-fit": "does not fit: too little memory for the weights and KV cache",
+    "refused": "deployment refused by the simulator",
+}
+"""Why a point is not simulated: key -> the words the report prints."""
+PROMPTS_PER_CLIENT = 10
+MAX_PROMPTS = 4096
+RANGE_RATIO = 0.8
+
+
+def engine_preset(backend: str, version: str) -> str:
+    """The engine execution-model preset of ``backend`` (``version`` is recorded, not used:
+    :data:`ENGINE_PRESETS`). Raises :class:`ConfigError` on an unknown backend."""
+    del version  # every release in the data maps to its backend's one preset
+    preset = ENGINE_PRESETS.get(backend)
+    if preset is None:
+        raise ConfigError("unknown backend", value=backend, allowed=ENGINE_PRESETS)
+    return preset
+
+
+def benchmark_prompts(clients: int) -> int:
+    """Requests of a point's run: InferenceX's ``10 C`` prompts, at most :data:`MAX_PROMPTS`
+    (or ``2 C`` when that is more, so that every client sends twice)."""
+    return min(PROMPTS_PER_CLIENT * clients, max(MAX_PROMPTS, 2 * clients))
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """How one point is simulated (module docstring)."""
+
+    point: OperatingPoint
+    catalog_model: str
+    accelerator: str
+    precision: str  # the deployment's weight precision
+    tp: int
+    pp: int
+    ep: int
+    clients: int  # closed-loop concurrency
+    num_requests: int  # the run's requests, every one measured (the benchmark's means)
+    engine_preset: str  # the backend's execution model
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A point not simulated, and why."""
+
+    point: OperatingPoint
+    reason: str  # a key of SKIP_REASONS
+    detail: str  # the row's own value(s) behind the reason
+
+
+@dataclass(frozen=True)
+class PointResult:
+    """A simulated point: the measured and simulated means."""
+
+    spec: PointSpec
+    sim_ttft_ms: float
+    sim_tpot_ms: float
+    num_measured: int  # requests the simulated means cover
+    wall_s: float  # time the simulation took
+
+
+def catalog_model_name(model: str) -> str | None:
+    """The catalog model of a Hugging Face id (:data:`MODEL_NAMES`, then the catalog)."""
+    if model in MODEL_NAMES:
+        return MODEL_NAMES[model]
+    catalog = default_catalog()
+    return catalog.model(model).name if catalog.has_model(model) else None
+
+
+def deployment_precision(point: OperatingPoint, model: str) -> str | Skip:
+    """The weight precision of ``point`` on catalog ``model``, or why there is none."""
+    arch = default_catalog().model(model)
+    if not point.precision:
+        return Skip(point, "precision-unstated", f"gemm_quant_mode {point.gemm_quant!r}")
+    if point.precision == "fp4":
+        if arch.native_precision == "mxfp4":
+            return "mxfp4"  # the published checkpoint the row names
+        return Skip(point, "nvfp4", f"{point.model} {point.gemm_quant}/{point.moe_quant}")
+    if point.precision not in arch.precisions:
+        return Skip(point, "precision-missing", f"{point.precision} not in {arch.precisions}")
+    return point.precision
+
+
+def _expert_parallel(point: OperatingPoint, model: str, tp: int) -> int | Skip:
+    """EP over the TP group: ``moe_ep`` when ``moe_tp x moe_ep`` is the group (MoE only)."""
+    if not default_catalog().model(model).is_moe:
+        return 1
+    moe_tp, moe_ep = point.moe_tp or 0, point.moe_ep or 0
+    if not moe_tp and not moe_ep:
+        return 1  # not stated: experts split by TP
+    if max(moe_tp, 1) * max(moe_ep, 1) != tp:
+        return Skip(point, "moe-split", f"moe_tp {moe_tp} x moe_ep {moe_ep} vs tp {tp}")
+    return max(moe_ep, 1)
+
+
+def _representable(point: OperatingPoint) -> Skip | None:
+    """The first reason ``point``'s shape is beyond the simulator, if any."""
+    if point.mode != "agg":
+        return Skip(point, "disagg", f"mode {point.mode}")
+    if (point.attention_dp or 0) > 1:
+        return Skip(point, "attention-dp", f"attention_dp_size {point.attention_dp}")
+    if point.source_concurrency is not None and point.source_concurrency != point.clients:
+        return Skip(
+            point,
+            "concurrency",
+            f"batch_size {point.batch_size} vs silicon_concurrency {point.source_concurrency}",
+        )
+    return None
+
+
+def point_spec(point: OperatingPoint) -> PointSpec | Skip:
+    """How ``point`` is simulated, or why it is not (module docstring)."""
+    skip = _representable(point)
+    if skip is not None:
+        return skip
+    model = catalog_model_name(point.model)
+    if model is None:
+        return Skip(point, "model", point.model)
+    precision = deployment_precision(point, model)
+    if isinstance(precision, Skip):
+        return precision
+    tp = point.tp or 1
+    ep = _expert_parallel(point, model, tp)
+    if isinstance(ep, Skip):
+        return ep
+    clients = point.clients
+    return PointSpec(
+        point=point,
+        catalog_model=model,
+        accelerator=SYSTEM_ACCELERATORS[point.system],
+        precision=precision,
+        tp=tp,
+        pp=point.pp or 1,
+        ep=ep,
+        clients=clients,
+        num_requests=benchmark_prompts(clients),
+        engine_preset=engine_preset(point.backend, point.backend_version),
+    )
+
+
+def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
+    """The closed-loop simulator config of ``spec`` (module docstring)."""
+    p = spec.point
+    engine: dict[str, Any] = {
+        "kind": "continuous",
+        "preset": spec.engine_preset,
+        "max_num_seqs": spec.clients,
+        "max_num_batched_tokens": 8192,
+        "enable_prefix_caching": False,
+    }
+    workload = {
+        "num_requests": spec.num_requests,
+        "arrival": {"kind": "closed", "concurrency": spec.clients},
+        "lengths": {"prompt": _benchmark_length(p.isl), "output": _benchmark_length(p.osl)},
+        "models": {spec.catalog_model: 1.0},
+    }
+    instance = {
+        "name": "engine",
+        "model": spec.catalog_model,
+        "accelerator": spec.accelerator,
+        "precision": spec.precision,
+        "tp": spec.tp,
+        "pp": spec.pp,
+        "ep": spec.ep,
+        "engine": engine,
+    }
+    if spec.precision in ("fp8", "fp4"):
+        instance["kv_precision"] = "fp8"
+    return load_config({"seed": seed, "workload": workload, "instances": [instance]})
+
+
+def _benchmark_length(tokens: int) -> dict[str, Any]:
+    """Lengths uniform in ``[RANGE_RATIO * tokens, tokens]`` (a point of 1 token: fixed)."""
+    low = max(1, int(RANGE_RATIO * tokens))
+    if low >= tokens:
+        return {"kind": "fixed", "tokens": tokens}
+    return {"kind": "uniform", "low": low, "high": tokens}
+
+
+def _refusal(spec: PointSpec, exc: ConfigError) -> Skip:
+    reason = "no-fit" if "does not fit" in str(exc) else "refused"
+    return Skip(spec.point, reason, str(exc))
+
+
+def _mean_ms(summary: dict[str, Any], metric: str) -> float:
+    """The summary's mean of ``metric`` in ms; NaN when no measured request completed."""
+    mean = (summary.get(metric) or {}).get("mean")
+    return math.nan if mean is None else 1e3 * float(mean)
+
+
+def simulate_point(spec: PointSpec, seed: int = 0) -> PointResult | Skip:
+    """Run ``spec``'s closed loop; a deployment the simulator refuses is a :class:`Skip`."""
+    started = time.perf_counter()
+    try:
+        result = simulate(point_config(spec, seed))
+    except ConfigError as exc:
+        return _refusal(spec, exc)
+    summary = result.summary
+    return PointResult(
+        spec=spec,
+        sim_ttft_ms=_mean_ms(summary, "ttft_s"),
+        sim_tpot_ms=_mean_ms(summary, "tpot_s"),
+        num_measured=int(summary["num_completed"]),
+        wall_s=time.perf_counter() - started,
+    )
+
+
+@dataclass(frozen=True)
+class Scoreboard:
+    """Every point of a run: the simulated ones, and the skipped ones with their reasons."""
+
+    results: list[PointResult]  # in file order
+    skips: list[Skip]  # in file order
+    num_points: int  # points considered (after the filter)
+    num_sampled: int | None  # representable points drawn by --sample (None: all)
+
+
+OnPoint = Callable[[int, int, str], None]
+"""Progress callback: (points done, points to simulate, the last point's id)."""
+
+
+def sample_specs(specs: Sequence[PointSpec], sample: int | None, seed: int) -> list[PointSpec]:
+    """``sample`` of ``specs`` drawn with ``seed`` (all when None or more), in file order."""
+    if sample is None or sample >= len(specs):
+        return list(specs)
+    keep = np.random.default_rng(seed).choice(len(specs), size=sample, replace=False)
+    return [specs[i] for i in sorted(keep)]
+
+
+def score_points(
+    points: Sequence[OperatingPoint],
+    *,
+    sample: int | None = None,
+    seed: int = 0,
+    jobs: int = 1,
+    on_point: OnPoint | None = None,
+) -> Scoreboard:
+    """Map every point, simulate the representable ones (or ``sample`` of them) in ``jobs``
+    processes, and return them with every skip."""
+    mapped = [point_spec(p) for p in points]
+    skips = [m for m in mapped if isinstance(m, Skip)]
+    specs = sample_specs([m for m in mapped if isinstance(m, PointSpec)], sample, seed)
+    outcomes = _run(specs, seed, max(1, min(jobs, len(specs))), on_point)
+    order = {p.id: i for i, p in enumerate(points)}
+    skips += [o for o in outcomes if isinstance(o, Skip)]
+    skips.sort(key=lambda s: order[s.point.id])
+    results = sorted(
+        (o for o in outcomes if isinstance(o, PointResult)), key=lambda r: order[r.spec.point.id]
+    )
+    drawn = None if sample is None else len(specs)
+    return Scoreboard(results=results, skips=skips, num_points=len(points), num_sampled=drawn)
+
+
+def _run(
+    specs: Sequence[PointSpec], seed: int, jobs: int, on_point: OnPoint | None
+) -> list[PointResult | Skip]:
+    if jobs == 1:
+        out: list[PointResult | Skip] = []
+        for k, spec in enumerate(specs, start=1):
+            out.append(simulate_point(spec, seed))
+            if on_point is not None:
+                on_point(k, len(specs), spec.point.id)
+        return out
+    done: list[PointResult | Skip] = []
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pending: set[Future[PointResult | Skip]] = {
+            pool.submit(simulate_point, spec, seed) for spec in specs
+        }
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                outcome = future.result()
+                done.append(outcome)
+                if on_point is not None:
+                    name = outcome.point.id if isinstance(outcome, Skip) else outcome.spec.point.id
+                    on_point(len(done), len(specs), name)
+    return done

@@ -1,0 +1,349 @@
+"""Errors of simulated InferenceX points, and the files ``sincere validate inferencex`` writes.
+
+Per simulated point and metric (mean TTFT, mean TPOT): the signed error
+``(sim − real) / real`` (positive: the simulator is slow) and its absolute value, the APE.
+Per group of points (all; by backend, catalog model, system, mode): the number of points, the
+median and mean APE and the bias (the median signed error).
+
+Files: ``points.csv`` (one row per simulated point: the row's setting, how it was
+simulated, the engine preset, both means and both errors), ``skipped.csv`` (one row per
+point not simulated, with its reason), ``scoreboard.csv`` (one row per group),
+``summary.json`` (the counts, the skip reasons and the groups), ``report.md`` and
+``figures/`` (simulated against measured per metric, log axes, one colour per backend;
+the APE CDFs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import NullFormatter
+
+from sincere.core.output import output_folder
+from sincere.experiment.inferencex import SKIP_REASONS, PointResult, Scoreboard, Skip
+from sincere.experiment.serving_runs_report import of
+
+METRICS = ("ttft", "tpot")
+LABELS = {"ttft": "mean TTFT", "tpot": "mean TPOT"}
+GROUPS: dict[str, Callable[[PointResult], str]] = {
+    "backend": lambda r: r.spec.point.backend,
+    "model": lambda r: r.spec.catalog_model,
+    "system": lambda r: r.spec.point.system,
+    "mode": lambda r: r.spec.point.mode,
+}
+"""How points are grouped in the scoreboard (besides ``all``)."""
+
+
+def real_ms(result: PointResult, metric: str) -> float:
+    """The measured mean of ``metric`` (ms)."""
+    point = result.spec.point
+    return point.ttft_ms if metric == "ttft" else point.tpot_ms
+
+
+def sim_ms(result: PointResult, metric: str) -> float:
+    """The simulated mean of ``metric`` (ms)."""
+    return result.sim_ttft_ms if metric == "ttft" else result.sim_tpot_ms
+
+
+def signed_error(result: PointResult, metric: str) -> float:
+    """``(sim − real) / real`` of ``metric`` (NaN where the simulation gave no mean)."""
+    real = real_ms(result, metric)
+    return (sim_ms(result, metric) - real) / real
+
+
+@dataclass(frozen=True)
+class GroupError:
+    """One group's error on one metric."""
+
+    group: str  # "all", or the grouping: backend, model, system, mode
+    value: str  # the group's value ("all" for all)
+    metric: str  # ttft or tpot
+    num_points: int  # points scored
+    median_ape: float | None
+    mean_ape: float | None
+    bias: float | None  # median signed error
+
+
+def group_error(group: str, value: str, metric: str, results: Sequence[PointResult]) -> GroupError:
+    """The error of ``metric`` over ``results`` (module docstring)."""
+    signed = np.array([signed_error(r, metric) for r in results], dtype=np.float64)
+    signed = signed[np.isfinite(signed)]
+    return GroupError(
+        group=group,
+        value=value,
+        metric=metric,
+        num_points=len(signed),
+        median_ape=of(np.median, np.abs(signed)),
+        mean_ape=of(np.mean, np.abs(signed)),
+        bias=of(np.median, signed),
+    )
+
+
+def group_errors(results: Sequence[PointResult]) -> list[GroupError]:
+    """All points, then each group of :data:`GROUPS` by value, each on both metrics."""
+    out = [group_error("all", "all", m, results) for m in METRICS]
+    for group, key in GROUPS.items():
+        for value in sorted({key(r) for r in results}):
+            members = [r for r in results if key(r) == value]
+            out += [group_error(group, value, m, members) for m in METRICS]
+    return out
+
+
+def skip_counts(skips: Sequence[Skip]) -> dict[str, int]:
+    """Skipped points per reason (key of :data:`SKIP_REASONS`), most first."""
+    return dict(Counter(s.reason for s in skips).most_common())
+
+
+def point_row(r: PointResult) -> dict[str, object]:
+    """One ``points.csv`` row."""
+    s, p = r.spec, r.spec.point
+    row: dict[str, object] = {
+        "id": p.id,
+        "line": p.line,
+        "backend": p.backend,
+        "backend_version": p.backend_version,
+        "engine_preset": s.engine_preset,
+        "model": p.model,
+        "catalog_model": s.catalog_model,
+        "system": p.system,
+        "accelerator": s.accelerator,
+        "precision": p.precision,
+        "sim_precision": s.precision,
+        "mode": p.mode,
+        "isl": p.isl,
+        "osl": p.osl,
+        "clients": s.clients,
+        "tp": s.tp,
+        "pp": s.pp,
+        "ep": s.ep,
+        "num_requests": s.num_requests,
+        "num_measured": r.num_measured,
+    }
+    for m in METRICS:
+        row[f"{m}_real_ms"] = real_ms(r, m)
+        row[f"{m}_sim_ms"] = sim_ms(r, m)
+        row[f"{m}_error"] = signed_error(r, m)
+        row[f"{m}_ape"] = abs(signed_error(r, m))
+    row["wall_s"] = round(r.wall_s, 3)
+    return row
+
+
+def skip_row(s: Skip) -> dict[str, object]:
+    """One ``skipped.csv`` row."""
+    p = s.point
+    return {
+        "id": p.id,
+        "line": p.line,
+        "backend": p.backend,
+        "model": p.model,
+        "system": p.system,
+        "precision": p.precision,
+        "mode": p.mode,
+        "reason": s.reason,
+        "why": SKIP_REASONS[s.reason],
+        "detail": s.detail,
+    }
+
+
+def write_rows(rows: Sequence[dict[str, object]], columns: Sequence[str], path: Path) -> Path:
+    """A CSV of ``rows`` under ``columns`` (a header only when there are none)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def scatter_figure(results: Sequence[PointResult], path: Path) -> Path:
+    """Simulated against measured, per metric, log axes, one colour per backend; y = x."""
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4.8))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for backend in sorted({r.spec.point.backend for r in results}):
+            members = [r for r in results if r.spec.point.backend == backend]
+            ax.scatter(
+                [real_ms(r, metric) for r in members],
+                [sim_ms(r, metric) for r in members],
+                s=12,
+                alpha=0.6,
+                label=backend,
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(NullFormatter())  # decades labelled only
+        lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+        hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"measured {LABELS[metric]} (ms)")
+        ax.set_ylabel(f"simulated {LABELS[metric]} (ms)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def ape_cdf_figure(results: Sequence[PointResult], path: Path) -> Path:
+    """The APE CDF per metric: all points, and each backend."""
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4.2))
+    backends = sorted({r.spec.point.backend for r in results})
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for label in ("all", *backends):
+            members = [r for r in results if label in ("all", r.spec.point.backend)]
+            ape = np.sort(np.abs([signed_error(r, metric) for r in members])) * 100
+            ax.plot(
+                ape,
+                np.arange(1, len(ape) + 1) / max(len(ape), 1),
+                lw=2 if label == "all" else 1,
+                label=label,
+            )
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel(f"APE of the {LABELS[metric]} (%)")
+        ax.set_ylabel("share of points")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def scoreboard_rows(errors: Sequence[GroupError]) -> list[tuple[str, ...]]:
+    """Per group value: group, value, points, then median APE, mean APE and bias (%) of
+    the mean TTFT and of the mean TPOT."""
+    by_key: dict[tuple[str, str], dict[str, GroupError]] = {}
+    for e in errors:
+        by_key.setdefault((e.group, e.value), {})[e.metric] = e
+    rows = []
+    for (group, value), row in by_key.items():
+        cells = [
+            _fmt(getattr(row[m], f)) for m in METRICS for f in ("median_ape", "mean_ape", "bias")
+        ]
+        rows.append((group, value, str(row[METRICS[0]].num_points), *cells))
+    return rows
+
+
+SCOREBOARD_HEADERS = (
+    "group",
+    "value",
+    "points",
+    "TTFT median APE %",
+    "TTFT mean APE %",
+    "TTFT bias %",
+    "TPOT median APE %",
+    "TPOT mean APE %",
+    "TPOT bias %",
+)
+
+
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+@dataclass(frozen=True)
+class InferenceXFiles:
+    """What :func:`write_inferencex_report` wrote."""
+
+    points_csv: Path
+    skipped_csv: Path
+    scoreboard_csv: Path
+    summary: Path
+    markdown: Path
+    figures: list[Path]
+    errors: list[GroupError]
+
+
+def _summary(board: Scoreboard, errors: Sequence[GroupError], source: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "num_points": board.num_points,
+        "num_simulated": len(board.results),
+        "num_sampled": board.num_sampled,
+        "num_skipped": len(board.skips),
+        "skipped": {
+            k: {"count": n, "why": SKIP_REASONS[k]} for k, n in skip_counts(board.skips).items()
+        },
+        "errors": [asdict(e) for e in errors],
+        "wall_s": round(sum(r.wall_s for r in board.results), 1),
+    }
+
+
+def _markdown(
+    board: Scoreboard, errors: Sequence[GroupError], figures: Sequence[Path], out: Path, source: str
+) -> list[str]:
+    sampled = "" if board.num_sampled is None else f" ({board.num_sampled} drawn by --sample)"
+    skips = [(SKIP_REASONS[k], str(n)) for k, n in skip_counts(board.skips).items()]
+    return [
+        f"# Simulated against InferenceX's closed-loop points ({source})",
+        "",
+        f"{board.num_points} points: {len(board.results)} simulated{sampled}, "
+        f"{len(board.skips)} skipped. Errors: (sim − real) / real of each point's mean; "
+        "bias is the median signed error (+: the simulator is slow).",
+        "",
+        *_markdown_table(SCOREBOARD_HEADERS, scoreboard_rows(errors)),
+        "",
+        "## Skipped points",
+        "",
+        *_markdown_table(("reason", "points"), skips),
+        "",
+        *(f"![{f.stem}]({f.relative_to(out).as_posix()})" for f in figures),
+        "",
+    ]
+
+
+def write_inferencex_report(
+    board: Scoreboard, out_dir: str | Path, *, source: str
+) -> InferenceXFiles:
+    """Write the CSVs, ``summary.json``, ``report.md`` and the figures into ``out_dir``."""
+    out = output_folder(out_dir)
+    figures_dir = output_folder(out / "figures")
+    errors = group_errors(board.results)
+    point_rows = [point_row(r) for r in board.results]
+    columns = list(point_rows[0]) if point_rows else ["id"]
+    points_csv = write_rows(point_rows, columns, out / "points.csv")
+    skip_columns = (
+        "id",
+        "line",
+        "backend",
+        "model",
+        "system",
+        "precision",
+        "mode",
+        "reason",
+        "why",
+        "detail",
+    )
+    skipped_csv = write_rows([skip_row(s) for s in board.skips], skip_columns, out / "skipped.csv")
+    scoreboard_csv = write_rows(
+        [asdict(e) for e in errors], list(GroupError.__dataclass_fields__), out / "scoreboard.csv"
+    )
+    figures = []
+    if board.results:
+        figures = [
+            scatter_figure(board.results, figures_dir / "sim_vs_real.png"),
+            ape_cdf_figure(board.results, figures_dir / "ape_cdf.png"),
+        ]
+    summary = out / "summary.json"
+    summary.write_text(json.dumps(_summary(board, errors, source), indent=1), encoding="utf-8")
+    markdown = out / "report.md"
+    markdown.write_text("\n".join(_markdown(board, errors, figures, out, source)), encoding="utf-8")
+    return InferenceXFiles(
+        points_csv, skipped_csv, scoreboard_csv, summary, markdown, figures, errors
+    )

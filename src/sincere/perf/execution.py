@@ -1,0 +1,397 @@
+"""How an engine runs its iterations: CUDA graphs, asynchronous scheduling, its front end.
+
+A step-time model (the roofline, a fitted table, …) prices the GPU work of one iteration
+and, for the roofline, the CPU work beside it (scheduling, preparing inputs, processing
+outputs: ``overhead_s + overhead_per_seq_s · sequences``). How those two combine is the
+engine's *execution model*, and engines of 2026 differ from the eager engines of 2024:
+
+* **CUDA graphs.** vLLM V1 captures the model for a list of batch sizes: a decode-only
+  iteration replays a *full* graph of the smallest captured size that holds its sequences
+  (the padded slots cost their linear, communication and LM-head work), a mixed iteration
+  a *piecewise* graph padded the same way in tokens (attention runs outside the graph).
+  Above the largest captured size the iteration runs eagerly, unpadded.
+* **Asynchronous scheduling.** The CPU part of iteration ``n + 1`` (scheduling, input
+  preparation) runs while the GPU computes iteration ``n``; only what does not fit under
+  the GPU time is exposed: ``max(0, cpu - gpu)``, plus ``serial_s`` per iteration that
+  never overlaps (the hand-off of sampled tokens between the two). Without it the CPU
+  part runs in series, as the eager engines of 2024 did: ``gpu + cpu``.
+* **The front end.** What a client sees beyond the engine: the HTTP hop and request
+  parsing (``request_s``) and tokenisation (``prompt_token_s`` per prompt token) before
+  the engine sees a request, and detokenisation and streaming (``output_s``) between the
+  engine's token and the client's. The simulator takes TTFT, ITL and end-to-end latency
+  where the client does when a front end is set (docs/metrics.md).
+
+Named presets (:data:`PRESETS`) hold each engine's defaults with their sources; every
+field can be overridden (``engine: {preset: vllm-v1, execution: {async_scheduling:
+false}}``). No preset means the engine of 2024 the simulator has always modelled (CPU in
+series, no graph padding, no front end), so older configs give the same numbers.
+
+:class:`ExecutedStepModel` wraps a step-time model whose CPU part is separable
+(:class:`SeparableCpu`: the roofline); it keeps every answer of the inner model exact,
+including the closed-form sum of decode iterations the engines jump over.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from sincere.core.errors import ConfigError
+from sincere.core.types import Seconds
+from sincere.perf.base import Batch, StepParts, StepTimeBase, StepTimeModel, SwapTime
+
+GRAPH_MODES = ("full_and_piecewise", "full_decode_only", "piecewise", "none")
+"""``full_and_piecewise``: full graphs for decode-only iterations, piecewise (padded in
+tokens) for mixed ones (vLLM V1's default); ``full_decode_only``: graphs for decode-only
+iterations, mixed ones eager (SGLang, TensorRT-LLM); ``piecewise``: every iteration up
+to the largest size padded in tokens; ``none``: eager (``enforce_eager``)."""
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """The time a client sees beyond the engine, per request and per output token."""
+
+    request_s: float = 0.0  # HTTP hop, parsing and the hand-over to the engine
+    prompt_token_s: float = 0.0  # tokenisation, per prompt token
+    output_s: float = 0.0  # detokenise and stream one token to the client
+
+    def __post_init__(self) -> None:
+        for name in ("request_s", "prompt_token_s", "output_s"):
+            value = getattr(self, name)
+            if not value >= 0.0:
+                raise ConfigError(
+                    f"front-end time {name} must be a non-negative number of seconds",
+                    value=value,
+                    allowed=">= 0",
+                )
+
+    @property
+    def is_zero(self) -> bool:
+        """No front end: the client sees the engine's times."""
+        return self.request_s == 0.0 and self.prompt_token_s == 0.0 and self.output_s == 0.0
+
+    def intake_s(self, prompt_tokens: int) -> float:
+        """From the client's send to the engine's queue."""
+        return self.request_s + self.prompt_token_s * prompt_tokens
+
+
+@dataclass(frozen=True)
+class ExecutionParams:
+    """One engine's execution model (module docstring); :data:`PRESETS` names them."""
+
+    name: str = "custom"
+    graph_mode: str = "none"  # one of GRAPH_MODES
+    graph_sizes: tuple[int, ...] = ()  # captured batch sizes (sequences / tokens)
+    graph_max_share_of_seqs: float = 0.0  # largest size <= share x max_num_seqs (0: no cap)
+    async_scheduling: bool = False  # overlap the CPU of step n+1 with the GPU of step n
+    serial_s: float = 0.0  # per-iteration CPU time that never overlaps (async only)
+    frontend: FrontEnd = field(default_factory=FrontEnd)
+    source: str = ""  # where the defaults come from
+
+    def __post_init__(self) -> None:
+        if self.graph_mode not in GRAPH_MODES:
+            raise ConfigError(
+                "unknown CUDA-graph mode", value=self.graph_mode, allowed=list(GRAPH_MODES)
+            )
+        sizes = self.graph_sizes
+        if any(s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
+            raise ConfigError(
+                "graph_sizes must be increasing positive batch sizes without repeats",
+                value=list(sizes),
+                allowed="e.g. [1, 2, 4, 8, 16, 24, 32]",
+            )
+        if self.graph_mode != "none" and not sizes:
+            raise ConfigError(
+                f"graph_mode {self.graph_mode!r} needs graph_sizes (or graph_mode: none)",
+                value=list(sizes),
+            )
+        if not self.serial_s >= 0.0 or not self.graph_max_share_of_seqs >= 0.0:
+            raise ConfigError(
+                "serial_s and graph_max_share_of_seqs must be non-negative",
+                value=(self.serial_s, self.graph_max_share_of_seqs),
+                allowed=">= 0",
+            )
+
+    def for_engine(self, max_num_seqs: int) -> ExecutionParams:
+        """These settings with the captured sizes an engine of ``max_num_seqs`` keeps."""
+        if self.graph_max_share_of_seqs <= 0.0 or not self.graph_sizes:
+            return self
+        cap = self.graph_max_share_of_seqs * max_num_seqs
+        sizes = tuple(s for s in self.graph_sizes if s <= cap) or self.graph_sizes[:1]
+        return dataclasses.replace(self, graph_sizes=sizes)
+
+
+def _vllm_graph_sizes() -> tuple[int, ...]:
+    """vLLM V1's default capture list: 1, 2, 4, then by 8 to 256, by 16 to 512."""
+    return (1, 2, 4, *range(8, 257, 8), *range(272, 513, 16))
+
+
+def _sglang_graph_sizes() -> tuple[int, ...]:
+    """SGLang's default capture list: 1, 2, 4, 8, 12, then by 8 to 256."""
+    return (1, 2, 4, 8, 12, *range(16, 257, 8))
+
+
+def _trtllm_graph_sizes() -> tuple[int, ...]:
+    """TensorRT-LLM's (PyTorch backend) default: 1, 2, 4, then by 8 to 128."""
+    return (1, 2, 4, *range(8, 129, 8))
+
+
+VLLM_V1_FRONTEND = FrontEnd(request_s=0.002, prompt_token_s=0.0, output_s=0.0)
+"""vLLM 0.19's API server in the four published per-request runs. A request's ``queued_ts``
+is stamped when the engine core takes it from its input queue, between two iterations (it
+falls within 0.01 ms of another request's step event), so ``queued_ts`` less the arrival is
+mostly the wait for the iteration in flight to end (a median of 15-22 ms, 111 ms in the
+TP-2 run of long prefills), which the engine's own timing already holds (and, scheduling
+asynchronously, one iteration more: :mod:`sincere.engine.async_intake`). What is left is
+the front end proper: the request that found each run's engine idle reached its queue
+0.5-2.1 ms after the run's fastest one, taken as 2 ms (the fastest one's own time is not
+in the runs). Detokenisation and streaming run in the API process beside the engine and
+are not seen in per-token times."""
+
+PRESETS: dict[str, ExecutionParams] = {
+    "vllm-v1": ExecutionParams(
+        name="vllm-v1",
+        graph_mode="full_and_piecewise",
+        graph_sizes=_vllm_graph_sizes(),
+        graph_max_share_of_seqs=2.0,
+        async_scheduling=True,
+        serial_s=0.0,
+        frontend=VLLM_V1_FRONTEND,
+        source=(
+            "vLLM 0.19 as resolved in the published runs' config (cudagraph_mode "
+            "FULL_AND_PIECEWISE, capture sizes 1, 2, 4, 8..256 by 8, 272..512 by 16, at most "
+            "2 x max_num_seqs; async_scheduling true); front end: the runs' median intake"
+        ),
+    ),
+    "sglang": ExecutionParams(
+        name="sglang",
+        graph_mode="full_decode_only",
+        graph_sizes=_sglang_graph_sizes(),
+        async_scheduling=True,
+        frontend=VLLM_V1_FRONTEND,
+        source=(
+            "SGLang's documented defaults (overlap scheduler on, decode CUDA graphs up to "
+            "cuda_graph_max_bs); front end not measured: vLLM 0.19's intake"
+        ),
+    ),
+    "trtllm": ExecutionParams(
+        name="trtllm",
+        graph_mode="full_decode_only",
+        graph_sizes=_trtllm_graph_sizes(),
+        async_scheduling=True,
+        frontend=VLLM_V1_FRONTEND,
+        source=(
+            "TensorRT-LLM's PyTorch-backend defaults (overlap scheduler on, decode CUDA "
+            "graphs); front end not measured: vLLM 0.19's intake"
+        ),
+    ),
+    "eager": ExecutionParams(
+        name="eager",
+        source="an eager engine of 2024 (vLLM V0 with enforce_eager): CPU in series, no graphs",
+    ),
+}
+"""Named execution models; ``eager`` is what the simulator uses without a preset."""
+
+
+def execution_params(preset: str | None, overrides: Mapping[str, Any]) -> ExecutionParams:
+    """The preset's settings with ``overrides`` applied (``frontend`` a mapping)."""
+    name = preset or "eager"
+    if name not in PRESETS:
+        raise ConfigError("unknown engine preset", value=name, allowed=sorted(PRESETS))
+    base = PRESETS[name]
+    known = {f.name for f in dataclasses.fields(ExecutionParams)} - {"name", "source"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError("unknown engine execution setting", value=unknown, allowed=sorted(known))
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == "frontend":
+            changes[key] = _frontend(base.frontend, value)
+        elif key == "graph_sizes":
+            changes[key] = tuple(int(v) for v in value)
+        else:
+            changes[key] = value
+    if not changes:
+        return base
+    return dataclasses.replace(base, **changes, source=f"{base.source}; overridden: "
+                               + ", ".join(sorted(changes)))  # fmt: skip
+
+
+def _frontend(base: FrontEnd, value: Any) -> FrontEnd:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "frontend must be a mapping of request_s, prompt_token_s, output_s", value=value
+        )
+    known = {f.name for f in dataclasses.fields(FrontEnd)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError("unknown front-end setting", value=unknown, allowed=sorted(known))
+    return dataclasses.replace(base, **{k: float(v) for k, v in value.items()})
+
+
+@runtime_checkable
+class SeparableCpu(Protocol):
+    """A step-time model that can say how much of an iteration is CPU work."""
+
+    def cpu_step_s(self, num_seqs: int) -> Seconds:
+        """The CPU part of an iteration of ``num_seqs`` sequences (in its iteration time)."""
+        ...
+
+
+class ExecutedStepModel(StepTimeBase):
+    """``inner``'s iterations run the way :class:`ExecutionParams` says (module docstring).
+
+    ``inner`` must price CPU work apart (:class:`SeparableCpu`); its iteration time is
+    ``gpu + cpu``, and this model returns ``gpu + padding + exposed cpu``.
+    """
+
+    def __init__(self, inner: StepTimeModel, params: ExecutionParams) -> None:
+        if not isinstance(inner, SeparableCpu):
+            raise ConfigError(
+                f"engine execution settings need a step-time model that prices its CPU part "
+                f"apart (the roofline); {type(inner).__name__} times whole iterations as "
+                "measured: leave the engine's preset out",
+                value=params.name,
+            )
+        super().__init__(inner.load_time(), inner.unload_time())
+        self.inner = inner
+        self.params = params
+        self._cpu = inner
+        self._sizes = list(params.graph_sizes)
+        self._largest = self._sizes[-1] if self._sizes else 0
+        self._full = params.graph_mode in ("full_and_piecewise", "full_decode_only", "piecewise")
+        self._mixed = params.graph_mode in ("full_and_piecewise", "piecewise")
+        self._pad_memo: dict[int, float] = {}
+
+    def load_time(self) -> SwapTime:
+        return self.inner.load_time()
+
+    def unload_time(self) -> SwapTime:
+        return self.inner.unload_time()
+
+    # --- CUDA graphs -------------------------------------------------------------------
+    def padded(self, tokens: int, decode_only: bool) -> int:
+        """The size the iteration runs at: the smallest captured size that holds it."""
+        graphed = self._full if decode_only else self._mixed
+        if not graphed or tokens > self._largest or tokens <= 0:
+            return tokens
+        return self._sizes[bisect.bisect_left(self._sizes, tokens)]
+
+    def padding_s(self, tokens: int, decode_only: bool) -> Seconds:
+        """GPU time the padded slots of an iteration of ``tokens`` cost (0 when unpadded)."""
+        size = self.padded(tokens, decode_only)
+        if size == tokens:
+            return 0.0
+        cost = self._pad_memo.get(tokens)
+        if cost is None:
+            step = self.inner.iteration_s_fast
+            cpu = self._cpu.cpu_step_s
+            wide = step(0, 0, 0, 0.0, size, 0) - cpu(size)
+            cost = max(0.0, wide - (step(0, 0, 0, 0.0, tokens, 0) - cpu(tokens)))
+            self._pad_memo[tokens] = cost
+        return cost
+
+    # --- overlap -----------------------------------------------------------------------
+    def _total(self, gpu: float, cpu: float) -> float:
+        if not self.params.async_scheduling:
+            return gpu + cpu
+        exposed = cpu - gpu if cpu > gpu else 0.0
+        return gpu + exposed + self.params.serial_s
+
+    def iteration_s_fast(
+        self,
+        num_prefill_seqs: int,
+        prefill_tokens: int,
+        prefill_ctx_tokens: int,
+        prefill_attn_pairs: float,
+        num_decode_seqs: int,
+        decode_ctx_tokens: int,
+    ) -> Seconds:
+        tokens = prefill_tokens + num_decode_seqs
+        if tokens == 0:
+            return 0.0
+        whole = self.inner.iteration_s_fast(
+            num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs,
+            num_decode_seqs, decode_ctx_tokens,
+        )  # fmt: skip
+        cpu = self._cpu.cpu_step_s(num_prefill_seqs + num_decode_seqs)
+        gpu = whole - cpu + self.padding_s(tokens, num_prefill_seqs == 0)
+        return self._total(gpu, cpu)
+
+    def iteration_s(self, batch: Batch) -> Seconds:
+        return self.iteration_s_fast(
+            batch.num_prefill_seqs, batch.prefill_tokens, batch.prefill_ctx_tokens,
+            batch.prefill_attn_pairs, batch.num_decode_seqs, batch.decode_ctx_tokens,
+        )  # fmt: skip
+
+    def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> Seconds:
+        """Exact sum of ``num_steps`` decode iterations (the inner model's closed form)."""
+        if num_steps <= 0 or num_seqs <= 0:
+            return 0.0
+        cpu = self._cpu.cpu_step_s(num_seqs)
+        pad = self.padding_s(num_seqs, True)
+
+        def gpu_sum(steps: int) -> float:
+            inner = self.inner.decode_steps_s(num_seqs, ctx_tokens, steps)
+            return inner - steps * cpu + steps * pad
+
+        total_gpu = gpu_sum(num_steps)
+        if not self.params.async_scheduling:
+            return total_gpu + num_steps * cpu
+        serial = num_steps * self.params.serial_s
+        # GPU time per step never falls as the context grows: the CPU is exposed on a prefix
+        first_hidden = self._first_step_at_least(num_seqs, ctx_tokens, num_steps, cpu, pad)
+        exposed = first_hidden * cpu - gpu_sum(first_hidden) if first_hidden else 0.0
+        return total_gpu + max(0.0, exposed) + serial
+
+    def _first_step_at_least(
+        self, num_seqs: int, ctx_tokens: int, num_steps: int, cpu: float, pad: float
+    ) -> int:
+        """The first decode step whose GPU time covers ``cpu`` (``num_steps`` if none)."""
+
+        def gpu(step: int) -> float:
+            ctx = ctx_tokens + step * num_seqs
+            return self.inner.iteration_s_fast(0, 0, 0, 0.0, num_seqs, ctx) - cpu + pad
+
+        lo, hi = 0, num_steps
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if gpu(mid) >= cpu:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    # --- breakdown -----------------------------------------------------------------------
+    def parts(self, batch: Batch) -> StepParts:
+        """The inner model's parts with the padding in linear and only the exposed CPU."""
+        parts_of = getattr(self.inner, "parts", None)
+        if parts_of is None:
+            return StepParts(overhead_s=self.iteration_s(batch))
+        inner: StepParts = parts_of(batch)
+        if batch.num_tokens == 0:
+            return inner
+        cpu = self._cpu.cpu_step_s(batch.num_seqs)
+        pad = self.padding_s(batch.num_tokens, batch.num_prefill_seqs == 0)
+        gpu = inner.total_s - inner.overhead_s + pad
+        overhead = self._total(gpu, cpu) - gpu
+        return dataclasses.replace(inner, linear_s=inner.linear_s + pad, overhead_s=overhead)
+
+
+def schedules_ahead(step_model: StepTimeModel) -> bool:
+    """Whether an engine timed by ``step_model`` plans each iteration while the one before
+    runs (asynchronous scheduling): its new requests join one iteration late
+    (:mod:`sincere.engine.async_intake`)."""
+    return isinstance(step_model, ExecutedStepModel) and step_model.params.async_scheduling
+
+
+def with_execution(
+    model: StepTimeModel, params: ExecutionParams, max_num_seqs: int
+) -> StepTimeModel:
+    """``model`` run the way ``params`` says (unchanged for the 2024 eager engine)."""
+    if params == PRESETS["eager"]:
+        return model
+    return ExecutedStepModel(model, params.for_engine(max_num_seqs))

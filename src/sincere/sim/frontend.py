@@ -1,0 +1,106 @@
+"""The engines' front end in a simulated run: client times from engine times.
+
+An engine preset's :class:`~sincere.perf.execution.FrontEnd` is what a client sees beyond
+the engine: the intake (HTTP hop, parsing, tokenisation) before a request reaches the
+engine's queue, and the output delay (detokenisation, streaming) between the engine's token
+and the client's. The run itself works on the engine's clock:
+
+* **open loop**: a request sent at ``arrival_at`` reaches the engine at
+  ``arrival_at + intake``; the front end takes requests in order (one API process), so a
+  request never overtakes the one sent before it;
+* **closed loop**: each client's first request reaches the engine after its intake, and a
+  client's next request after the last one's output delay, the think time and the next
+  request's intake.
+
+After the run, :func:`to_client_times` puts every figure on the client's clock: the send
+time as the arrival, the first token and the finish each ``output_s`` later. TTFT, ITL-based
+TPOT and end-to-end latency are then what ``sincere bench`` or vLLM's benchmark measure.
+All instances of a run share the front end (the first instance's; a different one on
+another instance is refused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+
+from sincere.core.errors import ConfigError
+from sincere.core.records import RecordArrays
+from sincere.core.request import RequestArrays
+from sincere.engine.spec import ContinuousConfig
+from sincere.perf.execution import FrontEnd
+from sincere.sim.config import SimulationConfig
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def intake_s(requests: RequestArrays, front: FrontEnd) -> FloatArray:
+    """Each request's time from its send to the engine's queue."""
+    return front.request_s + front.prompt_token_s * requests.prompt_tokens.astype(np.float64)
+
+
+def engine_arrivals(requests: RequestArrays, front: FrontEnd) -> RequestArrays:
+    """``requests`` as the engines see them: each arrival after its intake, in order."""
+    if front.is_zero or len(requests) == 0:
+        return requests
+    at = np.maximum.accumulate(requests.arrival_at + intake_s(requests, front))
+    return dataclasses.replace(requests, arrival_at=at)
+
+
+def closed_loop_delays(
+    requests: RequestArrays, front: FrontEnd, concurrency: int, think_s: list[float]
+) -> tuple[list[float], list[float]]:
+    """A closed loop's first arrivals and think times on the engine's clock.
+
+    The ``j``-th request to end frees a client whose next request is the ``C + j``-th sent:
+    its think time grows by the output delay and that request's intake.
+    """
+    intake = intake_s(requests, front)
+    n = len(requests)
+    first = [float(intake[i]) for i in range(min(concurrency, n))]
+    thinks = [
+        t + front.output_s + (float(intake[concurrency + j]) if concurrency + j < n else 0.0)
+        for j, t in enumerate(think_s)
+    ]
+    return first, thinks
+
+
+def to_client_times(
+    requests: RequestArrays, records: RecordArrays, front: FrontEnd, sent: FloatArray | None
+) -> None:
+    """Put ``requests`` and ``records`` on the client's clock in place (module docstring).
+
+    ``sent``: the requests' send times when known (open loop); None for a closed loop,
+    whose sends are the run's engine arrivals less each intake.
+    """
+    if front.is_zero:
+        return
+    if sent is None:
+        sent = requests.arrival_at - intake_s(requests, front)
+    requests.arrival_at[:] = sent
+    records.first_token_at[:] = records.first_token_at + front.output_s
+    records.finished_at[:] = records.finished_at + front.output_s
+
+
+def front_end_of(config: SimulationConfig) -> FrontEnd:
+    """The front end of a run's instances (they must agree; request-level engines have none)."""
+    fronts = [
+        inst.engine.execution_params().frontend
+        for inst in config.instances
+        if isinstance(inst.engine, ContinuousConfig)
+    ]
+    if not fronts:
+        return FrontEnd()
+    first = fronts[0]
+    for pos, other in enumerate(fronts[1:], start=1):
+        if other != first:
+            raise ConfigError(
+                "instances of one run must share their engines' front end (engine preset "
+                "or execution.frontend)",
+                where=f"instances[{pos}].engine",
+                value=dataclasses.asdict(other),
+                allowed=dataclasses.asdict(first),
+            )
+    return first

@@ -1,0 +1,107 @@
+"""Asynchronous scheduling's intake (sincere.engine.async_intake): a request that arrives
+while an iteration runs joins the iteration after the next, by hand on a constant step."""
+
+from __future__ import annotations
+
+import pytest
+
+from sincere.core.records import RecordArrays
+from sincere.core.request import RequestArrays
+from sincere.engine.async_intake import AsyncIntake
+from sincere.engine.continuous import ContinuousEngine, EngineLimits
+from sincere.perf.base import Batch, StepTimeBase
+from sincere.perf.execution import PRESETS, ExecutedStepModel, ExecutionParams, schedules_ahead
+from sincere.policy.schedulers import make_scheduler
+
+from .test_engine_continuous import drive
+
+STEP = 0.010
+
+
+class Constant(StepTimeBase):
+    """Every iteration takes 10 ms on the GPU; the CPU's part is nothing."""
+
+    def iteration_s(self, batch: Batch) -> float:
+        return STEP
+
+    def cpu_step_s(self, num_seqs: int) -> float:
+        return 0.0
+
+
+def _engine(req: RequestArrays, asynchronous: bool, **lim: int) -> ContinuousEngine:
+    params = ExecutionParams(name="t", async_scheduling=asynchronous)
+    step = ExecutedStepModel(Constant(), params)
+    limits = EngineLimits(**{"num_kv_blocks": 1 << 20, **lim})
+    records = RecordArrays.empty(len(req), ["e0"])
+    return ContinuousEngine("e0", req, records, 0, step, make_scheduler("fcfs", {}), limits)
+
+
+@pytest.mark.parametrize(("asynchronous", "first_token"), [(False, 0.040), (True, 0.050)])
+def test_an_arrival_during_decode_joins_one_iteration_later(
+    asynchronous: bool, first_token: float
+) -> None:
+    """A at 0 on an idle engine: prefilled in [0, 10) ms, decoding after. B at 25 ms, inside
+    iteration [20, 30): a synchronous engine prefills it in [30, 40); an asynchronous one
+    planned [30, 40) at 20 ms, so B waits for [40, 50)."""
+    req = RequestArrays.build([0.0, 0.025], [100, 100], [20, 3])
+    eng = _engine(req, asynchronous)
+    drive(eng)
+    rec = eng.records
+    assert rec.first_token_at[0] == pytest.approx(STEP)  # an idle engine polls at once
+    assert rec.first_token_at[1] == pytest.approx(first_token)
+    assert rec.finished_at[0] == pytest.approx(20 * STEP)  # A's 20 steps are not slowed
+    assert rec.finished_at[1] == pytest.approx(first_token + 2 * STEP)
+
+
+def test_an_arrival_during_a_prefill_iteration_waits_for_the_one_after() -> None:
+    """B arrives at 5 ms while A's prefill [0, 10) runs: seen at 10, prefilled in [20, 30)
+    (async), where a synchronous engine prefills it in [10, 20)."""
+    req = RequestArrays.build([0.0, 0.005], [100, 100], [5, 2])
+    sync, asyn = _engine(req, False), _engine(req, True)
+    drive(sync)
+    drive(asyn)
+    assert sync.records.first_token_at[1] == pytest.approx(2 * STEP)
+    assert asyn.records.first_token_at[1] == pytest.approx(3 * STEP)
+
+
+def test_a_held_request_is_seen_at_once_when_the_engine_would_idle() -> None:
+    """A's last iteration ends at 20 ms; B arrived at 15 ms during it: with nothing left
+    to run the engine polls at once and prefills B in [20, 30)."""
+    req = RequestArrays.build([0.0, 0.015], [100, 100], [2, 1])
+    eng = _engine(req, True)
+    drive(eng)
+    assert eng.records.first_token_at[1] == pytest.approx(3 * STEP)
+
+
+def test_held_requests_count_as_waiting_and_can_be_aborted() -> None:
+    """B, held at 25 ms, is a waiting request to the routers; aborted, it ends as such."""
+    req = RequestArrays.build([0.0, 0.025], [100, 100], [20, 3])
+    eng = _engine(req, True)
+    eng.add(0, 0.0)
+    eng.advance(0.024)
+    eng.add(1, 0.025)
+    assert eng.load().num_waiting == 1 and eng.queue_sizes()[1] == 1
+    assert eng.abort(1, 0.026)
+    eng.advance(1.0)
+    assert eng.records.reject_reason[1] == "aborted"
+    assert eng.records.finished_at[0] == pytest.approx(20 * STEP)  # A is not cut short
+    assert eng.load().num_waiting == 0
+
+
+def test_the_intake_releases_in_arrival_order() -> None:
+    intake = AsyncIntake()
+    intake.hold(3, 10, 0.1)
+    intake.hold(1, 20, 0.2)
+    intake.hold(2, 30, 0.3)
+    assert intake.release(0.2) == [(3, 10), (1, 20)] and 2 in intake and len(intake) == 1
+    assert intake.take(2) == (2, 30) and intake.take(2) is None
+    assert intake.release_all() == []
+
+
+def test_which_presets_schedule_ahead() -> None:
+    """vLLM V1, SGLang and TensorRT-LLM overlap scheduling; the eager engine does not."""
+    inner = Constant()
+    assert schedules_ahead(ExecutedStepModel(inner, PRESETS["vllm-v1"]))
+    assert schedules_ahead(ExecutedStepModel(inner, PRESETS["sglang"]))
+    assert not schedules_ahead(ExecutedStepModel(inner, PRESETS["eager"]))
+    assert not schedules_ahead(inner)

@@ -1,0 +1,217 @@
+"""InferenceX points in the simulator: the row -> simulation mapping, the skip reasons, the
+closed-loop config, the errors per group, and a few real rows end to end."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+from sincere.core.errors import ConfigError
+from sincere.experiment.inferencex import (
+    SKIP_REASONS,
+    PointResult,
+    PointSpec,
+    Skip,
+    benchmark_prompts,
+    engine_preset,
+    point_config,
+    point_spec,
+    score_points,
+    simulate_point,
+)
+from sincere.experiment.inferencex_report import group_errors, write_inferencex_report
+from sincere.sim import simulate
+from sincere.workload.inferencex import OperatingPoint, read_operating_points
+
+POINT = OperatingPoint(
+    id="dsr1", line=2, backend="sglang", backend_version="0.5.9",
+    model="deepseek-ai/DeepSeek-R1", system="b200_sxm", precision="fp8", gemm_quant="fp8",
+    moe_quant="fp8_block", mode="agg", isl=1024, osl=1024, batch_size=64, tp=8, pp=1,
+    attention_dp=1, moe_tp=1, moe_ep=8, prefill=None, decode=None, source_concurrency=64,
+    ttft_ms=250.0, tpot_ms=20.0,
+)  # fmt: skip
+"""DeepSeek-R1 in fp8 on 8 B200s, experts spread over the 8, 64 clients, 1k in / 1k out."""
+FILE = "serving-runs/inferencex/blackwell_operating_points.csv"
+
+
+def test_a_representable_point_maps_to_its_deployment() -> None:
+    """Catalog model, GPU, precision, TP, EP = moe_ep, clients, the benchmark's 10 C prompts."""
+    spec = point_spec(POINT)
+    assert isinstance(spec, PointSpec)
+    assert (spec.catalog_model, spec.accelerator, spec.precision) == ("deepseek-r1", "B200", "fp8")
+    assert (spec.tp, spec.pp, spec.ep, spec.clients) == (8, 1, 8, 64)
+    assert spec.num_requests == 640  # InferenceX's client sends 10 C prompts
+    assert spec.engine_preset == "sglang"
+
+
+@pytest.mark.parametrize(
+    ("change", "attrs"),
+    [
+        ({"model": "openai/gpt-oss-120b", "precision": "fp4", "moe_tp": 8, "moe_ep": 1},
+         ("gpt-oss-120b", "mxfp4", 1)),
+        ({"model": "meta-llama/Llama-3.1-70B", "moe_tp": 8, "moe_ep": 1},
+         ("llama-3.1-70b", "fp8", 1)),
+        ({"model": "MiniMaxAI/MiniMax-M2.5", "moe_tp": 8, "moe_ep": 1, "system": "b300_sxm"},
+         ("minimax-m2.5", "fp8", 1)),
+        ({"model": "nvidia/DeepSeek-V3.1-NVFP4", "precision": "fp8"}, ("deepseek-v3", "fp8", 8)),
+        ({"moe_tp": None, "moe_ep": None}, ("deepseek-r1", "fp8", 1)),
+    ],
+)  # fmt: skip
+def test_models_precisions_and_experts_map(
+    change: dict[str, object], attrs: tuple[object, ...]
+) -> None:
+    """GPT-OSS's fp4 is its MXFP4 checkpoint; a dense model takes EP 1; unstated MoE split: EP 1."""
+    spec = point_spec(dataclasses.replace(POINT, **change))  # type: ignore[arg-type]
+    assert isinstance(spec, PointSpec)
+    assert (spec.catalog_model, spec.precision, spec.ep) == attrs
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "detail"),
+    [
+        ({"mode": "disagg"}, "disagg", "mode disagg"),
+        ({"attention_dp": 8, "batch_size": 8, "tp": 1}, "attention-dp", "attention_dp_size 8"),
+        ({"source_concurrency": 128}, "concurrency", "batch_size 64 vs silicon_concurrency 128"),
+        ({"model": "moonshotai/Kimi-K2.5"}, "model", "moonshotai/Kimi-K2.5"),
+        ({"precision": ""}, "precision-unstated", "gemm_quant_mode 'fp8'"),
+        ({"precision": "fp4", "gemm_quant": "nvfp4", "moe_quant": "nvfp4"}, "nvfp4",
+         "deepseek-ai/DeepSeek-R1 nvfp4/nvfp4"),
+        ({"model": "openai/gpt-oss-120b", "precision": "fp8"}, "precision-missing",
+         "fp8 not in ('bf16', 'mxfp4')"),
+        ({"moe_tp": 2, "moe_ep": 2}, "moe-split", "moe_tp 2 x moe_ep 2 vs tp 8"),
+    ],
+)  # fmt: skip
+def test_unrepresentable_points_are_skipped_with_their_reason(
+    change: dict[str, object], reason: str, detail: str
+) -> None:
+    """Each shape the simulator lacks is a Skip naming its reason and the row's values."""
+    skip = point_spec(dataclasses.replace(POINT, **change))  # type: ignore[arg-type]
+    assert isinstance(skip, Skip)
+    assert (skip.reason, skip.detail) == (reason, detail)
+    assert reason in SKIP_REASONS
+
+
+def test_a_deployment_the_simulator_refuses_is_a_skip() -> None:
+    """DeepSeek-R1 in fp8 on 4 B200s leaves no room for KV: skipped as no-fit, with why."""
+    spec = point_spec(dataclasses.replace(POINT, tp=4, moe_ep=4))
+    assert isinstance(spec, PointSpec)
+    skip = simulate_point(spec)
+    assert isinstance(skip, Skip) and skip.reason == "no-fit"
+    assert "does not fit on B200 (tp=4, fp8)" in skip.detail
+
+
+def test_engine_presets_by_backend() -> None:
+    """vLLM (every V1 release), SGLang and TensorRT-LLM; an unknown backend is refused."""
+    assert engine_preset("vllm", "0.19.0") == engine_preset("vllm", "") == "vllm-v1"
+    assert engine_preset("sglang", "0.5.9") == "sglang"
+    assert engine_preset("trtllm", "1.2.0rc6") == "trtllm"
+    with pytest.raises(ConfigError, match=r"unknown backend.*allowed: sglang, trtllm, vllm"):
+        engine_preset("tgi", "3")
+
+
+def test_benchmark_prompts_are_ten_per_client_within_bounds() -> None:
+    """10 C, at most 4096, but every client sends at least twice."""
+    assert [benchmark_prompts(c) for c in (1, 64, 409, 1024, 4096)] == [10, 640, 4090, 4096, 8192]
+
+
+def test_the_config_is_the_benchmark_as_run() -> None:
+    """C clients, no think time, no warm-up left out, lengths in [0.8 L, L], the backend's
+    preset, max_num_seqs = C, 8192 batched tokens, no prefix caching, fp8 KV for fp8."""
+    spec = point_spec(dataclasses.replace(POINT, batch_size=6, source_concurrency=6))
+    assert isinstance(spec, PointSpec)
+    config = point_config(spec)
+    arrival = config.workload.arrival
+    assert (arrival.kind, arrival.params) == ("closed", {"concurrency": 6})  # no warm-up share
+    assert config.workload.lengths.prompt == {"kind": "uniform", "low": 819, "high": 1024}
+    (instance,) = config.instances
+    assert (instance.model, instance.accelerator, instance.tp, instance.ep) == (
+        "deepseek-r1",
+        "B200",
+        8,
+        8,
+    )
+    assert instance.kv_precision == "fp8"
+    engine = instance.engine
+    assert (engine.preset, engine.max_num_seqs, engine.max_num_batched_tokens) == (
+        "sglang",
+        6,
+        8192,
+    )
+    assert engine.enable_prefix_caching is False
+    summary = simulate(config).summary
+    assert summary["num_requests"] == spec.num_requests == 60
+    assert summary["closed_loop"]["num_warmup"] == 0
+
+
+def _result(backend: str, ttft: float, tpot: float) -> PointResult:
+    """A simulated point whose real means are POINT's 250 ms and 20 ms."""
+    spec = point_spec(dataclasses.replace(POINT, backend=backend))
+    assert isinstance(spec, PointSpec)
+    return PointResult(spec=spec, sim_ttft_ms=ttft, sim_tpot_ms=tpot, num_measured=200, wall_s=0.1)
+
+
+def test_group_errors_by_hand() -> None:
+    """Three points: TTFT errors +20 %, −40 %, +100 %; TPOT +10 %, +10 %, −50 %."""
+    results = [_result("vllm", 300, 22), _result("vllm", 150, 22), _result("trtllm", 500, 10)]
+    errors = {(e.group, e.value, e.metric): e for e in group_errors(results)}
+    ttft = errors["all", "all", "ttft"]
+    assert ttft.num_points == 3
+    assert ttft.median_ape == pytest.approx(0.4) and ttft.mean_ape == pytest.approx(1.6 / 3)
+    assert ttft.bias == pytest.approx(0.2)
+    tpot = errors["all", "all", "tpot"]
+    assert tpot.median_ape == pytest.approx(0.1) and tpot.bias == pytest.approx(0.1)
+    vllm = errors["backend", "vllm", "ttft"]
+    assert vllm.num_points == 2 and vllm.median_ape == pytest.approx(0.3)
+    assert errors["backend", "trtllm", "tpot"].bias == pytest.approx(-0.5)
+    assert errors["model", "deepseek-r1", "ttft"].num_points == 3
+
+
+REAL_ROWS = (
+    "2026_03_25_gpt_oss_120b_b200_sxm_vllm_fp4_agg_1024x1024_c4_tp2_0_ep1_0_621",  # vLLM, TP 2
+    "2026_04_06_llama_3_1_70b_b200_sxm_trtllm_fp8_agg_1024x1024_c4_tp2_ep1_615",  # TRT-LLM, TP 2
+    "dsr1_b200_trtllm_fp8_disagg_8192x1024_c128_cfg666",  # disaggregated: skipped
+)
+
+
+def _real_points(shared_data: Path) -> list[OperatingPoint]:
+    wanted = set(REAL_ROWS)
+    points = [p for p in read_operating_points(shared_data / FILE) if p.id in wanted]
+    if len(points) != len(REAL_ROWS):
+        pytest.skip(f"rows {sorted(wanted - {p.id for p in points})} not in the file")
+    return points
+
+
+def test_real_rows_end_to_end(shared_data: Path, tmp_path: Path) -> None:
+    """Two rows simulated (finite means, every request measured), one skipped; the files hold
+    both, the engine preset per point; the same seed gives the same figures."""
+    points = _real_points(shared_data)
+    board = score_points(points, seed=0)
+    assert [s.reason for s in board.skips] == ["disagg"]
+    assert len(board.results) == 2
+    for r in board.results:
+        assert math.isfinite(r.sim_ttft_ms) and r.sim_ttft_ms > 0 and r.sim_tpot_ms > 0
+        assert r.num_measured == benchmark_prompts(r.spec.clients)
+    again = score_points(points, seed=0)
+    assert [(r.sim_ttft_ms, r.sim_tpot_ms) for r in again.results] == [
+        (r.sim_ttft_ms, r.sim_tpot_ms) for r in board.results
+    ]
+    files = write_inferencex_report(board, tmp_path / "out", source="three rows")
+    with files.points_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["engine_preset"] for r in rows} == {"vllm-v1", "trtllm"}
+    assert float(rows[0]["ttft_ape"]) == pytest.approx(abs(float(rows[0]["ttft_error"])))
+    assert "disagg" in files.skipped_csv.read_text()
+    assert all(f.exists() for f in files.figures) and len(files.figures) == 2
+    assert "prefill/decode split" in files.markdown.read_text()
+
+
+def test_sampling_draws_from_the_representable_points(shared_data: Path) -> None:
+    """--sample 1 simulates one point; every skip of the selection is still counted."""
+    points = _real_points(shared_data)
+    board = score_points(points, sample=1, seed=3)
+    assert len(board.results) == 1 and board.num_sampled == 1
+    assert len(board.skips) == 1 and board.num_points == 3
