@@ -234,7 +234,9 @@ def errors_of(pred: np.ndarray, measured: np.ndarray) -> tuple[float, float, flo
 
 
 def cell(err: tuple[float, float, float]) -> str:
-    """``mean / max (bias)`` in percent."""
+    """``mean / max (bias)`` in percent (``—`` where nothing was held out)."""
+    if math.isnan(err[0]):
+        return "—"
     return f"{100 * err[0]:.1f} / {100 * err[1]:.0f} ({100 * err[2]:+.1f})"
 
 
@@ -249,9 +251,14 @@ def fit_one(name: str, table, acc, context: dict, root: Path):  # type: ignore[n
     if name == "prefill_attention":
         return kf.fit_prefill_attention(table, acc, root)
     if name == "decode_attention":
-        return kf.fit_decode_attention(table, acc, context["attn_mfu_efficiency"], root)
+        terms = (context["attn_head_dim_offset"], context["attn_kv_head_work"])
+        return kf.fit_decode_attention(table, acc, context["attn_mfu_efficiency"], root, terms)
     if name == "allreduce":
         return kf.fit_allreduce(table, acc, root)
+    if name == "alltoall":
+        return kf.fit_alltoall(table, acc, root)
+    if name in kf.QUANT_EXPERTS:  # on the bf16 experts' overlap exponent and tail share
+        return kf.fit_quant_moe(name, table, acc, context, root)
     return kf.fit_moe(table, acc, context["overlap_exponent"], root)
 
 
@@ -325,7 +332,7 @@ def shape_out(name, table, acc, merged, fit) -> tuple[float, float, float]:  # t
     """Leave-one-shape-out: fit on the other folds' shapes, predict the held-out fold."""
     from sincere.fit.kernels import family_rows, predict_family
 
-    if name == "allreduce":  # the shape is the GPU count: its own constants, nothing to hold
+    if name in ("allreduce", "alltoall"):  # the shape is the GPU count: its own constants
         return (float("nan"),) * 3
     table = family_rows(name, table)  # the rows the family is fitted on: folds of their shapes
     table_folds = shape_folds(name, table)

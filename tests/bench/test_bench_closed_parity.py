@@ -13,7 +13,11 @@ from sincere.bench.parity import DISTURBED_LAG_S, LoopLag, live_run
 from sincere.sim import simulate
 
 
-def _config(concurrency: int) -> dict[str, Any]:
+def _config(concurrency: int, preset: str | None = None) -> dict[str, Any]:
+    # the live emulator has no emulated front end (its HTTP server is real): a preset runs
+    # with the front end's time zeroed on both sides
+    engine = {} if preset is None else {
+        "preset": preset, "execution": {"frontend": {"request_s": 0.0}}}  # fmt: skip
     return {
         "seed": 3,
         "workload": {
@@ -25,7 +29,7 @@ def _config(concurrency: int) -> dict[str, Any]:
             },
             "models": {"llama-3-8b": 1.0},
         },
-        "instances": [{"model": "llama-3-8b", "accelerator": "A100-80GB"}],
+        "instances": [{"model": "llama-3-8b", "accelerator": "A100-80GB", "engine": engine}],
     }
 
 
@@ -33,9 +37,11 @@ def _rel(live: float, sim: float) -> float:
     return abs(live - sim) / sim
 
 
-@pytest.mark.parametrize("concurrency", [2, 8])
-def test_closed_loop_simulated_and_live_agree(concurrency: int) -> None:
-    sim = simulate(_config(concurrency))
+@pytest.mark.parametrize(
+    ("concurrency", "preset"), [(2, None), (8, None), (8, "vllm-v1")]
+)  # vllm-v1: CUDA graphs, CPU overlapped, new requests one iteration late, live as simulated
+def test_closed_loop_simulated_and_live_agree(concurrency: int, preset: str | None) -> None:
+    sim = simulate(_config(concurrency, preset))
     lag = LoopLag()
     ids = list(sim.records.instances)
     live = asyncio.run(live_run(sim.config, sim.requests_in, ids, lag, concurrency=concurrency))

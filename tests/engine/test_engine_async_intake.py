@@ -93,7 +93,8 @@ def test_the_intake_releases_in_arrival_order() -> None:
     intake.hold(3, 10, 0.1)
     intake.hold(1, 20, 0.2)
     intake.hold(2, 30, 0.3)
-    assert intake.release(0.2) == [(3, 10), (1, 20)] and 2 in intake and len(intake) == 1
+    assert intake.release(0.2) == [(3, 10)]  # 1 arrived as the poll happened: it missed it
+    assert intake.release(0.25) == [(1, 20)] and 2 in intake and len(intake) == 1
     assert intake.take(2) == (2, 30) and intake.take(2) is None
     assert intake.release_all() == []
 

@@ -3,7 +3,9 @@
 The SHA-256 values are those of ``summary.json`` written by ``sincere simulate`` for each
 shipped example before prefix caching existed (the H100-SXM examples with the roofline fitted to
 H100 kernels, which moved them once, and again when H100's GEMM, attention, all-reduce and
-fused-MoE constants came from its measured vLLM kernels; W1 and SINCERE's study are A100 /
+fused-MoE constants came from its measured vLLM kernels, and when prefill attention's
+work per pair took the head-dim offset and KV-head term and the eager all-reduce its
+floor; W1 and SINCERE's study are A100 /
 request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
 """
@@ -23,11 +25,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PINNED = {
     "w1": "b89ca563fb17e486fbf0ad479ad7aba9558f0e05a234765acb8e2e627879f00c",
-    "hetero": "ebb0ba3023ff181989fa15ae8fd861445f984b4680b9c09f4b46a22d9a9d3568",
-    "hetero-explore": "a0f89e3af1462da9e76681780cfc3a25dfe33f91455080d9f01fac595c3ca2f8",
-    "niyama": "36939b05d372b431a935a3481452d5842b07c26a0c8c19627586d39a491f2e6e",
+    "hetero": "bc02c43a779405826a019da4a7efc958d1bd62efcda85361379798d087b991bd",
+    "hetero-explore": "fb19533b9268aadc6f1c9a22c7cdd3da893f956bb179de3d9edffada39dc9cdf",
+    "niyama": "5f44b5bd28cac732c9318eb50afe32e057f4963283708ac580e88e23dc8b89b9",
     "sincere": "3ab15ad72eff7ccb31e8cce25708beb0ccd67b24e9b7ff774291602186a0c09c",
-    "vllm": "3fa0f6f0c51100df02a538d7e2bb12ac545d7ec84cc6e8d51010bfcb267b9b4b",
+    "vllm": "65c94642965ca26edbaa124015cf0844cea62e1dbef016180a5095c0cbf63862",
 }
 
 

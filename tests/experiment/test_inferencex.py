@@ -74,7 +74,8 @@ def test_models_precisions_and_experts_map(
     ("change", "reason", "detail"),
     [
         ({"mode": "disagg"}, "disagg", "mode disagg"),
-        ({"attention_dp": 8, "batch_size": 8, "tp": 1}, "attention-dp", "attention_dp_size 8"),
+        ({"model": "meta-llama/Llama-3.1-70B", "attention_dp": 2, "batch_size": 32, "tp": 4,
+          "moe_tp": None, "moe_ep": None}, "attention-dp", "attention_dp_size 2 on a dense model"),
         ({"source_concurrency": 128}, "concurrency", "batch_size 64 vs silicon_concurrency 128"),
         ({"model": "moonshotai/Kimi-K2.5"}, "model", "moonshotai/Kimi-K2.5"),
         ({"precision": ""}, "precision-unstated", "gemm_quant_mode 'fp8'"),
@@ -83,6 +84,9 @@ def test_models_precisions_and_experts_map(
         ({"model": "openai/gpt-oss-120b", "precision": "fp8"}, "precision-missing",
          "fp8 not in ('bf16', 'mxfp4')"),
         ({"moe_tp": 2, "moe_ep": 2}, "moe-split", "moe_tp 2 x moe_ep 2 vs tp 8"),
+        ({"tp": 16, "moe_ep": 16}, "multi-node", "16 GPUs > 8 per node"),
+        ({"tp": 1, "attention_dp": 16, "batch_size": 4, "source_concurrency": 64},
+         "multi-node", "16 GPUs > 8 per node"),
     ],
 )  # fmt: skip
 def test_unrepresentable_points_are_skipped_with_their_reason(
@@ -93,6 +97,23 @@ def test_unrepresentable_points_are_skipped_with_their_reason(
     assert isinstance(skip, Skip)
     assert (skip.reason, skip.detail) == (reason, detail)
     assert reason in SKIP_REASONS
+
+
+def test_attention_dp_points_simulate_one_rank_of_the_group() -> None:
+    """tp 1 x attention DP 8, experts over EP 8: one rank of 1 GPU in a MoE group of 8,
+    its 8 of the 64 clients and 10 x 8 requests; it runs."""
+    point = dataclasses.replace(POINT, tp=1, attention_dp=8, batch_size=8, source_concurrency=64)
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec)
+    assert (spec.tp, spec.attention_dp, spec.ep, spec.clients) == (1, 8, 8, 64)
+    assert spec.num_requests == 80
+    config = point_config(spec)
+    (instance,) = config.instances
+    assert (instance.tp, instance.attention_dp, instance.ep) == (1, 8, 8)
+    assert instance.engine.max_num_seqs == 8
+    assert config.workload.arrival.params == {"concurrency": 8}
+    result = simulate_point(dataclasses.replace(spec, num_requests=16))
+    assert isinstance(result, PointResult) and result.sim_tpot_ms > 0
 
 
 def test_a_deployment_the_simulator_refuses_is_a_skip() -> None:

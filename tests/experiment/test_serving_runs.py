@@ -195,7 +195,8 @@ def test_the_published_runs_read_whole(shared_data: Path) -> None:
         frontend = run.queued_ts - run.arrival_ts
         assert frontend.min() == pytest.approx(0.0, abs=1e-6) and frontend.max() < 0.5
     setup = replay_setup(moe)
-    assert (setup.instances, setup.ep, setup.accelerator) == (2, 1, "RTX-PRO-6000")
+    assert (setup.instances, setup.ep, setup.attention_dp) == (2, 2, 2)  # one EP group of 2
+    assert setup.accelerator == "RTX-PRO-6000"
     assert any("expert parallelism" in n for n in setup.notes)
     # the RTX PRO 6000's GEMM, attention and MoE constants come from its measured kernels
     assert setup.step_model.startswith("roofline; constants fitted: measured vLLM")

@@ -18,13 +18,19 @@ from sincere.core.errors import ConfigError
 from sincere.fit.kernel_tables import KernelTable, gpu_folder, read_table
 from sincere.fit.kernels import (
     COLUMNS,
+    FAMILY_TABLES,
     allreduce_predict,
+    alltoall_predict,
     family_rows,
     fit_allreduce,
+    fit_alltoall,
     fit_decode_attention,
     fit_gemm,
     fit_prefill_attention,
+    fit_quant_moe,
     gemm_predict,
+    moe_features,
+    moe_predict,
     predict_family,
 )
 from sincere.perf import Batch, Deployment, Roofline
@@ -66,20 +72,29 @@ def test_fit_recovers_a_synthetic_gemm_roofline() -> None:
 
 
 def test_fit_recovers_synthetic_attention_and_allreduce() -> None:
-    """Prefill, decode and all-reduce rows made from known constants fit back to them."""
+    """Prefill, decode and all-reduce rows made from known constants fit back to them
+    (prefill over several head shapes, so the head-dim offset and KV-head work show)."""
     b = np.repeat([1.0, 4.0, 16.0], 8)
     s = np.tile([16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0], 3)
     heads, hd = np.full(24, 32.0), np.full(24, 128.0)
     peak = H100.peak_tflops("bf16") * 1e12
-    pre_ms = 1e3 * (12e-6 + 4 * heads * hd * (b * s * (s + 1) / 2 + 300 * b * s) / (peak * 0.6))
-    common = dict(kernel_source=["fa"] * 24, num_heads=heads, head_dim=hd)
+    shapes = [(8, 1, 64), (32, 8, 128), (32, 32, 128), (64, 8, 256), (16, 16, 64)]
+    pb, ps = np.tile(b, len(shapes)), np.tile(s, len(shapes))
+    ph, pkv, phd = (np.repeat([sh[i] for sh in shapes], 24).astype(float) for i in range(3))
+    work = 4 * (ph * (phd + 40.0) + 0.8 * pkv * phd)
+    pre_ms = 1e3 * (12e-6 + work * (pb * ps * (ps + 1) / 2 + 300 * pb * ps) / (peak * 0.9))
+    num = len(pb)
     prefill = _table(
-        "context_attention", batch_size=b, isl=s, num_key_value_heads=np.full(24, 8.0),
-        kv_cache_dtype=["bfloat16"] * 24, window_size=np.zeros(24), latency=pre_ms, **common,
+        "context_attention", batch_size=pb, isl=ps, num_key_value_heads=pkv,
+        kv_cache_dtype=["bfloat16"] * num, window_size=np.zeros(num), latency=pre_ms,
+        kernel_source=["fa"] * num, num_heads=ph, head_dim=phd,
     )  # fmt: skip
     fam = fit_prefill_attention(prefill, H100, Path("/synthetic"))
-    assert fam.params["attn_mfu_efficiency"] == pytest.approx(0.6, rel=0.02)
+    assert fam.params["attn_mfu_efficiency"] == pytest.approx(0.9, rel=0.02)
     assert fam.params["attn_query_pairs"] == pytest.approx(300, rel=0.05)
+    assert fam.params["attn_head_dim_offset"] == pytest.approx(40, rel=0.05)
+    assert fam.params["attn_kv_head_work"] == pytest.approx(0.8, rel=0.05)
+    common = dict(kernel_source=["fa"] * 24, num_heads=heads, head_dim=hd)
     kvh = np.full(24, 8.0)
     moved = b * (s + 100) * 2 * kvh * hd * 2
     dec_ms = 1e3 * (10e-6 + moved / (H100.hbm_bandwidth_gbps * 1e9 * 0.9))
@@ -94,7 +109,7 @@ def test_fit_recovers_synthetic_attention_and_allreduce() -> None:
     gpus = np.repeat([2.0, 4.0, 8.0], 20)
     size = np.tile(2.0 ** np.arange(7, 27, 1.0), 3)
     eager = np.tile([0.0, 1.0], 30)
-    x = np.array([4e-6, 5e-6, 6e-6, 0.5, 0.6, 0.7, 15e-6])
+    x = np.array([4e-6, 5e-6, 6e-6, 0.5, 0.6, 0.7, 3e-6, 20e-6])
     link = H100.interconnect_gbps_per_direction * 1e9
     ar_ms = 1e3 * allreduce_predict(gpus, size * 2, eager, x, [2, 4, 8], link)
     backend = np.where(eager > 0, "vllm_eager", "vllm_graph")
@@ -103,12 +118,35 @@ def test_fit_recovers_synthetic_attention_and_allreduce() -> None:
     )
     fam = fit_allreduce(table, H100, Path("/synthetic"))
     assert fam.params["allreduce_efficiencies"] == pytest.approx([0.5, 0.6, 0.7], rel=0.02)
-    assert fam.params["allreduce_eager_s"] == pytest.approx(15e-6, rel=0.05)
+    assert fam.params["allreduce_eager_s"] == pytest.approx(3e-6, rel=0.05)
+    assert fam.params["allreduce_eager_floor_s"] == pytest.approx(20e-6, rel=0.05)
+
+
+def test_fit_recovers_a_synthetic_all_to_all() -> None:
+    """NCCL all-to-all rows made from known latencies, link shares and protocol step (at 2, 4
+    and 8 GPUs, 256 to 256 Mi elements) fit back to them; other collectives are ignored."""
+    gpus = np.repeat([2.0, 4.0, 8.0], 21)
+    size = np.tile(2.0 ** np.arange(8, 29, 1.0), 3)
+    x = np.array([6e-6, 7e-6, 8e-6, 0.55, 0.6, 0.65, 7e-6, 3e4])
+    link = H100.interconnect_gbps_per_direction * 1e9
+    ms = 1e3 * alltoall_predict(gpus, size * 2, x, [2, 4, 8], link)
+    table = _table(
+        "nccl", op_name=np.r_[["alltoall"] * 63, ["all_gather"] * 3],
+        nccl_dtype=["half"] * 66, num_gpus=np.r_[gpus, [2.0, 4.0, 8.0]],
+        message_size=np.r_[size, [1e6, 1e6, 1e6]], latency=np.r_[ms, [9.0, 9.0, 9.0]],
+    )  # fmt: skip
+    fam = fit_alltoall(table, H100, Path("/synthetic"))
+    assert fam.rows == 63
+    assert fam.params["alltoall_efficiencies"] == pytest.approx([0.55, 0.6, 0.65], rel=0.02)
+    assert fam.params["alltoall_latencies_s"] == pytest.approx([6e-6, 7e-6, 8e-6], rel=0.05)
+    assert fam.params["alltoall_protocol_s"] == pytest.approx(7e-6, rel=0.05)
+    assert fam.mean_error < 0.01
 
 
 @needs_data
 @pytest.mark.parametrize(
-    "name", ["gemm_bf16", "prefill_attention", "decode_attention", "allreduce"]
+    "name",
+    ["gemm_bf16", "prefill_attention", "decode_attention", "allreduce", "moe_fp8", "moe_mxfp4"],
 )
 def test_shipped_h100_fit_reproduces_its_rows_in_aggregate(name: str) -> None:
     """The shipped H100 constants reproduce the measured H100 rows of each family: the summed
@@ -119,9 +157,7 @@ def test_shipped_h100_fit_reproduces_its_rows_in_aggregate(name: str) -> None:
         ).read_text()
     )
     params = {**doc["params"], "_gemm_kernel_s": doc["fit"]["gemm_kernel_s"]}
-    table_name = {"gemm_bf16": "gemm", "prefill_attention": "context_attention"}.get(
-        name, {"decode_attention": "generation_attention"}.get(name, "custom_allreduce")
-    )
+    table_name = FAMILY_TABLES[name]
     table = read_table(DATABASE / "h100_sxm", table_name, COLUMNS[table_name])
     assert table is not None
     rows = family_rows(name, table)
@@ -133,7 +169,8 @@ def test_shipped_h100_fit_reproduces_its_rows_in_aggregate(name: str) -> None:
 
 def test_allreduce_grows_with_message_size_and_gpu_count() -> None:
     """The shipped H100 all-reduce: longer for larger messages and for more GPUs, eager
-    (above the CUDA-graph sizes) dearer than in a graph, and far under the old fixed 32 us."""
+    (above the CUDA-graph sizes) dearer than in a graph by at least its added latency (the
+    measured 8 MB eager all-reduces: +9 us), and far under the old fixed 32 us."""
     params = default_roofline_params(H100)
     for tp in (2, 4, 8):
         latency, _ = allreduce_terms(params, tp)
@@ -151,7 +188,8 @@ def test_allreduce_grows_with_message_size_and_gpu_count() -> None:
         assert comm[(tp, 8)].communication_s < comm[(tp, 256)].communication_s
     small = Roofline(Deployment(model, H100, tp=8)).parts(Batch.of(prefill=[(512, 0)]))
     eager = Roofline(Deployment(model, H100, tp=8)).parts(Batch.of(prefill=[(513, 0)]))
-    assert eager.communication_s - small.communication_s > 80 * 2 * 10e-6
+    added = eager.communication_s - small.communication_s  # 8.4 MB messages: above the floor
+    assert added > 80 * 2 * params.allreduce_eager_s > 80 * 2 * 5e-6
 
 
 def test_moe_price_follows_skewed_routing_as_measured() -> None:
@@ -216,10 +254,84 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
     assert doc["kind"] == "roofline" and doc["fit"]["versions"] == ["0.24.0"]
     families = doc["fit"]["families"]
     assert set(families) == {
-        "gemm_bf16", "gemm_fp8", "prefill_attention", "decode_attention", "allreduce", "moe",
+        "gemm_bf16", "gemm_fp8", "prefill_attention", "decode_attention", "allreduce",
+        "alltoall", "moe", "moe_fp8", "moe_mxfp4",
     }  # fmt: skip
+    assert families["moe_fp8"]["notes"][0] == "fp8_block experts"
+    assert families["alltoall"]["table"].endswith("comm/nccl/2.29.2/nccl_perf.parquet")
+    assert doc["fit"]["nccl_versions"] == ["2.29.2"]
     assert families["gemm_bf16"]["table"].endswith("gemm/vllm/0.24.0/gemm_perf.parquet")
     assert all(f["rows"] > 0 and "bias" in f for f in families.values())
     assert "Apache-2.0" in doc["fit"]["source"]
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
     assert Roofline(Deployment(get_model("llama-3-8b"), H100), RooflineParams(**params))
+
+
+def _moe_rows(dtypes: list[str]) -> dict[str, Any]:
+    """Fused-MoE rows of two shapes at 1 to 8k tokens, balanced and skewed, per dtype."""
+    tokens = np.tile(2.0 ** np.arange(0, 14, 1.0), 4)
+    shape = np.repeat([0, 1], 28)
+    dist = np.tile(np.repeat(["balanced", "power_law_1.2"], 14), 2)
+    cols: dict[str, Any] = dict(
+        num_tokens=tokens, hidden_size=np.where(shape, 4096.0, 2048.0),
+        inter_size=np.where(shape, 1536.0, 768.0), topk=np.full(56, 8.0),
+        num_experts=np.where(shape, 64.0, 128.0), moe_tp_size=np.ones(56),
+        moe_ep_size=np.ones(56), distribution=dist, kernel_source=np.full(56, "fused"),
+    )  # fmt: skip
+    return {k: np.concatenate([v] * len(dtypes)) for k, v in cols.items()} | {
+        "moe_dtype": np.repeat(dtypes, 56)
+    }
+
+
+def test_fit_recovers_synthetic_fp8_and_mxfp4_experts() -> None:
+    """fp8 experts (block-scaled rows preferred over per-tensor ones) at the fp8 rate with 1 B
+    weights, and MXFP4 experts at the bf16 rate with 4.25-bit weights, made from known
+    efficiencies and kernel cost, fit back to them; the file notes which rows were used."""
+    cols = _moe_rows(["fp8_block", "fp8", "w4a16_mxfp4", "bfloat16"])
+    bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
+    truth = {"fp8_block": (0.3, 0.7, 40e-6), "w4a16_mxfp4": (0.45, 0.6, 30e-6)}
+    probe = _table("moe", latency=np.ones(224), **cols)
+    latency = np.full(224, 1.0)  # other dtypes' rows: far off, so picking them would show
+    hbm = H100.hbm_bandwidth_gbps * 1e9
+    for dtype, (mfu, bw, kernel) in truth.items():
+        keep = cols["moe_dtype"] == dtype
+        peak = H100.peak_tflops("fp8" if dtype == "fp8_block" else "bf16") * 1e12
+        wbytes = 1.0 if dtype == "fp8_block" else 0.53125
+        feat = moe_features(probe.where(keep))
+        x = np.array([mfu, bw, kernel, 0.1])
+        latency[keep] = 1e3 * moe_predict(feat, x, peak, hbm, wbytes, 2.5)
+    table = _table("moe", latency=latency, **cols)
+    for name, dtype in (("moe_fp8", "fp8_block"), ("moe_mxfp4", "w4a16_mxfp4")):
+        fam = fit_quant_moe(name, table, H100, bf16, Path("/synthetic"))
+        mfu, bw, kernel = truth[dtype]
+        assert fam.rows == 56 and fam.notes[0] == f"{dtype} experts"
+        assert fam.params[f"{name}_mfu_efficiency"] == pytest.approx(mfu, rel=0.02)
+        assert fam.params[f"{name}_bw_efficiency"] == pytest.approx(bw, rel=0.02)
+        assert fam.params[f"{name}_kernel_s"] == pytest.approx(kernel, rel=0.05)
+    no_quant = _table("moe", latency=latency[-56:], **_moe_rows(["bfloat16"]))
+    with pytest.raises(ConfigError, match="fp8_block or fp8 experts"):
+        fit_quant_moe("moe_fp8", no_quant, H100, bf16, Path("/synthetic"))
+
+
+def test_fp8_and_mxfp4_experts_take_their_own_kernel_constants() -> None:
+    """Qwen3-30B-A3B in fp8 on H100 prices its experts with the fp8-expert constants (a
+    change of moe_fp8_kernel_s moves the experts part by it on each of 48 layers), GPT-OSS-20B
+    in MXFP4 with the MXFP4 ones; a bf16 deployment is untouched by either."""
+    params = default_roofline_params(H100)
+    assert params.moe_fp8_mfu_efficiency is not None
+    assert params.moe_mxfp4_mfu_efficiency is not None
+    batch = Batch.of(decode=[512] * 16)
+    cases = (
+        ("qwen3-30b-a3b", "fp8", "moe_fp8_kernel_s"),
+        ("gpt-oss-20b", "mxfp4", "moe_mxfp4_kernel_s"),
+    )
+    for model, precision, field in cases:
+        dep = Deployment(get_model(model), H100, precision=precision)
+        base = ArchStep(dep, params).parts(batch).experts_s
+        moved = replace(params, **{field: getattr(params, field) + 1e-5})
+        layers = get_model(model).num_moe_layers
+        assert ArchStep(dep, moved).parts(batch).experts_s == pytest.approx(base + layers * 1e-5)
+        bf16 = Deployment(get_model(model), H100)
+        assert ArchStep(bf16, moved).parts(batch) == ArchStep(bf16, params).parts(batch)
+    with pytest.raises(ConfigError, match="moe_fp8_kernel_s"):
+        RooflineParams(moe_fp8_kernel_s=-1.0)

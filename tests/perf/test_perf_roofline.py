@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -156,3 +157,43 @@ def test_layer_is_the_sum_of_its_kernel_terms(tokens: int, tp: int) -> None:
         total += term
     assert kernels.linear_layer_s(tokens) == total
     assert Roofline(dep).parts(Batch.of(prefill=[(tokens, 0)])).linear_s == 32 * total
+
+
+def test_attention_pair_work_takes_the_head_offset_and_kv_heads() -> None:
+    """A pair's work is 4·(q_heads·(head_dim + offset) + kv_work·kv_heads·head_dim): Llama-3-8B
+    at TP 1 (32 query / 8 KV heads of 128), offset 64 and KV work 2 give 4·(32·192 + 2·8·128)
+    FLOPs, so a compute-bound prefill's attention grows by that over 4·32·128."""
+    from sincere.catalog import get_accelerator, get_model
+    from sincere.perf.roofline import attention_pair_flops
+
+    params = RooflineParams(attn_head_dim_offset=64.0, attn_kv_head_work=2.0)
+    assert attention_pair_flops(params, 32, 8, 128) == 4.0 * (32 * 192 + 2 * 8 * 128)
+    dep = Deployment(get_model("llama-3-8b"), get_accelerator("H100-SXM"))
+    plain = Roofline(dep, IDEAL).kernels.coef.pair_s
+    wider = Roofline(dep, replace(IDEAL, attn_head_dim_offset=64.0, attn_kv_head_work=2.0))
+    assert wider.kernels.coef.pair_s == pytest.approx(plain * (32 * 192 + 2 * 8 * 128) / 4096)
+    with pytest.raises(ConfigError, match="attn_head_dim_offset"):
+        RooflineParams(attn_head_dim_offset=-1.0)
+
+
+def test_eager_allreduce_takes_its_floor_then_the_added_latency() -> None:
+    """Outside a CUDA graph each all-reduce takes max(floor, graph time) + eager_s: with a
+    100 us floor the small ring (5 us + 513 tokens · 4 KiB over the link) sits on it, so a
+    layer's two all-reduces take 2·(100 + 1) us; in a graph (512 tokens) the ring's own time."""
+    from sincere.catalog import get_accelerator, get_model
+    from sincere.perf.roofline import comm_layer_s
+
+    params = RooflineParams(
+        allreduce_latency_s=5e-6, allreduce_eager_s=1e-6, allreduce_eager_floor_s=100e-6
+    )
+    acc = get_accelerator("H100-SXM")
+    dep = Deployment(get_model("llama-3-8b"), acc, tp=2)
+    coef = Roofline(dep, params).kernels.coef
+    link = acc.interconnect_gbps_per_direction * 1e9 * params.interconnect_efficiency
+    graph = 2 * (5e-6 + 2 * (2 - 1) / 2 * 512 * 4096 * 2.0 / link)
+    assert comm_layer_s(coef, 512, 512) == pytest.approx(graph)
+    assert comm_layer_s(coef, 513, 513) == pytest.approx(2 * (100e-6 + 1e-6))
+    without = Roofline(dep, RooflineParams(allreduce_latency_s=5e-6, allreduce_eager_s=1e-6))
+    assert comm_layer_s(without.kernels.coef, 513, 513) == pytest.approx(
+        2 * (5e-6 + 513 * 4096 * 2.0 / link + 1e-6)
+    )

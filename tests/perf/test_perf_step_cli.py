@@ -245,3 +245,22 @@ def test_a_tp_that_does_not_split_the_heads_is_refused() -> None:
     assert isinstance(result.exception, ConfigError)
     assert "--tp: tp=3 does not split llama-2-13b's 40 attention heads" in str(result.exception)
     assert "allowed: 1, 2, 4, 5, 8, 10, 20, 40" in str(result.exception)
+
+
+def test_attention_dp_with_ep_shows_the_exchange_and_its_nccl_provenance() -> None:
+    """`--tp 1 --ep 2 --attention-dp 2` on Qwen3-30B-A3B times one of two ranks: its GPU holds
+    half the experts for both ranks' tokens (a memory-bound decode reads fewer expert weights
+    than the same batch alone at TP 1), attention is its own batch's, and the all-to-all part
+    comes from the GPU's measured NCCL all-to-all; an EP not dividing the group is refused."""
+    args = ("qwen3-30b-a3b", "--accelerator", "H100-SXM", "--decode", "64@1024")
+    rank = _step_json(*args, "--ep", "2", "--attention-dp", "2")
+    alone = _step_json(*args)
+    assert rank["parts"]["all_to_all"] > 0  # type: ignore[index]
+    assert rank["parts"]["experts"] < alone["parts"]["experts"]  # type: ignore[index]
+    assert rank["parts"]["attention"] == alone["parts"]["attention"]  # type: ignore[index]
+    origin = rank["constants"]["all_to_all"]  # type: ignore[index]
+    assert "NCCL" in origin and "kernels/H100-SXM.yaml" in origin
+    assert "all_to_all" not in alone["constants"]  # type: ignore[operator]
+    bad = runner.invoke(app, ["step", *args, "--ep", "8", "--attention-dp", "2"])
+    assert bad.exit_code != 0
+    assert "ep must divide tp 1 x attention_dp 2 = 2" in str(bad.exception)

@@ -9,7 +9,9 @@ communication, the LM head, and the CPU's overhead -- where the model can
 sequences with ``CTX`` tokens of context each; both repeat. ``--json`` prints
 ``{"iteration_s": …, "parts": {…}}`` (seconds), with ``"notes"`` when there are any.
 A mixture-of-experts model's parts add ``router``, ``experts`` and ``all_to_all``
-(``--ep`` spreads the experts over that many of the TP group's GPUs); weights in a
+(``--ep`` spreads the experts over that many of the TP group's GPUs; ``--attention-dp D``
+times one of ``D`` data-parallel attention ranks whose ``D × tp`` GPUs share the experts,
+every rank carrying a batch like this one); weights in a
 precision the accelerator has no rate for (fp8 on A100, MXFP4 anywhere) are said to
 run dequantised to bf16.
 """
@@ -95,6 +97,8 @@ def constants_origin(dep: Deployment) -> dict[str, str]:
         skip.add("communication")
     if not dep.model.is_moe:
         skip.add("experts")
+    if dep.ep == 1:
+        skip.add("all_to_all")
     return {part: origin for part, origin in parts.items() if part not in skip}
 
 
@@ -104,7 +108,14 @@ def step_command(
     accelerator: Annotated[str, typer.Option(help="catalog accelerator")],
     tp: Annotated[int, typer.Option(min=1, help="tensor-parallel degree")] = 1,
     ep: Annotated[
-        int, typer.Option(min=1, help="expert-parallel degree (MoE models; divides tp)")
+        int,
+        typer.Option(min=1, help="expert-parallel degree (MoE models; divides tp x attention-dp)"),
+    ] = 1,
+    attention_dp: Annotated[
+        int,
+        typer.Option(
+            min=1, help="data-parallel attention ranks sharing the experts (MoE models, with ep)"
+        ),
     ] = 1,
     precision: Annotated[
         str, typer.Option(help="weight precision (bf16, fp16, fp8, mxfp4, int8, …)")
@@ -157,7 +168,12 @@ def step_command(
     except ConfigError as exc:
         raise ConfigError(str(exc), where="--tp") from None
     dep = Deployment(
-        catalog.model(model), catalog.accelerator(accelerator), precision=precision, tp=tp, ep=ep
+        catalog.model(model),
+        catalog.accelerator(accelerator),
+        precision=precision,
+        tp=tp,
+        ep=ep,
+        attention_dp=attention_dp,
     )
     batch = Batch.of(prefill=chunks, decode=[ctx for n, ctx in decodes for _ in range(n)])
     check_step_fits(dep, batch)
@@ -180,6 +196,8 @@ def step_command(
         typer.echo(json.dumps(out))
         return
     layout = f"tp {tp}, ep {ep}" if ep > 1 else f"tp {tp}"
+    if attention_dp > 1:
+        layout += f", attention dp {attention_dp}: one rank of {attention_dp * tp} GPUs"
     what = (
         f"{dep.model.name} on {dep.accelerator.name} ({layout}, {precision}), {step_model}: "
         f"{batch.num_tokens} tokens, {batch.num_seqs} sequences"

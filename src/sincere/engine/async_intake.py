@@ -37,11 +37,13 @@ class AsyncIntake:
         self._held.append((request_ix, prefill_len, now))
 
     def release(self, seen_by: Seconds) -> list[tuple[int, int]]:
-        """Every request that arrived by ``seen_by`` (the start of the iteration before
-        the one being planned): ``(request, prefill tokens)``, in arrival order."""
+        """Every request that arrived before ``seen_by`` (the start of the iteration before
+        the one being planned, when the engine last polled): ``(request, prefill tokens)``,
+        in arrival order. One arriving at that very moment (a closed-loop client's next
+        request, sent as its last one ends) missed that poll: it waits for the next."""
         held = self._held
         k = 0
-        while k < len(held) and held[k][2] <= seen_by:
+        while k < len(held) and held[k][2] < seen_by:
             k += 1
         out = [(i, n) for i, n, _ in held[:k]]
         del held[:k]

@@ -81,7 +81,7 @@ def deployment_of(spec: DeploymentSpec, model: str, where: str) -> Deployment:
         check_parallelism(arch, spec.tp, spec.pp)
         return Deployment(
             arch, get_accelerator(spec.accelerator), spec.precision,
-            spec.kv_precision, spec.tp, spec.pp, spec.ep,
+            spec.kv_precision, spec.tp, spec.pp, spec.ep, spec.attention_dp,
         )  # fmt: skip
     except ConfigError as exc:
         raise ConfigError(str(exc), where=where) from None

@@ -132,8 +132,8 @@ class ContinuousEngine(StateView):
             if len(ids):
                 cache.add(i, ids.tolist(), req.block_tokens, prompt)
         run = self._run
-        if self._intake is not None and run is not None:
-            self._hold(i, prompt, now, run)
+        if self._intake is not None and run is not None and run.end_at > now:
+            self._hold(i, prompt, now, run)  # an iteration in flight: seen when it ends
             return
         self._planner.enqueue(self, i, prompt)
         if run is None:

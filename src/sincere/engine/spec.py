@@ -86,7 +86,8 @@ class DeploymentSpec(BaseModel):
     kv_precision: str = "fp16"  # KV-cache precision
     tp: int = Field(1, ge=1, le=1024)  # tensor-parallel degree
     pp: int = Field(1, ge=1, le=1024)  # pipeline-parallel degree
-    ep: int = Field(1, ge=1, le=1024)  # expert-parallel degree (MoE models; divides tp)
+    ep: int = Field(1, ge=1, le=1024)  # expert-parallel degree (MoE; divides tp x attention_dp)
+    attention_dp: int = Field(1, ge=1, le=1024)  # attention ranks sharing one EP group (MoE)
     cc: bool = False  # confidential-computing mode (wraps the step-time model)
     step_model: StepModelConfig = StepModelConfig()  # where iteration times come from
     engine: EngineConfig = ContinuousConfig()  # the engine, its scheduler and limits

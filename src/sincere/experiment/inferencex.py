@@ -9,7 +9,10 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 * **precision**: ``fp8`` / ``bf16`` / ``int4`` as stated when the catalog entry has it; ``fp4``
   only for a model whose published checkpoint is MXFP4 (GPT-OSS: the row's checkpoint is
   that one); NVFP4 weights are not a format of the simulator;
-* **experts**: ``ep = moe_ep_size`` over the TP group when ``moe_tp x moe_ep`` covers it;
+* **experts**: ``ep = moe_ep_size`` over the MoE group when ``moe_tp x moe_ep`` covers it;
+* **attention data parallelism**: ``attention_dp_size`` ranks of ``tp_size`` GPUs sharing
+  one MoE group: one rank is simulated with its share of the clients and requests, the
+  others taken to load the experts alike (the MoE step model's ``attention_dp``);
 * **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration, no
   prefix caching) with ``max_num_seqs`` = the clients, under the backend's execution-model
   preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
@@ -23,9 +26,10 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 
 A point the simulator cannot represent is a :class:`Skip` with its reason (one of
 :data:`SKIP_REASONS`), never dropped: disaggregated points (the simulator refuses a closed
-loop over a prefill / decode split), attention data parallelism, NVFP4 weights, models
-outside the catalog, and deployments the simulator refuses at build (too little memory for
-weights and KV, a TP degree that does not split the heads).
+loop over a prefill / decode split), attention data parallelism on a dense model, NVFP4
+weights, models outside the catalog, engines over more GPUs than one NVLink domain
+(:data:`NVLINK_DOMAIN`), and deployments the simulator refuses at build (too little memory
+for weights and KV, a TP degree that does not split the heads).
 
 Compared: the simulated mean TTFT and TPOT of the run's requests at the client (the engine's
 time plus its preset's front end) against the row's means (measured by the benchmark client).
@@ -50,6 +54,10 @@ from sincere.workload.inferencex import OperatingPoint
 
 SYSTEM_ACCELERATORS = {"b200_sxm": "B200", "b300_sxm": "B300", "gb200": "GB200", "gb300": "GB300"}
 """InferenceX system -> catalog accelerator (one GPU of the system)."""
+NVLINK_DOMAIN = {"b200_sxm": 8, "b300_sxm": 8, "gb200": 72, "gb300": 72}
+"""GPUs one NVLink domain of each system joins: an HGX B200 / B300 board's 8, a GB200 /
+GB300 NVL72 rack's 72. An engine over more GPUs crosses the scale-out network between
+nodes, which the simulator does not model."""
 MODEL_NAMES = {
     "deepseek-ai/DeepSeek-R1": "deepseek-r1",
     "deepseek-ai/DeepSeek-V3": "deepseek-v3",
@@ -73,11 +81,12 @@ SKIP_REASONS = {
     "precision-unstated": "precision not stated",
     "nvfp4": "NVFP4 weights: not a format of the simulator",
     "precision-missing": "precision not in the model's catalog entry",
-    "attention-dp": "attention data parallelism: not modelled",
+    "attention-dp": "attention data parallelism on a dense model: nothing to share",
     "moe-split": "MoE TP x EP does not cover the attention TP group",
     "concurrency": "clients unclear: batch_size x attention DP differs from the source's",
     "no-fit": "does not fit: too little memory for the weights and KV cache",
     "refused": "deployment refused by the simulator",
+    "multi-node": "the engine's GPUs span nodes: links between nodes are not modelled",
 }
 """Why a point is not simulated: key -> the words the report prints."""
 PROMPTS_PER_CLIENT = 10
@@ -112,7 +121,8 @@ class PointSpec:
     tp: int
     pp: int
     ep: int
-    clients: int  # closed-loop concurrency
+    attention_dp: int  # attention ranks sharing the MoE group (one is simulated)
+    clients: int  # closed-loop concurrency (of all the ranks)
     num_requests: int  # the run's requests, every one measured (the benchmark's means)
     engine_preset: str  # the backend's execution model
 
@@ -175,8 +185,9 @@ def _representable(point: OperatingPoint) -> Skip | None:
     """The first reason ``point``'s shape is beyond the simulator, if any."""
     if point.mode != "agg":
         return Skip(point, "disagg", f"mode {point.mode}")
-    if (point.attention_dp or 0) > 1:
-        return Skip(point, "attention-dp", f"attention_dp_size {point.attention_dp}")
+    gpus = (point.tp or 1) * max(point.attention_dp or 1, 1) * (point.pp or 1)
+    if gpus > NVLINK_DOMAIN[point.system]:
+        return Skip(point, "multi-node", f"{gpus} GPUs > {NVLINK_DOMAIN[point.system]} per node")
     if point.source_concurrency is not None and point.source_concurrency != point.clients:
         return Skip(
             point,
@@ -198,7 +209,10 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
     if isinstance(precision, Skip):
         return precision
     tp = point.tp or 1
-    ep = _expert_parallel(point, model, tp)
+    dp = max(point.attention_dp or 1, 1)
+    if dp > 1 and not default_catalog().model(model).is_moe:
+        return Skip(point, "attention-dp", f"attention_dp_size {dp} on a dense model")
+    ep = _expert_parallel(point, model, tp * dp)
     if isinstance(ep, Skip):
         return ep
     clients = point.clients
@@ -210,8 +224,9 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
         tp=tp,
         pp=point.pp or 1,
         ep=ep,
+        attention_dp=dp,
         clients=clients,
-        num_requests=benchmark_prompts(clients),
+        num_requests=benchmark_prompts(clients // dp),
         engine_preset=engine_preset(point.backend, point.backend_version),
     )
 
@@ -219,16 +234,17 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
 def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     """The closed-loop simulator config of ``spec`` (module docstring)."""
     p = spec.point
+    rank_clients = spec.clients // spec.attention_dp  # one rank's share of the clients
     engine: dict[str, Any] = {
         "kind": "continuous",
         "preset": spec.engine_preset,
-        "max_num_seqs": spec.clients,
+        "max_num_seqs": rank_clients,
         "max_num_batched_tokens": 8192,
         "enable_prefix_caching": False,
     }
     workload = {
         "num_requests": spec.num_requests,
-        "arrival": {"kind": "closed", "concurrency": spec.clients},
+        "arrival": {"kind": "closed", "concurrency": rank_clients},
         "lengths": {"prompt": _benchmark_length(p.isl), "output": _benchmark_length(p.osl)},
         "models": {spec.catalog_model: 1.0},
     }
@@ -240,6 +256,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "tp": spec.tp,
         "pp": spec.pp,
         "ep": spec.ep,
+        "attention_dp": spec.attention_dp,
         "engine": engine,
     }
     if spec.precision in ("fp8", "fp4"):

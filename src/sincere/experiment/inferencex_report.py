@@ -127,6 +127,7 @@ def point_row(r: PointResult) -> dict[str, object]:
         "tp": s.tp,
         "pp": s.pp,
         "ep": s.ep,
+        "attention_dp": s.attention_dp,
         "num_requests": s.num_requests,
         "num_measured": r.num_measured,
     }

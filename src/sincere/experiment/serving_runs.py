@@ -12,8 +12,9 @@ simulator config that matches the real deployment and replays the run's own requ
   engine with the lowest ``4 x waiting + running`` count, and the fewest outstanding
   requests (waiting + running) is the simulator's closest router. With expert parallelism
   and ``tp > 1`` the experts are spread over the TP group (``ep = tp``); spread over DP
-  replicas (attention DP sharing one EP group) the simulator cannot yet express, so each
-  replica is priced holding every expert (``ep = 1``), and the report says so;
+  replicas, each engine is an attention rank (``attention_dp = dp``) whose experts spread
+  over all ``tp x dp`` GPUs (``ep``) and see every rank's tokens as its own; the ranks do
+  not step in lockstep, and the report says so;
 * **engine**: vLLM V1's as the run was started: FCFS continuous batching with chunked
   prefill, the run's ``max_num_seqs`` and ``max_num_batched_tokens``, its KV block size
   and pool (``num_gpu_blocks`` when recorded, else the memory plan at its
@@ -77,6 +78,7 @@ class ReplaySetup:
     tp: int
     instances: int  # data-parallel engines
     ep: int  # expert-parallel degree per engine as simulated
+    attention_dp: int  # data-parallel attention ranks sharing one MoE group (1: none)
     router: str
     step_model: str  # the step-time model and where its constants come from
     preset: str  # the engine's execution model (sincere.perf.execution.PRESETS)
@@ -123,20 +125,20 @@ def catalog_accelerator(name: str) -> str:
     return catalog.accelerator(name).name
 
 
-def _parallelism(run: ServingRun, model: str) -> tuple[int, list[str]]:
-    """The EP degree per engine, and notes on what of the run's parallelism is left out."""
+def _parallelism(run: ServingRun, model: str) -> tuple[int, int, list[str]]:
+    """The EP degree and attention ranks per engine, and notes on what is left out."""
     args = run.engine
     moe = default_catalog().model(model).num_experts > 0
     if not (args.expert_parallel and moe):
-        return 1, []
+        return 1, 1, []
     if args.dp > 1:
         note = (
-            f"expert parallelism over the {args.dp} data-parallel replicas (one EP group of "
-            f"{args.tp * args.dp} GPUs) is not modelled: each replica holds every expert, "
-            "no all-to-all, and the replicas do not step in lockstep"
+            f"expert parallelism over the {args.dp} data-parallel replicas: each replica is an "
+            f"attention rank whose experts spread over the {args.tp * args.dp} GPUs and see "
+            "every rank's tokens as its own (even load); the ranks do not step in lockstep"
         )
-        return 1, [note]
-    return args.tp, []
+        return args.tp * args.dp, args.dp, [note]
+    return args.tp, 1, []
 
 
 def _step_model_label(accelerator: str, step_model: Mapping[str, Any] | None) -> str:
@@ -158,7 +160,7 @@ def replay_setup(
     """How ``run`` is replayed (module docstring)."""
     model, model_note = catalog_model(run.model)
     accelerator = catalog_accelerator(run.accelerator)
-    ep, notes = _parallelism(run, model)
+    ep, attention_dp, notes = _parallelism(run, model)
     if not run.prompt_token_ids:
         notes.append("the replayed inputs were not found: no prefix reuse is simulated")
     preset = default_preset(step_model) if preset is None else preset
@@ -172,6 +174,7 @@ def replay_setup(
         tp=run.engine.tp,
         instances=run.engine.dp,
         ep=ep,
+        attention_dp=attention_dp,
         router=ROUTER,
         step_model=_step_model_label(accelerator, step_model),
         preset=preset,
@@ -204,6 +207,7 @@ def replay_config(
         "count": setup.instances,
         "tp": setup.tp,
         "ep": setup.ep,
+        "attention_dp": setup.attention_dp,
         "engine": engine,
     }
     if step_model is not None:

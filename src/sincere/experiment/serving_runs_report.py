@@ -177,7 +177,9 @@ def _run_section(
         "",
         f"- model: {s.model_note}; GPU {run.accelerator} → `{s.accelerator}`; vLLM "
         f"{run.engine.vllm_version}, TP {s.tp}, {s.instances} engine(s) behind `{s.router}`, "
-        f"EP {s.ep} per engine; max_num_seqs {run.engine.max_num_seqs}, "
+        f"EP {s.ep} per engine"
+        + (f" (attention DP {s.attention_dp}: one MoE group)" if s.attention_dp > 1 else "")
+        + f"; max_num_seqs {run.engine.max_num_seqs}, "
         f"max_num_batched_tokens {run.engine.max_num_batched_tokens}, chunked prefill, "
         f"prefix caching {'on' if run.engine.enable_prefix_caching else 'off'}",
         f"- step model: {s.step_model}",

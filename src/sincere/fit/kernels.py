@@ -11,19 +11,32 @@ family over every measured shape, never a table per shape:
   dtype's dense peak × efficiency and memory = weights + bf16 activations over HBM ×
   efficiency; the tile is chosen among :data:`TOKEN_TILES` by the loss;
 * **prefill attention** (``context_attention``, bf16 KV, no window): ``attn_kernel_s +
-  4·heads·head_dim·pairs / (bf16 peak × attn_mfu_efficiency)``, causal pairs counted
-  once (``attn_diag_factor = 1``: the kernels skip the masked half);
+  4·(heads·(head_dim + attn_head_dim_offset) + attn_kv_head_work·kv_heads·head_dim) ·
+  (pairs + attn_query_pairs·queries) / (bf16 peak × attn_mfu_efficiency)``, causal pairs
+  counted once (``attn_diag_factor = 1``: the kernels skip the masked half). The offset
+  (work per score that does not grow with the head size) and the KV-head term (MHA runs
+  slower than GQA of the same query heads) are what a per-pair-FLOPs form missed most;
 * **decode attention** (``generation_attention``): ``attn_decode_kernel_s + KV bytes /
   (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower);
 * **all-reduce** (vLLM's custom all-reduce, inside and outside CUDA graphs):
-  ``latency(n) + 2(n−1)/n · bytes / (one-way link × interconnect_efficiency)`` with
-  ``latency(n) = allreduce_latency_s + allreduce_latency_per_doubling_s · log2(n/2)``
-  in a graph, plus ``allreduce_eager_s`` outside one; messages up to 128 MiB;
+  ``latency(n) + 2(n−1)/n · bytes / (one-way link × efficiency(n))`` in a graph, each GPU
+  count its own latency and efficiency; outside a graph at least
+  ``allreduce_eager_floor_s`` (the CPU's launch hides a small transfer: an eager
+  all-reduce takes the floor until the ring's time exceeds it) plus
+  ``allreduce_eager_s``; messages up to 128 MiB;
+* **all-to-all** (NCCL's ``alltoall`` of 16-bit elements, the expert-parallel dispatch
+  and combine): per GPU count ``latency(n) + protocol_s · sent / (sent + knee_bytes) +
+  sent / (one-way link × efficiency(n))`` with ``sent = (n−1)/n · bytes`` (a GPU's buffer
+  keeps its own ``1/n``; the latency steps up once NCCL leaves its small-message protocol);
 * **fused MoE** (bf16 experts, no EP): the roofline of the grouped GEMMs over the
   experts a batch activates (:mod:`sincere.perf.moe`, balanced and Zipf-skewed routing
   with the measured skew), each expert's tokens padded to its tile, with its own
   efficiencies, a fixed kernel cost and the share of the busiest expert's rows that
-  does not overlap with the others (``moe_tail_share``).
+  does not overlap with the others (``moe_tail_share``);
+* **fp8 and MXFP4 experts** (:data:`QUANT_EXPERTS`, no EP): the same form with their
+  weight bytes and compute rate (fp8: the fp8 peak, block-scaled rows where measured;
+  MXFP4: 4.25-bit weights at the bf16 peak), their own efficiencies and kernel cost, the
+  bf16 fit's overlap exponent and tail share (``moe_fp8_*``, ``moe_mxfp4_*``).
 
 Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
 so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
@@ -35,13 +48,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sincere.catalog.specs import Accelerator
+from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, octave_weights
 from sincere.fit.kernel_tables import KernelTable, read_table
@@ -314,46 +327,68 @@ def _attention_rows(table: KernelTable) -> KernelTable:
     return subsample(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
 
 
+def pair_flops(
+    heads: FArray, kv_heads: FArray, head_dim: FArray, x_off: float, x_kv: float
+) -> FArray:
+    """FLOPs' worth of one query-key pair of a layer: ``4·(heads·(head_dim + offset) +
+    kv_work·kv_heads·head_dim)`` (:func:`sincere.perf.roofline.attention_pair_flops`)."""
+    out: FArray = 4.0 * (heads * (head_dim + x_off) + x_kv * kv_heads * head_dim)
+    return out
+
+
 def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
-    """Prefill attention: causal pairs over the bf16 peak × efficiency, plus a kernel cost."""
+    """Prefill attention: causal pairs over the bf16 peak × efficiency, plus a kernel cost.
+
+    A pair's work is that of :func:`pair_flops`: each query head pays as if its head were
+    ``attn_head_dim_offset`` wider (softmax and rescaling per score, fixed per head) and
+    each KV head adds ``attn_kv_head_work`` of a head's product (loading its keys and
+    values into the tile, which GQA shares over the group).
+    """
     rows = _attention_rows(table)
     b, s = rows.num("batch_size"), rows.num("isl")
     heads, hd = rows.num("num_heads"), rows.num("head_dim")
+    kvh = rows.num("num_key_value_heads")
     measured = rows.num("latency") * 1e-3
-    pair_flops = 4.0 * heads * hd
     pairs, queries = b * s * (s + 1) / 2.0, b * s
     peak = acc.peak_tflops("bf16") * 1e12
     root_w = np.sqrt(octave_weights(queries))
 
     def predict(x: FArray) -> FArray:
-        out: FArray = x[1] + pair_flops * (pairs + x[2] * queries) / (peak * x[0])
+        flops = pair_flops(heads, kvh, hd, float(x[3]), float(x[4]))
+        out: FArray = x[1] + flops * (pairs + x[2] * queries) / (peak * x[0])
         return out
 
     spec = (
         Bounded("attn_mfu_efficiency", 0.4, 0.01, 1.0),
         Bounded("attn_kernel_s", 10e-6, 0.0, 1e-3),
         Bounded("attn_query_pairs", 100.0, 0.0, 1e5),
+        Bounded("attn_head_dim_offset", 16.0, 0.0, 512.0),
+        Bounded("attn_kv_head_work", 0.5, 0.0, 50.0),
     )
     x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
-    params = {
-        "attn_mfu_efficiency": float(x[0]),
-        "attn_kernel_s": float(x[1]),
-        "attn_query_pairs": float(x[2]),
-        "attn_diag_factor": 1.0,
-    }
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    params["attn_diag_factor"] = 1.0
     return summarise("prefill_attention", params, predict(x), measured, rows, root, bound)
 
 
 def fit_decode_attention(
-    table: KernelTable, acc: Accelerator, attn_mfu: float, root: Path
+    table: KernelTable,
+    acc: Accelerator,
+    attn_mfu: float,
+    root: Path,
+    pair_terms: tuple[float, float] = (0.0, 0.0),
 ) -> FamilyFit:
-    """Decode attention: KV bytes over HBM × efficiency (or its compute), plus a kernel cost."""
+    """Decode attention: KV bytes over HBM × efficiency (or its compute), plus a kernel cost.
+
+    The compute side prices a pair as prefill does (``pair_terms``: its head-dim offset and
+    KV-head work, :func:`pair_flops`)."""
     rows = _attention_rows(table)
     b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
     heads, kvh, hd = rows.num("num_heads"), rows.num("num_key_value_heads"), rows.num("head_dim")
     measured = rows.num("latency") * 1e-3
     token_bytes = 2.0 * kvh * hd * ACT_BYTES
-    compute = 4.0 * heads * hd * b * ctx / (acc.peak_tflops("bf16") * 1e12 * attn_mfu)
+    flops = pair_flops(heads, kvh, hd, *pair_terms)
+    compute = flops * b * ctx / (acc.peak_tflops("bf16") * 1e12 * attn_mfu)
     hbm = acc.hbm_bandwidth_gbps * 1e9
     root_w = np.sqrt(octave_weights(b * ctx * token_bytes / 1024.0))
 
@@ -376,12 +411,16 @@ def fit_decode_attention(
 def allreduce_predict(
     gpus: FArray, nbytes: FArray, eager: FArray, x: FArray, counts: Sequence[int], link: float
 ) -> FArray:
-    """All-reduce time under ``x = (latency per count…, efficiency per count…, eager_s)``."""
+    """All-reduce time under ``x = (latency per count…, efficiency per count…, eager_s[,
+    eager_floor_s])``: in a graph the latency plus the ring's bytes; outside one (``eager``
+    1) at least the floor, plus ``eager_s``."""
     num = len(counts)
     index = np.searchsorted(np.asarray(counts), gpus)
     latency, efficiency = x[:num][index], x[num : 2 * num][index]
     ring = 2.0 * (gpus - 1.0) / gpus
-    out: FArray = latency + x[-1] * eager + ring * nbytes / (link * efficiency)
+    graph = latency + ring * nbytes / (link * efficiency)
+    floor = x[2 * num + 1] if len(x) > 2 * num + 1 else 0.0
+    out: FArray = np.where(eager > 0, np.maximum(graph, floor) + x[2 * num], graph)
     return out
 
 
@@ -398,7 +437,8 @@ def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit
     spec = (
         *(Bounded(f"latency_{n}_s", 5e-6, 0.0, 1e-3) for n in counts),
         *(Bounded(f"efficiency_{n}", 0.5, 0.01, 1.0) for n in counts),
-        Bounded("allreduce_eager_s", 10e-6, 0.0, 1e-3),
+        Bounded("allreduce_eager_s", 1e-6, 0.0, 1e-3),
+        Bounded("allreduce_eager_floor_s", 10e-6, 0.0, 1e-3),
     )
     x, _, bound = robust_fit(
         lambda x: (
@@ -412,12 +452,68 @@ def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit
         "allreduce_gpus": counts,
         "allreduce_latencies_s": [float(v) for v in x[:num]],
         "allreduce_efficiencies": efficiencies,
-        "allreduce_eager_s": float(x[-1]),
+        "allreduce_eager_s": float(x[-2]),
+        "allreduce_eager_floor_s": float(x[-1]),
         "allreduce_latency_s": float(x[0]),
         "interconnect_efficiency": float(np.median(efficiencies)),
     }
     pred = allreduce_predict(gpus, nbytes, eager, x, counts, link)
     return summarise("allreduce", params, pred, measured, rows, root, bound)
+
+
+# --- all-to-all (expert-parallel dispatch and combine) ----------------------------------
+def alltoall_rows(table: KernelTable) -> KernelTable:
+    """NCCL's all-to-all of 16-bit elements (what an EP exchange of bf16 activations moves)."""
+    rows = table.where(table.equals("op_name", "alltoall") & table.equals("nccl_dtype", "half"))
+    if rows.num_rows == 0:
+        raise ConfigError("no NCCL all-to-all rows of 16-bit elements", where=str(table.path))
+    return rows
+
+
+def alltoall_predict(
+    gpus: FArray, nbytes: FArray, x: FArray, counts: Sequence[int], link: float
+) -> FArray:
+    """All-to-all time under ``x = (latency per count…, efficiency per count…, protocol_s,
+    knee_bytes)``: a GPU's buffer of ``nbytes`` keeps its own ``1/n`` and sends the rest over
+    the one-way link; the latency grows by ``protocol_s`` as the bytes sent pass the knee
+    (NCCL's small-message protocol gives way to its bulk one)."""
+    num = len(counts)
+    index = np.searchsorted(np.asarray(counts), gpus)
+    sent = (gpus - 1.0) / gpus * nbytes
+    latency = x[:num][index] + x[2 * num] * sent / (sent + x[2 * num + 1])
+    out: FArray = latency + sent / (link * x[num : 2 * num][index])
+    return out
+
+
+def fit_alltoall(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """NCCL all-to-all per GPU count: a latency and a share of the link each."""
+    rows = alltoall_rows(table)
+    gpus = rows.num("num_gpus")
+    nbytes = rows.num("message_size") * ACT_BYTES  # the collector's size is in elements
+    counts = sorted({int(g) for g in gpus})
+    measured = rows.num("latency") * 1e-3
+    link = acc.interconnect_gbps_per_direction * 1e9
+    root_w = np.sqrt(octave_weights(nbytes))
+    spec = (
+        *(Bounded(f"a2a_latency_{n}_s", 10e-6, 0.0, 1e-3) for n in counts),
+        *(Bounded(f"a2a_efficiency_{n}", 0.5, 0.01, 1.0) for n in counts),
+        Bounded("alltoall_protocol_s", 5e-6, 0.0, 1e-3),
+        Bounded("alltoall_knee_bytes", 2.0**15, 1.0, 2.0**30),
+    )
+    x, _, bound = robust_fit(
+        lambda x: root_w * log_ratio(alltoall_predict(gpus, nbytes, x, counts, link), measured),
+        spec,
+    )
+    num = len(counts)
+    params: dict[str, Any] = {
+        "alltoall_gpus": counts,
+        "alltoall_latencies_s": [float(v) for v in x[:num]],
+        "alltoall_efficiencies": [float(v) for v in x[num : 2 * num]],
+        "alltoall_protocol_s": float(x[-2]),
+        "alltoall_knee_bytes": float(x[-1]),
+    }
+    pred = alltoall_predict(gpus, nbytes, x, counts, link)
+    return summarise("alltoall", params, pred, measured, rows, root, bound)
 
 
 # --- fused MoE -----------------------------------------------------------------------------
@@ -502,6 +598,66 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
     return summarise("moe", params, pred, measured, rows, root, bound)
 
 
+QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
+    "moe_fp8": (("fp8_block", "fp8"), "fp8", 1.0),
+    "moe_mxfp4": (("w4a16_mxfp4",), "bf16", PRECISION_BYTES["mxfp4"]),
+}
+"""Quantised-expert family -> (the rows' ``moe_dtype`` in order of preference, the precision
+its GEMMs run at, weight bytes per element). fp8: block-scaled (the format of the published
+DeepSeek-V3/R1 and Qwen3 FP8 checkpoints), per-tensor where no block rows were measured;
+MXFP4: 4-bit weights with bf16 activations (GPT-OSS)."""
+
+
+def quant_moe_rows(name: str, table: KernelTable) -> KernelTable:
+    """Family ``name``'s experts on one GPU holding every expert (no EP), vLLM's kernel."""
+    no_ep = table.num("moe_ep_size") == 1
+    for dtype in QUANT_EXPERTS[name][0]:
+        rows = table.where(table.equals("moe_dtype", dtype) & no_ep)
+        if rows.num_rows > 0:
+            rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+            return subsample(rows, 4000)
+    raise ConfigError(
+        f"no fused-MoE rows without EP of {' or '.join(QUANT_EXPERTS[name][0])} experts",
+        where=str(table.path),
+    )
+
+
+def fit_quant_moe(
+    name: str, table: KernelTable, acc: Accelerator, bf16: dict[str, Any], root: Path
+) -> FamilyFit:
+    """Quantised experts (:data:`QUANT_EXPERTS`): the bf16 form with their weight bytes and
+    compute rate, their own efficiencies and kernel cost; the overlap exponent and tail
+    share are the bf16 fits' (``bf16``)."""
+    rows = quant_moe_rows(name, table)
+    _, precision, wbytes = QUANT_EXPERTS[name]
+    feat = moe_features(rows)
+    measured = rows.num("latency") * 1e-3
+    peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    tail, overlap = bf16["moe_tail_share"], bf16["overlap_exponent"]
+    root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
+    spec = (
+        Bounded(f"{name}_mfu_efficiency", 0.5, 0.02, 1.0),
+        Bounded(f"{name}_bw_efficiency", 0.6, 0.02, 1.0),
+        Bounded(f"{name}_kernel_s", 20e-6, 0.0, 1e-3),
+    )
+
+    def predict(x: FArray) -> FArray:
+        return moe_predict(feat, np.append(x, tail), peak, hbm, wbytes, overlap)
+
+    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    fam = summarise(name, params, predict(x), measured, rows, root, bound)
+    dtype = str(rows.columns["moe_dtype"][0])
+    return replace(fam, notes=(f"{dtype} experts", *fam.notes))
+
+
+def quant_fitter(
+    name: str, acc: Accelerator, bf16: dict[str, Any], root: Path
+) -> Callable[[KernelTable], FamilyFit]:
+    """:func:`fit_quant_moe` of family ``name``, waiting for its table."""
+    return lambda table: fit_quant_moe(name, table, acc, bf16, root)
+
+
 # --- any family, for checks ----------------------------------------------------------------
 FAMILY_TABLES = {
     "gemm_bf16": "gemm",
@@ -509,16 +665,24 @@ FAMILY_TABLES = {
     "prefill_attention": "context_attention",
     "decode_attention": "generation_attention",
     "allreduce": "custom_allreduce",
+    "alltoall": "nccl",
     "moe": "moe",
+    "moe_fp8": "moe",
+    "moe_mxfp4": "moe",
 }
 """Family -> the table it is fitted on."""
+NCCL_FAMILIES = ("alltoall",)
+"""Families measured on NCCL rather than vLLM (their version is NCCL's)."""
 SHAPE_COLUMNS = {
     "gemm_bf16": ("n", "k"),
     "gemm_fp8": ("n", "k"),
     "prefill_attention": ("num_heads", "num_key_value_heads", "head_dim"),
     "decode_attention": ("num_heads", "num_key_value_heads", "head_dim"),
     "allreduce": ("num_gpus",),
+    "alltoall": ("num_gpus",),
     "moe": ("hidden_size", "inter_size", "num_experts", "topk"),
+    "moe_fp8": ("hidden_size", "inter_size", "num_experts", "topk"),
+    "moe_mxfp4": ("hidden_size", "inter_size", "num_experts", "topk"),
 }
 """Family -> the columns that make a row's model shape (the size axis left out)."""
 
@@ -531,8 +695,12 @@ def family_rows(name: str, table: KernelTable) -> KernelTable:
         return _attention_rows(table)
     if name == "allreduce":
         return allreduce_rows(table)
+    if name == "alltoall":
+        return alltoall_rows(table)
     if name == "moe":
         return moe_rows(table)
+    if name in QUANT_EXPERTS:
+        return quant_moe_rows(name, table)
     raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
 
 
@@ -553,31 +721,59 @@ def predict_family(
         return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), fp8, hbm, 1.0)
     if name == "prefill_attention":
         b, s = rows.num("batch_size"), rows.num("isl")
-        flops = 4.0 * rows.num("num_heads") * rows.num("head_dim")
+        flops = pair_flops(
+            rows.num("num_heads"), rows.num("num_key_value_heads"), rows.num("head_dim"),
+            p.get("attn_head_dim_offset", 0.0), p.get("attn_kv_head_work", 0.0),
+        )  # fmt: skip
         work = b * s * (s + 1) / 2.0 + p["attn_query_pairs"] * b * s
         out: FArray = p["attn_kernel_s"] + flops * work / (peak * p["attn_mfu_efficiency"])
         return out
     if name == "decode_attention":
         b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
         hd = rows.num("head_dim")
-        compute = 4.0 * rows.num("num_heads") * hd * b * ctx / (peak * p["attn_mfu_efficiency"])
+        flops = pair_flops(
+            rows.num("num_heads"), rows.num("num_key_value_heads"), hd,
+            p.get("attn_head_dim_offset", 0.0), p.get("attn_kv_head_work", 0.0),
+        )  # fmt: skip
+        compute = flops * b * ctx / (peak * p["attn_mfu_efficiency"])
         moved = b * (ctx + p["attn_decode_seq_tokens"]) * 2.0 * rows.num("num_key_value_heads")
         memory = moved * hd * ACT_BYTES / (hbm * p["attn_bw_efficiency"])
         out = p["attn_decode_kernel_s"] + np.maximum(compute, memory)
         return out
+    if name in ("allreduce", "alltoall"):
+        return predict_collective(name, rows, acc, p)
+    if name == "moe" or name in QUANT_EXPERTS:
+        return predict_moe(name, rows, acc, p)
+    raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
+
+
+def predict_moe(name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]) -> FArray:
+    """The fused MoE's time of ``rows`` (seconds): bf16 experts (``moe``) or quantised ones."""
+    p, prefix = params, "moe" if name == "moe" else name
+    precision, wbytes = ("bf16", 2.0) if name == "moe" else QUANT_EXPERTS[name][1:]
+    x = [p[f"{prefix}_mfu_efficiency"], p[f"{prefix}_bw_efficiency"], p[f"{prefix}_kernel_s"]]
+    x.append(p["moe_tail_share"])
+    peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    return moe_predict(moe_features(rows), np.array(x), peak, hbm, wbytes, p["overlap_exponent"])
+
+
+def predict_collective(
+    name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]
+) -> FArray:
+    """The all-reduce's or the all-to-all's time of ``rows`` (seconds) under ``params``."""
+    p = params
+    link = acc.interconnect_gbps_per_direction * 1e9
+    nbytes = rows.num("message_size") * ACT_BYTES
     if name == "allreduce":
         counts = [int(c) for c in p["allreduce_gpus"]]
         x = [*p["allreduce_latencies_s"], *p["allreduce_efficiencies"], p["allreduce_eager_s"]]
-        gpus = rows.num("num_gpus")
+        x.append(p.get("allreduce_eager_floor_s", 0.0))
         eager = rows.equals("backend", "vllm_eager").astype(np.float64)
-        link = acc.interconnect_gbps_per_direction * 1e9
-        nbytes = rows.num("message_size") * ACT_BYTES
-        return allreduce_predict(gpus, nbytes, eager, np.array(x), counts, link)
-    if name == "moe":
-        x = [p["moe_mfu_efficiency"], p["moe_bw_efficiency"], p["moe_kernel_s"]]
-        x.append(p["moe_tail_share"])
-        return moe_predict(moe_features(rows), np.array(x), peak, hbm, 2.0, p["overlap_exponent"])
-    raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
+        return allreduce_predict(rows.num("num_gpus"), nbytes, eager, np.array(x), counts, link)
+    counts = [int(c) for c in p["alltoall_gpus"]]
+    x = [*p["alltoall_latencies_s"], *p["alltoall_efficiencies"]]
+    x += [p["alltoall_protocol_s"], p["alltoall_knee_bytes"]]
+    return alltoall_predict(rows.num("num_gpus"), nbytes, np.array(x), counts, link)
 
 
 # --- all of it -----------------------------------------------------------------------------
@@ -592,6 +788,7 @@ COLUMNS = {
         "head_dim", "kv_cache_dtype", "window_size", "latency",
     ],
     "custom_allreduce": ["num_gpus", "message_size", "backend", "latency"],
+    "nccl": ["op_name", "nccl_dtype", "num_gpus", "message_size", "latency"],
     "moe": [
         "kernel_source", "moe_dtype", "num_tokens", "hidden_size", "inter_size", "topk",
         "num_experts", "moe_tp_size", "moe_ep_size", "distribution", "latency",
@@ -624,15 +821,27 @@ def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
     attempt("prefill_attention", "context_attention", lambda t: fit_prefill_attention(t, acc, root))
     prefill = next((f for f in families if f.name == "prefill_attention"), None)
     mfu = prefill.params["attn_mfu_efficiency"] if prefill else 0.5
+    terms = (
+        (prefill.params["attn_head_dim_offset"], prefill.params["attn_kv_head_work"])
+        if prefill
+        else (0.0, 0.0)
+    )
     attempt(
         "decode_attention",
         "generation_attention",
-        lambda t: fit_decode_attention(t, acc, mfu, root),
+        lambda t: fit_decode_attention(t, acc, mfu, root, terms),
     )
     attempt("allreduce", "custom_allreduce", lambda t: fit_allreduce(t, acc, root))
+    attempt("alltoall", "nccl", lambda t: fit_alltoall(t, acc, root))
     gemm = next((f for f in families if f.name == "gemm_bf16"), None)
     overlap = gemm.params["overlap_exponent"] if gemm else 2.0
     attempt("moe", "moe", lambda t: fit_moe(t, acc, overlap, root))
+    moe = next((f for f in families if f.name == "moe"), None)
+    if moe is not None:
+        experts = {**moe.params, "overlap_exponent": overlap}
+        for name in QUANT_EXPERTS:
+            if QUANT_EXPERTS[name][1] != "fp8" or acc.fp8_tflops is not None:
+                attempt(name, "moe", quant_fitter(name, acc, experts, root))
     return KernelFit(acc, folder, tuple(families), tuple(missing))
 
 
@@ -652,11 +861,14 @@ def kernel_document(fit: KernelFit, argv: Sequence[str], default: bool = True) -
         "accelerator": fit.accelerator.name,
         "source": SOURCE,
         "folder": fit.folder.name,
-        "versions": sorted({f.version for f in fit.families}),
+        "versions": sorted({f.version for f in fit.families if f.name not in NCCL_FAMILIES}),
         "command": " ".join(argv),
         "default": default,
         "families": {f.name: f.as_dict() for f in fit.families},
     }
+    nccl = sorted({f.version for f in fit.families if f.name in NCCL_FAMILIES})
+    if nccl:
+        info["nccl_versions"] = nccl
     if gemm is not None:
         info["gemm_kernel_s"] = _round(gemm.params["_gemm_kernel_s"])
     if fit.missing:

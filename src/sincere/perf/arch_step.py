@@ -12,13 +12,22 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
 * the **router**: a ``hidden × experts`` GEMM on every GPU;
 * **shared experts**: a dense MLP of ``shared · expert_intermediate`` split over TP;
 * **routed experts**: each GPU holds ``1/ep`` of the experts, each split over
-  ``tp/ep`` GPUs. It reads the weights of the distinct experts the batch activates
-  (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`) and
-  computes its ``T k / ep`` routed tokens padded per expert to ``MoEParams.expert_tile``
-  rows, times ``ep_imbalance`` (the busiest GPU); compute and memory combined by the
-  roofline's p-norm; plus the permutation traffic at the elementwise bandwidth;
-* **all-to-all** at ``ep > 1``: two exchanges per MoE layer over the one-way link at
-  ``a2a_bw_efficiency`` plus ``a2a_latency_s`` each;
+  ``tp · attention_dp / ep`` GPUs. It reads the weights of the distinct experts the
+  batch activates (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`)
+  and computes its ``T k / ep`` routed tokens padded per expert to
+  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU); compute and
+  memory combined by the roofline's p-norm; plus the permutation traffic at the
+  elementwise bandwidth;
+* **attention data parallelism** (``attention_dp = D``): the deployment is one of ``D``
+  ranks, each running attention over its own batch on its own TP group, that share one
+  MoE group of ``D · tp`` GPUs. Under symmetric load (every rank carries a batch like
+  this one) the experts see ``T = D ×`` this batch's tokens; the router, the shared
+  experts and attention see this batch alone;
+* **all-to-all** at ``ep > 1``: two exchanges per MoE layer (dispatch, combine), each
+  GPU sending ``T/ep`` tokens' ``k`` copies bound to other ranks; priced by the
+  accelerator's measured NCCL all-to-all where its kernel fit has one
+  (``alltoall_*``: latency and link share at the nearest GPU count, plus the latency
+  step past the protocol knee), else at ``a2a_bw_efficiency`` plus ``a2a_latency_s``;
 * **attention**: as the roofline (compute or KV bytes, whichever is slower, plus the
   kernel cost), with MLA's absorbed form in decode and the expanded one in prefill,
   MLA's latent read whole by every TP rank, and sliding-window layers reading at
@@ -50,6 +59,7 @@ from sincere.perf.moe import (
     windowed_context,
     windowed_pairs,
 )
+from sincere.perf.series import sum_max_affine
 
 if TYPE_CHECKING:
     from sincere.perf.roofline import RooflineParams
@@ -107,13 +117,19 @@ class ArchStep:
         self.moe = moe or MoEParams()
         dep, p = deployment, params
         model, acc = dep.model, dep.accelerator
-        from sincere.perf.roofline import allreduce_terms, gemm_mfu
+        from sincere.perf.roofline import (
+            allreduce_terms,
+            alltoall_terms,
+            expert_constants,
+            gemm_mfu,
+        )
 
         self.compute_precision = acc.compute_precision(dep.precision)
         self._peak = acc.peak_tflops(dep.precision) * 1e12 * gemm_mfu(p, self.compute_precision)
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
-        moe_mfu = p.moe_mfu_efficiency
-        moe_bw = p.moe_bw_efficiency
+        moe_mfu, moe_bw, self._moe_kernel_s = expert_constants(
+            p, dep.precision, self.compute_precision
+        )
         self._moe_peak = (
             self._peak
             if moe_mfu is None
@@ -121,6 +137,7 @@ class ArchStep:
         )
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
         self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
+        self._a2a_terms = alltoall_terms(p, self.moe, dep.ep)
         self._ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
         self._attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
         self._attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
@@ -180,13 +197,17 @@ class ArchStep:
         return elements * tokens * self.params.activation_bytes / self._ew_hbm
 
     def _routed_s(self, tokens: int) -> tuple[float, float]:
-        """(router, routed experts + permutation) of one MoE layer over ``tokens`` tokens."""
+        """(router, routed experts + permutation) of one MoE layer over ``tokens`` tokens.
+
+        Under attention DP the experts see the whole group's tokens: every rank carries a
+        batch like this one (symmetric load), ``attention_dp · tokens`` in all."""
         dep, m = self.deployment, self.moe
         model, ep = dep.model, dep.ep
         h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
         router = self._gemm_s(_Mat(h, e, 2.0), tokens)
+        tokens *= dep.attention_dp
         distinct, all_rows, busiest = routing_load(tokens, e, k, m.routing_skew, m.expert_tile)
-        split = dep.tp // ep  # GPUs one expert is split over
+        split = dep.moe_group_gpus // ep  # GPUs one expert is split over
         up = (2 if model.gated_mlp else 1) * max(1, model.expert_intermediate_size // split)
         down = max(1, model.expert_intermediate_size // split)
         per_expert = h * up + down * h
@@ -195,7 +216,7 @@ class ArchStep:
         compute = 2.0 * per_expert * rows / self._moe_peak
         moved = distinct / ep * per_expert * self._expert_bytes
         moved += routed * (2 * h + up + down) * self.params.activation_bytes
-        experts = self.params.moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
+        experts = self._moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
         perm = permutation_bytes(tokens / ep, k, h, self.params.activation_bytes) / self._ew_hbm
         return router, experts + perm
 
@@ -205,10 +226,16 @@ class ArchStep:
             return 0.0
         model = dep.model
         size = all_to_all_bytes(
-            tokens, model.experts_per_token, model.hidden_size, dep.ep, self.params.activation_bytes
+            tokens * dep.attention_dp,
+            model.experts_per_token,
+            model.hidden_size,
+            dep.ep,
+            self.params.activation_bytes,
         )
-        link = self._link * m.a2a_bw_efficiency
-        return 2.0 * all_to_all_s(size, link, m.a2a_latency_s, m.ep_imbalance)
+        latency, efficiency = self._a2a_terms
+        p = self.params
+        latency += p.alltoall_protocol_s * size / (size + p.alltoall_knee_bytes)
+        return 2.0 * all_to_all_s(size, self._link * efficiency, latency, m.ep_imbalance)
 
     def layer_linear(self, tokens: int) -> tuple[float, float, float, float]:
         """(linear, router, experts, all-to-all) of one average layer over ``tokens`` tokens."""
@@ -248,7 +275,10 @@ class ArchStep:
             decode = mla_decode_flops_per_pair(q_heads, r, rope)
             per_token = (r + rope) * kv_bytes
         else:
-            prefill = decode = 4.0 * q_heads * model.head_size
+            from sincere.perf.roofline import attention_pair_flops
+
+            kv_heads = max(1, math.ceil(model.num_kv_heads / dep.tp))
+            prefill = decode = attention_pair_flops(self.params, q_heads, kv_heads, model.head_size)
             per_token = 2.0 * math.ceil(model.num_kv_heads / dep.tp) * model.head_size * kv_bytes
         return prefill / self._attn_peak, decode / self._attn_peak, per_token / self._attn_hbm
 
@@ -308,11 +338,14 @@ class ArchStep:
         comm = 0.0
         if dep.tp > 1:
             ring = 2.0 * (dep.tp - 1) / dep.tp
-            latency = self._allreduce_s + (
-                p.allreduce_eager_s if tokens > p.cuda_graph_max_tokens else 0.0
-            )
+            eager = tokens > p.cuda_graph_max_tokens
+            latency = self._allreduce_s + (p.allreduce_eager_s if eager else 0.0)
             ring_link = self._link * self._allreduce_eff
-            comm = self._layers * 2.0 * (latency + ring * message * mb_tokens / ring_link)
+            one = latency + ring * message * mb_tokens / ring_link
+            if eager and p.allreduce_eager_floor_s > 0.0:  # see roofline.with_comm_s
+                transfer = self._allreduce_s + ring * message * mb_tokens / ring_link
+                one = max(transfer, p.allreduce_eager_floor_s) + p.allreduce_eager_s
+            comm = self._layers * 2.0 * one
         if pp > 1:
             comm += p.p2p_latency_s + message * mb_tokens / link
         layers = scale * self._layers
@@ -330,6 +363,48 @@ class ArchStep:
     def iteration_s(self, batch: Batch) -> float:
         """Duration of one iteration."""
         return self.parts(batch).total_s
+
+    def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> float:
+        """Exact sum of ``num_steps`` decode iterations, the context growing by ``num_seqs``
+        each: all but attention is the same every step (the batch's tokens and sequences do
+        not change); a layer's decode attention is its kernel plus the larger of two affine
+        terms in the context, and a window layer's context stops growing at ``num_seqs x
+        window``: each piece is summed in closed form (:func:`sum_max_affine`)."""
+        if num_steps <= 0 or num_seqs <= 0:
+            return 0.0
+        n = num_seqs
+        base = self.parts(Batch(num_decode_seqs=n, decode_ctx_tokens=0))
+        fixed = base.total_s - base.attention_s
+        dep = self.deployment
+        num_mb = 1 if dep.pp == 1 else max(1, min(self.params.pp_microbatches, n))
+        share = 1.0 / num_mb
+        scale = 1.0 if num_mb == 1 and dep.pp == 1 else num_mb + dep.pp - 1.0
+        attention = self._decode_attention_sum(ctx_tokens, n, num_steps, share, None)
+        if self._window_frac:
+            window = float(n) * dep.model.sliding_window
+            windowed = self._decode_attention_sum(ctx_tokens, n, num_steps, share, window)
+            attention = (1.0 - self._window_frac) * attention + self._window_frac * windowed
+        return num_steps * fixed + scale * self._layers * attention
+
+    def _decode_attention_sum(
+        self, ctx: int, n: int, steps: int, share: float, limit: float | None
+    ) -> float:
+        """One layer's decode attention summed over ``steps`` steps from context ``ctx``
+        (``n`` more each step), the context read capped at ``limit`` (a window)."""
+        _, dec_pair, token_s = self._attn
+        p = self.params
+        kernel = p.attn_kernel_s if p.attn_decode_kernel_s is None else p.attn_decode_kernel_s
+        growing = steps
+        if limit is not None:
+            growing = 0 if ctx >= limit else min(steps, math.ceil((limit - ctx) / n))
+        a, b = share * dec_pair, share * token_s
+        seq = p.attn_decode_seq_tokens * n
+        total = steps * kernel
+        total += sum_max_affine(a * ctx, a * n, b * (ctx + seq), b * n, growing)
+        if growing < steps:  # the window is full: the same read every step
+            assert limit is not None
+            total += (steps - growing) * max(a * limit, b * (limit + seq))
+        return total
 
     def utilization(self, batch: Batch, duration_s: float) -> tuple[float, float]:
         """Model-FLOPs and memory-bandwidth utilisation (0..1) per GPU: the active

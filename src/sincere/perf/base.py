@@ -151,7 +151,12 @@ class SwapTime:
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """A model served on accelerators in a given configuration."""
+    """A model served on accelerators in a given configuration.
+
+    With ``attention_dp = D`` (an MoE model, ``ep > 1``) the deployment is one of ``D``
+    data-parallel attention ranks, each on its own ``tp × pp`` GPUs (``num_gpus``), whose
+    ``D × tp`` GPUs form one MoE group the routed experts spread over (``ep`` divides it):
+    the way SGLang, vLLM and TensorRT-LLM run DeepSeek or GPT-OSS with DP attention."""
 
     model: ModelArch
     accelerator: Accelerator
@@ -159,25 +164,53 @@ class Deployment:
     kv_precision: str = "fp16"  # KV-cache precision
     tp: int = 1  # tensor-parallel degree
     pp: int = 1  # pipeline-parallel degree
-    ep: int = 1  # expert-parallel degree: the TP group's GPUs the routed experts spread over
+    ep: int = 1  # expert-parallel degree: the MoE group's GPUs the routed experts spread over
+    attention_dp: int = 1  # data-parallel attention ranks sharing one MoE group (this is one)
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
             raise ConfigError("tp and pp must be >= 1", value=(self.tp, self.pp))
+        if self.attention_dp != 1:
+            self._check_attention_dp()
         if self.ep != 1:
             self._check_ep()
 
+    @property
+    def moe_group_gpus(self) -> int:
+        """GPUs the expert layers run over: the TP group of each of the attention ranks."""
+        return self.tp * self.attention_dp
+
+    def _check_attention_dp(self) -> None:
+        """Attention DP shares one expert-parallel group between the ranks' TP groups."""
+        if self.attention_dp < 1:
+            raise ConfigError("attention_dp must be >= 1", value=self.attention_dp)
+        if not self.model.is_moe:
+            raise ConfigError(
+                f"attention_dp: {self.model.name} has no experts to share (data-parallel "
+                "replicas of a dense model are separate instances)",
+                value=self.attention_dp,
+                allowed=["1"],
+            )
+        if self.ep == 1:
+            raise ConfigError(
+                f"attention_dp {self.attention_dp} needs expert parallelism: ep > 1 dividing "
+                f"attention_dp x tp = {self.moe_group_gpus} (the ranks' tokens meet at the "
+                "experts through the all-to-all)",
+                value=self.ep,
+            )
+
     def _check_ep(self) -> None:
-        """EP splits an MoE model's experts over GPUs of the TP group."""
-        model = self.model
+        """EP splits an MoE model's experts over GPUs of the MoE group (TP x attention DP)."""
+        model, group = self.model, self.moe_group_gpus
         if not model.is_moe:
             raise ConfigError(
                 f"ep: {model.name} has no experts to spread", value=self.ep, allowed=["1"]
             )
-        if self.ep < 1 or self.tp % self.ep:
-            allowed = [str(d) for d in range(1, self.tp + 1) if self.tp % d == 0]
+        if self.ep < 1 or group % self.ep:
+            allowed = [str(d) for d in range(1, group + 1) if group % d == 0]
             raise ConfigError(
-                f"ep must divide tp {self.tp} (experts spread over the TP group's GPUs)",
+                f"ep must divide tp {self.tp} x attention_dp {self.attention_dp} = {group} "
+                "(experts spread over the MoE group's GPUs)",
                 value=self.ep,
                 allowed=allowed,
             )

@@ -61,6 +61,8 @@ KERNEL_PARTS = {
         "attn_kernel_s",
         "attn_diag_factor",
         "attn_query_pairs",
+        "attn_head_dim_offset",
+        "attn_kv_head_work",
     ),
     "decode_attention": ("attn_bw_efficiency", "attn_decode_kernel_s", "attn_decode_seq_tokens"),
     "communication": (
@@ -69,9 +71,28 @@ KERNEL_PARTS = {
         "allreduce_latencies_s",
         "allreduce_efficiencies",
         "allreduce_eager_s",
+        "allreduce_eager_floor_s",
         "interconnect_efficiency",
     ),
-    "experts": ("moe_mfu_efficiency", "moe_bw_efficiency", "moe_kernel_s", "moe_tail_share"),
+    "all_to_all": (
+        "alltoall_gpus",
+        "alltoall_latencies_s",
+        "alltoall_efficiencies",
+        "alltoall_protocol_s",
+        "alltoall_knee_bytes",
+    ),
+    "experts": (
+        "moe_mfu_efficiency",
+        "moe_bw_efficiency",
+        "moe_kernel_s",
+        "moe_tail_share",
+        "moe_fp8_mfu_efficiency",
+        "moe_fp8_bw_efficiency",
+        "moe_fp8_kernel_s",
+        "moe_mxfp4_mfu_efficiency",
+        "moe_mxfp4_bw_efficiency",
+        "moe_mxfp4_kernel_s",
+    ),
     "cpu": ("overhead_s", "overhead_per_seq_s"),
 }
 """Parts of a step and the constants that price each (provenance is kept per part)."""
@@ -193,6 +214,9 @@ def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
     for part, names in KERNEL_PARTS.items():
         if any(name in kernels["params"] for name in names):
             parts[part] = label
+    nccl = ", ".join(str(v) for v in kernels["fit"].get("nccl_versions", []))
+    if "all_to_all" in parts and nccl:
+        parts["all_to_all"] = f"{how}: measured NCCL {nccl} all-to-all ({kernels['file']})"
     origin = f"{label}; elementwise and CPU terms {base.origin}"
     return RooflineDefaults(params, origin, parts)
 

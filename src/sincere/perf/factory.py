@@ -218,6 +218,23 @@ class RooflineStepParams(Params):
         json_schema_extra=_FIT,
     )  # fmt: skip
     allreduce_eager_s: float | None = _time("all-reduce latency added outside a CUDA graph")
+    allreduce_eager_floor_s: float | None = _time("least time of an all-reduce outside a graph")
+    alltoall_gpus: tuple[int, ...] | None = Field(
+        None, description="GPU counts with their own expert-parallel all-to-all terms",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    alltoall_latencies_s: tuple[float, ...] | None = Field(
+        None, description="all-to-all latency at each of alltoall_gpus, s", json_schema_extra=_FIT
+    )
+    alltoall_efficiencies: tuple[float, ...] | None = Field(
+        None, description="all-to-all share of the one-way link at each of alltoall_gpus",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    alltoall_protocol_s: float | None = _time("all-to-all latency added past the knee")
+    alltoall_knee_bytes: float | None = Field(
+        None, gt=0, description="bytes sent where half the all-to-all's protocol latency is added",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
     cuda_graph_max_tokens: int | None = Field(
         None, ge=0, description="iterations up to this many tokens replay CUDA graphs, tokens",
         json_schema_extra=_FIT,
@@ -233,6 +250,14 @@ class RooflineStepParams(Params):
         None, ge=0, description="prefill: pairs' worth of work per query row beyond its own",
         json_schema_extra=_FIT,
     )  # fmt: skip
+    attn_head_dim_offset: float | None = Field(
+        None, ge=0, description="a pair's work per query head as if head_dim were this wider",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
+    attn_kv_head_work: float | None = Field(
+        None, ge=0, description="a pair's work per KV head, in shares of a head_dim product",
+        json_schema_extra=_FIT,
+    )  # fmt: skip
     attn_decode_seq_tokens: float | None = Field(
         None, ge=0, description="decode: KV tokens' worth of traffic per sequence (1: its new one)",
         json_schema_extra=_FIT,
@@ -244,6 +269,12 @@ class RooflineStepParams(Params):
         None, ge=0, le=1, description="share of the busiest expert's rows not hidden by the others",
         json_schema_extra=_FIT,
     )  # fmt: skip
+    moe_fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in the fp8-expert kernel")
+    moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
+    moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")
+    moe_mxfp4_mfu_efficiency: float | None = _efficiency("the bf16 peak in the MXFP4-expert kernel")
+    moe_mxfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the MXFP4-expert kernel")
+    moe_mxfp4_kernel_s: float | None = _time("fixed cost of one MXFP4-expert MoE kernel per layer")
     p2p_latency_s: float | None = _time("fixed cost of one pipeline-stage send")
     activation_bytes: float | None = Field(
         None, gt=0, description="bytes per activation element", json_schema_extra=_FIT

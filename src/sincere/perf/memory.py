@@ -8,7 +8,8 @@ buffers, CUDA graphs) is the KV cache, cut into blocks of ``block_size`` tokens
 
 Per GPU: weights are ``params * bytes(precision) / (tp * pp)`` (embeddings are
 assumed split too); an MoE model holds all its experts (each GPU its ``1/ep`` of them,
-each split over ``tp/ep`` GPUs: the same bytes per GPU), counted by
+each split over ``tp/ep`` GPUs: the same bytes per GPU; under attention DP the routed
+experts spread over the ``attention_dp · tp`` GPUs of the MoE group), counted by
 :meth:`~sincere.catalog.specs.ModelArch.weight_bytes` (MXFP4 on the experts only,
 embeddings in bf16 under fp8 / MXFP4). One token's KV is ``2 * layers * kv_heads *
 head_dim * bytes(kv_precision)`` split over PP stages and over TP ranks while ``tp <=
@@ -124,7 +125,7 @@ def plan_memory(
         )
     deployment.accelerator.compute_precision(deployment.precision)
     budget = gpu_memory_utilization * deployment.accelerator.memory_gb * 1e9
-    weights = deployment.model.weight_bytes(deployment.precision) / deployment.num_gpus
+    weights = weight_bytes_per_gpu(deployment)
     activations = activation_bytes_estimate(deployment, max_num_batched_tokens, max_num_seqs)
     per_token = kv_bytes_per_token_per_gpu(deployment)
     free = budget - weights - activations - overhead_bytes
@@ -142,6 +143,19 @@ def plan_memory(
         num_kv_blocks=num_blocks,
         max_num_seqs=max_num_seqs,
         fits=num_blocks * block_size >= need,
+    )
+
+
+def weight_bytes_per_gpu(deployment: Deployment) -> float:
+    """Weight bytes one GPU holds: all of them over its TP x PP GPUs; under attention DP
+    the routed experts spread over the whole MoE group (``attention_dp`` x that)."""
+    model, precision = deployment.model, deployment.precision
+    total = model.weight_bytes(precision)
+    if deployment.attention_dp == 1:
+        return total / deployment.num_gpus
+    routed = model.param_groups()[0] * PRECISION_BYTES[precision]
+    return (total - routed) / deployment.num_gpus + routed / (
+        deployment.num_gpus * deployment.attention_dp
     )
 
 

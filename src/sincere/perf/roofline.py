@@ -14,10 +14,10 @@ layers, plus the LM head and the CPU's work (each a roofline of its own):
   move their activation bytes at ``elementwise_bw_efficiency``, and the layer pays
   ``layer_overhead_s`` of fixed kernel cost;
 * **attention** of a layer: per prefill chunk the causal query-key pairs (a pair inside
-  the chunk counts ``attn_diag_factor`` times one against cached context) over the
-  dense peak × ``attn_mfu_efficiency``, or its KV bytes over HBM × ``attn_bw_efficiency``,
-  whichever is slower; the decode batch reads its KV cache likewise; each kernel adds
-  ``attn_kernel_s``;
+  the chunk counts ``attn_diag_factor`` times one against cached context; a pair's work
+  is :func:`attention_pair_flops`) over the dense peak × ``attn_mfu_efficiency``, or
+  its KV bytes over HBM × ``attn_bw_efficiency``, whichever is slower; the decode
+  batch reads its KV cache likewise; each kernel adds ``attn_kernel_s``;
 * **communication**: at TP > 1 two all-reduces per layer of ``tokens · hidden ·
   activation_bytes``, a ring moving ``2 (tp-1)/tp`` of it over the one-way link
   bandwidth × ``interconnect_efficiency`` plus ``allreduce_latency_s`` each;
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from sincere.catalog.specs import PRECISION_BYTES, ModelArch
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
-from sincere.perf.arch_step import ArchStep
+from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
 from sincere.perf.series import sum_max_affine
 
@@ -72,11 +72,23 @@ _TIMES = (
     "overhead_per_seq_s",
     "allreduce_latency_s",
     "allreduce_eager_s",
+    "allreduce_eager_floor_s",
+    "alltoall_protocol_s",
     "moe_kernel_s",
     "fp8_gemm_kernel_s",
     "p2p_latency_s",
     "load_overhead_s",
     "unload_s",
+)
+
+_OPTIONAL_EFFICIENCIES = (
+    "fp8_mfu_efficiency",
+    "moe_mfu_efficiency",
+    "moe_bw_efficiency",
+    "moe_fp8_mfu_efficiency",
+    "moe_fp8_bw_efficiency",
+    "moe_mxfp4_mfu_efficiency",
+    "moe_mxfp4_bw_efficiency",
 )
 
 
@@ -106,17 +118,31 @@ class RooflineParams:
     allreduce_latencies_s: tuple[float, ...] = ()  # graph all-reduce latency at each count
     allreduce_efficiencies: tuple[float, ...] = ()  # bus bandwidth share of the link at each
     allreduce_eager_s: float = 0.0  # all-reduce latency added outside a CUDA graph
+    allreduce_eager_floor_s: float = 0.0  # outside a graph an all-reduce takes at least this
+    alltoall_gpus: tuple[int, ...] = ()  # GPU counts with a measured all-to-all (EP dispatch)
+    alltoall_latencies_s: tuple[float, ...] = ()  # all-to-all latency at each count
+    alltoall_efficiencies: tuple[float, ...] = ()  # share of the one-way link at each count
+    alltoall_protocol_s: float = 0.0  # all-to-all latency added as the bytes sent pass the knee
+    alltoall_knee_bytes: float = 1.0  # bytes sent where half of alltoall_protocol_s is added
     cuda_graph_max_tokens: int = 512  # iterations up to this many tokens replay CUDA graphs
     fp8_mfu_efficiency: float | None = None  # fp8 GEMMs' share of the fp8 peak (None: mfu's)
     fp8_gemm_kernel_s: float = 0.0  # fp8 GEMM's extra fixed cost (activation quantisation)
     fp8_act_bytes: float = 0.0  # fp8 GEMM's extra bytes per input activation (quantisation)
     attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
     attn_query_pairs: float = 0.0  # prefill: pairs' worth of work per query row beyond its own
+    attn_head_dim_offset: float = 0.0  # a pair's work per query head as if head_dim were wider
+    attn_kv_head_work: float = 0.0  # a pair's work per KV head, in head_dim multiply-adds' shares
     attn_decode_seq_tokens: float = 1.0  # decode: KV tokens' worth of traffic per sequence
     moe_mfu_efficiency: float | None = None  # fused-MoE share of the peak (None: mfu's)
     moe_bw_efficiency: float | None = None  # fused-MoE share of HBM (None: bw's)
     moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
     moe_tail_share: float = 0.0  # share of the busiest expert's rows not hidden by the others
+    moe_fp8_mfu_efficiency: float | None = None  # fp8 experts: share of the fp8 peak (None: bf16's)
+    moe_fp8_bw_efficiency: float | None = None  # fp8 experts: share of HBM (None: bf16's)
+    moe_fp8_kernel_s: float | None = None  # fp8 experts: fixed cost per layer (None: bf16's)
+    moe_mxfp4_mfu_efficiency: float | None = None  # MXFP4 experts: share of the bf16 peak
+    moe_mxfp4_bw_efficiency: float | None = None  # MXFP4 experts: share of HBM
+    moe_mxfp4_kernel_s: float | None = None  # MXFP4 experts: fixed cost per layer
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
     activation_bytes: float = 2.0  # bytes per activation element (bf16)
     pp_microbatches: int = 1  # micro-batches an iteration is cut into under PP
@@ -141,10 +167,13 @@ class RooflineParams:
             raise ConfigError(
                 "RooflineParams.attn_diag_factor must be in [1, 2]", value=self.attn_diag_factor
             )
-        for name in ("fp8_mfu_efficiency", "moe_mfu_efficiency", "moe_bw_efficiency"):
+        for name in _OPTIONAL_EFFICIENCIES:
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
                 raise ConfigError(f"RooflineParams.{name} must be in (0, 1]", value=value)
+        for name in ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s"):
+            if (value := getattr(self, name)) is not None and value < 0.0:
+                raise ConfigError(f"RooflineParams.{name} must be >= 0 s", value=value)
         if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
             raise ConfigError(
                 "RooflineParams.attn_decode_kernel_s must be >= 0 s",
@@ -166,12 +195,23 @@ class RooflineParams:
                 "RooflineParams.allreduce_efficiencies must be in (0, 1]",
                 value=self.allreduce_efficiencies,
             )
+        _check_counts(
+            "alltoall", self.alltoall_gpus, self.alltoall_latencies_s, self.alltoall_efficiencies
+        )
+        if self.alltoall_knee_bytes <= 0.0:
+            raise ConfigError(
+                "RooflineParams.alltoall_knee_bytes must be > 0", value=self.alltoall_knee_bytes
+            )
         if self.fp8_act_bytes < 0.0:
             raise ConfigError("RooflineParams.fp8_act_bytes must be >= 0", value=self.fp8_act_bytes)
-        if self.attn_query_pairs < 0.0 or self.attn_decode_seq_tokens < 0.0:
-            raise ConfigError(
-                "RooflineParams.attn_query_pairs / attn_decode_seq_tokens must be >= 0"
-            )
+        for name in (
+            "attn_query_pairs",
+            "attn_decode_seq_tokens",
+            "attn_head_dim_offset",
+            "attn_kv_head_work",
+        ):
+            if getattr(self, name) < 0.0:
+                raise ConfigError(f"RooflineParams.{name} must be >= 0", value=getattr(self, name))
         if not 0.0 <= self.moe_tail_share <= 1.0:
             raise ConfigError("RooflineParams.moe_tail_share must be in [0, 1]")
         if self.cuda_graph_max_tokens < 0:
@@ -182,6 +222,22 @@ class RooflineParams:
             raise ConfigError("RooflineParams.pp_microbatches must be >= 1")
         if self.activation_bytes <= 0.0:
             raise ConfigError("RooflineParams.activation_bytes must be > 0")
+
+
+def _check_counts(
+    name: str, gpus: tuple[int, ...], latencies: tuple[float, ...], shares: tuple[float, ...]
+) -> None:
+    """Per-GPU-count collective terms: one entry per count, counts >= 2, shares in (0, 1]."""
+    if not len(gpus) == len(latencies) == len(shares):
+        raise ConfigError(
+            f"RooflineParams.{name}_gpus, {name}_latencies_s and {name}_efficiencies must have "
+            "one entry per GPU count",
+            value=(gpus, latencies, shares),
+        )
+    if any(g < 2 for g in gpus) or any(v < 0.0 for v in latencies):
+        raise ConfigError(f"{name} GPU counts must be >= 2 and latencies >= 0", value=gpus)
+    if any(not 0.0 < v <= 1.0 for v in shares):
+        raise ConfigError(f"RooflineParams.{name}_efficiencies must be in (0, 1]", value=shares)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,10 +299,22 @@ class KernelCoef:
     decode_kernel_s: float  # fixed cost of one decode attention kernel, per layer
     comm_fixed_s: float  # all-reduce latency per layer in a CUDA graph (0 without TP)
     comm_eager_s: float  # all-reduce latency per layer added outside a graph (0 without TP)
+    comm_floor_s: float  # least time of a layer's all-reduces outside a graph (0 without TP)
     graph_tokens: int  # iterations up to this many tokens run in CUDA graphs
     comm_token_s: float  # all-reduce time per token per layer
     p2p_fixed_s: float  # pipeline send latency (0 without PP)
     p2p_token_s: float  # pipeline send time per token
+
+
+def attention_pair_flops(
+    params: RooflineParams, q_heads: int, kv_heads: int, head_dim: int
+) -> float:
+    """FLOPs' worth of one query-key pair of one layer on one GPU (a ``head_dim`` product
+    for the score and one for the value per query head, four FLOPs a dimension), each query
+    head as if ``attn_head_dim_offset`` wider and each KV head adding ``attn_kv_head_work``
+    of a head's product (both 0 by default: plain FLOPs; fitted by ``sincere fit kernels``)."""
+    per_head = q_heads * (head_dim + params.attn_head_dim_offset)
+    return 4.0 * (per_head + params.attn_kv_head_work * kv_heads * head_dim)
 
 
 def kv_share(deployment: Deployment) -> float:
@@ -265,6 +333,23 @@ def gemm_mfu(params: RooflineParams, compute_precision: str) -> float:
     return params.mfu_efficiency
 
 
+def expert_constants(
+    params: RooflineParams, precision: str, compute_precision: str
+) -> tuple[float | None, float | None, float]:
+    """(share of the peak, share of HBM, fixed cost per layer) of the fused-MoE kernel for
+    experts stored in ``precision`` and computed in ``compute_precision``: fp8 experts run
+    at the fp8 rate and MXFP4 ones dequantised to bf16, each with its own fitted kernel
+    where the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``); otherwise the bf16 experts'
+    (None: the GEMMs' shares)."""
+    p = params
+    if compute_precision == "fp8" and p.moe_fp8_mfu_efficiency is not None:
+        return p.moe_fp8_mfu_efficiency, p.moe_fp8_bw_efficiency, p.moe_fp8_kernel_s or 0.0
+    if precision == "mxfp4" and p.moe_mxfp4_mfu_efficiency is not None:
+        kernel = p.moe_mxfp4_kernel_s or 0.0
+        return p.moe_mxfp4_mfu_efficiency, p.moe_mxfp4_bw_efficiency, kernel
+    return p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s
+
+
 def allreduce_terms(params: RooflineParams, gpus: int) -> tuple[float, float]:
     """(latency in a CUDA graph, bus bandwidth share) of one all-reduce over ``gpus`` GPUs.
 
@@ -272,15 +357,29 @@ def allreduce_terms(params: RooflineParams, gpus: int) -> tuple[float, float]:
     any (the link's topology changes with the count: PCIe switches, NVSwitch); else the
     scalar ``allreduce_latency_s`` and ``interconnect_efficiency``.
     """
-    best = -1
-    for i, count in enumerate(params.allreduce_gpus):
-        if best < 0 or abs(math.log2(count / gpus)) < abs(
-            math.log2(params.allreduce_gpus[best] / gpus)
-        ):
-            best = i
-    if best < 0:
+    best = nearest_count(params.allreduce_gpus, gpus)
+    if best is None:
         return params.allreduce_latency_s, params.interconnect_efficiency
     return params.allreduce_latencies_s[best], params.allreduce_efficiencies[best]
+
+
+def alltoall_terms(params: RooflineParams, moe: MoEParams, gpus: int) -> tuple[float, float]:
+    """(latency, share of the one-way link) of one expert-parallel all-to-all over ``gpus``:
+    the measured NCCL all-to-all at the nearest GPU count when ``alltoall_gpus`` lists any,
+    else ``moe``'s assumed ``a2a_latency_s`` and ``a2a_bw_efficiency``."""
+    best = nearest_count(params.alltoall_gpus, gpus)
+    if best is None:
+        return moe.a2a_latency_s, moe.a2a_bw_efficiency
+    return params.alltoall_latencies_s[best], params.alltoall_efficiencies[best]
+
+
+def nearest_count(counts: tuple[int, ...], gpus: int) -> int | None:
+    """Index of the GPU count nearest ``gpus`` in doublings (the first on a tie; None: none)."""
+    best: int | None = None
+    for i, count in enumerate(counts):
+        if best is None or abs(math.log2(count / gpus)) < abs(math.log2(counts[best] / gpus)):
+            best = i
+    return best
 
 
 def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelCoef:
@@ -290,6 +389,7 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
     attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
     attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
     q_heads = max(1, model.num_heads // dep.tp)
+    kv_heads = max(1, math.ceil(model.num_kv_heads / dep.tp))
     kv_bytes = model.kv_bytes_per_token(dep.kv_precision) * kv_share(dep) / model.num_layers
     link = acc.interconnect_gbps_per_direction * 1e9 * p.interconnect_efficiency
     allreduce_s, allreduce_eff = allreduce_terms(p, dep.tp)
@@ -304,7 +404,7 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         pp_microbatches=p.pp_microbatches,
         cpu_s=p.overhead_s,
         cpu_seq_s=p.overhead_per_seq_s,
-        pair_s=4.0 * q_heads * model.head_size / attn_peak,
+        pair_s=attention_pair_flops(p, q_heads, kv_heads, model.head_size) / attn_peak,
         diag=p.attn_diag_factor,
         query_pairs=p.attn_query_pairs,
         seq_tokens=p.attn_decode_seq_tokens,
@@ -315,6 +415,7 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         else p.attn_decode_kernel_s,
         comm_fixed_s=2.0 * allreduce_s if tp_on else 0.0,
         comm_eager_s=2.0 * p.allreduce_eager_s if tp_on else 0.0,
+        comm_floor_s=2.0 * p.allreduce_eager_floor_s if tp_on else 0.0,
         graph_tokens=p.cuda_graph_max_tokens,
         comm_token_s=2.0 * ring * message / ring_link if tp_on else 0.0,
         p2p_fixed_s=p.p2p_latency_s if pp_on else 0.0,
@@ -437,10 +538,21 @@ class RooflineKernels:
 
 def comm_layer_s(coef: KernelCoef, tokens: int, step_tokens: int) -> float:
     """One layer's all-reduces over ``tokens``; eager when the step's tokens exceed the graphs."""
-    value = coef.comm_fixed_s + coef.comm_token_s * tokens
-    if step_tokens > coef.graph_tokens:
-        value += coef.comm_eager_s
-    return value
+    return with_comm_s(coef, 0.0, tokens, step_tokens)
+
+
+def with_comm_s(coef: KernelCoef, base_s: float, tokens: int, step_tokens: int) -> float:
+    """``base_s`` plus one layer's all-reduces over ``tokens``. Outside a CUDA graph (the
+    step's tokens above it) they take at least ``allreduce_eager_floor_s`` each -- the
+    CPU's launch hides a transfer below it -- plus ``allreduce_eager_s``. Summed in the
+    order the terms always were, so a model without a floor gives the same floats."""
+    value = base_s + coef.comm_fixed_s + coef.comm_token_s * tokens
+    if step_tokens <= coef.graph_tokens:
+        return value
+    if coef.comm_floor_s <= 0.0:
+        return value + coef.comm_eager_s
+    graph = coef.comm_fixed_s + coef.comm_token_s * tokens
+    return base_s + (graph if graph > coef.comm_floor_s else coef.comm_floor_s) + coef.comm_eager_s
 
 
 def needs_arch_step(deployment: Deployment) -> bool:
@@ -555,9 +667,10 @@ class Roofline(StepTimeBase):
         head = self._head_memo.get(seqs)
         if head is None:
             head = self.lm_head_s(seqs)
-        layer = linear + c.comm_fixed_s + c.comm_token_s * tokens
         if tokens > c.graph_tokens:
-            layer += c.comm_eager_s
+            layer = with_comm_s(c, linear, tokens, tokens)
+        else:
+            layer = linear + c.comm_fixed_s + c.comm_token_s * tokens
         if num_prefill_seqs > 0:
             ctx_pairs = prefill_tokens * prefill_ctx_tokens / num_prefill_seqs
             if ctx_pairs > prefill_attn_pairs:
@@ -598,9 +711,7 @@ class Roofline(StepTimeBase):
             )
         if num_decode_seqs > 0:
             attn += self.kernels.decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
-        layer = self.linear_layer_s(mb_tokens) + attn + c.comm_fixed_s + c.comm_token_s * mb_tokens
-        if tokens > c.graph_tokens:
-            layer += c.comm_eager_s
+        layer = with_comm_s(c, self.linear_layer_s(mb_tokens) + attn, mb_tokens, tokens)
         stage = c.layers * layer + self.lm_head_s(math.ceil(seqs * share))
         p2p = c.p2p_fixed_s + c.p2p_token_s * mb_tokens
         return c.cpu_s + c.cpu_seq_s * seqs + (num_mb + c.pp - 1.0) * (stage + p2p)
@@ -620,20 +731,13 @@ class Roofline(StepTimeBase):
         """Exact sum of decode iterations: only decode attention changes, split at its ridge."""
         if num_steps <= 0 or num_seqs <= 0:
             return 0.0
-        if self._arch is not None:  # windows make it non-affine in the context: sum the steps
-            total = 0.0
-            for step in range(num_steps):
-                ctx = ctx_tokens + step * num_seqs
-                batch = Batch(num_decode_seqs=num_seqs, decode_ctx_tokens=ctx)
-                total += self._arch.iteration_s(batch)
-            return total
+        if self._arch is not None:  # experts, MLA, windows: their own closed form
+            return self._arch.decode_steps_s(num_seqs, ctx_tokens, num_steps)
         c = self._coef
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
         mb = num_seqs if num_mb == 1 else math.ceil(num_seqs * share)
-        fixed = self.linear_layer_s(mb) + c.decode_kernel_s + c.comm_fixed_s + c.comm_token_s * mb
-        if num_seqs > c.graph_tokens:
-            fixed += c.comm_eager_s
+        fixed = with_comm_s(c, self.linear_layer_s(mb) + c.decode_kernel_s, mb, num_seqs)
         stage = c.layers * fixed + self.lm_head_s(mb)
         scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
         if scale != 1.0:
