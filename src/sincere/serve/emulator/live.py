@@ -15,7 +15,9 @@ delays a token's delivery but never accumulates. An arrival or an abort first br
 engine up to the current time (iterations the late timer has not run yet are run), so a
 request never joins an iteration that began before it arrived; then it re-arms the timer.
 The engine's ``on_tokens`` hook (one call per iteration) hands each token to its request's
-queue; a finished request gets its :class:`Finish` on a future.
+queue; a finished request gets its :class:`Finish` on a future. Both reach the client
+``output_s`` later when the engine's front end has an output delay
+(:class:`~sincere.serve.emulator.frontend.Output`).
 
 Stalls (failure injection) freeze the engine clock for ``stall_s`` from the end of the
 iteration that drew one: everything after it moves later by that much, as when a real
@@ -37,6 +39,7 @@ from sincere.engine.base import StreamingEngine
 from sincere.engine.build import build_streaming_engine
 from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.spec import DeploymentSpec
+from sincere.serve.emulator.frontend import Output
 from sincere.serve.emulator.kv_arrivals import KvArrivals
 from sincere.serve.emulator.metrics import EmulatorMetrics, FinishedRequest
 from sincere.serve.emulator.slots import (
@@ -67,9 +70,11 @@ class LiveEngine:
         rng: np.random.Generator,
         stall_probability: float = 0.0,
         stall_s: float = 0.0,
+        output_s: float = 0.0,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.slots = Slots(capacity, model_name, name, tiers, block_tokens, self._loop)
+        self._loop = loop = asyncio.get_running_loop()
+        output = Output(output_s, loop)  # the front end's delay of what clients are told
+        self.slots = Slots(capacity, model_name, name, tiers, block_tokens, loop, output)
         self.requests, self.records = self.slots.requests, self.slots.records
         self.engine: StreamingEngine = build_streaming_engine(
             spec, name, self.requests, self.records, f"emulator {name}"
@@ -214,6 +219,7 @@ class LiveEngine:
         for slot in list(self.slots.held.values()):
             self.kv.drop(slot)
             self.slots.release(slot, Finish(slot.num_tokens, None, "aborted"))
+        self.slots.output.close()  # every client told now
 
     # ---------------------------------------------------------------- driving
 
@@ -309,8 +315,7 @@ class LiveEngine:
             else:
                 metrics.itl.observe(wall - slot.last_at)
             slot.last_at = wall
-            if slot.queue is not None:
-                slot.queue.put_nowait(1)
+            self.slots.hand_token(slot)
         metrics.generation_tokens.inc(num_tokens)
         return computed
 

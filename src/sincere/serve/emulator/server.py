@@ -23,6 +23,11 @@ The API is vLLM 0.32.0's: what it refuses (:mod:`.vllm_api`, 400 with vLLM's err
 body), the fields and chunks of its answers (:mod:`.answer`), its metrics (:mod:`.metrics`),
 ``n`` choices and batched prompts, each choice its own engine request (:mod:`.choices`).
 
+The front end (:mod:`.frontend`): under an engine preset whose front end has time
+(``engine: {preset: vllm-v1}``, or ``execution: {frontend: ...}``) a request reaches the
+engine its intake later, in the order received, and every token and end reaches the
+client the output delay later, as the simulator counts them (:mod:`sincere.sim.frontend`).
+
 Failure injection (:class:`~.config.FailureConfig`): ``error_rate`` answers
 HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
 engine after an iteration; ``crash_after`` serves that many requests, then the next
@@ -62,6 +67,7 @@ from sincere.serve.emulator.answer import (
 )
 from sincere.serve.emulator.choices import Prompt
 from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.frontend import Intake
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest, Parent
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
 from sincere.serve.emulator.planning import RequestPlanner
@@ -95,6 +101,8 @@ class EmulatorServer(Served):
             np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1]),
         )  # fmt: skip
         self._stall_rng = np.random.default_rng(seeds[2])
+        self.front_end = config.engine.execution_params().frontend  # the preset's, else none
+        self.intake = Intake(self.front_end)
         self._created = int(time.time())
         self._num_received = 0
         self.crashed = False
@@ -181,6 +189,7 @@ class EmulatorServer(Served):
             raise ProtocolError(400, f"n and a list of prompts: got {len(replies)} answers to "
                                 f"a {phase} request; allowed: one (n 1, one prompt)",
                                 param="n")  # fmt: skip
+        await self.intake.wait(sum(p.num_tokens for p in prompts))
         slots = self._submit_all(live, req, prompts, replies, phase)
         try:
             if len(slots) > 1:
@@ -402,6 +411,7 @@ def _build_live(
         block_tokens=config.prefix_block_tokens,
         tiers=tiers or (DEFAULT_TIER,), metrics=metrics, rng=rng,
         stall_probability=config.failures.stall_probability, stall_s=config.failures.stall_s,
+        output_s=config.engine.execution_params().frontend.output_s,
     )  # fmt: skip
 
 

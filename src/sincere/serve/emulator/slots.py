@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +26,7 @@ import numpy.typing as npt
 
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays, Tier
+from sincere.serve.emulator.frontend import Output
 
 if TYPE_CHECKING:
     from sincere.serve.emulator.kv_arrivals import KvLinkState
@@ -121,6 +123,7 @@ class Slots:
         tiers: tuple[Tier, ...],
         block_tokens: int,
         loop: asyncio.AbstractEventLoop,
+        output: Output,
     ) -> None:
         self.requests = _placeholder_requests(capacity, model_name, tiers, block_tokens)
         self.records = RecordArrays.empty(capacity, [instance])
@@ -131,6 +134,7 @@ class Slots:
         self._free: list[int] = []
         self._block_ids: list[npt.NDArray[np.int64]] = []  # per slot used: its prompt's ids
         self._loop = loop
+        self.output = output  # tells the clients, late by the front end's output delay
 
     def __len__(self) -> int:
         return len(self.held)
@@ -199,15 +203,26 @@ class Slots:
         slots[i] = ids
         object.__setattr__(self.requests, "block_ids", tuple(slots))
 
+    def hand_token(self, slot: LiveRequest) -> None:
+        """Tell ``slot``'s stream of one more token (through the front end's output)."""
+        if slot.queue is not None:
+            self.output.call(partial(slot.queue.put_nowait, 1))
+
     def release(self, slot: LiveRequest, outcome: Finish) -> None:
-        """Free ``slot`` and tell its waiter how the request ended."""
+        """Free ``slot`` now and tell its waiter how the request ended (through the front
+        end's output, after its last token)."""
         del self.held[slot.ix]
         self._free.append(slot.ix)
         slot.freed = True
-        if slot.queue is not None:
-            slot.queue.put_nowait(0)
-        if not slot.done.done():
-            slot.done.set_result(outcome)
+        self.output.call(partial(_tell_end, slot, outcome))
+
+
+def _tell_end(slot: LiveRequest, outcome: Finish) -> None:
+    """The end marker on ``slot``'s stream, and its outcome on its future."""
+    if slot.queue is not None:
+        slot.queue.put_nowait(0)
+    if not slot.done.done():
+        slot.done.set_result(outcome)
 
 
 _NO_BLOCKS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
