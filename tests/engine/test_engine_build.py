@@ -55,7 +55,7 @@ def test_the_engine_reports_the_context_its_running_sequences_hold() -> None:
     spec = DeploymentSpec(model="llama-3-8b", accelerator="A100-80GB")
     req = RequestArrays.build([0.0, 0.0], [100, 100], [3, 50], models=("llama-3-8b",))
     engine = build_engine(spec, "e0", req, RecordArrays.empty(2, ["e0"]), 0).engine
-    engine.require_exact_loads()  # one event per prefill iteration, as under a router
+    engine.configure(exact_loads=True)  # one event per prefill iteration, as under a router
     engine.add(0, 0.0)
     engine.add(1, 0.0)
     assert engine.load().running_ctx_tokens == 0  # nothing computed yet

@@ -244,7 +244,7 @@ def test_load_running_sums_match_the_sequences(
         req, sched, num_kv_blocks=blocks, block_size=8, max_num_seqs=max_seqs,
         max_num_batched_tokens=budget,
     )  # fmt: skip
-    eng.require_exact_loads()
+    eng.configure(exact_loads=True)
 
     def same() -> None:
         load = eng.load()

@@ -176,7 +176,7 @@ def test_known_plans_are_the_policys_plans_piece_by_piece(
     req, name, limits = case
     known = _engine(req, make_scheduler(name, {}), **limits)
     asked = _engine(req, _asked(name), **limits)
-    known.require_exact_loads()  # no prefill runs: the two go piece by piece in lockstep
+    known.configure(exact_loads=True)  # no prefill runs: the two go piece by piece in lockstep
     snapshots: list[tuple[object, ...]] = []
     _drive(asked, lambda: snapshots.append(_snapshot(asked)))
     seen = iter(snapshots)
@@ -192,12 +192,12 @@ def _compare(mine: tuple[object, ...], theirs: tuple[object, ...]) -> None:
 
 
 def test_exact_loads_end_an_event_at_every_iteration_and_change_no_result() -> None:
-    """require_exact_loads splits prefill runs into single iterations; records stay the same."""
+    """Exact loads split prefill runs into single iterations; records stay the same."""
     req = RequestArrays.build([0.0, 0.0], [10, 5000], [400, 5])
     sched = {"chunk_size": 256}
     fast = _engine(req, make_scheduler("sarathi", sched), num_kv_blocks=4096)
     exact = _engine(req, make_scheduler("sarathi", sched), num_kv_blocks=4096)
-    exact.require_exact_loads()
+    exact.configure(exact_loads=True)
     steps: list[int] = []
     events = _drive(exact, lambda: steps.append(exact.num_iterations))
     assert _drive(fast) < events

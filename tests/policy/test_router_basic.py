@@ -168,14 +168,14 @@ def test_load_blind_routers_ignore_engine_load(name: str) -> None:
             )
         )  # fmt: skip
         blind.append(view(f"i{k}", num_outstanding=outstanding))
-    assert not make_router(name, np.random.default_rng(0)).reads_engine_load
+    assert not make_router(name, np.random.default_rng(0)).reads.load
     assert route_many(name, loaded, 50) == route_many(name, blind, 50)
 
 
 def test_load_reading_routers_say_so() -> None:
     """Routers that compare engine load keep the default: they read it."""
     for name in ("join-shortest-queue", "latency-optimal", "cost-optimal"):
-        assert make_router(name, np.random.default_rng(0)).reads_engine_load
+        assert make_router(name, np.random.default_rng(0)).reads.load
     for metric in ("requests", "tokens"):
         router = ROUTERS.build("power-of-two", {"metric": metric}, rng=np.random.default_rng(0))
-        assert router.reads_engine_load
+        assert router.reads.load

@@ -125,7 +125,7 @@ def test_prefix_aware_tokens_metric_falls_back_when_unknown() -> None:
     r = router("prefix-aware", metric="tokens")
     got = r.route(req((1,)), [view("a", waiting_prefill_tokens=None), view("b")], 0.0)
     assert "tokens unknown on a" in got.reason
-    assert r.reads_engine_tokens
+    assert r.reads.tokens
 
 
 # ------------------------------------------------------------------ session-affinity

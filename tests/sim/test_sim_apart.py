@@ -9,6 +9,7 @@ system is summed over every event in time order, as the heap loop sums it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sincere.policy.decision_log import DecisionLog
+from sincere.policy.reads import READS_NOTHING, Reads
 from sincere.policy.router_base import InstanceView
 from sincere.policy.routers.basic import RandomRouter, RoundRobinRouter
 from sincere.sim import load_config
@@ -26,6 +28,8 @@ from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
 from sincere.sim.runner import _integral, run_events
 from sincere.workload.config import generate
+
+NOT_OBLIVIOUS = replace(READS_NOTHING, oblivious=False)  # a probe reading nothing, not oblivious
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 COLUMNS = (
@@ -49,10 +53,12 @@ def _raw(router: str, count: int, num_requests: int, example: str = "w1.yaml") -
     return raw
 
 
-def _cluster(raw: dict[str, Any], decisions: DecisionLog | None = None) -> Cluster:
+def _cluster(
+    raw: dict[str, Any], decisions: DecisionLog | None = None, probes: tuple[Reads, ...] = ()
+) -> Cluster:
     cfg = load_config(raw).model_copy(update={"base_dir": str(EXAMPLES)})
     reqs = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
-    return build_cluster(cfg, reqs, decisions)
+    return build_cluster(cfg, reqs, decisions, probes)
 
 
 @pytest.mark.parametrize(
@@ -74,9 +80,11 @@ def test_engines_run_apart_give_the_heap_loops_results_bit_for_bit(
     raw = _raw(router, count, num_requests, example)
     if example == "sincere.yaml":
         raw["instances"][0]["count"] = 3
-    apart, heap = _cluster(raw), _cluster(raw)
-    assert apart.apart and heap.apart
-    heap.apart = False  # the general loop: arrivals and every engine on one event heap
+    # a probe whose reads are not oblivious keeps the general loop (arrivals and every
+    # engine on one event heap), every other shortcut as it was
+    apart, heap = _cluster(raw), _cluster(raw, probes=(NOT_OBLIVIOUS,))
+    assert apart.shortcuts.apart and not heap.shortcuts.apart
+    assert replace(heap.shortcuts, apart=True) == apart.shortcuts
     log, ref = run_events(apart), run_events(heap)
     assert log == ref
     assert log.num_in_system_area > 0  # (SINCERE's server leaves some unfinished: no flush)
@@ -96,8 +104,8 @@ def test_engines_run_apart_give_the_heap_loops_results_bit_for_bit(
 
 def test_a_router_that_reads_the_instances_keeps_the_heap() -> None:
     """Least-outstanding reads the outstanding counts: its answers depend on the finishes."""
-    assert not _cluster(_raw("least-outstanding", 4, 10)).apart
-    assert not _cluster(_raw("power-of-two", 4, 10)).apart
+    assert not _cluster(_raw("least-outstanding", 4, 10)).shortcuts.apart
+    assert not _cluster(_raw("power-of-two", 4, 10)).shortcuts.apart
 
 
 def test_admission_or_a_decision_log_keeps_the_heap() -> None:
@@ -105,8 +113,8 @@ def test_admission_or_a_decision_log_keeps_the_heap() -> None:
     arrival, which only the heap loop has."""
     raw = _raw("round-robin", 4, 10)
     raw["admission"] = {"enabled": True}
-    assert not _cluster(raw).apart
-    assert not _cluster(_raw("round-robin", 4, 10), DecisionLog(lambda line: None)).apart
+    assert not _cluster(raw).shortcuts.apart
+    assert not _cluster(_raw("round-robin", 4, 10), DecisionLog(lambda line: None)).shortcuts.apart
 
 
 def test_request_level_engines_keep_the_heap() -> None:
@@ -116,7 +124,7 @@ def test_request_level_engines_keep_the_heap() -> None:
     raw["instances"][0]["engine"] = {"kind": "request-level", "dispatch": "idle"}
     cluster = _cluster(raw)
     assert any(e.holds_back for e in cluster.engines)
-    assert not cluster.apart
+    assert not cluster.shortcuts.apart
 
 
 def test_the_integral_sums_in_time_order_whatever_order_events_come_in() -> None:

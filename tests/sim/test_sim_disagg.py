@@ -16,7 +16,7 @@ from sincere.core.request import Request, RequestArrays
 from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router
 from sincere.sim import load_config, simulate
 from sincere.sim.build import build_cluster, canonical_requests
-from sincere.sim.disagg import run_pd
+from sincere.sim.runner import run_events
 
 # inferno linear step times, ms: decode step alpha + beta * n, prefill gamma + delta * tokens
 ALPHA, BETA, GAMMA, DELTA = 10.0, 1.0, 5.0, 0.1
@@ -286,7 +286,7 @@ def _two_by_two(requests: RequestArrays, decode_memory: float = 0.9) -> tuple[An
     assert plan is not None
     prefill, decode = _Recorder(), _Recorder()
     plan.door.prefill.router, plan.door.decode.router = prefill, decode
-    run_pd(cluster, plan)
+    run_events(cluster)
     return cluster, prefill, decode
 
 
@@ -360,3 +360,15 @@ def test_the_threshold_reads_the_decode_instances_cache_and_serves_there() -> No
     assert table["prefill_instance"] == [None, None]
     assert table["instance"] == ["d", "d"]
     assert table["cached_tokens"] == [0, 512]
+
+
+def test_a_decode_role_without_kv_intake_is_refused_at_build() -> None:
+    """A decode instance on an engine that takes no prefilled KV is a config error naming
+    the instance's engine kind."""
+    cfg = pd_config({"kind": "rdma"})
+    cfg["instances"] = [
+        instance("prefill", "p"),
+        instance("decode", "d", engine={"kind": "request-level"}),
+    ]
+    with pytest.raises(ConfigError, match=r"decode instance needs an engine that .* takes"):
+        simulate(cfg)

@@ -51,10 +51,13 @@ def test_single_engine_loop_matches_the_event_queue(name: str) -> None:
     np.testing.assert_array_equal(a.rejected, b.rejected)
 
 
-def test_router_clusters_keep_per_iteration_loads() -> None:
-    """With a router over several engines, no engine batches prefill iterations as built
-    (the event loop lets load-blind ones: tests/sim/test_sim_merged_prefill.py)."""
+def test_router_clusters_configure_their_engines_once_as_planned() -> None:
+    """With a router over several engines, the plan decides how engines cut their work at
+    build time: one event per iteration when the router reads loads, else pieces summed
+    iteration by iteration (tests/sim/test_sim_merged_prefill.py)."""
     cluster = _cluster("hetero", 50)
     assert len(cluster.engines) > 1
+    pacing = cluster.shortcuts.engine_pacing
+    assert pacing == ("summed" if cluster.shortcuts.load_blind else "exact")
     runs = [getattr(e, "max_prefill_run", 1) for e in cluster.engines]
-    assert runs == [1] * len(runs)
+    assert runs == [1 if pacing == "exact" else 1 << 30] * len(runs)

@@ -120,9 +120,9 @@ def _cluster(**extra: Any) -> Any:
 
 def test_outcomes_are_built_only_for_what_learns_from_them() -> None:
     """No outcomes for a router that learns nothing; kept for learning routers and admission."""
-    assert not _cluster(router={"name": "round-robin"}).observes
-    assert _cluster(router={"name": "latency-optimal"}).observes
-    assert _cluster(router={"name": "round-robin"}, admission={"enabled": True}).observes
+    assert not _cluster(router={"name": "round-robin"}).shortcuts.observes
+    assert _cluster(router={"name": "latency-optimal"}).shortcuts.observes
+    assert _cluster(router={"name": "round-robin"}, admission={"enabled": True}).shortcuts.observes
 
 
 def test_skipping_outcomes_gives_the_same_records(tmp_path: Path) -> None:

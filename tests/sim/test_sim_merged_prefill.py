@@ -42,8 +42,8 @@ def _cluster(router: str, count: int, num_requests: int) -> Cluster:
 
 class _Counted:
     """An engine as the event loop sees it, counting the events it ends; with
-    ``per_iteration`` it ignores ``sum_by_iteration`` (what the engines did before: an
-    event per prefill iteration). A wrapper, since compiled engines take no patches."""
+    ``per_iteration`` it keeps an event per prefill iteration whatever it is configured to
+    do (what the engines did before). A wrapper, since compiled engines take no patches."""
 
     def __init__(self, engine: Engine, per_iteration: bool) -> None:
         self.engine = engine
@@ -57,9 +57,13 @@ class _Counted:
         self.num_events += 1
         return self.engine.advance(now)
 
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        if not self.per_iteration:
-            self.engine.sum_by_iteration(inner_ends)
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        if self.per_iteration:
+            self.engine.configure(exact_loads=True)
+        else:
+            self.engine.configure(exact_loads=exact_loads, inner_ends=inner_ends)
 
 
 def _run_counting(cluster: Cluster, per_iteration: bool) -> tuple[RunLog, int]:
@@ -67,6 +71,12 @@ def _run_counting(cluster: Cluster, per_iteration: bool) -> tuple[RunLog, int]:
     Returns the run log and the number of engine events."""
     counted = [_Counted(e, per_iteration) for e in cluster.engines]
     cluster.engines = counted  # type: ignore[assignment]
+    pacing = cluster.shortcuts.engine_pacing
+    for c in counted:  # as the cluster configured them, through the wrapper
+        c.configure(
+            exact_loads=pacing == "exact",
+            inner_ends=cluster.inner_ends if pacing == "summed" else None,
+        )
     log = run_events(cluster)
     cluster.engines = [c.engine for c in counted]
     return log, sum(c.num_events for c in counted)
@@ -76,7 +86,7 @@ def _run_counting(cluster: Cluster, per_iteration: bool) -> tuple[RunLog, int]:
 def test_merged_prefill_pieces_keep_every_sum_bit_for_bit(router: str, count: int) -> None:
     """Fewer engine pieces, and records, integral, busy time and ITL sums all identical."""
     merged, apart = _cluster(router, count, 1500), _cluster(router, count, 1500)
-    assert merged.load_blind
+    assert merged.shortcuts.load_blind
     log, num_merged = _run_counting(merged, per_iteration=False)
     ref, num_apart = _run_counting(apart, per_iteration=True)
     assert num_merged < 0.9 * num_apart  # whole prefills no longer end an event each
@@ -95,7 +105,7 @@ def test_merged_prefill_pieces_keep_every_sum_bit_for_bit(router: str, count: in
 def test_routers_that_read_loads_keep_one_event_per_iteration() -> None:
     """A router reading engine loads between iterations still sees them exact."""
     cluster = _cluster("join-shortest-queue", 4, 50)
-    assert not cluster.load_blind
+    assert not cluster.shortcuts.load_blind
     run_events(cluster)
     assert [getattr(e, "max_prefill_run", 1) for e in cluster.engines] == [1] * 4
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,22 +10,25 @@ import numpy as np
 import pytest
 import yaml
 
+from sincere.policy.reads import READS_NOTHING, Reads
 from sincere.sim import load_config
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
 from sincere.sim.runner import run_events
 from sincere.workload.config import generate
 
+READS_LOAD = replace(READS_NOTHING, load=True, oblivious=False)
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _cluster(router: str, num_requests: int) -> Cluster:
+def _cluster(router: str, num_requests: int, probes: tuple[Reads, ...] = ()) -> Cluster:
     raw: dict[str, Any] = yaml.safe_load((EXAMPLES / "hetero.yaml").read_text())
     raw["workload"]["num_requests"] = num_requests
     raw["router"] = {"name": router}
     cfg = load_config(raw).model_copy(update={"base_dir": str(EXAMPLES)})
     reqs = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
-    return build_cluster(cfg, reqs)
+    return build_cluster(cfg, reqs, probes=probes)
 
 
 class _Uncached(Cluster):
@@ -56,7 +60,7 @@ def test_cached_views_give_the_same_run_as_fresh_ones(router: str) -> None:
 def test_a_view_is_reused_until_its_engine_is_touched() -> None:
     """Same object while unchanged; after touched(), one that shows the new load."""
     cluster = _cluster("join-shortest-queue", 10)
-    assert not cluster.load_blind
+    assert not cluster.shortcuts.load_blind
     before = cluster._view(0)
     assert cluster._view(0) is before
     cluster.outstanding[0] += 1
@@ -80,9 +84,9 @@ RECORD_COLUMNS = (
 def test_load_blind_views_give_the_same_run_as_full_ones(router: str) -> None:
     """A router that reads no engine load gets load-unknown views; records are identical."""
     blind = _cluster(router, 1500)
-    full = _cluster(router, 1500)
-    assert blind.load_blind
-    full.load_blind = False
+    full = _cluster(router, 1500, probes=(READS_LOAD,))  # a probe that reads engine load
+    assert blind.shortcuts.load_blind
+    assert not full.shortcuts.load_blind
     log_blind, log_full = run_events(blind), run_events(full)
     for col in RECORD_COLUMNS:
         np.testing.assert_array_equal(getattr(blind.records, col), getattr(full.records, col))
@@ -93,7 +97,7 @@ def test_load_blind_views_give_the_same_run_as_full_ones(router: str) -> None:
 def test_load_blind_views_show_the_load_unknown_and_track_outstanding() -> None:
     """Load-blind views carry no engine load, and show a new outstanding count once told."""
     cluster = _cluster("least-outstanding", 10)
-    assert cluster.load_blind
+    assert cluster.shortcuts.load_blind
     before = cluster._view(0)
     assert (before.num_running, before.num_waiting, before.kv_usage) == (None, None, None)
     cluster.outstanding[0] += 1
@@ -103,5 +107,5 @@ def test_load_blind_views_show_the_load_unknown_and_track_outstanding() -> None:
 
 def test_a_router_that_reads_load_is_not_load_blind() -> None:
     """Routers that compare engine load, and any decision log, keep full views."""
-    assert not _cluster("join-shortest-queue", 10).load_blind
-    assert not _cluster("latency-optimal", 10).load_blind
+    assert not _cluster("join-shortest-queue", 10).shortcuts.load_blind
+    assert not _cluster("latency-optimal", 10).shortcuts.load_blind

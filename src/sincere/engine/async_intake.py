@@ -15,16 +15,21 @@ engine that is idle polls at once, so a request that finds it idle is never held
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sincere.core.types import Seconds
+from sincere.engine.runs import DecodeStepsTime, Run, RunPlanner
+from sincere.engine.view import StateView
 
 
 class AsyncIntake:
     """Requests waiting to be seen by an asynchronously scheduling engine, in arrival order."""
 
-    __slots__ = ("_held",)
+    __slots__ = ("_held", "seen_by")
 
     def __init__(self) -> None:
         self._held: list[tuple[int, int, Seconds]] = []  # (request, prefill tokens, arrival)
+        self.seen_by: Seconds = float("-inf")  # start of the last iteration that ended
 
     def __len__(self) -> int:
         return len(self._held)
@@ -62,3 +67,43 @@ class AsyncIntake:
                 del self._held[k]
                 return i, n
         return None
+
+    # --- the engine's side ---------------------------------------------------------------
+    def arrive(
+        self, i: int, prompt: int, now: Seconds, run: Run, f: DecodeStepsTime, room: bool
+    ) -> None:
+        """``i`` arrived while ``run`` is in flight: held, and a decode run cut after the
+        iteration that follows the one in progress (when the batch has ``room``)."""
+        self.hold(i, prompt, now)
+        if room and not (run.chunks or run.durations) and run.steps > 1:
+            run.cut_decode(run.steps_covering(now, f) + 1, f)
+
+    def ended(self, run: Run, f: DecodeStepsTime) -> None:
+        """``run`` ended: its last iteration's start is when the engine last polled."""
+        self.seen_by = run.last_iteration_start(f)
+
+    def before_planning(self, planner: RunPlanner, view: StateView) -> None:
+        """Queue the requests seen by the last poll."""
+        for i, prompt in self.release(self.seen_by):
+            planner.enqueue(view, i, prompt)
+
+    def after_planning(
+        self,
+        run: Run | None,
+        plan: Callable[[], Run | None],
+        planner: RunPlanner,
+        view: StateView,
+        f: DecodeStepsTime,
+    ) -> Run | None:
+        """Requests still held: with nothing to run the engine would idle and poll at once,
+        so they are queued and ``plan`` asked again; a decode run is cut after one
+        iteration so that they join the next."""
+        if not self._held:
+            return run
+        if run is None:
+            for i, prompt in self.release_all():
+                planner.enqueue(view, i, prompt)
+            return plan()
+        if not (run.chunks or run.durations) and run.steps > 1:
+            run.cut_decode(1, f)
+        return run

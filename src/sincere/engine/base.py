@@ -20,15 +20,23 @@ Every engine also answers, so no driver has to probe for them:
   request-level strategy waiting for a full batch); a no-op for engines that never hold
   requests back, which say so with ``holds_back`` false;
 * ``gaps`` -- inter-token gaps per tier (empty for engines whose answers come whole);
-* ``require_exact_loads()`` -- a router reads ``load()`` between any two iterations, so
-  the engine must end an event at each (no multi-iteration shortcuts between reads);
-* ``sum_by_iteration(inner_ends)`` -- nothing reads ``load()`` between events, but the
-  driver sums over time as if every iteration were an event: the engine may run identical
-  iterations as one piece, adds its own sums iteration by iteration, and appends the end of
-  each iteration inside a piece (but its last) to ``inner_ends`` when the piece starts;
+* ``configure(exact_loads=..., inner_ends=...)`` -- how the driver's readers need the
+  engine's work cut into events, said once before the run: ``exact_loads`` -- a router
+  reads ``load()`` between any two iterations, so the engine must end an event at each (no
+  multi-iteration shortcuts between reads); ``inner_ends`` -- nothing reads ``load()``
+  between events, but the driver sums over time as if every iteration were an event: the
+  engine may run identical iterations as one piece, adds its own sums iteration by
+  iteration, and appends the end of each iteration inside a piece (but its last) to
+  ``inner_ends`` when the piece starts. Neither: the engine cuts its work as it likes;
 * ``progress_at(now)`` -- how far a closed-form decode run in flight got by ``now`` (its
   token counts and KV usage move on between events; a driver reading token counts at
-  an arrival advances the load by it).
+  an arrival advances the load by it);
+* ``kv_intake`` -- the engine's intake of KV prefilled on another instance (a
+  :class:`KvIntake`, what a decode instance of prefill/decode disaggregation needs), or
+  ``None`` for an engine that takes none: an optional capability, declared rather than
+  found by the engine's class;
+* ``max_model_len`` -- the longest prompt plus ``max_tokens`` it serves (``None``: no
+  context limit modelled), for the messages that explain context rejections.
 
 Lazy reads. An engine reads request ``i``'s fields from the run's
 :class:`~sincere.core.request.RequestArrays` at ``add(i, now)`` or later, never at
@@ -153,18 +161,43 @@ class Engine(Protocol):
         """Inter-token gaps per tier of the run's requests (empty: not modelled)."""
         ...
 
-    def require_exact_loads(self) -> None:
-        """Keep ``load()`` exact between any two iterations (a router reads it)."""
-        ...
-
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        """Run identical iterations as one piece, keeping per-iteration sums; append the
-        ends of the iterations inside each piece (but its last) to ``inner_ends``."""
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """How to cut work into events (module docstring): ``exact_loads``, one event per
+        iteration; ``inner_ends``, pieces of identical iterations summed iteration by
+        iteration, their inner ends reported there. Raises ``ValueError`` given both."""
         ...
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """How far a decode run in flight got by ``now`` since the last event (``None``:
         the load has not changed since, e.g. no decode run, or an engine without them)."""
+        ...
+
+    @property
+    def kv_intake(self) -> KvIntake | None:
+        """Its intake of KV prefilled elsewhere; ``None``: it takes none."""
+        ...
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Longest prompt plus ``max_tokens`` it serves (``None``: no limit modelled)."""
+        ...
+
+
+class KvIntake(Protocol):
+    """An engine's intake of requests prefilled on another instance (P/D disaggregation):
+    their KV arrives, waits for room, and joins the decode batch."""
+
+    def add_prefilled(self, request_ix: int, now: Seconds, kv_tokens: int) -> None:
+        """Take request ``request_ix``, whose ``kv_tokens`` tokens of KV have arrived."""
+        ...
+
+    @property
+    def kv_admitted(self) -> list[tuple[int, Seconds]]:
+        """``(request, time)`` of each start of decoding of such a request, in order,
+        since the driver last cleared this list (the time its client gets its first
+        token)."""
         ...
 
 

@@ -37,9 +37,10 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, Seconds
 from sincere.engine.async_intake import AsyncIntake
-from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, TokenHook
+from sincere.engine.base import DecodeProgress, EngineLoad, KvIntake, TokenHook
 from sincere.engine.gaps import GapHistogram
-from sincere.engine.kv import blocks_for
+from sincere.engine.kv_intake import ArrivedKv
+from sincere.engine.request_fit import RequestFit
 from sincere.engine.runs import Run, RunPlanner
 from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
@@ -51,15 +52,13 @@ __all__ = ["ContinuousEngine", "EngineLimits", "TokenHook"]
 
 
 class ContinuousEngine(StateView):
-    """An iteration-level engine; implements :class:`~sincere.engine.base.StreamingEngine`.
+    """An iteration-level engine (a :class:`~sincere.engine.base.StreamingEngine`) and the
+    :class:`~sincere.policy.schedulers.base.EngineView` its scheduler reads.
 
-    It is also the :class:`~sincere.policy.schedulers.base.EngineView` its scheduler
-    reads (a :class:`~.view.StateView`). ``max_tokens`` (optional) overrides the
-    requests' caps, e.g. set by a budget-aware router. ``context_caps`` (optional; the
-    caps by default): the output tokens each request asks for when checked against
-    ``max_model_len`` -- a prefill instance makes one token but refuses a request whose
-    prompt plus its decode's ``max_tokens`` would not fit the context, as vLLM does.
-    """
+    ``max_tokens`` (optional) overrides the requests' caps, e.g. a budget-aware router's;
+    ``context_caps`` (default: the caps) are the output tokens checked against
+    ``max_model_len``: a prefill instance makes one token but refuses a request whose
+    prompt plus its decode's ``max_tokens`` would not fit the context, as vLLM does."""
 
     def __init__(
         self,
@@ -83,28 +82,25 @@ class ContinuousEngine(StateView):
         self._planner = RunPlanner(self.state, scheduler, step_model, limits)
         self._observes = type(scheduler).observe is not IterationScheduler.observe
         # most iterations one prefill run may hold; 1 keeps ``load()`` exact at every
-        # iteration (``require_exact_loads``, called when a router reads the engines)
+        # iteration (``configure(exact_loads=True)``, when a router reads the engines)
         self.max_prefill_run = 1 << 30
         # live drivers: called after every iteration with its end time and the requests
         # that produced a token in it; while set, every piece of work is one iteration
         self.on_tokens: TokenHook | None = None
         self._max_tokens = requests.max_tokens if max_tokens is None else max_tokens
         self._context_caps = self._max_tokens if context_caps is None else context_caps
-        # longest prompt + max_tokens; the limit's or, when it has none, no limit at all
-        self._max_model_len = (1 << 62) if limits.max_model_len is None else limits.max_model_len
-        # prompt + output tokens that always fit (blocks_for(prompt + target - 1) <= most)
-        self._fits_tokens = (limits.num_kv_blocks - limits.watermark_blocks) * limits.block_size
+        # which requests can ever be served here; its two bounds copied for ``add``
+        self._fit = RequestFit(limits)
+        self._max_model_len = self._fit.max_model_len
+        self._fits_tokens = self._fit.fits_tokens
         self._run: Run | None = None
         self._wake_at: Seconds | None = None
         # an asynchronously scheduling engine sees new requests one iteration late
         self._intake = AsyncIntake() if schedules_ahead(step_model) else None
-        self._seen_by: Seconds = float("-inf")  # start of the last iteration that ended
-        # where the ends of the iterations inside a piece of work go (``sum_by_iteration``)
+        # where the ends of the iterations inside a piece of work go (``configure``)
         self._inner_ends: list[float] | None = None
-        # disaggregated decodes whose KV arrived, waiting for free blocks (FIFO), with
-        # their KV tokens; and (request, time) of each one's start of decoding
-        self._arrived: list[tuple[int, int]] = []
-        self.kv_admitted: list[tuple[int, Seconds]] = []
+        # disaggregated decodes whose KV arrived, waiting for free blocks, and their starts
+        self._arrived = ArrivedKv(limits)
 
     # ----------------------------------------------------------------- Engine API
 
@@ -120,7 +116,7 @@ class ContinuousEngine(StateView):
             target = cap
         asked = int(self._context_caps[i])
         if prompt + target > self._fits_tokens or prompt + asked > self._max_model_len:
-            reason = self._reject_reason(prompt, target, asked)
+            reason = self._fit.reject_reason(prompt, target, asked)
             if reason is not None:
                 self.state.reject(i, reason)
                 self._wake(now)
@@ -133,7 +129,8 @@ class ContinuousEngine(StateView):
                 cache.add(i, ids.tolist(), req.block_tokens, prompt)
         run = self._run
         if self._intake is not None and run is not None and run.end_at > now:
-            self._hold(i, prompt, now, run)  # an iteration in flight: seen when it ends
+            room = self.state.num_running < self.limits.max_num_seqs  # seen when it ends
+            self._intake.arrive(i, prompt, now, run, self.step_model.decode_steps_s, room)
             return
         self._planner.enqueue(self, i, prompt)
         if run is None:
@@ -153,13 +150,14 @@ class ContinuousEngine(StateView):
         req = self.requests
         self.records.instance[i] = self.instance_ix
         target = min(int(req.output_tokens[i]), int(self._max_tokens[i]))
-        reason = self._reject_reason(int(req.prompt_tokens[i]), target, int(self._context_caps[i]))
+        prompt, asked = int(req.prompt_tokens[i]), int(self._context_caps[i])
+        reason = self._fit.reject_reason(prompt, target, asked)
         if reason is not None:
             self.state.reject(i, reason)
             self._wake(now)
             return
         self.state.accept(i, target, int(req.tier[i]), int(self._max_tokens[i]))
-        self._arrived.append((i, kv_tokens))
+        self._arrived.arrive(i, kv_tokens)
         run = self._run
         if run is None:
             self._wake(now)
@@ -180,7 +178,7 @@ class ContinuousEngine(StateView):
                     break
                 self._complete(run)
                 if self._intake is not None:
-                    self._seen_by = self._last_iteration_start(run)
+                    self._intake.ended(run, self.step_model.decode_steps_s)
                 self._run = self._start(run.end_at)
             elif self._wake_at is not None and self._wake_at <= now:
                 at, self._wake_at = self._wake_at, None
@@ -192,30 +190,52 @@ class ContinuousEngine(StateView):
         return done
 
     def drain(self, now: Seconds) -> None:
-        """Nothing to do: this engine never holds requests back from its scheduler."""
+        """Nothing to do: requests an asynchronous scheduler has not seen yet are seen at
+        the next iteration's start, an event of the engine's own."""
 
     @property
     def holds_back(self) -> bool:
-        """No: every request it holds is in its scheduler's hands."""
+        """No: every request reaches its scheduler by the engine's own events."""
         return False
 
-    def require_exact_loads(self) -> None:
-        """A router reads ``load()`` between any two iterations: end an event at each."""
-        self.max_prefill_run = 1
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """How the driver needs the work cut into events (said once, before the run).
 
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        """Nothing reads ``load()`` between events, but the sums must be those of one event
-        per iteration: identical prefill iterations run as one piece again (as without
-        ``require_exact_loads``), their busy time and ITL are summed iteration by
-        iteration, and when such a piece starts, the end of each of its iterations but the
-        last is appended to ``inner_ends`` (for the driver's own time integrals).
-
-        The records are the same either way; this keeps the float sums of the summary
-        (ITL mean, requests in the system) bit for bit too, at one event per piece.
+        ``exact_loads``: a router reads ``load()`` between any two iterations: end an
+        event at each. ``inner_ends``: nothing reads ``load()`` between events, but the
+        sums must be those of one event per iteration: identical prefill iterations run as
+        one piece, their busy time and ITL are summed iteration by iteration, and when
+        such a piece starts, the end of each of its iterations but the last is appended to
+        ``inner_ends`` (for the driver's own time integrals). The records are the same
+        either way; this keeps the float sums of the summary (ITL mean, requests in the
+        system) bit for bit too, at one event per piece. Neither: pieces as they come.
         """
-        self.max_prefill_run = 1 << 30
-        self.state.split_sums = True
+        if exact_loads and inner_ends is not None:
+            raise ValueError(
+                "configure: exact_loads (an event per iteration) and inner_ends (pieces of "
+                "several iterations) exclude each other; give one or neither"
+            )
+        self.max_prefill_run = 1 if exact_loads else 1 << 30
+        self.state.split_sums = inner_ends is not None
         self._inner_ends = inner_ends
+
+    @property
+    def kv_intake(self) -> KvIntake:
+        """Itself: it takes KV prefilled elsewhere (:meth:`add_prefilled`)."""
+        return self
+
+    @property
+    def kv_admitted(self) -> list[tuple[int, Seconds]]:
+        """``(request, time)`` of each start of decoding of a request whose KV arrived,
+        since the driver last cleared this list."""
+        return self._arrived.admitted
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Longest prompt plus ``max_tokens`` served (``None``: no context limit)."""
+        return self.limits.max_model_len
 
     @property
     def gaps(self) -> list[GapHistogram]:
@@ -223,66 +243,25 @@ class ContinuousEngine(StateView):
         return self.state.gaps
 
     def load(self) -> EngineLoad:
-        """What routers see: queue, batch, remaining and cached tokens, KV usage, busy time.
-
-        Waiting requests include those whose KV arrived from a prefill instance and waits
-        for blocks (backpressure).
-
-        Cached context: a decoding sequence holds ``offset + step`` tokens, a prefilling
-        one the prompt tokens computed so far.
-        """
-        st = self.state
-        step = st.step
-        remaining = st.pre_cap_sum + st.dec_due_sum - step * len(st.finish_step)
-        ctx = st.offset_sum + step * len(st.offset) + st.pre_done_sum
-        cache = st.cache
-        return EngineLoad(
-            num_running=st.num_running,
-            # arrived KV waits too, and requests an async scheduler has not seen yet
-            num_waiting=len(st.queue) + len(self._arrived) + self._num_held,
-            waiting_prefill_tokens=st.waiting_tokens,
-            running_remaining_tokens=remaining,
-            running_ctx_tokens=ctx,
-            kv_usage=self.kv_usage,
-            busy_s=st.busy_s,
-            prefix_cache_queries=None if cache is None else cache.num_queries,
-            prefix_cache_hits=None if cache is None else cache.num_hits,
-        )
+        """What routers see (:meth:`~.view.StateView.load_with`): the waiting include the
+        decodes whose KV arrived and waits for blocks (backpressure) and the requests an
+        asynchronous scheduler has not seen yet."""
+        return self.load_with(len(self._arrived.waiting) + _held(self._intake))
 
     def queue_sizes(self) -> tuple[int, int, int]:
         """Running sequences, waiting requests and their prompt tokens (as ``load()``)."""
         st = self.state
-        return len(st.pre) + st.dec.num_seqs, len(st.queue) + self._num_held, st.waiting_tokens
+        return len(st.pre) + st.dec.num_seqs, len(st.queue) + _held(self._intake), st.waiting_tokens
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """Decode iterations of the run in flight that ended by ``now`` (None: none yet)."""
         run = self._run
-        if run is None or run.chunks or now <= run.start_at:
-            return None
-        decode_steps_s = self.step_model.decode_steps_s
-        j = run.steps_covering(now, decode_steps_s)
-        if run.start_at + decode_steps_s(run.num_decode, run.ctx_tokens, j) > now:
-            j -= 1  # the j-th iteration is still running
-        if j <= 0:
+        j = 0 if run is None else run.steps_ended_by(now, self.step_model.decode_steps_s)
+        if run is None or j <= 0:
             return None
         st = self.state
         used = st.pre_blocks + st.dec.total(st.step + j)
         return DecodeProgress(j, run.num_decode, used / st.num_blocks)
-
-    def stats(self) -> EngineStats:
-        """Totals so far."""
-        st = self.state
-        return EngineStats(
-            busy_s=st.busy_s,
-            swap_s=0.0,
-            num_steps=st.step,
-            num_swaps=0,
-            num_preemptions=st.num_preemptions,
-            num_generated_tokens=st.num_generated,
-            prefix_cache_queries=0 if st.cache is None else st.cache.num_queries,
-            prefix_cache_hits=0 if st.cache is None else st.cache.num_hits,
-            prefix_cache_evictions=0 if st.cache is None else st.cache.num_evictions,
-        )
 
     def abort(self, request_ix: int, now: Seconds) -> bool:
         """Cancel a waiting or running request; return whether it was here.
@@ -310,15 +289,18 @@ class ContinuousEngine(StateView):
     # ------------------------------------------------------------- internals
 
     def _start(self, now: Seconds) -> Run | None:
-        if self._arrived:
-            self._admit_arrived(now)
+        if self._arrived.waiting:
+            self._arrived.admit(self.state, now)
         live = self.on_tokens is not None
-        intake = self._intake
-        if intake:
-            self._enqueue(intake.release(self._seen_by))
-        run = self._planner.start(self, now, self.max_prefill_run, live)
-        if intake:
-            run = self._after_held(run, now, live)
+        intake, planner = self._intake, self._planner
+        if intake is not None:
+            intake.before_planning(planner, self)
+        run = planner.start(self, now, self.max_prefill_run, live)
+        if intake is not None:
+            run = intake.after_planning(
+                run, lambda: planner.start(self, now, self.max_prefill_run, live), planner,
+                self, self.step_model.decode_steps_s,
+            )  # fmt: skip
         inner = self._inner_ends
         if inner is not None and run is not None and len(run.durations) > 1:
             at = run.start_at
@@ -353,92 +335,21 @@ class ContinuousEngine(StateView):
             produced.extend(i for i, _ in run.chunks if i not in st.pre)
             hook(end, produced)
 
-    def _admit_arrived(self, now: Seconds) -> None:
-        """Arrived KV joins the decode batch, in order, while its blocks and a slot are free
-        (the next decode step's growth and the watermark kept free)."""
-        st = self.state
-        lim = self.limits
-        arrived = self._arrived
-        while arrived:
-            i, kv_tokens = arrived[0]
-            if st.num_running >= lim.max_num_seqs:
-                return
-            free = st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1)
-            if blocks_for(kv_tokens + 1, lim.block_size) > free - lim.watermark_blocks:
-                return
-            arrived.pop(0)
-            st.start_decoding(i, kv_tokens)
-            self.kv_admitted.append((i, now))
-
     def _drop_arrived(self, i: int) -> bool:
         """Forget ``i`` if its KV waits for blocks (marked ``aborted``); whether it did."""
-        for k, (j, _) in enumerate(self._arrived):
-            if j == i:
-                del self._arrived[k]
-                st = self.state
-                del st.target[i], st.cap[i], st.produced_before[i], st.tier_of[i]
-                self.records.output_tokens[i] = 1
-                st.reject(i, "aborted")
-                return True
-        return False
-
-    def _reject_reason(self, prompt: int, target: int, asked: int) -> str | None:
-        """Why a request of ``prompt`` tokens, ``target`` to make and ``asked`` asked for
-        (its ``max_tokens``) can never be served here; ``None`` when it can.
-
-        vLLM's rule: ``prompt + max_tokens > max_model_len`` is refused -- with no room
-        for even one output token ``prompt_too_long``, else ``over_context``.
-        """
-        lim = self.limits
-        if prompt >= self._max_model_len:
-            return "prompt_too_long"
-        if prompt + asked > self._max_model_len:
-            return "over_context"
-        # the longest prefill it may need is a recompute of prompt + all but one output
-        most = lim.num_kv_blocks - lim.watermark_blocks
-        if blocks_for(prompt + target - 1, lim.block_size) > most:
-            return "kv_capacity"
-        return None
-
-    @property
-    def _num_held(self) -> int:
-        return 0 if self._intake is None else len(self._intake)
-
-    def _hold(self, i: int, prompt: int, now: Seconds, run: Run) -> None:
-        """Async scheduling: ``i`` joins the iteration after the next; a decode run in
-        flight is cut there (unless the batch is full)."""
-        assert self._intake is not None
-        self._intake.hold(i, prompt, now)
-        if run.chunks or run.durations or run.steps <= 1:
-            return
-        if self.state.num_running < self.limits.max_num_seqs:
-            f = self.step_model.decode_steps_s
-            run.cut_decode(run.steps_covering(now, f) + 1, f)
-
-    def _after_held(self, run: Run | None, now: Seconds, live: bool) -> Run | None:
-        """Requests still held: none to run (the engine would idle and poll at once, so
-        they are seen now), or a decode run cut after one iteration (they join the next)."""
-        assert self._intake is not None
-        if run is None:
-            self._enqueue(self._intake.release_all())
-            return self._planner.start(self, now, self.max_prefill_run, live)
-        if not (run.chunks or run.durations) and run.steps > 1:
-            run.cut_decode(1, self.step_model.decode_steps_s)
-        return run
-
-    def _enqueue(self, released: list[tuple[int, int]]) -> None:
-        for i, prompt in released:
-            self._planner.enqueue(self, i, prompt)
-
-    def _last_iteration_start(self, run: Run) -> Seconds:
-        """When the last iteration of ``run`` began (its requests were seen by then)."""
-        if run.steps <= 1:
-            return run.start_at
-        if run.durations:
-            return run.end_at - run.durations[-1]
-        steps_s = self.step_model.decode_steps_s(run.num_decode, run.ctx_tokens, run.steps - 1)
-        return run.start_at + steps_s
+        if not self._arrived.drop(i):
+            return False
+        st = self.state
+        del st.target[i], st.cap[i], st.produced_before[i], st.tier_of[i]
+        self.records.output_tokens[i] = 1
+        st.reject(i, "aborted")
+        return True
 
     def _wake(self, now: Seconds) -> None:
         if self._run is None and self._wake_at is None:
             self._wake_at = now
+
+
+def _held(intake: AsyncIntake | None) -> int:
+    """Requests an asynchronous scheduler has not seen yet."""
+    return 0 if intake is None else len(intake)

@@ -49,7 +49,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, KvIntake
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.request_batches import (
     BatchLog,
@@ -191,14 +191,23 @@ class RequestLevelEngine:
         """None: a request-level batch returns every answer whole (no inter-token gaps)."""
         return ()
 
-    def require_exact_loads(self) -> None:
-        """Nothing to do: a batch is one event and the load does not change inside it."""
-
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        """Nothing to do: a batch is one event with no iterations inside it."""
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """Nothing to do: a batch is one event, with no iterations inside it."""
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """None: batches run whole, and the load changes only at events."""
+        return None
+
+    @property
+    def kv_intake(self) -> KvIntake | None:
+        """None: it takes no KV prefilled elsewhere."""
+        return None
+
+    @property
+    def max_model_len(self) -> int | None:
+        """None: no context limit is modelled."""
         return None
 
     def load(self) -> EngineLoad:

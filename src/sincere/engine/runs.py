@@ -116,6 +116,23 @@ class Run:
             j -= 1
         return j
 
+    def steps_ended_by(self, now: Seconds, decode_steps_s: DecodeStepsTime) -> int:
+        """Decode iterations of this run that ended by ``now`` (0 for prefill work)."""
+        if self.chunks or now <= self.start_at:
+            return 0
+        j = self.steps_covering(now, decode_steps_s)
+        if self.start_at + decode_steps_s(self.num_decode, self.ctx_tokens, j) > now:
+            j -= 1  # the j-th iteration is still running
+        return j
+
+    def last_iteration_start(self, decode_steps_s: DecodeStepsTime) -> Seconds:
+        """When this piece's last iteration began."""
+        if self.steps <= 1:
+            return self.start_at
+        if self.durations:
+            return self.end_at - self.durations[-1]
+        return self.start_at + decode_steps_s(self.num_decode, self.ctx_tokens, self.steps - 1)
+
     def cut_decode(self, steps: int, decode_steps_s: DecodeStepsTime) -> None:
         """End this decode run after ``steps`` iterations."""
         if steps < self.steps:

@@ -41,7 +41,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats
+from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, KvIntake
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.request_batches import (
     BatchLog,
@@ -175,14 +175,23 @@ class SincereServerEngine:
         """None: every answer comes back whole (no inter-token gaps)."""
         return ()
 
-    def require_exact_loads(self) -> None:
-        """Nothing to do: the load changes only at the events this engine reports."""
-
-    def sum_by_iteration(self, inner_ends: list[float]) -> None:
-        """Nothing to do: every piece of work is one event with no iterations inside it."""
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """Nothing to do: every piece of work is one event, with no iterations inside it."""
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """None: batches run whole, and the load changes only at events."""
+        return None
+
+    @property
+    def kv_intake(self) -> KvIntake | None:
+        """None: it takes no KV prefilled elsewhere."""
+        return None
+
+    @property
+    def max_model_len(self) -> int | None:
+        """None: no context limit is modelled."""
         return None
 
     def load(self) -> EngineLoad:

@@ -130,7 +130,7 @@ class TimeAccount:
         """Iterations timed one by one from ``start`` to ``end``, ``per_tier`` as in
         :meth:`add_run`. ``split``: add the ITL sums of several iterations one iteration at
         a time, as one event per iteration adds them (the same float sums;
-        ``ContinuousEngine.sum_by_iteration``)."""
+        ``ContinuousEngine.configure(inner_ends=...)``)."""
         at = start
         if len(durations) == 1:
             at = end
@@ -187,7 +187,7 @@ class BatchState:
         self.gaps = self.time.gaps  # ITL gaps per tier
         self.done: list[int] = []  # finished or rejected since the driver last asked
         # ITL sums of a multi-iteration piece added iteration by iteration, as one event
-        # per iteration adds them (the same float sums; ``ContinuousEngine.sum_by_iteration``)
+        # per iteration adds them (the same float sums; ``ContinuousEngine.configure``)
         self.split_sums = False
         self.num_preemptions = 0
         self.num_generated = 0

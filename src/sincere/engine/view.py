@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
+from sincere.engine.base import EngineLoad, EngineStats
 from sincere.engine.kv import blocks_for
 from sincere.engine.state import BatchState, EngineLimits
 
@@ -36,6 +37,45 @@ class StateView:
         self.records = records
         self.limits = limits
         self.state = state
+
+    def stats(self) -> EngineStats:
+        """The engine's totals so far (:class:`~sincere.engine.base.EngineStats`)."""
+        st = self.state
+        return EngineStats(
+            busy_s=st.busy_s,
+            swap_s=0.0,
+            num_steps=st.step,
+            num_swaps=0,
+            num_preemptions=st.num_preemptions,
+            num_generated_tokens=st.num_generated,
+            prefix_cache_queries=0 if st.cache is None else st.cache.num_queries,
+            prefix_cache_hits=0 if st.cache is None else st.cache.num_hits,
+            prefix_cache_evictions=0 if st.cache is None else st.cache.num_evictions,
+        )
+
+    def load_with(self, also_waiting: int) -> EngineLoad:
+        """What routers see: queue (plus ``also_waiting`` the engine holds apart), batch,
+        remaining and cached tokens, KV usage, busy time.
+
+        Cached context: a decoding sequence holds ``offset + step`` tokens, a prefilling
+        one the prompt tokens computed so far.
+        """
+        st = self.state
+        step = st.step
+        remaining = st.pre_cap_sum + st.dec_due_sum - step * len(st.finish_step)
+        ctx = st.offset_sum + step * len(st.offset) + st.pre_done_sum
+        cache = st.cache
+        return EngineLoad(
+            num_running=st.num_running,
+            num_waiting=len(st.queue) + also_waiting,
+            waiting_prefill_tokens=st.waiting_tokens,
+            running_remaining_tokens=remaining,
+            running_ctx_tokens=ctx,
+            kv_usage=self.kv_usage,
+            busy_s=st.busy_s,
+            prefix_cache_queries=None if cache is None else cache.num_queries,
+            prefix_cache_hits=None if cache is None else cache.num_hits,
+        )
 
     @property
     def max_num_seqs(self) -> int:

@@ -58,7 +58,7 @@ from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, octave_weights
 from sincere.fit.kernel_tables import KernelTable, read_table
-from sincere.perf.moe import routing_load
+from sincere.perf.moe import expert_work, fused_moe_s, pnorm
 
 TOKEN_TILES = (1, 64, 128, 256)
 MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
@@ -157,16 +157,6 @@ def robust_fit(
 def log_ratio(pred: FArray, measured: FArray) -> FArray:
     """``log(pred / measured)``: the residual every family fit minimises."""
     out: FArray = np.log(np.maximum(pred, 1e-12) / measured)
-    return out
-
-
-def pnorm(compute: FArray, memory: FArray, p: float) -> FArray:
-    """``(compute^p + memory^p)^(1/p)``, computed stably; ``p = inf`` is the max."""
-    high, low = np.maximum(compute, memory), np.minimum(compute, memory)
-    if math.isinf(p):
-        return high
-    ratio = np.where(high > 0, low / np.where(high > 0, high, 1.0), 0.0)
-    out: FArray = high * (1.0 + ratio**p) ** (1.0 / p)
     return out
 
 
@@ -527,23 +517,17 @@ def skew_of(distribution: str) -> float:
 
 
 def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray]:
-    """Per row: FLOPs of the padded rows and of the busiest expert's; weight, activation bytes."""
+    """Per row, :func:`sincere.perf.moe.expert_work`: FLOPs of the padded rows and of the
+    busiest expert's, weight elements and activation bytes (gated experts, no EP)."""
     t, h, inter = rows.num("num_tokens"), rows.num("hidden_size"), rows.num("inter_size")
     k, e, tp = rows.num("topk"), rows.num("num_experts"), rows.num("moe_tp_size")
     dist = rows.columns["distribution"].astype(str)
     local = np.maximum(1.0, np.floor(inter / tp))
-    per_expert = 3.0 * h * local  # gate, up and down
-    distinct = np.empty_like(t)
-    padded = np.empty_like(t)
-    busiest = np.empty_like(t)
+    work = np.empty((4, len(t)))
     for i in range(len(t)):
-        load = routing_load(t[i], int(e[i]), int(k[i]), skew_of(str(dist[i])), MOE_TILE)
-        distinct[i], padded[i], busiest[i] = load
-    flops = 2.0 * per_expert * padded
-    tail = 2.0 * per_expert * busiest
-    weights = distinct * per_expert
-    acts = t * k * (2.0 * h + 3.0 * local) * ACT_BYTES + 2.0 * t * h * (1.0 + k) * ACT_BYTES
-    return flops, tail, weights, acts
+        routing = (int(e[i]), int(k[i]), skew_of(str(dist[i])), MOE_TILE)
+        work[:, i] = expert_work(t[i], int(h[i]), int(local[i]), routing, ACT_BYTES)
+    return work[0], work[1], work[2], work[3]
 
 
 def moe_predict(
@@ -554,12 +538,10 @@ def moe_predict(
     wbytes: float,
     p: float,
 ) -> FArray:
-    """Fused-MoE time under ``x = (mfu, bw, kernel_s, tail_share)``."""
-    flops, tail, weights, acts = feat
-    compute = (flops + x[3] * tail) / (peak * x[0])
-    memory = (weights * wbytes + acts) / (hbm * x[1])
-    out: FArray = x[2] + pnorm(compute, memory, p)
-    return out
+    """Fused-MoE time under ``x = (mfu, bw, kernel_s, tail_share)``
+    (:func:`sincere.perf.moe.fused_moe_s`, the step model's formula)."""
+    rates = (peak * float(x[0]), hbm * float(x[1]))
+    return fused_moe_s(feat, rates, wbytes, float(x[2]), float(x[3]), p)
 
 
 def moe_rows(table: KernelTable) -> KernelTable:

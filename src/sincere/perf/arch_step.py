@@ -15,9 +15,10 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
   ``tp · attention_dp / ep`` GPUs. It reads the weights of the distinct experts the
   batch activates (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`)
   and computes its ``T k / ep`` routed tokens padded per expert to
-  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU); compute and
-  memory combined by the roofline's p-norm; plus the permutation traffic at the
-  elementwise bandwidth;
+  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU), the
+  permutation's traffic with the tokens'; compute and memory combined by the roofline's
+  p-norm: the kernel fit's own formula (:func:`~sincere.perf.moe.expert_work`,
+  :func:`~sincere.perf.moe.fused_moe_s`);
 * **attention data parallelism** (``attention_dp = D``): the deployment is one of ``D``
   ranks, each running attention over its own batch on its own TP group, that share one
   MoE group of ``D · tp`` GPUs. Under symmetric load (every rank carries a batch like
@@ -46,16 +47,18 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
 from sincere.perf.moe import (
     all_to_all_bytes,
     all_to_all_s,
     expected_distinct_experts,
+    expert_work,
+    fused_moe_s,
     mla_decode_flops_per_pair,
     mla_prefill_flops_per_pair,
-    permutation_bytes,
-    routing_load,
     windowed_context,
     windowed_pairs,
 )
@@ -143,8 +146,8 @@ class ArchStep:
         self._attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
         self._link = acc.interconnect_gbps_per_direction * 1e9
         dense_bytes = model.dense_weight_bytes(dep.precision)
-        self._dense_bytes = dense_bytes
-        self._expert_bytes = _bytes(dep.precision)
+        self.dense_bytes = dense_bytes
+        self.expert_bytes = _bytes(dep.precision)
         self._head = _Mat(model.hidden_size, max(1, model.vocab_size // dep.tp), dense_bytes)
         if model.uses_layer_groups:
             self._head = _Mat(self._head.k, self._head.n, max(dense_bytes, 2.0))
@@ -197,28 +200,31 @@ class ArchStep:
         return elements * tokens * self.params.activation_bytes / self._ew_hbm
 
     def _routed_s(self, tokens: int) -> tuple[float, float]:
-        """(router, routed experts + permutation) of one MoE layer over ``tokens`` tokens.
+        """(router, routed experts with their permutation) of one MoE layer over ``tokens``.
 
         Under attention DP the experts see the whole group's tokens: every rank carries a
         batch like this one (symmetric load), ``attention_dp · tokens`` in all."""
-        dep, m = self.deployment, self.moe
+        dep, m, p = self.deployment, self.moe, self.params
         model, ep = dep.model, dep.ep
         h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
         router = self._gemm_s(_Mat(h, e, 2.0), tokens)
         tokens *= dep.attention_dp
-        distinct, all_rows, busiest = routing_load(tokens, e, k, m.routing_skew, m.expert_tile)
         split = dep.moe_group_gpus // ep  # GPUs one expert is split over
-        up = (2 if model.gated_mlp else 1) * max(1, model.expert_intermediate_size // split)
-        down = max(1, model.expert_intermediate_size // split)
-        per_expert = h * up + down * h
-        routed = tokens * k / ep * m.ep_imbalance
-        rows = m.ep_imbalance * all_rows / ep + self.params.moe_tail_share * busiest
-        compute = 2.0 * per_expert * rows / self._moe_peak
-        moved = distinct / ep * per_expert * self._expert_bytes
-        moved += routed * (2 * h + up + down) * self.params.activation_bytes
-        experts = self._moe_kernel_s + self._combine(compute, moved / self._moe_hbm)
-        perm = permutation_bytes(tokens / ep, k, h, self.params.activation_bytes) / self._ew_hbm
-        return router, experts + perm
+        width = max(1, model.expert_intermediate_size // split)
+        routing = (e, k, m.routing_skew, m.expert_tile)
+        work = expert_work(
+            tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance
+        )
+        one = np.array(work).reshape(4, 1)
+        experts = fused_moe_s(
+            (one[0], one[1], one[2], one[3]),
+            (self._moe_peak, self._moe_hbm),
+            self.expert_bytes,
+            self._moe_kernel_s,
+            p.moe_tail_share,
+            p.overlap_exponent,
+        )
+        return router, float(experts[0])
 
     def _all_to_all_s(self, tokens: int) -> float:
         dep, m = self.deployment, self.moe
@@ -379,57 +385,70 @@ class ArchStep:
         num_mb = 1 if dep.pp == 1 else max(1, min(self.params.pp_microbatches, n))
         share = 1.0 / num_mb
         scale = 1.0 if num_mb == 1 and dep.pp == 1 else num_mb + dep.pp - 1.0
-        attention = self._decode_attention_sum(ctx_tokens, n, num_steps, share, None)
+        kernel = self.params.attn_kernel_s
+        if self.params.attn_decode_kernel_s is not None:
+            kernel = self.params.attn_decode_kernel_s
+        terms = DecodeAttention(kernel, share * self._attn[1], share * self._attn[2],
+                                self.params.attn_decode_seq_tokens * n)  # fmt: skip
+        attention = terms.sum(ctx_tokens, n, num_steps, None)
         if self._window_frac:
             window = float(n) * dep.model.sliding_window
-            windowed = self._decode_attention_sum(ctx_tokens, n, num_steps, share, window)
+            windowed = terms.sum(ctx_tokens, n, num_steps, window)
             attention = (1.0 - self._window_frac) * attention + self._window_frac * windowed
         return num_steps * fixed + scale * self._layers * attention
 
-    def _decode_attention_sum(
-        self, ctx: int, n: int, steps: int, share: float, limit: float | None
-    ) -> float:
-        """One layer's decode attention summed over ``steps`` steps from context ``ctx``
-        (``n`` more each step), the context read capped at ``limit`` (a window)."""
-        _, dec_pair, token_s = self._attn
-        p = self.params
-        kernel = p.attn_kernel_s if p.attn_decode_kernel_s is None else p.attn_decode_kernel_s
+
+def arch_utilization(step: ArchStep, batch: Batch, duration_s: float) -> tuple[float, float]:
+    """Model-FLOPs and memory-bandwidth utilisation (0..1) per GPU of ``step``'s iteration
+    of ``batch`` lasting ``duration_s``: the active parameters' FLOPs and the causal pairs;
+    weights of the attention, dense and shared layers, the activated experts and the KV
+    cache read."""
+    if duration_s <= 0.0:
+        return 0.0, 0.0
+    dep = step.deployment
+    model, acc = dep.model, dep.accelerator
+    tokens = batch.num_tokens
+    pairs = batch.prefill_attn_pairs + batch.decode_ctx_tokens
+    flops = model.flops_per_token() * tokens / dep.num_gpus
+    flops += model.attention_flops_per_pair() * pairs / dep.num_gpus
+    routed, other, emb = model.param_groups()
+    dense = step.dense_bytes
+    moved = (other * dense + emb / 2.0 * max(dense, 2.0)) / dep.num_gpus
+    if model.is_moe:
+        distinct = expected_distinct_experts(
+            tokens, model.num_experts, model.experts_per_token, step.moe.routing_skew
+        )
+        moved += routed * distinct / model.num_experts * step.expert_bytes / dep.num_gpus
+    kv_tokens = batch.decode_ctx_tokens + batch.prefill_ctx_tokens + tokens
+    moved += kv_tokens * model.kv_bytes_per_token(dep.kv_precision) / dep.num_gpus
+    mfu = flops / (duration_s * acc.peak_tflops(dep.precision) * 1e12)
+    mbu = moved / (duration_s * acc.hbm_bandwidth_gbps * 1e9)
+    return min(mfu, 1.0), min(mbu, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeAttention:
+    """One layer's decode attention as a function of the batch's summed context ``c``:
+    ``kernel_s + max(pair_s * c, token_s * (c + seq_tokens))`` (per step)."""
+
+    kernel_s: float
+    pair_s: float  # compute per cached token (the batch's share)
+    token_s: float  # KV traffic per cached token (the batch's share)
+    seq_tokens: float  # KV tokens' worth of traffic per step beyond the context
+
+    def sum(self, ctx: int, n: int, steps: int, limit: float | None) -> float:
+        """Summed over ``steps`` steps from context ``ctx`` (``n`` more each step), the
+        context read capped at ``limit`` (a window's ``n x window``): closed form."""
         growing = steps
         if limit is not None:
             growing = 0 if ctx >= limit else min(steps, math.ceil((limit - ctx) / n))
-        a, b = share * dec_pair, share * token_s
-        seq = p.attn_decode_seq_tokens * n
-        total = steps * kernel
+        a, b, seq = self.pair_s, self.token_s, self.seq_tokens
+        total = steps * self.kernel_s
         total += sum_max_affine(a * ctx, a * n, b * (ctx + seq), b * n, growing)
         if growing < steps:  # the window is full: the same read every step
             assert limit is not None
             total += (steps - growing) * max(a * limit, b * (limit + seq))
         return total
-
-    def utilization(self, batch: Batch, duration_s: float) -> tuple[float, float]:
-        """Model-FLOPs and memory-bandwidth utilisation (0..1) per GPU: the active
-        parameters' FLOPs and the causal pairs; weights of the attention, dense and
-        shared layers, the activated experts and the KV cache read."""
-        if duration_s <= 0.0:
-            return 0.0, 0.0
-        dep = self.deployment
-        model, acc = dep.model, dep.accelerator
-        tokens = batch.num_tokens
-        pairs = batch.prefill_attn_pairs + batch.decode_ctx_tokens
-        flops = model.flops_per_token() * tokens / dep.num_gpus
-        flops += model.attention_flops_per_pair() * pairs / dep.num_gpus
-        routed, other, emb = model.param_groups()
-        moved = (other * self._dense_bytes + emb / 2.0 * max(self._dense_bytes, 2.0)) / dep.num_gpus
-        if model.is_moe:
-            distinct = expected_distinct_experts(
-                tokens, model.num_experts, model.experts_per_token, self.moe.routing_skew
-            )
-            moved += routed * distinct / model.num_experts * self._expert_bytes / dep.num_gpus
-        kv_tokens = batch.decode_ctx_tokens + batch.prefill_ctx_tokens + tokens
-        moved += kv_tokens * model.kv_bytes_per_token(dep.kv_precision) / dep.num_gpus
-        mfu = flops / (duration_s * acc.peak_tflops(dep.precision) * 1e12)
-        mbu = moved / (duration_s * acc.hbm_bandwidth_gbps * 1e9)
-        return min(mfu, 1.0), min(mbu, 1.0)
 
 
 def _bytes(precision: str) -> float:

@@ -15,6 +15,12 @@ an iteration's time. Sources and assumptions:
   ``m`` tokens per expert is that of ``tile · ceil(m / tile)``.
 * **Permutation.** Tokens are gathered into expert order and scattered back with
   their routing weights: ``2 T h (1 + k)`` activation elements read and written.
+* **Fused-MoE kernel** (:func:`expert_work`, :func:`fused_moe_s`): the one formula both
+  the step model and the kernel fit (:mod:`sincere.fit.kernels`) price a layer's routed
+  experts with. Compute: the padded rows' FLOPs plus ``tail_share`` of the busiest
+  expert's over the peak × efficiency; memory: the active experts' weights in their
+  bytes plus the tokens' activations in and out of the GEMMs and the permutation's over
+  HBM × efficiency; the two combined by the roofline's p-norm, plus a fixed kernel cost.
 * **Expert-parallel all-to-all.** Two exchanges per MoE layer (dispatch, combine);
   in each, a GPU sends its ``T / ep`` tokens' ``k`` copies bound to the other
   ``ep - 1`` ranks: ``(T/ep) k h b (ep-1)/ep`` bytes, no de-duplication of copies
@@ -34,7 +40,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import numpy.typing as npt
+
 from sincere.core.errors import ConfigError
+
+FArray = npt.NDArray[np.float64]
 
 
 def _check_routing(num_experts: int, top_k: int) -> None:
@@ -165,3 +176,61 @@ def routing_load(
         rows += active * tile * math.ceil(load / tile - 1e-9)
         busiest = max(busiest, num_tokens * q)
     return distinct, rows, busiest
+
+
+def expert_work(
+    num_tokens: float,
+    hidden: int,
+    width: int,
+    routing: tuple[int, int, float, int],
+    act_bytes: float,
+    gated: bool = True,
+    ep: int = 1,
+    imbalance: float = 1.0,
+) -> tuple[float, float, float, float]:
+    """(FLOPs of the padded rows, FLOPs of the busiest expert, weight elements read,
+    activation bytes moved) of one fused-MoE layer on one GPU.
+
+    ``routing`` is ``(num_experts, top_k, skew, tile)`` (:func:`routing_load`); each
+    expert is ``width`` wide on this GPU (gate and up, or up alone, and down); the GPU
+    holds ``1/ep`` of the experts and computes its ``T k / ep`` routed tokens times
+    ``imbalance`` (the busiest GPU's share over the mean).
+    """
+    num_experts, top_k, skew, tile = routing
+    distinct, rows, busiest = routing_load(num_tokens, num_experts, top_k, skew, tile)
+    up = (2 if gated else 1) * width
+    per_expert = float(hidden * (up + width))
+    routed = num_tokens * top_k / ep * imbalance
+    moved = routed * (2 * hidden + up + width) * act_bytes
+    moved += permutation_bytes(num_tokens / ep, top_k, hidden, act_bytes)
+    flops = 2.0 * per_expert * imbalance * rows / ep
+    return flops, 2.0 * per_expert * busiest, distinct / ep * per_expert, moved
+
+
+def pnorm(compute: FArray, memory: FArray, p: float) -> FArray:
+    """``(compute^p + memory^p)^(1/p)``, computed stably; ``p = inf`` is the max."""
+    high, low = np.maximum(compute, memory), np.minimum(compute, memory)
+    if math.isinf(p):
+        return high
+    ratio = np.where(high > 0, low / np.where(high > 0, high, 1.0), 0.0)
+    out: FArray = high * (1.0 + ratio**p) ** (1.0 / p)
+    return out
+
+
+def fused_moe_s(
+    work: tuple[FArray, FArray, FArray, FArray],
+    rates: tuple[float, float],
+    weight_bytes: float,
+    kernel_s: float,
+    tail_share: float,
+    p: float,
+) -> FArray:
+    """The fused-MoE kernel's time of each :func:`expert_work` (stacked) at ``rates``
+    (FLOP/s and HBM bytes/s reached, efficiencies applied), ``weight_bytes`` a weight:
+    ``kernel_s + pnorm(compute, memory, p)`` (the module docstring)."""
+    flops, tail, weights, acts = work
+    peak, hbm = rates
+    compute = (flops + tail_share * tail) / peak
+    memory = (weights * weight_bytes + acts) / hbm
+    out: FArray = kernel_s + pnorm(compute, memory, p)
+    return out

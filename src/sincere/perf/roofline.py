@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from sincere.catalog.specs import PRECISION_BYTES, ModelArch
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
-from sincere.perf.arch_step import ArchStep, MoEParams
+from sincere.perf.arch_step import ArchStep, MoEParams, arch_utilization
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
 from sincere.perf.series import sum_max_affine
 
@@ -805,7 +805,7 @@ class Roofline(StepTimeBase):
         if duration <= 0.0:
             return 0.0, 0.0
         if self._arch is not None:
-            return self._arch.utilization(batch, duration)
+            return arch_utilization(self._arch, batch, duration)
         dep, p = self.deployment, self.params
         acc, model = dep.accelerator, dep.model
         layers = model.num_layers / dep.pp

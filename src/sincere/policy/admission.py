@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from sincere.core.errors import ConfigError
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, Seconds
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import InstanceView, Outcome, healthy, utilisation
 from sincere.policy.routers._estimates import context_of
 from sincere.predict.latency import LatencyEstimate, step_model_latency, time_per_output_token
@@ -259,6 +260,11 @@ class Admission:
         self.bands = bands
         self.history = history
         self.default_max_tokens = default_max_tokens  # output assumed without max_tokens
+
+    @property
+    def reads(self) -> Reads:
+        """Everything: its predictions read loads and token counts, its history outcomes."""
+        return Reads()
 
     def check(
         self, request: Request, views: Sequence[InstanceView], now: Seconds, num_queued: int

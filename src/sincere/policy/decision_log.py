@@ -37,6 +37,7 @@ from sincere.core.request import Request, Tier
 from sincere.core.types import InstanceId, Seconds
 from sincere.perf.base import StepTimeModel
 from sincere.policy.front_door import Decision, FrontDoor, Hold, Route
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import InstanceView, Outcome
 
 Record = dict[str, Any]
@@ -49,6 +50,13 @@ class DecisionLog:
 
     def __init__(self, write: Callable[[str], object]) -> None:
         self.write = write
+
+    @property
+    def reads(self) -> Reads:
+        """The views each call was shown (engine load: they must carry it) and every
+        outcome; not tokens beyond what the front door itself reads (it records what the
+        front door saw). Never oblivious: it keeps everything."""
+        return Reads(load=True, tokens=False, outcomes=True, oblivious=False)
 
     def call(
         self,

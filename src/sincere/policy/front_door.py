@@ -45,6 +45,7 @@ from sincere.core.request import Request
 from sincere.core.types import InstanceId, RequestId, Seconds
 from sincere.policy.admission import Admission, LatencyHistory, PredictedMissShedder, PriorityBands
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router, healthy
 from sincere.policy.routers import make_router
 from sincere.policy.routers._common import budget_max_tokens
@@ -121,23 +122,19 @@ class FrontDoor:
         self._positions: dict[InstanceId, int] = {}  # where each id was among the candidates
 
     @property
-    def reads_engine_tokens(self) -> bool:
-        """Whether a decision reads the engines' token counts (the router's, or admission's
-        step-model predictions)."""
-        return self.admission is not None or self.router.reads_engine_tokens
+    def reads(self) -> Reads:
+        """What a decision depends on: the router's declaration, and with admission
+        everything (its step-model predictions read loads and tokens, its latency history
+        outcomes). Without a budget, placement itself reads only health, in-flight caps
+        and the driver's outstanding counts; its budget checks read prices, not loads."""
+        reads = self.router.reads
+        return reads if self.admission is None else reads | self.admission.reads
 
     @property
-    def reads_engine_load(self) -> bool:
-        """Whether a decision reads any engine-reported load (the router's, or admission's).
-        Without a budget, placement itself reads only health, in-flight caps and the
-        driver's outstanding counts."""
-        return self.admission is not None or self.router.reads_engine_load
-
-    @property
-    def oblivious(self) -> bool:
-        """Whether a decision reads nothing the instances' serving changes: no admission
-        and an oblivious router (placement's budget checks read prices, not loads)."""
-        return self.admission is None and self.router.oblivious
+    def screens(self) -> bool:
+        """Whether requests are screened before routing (admission): a request with one
+        candidate may then be turned away rather than routed there."""
+        return self.admission is not None
 
     def place_many(self, count: int, views: Sequence[InstanceView]) -> list[int] | None:
         """Positions in ``views`` for ``count`` requests in turn, as :meth:`decide` would
@@ -145,7 +142,7 @@ class FrontDoor:
         than one view, every view open (no health or in-flight cap to test), requests
         without budgets. ``None``: ask :meth:`decide` request by request. The requests
         are not noted for outcomes: an oblivious router learns nothing from them."""
-        if not self.oblivious or len(views) < 2:
+        if not self.reads.oblivious or len(views) < 2:
             return None
         return self.router.choose_many(count, views)
 

@@ -47,6 +47,7 @@ from sincere.core.types import Seconds
 from sincere.policy.front_door import FrontDoor, Hold, Reject, Route, build_front_door
 from sincere.policy.front_door_config import AdmissionConfig
 from sincere.policy.pd_config import DeciderConfig, PDRoutingConfig
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import InstanceView, Outcome
 from sincere.policy.routers._prefix_index import PrefixIndex, prompt_keys
 
@@ -178,14 +179,9 @@ class PDFrontDoor:
         return PDRoute(first, second, uncached)
 
     @property
-    def reads_engine_load(self) -> bool:
-        """Whether a phase's decision reads engine-reported load (not only outstanding)."""
-        return self.prefill.reads_engine_load or self.decode.reads_engine_load
-
-    @property
-    def reads_engine_tokens(self) -> bool:
-        """Whether a phase's decision reads the engines' token counts."""
-        return self.prefill.reads_engine_tokens or self.decode.reads_engine_tokens
+    def reads(self) -> Reads:
+        """What either phase's decision depends on."""
+        return self.prefill.reads | self.decode.reads
 
     @property
     def learns_from_outcomes(self) -> bool:

@@ -21,6 +21,7 @@ from sincere.core.registry import Needs, Registry
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.perf.base import StepTimeModel
+from sincere.policy.reads import Reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,42 +159,29 @@ class Router(ABC):
         """Learn from a finished request. Default: nothing."""
 
     @property
-    def reads_engine_tokens(self) -> bool:
-        """Whether :meth:`choose` reads the engines' token counts (queued, remaining,
-        cached). The simulator then keeps them exact between engine events, at the cost
-        of one more view per candidate and arrival. Default: no."""
-        return False
-
-    @property
     def learns_from_outcomes(self) -> bool:
         """Whether :meth:`observe` is overridden (a router that learns from finished
         requests); a driver may skip building outcomes for one that does not."""
         return type(self).observe is not Router.observe
 
     def choose_many(self, count: int, candidates: Sequence[InstanceView]) -> list[int] | None:
-        """For an :attr:`oblivious` router that never caps ``max_tokens``: the positions
-        in ``candidates`` that ``count`` calls of :meth:`choose`, one per request in turn
+        """For a router that declares oblivious ``reads`` and never caps ``max_tokens``: the
+        positions in ``candidates`` that ``count`` calls of :meth:`choose`, one per request in turn
         with these candidates, would pick -- and the router's state after them. ``None``
         (the default): not known without asking :meth:`choose` request by request."""
         return None
 
     @property
-    def oblivious(self) -> bool:
-        """Whether :meth:`choose` answers from the candidates' ids and order, the requests
-        asked about so far and the router's generator alone -- never from a view's load or
-        outstanding count, nor from outcomes. The answers for a whole trace then do not
-        depend on how the instances serve it: a simulator may route every request first
-        and run each instance apart. Default: no."""
-        return False
-
-    @property
-    def reads_engine_load(self) -> bool:
-        """Whether :meth:`choose` reads any load an engine reports (running, waiting,
-        token counts, KV usage, busy time) rather than only an instance's fixed fields
-        and ``num_outstanding``, the driver's own count. When it does not, the simulator
-        may hand it views with the engine's load unknown and skip building them at every
-        engine event. Default: yes."""
-        return True
+    def reads(self) -> Reads:
+        """What :meth:`choose` and :meth:`observe` depend on (:class:`Reads`), the one
+        declaration a driver plans its shortcuts by: engine-reported load (rather than
+        only an instance's fixed fields and ``num_outstanding``, the driver's own count),
+        token counts exact at the decision, outcomes (whether :meth:`observe` is
+        overridden), and whether the answers are oblivious (from the candidates' ids and
+        order, the requests asked about so far and the router's generator alone: a
+        simulator may then route every request first and run each instance apart).
+        Default: reads load and tokens, not oblivious -- the safe side."""
+        return Reads(outcomes=self.learns_from_outcomes)
 
 
 def healthy(instances: Sequence[InstanceView]) -> list[InstanceView]:

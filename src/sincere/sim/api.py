@@ -34,7 +34,6 @@ from sincere.core.jsonsafe import dumps
 from sincere.core.output import output_folder, write_requests
 from sincere.core.records import RecordArrays, to_table
 from sincere.core.request import RequestArrays
-from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.summary import CONTEXT_REASONS, summarize
 from sincere.policy.decision_log import DecisionLog, open_log
@@ -172,11 +171,7 @@ def run_warnings(cluster: Cluster) -> list[str]:
 def _context_hint(cluster: Cluster) -> str:
     """What the context rejections mean, with each instance's ``max_model_len``."""
     limits = sorted(
-        {
-            f"{e.id} {e.limits.max_model_len:,}"
-            for e in cluster.engines
-            if isinstance(e, ContinuousEngine) and e.limits.max_model_len is not None
-        }
+        {f"{e.id} {e.max_model_len:,}" for e in cluster.engines if e.max_model_len is not None}
     )
     return (
         "prompt_too_long / over_context: prompt + max_tokens is over the engine's "

@@ -10,6 +10,7 @@ streams of it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,15 +21,16 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.base import Engine
 from sincere.engine.build import build_engine, canonical_model
-from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.instance import InstanceInfo, spec_info
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, build_front_door
 from sincere.policy.pd import build_pd_front_door, colocated_role
-from sincere.sim.cluster import ClosedLoop, Cluster
+from sincere.policy.reads import Reads
+from sincere.sim.cluster import ClosedLoop, Cluster, eligible_instances
 from sincere.sim.config import DisaggregationConfig, InstanceConfig, SimulationConfig
 from sincere.sim.disagg import (
+    PDExtension,
     PDPlan,
     PDRecords,
     check_roles,
@@ -79,18 +81,18 @@ class _Builder:
         # step models of each instances entry, shared by its replicas (pure functions)
         self.step_models: dict[str, dict[str, StepTimeModel]] = {}
 
-    def build(self, decisions: DecisionLog | None) -> Cluster:
+    def build(self, decisions: DecisionLog | None, probes: Sequence[Reads] = ()) -> Cluster:
         check_roles(self.config)
         for pos, inst in enumerate(self.config.instances):
             for _ in range(inst.count):
                 self._add(inst, f"instances[{pos}]")
-        cluster = Cluster(
+        eligible = eligible_instances(self.requests.models, self.infos)
+        pd = self._pd_plan(eligible) if self.disaggregated else None
+        return Cluster(
             self.requests, self.records, self.engines, self.infos, self._front_door(),
-            self.max_tokens, decisions, self._closed_loop(),
+            self.max_tokens, decisions, self._closed_loop(), eligible=eligible,
+            extension=None if pd is None else PDExtension(pd), pd=pd, probes=probes,
         )  # fmt: skip
-        if self.disaggregated:
-            cluster.pd = self._pd_plan(cluster)
-        return cluster
 
     def _closed_loop(self) -> ClosedLoop | None:
         """The workload's closed loop, with its think times drawn (None: open loop)."""
@@ -124,9 +126,10 @@ class _Builder:
             step_models=self.step_models.get(where),
         )  # fmt: skip
         self.step_models[where] = built.step_models
-        if role != "both" and not isinstance(built.engine, ContinuousEngine):
+        if role != "both" and built.engine.kv_intake is None:
             raise ConfigError(
-                f"a {role} instance needs a continuous engine", where=f"{where}.engine.kind",
+                f"a {role} instance needs an engine that hands over and takes prefilled KV "
+                "(a continuous engine)", where=f"{where}.engine.kind",
                 value=inst.engine.kind, allowed=["continuous"],
             )  # fmt: skip
         self.engines.append(built.engine)
@@ -134,18 +137,18 @@ class _Builder:
         self.roles.append(role)
         self.infos.append(self._info(inst, ix, built.deployment, built.step_model))
 
-    def _pd_plan(self, cluster: Cluster) -> PDPlan:
-        """Roles, per-phase candidates, KV sizes and link figures of a disaggregated run;
-        requests not disaggregated go to ``both`` instances, else to decode ones."""
+    def _pd_plan(self, eligible: list[list[int]]) -> PDPlan:
+        """Roles, per-phase candidates, KV sizes and link figures of a disaggregated run.
+        Requests not disaggregated go to ``both`` instances, else to decode ones: each
+        model's entry of ``eligible`` is narrowed to those."""
         cfg = self.config.disaggregation or DisaggregationConfig()
         roles = self.roles
         prefill_of, decode_of = [], []
-        for m, choices in enumerate(cluster.eligible):
+        for m, choices in enumerate(eligible):
             prefill_of.append([e for e in choices if roles[e] == "prefill"])
             decode_of.append([e for e in choices if roles[e] == "decode"])
             whole = colocated_role(roles[e] for e in choices)
-            cluster.eligible[m] = [e for e in choices if roles[e] == whole]
-        cluster.passthrough = False
+            eligible[m] = [e for e in choices if roles[e] == whole]
         kv = [d.model.kv_bytes_per_token(d.kv_precision) for d in self.deployments]
         links = [
             link_figures(cfg.kv_link, d.accelerator.interconnect_gbps, d.num_gpus)
@@ -180,13 +183,18 @@ def canonical_requests(requests: RequestArrays) -> RequestArrays:
 
 
 def build_cluster(
-    config: SimulationConfig, requests: RequestArrays, decisions: DecisionLog | None = None
+    config: SimulationConfig,
+    requests: RequestArrays,
+    decisions: DecisionLog | None = None,
+    probes: Sequence[Reads] = (),
 ) -> Cluster:
     """Engines, front door and records for ``requests`` under ``config``.
 
     ``decisions``: where every front-door call and outcome is logged (None: nowhere).
+    ``probes``: what anything else reading the cluster during the run reads (the run's
+    shortcuts respect it; :mod:`sincere.sim.plan`).
     """
-    return _Builder(config, requests).build(decisions)
+    return _Builder(config, requests).build(decisions, probes)
 
 
 def check_buildable(config: SimulationConfig) -> None:

@@ -13,10 +13,14 @@ into the records (the ``arrival_*`` columns) when the cluster has more than one 
 With ``decisions`` every front-door call and outcome is logged
 (:mod:`sincere.policy.decision_log`).
 
-Shortcut: with admission off, no budget in the run and no decision log, a request with
-exactly one eligible instance goes there without building views -- which is what the
-front door would answer (its only candidate, uncapped); the common single-model case
-costs nothing.
+Shortcuts. Which work the cluster may skip is decided once, at construction, from what
+its plug-ins declare they read (:class:`~sincere.policy.reads.Reads`: the front door's,
+the decision log's, the extension's and any probe's), by :func:`sincere.sim.plan.plan_shortcuts`;
+the frozen result is :attr:`Cluster.shortcuts`, the engines are configured by it then, and
+nothing changes it afterwards. With ``passthrough`` (admission off, no budget in the run,
+no decision log, no extension routing arrivals), a request with exactly one eligible
+instance goes there without building views -- which is what the front door would answer
+(its only candidate, uncapped); the common single-model case costs nothing.
 
 Views are cached per instance: an engine's load only changes when the event loop adds
 a request to it, advances it or drains it, and the loop says so (:meth:`Cluster.touched`,
@@ -27,25 +31,25 @@ front door is a copy of the cached list, and the chosen instance is found by its
 dict: with many instances an arrival costs a few list copies and comprehensions over the
 views, not a Python call per instance. The one exception is a
 closed-form decode run, whose sequences gain a token per iteration without an event:
-when the front door reads token counts (``reads_engine_tokens``), a view is moved on by
+when someone reads token counts (``exact_tokens``), a view is moved on by
 the iterations ended by the arrival (:meth:`~sincere.engine.base.Engine.progress_at`), as
 a live engine reporting its load every iteration would show it.
 
 When nothing at a decision reads an engine's reported load (``load_blind``: a router
-such as ``round-robin`` or ``least-outstanding`` whose ``reads_engine_load`` is false, no
+such as ``round-robin`` or ``least-outstanding`` that declares it reads no load, no
 admission, no decision log), the views show the load unknown -- as an instance that
 reported nothing -- and an engine event that finishes no request leaves its view as it
 was; the chosen instance's load for the records is then read from its engine directly.
 The decisions, and so the results, are the same.
 
-When, besides, the front door is ``oblivious`` (no admission; a router such as
+When, besides, every answer is oblivious (no admission; a router such as
 ``round-robin`` or ``random`` whose answers do not depend on the instances' state),
 nothing observes outcomes and no engine holds requests back (``apart``), every request
 can be routed before any is served: the event loop does so, then runs each engine alone
 over its own arrivals (:mod:`sincere.sim.runner`).
 
 Outcomes are built only when something uses them (``observes``): admission's latency
-history, a router that learns from them (``learns_from_outcomes``) or the decision log.
+history, a router that learns from them (its declared ``outcomes``) or the decision log.
 Otherwise the front door's history would only pace holds, which never happen here.
 """
 
@@ -65,10 +69,13 @@ from sincere.engine.base import Engine
 from sincere.engine.instance import InstanceInfo, advanced_view, instance_view
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, Reject, Route
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import InstanceView, Outcome
+from sincere.sim.plan import Facts, Shortcuts, plan_shortcuts
 
 if TYPE_CHECKING:
     from sincere.sim.disagg import PDPlan
+    from sincere.sim.extension import Extension
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,11 @@ class ClosedLoop:
     think_s: list[float]
     num_warmup: int = 0  # the first requests to arrive, left out of the summary's requests
     first_s: tuple[float, ...] = ()  # each client's first arrival (empty: all at 0)
+
+
+def eligible_instances(models: Sequence[str], infos: Sequence[InstanceInfo]) -> list[list[int]]:
+    """Per model, the positions of the instances that serve it."""
+    return [[e for e, info in enumerate(infos) if model in info.models] for model in models]
 
 
 class Cluster:
@@ -96,6 +108,11 @@ class Cluster:
         max_tokens: npt.NDArray[np.int64],
         decisions: DecisionLog | None = None,
         closed: ClosedLoop | None = None,
+        *,
+        eligible: list[list[int]] | None = None,
+        extension: Extension | None = None,
+        pd: PDPlan | None = None,
+        probes: Sequence[Reads] = (),
     ) -> None:
         self.requests = requests
         self.closed = closed
@@ -106,48 +123,25 @@ class Cluster:
         self.max_tokens = max_tokens
         self.decisions = decisions
         self.outstanding = [0] * len(engines)
-        self.eligible: list[list[int]] = [
-            [e for e, info in enumerate(infos) if model in info.models] for model in requests.models
-        ]
-        no_budgets = bool(np.isnan(requests.budget_usd).all())
-        screens = front_door is not None and front_door.admission is not None
-        # whether one eligible instance is the answer without asking the front door
-        self.passthrough = no_budgets and not screens and decisions is None
-        # token counts read at arrivals: keep them exact inside decode runs (engine progress)
-        self.exact_tokens = front_door is not None and front_door.reads_engine_tokens
-        # nothing reads an engine's reported load at a decision: views show it unknown and
-        # only a change of outstanding count makes one stale
-        self.load_blind = (
-            front_door is not None
-            and not front_door.reads_engine_load
-            and not self.exact_tokens
-            and decisions is None
-        )
-        # whether a finished request's outcome is of use: to admission's latency history,
-        # a router that learns, or the decision log (the history otherwise only paces
-        # holds, which simulated instances never need)
-        self.observes = front_door is not None and (
-            decisions is not None
-            or front_door.admission is not None
-            or front_door.router.learns_from_outcomes
-        )
-        # simulated views are always healthy: with no in-flight cap anywhere, every view
-        # is a candidate and the front door need not test them one by one
-        self.all_open = all(info.max_in_flight is None for info in infos)
-        # the whole trace can be routed before any instance serves (an oblivious front
-        # door that nothing observes), and each engine's work ends with its own events
-        # (none holds requests back for the run's end): the loop may run engines apart.
-        # Not with a closed loop: its arrivals follow completions, which only a loop
-        # that serves while it routes (one event queue) knows in time
-        self.apart = (
-            closed is None
-            and front_door is not None
-            and front_door.oblivious
-            and self.load_blind
-            and not self.observes
-            and self.all_open
-            and not any(engine.holds_back for engine in engines)
-        )
+        # the instances each model may go to (by default those that serve it)
+        self.eligible = eligible_instances(requests.models, infos) if eligible is None else eligible
+        self.extension = extension  # a timed feature on the loop (None: none)
+        # prefill/decode roles and links when some instance has one (sim.disagg)
+        self.pd = pd
+        self.shortcuts = self._plan(probes)
+        shortcuts = self.shortcuts  # (copied into plain fields: read at every arrival)
+        self._passthrough = shortcuts.passthrough
+        self._exact_tokens = shortcuts.exact_tokens
+        self._load_blind = shortcuts.load_blind
+        self._observes = shortcuts.observes
+        self._all_open = shortcuts.all_open
+        # iteration ends inside engines' pieces of work, as engines report them
+        # (``summed`` pacing; the loop empties it)
+        self.inner_ends: list[float] = []
+        exact = shortcuts.engine_pacing == "exact"
+        summed = shortcuts.engine_pacing == "summed"
+        for engine in self.engines:
+            engine.configure(exact_loads=exact, inner_ends=self.inner_ends if summed else None)
         # requests the front door routed (it observes them), with the request it saw
         self._routed: dict[int, Request] = {}
         num = len(self.engines)
@@ -157,12 +151,26 @@ class Cluster:
         self._engine_of: dict[InstanceId, int] = {info.id: e for e, info in enumerate(infos)}
         # load-blind views differ only by the outstanding count: each engine's, by count
         self._blind_views: list[dict[int, InstanceView]] = [{} for _ in range(num)]
-        # prefill/decode roles and links when some instance has one (sim.disagg); None:
-        # every instance serves whole requests (the runner's loop)
-        self.pd: PDPlan | None = None
-        if front_door is not None and len(self.engines) > 1:
-            for engine in self.engines:  # routers read loads between any two iterations
-                engine.require_exact_loads()
+
+    def _plan(self, probes: Sequence[Reads]) -> Shortcuts:
+        """The run's shortcuts, from the plug-ins' declarations (:mod:`sincere.sim.plan`)."""
+        door, ext = self.front_door, self.extension
+        facts = Facts(
+            num_engines=len(self.engines),
+            has_front_door=door is not None,
+            screens=door is not None and door.screens,
+            no_budgets=bool(np.isnan(self.requests.budget_usd).all()),
+            all_open=all(info.max_in_flight is None for info in self.infos),
+            holds_back=any(engine.holds_back for engine in self.engines),
+            closed=self.closed is not None,
+        )
+        return plan_shortcuts(
+            facts,
+            None if door is None else door.reads,
+            None if self.decisions is None else self.decisions.reads,
+            None if ext is None else ext.needs,
+            probes,
+        )
 
     def route(self, i: int, now: Seconds) -> int | None:
         """Engine index for request ``i``; ``None`` after rejecting it."""
@@ -184,10 +192,10 @@ class Cluster:
         for start, end in zip(starts, [*starts[1:], n], strict=True):
             choices = self.eligible[int(model[start])]
             picks: list[int] | None = None
-            if self.passthrough and len(choices) == 1:
+            if self._passthrough and len(choices) == 1:
                 picks = [0] * (end - start)
-            elif self.passthrough and self.front_door is not None and len(choices) > 1:
-                views = self._views_at(choices, float(arrival[start]))
+            elif self._passthrough and self.front_door is not None and len(choices) > 1:
+                views = self.views_at(choices, float(arrival[start]))
                 picks = self.front_door.place_many(end - start, views)
             if picks is not None:
                 engine_of[start:end] = [choices[k] for k in picks]
@@ -202,7 +210,7 @@ class Cluster:
         the engine's load in the records: with ``apart`` the loop routes the whole trace
         first and notes each load when the request reaches its engine."""
         choices = self.eligible[int(self.requests.model[i])]
-        if len(choices) == 1 and self.passthrough:
+        if len(choices) == 1 and self._passthrough:
             return choices[0]
         if not choices:
             self.records.reject(i, "no_instance")
@@ -215,9 +223,9 @@ class Cluster:
     def _decide(self, i: int, choices: list[int], now: Seconds) -> int | None:
         """Ask the front door about request ``i`` and apply its answer."""
         assert self.front_door is not None
-        views = self._views_at(choices, now)
+        views = self.views_at(choices, now)
         request = self.requests.request(i)
-        decision = self.front_door.decide(request, views, now, all_open=self.all_open)
+        decision = self.front_door.decide(request, views, now, all_open=self._all_open)
         if self.decisions is not None:
             self.decisions.call("decide", request, views, now, decision)
         if isinstance(decision, Reject):
@@ -226,14 +234,14 @@ class Cluster:
         assert isinstance(decision, Route), "simulated instances have no in-flight cap"
         if decision.max_tokens is not None:
             self.max_tokens[i] = decision.max_tokens
-        if self.observes:
+        if self._observes:
             self._routed[i] = request
         return self._engine_of[decision.instance]
 
     def _note_load(self, i: int, e: int) -> None:
         """Keep engine ``e``'s load as its view shows it (with one engine nobody looks)."""
         if len(self.engines) > 1:
-            if self.load_blind:  # the views do not carry it: ask the engine
+            if self._load_blind:  # the views do not carry it: ask the engine
                 running, waiting, tokens = self.engines[e].queue_sizes()
                 self.records.note_load(i, running, waiting, tokens, self.outstanding[e])
                 return
@@ -264,7 +272,11 @@ class Cluster:
                 views[e] = self._fresh_view(e)
         stale.clear()
 
-    def _views_at(self, choices: list[int], now: Seconds) -> list[InstanceView]:
+    def engine_index(self, instance: InstanceId) -> int:
+        """The engine of instance ``instance`` (its position in ``engines``)."""
+        return self._engine_of[instance]
+
+    def views_at(self, choices: list[int], now: Seconds) -> list[InstanceView]:
         """The views of ``choices`` at ``now``: a fresh list the front door may keep, its
         token counts moved on by decode runs in flight when the front door reads them
         (the cached views are the last events')."""
@@ -272,7 +284,7 @@ class Cluster:
             self._refresh()
         cached = self._views
         views = cached.copy() if choices == self._all_engines else [cached[e] for e in choices]
-        if self.exact_tokens:
+        if self._exact_tokens:
             engines = self.engines
             for k, e in enumerate(choices):
                 progress = engines[e].progress_at(now)
@@ -281,7 +293,7 @@ class Cluster:
         return views
 
     def _fresh_view(self, e: int) -> InstanceView:
-        if self.load_blind:  # (views are immutable: one per engine and count is kept)
+        if self._load_blind:  # (views are immutable: one per engine and count is kept)
             num = self.outstanding[e]
             known = self._blind_views[e]
             view = known.get(num)

@@ -1,8 +1,8 @@
-"""Prefill/decode disaggregation in the simulator: roles, the KV link, and its event loop.
+"""Prefill/decode disaggregation in the simulator: roles, the KV link, and its extension.
 
 A config whose instances all have the default role (``both``) never reaches this module:
 its runs take :mod:`sincere.sim.runner`'s loop unchanged. With prefill and decode
-instances (docs/disaggregation.md):
+instances, :class:`PDExtension` plugs into that same loop (docs/disaggregation.md):
 
 * the :class:`~sincere.policy.pd.PDFrontDoor` decides per request whether to
   disaggregate and picks a prefill and a decode instance; a request not disaggregated is
@@ -49,7 +49,6 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import arrow_column, arrow_strings
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.summary import describe
 from sincere.perf.kv_link import NVLINK_DEFAULT_LATENCY_S as NVLINK_DEFAULT_LATENCY_S
 from sincere.perf.kv_link import RDMA_DEFAULT_GBPS as RDMA_DEFAULT_GBPS
@@ -58,11 +57,12 @@ from sincere.perf.kv_link import KvLink as KvLink
 from sincere.perf.kv_link import link_figures as link_figures
 from sincere.policy.front_door import Hold, Reject
 from sincere.policy.pd import PHASE_ROLES, ROLES, Local, PDFrontDoor, PDRoute, missing_phase
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import Outcome
 from sincere.sim.cluster import Cluster
 from sincere.sim.config import InstanceConfig, SimulationConfig
-from sincere.sim.events import EventQueue
-from sincere.sim.runner import ARRIVAL, Progress, RunLog
+from sincere.sim.extension import Extension, Sim
+from sincere.sim.plan import ExtensionNeeds
 
 NO_INSTANCE = -1
 
@@ -214,99 +214,75 @@ class PDPlan:
         }
 
 
-KV_READY = 0  # priority of a KV arrival or a link's next end: before engine wake-ups
+KV_PRIORITY = 0  # a KV arrival or a link's next end: before engine wake-ups at one time
 
 
-class PDLoop:
-    """The event loop of a disaggregated cluster: arrivals, engine wake-ups, KV arrivals.
+class PDExtension(Extension):
+    """Disaggregation on the simulator's loop: per-phase routing at arrivals, the hand-off
+    of a finished prefill to its KV link, and two event kinds of its own -- a link's next
+    transfer sending its last byte (index: the link) and a request's KV landing at its
+    decode instance (index: the request)."""
 
-    Payloads: :data:`~sincere.sim.runner.ARRIVAL`, an engine index, ``-2 - i`` for
-    request ``i``'s KV landing at its decode instance, or ``-2 - n - k`` (``n``
-    requests) for link ``k``'s next transfer sending its last byte.
-    """
-
-    def __init__(self, cluster: Cluster, plan: PDPlan, progress: Progress | None) -> None:
-        self.cluster = cluster
+    def __init__(self, plan: PDPlan) -> None:
         self.plan = plan
-        self.progress = progress
-        self.arrivals = cluster.requests.arrival_at.tolist()
-        self.queue: EventQueue[int] = EventQueue()
-        self.wake: list[float | None] = [None] * len(cluster.engines)
-        self.in_system = 0
-        self.area = 0.0
-        self.last_at = 0.0
-        self.num_events = 0
-        req = cluster.requests
-        # tokens each request will generate (its cap applied; re-read after routing)
-        self._prompt = req.prompt_tokens
+        self._cluster: Cluster | None = None
+        self._sim: Sim | None = None
         self._pending: dict[int, int] = {}  # prefilling request -> its decode engine
+        self._learns = False  # whether a phase's router learns (set at attach)
         # disaggregated requests whose outcomes a router learns from, with what it saw
-        self._learns = plan.door.learns_from_outcomes
         self._seen: dict[int, Request] = {}
-        # the per-phase routers read the same views as the cluster's front door: keep
-        # the loads and token counts in them when either phase's router reads them
-        if plan.door.reads_engine_load:
-            cluster.load_blind = False
-        if plan.door.reads_engine_tokens:
-            cluster.exact_tokens = True
+        self._kv_ready_kind = self._link_end_kind = 0  # set at attach
 
-    def run(self) -> RunLog:
-        n = len(self.arrivals)
-        if n:
-            self.queue.push(self.arrivals[0], 0, ARRIVAL)
-        k = 0
-        while self.queue or self._drain():
-            at, payload = self.queue.pop()
-            if payload >= 0 and self.wake[payload] != at:
-                continue  # stale wake-up
-            self.area += self.in_system * (at - self.last_at)
-            self.last_at = at
-            self.num_events += 1
-            if payload == ARRIVAL:
-                self._arrive(k, at)
-                k += 1
-                if k < n:
-                    self.queue.push(self.arrivals[k], 0, ARRIVAL)
-                if self.progress is not None and k % 10_000 == 0:
-                    self.progress(k, n)
-            elif payload >= 0:
-                self._advance(payload, at)
-            elif payload >= -1 - n:
-                self._kv_ready(-2 - payload, at)
-            else:
-                self._link_end(-2 - n - payload, at)
-        records = self.cluster.records
-        left = records.unfinished()
-        for i in left.tolist():
-            records.reject(int(i), "unfinished")
-        return RunLog(self.last_at, self.area, self.num_events, len(left))
+    @property
+    def needs(self) -> ExtensionNeeds:
+        """The per-phase routers read the same views as the cluster's front door (their
+        load and token counts as they declare); the phases' outcomes are built here, not
+        by the cluster. Arrivals are routed here, and KV lands in engines between events."""
+        reads = self.plan.door.reads
+        return ExtensionNeeds(
+            reads=Reads(load=reads.load, tokens=reads.tokens, outcomes=False, oblivious=False),
+            routes_arrivals=True,
+            feeds_engines=True,
+        )
 
-    def _arrive(self, i: int, at: Seconds) -> None:
-        self.in_system += 1
+    def attach(self, sim: Sim) -> None:
+        """Declare the KV arrivals and link ends (before engine wake-ups at one time)."""
+        self._sim = sim
+        self._cluster = sim.cluster
+        self._prompt = sim.cluster.requests.prompt_tokens
+        self._learns = self.plan.door.learns_from_outcomes
+        self._kv_ready_kind = sim.add_kind(KV_PRIORITY, self._kv_ready)
+        self._link_end_kind = sim.add_kind(KV_PRIORITY, self._link_end)
+
+    @property
+    def cluster(self) -> Cluster:
+        assert self._cluster is not None, "attached to a loop"
+        return self._cluster
+
+    @property
+    def sim(self) -> Sim:
+        assert self._sim is not None, "attached to a loop"
+        return self._sim
+
+    def arrive(self, i: int, at: Seconds) -> bool:
+        """Route request ``i`` by phase; ``False`` when the cluster's front door should."""
         cluster, plan = self.cluster, self.plan
-        model = int(cluster.requests.model[i])
         request = cluster.requests.request(i)
-        decision = self._pd_decision(i, model, request, at)
+        decision = self._pd_decision(int(cluster.requests.model[i]), request, at)
+        if decision is None:
+            return False
         if isinstance(decision, Reject):
             cluster.records.reject(i, decision.code)
-            self.in_system -= 1
-            return
+            self.sim.turn_away(i, at)
+            return True
         assert not isinstance(decision, Hold), "simulated instances have no in-flight cap"
-        if decision is None:
-            e = cluster.route(i, at)
-            if e is None:
-                self.in_system -= 1
-                cluster.finished(i)
-                return
-            self._add(e, i, at)
-            return
         if isinstance(decision, Local):  # whole on the decode instance the decider read
             if decision.route.max_tokens is not None:
                 cluster.max_tokens[i] = decision.route.max_tokens
-            self._add(cluster._engine_of[decision.route.instance], i, at)
-            return
-        p = cluster._engine_of[decision.prefill.instance]
-        d = cluster._engine_of[decision.decode.instance]
+            self.sim.place(cluster.engine_index(decision.route.instance), i, at)
+            return True
+        p = cluster.engine_index(decision.prefill.instance)
+        d = cluster.engine_index(decision.decode.instance)
         if decision.decode.max_tokens is not None:
             cluster.max_tokens[i] = decision.decode.max_tokens
         plan.records.prefill_instance[i] = p
@@ -316,50 +292,46 @@ class PDLoop:
             self._seen[i] = request
         cluster.outstanding[d] += 1  # routed there, not finished: the decode router sees it
         cluster.touched(d)
-        self._add(p, i, at)
+        self.sim.place(p, i, at)
+        return True
 
     def _pd_decision(
-        self, i: int, model: int, request: Request, at: Seconds
+        self, model: int, request: Request, at: Seconds
     ) -> PDRoute | Local | Reject | Hold | None:
         plan, cluster = self.plan, self.cluster
         prefill, decode = plan.prefill_of[model], plan.decode_of[model]
         if not prefill or not decode:
             return None
         return plan.door.decide(
-            request, cluster._views_at(prefill, at), cluster._views_at(decode, at), at
+            request, cluster.views_at(prefill, at), cluster.views_at(decode, at), at
         )
 
-    def _add(self, e: int, i: int, at: Seconds) -> None:
-        self.cluster.outstanding[e] += 1
-        self.cluster.engines[e].add(i, at)
-        self.cluster.touched(e)
-        self._reschedule(e)
-
-    def _advance(self, e: int, at: Seconds) -> None:
+    def advanced(self, e: int, at: Seconds, done: list[int]) -> list[int]:
+        """Note decode starts; a finished prefill goes on to its KV link (kept in the
+        system); the phases' routers learn. Returns the requests that left."""
         cluster = self.cluster
-        self.wake[e] = None
         engine = cluster.engines[e]
-        done = engine.advance(at)
         cluster.touched(e)
-        if isinstance(engine, ContinuousEngine) and engine.kv_admitted:
+        intake = engine.kv_intake
+        if intake is not None and intake.kv_admitted:
             started = self.plan.records.decode_started_at
             first = cluster.records.first_token_at
-            for i, when in engine.kv_admitted:
+            for i, when in intake.kv_admitted:
                 started[i] = first[i] = when  # the client's first token: decode side
-            engine.kv_admitted.clear()
+            intake.kv_admitted.clear()
+        left: list[int] = []
         for i in done:
-            cluster.outstanding[e] -= 1
             d = self._pending.pop(i, None)
             if d is not None:
                 self._observe(i, e, at, prefill=True)
                 if self._prefilled(i, d, at):
+                    cluster.outstanding[e] -= 1
                     continue
                 self._seen.pop(i, None)  # done at its prefill: no decode outcome
             elif i in self._seen:
                 self._observe(i, e, at, prefill=False)
-            self.in_system -= 1
-            cluster.finished(i)
-        self._reschedule(e)
+            left.append(i)
+        return left
 
     def _prefilled(self, i: int, d: int, at: Seconds) -> bool:
         """Prefill of ``i`` done: send its KV to decode engine ``d``; whether it went
@@ -381,7 +353,7 @@ class PDLoop:
         link = self.plan.link(p, d)
         end = link.start(i, at, num_bytes)
         assert end is not None, "a transfer was just started"
-        self.queue.push(end, KV_READY, -2 - len(self.arrivals) - link.index)
+        self.sim.schedule(end, self._link_end_kind, link.index)
         return True
 
     def _link_end(self, k: int, at: Seconds) -> None:
@@ -392,9 +364,9 @@ class PDLoop:
         for i in link.finish(at):
             ready = at + link.latency_s
             self.plan.records.kv_ready_at[i] = ready
-            self.queue.push(ready, KV_READY, -2 - i)
+            self.sim.schedule(ready, self._kv_ready_kind, i)
         if link.next_at is not None:
-            self.queue.push(link.next_at, KV_READY, -2 - len(self.arrivals) - k)
+            self.sim.schedule(link.next_at, self._link_end_kind, k)
 
     def _observe(self, i: int, e: int, at: Seconds, *, prefill: bool) -> None:
         """Tell the phase's router how request ``i`` went on engine ``e`` (its prefill:
@@ -414,33 +386,10 @@ class PDLoop:
         (door.observe_prefill if prefill else door.observe_decode)(outcome)
 
     def _kv_ready(self, i: int, at: Seconds) -> None:
+        """Request ``i``'s KV landed at its decode instance, which takes it."""
         d = int(self.plan.records.decode_instance[i])
-        engine = self.cluster.engines[d]
-        assert isinstance(engine, ContinuousEngine), "decode instances are continuous engines"
-        engine.add_prefilled(i, at, int(self._prompt[i]))
+        intake = self.cluster.engines[d].kv_intake
+        assert intake is not None, "decode instances take prefilled KV (checked at build)"
+        intake.add_prefilled(i, at, int(self._prompt[i]))
         self.cluster.touched(d)
-        self._reschedule(d)
-
-    def _drain(self) -> bool:
-        """No events left: let engines holding requests back serve them."""
-        if self.in_system <= 0:
-            return False
-        for e, engine in enumerate(self.cluster.engines):
-            engine.drain(self.last_at)
-            self.cluster.touched(e)
-            self._reschedule(e)
-        return len(self.queue) > 0
-
-    def _reschedule(self, e: int) -> None:
-        at = self.cluster.engines[e].next_event_at()
-        if at is not None and at != self.wake[e]:
-            self.wake[e] = at
-            self.queue.push(at, 1, e)
-
-
-def run_pd(cluster: Cluster, plan: PDPlan, progress: Progress | None = None) -> RunLog:
-    """Run every request of a disaggregated ``cluster`` to completion (or rejection)."""
-    log = PDLoop(cluster, plan, progress).run()
-    if progress is not None:
-        progress(len(cluster.requests), len(cluster.requests))
-    return log
+        self.sim.reschedule(d)

@@ -1,35 +1,32 @@
 """A minimal discrete-event queue: one heap keyed by ``(time, priority, sequence)``.
 
-It knows nothing of engines or requests (SimPy's core, without processes): events
-are payloads due at a time; among events due at the same time a smaller
-``priority`` comes first, then the one pushed first. Times are seconds of
-simulated time.
+It knows nothing of engines or requests (SimPy's core, without processes): an event is a
+*kind* and an *index* (what the kind's handler acts on: an engine, a request, a link)
+due at a time; among events due at the same time a smaller ``priority`` comes first, then
+the one pushed first. Times are seconds of simulated time.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Generic, TypeVar
-
-P = TypeVar("P")
 
 
-class EventQueue(Generic[P]):
+class EventQueue:
     """Pending events in time order."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, int, P]] = []
+        self._heap: list[tuple[float, int, int, int, int]] = []
         self._seq = 0
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, at: float, priority: int, payload: P) -> None:
-        """Schedule ``payload`` at time ``at``."""
+    def push(self, at: float, priority: int, kind: int, index: int) -> None:
+        """Schedule an event of ``kind`` about ``index`` at time ``at``."""
         self._seq += 1
-        heapq.heappush(self._heap, (at, priority, self._seq, payload))
+        heapq.heappush(self._heap, (at, priority, self._seq, kind, index))
 
-    def pop(self) -> tuple[float, P]:
-        """The next event's time and payload; raises ``IndexError`` when empty."""
-        at, _, _, payload = heapq.heappop(self._heap)
-        return at, payload
+    def pop(self) -> tuple[float, int, int]:
+        """The next event's ``(time, kind, index)``; raises ``IndexError`` when empty."""
+        at, _, _, kind, index = heapq.heappop(self._heap)
+        return at, kind, index

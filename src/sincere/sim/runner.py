@@ -1,13 +1,22 @@
-"""The simulator's event loop: arrivals and engine wake-ups on one event queue.
+"""The simulator's one event loop: arrivals, engine wake-ups and extensions' events.
 
-Arrivals are fed lazily (only the next one is queued) at priority 0; an engine's
-wake-up (the end of its work in progress) at priority 1, so a request arriving at
-the very moment an iteration ends joins the next iteration. Each engine has at most
-one live wake-up; an older one left in the queue is recognised as stale and
-skipped. While running, the loop integrates the number of requests in the system
-over time (for Little's law checks) and, when the arrivals are exhausted and the
-queue empties, lets engines that hold requests back (request-level batching)
-drain them.
+This module is the only one that pops the simulator's event queue
+(:class:`~sincere.sim.events.EventQueue`, entries ``(time, priority, sequence, kind,
+index)``). Two kinds are its own: ``ARRIVAL`` (priority 0) and ``ENGINE`` (an engine's
+wake-up, the end of its work in progress; priority 1), so a request arriving at the very
+moment an iteration ends joins the next iteration. Arrivals are fed lazily (only the next
+one is queued). Each engine has at most one live wake-up; an older one left in the queue
+is recognised as stale and skipped. A feature with timing of its own is an
+:class:`~sincere.sim.extension.Extension` (prefill/decode disaggregation is one): it
+declares further kinds with their priorities and handlers, may take arrivals over, and
+sees what each engine wake-up finished; the loop dispatches its events and keeps the
+books for everyone.
+
+The books, kept once (:class:`_Loop`): the number of requests in the system and its
+integral over time (for Little's law checks), the events handled, progress reports, the
+drain (when the arrivals are exhausted and the queue empties, engines that hold requests
+back -- request-level batching -- serve them), and the requests left unfinished at the
+end. The two specialised paths below are inlined for speed, and write into the same books.
 
 Speed: with a single engine the heap is not needed. The loop compares the next
 arrival with the engine's next event directly (an arrival first on a tie, as the
@@ -15,8 +24,9 @@ priorities say), which handles exactly the events the heap would, in the same
 order, without pushing and popping stale wake-ups.
 
 Engines apart. When the cluster's routing cannot depend on how the engines serve
-(``Cluster.apart``: an oblivious router such as round-robin or random, no admission, no
-decision log, no outcome anyone learns from, no engine holding requests back), the
+(``Cluster.shortcuts.apart``, planned once by :mod:`sincere.sim.plan`: an oblivious router
+such as round-robin or random, no admission, no decision log, no extension, no outcome
+anyone learns from, no engine holding requests back), the
 loop routes the whole trace first and then runs each engine alone over its own
 arrivals, as the single-engine loop does: an engine's events are then exactly those it
 has under the heap, in the same order (nothing else ever touched it), and one engine's
@@ -27,12 +37,13 @@ the system, sorted, and summed in time order (:func:`_integral`).
 
 Closed loop (``Cluster.closed``). A closed workload's arrivals depend on completions,
 so it always takes the heap loop (whatever the number of engines): the ``concurrency``
-first requests arrive at 0; each request that ends (finished, or rejected at the front
-door or by an engine) frees its client, whose next request arrives after the next think
-time. Every such arrival is pushed onto the queue at once (at most ``concurrency`` are
-pending, and none is earlier than the event that made it), and the request taking it is
-the next by number, so requests are numbered in arrival order and the arrival times
-written into the request table stay sorted.
+first requests arrive at 0 (or after their time in the front end, ``ClosedLoop.first_s``);
+each request that ends (finished, or rejected at the front door or by an engine) frees its
+client, whose next request arrives after the next think time. Every such arrival is pushed
+onto the queue at once (at most ``concurrency`` are pending, and none is earlier than the
+event that made it), and the request taking it is the next by number, so requests are
+numbered in arrival order and the arrival times written into the request table stay
+sorted.
 """
 
 from __future__ import annotations
@@ -46,10 +57,14 @@ import numpy as np
 
 from sincere.core.types import Seconds
 from sincere.engine.base import Engine
-from sincere.sim.cluster import Cluster
+from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.events import EventQueue
+from sincere.sim.extension import Handler
 
-ARRIVAL = -1  # payload of an arrival event (engine events carry the engine index)
+ARRIVAL = 0  # event kind: the next request arrives (index: the send's number)
+ENGINE = 1  # event kind: an engine's wake-up (index: the engine)
+ARRIVAL_PRIORITY = 0  # an arrival at an iteration's end joins the next iteration
+ENGINE_PRIORITY = 1
 Progress = Callable[[int, int], None]  # (arrivals handled, total)
 
 
@@ -63,41 +78,118 @@ class RunLog:
     num_unfinished: int  # requests marked unfinished at the end (0 in a sound run)
 
 
+class ClosedClients:
+    """A closed loop's clients: when each sends its next request."""
+
+    def __init__(self, closed: ClosedLoop, num_requests: int) -> None:
+        self.concurrency = closed.concurrency
+        self.think_s = closed.think_s
+        self.num_requests = num_requests
+        self.num_ended = 0  # requests that have ended (each frees its client)
+        self.num_sent = 0  # sends put on the queue
+        self.first_s = closed.first_s  # each client's first send (empty: all at 0)
+
+    def first_sends(self) -> list[Seconds]:
+        """When each client sends its first request (one each): at 0, or after its time
+        in the front end."""
+        first = min(self.concurrency, self.num_requests)
+        self.num_sent = first
+        starts = self.first_s
+        return [starts[k] if starts else 0.0 for k in range(first)]
+
+    def next_send_at(self, ended_at: Seconds) -> Seconds | None:
+        """A request ended at ``ended_at``: when its client sends the next (``None``: every
+        request has been sent)."""
+        j = self.num_ended
+        self.num_ended += 1
+        if self.num_sent >= self.num_requests:
+            return None
+        self.num_sent += 1
+        return ended_at + self.think_s[j]
+
+
 class _Loop:
     """State of one run; ``run`` is the whole algorithm."""
 
-    def __init__(self, cluster: Cluster, progress: Progress | None, every: int) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        progress: Progress | None,
+        every: int,
+    ) -> None:
         self.cluster = cluster
         self.arrivals = cluster.requests.arrival_at.tolist()
-        self.queue: EventQueue[int] = EventQueue()
+        self.queue = EventQueue()
         self.wake: list[float | None] = [None] * len(cluster.engines)
+        # the books: requests in the system, its integral over time, events handled
         self.in_system = 0
         self.area = 0.0
         self.last_at = 0.0
         self.num_events = 0
         self.progress = progress
         self.every = every
-        self.closed = cluster.closed
-        self.ended = 0  # closed loop: requests that have ended (each frees its client)
-        self.issued = 0  # closed loop: arrivals put on the queue
-        self.load_blind = cluster.load_blind  # only outstanding counts make views stale
+        self.clients = (
+            None if cluster.closed is None else ClosedClients(cluster.closed, len(self.arrivals))
+        )
+        self.extension = cluster.extension
+        self.priorities = [ARRIVAL_PRIORITY, ENGINE_PRIORITY]  # by event kind
+        self.handlers: list[Handler] = []  # by event kind, past ENGINE
+        self.load_blind = cluster.shortcuts.load_blind  # only outstanding counts make views stale
         # every model is served by engine 0 alone and nothing screens requests: routing
         # cannot choose, cap or reject
-        self.always_first = cluster.passthrough and all(
+        self.always_first = cluster.shortcuts.passthrough and all(
             choices == [0] for choices in cluster.eligible
         )
 
     def run(self) -> RunLog:
-        if self.closed is not None:
+        if self.extension is not None:
+            self.extension.attach(self)
+            self._run_heap()
+        elif self.clients is not None:
             self._run_heap()  # completions feed arrivals (module docstring)
         elif len(self.cluster.engines) == 1:
             self._run_single()
-        elif self.cluster.apart:
+        elif self.cluster.shortcuts.apart:
             self._run_apart()
         else:
             self._run_heap()
         unfinished = self._mark_unfinished()
         return RunLog(self.last_at, self.area, self.num_events, unfinished)
+
+    # ------------------------------------------------- what an extension may call (Sim)
+
+    def add_kind(self, priority: int, handler: Handler) -> int:
+        """A new event kind handled by ``handler``, at ``priority`` among events at one time."""
+        self.priorities.append(priority)
+        self.handlers.append(handler)
+        return len(self.priorities) - 1
+
+    def schedule(self, at: Seconds, kind: int, index: int) -> None:
+        """Put an event of ``kind`` about ``index`` on the queue."""
+        self.queue.push(at, self.priorities[kind], kind, index)
+
+    def place(self, e: int, i: int, at: Seconds) -> None:
+        """Give request ``i`` to engine ``e`` and wake it when it needs to."""
+        self.cluster.outstanding[e] += 1
+        self.cluster.engines[e].add(i, at)
+        self.cluster.touched(e)
+        self.reschedule(e)
+
+    def turn_away(self, i: int, at: Seconds) -> None:
+        """Request ``i`` left at its arrival, rejected (recorded): out of the books."""
+        self.in_system -= 1
+        self.cluster.finished(i)
+        if self.clients is not None:
+            self._clients_free(1, at)
+
+    def reschedule(self, e: int) -> None:
+        """Engine ``e`` may need a new wake-up (an older one, if any, goes stale)."""
+        at = self.cluster.engines[e].next_event_at()
+        if at is not None and at != self.wake[e]:
+            self.wake[e] = at
+            self.queue.push(at, ENGINE_PRIORITY, ENGINE, e)
+
+    # ------------------------------------------------------------- the loops
 
     def _run_single(self) -> None:
         """The loop for one engine: no event queue (see the module docstring)."""
@@ -160,60 +252,60 @@ class _Loop:
         return engine.next_event_at() is not None
 
     def _run_heap(self) -> None:
-        """The general loop: arrivals and every engine's wake-up on one event queue.
+        """The general loop: arrivals, every engine's wake-up and the extension's events on
+        one event queue, popped here and nowhere else.
 
         An engine event is handled inline (the hot path with many instances): advance,
-        tell the cluster, reschedule; an arrival through :meth:`_arrive`.
+        tell the extension and the cluster, reschedule; an arrival through :meth:`_arrive`;
+        an extension's event by the handler of its kind.
 
-        When nothing reads the engines' loads between events (``load_blind``), engines
-        run identical prefill iterations as one piece (``sum_by_iteration``) and report
-        the iteration ends inside it; the loop adds those to its time integral in time
-        order (:meth:`_pass_inner`), so the sums are those of one event per iteration.
+        When nothing reads the engines' loads between events (``summed`` pacing, planned
+        with ``load_blind``), engines run identical prefill iterations as one piece
+        (``Engine.configure(inner_ends=...)``) and report the iteration ends inside it;
+        the loop adds those to its time integral in time order (:meth:`_pass_inner`), so
+        the sums are those of one event per iteration.
         """
         n = len(self.arrivals)
         queue, wake, arrivals = self.queue, self.wake, self.arrivals
-        cluster = self.cluster
+        cluster, extension, handlers = self.cluster, self.extension, self.handlers
         engines, outstanding = cluster.engines, cluster.outstanding
         touched, finished = cluster.touched, cluster.finished
         push, pop = queue.push, queue.pop
         track_load = not self.load_blind
-        observes = cluster.observes  # whether finished requests are told to the cluster
+        observes = cluster.shortcuts.observes  # finished requests are told to the cluster
         progress, every = self.progress, self.every
         inner: list[float] = []  # a heap of iteration ends inside engines' pieces of work
-        started: list[float] = []  # such ends, as engines report them when a piece starts
-        if self.load_blind and len(engines) > 1:  # (one engine: no one-event-per-iteration)
-            for engine in engines:
-                engine.sum_by_iteration(started)
-        closed = self.closed is not None
-        if closed:
-            self._start_clients()
+        started = cluster.inner_ends  # such ends, as engines report them (``summed`` pacing)
+        closed = self.clients is not None
+        if self.clients is not None:
+            for k, send_at in enumerate(self.clients.first_sends()):
+                push(send_at, ARRIVAL_PRIORITY, ARRIVAL, k)
         elif n:
-            push(arrivals[0], 0, ARRIVAL)
+            push(arrivals[0], ARRIVAL_PRIORITY, ARRIVAL, 0)
         next_arrival = 0
         while queue or self._drain():
-            at, payload = pop()
+            at, kind, e = pop()
             if inner and inner[0] <= at:
                 self._pass_inner(inner, at)
-            if payload == ARRIVAL:
-                self.area += self.in_system * (at - self.last_at)
-                self.last_at = at
-                self.num_events += 1
+            if kind == ENGINE and wake[e] != at:
+                continue  # stale wake-up
+            self.area += self.in_system * (at - self.last_at)
+            self.last_at = at
+            self.num_events += 1
+            if kind == ARRIVAL:
                 if closed:
                     self._arrive_closed(next_arrival, at)
                 else:
                     self._arrive(next_arrival, at)
                 next_arrival += 1
                 if not closed and next_arrival < n:
-                    push(arrivals[next_arrival], 0, ARRIVAL)
+                    push(arrivals[next_arrival], ARRIVAL_PRIORITY, ARRIVAL, next_arrival)
                 if progress is not None and next_arrival % every == 0:
                     progress(next_arrival, n)
                 continue
-            e = payload
-            if wake[e] != at:
-                continue  # stale wake-up
-            self.area += self.in_system * (at - self.last_at)
-            self.last_at = at
-            self.num_events += 1
+            if kind != ENGINE:
+                handlers[kind - 2](e, at)
+                continue
             wake[e] = None
             engine = engines[e]
             done = engine.advance(at)
@@ -221,6 +313,8 @@ class _Loop:
                 for end in started:
                     heappush(inner, end)
                 started.clear()
+            if extension is not None:
+                done = extension.advanced(e, at, done)
             if done:
                 self.in_system -= len(done)
                 outstanding[e] -= len(done)
@@ -235,66 +329,13 @@ class _Loop:
             due = engine.next_event_at()
             if due is not None:  # wake[e] is None: always a new wake-up
                 wake[e] = due
-                push(due, 1, e)
+                push(due, ENGINE_PRIORITY, ENGINE, e)
 
     def _run_apart(self) -> None:
-        """Route every request, then run each engine alone (see the module docstring).
-
-        The records get each request's engine load as the heap loop notes it: read from
-        the engine when the request reaches it, with the requests outstanding there.
-        """
-        cluster = self.cluster
-        arrivals, n = self.arrivals, len(self.arrivals)
-        engines = cluster.engines
-        mine: list[list[int]] = [[] for _ in engines]
-        joined = [0] * n  # the change of the number in the system at each arrival
-        for i, e in enumerate(cluster.assign_all()):
-            if e >= 0:
-                mine[e].append(i)
-                joined[i] = 1
-        inner: list[float] = []  # iteration ends inside pieces, every engine's
-        event_at: list[float] = []  # engine events, every engine's
-        left: list[int] = []  # requests each of them finished or rejected (negated)
-        progress, every = self.progress, self.every
-        handled = n - sum(len(ids) for ids in mine)  # the rejected, at once
-        note = cluster.records.note_load
-        for e, ids in enumerate(mine):
-            engine = engines[e]
-            engine.sum_by_iteration(inner)
-            next_event_at, advance, add = engine.next_event_at, engine.advance, engine.add
-            queue_sizes = engine.queue_sizes
-            outstanding, k, m = 0, 0, len(ids)
-            while True:
-                due = next_event_at()
-                if k < m and (due is None or arrivals[ids[k]] <= due):
-                    i = ids[k]
-                    running, waiting, tokens = queue_sizes()
-                    note(i, running, waiting, tokens, outstanding)
-                    outstanding += 1
-                    add(i, arrivals[i])
-                    k += 1
-                    handled += 1
-                    if progress is not None and handled % every == 0:
-                        progress(handled, n)
-                elif due is not None:
-                    done = advance(due)
-                    event_at.append(due)
-                    left.append(-len(done))
-                    outstanding -= len(done)
-                else:
-                    break  # no event and no arrival left: nothing is held back
-            cluster.outstanding[e] = outstanding
-        # the events as arrays (8 bytes each, not a float object each): their times, and
-        # each one's change of the number in the system (0 for an iteration end)
-        times = np.concatenate((np.array(arrivals), np.array(event_at), np.array(inner)))
-        event_at.clear()
-        inner.clear()
-        num_inner = len(times) - n - len(left)
-        change = np.concatenate(
-            (np.array(joined, np.int64), np.array(left, np.int64), np.zeros(num_inner, np.int64))
-        )
-        left.clear()
-        self.area, self.last_at, self.in_system, self.num_events = _integral(times, change)
+        """Route every request, then run each engine alone (see the module docstring);
+        :func:`_engines_apart` does it and hands back the books."""
+        books = _engines_apart(self.cluster, self.arrivals, self.progress, self.every)
+        self.area, self.last_at, self.in_system, self.num_events = books
 
     def _pass_inner(self, inner: list[float], at: float) -> None:
         """Iteration ends up to ``at`` inside pieces of work: integrate up to each, in order."""
@@ -304,51 +345,30 @@ class _Loop:
             self.last_at = end
             self.num_events += 1
 
-    def _arrive(self, i: int, at: float) -> bool:
-        """Route request ``i``; whether it reached an engine (not rejected at the door)."""
+    def _arrive(self, i: int, at: float) -> None:
+        """Request ``i`` arrives: the extension's, if it takes it, else routed."""
         self.in_system += 1
+        if self.extension is not None and self.extension.arrive(i, at):
+            return
         e = self.cluster.route(i, at)
         if e is None:
-            self.in_system -= 1
-            self.cluster.finished(i)
-            return False
-        self.cluster.outstanding[e] += 1
-        self.cluster.engines[e].add(i, at)
-        self.cluster.touched(e)
-        self._reschedule(e)
-        return True
-
-    def _start_clients(self) -> None:
-        """Closed loop: every client's first request arrives (at 0, or after its intake)."""
-        assert self.closed is not None
-        first = min(self.closed.concurrency, len(self.arrivals))
-        starts = self.closed.first_s
-        for k in range(first):
-            self.queue.push(starts[k] if starts else 0.0, 0, ARRIVAL)
-        self.issued = first
+            self.turn_away(i, at)
+        else:
+            self.place(e, i, at)
 
     def _arrive_closed(self, i: int, at: float) -> None:
-        """Closed loop: request ``i`` takes this arrival; one rejected at once ends now."""
+        """Closed loop: request ``i`` takes this arrival (its time written down)."""
         self.arrivals[i] = at
         self.cluster.requests.arrival_at[i] = at
-        if not self._arrive(i, at):
-            self._clients_free(1, at)
+        self._arrive(i, at)
 
     def _clients_free(self, num: int, at: float) -> None:
         """Closed loop: ``num`` requests ended at ``at``; their clients send their next."""
-        assert self.closed is not None
-        think, n = self.closed.think_s, len(self.arrivals)
+        assert self.clients is not None
         for _ in range(num):
-            if self.issued < n:
-                self.queue.push(at + think[self.ended], 0, ARRIVAL)
-                self.issued += 1
-            self.ended += 1
-
-    def _reschedule(self, e: int) -> None:
-        at = self.cluster.engines[e].next_event_at()
-        if at is not None and at != self.wake[e]:
-            self.wake[e] = at
-            self.queue.push(at, 1, e)
+            send_at = self.clients.next_send_at(at)
+            if send_at is not None:
+                self.queue.push(send_at, ARRIVAL_PRIORITY, ARRIVAL, self.clients.num_sent - 1)
 
     def _drain(self) -> bool:
         """No events left: let engines holding requests back serve them."""
@@ -357,7 +377,7 @@ class _Loop:
         for e, engine in enumerate(self.cluster.engines):
             engine.drain(self.last_at)
             self.cluster.touched(e)
-            self._reschedule(e)
+            self.reschedule(e)
         return len(self.queue) > 0
 
     def _mark_unfinished(self) -> int:
@@ -366,6 +386,66 @@ class _Loop:
         for i in left.tolist():
             records.reject(int(i), "unfinished")
         return len(left)
+
+
+def _engines_apart(
+    cluster: Cluster, arrivals: list[float], progress: Progress | None, every: int
+) -> tuple[float, float, int, int]:
+    """Route every request of ``cluster`` arriving at ``arrivals``, then run each engine
+    alone over its own; the books as :func:`_integral` returns them.
+
+    The records get each request's engine load as the heap loop notes it: read from
+    the engine when the request reaches it, with the requests outstanding there.
+    """
+    n = len(arrivals)
+    engines = cluster.engines
+    mine: list[list[int]] = [[] for _ in engines]
+    joined = [0] * n  # the change of the number in the system at each arrival
+    for i, e in enumerate(cluster.assign_all()):
+        if e >= 0:
+            mine[e].append(i)
+            joined[i] = 1
+    inner = cluster.inner_ends  # iteration ends inside pieces, every engine's
+    event_at: list[float] = []  # engine events, every engine's
+    left: list[int] = []  # requests each of them finished or rejected (negated)
+    handled = n - sum(len(ids) for ids in mine)  # the rejected, at once
+    note = cluster.records.note_load
+    for e, ids in enumerate(mine):
+        engine = engines[e]
+        next_event_at, advance, add = engine.next_event_at, engine.advance, engine.add
+        queue_sizes = engine.queue_sizes
+        outstanding, k, m = 0, 0, len(ids)
+        while True:
+            due = next_event_at()
+            if k < m and (due is None or arrivals[ids[k]] <= due):
+                i = ids[k]
+                running, waiting, tokens = queue_sizes()
+                note(i, running, waiting, tokens, outstanding)
+                outstanding += 1
+                add(i, arrivals[i])
+                k += 1
+                handled += 1
+                if progress is not None and handled % every == 0:
+                    progress(handled, n)
+            elif due is not None:
+                done = advance(due)
+                event_at.append(due)
+                left.append(-len(done))
+                outstanding -= len(done)
+            else:
+                break  # no event and no arrival left: nothing is held back
+        cluster.outstanding[e] = outstanding
+    # the events as arrays (8 bytes each, not a float object each): their times, and
+    # each one's change of the number in the system (0 for an iteration end)
+    times = np.concatenate((np.array(arrivals), np.array(event_at), np.array(inner)))
+    event_at.clear()
+    inner.clear()
+    num_inner = len(times) - n - len(left)
+    change = np.concatenate(
+        (np.array(joined, np.int64), np.array(left, np.int64), np.zeros(num_inner, np.int64))
+    )
+    left.clear()
+    return _integral(times, change)
 
 
 def _integral(at: Any, change: Any) -> tuple[float, float, int, int]:
@@ -399,10 +479,6 @@ def run_events(
     cluster: Cluster, progress: Progress | None = None, progress_every: int = 10_000
 ) -> RunLog:
     """Run every request of ``cluster`` to completion (or rejection)."""
-    if cluster.pd is not None:
-        from sincere.sim.disagg import run_pd
-
-        return run_pd(cluster, cluster.pd, progress)
     log = _Loop(cluster, progress, max(1, progress_every)).run()
     if progress is not None:
         progress(len(cluster.requests), len(cluster.requests))

@@ -31,6 +31,7 @@ from pydantic import Field
 from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
+from sincere.policy.reads import READS_NOTHING, Reads
 from sincere.policy.router_base import (
     ROUTERS,
     InstanceView,
@@ -45,14 +46,9 @@ class RandomRouter(Router):
     """Uniformly random healthy instance."""
 
     @property
-    def reads_engine_load(self) -> bool:
-        """No: the router's generator alone decides."""
-        return False
-
-    @property
-    def oblivious(self) -> bool:
-        """Yes: one draw per request, whatever the instances hold."""
-        return True
+    def reads(self) -> Reads:
+        """Nothing of the instances: one draw of the router's generator per request."""
+        return READS_NOTHING
 
     def choose_many(self, count: int, candidates: Sequence[InstanceView]) -> list[int] | None:
         """``count`` draws at once: the generator gives a vector of bounded integers as
@@ -78,14 +74,9 @@ class RoundRobinRouter(Router):
         self._next = 0
 
     @property
-    def reads_engine_load(self) -> bool:
-        """No: the position alone decides."""
-        return False
-
-    @property
-    def oblivious(self) -> bool:
-        """Yes: the position alone decides, whatever the instances hold."""
-        return True
+    def reads(self) -> Reads:
+        """Nothing of the instances: the position alone decides."""
+        return READS_NOTHING
 
     def choose_many(self, count: int, candidates: Sequence[InstanceView]) -> list[int] | None:
         """The next ``count`` positions in turn (``choose`` wraps its position below the
@@ -110,9 +101,9 @@ class LeastOutstandingRouter(Router):
     """Fewest outstanding requests; first in order on ties."""
 
     @property
-    def reads_engine_load(self) -> bool:
-        """No: the driver's outstanding counts decide."""
-        return False
+    def reads(self) -> Reads:
+        """Only the driver's outstanding counts (not oblivious: they follow the serving)."""
+        return Reads(load=False, tokens=False, outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -147,9 +138,9 @@ class JoinShortestQueueRouter(Router):
         self.metric = p.metric
 
     @property
-    def reads_engine_tokens(self) -> bool:
-        """Whether the metric is ``tokens``."""
-        return self.metric == "tokens"
+    def reads(self) -> Reads:
+        """Engine load; token counts when the metric is ``tokens``."""
+        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -184,14 +175,14 @@ class PowerOfTwoRouter(Router):
         self.num_choices = p.num_choices
 
     @property
-    def reads_engine_tokens(self) -> bool:
-        """Whether the metric is ``tokens``."""
-        return self.metric == "tokens"
-
-    @property
-    def reads_engine_load(self) -> bool:
-        """Whether the metric is other than ``outstanding`` (the driver's own count)."""
-        return self.metric != "outstanding"
+    def reads(self) -> Reads:
+        """Engine load unless the metric is ``outstanding`` (the driver's own count); token
+        counts when it is ``tokens``."""
+        return Reads(
+            load=self.metric != "outstanding",
+            tokens=self.metric == "tokens",
+            outcomes=self.learns_from_outcomes,
+        )
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

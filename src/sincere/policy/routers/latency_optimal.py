@@ -87,11 +87,6 @@ class LatencyOptimalRouter(Router):
         )
         self.explorer = Explorer(p.explore, rng)
 
-    @property
-    def reads_engine_tokens(self) -> bool:
-        """Yes: a step-model prediction reads the queued, remaining and cached tokens."""
-        return True
-
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:

@@ -35,6 +35,7 @@ from pydantic import Field
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router
 from sincere.policy.routers._common import LoadMetric, load_measure
 from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
@@ -71,9 +72,9 @@ class PrefixAwareRouter(Router):
         self.min_match_tokens = p.min_match_tokens
 
     @property
-    def reads_engine_tokens(self) -> bool:
-        """Whether the load metric is ``tokens``."""
-        return self.metric == "tokens"
+    def reads(self) -> Reads:
+        """Engine load; token counts when the load metric is ``tokens``."""
+        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

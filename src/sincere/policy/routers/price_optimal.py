@@ -24,6 +24,7 @@ import numpy as np
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import (
     ROUTERS,
     InstanceView,
@@ -78,6 +79,11 @@ class PriceOptimalRouter(Router):
         super().__init__(rng)
         params_from(PriceOptimalParams, params, values, "router 'price-optimal'")
         self.length = length_predictor
+
+    @property
+    def reads(self) -> Reads:
+        """Engine load, not token counts kept exact between engine events."""
+        return Reads(tokens=False, outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

@@ -20,6 +20,7 @@ from pydantic import Field
 from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import (
     ROUTERS,
     InstanceView,
@@ -54,9 +55,9 @@ class RelevanceOptimalRouter(Router):
         self.metric = p.metric
 
     @property
-    def reads_engine_tokens(self) -> bool:
-        """Whether the metric is ``tokens``."""
-        return self.metric == "tokens"
+    def reads(self) -> Reads:
+        """Engine load; token counts when the metric is ``tokens``."""
+        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

@@ -26,6 +26,7 @@ from pydantic import Field
 from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, Seconds
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router, utilisation
 from sincere.policy.routers._common import LoadMetric, load_measure
 
@@ -68,9 +69,9 @@ class SessionAffinityRouter(Router):
         self._bound: OrderedDict[str, InstanceId] = OrderedDict()
 
     @property
-    def reads_engine_tokens(self) -> bool:
-        """Whether the load metric is ``tokens``."""
-        return self.metric == "tokens"
+    def reads(self) -> Reads:
+        """Engine load; token counts when the load metric is ``tokens``."""
+        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

@@ -29,6 +29,7 @@ from sincere.core.params import Params, params_from
 from sincere.core.registry import Needs
 from sincere.core.request import Request
 from sincere.core.types import ModelName, Seconds
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import (
     ROUTERS,
     InstanceView,
@@ -118,6 +119,11 @@ class SmallModelFirstRouter(Router):
                 allowed=sorted(self.model_sizes),
             )
         return self.model_sizes[model], price_size(group)[1]
+
+    @property
+    def reads(self) -> Reads:
+        """Engine load, not token counts kept exact between engine events."""
+        return Reads(tokens=False, outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
