@@ -1,6 +1,6 @@
 """The simulator's prediction for the real vLLM (CPU) prefix-caching measurement.
 
-Simulates the request pattern of ``tests/serve/test_vllm_prefix.py``: the tiny random-weight
+Simulates the request pattern of ``tests/serve/gateway/test_vllm_prefix.py``: the tiny random-weight
 Llama (``tiny-llama``) on the ``cpu`` accelerator, continuous batching with prefix caching
 on and vLLM's CPU block size (128 tokens), five prompts of 753 tokens (the measured 3,765
 queried tokens over five requests) whose first 750 tokens are shared, one cold request then

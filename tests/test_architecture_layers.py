@@ -199,3 +199,136 @@ def test_no_import_cycle_inside_the_engine() -> None:
     graph = {_module_name(p): {m for m in _modules(p) if m in names} for p in paths}
     assert graph["sincere.engine.request_level"] >= {"sincere.engine.sincere_server"}
     assert _cycle(graph) == []
+
+
+# ------------------------------------------------------------------ private names
+
+# Reads of another module's private names allowed in sim/ or serve/ (file, name): none are
+# left, and none are added.
+PRIVATE_READS_ALLOWED: set[tuple[str, str]] = set()
+
+# Names that look private but are documented public API of the standard library.
+STDLIB_PUBLIC = {"_exit", "_asdict", "_replace", "_fields", "_make"}
+
+
+def _own_names(tree: ast.Module) -> set[str]:
+    """The names a module defines itself: functions, classes, attributes it assigns, and
+    module- or class-level variables. Reading one of these is no reach into another."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store | ast.Del):
+            names.add(node.attr)
+    bodies = [tree.body] + [c.body for c in ast.walk(tree) if isinstance(c, ast.ClassDef)]
+    for body in bodies:
+        for stmt in body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else []
+            if isinstance(stmt, ast.AnnAssign):
+                targets = [stmt.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__") and name not in STDLIB_PUBLIC
+
+
+def _private_reads(source: str) -> set[str]:
+    """Private names of other modules that ``source`` reads: ``obj._name`` (not on
+    ``self``, ``cls`` or ``super()``) where this module defines no ``_name``, and
+    ``from module import _name``."""
+    tree = ast.parse(source)
+    own = _own_names(tree)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            found.update(a.name for a in node.names if _is_private(a.name))
+        if not isinstance(node, ast.Attribute) or not _is_private(node.attr):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id in ("self", "cls"):
+            continue
+        if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "super":
+            continue
+        if node.attr not in own:
+            found.add(node.attr)
+    return found
+
+
+def _private_reads_in(*parts: str) -> set[tuple[str, str]]:
+    found = set()
+    for part in parts:
+        for path in sorted((SRC / part).rglob("*.py")):
+            rel = str(path.relative_to(SRC))
+            found |= {(rel, name) for name in _private_reads(path.read_text(encoding="utf-8"))}
+    return found
+
+
+def test_no_module_reads_another_modules_private_names() -> None:
+    """serve/ and sim/ use other modules through their public names only (sim/'s listed
+    leftovers aside); a private name is its module's to change."""
+    found = _private_reads_in("serve", "sim")
+    assert sorted(found - PRIVATE_READS_ALLOWED) == []
+    assert not any(rel.startswith("serve/") for rel, _ in PRIVATE_READS_ALLOWED)
+
+
+def test_the_private_names_list_holds_only_live_reads() -> None:
+    """An entry of PRIVATE_READS_ALLOWED that no longer occurs is removed (it only shrinks)."""
+    assert sorted(PRIVATE_READS_ALLOWED - _private_reads_in("sim")) == []
+
+
+def test_private_read_finder_finds_reads_across_modules() -> None:
+    """The finder reports another object's private attribute and a private import, not the
+    module's own names, ``self`` / ``super()`` ones or documented stdlib ones."""
+    source = (
+        "import os\n"
+        "from m import _helper\n"
+        "class A:\n"
+        "    def __init__(self, relay):\n"
+        "        self._own = relay._failed\n"
+        "        super()._base()\n"
+        "    def f(self, other):\n"
+        "        os._exit(0)\n"
+        "        return other._own, self._anything\n"
+    )
+    assert _private_reads(source) == {"_helper", "_failed"}
+
+
+# --------------------------------------------------------------------- class size
+
+MAX_CLASS_LINES = 300
+
+# Classes over MAX_CLASS_LINES outside serve/, with their size then (path, class): lines.
+# Every one has been split: the list stays empty.
+LONG_CLASSES: dict[tuple[str, str], int] = {}
+
+
+def _class_lines() -> dict[tuple[str, str], int]:
+    """Lines of every class in src/sincere (its ``class`` line to its last line)."""
+    sizes = {}
+    for path in sorted(SRC.rglob("*.py")):
+        rel = str(path.relative_to(SRC))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                sizes[(rel, node.name)] = node.end_lineno - node.lineno + 1
+    return sizes
+
+
+def test_no_class_is_over_300_lines() -> None:
+    """A class over 300 lines is split along its seams; the listed ones outside serve/ do
+    not grow."""
+    too_long = [
+        f"{rel} {name}: {n} lines"
+        for (rel, name), n in sorted(_class_lines().items())
+        if n > LONG_CLASSES.get((rel, name), MAX_CLASS_LINES)
+    ]
+    assert too_long == []
+    assert not any(rel.startswith("serve/") for rel, _ in LONG_CLASSES)
+
+
+def test_the_long_classes_list_holds_only_long_classes() -> None:
+    """An entry of LONG_CLASSES that is gone or now short enough is removed (it only shrinks)."""
+    sizes = _class_lines()
+    stale = [key for key in LONG_CLASSES if sizes.get(key, 0) <= MAX_CLASS_LINES]
+    assert stale == []

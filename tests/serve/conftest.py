@@ -1,7 +1,8 @@
 """The gateway's tests run on both event loops it supports: asyncio's and uvloop's (``fast``).
 
-Every test in a ``test_gateway_*`` or ``test_security_gateway*`` module is run twice,
-once per loop: the tests call :func:`asyncio.run`, which takes its loop from the loop
+Every test of the gateway's modules (``gateway/``, but the real-vLLM ones, the
+controller's through the gateway in ``control/``, and ``security/test_gateway*``) is run
+twice, once per loop: the tests call :func:`asyncio.run`, which takes its loop from the loop
 policy this fixture sets. Without uvloop installed the uvloop case is skipped.
 
 ``redis_url``: a real ``redis-server`` of the test's own, on a free port of 127.0.0.1.
@@ -23,13 +24,20 @@ from typing import Any
 import pytest
 
 LOOPS = ("asyncio", "uvloop")
-_ON_BOTH = ("test_gateway_", "test_security_gateway", "test_gateway")
+_ON_BOTH = (
+    "gateway.test_",
+    "control.test_controller",
+    "control.test_admin_audit",
+    "security.test_gateway",
+)
+_ONE_LOOP = ("gateway.test_vllm",)  # real vLLM engines: one loop is enough
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise the gateway modules' tests over both event loops."""
-    name = metafunc.module.__name__.rsplit(".", 1)[-1]
-    if "event_loop_kind" in metafunc.fixturenames and name.startswith(_ON_BOTH):
+    name = ".".join(metafunc.module.__name__.split(".")[-2:])  # folder.module
+    on_both = name.startswith(_ON_BOTH) and not name.startswith(_ONE_LOOP)
+    if "event_loop_kind" in metafunc.fixturenames and on_both:
         metafunc.parametrize("event_loop_kind", LOOPS, indirect=True)
 
 

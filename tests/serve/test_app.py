@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
+from tests.serve.security.test_gateway import gateway_config
+
 from sincere.serve.app import CONTROLLER, compose
 from sincere.serve.gateway.server import Gateway
-
-from .test_security_gateway import gateway_config
 
 UPSTREAM = "http://127.0.0.1:9"  # never contacted: nothing is served here
 

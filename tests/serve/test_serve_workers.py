@@ -14,8 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from .conftest import _free_port
+from tests.serve.conftest import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = "import sys; sys.argv[0] = 'sincere'; from sincere.cli import main; main()"

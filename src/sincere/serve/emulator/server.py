@@ -23,6 +23,11 @@ The API is vLLM 0.32.0's: what it refuses (:mod:`.vllm_api`, 400 with vLLM's err
 body), the fields and chunks of its answers (:mod:`.answer`), its metrics (:mod:`.metrics`),
 ``n`` choices and batched prompts, each choice its own engine request (:mod:`.choices`).
 
+The front end (:mod:`.frontend`): under an engine preset whose front end has time
+(``engine: {preset: vllm-v1}``, or ``execution: {frontend: ...}``) a request reaches the
+engine its intake later, in the order received, and every token and end reaches the
+client the output delay later, as the simulator counts them (:mod:`sincere.sim.frontend`).
+
 Failure injection (:class:`~.config.FailureConfig`): ``error_rate`` answers
 HTTP 500 before any byte of the answer; ``stall_probability`` / ``stall_s`` pause the
 engine after an iteration; ``crash_after`` serves that many requests, then the next
@@ -59,14 +64,14 @@ from sincere.serve.emulator.answer import (
     fingerprint,
     raise_rejected,
     random_request_id,
-    response_id,
 )
-from sincere.serve.emulator.choices import Prompt, prompts_of
+from sincere.serve.emulator.choices import Prompt
 from sincere.serve.emulator.config import EmulatorConfig
+from sincere.serve.emulator.frontend import Intake
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest, Parent
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
-from sincere.serve.emulator.text import plan_text
-from sincere.serve.emulator.vllm_api import Shaping, check_request, num_choices
+from sincere.serve.emulator.planning import RequestPlanner
+from sincere.serve.emulator.vllm_api import check_request
 from sincere.serve.protocol import (
     SSE_DONE,
     CompletionRequest,
@@ -75,9 +80,6 @@ from sincere.serve.protocol import (
     dumps,
     models_response,
     sse_event,
-)
-from sincere.serve.protocol import (
-    parse_request as parse_openai,
 )
 
 
@@ -89,21 +91,18 @@ class EmulatorServer(Served):
         self.name = config.name or f"{config.model}-0"
         arch = _arch(config)
         self.model_name = config.served_model_name or arch.name
-        # names a request may use: the served name, the catalog name and its aliases
-        self.accepted_models = frozenset({self.model_name, arch.name, *arch.aliases})
-        self.max_context = config.engine.max_model_len or arch.max_context
-        self.tier_index = {t.name: k for k, t in enumerate(config.tiers)}
-        self.metrics = EmulatorMetrics(
-            self.model_name, self.max_context, config.prefix_block_tokens
-        )
-        self.fingerprint = fingerprint(config)
+        max_context = config.engine.max_model_len or arch.max_context
+        self.metrics = EmulatorMetrics(self.model_name, max_context, config.prefix_block_tokens)
         self.deployment = deployment_of(config, config.model, f"emulator {self.name}")
         self.prefix_caching = config.engine.enable_prefix_caching  # usage says cached tokens
         seeds = np.random.SeedSequence(config.seed).spawn(3)
-        self._length_rng = np.random.default_rng(seeds[0])
-        self._error_rng = np.random.default_rng(seeds[1])
+        self.planner = RequestPlanner(
+            config, arch, self.model_name, self.metrics, fingerprint(config),
+            np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1]),
+        )  # fmt: skip
         self._stall_rng = np.random.default_rng(seeds[2])
-        self._lengths = _length_sampler(config)
+        self.front_end = config.engine.execution_params().frontend  # the preset's, else none
+        self.intake = Intake(self.front_end)
         self._created = int(time.time())
         self._num_received = 0
         self.crashed = False
@@ -164,10 +163,12 @@ class EmulatorServer(Served):
         self._open.add(transport)
         request_id = request.headers.get("X-Request-Id") or random_request_id()
         try:
-            req = await self._parse(request, kind)
+            planner = self.planner
+            req = await planner.parse(request, kind)
             shaping = check_request(req.body, req.kind)  # what vLLM refuses, first
-            self._inject_error()
-            response = await self._answer(request, req, *self._replies(req, request_id, shaping))
+            planner.inject_error()
+            planned = planner.replies(req, request_id, shaping, self.live)
+            response = await self._answer(request, req, *planned)
         except ProtocolError as exc:
             response = _error_response(exc)
         finally:
@@ -175,57 +176,6 @@ class EmulatorServer(Served):
         if not response.prepared:  # a stream set it before its first byte
             response.headers["X-Request-Id"] = request_id
         return response
-
-    async def _parse(self, request: web.Request, kind: Kind) -> CompletionRequest:
-        limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise ProtocolError(
-                413,
-                f"request body: got {request.content_length} bytes; allowed: at most {limit}",
-                code="body_too_large",
-            )
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ProtocolError(
-                413, f"request body is over the limit; allowed: at most {limit} bytes"
-            ) from None
-        try:
-            return parse_openai(
-                raw,
-                kind,
-                headers=request.headers,
-                models=self.accepted_models,
-                max_context=self.max_context,
-                max_body_bytes=limit,
-                multi=True,
-            )
-        except ProtocolError as exc:
-            if exc.status != 422:
-                raise
-            raise ProtocolError(400, exc.message, param=exc.param) from None  # vLLM: 400
-
-    def _replies(
-        self, req: CompletionRequest, request_id: str, shaping: Shaping
-    ) -> tuple[list[Prompt], list[Reply]]:
-        """The prompts and every choice's identity and text, planned before they reach the
-        engine (an unknown tier is refused before a length is drawn); choice ``c`` of
-        prompt ``p`` is answer ``p * n + c``, as vLLM numbers them."""
-        self._tier_of(req)
-        prompts = prompts_of(req, self.config.prefix_block_tokens)
-        n = num_choices(req.body)
-        choices.check_room(len(prompts) * n, self.config.max_num_requests, self.live)
-        filler, stamp = self.config.token_text, self.fingerprint
-        replies = [_new_reply(req, prompt, p * n + c, request_id, shaping,
-                              self._lengths_of(req, prompt.num_tokens), filler, stamp)
-                   for p, prompt in enumerate(prompts) for c in range(n)]  # fmt: skip
-        return prompts, replies
-
-    def _inject_error(self) -> None:
-        rate = self.config.failures.error_rate
-        if rate > 0 and self._error_rng.random() < rate:
-            self.metrics.injected_errors.inc()
-            raise ProtocolError(500, "injected failure (emulator error_rate)", code="injected")
 
     async def _answer(
         self, request: web.Request, req: CompletionRequest, prompts: list[Prompt],
@@ -239,6 +189,7 @@ class EmulatorServer(Served):
             raise ProtocolError(400, f"n and a list of prompts: got {len(replies)} answers to "
                                 f"a {phase} request; allowed: one (n 1, one prompt)",
                                 param="n")  # fmt: skip
+        await self.intake.wait(sum(p.num_tokens for p in prompts))
         slots = self._submit_all(live, req, prompts, replies, phase)
         try:
             if len(slots) > 1:
@@ -277,7 +228,7 @@ class EmulatorServer(Served):
         prompt: Prompt, parent: Parent | None,
     ) -> LiveRequest:  # fmt: skip
         """Give ``req`` to the engine: prefilled KV to pull (a decode request), or whole."""
-        priority, tier = req.sincere.priority or 0, self._tier_of(req)
+        priority, tier = req.sincere.priority or 0, self.planner.tier_of(req)
         lengths = (reply.max_tokens, reply.plan.num_tokens)
         stopped = reply.plan.stop_reason is not None
         if phase == "decode":
@@ -301,28 +252,6 @@ class EmulatorServer(Served):
     def _cached(self, outcome: Finish) -> int | None:
         """``usage.prompt_tokens_details.cached_tokens`` when prefix caching is on."""
         return outcome.cached_tokens if self.prefix_caching else None
-
-    def _lengths_of(self, req: CompletionRequest, prompt_tokens: int) -> tuple[int, int]:
-        """(max_tokens, ground-truth output tokens) of one choice of a prompt."""
-        cap = req.max_tokens
-        if cap is None:
-            cap = max(1, min(self.config.default_max_tokens, self.max_context - prompt_tokens))
-        out = req.sincere.output_tokens
-        if out is None and self._lengths is not None:
-            out = int(self._lengths.sample(self._length_rng, 1)[0])
-        return cap, min(out or cap, cap)
-
-    def _tier_of(self, req: CompletionRequest) -> int:
-        name = req.sincere.tier
-        if name is None or not self.tier_index:
-            return 0
-        if name not in self.tier_index:
-            raise ProtocolError(
-                400,
-                f"sincere.tier: got {name!r}; allowed: {', '.join(sorted(self.tier_index))}",
-                param="sincere.tier",
-            )
-        return self.tier_index[name]
 
     def _full(
         self,
@@ -439,30 +368,6 @@ async def _write_tokens(
     return min(k, last + 1)
 
 
-def _new_reply(
-    req: CompletionRequest,
-    prompt: Prompt,
-    index: int,
-    request_id: str,
-    shaping: Shaping,
-    lengths: tuple[int, int],
-    token_text: str,
-    fingerprint: str,
-) -> Reply:
-    """Choice ``index`` of ``req``'s answer to ``prompt``: ``lengths`` (its cap, its
-    ground-truth length) and the text."""
-    cap, out = lengths
-    plan = plan_text(shaping, token_text, out, at_cap=out >= cap)
-    echo = prompt.text if prompt.text is not None else token_text * prompt.num_tokens
-    return Reply(
-        kind=req.kind, request_id=request_id, id=response_id(req.kind, request_id),
-        created=int(time.time()),
-        model=req.model, fingerprint=fingerprint, shaping=shaping, plan=plan,
-        prompt_tokens=prompt.num_tokens, prompt_text=echo, include_usage=req.include_usage,
-        max_tokens=cap, index=index,
-    )  # fmt: skip
-
-
 def _kv_headers(slot: LiveRequest) -> dict[str, str]:
     """A decode answer's phase timings (see :mod:`.pd`); none for other requests."""
     ready, admitted = slot.kv_ready_at, slot.kv_admitted_at
@@ -492,20 +397,6 @@ def _arch(config: EmulatorConfig) -> Any:
         raise ConfigError(str(exc), where=f"emulator {config.name or config.model}") from None
 
 
-def _length_sampler(config: EmulatorConfig) -> Any:
-    if config.output_lengths is None:
-        return None
-    from sincere.workload.lengths import make_lengths
-
-    params = dict(config.output_lengths)
-    kind = params.pop("kind", None)
-    if not isinstance(kind, str):
-        raise ConfigError(
-            "output_lengths needs a kind", value=kind, allowed="fixed, uniform, lognormal, ..."
-        )
-    return make_lengths(kind, **params)
-
-
 def _build_live(
     config: EmulatorConfig,
     name: str,
@@ -520,6 +411,7 @@ def _build_live(
         block_tokens=config.prefix_block_tokens,
         tiers=tiers or (DEFAULT_TIER,), metrics=metrics, rng=rng,
         stall_probability=config.failures.stall_probability, stall_s=config.failures.stall_s,
+        output_s=config.engine.execution_params().frontend.output_s,
     )  # fmt: skip
 
 

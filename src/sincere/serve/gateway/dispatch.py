@@ -23,11 +23,12 @@ requests ahead of it (at least as important), not those a less important tier qu
 a retry after an instance
 failed and a queued request asks only for a place (:meth:`FrontDoor.place`). Finished
 requests and slot releases are fed back (:meth:`Dispatcher.observe`,
-:meth:`Dispatcher.release`). With a decision log every call and outcome is written
-(:mod:`sincere.policy.decision_log`). ``instances`` is the one record of membership;
-``by_model`` and ``served`` are derived from it on every change, and a second instance
-with a name already in use is refused. Everything here runs on the event loop's thread
-without awaiting, except the waiter in :meth:`Dispatcher.acquire`.
+:meth:`Dispatcher.release`); :meth:`Dispatcher.reserve` is the one way a slot is taken
+(the P/D stage takes its phases' slots with it too). With a decision log every call and
+outcome is written (:mod:`sincere.policy.decision_log`). ``instances`` is the one record
+of membership; ``by_model`` and ``served`` are derived from it on every change, and a
+second instance with a name already in use is refused. Everything here runs on the event
+loop's thread without awaiting, except the waiter in :meth:`Dispatcher.acquire`.
 """
 
 from __future__ import annotations
@@ -209,12 +210,17 @@ class Dispatcher:
             )  # fmt: skip
         return decision
 
-    def _reserve(self, pending: Pending, route: Route, now: float) -> Slot:
+    def reserve(
+        self, pending: Pending, route: Route, now: float, max_tokens: int | None = None
+    ) -> Slot:
+        """A slot on the routed instance (counted in flight until :meth:`release`), with
+        the cap to send: ``max_tokens``, else the route's, else the client's."""
         state = self.instances[route.instance]
         state.num_in_flight += 1
         state.num_requests += 1
         state.breaker.send(now)
-        cap = pending.request.max_tokens if route.max_tokens is None else route.max_tokens
+        cap = route.max_tokens if max_tokens is None else max_tokens
+        cap = pending.request.max_tokens if cap is None else cap
         return Slot(state, cap, route.reason, now)
 
     def release(self, slot: Slot, now: float) -> None:
@@ -242,7 +248,7 @@ class Dispatcher:
         decision = pending.decision or self._place(pending, now, waiting=False)
         pending.decision = None
         if isinstance(decision, Route):
-            return self._reserve(pending, decision, now)
+            return self.reserve(pending, decision, now)
         if isinstance(decision, Reject):
             raise refusal(decision)
         return await self._wait(pending, decision, loop)
@@ -304,7 +310,7 @@ class Dispatcher:
             queue.pop()
             self._record_wait(pending, now)
             if isinstance(decision, Route):
-                pending.waiter.set_result(self._reserve(pending, decision, now))
+                pending.waiter.set_result(self.reserve(pending, decision, now))
             else:
                 pending.waiter.set_result(refusal(decision))
 

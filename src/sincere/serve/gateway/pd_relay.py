@@ -13,8 +13,8 @@ views of the model's prefill and decode instances. Then, as vLLM's P/D proxy doe
    TTFT here, when the first token exists (as the simulator does).
 2. **Decode**: the client's request goes to the decode instance with those
    ``kv_transfer_params``; its answer (streamed or whole) is relayed to the client as any
-   answer is (:class:`~sincere.serve.gateway.relay.Relay`: deadlines, mid-stream
-   errors, usage).
+   answer is (:class:`~sincere.serve.gateway.exchange.Exchange`, the plain path's too:
+   deadlines, mid-stream errors, usage, outcome counts).
 
 A request the decider keeps colocated is routed by the gateway's own front door over
 the ``both`` instances of its model (else its decode instances, which then prefill it
@@ -39,8 +39,9 @@ byte is a breaker failure; a failed prefill is served whole on the decode (or ``
 instances instead, a failed decode is sent to another decode instance (each tried once;
 then 502). With no prefill instance healthy the front door keeps requests colocated
 (:meth:`~sincere.policy.pd.PDFrontDoor.decide`). A 4xx of either phase goes to the
-client as it is. A phase with no room (a hold: every candidate at its
-``max_in_flight``) is asked again every 10 ms up to the queue timeout, then 504.
+client as it is, counted ``client_error`` as the plain path counts one. A phase with no
+room (a hold: every candidate at its ``max_in_flight``) is asked again every 10 ms up to
+the queue timeout, then 504.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ from sincere.policy.pd_config import PDRoutingConfig
 from sincere.serve.backends.openai_api import UpstreamError
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError, Slot, refusal
+from sincere.serve.gateway.exchange import Exchange, deadline_error
 from sincere.serve.gateway.instances import InstanceState
-from sincere.serve.gateway.relay import Relay, deadline_error
+from sincere.serve.gateway.relay import Relay
 from sincere.serve.protocol import CompletionRequest, loads
 from sincere.serve.security.engine_fields import engine_fields_in, without_engine_fields
 
@@ -96,6 +98,7 @@ class PDRelay:
     def __init__(self, config: GatewayConfig, dispatcher: Dispatcher, relay: Relay) -> None:
         self.dispatcher = dispatcher
         self.relay = relay
+        self.exchange: Exchange = relay.exchange  # each phase's send, relay and counts
         self.queue_timeout_s = config.queue.timeout_s
         self.door: PDFrontDoor = build_pd_front_door(config.disaggregation or PDRoutingConfig(), 0)
         self._split: tuple[object, frozenset[str]] = (None, frozenset())
@@ -199,7 +202,7 @@ class PDRelay:
         try:
             first: PrefillResult | UpstreamError = await self._prefill(creq, pending, slot)
         except UpstreamError as exc:
-            self.relay._failed(slot, "prefill", exc)
+            self.exchange.failed(slot, "prefill", exc)
             first = exc
         except BaseException:
             d.release(second, loop.time())
@@ -246,7 +249,7 @@ class PDRelay:
             try:
                 return await self._decode(http_req, creq, pending, slot, params)
             except UpstreamError as exc:
-                self.relay._failed(slot, "decode", exc)
+                self.exchange.failed(slot, "decode", exc)
                 tried.add(slot.instance.name)
                 last = exc
             finally:
@@ -270,15 +273,10 @@ class PDRelay:
         return self._reserve(pending, decision, None) if isinstance(decision, Route) else None
 
     def _reserve(self, pending: Pending, route: Route, cap: int | None) -> Slot:
-        """A slot on the routed instance (as the dispatcher reserves one)."""
-        state = self.dispatcher.instances[route.instance]
+        """A slot on the routed instance (the dispatcher's reservation; ``cap``: the
+        tokens to send, None: the route's, else the client's)."""
         now = asyncio.get_running_loop().time()
-        state.num_in_flight += 1
-        state.num_requests += 1
-        state.breaker.send(now)
-        if cap is None:
-            cap = pending.request.max_tokens if route.max_tokens is None else route.max_tokens
-        return Slot(state, cap, route.reason, now)
+        return self.dispatcher.reserve(pending, route, now, cap)
 
     async def _prefill(
         self, creq: CompletionRequest, pending: Pending, slot: Slot
@@ -292,24 +290,18 @@ class PDRelay:
         one = dataclasses.replace(
             creq, body=body, raw=b"", stream=False, include_usage=False, max_tokens=1
         )
-        upstream = None
+        when = "during the prefill"
+        upstream, _ = await self.exchange.send(one, pending, slot, when=when)
         try:
             async with asyncio.timeout_at(pending.deadline_at):
-                upstream = await slot.instance.backend.send(one, 1)
                 answer = await upstream.read_all()
         except TimeoutError:
-            raise deadline_error(pending, loop.time(), "during the prefill") from None
+            raise deadline_error(pending, loop.time(), when) from None
         finally:
-            if upstream is not None:
-                upstream.release()
+            upstream.release()
+        if upstream.status != 200:  # the engine's own answer: the client's now
+            return self.exchange.error_answer(upstream.status, answer, pending, slot)
         now = loop.time()
-        if upstream.status != 200:
-            slot.instance.breaker.record_success(now)
-            pending.output_tokens = 0
-            return web.Response(
-                status=upstream.status, body=self.relay._scrubbed(answer),
-                headers=slot.instance.json_headers,
-            )  # fmt: skip
         slot.instance.breaker.record_success(now)
         params = _kv_params(answer)
         if params is None:
@@ -332,41 +324,14 @@ class PDRelay:
         body = {**creq.body, KV_PARAMS: params}
         second = dataclasses.replace(creq, body=body, raw=b"")
         sent_at = loop.time()
-        try:
-            async with asyncio.timeout_at(pending.deadline_at):
-                upstream = await slot.instance.backend.send(second, slot.max_tokens)
-        except TimeoutError:
-            raise deadline_error(pending, loop.time(), "before the first byte") from None
+        upstream, _ = await self.exchange.send(second, pending, slot)
         relayed = tuple(
             (name, upstream.response.headers[name])
             for name in RELAYED_HEADERS
             if name in upstream.response.headers
         )
         pending.headers = (*pending.headers, *relayed)
-        ok = False
-        try:
-            if upstream.status != 200:
-                answer = await upstream.read_all()
-                slot.instance.breaker.record_success(loop.time())
-                pending.output_tokens = 0
-                ok = True
-                return web.Response(
-                    status=upstream.status, body=self.relay._scrubbed(answer),
-                    headers=slot.instance.json_headers,
-                )  # fmt: skip
-            if creq.stream:
-                resp = await self.relay._relay_stream(
-                    http_req, pending, slot, upstream, sent_at, None
-                )
-            else:
-                resp = await self.relay._relay_body(second, pending, slot, upstream, sent_at)
-            ok = True
-            return resp
-        finally:
-            if ok:
-                upstream.release()
-            else:
-                upstream.response.close()
+        return await self.exchange.relay(http_req, second, pending, slot, upstream, sent_at)
 
 
 _PREFILL_DROPS = frozenset(

@@ -12,11 +12,8 @@ drives. Endpoints:
   :meth:`Gateway._handle` reads as parse -> guard -> relay -> settle: the guard
   (:mod:`~sincere.serve.gateway.guard`) checks the key on the headers, then admits the
   parsed request (limits, budget reservation, admission) and settles its spend at the end.
-* ``GET /v1/models`` -- the union of the instances' models (with keys: a client key's
-  allowed ones); ``GET /health`` (with keys: instance states to admin keys only);
-  ``GET /metrics`` -- the gateway's Prometheus metrics
-  (:mod:`~sincere.serve.gateway.metrics`; with keys: an admin key, see
-  ``security.metrics_access``);
+* ``GET /v1/models``, ``GET /health``, ``GET /metrics`` -- read-only pages, each showing
+  a caller what it may see (:mod:`~sincere.serve.gateway.status`);
 
 The gateway is the data plane. It knows nothing of the control plane
 (:mod:`sincere.serve.control`): it offers the control plane's
@@ -65,7 +62,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn
 
@@ -77,8 +73,8 @@ from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
 from sincere.serve.binding import Served, bound_port
 from sincere.serve.gateway.answers import key_refusal_answer, openai_app, refusal_answer
-from sincere.serve.gateway.auth import GatewayAuth, check_bind, refusal_response
-from sincere.serve.gateway.breaker import STATE_CODES, CircuitBreaker
+from sincere.serve.gateway.auth import GatewayAuth, check_bind
+from sincere.serve.gateway.breaker import CircuitBreaker
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, RefusalError
 from sincere.serve.gateway.edge import (
@@ -92,6 +88,7 @@ from sincere.serve.gateway.edge import (
     runner_kwargs,
     upstream_fd_need,
 )
+from sincere.serve.gateway.exchange import Exchange
 from sincere.serve.gateway.guard import Admitted, Guard, Refused
 from sincere.serve.gateway.instances import InstanceState
 from sincere.serve.gateway.metrics import GatewayMetrics
@@ -101,12 +98,12 @@ from sincere.serve.gateway.pd_relay import PDRelay
 from sincere.serve.gateway.relay import Relay
 from sincere.serve.gateway.requests import RequestFactory
 from sincere.serve.gateway.scrape import LoadScraper
+from sincere.serve.gateway.status import StatusPages
 from sincere.serve.protocol import (
     Kind,
     ProtocolError,
     dumps,
     error_body,
-    models_response,
 )
 from sincere.serve.security.policy import Refusal
 from sincere.serve.security.tls import server_context
@@ -144,7 +141,8 @@ class Gateway(Served):
         self.auth = GatewayAuth(config.security, config.state)
         first_byte = {n: t.first_byte_timeout_s for n, t in config.tiers.items()}
         scrub = self._scrub if self.auth.secrets else None
-        self.relay = Relay(self.dispatcher, self.metrics, self.load, first_byte, self.log, scrub)
+        exchange = Exchange(self.dispatcher, self.metrics, self.load, self.log, scrub)
+        self.relay = Relay(exchange, first_byte)
         self.pd_relay = PDRelay(config, self.dispatcher, self.relay)  # roles: two phases
         self.guard = Guard(
             config, self.auth, self.dispatcher, self.requests, self._now,
@@ -155,6 +153,9 @@ class Gateway(Served):
             limits.tls_handshake_timeout_s,
         )  # fmt: skip
         self.passthrough = Passthrough(self.auth, self.dispatcher, limits, self.edge)
+        self.status = StatusPages(
+            config, self.dispatcher, self.auth, self.metrics, self.edge, self._refused, self._now
+        )
         self._logged_errors: set[str] = set()  # exception types whose traceback was logged
         self._tasks: list[asyncio.Task[None]] = []
         self.on_stop: list[Callable[[], Awaitable[None]]] = []  # run first when stopping
@@ -174,9 +175,9 @@ class Gateway(Served):
             app.router.add_post(path, self.passthrough.handle, expect_handler=expect)
         app.router.add_post("/v1/completions", self._completions, expect_handler=expect)
         app.router.add_post("/v1/chat/completions", self._chat, expect_handler=expect)
-        app.router.add_get("/v1/models", self._models, expect_handler=expect)
-        app.router.add_get("/health", self._health, expect_handler=expect)
-        app.router.add_get("/metrics", self._metrics, expect_handler=expect)
+        app.router.add_get("/v1/models", self.status.models, expect_handler=expect)
+        app.router.add_get("/health", self.status.health, expect_handler=expect)
+        app.router.add_get("/metrics", self.status.metrics_page, expect_handler=expect)
         route_unrouted(app)  # 404 / 405 with the same Expect check
         return app
 
@@ -293,8 +294,7 @@ class Gateway(Served):
 
     def instance_health(self) -> dict[str, str]:
         """Each instance's circuit-breaker state now."""
-        now = self.loop.time()
-        return {s.name: s.breaker.state(now).value for s in self.dispatcher.instances.values()}
+        return self.status.instance_health()
 
     def observed_load(self) -> list[LoadSummary]:
         """Load per (model, tier) over the planning window ending now."""
@@ -332,7 +332,7 @@ class Gateway(Served):
             return self._refusal_answer(exc, tier)
         except asyncio.CancelledError:  # the client went away (or the gateway stops)
             instance = "" if admitted is None else admitted.pending.instance
-            self.relay.client_left(tier, instance, "waiting for an answer")
+            self.relay.exchange.client_left(tier, instance, "waiting for an answer")
             if admitted is not None:  # settled now (in a task with shared state), not awaited
                 self.guard.settle_now(admitted)
                 admitted = None
@@ -378,57 +378,6 @@ class Gateway(Served):
             self.log.exception("internal error on %s", http_req.path)
         body = error_body("internal error (logged by the gateway)", type="server_error")
         return web.Response(status=500, body=dumps(body), content_type="application/json")
-
-    async def _models(self, http_req: web.Request) -> web.Response:
-        """The models served; with keys, a client key's only (401 without one)."""
-        names = self.dispatcher.served
-        key = self.auth.authenticate(http_req.headers)
-        if isinstance(key, Refusal):
-            return self._refused(key, self.config.default_tier)
-        if key is not None and key.spec.models is not None:
-            names = names & key.spec.models
-        return web.json_response(models_response(sorted(names), int(time.time())))
-
-    def _is_admin(self, http_req: web.Request) -> bool:
-        """Whether the caller may see the gateway's internals (always without keys)."""
-        return not isinstance(self.auth.admin(http_req.headers, ""), Refusal)
-
-    async def _health(self, http_req: web.Request) -> web.Response:
-        """Up or degraded; instance states to admins only when keys are on."""
-        states = self.instance_health()
-        ok = any(v != "open" for v in states.values())
-        out: dict[str, Any] = {"status": "ok" if ok else "degraded"}
-        if self.auth.store is None or self._is_admin(http_req):
-            out["instances"] = states
-        state = await asyncio.to_thread(self.auth.state_health) if self.auth.shared else None
-        if state is not None:
-            out["state"] = state
-            if not state["ok"]:
-                out["status"] = "degraded"
-        return web.json_response(out)
-
-    async def _metrics(self, http_req: web.Request) -> web.Response:
-        """Prometheus text; with keys an admin or metrics key's (``aggregate``: tenant-free)."""
-        tenants, every_tenant = True, False
-        if self.auth.store is not None:
-            grant = self.auth.metrics_reader(http_req.headers)
-            if isinstance(grant, Refusal):
-                if self.config.security.metrics_access != "aggregate":
-                    return refusal_response(grant)
-                tenants = False
-            else:  # ?tenants=all: an admin's page without the tenant cap
-                wants_all = http_req.query.get("tenants") == "all"
-                every_tenant = wants_all and grant.actor.startswith("admin:")
-        now = self.loop.time()
-        d = self.dispatcher
-        text = self.metrics.render(
-            {m: len(q) for m, q in d.queues.items()},
-            {s.name: s.num_in_flight for s in d.instances.values()},
-            {s.name: STATE_CODES[s.breaker.state(now)] for s in d.instances.values()},
-            self.edge.refused,
-            self.edge.num_open,
-        ) + (self.auth.metrics_text(every_tenant) if tenants else "")
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     # ------------------------------------------------------- background tasks
 

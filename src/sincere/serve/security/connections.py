@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import _default_expect_handler
 
 from sincere.serve.binding import bound_port, listen_error
 from sincere.serve.protocol import ProtocolError
@@ -375,7 +374,8 @@ def _is_accept_error(context: dict[str, Any]) -> bool:
 
 
 async def expect_handler(request: web.Request) -> None:
-    """``Expect: 100-continue`` answered as aiohttp does; any other value a JSON 417.
+    """``Expect: 100-continue`` answered ``100 Continue`` (HTTP/1.1); any other value a
+    JSON 417.
 
     aiohttp's own handler quotes the value in a text answer, and a value with bytes that
     are not UTF-8 made that answer fail (500).
@@ -388,7 +388,9 @@ async def expect_handler(request: web.Request) -> None:
         )  # fmt: skip
         text = error.to_bytes().decode()
         raise web.HTTPExpectationFailed(text=text, content_type="application/json")
-    await _default_expect_handler(request)
+    if request.version == (1, 1):  # the client waits for this before its body
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is no part of the answer's size
 
 
 UNROUTED_PATH = "/{unrouted:.*}"

@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 import pytest
 from tests.outsider._gateway import free_port
-from tests.serve.test_security_confidential import CANARY, PAIR, _chat
-from tests.serve.test_security_gateway import gateway_config, make_keys, run
+from tests.serve.security.test_confidential import CANARY, PAIR, _chat
+from tests.serve.security.test_gateway import gateway_config, make_keys, run
 
 from sincere.core.request import Request
 from sincere.serve.gateway.dispatch import Pending
@@ -40,7 +40,7 @@ from sincere.serve.security.keys import KeySpec
 from sincere.serve.security.keystore import KeyStore
 
 MODEL = "llama-3-8b"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ENTRY = "import sys; sys.argv[0] = 'sincere'; from sincere.cli import main; main()"
 
 

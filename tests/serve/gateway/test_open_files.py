@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.serve.security.test_gateway import gateway_config
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.edge import (
@@ -21,8 +22,6 @@ from sincere.serve.gateway.edge import (
     upstream_fd_need,
 )
 from sincere.serve.gateway.server import Gateway
-
-from .test_security_gateway import gateway_config
 
 
 def run(factory: Callable[[], Awaitable[None]]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.serve.security.test_gateway import make_keys
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.emulator.config import EmulatorConfig
@@ -18,8 +19,6 @@ from sincere.serve.emulator.server import EmulatorServer
 from sincere.serve.gateway.config import parse_config
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
-
-from .test_security_gateway import make_keys
 
 openai = pytest.importorskip("openai", reason="the openai SDK (extra 'dev') is not installed")
 
@@ -144,7 +143,7 @@ def test_sdk_n_and_batches_over_emulators_are_served_and_billed(tmp_path: Path) 
     """Over an emulated engine n = 3, a batch of 2 prompts with n = 2 and a streamed chat
     with n = 2 are answered whole (3, 4, 2 choices, vLLM's indexes), and the key is
     billed every choice's tokens: 3x3 + 4x2 + 2x4 completion tokens at $1 a token."""
-    from .test_gateway_billing import settled
+    from tests.serve.gateway.test_billing import settled
 
     keys = tmp_path / "keys.db"
     tokens = make_keys(keys, acme=KeySpec(name="acme", budget_usd=1e6))

@@ -19,7 +19,7 @@ from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.emulator.config import load_emulator_configs
 from sincere.serve.gateway.config import load_config, parse_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(factory: Callable[[], Awaitable[None]]) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tests.serve.gateway.test_billing import settled
+from tests.serve.security.test_gateway import PRICE_OUT_PER_1M, bearer, gateway_config, make_keys
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.backends.ollama_api import ollama_body
@@ -17,9 +19,6 @@ from sincere.serve.gateway.dispatch import RefusalError
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.protocol import parse_request
 from sincere.serve.security.keys import KeySpec
-
-from .test_gateway_billing import settled
-from .test_security_gateway import PRICE_OUT_PER_1M, bearer, gateway_config, make_keys
 
 BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}
 

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.serve.test_security_gateway import BODY, bearer, gateway_config, make_keys, post, run
-from tests.serve.test_security_tls import _self_signed
+from tests.serve.security.test_gateway import BODY, bearer, gateway_config, make_keys, post, run
+from tests.serve.security.test_tls import _self_signed
 
 from sincere.serve.app import compose
 from sincere.serve.security.keys import KeySpec

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from tests.serve.test_security_tls import _self_signed
+from tests.serve.security.test_tls import _self_signed
 
-from sincere.serve.security.connections import EdgeLimits, EdgeSite
+from sincere.serve.security.connections import EdgeLimits, EdgeSite, expect_handler
 from sincere.serve.security.tls import server_context
 
 
@@ -86,3 +86,43 @@ def test_a_tls_handshake_that_never_starts_is_closed_at_its_timeout(tmp_path: Pa
             writer.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent() -> None:
+    """``Expect: 100-continue``: the client hears ``100 Continue`` with no body sent, then
+    sends it and gets the route's answer; another value is a JSON 417."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/", echo, expect_handler=expect_handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = int(runner.addresses[0][1])
+        head = (
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n"
+            "Expect: {}\r\n\r\n"
+        )
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head.format("100-continue").encode())
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"hi")
+            answer = await asyncio.wait_for(reader.readuntil(b"hi"), 5)
+            assert answer.startswith(b"HTTP/1.1 200 OK")
+            writer.close()
+            await writer.wait_closed()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head.format("later").encode())
+            answer = await asyncio.wait_for(reader.readuntil(b"}}"), 5)
+            assert answer.startswith(b"HTTP/1.1 417") and b"expectation_failed" in answer
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())

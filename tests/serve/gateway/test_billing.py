@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tests.serve.security.test_gateway import bearer, gateway_config, make_keys
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.server import Gateway
@@ -20,8 +21,6 @@ from sincere.serve.security.envelope import CONTENT_TYPE
 from sincere.serve.security.keys import KeySpec
 from sincere.serve.security.storage import Totals
 from sincere.workload.tabular import tokenizer_name
-
-from .test_security_gateway import bearer, gateway_config, make_keys
 
 ANSWER = 100  # tokens of a whole answer
 

@@ -126,7 +126,7 @@ def _assert_kept_equals_recomputed(store: KeyStore, cap: int) -> None:
     metrics = store.metrics
     assert metrics is not None
     assert metrics.gauges.items() == store.budget_gauges()
-    client = [s for s in store._states.values() if s.record.kind == "client"]
+    client = [s for s in store.book.states.values() if s.record.kind == "client"]
     left = [v for s in client if (v := s.remaining_usd()) is not None]
     every_held = math.fsum(s.reserved_usd for s in client)
     assert metrics.gauges.others(()) == (every_held, math.fsum(max(v, 0.0) for v in left))

@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tests.serve.conftest import RedisServer
+from tests.serve.security.test_gateway import bearer, gateway_config, make_keys
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
 from sincere.serve.security.keystore import KeyStore
 from sincere.serve.security.shared import RedisState
-
-from .conftest import RedisServer
-from .test_security_gateway import bearer, gateway_config, make_keys
 
 BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.serve.security.test_gateway import PRICE_OUT_PER_1M, bearer, gateway_config, make_keys
 
 from sincere.serve.gateway.dispatch import RefusalError
 from sincere.serve.gateway.guard import Admitted, Refused
@@ -20,8 +21,6 @@ from sincere.serve.gateway.server import Gateway
 from sincere.serve.protocol import CompletionRequest, ProtocolError, parse_request
 from sincere.serve.security.keys import KeyRecord, KeySpec
 from sincere.serve.security.policy import Refusal
-
-from .test_security_gateway import PRICE_OUT_PER_1M, bearer, gateway_config, make_keys
 
 UPSTREAM = "http://127.0.0.1:9"  # never contacted: nothing is relayed here
 

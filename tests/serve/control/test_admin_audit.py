@@ -7,10 +7,10 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tests.serve.security.test_gateway import bearer, make_keys, serving
+
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.security.keys import KeySpec
-
-from .test_security_gateway import bearer, make_keys, serving
 
 
 def run(factory: Callable[[], Awaitable[None]]) -> None:

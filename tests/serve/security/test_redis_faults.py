@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.serve.conftest import RedisServer
 
 from sincere.serve.security.keys import KeyRecord, KeySpec, Prices
 from sincere.serve.security.keystore import KeyStore, LimitRefusal, Reservation
 from sincere.serve.security.shared import RedisState, StateUnavailableError
-
-from .conftest import RedisServer
 
 PRICES = Prices(1.0, 1.0)  # 1 USD a token: a request of max_tokens 4 costs 4 USD
 COST = 4.0

@@ -11,13 +11,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tests.serve.security.test_gateway import bearer, gateway_config, make_keys, serving
 
 from sincere.serve.app import compose
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
-
-from .test_security_gateway import bearer, gateway_config, make_keys, serving
 
 EXPECT_REQUEST = (
     b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.serve.conftest import _free_port
+from tests.serve.security.test_gateway import bearer, make_keys
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.security.keys import KeySpec
@@ -32,10 +34,7 @@ from sincere.serve.security.keystore import KeyStore
 from sincere.serve.security.shared import RedisState
 from sincere.serve.security.storage import open_storage
 
-from .conftest import _free_port
-from .test_security_gateway import bearer, make_keys
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ENTRY = "import sys; sys.argv[0] = 'sincere'; from sincere.cli import main; main()"
 BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
 LEASE_S = 2.0  # a killed gateway's leases and heartbeat run out after this

@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tests.serve.security.test_confidential import FAST, PAIR, Relay
+from tests.serve.security.test_gateway import gateway_config, run
 
 from sincere.core.errors import ConfigError
 from sincere.serve.emulator.config import EmulatorConfig
@@ -21,9 +23,6 @@ from sincere.serve.emulator.server import EmulatorServer
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.confidential_client import seal_for
 from sincere.serve.security.seal_proxy import SealProxy
-
-from .test_security_confidential import FAST, PAIR, Relay
-from .test_security_gateway import gateway_config, run
 
 SLOW = {"kind": "inferno", "params": {"alpha_ms": 20, "beta_ms": 0, "gamma_ms": 2, "delta_ms": 0}}
 

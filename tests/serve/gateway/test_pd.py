@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tests.serve.security.test_gateway import bearer, make_keys
 
 from sincere.core.errors import ConfigError
 from sincere.serve.emulator.config import EmulatorConfig, load_emulator_configs
@@ -21,8 +22,6 @@ from sincere.serve.gateway.config import load_config, parse_config
 from sincere.serve.gateway.pd_relay import PREFILL_INSTANCE_HEADER, PREFILL_S_HEADER
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
-
-from .test_security_gateway import bearer, make_keys
 
 # 2 ms decode steps; a prefill costs 3 ms plus 0.2 ms a prompt token
 STEP = {"kind": "inferno", "params": {"alpha_ms": 2, "beta_ms": 0, "gamma_ms": 3,
@@ -186,7 +185,7 @@ def test_roles_must_pair_and_disaggregation_needs_roles() -> None:
 
 def test_shipped_example_pairs_roles() -> None:
     """The shipped P/D example: the gateway's roles match the emulators' on the same ports."""
-    root = Path(__file__).resolve().parents[2] / "examples" / "serve"
+    root = Path(__file__).resolve().parents[3] / "examples" / "serve"
     emulators = {c.port: c.role for c in load_emulator_configs(root / "emulators-pd.yaml")}
     gateway = load_config(root / "gateway-pd.yaml")
     assert gateway.disaggregation is not None
@@ -372,9 +371,38 @@ def test_a_prompt_beyond_the_prefill_kv_names_its_token_counts() -> None:
     run(body)
 
 
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_an_instances_4xx_in_either_phase_is_counted_as_a_plain_one_is(phase: str) -> None:
+    """An engine's 4xx to a prefill or a decode reaches the client and is counted
+    ``client_error`` against that instance, as the plain path counts one."""
+
+    async def body() -> None:
+        configs = _emulators()
+        small = [0] if phase == "prefill" else [1, 2]  # whose KV cannot hold the prompt
+        for i in small:
+            engine = configs[i].engine.model_copy(update={"num_kv_blocks": 64})
+            configs[i] = configs[i].model_copy(update={"engine": engine})
+        servers = await start_emulators(configs)
+        try:
+            async with Gateway(parse_config(_gateway_raw(servers))) as gw:
+                async with aiohttp.ClientSession() as s:
+                    req = {"model": "llama-3-8b", "prompt": [7] * 2000, "max_tokens": 8}
+                    async with s.post(gw.url + "/v1/completions", json=req) as r:
+                        status, instance = r.status, r.headers["x-sincere-instance"]
+                counts = dict(gw.metrics.requests)
+                tier = gw.config.default_tier
+        finally:
+            await stop_emulators(servers)
+        assert status == 400
+        assert (instance == "p0") == (phase == "prefill")
+        assert {k: n for k, n in counts.items() if n} == {(instance, tier, "client_error"): 1}
+
+    run(body)
+
+
 def _docs_curl() -> str:
     """The curl command of docs/disaggregation.md's live example (its continued lines)."""
-    text = (Path(__file__).resolve().parents[2] / "docs" / "disaggregation.md").read_text()
+    text = (Path(__file__).resolve().parents[3] / "docs" / "disaggregation.md").read_text()
     lines = text[text.index("curl -s http://127.0.0.1:8080/v1/completions") :].splitlines()
     end = next(k for k, line in enumerate(lines) if not line.endswith("\\"))
     return "\n".join(lines[: end + 1])
@@ -383,7 +411,7 @@ def _docs_curl() -> str:
 def test_the_docs_curl_example_is_served_disaggregated() -> None:
     """docs/disaggregation.md's curl, run by bash against the shipped example configs (the
     emulators and the gateway on free ports): its headers name both phases' instances."""
-    root = Path(__file__).resolve().parents[2] / "examples" / "serve"
+    root = Path(__file__).resolve().parents[3] / "examples" / "serve"
     command = _docs_curl()
 
     async def body() -> str:
