@@ -141,15 +141,15 @@ def _trtllm_graph_sizes() -> tuple[int, ...]:
 
 VLLM_V1_FRONTEND = FrontEnd(request_s=0.002, prompt_token_s=0.0, output_s=0.0)
 """vLLM 0.19's API server in the four published per-request runs. A request's ``queued_ts``
-is stamped when the engine core takes it from its input queue, between two iterations (it
-falls within 0.01 ms of another request's step event), so ``queued_ts`` less the arrival is
-mostly the wait for the iteration in flight to end (a median of 15-22 ms, 111 ms in the
-TP-2 run of long prefills), which the engine's own timing already holds (and, scheduling
-asynchronously, one iteration more: :mod:`sincere.engine.async_intake`). What is left is
-the front end proper: the request that found each run's engine idle reached its queue
-0.5-2.1 ms after the run's fastest one, taken as 2 ms (the fastest one's own time is not
-in the runs). Detokenisation and streaming run in the API process beside the engine and
-are not seen in per-token times."""
+is stamped when the engine core takes it from its input queue, between two iterations (for
+72-263 of each run's 300 requests it falls within 0.01 ms of another request's step
+event), so ``queued_ts`` less the arrival is mostly the wait for the iteration in flight to
+end (a median of 15-22 ms, 111 ms in the TP-2 run of long prefills), which the engine's own
+timing already holds (and, scheduling asynchronously, one iteration more:
+:mod:`sincere.engine.async_intake`). What is left is the front end proper: the request that
+found each run's engine idle reached its queue 0.5-2.1 ms after the run's fastest one,
+taken as 2 ms (the fastest one's own time is not in the runs). Detokenisation and
+streaming run in the API process beside the engine and are not seen in per-token times."""
 
 PRESETS: dict[str, ExecutionParams] = {
     "vllm-v1": ExecutionParams(
