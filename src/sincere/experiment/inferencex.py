@@ -16,7 +16,7 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 * **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration, no
   prefix caching) with ``max_num_seqs`` = the clients, under the backend's execution-model
   preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
-  time); fp8 and fp4 weights run an fp8 KV cache (the serving recipes' setting; the rows do
+  time); fp8 weights run an fp8 KV cache (the serving recipes' setting; the rows do
   not state it);
 * **workload**: as InferenceX's client ran it (vLLM's ``benchmark_serving``): ``C =
   batch_size x attention_dp`` clients with no think time, :func:`benchmark_prompts`
@@ -259,7 +259,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "attention_dp": spec.attention_dp,
         "engine": engine,
     }
-    if spec.precision in ("fp8", "fp4"):
+    if spec.precision == "fp8":
         instance["kv_precision"] = "fp8"
     return load_config({"seed": seed, "workload": workload, "instances": [instance]})
 

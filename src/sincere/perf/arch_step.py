@@ -299,7 +299,7 @@ class ArchStep:
         )
 
     def _attention_of(self, batch: Batch, share: float, window: int) -> float:
-        pre_pair, dec_pair, token_s = self._attn
+        pre_pair, _, token_s = self._attn
         p, total = self.params, 0.0
         if batch.num_prefill_seqs > 0:
             pairs, ctx = batch.prefill_attn_pairs, float(batch.prefill_ctx_tokens)
@@ -317,13 +317,17 @@ class ArchStep:
             ctx = float(batch.decode_ctx_tokens)
             if window:
                 ctx = windowed_context(ctx, batch.num_decode_seqs, window)
-            compute = share * dec_pair * ctx
-            memory = share * token_s * (ctx + p.attn_decode_seq_tokens * batch.num_decode_seqs)
-            decode_kernel = p.attn_kernel_s
-            if p.attn_decode_kernel_s is not None:
-                decode_kernel = p.attn_decode_kernel_s
-            total += decode_kernel + max(compute, memory)
+            total += self._decode_attention(share, batch.num_decode_seqs).step_s(ctx)
         return total
+
+    def _decode_attention(self, share: float, num_seqs: int) -> DecodeAttention:
+        """One layer's decode attention for ``share`` of a batch of ``num_seqs``."""
+        p = self.params
+        kernel = p.attn_kernel_s if p.attn_decode_kernel_s is None else p.attn_decode_kernel_s
+        _, dec_pair, token_s = self._attn
+        return DecodeAttention(
+            kernel, share * dec_pair, share * token_s, p.attn_decode_seq_tokens * num_seqs
+        )
 
     # --- the iteration -----------------------------------------------------------------
     def parts(self, batch: Batch) -> StepParts:
@@ -385,11 +389,7 @@ class ArchStep:
         num_mb = 1 if dep.pp == 1 else max(1, min(self.params.pp_microbatches, n))
         share = 1.0 / num_mb
         scale = 1.0 if num_mb == 1 and dep.pp == 1 else num_mb + dep.pp - 1.0
-        kernel = self.params.attn_kernel_s
-        if self.params.attn_decode_kernel_s is not None:
-            kernel = self.params.attn_decode_kernel_s
-        terms = DecodeAttention(kernel, share * self._attn[1], share * self._attn[2],
-                                self.params.attn_decode_seq_tokens * n)  # fmt: skip
+        terms = self._decode_attention(share, n)
         attention = terms.sum(ctx_tokens, n, num_steps, None)
         if self._window_frac:
             window = float(n) * dep.model.sliding_window
@@ -435,6 +435,10 @@ class DecodeAttention:
     pair_s: float  # compute per cached token (the batch's share)
     token_s: float  # KV traffic per cached token (the batch's share)
     seq_tokens: float  # KV tokens' worth of traffic per step beyond the context
+
+    def step_s(self, ctx: float) -> float:
+        """One step at summed context ``ctx``."""
+        return self.kernel_s + max(self.pair_s * ctx, self.token_s * (ctx + self.seq_tokens))
 
     def sum(self, ctx: int, n: int, steps: int, limit: float | None) -> float:
         """Summed over ``steps`` steps from context ``ctx`` (``n`` more each step), the
