@@ -324,6 +324,36 @@ def test_a_settlement_sent_twice_is_charged_once(two: tuple[KeyStore, KeyStore])
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_a_clock_read_overtaken_by_a_settlement_is_not_taken_for_a_regression(
+    two: tuple[KeyStore, KeyStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upkeep's read of Redis's clock is answered, then a settlement's later clock
+    is processed before that read is: the process must not take its own newer clock
+    for Redis going back (which rebuilt the books and refused every key with 503)."""
+    a, b = two
+    record = make_key(a, b, 100)
+    ledger = a.ledger
+    assert ledger is not None
+    real_call = ledger.state.call
+    overtaken = []
+
+    async def late_read(name: str, keys: list[str], args: list[object]) -> object:
+        out = await real_call(name, keys, args)
+        if name == "instance" and args[0] == "?" and not overtaken:
+            overtaken.append(await serve(a, record))  # its settlement advances the clock
+        return out
+
+    async def main() -> None:
+        assert await serve(a, record) == 1
+        monkeypatch.setattr(ledger.state, "call", late_read)
+        await ledger.maintain(time.time())
+        assert overtaken == [1]
+        got = [await admit(a if k % 2 else b, record) for k in range(6)]
+        assert [type(g).__name__ for g in got] == ["Reservation"] * 6, got
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_a_renewal_interval_too_long_for_the_lease_is_refused() -> None:
     """state.renew_s above a third of state.lease_s would let live leases run out."""
     from sincere.core.errors import ConfigError

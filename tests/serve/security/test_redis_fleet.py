@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[3]
 ENTRY = "import sys; sys.argv[0] = 'sincere'; from sincere.cli import main; main()"
 BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
 LEASE_S = 2.0  # a killed gateway's leases and heartbeat run out after this
+refused: list[str] = []  # the bodies of answers other than 200/429, for failure messages
 
 
 @contextlib.contextmanager
@@ -102,7 +103,9 @@ async def race(urls: list[str], token: str, n: int) -> list[int]:
         async with aiohttp.ClientSession() as s:
             url = urls[k % len(urls)] + "/v1/completions"
             async with s.post(url, json=BODY, headers=bearer(token)) as r:
-                await r.read()
+                body = await r.read()
+                if r.status not in (200, 429):
+                    refused.append(f"{r.status} {body[:300]!r}")
                 return r.status
 
     return list(await asyncio.gather(*(one(k) for k in range(n))))
@@ -181,9 +184,9 @@ def test_two_gateways_four_workers_share_budget_limits_and_spend(
         finally:
             stop_group(a, signal.SIGKILL)
             stop_group(b, signal.SIGINT)
-    assert by_budget.count(200) == 5 and by_budget.count(429) == 35
-    assert by_rpm.count(200) == 7 and by_rpm.count(429) == 13
-    assert through_a == [200] * 10
+    assert by_budget.count(200) == 5 and by_budget.count(429) == 35, refused
+    assert by_rpm.count(200) == 7 and by_rpm.count(429) == 13, refused
+    assert through_a == [200] * 10, refused
     store, shared = KeyStore.open(keys), RedisState(redis_url)
     try:
         for record in store.records():

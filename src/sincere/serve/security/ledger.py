@@ -248,13 +248,21 @@ class SharedLedger:
             await self._sync(key_id, now)
 
     async def check_instance(self, now: float) -> None:
-        """Read Redis's instance: join a new one, make one if gone, replace one gone back."""
+        """Read Redis's instance: join a new one, make one if gone, replace one gone back.
+
+        The read is judged against what this process knew when it sent it: a settlement
+        answered meanwhile may carry a later clock (or an admission a newer token) than
+        this read saw, which is no sign of Redis going back.
+        """
+        token, clock = self._token, self._clock
         out = await self.state.call("instance", [self.state.instance_key], ["?", "", "", 0])
+        if self._token != token:
+            return  # another call moved this process to a newer instance meanwhile
         if not out.verdict:
             await self._make_instance(now, expected="")
-        elif out.verdict != self._token:
+        elif out.verdict != token:
             self._adopt(out.verdict)
-        elif int(out.first or 0) < self._clock:  # Redis went back in time (a snapshot)
+        elif int(out.first or 0) < clock:  # Redis went back in time (a snapshot)
             await self._make_instance(now, expected=out.verdict)
 
     async def _rebuild(self, out: Answer, key_id: str, now: float) -> None:
