@@ -332,3 +332,35 @@ def test_the_long_classes_list_holds_only_long_classes() -> None:
     sizes = _class_lines()
     stale = [key for key in LONG_CLASSES if sizes.get(key, 0) <= MAX_CLASS_LINES]
     assert stale == []
+
+
+# ------------------------------------------------------------------ engine capabilities
+ENGINE_CLASSES = {"ContinuousEngine", "RequestLevelEngine", "SincereServerEngine"}
+
+
+def _engine_class_checks(source: str) -> list[str]:
+    """Names of engine classes ``source`` asks an object's class of (``isinstance``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+            for sub in ast.walk(node.args[1]) if len(node.args) == 2 else ():
+                if isinstance(sub, ast.Name) and sub.id in ENGINE_CLASSES:
+                    found.append(sub.id)
+    return found
+
+
+def test_drivers_ask_engines_for_capabilities_not_classes() -> None:
+    """sim/, serve/ and experiment/ use an engine's declared parts (``kv_intake``,
+    ``batch_log()``, ``rejection_detail``...), never ``isinstance(engine, SomeEngine)``."""
+    found = []
+    for part in ("sim", "serve", "experiment"):
+        for path in sorted((SRC / part).rglob("*.py")):
+            rel = path.relative_to(SRC).as_posix()
+            found += [f"{rel}: {name}" for name in _engine_class_checks(path.read_text("utf-8"))]
+    assert found == []
+
+
+def test_engine_class_check_finder_finds_one() -> None:
+    """The finder sees an engine class alone and inside a union."""
+    source = "isinstance(e, ContinuousEngine)\nisinstance(e, int | RequestLevelEngine)\n"
+    assert _engine_class_checks(source) == ["ContinuousEngine", "RequestLevelEngine"]

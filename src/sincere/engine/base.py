@@ -36,7 +36,16 @@ Every engine also answers, so no driver has to probe for them:
   ``None`` for an engine that takes none: an optional capability, declared rather than
   found by the engine's class;
 * ``max_model_len`` -- the longest prompt plus ``max_tokens`` it serves (``None``: no
-  context limit modelled), for the messages that explain context rejections.
+  context limit modelled), for the messages that explain context rejections;
+* ``batch_log()`` -- every batch a request-level engine ran (start, end, model, size,
+  swap), ``None`` for engines that run iterations instead;
+* ``rejection_detail(i, reason)`` -- why request ``i`` was rejected, with its numbers
+  (``None``: the reason says it all).
+
+:class:`EngineBase` holds the defaults of the optional parts (no-op drain, no gaps, no
+intake, no batch log...): an engine derives from it and overrides what it has, so a
+new optional part is added once, with its default, and no driver asks an engine for its
+class.
 
 Lazy reads. An engine reads request ``i``'s fields from the run's
 :class:`~sincere.core.request.RequestArrays` at ``add(i, now)`` or later, never at
@@ -55,10 +64,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sincere.core.types import InstanceId, Seconds
 from sincere.engine.gaps import GapHistogram
+
+if TYPE_CHECKING:
+    from sincere.engine.request_batches import BatchLog
 
 TokenHook = Callable[[Seconds, list[int]], None]
 """``on_tokens(iteration_end_at, positions)``: requests that produced a token, in order."""
@@ -183,6 +195,71 @@ class Engine(Protocol):
     def max_model_len(self) -> int | None:
         """Longest prompt plus ``max_tokens`` it serves (``None``: no limit modelled)."""
         ...
+
+    def batch_log(self) -> BatchLog | None:
+        """Every batch run so far (``None``: an engine of iterations, not batches)."""
+        ...
+
+    def rejection_detail(self, request_ix: int, reason: str) -> str | None:
+        """Why request ``request_ix`` was rejected for ``reason``, with its numbers."""
+        ...
+
+
+class EngineBase:
+    """The defaults of an :class:`Engine`'s optional parts; an engine overrides what it has.
+
+    A plain class with no state of its own (compiled engines derive from it too).
+    """
+
+    def drain(self, now: Seconds) -> None:
+        """Nothing held back: nothing to serve."""
+
+    @property
+    def holds_back(self) -> bool:
+        """No: every request it takes is worked on without waiting for more."""
+        return False
+
+    @property
+    def gaps(self) -> Sequence[GapHistogram]:
+        """None: every answer comes back whole (no inter-token gaps)."""
+        return ()
+
+    def configure(
+        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
+    ) -> None:
+        """Nothing to cut: every piece of work is one event, with no iterations inside."""
+        check_pacing(exact_loads, inner_ends)
+
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """None: the load changes only at events."""
+        return None
+
+    @property
+    def kv_intake(self) -> KvIntake | None:
+        """None: it takes no KV prefilled elsewhere."""
+        return None
+
+    @property
+    def max_model_len(self) -> int | None:
+        """None: no context limit is modelled."""
+        return None
+
+    def batch_log(self) -> BatchLog | None:
+        """None: it runs no batches of whole requests."""
+        return None
+
+    def rejection_detail(self, request_ix: int, reason: str) -> str | None:
+        """None: the reason says it all."""
+        return None
+
+
+def check_pacing(exact_loads: bool, inner_ends: list[float] | None) -> None:
+    """:meth:`Engine.configure`'s two modes exclude each other: ``ValueError`` given both."""
+    if exact_loads and inner_ends is not None:
+        raise ValueError(
+            "configure: exact_loads (an event per iteration) and inner_ends (pieces of "
+            "several iterations) exclude each other; give one or neither"
+        )
 
 
 class KvIntake(Protocol):

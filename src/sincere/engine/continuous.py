@@ -37,7 +37,7 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, Seconds
 from sincere.engine.async_intake import AsyncIntake
-from sincere.engine.base import DecodeProgress, EngineLoad, KvIntake, TokenHook
+from sincere.engine.base import DecodeProgress, EngineLoad, KvIntake, TokenHook, check_pacing
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv_intake import ArrivedKv
 from sincere.engine.request_fit import RequestFit
@@ -58,7 +58,11 @@ class ContinuousEngine(StateView):
     ``max_tokens`` (optional) overrides the requests' caps, e.g. a budget-aware router's;
     ``context_caps`` (default: the caps) are the output tokens checked against
     ``max_model_len``: a prefill instance makes one token but refuses a request whose
-    prompt plus its decode's ``max_tokens`` would not fit the context, as vLLM does."""
+    prompt plus its decode's ``max_tokens`` would not fit the context, as vLLM does.
+
+    It holds nothing back (``drain`` is the default no-op): requests an asynchronous
+    scheduler has not seen yet are seen at the next iteration's start, an event of the
+    engine's own."""
 
     def __init__(
         self,
@@ -189,15 +193,6 @@ class ContinuousEngine(StateView):
         done, st.done = st.done, []
         return done
 
-    def drain(self, now: Seconds) -> None:
-        """Nothing to do: requests an asynchronous scheduler has not seen yet are seen at
-        the next iteration's start, an event of the engine's own."""
-
-    @property
-    def holds_back(self) -> bool:
-        """No: every request reaches its scheduler by the engine's own events."""
-        return False
-
     def configure(
         self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
     ) -> None:
@@ -212,11 +207,7 @@ class ContinuousEngine(StateView):
         either way; this keeps the float sums of the summary (ITL mean, requests in the
         system) bit for bit too, at one event per piece. Neither: pieces as they come.
         """
-        if exact_loads and inner_ends is not None:
-            raise ValueError(
-                "configure: exact_loads (an event per iteration) and inner_ends (pieces of "
-                "several iterations) exclude each other; give one or neither"
-            )
+        check_pacing(exact_loads, inner_ends)
         self.max_prefill_run = 1 if exact_loads else 1 << 30
         self.state.split_sums = inner_ends is not None
         self._inner_ends = inner_ends

@@ -49,8 +49,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, KvIntake
-from sincere.engine.gaps import GapHistogram
+from sincere.engine.base import EngineBase, EngineLoad, EngineStats
 from sincere.engine.request_batches import (
     BatchLog,
     BatchRecord,
@@ -97,7 +96,7 @@ class _Running:
     release_at: Seconds  # end_at plus the server's after-batch work
 
 
-class RequestLevelEngine:
+class RequestLevelEngine(EngineBase):
     """SINCERE's multi-model request-level engine, driven through the Engine protocol."""
 
     def __init__(
@@ -185,30 +184,6 @@ class RequestLevelEngine:
     def holds_back(self) -> bool:
         """Yes: a queue may wait for a fuller batch until the arrivals end."""
         return True
-
-    @property
-    def gaps(self) -> tuple[GapHistogram, ...]:
-        """None: a request-level batch returns every answer whole (no inter-token gaps)."""
-        return ()
-
-    def configure(
-        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
-    ) -> None:
-        """Nothing to do: a batch is one event, with no iterations inside it."""
-
-    def progress_at(self, now: Seconds) -> DecodeProgress | None:
-        """None: batches run whole, and the load changes only at events."""
-        return None
-
-    @property
-    def kv_intake(self) -> KvIntake | None:
-        """None: it takes no KV prefilled elsewhere."""
-        return None
-
-    @property
-    def max_model_len(self) -> int | None:
-        """None: no context limit is modelled."""
-        return None
 
     def load(self) -> EngineLoad:
         """Queue and batch sizes, and the most recently used resident model."""

@@ -41,8 +41,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
-from sincere.engine.base import DecodeProgress, EngineLoad, EngineStats, KvIntake
-from sincere.engine.gaps import GapHistogram
+from sincere.engine.base import EngineBase, EngineLoad, EngineStats
 from sincere.engine.request_batches import (
     BatchLog,
     BatchRecord,
@@ -75,7 +74,7 @@ class _Holder:
     num_loads: int
 
 
-class SincereServerEngine:
+class SincereServerEngine(EngineBase):
     """SINCERE's server (see the module docstring), driven through the Engine protocol."""
 
     def __init__(
@@ -161,38 +160,6 @@ class SincereServerEngine:
             self._step(due)
         done, self._done = self._done, []
         return done
-
-    def drain(self, now: Seconds) -> None:
-        """No more arrivals. SINCERE's server has no final flush: nothing changes."""
-
-    @property
-    def holds_back(self) -> bool:
-        """No: it has no final flush."""
-        return False
-
-    @property
-    def gaps(self) -> tuple[GapHistogram, ...]:
-        """None: every answer comes back whole (no inter-token gaps)."""
-        return ()
-
-    def configure(
-        self, *, exact_loads: bool = False, inner_ends: list[float] | None = None
-    ) -> None:
-        """Nothing to do: every piece of work is one event, with no iterations inside it."""
-
-    def progress_at(self, now: Seconds) -> DecodeProgress | None:
-        """None: batches run whole, and the load changes only at events."""
-        return None
-
-    @property
-    def kv_intake(self) -> KvIntake | None:
-        """None: it takes no KV prefilled elsewhere."""
-        return None
-
-    @property
-    def max_model_len(self) -> int | None:
-        """None: no context limit is modelled."""
-        return None
 
     def load(self) -> EngineLoad:
         """Queue sizes and the most recently used resident model."""

@@ -18,13 +18,15 @@ from collections.abc import Iterable, Iterator
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
-from sincere.engine.base import EngineLoad, EngineStats
+from sincere.engine.base import EngineBase, EngineLoad, EngineStats
 from sincere.engine.kv import blocks_for
 from sincere.engine.state import BatchState, EngineLimits
 
 
-class StateView:
-    """An :class:`~sincere.policy.schedulers.base.EngineView` (and decode timeline) of a state."""
+class StateView(EngineBase):
+    """An :class:`~sincere.policy.schedulers.base.EngineView` (and decode timeline) of a state;
+    the read side of an engine (so also the engine contract's defaults and the reads
+    a driver makes of a state: totals, load, a rejection's numbers)."""
 
     def __init__(
         self,
@@ -51,6 +53,23 @@ class StateView:
             prefix_cache_queries=0 if st.cache is None else st.cache.num_queries,
             prefix_cache_hits=0 if st.cache is None else st.cache.num_hits,
             prefix_cache_evictions=0 if st.cache is None else st.cache.num_evictions,
+        )
+
+    def rejection_detail(self, request_ix: int, reason: str) -> str | None:
+        """A ``kv_capacity`` rejection with its token counts: what the request needs at
+        most (its prompt, then a recompute of all but its last output token) and the most
+        KV one request may hold here (the blocks less the watermark); else ``None``."""
+        if reason != "kv_capacity":
+            return None
+        lim, i = self.limits, request_ix
+        prompt, output = int(self.requests.prompt_tokens[i]), int(self.requests.output_tokens[i])
+        most = lim.num_kv_blocks - lim.watermark_blocks
+        return (
+            f"kv_capacity: {prompt} prompt tokens and {output} output "
+            f"{'token needs' if output == 1 else 'tokens need'} up to "
+            f"{prompt + output - 1} tokens of KV; this engine holds at most "
+            f"{most * lim.block_size} tokens for one request ({most} blocks of "
+            f"{lim.block_size} tokens, its watermark kept free)"
         )
 
     def load_with(self, also_waiting: int) -> EngineLoad:

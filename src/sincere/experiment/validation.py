@@ -36,8 +36,6 @@ import numpy.typing as npt
 from sincere.core.errors import ConfigError
 from sincere.engine.build import canonical_model
 from sincere.engine.request_batches import BatchLog
-from sincere.engine.request_level import RequestLevelEngine
-from sincere.engine.sincere_server import SincereServerEngine
 from sincere.policy.batching import parse_strategy_name
 from sincere.sim.build import build_cluster, canonical_requests
 from sincere.sim.config import SimulationConfig, load_config
@@ -159,9 +157,9 @@ def _replay(log: CellLog, model: ReplayModel, seed: int) -> tuple[RunTimeline, B
     cluster = build_cluster(config, requests)
     run_events(cluster)
     engine = cluster.engines[0]
-    if not isinstance(engine, RequestLevelEngine | SincereServerEngine):
-        raise ConfigError("a replay needs a request-level engine", value=type(engine).__name__)
     batches = engine.batch_log()
+    if batches is None:
+        raise ConfigError("a replay needs a request-level engine", value=type(engine).__name__)
     loaded = batches.swap_s > 0
     timeline = RunTimeline(
         arrival_s=requests.arrival_at,

@@ -36,8 +36,6 @@ import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
-from sincere.engine.request_level import RequestLevelEngine
-from sincere.engine.sincere_server import SincereServerEngine
 from sincere.sim.cluster import Cluster
 
 FloatArray = npt.NDArray[np.float64]
@@ -128,13 +126,10 @@ def cluster_sincere_metrics(cluster: Cluster, horizon_s: Seconds) -> dict[str, A
     """SINCERE's metrics of a finished run of ``cluster``; ``None`` without request-level
     engines. Batches and loads of every request-level engine are pooled; the shares are
     their mean per engine; the SLA is the requests' end-to-end target (their first tier's)."""
-    engines = [
-        e for e in cluster.engines if isinstance(e, RequestLevelEngine | SincereServerEngine)
-    ]
+    logs = [log for e in cluster.engines if (log := e.batch_log()) is not None]
     sla = next((t.ttlt_s for t in cluster.requests.tiers if t.ttlt_s is not None), None)
-    if not engines or horizon_s <= 0:
+    if not logs or horizon_s <= 0:
         return None
-    logs = [e.batch_log() for e in engines]
     starts = np.concatenate([b.start_at for b in logs])
     swaps = np.concatenate([b.swap_s for b in logs])
     run = RunTimeline(
@@ -148,7 +143,7 @@ def cluster_sincere_metrics(cluster: Cluster, horizon_s: Seconds) -> dict[str, A
     metrics = sincere_metrics(run, sla or math.inf, horizon_s)
     for share in ("load_time_share", "gpu_busy_share"):
         value = metrics[share]
-        metrics[share] = None if value is None else value / len(engines)
+        metrics[share] = None if value is None else value / len(logs)
     if sla is None:
         metrics["slo_attainment"] = metrics["slo_attainment_received"] = None
     return {"horizon_s": horizon_s, **metrics}

@@ -37,7 +37,6 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import Tier
 from sincere.engine.base import StreamingEngine
 from sincere.engine.build import build_streaming_engine
-from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.spec import DeploymentSpec
 from sincere.serve.emulator.frontend import Output
 from sincere.serve.emulator.kv_arrivals import KvArrivals
@@ -151,8 +150,7 @@ class LiveEngine:
         ``kv_bytes`` cross the shared link from there (``bandwidth_gbps``, ``latency_s``),
         then join the decode batch once blocks are free (its first token is handed out
         then); raise :class:`CapacityError` when every slot is taken."""
-        engine = self.engine
-        if not isinstance(engine, ContinuousEngine):  # the builder makes only these
+        if self.engine.kv_intake is None:
             raise CapacityError("this engine cannot take prefilled KV")
         slot = self._take(prompt_tokens, max_tokens, output_tokens, stream, priority, tier)
         slot.stopped = stopped
@@ -172,9 +170,9 @@ class LiveEngine:
         """The KV of ``slot`` arrived: hand it to the engine (admitted when blocks allow)."""
         self._catch_up()
         slot.kv_ready_at = self._loop.time()
-        engine = self.engine
-        assert isinstance(engine, ContinuousEngine)  # checked by submit_prefilled
-        engine.add_prefilled(slot.ix, self.now(), slot.prompt_tokens)
+        intake = self.engine.kv_intake
+        assert intake is not None  # checked by submit_prefilled
+        intake.add_prefilled(slot.ix, self.now(), slot.prompt_tokens)
         self._arm(force=True)
 
     def _take(
@@ -257,13 +255,13 @@ class LiveEngine:
         still at an earlier instant, or it would join an iteration that began before it
         arrived. A stall drawn on the way stops here.
         """
-        engine = self.engine
+        engine, intake = self.engine, self.engine.kv_intake
         now = self.now()
         at = engine.next_event_at()
         while at is not None and at <= now and self.clock.stalled_since is None:
             done = engine.advance(at)
-            if isinstance(engine, ContinuousEngine) and engine.kv_admitted:
-                self._kv_admitted(engine.kv_admitted)
+            if intake is not None and intake.kv_admitted:
+                self._kv_admitted(intake.kv_admitted)
             for i in done:
                 self._finish(i)
             if self._stall_due:
@@ -327,7 +325,10 @@ class LiveEngine:
         if rec.rejected[i]:
             why = rec.reject_reason[i]
             outcome = Finish(
-                slot.num_tokens, None, why, reject_detail=_rejected_why(self.engine, i, why)
+                slot.num_tokens,
+                None,
+                why,
+                reject_detail=None if why is None else self.engine.rejection_detail(i, why),
             )
         else:
             at_cap = slot.num_tokens >= slot.max_tokens and not slot.stopped
@@ -350,24 +351,6 @@ class LiveEngine:
     def _end_stall(self) -> None:
         if self.clock.thaw():
             self._arm(force=True)
-
-
-def _rejected_why(engine: StreamingEngine, i: int, reason: str | None) -> str | None:
-    """A ``kv_capacity`` rejection with its token counts: what request ``i`` needs at
-    most (its prompt, then a recompute of all but its last output token) and the most
-    KV one request may hold on ``engine`` (the blocks less the watermark)."""
-    if reason != "kv_capacity" or not isinstance(engine, ContinuousEngine):
-        return None
-    lim = engine.limits
-    prompt, output = int(engine.requests.prompt_tokens[i]), int(engine.requests.output_tokens[i])
-    most = lim.num_kv_blocks - lim.watermark_blocks
-    return (
-        f"kv_capacity: {prompt} prompt tokens and {output} output "
-        f"{'token needs' if output == 1 else 'tokens need'} up to "
-        f"{prompt + output - 1} tokens of KV; this engine holds at most "
-        f"{most * lim.block_size} tokens for one request ({most} blocks of "
-        f"{lim.block_size} tokens, its watermark kept free)"
-    )
 
 
 def _n_param(parent: Parent | None) -> int | None:
