@@ -70,7 +70,7 @@ from sincere.core.types import InstanceId, Seconds
 from sincere.engine.gaps import GapHistogram
 
 if TYPE_CHECKING:
-    from sincere.engine.request_batches import BatchLog
+    from sincere.engine.batch_log import BatchLog
 
 TokenHook = Callable[[Seconds, list[int]], None]
 """``on_tokens(iteration_end_at, positions)``: requests that produced a token, in order."""

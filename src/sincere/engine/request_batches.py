@@ -11,16 +11,15 @@ time swaps and write a finished batch's records the same way, with the pieces he
 * :func:`planned_swaps`, :func:`after_batch_s`: the figures strategies plan with and the
   server's work after a batch (from :class:`~sincere.perf.sincere_runs.RequestLevelCosts`
   when the step model offers them);
-* :func:`finish_batch`: a batch returns every answer whole, ``min(output_tokens,
-  max_tokens)`` tokens at its end; :class:`BatchRecord` / :class:`BatchLog`: the batches
-  of a run, for SINCERE's reports.
+* :class:`BatchBook`: a finished batch's records (every answer whole, ``min(output_tokens,
+  max_tokens)`` tokens at its end) and the engine's totals; :class:`~.batch_log.BatchRecord`
+  / :class:`~.batch_log.BatchLog`: the batches of a run, for SINCERE's reports.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,70 +29,13 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
+from sincere.engine.base import EngineStats
+from sincere.engine.batch_log import BatchLog, BatchRecord
 from sincere.perf.base import StepTimeModel, SwapTime
 from sincere.perf.sincere_runs import RequestLevelCosts
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
-    """One batch the engine ran."""
-
-    start_at: Seconds  # inference start (after any swap)
-    end_at: Seconds  # inference end = when its requests finished
-    model: ModelName
-    size: int  # requests in the batch
-    swap_s: Seconds  # unload + load time paid right before it (0 when resident)
-    reason: str = ""  # the strategy's reason (which rule fired)
-
-
-@dataclass(frozen=True, eq=False)
-class BatchLog:
-    """Every batch of a run as arrays, for SINCERE's reports."""
-
-    start_at: FloatArray
-    end_at: FloatArray
-    size: IntArray
-    swap_s: FloatArray
-    model: tuple[ModelName, ...]
-
-    @classmethod
-    def of(cls, batches: list[BatchRecord]) -> BatchLog:
-        """Pack batch records into arrays."""
-        return cls(
-            start_at=np.array([b.start_at for b in batches], dtype=np.float64),
-            end_at=np.array([b.end_at for b in batches], dtype=np.float64),
-            size=np.array([b.size for b in batches], dtype=np.int64),
-            swap_s=np.array([b.swap_s for b in batches], dtype=np.float64),
-            model=tuple(b.model for b in batches),
-        )
-
-    def __len__(self) -> int:
-        return len(self.size)
-
-    @property
-    def duration_s(self) -> FloatArray:
-        """Inference time of each batch."""
-        return self.end_at - self.start_at
-
-    @property
-    def batch_throughput(self) -> FloatArray:
-        """Requests per second of inference, per batch (SINCERE's batch throughput)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return self.size / self.duration_s
-
-    @property
-    def num_model_switches(self) -> int:
-        """Consecutive batches of different models (SINCERE's model switch count)."""
-        return sum(a != b for a, b in zip(self.model, self.model[1:], strict=False))
-
-    def inference_fraction(self, total_s: Seconds) -> float:
-        """Share of ``total_s`` spent in inference (not swapping, not idle)."""
-        if not total_s > 0:
-            raise ConfigError("inference_fraction: total_s must be > 0", value=total_s)
-        return float(self.duration_s.sum() / total_s)
 
 
 class Fifo:
@@ -232,15 +174,48 @@ def answer_tokens(requests: RequestArrays, positions: IntArray) -> IntArray:
     return np.minimum(requests.output_tokens[positions], requests.max_tokens[positions])
 
 
-def finish_batch(
-    requests: RequestArrays, records: RecordArrays, positions: IntArray, end_at: Seconds
-) -> int:
-    """Write a finished batch's records (the whole answer at ``end_at``); tokens generated."""
-    answers = answer_tokens(requests, positions)
-    records.first_token_at[positions] = end_at
-    records.finished_at[positions] = end_at
-    records.output_tokens[positions] = answers
-    return int(answers.sum())
+class BatchBook:
+    """A request-level engine's finished batches: their records written, their totals.
+
+    A batch returns every answer whole: ``min(output_tokens, max_tokens)`` tokens at its
+    end. The totals are those :class:`~sincere.engine.base.EngineStats` reports
+    (``num_steps``: batches, ``num_swaps``: model loads)."""
+
+    def __init__(self, requests: RequestArrays, records: RecordArrays) -> None:
+        self.requests = requests
+        self.records = records
+        self.busy_s = 0.0
+        self.swap_s = 0.0
+        self.num_swaps = 0
+        self.num_tokens = 0
+        self.batches: list[BatchRecord] = []
+
+    def finish(self, batch: BatchRecord, positions: IntArray, num_loads: int) -> None:
+        """Write ``batch``'s records (its requests at ``positions``) and add its totals."""
+        answers = answer_tokens(self.requests, positions)
+        self.records.first_token_at[positions] = batch.end_at
+        self.records.finished_at[positions] = batch.end_at
+        self.records.output_tokens[positions] = answers
+        self.num_tokens += int(answers.sum())
+        self.busy_s += batch.end_at - batch.start_at
+        self.swap_s += batch.swap_s
+        self.num_swaps += num_loads
+        self.batches.append(batch)
+
+    def stats(self) -> EngineStats:
+        """The engine's totals over finished batches."""
+        return EngineStats(
+            busy_s=self.busy_s,
+            swap_s=self.swap_s,
+            num_steps=len(self.batches),
+            num_swaps=self.num_swaps,
+            num_preemptions=0,
+            num_generated_tokens=self.num_tokens,
+        )
+
+    def log(self) -> BatchLog:
+        """Every finished batch: start, end, model, size, swap time before it."""
+        return BatchLog.of(self.batches)
 
 
 def check_engine_args(

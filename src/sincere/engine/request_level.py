@@ -50,16 +50,15 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.engine.base import EngineBase, EngineLoad, EngineStats
+from sincere.engine.batch_log import BatchLog, BatchRecord
 from sincere.engine.request_batches import (
-    BatchLog,
-    BatchRecord,
+    BatchBook,
     Fifo,
     IntArray,
     Residency,
     after_batch_s,
     answer_tokens,
     check_engine_args,
-    finish_batch,
     planned_swaps,
 )
 from sincere.engine.sincere_server import SincereServerEngine
@@ -135,11 +134,7 @@ class RequestLevelEngine(EngineBase):
         self._draining = False
         self._num_waiting = 0
         self._waiting_prefill_tokens = 0
-        self._busy_s = 0.0
-        self._swap_s = 0.0
-        self._num_swaps = 0
-        self._num_tokens = 0
-        self._batches: list[BatchRecord] = []
+        self._book = BatchBook(requests, records)
 
     # -- the Engine protocol -------------------------------------------------------
 
@@ -197,7 +192,7 @@ class RequestLevelEngine(EngineBase):
             running_remaining_tokens=remaining,
             running_ctx_tokens=ctx,
             kv_usage=0.0,
-            busy_s=self._busy_s,
+            busy_s=self._book.busy_s,
             resident_model=self._residency.most_recent,
         )
 
@@ -209,20 +204,13 @@ class RequestLevelEngine(EngineBase):
 
     def stats(self) -> EngineStats:
         """Totals over finished batches (``num_steps`` = batches, ``num_swaps`` = loads)."""
-        return EngineStats(
-            busy_s=self._busy_s,
-            swap_s=self._swap_s,
-            num_steps=len(self._batches),
-            num_swaps=self._num_swaps,
-            num_preemptions=0,
-            num_generated_tokens=self._num_tokens,
-        )
+        return self._book.stats()
 
     # -- reports and views -----------------------------------------------------------
 
     def batch_log(self) -> BatchLog:
         """Every finished batch: start, end, model, size, swap time before it."""
-        return BatchLog.of(self._batches)
+        return self._book.log()
 
     def view(self) -> BatchingView:
         """What the strategy sees: per-model queues, residency and limits."""
@@ -331,13 +319,8 @@ class RequestLevelEngine(EngineBase):
     def _finish(self, run: _Running) -> None:
         """Write the batch's records and totals."""
         pos = run.positions
-        self._num_tokens += finish_batch(self.requests, self.records, pos, run.end_at)
-        self._busy_s += run.end_at - run.start_at
-        self._swap_s += run.swap_s
-        self._num_swaps += run.num_loads
-        self._batches.append(
-            BatchRecord(run.start_at, run.end_at, run.model, len(pos), run.swap_s, run.reason)
-        )
+        batch = BatchRecord(run.start_at, run.end_at, run.model, len(pos), run.swap_s, run.reason)
+        self._book.finish(batch, pos, run.num_loads)
         self._done.extend(pos.tolist())
         self._done_at = run.end_at
         self._finished_running = True

@@ -42,16 +42,15 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, ModelName, Seconds
 from sincere.engine.base import EngineBase, EngineLoad, EngineStats
+from sincere.engine.batch_log import BatchLog, BatchRecord
 from sincere.engine.request_batches import (
-    BatchLog,
-    BatchRecord,
+    BatchBook,
     Fifo,
     IntArray,
     Residency,
     after_batch_s,
     answer_tokens,
     check_engine_args,
-    finish_batch,
     planned_swaps,
 )
 from sincere.perf.base import StepTimeModel
@@ -122,9 +121,7 @@ class SincereServerEngine(EngineBase):
         self._done_at: Seconds = 0.0
         self._num_waiting = 0
         self._num_overwritten = 0
-        self._busy_s = self._swap_s = 0.0
-        self._num_swaps = self._num_tokens = 0
-        self._batches: list[BatchRecord] = []
+        self._book = BatchBook(requests, records)
 
     # -- the Engine protocol -------------------------------------------------------
 
@@ -173,7 +170,7 @@ class SincereServerEngine(EngineBase):
             running_remaining_tokens=0,
             running_ctx_tokens=ctx,
             kv_usage=0.0,
-            busy_s=self._busy_s,
+            busy_s=self._book.busy_s,
             resident_model=self._residency.most_recent,
         )
 
@@ -184,12 +181,11 @@ class SincereServerEngine(EngineBase):
 
     def stats(self) -> EngineStats:
         """Totals over finished batches (``num_steps`` = batches, ``num_swaps`` = loads)."""
-        return EngineStats(self._busy_s, self._swap_s, len(self._batches), self._num_swaps, 0,
-                           self._num_tokens)  # fmt: skip
+        return self._book.stats()
 
     def batch_log(self) -> BatchLog:
         """Every finished batch: start, end, model, size, swap time before it."""
-        return BatchLog.of(self._batches)
+        return self._book.log()
 
     @property
     def num_overwritten(self) -> int:
@@ -268,12 +264,9 @@ class SincereServerEngine(EngineBase):
     def _finish(self, h: _Holder) -> None:
         """The batch ends: its requests finish."""
         pos = h.positions
-        self._num_tokens += finish_batch(self.requests, self.records, pos, h.end_at)
-        self._busy_s += h.end_at - h.start_at
-        self._swap_s += h.swap_s
-        self._num_swaps += h.num_loads
         who = "timer-thread" if h.by_timer_thread else "arrival"
-        self._batches.append(BatchRecord(h.start_at, h.end_at, h.model, len(pos), h.swap_s, who))
+        self._book.finish(BatchRecord(h.start_at, h.end_at, h.model, len(pos), h.swap_s, who), pos,
+                          h.num_loads)  # fmt: skip
         self._done.extend(pos.tolist())
         self._done_at = h.end_at
         self._finished_holder = True

@@ -34,8 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
+from sincere.engine.batch_log import BatchLog
 from sincere.engine.build import canonical_model
-from sincere.engine.request_batches import BatchLog
 from sincere.policy.batching import parse_strategy_name
 from sincere.sim.build import build_cluster, canonical_requests
 from sincere.sim.config import SimulationConfig, load_config
