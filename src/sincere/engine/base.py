@@ -59,6 +59,7 @@ from typing import Protocol
 
 from sincere.core.types import InstanceId, Seconds
 from sincere.engine.gaps import GapHistogram
+from sincere.engine.kv_tiers import KvTierStats
 
 TokenHook = Callable[[Seconds, list[int]], None]
 """``on_tokens(iteration_end_at, positions)``: requests that produced a token, in order."""
@@ -113,6 +114,7 @@ class EngineStats:
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int = 0  # of those, tokens served from it
     prefix_cache_evictions: int = 0  # cached blocks evicted
+    kv_tiers: KvTierStats | None = None  # KV offload tiers' counters; None: no tiers
 
 
 class Engine(Protocol):

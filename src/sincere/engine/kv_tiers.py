@@ -26,8 +26,9 @@ time); the tiers' capacities are for the whole instance, all its GPUs' shares to
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from sincere.core.errors import ConfigError
 
@@ -94,6 +95,20 @@ class KvTierStats:
     def external_hit_tokens(self) -> int:
         """Tokens served from a lower tier (vLLM's external_prefix_cache_hits)."""
         return self.cpu_hit_tokens + self.disk_hit_tokens
+
+
+def kv_tiers_summary(stats: Sequence[KvTierStats | None]) -> dict[str, Any] | None:
+    """The summary's ``kv_tiers`` block: every engine's tier counters summed (None: no
+    engine has tiers)."""
+    present = [s for s in stats if s is not None]
+    if not present:
+        return None
+    out: dict[str, Any] = {}
+    for s in present:
+        for name, value in asdict(s).items():
+            out[name] = out.get(name, 0) + value
+    out["external_hit_tokens"] = sum(s.external_hit_tokens for s in present)
+    return out
 
 
 def block_names(keys: tuple[int, ...], group: int, start: int, stop: int) -> Iterator[Name]:
