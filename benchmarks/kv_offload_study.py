@@ -6,8 +6,9 @@ first ``--num-requests`` requests of Mooncake's published conversation trace
 (``../shared/data/traces/mooncake_conversation_trace.jsonl``: recorded arrivals, lengths
 and 512-token ``hash_ids``; the whole trace is 12,031 requests, a subsample keeps the run
 short), behind each router of ``--routers``. One run per router and CPU tier size in
-``--cpu-gib`` (0: GPU only, the baseline), the CPU link the catalog's PCIe Gen5 x16 (64 GB/s), loads not overlapped unless
-``--overlap``; ``--disk-gib`` adds a disk tier (``--disk-gbps``) to every tiered run.
+``--cpu-gib`` (0: GPU only, the baseline); the CPU link is the catalog's PCIe Gen5 x16 (64
+GB/s), loads are not overlapped unless ``--overlap``; ``--disk-gib`` adds a disk tier
+(``--disk-gbps``) to every tiered run.
 
 Per run: the hit rate (prompt tokens found cached at first admission, GPU and tiers), the
 tokens served from the GPU cache and from the CPU / disk tiers (engine counters, recomputes
