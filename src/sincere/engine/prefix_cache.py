@@ -292,7 +292,8 @@ class PrefixCache:
         loading those a lower tier holds back to the GPU; return the shared ones."""
         tier = 0
         if self.tiers is not None:
-            assert self.match(i, prefill_len)[0] == hit  # the admission's own match, memoised
+            matched = self.match(i, prefill_len)[0]  # the admission's own match, memoised
+            assert matched == hit
             tier = self._memo_tier
             hit -= tier
             self.tiers.queried(prefill_len - hit * self.block)
