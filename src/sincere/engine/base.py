@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sincere.core.types import InstanceId, Seconds
 from sincere.engine.gaps import GapHistogram
+from sincere.engine.kv_tiers import KvTierStats
 
 if TYPE_CHECKING:
     from sincere.engine.batch_log import BatchLog
@@ -125,6 +126,7 @@ class EngineStats:
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int = 0  # of those, tokens served from it
     prefix_cache_evictions: int = 0  # cached blocks evicted
+    kv_tiers: KvTierStats | None = None  # KV offload tiers' counters; None: no tiers
 
 
 class Engine(Protocol):

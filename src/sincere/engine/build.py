@@ -144,6 +144,9 @@ def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> Engi
         # vLLM's default: the model's own context length
         max_model_len=eng.max_model_len or deployment.model.max_context,
         enable_prefix_caching=eng.enable_prefix_caching,
+        kv_tiers=None
+        if eng.kv_offload is None
+        else eng.kv_offload.limits(deployment, eng.block_size, f"{where}.engine.kv_offload"),
     )
 
 

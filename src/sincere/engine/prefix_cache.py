@@ -33,15 +33,19 @@ sequences); a block held by ``r`` sequences is counted ``r`` times, so ``shared`
 of ``r - 1`` over held blocks) is what the sum over-counts. Free memory is the pool less
 the distinct blocks in use; cached free blocks are part of it until evicted.
 
-Only prompt blocks are cached (generated tokens carry no content ids); there is no CPU or
-disk tier (docs/prefix_caching.md).
+Only prompt blocks are cached (generated tokens carry no content ids). With KV offload
+tiers (:mod:`.kv_tiers`) evicted blocks go down to CPU memory (and disk) rather than being
+lost, a match runs on from the GPU hit through the blocks found there, and an admission
+loads them back as blocks it holds (docs/prefix_caching.md).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 from sincere.core.prefix import chain_keys, check_block_sizes, engine_block_keys
+from sincere.engine.kv_tiers import KvTiers, Name, TierLimits, block_names
 
 
 class _Prompt:
@@ -113,6 +117,11 @@ class BlockSlots:
         del self.bases[group][key]
         self._spare.setdefault(group, []).append(base)
 
+    def names_of(self, base: int, blocks: Iterable[int]) -> list[Name]:
+        """Names (group size, group key, block) of ``blocks`` of the group at ``base``."""
+        group, key = self._owner[base]
+        return [(group, key, k) for k in blocks]
+
     def names(self) -> dict[int, tuple[int, int, int]]:
         """Slot -> (group size, group key, block within the group) of every group's slots."""
         names: dict[int, tuple[int, int, int]] = {}
@@ -141,8 +150,9 @@ class FreeRuns:
         self.num_releases += 1
         return self.num_releases
 
-    def evict(self, over: int, slots: BlockSlots) -> None:
-        """Evict the ``over`` least recently freed blocks (there are at least that many)."""
+    def evict(self, over: int, slots: BlockSlots, out: list[Name] | None = None) -> None:
+        """Evict the ``over`` least recently freed blocks (there are at least that many);
+        their names go to ``out``, in eviction order, when given."""
         ref, stamp, runs = slots.ref, slots.stamp, self.runs
         while over > 0:
             base, hi, lo, when = runs[0]
@@ -152,6 +162,8 @@ class FreeRuns:
             if max(ref[a:b]) == 0 and min(stamp[a:b]) == when == max(stamp[a:b]):
                 gone = min(over, b - a)  # the whole run is still free: its top, in bulk
                 ref[b - gone : b] = [-1] * gone
+                if out is not None:
+                    out.extend(slots.names_of(base, range(hi, hi - gone, -1)))
                 over -= gone
                 k = hi - gone
             while k >= lo and over > 0:
@@ -160,6 +172,8 @@ class FreeRuns:
                     ref[s] = -1
                     gone += 1
                     over -= 1
+                    if out is not None:
+                        out.extend(slots.names_of(base, (k,)))
                 k -= 1
             if gone:
                 slots.drop(base, gone)
@@ -188,8 +202,11 @@ class PrefixCache:
     prompt order). Work per block is a list access, not a dict entry.
     """
 
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, tiers: TierLimits | None = None) -> None:
         self.block = block_size
+        # CPU (and disk) tiers evicted blocks go down to; None: evicted blocks are lost
+        self.tiers = None if tiers is None else KvTiers(tiers, block_size)
+        self._memo_tier = 0  # of the memo's hit, blocks found in a lower tier
         self.prompts: dict[int, _Prompt] = {}  # request -> its prompt's block groups
         self.held: dict[int, list[int]] = {}  # request -> runs it references (base, lo, hi)
         self.progress: dict[int, int] = {}  # running request -> its blocks handled so far
@@ -232,12 +249,13 @@ class PrefixCache:
 
         The hit is the longest cached prefix of ``i``'s blocks, at most all but its last
         token. Blocks held by another sequence cost no new memory; free cached ones do
-        (they leave the free list).
+        (they leave the free list). With tiers, the hit runs on through the blocks a lower
+        tier holds, which an admission loads back (:meth:`acquire`).
         """
         if i == self._memo_i and self.epoch == self._memo_epoch and prefill_len == self._memo_len:
             return self._memo
         prompt = self.prompts.get(i)
-        hit = shared = 0
+        hit = shared = tier = 0
         if prompt is not None:
             most = min((prefill_len - 1) // self.block, prompt.num_blocks)
             group = prompt.group
@@ -262,12 +280,23 @@ class PrefixCache:
                     hit += s - base
                     if s < end:
                         break
+            if self.tiers is not None and hit < most:
+                tier = self.tiers.count(block_names(prompt.keys, group, hit, most))
         self._memo_i, self._memo_epoch, self._memo_len = i, self.epoch, prefill_len
-        self._memo = (hit, shared)
+        self._memo = (hit + tier, shared)
+        self._memo_tier = tier
         return self._memo
 
     def acquire(self, i: int, hit: int, prefill_len: int) -> int:
-        """``i`` is admitted with ``hit`` blocks cached: reference them; return shared ones."""
+        """``i`` is admitted with ``hit`` blocks cached (:meth:`match`'s): reference them,
+        loading those a lower tier holds back to the GPU; return the shared ones."""
+        tier = 0
+        if self.tiers is not None:
+            matched = self.match(i, prefill_len)[0]  # the admission's own match, memoised
+            assert matched == hit
+            tier = self._memo_tier
+            hit -= tier
+            self.tiers.queried(prefill_len - hit * self.block)
         self.num_queries += prefill_len
         self.num_hits += hit * self.block
         prompt = self.prompts.get(i)
@@ -299,7 +328,16 @@ class PrefixCache:
         self.num_free -= freed
         self.shared += newly_shared
         self.epoch += 1
+        if tier:
+            self._load(i, prompt, hit, tier)
         return newly_shared
+
+    def _load(self, i: int, prompt: _Prompt, hit: int, tier: int) -> None:
+        """Blocks ``hit`` to ``hit + tier - 1`` of ``i``'s prompt come back from the tiers:
+        cached on the GPU again, held by ``i`` as if it had computed them."""
+        assert self.tiers is not None
+        self.tiers.load(block_names(prompt.keys, prompt.group, hit, hit + tier))
+        self.register(i, (hit + tier) * self.block)
 
     def register(self, i: int, computed_tokens: int) -> None:
         """``i`` has computed ``computed_tokens`` prompt tokens: cache its full blocks."""
@@ -398,7 +436,12 @@ class PrefixCache:
         self.num_free -= over
         self.num_evictions += over
         self.epoch += 1
-        self.free.evict(over, self.slots)
+        if self.tiers is None:
+            self.free.evict(over, self.slots)
+            return
+        names: list[Name] = []
+        self.free.evict(over, self.slots, names)
+        self.tiers.offload(names)
 
     # ------------------------------------------------------------- inspection (tests, debugging)
 

@@ -133,6 +133,13 @@ class Run:
             return self.end_at - self.durations[-1]
         return self.start_at + decode_steps_s(self.num_decode, self.ctx_tokens, self.steps - 1)
 
+    def delay(self, extra_s: Seconds) -> None:
+        """Its first iteration lasts ``extra_s`` longer (it waits for KV loads)."""
+        self.first_s += extra_s
+        self.end_at += extra_s
+        if self.durations:
+            self.durations = (self.durations[0] + extra_s, *self.durations[1:])
+
     def cut_decode(self, steps: int, decode_steps_s: DecodeStepsTime) -> None:
         """End this decode run after ``steps`` iterations."""
         if steps < self.steps:
@@ -269,7 +276,11 @@ class RunPlanner:
             chunks = self._known_plan(view, now) if self.view_only else self._asked_plan(view, now)
             if chunks:
                 most = 1 if live or not self._repeats else max(1, max_prefill_run)
-                return self._prefill_work(now, chunks, most)
+                run = self._prefill_work(now, chunks, most)
+                delay_s = st.take_load_delay_s(run.first_s)  # KV loaded back from tiers
+                if delay_s:
+                    run.delay(delay_s)
+                return run
         if not dec.num_seqs:
             return None
         if not self._reordered:

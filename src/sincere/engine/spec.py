@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from sincere.engine.kv_offload import KvOffloadConfig
 from sincere.engine.request_level import RequestLevelConfig
 from sincere.perf.execution import ExecutionParams, execution_params
 from sincere.perf.factory import StepModelConfig
@@ -45,6 +46,7 @@ class ContinuousConfig(BaseModel):
     # longest prompt + max_tokens, tokens; None: the model's context (catalog), as vLLM
     max_model_len: int | None = Field(None, ge=2)
     enable_prefix_caching: bool = True  # reuse KV blocks of shared prompt prefixes (vLLM V1)
+    kv_offload: KvOffloadConfig | None = None  # CPU / disk tiers below the prefix cache; off
     # how iterations run (CUDA graphs, async scheduling, front end): a named preset of
     # sincere.perf.execution.PRESETS (vllm-v1, sglang, trtllm, eager); None: eager (2024)
     preset: str | None = None
@@ -53,6 +55,11 @@ class ContinuousConfig(BaseModel):
     @model_validator(mode="after")
     def _known_execution(self) -> ContinuousConfig:
         self.execution_params()  # unknown preset or setting: a ConfigError now
+        if self.kv_offload is not None and not self.enable_prefix_caching:
+            raise ValueError(
+                "engine.kv_offload keeps blocks the prefix cache evicts, but "
+                "enable_prefix_caching is false; turn caching on or drop kv_offload"
+            )
         return self
 
     def execution_params(self) -> ExecutionParams:

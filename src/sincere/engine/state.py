@@ -49,6 +49,7 @@ from sincere.core.records import RecordArrays
 from sincere.core.types import Seconds
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv import DecodeBlocks, blocks_for
+from sincere.engine.kv_tiers import TierLimits
 from sincere.engine.prefix_cache import PrefixCache
 from sincere.engine.waiting import WaitQueue
 
@@ -64,6 +65,7 @@ class EngineLimits:
     watermark: float = 0.01  # fraction of blocks admissions must leave free
     max_model_len: int | None = None  # longest prompt + output; None: no limit
     enable_prefix_caching: bool = True  # reuse KV blocks of equal prompt prefixes (vLLM V1)
+    kv_tiers: TierLimits | None = None  # CPU / disk tiers below the prefix cache; None: off
 
     def __post_init__(self) -> None:
         checks = {
@@ -193,7 +195,9 @@ class BatchState:
         self.num_generated = 0
         # content-addressed blocks; None: caching off (every prefill starts from zero)
         self.cache: PrefixCache | None = (
-            PrefixCache(limits.block_size) if limits.enable_prefix_caching else None
+            PrefixCache(limits.block_size, limits.kv_tiers)
+            if limits.enable_prefix_caching
+            else None
         )
 
     # ------------------------------------------------------------------ queries
@@ -285,6 +289,14 @@ class BatchState:
             return (0, 0)
         hit, shared = cache.match(i, self.prefill_len[i])
         return (hit * self.block, shared)
+
+    def take_load_delay_s(self, compute_s: Seconds) -> Seconds:
+        """What the KV loads from lower tiers of the admissions just made add to the
+        iteration that starts their prefill, computing for ``compute_s`` (0: none)."""
+        cache = self.cache
+        if cache is None or cache.tiers is None or not cache.tiers.pending_load_s:
+            return 0.0
+        return cache.tiers.take_delay_s(compute_s)
 
     def preempt(self, i: int, now: Seconds) -> int:
         """Free running ``i``'s blocks to recompute it later; return the tokens it made.

@@ -31,6 +31,7 @@ from sincere.core.request import RequestArrays
 from sincere.engine.base import EngineStats
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.instance import InstanceInfo
+from sincere.engine.kv_tiers import kv_tiers_summary
 
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 Stats = dict[str, float | None]
@@ -109,6 +110,9 @@ def summarize(
     summary.update(_fleet(infos, stats, duration_s, summary["output_tokens_per_s"]))
     if any(len(ids) for ids in requests.block_ids):
         summary["prefix_cache"] = prefix_cache_summary(requests, records, stats)
+    tiers = kv_tiers_summary([st.kv_tiers for st in stats])
+    if tiers is not None:  # only then: summaries of runs without tiers keep their bytes
+        summary["kv_tiers"] = tiers
     summary["tiers"] = {
         tier.name: {
             **(

@@ -53,6 +53,7 @@ class StateView(EngineBase):
             prefix_cache_queries=0 if st.cache is None else st.cache.num_queries,
             prefix_cache_hits=0 if st.cache is None else st.cache.num_hits,
             prefix_cache_evictions=0 if st.cache is None else st.cache.num_evictions,
+            kv_tiers=None if st.cache is None or st.cache.tiers is None else st.cache.tiers.stats(),
         )
 
     def rejection_detail(self, request_ix: int, reason: str) -> str | None:

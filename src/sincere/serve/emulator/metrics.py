@@ -33,7 +33,8 @@ Bucket bounds are vLLM's (``vllm/v1/metrics/buckets.py``; token counts on a 1-2-
 to the context). Times are wall-clock seconds taken when the emulator hands a token to the
 response. Names vLLM has removed (``vllm:time_per_output_token_seconds``,
 ``vllm:gpu_cache_usage_perc``) are not exported. sincere adds
-``sincere:injected_errors_total`` and ``sincere:aborted_requests_total``.
+``sincere:injected_errors_total`` and ``sincere:aborted_requests_total``. An engine with KV
+offload tiers also exports their counters (:mod:`.offload_metrics`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from sincere.engine.base import EngineLoad
+from sincere.engine.kv_tiers import KvTierStats
+from sincere.serve.emulator.offload_metrics import OffloadMetrics
 
 VLLM_VERSION = "0.32.0"
 """The vLLM release whose metric set and OpenAI API the emulator tracks."""
@@ -106,6 +109,7 @@ class EmulatorMetrics:
         self.model_name = model_name
         self._previous_preemptions = 0
         self._previous_prefix = (0, 0)  # prefix-cache queries and hits already counted
+        self._offload: OffloadMetrics | None = None  # KV tier counters, once an engine has tiers
         self._token_buckets = token_buckets(max_context)
         self._build_gauges(block_tokens)
         self._build_counters()
@@ -261,8 +265,11 @@ class EmulatorMetrics:
             self.max_generation.observe(done.max_tokens)
             self.n_param.observe(done.n_param)
 
-    def render(self, load: EngineLoad, num_preemptions: int) -> bytes:
-        """The exposition text, with gauges refreshed from ``load``."""
+    def render(
+        self, load: EngineLoad, num_preemptions: int, kv_tiers: KvTierStats | None = None
+    ) -> bytes:
+        """The exposition text, with gauges refreshed from ``load`` and the KV tier counters
+        from ``kv_tiers`` (:mod:`.offload_metrics`; None: the engine has no tiers)."""
         for gauge, value in (
             (self.running, load.num_running),
             (self.waiting, load.num_waiting),
@@ -275,6 +282,11 @@ class EmulatorMetrics:
             self.preemptions.inc(num_preemptions - self._previous_preemptions)
             self._previous_preemptions = num_preemptions
         self._count_prefix(load)
+        if kv_tiers is not None:
+            if self._offload is None:
+                external = (self.external_queries, self.external_hits)
+                self._offload = OffloadMetrics(self.registry, self.labels, external)
+            self._offload.update(kv_tiers)
         return generate_latest(self.registry)
 
     def _count_prefix(self, load: EngineLoad) -> None:
