@@ -101,6 +101,16 @@ class DecodeProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class SpecDecodeStats:
+    """Speculative decoding's counters over a run (vLLM's ``vllm:spec_decode_*``)."""
+
+    num_drafts: int  # sequences' speculative steps (one draft of k tokens each)
+    num_draft_tokens: int  # tokens drafted
+    num_accepted_tokens: int  # of those, accepted by the verify pass
+    accepted_per_pos: tuple[int, ...]  # accepted drafts at drafted position 1, 2, ..., k
+
+
+@dataclass(frozen=True, slots=True)
 class EngineStats:
     """Totals over a run, for utilisation and switch-count metrics."""
 
@@ -113,6 +123,7 @@ class EngineStats:
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int = 0  # of those, tokens served from it
     prefix_cache_evictions: int = 0  # cached blocks evicted
+    spec_decode: SpecDecodeStats | None = None  # None: the engine does not speculate
 
 
 class Engine(Protocol):

@@ -263,7 +263,7 @@ class RunPlanner:
         self._blocked_head = None
         self._repeats = self._reordered = False
         dec = st.dec
-        if dec.num_seqs and not dec.fits(st.step + 1, st.num_blocks - st.pre_blocks):
+        if dec.num_seqs and not dec.fits(st.step + st.lookahead, st.num_blocks - st.pre_blocks):
             self._preempt_for_decode(view, now)
         if st.pre or st.queue:
             chunks = self._known_plan(view, now) if self.view_only else self._asked_plan(view, now)
@@ -328,7 +328,8 @@ class RunPlanner:
     ) -> None:
         """Admit waiting requests in order while tokens, sequences and KV blocks last."""
         st = self.state
-        blocks = st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1) - st.watermark_blocks
+        room = st.num_blocks - st.pre_blocks - st.dec.total(st.step + st.lookahead)
+        blocks = room - st.watermark_blocks
         length, block = st.prefill_len, st.block
         caching = st.cache is not None
         admitted: list[int] = []
@@ -404,7 +405,7 @@ class RunPlanner:
         """Preempt the scheduler's victims until the next decode step's blocks fit."""
         st = self.state
         while st.dec.num_seqs:
-            if st.dec.fits(st.step + 1, st.num_blocks - st.pre_blocks):
+            if st.dec.fits(st.step + st.lookahead, st.num_blocks - st.pre_blocks):
                 return
             i = self._victim(view)
             produced = st.preempt(i, now)

@@ -20,6 +20,7 @@ from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
 from sincere.engine.base import EngineLoad, EngineStats
 from sincere.engine.kv import blocks_for
+from sincere.engine.speculation import Speculator
 from sincere.engine.state import BatchState, EngineLimits
 
 
@@ -32,11 +33,16 @@ class StateView:
         records: RecordArrays,
         limits: EngineLimits,
         state: BatchState,
+        speculator: Speculator | None = None,
     ) -> None:
         self.requests = requests
         self.records = records
         self.limits = limits
         self.state = state
+        # speculative decoding's draws and counters (None: one token per decode step)
+        self.speculator = speculator
+        if speculator is not None:  # a step writes KV for every verified position
+            state.lookahead = speculator.lookahead
 
     def stats(self) -> EngineStats:
         """The engine's totals so far (:class:`~sincere.engine.base.EngineStats`)."""
@@ -51,6 +57,7 @@ class StateView:
             prefix_cache_queries=0 if st.cache is None else st.cache.num_queries,
             prefix_cache_hits=0 if st.cache is None else st.cache.num_hits,
             prefix_cache_evictions=0 if st.cache is None else st.cache.num_evictions,
+            spec_decode=None if self.speculator is None else self.speculator.stats(),
         )
 
     def load_with(self, also_waiting: int) -> EngineLoad:
@@ -112,7 +119,7 @@ class StateView:
     def free_blocks(self) -> int:
         """Blocks free after the next decode step's needs."""
         st = self.state
-        return st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1)
+        return st.num_blocks - st.pre_blocks - st.dec.total(st.step + st.lookahead)
 
     @property
     def watermark_blocks(self) -> int:
