@@ -40,7 +40,7 @@ class ArrivedKv:
             if st.num_running >= lim.max_num_seqs:
                 return
             free = st.num_blocks - st.pre_blocks - st.dec.total(st.step + st.lookahead)
-            if blocks_for(kv_tokens + st.lookahead, lim.block_size) > free - lim.watermark_blocks:
+            if blocks_for(kv_tokens + 1, lim.block_size) > free - lim.watermark_blocks:
                 return
             waiting.pop(0)
             st.start_decoding(i, kv_tokens)

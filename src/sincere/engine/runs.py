@@ -402,10 +402,15 @@ class RunPlanner:
     # ------------------------------------------------------------- preemption
 
     def _preempt_for_decode(self, view: StateView, now: Seconds) -> None:
-        """Preempt the scheduler's victims until the next decode step's blocks fit."""
+        """Preempt the scheduler's victims until the next decode step's blocks fit (its
+        ``lookahead`` positions per sequence; a lone sequence needs room for one token and
+        keeps the accepted drafts that fit, so it is never preempted for the others)."""
         st = self.state
         while st.dec.num_seqs:
-            if st.dec.fits(st.step + st.lookahead, st.num_blocks - st.pre_blocks):
+            free = st.num_blocks - st.pre_blocks
+            if st.dec.fits(st.step + st.lookahead, free):
+                return
+            if st.dec.num_seqs == 1 and st.dec.fits(st.step + 1, free):
                 return
             i = self._victim(view)
             produced = st.preempt(i, now)

@@ -19,6 +19,10 @@ Counters, vLLM's: drafts (sequences' speculative steps), drafted tokens, accepte
 and accepted tokens per drafted position; accepted counts the verify pass's decision, before
 the cap at a request's last token.
 
+Memory. The step's KV check (:mod:`.runs`) preempts until every sequence has room for its
+``k + 1`` positions, except a lone sequence, which needs room for one; a sequence keeps
+only the accepted drafts whose blocks are free (none are held beyond the pool).
+
 Not modelled: tree drafts' acceptance (a tree verifies ``verify_tokens`` positions and is
 priced so, but acceptance runs along one chain), the draft model's own KV cache and
 weights (not taken from the KV pool), drafting for a sequence whose prefill ends in the
@@ -34,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sincere.core.errors import ConfigError
 from sincere.engine.base import SpecDecodeStats
+from sincere.engine.kv import blocks_for
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.perf.speculation import (
     SPEC_METHODS,
@@ -127,11 +132,15 @@ class Speculator:
         kept = np.cumprod(self._rng.random((len(seqs), k)) < self._rates, axis=1)
         accepted = kept.sum(axis=1).tolist()
         self._count(kept, len(seqs))
-        step, finish_step = state.step, state.finish_step
+        step, finish_step, offset, block = state.step, state.finish_step, state.offset, state.block
+        room = state.num_blocks - state.pre_blocks - state.dec.total(step)  # free blocks
         extra_tokens: list[int] = []
         for i, a in zip(seqs, accepted, strict=True):
-            extra = min(int(a), finish_step[i] - step)
+            cached = offset[i] + step
+            slack = -cached % block  # tokens that fit in its last block
+            extra = min(int(a), finish_step[i] - step, slack + room * block)
             if extra > 0:
+                room -= blocks_for(cached + extra, block) - blocks_for(cached, block)
                 state.gain(i, extra)
                 extra_tokens.extend([i] * extra)
         return extra_tokens

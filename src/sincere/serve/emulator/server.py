@@ -314,7 +314,8 @@ class EmulatorServer(Served):
     async def _metrics(self, request: web.Request) -> web.Response:
         assert self.live is not None  # handlers run only once started
         engine = self.live.engine
-        text = self.metrics.render(engine.load(), engine.stats().num_preemptions)
+        stats = engine.stats()
+        text = self.metrics.render(engine.load(), stats.num_preemptions, stats.spec_decode)
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
 
     async def _load(self, request: web.Request) -> web.Response:
