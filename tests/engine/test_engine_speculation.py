@@ -249,7 +249,7 @@ def test_off_by_default_and_the_generator_is_never_drawn_from() -> None:
 def test_config_errors_name_the_value_and_what_is_allowed() -> None:
     """Unknown method, rate out of range, draft model with another method, a step model
     that cannot price a draft (CC mode)."""
-    with pytest.raises(ValueError, match="unknown speculative decoding method.*medusa"):
+    with pytest.raises(ValueError, match=r"unknown speculative decoding method.*medusa"):
         SpeculationConfig(method="medusa", acceptance=0.5)
     with pytest.raises(ValueError, match=r"acceptance must be.*\[1\.5\]"):
         SpeculationConfig(method="eagle", acceptance=1.5)
