@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sincere.catalog import get_accelerator, get_model
 from sincere.core.errors import ConfigError
@@ -18,7 +20,7 @@ from sincere.engine.speculation import SpeculationConfig, Speculator, build_spec
 from sincere.perf.base import Batch, Deployment, StepTimeModel
 from sincere.perf.factory import make_step_model
 from sincere.perf.speculation import SpeculativeDecode
-from sincere.policy.schedulers import make_scheduler
+from sincere.policy.schedulers import SCHEDULERS, make_scheduler
 
 DEPLOYMENT = Deployment(get_model("llama-3.1-8b"), get_accelerator("H100-SXM"))
 ROOFLINE = make_step_model("roofline", DEPLOYMENT, {})
@@ -303,3 +305,67 @@ def test_a_sequence_keeps_only_the_accepted_drafts_whose_blocks_are_free() -> No
     st.num_blocks = engine.used_blocks + 1
     assert spec.verified(st, 1) == [0]
     assert engine.used_blocks == st.num_blocks
+
+
+@st.composite
+def speculating_workloads(draw: st.DrawFn) -> tuple[RequestArrays, ContinuousEngine, int]:
+    """Small random workloads on a tight KV pool, any scheduler, any speculation."""
+    n = draw(st.integers(1, 30))
+    gaps = draw(st.lists(st.floats(0.0, 0.05), min_size=n, max_size=n))
+    prompts = draw(st.lists(st.integers(1, 300), min_size=n, max_size=n))
+    outs = draw(st.lists(st.integers(1, 150), min_size=n, max_size=n))
+    req = RequestArrays.build(np.cumsum(gaps), prompts, outs)
+    blocks = draw(st.integers(8, 80))
+    limits = EngineLimits(
+        num_kv_blocks=blocks, block_size=8, max_num_seqs=draw(st.integers(1, 16)),
+        max_num_batched_tokens=draw(st.integers(64, 600)),
+    )  # fmt: skip
+    rates = draw(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4))
+    max_batch = draw(st.none() | st.integers(1, 8))
+    spec = _speculator(draw(st.integers(0, 3)), acceptance=rates, max_batch=max_batch,
+                       num_draft_tokens=len(rates) + draw(st.integers(0, 2)))  # fmt: skip
+    name = draw(st.sampled_from(SCHEDULERS.names()))
+    params: dict[str, Any] = {"chunk_size": 64} if name == "sarathi" else {}
+    sched = make_scheduler(name, params, predictor=ROOFLINE)
+    records = RecordArrays.empty(n, ["e0"])
+    engine = ContinuousEngine("e0", req, records, 0, ROOFLINE, sched, limits, speculator=spec)
+    return req, engine, blocks
+
+
+@given(speculating_workloads())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_invariants_hold_while_speculating(
+    case: tuple[RequestArrays, ContinuousEngine, int],
+) -> None:
+    """Every request ends done (with exactly its tokens) or rejected, KV blocks are
+    conserved and within the pool, load()'s running sums match the sequences."""
+    req, engine, blocks = case
+    st_ = engine.state
+
+    def check() -> None:
+        held = sum(engine.seq_blocks(i) for i in range(len(req)))
+        assert engine.used_blocks == held <= blocks
+        remaining = sum(int(req.max_tokens[i]) for i in st_.pre) + sum(
+            int(req.max_tokens[i]) - st_.target[i] + fs - st_.step
+            for i, fs in st_.finish_step.items()
+        )
+        assert engine.load().running_remaining_tokens == remaining
+
+    arrivals = req.arrival_at.tolist()
+    nxt = 0
+    for _ in range(100_000):
+        at = engine.next_event_at()
+        if nxt < len(arrivals) and (at is None or arrivals[nxt] <= at):
+            engine.add(nxt, arrivals[nxt])
+            nxt += 1
+        elif at is not None:
+            engine.advance(at)
+        else:
+            break
+        check()
+    rec = engine.records
+    finished = ~np.isnan(rec.finished_at)
+    assert np.all(finished ^ rec.rejected)
+    np.testing.assert_array_equal(rec.output_tokens[finished], req.output_tokens[finished])
+    assert engine.stats().num_generated_tokens == int(rec.output_tokens[finished].sum())
+    assert engine.used_blocks == 0 and engine.num_running == 0
