@@ -81,6 +81,12 @@ class SpeculationConfig(BaseModel):
                 value=self.draft_model,
                 allowed="a catalog model with method: draft-model",
             )
+        if self.acceptance is None and self.method != "mtp":
+            raise ConfigError(
+                f"speculation with method {self.method!r} needs its acceptance: it depends on "
+                "the draft, the model and the traffic (only mtp has a published default)",
+                allowed="acceptance: 0.7 (every position) or [0.8, 0.7, 0.6] (per position)",
+            )
         self.params()  # a bad rate, count or width: a ConfigError now
         return self
 
