@@ -114,6 +114,16 @@ class DecodeProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class SpecDecodeStats:
+    """Speculative decoding's counters over a run (vLLM's ``vllm:spec_decode_*``)."""
+
+    num_drafts: int  # sequences' speculative steps (one draft of k tokens each)
+    num_draft_tokens: int  # tokens drafted
+    num_accepted_tokens: int  # of those, accepted by the verify pass
+    accepted_per_pos: tuple[int, ...]  # accepted drafts at drafted position 1, 2, ..., k
+
+
+@dataclass(frozen=True, slots=True)
 class EngineStats:
     """Totals over a run, for utilisation and switch-count metrics."""
 
@@ -127,6 +137,7 @@ class EngineStats:
     prefix_cache_hits: int = 0  # of those, tokens served from it
     prefix_cache_evictions: int = 0  # cached blocks evicted
     kv_tiers: KvTierStats | None = None  # KV offload tiers' counters; None: no tiers
+    spec_decode: SpecDecodeStats | None = None  # None: the engine does not speculate
 
 
 class Engine(Protocol):

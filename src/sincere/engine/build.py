@@ -27,9 +27,11 @@ from sincere.engine.base import Engine, StreamingEngine
 from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.request_level import RequestLevelConfig
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
+from sincere.engine.speculation import Speculator, build_speculator
 from sincere.engine.state import EngineLimits
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.perf.execution import with_execution
+from sincere.perf.factory import StepModelConfig
 from sincere.perf.memory import plan_memory
 from sincere.policy.schedulers import make_scheduler
 from sincere.policy.schedulers.base import IterationScheduler
@@ -150,6 +152,33 @@ def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> Engi
     )
 
 
+def speculator_of(
+    spec: DeploymentSpec,
+    deployment: Deployment,
+    step: StepTimeModel,
+    rng: np.random.Generator | None,
+    where: str,
+) -> Speculator | None:
+    """The engine's speculator when ``engine.speculation`` is set (None otherwise): priced
+    on ``step``; a draft model runs on the target's GPUs, in its precision and TP."""
+    eng = spec.engine
+    if not isinstance(eng, ContinuousConfig) or eng.speculation is None:
+        return None
+    cfg = eng.speculation
+    try:
+        draft = None
+        if cfg.draft_model is not None:
+            arch = get_model(cfg.draft_model)
+            check_parallelism(arch, deployment.tp, 1)
+            dep = Deployment(arch, deployment.accelerator, deployment.precision,
+                             deployment.kv_precision, deployment.tp)  # fmt: skip
+            roofline = StepModelConfig(kind="roofline").build(dep)
+            draft = with_execution(roofline, eng.execution_params(), eng.max_num_seqs)
+        return build_speculator(cfg, step, deployment, draft, rng)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=f"{where}.engine.speculation") from None
+
+
 def scheduler_of(eng: ContinuousConfig, step: StepTimeModel, where: str) -> IterationScheduler:
     """A fresh scheduler of ``eng`` (predictive schedulers read ``step``)."""
     try:
@@ -186,7 +215,7 @@ def build_engine(
     ``max_tokens`` overrides the requests' caps (a router's budget caps; continuous
     engines), ``context_caps`` the ``max_tokens`` checked against the context length
     when they differ (a prefill instance's), ``rng`` drives request-level engines' random
-    swap times. ``step_models``:
+    swap times and a speculating continuous engine's acceptance draws. ``step_models``:
     the step-time models by model name, when another replica of ``spec`` built them
     already (a step model is a pure function of the batch, so replicas may share one:
     one copy of its memo tables instead of one per replica); the engine's are in
@@ -205,6 +234,7 @@ def build_engine(
             scheduler_of(spec.engine, steps[first], where),
             limits_of(spec.engine, deps[first], where), max_tokens=max_tokens,
             context_caps=context_caps,
+            speculator=speculator_of(spec, deps[first], steps[first], rng, where),
         )  # fmt: skip
     return BuiltEngine(engine, deps[first], steps[first], steps)
 

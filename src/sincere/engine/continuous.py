@@ -19,6 +19,8 @@ The engine is four parts, one module each:
   the one planning loop that makes them (work per piece is O(log n) plus the
   scheduler's, not O(tokens); docs/simulator_speed.md);
 * :mod:`.view` -- the read-only view the scheduler sees (the engine is one);
+* :mod:`.speculation` -- with ``speculation`` configured, every decoding sequence's
+  accepted drafts after each iteration (every piece of work is then one iteration);
 * this module -- the :class:`~sincere.engine.base.Engine` API a driver calls: ``add``,
   ``next_event_at``, ``advance``, ``load``, ``stats``, and, for live driving
   (:class:`~sincere.engine.base.StreamingEngine`), ``abort`` and the ``on_tokens`` hook.
@@ -42,6 +44,7 @@ from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv_intake import ArrivedKv
 from sincere.engine.request_fit import RequestFit
 from sincere.engine.runs import Run, RunPlanner
+from sincere.engine.speculation import Speculator
 from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
 from sincere.perf.base import StepTimeModel
@@ -75,15 +78,15 @@ class ContinuousEngine(StateView):
         limits: EngineLimits,
         max_tokens: npt.NDArray[np.int64] | None = None,
         context_caps: npt.NDArray[np.int64] | None = None,
+        speculator: Speculator | None = None,
     ) -> None:
-        super().__init__(
-            requests, records, limits, BatchState(limits, records, len(requests.tiers))
-        )
+        state = BatchState(limits, records, len(requests.tiers))
+        super().__init__(requests, records, limits, state, speculator)
         self.id = id
         self.instance_ix = instance_ix
-        self.step_model = step_model
+        self.step_model = step_model if speculator is None else speculator.step_model
         self.scheduler = scheduler
-        self._planner = RunPlanner(self.state, scheduler, step_model, limits)
+        self._planner = RunPlanner(self.state, scheduler, self.step_model, limits)
         self._observes = type(scheduler).observe is not IterationScheduler.observe
         # most iterations one prefill run may hold; 1 keeps ``load()`` exact at every
         # iteration (``configure(exact_loads=True)``, when a router reads the engines)
@@ -282,7 +285,7 @@ class ContinuousEngine(StateView):
     def _start(self, now: Seconds) -> Run | None:
         if self._arrived.waiting:
             self._arrived.admit(self.state, now)
-        live = self.on_tokens is not None
+        live = self.on_tokens is not None or self.speculator is not None
         intake, planner = self._intake, self._planner
         if intake is not None:
             intake.before_planning(planner, self)
@@ -309,6 +312,8 @@ class ContinuousEngine(StateView):
         st.step += run.steps
         st.num_generated += run.num_decode * run.steps
         decoding = run.num_decode > 0
+        spec = self.speculator  # accepted drafts: tokens beyond the iteration's one
+        gained = spec.verified(st, run.num_decode) if spec is not None and decoding else ()
         if run.durations:
             st.account_each(run.durations, run.start_at, end, decoding)
         else:
@@ -324,6 +329,7 @@ class ContinuousEngine(StateView):
             st.evict()  # decode steps took new blocks
         if hook is not None and produced is not None:
             produced.extend(i for i, _ in run.chunks if i not in st.pre)
+            produced.extend(gained)
             hook(end, produced)
 
     def _drop_arrived(self, i: int) -> bool:

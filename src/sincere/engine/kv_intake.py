@@ -39,7 +39,7 @@ class ArrivedKv:
             i, kv_tokens = waiting[0]
             if st.num_running >= lim.max_num_seqs:
                 return
-            free = st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1)
+            free = st.num_blocks - st.pre_blocks - st.dec.total(st.step + st.lookahead)
             if blocks_for(kv_tokens + 1, lim.block_size) > free - lim.watermark_blocks:
                 return
             waiting.pop(0)

@@ -270,16 +270,18 @@ class RunPlanner:
         self._blocked_head = None
         self._repeats = self._reordered = False
         dec = st.dec
-        if dec.num_seqs and not dec.fits(st.step + 1, st.num_blocks - st.pre_blocks):
+        if dec.num_seqs and not dec.fits(st.step + st.lookahead, st.num_blocks - st.pre_blocks):
             self._preempt_for_decode(view, now)
         if st.pre or st.queue:
             chunks = self._known_plan(view, now) if self.view_only else self._asked_plan(view, now)
             if chunks:
                 most = 1 if live or not self._repeats else max(1, max_prefill_run)
                 run = self._prefill_work(now, chunks, most)
-                delay_s = st.take_load_delay_s(run.first_s)  # KV loaded back from tiers
-                if delay_s:
-                    run.delay(delay_s)
+                tiers = None if st.cache is None else st.cache.tiers
+                if tiers is not None and tiers.pending_load_s:  # KV loaded back from tiers
+                    delay_s = tiers.take_delay_s(run.first_s)
+                    if delay_s:
+                        run.delay(delay_s)
                 return run
         if not dec.num_seqs:
             return None
@@ -339,7 +341,8 @@ class RunPlanner:
     ) -> None:
         """Admit waiting requests in order while tokens, sequences and KV blocks last."""
         st = self.state
-        blocks = st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1) - st.watermark_blocks
+        room = st.num_blocks - st.pre_blocks - st.dec.total(st.step + st.lookahead)
+        blocks = room - st.watermark_blocks
         length, block = st.prefill_len, st.block
         caching = st.cache is not None
         admitted: list[int] = []
@@ -412,10 +415,15 @@ class RunPlanner:
     # ------------------------------------------------------------- preemption
 
     def _preempt_for_decode(self, view: StateView, now: Seconds) -> None:
-        """Preempt the scheduler's victims until the next decode step's blocks fit."""
+        """Preempt the scheduler's victims until the next decode step's blocks fit (its
+        ``lookahead`` positions per sequence; a lone sequence needs room for one token and
+        keeps the accepted drafts that fit, so it is never preempted for the others)."""
         st = self.state
         while st.dec.num_seqs:
-            if st.dec.fits(st.step + 1, st.num_blocks - st.pre_blocks):
+            free = st.num_blocks - st.pre_blocks
+            if st.dec.fits(st.step + st.lookahead, free):
+                return
+            if st.dec.num_seqs == 1 and st.dec.fits(st.step + 1, free):
                 return
             i = self._victim(view)
             produced = st.preempt(i, now)

@@ -24,6 +24,7 @@ from pydantic import (
 
 from sincere.engine.kv_offload import KvOffloadConfig
 from sincere.engine.request_level import RequestLevelConfig
+from sincere.engine.speculation import SpeculationConfig
 from sincere.perf.execution import ExecutionParams, execution_params
 from sincere.perf.factory import StepModelConfig
 
@@ -51,6 +52,8 @@ class ContinuousConfig(BaseModel):
     # sincere.perf.execution.PRESETS (vllm-v1, sglang, trtllm, eager); None: eager (2024)
     preset: str | None = None
     execution: dict[str, Any] = {}  # the preset's fields overridden (docs/engine.md)
+    # speculative decoding (docs/engine.md); None: one token per sequence per iteration
+    speculation: SpeculationConfig | None = None
 
     @model_validator(mode="after")
     def _known_execution(self) -> ContinuousConfig:

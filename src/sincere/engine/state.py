@@ -17,8 +17,10 @@ Invariants (kept by the transitions below, relied on by the engine and its tests
   hit of ``h`` blocks starts at ``pre[i] = h * block``; cached blocks no running sequence
   holds count as free and are evicted when the distinct blocks in use need their room.
 * decoding ``i`` holds ``offset[i] + step`` cached tokens; ``step`` counts iterations,
-  each of which gives every decoding sequence one token; ``offset_sum`` is the sum of
-  ``offset``.
+  each of which gives every decoding sequence one token (a speculating engine's accepted
+  drafts move ``offset[i]`` and ``finish_step[i]`` on: :meth:`BatchState.gain`);
+  ``offset_sum`` is the sum of ``offset``. The next decode step must have room for
+  ``lookahead`` tokens of each (1; ``k + 1`` verified positions when speculating).
 * decoding ``i`` is done at step ``finish_step[i]``; ``finish`` is a heap of
   ``(finish step, request)`` whose stale entries (preempted, aborted) are skipped.
 * ``produced_before[i]`` tokens were made before the current prefill (0 unless
@@ -193,6 +195,7 @@ class BatchState:
         self.split_sums = False
         self.num_preemptions = 0
         self.num_generated = 0
+        self.lookahead = 1  # tokens per decoding sequence the next step writes KV for
         # content-addressed blocks; None: caching off (every prefill starts from zero)
         self.cache: PrefixCache | None = (
             PrefixCache(limits.block_size, limits.kv_tiers)
@@ -290,14 +293,6 @@ class BatchState:
         hit, shared = cache.match(i, self.prefill_len[i])
         return (hit * self.block, shared)
 
-    def take_load_delay_s(self, compute_s: Seconds) -> Seconds:
-        """What the KV loads from lower tiers of the admissions just made add to the
-        iteration that starts their prefill, computing for ``compute_s`` (0: none)."""
-        cache = self.cache
-        if cache is None or cache.tiers is None or not cache.tiers.pending_load_s:
-            return 0.0
-        return cache.tiers.take_delay_s(compute_s)
-
     def preempt(self, i: int, now: Seconds) -> int:
         """Free running ``i``'s blocks to recompute it later; return the tokens it made.
 
@@ -337,6 +332,20 @@ class BatchState:
             if self.finish_step.get(i) == fs:
                 self._drop_decoding(i)
                 self._finish(i, end)
+
+    def gain(self, i: int, extra: int) -> None:
+        """Decoding ``i`` made ``extra`` tokens beyond the current step's one (accepted
+        drafts): its cache and its output move that far on, at most to its last token."""
+        offset, fs = self.offset[i], self.finish_step[i] - extra
+        assert extra > 0 and self.step <= fs, "a gain past the request's last token"
+        self.dec.remove(offset)
+        self.dec.add(offset + extra)
+        self.offset[i] = offset + extra
+        self.offset_sum += extra
+        self.finish_step[i] = fs
+        self.dec_due_sum -= extra
+        self.num_generated += extra
+        heapq.heappush(self.finish, (fs, i))  # the entry at the old step is stale now
 
     def reject(self, i: int, reason: str) -> None:
         """``i`` is refused before it is taken in."""

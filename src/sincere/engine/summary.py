@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from sincere.core.records import RecordArrays, latencies, slo_met
 from sincere.core.request import RequestArrays
-from sincere.engine.base import EngineStats
+from sincere.engine.base import EngineStats, SpecDecodeStats
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.instance import InstanceInfo
 from sincere.engine.kv_tiers import kv_tiers_summary
@@ -113,6 +113,9 @@ def summarize(
     tiers = kv_tiers_summary([st.kv_tiers for st in stats])
     if tiers is not None:  # only then: summaries of runs without tiers keep their bytes
         summary["kv_tiers"] = tiers
+    speculating = [st.spec_decode for st in stats if st.spec_decode is not None]
+    if speculating:  # only then: summaries of runs without speculation keep their bytes
+        summary["spec_decode"] = spec_decode_summary(speculating)
     summary["tiers"] = {
         tier.name: {
             **(
@@ -160,6 +163,26 @@ def prefix_cache_summary(
     }
 
 
+def spec_decode_summary(counts: Sequence[SpecDecodeStats]) -> dict[str, Any]:
+    """The ``spec_decode`` block: vLLM's speculative decoding counters summed over
+    ``counts`` (one per engine), the acceptance rate (accepted over drafted tokens) and
+    the mean acceptance length (tokens per draft: accepted ones plus the verify pass's)."""
+    drafts = sum(c.num_drafts for c in counts)
+    drafted = sum(c.num_draft_tokens for c in counts)
+    accepted = sum(c.num_accepted_tokens for c in counts)
+    width = max(len(c.accepted_per_pos) for c in counts)
+    per_pos = [sum(c.accepted_per_pos[j] for c in counts if j < len(c.accepted_per_pos))
+               for j in range(width)]  # fmt: skip
+    return {
+        "num_drafts": drafts,
+        "num_draft_tokens": drafted,
+        "num_accepted_tokens": accepted,
+        "num_accepted_tokens_per_pos": per_pos,
+        "acceptance_rate": _clean(accepted / drafted) if drafted else None,
+        "mean_acceptance_length": _clean(1.0 + accepted / drafts) if drafts else None,
+    }
+
+
 def _fleet(
     infos: Sequence[InstanceInfo],
     stats: Sequence[EngineStats],
@@ -176,6 +199,11 @@ def _fleet(
             "num_preemptions": st.num_preemptions,
             "num_generated_tokens": st.num_generated_tokens,
             "cost_usd": _cost(info, duration_s),
+            **(
+                {}
+                if st.spec_decode is None
+                else {"spec_decode": spec_decode_summary([st.spec_decode])}
+            ),
         }
         for info, st in zip(infos, stats, strict=True)
     }

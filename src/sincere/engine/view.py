@@ -20,6 +20,7 @@ from sincere.core.request import RequestArrays
 from sincere.core.types import Seconds
 from sincere.engine.base import EngineBase, EngineLoad, EngineStats
 from sincere.engine.kv import blocks_for
+from sincere.engine.speculation import Speculator
 from sincere.engine.state import BatchState, EngineLimits
 
 
@@ -34,11 +35,16 @@ class StateView(EngineBase):
         records: RecordArrays,
         limits: EngineLimits,
         state: BatchState,
+        speculator: Speculator | None = None,
     ) -> None:
         self.requests = requests
         self.records = records
         self.limits = limits
         self.state = state
+        # speculative decoding's draws and counters (None: one token per decode step)
+        self.speculator = speculator
+        if speculator is not None:  # a step writes KV for every verified position
+            state.lookahead = speculator.lookahead
 
     def stats(self) -> EngineStats:
         """The engine's totals so far (:class:`~sincere.engine.base.EngineStats`)."""
@@ -54,6 +60,7 @@ class StateView(EngineBase):
             prefix_cache_hits=0 if st.cache is None else st.cache.num_hits,
             prefix_cache_evictions=0 if st.cache is None else st.cache.num_evictions,
             kv_tiers=None if st.cache is None or st.cache.tiers is None else st.cache.tiers.stats(),
+            spec_decode=None if self.speculator is None else self.speculator.stats(),
         )
 
     def rejection_detail(self, request_ix: int, reason: str) -> str | None:
@@ -132,7 +139,7 @@ class StateView(EngineBase):
     def free_blocks(self) -> int:
         """Blocks free after the next decode step's needs."""
         st = self.state
-        return st.num_blocks - st.pre_blocks - st.dec.total(st.step + 1)
+        return st.num_blocks - st.pre_blocks - st.dec.total(st.step + st.lookahead)
 
     @property
     def watermark_blocks(self) -> int:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
-from sincere.perf.base import Batch, StepBreakdown, StepTimeModel
+from sincere.perf.base import Batch, StepBreakdown, StepTimeModel, SwapTime
 
 SPEC_METHODS = ("eagle", "mtp", "draft-model", "ngram")
 """Drafting methods: a one-layer head on the target's features (EAGLE), the model's own
@@ -48,6 +48,8 @@ MTP_DEEPSEEK_ACCEPTANCE = 0.85
 """DeepSeek-V3's MTP: "the acceptance rate of the second token prediction ranges between
 85% and 90%" (DeepSeek-V3 Technical Report, arXiv 2412.19437, section 5.4.3); the lower
 end. The same section reports 1.8x the tokens per second."""
+
+_NO_PREFILL = Batch()  # an iteration without prefill chunks
 
 
 @dataclass(frozen=True)
@@ -207,13 +209,20 @@ class SpeculativeDecode:
 
     def verify_s(self, num_seqs: int, ctx_tokens: int) -> Seconds:
         """The target's pass over ``k + 1`` positions of each sequence, every one sampled."""
+        return self.verify_with_s(num_seqs, ctx_tokens, _NO_PREFILL)
+
+    def verify_with_s(self, num_seqs: int, ctx_tokens: int, prefill: Batch) -> Seconds:
+        """:meth:`verify_s` in one forward with ``prefill``'s chunks (a mixed iteration of
+        an engine): each sequence's ``k + 1`` positions join them as one more chunk after
+        its context."""
         width = self.params.width
         chunk_pairs = width * (width + 1) / 2
         batch = Batch(
-            num_prefill_seqs=num_seqs,
-            prefill_tokens=num_seqs * width,
-            prefill_ctx_tokens=ctx_tokens,
-            prefill_attn_pairs=width * ctx_tokens + num_seqs * chunk_pairs,
+            num_prefill_seqs=prefill.num_prefill_seqs + num_seqs,
+            prefill_tokens=prefill.prefill_tokens + num_seqs * width,
+            prefill_ctx_tokens=prefill.prefill_ctx_tokens + ctx_tokens,
+            prefill_attn_pairs=prefill.prefill_attn_pairs
+            + (width * ctx_tokens + num_seqs * chunk_pairs),
         )
         many = Batch(num_decode_seqs=num_seqs * width)
         one = Batch(num_decode_seqs=num_seqs)
@@ -258,6 +267,72 @@ class SpeculativeDecode:
             if self.speedup(b, b * context) <= 1.0:
                 return b
         return None
+
+
+class SpeculativeStepModel:
+    """A :class:`~sincere.perf.base.StepTimeModel` whose decodes speculate: what an engine
+    that speculates times its iterations with.
+
+    An iteration with ``n`` decode sequences (``n`` within ``max_batch``) costs the draft
+    of ``n`` sequences plus the verify pass of their ``k + 1`` positions; with prefill
+    chunks beside them the verify positions join the chunks in the same forward
+    (:meth:`SpeculativeDecode.verify_with_s`). Anything else is ``target``'s iteration.
+    ``decode_steps_s`` sums single iterations, the context growing by ``num_seqs`` a step
+    (the protocol's contract; an engine that speculates times one iteration at a time, its
+    sequences' gains being drawn per step).
+    """
+
+    def __init__(self, spec: SpeculativeDecode) -> None:
+        self.spec = spec
+        self.target = spec.target
+
+    def iteration_s(self, batch: Batch) -> Seconds:
+        """Duration of one iteration computing ``batch``, its decodes speculating."""
+        return self.iteration_s_fast(
+            batch.num_prefill_seqs, batch.prefill_tokens, batch.prefill_ctx_tokens,
+            batch.prefill_attn_pairs, batch.num_decode_seqs, batch.decode_ctx_tokens,
+        )  # fmt: skip
+
+    def iteration_s_fast(
+        self,
+        num_prefill_seqs: int,
+        prefill_tokens: int,
+        prefill_ctx_tokens: int,
+        prefill_attn_pairs: float,
+        num_decode_seqs: int,
+        decode_ctx_tokens: int,
+    ) -> Seconds:
+        """:meth:`iteration_s` of the batch with these fields."""
+        spec = self.spec
+        if num_decode_seqs == 0 or not spec.params.speculates(num_decode_seqs):
+            return self.target.iteration_s_fast(
+                num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs,
+                num_decode_seqs, decode_ctx_tokens,
+            )  # fmt: skip
+        if num_prefill_seqs == 0:
+            return spec.step_s(num_decode_seqs, decode_ctx_tokens)
+        prefill = Batch(num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs)
+        draft = spec.draft_s(num_decode_seqs, decode_ctx_tokens)
+        return draft + spec.verify_with_s(num_decode_seqs, decode_ctx_tokens, prefill)
+
+    def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> Seconds:
+        """Sum of ``num_steps`` decode iterations, the context growing by ``num_seqs`` each."""
+        total = 0.0
+        for j in range(num_steps):
+            total += self.iteration_s_fast(0, 0, 0, 0.0, num_seqs, ctx_tokens + j * num_seqs)
+        return total
+
+    def request_batch_s(self, prompt_tokens: Sequence[int], output_tokens: int) -> Seconds:
+        """``target``'s request-level batch (request-level engines do not speculate)."""
+        return self.target.request_batch_s(prompt_tokens, output_tokens)
+
+    def load_time(self) -> SwapTime:
+        """``target``'s model load."""
+        return self.target.load_time()
+
+    def unload_time(self) -> SwapTime:
+        """``target``'s model unload."""
+        return self.target.unload_time()
 
 
 def _batch_grid(largest: int) -> list[int]:

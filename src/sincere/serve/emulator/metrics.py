@@ -29,6 +29,12 @@ per ``model_name`` and ``engine`` (``"0"``, one engine core per server):
   ``vllm:request_params_n``, ``vllm:request_num_preemptions``,
   ``vllm:request_prefill_kv_computed_tokens`` and ``vllm:iteration_tokens_total``.
 
+An engine that speculates (``engine.speculation``) also exports vLLM's counters
+``vllm:spec_decode_num_drafts``, ``vllm:spec_decode_num_draft_tokens``,
+``vllm:spec_decode_num_accepted_tokens`` and
+``vllm:spec_decode_num_accepted_tokens_per_pos{position}`` (position 0 is the first drafted
+token), registered only then, as vLLM registers them only with a speculative config.
+
 Bucket bounds are vLLM's (``vllm/v1/metrics/buckets.py``; token counts on a 1-2-5 series up
 to the context). Times are wall-clock seconds taken when the emulator hands a token to the
 response. Names vLLM has removed (``vllm:time_per_output_token_seconds``,
@@ -39,12 +45,12 @@ offload tiers also exports their counters (:mod:`.offload_metrics`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from sincere.engine.base import EngineLoad
+from sincere.engine.base import EngineLoad, SpecDecodeStats
 from sincere.engine.kv_tiers import KvTierStats
 from sincere.serve.emulator.offload_metrics import OffloadMetrics
 
@@ -110,6 +116,7 @@ class EmulatorMetrics:
         self._previous_preemptions = 0
         self._previous_prefix = (0, 0)  # prefix-cache queries and hits already counted
         self._offload: OffloadMetrics | None = None  # KV tier counters, once an engine has tiers
+        self._spec_decode: SpecDecodeCounters | None = None  # built when an engine speculates
         self._token_buckets = token_buckets(max_context)
         self._build_gauges(block_tokens)
         self._build_counters()
@@ -266,10 +273,16 @@ class EmulatorMetrics:
             self.n_param.observe(done.n_param)
 
     def render(
-        self, load: EngineLoad, num_preemptions: int, kv_tiers: KvTierStats | None = None
+        self,
+        load: EngineLoad,
+        num_preemptions: int,
+        kv_tiers: KvTierStats | None = None,
+        spec_decode: SpecDecodeStats | None = None,
     ) -> bytes:
-        """The exposition text, with gauges refreshed from ``load`` and the KV tier counters
-        from ``kv_tiers`` (:mod:`.offload_metrics`; None: the engine has no tiers)."""
+        """The exposition text, with gauges refreshed from ``load``, the counters moved on
+        to the engine's totals, the KV tier counters from ``kv_tiers`` (:mod:`.offload_metrics`;
+        None: the engine has no tiers) and ``spec_decode`` (its speculation counters, if it
+        speculates)."""
         for gauge, value in (
             (self.running, load.num_running),
             (self.waiting, load.num_waiting),
@@ -287,6 +300,11 @@ class EmulatorMetrics:
                 external = (self.external_queries, self.external_hits)
                 self._offload = OffloadMetrics(self.registry, self.labels, external)
             self._offload.update(kv_tiers)
+        if spec_decode is not None:
+            if self._spec_decode is None:
+                num_positions = len(spec_decode.accepted_per_pos)
+                self._spec_decode = SpecDecodeCounters(self._counter, self.labels, num_positions)
+            self._spec_decode.advance(spec_decode)
         return generate_latest(self.registry)
 
     def _count_prefix(self, load: EngineLoad) -> None:
@@ -301,3 +319,41 @@ class EmulatorMetrics:
         if hits > seen_h:
             self.prefix_hits.inc(hits - seen_h)
         self._previous_prefix = (max(queries, seen_q), max(hits, seen_h))
+
+
+class SpecDecodeCounters:
+    """vLLM's speculative decoding counters of one engine, moved on to its totals."""
+
+    def __init__(
+        self,
+        counter: Callable[[str, str, Sequence[str]], Counter],
+        m: tuple[str, str],
+        num_positions: int,
+    ) -> None:
+        self.drafts = counter("vllm:spec_decode_num_drafts", "Spec decoding drafts.", ()).labels(*m)
+        self.draft_tokens = counter(
+            "vllm:spec_decode_num_draft_tokens", "Draft tokens.", ()
+        ).labels(*m)
+        self.accepted = counter(
+            "vllm:spec_decode_num_accepted_tokens", "Accepted draft tokens.", ()
+        ).labels(*m)
+        per_pos = counter(
+            "vllm:spec_decode_num_accepted_tokens_per_pos",
+            "Accepted tokens per draft position.",
+            ["position"],
+        )
+        self.per_pos = [per_pos.labels(*m, str(j)) for j in range(num_positions)]
+        self._seen = SpecDecodeStats(0, 0, 0, (0,) * num_positions)
+
+    def advance(self, now: SpecDecodeStats) -> None:
+        """Add what the engine counted since the last call."""
+        seen = self._seen
+        for counter, value, before in (
+            (self.drafts, now.num_drafts, seen.num_drafts),
+            (self.draft_tokens, now.num_draft_tokens, seen.num_draft_tokens),
+            (self.accepted, now.num_accepted_tokens, seen.num_accepted_tokens),
+            *zip(self.per_pos, now.accepted_per_pos, seen.accepted_per_pos, strict=True),
+        ):
+            if value > before:
+                counter.inc(value - before)
+        self._seen = now

@@ -315,7 +315,9 @@ class EmulatorServer(Served):
         assert self.live is not None  # handlers run only once started
         engine = self.live.engine
         stats = engine.stats()
-        text = self.metrics.render(engine.load(), stats.num_preemptions, stats.kv_tiers)
+        text = self.metrics.render(
+            engine.load(), stats.num_preemptions, stats.kv_tiers, stats.spec_decode
+        )
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
 
     async def _load(self, request: web.Request) -> web.Response:
