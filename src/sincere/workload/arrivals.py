@@ -112,15 +112,16 @@ def _renewal(
     return _trim(np.concatenate(chunks), None, duration_s)
 
 
-@ARRIVALS.register("poisson")
-@dataclass(frozen=True, slots=True)
-class Poisson:
-    """Poisson arrivals: exponential inter-arrival times at ``rate`` requests per second."""
+class _Renewal:
+    """A renewal process: i.i.d. inter-arrival gaps of mean ``1 / rate``, drawn by
+    :meth:`gaps` (a subclass's distribution) and summed by :func:`_renewal`."""
 
+    __slots__ = ()
     rate: float
 
-    def __post_init__(self) -> None:
-        _positive("poisson", "rate", self.rate)
+    def gaps(self, rng: np.random.Generator) -> Callable[[int], FloatArray]:
+        """A draw of ``k`` gaps from ``rng``."""
+        raise NotImplementedError
 
     def times(
         self,
@@ -130,17 +131,32 @@ class Poisson:
         duration_s: float | None = None,
     ) -> FloatArray:
         """Sorted arrival times (see :class:`ArrivalProcess`)."""
+        return _renewal(self.gaps(rng), self.rate, num_requests, duration_s)
+
+
+@ARRIVALS.register("poisson")
+@dataclass(frozen=True, slots=True)
+class Poisson(_Renewal):
+    """Poisson arrivals: exponential inter-arrival times at ``rate`` requests per second."""
+
+    rate: float
+
+    def __post_init__(self) -> None:
+        _positive("poisson", "rate", self.rate)
+
+    def gaps(self, rng: np.random.Generator) -> Callable[[int], FloatArray]:
+        """Exponential gaps of mean ``1 / rate``."""
         scale = 1.0 / self.rate
 
         def draw(k: int) -> FloatArray:
             return np.asarray(rng.exponential(scale, k), dtype=np.float64)
 
-        return _renewal(draw, self.rate, num_requests, duration_s)
+        return draw
 
 
 @ARRIVALS.register("gamma")
 @dataclass(frozen=True, slots=True)
-class Gamma:
+class Gamma(_Renewal):
     """Gamma renewal arrivals: mean rate ``rate`` req/s, inter-arrival CV ``cv`` (1 = Poisson)."""
 
     rate: float
@@ -150,21 +166,15 @@ class Gamma:
         _positive("gamma", "rate", self.rate)
         _positive("gamma", "cv", self.cv)
 
-    def times(
-        self,
-        rng: np.random.Generator,
-        *,
-        num_requests: int | None = None,
-        duration_s: float | None = None,
-    ) -> FloatArray:
-        """Sorted arrival times (see :class:`ArrivalProcess`)."""
+    def gaps(self, rng: np.random.Generator) -> Callable[[int], FloatArray]:
+        """Gamma gaps of shape ``1 / cv**2`` and mean ``1 / rate``."""
         shape = 1.0 / self.cv**2
         scale = 1.0 / (self.rate * shape)  # mean gap = shape * scale = 1 / rate
 
         def draw(k: int) -> FloatArray:
             return np.asarray(rng.gamma(shape, scale, k), dtype=np.float64)
 
-        return _renewal(draw, self.rate, num_requests, duration_s)
+        return draw
 
 
 @ARRIVALS.register("constant")
