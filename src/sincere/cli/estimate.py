@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import VerbGroup, verb_group
 from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError, DataError
 
@@ -55,17 +55,14 @@ class _PredictByDefault(VerbGroup):
         return super().parse_args(ctx, args)
 
 
-estimate_app = typer.Typer(
+estimate_app = verb_group(
+    "estimate",
+    "Estimate latency (s) and memory (GB, all GPUs) of a model deployment from "
+    "MaverIQ-style fingerprints (1- and 2-layer profiles); roofline when there are none. "
+    "`sincere estimate MODEL [options]`, `sincere estimate --configs CSV --out CSV`, "
+    "`sincere estimate fit --data DIR --out FILE`.",
     cls=_PredictByDefault,
-    no_args_is_help=True,
-    help=(
-        "Estimate latency (s) and memory (GB, all GPUs) of a model deployment from "
-        "MaverIQ-style fingerprints (1- and 2-layer profiles); roofline when there are none. "
-        "`sincere estimate MODEL [options]`, `sincere estimate --configs CSV --out CSV`, "
-        "`sincere estimate fit --data DIR --out FILE`."
-    ),
 )
-app.add_typer(estimate_app, name="estimate")
 
 
 def _bank(fingerprints: list[Path], exponents: Path | None, mode: str) -> FingerprintBank | None:

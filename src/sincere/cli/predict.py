@@ -20,16 +20,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import verb_group
 from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
 
-predict_app = typer.Typer(
-    cls=VerbGroup,
-    help="Train learned latency / output-length predictors from records; evaluate them.",
-    no_args_is_help=True,
+predict_app = verb_group(
+    "predict", "Train learned latency / output-length predictors from records; evaluate them."
 )
-app.add_typer(predict_app, name="predict")
 
 
 @predict_app.command("train")

@@ -19,17 +19,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import verb_group
 from sincere.cli.progress import count_bar
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-profile_app = typer.Typer(
-    cls=VerbGroup, help="Profile real engines (HTTP endpoints, local PyTorch models)."
+profile_app = verb_group(
+    "profile", "Profile real engines (HTTP endpoints, local PyTorch models).", no_args_is_help=False
 )
-app.add_typer(profile_app, name="profile")
 console = Console(stderr=True)
 
 

@@ -28,20 +28,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import verb_group
 from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
 
 if TYPE_CHECKING:
     from sincere.experiment.report import Grid
 
-validate_app = typer.Typer(
-    cls=VerbGroup,
-    help="Replay real runs through the simulator and compare: serving runs request by request, "
+validate_app = verb_group(
+    "validate",
+    "Replay real runs through the simulator and compare: serving runs request by request, "
     "SINCERE's runs cell by cell, InferenceX's closed-loop points point by point.",
-    no_args_is_help=True,
 )
-app.add_typer(validate_app, name="validate")
 console = Console()
 
 
