@@ -636,24 +636,9 @@ class Roofline(StepTimeBase):
         formulas as :meth:`RooflineKernels.prefill_attn_s` / ``decode_attn_s``, which
         :meth:`parts` uses; the tests hold the two equal).
         """
-        if self._arch is not None:
-            return self._arch.iteration_s(
-                Batch(
-                    num_prefill_seqs,
-                    prefill_tokens,
-                    prefill_ctx_tokens,
-                    prefill_attn_pairs,
-                    num_decode_seqs,
-                    decode_ctx_tokens,
-                )
-            )
         c = self._coef
-        tokens = prefill_tokens + num_decode_seqs
-        if tokens == 0:
-            return 0.0
-        seqs = num_prefill_seqs + num_decode_seqs
-        if c.pp != 1:
-            return self._pipelined_s(
+        if self._arch is not None or c.pp != 1:
+            batch = Batch(
                 num_prefill_seqs,
                 prefill_tokens,
                 prefill_ctx_tokens,
@@ -661,6 +646,13 @@ class Roofline(StepTimeBase):
                 num_decode_seqs,
                 decode_ctx_tokens,
             )
+            if self._arch is not None:  # experts, MLA, windows: their own step
+                return self._arch.iteration_s(batch)
+            return self._pipelined_s(batch)
+        tokens = prefill_tokens + num_decode_seqs
+        if tokens == 0:
+            return 0.0
+        seqs = num_prefill_seqs + num_decode_seqs
         linear = self._linear_memo.get(tokens)
         if linear is None:
             linear = self.linear_layer_s(tokens)
@@ -688,33 +680,37 @@ class Roofline(StepTimeBase):
             layer += c.decode_kernel_s + (compute if compute > memory else memory)
         return c.cpu_s + c.cpu_seq_s * seqs + c.layers * layer + head
 
-    def _pipelined_s(
-        self,
-        num_prefill_seqs: int,
-        prefill_tokens: int,
-        prefill_ctx_tokens: int,
-        prefill_attn_pairs: float,
-        num_decode_seqs: int,
-        decode_ctx_tokens: int,
-    ) -> Seconds:
+    def _pipelined_s(self, batch: Batch) -> Seconds:
         """The iteration under PP: ``(m + pp - 1)`` stage times of one micro-batch."""
         c = self._coef
-        tokens = prefill_tokens + num_decode_seqs
-        seqs = num_prefill_seqs + num_decode_seqs
+        tokens, seqs = batch.num_tokens, batch.num_seqs
+        if tokens == 0:
+            return 0.0
         num_mb = max(1, min(c.pp_microbatches, seqs))
         share = 1.0 / num_mb
         mb_tokens = math.ceil(tokens * share)
-        attn = 0.0
-        if num_prefill_seqs > 0:
-            attn += self.kernels.prefill_attn_s(
-                share, num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs
-            )
-        if num_decode_seqs > 0:
-            attn += self.kernels.decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
+        attn = self._attention_s(share, batch)
         layer = with_comm_s(c, self.linear_layer_s(mb_tokens) + attn, mb_tokens, tokens)
         stage = c.layers * layer + self.lm_head_s(math.ceil(seqs * share))
         p2p = c.p2p_fixed_s + c.p2p_token_s * mb_tokens
         return c.cpu_s + c.cpu_seq_s * seqs + (num_mb + c.pp - 1.0) * (stage + p2p)
+
+    def _attention_s(self, share: float, batch: Batch) -> float:
+        """One layer's attention kernels over a ``share`` of ``batch``'s sequences."""
+        attn = 0.0
+        if batch.num_prefill_seqs > 0:
+            attn += self.kernels.prefill_attn_s(
+                share,
+                batch.num_prefill_seqs,
+                batch.prefill_tokens,
+                batch.prefill_ctx_tokens,
+                batch.prefill_attn_pairs,
+            )
+        if batch.num_decode_seqs > 0:
+            attn += self.kernels.decode_attn_s(
+                share, batch.num_decode_seqs, batch.decode_ctx_tokens
+            )
+        return attn
 
     def iteration_s(self, batch: Batch) -> Seconds:
         """Duration of one iteration: see the module docstring."""
@@ -771,18 +767,7 @@ class Roofline(StepTimeBase):
         share = 1.0 / num_mb
         mb_tokens = tokens if num_mb == 1 else math.ceil(tokens * share)
         scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
-        attn = 0.0
-        if batch.num_prefill_seqs > 0:
-            attn += self.kernels.prefill_attn_s(
-                share,
-                batch.num_prefill_seqs,
-                batch.prefill_tokens,
-                batch.prefill_ctx_tokens,
-                batch.prefill_attn_pairs,
-            )
-        if batch.num_decode_seqs > 0:
-            decode = self.kernels.decode_attn_s
-            attn += decode(share, batch.num_decode_seqs, batch.decode_ctx_tokens)
+        attn = self._attention_s(share, batch)
         comm = c.layers * comm_layer_s(c, mb_tokens, tokens)
         if scale != 1.0:
             comm += c.p2p_fixed_s + c.p2p_token_s * mb_tokens
