@@ -54,6 +54,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
 from sincere.perf.arch_step import ArchStep, MoEParams, arch_utilization
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
+from sincere.perf.gemm import gemm_s
 from sincere.perf.series import sum_max_affine
 
 _EFFICIENCIES = (
@@ -452,25 +453,9 @@ class RooflineKernels:
         self.head_memo: dict[int, float] = {}
 
     def gemm_s(self, gemm: Gemm, tokens: int) -> float:
-        """One GEMM over ``tokens`` tokens: compute and memory combined by the p-norm."""
-        tile = self.params.token_tile
-        tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
-        compute = 2.0 * gemm.k * gemm.n * tiled / self._peak
-        moved = gemm.k * gemm.n * self._weight_bytes
-        moved += (gemm.k + gemm.n) * tokens * self.params.activation_bytes
-        if self._fp8:  # the activations are quantised first: a kernel and its traffic
-            moved += gemm.k * tokens * self.params.fp8_act_bytes
-            return self.params.fp8_gemm_kernel_s + self._combine(compute, moved / self._hbm)
-        return self._combine(compute, moved / self._hbm)
-
-    def _combine(self, compute: float, memory: float) -> float:
-        """``(compute^p + memory^p)^(1/p)`` (``p = inf``: the larger)."""
-        p = self.params.overlap_exponent
-        if math.isinf(p):
-            return compute if compute > memory else memory
-        high = compute if compute > memory else memory
-        low = compute if compute <= memory else memory
-        return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
+        """One GEMM over ``tokens`` tokens (:func:`sincere.perf.gemm.gemm_s`)."""
+        rates = (self._peak, self._hbm)
+        return gemm_s(self.params, gemm.k, gemm.n, self._weight_bytes, tokens, rates, self._fp8)
 
     def fixed_and_elementwise_s(self, tokens: int) -> float:
         """A layer's fixed kernel cost plus its elementwise kernels over ``tokens``."""
