@@ -172,17 +172,9 @@ def _key_from_row(row: dict[str, str], path: Path, line: int) -> tuple[ConfigKey
 def _run_batch(
     bank: FingerprintBank | None, configs: Path, out: Path, accelerator: str, prompt: int
 ) -> int:
-    try:
-        handle = configs.open(newline="")
-    except OSError as exc:
-        raise DataError(f"cannot read ({exc.strerror})", path=configs) from None
-    with handle:
-        reader = csv.DictReader(handle)
-        fields = list(reader.fieldnames or [])
-        missing = [c for c in CONFIG_COLUMNS if c not in fields]
-        if missing:
-            raise DataError(f"missing column(s) {', '.join(missing)}", path=configs, line=1)
-        rows = list(reader)
+    from sincere.estimate.fingerprint import read_csv_rows
+
+    fields, rows = read_csv_rows(configs, CONFIG_COLUMNS)
     results: list[dict[str, Any]] = []
     for line, row in enumerate(rows, start=2):
         key, num_out = _key_from_row(row, configs, line)
