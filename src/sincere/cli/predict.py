@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sincere.cli.app import verb_group
-from sincere.cli.progress import count_bar
+from sincere.cli.progress import counting
 from sincere.cli.tables import print_table
 
 predict_app = verb_group(
@@ -59,12 +59,10 @@ def train_cmd(
     if quiet:
         summary = train_model(kind, records, out, seed=seed, epochs=epochs, options=options)
     else:
-        with count_bar(console) as bar:
-            task = bar.add_task(f"training {kind}", total=None)
+        with counting(console, f"training {kind}") as update:
 
             def report(epoch: int, total: int, loss: float) -> None:
-                desc = f"training {kind} (loss {loss:.4f})"
-                bar.update(task, completed=epoch, total=total, description=desc)
+                update(epoch, total, f"training {kind} (loss {loss:.4f})")
 
             summary = train_model(
                 kind, records, out, seed=seed, epochs=epochs, options=options, progress=report
