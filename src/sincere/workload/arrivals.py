@@ -226,9 +226,35 @@ def _inhomogeneous(
             return _trim(np.concatenate(kept), num_requests, duration_s)
 
 
+class _Thinned:
+    """A Poisson process whose rate varies in time, drawn by :func:`_inhomogeneous`: a
+    subclass gives the rate at given times and the rate it never exceeds."""
+
+    __slots__ = ()
+
+    def rate_at(self, t: FloatArray) -> FloatArray:
+        """The instantaneous rate (req/s) at times ``t``."""
+        raise NotImplementedError
+
+    @property
+    def peak_rate(self) -> float:
+        """The largest rate (req/s): candidates are drawn at it."""
+        raise NotImplementedError
+
+    def times(
+        self,
+        rng: np.random.Generator,
+        *,
+        num_requests: int | None = None,
+        duration_s: float | None = None,
+    ) -> FloatArray:
+        """Sorted arrival times (see :class:`ArrivalProcess`)."""
+        return _inhomogeneous(rng, self.rate_at, self.peak_rate, num_requests, duration_s)
+
+
 @ARRIVALS.register("steps")
 @dataclass(frozen=True, slots=True)
-class Steps:
+class Steps(_Thinned):
     """Poisson arrivals whose rate changes in steps: ``steps = [(at_s, rate), ...]``.
 
     The first step must start at 0; each rate holds until the next step (the last one
@@ -251,26 +277,22 @@ class Steps:
         if rates[-1] <= 0:
             raise ConfigError("steps: the last rate must be > 0 (it holds forever)", value=rates)
 
-    def times(
-        self,
-        rng: np.random.Generator,
-        *,
-        num_requests: int | None = None,
-        duration_s: float | None = None,
-    ) -> FloatArray:
-        """Sorted arrival times (see :class:`ArrivalProcess`)."""
+    def rate_at(self, t: FloatArray) -> FloatArray:
+        """The rate of the step each of ``t`` falls in."""
         at = np.array([a for a, _ in self.steps])
         rates = np.array([r for _, r in self.steps])
+        out: FloatArray = rates[np.searchsorted(at, t, side="right") - 1]
+        return out
 
-        def rate_at(t: FloatArray) -> FloatArray:
-            return rates[np.searchsorted(at, t, side="right") - 1]
-
-        return _inhomogeneous(rng, rate_at, float(rates.max()), num_requests, duration_s)
+    @property
+    def peak_rate(self) -> float:
+        """The largest step's rate."""
+        return max(r for _, r in self.steps)
 
 
 @ARRIVALS.register("diurnal")
 @dataclass(frozen=True, slots=True)
-class Diurnal:
+class Diurnal(_Thinned):
     """Sinusoidal rate ``mean * (1 + amplitude * sin(2 pi t / period_s + phase))``, by thinning.
 
     ``amplitude`` is relative, in [0, 1]; ``period_s`` defaults to a day.
@@ -294,16 +316,10 @@ class Diurnal:
         wave = np.sin(2.0 * np.pi * t / self.period_s + self.phase)
         return np.asarray(self.mean * (1.0 + self.amplitude * wave), dtype=np.float64)
 
-    def times(
-        self,
-        rng: np.random.Generator,
-        *,
-        num_requests: int | None = None,
-        duration_s: float | None = None,
-    ) -> FloatArray:
-        """Sorted arrival times (see :class:`ArrivalProcess`)."""
-        peak = self.mean * (1.0 + self.amplitude)
-        return _inhomogeneous(rng, self.rate_at, peak, num_requests, duration_s)
+    @property
+    def peak_rate(self) -> float:
+        """The wave's crest."""
+        return self.mean * (1.0 + self.amplitude)
 
 
 def _uniform_range(owner: str, name: str, lo_hi: tuple[float, float], low: float = 0.0) -> None:
@@ -406,7 +422,7 @@ class SincereBursty:
 
 @ARRIVALS.register("sincere-ramp")
 @dataclass(frozen=True, slots=True)
-class SincereRamp:
+class SincereRamp(_Thinned):
     """SINCERE's ramp: the rate rises linearly ``min_rate -> max_rate`` over ``rise_s``, falls
     back over ``fall_s``, and repeats (a triangle wave; Poisson arrivals, drawn by thinning).
 
@@ -449,15 +465,10 @@ class SincereRamp:
         frac = np.where(phase < self.rise_s, up, down)
         return np.asarray(self.min_rate + (self.max_rate - self.min_rate) * frac, np.float64)
 
-    def times(
-        self,
-        rng: np.random.Generator,
-        *,
-        num_requests: int | None = None,
-        duration_s: float | None = None,
-    ) -> FloatArray:
-        """Sorted arrival times (see :class:`ArrivalProcess`)."""
-        return _inhomogeneous(rng, self.rate_at, self.max_rate, num_requests, duration_s)
+    @property
+    def peak_rate(self) -> float:
+        """The top of the triangle."""
+        return self.max_rate
 
 
 @ARRIVALS.register("trace")
