@@ -56,7 +56,7 @@ import numpy as np
 
 from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
-from sincere.fit.gpu_profiles import FArray, octave_weights
+from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
 from sincere.fit.kernel_tables import KernelTable, read_table
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
 
@@ -291,14 +291,8 @@ def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
             best = (cost, tile, x, bound)
     assert best is not None
     _, tile, x, bound = best
-    params = {
-        "mfu_efficiency": float(x[0]),
-        "bw_efficiency": float(x[1]),
-        "overlap_exponent": float(x[3]),
-        "token_tile": float(tile),
-        "_gemm_kernel_s": float(x[2]),
-    }
     pred = gemm_predict(m, n, k, x, tile, peak, hbm, 2.0)
+    params = gemm_constants(x, float(tile))
     return summarise("gemm_bf16", params, pred, measured, rows, root, bound)
 
 
