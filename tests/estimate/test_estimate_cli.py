@@ -120,6 +120,23 @@ def test_batch_mode_bad_row(tmp_path: Path) -> None:
     assert "configs.csv:2" in str(res.exception)
 
 
+def test_batch_mode_refuses_a_blank_line_inside_the_configs(tmp_path: Path) -> None:
+    """A blank line between configuration rows is refused with its line (later rows' line
+    numbers would be wrong otherwise), as in every other CSV input."""
+    configs = tmp_path / "configs.csv"
+    configs.write_text(
+        "Model,TP,PP,DTYPE,INT8_KV_Cache,Output_Lenght,Batch_Size\n"
+        "llama-2-7b,1,1,float16,False,10,1\n"
+        "\n"
+        "llama-2-7b,one,1,float16,False,10,1\n"
+    )
+    res = runner.invoke(
+        app, ["estimate", "--configs", str(configs), "--out", str(tmp_path / "o.csv")]
+    )
+    assert res.exit_code != 0
+    assert "blank line" in str(res.exception) and "configs.csv:3" in str(res.exception)
+
+
 def test_fit_writes_exponents(synthetic_csv: Callable[..., Path], tmp_path: Path) -> None:
     """`estimate fit` on fingerprints only writes exponents and the TP 2 decode overhead."""
     data = tmp_path / "data"

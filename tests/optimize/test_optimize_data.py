@@ -67,6 +67,19 @@ def test_keys_match_loosely(case: Path) -> None:
         ),
         ("model-data.json", lambda d: d["models"][0].update(acc="TPU"), r"unknown accelerator"),
         (
+            "model-data.json",
+            lambda d: (
+                d["models"][1]["decodeParms"].update(beta=0),
+                d["models"][1]["prefillParms"].update(delta=0),
+            ),
+            r"column 'decodeParms.beta'.*beta and delta are both 0",
+        ),
+        (
+            "model-data.json",
+            lambda d: d["models"][7]["perfParms"].update(beta=0, gamma=0),
+            r"column 'perfParms.beta'.*beta and gamma are both 0",
+        ),
+        (
             "server-data.json",
             lambda d: d["servers"][2].update({"class": "Gold"}),
             r"servers\[2\].*unknown service class.*Gold",

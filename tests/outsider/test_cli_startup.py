@@ -68,13 +68,29 @@ def _verb_of(call: ast.Call) -> str:
     return _text(name, {})
 
 
+def _verb_groups(tree: ast.Module) -> dict[str, str]:
+    """Module-level ``variable = verb_group("verb", ...)`` assignments: variable -> verb."""
+    found = {}
+    for node in tree.body:
+        if not isinstance(node, ast.Assign) or not isinstance(node.targets[0], ast.Name):
+            continue
+        call = node.value
+        if isinstance(call, ast.Call) and ast.unparse(call.func) == "verb_group":
+            found[node.targets[0].id] = _text(call.args[0], {})
+    return found
+
+
 def _sub_apps(trees: dict[str, ast.Module]) -> dict[tuple[str, str], str]:
-    """(module, variable) -> verb, for each ``app.add_typer(variable, name=verb)``."""
+    """(module, variable) -> verb, for each ``app.add_typer(variable, name=verb)`` and each
+    ``variable = verb_group(verb, ...)``."""
     found = {}
     for module, tree in trees.items():
+        if module == "app":  # its add_typer is verb_group's own, for whichever verb
+            continue
         for owner, method, call in _calls(tree):
             if owner == "app" and method == "add_typer" and isinstance(call.args[0], ast.Name):
                 found[(module, call.args[0].id)] = _verb_of(call)
+        found.update({(module, var): verb for var, verb in _verb_groups(tree).items()})
     return found
 
 
@@ -99,13 +115,16 @@ def registered_commands() -> dict[tuple[str, ...], str]:
     found: dict[tuple[str, ...], str] = {}
     for module, tree in trees.items():
         constants, groups = _constants(tree), _groups_in(module, tree, sub_apps)
+        for verb in _verb_groups(tree).values():
+            found[(verb,)] = f"sincere.cli.{module}"
         for owner, method, call in _calls(tree):
             name = _text(call.args[0] if call.args else None, constants)
             if method == "command" and owner == "app":
                 found[(name,)] = f"sincere.cli.{module}"
             elif method == "command" and owner in groups:
                 found[(groups[owner], name)] = f"sincere.cli.{module}"
-            elif method == "add_typer" and owner == "app":
+            elif method == "add_typer" and owner == "app" and module != "app":
+                # (the app module's own add_typer is verb_group's, for whichever verb)
                 found[(_verb_of(call),)] = f"sincere.cli.{module}"
     return found
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from sincere.catalog import get_accelerator, get_model
+from sincere.core.errors import DataError
 from sincere.perf import Batch, Deployment, Roofline, make_step_model
 from sincere.perf.calibration import (
     FIT_TRANSFER,
     PRIOR_FIELDS,
     default_roofline_params,
+    fit_documents,
     roofline_defaults,
     shipped_fits,
 )
@@ -152,3 +155,23 @@ def test_configured_step_models_take_the_transferred_defaults() -> None:
     expected = default_roofline_params(get_accelerator("H200"))
     assert built.params == expected == Roofline(dep).params
     assert expected.allreduce_gpus == (2, 4, 8)  # the YAML lists arrive as tuples
+
+
+def _kernel_fits_in(folder: Path) -> dict[str, dict[str, Any]]:
+    return fit_documents(folder, "fits", lambda doc: "params" in doc, "not a kernel fit")
+
+
+def test_fit_documents_key_by_catalog_name_and_name_the_bad_file(tmp_path: Path) -> None:
+    """A fit folder is read by catalog accelerator; a file without what a fit needs, or naming
+    an accelerator outside the catalog, is refused with its path (and the unknown name)."""
+    (tmp_path / "a.yaml").write_text("fit: {accelerator: h100-sxm}\nparams: {}\n")
+    (tmp_path / "notes.txt").write_text("not read")
+    fits = _kernel_fits_in(tmp_path)
+    assert list(fits) == ["H100-SXM"] and fits["H100-SXM"]["file"] == "fits/a.yaml"
+    (tmp_path / "b.yaml").write_text("fit: {accelerator: no-such-gpu}\nparams: {}\n")
+    with pytest.raises(DataError, match="not a catalog accelerator") as err:
+        _kernel_fits_in(tmp_path)
+    assert "fits/b.yaml" in str(err.value) and "no-such-gpu" in str(err.value)
+    (tmp_path / "b.yaml").write_text("- a list, not a fit\n")
+    with pytest.raises(DataError, match="not a kernel fit"):
+        _kernel_fits_in(tmp_path)

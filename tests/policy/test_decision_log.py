@@ -10,8 +10,15 @@ import numpy as np
 
 from sincere.core import Request, Tier
 from sincere.perf.base import Batch, StepTimeBase
-from sincere.policy.decision_log import DecisionLog, read_log, replay, request_of, view_of
-from sincere.policy.front_door import FrontDoor, build_front_door
+from sincere.policy.decision_log import (
+    DecisionLog,
+    decision_record,
+    read_log,
+    replay,
+    request_of,
+    view_of,
+)
+from sincere.policy.front_door import FrontDoor, Hold, Reject, Route, build_front_door
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.policy.router_base import InstanceView, Outcome
 
@@ -84,3 +91,19 @@ def test_records_hold_requests_views_and_decisions_as_plain_json() -> None:
     assert record["decision"]["kind"] in ("route", "reject")
     assert view_of(cand, STEP).step_model is STEP["a"]
     assert request_of(record["request"]).tier == Tier("t", ttft_s=5.0)
+
+
+def test_decision_records_keep_their_layout() -> None:
+    """Each answer is logged as its kind, then its fields in order, estimates as a mapping:
+    the JSON lines of earlier logs, key for key."""
+    route = Route("i0", None, "why", (("i0", 1.5), ("i1", 2.0)))
+    assert json.dumps(decision_record(route)) == (
+        '{"kind": "route", "instance": "i0", "max_tokens": null, "reason": "why", '
+        '"estimates": {"i0": 1.5, "i1": 2.0}}'
+    )
+    assert json.dumps(decision_record(Hold("wait", True, 3.0))) == (
+        '{"kind": "hold", "reason": "wait", "at_head": true, "max_wait_s": 3.0}'
+    )
+    assert json.dumps(decision_record(Reject("no_instance", "none"))) == (
+        '{"kind": "reject", "code": "no_instance", "reason": "none"}'
+    )

@@ -4,8 +4,8 @@ How a verb is added (and why it starts fast). ``sincere --help`` and every verb 
 start in a fraction of a second, so nothing heavy is imported before it is needed:
 
 1. Write the verb in its own module ``sincere/cli/<verb>.py`` that registers on the
-   root ``app`` as usual (``@app.command("name")`` or ``app.add_typer(group, name=...)``;
-   a group is ``typer.Typer(cls=VerbGroup, ...)``, see :class:`VerbGroup`).
+   root ``app`` as usual: ``@app.command("name")``, or for a verb with subcommands
+   ``group = verb_group("name", "help")`` (see :func:`verb_group` and :class:`VerbGroup`).
 2. Add one row to :data:`VERBS` below: the verb's name, the module(s) that register it,
    and its one-line summary (what ``sincere --help`` lists).
 3. At the top of the module import only the standard library, ``typer``, ``rich`` and
@@ -153,6 +153,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def verb_group(
+    name: str, help_text: str, *, cls: type[VerbGroup] = VerbGroup, no_args_is_help: bool = True
+) -> typer.Typer:
+    """A verb with subcommands, registered on the root :data:`app` as ``name``; ``cls`` is
+    its group class (a :class:`VerbGroup`, which may pick a default subcommand)."""
+    group = typer.Typer(cls=cls, help=help_text, no_args_is_help=no_args_is_help)
+    app.add_typer(group, name=name)
+    return group
 
 
 @app.callback(invoke_without_command=True)

@@ -16,19 +16,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import verb_group
 from sincere.cli.tables import print_table
 
 if TYPE_CHECKING:
     from sincere.catalog.loader import Catalog
     from sincere.catalog.specs import Accelerator, ModelArch
 
-catalog_app = typer.Typer(
-    cls=VerbGroup,
-    help="List the accelerators and models sincere knows (with public sources).",
-    no_args_is_help=True,
+catalog_app = verb_group(
+    "catalog", "List the accelerators and models sincere knows (with public sources)."
 )
-app.add_typer(catalog_app, name="catalog")
 
 FileOption = Annotated[
     list[Path] | None,

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import VerbGroup, verb_group
 from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError, DataError
 
@@ -55,17 +55,14 @@ class _PredictByDefault(VerbGroup):
         return super().parse_args(ctx, args)
 
 
-estimate_app = typer.Typer(
+estimate_app = verb_group(
+    "estimate",
+    "Estimate latency (s) and memory (GB, all GPUs) of a model deployment from "
+    "MaverIQ-style fingerprints (1- and 2-layer profiles); roofline when there are none. "
+    "`sincere estimate MODEL [options]`, `sincere estimate --configs CSV --out CSV`, "
+    "`sincere estimate fit --data DIR --out FILE`.",
     cls=_PredictByDefault,
-    no_args_is_help=True,
-    help=(
-        "Estimate latency (s) and memory (GB, all GPUs) of a model deployment from "
-        "MaverIQ-style fingerprints (1- and 2-layer profiles); roofline when there are none. "
-        "`sincere estimate MODEL [options]`, `sincere estimate --configs CSV --out CSV`, "
-        "`sincere estimate fit --data DIR --out FILE`."
-    ),
 )
-app.add_typer(estimate_app, name="estimate")
 
 
 def _bank(fingerprints: list[Path], exponents: Path | None, mode: str) -> FingerprintBank | None:
@@ -175,17 +172,9 @@ def _key_from_row(row: dict[str, str], path: Path, line: int) -> tuple[ConfigKey
 def _run_batch(
     bank: FingerprintBank | None, configs: Path, out: Path, accelerator: str, prompt: int
 ) -> int:
-    try:
-        handle = configs.open(newline="")
-    except OSError as exc:
-        raise DataError(f"cannot read ({exc.strerror})", path=configs) from None
-    with handle:
-        reader = csv.DictReader(handle)
-        fields = list(reader.fieldnames or [])
-        missing = [c for c in CONFIG_COLUMNS if c not in fields]
-        if missing:
-            raise DataError(f"missing column(s) {', '.join(missing)}", path=configs, line=1)
-        rows = list(reader)
+    from sincere.estimate.fingerprint import read_csv_rows
+
+    fields, rows = read_csv_rows(configs, CONFIG_COLUMNS)
     results: list[dict[str, Any]] = []
     for line, row in enumerate(rows, start=2):
         key, num_out = _key_from_row(row, configs, line)

@@ -29,7 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import VerbGroup, verb_group
 from sincere.cli.progress import count_bar
 from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
@@ -57,13 +57,12 @@ class _DefaultToProfile(VerbGroup):
         return super().resolve_command(ctx, args)
 
 
-fit_app = typer.Typer(
-    cls=_DefaultToProfile,
-    help="Fit models to measurements: `sincere fit PROFILE.csv` (a step-time model, the "
+fit_app = verb_group(
+    "fit",
+    "Fit models to measurements: `sincere fit PROFILE.csv` (a step-time model, the "
     "default), `sincere fit gpu-profiles DIR` or `sincere fit sincere-runs DIR`.",
-    no_args_is_help=True,
+    cls=_DefaultToProfile,
 )
-app.add_typer(fit_app, name="fit")
 
 
 def _points_table(quality: FitQuality) -> Table:

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import verb_group
 from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
@@ -29,12 +29,9 @@ if TYPE_CHECKING:
     from sincere.serve.security.keys import KeyRecord
     from sincere.serve.security.keystore import KeyStore
 
-keys_app = typer.Typer(
-    cls=VerbGroup,
-    help="Create, list and revoke API keys (client keys with limits and budgets; admin keys).",
-    no_args_is_help=True,
+keys_app = verb_group(
+    "keys", "Create, list and revoke API keys (client keys with limits and budgets; admin keys)."
 )
-app.add_typer(keys_app, name="keys")
 
 StoreOption = Annotated[
     Path,

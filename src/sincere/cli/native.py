@@ -10,14 +10,11 @@ from typing import Annotated
 import typer
 
 from sincere import native
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import verb_group
 
-native_app = typer.Typer(
-    cls=VerbGroup,
-    help="Compile the simulator's hot modules with mypyc (same results, ~1.7x faster).",
-    no_args_is_help=True,
+native_app = verb_group(
+    "native", "Compile the simulator's hot modules with mypyc (same results, ~1.7x faster)."
 )
-app.add_typer(native_app, name="native")
 
 
 @native_app.command("status")

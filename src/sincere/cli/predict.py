@@ -20,16 +20,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
-from sincere.cli.progress import count_bar
+from sincere.cli.app import verb_group
+from sincere.cli.progress import counting
 from sincere.cli.tables import print_table
 
-predict_app = typer.Typer(
-    cls=VerbGroup,
-    help="Train learned latency / output-length predictors from records; evaluate them.",
-    no_args_is_help=True,
+predict_app = verb_group(
+    "predict", "Train learned latency / output-length predictors from records; evaluate them."
 )
-app.add_typer(predict_app, name="predict")
 
 
 @predict_app.command("train")
@@ -62,12 +59,10 @@ def train_cmd(
     if quiet:
         summary = train_model(kind, records, out, seed=seed, epochs=epochs, options=options)
     else:
-        with count_bar(console) as bar:
-            task = bar.add_task(f"training {kind}", total=None)
+        with counting(console, f"training {kind}") as update:
 
             def report(epoch: int, total: int, loss: float) -> None:
-                desc = f"training {kind} (loss {loss:.4f})"
-                bar.update(task, completed=epoch, total=total, description=desc)
+                update(epoch, total, f"training {kind} (loss {loss:.4f})")
 
             summary = train_model(
                 kind, records, out, seed=seed, epochs=epochs, options=options, progress=report

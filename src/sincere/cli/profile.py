@@ -13,23 +13,20 @@ monitor's CPU / memory / GPU columns, and show progress.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from sincere.cli.app import VerbGroup, app
-from sincere.cli.progress import count_bar
+from sincere.cli.app import verb_group
+from sincere.cli.progress import CountUpdate, counting
 from sincere.core.errors import ConfigError
 
-if TYPE_CHECKING:
-    from rich.progress import Progress
-
-profile_app = typer.Typer(
-    cls=VerbGroup, help="Profile real engines (HTTP endpoints, local PyTorch models)."
+profile_app = verb_group(
+    "profile", "Profile real engines (HTTP endpoints, local PyTorch models).", no_args_is_help=False
 )
-app.add_typer(profile_app, name="profile")
 console = Console(stderr=True)
 
 
@@ -43,8 +40,9 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
     return values
 
 
-def _progress() -> Progress:
-    return count_bar(console, transient=False)
+def _counting(label: str) -> AbstractContextManager[CountUpdate]:
+    """The profile's progress bar (kept on screen when it ends)."""
+    return counting(console, label, transient=False)
 
 
 @profile_app.command("http")
@@ -66,7 +64,7 @@ def http_command(
 ) -> None:
     """Concurrency sweep of an OpenAI-compatible endpoint (streamed TTFT / TPOT / ITL)."""
     from sincere.profile.csvio import write_profile_csv
-    from sincere.profile.http import LEADING_COLUMNS, HttpProfileConfig, ProfileRow, profile_http
+    from sincere.profile.http import LEADING_COLUMNS, HttpProfileConfig, profile_http
     from sincere.profile.monitor import Monitor
 
     headers = (("Authorization", f"Bearer {api_key}"),) if api_key else ()
@@ -82,13 +80,8 @@ def http_command(
         vllm_extras=vllm_extras,
         headers=headers,
     )
-    with _progress() as bar, Monitor(monitor_interval) as monitor:
-        task = bar.add_task("profile http", total=None)
-
-        def on_point(done: int, total: int, row: ProfileRow) -> None:
-            bar.update(task, completed=done, total=total)
-
-        rows = profile_http(cfg, monitor, on_point)
+    with _counting("profile http") as update, Monitor(monitor_interval) as monitor:
+        rows = profile_http(cfg, monitor, lambda done, total, _row: update(done, total))
     write_profile_csv(rows, out, LEADING_COLUMNS)
     failed = sum(1 for r in rows if r["num_errors"])
     console.print(f"{len(rows)} points ({failed} with errors) → {out}")
@@ -154,13 +147,8 @@ def gpu_command(
         max_duration_s=max_duration,
         seed=seed,
     )
-    with _progress() as bar:
-        task = bar.add_task("profile gpu", total=None)
-
-        def on_step(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        paths = run_gpu_profile(arch, cfg, out, on_step=on_step)
+    with _counting("profile gpu") as update:
+        paths = run_gpu_profile(arch, cfg, out, on_step=update)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
     _print_series_summary(paths["series"], paths["iterations"])
@@ -215,12 +203,7 @@ def local_command(
         swap_repeats=swap_repeats,
         seed=seed,
     )
-    with _progress() as bar, Monitor(monitor_interval) as monitor:
-        task = bar.add_task("profile local", total=None)
-
-        def on_step(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        paths = run_local_profile(arch, cfg, out, monitor=monitor, on_step=on_step)
+    with _counting("profile local") as update, Monitor(monitor_interval) as monitor:
+        paths = run_local_profile(arch, cfg, out, monitor=monitor, on_step=update)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")

@@ -18,14 +18,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import verb_group
 
-seal_app = typer.Typer(
-    cls=VerbGroup,
-    help="Confidential mode: the seal proxy in front of an engine, and its HPKE keys.",
-    no_args_is_help=True,
+seal_app = verb_group(
+    "seal", "Confidential mode: the seal proxy in front of an engine, and its HPKE keys."
 )
-app.add_typer(seal_app, name="seal")
 
 
 @seal_app.command("keygen")

@@ -133,15 +133,10 @@ def _run(config: Any, seed: int | None, console: Console | None, decisions: Path
         warnings.simplefilter("ignore", SimulationWarning)
         if console is None:
             return simulate(config, seed=seed, decisions=decisions)
-        from sincere.cli.progress import count_bar
+        from sincere.cli.progress import counting
 
-        with count_bar(console) as bar:
-            task = bar.add_task("simulating", total=None)
-
-            def report(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            return simulate(config, seed=seed, progress=report, decisions=decisions)
+        with counting(console, "simulating") as update:
+            return simulate(config, seed=seed, progress=update, decisions=decisions)
 
 
 def _engine_code() -> str:

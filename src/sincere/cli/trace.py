@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sincere.cli.app import VerbGroup, app
+from sincere.cli.app import verb_group
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,10 +24,7 @@ if TYPE_CHECKING:
     from sincere.core.request import RequestArrays
     from sincere.workload.stats import TraceStats
 
-trace_app = typer.Typer(
-    cls=VerbGroup, help="Inspect and convert request traces.", no_args_is_help=True
-)
-app.add_typer(trace_app, name="trace")
+trace_app = verb_group("trace", "Inspect and convert request traces.")
 
 _FORMATS = "see `sincere trace formats` (default: from the extension and header)"
 

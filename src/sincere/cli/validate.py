@@ -28,20 +28,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sincere.cli.app import VerbGroup, app
-from sincere.cli.progress import count_bar
+from sincere.cli.app import verb_group
+from sincere.cli.progress import count_bar, counting
 from sincere.cli.tables import print_table
 
 if TYPE_CHECKING:
     from sincere.experiment.report import Grid
 
-validate_app = typer.Typer(
-    cls=VerbGroup,
-    help="Replay real runs through the simulator and compare: serving runs request by request, "
+validate_app = verb_group(
+    "validate",
+    "Replay real runs through the simulator and compare: serving runs request by request, "
     "SINCERE's runs cell by cell, InferenceX's closed-loop points point by point.",
-    no_args_is_help=True,
 )
-app.add_typer(validate_app, name="validate")
 console = Console()
 
 
@@ -81,11 +79,10 @@ def sincere_runs_command(
     from sincere.experiment.validation_report import summary_grid, write_validation
 
     setup = replay_model(model, calibration)
-    with count_bar(console) as bar:
-        task = bar.add_task("replaying cells", total=None)
+    with counting(console, "replaying cells") as update:
 
         def on_cell(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, description=name[:40])
+            update(done, total, name[:40])
 
         results = validate_runs(runs, setup, cells=cells, workers=workers, seed=seed,
                                 on_cell=on_cell)  # fmt: skip
@@ -180,11 +177,10 @@ def inferencex_command(
 
     wanted = parse_filter(filter_ or "")
     rows = select_points(read_operating_points(points), wanted)  # the whole file is checked
-    with count_bar(Console(stderr=True)) as bar:  # progress on stderr, tables on stdout
-        task = bar.add_task("simulating points", total=None)
+    with counting(Console(stderr=True), "simulating points") as update:  # tables on stdout
 
         def on_point(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, description=name[:40])
+            update(done, total, name[:40])
 
         board = score_points(rows, sample=sample, seed=seed, jobs=jobs, on_point=on_point)
     files = write_inferencex_report(board, out, source=str(points))

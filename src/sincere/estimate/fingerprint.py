@@ -34,7 +34,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,9 +286,12 @@ class Measurement:
     memory_gb: float
 
 
-def read_measurements(path: str | Path) -> list[Measurement]:
-    """Rows of a MaverIQ CSV (fingerprints or full models); bad rows (and a blank line
-    before the last row) raise ``DataError``."""
+def read_csv_rows(
+    path: str | Path, required: Sequence[str]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows (line 2 on) of a CSV file with at least the ``required``
+    columns; an unreadable file, a missing column or a blank line before the last row
+    raises ``DataError`` naming the file."""
     path = Path(path)
     refuse_blank_lines(path)
     try:
@@ -297,21 +300,29 @@ def read_measurements(path: str | Path) -> list[Measurement]:
         raise DataError(f"cannot read ({exc.strerror})", path=path) from None
     with handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        fields = list(reader.fieldnames or [])
+        missing = [c for c in required if c not in fields]
         if missing:
             raise DataError(f"missing column(s) {', '.join(missing)}", path=path, line=1)
-        out = []
-        for line, row in enumerate(reader, start=2):
-            key = _row_key(row, path, line)
-            out.append(
-                Measurement(
-                    key=key,
-                    num_layers=_layers(row, key.pp, path, line),
-                    output_tokens=int(_number(row, "Output_Lenght", path, line, whole=True)),
-                    latency_s=_number(row, "Latency", path, line, whole=False),
-                    memory_gb=_number(row, "Memory-After-Run", path, line, whole=False),
-                )
+        return fields, list(reader)
+
+
+def read_measurements(path: str | Path) -> list[Measurement]:
+    """Rows of a MaverIQ CSV (fingerprints or full models); bad rows (and a blank line
+    before the last row) raise ``DataError``."""
+    path = Path(path)
+    out = []
+    for line, row in enumerate(read_csv_rows(path, REQUIRED_COLUMNS)[1], start=2):
+        key = _row_key(row, path, line)
+        out.append(
+            Measurement(
+                key=key,
+                num_layers=_layers(row, key.pp, path, line),
+                output_tokens=int(_number(row, "Output_Lenght", path, line, whole=True)),
+                latency_s=_number(row, "Latency", path, line, whole=False),
+                memory_gb=_number(row, "Memory-After-Run", path, line, whole=False),
             )
+        )
     return out
 
 

@@ -221,6 +221,22 @@ def _gemm_model(rows: FArray, acc: Accelerator, tile: int) -> Callable[[FArray],
     return predict
 
 
+GEMM_CONSTANTS = ("mfu_efficiency", "bw_efficiency", "_gemm_kernel_s", "overlap_exponent")
+"""The GEMM fit's constants, in the order of its parameter vector."""
+
+
+def gemm_constants(x: FArray, tile: float) -> dict[str, float]:
+    """The fitted GEMM constants by name (parameter vector ``x`` in :data:`GEMM_CONSTANTS`'
+    order), with the token tile the fit chose."""
+    return {
+        "mfu_efficiency": float(x[0]),
+        "bw_efficiency": float(x[1]),
+        "overlap_exponent": float(x[3]),
+        "token_tile": tile,
+        "_gemm_kernel_s": float(x[2]),
+    }
+
+
 def fit_linear(
     profiles: OperatorProfiles, acc: Accelerator, models: Iterable[str] | None = None
 ) -> tuple[PartFit, PartFit]:
@@ -241,18 +257,11 @@ def fit_linear(
     assert best is not None
     _, tile, x = best
     rel = _relative(_gemm_model(rows, acc, tile)(x), measured)
-    gemm = {
-        "mfu_efficiency": float(x[0]),
-        "bw_efficiency": float(x[1]),
-        "overlap_exponent": float(x[3]),
-        "token_tile": int(tile),
-        "_gemm_kernel_s": float(x[2]),
-    }
+    gemm = gemm_constants(x, int(tile))
     elementwise = _fit_elementwise(profiles, acc, models)
     ew_fixed = elementwise.params.pop("_elementwise_fixed_s")
     gemm["layer_overhead_s"] = len(GEMM_OPS) * gemm["_gemm_kernel_s"] + ew_fixed
-    names = ("mfu_efficiency", "bw_efficiency", "_gemm_kernel_s", "overlap_exponent")
-    return _summary("linear", gemm, rel, _at_bounds(names, x, bounds)), elementwise
+    return _summary("linear", gemm, rel, _at_bounds(GEMM_CONSTANTS, x, bounds)), elementwise
 
 
 def _fit_elementwise(

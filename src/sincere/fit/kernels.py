@@ -56,7 +56,7 @@ import numpy as np
 
 from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
-from sincere.fit.gpu_profiles import FArray, octave_weights
+from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
 from sincere.fit.kernel_tables import KernelTable, read_table
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
 
@@ -160,6 +160,18 @@ def log_ratio(pred: FArray, measured: FArray) -> FArray:
     return out
 
 
+def weighted_fit(
+    predict: Callable[[FArray], FArray],
+    measured: FArray,
+    weights: FArray,
+    spec: Sequence[Bounded],
+) -> tuple[FArray, tuple[str, ...]]:
+    """The constants under which ``predict`` (a time per row) best meets ``measured``, each
+    row's :func:`log_ratio` scaled by its weight; and the names that sit on a bound."""
+    x, _, bound = robust_fit(lambda x: weights * log_ratio(predict(x), measured), spec)
+    return x, bound
+
+
 def summarise(
     name: str,
     params: dict[str, Any],
@@ -190,6 +202,21 @@ def summarise(
         table.version,
         tuple(notes),
     )
+
+
+def fit_named(
+    name: str,
+    predict: Callable[[FArray], FArray],
+    spec: Sequence[Bounded],
+    measured: FArray,
+    weights: FArray,
+    rows: KernelTable,
+    root: Path,
+) -> FamilyFit:
+    """The family ``name`` whose constants are ``spec``'s, by :func:`weighted_fit`."""
+    x, bound = weighted_fit(predict, measured, weights, spec)
+    params: dict[str, Any] = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    return summarise(name, params, predict(x), measured, rows, root, bound)
 
 
 def subsample(table: KernelTable, limit: int = MAX_ROWS) -> KernelTable:
@@ -264,14 +291,8 @@ def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
             best = (cost, tile, x, bound)
     assert best is not None
     _, tile, x, bound = best
-    params = {
-        "mfu_efficiency": float(x[0]),
-        "bw_efficiency": float(x[1]),
-        "overlap_exponent": float(x[3]),
-        "token_tile": float(tile),
-        "_gemm_kernel_s": float(x[2]),
-    }
     pred = gemm_predict(m, n, k, x, tile, peak, hbm, 2.0)
+    params = gemm_constants(x, float(tile))
     return summarise("gemm_bf16", params, pred, measured, rows, root, bound)
 
 
@@ -302,9 +323,7 @@ def fit_gemm_fp8(table: KernelTable, acc: Accelerator, bf16: FamilyFit, root: Pa
         Bounded("fp8_gemm_kernel_s", 3e-6, 0.0, 1e-4),
         Bounded("fp8_act_bytes", 4.0, 0.0, 100.0),
     )
-    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
-    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
-    return summarise("gemm_fp8", params, predict(x), measured, rows, root, bound)
+    return fit_named("gemm_fp8", predict, spec, measured, root_w, rows, root)
 
 
 # --- attention -----------------------------------------------------------------------------
@@ -355,10 +374,8 @@ def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> F
         Bounded("attn_head_dim_offset", 16.0, 0.0, 512.0),
         Bounded("attn_kv_head_work", 0.5, 0.0, 50.0),
     )
-    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
-    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
-    params["attn_diag_factor"] = 1.0
-    return summarise("prefill_attention", params, predict(x), measured, rows, root, bound)
+    fam = fit_named("prefill_attention", predict, spec, measured, root_w, rows, root)
+    return replace(fam, params={**fam.params, "attn_diag_factor": 1.0})
 
 
 def fit_decode_attention(
@@ -392,9 +409,7 @@ def fit_decode_attention(
         Bounded("attn_decode_kernel_s", 10e-6, 0.0, 1e-3),
         Bounded("attn_decode_seq_tokens", 16.0, 0.0, 1e4),
     )
-    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
-    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
-    return summarise("decode_attention", params, predict(x), measured, rows, root, bound)
+    return fit_named("decode_attention", predict, spec, measured, root_w, rows, root)
 
 
 # --- all-reduce ----------------------------------------------------------------------------
@@ -414,32 +429,53 @@ def allreduce_predict(
     return out
 
 
+@dataclass(frozen=True)
+class Collective:
+    """A collective's rows as its fit reads them: per row the GPU count, the message bytes
+    and the measured time; the GPU counts present, the one-way link and the rows' weights."""
+
+    gpus: FArray  # GPUs taking part, per row
+    nbytes: FArray  # message bytes per row
+    measured: FArray  # measured time per row, s
+    counts: list[int]  # the distinct GPU counts, ascending
+    link: float  # one-way interconnect bandwidth, bytes/s
+    root_w: FArray  # per-row weights of the log-ratio residuals
+
+    @classmethod
+    def of(cls, rows: KernelTable, acc: Accelerator) -> Collective:
+        """Read ``rows`` of a collective measured on ``acc``."""
+        gpus = rows.num("num_gpus")
+        nbytes = rows.num("message_size") * ACT_BYTES  # the collector's size is in elements
+        return cls(
+            gpus=gpus,
+            nbytes=nbytes,
+            measured=rows.num("latency") * 1e-3,
+            counts=sorted({int(g) for g in gpus}),
+            link=acc.interconnect_gbps_per_direction * 1e9,
+            root_w=np.sqrt(octave_weights(nbytes)),
+        )
+
+
 def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
     """vLLM's custom all-reduce, graph and eager, per GPU count (module docstring)."""
     rows = allreduce_rows(table)
-    gpus = rows.num("num_gpus")
-    nbytes = rows.num("message_size") * ACT_BYTES  # the collector's size is in elements
-    counts = sorted({int(g) for g in gpus})
+    c = Collective.of(rows, acc)
     eager = rows.equals("backend", "vllm_eager").astype(np.float64)
-    measured = rows.num("latency") * 1e-3
-    link = acc.interconnect_gbps_per_direction * 1e9
-    root_w = np.sqrt(octave_weights(nbytes))
+
+    def predict(x: FArray) -> FArray:
+        return allreduce_predict(c.gpus, c.nbytes, eager, x, c.counts, c.link)
+
     spec = (
-        *(Bounded(f"latency_{n}_s", 5e-6, 0.0, 1e-3) for n in counts),
-        *(Bounded(f"efficiency_{n}", 0.5, 0.01, 1.0) for n in counts),
+        *(Bounded(f"latency_{n}_s", 5e-6, 0.0, 1e-3) for n in c.counts),
+        *(Bounded(f"efficiency_{n}", 0.5, 0.01, 1.0) for n in c.counts),
         Bounded("allreduce_eager_s", 1e-6, 0.0, 1e-3),
         Bounded("allreduce_eager_floor_s", 10e-6, 0.0, 1e-3),
     )
-    x, _, bound = robust_fit(
-        lambda x: (
-            root_w * log_ratio(allreduce_predict(gpus, nbytes, eager, x, counts, link), measured)
-        ),
-        spec,
-    )
-    num = len(counts)
+    x, bound = weighted_fit(predict, c.measured, c.root_w, spec)
+    num = len(c.counts)
     efficiencies = [float(v) for v in x[num : 2 * num]]
     params: dict[str, Any] = {
-        "allreduce_gpus": counts,
+        "allreduce_gpus": c.counts,
         "allreduce_latencies_s": [float(v) for v in x[:num]],
         "allreduce_efficiencies": efficiencies,
         "allreduce_eager_s": float(x[-2]),
@@ -447,8 +483,7 @@ def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit
         "allreduce_latency_s": float(x[0]),
         "interconnect_efficiency": float(np.median(efficiencies)),
     }
-    pred = allreduce_predict(gpus, nbytes, eager, x, counts, link)
-    return summarise("allreduce", params, pred, measured, rows, root, bound)
+    return summarise("allreduce", params, predict(x), c.measured, rows, root, bound)
 
 
 # --- all-to-all (expert-parallel dispatch and combine) ----------------------------------
@@ -478,32 +513,27 @@ def alltoall_predict(
 def fit_alltoall(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
     """NCCL all-to-all per GPU count: a latency and a share of the link each."""
     rows = alltoall_rows(table)
-    gpus = rows.num("num_gpus")
-    nbytes = rows.num("message_size") * ACT_BYTES  # the collector's size is in elements
-    counts = sorted({int(g) for g in gpus})
-    measured = rows.num("latency") * 1e-3
-    link = acc.interconnect_gbps_per_direction * 1e9
-    root_w = np.sqrt(octave_weights(nbytes))
+    c = Collective.of(rows, acc)
+
+    def predict(x: FArray) -> FArray:
+        return alltoall_predict(c.gpus, c.nbytes, x, c.counts, c.link)
+
     spec = (
-        *(Bounded(f"a2a_latency_{n}_s", 10e-6, 0.0, 1e-3) for n in counts),
-        *(Bounded(f"a2a_efficiency_{n}", 0.5, 0.01, 1.0) for n in counts),
+        *(Bounded(f"a2a_latency_{n}_s", 10e-6, 0.0, 1e-3) for n in c.counts),
+        *(Bounded(f"a2a_efficiency_{n}", 0.5, 0.01, 1.0) for n in c.counts),
         Bounded("alltoall_protocol_s", 5e-6, 0.0, 1e-3),
         Bounded("alltoall_knee_bytes", 2.0**15, 1.0, 2.0**30),
     )
-    x, _, bound = robust_fit(
-        lambda x: root_w * log_ratio(alltoall_predict(gpus, nbytes, x, counts, link), measured),
-        spec,
-    )
-    num = len(counts)
+    x, bound = weighted_fit(predict, c.measured, c.root_w, spec)
+    num = len(c.counts)
     params: dict[str, Any] = {
-        "alltoall_gpus": counts,
+        "alltoall_gpus": c.counts,
         "alltoall_latencies_s": [float(v) for v in x[:num]],
         "alltoall_efficiencies": [float(v) for v in x[num : 2 * num]],
         "alltoall_protocol_s": float(x[-2]),
         "alltoall_knee_bytes": float(x[-1]),
     }
-    pred = alltoall_predict(gpus, nbytes, x, counts, link)
-    return summarise("alltoall", params, pred, measured, rows, root, bound)
+    return summarise("alltoall", params, predict(x), c.measured, rows, root, bound)
 
 
 # --- fused MoE -----------------------------------------------------------------------------
@@ -571,13 +601,11 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
         Bounded("moe_kernel_s", 20e-6, 0.0, 1e-3),
         Bounded("moe_tail_share", 0.05, 0.0, 1.0),
     )
-    x, _, bound = robust_fit(
-        lambda x: root_w * log_ratio(moe_predict(feat, x, peak, hbm, 2.0, overlap), measured),
-        spec,
-    )
-    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
-    pred = moe_predict(feat, x, peak, hbm, 2.0, overlap)
-    return summarise("moe", params, pred, measured, rows, root, bound)
+
+    def predict(x: FArray) -> FArray:
+        return moe_predict(feat, x, peak, hbm, 2.0, overlap)
+
+    return fit_named("moe", predict, spec, measured, root_w, rows, root)
 
 
 QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
@@ -626,9 +654,7 @@ def fit_quant_moe(
     def predict(x: FArray) -> FArray:
         return moe_predict(feat, np.append(x, tail), peak, hbm, wbytes, overlap)
 
-    x, _, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
-    params = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
-    fam = summarise(name, params, predict(x), measured, rows, root, bound)
+    fam = fit_named(name, predict, spec, measured, root_w, rows, root)
     dtype = str(rows.columns["moe_dtype"][0])
     return replace(fam, notes=(f"{dtype} experts", *fam.notes))
 

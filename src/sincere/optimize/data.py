@@ -285,13 +285,7 @@ def _model_params(e: _Entry) -> ModelParams:
     if e.has("perfParms"):
         p = e.sub("perfParms")
         perf = PerfParams(p.num("alpha"), p.num("beta"), p.num("gamma"))
-        if perf.beta == 0 and perf.gamma == 0:
-            raise DataError(
-                f"{e.where}: beta and gamma are both 0 (time would not grow with the batch)",
-                path=e.path,
-                column="perfParms.beta",
-            )
-        return perf
+        return _growing(e, perf, ("beta", "gamma"), "perfParms.beta")
     if not (e.has("decodeParms") and e.has("prefillParms")):
         raise DataError(
             f"{e.where}: needs perfParms, or decodeParms and prefillParms",
@@ -300,11 +294,17 @@ def _model_params(e: _Entry) -> ModelParams:
         )
     d, p = e.sub("decodeParms"), e.sub("prefillParms")
     params = DecodePrefillParams(d.num("alpha"), d.num("beta"), p.num("gamma"), p.num("delta"))
-    if params.beta == 0 and params.delta == 0:
+    return _growing(e, params, ("beta", "delta"), "decodeParms.beta")
+
+
+def _growing(e: _Entry, params: ModelParams, slopes: tuple[str, str], column: str) -> ModelParams:
+    """``params``, unless both its per-batch terms ``slopes`` are 0 (time would not grow)."""
+    first, second = slopes
+    if getattr(params, first) == 0 and getattr(params, second) == 0:
         raise DataError(
-            f"{e.where}: beta and delta are both 0 (time would not grow with the batch)",
+            f"{e.where}: {first} and {second} are both 0 (time would not grow with the batch)",
             path=e.path,
-            column="decodeParms.beta",
+            column=column,
         )
     return params
 

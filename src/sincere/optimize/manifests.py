@@ -177,6 +177,19 @@ def _meta(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
     }
 
 
+def _resource(
+    api_version: str, kind: str, pool: Pool, options: ManifestOptions, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """One Kubernetes object of ``pool``: its API version and kind, the pool's metadata
+    (:func:`_meta`) and ``spec``."""
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": _meta(pool, options),
+        "spec": spec,
+    }
+
+
 def _deployment(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
     model = options.model_ids.get(pool.model, pool.model)
     args = ["--model", model, "--tensor-parallel-size", str(pool.gpus),
@@ -189,34 +202,26 @@ def _deployment(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
         "resources": {"limits": {options.gpu_resource(pool.gpu_type): pool.gpus}},
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(pool, options),
-        "spec": {
-            "replicas": pool.replicas,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": pool.name}},
-            "template": {
-                "metadata": {"labels": _labels(pool)},
-                "spec": {
-                    "nodeSelector": {options.accelerator_label: pool.gpu_type},
-                    "containers": [container],
-                },
+    spec = {
+        "replicas": pool.replicas,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": pool.name}},
+        "template": {
+            "metadata": {"labels": _labels(pool)},
+            "spec": {
+                "nodeSelector": {options.accelerator_label: pool.gpu_type},
+                "containers": [container],
             },
         },
     }
+    return _resource("apps/v1", "Deployment", pool, options, spec)
 
 
 def _service(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(pool, options),
-        "spec": {
-            "selector": {"app.kubernetes.io/name": pool.name},
-            "ports": [{"name": "http", "port": options.port, "targetPort": "http"}],
-        },
+    spec = {
+        "selector": {"app.kubernetes.io/name": pool.name},
+        "ports": [{"name": "http", "port": options.port, "targetPort": "http"}],
     }
+    return _resource("v1", "Service", pool, options, spec)
 
 
 def _hpa(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
@@ -227,36 +232,32 @@ def _hpa(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
             "target": {"type": "AverageValue", "averageValue": str(pool.max_batch)},
         },
     }
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": _meta(pool, options),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": pool.name},
-            "minReplicas": pool.min_replicas,
-            "maxReplicas": pool.max_replicas,
-            "metrics": [metric],
-        },
+    spec = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": pool.name},
+        "minReplicas": pool.min_replicas,
+        "maxReplicas": pool.max_replicas,
+        "metrics": [metric],
     }
+    return _resource("autoscaling/v2", "HorizontalPodAutoscaler", pool, options, spec)
 
 
 def _keda(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
     query = f'sum({RUNNING_METRIC}{{namespace="{options.namespace}",pod=~"{pool.name}-.*"}})'
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": _meta(pool, options),
-        "spec": {
-            "scaleTargetRef": {"name": pool.name},
-            "minReplicaCount": pool.min_replicas,
-            "maxReplicaCount": pool.max_replicas,
-            "triggers": [{
-                "type": "prometheus",
-                "metadata": {"serverAddress": options.prometheus, "query": query,
-                             "threshold": str(pool.max_batch)},
-            }],
+    trigger = {
+        "type": "prometheus",
+        "metadata": {
+            "serverAddress": options.prometheus,
+            "query": query,
+            "threshold": str(pool.max_batch),
         },
-    }  # fmt: skip
+    }
+    spec = {
+        "scaleTargetRef": {"name": pool.name},
+        "minReplicaCount": pool.min_replicas,
+        "maxReplicaCount": pool.max_replicas,
+        "triggers": [trigger],
+    }
+    return _resource("keda.sh/v1alpha1", "ScaledObject", pool, options, spec)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ import numpy as np
 
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
+from sincere.perf.gemm import gemm_s
 from sincere.perf.moe import (
     all_to_all_bytes,
     all_to_all_s,
@@ -163,24 +164,11 @@ class ArchStep:
 
     # --- GEMMs ---------------------------------------------------------------------------
     def _gemm_s(self, mat: _Mat, tokens: int) -> float:
-        """One GEMM: the roofline's tiled compute and memory, combined by its p-norm."""
-        tile = self.params.token_tile
-        tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
-        compute = 2.0 * mat.k * mat.n * tiled / self._peak
-        moved = mat.k * mat.n * mat.weight_bytes
-        moved += (mat.k + mat.n) * tokens * self.params.activation_bytes
-        if mat.weight_bytes < 2.0 and self.compute_precision == "fp8":  # quantised activations
-            moved += mat.k * tokens * self.params.fp8_act_bytes
-            return self.params.fp8_gemm_kernel_s + self._combine(compute, moved / self._hbm)
-        return self._combine(compute, moved / self._hbm)
-
-    def _combine(self, compute: float, memory: float) -> float:
-        p = self.params.overlap_exponent
-        high = compute if compute > memory else memory
-        if math.isinf(p) or high <= 0.0:
-            return high
-        low = compute if compute <= memory else memory
-        return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
+        """One GEMM (:func:`sincere.perf.gemm.gemm_s`); fp8 compute quantises the activations
+        of a matrix stored below 16 bits."""
+        quantised = mat.weight_bytes < 2.0 and self.compute_precision == "fp8"
+        rates = (self._peak, self._hbm)
+        return gemm_s(self.params, mat.k, mat.n, mat.weight_bytes, tokens, rates, quantised)
 
     def _elementwise_s(self, tokens: int) -> float:
         model, tp = self.deployment.model, self.deployment.tp

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import yaml
@@ -130,10 +131,13 @@ class RooflineDefaults:
     parts: dict[str, str] = dataclasses.field(default_factory=dict)  # part -> its origin
 
 
-@functools.cache
-def shipped_fits() -> dict[str, dict[str, Any]]:
-    """The shipped fit documents by catalog accelerator name."""
-    folder = resources.files("sincere").joinpath(*FITS_FOLDER)
+def fit_documents(
+    folder: Traversable, where: str, is_fit: Callable[[Any], bool], not_a_fit: str
+) -> dict[str, dict[str, Any]]:
+    """The ``*.yaml`` fit documents in ``folder`` by the catalog accelerator each names in
+    ``fit.accelerator``; each gets its ``file`` (``where/<name>``). Raises ``DataError``
+    where ``is_fit`` refuses a document (``not_a_fit`` says what one needs) or where the
+    accelerator is not in the catalog."""
     fits: dict[str, dict[str, Any]] = {}
     if not folder.is_dir():
         return fits
@@ -141,34 +145,40 @@ def shipped_fits() -> dict[str, dict[str, Any]]:
         if not entry.name.endswith(".yaml"):
             continue
         doc = yaml.safe_load(entry.read_text())
-        where = f"sincere/{'/'.join(FITS_FOLDER)}/{entry.name}"
-        if not isinstance(doc, dict) or doc.get("kind") != "roofline" or "params" not in doc:
-            raise DataError("not a roofline fit (kind: roofline, params: …)", path=where)
+        path = f"{where}/{entry.name}"
+        if not isinstance(doc, dict) or not is_fit(doc):
+            raise DataError(not_a_fit, path=path)
         name = str(doc.get("fit", {}).get("accelerator", ""))
         if not default_catalog().has_accelerator(name):
-            raise DataError("fit.accelerator is not a catalog accelerator", path=where, value=name)
-        doc["file"] = where
+            raise DataError("fit.accelerator is not a catalog accelerator", path=path, value=name)
+        doc["file"] = path
         fits[default_catalog().accelerator(name).name] = doc
     return fits
+
+
+def _shipped(folder: tuple[str, ...]) -> tuple[Traversable, str]:
+    """A package-relative folder and the name its files are reported by."""
+    return resources.files("sincere").joinpath(*folder), f"sincere/{'/'.join(folder)}"
+
+
+@functools.cache
+def shipped_fits() -> dict[str, dict[str, Any]]:
+    """The shipped fit documents by catalog accelerator name."""
+    return fit_documents(
+        *_shipped(FITS_FOLDER),
+        lambda doc: doc.get("kind") == "roofline" and "params" in doc,
+        "not a roofline fit (kind: roofline, params: …)",
+    )
 
 
 @functools.cache
 def kernel_fits() -> dict[str, dict[str, Any]]:
     """The shipped fits to measured vLLM kernels by catalog accelerator name."""
-    folder = resources.files("sincere").joinpath(*KERNEL_FITS_FOLDER)
-    fits: dict[str, dict[str, Any]] = {}
-    if not folder.is_dir():
-        return fits
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".yaml"):
-            doc = yaml.safe_load(entry.read_text())
-            where = f"sincere/{'/'.join(KERNEL_FITS_FOLDER)}/{entry.name}"
-            name = str(doc.get("fit", {}).get("accelerator", "")) if isinstance(doc, dict) else ""
-            if not default_catalog().has_accelerator(name) or "params" not in doc:
-                raise DataError("not a kernel fit (params, fit.accelerator)", path=where)
-            doc["file"] = where
-            fits[default_catalog().accelerator(name).name] = doc
-    return fits
+    return fit_documents(
+        *_shipped(KERNEL_FITS_FOLDER),
+        lambda doc: "params" in doc,
+        "not a kernel fit (params, fit.accelerator)",
+    )
 
 
 def _part_origins(

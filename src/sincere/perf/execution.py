@@ -151,6 +151,22 @@ found each run's engine idle reached its queue 0.5-2.1 ms after the run's fastes
 taken as 2 ms (the fastest one's own time is not in the runs). Detokenisation and
 streaming run in the API process beside the engine and are not seen in per-token times."""
 
+
+def _decode_graphs_engine(
+    name: str, graph_sizes: tuple[int, ...], defaults: str
+) -> ExecutionParams:
+    """An engine with an overlap scheduler and CUDA graphs for decode only, at its documented
+    ``defaults``; its front end was not measured, so vLLM 0.19's intake stands in."""
+    return ExecutionParams(
+        name=name,
+        graph_mode="full_decode_only",
+        graph_sizes=graph_sizes,
+        async_scheduling=True,
+        frontend=VLLM_V1_FRONTEND,
+        source=f"{defaults}; front end not measured: vLLM 0.19's intake",
+    )
+
+
 PRESETS: dict[str, ExecutionParams] = {
     "vllm-v1": ExecutionParams(
         name="vllm-v1",
@@ -166,27 +182,16 @@ PRESETS: dict[str, ExecutionParams] = {
             "2 x max_num_seqs; async_scheduling true); front end: the runs' median intake"
         ),
     ),
-    "sglang": ExecutionParams(
-        name="sglang",
-        graph_mode="full_decode_only",
-        graph_sizes=_sglang_graph_sizes(),
-        async_scheduling=True,
-        frontend=VLLM_V1_FRONTEND,
-        source=(
-            "SGLang's documented defaults (overlap scheduler on, decode CUDA graphs up to "
-            "cuda_graph_max_bs); front end not measured: vLLM 0.19's intake"
-        ),
+    "sglang": _decode_graphs_engine(
+        "sglang",
+        _sglang_graph_sizes(),
+        "SGLang's documented defaults (overlap scheduler on, decode CUDA graphs up to "
+        "cuda_graph_max_bs)",
     ),
-    "trtllm": ExecutionParams(
-        name="trtllm",
-        graph_mode="full_decode_only",
-        graph_sizes=_trtllm_graph_sizes(),
-        async_scheduling=True,
-        frontend=VLLM_V1_FRONTEND,
-        source=(
-            "TensorRT-LLM's PyTorch-backend defaults (overlap scheduler on, decode CUDA "
-            "graphs); front end not measured: vLLM 0.19's intake"
-        ),
+    "trtllm": _decode_graphs_engine(
+        "trtllm",
+        _trtllm_graph_sizes(),
+        "TensorRT-LLM's PyTorch-backend defaults (overlap scheduler on, decode CUDA graphs)",
     ),
     "eager": ExecutionParams(
         name="eager",

@@ -159,12 +159,17 @@ Row = Annotated[tuple[float, ...], Field(strict=False)]  # a list of numbers in 
 _FIT: dict[str, Any] = {"default_text": "the accelerator's fit"}  # docs: the default
 
 
+def _fitted(description: str, **bounds: Any) -> Any:
+    """A parameter that overrides one of the accelerator's fitted constants (null: the fit)."""
+    return Field(None, description=description, json_schema_extra=_FIT, **bounds)
+
+
 def _efficiency(what: str) -> Any:
-    return Field(None, gt=0, le=1, description=f"share of {what} reached", json_schema_extra=_FIT)
+    return _fitted(f"share of {what} reached", gt=0, le=1)
 
 
 def _time(what: str) -> Any:
-    return Field(None, ge=0, description=f"{what}, s", json_schema_extra=_FIT)
+    return _fitted(f"{what}, s", ge=0)
 
 
 class RooflineStepParams(Params):
@@ -177,98 +182,72 @@ class RooflineStepParams(Params):
     mfu_efficiency: float | None = _efficiency("the dense peak in GEMMs")
     bw_efficiency: float | None = _efficiency("HBM bandwidth in GEMMs")
     elementwise_bw_efficiency: float | None = _efficiency("HBM bandwidth in norms, rotary, add")
-    overlap_exponent: float | None = Field(
-        None,
-        ge=1,
-        allow_inf_nan=True,
-        description="p of a GEMM's (compute^p + memory^p)^(1/p); .inf: max",
-        json_schema_extra=_FIT,
+    overlap_exponent: float | None = _fitted(
+        "p of a GEMM's (compute^p + memory^p)^(1/p); .inf: max", ge=1, allow_inf_nan=True
     )
-    token_tile: int | None = Field(
-        None,
-        ge=1,
-        description="GEMM tokens round up to this multiple, tokens",
-        json_schema_extra=_FIT,
-    )
+    token_tile: int | None = _fitted("GEMM tokens round up to this multiple, tokens", ge=1)
     layer_overhead_s: float | None = _time("fixed kernel cost of one layer's linear work")
     attn_mfu_efficiency: float | None = _efficiency("the dense bf16 peak in prefill attention")
     attn_bw_efficiency: float | None = _efficiency("HBM bandwidth reading the KV cache")
     attn_kernel_s: float | None = _time("fixed cost of one (prefill) attention kernel per layer")
-    attn_diag_factor: float | None = Field(
-        None,
-        ge=1,
-        le=2,
-        description="work of a pair inside a prefill chunk vs one against the cache",
-        json_schema_extra=_FIT,
+    attn_diag_factor: float | None = _fitted(
+        "work of a pair inside a prefill chunk vs one against the cache", ge=1, le=2
     )
     overhead_s: float | None = _time("fixed CPU cost per iteration")
     overhead_per_seq_s: float | None = _time("CPU cost per sequence in the iteration")
     interconnect_efficiency: float | None = _efficiency("NVLink / PCIe bandwidth in collectives")
     allreduce_latency_s: float | None = _time("fixed cost of one all-reduce (2 GPUs, CUDA graph)")
-    allreduce_gpus: tuple[int, ...] | None = Field(
-        None, description="GPU counts with their own all-reduce latency and bandwidth share",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
-    allreduce_latencies_s: tuple[float, ...] | None = Field(
-        None, description="all-reduce latency in a CUDA graph at each of allreduce_gpus, s",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
-    allreduce_efficiencies: tuple[float, ...] | None = Field(
-        None, description="all-reduce bus bandwidth share of the link at each of allreduce_gpus",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
+    allreduce_gpus: tuple[int, ...] | None = _fitted(
+        "GPU counts with their own all-reduce latency and bandwidth share"
+    )
+    allreduce_latencies_s: tuple[float, ...] | None = _fitted(
+        "all-reduce latency in a CUDA graph at each of allreduce_gpus, s"
+    )
+    allreduce_efficiencies: tuple[float, ...] | None = _fitted(
+        "all-reduce bus bandwidth share of the link at each of allreduce_gpus"
+    )
     allreduce_eager_s: float | None = _time("all-reduce latency added outside a CUDA graph")
     allreduce_eager_floor_s: float | None = _time("least time of an all-reduce outside a graph")
-    alltoall_gpus: tuple[int, ...] | None = Field(
-        None, description="GPU counts with their own expert-parallel all-to-all terms",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
-    alltoall_latencies_s: tuple[float, ...] | None = Field(
-        None, description="all-to-all latency at each of alltoall_gpus, s", json_schema_extra=_FIT
+    alltoall_gpus: tuple[int, ...] | None = _fitted(
+        "GPU counts with their own expert-parallel all-to-all terms"
     )
-    alltoall_efficiencies: tuple[float, ...] | None = Field(
-        None, description="all-to-all share of the one-way link at each of alltoall_gpus",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
+    alltoall_latencies_s: tuple[float, ...] | None = _fitted(
+        "all-to-all latency at each of alltoall_gpus, s"
+    )
+    alltoall_efficiencies: tuple[float, ...] | None = _fitted(
+        "all-to-all share of the one-way link at each of alltoall_gpus"
+    )
     alltoall_protocol_s: float | None = _time("all-to-all latency added past the knee")
-    alltoall_knee_bytes: float | None = Field(
-        None, gt=0, description="bytes sent where half the all-to-all's protocol latency is added",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
-    cuda_graph_max_tokens: int | None = Field(
-        None, ge=0, description="iterations up to this many tokens replay CUDA graphs, tokens",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
+    alltoall_knee_bytes: float | None = _fitted(
+        "bytes sent where half the all-to-all's protocol latency is added", gt=0
+    )
+    cuda_graph_max_tokens: int | None = _fitted(
+        "iterations up to this many tokens replay CUDA graphs, tokens", ge=0
+    )
     fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in fp8 GEMMs")
     fp8_gemm_kernel_s: float | None = _time("fp8 GEMM's extra fixed cost (activation quantisation)")
-    fp8_act_bytes: float | None = Field(
-        None, ge=0, description="fp8 GEMM's extra bytes per input activation element",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
+    fp8_act_bytes: float | None = _fitted(
+        "fp8 GEMM's extra bytes per input activation element", ge=0
+    )
     attn_decode_kernel_s: float | None = _time("fixed cost of one decode attention kernel")
-    attn_query_pairs: float | None = Field(
-        None, ge=0, description="prefill: pairs' worth of work per query row beyond its own",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
-    attn_head_dim_offset: float | None = Field(
-        None, ge=0, description="a pair's work per query head as if head_dim were this wider",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
-    attn_kv_head_work: float | None = Field(
-        None, ge=0, description="a pair's work per KV head, in shares of a head_dim product",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
-    attn_decode_seq_tokens: float | None = Field(
-        None, ge=0, description="decode: KV tokens' worth of traffic per sequence (1: its new one)",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
+    attn_query_pairs: float | None = _fitted(
+        "prefill: pairs' worth of work per query row beyond its own", ge=0
+    )
+    attn_head_dim_offset: float | None = _fitted(
+        "a pair's work per query head as if head_dim were this wider", ge=0
+    )
+    attn_kv_head_work: float | None = _fitted(
+        "a pair's work per KV head, in shares of a head_dim product", ge=0
+    )
+    attn_decode_seq_tokens: float | None = _fitted(
+        "decode: KV tokens' worth of traffic per sequence (1: its new one)", ge=0
+    )
     moe_mfu_efficiency: float | None = _efficiency("the dense peak in the fused-MoE kernel")
     moe_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fused-MoE kernel")
     moe_kernel_s: float | None = _time("fixed cost of one fused-MoE kernel per layer")
-    moe_tail_share: float | None = Field(
-        None, ge=0, le=1, description="share of the busiest expert's rows not hidden by the others",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
+    moe_tail_share: float | None = _fitted(
+        "share of the busiest expert's rows not hidden by the others", ge=0, le=1
+    )
     moe_fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in the fp8-expert kernel")
     moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
     moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")
@@ -276,20 +255,10 @@ class RooflineStepParams(Params):
     moe_mxfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the MXFP4-expert kernel")
     moe_mxfp4_kernel_s: float | None = _time("fixed cost of one MXFP4-expert MoE kernel per layer")
     p2p_latency_s: float | None = _time("fixed cost of one pipeline-stage send")
-    activation_bytes: float | None = Field(
-        None, gt=0, description="bytes per activation element", json_schema_extra=_FIT
-    )
-    pp_microbatches: int | None = Field(
-        None, ge=1, description="micro-batches an iteration is cut into under PP",
-        json_schema_extra=_FIT,
-    )  # fmt: skip
+    activation_bytes: float | None = _fitted("bytes per activation element", gt=0)
+    pp_microbatches: int | None = _fitted("micro-batches an iteration is cut into under PP", ge=1)
     load_efficiency: float | None = _efficiency("host-link bandwidth while loading")
-    disk_read_gbps: float | None = Field(
-        None,
-        gt=0,
-        description="storage read rate, GB/s; null: not limiting",
-        json_schema_extra=_FIT,
-    )
+    disk_read_gbps: float | None = _fitted("storage read rate, GB/s; null: not limiting", gt=0)
     load_overhead_s: float | None = _time("fixed cost of a load")
     unload_s: float | None = _time("time to free the model")
 

@@ -54,6 +54,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
 from sincere.perf.arch_step import ArchStep, MoEParams, arch_utilization
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
+from sincere.perf.gemm import gemm_s
 from sincere.perf.series import sum_max_affine
 
 _EFFICIENCIES = (
@@ -452,25 +453,9 @@ class RooflineKernels:
         self.head_memo: dict[int, float] = {}
 
     def gemm_s(self, gemm: Gemm, tokens: int) -> float:
-        """One GEMM over ``tokens`` tokens: compute and memory combined by the p-norm."""
-        tile = self.params.token_tile
-        tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
-        compute = 2.0 * gemm.k * gemm.n * tiled / self._peak
-        moved = gemm.k * gemm.n * self._weight_bytes
-        moved += (gemm.k + gemm.n) * tokens * self.params.activation_bytes
-        if self._fp8:  # the activations are quantised first: a kernel and its traffic
-            moved += gemm.k * tokens * self.params.fp8_act_bytes
-            return self.params.fp8_gemm_kernel_s + self._combine(compute, moved / self._hbm)
-        return self._combine(compute, moved / self._hbm)
-
-    def _combine(self, compute: float, memory: float) -> float:
-        """``(compute^p + memory^p)^(1/p)`` (``p = inf``: the larger)."""
-        p = self.params.overlap_exponent
-        if math.isinf(p):
-            return compute if compute > memory else memory
-        high = compute if compute > memory else memory
-        low = compute if compute <= memory else memory
-        return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
+        """One GEMM over ``tokens`` tokens (:func:`sincere.perf.gemm.gemm_s`)."""
+        rates = (self._peak, self._hbm)
+        return gemm_s(self.params, gemm.k, gemm.n, self._weight_bytes, tokens, rates, self._fp8)
 
     def fixed_and_elementwise_s(self, tokens: int) -> float:
         """A layer's fixed kernel cost plus its elementwise kernels over ``tokens``."""
@@ -636,24 +621,9 @@ class Roofline(StepTimeBase):
         formulas as :meth:`RooflineKernels.prefill_attn_s` / ``decode_attn_s``, which
         :meth:`parts` uses; the tests hold the two equal).
         """
-        if self._arch is not None:
-            return self._arch.iteration_s(
-                Batch(
-                    num_prefill_seqs,
-                    prefill_tokens,
-                    prefill_ctx_tokens,
-                    prefill_attn_pairs,
-                    num_decode_seqs,
-                    decode_ctx_tokens,
-                )
-            )
         c = self._coef
-        tokens = prefill_tokens + num_decode_seqs
-        if tokens == 0:
-            return 0.0
-        seqs = num_prefill_seqs + num_decode_seqs
-        if c.pp != 1:
-            return self._pipelined_s(
+        if self._arch is not None or c.pp != 1:
+            batch = Batch(
                 num_prefill_seqs,
                 prefill_tokens,
                 prefill_ctx_tokens,
@@ -661,6 +631,13 @@ class Roofline(StepTimeBase):
                 num_decode_seqs,
                 decode_ctx_tokens,
             )
+            if self._arch is not None:  # experts, MLA, windows: their own step
+                return self._arch.iteration_s(batch)
+            return self._pipelined_s(batch)
+        tokens = prefill_tokens + num_decode_seqs
+        if tokens == 0:
+            return 0.0
+        seqs = num_prefill_seqs + num_decode_seqs
         linear = self._linear_memo.get(tokens)
         if linear is None:
             linear = self.linear_layer_s(tokens)
@@ -688,33 +665,37 @@ class Roofline(StepTimeBase):
             layer += c.decode_kernel_s + (compute if compute > memory else memory)
         return c.cpu_s + c.cpu_seq_s * seqs + c.layers * layer + head
 
-    def _pipelined_s(
-        self,
-        num_prefill_seqs: int,
-        prefill_tokens: int,
-        prefill_ctx_tokens: int,
-        prefill_attn_pairs: float,
-        num_decode_seqs: int,
-        decode_ctx_tokens: int,
-    ) -> Seconds:
+    def _pipelined_s(self, batch: Batch) -> Seconds:
         """The iteration under PP: ``(m + pp - 1)`` stage times of one micro-batch."""
         c = self._coef
-        tokens = prefill_tokens + num_decode_seqs
-        seqs = num_prefill_seqs + num_decode_seqs
+        tokens, seqs = batch.num_tokens, batch.num_seqs
+        if tokens == 0:
+            return 0.0
         num_mb = max(1, min(c.pp_microbatches, seqs))
         share = 1.0 / num_mb
         mb_tokens = math.ceil(tokens * share)
-        attn = 0.0
-        if num_prefill_seqs > 0:
-            attn += self.kernels.prefill_attn_s(
-                share, num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs
-            )
-        if num_decode_seqs > 0:
-            attn += self.kernels.decode_attn_s(share, num_decode_seqs, decode_ctx_tokens)
+        attn = self._attention_s(share, batch)
         layer = with_comm_s(c, self.linear_layer_s(mb_tokens) + attn, mb_tokens, tokens)
         stage = c.layers * layer + self.lm_head_s(math.ceil(seqs * share))
         p2p = c.p2p_fixed_s + c.p2p_token_s * mb_tokens
         return c.cpu_s + c.cpu_seq_s * seqs + (num_mb + c.pp - 1.0) * (stage + p2p)
+
+    def _attention_s(self, share: float, batch: Batch) -> float:
+        """One layer's attention kernels over a ``share`` of ``batch``'s sequences."""
+        attn = 0.0
+        if batch.num_prefill_seqs > 0:
+            attn += self.kernels.prefill_attn_s(
+                share,
+                batch.num_prefill_seqs,
+                batch.prefill_tokens,
+                batch.prefill_ctx_tokens,
+                batch.prefill_attn_pairs,
+            )
+        if batch.num_decode_seqs > 0:
+            attn += self.kernels.decode_attn_s(
+                share, batch.num_decode_seqs, batch.decode_ctx_tokens
+            )
+        return attn
 
     def iteration_s(self, batch: Batch) -> Seconds:
         """Duration of one iteration: see the module docstring."""
@@ -771,18 +752,7 @@ class Roofline(StepTimeBase):
         share = 1.0 / num_mb
         mb_tokens = tokens if num_mb == 1 else math.ceil(tokens * share)
         scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
-        attn = 0.0
-        if batch.num_prefill_seqs > 0:
-            attn += self.kernels.prefill_attn_s(
-                share,
-                batch.num_prefill_seqs,
-                batch.prefill_tokens,
-                batch.prefill_ctx_tokens,
-                batch.prefill_attn_pairs,
-            )
-        if batch.num_decode_seqs > 0:
-            decode = self.kernels.decode_attn_s
-            attn += decode(share, batch.num_decode_seqs, batch.decode_ctx_tokens)
+        attn = self._attention_s(share, batch)
         comm = c.layers * comm_layer_s(c, mb_tokens, tokens)
         if scale != 1.0:
             comm += c.p2p_fixed_s + c.p2p_token_s * mb_tokens

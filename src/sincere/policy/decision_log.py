@@ -36,7 +36,7 @@ from sincere.core.jsonsafe import json_safe
 from sincere.core.request import Request, Tier
 from sincere.core.types import InstanceId, Seconds
 from sincere.perf.base import StepTimeModel
-from sincere.policy.front_door import Decision, FrontDoor, Hold, Route
+from sincere.policy.front_door import Decision, FrontDoor, Hold, Reject, Route
 from sincere.policy.reads import Reads
 from sincere.policy.router_base import InstanceView, Outcome
 
@@ -161,24 +161,18 @@ def view_record(view: InstanceView) -> Record:
     return out
 
 
+_DECISION_KINDS: dict[type, str] = {Route: "route", Hold: "hold", Reject: "reject"}
+"""A decision record's ``kind`` per answer type."""
+
+
 def decision_record(decision: Decision) -> Record:
-    """The front door's answer."""
+    """The front door's answer: its kind, then its fields in order (a route's estimates as
+    a mapping of instance to value)."""
+    out: Record = {"kind": _DECISION_KINDS[type(decision)]}
+    out.update((f.name, getattr(decision, f.name)) for f in fields(decision))
     if isinstance(decision, Route):
-        return {
-            "kind": "route",
-            "instance": decision.instance,
-            "max_tokens": decision.max_tokens,
-            "reason": decision.reason,
-            "estimates": {k: v for k, v in decision.estimates},
-        }
-    if isinstance(decision, Hold):
-        return {
-            "kind": "hold",
-            "reason": decision.reason,
-            "at_head": decision.at_head,
-            "max_wait_s": decision.max_wait_s,
-        }
-    return {"kind": "reject", "code": decision.code, "reason": decision.reason}
+        out["estimates"] = dict(decision.estimates)
+    return out
 
 
 def request_of(record: Record) -> Request:

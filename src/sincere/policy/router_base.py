@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -136,6 +136,10 @@ class Router(ABC):
     is what callers use.
     """
 
+    # whether choose() reads token counts exact at the decision (``Reads.tokens``); a
+    # router that reads engine load only as the engine reports it sets this False
+    reads_exact_tokens: ClassVar[bool] = True
+
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
 
@@ -183,8 +187,9 @@ class Router(ABC):
         overridden), and whether the answers are oblivious (from the candidates' ids and
         order, the requests asked about so far and the router's generator alone: a
         simulator may then route every request first and run each instance apart).
-        Default: reads load and tokens, not oblivious -- the safe side."""
-        return Reads(outcomes=self.learns_from_outcomes)
+        Default: reads load, and tokens unless :attr:`reads_exact_tokens` says otherwise;
+        not oblivious -- the safe side."""
+        return Reads(tokens=self.reads_exact_tokens, outcomes=self.learns_from_outcomes)
 
 
 def healthy(instances: Sequence[InstanceView]) -> list[InstanceView]:

@@ -89,6 +89,32 @@ class _RunningMean:
         self.mean += (value - self.mean) / self.count
 
 
+class _MeanOrPrior:
+    """Running means of output tokens by a key of the request (:meth:`key`); a key's mean
+    answers once it has ``min_samples`` observations, ``prior`` until then."""
+
+    min_samples: int
+    prior: OutputLengthPredictor
+    _means: dict[Any, _RunningMean]
+
+    def key(self, request: Request) -> Any:
+        """The key whose mean predicts ``request``."""
+        raise NotImplementedError
+
+    def predict(self, request: Request) -> float:
+        """The key's mean output length (the prior's before it has enough), capped by
+        ``max_tokens``."""
+        stat = self._means.get(self.key(request))
+        if stat is None or stat.count < self.min_samples:
+            return _cap(request, self.prior.predict(request))
+        return _cap(request, stat.mean)
+
+    def observe(self, request: Request, output_tokens: int) -> None:
+        """Add one observation to its key's mean (and to the prior)."""
+        self._means.setdefault(self.key(request), _RunningMean()).add(float(output_tokens))
+        self.prior.observe(request, output_tokens)
+
+
 class HistoryMeanParams(Params):
     """Parameters of ``history-mean``."""
 
@@ -97,7 +123,7 @@ class HistoryMeanParams(Params):
     )
 
 
-class HistoryMean:
+class HistoryMean(_MeanOrPrior):
     """Running mean of observed output tokens per model; ``prior`` until enough samples."""
 
     def __init__(
@@ -109,20 +135,12 @@ class HistoryMean:
     ) -> None:
         label = "output-length predictor 'history-mean'"
         self.min_samples = params_from(HistoryMeanParams, params, values, label).min_samples
-        self.prior: OutputLengthPredictor = prior or MaxTokens()
-        self._means: dict[ModelName, _RunningMean] = {}
+        self.prior = prior or MaxTokens()
+        self._means = {}
 
-    def predict(self, request: Request) -> float:
-        """The model's mean output length, capped by ``max_tokens``."""
-        stat = self._means.get(request.model)
-        if stat is None or stat.count < self.min_samples:
-            return _cap(request, self.prior.predict(request))
-        return _cap(request, stat.mean)
-
-    def observe(self, request: Request, output_tokens: int) -> None:
-        """Add one observation to the model's mean (and to the prior)."""
-        self._means.setdefault(request.model, _RunningMean()).add(float(output_tokens))
-        self.prior.observe(request, output_tokens)
+    def key(self, request: Request) -> ModelName:
+        """The request's model."""
+        return request.model
 
 
 DEFAULT_BUCKET_EDGES: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -151,7 +169,7 @@ class PromptBucketParams(Params):
         return edges
 
 
-class PromptBucket:
+class PromptBucket(_MeanOrPrior):
     """Running mean of output tokens per (model, prompt-length bucket).
 
     A bucket with fewer than ``min_samples`` observations falls back to ``prior``
@@ -169,27 +187,16 @@ class PromptBucket:
         p = params_from(PromptBucketParams, params, values, label)
         self.edges = list(p.edges)
         self.min_samples = p.min_samples
-        self.prior: OutputLengthPredictor = prior or HistoryMean(
-            HistoryMeanParams(min_samples=p.min_samples)
-        )
-        self._means: dict[tuple[ModelName, int], _RunningMean] = {}
+        self.prior = prior or HistoryMean(HistoryMeanParams(min_samples=p.min_samples))
+        self._means = {}
 
     def bucket(self, prompt_tokens: int) -> int:
         """Index of the bucket holding a prompt of ``prompt_tokens`` tokens."""
         return bisect.bisect_right(self.edges, prompt_tokens)
 
-    def predict(self, request: Request) -> float:
-        """The bucket's mean output length, capped by ``max_tokens``."""
-        stat = self._means.get((request.model, self.bucket(request.prompt_tokens)))
-        if stat is None or stat.count < self.min_samples:
-            return _cap(request, self.prior.predict(request))
-        return _cap(request, stat.mean)
-
-    def observe(self, request: Request, output_tokens: int) -> None:
-        """Add one observation to its bucket (and to the prior)."""
-        key = (request.model, self.bucket(request.prompt_tokens))
-        self._means.setdefault(key, _RunningMean()).add(float(output_tokens))
-        self.prior.observe(request, output_tokens)
+    def key(self, request: Request) -> tuple[ModelName, int]:
+        """The request's model and prompt bucket."""
+        return request.model, self.bucket(request.prompt_tokens)
 
 
 PRIOR = Needs(

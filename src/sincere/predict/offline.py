@@ -77,24 +77,44 @@ def train_model(
     extra = dict(options or {})
     if epochs is not None:
         extra["epochs"] = epochs
-    if kind == "length":
-        return _train_length(records, Path(out), seed, extra, progress)
-    return _train_latency(records, Path(out), seed, extra, progress)
+    job = _TrainJob(records, Path(out), seed, extra, progress)
+    return _train_length(job) if kind == "length" else _train_latency(job)
 
 
-def _train_latency(
-    records: Sequence[str | Path],
-    out: Path,
-    seed: int,
-    options: dict[str, Any],
-    progress: EpochProgress | None,
-) -> TrainSummary:
+@dataclass(frozen=True)
+class _TrainJob:
+    """What every kind's training is given: the records, where the model goes, the seed,
+    the kind's hyper-parameters and the epoch progress callback."""
+
+    records: Sequence[str | Path]
+    out: Path
+    seed: int
+    options: dict[str, Any]
+    progress: EpochProgress | None
+
+    def params(self, cls: Any) -> Any:
+        """The hyper-parameter dataclass ``cls`` from the options and the seed."""
+        known = set(cls.__dataclass_fields__) - {"seed"}
+        unknown = sorted(set(self.options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.__name__} option(s)", value=unknown, allowed=sorted(known)
+            )
+        return cls(seed=self.seed, **self.options)
+
+    def save(self, model: LstmLatency | QuantileLength, params: Any) -> Path:
+        """Write ``model`` with its hyper-parameters and where it came from."""
+        provenance = _provenance(self.records, self.seed)
+        return model.save(self.out, asdict(params), provenance)
+
+
+def _train_latency(job: _TrainJob) -> TrainSummary:
     from sincere.predict.lstm_train import LstmParams, train_lstm
 
-    params = _params(LstmParams, seed, options)
-    runs = [read_served(r) for r in records]
-    model, report = train_lstm(runs, params, progress)
-    path = model.save(out, asdict(params), _provenance(records, seed))
+    params = job.params(LstmParams)
+    runs = [read_served(r) for r in job.records]
+    model, report = train_lstm(runs, params, job.progress)
+    path = job.save(model, params)
     detail = {
         "epochs_run": report.epochs_run,
         "best_epoch": report.best_epoch,
@@ -105,27 +125,13 @@ def _train_latency(
     return TrainSummary("latency", path, report.num_samples, derived, report.train_s, detail)
 
 
-def _train_length(
-    records: Sequence[str | Path],
-    out: Path,
-    seed: int,
-    options: dict[str, Any],
-    progress: EpochProgress | None,
-) -> TrainSummary:
-    params = _params(LengthParams, seed, options)
-    data = read_lengths(records)
-    model, train_s = QuantileLength.train(data, params, progress)
-    path = model.save(out, asdict(params), _provenance(records, seed))
+def _train_length(job: _TrainJob) -> TrainSummary:
+    params = job.params(LengthParams)
+    data = read_lengths(job.records)
+    model, train_s = QuantileLength.train(data, params, job.progress)
+    path = job.save(model, params)
     with_text = sum(p is not None for p in data.prompt)
     return TrainSummary("length", path, len(data), 0, train_s, {"with_text": with_text})
-
-
-def _params(cls: Any, seed: int, options: dict[str, Any]) -> Any:
-    known = set(cls.__dataclass_fields__) - {"seed"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} option(s)", value=unknown, allowed=sorted(known))
-    return cls(seed=seed, **options)
 
 
 @dataclass(frozen=True)

@@ -112,15 +112,16 @@ def _renewal(
     return _trim(np.concatenate(chunks), None, duration_s)
 
 
-@ARRIVALS.register("poisson")
-@dataclass(frozen=True, slots=True)
-class Poisson:
-    """Poisson arrivals: exponential inter-arrival times at ``rate`` requests per second."""
+class _Renewal:
+    """A renewal process: i.i.d. inter-arrival gaps of mean ``1 / rate``, drawn by
+    :meth:`gaps` (a subclass's distribution) and summed by :func:`_renewal`."""
 
+    __slots__ = ()
     rate: float
 
-    def __post_init__(self) -> None:
-        _positive("poisson", "rate", self.rate)
+    def gaps(self, rng: np.random.Generator) -> Callable[[int], FloatArray]:
+        """A draw of ``k`` gaps from ``rng``."""
+        raise NotImplementedError
 
     def times(
         self,
@@ -130,17 +131,32 @@ class Poisson:
         duration_s: float | None = None,
     ) -> FloatArray:
         """Sorted arrival times (see :class:`ArrivalProcess`)."""
+        return _renewal(self.gaps(rng), self.rate, num_requests, duration_s)
+
+
+@ARRIVALS.register("poisson")
+@dataclass(frozen=True, slots=True)
+class Poisson(_Renewal):
+    """Poisson arrivals: exponential inter-arrival times at ``rate`` requests per second."""
+
+    rate: float
+
+    def __post_init__(self) -> None:
+        _positive("poisson", "rate", self.rate)
+
+    def gaps(self, rng: np.random.Generator) -> Callable[[int], FloatArray]:
+        """Exponential gaps of mean ``1 / rate``."""
         scale = 1.0 / self.rate
 
         def draw(k: int) -> FloatArray:
             return np.asarray(rng.exponential(scale, k), dtype=np.float64)
 
-        return _renewal(draw, self.rate, num_requests, duration_s)
+        return draw
 
 
 @ARRIVALS.register("gamma")
 @dataclass(frozen=True, slots=True)
-class Gamma:
+class Gamma(_Renewal):
     """Gamma renewal arrivals: mean rate ``rate`` req/s, inter-arrival CV ``cv`` (1 = Poisson)."""
 
     rate: float
@@ -150,21 +166,15 @@ class Gamma:
         _positive("gamma", "rate", self.rate)
         _positive("gamma", "cv", self.cv)
 
-    def times(
-        self,
-        rng: np.random.Generator,
-        *,
-        num_requests: int | None = None,
-        duration_s: float | None = None,
-    ) -> FloatArray:
-        """Sorted arrival times (see :class:`ArrivalProcess`)."""
+    def gaps(self, rng: np.random.Generator) -> Callable[[int], FloatArray]:
+        """Gamma gaps of shape ``1 / cv**2`` and mean ``1 / rate``."""
         shape = 1.0 / self.cv**2
         scale = 1.0 / (self.rate * shape)  # mean gap = shape * scale = 1 / rate
 
         def draw(k: int) -> FloatArray:
             return np.asarray(rng.gamma(shape, scale, k), dtype=np.float64)
 
-        return _renewal(draw, self.rate, num_requests, duration_s)
+        return draw
 
 
 @ARRIVALS.register("constant")
@@ -216,9 +226,35 @@ def _inhomogeneous(
             return _trim(np.concatenate(kept), num_requests, duration_s)
 
 
+class _Thinned:
+    """A Poisson process whose rate varies in time, drawn by :func:`_inhomogeneous`: a
+    subclass gives the rate at given times and the rate it never exceeds."""
+
+    __slots__ = ()
+
+    def rate_at(self, t: FloatArray) -> FloatArray:
+        """The instantaneous rate (req/s) at times ``t``."""
+        raise NotImplementedError
+
+    @property
+    def peak_rate(self) -> float:
+        """The largest rate (req/s): candidates are drawn at it."""
+        raise NotImplementedError
+
+    def times(
+        self,
+        rng: np.random.Generator,
+        *,
+        num_requests: int | None = None,
+        duration_s: float | None = None,
+    ) -> FloatArray:
+        """Sorted arrival times (see :class:`ArrivalProcess`)."""
+        return _inhomogeneous(rng, self.rate_at, self.peak_rate, num_requests, duration_s)
+
+
 @ARRIVALS.register("steps")
 @dataclass(frozen=True, slots=True)
-class Steps:
+class Steps(_Thinned):
     """Poisson arrivals whose rate changes in steps: ``steps = [(at_s, rate), ...]``.
 
     The first step must start at 0; each rate holds until the next step (the last one
@@ -241,26 +277,22 @@ class Steps:
         if rates[-1] <= 0:
             raise ConfigError("steps: the last rate must be > 0 (it holds forever)", value=rates)
 
-    def times(
-        self,
-        rng: np.random.Generator,
-        *,
-        num_requests: int | None = None,
-        duration_s: float | None = None,
-    ) -> FloatArray:
-        """Sorted arrival times (see :class:`ArrivalProcess`)."""
+    def rate_at(self, t: FloatArray) -> FloatArray:
+        """The rate of the step each of ``t`` falls in."""
         at = np.array([a for a, _ in self.steps])
         rates = np.array([r for _, r in self.steps])
+        out: FloatArray = rates[np.searchsorted(at, t, side="right") - 1]
+        return out
 
-        def rate_at(t: FloatArray) -> FloatArray:
-            return rates[np.searchsorted(at, t, side="right") - 1]
-
-        return _inhomogeneous(rng, rate_at, float(rates.max()), num_requests, duration_s)
+    @property
+    def peak_rate(self) -> float:
+        """The largest step's rate."""
+        return max(r for _, r in self.steps)
 
 
 @ARRIVALS.register("diurnal")
 @dataclass(frozen=True, slots=True)
-class Diurnal:
+class Diurnal(_Thinned):
     """Sinusoidal rate ``mean * (1 + amplitude * sin(2 pi t / period_s + phase))``, by thinning.
 
     ``amplitude`` is relative, in [0, 1]; ``period_s`` defaults to a day.
@@ -284,16 +316,10 @@ class Diurnal:
         wave = np.sin(2.0 * np.pi * t / self.period_s + self.phase)
         return np.asarray(self.mean * (1.0 + self.amplitude * wave), dtype=np.float64)
 
-    def times(
-        self,
-        rng: np.random.Generator,
-        *,
-        num_requests: int | None = None,
-        duration_s: float | None = None,
-    ) -> FloatArray:
-        """Sorted arrival times (see :class:`ArrivalProcess`)."""
-        peak = self.mean * (1.0 + self.amplitude)
-        return _inhomogeneous(rng, self.rate_at, peak, num_requests, duration_s)
+    @property
+    def peak_rate(self) -> float:
+        """The wave's crest."""
+        return self.mean * (1.0 + self.amplitude)
 
 
 def _uniform_range(owner: str, name: str, lo_hi: tuple[float, float], low: float = 0.0) -> None:
@@ -396,7 +422,7 @@ class SincereBursty:
 
 @ARRIVALS.register("sincere-ramp")
 @dataclass(frozen=True, slots=True)
-class SincereRamp:
+class SincereRamp(_Thinned):
     """SINCERE's ramp: the rate rises linearly ``min_rate -> max_rate`` over ``rise_s``, falls
     back over ``fall_s``, and repeats (a triangle wave; Poisson arrivals, drawn by thinning).
 
@@ -439,15 +465,10 @@ class SincereRamp:
         frac = np.where(phase < self.rise_s, up, down)
         return np.asarray(self.min_rate + (self.max_rate - self.min_rate) * frac, np.float64)
 
-    def times(
-        self,
-        rng: np.random.Generator,
-        *,
-        num_requests: int | None = None,
-        duration_s: float | None = None,
-    ) -> FloatArray:
-        """Sorted arrival times (see :class:`ArrivalProcess`)."""
-        return _inhomogeneous(rng, self.rate_at, self.max_rate, num_requests, duration_s)
+    @property
+    def peak_rate(self) -> float:
+        """The top of the triangle."""
+        return self.max_rate
 
 
 @ARRIVALS.register("trace")

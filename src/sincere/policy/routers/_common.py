@@ -1,5 +1,8 @@
 """Shared pieces of the routers: load measures, prices and budgets.
 
+A router that compares candidates by one of the load measures derives from
+:class:`LoadMetricRouter`: it keeps the ``metric`` and declares what comparing by it reads.
+
 Prices follow the reference router: an instance charges ``p_in`` per prompt token
 and ``p_out`` per output token (USD), so a request costs
 ``p_in * prompt_tokens + p_out * output_tokens``. A request budget caps its output at
@@ -13,8 +16,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Literal, cast
 
+import numpy as np
+
 from sincere.core.request import Request
-from sincere.policy.router_base import InstanceView
+from sincere.policy.reads import Reads
+from sincere.policy.router_base import InstanceView, Router
 
 
 def queue_requests(view: InstanceView) -> float | None:
@@ -70,6 +76,26 @@ def load_measure(
     key = cast(Callable[[InstanceView], float], LOAD_METRICS[used])
     note = f"; {metric} unknown on {', '.join(unknown)}, by {used}" if unknown else ""
     return used, key, note
+
+
+class LoadMetricRouter(Router):
+    """A router that compares candidates by the load measure ``metric`` (its fallbacks where
+    a candidate does not report it: :func:`load_measure`)."""
+
+    def __init__(self, rng: np.random.Generator, metric: LoadMetric) -> None:
+        super().__init__(rng)
+        self.metric = metric
+
+    @property
+    def reads(self) -> Reads:
+        """Engine load; token counts when the metric is ``tokens``."""
+        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
+
+    def load_measure(
+        self, views: Sequence[InstanceView]
+    ) -> tuple[str, Callable[[InstanceView], float], str]:
+        """:func:`load_measure` of ``views`` by this router's metric."""
+        return load_measure(self.metric, views)
 
 
 MAX_BUDGET_TOKENS = 2**40

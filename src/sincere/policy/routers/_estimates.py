@@ -36,7 +36,7 @@ from sincere.core.params import Params, Spec, Uses
 from sincere.core.registry import Needs, build_spec
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, RequestId, Seconds
-from sincere.policy.router_base import InstanceView, Outcome
+from sincere.policy.router_base import InstanceView, Outcome, Router
 from sincere.predict.latency import (
     LATENCY_PREDICTORS,
     LatencyEstimate,
@@ -292,3 +292,27 @@ class Estimator:
     def num_pending(self) -> int:
         """Routed requests whose outcome has not been observed yet."""
         return len(self._pending)
+
+
+class PredictiveRouter(Router):
+    """A router that decides on latency predictions: its :class:`Estimator` (built from the
+    collaborators it is handed) and its train phase's :class:`Explorer`, both trained by
+    :meth:`observe`."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        params: PredictorParams,
+        length_predictor: OutputLengthPredictor,
+        latency_predictor: LatencyPredictor,
+        error_model: LognormalError,
+    ) -> None:
+        super().__init__(rng)
+        self.estimator = Estimator(
+            length_predictor, latency_predictor, error_model, use_step_model=params.use_step_model
+        )
+        self.explorer = Explorer(params.explore, rng)
+
+    def observe(self, outcome: Outcome) -> None:
+        """Train the length and latency predictors and the SLO error model."""
+        self.estimator.observe(outcome)

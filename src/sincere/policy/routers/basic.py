@@ -38,7 +38,7 @@ from sincere.policy.router_base import (
     RouteDecision,
     Router,
 )
-from sincere.policy.routers._common import LoadMetric, load_measure
+from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 
 
 @ROUTERS.register("random")
@@ -124,7 +124,7 @@ class JoinShortestQueueParams(Params):
 
 
 @ROUTERS.register("join-shortest-queue", params=JoinShortestQueueParams)
-class JoinShortestQueueRouter(Router):
+class JoinShortestQueueRouter(LoadMetricRouter):
     """Shortest engine queue, in requests or in tokens of work."""
 
     def __init__(
@@ -133,14 +133,8 @@ class JoinShortestQueueRouter(Router):
         params: JoinShortestQueueParams | None = None,
         **values: Any,
     ) -> None:
-        super().__init__(rng)
         p = params_from(JoinShortestQueueParams, params, values, "router 'join-shortest-queue'")
-        self.metric = p.metric
-
-    @property
-    def reads(self) -> Reads:
-        """Engine load; token counts when the metric is ``tokens``."""
-        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
+        super().__init__(rng, p.metric)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -150,7 +144,7 @@ class JoinShortestQueueRouter(Router):
         Where the metric is unknown on a candidate (a live backend that does not report
         it), all are compared by the fallback measure, and the reason says so.
         """
-        used, load, note = load_measure(self.metric, candidates)
+        used, load, note = self.load_measure(candidates)
         best = min(candidates, key=load)
         return RouteDecision(best.id, reason=f"{used}={load(best):g}{note}")
 
@@ -163,15 +157,14 @@ class PowerOfTwoParams(Params):
 
 
 @ROUTERS.register("power-of-two", params=PowerOfTwoParams)
-class PowerOfTwoRouter(Router):
+class PowerOfTwoRouter(LoadMetricRouter):
     """Less loaded of ``num_choices`` random healthy instances."""
 
     def __init__(
         self, rng: np.random.Generator, params: PowerOfTwoParams | None = None, **values: Any
     ) -> None:
-        super().__init__(rng)
         p = params_from(PowerOfTwoParams, params, values, "router 'power-of-two'")
-        self.metric = p.metric
+        super().__init__(rng, p.metric)
         self.num_choices = p.num_choices
 
     @property
@@ -190,7 +183,7 @@ class PowerOfTwoRouter(Router):
         """Sample distinct candidates, keep the less loaded (the first sampled on ties)."""
         k = min(self.num_choices, len(candidates))
         sampled = [candidates[i] for i in self._sample(len(candidates), k)]
-        used, load, note = load_measure(self.metric, sampled)
+        used, load, note = self.load_measure(sampled)
         best = min(sampled, key=load)
         return RouteDecision(best.id, reason=f"{used}={load(best):g} of {k}{note}")
 

@@ -47,20 +47,12 @@ from sincere.core.params import Spec, Uses, params_from
 from sincere.core.registry import Needs
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.router_base import (
-    ROUTERS,
-    InstanceView,
-    Outcome,
-    RouteDecision,
-    Router,
-    utilisation,
-)
+from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, utilisation
 from sincere.policy.routers._common import capped_tokens
 from sincere.policy.routers._estimates import (
     LATENCY,
     LENGTH,
-    Estimator,
-    Explorer,
+    PredictiveRouter,
     PredictorParams,
     context_of,
 )
@@ -206,7 +198,7 @@ class _Option(NamedTuple):
 
 
 @ROUTERS.register("cost-optimal", params=CostOptimalParams, needs=(LENGTH, LATENCY, ERROR_MODEL))
-class CostOptimalRouter(Router):
+class CostOptimalRouter(PredictiveRouter):
     """Weighted quality / price / latency / load score over instances likely to meet the SLO."""
 
     def __init__(
@@ -219,15 +211,11 @@ class CostOptimalRouter(Router):
         error_model: LognormalError,
         **values: Any,
     ) -> None:
-        super().__init__(rng)
         p = params_from(CostOptimalParams, params, values, "router 'cost-optimal'")
+        super().__init__(rng, p, length_predictor, latency_predictor, error_model)
         self.weights = p.weights()
         self.min_slo_prob = p.min_slo_prob
         self.latency_metric = p.latency_metric
-        self.estimator = Estimator(
-            length_predictor, latency_predictor, error_model, use_step_model=p.use_step_model
-        )
-        self.explorer = Explorer(p.explore, rng)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -306,7 +294,3 @@ class CostOptimalRouter(Router):
             [o.latency for o in options],
             [utilisation(o.view) for o in options],
         )
-
-    def observe(self, outcome: Outcome) -> None:
-        """Train the length and latency predictors and the SLO error model."""
-        self.estimator.observe(outcome)

@@ -38,18 +38,11 @@ from pydantic import Field
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.router_base import (
-    ROUTERS,
-    InstanceView,
-    Outcome,
-    RouteDecision,
-    Router,
-)
+from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision
 from sincere.policy.routers._estimates import (
     LATENCY,
     LENGTH,
-    Estimator,
-    Explorer,
+    PredictiveRouter,
     PredictorParams,
     context_of,
 )
@@ -67,7 +60,7 @@ class LatencyOptimalParams(PredictorParams):
 
 
 @ROUTERS.register("latency-optimal", params=LatencyOptimalParams, needs=(LENGTH, LATENCY))
-class LatencyOptimalRouter(Router):
+class LatencyOptimalRouter(PredictiveRouter):
     """Smallest predicted E2E (or TTFT) over healthy instances."""
 
     def __init__(
@@ -79,13 +72,9 @@ class LatencyOptimalRouter(Router):
         latency_predictor: LatencyPredictor,
         **values: Any,
     ) -> None:
-        super().__init__(rng)
         p = params_from(LatencyOptimalParams, params, values, "router 'latency-optimal'")
+        super().__init__(rng, p, length_predictor, latency_predictor, LognormalError())
         self.objective = p.objective
-        self.estimator = Estimator(
-            length_predictor, latency_predictor, LognormalError(), use_step_model=p.use_step_model
-        )
-        self.explorer = Explorer(p.explore, rng)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -121,7 +110,3 @@ class LatencyOptimalRouter(Router):
         if est is None:
             return math.inf
         return est.e2e_s if self.objective == "e2e" else est.ttft_s
-
-    def observe(self, outcome: Outcome) -> None:
-        """Train the length and latency predictors."""
-        self.estimator.observe(outcome)

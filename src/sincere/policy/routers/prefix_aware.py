@@ -35,9 +35,8 @@ from pydantic import Field
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.reads import Reads
-from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router
-from sincere.policy.routers._common import LoadMetric, load_measure
+from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision
+from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
 
 
@@ -57,31 +56,25 @@ class PrefixAwareParams(PrefixIndexParams):
 
 
 @ROUTERS.register("prefix-aware", params=PrefixAwareParams)
-class PrefixAwareRouter(Router):
+class PrefixAwareRouter(LoadMetricRouter):
     """Longest matched prefix among the not-overloaded candidates; least loaded on ties."""
 
     def __init__(
         self, rng: np.random.Generator, params: PrefixAwareParams | None = None, **values: Any
     ) -> None:
-        super().__init__(rng)
         p = params_from(PrefixAwareParams, params, values, "router 'prefix-aware'")
+        super().__init__(rng, p.metric)
         self.index = p.index("prefix-aware")
         self.max_prefix_blocks = p.max_prefix_blocks
-        self.metric = p.metric
         self.max_load_gap = p.max_load_gap
         self.min_match_tokens = p.min_match_tokens
-
-    @property
-    def reads(self) -> Reads:
-        """Engine load; token counts when the load metric is ``tokens``."""
-        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The candidate with the longest matched prefix within the load gap; see the module."""
         keys = prompt_keys(request, self.max_prefix_blocks)
-        used, load, note = load_measure(self.metric, candidates)
+        used, load, note = self.load_measure(candidates)
         loads = [load(v) for v in candidates]
         least = min(loads)
         matched = [self.index.matched_blocks(v.id, keys) * request.block_tokens for v in candidates]

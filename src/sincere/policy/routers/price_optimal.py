@@ -24,7 +24,6 @@ import numpy as np
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.reads import Reads
 from sincere.policy.router_base import (
     ROUTERS,
     InstanceView,
@@ -68,6 +67,8 @@ class PriceOptimalParams(LengthPredictorParams):
 class PriceOptimalRouter(Router):
     """Cheapest expected price within the request's budget."""
 
+    reads_exact_tokens = False  # engine load as reported; no exact token counts
+
     def __init__(
         self,
         rng: np.random.Generator,
@@ -79,11 +80,6 @@ class PriceOptimalRouter(Router):
         super().__init__(rng)
         params_from(PriceOptimalParams, params, values, "router 'price-optimal'")
         self.length = length_predictor
-
-    @property
-    def reads(self) -> Reads:
-        """Engine load, not token counts kept exact between engine events."""
-        return Reads(tokens=False, outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

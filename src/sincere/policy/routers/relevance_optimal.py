@@ -20,14 +20,8 @@ from pydantic import Field
 from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.reads import Reads
-from sincere.policy.router_base import (
-    ROUTERS,
-    InstanceView,
-    RouteDecision,
-    Router,
-)
-from sincere.policy.routers._common import LoadMetric, load_measure
+from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision
+from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 
 
 class RelevanceOptimalParams(Params):
@@ -40,7 +34,7 @@ class RelevanceOptimalParams(Params):
 
 
 @ROUTERS.register("relevance-optimal", params=RelevanceOptimalParams)
-class RelevanceOptimalRouter(Router):
+class RelevanceOptimalRouter(LoadMetricRouter):
     """Highest quality; the least loaded among equals."""
 
     def __init__(
@@ -49,15 +43,9 @@ class RelevanceOptimalRouter(Router):
         params: RelevanceOptimalParams | None = None,
         **values: Any,
     ) -> None:
-        super().__init__(rng)
         p = params_from(RelevanceOptimalParams, params, values, "router 'relevance-optimal'")
+        super().__init__(rng, p.metric)
         self.tolerance = p.tolerance
-        self.metric = p.metric
-
-    @property
-    def reads(self) -> Reads:
-        """Engine load; token counts when the metric is ``tokens``."""
-        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -65,6 +53,6 @@ class RelevanceOptimalRouter(Router):
         """The least loaded of the healthy instances with (near-)best quality."""
         top = max(v.quality for v in candidates) - self.tolerance
         equals = [v for v in candidates if v.quality >= top]
-        _, load, note = load_measure(self.metric, equals)
+        _, load, note = self.load_measure(equals)
         best = min(equals, key=load)
         return RouteDecision(best.id, reason=f"quality={best.quality:g}{note}")

@@ -26,9 +26,8 @@ from pydantic import Field
 from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, Seconds
-from sincere.policy.reads import Reads
-from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router, utilisation
-from sincere.policy.routers._common import LoadMetric, load_measure
+from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, utilisation
+from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 
 
 class SessionAffinityParams(Params):
@@ -51,7 +50,7 @@ class SessionAffinityParams(Params):
 
 
 @ROUTERS.register("session-affinity", params=SessionAffinityParams)
-class SessionAffinityRouter(Router):
+class SessionAffinityRouter(LoadMetricRouter):
     """Sticky by ``request.session``; least loaded when new, unbound or saturated."""
 
     def __init__(
@@ -60,24 +59,18 @@ class SessionAffinityRouter(Router):
         params: SessionAffinityParams | None = None,
         **values: Any,
     ) -> None:
-        super().__init__(rng)
         p = params_from(SessionAffinityParams, params, values, "router 'session-affinity'")
-        self.metric = p.metric
+        super().__init__(rng, p.metric)
         self.saturation = p.saturation
         self.max_load_gap = p.max_load_gap
         self.max_sessions = p.max_sessions
         self._bound: OrderedDict[str, InstanceId] = OrderedDict()
 
-    @property
-    def reads(self) -> Reads:
-        """Engine load; token counts when the load metric is ``tokens``."""
-        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
-
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The session's instance if it is a candidate and not saturated, else the least loaded."""
-        used, load, note = load_measure(self.metric, candidates)
+        used, load, note = self.load_measure(candidates)
         least = min(candidates, key=load)
         session = request.session
         if session is None:

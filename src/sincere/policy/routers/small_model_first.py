@@ -29,7 +29,6 @@ from sincere.core.params import Params, params_from
 from sincere.core.registry import Needs
 from sincere.core.request import Request
 from sincere.core.types import ModelName, Seconds
-from sincere.policy.reads import Reads
 from sincere.policy.router_base import (
     ROUTERS,
     InstanceView,
@@ -87,6 +86,8 @@ DIFFICULTY = Needs(
 class SmallModelFirstRouter(Router):
     """Smallest model unless the request is hard; round-robin within a model's instances."""
 
+    reads_exact_tokens = False  # engine load as reported; no exact token counts
+
     def __init__(
         self,
         rng: np.random.Generator,
@@ -119,11 +120,6 @@ class SmallModelFirstRouter(Router):
                 allowed=sorted(self.model_sizes),
             )
         return self.model_sizes[model], price_size(group)[1]
-
-    @property
-    def reads(self) -> Reads:
-        """Engine load, not token counts kept exact between engine events."""
-        return Reads(tokens=False, outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

@@ -33,7 +33,6 @@ from pydantic import Field, model_validator
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.reads import Reads
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, Router
 from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
 
@@ -92,6 +91,8 @@ def kv_scores(candidates: Sequence[InstanceView]) -> tuple[list[float], str]:
 class WeightedScoreRouter(Router):
     """Largest weighted sum of prefix, queue, KV and running scorers; see the module."""
 
+    reads_exact_tokens = False  # engine load as reported; no exact token counts
+
     def __init__(
         self, rng: np.random.Generator, params: WeightedScoreParams | None = None, **values: Any
     ) -> None:
@@ -115,11 +116,6 @@ class WeightedScoreRouter(Router):
         notes = [n for name, n in (("queue", q_note), ("running", r_note), ("kv", kv_note))
                  if n and self.weights[name] > 0]  # fmt: skip
         return out, "".join(notes)
-
-    @property
-    def reads(self) -> Reads:
-        """Engine load, not token counts kept exact between engine events."""
-        return Reads(tokens=False, outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

@@ -1,0 +1,50 @@
+"""One GEMM's time on one GPU: the roofline's tiled compute and memory traffic, overlapped.
+
+A ``k × n`` weight matrix (``weight_bytes`` a weight) multiplies ``tokens`` activations.
+Compute is ``2 k n`` FLOPs per token, the token count rounded up to a multiple of
+``token_tile`` above one tile (the steps measured kernels take); traffic is the weights
+once plus the activations in and out. The two overlap as ``(compute^p + memory^p)^(1/p)``
+with ``p = overlap_exponent`` (``inf``: the larger). Under fp8 compute the activations
+are quantised first: a fixed kernel cost and ``fp8_act_bytes`` per input element more.
+Both the dense roofline and the per-architecture step price their GEMMs here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sincere.perf.roofline import RooflineParams
+
+
+def overlap_s(p: float, compute: float, memory: float) -> float:
+    """``(compute^p + memory^p)^(1/p)``, seconds; the larger for ``p = inf`` or no work."""
+    high = compute if compute > memory else memory
+    if math.isinf(p) or high <= 0.0:
+        return high
+    low = compute if compute <= memory else memory
+    return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
+
+
+def gemm_s(
+    params: RooflineParams,
+    k: int,
+    n: int,
+    weight_bytes: float,
+    tokens: int,
+    rates: tuple[float, float],
+    quantised: bool,
+) -> float:
+    """One GEMM over ``tokens`` tokens at ``rates`` (FLOP/s, HBM bytes/s), seconds;
+    ``quantised``: its activations are quantised to fp8 first (see the module)."""
+    peak, hbm = rates
+    tile = params.token_tile
+    tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
+    compute = 2.0 * k * n * tiled / peak
+    moved = k * n * weight_bytes
+    moved += (k + n) * tokens * params.activation_bytes
+    if quantised:
+        moved += k * tokens * params.fp8_act_bytes
+        return params.fp8_gemm_kernel_s + overlap_s(params.overlap_exponent, compute, moved / hbm)
+    return overlap_s(params.overlap_exponent, compute, moved / hbm)
