@@ -10,24 +10,25 @@ The points: every colocated vLLM row of Llama-3.1-70B in fp8 on B200 (TP 1-8, 1k
 ``[0.8 L, L]``, ``10 C`` prompts, ``--max-concurrency C``, ``--ignore-eos``; the server
 with ``--max-num-seqs C --max-num-batched-tokens 8192 --no-enable-prefix-caching``): a
 closed loop of ``C`` clients, no warm-up left out (the benchmark's means include the first
-wave), the default step model (B200's kernel-fitted roofline), fp8 KV cache, seed 0.
-Nothing here is fitted to these points. Prints per point the measured and simulated mean
-TPOT and TTFT under both execution models, and the median absolute percentage error
-(bias in brackets) of each.
+wave), the default step model (B200's kernel-fitted roofline), fp8 KV cache, seed 0: the
+set-up of ``sincere validate inferencex`` (``experiment.inferencex.point_config``), with
+the execution preset replaced. Nothing here is fitted to these points. Prints per point
+the measured and simulated mean TPOT and TTFT under both execution models, and the median
+absolute percentage error (bias in brackets) of each.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from sincere.experiment.inferencex import PointSpec, Skip, point_config, point_spec
 from sincere.sim.api import simulate
-from sincere.sim.config import load_config
+from sincere.workload.inferencex import OperatingPoint, read_operating_points
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT.parent / "shared/data/serving-runs/inferencex/blackwell_operating_points.csv"
@@ -35,37 +36,29 @@ PRESETS = ("eager", "vllm-v1")
 MODEL = "meta-llama/Llama-3.1-70B"
 
 
-def points(path: Path, max_concurrency: int) -> list[dict[str, str]]:
-    """The vLLM fp8 Llama-3.1-70B points on B200, colocated, up to ``max_concurrency``."""
-    with path.open(encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    chosen = [r for r in rows if r["model_path"] == MODEL and r["backend"] == "vllm"
-              and r["mode"] == "agg" and r["precision"] == "fp8" and r["system"] == "b200_sxm"
-              and int(r["batch_size"]) <= max_concurrency]  # fmt: skip
-    key = ("tp_size", "isl", "osl", "batch_size")
-    return sorted(chosen, key=lambda r: tuple(int(r[k]) for k in key))
+def points(path: Path, max_concurrency: int) -> list[PointSpec]:
+    """The vLLM fp8 Llama-3.1-70B points on B200, colocated, up to ``max_concurrency``,
+    set up as ``sincere validate inferencex`` sets every point up."""
+    chosen = []
+    for p in read_operating_points(path):
+        if (p.model, p.backend, p.mode, p.precision, p.system) != (
+            MODEL,
+            "vllm",
+            "agg",
+            "fp8",
+            "b200_sxm",
+        ) or p.clients > max_concurrency:
+            continue
+        spec = point_spec(p)
+        if isinstance(spec, Skip):
+            raise SystemExit(f"point {p.id} is not simulated: {spec}")
+        chosen.append(spec)
+    return sorted(chosen, key=lambda s: (s.tp, s.point.isl, s.point.osl, s.clients))
 
 
-def config(row: dict[str, str], preset: str) -> Any:
-    """The simulated benchmark of ``row`` (module docstring)."""
-    c, isl, osl = int(row["batch_size"]), int(row["isl"]), int(row["osl"])
-    lengths = {"prompt": {"kind": "uniform", "low": int(0.8 * isl), "high": isl},
-               "output": {"kind": "uniform", "low": int(0.8 * osl), "high": osl}}  # fmt: skip
-    engine = {"preset": preset, "max_num_seqs": c, "max_num_batched_tokens": 8192,
-              "enable_prefix_caching": False}  # fmt: skip
-    return load_config({
-        "seed": 0,
-        "workload": {"num_requests": 10 * c, "arrival": {"kind": "closed", "concurrency": c},
-                     "lengths": lengths, "models": {"llama-3.1-70b": 1.0}},
-        "instances": [{"name": "b200", "model": "llama-3.1-70b", "accelerator": "B200",
-                       "tp": int(row["tp_size"]), "precision": "fp8", "kv_precision": "fp8",
-                       "engine": engine}],
-    })  # fmt: skip
-
-
-def measure(row: dict[str, str], preset: str) -> tuple[float, float]:
-    """Simulated mean TTFT and mean TPOT (seconds) of ``row`` under ``preset``."""
-    result = simulate(config(row, preset))
+def measure(spec: PointSpec, preset: str) -> tuple[float, float]:
+    """Simulated mean TTFT and mean TPOT (seconds) of ``spec`` under ``preset``."""
+    result = simulate(point_config(dataclasses.replace(spec, engine_preset=preset)))
     req, rec = result.requests_in, result.records
     ttft = rec.first_token_at - req.arrival_at
     tpot = (rec.finished_at - rec.first_token_at) / np.maximum(req.output_tokens - 1, 1)
@@ -88,14 +81,14 @@ def main(argv: list[str]) -> None:
     print("| TP | in/out | C | TPOT real | eager | vllm-v1 | TTFT real | eager | vllm-v1 |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     started = time.perf_counter()
-    for row in rows:
-        real_ttft = float(row["silicon_ttft_ms"]) / 1e3
-        real_tpot = float(row["silicon_tpot_ms"]) / 1e3
-        sim = {p: measure(row, p) for p in PRESETS}
+    for spec in rows:
+        row: OperatingPoint = spec.point
+        real_ttft, real_tpot = row.ttft_ms / 1e3, row.tpot_ms / 1e3
+        sim = {p: measure(spec, p) for p in PRESETS}
         for p, (ttft, tpot) in sim.items():
             errors[f"{p} ttft"].append((ttft - real_ttft) / real_ttft)
             errors[f"{p} tpot"].append((tpot - real_tpot) / real_tpot)
-        print(f"| {row['tp_size']} | {row['isl']}/{row['osl']} | {row['batch_size']} | "
+        print(f"| {spec.tp} | {row.isl}/{row.osl} | {spec.clients} | "
               f"{real_tpot * 1e3:.2f} | {sim['eager'][1] * 1e3:.2f} | "
               f"{sim['vllm-v1'][1] * 1e3:.2f} | {real_ttft * 1e3:.0f} | "
               f"{sim['eager'][0] * 1e3:.0f} | {sim['vllm-v1'][0] * 1e3:.0f} |")  # fmt: skip
