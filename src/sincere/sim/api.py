@@ -200,6 +200,8 @@ def summarize_cluster(
     summary["mean_num_in_system"] = log.num_in_system_area / log.end_at if log.end_at else 0.0
     if cluster.pd is not None:
         summary["disaggregation"] = cluster.pd.summary(cluster.requests.arrival_at)
+    if cluster.extension is not None:
+        summary.update(cluster.extension.report(log.end_at))
     block = cluster_sincere_metrics(cluster, horizon_s or log.end_at)
     if block is not None:
         summary["sincere"] = block
