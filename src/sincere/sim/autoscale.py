@@ -116,6 +116,7 @@ class Autoscaler(Extension):
             self.book.set(e, state, 0.0)
             if state != UP:
                 sim.cluster.set_routable(e, False)
+        self.book.desired = self.plan.num_initial
         self.book.note(0.0)
         sim.schedule(self.cfg.interval_s, self.tick_kind, 0)
 
