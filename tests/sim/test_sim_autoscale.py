@@ -7,6 +7,7 @@ tokens is served in ``n`` seconds and the queue is a FIFO of known service times
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -199,3 +200,19 @@ def test_bad_settings_are_named(changes: dict[str, Any], match: str) -> None:
     """Each bad setting is reported with its path, its value and what is allowed."""
     with pytest.raises(ConfigError, match=match):
         simulate(_config(**changes), requests=_burst())
+
+
+def test_plot_writes_the_autoscaling_figure_beside_the_run_figure(tmp_path: Path) -> None:
+    """With autoscaling, ``plot`` also writes the instances-over-time PNG."""
+    result = simulate(_config(), requests=_burst())
+    result.plot(tmp_path / "simulation.png")
+    assert (tmp_path / "simulation_autoscaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_load_time_derived_from_weights_and_load_rate() -> None:
+    """Without load_s, a model loads its weights per GPU at load_gbps."""
+    from sincere.catalog import get_model
+
+    result = simulate(_config(load_s=None, load_gbps=4.0), requests=_burst())
+    weights = get_model("llama-3-8b").weight_bytes("bf16")
+    assert result.summary["autoscaling"]["load_s"] == pytest.approx(weights / 4e9)
