@@ -14,8 +14,9 @@ there, not started), divides it by the number serving, and asks the policy
   (ready ``provisioning_s`` later);
 * **scale-down** only when the count wanted has stayed below the count serving or starting
   for ``cooldown_s`` (a stabilisation window, as Kubernetes' HPA keeps), then to the
-  largest count wanted in that window. The instances stopped are chosen by
-  :func:`sincere.optimize.scaling.scale` (newest first); a stopped instance leaves the
+  largest count wanted in that window. The instances stopped are the newest to have
+  joined (the rule of :func:`sincere.optimize.scaling.scale`, which the live controller
+  runs; ``optimize`` sits above ``sim``, so it is not imported); a stopped instance leaves the
   router's view at once, finishes what it holds, then is down (or warm, when the pool is
   short).
 
@@ -32,7 +33,6 @@ import math
 from dataclasses import dataclass
 
 from sincere.core.types import Seconds
-from sincere.optimize.scaling import scale
 from sincere.policy.reads import Reads
 from sincere.sim.autoscale_book import DOWN, DRAINING, STARTING, UP, WARM, WARMING, FleetBook
 from sincere.sim.autoscale_config import AutoscalingConfig
@@ -209,10 +209,9 @@ class Autoscaler(Extension):
         ups = book.of(UP)  # by the time they joined, oldest first (ties: by index)
         ups.sort(key=lambda e: (book.up_at[e], e))
         keep = max(target - book.count(STARTING), 1)
-        names = {self.cluster.infos[e].id: e for e in ups}
-        stops = scale({"group": keep}, {"group": list(names)}).stops
-        for name in stops:
-            self._stop(names[name], at)
+        stops = ups[keep:][::-1]  # newest first
+        for e in stops:
+            self._stop(e, at)
         if stops:
             book.num_scale_downs += 1
 
