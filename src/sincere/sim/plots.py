@@ -214,7 +214,7 @@ def plot_autoscaling(
     load.set_ylabel("requests")
     lines = ax.get_legend_handles_labels()
     more = load.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", framealpha=0.85)
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", framealpha=0.85)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
