@@ -147,7 +147,7 @@ class Autoscaler(Extension):
             self._start(want - num_active, at)
             self.low_since = None
         elif want < num_active:
-            self._maybe_stop(want, num_active, at)
+            self._maybe_stop(want, at)
         else:
             self.low_since = None
         book.note(at)
@@ -197,7 +197,7 @@ class Autoscaler(Extension):
             self.book.set(e, WARM, at)
         self.book.note(at)
 
-    def _maybe_stop(self, want: int, num_active: int, at: Seconds) -> None:
+    def _maybe_stop(self, want: int, at: Seconds) -> None:
         """Fewer wanted: stop instances once the window has lasted ``cooldown_s``."""
         if self.low_since is None:
             self.low_since, self.low_max = at, want
