@@ -216,3 +216,31 @@ def test_load_time_derived_from_weights_and_load_rate() -> None:
     result = simulate(_config(load_s=None, load_gbps=4.0), requests=_burst())
     weights = get_model("llama-3-8b").weight_bytes("bf16")
     assert result.summary["autoscaling"]["load_s"] == pytest.approx(weights / 4e9)
+
+
+def test_waiting_signal_counts_queued_requests_only() -> None:
+    """At 10 s the burst has 2 done, 1 running and 9 queued: over a target of 4.5 per
+    instance, ``waiting`` wants ceil(9 / 4.5) = 2 and ``in_flight`` ceil(10 / 4.5) = 3."""
+    scaling = {"policy": "target-utilisation", "target_per_instance": 4.5, "max_instances": 4}
+    waiting = simulate(_config(signal="waiting", **scaling), requests=_burst())
+    assert _rows(waiting)[10.0] == (1, 1, 2)
+    in_flight = simulate(_config(**scaling), requests=_burst())
+    assert _rows(in_flight)[10.0] == (1, 2, 3)
+
+
+def test_kv_usage_signal_reads_the_engines_kv_use() -> None:
+    """KV in use at 10 s (a request running) is above a tiny threshold: one more instance;
+    from 50 s no request holds KV: fewer wanted, and 30 s later one stops."""
+    cfg = _config(signal="kv_usage", scale_up_threshold=1e-6, scale_down_threshold=5e-7)
+    rows = _rows(simulate(cfg, requests=_burst()))
+    assert rows[10.0] == (1, 1, 2)
+    assert rows[50.0] == (3, 0, 2)
+    assert rows[80.0] == (2, 0, 2)
+
+
+def test_kv_usage_needs_engines_that_report_it() -> None:
+    """A request-level group reports no KV use: kv_usage is refused, naming the engine kind."""
+    cfg = _config(signal="kv_usage")
+    cfg["instances"][0]["engine"] = {"kind": "request-level"}
+    with pytest.raises(ConfigError, match=r"engine.kind.*kv_usage.*got 'request-level'"):
+        simulate(cfg, requests=_burst())

@@ -5,7 +5,8 @@ next ``warm_pool`` are *warm* (provisioned, idle), the rest are *down*. Only ser
 instances are in the router's view (:meth:`~sincere.sim.cluster.Cluster.set_routable`).
 Every ``interval_s`` (from ``interval_s`` on) the controller reads the load of the
 serving instances (``in_flight``: requests outstanding there; ``waiting``: requests queued
-there, not started), divides it by the number serving, and asks the policy
+there, not started; ``kv_usage``: the fraction of KV blocks in use), divides it by the
+number serving, and asks the policy
 (:func:`desired_count`) how many instances it wants, within the bounds:
 
 * **scale-up** at once: a warm instance serves after ``load_s`` (the model's load), a down
@@ -92,8 +93,8 @@ class Autoscaler(Extension):
 
     @property
     def needs(self) -> ExtensionNeeds:
-        """Reads engine loads only for the ``waiting`` signal; never routes or feeds."""
-        reads = Reads(load=self.cfg.signal == "waiting", tokens=False, outcomes=False)
+        """Reads engine loads unless the signal is ``in_flight``; never routes or feeds."""
+        reads = Reads(load=self.cfg.signal != "in_flight", tokens=False, outcomes=False)
         return ExtensionNeeds(reads=reads, routes_arrivals=False, feeds_engines=False)
 
     @property
@@ -156,9 +157,11 @@ class Autoscaler(Extension):
 
     def _load(self) -> float:
         """The signal summed over the serving instances."""
-        ups = self.book.of(UP)
+        ups, engines = self.book.of(UP), self.cluster.engines
         if self.cfg.signal == "waiting":
-            return float(sum(self.cluster.engines[e].queue_sizes()[1] for e in ups))
+            return float(sum(engines[e].queue_sizes()[1] for e in ups))
+        if self.cfg.signal == "kv_usage":
+            return sum(engines[e].load().kv_usage or 0.0 for e in ups)
         return float(sum(self.cluster.outstanding[e] for e in ups))
 
     def _work_left(self) -> bool:

@@ -5,7 +5,7 @@ Shape (docs/autoscaling.md has the model)::
     autoscaling:
       group: llama-a100          # an instances entry's name (default: the first entry)
       policy: threshold          # threshold | target-utilisation
-      signal: in_flight          # in_flight | waiting: the load read per serving instance
+      signal: in_flight          # in_flight | waiting | kv_usage: the load per instance
       interval_s: 10             # the controller reads the load every interval
       min_instances: 1
       max_instances: 8           # the group is built with this many engines
@@ -49,7 +49,9 @@ class AutoscalingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     group: str | None = None  # the instances entry scaled, by name (None: the first)
     policy: Literal["threshold", "target-utilisation"] = "threshold"
-    signal: Literal["in_flight", "waiting"] = "in_flight"  # load per serving instance
+    # the load read on each serving instance: requests outstanding, requests queued, or
+    # the fraction of KV blocks in use (continuous engines)
+    signal: Literal["in_flight", "waiting", "kv_usage"] = "in_flight"
     interval_s: float = Field(10.0, gt=0)  # between two readings of the load
     min_instances: int = Field(1, ge=1)
     max_instances: int = Field(ge=1)

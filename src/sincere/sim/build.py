@@ -208,7 +208,14 @@ def scaled_group(config: SimulationConfig) -> int:
             "instance the role both, or leave autoscaling out",
             where="autoscaling", value="present", allowed="absent",
         )  # fmt: skip
-    return check_group(config.autoscaling, config.instances)
+    pos = check_group(config.autoscaling, config.instances)
+    kind = config.instances[pos].engine.kind
+    if config.autoscaling.signal == "kv_usage" and kind != "continuous":
+        raise ConfigError(
+            "the kv_usage signal needs engines that report their KV use (continuous)",
+            where=f"instances[{pos}].engine.kind", value=kind, allowed=["continuous"],
+        )  # fmt: skip
+    return pos
 
 
 def canonical_requests(requests: RequestArrays) -> RequestArrays:
