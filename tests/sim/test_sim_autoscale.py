@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
@@ -244,3 +245,32 @@ def test_kv_usage_needs_engines_that_report_it() -> None:
     cfg["instances"][0]["engine"] = {"kind": "request-level"}
     with pytest.raises(ConfigError, match=r"engine.kind.*kv_usage.*got 'request-level'"):
         simulate(cfg, requests=_burst())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_bursts_lose_no_request_and_keep_the_bounds(seed: int) -> None:
+    """Random bursts: every request is served, the serving count stays within the bounds,
+    and GPU-hours lie between min and max instances over the whole run."""
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.uniform(0, 200, 4))
+    arrivals = np.sort(np.concatenate([s + rng.exponential(0.5, 15).cumsum() for s in starts]))
+    outputs = rng.integers(1, 8, len(arrivals)).tolist()
+    cfg = _config(max_instances=4, warm_pool=1, cooldown_s=20.0, min_instances=1)
+    result = simulate(cfg, requests=_requests(arrivals.tolist(), outputs))
+    assert result.summary["num_completed"] == len(arrivals)
+    block = result.summary["autoscaling"]
+    ups = block["timeline"]["up"]
+    assert min(ups) >= 1 and max(ups) <= 4
+    assert block["num_scale_ups"] >= 1
+    end_h = result.log.end_at / 3600.0
+    assert end_h <= block["gpu_hours"] <= 4 * end_h
+
+
+def test_the_written_config_repeats_the_run() -> None:
+    """config.yaml holds the section: loading it back gives the same summary."""
+    from sincere.sim.config import load_config
+
+    first = simulate(_config(warm_pool=1), requests=_burst())
+    again = load_config(yaml.safe_load(first.config.to_yaml()))
+    assert again.autoscaling == first.config.autoscaling
+    assert simulate(again, requests=_burst()).summary == first.summary
