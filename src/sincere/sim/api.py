@@ -72,10 +72,16 @@ class SimulationResult:
         return self._table
 
     def plot(self, path: str | Path, title: str = "simulation") -> Path:
-        """Write the run's figure (latency CDFs per tier, load and TTFT over time)."""
-        from sincere.sim.plots import plot_run
+        """Write the run's figure (latency CDFs per tier, load and TTFT over time); with
+        autoscaling, also its instances over time beside it (``<name>_autoscaling.png``)."""
+        from sincere.sim.plots import occupancy, plot_autoscaling, plot_run
 
-        return plot_run(self.requests_in, self.records, path, title)
+        out = plot_run(self.requests_in, self.records, path, title)
+        block = self.summary.get("autoscaling")
+        if block is not None:
+            side = out.with_name(f"{out.stem}_autoscaling{out.suffix}")
+            plot_autoscaling(block["timeline"], occupancy(self.requests_in, self.records), side)
+        return out
 
     def write(self, out_dir: str | Path) -> Path:
         """Write requests.parquet, summary.json and config.yaml into ``out_dir``."""
@@ -200,6 +206,8 @@ def summarize_cluster(
     summary["mean_num_in_system"] = log.num_in_system_area / log.end_at if log.end_at else 0.0
     if cluster.pd is not None:
         summary["disaggregation"] = cluster.pd.summary(cluster.requests.arrival_at)
+    if cluster.extension is not None:
+        summary.update(cluster.extension.report(log.end_at))
     block = cluster_sincere_metrics(cluster, horizon_s or log.end_at)
     if block is not None:
         summary["sincere"] = block

@@ -27,6 +27,8 @@ from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, build_front_door
 from sincere.policy.pd import build_pd_front_door, colocated_role
 from sincere.policy.reads import Reads
+from sincere.sim.autoscale import Autoscaler, ScalePlan
+from sincere.sim.autoscale_config import check_group
 from sincere.sim.cluster import ClosedLoop, Cluster, eligible_instances
 from sincere.sim.config import DisaggregationConfig, InstanceConfig, SimulationConfig
 from sincere.sim.disagg import (
@@ -38,6 +40,7 @@ from sincere.sim.disagg import (
     link_figures,
     role_of,
 )
+from sincere.sim.extension import Extension
 from sincere.sim.frontend import closed_loop_delays, front_end_of
 from sincere.workload.arrivals import Closed
 
@@ -66,10 +69,16 @@ class _Builder:
         self.engines: list[Engine] = []
         self.infos: list[InstanceInfo] = []
         self.ids: list[str] = []
+        # the autoscaled group (if any) is built at its largest size
+        self.scaled = None if config.autoscaling is None else scaled_group(config)
+        self.counts = [inst.count for inst in config.instances]
+        if config.autoscaling is not None and self.scaled is not None:
+            self.counts[self.scaled] = config.autoscaling.max_instances
         for pos, inst in enumerate(config.instances):
             prefix = inst.name or f"{inst.model_names[0]}-{pos}"
-            for k in range(inst.count):
-                self.ids.append(prefix if inst.count == 1 else f"{prefix}-{k}")
+            count = self.counts[pos]
+            for k in range(count):
+                self.ids.append(prefix if count == 1 else f"{prefix}-{k}")
         if len(set(self.ids)) != len(self.ids):
             raise ConfigError("instance names must be unique", where="instances", value=self.ids)
         self.records = RecordArrays.empty(len(requests), self.ids)
@@ -84,15 +93,31 @@ class _Builder:
     def build(self, decisions: DecisionLog | None, probes: Sequence[Reads] = ()) -> Cluster:
         check_roles(self.config)
         for pos, inst in enumerate(self.config.instances):
-            for _ in range(inst.count):
+            for _ in range(self.counts[pos]):
                 self._add(inst, f"instances[{pos}]")
         eligible = eligible_instances(self.requests.models, self.infos)
         pd = self._pd_plan(eligible) if self.disaggregated else None
+        extension: Extension | None = None if pd is None else PDExtension(pd)
+        if self.scaled is not None:
+            extension = Autoscaler(self._scale_plan(self.scaled))
         return Cluster(
             self.requests, self.records, self.engines, self.infos, self._front_door(),
             self.max_tokens, decisions, self._closed_loop(), eligible=eligible,
-            extension=None if pd is None else PDExtension(pd), pd=pd, probes=probes,
+            extension=extension, pd=pd, probes=probes,
         )  # fmt: skip
+
+    def _scale_plan(self, pos: int) -> ScalePlan:
+        """The autoscaled group's engines, initial count, load time and GPUs."""
+        cfg = self.config.autoscaling
+        assert cfg is not None
+        start = sum(self.counts[:pos])
+        engines = tuple(range(start, start + self.counts[pos]))
+        dep = self.deployments[start]
+        load_s = cfg.load_s
+        if load_s is None:  # every GPU loads its share of the weights at load_gbps
+            load_s = dep.model.weight_bytes(dep.precision) / dep.num_gpus / (cfg.load_gbps * 1e9)
+        initial = self.config.instances[pos].count
+        return ScalePlan(cfg, engines, initial, load_s, dep.num_gpus)
 
     def _closed_loop(self) -> ClosedLoop | None:
         """The workload's closed loop, with its think times drawn (None: open loop)."""
@@ -172,6 +197,25 @@ class _Builder:
     def _front_door(self) -> FrontDoor:
         cfg = self.config
         return build_front_door(cfg.router, cfg.admission, cfg.seed)
+
+
+def scaled_group(config: SimulationConfig) -> int:
+    """The position of the instances entry ``config.autoscaling`` scales (checked)."""
+    assert config.autoscaling is not None
+    if is_disaggregated(config):
+        raise ConfigError(
+            "autoscaling is not supported with prefill/decode disaggregation; give every "
+            "instance the role both, or leave autoscaling out",
+            where="autoscaling", value="present", allowed="absent",
+        )  # fmt: skip
+    pos = check_group(config.autoscaling, config.instances)
+    kind = config.instances[pos].engine.kind
+    if config.autoscaling.signal == "kv_usage" and kind != "continuous":
+        raise ConfigError(
+            "the kv_usage signal needs engines that report their KV use (continuous)",
+            where=f"instances[{pos}].engine.kind", value=kind, allowed=["continuous"],
+        )  # fmt: skip
+    return pos
 
 
 def canonical_requests(requests: RequestArrays) -> RequestArrays:

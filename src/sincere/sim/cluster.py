@@ -55,6 +55,7 @@ Otherwise the front door's history would only pace holds, which never happen her
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -125,6 +126,7 @@ class Cluster:
         self.outstanding = [0] * len(engines)
         # the instances each model may go to (by default those that serve it)
         self.eligible = eligible_instances(requests.models, infos) if eligible is None else eligible
+        self._eligible_all: list[list[int]] | None = None  # before any set_routable
         self.extension = extension  # a timed feature on the loop (None: none)
         # prefill/decode roles and links when some instance has one (sim.disagg)
         self.pd = pd
@@ -271,6 +273,22 @@ class Cluster:
             for e in stale:
                 views[e] = self._fresh_view(e)
         stale.clear()
+
+    def set_routable(self, e: int, routable: bool) -> None:
+        """Whether the front door may choose engine ``e`` (an instance that joins or leaves
+        the router's view, as an autoscaler starts or stops it): ``e`` is put back into
+        (kept in order) or taken out of the eligible instances of every model it serves.
+        Requests already at ``e`` stay there."""
+        if self._eligible_all is None:
+            self._eligible_all = [list(choices) for choices in self.eligible]
+        for m, every in enumerate(self._eligible_all):
+            if e not in every:
+                continue
+            choices = self.eligible[m]
+            if routable and e not in choices:
+                insort(choices, e)
+            elif not routable and e in choices:
+                choices.remove(e)
 
     def engine_index(self, instance: InstanceId) -> int:
         """The engine of instance ``instance`` (its position in ``engines``)."""

@@ -25,6 +25,9 @@ Shape (units in the names; docs/simulator.md has every key)::
       prefill_router: {name: prefix-aware}
       decode_router: {name: least-outstanding}
       kv_link: {kind: nvlink}             # nvlink | rdma; bandwidth_gbps, latency_s override
+    autoscaling:                          # optional; one group scaled in the run
+      {policy: threshold, interval_s: 10, min_instances: 1, max_instances: 8, ...}
+                                          # docs/autoscaling.md, sim/autoscale_config.py
 
 An instance is a :class:`~sincere.engine.spec.DeploymentSpec` (model, accelerator,
 precisions, TP, PP, CC, step model, engine) plus its replica count, prices and quality.
@@ -48,6 +51,7 @@ from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.policy.pd import Role
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.policy.specs import config_checks, simulation_specs
+from sincere.sim.autoscale_config import AutoscalingConfig
 from sincere.workload.config import TraceConfig, WorkloadConfig
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -82,6 +86,8 @@ class SimulationConfig(BaseModel):
     admission: AdmissionConfig = AdmissionConfig()  # off unless enabled
     # P/D routing and KV link (None: defaults when an instance has a prefill/decode role)
     disaggregation: DisaggregationConfig | None = None
+    # one instances group scaled inside the run (None: every group keeps its count)
+    autoscaling: AutoscalingConfig | None = None
     base_dir: str | None = None  # where relative paths resolve; default the file's folder
 
     def with_seed(self, seed: int | None) -> SimulationConfig:

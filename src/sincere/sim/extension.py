@@ -73,3 +73,8 @@ class Extension:
         the system (the others, kept by the extension, are no longer outstanding at
         ``e``: the extension says so to the cluster)."""
         return done
+
+    def report(self, end_at: Seconds) -> dict[str, object]:
+        """Blocks the extension adds to the run's summary (by key), the run having ended at
+        ``end_at``. Default: none."""
+        return {}

@@ -185,3 +185,38 @@ def _colours(n: int) -> list[Any]:
 
     cmap = matplotlib.colormaps["tab10"]
     return [cmap(k % 10) for k in range(max(n, 1))]
+
+
+def plot_autoscaling(
+    timeline: dict[str, list[float]], occ: Occupancy, path: str | Path, title: str = "simulation"
+) -> Path:
+    """Write the autoscaled group's figure to ``path``: instances serving, starting and
+    wanted over time (the summary's ``autoscaling.timeline``), against the requests in the
+    system and waiting; return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 4.5), constrained_layout=True)
+    at = timeline["at_s"]
+    ax.step(at, timeline["up"], where="post", color="tab:green", lw=2, label="serving")
+    ax.step(at, timeline["provisioning"], where="post", color="tab:orange", lw=1.5,
+            label="starting")  # fmt: skip
+    ax.step(at, timeline["desired"], where="post", color="black", lw=1, ls="--", label="wanted")
+    ax.set(xlabel="time (s)", ylabel="instances", title=f"{title}: autoscaling")
+    ax.grid(alpha=0.3)
+    load = ax.twinx()
+    load.step(occ.times, occ.in_system, where="post", color="tab:blue", lw=0.8, alpha=0.6,
+              label="requests in the system")  # fmt: skip
+    load.step(occ.times, occ.waiting, where="post", color="tab:red", lw=0.8, alpha=0.6,
+              label="requests waiting")  # fmt: skip
+    load.set_ylabel("requests")
+    lines = ax.get_legend_handles_labels()
+    more = load.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", framealpha=0.85)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,246 @@
+"""Autoscaling one instances group inside the simulated run: an extension of the one loop.
+
+The group is built with ``max_instances`` engines; the first ``count`` serve at time 0, the
+next ``warm_pool`` are *warm* (provisioned, idle), the rest are *down*. Only serving
+instances are in the router's view (:meth:`~sincere.sim.cluster.Cluster.set_routable`).
+Every ``interval_s`` (from ``interval_s`` on) the controller reads the load of the
+serving instances (``in_flight``: requests outstanding there; ``waiting``: requests queued
+there, not started; ``kv_usage``: the fraction of KV blocks in use), divides it by the
+number serving, and asks the policy
+(:func:`desired_count`) how many instances it wants, within the bounds:
+
+* **scale-up** at once: a warm instance serves after ``load_s`` (the model's load), a down
+  one after ``provisioning_s + load_s``; it joins the router's view then (before an
+  arrival at that very time). A warm instance taken is replaced from the down ones
+  (ready ``provisioning_s`` later);
+* **scale-down** only when the count wanted has stayed below the count serving or starting
+  for ``cooldown_s`` (a stabilisation window, as Kubernetes' HPA keeps), then to the
+  largest count wanted in that window. The instances stopped are the newest to have
+  joined (the rule of :func:`sincere.optimize.scaling.scale`, which the live controller
+  runs; ``optimize`` sits above ``sim``, so it is not imported); a stopped instance leaves the
+  router's view at once, finishes what it holds, then is down (or warm, when the pool is
+  short).
+
+Requests already at an instance stay there (no rebalancing), so a burst queues on the
+instances serving until new ones join. An instance is paid (GPU-hours) from the moment it
+is provisioned until it is down: starting, serving, draining, warm. Events at one time:
+an instance becoming ready comes first (priority -1), the controller's reading last
+(priority 2, after the engines' wake-ups), so it reads the load after them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sincere.core.types import Seconds
+from sincere.policy.reads import Reads
+from sincere.sim.autoscale_book import DOWN, DRAINING, STARTING, UP, WARM, WARMING, FleetBook
+from sincere.sim.autoscale_config import AutoscalingConfig
+from sincere.sim.cluster import Cluster
+from sincere.sim.extension import Extension, Sim
+from sincere.sim.plan import ExtensionNeeds
+
+READY_PRIORITY = -1  # an instance ready at an arrival's time takes that arrival
+TICK_PRIORITY = 2  # the controller reads loads after the engines' events at that time
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePlan:
+    """The scaled group as one run builds it."""
+
+    config: AutoscalingConfig
+    engines: tuple[int, ...]  # the group's engine indices (max_instances of them)
+    num_initial: int  # serving at time 0 (the first ones)
+    load_s: Seconds  # the model's load time on one instance
+    num_gpus: int  # accelerators one instance occupies
+
+
+def desired_count(cfg: AutoscalingConfig, load: float, num_up: int, num_active: int) -> int:
+    """Instances wanted for ``load`` (summed over the ``num_up`` serving instances), given
+    ``num_active`` serving or starting; within ``[min_instances, max_instances]``.
+
+    ``threshold`` (KEDA-style): one more when the load per serving instance is above
+    ``scale_up_threshold``, one fewer when below ``scale_down_threshold``;
+    ``target-utilisation`` (HPA's rule): ``ceil(load / target_per_instance)``.
+    """
+    if cfg.policy == "target-utilisation":
+        assert cfg.target_per_instance is not None
+        want = math.ceil(load / cfg.target_per_instance)
+    else:
+        assert cfg.scale_up_threshold is not None and cfg.scale_down_threshold is not None
+        per = load / max(num_up, 1)
+        want = num_active
+        if per > cfg.scale_up_threshold:
+            want = num_active + 1
+        elif per < cfg.scale_down_threshold:
+            want = num_active - 1
+    return min(max(want, cfg.min_instances), cfg.max_instances)
+
+
+class Autoscaler(Extension):
+    """The controller of one scaled group (see the module docstring)."""
+
+    def __init__(self, plan: ScalePlan) -> None:
+        self.plan = plan
+        self.cfg = plan.config
+        self.book = FleetBook(plan.engines, plan.num_gpus, self.cfg.warm_pool)
+        self._sim: Sim | None = None
+        self.tick_kind = self.ready_kind = -1
+        self.num_arrived = 0
+        self.low_since: Seconds | None = None  # first reading of the window wanting fewer
+        self.low_max = 0  # the largest count wanted in that window
+
+    @property
+    def needs(self) -> ExtensionNeeds:
+        """Reads engine loads unless the signal is ``in_flight``; never routes or feeds."""
+        reads = Reads(load=self.cfg.signal != "in_flight", tokens=False, outcomes=False)
+        return ExtensionNeeds(reads=reads, routes_arrivals=False, feeds_engines=False)
+
+    @property
+    def sim(self) -> Sim:
+        assert self._sim is not None, "attach() first"
+        return self._sim
+
+    @property
+    def cluster(self) -> Cluster:
+        return self.sim.cluster
+
+    def attach(self, sim: Sim) -> None:
+        """Declare the two event kinds, set the initial states, schedule the first reading."""
+        self._sim = sim
+        self.tick_kind = sim.add_kind(TICK_PRIORITY, self._tick)
+        self.ready_kind = sim.add_kind(READY_PRIORITY, self._ready)
+        first_warm = self.plan.num_initial + self.cfg.warm_pool
+        for k, e in enumerate(self.plan.engines):
+            state = UP if k < self.plan.num_initial else WARM if k < first_warm else DOWN
+            self.book.set(e, state, 0.0)
+            if state != UP:
+                sim.cluster.set_routable(e, False)
+        self.book.desired = self.plan.num_initial
+        self.book.note(0.0)
+        sim.schedule(self.cfg.interval_s, self.tick_kind, 0)
+
+    def arrive(self, i: int, at: Seconds) -> bool:
+        """Count the arrival; the cluster routes it."""
+        self.num_arrived += 1
+        return False
+
+    def advanced(self, e: int, at: Seconds, done: list[int]) -> list[int]:
+        """A draining instance that holds nothing more is down."""
+        if self.book.state.get(e) == DRAINING and self.cluster.outstanding[e] == len(done):
+            self._stopped(e, at)
+        return done
+
+    def report(self, end_at: Seconds) -> dict[str, object]:
+        """The ``autoscaling`` block of the summary."""
+        return {"autoscaling": self.book.summary(end_at, self._settings())}
+
+    # ------------------------------------------------------------------ the controller
+
+    def _tick(self, _: int, at: Seconds) -> None:
+        """Read the load, decide, act, and read again an interval later while work remains."""
+        book = self.book
+        num_up, num_active = book.count(UP), book.count(UP) + book.count(STARTING)
+        want = desired_count(self.cfg, self._load(), num_up, num_active)
+        book.want(want, at)
+        if want > num_active:
+            self._start(want - num_active, at)
+            self.low_since = None
+        elif want < num_active:
+            self._maybe_stop(want, at)
+        else:
+            self.low_since = None
+        book.note(at)
+        if self._work_left():
+            self.sim.schedule(at + self.cfg.interval_s, self.tick_kind, 0)
+
+    def _load(self) -> float:
+        """The signal summed over the serving instances."""
+        ups, engines = self.book.of(UP), self.cluster.engines
+        if self.cfg.signal == "waiting":
+            return float(sum(engines[e].queue_sizes()[1] for e in ups))
+        if self.cfg.signal == "kv_usage":
+            return sum(engines[e].load().kv_usage or 0.0 for e in ups)
+        return float(sum(self.cluster.outstanding[e] for e in ups))
+
+    def _work_left(self) -> bool:
+        """Arrivals to come, or an engine with work scheduled (else the run may drain)."""
+        if self.num_arrived < len(self.cluster.requests):
+            return True
+        return any(engine.next_event_at() is not None for engine in self.cluster.engines)
+
+    def _start(self, num: int, at: Seconds) -> None:
+        """Start ``num`` instances: warm ones first, then down ones; refill the warm pool."""
+        cfg, book = self.cfg, self.book
+        warm = book.of(WARM)[:num]
+        for e in warm:
+            self._begin(e, STARTING, at + self.plan.load_s, at)
+        cold = book.of(DOWN)[: num - len(warm)]
+        for e in cold:
+            self._begin(e, STARTING, at + cfg.provisioning_s + self.plan.load_s, at)
+        if warm or cold:
+            book.num_scale_ups += 1
+        short = cfg.warm_pool - book.count(WARM) - book.count(WARMING)
+        for e in book.of(DOWN)[: max(short, 0)]:
+            self._begin(e, WARMING, at + cfg.provisioning_s, at)
+
+    def _begin(self, e: int, state: str, ready_at: Seconds, at: Seconds) -> None:
+        if state == STARTING:
+            self.book.num_started += 1
+        self.book.set(e, state, at)
+        self.sim.schedule(ready_at, self.ready_kind, e)
+
+    def _ready(self, e: int, at: Seconds) -> None:
+        """Instance ``e`` finished starting (serves) or warming (is warm)."""
+        if self.book.state[e] == STARTING:
+            self.book.set(e, UP, at, up_at=at)
+            self.cluster.set_routable(e, True)
+        else:
+            self.book.set(e, WARM, at)
+        self.book.note(at)
+
+    def _maybe_stop(self, want: int, at: Seconds) -> None:
+        """Fewer wanted: stop instances once the window has lasted ``cooldown_s``."""
+        if self.low_since is None:
+            self.low_since, self.low_max = at, want
+        self.low_max = max(self.low_max, want)
+        if at - self.low_since < self.cfg.cooldown_s:
+            return
+        target, self.low_since = self.low_max, None
+        book = self.book
+        ups = book.of(UP)  # by the time they joined, oldest first (ties: by index)
+        ups.sort(key=lambda e: (book.up_at[e], e))
+        keep = max(target - book.count(STARTING), 1)
+        stops = ups[keep:][::-1]  # newest first
+        for e in stops:
+            self._stop(e, at)
+        if stops:
+            book.num_scale_downs += 1
+
+    def _stop(self, e: int, at: Seconds) -> None:
+        """Take ``e`` out of the router's view; it is down once it holds nothing."""
+        self.cluster.set_routable(e, False)
+        self.book.num_stopped += 1
+        if self.cluster.outstanding[e] == 0:
+            self._stopped(e, at)
+        else:
+            self.book.set(e, DRAINING, at)
+
+    def _stopped(self, e: int, at: Seconds) -> None:
+        book = self.book
+        pool = book.count(WARM) + book.count(WARMING)
+        book.set(e, WARM if pool < self.cfg.warm_pool else DOWN, at)
+        book.note(at)
+
+    def _settings(self) -> dict[str, object]:
+        cfg = self.cfg
+        return {
+            "group": [self.cluster.infos[e].id for e in self.plan.engines],
+            "policy": cfg.policy,
+            "signal": cfg.signal,
+            "interval_s": cfg.interval_s,
+            "provisioning_s": cfg.provisioning_s,
+            "load_s": self.plan.load_s,
+            "num_gpus_per_instance": self.plan.num_gpus,
+        }
