@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
 from sincere.engine.speculation import SpeculationConfig
+from sincere.experiment.grid import check_config
 from sincere.optimize.pd_check import colocated_sim_config, pd_sim_config
 from sincere.optimize.pd_input import compare, load_plan_input
 from sincere.optimize.pd_plan import Candidate, PDLoad, deployment, phase_times
@@ -99,6 +100,8 @@ def test_the_verify_simulation_speculates_as_planned() -> None:
         "speculation" not in prefill["engine"]
         and decode["engine"]["speculation"]["max_batch"] == 16
     )
+    check_config(colocated_sim_config(inp, cmp.colocated))  # the engines build, speculating
+    check_config(pd_sim_config(inp, cmp.disaggregated))
 
 
 def test_plan_cli_takes_the_speculation_options(tmp_path: Path) -> None:
@@ -131,3 +134,10 @@ def test_plan_cli_refuses_speculation_for_an_inferno_directory(tmp_path: Path) -
     res = CliRunner().invoke(app, ["plan", str(tmp_path), "--speculation", "mtp"])
     assert res.exit_code != 0
     assert "YAML plan input" in str(res.exception) + res.output
+
+
+def test_simulated_sizing_of_a_speculating_plan_is_refused() -> None:
+    """The capacity search's engines do not speculate: it would size the wrong deployment."""
+    inp = load_plan_input({**BASE, "speculation": NGRAM.model_dump()})
+    with pytest.raises(ConfigError, match="do not speculate"):
+        compare(inp, sizing="simulate")

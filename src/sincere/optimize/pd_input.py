@@ -291,6 +291,14 @@ def plan_colocated(
     """
     if sizing not in COLOCATED_SIZINGS:
         raise ConfigError("unknown colocated sizing", value=sizing, allowed=COLOCATED_SIZINGS)
+    if sizing == "simulate" and inp.speculation is not None:
+        raise ConfigError(
+            "the simulated capacity search runs engines that do not speculate, so it cannot "
+            "size a plan with speculation; size it by the analyzer (--sizing analyzer), "
+            "--verify simulates it speculating",
+            where="speculation",
+            allowed="sizing analyzer",
+        )
     problem, shapes = colocated_problem(inp, load)
     if not problem.models:
         return None
