@@ -17,6 +17,7 @@ from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from sincere.engine.speculation import SpeculationConfig
     from sincere.optimize.data import Problem
     from sincere.optimize.pd_input import Comparison, PlanInput
     from sincere.optimize.plan import Solution
@@ -326,13 +327,48 @@ def report_pd_verify(inp: PlanInput, cmp: Comparison, num_requests: int) -> None
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def speculation_option(
+    method: str | None,
+    draft_tokens: int | None,
+    acceptance: str | None,
+    max_batch: int | None,
+    draft_model: str | None,
+) -> SpeculationConfig | None:
+    """``--speculation`` and its settings as an ``engine.speculation`` block (None: not
+    given; a setting without the method is refused)."""
+    from sincere.cli.speculate import parse_rates
+    from sincere.engine.speculation import SpeculationConfig
+
+    if method is None:
+        if any(v is not None for v in (draft_tokens, acceptance, max_batch, draft_model)):
+            raise ConfigError(
+                "--draft-tokens, --acceptance, --spec-max-batch and --draft-model set up "
+                "--speculation: give its method too",
+                where="--speculation",
+            )
+        return None
+    return SpeculationConfig(
+        method=method, num_draft_tokens=draft_tokens, acceptance=parse_rates(acceptance),
+        max_batch=max_batch, draft_model=draft_model,
+    )  # fmt: skip
+
+
 def plan_pd_file(
-    path: Path, out: Path, verify: bool, sim_requests: int, sizing: str, settings: SimSettings
+    path: Path,
+    out: Path,
+    verify: bool,
+    sim_requests: int,
+    sizing: str,
+    settings: SimSettings,
+    speculation: SpeculationConfig | None = None,
 ) -> None:
-    """``sincere plan FILE``: the colocated plan and, asked for, the xPyD plan."""
+    """``sincere plan FILE``: the colocated plan and, asked for, the xPyD plan;
+    ``speculation`` replaces the input's."""
     from sincere.optimize.pd_input import compare, load_plan_input
 
     inp = load_plan_input(path)
+    if speculation is not None:
+        inp = inp.model_copy(update={"speculation": speculation})
     if inp.load.lengths is not None:
         settings = replace(settings, lengths=inp.load.lengths)
     cmp = compare(inp, sizing, settings)
@@ -488,6 +524,28 @@ def plan(
             help="Cache of simulated capacities (default $SINCERE_CACHE/plan-capacity).",
         ),
     ] = None,
+    speculation: Annotated[
+        str | None,
+        typer.Option(
+            "--speculation",
+            help="Deployments speculate (YAML plan input): eagle, mtp, draft-model or ngram; "
+            "replaces the input's speculation block.",
+        ),
+    ] = None,
+    draft_tokens: Annotated[
+        int | None, typer.Option("--draft-tokens", min=1, help="Tokens drafted per step.")
+    ] = None,
+    acceptance: Annotated[
+        str | None,
+        typer.Option("--acceptance", help="Acceptance rate(s) per drafted position: 0.7, 0.8,0.7."),
+    ] = None,
+    spec_max_batch: Annotated[
+        int | None,
+        typer.Option("--spec-max-batch", min=1, help="Speculate only up to this many decodes."),
+    ] = None,
+    draft_model: Annotated[
+        str | None, typer.Option("--draft-model", help="Catalog model drafting (draft-model).")
+    ] = None,
 ) -> None:
     """Choose accelerator, replicas and batch per server at minimum cost under SLOs."""
     from sincere.optimize.data import load_problem
@@ -497,6 +555,13 @@ def plan(
 
     if sizing not in SIZINGS:
         raise ConfigError("unknown --sizing", value=sizing, allowed=SIZINGS)
+    spec = speculation_option(speculation, draft_tokens, acceptance, spec_max_batch, draft_model)
+    if spec is not None and not directory.is_file():
+        raise ConfigError(
+            "--speculation plans a YAML plan input (its step model is priced speculating); "
+            "an Inferno directory's fitted decode lines cannot be",
+            value=str(directory),
+        )
     if directory.is_file():
         dir_only = {"--solver": solver, "--load-trace": load_trace, "--batch-rule": batch_rule}
         given = [k for k, v in dir_only.items() if v is not None]
@@ -510,7 +575,7 @@ def plan(
         pd_settings = replace(
             sim_settings(400, None, None, None, workers, sim_cache), min_attainment=0.0
         )
-        plan_pd_file(directory, out, verify is not False, sim_requests, sizing, pd_settings)
+        plan_pd_file(directory, out, verify is not False, sim_requests, sizing, pd_settings, spec)
         return
     problem = load_problem(directory)
     if batch_rule is not None:

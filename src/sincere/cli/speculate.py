@@ -22,8 +22,10 @@ from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sincere.perf.base import StepTimeModel
-    from sincere.perf.speculation import SpeculativeDecode
+    from sincere.perf.speculation import SpeculationParams, SpeculativeDecode
 
 console = Console()
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -41,6 +43,40 @@ def parse_rates(text: str | None) -> list[float] | None:
             value=text,
             allowed="e.g. 0.8 or 0.9,0.8,0.7",
         ) from None
+
+
+def params_of_options(
+    method: str,
+    draft_tokens: int | None,
+    acceptance: str | None,
+    max_batch: int | None,
+    verify_tokens: int | None = None,
+) -> SpeculationParams:
+    """The speculation settings of the command-line options (``speculate``, ``step``)."""
+    from sincere.perf.speculation import speculation_params
+
+    return speculation_params(
+        method, num_draft_tokens=draft_tokens, acceptance=parse_rates(acceptance),
+        max_batch=max_batch, verify_tokens=verify_tokens,
+    )  # fmt: skip
+
+
+def speculative_decode(
+    target: StepTimeModel,
+    params: SpeculationParams,
+    num_layers: int,
+    draft_model: str | None,
+    build_draft: Callable[[str], StepTimeModel],
+) -> SpeculativeDecode:
+    """``target`` speculating with ``params``; ``build_draft`` times ``draft_model``, which
+    method ``draft-model`` needs, and only it."""
+    from sincere.perf.speculation import SpeculativeDecode
+
+    if (params.method == "draft-model") != (draft_model is not None):
+        raise ConfigError("--draft-model is needed with --method draft-model, and only then",
+                          value=draft_model)  # fmt: skip
+    draft = build_draft(draft_model) if draft_model else None
+    return SpeculativeDecode(target, params, num_layers, draft)
 
 
 @app.command("speculate")
@@ -79,16 +115,9 @@ def speculate_command(
     from sincere.perf.base import Deployment
     from sincere.perf.execution import execution_params, with_execution
     from sincere.perf.factory import StepModelConfig
-    from sincere.perf.speculation import SpeculativeDecode, speculation_params
 
     catalog = default_catalog()
-    params = speculation_params(
-        method, num_draft_tokens=draft_tokens, acceptance=parse_rates(acceptance),
-        max_batch=max_batch, verify_tokens=verify_tokens,
-    )  # fmt: skip
-    if (method == "draft-model") != (draft_model is not None):
-        raise ConfigError("--draft-model is needed with --method draft-model, and only then",
-                          value=draft_model)  # fmt: skip
+    params = params_of_options(method, draft_tokens, acceptance, max_batch, verify_tokens)
     execution = execution_params(preset, {})
 
     def built(name: str, moe_ep: int) -> StepTimeModel:
@@ -98,8 +127,8 @@ def speculate_command(
         return with_execution(inner, execution, max(BATCHES))
 
     target = built(model, ep)
-    draft = built(draft_model, 1) if draft_model else None
-    spec = SpeculativeDecode(target, params, catalog.model(model).num_layers, draft)
+    spec = speculative_decode(target, params, catalog.model(model).num_layers, draft_model,
+                              lambda name: built(name, 1))  # fmt: skip
     rows = [_row(spec, b, context) for b in BATCHES]
     even = spec.break_even_batch(context, largest=max(BATCHES))
     if as_json:

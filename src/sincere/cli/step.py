@@ -19,8 +19,9 @@ run dequantised to bf16.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,7 +32,8 @@ from sincere.cli.tables import print_table
 from sincere.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sincere.perf.base import Deployment, StepParts
+    from sincere.perf.base import Batch, Deployment, StepParts, StepTimeModel
+    from sincere.perf.execution import ExecutionParams
 
 console = Console()
 
@@ -102,6 +104,72 @@ def constants_origin(dep: Deployment) -> dict[str, str]:
     return {part: origin for part, origin in parts.items() if part not in skip}
 
 
+@dataclass(frozen=True)
+class SpecOptions:
+    """``sincere step``'s speculation options."""
+
+    method: str
+    draft_tokens: int | None
+    acceptance: str | None
+    max_batch: int | None
+    draft_model: str | None
+
+
+def speculation_report(
+    options: SpecOptions,
+    dep: Deployment,
+    built: StepTimeModel,
+    batch: Batch,
+    execution: ExecutionParams,
+    max_num_seqs: int,
+) -> dict[str, object]:
+    """The iteration with and without speculation: its time, the tokens each decoding
+    sequence gains, and the time per output token (the iteration over those tokens)."""
+    from sincere.catalog import get_model
+    from sincere.cli.speculate import params_of_options, speculative_decode
+    from sincere.perf.base import Deployment
+    from sincere.perf.execution import with_execution
+    from sincere.perf.factory import StepModelConfig
+    from sincere.perf.speculation import SpeculativeStepModel
+
+    if batch.num_decode_seqs == 0:
+        raise ConfigError("--speculation speculates the decodes: give --decode N@CTX too",
+                          where="--speculation", value=options.method)  # fmt: skip
+    params = params_of_options(
+        options.method, options.draft_tokens, options.acceptance, options.max_batch
+    )
+
+    def draft_step(name: str) -> StepTimeModel:
+        draft_dep = Deployment(get_model(name), dep.accelerator, dep.precision, tp=dep.tp)
+        roofline = StepModelConfig(kind="roofline").build(draft_dep)
+        return with_execution(roofline, execution, max_num_seqs)
+
+    spec = speculative_decode(built, params, dep.model.num_layers, options.draft_model, draft_step)
+    n = batch.num_decode_seqs
+    plain_s, spec_s = built.iteration_s(batch), SpeculativeStepModel(spec).iteration_s(batch)
+    tokens = spec.tokens_per_step(n)
+    return {
+        "method": params.method, "draft_tokens": params.num_draft_tokens,
+        "acceptance": list(params.acceptance), "speculates": params.speculates(n),
+        "plain": {"iteration_s": plain_s, "tokens_per_step": 1.0, "per_token_s": plain_s},
+        "speculative": {"iteration_s": spec_s, "tokens_per_step": tokens,
+                        "per_token_s": spec_s / tokens},
+        "speedup": plain_s / (spec_s / tokens),
+    }  # fmt: skip
+
+
+def speculation_line(spec: dict[str, Any]) -> str:
+    """One line of :func:`speculation_report`'s figures."""
+    plain, fast = spec["plain"], spec["speculative"]
+    off = "" if spec["speculates"] else " (off at this batch size: above --spec-max-batch)"
+    return (
+        f"speculation {spec['method']}, {spec['draft_tokens']} drafted at {spec['acceptance']}"
+        f"{off}: {1e3 * fast['iteration_s']:.3f} ms a step, {fast['tokens_per_step']:.2f} "
+        f"tokens a sequence, {1e3 * fast['per_token_s']:.3f} ms a token; without: "
+        f"{1e3 * plain['iteration_s']:.3f} ms, 1 token; speed-up {spec['speedup']:.2f}x"
+    )
+
+
 @app.command("step")
 def step_command(
     model: Annotated[str, typer.Argument(help="catalog model (sincere catalog models)")],
@@ -148,6 +216,22 @@ def step_command(
     max_num_seqs: Annotated[
         int, typer.Option(min=1, help="the engine's max_num_seqs (bounds vLLM's CUDA graphs)")
     ] = 256,
+    speculation: Annotated[
+        str | None,
+        typer.Option(help="speculative decoding of the decodes: eagle, mtp, draft-model, ngram"),
+    ] = None,
+    draft_tokens: Annotated[
+        int | None, typer.Option(min=1, help="tokens drafted per step (default: one per rate)")
+    ] = None,
+    acceptance: Annotated[
+        str | None, typer.Option(help="acceptance rate(s) per drafted position: 0.7 or 0.8,0.7")
+    ] = None,
+    spec_max_batch: Annotated[
+        int | None, typer.Option(min=1, help="speculate only up to this many decoding sequences")
+    ] = None,
+    draft_model: Annotated[
+        str | None, typer.Option(help="catalog model drafting (--speculation draft-model)")
+    ] = None,
 ) -> None:
     """Time one iteration and break it into parts (linear, attention, communication, …)."""
     from sincere.catalog.loader import default_catalog
@@ -183,11 +267,23 @@ def step_command(
     built = with_execution(built, execution, max_num_seqs)
     seconds = built.iteration_s(batch)
     parts = built.parts(batch) if isinstance(built, StepBreakdown) else None
+    spec = None
+    if speculation is not None:
+        options = SpecOptions(speculation, draft_tokens, acceptance, spec_max_batch, draft_model)
+        spec = speculation_report(options, dep, built, batch, execution, max_num_seqs)
+    elif any(v is not None for v in (draft_tokens, acceptance, spec_max_batch, draft_model)):
+        raise ConfigError(
+            "--draft-tokens, --acceptance, --spec-max-batch and --draft-model "
+            "set up --speculation: give its method too",
+            where="--speculation",
+        )
     if as_json:
         out: dict[str, object] = {
             "iteration_s": seconds,
             "parts": parts.as_dict() if parts else {},
         }
+        if spec is not None:
+            out["speculation"] = spec
         if notes:
             out["notes"] = notes
         if step_model == "roofline" and params is None:
@@ -207,6 +303,8 @@ def step_command(
     else:
         console.print(what, highlight=False)
         print_table(_parts_table(parts))
+    if spec is not None:
+        console.print(speculation_line(spec), highlight=False)
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     console.print(f"engine execution model: {execution.name} ({execution.source})", highlight=False)

@@ -104,6 +104,8 @@ def pd_sim_config(
     batch = plan.decode.batch
     decode = {"kind": "continuous", "scheduler": "fcfs", "max_num_seqs": batch}
     decode["max_num_batched_tokens"] = max(batch, 256)
+    if inp.speculation is not None:  # the decode side speculates as planned
+        decode["speculation"] = inp.speculation.model_dump(mode="json", exclude_none=True)
     link = inp.disaggregation.kv_link if inp.disaggregation else None
     return {
         "seed": seed,
@@ -126,6 +128,8 @@ def colocated_sim_config(
     budget = max(DEFAULT_ENGINE_TOKENS, (inp.load.prompt_tokens or 0) + plan.batch)
     engine = {"kind": "continuous", "scheduler": "fcfs", "max_num_seqs": plan.batch}
     engine["max_num_batched_tokens"] = budget
+    if inp.speculation is not None:  # the replicas speculate as planned
+        engine["speculation"] = inp.speculation.model_dump(mode="json", exclude_none=True)
     inst = _instance(inp, plan.candidate.accelerator, plan.candidate.tp, plan.count)
     return {
         "seed": seed,

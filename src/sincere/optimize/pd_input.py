@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
+from sincere.engine.speculation import SpeculationConfig
 from sincere.optimize.data import (
     AcceleratorSpec,
     CurrentAlloc,
@@ -42,7 +43,7 @@ from sincere.optimize.data import (
     Server,
     ServiceClass,
 )
-from sincere.optimize.derive import derive_model_data
+from sincere.optimize.derive import DerivedModelData, derive_model_data
 from sincere.optimize.pd_plan import (
     MAX_DECODE_BATCH,
     Candidate,
@@ -56,6 +57,8 @@ from sincere.optimize.plan import solve
 from sincere.optimize.queueing import IntArray
 from sincere.optimize.simsize import SimSettings, simulated_sizer
 from sincere.optimize.sizing import Targets
+from sincere.optimize.speculation import speculating
+from sincere.perf.base import Deployment
 from sincere.perf.factory import StepModelConfig
 from sincere.sim.config import KvLinkConfig
 from sincere.workload.config import LengthsConfig
@@ -123,6 +126,8 @@ class PlanInput(BaseModel):
     slo: SloConfig
     candidates: list[CandidateConfig] = Field(min_length=1)
     step_model: StepModelConfig = StepModelConfig()
+    # deployments speculate (the engine.speculation block; optimize/speculation.py)
+    speculation: SpeculationConfig | None = None
     capacity: dict[str, int] | None = None
     disaggregation: PDPlanConfig | None = None
 
@@ -214,6 +219,21 @@ def _acc_name(cand: Candidate) -> str:
     return cand.accelerator if cand.tp == 1 else f"{cand.accelerator}-tp{cand.tp}"
 
 
+def _derived(inp: PlanInput, dep: Deployment, p: int, o: int, name: str) -> DerivedModelData | None:
+    """Inferno's model data of ``dep``, speculating when ``inp`` does; None when the model
+    does not fit it (a bad speculation setting is the input's error, raised)."""
+    try:
+        step = inp.step_model.build(dep)
+    except ConfigError:
+        return None
+    if inp.speculation is not None:
+        step = speculating(step, dep, inp.speculation)
+    try:
+        return derive_model_data(dep, step, in_tokens=p, out_tokens=o, acc_name=name)
+    except ConfigError:
+        return None
+
+
 def colocated_problem(
     inp: PlanInput, load: PDLoad | None = None
 ) -> tuple[Problem, dict[str, Candidate]]:
@@ -227,11 +247,8 @@ def colocated_problem(
     for cand in inp.shapes():
         dep = deployment(inp.model, cand, inp.precision, inp.kv_precision)
         name = _acc_name(cand)
-        try:
-            derived = derive_model_data(
-                dep, inp.step_model.build(dep), in_tokens=p, out_tokens=o, acc_name=name
-            )
-        except ConfigError:
+        derived = _derived(inp, dep, p, o, name)
+        if derived is None:
             continue  # the model does not fit this shape
         e = derived.entry
         cost = dep.accelerator.price_per_hour_usd * cand.tp * CENTS
@@ -274,6 +291,14 @@ def plan_colocated(
     """
     if sizing not in COLOCATED_SIZINGS:
         raise ConfigError("unknown colocated sizing", value=sizing, allowed=COLOCATED_SIZINGS)
+    if sizing == "simulate" and inp.speculation is not None:
+        raise ConfigError(
+            "the simulated capacity search runs engines that do not speculate, so it cannot "
+            "size a plan with speculation; size it by the analyzer (--sizing analyzer), "
+            "--verify simulates it speculating",
+            where="speculation",
+            allowed="sizing analyzer",
+        )
     problem, shapes = colocated_problem(inp, load)
     if not problem.models:
         return None
@@ -313,6 +338,7 @@ def compare(
             inp.targets(),
             kv_link=inp.disaggregation.kv_link,
             step_model=inp.step_model,
+            speculation=inp.speculation,
             precision=inp.precision,
             kv_precision=inp.kv_precision,
             max_batch=inp.disaggregation.max_batch,

@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -63,11 +64,15 @@ from sincere.catalog import get_accelerator, get_model
 from sincere.core.errors import ConfigError
 from sincere.optimize.queueing import FloatArray
 from sincere.optimize.solvers import PoolChoice, solve_pools
+from sincere.optimize.speculation import planned_step
 from sincere.perf.base import Batch, Deployment, StepTimeModel
 from sincere.perf.factory import StepModelConfig
 from sincere.perf.memory import plan_memory
 from sincere.sim.config import KvLinkConfig
 from sincere.sim.disagg import link_figures
+
+if TYPE_CHECKING:
+    from sincere.engine.speculation import SpeculationConfig
 
 POOLS: tuple[str, ...] = ("prefill", "decode")
 MAX_DECODE_BATCH = 256
@@ -500,12 +505,15 @@ def plan_pd(
     *,
     kv_link: KvLinkConfig | None = None,
     step_model: StepModelConfig | None = None,
+    speculation: SpeculationConfig | None = None,
     precision: str = "bf16",
     kv_precision: str = "fp16",
     max_batch: int = MAX_DECODE_BATCH,
     capacity: dict[str, int] | None = None,
 ) -> PDPlan:
-    """Size xPyD for ``load`` under ``targets`` over ``candidates`` (module docstring)."""
+    """Size xPyD for ``load`` under ``targets`` over ``candidates`` (module docstring);
+    with ``speculation`` the decode side's steps are times per output token
+    (:mod:`sincere.optimize.speculation`)."""
     if not candidates:
         raise ConfigError("no candidates to plan with", value=[], allowed="one or more")
     if max_batch < 1:
@@ -515,7 +523,7 @@ def plan_pd(
     times = []
     for cand in candidates:
         dep = deployment(model, cand, precision, kv_precision)
-        t = phase_times(dep, build.build(dep), load, link, max_batch)
+        t = phase_times(dep, planned_step(build, dep, speculation), load, link, max_batch)
         if t is not None:
             times.append(t)
     sized = size_pools(times, load, targets)

@@ -16,14 +16,25 @@ the most recently used and eviction takes the tails of old prompts first (as vLL
 a finished sequence's blocks tail first): a shared system prompt stays while the
 conversations behind it go. The index is an estimate: the engine may have evicted what
 the index still holds, or kept what the index dropped.
+
+**A lower KV tier.** An engine with KV offload (``engine.kv_offload``) writes the blocks it
+evicts to CPU memory and loads them back on a hit, slower than a GPU hit and faster than a
+recompute. The router cannot see which blocks an engine moved, so it extends its window by
+the instance's declared tier capacity instead: with ``tier_tokens`` the keys the LRU evicts
+move to a second LRU of that many prompt tokens (a key routed again moves back), and a
+matched prefix counts its leading keys in the first window fully and those continuing it in
+the second at ``tier_weight`` (:meth:`PrefixIndex.score_blocks`). This approximates the
+engine's tiers as far as the index's first window approximates its GPU cache (set
+``max_tokens_per_instance`` to what that cache holds for the tier to mean the CPU tier).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sincere.core.params import Params
 from sincere.core.prefix import chain_keys
@@ -55,13 +66,24 @@ class PrefixIndex:
     tokens (each key weighs its block's tokens), so one capacity means the same at any
     block size; with ``max_blocks`` instead, bounded in keys (the deprecated unit)."""
 
-    def __init__(self, max_tokens: int | None = None, *, max_blocks: int | None = None) -> None:
+    def __init__(
+        self,
+        max_tokens: int | None = None,
+        *,
+        max_blocks: int | None = None,
+        tier_tokens: int = 0,
+        tier_weight: float = 0.0,
+    ) -> None:
         if (max_tokens is None) == (max_blocks is None):
             raise ValueError("give the index's capacity in max_tokens or max_blocks, not both")
         self.in_tokens = max_tokens is not None
         self.capacity: int = max_tokens if max_tokens is not None else max_blocks or 0
         self._by_instance: dict[InstanceId, OrderedDict[int, int]] = {}
         self._held: dict[InstanceId, int] = {}  # tokens (or keys) held per instance
+        self.tier_capacity = tier_tokens  # the lower tier's window (module docstring)
+        self.tier_weight = tier_weight
+        self._tier: dict[InstanceId, OrderedDict[int, int]] = {}
+        self._tier_held: dict[InstanceId, int] = {}
 
     def matched_blocks(self, instance: InstanceId, keys: tuple[int, ...]) -> int:
         """Leading keys of ``keys`` the instance's index holds (stops at the first miss)."""
@@ -83,15 +105,48 @@ class PrefixIndex:
         weight = block_tokens if self.in_tokens else 1
         held = self._by_instance.setdefault(instance, OrderedDict())
         total = self._held.get(instance, 0)
+        tier = self._tier.get(instance)
         for key in reversed(keys):
             if key in held:
                 held.move_to_end(key)
             else:
                 held[key] = weight
                 total += weight
+                if tier and key in tier:  # back from the lower tier
+                    self._tier_held[instance] -= tier.pop(key)
         while total > self.capacity and held:
-            total -= held.popitem(last=False)[1]
+            key, w = held.popitem(last=False)
+            total -= w
+            if self.tier_capacity:
+                self._demote(instance, key, w)
         self._held[instance] = total
+
+    def _demote(self, instance: InstanceId, key: int, weight: int) -> None:
+        """``key``, evicted from the first window, into the lower tier's (its oldest out)."""
+        tier = self._tier.setdefault(instance, OrderedDict())
+        tier[key] = weight
+        total = self._tier_held.get(instance, 0) + weight
+        while total > self.tier_capacity and tier:
+            total -= tier.popitem(last=False)[1]
+        self._tier_held[instance] = total
+
+    def score_blocks(self, instance: InstanceId, keys: tuple[int, ...]) -> float:
+        """The matched prefix in blocks: leading keys in the first window count 1, those
+        continuing it in the lower tier's ``tier_weight`` (without a tier: the matched
+        blocks, :meth:`matched_blocks`)."""
+        if not self.tier_capacity:
+            return self.matched_blocks(instance, keys)
+        held: Mapping[int, int] = self._by_instance.get(instance) or {}
+        tier: Mapping[int, int] = self._tier.get(instance) or {}
+        full = low = 0
+        for key in keys:
+            if key in held:
+                full += 1
+            elif key in tier:
+                low += 1
+            else:
+                break
+        return full + self.tier_weight * low if low else full
 
     def size(self, instance: InstanceId) -> int:
         """Keys held for ``instance``."""
@@ -117,6 +172,31 @@ class PrefixIndexParams(Params):
     max_prefix_blocks: int | None = Field(
         None, ge=1, description="leading blocks of a prompt keyed and matched; null: all"
     )
+    tier_tokens_per_instance: int = Field(
+        0,
+        ge=0,
+        description="prompt tokens of an instance's lower KV tier (its CPU offload capacity): "
+        "keys the index evicts stay matchable there at tier_hit_weight; 0: no tier",
+    )
+    tier_hit_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="what a block matched in the lower tier counts, 0..1"
+    )
+
+    @model_validator(mode="after")
+    def _tier_given_whole(self) -> PrefixIndexParams:
+        if (self.tier_hit_weight > 0) != (self.tier_tokens_per_instance > 0):
+            raise ValueError(
+                "tier_hit_weight and tier_tokens_per_instance go together: a tier's hits count "
+                "at the weight, within its capacity; got tier_hit_weight="
+                f"{self.tier_hit_weight}, tier_tokens_per_instance={self.tier_tokens_per_instance}"
+                "; allowed: both > 0, or both 0 (no tier)"
+            )
+        if self.tier_tokens_per_instance and self.max_blocks_per_instance is not None:
+            raise ValueError(
+                "a tier (tier_tokens_per_instance) needs the index in tokens: give "
+                "max_tokens_per_instance, not the deprecated max_blocks_per_instance"
+            )
+        return self
 
     def index(self, router: str) -> PrefixIndex:
         """The index: ``max_tokens_per_instance`` per instance, unless the deprecated
@@ -124,7 +204,11 @@ class PrefixIndexParams(Params):
         512 in Mooncake's trace, 16 at the gateway), which warns and keeps its old meaning."""
         max_blocks = self.max_blocks_per_instance
         if max_blocks is None:
-            return PrefixIndex(self.max_tokens_per_instance)
+            return PrefixIndex(
+                self.max_tokens_per_instance,
+                tier_tokens=self.tier_tokens_per_instance,
+                tier_weight=self.tier_hit_weight,
+            )
         warnings.warn(
             f"router {router!r}: max_blocks_per_instance is deprecated: it counts block keys, "
             "whose size differs between traces (Mooncake: 512 tokens) and the gateway (16), so "

@@ -13,6 +13,9 @@ cache-aware router. This is that policy on sincere's block ids
   ``lruCapacityPerServer`` index: what was sent, not what the engine still holds).
 * **Score.** The longest matched prefix on each candidate, in tokens (matched blocks times
   the request's ``block_tokens``); at most ``max_prefix_blocks`` leading blocks are keyed.
+  With ``tier_tokens_per_instance`` and ``tier_hit_weight`` blocks the index evicted into
+  its lower-tier window count at that weight (a CPU-offloaded hit, module
+  :mod:`~sincere.policy.routers._prefix_index`).
 * **Load.** Prefix affinity only among candidates within ``max_load_gap`` of the least
   loaded by ``metric`` (SGLang's router balances the same way once loads diverge past an
   absolute threshold): an overloaded instance yields its prefix to a less loaded one,
@@ -77,7 +80,7 @@ class PrefixAwareRouter(LoadMetricRouter):
         used, load, note = self.load_measure(candidates)
         loads = [load(v) for v in candidates]
         least = min(loads)
-        matched = [self.index.matched_blocks(v.id, keys) * request.block_tokens for v in candidates]
+        matched = [self.index.score_blocks(v.id, keys) * request.block_tokens for v in candidates]
         if max(matched) < self.min_match_tokens:
             matched = [0] * len(candidates)
         eligible = [k for k, x in enumerate(loads) if x <= least + self.max_load_gap]

@@ -7,7 +7,8 @@ weights (``w_*``; a zero weight turns a scorer off, and at least one must be pos
 
 * ``prefix`` -- the share of the request's keyed prompt tokens (full blocks) that the
   candidate's approximate prefix index matches (as the ``prefix-aware`` router keeps it:
-  :class:`~sincere.policy.routers._prefix_index.PrefixIndex`); 0 without block ids;
+  :class:`~sincere.policy.routers._prefix_index.PrefixIndex`; blocks in its lower-tier
+  window count ``tier_hit_weight``); 0 without block ids;
 * ``queue`` -- requests queued at the engine (``num_waiting``), min-max normalised over
   the candidates: ``(max - q) / (max - min)``, 1 for all when they are equal (llm-d's
   queue scorer);
@@ -107,7 +108,7 @@ class WeightedScoreRouter(Router):
     ) -> tuple[dict[str, list[float]], str]:
         """Every scorer's value per candidate, and the fallback notes."""
         prefix = [
-            self.index.matched_blocks(v.id, keys) / len(keys) if keys else 0.0 for v in candidates
+            self.index.score_blocks(v.id, keys) / len(keys) if keys else 0.0 for v in candidates
         ]
         queue, q_note = _counts(candidates, lambda v: v.num_waiting, "num_waiting")
         running, r_note = _counts(candidates, lambda v: v.num_running, "num_running")

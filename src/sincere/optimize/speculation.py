@@ -1,0 +1,69 @@
+"""Planning deployments that speculate: each candidate's decode time per output token.
+
+With ``speculation`` set (the ``engine.speculation`` block's fields: method, drafted
+tokens, acceptance, ``max_batch``, a draft model), every candidate's step model (the
+plan input's ``step_model``, which must split its iterations into parts: the roofline) is
+priced by :class:`~sincere.perf.speculation.SpeculativeDecode`, and the planner reads a
+decode-only iteration of ``n`` sequences as the time per output token of each:
+``(draft + verify) / tokens_per_step`` within ``max_batch``, the plain decode step above
+it. Both the decode pool's ``s(n)`` (TPOT and Little's law, :mod:`.pd_plan`) and the
+colocated plan's fitted decode line (:mod:`.derive`) are per-token times, so dividing by
+the tokens a step yields is the whole change; prefill iterations are the target's.
+
+Approximations: the expected tokens per step stand for every step (a real run's accepted
+lengths vary); the KV cache a batch holds is planned without the ``k + 1`` lookahead slots
+a speculating engine reserves per sequence; a draft model's weights and KV are not taken
+from the memory plan.
+"""
+
+from __future__ import annotations
+
+from sincere.catalog import get_model
+from sincere.core.errors import ConfigError
+from sincere.core.types import Seconds
+from sincere.engine.speculation import SpeculationConfig
+from sincere.perf.base import Batch, Deployment, StepTimeBase, StepTimeModel
+from sincere.perf.factory import StepModelConfig
+from sincere.perf.speculation import SpeculativeDecode, SpeculativeStepModel
+
+
+class PerTokenDecode(StepTimeBase):
+    """A step model whose decode-only iterations are the time per output token of a
+    speculating deployment (module docstring); other iterations speculate as an engine's."""
+
+    def __init__(self, spec: SpeculativeDecode) -> None:
+        super().__init__(spec.target.load_time(), spec.target.unload_time())
+        self.spec = spec
+        self._step = SpeculativeStepModel(spec)
+
+    def iteration_s(self, batch: Batch) -> Seconds:
+        """A decode-only batch: its time per output token; any other: its iteration."""
+        n = batch.num_decode_seqs
+        if n > 0 and batch.num_prefill_seqs == 0:
+            return self.spec.per_token_s(n, batch.decode_ctx_tokens)
+        return self._step.iteration_s(batch)
+
+
+def planned_step(
+    step_model: StepModelConfig, dep: Deployment, speculation: SpeculationConfig | None
+) -> StepTimeModel:
+    """``step_model`` built for ``dep``, :func:`speculating` when ``speculation`` is set."""
+    step = step_model.build(dep)
+    return step if speculation is None else speculating(step, dep, speculation)
+
+
+def speculating(
+    step: StepTimeModel, dep: Deployment, speculation: SpeculationConfig
+) -> PerTokenDecode:
+    """``step`` of ``dep`` speculating (a draft model runs on the target's GPUs, in its
+    precision and TP); a step model that cannot be priced so is a ConfigError."""
+    draft = None
+    if speculation.draft_model is not None:
+        arch = get_model(speculation.draft_model)
+        draft_dep = Deployment(arch, dep.accelerator, dep.precision, dep.kv_precision, dep.tp)
+        draft = StepModelConfig(kind="roofline").build(draft_dep)
+    try:
+        spec = SpeculativeDecode(step, speculation.params(), dep.model.num_layers, draft)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where="speculation") from None
+    return PerTokenDecode(spec)
