@@ -6,7 +6,7 @@ allowed, so a one-line message is enough to fix the input.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
@@ -72,3 +72,14 @@ class DataError(SincereError, ValueError):
         if value is not None:
             text += f" (value {value!r})"
         super().__init__(text)
+
+
+def check_in_range(owner: object, checks: Mapping[str, bool], label: str, allowed: str) -> None:
+    r"""Refuse the first field of ``owner`` whose check in ``checks`` (field name -> whether
+    its value is allowed) failed: a :class:`ConfigError` "``label``\ NAME is out of range"
+    with the field's value and ``allowed``."""
+    for name, ok in checks.items():
+        if not ok:
+            raise ConfigError(
+                f"{label}{name} is out of range", value=getattr(owner, name), allowed=allowed
+            )

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sincere.core.errors import ConfigError
+from sincere.core.errors import check_in_range
 
 Name = tuple[int, int, int]
 """A cached engine block: (content group size, group key, block within the group)."""
@@ -57,14 +57,13 @@ class TierLimits:
             "disk_blocks": self.disk_blocks >= 0,
             "disk_gbps": (self.disk_gbps or 0) > 0 or not self.disk_blocks,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(
-                    f"KV tier limit {name} is out of range",
-                    value=getattr(self, name),
-                    allowed="block_bytes, cpu_link_gbps > 0; cpu_blocks >= 1; disk_blocks "
-                    ">= 0; disk_gbps > 0 when disk_blocks > 0",
-                )
+        check_in_range(
+            self,
+            checks,
+            "KV tier limit ",
+            "block_bytes, cpu_link_gbps > 0; cpu_blocks >= 1; disk_blocks "
+            ">= 0; disk_gbps > 0 when disk_blocks > 0",
+        )
 
     def load_s(self, num_cpu: int, num_disk: int) -> float:
         """Seconds to load ``num_cpu`` blocks from CPU memory and ``num_disk`` from disk."""

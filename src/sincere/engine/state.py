@@ -46,7 +46,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sincere.core.errors import ConfigError
+from sincere.core.errors import check_in_range
 from sincere.core.records import RecordArrays
 from sincere.core.types import Seconds
 from sincere.engine.gaps import GapHistogram
@@ -78,13 +78,12 @@ class EngineLimits:
             "watermark": 0.0 <= self.watermark < 1.0,
             "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(
-                    f"engine limit {name} is out of range",
-                    value=getattr(self, name),
-                    allowed="integers >= 1 (watermark in [0, 1), max_model_len >= 2)",
-                )
+        check_in_range(
+            self,
+            checks,
+            "engine limit ",
+            "integers >= 1 (watermark in [0, 1), max_model_len >= 2)",
+        )
 
     @property
     def watermark_blocks(self) -> int:

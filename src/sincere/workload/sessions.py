@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from sincere.core.errors import ConfigError
+from sincere.core.errors import check_in_range
 from sincere.core.prefix import mix
 
 IntArray = npt.NDArray[np.int64]
@@ -65,14 +65,13 @@ class SessionShape:
             "popularity_s": self.popularity_s >= 0,
             "block_tokens": self.block_tokens >= 1,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(
-                    f"sessions.{name} is out of range",
-                    value=getattr(self, name),
-                    allowed="turns >= 1 (max >= min), think_s >= 0, tokens >= 0, "
-                    "num_system_prompts >= 1, popularity_s >= 0, block_tokens >= 1",
-                )
+        check_in_range(
+            self,
+            checks,
+            "sessions.",
+            "turns >= 1 (max >= min), think_s >= 0, tokens >= 0, "
+            "num_system_prompts >= 1, popularity_s >= 0, block_tokens >= 1",
+        )
 
 
 @dataclass(frozen=True, slots=True)
