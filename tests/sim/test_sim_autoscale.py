@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from sincere.catalog import default_catalog
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
 from sincere.sim.api import SimulationResult, simulate
@@ -116,6 +117,11 @@ def test_scale_down_after_cooldown_and_gpu_hours() -> None:
     assert (block["num_scale_ups"], block["num_scale_downs"]) == (2, 2)
     assert (block["num_instances_started"], block["num_instances_stopped"]) == (2, 2)
     assert int(result.summary["num_completed"]) == len(_burst())
+    # each instance costs its paid time at its accelerator's catalog price, not the run's
+    per_hour = default_catalog().accelerator("A100-80GB").price_per_hour_usd
+    costs = [v["cost_usd"] for v in result.summary["instances"].values()]
+    assert costs == pytest.approx([t * per_hour / 3600 for t in (140.0, 110.0, 60.0)])
+    assert result.summary["cost_usd"] == pytest.approx(310.0 * per_hour / 3600)
 
 
 def test_warm_pool_starts_in_load_time_only() -> None:

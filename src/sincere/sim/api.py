@@ -207,7 +207,7 @@ def summarize_cluster(
     if cluster.pd is not None:
         summary["disaggregation"] = cluster.pd.summary(cluster.requests.arrival_at)
     if cluster.extension is not None:
-        summary.update(cluster.extension.report(log.end_at))
+        cluster.extension.report(summary, log.end_at)
     block = cluster_sincere_metrics(cluster, horizon_s or log.end_at)
     if block is not None:
         summary["sincere"] = block

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from sincere.core.types import Seconds
 from sincere.policy.reads import Reads
@@ -132,9 +133,22 @@ class Autoscaler(Extension):
             self._stopped(e, at)
         return done
 
-    def report(self, end_at: Seconds) -> dict[str, object]:
-        """The ``autoscaling`` block of the summary."""
-        return {"autoscaling": self.book.summary(end_at, self._settings())}
+    def report(self, summary: dict[str, Any], end_at: Seconds) -> None:
+        """The ``autoscaling`` block of the summary; the scaled group's instances cost what
+        they were paid for (every state but down), not the whole run."""
+        summary["autoscaling"] = self.book.summary(end_at, self._settings())
+        instances = summary["instances"]
+        for e, paid_s in self.book.paid_by.items():
+            info = self.cluster.infos[e]
+            per_hour = info.cost_per_hour_usd
+            instances[info.id]["cost_usd"] = None if per_hour is None else per_hour * paid_s / 3600
+        costs = [v["cost_usd"] for v in instances.values()]
+        cost = None if None in costs else float(sum(costs))
+        tokens = (summary["output_tokens_per_s"] or 0.0) * end_at
+        summary["cost_usd"] = cost
+        summary["cost_per_1m_output_tokens_usd"] = (
+            cost / tokens * 1e6 if tokens and cost is not None else None
+        )
 
     # ------------------------------------------------------------------ the controller
 

@@ -33,6 +33,7 @@ class FleetBook:
         self.counts: Counter[str] = Counter()
         self.up_at: dict[int, Seconds] = {e: 0.0 for e in engines}  # when each last joined
         self.paid_s = 0.0  # instance-seconds paid up to ``last_at``
+        self.paid_by = dict.fromkeys(engines, 0.0)  # each engine's share of ``paid_s``
         self.last_at = 0.0
         self.desired = 0  # the latest reading's count wanted
         self.short_since: Seconds | None = None  # open time-to-recover episode
@@ -111,6 +112,9 @@ class FleetBook:
         if at > self.last_at:
             paid = sum(self.counts[s] for s in _PAID)
             self.paid_s += paid * (at - self.last_at)
+            for e, state in self.state.items():
+                if state in _PAID:
+                    self.paid_by[e] += at - self.last_at
             self.last_at = at
 
     def _check_recovered(self, at: Seconds) -> None:

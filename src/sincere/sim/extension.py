@@ -14,7 +14,7 @@ Every hook has a no-op default, so an extension overrides only what it uses.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from sincere.core.types import Seconds
 from sincere.sim.cluster import Cluster
@@ -74,7 +74,6 @@ class Extension:
         ``e``: the extension says so to the cluster)."""
         return done
 
-    def report(self, end_at: Seconds) -> dict[str, object]:
-        """Blocks the extension adds to the run's summary (by key), the run having ended at
-        ``end_at``. Default: none."""
-        return {}
+    def report(self, summary: dict[str, Any], end_at: Seconds) -> None:
+        """Add the extension's blocks to the run's ``summary`` (and correct what it changes
+        of the others), the run having ended at ``end_at``. Default: nothing."""
