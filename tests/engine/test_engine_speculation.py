@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,13 @@ def _engine(
     return ContinuousEngine("e0", req, records, 0, ROOFLINE, sched, limits, speculator=spec)
 
 
-def _run(engine: ContinuousEngine, max_events: int = 100_000) -> None:
-    """Add every request at its arrival and advance until idle."""
+def _run(
+    engine: ContinuousEngine,
+    max_events: int = 100_000,
+    after_each: Callable[[], None] | None = None,
+) -> None:
+    """Add every request at its arrival and advance until idle; ``after_each`` (if
+    given) runs after every arrival and every advance."""
     arrivals = engine.requests.arrival_at.tolist()
     nxt = 0
     for _ in range(max_events):
@@ -55,6 +61,8 @@ def _run(engine: ContinuousEngine, max_events: int = 100_000) -> None:
             engine.advance(at)
         else:
             return
+        if after_each is not None:
+            after_each()
     raise AssertionError("the engine did not go idle")
 
 
@@ -351,18 +359,7 @@ def test_invariants_hold_while_speculating(
         )
         assert engine.load().running_remaining_tokens == remaining
 
-    arrivals = req.arrival_at.tolist()
-    nxt = 0
-    for _ in range(100_000):
-        at = engine.next_event_at()
-        if nxt < len(arrivals) and (at is None or arrivals[nxt] <= at):
-            engine.add(nxt, arrivals[nxt])
-            nxt += 1
-        elif at is not None:
-            engine.advance(at)
-        else:
-            break
-        check()
+    _run(engine, after_each=check)
     rec = engine.records
     finished = ~np.isnan(rec.finished_at)
     assert np.all(finished ^ rec.rejected)

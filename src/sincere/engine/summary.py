@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -198,7 +198,7 @@ def _fleet(
             "num_swaps": st.num_swaps,
             "num_preemptions": st.num_preemptions,
             "num_generated_tokens": st.num_generated_tokens,
-            "cost_usd": _cost(info, duration_s),
+            "cost_usd": instance_cost(info, duration_s),
             **(
                 {}
                 if st.spec_decode is None
@@ -207,25 +207,32 @@ def _fleet(
         }
         for info, st in zip(infos, stats, strict=True)
     }
-    costs = [v["cost_usd"] for v in instances.values()]
-    cost = None if None in costs else float(sum(costs))
     utils = [v["utilization"] for v in instances.values() if v["utilization"] is not None]
-    tokens = (output_tokens_per_s or 0.0) * duration_s
     return {
         "utilization": float(np.mean(utils)) if utils else None,
-        "cost_usd": cost,
-        "cost_per_1m_output_tokens_usd": (
-            _clean(cost / tokens * 1e6) if tokens and cost is not None else None
-        ),
+        **fleet_cost(instances, (output_tokens_per_s or 0.0) * duration_s),
         "num_preemptions": sum(st.num_preemptions for st in stats),
         "instances": instances,
     }
 
 
-def _cost(info: InstanceInfo, duration_s: float) -> float | None:
-    """Accelerator-hours over ``duration_s`` times the hourly price (None: not declared)."""
+def instance_cost(info: InstanceInfo, paid_s: float) -> float | None:
+    """Accelerator-hours over ``paid_s`` times the hourly price (None: not declared)."""
     per_hour = info.cost_per_hour_usd
-    return None if per_hour is None else per_hour * duration_s / 3600.0
+    return None if per_hour is None else per_hour * paid_s / 3600.0
+
+
+def fleet_cost(instances: Mapping[str, Mapping[str, Any]], tokens: float) -> dict[str, Any]:
+    """The fleet's ``cost_usd`` (None when an instance's is unknown) and its cost per
+    million of the ``tokens`` generated, from the per-instance ``cost_usd``."""
+    costs = [v["cost_usd"] for v in instances.values()]
+    cost = None if None in costs else float(sum(costs))
+    return {
+        "cost_usd": cost,
+        "cost_per_1m_output_tokens_usd": (
+            _clean(cost / tokens * 1e6) if tokens and cost is not None else None
+        ),
+    }
 
 
 _FIRST = (

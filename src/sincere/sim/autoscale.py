@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sincere.core.types import Seconds
+from sincere.engine.summary import fleet_cost, instance_cost
 from sincere.policy.reads import Reads
 from sincere.sim.autoscale_book import DOWN, DRAINING, STARTING, UP, WARM, WARMING, FleetBook
 from sincere.sim.autoscale_config import AutoscalingConfig
@@ -140,15 +141,8 @@ class Autoscaler(Extension):
         instances = summary["instances"]
         for e, paid_s in self.book.paid_by.items():
             info = self.cluster.infos[e]
-            per_hour = info.cost_per_hour_usd
-            instances[info.id]["cost_usd"] = None if per_hour is None else per_hour * paid_s / 3600
-        costs = [v["cost_usd"] for v in instances.values()]
-        cost = None if None in costs else float(sum(costs))
-        tokens = (summary["output_tokens_per_s"] or 0.0) * end_at
-        summary["cost_usd"] = cost
-        summary["cost_per_1m_output_tokens_usd"] = (
-            cost / tokens * 1e6 if tokens and cost is not None else None
-        )
+            instances[info.id]["cost_usd"] = instance_cost(info, paid_s)
+        summary.update(fleet_cost(instances, (summary["output_tokens_per_s"] or 0.0) * end_at))
 
     # ------------------------------------------------------------------ the controller
 
