@@ -27,7 +27,13 @@ measure -- the layers' linear kernels (the iteration minus overhead, communicati
 attention and LM head) -- on the same iterations, for the shipped fit (all six models)
 and leave-one-model-out (the linear fit on the five others, judged on the sixth).
 
-    python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles] [--only a100|h100]
+Links (``--only links``): the all-reduce's leave-one-GPU-out from every other GPU and
+from the GPUs of its own link kind (NVLink, PCIe) only. Releases (``--only releases``):
+per GPU and older vLLM release measured, the default fit
+(the newest tables) against that release's rows, beside the release's own fit.
+
+    python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
+        [--only a100|h100|kernels|releases]
 """
 
 from __future__ import annotations
@@ -350,18 +356,130 @@ def shape_out(name, table, acc, merged, fit) -> tuple[float, float, float]:  # t
     return errors_of(np.concatenate(preds), np.concatenate(meas))
 
 
+RELEASE_FAMILIES = ("gemm_bf16", "prefill_attention", "decode_attention", "allreduce", "moe")
+"""Families compared across vLLM releases (their tables carry vLLM's version)."""
+
+
+def older_releases(folder: Path) -> list[str]:
+    """vLLM versions under ``folder`` older than its newest, oldest first."""
+    from sincere.perf.calibration import version_key
+
+    held = {
+        p.name for op in ("gemm", "attention", "comm", "moe") for p in folder.glob(f"{op}/vllm/*")
+    }
+    ordered = sorted(held, key=version_key)
+    return ordered[:-1]
+
+
+def release_checks(database: Path) -> None:
+    """Per GPU, family and older vLLM release: the newest tables' fit (the default) against
+    that release's rows, beside the release's own fit (``fit kernels --vllm-version``)."""
+    from sincere.fit.kernels import FAMILY_TABLES, family_rows, fit_kernels, predict_family
+
+    print("\n| GPU | vLLM | family | rows | newest fit on them: mean % (bias) "
+          "| own release fit: mean % (bias) |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|")
+    for acc_name, folder in KERNEL_GPUS:
+        acc = get_accelerator(acc_name)
+        newest = fit_kernels(database / folder, acc)
+        base = {k: v for fam in newest.families for k, v in fam.params.items()}
+        for version in older_releases(database / folder):
+            old = fit_kernels(database / folder, acc, version)
+            merged = {**base, **{k: v for fam in old.families for k, v in fam.params.items()}}
+            for fam in old.families:
+                mine = newest.family(fam.name)
+                if (
+                    fam.name not in RELEASE_FAMILIES
+                    or fam.version != version
+                    or mine is None
+                    or mine.version == version
+                ):
+                    continue  # a table this release did not measure, or the newest is it
+                table = read_release(database / folder, FAMILY_TABLES[fam.name], version)
+                rows = family_rows(fam.name, table)
+                measured = rows.num("latency") * 1e-3
+                theirs = errors_of(predict_family(fam.name, rows, acc, base), measured)
+                own = errors_of(predict_family(fam.name, rows, acc, merged), measured)
+                print(f"| {acc_name} | {version} | {fam.name} | {len(measured)} "
+                      f"| {100 * theirs[0]:.1f} ({100 * theirs[2]:+.1f}) "
+                      f"| {100 * own[0]:.1f} ({100 * own[2]:+.1f}) |")  # fmt: skip
+
+
+LINKS = {"L40S": "PCIe", "RTX-PRO-6000": "PCIe"}
+"""GPUs whose GPU-to-GPU link is PCIe (the others of KERNEL_GPUS: NVLink)."""
+
+
+def held_out_allreduce(others: list[dict], counts: list[int]) -> dict:  # type: ignore[type-arg]
+    """The all-reduce constants of the GPUs in ``others``, averaged per GPU count."""
+    out: dict = {}  # type: ignore[type-arg]
+    for key in ("allreduce_eager_s", "allreduce_eager_floor_s"):
+        out[key] = float(np.mean([p[key] for p in others]))
+    for key in ("allreduce_latencies_s", "allreduce_efficiencies"):
+        values = []
+        for c in counts:
+            held = [
+                q[key][q["allreduce_gpus"].index(c)] for q in others if c in q["allreduce_gpus"]
+            ]
+            values.append(float(np.mean(held)))
+        out[key] = values
+    out["allreduce_gpus"] = list(counts)
+    return out
+
+
+def link_checks(database: Path) -> None:
+    """The all-reduce leave-one-GPU-out, from every other GPU and from those of its own link
+    kind only (NVLink or PCIe): does a per-interconnect transfer carry?"""
+    from sincere.fit.kernel_tables import read_table
+    from sincere.fit.kernels import COLUMNS, family_rows, fit_allreduce, predict_family
+
+    fits = {}
+    for acc_name, folder in KERNEL_GPUS:
+        acc = get_accelerator(acc_name)
+        table = read_table(database / folder, "custom_allreduce", COLUMNS["custom_allreduce"])
+        fits[acc_name] = (acc, table, fit_allreduce(table, acc, database).params)
+    print("\n| GPU | link | own fit | from every other GPU | from its link kind only |")
+    print("|---|---|---:|---:|---:|")
+    for name, (acc, table, params) in fits.items():
+        rows = family_rows("allreduce", table)
+        measured = rows.num("latency") * 1e-3
+        link = LINKS.get(name, "NVLink")
+        cells = [errors_of(predict_family("allreduce", rows, acc, params), measured)]
+        for same in (False, True):
+            others = [p for n, (_, _, p) in fits.items()
+                      if n != name and (not same or LINKS.get(n, "NVLink") == link)]  # fmt: skip
+            held = held_out_allreduce(others, params["allreduce_gpus"])
+            cells.append(errors_of(predict_family("allreduce", rows, acc, held), measured))
+        shown = " | ".join(f"{100 * e[0]:.1f} ({100 * e[2]:+.1f})" for e in cells)
+        print(f"| {name} | {link} | {shown} |")
+
+
+def read_release(folder: Path, name: str, version: str):  # type: ignore[no-untyped-def]
+    """Table ``name`` of one vLLM release."""
+    from sincere.fit.kernel_tables import read_table
+    from sincere.fit.kernels import COLUMNS
+
+    return read_table(folder, name, COLUMNS[name], version)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
     )
-    parser.add_argument("--only", choices=("a100", "h100", "kernels"), default=None)
+    only = ("a100", "h100", "kernels", "releases", "links")
+    parser.add_argument("--only", choices=only, default=None)
     parser.add_argument(
         "--kernels",
         type=Path,
         default=ROOT.parent / "shared" / "data" / "kernels" / "aiconfigurator",
     )
     args = parser.parse_args()
+    if args.only == "releases":
+        release_checks(args.kernels)
+        return
+    if args.only == "links":
+        link_checks(args.kernels)
+        return
     if args.only in (None, "kernels"):
         kernel_checks(args.kernels)
     if args.only == "kernels":

@@ -1,9 +1,11 @@
 """Scoreboard against InferenceX's closed-loop points: mean TTFT and TPOT, point by point.
 
 Usage: ``python benchmarks/validate_inferencex.py [FILE] [--all | --sample N] [--jobs J]
-[--out OUT]`` (default ``../shared/data/serving-runs/inferencex/blackwell_operating_points.csv``
-beside the checkout; ``--sample 150`` of the representable points unless ``--all``; ``OUT``
-keeps the CSVs, report and figures, a temporary folder otherwise). Seed 0, the simulator's
+[--filter KEY=VALUE,...] [--out OUT]`` (default
+``../shared/data/serving-runs/inferencex/blackwell_operating_points.csv`` beside the
+checkout; ``--sample 150`` of the representable points unless ``--all``; ``OUT`` keeps the
+CSVs, report and figures, a temporary folder otherwise; ``--filter mode=disagg`` keeps the
+prefill/decode split points, as the CLI's ``--filter``). Seed 0, the simulator's
 default step model (the roofline with each accelerator's default constants).
 
 It is ``sincere validate inferencex FILE --out OUT [--sample N]`` plus the tables of
@@ -25,7 +27,7 @@ from sincere.experiment.inferencex_report import (
     skip_counts,
     write_inferencex_report,
 )
-from sincere.workload.inferencex import read_operating_points
+from sincere.workload.inferencex import parse_filter, read_operating_points, select_points
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "serving-runs" / "inferencex"
@@ -60,14 +62,24 @@ def _table(errors: list[GroupError]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     """Score the points, write the report and print the tables."""
+    valued = ("--out", "--sample", "--jobs", "--filter")
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        return
+    unknown = [a for a in argv if a.startswith("-") and a not in (*valued, "--all")]
+    if unknown:
+        sys.exit(f"validate_inferencex.py: unknown option {unknown[0]!r}; allowed: "
+                 f"{', '.join((*valued, '--all', '--help'))}")  # fmt: skip
     given = [a for i, a in enumerate(argv) if not a.startswith("--")
-             and (i == 0 or argv[i - 1] not in ("--out", "--sample", "--jobs"))]  # fmt: skip
+             and (i == 0 or argv[i - 1] not in valued)]  # fmt: skip
     path = Path(given[0]) if given else DEFAULT_FILE
     sample = None if "--all" in argv else int(_option(argv, "--sample") or DEFAULT_SAMPLE)
     jobs = int(_option(argv, "--jobs") or 1)
     out_arg = _option(argv, "--out")
     started = time.perf_counter()
-    board = score_points(read_operating_points(path), sample=sample, seed=0, jobs=jobs)
+    wanted = parse_filter(_option(argv, "--filter") or "")
+    points = select_points(read_operating_points(path), wanted)
+    board = score_points(points, sample=sample, seed=0, jobs=jobs)
     wall = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
         files = write_inferencex_report(board, Path(out_arg or tmp), source=str(path))

@@ -38,31 +38,32 @@ def _file(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def test_the_cli_prints_the_scoreboard_and_the_skips_and_writes_the_files(tmp_path: Path) -> None:
-    """One point simulated, two skipped (NVFP4, disaggregated), every output written."""
+    """Two points simulated (fp8, and NVFP4 weights for the fp4 row), one skipped
+    (disaggregated), every output written."""
     _register()
     out = tmp_path / "out"
     args = ["validate", "inferencex", str(_file(tmp_path, ROWS)), "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "1 of 3 points simulated" in result.output
-    assert "NVFP4 weights" in result.output and "prefill/decode split" in result.output
+    assert "2 of 3 points simulated" in result.output
+    assert "prefill/decode split" in result.output
     for name in ("points.csv", "skipped.csv", "scoreboard.csv", "report.md",
                  "figures/sim_vs_real.png", "figures/ape_cdf.png"):  # fmt: skip
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_simulated"] == 1 and summary["num_skipped"] == 2
-    assert summary["skipped"]["nvfp4"]["count"] == 1
+    assert summary["num_simulated"] == 2 and summary["num_skipped"] == 1
+    assert set(summary["skipped"]) == {"pd-workers"}
 
 
 def test_filter_and_sample_narrow_the_points(tmp_path: Path) -> None:
-    """--filter backend=trtllm keeps the fp4 row only (skipped); --sample 1 draws one."""
+    """--filter backend=trtllm keeps the fp4 row only (simulated); --sample 1 draws one."""
     _register()
     path = _file(tmp_path, ROWS)
     runner = CliRunner()
     only = runner.invoke(app, ["validate", "inferencex", str(path), "--out",
                                str(tmp_path / "a"), "--filter", "backend=trtllm"])  # fmt: skip
     assert only.exit_code == 0, only.output
-    assert "0 of 1 points simulated" in only.output
+    assert "1 of 1 points simulated" in only.output
     two = [*ROWS, LLAMA | {"id": "llama_fp8_c2_again"}]
     sampled = runner.invoke(app, ["validate", "inferencex", str(_file(tmp_path, two)),
                                   "--out", str(tmp_path / "b"), "--sample", "1"])  # fmt: skip

@@ -59,12 +59,17 @@ def test_a_representable_point_maps_to_its_deployment() -> None:
          ("minimax-m2.5", "fp8", 1)),
         ({"model": "nvidia/DeepSeek-V3.1-NVFP4", "precision": "fp8"}, ("deepseek-v3", "fp8", 8)),
         ({"moe_tp": None, "moe_ep": None}, ("deepseek-r1", "fp8", 1)),
+        ({"precision": "fp4", "gemm_quant": "nvfp4", "moe_quant": "nvfp4"},
+         ("deepseek-r1", "nvfp4", 8)),
+        ({"model": "meta-llama/Llama-3.1-70B", "precision": "fp4", "moe_tp": 8, "moe_ep": 1},
+         ("llama-3.1-70b", "nvfp4", 1)),
     ],
 )  # fmt: skip
 def test_models_precisions_and_experts_map(
     change: dict[str, object], attrs: tuple[object, ...]
 ) -> None:
-    """GPT-OSS's fp4 is its MXFP4 checkpoint; a dense model takes EP 1; unstated MoE split: EP 1."""
+    """GPT-OSS's fp4 is its MXFP4 checkpoint, any other model's fp4 NVFP4; a dense model
+    takes EP 1; unstated MoE split: EP 1."""
     spec = point_spec(dataclasses.replace(POINT, **change))  # type: ignore[arg-type]
     assert isinstance(spec, PointSpec)
     assert (spec.catalog_model, spec.precision, spec.ep) == attrs
@@ -73,14 +78,12 @@ def test_models_precisions_and_experts_map(
 @pytest.mark.parametrize(
     ("change", "reason", "detail"),
     [
-        ({"mode": "disagg"}, "disagg", "mode disagg"),
+        ({"mode": "disagg"}, "pd-workers", "prefill: workers, tp or batch_size not stated"),
         ({"model": "meta-llama/Llama-3.1-70B", "attention_dp": 2, "batch_size": 32, "tp": 4,
           "moe_tp": None, "moe_ep": None}, "attention-dp", "attention_dp_size 2 on a dense model"),
         ({"source_concurrency": 128}, "concurrency", "batch_size 64 vs silicon_concurrency 128"),
         ({"model": "moonshotai/Kimi-K2.5"}, "model", "moonshotai/Kimi-K2.5"),
         ({"precision": ""}, "precision-unstated", "gemm_quant_mode 'fp8'"),
-        ({"precision": "fp4", "gemm_quant": "nvfp4", "moe_quant": "nvfp4"}, "nvfp4",
-         "deepseek-ai/DeepSeek-R1 nvfp4/nvfp4"),
         ({"model": "openai/gpt-oss-120b", "precision": "fp8"}, "precision-missing",
          "fp8 not in ('bf16', 'mxfp4')"),
         ({"moe_tp": 2, "moe_ep": 2}, "moe-split", "moe_tp 2 x moe_ep 2 vs tp 8"),
@@ -168,6 +171,23 @@ def test_the_config_is_the_benchmark_as_run() -> None:
     assert summary["closed_loop"]["num_warmup"] == 0
 
 
+def test_an_nvfp4_point_runs_nvfp4_weights_with_an_fp8_kv_cache() -> None:
+    """An fp4 row of Llama-3.1-70B (NVIDIA's NVFP4 checkpoint) runs NVFP4 weights and an fp8
+    KV cache on its 8 B200s, and its closed loop completes every request."""
+    point = dataclasses.replace(
+        POINT, model="meta-llama/Llama-3.1-70B", precision="fp4", gemm_quant="nvfp4",
+        moe_quant="nvfp4", moe_tp=8, moe_ep=1, batch_size=2, source_concurrency=2,
+        isl=128, osl=16,
+    )  # fmt: skip
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec)
+    (instance,) = point_config(spec).instances
+    assert (instance.precision, instance.kv_precision) == ("nvfp4", "fp8")
+    result = simulate_point(spec)
+    assert isinstance(result, PointResult) and result.num_measured == spec.num_requests == 20
+    assert result.sim_tpot_ms > 0
+
+
 def _result(backend: str, ttft: float, tpot: float) -> PointResult:
     """A simulated point whose real means are POINT's 250 ms and 20 ms."""
     spec = point_spec(dataclasses.replace(POINT, backend=backend))
@@ -194,7 +214,8 @@ def test_group_errors_by_hand() -> None:
 REAL_ROWS = (
     "2026_03_25_gpt_oss_120b_b200_sxm_vllm_fp4_agg_1024x1024_c4_tp2_0_ep1_0_621",  # vLLM, TP 2
     "2026_04_06_llama_3_1_70b_b200_sxm_trtllm_fp8_agg_1024x1024_c4_tp2_ep1_615",  # TRT-LLM, TP 2
-    "dsr1_b200_trtllm_fp8_disagg_8192x1024_c128_cfg666",  # disaggregated: skipped
+    "dsr1_b200_sglang_fp8_disagg_8192x1024_c4_cfg455",  # disaggregated: 1P1D of TP 8
+    "2026_04_06_deepseek_r1_gb300_trtllm_fp8_disagg_8192x1024_c666_tp4_ep4_1672",  # no workers
 )
 
 
@@ -207,12 +228,13 @@ def _real_points(shared_data: Path) -> list[OperatingPoint]:
 
 
 def test_real_rows_end_to_end(shared_data: Path, tmp_path: Path) -> None:
-    """Two rows simulated (finite means, every request measured), one skipped; the files hold
-    both, the engine preset per point; the same seed gives the same figures."""
+    """Three rows simulated (finite means, every request measured; one over a P/D fleet),
+    one skipped; the files hold both, the engine preset per point; the same seed gives the
+    same figures."""
     points = _real_points(shared_data)
     board = score_points(points, seed=0)
-    assert [s.reason for s in board.skips] == ["disagg"]
-    assert len(board.results) == 2
+    assert [s.reason for s in board.skips] == ["pd-workers"]
+    assert len(board.results) == 3
     for r in board.results:
         assert math.isfinite(r.sim_ttft_ms) and r.sim_ttft_ms > 0 and r.sim_tpot_ms > 0
         assert r.num_measured == benchmark_prompts(r.spec.clients)
@@ -223,9 +245,12 @@ def test_real_rows_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     files = write_inferencex_report(board, tmp_path / "out", source="three rows")
     with files.points_csv.open() as f:
         rows = list(csv.DictReader(f))
-    assert {r["engine_preset"] for r in rows} == {"vllm-v1", "trtllm"}
+    assert {r["engine_preset"] for r in rows} == {"vllm-v1", "trtllm", "sglang"}
+    fleets = {r["id"]: r["fleet"] for r in rows}
+    assert fleets[REAL_ROWS[2]] == "1P(tp8 adp1 ep8) 1D(tp8 adp1 ep8) /1"
+    assert fleets[REAL_ROWS[0]] == fleets[REAL_ROWS[1]] == ""  # colocated
     assert float(rows[0]["ttft_ape"]) == pytest.approx(abs(float(rows[0]["ttft_error"])))
-    assert "disagg" in files.skipped_csv.read_text()
+    assert "pd-workers" in files.skipped_csv.read_text()
     assert all(f.exists() for f in files.figures) and len(files.figures) == 2
     assert "prefill/decode split" in files.markdown.read_text()
 
@@ -235,4 +260,4 @@ def test_sampling_draws_from_the_representable_points(shared_data: Path) -> None
     points = _real_points(shared_data)
     board = score_points(points, sample=1, seed=3)
     assert len(board.results) == 1 and board.num_sampled == 1
-    assert len(board.skips) == 1 and board.num_points == 3
+    assert len(board.skips) == 1 and board.num_points == 4

@@ -14,7 +14,12 @@ from typer.testing import CliRunner
 
 from sincere.cli.app import _register, app, main
 from sincere.core.errors import ConfigError, DataError
-from sincere.experiment.serving_runs import catalog_model, compare_run, replay_setup
+from sincere.experiment.serving_runs import (
+    catalog_model,
+    compare_run,
+    replay_config,
+    replay_setup,
+)
 from sincere.experiment.serving_runs_report import error_stats, write_runs_report
 from sincere.workload.serving_runs import read_serving_run, read_serving_runs
 
@@ -198,9 +203,13 @@ def test_the_published_runs_read_whole(shared_data: Path) -> None:
     assert (setup.instances, setup.ep, setup.attention_dp) == (2, 2, 2)  # one EP group of 2
     assert setup.accelerator == "RTX-PRO-6000"
     assert any("expert parallelism" in n for n in setup.notes)
-    # the RTX PRO 6000's GEMM, attention and MoE constants come from its measured kernels
-    assert setup.step_model.startswith("roofline; constants fitted: measured vLLM")
-    assert "kernels/RTX-PRO-6000.yaml" in setup.step_model
+    # the RTX PRO 6000's GEMM, attention and MoE constants come from its measured kernels,
+    # those of the vLLM release the run served with (0.19.0)
+    assert moe.engine.vllm_version == "0.19.0"
+    assert setup.step_model.startswith("roofline; constants fitted: measured vLLM 0.19.0")
+    assert "kernels/by-version/RTX-PRO-6000-vllm-0.19.0.yaml" in setup.step_model
+    block = replay_config(moe, setup).instances[0].step_model
+    assert block.kind == "roofline" and block.params == {"vllm_version": "0.19.0"}
 
 
 def test_the_replay_runs_vllm_v1_unless_told_otherwise(shared_data: Path) -> None:

@@ -15,10 +15,11 @@ import sincere.cli.fit  # noqa: F401  (registers the command)
 from sincere.catalog import get_accelerator, get_model
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
-from sincere.fit.kernel_tables import KernelTable, gpu_folder, read_table
+from sincere.fit.kernel_tables import KernelTable, find_table, gpu_folder, read_table
 from sincere.fit.kernels import (
     COLUMNS,
     FAMILY_TABLES,
+    FamilyFit,
     allreduce_predict,
     alltoall_predict,
     family_rows,
@@ -27,6 +28,7 @@ from sincere.fit.kernels import (
     fit_decode_attention,
     fit_gemm,
     fit_prefill_attention,
+    fit_quant_gemm,
     fit_quant_moe,
     gemm_predict,
     moe_features,
@@ -35,11 +37,12 @@ from sincere.fit.kernels import (
 )
 from sincere.perf import Batch, Deployment, Roofline
 from sincere.perf.arch_step import ArchStep, MoEParams
-from sincere.perf.calibration import default_roofline_params
+from sincere.perf.calibration import default_roofline_params, kernel_fits
 from sincere.perf.roofline import RooflineParams, allreduce_terms
 
 runner = CliRunner()
 H100 = get_accelerator("H100-SXM")
+B200 = get_accelerator("B200")
 DATABASE = Path(__file__).resolve().parents[3] / "shared" / "data" / "kernels" / "aiconfigurator"
 needs_data = pytest.mark.skipif(
     not (DATABASE / "h100_sxm").is_dir(), reason="the kernel database is not here"
@@ -69,6 +72,36 @@ def test_fit_recovers_a_synthetic_gemm_roofline() -> None:
     assert fam.params["bw_efficiency"] == pytest.approx(0.83, rel=0.02)
     assert fam.params["token_tile"] == 64
     assert fam.mean_error < 0.01 and not fam.notes
+
+
+def test_fit_recovers_a_synthetic_nvfp4_gemm_on_the_fp4_peak() -> None:
+    """NVFP4 GEMM rows made from known constants at B200's fp4 peak with 0.5625-byte weights
+    (quantisation cost and bytes included) fit back to them, bf16's bw, p and tile shared;
+    the bf16 rows beside them are not taken."""
+    rng = np.random.default_rng(11)
+    m = rng.choice([1, 4, 16, 40, 100, 300, 1000, 3000, 10000], 600).astype(float)
+    n = rng.choice([1024, 4096, 8192, 14336], 600).astype(float)
+    k = rng.choice([2048, 4096, 8192], 600).astype(float)
+    bf16 = {"bw_efficiency": 0.8, "_gemm_kernel_s": 3e-6, "overlap_exponent": 2.5,
+            "token_tile": 64, "mfu_efficiency": 0.7}  # fmt: skip
+    truth = np.array([0.45, 0.8, 3e-6 + 5e-6, 2.5, 3.0])  # mfu, bw, kernels, p, act bytes
+    peak, hbm = B200.peak_tflops("nvfp4") * 1e12, B200.hbm_bandwidth_gbps * 1e9
+    ms = gemm_predict(m, n, k, truth, 64, peak, hbm, 0.5625) * 1e3
+    table = _table(
+        "gemm", gemm_dtype=["nvfp4"] * 600 + ["bfloat16"] * 600,
+        kernel_source=["FlashInferCuteDslNvFp4LinearKernel"] * 600 + ["linear"] * 600,
+        m=np.tile(m, 2), n=np.tile(n, 2), k=np.tile(k, 2), latency=np.append(ms, ms * 10),
+    )  # fmt: skip
+    shared = FamilyFit("gemm_bf16", bf16, 600, 0.0, 0.0, 0.0, "t", "0.0")
+    fam = fit_quant_gemm("gemm_nvfp4", table, B200, shared, Path("/synthetic"))
+    assert fam.rows == 600
+    assert fam.params["nvfp4_mfu_efficiency"] == pytest.approx(0.45, rel=0.02)
+    assert fam.params["nvfp4_gemm_kernel_s"] == pytest.approx(5e-6, rel=0.05)
+    assert fam.params["nvfp4_act_bytes"] == pytest.approx(3.0, rel=0.1)
+    assert fam.mean_error < 0.01
+    params = {**bf16, **fam.params}
+    pred = predict_family("gemm_nvfp4", family_rows("gemm_nvfp4", table), B200, params)
+    assert pred == pytest.approx(ms * 1e-3, rel=0.02)
 
 
 def test_fit_recovers_synthetic_attention_and_allreduce() -> None:
@@ -313,6 +346,25 @@ def test_fit_recovers_synthetic_fp8_and_mxfp4_experts() -> None:
         fit_quant_moe("moe_fp8", no_quant, H100, bf16, Path("/synthetic"))
 
 
+def test_fit_recovers_synthetic_nvfp4_experts_at_the_fp4_peak() -> None:
+    """NVFP4 experts made at B200's fp4 peak with 0.5625-byte weights from known constants fit
+    back to them; the bf16 rows beside them are not taken."""
+    cols = _moe_rows(["nvfp4", "bfloat16"])
+    probe = _table("moe", latency=np.ones(112), **cols)
+    keep = cols["moe_dtype"] == "nvfp4"
+    peak, hbm = B200.peak_tflops("nvfp4") * 1e12, B200.hbm_bandwidth_gbps * 1e9
+    x = np.array([0.4, 0.7, 25e-6, 0.1])
+    latency = np.full(112, 1.0)
+    latency[keep] = 1e3 * moe_predict(moe_features(probe.where(keep)), x, peak, hbm, 0.5625, 2.5)
+    table = _table("moe", latency=latency, **cols)
+    bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
+    fam = fit_quant_moe("moe_nvfp4", table, B200, bf16, Path("/synthetic"))
+    assert fam.rows == 56 and fam.notes[0] == "nvfp4 experts"
+    assert fam.params["moe_nvfp4_mfu_efficiency"] == pytest.approx(0.4, rel=0.02)
+    assert fam.params["moe_nvfp4_bw_efficiency"] == pytest.approx(0.7, rel=0.02)
+    assert fam.params["moe_nvfp4_kernel_s"] == pytest.approx(25e-6, rel=0.05)
+
+
 def test_fp8_and_mxfp4_experts_take_their_own_kernel_constants() -> None:
     """Qwen3-30B-A3B in fp8 on H100 prices its experts with the fp8-expert constants (a
     change of moe_fp8_kernel_s moves the experts part by it on each of 48 layers), GPT-OSS-20B
@@ -335,3 +387,41 @@ def test_fp8_and_mxfp4_experts_take_their_own_kernel_constants() -> None:
         assert ArchStep(bf16, moved).parts(batch) == ArchStep(bf16, params).parts(batch)
     with pytest.raises(ConfigError, match="moe_fp8_kernel_s"):
         RooflineParams(moe_fp8_kernel_s=-1.0)
+
+
+def test_a_version_takes_each_table_at_or_below_it(tmp_path: Path) -> None:
+    """Asked for a release, each table comes from the newest version at or below it, else
+    the oldest above; unasked, the newest; NCCL's own versions are not vLLM's."""
+    for version in ("0.14.0", "0.19.0", "0.24.0"):
+        folder = tmp_path / "comm" / "vllm" / version
+        folder.mkdir(parents=True)
+        (folder / "custom_allreduce_perf.parquet").write_bytes(b"")
+    gemm = tmp_path / "gemm" / "vllm" / "0.22.0"
+    gemm.mkdir(parents=True)
+    (gemm / "gemm_perf.parquet").write_bytes(b"")
+    picked = {v: find_table(tmp_path, "custom_allreduce", version=v) for v in ("0.20.1", None)}
+    assert {v: p[1] for v, p in picked.items() if p} == {"0.20.1": "0.19.0", None: "0.24.0"}
+    assert find_table(tmp_path, "gemm", version="0.19.0") == (gemm / "gemm_perf.parquet", "0.22.0")
+    assert find_table(tmp_path, "moe", version="0.19.0") is None
+
+
+@needs_data
+def test_cli_fits_an_older_vllm_release(tmp_path: Path) -> None:
+    """`--vllm-version 0.19.0` fits the RTX PRO 6000's 0.19 tables and says so: its
+    two-GPU all-reduce is 2-3x slower than 0.24's over PCIe, and the fit shows it."""
+    out = tmp_path / "rtx.yaml"
+    argv = ["fit", "kernels", str(DATABASE), "--gpu", "rtx_pro_6000_server"]
+    result = runner.invoke(app, [*argv, "--vllm-version", "0.19.0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(out.read_text())
+    assert doc["fit"]["engine_version"] == "0.19.0"
+    # MXFP4 / NVFP4 experts were not measured under 0.19: the newest rows, beside 0.19's fits
+    assert doc["fit"]["versions"] == ["0.19.0", "0.24.0"]
+    families = doc["fit"]["families"]
+    assert families["moe_mxfp4"]["table"].endswith("moe/vllm/0.24.0/moe_perf.parquet")
+    assert families["gemm_bf16"]["table"].endswith("gemm/vllm/0.19.0/gemm_perf.parquet")
+    assert "--vllm-version 0.19.0" in doc["fit"]["command"]
+    newest = kernel_fits()["RTX-PRO-6000"]["params"]
+    assert doc["params"]["allreduce_gpus"] == [2]
+    assert doc["params"]["allreduce_efficiencies"][0] < 0.5 * newest["allreduce_efficiencies"][0]
+    assert doc["fit"]["families"]["allreduce"]["mean_error"] < 0.15

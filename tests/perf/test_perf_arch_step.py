@@ -241,14 +241,17 @@ def test_bad_attention_dp_is_refused() -> None:
 def test_attention_dp_spreads_the_routed_experts_over_the_group() -> None:
     """Under attention DP 4 x TP 2 a GPU holds its rank's share of the other weights (1/2) and
     1/8 of the routed experts: routed bytes / 8 + the rest / 2."""
-    from sincere.perf.memory import weight_bytes_per_gpu
-
     model = get_model("qwen3-30b-a3b")
     routed = model.param_groups()[0] * 2.0
     rest = model.weight_bytes("bf16") - routed
     dep = _dep("qwen3-30b-a3b", tp=2, ep=8, attention_dp=4)
-    assert weight_bytes_per_gpu(dep) == pytest.approx(rest / 2 + routed / 8)
-    assert weight_bytes_per_gpu(_dep("qwen3-30b-a3b", tp=2)) == model.weight_bytes("bf16") / 2
+    assert dep.weight_bytes_per_gpu == pytest.approx(rest / 2 + routed / 8)
+    assert _dep("qwen3-30b-a3b", tp=2).weight_bytes_per_gpu == model.weight_bytes("bf16") / 2
+    # a load reads this GPU's share, not the whole model over TP
+    roof = Roofline(dep)
+    rate = dep.accelerator.host_link_gbps * 1e9 * roof.params.load_efficiency
+    load = (rest / 2 + routed / 8) / rate + roof.params.load_overhead_s
+    assert roof.load_time().mean_s == pytest.approx(load)
 
 
 def test_a_deployment_block_declares_attention_dp() -> None:

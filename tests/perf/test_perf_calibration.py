@@ -17,6 +17,7 @@ from sincere.perf.calibration import (
     PRIOR_FIELDS,
     default_roofline_params,
     fit_documents,
+    kernel_fit_for,
     roofline_defaults,
     shipped_fits,
 )
@@ -175,3 +176,48 @@ def test_fit_documents_key_by_catalog_name_and_name_the_bad_file(tmp_path: Path)
     (tmp_path / "b.yaml").write_text("- a list, not a fit\n")
     with pytest.raises(DataError, match="not a kernel fit"):
         _kernel_fits_in(tmp_path)
+
+
+def test_a_vllm_release_takes_the_fit_of_its_own_kernels() -> None:
+    """The RTX PRO 6000 under vLLM 0.19 takes the 0.19 kernels' fit (its all-reduce over
+    PCIe 2-3x slower than 0.24's), a later release the newest fit, an earlier one the oldest;
+    families 0.19 did not measure are fitted on the newest rows."""
+    rtx = get_accelerator("RTX-PRO-6000")
+    newest, old = roofline_defaults(rtx), roofline_defaults(rtx, "0.19.0")
+    assert roofline_defaults(rtx, "0.24.0").params == newest.params
+    assert roofline_defaults(rtx, "0.30").params == newest.params
+    assert roofline_defaults(rtx, "0.10.2").params == old.params
+    assert "by-version/RTX-PRO-6000-vllm-0.19.0.yaml" in old.parts["communication"]
+    assert "vLLM 0.19.0" in old.origin and old.params["allreduce_gpus"] == [2]
+    assert (
+        old.params["allreduce_efficiencies"][0] < 0.5 * newest.params["allreduce_efficiencies"][0]
+    )
+    # MXFP4 experts, not measured under 0.19: fitted on 0.24's rows beside 0.19's bf16 experts
+    doc = kernel_fit_for("RTX-PRO-6000", "0.19.0")
+    assert doc is not None
+    families = doc["fit"]["families"]
+    assert families["moe_mxfp4"]["version"] == "0.24.0" and families["moe"]["version"] == "0.19.0"
+    # a GPU without release fits keeps its one fit whatever the release
+    rtx4090 = get_accelerator("RTX-4090")
+    assert roofline_defaults(rtx4090, "0.19.0").params == roofline_defaults(rtx4090).params
+    # through the step-model config: Qwen3-32B at TP 2 decodes slower under 0.19's kernels
+    dep = Deployment(get_model("qwen3-32b"), rtx, tp=2)
+    new_t = make_step_model("roofline", dep).decode_step_s(128, 128 * 700)
+    old_t = make_step_model("roofline", dep, {"vllm_version": "0.19.0"}).decode_step_s(
+        128, 128 * 700
+    )
+    assert old_t > 1.2 * new_t
+
+
+def test_a_release_family_off_its_own_rows_keeps_the_newest_constants() -> None:
+    """vLLM 0.19's prefill-attention rows on H200 do not follow the form (~5x off): its
+    release fit leaves the family out, and H200 under 0.19 keeps the newest fit's prefill
+    attention while taking 0.19's decode attention."""
+    h200 = get_accelerator("H200")
+    newest, old = roofline_defaults(h200), roofline_defaults(h200, "0.19.0")
+    assert "H200-vllm-0.19.0.yaml" in old.origin
+    doc = kernel_fit_for("H200", "0.19.0")
+    assert doc is not None and any("prefill_attention" in m for m in doc["fit"]["missing"])
+    for name in ("attn_mfu_efficiency", "attn_kernel_s", "attn_query_pairs"):
+        assert old.params[name] == newest.params[name]
+    assert old.params["attn_bw_efficiency"] != newest.params["attn_bw_efficiency"]

@@ -81,6 +81,20 @@ def test_tensor_parallelism_adds_communication() -> None:
     assert out["parts"]["communication"] > 0
 
 
+def test_a_vllm_release_prices_the_step_with_its_kernels() -> None:
+    """`--vllm-version 0.19.0` on the RTX PRO 6000 takes that release's kernels and says so:
+    Qwen3-32B's TP-2 all-reduces cost about 2.5x what 0.24's do; another kind refuses it."""
+    args = ["step", "qwen3-32b", "--accelerator", "RTX-PRO-6000", "--tp", "2"]
+    args += ["--decode", "128@700", "--json"]
+    newest = json.loads(runner.invoke(app, args).output)
+    old = json.loads(runner.invoke(app, [*args, "--vllm-version", "0.19.0"]).output)
+    assert "by-version/RTX-PRO-6000-vllm-0.19.0.yaml" in old["constants"]["communication"]
+    assert "vLLM 0.19.0 (tables 0.19.0, 0.24.0)" in old["constants"]["communication"]
+    assert old["parts"]["communication"] > 2.0 * newest["parts"]["communication"]
+    other = runner.invoke(app, [*args, "--step-model", "inferno", "--vllm-version", "0.19.0"])
+    assert other.exit_code != 0 and "vllm_version" in str(other.exception)
+
+
 def test_table_names_where_the_constants_come_from() -> None:
     """The human output is a table of parts plus the origin of the roofline's constants."""
     result = runner.invoke(

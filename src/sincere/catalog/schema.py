@@ -106,6 +106,7 @@ class AcceleratorEntry(BaseModel):
     bf16_tflops: PositiveFloat
     fp8_tflops: PositiveFloat | None = None
     int8_tops: PositiveFloat | None = None
+    fp4_tflops: PositiveFloat | None = None
     interconnect_gbps: PositiveFloat
     host_link_gbps: PositiveFloat
     price_per_hour_usd: NonNegativeFloat

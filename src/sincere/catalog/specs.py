@@ -18,11 +18,15 @@ PRECISION_BYTES: dict[str, float] = {
     "int4": 0.5,
     "int4-gptq": 0.5,
     "mxfp4": 0.53125,
+    "nvfp4": 0.5625,
 }
 """Bytes per weight (or KV element) for each precision sincere knows.
 
 ``mxfp4`` is the OCP microscaling format: 4-bit elements with one 8-bit shared scale
-per block of 32, 4.25 bits a weight. ``fp8`` is counted at one byte: block scales
+per block of 32, 4.25 bits a weight. ``nvfp4`` is NVIDIA's: 4-bit (E2M1) elements with
+one fp8 (E4M3) scale per block of 16, 4.5 bits a weight (the one fp32 scale per tensor
+adds nothing measurable); its activations are quantised alike, so its GEMMs run on the
+fp4 tensor cores (Blackwell). ``fp8`` is counted at one byte: block scales
 (one fp32 per 128 x 128 weights in DeepSeek-V3's checkpoint) add under 0.03 %.
 """
 
@@ -31,6 +35,9 @@ GPU_VENDORS: frozenset[str] = frozenset({"NVIDIA", "AMD"})
 
 SIXTEEN_BIT: frozenset[str] = frozenset({"fp16", "bf16"})
 """Precisions the tensor cores compute in without any conversion."""
+
+FP4_TENSOR: frozenset[str] = frozenset({"nvfp4"})
+"""Formats whose GEMMs need fp4 tensor cores (an accelerator with ``fp4_tflops``)."""
 
 WEIGHT_ONLY: frozenset[str] = frozenset({"mxfp4"})
 """Formats only a model's routed experts are stored in (attention and embeddings stay bf16),
@@ -69,6 +76,7 @@ class Accelerator:
     cc_supported: bool  # confidential-computing mode available
     sources: dict[str, str] = field(default_factory=dict, hash=False)  # field -> public source
     aliases: tuple[str, ...] = ()  # other spellings that resolve to this entry (any case)
+    fp4_tflops: float | None = None  # dense fp4 (NVFP4) throughput, TFLOP/s (None: no fp4)
 
     @property
     def interconnect_gbps_per_direction(self) -> float:
@@ -80,9 +88,11 @@ class Accelerator:
 
         fp8 weights compute at fp8 where the accelerator has an fp8 rate and at bf16
         after dequantisation otherwise (A100); MXFP4 weights are dequantised to bf16
-        (no accelerator in the catalog has an fp4 rate). Raises ``ConfigError`` naming
-        the precision when this accelerator cannot run it at all (the CPU host has no
-        fp8 or MXFP4 kernels).
+        (as vLLM runs GPT-OSS's checkpoint); NVFP4 weights run at the fp4 rate with their
+        activations quantised to NVFP4. Raises ``ConfigError`` naming the precision when
+        this accelerator cannot run it at all: the CPU host has no fp8 or MXFP4 kernels,
+        and NVFP4 needs fp4 tensor cores (Blackwell: ``fp4_tflops``), which A100, H100,
+        H200 and L40S lack.
         """
         from sincere.core.errors import ConfigError
 
@@ -93,20 +103,37 @@ class Accelerator:
                 allowed=list(PRECISION_BYTES),
             )
         if precision in ("fp8", "mxfp4") and self.vendor not in GPU_VENDORS:
-            allowed = [p for p in PRECISION_BYTES if p not in ("fp8", "mxfp4")]
             raise ConfigError(
                 f"precision: {self.name} cannot run {precision} weights",
                 value=precision,
-                allowed=allowed,
+                allowed=self.runnable_precisions(),
             )
+        if precision in FP4_TENSOR and not self.fp4_tflops:
+            raise ConfigError(
+                f"precision: {self.name} has no fp4 tensor cores for {precision} weights"
+                " (Blackwell GPUs have them)",
+                value=precision,
+                allowed=self.runnable_precisions(),
+            )
+        if precision in FP4_TENSOR:
+            return precision
         if precision == "fp8":
             return "fp8" if self.fp8_tflops else "bf16"
         if precision == "mxfp4":
             return "bf16"
         return precision
 
+    def runnable_precisions(self) -> list[str]:
+        """The weight precisions this accelerator runs (natively or dequantised)."""
+        out = [p for p in PRECISION_BYTES if p not in FP4_TENSOR or self.fp4_tflops]
+        if self.vendor not in GPU_VENDORS:
+            out = [p for p in out if p not in ("fp8", "mxfp4")]
+        return out
+
     def peak_tflops(self, precision: str) -> float:
         """Dense peak for compute in ``precision`` (falls back to bf16 when unsupported)."""
+        if precision in FP4_TENSOR and self.fp4_tflops:
+            return self.fp4_tflops
         if precision == "fp8" and self.fp8_tflops:
             return self.fp8_tflops
         if precision in ("int8", "int4", "int4-gptq") and self.int8_tops:

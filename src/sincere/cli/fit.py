@@ -319,6 +319,13 @@ def fit_kernels_command(
             help="mark the fit as the GPU's default constants (--no-default: --params only)"
         ),
     ] = True,
+    vllm_version: Annotated[
+        str | None,
+        typer.Option(
+            help="fit for this vLLM release: each table from the newest version at or below it "
+            "(default: the newest tables)"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the document as JSON")] = False,
 ) -> None:
     """Fit the roofline's kernel families to one GPU's measured vLLM kernels."""
@@ -340,10 +347,12 @@ def fit_kernels_command(
     folder = gpu_folder(directory, acc.name)
     out = out or Path(f"kernels-{acc.name}.yaml")
     with console.status(f"fitting {folder.name}'s kernels"):
-        fit = fit_kernels(folder, acc)
+        fit = fit_kernels(folder, acc, vllm_version)
     argv = ["sincere", "fit", "kernels", str(directory), "--gpu", gpu, "--out", str(out)]
     if not default:
         argv.insert(-2, "--no-default")
+    if vllm_version is not None:
+        argv[-2:-2] = ["--vllm-version", vllm_version]
     document = kernel_document(fit, argv, default)
     write_params(document, out)
     if as_json:

@@ -87,14 +87,18 @@ def precision_notes(dep: Deployment) -> list[str]:
     return []
 
 
-def constants_origin(dep: Deployment) -> dict[str, str]:
-    """Where each part's default constants come from, for the parts this deployment uses."""
+def constants_origin(dep: Deployment, vllm_version: str | None = None) -> dict[str, str]:
+    """Where each part's default constants come from, for the parts this deployment uses
+    (under vLLM ``vllm_version``'s kernels where given)."""
     from sincere.perf.calibration import roofline_defaults
 
-    parts = roofline_defaults(dep.accelerator).parts
+    parts = roofline_defaults(dep.accelerator, vllm_version).parts
     skip = set()
-    if dep.accelerator.compute_precision(dep.precision) != "fp8":
+    compute = dep.accelerator.compute_precision(dep.precision)
+    if compute != "fp8":
         skip.add("linear_fp8")
+    if compute != "nvfp4":
+        skip.add("linear_nvfp4")
     if dep.tp == 1:
         skip.add("communication")
     if not dep.model.is_moe:
@@ -198,6 +202,10 @@ def step_command(
     params: Annotated[
         Path | None, typer.Option(help="parameter file of the step model (e.g. from `sincere fit`)")
     ] = None,
+    vllm_version: Annotated[
+        str | None,
+        typer.Option(help="roofline: price with the kernels of this vLLM release (0.19.0)"),
+    ] = None,
     prefill: Annotated[
         list[str] | None,
         typer.Option(help="a prefill chunk TOKENS[@CACHED] (repeatable)"),
@@ -262,7 +270,8 @@ def step_command(
     batch = Batch.of(prefill=chunks, decode=[ctx for n, ctx in decodes for _ in range(n)])
     check_step_fits(dep, batch)
     notes = precision_notes(dep)
-    built = StepModelConfig(kind=step_model, params_file=params).build(dep)
+    inline = {} if vllm_version is None else {"vllm_version": vllm_version}
+    built = StepModelConfig(kind=step_model, params=inline, params_file=params).build(dep)
     execution = execution_params(preset, {})
     built = with_execution(built, execution, max_num_seqs)
     seconds = built.iteration_s(batch)
@@ -287,7 +296,7 @@ def step_command(
         if notes:
             out["notes"] = notes
         if step_model == "roofline" and params is None:
-            out["constants"] = constants_origin(dep)
+            out["constants"] = constants_origin(dep, vllm_version)
         out["execution"] = {"preset": execution.name, "source": execution.source}
         typer.echo(json.dumps(out))
         return
@@ -309,6 +318,7 @@ def step_command(
         console.print(f"note: {note}", highlight=False)
     console.print(f"engine execution model: {execution.name} ({execution.source})", highlight=False)
     if step_model == "roofline" and params is None:
-        console.print(f"constants: {roofline_defaults(dep.accelerator).origin}", highlight=False)
-        for part, origin in constants_origin(dep).items():
+        origin = roofline_defaults(dep.accelerator, vllm_version).origin
+        console.print(f"constants: {origin}", highlight=False)
+        for part, origin in constants_origin(dep, vllm_version).items():
             console.print(f"  {part}: {origin}", highlight=False)

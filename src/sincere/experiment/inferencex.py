@@ -6,9 +6,10 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
   catalog's own names and aliases);
 * **accelerator**: the system's GPU (:data:`SYSTEM_ACCELERATORS`), one instance of ``tp``
   of them (``pp`` as given);
-* **precision**: ``fp8`` / ``bf16`` / ``int4`` as stated when the catalog entry has it; ``fp4``
-  only for a model whose published checkpoint is MXFP4 (GPT-OSS: the row's checkpoint is
-  that one); NVFP4 weights are not a format of the simulator;
+* **precision**: ``fp8`` / ``bf16`` / ``int4`` as stated when the catalog entry has it;
+  ``fp4`` is MXFP4 for a model whose published checkpoint is MXFP4 (GPT-OSS: the row's
+  checkpoint is that one) and NVFP4 for any other (the rows' GEMM and MoE quantisation
+  say ``nvfp4``: NVIDIA's ModelOpt checkpoints), when the catalog entry lists it;
 * **experts**: ``ep = moe_ep_size`` over the MoE group when ``moe_tp x moe_ep`` covers it;
 * **attention data parallelism**: ``attention_dp_size`` ranks of ``tp_size`` GPUs sharing
   one MoE group: one rank is simulated with its share of the clients and requests, the
@@ -16,18 +17,22 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 * **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration, no
   prefix caching) with ``max_num_seqs`` = the clients, under the backend's execution-model
   preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
-  time); fp8 weights run an fp8 KV cache (the serving recipes' setting; the rows do
-  not state it);
+  time); fp8 and NVFP4 weights run an fp8 KV cache (the serving recipes' setting and
+  NVIDIA's NVFP4 checkpoints'; the rows do not state it);
 * **workload**: as InferenceX's client ran it (vLLM's ``benchmark_serving``): ``C =
   batch_size x attention_dp`` clients with no think time, :func:`benchmark_prompts`
   requests, each with input and output lengths drawn uniformly in ``[0.8 L, L]`` (its
   ``random_range_ratio`` 0.8) and exactly that output (``ignore_eos``); no warm-up left out
   (the benchmark's means hold every request); seed fixed.
 
+A disaggregated point (``mode`` ``disagg``) is the same closed loop over a simulated
+prefill / decode fleet of the row's workers (:mod:`sincere.experiment.inferencex_pd`: one
+slice of the fleet's ranks, the KV over NVLink or RDMA).
+
 A point the simulator cannot represent is a :class:`Skip` with its reason (one of
-:data:`SKIP_REASONS`), never dropped: disaggregated points (the simulator refuses a closed
-loop over a prefill / decode split), attention data parallelism on a dense model, NVFP4
-weights, models outside the catalog, engines over more GPUs than one NVLink domain
+:data:`SKIP_REASONS`), never dropped: disaggregated points whose workers or batches are not
+stated, attention data parallelism on a dense model, models outside the catalog, engines (or
+P/D workers) over more GPUs than one NVLink domain
 (:data:`NVLINK_DOMAIN`), and deployments the simulator refuses at build (too little memory
 for weights and KV, a TP degree that does not split the heads).
 
@@ -48,6 +53,7 @@ import numpy as np
 
 from sincere.catalog.loader import default_catalog
 from sincere.core.errors import ConfigError
+from sincere.experiment.inferencex_pd import PDSpec, pd_instances, pd_spec
 from sincere.sim.api import simulate
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.workload.inferencex import OperatingPoint
@@ -76,10 +82,9 @@ ENGINE_PRESETS = {"vllm": "vllm-v1", "sglang": "sglang", "trtllm": "trtllm"}
 """Backend -> engine execution-model preset. Every vLLM release of the file (0.15 on, and
 nightlies) runs the V1 engine, so versions do not change the preset."""
 SKIP_REASONS = {
-    "disagg": "prefill/decode split: no closed loop over disaggregation in the simulator",
+    "pd-workers": "prefill/decode split: workers or their batch not stated",
     "model": "model not in the catalog",
     "precision-unstated": "precision not stated",
-    "nvfp4": "NVFP4 weights: not a format of the simulator",
     "precision-missing": "precision not in the model's catalog entry",
     "attention-dp": "attention data parallelism on a dense model: nothing to share",
     "moe-split": "MoE TP x EP does not cover the attention TP group",
@@ -87,8 +92,11 @@ SKIP_REASONS = {
     "no-fit": "does not fit: too little memory for the weights and KV cache",
     "refused": "deployment refused by the simulator",
     "multi-node": "the engine's GPUs span nodes: links between nodes are not modelled",
+    "refused-pd": "prefill/decode split the simulator cannot express",
 }
 """Why a point is not simulated: key -> the words the report prints."""
+FP8_KV_WEIGHTS = frozenset({"fp8", "nvfp4"})
+"""Weight precisions whose points run an fp8 KV cache (module docstring)."""
 PROMPTS_PER_CLIENT = 10
 MAX_PROMPTS = 4096
 RANGE_RATIO = 0.8
@@ -125,6 +133,9 @@ class PointSpec:
     clients: int  # closed-loop concurrency (of all the ranks)
     num_requests: int  # the run's requests, every one measured (the benchmark's means)
     engine_preset: str  # the backend's execution model
+    # a disaggregated point's fleet (None: colocated); tp, ep and attention_dp are then
+    # its decode ranks', and num_requests those of its simulated slice
+    pd: PDSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -160,13 +171,12 @@ def deployment_precision(point: OperatingPoint, model: str) -> str | Skip:
     arch = default_catalog().model(model)
     if not point.precision:
         return Skip(point, "precision-unstated", f"gemm_quant_mode {point.gemm_quant!r}")
-    if point.precision == "fp4":
-        if arch.native_precision == "mxfp4":
-            return "mxfp4"  # the published checkpoint the row names
-        return Skip(point, "nvfp4", f"{point.model} {point.gemm_quant}/{point.moe_quant}")
-    if point.precision not in arch.precisions:
-        return Skip(point, "precision-missing", f"{point.precision} not in {arch.precisions}")
-    return point.precision
+    precision = point.precision
+    if precision == "fp4":
+        precision = "mxfp4" if arch.native_precision == "mxfp4" else "nvfp4"
+    if precision not in arch.precisions:
+        return Skip(point, "precision-missing", f"{precision} not in {arch.precisions}")
+    return precision
 
 
 def _expert_parallel(point: OperatingPoint, model: str, tp: int) -> int | Skip:
@@ -184,7 +194,7 @@ def _expert_parallel(point: OperatingPoint, model: str, tp: int) -> int | Skip:
 def _representable(point: OperatingPoint) -> Skip | None:
     """The first reason ``point``'s shape is beyond the simulator, if any."""
     if point.mode != "agg":
-        return Skip(point, "disagg", f"mode {point.mode}")
+        return None  # its sides are checked with its fleet (_disaggregated)
     gpus = (point.tp or 1) * max(point.attention_dp or 1, 1) * (point.pp or 1)
     if gpus > NVLINK_DOMAIN[point.system]:
         return Skip(point, "multi-node", f"{gpus} GPUs > {NVLINK_DOMAIN[point.system]} per node")
@@ -208,6 +218,8 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
     precision = deployment_precision(point, model)
     if isinstance(precision, Skip):
         return precision
+    if point.mode != "agg":
+        return _disaggregated(point, model, precision)
     tp = point.tp or 1
     dp = max(point.attention_dp or 1, 1)
     if dp > 1 and not default_catalog().model(model).is_moe:
@@ -231,8 +243,33 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
     )
 
 
+def _disaggregated(point: OperatingPoint, model: str, precision: str) -> PointSpec | Skip:
+    """How disaggregated ``point`` is simulated, or why it is not (module docstring)."""
+    is_moe = default_catalog().model(model).is_moe
+    pd = pd_spec(point, is_moe, NVLINK_DOMAIN[point.system])
+    if isinstance(pd, tuple):
+        return Skip(point, *pd)
+    d = pd.decode
+    return PointSpec(
+        point=point,
+        catalog_model=model,
+        accelerator=SYSTEM_ACCELERATORS[point.system],
+        precision=precision,
+        tp=d.tp,
+        pp=1,
+        ep=d.ep,
+        attention_dp=d.attention_dp,
+        clients=pd.clients,
+        num_requests=benchmark_prompts(pd.clients // pd.slices),
+        engine_preset=engine_preset(point.backend, point.backend_version),
+        pd=pd,
+    )
+
+
 def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     """The closed-loop simulator config of ``spec`` (module docstring)."""
+    if spec.pd is not None:
+        return _pd_config(spec, spec.pd, seed)
     p = spec.point
     rank_clients = spec.clients // spec.attention_dp  # one rank's share of the clients
     engine: dict[str, Any] = {
@@ -259,9 +296,34 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "attention_dp": spec.attention_dp,
         "engine": engine,
     }
-    if spec.precision == "fp8":
+    if spec.precision in FP8_KV_WEIGHTS:
         instance["kv_precision"] = "fp8"
     return load_config({"seed": seed, "workload": workload, "instances": [instance]})
+
+
+def _pd_config(spec: PointSpec, pd: PDSpec, seed: int) -> SimulationConfig:
+    """The closed loop of a disaggregated point: its slice of the fleet, its share of the
+    clients (:mod:`sincere.experiment.inferencex_pd`)."""
+    p = spec.point
+    clients = spec.clients // pd.slices
+    engine = {"kind": "continuous", "preset": spec.engine_preset,
+              "max_num_batched_tokens": 8192, "enable_prefix_caching": False}  # fmt: skip
+    base: dict[str, Any] = {
+        "model": spec.catalog_model, "accelerator": spec.accelerator,
+        "precision": spec.precision,
+    }  # fmt: skip
+    if spec.precision in FP8_KV_WEIGHTS:
+        base["kv_precision"] = "fp8"
+    workload = {
+        "num_requests": spec.num_requests,
+        "arrival": {"kind": "closed", "concurrency": clients},
+        "lengths": {"prompt": _benchmark_length(p.isl), "output": _benchmark_length(p.osl)},
+        "models": {spec.catalog_model: 1.0},
+    }
+    return load_config({
+        "seed": seed, "workload": workload, "instances": pd_instances(pd, base, engine),
+        "disaggregation": {"kv_link": pd.kv_link},
+    })  # fmt: skip
 
 
 def _benchmark_length(tokens: int) -> dict[str, Any]:

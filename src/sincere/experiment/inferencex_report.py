@@ -128,6 +128,7 @@ def point_row(r: PointResult) -> dict[str, object]:
         "pp": s.pp,
         "ep": s.ep,
         "attention_dp": s.attention_dp,
+        "fleet": "" if s.pd is None else s.pd.label(),  # a P/D point's workers and slice
         "num_requests": s.num_requests,
         "num_measured": r.num_measured,
     }

@@ -141,11 +141,18 @@ def _parallelism(run: ServingRun, model: str) -> tuple[int, int, list[str]]:
     return args.tp, 1, []
 
 
-def _step_model_label(accelerator: str, step_model: Mapping[str, Any] | None) -> str:
+def _step_model_label(
+    accelerator: str, step_model: Mapping[str, Any] | None, vllm_version: str | None = None
+) -> str:
     if step_model is not None:
         return f"{step_model.get('kind', 'roofline')} with the parameters given (no defaults)"
     acc = default_catalog().accelerator(accelerator)
-    return f"roofline; constants {roofline_defaults(acc).origin}"
+    return f"roofline; constants {roofline_defaults(acc, vllm_version).origin}"
+
+
+def _version(run: ServingRun) -> str | None:
+    version = run.engine.vllm_version
+    return None if version == "unknown" else version
 
 
 def default_preset(step_model: Mapping[str, Any] | None) -> str:
@@ -176,7 +183,7 @@ def replay_setup(
         ep=ep,
         attention_dp=attention_dp,
         router=ROUTER,
-        step_model=_step_model_label(accelerator, step_model),
+        step_model=_step_model_label(accelerator, step_model, _version(run)),
         preset=preset,
         notes=tuple(notes),
     )
@@ -212,6 +219,8 @@ def replay_config(
     }
     if step_model is not None:
         instance["step_model"] = dict(step_model)
+    elif _version(run) is not None:  # priced by the kernels of the release the run served with
+        instance["step_model"] = {"kind": "roofline", "params": {"vllm_version": _version(run)}}
     n = len(run)
     placeholder = {  # the requests are handed to simulate(); this section is not used
         "num_requests": n,

@@ -3,9 +3,11 @@
 The layout (NVIDIA's AIConfigurator, Apache-2.0): ``<gpu>/<family>/<framework>/<version>/
 <table>.parquet`` with ``latency`` in milliseconds, e.g. ``h100_sxm/gemm/vllm/0.24.0/
 gemm_perf.parquet``; ``<gpu>.yaml`` next to the folder holds the hardware figures. For
-each table the newest version that holds it is read (versions compared numerically),
-and only the columns and rows a fit uses are kept: a :class:`KernelTable` is a mapping
-of column name to a numpy array, plus where it came from.
+each table the newest version that holds it is read (versions compared numerically) --
+or, given the engine version a fit is for, the newest version at or below it (the oldest
+above it where none is), since a kernel's speed moves between vLLM releases -- and only
+the columns and rows a fit uses are kept: a :class:`KernelTable` is a mapping of column
+name to a numpy array, plus where it came from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy.typing as npt
 import pyarrow.parquet as pq
 
 from sincere.core.errors import ConfigError
+from sincere.perf.calibration import version_key
 
 FArray = npt.NDArray[np.float64]
 TABLES = {
@@ -70,14 +73,6 @@ class KernelTable:
         return np.asarray(self.columns[column].astype(str) == value)
 
 
-def _version_key(name: str) -> tuple[int, ...]:
-    parts = []
-    for piece in name.replace("-", ".").split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else -1)
-    return tuple(parts)
-
-
 def gpu_folder(directory: Path, accelerator: str) -> Path:
     """The GPU's folder: ``directory`` itself, or its child named for ``accelerator``."""
     if (directory / "gemm").is_dir() or (directory / "comm").is_dir():
@@ -94,23 +89,34 @@ def gpu_folder(directory: Path, accelerator: str) -> Path:
     return folder
 
 
-def find_table(folder: Path, name: str, framework: str = "vllm") -> tuple[Path, str] | None:
-    """The newest version's file of table ``name`` under ``folder`` (None: not measured)."""
+def find_table(
+    folder: Path, name: str, framework: str = "vllm", version: str | None = None
+) -> tuple[Path, str] | None:
+    """The file of table ``name`` under ``folder`` and its version (None: not measured): the
+    newest version, or with ``version`` the newest at or below it (else the oldest above)."""
     family, stem = TABLES[name]
     framework = "nccl" if name == "nccl" else framework
     root = folder / family / framework
     if not root.is_dir():
         return None
-    for version in sorted((p.name for p in root.iterdir()), key=_version_key, reverse=True):
-        path = root / version / f"{stem}.parquet"
-        if path.is_file():
-            return path, version
-    return None
+    held = [p.name for p in root.iterdir() if (p / f"{stem}.parquet").is_file()]
+    if not held:
+        return None
+    held.sort(key=version_key)
+    chosen = held[-1]
+    if version is not None:
+        wanted = version_key(version)
+        below = [v for v in held if version_key(v) <= wanted]
+        chosen = below[-1] if below else held[0]
+    return root / chosen / f"{stem}.parquet", chosen
 
 
-def read_table(folder: Path, name: str, columns: list[str]) -> KernelTable | None:
-    """Table ``name``'s ``columns`` from its newest version (None: not measured)."""
-    found = find_table(folder, name)
+def read_table(
+    folder: Path, name: str, columns: list[str], version: str | None = None
+) -> KernelTable | None:
+    """Table ``name``'s ``columns`` from the version :func:`find_table` picks (None: not
+    measured); ``version`` is vLLM's and does not apply to NCCL's tables."""
+    found = find_table(folder, name, version=None if name == "nccl" else version)
     if found is None:
         return None
     path, version = found

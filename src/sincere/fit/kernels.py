@@ -6,10 +6,14 @@ family, the general forms the roofline prices a step with -- one set of constant
 family over every measured shape, never a table per shape:
 
 * **GEMM** by weight dtype (bf16 from ``torch.nn.functional.linear``, fp8 per-tensor
-  from vLLM's CUTLASS kernel): ``kernel + (compute^p + memory^p)^(1/p)`` with compute
+  from vLLM's CUTLASS kernel, NVFP4 from vLLM's FlashInfer kernels on GPUs with fp4
+  tensor cores): ``kernel + (compute^p + memory^p)^(1/p)`` with compute
   = ``2·m·n·k`` FLOPs (``m`` rounded up to the token tile above one tile) over the
   dtype's dense peak × efficiency and memory = weights + bf16 activations over HBM ×
-  efficiency; the tile is chosen among :data:`TOKEN_TILES` by the loss;
+  efficiency; the tile is chosen among :data:`TOKEN_TILES` by the loss. fp8 and NVFP4
+  (:data:`QUANT_GEMMS`) take their own peak (fp8, fp4), weight bytes (1, 0.5625), share
+  of that peak, fixed quantisation cost and quantisation bytes per input activation
+  (``fp8_*``, ``nvfp4_*``), and the bf16 fit's bandwidth share, exponent and tile;
 * **prefill attention** (``context_attention``, bf16 KV, no window): ``attn_kernel_s +
   4·(heads·(head_dim + attn_head_dim_offset) + attn_kv_head_work·kv_heads·head_dim) ·
   (pairs + attn_query_pairs·queries) / (bf16 peak × attn_mfu_efficiency)``, causal pairs
@@ -33,15 +37,20 @@ family over every measured shape, never a table per shape:
   with the measured skew), each expert's tokens padded to its tile, with its own
   efficiencies, a fixed kernel cost and the share of the busiest expert's rows that
   does not overlap with the others (``moe_tail_share``);
-* **fp8 and MXFP4 experts** (:data:`QUANT_EXPERTS`, no EP): the same form with their
-  weight bytes and compute rate (fp8: the fp8 peak, block-scaled rows where measured;
-  MXFP4: 4.25-bit weights at the bf16 peak), their own efficiencies and kernel cost, the
-  bf16 fit's overlap exponent and tail share (``moe_fp8_*``, ``moe_mxfp4_*``).
+* **fp8, MXFP4 and NVFP4 experts** (:data:`QUANT_EXPERTS`, no EP): the same form with
+  their weight bytes and compute rate (fp8: the fp8 peak, block-scaled rows where
+  measured; MXFP4: 4.25-bit weights at the bf16 peak; NVFP4: 4.5-bit weights at the fp4
+  peak), their own efficiencies and kernel cost, the bf16 fit's overlap exponent and tail
+  share (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_nvfp4_*``). A family in a precision the
+  GPU has no rate for (fp8 on A100, NVFP4 before Blackwell) is not attempted.
 
 Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
 so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
 reports its rows, mean / max relative error and bias, and says when a constant sits on
-its bound or the family misses its own data by more than :data:`FAIR_ERROR`.
+its bound or the family misses its own data by more than :data:`FAIR_ERROR`; one that
+misses it by more than :data:`UNUSABLE_ERROR` is listed as not fitted, so the GPU keeps
+the newest release's constants for it (vLLM 0.19's prefill-attention rows on H200 do not
+follow the form: ~5x off).
 """
 
 from __future__ import annotations
@@ -64,10 +73,12 @@ TOKEN_TILES = (1, 64, 128, 256)
 MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
 MAX_ALLREDUCE_BYTES = 128 * 2**20
 FAIR_ERROR = 0.08  # mean relative error above which a family says it misses its data
+UNUSABLE_ERROR = 0.5  # mean relative error above which a family's fit is not written
 ACT_BYTES = 2.0
 GEMM_DTYPES = {
     "bfloat16": ("torch.nn.functional.linear",),
     "fp8": ("CutlassFP8ScaledMMLinearKernel",),
+    "nvfp4": ("FlashInferCuteDslNvFp4LinearKernel",),
 }
 MOE_TILE = 16  # rows an expert's tokens are padded to (as :class:`MoEParams.expert_tile`)
 
@@ -109,6 +120,7 @@ class KernelFit:
     folder: Path
     families: tuple[FamilyFit, ...]
     missing: tuple[str, ...] = field(default=())  # "family: why"
+    engine_version: str | None = None  # the vLLM release fitted for (None: the newest tables)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -296,13 +308,28 @@ def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
     return summarise("gemm_bf16", params, pred, measured, rows, root, bound)
 
 
-def fit_gemm_fp8(table: KernelTable, acc: Accelerator, bf16: FamilyFit, root: Path) -> FamilyFit:
-    """fp8 GEMMs: their own peak share, quantisation cost and traffic; bf16's bw, p, tile."""
-    rows = gemm_rows(table, "fp8")
+QUANT_GEMMS: dict[str, tuple[str, str]] = {
+    "gemm_fp8": ("fp8", "fp8"),
+    "gemm_nvfp4": ("nvfp4", "nvfp4"),
+}
+"""Quantised-GEMM family -> (the rows' ``gemm_dtype``, the precision its weights are stored
+and computed in). fp8: per-tensor scales (vLLM's CUTLASS kernel); NVFP4: 4-bit weights and
+activations with fp8 scales per 16 (vLLM's FlashInfer kernels, on Blackwell only)."""
+
+
+def fit_quant_gemm(
+    name: str, table: KernelTable, acc: Accelerator, bf16: FamilyFit, root: Path
+) -> FamilyFit:
+    """Quantised GEMMs (:data:`QUANT_GEMMS`): their own peak share, quantisation cost and
+    traffic (``<dtype>_mfu_efficiency``, ``<dtype>_gemm_kernel_s``, ``<dtype>_act_bytes``)
+    at their precision's peak and weight bytes; bf16's bw, p and tile."""
+    dtype, precision = QUANT_GEMMS[name]
+    rows = gemm_rows(table, dtype)
     m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
     measured = rows.num("latency") * 1e-3
     root_w = np.sqrt(octave_weights(m))
-    peak, hbm = acc.peak_tflops("fp8") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    wbytes = PRECISION_BYTES[precision]
     shared = bf16.params
     tile = int(shared["token_tile"])
 
@@ -316,14 +343,14 @@ def fit_gemm_fp8(table: KernelTable, acc: Accelerator, bf16: FamilyFit, root: Pa
                 x[2],
             ]
         )
-        return gemm_predict(m, n, k, full, tile, peak, hbm, 1.0)
+        return gemm_predict(m, n, k, full, tile, peak, hbm, wbytes)
 
     spec = (
-        Bounded("fp8_mfu_efficiency", 0.6, 0.05, 1.0),
-        Bounded("fp8_gemm_kernel_s", 3e-6, 0.0, 1e-4),
-        Bounded("fp8_act_bytes", 4.0, 0.0, 100.0),
+        Bounded(f"{dtype}_mfu_efficiency", 0.6, 0.05, 1.0),
+        Bounded(f"{dtype}_gemm_kernel_s", 3e-6, 0.0, 1e-4),
+        Bounded(f"{dtype}_act_bytes", 4.0, 0.0, 100.0),
     )
-    return fit_named("gemm_fp8", predict, spec, measured, root_w, rows, root)
+    return fit_named(name, predict, spec, measured, root_w, rows, root)
 
 
 # --- attention -----------------------------------------------------------------------------
@@ -611,11 +638,13 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
 QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
     "moe_fp8": (("fp8_block", "fp8"), "fp8", 1.0),
     "moe_mxfp4": (("w4a16_mxfp4",), "bf16", PRECISION_BYTES["mxfp4"]),
+    "moe_nvfp4": (("nvfp4",), "nvfp4", PRECISION_BYTES["nvfp4"]),
 }
 """Quantised-expert family -> (the rows' ``moe_dtype`` in order of preference, the precision
 its GEMMs run at, weight bytes per element). fp8: block-scaled (the format of the published
 DeepSeek-V3/R1 and Qwen3 FP8 checkpoints), per-tensor where no block rows were measured;
-MXFP4: 4-bit weights with bf16 activations (GPT-OSS)."""
+MXFP4: 4-bit weights with bf16 activations (GPT-OSS); NVFP4: 4-bit weights and activations
+with fp8 scales per 16 (NVIDIA's ModelOpt checkpoints), at the fp4 rate."""
 
 
 def quant_moe_rows(name: str, table: KernelTable) -> KernelTable:
@@ -670,6 +699,7 @@ def quant_fitter(
 FAMILY_TABLES = {
     "gemm_bf16": "gemm",
     "gemm_fp8": "gemm",
+    "gemm_nvfp4": "gemm",
     "prefill_attention": "context_attention",
     "decode_attention": "generation_attention",
     "allreduce": "custom_allreduce",
@@ -677,6 +707,7 @@ FAMILY_TABLES = {
     "moe": "moe",
     "moe_fp8": "moe",
     "moe_mxfp4": "moe",
+    "moe_nvfp4": "moe",
 }
 """Family -> the table it is fitted on."""
 NCCL_FAMILIES = ("alltoall",)
@@ -684,6 +715,7 @@ NCCL_FAMILIES = ("alltoall",)
 SHAPE_COLUMNS = {
     "gemm_bf16": ("n", "k"),
     "gemm_fp8": ("n", "k"),
+    "gemm_nvfp4": ("n", "k"),
     "prefill_attention": ("num_heads", "num_key_value_heads", "head_dim"),
     "decode_attention": ("num_heads", "num_key_value_heads", "head_dim"),
     "allreduce": ("num_gpus",),
@@ -691,14 +723,17 @@ SHAPE_COLUMNS = {
     "moe": ("hidden_size", "inter_size", "num_experts", "topk"),
     "moe_fp8": ("hidden_size", "inter_size", "num_experts", "topk"),
     "moe_mxfp4": ("hidden_size", "inter_size", "num_experts", "topk"),
+    "moe_nvfp4": ("hidden_size", "inter_size", "num_experts", "topk"),
 }
 """Family -> the columns that make a row's model shape (the size axis left out)."""
 
 
 def family_rows(name: str, table: KernelTable) -> KernelTable:
     """The rows family ``name`` is fitted on and judged by."""
-    if name in ("gemm_bf16", "gemm_fp8"):
-        return gemm_rows(table, "bfloat16" if name == "gemm_bf16" else "fp8")
+    if name == "gemm_bf16":
+        return gemm_rows(table, "bfloat16")
+    if name in QUANT_GEMMS:
+        return gemm_rows(table, QUANT_GEMMS[name][0])
     if name in ("prefill_attention", "decode_attention"):
         return _attention_rows(table)
     if name == "allreduce":
@@ -719,14 +754,8 @@ def predict_family(
     helper figures such as ``_gemm_kernel_s`` included)."""
     peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
     p = params
-    if name in ("gemm_bf16", "gemm_fp8"):
-        m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
-        x = [p["mfu_efficiency"], p["bw_efficiency"], p["_gemm_kernel_s"], p["overlap_exponent"]]
-        if name == "gemm_bf16":
-            return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, 2.0)
-        x = [p["fp8_mfu_efficiency"], x[1], x[2] + p["fp8_gemm_kernel_s"], x[3], p["fp8_act_bytes"]]
-        fp8 = acc.peak_tflops("fp8") * 1e12
-        return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), fp8, hbm, 1.0)
+    if name == "gemm_bf16" or name in QUANT_GEMMS:
+        return predict_gemm(name, rows, acc, p)
     if name == "prefill_attention":
         b, s = rows.num("batch_size"), rows.num("isl")
         flops = pair_flops(
@@ -753,6 +782,22 @@ def predict_family(
     if name == "moe" or name in QUANT_EXPERTS:
         return predict_moe(name, rows, acc, p)
     raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
+
+
+def predict_gemm(name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]) -> FArray:
+    """The GEMMs' time of ``rows`` (seconds): bf16 (``gemm_bf16``) or quantised ones."""
+    p, hbm = params, acc.hbm_bandwidth_gbps * 1e9
+    m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
+    x = [p["mfu_efficiency"], p["bw_efficiency"], p["_gemm_kernel_s"], p["overlap_exponent"]]
+    if name == "gemm_bf16":
+        peak = acc.peak_tflops("bf16") * 1e12
+        return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, 2.0)
+    dtype, precision = QUANT_GEMMS[name]
+    x = [p[f"{dtype}_mfu_efficiency"], x[1], x[2] + p[f"{dtype}_gemm_kernel_s"], x[3]]
+    x.append(p[f"{dtype}_act_bytes"])
+    peak = acc.peak_tflops(precision) * 1e12
+    wbytes = PRECISION_BYTES[precision]
+    return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, wbytes)
 
 
 def predict_moe(name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]) -> FArray:
@@ -804,10 +849,29 @@ COLUMNS = {
 }  # fmt: skip
 
 
-def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
-    """Every family the GPU's folder measures (module docstring); the others are listed missing."""
+def has_rate(acc: Accelerator, precision: str) -> bool:
+    """The accelerator computes in ``precision`` at a rate of its own (fp8, fp4) or, for
+    bf16, at all: families in other precisions are not attempted on it."""
+    if precision == "fp8":
+        return acc.fp8_tflops is not None
+    if precision == "nvfp4":
+        return acc.fp4_tflops is not None
+    return True
+
+
+def quant_gemm_fitter(
+    name: str, acc: Accelerator, bf16: FamilyFit, root: Path
+) -> Callable[[KernelTable], FamilyFit]:
+    """:func:`fit_quant_gemm` of family ``name``, waiting for its table."""
+    return lambda table: fit_quant_gemm(name, table, acc, bf16, root)
+
+
+def fit_kernels(folder: Path, accelerator: Accelerator, version: str | None = None) -> KernelFit:
+    """Every family the GPU's folder measures (module docstring); the others are listed missing.
+    ``version``: the vLLM release the fit is for (each table from the newest version at or
+    below it, :func:`~sincere.fit.kernel_tables.find_table`); None: the newest tables."""
     root = folder.parent
-    tables = {name: read_table(folder, name, cols) for name, cols in COLUMNS.items()}
+    tables = {name: read_table(folder, name, cols, version) for name, cols in COLUMNS.items()}
     families: list[FamilyFit] = []
     missing: list[str] = []
 
@@ -818,14 +882,26 @@ def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
             return
         try:
             families.append(run(found))
+            return
         except ConfigError as exc:
-            missing.append(f"{name}: {exc}")
+            error = exc
+        # rows the release did not measure (a newer weight format): the newest table's,
+        # fitted beside the release's other families (their exponent and tail share)
+        newest = read_table(folder, table, COLUMNS[table]) if version is not None else None
+        if newest is not None and newest.version != found.version:
+            try:
+                families.append(run(newest))
+                return
+            except ConfigError:
+                pass
+        missing.append(f"{name}: {error}")
 
     acc = accelerator
     attempt("gemm_bf16", "gemm", lambda t: fit_gemm(t, acc, root))
     bf16 = next((f for f in families if f.name == "gemm_bf16"), None)
-    if acc.fp8_tflops is not None and bf16 is not None:
-        attempt("gemm_fp8", "gemm", lambda t: fit_gemm_fp8(t, acc, bf16, root))
+    for name, (_, precision) in QUANT_GEMMS.items():
+        if bf16 is not None and has_rate(acc, precision):
+            attempt(name, "gemm", quant_gemm_fitter(name, acc, bf16, root))
     attempt("prefill_attention", "context_attention", lambda t: fit_prefill_attention(t, acc, root))
     prefill = next((f for f in families if f.name == "prefill_attention"), None)
     mfu = prefill.params["attn_mfu_efficiency"] if prefill else 0.5
@@ -848,9 +924,16 @@ def fit_kernels(folder: Path, accelerator: Accelerator) -> KernelFit:
     if moe is not None:
         experts = {**moe.params, "overlap_exponent": overlap}
         for name in QUANT_EXPERTS:
-            if QUANT_EXPERTS[name][1] != "fp8" or acc.fp8_tflops is not None:
+            if has_rate(acc, QUANT_EXPERTS[name][1]):
                 attempt(name, "moe", quant_fitter(name, acc, experts, root))
-    return KernelFit(acc, folder, tuple(families), tuple(missing))
+    kept = [f for f in families if f.mean_error <= UNUSABLE_ERROR]
+    missing.extend(
+        f"{f.name}: misses its own rows by {100 * f.mean_error:.0f} % on average ({f.source}); "
+        "not used"
+        for f in families
+        if f.mean_error > UNUSABLE_ERROR
+    )
+    return KernelFit(acc, folder, tuple(kept), tuple(missing), version)
 
 
 SOURCE = (
@@ -872,6 +955,7 @@ def kernel_document(fit: KernelFit, argv: Sequence[str], default: bool = True) -
         "versions": sorted({f.version for f in fit.families if f.name not in NCCL_FAMILIES}),
         "command": " ".join(argv),
         "default": default,
+        **({"engine_version": fit.engine_version} if fit.engine_version else {}),
         "families": {f.name: f.as_dict() for f in fit.families},
     }
     nccl = sorted({f.version for f in fit.families if f.name in NCCL_FAMILIES})

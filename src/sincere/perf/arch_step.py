@@ -37,7 +37,8 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
   pipeline stages exactly as the roofline.
 
 Weight precision: fp8 computes at the accelerator's fp8 rate where it has one and at
-bf16 after dequantisation otherwise, MXFP4 always at bf16
+bf16 after dequantisation otherwise, MXFP4 always at bf16, NVFP4 at the fp4 rate (every
+matmul of the layers; refused where the accelerator has no fp4 tensor cores)
 (:meth:`~sincere.catalog.specs.Accelerator.compute_precision`).
 """
 
@@ -126,9 +127,11 @@ class ArchStep:
             alltoall_terms,
             expert_constants,
             gemm_mfu,
+            quantisation_terms,
         )
 
         self.compute_precision = acc.compute_precision(dep.precision)
+        self._quant = quantisation_terms(p, self.compute_precision)
         self._peak = acc.peak_tflops(dep.precision) * 1e12 * gemm_mfu(p, self.compute_precision)
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
         moe_mfu, moe_bw, self._moe_kernel_s = expert_constants(
@@ -164,11 +167,11 @@ class ArchStep:
 
     # --- GEMMs ---------------------------------------------------------------------------
     def _gemm_s(self, mat: _Mat, tokens: int) -> float:
-        """One GEMM (:func:`sincere.perf.gemm.gemm_s`); fp8 compute quantises the activations
-        of a matrix stored below 16 bits."""
-        quantised = mat.weight_bytes < 2.0 and self.compute_precision == "fp8"
+        """One GEMM (:func:`sincere.perf.gemm.gemm_s`); fp8 or NVFP4 compute quantises the
+        activations of a matrix stored below 16 bits."""
+        quant = self._quant if mat.weight_bytes < 2.0 else None
         rates = (self._peak, self._hbm)
-        return gemm_s(self.params, mat.k, mat.n, mat.weight_bytes, tokens, rates, quantised)
+        return gemm_s(self.params, mat.k, mat.n, mat.weight_bytes, tokens, rates, quant)
 
     def _elementwise_s(self, tokens: int) -> float:
         model, tp = self.deployment.model, self.deployment.tp

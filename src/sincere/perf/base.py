@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sincere.catalog.specs import Accelerator, ModelArch
+from sincere.catalog.specs import PRECISION_BYTES, Accelerator, ModelArch
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
 
@@ -174,6 +174,16 @@ class Deployment:
             self._check_attention_dp()
         if self.ep != 1:
             self._check_ep()
+
+    @property
+    def weight_bytes_per_gpu(self) -> float:
+        """Weight bytes one GPU holds: all of them over its TP x PP GPUs; under attention DP
+        the routed experts spread over the whole MoE group (``attention_dp`` x that)."""
+        total = self.model.weight_bytes(self.precision)
+        if self.attention_dp == 1:
+            return total / self.num_gpus
+        routed = self.model.param_groups()[0] * PRECISION_BYTES[self.precision]
+        return (total - routed) / self.num_gpus + routed / (self.num_gpus * self.attention_dp)
 
     @property
     def moe_group_gpus(self) -> int:

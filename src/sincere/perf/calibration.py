@@ -23,10 +23,16 @@ its efficiencies and fixed costs by one of two rules:
 
 On top of that base, a GPU whose real vLLM kernels were measured (AIConfigurator's
 database) takes the families ``sincere fit kernels`` fitted to them
-(``sincere/data/perf/kernels/<accelerator>.yaml``, :data:`KERNEL_PARTS`): GEMMs by dtype,
+(``sincere/data/perf/kernels/<accelerator>.yaml``, :data:`KERNEL_PARTS`): GEMMs by dtype
+(bf16, fp8 and NVFP4 where measured),
 prefill and decode attention, the all-reduce by GPU count inside and outside CUDA graphs,
-the fused-MoE kernel. A kernel file whose ``fit.default`` is false is shipped for
-``--params`` use only (A100-80GB keeps its fit to Vidur's A100 kernels); a variant
+the fused-MoE kernel. Kernels get faster or slower between vLLM releases (on the RTX PRO
+6000, vLLM 0.19's two-GPU all-reduce takes 2-3x 0.24's time at 0.1-100 MB), so a
+deployment that names its vLLM release (the roofline's ``vllm_version``) is priced by the
+fit for the newest release at or below it: ``kernels/by-version/`` holds fits to an older
+release's tables (:func:`kernel_fit_for`); the default file is the newest tables'. A
+kernel file whose ``fit.default`` is false is shipped for ``--params`` use only
+(A100-80GB keeps its fit to Vidur's A100 kernels); a variant
 (:data:`FIT_TRANSFER`) without a kernel fit of its own takes its chip's. The elementwise
 kernels and the CPU per step, which that database does not measure, stay the base's.
 :attr:`RooflineDefaults.parts` says where each part's constants come from.
@@ -53,9 +59,11 @@ from sincere.perf.roofline import RooflineParams
 
 FITS_FOLDER = ("data", "perf", "roofline")  # package-relative folder of the shipped fits
 KERNEL_FITS_FOLDER = ("data", "perf", "kernels")  # fits to measured vLLM kernels
+VERSION_FITS_FOLDER = (*KERNEL_FITS_FOLDER, "by-version")  # the same, for older vLLM releases
 KERNEL_PARTS = {
     "linear": ("mfu_efficiency", "bw_efficiency", "overlap_exponent", "token_tile"),
     "linear_fp8": ("fp8_mfu_efficiency", "fp8_gemm_kernel_s", "fp8_act_bytes"),
+    "linear_nvfp4": ("nvfp4_mfu_efficiency", "nvfp4_gemm_kernel_s", "nvfp4_act_bytes"),
     "elementwise": ("elementwise_bw_efficiency", "layer_overhead_s"),
     "prefill_attention": (
         "attn_mfu_efficiency",
@@ -93,6 +101,9 @@ KERNEL_PARTS = {
         "moe_mxfp4_mfu_efficiency",
         "moe_mxfp4_bw_efficiency",
         "moe_mxfp4_kernel_s",
+        "moe_nvfp4_mfu_efficiency",
+        "moe_nvfp4_bw_efficiency",
+        "moe_nvfp4_kernel_s",
     ),
     "cpu": ("overhead_s", "overhead_per_seq_s"),
 }
@@ -142,18 +153,35 @@ def fit_documents(
     if not folder.is_dir():
         return fits
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".yaml"):
-            continue
-        doc = yaml.safe_load(entry.read_text())
-        path = f"{where}/{entry.name}"
-        if not isinstance(doc, dict) or not is_fit(doc):
-            raise DataError(not_a_fit, path=path)
-        name = str(doc.get("fit", {}).get("accelerator", ""))
-        if not default_catalog().has_accelerator(name):
-            raise DataError("fit.accelerator is not a catalog accelerator", path=path, value=name)
-        doc["file"] = path
-        fits[default_catalog().accelerator(name).name] = doc
+        if entry.name.endswith(".yaml"):
+            doc = fit_document(entry, f"{where}/{entry.name}", is_fit, not_a_fit)
+            fits[default_catalog().accelerator(doc["fit"]["accelerator"]).name] = doc
     return fits
+
+
+def fit_document(
+    entry: Traversable, path: str, is_fit: Callable[[Any], bool], not_a_fit: str
+) -> dict[str, Any]:
+    """One fit document, its ``file`` set to ``path`` (:func:`fit_documents` says what is
+    refused)."""
+    doc = yaml.safe_load(entry.read_text())
+    if not isinstance(doc, dict) or not is_fit(doc):
+        raise DataError(not_a_fit, path=path)
+    name = str(doc.get("fit", {}).get("accelerator", ""))
+    if not default_catalog().has_accelerator(name):
+        raise DataError("fit.accelerator is not a catalog accelerator", path=path, value=name)
+    doc["file"] = path
+    return doc
+
+
+def version_key(name: str) -> tuple[int, ...]:
+    """A release name as numbers to compare (``0.19.0`` < ``0.24.0``; a part without
+    digits counts as -1)."""
+    parts = []
+    for piece in name.replace("-", ".").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else -1)
+    return tuple(parts)
 
 
 def _shipped(folder: tuple[str, ...]) -> tuple[Traversable, str]:
@@ -181,6 +209,54 @@ def kernel_fits() -> dict[str, dict[str, Any]]:
     )
 
 
+NOT_VERSIONED = "not a kernel fit for a vLLM release (params, fit.accelerator, fit.engine_version)"
+
+
+def _is_version_fit(doc: Any) -> bool:
+    return "params" in doc and bool(doc.get("fit", {}).get("engine_version"))
+
+
+def _fit_version(doc: Mapping[str, Any]) -> tuple[int, ...]:
+    """The vLLM release a kernel fit is for: its ``engine_version``, else its newest table's."""
+    info = doc.get("fit", {})
+    named = info.get("engine_version")
+    versions = [str(named)] if named else [str(v) for v in info.get("versions", [])]
+    return max((version_key(v) for v in versions), default=())
+
+
+@functools.cache
+def version_fits() -> dict[str, tuple[dict[str, Any], ...]]:
+    """Per accelerator, the shipped kernel fits for older vLLM releases (``by-version/``,
+    each with ``fit.engine_version``), oldest first."""
+    folder, where = _shipped(VERSION_FITS_FOLDER)
+    out: dict[str, list[dict[str, Any]]] = {}
+    if folder.is_dir():
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".yaml"):
+                doc = fit_document(entry, f"{where}/{entry.name}", _is_version_fit, NOT_VERSIONED)
+                name = default_catalog().accelerator(doc["fit"]["accelerator"]).name
+                out.setdefault(name, []).append(doc)
+    return {name: tuple(sorted(docs, key=_fit_version)) for name, docs in out.items()}
+
+
+def kernel_fit_for(accelerator: str, vllm_version: str | None) -> dict[str, Any] | None:
+    """The kernel fit that prices ``accelerator`` under vLLM ``vllm_version``: of the
+    default fit and the ``by-version`` ones, the newest release at or below it (the oldest
+    where none is), its families over the default's; None (or no version fits): the default."""
+    default = kernel_fits().get(accelerator)
+    older = version_fits().get(accelerator, ())
+    if vllm_version is None or not older:
+        return default
+    docs = sorted([*older, *([default] if default else [])], key=_fit_version)
+    wanted = version_key(vllm_version)
+    below = [doc for doc in docs if _fit_version(doc) <= wanted]
+    chosen = below[-1] if below else docs[0]
+    if default is None or chosen is default:
+        return chosen
+    # families the release's tables lack (e.g. experts in a newer format) keep the default's
+    return {**chosen, "params": {**default["params"], **chosen["params"]}}
+
+
 def _part_origins(
     params: Mapping[str, Any], origin: str, base: Mapping[str, Any]
 ) -> dict[str, str]:
@@ -199,13 +275,16 @@ def _part_origins(
     return out
 
 
-def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
-    """The base (own fit, transfer or prior) with the GPU's kernel fit over it (module doc)."""
+def roofline_defaults(
+    accelerator: Accelerator, vllm_version: str | None = None
+) -> RooflineDefaults:
+    """The base (own fit, transfer or prior) with the GPU's kernel fit over it (module doc);
+    ``vllm_version``: the release whose kernels price the step (:func:`kernel_fit_for`)."""
     base = _base_defaults(accelerator)
-    kernels = kernel_fits().get(accelerator.name)
+    kernels = kernel_fit_for(accelerator.name, vllm_version)
     how = "fitted"
     if kernels is None:  # a variant takes its chip's kernel fit too (module docstring)
-        kernels = kernel_fits().get(FIT_TRANSFER.get(accelerator.name, ""))
+        kernels = kernel_fit_for(FIT_TRANSFER.get(accelerator.name, ""), vllm_version)
         how = "transferred"
     if kernels is None or kernels.get("fit", {}).get("default", True) is False:
         return base
@@ -219,6 +298,9 @@ def roofline_defaults(accelerator: Accelerator) -> RooflineDefaults:
         fitted["layer_overhead_s"] = elementwise + 4.0 * float(kernel_s)
     params.update(fitted)
     versions = ", ".join(sorted({str(v) for v in kernels["fit"].get("versions", [])}))
+    release = kernels["fit"].get("engine_version")
+    if release and versions != release:  # the release's tables, and newer ones where it has none
+        versions = f"{release} (tables {versions})"
     label = f"{how}: measured vLLM {versions} kernels ({kernels['file']})"
     parts = dict(base.parts)
     for part, names in KERNEL_PARTS.items():
@@ -285,10 +367,13 @@ def _base_defaults(accelerator: Accelerator) -> RooflineDefaults:
 
 
 def default_roofline_params(
-    accelerator: Accelerator, overrides: Mapping[str, Any] | None = None
+    accelerator: Accelerator,
+    overrides: Mapping[str, Any] | None = None,
+    vllm_version: str | None = None,
 ) -> RooflineParams:
-    """:class:`RooflineParams` of the accelerator's defaults with ``overrides`` applied."""
-    params = {**roofline_defaults(accelerator).params, **(overrides or {})}
+    """:class:`RooflineParams` of the accelerator's defaults (for ``vllm_version``'s kernels,
+    :func:`roofline_defaults`) with ``overrides`` applied."""
+    params = {**roofline_defaults(accelerator, vllm_version).params, **(overrides or {})}
     for name, value in params.items():
         if isinstance(value, list):  # YAML lists: the dataclass holds tuples
             params[name] = tuple(value)

@@ -179,6 +179,11 @@ class RooflineStepParams(Params):
     (:func:`sincere.perf.calibration.roofline_defaults`).
     """
 
+    vllm_version: str | None = Field(
+        None,
+        description="the vLLM release the engine runs: its measured kernels' fit prices the "
+        "step (the newest fitted release at or below it); null: the newest fit",
+    )
     mfu_efficiency: float | None = _efficiency("the dense peak in GEMMs")
     bw_efficiency: float | None = _efficiency("HBM bandwidth in GEMMs")
     elementwise_bw_efficiency: float | None = _efficiency("HBM bandwidth in norms, rotary, add")
@@ -229,6 +234,13 @@ class RooflineStepParams(Params):
     fp8_act_bytes: float | None = _fitted(
         "fp8 GEMM's extra bytes per input activation element", ge=0
     )
+    nvfp4_mfu_efficiency: float | None = _efficiency("the fp4 peak in NVFP4 GEMMs")
+    nvfp4_gemm_kernel_s: float | None = _time(
+        "NVFP4 GEMM's extra fixed cost (activation quantisation)"
+    )
+    nvfp4_act_bytes: float | None = _fitted(
+        "NVFP4 GEMM's extra bytes per input activation element", ge=0
+    )
     attn_decode_kernel_s: float | None = _time("fixed cost of one decode attention kernel")
     attn_query_pairs: float | None = _fitted(
         "prefill: pairs' worth of work per query row beyond its own", ge=0
@@ -254,6 +266,9 @@ class RooflineStepParams(Params):
     moe_mxfp4_mfu_efficiency: float | None = _efficiency("the bf16 peak in the MXFP4-expert kernel")
     moe_mxfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the MXFP4-expert kernel")
     moe_mxfp4_kernel_s: float | None = _time("fixed cost of one MXFP4-expert MoE kernel per layer")
+    moe_nvfp4_mfu_efficiency: float | None = _efficiency("the fp4 peak in the NVFP4-expert kernel")
+    moe_nvfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the NVFP4-expert kernel")
+    moe_nvfp4_kernel_s: float | None = _time("fixed cost of one NVFP4-expert MoE kernel per layer")
     p2p_latency_s: float | None = _time("fixed cost of one pipeline-stage send")
     activation_bytes: float | None = _fitted("bytes per activation element", gt=0)
     pp_microbatches: int | None = _fitted("micro-batches an iteration is cut into under PP", ge=1)
@@ -264,9 +279,8 @@ class RooflineStepParams(Params):
 
 
 def _build_roofline(params: RooflineStepParams, dep: Deployment, cc: bool) -> StepTimeModel:
-    return Roofline(
-        dep, default_roofline_params(dep.accelerator, params.model_dump(exclude_none=True))
-    )
+    overrides = params.model_dump(exclude_none=True, exclude={"vllm_version"})
+    return Roofline(dep, default_roofline_params(dep.accelerator, overrides, params.vllm_version))
 
 
 class ProfiledStepParams(SwapTimesParams):

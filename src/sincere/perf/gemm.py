@@ -4,8 +4,9 @@ A ``k × n`` weight matrix (``weight_bytes`` a weight) multiplies ``tokens`` act
 Compute is ``2 k n`` FLOPs per token, the token count rounded up to a multiple of
 ``token_tile`` above one tile (the steps measured kernels take); traffic is the weights
 once plus the activations in and out. The two overlap as ``(compute^p + memory^p)^(1/p)``
-with ``p = overlap_exponent`` (``inf``: the larger). Under fp8 compute the activations
-are quantised first: a fixed kernel cost and ``fp8_act_bytes`` per input element more.
+with ``p = overlap_exponent`` (``inf``: the larger). Under fp8 or NVFP4 compute the
+activations are quantised first: a fixed kernel cost and some bytes per input element more
+(``fp8_gemm_kernel_s`` / ``fp8_act_bytes``, ``nvfp4_gemm_kernel_s`` / ``nvfp4_act_bytes``).
 Both the dense roofline and the per-architecture step price their GEMMs here.
 """
 
@@ -34,17 +35,18 @@ def gemm_s(
     weight_bytes: float,
     tokens: int,
     rates: tuple[float, float],
-    quantised: bool,
+    quant: tuple[float, float] | None,
 ) -> float:
     """One GEMM over ``tokens`` tokens at ``rates`` (FLOP/s, HBM bytes/s), seconds;
-    ``quantised``: its activations are quantised to fp8 first (see the module)."""
+    ``quant``: its activations are quantised first at this (fixed cost s, bytes per input
+    element) (see the module); None: they are not."""
     peak, hbm = rates
     tile = params.token_tile
     tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
     compute = 2.0 * k * n * tiled / peak
     moved = k * n * weight_bytes
     moved += (k + n) * tokens * params.activation_bytes
-    if quantised:
-        moved += k * tokens * params.fp8_act_bytes
-        return params.fp8_gemm_kernel_s + overlap_s(params.overlap_exponent, compute, moved / hbm)
+    if quant is not None:
+        moved += k * tokens * quant[1]
+        return quant[0] + overlap_s(params.overlap_exponent, compute, moved / hbm)
     return overlap_s(params.overlap_exponent, compute, moved / hbm)

@@ -43,10 +43,10 @@ class MemoryPlan:
     """Where each GPU's memory goes, bytes per GPU unless named otherwise."""
 
     budget_bytes: float  # gpu_memory_utilization * device memory
-    weight_bytes_per_gpu: float  # this GPU's share of the weights
+    weight_bytes_per_gpu: float  # this GPU's share of the weights (a drafter's too)
     activation_bytes: float  # peak activation of one forward pass (estimate)
     overhead_bytes: float  # runtime overhead outside weights, activations and KV
-    kv_bytes_per_token_per_gpu: float  # KV bytes one token takes on this GPU
+    kv_bytes_per_token_per_gpu: float  # KV bytes one token takes on this GPU (drafter too)
     block_size: int  # tokens per KV block
     num_kv_blocks: int  # KV blocks that fit on each GPU
     max_num_seqs: int  # engine limit on running sequences
@@ -116,8 +116,13 @@ def plan_memory(
     max_num_batched_tokens: int = 8192,
     overhead_bytes: float = DEFAULT_OVERHEAD_BYTES,
     min_kv_tokens: int | None = None,
+    draft_weight_bytes: float = 0.0,
+    draft_kv_bytes_per_token: float = 0.0,
 ) -> MemoryPlan:
-    """Plan one GPU's memory for ``deployment`` the way vLLM sizes its KV cache."""
+    """Plan one GPU's memory for ``deployment`` the way vLLM sizes its KV cache.
+    ``draft_weight_bytes`` and ``draft_kv_bytes_per_token``: a speculative drafter's
+    weights and KV per token on this GPU, which share its memory and KV blocks
+    (:mod:`sincere.engine.draft_memory`; 0: no drafter)."""
     _check_plan_args(gpu_memory_utilization, block_size, max_num_seqs, max_num_batched_tokens)
     if deployment.precision not in PRECISION_BYTES:
         raise ConfigError(
@@ -125,9 +130,9 @@ def plan_memory(
         )
     deployment.accelerator.compute_precision(deployment.precision)
     budget = gpu_memory_utilization * deployment.accelerator.memory_gb * 1e9
-    weights = weight_bytes_per_gpu(deployment)
+    weights = deployment.weight_bytes_per_gpu + draft_weight_bytes
     activations = activation_bytes_estimate(deployment, max_num_batched_tokens, max_num_seqs)
-    per_token = kv_bytes_per_token_per_gpu(deployment)
+    per_token = kv_bytes_per_token_per_gpu(deployment) + draft_kv_bytes_per_token
     free = budget - weights - activations - overhead_bytes
     if deployment.model.num_sliding_layers:
         free -= window_kv_bytes_per_gpu(deployment, max_num_seqs)
@@ -143,19 +148,6 @@ def plan_memory(
         num_kv_blocks=num_blocks,
         max_num_seqs=max_num_seqs,
         fits=num_blocks * block_size >= need,
-    )
-
-
-def weight_bytes_per_gpu(deployment: Deployment) -> float:
-    """Weight bytes one GPU holds: all of them over its TP x PP GPUs; under attention DP
-    the routed experts spread over the whole MoE group (``attention_dp`` x that)."""
-    model, precision = deployment.model, deployment.precision
-    total = model.weight_bytes(precision)
-    if deployment.attention_dp == 1:
-        return total / deployment.num_gpus
-    routed = model.param_groups()[0] * PRECISION_BYTES[precision]
-    return (total - routed) / deployment.num_gpus + routed / (
-        deployment.num_gpus * deployment.attention_dp
     )
 
 

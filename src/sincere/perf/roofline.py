@@ -77,6 +77,7 @@ _TIMES = (
     "alltoall_protocol_s",
     "moe_kernel_s",
     "fp8_gemm_kernel_s",
+    "nvfp4_gemm_kernel_s",
     "p2p_latency_s",
     "load_overhead_s",
     "unload_s",
@@ -84,12 +85,15 @@ _TIMES = (
 
 _OPTIONAL_EFFICIENCIES = (
     "fp8_mfu_efficiency",
+    "nvfp4_mfu_efficiency",
     "moe_mfu_efficiency",
     "moe_bw_efficiency",
     "moe_fp8_mfu_efficiency",
     "moe_fp8_bw_efficiency",
     "moe_mxfp4_mfu_efficiency",
     "moe_mxfp4_bw_efficiency",
+    "moe_nvfp4_mfu_efficiency",
+    "moe_nvfp4_bw_efficiency",
 )
 
 
@@ -129,6 +133,9 @@ class RooflineParams:
     fp8_mfu_efficiency: float | None = None  # fp8 GEMMs' share of the fp8 peak (None: mfu's)
     fp8_gemm_kernel_s: float = 0.0  # fp8 GEMM's extra fixed cost (activation quantisation)
     fp8_act_bytes: float = 0.0  # fp8 GEMM's extra bytes per input activation (quantisation)
+    nvfp4_mfu_efficiency: float | None = None  # NVFP4 GEMMs' share of the fp4 peak (None: mfu's)
+    nvfp4_gemm_kernel_s: float = 0.0  # NVFP4 GEMM's extra fixed cost (activation quantisation)
+    nvfp4_act_bytes: float = 0.0  # NVFP4 GEMM's extra bytes per input activation (quantisation)
     attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
     attn_query_pairs: float = 0.0  # prefill: pairs' worth of work per query row beyond its own
     attn_head_dim_offset: float = 0.0  # a pair's work per query head as if head_dim were wider
@@ -144,6 +151,9 @@ class RooflineParams:
     moe_mxfp4_mfu_efficiency: float | None = None  # MXFP4 experts: share of the bf16 peak
     moe_mxfp4_bw_efficiency: float | None = None  # MXFP4 experts: share of HBM
     moe_mxfp4_kernel_s: float | None = None  # MXFP4 experts: fixed cost per layer
+    moe_nvfp4_mfu_efficiency: float | None = None  # NVFP4 experts: share of the fp4 peak
+    moe_nvfp4_bw_efficiency: float | None = None  # NVFP4 experts: share of HBM
+    moe_nvfp4_kernel_s: float | None = None  # NVFP4 experts: fixed cost per layer
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
     activation_bytes: float = 2.0  # bytes per activation element (bf16)
     pp_microbatches: int = 1  # micro-batches an iteration is cut into under PP
@@ -172,7 +182,7 @@ class RooflineParams:
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
                 raise ConfigError(f"RooflineParams.{name} must be in (0, 1]", value=value)
-        for name in ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s"):
+        for name in ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s", "moe_nvfp4_kernel_s"):
             if (value := getattr(self, name)) is not None and value < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0 s", value=value)
         if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
@@ -203,8 +213,9 @@ class RooflineParams:
             raise ConfigError(
                 "RooflineParams.alltoall_knee_bytes must be > 0", value=self.alltoall_knee_bytes
             )
-        if self.fp8_act_bytes < 0.0:
-            raise ConfigError("RooflineParams.fp8_act_bytes must be >= 0", value=self.fp8_act_bytes)
+        for name in ("fp8_act_bytes", "nvfp4_act_bytes"):
+            if getattr(self, name) < 0.0:
+                raise ConfigError(f"RooflineParams.{name} must be >= 0", value=getattr(self, name))
         for name in (
             "attn_query_pairs",
             "attn_decode_seq_tokens",
@@ -328,10 +339,24 @@ def kv_share(deployment: Deployment) -> float:
 
 
 def gemm_mfu(params: RooflineParams, compute_precision: str) -> float:
-    """The GEMMs' share of the peak in ``compute_precision`` (fp8 may have its own)."""
+    """The GEMMs' share of the peak in ``compute_precision`` (fp8 and NVFP4 may have their own)."""
     if compute_precision == "fp8" and params.fp8_mfu_efficiency is not None:
         return params.fp8_mfu_efficiency
+    if compute_precision == "nvfp4" and params.nvfp4_mfu_efficiency is not None:
+        return params.nvfp4_mfu_efficiency
     return params.mfu_efficiency
+
+
+def quantisation_terms(
+    params: RooflineParams, compute_precision: str
+) -> tuple[float, float] | None:
+    """(fixed cost s, extra bytes per input activation) of quantising a GEMM's activations
+    before a ``compute_precision`` GEMM (fp8 or NVFP4); None: the GEMM takes them as is."""
+    if compute_precision == "fp8":
+        return params.fp8_gemm_kernel_s, params.fp8_act_bytes
+    if compute_precision == "nvfp4":
+        return params.nvfp4_gemm_kernel_s, params.nvfp4_act_bytes
+    return None
 
 
 def expert_constants(
@@ -339,12 +364,15 @@ def expert_constants(
 ) -> tuple[float | None, float | None, float]:
     """(share of the peak, share of HBM, fixed cost per layer) of the fused-MoE kernel for
     experts stored in ``precision`` and computed in ``compute_precision``: fp8 experts run
-    at the fp8 rate and MXFP4 ones dequantised to bf16, each with its own fitted kernel
-    where the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``); otherwise the bf16 experts'
-    (None: the GEMMs' shares)."""
+    at the fp8 rate, MXFP4 ones dequantised to bf16 and NVFP4 ones at the fp4 rate, each
+    with its own fitted kernel where the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``,
+    ``moe_nvfp4_*``); otherwise the bf16 experts' (None: the GEMMs' shares)."""
     p = params
     if compute_precision == "fp8" and p.moe_fp8_mfu_efficiency is not None:
         return p.moe_fp8_mfu_efficiency, p.moe_fp8_bw_efficiency, p.moe_fp8_kernel_s or 0.0
+    if compute_precision == "nvfp4" and p.moe_nvfp4_mfu_efficiency is not None:
+        kernel = p.moe_nvfp4_kernel_s or 0.0
+        return p.moe_nvfp4_mfu_efficiency, p.moe_nvfp4_bw_efficiency, kernel
     if precision == "mxfp4" and p.moe_mxfp4_mfu_efficiency is not None:
         kernel = p.moe_mxfp4_kernel_s or 0.0
         return p.moe_mxfp4_mfu_efficiency, p.moe_mxfp4_bw_efficiency, kernel
@@ -443,7 +471,7 @@ class RooflineKernels:
         acc, p = deployment.accelerator, params
         compute_precision = acc.compute_precision(deployment.precision)
         mfu = gemm_mfu(p, compute_precision)
-        self._fp8 = compute_precision == "fp8"
+        self._quant = quantisation_terms(p, compute_precision)
         self._peak = acc.peak_tflops(deployment.precision) * 1e12 * mfu
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
         self._weight_bytes = PRECISION_BYTES[deployment.precision]
@@ -455,7 +483,7 @@ class RooflineKernels:
     def gemm_s(self, gemm: Gemm, tokens: int) -> float:
         """One GEMM over ``tokens`` tokens (:func:`sincere.perf.gemm.gemm_s`)."""
         rates = (self._peak, self._hbm)
-        return gemm_s(self.params, gemm.k, gemm.n, self._weight_bytes, tokens, rates, self._fp8)
+        return gemm_s(self.params, gemm.k, gemm.n, self._weight_bytes, tokens, rates, self._quant)
 
     def fixed_and_elementwise_s(self, tokens: int) -> float:
         """A layer's fixed kernel cost plus its elementwise kernels over ``tokens``."""
@@ -580,12 +608,6 @@ class Roofline(StepTimeBase):
 
     # --- per-GPU figures -------------------------------------------------------------
     @property
-    def weight_bytes_per_gpu(self) -> float:
-        """Weight bytes one GPU holds (weights split evenly over TP and PP)."""
-        dep = self.deployment
-        return dep.model.weight_bytes(dep.precision) / dep.num_gpus
-
-    @property
     def kv_share(self) -> float:
         """Share of one token's KV bytes (all layers) one TP rank stores."""
         return kv_share(self.deployment)
@@ -595,7 +617,7 @@ class Roofline(StepTimeBase):
         rate = acc.host_link_gbps * p.load_efficiency
         if p.disk_read_gbps is not None:
             rate = min(rate, p.disk_read_gbps)
-        return SwapTime(self.weight_bytes_per_gpu / (rate * 1e9) + p.load_overhead_s)
+        return SwapTime(self.deployment.weight_bytes_per_gpu / (rate * 1e9) + p.load_overhead_s)
 
     def linear_layer_s(self, tokens: int) -> Seconds:
         """One layer's linear work over ``tokens`` tokens on one GPU (memoised)."""
