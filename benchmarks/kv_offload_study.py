@@ -17,6 +17,9 @@ included), the GB loaded back and the link time they took, TTFT p50 / p99 and go
 row per run on stdout.
 
     python benchmarks/kv_offload_study.py [--num-requests 2000] [--cpu-gib 0 32 128 512]
+        [--plot benchmarks/kv_offload_study.png]
+
+``--plot`` draws the hit rate and TTFT p50 against the CPU tier's size, one line per router.
 """
 
 from __future__ import annotations
@@ -90,6 +93,31 @@ def row(router: str, cpu_gib: float, summary: dict[str, Any], wall_s: float) -> 
     return "| " + " | ".join(cells) + " |"
 
 
+def plot(path: Path, points: dict[str, list[tuple[float, dict[str, Any]]]]) -> None:
+    """Hit rate and TTFT p50 against the CPU tier's size (0: GPU only), one line per router."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (hits, ttft) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    for router, runs in points.items():
+        sizes = [max(gib, 8.0) for gib, _ in runs]  # GPU only drawn at the axis' left end
+        hits.plot(sizes, [100 * s["prefix_cache"]["hit_rate"] for _, s in runs], marker="o",
+                  label=router)  # fmt: skip
+        ttft.plot(sizes, [s["ttft_s"]["p50"] for _, s in runs], marker="o", label=router)
+    for ax, label in ((hits, "prompt tokens found cached, %"), (ttft, "TTFT p50, s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("CPU tier per instance, GiB (left end: GPU only)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle("Mooncake conversation trace, 4 x Llama-3.1-8B on H100 (simulated)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     """Parse the arguments, run one simulation per CPU tier size, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -102,6 +130,7 @@ def main() -> None:
     parser.add_argument("--disk-gbps", type=float, default=6.0)
     parser.add_argument("--overlap", action="store_true", help="loads overlap the compute")
     parser.add_argument("--ttft-slo", type=float, default=2.0, help="goodput's TTFT target, s")
+    parser.add_argument("--plot", type=Path, default=None, help="write the figure as a PNG")
     args = parser.parse_args()
     requests = mooncake(args.trace, args.num_requests, args.ttft_slo)
     print(
@@ -112,11 +141,15 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         flush=True,
     )
+    points: dict[str, list[tuple[float, dict[str, Any]]]] = {}
     for router in args.routers:
         for cpu_gib in args.cpu_gib:
             started = time.perf_counter()
             summary = simulate(config(args, router, cpu_gib), requests=requests).summary
             print(row(router, cpu_gib, summary, time.perf_counter() - started), flush=True)
+            points.setdefault(router, []).append((cpu_gib, summary))
+    if args.plot is not None:
+        plot(args.plot, points)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Where speculative decoding pays, and two published speed-ups set beside the model.
 
-Usage: ``python benchmarks/speculation_study.py`` (about a second; the roofline's default
-constants, nothing fitted here).
+Usage: ``python benchmarks/speculation_study.py [--plot benchmarks/speculation_study.png]``
+(about a second; the roofline's default constants, nothing fitted here). ``--plot`` draws
+part 1 as speed-up against batch size (1 to 1,024), one line per acceptance rate, with
+EAGLE-3's two published points.
 
 1. Llama-3.1-8B on one H100 (bf16, SGLang's execution model, 2,048 tokens of context per
    sequence) with an EAGLE head drafting 3 tokens: the speed-up in time per output token
@@ -20,7 +22,9 @@ constants, nothing fitted here).
 
 from __future__ import annotations
 
+import argparse
 import time
+from pathlib import Path
 
 from sincere.catalog.loader import default_catalog
 from sincere.perf.base import Deployment, StepTimeModel
@@ -88,8 +92,41 @@ def published() -> None:
     print(f"| EAGLE-3, same rate, batch 64 | 1.38x | {chain.speedup(64, 64 * CONTEXT):.2f}x |")
 
 
+def plot(path: Path) -> None:
+    """Part 1 as a figure: speed-up over plain decoding against batch size, per rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step, layers = target("llama-3.1-8b", "H100-SXM", 1, "bf16", "sglang")
+    batches = [2**i for i in range(11)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for p in RATES:
+        spec = SpeculativeDecode(step, SpeculationParams("eagle", 3, (p,)), layers)
+        ax.plot(batches, [spec.speedup(b, b * CONTEXT) for b in batches], marker="o",
+                markersize=3, label=f"acceptance {p}")  # fmt: skip
+    ax.scatter([1, 64], [2.36, 1.38], color="black", marker="x", zorder=3,
+               label="EAGLE-3 published (tree draft)")  # fmt: skip
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (sequences, 2,048 tokens of context each)")
+    ax.set_ylabel("speed-up in time per output token")
+    ax.set_title("Llama-3.1-8B, 1 H100, EAGLE head drafting 3 (model)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plot", type=Path, default=None, help="write part 1 as a PNG")
+    args = parser.parse_args()
     started = time.perf_counter()
     grid()
     published()
+    if args.plot is not None:
+        plot(args.plot)
     print(f"\n{time.perf_counter() - started:.1f} s")

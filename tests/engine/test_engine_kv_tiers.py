@@ -165,6 +165,24 @@ def test_blocks_past_the_cpu_tier_come_back_from_disk_over_its_own_link() -> Non
     assert ttft == pytest.approx(FIRST + 0.017)
 
 
+def test_each_request_reports_the_tokens_its_admission_loaded_from_each_tier() -> None:
+    """The repeat of the disk test: 5 blocks (80 tokens) from CPU memory, 6 (96) from disk,
+    taken once; the others loaded nothing. A live driver's engine keeps them until taken
+    (``track_first_loads``); a simulator's keeps none."""
+    limits = TierLimits(MB, cpu_blocks=5, cpu_link_gbps=1.0, disk_blocks=100, disk_gbps=0.5)
+    engine = _engine(_repeat(), limits)
+    cache = engine.state.cache
+    assert cache is not None and cache.tiers is not None
+    cache.tiers.track_first_loads()
+    drive(engine)
+    assert [engine.take_tier_loaded_tokens(i) for i in range(3)] == [(0, 0), (0, 0), (80, 96)]
+    assert engine.take_tier_loaded_tokens(2) == (0, 0)
+    dropped = _engine(_repeat(), limits)
+    drive(dropped)
+    assert dropped.take_tier_loaded_tokens(2) == (0, 0)
+    assert _engine(_repeat(), None).take_tier_loaded_tokens(2) == (0, 0)
+
+
 def test_tiers_that_never_receive_a_block_change_nothing() -> None:
     """A roomy pool evicts nothing: with tiers the records are those without, bit for bit,
     and a summary gains a kv_tiers block only when an engine has tiers."""

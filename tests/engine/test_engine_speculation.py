@@ -18,7 +18,7 @@ from sincere.engine.build import build_engine
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.engine.speculation import SpeculationConfig, Speculator, build_speculator
-from sincere.perf.base import Batch, Deployment, StepTimeModel
+from sincere.perf.base import Batch, Deployment
 from sincere.perf.factory import make_step_model
 from sincere.perf.speculation import SpeculativeDecode
 from sincere.policy.schedulers import SCHEDULERS, make_scheduler
@@ -73,8 +73,10 @@ def _one(output: int, **spec: Any) -> ContinuousEngine:
     return engine
 
 
-def _prefill_s(model: StepTimeModel) -> float:
-    return model.iteration_s(Batch.of(prefill=[(PROMPT, 0)]))
+def _prefill_s(decode: SpeculativeDecode) -> float:
+    """The prompt's iteration: the target's, and the drafter's pass over the prompt."""
+    batch = Batch.of(prefill=[(PROMPT, 0)])
+    return ROOFLINE.iteration_s(batch) + decode.draft_prefill_s(batch)
 
 
 def test_full_acceptance_gives_k_plus_one_tokens_per_step_priced_as_draft_and_verify() -> None:
@@ -82,7 +84,7 @@ def test_full_acceptance_gives_k_plus_one_tokens_per_step_priced_as_draft_and_ve
     priced as SpeculativeDecode's verify of 4 positions plus the draft."""
     engine = _one(21, acceptance=1.0)
     decode = SpeculativeDecode(ROOFLINE, _speculator(acceptance=1.0).params, LAYERS)
-    end = _prefill_s(ROOFLINE)
+    end = _prefill_s(decode)
     for j in range(5):  # context: the prompt and the tokens made, plus the one computed
         ctx = PROMPT + 1 + 4 * j
         assert decode.step_s(1, ctx) == decode.draft_s(1, ctx) + decode.verify_s(1, ctx)
@@ -102,7 +104,7 @@ def test_zero_acceptance_gives_one_token_per_step_at_the_speculative_price() -> 
     """Acceptance 0: one token per step, each step still paying draft and verify."""
     engine = _one(10, acceptance=0.0)
     decode = SpeculativeDecode(ROOFLINE, _speculator(acceptance=0.0).params, LAYERS)
-    end = _prefill_s(ROOFLINE) + sum(decode.step_s(1, PROMPT + 1 + j) for j in range(9))
+    end = _prefill_s(decode) + sum(decode.step_s(1, PROMPT + 1 + j) for j in range(9))
     assert engine.records.finished_at[0] == pytest.approx(end, rel=1e-12)
     assert engine.stats().num_steps == 10
     spec = engine.stats().spec_decode
@@ -139,14 +141,18 @@ def test_per_position_rates_are_drawn_along_the_chain() -> None:
 
 def test_above_max_batch_the_step_does_not_speculate() -> None:
     """Three decoding sequences over max_batch 2: plain decode steps (no draft, one token,
-    the target's price), the same finish times as the engine without speculation; with
-    max_batch 3 the same batch speculates."""
+    the target's price), the finish times of the engine without speculation but for the
+    drafter's pass over the three prompts; with max_batch 3 the same batch speculates."""
     req = RequestArrays.build([0.0] * 3, [PROMPT] * 3, [6] * 3)
-    off = _engine(req, _speculator(acceptance=1.0, max_batch=2))
+    speculator = _speculator(acceptance=1.0, max_batch=2)
+    off = _engine(req, speculator)
     _run(off)
     plain = _engine(req, None)
     _run(plain)
-    assert np.allclose(off.records.finished_at, plain.records.finished_at, rtol=1e-12)
+    decode = SpeculativeDecode(ROOFLINE, speculator.params, LAYERS)
+    drafter = decode.draft_prefill_s(Batch.of(prefill=[(PROMPT, 0)] * 3))
+    assert drafter > 0.0
+    assert np.allclose(off.records.finished_at, plain.records.finished_at + drafter, rtol=1e-12)
     spec = off.stats().spec_decode
     assert spec is not None and spec.num_drafts == 0
     assert off.stats().num_steps == plain.stats().num_steps == 6
@@ -283,14 +289,15 @@ def test_draft_model_and_mtp_defaults_build() -> None:
 
 
 def test_mixed_iteration_prices_the_verify_positions_as_chunks_beside_the_prefill() -> None:
-    """A prefill chunk beside speculating decodes: the draft plus one forward holding the
-    chunk and every sequence's k + 1 positions."""
+    """A prefill chunk beside speculating decodes: the drafter's pass over the chunk, the
+    draft, and one forward holding the chunk and every sequence's k + 1 positions."""
     spec = _speculator(acceptance=0.5)
     model = spec.step_model
     decode = SpeculativeDecode(ROOFLINE, spec.params, LAYERS)
     prefill = Batch.of(prefill=[(300, 0)])
     mixed = Batch(1, 300, 0, prefill.prefill_attn_pairs, 4, 4 * 500)
-    want = decode.draft_s(4, 2000) + decode.verify_with_s(4, 2000, prefill)
+    drafter = decode.draft_prefill_s(prefill)
+    want = drafter + decode.draft_s(4, 2000) + decode.verify_with_s(4, 2000, prefill)
     assert model.iteration_s(mixed) == want
     assert want > decode.step_s(4, 2000)
     assert decode.verify_with_s(4, 2000, Batch()) == decode.verify_s(4, 2000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sincere.experiment.grid import check_config
 from sincere.optimize.pd_check import colocated_sim_config, pd_sim_config
 from sincere.optimize.pd_input import compare, load_plan_input
 from sincere.optimize.pd_plan import Candidate, PDLoad, deployment, phase_times
-from sincere.optimize.speculation import PerTokenDecode, planned_step
+from sincere.optimize.speculation import PerTokenDecode, planned_memory, planned_step
 from sincere.perf.base import Batch
 from sincere.perf.factory import StepModelConfig
 from sincere.sim.config import KvLinkConfig
@@ -71,6 +72,26 @@ def test_phase_times_decode_steps_per_token_prefill_unchanged() -> None:
         f < p for f, p in zip(fast.decode_step_s[:16], plain.decode_step_s[:16], strict=True)
     )
     assert fast.decode_step_s[16:] == plain.decode_step_s[16:]
+
+
+def test_a_drafter_takes_its_share_of_the_planned_kv() -> None:
+    """An EAGLE head on Llama-3.1-8B: one layer's weights ((8.03e9 - 2 x 128,256 x 4,096) x 2
+    / 32 bytes) and KV (4,096 of 135,168 bytes a token) leave the pool; a decode instance
+    then holds blocks // 197 sequences of 3,150 tokens (blocks of 16)."""
+    dep, load, link = _dep(), PDLoad(2.0, 3000, 150), KvLinkConfig(kind="rdma")
+    eagle = SpeculationConfig(method="eagle", num_draft_tokens=3, acceptance=0.7)
+    plain = planned_memory(dep, None, max_num_seqs=256, max_num_batched_tokens=3000)
+    free = (plain.budget_bytes - plain.weight_bytes_per_gpu - plain.activation_bytes
+            - plain.overhead_bytes)  # fmt: skip
+    layer = (8.03e9 - 2 * 128256 * 4096) * 2 / 32
+    blocks = math.floor((free - layer) / (33 * 4096 * 16))
+    drafted = planned_memory(dep, eagle, max_num_seqs=256, max_num_batched_tokens=3000)
+    assert drafted.num_kv_blocks == blocks < plain.num_kv_blocks
+    step = planned_step(StepModelConfig(), dep, eagle)
+    times = phase_times(dep, step, load, link, speculation=eagle)
+    before = phase_times(dep, StepModelConfig().build(dep), load, link)
+    assert times is not None and before is not None
+    assert times.kv_batch == min(256, blocks // 197) < before.kv_batch
 
 
 def test_a_speculating_plan_predicts_a_shorter_tpot_for_both_plans() -> None:

@@ -18,6 +18,7 @@ from sincere.perf.speculation import (
     MTP_DEEPSEEK_ACCEPTANCE,
     SpeculationParams,
     SpeculativeDecode,
+    SpeculativeStepModel,
     speculation_params,
 )
 
@@ -95,6 +96,32 @@ def test_ngram_drafts_free_and_a_draft_model_steps_k_times() -> None:
     by_hand = sum(draft.iteration_s(Batch(num_decode_seqs=4, decode_ctx_tokens=400 + 4 * i))
                   for i in range(2))  # fmt: skip
     assert steps == pytest.approx(by_hand)
+
+
+def test_the_drafter_passes_over_prefill_chunks_by_hand() -> None:
+    """A 300-token prompt: an EAGLE head of one of 4 layers does a quarter of its layer work
+    (300 tokens, 45,150 pairs; no LM head, no fixed cost): 0.00862875 s; a draft model
+    its own iteration over the chunk; n-gram nothing. A prefill-only iteration of a
+    speculating engine is the target's plus that, as is one whose decodes are over
+    max_batch; one beside speculating decodes adds it to the draft and the verify."""
+    prefill = Batch.of(prefill=[(300, 0)])
+    drafter = (TOKEN_S * 300 + PAIR_S * 45150) / 4
+    eagle = SpeculativeDecode(Linear(), SpeculationParams("eagle", 2, (0.5,), max_batch=4), 4)
+    assert eagle.draft_prefill_s(prefill) == pytest.approx(drafter)
+    assert eagle.draft_prefill_s(Batch()) == 0.0
+    ngram = SpeculativeDecode(Linear(), SpeculationParams("ngram", 2, (0.5,)), 4)
+    assert ngram.draft_prefill_s(prefill) == 0.0
+    draft = SpeculativeDecode(Linear(), SpeculationParams("draft-model", 2, (0.5,)), 4, Linear())
+    assert draft.draft_prefill_s(prefill) == Linear().iteration_s(prefill)
+    step = SpeculativeStepModel(eagle)
+    assert step.iteration_s(prefill) == pytest.approx(Linear().iteration_s(prefill) + drafter)
+    over = Batch(1, 300, 0, 45150.0, 5, 5000)  # five decodes: over max_batch 4
+    assert step.iteration_s(over) == pytest.approx(Linear().iteration_s(over) + drafter)
+    mixed = Batch(1, 300, 0, 45150.0, 4, 4000)
+    want = drafter + eagle.draft_s(4, 4000) + eagle.verify_with_s(4, 4000, prefill)
+    assert step.iteration_s(mixed) == pytest.approx(want)
+    decode_only = Batch(num_decode_seqs=4, decode_ctx_tokens=4000)
+    assert step.iteration_s(decode_only) == eagle.step_s(4, 4000)
 
 
 def test_above_max_batch_the_engine_decodes_plainly() -> None:

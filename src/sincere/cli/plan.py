@@ -19,6 +19,7 @@ from sincere.core.errors import ConfigError
 if TYPE_CHECKING:
     from sincere.engine.speculation import SpeculationConfig
     from sincere.optimize.data import Problem
+    from sincere.optimize.manifests import Checked, ManifestOptions
     from sincere.optimize.pd_input import Comparison, PlanInput
     from sincere.optimize.plan import Solution
     from sincere.optimize.simsize import SimSettings
@@ -43,15 +44,27 @@ def write_k8s(
     problem: Problem, final: Solution, history: list[Solution], folder: Path, config: Path | None
 ) -> None:
     """The final solution as manifests in ``folder`` (sincere.optimize.manifests)."""
+    from sincere.optimize.manifests import pools, write_manifests
+
+    options = k8s_options(config)
+    paths, checked = write_manifests(folder, pools(problem, final, options, history), options)
+    report_manifests(paths, checked, folder)
+
+
+def k8s_options(config: Path | None) -> ManifestOptions:
+    """The ``--k8s-config`` file's manifest options (defaults without one)."""
     import yaml
 
-    from sincere.optimize.manifests import options_from, pools, write_manifests
+    from sincere.optimize.manifests import options_from
 
     data = yaml.safe_load(config.read_text(encoding="utf-8")) if config is not None else None
     if data is not None and not isinstance(data, dict):
         raise ConfigError("--k8s-config must hold a mapping of options", value=str(config))
-    options = options_from(data)
-    paths, checked = write_manifests(folder, pools(problem, final, options, history), options)
+    return options_from(data)
+
+
+def report_manifests(paths: list[Path], checked: list[Checked], folder: Path) -> None:
+    """One line: the files written and what they were checked against."""
     against = sorted({c.against for c in checked})
     console.print(
         f"wrote {len(paths)} manifest file(s) to {folder} ({len(checked)} objects; checked "
@@ -361,9 +374,11 @@ def plan_pd_file(
     sizing: str,
     settings: SimSettings,
     speculation: SpeculationConfig | None = None,
+    k8s: Path | None = None,
+    k8s_config: Path | None = None,
 ) -> None:
     """``sincere plan FILE``: the colocated plan and, asked for, the xPyD plan;
-    ``speculation`` replaces the input's."""
+    ``speculation`` replaces the input's; ``k8s``: the colocated plan's manifests there."""
     from sincere.optimize.pd_input import compare, load_plan_input
 
     inp = load_plan_input(path)
@@ -386,6 +401,23 @@ def plan_pd_file(
         report_pd_verify(inp, cmp, sim_requests)
     out.write_text(json.dumps(comparison_json(cmp), indent=2) + "\n")
     console.print(f"wrote {out}")
+    if k8s is not None:
+        write_colocated_k8s(inp, cmp, k8s, k8s_config)
+
+
+def write_colocated_k8s(inp: PlanInput, cmp: Comparison, folder: Path, config: Path | None) -> None:
+    """The colocated plan's manifests in ``folder``, its replicas speculating as planned."""
+    from sincere.optimize.manifests import colocated_pool, write_manifests
+
+    if cmp.colocated is None:
+        raise ConfigError(
+            "--k8s: no colocated allocation meets the SLOs, so there is nothing to deploy",
+            value=str(folder),
+        )
+    options = k8s_options(config)
+    pool = colocated_pool(inp.model, cmp.colocated, inp.speculation, options)
+    paths, checked = write_manifests(folder, [pool], options)
+    report_manifests(paths, checked, folder)
 
 
 @app.command("plan")
@@ -426,8 +458,9 @@ def plan(
         typer.Option(
             "--k8s",
             help=(
-                "Folder for Kubernetes manifests of the final solution: a Deployment, Service "
-                "and autoscaler per server, checked against the published schemas."
+                "Folder for Kubernetes manifests of the final solution (a YAML plan input: "
+                "its colocated plan, speculating as planned): a Deployment, Service and "
+                "autoscaler per server, checked against the published schemas."
             ),
         ),
     ] = None,
@@ -437,7 +470,8 @@ def plan(
             "--k8s-config",
             help=(
                 "YAML of manifest options: namespace, image, port, accelerator_label, "
-                "autoscaler (hpa, keda, none), max_replicas_factor, prometheus, model_ids."
+                "autoscaler (hpa, keda, none), max_replicas_factor, prometheus, model_ids, "
+                "speculative_model, speculative_method, kv_offload, kv_offloading_backend."
             ),
         ),
     ] = None,
@@ -575,7 +609,8 @@ def plan(
         pd_settings = replace(
             sim_settings(400, None, None, None, workers, sim_cache), min_attainment=0.0
         )
-        plan_pd_file(directory, out, verify is not False, sim_requests, sizing, pd_settings, spec)
+        plan_pd_file(directory, out, verify is not False, sim_requests, sizing, pd_settings, spec,
+                     k8s, k8s_config)  # fmt: skip
         return
     problem = load_problem(directory)
     if batch_rule is not None:

@@ -125,6 +125,8 @@ class KvTiers:
         self.cpu: OrderedDict[Name, None] = OrderedDict()  # least recently stored first
         self.disk: OrderedDict[Name, None] = OrderedDict()
         self.pending_load_s = 0.0  # loads of admissions the next iteration has not taken
+        # request -> blocks of its first load (CPU, disk) until taken; None: not tracked
+        self.first_loads: dict[int, tuple[int, int]] | None = None
         self._blocks = {"gpu_to_cpu": 0, "cpu_to_disk": 0, "cpu_hits": 0, "disk_hits": 0}
         self._external_queries = 0
         self._load_s = 0.0
@@ -174,8 +176,9 @@ class KvTiers:
             n += 1
         return n
 
-    def load(self, names: Iterable[Name]) -> None:
-        """Load ``names`` (all held below) back to the GPU; they leave their tier."""
+    def load(self, names: Iterable[Name], request: int | None = None) -> tuple[int, int]:
+        """Load ``names`` (all held below) back to the GPU for ``request``; they leave their
+        tier. Returns how many came from CPU memory and how many from disk."""
         cpu, disk = self.cpu, self.disk
         num_cpu = num_disk = 0
         for name in names:
@@ -190,6 +193,23 @@ class KvTiers:
         seconds = self.limits.load_s(num_cpu, num_disk)
         self._load_s += seconds
         self.pending_load_s += seconds
+        if self.first_loads is not None and request is not None:
+            self.first_loads.setdefault(request, (num_cpu, num_disk))
+        return (num_cpu, num_disk)
+
+    def track_first_loads(self) -> None:
+        """Keep each request's first load (:meth:`take_first_load`): a live driver counts a
+        prompt's tokens by source as vLLM does, tier loads apart from GPU cache hits."""
+        if self.first_loads is None:
+            self.first_loads = {}
+
+    def take_first_load(self, request: int) -> tuple[int, int]:
+        """Tokens ``request``'s first load brought from CPU memory and from disk, taken (a
+        second call, an untracked engine or a request that loaded nothing: ``(0, 0)``)."""
+        if self.first_loads is None:
+            return (0, 0)
+        cpu, disk = self.first_loads.pop(request, (0, 0))
+        return (cpu * self.block_tokens, disk * self.block_tokens)
 
     def queried(self, tokens: int) -> None:
         """An admission looked up ``tokens`` prompt tokens past its GPU hit."""

@@ -101,6 +101,9 @@ class DeploymentSpec(BaseModel):
     cc: bool = False  # confidential-computing mode (wraps the step-time model)
     step_model: StepModelConfig = StepModelConfig()  # where iteration times come from
     engine: EngineConfig = ContinuousConfig()  # the engine, its scheduler and limits
+    # the step model's times multiplied by this (a time-compressed replay, e.g. 1/64:
+    # sincere.engine.time_scale); 1: real time
+    time_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_model_field(self) -> DeploymentSpec:

@@ -13,7 +13,8 @@ but the step must have room for all ``k + 1`` verified positions of every sequen
 (vLLM's lookahead slots; :attr:`~sincere.engine.state.BatchState.lookahead`).
 
 Above ``max_batch`` decoding sequences an iteration does not speculate: no draft, a
-plain decode step, one token each (vLLM's ``speculative_disable_by_batch_size``).
+plain decode step, one token each (vLLM's ``num_speculative_tokens_per_batch_size``
+schedule with 0 tokens above it; older releases' ``disable_by_batch_size``).
 
 Counters, vLLM's: drafts (sequences' speculative steps), drafted tokens, accepted tokens
 and accepted tokens per drafted position; accepted counts the verify pass's decision, before

@@ -12,36 +12,21 @@ the tokens a step yields is the whole change; prefill iterations are the target'
 
 Approximations: the expected tokens per step stand for every step (a real run's accepted
 lengths vary); the KV cache a batch holds is planned without the ``k + 1`` lookahead slots
-a speculating engine reserves per sequence; a draft model's weights and KV are not taken
-from the memory plan.
+a speculating engine reserves per sequence. The drafter's weights and KV per token come out
+of the memory plan as in the engine (:func:`planned_memory`,
+:mod:`sincere.engine.draft_memory`), so a speculating candidate holds fewer sequences.
 """
 
 from __future__ import annotations
 
 from sincere.catalog import get_model
 from sincere.core.errors import ConfigError
-from sincere.core.types import Seconds
+from sincere.engine.draft_memory import draft_memory
 from sincere.engine.speculation import SpeculationConfig
-from sincere.perf.base import Batch, Deployment, StepTimeBase, StepTimeModel
+from sincere.perf.base import Deployment, StepTimeModel
 from sincere.perf.factory import StepModelConfig
-from sincere.perf.speculation import SpeculativeDecode, SpeculativeStepModel
-
-
-class PerTokenDecode(StepTimeBase):
-    """A step model whose decode-only iterations are the time per output token of a
-    speculating deployment (module docstring); other iterations speculate as an engine's."""
-
-    def __init__(self, spec: SpeculativeDecode) -> None:
-        super().__init__(spec.target.load_time(), spec.target.unload_time())
-        self.spec = spec
-        self._step = SpeculativeStepModel(spec)
-
-    def iteration_s(self, batch: Batch) -> Seconds:
-        """A decode-only batch: its time per output token; any other: its iteration."""
-        n = batch.num_decode_seqs
-        if n > 0 and batch.num_prefill_seqs == 0:
-            return self.spec.per_token_s(n, batch.decode_ctx_tokens)
-        return self._step.iteration_s(batch)
+from sincere.perf.memory import MemoryPlan, plan_memory
+from sincere.perf.speculation import PerTokenDecode, SpeculativeDecode
 
 
 def planned_step(
@@ -67,3 +52,29 @@ def speculating(
     except ConfigError as exc:
         raise ConfigError(str(exc), where="speculation") from None
     return PerTokenDecode(spec)
+
+
+def planned_memory(
+    dep: Deployment,
+    speculation: SpeculationConfig | None,
+    *,
+    max_num_seqs: int,
+    max_num_batched_tokens: int = 8192,
+) -> MemoryPlan:
+    """``dep``'s memory plan, its drafter's weights and KV per token taken out of the KV
+    pool when ``speculation`` is set (as a speculating engine sizes its pool)."""
+    if speculation is None:
+        return plan_memory(
+            dep, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens
+        )
+    try:
+        draft = draft_memory(speculation, dep, max_num_seqs)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where="speculation") from None
+    return plan_memory(
+        dep,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        draft_weight_bytes=draft.weight_bytes,
+        draft_kv_bytes_per_token=draft.kv_bytes_per_token,
+    )

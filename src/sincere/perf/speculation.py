@@ -26,7 +26,8 @@ What a step costs, on any step-time model that splits an iteration into parts
   (its own step-time model); ``ngram`` looks drafts up in the prompt on the CPU, priced zero.
 
 Engines switch speculation off above a batch size (vLLM's
-``speculative_disable_by_batch_size``): ``max_batch`` does the same here. The numbers are
+``num_speculative_tokens_per_batch_size`` schedule; older releases'
+``disable_by_batch_size``): ``max_batch`` does the same here. The numbers are
 expectations: a real run's accepted lengths vary per request and per step.
 """
 
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
-from sincere.perf.base import Batch, StepBreakdown, StepTimeModel, SwapTime
+from sincere.perf.base import Batch, StepBreakdown, StepTimeBase, StepTimeModel, SwapTime
 
 SPEC_METHODS = ("eagle", "mtp", "draft-model", "ngram")
 """Drafting methods: a one-layer head on the target's features (EAGLE), the model's own
@@ -242,6 +243,20 @@ class SpeculativeDecode:
         head = self.params.draft_layers * layers / self.num_layers + parts.lm_head_s
         return k * head
 
+    def draft_prefill_s(self, prefill: Batch) -> Seconds:
+        """The drafter's own pass over an iteration's prefill chunks (``prefill``: a batch of
+        chunks only), which builds the KV it drafts from: ``draft_layers`` of the target's
+        layers over the chunks for an EAGLE or MTP head (its share of the target's layer
+        work, no LM head: it samples only when drafting), the draft model's iteration over
+        them, nothing for n-gram."""
+        if self.params.method == "ngram" or prefill.num_prefill_seqs == 0:
+            return 0.0
+        if self.draft is not None:
+            return self.draft.iteration_s(prefill)
+        parts = self._parts.parts(prefill)
+        layers = parts.total_s - parts.lm_head_s - parts.overhead_s
+        return self.params.draft_layers * layers / self.num_layers
+
     def step_s(self, num_seqs: int, ctx_tokens: int) -> Seconds:
         """One step of the batch: draft and verify, or a plain decode above ``max_batch``."""
         if not self.params.speculates(num_seqs):
@@ -276,7 +291,12 @@ class SpeculativeStepModel:
     An iteration with ``n`` decode sequences (``n`` within ``max_batch``) costs the draft
     of ``n`` sequences plus the verify pass of their ``k + 1`` positions; with prefill
     chunks beside them the verify positions join the chunks in the same forward
-    (:meth:`SpeculativeDecode.verify_with_s`). Anything else is ``target``'s iteration.
+    (:meth:`SpeculativeDecode.verify_with_s`). Prefill chunks also cost the drafter's own
+    pass over them (:meth:`SpeculativeDecode.draft_prefill_s`: a head or draft model keeps
+    KV of every prompt token to draft from), whether the decodes speculate or not. A
+    sequence's first draft is priced in its first decode step, not in the iteration that
+    ends its prefill (where vLLM proposes it): the same work, one iteration later. Anything
+    else is ``target``'s iteration.
     ``decode_steps_s`` sums single iterations, the context growing by ``num_seqs`` a step
     (the protocol's contract; an engine that speculates times one iteration at a time, its
     sequences' gains being drawn per step).
@@ -304,16 +324,18 @@ class SpeculativeStepModel:
     ) -> Seconds:
         """:meth:`iteration_s` of the batch with these fields."""
         spec = self.spec
-        if num_decode_seqs == 0 or not spec.params.speculates(num_decode_seqs):
-            return self.target.iteration_s_fast(
+        speculating = num_decode_seqs > 0 and spec.params.speculates(num_decode_seqs)
+        if num_prefill_seqs == 0 and speculating:
+            return spec.step_s(num_decode_seqs, decode_ctx_tokens)
+        prefill = Batch(num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs)
+        drafter = spec.draft_prefill_s(prefill)  # its KV of the chunks, speculating or not
+        if not speculating:
+            return drafter + self.target.iteration_s_fast(
                 num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs,
                 num_decode_seqs, decode_ctx_tokens,
             )  # fmt: skip
-        if num_prefill_seqs == 0:
-            return spec.step_s(num_decode_seqs, decode_ctx_tokens)
-        prefill = Batch(num_prefill_seqs, prefill_tokens, prefill_ctx_tokens, prefill_attn_pairs)
         draft = spec.draft_s(num_decode_seqs, decode_ctx_tokens)
-        return draft + spec.verify_with_s(num_decode_seqs, decode_ctx_tokens, prefill)
+        return drafter + draft + spec.verify_with_s(num_decode_seqs, decode_ctx_tokens, prefill)
 
     def decode_steps_s(self, num_seqs: int, ctx_tokens: int, num_steps: int) -> Seconds:
         """Sum of ``num_steps`` decode iterations, the context growing by ``num_seqs`` each."""
@@ -333,6 +355,24 @@ class SpeculativeStepModel:
     def unload_time(self) -> SwapTime:
         """``target``'s model unload."""
         return self.target.unload_time()
+
+
+class PerTokenDecode(StepTimeBase):
+    """A step model whose decode-only iterations are the time per output token of a
+    speculating deployment (:meth:`SpeculativeDecode.per_token_s`: what the planner and the
+    gateway's routers read); other iterations speculate as an engine's."""
+
+    def __init__(self, spec: SpeculativeDecode) -> None:
+        super().__init__(spec.target.load_time(), spec.target.unload_time())
+        self.spec = spec
+        self._step = SpeculativeStepModel(spec)
+
+    def iteration_s(self, batch: Batch) -> Seconds:
+        """A decode-only batch: its time per output token; any other: its iteration."""
+        n = batch.num_decode_seqs
+        if n > 0 and batch.num_prefill_seqs == 0:
+            return self.spec.per_token_s(n, batch.decode_ctx_tokens)
+        return self._step.iteration_s(batch)
 
 
 def _batch_grid(largest: int) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sincere.engine.base import EngineLoad
 from sincere.engine.kv_tiers import KvTierStats
 from sincere.serve.emulator.metrics import EmulatorMetrics
@@ -64,3 +66,56 @@ def test_an_emulator_with_kv_offload_serves_the_tier_counters() -> None:
         assert 'transfer_type="GPU_to_CPU"' in text and 'tier="disk"' in text
 
     _run(check, engine={"num_kv_blocks": 4096, "kv_offload": {"cpu_gib": 1}})
+
+
+def _by_label(text: str, name: str, label: str) -> dict[str, float]:
+    """``name``'s samples in Prometheus text by the value of ``label``."""
+    pattern = re.compile(rf'^{re.escape(name)}\{{[^}}]*{label}="([^"]+)"[^}}]*\}} (\S+)$', re.M)
+    return {key: float(value) for key, value in pattern.findall(text)}
+
+
+def test_tier_loads_count_as_external_kv_transfer_not_local_cache_hits() -> None:
+    """A prompt whose blocks were evicted to the CPU tier and come back: vLLM counts tokens
+    loaded through its offload connector as ``external_kv_transfer`` (cached by source
+    ``host``), so local_cache_hit + external_kv_transfer = cached tokens and the external
+    part is exactly the CPU tier's hit tokens."""
+    import asyncio
+
+    import aiohttp
+
+    from sincere.bench.prompts import BlockTexts, block_prompt
+    from sincere.serve.emulator.config import EmulatorConfig
+    from sincere.serve.emulator.server import EmulatorServer
+
+    texts = BlockTexts(16)
+    first = block_prompt(list(range(64)), 1024, texts)  # 64 blocks of 16 tokens
+    other = block_prompt(list(range(200, 264)), 1024, texts)  # evicts most of ``first``
+    seen: dict[str, str] = {}
+
+    async def main() -> None:
+        config = EmulatorConfig.model_validate({
+            "engine": {"num_kv_blocks": 80, "kv_offload": {"cpu_gib": 1}},
+            "step_model": {"kind": "inferno", "params": {"alpha_ms": 2, "beta_ms": 0,
+                                                         "gamma_ms": 3, "delta_ms": 0.05}},
+        })  # fmt: skip
+        async with EmulatorServer(config) as server, aiohttp.ClientSession() as session:
+            for prompt in (first, other, first):
+                body = {"model": server.model_name, "prompt": prompt, "max_tokens": 2,
+                        "sincere": {"output_tokens": 2, "prompt_tokens": 1024}}  # fmt: skip
+                async with session.post(server.url + "/v1/completions", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+            async with session.get(server.url + "/metrics") as resp:
+                seen["text"] = await resp.text()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    text = seen["text"]
+    by_source = _by_label(text, "vllm:prompt_tokens_by_source_total", "source")
+    cached_by = _by_label(text, "vllm:prompt_tokens_cached_by_source_total", "source")
+    tier_hits = _by_label(text, "sincere:kv_tier_hit_tokens_total", "tier")
+    # the third prompt finds all but its last token's block: 63 blocks, GPU or CPU
+    assert by_source["local_cache_hit"] + by_source["external_kv_transfer"] == 63 * 16
+    assert by_source["local_compute"] == 3 * 1024 - 63 * 16
+    assert tier_hits["cpu"] > 0 and tier_hits["disk"] == 0
+    assert by_source["external_kv_transfer"] == tier_hits["cpu"]
+    assert cached_by["host"] == tier_hits["cpu"] and cached_by["disk"] == 0
+    assert cached_by["device"] == by_source["local_cache_hit"]

@@ -7,7 +7,7 @@ per ``model_name`` and ``engine`` (``"0"``, one engine core per server):
 
 * gauges ``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
   ``vllm:num_requests_waiting_by_reason{reason}``, ``vllm:kv_cache_usage_perc`` (a
-  fraction 0..1), ``vllm:engine_sleep_state{sleep_state}`` (always awake) and
+  fraction 0..1), ``vllm:engine_sleep_state{sleep_state}`` (sleep mode: :mod:`.sleep`) and
   ``vllm:cache_config_info``;
 * counters ``vllm:prompt_tokens``, ``vllm:prompt_tokens_by_source{source}``,
   ``vllm:prompt_tokens_cached``, ``vllm:prompt_tokens_cached_by_source{source}``,
@@ -144,8 +144,9 @@ class EmulatorMetrics:
         self.waiting_capacity = by_reason.labels(*m, "capacity")
         by_reason.labels(*m, "deferred").set(0)
         sleep = self._gauge("vllm:engine_sleep_state", "Engine sleep state.", ["sleep_state"])
-        for state, value in (("awake", 1), ("weights_offloaded", 0), ("discard_all", 0)):
-            sleep.labels(*m, state).set(value)
+        states = ("awake", "weights_offloaded", "discard_all")
+        self._sleep_state = {state: sleep.labels(*m, state) for state in states}
+        self.set_sleep_level(None)
         self.kv_usage = self._gauge(
             "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."
         ).labels(*m)
@@ -236,18 +237,37 @@ class EmulatorMetrics:
 
     # ---------------------------------------------------------------- events
 
-    def prompt_done(self, prompt_tokens: int, cached_tokens: int, external: bool) -> None:
-        """Count a prompt whose first token came out: computed, cached or pulled tokens."""
+    def prompt_done(
+        self,
+        prompt_tokens: int,
+        cached_tokens: int,
+        external: bool,
+        tier_loaded: tuple[int, int] = (0, 0),
+    ) -> None:
+        """Count a prompt whose first token came out: computed, cached or pulled tokens.
+
+        ``external``: its whole KV was pulled from a prefill instance; ``tier_loaded``:
+        of its ``cached_tokens``, those loaded back from the CPU and from the disk KV tier,
+        which vLLM counts as ``external_kv_transfer`` (loaded through its offload
+        connector) and caches by source ``host`` / ``disk``, not as local cache hits.
+        """
         self.prompt_tokens.inc(prompt_tokens)
-        computed = prompt_tokens - cached_tokens
-        self._prompt_by_source["local_compute"].inc(computed)
-        source = "external_kv_transfer" if external else "local_cache_hit"
-        self._prompt_by_source[source].inc(cached_tokens)
+        self._prompt_by_source["local_compute"].inc(prompt_tokens - cached_tokens)
         self.prompt_cached.inc(cached_tokens)
-        self._cached_by_source["p2p" if external else "device"].inc(cached_tokens)
+        by_source, cached_by = self._prompt_by_source, self._cached_by_source
         if external:
+            by_source["external_kv_transfer"].inc(cached_tokens)
+            cached_by["p2p"].inc(cached_tokens)
             self.external_queries.inc(prompt_tokens)
             self.external_hits.inc(cached_tokens)
+            return
+        host = min(tier_loaded[0], cached_tokens)  # a load of a recompute after preemption
+        disk = min(tier_loaded[1], cached_tokens - host)  # may exceed the first admission's
+        by_source["local_cache_hit"].inc(cached_tokens - host - disk)
+        by_source["external_kv_transfer"].inc(host + disk)
+        cached_by["device"].inc(cached_tokens - host - disk)
+        cached_by["host"].inc(host)
+        cached_by["disk"].inc(disk)
 
     def request_finished(self, done: FinishedRequest) -> None:
         """Observe everything vLLM records when a request finishes."""
@@ -271,6 +291,12 @@ class EmulatorMetrics:
         if done.n_param is not None:
             self.max_generation.observe(done.max_tokens)
             self.n_param.observe(done.n_param)
+
+    def set_sleep_level(self, level: int | None) -> None:
+        """``vllm:engine_sleep_state``: awake (None), weights offloaded (1), all dropped (2)."""
+        current = {None: "awake", 1: "weights_offloaded", 2: "discard_all"}[level]
+        for state, gauge in self._sleep_state.items():
+            gauge.set(1 if state == current else 0)
 
     def render(
         self,

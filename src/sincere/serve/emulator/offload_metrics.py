@@ -4,7 +4,10 @@ vLLM's offloading connector exports ``vllm:kv_offload_total_bytes{transfer_type}
 (``GPU_to_CPU``, ``CPU_to_GPU``); sincere adds ``CPU_to_DISK`` and ``DISK_to_GPU`` for its
 disk tier, and ``sincere:kv_tier_hit_tokens{tier}`` (``cpu``, ``disk``). Tier hits also
 move vLLM's ``vllm:external_prefix_cache_queries`` / ``_hits`` (tokens looked up past the
-local hit / loaded from the connector), as in vLLM. The counters exist only on an engine
+local hit / loaded from the connector), and a prompt's tokens loaded back from a tier count
+as ``vllm:prompt_tokens_by_source{source="external_kv_transfer"}`` and
+``vllm:prompt_tokens_cached_by_source{source="host"}`` (or ``"disk"``), not as local cache
+hits, as in vLLM. The counters exist only on an engine
 with tiers, so the page of one without them is unchanged.
 """
 
