@@ -14,6 +14,14 @@ in the same call. One warm-up process first; ``--repeat`` runs per cell, medians
 
 ``SINCERE_NATIVE`` is passed through: compiled modules when built (the default), or
 ``SINCERE_NATIVE=0`` for the interpreted sources.
+
+``--paired OTHER_SRC`` compares two source trees in one run: every cell is run with this
+tree's sources and then with ``OTHER_SRC`` on ``PYTHONPATH`` (e.g. a ``git archive`` of an
+earlier commit), in turn, ``--repeat`` times; each line gives both CPU times and their
+ratio, and each tree's CPU time over its own 1-instance cell of the same repetition.
+
+    SINCERE_NATIVE=0 .venv/bin/python benchmarks/sim_scaling.py --sizes 100000 \
+        --instances 1 64 --router least-outstanding --repeat 2 --paired /tmp/before/src
 """
 
 from __future__ import annotations
@@ -51,11 +59,14 @@ def config(num_instances: int, num_requests: int, router: str) -> dict[str, Any]
     return cfg
 
 
-def run_once(path: Path, out: Path) -> tuple[float, float]:
-    """Wall and CPU seconds (user + system) of one ``sincere simulate`` process."""
+def run_once(path: Path, out: Path, src: str | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of one ``sincere simulate`` process
+    (``src``: the sources it imports, put first on ``PYTHONPATH``)."""
+    env = None if src is None else {**os.environ, "PYTHONPATH": src}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run([str(SINCERE), "simulate", str(path), "--out", str(out), "--quiet"], check=True)
+    command = [str(SINCERE), "simulate", str(path), "--out", str(out), "--quiet"]
+    subprocess.run(command, check=True, env=env)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -69,7 +80,11 @@ def main() -> None:
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--router", default="round-robin")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median)")
+    parser.add_argument("--paired", default=None, help="another tree's src, run in turn")
     args = parser.parse_args()
+    if args.paired is not None:
+        paired(args)
+        return
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     native = os.environ.get("SINCERE_NATIVE", "default")
     print(f"router {args.router}, SINCERE_NATIVE={native}", flush=True)
@@ -101,6 +116,34 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     cpus, python = os.cpu_count(), platform.python_version()
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {python}")
+
+
+def paired(args: argparse.Namespace) -> None:
+    """Each cell with this tree's sources, then with ``args.paired``'s, in turn."""
+    sizes = args.sizes or [10_000, 100_000]
+    this = str(ROOT / "src")
+    print(f"router {args.router}, this tree against {args.paired}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        warm = tmp_dir / "warm.yaml"
+        warm.write_text(yaml.safe_dump(config(1, 1_000, args.router)))
+        run_once(warm, tmp_dir / "warm", this)
+        run_once(warm, tmp_dir / "warm", args.paired)
+        for rep in range(max(1, args.repeat)):
+            for size in sizes:
+                base: dict[str, float] = {}
+                for count in args.instances:
+                    path = tmp_dir / f"c{count}_{size}.yaml"
+                    path.write_text(yaml.safe_dump(config(count, size, args.router)))
+                    cpu = {tree: run_once(path, tmp_dir / "out", src)[1]
+                           for tree, src in (("this", this), ("other", args.paired))}  # fmt: skip
+                    base = base or cpu
+                    row = {"rep": rep + 1, "instances": count, "requests": size}
+                    for tree in ("this", "other"):
+                        row[f"cpu_s_{tree}"] = round(cpu[tree], 2)
+                        row[f"vs_1_{tree}"] = round(cpu[tree] / base[tree], 2)
+                    row["this_over_other"] = round(cpu["this"] / cpu["other"], 3)
+                    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

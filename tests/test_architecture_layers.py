@@ -175,6 +175,9 @@ def test_every_serve_part_has_a_rank() -> None:
 # Modules of serve/ and bench/ that may import the simulator, and why.
 SIM_USERS = {
     "bench/parity.py": "runs the simulator beside the live path to compare the two",
+    "bench/pool_replay.py": "replays a simulated pool scenario live and compares the two runs",
+    "serve/control/sim_scaling.py": "the live autoscaler decides with the simulator's rule "
+    "(imported only when controller.autoscaling is set)",
 }
 
 

@@ -17,7 +17,9 @@ import yaml
 from sincere.catalog import default_catalog
 from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
+from sincere.serve.control.sim_scaling import live_autoscaling
 from sincere.sim.api import SimulationResult, simulate
+from sincere.sim.autoscale import RateForecast
 
 INTERVAL_S, PROVISIONING_S, LOAD_S = 10.0, 20.0, 5.0
 
@@ -199,7 +201,12 @@ def test_same_config_same_results() -> None:
         ({"group": "nope"}, r"autoscaling.group: no instances entry.*'nope'.*allowed: g"),
         ({"count": 4, "max_instances": 3}, r"instances\[0\].count.*got 4.*1\.\.3"),
         ({"warm_pool": 3}, r"warm_pool.*got 3.*0\.\.2"),
-        ({"policy": "predictive"}, r"autoscaling.policy"),
+        ({"policy": "predictive"}, r"predictive policy needs rate_per_instance"),
+        (
+            {"policy": "predictive", "rate_per_instance": 1.0, "forecast_alpha": 0},
+            r"autoscaling.forecast_alpha",
+        ),
+        ({"policy": "burst"}, r"autoscaling.policy"),
         ({"interval_s": 0}, r"autoscaling.interval_s"),
     ],
 )
@@ -280,3 +287,42 @@ def test_the_written_config_repeats_the_run() -> None:
     again = load_config(yaml.safe_load(first.config.to_yaml()))
     assert again.autoscaling == first.config.autoscaling
     assert simulate(again, requests=_burst()).summary == first.summary
+
+
+def test_rate_forecast_follows_holts_level_and_trend() -> None:
+    """alpha = beta = 1: the level is the last rate and the trend the last step; with 0.5
+    and 0.3 the level after 0 then 1 is 0.5 and the trend 0.15 (by hand)."""
+    exact = RateForecast(1.0, 1.0, 10.0)
+    for rate in (1.0, 2.0, 3.0):
+        exact.observe(rate)
+    assert exact.ahead(20.0) == pytest.approx(3.0 + 1.0 * 2)
+    smooth = RateForecast(0.5, 0.3, 10.0)
+    smooth.observe(0.0)
+    smooth.observe(1.0)
+    assert (smooth.level, smooth.trend) == pytest.approx((0.5, 0.15))
+    assert smooth.ahead(10.0) == pytest.approx(0.65)
+    smooth.observe(0.0)  # level 0.5*0 + 0.5*0.65 = 0.325, trend 0.3*-0.175 + 0.7*0.15
+    assert smooth.ahead(100.0) == pytest.approx(max(0.325 + (0.105 - 0.0525) * 10, 0.0))
+
+
+def test_predictive_starts_an_instance_for_the_forecast_ramp() -> None:
+    """Rates 0.1 then 0.2 req/s read at 10 and 20 s (alpha = beta = 1): the forecast 25 s
+    ahead (provisioning + load) is 0.2 + 0.1 * 2.5 = 0.45 req/s, two instances at 0.25
+    each: the second is asked for at 20 s and serves at 45 s. The threshold policy never
+    scales on these requests (one in flight at a time)."""
+    requests = _requests([5.0, 12.0, 15.0], [4, 4, 4])
+    predictive = _config(policy="predictive", rate_per_instance=0.25, forecast_alpha=1.0,
+                         forecast_beta=1.0)  # fmt: skip
+    rows = _rows(simulate(predictive, requests=requests))
+    assert rows[10.0] == (1, 0, 1)
+    assert rows[20.0] == (1, 1, 2)
+    assert rows[20.0 + PROVISIONING_S + LOAD_S] == (2, 0, 2)
+    reactive = simulate(_config(), requests=requests).summary["autoscaling"]
+    assert reactive["num_scale_ups"] == 0
+
+
+def test_predictive_is_refused_where_the_decision_reads_a_load() -> None:
+    """Live (the reading is a load) and in a pool (per-model loads) it is refused by name."""
+    raw = {"group": "m", "policy": "predictive", "rate_per_instance": 1.0, "max_instances": 2}
+    with pytest.raises(ConfigError, match=r"controller.autoscaling.policy.*simulator only"):
+        live_autoscaling(raw, 8)

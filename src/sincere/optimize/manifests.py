@@ -5,7 +5,11 @@ For every server of a :class:`~sincere.optimize.plan.Solution` that got replicas
 the replica's GPUs as ``nvidia.com/gpu`` or, for AMD Instinct types, ``amd.com/gpu``, tensor
 parallel over them, ``--max-num-seqs`` the plan's batch; pods pinned to the plan's
 accelerator by a node label), a **Service** in front of it, and an autoscaler with the
-plan's thresholds:
+plan's thresholds. A plan priced speculating (a YAML plan input's ``speculation``) gives
+its pods vLLM's ``--speculative-config``, and the options' ``kv_offload`` (a CPU KV tier)
+vLLM's ``--kv-offloading-size`` / ``--kv-offloading-backend``
+(:mod:`~sincere.optimize.vllm_args`); without either the arguments are the plain ones.
+Autoscalers:
 
 * ``hpa`` (default): an ``autoscaling/v2`` HorizontalPodAutoscaler on the pods' average
   ``vllm:num_requests_running`` (the plan's batch per replica is the target: the load at
@@ -29,13 +33,20 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sincere.core.config import validate_config
 from sincere.core.errors import ConfigError
+from sincere.engine.kv_offload import KvOffloadConfig
+from sincere.engine.speculation import SpeculationConfig
 from sincere.optimize.data import Problem
 from sincere.optimize.plan import ServerAllocation, Solution
+from sincere.optimize.vllm_args import kv_offloading_args, speculative_args, speculative_config
+
+if TYPE_CHECKING:
+    from sincere.optimize.pd_input import ColocatedPlan
 
 AUTOSCALERS = ("hpa", "keda", "none")
 K8S_VERSION = "1.30.0"
@@ -57,6 +68,11 @@ class ManifestOptions:
     prometheus: str = "http://prometheus.monitoring.svc:9090"  # KEDA's trigger
     model_ids: Mapping[str, str] = field(default_factory=dict)  # plan model -> --model
     gpu_resources: Mapping[str, str] = field(default_factory=dict)  # GPU type -> resource
+    # a speculating plan's draft: the EAGLE head or draft model vLLM loads (vllm_args)
+    speculative_model: str | None = None
+    speculative_method: str | None = None  # vLLM's method name (eagle3 for an EAGLE-3 head)
+    kv_offload: KvOffloadConfig | None = None  # a CPU KV tier per replica (engine.kv_offload)
+    kv_offloading_backend: str = "native"  # vLLM's: native (OffloadingConnector) or lmcache
 
     def __post_init__(self) -> None:
         if self.autoscaler not in AUTOSCALERS:
@@ -65,6 +81,8 @@ class ManifestOptions:
             raise ConfigError("port must be in 1..65535", value=self.port)
         if self.max_replicas_factor < 1.0:
             raise ConfigError("max_replicas_factor must be >= 1", value=self.max_replicas_factor)
+        if self.kv_offload is not None:  # a disk tier or a bad backend: refused now
+            kv_offloading_args(self.kv_offload, self.kv_offloading_backend)
         if not _dns_name(self.namespace) == self.namespace:
             raise ConfigError(
                 "namespace must be a DNS-1123 label (lower-case letters, digits, '-')",
@@ -99,6 +117,7 @@ class Pool:
     min_replicas: int
     max_replicas: int
     max_batch: int
+    speculation: SpeculationConfig | None = None  # how the plan's replicas speculate
 
 
 def pools(
@@ -130,6 +149,22 @@ def pools(
                         acc.multiplicity * perf.acc_count, alloc.num_replicas, low, high,
                         alloc.max_batch))  # fmt: skip
     return out
+
+
+def colocated_pool(
+    model: str,
+    plan: ColocatedPlan,
+    speculation: SpeculationConfig | None,
+    options: ManifestOptions,
+) -> Pool:
+    """A YAML plan input's colocated plan as one pool: ``plan.count`` replicas of its
+    instance shape, speculating as the plan was priced (``speculation``)."""
+    cand = plan.candidate
+    shape = cand.accelerator if cand.tp == 1 else f"{cand.tp}x{cand.accelerator}"
+    most = math.ceil(options.max_replicas_factor * plan.count)
+    return Pool(_dns_name(f"{model}-{shape}"), model, model, shape, cand.accelerator,
+                plan.num_gpus, plan.count, plan.count, most, plan.batch,
+                speculation)  # fmt: skip
 
 
 def _bounds(
@@ -194,6 +229,7 @@ def _deployment(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
     model = options.model_ids.get(pool.model, pool.model)
     args = ["--model", model, "--tensor-parallel-size", str(pool.gpus),
             "--max-num-seqs", str(pool.max_batch), "--port", str(options.port)]  # fmt: skip
+    args += _engine_args(pool, options)
     container = {
         "name": "engine",
         "image": options.image,
@@ -214,6 +250,21 @@ def _deployment(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
         },
     }
     return _resource("apps/v1", "Deployment", pool, options, spec)
+
+
+def _engine_args(pool: Pool, options: ManifestOptions) -> list[str]:
+    """vLLM's arguments for the pool's speculation and the options' CPU KV tier (none when
+    neither is set: the arguments are those of a plain plan)."""
+    args = []
+    if pool.speculation is not None:
+        config = speculative_config(
+            pool.speculation, options.model_ids, options.speculative_model,
+            options.speculative_method,
+        )  # fmt: skip
+        args += speculative_args(config)
+    if options.kv_offload is not None:
+        args += kv_offloading_args(options.kv_offload, options.kv_offloading_backend)
+    return args
 
 
 def _service(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
@@ -320,6 +371,10 @@ def options_from(data: Mapping[str, Any] | None) -> ManifestOptions:
         given = data.get(key, {})
         if not isinstance(given, Mapping) or not all(isinstance(v, str) for v in given.values()):
             raise ConfigError(f"{key} must map names to strings", value=given)
+    if data.get("kv_offload") is not None:
+        data["kv_offload"] = validate_config(
+            KvOffloadConfig, data["kv_offload"], "--k8s-config", prefix="kv_offload"
+        )
     return ManifestOptions(**data)
 
 

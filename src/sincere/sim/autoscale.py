@@ -21,6 +21,17 @@ number serving, and asks the policy
   router's view at once, finishes what it holds, then is down (or warm, when the pool is
   short).
 
+Under ``predictive`` the reading is not a load but the arrival rate of the interval just
+ended, smoothed by Holt's linear method (:class:`RateForecast`: a level and a trend) and
+forecast ``provisioning_s + load_s`` ahead -- when an instance started now would serve --
+and ``ceil(forecast / rate_per_instance)`` instances are wanted: it starts instances while
+a ramp is still below what the serving ones can take, where the reactive policies wait for
+the queue. It sees arrivals only (not queues): a burst it did not foresee is met one
+reading late. With ``forecast_profile`` (the rate's pattern over a period, e.g. a day) the
+forecast is the profile's rate ahead scaled to the level observed
+(:class:`~sincere.sim.autoscale_season.SeasonalForecast`), so a daily ramp is met when the
+profile says it comes, not once the readings have turned.
+
 Requests already at an instance stay there (no rebalancing), so a burst queues on the
 instances serving until new ones join. An instance is paid (GPU-hours) from the moment it
 is provisioned until it is down: starting, serving, draining, warm. Events at one time:
@@ -32,13 +43,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sincere.core.types import Seconds
 from sincere.engine.summary import fleet_cost, instance_cost
 from sincere.policy.reads import Reads
 from sincere.sim.autoscale_book import DOWN, DRAINING, STARTING, UP, WARM, WARMING, FleetBook
 from sincere.sim.autoscale_config import AutoscalingConfig
+from sincere.sim.autoscale_season import SeasonalForecast, SeasonalProfile
 from sincere.sim.cluster import Cluster
 from sincere.sim.extension import Extension, Sim
 from sincere.sim.plan import ExtensionNeeds
@@ -56,6 +68,7 @@ class ScalePlan:
     num_initial: int  # serving at time 0 (the first ones)
     load_s: Seconds  # the model's load time on one instance
     num_gpus: int  # accelerators one instance occupies
+    profile: SeasonalProfile | None = None  # predictive's seasonal profile (None: Holt's)
 
 
 def desired_count(cfg: AutoscalingConfig, load: float, num_up: int, num_active: int) -> int:
@@ -64,11 +77,16 @@ def desired_count(cfg: AutoscalingConfig, load: float, num_up: int, num_active: 
 
     ``threshold`` (KEDA-style): one more when the load per serving instance is above
     ``scale_up_threshold``, one fewer when below ``scale_down_threshold``;
-    ``target-utilisation`` (HPA's rule): ``ceil(load / target_per_instance)``.
+    ``target-utilisation`` (HPA's rule): ``ceil(load / target_per_instance)``;
+    ``predictive``: ``load`` is the arrival rate forecast for when an instance started now
+    would serve (:class:`RateForecast`), and ``ceil(load / rate_per_instance)`` are wanted.
     """
     if cfg.policy == "target-utilisation":
         assert cfg.target_per_instance is not None
         want = math.ceil(load / cfg.target_per_instance)
+    elif cfg.policy == "predictive":
+        assert cfg.rate_per_instance is not None
+        want = math.ceil(max(load, 0.0) / cfg.rate_per_instance - 1e-9)
     else:
         assert cfg.scale_up_threshold is not None and cfg.scale_down_threshold is not None
         per = load / max(num_up, 1)
@@ -78,6 +96,60 @@ def desired_count(cfg: AutoscalingConfig, load: float, num_up: int, num_active: 
         elif per < cfg.scale_down_threshold:
             want = num_active - 1
     return min(max(want, cfg.min_instances), cfg.max_instances)
+
+
+class RateForecast:
+    """Holt's linear smoothing of the arrival rate read every interval: a level and a
+    trend per interval, the forecast ``h`` seconds ahead ``level + trend * h / interval``.
+    The first reading sets the level (no trend yet)."""
+
+    def __init__(self, alpha: float, beta: float, interval_s: Seconds) -> None:
+        self.alpha, self.beta, self.interval_s = alpha, beta, interval_s
+        self.level: float | None = None
+        self.trend = 0.0
+
+    def observe(self, rate: float, at: Seconds = 0.0) -> None:
+        """Fold in the rate of the interval just ended (``at`` unused: readings come every
+        ``interval_s``)."""
+        if self.level is None:
+            self.level = rate
+            return
+        last = self.level
+        self.level = self.alpha * rate + (1 - self.alpha) * (last + self.trend)
+        self.trend = self.beta * (self.level - last) + (1 - self.beta) * self.trend
+
+    def ahead(self, h: Seconds) -> float:
+        """The rate forecast ``h`` seconds after the last reading (never below 0)."""
+        assert self.level is not None, "observe() first"
+        return max(self.level + self.trend * h / self.interval_s, 0.0)
+
+
+class Forecast(Protocol):
+    """The predictive policy's forecast of the arrival rate."""
+
+    def observe(self, rate: float, at: Seconds) -> None:
+        """Fold in the rate of the interval that ended at ``at``."""
+        ...
+
+    def ahead(self, h: Seconds) -> float:
+        """The rate forecast ``h`` seconds after the last reading."""
+        ...
+
+
+def make_forecast(cfg: AutoscalingConfig, profile: SeasonalProfile | None) -> Forecast:
+    """Holt's trend forecast, or the seasonal one when a profile is given."""
+    if profile is None:
+        return RateForecast(cfg.forecast_alpha, cfg.forecast_beta, cfg.interval_s)
+    return SeasonalForecast(profile, cfg.forecast_alpha, cfg.interval_s)
+
+
+def signal_sum(cfg: AutoscalingConfig, cluster: Cluster, engines: list[int]) -> float:
+    """``cfg.signal`` summed over ``engines`` (requests outstanding, queued, or KV used)."""
+    if cfg.signal == "waiting":
+        return float(sum(cluster.engines[e].queue_sizes()[1] for e in engines))
+    if cfg.signal == "kv_usage":
+        return sum(cluster.engines[e].load().kv_usage or 0.0 for e in engines)
+    return float(sum(cluster.outstanding[e] for e in engines))
 
 
 class Autoscaler(Extension):
@@ -92,6 +164,8 @@ class Autoscaler(Extension):
         self.num_arrived = 0
         self.low_since: Seconds | None = None  # first reading of the window wanting fewer
         self.low_max = 0  # the largest count wanted in that window
+        self.forecast = make_forecast(self.cfg, plan.profile)
+        self.arrived_at_tick = 0  # arrivals counted at the last reading
 
     @property
     def needs(self) -> ExtensionNeeds:
@@ -150,7 +224,7 @@ class Autoscaler(Extension):
         """Read the load, decide, act, and read again an interval later while work remains."""
         book = self.book
         num_up, num_active = book.count(UP), book.count(UP) + book.count(STARTING)
-        want = desired_count(self.cfg, self._load(), num_up, num_active)
+        want = desired_count(self.cfg, self._load(at), num_up, num_active)
         book.want(want, at)
         if want > num_active:
             self._start(want - num_active, at)
@@ -163,14 +237,15 @@ class Autoscaler(Extension):
         if self._work_left():
             self.sim.schedule(at + self.cfg.interval_s, self.tick_kind, 0)
 
-    def _load(self) -> float:
-        """The signal summed over the serving instances."""
-        ups, engines = self.book.of(UP), self.cluster.engines
-        if self.cfg.signal == "waiting":
-            return float(sum(engines[e].queue_sizes()[1] for e in ups))
-        if self.cfg.signal == "kv_usage":
-            return sum(engines[e].load().kv_usage or 0.0 for e in ups)
-        return float(sum(self.cluster.outstanding[e] for e in ups))
+    def _load(self, at: Seconds) -> float:
+        """The signal summed over the serving instances; under ``predictive``, the arrival
+        rate forecast for when an instance started now would serve."""
+        if self.cfg.policy != "predictive":
+            return signal_sum(self.cfg, self.cluster, self.book.of(UP))
+        rate = (self.num_arrived - self.arrived_at_tick) / self.cfg.interval_s
+        self.arrived_at_tick = self.num_arrived
+        self.forecast.observe(rate, at)
+        return self.forecast.ahead(self.cfg.provisioning_s + self.plan.load_s)
 
     def _work_left(self) -> bool:
         """Arrivals to come, or an engine with work scheduled (else the run may drain)."""
@@ -243,12 +318,15 @@ class Autoscaler(Extension):
 
     def _settings(self) -> dict[str, object]:
         cfg = self.cfg
-        return {
+        settings: dict[str, object] = {
             "group": [self.cluster.infos[e].id for e in self.plan.engines],
             "policy": cfg.policy,
-            "signal": cfg.signal,
+            "signal": "arrival_rate" if cfg.policy == "predictive" else cfg.signal,
             "interval_s": cfg.interval_s,
             "provisioning_s": cfg.provisioning_s,
             "load_s": self.plan.load_s,
             "num_gpus_per_instance": self.plan.num_gpus,
         }
+        if self.plan.profile is not None:  # the seasonal forecast's period
+            settings["forecast_period_s"] = self.plan.profile.period_s
+        return settings

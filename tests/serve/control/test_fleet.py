@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -26,6 +26,8 @@ class Member:
     kind: str = "openai"
     emulated: bool = False
     num_in_flight: int = 0
+    last_done_at: float | None = None
+    routable: bool = True
 
 
 @dataclass
@@ -49,6 +51,15 @@ class MemoryFleet:
 
     def instances_of(self, model: str | None = None) -> Sequence[Member]:
         return [m for m in self.members if model is None or model in m.models]
+
+    def set_routable(self, name: str, routable: bool) -> None:
+        next(m for m in self.members if m.name == name).routable = routable
+
+    def num_queued(self, model: str) -> int:
+        return 0
+
+    def on_held(self, listener: Callable[[str], None]) -> None:
+        pass
 
     def instance_health(self) -> dict[str, str]:
         return {m.name: "closed" for m in self.members}

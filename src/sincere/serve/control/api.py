@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,6 +29,10 @@ from sincere.serve.control.controller import ConflictError, Controller
 from sincere.serve.control.inputs import check_name, parse_load
 from sincere.serve.protocol import ProtocolError, check_text, error_body
 from sincere.serve.security.credentials import redact_url
+
+if TYPE_CHECKING:
+    from sincere.serve.control.autoscaler import LiveAutoscaler
+    from sincere.serve.control.pool import LivePool
 
 log = logging.getLogger("sincere.serve.gateway.controller")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -48,9 +52,17 @@ class Route:
 class ControllerApi:
     """The ``/admin`` routes over one :class:`Controller`."""
 
-    def __init__(self, controller: Controller, read_body: BodyReader) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        read_body: BodyReader,
+        autoscaler: LiveAutoscaler | None = None,
+        pool: LivePool | None = None,
+    ) -> None:
         self.c = controller
         self.read_body = read_body  # a request's body, within the server's limits
+        self.autoscaler = autoscaler  # None: controller.autoscaling is not configured
+        self.pool = pool  # None: controller.actuation is not configured
 
     def routes(self) -> list[Route]:
         """The ``/admin`` routes (to be mounted behind the admin key check)."""
@@ -63,7 +75,19 @@ class ControllerApi:
             Route("DELETE", "/admin/instances/{name}", self._remove_instance, "instance.remove"),
             Route("GET", "/admin/load", self._load, None),
             Route("POST", "/admin/plan", self._plan, "plan"),
+            Route("GET", "/admin/autoscaling", self._autoscaling, None),
+            Route("GET", "/admin/actuation", self._actuation, None),
         ]
+
+    async def _actuation(self, request: web.Request) -> web.Response:
+        if self.pool is None or self.pool.started_at is None:
+            return _error(404, "no pool runs: configure controller.actuation")
+        return web.json_response(self.pool.to_json())
+
+    async def _autoscaling(self, request: web.Request) -> web.Response:
+        if self.autoscaler is None or self.autoscaler.started_at is None:
+            return _error(404, "no autoscaler runs: configure controller.autoscaling")
+        return web.json_response(self.autoscaler.to_json())
 
     async def _list_models(self, request: web.Request) -> web.Response:
         fleet = self.c.fleet

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sincere.core.config import MAX_SECONDS
 from sincere.serve.control.upstream_policy import parse_rules
@@ -41,15 +41,42 @@ class ControllerConfig(_Strict):
     at most (configured, deployed and planned). ``max_plan_starts``: emulated instances
     one plan may start without ``confirm: true``. ``files_dir``: the only directory whose
     files API callers may name (a step-model ``params_file``); null = none.
+    ``autoscaling``: the simulator's ``autoscaling`` section, run live on the model named
+    by its ``group`` (:mod:`~sincere.serve.control.autoscaler`); null = no autoscaler.
+    ``actuation``: the simulator's ``actuation`` section, several models on one pool of
+    slots run live (:mod:`~sincere.serve.control.pool`; ``groups`` lists the models);
+    null = no pool. One or the other: both scale instances.
     """
 
     allowed_upstreams: list[str] = Field(default_factory=list, max_length=1024)
     max_instances: int = Field(16, ge=1, le=4096)
     max_plan_starts: int = Field(4, ge=0, le=4096)
     files_dir: str | None = None
+    # the simulator's autoscaling fields (checked by serve/control/sim_scaling.py)
+    autoscaling: dict[str, Any] | None = None
+    actuation: dict[str, Any] | None = None  # the simulator's actuation fields (the same)
 
     @field_validator("allowed_upstreams")
     @classmethod
     def _rules(cls, value: list[str]) -> list[str]:
         parse_rules(value)  # raises naming a bad entry
         return value
+
+    @model_validator(mode="after")
+    def _autoscaling(self) -> ControllerConfig:
+        if self.autoscaling is not None:  # the simulator's schema, loaded only when used
+            from sincere.serve.control.sim_scaling import live_autoscaling
+
+            live_autoscaling(self.autoscaling, self.max_instances)
+        if self.actuation is not None:
+            from sincere.core.errors import ConfigError
+            from sincere.serve.control.sim_scaling import live_actuation
+
+            if self.autoscaling is not None:
+                raise ConfigError(
+                    "controller.autoscaling and controller.actuation both scale instances: "
+                    "give one (a pool of one model under dedicated scales as the autoscaler)",
+                    where="controller.actuation", allowed="one of the two sections",
+                )  # fmt: skip
+            live_actuation(self.actuation, self.max_instances)
+        return self

@@ -59,6 +59,7 @@ from sincere.serve.control.inputs import check_emulator_fields, check_name
 from sincere.serve.control.upstream_policy import check_upstream, parse_rules
 
 if TYPE_CHECKING:
+    from sincere.serve.emulator.config import EmulatorConfig
     from sincere.serve.emulator.server import EmulatorServer
 
 # the log's name predates the control package; kept so logging configs keep working
@@ -225,6 +226,14 @@ class Controller:
         self.emulators[name] = server
         self.models.setdefault(model, entry)
         return self.fleet.add_backend(cfg.model_copy(update={"url": server.url}), emulated=True)
+
+    def emulator_fields(self, model: str) -> EmulatorConfig:
+        """The config an emulated instance of ``model`` starts with (name and port aside)."""
+        from sincere.serve.emulator.config import parse_emulator_config
+
+        entry = self.models.get(model) or ModelEntry(model)
+        fields = {**self.planning.emulator, **entry.emulator, "served_model_name": model}
+        return parse_emulator_config(fields)
 
     async def remove(self, name: str) -> None:
         """Remove instance ``name`` (and stop it when the controller started it)."""

@@ -1,7 +1,9 @@
 """The face the control plane sees of the data plane: a :class:`Fleet` of instances.
 
 The controller adds and removes backends, lists the instances (of a model, or all) with
-their health, and reads the observed load -- nothing else. The gateway
+their health, and reads the observed load; the pool of several models
+(:mod:`~sincere.serve.control.pool`) also puts instances to sleep in routing and wakes
+them, counts the requests held and is told of each -- nothing else. The gateway
 (:class:`~sincere.serve.gateway.server.Gateway`) implements this protocol without
 importing it (structural typing); :mod:`sincere.serve.app` hands the gateway to the
 controller as a ``Fleet``, where the type checker verifies that it fits.
@@ -9,7 +11,7 @@ controller as a ``Fleet``, where the type checker verifies that it fits.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from sincere.optimize.scaling import LoadSummary
@@ -45,6 +47,11 @@ class Instance(Protocol):
     @property
     def num_in_flight(self) -> int: ...
 
+    @property
+    def last_done_at(self) -> float | None:
+        """Loop time it last finished a request (None: never)."""
+        ...
+
 
 class Fleet(Protocol):
     """The data plane, as the control plane may act on it."""
@@ -55,6 +62,19 @@ class Fleet(Protocol):
 
     async def remove_backend(self, name: str) -> Instance:
         """Take a backend out of routing once its requests in flight are done."""
+        ...
+
+    def set_routable(self, name: str, routable: bool) -> None:
+        """Take an instance out of routing, its models still served (their requests wait
+        in the gateway's queue), or put it back (the queue drains into it)."""
+        ...
+
+    def num_queued(self, model: str) -> int:
+        """Requests of ``model`` waiting in the gateway's queue."""
+        ...
+
+    def on_held(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener`` with the model of every request the gateway queues."""
         ...
 
     def instances_of(self, model: str | None = None) -> Sequence[Instance]:
