@@ -36,6 +36,7 @@ count of failed calls. Generator, proxy and upstream share this machine's cores.
     python benchmarks/gateway_overhead.py                  # all targets
     python benchmarks/gateway_overhead.py --no-litellm     # without LiteLLM
     python benchmarks/gateway_overhead.py --base-src ../base/src   # also another checkout's gateway
+    #   (with --redis-workers, its gateway with keys on Redis too, on a redis-server of its own)
     python benchmarks/gateway_overhead.py --security       # also keys on, and confidential mode
     python benchmarks/gateway_overhead.py --security --redis-workers 1,2,4   # keys on Redis
 
@@ -472,6 +473,9 @@ def main() -> None:
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument(
+        "--litellm-wait-s", type=float, default=180.0, help="how long LiteLLM may take to start"
+    )
+    parser.add_argument(
         "--security", action="store_true", help="also keys on, the seal proxy, sealed calls"
     )
     parser.add_argument(
@@ -479,7 +483,8 @@ def main() -> None:
         type=int,
         default=0,
         metavar="ROUNDS",
-        help="with --security: also alternate wrk on gateway vs +auth and +auth vs +sealed",
+        help="with --security: also alternate wrk on each pair of PAIRS present (gateway vs "
+        "+auth, +auth vs +sealed, bare and +auth vs +redis w1, +redis w1 base vs now)",
     )
     parser.add_argument(
         "--base-src", type=Path, help="also measure the gateway of another source tree (its src/)"
@@ -527,14 +532,14 @@ def run_all(args: argparse.Namespace) -> None:
             procs.append(start([*me, "sincere", str(port), upstream], env))
             targets.append(("sincere (base)", f"http://127.0.0.1:{port}", {}))
         if args.security:
-            targets += start_security(me, upstream, procs, args.redis_workers)
+            targets += start_security(me, upstream, procs, args.redis_workers, args.base_src)
         litellm = None if args.no_litellm else start_litellm(upstream, args.litellm_workers, procs)
         if litellm is not None:
             targets.append(litellm)
         ready = []
         for name, root, headers in targets:
             url = root + "/v1/chat/completions"
-            if not wait_ready(name, url, headers, 180 if name == "litellm" else 20):
+            if not wait_ready(name, url, headers, args.litellm_wait_s if name == "litellm" else 20):
                 print(f"{name}: did not become ready; skipped", file=sys.stderr)
                 continue
             ready.append((name, url, headers))
@@ -575,7 +580,13 @@ def litellm_ratios(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-PAIRS = (("sincere", "sincere+auth"), ("sincere+auth", "sincere+auth+sealed"))
+PAIRS = (
+    ("sincere", "sincere+auth"),
+    ("sincere+auth", "sincere+auth+sealed"),
+    ("bare", "sincere+auth+redis w1"),
+    ("sincere+auth", "sincere+auth+redis w1"),
+    ("sincere+auth+redis w1 (base)", "sincere+auth+redis w1"),
+)
 
 
 def head_to_head(
@@ -620,19 +631,26 @@ def start_redis_targets(
     auth: dict[str, str],
     procs: list[subprocess.Popen[bytes]],
     workers: list[int],
+    base_src: Path | None = None,
 ) -> list[tuple[str, str, dict[str, str]]]:
-    """A redis-server, and the gateway with keys and its state there, in 1, 2, 4 workers."""
+    """A redis-server, and the gateway with keys and its state there, in 1, 2, 4 workers;
+    with ``base_src``, the same from that tree too (``(base)``, a redis-server of its own)."""
     if shutil.which("redis-server") is None:
         print("redis-server is not installed: Redis targets skipped", file=sys.stderr)
         return []
-    port = free_port()
-    procs.append(start([*me, "redis", str(port), tempfile.mkdtemp()]))
-    redis = f"redis://127.0.0.1:{port}/0"
+    trees: list[tuple[str, dict[str, str] | None]] = [("", None)]
+    if base_src is not None:
+        trees.append((" (base)", {"PYTHONPATH": str(base_src.resolve())}))
     out = []
-    for n in workers:
-        gw_port = free_port()
-        procs.append(start([*me, "sincere-auth", str(gw_port), upstream, keys, "", redis, str(n)]))
-        out.append((f"sincere+auth+redis w{n}", f"http://127.0.0.1:{gw_port}", auth))
+    for suffix, env in trees:
+        port = free_port()
+        procs.append(start([*me, "redis", str(port), tempfile.mkdtemp()]))
+        redis = f"redis://127.0.0.1:{port}/0"
+        for n in workers:
+            gw_port = free_port()
+            cmd = [*me, "sincere-auth", str(gw_port), upstream, keys, "", redis, str(n)]
+            procs.append(start(cmd, env))
+            out.append((f"sincere+auth+redis w{n}{suffix}", f"http://127.0.0.1:{gw_port}", auth))
     return out
 
 
@@ -641,6 +659,7 @@ def start_security(
     upstream: str,
     procs: list[subprocess.Popen[bytes]],
     redis_workers: list[int] | None = None,
+    base_src: Path | None = None,
 ) -> list[tuple[str, str, dict[str, str]]]:
     """The gateway with keys, the seal proxy, and the gateway with keys in front of the proxy
     (and with ``redis_workers``, the gateway with keys on Redis in that many workers)."""
@@ -661,7 +680,7 @@ def start_security(
         ("sincere+auth+sealed", f"http://127.0.0.1:{ports[2]}", auth),
     ]
     if redis_workers:
-        targets += start_redis_targets(me, upstream, keys, auth, procs, redis_workers)
+        targets += start_redis_targets(me, upstream, keys, auth, procs, redis_workers, base_src)
     return targets
 
 

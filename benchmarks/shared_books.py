@@ -2,14 +2,21 @@
 
 One key store on a redis-server this script starts (127.0.0.1, a free port, no
 persistence), one key, requests one after another (no concurrency: the figure is the
-client-side and round-trip cost of the two scripts, the part the gateway's event loop
-pays per keyed request), beside a bare ``PING`` round trip measured the same way so that
-the figure compares as a ratio on any machine:
+client-side and round-trip cost of the scripts, the part the gateway's event loop pays
+per keyed request), in two ways, alternated round by round on the same store:
 
-    python benchmarks/shared_books.py              # 3,000 pairs after 300 of warm-up
+* *awaited*: admission, then the settlement sent and awaited (``settle_async``): two
+  round trips;
+* *deferred*: admission, then the settlement deferred (``settle``, as the gateway does): it
+  rides the next admission, one round trip per request;
+
+beside a bare ``PING`` round trip measured the same way, so that the figures compare as
+ratios on any machine:
+
+    python benchmarks/shared_books.py              # 3,000 requests each way, 300 of warm-up
     python benchmarks/shared_books.py --pairs 500
 
-Prints one line: microseconds per admit + settle, per PING, and their ratio.
+Prints one line: microseconds per request each way, per PING, and their ratios.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import asyncio
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -37,14 +45,18 @@ def free_port() -> int:
         return port
 
 
-async def pairs(store: KeyStore, n: int) -> float:
-    """Seconds per admit + settle over ``n`` sequential pairs."""
+async def pairs(store: KeyStore, n: int, deferred: bool) -> float:
+    """Seconds per admit + settle over ``n`` sequential requests (settlement deferred or
+    awaited)."""
     (record,) = store.records()
     began = time.perf_counter()
     for _ in range(n):
         got = await store.admit_async(record, 100, 50, PRICES, time.time())
         assert isinstance(got, Reservation), got
-        await store.settle_async(got, 100, 50, PRICES)
+        if deferred:
+            store.settle(got, 100, 50, PRICES)
+        else:
+            await store.settle_async(got, 100, 50, PRICES)
     return (time.perf_counter() - began) / n
 
 
@@ -62,12 +74,20 @@ async def pings(url: str, n: int) -> float:
         await client.aclose()
 
 
-async def measure(store: KeyStore, url: str, n: int) -> tuple[float, float]:
-    await pairs(store, n // 10)  # warm-up: connections, scripts loaded, the key joined
+async def measure(store: KeyStore, url: str, n: int, rounds: int = 4) -> tuple[float, ...]:
+    """Seconds per request awaited, per request deferred, per PING: ``rounds`` alternated
+    rounds of ``n // rounds`` each, the median round of each."""
+    await pairs(store, n // 10, deferred=False)  # warm-up: connections, scripts, the key
+    await pairs(store, n // 10, deferred=True)
     await pings(url, n // 10)
-    per_pair, per_ping = await pairs(store, n), await pings(url, n)
+    times: dict[str, list[float]] = {"awaited": [], "deferred": [], "ping": []}
+    for r in range(rounds):
+        order = ("awaited", "deferred") if r % 2 == 0 else ("deferred", "awaited")
+        for way in order:
+            times[way].append(await pairs(store, n // rounds, deferred=way == "deferred"))
+        times["ping"].append(await pings(url, n // rounds))
     await store.drain()
-    return per_pair, per_ping
+    return tuple(float(statistics.median(times[k])) for k in ("awaited", "deferred", "ping"))
 
 
 def main() -> None:
@@ -85,14 +105,16 @@ def main() -> None:
         time.sleep(0.5)
         store = KeyStore.open(Path(folder) / "keys.db", shared=RedisState(url))
         store.create(KeySpec(name="bench", budget_usd=1e9), actor="bench", now=0.0)
-        per_pair, per_ping = asyncio.run(measure(store, url, n))
+        awaited, deferred, ping = asyncio.run(measure(store, url, n))
         store.close()
     finally:
         server.terminate()
         server.wait(10)
     print(
-        f"shared books: {per_pair * 1e6:.0f} us per admit+settle, {per_ping * 1e6:.0f} us "
-        f"per PING ({per_pair / per_ping:.1f}x), {n} sequential pairs"
+        f"shared books: {awaited * 1e6:.0f} us per request with the settlement awaited "
+        f"({awaited / ping:.1f}x PING), {deferred * 1e6:.0f} us deferred ({deferred / ping:.1f}x "
+        f"PING; {deferred / awaited:.2f}x awaited), {ping * 1e6:.0f} us per PING; {n} "
+        "sequential requests each way"
     )
 
 

@@ -11,6 +11,7 @@ from sincere.core import Request
 from sincere.perf.base import Batch, StepTimeBase
 from sincere.policy.router_base import InstanceView, Outcome
 from sincere.policy.routers import LatencyOptimalRouter, make_router
+from sincere.policy.routers._estimates import context_of
 from sincere.predict.latency import RouteContext, step_model_latency
 from sincere.predict.length import MaxTokens
 
@@ -132,3 +133,50 @@ def test_roofline_models_send_work_to_the_faster_accelerator() -> None:
         waiting_prefill_tokens=2_000_000,
     )
     assert router().route(REQ, [views[0], busy_h100], 0.0).instance == "l4"
+
+
+def _choose_by_options(r: LatencyOptimalRouter, request: Request, views: list[InstanceView]) -> Any:
+    """The choice written out plainly (every candidate's estimate, then ``min`` over
+    (candidate, estimate) pairs): what ``choose`` must answer."""
+    expected = r.estimator.length.predict(request)
+    ests = [p.estimate for p in r.estimator.estimates(views, [
+        context_of(request, v, expected, 0.0) for v in views
+    ])]  # fmt: skip
+    options = list(zip(views, ests, strict=True))
+    unknown = [o for o in options if o[1] is None]
+    if unknown:
+        return min(unknown, key=lambda o: o[0].num_outstanding)[0].id, None
+    best = min(options, key=lambda o: (r._value(o[1]), o[0].num_outstanding))
+    return best[0].id, tuple((v.id, r._value(e)) for v, e in options)
+
+
+@pytest.mark.parametrize("objective", ["e2e", "ttft"])
+def test_choice_and_estimates_equal_the_plain_minimum_with_ties(objective: str) -> None:
+    """Random fleets with shared step models and repeated loads (many equal predictions),
+    some instances without a step model: the chosen instance and the estimates reported
+    are those of the plain minimum over the candidates, first one on ties; the point
+    estimates are those ``estimates`` gives."""
+    rng = np.random.default_rng(5)
+    models: list[StepTimeBase | None] = [LinearStep(0.01, 0.0001), LinearStep(0.02, 0.00005), None]
+    for trial in range(200):
+        r = router(objective=objective)
+        views = [
+            view(
+                f"i{k}", models[int(rng.integers(3 if trial % 2 else 2))],
+                num_running=int(rng.integers(3)), num_waiting=int(rng.integers(2)),
+                waiting_prefill_tokens=int(rng.integers(2)) * 500,
+                running_remaining_tokens=10, running_ctx_tokens=100,
+                num_outstanding=int(rng.integers(3)),
+            )
+            for k in range(int(rng.integers(2, 12)))
+        ]  # fmt: skip
+        request = Request(trial, 0.0, "m", int(rng.integers(1, 3)) * 400, 50, max_tokens=100)
+        ctxs = [context_of(request, v, 100.0, 0.0) for v in views]
+        assert r.estimator.point_estimates(views, ctxs) == [
+            p.estimate for p in r.estimator.estimates(views, ctxs)
+        ]
+        instance, estimates = _choose_by_options(r, request, views)
+        decision = r.choose(request, views, 0.0)
+        assert decision.instance == instance
+        if estimates is not None:
+            assert decision.estimates == estimates

@@ -46,7 +46,14 @@ from sincere.core.types import InstanceId, RequestId, Seconds
 from sincere.policy.admission import Admission, LatencyHistory, PredictedMissShedder, PriorityBands
 from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.policy.reads import Reads
-from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router, healthy
+from sincere.policy.router_base import (
+    CountKey,
+    InstanceView,
+    Outcome,
+    RouteDecision,
+    Router,
+    healthy,
+)
 from sincere.policy.routers import make_router
 from sincere.policy.routers._common import budget_max_tokens
 
@@ -145,6 +152,22 @@ class FrontDoor:
         if not self.reads.oblivious or len(views) < 2:
             return None
         return self.router.choose_many(count, views)
+
+    @property
+    def counts_by(self) -> CountKey | None:
+        """The count :meth:`place_by_count` places by (the router's
+        :attr:`~sincere.policy.router_base.Router.counts_by`); ``None`` with admission,
+        which reads more, or a router that does."""
+        return None if self.admission is not None else self.router.counts_by
+
+    def place_by_count(self, counts: Sequence[int]) -> int | None:
+        """The position :meth:`decide` would route a request without budget to among open
+        candidates (healthy, no in-flight cap) whose :attr:`counts_by` values are
+        ``counts`` (not empty), when that needs neither the request nor the views. The
+        request is not noted for outcomes: for drivers that tell no outcomes."""
+        if len(counts) < 2:
+            return 0 if counts else None  # one candidate: the router is not asked
+        return self.router.choose_by_count(counts)
 
     def decide(
         self,

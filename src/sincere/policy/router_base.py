@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 
@@ -25,6 +25,10 @@ from sincere.policy.reads import Reads
 
 if TYPE_CHECKING:  # the records module imports pyarrow: routers must not
     from sincere.core.records import RecordArrays
+
+
+CountKey = Literal["outstanding", "requests"]
+"""A count per instance a router may choose by alone (:attr:`Router.count_key`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,33 @@ class Router(ABC):
         with these candidates, would pick -- and the router's state after them. ``None``
         (the default): not known without asking :meth:`choose` request by request."""
         return None
+
+    @property
+    def count_key(self) -> CountKey | None:
+        """The one number per candidate :meth:`choose` depends on, besides the candidates'
+        order and the router's generator, when it reads nothing else of the views and never
+        caps ``max_tokens``: ``"outstanding"`` (``num_outstanding``) or ``"requests"``
+        (``num_waiting + num_running``, both known). ``None`` (the default): more than
+        that. A driver that keeps those counts may then ask :meth:`choose_by_count`."""
+        return None
+
+    def choose_by_count(self, counts: Sequence[int]) -> int:
+        """The position :meth:`choose` would pick among candidates (at least two, healthy,
+        no in-flight cap) whose :attr:`count_key` values are ``counts``, in order, and the
+        router's state after it -- no view built. Only asked when :attr:`counts_by` is not
+        ``None``. ``counts`` may be the driver's own list: read, never kept or changed."""
+        raise NotImplementedError(f"{type(self).__name__} does not choose by a count")
+
+    @property
+    def counts_by(self) -> CountKey | None:
+        """:attr:`count_key`, when the class that defines :meth:`choose` also defines
+        :meth:`choose_by_count` (a subclass that overrides only ``choose`` chooses by the
+        views again); else ``None``."""
+        cls = type(self)
+        by = next(c for c in cls.__mro__ if "choose_by_count" in c.__dict__)
+        if by is Router or by.__dict__.get("choose") is not cls.choose:
+            return None
+        return self.count_key
 
     @property
     def reads(self) -> Reads:

@@ -254,6 +254,22 @@ class Estimator:
                 out[k] = Prediction(dist.estimate(ctxs[k].expected_output_tokens), dist)
         return out
 
+    def point_estimates(
+        self, views: Sequence[InstanceView], ctxs: Sequence[RouteContext]
+    ) -> list[LatencyEstimate | None]:
+        """:meth:`estimate` of every candidate, as :meth:`estimates` gives them, without the
+        distributions (one expression per candidate: this runs for every instance at
+        every arrival)."""
+        if self._batched is not None:
+            return [p.estimate for p in self.estimates(views, ctxs)]
+        analytic, latency = self.use_step_model, self.latency
+        return [
+            step_model_latency(v.step_model, c)
+            if analytic and v.step_model is not None and v.engine_load_known
+            else latency.predict(v.id, c)
+            for v, c in zip(views, ctxs, strict=True)
+        ]
+
     def estimate(self, view: InstanceView, ctx: RouteContext) -> LatencyEstimate | None:
         """Analytic estimate when the view has a step model and its engine load, else the
         learned one (``None`` until the instance has outcomes)."""

@@ -31,8 +31,9 @@ engine's tiers as far as the index's first window approximates its GPU cache (se
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from itertools import repeat
 
 from pydantic import Field, model_validator
 
@@ -40,6 +41,46 @@ from sincere.core.params import Params
 from sincere.core.prefix import chain_keys
 from sincere.core.request import Request
 from sincere.core.types import InstanceId
+
+
+def _held_prefix(
+    held: Mapping[int, int], keys: tuple[int, ...], lo: int = 0, hi: int | None = None
+) -> int:
+    """How many leading ``keys`` ``held`` holds, by bisection (``keys[:lo]`` known held,
+    ``keys[hi:]`` known not): the keys an index holds are closed under prefixes (see
+    :class:`PrefixIndex`), so key ``j`` held means keys ``0..j`` are."""
+    if hi is None:
+        hi = len(keys)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if keys[mid] in held:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _breaks(holders: Mapping[int, int], keys: tuple[int, ...], top: int) -> list[tuple[int, int]]:
+    """Every instance's matched prefix of ``keys`` at once, as (instances' bitmask, length)
+    pairs: ``holders`` maps a key to the bitmask of the instances holding it, and ``top`` is
+    that of ``keys[0]``. Each instance's keys are closed under prefixes, so the mask of key
+    ``j`` contains that of key ``j + 1``: an instance's match is the last key whose mask has
+    its bit, and bisection between two keys with different masks finds each change."""
+    out: list[tuple[int, int]] = []
+    get = holders.get
+    todo = [(0, len(keys), top, 0)]  # (lo, hi, mask of key lo, mask of key hi; past the end: 0)
+    while todo:
+        lo, hi, at_lo, at_hi = todo.pop()
+        if hi - lo == 1:
+            out.append((at_lo & ~at_hi, hi))  # held key lo, not key hi: matched lo + 1
+            continue
+        mid = (lo + hi) // 2
+        at_mid = get(keys[mid], 0)
+        if at_mid != at_hi:
+            todo.append((mid, hi, at_mid, at_hi))
+        if at_mid != at_lo:
+            todo.append((lo, mid, at_lo, at_mid))
+    return out
 
 
 def prompt_keys(request: Request, max_blocks: int | None = None) -> tuple[int, ...]:
@@ -53,6 +94,8 @@ def prompt_keys(request: Request, max_blocks: int | None = None) -> tuple[int, .
     full = min(len(request.block_ids), request.prompt_tokens // request.block_tokens)
     if max_blocks is not None:
         full = min(full, max_blocks)
+    if len(request.block_keys) >= full:  # chained already by the request's source
+        return request.block_keys[:full]
     return chain_keys(request.block_ids[:full])
 
 
@@ -64,7 +107,15 @@ blocks of Mooncake's 512 tokens, 2,097,152 of the gateway's 16)."""
 class PrefixIndex:
     """Per instance, an LRU of the chained block keys routed there, bounded in prompt
     tokens (each key weighs its block's tokens), so one capacity means the same at any
-    block size; with ``max_blocks`` instead, bounded in keys (the deprecated unit)."""
+    block size; with ``max_blocks`` instead, bounded in keys (the deprecated unit).
+
+    The keys held are closed under prefixes: a prompt's keys are touched tail first, so
+    the key of block ``j - 1`` is always more recent than that of block ``j`` and evicted
+    after it, and a key comes back only with the whole prompt before it (chained keys:
+    equal key, equal prefix; with the lower tier's window as well). So a match is found by
+    bisection, and a prompt's keys held are one leading run (touched in one pass) and the
+    rest one new run (inserted in one pass).
+    """
 
     def __init__(
         self,
@@ -84,18 +135,18 @@ class PrefixIndex:
         self.tier_weight = tier_weight
         self._tier: dict[InstanceId, OrderedDict[int, int]] = {}
         self._tier_held: dict[InstanceId, int] = {}
+        # without a tier, every instance's first window at once: key -> bitmask of the
+        # instances holding it (bit b: ``_order[b]``), for :meth:`score_each`'s one walk
+        self._holders: dict[int, int] = {}
+        self._bit: dict[InstanceId, int] = {}
+        self._order: list[InstanceId] = []
 
     def matched_blocks(self, instance: InstanceId, keys: tuple[int, ...]) -> int:
         """Leading keys of ``keys`` the instance's index holds (stops at the first miss)."""
         held = self._by_instance.get(instance)
         if not held:
             return 0
-        count = 0
-        for key in keys:
-            if key not in held:
-                break
-            count += 1
-        return count
+        return _held_prefix(held, keys)
 
     def add(self, instance: InstanceId, keys: tuple[int, ...], block_tokens: int) -> None:
         """Note that a prompt with ``keys`` (blocks of ``block_tokens``) went to
@@ -106,20 +157,67 @@ class PrefixIndex:
         held = self._by_instance.setdefault(instance, OrderedDict())
         total = self._held.get(instance, 0)
         tier = self._tier.get(instance)
-        for key in reversed(keys):
-            if key in held:
-                held.move_to_end(key)
-            else:
-                held[key] = weight
-                total += weight
-                if tier and key in tier:  # back from the lower tier
-                    self._tier_held[instance] -= tier.pop(key)
+        if tier:
+            total = self._add_each(instance, held, tier, keys, weight, total)
+        else:  # the keys held are a leading run, the rest are new: one run each
+            known = _held_prefix(held, keys)
+            held.update(zip(reversed(keys[known:]), repeat(weight)))
+            total += weight * (len(keys) - known)
+            deque(map(held.move_to_end, reversed(keys[:known])), maxlen=0)
+            if not self.tier_capacity:
+                self._held[instance] = self._share(instance, held, keys[known:], total)
+                return
         while total > self.capacity and held:
             key, w = held.popitem(last=False)
             total -= w
             if self.tier_capacity:
                 self._demote(instance, key, w)
         self._held[instance] = total
+
+    def _share(
+        self, instance: InstanceId, held: OrderedDict[int, int], new: tuple[int, ...], total: int
+    ) -> int:
+        """Without a tier: mark the ``new`` keys as held by ``instance`` in the shared map,
+        evict its oldest keys over capacity (unmarking them); the new total."""
+        bit = self._bit.get(instance)
+        if bit is None:
+            bit = self._bit[instance] = 1 << len(self._order)
+            self._order.append(instance)
+        holders = self._holders
+        get = holders.get
+        for key in new:
+            holders[key] = get(key, 0) | bit
+        capacity = self.capacity
+        while total > capacity and held:
+            key, w = held.popitem(last=False)
+            total -= w
+            mask = holders[key] ^ bit
+            if mask:
+                holders[key] = mask
+            else:
+                del holders[key]
+        return total
+
+    def _add_each(
+        self,
+        instance: InstanceId,
+        held: OrderedDict[int, int],
+        tier: OrderedDict[int, int],
+        keys: tuple[int, ...],
+        weight: int,
+        total: int,
+    ) -> int:
+        """:meth:`add`'s touch, key by key, taking keys back from the lower tier; the new
+        total."""
+        for key in reversed(keys):
+            if key in held:
+                held.move_to_end(key)
+            else:
+                held[key] = weight
+                total += weight
+                if key in tier:  # back from the lower tier
+                    self._tier_held[instance] -= tier.pop(key)
+        return total
 
     def _demote(self, instance: InstanceId, key: int, weight: int) -> None:
         """``key``, evicted from the first window, into the lower tier's (its oldest out)."""
@@ -147,6 +245,27 @@ class PrefixIndex:
             else:
                 break
         return full + self.tier_weight * low if low else full
+
+    def score_each(
+        self, instances: Sequence[InstanceId], keys: tuple[int, ...]
+    ) -> list[int] | list[float]:
+        """:meth:`score_blocks` on each instance, in order. Without a tier, one walk for all
+        instances at once: the shared map of key -> instances holding it, bisected where the
+        holders change (:func:`_breaks`; only the instances holding the first key are
+        visited), instead of a match per instance."""
+        if self.tier_capacity:
+            return [self.score_blocks(instance, keys) for instance in instances]
+        top = self._holders.get(keys[0], 0) if keys else 0
+        if not top:
+            return [0] * len(instances)
+        found: dict[InstanceId, int] = {}
+        order = self._order
+        for mask, length in _breaks(self._holders, keys, top):
+            while mask:
+                low = mask & -mask
+                found[order[low.bit_length() - 1]] = length
+                mask ^= low
+        return list(map(found.get, instances, repeat(0)))
 
     def size(self, instance: InstanceId) -> int:
         """Keys held for ``instance``."""

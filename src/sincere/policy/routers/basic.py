@@ -34,6 +34,7 @@ from sincere.core.types import Seconds
 from sincere.policy.reads import READS_NOTHING, Reads
 from sincere.policy.router_base import (
     ROUTERS,
+    CountKey,
     InstanceView,
     RouteDecision,
     Router,
@@ -112,6 +113,16 @@ class LeastOutstandingRouter(Router):
         best = min(candidates, key=attrgetter("num_outstanding"))
         return RouteDecision(best.id, reason=f"outstanding={best.num_outstanding}")
 
+    @property
+    def count_key(self) -> CountKey | None:
+        """The outstanding counts alone."""
+        return "outstanding"
+
+    def choose_by_count(self, counts: Sequence[int]) -> int:
+        """The first position of the smallest count: what ``min`` over the views keeps on
+        ties (two passes in C over a list of ints, not a key call per view)."""
+        return counts.index(min(counts))
+
 
 class JoinShortestQueueParams(Params):
     """Parameters of ``join-shortest-queue``."""
@@ -147,6 +158,15 @@ class JoinShortestQueueRouter(LoadMetricRouter):
         used, load, note = self.load_measure(candidates)
         best = min(candidates, key=load)
         return RouteDecision(best.id, reason=f"{used}={load(best):g}{note}")
+
+    @property
+    def count_key(self) -> CountKey | None:
+        """By ``requests``: waiting plus running, a count (``tokens`` is not)."""
+        return "requests" if self.metric == "requests" else None
+
+    def choose_by_count(self, counts: Sequence[int]) -> int:
+        """The first position of the smallest queue, as ``min`` over the views keeps."""
+        return counts.index(min(counts))
 
 
 class PowerOfTwoParams(Params):
@@ -186,6 +206,18 @@ class PowerOfTwoRouter(LoadMetricRouter):
         used, load, note = self.load_measure(sampled)
         best = min(sampled, key=load)
         return RouteDecision(best.id, reason=f"{used}={load(best):g} of {k}{note}")
+
+    @property
+    def count_key(self) -> CountKey | None:
+        """The metric, when it is a count (``outstanding`` or ``requests``)."""
+        if self.metric == "tokens":
+            return None
+        return self.metric
+
+    def choose_by_count(self, counts: Sequence[int]) -> int:
+        """The same draws as :meth:`choose`, and the first sampled of the smallest count."""
+        sampled = self._sample(len(counts), min(self.num_choices, len(counts)))
+        return min(sampled, key=counts.__getitem__)
 
     def _sample(self, n: int, k: int) -> list[int]:
         """``k`` distinct positions out of ``n``, uniformly (fast paths for k <= 2)."""

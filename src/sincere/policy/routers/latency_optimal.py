@@ -91,17 +91,21 @@ class LatencyOptimalRouter(PredictiveRouter):
             est = self.estimator.estimate(picked, ctxs[k])
             self.estimator.remember(request, picked, ctxs[k], est)
             return RouteDecision(picked.id, reason="explore phase: random instance")
-        preds = self.estimator.estimates(candidates, ctxs)
-        options = [(v, c, p.estimate) for v, c, p in zip(candidates, ctxs, preds, strict=True)]
-        unknown = [o for o in options if o[2] is None]
+        ests = self.estimator.point_estimates(candidates, ctxs)
+        values = [self._value(est) for est in ests]
+        unknown = [k for k, est in enumerate(ests) if est is None]
         if unknown:
-            view, ctx, est = min(unknown, key=lambda o: o[0].num_outstanding)
+            best = min(unknown, key=lambda k: candidates[k].num_outstanding)
             reason = "exploring: no latency data yet"
-        else:
-            view, ctx, est = min(options, key=lambda o: (self._value(o[2]), o[0].num_outstanding))
-            reason = f"predicted {self.objective}={self._value(est):.4g}s"
-        self.estimator.remember(request, view, ctx, est)
-        estimates = tuple((o[0].id, self._value(o[2])) for o in options if o[2] is not None)
+        else:  # (the first smallest key, as min over the candidates gives it)
+            keys = [(x, v.num_outstanding) for x, v in zip(values, candidates, strict=True)]
+            best = min(range(len(keys)), key=keys.__getitem__)
+            reason = f"predicted {self.objective}={values[best]:.4g}s"
+        view = candidates[best]
+        self.estimator.remember(request, view, ctxs[best], ests[best])
+        estimates = tuple(
+            (v.id, x) for v, est, x in zip(candidates, ests, values, strict=True) if est is not None
+        )
         note = self.estimator.unused_step_models(candidates)
         return RouteDecision(view.id, reason=reason + note, estimates=estimates)
 

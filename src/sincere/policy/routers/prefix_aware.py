@@ -30,6 +30,7 @@ decision's ``estimates`` hold every candidate's matched tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,8 @@ from sincere.core.types import Seconds
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
+
+_ID = attrgetter("id")
 
 
 class PrefixAwareParams(PrefixIndexParams):
@@ -78,20 +81,34 @@ class PrefixAwareRouter(LoadMetricRouter):
         """The candidate with the longest matched prefix within the load gap; see the module."""
         keys = prompt_keys(request, self.max_prefix_blocks)
         used, load, note = self.load_measure(candidates)
-        loads = [load(v) for v in candidates]
+        ids = list(map(_ID, candidates))
+        loads = list(map(load, candidates))
         least = min(loads)
-        matched = [self.index.score_blocks(v.id, keys) * request.block_tokens for v in candidates]
+        scores = self.index.score_each(ids, keys)
+        matched = [score * request.block_tokens for score in scores]
         if max(matched) < self.min_match_tokens:
             matched = [0] * len(candidates)
-        eligible = [k for k, x in enumerate(loads) if x <= least + self.max_load_gap]
-        best = min(eligible, key=lambda k: (-matched[k], loads[k], k))
+        if not any(matched):
+            best = loads.index(least)  # no match: the least loaded, the earliest of equals
+        else:
+            limit = least + self.max_load_gap
+            best = _longest_then_least(
+                [k for k, x in enumerate(loads) if x <= limit], matched, loads
+            )
         choice = candidates[best]
         self.index.add(choice.id, keys, request.block_tokens)
-        overloaded = len(candidates) - len(eligible)
         yielded = max(matched) > matched[best]
         reason = f"prefix {matched[best]}/{len(keys) * request.block_tokens} tokens, "
         reason += f"{used}={loads[best]:g}"
         if yielded:
+            overloaded = sum(x > least + self.max_load_gap for x in loads)
             reason += f"; {overloaded} candidate(s) with a longer prefix over the load gap"
-        estimates = tuple((v.id, float(m)) for v, m in zip(candidates, matched, strict=True))
+        estimates = tuple(zip(ids, map(float, matched), strict=True))
         return RouteDecision(choice.id, reason=reason + note, estimates=estimates)
+
+
+def _longest_then_least(eligible: list[int], matched: Sequence[float], loads: list[float]) -> int:
+    """Of the ``eligible`` positions, the longest match; among equal ones the least load,
+    then the earliest."""
+    top = max([matched[k] for k in eligible])
+    return min([k for k in eligible if matched[k] == top], key=loads.__getitem__)

@@ -26,8 +26,10 @@ own windows and reservations (limits then apply per worker), and
 :meth:`refresh` picks up keys created or revoked by another process.
 
 **Shared state** (``shared``: a :class:`~sincere.serve.security.shared.RedisState`):
-windows, reservations and spend live in Redis as well, each admission and settlement one
-atomic script, so limits and budgets hold across every worker and gateway on that Redis
+windows, reservations and spend live in Redis as well, each admission one atomic script
+that also applies this process's settlements deferred since the last one (one round trip
+per request; :mod:`~sincere.serve.security.settlements`), so limits and budgets hold
+across every worker and gateway on that Redis
 (:class:`~sincere.serve.security.ledger.SharedLedger`: leases, settlement ids, rebuilding
 lost books). Usage is still kept and flushed by each process as without it, so the
 durable record never depends on Redis. Redis unreachable, stalled, or unable to vouch for
@@ -155,7 +157,10 @@ class KeyStore:
     def settle(
         self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, prices: Prices
     ) -> float:
-        """Replace a reservation by actual usage at the serving instance's prices; its cost."""
+        """Replace a reservation by actual usage at the serving instance's prices; its cost.
+
+        With shared state Redis's part is deferred: it rides the next admission, or goes
+        within ``settle_within_s`` (the worst case stays reserved there until then)."""
         return self.reservations.settle(reservation, prompt_tokens, completion_tokens, prices)
 
     async def settle_async(
@@ -173,7 +178,8 @@ class KeyStore:
         return 0
 
     async def drain(self) -> None:
-        """Wait for settlements under way (before the loop stops); close the loop's client."""
+        """Send deferred settlements and wait for those under way (before the loop stops);
+        close the loop's client."""
         await self.reservations.drain()
 
     def remaining_usd(self, key_id: str) -> float | None:

@@ -11,10 +11,14 @@ was seeded, plus every settlement since), the reservations in flight, and the wi
   A reservation carries a *lease*: a process renews its leases every ``renew_s``
   (:meth:`SharedLedger.maintain`) and a lease not renewed for ``lease_s`` (its
   process was killed) is released by the next admission.
-* **Settlement** (:meth:`SharedLedger.settle`): one script replaces the reservation by the
-  cost, once per id (a settlement retried after a timeout is not applied twice). One that
-  fails is kept and retried by :meth:`maintain` (never on the request path); so is the
-  cancellation of an admission that timed out (Redis may run it late: it then holds
+* **Settlement** (:meth:`SharedLedger.settle`): replaces the reservation by the cost, once
+  per id (a settlement retried after a timeout is not applied twice). It is *deferred*
+  (:meth:`SharedLedger.defer`): this process's next admission carries it, applied in the
+  same script just before the admission -- one round trip per request -- or it goes in a
+  batch of its own after at most ``settle_within_s``
+  (:mod:`~sincere.serve.security.settlements`); until then its worst case stays reserved.
+  One that fails is kept and retried by :meth:`maintain` (never on the request path); so
+  is the cancellation of an admission that timed out (Redis may run it late: it then holds
   nothing, instead of holding budget for a lease).
 * **A killed process's usage**: each settlement also adds its usage to the process's
   *mirror* in Redis, by flush batch; a survivor writes a dead process's mirror to the key
@@ -33,16 +37,25 @@ was seeded, plus every settlement since), the reservations in flight, and the wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sincere.serve.security.mirror import Mirror
+from sincere.serve.security.settlements import (
+    GONE_KEEP_S,
+    KEY_TTL_S,
+    Outbox,
+    Settlement,
+    settle_args,
+    settle_call,
+    settle_keys,
+)
 from sincere.serve.security.shared import (
     Admitted,
     Answer,
@@ -53,8 +66,6 @@ from sincere.serve.security.shared import (
 )
 from sincere.serve.security.storage import KeyStorage, Totals
 
-GONE_KEEP_S = 3600.0  # ids of run-out leases and cancelled admissions kept this long
-KEY_TTL_S = 7 * 86400  # a key's books idle this long leave Redis (re-seeded on next use)
 MEMORY_S = 120.0  # a key touched this recently counts as this process's (synced on rebuild)
 REBUILD = ("no-instance", "new-instance", "regressed", "unseeded")
 
@@ -71,22 +82,6 @@ class Usage(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Settlement:
-    """A settlement to send to Redis (kept to retry when the first try failed)."""
-
-    key_id: str
-    rid: str
-    cost: float
-    tokens_bucket: int | None
-    tokens_delta: int
-    made_at: float  # when the request was admitted (its window bucket's time)
-    token: str  # the instance it belongs to: in a rebuilt one the sync carried it
-    batch: int  # the flush batch its usage is written with (this process's mirror)
-    used: tuple[int, int]  # prompt and completion tokens
-    cancel: bool = False  # an admission that failed here: release it if Redis ran it
-
-
 class SharedLedger:
     """This process's view of the shared books (see the module docstring)."""
 
@@ -99,13 +94,14 @@ class SharedLedger:
         self._token: str | None = None  # the instance this process works under
         self._clock = 0  # the highest clock seen under it
         self._synced: set[str] = set()  # keys whose books this process joined under it
-        self._syncing: dict[str, list[_Settlement]] = {}  # settlements held during a sync
+        self._syncing: dict[str, list[Settlement]] = {}  # settlements held during a sync
         self._locks: dict[str, asyncio.Lock] = {}
         self._held: dict[str, tuple[str, float]] = {}  # rid -> (key id, worst-case cost)
         self._touched: dict[str, float] = {}  # key id -> monotonic time of last use
         self._written: deque[tuple[str, int, float, float]] = deque()  # key, n_after, usd, at
         self._written_lock = threading.Lock()  # written by the key store's writer thread
-        self._backlog: list[_Settlement] = []
+        self._backlog: list[Settlement] = []  # failed: retried by maintain
+        self.outbox = Outbox(state.settle_within_s, self.flush)  # deferred: the next call's
         self.mirror = Mirror(state, storage, self.process_id)
 
     # ------------------------------------------------------------ request path
@@ -121,14 +117,17 @@ class SharedLedger:
             await self._join(key.key_id, now)
             token = self._token
             assert token is not None
-            call = self._admit_call(token, key, amount, cost, rid, now)
+            carried = self.outbox.take(token)  # earlier settlements ride along
+            call = self._admit_call(token, key, amount, cost, rid, now, carried)
             try:
                 out = await self.state.call("admit", *call)
             except StateUnavailableError:  # it may still run (a stall): cancel it by its id
-                cancel = _Settlement(key.key_id, rid, 0.0, None, 0, now, token, 0, (0, 0), True)
-                self._backlog.append(cancel)
+                cancel = Settlement(key.key_id, rid, 0.0, None, 0, now, token, 0, (0, 0), True)
+                self._backlog += [*carried, cancel]
                 raise
-            if out.verdict in REBUILD:
+            if out.more:
+                self._settled(carried, out.more[0], out.more[1], token)
+            if out.verdict in REBUILD:  # not admitted (nor anything applied, but for unseeded)
                 await self._rebuild(out, key.key_id, now)
                 continue
             if out.verdict == "syncing":
@@ -140,41 +139,36 @@ class SharedLedger:
             if out.verdict == "ok":
                 self._held[rid] = (key.key_id, cost)
                 self._touched[key.key_id] = time.monotonic()
-            return self._admitted(out, now)
+            return _admitted(self.state, out, now)
         raise StateUnavailableError("the shared state store (Redis) keeps changing; retry")
 
     def _admit_call(
-        self, token: str, key: KeyLimits, amount: int, cost: float, rid: str, now: float
-    ) -> tuple[list[str], list[Any]]:
+        self, token: str, key: KeyLimits, amount: int, cost: float, rid: str, now: float,
+        carried: list[Settlement],
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
         st = self.state
         keys = [st.instance_key] + [
             st.key(token, key.key_id, w)
             for w in ("money", "res", "lease", "gone", "requests", "tokens")
         ]
+        keys.append(st.key(token, "w", self.process_id))
         args = [
             token, repr(now), self._clock, rid, st.bucket(now), st.num_buckets,
             key.max_requests_per_min or 0, key.max_tokens_per_min or 0, amount,
             -1 if key.budget_usd is None else repr(key.budget_usd), repr(cost),
-            int(st.window_s * 2) + 2, repr(now + st.lease_s), GONE_KEEP_S,
+            int(st.window_s * 2) + 2, repr(now + st.lease_s), GONE_KEEP_S, KEY_TTL_S,
         ]  # fmt: skip
+        for item in carried:
+            keys += settle_keys(st, item)
+            args += settle_args(st, item)
         return keys, args
-
-    def _admitted(self, out: Answer, now: float) -> Admitted | Refused:
-        remaining = float(out.second) if out.second else None
-        if out.verdict == "ok":
-            return Admitted(self.state.bucket(now), remaining)
-        retry = None
-        if out.first:
-            freed = int(out.first)
-            width, n = self.state.width_s, self.state.num_buckets
-            retry = math.inf if freed == -2 else max((freed + n + 1) * width - now, 0.0)
-        return Refused(out.verdict, retry, remaining)
 
     def settle(
         self, key_id: str, rid: str, cost: float, tokens_bucket: int | None,
         tokens_delta: int, made_at: float, batch: int, used: tuple[int, int],
-    ) -> _Settlement | None:  # fmt: skip
-        """Reservation ``rid`` settled at ``cost``: what to :meth:`send` to Redis, if anything.
+    ) -> Settlement | None:  # fmt: skip
+        """Reservation ``rid`` settled at ``cost``: what to :meth:`defer` (or :meth:`send`)
+        to Redis, if anything.
 
         Called as the usage joins the caller's unwritten total, with no ``await`` between:
         where this process has not joined the key's books yet (a rebuilt instance) the
@@ -186,7 +180,7 @@ class SharedLedger:
         token = self._token
         if token is None or key_id not in self._synced:
             return None  # counted in the unwritten usage the sync adds
-        item = _Settlement(
+        item = Settlement(
             key_id, rid, cost, tokens_bucket, tokens_delta, made_at, token, batch, used
         )
         held = self._syncing.get(key_id)
@@ -195,37 +189,50 @@ class SharedLedger:
             return None
         return item
 
-    async def send(self, item: _Settlement | None) -> None:
-        """Apply a settlement in Redis (once, by its id); kept for a retry if it fails."""
-        if item is None:
-            return
-        try:
-            out = await self.state.call("settle", *self._settle_call(item))
-        except StateUnavailableError:
-            self._backlog.append(item)
-            return
-        if out.verdict == "ok" and out.second and item.token == self._token:
-            self._clock = max(self._clock, int(out.second))
-        elif out.verdict in REBUILD and item.token == self._token:
-            await self._rebuild(out, item.key_id, time.time())  # the sync carries its usage
+    def defer(self, item: Settlement | None) -> None:
+        """Send ``item`` with this process's next admission, or within ``settle_within_s``."""
+        if item is not None:
+            self.outbox.put(item)
 
-    def _settle_call(self, item: _Settlement) -> tuple[list[str], list[Any]]:
-        st, now = self.state, item.made_at
-        keys = (
-            [st.instance_key]
-            + [
-                st.key(item.token, item.key_id, w)
-                for w in ("money", "res", "lease", "gone", "tokens")
-            ]
-            + [st.key(item.token, "w", self.process_id)]
-        )
-        args = [
-            item.token, repr(time.time()), self._clock if item.token == self._token else 0,
-            item.rid, repr(item.cost), -1 if item.tokens_bucket is None else item.tokens_bucket,
-            item.tokens_delta, st.bucket(now), st.num_buckets, GONE_KEEP_S, KEY_TTL_S,
-            item.batch, item.used[0], item.used[1], item.key_id, 1 if item.cancel else 0,
-        ]  # fmt: skip
-        return keys, args
+    async def send(self, item: Settlement | None) -> None:
+        """Apply a settlement in Redis now (once, by its id); kept for a retry if it fails."""
+        if item is not None:
+            await self._send([item])
+
+    async def flush(self) -> None:
+        """Send the deferred settlements that no admission carried (one call per batch)."""
+        while self._token is not None and len(self.outbox):
+            await self._send(self.outbox.take(self._token))
+
+    async def drain(self) -> None:
+        """Before stopping: send every deferred settlement (a failure leaves them unsent)."""
+        await self.outbox.drain()
+        await self.flush()
+
+    async def _send(self, items: list[Settlement]) -> None:
+        """One call applying ``items`` (all of one instance); kept for a retry if it fails."""
+        if not items:
+            return
+        token, now = items[0].token, time.time()
+        clock = self._clock if token == self._token else 0
+        keys, args = settle_call(self.state, self.process_id, items, clock, now)
+        try:
+            out = await self.state.call("settle", keys, args)
+        except StateUnavailableError:
+            self._backlog += items
+            return
+        if out.verdict == "ok":
+            self._settled(items, out.first, out.second, token)
+        elif out.verdict in REBUILD and token == self._token:  # the sync carries their usage
+            with contextlib.suppress(StateUnavailableError):  # else the next call rebuilds
+                await self._rebuild(out, items[0].key_id, now)
+
+    def _settled(self, items: list[Settlement], verdicts: str, clock: str, token: str) -> None:
+        """Redis applied ``items`` (a verdict letter each; ``u``: the key's books expired, its
+        next use syncs it) and answered its clock -- unless this process moved on meanwhile."""
+        if token == self._token:
+            self._clock = max(self._clock, int(clock or 0))
+            self._synced -= {i.key_id for i, v in zip(items, verdicts, strict=True) if v == "u"}
 
     def wrote(self, deltas: Mapping[str, Totals], after: Mapping[str, int], batch: int) -> None:
         """The key store wrote ``deltas`` as ``batch``; ``after``: each key's request count
@@ -306,7 +313,7 @@ class SharedLedger:
             args = self._sync_args(token, key_id, seed, now)  # no await from here to the call
             self._syncing[key_id] = []
             try:
-                out = await self.state.call("sync", self._sync_keys(token, key_id), args)
+                out = await self.state.call("sync", _sync_keys(self.state, token, key_id), args)
             finally:
                 held = self._syncing.pop(key_id)
             if out.verdict != "ok":
@@ -316,12 +323,6 @@ class SharedLedger:
                 self._synced.add(key_id)
                 for item in held:
                     await self.send(item)
-
-    def _sync_keys(self, token: str, key_id: str) -> list[str]:
-        st = self.state
-        return [st.instance_key] + [
-            st.key(token, key_id, w) for w in ("money", "res", "lease", "gone", "synced")
-        ]
 
     def _sync_args(self, token: str, key_id: str, seed: Totals | None, now: float) -> list[Any]:
         with self._written_lock:
@@ -357,6 +358,7 @@ class SharedLedger:
                 await self._sync(key_id, now)
             elif any(k == key_id for k, _ in self._held.values()):
                 await self._renew(key_id, now)
+        await self.flush()
         backlog, self._backlog = self._backlog, []
         for item in backlog:
             await self.send(item)
@@ -371,6 +373,26 @@ class SharedLedger:
         ]  # fmt: skip
         for rid, cost in held:
             args += [rid, repr(cost)]
-        out = await self.state.call("sync", self._sync_keys(token, key_id), args)
+        out = await self.state.call("sync", _sync_keys(self.state, token, key_id), args)
         if out.verdict != "ok":
             await self._rebuild(out, key_id, now)
+
+
+def _admitted(state: RedisState, out: Answer, now: float) -> Admitted | Refused:
+    """An admission's answer as this module's types (when a refused limit frees)."""
+    remaining = float(out.second) if out.second else None
+    if out.verdict == "ok":
+        return Admitted(state.bucket(now), remaining)
+    retry = None
+    if out.first:
+        freed = int(out.first)
+        width, n = state.width_s, state.num_buckets
+        retry = math.inf if freed == -2 else max((freed + n + 1) * width - now, 0.0)
+    return Refused(out.verdict, retry, remaining)
+
+
+def _sync_keys(state: RedisState, token: str, key_id: str) -> list[str]:
+    """The Redis keys of :data:`~.redis_scripts.SYNC` for ``key_id`` under ``token``."""
+    return [state.instance_key] + [
+        state.key(token, key_id, w) for w in ("money", "res", "lease", "gone", "synced")
+    ]

@@ -87,96 +87,140 @@ end
 return {cur[1] or '', cur[2] or '0'}
 """
 
-# KEYS: instance, money, res, lease, gone, requests window, tokens window
+_SETTLE_ONE = """
+local function settle_one(k, mirror, a, now, n, keep, ttl)
+  if redis.call('EXISTS', k[1]) == 0 then return 'u' end
+  local held = redis.call('HGET', k[2], a[1])
+  if held then
+    redis.call('HINCRBYFLOAT', k[1], 'reserved', -tonumber(held))
+    redis.call('HDEL', k[2], a[1])
+    redis.call('ZREM', k[3], a[1])
+  elseif a[10] == '1' then
+    redis.call('ZADD', k[4], now, 'x:' .. a[1])  -- refuse it if it runs later
+  elseif redis.call('ZREM', k[4], a[1]) == 0 then
+    return 'd'  -- neither held nor gone: settled already
+  end
+  if a[10] == '1' then return 'c' end
+  redis.call('HINCRBYFLOAT', k[1], 'spent', a[2])
+  local tb = tonumber(a[3])
+  if tb >= 0 and tonumber(a[5]) - tb <= n then
+    local v = tonumber(redis.call('HGET', k[5], tb) or '0') + tonumber(a[4])
+    if v < 0 then v = 0 end
+    redis.call('HSET', k[5], tb, v)
+  end
+  redis.call('ZREMRANGEBYSCORE', k[4], '-inf', now - keep)
+  for i = 1, 4 do redis.call('EXPIRE', k[i], ttl) end
+  local f = a[6] .. ':' .. a[9] .. ':'
+  redis.call('HINCRBYFLOAT', mirror, f .. 's', a[2])
+  redis.call('HINCRBY', mirror, f .. 'r', 1)
+  redis.call('HINCRBY', mirror, f .. 'p', a[7])
+  redis.call('HINCRBY', mirror, f .. 'c', a[8])
+  redis.call('EXPIRE', mirror, ttl)
+  return 'o'
+end
+
+local function settle_all(m, k0, a0, now, n, keep, ttl, clock)
+  local out, charged, i = {}, 0, 0
+  while a0 + 10 * i <= #ARGV do
+    local k, a = {}, {}
+    for j = 1, 5 do k[j] = KEYS[k0 + 5 * i + j - 1] end
+    for j = 1, 10 do a[j] = ARGV[a0 + 10 * i + j - 1] end
+    local v = settle_one(k, KEYS[m], a, now, n, keep, ttl)
+    if v == 'o' then charged = charged + 1 end
+    out[#out + 1] = v
+    i = i + 1
+  end
+  if charged > 0 then clock = redis.call('HINCRBY', KEYS[1], 'clock', charged) end
+  return table.concat(out), tostring(clock)
+end
+"""
+
+_ADMIT_ONE = """
+local function admit_one(ready_at)
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {'unseeded', '', ''} end
+  local now = tonumber(ARGV[2])
+  if now < ready_at then return {'syncing', tostring(ready_at - now), ''} end
+  prune(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], tonumber(ARGV[14]))
+  local budget, cost = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
+  local reserved = tonumber(redis.call('HGET', KEYS[2], 'reserved') or '0')
+  local function left(extra)
+    if budget < 0 then return '' end
+    return tostring(budget - spent - reserved - extra)
+  end
+  if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then
+    return {'ok', '', left(0)}  -- a retried call: admitted once
+  end
+  if redis.call('ZSCORE', KEYS[5], 'x:' .. ARGV[4]) then
+    return {'budget', '', left(0)}  -- cancelled by its process before it ran
+  end
+  local bucket, n = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local rpm, tpm, amount, ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[12]
+  local _, wait = window(KEYS[6], bucket, n, rpm, 1)
+  if wait ~= -1 then return {'rpm', tostring(wait), ''} end
+  local _, twait = window(KEYS[7], bucket, n, tpm, amount)
+  if twait ~= -1 then return {'tpm', tostring(twait), ''} end
+  if budget >= 0 then
+    local remaining = budget - spent - reserved
+    if remaining <= 0 or cost > remaining then return {'budget', '', tostring(remaining)} end
+  end
+  if rpm > 0 then
+    redis.call('HINCRBY', KEYS[6], bucket, 1)
+    redis.call('EXPIRE', KEYS[6], ttl)
+  end
+  if tpm > 0 then
+    redis.call('HINCRBY', KEYS[7], bucket, amount)
+    redis.call('EXPIRE', KEYS[7], ttl)
+  end
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[11])
+  redis.call('ZADD', KEYS[4], ARGV[13], ARGV[4])
+  redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', ARGV[11])
+  return {'ok', '', left(cost)}
+end
+"""
+
+# A settlement (see :data:`SETTLE`) takes 5 keys -- money, res, lease, gone, tokens window
+# of its key -- and 10 arguments: rid, cost, tokens_bucket (<0: none), tokens_delta, the
+# bucket of its admission, flush batch, prompt tokens, completion tokens, key id, cancel
+# (1: an admission its process gave up on -- released, nothing charged). Its verdict is one
+# letter: o (charged), c (cancelled), d (a duplicate: settled already), u (key unseeded).
+
+# Settlements of earlier requests ride along: they are applied first (freeing what they
+# over-reserved), then the admission; one round trip for both.
+# KEYS: instance, money, res, lease, gone, requests window, tokens window, the settling
+#       process's mirror, then 5 per settlement
 # ARGV: token, now, clock, rid, bucket, num_buckets, rpm (0: none), tpm (0: none), amount,
-#       budget (<0: none), cost, window ttl_s, lease expiry, keep_s
+#       budget (<0: none), cost, window ttl_s, lease expiry, keep_s, books ttl_s, then 10 per
+#       settlement. Answers verdict, two values, the settlements' verdicts and the clock
+#       (these two only when the instance check passed: the settlements were applied).
 ADMIT = (
     _INSTANCE
     + _PRUNE
     + _WINDOW
+    + _SETTLE_ONE
+    + _ADMIT_ONE
     + """
 local bad, ready_at, clock = instance()
 if bad then return bad end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {'unseeded', '', ''} end
-local now = tonumber(ARGV[2])
-if now < ready_at then return {'syncing', tostring(ready_at - now), ''} end
-prune(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], tonumber(ARGV[14]))
-local budget, cost = tonumber(ARGV[10]), tonumber(ARGV[11])
-local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
-local reserved = tonumber(redis.call('HGET', KEYS[2], 'reserved') or '0')
-local function left(extra)
-  if budget < 0 then return '' end
-  return tostring(budget - spent - reserved - extra)
-end
-if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then
-  return {'ok', '', left(0)}  -- a retried call: admitted once
-end
-if redis.call('ZSCORE', KEYS[5], 'x:' .. ARGV[4]) then
-  return {'budget', '', left(0)}  -- cancelled by its process before it ran
-end
-local bucket, n = tonumber(ARGV[5]), tonumber(ARGV[6])
-local rpm, tpm, amount, ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[12]
-local _, wait = window(KEYS[6], bucket, n, rpm, 1)
-if wait ~= -1 then return {'rpm', tostring(wait), ''} end
-local _, twait = window(KEYS[7], bucket, n, tpm, amount)
-if twait ~= -1 then return {'tpm', tostring(twait), ''} end
-if budget >= 0 then
-  local remaining = budget - spent - reserved
-  if remaining <= 0 or cost > remaining then return {'budget', '', tostring(remaining)} end
-end
-if rpm > 0 then
-  redis.call('HINCRBY', KEYS[6], bucket, 1)
-  redis.call('EXPIRE', KEYS[6], ttl)
-end
-if tpm > 0 then
-  redis.call('HINCRBY', KEYS[7], bucket, amount)
-  redis.call('EXPIRE', KEYS[7], ttl)
-end
-redis.call('HSET', KEYS[3], ARGV[4], ARGV[11])
-redis.call('ZADD', KEYS[4], ARGV[13], ARGV[4])
-redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', ARGV[11])
-return {'ok', '', left(cost)}
+local now, n, keep = tonumber(ARGV[2]), tonumber(ARGV[6]), tonumber(ARGV[14])
+local settled, after = settle_all(8, 9, 16, now, n, keep, ARGV[15], clock)
+local v = admit_one(ready_at)
+return {v[1], v[2], v[3], settled, after}
 """
 )
 
-# KEYS: instance, money, res, lease, gone, tokens window, the settling process's mirror
-# ARGV: token, now, clock, rid, cost, tokens_bucket (<0: none), tokens_delta, bucket,
-#       num_buckets, keep_s, ttl_s, flush batch, prompt tokens, completion tokens, key id,
-#       cancel (1: an admission its process gave up on -- released, nothing charged)
+# KEYS: instance, the settling process's mirror, then 5 per settlement
+# ARGV: token, now, clock, num_buckets, keep_s, books ttl_s, then 10 per settlement
+# Answers ok, the settlements' verdicts (a letter each) and the clock after them.
 SETTLE = (
     _INSTANCE
+    + _SETTLE_ONE
     + """
-local bad = instance()
+local bad, _, clock = instance()
 if bad then return bad end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {'unseeded', '', ''} end
-local now = tonumber(ARGV[2])
-local held = redis.call('HGET', KEYS[3], ARGV[4])
-if held then
-  redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', -tonumber(held))
-  redis.call('HDEL', KEYS[3], ARGV[4])
-  redis.call('ZREM', KEYS[4], ARGV[4])
-elseif ARGV[16] == '1' then
-  redis.call('ZADD', KEYS[5], now, 'x:' .. ARGV[4])  -- refuse it if it runs later
-elseif redis.call('ZREM', KEYS[5], ARGV[4]) == 0 then
-  return {'duplicate', '', ''}  -- neither held nor gone: settled already
-end
-if ARGV[16] == '1' then return {'ok', '', ''} end
-redis.call('HINCRBYFLOAT', KEYS[2], 'spent', ARGV[5])
-local tb = tonumber(ARGV[6])
-if tb >= 0 and tonumber(ARGV[8]) - tb <= tonumber(ARGV[9]) then
-  local v = tonumber(redis.call('HGET', KEYS[6], tb) or '0') + tonumber(ARGV[7])
-  if v < 0 then v = 0 end
-  redis.call('HSET', KEYS[6], tb, v)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[10]))
-for i = 2, 5 do redis.call('EXPIRE', KEYS[i], ARGV[11]) end
-local f = ARGV[12] .. ':' .. ARGV[15] .. ':'
-redis.call('HINCRBYFLOAT', KEYS[7], f .. 's', ARGV[5])
-redis.call('HINCRBY', KEYS[7], f .. 'r', 1)
-redis.call('HINCRBY', KEYS[7], f .. 'p', ARGV[13])
-redis.call('HINCRBY', KEYS[7], f .. 'c', ARGV[14])
-redis.call('EXPIRE', KEYS[7], ARGV[11])
-return {'ok', '', tostring(redis.call('HINCRBY', KEYS[1], 'clock', 1))}
+local now, n, keep = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local settled, after = settle_all(2, 3, 7, now, n, keep, ARGV[6], clock)
+return {'ok', settled, after}
 """
 )
 

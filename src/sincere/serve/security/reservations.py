@@ -11,9 +11,12 @@ process cannot interleave inside them: a budget is never over-spent by requests 
 flight, only by a request whose actual usage exceeds what it reserved.
 
 With shared state (a :class:`~sincere.serve.security.ledger.SharedLedger`) Redis decides
-admission and holds the windows, reservations and spend: each admission and settlement is
-one atomic script (:meth:`Reservations.admit_async`, :meth:`Reservations.settle_async`);
-Redis unreachable, a 503 ``state_store_unavailable`` refusal with ``Retry-After``.
+admission and holds the windows, reservations and spend: each admission is one atomic
+script (:meth:`Reservations.admit_async`) that also applies this process's settlements
+made since the last one (:meth:`Reservations.settle` defers them:
+:mod:`~sincere.serve.security.settlements`); :meth:`Reservations.settle_async` sends its
+settlement at once and returns when Redis applied it. Redis unreachable, a 503
+``state_store_unavailable`` refusal with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sincere.serve.security.keybook import KeyBook, KeyState
 from sincere.serve.security.keys import KeyRecord, KeySpec, Prices
 from sincere.serve.security.ledger import SharedLedger
 from sincere.serve.security.metrics import TenantMetrics
+from sincere.serve.security.settlements import Settlement
 from sincere.serve.security.shared import (
     Admitted,
     KeyLimits,
@@ -177,15 +181,13 @@ class Reservations:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
         cost = self._settle_here(reservation, prompt_tokens, completion_tokens, prices)
         if self.ledger is not None:
-            call = self._settle_shared(reservation, (prompt_tokens, completion_tokens), cost)
+            item = self._shared_item(reservation, (prompt_tokens, completion_tokens), cost)
             try:
-                loop = asyncio.get_running_loop()
+                asyncio.get_running_loop()
             except RuntimeError:
-                self._run(call)
-            else:
-                task = loop.create_task(call)
-                self._settling.add(task)
-                task.add_done_callback(self._settling.discard)
+                self._run(self.ledger.send(item))
+            else:  # the next admission carries it to Redis (or a flush within settle_within_s)
+                self.ledger.defer(item)
         return cost
 
     def _settle_here(
@@ -207,18 +209,16 @@ class Reservations:
             self.metrics.settled(reservation.tenant, prompt_tokens, completion_tokens, cost)
         return cost
 
-    def _settle_shared(
+    def _shared_item(
         self, reservation: Reservation, used: tuple[int, int], cost: float
-    ) -> Coroutine[Any, Any, None]:
+    ) -> Settlement | None:
         """The ledger's part, decided now (right after the usage became pending: a rebuild
-        of Redis's books either counts it there or gets it from here, never both); the
-        returned call sends it."""
+        of Redis's books either counts it there or gets it from here, never both)."""
         assert self.ledger is not None
-        item = self.ledger.settle(
+        return self.ledger.settle(
             reservation.key_id, self._rid(reservation.number), cost, reservation.tokens_bucket,
             sum(used) - reservation.reserved_tokens, reservation.made_at, self.writer.batch, used,
         )  # fmt: skip
-        return self.ledger.send(item)
 
     async def settle_async(
         self,
@@ -233,8 +233,8 @@ class Reservations:
         if self._open.pop(reservation.number, None) is None:
             raise ValueError(f"reservation {reservation.number} is not open (settled twice?)")
         cost = self._settle_here(reservation, prompt_tokens, completion_tokens, prices)
-        call = self._settle_shared(reservation, (prompt_tokens, completion_tokens), cost)
-        task = asyncio.get_running_loop().create_task(call)
+        item = self._shared_item(reservation, (prompt_tokens, completion_tokens), cost)
+        task = asyncio.get_running_loop().create_task(self.ledger.send(item))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         # shielded: a caller cancelled meanwhile must not leave the reservation held in Redis
@@ -255,9 +255,12 @@ class Reservations:
         return asyncio.run(run())
 
     async def drain(self) -> None:
-        """Wait for settlements under way (before the loop stops); close the loop's client."""
+        """Send deferred settlements, wait for those under way (before the loop stops); close
+        the loop's client."""
         while self._settling:
             await asyncio.gather(*list(self._settling), return_exceptions=True)
+        if self.ledger is not None:
+            await self.ledger.drain()
         if self.shared is not None:
             await self.shared.aclose()
 

@@ -16,10 +16,12 @@ within the bucket width. Failure: a call that cannot reach Redis, or that times 
 (``timeout_s``), raises :class:`StateUnavailableError` (the key store then refuses with
 503: budgets fail closed). redis-py's own retries are off (a script that timed out may
 still run: sending it again is the ledger's choice, with ids that make it apply once). A
-broken pooled connection (Redis restarted) drops the pool's idle connections and is
-retried once at once on a fresh one; only when that fails too is Redis marked down for
-``retry_after_s`` (no request waits on a dead Redis). Errors never carry Redis's
-address: it is logged, not answered.
+call whose connection broke (Redis restarted) is retried once at once on a fresh one
+(the scripts apply once by id, so a call that did run is not applied twice); only when
+that fails too is Redis marked down for ``retry_after_s`` (no request waits on a dead
+Redis). Errors never carry Redis's address: it is logged, not answered. The scripts go
+through :mod:`~sincere.serve.security.redis_client` (one pipelined connection per event
+loop; redis-py's pool for TLS URLs and URLs with options).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sincere.serve.security import redis_scripts
+from sincere.serve.security.redis_client import RedisReplyError, Scripts, make_scripts
 
-MAX_CONNECTIONS = 32  # per process: requests beyond wait for a connection (a pool)
+MAX_CONNECTIONS = 32  # per process, through redis-py: requests beyond wait for one (a pool)
 SCRIPTS = {
     "instance": redis_scripts.INSTANCE,
     "admit": redis_scripts.ADMIT,
@@ -99,6 +102,7 @@ class Answer:
     verdict: str  # ok, or why not (no-instance, new-instance, regressed, unseeded, ...)
     first: str
     second: str
+    more: tuple[str, ...] = ()  # any further values (an admission's settlements, clock)
 
 
 class RedisState:
@@ -115,6 +119,7 @@ class RedisState:
         retry_after_s: float = 1.0,
         lease_s: float = 30.0,
         renew_s: float = 1.0,
+        settle_within_s: float = 0.05,
     ) -> None:
         import redis  # the ``redis`` package; a dependency of the gateway's shared state
         from redis.backoff import NoBackoff
@@ -128,15 +133,15 @@ class RedisState:
         self.retry_after_s = retry_after_s  # after a failure, Redis is not tried this long
         self.lease_s = lease_s  # a reservation not renewed this long is released
         self.renew_s = renew_s  # how often a process renews its leases and checks Redis
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.settle_within_s = settle_within_s  # a deferred settlement waits at most this
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, RedisReplyError)
         self._refused = (redis.ConnectionError, ConnectionError)
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
         self._timeout_s = timeout_s
-        self._async: Any = None  # redis.asyncio client of the running loop (made on first use)
-        self._scripts: dict[str, Any] = {}
+        self._async: Scripts | None = None  # the running loop's client (made on first use)
         self._down_until = 0.0  # monotonic time before which Redis is not tried
         self.last_error: str | None = None  # why the last call failed (no address); None: ok
 
@@ -158,19 +163,9 @@ class RedisState:
         """The window bucket of ``now``."""
         return math.floor(now / self.width_s)
 
-    def _client_async(self) -> Any:
+    def _client_async(self) -> Scripts:
         if self._async is None:
-            import redis.asyncio
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.url, max_connections=MAX_CONNECTIONS, timeout=self._timeout_s,
-                socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
-                retry=Retry(NoBackoff(), 0),
-            )  # fmt: skip
-            self._async = redis.asyncio.Redis(connection_pool=pool)
-            self._scripts = {k: self._async.register_script(v) for k, v in SCRIPTS.items()}
+            self._async = make_scripts(self.url, SCRIPTS, self._timeout_s)
         return self._async
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Answer:
@@ -178,7 +173,7 @@ class RedisState:
         out = await self.call_raw(name, keys, args)
         if isinstance(out, list):
             parts = [_text(x) for x in out] + ["", ""]
-            return Answer(parts[0], parts[1], parts[2])
+            return Answer(parts[0], parts[1], parts[2], tuple(parts[3:-2]))
         return Answer("ok", _text(out), "")
 
     async def call_raw(self, name: str, keys: list[str], args: list[Any]) -> Any:
@@ -186,16 +181,16 @@ class RedisState:
         now = time.monotonic()
         if now < self._down_until:
             raise StateUnavailableError(self._why(), self.retry_after_s)
-        self._client_async()
+        client = self._client_async()
         for attempt in (1, 2):
             try:
-                out = await self._scripts[name](keys=keys, args=args)
+                out = await client.run(name, keys, args)
             except self._refused as exc:  # a stale pooled connection: once more, on a fresh one
                 if attempt == 2 or _is_timeout(exc):
                     self._failed(exc, now)
                     raise StateUnavailableError(self._why(), self.retry_after_s) from None
                 # Redis restarted: every idle connection is as stale as this one
-                await self._async.connection_pool.disconnect(inuse_connections=False)
+                await client.reset()
             except self._errors as exc:
                 self._failed(exc, now)
                 raise StateUnavailableError(self._why(), self.retry_after_s) from None
