@@ -5,7 +5,8 @@ serves and under which names upstream (``models``), what it charges (USD per 1M
 tokens) and how good it is (``quality``, relative), how many requests the gateway may
 send it at once (``max_in_flight``), its batch limit (``max_num_seqs``), timeouts
 (``read_timeout_s`` between bytes; a non-streamed answer, which comes whole, may take
-``read_timeout_s + read_timeout_per_token_s * max_tokens``),
+``read_timeout_s + read_timeout_per_token_s * max_tokens``), how long an idle
+connection is kept (``idle_keepalive_s``, below the upstream's own keep-alive),
 where its load is read (``load_path``: sincere's JSON engine load; else
 ``metrics_path``: vLLM's Prometheus gauges), and, when known, the deployment behind it
 (``deployment``: a :class:`~sincere.engine.spec.DeploymentSpec`, whose engine's
@@ -45,6 +46,9 @@ class BackendConfig(BaseModel):
     read_timeout_s: float = Field(60.0, gt=0, le=MAX_SECONDS)  # longest wait for the next byte
     # a whole (non-streamed) answer comes at once: its wait grows by this per token asked for
     read_timeout_per_token_s: float = Field(0.05, ge=0, le=60.0)
+    # an idle pooled connection is dropped after this; keep it below the upstream's own
+    # keep-alive (vLLM and uvicorn close at 5 s) so a request never reuses one it closed
+    idle_keepalive_s: float = Field(4.0, gt=0, le=MAX_SECONDS)
     max_num_seqs: int = Field(256, ge=1, le=65_536)
     metrics_path: str | None = Field("/metrics", max_length=256)  # scraped; null = never
     # sincere's JSON engine load (``/sincere/load`` on an emulator), read instead of metrics

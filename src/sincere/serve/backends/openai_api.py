@@ -4,7 +4,9 @@ A :class:`Backend` is one instance: an OpenAI-compatible server (vLLM, SGLang, T
 llama.cpp server, ``sincere emulate``; ``kind: openai``) or Ollama's native API
 (``kind: ollama``, translated in :mod:`sincere.serve.backends.ollama_api`). Each keeps one
 ``aiohttp.ClientSession`` with keep-alive connections (at most ``max_in_flight`` + a
-few) and connect / read timeouts from its config.
+few, an idle one kept ``idle_keepalive_s``, below the upstream's own keep-alive) and
+connect / read timeouts from its config. A request the upstream closes before any answer
+(a kept-alive connection it closed as the request went out) is sent once more.
 
 :meth:`Backend.send` opens the upstream request and returns an :class:`Upstream`
 once the status line is in. Failures *before the first byte* (connect error, timeout,
@@ -272,7 +274,7 @@ class Backend:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self.config.max_in_flight + 8,  # requests in flight + scrapes
-                keepalive_timeout=30.0,
+                keepalive_timeout=self.config.idle_keepalive_s,
                 ttl_dns_cache=None,  # resolve a host name once (IP literals never)
             )
             timeout = aiohttp.ClientTimeout(
@@ -354,14 +356,16 @@ class Backend:
         *,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
+        kwargs: dict[str, Any] = {"data": data, "headers": headers or self.headers}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         try:
-            post = self.session.post
-            if timeout is None:
-                response = await post(url, data=data, headers=headers or self.headers)
-            else:
-                response = await post(
-                    url, data=data, headers=headers or self.headers, timeout=timeout
-                )
+            try:
+                response = await self.session.post(url, **kwargs)
+            except aiohttp.ServerDisconnectedError:
+                # closed before any answer: most often a pooled connection the upstream
+                # closed idle as this request went out; once more, on another connection
+                response = await self.session.post(url, **kwargs)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise upstream_error(self.name, "", exc, retryable=True) from None
         if response.status >= 500 or response.status == 429:
