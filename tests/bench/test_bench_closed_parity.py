@@ -12,6 +12,8 @@ import pytest
 from sincere.bench.parity import DISTURBED_LAG_S, LoopLag, live_run
 from sincere.sim import simulate
 
+pytestmark = pytest.mark.timing  # wall-clock delays of local servers (tests/conftest.py)
+
 STALL_S = 0.1  # one event-loop stall this long moves a 40-request closed loop's mean TTFT
 SPECULATING = {  # two drafts of three always kept, the third always rejected: 3 tokens a step
     "speculation": {"method": "eagle", "num_draft_tokens": 3, "acceptance": [1.0, 1.0, 0.0]}

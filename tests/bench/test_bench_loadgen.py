@@ -11,6 +11,8 @@ import pytest
 from sincere.bench import BenchOptions, run_bench
 from sincere.core.request import RequestArrays
 
+pytestmark = pytest.mark.timing  # wall-clock delays of local servers (tests/conftest.py)
+
 FakeServer = Any  # tests/bench/conftest.py
 
 TTFT_S = 0.05  # the fake server's delays (tests/bench/conftest.py)

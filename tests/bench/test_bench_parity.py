@@ -182,6 +182,7 @@ def _table(arrival: list[float], finish: list[float], instance: list[str]) -> pa
     )
 
 
+@pytest.mark.timing
 def test_live_replay_routes_and_times_like_the_simulator() -> None:
     """Round-robin sends every request to the same instance; the median first token comes
     at most 15 ms later live than simulated, and the median E2E within 5 %.

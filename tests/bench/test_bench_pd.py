@@ -46,6 +46,7 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
+@pytest.mark.timing
 def test_sim_and_live_choose_the_same_instances_or_say_why() -> None:
     """One trace through the simulator and through gateway + role emulators: every request
     is disaggregated both ways, the first decisions agree, every divergence is explained

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from sincere.core.errors import ConfigError
 from sincere.core.prefix import (
+    ChainedKeys,
     chain_keys,
+    chain_keys_many,
     engine_block_keys,
     mix,
     mix_array,
@@ -171,3 +173,42 @@ def test_head_cuts_every_per_request_column() -> None:
     assert [list(b) for b in first.block_ids] == [[1, 2], []]
     assert first.sessions == ("a", "b")
     assert first.block_tokens == 512
+
+
+def test_chain_keys_many_is_chain_keys_of_each() -> None:
+    """Chaining many prompts at once (any lengths, empty ones, any int64 ids) gives each
+    prompt's chain_keys exactly."""
+    rng = np.random.default_rng(2)
+    prompts = [
+        rng.integers(-(2**63), 2**63 - 1, size=int(rng.integers(0, 40)), dtype=np.int64)
+        for _ in range(300)
+    ]
+    got = chain_keys_many(prompts)
+    assert len(got) == len(prompts) and chain_keys_many([]) == []
+    for ids, keys in zip(prompts, got, strict=True):
+        assert tuple(keys.tolist()) == chain_keys(ids)
+
+
+def test_chained_keys_follow_replaced_ids_and_requests_carry_them() -> None:
+    """Keys computed a batch at a time stay right when a prompt's ids are replaced or
+    added after its batch was chained, and a request made from arrays carries its chain."""
+    rng = np.random.default_rng(3)
+    ids = [rng.integers(0, 1 << 40, size=int(rng.integers(1, 30))) for _ in range(50)]
+    chains = ChainedKeys(batch=8, kept=2)
+    for i in (3, 20, 45, 4):
+        assert chains.of(ids, i) == list(chain_keys(ids[i]))
+    ids[5] = rng.integers(0, 1 << 40, size=7)
+    assert chains.of(ids, 5) == list(chain_keys(ids[5]))
+    short = ids[:2]
+    assert ChainedKeys().of(short, 1) == list(chain_keys(ids[1]))
+    grown = [*short, rng.integers(0, 1 << 40, size=4)]
+    chains = ChainedKeys()
+    assert chains.of(short, 0) == list(chain_keys(ids[0]))
+    assert chains.of(grown, 2) == list(chain_keys(grown[2]))  # added after its batch
+    req = RequestArrays.build(
+        [0.0, 1.0], [100, 40], [5, 5], block_ids=[[1, 2, 3], [1, 9]], block_tokens=32
+    )
+    assert req.request(1).block_keys == chain_keys([1, 9])
+    assert req.block_keys(0) == list(chain_keys([1, 2, 3]))
+    assert req.request(1) == Request(1, 1.0, "default", 40, 5, max_tokens=5,
+                                     block_ids=(1, 9), block_tokens=32)  # fmt: skip

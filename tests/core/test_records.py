@@ -85,3 +85,21 @@ def test_table_columns_equal_pyarrow_built_from_python_values() -> None:
     expected = pa.array(req.arrival_at.tolist(), type=pa.float64())
     assert table.column("arrival_at").combine_chunks().equals(expected)
     assert table.column("model").to_pylist() == [req.models[m] for m in req.model]
+
+
+def test_table_numeric_columns_share_the_arrays_memory() -> None:
+    """Int and float columns point at the NumPy arrays' memory: no second copy of each
+    column (at 1M requests the copies were ~150 MiB of the simulator's peak)."""
+    reqs, rec = _two_requests()
+    table = to_table(reqs, rec)
+    shared = {
+        "arrival_at": reqs.arrival_at,
+        "prompt_tokens": reqs.prompt_tokens,
+        "finished_at": rec.finished_at,
+        "output_tokens": rec.output_tokens,
+        "num_preemptions": rec.num_preemptions,
+    }
+    for name, values in shared.items():
+        data = table.column(name).chunk(0).buffers()[1]
+        assert data.address == values.ctypes.data, name
+    assert table.column("finished_at").to_pylist() == [0.8, 12.0]

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.engine.test_engine_continuous import Affine, drive
 
+from sincere.core.prefix import chain_keys
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
@@ -254,7 +255,7 @@ def test_grouped_cache_matches_a_per_block_model(
     ]
     cache, model = PrefixCache(16), _PerBlock(16)
     for i, (ids, length) in enumerate(prompts):
-        cache.add(i, ids, block_tokens, length)
+        cache.add(i, list(chain_keys(ids)), block_tokens, length)
         model.add(i, cache)
     running: set[int] = set()
     for op, j, n in ops:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from tests.outsider._gateway import BODY, call, gateway_config, run
 
 from sincere.serve.backends.fake_upstream import FakeUpstream
@@ -145,6 +146,7 @@ def test_overload_without_a_ttft_target_is_shed_early() -> None:
     run(body)
 
 
+@pytest.mark.timing
 def test_a_stalled_backend_is_left_after_the_first_byte_timeout() -> None:
     """Requests stuck on an engine that accepts but never answers are retried elsewhere fast."""
 

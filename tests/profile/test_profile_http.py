@@ -18,6 +18,7 @@ from .conftest import FakeServer
 runner = CliRunner()
 
 
+@pytest.mark.timing
 def test_streamed_ttft_and_tpot_match_the_server(fake_server: FakeServer) -> None:
     """TTFT and TPOT measured on the client are the server's delays (within slack)."""
     fake_server.ttft_s, fake_server.gap_s = 0.05, 0.01

@@ -3,12 +3,10 @@ last one ends (plus a think time), requests numbered in arrival order, warm-up l
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 from sincere.core.errors import ConfigError
 from sincere.sim import simulate
@@ -132,11 +130,3 @@ def test_a_given_request_table_is_timed_in_a_copy() -> None:
     arrival, _, _ = _times(result)
     assert arrival[0] == arrival[1] == 0.0
     assert np.array_equal(result.requests_in.arrival_at, arrival)
-
-
-def test_disaggregated_closed_loops_are_refused() -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "pd.yaml"
-    config = yaml.safe_load(example.read_text(encoding="utf-8"))
-    config["workload"]["arrival"] = {"kind": "closed", "concurrency": 4}
-    with pytest.raises(ConfigError, match="closed-loop workload is not supported with prefill"):
-        simulate(config)

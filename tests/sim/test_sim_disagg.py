@@ -15,6 +15,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.request import Request, RequestArrays
 from sincere.policy.router_base import InstanceView, Outcome, RouteDecision, Router
 from sincere.sim import load_config, simulate
+from sincere.sim.api import SimulationWarning
 from sincere.sim.build import build_cluster, canonical_requests
 from sincere.sim.runner import run_events
 
@@ -372,3 +373,82 @@ def test_a_decode_role_without_kv_intake_is_refused_at_build() -> None:
     ]
     with pytest.raises(ConfigError, match=r"decode instance needs an engine that .* takes"):
         simulate(cfg)
+
+
+def closed_pd_config(num: int, prompt: int, output: int, **link: Any) -> dict[str, Any]:
+    """One prefill and one decode instance (RDMA at 1 GB/s, 2 ms) and two closed-loop
+    clients sending fixed-length requests."""
+    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": 1.0, "latency_s": 0.002, **link})
+    cfg["workload"]["num_requests"] = num
+    cfg["workload"]["arrival"] = {"kind": "closed", "concurrency": 2}
+    cfg["workload"]["lengths"] = {"prompt": {"kind": "fixed", "tokens": prompt},
+                                  "output": {"kind": "fixed", "tokens": output}}  # fmt: skip
+    return cfg
+
+
+def test_a_closed_loop_client_sends_when_its_request_ends_on_the_decode_instance() -> None:
+    """Two clients, three requests of 1,000 prompt and 10 output tokens, by hand: both
+    prompts prefill in one iteration, their KV share the link and land together, decode 9
+    steps of two sequences; the third request is sent when they end (not when their
+    prefill did) and runs alone."""
+    prompt, output, lat = 1000, 10, 0.002
+    table = simulate(closed_pd_config(3, prompt, output)).requests.to_pydict()
+    wire = prompt * kv_bytes_per_token() / 1e9  # one KV alone on 1 GB/s
+    prefill_both = (GAMMA + DELTA * 2 * prompt) / 1e3
+    landed = prefill_both + 2 * wire + lat  # two transfers sharing the link
+    ended = landed + (output - 1) * (ALPHA + BETA * 2) / 1e3
+    third_prefilled = ended + (GAMMA + DELTA * prompt) / 1e3
+    third_landed = third_prefilled + wire + lat
+    third_ended = third_landed + (output - 1) * (ALPHA + BETA * 1) / 1e3
+    assert table["arrival_at"] == pytest.approx([0.0, 0.0, ended], rel=1e-12)
+    assert table["prefill_done_at"] == pytest.approx(
+        [prefill_both, prefill_both, third_prefilled], rel=1e-12
+    )
+    assert table["first_token_at"] == pytest.approx([landed, landed, third_landed], rel=1e-12)
+    assert table["finished_at"] == pytest.approx([ended, ended, third_ended], rel=1e-12)
+    assert table["ttft_s"] == pytest.approx([landed, landed, third_landed - ended], rel=1e-12)
+    assert table["e2e_s"] == pytest.approx([ended, ended, third_ended - ended], rel=1e-12)
+
+
+def test_a_closed_loop_request_answered_by_its_prefill_frees_its_client_there() -> None:
+    """One output token: done at the end of the prefill, no transfer; the next request
+    is sent then."""
+    table = simulate(closed_pd_config(4, 1000, 1)).requests.to_pydict()
+    prefill_both = (GAMMA + DELTA * 2000) / 1e3
+    assert table["arrival_at"] == pytest.approx([0.0, 0.0, prefill_both, prefill_both])
+    assert table["finished_at"] == pytest.approx([prefill_both] * 2 + [2 * prefill_both] * 2)
+    assert table["kv_bytes"] == [0.0] * 4
+
+
+def test_a_closed_loop_request_the_decode_instance_rejects_frees_its_client() -> None:
+    """KV that can never fit the decode instance (its context is shorter) is rejected
+    when it lands; the client sends its next request then, and every request is answered."""
+    cfg = closed_pd_config(4, 1000, 10)
+    cfg["instances"][1]["engine"] = {**ENGINE, "max_model_len": 512}
+    with pytest.warns(SimulationWarning, match="every request was rejected"):
+        result = simulate(cfg)
+    table = result.requests.to_pydict()
+    assert all(table["rejected"]) and result.log.num_unfinished == 0
+    assert set(table["reject_reason"]) == {"prompt_too_long"}
+    landed = table["kv_ready_at"][:2]
+    assert table["arrival_at"][2:] == pytest.approx(landed)
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+def test_a_closed_loop_over_two_by_two_sends_each_request_at_an_end(concurrency: int) -> None:
+    """Two prefill and two decode instances, mixed lengths (one-token outputs among them):
+    the ``C + j``-th request is sent exactly when the ``j``-th request ended, wherever it
+    ended, so never more than ``C`` requests are in the system."""
+    cfg = closed_pd_config(40, 100, 10)
+    cfg["workload"]["arrival"]["concurrency"] = concurrency
+    cfg["workload"]["lengths"] = {"prompt": {"kind": "uniform", "low": 16, "high": 3000},
+                                  "output": {"kind": "uniform", "low": 1, "high": 60}}  # fmt: skip
+    cfg["instances"] = [instance("prefill", "p", count=2), instance("decode", "d", count=2)]
+    result = simulate(cfg)
+    table = result.requests.to_pydict()
+    assert not any(table["rejected"]) and result.log.num_unfinished == 0
+    arrival, ends = np.array(table["arrival_at"]), np.sort(table["finished_at"])
+    assert (arrival[:concurrency] == 0.0).all()
+    assert np.array_equal(arrival[concurrency:], ends[: 40 - concurrency])
+    assert 1 in table["output_tokens"]  # some ended at their prefill
+    assert result.summary["closed_loop"]["concurrency"] == concurrency

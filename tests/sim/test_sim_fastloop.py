@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from sincere.policy.decision_log import DecisionLog
 from sincere.sim import load_config
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
@@ -18,12 +19,12 @@ from sincere.workload.config import generate
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _cluster(name: str, num_requests: int) -> Cluster:
+def _cluster(name: str, num_requests: int, decisions: DecisionLog | None = None) -> Cluster:
     raw: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
     raw["workload"]["num_requests"] = num_requests
     cfg = load_config(raw).model_copy(update={"base_dir": str(EXAMPLES)})
     reqs = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
-    return build_cluster(cfg, reqs)
+    return build_cluster(cfg, reqs, decisions)
 
 
 def _heap_run(cluster: Cluster) -> RunLog:
@@ -61,3 +62,24 @@ def test_router_clusters_configure_their_engines_once_as_planned() -> None:
     assert pacing == ("summed" if cluster.shortcuts.load_blind else "exact")
     runs = [getattr(e, "max_prefill_run", 1) for e in cluster.engines]
     assert runs == [1 if pacing == "exact" else 1 << 30] * len(runs)
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_single_engine_loop_tells_finished_requests_only_to_an_observer(logged: bool) -> None:
+    """``Cluster.finished`` is called once per finished request when someone learns from
+    outcomes (here a decision log), and never when nobody does (W1: the call was a no-op
+    costing a Python call per request)."""
+    lines: list[str] = []
+    cluster = _cluster("w1", 200, DecisionLog(lines.append) if logged else None)
+    assert cluster.shortcuts.observes == logged
+    told: list[int] = []
+    tell = cluster.finished
+
+    def finished(i: int) -> None:
+        told.append(i)
+        tell(i)
+
+    cluster.finished = finished  # type: ignore[method-assign]
+    _Loop(cluster, None, 10_000).run()
+    finished_ids = np.flatnonzero(~np.isnan(cluster.records.finished_at)).tolist()
+    assert sorted(told) == (finished_ids if logged else [])

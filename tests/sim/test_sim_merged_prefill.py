@@ -103,8 +103,10 @@ def test_merged_prefill_pieces_keep_every_sum_bit_for_bit(router: str, count: in
 
 
 def test_routers_that_read_loads_keep_one_event_per_iteration() -> None:
-    """A router reading engine loads between iterations still sees them exact."""
-    cluster = _cluster("join-shortest-queue", 4, 50)
+    """A router reading engine loads between iterations still sees them exact (one that
+    reads only queue counts, join-shortest-queue by requests, need not: they do not
+    change inside a merged piece; tests/sim/test_sim_by_count.py)."""
+    cluster = _cluster("latency-optimal", 4, 50)
     assert not cluster.shortcuts.load_blind
     run_events(cluster)
     assert [getattr(e, "max_prefill_run", 1) for e in cluster.engines] == [1] * 4

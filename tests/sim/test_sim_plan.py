@@ -118,3 +118,23 @@ def test_engines_refuse_two_pacings_at_once() -> None:
     with pytest.raises(ValueError, match="exclude each other"):
         engine.configure(exact_loads=True, inner_ends=[])
     run_events(build_cluster(cfg, reqs))  # (and a configured cluster runs)
+
+
+def test_a_door_that_chooses_by_a_count_is_placed_by_it() -> None:
+    """Routing by a count needs nothing else read at a decision; queue counts alone let
+    engines cut prefill pieces whole, as load-blind routers do."""
+    by_requests = dataclasses.replace(MANY, door_counts_by="requests")
+    reads_load = Reads(tokens=False, outcomes=False)
+    s = plan_shortcuts(by_requests, reads_load)
+    assert (s.by_count, s.load_blind, s.engine_pacing) == ("requests", False, "summed")
+    probed = plan_shortcuts(by_requests, reads_load, probes=[reads_load])
+    assert probed.by_count == "requests" and probed.engine_pacing == "exact"
+    assert plan_shortcuts(by_requests, Reads(tokens=True, outcomes=False)).by_count is None
+    assert plan_shortcuts(by_requests, reads_load, log=READS_NOTHING).by_count is None
+    open_not = dataclasses.replace(by_requests, all_open=False)
+    assert plan_shortcuts(open_not, reads_load).by_count is None
+    by_outstanding = dataclasses.replace(MANY, door_counts_by="outstanding")
+    blind = Reads(load=False, tokens=False, outcomes=False)
+    assert plan_shortcuts(by_outstanding, blind).by_count == "outstanding"
+    assert plan_shortcuts(by_outstanding, Reads(load=False, tokens=False)).by_count is None
+    assert plan_shortcuts(MANY, blind).by_count is None

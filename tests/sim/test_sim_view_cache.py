@@ -14,6 +14,7 @@ from sincere.policy.reads import READS_NOTHING, Reads
 from sincere.sim import load_config
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
+from sincere.sim.engine_views import EngineViews
 from sincere.sim.runner import run_events
 from sincere.workload.config import generate
 
@@ -31,15 +32,15 @@ def _cluster(router: str, num_requests: int, probes: tuple[Reads, ...] = ()) -> 
     return build_cluster(cfg, reqs, probes=probes)
 
 
-class _Uncached(Cluster):
-    """A cluster that builds every view afresh (what the cache must be equal to)."""
+class _Uncached(EngineViews):
+    """Views built afresh every time (what the cache must be equal to)."""
 
-    def _view(self, e: int) -> Any:
-        return self._fresh_view(e)
+    def view(self, e: int) -> Any:
+        return self.fresh(e)
 
-    def _refresh(self) -> None:  # every view, not only the stale ones
-        self._views[:] = [self._fresh_view(e) for e in range(len(self.engines))]
-        self._stale.clear()
+    def refresh(self) -> None:  # every view, not only the stale ones
+        self.cached[:] = [self.fresh(e) for e in range(len(self.engines))]
+        self.stale.clear()
 
 
 @pytest.mark.parametrize("router", ["least-outstanding", "latency-optimal", "cost-optimal"])
@@ -47,7 +48,7 @@ def test_cached_views_give_the_same_run_as_fresh_ones(router: str) -> None:
     """Same decisions, hence identical records, with and without the cache."""
     cached = _cluster(router, 1500)
     fresh = _cluster(router, 1500)
-    fresh.__class__ = _Uncached
+    fresh.views.__class__ = _Uncached
     run_events(cached)
     run_events(fresh)
     a, b = cached.records, fresh.records
@@ -61,16 +62,16 @@ def test_a_view_is_reused_until_its_engine_is_touched() -> None:
     """Same object while unchanged; after touched(), one that shows the new load."""
     cluster = _cluster("join-shortest-queue", 10)
     assert not cluster.shortcuts.load_blind
-    before = cluster._view(0)
-    assert cluster._view(0) is before
+    before = cluster.views.view(0)
+    assert cluster.views.view(0) is before
     cluster.outstanding[0] += 1
     cluster.engines[0].add(0, 0.0)
-    assert cluster._view(0) is before  # nobody said the engine changed
+    assert cluster.views.view(0) is before  # nobody said the engine changed
     cluster.touched(0)
-    after = cluster._view(0)
+    after = cluster.views.view(0)
     assert after is not before
     assert (after.num_waiting, after.num_outstanding) == (1, before.num_outstanding + 1)
-    assert after == cluster._fresh_view(0)
+    assert after == cluster.views.fresh(0)
 
 
 RECORD_COLUMNS = (
@@ -98,11 +99,11 @@ def test_load_blind_views_show_the_load_unknown_and_track_outstanding() -> None:
     """Load-blind views carry no engine load, and show a new outstanding count once told."""
     cluster = _cluster("least-outstanding", 10)
     assert cluster.shortcuts.load_blind
-    before = cluster._view(0)
+    before = cluster.views.view(0)
     assert (before.num_running, before.num_waiting, before.kv_usage) == (None, None, None)
     cluster.outstanding[0] += 1
     cluster.touched(0)
-    assert cluster._view(0).num_outstanding == before.num_outstanding + 1
+    assert cluster.views.view(0).num_outstanding == before.num_outstanding + 1
 
 
 def test_a_router_that_reads_load_is_not_load_blind() -> None:

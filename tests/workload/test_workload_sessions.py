@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from sincere.core.errors import ConfigError
+from sincere.core.prefix import mix
 from sincere.workload.config import generate, load_workload_config
+from sincere.workload.sessions import (
+    _PARTIAL_TAG,
+    _SESSION_TAG,
+    _SYSTEM_TAG,
+    SessionShape,
+    block_ids_many,
+    block_ids_of,
+    build_sessions,
+)
 from sincere.workload.stats import prefix_reuse
 
 
@@ -64,3 +74,60 @@ def test_same_seed_same_sessions_and_bad_shapes_are_refused() -> None:
     assert np.array_equal(a.arrival_at, b.arrival_at)
     with pytest.raises(ConfigError, match="max_turns"):
         load_workload_config(_config(min_turns=3, max_turns=2))
+
+
+def _ids_block_by_block(
+    prompt_tokens: int, system_tokens: int, system: int, session: int, block: int
+) -> list[int]:
+    """The naming rule of the module docstring, one block at a time."""
+    sys_key, ses_key = mix(_SYSTEM_TAG, system), mix(_SESSION_TAG, session)
+    ids = []
+    for b in range(-(-prompt_tokens // block)):
+        end = (b + 1) * block
+        if end > prompt_tokens:
+            ids.append(mix(mix(_PARTIAL_TAG, ses_key), b * (1 << 24) + prompt_tokens))
+        elif end <= system_tokens:
+            ids.append(mix(sys_key, b))
+        else:
+            ids.append(mix(ses_key, b))
+    return ids
+
+
+def test_block_ids_at_once_equal_the_rule_block_by_block() -> None:
+    """The vectorised ids equal the per-block naming rule: system, session and partial
+    blocks, any block size, system prompts shorter, equal to or longer than the prompt,
+    one prompt at a time and many at once."""
+    rng = np.random.default_rng(5)
+    for block in (1, 7, 16, 64, 512):
+        system = int(rng.choice([0, 1000, int(rng.integers(0, 4000))]))
+        prompts = rng.integers(1, 3000, size=60)
+        prompts[:3] = [system or 1, block, 1]
+        systems, sessions = rng.integers(0, 50, size=60), rng.integers(0, 10**6, size=60)
+        many = block_ids_many(prompts, system, systems, sessions, block)
+        for k in range(60):
+            args = (int(prompts[k]), system, int(systems[k]), int(sessions[k]), block)
+            want = _ids_block_by_block(*args)
+            assert many[k].dtype == np.int64 and many[k].tolist() == want, args
+            assert block_ids_of(*args).tolist() == want, args
+
+
+@pytest.mark.parametrize("keep", [0, 1, 37, 120, 10_000])
+def test_kept_turns_are_the_first_of_the_whole_set(keep: int) -> None:
+    """Keeping only the first turns by arrival (the workload's size) gives exactly the
+    first turns of the whole set: times, lengths, sessions and every block id."""
+    shape = SessionShape(min_turns=1, max_turns=5, think_s=3.0, system_prompt_tokens=100,
+                         num_system_prompts=4, block_tokens=16)  # fmt: skip
+    starts = np.cumsum(np.random.default_rng(1).exponential(1.0, size=60))
+    lengths = np.random.default_rng(2).integers(5, 90, size=(2, 60 * 5))
+
+    def build(keep: int | None) -> Any:
+        return build_sessions(starts, shape, *lengths, np.random.default_rng(3), keep=keep)
+
+    whole, kept = build(None), build(keep)
+    n = min(keep, len(whole.arrival_at))
+    assert len(kept.arrival_at) == n and len(kept.block_ids) == n
+    for name in ("arrival_at", "prompt_tokens", "output_tokens"):
+        assert np.array_equal(getattr(kept, name), getattr(whole, name)[:n])
+    assert kept.sessions == whole.sessions[:n]
+    pairs = zip(kept.block_ids, whole.block_ids[:n], strict=True)
+    assert all(np.array_equal(a, b) for a, b in pairs)

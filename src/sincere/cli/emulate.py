@@ -117,6 +117,9 @@ def _config_file(file: Path | None, option: Path | None) -> Path | None:
 
 
 def _announce(servers: list[Any]) -> None:
+    from sincere.serve.gateway.server import freeze_startup_heap
+
+    freeze_startup_heap()  # bound and about to serve: what exists now lives as long
     table = Table(title="sincere emulate: emulated engines (timings from a model, no weights)")
     for column in ("name", "model", "accelerator", "role", "url"):
         table.add_column(column)

@@ -90,16 +90,91 @@ def engine_block_keys(
     """
     check_block_sizes(block_tokens, engine_block_tokens)
     covered = min(prompt_tokens, len(block_ids) * block_tokens)
+    if covered // engine_block_tokens == 0:
+        return ()
+    return engine_keys_of_chain(
+        chain_keys(block_ids),
+        block_tokens=block_tokens,
+        engine_block_tokens=engine_block_tokens,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def engine_keys_of_chain(
+    chained: Sequence[int],
+    *,
+    block_tokens: int,
+    engine_block_tokens: int,
+    prompt_tokens: int,
+) -> tuple[int, ...]:
+    """:func:`engine_block_keys` from the prompt's chained keys (:func:`chain_keys` of all
+    its ids), when they are known already; the block sizes must have been checked."""
+    covered = min(prompt_tokens, len(chained) * block_tokens)
     num_full = covered // engine_block_tokens
     if num_full == 0:
         return ()
-    chained = np.array(chain_keys(block_ids), dtype=np.uint64)
+    if engine_block_tokens == block_tokens:  # one key per id block, as chained
+        return tuple(chained[:num_full])
+    keys = np.array(chained, dtype=np.uint64)
     ends = np.arange(1, num_full + 1, dtype=np.int64) * engine_block_tokens
     source = (ends - 1) // block_tokens
     if engine_block_tokens >= block_tokens:  # each ends where an id block ends
-        return tuple(chained[source].tolist())
+        return tuple(keys[source].tolist())
     offsets = (ends - source * block_tokens).astype(np.uint64)
-    return tuple(mix_array(chained[source], offsets).tolist())
+    return tuple(mix_array(keys[source], offsets).tolist())
+
+
+def chain_keys_many(block_ids: Sequence[npt.NDArray[np.int64]]) -> list[U64Array]:
+    """:func:`chain_keys` of many prompts at once (one array of keys each): the chain is
+    sequential along a prompt, so it advances one position of every prompt long enough
+    per step, in one :func:`mix_array` (the same function, bit for bit)."""
+    lengths = np.fromiter((len(b) for b in block_ids), dtype=np.int64, count=len(block_ids))
+    total = int(lengths.sum())
+    if total == 0:
+        return [np.empty(0, dtype=np.uint64) for _ in block_ids]
+    ids = np.concatenate([np.asarray(b, dtype=np.int64) for b in block_ids]).view(np.uint64)
+    starts = np.zeros(len(block_ids), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    order = np.argsort(-lengths, kind="stable")  # longest first: step p takes a leading run
+    alive = np.searchsorted(-lengths[order], -np.arange(int(lengths.max())), side="left")
+    keys = np.empty(total, dtype=np.uint64)
+    parents = np.full(int(alive[0]), ROOT_KEY, dtype=np.uint64)
+    at = starts[order]
+    for count in alive.tolist():
+        at = at[:count]
+        parents = mix_array(parents[:count], ids[at])
+        keys[at] = parents
+        at = at + 1
+    return np.split(keys, starts[1:].tolist())
+
+
+class ChainedKeys:
+    """Every prompt's :func:`chain_keys`, computed :func:`chain_keys_many` ``batch``
+    prompts at a time when first asked for (the last ``kept`` batches are kept).
+
+    A prompt whose id array is not the one its batch was computed from (the emulator
+    replaces a slot's ids for each request, and adds slots) is chained on its own.
+    """
+
+    def __init__(self, batch: int = 4096, kept: int = 4) -> None:
+        self.batch = batch
+        self.kept = kept
+        self._done: dict[int, tuple[list[npt.NDArray[np.int64]], list[U64Array]]] = {}
+
+    def of(self, block_ids: Sequence[npt.NDArray[np.int64]], i: int) -> list[int]:
+        """Chained keys of prompt ``i`` of ``block_ids`` (as plain ints)."""
+        b, at = divmod(i, self.batch)
+        done = self._done.get(b)
+        if done is None:
+            sources = list(block_ids[b * self.batch : (b + 1) * self.batch])
+            done = self._done[b] = (sources, chain_keys_many(sources))
+            if len(self._done) > self.kept:
+                del self._done[next(iter(self._done))]
+        sources, keys = done
+        if at >= len(sources) or sources[at] is not block_ids[i]:  # added or replaced since
+            return list(chain_keys(block_ids[i]))
+        out: list[int] = keys[at].tolist()
+        return out
 
 
 def check_block_sizes(block_tokens: int, engine_block_tokens: int) -> None:
@@ -163,9 +238,12 @@ def text_block_ids(
 __all__ = [
     "CHARS_PER_PSEUDO_TOKEN",
     "ROOT_KEY",
+    "ChainedKeys",
     "chain_keys",
+    "chain_keys_many",
     "check_block_sizes",
     "engine_block_keys",
+    "engine_keys_of_chain",
     "mix",
     "mix_array",
     "pseudo_tokens",

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sincere.core.errors import ConfigError
+from sincere.core.prefix import ChainedKeys
 from sincere.core.types import ModelName, RequestId, Seconds
 
 
@@ -78,6 +79,9 @@ class Request:
     block_ids: tuple[int, ...] = ()  # prompt content per block (sincere.core.prefix); () unknown
     block_tokens: int = 0  # prompt tokens per entry of block_ids (0 when there are none)
     session: str | None = None  # conversation / agent session the request belongs to
+    # chain_keys(block_ids) when its source already had them (RequestArrays.block_keys);
+    # () to compute them. Derived from block_ids, so not part of equality.
+    block_keys: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1:
@@ -289,10 +293,21 @@ class RequestArrays:
             tier=self.tiers[int(self.tier[i])],
             priority=int(self.priority[i]),
             budget_usd=None if math.isnan(budget) else budget,
-            block_ids=tuple(int(b) for b in self.block_ids[i]) if self.block_ids else (),
+            block_ids=tuple(self.block_ids[i].tolist()) if self.block_ids else (),
             block_tokens=self.block_tokens if self.block_ids else 0,
             session=self.sessions[i] if self.sessions else None,
+            block_keys=tuple(self.block_keys(i)) if self.block_ids else (),
         )
+
+    def block_keys(self, i: int) -> list[int]:
+        """:func:`~sincere.core.prefix.chain_keys` of request ``i``'s block ids, computed
+        for many requests at once (:class:`~sincere.core.prefix.ChainedKeys`) and kept
+        for the router and the engine, which both need them."""
+        chains: ChainedKeys | None = self.__dict__.get("_chains")
+        if chains is None:
+            chains = ChainedKeys()
+            object.__setattr__(self, "_chains", chains)
+        return chains.of(self.block_ids, i)
 
     def to_requests(self) -> list[Request]:
         """All requests as objects, ids 0..n-1 in arrival order."""

@@ -199,6 +199,11 @@ class Engine(Protocol):
         the load has not changed since, e.g. no decode run, or an engine without them)."""
         ...
 
+    def progress_until(self, now: Seconds) -> tuple[DecodeProgress | None, Seconds]:
+        """:meth:`progress_at` ``now``, and the time before which it stays the same for
+        any later time as long as the engine has no event and takes no request."""
+        ...
+
     @property
     def kv_intake(self) -> KvIntake | None:
         """Its intake of KV prefilled elsewhere; ``None``: it takes none."""
@@ -215,6 +220,12 @@ class Engine(Protocol):
 
     def rejection_detail(self, request_ix: int, reason: str) -> str | None:
         """Why request ``request_ix`` was rejected for ``reason``, with its numbers."""
+        ...
+
+    def take_tier_loaded_tokens(self, request_ix: int) -> tuple[int, int]:
+        """Prompt tokens request ``request_ix``'s first load brought back from the CPU and
+        the disk KV tier (part of its prefix hit), taken once (then ``(0, 0)``); a live
+        driver's engine keeps them (a simulator's does not)."""
         ...
 
 
@@ -247,6 +258,11 @@ class EngineBase:
         """None: the load changes only at events."""
         return None
 
+    def progress_until(self, now: Seconds) -> tuple[DecodeProgress | None, Seconds]:
+        """:meth:`progress_at` ``now``; promised for ``now`` only (subclasses that know
+        more say how long it lasts)."""
+        return self.progress_at(now), now
+
     @property
     def kv_intake(self) -> KvIntake | None:
         """None: it takes no KV prefilled elsewhere."""
@@ -264,6 +280,10 @@ class EngineBase:
     def rejection_detail(self, request_ix: int, reason: str) -> str | None:
         """None: the reason says it all."""
         return None
+
+    def take_tier_loaded_tokens(self, request_ix: int) -> tuple[int, int]:
+        """(0, 0): no KV tiers below the GPU."""
+        return (0, 0)
 
 
 def check_pacing(exact_loads: bool, inner_ends: list[float] | None) -> None:

@@ -25,10 +25,12 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.base import Engine, StreamingEngine
 from sincere.engine.continuous import ContinuousEngine
+from sincere.engine.draft_memory import draft_memory
 from sincere.engine.request_level import RequestLevelConfig
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.engine.speculation import Speculator, build_speculator
 from sincere.engine.state import EngineLimits
+from sincere.engine.time_scale import TimeScaled
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.perf.execution import with_execution
 from sincere.perf.factory import StepModelConfig
@@ -99,12 +101,39 @@ def step_model_of(spec: DeploymentSpec, deployment: Deployment, where: str) -> S
     except ConfigError as exc:
         raise ConfigError(str(exc), where=f"{where}.step_model") from None
     if not isinstance(spec.engine, ContinuousConfig):
+        _check_unscaled(spec, where)
         return step
     try:
         execution = spec.engine.execution_params()
-        return with_execution(step, execution, spec.engine.max_num_seqs)
+        step = with_execution(step, execution, spec.engine.max_num_seqs)
     except ConfigError as exc:
         raise ConfigError(str(exc), where=f"{where}.engine.preset") from None
+    if spec.time_scale == 1.0:
+        return step
+    _check_unscaled(spec, where)
+    return TimeScaled(step, spec.time_scale)
+
+
+def _check_unscaled(spec: DeploymentSpec, where: str) -> None:
+    """Refuse a ``time_scale`` with the times it does not scale (engine/time_scale.py)."""
+    if spec.time_scale == 1.0:
+        return
+    eng = spec.engine
+    unscaled = ["a request-level engine (its own swap and batch costs)"]
+    if isinstance(eng, ContinuousConfig):
+        unscaled = [
+            what for what, present in (
+                ("execution.frontend", not eng.execution_params().frontend.is_zero),
+                ("kv_offload", eng.kv_offload is not None),
+                ("speculation", eng.speculation is not None),
+            ) if present
+        ]  # fmt: skip
+    if unscaled:
+        raise ConfigError(
+            f"time_scale scales the step model only; {unscaled[0]} keeps its own times",
+            where=f"{where}.time_scale", value=spec.time_scale,
+            allowed="1 (or no front end, kv_offload or speculation, a continuous engine)",
+        )  # fmt: skip
 
 
 def _fit_options(deployment: Deployment) -> str:
@@ -119,15 +148,23 @@ def _fit_options(deployment: Deployment) -> str:
 
 
 def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> EngineLimits:
-    """Engine limits; KV blocks from the memory plan unless given."""
+    """Engine limits; KV blocks from the memory plan unless given (a speculating engine's
+    drafter takes its share: :mod:`.draft_memory`)."""
     blocks = eng.num_kv_blocks
     if blocks is None:
+        spec = eng.speculation  # a drafter shares the GPUs' memory and KV blocks
+        try:
+            draft = None if spec is None else draft_memory(spec, deployment, eng.max_num_seqs)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), where=f"{where}.engine.speculation") from None
         plan = plan_memory(
             deployment,
             gpu_memory_utilization=eng.gpu_memory_utilization,
             block_size=eng.block_size,
             max_num_seqs=eng.max_num_seqs,
             max_num_batched_tokens=eng.max_num_batched_tokens,
+            draft_weight_bytes=0.0 if draft is None else draft.weight_bytes,
+            draft_kv_bytes_per_token=0.0 if draft is None else draft.kv_bytes_per_token,
         )
         if not plan.fits or plan.num_kv_blocks < 1:
             raise ConfigError(
@@ -252,4 +289,7 @@ def build_streaming_engine(
         )
     engine = build_engine(spec, ident, requests, records, 0, where=where).engine
     assert isinstance(engine, ContinuousEngine)
+    cache = engine.state.cache
+    if cache is not None and cache.tiers is not None:  # the driver counts prompt sources
+        cache.tiers.track_first_loads()
     return engine

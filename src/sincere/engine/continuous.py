@@ -32,6 +32,8 @@ request and frees its blocks.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -43,7 +45,7 @@ from sincere.engine.base import DecodeProgress, EngineLoad, KvIntake, TokenHook,
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv_intake import ArrivedKv
 from sincere.engine.request_fit import RequestFit
-from sincere.engine.runs import Run, RunPlanner
+from sincere.engine.runs import DecodeStepsTime, Run, RunPlanner
 from sincere.engine.speculation import Speculator
 from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
@@ -133,7 +135,7 @@ class ContinuousEngine(StateView):
         if cache is not None and req.block_ids:
             ids = req.block_ids[i]
             if len(ids):
-                cache.add(i, ids.tolist(), req.block_tokens, prompt)
+                cache.add(i, req.block_keys(i), req.block_tokens, prompt)
         run = self._run
         if self._intake is not None and run is not None and run.end_at > now:
             room = self.state.num_running < self.limits.max_num_seqs  # seen when it ends
@@ -249,13 +251,13 @@ class ContinuousEngine(StateView):
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """Decode iterations of the run in flight that ended by ``now`` (None: none yet)."""
-        run = self._run
-        j = 0 if run is None else run.steps_ended_by(now, self.step_model.decode_steps_s)
-        if run is None or j <= 0:
-            return None
-        st = self.state
-        used = st.pre_blocks + st.dec.total(st.step + j)
-        return DecodeProgress(j, run.num_decode, used / st.num_blocks)
+        return run_progress(self._run, self.state, self.step_model.decode_steps_s, now)
+
+    def progress_until(self, now: Seconds) -> tuple[DecodeProgress | None, Seconds]:
+        """:meth:`progress_at` ``now``, and when the next decode iteration of the run in
+        flight ends (``inf``: none is left; ``now``: nothing promised); see
+        :func:`progress_until`."""
+        return progress_until(self._run, self.state, self.step_model.decode_steps_s, now)
 
     def abort(self, request_ix: int, now: Seconds) -> bool:
         """Cancel a waiting or running request; return whether it was here.
@@ -350,3 +352,31 @@ class ContinuousEngine(StateView):
 def _held(intake: AsyncIntake | None) -> int:
     """Requests an asynchronous scheduler has not seen yet."""
     return 0 if intake is None else len(intake)
+
+
+def run_progress(
+    run: Run | None, st: BatchState, decode_steps_s: DecodeStepsTime, now: Seconds
+) -> DecodeProgress | None:
+    """Decode iterations of ``run`` (in flight on ``st``) that ended by ``now``."""
+    j = 0 if run is None else run.steps_ended_by(now, decode_steps_s)
+    if run is None or j <= 0:
+        return None
+    used = st.pre_blocks + st.dec.total(st.step + j)
+    return DecodeProgress(j, run.num_decode, used / st.num_blocks)
+
+
+def progress_until(
+    run: Run | None, st: BatchState, decode_steps_s: DecodeStepsTime, now: Seconds
+) -> tuple[DecodeProgress | None, Seconds]:
+    """:func:`run_progress` at ``now`` and the end of the run's next decode iteration, until
+    which it stays the same. The progress is the number of the run's iteration ends at or
+    before the time asked, and those ends increase strictly with the iteration (each adds at
+    least the per-step time, far above rounding), so the answer holds until the next end."""
+    progress = run_progress(run, st, decode_steps_s, now)
+    if run is None or run.chunks:
+        return progress, math.inf  # no decode run: nothing moves until an event
+    j = 0 if progress is None else progress.steps
+    if j >= run.steps:
+        return progress, math.inf
+    until = run.start_at + decode_steps_s(run.num_decode, run.ctx_tokens, j + 1)
+    return progress, until if until > now else now

@@ -43,8 +43,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from itertools import pairwise, repeat
+from operator import add, sub
+from typing import cast
 
-from sincere.core.prefix import chain_keys, check_block_sizes, engine_block_keys
+from sincere.core.prefix import check_block_sizes, engine_keys_of_chain
 from sincere.engine.kv_tiers import KvTiers, Name, TierLimits, block_names
 
 
@@ -70,8 +73,12 @@ class BlockSlots:
     content blocks are not larger than engine blocks) owns ``group`` consecutive slots of
     the flat lists ``ref`` (-1: not cached, 0: cached and free, r > 0: held by r sequences)
     and ``stamp`` (the release that last freed the block). A group takes its slots when its
-    first block is cached (:meth:`base`) and gives them back, for a group of its size to
-    reuse, when its last cached block is evicted (:meth:`drop`).
+    first block is cached (:meth:`take`: a prompt's new groups together, as ranges) and
+    gives them back, for a group of its size to reuse, when its last cached block is
+    evicted (:meth:`drop`, :meth:`drop_range`). Spare slots of larger groups are kept as
+    ranges merged with their neighbours, so that a prompt's new groups get consecutive
+    slots where the spare ones allow, and its runs span groups; which slots a group gets
+    never shows in results.
     """
 
     def __init__(self) -> None:
@@ -80,27 +87,58 @@ class BlockSlots:
         self.bases: dict[int, dict[int, int]] = {}  # group size -> group key -> first slot
         self._present: dict[int, int] = {}  # first slot -> cached blocks of its group
         self._owner: dict[int, tuple[int, int]] = {}  # first slot -> (group size, key)
-        self._spare: dict[int, list[int]] = {}  # group size -> first slots to reuse
+        self._spare: dict[int, list[int]] = {}  # one-block groups: slots to reuse
+        # larger groups: their spare slots as ranges, merged with their neighbours when
+        # given back (group size -> first slot -> end, and end -> first slot), so that a
+        # prompt's new groups get one range of slots and its runs span groups
+        self._spare_from: dict[int, dict[int, int]] = {}
+        self._spare_to: dict[int, dict[int, int]] = {}
+
+    def take(self, keys: list[int], group: int, after: int = -1) -> list[tuple[int, int]]:
+        """Slots for the new groups ``keys`` (none has slots yet) of ``group`` blocks, as
+        ranges ``(first slot, groups)`` in order, consecutive where the spare ranges allow:
+        the range starting at slot ``after`` if there is one (where the prompt's run ends,
+        which it then extends), else the most recently given back range first, then new
+        slots."""
+        starts = self._spare_from.setdefault(group, {})
+        ends = self._spare_to.setdefault(group, {})
+        out: list[tuple[int, int]] = []
+        n = len(keys)
+        while n and starts:
+            lo = after if after in starts else next(reversed(starts))
+            after = -1
+            hi = starts.pop(lo)
+            del ends[hi]
+            k = min(n, (hi - lo) // group)
+            out.append((lo, k))
+            if lo + k * group < hi:
+                starts[lo + k * group] = hi
+                ends[hi] = lo + k * group
+            n -= k
+        if n:
+            start = len(self.ref)
+            self.ref.extend([-1] * (n * group))
+            self.stamp.extend([0] * (n * group))
+            out.append((start, n))
+        bases = [b for lo, k in out for b in range(lo, lo + k * group, group)]
+        self.bases.setdefault(group, {}).update(zip(keys, bases, strict=True))
+        self._present.update(zip(bases, repeat(0)))
+        self._owner.update(zip(bases, zip(repeat(group), keys, strict=False), strict=True))
+        return out
 
     def base(self, key: int, group: int) -> int:
         """First slot of the group ``key`` (of ``group`` blocks), taken if it has none yet."""
-        bases = self.bases.get(group)
-        if bases is None:
-            bases = self.bases[group] = {}
-        base = bases.get(key)
-        if base is not None:
-            return base
-        spare = self._spare.get(group)
-        if spare:
-            base = spare.pop()
-        else:
-            base = len(self.ref)
-            self.ref.extend([-1] * group)
-            self.stamp.extend([0] * group)
-        bases[key] = base
-        self._present[base] = 0
-        self._owner[base] = (group, key)
-        return base
+        base = self.bases.get(group, {}).get(key)
+        return self.take([key], group)[0][0] if base is None else base
+
+    def cached_many(self, ranges: list[tuple[int, int]], group: int, k0: int, k1: int) -> None:
+        """The new groups of ``ranges`` (:meth:`take`'s) are cached from block ``k0`` of the
+        first to block ``k1 - 1`` of the last."""
+        bases = [b for lo, k in ranges for b in range(lo, lo + k * group, group)]
+        counts = [group] * len(bases)
+        counts[0] -= k0
+        counts[-1] -= group - k1
+        self._present.update(zip(bases, counts, strict=True))
 
     def cached(self, base: int, added: int) -> None:
         """``added`` more blocks of the group at ``base`` are cached."""
@@ -115,7 +153,99 @@ class BlockSlots:
         del self._present[base]
         group, key = self._owner.pop(base)
         del self.bases[group][key]
-        self._spare.setdefault(group, []).append(base)
+        self._give(base, base + group, group)
+
+    def _give(self, lo: int, hi: int, group: int) -> None:
+        """Slots ``lo`` to ``hi - 1`` (whole groups of ``group``) are spare: one range with
+        its neighbours."""
+        starts, ends = self._spare_from[group], self._spare_to[group]
+        before = ends.pop(lo, None)
+        if before is not None:
+            del starts[before]
+            lo = before
+        after = starts.pop(hi, None)
+        if after is not None:
+            del ends[after]
+            hi = after
+        starts[lo] = hi
+        ends[hi] = lo
+
+    def cache_singles(self, keys: list[int]) -> list[int]:
+        """Cache new one-block groups ``keys`` (none cached yet), each held once; return
+        their slots, ascending where the spare slots allow (a prompt's new blocks get
+        consecutive slots, so its runs stay runs)."""
+        bases = self.bases.get(1)
+        if bases is None:
+            bases = self.bases[1] = {}
+        spare = self._spare.setdefault(1, [])
+        n = len(keys)
+        reused = spare[-n:]
+        del spare[-n:]
+        reused.reverse()
+        grow = n - len(reused)
+        if grow:
+            start = len(self.ref)
+            reused.extend(range(start, start + grow))
+            self.ref.extend([-1] * grow)
+            self.stamp.extend([0] * grow)
+        bases.update(zip(keys, reused, strict=True))
+        ref = self.ref
+        for slot in reused:
+            ref[slot] = 1
+        self._present.update(zip(reused, repeat(1), strict=False))
+        self._owner.update(zip(reused, zip(repeat(1), keys, strict=False), strict=True))
+        return reused
+
+    def drop_singles(self, slots: Iterable[int], out: list[Name] | None) -> None:
+        """One-block groups at ``slots`` were evicted; their names go to ``out`` if given."""
+        slots = list(slots)
+        owners = list(map(self._owner.pop, slots))
+        deque(map(self._present.pop, slots), maxlen=0)
+        deque(map(self.bases[1].pop, [key for _, key in owners]), maxlen=0)
+        self._spare[1].extend(slots)
+        if out is not None:
+            out.extend((1, key, 0) for _, key in owners)
+
+    def drop_slots(self, base: int, group: int, gone: list[int], out: list[Name] | None) -> None:
+        """Blocks at slots ``gone`` (in eviction order) of consecutive groups of ``group``
+        blocks, the first at ``base``, were evicted: one :meth:`drop` per group; their names
+        go to ``out`` if given."""
+        if out is not None:
+            out.extend(self._name_of(base + (s - base) // group * group, s) for s in gone)
+        counts: dict[int, int] = {}
+        for s in gone:
+            at = base + (s - base) // group * group
+            counts[at] = counts.get(at, 0) + 1
+        for at, n in counts.items():
+            self.drop(at, n)
+
+    def drop_range(self, base: int, group: int, low: int, top: int, out: list[Name] | None) -> None:
+        """:meth:`drop_slots` of the slots ``top`` down to ``low``, a group at a time."""
+        if out is not None:
+            gone = range(top, low - 1, -1)
+            out.extend(self._name_of(base + (s - base) // group * group, s) for s in gone)
+        present, owner, bases = self._present, self._owner, self.bases[group]
+        at = base + (top - base) // group * group
+        spare = -1  # the groups emptied since, down to ``at + group``, are spare
+        while at + group > low:
+            left = present[at] - (min(top, at + group - 1) - max(low, at) + 1)
+            if left > 0:
+                present[at] = left
+                if spare >= 0:
+                    self._give(at + group, spare, group)
+                    spare = -1
+            else:  # the group's last cached blocks went: its slots join the spare range
+                del present[at]
+                del bases[owner.pop(at)[1]]
+                if spare < 0:
+                    spare = at + group
+            at -= group
+        if spare >= 0:
+            self._give(at + group, spare, group)
+
+    def _name_of(self, base: int, slot: int) -> Name:
+        group, key = self._owner[base]
+        return (group, key, slot - base)
 
     def names_of(self, base: int, blocks: Iterable[int]) -> list[Name]:
         """Names (group size, group key, block) of ``blocks`` of the group at ``base``."""
@@ -134,15 +264,16 @@ class BlockSlots:
 class FreeRuns:
     """The free cached blocks in the order they were freed: a queue of runs of slots.
 
-    A run ``(base, hi, lo, stamp)`` is blocks ``hi`` down to ``lo`` of the group at
-    ``base``, freed by the release numbered ``stamp``. A block in a run is still free there
-    only while its ``ref`` is 0 and its ``stamp`` is the run's (a block taken again leaves
-    its old run lazily and joins a new one when freed again), so :meth:`evict` walks the
-    queue exactly in least-recently-freed order.
+    A run ``(base, hi, lo, stamp, group)`` is slots ``base + hi`` down to ``base + lo``,
+    freed by the release numbered ``stamp``: blocks of consecutive groups of ``group``
+    blocks each, the first at ``base`` (a prompt's run of engine blocks). A
+    block in a run is still free there only while its ``ref`` is 0 and its ``stamp`` is
+    the run's (a block taken again leaves its old run lazily and joins a new one when
+    freed again), so :meth:`evict` walks the queue exactly in least-recently-freed order.
     """
 
     def __init__(self) -> None:
-        self.runs: deque[tuple[int, int, int, int]] = deque()
+        self.runs: deque[tuple[int, int, int, int, int]] = deque()
         self.num_releases = 0  # stamps handed out so far
 
     def next_stamp(self) -> int:
@@ -155,42 +286,99 @@ class FreeRuns:
         their names go to ``out``, in eviction order, when given."""
         ref, stamp, runs = slots.ref, slots.stamp, self.runs
         while over > 0:
-            base, hi, lo, when = runs[0]
-            k = hi
-            gone = 0
+            base, hi, lo, when, group = runs[0]
             a, b = base + lo, base + hi + 1
-            if max(ref[a:b]) == 0 and min(stamp[a:b]) == when == max(stamp[a:b]):
-                gone = min(over, b - a)  # the whole run is still free: its top, in bulk
-                ref[b - gone : b] = [-1] * gone
-                if out is not None:
-                    out.extend(slots.names_of(base, range(hi, hi - gone, -1)))
-                over -= gone
-                k = hi - gone
-            while k >= lo and over > 0:
-                s = base + k
-                if ref[s] == 0 and stamp[s] == when:
-                    ref[s] = -1
-                    gone += 1
-                    over -= 1
-                    if out is not None:
-                        out.extend(slots.names_of(base, (k,)))
-                k -= 1
-            if gone:
-                slots.drop(base, gone)
+            # all free and none freed since: a block free now was freed at ``when`` or
+            # later (stamps only grow), so the largest stamp tells
+            if max(ref[a:b]) == 0 and max(stamp[a:b]) == when:
+                n = min(over, b - a)  # the whole run is still free: its top, in bulk
+                ref[b - n : b] = [-1] * n
+                over -= n
+                k = hi - n
+                if group == 1:
+                    slots.drop_singles(range(b - 1, b - n - 1, -1), out)
+                else:
+                    slots.drop_range(base, group, b - n, b - 1, out)
+            else:  # some of it was taken again: block by block
+                k = hi
+                gone: list[int] = []
+                while k >= lo and over > 0:
+                    s = base + k
+                    if ref[s] == 0 and stamp[s] == when:
+                        ref[s] = -1
+                        gone.append(s)
+                        over -= 1
+                    k -= 1
+                if gone and group == 1:
+                    slots.drop_singles(gone, out)
+                elif gone:
+                    slots.drop_slots(base, group, gone, out)
             if k < lo:
                 runs.popleft()
             else:
-                runs[0] = (base, k, lo, when)
+                runs[0] = (base, k, lo, when, group)
 
     def order(self, slots: BlockSlots) -> list[int]:
         """The slots of the free cached blocks, least recently freed (next evicted) first."""
         ref, stamp = slots.ref, slots.stamp
         return [
             s
-            for base, hi, lo, when in self.runs
+            for base, hi, lo, when, _ in self.runs
             for s in range(base + hi, base + lo - 1, -1)
             if ref[s] == 0 and stamp[s] == when
         ]
+
+
+def _match_singles(bases: dict[int, int], ref: list[int], keys: tuple[int, ...]) -> tuple[int, int]:
+    """(leading ``keys`` cached, of which held) for one-block groups: a key has a slot
+    exactly while its block is cached."""
+    found = list(map(bases.get, keys))
+    hit = found.index(None) if None in found else len(found)
+    slots = cast(list[int], found[:hit])  # no None before the first miss
+    return hit, hit - list(map(ref.__getitem__, slots)).count(0)
+
+
+def _hold_singles(
+    held: list[int], bases: dict[int, int], ref: list[int], keys: tuple[int, ...]
+) -> tuple[int, int]:
+    """Reference the cached one-block groups ``keys`` into ``held``'s runs; return (those
+    that were free, those another sequence held). A run of consecutive slots at a time."""
+    found = list(map(bases.__getitem__, keys))
+    cuts = _cuts(found)
+    freed = 0
+    for a, b in pairwise(cuts):  # found[a:b]: slots found[a] .. found[b - 1]
+        lo, hi = found[a], found[b - 1] + 1
+        counts = ref[lo:hi]
+        freed += counts.count(0)
+        ref[lo:hi] = list(map(add, counts, repeat(1)))
+    _extend_runs(held, found, cuts)
+    return freed, len(found) - freed
+
+
+def _cuts(slots: list[int]) -> list[int]:
+    """Where ``slots`` split into runs of consecutive slots: 0, each run's start, and the
+    length (one run, the common case, is found by one comparison)."""
+    n = len(slots)
+    if n == 0:
+        return [0]
+    if slots[-1] - slots[0] == n - 1 and slots == list(range(slots[0], slots[0] + n)):
+        return [0, n]
+    steps = map(sub, slots[1:], slots[:-1])
+    return [0, *[k for k, step in enumerate(steps, 1) if step != 1], n]
+
+
+def _extend_runs(held: list[int], slots: list[int], cuts: list[int] | None = None) -> None:
+    """Append one-block groups' ``slots`` (in prompt order) to ``held``'s runs ``base, 0,
+    last``, a run of consecutive slots at a time (``cuts``: :func:`_cuts` of ``slots``): a
+    slot after a run's last joins it."""
+    if cuts is None:
+        cuts = _cuts(slots)
+    for a, b in pairwise(cuts):
+        first, count = slots[a], b - a
+        if held and held[-3] + held[-1] + 1 == first:
+            held[-1] += count
+        else:
+            held.extend((first, 0, count - 1))
 
 
 class PrefixCache:
@@ -223,20 +411,21 @@ class PrefixCache:
         self._memo_len = -1
         self._memo = (0, 0)
 
-    def add(self, i: int, block_ids: list[int], block_tokens: int, prompt_tokens: int) -> None:
-        """Request ``i``'s prompt carries ``block_ids`` of ``block_tokens`` tokens each."""
+    def add(self, i: int, chained: list[int], block_tokens: int, prompt_tokens: int) -> None:
+        """Request ``i``'s prompt carries block ids of ``block_tokens`` tokens each, whose
+        chained keys (:func:`~sincere.core.prefix.chain_keys`) are ``chained``."""
         engine = self.block
+        check_block_sizes(block_tokens, engine)
         if block_tokens > engine:
-            check_block_sizes(block_tokens, engine)
             group = block_tokens // engine
-            covered = min(prompt_tokens, len(block_ids) * block_tokens)
+            covered = min(prompt_tokens, len(chained) * block_tokens)
             num_blocks = covered // engine
             num_groups = -(-num_blocks // group)
-            keys = chain_keys(block_ids[:num_groups])
+            keys = tuple(chained[:num_groups])
         else:
             group = 1
-            keys = engine_block_keys(
-                block_ids,
+            keys = engine_keys_of_chain(
+                chained,
                 block_tokens=block_tokens,
                 engine_block_tokens=engine,
                 prompt_tokens=prompt_tokens,
@@ -261,7 +450,9 @@ class PrefixCache:
             group = prompt.group
             bases = self.slots.bases.get(group)
             ref = self.slots.ref
-            if bases is not None:
+            if bases is not None and group == 1:
+                hit, shared = _match_singles(bases, ref, prompt.keys[:most])
+            elif bases is not None:
                 for key in prompt.keys:
                     if hit >= most:
                         break
@@ -304,7 +495,11 @@ class PrefixCache:
             return 0
         held: list[int] = []
         newly_shared = freed = 0
-        if hit > 0:
+        if hit > 0 and prompt.group == 1:
+            freed, newly_shared = _hold_singles(
+                held, self.slots.bases[1], self.slots.ref, prompt.keys[:hit]
+            )
+        elif hit > 0:
             group = prompt.group
             bases = self.slots.bases[group]
             ref = self.slots.ref
@@ -321,7 +516,10 @@ class PrefixCache:
                     else:
                         newly_shared += 1
                     ref[s] = r + 1
-                held.extend((base, 0, n - 1))
+                if held and held[-3] + held[-1] + 1 == base:  # the next group's slots
+                    held[-1] += n
+                else:
+                    held.extend((base, 0, n - 1))
                 left -= n
         self.held[i] = held
         self.progress[i] = hit
@@ -336,7 +534,7 @@ class PrefixCache:
         """Blocks ``hit`` to ``hit + tier - 1`` of ``i``'s prompt come back from the tiers:
         cached on the GPU again, held by ``i`` as if it had computed them."""
         assert self.tiers is not None
-        self.tiers.load(block_names(prompt.keys, prompt.group, hit, hit + tier))
+        self.tiers.load(block_names(prompt.keys, prompt.group, hit, hit + tier), i)
         self.register(i, (hit + tier) * self.block)
 
     def register(self, i: int, computed_tokens: int) -> None:
@@ -352,39 +550,27 @@ class PrefixCache:
         group = prompt.group
         keys = prompt.keys
         slots = self.slots
-        held, ref = self.held[i], slots.ref
-        for j in range(start // group, (upto - 1) // group + 1):
-            base = slots.base(keys[j], group)
-            first = j * group
-            k0, k1 = max(start - first, 0), min(upto - first, group)
-            if max(ref[base + k0 : base + k1]) < 0:  # the common case: none cached, in bulk
-                ref[base + k0 : base + k1] = [1] * (k1 - k0)
-                added = k1 - k0
-                if held and held[-3] == base and held[-1] == k0 - 1:
-                    held[-1] = k1 - 1
-                else:
-                    held.extend((base, k0, k1 - 1))
-            else:
-                added = self._register_each(held, base, k0, k1)
-            if added:
-                slots.cached(base, added)
+        held = self.held[i]
+        if group == 1:
+            _register_singles(slots, held, list(keys[start:upto]))
+            self.epoch += 1
+            return
+        j0, j1 = start // group, (upto - 1) // group + 1
+        chunk = keys[j0:j1]
+        got = list(map(slots.bases.setdefault(group, {}).get, chunk))
+        known = got.index(None) if None in got else len(got)
+        new = got.count(None)
+        tail_new = new > 0 and new == len(got) - known  # groups with slots, then new ones
+        for j in range(j0, j0 + known if tail_new else j1):
+            base = got[j - j0]  # None: a new group among ones with slots (rare), one at a time
+            base = slots.base(chunk[j - j0], group) if base is None else base
+            _register_group(slots, held, base, group, start - j * group, upto - j * group)
+        if tail_new:  # the new groups in as few slot ranges as the spare ones allow
+            after = held[-3] + held[-1] + 1 if held else -1  # where the held run ends
+            ranges = slots.take(list(chunk[known:]), group, after)
+            k0 = max(start - (j0 + known) * group, 0)
+            _register_new(slots, held, ranges, group, k0, upto - (j1 - 1) * group)
         self.epoch += 1
-
-    def _register_each(self, held: list[int], base: int, k0: int, k1: int) -> int:
-        """Take blocks ``k0..k1-1`` of the group at ``base`` one by one; return how many."""
-        ref = self.slots.ref
-        added = 0
-        for k in range(k0, k1):
-            s = base + k
-            if ref[s] >= 0:  # cached by another sequence meanwhile: this copy stays private
-                continue
-            ref[s] = 1
-            added += 1
-            if held and held[-3] == base and held[-1] == k - 1:
-                held[-1] = k
-            else:
-                held.extend((base, k, k))
-        return added
 
     def release(self, i: int) -> int:
         """``i`` stops running: drop its references, tail first; return blocks unshared."""
@@ -394,6 +580,7 @@ class PrefixCache:
         del self.progress[i]
         now = self.free.next_stamp()
         ref, stamp, free = self.slots.ref, self.slots.stamp, self.free.runs
+        group = self.prompts[i].group
         unshared = freed = 0
         at = len(held) - 3
         while at >= 0:
@@ -418,7 +605,7 @@ class PrefixCache:
                     unshared += 1
                 s -= 1
             if freed > before:
-                free.append((base, hi, lo, now))
+                free.append((base, hi, lo, now, group))
         self.num_free += freed
         self.shared -= unshared
         self.epoch += 1
@@ -466,3 +653,71 @@ class PrefixCache:
                 blocks.extend(names[base + k] for k in range(lo, hi + 1))
             out[i] = blocks
         return out
+
+
+def _register_group(
+    slots: BlockSlots, held: list[int], base: int, group: int, k0: int, k1: int
+) -> None:
+    """Take blocks ``max(k0, 0)`` to ``min(k1, group) - 1`` of the group at ``base``."""
+    k0, k1 = max(k0, 0), min(k1, group)
+    ref = slots.ref
+    if max(ref[base + k0 : base + k1]) < 0:  # the common case: none cached, in bulk
+        ref[base + k0 : base + k1] = [1] * (k1 - k0)
+        added = k1 - k0
+        if held and held[-3] + held[-1] + 1 == base + k0:  # the run goes on
+            held[-1] = base + k1 - 1 - held[-3]
+        else:
+            held.extend((base, k0, k1 - 1))
+    else:
+        added = _register_each(slots, held, base, k0, k1)
+    if added:
+        slots.cached(base, added)
+
+
+def _register_new(
+    slots: BlockSlots, held: list[int], ranges: list[tuple[int, int]], group: int, k0: int, k1: int
+) -> None:
+    """Cache a prompt's run of new groups of ``group`` blocks, in the slot ``ranges``
+    (:meth:`BlockSlots.take`'s): from block ``k0`` of the first to block ``k1 - 1`` of the
+    last, held as one run per range (a range continuing the held run extends it)."""
+    ref = slots.ref
+    last = len(ranges) - 1
+    for r, (lo, n) in enumerate(ranges):
+        a = lo + (k0 if r == 0 else 0)
+        b = lo + (n - 1) * group + (k1 if r == last else group)
+        ref[a:b] = [1] * (b - a)
+        if held and held[-3] + held[-1] + 1 == a:  # the run goes on
+            held[-1] = b - 1 - held[-3]
+        else:
+            held.extend((lo, a - lo, b - 1 - lo))
+    slots.cached_many(ranges, group, k0, k1)
+
+
+def _register_each(slots: BlockSlots, held: list[int], base: int, k0: int, k1: int) -> int:
+    """Take blocks ``k0..k1-1`` of the group at ``base`` one by one; return how many."""
+    ref = slots.ref
+    added = 0
+    for k in range(k0, k1):
+        s = base + k
+        if ref[s] >= 0:  # cached by another sequence meanwhile: this copy stays private
+            continue
+        ref[s] = 1
+        added += 1
+        if held and held[-3] + held[-1] + 1 == s:
+            held[-1] = s - held[-3]
+        else:
+            held.extend((base, k, k))
+    return added
+
+
+def _register_singles(slots: BlockSlots, held: list[int], keys: list[int]) -> None:
+    """Cache the one-block groups ``keys`` (a run of the prompt) that no other sequence
+    cached meanwhile, held in runs of consecutive slots."""
+    bases = slots.bases.get(1)
+    known = [] if bases is None else list(map(bases.get, keys))
+    if bases is None or known.count(None) == len(keys):  # the common case: all new
+        _extend_runs(held, slots.cache_singles(keys))
+        return
+    for key, slot in zip(keys, known, strict=True):
+        if slot is None:  # else cached by another sequence meanwhile: this copy stays private
+            _extend_runs(held, slots.cache_singles([key]))

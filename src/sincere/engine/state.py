@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -183,7 +184,9 @@ class BatchState:
         self.offset_sum = 0
         self.finish_step: dict[int, int] = {}  # decoding -> step at which it is done
         self.finish: list[tuple[int, int]] = []  # heap of (finish step, request)
-        self.decode_starts: list[int] = []  # every start of decoding, in order
+        # every start of decoding, in order: machine integers, so the log does not keep
+        # an int object alive per finished request (~40 bytes each at 1M requests)
+        self.decode_starts = array("q")
         self.tier_decoding = [0] * num_tiers  # decode sequences per tier
         self.preempted_at: dict[int, Seconds] = {}  # decoding when preempted -> when
         self.time = TimeAccount(num_tiers)  # busy time and ITL gaps

@@ -80,6 +80,13 @@ class StateView(EngineBase):
             f"{lim.block_size} tokens, its watermark kept free)"
         )
 
+    def take_tier_loaded_tokens(self, request_ix: int) -> tuple[int, int]:
+        """Prompt tokens ``request_ix``'s first load brought from the CPU and disk tiers
+        (:meth:`.KvTiers.take_first_load`); (0, 0) without tiers."""
+        cache = self.state.cache
+        tiers = None if cache is None else cache.tiers
+        return (0, 0) if tiers is None else tiers.take_first_load(request_ix)
+
     def load_with(self, also_waiting: int) -> EngineLoad:
         """What routers see: queue (plus ``also_waiting`` the engine holds apart), batch,
         remaining and cached tokens, KV usage, busy time.
@@ -211,7 +218,7 @@ class StateView(EngineBase):
 
     def decode_starts(self, since: int) -> list[int]:
         """Sequences that began decoding, from the ``since``-th start on (0: the first)."""
-        return self.state.decode_starts[since:]
+        return self.state.decode_starts[since:].tolist()
 
     def is_decoding(self, i: int) -> bool:
         """Whether ``i`` is decoding now."""

@@ -43,7 +43,7 @@ from sincere.optimize.data import (
     Server,
     ServiceClass,
 )
-from sincere.optimize.derive import DerivedModelData, derive_model_data
+from sincere.optimize.derive import MAX_DERIVED_BATCH, DerivedModelData, derive_model_data
 from sincere.optimize.pd_plan import (
     MAX_DECODE_BATCH,
     Candidate,
@@ -57,7 +57,7 @@ from sincere.optimize.plan import solve
 from sincere.optimize.queueing import IntArray
 from sincere.optimize.simsize import SimSettings, simulated_sizer
 from sincere.optimize.sizing import Targets
-from sincere.optimize.speculation import speculating
+from sincere.optimize.speculation import planned_memory, speculating
 from sincere.perf.base import Deployment
 from sincere.perf.factory import StepModelConfig
 from sincere.sim.config import KvLinkConfig
@@ -226,10 +226,17 @@ def _derived(inp: PlanInput, dep: Deployment, p: int, o: int, name: str) -> Deri
         step = inp.step_model.build(dep)
     except ConfigError:
         return None
+    max_batch = None  # derive's: from the plain memory plan
     if inp.speculation is not None:
         step = speculating(step, dep, inp.speculation)
+        plan = planned_memory(dep, inp.speculation, max_num_seqs=MAX_DERIVED_BATCH)
+        if not plan.fits:
+            return None
+        max_batch = max(1, plan.max_batch_at(p + o))  # beside the drafter's share
     try:
-        return derive_model_data(dep, step, in_tokens=p, out_tokens=o, acc_name=name)
+        return derive_model_data(
+            dep, step, in_tokens=p, out_tokens=o, max_batch=max_batch, acc_name=name
+        )
     except ConfigError:
         return None
 

@@ -64,10 +64,9 @@ from sincere.catalog import get_accelerator, get_model
 from sincere.core.errors import ConfigError
 from sincere.optimize.queueing import FloatArray
 from sincere.optimize.solvers import PoolChoice, solve_pools
-from sincere.optimize.speculation import planned_step
+from sincere.optimize.speculation import planned_memory, planned_step
 from sincere.perf.base import Batch, Deployment, StepTimeModel
 from sincere.perf.factory import StepModelConfig
-from sincere.perf.memory import plan_memory
 from sincere.sim.config import KvLinkConfig
 from sincere.sim.disagg import link_figures
 
@@ -240,10 +239,14 @@ def phase_times(
     load: PDLoad,
     kv_link: KvLinkConfig,
     max_batch: int = MAX_DECODE_BATCH,
+    speculation: SpeculationConfig | None = None,
 ) -> PhaseTimes | None:
-    """Time one candidate; ``None`` when the model does not fit it with one request's KV."""
+    """Time one candidate; ``None`` when the model does not fit it with one request's KV
+    (beside a drafter's weights and KV when ``speculation`` is set)."""
     p, o = load.prompt_tokens, load.output_tokens
-    mem = plan_memory(dep, max_num_seqs=max_batch, max_num_batched_tokens=max(p, max_batch))
+    mem = planned_memory(
+        dep, speculation, max_num_seqs=max_batch, max_num_batched_tokens=max(p, max_batch)
+    )
     if not mem.fits or mem.kv_capacity_tokens < p + o:
         return None
     ctx = p + o // 2
@@ -523,7 +526,8 @@ def plan_pd(
     times = []
     for cand in candidates:
         dep = deployment(model, cand, precision, kv_precision)
-        t = phase_times(dep, planned_step(build, dep, speculation), load, link, max_batch)
+        step = planned_step(build, dep, speculation)
+        t = phase_times(dep, step, load, link, max_batch, speculation)
         if t is not None:
             times.append(t)
     sized = size_pools(times, load, targets)

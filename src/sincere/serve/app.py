@@ -46,6 +46,7 @@ from sincere.serve.gateway.server import (
     Gateway,
     die_with_parent,
     exit_process,
+    freeze_startup_heap,
     run_on_fast_loop,
     stop_on_sigterm,
 )
@@ -53,14 +54,31 @@ from sincere.serve.protocol import error_body
 from sincere.serve.security.policy import Refusal
 
 if TYPE_CHECKING:
+    from sincere.serve.control.autoscaler import LiveAutoscaler
     from sincere.serve.control.controller import Controller
+    from sincere.serve.control.pool import LivePool
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
-__all__ = ["CONTROLLER", "admin_only", "compose", "mount_control", "run_gateway", "serve_gateway"]
+__all__ = [
+    "AUTOSCALER",
+    "CONTROLLER",
+    "POOL",
+    "admin_only",
+    "compose",
+    "mount_control",
+    "run_gateway",
+    "serve_gateway",
+]
 
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller")
 """Where a composed gateway's app keeps its controller (``gw.app[CONTROLLER]``)."""
+
+AUTOSCALER: web.AppKey[LiveAutoscaler] = web.AppKey("autoscaler")
+"""Where a composed gateway's app keeps its live autoscaler, when one is configured."""
+
+POOL: web.AppKey[LivePool] = web.AppKey("pool")
+"""Where a composed gateway's app keeps its live pool of several models, when configured."""
 
 MAX_AUDITED_BYTES = 4096  # a larger answer (a plan) is audited by its size only
 
@@ -72,6 +90,12 @@ def compose(
     decisions: DecisionLog | None = None,
 ) -> Gateway:
     """The gateway of ``config`` with, when ``config.admin``, the controller's ``/admin``."""
+    for key in ("autoscaling", "actuation"):
+        if not config.admin and getattr(config.controller, key) is not None:
+            raise ConfigError(
+                f"controller.{key} runs in the control plane, which admin: false leaves out",
+                where="admin", value=False, allowed=f"true (or no controller.{key})",
+            )  # fmt: skip
     gateway = Gateway(config, reuse_port=reuse_port, decisions=decisions)
     if config.admin:
         mount_control(gateway)
@@ -92,12 +116,58 @@ def mount_control(gateway: Gateway) -> Controller:
     async def body_of(request: web.Request) -> bytes:
         return await read_body(request, limits, edge)
 
-    for route in ControllerApi(controller, body_of).routes():
+    autoscaler = _autoscaler(gateway, controller)
+    pool = _pool(gateway, controller)
+    for route in ControllerApi(controller, body_of, autoscaler, pool).routes():
         handler = admin_only(gateway.auth, route.handler, route.action)
         gateway.app.router.add_route(route.method, route.path, handler, expect_handler=expect)
     gateway.app[CONTROLLER] = controller
     gateway.on_stop.append(controller.close)  # its emulated engines stop with the gateway
     return controller
+
+
+def _autoscaler(gateway: Gateway, controller: Controller) -> LiveAutoscaler | None:
+    """The live autoscaler of ``controller.autoscaling``, started with the gateway and
+    stopped before the controller's engines are."""
+    section = gateway.config.controller
+    if section.autoscaling is None:
+        return None
+    from sincere.serve.control.autoscaler import LiveAutoscaler
+    from sincere.serve.control.sim_scaling import live_autoscaling
+
+    config = live_autoscaling(section.autoscaling, section.max_instances)
+    autoscaler = LiveAutoscaler(controller, config, lambda: gateway.loop.time())
+    _run_with(gateway, autoscaler)
+    gateway.app[AUTOSCALER] = autoscaler
+    return autoscaler
+
+
+def _pool(gateway: Gateway, controller: Controller) -> LivePool | None:
+    """The live pool of ``controller.actuation``, started with the gateway and stopped
+    before the controller's engines are."""
+    section = gateway.config.controller
+    if section.actuation is None:
+        return None
+    from sincere.serve.control.pool import LivePool
+    from sincere.serve.control.sim_scaling import live_actuation
+
+    config = live_actuation(section.actuation, section.max_instances)
+    pool = LivePool(controller, config, lambda: gateway.loop.time())
+    _run_with(gateway, pool)
+    gateway.app[POOL] = pool
+    return pool
+
+
+def _run_with(gateway: Gateway, part: LiveAutoscaler | LivePool) -> None:
+    """Start a control-plane ``part`` with the gateway, stop it before the controller's
+    engines, and add its state to the gateway's /metrics."""
+
+    async def start(_: web.Application) -> None:
+        await part.start()
+
+    gateway.app.on_startup.append(start)
+    gateway.on_stop.append(part.stop)
+    gateway.status.extra_metrics.append(part.metrics_text)
 
 
 def admin_only(auth: GatewayAuth, handler: Handler, action: str | None) -> Handler:
@@ -187,9 +257,16 @@ def serve_gateway(
     """
     if workers < 1:
         raise ConfigError("serve: workers must be >= 1", value=workers, allowed="an integer >= 1")
+    for key in ("autoscaling", "actuation"):
+        if workers > 1 and config.admin and getattr(config.controller, key) is not None:
+            raise ConfigError(
+                f"controller.{key} runs in one process (each worker would scale on its "
+                "share of the load)", where="serve: workers", value=workers, allowed="1",
+            )  # fmt: skip
     children: list[multiprocessing.process.BaseProcess] = []
 
     def on_ready(gw: Gateway) -> None:
+        freeze_startup_heap()
         if workers > 1:
             bound = config.model_copy(update={"port": gw.port})
             ctx = multiprocessing.get_context("spawn")
@@ -222,5 +299,9 @@ def _worker(config: GatewayConfig, decisions: Path | None) -> None:
     die_with_parent()
     stop_on_sigterm()
     with contextlib.suppress(KeyboardInterrupt):
-        run_on_fast_loop(run_gateway(config, reuse_port=True, decisions=decisions))
+        run_on_fast_loop(
+            run_gateway(
+                config, lambda _: freeze_startup_heap(), reuse_port=True, decisions=decisions
+            )
+        )
     exit_process(0)

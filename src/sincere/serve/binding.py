@@ -1,4 +1,4 @@
-"""What every server of sincere shares: binding its socket, and ``async with``.
+"""What every server of sincere shares: binding its socket, ``async with``, stopping tasks.
 
 A failed bind becomes one :class:`~sincere.core.errors.ConfigError` line saying why
 (port in use, no permission) and what is allowed, so ``sincere serve`` and ``sincere
@@ -9,9 +9,12 @@ gateway, the emulator, the seal proxy and the test upstream one ``async with`` p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -69,3 +72,14 @@ class Served:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel background ``tasks`` (all told first, so they stop side by side) and wait
+    until each has ended."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -73,14 +73,17 @@ class SimulationResult:
 
     def plot(self, path: str | Path, title: str = "simulation") -> Path:
         """Write the run's figure (latency CDFs per tier, load and TTFT over time); with
-        autoscaling, also its instances over time beside it (``<name>_autoscaling.png``)."""
+        autoscaling (or a pool's actuation), also its instances over time beside it
+        (``<name>_autoscaling.png``, ``<name>_actuation.png``)."""
         from sincere.sim.plots import occupancy, plot_autoscaling, plot_run
 
         out = plot_run(self.requests_in, self.records, path, title)
-        block = self.summary.get("autoscaling")
-        if block is not None:
-            side = out.with_name(f"{out.stem}_autoscaling{out.suffix}")
-            plot_autoscaling(block["timeline"], occupancy(self.requests_in, self.records), side)
+        for key in ("autoscaling", "actuation"):
+            block = self.summary.get(key)
+            if block is not None:
+                side = out.with_name(f"{out.stem}_{key}{out.suffix}")
+                occ = occupancy(self.requests_in, self.records)
+                plot_autoscaling(block["timeline"], occ, side)
         return out
 
     def write(self, out_dir: str | Path) -> Path:
@@ -150,7 +153,7 @@ def run_warnings(cluster: Cluster) -> list[str]:
     served = sorted({m for info in cluster.infos for m in info.models})
     lines = []
     for ix, name in enumerate(requests.models):
-        if counts[ix] and not cluster.eligible[ix]:
+        if counts[ix] and not cluster.serves(ix):
             close = difflib.get_close_matches(name, served, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             lines.append(

@@ -27,8 +27,12 @@ from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, build_front_door
 from sincere.policy.pd import build_pd_front_door, colocated_role
 from sincere.policy.reads import Reads
+from sincere.sim.actuation import Actuator
+from sincere.sim.actuation_config import check_groups, initial_counts
+from sincere.sim.actuation_slots import PoolPlan, pool_plan
 from sincere.sim.autoscale import Autoscaler, ScalePlan
 from sincere.sim.autoscale_config import check_group
+from sincere.sim.autoscale_season import load_profiles
 from sincere.sim.cluster import ClosedLoop, Cluster, eligible_instances
 from sincere.sim.config import DisaggregationConfig, InstanceConfig, SimulationConfig
 from sincere.sim.disagg import (
@@ -74,6 +78,11 @@ class _Builder:
         self.counts = [inst.count for inst in config.instances]
         if config.autoscaling is not None and self.scaled is not None:
             self.counts[self.scaled] = config.autoscaling.max_instances
+        # the pool's groups (if any) are built with an engine per slot
+        self.pool = [] if config.actuation is None else pool_groups(config)
+        for pos in self.pool:
+            assert config.actuation is not None
+            self.counts[pos] = config.actuation.max_slots
         for pos, inst in enumerate(config.instances):
             prefix = inst.name or f"{inst.model_names[0]}-{pos}"
             count = self.counts[pos]
@@ -100,6 +109,8 @@ class _Builder:
         extension: Extension | None = None if pd is None else PDExtension(pd)
         if self.scaled is not None:
             extension = Autoscaler(self._scale_plan(self.scaled))
+        if self.pool:
+            extension = Actuator(self._pool_plan())
         return Cluster(
             self.requests, self.records, self.engines, self.infos, self._front_door(),
             self.max_tokens, decisions, self._closed_loop(), eligible=eligible,
@@ -113,23 +124,30 @@ class _Builder:
         start = sum(self.counts[:pos])
         engines = tuple(range(start, start + self.counts[pos]))
         dep = self.deployments[start]
-        load_s = cfg.load_s
-        if load_s is None:  # every GPU loads its share of the weights at load_gbps
-            load_s = dep.model.weight_bytes(dep.precision) / dep.num_gpus / (cfg.load_gbps * 1e9)
+        load_s = cfg.load_seconds(dep.weight_bytes_per_gpu)
         initial = self.config.instances[pos].count
-        return ScalePlan(cfg, engines, initial, load_s, dep.num_gpus)
+        profiles = load_profiles(cfg, None, self.config.base_dir, "autoscaling")
+        profile = None if profiles is None else profiles[0]
+        return ScalePlan(cfg, engines, initial, load_s, dep.num_gpus, profile)
+
+    def _pool_plan(self) -> PoolPlan:
+        """The pool's engines per group and slot, initial slots and actuation times."""
+        cfg, groups = self.config.actuation, self.config.instances
+        assert cfg is not None
+        starts = [sum(self.counts[:pos]) for pos in self.pool]
+        engines = [range(start, start + cfg.max_slots) for start in starts]
+        names = [groups[pos].model_names[0] for pos in self.pool]
+        deps = [self.deployments[start] for start in starts]
+        plan = pool_plan(cfg, names, engines, deps, initial_counts(cfg, groups, self.pool))
+        models = [groups[pos].model_names for pos in self.pool]
+        profiles = load_profiles(cfg.scaling, models, self.config.base_dir, "actuation.scaling")
+        return plan if profiles is None else replace(plan, profiles=tuple(profiles))
 
     def _closed_loop(self) -> ClosedLoop | None:
         """The workload's closed loop, with its think times drawn (None: open loop)."""
         arrival = self.config.workload.arrival
         if arrival is None or not _is_closed(self.config):
             return None
-        if self.disaggregated:
-            raise ConfigError(
-                "a closed-loop workload is not supported with prefill/decode "
-                "disaggregation; use an open-loop arrival kind",
-                where="workload.arrival.kind", value="closed",
-            )  # fmt: skip
         process = arrival.build()
         assert isinstance(process, Closed)
         n = len(self.requests)
@@ -216,6 +234,26 @@ def scaled_group(config: SimulationConfig) -> int:
             where=f"instances[{pos}].engine.kind", value=kind, allowed=["continuous"],
         )  # fmt: skip
     return pos
+
+
+def pool_groups(config: SimulationConfig) -> list[int]:
+    """The positions of the instances entries ``config.actuation`` pools (checked)."""
+    assert config.actuation is not None
+    if config.autoscaling is not None or is_disaggregated(config):
+        raise ConfigError(
+            "actuation is not supported together with autoscaling or prefill/decode "
+            "roles; scale the pool with actuation.scaling",
+            where="actuation", value="present", allowed="absent",
+        )  # fmt: skip
+    positions = check_groups(config.actuation, config.instances)
+    signal = config.actuation.scaling.signal
+    kinds = {config.instances[pos].engine.kind for pos in positions}
+    if signal == "kv_usage" and kinds != {"continuous"}:
+        raise ConfigError(
+            "the kv_usage signal needs engines that report their KV use (continuous)",
+            where="actuation.scaling.signal", value=signal, allowed=["in_flight", "waiting"],
+        )  # fmt: skip
+    return positions
 
 
 def canonical_requests(requests: RequestArrays) -> RequestArrays:

@@ -42,6 +42,14 @@ reported nothing -- and an engine event that finishes no request leaves its view
 was; the chosen instance's load for the records is then read from its engine directly.
 The decisions, and so the results, are the same.
 
+When the front door chooses by one count per instance (``by_count``: a router such as
+``least-outstanding`` or ``join-shortest-queue`` by requests that declares it, no
+admission, nothing else read or recorded at a decision), an arrival is placed from a list
+of those counts -- the outstanding counts the cluster keeps anyway, or each engine's
+waiting + running, refreshed from ``queue_sizes()`` only for the engines touched since
+the last arrival -- with no request object and no view; the router answers as it would
+over the views.
+
 When, besides, every answer is oblivious (no admission; a router such as
 ``round-robin`` or ``random`` whose answers do not depend on the instances' state),
 nothing observes outcomes and no engine holds requests back (``apart``), every request
@@ -67,11 +75,12 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import Request, RequestArrays
 from sincere.core.types import InstanceId, Seconds
 from sincere.engine.base import Engine
-from sincere.engine.instance import InstanceInfo, advanced_view, instance_view
+from sincere.engine.instance import InstanceInfo
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, Reject, Route
 from sincere.policy.reads import Reads
 from sincere.policy.router_base import InstanceView, Outcome
+from sincere.sim.engine_views import EngineViews
 from sincere.sim.plan import Facts, Shortcuts, plan_shortcuts
 
 if TYPE_CHECKING:
@@ -137,6 +146,7 @@ class Cluster:
         self._load_blind = shortcuts.load_blind
         self._observes = shortcuts.observes
         self._all_open = shortcuts.all_open
+        self._counts_by = shortcuts.by_count
         # iteration ends inside engines' pieces of work, as engines report them
         # (``summed`` pacing; the loop empties it)
         self.inner_ends: list[float] = []
@@ -147,12 +157,30 @@ class Cluster:
         # requests the front door routed (it observes them), with the request it saw
         self._routed: dict[int, Request] = {}
         num = len(self.engines)
-        self._views: list[InstanceView] = []  # every engine's view (built on first use)
-        self._stale: set[int] = set(range(num))  # engines whose view must be rebuilt
-        self._all_engines = list(range(num))
+        self.views = EngineViews(
+            self.engines,
+            self.infos,
+            self.outstanding,
+            load_blind=self._load_blind,
+            exact_tokens=self._exact_tokens,
+        )
+        self._stale = self.views.stale  # (the same set: touched at every engine event)
+        self._all_engines = self.views.all_engines
         self._engine_of: dict[InstanceId, int] = {info.id: e for e, info in enumerate(infos)}
-        # load-blind views differ only by the outstanding count: each engine's, by count
-        self._blind_views: list[dict[int, InstanceView]] = [{} for _ in range(num)]
+        # by_count "requests": each engine's waiting + running as its load reports it,
+        # refreshed for the engines touched since
+        self._queued = [0] * num
+        by_queues = shortcuts.by_count == "requests"
+        self._queued_stale: set[int] = set(range(num)) if by_queues else set()
+        # each request's model, as plain ints (read at every arrival)
+        self._model_of: list[int] = requests.model.tolist()
+
+    @property
+    def watches_engines(self) -> bool:
+        """Whether the loop must say which engines changed (:meth:`touched`): not when
+        arrivals are placed by outstanding counts, which the loop keeps itself, for then
+        no view and no queue count is ever read."""
+        return self._counts_by != "outstanding"
 
     def _plan(self, probes: Sequence[Reads]) -> Shortcuts:
         """The run's shortcuts, from the plug-ins' declarations (:mod:`sincere.sim.plan`)."""
@@ -165,6 +193,7 @@ class Cluster:
             all_open=all(info.max_in_flight is None for info in self.infos),
             holds_back=any(engine.holds_back for engine in self.engines),
             closed=self.closed is not None,
+            door_counts_by=None if door is None else door.counts_by,
         )
         return plan_shortcuts(
             facts,
@@ -176,9 +205,29 @@ class Cluster:
 
     def route(self, i: int, now: Seconds) -> int | None:
         """Engine index for request ``i``; ``None`` after rejecting it."""
+        if self._counts_by is not None:
+            return self._route_by_count(i)
         e = self.assign(i, now)
         if e is not None:
             self._note_load(i, e)
+        return e
+
+    def _route_by_count(self, i: int) -> int | None:
+        """:meth:`route` with ``by_count``: :meth:`assign` and :meth:`_note_load` in one,
+        with no call that cannot change the answer (the same checks, in the same order)."""
+        choices = self.eligible[self._model_of[i]]
+        if len(choices) == 1:  # (by_count implies passthrough)
+            e = choices[0]
+        elif not choices:
+            self.records.reject(i, "no_instance")
+            return None
+        else:
+            picked = self._by_count(choices)
+            assert picked is not None  # two candidates or more: the router chooses one
+            e = picked
+        if len(self.engines) > 1:  # no view: the load as the engine reports it
+            running, waiting, tokens = self.engines[e].queue_sizes()
+            self.records.note_load(i, running, waiting, tokens, self.outstanding[e])
         return e
 
     def assign_all(self) -> list[int]:
@@ -220,7 +269,38 @@ class Cluster:
         if self.front_door is None:
             self.records.reject(i, "no_router")
             return None
+        if self._counts_by is not None:
+            e = self._by_count(choices)
+            if e is not None:
+                return e
         return self._decide(i, choices, now)
+
+    def _by_count(self, choices: list[int]) -> int | None:
+        """The engine the front door places a request at from one count per engine of
+        ``choices`` alone (``by_count``: what :meth:`_decide` would answer, with no request
+        object and no view); ``None``: ask :meth:`_decide`."""
+        assert self.front_door is not None
+        if self._counts_by == "outstanding":
+            counts = self.outstanding
+        else:
+            if self._queued_stale:
+                self._refresh_queued()
+            counts = self._queued
+        if choices != self._all_engines:
+            counts = [counts[e] for e in choices]
+        k = self.front_door.place_by_count(counts)
+        return None if k is None else choices[k]
+
+    def _refresh_queued(self) -> None:
+        """Waiting + running of the engines touched since the last arrival, as their
+        views would show them: ``queue_sizes()``, the fields of ``load()`` without the
+        rest of the report (the one difference, decodes whose KV came from a prefill
+        instance, needs P/D, whose extension routes arrivals itself: no ``by_count``)."""
+        queued, engines = self._queued, self.engines
+        for e in self._queued_stale:
+            running, waiting, _ = engines[e].queue_sizes()
+            queued[e] = waiting + running
+        self._queued_stale.clear()
 
     def _decide(self, i: int, choices: list[int], now: Seconds) -> int | None:
         """Ask the front door about request ``i`` and apply its answer."""
@@ -243,11 +323,11 @@ class Cluster:
     def _note_load(self, i: int, e: int) -> None:
         """Keep engine ``e``'s load as its view shows it (with one engine nobody looks)."""
         if len(self.engines) > 1:
-            if self._load_blind:  # the views do not carry it: ask the engine
+            if self._load_blind or self._counts_by is not None:  # no view: ask the engine
                 running, waiting, tokens = self.engines[e].queue_sizes()
                 self.records.note_load(i, running, waiting, tokens, self.outstanding[e])
                 return
-            v = self._view(e)
+            v = self.views.view(e)
             self.records.note_load(
                 i, _seen(v.num_running), _seen(v.num_waiting),
                 _seen(v.waiting_prefill_tokens), v.num_outstanding,
@@ -257,22 +337,8 @@ class Cluster:
         """Engine ``e`` (or its outstanding count) may have changed: rebuild its view.
         With ``load_blind`` only a change of outstanding count needs telling."""
         self._stale.add(e)
-
-    def _view(self, e: int) -> InstanceView:
-        """Engine ``e``'s view as of its last event."""
-        if self._stale:
-            self._refresh()
-        return self._views[e]
-
-    def _refresh(self) -> None:
-        """Rebuild the stale views (the first call builds them all)."""
-        views, stale = self._views, self._stale
-        if not views:
-            views.extend(self._fresh_view(e) for e in self._all_engines)
-        else:
-            for e in stale:
-                views[e] = self._fresh_view(e)
-        stale.clear()
+        if self._counts_by == "requests":
+            self._queued_stale.add(e)
 
     def set_routable(self, e: int, routable: bool) -> None:
         """Whether the front door may choose engine ``e`` (an instance that joins or leaves
@@ -290,35 +356,18 @@ class Cluster:
             elif not routable and e in choices:
                 choices.remove(e)
 
+    def serves(self, m: int) -> list[int]:
+        """The instances that serve model ``m``, routable now or not."""
+        return (self.eligible if self._eligible_all is None else self._eligible_all)[m]
+
     def engine_index(self, instance: InstanceId) -> int:
         """The engine of instance ``instance`` (its position in ``engines``)."""
         return self._engine_of[instance]
 
     def views_at(self, choices: list[int], now: Seconds) -> list[InstanceView]:
-        """The views of ``choices`` at ``now``: a fresh list the front door may keep, its
-        token counts moved on by decode runs in flight when the front door reads them
-        (the cached views are the last events')."""
-        if self._stale:
-            self._refresh()
-        cached = self._views
-        views = cached.copy() if choices == self._all_engines else [cached[e] for e in choices]
-        if self._exact_tokens:
-            engines = self.engines
-            for k, e in enumerate(choices):
-                progress = engines[e].progress_at(now)
-                if progress is not None:
-                    views[k] = advanced_view(views[k], progress)
-        return views
-
-    def _fresh_view(self, e: int) -> InstanceView:
-        if self._load_blind:  # (views are immutable: one per engine and count is kept)
-            num = self.outstanding[e]
-            known = self._blind_views[e]
-            view = known.get(num)
-            if view is None:
-                view = known[num] = instance_view(self.infos[e], None, num)
-            return view
-        return instance_view(self.infos[e], self.engines[e].load(), self.outstanding[e])
+        """The views of ``choices`` at ``now`` (:meth:`EngineViews.at`): a fresh list the
+        front door may keep."""
+        return self.views.at(choices, now)
 
     def finished(self, i: int) -> None:
         """Request ``i`` left the system: tell the front door how it went."""

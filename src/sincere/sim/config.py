@@ -28,6 +28,8 @@ Shape (units in the names; docs/simulator.md has every key)::
     autoscaling:                          # optional; one group scaled in the run
       {policy: threshold, interval_s: 10, min_instances: 1, max_instances: 8, ...}
                                           # docs/autoscaling.md, sim/autoscale_config.py
+    actuation:                            # optional; several models sharing GPU slots
+      {policy: sleep, max_slots: 8, scaling: {...}, ...}   # sim/actuation_config.py
 
 An instance is a :class:`~sincere.engine.spec.DeploymentSpec` (model, accelerator,
 precisions, TP, PP, CC, step model, engine) plus its replica count, prices and quality.
@@ -51,6 +53,7 @@ from sincere.policy.front_door_config import AdmissionConfig, RouterConfig
 from sincere.policy.pd import Role
 from sincere.policy.pd_config import PDRoutingConfig
 from sincere.policy.specs import config_checks, simulation_specs
+from sincere.sim.actuation_config import ActuationConfig
 from sincere.sim.autoscale_config import AutoscalingConfig
 from sincere.workload.config import TraceConfig, WorkloadConfig
 
@@ -88,6 +91,8 @@ class SimulationConfig(BaseModel):
     disaggregation: DisaggregationConfig | None = None
     # one instances group scaled inside the run (None: every group keeps its count)
     autoscaling: AutoscalingConfig | None = None
+    # several models sharing a pool of GPU slots, actuated in the run (None: no pool)
+    actuation: ActuationConfig | None = None
     base_dir: str | None = None  # where relative paths resolve; default the file's folder
 
     def with_seed(self, seed: int | None) -> SimulationConfig:

@@ -22,11 +22,18 @@ gets none of them.
 * ``all_open`` -- no instance has an in-flight cap: every view is a candidate;
 * ``apart`` -- every answer is oblivious and nothing observes, holds back or loops
   closed: the trace is routed first, then each engine runs alone;
+* ``by_count`` -- the front door can place a request from one count per candidate
+  alone (``"outstanding"``: ``least-outstanding``, ``power-of-two`` by outstanding;
+  ``"requests"``, waiting plus running: ``join-shortest-queue`` by requests; no
+  admission), and nothing else is read or recorded at a decision (``passthrough``,
+  ``all_open``, no outcomes, no exact tokens): an arrival is routed from the cluster's
+  list of those counts, with no request object and no view (``None``: by the views);
 * ``engine_pacing`` -- how engines cut their work into events
   (:meth:`~sincere.engine.base.Engine.configure`): ``exact`` when a router reads loads
   between iterations (or an extension feeds engines between events), ``summed`` when
-  nobody reads them but the loop integrates over iterations (several engines), else
-  ``free``.
+  nobody reads them but the loop integrates over iterations (several engines) -- also
+  when only ``by_count``'s queue counts are read, which do not change inside a prefill
+  run cut into one piece -- else ``free``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sincere.policy.reads import READS_NOTHING, Reads
+from sincere.policy.router_base import CountKey
 
 Pacing = Literal["free", "exact", "summed"]
 
@@ -51,6 +59,8 @@ class Facts:
     all_open: bool  # no instance has an in-flight cap
     holds_back: bool  # some engine may hold requests back until the run's end
     closed: bool  # the arrivals follow completions (a closed loop)
+    # the count the front door can place by alone (FrontDoor.counts_by); None: none
+    door_counts_by: CountKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,7 @@ class Shortcuts:
     observes: bool
     all_open: bool
     apart: bool
+    by_count: CountKey | None
     engine_pacing: Pacing
 
 
@@ -105,27 +116,48 @@ def plan_shortcuts(
         and not facts.closed
         and extension is None
     )
+    passthrough = (
+        facts.no_budgets
+        and not facts.screens
+        and log is None
+        and (extension is None or not extension.routes_arrivals)
+    )
+    by_count = _by_count(facts, passthrough, load_blind, observes, everyone.tokens)
+    # what is read between engine events: nothing, or only queue counts, which a prefill
+    # run cut into one piece leaves as one event per iteration would (no admission, no
+    # finish inside it)
+    counts_only = by_count is not None and not (others.load or others.tokens)
     return Shortcuts(
-        passthrough=(
-            facts.no_budgets
-            and not facts.screens
-            and log is None
-            and (extension is None or not extension.routes_arrivals)
-        ),
+        passthrough=passthrough,
         exact_tokens=door is not None and everyone.tokens,
         load_blind=load_blind,
         observes=observes,
         all_open=facts.all_open,
         apart=apart,
-        engine_pacing=_pacing(facts, load_blind, extension),
+        by_count=by_count,
+        engine_pacing=_pacing(facts, load_blind or counts_only, extension),
     )
 
 
-def _pacing(facts: Facts, load_blind: bool, extension: ExtensionNeeds | None) -> Pacing:
-    """How engines cut their work into events (module docstring, ``engine_pacing``)."""
+def _by_count(
+    facts: Facts, passthrough: bool, load_blind: bool, observes: bool, tokens: bool
+) -> CountKey | None:
+    """The count arrivals are placed by (module docstring, ``by_count``). Queue counts
+    are kept from the engines' events, which a load-blind run does not report."""
+    key = facts.door_counts_by
+    if key is None or not passthrough or not facts.all_open or observes or tokens:
+        return None
+    if key == "requests" and load_blind:
+        return None
+    return key
+
+
+def _pacing(facts: Facts, blind: bool, extension: ExtensionNeeds | None) -> Pacing:
+    """How engines cut their work into events (module docstring, ``engine_pacing``);
+    ``blind``: nothing but counts is read of the engines between their events."""
     if facts.num_engines < 2:
         return "free"  # one engine: nobody reads its load, and no per-iteration sums
     feeds = extension is not None and extension.feeds_engines
-    if load_blind and not feeds:
+    if blind and not feeds:
         return "summed"
     return "exact" if facts.has_front_door else "free"

@@ -135,6 +135,7 @@ class _Loop:
         self.priorities = [ARRIVAL_PRIORITY, ENGINE_PRIORITY]  # by event kind
         self.handlers: list[Handler] = []  # by event kind, past ENGINE
         self.load_blind = cluster.shortcuts.load_blind  # only outstanding counts make views stale
+        self.watches = cluster.watches_engines  # the cluster hears of changed engines
         # every model is served by engine 0 alone and nothing screens requests: routing
         # cannot choose, cap or reject
         self.always_first = cluster.shortcuts.passthrough and all(
@@ -170,10 +171,16 @@ class _Loop:
 
     def place(self, e: int, i: int, at: Seconds) -> None:
         """Give request ``i`` to engine ``e`` and wake it when it needs to."""
-        self.cluster.outstanding[e] += 1
-        self.cluster.engines[e].add(i, at)
-        self.cluster.touched(e)
-        self.reschedule(e)
+        cluster = self.cluster
+        cluster.outstanding[e] += 1
+        engine = cluster.engines[e]
+        engine.add(i, at)
+        if self.watches:
+            cluster.touched(e)
+        due = engine.next_event_at()  # (``reschedule``, inline: once per arrival)
+        if due is not None and due != self.wake[e]:
+            self.wake[e] = due
+            self.queue.push(due, ENGINE_PRIORITY, ENGINE, e)
 
     def turn_away(self, i: int, at: Seconds) -> None:
         """Request ``i`` left at its arrival, rejected (recorded): out of the books."""
@@ -198,7 +205,7 @@ class _Loop:
         arrivals, n, k = self.arrivals, len(self.arrivals), 0
         area, last_at, num_events = self.area, self.last_at, self.num_events
         outstanding, direct = self.cluster.outstanding, self.always_first
-        quiet = self.cluster.front_door is None  # nobody to tell about finished requests
+        quiet = not self.cluster.shortcuts.observes  # nobody learns of finished requests
         progress, every = self.progress, self.every
         while True:
             due = next_event_at()
@@ -271,7 +278,8 @@ class _Loop:
         engines, outstanding = cluster.engines, cluster.outstanding
         touched, finished = cluster.touched, cluster.finished
         push, pop = queue.push, queue.pop
-        track_load = not self.load_blind
+        watches = self.watches
+        track_load = watches and not self.load_blind
         observes = cluster.shortcuts.observes  # finished requests are told to the cluster
         progress, every = self.progress, self.every
         inner: list[float] = []  # a heap of iteration ends inside engines' pieces of work
@@ -318,7 +326,8 @@ class _Loop:
             if done:
                 self.in_system -= len(done)
                 outstanding[e] -= len(done)
-                touched(e)
+                if watches:
+                    touched(e)
                 if observes:
                     for i in done:
                         finished(i)
@@ -398,54 +407,78 @@ def _engines_apart(
     the engine when the request reaches it, with the requests outstanding there.
     """
     n = len(arrivals)
-    engines = cluster.engines
-    mine: list[list[int]] = [[] for _ in engines]
-    joined = [0] * n  # the change of the number in the system at each arrival
+    mine: list[list[int]] = [[] for _ in cluster.engines]
     for i, e in enumerate(cluster.assign_all()):
         if e >= 0:
             mine[e].append(i)
-            joined[i] = 1
-    inner = cluster.inner_ends  # iteration ends inside pieces, every engine's
-    event_at: list[float] = []  # engine events, every engine's
-    left: list[int] = []  # requests each of them finished or rejected (negated)
     handled = n - sum(len(ids) for ids in mine)  # the rejected, at once
-    note = cluster.records.note_load
+    # every engine's events as arrays, made as soon as the engine is done (8 bytes an
+    # event, not a float object in a list kept for the whole run): their times, their
+    # change of the number in the system, and the iteration ends inside pieces
+    event_at: list[Any] = []
+    left: list[Any] = []
+    inner_at: list[Any] = []
+    inner = cluster.inner_ends  # (the engine being run reports them here)
     for e, ids in enumerate(mine):
-        engine = engines[e]
-        next_event_at, advance, add = engine.next_event_at, engine.advance, engine.add
-        queue_sizes = engine.queue_sizes
-        outstanding, k, m = 0, 0, len(ids)
-        while True:
-            due = next_event_at()
-            if k < m and (due is None or arrivals[ids[k]] <= due):
-                i = ids[k]
-                running, waiting, tokens = queue_sizes()
-                note(i, running, waiting, tokens, outstanding)
-                outstanding += 1
-                add(i, arrivals[i])
-                k += 1
-                handled += 1
-                if progress is not None and handled % every == 0:
-                    progress(handled, n)
-            elif due is not None:
-                done = advance(due)
-                event_at.append(due)
-                left.append(-len(done))
-                outstanding -= len(done)
-            else:
-                break  # no event and no arrival left: nothing is held back
-        cluster.outstanding[e] = outstanding
-    # the events as arrays (8 bytes each, not a float object each): their times, and
-    # each one's change of the number in the system (0 for an iteration end)
-    times = np.concatenate((np.array(arrivals), np.array(event_at), np.array(inner)))
+        ends, ended, handled = _engine_alone(cluster, e, ids, arrivals, handled, progress, every)
+        event_at.append(ends)
+        left.append(ended)
+        inner_at.append(np.array(inner, np.float64))
+        inner.clear()
+    # laid out as ever (arrivals, every engine's events, every iteration end), so that
+    # the stable sort orders events at one time as it always did
+    joined = np.zeros(n, np.int64)  # the change at each arrival: 1 if it reached an engine
+    for ids in mine:
+        joined[ids] = 1
+    times = np.concatenate((np.array(arrivals, np.float64), *event_at, *inner_at))
+    num_inner = sum(len(ends) for ends in inner_at)
     event_at.clear()
-    inner.clear()
-    num_inner = len(times) - n - len(left)
-    change = np.concatenate(
-        (np.array(joined, np.int64), np.array(left, np.int64), np.zeros(num_inner, np.int64))
-    )
+    inner_at.clear()
+    change = np.concatenate((joined, *left, np.zeros(num_inner, np.int64)))
     left.clear()
     return _integral(times, change)
+
+
+def _engine_alone(
+    cluster: Cluster,
+    e: int,
+    ids: list[int],
+    arrivals: list[float],
+    handled: int,
+    progress: Progress | None,
+    every: int,
+) -> tuple[Any, Any, int]:
+    """Run engine ``e`` alone over its requests ``ids``; its events' times, each one's
+    change of the number in the system (minus the requests it finished), and the
+    arrivals handled so far in the whole run (``handled`` before, for progress)."""
+    engine = cluster.engines[e]
+    next_event_at, advance, add = engine.next_event_at, engine.advance, engine.add
+    queue_sizes, note = engine.queue_sizes, cluster.records.note_load
+    n = len(arrivals)
+    outstanding, k, m = 0, 0, len(ids)
+    ends: list[float] = []
+    ended: list[int] = []
+    while True:
+        due = next_event_at()
+        if k < m and (due is None or arrivals[ids[k]] <= due):
+            i = ids[k]
+            running, waiting, tokens = queue_sizes()
+            note(i, running, waiting, tokens, outstanding)
+            outstanding += 1
+            add(i, arrivals[i])
+            k += 1
+            handled += 1
+            if progress is not None and handled % every == 0:
+                progress(handled, n)
+        elif due is not None:
+            done = advance(due)
+            ends.append(due)
+            ended.append(-len(done))
+            outstanding -= len(done)
+        else:
+            break  # no event and no arrival left: nothing is held back
+    cluster.outstanding[e] = outstanding
+    return np.array(ends, np.float64), np.array(ended, np.int64), handled
 
 
 def _integral(at: Any, change: Any) -> tuple[float, float, int, int]:

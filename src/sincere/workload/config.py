@@ -489,7 +489,8 @@ def _sessions(
     assert config.lengths is not None  # checked on load
     shape = sessions.shape()
     user, answer = config.lengths.build(base_dir).sample(length_rng, len(starts) * shape.max_turns)
-    got = build_sessions(np.asarray(starts, dtype=np.float64), shape, user, answer, length_rng)
+    at = np.asarray(starts, dtype=np.float64)
+    got = build_sessions(at, shape, user, answer, length_rng, keep=config.num_requests)
     n = len(got.arrival_at)
     if config.num_requests is not None and config.num_requests < n:
         n = config.num_requests

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sincere.core.errors import check_in_range
-from sincere.core.prefix import mix
+from sincere.core.prefix import mix_array
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -89,18 +89,37 @@ def block_ids_of(
     prompt_tokens: int, system_tokens: int, system: int, session: int, block: int
 ) -> IntArray:
     """Block ids of one prompt (module docstring): system, session or partial blocks."""
-    num = -(-prompt_tokens // block)
-    ids = np.empty(num, dtype=np.int64)
-    sys_key, ses_key = mix(_SYSTEM_TAG, system), mix(_SESSION_TAG, session)
-    for b in range(num):
-        end = (b + 1) * block
-        if end > prompt_tokens:
-            ids[b] = mix(mix(_PARTIAL_TAG, ses_key), b * (1 << 24) + prompt_tokens)
-        elif end <= system_tokens:
-            ids[b] = mix(sys_key, b)
-        else:
-            ids[b] = mix(ses_key, b)
-    return ids
+
+    def one(value: int) -> IntArray:
+        return np.array([value], dtype=np.int64)
+
+    return block_ids_many(one(prompt_tokens), system_tokens, one(system), one(session), block)[0]
+
+
+def block_ids_many(
+    prompt_tokens: IntArray, system_tokens: int, systems: IntArray, sessions: IntArray, block: int
+) -> list[IntArray]:
+    """:func:`block_ids_of` of many prompts, all blocks at once: block ``b`` is ``mix(parent,
+    b)`` with its system prompt's or its session's key as parent (``mix_array`` is ``mix``
+    over arrays); a partial last block is named by its session, position and length."""
+    if not len(prompt_tokens):
+        return []
+    u64 = np.uint64
+    counts = -(-prompt_tokens // block)
+    sys_keys = mix_array(np.full(len(systems), _SYSTEM_TAG, u64), systems.astype(u64))
+    ses_keys = mix_array(np.full(len(sessions), _SESSION_TAG, u64), sessions.astype(u64))
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    b = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
+    in_system = (b + 1) * block <= system_tokens
+    parents = np.where(in_system, sys_keys[owner], ses_keys[owner])
+    ids = mix_array(parents, b.astype(u64))
+    partial = np.flatnonzero(counts * block > prompt_tokens)
+    if len(partial):
+        tags = mix_array(np.full(len(partial), _PARTIAL_TAG, u64), ses_keys[partial])
+        where = (counts[partial] - 1) * (1 << 24) + prompt_tokens[partial]
+        ids[starts[partial] + counts[partial] - 1] = mix_array(tags, where.astype(u64))
+    return np.split(ids.astype(np.int64), np.cumsum(counts)[:-1].tolist())
 
 
 def zipf_choice(rng: np.random.Generator, num: int, s: float, n: int) -> IntArray:
@@ -115,11 +134,14 @@ def build_sessions(
     user_tokens: IntArray,
     answer_tokens: IntArray,
     rng: np.random.Generator,
+    keep: int | None = None,
 ) -> SessionRequests:
     """Sessions starting at ``starts``; turn lengths taken in order from the two columns.
 
     ``user_tokens`` / ``answer_tokens`` must hold at least ``len(starts) * max_turns``
-    values (the caller draws them from the workload's length source).
+    values (the caller draws them from the workload's length source). With ``keep``, only
+    the first ``keep`` turns in arrival order are returned, and only theirs get block ids
+    (a turn's ids depend on that turn alone, so they are the same as in the whole set).
     """
     num = len(starts)
     turns = rng.integers(shape.min_turns, shape.max_turns + 1, size=num)
@@ -128,8 +150,7 @@ def build_sessions(
     times: list[float] = []
     prompts: list[int] = []
     outputs: list[int] = []
-    ids: list[IntArray] = []
-    names: list[str] = []
+    owners: list[int] = []
     k = 0
     for s in range(num):
         at = float(starts[s])
@@ -142,19 +163,19 @@ def build_sessions(
             times.append(at)
             prompts.append(prompt)
             outputs.append(answer)
-            ids.append(
-                block_ids_of(
-                    prompt, shape.system_prompt_tokens, int(systems[s]), s, shape.block_tokens
-                )
-            )
-            names.append(f"s{s}")
+            owners.append(s)
             history = prompt + answer
             k += 1
-    order = np.argsort(np.asarray(times), kind="stable")
+    order = np.argsort(np.asarray(times), kind="stable")[:keep]
+    session = np.asarray(owners, dtype=np.int64)[order]
+    kept_prompts = np.asarray(prompts, dtype=np.int64)[order]
+    ids = block_ids_many(
+        kept_prompts, shape.system_prompt_tokens, systems[session], session, shape.block_tokens
+    )
     return SessionRequests(
         arrival_at=np.asarray(times, dtype=np.float64)[order],
-        prompt_tokens=np.asarray(prompts, dtype=np.int64)[order],
+        prompt_tokens=kept_prompts,
         output_tokens=np.asarray(outputs, dtype=np.int64)[order],
-        block_ids=tuple(ids[i] for i in order),
-        sessions=tuple(names[i] for i in order),
+        block_ids=tuple(ids),
+        sessions=tuple(f"s{s}" for s in session.tolist()),
     )

@@ -9,10 +9,13 @@ import time
 
 import aiohttp
 import numpy as np
+import pytest
 
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.metrics import EmulatorMetrics
 from sincere.serve.emulator.server import EmulatorServer, _build_live
+
+pytestmark = pytest.mark.timing  # wall-clock delays of local servers (tests/conftest.py)
 
 # Inferno's linear form: 20 ms per decode step, 40 ms per prefill, context-independent
 STEP = {"kind": "inferno", "params": {"alpha_ms": 20, "beta_ms": 0, "gamma_ms": 40, "delta_ms": 0}}

@@ -5,7 +5,8 @@ pretends to be (a :class:`~sincere.engine.spec.DeploymentSpec`, as the simulator
 instances are: ``model``, ``accelerator``, ``precision``, ``kv_precision``, ``tp``,
 ``pp``, ``cc``, ``step_model``, ``engine``),
 where it listens, how long its answers are, and which failures it injects
-(:class:`FailureConfig`), and its part in prefill/decode disaggregation (``role``,
+(:class:`FailureConfig`), how long it takes to wake from sleep mode (``sleep``,
+:mod:`.sleep`), and its part in prefill/decode disaggregation (``role``,
 ``kv_link``: :mod:`.pd`). A YAML file holds a list of them (or ``{instances: [...]}``);
 an entry with ``count: k`` becomes ``k`` engines on consecutive ports (all on
 OS-chosen ports when ``port`` is 0). Units: seconds, tokens, probabilities in [0, 1].
@@ -24,6 +25,7 @@ from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.perf.kv_link import KvLinkConfig
 from sincere.policy.pd import Role
 from sincere.policy.specs import config_checks, deployment_specs
+from sincere.serve.emulator.sleep import SleepConfig
 from sincere.serve.protocol import MAX_BODY_BYTES
 
 MAX_NUM_REQUESTS = 1 << 20
@@ -73,6 +75,7 @@ class EmulatorConfig(DeploymentSpec):
     # takes (both: either), and the link its KV leaves by when it prefills for a decoder
     role: Role = "both"
     kv_link: KvLinkConfig = KvLinkConfig()
+    sleep: SleepConfig = SleepConfig()  # wake times of sleep mode (serve/emulator/sleep.py)
 
 
 def expand(config: EmulatorConfig, position: int = 0) -> list[EmulatorConfig]:

@@ -127,6 +127,7 @@ class LiveEngine:
         slot.stopped = stopped
         slot.parent = parent
         self.slots.set_block_ids(slot.ix, block_ids)
+        self.engine.take_tier_loaded_tokens(slot.ix)  # drop a load its last holder left
         self.engine.add(slot.ix, self.now())
         self._arm()
         return slot
@@ -307,9 +308,7 @@ class LiveEngine:
             if slot.last_at is None:
                 slot.first_at = wall
                 metrics.ttft.observe(wall - slot.arrival_at)
-                cached = _cached_of(slot, self.records)
-                metrics.prompt_done(slot.prompt_tokens, cached, slot.kv_ready_at is not None)
-                computed += slot.prompt_tokens - cached
+                computed += _prompt_done(metrics, self.engine, slot, self.records)
             else:
                 metrics.itl.observe(wall - slot.last_at)
             slot.last_at = wall
@@ -359,6 +358,17 @@ def _n_param(parent: Parent | None) -> int | None:
         return 1
     parent.num_open -= 1
     return parent.n if parent.num_open == 0 else None
+
+
+def _prompt_done(
+    metrics: EmulatorMetrics, engine: StreamingEngine, slot: LiveRequest, records: RecordArrays
+) -> int:
+    """Count ``slot``'s prompt by source as its first token comes out (computed, cached
+    on the GPU, loaded from a KV tier, pulled from a prefill); return the tokens computed."""
+    cached = _cached_of(slot, records)
+    loaded = engine.take_tier_loaded_tokens(slot.ix)
+    metrics.prompt_done(slot.prompt_tokens, cached, slot.kv_ready_at is not None, loaded)
+    return slot.prompt_tokens - cached
 
 
 def _cached_of(slot: LiveRequest, records: RecordArrays) -> int:

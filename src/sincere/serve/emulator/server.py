@@ -11,7 +11,9 @@ the same filler text (``token_text``, default ``" tok"``).
 Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streamed as
 Server-Sent Events or not, see :mod:`sincere.serve.protocol`), ``GET /v1/models``, ``GET /health``,
 ``GET /metrics`` (Prometheus text, vLLM's names, :mod:`.metrics`) and
-``GET /sincere/load`` (the engine's :class:`~sincere.engine.base.EngineLoad` as JSON).
+``GET /sincere/load`` (the engine's :class:`~sincere.engine.base.EngineLoad` as JSON), and
+vLLM's development-mode sleep routes ``POST /sleep?level=1|2``, ``POST /wake_up``, ``GET
+/is_sleeping`` (:mod:`.sleep`: emulated wake times; generation is refused while asleep).
 
 Output length: the request's ``sincere.output_tokens`` when given, else a draw from
 ``output_lengths`` when configured, else ``max_tokens`` (default
@@ -71,6 +73,7 @@ from sincere.serve.emulator.frontend import Intake
 from sincere.serve.emulator.live import CapacityError, Finish, LiveEngine, LiveRequest, Parent
 from sincere.serve.emulator.metrics import CONTENT_TYPE, EmulatorMetrics
 from sincere.serve.emulator.planning import RequestPlanner
+from sincere.serve.emulator.sleep import SleepMode, wake_times
 from sincere.serve.emulator.vllm_api import check_request
 from sincere.serve.protocol import (
     SSE_DONE,
@@ -94,6 +97,7 @@ class EmulatorServer(Served):
         max_context = config.engine.max_model_len or arch.max_context
         self.metrics = EmulatorMetrics(self.model_name, max_context, config.prefix_block_tokens)
         self.deployment = deployment_of(config, config.model, f"emulator {self.name}")
+        self.sleep = _sleep_mode(self, config)
         self.prefix_caching = config.engine.enable_prefix_caching  # usage says cached tokens
         seeds = np.random.SeedSequence(config.seed).spawn(3)
         self.planner = RequestPlanner(
@@ -130,6 +134,7 @@ class EmulatorServer(Served):
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/sincere/load", self._load)
+        self.sleep.add_routes(app)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -163,6 +168,7 @@ class EmulatorServer(Served):
         self._open.add(transport)
         request_id = request.headers.get("X-Request-Id") or random_request_id()
         try:
+            self.sleep.check_awake()
             planner = self.planner
             req = await planner.parse(request, kind)
             shaping = check_request(req.body, req.kind)  # what vLLM refuses, first
@@ -322,8 +328,16 @@ class EmulatorServer(Served):
 
     async def _load(self, request: web.Request) -> web.Response:
         assert self.live is not None  # handlers run only once started
-        load = asdict(self.live.engine.load())
+        engine = self.live.engine
+        load = asdict(engine.load())
         load["num_in_flight"] = self.live.num_in_flight
+        spec = engine.stats().spec_decode
+        if spec is not None:  # vLLM's counters, as /metrics has them
+            load["spec_decode"] = {
+                "num_drafts": spec.num_drafts,
+                "num_draft_tokens": spec.num_draft_tokens,
+                "num_accepted_tokens": spec.num_accepted_tokens,
+            }
         return web.json_response(load)
 
     # ------------------------------------------------------------------ crash
@@ -398,6 +412,18 @@ def _arch(config: EmulatorConfig) -> Any:
         return get_model(config.model)
     except ConfigError as exc:
         raise ConfigError(str(exc), where=f"emulator {config.name or config.model}") from None
+
+
+def _sleep_mode(server: EmulatorServer, config: EmulatorConfig) -> SleepMode:
+    """Sleep mode with wake times from one GPU's share of the deployment's weights."""
+    dep = server.deployment
+    weight_bytes = dep.weight_bytes_per_gpu
+
+    def num_in_flight() -> int:
+        return 0 if server.live is None else server.live.num_in_flight
+
+    wake_s = wake_times(config.sleep, weight_bytes)
+    return SleepMode(wake_s, num_in_flight, server.metrics.set_sleep_level)
 
 
 def _build_live(

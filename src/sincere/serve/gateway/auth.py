@@ -109,8 +109,9 @@ class GatewayAuth:
             from sincere.serve.security.shared import RedisState
 
             self.shared = RedisState(
-                state.redis, prefix=state.prefix, lease_s=state.lease_s, renew_s=state.renew_s
-            )
+                state.redis, prefix=state.prefix, lease_s=state.lease_s, renew_s=state.renew_s,
+                settle_within_s=state.settle_within_s,
+            )  # fmt: skip
         if security.keys is not None:
             self.store = KeyStore.open(
                 security.keys,
@@ -172,13 +173,6 @@ class GatewayAuth:
                 f"{self.shared.last_error}; keyed requests are refused (503) until it is back"
             )
         return out
-
-    async def settle_async(
-        self, grant: Grant, prompt_tokens: int, completion_tokens: int, prices: Prices
-    ) -> None:
-        """:meth:`settle`, awaiting the shared state store (so it is done when this returns)."""
-        assert self.store is not None
-        await self.store.settle_async(grant.reservation, prompt_tokens, completion_tokens, prices)
 
     def metrics_text(self, every_tenant: bool = False) -> str:
         """The per-tenant metrics in Prometheus text ("" without keys): the

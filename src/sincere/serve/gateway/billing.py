@@ -60,13 +60,6 @@ def settle(
     auth.settle(grant, *charge(pending, dispatcher))
 
 
-async def settle_async(
-    auth: GatewayAuth, grant: Grant, pending: Pending | None, dispatcher: Dispatcher
-) -> None:
-    """:func:`settle`, awaited to the end (the shared state store's write included)."""
-    await auth.settle_async(grant, *charge(pending, dispatcher))
-
-
 def charge(pending: Pending | None, dispatcher: Dispatcher) -> tuple[int, int, Prices]:
     """Prompt tokens, completion tokens and the prices to charge them at."""
     used = None if pending is None else pending.output_tokens

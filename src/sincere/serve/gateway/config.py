@@ -204,12 +204,15 @@ class StateConfig(_Strict):
     renewed this long (its gateway was killed) stops holding budget; ``renew_s``: how often
     a gateway renews its leases, checks that Redis still holds the books and retries
     settlements Redis missed (after Redis lost its books, keys wait ``3 * renew_s``).
+    ``settle_within_s``: a request's settlement rides the gateway's next admission to Redis
+    (one round trip per request), or goes on its own after at most this long.
     """
 
     redis: str | None = Field(None, pattern=r"^(rediss?|unix)://", max_length=2048)
     prefix: str = Field("sincere", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     lease_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
     renew_s: float = Field(1.0, gt=0, le=MAX_SECONDS)
+    settle_within_s: float = Field(0.05, ge=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _renew_within_lease(self) -> StateConfig:
@@ -217,6 +220,12 @@ class StateConfig(_Strict):
             raise ValueError(
                 f"state.renew_s ({self.renew_s}) must be at most a third of state.lease_s "
                 f"({self.lease_s}): a live gateway's leases must not expire between renewals"
+            )
+        if self.settle_within_s > self.renew_s:
+            raise ValueError(
+                f"state.settle_within_s ({self.settle_within_s}) must be at most state.renew_s "
+                f"({self.renew_s}): a deferred settlement must reach Redis before the next "
+                "background round"
             )
         return self
 

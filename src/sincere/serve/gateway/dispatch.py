@@ -27,13 +27,17 @@ requests and slot releases are fed back (:meth:`Dispatcher.observe`,
 (the P/D stage takes its phases' slots with it too). With a decision log every call and
 outcome is written (:mod:`sincere.policy.decision_log`). ``instances`` is the one record
 of membership; ``by_model`` and ``served`` are derived from it on every change, and a
-second instance with a name already in use is refused. Everything here runs on the event
+second instance with a name already in use is refused. An instance put to sleep
+(:meth:`Dispatcher.set_routable`) stays a member, so its models stay served: its view is
+unhealthy, so their requests are held until it wakes, and every request held is told to
+``on_held`` (the control plane wakes an instance for it). Everything here runs on the event
 loop's thread without awaiting, except the waiter in :meth:`Dispatcher.acquire`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sincere.core.errors import ConfigError
@@ -135,6 +139,8 @@ class Dispatcher:
         self.by_model: dict[str, list[InstanceState]] = {}
         self.queues: dict[str, RequestQueue[Pending]] = {}
         self.served: set[str] = set()  # models with at least one instance
+        # told the model of every request queued (the control plane wakes an instance)
+        self.on_held: list[Callable[[str], None]] = []
         self.max_age_s = config.scrape.max_age_s
 
     # ----------------------------------------------------------------- instances
@@ -227,6 +233,7 @@ class Dispatcher:
         """Free a slot and route queued requests into it."""
         state = slot.instance
         state.num_in_flight -= 1
+        state.last_done_at = now
         held_s = now - slot.reserved_at
         self.front_door.observe_hold(state.name, held_s)
         if self.decisions is not None:
@@ -272,6 +279,8 @@ class Dispatcher:
             deadline_at=deadline_at(pending.request),
             head=hold.at_head,
         )
+        for listener in self.on_held:
+            listener(model)
         try:
             got = await asyncio.wait_for(pending.waiter, timeout=hold.max_wait_s)
         except TimeoutError:
@@ -313,6 +322,15 @@ class Dispatcher:
                 pending.waiter.set_result(self.reserve(pending, decision, now))
             else:
                 pending.waiter.set_result(refusal(decision))
+
+    def set_routable(self, name: str, routable: bool) -> None:
+        """Put an instance to sleep in routing (its models stay served, their requests
+        wait in the queue) or wake it there (the queues drain into it)."""
+        state = self.instances[name]
+        state.routable = routable
+        if routable:
+            for model in state.backend.models:
+                self.drain(model, self._now())
 
     def drain_all(self, now: float) -> None:
         """Drain every model's queue (breakers may have turned half-open)."""

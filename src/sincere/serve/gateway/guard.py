@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from sincere.core.request import Request
 from sincere.serve.content import image_tokens_rule
 from sincere.serve.gateway.auth import GatewayAuth
-from sincere.serve.gateway.billing import reserve_prices, settle, settle_async, token_counter
+from sincere.serve.gateway.billing import reserve_prices, settle, token_counter
 from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher, Pending, RefusalError
 from sincere.serve.gateway.model_limits import MAX_TOKENS_HEADER, ModelLimits
@@ -190,16 +190,13 @@ class Guard:
         return frozenset(n for n in self.dispatcher.instances if n not in self.sealed_only)
 
     async def settle(self, admitted: Admitted) -> None:
-        """Charge what was relayed and release the rest; awaited to the end (shared store too)."""
-        if admitted.grant is None:
-            return
-        if self.auth.shared is not None:
-            await settle_async(self.auth, admitted.grant, admitted.pending, self.dispatcher)
-        else:
-            settle(self.auth, admitted.grant, admitted.pending, self.dispatcher)
+        """Charge what was relayed and release the rest (:meth:`settle_now`)."""
+        self.settle_now(admitted)
 
     def settle_now(self, admitted: Admitted) -> None:
-        """:meth:`settle` without waiting (with a shared store its write runs in a task)."""
+        """Charge what was relayed and release the rest, here at once; with a shared store
+        the Redis part rides this process's next admission (or goes within
+        ``state.settle_within_s``): no round trip of its own on the request path."""
         if admitted.grant is not None:
             settle(self.auth, admitted.grant, admitted.pending, self.dispatcher)
 

@@ -17,8 +17,13 @@ The load has two sources, in this order of trust:
    ``vllm:kv_cache_usage_perc``), which carry no token counts. Both also give the
    engine's prefix-cache counters where it exports them (``vllm:prefix_cache_queries``
    and ``vllm:prefix_cache_hits``, tokens; the emulator's JSON ``prefix_cache_queries`` /
-   ``prefix_cache_hits``): :attr:`LoadSample.prefix_hit_rate`. A sample older than
-   ``max_age_s`` is ignored.
+   ``prefix_cache_hits``): :attr:`LoadSample.prefix_hit_rate`. A speculating vLLM's
+   ``vllm:spec_decode_num_drafts`` / ``_num_draft_tokens`` / ``_num_accepted_tokens``
+   counters (the emulator's JSON: ``spec_decode``) give the observed acceptance
+   (:class:`~.spec_decode.SpecCounts`, shown per instance by ``/health`` and the gateway's
+   ``/metrics``); with a declared deployment that speculates, the routers' step-time
+   estimate takes it up (:mod:`.spec_decode`).
+   A sample older than ``max_age_s`` is ignored.
 
 What no fresh sample says is unknown (``None`` in the view), never 0: routers then fall
 back explicitly (see :mod:`sincere.policy.routers`).
@@ -45,6 +50,11 @@ from sincere.policy.router_base import InstanceView
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import Backend
 from sincere.serve.gateway.breaker import CircuitBreaker
+from sincere.serve.gateway.spec_decode import (
+    AcceptanceEstimate,
+    SpecCounts,
+    declared_speculation,
+)
 
 VLLM_GAUGES = {
     "vllm:num_requests_running": "num_running",
@@ -64,6 +74,14 @@ PREFIX_COUNTERS = {
 }
 """Scraped prefix-cache counter (tokens queried / found cached, vLLM's) -> sample field."""
 
+SPEC_COUNTERS = {
+    f"vllm:spec_decode_num_{name}{suffix}": name
+    for name in ("drafts", "draft_tokens", "accepted_tokens")
+    for suffix in ("_total", "")  # with and without the counter's exposition suffix
+}
+"""Scraped speculative-decoding counter (vLLM's, cumulative) -> :class:`SpecCounts` field."""
+
+
 INSTANCE_HEADER = "x-sincere-instance"
 """Response header naming the instance that served the request."""
 
@@ -76,6 +94,7 @@ class LoadSample:
     load: EngineLoad  # what it said (fields it does not report are None)
     prefix_cache_queries: float | None = None  # prompt tokens looked up in its prefix cache
     prefix_cache_hits: float | None = None  # of those, tokens found cached (both cumulative)
+    spec: SpecCounts | None = None  # speculative-decoding counters (None: not speculating)
 
     @property
     def prefix_hit_rate(self) -> float | None:
@@ -85,28 +104,22 @@ class LoadSample:
 
 
 def parse_vllm_metrics(text: str, at: float) -> LoadSample | None:
-    """The vLLM gauges and prefix-cache counters of a Prometheus page (summed over label
-    sets), or None when it has none of them."""
+    """The vLLM gauges, prefix-cache and speculative-decoding counters of a Prometheus page
+    (summed over label sets), or None when it has none of them."""
     found: dict[str, float] = {}
     prefix: dict[str, float] = {}
+    spec: dict[str, float] = {}
+    families = ((VLLM_GAUGES, found), (PREFIX_COUNTERS, prefix), (SPEC_COUNTERS, spec))
     for line in text.splitlines():
         if not line.startswith("vllm:"):
             continue
         name_part, _, value_part = line.rpartition(" ")
         name = name_part.split("{", 1)[0].strip()
-        field = VLLM_GAUGES.get(name)
-        into = found
-        if field is None:
-            field, into = PREFIX_COUNTERS.get(name), prefix
-        if field is None:
-            continue
-        try:
-            value = float(value_part)
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            into[field] = into.get(field, 0.0) + value
-    if not found and not prefix:
+        for fields, into in families:
+            if name in fields:
+                _add(into, fields[name], value_part)
+                break
+    if not found and not prefix and not spec:
         return None
     running, waiting, kv = found.get("num_running"), found.get("num_waiting"), found.get("kv_usage")
     load = EngineLoad(
@@ -118,7 +131,21 @@ def parse_vllm_metrics(text: str, at: float) -> LoadSample | None:
         kv_usage=None if kv is None else min(1.0, max(0.0, kv)),
         busy_s=None,
     )
-    return LoadSample(at, load, prefix.get("queries"), prefix.get("hits"))
+    counts = None
+    if spec:
+        drafted, accepted = spec.get("draft_tokens", 0.0), spec.get("accepted_tokens", 0.0)
+        counts = SpecCounts(spec.get("drafts", 0.0), drafted, accepted)
+    return LoadSample(at, load, prefix.get("queries"), prefix.get("hits"), counts)
+
+
+def _add(into: dict[str, float], field: str, text: str) -> None:
+    """Add a sample's value to ``into[field]`` (summed over label sets); junk is skipped."""
+    try:
+        value = float(text)
+    except ValueError:
+        return
+    if math.isfinite(value):
+        into[field] = into.get(field, 0.0) + value
 
 
 def parse_engine_load(text: str, at: float) -> LoadSample | None:
@@ -140,7 +167,21 @@ def parse_engine_load(text: str, at: float) -> LoadSample | None:
         busy_s=_number(data.get("busy_s")),
     )
     queries = _number(data.get("prefix_cache_queries"))
-    return LoadSample(at, load, queries, _number(data.get("prefix_cache_hits")))
+    hits = _number(data.get("prefix_cache_hits"))
+    return LoadSample(at, load, queries, hits, _spec_counts(data.get("spec_decode")))
+
+
+def _spec_counts(value: object) -> SpecCounts | None:
+    """A speculating emulator's ``spec_decode`` counters (None: absent or malformed)."""
+    if not isinstance(value, dict):
+        return None
+    counts: list[float] = []
+    for name in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
+        number = _number(value.get(name))
+        if number is None or number < 0:
+            return None
+        counts.append(number)
+    return SpecCounts(*counts)
 
 
 def _count(value: object) -> int | None:
@@ -197,10 +238,17 @@ class InstanceState:
         self.name = backend.name
         self.breaker = breaker
         self.info = backend_info(backend.config)
+        # a declared deployment's speculation, its acceptance updated from the scrapes
+        declared = declared_speculation(backend.config)
+        self.acceptance = None if declared is None else AcceptanceEstimate(declared)
+        if self.acceptance is not None:
+            self.info = dataclasses.replace(self.info, step_model=self.acceptance.model)
         self.num_in_flight = 0  # sent to the instance and not finished
         self.sample: LoadSample | None = None  # last reading of the engine's load
         self.emulated = emulated  # started by the controller (it may stop it)
         self.removed = False  # taken out by the controller; finishing its requests
+        self.routable = True  # False: asleep (its model's requests wait in the queue)
+        self.last_done_at: float | None = None  # loop time it last finished a request
         self.num_requests = 0  # requests sent, ever
         self.json_headers = {"Content-Type": "application/json", INSTANCE_HEADER: self.name}
         self.sse_headers = {
@@ -226,6 +274,15 @@ class InstanceState:
         """The API the backend speaks (``openai``, ``ollama``)."""
         return self.backend.config.kind
 
+    def take_sample(self, sample: LoadSample) -> None:
+        """A scrape read ``sample``: keep it, and move a speculating deployment's step
+        model to the acceptance it reports (:mod:`.spec_decode`)."""
+        self.sample = sample
+        if self.acceptance is not None:
+            model = self.acceptance.observe(sample.spec)
+            if model is not self.info.step_model:
+                self.info = dataclasses.replace(self.info, step_model=model)
+
     def fresh_sample(self, now: float, max_age_s: float) -> LoadSample | None:
         """The last scrape if younger than ``max_age_s``; stale ones are ignored."""
         s = self.sample
@@ -234,7 +291,7 @@ class InstanceState:
     def view(self, model: str, now: float, max_age_s: float) -> InstanceView:
         """The router's read-only view of this instance serving ``model`` (cached)."""
         s = self.fresh_sample(now, max_age_s)
-        healthy = not self.removed and self.breaker.can_send(now)
+        healthy = not self.removed and self.routable and self.breaker.can_send(now)
         key = (self.num_in_flight, s, healthy)
         cached = self._views.get(model)
         if cached is not None and cached[0] == key:

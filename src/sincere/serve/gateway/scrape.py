@@ -66,4 +66,4 @@ class LoadScraper:
             return
         sample = parse(text, self.clock())
         if sample is not None:
-            state.sample = sample
+            state.take_sample(sample)

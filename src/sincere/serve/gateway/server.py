@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -71,7 +72,7 @@ from sincere.core.load import LoadSummary
 from sincere.policy.decision_log import DecisionLog
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import make_backend
-from sincere.serve.binding import Served, bound_port
+from sincere.serve.binding import Served, bound_port, cancel_and_wait
 from sincere.serve.gateway.answers import key_refusal_answer, openai_app, refusal_answer
 from sincere.serve.gateway.auth import GatewayAuth, check_bind
 from sincere.serve.gateway.breaker import CircuitBreaker
@@ -241,11 +242,7 @@ class Gateway(Served):
 
     async def stop(self) -> None:
         """Stop serving, cancel background tasks, close every backend session."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         for hook in self.on_stop:
             await hook()
@@ -285,6 +282,20 @@ class Gateway(Served):
             await asyncio.sleep(0.01)
         await state.backend.close()
         return state
+
+    def set_routable(self, name: str, routable: bool) -> None:
+        """Take an instance out of routing while its engine sleeps, its model still served
+        (requests wait in the queue), or put it back (the queue drains into it)."""
+        self.dispatcher.set_routable(name, routable)
+
+    def num_queued(self, model: str) -> int:
+        """Requests of ``model`` waiting in the gateway's queue."""
+        queue = self.dispatcher.queues.get(model)
+        return 0 if queue is None else len(queue)
+
+    def on_held(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener`` with the model of every request the gateway queues."""
+        self.dispatcher.on_held.append(listener)
 
     def instances_of(self, model: str | None = None) -> list[InstanceState]:
         """The instances serving ``model`` (every instance when None), in the order added."""
@@ -389,6 +400,17 @@ class Gateway(Served):
         while True:
             await asyncio.sleep(DRAIN_INTERVAL_S)
             self.dispatcher.drain_all(self.loop.time())
+
+
+def freeze_startup_heap() -> None:
+    """Take what a serving process built before its first request out of the collector.
+
+    The imports and the app leave ~10^5 long-lived objects; a full collection scans them
+    all and pauses every request in flight for tens of ms (0.03-0.16 s measured here). Once
+    frozen (``gc.freeze``), collections scan only what was made since, so the pauses scale
+    with a request's garbage, not with the process. Called once, when a server is bound."""
+    gc.collect()
+    gc.freeze()
 
 
 def stop_on_sigterm() -> None:

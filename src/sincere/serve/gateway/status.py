@@ -3,11 +3,15 @@
 * ``GET /v1/models`` -- the union of the instances' models; with keys, a client key's
   allowed ones (401 without a key);
 * ``GET /health`` -- ``ok`` while an instance's breaker is not open, else ``degraded``;
-  instance states to admin keys only when keys are on; the shared state store's health
-  when there is one (unhealthy: ``degraded``);
+  instance states (and ``spec_acceptance``: a speculating engine's observed acceptance
+  rate, from its scraped ``vllm:spec_decode_*`` counters; ``spec_decode``: those counters,
+  the mean acceptance length and the acceptance its router estimate uses,
+  :mod:`.spec_decode`) to admin keys only when keys are on; the shared state store's
+  health when there is one (unhealthy: ``degraded``);
 * ``GET /metrics`` -- the gateway's Prometheus text (:mod:`.metrics`) and, with keys, the
   tenants' (:mod:`sincere.serve.security.metrics`): an admin or metrics key's, or open
-  without tenant labels under ``security.metrics_access: aggregate``.
+  without tenant labels under ``security.metrics_access: aggregate``; with each
+  speculating instance's measured acceptance gauges (:mod:`.spec_decode`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sincere.serve.gateway.config import GatewayConfig
 from sincere.serve.gateway.dispatch import Dispatcher
 from sincere.serve.gateway.edge import EdgeLimits
 from sincere.serve.gateway.metrics import GatewayMetrics
+from sincere.serve.gateway.spec_decode import SpecCounts, spec_metrics_lines
 from sincere.serve.protocol import models_response
 from sincere.serve.security.policy import Refusal
 
@@ -49,11 +54,41 @@ class StatusPages:
         self.edge = edge  # connections open and refused
         self.refused = refused  # a key check's refusal as the client's (counted) answer
         self.now = now  # the gateway's clock (loop time)
+        # more of the page, rendered at each scrape (e.g. the control plane's autoscaler)
+        self.extra_metrics: list[Callable[[], str]] = []
 
     def instance_health(self) -> dict[str, str]:
         """Each instance's circuit-breaker state now."""
         now = self.now()
         return {s.name: s.breaker.state(now).value for s in self.dispatcher.instances.values()}
+
+    def spec_counts(self) -> dict[str, SpecCounts]:
+        """Each speculating instance's vLLM counters as last scraped; instances without a
+        fresh reading are left out."""
+        now, out = self.now(), {}
+        for s in self.dispatcher.instances.values():
+            sample = s.fresh_sample(now, self.dispatcher.max_age_s)
+            if sample is not None and sample.spec is not None:
+                out[s.name] = sample.spec
+        return out
+
+    def spec_acceptance(self) -> dict[str, float]:
+        """Each speculating instance's observed acceptance rate (accepted / drafted tokens,
+        its vLLM counters as last scraped); instances without a fresh reading are left out."""
+        rates = {name: c.acceptance_rate for name, c in self.spec_counts().items()}
+        return {name: rate for name, rate in rates.items() if rate is not None}
+
+    def spec_decode(self) -> dict[str, dict[str, Any]]:
+        """``/health``'s ``spec_decode``: each speculating instance's measured figures and
+        the acceptance its step-time estimate runs at (``declared`` or ``measured``;
+        ``none`` without a declared deployment that speculates)."""
+        out: dict[str, dict[str, Any]] = {}
+        instances = self.dispatcher.instances
+        for name, counts in self.spec_counts().items():
+            estimate = instances[name].acceptance if name in instances else None
+            used = "none" if estimate is None else "measured" if estimate.measured else "declared"
+            out[name] = {**counts.as_json(), "estimate_acceptance": used}
+        return out
 
     async def models(self, http_req: web.Request) -> web.Response:
         """The models served; with keys, a client key's only (401 without one)."""
@@ -76,6 +111,10 @@ class StatusPages:
         out: dict[str, Any] = {"status": "ok" if ok else "degraded"}
         if self.auth.store is None or self._is_admin(http_req):
             out["instances"] = states
+            rates = self.spec_acceptance()
+            if rates:
+                out["spec_acceptance"] = rates
+                out["spec_decode"] = self.spec_decode()
         state = await asyncio.to_thread(self.auth.state_health) if self.auth.shared else None
         if state is not None:
             out["state"] = state
@@ -104,4 +143,6 @@ class StatusPages:
             self.edge.refused,
             self.edge.num_open,
         ) + (self.auth.metrics_text(every_tenant) if tenants else "")
+        text += spec_metrics_lines(self.spec_counts().items())
+        text += "".join(render() for render in self.extra_metrics)
         return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -1,0 +1,125 @@
+"""Arrivals routed from the cluster's counts go where the router would send them by the views."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from sincere.core.types import Seconds
+from sincere.policy.reads import READS_NOTHING, Reads
+from sincere.sim import load_config
+from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
+from sincere.sim.cluster import Cluster
+from sincere.sim.runner import run_events
+from sincere.workload.config import generate
+
+READS_LOAD = Reads(load=True, tokens=False, outcomes=False, oblivious=False)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ROUTERS = [
+    ({"name": "least-outstanding"}, "outstanding"),
+    ({"name": "power-of-two"}, "outstanding"),
+    ({"name": "power-of-two", "params": {"num_choices": 3}}, "outstanding"),
+    ({"name": "join-shortest-queue"}, "requests"),
+    ({"name": "power-of-two", "params": {"metric": "requests"}}, "requests"),
+]
+RECORD_COLUMNS = (
+    "instance", "first_scheduled_at", "first_token_at", "finished_at", "output_tokens",
+    "arrival_num_running", "arrival_num_waiting", "arrival_waiting_prefill_tokens",
+    "arrival_num_outstanding",
+)  # fmt: skip
+
+
+def _config(example: str, router: dict[str, Any], num_requests: int, seed: int) -> Any:
+    raw: dict[str, Any] = yaml.safe_load((EXAMPLES / example).read_text())
+    raw["workload"]["num_requests"] = num_requests
+    raw["router"] = router
+    raw["seed"] = seed
+    if example == "w1.yaml":  # twelve instances at ten times the load each can take
+        raw["instances"][0]["count"] = 12
+        raw["workload"]["arrival"]["rate"] = 12 * 12.0
+    return load_config(raw).model_copy(update={"base_dir": str(EXAMPLES)})
+
+
+def _cluster(cfg: Any, probes: tuple[Reads, ...] = ()) -> Cluster:
+    reqs = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
+    return build_cluster(cfg, reqs, probes=probes)
+
+
+class _Checked(Cluster):
+    """At every arrival placed by the counts, also asks a copy of the router over views
+    built afresh from every engine (what the counts stand for) and compares."""
+
+    num_checked = 0
+
+    def route(self, i: int, now: Seconds) -> int | None:
+        self._arrival = (i, now)
+        return super().route(i, now)
+
+    def _by_count(self, choices: list[int]) -> int | None:
+        assert self.front_door is not None
+        reference = copy.deepcopy(self.front_door.router)  # (its generator's state too)
+        e = super()._by_count(choices)
+        assert e is not None
+        i, now = self._arrival
+        views = [self.views.fresh(k) for k in choices]
+        expected = reference.choose(self.requests.request(i), views, now).instance
+        assert self.infos[e].id == expected, (i, now)
+        state = self.front_door.router.rng.bit_generator.state
+        assert reference.rng.bit_generator.state == state
+        self.num_checked += 1
+        return e
+
+
+@pytest.mark.parametrize(("router", "key"), ROUTERS)
+@pytest.mark.parametrize(("example", "seed"), [("w1.yaml", 3), ("hetero.yaml", 5)])
+def test_every_arrival_goes_where_the_views_send_it(
+    router: dict[str, Any], key: str, example: str, seed: int
+) -> None:
+    """W1 on twelve loaded instances (ties and queues) and the heterogeneous example
+    (a model on some instances only): the engine chosen from the counts is the one the
+    router chooses over fresh views, at every routed arrival."""
+    cluster = _cluster(_config(example, router, 1200, seed))
+    assert cluster.shortcuts.by_count == key
+    cluster.__class__ = _Checked
+    run_events(cluster)
+    assert isinstance(cluster, _Checked)
+    assert cluster.num_checked > 900  # (the 70B requests of hetero.yaml have one instance)
+    assert len(set(cluster.records.instance.tolist())) > 3
+
+
+@pytest.mark.parametrize(("router", "key"), ROUTERS)
+def test_runs_by_count_and_by_views_are_identical(router: dict[str, Any], key: str) -> None:
+    """The whole run, records with their arrival loads and the run log, both ways: by
+    the counts (prefill runs in one piece, ``summed``), and by full views rebuilt at
+    every iteration (``exact``, as a probe reading loads between iterations gets it)."""
+    cfg = _config("w1.yaml", router, 1500, 11)
+    by_count = _cluster(cfg)
+    by_views = _cluster(cfg, probes=(READS_LOAD,))
+    by_views._counts_by = None  # (the shortcut off: every arrival asks the front door)
+    assert by_count.shortcuts.by_count == key
+    assert by_count.shortcuts.engine_pacing == "summed"
+    assert by_views.shortcuts.engine_pacing == "exact" and not by_views.shortcuts.load_blind
+    # by outstanding counts nothing reads a view or a queue: engine changes go untold
+    assert by_count.watches_engines == (key == "requests") and by_views.watches_engines
+    log_count, log_views = run_events(by_count), run_events(by_views)
+    for col in RECORD_COLUMNS:
+        a, b = getattr(by_count.records, col), getattr(by_views.records, col)
+        np.testing.assert_array_equal(a, b)
+    assert log_count == log_views
+    assert (by_count.records.arrival_num_waiting > 0).any()  # queues did build
+
+
+def test_what_else_is_read_turns_the_counts_off() -> None:
+    """A token-reading probe, or admission, and arrivals go through the views again."""
+    lo = {"name": "least-outstanding"}
+    tokens = Reads(load=False, tokens=True, outcomes=False, oblivious=False)
+    assert _cluster(_config("w1.yaml", lo, 10, 0), probes=(tokens,)).shortcuts.by_count is None
+    assert _cluster(_config("w1.yaml", lo, 10, 0), probes=(READS_NOTHING,)).shortcuts.by_count
+    raw = _config("w1.yaml", lo, 10, 0).model_dump()
+    raw["admission"] = {"enabled": True}
+    assert _cluster(load_config(raw)).shortcuts.by_count is None
