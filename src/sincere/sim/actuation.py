@@ -48,27 +48,24 @@ from sincere.engine.summary import fleet_cost, instance_cost
 from sincere.policy.reads import Reads
 from sincere.sim.actuation_rule import PoolRule
 from sincere.sim.actuation_slots import PoolPlan, pool_settings
-from sincere.sim.autoscale import READY_PRIORITY, TICK_PRIORITY, signal_sum
+from sincere.sim.autoscale import Controller, signal_sum
 from sincere.sim.autoscale_book import DRAINING, STARTING
-from sincere.sim.cluster import Cluster
-from sincere.sim.extension import Extension, Sim
+from sincere.sim.extension import Sim
 from sincere.sim.plan import ExtensionNeeds
 
 
-class Actuator(Extension):
+class Actuator(Controller):
     """The pool's controller in a simulated run: :class:`PoolRule` with the cluster and
     the event queue as its hands (see the module docstring)."""
 
     def __init__(self, plan: PoolPlan) -> None:
+        super().__init__()
         self.plan = plan
         self.scaling = plan.config.scaling
         self.rule = PoolRule(plan, self)
         self.held: list[deque[int]] = [deque() for _ in plan.models]
         self.where = {e: (g, s) for g, row in enumerate(plan.engine_of) for s, e in enumerate(row)}
         self.group_of: dict[int, int] = {}  # the requests' model index -> group
-        self._sim: Sim | None = None
-        self.tick_kind = self.ready_kind = -1
-        self.num_arrived = 0
 
     @property
     def needs(self) -> ExtensionNeeds:
@@ -76,20 +73,9 @@ class Actuator(Extension):
         reads = Reads(load=self.scaling.signal != "in_flight", tokens=False, outcomes=False)
         return ExtensionNeeds(reads=reads, routes_arrivals=True, feeds_engines=True)
 
-    @property
-    def sim(self) -> Sim:
-        assert self._sim is not None, "attach() first"
-        return self._sim
-
-    @property
-    def cluster(self) -> Cluster:
-        return self.sim.cluster
-
     def attach(self, sim: Sim) -> None:
         """Declare the event kinds, give the slots their models, schedule the first reading."""
-        self._sim = sim
-        self.tick_kind = sim.add_kind(TICK_PRIORITY, self._tick)
-        self.ready_kind = sim.add_kind(READY_PRIORITY, self._ready)
+        self._declare_kinds(sim)
         models = self.plan.models
         names = sim.cluster.requests.models
         self.group_of = {m: models.index(n) for m, n in enumerate(names) if n in models}

@@ -152,16 +152,46 @@ def signal_sum(cfg: AutoscalingConfig, cluster: Cluster, engines: list[int]) -> 
     return float(sum(cluster.outstanding[e] for e in engines))
 
 
-class Autoscaler(Extension):
+class Controller(Extension):
+    """What the loop's controllers share: a reading every interval and instances becoming
+    ready, as two event kinds (:data:`TICK_PRIORITY`, :data:`READY_PRIORITY`) whose
+    handlers, ``_tick(_, at)`` and ``_ready(index, at)``, are the subclass's."""
+
+    def __init__(self) -> None:
+        self._sim: Sim | None = None
+        self.tick_kind = self.ready_kind = -1
+        self.num_arrived = 0
+
+    @property
+    def sim(self) -> Sim:
+        assert self._sim is not None, "attach() first"
+        return self._sim
+
+    @property
+    def cluster(self) -> Cluster:
+        return self.sim.cluster
+
+    def _declare_kinds(self, sim: Sim) -> None:
+        """Keep the loop and declare the reading's and the readiness's event kinds."""
+        self._sim = sim
+        self.tick_kind = sim.add_kind(TICK_PRIORITY, self._tick)
+        self.ready_kind = sim.add_kind(READY_PRIORITY, self._ready)
+
+    def _tick(self, _: int, at: Seconds) -> None:
+        raise NotImplementedError
+
+    def _ready(self, index: int, at: Seconds) -> None:
+        raise NotImplementedError
+
+
+class Autoscaler(Controller):
     """The controller of one scaled group (see the module docstring)."""
 
     def __init__(self, plan: ScalePlan) -> None:
         self.plan = plan
         self.cfg = plan.config
+        super().__init__()
         self.book = FleetBook(plan.engines, plan.num_gpus, self.cfg.warm_pool)
-        self._sim: Sim | None = None
-        self.tick_kind = self.ready_kind = -1
-        self.num_arrived = 0
         self.low_since: Seconds | None = None  # first reading of the window wanting fewer
         self.low_max = 0  # the largest count wanted in that window
         self.forecast = make_forecast(self.cfg, plan.profile)
@@ -173,20 +203,9 @@ class Autoscaler(Extension):
         reads = Reads(load=self.cfg.signal != "in_flight", tokens=False, outcomes=False)
         return ExtensionNeeds(reads=reads, routes_arrivals=False, feeds_engines=False)
 
-    @property
-    def sim(self) -> Sim:
-        assert self._sim is not None, "attach() first"
-        return self._sim
-
-    @property
-    def cluster(self) -> Cluster:
-        return self.sim.cluster
-
     def attach(self, sim: Sim) -> None:
         """Declare the two event kinds, set the initial states, schedule the first reading."""
-        self._sim = sim
-        self.tick_kind = sim.add_kind(TICK_PRIORITY, self._tick)
-        self.ready_kind = sim.add_kind(READY_PRIORITY, self._ready)
+        self._declare_kinds(sim)
         first_warm = self.plan.num_initial + self.cfg.warm_pool
         for k, e in enumerate(self.plan.engines):
             state = UP if k < self.plan.num_initial else WARM if k < first_warm else DOWN
