@@ -19,7 +19,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.request import RequestArrays
 from sincere.serve.control.sim_scaling import live_autoscaling
 from sincere.sim.api import SimulationResult, simulate
-from sincere.sim.autoscale import RateForecast
+from sincere.sim.autoscale import Cooldown, RateForecast
 
 INTERVAL_S, PROVISIONING_S, LOAD_S = 10.0, 20.0, 5.0
 
@@ -326,3 +326,17 @@ def test_predictive_is_refused_where_the_decision_reads_a_load() -> None:
     raw = {"group": "m", "policy": "predictive", "rate_per_instance": 1.0, "max_instances": 2}
     with pytest.raises(ConfigError, match=r"controller.autoscaling.policy.*simulator only"):
         live_autoscaling(raw, 8)
+
+
+def test_the_cooldown_window_keeps_the_most_wanted_over_its_length() -> None:
+    """Readings every 10 s wanting 2, 3, 1 under a 20 s window: nothing stops until the
+    window has lasted 20 s, then the largest count wanted in it (3) is kept; a reading
+    wanting no fewer closes it, and the next window starts from scratch."""
+    window = Cooldown(20.0)
+    assert window.fewer(2, 10.0) is None
+    assert window.fewer(3, 20.0) is None
+    assert window.fewer(1, 30.0) == 3
+    assert window.fewer(1, 40.0) is None  # a new window opened at 40 s
+    window.close()
+    assert window.fewer(2, 50.0) is None
+    assert window.fewer(1, 70.0) == 2

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from sincere.core.types import Seconds
 from sincere.sim.actuation_slots import Bills, PoolPlan, Slots
-from sincere.sim.autoscale import desired_count, make_forecast
+from sincere.sim.autoscale import Cooldown, desired_count, make_forecast
 from sincere.sim.autoscale_book import DOWN, DRAINING, STARTING, UP, WARM, FleetBook
 
 MAX_EVENTS = 10_000  # events a rule keeps (the oldest first; ``num_events`` counts all)
@@ -78,8 +78,7 @@ class PoolRule:
         self.slots = Slots(num_slots, asleep)
         self.last_done = [0.0] * num_slots  # when each slot last finished a request
         self.wants = list(plan.initial)  # the last reading's slots wanted, per model
-        self.low_since: list[Seconds | None] = [None] * num_models
-        self.low_max = [0] * num_models
+        self.cooldowns = [Cooldown(self.scaling.cooldown_s) for _ in range(num_models)]
         self.counts: Counter[str] = Counter()  # actuations, by kind
         self.bills = Bills(plan.engine_of, self.book.paid_by)
         self.events: list[Event] = []
@@ -133,13 +132,13 @@ class PoolRule:
         for g, want in enumerate(self.wants):
             num = self.num(g, UP) + self.num_coming(g)
             if want > num:
-                self.low_since[g] = None
+                self.cooldowns[g].close()
                 if self._start(g, want - num, at):
                     self.book.num_scale_ups += 1
             elif want < num:
                 self._maybe_stop(g, want, at)
             else:
-                self.low_since[g] = None
+                self.cooldowns[g].close()
         self._release_empty(at)
         self.book.want(sum(self.wants), at)
         self.book.note(at)
@@ -248,16 +247,12 @@ class PoolRule:
 
     def _maybe_stop(self, g: int, want: int, at: Seconds) -> None:
         """Fewer wanted: stop model ``g``'s newest slots once the window lasted ``cooldown_s``."""
-        since = self.low_since[g]
-        if since is None:
-            since, self.low_since[g], self.low_max[g] = at, at, want
-        self.low_max[g] = max(self.low_max[g], want)
-        if at - since < self.scaling.cooldown_s:
+        most = self.cooldowns[g].fewer(want, at)
+        if most is None:
             return
-        self.low_since[g] = None
         ups = self.of(g, UP)
         ups.sort(key=lambda s: (self.book.up_at[s], s))
-        keep = max(self.low_max[g] - self.num_coming(g), 0 if self.cfg.shares else 1)
+        keep = max(most - self.num_coming(g), 0 if self.cfg.shares else 1)
         stops = ups[keep:][::-1]
         for s in stops:
             self._stop(s, at)

@@ -59,6 +59,35 @@ READY_PRIORITY = -1  # an instance ready at an arrival's time takes that arrival
 TICK_PRIORITY = 2  # the controller reads loads after the engines' events at that time
 
 
+class Cooldown:
+    """The scale-down window of one group: it opens at the first reading that wants fewer
+    instances than are serving or starting, and only once it has lasted ``cooldown_s``
+    do instances stop, as many kept as the largest count wanted over the window. A reading
+    that wants as many or more closes it (:meth:`close`)."""
+
+    __slots__ = ("cooldown_s", "most", "since")
+
+    def __init__(self, cooldown_s: Seconds) -> None:
+        self.cooldown_s = cooldown_s
+        self.since: Seconds | None = None  # the first reading of the open window
+        self.most = 0  # the largest count wanted in it
+
+    def close(self) -> None:
+        """A reading wanted no fewer: the window starts anew at the next one that does."""
+        self.since = None
+
+    def fewer(self, want: int, at: Seconds) -> int | None:
+        """A reading at ``at`` wants ``want``, fewer than there are: the count to keep when
+        the window has lasted ``cooldown_s`` (it then closes), else None."""
+        if self.since is None:
+            self.since, self.most = at, want
+        self.most = max(self.most, want)
+        if at - self.since < self.cooldown_s:
+            return None
+        self.since = None
+        return self.most
+
+
 @dataclass(frozen=True, slots=True)
 class ScalePlan:
     """The scaled group as one run builds it."""
@@ -192,8 +221,7 @@ class Autoscaler(Controller):
         self.cfg = plan.config
         super().__init__()
         self.book = FleetBook(plan.engines, plan.num_gpus, self.cfg.warm_pool)
-        self.low_since: Seconds | None = None  # first reading of the window wanting fewer
-        self.low_max = 0  # the largest count wanted in that window
+        self.cooldown = Cooldown(self.cfg.cooldown_s)
         self.forecast = make_forecast(self.cfg, plan.profile)
         self.arrived_at_tick = 0  # arrivals counted at the last reading
 
@@ -247,11 +275,11 @@ class Autoscaler(Controller):
         book.want(want, at)
         if want > num_active:
             self._start(want - num_active, at)
-            self.low_since = None
+            self.cooldown.close()
         elif want < num_active:
             self._maybe_stop(want, at)
         else:
-            self.low_since = None
+            self.cooldown.close()
         book.note(at)
         if self._work_left():
             self.sim.schedule(at + self.cfg.interval_s, self.tick_kind, 0)
@@ -304,12 +332,9 @@ class Autoscaler(Controller):
 
     def _maybe_stop(self, want: int, at: Seconds) -> None:
         """Fewer wanted: stop instances once the window has lasted ``cooldown_s``."""
-        if self.low_since is None:
-            self.low_since, self.low_max = at, want
-        self.low_max = max(self.low_max, want)
-        if at - self.low_since < self.cfg.cooldown_s:
+        target = self.cooldown.fewer(want, at)
+        if target is None:
             return
-        target, self.low_since = self.low_max, None
         book = self.book
         ups = book.of(UP)  # by the time they joined, oldest first (ties: by index)
         ups.sort(key=lambda e: (book.up_at[e], e))

@@ -49,7 +49,7 @@ from sincere.core.errors import SincereError
 from sincere.engine.build import deployment_of
 from sincere.serve.binding import cancel_and_wait
 from sincere.serve.control import scale_book as sb
-from sincere.serve.control.sim_scaling import AutoscalingConfig, desired_count
+from sincere.serve.control.sim_scaling import AutoscalingConfig, Cooldown, desired_count
 
 if TYPE_CHECKING:
     from sincere.engine.base import EngineLoad
@@ -78,8 +78,7 @@ class LiveAutoscaler:
         self.book = sb.ScaleBook()
         self.started_at: float | None = None  # clock time of time 0
         self.started_at_unix: float | None = None  # the same moment, seconds since the epoch
-        self.low_since: float | None = None  # first reading of the window wanting fewer
-        self.low_max = 0  # the largest count wanted in that window
+        self.cooldown = Cooldown(self.cfg.cooldown_s)
         self._names = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -140,11 +139,11 @@ class LiveAutoscaler:
         book.desired = want
         if want > num_active:
             self._start(want - num_active, at)
-            self.low_since = None
+            self.cooldown.close()
         elif want < num_active:
             self._maybe_stop(want, at)
         else:
-            self.low_since = None
+            self.cooldown.close()
 
     def _load(self) -> float | None:
         """The signal summed over the instances in routing (None: unknown)."""
@@ -191,12 +190,9 @@ class LiveAutoscaler:
 
     def _maybe_stop(self, want: int, at: float) -> None:
         """Fewer wanted: stop the newest instances once the window lasted ``cooldown_s``."""
-        if self.low_since is None:
-            self.low_since, self.low_max = at, want
-        self.low_max = max(self.low_max, want)
-        if at - self.low_since < self.cfg.cooldown_s:
+        target = self.cooldown.fewer(want, at)
+        if target is None:
             return
-        target, self.low_since = self.low_max, None
         book = self.book
         ups = sorted(book.of(sb.UP), key=lambda s: s.up_at_s or 0.0)  # oldest first (stable)
         keep = max(target - book.count(sb.STARTING), 1)

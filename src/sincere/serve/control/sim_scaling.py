@@ -25,12 +25,12 @@ from sincere.perf.base import Deployment
 from sincere.sim.actuation_config import ActuationConfig, check_groups, initial_counts
 from sincere.sim.actuation_rule import PoolHands, PoolRule
 from sincere.sim.actuation_slots import PoolPlan, pool_plan
-from sincere.sim.autoscale import desired_count
+from sincere.sim.autoscale import Cooldown, desired_count
 from sincere.sim.autoscale_book import DRAINING, STARTING, UP
 from sincere.sim.autoscale_config import AutoscalingConfig
 
 __all__ = [
-    "DRAINING", "STARTING", "UP", "ActuationConfig", "AutoscalingConfig", "PoolHands",
+    "DRAINING", "STARTING", "UP", "ActuationConfig", "AutoscalingConfig", "Cooldown", "PoolHands",
     "PoolPlan", "PoolRule", "desired_count", "live_actuation", "live_autoscaling",
     "live_pool_plan",
 ]  # fmt: skip
