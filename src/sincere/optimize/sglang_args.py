@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 from sincere.core.errors import ConfigError
 from sincere.engine.speculation import SpeculationConfig
+from sincere.optimize.engine_args import drafter, engine_method
 
 SGLANG_ALGORITHMS: dict[str, tuple[str, ...]] = {
     "eagle": ("EAGLE3", "EAGLE"),
@@ -49,14 +50,7 @@ def sglang_speculative_args(
     branching. Raises :class:`ConfigError` for an algorithm SGLang does not pair with the
     method, a ``max_batch``, a tree without ``eagle_topk`` (or a chain given one above 1),
     or a drafter model missing or given where none is loaded."""
-    allowed = SGLANG_ALGORITHMS[spec.method]
-    chosen = algorithm or allowed[0]
-    if chosen not in allowed:
-        raise ConfigError(
-            f"SGLang's speculative algorithm for sincere's {spec.method!r} drafting",
-            value=algorithm,
-            allowed=allowed,
-        )
+    chosen = engine_method("SGLang", "speculative algorithm", SGLANG_ALGORITHMS, spec, algorithm)
     if spec.max_batch is not None:
         raise ConfigError(
             "SGLang has no batch size above which it stops speculating: plan without "
@@ -66,7 +60,10 @@ def sglang_speculative_args(
         )
     k = spec.params().num_draft_tokens
     args = ["--speculative-algorithm", chosen]
-    path = _draft_path(spec, model_ids, draft_model_path)
+    path = drafter(
+        spec, model_ids, draft_model_path, engine="SGLang", setting="draft_model_path",
+        example="yuhuili/EAGLE3-LLaMA3.1-Instruct-8B",
+    )  # fmt: skip
     if path is not None:
         args += ["--speculative-draft-model-path", path]
     verified = _verified_positions(spec, k, eagle_topk)
@@ -100,25 +97,3 @@ def _verified_positions(spec: SpeculationConfig, k: int, eagle_topk: int | None)
             allowed=">= 2",
         )
     return spec.verify_tokens
-
-
-def _draft_path(
-    spec: SpeculationConfig, model_ids: Mapping[str, str], given: str | None
-) -> str | None:
-    """The model SGLang loads to draft: ``given``, the draft model's id, or none."""
-    if spec.method in ("mtp", "ngram"):
-        if given is not None:
-            raise ConfigError(
-                f"method {spec.method} drafts without a separate model (SGLang loads none)",
-                value=given,
-            )
-        return None
-    if given is not None:
-        return given
-    if spec.draft_model is not None:
-        return model_ids.get(spec.draft_model, spec.draft_model)
-    raise ConfigError(
-        "an EAGLE deployment needs its head's repository for SGLang's draft model path",
-        value=None,
-        allowed="draft_model_path: e.g. yuhuili/EAGLE3-LLaMA3.1-Instruct-8B",
-    )

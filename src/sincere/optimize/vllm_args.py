@@ -40,6 +40,7 @@ from typing import Any
 from sincere.core.errors import ConfigError
 from sincere.engine.kv_offload import KvOffloadConfig
 from sincere.engine.speculation import SpeculationConfig
+from sincere.optimize.engine_args import drafter, engine_method
 
 VLLM_METHODS: dict[str, tuple[str, ...]] = {
     "eagle": ("eagle", "eagle3"),
@@ -65,14 +66,7 @@ def speculative_config(
     picks among :data:`VLLM_METHODS`' values. Raises :class:`ConfigError` for a tree
     draft, an EAGLE head without a repository, or a method vLLM does not pair with
     ``spec``'s."""
-    allowed = VLLM_METHODS[spec.method]
-    method = speculative_method or allowed[0]
-    if method not in allowed:
-        raise ConfigError(
-            f"vLLM's method for sincere's {spec.method!r} drafting",
-            value=speculative_method,
-            allowed=allowed,
-        )
+    method = engine_method("vLLM", "method", VLLM_METHODS, spec, speculative_method)
     if spec.verify_tokens is not None:
         raise ConfigError(
             "a tree draft (speculation.verify_tokens) has no vLLM argument sincere can write: "
@@ -80,7 +74,10 @@ def speculative_config(
             value=spec.verify_tokens,
         )
     out: dict[str, Any] = {"method": method}
-    model = _draft_repository(spec, model_ids, speculative_model)
+    model = drafter(
+        spec, model_ids, speculative_model, engine="vLLM", setting="speculative_model",
+        example="yuhuili/EAGLE-LLaMA3.1-Instruct-8B",
+    )  # fmt: skip
     if model is not None:
         out["model"] = model
     k = out["num_speculative_tokens"] = spec.params().num_draft_tokens
@@ -88,25 +85,6 @@ def speculative_config(
         most = spec.max_batch
         out["num_speculative_tokens_per_batch_size"] = [[1, most, k], [most + 1, most + 1, 0]]
     return out
-
-
-def _draft_repository(
-    spec: SpeculationConfig, model_ids: Mapping[str, str], given: str | None
-) -> str | None:
-    """The model vLLM loads to draft: ``given``, the draft model's id, or none (mtp, ngram)."""
-    if spec.method in ("mtp", "ngram"):
-        if given is not None:
-            raise ConfigError(f"method {spec.method} drafts without a separate model", value=given)
-        return None
-    if given is not None:
-        return given
-    if spec.draft_model is not None:
-        return model_ids.get(spec.draft_model, spec.draft_model)
-    raise ConfigError(
-        "an EAGLE deployment needs its head's repository for vLLM's speculative model",
-        value=None,
-        allowed="speculative_model: e.g. yuhuili/EAGLE-LLaMA3.1-Instruct-8B",
-    )
 
 
 def kv_offloading_args(offload: KvOffloadConfig, backend: str = "native") -> list[str]:
