@@ -46,7 +46,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -75,6 +75,7 @@ from sincere.sim.config import (
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+T = TypeVar("T")
 QUANTILES = {"p10": 10.0, "p50": 50.0, "p90": 90.0}
 LAG_QUANTILES = {"p50": 50.0, "p99": 99.0, "max": 100.0}
 RACE_S = 0.005  # a finish or another arrival this close to an arrival makes it a race
@@ -308,6 +309,42 @@ class LoopLag:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         return np.asarray(self.samples, dtype=np.float64)
+
+
+class Controller(Protocol):
+    """A live controller that runs on its own clock (the live autoscaler, the live pool)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def now(self) -> float: ...
+
+
+async def run_controlled(
+    url: str, requests: RequestArrays, controller: Controller, read: Callable[[], T], *,
+    lag_until_s: float, end_s: float, time_limit_s: float,
+) -> tuple[BenchResult, T, FloatArray]:  # fmt: skip
+    """Start ``controller`` (its time 0) and send ``requests`` to the gateway at ``url`` at
+    their arrival times; the event loop's lag is sampled until ``lag_until_s`` on the
+    controller's clock (the load generator's summing-up afterwards holds the loop, and is
+    not what a comparison judges), then the run waits for the last answer and for
+    ``end_s``, and ``read()`` takes what the controller decided before it stops. Returns
+    the load generator's result, ``read()``'s and the lags (seconds)."""
+    lag = LoopLag()
+    await controller.start()
+    lag.start()
+    try:
+        options = BenchOptions(time_limit_s=time_limit_s, request_fields=True)
+        bench = asyncio.ensure_future(run_bench_async(url, requests, options))
+        await asyncio.sleep(max(0.0, lag_until_s - controller.now()))
+        lags = np.asarray(lag.samples, dtype=np.float64)
+        result = await bench
+        await asyncio.sleep(max(0.0, end_s - controller.now()))
+        return result, read(), lags
+    finally:
+        await lag.stop()
+        await controller.stop()
 
 
 def _emulator_configs(config: SimulationConfig, ids: list[str]) -> list[Any]:

@@ -21,16 +21,14 @@ client's own time per request, which weigh more the more the clock is compressed
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from sincere.bench.parity import LoopLag
+from sincere.bench.parity import run_controlled
 from sincere.bench.results import BenchResult
-from sincere.bench.runner import BenchOptions, run_bench_async
 from sincere.serve.app import CONTROLLER, compose
 from sincere.serve.control.pool import LivePool
 from sincere.serve.control.sim_scaling import live_actuation
@@ -96,28 +94,22 @@ async def replay(
         count_prompt_tokens("warm up", model)
     section = live_pool_section(actuation, models)
     max_instances = actuation["max_slots"] * len(models)
-    lag = LoopLag()
     lag_until_s = float(np.nanmax(sim.records.finished_at))  # then the bench sums up
+    half = actuation["scaling"]["interval_s"] / 2  # past the reading at end_s
     async with compose(gateway_config(sim, max_instances)) as gw:
         pool = LivePool(gw.app[CONTROLLER], live_actuation(section, max_instances), gw.loop.time)
-        await pool.start()  # time 0
-        lag.start()
-        try:
-            options = BenchOptions(time_limit_s=time_limit_s, request_fields=True)
-            bench = asyncio.ensure_future(run_bench_async(gw.url, sim.requests_in, options))
-            await asyncio.sleep(max(0.0, lag_until_s - pool.now()))
-            lags = np.asarray(lag.samples, dtype=np.float64)
-            result = await bench
-            half = actuation["scaling"]["interval_s"] / 2  # past the reading at end_s
-            await asyncio.sleep(max(0.0, end_s + half - pool.now()))
+
+        def read() -> tuple[list[dict[str, Any]], dict[str, int], float]:
             rule = pool.the_rule
             paid = rule.book.summary(end_s, {})["instance_hours"]  # to the simulated end
             hours = float(paid)  # type: ignore[arg-type]
-            events = [asdict(e) for e in rule.events]
-            return LiveReplay(result, events, dict(rule.counts), hours, lags)
-        finally:
-            await lag.stop()
-            await pool.stop()
+            return [asdict(e) for e in rule.events], dict(rule.counts), hours
+
+        result, (events, counts, hours), lags = await run_controlled(
+            gw.url, sim.requests_in, pool, read, lag_until_s=lag_until_s,
+            end_s=end_s + half, time_limit_s=time_limit_s,
+        )  # fmt: skip
+        return LiveReplay(result, events, counts, hours, lags)
 
 
 def compare(

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sincere.bench.parity import DISTURBED_LAG_S, LoopLag
+from sincere.bench.parity import DISTURBED_LAG_S, run_controlled
 from sincere.bench.results import BenchResult
-from sincere.bench.runner import BenchOptions, run_bench_async
 from sincere.core.request import RequestArrays, Tier
 from sincere.serve.app import CONTROLLER, compose
 from sincere.serve.control.autoscaler import LiveAutoscaler
@@ -95,24 +94,15 @@ async def _live(sim: SimulationResult) -> tuple[BenchResult, dict[str, Any], lis
     """The requests through a gateway whose autoscaler starts with the bench; the event
     loop's lags sampled until the scenario's last scale event is well past (the bench's
     own summing-up afterwards may hold the loop, and reads nothing the test checks)."""
-    lag = LoopLag()
     async with compose(_gateway_config(sim)) as gw:
         cfg = sim.config.autoscaling
         assert cfg is not None
         scaler = LiveAutoscaler(gw.app[CONTROLLER], cfg, gw.loop.time)
-        await scaler.start()  # the fleet at time 0: one instance
-        lag.start()
-        try:
-            options = BenchOptions(time_limit_s=120.0, request_fields=True)
-            bench = asyncio.ensure_future(run_bench_async(gw.url, sim.requests_in, options))
-            await asyncio.sleep(max(0.0, LAG_UNTIL_S - scaler.now()))
-            lags = list(lag.samples)
-            result = await bench
-            await asyncio.sleep(max(0.0, END_S - scaler.now()))  # the last readings
-            return result, scaler.to_json(), lags
-        finally:
-            await lag.stop()
-            await scaler.stop()
+        result, decided, lags = await run_controlled(  # the fleet at time 0: one instance
+            gw.url, sim.requests_in, scaler, scaler.to_json,
+            lag_until_s=LAG_UNTIL_S, end_s=END_S, time_limit_s=120.0,
+        )  # fmt: skip
+        return result, decided, list(lags)
 
 
 def _moments(events: list[dict[str, Any]], kind: str) -> list[float]:

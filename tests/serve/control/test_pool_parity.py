@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sincere.bench.parity import DISTURBED_LAG_S, LoopLag
+from sincere.bench.parity import DISTURBED_LAG_S, run_controlled
 from sincere.bench.results import BenchResult
-from sincere.bench.runner import BenchOptions, run_bench_async
 from sincere.core.request import RequestArrays, Tier
 from sincere.serve.app import CONTROLLER, compose
 from sincere.serve.control.pool import LivePool
@@ -109,23 +108,14 @@ async def _live(sim: SimulationResult) -> tuple[BenchResult, dict[str, Any], lis
     """The requests through a gateway whose pool starts with the bench; the event loop's
     lags sampled until the scenario's last actuation is past (the bench's own summing-up
     afterwards may hold the loop, and reads nothing the test checks)."""
-    lag = LoopLag()
     async with compose(_gateway_config(sim)) as gw:
         config = live_actuation({**POOL, "groups": [A, B], "initial": {B: 0}}, 4)
         pool = LivePool(gw.app[CONTROLLER], config, gw.loop.time)
-        await pool.start()  # A serving, B asleep: time 0
-        lag.start()
-        try:
-            options = BenchOptions(time_limit_s=120.0, request_fields=True)
-            bench = asyncio.ensure_future(run_bench_async(gw.url, sim.requests_in, options))
-            await asyncio.sleep(max(0.0, LAG_UNTIL_S - pool.now()))
-            lags = list(lag.samples)
-            result = await bench
-            await asyncio.sleep(max(0.0, END_S - pool.now()))  # the last readings
-            return result, pool.to_json(), lags
-        finally:
-            await lag.stop()
-            await pool.stop()
+        result, decided, lags = await run_controlled(  # A serving, B asleep at time 0
+            gw.url, sim.requests_in, pool, pool.to_json,
+            lag_until_s=LAG_UNTIL_S, end_s=END_S, time_limit_s=120.0,
+        )  # fmt: skip
+        return result, decided, list(lags)
 
 
 def _moves(events: list[dict[str, Any]], until_s: float) -> list[tuple[float, str, str]]:
