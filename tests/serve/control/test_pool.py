@@ -180,6 +180,8 @@ def test_an_asleep_instance_keeps_its_model_served_and_holds_requests() -> None:
         ),
         ({"times": {"qwen2.5-7b": {"load_s": 1.0}}}, "times given for a model"),
         ({"initial": {}}, "must fit in max_slots"),
+        ({"release_after_s": 1e9}, "too long a duration"),
+        ({"scaling": {**SCALING, "cooldown_s": 1e9}}, "too long a duration"),
     ],
 )
 def test_pools_that_cannot_run_live_are_refused(change: dict[str, Any], match: str) -> None:

@@ -93,8 +93,12 @@ def _check_room(cfg: AutoscalingConfig, max_instances: int) -> None:
         )  # fmt: skip
 
 
-def _check_durations(cfg: AutoscalingConfig, where: str) -> None:
-    for name in ("interval_s", "cooldown_s", "provisioning_s", "load_s"):
+SCALING_DURATIONS = ("interval_s", "cooldown_s", "provisioning_s", "load_s")
+
+
+def _check_durations(cfg: Any, where: str, names: tuple[str, ...] = SCALING_DURATIONS) -> None:
+    """Each of ``cfg``'s ``names`` (seconds, None: not set) at most a day."""
+    for name in names:
         value = getattr(cfg, name)
         if value is not None and not value <= MAX_SECONDS:
             raise ConfigError(
@@ -142,12 +146,7 @@ def live_actuation(raw: dict[str, Any], max_instances: int) -> ActuationConfig:
             value="predictive", allowed=["threshold", "target-utilisation"],
         )  # fmt: skip
     _check_durations(cfg.scaling, f"{POOL}.scaling")
-    for name in ("idle_s", "release_after_s"):
-        if not getattr(cfg, name) <= MAX_SECONDS:
-            raise ConfigError(
-                "too long a duration", where=f"{POOL}.{name}", value=getattr(cfg, name),
-                allowed=f"0..{MAX_SECONDS:g} seconds",
-            )  # fmt: skip
+    _check_durations(cfg, POOL, ("idle_s", "release_after_s"))
     groups = [_LiveGroup(m, 1, "-", 1, 1) for m in models]
     check_groups(cfg, groups)  # the simulator's own checks, before any engine exists
     num_engines = cfg.max_slots * len(models)
