@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sincere.engine.base import EngineLoad
-from sincere.engine.build import deployment_of, step_model_of
 from sincere.engine.instance import InstanceInfo, instance_view, spec_info
 from sincere.policy.router_base import InstanceView
 from sincere.serve.backends.config import BackendConfig
@@ -53,6 +52,7 @@ from sincere.serve.gateway.breaker import CircuitBreaker
 from sincere.serve.gateway.spec_decode import (
     AcceptanceEstimate,
     SpecCounts,
+    declared,
     declared_speculation,
 )
 
@@ -210,14 +210,11 @@ def backend_info(config: BackendConfig) -> InstanceInfo:
         price_out_per_token_usd=config.price_out_per_1m_usd / 1e6,
         quality=config.quality,
     )
-    spec = config.deployment
-    if spec is None:
+    built = declared(config)
+    if built is None:
         return base
-    where = f"backends.{config.name}.deployment"
-    deployment = deployment_of(spec, spec.model_names[0], where)
-    step = step_model_of(spec, deployment, where)
     info = spec_info(
-        spec, config.name, deployment, step,
+        built.spec, config.name, built.deployment, built.step,
         price_in_per_mtok_usd=config.price_in_per_1m_usd,
         price_out_per_mtok_usd=config.price_out_per_1m_usd,
         quality=config.quality, max_in_flight=config.max_in_flight,

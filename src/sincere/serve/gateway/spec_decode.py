@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sincere.engine.build import deployment_of, speculator_of, step_model_of
-from sincere.perf.base import StepTimeModel
+from sincere.engine.spec import DeploymentSpec
+from sincere.perf.base import Deployment, StepTimeModel
 from sincere.perf.measured_acceptance import measured_params
 from sincere.perf.speculation import PerTokenDecode, SpeculativeDecode
 from sincere.serve.backends.config import BackendConfig
@@ -68,16 +69,33 @@ class SpecCounts:
         }
 
 
-def declared_speculation(config: BackendConfig) -> SpeculativeDecode | None:
-    """The speculation ``config``'s declared deployment runs (None: no deployment, or one
-    that does not speculate); priced on the deployment's step model, as the simulator's."""
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """A backend's declared deployment, built as the simulator builds an instance's."""
+
+    spec: DeploymentSpec
+    deployment: Deployment
+    step: StepTimeModel
+    where: str  # the config path errors name
+
+
+def declared(config: BackendConfig) -> Declared | None:
+    """``config``'s declared deployment and its step-time model (None: none declared)."""
     spec = config.deployment
     if spec is None:
         return None
     where = f"backends.{config.name}.deployment"
     deployment = deployment_of(spec, spec.model_names[0], where)
-    step = step_model_of(spec, deployment, where)
-    speculator = speculator_of(spec, deployment, step, None, where)
+    return Declared(spec, deployment, step_model_of(spec, deployment, where), where)
+
+
+def declared_speculation(config: BackendConfig) -> SpeculativeDecode | None:
+    """The speculation ``config``'s declared deployment runs (None: no deployment, or one
+    that does not speculate); priced on the deployment's step model, as the simulator's."""
+    built = declared(config)
+    if built is None:
+        return None
+    speculator = speculator_of(built.spec, built.deployment, built.step, None, built.where)
     return None if speculator is None else speculator.step_model.spec
 
 
