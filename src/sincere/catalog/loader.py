@@ -33,6 +33,7 @@ from sincere.catalog.schema import (
 )
 from sincere.catalog.specs import Accelerator, ModelArch
 from sincere.core.errors import ConfigError, DataError
+from sincere.core.yaml_data import load_yaml
 
 ENV_VAR = "SINCERE_CATALOG"
 """Environment variable listing extra catalog files (``os.pathsep``-separated)."""
@@ -42,8 +43,6 @@ SHIPPED_FILES = ("accelerators.yaml", "models.yaml")
 
 _SECTIONS = {"accelerators": "accelerator", "models": "model"}
 _UNSOURCED = {"sources", "aliases", "vendor"}  # accelerator fields that are not figures
-
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed
 
 Spec = TypeVar("Spec", Accelerator, ModelArch)
 
@@ -184,7 +183,7 @@ def _parse(text: str, origin: str, fname: str) -> Any:
     try:
         if fname.lower().endswith(".json"):
             return json.loads(text) if text.strip() else {}
-        return yaml.load(text, Loader=_YAML_LOADER) or {}
+        return load_yaml(text) or {}
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc.msg}", path=origin, line=exc.lineno) from None
     except yaml.YAMLError as exc:

@@ -50,11 +50,10 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any
 
-import yaml
-
 from sincere.catalog.loader import default_catalog
 from sincere.catalog.specs import Accelerator
 from sincere.core.errors import ConfigError, DataError
+from sincere.core.yaml_data import load_yaml
 from sincere.perf.roofline import RooflineParams
 
 FITS_FOLDER = ("data", "perf", "roofline")  # package-relative folder of the shipped fits
@@ -164,7 +163,7 @@ def fit_document(
 ) -> dict[str, Any]:
     """One fit document, its ``file`` set to ``path`` (:func:`fit_documents` says what is
     refused)."""
-    doc = yaml.safe_load(entry.read_text())
+    doc = load_yaml(entry.read_text())
     if not isinstance(doc, dict) or not is_fit(doc):
         raise DataError(not_a_fit, path=path)
     name = str(doc.get("fit", {}).get("accelerator", ""))

@@ -41,6 +41,7 @@ from pydantic import Field
 from sincere.core.errors import ConfigError
 from sincere.core.params import Params
 from sincere.core.types import Seconds
+from sincere.core.yaml_data import load_yaml
 from sincere.perf.base import Batch, Deployment, StepTimeBase, StepTimeModel, SwapTime
 from sincere.perf.factory import STEP_MODELS, StepModelKind
 from sincere.perf.table import MODEL_ALIASES, SINCERE_OUTPUT_TOKENS, sincere_profile
@@ -258,7 +259,7 @@ def load_calibration(path: str | Path | None = None) -> RunCalibration:
 @functools.cache
 def _shipped() -> RunCalibration:
     text = resources.files("sincere").joinpath("data", "perf", SHIPPED_CALIBRATION).read_text()
-    return parse_calibration(yaml.safe_load(text), SHIPPED_CALIBRATION)
+    return parse_calibration(load_yaml(text), SHIPPED_CALIBRATION)
 
 
 def calibrated_model(calibration: RunCalibration, model: str, cc: bool) -> RunCalibratedModel:

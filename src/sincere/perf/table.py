@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import yaml
 
 from sincere.core.errors import ConfigError, DataError
 from sincere.core.types import Seconds
+from sincere.core.yaml_data import load_yaml
 from sincere.perf.base import Batch, StepTimeBase, SwapTime
 
 SINCERE_OUTPUT_TOKENS = 50  # new tokens per request in SINCERE's profiles
@@ -182,7 +182,7 @@ def read_loading_times(path: str | Path) -> dict[str, tuple[SwapTime, SwapTime]]
 def load_shipped_profiles() -> dict[str, Any]:
     """The parsed ``sincere_h100.yaml`` shipped with the package."""
     text = resources.files("sincere").joinpath("data", "perf", SHIPPED_PROFILE).read_text()
-    data: dict[str, Any] = yaml.safe_load(text)
+    data: dict[str, Any] = load_yaml(text)
     return data
 
 
