@@ -25,6 +25,7 @@ probability ``fraction``, to a uniformly drawn candidate, until either bound is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, NamedTuple, Protocol, runtime_checkable
@@ -37,6 +38,7 @@ from sincere.core.registry import Needs, build_spec
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, RequestId, Seconds
 from sincere.policy.router_base import InstanceView, Outcome, Router
+from sincere.predict.fleet_latency import FleetLatency, LoadTerms, fleet_latencies
 from sincere.predict.latency import (
     LATENCY_PREDICTORS,
     LatencyEstimate,
@@ -171,6 +173,22 @@ class Prediction(NamedTuple):
     distribution: LatencyDistribution | None
 
 
+class FleetEstimates(NamedTuple):
+    """Every candidate's prediction for one request (:meth:`Estimator.fleet`)."""
+
+    ttft: list[float]  # per candidate, in order; inf where there is no prediction
+    e2e: list[float]
+    others: dict[int, LatencyEstimate | None]  # by position: the candidates not in the pass
+    output_tokens: float  # what the pass's predictions assume
+    note: str  # :meth:`Estimator.unused_step_models` of the candidates
+
+    def estimate(self, k: int) -> LatencyEstimate | None:
+        """Candidate ``k``'s prediction, as :meth:`Estimator.point_estimates` gives it."""
+        if k in self.others:
+            return self.others[k]
+        return LatencyEstimate(self.ttft[k], self.e2e[k], self.output_tokens)
+
+
 def context_of(
     request: Request, view: InstanceView, expected_output: float, now: Seconds
 ) -> RouteContext:
@@ -224,6 +242,10 @@ class Estimator:
         self.max_pending = max_pending
         self.use_step_model = use_step_model
         self._pending: dict[RequestId, _Pending] = {}
+        self._fleet = FleetLatency()
+        # per instance, for :meth:`fleet`: the view last shown, its load terms (None: not
+        # in the pass) and whether its step model goes unused (load unknown)
+        self._seen: dict[InstanceId, tuple[InstanceView, LoadTerms | None, bool]] = {}
 
     def analytic(self, view: InstanceView) -> bool:
         """Whether ``view``'s latency is predicted from its step model (and known load)."""
@@ -270,6 +292,54 @@ class Estimator:
             for v, c in zip(views, ctxs, strict=True)
         ]
 
+    def fleet(
+        self, request: Request, views: Sequence[InstanceView], expected: float, now: Seconds
+    ) -> FleetEstimates:
+        """:meth:`point_estimates` of ``request`` on every candidate, with the contexts
+        :func:`context_of` gives (``expected`` output tokens, at ``now``), as floats.
+
+        The router's pass over the fleet: a candidate whose step model is a plain roofline
+        is predicted from its load's terms, kept while its view object is unchanged
+        (:mod:`sincere.predict.fleet_latency`; bit-identical to ``step_model_latency``);
+        the others as :meth:`estimate` predicts them, in candidate order.
+        """
+        if self._batched is not None:
+            ctxs = [context_of(request, v, expected, now) for v in views]
+            ests = [p.estimate for p in self.estimates(views, ctxs)]
+            return _fleet_of(ests, self.unused_step_models(views))
+        seen, terms, lost = self._seen, [], False
+        others: dict[int, LatencyEstimate | None] = {}
+        for k, view in enumerate(views):
+            entry = seen.get(view.id)
+            if entry is None or entry[0] is not view:
+                entry = seen[view.id] = self._entry(view)
+            if entry[1] is None:
+                others[k] = self.estimate(view, context_of(request, view, expected, now))
+            else:
+                terms.append(entry[1])
+            lost = lost or entry[2]
+        ttft, e2e = fleet_latencies(terms, request.prompt_tokens, expected)
+        if others:
+            ttft, e2e = _merged(len(views), others, ttft, e2e)
+        note = self.unused_step_models(views) if lost else ""
+        return FleetEstimates(ttft, e2e, others, max(expected, 1.0), note)
+
+    def _entry(self, view: InstanceView) -> tuple[InstanceView, LoadTerms | None, bool]:
+        """``view``'s entry of :attr:`_seen`."""
+        lost = self.use_step_model and view.step_model is not None and not view.engine_load_known
+        if view.step_model is None or not self.analytic(view):
+            return view, None, lost
+        terms = self._fleet.terms(
+            view.step_model,
+            _or_zero(view.num_running),
+            _or_zero(view.num_waiting),
+            _or_zero(view.waiting_prefill_tokens),
+            _or_zero(view.running_remaining_tokens),
+            _or_zero(view.running_ctx_tokens),
+            view.max_num_seqs,
+        )
+        return view, terms, lost
+
     def estimate(self, view: InstanceView, ctx: RouteContext) -> LatencyEstimate | None:
         """Analytic estimate when the view has a step model and its engine load, else the
         learned one (``None`` until the instance has outcomes)."""
@@ -308,6 +378,34 @@ class Estimator:
     def num_pending(self) -> int:
         """Routed requests whose outcome has not been observed yet."""
         return len(self._pending)
+
+
+def _fleet_of(ests: list[LatencyEstimate | None], note: str) -> FleetEstimates:
+    """The :class:`FleetEstimates` of these estimates (none from the pass)."""
+    others = dict(enumerate(ests))
+    ttft = [math.inf if est is None else est.ttft_s for est in ests]
+    e2e = [math.inf if est is None else est.e2e_s for est in ests]
+    return FleetEstimates(ttft, e2e, others, 1.0, note)
+
+
+def _merged(
+    num: int, others: dict[int, LatencyEstimate | None], ttft: list[float], e2e: list[float]
+) -> tuple[list[float], list[float]]:
+    """Every candidate's TTFT and E2E, in order: the pass's (``ttft``, ``e2e``, in order)
+    where ``others`` has no entry."""
+    out_ttft: list[float] = []
+    out_e2e: list[float] = []
+    i = 0
+    for k in range(num):
+        if k in others:
+            est = others[k]
+            out_ttft.append(math.inf if est is None else est.ttft_s)
+            out_e2e.append(math.inf if est is None else est.e2e_s)
+        else:
+            out_ttft.append(ttft[i])
+            out_e2e.append(e2e[i])
+            i += 1
+    return out_ttft, out_e2e
 
 
 class PredictiveRouter(Router):
