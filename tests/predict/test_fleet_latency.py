@@ -65,7 +65,7 @@ def test_the_pass_equals_step_model_latency_bit_for_bit() -> None:
         terms = [builder.terms(model, *load) for load in loads]
         assert all(isinstance(t, LoadTerms) for t in terms)
         kept = [t for t in terms if t is not None]
-        slot_waits += sum(1 for t in kept if t.slot_rounds > 0)
+        slot_waits += sum(1 for t in kept if t.rare.slot_rounds > 0)
         for prompt in (0, 1, 7, 300, 511, 512, 513, 4096):
             for expected in (0.0, 0.4, 1.0, 1.5, 2.5, 37.2, 812.0):
                 ttfts, e2es = fleet_latencies(kept, prompt, expected)
@@ -110,4 +110,4 @@ def test_equal_models_share_one_constants_object() -> None:
     a, b = builder.terms(one, 1, 0, 0, 10, 500, 128), builder.terms(two, 4, 2, 90, 8, 70, 128)
     assert a is not None and b is not None
     assert a.coef is b.coef
-    assert a.kernels is one.kernels and b.kernels is two.kernels
+    assert a.linear_memo is one.kernels.linear_memo and b.linear_memo is two.kernels.linear_memo

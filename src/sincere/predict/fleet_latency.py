@@ -54,8 +54,7 @@ class LoadTerms(NamedTuple):
     """The terms of ``step_model_latency`` on one view that the request does not change."""
 
     coef: FleetCoef
-    kernels: RooflineKernels  # its memo of linear work by token count
-    model: StepTimeModel  # for a full batch's slot wait (rare): decode_steps_s itself
+    linear_memo: dict[int, float]  # the model's linear work by token count
     waiting_tokens: int  # prompt tokens queued
     num_running: int
     queue_pairs: float  # the queued prompts' attention pairs, mean-sized
@@ -63,16 +62,33 @@ class LoadTerms(NamedTuple):
     cpu_s: float  # the prefill iteration's CPU cost
     head_s: float  # the prefill iteration's LM head
     ctx_base: int  # running context plus queued prompt tokens
+    room_ctx: int | None  # with a free batch slot: the decode context less the prompt
     num_seqs: int  # the batch size the request decodes in
     num_ahead: int  # running and queued sequences, plus the request
-    slot_rounds: int  # rounds of waiting for a batch slot (0: the batch has room)
-    slot_steps: int  # decode steps of one such round
-    max_num_seqs: int
     step_s: float  # one decode step of ``num_seqs`` sequences, attention aside
     slope_pair: float  # its attention's growth per step, compute line
     slope_kv: float  # ... memory line
     seq_ctx: float  # the memory line's per-sequence context
     gap_slope: float  # slope_pair - slope_kv
+    rare: Rare  # what a memo miss or a full batch needs
+
+
+class Rare(NamedTuple):
+    """What a load's prediction seldom needs: the model's kernels (a token count not in
+    the memo yet) and, with a full batch, the wait for a slot."""
+
+    kernels: RooflineKernels
+    model: StepTimeModel  # its decode_steps_s gives the slot wait
+    max_num_seqs: int
+    slot_rounds: int  # rounds of waiting for a batch slot (0: the batch has room)
+    slot_steps: int  # decode steps of one such round
+
+
+SeqsTerms = tuple[float, float, float, float, float, float, float]
+""":func:`seqs_terms` of one sequence count."""
+
+EXACT_INT = 2**52
+"""Token counts below this (and their sum with another) are exact as floats."""
 
 
 def fast_roofline(model: StepTimeModel | None) -> Roofline | None:
@@ -114,9 +130,11 @@ def load_terms(
     running_remaining: int,
     running_ctx: int,
     max_num_seqs: int,
+    by_seqs: dict[int, SeqsTerms] | None = None,
 ) -> LoadTerms:
     """The request-free terms of ``step_model_latency`` on a load (``model`` must pass
-    :func:`fast_roofline`; ``coef`` is :func:`fleet_coef` of its coefficients)."""
+    :func:`fast_roofline`; ``coef`` is :func:`fleet_coef` of its coefficients;
+    ``by_seqs`` keeps :func:`seqs_terms` of ``model`` by sequence count)."""
     c, kernels = model.kernels.coef, model.kernels
     w, n_wait, r = waiting_tokens, num_waiting, num_running
     mean_w = w / n_wait if n_wait else 0.0
@@ -126,7 +144,6 @@ def load_terms(
         compute = c.pair_s * running_ctx
         memory = c.kv_token_s * (running_ctx + c.seq_tokens * r)
         decode_attn = c.decode_kernel_s + (compute if compute > memory else memory)
-    seqs = n_wait + 1 + r
     num_ahead = r + n_wait
     excess = num_ahead + 1 - max_num_seqs
     rounds, slot_steps = 0, 0
@@ -135,36 +152,55 @@ def load_terms(
         per_seq = running_remaining / r if r else 1.0
         slot_steps = max(1, round(per_seq))
     num_seqs = min(num_ahead + 1, max_num_seqs)
-    step_s = slope_pair = slope_kv = seq_ctx = 0.0
-    if num_seqs > 0:  # decode_steps_s's terms of num_seqs alone (scale 1, share 1)
-        fixed = _with_comm(c, kernels.linear_layer_s(num_seqs) + c.decode_kernel_s, num_seqs)
-        stage = c.layers * fixed + kernels.lm_head_s(num_seqs)
-        step_s = c.cpu_s + c.cpu_seq_s * num_seqs + 1.0 * stage
-        slope_pair = coef.decode_pair_s * num_seqs
-        slope_kv = coef.decode_kv_s * num_seqs
-        seq_ctx = c.seq_tokens * num_seqs
+    by_seqs = {} if by_seqs is None else by_seqs
+    seqs_now = by_seqs.get(num_seqs)
+    if seqs_now is None:
+        seqs_now = by_seqs[num_seqs] = seqs_terms(model, coef, num_seqs)
+    step_s, slope_pair, slope_kv, seq_ctx, gap_slope = seqs_now[2:]
+    prefill = by_seqs.get(n_wait + 1 + r)  # the prefill iteration's sequences
+    if prefill is None:
+        prefill = by_seqs[n_wait + 1 + r] = seqs_terms(model, coef, n_wait + 1 + r)
+    ctx_base = running_ctx + w
+    # with room in the batch the decode context is round(total * n / n) + n, i.e. the
+    # prompt plus this, as long as every count stays exact as a float
+    room = excess <= 0 and ctx_base + num_seqs < EXACT_INT
     return LoadTerms(
         coef,
-        kernels,
-        model,
+        kernels.linear_memo,
         w,
         r,
         queue_pairs,
         decode_attn,
-        c.cpu_s + c.cpu_seq_s * seqs,
-        kernels.lm_head_s(seqs),
-        running_ctx + w,
+        prefill[0],
+        prefill[1],
+        ctx_base,
+        ctx_base + num_seqs if room else None,
         num_seqs,
         num_ahead + 1,
-        rounds,
-        slot_steps,
-        max_num_seqs,
         step_s,
         slope_pair,
         slope_kv,
         seq_ctx,
-        slope_pair - slope_kv,
+        gap_slope,
+        Rare(kernels, model, max_num_seqs, rounds, slot_steps),
     )
+
+
+def seqs_terms(model: Roofline, coef: FleetCoef, seqs: int) -> SeqsTerms:
+    """The terms of ``seqs`` sequences alone: an iteration's CPU cost and LM head, and
+    decode_steps_s's cost of a step of ``seqs`` (attention aside; scale 1, share 1), its
+    attention's slopes per step, the per-sequence context and the slopes' gap."""
+    c, kernels = model.kernels.coef, model.kernels
+    cpu = c.cpu_s + c.cpu_seq_s * seqs
+    head = kernels.lm_head_s(seqs)
+    if seqs <= 0:
+        return cpu, head, 0.0, 0.0, 0.0, 0.0, 0.0
+    fixed = _with_comm(c, kernels.linear_layer_s(seqs) + c.decode_kernel_s, seqs)
+    stage = c.layers * fixed + kernels.lm_head_s(seqs)
+    step_s = c.cpu_s + c.cpu_seq_s * seqs + 1.0 * stage
+    slope_pair = coef.decode_pair_s * seqs
+    slope_kv = coef.decode_kv_s * seqs
+    return cpu, head, step_s, slope_pair, slope_kv, c.seq_tokens * seqs, slope_pair - slope_kv
 
 
 def _with_comm(c: KernelCoef, base_s: float, tokens: int) -> float:
@@ -187,6 +223,8 @@ def fleet_latencies(
     p = prompt_tokens
     prompt_pairs = p * (p + 1) / 2
     steps = max(0, round(expected_output) - 1)
+    steps_less = steps - 1
+    exact = 0 <= p < EXACT_INT
     ttfts: list[float] = []
     e2es: list[float] = []
     last: FleetCoef | None = None
@@ -194,9 +232,9 @@ def fleet_latencies(
     comm_fixed = comm_token = floor = eager = pair_s = diag = query_pairs = 0.0
     kv_s = attn_kernel = layers = decode_pair = decode_kv = 0.0
     for t in terms:
-        (coef, kernels, model, w, r, queue_pairs, decode_attn, cpu_s, head_s, ctx_base,
-         num_seqs, num_ahead, rounds, slot_steps, max_seqs, step_s, slope_pair, slope_kv,
-         seq_ctx, gap_slope) = t  # fmt: skip
+        (coef, memo, w, r, queue_pairs, decode_attn, cpu_s, head_s, ctx_base, room_ctx,
+         num_seqs, num_ahead, step_s, slope_pair, slope_kv, seq_ctx, gap_slope,
+         rare) = t  # fmt: skip
         if coef is not last:
             (graph, comm_fixed, comm_token, floor, eager, pair_s, diag, query_pairs, kv_s,
              attn_kernel, layers, decode_pair, decode_kv) = last = coef  # fmt: skip
@@ -206,9 +244,9 @@ def fleet_latencies(
         if tokens == 0:
             prefill = 0.0
         else:
-            linear = kernels.linear_memo.get(tokens)
+            linear = memo.get(tokens)
             if linear is None:
-                linear = kernels.linear_layer_s(tokens)
+                linear = rare.kernels.linear_layer_s(tokens)
             if tokens <= graph:
                 layer = linear + comm_fixed + comm_token * tokens
             elif floor <= 0.0:
@@ -228,25 +266,31 @@ def fleet_latencies(
             if r > 0:
                 layer += decode_attn
             prefill = cpu_s + layers * layer + head_s
-        total_ctx = ctx_base + p
-        slot = 0.0
-        if rounds:
-            slot = rounds * model.decode_steps_s(max_seqs, total_ctx, slot_steps)
-        ttft = slot + prefill
+        if room_ctx is not None and exact:
+            ttft = 0.0 + prefill
+            ctx = room_ctx + p
+        else:
+            total_ctx = ctx_base + p
+            slot = 0.0
+            if rare.slot_rounds:
+                slot = rare.slot_rounds * rare.model.decode_steps_s(
+                    rare.max_num_seqs, total_ctx, rare.slot_steps
+                )
+            ttft = slot + prefill
+            ctx = round(total_ctx * num_seqs / num_ahead) + num_seqs
         ttfts.append(ttft)
         if steps <= 0 or num_seqs <= 0:
             e2es.append(ttft + 0.0)
             continue
         # the decode steps: decode_steps_s of num_seqs sequences from this context
-        ctx = round(total_ctx * num_seqs / num_ahead) + num_seqs
         first_pair = decode_pair * ctx
         first_kv = decode_kv * (ctx + seq_ctx)
         gap0 = first_pair - first_kv
-        if gap_slope == 0.0 or (gap0 >= 0.0) == (gap0 + gap_slope * (steps - 1) >= 0.0):
+        if gap_slope == 0.0 or (gap0 >= 0.0) == (gap0 + gap_slope * steps_less >= 0.0):
             if gap0 >= 0.0:
-                attention = steps * first_pair + slope_pair * steps * (steps - 1) / 2.0
+                attention = steps * first_pair + slope_pair * steps * steps_less / 2.0
             else:
-                attention = steps * first_kv + slope_kv * steps * (steps - 1) / 2.0
+                attention = steps * first_kv + slope_kv * steps * steps_less / 2.0
         else:
             attention = sum_max_affine(first_pair, slope_pair, first_kv, slope_kv, steps)
         e2es.append(ttft + (steps * step_s + attention))
@@ -260,8 +304,9 @@ class FleetLatency:
 
     def __init__(self) -> None:
         self._coefs: dict[FleetCoef, FleetCoef] = {}
-        # by id(model): the model (kept, so the id is not reused) and its constants
-        self._models: dict[int, tuple[StepTimeModel, FleetCoef | None]] = {}
+        # by id(model): the model (kept, so the id is not reused), its constants and its
+        # seqs_terms by sequence count
+        self._models: dict[int, tuple[StepTimeModel, FleetCoef | None, dict[int, SeqsTerms]]] = {}
 
     def terms(
         self,
@@ -281,7 +326,7 @@ class FleetLatency:
             coef = None if fast is None else fleet_coef(fast.kernels.coef)
             if coef is not None:
                 coef = self._coefs.setdefault(coef, coef)
-            known = self._models[id(model)] = (model, coef)
+            known = self._models[id(model)] = (model, coef, {})
         coef = known[1]
         if coef is None:
             return None
@@ -295,4 +340,5 @@ class FleetLatency:
             running_remaining,
             running_ctx,
             max_num_seqs,
+            known[2],
         )

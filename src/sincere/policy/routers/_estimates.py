@@ -28,7 +28,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, NamedTuple, Protocol, runtime_checkable
+from itertools import compress
+from operator import is_not
+from typing import Annotated, NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 from pydantic import Field
@@ -181,6 +183,7 @@ class FleetEstimates(NamedTuple):
     others: dict[int, LatencyEstimate | None]  # by position: the candidates not in the pass
     output_tokens: float  # what the pass's predictions assume
     note: str  # :meth:`Estimator.unused_step_models` of the candidates
+    ids: list[InstanceId]  # the candidates' ids, in order
 
     def estimate(self, k: int) -> LatencyEstimate | None:
         """Candidate ``k``'s prediction, as :meth:`Estimator.point_estimates` gives it."""
@@ -216,6 +219,32 @@ def _or_zero(value: int | None) -> int:
     return 0 if value is None else value
 
 
+_Entry = tuple[InstanceView, LoadTerms | None, bool]
+"""A view, its load terms (None: not in the pass) and whether its step model goes unused."""
+
+
+class _Shown:
+    """The candidates an estimator was last shown, by position, with their entries: an
+    arrival finds the positions whose view object changed without a lookup per candidate."""
+
+    def __init__(self, num: int) -> None:
+        self.views: list[InstanceView | None] = [None] * num
+        self.terms: list[LoadTerms | None] = [None] * num
+        self.ids: list[InstanceId] = [""] * num
+        self.lost: list[bool] = [False] * num
+        self.num_other = num  # positions without load terms
+        self.num_lost = 0  # positions whose step model goes unused
+
+    def put(self, k: int, entry: _Entry) -> None:
+        """Position ``k`` now shows ``entry``'s view."""
+        view, terms, lost = entry
+        self.num_other -= self.terms[k] is None
+        self.num_lost -= self.lost[k]
+        self.views[k], self.terms[k], self.ids[k], self.lost[k] = view, terms, view.id, lost
+        self.num_other += terms is None
+        self.num_lost += lost
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     instance: InstanceId
@@ -245,7 +274,8 @@ class Estimator:
         self._fleet = FleetLatency()
         # per instance, for :meth:`fleet`: the view last shown, its load terms (None: not
         # in the pass) and whether its step model goes unused (load unknown)
-        self._seen: dict[InstanceId, tuple[InstanceView, LoadTerms | None, bool]] = {}
+        self._seen: dict[InstanceId, _Entry] = {}
+        self._shown: dict[int, _Shown] = {}  # the candidates last shown, by their number
 
     def analytic(self, view: InstanceView) -> bool:
         """Whether ``view``'s latency is predicted from its step model (and known load)."""
@@ -306,25 +336,36 @@ class Estimator:
         if self._batched is not None:
             ctxs = [context_of(request, v, expected, now) for v in views]
             ests = [p.estimate for p in self.estimates(views, ctxs)]
-            return _fleet_of(ests, self.unused_step_models(views))
-        seen, terms, lost = self._seen, [], False
-        others: dict[int, LatencyEstimate | None] = {}
-        for k, view in enumerate(views):
+            return _fleet_of(ests, self.unused_step_models(views), [v.id for v in views])
+        num = len(views)
+        shown = self._shown.get(num)
+        if shown is None:
+            shown = self._shown[num] = _Shown(num)
+        seen = self._seen
+        for k in compress(range(num), map(is_not, views, shown.views)):
+            view = views[k]
             entry = seen.get(view.id)
             if entry is None or entry[0] is not view:
                 entry = seen[view.id] = self._entry(view)
-            if entry[1] is None:
-                others[k] = self.estimate(view, context_of(request, view, expected, now))
-            else:
-                terms.append(entry[1])
-            lost = lost or entry[2]
-        ttft, e2e = fleet_latencies(terms, request.prompt_tokens, expected)
-        if others:
-            ttft, e2e = _merged(len(views), others, ttft, e2e)
-        note = self.unused_step_models(views) if lost else ""
-        return FleetEstimates(ttft, e2e, others, max(expected, 1.0), note)
+            shown.put(k, entry)
+        others: dict[int, LatencyEstimate | None] = {}
+        if shown.num_other == 0:
+            ttft, e2e = fleet_latencies(
+                cast("list[LoadTerms]", shown.terms), request.prompt_tokens, expected
+            )
+        else:
+            for k, terms in enumerate(shown.terms):
+                if terms is None:
+                    view = views[k]
+                    others[k] = self.estimate(view, context_of(request, view, expected, now))
+            ttft, e2e = fleet_latencies(
+                [t for t in shown.terms if t is not None], request.prompt_tokens, expected
+            )
+            ttft, e2e = _merged(num, others, ttft, e2e)
+        note = self.unused_step_models(views) if shown.num_lost else ""
+        return FleetEstimates(ttft, e2e, others, max(expected, 1.0), note, shown.ids.copy())
 
-    def _entry(self, view: InstanceView) -> tuple[InstanceView, LoadTerms | None, bool]:
+    def _entry(self, view: InstanceView) -> _Entry:
         """``view``'s entry of :attr:`_seen`."""
         lost = self.use_step_model and view.step_model is not None and not view.engine_load_known
         if view.step_model is None or not self.analytic(view):
@@ -380,12 +421,14 @@ class Estimator:
         return len(self._pending)
 
 
-def _fleet_of(ests: list[LatencyEstimate | None], note: str) -> FleetEstimates:
+def _fleet_of(
+    ests: list[LatencyEstimate | None], note: str, ids: list[InstanceId]
+) -> FleetEstimates:
     """The :class:`FleetEstimates` of these estimates (none from the pass)."""
     others = dict(enumerate(ests))
     ttft = [math.inf if est is None else est.ttft_s for est in ests]
     e2e = [math.inf if est is None else est.e2e_s for est in ests]
-    return FleetEstimates(ttft, e2e, others, 1.0, note)
+    return FleetEstimates(ttft, e2e, others, 1.0, note, ids)
 
 
 def _merged(

@@ -103,7 +103,7 @@ class LatencyOptimalRouter(PredictiveRouter):
         else:
             best = first_smallest(values, candidates)
             reason = f"predicted {self.objective}={values[best]:.4g}s"
-            estimates = tuple(zip([v.id for v in candidates], values, strict=True))
+            estimates = tuple(zip(fleet.ids, values, strict=True))
         view = candidates[best]
         ctx = context_of(request, view, expected, now)
         self.estimator.remember(request, view, ctx, fleet.estimate(best))
