@@ -227,6 +227,7 @@ def fleet_latencies(
     exact = 0 <= p < EXACT_INT
     ttfts: list[float] = []
     e2es: list[float] = []
+    add_ttft, add_e2e = ttfts.append, e2es.append
     last: FleetCoef | None = None
     graph = 0
     comm_fixed = comm_token = floor = eager = pair_s = diag = query_pairs = 0.0
@@ -278,9 +279,9 @@ def fleet_latencies(
                 )
             ttft = slot + prefill
             ctx = round(total_ctx * num_seqs / num_ahead) + num_seqs
-        ttfts.append(ttft)
+        add_ttft(ttft)
         if steps <= 0 or num_seqs <= 0:
-            e2es.append(ttft + 0.0)
+            add_e2e(ttft + 0.0)
             continue
         # the decode steps: decode_steps_s of num_seqs sequences from this context
         first_pair = decode_pair * ctx
@@ -293,7 +294,7 @@ def fleet_latencies(
                 attention = steps * first_kv + slope_kv * steps * steps_less / 2.0
         else:
             attention = sum_max_affine(first_pair, slope_pair, first_kv, slope_kv, steps)
-        e2es.append(ttft + (steps * step_s + attention))
+        add_e2e(ttft + (steps * step_s + attention))
     return ttfts, e2es
 
 

@@ -367,19 +367,17 @@ class Estimator:
 
     def _entry(self, view: InstanceView) -> _Entry:
         """``view``'s entry of :attr:`_seen`."""
-        lost = self.use_step_model and view.step_model is not None and not view.engine_load_known
-        if view.step_model is None or not self.analytic(view):
-            return view, None, lost
-        terms = self._fleet.terms(
-            view.step_model,
-            _or_zero(view.num_running),
-            _or_zero(view.num_waiting),
-            _or_zero(view.waiting_prefill_tokens),
-            _or_zero(view.running_remaining_tokens),
-            _or_zero(view.running_ctx_tokens),
-            view.max_num_seqs,
-        )
-        return view, terms, lost
+        model = view.step_model
+        if model is None or not self.use_step_model:
+            return view, None, False
+        running, waiting = view.num_running, view.num_waiting
+        queued, remaining = view.waiting_prefill_tokens, view.running_remaining_tokens
+        ctx = view.running_ctx_tokens
+        if running is None or waiting is None or queued is None or remaining is None or ctx is None:
+            return view, None, True  # engine load unknown: the learned estimate
+        limit = view.max_num_seqs
+        terms = self._fleet.terms(model, running, waiting, queued, remaining, ctx, limit)
+        return view, terms, False
 
     def estimate(self, view: InstanceView, ctx: RouteContext) -> LatencyEstimate | None:
         """Analytic estimate when the view has a step model and its engine load, else the
