@@ -15,7 +15,10 @@ dropped past ``max_pending`` (requests whose outcome never comes back).
 Predictions for all candidates are made in one call (:meth:`Estimator.estimates`): a
 predictor that gives distributions for a batch (:class:`DistributionPredictor`, the
 trained LSTM) answers every instance in one matrix product, and its distribution then
-gives the SLO probability in place of the lognormal error model.
+gives the SLO probability in place of the lognormal error model. A router that predicts
+every candidate at every arrival asks :meth:`Estimator.fleet`: the load terms of each view
+are kept while the view object is unchanged, and the request's part is added for the whole
+fleet in one pass (:mod:`sincere.predict.fleet_latency`, exact).
 
 The train phase (:class:`ExploreParams`, :class:`Explorer`): the reference router first
 routes at random to collect outcomes on every instance, then serves on predictions. A

@@ -24,6 +24,11 @@ a share of the first requests goes to random candidates. A trained model file se
 as either predictor (``latency_predictor: {name: lstm, params: {path: ...}}``,
 ``length_predictor: {name: quantile, params: {path: ...}}``); the LSTM predicts every
 candidate in one batch. Ties go to the less loaded instance.
+
+Every arrival predicts every candidate; for candidates on a dense single-stage roofline
+that is one pass over the fleet (:meth:`~sincere.policy.routers._estimates.Estimator.fleet`,
+:mod:`sincere.predict.fleet_latency`) from terms of each instance's load kept while its
+view is unchanged, bit-identical to ``step_model_latency`` one candidate at a time.
 """
 
 from __future__ import annotations
