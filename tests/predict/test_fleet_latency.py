@@ -69,6 +69,7 @@ def test_the_pass_equals_step_model_latency_bit_for_bit() -> None:
         for prompt in (0, 1, 7, 300, 511, 512, 513, 4096):
             for expected in (0.0, 0.4, 1.0, 1.5, 2.5, 37.2, 812.0):
                 ttfts, e2es = fleet_latencies(kept, prompt, expected)
+                assert fleet_latencies(kept, prompt, expected, e2e=False) == (ttfts, [])
                 for load, ttft, e2e in zip(loads, ttfts, e2es, strict=True):
                     ctx = RouteContext(prompt, expected, load[0], load[1], 0, *load[2:])
                     want = step_model_latency(model, ctx)

@@ -215,14 +215,16 @@ def _with_comm(c: KernelCoef, base_s: float, tokens: int) -> float:
 
 
 def fleet_latencies(
-    terms: Sequence[LoadTerms], prompt_tokens: int, expected_output: float
+    terms: Sequence[LoadTerms], prompt_tokens: int, expected_output: float, e2e: bool = True
 ) -> tuple[list[float], list[float]]:
     """TTFT and E2E of a request of ``prompt_tokens`` expecting ``expected_output`` tokens
     on each load of ``terms``: ``step_model_latency``'s ``ttft_s`` and ``e2e_s``, bit for
-    bit (its ``output_tokens`` is ``max(expected_output, 1.0)``)."""
+    bit (its ``output_tokens`` is ``max(expected_output, 1.0)``). ``e2e`` false: TTFT only
+    (the E2E list is empty; each load's answer is its own, so one load's E2E is asked
+    later with that load alone)."""
     p = prompt_tokens
     prompt_pairs = p * (p + 1) / 2
-    steps = max(0, round(expected_output) - 1)
+    steps = max(0, round(expected_output) - 1) if e2e else 0
     steps_less = steps - 1
     exact = 0 <= p < EXACT_INT
     ttfts: list[float] = []
@@ -281,7 +283,8 @@ def fleet_latencies(
             ctx = round(total_ctx * num_seqs / num_ahead) + num_seqs
         add_ttft(ttft)
         if steps <= 0 or num_seqs <= 0:
-            add_e2e(ttft + 0.0)
+            if e2e:
+                add_e2e(ttft + 0.0)
             continue
         # the decode steps: decode_steps_s of num_seqs sequences from this context
         first_pair = decode_pair * ctx

@@ -187,12 +187,20 @@ class FleetEstimates(NamedTuple):
     output_tokens: float  # what the pass's predictions assume
     note: str  # :meth:`Estimator.unused_step_models` of the candidates
     ids: list[InstanceId]  # the candidates' ids, in order
+    # with E2E skipped (``e2e`` empty): the pass's load terms by position, and the request
+    skipped: tuple[list[LoadTerms | None], int, float] | None = None
 
     def estimate(self, k: int) -> LatencyEstimate | None:
         """Candidate ``k``'s prediction, as :meth:`Estimator.point_estimates` gives it."""
         if k in self.others:
             return self.others[k]
-        return LatencyEstimate(self.ttft[k], self.e2e[k], self.output_tokens)
+        if self.skipped is None:
+            return LatencyEstimate(self.ttft[k], self.e2e[k], self.output_tokens)
+        terms, prompt_tokens, expected = self.skipped
+        one = terms[k]
+        assert one is not None  # not among the others: in the pass
+        e2e = fleet_latencies([one], prompt_tokens, expected)[1][0]
+        return LatencyEstimate(self.ttft[k], e2e, self.output_tokens)
 
 
 def context_of(
@@ -326,10 +334,17 @@ class Estimator:
         ]
 
     def fleet(
-        self, request: Request, views: Sequence[InstanceView], expected: float, now: Seconds
+        self,
+        request: Request,
+        views: Sequence[InstanceView],
+        expected: float,
+        now: Seconds,
+        e2e: bool = True,
     ) -> FleetEstimates:
         """:meth:`point_estimates` of ``request`` on every candidate, with the contexts
         :func:`context_of` gives (``expected`` output tokens, at ``now``), as floats.
+        ``e2e`` false: a caller that compares TTFT only may get an empty E2E list, the
+        E2E of a candidate then computed when its :meth:`FleetEstimates.estimate` is asked.
 
         The router's pass over the fleet: a candidate whose step model is a plain roofline
         is predicted from its load's terms, kept while its view object is unchanged
@@ -353,20 +368,25 @@ class Estimator:
             shown.put(k, entry)
         others: dict[int, LatencyEstimate | None] = {}
         if shown.num_other == 0:
-            ttft, e2e = fleet_latencies(
-                cast("list[LoadTerms]", shown.terms), request.prompt_tokens, expected
-            )
+            every = cast("list[LoadTerms]", shown.terms)
+            ttfts, e2es = fleet_latencies(every, request.prompt_tokens, expected, e2e)
+            if not e2e:
+                skipped = (list(shown.terms), request.prompt_tokens, expected)
+                note = self.unused_step_models(views) if shown.num_lost else ""
+                return FleetEstimates(
+                    ttfts, e2es, others, max(expected, 1.0), note, shown.ids.copy(), skipped
+                )
         else:
             for k, terms in enumerate(shown.terms):
                 if terms is None:
                     view = views[k]
                     others[k] = self.estimate(view, context_of(request, view, expected, now))
-            ttft, e2e = fleet_latencies(
+            ttfts, e2es = fleet_latencies(
                 [t for t in shown.terms if t is not None], request.prompt_tokens, expected
             )
-            ttft, e2e = _merged(num, others, ttft, e2e)
+            ttfts, e2es = _merged(num, others, ttfts, e2es)
         note = self.unused_step_models(views) if shown.num_lost else ""
-        return FleetEstimates(ttft, e2e, others, max(expected, 1.0), note, shown.ids.copy())
+        return FleetEstimates(ttfts, e2es, others, max(expected, 1.0), note, shown.ids.copy())
 
     def _entry(self, view: InstanceView) -> _Entry:
         """``view``'s entry of :attr:`_seen`."""

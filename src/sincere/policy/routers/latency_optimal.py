@@ -96,8 +96,9 @@ class LatencyOptimalRouter(PredictiveRouter):
             est = self.estimator.estimate(picked, ctx)
             self.estimator.remember(request, picked, ctx, est)
             return RouteDecision(picked.id, reason="explore phase: random instance")
-        fleet = self.estimator.fleet(request, candidates, expected, now)
-        values = fleet.e2e if self.objective == "e2e" else fleet.ttft
+        by_e2e = self.objective == "e2e"
+        fleet = self.estimator.fleet(request, candidates, expected, now, e2e=by_e2e)
+        values = fleet.e2e if by_e2e else fleet.ttft
         unknown = [k for k, est in fleet.others.items() if est is None]
         if unknown:
             best = min(unknown, key=lambda k: candidates[k].num_outstanding)
