@@ -112,3 +112,15 @@ def test_equal_models_share_one_constants_object() -> None:
     assert a is not None and b is not None
     assert a.coef is b.coef
     assert a.linear_memo is one.kernels.linear_memo and b.linear_memo is two.kernels.linear_memo
+
+
+def test_constants_equal_but_for_the_sign_of_a_zero_stay_apart() -> None:
+    """Constants are shared only when every one is the same float, sign of zero included."""
+    builder = FleetLatency()
+    dep = Deployment(get_model("llama-3-8b"), A100)
+    params = default_roofline_params(A100)
+    plain = Roofline(dep, replace(params, attn_kernel_s=0.0))
+    signed = Roofline(dep, replace(params, attn_kernel_s=-0.0))
+    a, b = builder.terms(plain, 1, 0, 0, 10, 500, 128), builder.terms(signed, 1, 0, 0, 10, 500, 128)
+    assert a is not None and b is not None
+    assert a.coef == b.coef and a.coef is not b.coef

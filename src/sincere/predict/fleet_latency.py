@@ -6,9 +6,9 @@ terms that depend on the instance's load alone: its queued prompts' attention pa
 decode attention of its running batch, the batch size it will decode at and the cost of
 one decode step of that batch. Only an instance the simulator touched since the last
 arrival has a new load (and a new view object), so those terms are kept per view
-(:class:`LoadTerms`, rebuilt when the view object changes), and
-each arrival computes only what the request adds: its prompt in the prefill iteration
-and the context it brings to the decode steps (:func:`fleet_latencies`).
+(:class:`LoadTerms`, rebuilt when the view object changes), and each arrival computes
+only what the request adds: its prompt in the prefill iteration and the context it
+brings to the decode steps (:func:`fleet_latencies`).
 
 Exact, not approximate: for a :class:`~sincere.perf.roofline.Roofline` with one pipeline
 stage and no architecture step (dense attention, no experts) the pass inlines
@@ -16,9 +16,12 @@ stage and no architecture step (dense attention, no experts) the pass inlines
 :meth:`~sincere.perf.roofline.Roofline.decode_steps_s` and performs every floating-point
 operation of ``step_model_latency`` on that model in the same order with the same
 operands, a term kept per view being one the original computes before the request's part
-is added to it. Results are bit-identical (``tests/predict/test_fleet_latency.py`` holds
-them equal over random loads and requests). Any other model has no terms here: its
-candidates are predicted by ``step_model_latency`` itself.
+is added to it. The one expression written otherwise: with a free batch slot the decode
+context ``round(t * n / n) + n`` is ``t + n`` (the exact quotient of integers below
+2**53 rounds to itself), used only while the counts stay below 2**52. Results are
+bit-identical (``tests/predict/test_fleet_latency.py`` holds them equal over random
+loads and requests). Any other model has no terms here: its candidates are predicted by
+``step_model_latency`` itself.
 """
 
 from __future__ import annotations
@@ -307,7 +310,8 @@ class FleetLatency:
     the pass unpacks them only when they change between candidates)."""
 
     def __init__(self) -> None:
-        self._coefs: dict[FleetCoef, FleetCoef] = {}
+        # by every constant's exact value (as hex: 0.0 and -0.0 are two keys)
+        self._coefs: dict[tuple[int | str, ...], FleetCoef] = {}
         # by id(model): the model (kept, so the id is not reused), its constants and its
         # seqs_terms by sequence count
         self._models: dict[int, tuple[StepTimeModel, FleetCoef | None, dict[int, SeqsTerms]]] = {}
@@ -329,7 +333,8 @@ class FleetLatency:
             fast = fast_roofline(model)
             coef = None if fast is None else fleet_coef(fast.kernels.coef)
             if coef is not None:
-                coef = self._coefs.setdefault(coef, coef)
+                key = tuple(v.hex() if isinstance(v, float) else v for v in coef)
+                coef = self._coefs.setdefault(key, coef)
             known = self._models[id(model)] = (model, coef, {})
         coef = known[1]
         if coef is None:
