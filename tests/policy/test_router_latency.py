@@ -146,8 +146,12 @@ def _choose_by_options(r: LatencyOptimalRouter, request: Request, views: list[In
     unknown = [o for o in options if o[1] is None]
     if unknown:
         return min(unknown, key=lambda o: o[0].num_outstanding)[0].id, None
-    best = min(options, key=lambda o: (r._value(o[1]), o[0].num_outstanding))
-    return best[0].id, tuple((v.id, r._value(e)) for v, e in options)
+
+    def value(est: Any) -> float:
+        return float(est.e2e_s if r.objective == "e2e" else est.ttft_s)
+
+    best = min(options, key=lambda o: (value(o[1]), o[0].num_outstanding))
+    return best[0].id, tuple((v.id, value(e)) for v, e in options)
 
 
 @pytest.mark.parametrize("objective", ["e2e", "ttft"])
@@ -180,3 +184,49 @@ def test_choice_and_estimates_equal_the_plain_minimum_with_ties(objective: str) 
         assert decision.instance == instance
         if estimates is not None:
             assert decision.estimates == estimates
+
+
+@pytest.mark.parametrize("objective", ["e2e", "ttft"])
+def test_roofline_fleets_choose_as_the_plain_minimum(objective: str) -> None:
+    """Fleets of shared rooflines (predicted by the router's pass over the fleet), a linear
+    model, instances without a step model or with their engine load unknown, and repeated
+    loads (ties): the chosen instance, the estimates reported, the reason's note and the
+    prediction kept for the outcome are the plain computation's, view objects reused
+    between requests or not."""
+    from sincere.catalog import get_accelerator, get_model
+    from sincere.perf.base import Deployment
+    from sincere.perf.roofline import Roofline
+
+    rng = np.random.default_rng(11)
+    llama = get_model("llama-3-8b")
+    models: list[StepTimeBase | None] = [
+        Roofline(Deployment(llama, get_accelerator("A100-80GB"))),
+        Roofline(Deployment(llama, get_accelerator("H100-SXM"), tp=2)),
+        LinearStep(0.02, 0.00005),
+        None,
+    ]
+    r = router(objective=objective)
+    pool: list[InstanceView] = []
+    for trial in range(300):
+        views = [
+            pool[k] if k < len(pool) and rng.random() < 0.5 else view(
+                f"i{k}", models[int(rng.integers(4 if trial % 3 == 0 else 2))],
+                num_running=None if rng.random() < 0.05 else int(rng.integers(3)) * 60,
+                num_waiting=int(rng.integers(2)), waiting_prefill_tokens=int(rng.integers(2)) * 500,
+                running_remaining_tokens=10, running_ctx_tokens=int(rng.integers(2)) * 9000,
+                num_outstanding=int(rng.integers(3)), max_num_seqs=int(rng.choice([64, 128])),
+            )
+            for k in range(int(rng.integers(2, 12)))
+        ]  # fmt: skip
+        pool = views
+        request = Request(trial, 0.0, "m", int(rng.integers(1, 3)) * 400, 50, max_tokens=100)
+        instance, estimates = _choose_by_options(r, request, views)
+        decision = r.choose(request, views, 0.0)
+        assert decision.instance == instance
+        if estimates is not None:
+            assert decision.estimates == estimates
+        assert decision.reason.endswith(r.estimator.unused_step_models(views))
+        chosen = next(v for v in views if v.id == instance)
+        ctx = context_of(request, chosen, 100.0, 0.0)
+        assert r.estimator._pending[request.id].estimate == r.estimator.estimate(chosen, ctx)
+        assert r.estimator._pending[request.id].ctx == ctx

@@ -15,7 +15,10 @@ dropped past ``max_pending`` (requests whose outcome never comes back).
 Predictions for all candidates are made in one call (:meth:`Estimator.estimates`): a
 predictor that gives distributions for a batch (:class:`DistributionPredictor`, the
 trained LSTM) answers every instance in one matrix product, and its distribution then
-gives the SLO probability in place of the lognormal error model.
+gives the SLO probability in place of the lognormal error model. A router that predicts
+every candidate at every arrival asks :meth:`Estimator.fleet`: the load terms of each view
+are kept while the view object is unchanged, and the request's part is added for the whole
+fleet in one pass (:mod:`sincere.predict.fleet_latency`, exact).
 
 The train phase (:class:`ExploreParams`, :class:`Explorer`): the reference router first
 routes at random to collect outcomes on every instance, then serves on predictions. A
@@ -25,9 +28,12 @@ probability ``fraction``, to a uniformly drawn candidate, until either bound is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, NamedTuple, Protocol, runtime_checkable
+from itertools import compress
+from operator import is_not
+from typing import Annotated, NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 from pydantic import Field
@@ -37,6 +43,7 @@ from sincere.core.registry import Needs, build_spec
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, RequestId, Seconds
 from sincere.policy.router_base import InstanceView, Outcome, Router
+from sincere.predict.fleet_latency import FleetLatency, LoadTerms, fleet_latencies
 from sincere.predict.latency import (
     LATENCY_PREDICTORS,
     LatencyEstimate,
@@ -171,6 +178,31 @@ class Prediction(NamedTuple):
     distribution: LatencyDistribution | None
 
 
+class FleetEstimates(NamedTuple):
+    """Every candidate's prediction for one request (:meth:`Estimator.fleet`)."""
+
+    ttft: list[float]  # per candidate, in order; inf where there is no prediction
+    e2e: list[float]
+    others: dict[int, LatencyEstimate | None]  # by position: the candidates not in the pass
+    output_tokens: float  # what the pass's predictions assume
+    note: str  # :meth:`Estimator.unused_step_models` of the candidates
+    ids: list[InstanceId]  # the candidates' ids, in order
+    # with E2E skipped (``e2e`` empty): the pass's load terms by position, and the request
+    skipped: tuple[list[LoadTerms | None], int, float] | None = None
+
+    def estimate(self, k: int) -> LatencyEstimate | None:
+        """Candidate ``k``'s prediction, as :meth:`Estimator.point_estimates` gives it."""
+        if k in self.others:
+            return self.others[k]
+        if self.skipped is None:
+            return LatencyEstimate(self.ttft[k], self.e2e[k], self.output_tokens)
+        terms, prompt_tokens, expected = self.skipped
+        one = terms[k]
+        assert one is not None  # not among the others: in the pass
+        e2e = fleet_latencies([one], prompt_tokens, expected)[1][0]
+        return LatencyEstimate(self.ttft[k], e2e, self.output_tokens)
+
+
 def context_of(
     request: Request, view: InstanceView, expected_output: float, now: Seconds
 ) -> RouteContext:
@@ -196,6 +228,32 @@ def context_of(
 
 def _or_zero(value: int | None) -> int:
     return 0 if value is None else value
+
+
+_Entry = tuple[InstanceView, LoadTerms | None, bool]
+"""A view, its load terms (None: not in the pass) and whether its step model goes unused."""
+
+
+class _Shown:
+    """The candidates an estimator was last shown, by position, with their entries: an
+    arrival finds the positions whose view object changed without a lookup per candidate."""
+
+    def __init__(self, num: int) -> None:
+        self.views: list[InstanceView | None] = [None] * num
+        self.terms: list[LoadTerms | None] = [None] * num
+        self.ids: list[InstanceId] = [""] * num
+        self.lost: list[bool] = [False] * num
+        self.num_other = num  # positions without load terms
+        self.num_lost = 0  # positions whose step model goes unused
+
+    def put(self, k: int, entry: _Entry) -> None:
+        """Position ``k`` now shows ``entry``'s view."""
+        view, terms, lost = entry
+        self.num_other -= self.terms[k] is None
+        self.num_lost -= self.lost[k]
+        self.views[k], self.terms[k], self.ids[k], self.lost[k] = view, terms, view.id, lost
+        self.num_other += terms is None
+        self.num_lost += lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +282,11 @@ class Estimator:
         self.max_pending = max_pending
         self.use_step_model = use_step_model
         self._pending: dict[RequestId, _Pending] = {}
+        self._fleet = FleetLatency()
+        # per instance, for :meth:`fleet`: the view last shown, its load terms (None: not
+        # in the pass) and whether its step model goes unused (load unknown)
+        self._seen: dict[InstanceId, _Entry] = {}
+        self._shown: dict[int, _Shown] = {}  # the candidates last shown, by their number
 
     def analytic(self, view: InstanceView) -> bool:
         """Whether ``view``'s latency is predicted from its step model (and known load)."""
@@ -270,6 +333,75 @@ class Estimator:
             for v, c in zip(views, ctxs, strict=True)
         ]
 
+    def fleet(
+        self,
+        request: Request,
+        views: Sequence[InstanceView],
+        expected: float,
+        now: Seconds,
+        e2e: bool = True,
+    ) -> FleetEstimates:
+        """:meth:`point_estimates` of ``request`` on every candidate, with the contexts
+        :func:`context_of` gives (``expected`` output tokens, at ``now``), as floats.
+        ``e2e`` false: a caller that compares TTFT only may get an empty E2E list, the
+        E2E of a candidate then computed when its :meth:`FleetEstimates.estimate` is asked.
+
+        The router's pass over the fleet: a candidate whose step model is a plain roofline
+        is predicted from its load's terms, kept while its view object is unchanged
+        (:mod:`sincere.predict.fleet_latency`; bit-identical to ``step_model_latency``);
+        the others as :meth:`estimate` predicts them, in candidate order.
+        """
+        if self._batched is not None:
+            ctxs = [context_of(request, v, expected, now) for v in views]
+            ests = [p.estimate for p in self.estimates(views, ctxs)]
+            return _fleet_of(ests, self.unused_step_models(views), [v.id for v in views])
+        num = len(views)
+        shown = self._shown.get(num)
+        if shown is None:
+            shown = self._shown[num] = _Shown(num)
+        seen = self._seen
+        for k in compress(range(num), map(is_not, views, shown.views)):
+            view = views[k]
+            entry = seen.get(view.id)
+            if entry is None or entry[0] is not view:
+                entry = seen[view.id] = self._entry(view)
+            shown.put(k, entry)
+        others: dict[int, LatencyEstimate | None] = {}
+        if shown.num_other == 0:
+            every = cast("list[LoadTerms]", shown.terms)
+            ttfts, e2es = fleet_latencies(every, request.prompt_tokens, expected, e2e)
+            if not e2e:
+                skipped = (list(shown.terms), request.prompt_tokens, expected)
+                note = self.unused_step_models(views) if shown.num_lost else ""
+                return FleetEstimates(
+                    ttfts, e2es, others, max(expected, 1.0), note, shown.ids.copy(), skipped
+                )
+        else:
+            for k, terms in enumerate(shown.terms):
+                if terms is None:
+                    view = views[k]
+                    others[k] = self.estimate(view, context_of(request, view, expected, now))
+            ttfts, e2es = fleet_latencies(
+                [t for t in shown.terms if t is not None], request.prompt_tokens, expected
+            )
+            ttfts, e2es = _merged(num, others, ttfts, e2es)
+        note = self.unused_step_models(views) if shown.num_lost else ""
+        return FleetEstimates(ttfts, e2es, others, max(expected, 1.0), note, shown.ids.copy())
+
+    def _entry(self, view: InstanceView) -> _Entry:
+        """``view``'s entry of :attr:`_seen`."""
+        model = view.step_model
+        if model is None or not self.use_step_model:
+            return view, None, False
+        running, waiting = view.num_running, view.num_waiting
+        queued, remaining = view.waiting_prefill_tokens, view.running_remaining_tokens
+        ctx = view.running_ctx_tokens
+        if running is None or waiting is None or queued is None or remaining is None or ctx is None:
+            return view, None, True  # engine load unknown: the learned estimate
+        limit = view.max_num_seqs
+        terms = self._fleet.terms(model, running, waiting, queued, remaining, ctx, limit)
+        return view, terms, False
+
     def estimate(self, view: InstanceView, ctx: RouteContext) -> LatencyEstimate | None:
         """Analytic estimate when the view has a step model and its engine load, else the
         learned one (``None`` until the instance has outcomes)."""
@@ -308,6 +440,36 @@ class Estimator:
     def num_pending(self) -> int:
         """Routed requests whose outcome has not been observed yet."""
         return len(self._pending)
+
+
+def _fleet_of(
+    ests: list[LatencyEstimate | None], note: str, ids: list[InstanceId]
+) -> FleetEstimates:
+    """The :class:`FleetEstimates` of these estimates (none from the pass)."""
+    others = dict(enumerate(ests))
+    ttft = [math.inf if est is None else est.ttft_s for est in ests]
+    e2e = [math.inf if est is None else est.e2e_s for est in ests]
+    return FleetEstimates(ttft, e2e, others, 1.0, note, ids)
+
+
+def _merged(
+    num: int, others: dict[int, LatencyEstimate | None], ttft: list[float], e2e: list[float]
+) -> tuple[list[float], list[float]]:
+    """Every candidate's TTFT and E2E, in order: the pass's (``ttft``, ``e2e``, in order)
+    where ``others`` has no entry."""
+    out_ttft: list[float] = []
+    out_e2e: list[float] = []
+    i = 0
+    for k in range(num):
+        if k in others:
+            est = others[k]
+            out_ttft.append(math.inf if est is None else est.ttft_s)
+            out_e2e.append(math.inf if est is None else est.e2e_s)
+        else:
+            out_ttft.append(ttft[i])
+            out_e2e.append(e2e[i])
+            i += 1
+    return out_ttft, out_e2e
 
 
 class PredictiveRouter(Router):

@@ -24,6 +24,11 @@ a share of the first requests goes to random candidates. A trained model file se
 as either predictor (``latency_predictor: {name: lstm, params: {path: ...}}``,
 ``length_predictor: {name: quantile, params: {path: ...}}``); the LSTM predicts every
 candidate in one batch. Ties go to the less loaded instance.
+
+Every arrival predicts every candidate; for candidates on a dense single-stage roofline
+that is one pass over the fleet (:meth:`~sincere.policy.routers._estimates.Estimator.fleet`,
+:mod:`sincere.predict.fleet_latency`) from terms of each instance's load kept while its
+view is unchanged, bit-identical to ``step_model_latency`` one candidate at a time.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from sincere.policy.routers._estimates import (
     PredictorParams,
     context_of,
 )
-from sincere.predict.latency import LatencyEstimate, LatencyPredictor
+from sincere.predict.latency import LatencyPredictor
 from sincere.predict.length import OutputLengthPredictor
 from sincere.predict.slo import LognormalError
 
@@ -84,33 +89,41 @@ class LatencyOptimalRouter(PredictiveRouter):
         In the train phase a share of requests goes to a random candidate instead.
         """
         expected = self.estimator.length.predict(request)
-        ctxs = [context_of(request, view, expected, now) for view in candidates]
         k = self.explorer.pick(candidates, now)
         if k is not None:
             picked = candidates[k]
-            est = self.estimator.estimate(picked, ctxs[k])
-            self.estimator.remember(request, picked, ctxs[k], est)
+            ctx = context_of(request, picked, expected, now)
+            est = self.estimator.estimate(picked, ctx)
+            self.estimator.remember(request, picked, ctx, est)
             return RouteDecision(picked.id, reason="explore phase: random instance")
-        ests = self.estimator.point_estimates(candidates, ctxs)
-        values = [self._value(est) for est in ests]
-        unknown = [k for k, est in enumerate(ests) if est is None]
+        by_e2e = self.objective == "e2e"
+        fleet = self.estimator.fleet(request, candidates, expected, now, e2e=by_e2e)
+        values = fleet.e2e if by_e2e else fleet.ttft
+        unknown = [k for k, est in fleet.others.items() if est is None]
         if unknown:
             best = min(unknown, key=lambda k: candidates[k].num_outstanding)
             reason = "exploring: no latency data yet"
-        else:  # (the first smallest key, as min over the candidates gives it)
-            keys = [(x, v.num_outstanding) for x, v in zip(values, candidates, strict=True)]
-            best = min(range(len(keys)), key=keys.__getitem__)
+            estimates = tuple(
+                (v.id, values[k]) for k, v in enumerate(candidates) if k not in unknown
+            )
+        else:
+            best = first_smallest(values, candidates)
             reason = f"predicted {self.objective}={values[best]:.4g}s"
+            estimates = tuple(zip(fleet.ids, values, strict=True))
         view = candidates[best]
-        self.estimator.remember(request, view, ctxs[best], ests[best])
-        estimates = tuple(
-            (v.id, x) for v, est, x in zip(candidates, ests, values, strict=True) if est is not None
-        )
-        note = self.estimator.unused_step_models(candidates)
-        return RouteDecision(view.id, reason=reason + note, estimates=estimates)
+        ctx = context_of(request, view, expected, now)
+        self.estimator.remember(request, view, ctx, fleet.estimate(best))
+        return RouteDecision(view.id, reason=reason + fleet.note, estimates=estimates)
 
-    def _value(self, est: LatencyEstimate | None) -> float:
-        """The objective of a prediction (infinite when there is none)."""
-        if est is None:
-            return math.inf
-        return est.e2e_s if self.objective == "e2e" else est.ttft_s
+
+def first_smallest(values: list[float], views: Sequence[InstanceView]) -> int:
+    """The position of the smallest ``(value, num_outstanding)``, the first of equals (as
+    ``min`` over those pairs gives it), without building the pairs."""
+    low = min(values)
+    if math.isnan(sum(values)):  # pairs with NaN compare in their own way: as min does
+        keys = [(x, v.num_outstanding) for x, v in zip(values, views, strict=True)]
+        return min(range(len(keys)), key=keys.__getitem__)
+    if values.count(low) == 1:
+        return values.index(low)
+    tied = [k for k, x in enumerate(values) if x == low]
+    return min(tied, key=lambda k: views[k].num_outstanding)
