@@ -14,10 +14,24 @@ CPU time, user + system, which a busy machine disturbs less):
 With ``--baseline-src`` (a ``src`` folder of the earlier tree, e.g. ``git archive REV |
 tar -x -C /tmp/base``) each run of this tree is paired with one of the baseline, in turn,
 and the two must write byte-identical ``summary.json`` and ``requests.parquet`` (checked).
-``SINCERE_NATIVE`` is passed through (``SINCERE_NATIVE=0``: the interpreted sources).
+``SINCERE_NATIVE`` is passed through (``SINCERE_NATIVE=0``: the interpreted sources). The
+compiled modules (:mod:`sincere.native`) are used only where they were built from the very
+sources run, so to compare compiled trees build each into its own folder and name the
+baseline's with ``--baseline-native-dir`` (this tree's: ``SINCERE_NATIVE_DIR``, or the
+default)::
 
-    python benchmarks/prefix_heavy_speed.py mooncake --baseline-src /tmp/base/src --repeat 2
+    PYTHONPATH=/tmp/base/src SINCERE_NATIVE_DIR=/tmp/base-native sincere native build
+    python benchmarks/prefix_heavy_speed.py mooncake --baseline-src /tmp/base/src \
+        --baseline-native-dir /tmp/base-native --repeat 3
+
+Interpreted, and this tree alone::
+
+    SINCERE_NATIVE=0 python benchmarks/prefix_heavy_speed.py mooncake \
+        --baseline-src /tmp/base/src --repeat 2
     python benchmarks/prefix_heavy_speed.py sessions --instances 64 --num-requests 100000
+
+Each tree's ``sincere native status`` is printed first: a build that is stale for its
+sources runs interpreted.
 """
 
 from __future__ import annotations
@@ -92,9 +106,14 @@ def sessions_config(instances: int, num_requests: int, block_tokens: int) -> dic
     }
 
 
-def run_once(config: Path, out: Path, src: Path, extra: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds of one ``sincere simulate`` process importing ``src``."""
+def run_once(
+    config: Path, out: Path, src: Path, native: Path | None, extra: list[str]
+) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``sincere simulate`` process importing ``src`` (its
+    compiled modules from ``native`` if given)."""
     env = dict(os.environ, PYTHONPATH=str(src))
+    if native is not None:
+        env["SINCERE_NATIVE_DIR"] = str(native)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     command = [str(SINCERE), "simulate", str(config), "--out", str(out), "--quiet", *extra]
@@ -102,6 +121,16 @@ def run_once(config: Path, out: Path, src: Path, extra: list[str]) -> tuple[floa
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def native_status(src: Path, native: Path | None) -> str:
+    """``sincere native status`` for ``src`` (active, stale, not built, disabled)."""
+    env = dict(os.environ, PYTHONPATH=str(src))
+    if native is not None:
+        env["SINCERE_NATIVE_DIR"] = str(native)
+    command = [str(SINCERE), "native", "status"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
 
 
 def same_outputs(a: Path, b: Path) -> bool:
@@ -115,6 +144,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["mooncake", "sessions"])
     parser.add_argument("--baseline-src", type=Path, help="src folder of the earlier tree")
+    parser.add_argument(
+        "--baseline-native-dir", type=Path, help="the earlier tree's compiled modules"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs (pairs) per tree")
     parser.add_argument("--instances", type=int, default=64)
     parser.add_argument("--num-requests", type=int, default=100_000)
@@ -125,18 +157,21 @@ def main() -> None:
     else:
         config = sessions_config(args.instances, args.num_requests, args.block_tokens)
         extra = []
-    trees = {"this tree": ROOT / "src"}
+    trees: dict[str, tuple[Path, Path | None]] = {"this tree": (ROOT / "src", None)}
     if args.baseline_src is not None:
-        trees = {"baseline": args.baseline_src.resolve(), **trees}
+        trees = {"baseline": (args.baseline_src.resolve(), args.baseline_native_dir), **trees}
     native = os.environ.get("SINCERE_NATIVE", "default")
     print(f"{args.which}: SINCERE_NATIVE={native}", flush=True)
+    for name, (src, native_dir) in trees.items():
+        print(f"{name}: {native_status(src, native_dir)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
         for k in range(max(1, args.repeat)):
-            for name, src in trees.items():
-                runs[name].append(run_once(path, Path(tmp) / f"{name}-{k}", src, extra))
+            for name, (src, native_dir) in trees.items():
+                out = Path(tmp) / f"{name}-{k}"
+                runs[name].append(run_once(path, out, src, native_dir, extra))
         if len(trees) == 2:
             same = same_outputs(Path(tmp) / "baseline-0", Path(tmp) / "this tree-0")
             print(f"outputs byte-identical: {same}")

@@ -55,6 +55,7 @@ def test_runs_of_blocks_match_a_per_block_model(seed: int, block_tokens: int) ->
         cache.add(i, list(chain_keys(ids)), block_tokens, length)
         model.add(i, cache)
     running: set[int] = set()
+    unchecked = 0
     for _ in range(600):
         op, i = "arrffe"[int(rng.integers(6))], int(rng.integers(len(prompts)))
         length = lengths[i]
@@ -84,4 +85,21 @@ def test_runs_of_blocks_match_a_per_block_model(seed: int, block_tokens: int) ->
         assert cache.free_order() == list(model.free)
         assert cache.holdings() == model.held
         assert cache.shared == model.shared and cache.num_evictions == model.evictions
+        unchecked += _whole_unless_broken(cache)
     assert len(model.evicted) > 5
+    assert unchecked > 0  # eviction had runs it takes without looking at their blocks
+
+
+def _whole_unless_broken(cache: PrefixCache) -> int:
+    """Check that every queued run of a release none of whose blocks was taken again is
+    whole (all its blocks free, freed by it), as eviction assumes, and that only queued
+    releases are noted as not; return how many runs are whole unchecked."""
+    ref, stamp = cache.slots.ref, cache.slots.stamp
+    assert cache.free.broken <= {run[3] for run in cache.free.runs}  # none kept for long
+    whole = 0
+    for base, hi, lo, when, _ in cache.free.runs:
+        if when not in cache.free.broken:
+            slots = range(base + lo, base + hi + 1)
+            assert [(ref[s], stamp[s]) for s in slots] == [(0, when)] * len(slots)
+            whole += 1
+    return whole

@@ -29,6 +29,7 @@ pins this structure.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from dataclasses import dataclass
@@ -191,7 +192,13 @@ def _register() -> None:
 
 
 def main() -> None:
-    """Entry point: run the app, turning sincere's own errors into a one-line reason."""
+    """Entry point: run the app, turning sincere's own errors into a one-line reason.
+
+    What the verb leaves alive when it ends lives until the process does, so it is frozen
+    (``gc.freeze``): the interpreter's collections at exit then skip it instead of walking
+    every object a run built (about 0.1 s after Mooncake's trace). ``atexit`` handlers
+    still run; a cycle left unreachable is not finalised, and none needs to be: files are
+    opened in ``with`` blocks, closed when the verb returns."""
     try:
         app()
     except Exception as exc:
@@ -202,6 +209,8 @@ def main() -> None:
         message = str(exc) if isinstance(exc, SincereError) else _os_reason(exc)
         typer.echo(f"{typer.style('error:', fg='red')} {message}", err=True)
         sys.exit(2)
+    finally:
+        gc.freeze()
 
 
 def _os_reason(exc: OSError) -> str:

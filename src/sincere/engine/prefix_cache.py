@@ -43,8 +43,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from itertools import pairwise, repeat
-from operator import add, sub
+from itertools import compress, pairwise, repeat
+from operator import add, not_, sub
 from typing import cast
 
 from sincere.core.prefix import check_block_sizes, engine_keys_of_chain
@@ -78,15 +78,18 @@ class BlockSlots:
     evicted (:meth:`drop`, :meth:`drop_range`). Spare slots of larger groups are kept as
     ranges merged with their neighbours, so that a prompt's new groups get consecutive
     slots where the spare ones allow, and its runs span groups; which slots a group gets
-    never shows in results.
+    never shows in results. A group's own entries (its cached blocks, key and size) sit at
+    its first slot of three more flat lists, a list access each rather than a dict entry.
     """
 
     def __init__(self) -> None:
         self.ref: list[int] = []
         self.stamp: list[int] = []
         self.bases: dict[int, dict[int, int]] = {}  # group size -> group key -> first slot
-        self._present: dict[int, int] = {}  # first slot -> cached blocks of its group
-        self._owner: dict[int, tuple[int, int]] = {}  # first slot -> (group size, key)
+        # at a group's first slot: its cached blocks, its key and its size (0: no group's)
+        self.present: list[int] = []
+        self.key: list[int] = []
+        self.size: list[int] = []
         self._spare: dict[int, list[int]] = {}  # one-block groups: slots to reuse
         # larger groups: their spare slots as ranges, merged with their neighbours when
         # given back (group size -> first slot -> end, and end -> first slot), so that a
@@ -100,8 +103,11 @@ class BlockSlots:
         the range starting at slot ``after`` if there is one (where the prompt's run ends,
         which it then extends), else the most recently given back range first, then new
         slots."""
-        starts = self._spare_from.setdefault(group, {})
-        ends = self._spare_to.setdefault(group, {})
+        starts = self._spare_from.get(group)
+        ends = self._spare_to.get(group)
+        if starts is None or ends is None:
+            starts = self._spare_from[group] = {}
+            ends = self._spare_to[group] = {}
         out: list[tuple[int, int]] = []
         n = len(keys)
         while n and starts:
@@ -117,14 +123,29 @@ class BlockSlots:
             n -= k
         if n:
             start = len(self.ref)
-            self.ref.extend([-1] * (n * group))
-            self.stamp.extend([0] * (n * group))
+            self._grow(n * group)
             out.append((start, n))
-        bases = [b for lo, k in out for b in range(lo, lo + k * group, group)]
-        self.bases.setdefault(group, {}).update(zip(keys, bases, strict=True))
-        self._present.update(zip(bases, repeat(0)))
-        self._owner.update(zip(bases, zip(repeat(group), keys, strict=False), strict=True))
+        bases = self.bases.get(group)
+        if bases is None:
+            bases = self.bases[group] = {}
+        present, key, size = self.present, self.key, self.size
+        j = 0
+        for lo, k in out:
+            for base in range(lo, lo + k * group, group):
+                bases[keys[j]] = base
+                present[base] = 0
+                key[base] = keys[j]
+                size[base] = group
+                j += 1
         return out
+
+    def _grow(self, n: int) -> None:
+        """``n`` new slots at the end, not cached."""
+        self.ref.extend([-1] * n)
+        self.stamp.extend([0] * n)
+        self.present.extend([0] * n)
+        self.key.extend([0] * n)
+        self.size.extend([0] * n)
 
     def base(self, key: int, group: int) -> int:
         """First slot of the group ``key`` (of ``group`` blocks), taken if it has none yet."""
@@ -134,25 +155,25 @@ class BlockSlots:
     def cached_many(self, ranges: list[tuple[int, int]], group: int, k0: int, k1: int) -> None:
         """The new groups of ``ranges`` (:meth:`take`'s) are cached from block ``k0`` of the
         first to block ``k1 - 1`` of the last."""
-        bases = [b for lo, k in ranges for b in range(lo, lo + k * group, group)]
-        counts = [group] * len(bases)
-        counts[0] -= k0
-        counts[-1] -= group - k1
-        self._present.update(zip(bases, counts, strict=True))
+        present = self.present
+        for lo, k in ranges:
+            present[lo : lo + k * group : group] = [group] * k
+        present[ranges[0][0]] -= k0
+        present[ranges[-1][0] + (ranges[-1][1] - 1) * group] -= group - k1
 
     def cached(self, base: int, added: int) -> None:
         """``added`` more blocks of the group at ``base`` are cached."""
-        self._present[base] += added
+        self.present[base] += added
 
     def drop(self, base: int, gone: int) -> None:
         """``gone`` blocks of the group at ``base`` were evicted; free its slots once empty."""
-        left = self._present[base] - gone
+        left = self.present[base] - gone
+        self.present[base] = left
         if left > 0:
-            self._present[base] = left
             return
-        del self._present[base]
-        group, key = self._owner.pop(base)
-        del self.bases[group][key]
+        group = self.size[base]
+        self.size[base] = 0
+        del self.bases[group][self.key[base]]
         self._give(base, base + group, group)
 
     def _give(self, lo: int, hi: int, group: int) -> None:
@@ -186,25 +207,27 @@ class BlockSlots:
         if grow:
             start = len(self.ref)
             reused.extend(range(start, start + grow))
-            self.ref.extend([-1] * grow)
-            self.stamp.extend([0] * grow)
+            self._grow(grow)
         bases.update(zip(keys, reused, strict=True))
-        ref = self.ref
-        for slot in reused:
+        ref, present, key, size = self.ref, self.present, self.key, self.size
+        for slot, k in zip(reused, keys, strict=True):
             ref[slot] = 1
-        self._present.update(zip(reused, repeat(1), strict=False))
-        self._owner.update(zip(reused, zip(repeat(1), keys, strict=False), strict=True))
+            present[slot] = 1
+            key[slot] = k
+            size[slot] = 1
         return reused
 
     def drop_singles(self, slots: Iterable[int], out: list[Name] | None) -> None:
         """One-block groups at ``slots`` were evicted; their names go to ``out`` if given."""
         slots = list(slots)
-        owners = list(map(self._owner.pop, slots))
-        deque(map(self._present.pop, slots), maxlen=0)
-        deque(map(self.bases[1].pop, [key for _, key in owners]), maxlen=0)
+        keys = list(map(self.key.__getitem__, slots))
+        size = self.size
+        for slot in slots:
+            size[slot] = 0
+        deque(map(self.bases[1].pop, keys), maxlen=0)
         self._spare[1].extend(slots)
         if out is not None:
-            out.extend((1, key, 0) for _, key in owners)
+            out.extend((1, key, 0) for key in keys)
 
     def drop_slots(self, base: int, group: int, gone: list[int], out: list[Name] | None) -> None:
         """Blocks at slots ``gone`` (in eviction order) of consecutive groups of ``group``
@@ -224,19 +247,21 @@ class BlockSlots:
         if out is not None:
             gone = range(top, low - 1, -1)
             out.extend(self._name_of(base + (s - base) // group * group, s) for s in gone)
-        present, owner, bases = self._present, self._owner, self.bases[group]
+        present, key, size, bases = self.present, self.key, self.size, self.bases[group]
         at = base + (top - base) // group * group
         spare = -1  # the groups emptied since, down to ``at + group``, are spare
         while at + group > low:
-            left = present[at] - (min(top, at + group - 1) - max(low, at) + 1)
+            # blocks gone from this group: from ``low`` or its first to ``top`` or its last
+            left = present[at] - ((top if top < at + group else at + group - 1) + 1)
+            left += low if low > at else at
+            present[at] = left
             if left > 0:
-                present[at] = left
                 if spare >= 0:
                     self._give(at + group, spare, group)
                     spare = -1
             else:  # the group's last cached blocks went: its slots join the spare range
-                del present[at]
-                del bases[owner.pop(at)[1]]
+                size[at] = 0
+                del bases[key[at]]
                 if spare < 0:
                     spare = at + group
             at -= group
@@ -244,20 +269,19 @@ class BlockSlots:
             self._give(at + group, spare, group)
 
     def _name_of(self, base: int, slot: int) -> Name:
-        group, key = self._owner[base]
-        return (group, key, slot - base)
+        return (self.size[base], self.key[base], slot - base)
 
     def names_of(self, base: int, blocks: Iterable[int]) -> list[Name]:
         """Names (group size, group key, block) of ``blocks`` of the group at ``base``."""
-        group, key = self._owner[base]
+        group, key = self.size[base], self.key[base]
         return [(group, key, k) for k in blocks]
 
     def names(self) -> dict[int, tuple[int, int, int]]:
         """Slot -> (group size, group key, block within the group) of every group's slots."""
         names: dict[int, tuple[int, int, int]] = {}
-        for base, (group, key) in self._owner.items():
-            for k in range(group):
-                names[base + k] = (group, key, k)
+        for base, group in enumerate(self.size):
+            for k in range(group):  # none where no group starts
+                names[base + k] = (group, self.key[base], k)
         return names
 
 
@@ -266,15 +290,20 @@ class FreeRuns:
 
     A run ``(base, hi, lo, stamp, group)`` is slots ``base + hi`` down to ``base + lo``,
     freed by the release numbered ``stamp``: blocks of consecutive groups of ``group``
-    blocks each, the first at ``base`` (a prompt's run of engine blocks). A
+    blocks each, the first at ``base`` (a prompt's run of engine blocks); a release queues
+    only blocks it freed, so every run is whole when queued. A
     block in a run is still free there only while its ``ref`` is 0 and its ``stamp`` is
     the run's (a block taken again leaves its old run lazily and joins a new one when
     freed again), so :meth:`evict` walks the queue exactly in least-recently-freed order.
+    Only a hit takes a free block again (:meth:`PrefixCache.acquire`), and it notes the
+    release that freed the block in ``broken``: a run of any other release is still whole
+    (eviction takes the front run's blocks from its top and shortens it), unchecked.
     """
 
     def __init__(self) -> None:
         self.runs: deque[tuple[int, int, int, int, int]] = deque()
         self.num_releases = 0  # stamps handed out so far
+        self.broken: set[int] = set()  # releases some of whose free blocks were taken again
 
     def next_stamp(self) -> int:
         """The stamp of a new release (its blocks freed after every earlier one's)."""
@@ -288,9 +317,10 @@ class FreeRuns:
         while over > 0:
             base, hi, lo, when, group = runs[0]
             a, b = base + lo, base + hi + 1
-            # all free and none freed since: a block free now was freed at ``when`` or
-            # later (stamps only grow), so the largest stamp tells
-            if max(ref[a:b]) == 0 and max(stamp[a:b]) == when:
+            # all free and none freed since: sure if no block the release freed was taken
+            # again; else a block free now was freed at ``when`` or later (stamps only
+            # grow), so the largest stamp tells
+            if when not in self.broken or (ref[a:b].count(0) == b - a and max(stamp[a:b]) == when):
                 n = min(over, b - a)  # the whole run is still free: its top, in bulk
                 ref[b - n : b] = [-1] * n
                 over -= n
@@ -315,6 +345,8 @@ class FreeRuns:
                     slots.drop_slots(base, group, gone, out)
             if k < lo:
                 runs.popleft()
+                if not runs or runs[0][3] != when:  # the release's last run (they queue
+                    self.broken.discard(when)  # together): none of its blocks is free now
             else:
                 runs[0] = (base, k, lo, when, group)
 
@@ -339,17 +371,22 @@ def _match_singles(bases: dict[int, int], ref: list[int], keys: tuple[int, ...])
 
 
 def _hold_singles(
-    held: list[int], bases: dict[int, int], ref: list[int], keys: tuple[int, ...]
+    held: list[int], slots: BlockSlots, broken: set[int], keys: tuple[int, ...]
 ) -> tuple[int, int]:
     """Reference the cached one-block groups ``keys`` into ``held``'s runs; return (those
-    that were free, those another sequence held). A run of consecutive slots at a time."""
-    found = list(map(bases.__getitem__, keys))
+    that were free, those another sequence held); the releases that had freed the free
+    ones join ``broken``. A run of consecutive slots at a time."""
+    ref, stamp = slots.ref, slots.stamp
+    found = list(map(slots.bases[1].__getitem__, keys))
     cuts = _cuts(found)
     freed = 0
     for a, b in pairwise(cuts):  # found[a:b]: slots found[a] .. found[b - 1]
         lo, hi = found[a], found[b - 1] + 1
         counts = ref[lo:hi]
-        freed += counts.count(0)
+        free = counts.count(0)
+        if free:
+            broken.update(compress(stamp[lo:hi], map(not_, counts)))
+        freed += free
         ref[lo:hi] = list(map(add, counts, repeat(1)))
     _extend_runs(held, found, cuts)
     return freed, len(found) - freed
@@ -495,14 +532,14 @@ class PrefixCache:
             return 0
         held: list[int] = []
         newly_shared = freed = 0
+        broken = self.free.broken  # the releases whose free blocks are taken again
         if hit > 0 and prompt.group == 1:
-            freed, newly_shared = _hold_singles(
-                held, self.slots.bases[1], self.slots.ref, prompt.keys[:hit]
-            )
+            freed, newly_shared = _hold_singles(held, self.slots, broken, prompt.keys[:hit])
         elif hit > 0:
             group = prompt.group
             bases = self.slots.bases[group]
-            ref = self.slots.ref
+            ref, stamp = self.slots.ref, self.slots.stamp
+            last = -1  # the release last marked
             left = hit
             for key in prompt.keys:
                 if left <= 0:
@@ -513,6 +550,9 @@ class PrefixCache:
                     r = ref[s]
                     if r == 0:
                         freed += 1
+                        if stamp[s] != last:
+                            last = stamp[s]
+                            broken.add(last)
                     else:
                         newly_shared += 1
                     ref[s] = r + 1
@@ -586,26 +626,32 @@ class PrefixCache:
         while at >= 0:
             base, lo, hi = held[at], held[at + 1], held[at + 2]
             at -= 3
-            before = freed
             s = base + hi
             end = base + lo
-            if max(ref[end : s + 1]) == 1:  # no one else holds any: in bulk
+            if ref[end : s + 1].count(1) == s + 1 - end:  # no one else holds any: in bulk
                 ref[end : s + 1] = [0] * (s + 1 - end)
                 stamp[end : s + 1] = [now] * (s + 1 - end)
                 freed += s + 1 - end
-                s = end - 1
+                free.append((base, hi, lo, now, group))
+                continue
+            top = -1  # the first slot of the stretch being freed, if any
             while s >= end:
                 r = ref[s]
                 if r == 1:
                     ref[s] = 0
                     stamp[s] = now
                     freed += 1
+                    if top < 0:
+                        top = s
                 else:
                     ref[s] = r - 1
                     unshared += 1
+                    if top >= 0:  # the stretch freed ends: one run of its own
+                        free.append((base, top - base, s + 1 - base, now, group))
+                        top = -1
                 s -= 1
-            if freed > before:
-                free.append((base, hi, lo, now, group))
+            if top >= 0:
+                free.append((base, top - base, lo, now, group))
         self.num_free += freed
         self.shared -= unshared
         self.epoch += 1
