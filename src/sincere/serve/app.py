@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import multiprocessing
 from collections.abc import Awaitable, Callable
@@ -291,6 +292,7 @@ def serve_gateway(
             if child.is_alive():
                 child.kill()
                 child.join(timeout=5)
+        faulthandler.cancel_dump_traceback_later()  # stopped: no report due
 
 
 def _worker(config: GatewayConfig, decisions: Path | None) -> None:

@@ -152,20 +152,23 @@ def hold(urls: list[str], token: str, n: int) -> None:
         asyncio.run(race(urls, token, n))
 
 
-def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals, log: Path | None = None) -> None:
     """Send ``sig`` to the process group of ``proc`` (a gateway and its workers); reap it.
-    A group still there 20 s later is killed (nothing is left behind) and the test fails.
+    A group still there 20 s later is killed (nothing is left behind) and the test fails
+    with the end of its ``log`` (a stop running 10 s writes its threads' stacks there).
     A graceful stop is SIGTERM, a supervisor's: a gateway started from a background job has
     SIGINT ignored (the shell sets it so and Python keeps it), as ``nohup`` users expect."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
     try:
         proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        raise
+        tail = log.read_text(errors="replace")[-8000:] if log is not None else "(no log)"
+        message = f"the gateway did not stop within 20 s; its log ends:\n{tail}"
+        raise AssertionError(message) from exc
 
 
 @pytest.mark.slow
@@ -193,7 +196,7 @@ def test_two_gateways_four_workers_share_budget_limits_and_spend(
             wait_written(keys, "spend", 40.0, LEASE_S + 20)  # A's heartbeat ran out: B wrote it
         finally:
             stop_group(a, signal.SIGKILL)
-            stop_group(b, signal.SIGTERM)
+            stop_group(b, signal.SIGTERM, tmp_path / "b.log")
     assert by_budget.count(200) == 5 and by_budget.count(429) == 35, refused
     assert by_rpm.count(200) == 7 and by_rpm.count(429) == 13, refused
     assert through_a == [200] * 10, refused
@@ -231,6 +234,6 @@ def test_budget_held_by_a_killed_gateway_is_released_when_its_leases_run_out(
             hung.join(30)
         finally:
             stop_group(a, signal.SIGKILL)
-            stop_group(b, signal.SIGTERM)
+            stop_group(b, signal.SIGTERM, tmp_path / "b.log")
     assert at_once.count(200) == 1 and at_once.count(429) == 4, at_once
     assert later.count(200) == 4 and later.count(429) == 6, later

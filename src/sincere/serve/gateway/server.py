@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import logging
 import os
@@ -413,12 +414,19 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+STOP_REPORT_S = 10.0
+"""A graceful stop still running this long after SIGTERM writes every thread's stack to
+stderr (once), so a stop that hangs says where it waits; the stop itself goes on."""
+
+
 def stop_on_sigterm() -> None:
-    """SIGTERM stops this process as Ctrl-C does (cleanly: keys flushed, workers stopped)."""
+    """SIGTERM stops this process as Ctrl-C does (cleanly: keys flushed, workers stopped);
+    a stop that takes over :data:`STOP_REPORT_S` reports where it waits."""
     signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    faulthandler.dump_traceback_later(STOP_REPORT_S, exit=False)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

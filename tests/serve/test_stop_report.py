@@ -1,0 +1,57 @@
+"""A graceful stop that hangs says where: SIGTERM arms a report of every thread's stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HANGING_STOP = textwrap.dedent(
+    """
+    import os, signal, time
+    from sincere.serve.gateway import server
+
+    server.STOP_REPORT_S = {report_s}
+    server.stop_on_sigterm()
+
+    def flush_keys_slowly():
+        time.sleep({stop_s})
+
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # never reached: the signal interrupts this process
+    except KeyboardInterrupt:
+        flush_keys_slowly()
+    print("stopped", flush=True)
+    """
+)
+
+
+def _stop(report_s: float, stop_s: float) -> subprocess.CompletedProcess[str]:
+    code = HANGING_STOP.format(report_s=report_s, stop_s=stop_s)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_a_stop_running_past_the_report_time_writes_where_it_waits() -> None:
+    done = _stop(report_s=0.3, stop_s=1.5)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"  # the report does not end the stop
+    assert "most recent call first" in done.stderr
+    assert "flush_keys_slowly" in done.stderr, done.stderr
+
+
+def test_a_prompt_stop_writes_no_report() -> None:
+    done = _stop(report_s=5.0, stop_s=0.0)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"
+    assert "most recent call first" not in done.stderr
