@@ -103,7 +103,8 @@ SGLANG_RECV_INTERVALS = ((16, 30), (1, 10))
 ``dsr1_fp4_b200.sh``) launch the server with ``--scheduler-recv-interval 30`` when the
 run has 16 clients or more and ``10`` below: ``(least clients, interval)``, first match.
 The simulated SGLang engine polls its queue as seldom (the execution model's
-``recv_interval``)."""
+``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
+8k-in / 1k-out runs on B200, of which the file has none.)"""
 PROMPTS_PER_CLIENT = 10
 MAX_PROMPTS = 4096
 RANGE_RATIO = 0.8
