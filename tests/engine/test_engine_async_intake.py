@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import pytest
 
+from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.async_intake import AsyncIntake
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
 from sincere.perf.base import Batch, StepTimeBase
-from sincere.perf.execution import PRESETS, ExecutedStepModel, ExecutionParams, schedules_ahead
+from sincere.perf.execution import (
+    PRESETS,
+    ExecutedStepModel,
+    ExecutionParams,
+    execution_params,
+    schedules_ahead,
+)
 from sincere.policy.schedulers import make_scheduler
 
 from .test_engine_continuous import drive
@@ -28,8 +35,10 @@ class Constant(StepTimeBase):
         return 0.0
 
 
-def _engine(req: RequestArrays, asynchronous: bool, **lim: int) -> ContinuousEngine:
-    params = ExecutionParams(name="t", async_scheduling=asynchronous)
+def _engine(
+    req: RequestArrays, asynchronous: bool, recv_interval: int = 1, **lim: int
+) -> ContinuousEngine:
+    params = ExecutionParams(name="t", async_scheduling=asynchronous, recv_interval=recv_interval)
     step = ExecutedStepModel(Constant(), params)
     limits = EngineLimits(**{"num_kv_blocks": 1 << 20, **lim})
     records = RecordArrays.empty(len(req), ["e0"])
@@ -86,6 +95,46 @@ def test_held_requests_count_as_waiting_and_can_be_aborted() -> None:
     assert eng.records.reject_reason[1] == "aborted"
     assert eng.records.finished_at[0] == pytest.approx(20 * STEP)  # A is not cut short
     assert eng.load().num_waiting == 0
+
+
+@pytest.mark.parametrize(
+    ("arrival", "first_token"),
+    [(0.025, 0.070), (0.045, 0.070), (0.055, 0.110), (0.095, 0.150)],
+)
+def test_an_engine_that_polls_every_fourth_decode_iteration(
+    arrival: float, first_token: float
+) -> None:
+    """Polls every 4 decode iterations (SGLang's --scheduler-recv-interval 4). A's prefill
+    [0, 10) polls at its end; its decodes [10, 20), ..., [40, 50) end in a poll at 50 ms,
+    the next at 90, 130. B arriving at 25 or 45 ms is seen at 50 and, [50, 60) already
+    planned, prefilled in [60, 70); at 55 ms it is seen at 90 (prefill [100, 110)), at
+    95 ms at 130 (prefill [140, 150))."""
+    req = RequestArrays.build([0.0, arrival], [100, 100], [40, 3])
+    eng = _engine(req, True, recv_interval=4)
+    drive(eng)
+    rec = eng.records
+    assert rec.first_token_at[0] == pytest.approx(STEP)
+    assert rec.first_token_at[1] == pytest.approx(first_token)
+    assert rec.finished_at[0] == pytest.approx(40 * STEP)  # A's decodes are not slowed
+
+
+def test_a_request_seen_by_a_prefill_poll_joins_at_once() -> None:
+    """With a poll every 30 decode iterations, B (at 5 ms, during A's prefill [0, 10))
+    is seen at the prefill's end, as with polling every iteration: prefilled in [20, 30)."""
+    req = RequestArrays.build([0.0, 0.005], [100, 100], [40, 2])
+    eng = _engine(req, True, recv_interval=30)
+    drive(eng)
+    assert eng.records.first_token_at[1] == pytest.approx(3 * STEP)
+
+
+def test_recv_interval_is_checked() -> None:
+    """At least 1, a whole number, and only with asynchronous scheduling."""
+    with pytest.raises(ConfigError, match="recv_interval must be a whole number"):
+        ExecutionParams(async_scheduling=True, recv_interval=0)
+    with pytest.raises(ConfigError, match="asynchronously scheduling engine only"):
+        ExecutionParams(async_scheduling=False, recv_interval=10)
+    assert execution_params("sglang", {"recv_interval": 30}).recv_interval == 30
+    assert PRESETS["sglang"].recv_interval == 1  # SGLang's own default
 
 
 def test_the_intake_releases_in_arrival_order() -> None:

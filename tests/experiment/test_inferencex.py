@@ -166,9 +166,29 @@ def test_the_config_is_the_benchmark_as_run() -> None:
         8192,
     )
     assert engine.enable_prefix_caching is False
+    assert engine.execution_params().recv_interval == 10  # the SGLang script below 16 clients
     summary = simulate(config).summary
     assert summary["num_requests"] == spec.num_requests == 60
     assert summary["closed_loop"]["num_warmup"] == 0
+
+
+@pytest.mark.parametrize(
+    ("backend", "clients", "interval"),
+    [("sglang", 4, 10), ("sglang", 15, 10), ("sglang", 16, 30), ("sglang", 512, 30),
+     ("vllm", 64, 1), ("trtllm", 64, 1)],
+)  # fmt: skip
+def test_sglang_points_poll_their_queue_as_the_benchmark_scripts_set(
+    backend: str, clients: int, interval: int
+) -> None:
+    """InferenceX's SGLang servers run --scheduler-recv-interval 30 from 16 clients on, 10
+    below; the other backends poll every iteration (their presets)."""
+    point = dataclasses.replace(
+        POINT, backend=backend, batch_size=clients, source_concurrency=clients
+    )
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec)
+    (instance,) = point_config(spec).instances
+    assert instance.engine.execution_params().recv_interval == interval
 
 
 def test_an_nvfp4_point_runs_nvfp4_weights_with_an_fp8_kv_cache() -> None:

@@ -11,6 +11,13 @@ step event (its first token or its scheduling), not at its arrival.
 :class:`AsyncIntake` holds such a request until it may be scheduled: at the start of an
 iteration, the requests that arrived before the previous iteration began are released. An
 engine that is idle polls at once, so a request that finds it idle is never held.
+
+An engine that polls only every ``N`` decode-only iterations (SGLang's
+``--scheduler-recv-interval N``; ``recv_interval`` of the engine's execution model) holds a
+request that arrives during a run of decodes until the next poll: the end of the iteration
+that completes ``N`` decode-only iterations since the last poll. Any iteration that
+prefilled polls at its end (SGLang weighs it above any interval), and so does an idle engine.
+With ``N = 1`` every iteration polls, as above.
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ from sincere.engine.view import StateView
 class AsyncIntake:
     """Requests waiting to be seen by an asynchronously scheduling engine, in arrival order."""
 
-    __slots__ = ("_held", "seen_by")
+    __slots__ = ("_held", "_polled_at_start", "_since_poll", "poll_every", "seen_by")
 
-    def __init__(self) -> None:
+    def __init__(self, poll_every: int = 1) -> None:
         self._held: list[tuple[int, int, Seconds]] = []  # (request, prefill tokens, arrival)
-        self.seen_by: Seconds = float("-inf")  # start of the last iteration that ended
+        self.seen_by: Seconds = float("-inf")  # the poll the next iteration was planned after
+        self.poll_every = poll_every  # decode-only iterations between two polls
+        self._since_poll = 0  # decode-only iterations since the last poll
+        self._polled_at_start = True  # the engine polled as the run in flight began
 
     def __len__(self) -> int:
         return len(self._held)
@@ -69,18 +79,39 @@ class AsyncIntake:
         return None
 
     # --- the engine's side ---------------------------------------------------------------
+    def _next_poll(self, after: int) -> int:
+        """The first iteration ``j >= after`` of the decode run in flight whose end is a
+        poll (``after`` >= 1)."""
+        n = self.poll_every
+        return after + (n - (self._since_poll + after) % n) % n
+
     def arrive(
         self, i: int, prompt: int, now: Seconds, run: Run, f: DecodeStepsTime, room: bool
     ) -> None:
         """``i`` arrived while ``run`` is in flight: held, and a decode run cut after the
-        iteration that follows the one in progress (when the batch has ``room``)."""
+        iteration that follows the poll that sees it (when the batch has ``room``)."""
         self.hold(i, prompt, now)
         if room and not (run.chunks or run.durations) and run.steps > 1:
-            run.cut_decode(run.steps_covering(now, f) + 1, f)
+            run.cut_decode(self._next_poll(run.steps_covering(now, f)) + 1, f)
 
     def ended(self, run: Run, f: DecodeStepsTime) -> None:
-        """``run`` ended: its last iteration's start is when the engine last polled."""
-        self.seen_by = run.last_iteration_start(f)
+        """``run`` ended: the next iteration was planned after the last poll by the end of
+        its second-to-last iteration (every iteration's end when ``poll_every`` is 1: the
+        start of its last iteration)."""
+        if run.chunks or run.durations or self.poll_every == 1:
+            self.seen_by = run.last_iteration_start(f)
+            self._since_poll, self._polled_at_start = 0, True
+            return
+        n, steps = self.poll_every, run.steps
+        before_last = steps - 1  # iterations that ended before the last one began
+        last = before_last - (self._since_poll + before_last) % n
+        if last >= 1:
+            self.seen_by = run.start_at + f(run.num_decode, run.ctx_tokens, last)
+        elif self._polled_at_start:
+            self.seen_by = run.start_at
+        total = self._since_poll + steps
+        self._since_poll = total % n
+        self._polled_at_start = self._since_poll == 0
 
     def before_planning(self, planner: RunPlanner, view: StateView) -> None:
         """Queue the requests seen by the last poll."""
@@ -101,9 +132,11 @@ class AsyncIntake:
         if not self._held:
             return run
         if run is None:
+            self._since_poll, self._polled_at_start = 0, True  # idle: it polls at once
             for i, prompt in self.release_all():
                 planner.enqueue(view, i, prompt)
             return plan()
         if not (run.chunks or run.durations) and run.steps > 1:
-            run.cut_decode(1, f)
+            seen = 0 if self._polled_at_start else self._next_poll(1)
+            run.cut_decode(seen + 1, f)
         return run

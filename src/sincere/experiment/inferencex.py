@@ -17,8 +17,9 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 * **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration, no
   prefix caching) with ``max_num_seqs`` = the clients, under the backend's execution-model
   preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
-  time); fp8 and NVFP4 weights run an fp8 KV cache (the serving recipes' setting and
-  NVIDIA's NVFP4 checkpoints'; the rows do not state it);
+  time; SGLang polls its queue as InferenceX's scripts set it:
+  :data:`SGLANG_RECV_INTERVALS`); fp8 and NVFP4 weights run an fp8 KV cache (the
+  serving recipes' setting and NVIDIA's NVFP4 checkpoints'; the rows do not state it);
 * **workload**: as InferenceX's client ran it (vLLM's ``benchmark_serving``): ``C =
   batch_size x attention_dp`` clients with no think time, :func:`benchmark_prompts`
   requests, each with input and output lengths drawn uniformly in ``[0.8 L, L]`` (its
@@ -97,6 +98,13 @@ SKIP_REASONS = {
 """Why a point is not simulated: key -> the words the report prints."""
 FP8_KV_WEIGHTS = frozenset({"fp8", "nvfp4"})
 """Weight precisions whose points run an fp8 KV cache (module docstring)."""
+SGLANG_RECV_INTERVALS = ((16, 30), (1, 10))
+"""InferenceX's SGLang serving scripts (``benchmarks/single_node/dsr1_fp8_b200.sh``,
+``dsr1_fp4_b200.sh``) launch the server with ``--scheduler-recv-interval 30`` when the
+run has 16 clients or more and ``10`` below: ``(least clients, interval)``, first match.
+The simulated SGLang engine polls its queue as seldom (the execution model's
+``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
+8k-in / 1k-out runs on B200, of which the file has none.)"""
 PROMPTS_PER_CLIENT = 10
 MAX_PROMPTS = 4096
 RANGE_RATIO = 0.8
@@ -110,6 +118,20 @@ def engine_preset(backend: str, version: str) -> str:
     if preset is None:
         raise ConfigError("unknown backend", value=backend, allowed=ENGINE_PRESETS)
     return preset
+
+
+def sglang_recv_interval(clients: int) -> int:
+    """The ``--scheduler-recv-interval`` of InferenceX's SGLang server for ``clients``
+    (:data:`SGLANG_RECV_INTERVALS`)."""
+    return next(n for least, n in SGLANG_RECV_INTERVALS if clients >= least)
+
+
+def _execution(spec: PointSpec, clients: int) -> dict[str, Any]:
+    """The engine's execution settings beyond its preset: InferenceX's SGLang servers poll
+    their queue every :func:`sglang_recv_interval` decode iterations."""
+    if spec.engine_preset != "sglang":
+        return {}
+    return {"recv_interval": sglang_recv_interval(clients)}
 
 
 def benchmark_prompts(clients: int) -> int:
@@ -279,6 +301,9 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "max_num_batched_tokens": 8192,
         "enable_prefix_caching": False,
     }
+    execution = _execution(spec, spec.clients)
+    if execution:
+        engine["execution"] = execution
     workload = {
         "num_requests": spec.num_requests,
         "arrival": {"kind": "closed", "concurrency": rank_clients},

@@ -15,6 +15,13 @@ engine's *execution model*, and engines of 2026 differ from the eager engines of
   the GPU time is exposed: ``max(0, cpu - gpu)``, plus ``serial_s`` per iteration that
   never overlaps (the hand-off of sampled tokens between the two). Without it the CPU
   part runs in series, as the eager engines of 2024 did: ``gpu + cpu``.
+* **Polling the input queue.** An engine takes new requests from its input queue between
+  iterations; SGLang's ``--scheduler-recv-interval N`` makes it poll only once every ``N``
+  decode-only iterations (an iteration that prefilled, or an idle engine, polls at once:
+  its ``SchedulerRecvSkipper`` weighs a decode iteration 1 and any other 1,000 against
+  ``N``). A request that arrives during a run of decodes waits for the next poll, on
+  average ``N / 2`` iterations (``recv_interval``; 1, every iteration, is every engine's
+  default; :mod:`sincere.engine.async_intake`).
 * **The front end.** What a client sees beyond the engine: the HTTP hop and request
   parsing (``request_s``) and tokenisation (``prompt_token_s`` per prompt token) before
   the engine sees a request, and detokenisation and streaming (``output_s``) between the
@@ -88,6 +95,7 @@ class ExecutionParams:
     graph_max_share_of_seqs: float = 0.0  # largest size <= share x max_num_seqs (0: no cap)
     async_scheduling: bool = False  # overlap the CPU of step n+1 with the GPU of step n
     serial_s: float = 0.0  # per-iteration CPU time that never overlaps (async only)
+    recv_interval: int = 1  # decode-only iterations between polls of the input queue
     frontend: FrontEnd = field(default_factory=FrontEnd)
     source: str = ""  # where the defaults come from
 
@@ -107,6 +115,21 @@ class ExecutionParams:
             raise ConfigError(
                 f"graph_mode {self.graph_mode!r} needs graph_sizes (or graph_mode: none)",
                 value=list(sizes),
+            )
+        if isinstance(self.recv_interval, bool) or not (
+            isinstance(self.recv_interval, int) and self.recv_interval >= 1
+        ):
+            raise ConfigError(
+                "recv_interval must be a whole number of iterations >= 1",
+                value=self.recv_interval,
+                allowed="1 (every iteration), 10, 30, ...",
+            )
+        if self.recv_interval > 1 and not self.async_scheduling:
+            raise ConfigError(
+                "recv_interval above 1 is modelled for an asynchronously scheduling engine "
+                "only (async_scheduling: true)",
+                value=self.recv_interval,
+                allowed="1",
             )
         if not self.serial_s >= 0.0 or not self.graph_max_share_of_seqs >= 0.0:
             raise ConfigError(
@@ -391,6 +414,14 @@ def schedules_ahead(step_model: StepTimeModel) -> bool:
     runs (asynchronous scheduling): its new requests join one iteration late
     (:mod:`sincere.engine.async_intake`)."""
     return isinstance(step_model, ExecutedStepModel) and step_model.params.async_scheduling
+
+
+def recv_interval(step_model: StepTimeModel) -> int:
+    """Decode-only iterations between two polls of the input queue by an engine timed by
+    ``step_model`` (1: every iteration; the module docstring)."""
+    if isinstance(step_model, ExecutedStepModel):
+        return step_model.params.recv_interval
+    return 1
 
 
 def with_execution(
