@@ -252,8 +252,8 @@ def fit_one(name: str, table, acc, context: dict, root: Path):  # type: ignore[n
 
     if name == "gemm_bf16":
         return kf.fit_gemm(table, acc, root)
-    if name == "gemm_fp8":
-        return kf.fit_gemm_fp8(table, acc, context["_bf16"], root)
+    if name in kf.QUANT_GEMMS:  # on the bf16 fit's bandwidth share, exponent and tile
+        return kf.fit_quant_gemm(name, table, acc, context["_bf16"], root)
     if name == "prefill_attention":
         return kf.fit_prefill_attention(table, acc, root)
     if name == "decode_attention":
@@ -295,7 +295,14 @@ def mean_params(docs: list[dict]) -> dict:  # type: ignore[type-arg]
 def kernel_checks(database: Path) -> None:
     """Per GPU and family: the fit's own error, leave-one-GPU-out, leave-one-shape-out."""
     from sincere.fit.kernel_tables import read_table
-    from sincere.fit.kernels import COLUMNS, FAMILY_TABLES, family_rows, fit_kernels, predict_family
+    from sincere.fit.kernels import (
+        COLUMNS,
+        FAMILY_TABLES,
+        QUANT_GEMMS,
+        family_rows,
+        fit_kernels,
+        predict_family,
+    )
 
     fits, tables = {}, {}
     for acc_name, folder in KERNEL_GPUS:
@@ -316,7 +323,7 @@ def kernel_checks(database: Path) -> None:
             own = errors_of(predict_family(fam.name, rows, acc, merged), measured)
             others = [m for a, (_, f, m) in fits.items() if a != acc_name and f.family(fam.name)]
             prior = {**merged, **mean_params([{k: m[k] for k in fam.params} for m in others])}
-            if fam.name == "gemm_fp8":  # the bf16 terms it builds on, also the others'
+            if fam.name in QUANT_GEMMS:  # the bf16 terms they build on, also the others'
                 prior.update(
                     mean_params([{k: m[k] for k in fit.families[0].params} for m in others])
                 )
