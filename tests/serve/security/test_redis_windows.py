@@ -60,10 +60,10 @@ def _window_hashes(redis_server: RedisServer) -> list[dict[bytes, bytes]]:
     return [client.hgetall(k) for k in names]
 
 
+@pytest.mark.parametrize("start", [1_800_000_000.0, 0.0])  # 0: windows reaching below 0
 def test_redis_windows_decide_as_in_memory_with_running_totals_in_step(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisServer, start: float
 ) -> None:
-    start = 1_800_000_000.0
     local = KeyStore.open(tmp_path / "local.db")
     local.create(SPEC, actor="t", now=start)
     shared = KeyStore.open(tmp_path / "shared.db", shared=RedisState(redis_server.url))

@@ -64,7 +64,7 @@ local function roll(key, bucket, n)
   local total, low = tonumber(own[1]), tonumber(own[2])
   if total and low and low >= cut then return total end
   if total and low and math.floor(low / n) == math.floor(cut / n) then
-    for b = low, cut - 1 do
+    for b = math.max(low, 0), cut - 1 do
       local v = redis.call('HGET', key, b)
       if v then
         total = total - tonumber(v)
@@ -75,7 +75,9 @@ local function roll(key, bucket, n)
     local all = redis.call('HGETALL', key)
     total = 0
     for i = 1, #all, 2 do
-      if tonumber(all[i]) < cut then
+      local b = tonumber(all[i])
+      if b < 0 then  -- the two fields of its own: written again below
+      elseif b < cut then
         redis.call('HDEL', key, all[i])
       else
         total = total + tonumber(all[i + 1])
@@ -141,13 +143,13 @@ local function settle_one(k, mirror, a, now, n, keep, ttl)
   redis.call('HINCRBYFLOAT', k[1], 'spent', a[2])
   local tb = tonumber(a[3])
   if tb >= 0 and tonumber(a[5]) - tb <= n then
-    local low = tonumber(redis.call('HGET', k[5], '-2') or '-1')
-    if tb >= low then  -- else dropped from the window already: nothing left to adjust
+    local low = tonumber(redis.call('HGET', k[5], '-2'))  -- nil: no running total
+    if low == nil or tb >= low then  -- else dropped from the window: nothing to adjust
       local was = tonumber(redis.call('HGET', k[5], tb) or '0')
       local v = was + tonumber(a[4])
       if v < 0 then v = 0 end
       redis.call('HSET', k[5], tb, v)
-      if low >= 0 then redis.call('HINCRBY', k[5], '-1', v - was) end
+      if low ~= nil then redis.call('HINCRBY', k[5], '-1', v - was) end
     end
   end
   redis.call('ZREMRANGEBYSCORE', k[4], '-inf', now - keep)
