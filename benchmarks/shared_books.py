@@ -22,7 +22,9 @@ too (never reached), as the key of ``benchmarks/gateway_overhead.py`` has, and e
 admission checks and counts both windows. Each request's clock is the wall clock, so a run
 of a few seconds fills a few of the windows' buckets; with ``--step-s S`` it advances ``S``
 seconds a request instead (0.03: a minute every 2,000 requests), so the windows hold every
-bucket, as those of a key in steady use do.
+bucket, as those of a key in steady use do. With ``--gap-ms G`` every request and PING
+comes after ``G`` ms idle (not counted), as a lone client's does: the figures then include
+waking a redis-server that went idle.
 
 Prints one line: microseconds per request each way, per PING, their ratios, and the time
 Redis itself spent per script call (``INFO commandstats``: admissions and settlements).
@@ -68,37 +70,46 @@ class Clock:
         return self.now
 
 
-async def pairs(store: KeyStore, n: int, deferred: bool, clock: Clock) -> float:
+async def pairs(store: KeyStore, n: int, deferred: bool, clock: Clock, gap_s: float = 0.0) -> float:
     """Seconds per admit + settle over ``n`` sequential requests (settlement deferred or
-    awaited)."""
+    awaited), each after ``gap_s`` idle (not counted)."""
     (record,) = store.records()
-    began = time.perf_counter()
+    spent = 0.0
     for _ in range(n):
+        if gap_s:
+            await asyncio.sleep(gap_s)
+        began = time.perf_counter()
         got = await store.admit_async(record, 100, 50, PRICES, clock())
         assert isinstance(got, Reservation), got
         if deferred:
             store.settle(got, 100, 50, PRICES)
         else:
             await store.settle_async(got, 100, 50, PRICES)
-    return (time.perf_counter() - began) / n
+        spent += time.perf_counter() - began
+    return spent / n
 
 
-async def pings(url: str, n: int) -> float:
-    """Seconds per PING over ``n`` sequential round trips (the same asyncio client kind)."""
+async def pings(url: str, n: int, gap_s: float = 0.0) -> float:
+    """Seconds per PING over ``n`` sequential round trips (the same asyncio client kind),
+    each after ``gap_s`` idle (not counted)."""
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(url)
     try:
-        began = time.perf_counter()
+        spent = 0.0
         for _ in range(n):
+            if gap_s:
+                await asyncio.sleep(gap_s)
+            began = time.perf_counter()
             await client.ping()
-        return (time.perf_counter() - began) / n
+            spent += time.perf_counter() - began
+        return spent / n
     finally:
         await client.aclose()
 
 
 async def measure(
-    store: KeyStore, url: str, n: int, step_s: float = 0.0, rounds: int = 4
+    store: KeyStore, url: str, n: int, step_s: float = 0.0, gap_s: float = 0.0, rounds: int = 4
 ) -> tuple[float, ...]:
     """Seconds per request awaited, per request deferred, per PING: ``rounds`` alternated
     rounds of ``n // rounds`` each, the median round of each."""
@@ -110,9 +121,9 @@ async def measure(
     for r in range(rounds):
         order = ("awaited", "deferred") if r % 2 == 0 else ("deferred", "awaited")
         for way in order:
-            got = await pairs(store, n // rounds, deferred=way == "deferred", clock=clock)
+            got = await pairs(store, n // rounds, way == "deferred", clock, gap_s)
             times[way].append(got)
-        times["ping"].append(await pings(url, n // rounds))
+        times["ping"].append(await pings(url, n // rounds, gap_s))
     await store.drain()
     return tuple(float(statistics.median(times[k])) for k in ("awaited", "deferred", "ping"))
 
@@ -122,6 +133,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--limits", action="store_true", help="rpm and tpm limits too")
     parser.add_argument("--step-s", type=float, default=0.0, help="clock step a request")
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="idle before each request")
     opts = parser.parse_args()
     n = opts.pairs
     binary = shutil.which("redis-server")
@@ -140,7 +152,8 @@ def main() -> None:
             budget_usd=1e9,
         )  # fmt: skip
         store.create(spec, actor="bench", now=0.0)
-        awaited, deferred, ping = asyncio.run(measure(store, url, n, opts.step_s))
+        got = asyncio.run(measure(store, url, n, opts.step_s, opts.gap_ms / 1e3))
+        awaited, deferred, ping = got
         store.close()
         inside = script_us(url)
     finally:
