@@ -160,3 +160,31 @@ def test_a_total_put_out_of_step_is_counted_whole_again_within_a_window(
         store.close()
     assert seen[10][0] == seen[10][1] + 30  # out of step: high, never low
     assert all(total == buckets for total, buckets in seen[10 + 60 :])
+
+
+def test_windows_of_a_refused_request_expire_like_every_window(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A request refused after its windows were checked (here by its budget) leaves no
+    window hash that Redis would keep for ever."""
+    now = 1_800_000_000.0
+    spec = KeySpec(name="b", max_requests_per_min=5, max_tokens_per_min=100, budget_usd=1e-9)
+    store = KeyStore.open(tmp_path / "keys.db", shared=RedisState(redis_server.url))
+    store.create(spec, actor="t", now=now)
+    record = _record(store)
+
+    async def run() -> Outcome:
+        try:
+            return _outcome(await store.admit_async(record, 10, 10, PRICES, now))
+        finally:
+            await store.drain()
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        store.close()
+    assert got == ("budget_exhausted", None)
+    client = redis_server.client()
+    windows = [k for k in client.keys("*") if k.endswith((b":requests", b":tokens"))]
+    assert windows  # checked, so written: each with its expiry
+    assert all(0 < client.ttl(k) <= 2 * 60 + 2 for k in windows)

@@ -58,7 +58,7 @@ end
 # (the first check past each multiple of ``n`` buckets), so a total can never drift from
 # its buckets for longer than a window.
 _WINDOW = """
-local function roll(key, bucket, n)
+local function roll(key, bucket, n, ttl)
   local cut = bucket - n
   local own = redis.call('HMGET', key, '-1', '-2')
   local total, low = tonumber(own[1]), tonumber(own[2])
@@ -85,19 +85,20 @@ local function roll(key, bucket, n)
     end
   end
   redis.call('HSET', key, '-1', total, '-2', cut)
+  redis.call('EXPIRE', key, ttl)  -- it may have made the hash: every hash expires
   return total
 end
 
-local function window(key, bucket, n, limit, add)
+local function window(key, bucket, n, limit, add, ttl)
   if limit <= 0 then return 0, -1 end
-  local total = roll(key, bucket, n)
+  local total = roll(key, bucket, n, ttl)
   if total + add <= limit then return total, -1 end
   if add > limit then return total, -2 end
   local all = redis.call('HGETALL', key)
   local parts = {}
   for i = 1, #all, 2 do
     local b = tonumber(all[i])
-    if b >= 0 then parts[#parts + 1] = {b, tonumber(all[i + 1])} end
+    if b >= 0 and b >= bucket - n then parts[#parts + 1] = {b, tonumber(all[i + 1])} end
   end
   table.sort(parts, function(x, y) return x[1] < y[1] end)
   local freed = 0
@@ -200,9 +201,9 @@ local function admit_one(ready_at)
   end
   local bucket, n = tonumber(ARGV[5]), tonumber(ARGV[6])
   local rpm, tpm, amount, ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[12]
-  local _, wait = window(KEYS[6], bucket, n, rpm, 1)
+  local _, wait = window(KEYS[6], bucket, n, rpm, 1, ttl)
   if wait ~= -1 then return {'rpm', tostring(wait), ''} end
-  local _, twait = window(KEYS[7], bucket, n, tpm, amount)
+  local _, twait = window(KEYS[7], bucket, n, tpm, amount, ttl)
   if twait ~= -1 then return {'tpm', tostring(twait), ''} end
   if budget >= 0 then
     local remaining = budget - spent - reserved
