@@ -39,6 +39,8 @@ count of failed calls. Generator, proxy and upstream share this machine's cores.
     #   (with --redis-workers, its gateway with keys on Redis too, on a redis-server of its own)
     python benchmarks/gateway_overhead.py --security       # also keys on, and confidential mode
     python benchmarks/gateway_overhead.py --security --redis-workers 1,2,4   # keys on Redis
+    python benchmarks/gateway_overhead.py --security --redis-workers 1 --no-litellm \
+        --only 'bare,sincere+auth,sincere+auth+redis w1' --head-to-head 6   # those alone
 
 The last one records, in one run, direct, the gateway with keys in memory, with keys on
 Redis in 1, 2 and 4 workers, and LiteLLM (found in ``$LITELLM_VENV``, default
@@ -497,6 +499,14 @@ def main() -> None:
         help="with --security: also the gateway with keys and its state in a redis-server of "
         "this script's own, in each of these worker counts (e.g. 1,2,4)",
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=[],
+        metavar="NAME,NAME,...",
+        help="measure only these targets and direct, the reference (their names in the table; "
+        "e.g. 'bare,sincere+auth,sincere+auth+redis w1'): more rounds fit in the same time",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     if args.serve:
@@ -536,6 +546,12 @@ def run_all(args: argparse.Namespace) -> None:
         litellm = None if args.no_litellm else start_litellm(upstream, args.litellm_workers, procs)
         if litellm is not None:
             targets.append(litellm)
+        if args.only:
+            missing = sorted(set(args.only) - {name for name, _, _ in targets})
+            if missing:
+                known = ", ".join(name for name, _, _ in targets)
+                raise SystemExit(f"--only: no target named {missing}; this run has: {known}")
+            targets = [t for t in targets if t[0] == "direct" or t[0] in args.only]
         ready = []
         for name, root, headers in targets:
             url = root + "/v1/chat/completions"

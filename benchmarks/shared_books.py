@@ -15,8 +15,19 @@ ratios on any machine:
 
     python benchmarks/shared_books.py              # 3,000 requests each way, 300 of warm-up
     python benchmarks/shared_books.py --pairs 500
+    python benchmarks/shared_books.py --limits --step-s 0.03   # a busy key with limits
 
-Prints one line: microseconds per request each way, per PING, and their ratios.
+The key has a budget only, unless ``--limits``: then requests- and tokens-per-minute limits
+too (never reached), as the key of ``benchmarks/gateway_overhead.py`` has, and every
+admission checks and counts both windows. Each request's clock is the wall clock, so a run
+of a few seconds fills a few of the windows' buckets; with ``--step-s S`` it advances ``S``
+seconds a request instead (0.03: a minute every 2,000 requests), so the windows hold every
+bucket, as those of a key in steady use do. With ``--gap-ms G`` every request and PING
+comes after ``G`` ms idle (not counted), as a lone client's does: the figures then include
+waking a redis-server that went idle.
+
+Prints one line: microseconds per request each way, per PING, their ratios, and the time
+Redis itself spent per script call (``INFO commandstats``: admissions and settlements).
 """
 
 from __future__ import annotations
@@ -45,47 +56,74 @@ def free_port() -> int:
         return port
 
 
-async def pairs(store: KeyStore, n: int, deferred: bool) -> float:
+class Clock:
+    """The requests' ``now``: the wall clock, or one advancing ``step_s`` a request."""
+
+    def __init__(self, step_s: float) -> None:
+        self.step_s = step_s
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        if not self.step_s:
+            return time.time()
+        self.now += self.step_s
+        return self.now
+
+
+async def pairs(store: KeyStore, n: int, deferred: bool, clock: Clock, gap_s: float = 0.0) -> float:
     """Seconds per admit + settle over ``n`` sequential requests (settlement deferred or
-    awaited)."""
+    awaited), each after ``gap_s`` idle (not counted)."""
     (record,) = store.records()
-    began = time.perf_counter()
+    spent = 0.0
     for _ in range(n):
-        got = await store.admit_async(record, 100, 50, PRICES, time.time())
+        if gap_s:
+            await asyncio.sleep(gap_s)
+        began = time.perf_counter()
+        got = await store.admit_async(record, 100, 50, PRICES, clock())
         assert isinstance(got, Reservation), got
         if deferred:
             store.settle(got, 100, 50, PRICES)
         else:
             await store.settle_async(got, 100, 50, PRICES)
-    return (time.perf_counter() - began) / n
+        spent += time.perf_counter() - began
+    return spent / n
 
 
-async def pings(url: str, n: int) -> float:
-    """Seconds per PING over ``n`` sequential round trips (the same asyncio client kind)."""
+async def pings(url: str, n: int, gap_s: float = 0.0) -> float:
+    """Seconds per PING over ``n`` sequential round trips (the same asyncio client kind),
+    each after ``gap_s`` idle (not counted)."""
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(url)
     try:
-        began = time.perf_counter()
+        spent = 0.0
         for _ in range(n):
+            if gap_s:
+                await asyncio.sleep(gap_s)
+            began = time.perf_counter()
             await client.ping()
-        return (time.perf_counter() - began) / n
+            spent += time.perf_counter() - began
+        return spent / n
     finally:
         await client.aclose()
 
 
-async def measure(store: KeyStore, url: str, n: int, rounds: int = 4) -> tuple[float, ...]:
+async def measure(
+    store: KeyStore, url: str, n: int, step_s: float = 0.0, gap_s: float = 0.0, rounds: int = 4
+) -> tuple[float, ...]:
     """Seconds per request awaited, per request deferred, per PING: ``rounds`` alternated
     rounds of ``n // rounds`` each, the median round of each."""
-    await pairs(store, n // 10, deferred=False)  # warm-up: connections, scripts, the key
-    await pairs(store, n // 10, deferred=True)
+    clock = Clock(step_s)
+    await pairs(store, n // 10, deferred=False, clock=clock)  # warm-up: connections, scripts
+    await pairs(store, n // 10, deferred=True, clock=clock)
     await pings(url, n // 10)
     times: dict[str, list[float]] = {"awaited": [], "deferred": [], "ping": []}
     for r in range(rounds):
         order = ("awaited", "deferred") if r % 2 == 0 else ("deferred", "awaited")
         for way in order:
-            times[way].append(await pairs(store, n // rounds, deferred=way == "deferred"))
-        times["ping"].append(await pings(url, n // rounds))
+            got = await pairs(store, n // rounds, way == "deferred", clock, gap_s)
+            times[way].append(got)
+        times["ping"].append(await pings(url, n // rounds, gap_s))
     await store.drain()
     return tuple(float(statistics.median(times[k])) for k in ("awaited", "deferred", "ping"))
 
@@ -93,7 +131,11 @@ async def measure(store: KeyStore, url: str, n: int, rounds: int = 4) -> tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3000)
-    n = parser.parse_args().pairs
+    parser.add_argument("--limits", action="store_true", help="rpm and tpm limits too")
+    parser.add_argument("--step-s", type=float, default=0.0, help="clock step a request")
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="idle before each request")
+    opts = parser.parse_args()
+    n = opts.pairs
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (scripts/setup_redis.sh)")
@@ -104,9 +146,16 @@ def main() -> None:
     try:
         time.sleep(0.5)
         store = KeyStore.open(Path(folder) / "keys.db", shared=RedisState(url))
-        store.create(KeySpec(name="bench", budget_usd=1e9), actor="bench", now=0.0)
-        awaited, deferred, ping = asyncio.run(measure(store, url, n))
+        limits = (10**9, 10**12) if opts.limits else (None, None)
+        spec = KeySpec(
+            name="bench", max_requests_per_min=limits[0], max_tokens_per_min=limits[1],
+            budget_usd=1e9,
+        )  # fmt: skip
+        store.create(spec, actor="bench", now=0.0)
+        got = asyncio.run(measure(store, url, n, opts.step_s, opts.gap_ms / 1e3))
+        awaited, deferred, ping = got
         store.close()
+        inside = script_us(url)
     finally:
         server.terminate()
         server.wait(10)
@@ -114,8 +163,20 @@ def main() -> None:
         f"shared books: {awaited * 1e6:.0f} us per request with the settlement awaited "
         f"({awaited / ping:.1f}x PING), {deferred * 1e6:.0f} us deferred ({deferred / ping:.1f}x "
         f"PING; {deferred / awaited:.2f}x awaited), {ping * 1e6:.0f} us per PING; {n} "
-        "sequential requests each way"
+        f"sequential requests each way; {inside:.0f} us per script call inside Redis"
     )
+
+
+def script_us(url: str) -> float:
+    """Microseconds Redis spent per script call by hash (``INFO commandstats``)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats").get("cmdstat_evalsha", {})
+        return float(stats.get("usec_per_call", 0.0))
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

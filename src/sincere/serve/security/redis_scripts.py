@@ -48,24 +48,58 @@ local function prune(money, res, lease, gone, now, keep)
 end
 """
 
+# A window's hash: bucket number -> amount, and two fields of its own named below every
+# bucket: ``-1``, the total of the buckets it holds, and ``-2``, the lowest bucket it may
+# still hold (those below have been dropped and taken off the total). A check reads the
+# two, drops the buckets that left the window one by one, and needs no scan of the hash:
+# its cost does not grow with the buckets a busy key fills. The hash is counted whole (and
+# given the two fields again) when it has none (new, or written by a script that kept
+# none: it drops them as expired buckets, being below every bucket), and once a window
+# (the first check past each multiple of ``n`` buckets), so a total can never drift from
+# its buckets for longer than a window.
 _WINDOW = """
-local function window(key, bucket, n, limit, add)
+local function roll(key, bucket, n, ttl)
+  local cut = bucket - n
+  local own = redis.call('HMGET', key, '-1', '-2')
+  local total, low = tonumber(own[1]), tonumber(own[2])
+  if total and low and low >= cut then return total end
+  if total and low and math.floor(low / n) == math.floor(cut / n) then
+    for b = math.max(low, 0), cut - 1 do
+      local v = redis.call('HGET', key, b)
+      if v then
+        total = total - tonumber(v)
+        redis.call('HDEL', key, b)
+      end
+    end
+  else
+    local all = redis.call('HGETALL', key)
+    total = 0
+    for i = 1, #all, 2 do
+      local b = tonumber(all[i])
+      if b < 0 then  -- the two fields of its own: written again below
+      elseif b < cut then
+        redis.call('HDEL', key, all[i])
+      else
+        total = total + tonumber(all[i + 1])
+      end
+    end
+  end
+  redis.call('HSET', key, '-1', total, '-2', cut)
+  redis.call('EXPIRE', key, ttl)  -- it may have made the hash: every hash expires
+  return total
+end
+
+local function window(key, bucket, n, limit, add, ttl)
   if limit <= 0 then return 0, -1 end
+  local total = roll(key, bucket, n, ttl)
+  if total + add <= limit then return total, -1 end
+  if add > limit then return total, -2 end
   local all = redis.call('HGETALL', key)
-  local total = 0
   local parts = {}
   for i = 1, #all, 2 do
     local b = tonumber(all[i])
-    local v = tonumber(all[i + 1])
-    if b < bucket - n then
-      redis.call('HDEL', key, all[i])
-    else
-      total = total + v
-      parts[#parts + 1] = {b, v}
-    end
+    if b >= 0 and b >= bucket - n then parts[#parts + 1] = {b, tonumber(all[i + 1])} end
   end
-  if total + add <= limit then return total, -1 end
-  if add > limit then return total, -2 end
   table.sort(parts, function(x, y) return x[1] < y[1] end)
   local freed = 0
   for _, p in ipairs(parts) do
@@ -73,6 +107,12 @@ local function window(key, bucket, n, limit, add)
     if total - freed + add <= limit then return total, p[1] end
   end
   return total, -2
+end
+
+local function count(key, bucket, add, ttl)
+  redis.call('HINCRBY', key, bucket, add)
+  redis.call('HINCRBY', key, '-1', add)
+  redis.call('EXPIRE', key, ttl)
 end
 """
 
@@ -104,9 +144,14 @@ local function settle_one(k, mirror, a, now, n, keep, ttl)
   redis.call('HINCRBYFLOAT', k[1], 'spent', a[2])
   local tb = tonumber(a[3])
   if tb >= 0 and tonumber(a[5]) - tb <= n then
-    local v = tonumber(redis.call('HGET', k[5], tb) or '0') + tonumber(a[4])
-    if v < 0 then v = 0 end
-    redis.call('HSET', k[5], tb, v)
+    local low = tonumber(redis.call('HGET', k[5], '-2'))  -- nil: no running total
+    if low == nil or tb >= low then  -- else dropped from the window: nothing to adjust
+      local was = tonumber(redis.call('HGET', k[5], tb) or '0')
+      local v = was + tonumber(a[4])
+      if v < 0 then v = 0 end
+      redis.call('HSET', k[5], tb, v)
+      if low ~= nil then redis.call('HINCRBY', k[5], '-1', v - was) end
+    end
   end
   redis.call('ZREMRANGEBYSCORE', k[4], '-inf', now - keep)
   for i = 1, 4 do redis.call('EXPIRE', k[i], ttl) end
@@ -156,22 +201,16 @@ local function admit_one(ready_at)
   end
   local bucket, n = tonumber(ARGV[5]), tonumber(ARGV[6])
   local rpm, tpm, amount, ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[12]
-  local _, wait = window(KEYS[6], bucket, n, rpm, 1)
+  local _, wait = window(KEYS[6], bucket, n, rpm, 1, ttl)
   if wait ~= -1 then return {'rpm', tostring(wait), ''} end
-  local _, twait = window(KEYS[7], bucket, n, tpm, amount)
+  local _, twait = window(KEYS[7], bucket, n, tpm, amount, ttl)
   if twait ~= -1 then return {'tpm', tostring(twait), ''} end
   if budget >= 0 then
     local remaining = budget - spent - reserved
     if remaining <= 0 or cost > remaining then return {'budget', '', tostring(remaining)} end
   end
-  if rpm > 0 then
-    redis.call('HINCRBY', KEYS[6], bucket, 1)
-    redis.call('EXPIRE', KEYS[6], ttl)
-  end
-  if tpm > 0 then
-    redis.call('HINCRBY', KEYS[7], bucket, amount)
-    redis.call('EXPIRE', KEYS[7], ttl)
-  end
+  if rpm > 0 then count(KEYS[6], bucket, 1, ttl) end
+  if tpm > 0 then count(KEYS[7], bucket, amount, ttl) end
   redis.call('HSET', KEYS[3], ARGV[4], ARGV[11])
   redis.call('ZADD', KEYS[4], ARGV[13], ARGV[4])
   redis.call('HINCRBYFLOAT', KEYS[2], 'reserved', ARGV[11])
