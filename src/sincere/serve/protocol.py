@@ -486,6 +486,8 @@ def _image_url(value: Any, k: int) -> str:
 
 _NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
 _INTS = ("seed", "top_k", "logprobs", "top_logprobs")
+_SAMPLING_FIELDS = frozenset((*_NUMBERS, *_INTS, "n", "best_of", "stop"))
+"""Every field :func:`_check_sampling` reads."""
 MAX_CHOICES = 16384
 """Most choices (``n``, ``best_of``) one request may ask for (vLLM's default limit,
 ``VLLM_MAX_N_SEQUENCES``)."""
@@ -505,6 +507,8 @@ def _lax_field(body: dict[str, Any], name: str, read: Any, allowed: str) -> Any:
 def _check_sampling(body: dict[str, Any], multi: bool) -> int:
     """Type-check the sampling fields times do not depend on (their values are ignored);
     return the sequences generated per prompt (``n``, or ``best_of`` when larger)."""
+    if _SAMPLING_FIELDS.isdisjoint(body):  # none of them (most requests): nothing to check
+        return 1
     for name in _NUMBERS:
         _lax_field(body, name, lax_number, "a finite number")
     for name in _INTS:

@@ -259,6 +259,8 @@ class Backend:
         self.price_in_per_token_usd = config.price_in_per_1m_usd / 1e6
         self.price_out_per_token_usd = config.price_out_per_1m_usd / 1e6
         self.urls = {kind: URL(self.url + path) for kind, path in PATHS.items()}  # parsed once
+        # answer_timeout's timeouts by answer cap, for this config (ClientTimeout is frozen)
+        self._timeouts: tuple[BackendConfig, dict[int, aiohttp.ClientTimeout]] = (config, {})
         self.headers: dict[str, str] = dict(_JSON_HEADERS)  # sent with every POST
         self._auth: dict[str, str] = {}  # the upstream's credential header, if it needs one
         self._session: aiohttp.ClientSession | None = None
@@ -327,15 +329,26 @@ class Backend:
         return Upstream(response, self)
 
     def answer_timeout(self, max_tokens: int | None) -> aiohttp.ClientTimeout:
-        """The timeouts of a non-streamed answer: its read wait grows with the tokens asked."""
+        """The timeouts of a non-streamed answer: its read wait grows with the tokens asked.
+
+        Made once per cap and (frozen) config, kept for the next request with that cap."""
         c = self.config
         tokens = max_tokens if max_tokens is not None else 0
-        return aiohttp.ClientTimeout(
-            total=None,
-            connect=c.connect_timeout_s,
-            sock_connect=c.connect_timeout_s,
-            sock_read=c.read_timeout_s + c.read_timeout_per_token_s * tokens,
-        )
+        memo = self._timeouts
+        if memo[0] is not c:  # a config set since: the kept timeouts are not its
+            memo = self._timeouts = (c, {})
+        timeout = memo[1].get(tokens)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                connect=c.connect_timeout_s,
+                sock_connect=c.connect_timeout_s,
+                sock_read=c.read_timeout_s + c.read_timeout_per_token_s * tokens,
+            )
+            if len(memo[1]) >= MAX_KEPT_TIMEOUTS:  # many caps: start afresh
+                memo[1].clear()
+            memo[1][tokens] = timeout
+        return timeout
 
     async def send_opaque(
         self, kind: str, body: bytes, headers: dict[str, str], answer_tokens: int | None = None
@@ -387,6 +400,9 @@ class Backend:
             response.raise_for_status()
             return await response.text()
 
+
+MAX_KEPT_TIMEOUTS = 1024
+"""Most answer caps whose timeouts a backend keeps (:meth:`Backend.answer_timeout`)."""
 
 MAX_ERROR_BYTES = 64 * 1024
 """Most bytes of an upstream's error answer kept (the rest is dropped with the connection)."""

@@ -352,8 +352,8 @@ class Gateway(Served):
         except Exception as exc:  # a bug: answer 500 without internals, count it, log it
             return self.internal_error(http_req, tier, exc)
         finally:
-            if admitted is not None:
-                await self.guard.settle(admitted)
+            if admitted is not None:  # Guard.settle without a coroutine of its own
+                self.guard.settle_now(admitted)
 
     def _refused(self, refusal: Refusal, tier: str) -> web.Response:
         """A key check's refusal as the client's answer (401/403/429; a spent budget 429
