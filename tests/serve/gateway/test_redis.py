@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from tests.serve.conftest import RedisServer
 from tests.serve.security.test_gateway import bearer, gateway_config, make_keys
 
+from sincere.core.errors import ConfigError
 from sincere.serve.backends.fake_upstream import FakeUpstream
 from sincere.serve.gateway.server import Gateway
 from sincere.serve.security.keys import KeySpec
@@ -26,6 +28,10 @@ from sincere.serve.security.keystore import KeyStore
 from sincere.serve.security.shared import RedisState
 
 BODY = {"model": "m", "prompt": "hello there", "max_tokens": 4}  # 4 USD at 1 USD a token
+RACE_TIMEOUT_S = 5.0
+"""Redis calls of the racing gateways (``state.timeout_s``): 40 requests at once on a busy
+2-core machine may keep one waiting over the default 1 s, which the books rightly refuse
+(503); these tests are about the budget and the windows, not that timeout."""
 
 
 def run(factory: Callable[[], Awaitable[None]]) -> None:
@@ -39,7 +45,8 @@ async def two_gateways(
 ) -> AsyncIterator[tuple[list[Gateway], aiohttp.ClientSession]]:
     """A fake upstream and two gateways over it sharing ``keys`` and ``redis``."""
     async with FakeUpstream(num_tokens=4) as up:
-        cfg = gateway_config(up.url, keys, state={"redis": redis}, **extra)
+        state = {"redis": redis, "timeout_s": RACE_TIMEOUT_S}
+        cfg = gateway_config(up.url, keys, state=state, **extra)
         async with Gateway(cfg) as a, Gateway(cfg) as b, aiohttp.ClientSession() as s:
             yield [a, b], s
 
@@ -96,6 +103,23 @@ def test_requests_and_tokens_per_minute_hold_across_two_gateways(
         assert by_tpm.count(200) == 3 and by_tpm.count(429) == 17
 
     run(main)
+
+
+def test_state_timeout_reaches_the_redis_books_and_bad_values_are_refused(
+    tmp_path: Path,
+) -> None:
+    """``state.timeout_s`` is how long the books wait on Redis; 0 or over a minute is refused
+    with the field named."""
+    keys = tmp_path / "keys.db"
+    make_keys(keys, acme=KeySpec(name="acme", budget_usd=1.0))
+    state = {"redis": "redis://127.0.0.1:1/0", "timeout_s": 2.5}
+    gw = Gateway(gateway_config("http://127.0.0.1:1", keys, state=state))
+    assert gw.auth.shared is not None and gw.auth.shared.timeout_s == 2.5
+    default = Gateway(gateway_config("http://127.0.0.1:1", keys, state={"redis": state["redis"]}))
+    assert default.auth.shared is not None and default.auth.shared.timeout_s == 1.0
+    for bad in (0, -1.0, 61.0):
+        with pytest.raises(ConfigError, match=r"state\.timeout_s"):
+            gateway_config("http://127.0.0.1:1", keys, state={**state, "timeout_s": bad})
 
 
 def test_redis_unreachable_fails_closed_and_health_says_so(tmp_path: Path) -> None:

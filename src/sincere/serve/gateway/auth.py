@@ -110,7 +110,7 @@ class GatewayAuth:
 
             self.shared = RedisState(
                 state.redis, prefix=state.prefix, lease_s=state.lease_s, renew_s=state.renew_s,
-                settle_within_s=state.settle_within_s,
+                settle_within_s=state.settle_within_s, timeout_s=state.timeout_s,
             )  # fmt: skip
         if security.keys is not None:
             self.store = KeyStore.open(

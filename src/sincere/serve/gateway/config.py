@@ -206,6 +206,8 @@ class StateConfig(_Strict):
     settlements Redis missed (after Redis lost its books, keys wait ``3 * renew_s``).
     ``settle_within_s``: a request's settlement rides the gateway's next admission to Redis
     (one round trip per request), or goes on its own after at most this long.
+    ``timeout_s``: a call to Redis not answered this long fails, and the request it was for
+    is refused (503: the books fail closed); raise it for a distant or busy Redis.
     """
 
     redis: str | None = Field(None, pattern=r"^(rediss?|unix)://", max_length=2048)
@@ -213,6 +215,7 @@ class StateConfig(_Strict):
     lease_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
     renew_s: float = Field(1.0, gt=0, le=MAX_SECONDS)
     settle_within_s: float = Field(0.05, ge=0, le=MAX_SECONDS)
+    timeout_s: float = Field(1.0, gt=0, le=60.0)
 
     @model_validator(mode="after")
     def _renew_within_lease(self) -> StateConfig:

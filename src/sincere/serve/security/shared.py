@@ -146,6 +146,11 @@ class RedisState:
         self.last_error: str | None = None  # why the last call failed (no address); None: ok
 
     @property
+    def timeout_s(self) -> float:
+        """How long a call may wait for Redis before it fails (the request is refused)."""
+        return self._timeout_s
+
+    @property
     def ok(self) -> bool:
         """Whether the last call reached Redis."""
         return self.last_error is None
