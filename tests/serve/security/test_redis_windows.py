@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from tests.serve.conftest import RedisServer
@@ -23,6 +25,7 @@ from sincere.serve.security.shared import RedisState
 
 PRICES = Prices(1e-6, 2e-6)
 SPEC = KeySpec(name="w", max_requests_per_min=12, max_tokens_per_min=900, budget_usd=1e6)
+T = TypeVar("T")
 Outcome = tuple[str, float | None]  # "ok", or the refusal's code; its wait (rounded)
 
 
@@ -58,6 +61,37 @@ def _window_hashes(redis_server: RedisServer) -> list[dict[bytes, bytes]]:
     client = redis_server.client()
     names = [k for k in client.keys("*") if k.endswith((b":requests", b":tokens"))]
     return [client.hgetall(k) for k in names]
+
+
+def _window_key(client: Any, suffix: bytes) -> bytes:
+    """The one window hash in Redis whose key ends with ``suffix``."""
+    (window,) = [k for k in client.keys("*") if k.endswith(suffix)]
+    return bytes(window)
+
+
+def _shared_store(
+    tmp_path: Path, redis_server: RedisServer, spec: KeySpec, now: float
+) -> tuple[KeyStore, KeyRecord]:
+    """A key store with its books in ``redis_server``, holding the one key ``spec``."""
+    store = KeyStore.open(tmp_path / "keys.db", shared=RedisState(redis_server.url))
+    store.create(spec, actor="t", now=now)
+    return store, _record(store)
+
+
+def _run_on(store: KeyStore, body: Callable[[], Awaitable[T]]) -> T:
+    """Run ``body`` on a fresh loop, the store's settlements drained after it and the
+    store closed after that."""
+
+    async def run() -> T:
+        try:
+            return await body()
+        finally:
+            await store.drain()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("start", [1_800_000_000.0, 0.0])  # 0: windows reaching below 0
@@ -98,27 +132,19 @@ def test_a_window_without_its_running_total_is_counted_whole_again(
     """A hash whose own fields are gone (a script that keeps none drops them as expired
     buckets) still holds every request: the next check counts the buckets whole."""
     now = 1_800_000_000.0
-    spec = KeySpec(name="r", max_requests_per_min=3)
-    store = KeyStore.open(tmp_path / "keys.db", shared=RedisState(redis_server.url))
-    store.create(spec, actor="t", now=now)
-    record = _record(store)
+    store, record = _shared_store(
+        tmp_path, redis_server, KeySpec(name="r", max_requests_per_min=3), now
+    )
 
     async def run() -> list[Outcome]:
-        try:
-            out = [_outcome(await store.admit_async(record, 1, 1, PRICES, now + i)) for i in (0, 1)]
-            client = redis_server.client()
-            (window,) = [k for k in client.keys("*") if k.endswith(b":requests")]
-            client.hdel(window, *lost)
-            for i in (2, 3):
-                out.append(_outcome(await store.admit_async(record, 1, 1, PRICES, now + i)))
-            return out
-        finally:
-            await store.drain()
+        out = [_outcome(await store.admit_async(record, 1, 1, PRICES, now + i)) for i in (0, 1)]
+        client = redis_server.client()
+        client.hdel(_window_key(client, b":requests"), *lost)
+        for i in (2, 3):
+            out.append(_outcome(await store.admit_async(record, 1, 1, PRICES, now + i)))
+        return out
 
-    try:
-        got = asyncio.run(run())
-    finally:
-        store.close()
+    got = _run_on(store, run)
     assert [code for code, _ in got] == ["ok", "ok", "ok", "requests_per_minute_exceeded"]
     assert got[3][1] == pytest.approx(58.0)  # the first request's bucket leaves the window
 
@@ -130,34 +156,26 @@ def test_a_total_put_out_of_step_is_counted_whole_again_within_a_window(
     earlier version, which keeps no total) leaves the total high for at most a window."""
     now = 1_800_000_000.0
     spec = KeySpec(name="t", max_tokens_per_min=10_000)
-    store = KeyStore.open(tmp_path / "keys.db", shared=RedisState(redis_server.url))
-    store.create(spec, actor="t", now=now)
-    record = _record(store)
+    store, record = _shared_store(tmp_path, redis_server, spec, now)
     client = redis_server.client()
 
     def tokens() -> tuple[int, int]:
-        (window,) = [k for k in client.keys("*") if k.endswith(b":tokens")]
-        fields = {int(k): int(v) for k, v in client.hgetall(window).items()}
+        fields = {
+            int(k): int(v) for k, v in client.hgetall(_window_key(client, b":tokens")).items()
+        }
         return fields[-1], sum(v for b, v in fields.items() if b >= 0)
 
     async def run() -> list[tuple[int, int]]:
         seen = []
-        try:
-            for i in range(200):  # one request a second for 200 s
-                if i == 10:  # the earlier version's settlement: 30 tokens fewer, no total
-                    (window,) = [k for k in client.keys("*") if k.endswith(b":tokens")]
-                    client.hincrby(window, str(int(now) + 5), -30)
-                got = await store.admit_async(record, 10, 40, PRICES, now + i)
-                assert isinstance(got, Reservation)
-                seen.append(tokens())
-            return seen
-        finally:
-            await store.drain()
+        for i in range(200):  # one request a second for 200 s
+            if i == 10:  # the earlier version's settlement: 30 tokens fewer, no total
+                client.hincrby(_window_key(client, b":tokens"), str(int(now) + 5), -30)
+            got = await store.admit_async(record, 10, 40, PRICES, now + i)
+            assert isinstance(got, Reservation)
+            seen.append(tokens())
+        return seen
 
-    try:
-        seen = asyncio.run(run())
-    finally:
-        store.close()
+    seen = _run_on(store, run)
     assert seen[10][0] == seen[10][1] + 30  # out of step: high, never low
     assert all(total == buckets for total, buckets in seen[10 + 60 :])
 
@@ -169,20 +187,12 @@ def test_windows_of_a_refused_request_expire_like_every_window(
     window hash that Redis would keep for ever."""
     now = 1_800_000_000.0
     spec = KeySpec(name="b", max_requests_per_min=5, max_tokens_per_min=100, budget_usd=1e-9)
-    store = KeyStore.open(tmp_path / "keys.db", shared=RedisState(redis_server.url))
-    store.create(spec, actor="t", now=now)
-    record = _record(store)
+    store, record = _shared_store(tmp_path, redis_server, spec, now)
 
     async def run() -> Outcome:
-        try:
-            return _outcome(await store.admit_async(record, 10, 10, PRICES, now))
-        finally:
-            await store.drain()
+        return _outcome(await store.admit_async(record, 10, 10, PRICES, now))
 
-    try:
-        got = asyncio.run(run())
-    finally:
-        store.close()
+    got = _run_on(store, run)
     assert got == ("budget_exhausted", None)
     client = redis_server.client()
     windows = [k for k in client.keys("*") if k.endswith((b":requests", b":tokens"))]
