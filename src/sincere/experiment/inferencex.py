@@ -126,12 +126,13 @@ def sglang_recv_interval(clients: int) -> int:
     return next(n for least, n in SGLANG_RECV_INTERVALS if clients >= least)
 
 
-def _execution(spec: PointSpec, clients: int) -> dict[str, Any]:
+def _execution(spec: PointSpec) -> dict[str, Any]:
     """The engine's execution settings beyond its preset: InferenceX's SGLang servers poll
-    their queue every :func:`sglang_recv_interval` decode iterations."""
+    their queue every :func:`sglang_recv_interval` decode iterations (of the point's
+    clients)."""
     if spec.engine_preset != "sglang":
         return {}
-    return {"recv_interval": sglang_recv_interval(clients)}
+    return {"recv_interval": sglang_recv_interval(spec.clients)}
 
 
 def benchmark_prompts(clients: int) -> int:
@@ -301,7 +302,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "max_num_batched_tokens": 8192,
         "enable_prefix_caching": False,
     }
-    execution = _execution(spec, spec.clients)
+    execution = _execution(spec)
     if execution:
         engine["execution"] = execution
     workload = {
