@@ -208,6 +208,29 @@ def test_an_nvfp4_point_runs_nvfp4_weights_with_an_fp8_kv_cache() -> None:
     assert result.sim_tpot_ms > 0
 
 
+@pytest.mark.parametrize(
+    ("backend", "activations"), [("vllm", "mxfp8"), ("trtllm", "mxfp8"), ("sglang", None)]
+)
+def test_gpt_oss_experts_run_as_each_backend_runs_them(
+    backend: str, activations: str | None
+) -> None:
+    """GPT-OSS's MXFP4 experts multiply MXFP8 activations under vLLM (the benchmark script's
+    VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1) and TensorRT-LLM (its SM100 default); SGLang keeps
+    the step model's default (bf16); a model in another precision is untouched."""
+    point = dataclasses.replace(
+        POINT, backend=backend, model="openai/gpt-oss-120b", precision="fp4",
+        gemm_quant="mxfp4", moe_quant="mxfp4", tp=1, moe_tp=1, moe_ep=1, batch_size=4,
+        source_concurrency=4,
+    )  # fmt: skip
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec) and spec.precision == "mxfp4"
+    (instance,) = point_config(spec).instances
+    assert instance.step_model.params.get("mxfp4_activations") == activations
+    other = point_spec(dataclasses.replace(POINT, backend=backend))
+    assert isinstance(other, PointSpec)
+    assert point_config(other).instances[0].step_model.params == {}
+
+
 def _result(backend: str, ttft: float, tpot: float) -> PointResult:
     """A simulated point whose real means are POINT's 250 ms and 20 ms."""
     spec = point_spec(dataclasses.replace(POINT, backend=backend))

@@ -365,6 +365,25 @@ def test_fit_recovers_synthetic_nvfp4_experts_at_the_fp4_peak() -> None:
     assert fam.params["moe_nvfp4_kernel_s"] == pytest.approx(25e-6, rel=0.05)
 
 
+def test_fit_recovers_synthetic_mxfp4_experts_with_mxfp8_activations() -> None:
+    """MXFP4 x MXFP8 experts made at B200's fp8 peak with 4.25-bit weights fit back to their
+    constants; the bf16-activation MXFP4 rows beside them are not taken."""
+    cols = _moe_rows(["w4a8_mxfp4_mxfp8", "w4a16_mxfp4"])
+    probe = _table("moe", latency=np.ones(112), **cols)
+    keep = cols["moe_dtype"] == "w4a8_mxfp4_mxfp8"
+    peak, hbm = B200.peak_tflops("fp8") * 1e12, B200.hbm_bandwidth_gbps * 1e9
+    x = np.array([0.5, 0.6, 30e-6, 0.1])
+    latency = np.full(112, 1.0)
+    latency[keep] = 1e3 * moe_predict(moe_features(probe.where(keep)), x, peak, hbm, 0.53125, 2.5)
+    table = _table("moe", latency=latency, **cols)
+    bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
+    fam = fit_quant_moe("moe_mxfp4_mxfp8", table, B200, bf16, Path("/synthetic"))
+    assert fam.rows == 56 and fam.notes[0] == "w4a8_mxfp4_mxfp8 experts"
+    assert fam.params["moe_mxfp4_mxfp8_mfu_efficiency"] == pytest.approx(0.5, rel=0.02)
+    assert fam.params["moe_mxfp4_mxfp8_bw_efficiency"] == pytest.approx(0.6, rel=0.02)
+    assert fam.params["moe_mxfp4_mxfp8_kernel_s"] == pytest.approx(30e-6, rel=0.05)
+
+
 def test_fp8_and_mxfp4_experts_take_their_own_kernel_constants() -> None:
     """Qwen3-30B-A3B in fp8 on H100 prices its experts with the fp8-expert constants (a
     change of moe_fp8_kernel_s moves the experts part by it on each of 48 layers), GPT-OSS-20B

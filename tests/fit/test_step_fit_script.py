@@ -33,6 +33,7 @@ EXPECTED = {
     "moe_fp8": "fit_quant_moe",
     "moe_mxfp4": "fit_quant_moe",
     "moe_nvfp4": "fit_quant_moe",
+    "moe_mxfp4_mxfp8": "fit_quant_moe",
 }
 
 

@@ -20,6 +20,8 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
   time; SGLang polls its queue as InferenceX's scripts set it:
   :data:`SGLANG_RECV_INTERVALS`); fp8 and NVFP4 weights run an fp8 KV cache (the
   serving recipes' setting and NVIDIA's NVFP4 checkpoints'; the rows do not state it);
+  MXFP4 experts multiply MXFP8 activations under vLLM and TensorRT-LLM
+  (:data:`MXFP8_EXPERT_BACKENDS`);
 * **workload**: as InferenceX's client ran it (vLLM's ``benchmark_serving``): ``C =
   batch_size x attention_dp`` clients with no think time, :func:`benchmark_prompts`
   requests, each with input and output lengths drawn uniformly in ``[0.8 L, L]`` (its
@@ -105,6 +107,13 @@ run has 16 clients or more and ``10`` below: ``(least clients, interval)``, firs
 The simulated SGLang engine polls its queue as seldom (the execution model's
 ``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
 8k-in / 1k-out runs on B200, of which the file has none.)"""
+MXFP8_EXPERT_BACKENDS = frozenset({"vllm", "trtllm"})
+"""Backends whose Blackwell servers multiply MXFP4 experts with MXFP8 activations (the
+step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
+(``benchmarks/single_node/fixed_seq_len/gptoss_fp4_b200.sh``) export
+``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``, and TensorRT-LLM picks ``W4A8_MXFP4_MXFP8`` on
+SM100 unless overridden (its model config's MXFP4 rule). SGLang's choice is not known here:
+its points keep bf16 activations, vLLM's default."""
 PROMPTS_PER_CLIENT = 10
 MAX_PROMPTS = 4096
 RANGE_RATIO = 0.8
@@ -124,6 +133,14 @@ def sglang_recv_interval(clients: int) -> int:
     """The ``--scheduler-recv-interval`` of InferenceX's SGLang server for ``clients``
     (:data:`SGLANG_RECV_INTERVALS`)."""
     return next(n for least, n in SGLANG_RECV_INTERVALS if clients >= least)
+
+
+def _step_model(spec: PointSpec) -> dict[str, Any] | None:
+    """The step model's settings beyond its defaults: MXFP4 experts against MXFP8
+    activations where the backend runs them so (:data:`MXFP8_EXPERT_BACKENDS`)."""
+    if spec.precision == "mxfp4" and spec.point.backend in MXFP8_EXPERT_BACKENDS:
+        return {"kind": "roofline", "params": {"mxfp4_activations": "mxfp8"}}
+    return None
 
 
 def _execution(spec: PointSpec) -> dict[str, Any]:
@@ -324,6 +341,8 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     }
     if spec.precision in FP8_KV_WEIGHTS:
         instance["kv_precision"] = "fp8"
+    if (step_model := _step_model(spec)) is not None:
+        instance["step_model"] = step_model
     return load_config({"seed": seed, "workload": workload, "instances": [instance]})
 
 
@@ -340,6 +359,8 @@ def _pd_config(spec: PointSpec, pd: PDSpec, seed: int) -> SimulationConfig:
     }  # fmt: skip
     if spec.precision in FP8_KV_WEIGHTS:
         base["kv_precision"] = "fp8"
+    if (step_model := _step_model(spec)) is not None:
+        base["step_model"] = step_model
     workload = {
         "num_requests": spec.num_requests,
         "arrival": {"kind": "closed", "concurrency": clients},

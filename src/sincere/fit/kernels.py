@@ -40,9 +40,11 @@ family over every measured shape, never a table per shape:
 * **fp8, MXFP4 and NVFP4 experts** (:data:`QUANT_EXPERTS`, no EP): the same form with
   their weight bytes and compute rate (fp8: the fp8 peak, block-scaled rows where
   measured; MXFP4: 4.25-bit weights at the bf16 peak; NVFP4: 4.5-bit weights at the fp4
-  peak), their own efficiencies and kernel cost, the bf16 fit's overlap exponent and tail
-  share (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_nvfp4_*``). A family in a precision the
-  GPU has no rate for (fp8 on A100, NVFP4 before Blackwell) is not attempted.
+  peak; MXFP4 x MXFP8: 4.25-bit weights at the fp8 peak), their own efficiencies and kernel
+  cost, the bf16 fit's overlap exponent and tail share (``moe_fp8_*``, ``moe_mxfp4_*``,
+  ``moe_nvfp4_*``, ``moe_mxfp4_mxfp8_*``). A family in a precision the
+  GPU has no rate for (fp8 on A100, NVFP4 before Blackwell) is not attempted, nor MXFP4 x
+  MXFP8 experts before Blackwell.
 
 Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
 so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
@@ -639,12 +641,20 @@ QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
     "moe_fp8": (("fp8_block", "fp8"), "fp8", 1.0),
     "moe_mxfp4": (("w4a16_mxfp4",), "bf16", PRECISION_BYTES["mxfp4"]),
     "moe_nvfp4": (("nvfp4",), "nvfp4", PRECISION_BYTES["nvfp4"]),
+    "moe_mxfp4_mxfp8": (("w4a8_mxfp4_mxfp8",), "fp8", PRECISION_BYTES["mxfp4"]),
 }
 """Quantised-expert family -> (the rows' ``moe_dtype`` in order of preference, the precision
 its GEMMs run at, weight bytes per element). fp8: block-scaled (the format of the published
 DeepSeek-V3/R1 and Qwen3 FP8 checkpoints), per-tensor where no block rows were measured;
 MXFP4: 4-bit weights with bf16 activations (GPT-OSS); NVFP4: 4-bit weights and activations
-with fp8 scales per 16 (NVIDIA's ModelOpt checkpoints), at the fp4 rate."""
+with fp8 scales per 16 (NVIDIA's ModelOpt checkpoints), at the fp4 rate; MXFP4 x MXFP8:
+MXFP4 weights against activations quantised to MXFP8, at the fp8 rate (FlashInfer's
+TensorRT-LLM kernel, Blackwell; measured on other models' shapes than GPT-OSS's)."""
+
+
+BLACKWELL_EXPERTS = frozenset({"moe_mxfp4_mxfp8"})
+"""Quantised-expert families whose kernel runs on Blackwell alone (fp4 tensor cores): not
+attempted on other GPUs."""
 
 
 def quant_moe_rows(name: str, table: KernelTable) -> KernelTable:
@@ -708,6 +718,7 @@ FAMILY_TABLES = {
     "moe_fp8": "moe",
     "moe_mxfp4": "moe",
     "moe_nvfp4": "moe",
+    "moe_mxfp4_mxfp8": "moe",
 }
 """Family -> the table it is fitted on."""
 NCCL_FAMILIES = ("alltoall",)
@@ -724,6 +735,7 @@ SHAPE_COLUMNS = {
     "moe_fp8": ("hidden_size", "inter_size", "num_experts", "topk"),
     "moe_mxfp4": ("hidden_size", "inter_size", "num_experts", "topk"),
     "moe_nvfp4": ("hidden_size", "inter_size", "num_experts", "topk"),
+    "moe_mxfp4_mxfp8": ("hidden_size", "inter_size", "num_experts", "topk"),
 }
 """Family -> the columns that make a row's model shape (the size axis left out)."""
 
@@ -924,7 +936,8 @@ def fit_kernels(folder: Path, accelerator: Accelerator, version: str | None = No
     if moe is not None:
         experts = {**moe.params, "overlap_exponent": overlap}
         for name in QUANT_EXPERTS:
-            if has_rate(acc, QUANT_EXPERTS[name][1]):
+            blackwell = name not in BLACKWELL_EXPERTS or has_rate(acc, "nvfp4")
+            if has_rate(acc, QUANT_EXPERTS[name][1]) and blackwell:
                 attempt(name, "moe", quant_fitter(name, acc, experts, root))
     kept = [f for f in families if f.mean_error <= UNUSABLE_ERROR]
     missing.extend(

@@ -134,14 +134,18 @@ class ArchStep:
         self._quant = quantisation_terms(p, self.compute_precision)
         self._peak = acc.peak_tflops(dep.precision) * 1e12 * gemm_mfu(p, self.compute_precision)
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
-        moe_mfu, moe_bw, self._moe_kernel_s = expert_constants(
+        if dep.precision == "mxfp4" and p.mxfp4_activations == "mxfp8" and not acc.fp4_tflops:
+            raise ConfigError(
+                f"mxfp4_activations: mxfp8 runs Blackwell's MXFP4 x MXFP8 expert kernel; "
+                f"{acc.name} has no fp4 tensor cores",
+                value=p.mxfp4_activations,
+                allowed=["bf16"],
+            )
+        moe_mfu, moe_bw, self._moe_kernel_s, moe_rate = expert_constants(
             p, dep.precision, self.compute_precision
         )
-        self._moe_peak = (
-            self._peak
-            if moe_mfu is None
-            else self._peak / gemm_mfu(p, self.compute_precision) * moe_mfu
-        )
+        moe_peak = acc.peak_tflops(moe_rate) * 1e12
+        self._moe_peak = moe_peak * (gemm_mfu(p, moe_rate) if moe_mfu is None else moe_mfu)
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
         self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
         self._a2a_terms = alltoall_terms(p, self.moe, dep.ep)

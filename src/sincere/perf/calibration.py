@@ -103,6 +103,9 @@ KERNEL_PARTS = {
         "moe_nvfp4_mfu_efficiency",
         "moe_nvfp4_bw_efficiency",
         "moe_nvfp4_kernel_s",
+        "moe_mxfp4_mxfp8_mfu_efficiency",
+        "moe_mxfp4_mxfp8_bw_efficiency",
+        "moe_mxfp4_mxfp8_kernel_s",
     ),
     "cpu": ("overhead_s", "overhead_per_seq_s"),
 }

@@ -269,6 +269,20 @@ class RooflineStepParams(Params):
     moe_nvfp4_mfu_efficiency: float | None = _efficiency("the fp4 peak in the NVFP4-expert kernel")
     moe_nvfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the NVFP4-expert kernel")
     moe_nvfp4_kernel_s: float | None = _time("fixed cost of one NVFP4-expert MoE kernel per layer")
+    moe_mxfp4_mxfp8_mfu_efficiency: float | None = _efficiency(
+        "the fp8 peak in the MXFP4-expert kernel with MXFP8 activations"
+    )
+    moe_mxfp4_mxfp8_bw_efficiency: float | None = _efficiency(
+        "HBM bandwidth in the MXFP4-expert kernel with MXFP8 activations"
+    )
+    moe_mxfp4_mxfp8_kernel_s: float | None = _time(
+        "fixed cost of one MXFP4-expert kernel with MXFP8 activations per layer"
+    )
+    mxfp4_activations: str | None = Field(
+        None,
+        description="what MXFP4 experts multiply with: bf16 (vLLM's default) or mxfp8 "
+        "(VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1, Blackwell)",
+    )
     p2p_latency_s: float | None = _time("fixed cost of one pipeline-stage send")
     activation_bytes: float | None = _fitted("bytes per activation element", gt=0)
     pp_microbatches: int | None = _fitted("micro-batches an iteration is cut into under PP", ge=1)

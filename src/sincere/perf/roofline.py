@@ -94,7 +94,13 @@ _OPTIONAL_EFFICIENCIES = (
     "moe_mxfp4_bw_efficiency",
     "moe_nvfp4_mfu_efficiency",
     "moe_nvfp4_bw_efficiency",
+    "moe_mxfp4_mxfp8_mfu_efficiency",
+    "moe_mxfp4_mxfp8_bw_efficiency",
 )
+MXFP4_ACTIVATIONS = ("bf16", "mxfp8")
+"""What MXFP4 experts multiply their weights with: bf16 activations (vLLM's default kernel)
+or activations quantised to MXFP8 at the fp8 rate (FlashInfer's TensorRT-LLM kernel that
+vLLM runs on Blackwell with ``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,10 @@ class RooflineParams:
     moe_nvfp4_mfu_efficiency: float | None = None  # NVFP4 experts: share of the fp4 peak
     moe_nvfp4_bw_efficiency: float | None = None  # NVFP4 experts: share of HBM
     moe_nvfp4_kernel_s: float | None = None  # NVFP4 experts: fixed cost per layer
+    moe_mxfp4_mxfp8_mfu_efficiency: float | None = None  # MXFP4 x MXFP8 experts: of the fp8 peak
+    moe_mxfp4_mxfp8_bw_efficiency: float | None = None  # MXFP4 x MXFP8 experts: share of HBM
+    moe_mxfp4_mxfp8_kernel_s: float | None = None  # MXFP4 x MXFP8 experts: fixed cost per layer
+    mxfp4_activations: str = "bf16"  # MXFP4 experts' activations: one of MXFP4_ACTIVATIONS
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
     activation_bytes: float = 2.0  # bytes per activation element (bf16)
     pp_microbatches: int = 1  # micro-batches an iteration is cut into under PP
@@ -182,7 +192,14 @@ class RooflineParams:
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
                 raise ConfigError(f"RooflineParams.{name} must be in (0, 1]", value=value)
-        for name in ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s", "moe_nvfp4_kernel_s"):
+        if self.mxfp4_activations not in MXFP4_ACTIVATIONS:
+            raise ConfigError(
+                "RooflineParams.mxfp4_activations: unknown activation format",
+                value=self.mxfp4_activations,
+                allowed=list(MXFP4_ACTIVATIONS),
+            )
+        kernels = ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s", "moe_nvfp4_kernel_s")
+        for name in (*kernels, "moe_mxfp4_mxfp8_kernel_s"):
             if (value := getattr(self, name)) is not None and value < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0 s", value=value)
         if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
@@ -361,22 +378,35 @@ def quantisation_terms(
 
 def expert_constants(
     params: RooflineParams, precision: str, compute_precision: str
-) -> tuple[float | None, float | None, float]:
-    """(share of the peak, share of HBM, fixed cost per layer) of the fused-MoE kernel for
-    experts stored in ``precision`` and computed in ``compute_precision``: fp8 experts run
-    at the fp8 rate, MXFP4 ones dequantised to bf16 and NVFP4 ones at the fp4 rate, each
-    with its own fitted kernel where the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``,
-    ``moe_nvfp4_*``); otherwise the bf16 experts' (None: the GEMMs' shares)."""
+) -> tuple[float | None, float | None, float, str]:
+    """(share of the peak, share of HBM, fixed cost per layer, precision of the peak) of the
+    fused-MoE kernel for experts stored in ``precision`` and computed in
+    ``compute_precision``: fp8 experts run at the fp8 rate, MXFP4 ones dequantised to bf16
+    (or, with ``mxfp4_activations: mxfp8``, against MXFP8 activations at the fp8 rate) and
+    NVFP4 ones at the fp4 rate, each with its own fitted kernel where the fit has one
+    (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_mxfp4_mxfp8_*``, ``moe_nvfp4_*``); otherwise
+    the bf16 experts' (None: the GEMMs' shares). MXFP8 activations without a fit of their
+    own take the fp8 experts' kernel."""
     p = params
+    if precision == "mxfp4" and p.mxfp4_activations == "mxfp8":
+        if p.moe_mxfp4_mxfp8_mfu_efficiency is not None:
+            kernel = p.moe_mxfp4_mxfp8_kernel_s or 0.0
+            mfu, bw = p.moe_mxfp4_mxfp8_mfu_efficiency, p.moe_mxfp4_mxfp8_bw_efficiency
+            return mfu, bw, kernel, "fp8"
+        if p.moe_fp8_mfu_efficiency is not None:
+            kernel = p.moe_fp8_kernel_s or 0.0
+            return p.moe_fp8_mfu_efficiency, p.moe_fp8_bw_efficiency, kernel, "fp8"
+        return p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s, "fp8"
     if compute_precision == "fp8" and p.moe_fp8_mfu_efficiency is not None:
-        return p.moe_fp8_mfu_efficiency, p.moe_fp8_bw_efficiency, p.moe_fp8_kernel_s or 0.0
+        kernel = p.moe_fp8_kernel_s or 0.0
+        return p.moe_fp8_mfu_efficiency, p.moe_fp8_bw_efficiency, kernel, compute_precision
     if compute_precision == "nvfp4" and p.moe_nvfp4_mfu_efficiency is not None:
         kernel = p.moe_nvfp4_kernel_s or 0.0
-        return p.moe_nvfp4_mfu_efficiency, p.moe_nvfp4_bw_efficiency, kernel
+        return p.moe_nvfp4_mfu_efficiency, p.moe_nvfp4_bw_efficiency, kernel, compute_precision
     if precision == "mxfp4" and p.moe_mxfp4_mfu_efficiency is not None:
         kernel = p.moe_mxfp4_kernel_s or 0.0
-        return p.moe_mxfp4_mfu_efficiency, p.moe_mxfp4_bw_efficiency, kernel
-    return p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s
+        return p.moe_mxfp4_mfu_efficiency, p.moe_mxfp4_bw_efficiency, kernel, compute_precision
+    return p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s, compute_precision
 
 
 def allreduce_terms(params: RooflineParams, gpus: int) -> tuple[float, float]:
