@@ -366,13 +366,14 @@ def test_fit_recovers_synthetic_nvfp4_experts_at_the_fp4_peak() -> None:
 
 
 def test_fit_recovers_synthetic_mxfp4_experts_with_mxfp8_activations() -> None:
-    """MXFP4 x MXFP8 experts made at B200's fp8 peak with 4.25-bit weights fit back to their
-    constants; the bf16-activation MXFP4 rows beside them are not taken."""
+    """MXFP4 x MXFP8 experts made at B200's fp8 peak with 4.25-bit weights and 0.3 us per
+    active expert fit back to their constants; the bf16-activation MXFP4 rows beside them
+    are not taken."""
     cols = _moe_rows(["w4a8_mxfp4_mxfp8", "w4a16_mxfp4"])
     probe = _table("moe", latency=np.ones(112), **cols)
     keep = cols["moe_dtype"] == "w4a8_mxfp4_mxfp8"
     peak, hbm = B200.peak_tflops("fp8") * 1e12, B200.hbm_bandwidth_gbps * 1e9
-    x = np.array([0.5, 0.6, 30e-6, 0.1])
+    x = np.array([0.5, 0.6, 30e-6, 0.1, 0.3e-6])
     latency = np.full(112, 1.0)
     latency[keep] = 1e3 * moe_predict(moe_features(probe.where(keep)), x, peak, hbm, 0.53125, 2.5)
     table = _table("moe", latency=latency, **cols)
@@ -382,6 +383,7 @@ def test_fit_recovers_synthetic_mxfp4_experts_with_mxfp8_activations() -> None:
     assert fam.params["moe_mxfp4_mxfp8_mfu_efficiency"] == pytest.approx(0.5, rel=0.02)
     assert fam.params["moe_mxfp4_mxfp8_bw_efficiency"] == pytest.approx(0.6, rel=0.02)
     assert fam.params["moe_mxfp4_mxfp8_kernel_s"] == pytest.approx(30e-6, rel=0.05)
+    assert fam.params["moe_mxfp4_mxfp8_expert_s"] == pytest.approx(0.3e-6, rel=0.05)
 
 
 def test_fp8_and_mxfp4_experts_take_their_own_kernel_constants() -> None:

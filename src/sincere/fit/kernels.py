@@ -35,16 +35,17 @@ family over every measured shape, never a table per shape:
 * **fused MoE** (bf16 experts, no EP): the roofline of the grouped GEMMs over the
   experts a batch activates (:mod:`sincere.perf.moe`, balanced and Zipf-skewed routing
   with the measured skew), each expert's tokens padded to its tile, with its own
-  efficiencies, a fixed kernel cost and the share of the busiest expert's rows that
-  does not overlap with the others (``moe_tail_share``);
+  efficiencies, a fixed kernel cost, a cost per active expert on the memory side
+  (``moe_expert_s``) and the share of the busiest expert's rows that does not overlap
+  with the others (``moe_tail_share``);
 * **fp8, MXFP4 and NVFP4 experts** (:data:`QUANT_EXPERTS`, no EP): the same form with
   their weight bytes and compute rate (fp8: the fp8 peak, block-scaled rows where
   measured; MXFP4: 4.25-bit weights at the bf16 peak; NVFP4: 4.5-bit weights at the fp4
-  peak; MXFP4 x MXFP8: 4.25-bit weights at the fp8 peak), their own efficiencies and kernel
-  cost, the bf16 fit's overlap exponent and tail share (``moe_fp8_*``, ``moe_mxfp4_*``,
-  ``moe_nvfp4_*``, ``moe_mxfp4_mxfp8_*``). A family in a precision the
-  GPU has no rate for (fp8 on A100, NVFP4 before Blackwell) is not attempted, nor MXFP4 x
-  MXFP8 experts before Blackwell.
+  peak; MXFP4 x MXFP8: 4.25-bit weights at the fp8 peak), their own efficiencies, kernel
+  cost and cost per active expert, the bf16 fit's overlap exponent and tail share
+  (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_nvfp4_*``, ``moe_mxfp4_mxfp8_*``). A family in a
+  precision the GPU has no rate for (fp8 on A100, NVFP4 before Blackwell) is not
+  attempted, nor MXFP4 x MXFP8 experts before Blackwell.
 
 Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
 so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
@@ -575,32 +576,34 @@ def skew_of(distribution: str) -> float:
     raise ConfigError("unknown routing distribution", value=distribution)
 
 
-def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray]:
+def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray, FArray]:
     """Per row, :func:`sincere.perf.moe.expert_work`: FLOPs of the padded rows and of the
-    busiest expert's, weight elements and activation bytes (gated experts, no EP)."""
+    busiest expert's, weight elements, activation bytes and active experts (gated experts,
+    no EP)."""
     t, h, inter = rows.num("num_tokens"), rows.num("hidden_size"), rows.num("inter_size")
     k, e, tp = rows.num("topk"), rows.num("num_experts"), rows.num("moe_tp_size")
     dist = rows.columns["distribution"].astype(str)
     local = np.maximum(1.0, np.floor(inter / tp))
-    work = np.empty((4, len(t)))
+    work = np.empty((5, len(t)))
     for i in range(len(t)):
         routing = (int(e[i]), int(k[i]), skew_of(str(dist[i])), MOE_TILE)
         work[:, i] = expert_work(t[i], int(h[i]), int(local[i]), routing, ACT_BYTES)
-    return work[0], work[1], work[2], work[3]
+    return work[0], work[1], work[2], work[3], work[4]
 
 
 def moe_predict(
-    feat: tuple[FArray, FArray, FArray, FArray],
+    feat: tuple[FArray, FArray, FArray, FArray, FArray],
     x: FArray,
     peak: float,
     hbm: float,
     wbytes: float,
     p: float,
 ) -> FArray:
-    """Fused-MoE time under ``x = (mfu, bw, kernel_s, tail_share)``
+    """Fused-MoE time under ``x = (mfu, bw, kernel_s, tail_share[, expert_s])``
     (:func:`sincere.perf.moe.fused_moe_s`, the step model's formula)."""
     rates = (peak * float(x[0]), hbm * float(x[1]))
-    return fused_moe_s(feat, rates, wbytes, float(x[2]), float(x[3]), p)
+    expert_s = float(x[4]) if len(x) > 4 else 0.0
+    return fused_moe_s(feat, rates, wbytes, float(x[2]), float(x[3]), p, expert_s)
 
 
 def moe_rows(table: KernelTable) -> KernelTable:
@@ -629,6 +632,7 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
         Bounded("moe_bw_efficiency", 0.6, 0.02, 1.0),
         Bounded("moe_kernel_s", 20e-6, 0.0, 1e-3),
         Bounded("moe_tail_share", 0.05, 0.0, 1.0),
+        Bounded("moe_expert_s", 0.1e-6, 0.0, 5e-6),
     )
 
     def predict(x: FArray) -> FArray:
@@ -688,10 +692,11 @@ def fit_quant_moe(
         Bounded(f"{name}_mfu_efficiency", 0.5, 0.02, 1.0),
         Bounded(f"{name}_bw_efficiency", 0.6, 0.02, 1.0),
         Bounded(f"{name}_kernel_s", 20e-6, 0.0, 1e-3),
+        Bounded(f"{name}_expert_s", 0.1e-6, 0.0, 5e-6),
     )
 
     def predict(x: FArray) -> FArray:
-        return moe_predict(feat, np.append(x, tail), peak, hbm, wbytes, overlap)
+        return moe_predict(feat, np.insert(x, 3, tail), peak, hbm, wbytes, overlap)
 
     fam = fit_named(name, predict, spec, measured, root_w, rows, root)
     dtype = str(rows.columns["moe_dtype"][0])
@@ -817,7 +822,7 @@ def predict_moe(name: str, rows: KernelTable, acc: Accelerator, params: dict[str
     p, prefix = params, "moe" if name == "moe" else name
     precision, wbytes = ("bf16", 2.0) if name == "moe" else QUANT_EXPERTS[name][1:]
     x = [p[f"{prefix}_mfu_efficiency"], p[f"{prefix}_bw_efficiency"], p[f"{prefix}_kernel_s"]]
-    x.append(p["moe_tail_share"])
+    x += [p["moe_tail_share"], p.get(f"{prefix}_expert_s", 0.0)]
     peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
     return moe_predict(moe_features(rows), np.array(x), peak, hbm, wbytes, p["overlap_exponent"])
 

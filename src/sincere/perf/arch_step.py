@@ -141,7 +141,7 @@ class ArchStep:
                 value=p.mxfp4_activations,
                 allowed=["bf16"],
             )
-        moe_mfu, moe_bw, self._moe_kernel_s, moe_rate = expert_constants(
+        moe_mfu, moe_bw, self._moe_kernel_s, moe_rate, self._moe_expert_s = expert_constants(
             p, dep.precision, self.compute_precision
         )
         moe_peak = acc.peak_tflops(moe_rate) * 1e12
@@ -210,14 +210,15 @@ class ArchStep:
         work = expert_work(
             tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance
         )
-        one = np.array(work).reshape(4, 1)
+        one = np.array(work).reshape(5, 1)
         experts = fused_moe_s(
-            (one[0], one[1], one[2], one[3]),
+            (one[0], one[1], one[2], one[3], one[4]),
             (self._moe_peak, self._moe_hbm),
             self.expert_bytes,
             self._moe_kernel_s,
             p.moe_tail_share,
             p.overlap_exponent,
+            self._moe_expert_s,
         )
         return router, float(experts[0])
 

@@ -257,18 +257,22 @@ class RooflineStepParams(Params):
     moe_mfu_efficiency: float | None = _efficiency("the dense peak in the fused-MoE kernel")
     moe_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fused-MoE kernel")
     moe_kernel_s: float | None = _time("fixed cost of one fused-MoE kernel per layer")
+    moe_expert_s: float | None = _time("fused MoE's memory-side cost per active expert")
     moe_tail_share: float | None = _fitted(
         "share of the busiest expert's rows not hidden by the others", ge=0, le=1
     )
     moe_fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in the fp8-expert kernel")
     moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
     moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")
+    moe_fp8_expert_s: float | None = _time("cost per active expert in the fp8-expert kernel")
     moe_mxfp4_mfu_efficiency: float | None = _efficiency("the bf16 peak in the MXFP4-expert kernel")
     moe_mxfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the MXFP4-expert kernel")
     moe_mxfp4_kernel_s: float | None = _time("fixed cost of one MXFP4-expert MoE kernel per layer")
+    moe_mxfp4_expert_s: float | None = _time("cost per active expert in the MXFP4-expert kernel")
     moe_nvfp4_mfu_efficiency: float | None = _efficiency("the fp4 peak in the NVFP4-expert kernel")
     moe_nvfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the NVFP4-expert kernel")
     moe_nvfp4_kernel_s: float | None = _time("fixed cost of one NVFP4-expert MoE kernel per layer")
+    moe_nvfp4_expert_s: float | None = _time("cost per active expert in the NVFP4-expert kernel")
     moe_mxfp4_mxfp8_mfu_efficiency: float | None = _efficiency(
         "the fp8 peak in the MXFP4-expert kernel with MXFP8 activations"
     )
@@ -277,6 +281,9 @@ class RooflineStepParams(Params):
     )
     moe_mxfp4_mxfp8_kernel_s: float | None = _time(
         "fixed cost of one MXFP4-expert kernel with MXFP8 activations per layer"
+    )
+    moe_mxfp4_mxfp8_expert_s: float | None = _time(
+        "cost per active expert in the MXFP4-expert kernel with MXFP8 activations"
     )
     mxfp4_activations: str | None = Field(
         None,

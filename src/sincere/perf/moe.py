@@ -20,7 +20,9 @@ an iteration's time. Sources and assumptions:
   experts with. Compute: the padded rows' FLOPs plus ``tail_share`` of the busiest
   expert's over the peak × efficiency; memory: the active experts' weights in their
   bytes plus the tokens' activations in and out of the GEMMs and the permutation's over
-  HBM × efficiency; the two combined by the roofline's p-norm, plus a fixed kernel cost.
+  HBM × efficiency, plus a fixed cost per active expert (``expert_s``: a narrow expert's
+  weights do not stream at the rate a wide one's do); the two combined by the roofline's
+  p-norm, plus a fixed kernel cost.
 * **Expert-parallel all-to-all.** Two exchanges per MoE layer (dispatch, combine);
   in each, a GPU sends its ``T / ep`` tokens' ``k`` copies bound to the other
   ``ep - 1`` ranks: ``(T/ep) k h b (ep-1)/ep`` bytes, no de-duplication of copies
@@ -187,9 +189,9 @@ def expert_work(
     gated: bool = True,
     ep: int = 1,
     imbalance: float = 1.0,
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
     """(FLOPs of the padded rows, FLOPs of the busiest expert, weight elements read,
-    activation bytes moved) of one fused-MoE layer on one GPU.
+    activation bytes moved, experts active on this GPU) of one fused-MoE layer on one GPU.
 
     ``routing`` is ``(num_experts, top_k, skew, tile)`` (:func:`routing_load`); each
     expert is ``width`` wide on this GPU (gate and up, or up alone, and down); the GPU
@@ -204,7 +206,7 @@ def expert_work(
     moved = routed * (2 * hidden + up + width) * act_bytes
     moved += permutation_bytes(num_tokens / ep, top_k, hidden, act_bytes)
     flops = 2.0 * per_expert * imbalance * rows / ep
-    return flops, 2.0 * per_expert * busiest, distinct / ep * per_expert, moved
+    return flops, 2.0 * per_expert * busiest, distinct / ep * per_expert, moved, distinct / ep
 
 
 def pnorm(compute: FArray, memory: FArray, p: float) -> FArray:
@@ -218,19 +220,22 @@ def pnorm(compute: FArray, memory: FArray, p: float) -> FArray:
 
 
 def fused_moe_s(
-    work: tuple[FArray, FArray, FArray, FArray],
+    work: tuple[FArray, FArray, FArray, FArray, FArray],
     rates: tuple[float, float],
     weight_bytes: float,
     kernel_s: float,
     tail_share: float,
     p: float,
+    expert_s: float = 0.0,
 ) -> FArray:
     """The fused-MoE kernel's time of each :func:`expert_work` (stacked) at ``rates``
     (FLOP/s and HBM bytes/s reached, efficiencies applied), ``weight_bytes`` a weight:
-    ``kernel_s + pnorm(compute, memory, p)`` (the module docstring)."""
-    flops, tail, weights, acts = work
+    ``kernel_s + pnorm(compute, memory, p)`` (the module docstring), the memory side with
+    ``expert_s`` for each active expert (a small expert's weights do not stream at the
+    rate a large one's do)."""
+    flops, tail, weights, acts, active = work
     peak, hbm = rates
     compute = (flops + tail_share * tail) / peak
-    memory = (weights * weight_bytes + acts) / hbm
+    memory = (weights * weight_bytes + acts) / hbm + expert_s * active
     out: FArray = kernel_s + pnorm(compute, memory, p)
     return out

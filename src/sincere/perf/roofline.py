@@ -76,6 +76,7 @@ _TIMES = (
     "allreduce_eager_floor_s",
     "alltoall_protocol_s",
     "moe_kernel_s",
+    "moe_expert_s",
     "fp8_gemm_kernel_s",
     "nvfp4_gemm_kernel_s",
     "p2p_latency_s",
@@ -151,18 +152,23 @@ class RooflineParams:
     moe_bw_efficiency: float | None = None  # fused-MoE share of HBM (None: bw's)
     moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
     moe_tail_share: float = 0.0  # share of the busiest expert's rows not hidden by the others
+    moe_expert_s: float = 0.0  # fused MoE's memory-side cost per active expert
     moe_fp8_mfu_efficiency: float | None = None  # fp8 experts: share of the fp8 peak (None: bf16's)
     moe_fp8_bw_efficiency: float | None = None  # fp8 experts: share of HBM (None: bf16's)
     moe_fp8_kernel_s: float | None = None  # fp8 experts: fixed cost per layer (None: bf16's)
+    moe_fp8_expert_s: float | None = None  # fp8 experts: cost per active expert
     moe_mxfp4_mfu_efficiency: float | None = None  # MXFP4 experts: share of the bf16 peak
     moe_mxfp4_bw_efficiency: float | None = None  # MXFP4 experts: share of HBM
     moe_mxfp4_kernel_s: float | None = None  # MXFP4 experts: fixed cost per layer
+    moe_mxfp4_expert_s: float | None = None  # MXFP4 experts: cost per active expert
     moe_nvfp4_mfu_efficiency: float | None = None  # NVFP4 experts: share of the fp4 peak
     moe_nvfp4_bw_efficiency: float | None = None  # NVFP4 experts: share of HBM
     moe_nvfp4_kernel_s: float | None = None  # NVFP4 experts: fixed cost per layer
+    moe_nvfp4_expert_s: float | None = None  # NVFP4 experts: cost per active expert
     moe_mxfp4_mxfp8_mfu_efficiency: float | None = None  # MXFP4 x MXFP8 experts: of the fp8 peak
     moe_mxfp4_mxfp8_bw_efficiency: float | None = None  # MXFP4 x MXFP8 experts: share of HBM
     moe_mxfp4_mxfp8_kernel_s: float | None = None  # MXFP4 x MXFP8 experts: fixed cost per layer
+    moe_mxfp4_mxfp8_expert_s: float | None = None  # MXFP4 x MXFP8: cost per active expert
     mxfp4_activations: str = "bf16"  # MXFP4 experts' activations: one of MXFP4_ACTIVATIONS
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
     activation_bytes: float = 2.0  # bytes per activation element (bf16)
@@ -199,7 +205,8 @@ class RooflineParams:
                 allowed=list(MXFP4_ACTIVATIONS),
             )
         kernels = ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s", "moe_nvfp4_kernel_s")
-        for name in (*kernels, "moe_mxfp4_mxfp8_kernel_s"):
+        experts = ("moe_fp8", "moe_mxfp4", "moe_nvfp4", "moe_mxfp4_mxfp8")
+        for name in (*kernels, "moe_mxfp4_mxfp8_kernel_s", *(f"{e}_expert_s" for e in experts)):
             if (value := getattr(self, name)) is not None and value < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0 s", value=value)
         if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
@@ -378,35 +385,43 @@ def quantisation_terms(
 
 def expert_constants(
     params: RooflineParams, precision: str, compute_precision: str
-) -> tuple[float | None, float | None, float, str]:
-    """(share of the peak, share of HBM, fixed cost per layer, precision of the peak) of the
-    fused-MoE kernel for experts stored in ``precision`` and computed in
-    ``compute_precision``: fp8 experts run at the fp8 rate, MXFP4 ones dequantised to bf16
-    (or, with ``mxfp4_activations: mxfp8``, against MXFP8 activations at the fp8 rate) and
-    NVFP4 ones at the fp4 rate, each with its own fitted kernel where the fit has one
-    (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_mxfp4_mxfp8_*``, ``moe_nvfp4_*``); otherwise
-    the bf16 experts' (None: the GEMMs' shares). MXFP8 activations without a fit of their
-    own take the fp8 experts' kernel."""
+) -> tuple[float | None, float | None, float, str, float]:
+    """(share of the peak, share of HBM, fixed cost per layer, precision of the peak, cost
+    per active expert) of the fused-MoE kernel for experts stored in ``precision`` and
+    computed in ``compute_precision``: fp8 experts run at the fp8 rate, MXFP4 ones
+    dequantised to bf16 (or, with ``mxfp4_activations: mxfp8``, against MXFP8 activations
+    at the fp8 rate) and NVFP4 ones at the fp4 rate, each with its own fitted kernel where
+    the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_mxfp4_mxfp8_*``,
+    ``moe_nvfp4_*``); otherwise the bf16 experts' (None: the GEMMs' shares). MXFP8
+    activations without a fit of their own take the fp8 experts' kernel."""
     p = params
+    family = _expert_family(p, precision, compute_precision)
+    if family is None:
+        rate = "fp8" if precision == "mxfp4" and p.mxfp4_activations == "mxfp8" else None
+        bf16 = (p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s)
+        return (*bf16, rate or compute_precision, p.moe_expert_s)
+    name, rate = family
+    mfu, bw = getattr(p, f"{name}_mfu_efficiency"), getattr(p, f"{name}_bw_efficiency")
+    kernel = getattr(p, f"{name}_kernel_s") or 0.0
+    return mfu, bw, kernel, rate, getattr(p, f"{name}_expert_s") or 0.0
+
+
+def _expert_family(
+    p: RooflineParams, precision: str, compute_precision: str
+) -> tuple[str, str] | None:
+    """(the quantised-expert constants' prefix, the precision of their peak) that price
+    experts stored in ``precision``; None: the bf16 experts' constants."""
     if precision == "mxfp4" and p.mxfp4_activations == "mxfp8":
         if p.moe_mxfp4_mxfp8_mfu_efficiency is not None:
-            kernel = p.moe_mxfp4_mxfp8_kernel_s or 0.0
-            mfu, bw = p.moe_mxfp4_mxfp8_mfu_efficiency, p.moe_mxfp4_mxfp8_bw_efficiency
-            return mfu, bw, kernel, "fp8"
-        if p.moe_fp8_mfu_efficiency is not None:
-            kernel = p.moe_fp8_kernel_s or 0.0
-            return p.moe_fp8_mfu_efficiency, p.moe_fp8_bw_efficiency, kernel, "fp8"
-        return p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s, "fp8"
+            return "moe_mxfp4_mxfp8", "fp8"
+        return ("moe_fp8", "fp8") if p.moe_fp8_mfu_efficiency is not None else None
     if compute_precision == "fp8" and p.moe_fp8_mfu_efficiency is not None:
-        kernel = p.moe_fp8_kernel_s or 0.0
-        return p.moe_fp8_mfu_efficiency, p.moe_fp8_bw_efficiency, kernel, compute_precision
+        return "moe_fp8", compute_precision
     if compute_precision == "nvfp4" and p.moe_nvfp4_mfu_efficiency is not None:
-        kernel = p.moe_nvfp4_kernel_s or 0.0
-        return p.moe_nvfp4_mfu_efficiency, p.moe_nvfp4_bw_efficiency, kernel, compute_precision
+        return "moe_nvfp4", compute_precision
     if precision == "mxfp4" and p.moe_mxfp4_mfu_efficiency is not None:
-        kernel = p.moe_mxfp4_kernel_s or 0.0
-        return p.moe_mxfp4_mfu_efficiency, p.moe_mxfp4_bw_efficiency, kernel, compute_precision
-    return p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s, compute_precision
+        return "moe_mxfp4", compute_precision
+    return None
 
 
 def allreduce_terms(params: RooflineParams, gpus: int) -> tuple[float, float]:
