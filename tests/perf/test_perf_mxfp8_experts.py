@@ -3,15 +3,20 @@ FlashInfer / TensorRT-LLM kernel, at the fp8 rate with its own fitted constants.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
+from typer.testing import CliRunner
 
+import sincere.cli.step  # noqa: F401  (registers the command)
 from sincere.catalog import get_accelerator, get_model
+from sincere.cli.app import app
 from sincere.core.errors import ConfigError
 from sincere.perf import Batch, Deployment
 from sincere.perf.arch_step import ArchStep
 from sincere.perf.calibration import default_roofline_params
+from sincere.perf.roofline import MXFP4_ACTIVATIONS as MXFP4
 from sincere.perf.roofline import RooflineParams
 
 B200 = get_accelerator("B200")
@@ -66,3 +71,23 @@ def test_bad_activation_formats_and_gpus_are_refused() -> None:
     params = replace(default_roofline_params(h100), mxfp4_activations="mxfp8")
     with pytest.raises(ConfigError, match="no fp4 tensor cores"):
         ArchStep(Deployment(GPT_OSS, h100, precision="mxfp4", tp=2), params)
+
+
+def test_sincere_step_takes_the_activation_format() -> None:
+    """`sincere step --mxfp4-activations mxfp8` prices GPT-OSS's 8k prefill experts at the fp8
+    rate (below the bf16-activation kernel's, with a note saying so); a bad format names the
+    allowed ones; another step model than the roofline is refused with the option named."""
+    args = ["step", "gpt-oss-120b", "--accelerator", "B200", "--precision", "mxfp4"]
+    args += ["--prefill", "8192", "--json"]
+    runner = CliRunner()
+    runs = {fmt: runner.invoke(app, [*args, "--mxfp4-activations", fmt]) for fmt in MXFP4}
+    assert all(r.exit_code == 0 for r in runs.values()), [r.output for r in runs.values()]
+    parts = {fmt: json.loads(r.output) for fmt, r in runs.items()}
+    assert parts["mxfp8"]["parts"]["experts"] < 0.5 * parts["bf16"]["parts"]["experts"]
+    assert any("MXFP8 activations" in n for n in parts["mxfp8"]["notes"])
+    bad = runner.invoke(app, [*args, "--mxfp4-activations", "fp8"])
+    assert isinstance(bad.exception, ConfigError)
+    assert "mxfp8" in str(bad.exception) and "'fp8'" in str(bad.exception)
+    other = runner.invoke(app, [*args, "--mxfp4-activations", "mxfp8", "--step-model", "inferno"])
+    assert isinstance(other.exception, ConfigError)
+    assert "--mxfp4-activations" in str(other.exception)

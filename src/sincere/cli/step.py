@@ -75,12 +75,14 @@ def _parts_table(parts: StepParts) -> Table:
     return table
 
 
-def precision_notes(dep: Deployment) -> list[str]:
+def precision_notes(dep: Deployment, mxfp4_activations: str | None = None) -> list[str]:
     """What the weight precision means on this accelerator, when it is not run as stored."""
     acc, precision = dep.accelerator, dep.precision
     compute = acc.compute_precision(precision)
     if precision == "fp8" and compute != "fp8":
         return [f"{acc.name} has no fp8 rate: fp8 weights run dequantised, GEMMs at bf16"]
+    if precision == "mxfp4" and mxfp4_activations == "mxfp8" and dep.model.is_moe:
+        return [f"MXFP4 experts multiply MXFP8 activations on {acc.name}: at the fp8 rate"]
     if precision == "mxfp4":
         whose = " of the experts" if dep.model.is_moe else ""
         return [f"MXFP4 weights{whose} are dequantised on {acc.name}: GEMMs at bf16"]
@@ -206,6 +208,13 @@ def step_command(
         str | None,
         typer.Option(help="roofline: price with the kernels of this vLLM release (0.19.0)"),
     ] = None,
+    mxfp4_activations: Annotated[
+        str | None,
+        typer.Option(
+            help="roofline: what MXFP4 experts multiply with: bf16 (vLLM's default) or mxfp8 "
+            "(Blackwell's MXFP4 x MXFP8 kernel)"
+        ),
+    ] = None,
     prefill: Annotated[
         list[str] | None,
         typer.Option(help="a prefill chunk TOKENS[@CACHED] (repeatable)"),
@@ -269,8 +278,17 @@ def step_command(
     )
     batch = Batch.of(prefill=chunks, decode=[ctx for n, ctx in decodes for _ in range(n)])
     check_step_fits(dep, batch)
-    notes = precision_notes(dep)
-    inline = {} if vllm_version is None else {"vllm_version": vllm_version}
+    notes = precision_notes(dep, mxfp4_activations)
+    inline: dict[str, object] = {} if vllm_version is None else {"vllm_version": vllm_version}
+    if mxfp4_activations is not None:
+        if step_model != "roofline":
+            raise ConfigError(
+                "--mxfp4-activations prices the roofline's expert kernels",
+                value=step_model,
+                allowed=["roofline"],
+                where="--step-model",
+            )
+        inline["mxfp4_activations"] = mxfp4_activations
     built = StepModelConfig(kind=step_model, params=inline, params_file=params).build(dep)
     execution = execution_params(preset, {})
     built = with_execution(built, execution, max_num_seqs)
