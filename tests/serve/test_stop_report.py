@@ -55,3 +55,48 @@ def test_a_prompt_stop_writes_no_report() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
     assert "most recent call first" not in done.stderr
+
+
+SIGTERM_IN_A_TRANSPORT_CALLBACK = textwrap.dedent(
+    """
+    import asyncio, os, signal
+    from sincere.serve.gateway import server
+
+    server.STOP_REPORT_S = 30.0
+    server.stop_on_sigterm()
+
+    class PeerGone(asyncio.Protocol):
+        def eof_received(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs inside this callback
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(PeerGone, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write_eof()
+        await asyncio.sleep(3.0)
+        print("still serving", flush=True)
+
+    try:
+        server.run_on_fast_loop(main())
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    """
+)
+
+
+def test_sigterm_landing_in_a_transport_callback_still_stops_the_loop() -> None:
+    """A SIGTERM whose handler runs inside a connection's callback (a peer's EOF) stops the
+    server: raised there, uvloop took the interrupt for that connection's error and ran on
+    (a gateway of the fleet tests then did not stop in 20 s). Runs on the process's fast
+    loop (uvloop with the ``fast`` extra), as the gateway does."""
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_A_TRANSPORT_CALLBACK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.stdout.strip() == "stopped", (done.stdout, done.stderr)

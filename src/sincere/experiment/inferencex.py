@@ -115,7 +115,6 @@ step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
 SM100 unless overridden (its model config's MXFP4 rule). SGLang's choice is not known here:
 its points keep bf16 activations, vLLM's default."""
 PROMPTS_PER_CLIENT = 10
-MAX_PROMPTS = 4096
 RANGE_RATIO = 0.8
 
 
@@ -153,9 +152,9 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
 
 
 def benchmark_prompts(clients: int) -> int:
-    """Requests of a point's run: InferenceX's ``10 C`` prompts, at most :data:`MAX_PROMPTS`
-    (or ``2 C`` when that is more, so that every client sends twice)."""
-    return min(PROMPTS_PER_CLIENT * clients, max(MAX_PROMPTS, 2 * clients))
+    """Requests of a point's run: InferenceX's ``10 C`` prompts (its scripts' ``--num-prompts
+    $((CONC * 10))``), at any concurrency."""
+    return PROMPTS_PER_CLIENT * clients
 
 
 @dataclass(frozen=True)

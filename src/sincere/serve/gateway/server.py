@@ -426,7 +426,20 @@ def stop_on_sigterm() -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """Stop as Ctrl-C does. With an event loop running, the interrupt is raised from a
+    callback of its own, not from wherever the signal lands: landing inside a transport's
+    callback (a peer's EOF, say), uvloop reports the exception as that connection's error
+    and runs on, so a stop was lost and the process kept serving until killed."""
     faulthandler.dump_traceback_later(STOP_REPORT_S, exit=False)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise KeyboardInterrupt(f"signal {signum}") from None
+    loop.call_soon_threadsafe(_raise_interrupt, signum)
+
+
+def _raise_interrupt(signum: int) -> None:
+    """A loop callback that stops the loop the way Ctrl-C does (both loops re-raise it)."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 
