@@ -346,44 +346,36 @@ def test_fit_recovers_synthetic_fp8_and_mxfp4_experts() -> None:
         fit_quant_moe("moe_fp8", no_quant, H100, bf16, Path("/synthetic"))
 
 
-def test_fit_recovers_synthetic_nvfp4_experts_at_the_fp4_peak() -> None:
-    """NVFP4 experts made at B200's fp4 peak with 0.5625-byte weights from known constants fit
-    back to them; the bf16 rows beside them are not taken."""
-    cols = _moe_rows(["nvfp4", "bfloat16"])
-    probe = _table("moe", latency=np.ones(112), **cols)
-    keep = cols["moe_dtype"] == "nvfp4"
-    peak, hbm = B200.peak_tflops("nvfp4") * 1e12, B200.hbm_bandwidth_gbps * 1e9
-    x = np.array([0.4, 0.7, 25e-6, 0.1])
-    latency = np.full(112, 1.0)
-    latency[keep] = 1e3 * moe_predict(moe_features(probe.where(keep)), x, peak, hbm, 0.5625, 2.5)
-    table = _table("moe", latency=latency, **cols)
-    bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
-    fam = fit_quant_moe("moe_nvfp4", table, B200, bf16, Path("/synthetic"))
-    assert fam.rows == 56 and fam.notes[0] == "nvfp4 experts"
-    assert fam.params["moe_nvfp4_mfu_efficiency"] == pytest.approx(0.4, rel=0.02)
-    assert fam.params["moe_nvfp4_bw_efficiency"] == pytest.approx(0.7, rel=0.02)
-    assert fam.params["moe_nvfp4_kernel_s"] == pytest.approx(25e-6, rel=0.05)
+BLACKWELL_EXPERTS = [
+    # family, its rows' dtype, the other dtype beside them, the peak's precision, weight bytes
+    ("moe_nvfp4", "nvfp4", "bfloat16", "nvfp4", 0.5625),
+    ("moe_mxfp4_mxfp8", "w4a8_mxfp4_mxfp8", "w4a16_mxfp4", "fp8", 0.53125),
+]
 
 
-def test_fit_recovers_synthetic_mxfp4_experts_with_mxfp8_activations() -> None:
-    """MXFP4 x MXFP8 experts made at B200's fp8 peak with 4.25-bit weights and 0.3 us per
-    active expert fit back to their constants; the bf16-activation MXFP4 rows beside them
-    are not taken."""
-    cols = _moe_rows(["w4a8_mxfp4_mxfp8", "w4a16_mxfp4"])
+@pytest.mark.parametrize(("name", "dtype", "beside", "rate", "wbytes"), BLACKWELL_EXPERTS)
+def test_fit_recovers_synthetic_blackwell_experts(
+    name: str, dtype: str, beside: str, rate: str, wbytes: float
+) -> None:
+    """NVFP4 experts at B200's fp4 peak with 4.5-bit weights, and MXFP4 experts against MXFP8
+    activations at its fp8 peak with 4.25-bit weights, made from known constants (0.3 us per
+    active expert among them) fit back to them; the rows of the other dtype beside them are
+    not taken."""
+    cols = _moe_rows([dtype, beside])
     probe = _table("moe", latency=np.ones(112), **cols)
-    keep = cols["moe_dtype"] == "w4a8_mxfp4_mxfp8"
-    peak, hbm = B200.peak_tflops("fp8") * 1e12, B200.hbm_bandwidth_gbps * 1e9
-    x = np.array([0.5, 0.6, 30e-6, 0.1, 0.3e-6])
+    keep = cols["moe_dtype"] == dtype
+    peak, hbm = B200.peak_tflops(rate) * 1e12, B200.hbm_bandwidth_gbps * 1e9
+    truth = {"mfu_efficiency": 0.45, "bw_efficiency": 0.65, "kernel_s": 25e-6, "expert_s": 0.3e-6}
+    x = np.array([truth["mfu_efficiency"], truth["bw_efficiency"], truth["kernel_s"], 0.1])
+    x = np.append(x, truth["expert_s"])
     latency = np.full(112, 1.0)
-    latency[keep] = 1e3 * moe_predict(moe_features(probe.where(keep)), x, peak, hbm, 0.53125, 2.5)
+    latency[keep] = 1e3 * moe_predict(moe_features(probe.where(keep)), x, peak, hbm, wbytes, 2.5)
     table = _table("moe", latency=latency, **cols)
     bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
-    fam = fit_quant_moe("moe_mxfp4_mxfp8", table, B200, bf16, Path("/synthetic"))
-    assert fam.rows == 56 and fam.notes[0] == "w4a8_mxfp4_mxfp8 experts"
-    assert fam.params["moe_mxfp4_mxfp8_mfu_efficiency"] == pytest.approx(0.5, rel=0.02)
-    assert fam.params["moe_mxfp4_mxfp8_bw_efficiency"] == pytest.approx(0.6, rel=0.02)
-    assert fam.params["moe_mxfp4_mxfp8_kernel_s"] == pytest.approx(30e-6, rel=0.05)
-    assert fam.params["moe_mxfp4_mxfp8_expert_s"] == pytest.approx(0.3e-6, rel=0.05)
+    fam = fit_quant_moe(name, table, B200, bf16, Path("/synthetic"))
+    assert fam.rows == 56 and fam.notes[0] == f"{dtype} experts"
+    for constant, value in truth.items():
+        assert fam.params[f"{name}_{constant}"] == pytest.approx(value, rel=0.05), constant
 
 
 def test_fp8_and_mxfp4_experts_take_their_own_kernel_constants() -> None:

@@ -30,8 +30,8 @@ HANGING_STOP = textwrap.dedent(
 )
 
 
-def _stop(report_s: float, stop_s: float) -> subprocess.CompletedProcess[str]:
-    code = HANGING_STOP.format(report_s=report_s, stop_s=stop_s)
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a Python process of its own (its signal handlers and faulthandler apart)."""
     return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -40,6 +40,10 @@ def _stop(report_s: float, stop_s: float) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
     )
+
+
+def _stop(report_s: float, stop_s: float) -> subprocess.CompletedProcess[str]:
+    return _run(HANGING_STOP.format(report_s=report_s, stop_s=stop_s))
 
 
 def test_a_stop_running_past_the_report_time_writes_where_it_waits() -> None:
@@ -91,12 +95,5 @@ def test_sigterm_landing_in_a_transport_callback_still_stops_the_loop() -> None:
     server: raised there, uvloop took the interrupt for that connection's error and ran on
     (a gateway of the fleet tests then did not stop in 20 s). Runs on the process's fast
     loop (uvloop with the ``fast`` extra), as the gateway does."""
-    done = subprocess.run(
-        [sys.executable, "-c", SIGTERM_IN_A_TRANSPORT_CALLBACK],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
-    )
+    done = _run(SIGTERM_IN_A_TRANSPORT_CALLBACK)
     assert done.stdout.strip() == "stopped", (done.stdout, done.stderr)
