@@ -141,8 +141,9 @@ def _reference_choice(
 @pytest.mark.parametrize("seed", range(4))
 def test_prefix_aware_chooses_as_the_key_by_key_reference(seed: int) -> None:
     """Routing random prompts with shared prefixes over 70 candidates of random loads (in
-    a random order each time), the router picks the reference's instance at every arrival
-    and reports every candidate's key-by-key match in its estimates."""
+    a random order each time), the router picks the reference's instance at every arrival,
+    reports every candidate's key-by-key match in its estimates and says why (the match
+    and load chosen; how many candidates with a longer match it passed over the gap)."""
     rng = np.random.default_rng(200 + seed)
     ids = [[int(x) for x in rng.integers(0, 4, size=int(rng.integers(1, 12)))] for _ in range(60)]
     names = [f"i{k}" for k in range(70)]
@@ -159,8 +160,15 @@ def test_prefix_aware_chooses_as_the_key_by_key_reference(seed: int) -> None:
             for name, x in zip(order, loads, strict=True)
         ]
         keys = chain_keys(blocks)
-        expected = order[_reference_choice(model, order, loads, keys, 2.0)]
+        best = _reference_choice(model, order, loads, keys, 2.0)
+        expected = order[best]
         decision = router.choose(request, views, 0.0)
         assert decision.instance == expected
         assert decision.estimates == tuple((m, 16.0 * model.matched(m, keys)) for m in order)
+        matched = [16 * model.matched(m, keys) for m in order]
+        reason = f"prefix {matched[best]}/{16 * len(keys)} tokens, outstanding={loads[best]}"
+        if max(matched) > matched[best]:
+            over = sum(x > min(loads) + 2 for x in loads)
+            reason += f"; {over} candidate(s) with a longer prefix over the load gap"
+        assert decision.reason == reason
         model.add(expected, keys, 16)

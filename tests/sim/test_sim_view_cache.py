@@ -110,3 +110,46 @@ def test_a_router_that_reads_load_is_not_load_blind() -> None:
     """Routers that compare engine load, and any decision log, keep full views."""
     assert not _cluster("join-shortest-queue", 10).shortcuts.load_blind
     assert not _cluster("latency-optimal", 10).shortcuts.load_blind
+
+
+def _sessions_cluster(router: dict[str, Any], probes: tuple[Reads, ...] = ()) -> Cluster:
+    """Multi-turn sessions with shared system prompts on four H100s, prefix caching on."""
+    raw: dict[str, Any] = {
+        "seed": 3,
+        "workload": {
+            "num_requests": 800,
+            "arrival": {"kind": "poisson", "rate": 6.0},
+            "lengths": {
+                "prompt": {"kind": "uniform", "low": 20, "high": 400},
+                "output": {"kind": "uniform", "low": 20, "high": 300},
+            },
+            "sessions": {"max_turns": 6, "think_s": 5.0, "system_prompt_tokens": 1000,
+                         "num_system_prompts": 8, "block_tokens": 16},
+            "models": {"llama-3-8b": 1.0},
+        },
+        "instances": [{"model": "llama-3-8b", "accelerator": "H100-SXM", "count": 4,
+                       "engine": {"kind": "continuous", "enable_prefix_caching": True}}],
+        "router": router,
+    }  # fmt: skip
+    cfg = load_config(raw)
+    reqs = canonical_requests(generate(cfg.workload, cfg.seed, base_dir=base_dir_of(cfg)))
+    return build_cluster(cfg, reqs, probes=probes)
+
+
+def test_prefix_aware_by_outstanding_is_load_blind_with_the_same_run() -> None:
+    """Prefix-aware comparing outstanding counts reads no engine load: its run is load-blind
+    (engines paced by sums, not iteration by iteration) and its records are those of the
+    run whose views show every engine's load; by requests it reads the load."""
+    router = {"name": "prefix-aware", "params": {"max_load_gap": 2}}
+    blind = _sessions_cluster(router)
+    full = _sessions_cluster(router, probes=(READS_LOAD,))
+    assert blind.shortcuts.load_blind and blind.shortcuts.engine_pacing == "summed"
+    assert not full.shortcuts.load_blind and full.shortcuts.engine_pacing == "exact"
+    log_blind, log_full = run_events(blind), run_events(full)
+    for col in (*RECORD_COLUMNS, "cached_tokens"):
+        np.testing.assert_array_equal(getattr(blind.records, col), getattr(full.records, col))
+    assert log_blind == log_full
+    assert len(set(blind.records.instance.tolist())) == 4
+    assert blind.records.cached_tokens.sum() > 0  # prefixes were matched and reused
+    by_requests = {"name": "prefix-aware", "params": {"metric": "requests"}}
+    assert not _sessions_cluster(by_requests).shortcuts.load_blind

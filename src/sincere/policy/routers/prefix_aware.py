@@ -39,11 +39,13 @@ from pydantic import Field
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
 
 _ID = attrgetter("id")
+_OUTSTANDING = attrgetter("num_outstanding")
 
 
 class PrefixAwareParams(PrefixIndexParams):
@@ -75,32 +77,47 @@ class PrefixAwareRouter(LoadMetricRouter):
         self.max_load_gap = p.max_load_gap
         self.min_match_tokens = p.min_match_tokens
 
+    @property
+    def reads(self) -> Reads:
+        """Engine load unless the metric is ``outstanding`` (the driver's own count: the
+        prefix index is the router's own record of what it sent); token counts when it is
+        ``tokens``."""
+        return Reads(
+            load=self.metric != "outstanding",
+            tokens=self.metric == "tokens",
+            outcomes=self.learns_from_outcomes,
+        )
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
         """The candidate with the longest matched prefix within the load gap; see the module."""
         keys = prompt_keys(request, self.max_prefix_blocks)
-        used, load, note = self.load_measure(candidates)
+        if self.metric == "outstanding":  # always known: no fallback, no call per view
+            used, note = "outstanding", ""
+            loads: list[float] = list(map(_OUTSTANDING, candidates))
+        else:
+            used, load, note = self.load_measure(candidates)
+            loads = list(map(load, candidates))
         ids = list(map(_ID, candidates))
-        loads = list(map(load, candidates))
         least = min(loads)
         scores = self.index.score_each(ids, keys)
-        matched = [score * request.block_tokens for score in scores]
-        if max(matched) < self.min_match_tokens:
-            matched = [0] * len(candidates)
-        if not any(matched):
-            best = loads.index(least)  # no match: the least loaded, the earliest of equals
+        block_tokens = request.block_tokens
+        top = max(scores) * block_tokens  # the longest match (max of the products below)
+        if not top or top < self.min_match_tokens:  # no match: the least loaded, the earliest
+            best = loads.index(least)
+            matched: list[int] | list[float] = [0] * len(candidates)
         else:
+            matched = [score * block_tokens for score in scores]
             limit = least + self.max_load_gap
             best = _longest_then_least(
                 [k for k, x in enumerate(loads) if x <= limit], matched, loads
             )
         choice = candidates[best]
-        self.index.add(choice.id, keys, request.block_tokens)
-        yielded = max(matched) > matched[best]
-        reason = f"prefix {matched[best]}/{len(keys) * request.block_tokens} tokens, "
+        self.index.add(choice.id, keys, block_tokens)
+        reason = f"prefix {matched[best]}/{len(keys) * block_tokens} tokens, "
         reason += f"{used}={loads[best]:g}"
-        if yielded:
+        if top >= self.min_match_tokens and top > matched[best]:  # yielded to load
             overloaded = sum(x > least + self.max_load_gap for x in loads)
             reason += f"; {overloaded} candidate(s) with a longer prefix over the load gap"
         estimates = tuple(zip(ids, map(float, matched), strict=True))
