@@ -275,8 +275,12 @@ class _Recorder(Router):
 
 
 def _two_by_two(requests: RequestArrays, decode_memory: float = 0.9) -> tuple[Any, Any, Any]:
-    """A 2P2D run whose two phase routers are recorders: (result records, prefill, decode)."""
-    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": 50.0})
+    """A 2P2D run whose two phase routers are recorders: (result records, prefill, decode).
+    The recorders replace the configured routers after the run's shortcuts are planned, so
+    the prefill router configured is one that reads engine load (the default two read
+    none, and the recorders would then see load-blind views)."""
+    link = {"kind": "rdma", "bandwidth_gbps": 50.0}
+    cfg = pd_config(link, prefill_router={"name": "join-shortest-queue"})
     cfg["instances"] = [
         instance("prefill", "p", count=2),
         instance("decode", "d", count=2,
