@@ -81,7 +81,9 @@ RECORD_COLUMNS = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("router", ["round-robin", "least-outstanding", "random"])
+@pytest.mark.parametrize(
+    "router", ["round-robin", "least-outstanding", "random", "relevance-optimal"]
+)
 def test_load_blind_views_give_the_same_run_as_full_ones(router: str) -> None:
     """A router that reads no engine load gets load-unknown views; records are identical."""
     blind = _cluster(router, 1500)
@@ -110,6 +112,7 @@ def test_a_router_that_reads_load_is_not_load_blind() -> None:
     """Routers that compare engine load, and any decision log, keep full views."""
     assert not _cluster("join-shortest-queue", 10).shortcuts.load_blind
     assert not _cluster("latency-optimal", 10).shortcuts.load_blind
+    assert not _cluster("session-affinity", 10).shortcuts.load_blind  # a bound one's KV usage
 
 
 def _sessions_cluster(router: dict[str, Any], probes: tuple[Reads, ...] = ()) -> Cluster:

@@ -88,8 +88,14 @@ class LoadMetricRouter(Router):
 
     @property
     def reads(self) -> Reads:
-        """Engine load; token counts when the metric is ``tokens``."""
-        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
+        """Engine load unless the metric is ``outstanding`` (the driver's own count, which
+        every view carries); token counts when it is ``tokens``. A router that reads more
+        of the views (a KV usage, say) says so in its own declaration."""
+        return Reads(
+            load=self.metric != "outstanding",
+            tokens=self.metric == "tokens",
+            outcomes=self.learns_from_outcomes,
+        )
 
     def load_measure(
         self, views: Sequence[InstanceView]

@@ -187,16 +187,6 @@ class PowerOfTwoRouter(LoadMetricRouter):
         super().__init__(rng, p.metric)
         self.num_choices = p.num_choices
 
-    @property
-    def reads(self) -> Reads:
-        """Engine load unless the metric is ``outstanding`` (the driver's own count); token
-        counts when it is ``tokens``."""
-        return Reads(
-            load=self.metric != "outstanding",
-            tokens=self.metric == "tokens",
-            outcomes=self.learns_from_outcomes,
-        )
-
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:

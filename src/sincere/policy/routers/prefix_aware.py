@@ -39,7 +39,6 @@ from pydantic import Field
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.reads import Reads
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
@@ -76,17 +75,6 @@ class PrefixAwareRouter(LoadMetricRouter):
         self.max_prefix_blocks = p.max_prefix_blocks
         self.max_load_gap = p.max_load_gap
         self.min_match_tokens = p.min_match_tokens
-
-    @property
-    def reads(self) -> Reads:
-        """Engine load unless the metric is ``outstanding`` (the driver's own count: the
-        prefix index is the router's own record of what it sent); token counts when it is
-        ``tokens``."""
-        return Reads(
-            load=self.metric != "outstanding",
-            tokens=self.metric == "tokens",
-            outcomes=self.learns_from_outcomes,
-        )
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds

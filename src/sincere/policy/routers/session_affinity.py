@@ -26,6 +26,7 @@ from pydantic import Field
 from sincere.core.params import Params, params_from
 from sincere.core.request import Request
 from sincere.core.types import InstanceId, Seconds
+from sincere.policy.reads import Reads
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, utilisation
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 
@@ -65,6 +66,12 @@ class SessionAffinityRouter(LoadMetricRouter):
         self.max_load_gap = p.max_load_gap
         self.max_sessions = p.max_sessions
         self._bound: OrderedDict[str, InstanceId] = OrderedDict()
+
+    @property
+    def reads(self) -> Reads:
+        """Engine load whatever the metric (a bound instance's KV usage decides whether it
+        is saturated); token counts when the metric is ``tokens``."""
+        return Reads(tokens=self.metric == "tokens", outcomes=self.learns_from_outcomes)
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
