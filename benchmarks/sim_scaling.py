@@ -22,6 +22,10 @@ ratio, and each tree's CPU time over its own 1-instance cell of the same repetit
 
     SINCERE_NATIVE=0 .venv/bin/python benchmarks/sim_scaling.py --sizes 100000 \
         --instances 1 64 --router least-outstanding --repeat 2 --paired /tmp/before/src
+
+Compiled, each tree with its own build (``PYTHONPATH=/tmp/before/src
+SINCERE_NATIVE_DIR=/tmp/before-native sincere native build``), ``--paired-native-dir
+/tmp/before-native``.
 """
 
 from __future__ import annotations
@@ -59,10 +63,15 @@ def config(num_instances: int, num_requests: int, router: str) -> dict[str, Any]
     return cfg
 
 
-def run_once(path: Path, out: Path, src: str | None = None) -> tuple[float, float]:
+def run_once(
+    path: Path, out: Path, src: str | None = None, native_dir: str | None = None
+) -> tuple[float, float]:
     """Wall and CPU seconds (user + system) of one ``sincere simulate`` process
-    (``src``: the sources it imports, put first on ``PYTHONPATH``)."""
+    (``src``: the sources it imports, put first on ``PYTHONPATH``; ``native_dir``: where
+    its compiled modules are, ``SINCERE_NATIVE_DIR``)."""
     env = None if src is None else {**os.environ, "PYTHONPATH": src}
+    if native_dir is not None:
+        env = {**(env or os.environ), "SINCERE_NATIVE_DIR": native_dir}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     command = [str(SINCERE), "simulate", str(path), "--out", str(out), "--quiet"]
@@ -81,6 +90,9 @@ def main() -> None:
     parser.add_argument("--router", default="round-robin")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median)")
     parser.add_argument("--paired", default=None, help="another tree's src, run in turn")
+    parser.add_argument(
+        "--paired-native-dir", default=None, help="the other tree's compiled modules"
+    )
     args = parser.parse_args()
     if args.paired is not None:
         paired(args)
@@ -127,16 +139,18 @@ def paired(args: argparse.Namespace) -> None:
         tmp_dir = Path(tmp)
         warm = tmp_dir / "warm.yaml"
         warm.write_text(yaml.safe_dump(config(1, 1_000, args.router)))
+        other = args.paired_native_dir
         run_once(warm, tmp_dir / "warm", this)
-        run_once(warm, tmp_dir / "warm", args.paired)
+        run_once(warm, tmp_dir / "warm", args.paired, other)
         for rep in range(max(1, args.repeat)):
             for size in sizes:
                 base: dict[str, float] = {}
                 for count in args.instances:
                     path = tmp_dir / f"c{count}_{size}.yaml"
                     path.write_text(yaml.safe_dump(config(count, size, args.router)))
-                    cpu = {tree: run_once(path, tmp_dir / "out", src)[1]
-                           for tree, src in (("this", this), ("other", args.paired))}  # fmt: skip
+                    cpu = {tree: run_once(path, tmp_dir / "out", src, native)[1]
+                           for tree, src, native in (("this", this, None),
+                                                     ("other", args.paired, other))}  # fmt: skip
                     base = base or cpu
                     row = {"rep": rep + 1, "instances": count, "requests": size}
                     for tree in ("this", "other"):
