@@ -62,6 +62,32 @@ def test_the_count_gives_the_position_choose_gives(
         assert by_views.rng.bit_generator.state == by_count.rng.bit_generator.state
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 6), min_size=2, max_size=70),
+    gap=st.sampled_from([0.0, 1.0, 4.0]),
+    min_match=st.sampled_from([0, 32]),
+)
+def test_prefix_aware_by_count_for_requests_without_content(
+    counts: list[int], gap: float, min_match: int
+) -> None:
+    """Requests without block ids: prefix-aware by outstanding answers from the counts as
+    ``choose`` does over views (whatever its gap and minimum match), its index untouched;
+    with content, or by another metric, it chooses by the views."""
+    views = _views(counts, [0] * len(counts), [0] * len(counts))
+    params = {"max_load_gap": gap, "min_match_tokens": min_match}
+    by_views = make_router("prefix-aware", np.random.default_rng(0), **params)
+    by_count = make_router("prefix-aware", np.random.default_rng(0), **params)
+    assert by_count.counts_by is None and by_count.counts_by_without_content == "outstanding"
+    for _ in range(3):
+        assert (
+            views[by_count.choose_by_count(counts)].id == by_views.choose(REQ, views, 0.0).instance
+        )
+    assert by_views.index.size(views[0].id) == 0
+    rng = np.random.default_rng(0)
+    assert make_router("prefix-aware", rng, metric="requests").counts_by_without_content is None
+
+
 def test_routers_that_read_more_than_a_count_say_none() -> None:
     """Tokens, predictions, prices, sessions, oblivious routers: no count to choose by."""
     keyed = {(name, str(params)) for name, params, _ in BY_COUNT}

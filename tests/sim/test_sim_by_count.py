@@ -26,6 +26,7 @@ ROUTERS = [
     ({"name": "power-of-two", "params": {"num_choices": 3}}, "outstanding"),
     ({"name": "join-shortest-queue"}, "requests"),
     ({"name": "power-of-two", "params": {"metric": "requests"}}, "requests"),
+    ({"name": "prefix-aware"}, "outstanding"),  # (no block ids in these workloads)
 ]
 RECORD_COLUMNS = (
     "instance", "first_scheduled_at", "first_token_at", "finished_at", "output_tokens",

@@ -160,6 +160,12 @@ class FrontDoor:
         which reads more, or a router that does."""
         return None if self.admission is not None else self.router.counts_by
 
+    @property
+    def counts_by_without_content(self) -> CountKey | None:
+        """:attr:`counts_by` for requests that carry no prompt content (no block ids:
+        :attr:`~sincere.policy.router_base.Router.counts_by_without_content`)."""
+        return None if self.admission is not None else self.router.counts_by_without_content
+
     def place_by_count(self, counts: Sequence[int]) -> int | None:
         """The position :meth:`decide` would route a request without budget to among open
         candidates (healthy, no in-flight cap) whose :attr:`counts_by` values are

@@ -199,15 +199,30 @@ class Router(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not choose by a count")
 
     @property
+    def count_key_without_content(self) -> CountKey | None:
+        """:attr:`count_key` for requests that carry no prompt content (no block ids):
+        a router that reads the content otherwise (a prefix router) may compare loads
+        alone without it. The default: :attr:`count_key`."""
+        return self.count_key
+
+    @property
     def counts_by(self) -> CountKey | None:
         """:attr:`count_key`, when the class that defines :meth:`choose` also defines
         :meth:`choose_by_count` (a subclass that overrides only ``choose`` chooses by the
         views again); else ``None``."""
+        return self.count_key if self._chooses_by_count() else None
+
+    @property
+    def counts_by_without_content(self) -> CountKey | None:
+        """:attr:`counts_by` for requests without prompt content
+        (:attr:`count_key_without_content`)."""
+        return self.count_key_without_content if self._chooses_by_count() else None
+
+    def _chooses_by_count(self) -> bool:
+        """Whether the class that defines :meth:`choose` also defines :meth:`choose_by_count`."""
         cls = type(self)
         by = next(c for c in cls.__mro__ if "choose_by_count" in c.__dict__)
-        if by is Router or by.__dict__.get("choose") is not cls.choose:
-            return None
-        return self.count_key
+        return by is not Router and by.__dict__.get("choose") is cls.choose
 
     @property
     def reads(self) -> Reads:

@@ -79,7 +79,7 @@ from sincere.engine.instance import InstanceInfo
 from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, Reject, Route
 from sincere.policy.reads import Reads
-from sincere.policy.router_base import InstanceView, Outcome
+from sincere.policy.router_base import CountKey, InstanceView, Outcome
 from sincere.sim.engine_views import EngineViews
 from sincere.sim.plan import Facts, Shortcuts, plan_shortcuts
 
@@ -193,7 +193,7 @@ class Cluster:
             all_open=all(info.max_in_flight is None for info in self.infos),
             holds_back=any(engine.holds_back for engine in self.engines),
             closed=self.closed is not None,
-            door_counts_by=None if door is None else door.counts_by,
+            door_counts_by=_counts_by(door, bool(self.requests.block_ids)),
         )
         return plan_shortcuts(
             facts,
@@ -388,6 +388,14 @@ class Cluster:
     def _outcome(self, i: int, e: int, request: Request) -> Outcome:
         arrival = float(self.requests.arrival_at[i])
         return Outcome.of_record(self.records, i, request, self.infos[e].id, arrival)
+
+
+def _counts_by(door: FrontDoor | None, content: bool) -> CountKey | None:
+    """The count ``door`` can place the run's requests by (``content``: some carry block
+    ids; without, a prefix router compares loads alone)."""
+    if door is None:
+        return None
+    return door.counts_by if content else door.counts_by_without_content
 
 
 def _seen(value: int | None) -> int:

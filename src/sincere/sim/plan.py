@@ -23,8 +23,9 @@ gets none of them.
 * ``apart`` -- every answer is oblivious and nothing observes, holds back or loops
   closed: the trace is routed first, then each engine runs alone;
 * ``by_count`` -- the front door can place a request from one count per candidate
-  alone (``"outstanding"``: ``least-outstanding``, ``power-of-two`` by outstanding;
-  ``"requests"``, waiting plus running: ``join-shortest-queue`` by requests; no
+  alone (``"outstanding"``: ``least-outstanding``, ``power-of-two`` by outstanding, and
+  ``prefix-aware`` by outstanding when no request carries block ids; ``"requests"``,
+  waiting plus running: ``join-shortest-queue`` by requests; no
   admission), and nothing else is read or recorded at a decision (``passthrough``,
   ``all_open``, no outcomes, no exact tokens): an arrival is routed from the cluster's
   list of those counts, with no request object and no view (``None``: by the views);

@@ -39,7 +39,7 @@ from pydantic import Field
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision
+from sincere.policy.router_base import ROUTERS, CountKey, InstanceView, RouteDecision
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
 
@@ -75,6 +75,17 @@ class PrefixAwareRouter(LoadMetricRouter):
         self.max_prefix_blocks = p.max_prefix_blocks
         self.max_load_gap = p.max_load_gap
         self.min_match_tokens = p.min_match_tokens
+
+    @property
+    def count_key_without_content(self) -> CountKey | None:
+        """By outstanding, a request without block ids matches nowhere and goes to the least
+        outstanding, the earliest of equals: its count alone decides."""
+        return "outstanding" if self.metric == "outstanding" else None
+
+    def choose_by_count(self, counts: Sequence[int]) -> int:
+        """:meth:`choose` for a request without block ids, by outstanding counts (no key
+        touches the index)."""
+        return counts.index(min(counts))
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
