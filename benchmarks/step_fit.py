@@ -294,7 +294,6 @@ def mean_params(docs: list[dict]) -> dict:  # type: ignore[type-arg]
 
 def kernel_checks(database: Path) -> None:
     """Per GPU and family: the fit's own error, leave-one-GPU-out, leave-one-shape-out."""
-    from sincere.fit.kernel_tables import read_table
     from sincere.fit.kernels import (
         COLUMNS,
         FAMILY_TABLES,
@@ -303,6 +302,7 @@ def kernel_checks(database: Path) -> None:
         fit_kernels,
         predict_family,
     )
+    from sincere.perf.kernel_tables import read_table
 
     fits, tables = {}, {}
     for acc_name, folder in KERNEL_GPUS:
@@ -436,8 +436,8 @@ def held_out_allreduce(others: list[dict], counts: list[int]) -> dict:  # type: 
 def link_checks(database: Path) -> None:
     """The all-reduce leave-one-GPU-out, from every other GPU and from those of its own link
     kind only (NVLink or PCIe): does a per-interconnect transfer carry?"""
-    from sincere.fit.kernel_tables import read_table
     from sincere.fit.kernels import COLUMNS, family_rows, fit_allreduce, predict_family
+    from sincere.perf.kernel_tables import read_table
 
     fits = {}
     for acc_name, folder in KERNEL_GPUS:
@@ -462,8 +462,8 @@ def link_checks(database: Path) -> None:
 
 def read_release(folder: Path, name: str, version: str):  # type: ignore[no-untyped-def]
     """Table ``name`` of one vLLM release."""
-    from sincere.fit.kernel_tables import read_table
     from sincere.fit.kernels import COLUMNS
+    from sincere.perf.kernel_tables import read_table
 
     return read_table(folder, name, COLUMNS[name], version)
 

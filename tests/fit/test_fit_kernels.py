@@ -15,7 +15,6 @@ import sincere.cli.fit  # noqa: F401  (registers the command)
 from sincere.catalog import get_accelerator, get_model
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
-from sincere.fit.kernel_tables import KernelTable, find_table, gpu_folder, read_table
 from sincere.fit.kernels import (
     COLUMNS,
     FAMILY_TABLES,
@@ -38,6 +37,7 @@ from sincere.fit.kernels import (
 from sincere.perf import Batch, Deployment, Roofline
 from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.calibration import default_roofline_params, kernel_fits
+from sincere.perf.kernel_tables import KernelTable, find_table, gpu_folder, read_table
 from sincere.perf.roofline import RooflineParams, allreduce_terms
 
 runner = CliRunner()

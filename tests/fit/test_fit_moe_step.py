@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from sincere.catalog import get_accelerator, get_model
-from sincere.fit.kernel_tables import KernelTable
 from sincere.fit.kernels import predict_family
 from sincere.perf import Batch, Deployment
 from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.calibration import default_roofline_params
+from sincere.perf.kernel_tables import KernelTable
 
 KERNELS = Path(__file__).resolve().parents[2] / "src/sincere/data/perf/kernels"
 FAMILY_CASES = {
@@ -94,8 +94,8 @@ def test_a_steps_experts_reproduce_the_measured_rows_of_its_layer() -> None:
     measured row's token count and routing (balanced as uniform, power law as its Zipf
     skew), reproduces vLLM's fused-MoE rows of that shape within the fit's reported mean
     error (14.6 % over every shape; 8 % at this one)."""
-    from sincere.fit.kernel_tables import read_table
     from sincere.fit.kernels import COLUMNS, family_rows, skew_of
+    from sincere.perf.kernel_tables import read_table
 
     doc = yaml.safe_load((KERNELS / "B200.yaml").read_text())
     table = read_table(DATABASE / "b200_sxm", "moe", COLUMNS["moe"])

@@ -330,9 +330,9 @@ def fit_kernels_command(
 ) -> None:
     """Fit the roofline's kernel families to one GPU's measured vLLM kernels."""
     from sincere.catalog.loader import default_catalog
-    from sincere.fit.kernel_tables import GPU_FOLDERS, gpu_folder
     from sincere.fit.kernels import fit_kernels, kernel_document
     from sincere.fit.output import write_params
+    from sincere.perf.kernel_tables import GPU_FOLDERS, gpu_folder
 
     by_folder = {folder: name for name, folder in GPU_FOLDERS.items()}
     catalog = default_catalog()

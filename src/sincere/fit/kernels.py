@@ -1,6 +1,6 @@
 """Fit the roofline's per-kernel terms to one GPU's measured vLLM kernels.
 
-``fit_kernels(folder, accelerator)`` reads the tables of :mod:`sincere.fit.kernel_tables`
+``fit_kernels(folder, accelerator)`` reads the tables of :mod:`sincere.perf.kernel_tables`
 (AIConfigurator's database: real vLLM kernels timed on the GPU) and fits, family by
 family, the general forms the roofline prices a step with -- one set of constants per
 family over every measured shape, never a table per shape:
@@ -69,7 +69,7 @@ import numpy as np
 from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
-from sincere.fit.kernel_tables import KernelTable, read_table
+from sincere.perf.kernel_tables import KernelTable, read_table
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
 
 TOKEN_TILES = (1, 64, 128, 256)
@@ -886,7 +886,7 @@ def quant_gemm_fitter(
 def fit_kernels(folder: Path, accelerator: Accelerator, version: str | None = None) -> KernelFit:
     """Every family the GPU's folder measures (module docstring); the others are listed missing.
     ``version``: the vLLM release the fit is for (each table from the newest version at or
-    below it, :func:`~sincere.fit.kernel_tables.find_table`); None: the newest tables."""
+    below it, :func:`~sincere.perf.kernel_tables.find_table`); None: the newest tables."""
     root = folder.parent
     tables = {name: read_table(folder, name, cols, version) for name, cols in COLUMNS.items()}
     families: list[FamilyFit] = []
