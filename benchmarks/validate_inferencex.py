@@ -1,17 +1,20 @@
 """Scoreboard against InferenceX's closed-loop points: mean TTFT and TPOT, point by point.
 
 Usage: ``python benchmarks/validate_inferencex.py [FILE] [--all | --sample N] [--jobs J]
-[--filter KEY=VALUE,...] [--out OUT]`` (default
+[--filter KEY=VALUE,...] [--kernel-tables DIR] [--out OUT]`` (default
 ``../shared/data/serving-runs/inferencex/blackwell_operating_points.csv`` beside the
 checkout; ``--sample 150`` of the representable points unless ``--all``; ``OUT`` keeps the
 CSVs, report and figures, a temporary folder otherwise; ``--filter mode=disagg`` keeps the
-prefill/decode split points, as the CLI's ``--filter``). Seed 0, the simulator's
-default step model (the roofline with each accelerator's default constants).
+prefill/decode split points, as the CLI's ``--filter``; ``--kernel-tables``: a folder of
+measured kernels, e.g. ``../shared/data/kernels/aiconfigurator``, that MoE layers are
+priced from where it measured them, the fitted formula alone without it). Seed 0, the
+simulator's default step model (the roofline with each accelerator's default constants,
+a vLLM point's those of its own release).
 
-It is ``sincere validate inferencex FILE --out OUT [--sample N]`` plus the tables of
-benchmarks/README.md: median APE (bias) of the mean TTFT and TPOT over all points and by
-backend, catalog model and system, then the skipped points per reason. One line on stderr:
-``points simulated skipped wall_s``.
+It is ``sincere validate inferencex FILE --out OUT [--sample N] [--kernel-tables DIR]``
+plus the tables of benchmarks/README.md: median APE (bias) of the mean TTFT and TPOT over
+all points and by backend, catalog model and system, then the skipped points per reason.
+One line on stderr: ``points simulated skipped wall_s``.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _table(errors: list[GroupError]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     """Score the points, write the report and print the tables."""
-    valued = ("--out", "--sample", "--jobs", "--filter")
+    valued = ("--out", "--sample", "--jobs", "--filter", "--kernel-tables")
     if "--help" in argv or "-h" in argv:
         print(__doc__)
         return
@@ -79,7 +82,8 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     wanted = parse_filter(_option(argv, "--filter") or "")
     points = select_points(read_operating_points(path), wanted)
-    board = score_points(points, sample=sample, seed=0, jobs=jobs)
+    kernel_tables = _option(argv, "--kernel-tables")
+    board = score_points(points, sample=sample, seed=0, jobs=jobs, kernel_tables=kernel_tables)
     wall = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
         files = write_inferencex_report(board, Path(out_arg or tmp), source=str(path))

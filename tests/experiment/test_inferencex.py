@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import sincere.experiment.inferencex as inferencex_module
 from sincere.core.errors import ConfigError
 from sincere.experiment.inferencex import (
     SKIP_REASONS,
@@ -22,6 +23,7 @@ from sincere.experiment.inferencex import (
     point_spec,
     score_points,
     simulate_point,
+    vllm_release,
 )
 from sincere.experiment.inferencex_report import group_errors, write_inferencex_report
 from sincere.sim import simulate
@@ -228,7 +230,54 @@ def test_gpt_oss_experts_run_as_each_backend_runs_them(
     assert instance.step_model.params.get("mxfp4_activations") == activations
     other = point_spec(dataclasses.replace(POINT, backend=backend))
     assert isinstance(other, PointSpec)
-    assert point_config(other).instances[0].step_model.params == {}
+    assert "mxfp4_activations" not in point_config(other).instances[0].step_model.params
+
+
+@pytest.mark.parametrize(
+    ("backend", "version", "release"),
+    [
+        ("vllm", "0.19.0", "0.19.0"),
+        ("vllm", "0.15.1", "0.15.1"),
+        ("vllm", "nightly-5b8c30d62b754b57", None),
+        ("vllm", "", None),
+        ("sglang", "0.5.9", None),
+        ("trtllm", "1.2.0rc6.post2", None),
+    ],
+)
+def test_a_vllm_point_is_priced_with_its_own_release(
+    backend: str, version: str, release: str | None
+) -> None:
+    """A vLLM point's numbered release reaches the roofline as ``vllm_version`` (its own
+    kernels' fit, as `validate runs` prices a run); a nightly, an unrecorded release and the
+    other backends keep the newest kernels."""
+    assert vllm_release(backend, version) == release
+    spec = point_spec(dataclasses.replace(POINT, backend=backend, backend_version=version))
+    assert isinstance(spec, PointSpec)
+    params = point_config(spec).instances[0].step_model.params
+    assert params.get("vllm_version") == release
+    assert "kernel_tables" not in params
+
+
+def test_kernel_tables_reach_every_simulated_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``score_points(kernel_tables=…)`` hands the folder to each point's roofline; without
+    it no point is given one."""
+    spec = point_spec(POINT)
+    assert isinstance(spec, PointSpec) and spec.kernel_tables is None
+    given = dataclasses.replace(spec, kernel_tables=str(tmp_path))
+    assert point_config(given).instances[0].step_model.params["kernel_tables"] == str(tmp_path)
+    seen: list[str | None] = []
+
+    def run(specs: list[PointSpec], *_: object) -> list[PointResult]:
+        seen.extend(s.kernel_tables for s in specs)
+        return []
+
+    monkeypatch.setattr(inferencex_module, "_run", run)
+    other = dataclasses.replace(POINT, id="dsr1-b", batch_size=8, source_concurrency=8)
+    score_points([POINT, other], kernel_tables=str(tmp_path))
+    score_points([POINT])
+    assert seen == [str(tmp_path), str(tmp_path), None]
 
 
 def _result(backend: str, ttft: float, tpot: float) -> PointResult:

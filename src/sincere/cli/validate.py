@@ -164,6 +164,14 @@ def inferencex_command(
     ] = None,
     jobs: Annotated[int, typer.Option(help="worker processes", min=1)] = 1,
     seed: Annotated[int, typer.Option(help="seed of the simulations and of --sample")] = 0,
+    kernel_tables: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder of measured kernels (AIConfigurator's layout, e.g. "
+            "../shared/data/kernels/aiconfigurator): MoE layers it measured are priced from "
+            "their rows"
+        ),
+    ] = None,
 ) -> None:
     """Simulate InferenceX's closed-loop points and score the mean TTFT and TPOT."""
     from sincere.experiment.inferencex import SKIP_REASONS, score_points
@@ -175,6 +183,7 @@ def inferencex_command(
     )
     from sincere.workload.inferencex import parse_filter, read_operating_points, select_points
 
+    tables = None if kernel_tables is None else str(_kernel_folder(kernel_tables))
     wanted = parse_filter(filter_ or "")
     rows = select_points(read_operating_points(points), wanted)  # the whole file is checked
     with counting(Console(stderr=True), "simulating points") as update:  # tables on stdout
@@ -182,7 +191,9 @@ def inferencex_command(
         def on_point(done: int, total: int, name: str) -> None:
             update(done, total, name[:40])
 
-        board = score_points(rows, sample=sample, seed=seed, jobs=jobs, on_point=on_point)
+        board = score_points(
+            rows, sample=sample, seed=seed, jobs=jobs, on_point=on_point, kernel_tables=tables
+        )
     files = write_inferencex_report(board, out, source=str(points))
     table = Table(title=f"{len(board.results)} of {board.num_points} points simulated: error, %")
     for i, col in enumerate(SCOREBOARD_HEADERS):
@@ -198,3 +209,14 @@ def inferencex_command(
         skipped.add_row(SKIP_REASONS[reason], str(count))
     print_table(skipped)
     console.print(f"wrote {files.markdown}, {files.points_csv} and {files.skipped_csv}")
+
+
+def _kernel_folder(path: Path) -> Path:
+    """``path`` resolved, refused with a clear error when it is not a folder."""
+    if not path.is_dir():
+        raise typer.BadParameter(
+            f"{path} is not a folder of measured kernels (AIConfigurator's layout: "
+            "<gpu>/moe/vllm/<release>/moe_perf.parquet)",
+            param_hint="--kernel-tables",
+        )
+    return path.resolve()

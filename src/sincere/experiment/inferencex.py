@@ -49,7 +49,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -134,12 +134,29 @@ def sglang_recv_interval(clients: int) -> int:
     return next(n for least, n in SGLANG_RECV_INTERVALS if clients >= least)
 
 
+def vllm_release(backend: str, version: str) -> str | None:
+    """The vLLM release whose kernels price a point (the roofline's ``vllm_version``): a
+    vLLM point's numbered release; None (the newest kernels) for a nightly build, whose
+    release is not named, and for the other backends."""
+    if backend != "vllm" or not version[:1].isdigit():
+        return None
+    return version
+
+
 def _step_model(spec: PointSpec) -> dict[str, Any] | None:
-    """The step model's settings beyond its defaults: MXFP4 experts against MXFP8
-    activations where the backend runs them so (:data:`MXFP8_EXPERT_BACKENDS`)."""
+    """The step model's settings beyond its defaults: the kernels of a vLLM point's own
+    release (:func:`vllm_release`), the measured kernel database when given
+    (``spec.kernel_tables``: :mod:`sincere.perf.measured_moe`), and MXFP4 experts against
+    MXFP8 activations where the backend runs them so (:data:`MXFP8_EXPERT_BACKENDS`)."""
+    params: dict[str, Any] = {}
+    release = vllm_release(spec.point.backend, spec.point.backend_version)
+    if release is not None:
+        params["vllm_version"] = release
+    if spec.kernel_tables is not None:
+        params["kernel_tables"] = spec.kernel_tables
     if spec.precision == "mxfp4" and spec.point.backend in MXFP8_EXPERT_BACKENDS:
-        return {"kind": "roofline", "params": {"mxfp4_activations": "mxfp8"}}
-    return None
+        params["mxfp4_activations"] = "mxfp8"
+    return {"kind": "roofline", "params": params} if params else None
 
 
 def _execution(spec: PointSpec) -> dict[str, Any]:
@@ -175,6 +192,8 @@ class PointSpec:
     # a disaggregated point's fleet (None: colocated); tp, ep and attention_dp are then
     # its decode ranks', and num_requests those of its simulated slice
     pd: PDSpec | None = None
+    # measured kernels' folder (AIConfigurator's layout): MoE layers priced from their rows
+    kernel_tables: str | None = None
 
 
 @dataclass(frozen=True)
@@ -437,12 +456,16 @@ def score_points(
     seed: int = 0,
     jobs: int = 1,
     on_point: OnPoint | None = None,
+    kernel_tables: str | None = None,
 ) -> Scoreboard:
     """Map every point, simulate the representable ones (or ``sample`` of them) in ``jobs``
-    processes, and return them with every skip."""
+    processes, and return them with every skip; ``kernel_tables``: the measured kernels'
+    folder their MoE layers are priced from where it holds them (``PointSpec``)."""
     mapped = [point_spec(p) for p in points]
     skips = [m for m in mapped if isinstance(m, Skip)]
     specs = sample_specs([m for m in mapped if isinstance(m, PointSpec)], sample, seed)
+    if kernel_tables is not None:
+        specs = [replace(spec, kernel_tables=kernel_tables) for spec in specs]
     outcomes = _run(specs, seed, max(1, min(jobs, len(specs))), on_point)
     order = {p.id: i for i, p in enumerate(points)}
     skips += [o for o in outcomes if isinstance(o, Skip)]

@@ -53,6 +53,7 @@ import numpy as np
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
 from sincere.perf.gemm import gemm_s
+from sincere.perf.measured_moe import deployment_curve
 from sincere.perf.moe import (
     all_to_all_bytes,
     all_to_all_s,
@@ -147,6 +148,7 @@ class ArchStep:
         moe_peak = acc.peak_tflops(moe_rate) * 1e12
         self._moe_peak = moe_peak * (gemm_mfu(p, moe_rate) if moe_mfu is None else moe_mfu)
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
+        self.measured_experts = deployment_curve(deployment, params, self.compute_precision)
         self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
         self._a2a_terms = alltoall_terms(p, self.moe, dep.ep)
         self._ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
@@ -203,6 +205,8 @@ class ArchStep:
         model, ep = dep.model, dep.ep
         h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
         router = self._gemm_s(_Mat(h, e, 2.0), tokens)
+        if self.measured_experts is not None:
+            return router, self.measured_experts.seconds(tokens)
         tokens *= dep.attention_dp
         split = dep.moe_group_gpus // ep  # GPUs one expert is split over
         width = max(1, model.expert_intermediate_size // split)

@@ -184,6 +184,12 @@ class RooflineStepParams(Params):
         description="the vLLM release the engine runs: its measured kernels' fit prices the "
         "step (the newest fitted release at or below it); null: the newest fit",
     )
+    kernel_tables: str | None = Field(
+        None,
+        description="folder of measured kernels (AIConfigurator's layout): an MoE layer it "
+        "measured on the GPU is priced from its rows, under vllm_version's release; null: "
+        "the fitted formula",
+    )
     mfu_efficiency: float | None = _efficiency("the dense peak in GEMMs")
     bw_efficiency: float | None = _efficiency("HBM bandwidth in GEMMs")
     elementwise_bw_efficiency: float | None = _efficiency("HBM bandwidth in norms, rotary, add")
@@ -301,6 +307,8 @@ class RooflineStepParams(Params):
 
 def _build_roofline(params: RooflineStepParams, dep: Deployment, cc: bool) -> StepTimeModel:
     overrides = params.model_dump(exclude_none=True, exclude={"vllm_version"})
+    if params.kernel_tables is not None:
+        overrides["kernel_release"] = params.vllm_version
     return Roofline(dep, default_roofline_params(dep.accelerator, overrides, params.vllm_version))
 
 

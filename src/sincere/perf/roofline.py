@@ -170,6 +170,8 @@ class RooflineParams:
     moe_mxfp4_mxfp8_kernel_s: float | None = None  # MXFP4 x MXFP8 experts: fixed cost per layer
     moe_mxfp4_mxfp8_expert_s: float | None = None  # MXFP4 x MXFP8: cost per active expert
     mxfp4_activations: str = "bf16"  # MXFP4 experts' activations: one of MXFP4_ACTIVATIONS
+    kernel_tables: str | None = None  # measured kernels' folder: routed experts from their rows
+    kernel_release: str | None = None  # vLLM release of the measured rows (None: the newest)
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
     activation_bytes: float = 2.0  # bytes per activation element (bf16)
     pp_microbatches: int = 1  # micro-batches an iteration is cut into under PP
