@@ -313,7 +313,8 @@ class ContinuousEngine(StateView):
         end = run.end_at
         hook = self.on_tokens
         produced = list(st.offset) if hook is not None else None
-        st.step += run.steps
+        if run.num_decode or not run.chunks or self._planner.mixed:
+            st.step += run.steps  # not a prefill run beside waiting decodes (SGLang's)
         st.num_generated += run.num_decode * run.steps
         decoding = run.num_decode > 0
         spec = self.speculator  # accepted drafts: tokens beyond the iteration's one

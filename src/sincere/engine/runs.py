@@ -43,6 +43,7 @@ from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
 from sincere.engine.waiting import Entry
 from sincere.perf.base import StepTimeModel
+from sincere.perf.execution import mixes_prefill
 from sincere.policy.schedulers.base import IterationScheduler
 
 IterationTime = Callable[[int, int, int, float, int, int], Seconds]
@@ -249,6 +250,8 @@ class RunPlanner:
         self.step_model = step_model
         self._iteration_s: IterationTime = step_model.iteration_s_fast
         self._max_num_seqs = limits.max_num_seqs
+        # False: a prefill iteration runs alone, its decodes wait (SGLang's default)
+        self.mixed = mixes_prefill(step_model)
         self.view_only = scheduler.plan_is_view_only()
         self._budget: int | None = None  # a view-only policy's budget (it never changes)
         self._repeats = False  # the last known plan: the first prefill took every token
@@ -318,7 +321,7 @@ class RunPlanner:
         st = self.state
         if self._budget is None:
             self._budget = self.scheduler.token_budget(view, now)
-        left = self._budget - st.dec.num_seqs
+        left = self._budget - st.dec.num_seqs if self.mixed else self._budget
         if left <= 0:
             return ()
         chunks: list[tuple[int, int]] = []
@@ -382,8 +385,8 @@ class RunPlanner:
     def _prefill_work(self, now: Seconds, chunks: Chunks, most: int) -> Run:
         """The planned iteration, or as many of it as stay the same (at most ``most``)."""
         st = self.state
-        n = st.dec.num_seqs
-        ctx = st.offset_sum + n * (st.step + 1)
+        n = st.dec.num_seqs if self.mixed else 0  # apart: the decodes wait for the prefill
+        ctx = st.offset_sum + n * (st.step + 1) if self.mixed else 0
         if most == 1:
             return prefill_iterations(self._iteration_s, now, chunks, st.pre, n, ctx)
         i, left = chunks[0]

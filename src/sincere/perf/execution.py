@@ -22,6 +22,11 @@ engine's *execution model*, and engines of 2026 differ from the eager engines of
   ``N``). A request that arrives during a run of decodes waits for the next poll, on
   average ``N / 2`` iterations (``recv_interval``; 1, every iteration, is every engine's
   default; :mod:`sincere.engine.async_intake`).
+* **Prefill beside the decodes.** vLLM and TensorRT-LLM put new prompts' chunks in the same
+  iteration as the running decodes (``mixed_prefill``, every preset's default but
+  SGLang's). SGLang runs a batch of new prompts (or the next chunk of one) alone while any
+  is waiting: the decoding requests wait for it and gain no token in it, unless the server
+  runs with ``--enable-mixed-chunk``.
 * **The front end.** What a client sees beyond the engine: the HTTP hop and request
   parsing (``request_s``) and tokenisation (``prompt_token_s`` per prompt token) before
   the engine sees a request, and detokenisation and streaming (``output_s``) between the
@@ -96,6 +101,7 @@ class ExecutionParams:
     async_scheduling: bool = False  # overlap the CPU of step n+1 with the GPU of step n
     serial_s: float = 0.0  # per-iteration CPU time that never overlaps (async only)
     recv_interval: int = 1  # decode-only iterations between polls of the input queue
+    mixed_prefill: bool = True  # prefill chunks share iterations with the running decodes
     frontend: FrontEnd = field(default_factory=FrontEnd)
     source: str = ""  # where the defaults come from
 
@@ -130,6 +136,13 @@ class ExecutionParams:
                 "only (async_scheduling: true)",
                 value=self.recv_interval,
                 allowed="1",
+            )
+        if not isinstance(self.mixed_prefill, bool):
+            raise ConfigError(
+                "mixed_prefill must be true (prefill chunks beside the decodes) or false "
+                "(prefill batches alone, as SGLang runs them)",
+                value=self.mixed_prefill,
+                allowed=[True, False],
             )
         if not self.serial_s >= 0.0 or not self.graph_max_share_of_seqs >= 0.0:
             raise ConfigError(
@@ -176,7 +189,7 @@ streaming run in the API process beside the engine and are not seen in per-token
 
 
 def _decode_graphs_engine(
-    name: str, graph_sizes: tuple[int, ...], defaults: str
+    name: str, graph_sizes: tuple[int, ...], defaults: str, mixed_prefill: bool = True
 ) -> ExecutionParams:
     """An engine with an overlap scheduler and CUDA graphs for decode only, at its documented
     ``defaults``; its front end was not measured, so vLLM 0.19's intake stands in."""
@@ -185,6 +198,7 @@ def _decode_graphs_engine(
         graph_mode="full_decode_only",
         graph_sizes=graph_sizes,
         async_scheduling=True,
+        mixed_prefill=mixed_prefill,
         frontend=VLLM_V1_FRONTEND,
         source=f"{defaults}; front end not measured: vLLM 0.19's intake",
     )
@@ -209,7 +223,8 @@ PRESETS: dict[str, ExecutionParams] = {
         "sglang",
         _sglang_graph_sizes(),
         "SGLang's documented defaults (overlap scheduler on, decode CUDA graphs up to "
-        "cuda_graph_max_bs)",
+        "cuda_graph_max_bs, prefill batches run alone: enable_mixed_chunk off)",
+        mixed_prefill=False,
     ),
     "trtllm": _decode_graphs_engine(
         "trtllm",
@@ -414,6 +429,14 @@ def schedules_ahead(step_model: StepTimeModel) -> bool:
     runs (asynchronous scheduling): its new requests join one iteration late
     (:mod:`sincere.engine.async_intake`)."""
     return isinstance(step_model, ExecutedStepModel) and step_model.params.async_scheduling
+
+
+def mixes_prefill(step_model: StepTimeModel) -> bool:
+    """Whether an engine timed by ``step_model`` runs prefill chunks in the same iteration as
+    its decodes (the module docstring; False: SGLang's prefill batches run alone)."""
+    if isinstance(step_model, ExecutedStepModel):
+        return step_model.params.mixed_prefill
+    return True
 
 
 def recv_interval(step_model: StepTimeModel) -> int:
