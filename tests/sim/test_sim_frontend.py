@@ -83,3 +83,37 @@ def test_an_unknown_preset_is_a_config_error_naming_the_choices() -> None:
             "workload": {"num_requests": 1, "models": {"llama-3-8b": 1.0}},
             "instances": [{"model": "llama-3-8b", "engine": {"preset": "vllm"}}],
         })  # fmt: skip
+
+
+@pytest.mark.parametrize("tokens", [3, 40, 100])
+def test_a_first_chunk_of_k_tokens_reaches_the_client_with_the_kth(tokens: int) -> None:
+    """SGLang's stream interval (``first_chunk_tokens: k``): the client's first token is the
+    engine's k-th (its mean gap between tokens apart, the run's times otherwise unchanged);
+    40 fixed output tokens, so k >= 40 gives the last; the benchmark's TPOT shrinks to the
+    gaps after it."""
+    arrival = {"kind": "poisson", "rate": 0.5}
+    bare = _times(simulate(_config(arrival, None)))
+    chunk = _times(simulate(_config(arrival, {"request_s": 0.0, "first_chunk_tokens": tokens})))
+    np.testing.assert_allclose(chunk[0], bare[0])
+    np.testing.assert_allclose(chunk[2], bare[2])  # the end is the end
+    share = (min(tokens, 40) - 1) / 39
+    np.testing.assert_allclose(chunk[1], bare[1] + share * (bare[2] - bare[1]))
+    assert np.all(chunk[1] > bare[1])
+
+
+def test_first_chunk_at_by_hand() -> None:
+    from sincere.core.records import RecordArrays
+    from sincere.sim.frontend import first_chunk_at
+
+    rec = RecordArrays.empty(4, ["e"])
+    rec.first_token_at[:] = [1.0, 1.0, 1.0, 1.0]
+    rec.finished_at[:] = [2.0, 2.0, 1.0, np.nan]  # the last never finished
+    rec.output_tokens[:] = [11, 2, 1, 5]
+    np.testing.assert_allclose(first_chunk_at(rec, 3), [1.2, 2.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("bad", [0, -2, True, 2.5, "30"])
+def test_a_bad_first_chunk_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match="first_chunk_tokens must be a whole number") as err:
+        simulate(_config({"kind": "poisson", "rate": 1.0}, {"first_chunk_tokens": bad}))
+    assert str(bad) in str(err.value)

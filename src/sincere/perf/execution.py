@@ -64,11 +64,18 @@ to the largest size padded in tokens; ``none``: eager (``enforce_eager``)."""
 
 @dataclass(frozen=True)
 class FrontEnd:
-    """The time a client sees beyond the engine, per request and per output token."""
+    """The time a client sees beyond the engine, per request and per output token.
+
+    ``first_chunk_tokens``: tokens a request's first streamed chunk holds. SGLang 0.5 streams
+    a request's output when its token count is a multiple of ``--stream-interval``, so with
+    an interval of ``k`` the client's first token arrives with the engine's ``k``-th (with
+    the last, for a shorter answer); vLLM and TensorRT-LLM send the first token at once
+    whatever their stream interval, which is 1 here."""
 
     request_s: float = 0.0  # HTTP hop, parsing and the hand-over to the engine
     prompt_token_s: float = 0.0  # tokenisation, per prompt token
     output_s: float = 0.0  # detokenise and stream one token to the client
+    first_chunk_tokens: int = 1  # the client's first token is the engine's k-th
 
     def __post_init__(self) -> None:
         for name in ("request_s", "prompt_token_s", "output_s"):
@@ -79,11 +86,23 @@ class FrontEnd:
                     value=value,
                     allowed=">= 0",
                 )
+        k = self.first_chunk_tokens
+        if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
+            raise ConfigError(
+                "front-end first_chunk_tokens must be a whole number of tokens >= 1",
+                value=k,
+                allowed="1 (every token streamed as made), SGLang's --stream-interval",
+            )
 
     @property
     def is_zero(self) -> bool:
         """No front end: the client sees the engine's times."""
-        return self.request_s == 0.0 and self.prompt_token_s == 0.0 and self.output_s == 0.0
+        return (
+            self.request_s == 0.0
+            and self.prompt_token_s == 0.0
+            and self.output_s == 0.0
+            and self.first_chunk_tokens == 1
+        )
 
     def intake_s(self, prompt_tokens: int) -> float:
         """From the client's send to the engine's queue."""
@@ -272,7 +291,20 @@ def _frontend(base: FrontEnd, value: Any) -> FrontEnd:
     unknown = sorted(set(value) - known)
     if unknown:
         raise ConfigError("unknown front-end setting", value=unknown, allowed=sorted(known))
-    return dataclasses.replace(base, **{k: float(v) for k, v in value.items()})
+    return dataclasses.replace(base, **{k: _front_value(k, v) for k, v in value.items()})
+
+
+def _front_value(name: str, value: Any) -> Any:
+    """A front-end setting as its field holds it: seconds as floats, the chunk as it came
+    (checked by :class:`FrontEnd`)."""
+    if name == "first_chunk_tokens":
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"front-end time {name} must be a number of seconds", value=value, allowed=">= 0"
+        ) from None
 
 
 @runtime_checkable

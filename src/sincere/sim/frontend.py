@@ -13,7 +13,9 @@ and the client's. The run itself works on the engine's clock:
   request's intake.
 
 After the run, :func:`to_client_times` puts every figure on the client's clock: the send
-time as the arrival, the first token and the finish each ``output_s`` later. TTFT, ITL-based
+time as the arrival, the first token and the finish each ``output_s`` later; with
+``first_chunk_tokens`` ``k > 1`` the client's first token is the engine's ``k``-th
+(:func:`first_chunk_at`). TTFT, ITL-based
 TPOT and end-to-end latency are then what ``sincere bench`` or vLLM's benchmark measure.
 All instances of a run share the front end (the first instance's; a different one on
 another instance is refused).
@@ -80,8 +82,23 @@ def to_client_times(
     if sent is None:
         sent = requests.arrival_at - intake_s(requests, front)
     requests.arrival_at[:] = sent
+    if front.first_chunk_tokens > 1:
+        records.first_token_at[:] = first_chunk_at(records, front.first_chunk_tokens)
     records.first_token_at[:] = records.first_token_at + front.output_s
     records.finished_at[:] = records.finished_at + front.output_s
+
+
+def first_chunk_at(records: RecordArrays, tokens: int) -> FloatArray:
+    """When each request's engine made its ``tokens``-th token (its last when it made fewer):
+    its first token plus ``tokens - 1`` of its own mean gaps between tokens, the gaps taken
+    even (the run records each request's first and last token, not the ones between).
+    Unfinished requests keep their first token's time."""
+    first, done = records.first_token_at, records.finished_at
+    made = records.output_tokens.astype(np.float64)
+    share = np.where(made > 1, (np.minimum(tokens, made) - 1) / np.maximum(made - 1, 1), 0.0)
+    later = first + share * (done - first)
+    out: FloatArray = np.where(np.isfinite(done), later, first)
+    return out
 
 
 def front_end_of(config: SimulationConfig) -> FrontEnd:

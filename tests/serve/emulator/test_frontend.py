@@ -10,6 +10,7 @@ import time
 import aiohttp
 import pytest
 
+from sincere.core.errors import ConfigError
 from sincere.perf.execution import FrontEnd
 from sincere.serve.emulator.config import EmulatorConfig
 from sincere.serve.emulator.frontend import Intake, Output
@@ -100,3 +101,12 @@ def test_a_whole_answer_waits_for_its_intake_and_its_end() -> None:
     bare = asyncio.run(answer_s(_config({})))
     late = asyncio.run(answer_s(_config({"request_s": 0.05, "output_s": 0.05})))
     assert 0.08 <= late - bare <= 0.14, (late, bare)
+
+
+def test_a_first_chunk_of_several_tokens_is_refused_live() -> None:
+    """SGLang's first chunk of ``k`` tokens (``first_chunk_tokens``) is simulated only: the
+    emulated engine says so rather than stream every token as made."""
+    config = _config({"first_chunk_tokens": 30})
+    with pytest.raises(ConfigError, match="simulated only") as err:
+        EmulatorServer(config)
+    assert "30" in str(err.value)

@@ -106,6 +106,14 @@ class EmulatorServer(Served):
         )  # fmt: skip
         self._stall_rng = np.random.default_rng(seeds[2])
         self.front_end = config.engine.execution_params().frontend  # the preset's, else none
+        if self.front_end.first_chunk_tokens > 1:
+            raise ConfigError(
+                "execution.frontend.first_chunk_tokens above 1 (a first chunk of several "
+                "tokens, SGLang's stream interval) is simulated only; the emulated engine "
+                "streams each token as made",
+                value=self.front_end.first_chunk_tokens,
+                allowed="1",
+            )
         self.intake = Intake(self.front_end)
         self._created = int(time.time())
         self._num_received = 0
