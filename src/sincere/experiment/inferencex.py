@@ -107,14 +107,20 @@ run has 16 clients or more and ``10`` below: ``(least clients, interval)``, firs
 The simulated SGLang engine polls its queue as seldom (the execution model's
 ``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
 8k-in / 1k-out runs on B200, of which the file has none.)"""
-SGLANG_STREAM_INTERVALS = {("deepseek-r1", "fp8", "b200_sxm"): 30,
-                           ("deepseek-r1", "nvfp4", "b200_sxm"): 10}  # fmt: skip
-"""``--stream-interval`` of InferenceX's SGLang scripts for DeepSeek-R1 on B200
-(``benchmarks/single_node/fixed_seq_len/dsr1_fp8_b200.sh``: 30, ``dsr1_fp4_b200.sh``: 10),
-by (catalog model, weight precision, system). SGLang 0.5 streams a request's tokens when
-their count is a multiple of the interval, so the client's first token is the engine's
-30th (10th): the front end's ``first_chunk_tokens``. Points of other models and systems,
-whose scripts were not read, stream every token (SGLang's default interval, 1)."""
+STREAM_INTERVALS = {
+    ("sglang", "deepseek-r1", "fp8", "b200_sxm"): 30,
+    ("sglang", "deepseek-r1", "nvfp4", "b200_sxm"): 10,
+    ("trtllm", "deepseek-r1", "fp8", "b200_sxm"): 10,
+    ("trtllm", "deepseek-r1", "nvfp4", "b200_sxm"): 10,
+}
+"""The stream interval of InferenceX's serving scripts for DeepSeek-R1 on B200, by (backend,
+catalog model, weight precision, system): SGLang's ``--stream-interval``
+(``benchmarks/single_node/fixed_seq_len/dsr1_fp8_b200.sh`` 30, ``dsr1_fp4_b200.sh`` 10) and
+TensorRT-LLM's ``stream_interval`` (``dsr1_fp8_b200_trt.sh``, ``dsr1_fp4_b200_trt.sh``: 10).
+Both servers, in the releases measured, stream a request's tokens when their count reaches
+the interval, the first chunk included, so the client's first token is the engine's 30th
+(10th): the front end's ``first_chunk_tokens``. Points of other models and systems, whose
+scripts were not read, stream every token."""
 MXFP8_EXPERT_BACKENDS = frozenset({"vllm", "trtllm"})
 """Backends whose Blackwell servers multiply MXFP4 experts with MXFP8 activations (the
 step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
@@ -170,13 +176,13 @@ def _step_model(spec: PointSpec) -> dict[str, Any] | None:
 def _execution(spec: PointSpec) -> dict[str, Any]:
     """The engine's execution settings beyond its preset: InferenceX's SGLang servers poll
     their queue every :func:`sglang_recv_interval` decode iterations (of the point's
-    clients) and stream by their scripts' interval where known
-    (:data:`SGLANG_STREAM_INTERVALS`)."""
-    if spec.engine_preset != "sglang":
-        return {}
-    out: dict[str, Any] = {"recv_interval": sglang_recv_interval(spec.clients)}
-    key = (spec.catalog_model, spec.precision, spec.point.system)
-    if (interval := SGLANG_STREAM_INTERVALS.get(key)) is not None:
+    clients), and servers stream by their scripts' interval where known
+    (:data:`STREAM_INTERVALS`)."""
+    out: dict[str, Any] = {}
+    if spec.engine_preset == "sglang":
+        out["recv_interval"] = sglang_recv_interval(spec.clients)
+    key = (spec.point.backend, spec.catalog_model, spec.precision, spec.point.system)
+    if (interval := STREAM_INTERVALS.get(key)) is not None:
         out["frontend"] = {"first_chunk_tokens": interval}
     return out
 
