@@ -30,8 +30,10 @@ engine's *execution model*, and engines of 2026 differ from the eager engines of
 * **The front end.** What a client sees beyond the engine: the HTTP hop and request
   parsing (``request_s``) and tokenisation (``prompt_token_s`` per prompt token) before
   the engine sees a request, and detokenisation and streaming (``output_s``) between the
-  engine's token and the client's. The simulator takes TTFT, ITL and end-to-end latency
-  where the client does when a front end is set (docs/metrics.md).
+  engine's token and the client's; a server that streams in chunks may hold the first
+  token back until its chunk is full (``first_chunk_tokens``, :class:`FrontEnd`). The
+  simulator takes TTFT, ITL and end-to-end latency where the client does when a front end
+  is set (docs/metrics.md).
 
 Named presets (:data:`PRESETS`) hold each engine's defaults with their sources; every
 field can be overridden (``engine: {preset: vllm-v1, execution: {async_scheduling:
@@ -69,8 +71,9 @@ class FrontEnd:
     ``first_chunk_tokens``: tokens a request's first streamed chunk holds. SGLang 0.5 streams
     a request's output when its token count is a multiple of ``--stream-interval``, so with
     an interval of ``k`` the client's first token arrives with the engine's ``k``-th (with
-    the last, for a shorter answer); vLLM and TensorRT-LLM send the first token at once
-    whatever their stream interval, which is 1 here."""
+    the last, for a shorter answer); TensorRT-LLM 1.1-1.2 behaves so with its
+    ``stream_interval`` in InferenceX's measurements. vLLM sends the first token at once
+    whatever its stream interval: 1 here."""
 
     request_s: float = 0.0  # HTTP hop, parsing and the hand-over to the engine
     prompt_token_s: float = 0.0  # tokenisation, per prompt token

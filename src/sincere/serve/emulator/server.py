@@ -109,8 +109,8 @@ class EmulatorServer(Served):
         if self.front_end.first_chunk_tokens > 1:
             raise ConfigError(
                 "execution.frontend.first_chunk_tokens above 1 (a first chunk of several "
-                "tokens, SGLang's stream interval) is simulated only; the emulated engine "
-                "streams each token as made",
+                "tokens, as SGLang and TensorRT-LLM stream with a stream interval) is "
+                "simulated only; the emulated engine streams each token as made",
                 value=self.front_end.first_chunk_tokens,
                 allowed="1",
             )
