@@ -10,7 +10,6 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
-from sincere.perf.base import Batch, StepTimeBase
 from sincere.perf.execution import (
     PRESETS,
     ExecutedStepModel,
@@ -20,19 +19,8 @@ from sincere.perf.execution import (
 )
 from sincere.policy.schedulers import make_scheduler
 
+from .test_engine_async_intake import STEP, Constant
 from .test_engine_continuous import drive
-
-STEP = 0.010
-
-
-class Constant(StepTimeBase):
-    """Every iteration takes 10 ms on the GPU; the CPU's part is nothing."""
-
-    def iteration_s(self, batch: Batch) -> float:
-        return STEP
-
-    def cpu_step_s(self, num_seqs: int) -> float:
-        return 0.0
 
 
 def _run(req: RequestArrays, mixed: bool, **lim: int) -> RecordArrays:
