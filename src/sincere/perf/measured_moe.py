@@ -19,9 +19,8 @@ measured curve is a better price than any fit: a step model given the database's
 * **Routing**: the database measures balanced routing and Zipf-skewed routing with
   exponents 1.01 and 1.2. A trained router is skewed: over vLLM 0.19's MiniMax-M2.5 fp8
   points on B200 (``benchmarks/README.md``, "Kernels of each vLLM point's release, and
-  measured MoE layers"),
-  balanced rows price decode 21 % slow, the skewed ones within 4-6 %, 1.01 and 1.2 alike;
-  1.01, the milder, is taken.
+  measured MoE layers"), balanced rows price decode 21 % slow, the skewed ones within
+  4-6 %, 1.01 and 1.2 alike; 1.01, the milder, is taken.
 * **Between and beyond the measured token counts**: linear in log tokens and log time
   between two measured counts; below the smallest, its time (the kernel's floor); above
   the largest, its time scaled by the token ratio (the layer is compute-bound there).
