@@ -69,7 +69,7 @@ import numpy as np
 from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
-from sincere.perf.kernel_tables import KernelTable, read_table
+from sincere.perf.kernel_tables import KernelTable, dominant, read_table
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
 
 TOKEN_TILES = (1, 64, 128, 256)
@@ -241,12 +241,6 @@ def subsample(table: KernelTable, limit: int = MAX_ROWS) -> KernelTable:
     keep = np.zeros(table.num_rows, dtype=bool)
     keep[np.linspace(0, table.num_rows - 1, limit).astype(int)] = True
     return table.where(keep)
-
-
-def dominant(table: KernelTable, column: str) -> str:
-    """The most frequent value of ``column`` (the kernel vLLM picks most often)."""
-    values, counts = np.unique(table.columns[column].astype(str), return_counts=True)
-    return str(values[int(np.argmax(counts))])
 
 
 # --- GEMM ----------------------------------------------------------------------------------

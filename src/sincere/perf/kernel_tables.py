@@ -73,6 +73,12 @@ class KernelTable:
         return np.asarray(self.columns[column].astype(str) == value)
 
 
+def dominant(table: KernelTable, column: str) -> str:
+    """The most frequent value of ``column`` (the kernel vLLM picks most often)."""
+    values, counts = np.unique(table.columns[column].astype(str), return_counts=True)
+    return str(values[int(np.argmax(counts))])
+
+
 def gpu_folder(directory: Path, accelerator: str) -> Path:
     """The GPU's folder: ``directory`` itself, or its child named for ``accelerator``."""
     if (directory / "gemm").is_dir() or (directory / "comm").is_dir():

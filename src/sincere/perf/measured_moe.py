@@ -150,7 +150,7 @@ def _curves(
     tables: str, accelerator: str, release: str | None
 ) -> dict[tuple[str, MoELayer], MeasuredCurve]:
     """Every measured layer of the GPU's MoE table, by (dtype, layer); read once."""
-    from sincere.perf.kernel_tables import GPU_FOLDERS, find_table, read_table
+    from sincere.perf.kernel_tables import GPU_FOLDERS, dominant, read_table
 
     root = Path(tables)
     if not root.is_dir():
@@ -160,9 +160,7 @@ def _curves(
             allowed="e.g. ../shared/data/kernels/aiconfigurator",
         )
     folder = root / GPU_FOLDERS.get(accelerator, accelerator.lower())
-    if not folder.is_dir() or find_table(folder, "moe", version=release) is None:
-        return {}
-    table = read_table(folder, "moe", _COLUMNS, version=release)
+    table = read_table(folder, "moe", _COLUMNS, version=release)  # None: GPU or table absent
     if table is None:
         return {}
     keep = (table.num("moe_ep_size") == 1) & table.equals("distribution", MEASURED_ROUTING)
@@ -171,8 +169,7 @@ def _curves(
     dtypes = table.columns["moe_dtype"].astype(str)
     for dtype in sorted(set(dtypes)):
         rows = table.where(dtypes == dtype)
-        sources, counts = np.unique(rows.columns["kernel_source"].astype(str), return_counts=True)
-        kernel = str(sources[int(np.argmax(counts))])
+        kernel = dominant(rows, "kernel_source")
         rows = rows.where(rows.equals("kernel_source", kernel))
         keys = np.stack([rows.num(column) for column in _KEY_COLUMNS], axis=1)
         tokens, latency = rows.num("num_tokens"), rows.num("latency") * 1e-3
