@@ -198,19 +198,23 @@ def test_sglang_points_poll_their_queue_as_the_benchmark_scripts_set(
     ("change", "tokens"),
     [({}, 30),
      ({"precision": "fp4", "gemm_quant": "nvfp4", "moe_quant": "nvfp4"}, 10),
-     ({"model": "deepseek-ai/DeepSeek-V3"}, 1),
-     ({"system": "b300_sxm"}, 1),
+     ({"model": "deepseek-ai/DeepSeek-V3"}, 30),
+     ({"system": "b300_sxm"}, 30),
+     ({"system": "gb200"}, 1),
+     ({"model": "meta-llama/Llama-3.1-70B"}, 1),
      ({"backend": "vllm", "backend_version": "0.19.0"}, 1),
      ({"backend": "trtllm", "backend_version": "1.2.0rc6.post2"}, 10),
-     ({"backend": "trtllm", "model": "deepseek-ai/DeepSeek-V3"}, 1)],
+     ({"backend": "trtllm", "model": "deepseek-ai/DeepSeek-V3"}, 10),
+     ({"backend": "trtllm", "system": "b300_sxm"}, 1)],
 )  # fmt: skip
 def test_deepseek_r1_streams_its_first_chunk_as_its_script_sets(
     change: dict[str, Any], tokens: int
 ) -> None:
-    """InferenceX's DeepSeek-R1 scripts on B200 stream every 30 (SGLang fp8) or 10 tokens
-    (SGLang fp4, TensorRT-LLM): the client's first token is the engine's 30th / 10th. Other
-    models and systems (scripts not read) and vLLM (first token at once) stream every
-    token."""
+    """InferenceX's DeepSeek-R1 scripts stream every 30 (SGLang fp8) or 10 tokens (SGLang
+    fp4, TensorRT-LLM) on B200, and SGLang's B300 scripts reuse the B200 recipes: the
+    client's first token is the engine's 30th / 10th. The file's DeepSeek-V3 points ran the
+    same scripts. Other models and systems (scripts not read) and vLLM (first token at once)
+    stream every token."""
     spec = point_spec(dataclasses.replace(POINT, **change))
     assert isinstance(spec, PointSpec)
     (instance,) = point_config(spec).instances

@@ -107,20 +107,27 @@ run has 16 clients or more and ``10`` below: ``(least clients, interval)``, firs
 The simulated SGLang engine polls its queue as seldom (the execution model's
 ``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
 8k-in / 1k-out runs on B200, of which the file has none.)"""
+SCRIPT_MODELS = {"deepseek-r1": "dsr1", "deepseek-v3": "dsr1"}
+"""Catalog model -> the InferenceX serving scripts that ran its points. The file's
+DeepSeek-V3 points are runs of the DeepSeek-R1 scripts (their ids begin ``dsr1_``: same
+architecture, same recipes)."""
 STREAM_INTERVALS = {
-    ("sglang", "deepseek-r1", "fp8", "b200_sxm"): 30,
-    ("sglang", "deepseek-r1", "nvfp4", "b200_sxm"): 10,
-    ("trtllm", "deepseek-r1", "fp8", "b200_sxm"): 10,
-    ("trtllm", "deepseek-r1", "nvfp4", "b200_sxm"): 10,
+    ("sglang", "dsr1", "fp8", "b200_sxm"): 30,
+    ("sglang", "dsr1", "nvfp4", "b200_sxm"): 10,
+    ("sglang", "dsr1", "fp8", "b300_sxm"): 30,
+    ("sglang", "dsr1", "nvfp4", "b300_sxm"): 10,
+    ("trtllm", "dsr1", "fp8", "b200_sxm"): 10,
+    ("trtllm", "dsr1", "nvfp4", "b200_sxm"): 10,
 }
-"""The stream interval of InferenceX's serving scripts for DeepSeek-R1 on B200, by (backend,
-catalog model, weight precision, system): SGLang's ``--stream-interval``
-(``benchmarks/single_node/fixed_seq_len/dsr1_fp8_b200.sh`` 30, ``dsr1_fp4_b200.sh`` 10) and
-TensorRT-LLM's ``stream_interval`` (``dsr1_fp8_b200_trt.sh``, ``dsr1_fp4_b200_trt.sh``: 10).
-Both servers, in the releases measured, stream a request's tokens when their count reaches
-the interval, the first chunk included, so the client's first token is the engine's 30th
-(10th): the front end's ``first_chunk_tokens``. Points of other models and systems, whose
-scripts were not read, stream every token."""
+"""The stream interval of InferenceX's DeepSeek-R1 serving scripts (:data:`SCRIPT_MODELS`)
+on B200 and B300, by (backend, scripts, weight precision, system): SGLang's
+``--stream-interval`` (``benchmarks/single_node/fixed_seq_len/dsr1_fp8_b200.sh`` 30,
+``dsr1_fp4_b200.sh`` 10; ``dsr1_fp8_b300.sh`` and ``dsr1_fp4_b300.sh`` reuse the B200
+recipes, 30 and 10) and TensorRT-LLM's ``stream_interval`` (``dsr1_fp8_b200_trt.sh``,
+``dsr1_fp4_b200_trt.sh``: 10). Both servers, in the releases measured, stream a request's
+tokens when their count reaches the interval, the first chunk included, so the client's
+first token is the engine's 30th (10th): the front end's ``first_chunk_tokens``. Points of
+other scripts and systems, not read, stream every token."""
 MXFP8_EXPERT_BACKENDS = frozenset({"vllm", "trtllm"})
 """Backends whose Blackwell servers multiply MXFP4 experts with MXFP8 activations (the
 step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
@@ -181,7 +188,8 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if spec.engine_preset == "sglang":
         out["recv_interval"] = sglang_recv_interval(spec.clients)
-    key = (spec.point.backend, spec.catalog_model, spec.precision, spec.point.system)
+    script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+    key = (spec.point.backend, script, spec.precision, spec.point.system)
     if (interval := STREAM_INTERVALS.get(key)) is not None:
         out["frontend"] = {"first_chunk_tokens": interval}
     return out
