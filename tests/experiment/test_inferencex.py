@@ -85,7 +85,7 @@ def test_models_precisions_and_experts_map(
         ({"model": "meta-llama/Llama-3.1-70B", "attention_dp": 2, "batch_size": 32, "tp": 4,
           "moe_tp": None, "moe_ep": None}, "attention-dp", "attention_dp_size 2 on a dense model"),
         ({"source_concurrency": 128}, "concurrency", "batch_size 64 vs silicon_concurrency 128"),
-        ({"model": "moonshotai/Kimi-K2.5"}, "model", "moonshotai/Kimi-K2.5"),
+        ({"model": "zhipuai/GLM-5"}, "model", "zhipuai/GLM-5"),
         ({"precision": ""}, "precision-unstated", "gemm_quant_mode 'fp8'"),
         ({"model": "openai/gpt-oss-120b", "precision": "fp8"}, "precision-missing",
          "fp8 not in ('bf16', 'mxfp4')"),

@@ -99,7 +99,7 @@ def test_the_closed_loop_over_the_fleet_runs() -> None:
          "decode batch_size 16 x workers 2 x attention DP 8 vs silicon_concurrency 64"),
         ({"prefill": dataclasses.replace(PREFILL, moe_tp=2, moe_ep=2)}, "moe-split",
          "moe_tp 2 x moe_ep 2 vs 8 GPUs per worker"),
-        ({"model": "moonshotai/Kimi-K2.5"}, "model", "moonshotai/Kimi-K2.5"),
+        ({"model": "zhipuai/GLM-5"}, "model", "zhipuai/GLM-5"),
     ],
 )  # fmt: skip
 def test_pd_points_the_simulator_cannot_express_are_skipped(
