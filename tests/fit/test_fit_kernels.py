@@ -32,6 +32,7 @@ from sincere.fit.kernels import (
     gemm_predict,
     moe_features,
     moe_predict,
+    moe_rows,
     predict_family,
 )
 from sincere.perf import Batch, Deployment, Roofline
@@ -288,7 +289,7 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
     families = doc["fit"]["families"]
     assert set(families) == {
         "gemm_bf16", "gemm_fp8", "prefill_attention", "decode_attention", "allreduce",
-        "alltoall", "moe", "moe_fp8", "moe_mxfp4",
+        "alltoall", "moe", "moe_fp8", "moe_mxfp4", "moe_int4",
     }  # fmt: skip
     assert families["moe_fp8"]["notes"][0] == "fp8_block experts"
     assert families["alltoall"]["table"].endswith("comm/nccl/2.29.2/nccl_perf.parquet")
@@ -337,7 +338,7 @@ def test_fit_recovers_synthetic_fp8_and_mxfp4_experts() -> None:
     for name, dtype in (("moe_fp8", "fp8_block"), ("moe_mxfp4", "w4a16_mxfp4")):
         fam = fit_quant_moe(name, table, H100, bf16, Path("/synthetic"))
         mfu, bw, kernel = truth[dtype]
-        assert fam.rows == 56 and fam.notes[0] == f"{dtype} experts"
+        assert fam.rows == 28 and fam.notes[0] == f"{dtype} experts"  # the balanced rows
         assert fam.params[f"{name}_mfu_efficiency"] == pytest.approx(mfu, rel=0.02)
         assert fam.params[f"{name}_bw_efficiency"] == pytest.approx(bw, rel=0.02)
         assert fam.params[f"{name}_kernel_s"] == pytest.approx(kernel, rel=0.05)
@@ -373,9 +374,61 @@ def test_fit_recovers_synthetic_blackwell_experts(
     table = _table("moe", latency=latency, **cols)
     bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
     fam = fit_quant_moe(name, table, B200, bf16, Path("/synthetic"))
-    assert fam.rows == 56 and fam.notes[0] == f"{dtype} experts"
+    assert fam.rows == 28 and fam.notes[0] == f"{dtype} experts"  # the balanced rows
     for constant, value in truth.items():
         assert fam.params[f"{name}_{constant}"] == pytest.approx(value, rel=0.05), constant
+
+
+def test_experts_are_fitted_on_balanced_rows_where_a_table_has_them() -> None:
+    """The skewed rows beside the balanced ones are left out (their skew is not the step
+    model's Zipf popularity): rows made 3x off under power-law routing do not move the fit.
+    A table of skewed rows only is fitted on them, and the family says so."""
+    cols = _moe_rows(["int4_wo"])
+    probe = _table("moe", latency=np.ones(56), **cols)
+    balanced = cols["distribution"] == "balanced"
+    peak, hbm = H100.peak_tflops("bf16") * 1e12, H100.hbm_bandwidth_gbps * 1e9
+    x = np.array([0.4, 0.7, 30e-6, 0.1, 0.2e-6])
+    latency = 1e3 * moe_predict(moe_features(probe), x, peak, hbm, 0.5, 2.5)
+    latency[~balanced] *= 3.0
+    bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
+    fam = fit_quant_moe("moe_int4", _table("moe", latency=latency, **cols), H100, bf16, Path("/s"))
+    assert fam.rows == 28 and fam.notes == ("int4_wo experts", *fam.notes[1:])
+    assert fam.params["moe_int4_bw_efficiency"] == pytest.approx(0.7, rel=0.05)
+    assert fam.mean_error < 0.02 and not any("skewed" in note for note in fam.notes)
+    skewed = {k: v[~balanced] for k, v in cols.items()}
+    fam = fit_quant_moe("moe_int4", _table("moe", latency=latency[~balanced], **skewed), H100,
+                        bf16, Path("/s"))  # fmt: skip
+    assert fam.rows == 28 and "no balanced rows: fitted on the skewed routings" in fam.notes
+    bf16_rows = _moe_rows(["bfloat16"])
+    assert set(moe_rows(_table("moe", latency=np.ones(56), **bf16_rows)).columns[
+        "distribution"]) == {"balanced"}  # fmt: skip
+
+
+def test_unused_kernel_sources_are_not_fitted_and_too_few_rows_refuse() -> None:
+    """INT4 rows of ``vllm_marlin_int4_moe`` (UNUSED_SOURCES: 3-5x off the other tables'
+    Marlin rows) are not fitted even when they are the most measured; with no other rows the
+    family refuses, and so it does on fewer rows than its four constants need."""
+    cols = _moe_rows(["int4_wo", "int4_wo"])
+    cols["kernel_source"] = np.repeat(["vllm_marlin_int4_moe", "vllm_marlin_moe"], 56)
+    cols["kernel_source"][:60] = "vllm_marlin_int4_moe"  # the unused source is the commoner
+    probe = _table("moe", latency=np.ones(112), **cols)
+    peak, hbm = H100.peak_tflops("bf16") * 1e12, H100.hbm_bandwidth_gbps * 1e9
+    latency = 1e3 * moe_predict(moe_features(probe), np.array([0.4, 0.7, 30e-6, 0.1]), peak,
+                                hbm, 0.5, 2.5)  # fmt: skip
+    unused = cols["kernel_source"] == "vllm_marlin_int4_moe"
+    latency[unused] *= 4.0
+    bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
+    fam = fit_quant_moe("moe_int4", _table("moe", latency=latency, **cols), H100, bf16, Path("/s"))
+    assert fam.mean_error < 0.02 and fam.rows == int((~unused & (cols["distribution"] ==
+                                                                 "balanced")).sum())  # fmt: skip
+    only = {k: v[unused] for k, v in cols.items()}
+    with pytest.raises(ConfigError, match="no fused-MoE rows without EP of int4_wo experts"):
+        fit_quant_moe("moe_int4", _table("moe", latency=latency[unused], **only), H100, bf16,
+                      Path("/s"))  # fmt: skip
+    few = {k: v[~unused][:10] for k, v in cols.items()}
+    with pytest.raises(ConfigError, match="too few fused-MoE rows of moe_int4"):
+        fit_quant_moe("moe_int4", _table("moe", latency=latency[~unused][:10], **few), H100,
+                      bf16, Path("/s"))  # fmt: skip
 
 
 def test_fp8_and_mxfp4_experts_take_their_own_kernel_constants() -> None:

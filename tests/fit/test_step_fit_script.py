@@ -34,6 +34,7 @@ EXPECTED = {
     "moe_mxfp4": "fit_quant_moe",
     "moe_nvfp4": "fit_quant_moe",
     "moe_mxfp4_mxfp8": "fit_quant_moe",
+    "moe_int4": "fit_quant_moe",
 }
 
 

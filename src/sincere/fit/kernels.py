@@ -38,12 +38,13 @@ family over every measured shape, never a table per shape:
   efficiencies, a fixed kernel cost, a cost per active expert on the memory side
   (``moe_expert_s``) and the share of the busiest expert's rows that does not overlap
   with the others (``moe_tail_share``);
-* **fp8, MXFP4 and NVFP4 experts** (:data:`QUANT_EXPERTS`, no EP): the same form with
-  their weight bytes and compute rate (fp8: the fp8 peak, block-scaled rows where
+* **fp8, MXFP4, NVFP4 and INT4 experts** (:data:`QUANT_EXPERTS`, no EP): the same form
+  with their weight bytes and compute rate (fp8: the fp8 peak, block-scaled rows where
   measured; MXFP4: 4.25-bit weights at the bf16 peak; NVFP4: 4.5-bit weights at the fp4
-  peak; MXFP4 x MXFP8: 4.25-bit weights at the fp8 peak), their own efficiencies, kernel
-  cost and cost per active expert, the bf16 fit's overlap exponent and tail share
-  (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_nvfp4_*``, ``moe_mxfp4_mxfp8_*``). A family in a
+  peak; MXFP4 x MXFP8: 4.25-bit weights at the fp8 peak; INT4: 4-bit weights at the bf16
+  peak), their own efficiencies, kernel cost and cost per active expert, the bf16 fit's
+  overlap exponent and tail share (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_nvfp4_*``,
+  ``moe_mxfp4_mxfp8_*``, ``moe_int4_*``). A family in a
   precision the GPU has no rate for (fp8 on A100, NVFP4 before Blackwell) is not
   attempted, nor MXFP4 x MXFP8 experts before Blackwell.
 
@@ -69,13 +70,14 @@ import numpy as np
 from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
-from sincere.perf.kernel_tables import KernelTable, dominant, read_table
+from sincere.perf.kernel_tables import KernelTable, dominant, read_table, usable_sources
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
 
 TOKEN_TILES = (1, 64, 128, 256)
 MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
 MAX_ALLREDUCE_BYTES = 128 * 2**20
 FAIR_ERROR = 0.08  # mean relative error above which a family says it misses its data
+MIN_EXPERT_ROWS = 20  # a quantised-expert family fitted on fewer rows is not fitted there
 UNUSABLE_ERROR = 0.5  # mean relative error above which a family's fit is not written
 ACT_BYTES = 2.0
 GEMM_DTYPES = {
@@ -83,6 +85,15 @@ GEMM_DTYPES = {
     "fp8": ("CutlassFP8ScaledMMLinearKernel",),
     "nvfp4": ("FlashInferCuteDslNvFp4LinearKernel",),
 }
+FIT_ROUTING = "balanced"
+"""The routing of the fused-MoE rows the expert families are fitted on where a table has
+them. The database also times each shape under ``power_law_1.01`` and ``power_law_1.2``
+routing, but that skew is not the step model's Zipf popularity
+(:func:`sincere.perf.moe.routing_load`): at 16-64 tokens those rows run 18 % faster than
+balanced ones (median over B200's and H100's tables, 1.01 and 1.2 alike), where a Zipf
+exponent of 1.01 reads 37 % fewer experts. Fitted on all three, the constants priced
+balanced rows too slow and skewed ones too fast; the step model routes uniformly
+(``MoEParams.routing_skew`` 0), so the balanced rows are its data."""
 MOE_TILE = 16  # rows an expert's tokens are padded to (as :class:`MoEParams.expert_tile`)
 
 
@@ -601,12 +612,27 @@ def moe_predict(
 
 
 def moe_rows(table: KernelTable) -> KernelTable:
-    """bf16 experts on one GPU holding every expert (no EP), all routings, vLLM's kernel."""
+    """bf16 experts on one GPU holding every expert (no EP), vLLM's kernel, balanced routing
+    where measured (:func:`fit_routing`)."""
     rows = table.where(table.equals("moe_dtype", "bfloat16") & (table.num("moe_ep_size") == 1))
     if rows.num_rows == 0:
         raise ConfigError("no bf16 fused-MoE rows without EP", where=str(table.path))
-    rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+    rows = fit_routing(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
     return subsample(rows, 4000)
+
+
+def fit_routing(rows: KernelTable) -> KernelTable:
+    """The rows of :data:`FIT_ROUTING` when the table measured it, else all of them (A100's
+    0.14 table times skewed routings only: fitted as the formula reads them)."""
+    balanced = rows.equals("distribution", FIT_ROUTING)
+    return rows.where(balanced) if balanced.any() else rows
+
+
+def routing_note(rows: KernelTable) -> tuple[str, ...]:
+    """A note when the rows are not all of :data:`FIT_ROUTING` (:func:`fit_routing`)."""
+    if bool(rows.equals("distribution", FIT_ROUTING).all()):
+        return ()
+    return (f"no {FIT_ROUTING} rows: fitted on the skewed routings",)
 
 
 def allreduce_rows(table: KernelTable) -> KernelTable:
@@ -632,7 +658,8 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
     def predict(x: FArray) -> FArray:
         return moe_predict(feat, x, peak, hbm, 2.0, overlap)
 
-    return fit_named("moe", predict, spec, measured, root_w, rows, root)
+    fam = fit_named("moe", predict, spec, measured, root_w, rows, root)
+    return replace(fam, notes=(*routing_note(rows), *fam.notes))
 
 
 QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
@@ -640,6 +667,7 @@ QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
     "moe_mxfp4": (("w4a16_mxfp4",), "bf16", PRECISION_BYTES["mxfp4"]),
     "moe_nvfp4": (("nvfp4",), "nvfp4", PRECISION_BYTES["nvfp4"]),
     "moe_mxfp4_mxfp8": (("w4a8_mxfp4_mxfp8",), "fp8", PRECISION_BYTES["mxfp4"]),
+    "moe_int4": (("int4_wo",), "bf16", PRECISION_BYTES["int4"]),
 }
 """Quantised-expert family -> (the rows' ``moe_dtype`` in order of preference, the precision
 its GEMMs run at, weight bytes per element). fp8: block-scaled (the format of the published
@@ -647,7 +675,9 @@ DeepSeek-V3/R1 and Qwen3 FP8 checkpoints), per-tensor where no block rows were m
 MXFP4: 4-bit weights with bf16 activations (GPT-OSS); NVFP4: 4-bit weights and activations
 with fp8 scales per 16 (NVIDIA's ModelOpt checkpoints), at the fp4 rate; MXFP4 x MXFP8:
 MXFP4 weights against activations quantised to MXFP8, at the fp8 rate (FlashInfer's
-TensorRT-LLM kernel, Blackwell; measured on other models' shapes than GPT-OSS's)."""
+TensorRT-LLM kernel, Blackwell; measured on other models' shapes than GPT-OSS's); INT4:
+4-bit integer weights with bf16 activations (W4A16, vLLM's Marlin kernel: the INT4
+checkpoints of Kimi K2.5, AWQ and GPTQ), dequantised to the bf16 rate."""
 
 
 BLACKWELL_EXPERTS = frozenset({"moe_mxfp4_mxfp8"})
@@ -656,12 +686,22 @@ attempted on other GPUs."""
 
 
 def quant_moe_rows(name: str, table: KernelTable) -> KernelTable:
-    """Family ``name``'s experts on one GPU holding every expert (no EP), vLLM's kernel."""
+    """Family ``name``'s experts on one GPU holding every expert (no EP), vLLM's kernel,
+    balanced routing where measured (:func:`fit_routing`)."""
     no_ep = table.num("moe_ep_size") == 1
+    kept = usable_sources(table)
     for dtype in QUANT_EXPERTS[name][0]:
-        rows = table.where(table.equals("moe_dtype", dtype) & no_ep)
+        rows = table.where(table.equals("moe_dtype", dtype) & no_ep & kept)
         if rows.num_rows > 0:
             rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+            rows = fit_routing(rows)
+            if rows.num_rows < MIN_EXPERT_ROWS:
+                raise ConfigError(
+                    f"too few fused-MoE rows of {name}'s experts to fit its four constants",
+                    where=str(table.path),
+                    value=rows.num_rows,
+                    allowed=f">= {MIN_EXPERT_ROWS}",
+                )
             return subsample(rows, 4000)
     raise ConfigError(
         f"no fused-MoE rows without EP of {' or '.join(QUANT_EXPERTS[name][0])} experts",
@@ -694,7 +734,7 @@ def fit_quant_moe(
 
     fam = fit_named(name, predict, spec, measured, root_w, rows, root)
     dtype = str(rows.columns["moe_dtype"][0])
-    return replace(fam, notes=(f"{dtype} experts", *fam.notes))
+    return replace(fam, notes=(f"{dtype} experts", *routing_note(rows), *fam.notes))
 
 
 def quant_fitter(
@@ -714,14 +754,12 @@ FAMILY_TABLES = {
     "allreduce": "custom_allreduce",
     "alltoall": "nccl",
     "moe": "moe",
-    "moe_fp8": "moe",
-    "moe_mxfp4": "moe",
-    "moe_nvfp4": "moe",
-    "moe_mxfp4_mxfp8": "moe",
+    **{name: "moe" for name in QUANT_EXPERTS},
 }
 """Family -> the table it is fitted on."""
 NCCL_FAMILIES = ("alltoall",)
 """Families measured on NCCL rather than vLLM (their version is NCCL's)."""
+MOE_SHAPE = ("hidden_size", "inter_size", "num_experts", "topk")
 SHAPE_COLUMNS = {
     "gemm_bf16": ("n", "k"),
     "gemm_fp8": ("n", "k"),
@@ -730,11 +768,7 @@ SHAPE_COLUMNS = {
     "decode_attention": ("num_heads", "num_key_value_heads", "head_dim"),
     "allreduce": ("num_gpus",),
     "alltoall": ("num_gpus",),
-    "moe": ("hidden_size", "inter_size", "num_experts", "topk"),
-    "moe_fp8": ("hidden_size", "inter_size", "num_experts", "topk"),
-    "moe_mxfp4": ("hidden_size", "inter_size", "num_experts", "topk"),
-    "moe_nvfp4": ("hidden_size", "inter_size", "num_experts", "topk"),
-    "moe_mxfp4_mxfp8": ("hidden_size", "inter_size", "num_experts", "topk"),
+    **{name: MOE_SHAPE for name in ("moe", *QUANT_EXPERTS)},
 }
 """Family -> the columns that make a row's model shape (the size axis left out)."""
 

@@ -111,6 +111,10 @@ KERNEL_PARTS = {
         "moe_mxfp4_mxfp8_bw_efficiency",
         "moe_mxfp4_mxfp8_kernel_s",
         "moe_mxfp4_mxfp8_expert_s",
+        "moe_int4_mfu_efficiency",
+        "moe_int4_bw_efficiency",
+        "moe_int4_kernel_s",
+        "moe_int4_expert_s",
     ),
     "cpu": ("overhead_s", "overhead_per_seq_s"),
 }

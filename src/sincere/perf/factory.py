@@ -291,6 +291,10 @@ class RooflineStepParams(Params):
     moe_mxfp4_mxfp8_expert_s: float | None = _time(
         "cost per active expert in the MXFP4-expert kernel with MXFP8 activations"
     )
+    moe_int4_mfu_efficiency: float | None = _efficiency("the bf16 peak in the INT4-expert kernel")
+    moe_int4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the INT4-expert kernel")
+    moe_int4_kernel_s: float | None = _time("fixed cost of one INT4-expert MoE kernel per layer")
+    moe_int4_expert_s: float | None = _time("cost per active expert in the INT4-expert kernel")
     mxfp4_activations: str | None = Field(
         None,
         description="what MXFP4 experts multiply with: bf16 (vLLM's default) or mxfp8 "

@@ -73,6 +73,26 @@ class KernelTable:
         return np.asarray(self.columns[column].astype(str) == value)
 
 
+UNUSED_SOURCES = {
+    "vllm_marlin_int4_moe": "INT4 experts timed 3-5x slower than the Marlin rows of the 0.14 "
+    "and 0.24 tables on every GPU, and than INT4 Kimi-K2.5 served on vLLM 0.15",
+}
+"""Kernel sources whose rows the expert families are not fitted on, and why: the 0.18-0.22
+tables time vLLM's Marlin INT4 MoE kernel at 11-31 % of HBM bandwidth where the tables
+before and after them (``vllm_marlin_moe``, 0.14; the compressed-tensors Marlin experts,
+0.24) reach 52-81 % on the same GPUs, and InferenceX's INT4 Kimi-K2.5 points (vLLM 0.15.1,
+B200) decode as fast as the 0.24 rows say, not 2.4x slower. A release holding only such
+rows is fitted from the newest table (:func:`sincere.fit.kernels.fit_kernels`) and
+prices no measured layer (:mod:`sincere.perf.measured_moe`)."""
+
+
+def usable_sources(table: KernelTable) -> npt.NDArray[np.bool_]:
+    """Mask of the rows whose ``kernel_source`` is not in :data:`UNUSED_SOURCES`."""
+    if "kernel_source" not in table.columns:
+        return np.ones(table.num_rows, dtype=bool)
+    return ~np.isin(table.columns["kernel_source"].astype(str), list(UNUSED_SOURCES))
+
+
 def dominant(table: KernelTable, column: str) -> str:
     """The most frequent value of ``column`` (the kernel vLLM picks most often)."""
     values, counts = np.unique(table.columns[column].astype(str), return_counts=True)

@@ -55,6 +55,7 @@ EXPERT_DTYPES = {
     "nvfp4": ("nvfp4",),
     "mxfp4": ("w4a16_mxfp4",),
     "mxfp4_mxfp8": ("w4a8_mxfp4_mxfp8",),
+    "int4": ("int4_wo",),
 }
 """Expert format (:func:`expert_format`) -> the table's ``moe_dtype`` values, preferred first
 (fp8: block-scaled, the format of the published fp8 MoE checkpoints, per-tensor where no
@@ -104,6 +105,8 @@ def expert_format(precision: str, compute_precision: str, mxfp4_activations: str
     ``compute_precision`` (as :func:`sincere.perf.roofline.expert_constants` prices them)."""
     if precision == "mxfp4":
         return "mxfp4_mxfp8" if mxfp4_activations == "mxfp8" else "mxfp4"
+    if precision in ("int4", "int4-gptq"):
+        return "int4"
     if compute_precision in ("fp8", "nvfp4"):
         return compute_precision
     return "bf16"
@@ -150,7 +153,7 @@ def _curves(
     tables: str, accelerator: str, release: str | None
 ) -> dict[tuple[str, MoELayer], MeasuredCurve]:
     """Every measured layer of the GPU's MoE table, by (dtype, layer); read once."""
-    from sincere.perf.kernel_tables import GPU_FOLDERS, dominant, read_table
+    from sincere.perf.kernel_tables import GPU_FOLDERS, dominant, read_table, usable_sources
 
     root = Path(tables)
     if not root.is_dir():
@@ -164,6 +167,7 @@ def _curves(
     if table is None:
         return {}
     keep = (table.num("moe_ep_size") == 1) & table.equals("distribution", MEASURED_ROUTING)
+    keep &= usable_sources(table)
     table = table.where(keep)
     out: dict[tuple[str, MoELayer], MeasuredCurve] = {}
     dtypes = table.columns["moe_dtype"].astype(str)

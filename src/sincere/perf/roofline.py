@@ -97,7 +97,12 @@ _OPTIONAL_EFFICIENCIES = (
     "moe_nvfp4_bw_efficiency",
     "moe_mxfp4_mxfp8_mfu_efficiency",
     "moe_mxfp4_mxfp8_bw_efficiency",
+    "moe_int4_mfu_efficiency",
+    "moe_int4_bw_efficiency",
 )
+INT4_WEIGHTS = frozenset({"int4", "int4-gptq"})
+"""Weight precisions whose experts the INT4 (W4A16) kernel runs: 4-bit integer weights
+dequantised to bf16 (vLLM's Marlin MoE kernel)."""
 MXFP4_ACTIVATIONS = ("bf16", "mxfp8")
 """What MXFP4 experts multiply their weights with: bf16 activations (vLLM's default kernel)
 or activations quantised to MXFP8 at the fp8 rate (FlashInfer's TensorRT-LLM kernel that
@@ -169,6 +174,10 @@ class RooflineParams:
     moe_mxfp4_mxfp8_bw_efficiency: float | None = None  # MXFP4 x MXFP8 experts: share of HBM
     moe_mxfp4_mxfp8_kernel_s: float | None = None  # MXFP4 x MXFP8 experts: fixed cost per layer
     moe_mxfp4_mxfp8_expert_s: float | None = None  # MXFP4 x MXFP8: cost per active expert
+    moe_int4_mfu_efficiency: float | None = None  # INT4 (W4A16) experts: share of the bf16 peak
+    moe_int4_bw_efficiency: float | None = None  # INT4 experts: share of HBM
+    moe_int4_kernel_s: float | None = None  # INT4 experts: fixed cost per layer
+    moe_int4_expert_s: float | None = None  # INT4 experts: cost per active expert
     mxfp4_activations: str = "bf16"  # MXFP4 experts' activations: one of MXFP4_ACTIVATIONS
     kernel_tables: str | None = None  # measured kernels' folder: routed experts from their rows
     kernel_release: str | None = None  # vLLM release of the measured rows (None: the newest)
@@ -207,8 +216,9 @@ class RooflineParams:
                 allowed=list(MXFP4_ACTIVATIONS),
             )
         kernels = ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s", "moe_nvfp4_kernel_s")
-        experts = ("moe_fp8", "moe_mxfp4", "moe_nvfp4", "moe_mxfp4_mxfp8")
-        for name in (*kernels, "moe_mxfp4_mxfp8_kernel_s", *(f"{e}_expert_s" for e in experts)):
+        experts = ("moe_fp8", "moe_mxfp4", "moe_nvfp4", "moe_mxfp4_mxfp8", "moe_int4")
+        others = ("moe_mxfp4_mxfp8_kernel_s", "moe_int4_kernel_s")
+        for name in (*kernels, *others, *(f"{e}_expert_s" for e in experts)):
             if (value := getattr(self, name)) is not None and value < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0 s", value=value)
         if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
@@ -392,9 +402,10 @@ def expert_constants(
     per active expert) of the fused-MoE kernel for experts stored in ``precision`` and
     computed in ``compute_precision``: fp8 experts run at the fp8 rate, MXFP4 ones
     dequantised to bf16 (or, with ``mxfp4_activations: mxfp8``, against MXFP8 activations
-    at the fp8 rate) and NVFP4 ones at the fp4 rate, each with its own fitted kernel where
-    the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_mxfp4_mxfp8_*``,
-    ``moe_nvfp4_*``); otherwise the bf16 experts' (None: the GEMMs' shares). MXFP8
+    at the fp8 rate), NVFP4 ones at the fp4 rate and INT4 ones dequantised to bf16 (W4A16),
+    each with its own fitted kernel where the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``,
+    ``moe_mxfp4_mxfp8_*``, ``moe_nvfp4_*``, ``moe_int4_*``); otherwise the bf16 experts'
+    (None: the GEMMs' shares). MXFP8
     activations without a fit of their own take the fp8 experts' kernel."""
     p = params
     family = _expert_family(p, precision, compute_precision)
@@ -423,6 +434,8 @@ def _expert_family(
         return "moe_nvfp4", compute_precision
     if precision == "mxfp4" and p.moe_mxfp4_mfu_efficiency is not None:
         return "moe_mxfp4", compute_precision
+    if precision in INT4_WEIGHTS and p.moe_int4_mfu_efficiency is not None:
+        return "moe_int4", "bf16"
     return None
 
 
