@@ -18,6 +18,7 @@ from sincere.perf.calibration import (
     default_roofline_params,
     fit_documents,
     kernel_fit_for,
+    kernel_fits,
     roofline_defaults,
     shipped_fits,
 )
@@ -112,10 +113,24 @@ def test_variants_take_their_chips_fit_whole(variant: str, fitted: str) -> None:
 
 
 def test_transfer_rule_names_catalog_accelerators() -> None:
-    """Every entry of the transfer rule is a catalog accelerator with a shipped fit as source."""
+    """Every entry of the transfer rule is a catalog accelerator whose source has a shipped
+    fit: a roofline fit, or (B200) a kernel fit."""
     for variant, fitted in FIT_TRANSFER.items():
         assert get_accelerator(variant).name == variant
-        assert fitted in shipped_fits()
+        assert fitted in shipped_fits() or fitted in kernel_fits()
+
+
+@pytest.mark.parametrize("variant", ["B300", "GB200", "GB300"])
+def test_blackwell_variants_take_b200s_kernel_fits(variant: str) -> None:
+    """B300, GB200 and GB300 price every measured part with B200's kernel constants (the
+    stack's shares of the peaks) against their own datasheet peaks; the parts B200's fit
+    does not hold (elementwise, CPU) stay the prior."""
+    defaults = roofline_defaults(get_accelerator(variant))
+    b200 = kernel_fits()["B200"]["params"]
+    for name in ("moe_nvfp4_bw_efficiency", "nvfp4_mfu_efficiency", "attn_bw_efficiency"):
+        assert defaults.params[name] == b200[name]
+    assert defaults.parts["experts"].startswith("transferred: measured vLLM")
+    assert defaults.parts["elementwise"].startswith("prior")
 
 
 def test_other_accelerators_take_the_prior() -> None:

@@ -12,7 +12,9 @@ its efficiencies and fixed costs by one of two rules:
 * **transfer** (:data:`FIT_TRANSFER`): a variant of a fitted chip (same silicon
   generation and kernels, other memory, clocks or board) takes that fit's
   parameters whole: H200 and H100-PCIe from the H100-SXM fit, A100-40GB from the
-  A100-80GB fit. Since every term is a datasheet peak times an efficiency, the fitted
+  A100-80GB fit, GB200 (the B200 chip on a Grace board) and the Blackwell Ultra B300 and
+  GB300 (the same generation's kernels, more fp4 compute and memory) from the B200 fit.
+  Since every term is a datasheet peak times an efficiency, the fitted
   kernel times are scaled by the ratio of the two datasheets' FLOPs (compute-bound
   kernels) and HBM / link bandwidth (memory-bound ones);
 * **prior**: any other accelerator takes the figures that describe the software stack
@@ -140,6 +142,9 @@ FIT_TRANSFER = {
     "H200": "H100-SXM",
     "H100-PCIe": "H100-SXM",
     "A100-40GB": "A100-80GB",
+    "GB200": "B200",
+    "B300": "B200",
+    "GB300": "B200",
 }
 """Catalog accelerator -> the fitted chip whose parameters it takes whole (module docstring)."""
 
