@@ -213,8 +213,11 @@ def test_a_vllm_release_takes_the_fit_of_its_own_kernels() -> None:
     families = doc["fit"]["families"]
     assert families["moe_mxfp4"]["version"] == "0.24.0" and families["moe"]["version"] == "0.19.0"
     # a GPU without release fits keeps its one fit whatever the release
+    l4 = get_accelerator("L4")
+    assert roofline_defaults(l4, "0.19.0").params == roofline_defaults(l4).params
+    # a variant takes its chip's release fit: the RTX 4090 under 0.19, the L40S's 0.14 one
     rtx4090 = get_accelerator("RTX-4090")
-    assert roofline_defaults(rtx4090, "0.19.0").params == roofline_defaults(rtx4090).params
+    assert "vLLM 0.14.0" in roofline_defaults(rtx4090, "0.19.0").parts["linear"]
     # through the step-model config: Qwen3-32B at TP 2 decodes slower under 0.19's kernels
     dep = Deployment(get_model("qwen3-32b"), rtx, tp=2)
     new_t = make_step_model("roofline", dep).decode_step_s(128, 128 * 700)

@@ -13,7 +13,8 @@ its efficiencies and fixed costs by one of two rules:
   generation and kernels, other memory, clocks or board) takes that fit's
   parameters whole: H200 and H100-PCIe from the H100-SXM fit, A100-40GB from the
   A100-80GB fit, GB200 (the B200 chip on a Grace board) and the Blackwell Ultra B300 and
-  GB300 (the same generation's kernels, more fp4 compute and memory) from the B200 fit.
+  GB300 (the same generation's kernels, more fp4 compute and memory) from the B200 fit,
+  the RTX 4090 (the L40S's AD102 die, GDDR6X) from the L40S fit.
   Since every term is a datasheet peak times an efficiency, the fitted
   kernel times are scaled by the ratio of the two datasheets' FLOPs (compute-bound
   kernels) and HBM / link bandwidth (memory-bound ones);
@@ -145,6 +146,7 @@ FIT_TRANSFER = {
     "GB200": "B200",
     "B300": "B200",
     "GB300": "B200",
+    "RTX-4090": "L40S",
 }
 """Catalog accelerator -> the fitted chip whose parameters it takes whole (module docstring)."""
 
