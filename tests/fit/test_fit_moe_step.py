@@ -63,8 +63,10 @@ def _step_experts_s(
     return parts.experts_s / get_model(model).num_moe_layers
 
 
-ROUTINGS = [(1, "balanced", 0.0), (64, "power_law_1.2", 1.2), (2048, "balanced", 0.0)]
-"""(tokens, the table's routing, its Zipf skew) of the rows compared."""
+ROUTINGS = [(1, "power_law_1.01", 1.01), (64, "power_law_1.2", 1.2), (2048, "power_law_1.01", 1.01)]
+"""(tokens, the table's routing, its Zipf skew) of the rows compared: the skewed rows, which
+the fit reads as the step does (its balanced rows are dealt in turn, not drawn:
+``test_balanced_rows_are_dealt_in_turn``)."""
 
 
 @pytest.mark.parametrize(("accelerator", "family"), _fitted())
@@ -84,6 +86,20 @@ def test_a_steps_experts_are_the_fits_prediction_of_the_layers_row(
     fit = {"accelerator": accelerator, "params": doc["params"]}
     step = _step_experts_s(fit, model, precision, tokens, skew)
     assert step == pytest.approx(fitted, rel=1e-9)
+
+
+def test_balanced_rows_are_dealt_in_turn() -> None:
+    """The database's balanced rows deal ``T k`` routed tokens to ``min(E, T k)`` experts in
+    turn (its collector's ``balanced_logits``); the fit reads them so, while a step draws
+    its tokens' experts at random: at 16 tokens of Qwen3-30B-A3B (128 experts, top-8)
+    128 experts are read against about 82.4 drawn, and one token reads its 8 either way."""
+    from sincere.perf.moe import expected_distinct_experts, round_robin_load
+
+    assert round_robin_load(16, 128, 8, 16) == (128.0, 128.0 * 16, 1.0)
+    assert expected_distinct_experts(16, 128, 8) == pytest.approx(82.4, abs=0.1)
+    assert round_robin_load(1, 128, 8, 16)[0] == expected_distinct_experts(1, 128, 8) == 8
+    assert round_robin_load(64, 128, 8, 16) == (128.0, 128.0 * 16, 4.0)
+    assert round_robin_load(0, 128, 8, 16) == (0.0, 0.0, 0.0)
 
 
 DATABASE = Path(__file__).resolve().parents[3] / "shared" / "data" / "kernels" / "aiconfigurator"

@@ -93,7 +93,11 @@ routing, but that skew is not the step model's Zipf popularity
 balanced ones (median over B200's and H100's tables, 1.01 and 1.2 alike), where a Zipf
 exponent of 1.01 reads 37 % fewer experts. Fitted on all three, the constants priced
 balanced rows too slow and skewed ones too fast; the step model routes uniformly
-(``MoEParams.routing_skew`` 0), so the balanced rows are its data."""
+(``MoEParams.routing_skew`` 0), so the balanced rows are its data. The collector deals a
+balanced row's ``T k`` routed tokens to ``min(E, T k)`` experts in turn (its
+``balanced_logits``) where a trained router draws them; the features read those rows as
+dealt (:func:`sincere.perf.moe.round_robin_load`), so the constants price an expert read,
+and a step counts the experts its tokens draw."""
 MOE_TILE = 16  # rows an expert's tokens are padded to (as :class:`MoEParams.expert_tile`)
 
 
@@ -592,7 +596,8 @@ def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray, FAr
     work = np.empty((5, len(t)))
     for i in range(len(t)):
         routing = (int(e[i]), int(k[i]), skew_of(str(dist[i])), MOE_TILE)
-        work[:, i] = expert_work(t[i], int(h[i]), int(local[i]), routing, ACT_BYTES)
+        dealt = str(dist[i]) == "balanced"  # the collector deals tokens to experts in turn
+        work[:, i] = expert_work(t[i], int(h[i]), int(local[i]), routing, ACT_BYTES, dealt=dealt)
     return work[0], work[1], work[2], work[3], work[4]
 
 

@@ -180,6 +180,21 @@ def routing_load(
     return distinct, rows, busiest
 
 
+def round_robin_load(
+    num_tokens: float, num_experts: int, top_k: int, tile: int
+) -> tuple[float, float, float]:
+    """:func:`routing_load` of a batch whose tokens are dealt to experts in turn (the kernel
+    database's ``balanced`` rows): ``min(E, T k)`` experts active, each holding ``T k`` over
+    that many tokens (padded to ``tile`` rows), the busiest ``ceil(T k / E)``."""
+    _check_routing(num_experts, top_k)
+    if num_tokens <= 0:
+        return 0.0, 0.0, 0.0
+    routed = num_tokens * top_k
+    distinct = min(float(num_experts), routed)
+    rows = grouped_gemm_rows(routed / distinct, distinct, tile)
+    return distinct, rows, float(math.ceil(routed / num_experts - 1e-9))
+
+
 def expert_work(
     num_tokens: float,
     hidden: int,
@@ -189,6 +204,7 @@ def expert_work(
     gated: bool = True,
     ep: int = 1,
     imbalance: float = 1.0,
+    dealt: bool = False,
 ) -> tuple[float, float, float, float, float]:
     """(FLOPs of the padded rows, FLOPs of the busiest expert, weight elements read,
     activation bytes moved, experts active on this GPU) of one fused-MoE layer on one GPU.
@@ -196,10 +212,14 @@ def expert_work(
     ``routing`` is ``(num_experts, top_k, skew, tile)`` (:func:`routing_load`); each
     expert is ``width`` wide on this GPU (gate and up, or up alone, and down); the GPU
     holds ``1/ep`` of the experts and computes its ``T k / ep`` routed tokens times
-    ``imbalance`` (the busiest GPU's share over the mean).
+    ``imbalance`` (the busiest GPU's share over the mean). ``dealt``: tokens dealt to the
+    experts in turn (:func:`round_robin_load`; ``skew`` unused), not drawn at random.
     """
     num_experts, top_k, skew, tile = routing
-    distinct, rows, busiest = routing_load(num_tokens, num_experts, top_k, skew, tile)
+    if dealt:
+        distinct, rows, busiest = round_robin_load(num_tokens, num_experts, top_k, tile)
+    else:
+        distinct, rows, busiest = routing_load(num_tokens, num_experts, top_k, skew, tile)
     up = (2 if gated else 1) * width
     per_expert = float(hidden * (up + width))
     routed = num_tokens * top_k / ep * imbalance
