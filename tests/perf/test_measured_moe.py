@@ -163,3 +163,23 @@ def test_minimax_on_b200_under_vllm_0_19_reads_the_real_rows() -> None:
     got = _experts_s(SHARED, decode, release="0.19.0") / MINIMAX.num_moe_layers
     assert got == pytest.approx(measured)
     assert abs(_experts_s(None, decode) / MINIMAX.num_moe_layers / measured - 1) > 0.02
+
+
+@pytest.mark.parametrize(
+    ("precision", "compute", "activations", "fmt"),
+    [("int4", "bf16", "bf16", "int4"), ("int4-gptq", "bf16", "bf16", "int4"),
+     ("mxfp4", "bf16", "mxfp8", "mxfp4_mxfp8"), ("mxfp4", "bf16", "bf16", "mxfp4"),
+     ("fp8", "fp8", "bf16", "fp8"), ("fp8", "bf16", "bf16", "bf16"),
+     ("nvfp4", "nvfp4", "bf16", "nvfp4"), ("bf16", "bf16", "bf16", "bf16")],
+)  # fmt: skip
+def test_each_weight_format_reads_its_own_measured_rows(
+    precision: str, compute: str, activations: str, fmt: str
+) -> None:
+    """INT4 experts (either checkpoint kind) read the ``int4_wo`` rows, not bf16's; fp8
+    dequantised to bf16 (A100) reads bf16's, as the fitted constants price them."""
+    from sincere.perf.measured_moe import EXPERT_DTYPES, expert_format
+
+    assert expert_format(precision, compute, activations) == fmt
+    assert fmt in EXPERT_DTYPES
+    if fmt == "int4":
+        assert EXPERT_DTYPES[fmt] == ("int4_wo",)
