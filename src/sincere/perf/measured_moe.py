@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sincere.core.errors import ConfigError
+from sincere.perf.moe import INT4_WEIGHTS
 
 if TYPE_CHECKING:
     from sincere.perf.base import Deployment
@@ -105,7 +106,7 @@ def expert_format(precision: str, compute_precision: str, mxfp4_activations: str
     ``compute_precision`` (as :func:`sincere.perf.roofline.expert_constants` prices them)."""
     if precision == "mxfp4":
         return "mxfp4_mxfp8" if mxfp4_activations == "mxfp8" else "mxfp4"
-    if precision in ("int4", "int4-gptq"):
+    if precision in INT4_WEIGHTS:
         return "int4"
     if compute_precision in ("fp8", "nvfp4"):
         return compute_precision

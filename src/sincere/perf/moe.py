@@ -49,6 +49,11 @@ from sincere.core.errors import ConfigError
 
 FArray = npt.NDArray[np.float64]
 
+INT4_WEIGHTS = frozenset({"int4", "int4-gptq"})
+"""Weight precisions whose experts the INT4 (W4A16) kernel runs: 4-bit integer weights
+dequantised to bf16 (vLLM's Marlin MoE kernel), priced by the ``moe_int4_*`` constants and
+read from the database's ``int4_wo`` rows."""
+
 
 def _check_routing(num_experts: int, top_k: int) -> None:
     if num_experts < 1 or not 1 <= top_k <= num_experts:

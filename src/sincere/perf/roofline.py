@@ -55,6 +55,7 @@ from sincere.core.types import Seconds
 from sincere.perf.arch_step import ArchStep, MoEParams, arch_utilization
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
 from sincere.perf.gemm import gemm_s
+from sincere.perf.moe import INT4_WEIGHTS
 from sincere.perf.series import sum_max_affine
 
 _EFFICIENCIES = (
@@ -100,9 +101,6 @@ _OPTIONAL_EFFICIENCIES = (
     "moe_int4_mfu_efficiency",
     "moe_int4_bw_efficiency",
 )
-INT4_WEIGHTS = frozenset({"int4", "int4-gptq"})
-"""Weight precisions whose experts the INT4 (W4A16) kernel runs: 4-bit integer weights
-dequantised to bf16 (vLLM's Marlin MoE kernel)."""
 MXFP4_ACTIVATIONS = ("bf16", "mxfp8")
 """What MXFP4 experts multiply their weights with: bf16 activations (vLLM's default kernel)
 or activations quantised to MXFP8 at the fp8 rate (FlashInfer's TensorRT-LLM kernel that
@@ -215,10 +213,8 @@ class RooflineParams:
                 value=self.mxfp4_activations,
                 allowed=list(MXFP4_ACTIVATIONS),
             )
-        kernels = ("moe_fp8_kernel_s", "moe_mxfp4_kernel_s", "moe_nvfp4_kernel_s")
         experts = ("moe_fp8", "moe_mxfp4", "moe_nvfp4", "moe_mxfp4_mxfp8", "moe_int4")
-        others = ("moe_mxfp4_mxfp8_kernel_s", "moe_int4_kernel_s")
-        for name in (*kernels, *others, *(f"{e}_expert_s" for e in experts)):
+        for name in (f"{e}_{term}" for e in experts for term in ("kernel_s", "expert_s")):
             if (value := getattr(self, name)) is not None and value < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0 s", value=value)
         if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
