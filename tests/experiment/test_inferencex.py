@@ -20,6 +20,7 @@ from sincere.experiment.inferencex import (
     Skip,
     benchmark_prompts,
     engine_preset,
+    fp8_kv,
     point_config,
     point_spec,
     score_points,
@@ -259,6 +260,32 @@ def test_gpt_oss_experts_run_as_each_backend_runs_them(
     other = point_spec(dataclasses.replace(POINT, backend=backend))
     assert isinstance(other, PointSpec)
     assert "mxfp4_activations" not in point_config(other).instances[0].step_model.params
+
+
+@pytest.mark.parametrize(
+    ("backend", "kv"), [("vllm", "fp8"), ("trtllm", "fp8"), ("sglang", "fp16")]
+)
+def test_gpt_oss_scripts_run_an_fp8_kv_cache(backend: str, kv: str) -> None:
+    """InferenceX's vLLM and TensorRT-LLM GPT-OSS scripts set an fp8 KV cache for the MXFP4
+    weights; a backend whose GPT-OSS script was not read keeps the default (16-bit) cache,
+    and the KV of a point in another weight precision follows that precision."""
+    point = dataclasses.replace(
+        POINT, backend=backend, model="openai/gpt-oss-120b", precision="fp4",
+        gemm_quant="mxfp4", moe_quant="mxfp4", tp=1, moe_tp=1, moe_ep=1, batch_size=4,
+        source_concurrency=4,
+    )  # fmt: skip
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec) and spec.precision == "mxfp4"
+    assert fp8_kv(spec) is (kv == "fp8")
+    (instance,) = point_config(spec).instances
+    assert instance.kv_precision == kv
+    int4 = point_spec(
+        dataclasses.replace(
+            POINT, backend=backend, model="moonshotai/Kimi-K2.5", precision="int4",
+            gemm_quant="int4_wo", moe_quant="int4_wo", moe_tp=8, moe_ep=1,
+        )
+    )  # fmt: skip
+    assert isinstance(int4, PointSpec) and not fp8_kv(int4)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
   preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
   time; SGLang polls its queue as InferenceX's scripts set it:
   :data:`SGLANG_RECV_INTERVALS`); fp8 and NVFP4 weights run an fp8 KV cache (the
-  serving recipes' setting and NVIDIA's NVFP4 checkpoints'; the rows do not state it);
+  serving recipes' setting and NVIDIA's NVFP4 checkpoints'; the rows do not state it), and
+  so do GPT-OSS's MXFP4 weights, whose scripts set one (:data:`FP8_KV_SCRIPTS`);
   MXFP4 experts multiply MXFP8 activations under vLLM and TensorRT-LLM
   (:data:`MXFP8_EXPERT_BACKENDS`);
 * **workload**: as InferenceX's client ran it (vLLM's ``benchmark_serving``): ``C =
@@ -100,6 +101,11 @@ SKIP_REASONS = {
 """Why a point is not simulated: key -> the words the report prints."""
 FP8_KV_WEIGHTS = frozenset({"fp8", "nvfp4"})
 """Weight precisions whose points run an fp8 KV cache (module docstring)."""
+FP8_KV_SCRIPTS = frozenset({("vllm", "gptoss"), ("trtllm", "gptoss")})
+"""(backend, scripts) whose servers run an fp8 KV cache whatever the weights: InferenceX's
+GPT-OSS scripts on B200 set it for MXFP4 weights (vLLM's ``gptoss_fp4_b200.sh`` writes
+``kv-cache-dtype: fp8`` into its config, TensorRT-LLM's ``gptoss_fp4_b200_trt.sh``
+``kv_cache_config: dtype: fp8``; every version of both read)."""
 SGLANG_RECV_INTERVALS = ((16, 30), (1, 10))
 """InferenceX's SGLang serving scripts (``benchmarks/single_node/dsr1_fp8_b200.sh``,
 ``dsr1_fp4_b200.sh``) launch the server with ``--scheduler-recv-interval 30`` when the
@@ -107,7 +113,7 @@ run has 16 clients or more and ``10`` below: ``(least clients, interval)``, firs
 The simulated SGLang engine polls its queue as seldom (the execution model's
 ``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
 8k-in / 1k-out runs on B200, of which the file has none.)"""
-SCRIPT_MODELS = {"deepseek-r1": "dsr1", "deepseek-v3": "dsr1"}
+SCRIPT_MODELS = {"deepseek-r1": "dsr1", "deepseek-v3": "dsr1", "gpt-oss-120b": "gptoss"}
 """Catalog model -> the InferenceX serving scripts that ran its points. The file's
 DeepSeek-V3 points are runs of the DeepSeek-R1 scripts (their ids begin ``dsr1_``: same
 architecture, same recipes)."""
@@ -127,7 +133,10 @@ recipes, 30 and 10) and TensorRT-LLM's ``stream_interval`` (``dsr1_fp8_b200_trt.
 ``dsr1_fp4_b200_trt.sh``: 10). Both servers, in the releases measured, stream a request's
 tokens when their count reaches the interval, the first chunk included, so the client's
 first token is the engine's 30th (10th): the front end's ``first_chunk_tokens``. Points of
-other scripts and systems, not read, stream every token."""
+other scripts and systems stream every token. (TensorRT-LLM's GPT-OSS script on B200,
+``gptoss_fp4_b200_trt.sh``, sets ``stream_interval: 20``, but its points miss a median 7.5
+of their own TPOT (quartiles 4.4 and 9.7) where a 20th-token first chunk would take 19:
+not applied.)"""
 MXFP8_EXPERT_BACKENDS = frozenset({"vllm", "trtllm"})
 """Backends whose Blackwell servers multiply MXFP4 experts with MXFP8 activations (the
 step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
@@ -193,6 +202,13 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     if (interval := STREAM_INTERVALS.get(key)) is not None:
         out["frontend"] = {"first_chunk_tokens": interval}
     return out
+
+
+def fp8_kv(spec: PointSpec) -> bool:
+    """Whether ``spec``'s servers run an fp8 KV cache: its weights' precision
+    (:data:`FP8_KV_WEIGHTS`) or its scripts (:data:`FP8_KV_SCRIPTS`)."""
+    script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+    return spec.precision in FP8_KV_WEIGHTS or (spec.point.backend, script) in FP8_KV_SCRIPTS
 
 
 def benchmark_prompts(clients: int) -> int:
@@ -384,7 +400,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "attention_dp": spec.attention_dp,
         "engine": engine,
     }
-    if spec.precision in FP8_KV_WEIGHTS:
+    if fp8_kv(spec):
         instance["kv_precision"] = "fp8"
     if (step_model := _step_model(spec)) is not None:
         instance["step_model"] = step_model
@@ -402,7 +418,7 @@ def _pd_config(spec: PointSpec, pd: PDSpec, seed: int) -> SimulationConfig:
         "model": spec.catalog_model, "accelerator": spec.accelerator,
         "precision": spec.precision,
     }  # fmt: skip
-    if spec.precision in FP8_KV_WEIGHTS:
+    if fp8_kv(spec):
         base["kv_precision"] = "fp8"
     if (step_model := _step_model(spec)) is not None:
         base["step_model"] = step_model
