@@ -25,6 +25,7 @@ from sincere.experiment.inferencex import (
     point_spec,
     score_points,
     simulate_point,
+    token_budget,
     vllm_release,
 )
 from sincere.experiment.inferencex_report import group_errors, write_inferencex_report
@@ -260,6 +261,31 @@ def test_gpt_oss_experts_run_as_each_backend_runs_them(
     other = point_spec(dataclasses.replace(POINT, backend=backend))
     assert isinstance(other, PointSpec)
     assert "mxfp4_activations" not in point_config(other).instances[0].step_model.params
+
+
+@pytest.mark.parametrize(
+    ("backend", "model", "isl", "budget"),
+    [
+        ("vllm", "MiniMaxAI/MiniMax-M2.5", 1024, 2048),
+        ("vllm", "MiniMaxAI/MiniMax-M2.5", 8192, 16384),
+        ("vllm", "meta-llama/Llama-3.1-70B", 1024, 8192),
+        ("sglang", "deepseek-ai/DeepSeek-R1", 1024, 8192),
+    ],
+)
+def test_a_point_takes_its_scripts_token_budget(
+    backend: str, model: str, isl: int, budget: int
+) -> None:
+    """MiniMax-M2.5's vLLM scripts pass ``--max-num-batched-tokens $((ISL * 2))``; points
+    of other scripts take 8,192 tokens per iteration."""
+    point = dataclasses.replace(
+        POINT, backend=backend, model=model, isl=isl, backend_version="0.19.0", tp=2,
+        moe_tp=0, moe_ep=0, batch_size=4, source_concurrency=4,
+    )  # fmt: skip
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec)
+    assert token_budget(spec) == budget
+    (instance,) = point_config(spec).instances
+    assert instance.engine.max_num_batched_tokens == budget
 
 
 @pytest.mark.parametrize(

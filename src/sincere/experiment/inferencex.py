@@ -14,7 +14,8 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
 * **attention data parallelism**: ``attention_dp_size`` ranks of ``tp_size`` GPUs sharing
   one MoE group: one rank is simulated with its share of the clients and requests, the
   others taken to load the experts alike (the MoE step model's ``attention_dp``);
-* **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration, no
+* **engine**: continuous batching (FCFS, chunked prefill, 8,192 tokens per iteration or
+  the multiple of the input length the scripts set (:data:`PROMPT_TOKEN_BUDGETS`), no
   prefix caching) with ``max_num_seqs`` = the clients, under the backend's execution-model
   preset (:func:`engine_preset`: CUDA graphs, asynchronous scheduling, the front end's
   time; SGLang polls its queue as InferenceX's scripts set it:
@@ -113,7 +114,12 @@ run has 16 clients or more and ``10`` below: ``(least clients, interval)``, firs
 The simulated SGLang engine polls its queue as seldom (the execution model's
 ``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
 8k-in / 1k-out runs on B200, of which the file has none.)"""
-SCRIPT_MODELS = {"deepseek-r1": "dsr1", "deepseek-v3": "dsr1", "gpt-oss-120b": "gptoss"}
+SCRIPT_MODELS = {
+    "deepseek-r1": "dsr1",
+    "deepseek-v3": "dsr1",
+    "gpt-oss-120b": "gptoss",
+    "minimax-m2.5": "minimaxm2.5",
+}
 """Catalog model -> the InferenceX serving scripts that ran its points. The file's
 DeepSeek-V3 points are runs of the DeepSeek-R1 scripts (their ids begin ``dsr1_``: same
 architecture, same recipes)."""
@@ -137,6 +143,16 @@ other scripts and systems stream every token. (TensorRT-LLM's GPT-OSS script on 
 ``gptoss_fp4_b200_trt.sh``, sets ``stream_interval: 20``, but its points miss a median 7.5
 of their own TPOT (quartiles 4.4 and 9.7) where a 20th-token first chunk would take 19:
 not applied.)"""
+TOKEN_BUDGET = 8192
+"""Tokens per iteration (``max_num_batched_tokens``) of a point whose scripts set no other:
+the GPT-OSS scripts' ``max-num-batched-tokens: 8192``."""
+PROMPT_TOKEN_BUDGETS = {("vllm", "minimaxm2.5"): 2}
+"""(backend, scripts) whose servers take ``k`` times the point's input length as their
+tokens per iteration: InferenceX's MiniMax-M2.5 vLLM scripts (``minimaxm2.5_fp8_b200.sh``,
+``minimaxm2.5_fp4_b200.sh``) pass ``--max-num-batched-tokens $((ISL * 2))`` (2,048 for 1k
+prompts, 16,384 for 8k). Two earlier versions of the fp8 script left vLLM's default; the
+rows' dates do not say which ran which, and the points side with the newer ones (1k-prompt
+TTFT, ``benchmarks/README.md``, "MiniMax-M2.5's token budget")."""
 MXFP8_EXPERT_BACKENDS = frozenset({"vllm", "trtllm"})
 """Backends whose Blackwell servers multiply MXFP4 experts with MXFP8 activations (the
 step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
@@ -202,6 +218,14 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     if (interval := STREAM_INTERVALS.get(key)) is not None:
         out["frontend"] = {"first_chunk_tokens": interval}
     return out
+
+
+def token_budget(spec: PointSpec) -> int:
+    """Tokens per iteration of ``spec``'s colocated servers (:data:`TOKEN_BUDGET`, or the
+    multiple of the input length its scripts set: :data:`PROMPT_TOKEN_BUDGETS`)."""
+    script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+    times = PROMPT_TOKEN_BUDGETS.get((spec.point.backend, script))
+    return TOKEN_BUDGET if times is None else times * spec.point.isl
 
 
 def fp8_kv(spec: PointSpec) -> bool:
@@ -377,7 +401,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "kind": "continuous",
         "preset": spec.engine_preset,
         "max_num_seqs": rank_clients,
-        "max_num_batched_tokens": 8192,
+        "max_num_batched_tokens": token_budget(spec),
         "enable_prefix_caching": False,
     }
     execution = _execution(spec)
