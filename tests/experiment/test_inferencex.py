@@ -269,23 +269,29 @@ def test_gpt_oss_experts_run_as_each_backend_runs_them(
         ("vllm", "MiniMaxAI/MiniMax-M2.5", 1024, 2048),
         ("vllm", "MiniMaxAI/MiniMax-M2.5", 8192, 16384),
         ("vllm", "meta-llama/Llama-3.1-70B", 1024, 8192),
+        ("vllm", "moonshotai/Kimi-K2.5", 1024, 2048),
         ("sglang", "deepseek-ai/DeepSeek-R1", 1024, 8192),
     ],
 )
 def test_a_point_takes_its_scripts_token_budget(
     backend: str, model: str, isl: int, budget: int
 ) -> None:
-    """MiniMax-M2.5's vLLM scripts pass ``--max-num-batched-tokens $((ISL * 2))``; points
-    of other scripts take 8,192 tokens per iteration."""
+    """MiniMax-M2.5's vLLM scripts and Kimi-K2.5's NVFP4 one pass ``--max-num-batched-tokens
+    $((ISL * 2))``; points of other scripts (Kimi-K2.5's INT4 one included) take 8,192
+    tokens per iteration."""
+    precision = "fp4" if "Kimi" in model else POINT.precision
     point = dataclasses.replace(
         POINT, backend=backend, model=model, isl=isl, backend_version="0.19.0", tp=2,
-        moe_tp=0, moe_ep=0, batch_size=4, source_concurrency=4,
+        moe_tp=0, moe_ep=0, batch_size=4, source_concurrency=4, precision=precision,
     )  # fmt: skip
     spec = point_spec(point)
     assert isinstance(spec, PointSpec)
     assert token_budget(spec) == budget
     (instance,) = point_config(spec).instances
     assert instance.engine.max_num_batched_tokens == budget
+    if "Kimi" in model:  # the INT4 weights' script sets no budget
+        int4 = point_spec(dataclasses.replace(point, precision="int4"))
+        assert isinstance(int4, PointSpec) and token_budget(int4) == 8192
 
 
 @pytest.mark.parametrize(

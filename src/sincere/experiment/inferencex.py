@@ -119,6 +119,7 @@ SCRIPT_MODELS = {
     "deepseek-v3": "dsr1",
     "gpt-oss-120b": "gptoss",
     "minimax-m2.5": "minimaxm2.5",
+    "kimi-k2.5": "kimik2.5",
 }
 """Catalog model -> the InferenceX serving scripts that ran its points. The file's
 DeepSeek-V3 points are runs of the DeepSeek-R1 scripts (their ids begin ``dsr1_``: same
@@ -146,13 +147,18 @@ not applied.)"""
 TOKEN_BUDGET = 8192
 """Tokens per iteration (``max_num_batched_tokens``) of a point whose scripts set no other:
 the GPT-OSS scripts' ``max-num-batched-tokens: 8192``."""
-PROMPT_TOKEN_BUDGETS = {("vllm", "minimaxm2.5"): 2}
-"""(backend, scripts) whose servers take ``k`` times the point's input length as their
-tokens per iteration: InferenceX's MiniMax-M2.5 vLLM scripts (``minimaxm2.5_fp8_b200.sh``,
-``minimaxm2.5_fp4_b200.sh``) pass ``--max-num-batched-tokens $((ISL * 2))`` (2,048 for 1k
-prompts, 16,384 for 8k). Two earlier versions of the fp8 script left vLLM's default; the
-rows' dates do not say which ran which, and the points side with the newer ones (1k-prompt
-TTFT, ``benchmarks/README.md``, "MiniMax-M2.5's token budget")."""
+PROMPT_TOKEN_BUDGETS = {
+    ("vllm", "minimaxm2.5", "fp8"): 2,
+    ("vllm", "minimaxm2.5", "nvfp4"): 2,
+    ("vllm", "kimik2.5", "nvfp4"): 2,
+}
+"""(backend, scripts, weight precision) whose servers take ``k`` times the point's input
+length as their tokens per iteration: InferenceX's MiniMax-M2.5 vLLM scripts
+(``minimaxm2.5_fp8_b200.sh``, ``minimaxm2.5_fp4_b200.sh``) and its Kimi-K2.5 NVFP4 one
+(``kimik2.5_fp4_b200.sh``; not the INT4 one) pass ``--max-num-batched-tokens $((ISL * 2))``
+(2,048 for 1k prompts, 16,384 for 8k). Earlier versions of those scripts left vLLM's
+default; the rows' dates do not say which ran which, and the points side with the newer
+ones (1k-prompt TTFT, ``benchmarks/README.md``, "MiniMax-M2.5's token budget")."""
 MXFP8_EXPERT_BACKENDS = frozenset({"vllm", "trtllm"})
 """Backends whose Blackwell servers multiply MXFP4 experts with MXFP8 activations (the
 step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
@@ -224,7 +230,7 @@ def token_budget(spec: PointSpec) -> int:
     """Tokens per iteration of ``spec``'s colocated servers (:data:`TOKEN_BUDGET`, or the
     multiple of the input length its scripts set: :data:`PROMPT_TOKEN_BUDGETS`)."""
     script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
-    times = PROMPT_TOKEN_BUDGETS.get((spec.point.backend, script))
+    times = PROMPT_TOKEN_BUDGETS.get((spec.point.backend, script, spec.precision))
     return TOKEN_BUDGET if times is None else times * spec.point.isl
 
 
