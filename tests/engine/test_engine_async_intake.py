@@ -36,9 +36,11 @@ class Constant(StepTimeBase):
 
 
 def _engine(
-    req: RequestArrays, asynchronous: bool, recv_interval: int = 1, **lim: int
+    req: RequestArrays, asynchronous: bool, recv_interval: int = 1, wait: int = 0, **lim: int
 ) -> ContinuousEngine:
-    params = ExecutionParams(name="t", async_scheduling=asynchronous, recv_interval=recv_interval)
+    params = ExecutionParams(
+        name="t", async_scheduling=asynchronous, recv_interval=recv_interval, batch_wait_iters=wait
+    )
     step = ExecutedStepModel(Constant(), params)
     limits = EngineLimits(**{"num_kv_blocks": 1 << 20, **lim})
     records = RecordArrays.empty(len(req), ["e0"])
@@ -135,6 +137,55 @@ def test_recv_interval_is_checked() -> None:
         ExecutionParams(async_scheduling=False, recv_interval=10)
     assert execution_params("sglang", {"recv_interval": 30}).recv_interval == 30
     assert PRESETS["sglang"].recv_interval == 1  # SGLang's own default
+
+
+@pytest.mark.parametrize(("wait", "first_token"), [(0, 0.050), (4, 0.090), (20, 0.250)])
+def test_a_batch_waiting_engine_holds_a_prompt_for_its_count(wait: int, first_token: float) -> None:
+    """TensorRT-LLM's batch_wait_timeout_iters: B arrives at 25 ms, in A's second decode
+    iteration [20, 30). Without a wait it is seen at 30 and prefilled in [40, 50); held 4
+    iterations it is seen at 70 (the end of the 4th iteration after its own) and, [70, 80)
+    planned, prefilled in [80, 90); 20 iterations, in [240, 250). A is not slowed."""
+    req = RequestArrays.build([0.0, 0.025], [100, 100], [40, 3])
+    eng = _engine(req, True, wait=wait)
+    drive(eng)
+    rec = eng.records
+    assert rec.first_token_at[0] == pytest.approx(STEP)  # the idle engine took A at once
+    assert rec.first_token_at[1] == pytest.approx(first_token)
+    assert rec.finished_at[0] == pytest.approx(40 * STEP)
+
+
+def test_prompts_held_by_a_batch_wait_are_seen_together() -> None:
+    """B at 25 ms starts a 4-iteration count (seen at 70 ms); C at 45 ms joins it: both
+    are prefilled in [80, 90). D at 95 ms, after that poll, starts a count of its own: seen
+    at 140 ms (the 4th iteration after [90, 100)), prefilled in [150, 160)."""
+    req = RequestArrays.build([0.0, 0.025, 0.045, 0.095], [100] * 4, [40, 3, 3, 3])
+    eng = _engine(req, True, wait=4)
+    drive(eng)
+    rec = eng.records
+    assert rec.first_token_at[1] == pytest.approx(0.090)
+    assert rec.first_token_at[2] == pytest.approx(0.090)
+    assert rec.first_token_at[3] == pytest.approx(0.160)
+
+
+def test_a_batch_waiting_engine_that_would_idle_takes_the_prompt_at_once() -> None:
+    """A decodes [10, 20), [20, 30) and is done at 30 ms; B, held at 25 ms with a count of
+    20, would leave the engine idle: it is taken at once and prefilled in [30, 40)."""
+    req = RequestArrays.build([0.0, 0.025], [100, 100], [3, 2])
+    eng = _engine(req, True, wait=20)
+    drive(eng)
+    assert eng.records.first_token_at[1] == pytest.approx(4 * STEP)
+
+
+def test_batch_wait_iters_is_checked() -> None:
+    """A whole number >= 0, with asynchronous scheduling and a poll every iteration."""
+    with pytest.raises(ConfigError, match="batch_wait_iters must be a whole number"):
+        ExecutionParams(async_scheduling=True, batch_wait_iters=-1)
+    with pytest.raises(ConfigError, match="polls its queue every iteration"):
+        ExecutionParams(async_scheduling=True, recv_interval=10, batch_wait_iters=20)
+    with pytest.raises(ConfigError, match="polls its queue every iteration"):
+        ExecutionParams(async_scheduling=False, batch_wait_iters=20)
+    assert execution_params("trtllm", {"batch_wait_iters": 20}).batch_wait_iters == 20
+    assert PRESETS["trtllm"].batch_wait_iters == 0  # TensorRT-LLM's own default
 
 
 def test_the_intake_releases_in_arrival_order() -> None:

@@ -18,6 +18,7 @@ from sincere.experiment.inferencex import (
     PointResult,
     PointSpec,
     Skip,
+    batch_wait,
     benchmark_prompts,
     engine_preset,
     fp8_kv,
@@ -292,6 +293,33 @@ def test_a_point_takes_its_scripts_token_budget(
     if "Kimi" in model:  # the INT4 weights' script sets no budget
         int4 = point_spec(dataclasses.replace(point, precision="int4"))
         assert isinstance(int4, PointSpec) and token_budget(int4) == 8192
+
+
+@pytest.mark.parametrize(
+    ("model", "precision", "osl", "tp", "clients", "wait"),
+    [
+        ("meta-llama/Llama-3.1-70B", "fp8", 1024, 2, 4, 20),
+        ("meta-llama/Llama-3.1-70B", "fp4", 1024, 4, 64, 20),
+        ("meta-llama/Llama-3.1-70B", "fp8", 1024, 8, 4, 0),  # TP 8: no wait
+        ("meta-llama/Llama-3.1-70B", "fp8", 8192, 2, 4, 0),  # 1k / 8k: no wait
+        ("deepseek-ai/DeepSeek-R1", "fp8", 1024, 8, 64, 0),  # read, not applied
+    ],
+)
+def test_tensorrt_llm_points_wait_to_batch_as_their_scripts_say(
+    model: str, precision: str, osl: int, tp: int, clients: int, wait: int
+) -> None:
+    """Llama-3.1-70B's TensorRT-LLM scripts hold new prompts 20 iterations for 1k / 1k
+    runs below TP 8 (batch_wait_timeout_iters); the engine's execution model says so."""
+    point = dataclasses.replace(
+        POINT, backend="trtllm", backend_version="", model=model, precision=precision,
+        gemm_quant=precision, moe_quant=precision, isl=1024, osl=osl, tp=tp, moe_tp=0,
+        moe_ep=0, batch_size=clients, source_concurrency=clients,
+    )  # fmt: skip
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec)
+    assert batch_wait(spec) == wait
+    (instance,) = point_config(spec).instances
+    assert instance.engine.execution_params().batch_wait_iters == wait
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,14 @@ request that arrives during a run of decodes until the next poll: the end of the
 that completes ``N`` decode-only iterations since the last poll. Any iteration that
 prefilled polls at its end (SGLang weighs it above any interval), and so does an idle engine.
 With ``N = 1`` every iteration polls, as above.
+
+An engine that *waits to batch* new prompts (TensorRT-LLM's ``batch_wait_timeout_iters
+K``; ``batch_wait_iters`` of the execution model) holds them while it runs: the first
+prompt that finds nothing held starts a count, and every prompt held by then is seen at
+the poll ``K`` iterations after the iteration it arrived in (prefill or decode alike), all
+together; the next prompt to find nothing held starts the count again. An idle engine
+polls at once, as above. (TensorRT-LLM also stops waiting once the scheduled tokens reach
+``batch_wait_max_tokens_ratio`` of its token budget; that condition is not modelled.)
 """
 
 from __future__ import annotations
@@ -32,14 +40,26 @@ from sincere.engine.view import StateView
 class AsyncIntake:
     """Requests waiting to be seen by an asynchronously scheduling engine, in arrival order."""
 
-    __slots__ = ("_held", "_polled_at_start", "_since_poll", "poll_every", "seen_by")
+    __slots__ = (
+        "_held",
+        "_polled_at_start",
+        "_since_poll",
+        "_wait_left",
+        "poll_every",
+        "seen_by",
+        "wait_iters",
+    )
 
-    def __init__(self, poll_every: int = 1) -> None:
+    def __init__(self, poll_every: int = 1, wait_iters: int = 0) -> None:
         self._held: list[tuple[int, int, Seconds]] = []  # (request, prefill tokens, arrival)
         self.seen_by: Seconds = float("-inf")  # the poll the next iteration was planned after
         self.poll_every = poll_every  # decode-only iterations between two polls
+        self.wait_iters = wait_iters  # iterations a batch-waiting engine holds prompts (0: no)
         self._since_poll = 0  # decode-only iterations since the last poll
         self._polled_at_start = True  # the engine polled as the run in flight began
+        # batch waiting: iterations of the run in flight after which the held prompts are
+        # seen (counted from its first iteration; meaningful while any is held)
+        self._wait_left = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -90,14 +110,54 @@ class AsyncIntake:
     ) -> None:
         """``i`` arrived while ``run`` is in flight: held, and a decode run cut after the
         iteration that follows the poll that sees it (when the batch has ``room``)."""
+        if self.wait_iters:
+            self._arrive_waiting(i, prompt, now, run, f, room)
+            return
         self.hold(i, prompt, now)
         if room and not (run.chunks or run.durations) and run.steps > 1:
             run.cut_decode(self._next_poll(run.steps_covering(now, f)) + 1, f)
+
+    def _arrive_waiting(
+        self, i: int, prompt: int, now: Seconds, run: Run, f: DecodeStepsTime, room: bool
+    ) -> None:
+        """:meth:`arrive` for a batch-waiting engine: the first prompt held starts the count
+        (the poll ``wait_iters`` iterations after the one in flight)."""
+        if not self._held:
+            decode = not (run.chunks or run.durations)
+            at = run.steps_covering(now, f) if decode else _piece_covering(run, now)
+            self._wait_left = at + self.wait_iters
+        self.hold(i, prompt, now)
+        if room and not (run.chunks or run.durations) and self._wait_left < run.steps:
+            run.cut_decode(self._wait_left + 1, f)
+
+    def _ended_waiting(self, run: Run, f: DecodeStepsTime) -> None:
+        """:meth:`ended` for a batch-waiting engine: the held prompts are seen at the end of
+        the iteration their count reaches, if this piece holds it; else the count goes on."""
+        if not self._held:
+            self.seen_by = run.last_iteration_start(f)
+            return
+        poll = self._wait_left
+        if poll >= run.steps:  # not reached in this piece: carry the rest over
+            self._wait_left = poll - run.steps
+            return
+        if poll <= 0:
+            seen = run.start_at
+        elif run.durations:
+            seen = run.start_at + sum(run.durations[:poll])
+        else:
+            seen = run.start_at + f(run.num_decode, run.ctx_tokens, poll)
+        self.seen_by = seen
+        # prompts held after that poll start a count of their own with the next piece
+        later = any(at >= seen for _, _, at in self._held)
+        self._wait_left = self.wait_iters if later else 0
 
     def ended(self, run: Run, f: DecodeStepsTime) -> None:
         """``run`` ended: the next iteration was planned after the last poll by the end of
         its second-to-last iteration (every iteration's end when ``poll_every`` is 1: the
         start of its last iteration)."""
+        if self.wait_iters:
+            self._ended_waiting(run, f)
+            return
         if run.chunks or run.durations or self.poll_every == 1:
             self.seen_by = run.last_iteration_start(f)
             self._since_poll, self._polled_at_start = 0, True
@@ -133,10 +193,27 @@ class AsyncIntake:
             return run
         if run is None:
             self._since_poll, self._polled_at_start = 0, True  # idle: it polls at once
+            self._wait_left = 0
             for i, prompt in self.release_all():
                 planner.enqueue(view, i, prompt)
             return plan()
         if not (run.chunks or run.durations) and run.steps > 1:
-            seen = 0 if self._polled_at_start else self._next_poll(1)
+            if self.wait_iters:
+                seen = self._wait_left
+            else:
+                seen = 0 if self._polled_at_start else self._next_poll(1)
             run.cut_decode(seen + 1, f)
         return run
+
+
+def _piece_covering(run: Run, now: Seconds) -> int:
+    """The iteration of a prefill piece (or a one-iteration piece) in flight at ``now``,
+    counted from 1."""
+    if not run.durations:
+        return 1
+    end = run.start_at
+    for k, d in enumerate(run.durations, start=1):
+        end += d
+        if end >= now:
+            return k
+    return len(run.durations)

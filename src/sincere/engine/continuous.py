@@ -50,7 +50,7 @@ from sincere.engine.speculation import Speculator
 from sincere.engine.state import BatchState, EngineLimits
 from sincere.engine.view import StateView
 from sincere.perf.base import StepTimeModel
-from sincere.perf.execution import recv_interval, schedules_ahead
+from sincere.perf.execution import batch_wait_iters, recv_interval, schedules_ahead
 from sincere.policy.schedulers.base import IterationScheduler
 
 __all__ = ["ContinuousEngine", "EngineLimits", "TokenHook"]
@@ -106,7 +106,9 @@ class ContinuousEngine(StateView):
         self._wake_at: Seconds | None = None
         # an asynchronously scheduling engine sees new requests one iteration late
         self._intake = (
-            AsyncIntake(recv_interval(step_model)) if schedules_ahead(step_model) else None
+            AsyncIntake(recv_interval(step_model), batch_wait_iters(step_model))
+            if schedules_ahead(step_model)
+            else None
         )
         # where the ends of the iterations inside a piece of work go (``configure``)
         self._inner_ends: list[float] | None = None

@@ -120,6 +120,7 @@ SCRIPT_MODELS = {
     "gpt-oss-120b": "gptoss",
     "minimax-m2.5": "minimaxm2.5",
     "kimi-k2.5": "kimik2.5",
+    "llama-3.1-70b": "70b",
 }
 """Catalog model -> the InferenceX serving scripts that ran its points. The file's
 DeepSeek-V3 points are runs of the DeepSeek-R1 scripts (their ids begin ``dsr1_``: same
@@ -144,6 +145,18 @@ other scripts and systems stream every token. (TensorRT-LLM's GPT-OSS script on 
 ``gptoss_fp4_b200_trt.sh``, sets ``stream_interval: 20``, but its points miss a median 7.5
 of their own TPOT (quartiles 4.4 and 9.7) where a 20th-token first chunk would take 19:
 not applied.)"""
+BATCH_WAITS = (
+    # (backend, scripts, weight precisions, in, out, below this TP, from these clients, iters)
+    ("trtllm", "70b", ("fp8", "nvfp4"), 1024, 1024, 8, 1, 20),
+)
+"""The colocated points whose TensorRT-LLM server waits to batch new prompts
+(``batch_wait_timeout_iters``, the execution model's ``batch_wait_iters``), as the scripts
+set it: Llama-3.1-70B's (``70b_fp8_b200_trt_slurm.sh``, ``70b_fp4_b200_trt_slurm.sh``) 20
+iterations for 1k-in / 1k-out runs below TP 8; their other stop,
+``batch_wait_max_tokens_ratio`` 0.9 of the token budget, is not modelled. DeepSeek-R1's fp8
+script (``dsr1_fp8_b200_trt.sh``) sets 40 (ratio 0.8) for 1k / 1k runs of 64 clients or
+more, but those points miss a median 13 of their own TPOT, not 40: not applied
+(``benchmarks/README.md``, "TensorRT-LLM's batch waiting")."""
 TOKEN_BUDGET = 8192
 """Tokens per iteration (``max_num_batched_tokens``) of a point whose scripts set no other:
 the GPT-OSS scripts' ``max-num-batched-tokens: 8192``."""
@@ -223,7 +236,22 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     key = (spec.point.backend, script, spec.precision, spec.point.system)
     if (interval := STREAM_INTERVALS.get(key)) is not None:
         out["frontend"] = {"first_chunk_tokens": interval}
+    if wait := batch_wait(spec):
+        out["batch_wait_iters"] = wait
     return out
+
+
+def batch_wait(spec: PointSpec) -> int:
+    """Iterations ``spec``'s server holds new prompts to batch them (:data:`BATCH_WAITS`;
+    0: none)."""
+    p = spec.point
+    script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+    for backend, scripts, precisions, isl, osl, below_tp, clients, iters in BATCH_WAITS:
+        if (p.backend, script, p.isl, p.osl) != (backend, scripts, isl, osl):
+            continue
+        if spec.precision in precisions and spec.tp < below_tp and spec.clients >= clients:
+            return iters
+    return 0
 
 
 def token_budget(spec: PointSpec) -> int:

@@ -22,6 +22,11 @@ engine's *execution model*, and engines of 2026 differ from the eager engines of
   ``N``). A request that arrives during a run of decodes waits for the next poll, on
   average ``N / 2`` iterations (``recv_interval``; 1, every iteration, is every engine's
   default; :mod:`sincere.engine.async_intake`).
+* **Waiting to batch new prompts.** TensorRT-LLM's ``batch_wait_timeout_iters K`` holds new
+  prompts back while the engine runs, up to ``K`` iterations counted from the first one
+  held, so that more of them prefill together (``batch_wait_iters``; 0, no wait, is every
+  preset's default). Its other stop, ``batch_wait_max_tokens_ratio`` of the token budget
+  scheduled, is not modelled.
 * **Prefill beside the decodes.** vLLM and TensorRT-LLM put new prompts' chunks in the same
   iteration as the running decodes (``mixed_prefill``, every preset's default but
   SGLang's). SGLang runs a batch of new prompts (or the next chunk of one) alone while any
@@ -123,6 +128,7 @@ class ExecutionParams:
     async_scheduling: bool = False  # overlap the CPU of step n+1 with the GPU of step n
     serial_s: float = 0.0  # per-iteration CPU time that never overlaps (async only)
     recv_interval: int = 1  # decode-only iterations between polls of the input queue
+    batch_wait_iters: int = 0  # iterations new prompts are held to batch them (0: none)
     mixed_prefill: bool = True  # prefill chunks share iterations with the running decodes
     frontend: FrontEnd = field(default_factory=FrontEnd)
     source: str = ""  # where the defaults come from
@@ -159,6 +165,21 @@ class ExecutionParams:
                 value=self.recv_interval,
                 allowed="1",
             )
+        wait = self.batch_wait_iters
+        if isinstance(wait, bool) or not (isinstance(wait, int) and wait >= 0):
+            raise ConfigError(
+                "batch_wait_iters must be a whole number of iterations >= 0",
+                value=wait,
+                allowed="0 (no wait), 20, 40, ...",
+            )
+        if wait and (self.recv_interval > 1 or not self.async_scheduling):
+            raise ConfigError(
+                "batch_wait_iters is modelled for an asynchronously scheduling engine that "
+                "polls its queue every iteration (async_scheduling: true, recv_interval: 1)",
+                value={"batch_wait_iters": wait, "recv_interval": self.recv_interval,
+                       "async_scheduling": self.async_scheduling},
+                allowed="batch_wait_iters: 0",
+            )  # fmt: skip
         if not isinstance(self.mixed_prefill, bool):
             raise ConfigError(
                 "mixed_prefill must be true (prefill chunks beside the decodes) or false "
@@ -480,6 +501,14 @@ def recv_interval(step_model: StepTimeModel) -> int:
     if isinstance(step_model, ExecutedStepModel):
         return step_model.params.recv_interval
     return 1
+
+
+def batch_wait_iters(step_model: StepTimeModel) -> int:
+    """Iterations an engine timed by ``step_model`` holds new prompts to batch them (0: it
+    takes them at the next poll; the module docstring)."""
+    if isinstance(step_model, ExecutedStepModel):
+        return step_model.params.batch_wait_iters
+    return 0
 
 
 def with_execution(
