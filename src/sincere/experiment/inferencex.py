@@ -158,8 +158,9 @@ script (``dsr1_fp8_b200_trt.sh``) sets 40 (ratio 0.8) for 1k / 1k runs of 64 cli
 more, but those points miss a median 13 of their own TPOT, not 40: not applied
 (``benchmarks/README.md``, "TensorRT-LLM's batch waiting")."""
 TOKEN_BUDGET = 8192
-"""Tokens per iteration (``max_num_batched_tokens``) of a point whose scripts set no other:
-the GPT-OSS scripts' ``max-num-batched-tokens: 8192``."""
+"""Tokens per iteration (``max_num_batched_tokens``) of a point whose scripts set no other
+(:data:`PROMPT_TOKEN_BUDGETS`): InferenceX's vLLM GPT-OSS and Llama-3.1-70B scripts pass
+``max-num-batched-tokens: 8192``."""
 PROMPT_TOKEN_BUDGETS = {
     ("vllm", "minimaxm2.5", "fp8"): 2,
     ("vllm", "minimaxm2.5", "nvfp4"): 2,
