@@ -241,6 +241,18 @@ def test_an_nvfp4_point_runs_nvfp4_weights_with_an_fp8_kv_cache() -> None:
     assert result.sim_tpot_ms > 0
 
 
+def _gpt_oss_spec(backend: str) -> PointSpec:
+    """A GPT-OSS-120B point (MXFP4 weights, TP 1, 4 clients) of ``backend``."""
+    point = dataclasses.replace(
+        POINT, backend=backend, model="openai/gpt-oss-120b", precision="fp4",
+        gemm_quant="mxfp4", moe_quant="mxfp4", tp=1, moe_tp=1, moe_ep=1, batch_size=4,
+        source_concurrency=4,
+    )  # fmt: skip
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec) and spec.precision == "mxfp4"
+    return spec
+
+
 @pytest.mark.parametrize(
     ("backend", "activations"), [("vllm", "mxfp8"), ("trtllm", "mxfp8"), ("sglang", None)]
 )
@@ -250,13 +262,7 @@ def test_gpt_oss_experts_run_as_each_backend_runs_them(
     """GPT-OSS's MXFP4 experts multiply MXFP8 activations under vLLM (the benchmark script's
     VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1) and TensorRT-LLM (its SM100 default); SGLang keeps
     the step model's default (bf16); a model in another precision is untouched."""
-    point = dataclasses.replace(
-        POINT, backend=backend, model="openai/gpt-oss-120b", precision="fp4",
-        gemm_quant="mxfp4", moe_quant="mxfp4", tp=1, moe_tp=1, moe_ep=1, batch_size=4,
-        source_concurrency=4,
-    )  # fmt: skip
-    spec = point_spec(point)
-    assert isinstance(spec, PointSpec) and spec.precision == "mxfp4"
+    spec = _gpt_oss_spec(backend)
     (instance,) = point_config(spec).instances
     assert instance.step_model.params.get("mxfp4_activations") == activations
     other = point_spec(dataclasses.replace(POINT, backend=backend))
@@ -329,13 +335,7 @@ def test_gpt_oss_scripts_run_an_fp8_kv_cache(backend: str, kv: str) -> None:
     """InferenceX's vLLM and TensorRT-LLM GPT-OSS scripts set an fp8 KV cache for the MXFP4
     weights; a backend whose GPT-OSS script was not read keeps the default (16-bit) cache,
     and the KV of a point in another weight precision follows that precision."""
-    point = dataclasses.replace(
-        POINT, backend=backend, model="openai/gpt-oss-120b", precision="fp4",
-        gemm_quant="mxfp4", moe_quant="mxfp4", tp=1, moe_tp=1, moe_ep=1, batch_size=4,
-        source_concurrency=4,
-    )  # fmt: skip
-    spec = point_spec(point)
-    assert isinstance(spec, PointSpec) and spec.precision == "mxfp4"
+    spec = _gpt_oss_spec(backend)
     assert fp8_kv(spec) is (kv == "fp8")
     (instance,) = point_config(spec).instances
     assert instance.kv_precision == kv
