@@ -123,8 +123,10 @@ class AsyncIntake:
         """:meth:`arrive` for a batch-waiting engine: the first prompt held starts the count
         (the poll ``wait_iters`` iterations after the one in flight)."""
         if not self._held:
-            decode = not (run.chunks or run.durations)
-            at = run.steps_covering(now, f) if decode else _piece_covering(run, now)
+            if run.durations:
+                at = run.iteration_covering(now)[0]
+            else:  # a decode run, or a piece of one iteration
+                at = 1 if run.chunks else run.steps_covering(now, f)
             self._wait_left = at + self.wait_iters
         self.hold(i, prompt, now)
         if room and not (run.chunks or run.durations) and self._wait_left < run.steps:
@@ -204,16 +206,3 @@ class AsyncIntake:
                 seen = 0 if self._polled_at_start else self._next_poll(1)
             run.cut_decode(seen + 1, f)
         return run
-
-
-def _piece_covering(run: Run, now: Seconds) -> int:
-    """The iteration of a prefill piece (or a one-iteration piece) in flight at ``now``,
-    counted from 1."""
-    if not run.durations:
-        return 1
-    end = run.start_at
-    for k, d in enumerate(run.durations, start=1):
-        end += d
-        if end >= now:
-            return k
-    return len(run.durations)

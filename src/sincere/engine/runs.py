@@ -147,14 +147,20 @@ class Run:
             self.steps = steps
             self.end_at = self.start_at + decode_steps_s(self.num_decode, self.ctx_tokens, steps)
 
-    def cut_iterations(self, now: Seconds) -> None:
-        """End prefill iterations after the one in flight at ``now``."""
+    def iteration_covering(self, now: Seconds) -> tuple[int, Seconds]:
+        """The iteration of this prefill work in flight at ``now`` (counted from 1; the last
+        when ``now`` is past them all) and when it ends."""
         end, steps = self.start_at, 0
         for d in self.durations:
             end += d
             steps += 1
             if end >= now:
                 break
+        return steps, end
+
+    def cut_iterations(self, now: Seconds) -> None:
+        """End prefill iterations after the one in flight at ``now``."""
+        steps, end = self.iteration_covering(now)
         if steps == self.steps:
             return
         per_step = self.prefill_tokens // self.steps

@@ -228,12 +228,13 @@ def _step_model(spec: PointSpec) -> dict[str, Any] | None:
 def _execution(spec: PointSpec) -> dict[str, Any]:
     """The engine's execution settings beyond its preset: InferenceX's SGLang servers poll
     their queue every :func:`sglang_recv_interval` decode iterations (of the point's
-    clients), and servers stream by their scripts' interval where known
-    (:data:`STREAM_INTERVALS`)."""
+    clients), servers stream by their scripts' interval where known
+    (:data:`STREAM_INTERVALS`), and TensorRT-LLM servers wait to batch new prompts as their
+    scripts set (:func:`batch_wait`)."""
     out: dict[str, Any] = {}
     if spec.engine_preset == "sglang":
         out["recv_interval"] = sglang_recv_interval(spec.clients)
-    script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+    script = scripts_of(spec)
     key = (spec.point.backend, script, spec.precision, spec.point.system)
     if (interval := STREAM_INTERVALS.get(key)) is not None:
         out["frontend"] = {"first_chunk_tokens": interval}
@@ -242,11 +243,17 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     return out
 
 
+def scripts_of(spec: PointSpec) -> str:
+    """The InferenceX scripts that ran ``spec``'s point (:data:`SCRIPT_MODELS`; a model not
+    listed names its own)."""
+    return SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+
+
 def batch_wait(spec: PointSpec) -> int:
     """Iterations ``spec``'s server holds new prompts to batch them (:data:`BATCH_WAITS`;
     0: none)."""
     p = spec.point
-    script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+    script = scripts_of(spec)
     for backend, scripts, precisions, isl, osl, below_tp, clients, iters in BATCH_WAITS:
         if (p.backend, script, p.isl, p.osl) != (backend, scripts, isl, osl):
             continue
@@ -258,7 +265,7 @@ def batch_wait(spec: PointSpec) -> int:
 def token_budget(spec: PointSpec) -> int:
     """Tokens per iteration of ``spec``'s colocated servers (:data:`TOKEN_BUDGET`, or the
     multiple of the input length its scripts set: :data:`PROMPT_TOKEN_BUDGETS`)."""
-    script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+    script = scripts_of(spec)
     times = PROMPT_TOKEN_BUDGETS.get((spec.point.backend, script, spec.precision))
     return TOKEN_BUDGET if times is None else times * spec.point.isl
 
@@ -266,7 +273,7 @@ def token_budget(spec: PointSpec) -> int:
 def fp8_kv(spec: PointSpec) -> bool:
     """Whether ``spec``'s servers run an fp8 KV cache: its weights' precision
     (:data:`FP8_KV_WEIGHTS`) or its scripts (:data:`FP8_KV_SCRIPTS`)."""
-    script = SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+    script = scripts_of(spec)
     return spec.precision in FP8_KV_WEIGHTS or (spec.point.backend, script) in FP8_KV_SCRIPTS
 
 
