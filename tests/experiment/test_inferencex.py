@@ -22,6 +22,7 @@ from sincere.experiment.inferencex import (
     benchmark_prompts,
     engine_preset,
     fp8_kv,
+    mtp_drafts,
     point_config,
     point_spec,
     score_points,
@@ -222,6 +223,38 @@ def test_deepseek_r1_streams_its_first_chunk_as_its_script_sets(
     assert isinstance(spec, PointSpec)
     (instance,) = point_config(spec).instances
     assert instance.engine.execution_params().frontend.first_chunk_tokens == tokens
+
+
+@pytest.mark.parametrize(
+    ("change", "drafts", "first_chunk"),
+    [({"backend_version": "1.2.0rc6.post3"}, 3, 32),
+     ({"backend_version": "1.2.0rc6.post3", "tp": 1, "attention_dp": 8, "batch_size": 8,
+       "source_concurrency": 64}, 1, 18),
+     ({"backend_version": "1.2.0rc6.post2"}, 0, 10),
+     ({"backend_version": "1.2.0rc6.post3", "model": "meta-llama/Llama-3.1-70B", "moe_tp": 8,
+       "moe_ep": 1}, 0, 1)],
+)  # fmt: skip
+def test_deepseek_r1s_mtp_runs_speculate(
+    change: dict[str, Any], drafts: int, first_chunk: int
+) -> None:
+    """InferenceX's TensorRT-LLM DeepSeek-R1 points of release 1.2.0rc6.post3 are its MTP
+    scripts' runs: the engine drafts 3 tokens a step with DeepSeek's MTP module (1 with
+    attention DP) at the module's published acceptance, and the script's stream interval
+    (10 iterations) hands over ten speculative steps' tokens: 10 x (1 + .85 + .85^2 +
+    .85^3) = 32, 10 x 1.85 = 18. The plain release's points and other models do not
+    speculate."""
+    point = dataclasses.replace(POINT, backend="trtllm", **change)
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec)
+    assert mtp_drafts(spec) == drafts
+    (instance,) = point_config(spec).instances
+    speculation = instance.engine.speculation
+    if drafts:
+        assert speculation is not None and speculation.method == "mtp"
+        assert speculation.num_draft_tokens == drafts and speculation.acceptance is None
+    else:
+        assert speculation is None
+    assert instance.engine.execution_params().frontend.first_chunk_tokens == first_chunk
 
 
 def test_an_nvfp4_point_runs_nvfp4_weights_with_an_fp8_kv_cache() -> None:

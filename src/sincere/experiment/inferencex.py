@@ -23,7 +23,8 @@ Each point (:mod:`sincere.workload.inferencex`) becomes one closed-loop simulati
   serving recipes' setting and NVIDIA's NVFP4 checkpoints'; the rows do not state it), and
   so do GPT-OSS's MXFP4 weights, whose scripts set one (:data:`FP8_KV_SCRIPTS`);
   MXFP4 experts multiply MXFP8 activations under vLLM and TensorRT-LLM
-  (:data:`MXFP8_EXPERT_BACKENDS`);
+  (:data:`MXFP8_EXPERT_BACKENDS`); DeepSeek-R1's TensorRT-LLM runs of InferenceX's MTP
+  scripts speculate with its multi-token-prediction module (:data:`MTP_RUNS`);
 * **workload**: as InferenceX's client ran it (vLLM's ``benchmark_serving``): ``C =
   batch_size x attention_dp`` clients with no think time, :func:`benchmark_prompts`
   requests, each with input and output lengths drawn uniformly in ``[0.8 L, L]`` (its
@@ -59,6 +60,7 @@ import numpy as np
 from sincere.catalog.loader import default_catalog
 from sincere.core.errors import ConfigError
 from sincere.experiment.inferencex_pd import PDSpec, pd_instances, pd_spec
+from sincere.perf.speculation import speculation_params
 from sincere.sim.api import simulate
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.workload.inferencex import OperatingPoint
@@ -180,6 +182,22 @@ step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
 ``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``, and TensorRT-LLM picks ``W4A8_MXFP4_MXFP8`` on
 SM100 unless overridden (its model config's MXFP4 rule). SGLang's choice is not known here:
 its points keep bf16 activations, vLLM's default."""
+MTP_RUNS = frozenset({("trtllm", "dsr1", "1.2.0rc6.post3")})
+"""(backend, scripts, release) whose points are runs of InferenceX's multi-token-prediction
+scripts, which the file does not mark: DeepSeek-R1's TensorRT-LLM MTP configurations on
+B200 (``dsr1_fp8_b200_trt_mtp.sh``, ``dsr1_fp4_b200_trt_mtp.sh``) ran on release
+1.2.0rc6.post3 while the plain ones ran on 1.2.0rc6.post2 (InferenceX's image tags, "STP"
+and "MTP" on different ``.postN`` until both moved to 1.3.0rc5). The rows agree: the
+1.2.0rc6.post3 points cover the MTP scripts' search space (fp8: TP 8 at 4-256 clients,
+attention DP 8 at the largest), and each measures 0.52-0.76x the TPOT of the same
+configuration under 1.2.0rc6.post2 (fp8 1k/1k TP 8: 5.38 against 10.30 ms at 4 clients,
+14.2 against 21.5 at 64).
+(``benchmarks/README.md``, "DeepSeek-R1's MTP runs")."""
+MTP_DRAFTS = (3, 1)
+"""Tokens the MTP scripts draft per step: ``num_nextn_predict_layers`` 3, or 1 with
+attention data parallelism (``dsr1_fp8_b200_trt_mtp.sh``: ``MTP=1`` when
+``DP_ATTENTION`` is true). Each draft is accepted at the engine's MTP default, 0.85
+(DeepSeek-V3's report), the last rate repeating for the later positions."""
 PROMPTS_PER_CLIENT = 10
 RANGE_RATIO = 0.8
 
@@ -237,7 +255,7 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     script = scripts_of(spec)
     key = (spec.point.backend, script, spec.precision, spec.point.system)
     if (interval := STREAM_INTERVALS.get(key)) is not None:
-        out["frontend"] = {"first_chunk_tokens": interval}
+        out["frontend"] = {"first_chunk_tokens": first_chunk_tokens(spec, interval)}
     if wait := batch_wait(spec):
         out["batch_wait_iters"] = wait
     return out
@@ -247,6 +265,28 @@ def scripts_of(spec: PointSpec) -> str:
     """The InferenceX scripts that ran ``spec``'s point (:data:`SCRIPT_MODELS`; a model not
     listed names its own)."""
     return SCRIPT_MODELS.get(spec.catalog_model, spec.catalog_model)
+
+
+def first_chunk_tokens(spec: PointSpec, interval: int) -> int:
+    """Tokens in the first streamed chunk of ``spec``'s server at its scripts' stream
+    ``interval``: SGLang's interval counts tokens; TensorRT-LLM's counts iterations, so a
+    server speculating (:func:`mtp_drafts`) hands over ``interval`` steps' tokens, at the
+    expected tokens a speculative step keeps (the engine's MTP acceptance)."""
+    drafts = mtp_drafts(spec)
+    if spec.point.backend != "trtllm" or not drafts:
+        return interval
+    per_step = speculation_params("mtp", num_draft_tokens=drafts).tokens_per_step()
+    return round(interval * per_step)
+
+
+def mtp_drafts(spec: PointSpec) -> int:
+    """Tokens ``spec``'s server drafts per step with DeepSeek's multi-token-prediction module
+    (:data:`MTP_RUNS`, :data:`MTP_DRAFTS`; 0: it does not speculate)."""
+    p = spec.point
+    if (p.backend, scripts_of(spec), p.backend_version) not in MTP_RUNS:
+        return 0
+    plain, with_dp = MTP_DRAFTS
+    return with_dp if spec.attention_dp > 1 else plain
 
 
 def batch_wait(spec: PointSpec) -> int:
@@ -449,6 +489,8 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     execution = _execution(spec)
     if execution:
         engine["execution"] = execution
+    if drafts := mtp_drafts(spec):
+        engine["speculation"] = {"method": "mtp", "num_draft_tokens": drafts}
     workload = {
         "num_requests": spec.num_requests,
         "arrival": {"kind": "closed", "concurrency": rank_clients},
