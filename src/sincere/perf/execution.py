@@ -69,6 +69,14 @@ iterations, mixed ones eager (SGLang, TensorRT-LLM); ``piecewise``: every iterat
 to the largest size padded in tokens; ``none``: eager (``enforce_eager``)."""
 
 
+def _check_whole(name: str, value: object, unit: str, least: int, allowed: str) -> None:
+    """Refuse ``value`` unless it is a whole number (not a bool) of at least ``least``."""
+    if isinstance(value, bool) or not (isinstance(value, int) and value >= least):
+        raise ConfigError(
+            f"{name} must be a whole number of {unit} >= {least}", value=value, allowed=allowed
+        )
+
+
 @dataclass(frozen=True)
 class FrontEnd:
     """The time a client sees beyond the engine, per request and per output token.
@@ -94,13 +102,13 @@ class FrontEnd:
                     value=value,
                     allowed=">= 0",
                 )
-        k = self.first_chunk_tokens
-        if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
-            raise ConfigError(
-                "front-end first_chunk_tokens must be a whole number of tokens >= 1",
-                value=k,
-                allowed="1 (every token streamed as made), SGLang's --stream-interval",
-            )
+        _check_whole(
+            "front-end first_chunk_tokens",
+            self.first_chunk_tokens,
+            "tokens",
+            1,
+            "1 (every token streamed as made), SGLang's --stream-interval",
+        )
 
     @property
     def is_zero(self) -> bool:
@@ -150,14 +158,9 @@ class ExecutionParams:
                 f"graph_mode {self.graph_mode!r} needs graph_sizes (or graph_mode: none)",
                 value=list(sizes),
             )
-        if isinstance(self.recv_interval, bool) or not (
-            isinstance(self.recv_interval, int) and self.recv_interval >= 1
-        ):
-            raise ConfigError(
-                "recv_interval must be a whole number of iterations >= 1",
-                value=self.recv_interval,
-                allowed="1 (every iteration), 10, 30, ...",
-            )
+        _check_whole(
+            "recv_interval", self.recv_interval, "iterations", 1, "1 (every iteration), 10, 30, ..."
+        )
         if self.recv_interval > 1 and not self.async_scheduling:
             raise ConfigError(
                 "recv_interval above 1 is modelled for an asynchronously scheduling engine "
@@ -166,12 +169,7 @@ class ExecutionParams:
                 allowed="1",
             )
         wait = self.batch_wait_iters
-        if isinstance(wait, bool) or not (isinstance(wait, int) and wait >= 0):
-            raise ConfigError(
-                "batch_wait_iters must be a whole number of iterations >= 0",
-                value=wait,
-                allowed="0 (no wait), 20, 40, ...",
-            )
+        _check_whole("batch_wait_iters", wait, "iterations", 0, "0 (no wait), 20, 40, ...")
         if wait and (self.recv_interval > 1 or not self.async_scheduling):
             raise ConfigError(
                 "batch_wait_iters is modelled for an asynchronously scheduling engine that "
