@@ -47,11 +47,13 @@ class AsyncIntake:
         "_wait_left",
         "poll_every",
         "seen_by",
+        "tokens",
         "wait_iters",
     )
 
     def __init__(self, poll_every: int = 1, wait_iters: int = 0) -> None:
         self._held: list[tuple[int, int, Seconds]] = []  # (request, prefill tokens, arrival)
+        self.tokens = 0  # prefill tokens of the held requests
         self.seen_by: Seconds = float("-inf")  # the poll the next iteration was planned after
         self.poll_every = poll_every  # decode-only iterations between two polls
         self.wait_iters = wait_iters  # iterations a batch-waiting engine holds prompts (0: no)
@@ -70,6 +72,7 @@ class AsyncIntake:
     def hold(self, request_ix: int, prefill_len: int, now: Seconds) -> None:
         """Hold ``request_ix`` (``prefill_len`` tokens to prefill), arrived at ``now``."""
         self._held.append((request_ix, prefill_len, now))
+        self.tokens += prefill_len
 
     def release(self, seen_by: Seconds) -> list[tuple[int, int]]:
         """Every request that arrived before ``seen_by`` (the start of the iteration before
@@ -82,12 +85,15 @@ class AsyncIntake:
             k += 1
         out = [(i, n) for i, n, _ in held[:k]]
         del held[:k]
+        for _, n in out:
+            self.tokens -= n
         return out
 
     def release_all(self) -> list[tuple[int, int]]:
         """Every held request (the engine went idle: it polls at once)."""
         out = [(i, n) for i, n, _ in self._held]
         self._held.clear()
+        self.tokens = 0
         return out
 
     def take(self, request_ix: int) -> tuple[int, int] | None:
@@ -95,6 +101,7 @@ class AsyncIntake:
         for k, (i, n, _) in enumerate(self._held):
             if i == request_ix:
                 del self._held[k]
+                self.tokens -= n
                 return i, n
         return None
 

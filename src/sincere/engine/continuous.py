@@ -48,6 +48,7 @@ from sincere.engine.request_fit import RequestFit
 from sincere.engine.runs import DecodeStepsTime, Run, RunPlanner
 from sincere.engine.speculation import Speculator
 from sincere.engine.state import BatchState, EngineLimits
+from sincere.engine.time_scale import unscaled
 from sincere.engine.view import StateView
 from sincere.perf.base import StepTimeModel
 from sincere.perf.execution import batch_wait_iters, recv_interval, schedules_ahead
@@ -105,9 +106,10 @@ class ContinuousEngine(StateView):
         self._run: Run | None = None
         self._wake_at: Seconds | None = None
         # an asynchronously scheduling engine sees new requests one iteration late
+        executed = unscaled(step_model)
         self._intake = (
-            AsyncIntake(recv_interval(step_model), batch_wait_iters(step_model))
-            if schedules_ahead(step_model)
+            AsyncIntake(recv_interval(executed), batch_wait_iters(executed))
+            if schedules_ahead(executed)
             else None
         )
         # where the ends of the iterations inside a piece of work go (``configure``)
@@ -245,13 +247,20 @@ class ContinuousEngine(StateView):
     def load(self) -> EngineLoad:
         """What routers see (:meth:`~.view.StateView.load_with`): the waiting include the
         decodes whose KV arrived and waits for blocks (backpressure) and the requests an
-        asynchronous scheduler has not seen yet."""
-        return self.load_with(len(self._arrived.waiting) + _held(self._intake))
+        asynchronous scheduler has not seen yet, with their prompt tokens."""
+        intake = self._intake
+        if intake is None:
+            return self.load_with(len(self._arrived.waiting))
+        return self.load_with(len(self._arrived.waiting) + len(intake), intake.tokens)
 
     def queue_sizes(self) -> tuple[int, int, int]:
         """Running sequences, waiting requests and their prompt tokens (as ``load()``)."""
         st = self.state
-        return len(st.pre) + st.dec.num_seqs, len(st.queue) + _held(self._intake), st.waiting_tokens
+        intake = self._intake
+        running = len(st.pre) + st.dec.num_seqs
+        if intake is None:
+            return running, len(st.queue), st.waiting_tokens
+        return running, len(st.queue) + len(intake), st.waiting_tokens + intake.tokens
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """Decode iterations of the run in flight that ended by ``now`` (None: none yet)."""
@@ -352,11 +361,6 @@ class ContinuousEngine(StateView):
     def _wake(self, now: Seconds) -> None:
         if self._run is None and self._wake_at is None:
             self._wake_at = now
-
-
-def _held(intake: AsyncIntake | None) -> int:
-    """Requests an asynchronous scheduler has not seen yet."""
-    return 0 if intake is None else len(intake)
 
 
 def run_progress(

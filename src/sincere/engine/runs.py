@@ -40,6 +40,7 @@ from collections.abc import Callable
 
 from sincere.core.types import Seconds
 from sincere.engine.state import BatchState, EngineLimits
+from sincere.engine.time_scale import unscaled
 from sincere.engine.view import StateView
 from sincere.engine.waiting import Entry
 from sincere.perf.base import StepTimeModel
@@ -257,7 +258,7 @@ class RunPlanner:
         self._iteration_s: IterationTime = step_model.iteration_s_fast
         self._max_num_seqs = limits.max_num_seqs
         # False: a prefill iteration runs alone, its decodes wait (SGLang's default)
-        self.mixed = mixes_prefill(step_model)
+        self.mixed = mixes_prefill(unscaled(step_model))
         self.view_only = scheduler.plan_is_view_only()
         self._budget: int | None = None  # a view-only policy's budget (it never changes)
         self._repeats = False  # the last known plan: the first prefill took every token

@@ -17,8 +17,10 @@ simulated run at that scale is the run at scale 1 with every time multiplied, bi
 bit; another factor agrees up to rounding (ties between events a rounding apart may
 order differently).
 
-Not scaled (a ``time_scale`` other than 1 with them is refused when the engine is built):
-an engine preset's front end (``execution.frontend``), KV offload tiers' transfers and
+The engine preset's front end (``execution.frontend``: intake and output delay) is the
+deployment's too and is compressed by the same factor
+(:meth:`~sincere.engine.spec.DeploymentSpec.front_end`). Not scaled (a ``time_scale`` other
+than 1 with them is refused when the engine is built): KV offload tiers' transfers and
 speculative decoding's draft model -- they keep their own times.
 """
 
@@ -76,3 +78,10 @@ class TimeScaled:
 
     def _scaled(self, swap: SwapTime) -> SwapTime:
         return SwapTime(swap.mean_s * self.factor, swap.std_s * self.factor)
+
+
+def unscaled(step_model: StepTimeModel) -> StepTimeModel:
+    """The model a :class:`TimeScaled` multiplies (``step_model`` itself otherwise): what
+    the engine reads its execution model from (asynchronous scheduling, polling, prefill
+    beside the decodes), which a factor on its times does not change."""
+    return step_model.inner if isinstance(step_model, TimeScaled) else step_model

@@ -87,9 +87,10 @@ class StateView(EngineBase):
         tiers = None if cache is None else cache.tiers
         return (0, 0) if tiers is None else tiers.take_first_load(request_ix)
 
-    def load_with(self, also_waiting: int) -> EngineLoad:
-        """What routers see: queue (plus ``also_waiting`` the engine holds apart), batch,
-        remaining and cached tokens, KV usage, busy time.
+    def load_with(self, also_waiting: int, also_waiting_tokens: int = 0) -> EngineLoad:
+        """What routers see: queue (plus ``also_waiting`` requests the engine holds apart,
+        with ``also_waiting_tokens`` prompt tokens), batch, remaining and cached tokens, KV
+        usage, busy time.
 
         Cached context: a decoding sequence holds ``offset + step`` tokens, a prefilling
         one the prompt tokens computed so far.
@@ -102,7 +103,7 @@ class StateView(EngineBase):
         return EngineLoad(
             num_running=st.num_running,
             num_waiting=len(st.queue) + also_waiting,
-            waiting_prefill_tokens=st.waiting_tokens,
+            waiting_prefill_tokens=st.waiting_tokens + also_waiting_tokens,
             running_remaining_tokens=remaining,
             running_ctx_tokens=ctx,
             kv_usage=self.kv_usage,
