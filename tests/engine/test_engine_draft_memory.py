@@ -34,7 +34,13 @@ def _blocks(model: str, tp: int, engine: dict[str, object]) -> tuple[int, int]:
 def _free_bytes(model: str, tp: int) -> tuple[float, float]:
     """(bytes left for KV, target KV bytes a token) per GPU of the plain plan."""
     spec = DeploymentSpec(model=model, accelerator="H100-SXM", tp=tp)
-    plan = plan_memory(deployment_of(spec, model, "test"))
+    eng = spec.engine
+    assert isinstance(eng, ContinuousConfig)
+    plan = plan_memory(
+        deployment_of(spec, model, "test"),
+        max_num_seqs=eng.max_num_seqs,
+        max_num_batched_tokens=eng.max_num_batched_tokens,
+    )
     free = plan.budget_bytes - plan.weight_bytes_per_gpu - plan.activation_bytes
     return free - plan.overhead_bytes, plan.kv_bytes_per_token_per_gpu
 

@@ -273,7 +273,12 @@ def test_config_errors_name_the_value_and_what_is_allowed() -> None:
         SpeculationConfig(method="eagle", acceptance=0.5, draft_model="tinyllama-1.1b")
     with pytest.raises(ValueError, match=r"needs its acceptance.*acceptance: 0\.7"):
         SpeculationConfig(method="eagle")
-    spec = _spec(speculation={"method": "mtp"}).model_copy(update={"cc": True})
+    spec = DeploymentSpec(
+        model="llama-3.1-8b",
+        accelerator="H100-SXM",
+        cc=True,
+        engine={"speculation": {"method": "mtp"}},
+    )
     with pytest.raises(ConfigError, match=r"engine\.speculation.*splits its iterations"):
         _built(spec, np.random.default_rng(0))
 

@@ -38,11 +38,23 @@ def test_the_emulator_takes_the_factor_with_its_deployment() -> None:
     assert config.deployment_fields()["time_scale"] == 0.25
 
 
+def test_the_front_end_is_compressed_with_the_engine() -> None:
+    """vllm-v1's front end (2 ms intake) at 1/8: 0.25 ms, its first chunk unchanged; the
+    engine's iterations 1/8 of the same preset's."""
+    spec = DeploymentSpec(model="llama-3-8b", accelerator="A100-80GB", time_scale=0.125,
+                          engine={"preset": "vllm-v1"})  # fmt: skip
+    front = spec.front_end()
+    assert (front.request_s, front.first_chunk_tokens) == (0.002 / 8, 1)
+    base, fast = _step(engine={"preset": "vllm-v1"}), _step(time_scale=0.125)
+    assert isinstance(fast, TimeScaled) and not isinstance(base, TimeScaled)
+    assert fast.iteration_s(BATCH) == base.iteration_s(BATCH) / 8
+
+
 def test_times_it_does_not_scale_are_refused() -> None:
-    """A front end of its own times (the vllm-v1 preset's) with a factor: a ConfigError
-    naming time_scale; a factor that is no positive number: refused by the schema."""
-    with pytest.raises(ConfigError, match=r"e\.time_scale.*execution\.frontend"):
-        _step(time_scale=0.5, engine={"kind": "continuous", "preset": "vllm-v1"})
-    assert not isinstance(_step(engine={"kind": "continuous", "preset": "vllm-v1"}), TimeScaled)
+    """Speculation's draft keeps its own times: with a factor, a ConfigError naming
+    time_scale; a factor that is no positive number: refused by the schema."""
+    speculation = {"method": "eagle", "num_draft_tokens": 2, "acceptance": 0.7}
+    with pytest.raises(ConfigError, match=r"e\.time_scale.*speculation"):
+        _step(time_scale=0.5, engine={"speculation": speculation})
     with pytest.raises(ValueError, match="time_scale"):
         DeploymentSpec(model="llama-3-8b", time_scale=0.0)

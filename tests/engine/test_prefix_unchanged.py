@@ -5,7 +5,8 @@ shipped example before prefix caching existed (the H100-SXM examples with the ro
 H100 kernels, which moved them once, and again when H100's GEMM, attention, all-reduce and
 fused-MoE constants came from its measured vLLM kernels, and when prefill attention's
 work per pair took the head-dim offset and KV-head term and the eager all-reduce its
-floor; W1 and SINCERE's study are A100 /
+floor, and when an engine block without a preset came to run today's vLLM V1 with its
+limits for the GPU; W1 (which names the eager engine) and SINCERE's study are A100 /
 request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
 """
@@ -25,11 +26,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PINNED = {
     "w1": "b89ca563fb17e486fbf0ad479ad7aba9558f0e05a234765acb8e2e627879f00c",
-    "hetero": "bc02c43a779405826a019da4a7efc958d1bd62efcda85361379798d087b991bd",
-    "hetero-explore": "fb19533b9268aadc6f1c9a22c7cdd3da893f956bb179de3d9edffada39dc9cdf",
-    "niyama": "5f44b5bd28cac732c9318eb50afe32e057f4963283708ac580e88e23dc8b89b9",
+    "hetero": "ab91f905886e8158d5d4261d573c2b6eb91a662aa044a79805f6e9cd1484acd5",
+    "hetero-explore": "2100476216a313ce2ceb7f918f8ba7a480bc35fcafa9ea5ae0016a999e979466",
+    "niyama": "7732c4273a3fb5c309640f81ee5c18bc406d87a0be2cd164b3bafc6877add75b",
     "sincere": "3ab15ad72eff7ccb31e8cce25708beb0ccd67b24e9b7ff774291602186a0c09c",
-    "vllm": "65c94642965ca26edbaa124015cf0844cea62e1dbef016180a5095c0cbf63862",
+    "vllm": "812795583188927f57c1303582514c916e6fc52f9588741417429dffe0beb6b2",
 }
 
 

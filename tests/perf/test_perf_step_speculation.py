@@ -28,7 +28,8 @@ def _run(*extra: str) -> dict[str, object]:
 
 def test_ngram_draft_gains_its_expected_tokens_and_prices_the_verify() -> None:
     """k = 3 at 0.7: 1 + 0.7 + 0.49 + 0.343 tokens a step; the speculative iteration is the
-    speculating step model's, the plain one the command's own without speculation."""
+    speculating step model's (today's engine, vllm-v1 with the A100's 256 sequences), the
+    plain one the command's own without speculation."""
     plain = _run()
     out = _run("--speculation", "ngram", "--draft-tokens", "3", "--acceptance", "0.7")
     spec = out["speculation"]
@@ -38,7 +39,7 @@ def test_ngram_draft_gains_its_expected_tokens_and_prices_the_verify() -> None:
     tokens = 1 + 0.7 + 0.49 + 0.343
     assert spec["speculative"]["tokens_per_step"] == pytest.approx(tokens)
     dep = Deployment(get_model("llama-3-8b"), get_accelerator("A100"))
-    target = with_execution(StepModelConfig().build(dep), execution_params("eager", {}), 256)
+    target = with_execution(StepModelConfig().build(dep), execution_params("vllm-v1", {}), 256)
     params = speculation_params("ngram", num_draft_tokens=3, acceptance=[0.7])
     model = SpeculativeStepModel(SpeculativeDecode(target, params, dep.model.num_layers))
     want = model.iteration_s(Batch(num_decode_seqs=8, decode_ctx_tokens=8 * 2048))

@@ -9,6 +9,7 @@ import numpy as np
 import yaml
 
 from sincere.sim import simulate
+from sincere.sim.frontend import front_end_of
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -21,10 +22,15 @@ def _hetero(router: str, num_requests: int) -> dict[str, Any]:
 
 
 def test_routed_run_records_outstanding_requests_at_arrival() -> None:
-    """Recorded outstanding = earlier arrivals on that instance not finished yet."""
-    table = simulate(_hetero("random", 1200)).requests.to_pydict()
-    arrival = np.array(table["arrival_at"])
-    finished = np.array(table["finished_at"])
+    """Recorded outstanding = earlier arrivals on that instance not finished yet when the
+    request reached the router (after the front end's intake; client times in the table)."""
+    result = simulate(_hetero("random", 1200))
+    front = front_end_of(result.config)
+    table = result.requests.to_pydict()
+    prompts = np.array(table["prompt_tokens"], dtype=np.float64)
+    intake = front.request_s + front.prompt_token_s * prompts
+    arrival = np.maximum.accumulate(np.array(table["arrival_at"]) + intake)
+    finished = np.array(table["finished_at"]) - front.output_s
     instance = np.array(table["instance"])
     outstanding = np.array(table["arrival_num_outstanding"], dtype=np.float64)
     assert not np.isnan(outstanding).any()

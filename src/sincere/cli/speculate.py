@@ -106,18 +106,24 @@ def speculate_command(
     ep: Annotated[int, typer.Option(min=1, help="expert-parallel degree (MoE models)")] = 1,
     precision: Annotated[str, typer.Option(help="weight precision")] = "bf16",
     preset: Annotated[
-        str, typer.Option(help="engine execution model: eager, vllm-v1, sglang, trtllm")
-    ] = "eager",
+        str | None,
+        typer.Option(
+            help="engine execution model: vllm-v1 (default), sglang, trtllm, eager (CPU in series)"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
 ) -> None:
     """Time per output token with and without speculative decoding, by batch size."""
     from sincere.catalog.loader import default_catalog
+    from sincere.engine.defaults import default_preset
     from sincere.perf.base import Deployment
     from sincere.perf.execution import execution_params, with_execution
     from sincere.perf.factory import StepModelConfig
 
     catalog = default_catalog()
     params = params_of_options(method, draft_tokens, acceptance, max_batch, verify_tokens)
+    if preset is None:
+        preset = default_preset("roofline", False, catalog.accelerator(accelerator))
     execution = execution_params(preset, {})
 
     def built(name: str, moe_ep: int) -> StepTimeModel:

@@ -227,12 +227,20 @@ def step_command(
         bool, typer.Option("--json", help='print {"iteration_s": …, "parts": {…}}')
     ] = False,
     preset: Annotated[
-        str,
-        typer.Option(help="engine execution model: eager (CPU in series), vllm-v1, sglang, …"),
-    ] = "eager",
+        str | None,
+        typer.Option(
+            help="engine execution model: vllm-v1, sglang, trtllm, eager (CPU in series); "
+            "default: vllm-v1 over the roofline, eager over other step models"
+        ),
+    ] = None,
     max_num_seqs: Annotated[
-        int, typer.Option(min=1, help="the engine's max_num_seqs (bounds vLLM's CUDA graphs)")
-    ] = 256,
+        int | None,
+        typer.Option(
+            min=1,
+            help="the engine's max_num_seqs (bounds vLLM's CUDA graphs); default: the "
+            "preset's on this GPU (vLLM V1: 1,024 from 70 GiB, else 256)",
+        ),
+    ] = None,
     speculation: Annotated[
         str | None,
         typer.Option(help="speculative decoding of the decodes: eagle, mtp, draft-model, ngram"),
@@ -253,6 +261,7 @@ def step_command(
     """Time one iteration and break it into parts (linear, attention, communication, …)."""
     from sincere.catalog.loader import default_catalog
     from sincere.engine.build import check_parallelism
+    from sincere.engine.defaults import default_limits, default_preset
     from sincere.engine.fit_check import check_step_fits
     from sincere.perf.base import Batch, Deployment, StepBreakdown
     from sincere.perf.calibration import roofline_defaults
@@ -290,6 +299,10 @@ def step_command(
             )
         inline["mxfp4_activations"] = mxfp4_activations
     built = StepModelConfig(kind=step_model, params=inline, params_file=params).build(dep)
+    if preset is None:
+        preset = default_preset(step_model, False, dep.accelerator)
+    if max_num_seqs is None:
+        max_num_seqs = default_limits(preset, dep.accelerator).max_num_seqs
     execution = execution_params(preset, {})
     built = with_execution(built, execution, max_num_seqs)
     seconds = built.iteration_s(batch)

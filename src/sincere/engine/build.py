@@ -123,16 +123,16 @@ def _check_unscaled(spec: DeploymentSpec, where: str) -> None:
     if isinstance(eng, ContinuousConfig):
         unscaled = [
             what for what, present in (
-                ("execution.frontend", not eng.execution_params().frontend.is_zero),
                 ("kv_offload", eng.kv_offload is not None),
                 ("speculation", eng.speculation is not None),
             ) if present
         ]  # fmt: skip
     if unscaled:
         raise ConfigError(
-            f"time_scale scales the step model only; {unscaled[0]} keeps its own times",
+            f"time_scale scales the engine and its front end only; {unscaled[0]} keeps its "
+            "own times",
             where=f"{where}.time_scale", value=spec.time_scale,
-            allowed="1 (or no front end, kv_offload or speculation, a continuous engine)",
+            allowed="1 (or no kv_offload or speculation, a continuous engine)",
         )  # fmt: skip
 
 

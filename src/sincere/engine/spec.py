@@ -22,17 +22,25 @@ from pydantic import (
     model_validator,
 )
 
+from sincere.catalog.loader import default_catalog
+from sincere.catalog.specs import Accelerator
+from sincere.engine.defaults import fill_engine
 from sincere.engine.kv_offload import KvOffloadConfig
 from sincere.engine.request_level import RequestLevelConfig
 from sincere.engine.speculation import SpeculationConfig
-from sincere.perf.execution import ExecutionParams, execution_params
+from sincere.perf.execution import ExecutionParams, FrontEnd, execution_params
 from sincere.perf.factory import StepModelConfig
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 class ContinuousConfig(BaseModel):
-    """An iteration-level engine (vLLM / Sarathi-Serve) and its limits."""
+    """An iteration-level engine (vLLM / Sarathi-Serve) and its limits.
+
+    The defaults below are the block's own; a :class:`DeploymentSpec` fills the preset,
+    ``max_num_seqs``, ``max_num_batched_tokens`` and ``watermark`` it leaves out with today's
+    engine's on its accelerator (:mod:`sincere.engine.defaults`).
+    """
 
     model_config = _FROZEN
     kind: Literal["continuous"] = "continuous"
@@ -50,6 +58,7 @@ class ContinuousConfig(BaseModel):
     kv_offload: KvOffloadConfig | None = None  # CPU / disk tiers below the prefix cache; off
     # how iterations run (CUDA graphs, async scheduling, front end): a named preset of
     # sincere.perf.execution.PRESETS (vllm-v1, sglang, trtllm, eager); None: eager (2024)
+    # here, and in a deployment today's engine for its step model (sincere.engine.defaults)
     preset: str | None = None
     execution: dict[str, Any] = {}  # the preset's fields overridden (docs/engine.md)
     # speculative decoding (docs/engine.md); None: one token per sequence per iteration
@@ -68,6 +77,15 @@ class ContinuousConfig(BaseModel):
     def execution_params(self) -> ExecutionParams:
         """The execution model this engine runs its iterations with."""
         return execution_params(self.preset, self.execution)
+
+
+def _known_accelerator(name: Any) -> Accelerator | None:
+    """The catalog's accelerator of that name, if there is one (an unknown name is refused
+    when the engine is built, with the names it could be)."""
+    catalog = default_catalog()
+    if isinstance(name, str) and catalog.has_accelerator(name):
+        return catalog.accelerator(name)
+    return None
 
 
 def _engine_kind(value: Any) -> str:
@@ -105,6 +123,35 @@ class DeploymentSpec(BaseModel):
     # sincere.engine.time_scale); 1: real time
     time_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_defaults(cls, data: Any) -> Any:
+        """A continuous engine block's preset and limits, where it leaves them out, are
+        today's engine's on this accelerator (:mod:`sincere.engine.defaults`)."""
+        if not isinstance(data, dict):
+            return data
+        raw = data.get("engine", {})
+        if isinstance(raw, ContinuousConfig):
+            given: dict[str, Any] = {name: getattr(raw, name) for name in raw.model_fields_set}
+        elif isinstance(raw, dict) and _engine_kind(raw) == "continuous":
+            given = raw
+        else:
+            return data
+        step = data.get("step_model", {})
+        if isinstance(step, StepModelConfig):
+            kind, step_cc = step.kind, step.cc
+        elif isinstance(step, dict):
+            kind, step_cc = str(step.get("kind", "roofline")), bool(step.get("cc", False))
+        else:
+            return data  # not a step-model block: its validation says so
+        engine = fill_engine(
+            given,
+            _known_accelerator(data.get("accelerator", "H100-SXM")),
+            kind,
+            bool(data.get("cc", False)) or step_cc,
+        )
+        return {**data, "engine": engine}
+
     @model_validator(mode="after")
     def _one_model_field(self) -> DeploymentSpec:
         if (self.model is None) == (self.models is None):
@@ -114,6 +161,14 @@ class DeploymentSpec(BaseModel):
         if self.models is not None and len(self.models) > 1 and self.engine.kind != "request-level":
             raise ValueError("several models need engine.kind: request-level")
         return self
+
+    def front_end(self) -> FrontEnd:
+        """What a client sees beyond this deployment's engine (its preset's front end, on
+        the deployment's clock: ``time_scale`` compresses it with the engine); none for a
+        request-level engine."""
+        if not isinstance(self.engine, ContinuousConfig):
+            return FrontEnd()
+        return self.engine.execution_params().frontend.scaled(self.time_scale)
 
     @property
     def model_names(self) -> list[str]:

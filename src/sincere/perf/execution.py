@@ -42,8 +42,10 @@ engine's *execution model*, and engines of 2026 differ from the eager engines of
 
 Named presets (:data:`PRESETS`) hold each engine's defaults with their sources; every
 field can be overridden (``engine: {preset: vllm-v1, execution: {async_scheduling:
-false}}``). No preset means the engine of 2024 the simulator has always modelled (CPU in
-series, no graph padding, no front end), so older configs give the same numbers.
+false}}``). ``eager`` is the engine of 2024 the simulator was first built on (CPU in
+series, no graph padding, no front end); an engine block that names no preset is that one,
+and a deployment fills in today's engine for its step model instead
+(:mod:`sincere.engine.defaults`: ``vllm-v1`` over the roofline).
 
 :class:`ExecutedStepModel` wraps a step-time model whose CPU part is separable
 (:class:`SeparableCpu`: the roofline); it keeps every answer of the inner model exact,
@@ -123,6 +125,18 @@ class FrontEnd:
     def intake_s(self, prompt_tokens: int) -> float:
         """From the client's send to the engine's queue."""
         return self.request_s + self.prompt_token_s * prompt_tokens
+
+    def scaled(self, factor: float) -> FrontEnd:
+        """These times multiplied by ``factor`` (a time-compressed replay's clock); the
+        first chunk's size is a count and stays."""
+        if factor == 1.0:
+            return self
+        return dataclasses.replace(
+            self,
+            request_s=self.request_s * factor,
+            prompt_token_s=self.prompt_token_s * factor,
+            output_s=self.output_s * factor,
+        )
 
 
 @dataclass(frozen=True)
@@ -277,7 +291,8 @@ PRESETS: dict[str, ExecutionParams] = {
         source="an eager engine of 2024 (vLLM V0 with enforce_eager): CPU in series, no graphs",
     ),
 }
-"""Named execution models; ``eager`` is what the simulator uses without a preset."""
+"""Named execution models; a deployment without a preset runs ``vllm-v1`` over the roofline
+and ``eager`` over other step models (:mod:`sincere.engine.defaults`)."""
 
 
 def execution_params(preset: str | None, overrides: Mapping[str, Any]) -> ExecutionParams:

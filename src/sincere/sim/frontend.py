@@ -104,9 +104,7 @@ def first_chunk_at(records: RecordArrays, tokens: int) -> FloatArray:
 def front_end_of(config: SimulationConfig) -> FrontEnd:
     """The front end of a run's instances (they must agree; request-level engines have none)."""
     fronts = [
-        inst.engine.execution_params().frontend
-        for inst in config.instances
-        if isinstance(inst.engine, ContinuousConfig)
+        inst.front_end() for inst in config.instances if isinstance(inst.engine, ContinuousConfig)
     ]
     if not fronts:
         return FrontEnd()

@@ -105,7 +105,7 @@ class EmulatorServer(Served):
             np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1]),
         )  # fmt: skip
         self._stall_rng = np.random.default_rng(seeds[2])
-        self.front_end = config.engine.execution_params().frontend  # the preset's, else none
+        self.front_end = config.front_end()  # the preset's, on the deployment's clock
         if self.front_end.first_chunk_tokens > 1:
             raise ConfigError(
                 "execution.frontend.first_chunk_tokens above 1 (a first chunk of several "
@@ -448,7 +448,7 @@ def _build_live(
         block_tokens=config.prefix_block_tokens,
         tiers=tiers or (DEFAULT_TIER,), metrics=metrics, rng=rng,
         stall_probability=config.failures.stall_probability, stall_s=config.failures.stall_s,
-        output_s=config.engine.execution_params().frontend.output_s,
+        output_s=config.front_end().output_s,
     )  # fmt: skip
 
 
