@@ -266,3 +266,77 @@ def test_a_subset_keeps_the_whole_runs_clock(tmp_path: Path) -> None:
     (folder / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     first = read_serving_run(folder).subset(1)
     assert first.queued_ts - first.arrival_ts == pytest.approx([0.005], abs=1e-6)
+
+
+def _rewrite_meta(folder: Path, change: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
+    """``folder``'s meta.json with top-level keys changed and engine_kwargs keys dropped."""
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(change)
+    for key in drop:
+        meta["engine_kwargs"].pop(key)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def test_the_engine_settings_a_run_resolved_are_replayed(tmp_path: Path) -> None:
+    """resolved_config's async scheduling, CUDA-graph mode and sizes go into the replay's
+    vllm-v1 engine; its fp8 KV cache and fp8 weights into the deployment."""
+    folder = write_tiny_run(tmp_path / "runs" / "tiny")
+    resolved = {
+        "scheduler_config": {"async_scheduling": False},
+        "compilation_config": {"cudagraph_mode": [2, 0], "cudagraph_capture_sizes": "[1, 2, 4, 8]"},
+        "model_config": {"quantization": "fp8", "enforce_eager": False},
+        "cache_config": {"cache_dtype": "fp8_e4m3"},
+    }
+    _rewrite_meta(folder, {"resolved_config": resolved})
+    run = read_serving_run(folder)
+    assert run.engine.execution.overrides() == {
+        "async_scheduling": False, "graph_mode": "full_decode_only",
+        "graph_sizes": [1, 2, 4, 8], "graph_max_share_of_seqs": 0.0,
+    }  # fmt: skip
+    setup = replay_setup(run)
+    assert (setup.precision, setup.kv_precision) == ("fp8", "fp8")
+    assert "async_scheduling False" in setup.taken and "4 sizes, 1-8" in setup.taken
+    inst = replay_config(run, setup).instances[0]
+    assert (inst.precision, inst.kv_precision) == ("fp8", "fp8")
+    params = inst.engine.execution_params()  # type: ignore[union-attr]
+    assert (params.async_scheduling, params.graph_mode, params.graph_sizes) == (
+        False, "full_decode_only", (1, 2, 4, 8),
+    )  # fmt: skip
+    eager = replay_setup(run, preset="eager")  # another preset is replayed as asked
+    assert eager.taken == ""
+    assert replay_config(run, eager).instances[0].engine.execution == {}  # type: ignore[union-attr]
+
+
+def test_enforce_eager_runs_no_graphs_and_unrecorded_limits_are_vllms(tmp_path: Path) -> None:
+    """enforce_eager: no CUDA graphs; limits left out everywhere: vLLM's server defaults for
+    the GPU (the RTX 4090: 256 sequences, 2,048 tokens), and the report says so."""
+    folder = write_tiny_run(tmp_path / "runs" / "tiny")
+    kwargs = json.loads((folder / "meta.json").read_text())["engine_kwargs"]
+    kwargs.update({"enforce_eager": True, "kv_cache_dtype": "auto"})
+    del kwargs["max_num_seqs"], kwargs["max_num_batched_tokens"]
+    _rewrite_meta(folder, {"engine_kwargs": kwargs})
+    run = read_serving_run(folder)
+    assert run.engine.max_num_seqs is None and run.engine.max_num_batched_tokens is None
+    assert run.engine.execution.overrides() == {"graph_mode": "none", "graph_sizes": []}
+    setup = replay_setup(run)
+    assert (setup.max_num_seqs, setup.max_num_batched_tokens) == (256, 2048)
+    assert "not recorded" in setup.limits_note
+    engine = replay_config(run, setup).instances[0].engine
+    assert engine.execution_params().graph_mode == "none"  # type: ignore[union-attr]
+    assert (engine.max_num_seqs, engine.max_num_batched_tokens) == (256, 2048)  # type: ignore[union-attr]
+
+
+def test_unknown_recorded_settings_are_named(tmp_path: Path) -> None:
+    """A CUDA-graph mode the simulator has no name for, and a flag that is no boolean:
+    DataError naming the field and value; an unknown quantisation is priced 16-bit, said."""
+    folder = write_tiny_run(tmp_path / "runs" / "tiny")
+    _rewrite_meta(folder, {"resolved_config": {"compilation_config": {"cudagraph_mode": 7}}})
+    with pytest.raises(DataError, match=r"cudagraph_mode.*7"):
+        read_serving_run(folder)
+    _rewrite_meta(folder, {"resolved_config": {"scheduler_config": {"async_scheduling": "yes"}}})
+    with pytest.raises(DataError, match=r"async_scheduling.*yes"):
+        read_serving_run(folder)
+    _rewrite_meta(folder, {"resolved_config": {"model_config": {"quantization": "bitsandbytes"}}})
+    setup = replay_setup(read_serving_run(folder))
+    assert setup.precision == "bf16"
+    assert any("bitsandbytes" in note for note in setup.notes)

@@ -47,6 +47,7 @@ from sincere.core.config import read_yaml
 from sincere.core.errors import ConfigError
 from sincere.core.prefix import token_block_ids
 from sincere.core.request import DEFAULT_TIER, RequestArrays
+from sincere.engine.defaults import default_limits
 from sincere.perf.calibration import roofline_defaults
 from sincere.perf.execution import execution_params
 from sincere.perf.factory import STEP_MODELS
@@ -63,6 +64,16 @@ SAME_ARCHITECTURE = {
 (Qwen3-30B-A3B-Instruct-2507 retrains Qwen3-30B-A3B's weights; layers, experts and heads
 are the same, only the context length grew)."""
 ROUTER = "least-outstanding"
+RUN_PRESET = "vllm-v1"
+"""The execution model of the runs' engine (vLLM V1); under it the replay also takes the
+scheduling and CUDA-graph settings a run recorded (:class:`RunExecution`)."""
+WEIGHT_QUANTISATIONS = {
+    "fp8": "fp8", "fbgemm_fp8": "fp8", "awq": "int4", "awq_marlin": "int4",
+    "gptq": "int4-gptq", "gptq_marlin": "int4-gptq", "mxfp4": "mxfp4", "modelopt_fp4": "nvfp4",
+}  # fmt: skip
+"""vLLM's ``quantization`` methods -> the weight precision that prices them (the others, e.g.
+``compressed-tensors``, do not say which format they hold: the weights stay 16-bit and the
+report says so)."""
 METRICS = ("ttft_s", "tpot_s", "e2e_s", "queue_s")
 """Per-request metrics compared: TTFT, TPOT (= the mean inter-token latency of the
 request: the runs hold no per-token times), end to end, and queueing (first scheduled)."""
@@ -83,6 +94,12 @@ class ReplaySetup:
     step_model: str  # the step-time model and where its constants come from
     preset: str  # the engine's execution model (sincere.perf.execution.PRESETS)
     notes: tuple[str, ...]  # what the replay does not model of this run
+    precision: str = "bf16"  # the weights' (sincere.catalog.specs.PRECISION_BYTES)
+    kv_precision: str = "fp16"  # the KV cache's
+    max_num_seqs: int = 256  # the run's, else vLLM's default for the GPU
+    max_num_batched_tokens: int = 8192  # likewise
+    limits_note: str = ""  # where the limits come from when the run does not record them
+    taken: str = ""  # the run's own execution settings taken into the preset ("": none)
 
 
 @dataclass(frozen=True)
@@ -158,7 +175,25 @@ def _version(run: ServingRun) -> str | None:
 def default_preset(step_model: Mapping[str, Any] | None) -> str:
     """``vllm-v1`` (as the runs were started) over the default step model; ``eager`` over a
     step model given by hand, whose times are taken as whole iterations."""
-    return "vllm-v1" if step_model is None else "eager"
+    return RUN_PRESET if step_model is None else "eager"
+
+
+def _precisions(run: ServingRun, notes: list[str]) -> tuple[str, str]:
+    """The weights' and the KV cache's precisions of ``run`` (notes on what is guessed)."""
+    args = run.engine
+    weights = "fp16" if args.dtype.lower() in ("float16", "half", "fp16") else "bf16"
+    if args.quantization is not None:
+        known = WEIGHT_QUANTISATIONS.get(args.quantization.lower())
+        if known is None:
+            notes.append(f"weights quantised by {args.quantization!r}: priced as {weights}")
+        else:
+            weights = known
+    kv = args.kv_cache_dtype.lower()
+    if kv.startswith("fp8"):
+        return weights, "fp8"
+    if kv not in ("auto", "bfloat16", "float16", "half", "bf16", "fp16"):
+        notes.append(f"KV cache dtype {args.kv_cache_dtype!r}: priced as 16-bit")
+    return weights, "fp16"
 
 
 def replay_setup(
@@ -174,6 +209,13 @@ def replay_setup(
     front = execution_params(preset, {}).frontend
     if front.is_zero:
         notes.append("no front end (HTTP, tokenisation, detokenisation) in the simulated times")
+    taken = ""
+    if preset == RUN_PRESET and run.engine.execution.overrides():
+        taken = ", ".join(f"{k} {v}" for k, v in _shown(run.engine.execution.overrides()))
+    precision, kv_precision = _precisions(run, notes)
+    args = run.engine
+    limits = default_limits(preset, default_catalog().accelerator(accelerator))
+    unrecorded = [k for k in ("max_num_seqs", "max_num_batched_tokens") if getattr(args, k) is None]
     return ReplaySetup(
         catalog_model=model,
         model_note=model_note,
@@ -186,7 +228,27 @@ def replay_setup(
         step_model=_step_model_label(accelerator, step_model, _version(run)),
         preset=preset,
         notes=tuple(notes),
+        precision=precision,
+        kv_precision=kv_precision,
+        max_num_seqs=args.max_num_seqs or limits.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens or limits.max_num_batched_tokens,
+        limits_note=f"{' and '.join(unrecorded)} not recorded: {limits.source}"
+        if unrecorded
+        else "",
+        taken=taken,
     )
+
+
+def _shown(overrides: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Execution overrides as the report lists them (a capture list by its range)."""
+    out = []
+    for key, value in overrides.items():
+        if key == "graph_sizes" and value:
+            value = f"{len(value)} sizes, {value[0]}-{value[-1]}"
+        elif key == "graph_max_share_of_seqs":
+            continue
+        out.append((key, value))
+    return out
 
 
 def replay_config(
@@ -197,8 +259,6 @@ def replay_config(
     engine: dict[str, Any] = {
         "kind": "continuous",
         "scheduler": "fcfs",
-        "max_num_seqs": args.max_num_seqs,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
         "block_size": args.block_size,
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "num_kv_blocks": args.num_gpu_blocks,
@@ -206,13 +266,19 @@ def replay_config(
         "max_model_len": args.max_model_len,
         "enable_prefix_caching": args.enable_prefix_caching,
         "preset": setup.preset,
+        "max_num_seqs": setup.max_num_seqs,
+        "max_num_batched_tokens": setup.max_num_batched_tokens,
     }
+    if setup.taken:
+        engine["execution"] = args.execution.overrides()  # as the run's engine resolved it
     instance: dict[str, Any] = {
         "name": run.name,
         "model": setup.catalog_model,
         "accelerator": setup.accelerator,
         "count": setup.instances,
         "tp": setup.tp,
+        "precision": setup.precision,
+        "kv_precision": setup.kv_precision,
         "ep": setup.ep,
         "attention_dp": setup.attention_dp,
         "engine": engine,

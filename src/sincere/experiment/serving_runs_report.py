@@ -179,11 +179,14 @@ def _run_section(
         f"{run.engine.vllm_version}, TP {s.tp}, {s.instances} engine(s) behind `{s.router}`, "
         f"EP {s.ep} per engine"
         + (f" (attention DP {s.attention_dp}: one MoE group)" if s.attention_dp > 1 else "")
-        + f"; max_num_seqs {run.engine.max_num_seqs}, "
-        f"max_num_batched_tokens {run.engine.max_num_batched_tokens}, chunked prefill, "
-        f"prefix caching {'on' if run.engine.enable_prefix_caching else 'off'}",
+        + f"; max_num_seqs {s.max_num_seqs}, "
+        f"max_num_batched_tokens {s.max_num_batched_tokens}"
+        + (f" ({s.limits_note})" if s.limits_note else "")
+        + f", chunked prefill, prefix caching {'on' if run.engine.enable_prefix_caching else 'off'}"
+        + f"; weights {s.precision}, KV cache {s.kv_precision}",
         f"- step model: {s.step_model}",
-        f"- engine execution model: {s.preset} (docs/engine.md)",
+        f"- engine execution model: {s.preset} (docs/engine.md)"
+        + (f", with the run's resolved settings: {s.taken}" if s.taken else ""),
         f"- {len(run)} requests; simulated: prefix-cache hits {hit:.1%} of prompt tokens, "
         f"{c.sim_preemptions} preemptions; real front-end time (queued − arrival) median "
         f"{np.median(c.frontend_s) * 1e3:.0f} ms",

@@ -5,9 +5,14 @@ LLMServingSim's published vLLM benchmark runs):
 
 * ``meta.json`` -- ``model``, ``vllm_version``, ``engine_kwargs`` (``tensor_parallel_size``,
   ``data_parallel_size``, ``enable_expert_parallel``, ``max_num_seqs``,
-  ``max_num_batched_tokens``, ``max_model_len``, ``dtype``), ``dataset_path`` (the replayed
-  inputs) and, when recorded, ``kv_cache`` (``num_gpu_blocks``, ``block_size``,
-  ``gpu_memory_utilization``, ``enable_prefix_caching``) and ``hardware.device_name``;
+  ``max_num_batched_tokens``, ``max_model_len``, ``dtype``, ``kv_cache_dtype``,
+  ``quantization``), ``dataset_path`` (the replayed inputs) and, when recorded, ``kv_cache``
+  (``num_gpu_blocks``, ``block_size``, ``gpu_memory_utilization``,
+  ``enable_prefix_caching``), ``hardware.device_name`` and ``resolved_config`` (the engine's
+  configuration as vLLM resolved it: :class:`RunExecution` reads its scheduling and
+  CUDA-graph settings, and takes the limits and cache settings from it that the other
+  fields leave out). Limits a run records nowhere are vLLM's defaults for its GPU
+  (``None`` here);
 * ``config.json`` -- the hardware: ``nodes[0].instances[0].hardware`` names the GPU;
 * ``requests.jsonl`` -- one request a line: ``request_id``, ``input_toks``, ``output_toks``,
   ``arrival_time`` (the harness's wall clock, epoch seconds) and the engine's own
@@ -32,6 +37,7 @@ a missing file, a malformed line or an inconsistent value raises
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from dataclasses import dataclass, replace
@@ -54,6 +60,50 @@ REQUEST_FIELDS = ("input_toks", "output_toks", "arrival_time", *TIMESTAMP_FIELDS
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block, tokens
 
 
+CUDAGRAPH_MODES = {0: "NONE", 1: "PIECEWISE", 2: "FULL"}
+"""vLLM's ``CUDAGraphMode`` values (``resolved_config.compilation_config.cudagraph_mode`` holds
+one, or a pair: the mode of decode-only batches and of mixed ones)."""
+NAMED_GRAPH_MODES = {
+    "FULL_AND_PIECEWISE": ("FULL", "PIECEWISE"),
+    "FULL_DECODE_ONLY": ("FULL", "NONE"),
+}
+"""vLLM's names of its mode pairs (a single mode's name stands for both)."""
+GRAPH_MODES = {
+    ("NONE", "NONE"): "none",
+    ("PIECEWISE", "PIECEWISE"): "piecewise",
+    ("FULL", "NONE"): "full_decode_only",
+    ("FULL", "PIECEWISE"): "full_and_piecewise",
+    ("FULL", "FULL"): "full_and_piecewise",
+}
+"""(decode-only, mixed) CUDA-graph modes -> the execution model's ``graph_mode``. A full graph
+of mixed batches is padded in tokens as a piecewise one is (the execution model has no
+mode of its own for it)."""
+
+
+@dataclass(frozen=True)
+class RunExecution:
+    """How a run's engine executed its iterations, where ``meta.json`` says so (None: not
+    recorded): ``engine_kwargs`` first, then ``resolved_config``."""
+
+    async_scheduling: bool | None  # scheduler_config.async_scheduling
+    graph_mode: str | None  # the execution model's name for vLLM's cudagraph_mode
+    graph_sizes: tuple[int, ...] | None  # compilation_config.cudagraph_capture_sizes
+
+    def overrides(self) -> dict[str, Any]:
+        """These settings as an engine block's ``execution`` overrides."""
+        out: dict[str, Any] = {}
+        if self.async_scheduling is not None:
+            out["async_scheduling"] = self.async_scheduling
+        if self.graph_mode is not None:
+            out["graph_mode"] = self.graph_mode
+        if self.graph_mode == "none":
+            out["graph_sizes"] = []
+        elif self.graph_sizes is not None:
+            out["graph_sizes"] = list(self.graph_sizes)
+            out["graph_max_share_of_seqs"] = 0.0  # the sizes vLLM kept, already capped
+        return out
+
+
 @dataclass(frozen=True)
 class EngineArgs:
     """The engine arguments a run was served with (``meta.json``)."""
@@ -62,14 +112,17 @@ class EngineArgs:
     tp: int  # tensor_parallel_size
     dp: int  # data_parallel_size: engine replicas behind vLLM's own balancer
     expert_parallel: bool  # enable_expert_parallel: experts spread over tp * dp GPUs
-    max_num_seqs: int
-    max_num_batched_tokens: int
+    max_num_seqs: int | None  # None: not recorded (vLLM's default for the GPU)
+    max_num_batched_tokens: int | None  # None: not recorded (as max_num_seqs)
     max_model_len: int | None
     dtype: str
     block_size: int  # KV block, tokens
     num_gpu_blocks: int | None  # the KV pool vLLM sized (per replica), when recorded
     gpu_memory_utilization: float
     enable_prefix_caching: bool
+    kv_cache_dtype: str = "auto"  # "auto": the weights' dtype; fp8 variants: an fp8 cache
+    quantization: str | None = None  # the weights' quantisation method, when one is named
+    execution: RunExecution = RunExecution(None, None, None)
 
 
 @dataclass(frozen=True)
@@ -164,29 +217,124 @@ def _count(doc: dict[str, Any], key: str, path: Path, line: int | None = None) -
     return int(value)
 
 
+def _section(doc: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """``doc[key]`` as an object (empty when absent or null)."""
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataError("expected an object", path=path, column=key, value=value)
+    return value
+
+
+def _first(key: str, *sections: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The first section that gives ``key`` a value (not null), and that value."""
+    for section in sections:
+        if section.get(key) is not None:
+            return section, section[key]
+    return {}, None
+
+
+def _flag(key: str, path: Path, *sections: dict[str, Any]) -> bool | None:
+    _, value = _first(key, *sections)
+    if value is None or isinstance(value, bool):
+        return value
+    raise DataError("expected true or false", path=path, column=key, value=value)
+
+
+def _capture_sizes(compilation: dict[str, Any], path: Path) -> tuple[int, ...] | None:
+    value = compilation.get("cudagraph_capture_sizes")
+    if isinstance(value, str):  # some harnesses write the list as its text
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    ):
+        raise DataError("expected a list of batch sizes", path=path,
+                        column="cudagraph_capture_sizes", value=value)  # fmt: skip
+    return tuple(sorted(set(value)))
+
+
+def _mode_pair(value: Any) -> tuple[str, str] | None:
+    """vLLM's ``cudagraph_mode`` (a value, a pair of values, or a name) as the modes of
+    (decode-only, mixed) batches; None: not one."""
+    if isinstance(value, str):
+        name = value.upper()
+        pair = NAMED_GRAPH_MODES.get(name, (name, name))
+        return pair if pair[0] in CUDAGRAPH_MODES.values() else None
+    values = value if isinstance(value, list) else [value, value]
+    if len(values) != 2 or not all(v in CUDAGRAPH_MODES for v in values):
+        return None
+    return CUDAGRAPH_MODES[values[0]], CUDAGRAPH_MODES[values[1]]
+
+
+def _graph_mode(
+    compilation: dict[str, Any], model: dict[str, Any], path: Path, *sections: dict[str, Any]
+) -> str | None:
+    if _flag("enforce_eager", path, *sections, model):
+        return "none"
+    value = compilation.get("cudagraph_mode")
+    if value is None:
+        return None
+    pair = _mode_pair(value)
+    mode = None if pair is None else GRAPH_MODES.get(pair)
+    if mode is None:
+        raise DataError("not a CUDA-graph mode the simulator knows", path=path,
+                        column="cudagraph_mode", value=value)  # fmt: skip
+    return mode
+
+
+def _run_execution(kwargs: dict[str, Any], resolved: dict[str, Any], path: Path) -> RunExecution:
+    scheduler = _section(resolved, "scheduler_config", path)
+    compilation = _section(resolved, "compilation_config", path)
+    model = _section(resolved, "model_config", path)
+    return RunExecution(
+        async_scheduling=_flag("async_scheduling", path, kwargs, scheduler),
+        graph_mode=_graph_mode(compilation, model, path, kwargs),
+        graph_sizes=_capture_sizes(compilation, path),
+    )
+
+
+def _optional_count(key: str, path: Path, *sections: dict[str, Any]) -> int | None:
+    section, value = _first(key, *sections)
+    return None if value is None else _count(section, key, path)
+
+
 def _engine_args(meta: dict[str, Any], path: Path) -> EngineArgs:
     kwargs = meta.get("engine_kwargs")
     if not isinstance(kwargs, dict):
         raise DataError("expected an object", path=path, column="engine_kwargs", value=kwargs)
-    kv_raw = meta.get("kv_cache")
-    kv: dict[str, Any] = kv_raw if isinstance(kv_raw, dict) else {}
-    max_len = kwargs.get("max_model_len")
-    blocks = kv.get("num_gpu_blocks")
+    kv = _section(meta, "kv_cache", path)
+    resolved = _section(meta, "resolved_config", path)
+    scheduler = _section(resolved, "scheduler_config", path)
+    cache = _section(resolved, "cache_config", path)
+    model = _section(resolved, "model_config", path)
+    block = _optional_count("block_size", path, kv, kwargs, cache)
+    utilisation_from, utilisation = _first("gpu_memory_utilization", kv, kwargs, cache)
+    caching = _flag("enable_prefix_caching", path, kv, kwargs, cache)
+    _, kv_dtype = _first("kv_cache_dtype", kwargs, cache)
+    _, cache_dtype = _first("cache_dtype", cache)
+    _, quantization = _first("quantization", kwargs, model)
     return EngineArgs(
         vllm_version=str(meta.get("vllm_version", "unknown")),
         tp=_count(kwargs, "tensor_parallel_size", path),
         dp=_count(kwargs, "data_parallel_size", path),
         expert_parallel=bool(kwargs.get("enable_expert_parallel", False)),
-        max_num_seqs=_count(kwargs, "max_num_seqs", path),
-        max_num_batched_tokens=_count(kwargs, "max_num_batched_tokens", path),
-        max_model_len=None if max_len is None else _count(kwargs, "max_model_len", path),
+        max_num_seqs=_optional_count("max_num_seqs", path, kwargs, scheduler),
+        max_num_batched_tokens=_optional_count("max_num_batched_tokens", path, kwargs, scheduler),
+        max_model_len=_optional_count("max_model_len", path, kwargs, model),
         dtype=str(kwargs.get("dtype", "bfloat16")),
-        block_size=_count(kv, "block_size", path) if "block_size" in kv else DEFAULT_BLOCK_SIZE,
-        num_gpu_blocks=None if blocks is None else _count(kv, "num_gpu_blocks", path),
-        gpu_memory_utilization=_number(kv, "gpu_memory_utilization", path)
-        if "gpu_memory_utilization" in kv
-        else 0.9,
-        enable_prefix_caching=bool(kv.get("enable_prefix_caching", True)),
+        block_size=DEFAULT_BLOCK_SIZE if block is None else block,
+        num_gpu_blocks=_optional_count("num_gpu_blocks", path, kv, cache),
+        gpu_memory_utilization=0.9
+        if utilisation is None
+        else _number(utilisation_from, "gpu_memory_utilization", path),
+        enable_prefix_caching=True if caching is None else caching,
+        kv_cache_dtype=str(kv_dtype if kv_dtype is not None else cache_dtype or "auto"),
+        quantization=None if quantization is None else str(quantization),
+        execution=_run_execution(kwargs, resolved, path),
     )
 
 
