@@ -24,6 +24,8 @@ REQUIRED_MODELS = [
     "llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3-8b", "llama-3.1-8b", "llama-3-70b",
     "llama-3.1-70b", "gemma-7b", "granite-7b", "granite-13b", "falcon-7b", "falcon-40b",
     "gpt-j-6b", "mistral-7b", "qwen2.5-7b", "qwen2.5-72b", "tiny-llama", "tinyllama-1.1b",
+    "qwen2.5-3b", "qwen2.5-14b", "qwen2.5-32b", "qwen3-4b", "qwen3-14b", "llama-3.2-3b",
+    "granite-3.1-8b", "mistral-small-24b", "phi-4",
 ]  # fmt: skip
 FIGURES = [
     "memory_gb", "hbm_bandwidth_gbps", "bf16_tflops", "fp8_tflops", "int8_tops",
