@@ -206,8 +206,11 @@ def test_live_replay_routes_and_times_like_the_simulator() -> None:
 
 
 def test_simulated_least_outstanding_follows_arrived_minus_finished_counts() -> None:
-    """The simulator's outstanding count is exactly 'arrived and not finished' per instance."""
+    """The simulator's outstanding count is exactly 'arrived and not finished' per instance
+    (on the engines' clock: the eager engine has no front end between the client's send and
+    the router)."""
     config = _config("least-outstanding")
+    config["instances"][0]["engine"] = {"preset": "eager"}
     config["workload"]["num_requests"] = 400
     config["workload"]["arrival"]["rate"] = 8.0
     requests = simulate(load_config(config)).requests

@@ -248,19 +248,14 @@ class ContinuousEngine(StateView):
         """What routers see (:meth:`~.view.StateView.load_with`): the waiting include the
         decodes whose KV arrived and waits for blocks (backpressure) and the requests an
         asynchronous scheduler has not seen yet, with their prompt tokens."""
-        intake = self._intake
-        if intake is None:
-            return self.load_with(len(self._arrived.waiting))
-        return self.load_with(len(self._arrived.waiting) + len(intake), intake.tokens)
+        held, tokens = _held(self._intake)
+        return self.load_with(len(self._arrived.waiting) + held, tokens)
 
     def queue_sizes(self) -> tuple[int, int, int]:
         """Running sequences, waiting requests and their prompt tokens (as ``load()``)."""
         st = self.state
-        intake = self._intake
-        running = len(st.pre) + st.dec.num_seqs
-        if intake is None:
-            return running, len(st.queue), st.waiting_tokens
-        return running, len(st.queue) + len(intake), st.waiting_tokens + intake.tokens
+        held, tokens = _held(self._intake)
+        return len(st.pre) + st.dec.num_seqs, len(st.queue) + held, st.waiting_tokens + tokens
 
     def progress_at(self, now: Seconds) -> DecodeProgress | None:
         """Decode iterations of the run in flight that ended by ``now`` (None: none yet)."""
@@ -361,6 +356,11 @@ class ContinuousEngine(StateView):
     def _wake(self, now: Seconds) -> None:
         if self._run is None and self._wake_at is None:
             self._wake_at = now
+
+
+def _held(intake: AsyncIntake | None) -> tuple[int, int]:
+    """Requests an asynchronous scheduler has not seen yet, and their prompt tokens."""
+    return (0, 0) if intake is None else (len(intake), intake.tokens)
 
 
 def run_progress(
