@@ -49,6 +49,21 @@ def test_sliding_windows_reserve_a_window_per_sequence() -> None:
     )
 
 
+def test_window_reservations_take_at_most_half_the_room_left_for_kv() -> None:
+    """Llama-4-Scout's 36 chunked-attention layers on 8 H200s: 1,024 sequences of 8,192-token
+    windows would take more than the GPUs hold (vLLM's pool reserves none); the plan
+    reserves half the room left for KV for them and gives the other half to full layers."""
+    dep = _dep("llama-4-scout", "H200", tp=8)
+    plan = plan_memory(dep, max_num_seqs=1024)
+    room = plan.budget_bytes - plan.weight_bytes_per_gpu - plan.activation_bytes
+    room -= plan.overhead_bytes
+    assert plan.fits
+    assert plan.num_kv_blocks == pytest.approx(
+        room / 2 / (plan.kv_bytes_per_token_per_gpu * plan.block_size), abs=1
+    )
+    assert plan_memory(dep, max_num_seqs=64).num_kv_blocks > plan.num_kv_blocks  # uncapped
+
+
 def test_a_precision_the_accelerator_cannot_run_is_refused() -> None:
     """MXFP4 on the CPU host is refused naming the precision."""
     with pytest.raises(ConfigError, match="mxfp4"):

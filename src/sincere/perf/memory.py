@@ -16,7 +16,9 @@ head_dim * bytes(kv_precision)`` split over PP stages and over TP ranks while ``
 kv_heads`` (replicated beyond); MLA caches ``kv_lora_rank + qk_rope_head_dim``
 elements per layer, kept whole on every TP rank; sliding-window layers count no
 per-token KV but reserve ``window`` tokens for each of ``max_num_seqs`` sequences
-(vLLM's hybrid allocator frees a window layer's blocks behind the window). The
+(vLLM's hybrid allocator frees a window layer's blocks behind the window), at most half
+the room left for KV (vLLM's pool is shared and reserves nothing: a ``max_num_seqs`` of
+full windows above that is more than its pool would ever hold at once). The
 activation peak is an estimate, not a measurement: per token
 ``(4 * hidden + 3 * intermediate / tp) * activation_bytes``
 (residual, norm, attention output, MLP gate / up / activation) plus fp32 logits of
@@ -135,7 +137,7 @@ def plan_memory(
     per_token = kv_bytes_per_token_per_gpu(deployment) + draft_kv_bytes_per_token
     free = budget - weights - activations - overhead_bytes
     if deployment.model.num_sliding_layers:
-        free -= window_kv_bytes_per_gpu(deployment, max_num_seqs)
+        free -= min(window_kv_bytes_per_gpu(deployment, max_num_seqs), max(free, 0.0) / 2)
     num_blocks = max(0, math.floor(free / (per_token * block_size)))
     need = block_size if min_kv_tokens is None else min_kv_tokens
     return MemoryPlan(
