@@ -381,6 +381,42 @@ def test_gpt_oss_scripts_run_an_fp8_kv_cache(backend: str, kv: str) -> None:
     assert isinstance(int4, PointSpec) and not fp8_kv(int4)
 
 
+def test_hopper_points_run_as_their_scripts_do() -> None:
+    """H100 / H200 rows map to those GPUs; their servers run what the Hopper scripts set
+    and not the Blackwell facts: SGLang polls every iteration and DeepSeek-R1 streams every
+    10 tokens on H200; GPT-OSS's MXFP4 experts multiply bf16 activations (Marlin) with a
+    16-bit KV cache; MiniMax-M2.5's H100 server runs at most 256 sequences, piecewise
+    graphs, vLLM's default 8,192 tokens an iteration."""
+    h200 = point_spec(dataclasses.replace(POINT, system="h200_sxm"))
+    assert isinstance(h200, PointSpec) and h200.accelerator == "H200"
+    params = point_config(h200).instances[0].engine.execution_params()
+    assert (params.recv_interval, params.frontend.first_chunk_tokens) == (1, 10)
+    oss = dataclasses.replace(_gpt_oss_spec("vllm").point, system="h100_sxm")
+    oss_spec = point_spec(oss)
+    assert isinstance(oss_spec, PointSpec) and oss_spec.accelerator == "H100-SXM"
+    (instance,) = point_config(oss_spec).instances
+    assert "mxfp4_activations" not in instance.step_model.params
+    assert instance.kv_precision == "fp16"
+    minimax = point_spec(
+        dataclasses.replace(
+            POINT, backend="vllm", backend_version="0.19.0", system="h100_sxm",
+            model="MiniMaxAI/MiniMax-M2.5", moe_tp=8, moe_ep=1, batch_size=512,
+            source_concurrency=512,
+        )
+    )  # fmt: skip
+    assert isinstance(minimax, PointSpec)
+    engine = point_config(minimax).instances[0].engine
+    assert (engine.max_num_seqs, engine.max_num_batched_tokens) == (256, 8192)  # type: ignore[union-attr]
+    assert engine.execution_params().graph_mode == "piecewise"  # type: ignore[union-attr]
+
+
+def test_a_system_the_simulator_cannot_place_is_a_skip() -> None:
+    """A row of another system (an AMD one here) is skipped with its name, not an error."""
+    skip = point_spec(dataclasses.replace(POINT, system="mi355x"))
+    assert isinstance(skip, Skip) and (skip.reason, skip.detail) == ("system", "mi355x")
+    assert "system" in SKIP_REASONS
+
+
 @pytest.mark.parametrize(
     ("backend", "version", "release"),
     [

@@ -65,12 +65,24 @@ from sincere.sim.api import simulate
 from sincere.sim.config import SimulationConfig, load_config
 from sincere.workload.inferencex import OperatingPoint
 
-SYSTEM_ACCELERATORS = {"b200_sxm": "B200", "b300_sxm": "B300", "gb200": "GB200", "gb300": "GB300"}
-"""InferenceX system -> catalog accelerator (one GPU of the system)."""
-NVLINK_DOMAIN = {"b200_sxm": 8, "b300_sxm": 8, "gb200": 72, "gb300": 72}
-"""GPUs one NVLink domain of each system joins: an HGX B200 / B300 board's 8, a GB200 /
-GB300 NVL72 rack's 72. An engine over more GPUs crosses the scale-out network between
-nodes, which the simulator does not model."""
+SYSTEM_ACCELERATORS = {
+    "b200_sxm": "B200", "b300_sxm": "B300", "gb200": "GB200", "gb300": "GB300",
+    "h100_sxm": "H100-SXM", "h200_sxm": "H200", "a100_sxm": "A100-80GB", "l40s": "L40S",
+    "rtx_pro_6000_server": "RTX-PRO-6000",
+}  # fmt: skip
+"""InferenceX system (AIConfigurator's system names) -> catalog accelerator (one GPU of
+the system). A row of another system is skipped with its name (``system``)."""
+NVLINK_DOMAIN = {
+    "b200_sxm": 8, "b300_sxm": 8, "gb200": 72, "gb300": 72,
+    "h100_sxm": 8, "h200_sxm": 8, "a100_sxm": 8, "l40s": 8, "rtx_pro_6000_server": 8,
+}  # fmt: skip
+"""GPUs one node's fast links join: an HGX board's 8 (H100, H200, A100 over NVLink, B200
+and B300 too), a GB200 / GB300 NVL72 rack's 72, an 8-GPU PCIe server's 8 (L40S, RTX PRO
+6000: the catalog's interconnect is their PCIe). An engine over more GPUs crosses the
+scale-out network between nodes, which the simulator does not model."""
+BLACKWELL_SYSTEMS = frozenset({"b200_sxm", "b300_sxm", "gb200", "gb300"})
+"""Systems of Blackwell GPUs (SM100): the only ones with MXFP8 / FP4 tensor cores, and the
+systems whose serving scripts the Blackwell-only facts below were read from."""
 MODEL_NAMES = {
     "deepseek-ai/DeepSeek-R1": "deepseek-r1",
     "deepseek-ai/DeepSeek-V3": "deepseek-v3",
@@ -100,6 +112,7 @@ SKIP_REASONS = {
     "refused": "deployment refused by the simulator",
     "multi-node": "the engine's GPUs span nodes: links between nodes are not modelled",
     "refused-pd": "prefill/decode split the simulator cannot express",
+    "system": "system not in the simulator's systems (SYSTEM_ACCELERATORS)",
 }
 """Why a point is not simulated: key -> the words the report prints."""
 FP8_KV_WEIGHTS = frozenset({"fp8", "nvfp4"})
@@ -108,14 +121,17 @@ FP8_KV_SCRIPTS = frozenset({("vllm", "gptoss"), ("trtllm", "gptoss")})
 """(backend, scripts) whose servers run an fp8 KV cache whatever the weights: InferenceX's
 GPT-OSS scripts on B200 set it for MXFP4 weights (vLLM's ``gptoss_fp4_b200.sh`` writes
 ``kv-cache-dtype: fp8`` into its config, TensorRT-LLM's ``gptoss_fp4_b200_trt.sh``
-``kv_cache_config: dtype: fp8``; every version of both read)."""
+``kv_cache_config: dtype: fp8``; every version of both read). Applied on Blackwell systems
+only: the Hopper GPT-OSS scripts (``gptoss_fp4_h100.sh``, ``gptoss_fp4_h200.sh``) set no KV
+dtype and run the MXFP4 experts on Marlin (``VLLM_MXFP4_USE_MARLIN=1``: bf16 activations)."""
 SGLANG_RECV_INTERVALS = ((16, 30), (1, 10))
 """InferenceX's SGLang serving scripts (``benchmarks/single_node/dsr1_fp8_b200.sh``,
 ``dsr1_fp4_b200.sh``) launch the server with ``--scheduler-recv-interval 30`` when the
 run has 16 clients or more and ``10`` below: ``(least clients, interval)``, first match.
 The simulated SGLang engine polls its queue as seldom (the execution model's
 ``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
-8k-in / 1k-out runs on B200, of which the file has none.)"""
+8k-in / 1k-out runs on B200, of which the file has none.) Applied on Blackwell systems
+only: the H200 script (``dsr1_fp8_h200.sh``) sets no interval (every iteration polls)."""
 SCRIPT_MODELS = {
     "deepseek-r1": "dsr1",
     "deepseek-v3": "dsr1",
@@ -134,6 +150,8 @@ STREAM_INTERVALS = {
     ("sglang", "dsr1", "nvfp4", "b300_sxm"): 10,
     ("trtllm", "dsr1", "fp8", "b200_sxm"): 10,
     ("trtllm", "dsr1", "nvfp4", "b200_sxm"): 10,
+    ("sglang", "dsr1", "fp8", "h200_sxm"): 10,
+    ("trtllm", "dsr1", "fp8", "h200_sxm"): 10,
 }
 """The stream interval of InferenceX's DeepSeek-R1 serving scripts (:data:`SCRIPT_MODELS`)
 on B200 and B300, by (backend, scripts, weight precision, system): SGLang's
@@ -143,7 +161,9 @@ recipes, 30 and 10) and TensorRT-LLM's ``stream_interval`` (``dsr1_fp8_b200_trt.
 ``dsr1_fp4_b200_trt.sh``: 10). Both servers, in the releases measured, stream a request's
 tokens when their count reaches the interval, the first chunk included, so the client's
 first token is the engine's 30th (10th): the front end's ``first_chunk_tokens``. Points of
-other scripts and systems stream every token. (TensorRT-LLM's GPT-OSS script on B200,
+other scripts and systems stream every token. On H200 the DeepSeek-R1 fp8 scripts
+(``dsr1_fp8_h200.sh``, SGLang; ``dsr1_fp8_h200_trt.sh``, TensorRT-LLM) set 10 as well.
+(TensorRT-LLM's GPT-OSS script on B200,
 ``gptoss_fp4_b200_trt.sh``, sets ``stream_interval: 20``, but its points miss a median 7.5
 of their own TPOT (quartiles 4.4 and 9.7) where a 20th-token first chunk would take 19:
 not applied.)"""
@@ -158,7 +178,8 @@ iterations for 1k-in / 1k-out runs below TP 8; their other stop,
 ``batch_wait_max_tokens_ratio`` 0.9 of the token budget, is not modelled. DeepSeek-R1's fp8
 script (``dsr1_fp8_b200_trt.sh``) sets 40 (ratio 0.8) for 1k / 1k runs of 64 clients or
 more, but those points miss a median 13 of their own TPOT, not 40: not applied
-(``benchmarks/README.md``, "TensorRT-LLM's batch waiting")."""
+(``benchmarks/README.md``, "TensorRT-LLM's batch waiting"). Applied on Blackwell systems
+only (the scripts read are B200's)."""
 TOKEN_BUDGET = 8192
 """Tokens per iteration (``max_num_batched_tokens``) of a point whose scripts set no other
 (:data:`PROMPT_TOKEN_BUDGETS`): InferenceX's vLLM GPT-OSS and Llama-3.1-70B scripts pass
@@ -174,14 +195,17 @@ length as their tokens per iteration: InferenceX's MiniMax-M2.5 vLLM scripts
 (``kimik2.5_fp4_b200.sh``; not the INT4 one) pass ``--max-num-batched-tokens $((ISL * 2))``
 (2,048 for 1k prompts, 16,384 for 8k). Earlier versions of those scripts left vLLM's
 default; the rows' dates do not say which ran which, and the points side with the newer
-ones (1k-prompt TTFT, ``benchmarks/README.md``, "MiniMax-M2.5's token budget")."""
+ones (1k-prompt TTFT, ``benchmarks/README.md``, "MiniMax-M2.5's token budget"). Applied on
+Blackwell systems only: the Hopper MiniMax-M2.5 scripts (``minimaxm2.5_fp8_h100.sh``,
+``minimaxm2.5_fp8_h200.sh``) leave vLLM's default, 8,192 on those GPUs."""
 MXFP8_EXPERT_BACKENDS = frozenset({"vllm", "trtllm"})
 """Backends whose Blackwell servers multiply MXFP4 experts with MXFP8 activations (the
 step model's ``mxfp4_activations: mxfp8``): InferenceX's vLLM GPT-OSS scripts
 (``benchmarks/single_node/fixed_seq_len/gptoss_fp4_b200.sh``) export
 ``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``, and TensorRT-LLM picks ``W4A8_MXFP4_MXFP8`` on
 SM100 unless overridden (its model config's MXFP4 rule). SGLang's choice is not known here:
-its points keep bf16 activations, vLLM's default."""
+its points keep bf16 activations, vLLM's default; so do all points of Hopper systems, which
+have no MXFP8 tensor cores (:data:`BLACKWELL_SYSTEMS`)."""
 MTP_RUNS = frozenset({("trtllm", "dsr1", "1.2.0rc6.post3")})
 """(backend, scripts, release) whose points are runs of InferenceX's multi-token-prediction
 scripts, which the file does not mark: DeepSeek-R1's TensorRT-LLM MTP configurations on
@@ -198,6 +222,14 @@ MTP_DRAFTS = (3, 1)
 attention data parallelism (``dsr1_fp8_b200_trt_mtp.sh``: ``MTP=1`` when
 ``DP_ATTENTION`` is true). Each draft is accepted at the engine's MTP default, 0.85
 (DeepSeek-V3's report), the last rate repeating for the later positions."""
+SCRIPT_SEQ_LIMITS = {("vllm", "minimaxm2.5", "h100_sxm"): 256}
+"""(backend, scripts, system) whose servers cap the running sequences below the clients:
+InferenceX's MiniMax-M2.5 vLLM script on H100 (``minimaxm2.5_fp8_h100.sh``) passes
+``--max-num-seqs 256`` at every concurrency; the others pass the clients or leave vLLM's
+default (H200's, 1,024)."""
+SCRIPT_GRAPH_MODES = {("vllm", "minimaxm2.5", "h100_sxm"): "piecewise"}
+"""(backend, scripts, system) whose servers run another CUDA-graph mode than the preset's:
+the same H100 script sets ``cudagraph_mode: PIECEWISE`` (no full decode graphs)."""
 PROMPTS_PER_CLIENT = 10
 RANGE_RATIO = 0.8
 
@@ -238,7 +270,11 @@ def _step_model(spec: PointSpec) -> dict[str, Any] | None:
         params["vllm_version"] = release
     if spec.kernel_tables is not None:
         params["kernel_tables"] = spec.kernel_tables
-    if spec.precision == "mxfp4" and spec.point.backend in MXFP8_EXPERT_BACKENDS:
+    if (
+        spec.precision == "mxfp4"
+        and spec.point.backend in MXFP8_EXPERT_BACKENDS
+        and spec.point.system in BLACKWELL_SYSTEMS
+    ):
         params["mxfp4_activations"] = "mxfp8"
     return {"kind": "roofline", "params": params} if params else None
 
@@ -250,7 +286,7 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     (:data:`STREAM_INTERVALS`), and TensorRT-LLM servers wait to batch new prompts as their
     scripts set (:func:`batch_wait`)."""
     out: dict[str, Any] = {}
-    if spec.engine_preset == "sglang":
+    if spec.engine_preset == "sglang" and spec.point.system in BLACKWELL_SYSTEMS:
         out["recv_interval"] = sglang_recv_interval(spec.clients)
     script = scripts_of(spec)
     key = (spec.point.backend, script, spec.precision, spec.point.system)
@@ -258,6 +294,10 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
         out["frontend"] = {"first_chunk_tokens": first_chunk_tokens(spec, interval)}
     if wait := batch_wait(spec):
         out["batch_wait_iters"] = wait
+    if (
+        graphs := SCRIPT_GRAPH_MODES.get((spec.point.backend, script, spec.point.system))
+    ) is not None:
+        out["graph_mode"] = graphs
     return out
 
 
@@ -294,6 +334,8 @@ def batch_wait(spec: PointSpec) -> int:
     0: none)."""
     p = spec.point
     script = scripts_of(spec)
+    if p.system not in BLACKWELL_SYSTEMS:  # the scripts read are B200's
+        return 0
     for backend, scripts, precisions, isl, osl, below_tp, clients, iters in BATCH_WAITS:
         if (p.backend, script, p.isl, p.osl) != (backend, scripts, isl, osl):
             continue
@@ -302,19 +344,32 @@ def batch_wait(spec: PointSpec) -> int:
     return 0
 
 
+def max_num_seqs(spec: PointSpec) -> int:
+    """The most sequences ``spec``'s colocated server runs: its scripts' limit
+    (:data:`SCRIPT_SEQ_LIMITS`), else as many as its clients (the Blackwell scripts pass
+    ``--max-num-seqs $CONC``; vLLM's own default, 1,024 from 70 GiB, is above every
+    client count of the file)."""
+    key = (spec.point.backend, scripts_of(spec), spec.point.system)
+    return SCRIPT_SEQ_LIMITS.get(key, spec.clients)
+
+
 def token_budget(spec: PointSpec) -> int:
     """Tokens per iteration of ``spec``'s colocated servers (:data:`TOKEN_BUDGET`, or the
     multiple of the input length its scripts set: :data:`PROMPT_TOKEN_BUDGETS`)."""
     script = scripts_of(spec)
     times = PROMPT_TOKEN_BUDGETS.get((spec.point.backend, script, spec.precision))
-    return TOKEN_BUDGET if times is None else times * spec.point.isl
+    if times is None or spec.point.system not in BLACKWELL_SYSTEMS:
+        return TOKEN_BUDGET  # the Hopper scripts read leave vLLM's default: 8,192 there
+    return times * spec.point.isl
 
 
 def fp8_kv(spec: PointSpec) -> bool:
     """Whether ``spec``'s servers run an fp8 KV cache: its weights' precision
     (:data:`FP8_KV_WEIGHTS`) or its scripts (:data:`FP8_KV_SCRIPTS`)."""
     script = scripts_of(spec)
-    return spec.precision in FP8_KV_WEIGHTS or (spec.point.backend, script) in FP8_KV_SCRIPTS
+    if spec.precision in FP8_KV_WEIGHTS:
+        return True
+    return (spec.point.backend, script) in FP8_KV_SCRIPTS and spec.point.system in BLACKWELL_SYSTEMS
 
 
 def benchmark_prompts(clients: int) -> int:
@@ -400,6 +455,8 @@ def _expert_parallel(point: OperatingPoint, model: str, tp: int) -> int | Skip:
 
 def _representable(point: OperatingPoint) -> Skip | None:
     """The first reason ``point``'s shape is beyond the simulator, if any."""
+    if point.system not in SYSTEM_ACCELERATORS:
+        return Skip(point, "system", point.system)
     if point.mode != "agg":
         return None  # its sides are checked with its fleet (_disaggregated)
     gpus = (point.tp or 1) * max(point.attention_dp or 1, 1) * (point.pp or 1)
@@ -482,7 +539,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     engine: dict[str, Any] = {
         "kind": "continuous",
         "preset": spec.engine_preset,
-        "max_num_seqs": rank_clients,
+        "max_num_seqs": min(rank_clients, max_num_seqs(spec)),
         "max_num_batched_tokens": token_budget(spec),
         "enable_prefix_caching": False,
     }

@@ -7,8 +7,10 @@ concurrency with fixed input and output lengths (``ignore_eos``), and the measur
 * ``id`` (unique), ``silicon_data_source`` (free text; ``silicon_concurrency=N`` in it, when
   present, is the number of clients the benchmark ran);
 * ``backend`` (``vllm``, ``sglang``, ``trtllm``), ``backend_version`` (may be empty),
-  ``model_path`` (a Hugging Face id), ``system`` (``b200_sxm``, ``b300_sxm``, ``gb200``,
-  ``gb300``), ``precision`` (``fp8``, ``fp4``, ``bf16``, ``int4``; empty: not stated),
+  ``model_path`` (a Hugging Face id), ``system`` (AIConfigurator's system name: ``h100_sxm``,
+  ``h200_sxm``, ``b200_sxm``, ``b300_sxm``, ``gb200``, ``gb300``, ...; any non-empty name is
+  read, and the replay says which it cannot place), ``precision`` (``fp8``, ``fp4``,
+  ``bf16``, ``int4``; empty: not stated),
   ``gemm_quant_mode`` and ``moe_quant_mode`` (free text: ``nvfp4``, ``fp8_block``, ...);
 * ``mode``: ``agg`` (prefill and decode on the same engines) or ``disagg`` (a prefill /
   decode split described by the ``prefill_*`` and ``decode_*`` columns);
@@ -42,6 +44,8 @@ from sincere.core.errors import ConfigError, DataError
 
 BACKENDS = ("vllm", "sglang", "trtllm")
 SYSTEMS = ("b200_sxm", "b300_sxm", "gb200", "gb300")
+"""The systems of the Blackwell file (``../shared/data/serving-runs/inferencex``); rows of
+other systems are read too (:func:`read_operating_points`)."""
 PRECISIONS = ("fp8", "fp4", "bf16", "int4")
 MODES = ("agg", "disagg")
 GROUP_FIELDS = (
@@ -201,7 +205,7 @@ def _point(row: _Row) -> OperatingPoint:
         backend=row.choice("backend", BACKENDS),
         backend_version=row.text("backend_version"),
         model=row.text("model_path") or _missing(row, "model_path"),
-        system=row.choice("system", SYSTEMS),
+        system=row.text("system") or _missing(row, "system"),
         precision=row.choice("precision", PRECISIONS, empty=True),
         gemm_quant=row.text("gemm_quant_mode"),
         moe_quant=row.text("moe_quant_mode"),
