@@ -74,7 +74,7 @@ def test_filter_and_sample_narrow_the_points(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "rows", "words"),
     [
-        ([], [LLAMA | {"system": "h100"}], "points.csv:2 column 'system': unknown value"),
+        ([], [LLAMA | {"system": ""}], "points.csv:2 column 'system': missing"),
         (["--filter", "gpu=b200"], ROWS, "--filter: unknown filter key"),
     ],
 )
