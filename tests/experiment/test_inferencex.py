@@ -335,24 +335,27 @@ def test_a_point_takes_its_scripts_token_budget(
 
 
 @pytest.mark.parametrize(
-    ("model", "precision", "osl", "tp", "clients", "wait"),
+    ("model", "precision", "osl", "tp", "clients", "system", "wait"),
     [
-        ("meta-llama/Llama-3.1-70B", "fp8", 1024, 2, 4, 20),
-        ("meta-llama/Llama-3.1-70B", "fp4", 1024, 4, 64, 20),
-        ("meta-llama/Llama-3.1-70B", "fp8", 1024, 8, 4, 0),  # TP 8: no wait
-        ("meta-llama/Llama-3.1-70B", "fp8", 8192, 2, 4, 0),  # 1k / 8k: no wait
-        ("deepseek-ai/DeepSeek-R1", "fp8", 1024, 8, 64, 0),  # read, not applied
+        ("meta-llama/Llama-3.1-70B", "fp8", 1024, 2, 4, "b200_sxm", 20),
+        ("meta-llama/Llama-3.1-70B", "fp4", 1024, 4, 64, "b200_sxm", 20),
+        ("meta-llama/Llama-3.1-70B", "fp8", 1024, 2, 4, "h200_sxm", 20),  # same script fact
+        ("meta-llama/Llama-3.1-70B", "fp8", 1024, 2, 4, "h100_sxm", 0),  # script not read
+        ("meta-llama/Llama-3.1-70B", "fp8", 1024, 8, 4, "b200_sxm", 0),  # TP 8: no wait
+        ("meta-llama/Llama-3.1-70B", "fp8", 8192, 2, 4, "b200_sxm", 0),  # 1k / 8k: no wait
+        ("deepseek-ai/DeepSeek-R1", "fp8", 1024, 8, 64, "b200_sxm", 0),  # read, not applied
     ],
-)
+)  # fmt: skip
 def test_tensorrt_llm_points_wait_to_batch_as_their_scripts_say(
-    model: str, precision: str, osl: int, tp: int, clients: int, wait: int
+    model: str, precision: str, osl: int, tp: int, clients: int, system: str, wait: int
 ) -> None:
-    """Llama-3.1-70B's TensorRT-LLM scripts hold new prompts 20 iterations for 1k / 1k
-    runs below TP 8 (batch_wait_timeout_iters); the engine's execution model says so."""
+    """Llama-3.1-70B's TensorRT-LLM scripts on B200 and H200 hold new prompts 20 iterations
+    for 1k / 1k runs below TP 8 (batch_wait_timeout_iters); the engine's execution model
+    says so."""
     point = dataclasses.replace(
         POINT, backend="trtllm", backend_version="", model=model, precision=precision,
         gemm_quant=precision, moe_quant=precision, isl=1024, osl=osl, tp=tp, moe_tp=0,
-        moe_ep=0, batch_size=clients, source_concurrency=clients,
+        moe_ep=0, batch_size=clients, source_concurrency=clients, system=system,
     )  # fmt: skip
     spec = point_spec(point)
     assert isinstance(spec, PointSpec)

@@ -168,8 +168,9 @@ other scripts and systems stream every token. On H200 the DeepSeek-R1 fp8 script
 of their own TPOT (quartiles 4.4 and 9.7) where a 20th-token first chunk would take 19:
 not applied.)"""
 BATCH_WAITS = (
-    # (backend, scripts, weight precisions, in, out, below this TP, from these clients, iters)
-    ("trtllm", "70b", ("fp8", "nvfp4"), 1024, 1024, 8, 1, 20),
+    # (backend, scripts, weight precisions, in, out, below this TP, from these clients, iters,
+    #  the systems whose scripts say so)
+    ("trtllm", "70b", ("fp8", "nvfp4"), 1024, 1024, 8, 1, 20, (*BLACKWELL_SYSTEMS, "h200_sxm")),
 )
 """The colocated points whose TensorRT-LLM server waits to batch new prompts
 (``batch_wait_timeout_iters``, the execution model's ``batch_wait_iters``), as the scripts
@@ -178,8 +179,9 @@ iterations for 1k-in / 1k-out runs below TP 8; their other stop,
 ``batch_wait_max_tokens_ratio`` 0.9 of the token budget, is not modelled. DeepSeek-R1's fp8
 script (``dsr1_fp8_b200_trt.sh``) sets 40 (ratio 0.8) for 1k / 1k runs of 64 clients or
 more, but those points miss a median 13 of their own TPOT, not 40: not applied
-(``benchmarks/README.md``, "TensorRT-LLM's batch waiting"). Applied on Blackwell systems
-only (the scripts read are B200's)."""
+(``benchmarks/README.md``, "TensorRT-LLM's batch waiting"). Applied on the systems whose
+scripts were read: Blackwell's, and H200's, whose Llama-3.1-70B script
+(``70b_fp8_h200_trt_slurm.sh``) sets the same 20 iterations for the same runs."""
 TOKEN_BUDGET = 8192
 """Tokens per iteration (``max_num_batched_tokens``) of a point whose scripts set no other
 (:data:`PROMPT_TOKEN_BUDGETS`): InferenceX's vLLM GPT-OSS and Llama-3.1-70B scripts pass
@@ -334,10 +336,10 @@ def batch_wait(spec: PointSpec) -> int:
     0: none)."""
     p = spec.point
     script = scripts_of(spec)
-    if p.system not in BLACKWELL_SYSTEMS:  # the scripts read are B200's
-        return 0
-    for backend, scripts, precisions, isl, osl, below_tp, clients, iters in BATCH_WAITS:
+    for backend, scripts, precisions, isl, osl, below_tp, clients, iters, systems in BATCH_WAITS:
         if (p.backend, script, p.isl, p.osl) != (backend, scripts, isl, osl):
+            continue
+        if p.system not in systems:
             continue
         if spec.precision in precisions and spec.tp < below_tp and spec.clients >= clients:
             return iters
