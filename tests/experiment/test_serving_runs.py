@@ -121,6 +121,9 @@ def test_models_map_to_the_catalog_or_stop_with_the_name() -> None:
     assert catalog_model("Qwen/Qwen3-32B")[0] == "qwen3-32b"
     name, note = catalog_model("Qwen/Qwen3-30B-A3B-Instruct-2507")
     assert name == "qwen3-30b-a3b" and "same architecture" in note
+    assert catalog_model("Qwen/Qwen3-Coder-30B-A3B-Instruct")[0] == "qwen3-30b-a3b"
+    assert catalog_model("Qwen/Qwen3-235B-A22B-Thinking-2507")[0] == "qwen3-235b-a22b"
+    assert catalog_model("deepseek-ai/DeepSeek-R1-Distill-Llama-8B")[0] == "llama-3.1-8b"
     with pytest.raises(ConfigError, match=r"not in the model catalog.*'acme/Giant-1T'"):
         catalog_model("acme/Giant-1T")
 

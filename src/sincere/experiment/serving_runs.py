@@ -59,10 +59,16 @@ FloatArray = npt.NDArray[np.float64]
 
 SAME_ARCHITECTURE = {
     "qwen/qwen3-30b-a3b-instruct-2507": "qwen3-30b-a3b",
+    "qwen/qwen3-30b-a3b-thinking-2507": "qwen3-30b-a3b",
+    "qwen/qwen3-coder-30b-a3b-instruct": "qwen3-30b-a3b",
+    "qwen/qwen3-235b-a22b-instruct-2507": "qwen3-235b-a22b",
+    "qwen/qwen3-235b-a22b-thinking-2507": "qwen3-235b-a22b",
+    "qwen/qwen3-4b-instruct-2507": "qwen3-4b",
+    "qwen/qwen3-4b-thinking-2507": "qwen3-4b",
 }
 """Engine model names whose architecture is a catalog entry's under another release name
-(Qwen3-30B-A3B-Instruct-2507 retrains Qwen3-30B-A3B's weights; layers, experts and heads
-are the same, only the context length grew)."""
+(Qwen3's 2507 releases and Qwen3-Coder-30B-A3B retrain Qwen3's weights; layers, experts and
+heads are the same, only the context length grew)."""
 ROUTER = "least-outstanding"
 RUN_PRESET = "vllm-v1"
 """The execution model of the runs' engine (vLLM V1); under it the replay also takes the
