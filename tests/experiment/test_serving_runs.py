@@ -327,6 +327,8 @@ def test_enforce_eager_runs_no_graphs_and_unrecorded_limits_are_vllms(tmp_path: 
     engine = replay_config(run, setup).instances[0].engine
     assert engine.execution_params().graph_mode == "none"  # type: ignore[union-attr]
     assert (engine.max_num_seqs, engine.max_num_batched_tokens) == (256, 2048)  # type: ignore[union-attr]
+    eager = replay_setup(run, preset="eager")  # the limits are still the run's vLLM's
+    assert (eager.max_num_seqs, eager.max_num_batched_tokens) == (256, 2048)
 
 
 def test_unknown_recorded_settings_are_named(tmp_path: Path) -> None:

@@ -220,7 +220,8 @@ def replay_setup(
         taken = ", ".join(f"{k} {v}" for k, v in _shown(run.engine.execution.overrides()))
     precision, kv_precision = _precisions(run, notes)
     args = run.engine
-    limits = default_limits(preset, default_catalog().accelerator(accelerator))
+    # the run's engine is vLLM's, whatever the replay's execution model
+    limits = default_limits(RUN_PRESET, default_catalog().accelerator(accelerator))
     unrecorded = [k for k in ("max_num_seqs", "max_num_batched_tokens") if getattr(args, k) is None]
     return ReplaySetup(
         catalog_model=model,
