@@ -331,6 +331,21 @@ def test_enforce_eager_runs_no_graphs_and_unrecorded_limits_are_vllms(tmp_path: 
     assert (eager.max_num_seqs, eager.max_num_batched_tokens) == (256, 2048)
 
 
+def test_a_compilation_config_given_to_the_engine_is_taken_first(tmp_path: Path) -> None:
+    """``--compilation-config '{"cudagraph_mode": "PIECEWISE"}'`` in engine_kwargs (as JSON
+    text) wins over what resolved_config says; bad JSON there is named."""
+    folder = write_tiny_run(tmp_path / "runs" / "tiny")
+    kwargs = json.loads((folder / "meta.json").read_text())["engine_kwargs"]
+    kwargs["compilation_config"] = '{"cudagraph_mode": "PIECEWISE"}'
+    resolved = {"compilation_config": {"cudagraph_mode": [2, 1]}}
+    _rewrite_meta(folder, {"engine_kwargs": kwargs, "resolved_config": resolved})
+    assert read_serving_run(folder).engine.execution.graph_mode == "piecewise"
+    kwargs["compilation_config"] = "{cudagraph_mode"
+    _rewrite_meta(folder, {"engine_kwargs": kwargs})
+    with pytest.raises(DataError, match="compilation_config"):
+        read_serving_run(folder)
+
+
 def test_unknown_recorded_settings_are_named(tmp_path: Path) -> None:
     """A CUDA-graph mode the simulator has no name for, and a flag that is no boolean:
     DataError naming the field and value; an unknown quantisation is priced 16-bit, said."""

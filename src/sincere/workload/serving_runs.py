@@ -242,8 +242,8 @@ def _flag(key: str, path: Path, *sections: dict[str, Any]) -> bool | None:
     raise DataError("expected true or false", path=path, column=key, value=value)
 
 
-def _capture_sizes(compilation: dict[str, Any], path: Path) -> tuple[int, ...] | None:
-    value = compilation.get("cudagraph_capture_sizes")
+def _capture_sizes(path: Path, *compilations: dict[str, Any]) -> tuple[int, ...] | None:
+    _, value = _first("cudagraph_capture_sizes", *compilations)
     if isinstance(value, str):  # some harnesses write the list as its text
         with contextlib.suppress(json.JSONDecodeError):
             value = json.loads(value)
@@ -271,11 +271,11 @@ def _mode_pair(value: Any) -> tuple[str, str] | None:
 
 
 def _graph_mode(
-    compilation: dict[str, Any], model: dict[str, Any], path: Path, *sections: dict[str, Any]
+    compilations: tuple[dict[str, Any], ...], path: Path, *sections: dict[str, Any]
 ) -> str | None:
-    if _flag("enforce_eager", path, *sections, model):
+    if _flag("enforce_eager", path, *sections):
         return "none"
-    value = compilation.get("cudagraph_mode")
+    _, value = _first("cudagraph_mode", *compilations)
     if value is None:
         return None
     pair = _mode_pair(value)
@@ -286,14 +286,27 @@ def _graph_mode(
     return mode
 
 
+def _compilation(kwargs: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``engine_kwargs``' compilation config (``--compilation-config``: an object or its
+    JSON text; empty when not given)."""
+    value = kwargs.get("compilation_config")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError("expected a JSON object", path=path, column="compilation_config",
+                            value=value) from None  # fmt: skip
+    return _section({"compilation_config": value}, "compilation_config", path)
+
+
 def _run_execution(kwargs: dict[str, Any], resolved: dict[str, Any], path: Path) -> RunExecution:
     scheduler = _section(resolved, "scheduler_config", path)
-    compilation = _section(resolved, "compilation_config", path)
+    compilations = (_compilation(kwargs, path), _section(resolved, "compilation_config", path))
     model = _section(resolved, "model_config", path)
     return RunExecution(
         async_scheduling=_flag("async_scheduling", path, kwargs, scheduler),
-        graph_mode=_graph_mode(compilation, model, path, kwargs),
-        graph_sizes=_capture_sizes(compilation, path),
+        graph_mode=_graph_mode(compilations, path, kwargs, model),
+        graph_sizes=_capture_sizes(path, *compilations),
     )
 
 
