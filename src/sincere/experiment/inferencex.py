@@ -224,11 +224,14 @@ MTP_DRAFTS = (3, 1)
 attention data parallelism (``dsr1_fp8_b200_trt_mtp.sh``: ``MTP=1`` when
 ``DP_ATTENTION`` is true). Each draft is accepted at the engine's MTP default, 0.85
 (DeepSeek-V3's report), the last rate repeating for the later positions."""
-SCRIPT_SEQ_LIMITS = {("vllm", "minimaxm2.5", "h100_sxm"): 256}
-"""(backend, scripts, system) whose servers cap the running sequences below the clients:
-InferenceX's MiniMax-M2.5 vLLM script on H100 (``minimaxm2.5_fp8_h100.sh``) passes
-``--max-num-seqs 256`` at every concurrency; the others pass the clients or leave vLLM's
-default (H200's, 1,024)."""
+SCRIPT_SEQ_LIMITS = {
+    ("vllm", "minimaxm2.5", "h100_sxm"): 256,
+    ("vllm", "minimaxm2.5", "h200_sxm"): 1024,
+}
+"""(backend, scripts, system) whose servers run at most so many sequences whatever the
+clients: InferenceX's MiniMax-M2.5 vLLM script on H100 (``minimaxm2.5_fp8_h100.sh``) passes
+``--max-num-seqs 256``, the H200 one (``minimaxm2.5_fp8_h200.sh``) none, so vLLM's default
+for the GPU, 1,024. The other scripts read pass the clients (``--max-num-seqs $CONC``)."""
 SCRIPT_GRAPH_MODES = {("vllm", "minimaxm2.5", "h100_sxm"): "piecewise"}
 """(backend, scripts, system) whose servers run another CUDA-graph mode than the preset's:
 the same H100 script sets ``cudagraph_mode: PIECEWISE`` (no full decode graphs)."""
@@ -348,9 +351,7 @@ def batch_wait(spec: PointSpec) -> int:
 
 def max_num_seqs(spec: PointSpec) -> int:
     """The most sequences ``spec``'s colocated server runs: its scripts' limit
-    (:data:`SCRIPT_SEQ_LIMITS`), else as many as its clients (the Blackwell scripts pass
-    ``--max-num-seqs $CONC``; vLLM's own default, 1,024 from 70 GiB, is above every
-    client count of the file)."""
+    (:data:`SCRIPT_SEQ_LIMITS`), else as many as its clients."""
     key = (spec.point.backend, scripts_of(spec), spec.point.system)
     return SCRIPT_SEQ_LIMITS.get(key, spec.clients)
 
