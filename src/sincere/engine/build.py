@@ -26,6 +26,7 @@ from sincere.core.request import RequestArrays
 from sincere.engine.base import Engine, StreamingEngine
 from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.draft_memory import draft_memory
+from sincere.engine.lockstep import lockstep_group
 from sincere.engine.request_level import RequestLevelConfig
 from sincere.engine.spec import ContinuousConfig, DeploymentSpec
 from sincere.engine.speculation import Speculator, build_speculator
@@ -266,13 +267,17 @@ def build_engine(
         served = {canonical_model(m): s for m, s in steps.items()}
         engine = spec.engine.build(ident, requests, records, ix, served, rng=rng)
     else:
-        engine = ContinuousEngine(
-            ident, requests, records, ix, steps[first],
-            scheduler_of(spec.engine, steps[first], where),
-            limits_of(spec.engine, deps[first], where), max_tokens=max_tokens,
-            context_caps=context_caps,
-            speculator=speculator_of(spec, deps[first], steps[first], rng, where),
-        )  # fmt: skip
+        limits = limits_of(spec.engine, deps[first], where)
+        ranks = [
+            ContinuousEngine(
+                ident, requests, records, ix, steps[first],
+                scheduler_of(spec.engine, steps[first], where), limits, max_tokens=max_tokens,
+                context_caps=context_caps,
+                speculator=speculator_of(spec, deps[first], steps[first], rng, where),
+            )
+            for _ in range(spec.lockstep_ranks)
+        ]  # fmt: skip
+        engine = ranks[0] if len(ranks) == 1 else lockstep_group(ident, ranks, where)
     return BuiltEngine(engine, deps[first], steps[first], steps)
 
 
@@ -286,6 +291,14 @@ def build_streaming_engine(
             where=where,
             value=spec.engine.kind,
             allowed="engine.kind: continuous",
+        )
+    if spec.lockstep_ranks > 1:
+        raise ConfigError(
+            "ranks stepping together (engine.dp_ranks: lockstep) run in the simulator only; "
+            "an emulated engine is one rank",
+            where=f"{where}.engine.dp_ranks",
+            value="lockstep",
+            allowed="symmetric",
         )
     engine = build_engine(spec, ident, requests, records, 0, where=where).engine
     assert isinstance(engine, ContinuousEngine)

@@ -97,6 +97,8 @@ class ContinuousEngine(StateView):
         # live drivers: called after every iteration with its end time and the requests
         # that produced a token in it; while set, every piece of work is one iteration
         self.on_tokens: TokenHook | None = None
+        # every piece of work one iteration (a rank of a lockstep group: engine/lockstep.py)
+        self.one_iteration = False
         self._max_tokens = requests.max_tokens if max_tokens is None else max_tokens
         self._context_caps = self._max_tokens if context_caps is None else context_caps
         # which requests can ever be served here; its two bounds copied for ``add``
@@ -183,6 +185,11 @@ class ContinuousEngine(StateView):
     def next_event_at(self) -> Seconds | None:
         """End of the work in progress, or a pending start; ``None`` when idle."""
         return self._run.end_at if self._run is not None else self._wake_at
+
+    @property
+    def piece(self) -> Run | None:
+        """The piece of work in flight (``None``: idle, or a start pending)."""
+        return self._run
 
     def advance(self, now: Seconds) -> list[int]:
         """Complete every piece of work ending by ``now``, starting the next; return finished."""
@@ -295,7 +302,7 @@ class ContinuousEngine(StateView):
     def _start(self, now: Seconds) -> Run | None:
         if self._arrived.waiting:
             self._arrived.admit(self.state, now)
-        live = self.on_tokens is not None or self.speculator is not None
+        live = self.on_tokens is not None or self.speculator is not None or self.one_iteration
         intake, planner = self._intake, self._planner
         if intake is not None:
             intake.before_planning(planner, self)

@@ -57,9 +57,12 @@ class InstanceInfo:
 
 def spec_max_num_seqs(spec: DeploymentSpec) -> int:
     """The batch limit of an instance deployed as ``spec`` (its continuous engine's
-    ``max_num_seqs``; :data:`DEFAULT_MAX_NUM_SEQS` for an engine that sets none)."""
+    ``max_num_seqs``, every rank's of a lockstep group; :data:`DEFAULT_MAX_NUM_SEQS` for
+    an engine that sets none)."""
     engine = spec.engine
-    return engine.max_num_seqs if isinstance(engine, ContinuousConfig) else DEFAULT_MAX_NUM_SEQS
+    if not isinstance(engine, ContinuousConfig):
+        return DEFAULT_MAX_NUM_SEQS
+    return engine.max_num_seqs * spec.lockstep_ranks  # a lockstep group: every rank's
 
 
 def spec_info(
@@ -79,7 +82,7 @@ def spec_info(
         models=tuple(canonical_model(m) for m in spec.model_names),
         accelerator=deployment.accelerator.name,
         precision=spec.precision,
-        num_gpus=deployment.num_gpus,
+        num_gpus=deployment.num_gpus * spec.lockstep_ranks,
         gpu_price_per_hour_usd=deployment.accelerator.price_per_hour_usd,
         max_num_seqs=spec_max_num_seqs(spec),
         max_in_flight=max_in_flight,

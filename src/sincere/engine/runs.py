@@ -142,6 +142,14 @@ class Run:
         if self.durations:
             self.durations = (self.durations[0] + extra_s, *self.durations[1:])
 
+    def retime(self, duration_s: Seconds) -> None:
+        """This piece of one iteration lasts ``duration_s`` (its group's iteration)."""
+        assert self.steps == 1, "only a piece of one iteration is retimed"
+        self.first_s = duration_s
+        self.end_at = self.start_at + duration_s
+        if self.durations:
+            self.durations = (duration_s,)
+
     def cut_decode(self, steps: int, decode_steps_s: DecodeStepsTime) -> None:
         """End this decode run after ``steps`` iterations."""
         if steps < self.steps:

@@ -63,10 +63,19 @@ class ContinuousConfig(BaseModel):
     execution: dict[str, Any] = {}  # the preset's fields overridden (docs/engine.md)
     # speculative decoding (docs/engine.md); None: one token per sequence per iteration
     speculation: SpeculationConfig | None = None
+    # under attention DP (docs/engine.md): "symmetric", the instance is one rank of the
+    # group and the others carry a batch like its own; "lockstep", the instance is the
+    # whole group, its ranks each with its own batch, stepping together
+    dp_ranks: Literal["symmetric", "lockstep"] = "symmetric"
 
     @model_validator(mode="after")
     def _known_execution(self) -> ContinuousConfig:
         self.execution_params()  # unknown preset or setting: a ConfigError now
+        if self.dp_ranks == "lockstep" and (self.speculation or self.kv_offload):
+            raise ValueError(
+                "engine.dp_ranks: lockstep steps plain continuous engines together; "
+                "drop speculation and kv_offload, or simulate one rank (dp_ranks: symmetric)"
+            )
         if self.kv_offload is not None and not self.enable_prefix_caching:
             raise ValueError(
                 "engine.kv_offload keeps blocks the prefix cache evicts, but "
@@ -161,6 +170,26 @@ class DeploymentSpec(BaseModel):
         if self.models is not None and len(self.models) > 1 and self.engine.kind != "request-level":
             raise ValueError("several models need engine.kind: request-level")
         return self
+
+    @model_validator(mode="after")
+    def _lockstep_group(self) -> DeploymentSpec:
+        eng = self.engine
+        lockstep = isinstance(eng, ContinuousConfig) and eng.dp_ranks == "lockstep"
+        if lockstep and self.attention_dp == 1:
+            raise ValueError(
+                "engine.dp_ranks: lockstep needs attention_dp > 1 (the ranks stepping "
+                "together); attention_dp is 1"
+            )
+        return self
+
+    @property
+    def lockstep_ranks(self) -> int:
+        """Attention ranks the instance simulates together: ``attention_dp`` under
+        ``engine.dp_ranks: lockstep`` (the instance is the whole group), else 1."""
+        eng = self.engine
+        if isinstance(eng, ContinuousConfig) and eng.dp_ranks == "lockstep":
+            return self.attention_dp
+        return 1
 
     def front_end(self) -> FrontEnd:
         """What a client sees beyond this deployment's engine (its preset's front end, on

@@ -392,6 +392,11 @@ class ExecutedStepModel(StepTimeBase):
             return tokens
         return self._sizes[bisect.bisect_left(self._sizes, tokens)]
 
+    def graphed(self, tokens: int, decode_only: bool) -> bool:
+        """Whether an iteration of ``tokens`` runs under a CUDA graph (padded or not)."""
+        graphed = self._full if decode_only else self._mixed
+        return graphed and 0 < tokens <= self._largest
+
     def padding_s(self, tokens: int, decode_only: bool) -> Seconds:
         """GPU time the padded slots of an iteration of ``tokens`` cost (0 when unpadded)."""
         size = self.padded(tokens, decode_only)
@@ -407,6 +412,11 @@ class ExecutedStepModel(StepTimeBase):
         return cost
 
     # --- overlap -----------------------------------------------------------------------
+    def overlapped(self, gpu: float, cpu: float) -> Seconds:
+        """An iteration of ``gpu`` seconds on the GPU and ``cpu`` on the CPU: the CPU
+        hidden under the GPU (asynchronous scheduling) or in series."""
+        return self._total(gpu, cpu)
+
     def _total(self, gpu: float, cpu: float) -> float:
         if not self.params.async_scheduling:
             return gpu + cpu

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
@@ -70,6 +70,15 @@ class InstanceConfig(DeploymentSpec):
     quality: float = Field(1.0, ge=0)  # relative quality for quality-aware routers
     # prefill, decode, or both (None: both -- colocated, serving whole requests)
     role: Role | None = None
+
+    @model_validator(mode="after")
+    def _role_of_one_engine(self) -> InstanceConfig:
+        if self.role is not None and self.lockstep_ranks > 1:
+            raise ValueError(
+                f"role {self.role}: a prefill or decode instance is one engine; ranks "
+                "stepping together (engine.dp_ranks: lockstep) serve whole requests"
+            )
+        return self
 
 
 class DisaggregationConfig(PDRoutingConfig):

@@ -1,0 +1,228 @@
+"""Data-parallel attention ranks sharing one expert-parallel group, stepping together.
+
+A mixture-of-experts model served with attention DP and expert parallelism (vLLM's
+``--data-parallel-size D --enable-expert-parallel``, SGLang's and TensorRT-LLM's attention
+DP) is ``D`` engines behind one endpoint: each rank has its own scheduler, waiting queue,
+running batch and KV cache, and the server spreads new requests over them. Their GPUs
+form one MoE group, so the ranks meet at every MoE layer: every iteration starts and ends
+at the same instant on every rank and lasts as long as the slowest rank's, and a rank
+with nothing to do runs a dummy batch to take part (:mod:`sincere.perf.lockstep` prices
+such an iteration, with vLLM's padding of every rank to one CUDA-graph size). A long
+prefill on one rank therefore holds every other rank's decodes for as long as it runs:
+what the instance-per-rank model, where every rank carries the same load, cannot show.
+
+:class:`LockstepGroup` is that instance: ``D`` :class:`~.continuous.ContinuousEngine`
+ranks, each cutting its work into single iterations, driven together. At each iteration
+boundary every rank plans its next iteration (its own scheduler, limits and asynchronous
+intake), the group prices them together and every rank's iteration is given the group's
+duration. A new request goes to the rank vLLM's front end would pick (the lowest
+``4 × waiting + running``, the first of equals); one for a rank that sits idle while the
+group runs waits for the next boundary, when that rank joins (an idle rank's dummy
+iterations run in step with the others).
+
+Not supported on a group (refused where the deployment is built): speculative decoding,
+KV offload tiers, prefill / decode roles, live driving (the emulator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sincere.core.errors import ConfigError
+from sincere.core.types import InstanceId, Seconds
+from sincere.engine.base import DecodeProgress, EngineBase, EngineLoad, EngineStats
+from sincere.engine.continuous import ContinuousEngine
+from sincere.engine.gaps import GapHistogram
+from sincere.engine.time_scale import TimeScaled, unscaled
+from sincere.perf.base import Batch
+from sincere.perf.lockstep import LockstepTiming
+
+WAITING_WEIGHT = 4
+"""vLLM's data-parallel load balancing scores a rank ``4 × waiting + running``
+(``DPLBAsyncMPClient.get_core_engine_for_request``) and sends a request to the lowest."""
+
+
+def lockstep_group(
+    ident: InstanceId, ranks: Sequence[ContinuousEngine], where: str
+) -> LockstepGroup:
+    """``ranks`` as one group, priced together from their (shared) step model."""
+    step = ranks[0].step_model
+    factor = step.factor if isinstance(step, TimeScaled) else 1.0
+    try:
+        timing = LockstepTiming(unscaled(step), len(ranks), factor)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=f"{where}.engine.dp_ranks") from None
+    return LockstepGroup(ident, ranks, timing)
+
+
+def piece_batch(rank: ContinuousEngine) -> Batch:
+    """What ``rank``'s iteration in flight computes (empty when it is idle)."""
+    run = rank.piece
+    if run is None:
+        return Batch()
+    pre = rank.state.pre
+    tokens = cached = 0
+    pairs = 0.0
+    for i, c in run.chunks:
+        done = pre[i]
+        tokens += c
+        cached += done
+        pairs += c * done + c * (c + 1) / 2.0
+    return Batch(len(run.chunks), tokens, cached, pairs, run.num_decode, run.ctx_tokens)
+
+
+class LockstepGroup(EngineBase):
+    """``ranks`` stepping together as one instance (module docstring)."""
+
+    def __init__(
+        self, id: InstanceId, ranks: Sequence[ContinuousEngine], timing: LockstepTiming
+    ) -> None:
+        if len(ranks) < 2:
+            raise ValueError("a lockstep group has at least two ranks")
+        self.id = id
+        self.ranks = list(ranks)
+        for rank in self.ranks:
+            rank.one_iteration = True
+        self.timing = timing
+        self._held: list[list[tuple[int, Seconds]]] = [[] for _ in self.ranks]
+        self._held_tokens = [0] * len(self.ranks)
+        self._boundary: Seconds | None = None  # end of the group's iteration in flight
+        self.busy_s = 0.0
+        self.num_steps = 0
+
+    # ----------------------------------------------------------------- Engine API
+    def add(self, request_ix: int, now: Seconds) -> None:
+        """Send ``request_ix`` to the least loaded rank (it joins at the next boundary if
+        that rank is idle while the group runs)."""
+        r = self._least_loaded()
+        rank = self.ranks[r]
+        if self._boundary is not None and self._boundary > now and rank.piece is None:
+            self._held[r].append((request_ix, now))
+            self._held_tokens[r] += int(rank.requests.prompt_tokens[request_ix])
+            return
+        rank.add(request_ix, now)
+
+    def next_event_at(self) -> Seconds | None:
+        """The end of the group's iteration in flight, or a rank's pending start."""
+        if self._boundary is not None:
+            return self._boundary
+        starts = [at for at in (rank.next_event_at() for rank in self.ranks) if at is not None]
+        return min(starts) if starts else None
+
+    def advance(self, now: Seconds) -> list[int]:
+        """Complete every group iteration ending by ``now``, starting the next ones."""
+        done: list[int] = []
+        while True:
+            at = self.next_event_at()
+            if at is None or at > now:
+                return done
+            for rank in self.ranks:  # every piece ends at ``at``: complete, plan the next
+                done.extend(rank.advance(at))
+            for r, held in enumerate(self._held):
+                for i, _ in held:
+                    self.ranks[r].add(i, at)
+                held.clear()
+                self._held_tokens[r] = 0
+            for rank in self.ranks:  # ranks woken at ``at`` start their iteration
+                if rank.piece is None and rank.next_event_at() == at:
+                    done.extend(rank.advance(at))
+            self._start(at)
+
+    def _start(self, at: Seconds) -> None:
+        """Give every rank's new iteration the group's duration."""
+        working = [rank for rank in self.ranks if rank.piece is not None]
+        if not working:
+            self._boundary = None
+            return
+        duration = self.timing.iteration_s([piece_batch(rank) for rank in self.ranks])
+        for rank in working:
+            run = rank.piece
+            assert run is not None and run.start_at == at
+            run.retime(duration)
+        self._boundary = at + duration
+        self.busy_s += duration
+        self.num_steps += 1
+
+    def _least_loaded(self) -> int:
+        best, best_score = 0, -1
+        for r, rank in enumerate(self.ranks):
+            running, waiting, _ = rank.queue_sizes()
+            score = WAITING_WEIGHT * (waiting + len(self._held[r])) + running
+            if best_score < 0 or score < best_score:
+                best, best_score = r, score
+        return best
+
+    # ----------------------------------------------------------------- reads
+    def load(self) -> EngineLoad:
+        """The ranks' loads together (KV usage: the share of all their blocks in use)."""
+        loads = [rank.load() for rank in self.ranks]
+        queries = [x.prefix_cache_queries for x in loads]
+        hits = [x.prefix_cache_hits for x in loads]
+        return EngineLoad(
+            num_running=sum(x.num_running or 0 for x in loads),
+            num_waiting=sum(x.num_waiting or 0 for x in loads) + self._num_held,
+            waiting_prefill_tokens=sum(x.waiting_prefill_tokens or 0 for x in loads)
+            + sum(self._held_tokens),
+            running_remaining_tokens=sum(x.running_remaining_tokens or 0 for x in loads),
+            running_ctx_tokens=sum(x.running_ctx_tokens or 0 for x in loads),
+            kv_usage=sum(x.kv_usage or 0.0 for x in loads) / len(loads),
+            busy_s=self.busy_s,
+            prefix_cache_queries=None if None in queries else sum(q or 0 for q in queries),
+            prefix_cache_hits=None if None in hits else sum(h or 0 for h in hits),
+        )
+
+    def queue_sizes(self) -> tuple[int, int, int]:
+        """Running sequences, waiting requests and their prompt tokens, over the ranks."""
+        sizes = [rank.queue_sizes() for rank in self.ranks]
+        return (
+            sum(s[0] for s in sizes),
+            sum(s[1] for s in sizes) + self._num_held,
+            sum(s[2] for s in sizes) + sum(self._held_tokens),
+        )
+
+    @property
+    def _num_held(self) -> int:
+        return sum(len(held) for held in self._held)
+
+    def stats(self) -> EngineStats:
+        """The ranks' totals; busy time and iterations are the group's."""
+        each = [rank.stats() for rank in self.ranks]
+        return EngineStats(
+            busy_s=self.busy_s,
+            swap_s=0.0,
+            num_steps=self.num_steps,
+            num_swaps=0,
+            num_preemptions=sum(s.num_preemptions for s in each),
+            num_generated_tokens=sum(s.num_generated_tokens for s in each),
+            prefix_cache_queries=sum(s.prefix_cache_queries for s in each),
+            prefix_cache_hits=sum(s.prefix_cache_hits for s in each),
+            prefix_cache_evictions=sum(s.prefix_cache_evictions for s in each),
+        )
+
+    @property
+    def gaps(self) -> list[GapHistogram]:
+        """Inter-token gaps per tier over the ranks."""
+        merged = []
+        for tier in zip(*(rank.gaps for rank in self.ranks), strict=True):
+            into = GapHistogram()
+            for hist in tier:
+                into.merge(hist)
+            merged.append(into)
+        return merged
+
+    def progress_at(self, now: Seconds) -> DecodeProgress | None:
+        """None: every piece is one iteration, so the load changes only at events."""
+        return None
+
+    def progress_until(self, now: Seconds) -> tuple[DecodeProgress | None, Seconds]:
+        """Nothing moves until the next event."""
+        return None, float("inf")
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Longest prompt plus ``max_tokens`` served (every rank's)."""
+        return self.ranks[0].max_model_len
+
+    def rejection_detail(self, request_ix: int, reason: str) -> str | None:
+        """Why a rank refused ``request_ix`` (every rank has the same limits)."""
+        return self.ranks[0].rejection_detail(request_ix, reason)
