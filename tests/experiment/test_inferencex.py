@@ -22,6 +22,7 @@ from sincere.experiment.inferencex import (
     benchmark_prompts,
     engine_preset,
     fp8_kv,
+    in_lockstep,
     mtp_drafts,
     point_config,
     point_spec,
@@ -109,21 +110,30 @@ def test_unrepresentable_points_are_skipped_with_their_reason(
     assert reason in SKIP_REASONS
 
 
-def test_attention_dp_points_simulate_one_rank_of_the_group() -> None:
-    """tp 1 x attention DP 8, experts over EP 8: one rank of 1 GPU in a MoE group of 8,
-    its 8 of the 64 clients and 10 x 8 requests; it runs."""
+def test_attention_dp_points_simulate_the_whole_group_in_lockstep() -> None:
+    """tp 1 x attention DP 8, experts over EP 8: eight ranks of 1 GPU stepping together as
+    one instance (``dp_ranks: lockstep``), all 64 clients and 10 x 64 requests, each rank
+    running as many sequences as the scripts allow (the clients); it runs. A speculating
+    point's group is one rank of a symmetric group, with its share of the clients."""
     point = dataclasses.replace(POINT, tp=1, attention_dp=8, batch_size=8, source_concurrency=64)
     spec = point_spec(point)
-    assert isinstance(spec, PointSpec)
+    assert isinstance(spec, PointSpec) and in_lockstep(spec)
     assert (spec.tp, spec.attention_dp, spec.ep, spec.clients) == (1, 8, 8, 64)
-    assert spec.num_requests == 80
+    assert spec.num_requests == 640
     config = point_config(spec)
     (instance,) = config.instances
     assert (instance.tp, instance.attention_dp, instance.ep) == (1, 8, 8)
-    assert instance.engine.max_num_seqs == 8
-    assert config.workload.arrival.params == {"concurrency": 8}
+    assert instance.lockstep_ranks == 8
+    assert instance.engine.max_num_seqs == 64
+    assert config.workload.arrival.params == {"concurrency": 64}
     result = simulate_point(dataclasses.replace(spec, num_requests=16))
     assert isinstance(result, PointResult) and result.sim_tpot_ms > 0
+    mtp = point_spec(dataclasses.replace(point, backend="trtllm", backend_version="1.2.0rc6.post3"))
+    assert isinstance(mtp, PointSpec) and not in_lockstep(mtp)
+    assert mtp.num_requests == 80
+    (one_rank,) = point_config(mtp).instances
+    assert one_rank.lockstep_ranks == 1 and one_rank.engine.max_num_seqs == 8
+    assert point_config(mtp).workload.arrival.params == {"concurrency": 8}
 
 
 def test_a_deployment_the_simulator_refuses_is_a_skip() -> None:

@@ -495,7 +495,7 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
     if isinstance(ep, Skip):
         return ep
     clients = point.clients
-    return PointSpec(
+    spec = PointSpec(
         point=point,
         catalog_model=model,
         accelerator=SYSTEM_ACCELERATORS[point.system],
@@ -508,6 +508,15 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
         num_requests=benchmark_prompts(clients // dp),
         engine_preset=engine_preset(point.backend, point.backend_version),
     )
+    return replace(spec, num_requests=benchmark_prompts(clients)) if in_lockstep(spec) else spec
+
+
+def in_lockstep(spec: PointSpec) -> bool:
+    """Whether ``spec``'s attention-DP ranks are simulated together, as one group stepping
+    in lockstep (``engine.dp_ranks: lockstep``, every client and prompt of the point); a
+    speculating point's (the MTP runs') is one rank of a symmetric group, as a group of
+    speculating ranks is not simulated."""
+    return spec.attention_dp > 1 and spec.pd is None and not mtp_drafts(spec)
 
 
 def _disaggregated(point: OperatingPoint, model: str, precision: str) -> PointSpec | Skip:
@@ -539,21 +548,27 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         return _pd_config(spec, spec.pd, seed)
     p = spec.point
     rank_clients = spec.clients // spec.attention_dp  # one rank's share of the clients
+    drafts = mtp_drafts(spec)
+    together = in_lockstep(spec)  # the whole group, its ranks in lockstep
     engine: dict[str, Any] = {
         "kind": "continuous",
         "preset": spec.engine_preset,
-        "max_num_seqs": min(rank_clients, max_num_seqs(spec)),
+        # a rank of a group takes the scripts' limit (vLLM's --max-num-seqs is each data-
+        # parallel engine's); one rank of a symmetric group sees only its share of clients
+        "max_num_seqs": max_num_seqs(spec) if together else min(rank_clients, max_num_seqs(spec)),
         "max_num_batched_tokens": token_budget(spec),
         "enable_prefix_caching": False,
     }
+    if together:
+        engine["dp_ranks"] = "lockstep"
     execution = _execution(spec)
     if execution:
         engine["execution"] = execution
-    if drafts := mtp_drafts(spec):
+    if drafts:
         engine["speculation"] = {"method": "mtp", "num_draft_tokens": drafts}
     workload = {
         "num_requests": spec.num_requests,
-        "arrival": {"kind": "closed", "concurrency": rank_clients},
+        "arrival": {"kind": "closed", "concurrency": spec.clients if together else rank_clients},
         "lengths": {"prompt": _benchmark_length(p.isl), "output": _benchmark_length(p.osl)},
         "models": {spec.catalog_model: 1.0},
     }

@@ -12,9 +12,10 @@ simulator config that matches the real deployment and replays the run's own requ
   engine with the lowest ``4 x waiting + running`` count, and the fewest outstanding
   requests (waiting + running) is the simulator's closest router. With expert parallelism
   and ``tp > 1`` the experts are spread over the TP group (``ep = tp``); spread over DP
-  replicas, each engine is an attention rank (``attention_dp = dp``) whose experts spread
-  over all ``tp x dp`` GPUs (``ep``) and see every rank's tokens as its own; the ranks do
-  not step in lockstep, and the report says so;
+  replicas, the replicas are the attention ranks of one group (``attention_dp = dp``, its
+  experts over all ``tp x dp`` GPUs: ``ep``) simulated as one instance whose ranks step
+  together (``engine.dp_ranks: lockstep``: :mod:`sincere.engine.lockstep`, which spreads
+  requests by vLLM's own score), and the report says so;
 * **engine**: vLLM V1's as the run was started: FCFS continuous batching with chunked
   prefill, the run's ``max_num_seqs`` and ``max_num_batched_tokens``, its KV block size
   and pool (``num_gpu_blocks`` when recorded, else the memory plan at its
@@ -156,9 +157,10 @@ def _parallelism(run: ServingRun, model: str) -> tuple[int, int, list[str]]:
         return 1, 1, []
     if args.dp > 1:
         note = (
-            f"expert parallelism over the {args.dp} data-parallel replicas: each replica is an "
-            f"attention rank whose experts spread over the {args.tp * args.dp} GPUs and see "
-            "every rank's tokens as its own (even load); the ranks do not step in lockstep"
+            f"expert parallelism over the {args.dp} data-parallel replicas: one group of "
+            f"{args.dp} attention ranks stepping together (engine.dp_ranks: lockstep), the "
+            f"experts spread over the {args.tp * args.dp} GPUs, requests spread by vLLM's "
+            "4 x waiting + running"
         )
         return args.tp * args.dp, args.dp, [note]
     return args.tp, 1, []
@@ -273,6 +275,7 @@ def replay_config(
         "max_model_len": args.max_model_len,
         "enable_prefix_caching": args.enable_prefix_caching,
         "preset": setup.preset,
+        "dp_ranks": "lockstep" if setup.attention_dp > 1 else "symmetric",
         "max_num_seqs": setup.max_num_seqs,
         "max_num_batched_tokens": setup.max_num_batched_tokens,
     }
@@ -282,7 +285,7 @@ def replay_config(
         "name": run.name,
         "model": setup.catalog_model,
         "accelerator": setup.accelerator,
-        "count": setup.instances,
+        "count": setup.instances // setup.attention_dp,
         "tp": setup.tp,
         "precision": setup.precision,
         "kv_precision": setup.kv_precision,
