@@ -288,7 +288,7 @@ class ContinuousEngine(StateView):
         held = None if self._intake is None else self._intake.take(request_ix)
         if held is not None:
             self._planner.enqueue(self, *held)  # the state's abort takes it from the queue
-        if self._drop_arrived(request_ix):
+        if self._arrived.abort(request_ix, self.state, self.records):
             return False
         was_running = self.state.abort(request_ix)
         run = self._run
@@ -349,16 +349,6 @@ class ContinuousEngine(StateView):
             produced.extend(i for i, _ in run.chunks if i not in st.pre)
             produced.extend(gained)
             hook(end, produced)
-
-    def _drop_arrived(self, i: int) -> bool:
-        """Forget ``i`` if its KV waits for blocks (marked ``aborted``); whether it did."""
-        if not self._arrived.drop(i):
-            return False
-        st = self.state
-        del st.target[i], st.cap[i], st.produced_before[i], st.tier_of[i]
-        self.records.output_tokens[i] = 1
-        st.reject(i, "aborted")
-        return True
 
     def _wake(self, now: Seconds) -> None:
         if self._run is None and self._wake_at is None:

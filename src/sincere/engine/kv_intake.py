@@ -12,6 +12,7 @@ wakes itself.
 
 from __future__ import annotations
 
+from sincere.core.records import RecordArrays
 from sincere.core.types import Seconds
 from sincere.engine.kv import blocks_for
 from sincere.engine.state import BatchState, EngineLimits
@@ -45,6 +46,16 @@ class ArrivedKv:
             waiting.pop(0)
             st.start_decoding(i, kv_tokens)
             self.admitted.append((i, now))
+
+    def abort(self, i: int, st: BatchState, records: RecordArrays) -> bool:
+        """Forget request ``i`` if its KV waits for room, marked ``aborted`` (one token, the
+        first that came with its KV); whether it did."""
+        if not self.drop(i):
+            return False
+        del st.target[i], st.cap[i], st.produced_before[i], st.tier_of[i]
+        records.output_tokens[i] = 1
+        st.reject(i, "aborted")
+        return True
 
     def drop(self, i: int) -> bool:
         """Forget request ``i`` if its KV waits for room; whether it did."""
