@@ -1,12 +1,15 @@
 """The simulator's one event loop: arrivals, engine wake-ups and extensions' events.
 
-This module is the only one that pops the simulator's event queue
-(:class:`~sincere.sim.events.EventQueue`, entries ``(time, priority, sequence, kind,
-index)``). Two kinds are its own: ``ARRIVAL`` (priority 0) and ``ENGINE`` (an engine's
-wake-up, the end of its work in progress; priority 1), so a request arriving at the very
-moment an iteration ends joins the next iteration. Arrivals are fed lazily (only the next
-one is queued). Each engine has at most one live wake-up; an older one left in the queue
-is recognised as stale and skipped. A feature with timing of its own is an
+This module holds the simulator's event queue and is the only one that pops it: one heap
+of ``(time, priority, sequence, kind, index)`` entries, the sequence numbering pushes so
+that among events due at one time a smaller priority comes first, then the one pushed
+first (SimPy's core, without processes). The heap is the loop's own list, pushed and
+popped with :mod:`heapq` inside the compiled loop, not behind a queue object whose every
+push and pop would be a call into interpreted code. Two kinds are its own: ``ARRIVAL``
+(priority 0) and ``ENGINE`` (an engine's wake-up, the end of its work in progress;
+priority 1), so a request arriving at the very moment an iteration ends joins the next
+iteration. Arrivals are fed lazily (only the next one is queued). Each engine has at
+most one live wake-up; an older one left in the queue is recognised as stale and skipped. A feature with timing of its own is an
 :class:`~sincere.sim.extension.Extension` (prefill/decode disaggregation is one): it
 declares further kinds with their priorities and handlers, may take arrivals over, and
 sees what each engine wake-up finished; the loop dispatches its events and keeps the
@@ -58,7 +61,6 @@ import numpy as np
 from sincere.core.types import Seconds
 from sincere.engine.base import Engine
 from sincere.sim.cluster import ClosedLoop, Cluster
-from sincere.sim.events import EventQueue
 from sincere.sim.extension import Handler
 
 ARRIVAL = 0  # event kind: the next request arrives (index: the send's number)
@@ -119,7 +121,9 @@ class _Loop:
     ) -> None:
         self.cluster = cluster
         self.arrivals = cluster.requests.arrival_at.tolist()
-        self.queue = EventQueue()
+        # the event queue: (time, priority, sequence, kind, index), and the sequence
+        self.heap: list[tuple[float, int, int, int, int]] = []
+        self.seq = 0
         self.wake: list[float | None] = [None] * len(cluster.engines)
         # the books: requests in the system, its integral over time, events handled
         self.in_system = 0
@@ -167,7 +171,12 @@ class _Loop:
 
     def schedule(self, at: Seconds, kind: int, index: int) -> None:
         """Put an event of ``kind`` about ``index`` on the queue."""
-        self.queue.push(at, self.priorities[kind], kind, index)
+        self._push(at, self.priorities[kind], kind, index)
+
+    def _push(self, at: float, priority: int, kind: int, index: int) -> None:
+        """Put an event on the queue (numbered after every event pushed before it)."""
+        self.seq += 1
+        heappush(self.heap, (at, priority, self.seq, kind, index))
 
     def place(self, e: int, i: int, at: Seconds) -> None:
         """Give request ``i`` to engine ``e`` and wake it when it needs to."""
@@ -180,7 +189,7 @@ class _Loop:
         due = engine.next_event_at()  # (``reschedule``, inline: once per arrival)
         if due is not None and due != self.wake[e]:
             self.wake[e] = due
-            self.queue.push(due, ENGINE_PRIORITY, ENGINE, e)
+            self._push(due, ENGINE_PRIORITY, ENGINE, e)
 
     def turn_away(self, i: int, at: Seconds) -> None:
         """Request ``i`` left at its arrival, rejected (recorded): out of the books."""
@@ -194,7 +203,7 @@ class _Loop:
         at = self.cluster.engines[e].next_event_at()
         if at is not None and at != self.wake[e]:
             self.wake[e] = at
-            self.queue.push(at, ENGINE_PRIORITY, ENGINE, e)
+            self._push(at, ENGINE_PRIORITY, ENGINE, e)
 
     # ------------------------------------------------------------- the loops
 
@@ -273,11 +282,10 @@ class _Loop:
         the sums are those of one event per iteration.
         """
         n = len(self.arrivals)
-        queue, wake, arrivals = self.queue, self.wake, self.arrivals
+        heap, wake, arrivals = self.heap, self.wake, self.arrivals
         cluster, extension, handlers = self.cluster, self.extension, self.handlers
         engines, outstanding = cluster.engines, cluster.outstanding
         touched, finished = cluster.touched, cluster.finished
-        push, pop = queue.push, queue.pop
         watches = self.watches
         track_load = watches and not self.load_blind
         observes = cluster.shortcuts.observes  # finished requests are told to the cluster
@@ -287,12 +295,12 @@ class _Loop:
         closed = self.clients is not None
         if self.clients is not None:
             for k, send_at in enumerate(self.clients.first_sends()):
-                push(send_at, ARRIVAL_PRIORITY, ARRIVAL, k)
+                self._push(send_at, ARRIVAL_PRIORITY, ARRIVAL, k)
         elif n:
-            push(arrivals[0], ARRIVAL_PRIORITY, ARRIVAL, 0)
+            self._push(arrivals[0], ARRIVAL_PRIORITY, ARRIVAL, 0)
         next_arrival = 0
-        while queue or self._drain():
-            at, kind, e = pop()
+        while heap or self._drain():
+            at, _, _, kind, e = heappop(heap)
             if inner and inner[0] <= at:
                 self._pass_inner(inner, at)
             if kind == ENGINE and wake[e] != at:
@@ -307,7 +315,7 @@ class _Loop:
                     self._arrive(next_arrival, at)
                 next_arrival += 1
                 if not closed and next_arrival < n:
-                    push(arrivals[next_arrival], ARRIVAL_PRIORITY, ARRIVAL, next_arrival)
+                    self._push(arrivals[next_arrival], ARRIVAL_PRIORITY, ARRIVAL, next_arrival)
                 if progress is not None and next_arrival % every == 0:
                     progress(next_arrival, n)
                 continue
@@ -338,7 +346,7 @@ class _Loop:
             due = engine.next_event_at()
             if due is not None:  # wake[e] is None: always a new wake-up
                 wake[e] = due
-                push(due, ENGINE_PRIORITY, ENGINE, e)
+                self._push(due, ENGINE_PRIORITY, ENGINE, e)
 
     def _run_apart(self) -> None:
         """Route every request, then run each engine alone (see the module docstring);
@@ -377,7 +385,7 @@ class _Loop:
         for _ in range(num):
             send_at = self.clients.next_send_at(at)
             if send_at is not None:
-                self.queue.push(send_at, ARRIVAL_PRIORITY, ARRIVAL, self.clients.num_sent - 1)
+                self._push(send_at, ARRIVAL_PRIORITY, ARRIVAL, self.clients.num_sent - 1)
 
     def _drain(self) -> bool:
         """No events left: let engines holding requests back serve them."""
@@ -387,7 +395,7 @@ class _Loop:
             engine.drain(self.last_at)
             self.cluster.touched(e)
             self.reschedule(e)
-        return len(self.queue) > 0
+        return len(self.heap) > 0
 
     def _mark_unfinished(self) -> int:
         records = self.cluster.records
