@@ -9,11 +9,11 @@ push and pop would be a call into interpreted code. Two kinds are its own: ``ARR
 (priority 0) and ``ENGINE`` (an engine's wake-up, the end of its work in progress;
 priority 1), so a request arriving at the very moment an iteration ends joins the next
 iteration. Arrivals are fed lazily (only the next one is queued). Each engine has at
-most one live wake-up; an older one left in the queue is recognised as stale and skipped. A feature with timing of its own is an
-:class:`~sincere.sim.extension.Extension` (prefill/decode disaggregation is one): it
-declares further kinds with their priorities and handlers, may take arrivals over, and
-sees what each engine wake-up finished; the loop dispatches its events and keeps the
-books for everyone.
+most one live wake-up; an older one left in the queue is recognised as stale and skipped.
+A feature with timing of its own is an :class:`~sincere.sim.extension.Extension`
+(prefill/decode disaggregation is one): it declares further kinds with their priorities
+and handlers, may take arrivals over, and sees what each engine wake-up finished; the loop
+dispatches its events and keeps the books for everyone.
 
 The books, kept once (:class:`_Loop`): the number of requests in the system and its
 integral over time (for Little's law checks), the events handled, progress reports, the
