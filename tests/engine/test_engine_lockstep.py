@@ -8,11 +8,13 @@ from collections.abc import Callable
 
 import pytest
 
+from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
 from sincere.engine.lockstep import LockstepGroup, piece_batch
 from sincere.perf.base import Batch
+from sincere.perf.execution import PRESETS, ExecutedStepModel, ExecutionParams, execution_params
 from sincere.perf.lockstep import LockstepTiming
 from sincere.policy.schedulers import make_scheduler
 
@@ -131,3 +133,78 @@ def test_a_group_needs_two_ranks() -> None:
     req = RequestArrays.build([0.0], [10], [1])
     with pytest.raises(ValueError, match="at least two ranks"):
         _group(req, ranks=1)
+
+
+def _balanced_group(req: RequestArrays, timeout: int, batching: int = 0) -> LockstepGroup:
+    """Two ranks under TensorRT-LLM's attention-DP balance (no graphs, CPU in series)."""
+    records = RecordArrays.empty(len(req), ["g"])
+    params = ExecutionParams(
+        name="t", balance_timeout_iters=timeout, balance_batching_iters=batching
+    )
+    step = ExecutedStepModel(Split(2), params)
+    engines = [
+        ContinuousEngine("g", req, records, 0, step, make_scheduler("fcfs", {}), LIMITS)
+        for _ in range(2)
+    ]
+    return LockstepGroup("g", engines, LockstepTiming(step, 2))
+
+
+# A and B (10-token prompts, 20 tokens) prefill together on the two ranks in [0, 2.1) ms,
+# then decode one token each per 1.11 ms iteration: boundaries 2.1, 3.21, 4.32, 5.43, ...
+PREFILL_END = 2.1
+DECODE = 1.11
+
+
+def _boundary(k: int) -> float:
+    return (PREFILL_END + k * DECODE) * MS
+
+
+def test_a_lone_prompt_waits_for_the_balance_timeout() -> None:
+    """Timeout 3: the count runs at every boundary where not every rank has a prompt
+    (1, 2, 3 at boundaries 1-3, back to 0 there). C arrives just after boundary 3 for rank 0
+    while both ranks decode; only rank 0 has a prompt, so it waits for the count to reach 3
+    again (boundary 6) and prefills there beside the decodes: rank 0 runs 11 tokens (1.11
+    ms), the experts 12 (0.6 ms). Without the balance it would join at boundary 4."""
+    arrivals = [0.0, 0.0, _boundary(3) + 0.05 * MS]
+    req = RequestArrays.build(arrivals, [10, 10, 10], [20, 20, 2])
+    rec = drive(_balanced_group(req, timeout=3), arrivals)
+    assert rec.first_token_at[2] == pytest.approx(_boundary(6) + 1.71 * MS)
+    plain = drive(_balanced_group(req, timeout=0), arrivals)
+    assert plain.first_token_at[2] == pytest.approx(_boundary(4) + 1.71 * MS)
+
+
+def test_prompts_on_every_rank_go_at_once_or_after_the_batching_wait() -> None:
+    """C and D arrive after boundary 3, one for each rank (D's rank has no prompt held):
+    every rank has a prompt, so they prefill at boundary 4 (10 tokens beside a decode on
+    each rank: 1.11 ms dense, experts of 22 tokens: 1.1 ms). With a batching wait of 2
+    iterations while every rank decodes they go at boundary 6."""
+    c_at = _boundary(3) + 0.05 * MS
+    arrivals = [0.0, 0.0, c_at, c_at + 0.01 * MS]
+    req = RequestArrays.build(arrivals, [10, 10, 10, 10], [20, 20, 2, 2])
+    rec = drive(_balanced_group(req, timeout=50), arrivals)
+    assert list(rec.first_token_at[2:]) == pytest.approx([_boundary(4) + 2.21 * MS] * 2)
+    waited = drive(_balanced_group(req, timeout=50, batching=2), arrivals)
+    assert list(waited.first_token_at[2:]) == pytest.approx([_boundary(6) + 2.21 * MS] * 2)
+
+
+def test_a_prompt_goes_at_once_when_a_rank_has_nothing_to_decode() -> None:
+    """A decodes alone on rank 0 (prefill 1.1 + 0.5 = 1.6 ms, then 1.11 ms a decode). B
+    arrives after its third decode and goes to the idle rank 1: not every rank has a
+    prompt, but rank 1 has nothing to decode, so the balance lets B go at the next
+    boundary, beside A's decode (dense 1.1 ms, experts of 11 tokens, 6 a rank: 0.6 ms)."""
+    b_at = (1.6 + 3 * 1.11 + 0.05) * MS
+    arrivals = [0.0, b_at]
+    req = RequestArrays.build(arrivals, [10, 10], [20, 2])
+    rec = drive(_balanced_group(req, timeout=50), arrivals)
+    assert rec.first_token_at[1] == pytest.approx((1.6 + 4 * 1.11 + 1.7) * MS)
+
+
+def test_the_balance_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="balance_timeout_iters must be a whole number"):
+        ExecutionParams(name="t", balance_timeout_iters=-1)
+    with pytest.raises(ConfigError, match="turns on") as err:
+        ExecutionParams(name="t", balance_batching_iters=10)
+    assert "balance_batching_iters" in str(err.value)
+    params = execution_params("trtllm", {"balance_timeout_iters": 60})
+    assert (params.balance_timeout_iters, params.balance_batching_iters) == (60, 0)
+    assert PRESETS["trtllm"].balance_timeout_iters == 0

@@ -136,6 +136,30 @@ def test_attention_dp_points_simulate_the_whole_group_in_lockstep() -> None:
     assert point_config(mtp).workload.arrival.params == {"concurrency": 8}
 
 
+@pytest.mark.parametrize(
+    ("change", "balance"),
+    [({"backend": "trtllm", "backend_version": "1.2.0rc6.post2"}, (60, 0)),
+     ({"backend": "trtllm", "backend_version": "1.2.0rc2", "model": "openai/gpt-oss-120b",
+       "precision": "fp4", "moe_quant": "mxfp4"}, (50, 10)),
+     ({"backend": "trtllm", "backend_version": "1.2.0rc6.post3"}, (0, 0)),
+     ({"backend": "sglang"}, (0, 0))],
+)  # fmt: skip
+def test_tensorrt_llm_groups_balance_their_ranks_as_the_scripts_set(
+    change: dict[str, Any], balance: tuple[int, int]
+) -> None:
+    """TensorRT-LLM's attention-DP groups run the scripts' attention_dp_config balance:
+    DeepSeek-R1's timeout 60 without batching wait, GPT-OSS's defaults 50 and 10; an
+    MTP point (one symmetric rank) and other backends have none."""
+    point = dataclasses.replace(
+        POINT, tp=1, attention_dp=8, batch_size=8, source_concurrency=64, **change
+    )
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec)
+    (instance,) = point_config(spec).instances
+    params = instance.engine.execution_params()
+    assert (params.balance_timeout_iters, params.balance_batching_iters) == balance
+
+
 def test_a_deployment_the_simulator_refuses_is_a_skip() -> None:
     """DeepSeek-R1 in fp8 on 4 B200s leaves no room for KV: skipped as no-fit, with why."""
     spec = point_spec(dataclasses.replace(POINT, tp=4, moe_ep=4))

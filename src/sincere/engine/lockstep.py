@@ -20,6 +20,16 @@ duration. A new request goes to the rank vLLM's front end would pick (the lowest
 group runs waits for the next boundary, when that rank joins (an idle rank's dummy
 iterations run in step with the others).
 
+With the attention-DP balance of its execution model (TensorRT-LLM's
+``attention_dp_config: enable_balance``, :mod:`sincere.perf.execution`) the group holds
+every new prompt and decides at each boundary, before the ranks plan, whether the held
+ones go to their ranks: when every rank has a prompt (held or queued) and a free slot the
+count restarts and they go (after up to ``batching_wait_iters`` more iterations while
+every rank decodes); otherwise the count goes up and they go when it reaches
+``timeout_iters`` or some rank has nothing to decode. As in TensorRT-LLM the count runs
+at every iteration, prompts or not, so a lone prompt waits until the count next reaches
+its timeout.
+
 Not supported on a group (refused where the deployment is built): speculative decoding,
 KV offload tiers, prefill / decode roles, live driving (the emulator).
 """
@@ -35,6 +45,7 @@ from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.time_scale import TimeScaled, unscaled
 from sincere.perf.base import Batch
+from sincere.perf.execution import balance_iters
 from sincere.perf.lockstep import LockstepTiming
 
 WAITING_WEIGHT = 4
@@ -89,6 +100,9 @@ class LockstepGroup(EngineBase):
         self._boundary: Seconds | None = None  # end of the group's iteration in flight
         self.busy_s = 0.0
         self.num_steps = 0
+        # the attention-DP balance (0: off) and its two counts of iterations
+        self._timeout, self._batching = balance_iters(unscaled(self.ranks[0].step_model))
+        self._waited = self._batched = 0
 
     # ----------------------------------------------------------------- Engine API
     def add(self, request_ix: int, now: Seconds) -> None:
@@ -96,7 +110,8 @@ class LockstepGroup(EngineBase):
         that rank is idle while the group runs)."""
         r = self._least_loaded()
         rank = self.ranks[r]
-        if self._boundary is not None and self._boundary > now and rank.piece is None:
+        running = self._boundary is not None and self._boundary > now
+        if running and (rank.piece is None or self._timeout):
             self._held[r].append((request_ix, now))
             self._held_tokens[r] += int(rank.requests.prompt_tokens[request_ix])
             return
@@ -116,17 +131,47 @@ class LockstepGroup(EngineBase):
             at = self.next_event_at()
             if at is None or at > now:
                 return done
+            if self._timeout and self._boundary == at and self._balanced():
+                self._release(at)  # before the ranks plan: they take the prompts now
             for rank in self.ranks:  # every piece ends at ``at``: complete, plan the next
                 done.extend(rank.advance(at))
-            for r, held in enumerate(self._held):
-                for i, _ in held:
-                    self.ranks[r].add(i, at)
-                held.clear()
-                self._held_tokens[r] = 0
+            if not self._timeout:  # ranks idle while the group ran join now
+                self._release(at)
             for rank in self.ranks:  # ranks woken at ``at`` start their iteration
                 if rank.piece is None and rank.next_event_at() == at:
                     done.extend(rank.advance(at))
             self._start(at)
+
+    def _release(self, at: Seconds) -> None:
+        """Every held request goes to its rank at ``at``."""
+        for r, held in enumerate(self._held):
+            for i, _ in held:
+                self.ranks[r].add(i, at)
+            held.clear()
+            self._held_tokens[r] = 0
+
+    def _balanced(self) -> bool:
+        """The attention-DP balance at the end of a group iteration: whether the held
+        prompts go to their ranks now (module docstring), its counts moved on."""
+        ctx = gen = free = True
+        for r, rank in enumerate(self.ranks):
+            st = rank.state
+            decoding = st.dec.num_seqs
+            ctx = ctx and bool(self._held[r] or st.queue or st.pre)
+            gen = gen and decoding > 0
+            free = free and decoding < rank.limits.max_num_seqs
+        if ctx and free:
+            self._waited = 0
+            if gen and self._batched < self._batching:
+                self._batched += 1
+                return False
+            self._batched = 0
+            return True
+        self._waited += 1
+        if self._waited >= self._timeout or not gen:
+            self._waited = 0
+            return True
+        return False
 
     def _start(self, at: Seconds) -> None:
         """Give every rank's new iteration the group's duration."""

@@ -232,6 +232,14 @@ SCRIPT_SEQ_LIMITS = {
 clients: InferenceX's MiniMax-M2.5 vLLM script on H100 (``minimaxm2.5_fp8_h100.sh``) passes
 ``--max-num-seqs 256``, the H200 one (``minimaxm2.5_fp8_h200.sh``) none, so vLLM's default
 for the GPU, 1,024. The other scripts read pass the clients (``--max-num-seqs $CONC``)."""
+ADP_BALANCE = {("trtllm", "dsr1"): (60, 0), ("trtllm", "gptoss"): (50, 10)}
+"""(backend, scripts) -> the attention-DP balance their servers run with attention DP,
+``(timeout_iters, batching_wait_iters)`` of TensorRT-LLM's ``attention_dp_config`` with
+``enable_balance: true``: InferenceX's DeepSeek-R1 scripts (``dsr1_fp8_b200_trt.sh``,
+``dsr1_fp4_b200_trt.sh``) set ``timeout_iters: 60, batching_wait_iters: 0``, its GPT-OSS
+script (``gptoss_fp4_b200_trt.sh``) ``enable_balance`` alone, so TensorRT-LLM's defaults
+(50 and 10, ``AttentionDpConfig``). Applied to the ranks of a lockstep group
+(:func:`in_lockstep`)."""
 SCRIPT_GRAPH_MODES = {("vllm", "minimaxm2.5", "h100_sxm"): "piecewise"}
 """(backend, scripts, system) whose servers run another CUDA-graph mode than the preset's:
 the same H100 script sets ``cudagraph_mode: PIECEWISE`` (no full decode graphs)."""
@@ -288,8 +296,9 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     """The engine's execution settings beyond its preset: InferenceX's SGLang servers poll
     their queue every :func:`sglang_recv_interval` decode iterations (of the point's
     clients), servers stream by their scripts' interval where known
-    (:data:`STREAM_INTERVALS`), and TensorRT-LLM servers wait to batch new prompts as their
-    scripts set (:func:`batch_wait`)."""
+    (:data:`STREAM_INTERVALS`), TensorRT-LLM servers wait to batch new prompts as their
+    scripts set (:func:`batch_wait`) and balance their attention-DP ranks
+    (:data:`ADP_BALANCE`)."""
     out: dict[str, Any] = {}
     if spec.engine_preset == "sglang" and spec.point.system in BLACKWELL_SYSTEMS:
         out["recv_interval"] = sglang_recv_interval(spec.clients)
@@ -299,6 +308,9 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
         out["frontend"] = {"first_chunk_tokens": first_chunk_tokens(spec, interval)}
     if wait := batch_wait(spec):
         out["batch_wait_iters"] = wait
+    balance = ADP_BALANCE.get((spec.point.backend, script))
+    if balance is not None and in_lockstep(spec):
+        out["balance_timeout_iters"], out["balance_batching_iters"] = balance
     if (
         graphs := SCRIPT_GRAPH_MODES.get((spec.point.backend, script, spec.point.system))
     ) is not None:

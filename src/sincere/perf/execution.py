@@ -27,6 +27,15 @@ engine's *execution model*, and engines of 2026 differ from the eager engines of
   held, so that more of them prefill together (``batch_wait_iters``; 0, no wait, is every
   preset's default). Its other stop, ``batch_wait_max_tokens_ratio`` of the token budget
   scheduled, is not modelled.
+* **Balancing attention-DP ranks.** TensorRT-LLM's ``attention_dp_config`` with
+  ``enable_balance`` holds new prompts of a group of attention-DP ranks until every rank
+  has one, so that the ranks prefill together instead of one rank's prefill holding the
+  others' decodes: at each iteration where not every rank has a prompt (and a free slot)
+  a count goes up, and the prompts go when it reaches ``timeout_iters`` or some rank has
+  nothing to decode; once every rank has one, up to ``batching_wait_iters`` more
+  iterations while every rank decodes (``balance_timeout_iters``,
+  ``balance_batching_iters``; off in every preset, as TensorRT-LLM's default; applied by
+  a lockstep group, :mod:`sincere.engine.lockstep`).
 * **Prefill beside the decodes.** vLLM and TensorRT-LLM put new prompts' chunks in the same
   iteration as the running decodes (``mixed_prefill``, every preset's default but
   SGLang's). SGLang runs a batch of new prompts (or the next chunk of one) alone while any
@@ -152,6 +161,11 @@ class ExecutionParams:
     recv_interval: int = 1  # decode-only iterations between polls of the input queue
     batch_wait_iters: int = 0  # iterations new prompts are held to batch them (0: none)
     mixed_prefill: bool = True  # prefill chunks share iterations with the running decodes
+    # attention-DP balance of a lockstep group (TensorRT-LLM's attention_dp_config): new
+    # prompts wait until every rank has one, at most ``balance_timeout_iters`` iterations
+    # (0: no balance), then up to ``balance_batching_iters`` more while every rank decodes
+    balance_timeout_iters: int = 0
+    balance_batching_iters: int = 0
     frontend: FrontEnd = field(default_factory=FrontEnd)
     source: str = ""  # where the defaults come from
 
@@ -191,6 +205,16 @@ class ExecutionParams:
                 value={"batch_wait_iters": wait, "recv_interval": self.recv_interval,
                        "async_scheduling": self.async_scheduling},
                 allowed="batch_wait_iters: 0",
+            )  # fmt: skip
+        for name in ("balance_timeout_iters", "balance_batching_iters"):
+            _check_whole(name, getattr(self, name), "iterations", 0, "0 (off), 50, 60, ...")
+        if self.balance_batching_iters and not self.balance_timeout_iters:
+            raise ConfigError(
+                "balance_batching_iters is part of the attention-DP balance, which "
+                "balance_timeout_iters turns on (TensorRT-LLM's enable_balance)",
+                value={"balance_timeout_iters": 0,
+                       "balance_batching_iters": self.balance_batching_iters},
+                allowed="balance_timeout_iters >= 1, or balance_batching_iters: 0",
             )  # fmt: skip
         if not isinstance(self.mixed_prefill, bool):
             raise ConfigError(
@@ -501,6 +525,15 @@ class ExecutedStepModel(StepTimeBase):
         gpu = inner.total_s - inner.overhead_s + pad
         overhead = self._total(gpu, cpu) - gpu
         return dataclasses.replace(inner, linear_s=inner.linear_s + pad, overhead_s=overhead)
+
+
+def balance_iters(step_model: StepTimeModel) -> tuple[int, int]:
+    """The attention-DP balance of ``step_model``'s execution model: ``(timeout_iters,
+    batching_wait_iters)``, ``(0, 0)`` when off (the module docstring)."""
+    if isinstance(step_model, ExecutedStepModel):
+        params = step_model.params
+        return params.balance_timeout_iters, params.balance_batching_iters
+    return 0, 0
 
 
 def schedules_ahead(step_model: StepTimeModel) -> bool:
