@@ -422,17 +422,20 @@ class ExecutedStepModel(StepTimeBase):
         return graphed and 0 < tokens <= self._largest
 
     def padding_s(self, tokens: int, decode_only: bool) -> Seconds:
-        """GPU time the padded slots of an iteration of ``tokens`` cost (0 when unpadded)."""
+        """GPU time the padded slots of an iteration of ``tokens`` cost (0 when unpadded);
+        memoised per token count and kind of iteration."""
+        key = 2 * tokens + decode_only
+        cost = self._pad_memo.get(key)
+        if cost is not None:
+            return cost
         size = self.padded(tokens, decode_only)
-        if size == tokens:
-            return 0.0
-        cost = self._pad_memo.get(tokens)
-        if cost is None:
+        cost = 0.0
+        if size != tokens:
             step = self.inner.iteration_s_fast
             cpu = self._cpu.cpu_step_s
             wide = step(0, 0, 0, 0.0, size, 0) - cpu(size)
             cost = max(0.0, wide - (step(0, 0, 0, 0.0, tokens, 0) - cpu(tokens)))
-            self._pad_memo[tokens] = cost
+        self._pad_memo[key] = cost
         return cost
 
     # --- overlap -----------------------------------------------------------------------
@@ -479,33 +482,33 @@ class ExecutedStepModel(StepTimeBase):
             return 0.0
         cpu = self._cpu.cpu_step_s(num_seqs)
         pad = self.padding_s(num_seqs, True)
-
-        def gpu_sum(steps: int) -> float:
-            inner = self.inner.decode_steps_s(num_seqs, ctx_tokens, steps)
-            return inner - steps * cpu + steps * pad
-
-        total_gpu = gpu_sum(num_steps)
+        inner = self.inner.decode_steps_s
+        total_gpu = inner(num_seqs, ctx_tokens, num_steps) - num_steps * cpu + num_steps * pad
         if not self.params.async_scheduling:
             return total_gpu + num_steps * cpu
         serial = num_steps * self.params.serial_s
         # GPU time per step never falls as the context grows: the CPU is exposed on a prefix
         first_hidden = self._first_step_at_least(num_seqs, ctx_tokens, num_steps, cpu, pad)
-        exposed = first_hidden * cpu - gpu_sum(first_hidden) if first_hidden else 0.0
+        exposed = 0.0
+        if first_hidden:
+            hidden_gpu = (
+                inner(num_seqs, ctx_tokens, first_hidden) - first_hidden * cpu + first_hidden * pad
+            )
+            exposed = first_hidden * cpu - hidden_gpu
         return total_gpu + max(0.0, exposed) + serial
 
     def _first_step_at_least(
         self, num_seqs: int, ctx_tokens: int, num_steps: int, cpu: float, pad: float
     ) -> int:
-        """The first decode step whose GPU time covers ``cpu`` (``num_steps`` if none)."""
-
-        def gpu(step: int) -> float:
-            ctx = ctx_tokens + step * num_seqs
-            return self.inner.iteration_s_fast(0, 0, 0, 0.0, num_seqs, ctx) - cpu + pad
-
+        """The first decode step whose GPU time covers ``cpu`` (``num_steps`` if none):
+        a bisection, after the first step alone (the GPU's, mostly, from the start)."""
+        step = self.inner.iteration_s_fast
+        if step(0, 0, 0, 0.0, num_seqs, ctx_tokens) - cpu + pad >= cpu:
+            return 0
         lo, hi = 0, num_steps
         while lo < hi:
             mid = (lo + hi) // 2
-            if gpu(mid) >= cpu:
+            if step(0, 0, 0, 0.0, num_seqs, ctx_tokens + mid * num_seqs) - cpu + pad >= cpu:
                 hi = mid
             else:
                 lo = mid + 1
