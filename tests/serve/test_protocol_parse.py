@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sincere.serve.protocol import (
@@ -233,6 +233,8 @@ field_names = st.sampled_from(
     body=st.dictionaries(field_names, json_values, max_size=6),
     kind=st.sampled_from(["completion", "chat"]),
 )
+# a model name the Hub refuses as a repository, met once: its tokenizer lookup raised
+@example(body={"prompt": "0", "model": "/"}, kind="completion")
 def test_fuzzed_bodies_raise_only_protocol_errors(body: dict[str, Any], kind: str) -> None:
     """Any JSON body either parses or raises ProtocolError with a 4xx status."""
     try:

@@ -69,3 +69,16 @@ def test_trace_stats_says_how_text_was_counted(cached_tokenizer: Path, tmp_path:
     assert result.exit_code == 0, result.output
     assert f'"llama-3-8b": "{REPO} tokenizer"' in result.output
     assert '"mean": 8.0' in result.output
+
+
+@pytest.mark.parametrize("model", ["/", "a/b/c", "x/..", "org/na--me"])
+def test_a_name_that_cannot_be_a_repository_has_no_tokenizer(model: str) -> None:
+    """A client's ``model`` may be any text; one the Hub refuses as a repository name has
+    no tokenizer at hand (the count falls back) instead of raising the Hub's check."""
+    pytest.importorskip("huggingface_hub")
+    model_encoder.cache_clear()
+    try:
+        assert model_encoder(model) is None
+        assert count_prompt_tokens("one one one", model) >= 1
+    finally:
+        model_encoder.cache_clear()

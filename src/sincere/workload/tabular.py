@@ -232,13 +232,17 @@ def model_encoder(model: str) -> tuple[str, Callable[[str], list[int]]] | None:
     """``(repository, encode)`` of ``model``'s own tokenizer when it is at hand: the
     ``tokenizers`` library (installed with transformers) and the tokenizer's
     ``tokenizer.json`` already in the local Hugging Face cache (``$HF_HUB_CACHE``); nothing
-    is downloaded. ``None`` otherwise."""
+    is downloaded. ``None`` otherwise, and for a name that cannot be a repository (a
+    client's ``model`` may be any text: ``"/"``, ``"a/b/c"``)."""
     if find_spec("tokenizers") is None or find_spec("huggingface_hub") is None:
         return None
     from huggingface_hub import try_to_load_from_cache
 
     for repo in _hub_ids(model):
-        path = try_to_load_from_cache(repo, "tokenizer.json", cache_dir=hub_cache_dir())
+        try:
+            path = try_to_load_from_cache(repo, "tokenizer.json", cache_dir=hub_cache_dir())
+        except ValueError:  # the Hub's own check of a repository name
+            continue
         if isinstance(path, str):
             from tokenizers import Tokenizer
 
