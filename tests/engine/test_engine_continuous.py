@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays, Tier
+from sincere.engine.base import Engine
 from sincere.engine.continuous import ContinuousEngine, EngineLimits
 from sincere.perf.base import Batch, StepTimeBase
 from sincere.policy.schedulers import SCHEDULERS, make_scheduler
@@ -38,9 +39,16 @@ def _engine(
     return ContinuousEngine("e0", req, records, 0, Affine(), sched, limits)
 
 
-def drive(engine: ContinuousEngine, check: Callable[[], None] | None = None) -> None:
-    """Feed every request at its arrival and advance the engine until it is idle."""
-    arrivals = engine.requests.arrival_at
+def drive(
+    engine: Engine,
+    check: Callable[[], None] | None = None,
+    arrivals: Sequence[float] | None = None,
+) -> None:
+    """Feed every request at its arrival (``arrivals``; default a continuous engine's own
+    requests') and advance the engine until it is idle."""
+    if arrivals is None:
+        assert isinstance(engine, ContinuousEngine)
+        arrivals = engine.requests.arrival_at.tolist()
     nxt = 0
     while True:
         at = engine.next_event_at()

@@ -19,6 +19,7 @@ from sincere.perf.lockstep import LockstepTiming
 from sincere.policy.schedulers import make_scheduler
 
 from ..perf.test_perf_lockstep import MS, Split
+from .test_engine_continuous import drive as run
 
 LIMITS = EngineLimits(num_kv_blocks=1 << 20, max_num_batched_tokens=1000)
 
@@ -36,19 +37,8 @@ def _group(req: RequestArrays, ranks: int = 2) -> LockstepGroup:
 def drive(
     group: LockstepGroup, arrivals: list[float], check: Callable[[], None] | None = None
 ) -> RecordArrays:
-    """Feed every request at its arrival and advance the group until it is idle."""
-    nxt = 0
-    while True:
-        at = group.next_event_at()
-        if nxt < len(arrivals) and (at is None or arrivals[nxt] <= at):
-            group.add(nxt, arrivals[nxt])
-            nxt += 1
-        elif at is not None:
-            group.advance(at)
-        else:
-            break
-        if check is not None:
-            check()
+    """Every request at its arrival, the group advanced until idle: its records."""
+    run(group, check, arrivals)
     return group.ranks[0].records
 
 

@@ -43,6 +43,7 @@ from sincere.core.types import InstanceId, Seconds
 from sincere.engine.base import DecodeProgress, EngineBase, EngineLoad, EngineStats
 from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.gaps import GapHistogram
+from sincere.engine.runs import chunk_sums
 from sincere.engine.time_scale import TimeScaled, unscaled
 from sincere.perf.base import Batch
 from sincere.perf.execution import balance_iters
@@ -71,14 +72,7 @@ def piece_batch(rank: ContinuousEngine) -> Batch:
     run = rank.piece
     if run is None:
         return Batch()
-    pre = rank.state.pre
-    tokens = cached = 0
-    pairs = 0.0
-    for i, c in run.chunks:
-        done = pre[i]
-        tokens += c
-        cached += done
-        pairs += c * done + c * (c + 1) / 2.0
+    tokens, cached, pairs = chunk_sums(run.chunks, rank.state.pre)
     return Batch(len(run.chunks), tokens, cached, pairs, run.num_decode, run.ctx_tokens)
 
 
@@ -95,8 +89,7 @@ class LockstepGroup(EngineBase):
         for rank in self.ranks:
             rank.one_iteration = True
         self.timing = timing
-        self._held: list[list[tuple[int, Seconds]]] = [[] for _ in self.ranks]
-        self._held_tokens = [0] * len(self.ranks)
+        self._held: list[list[int]] = [[] for _ in self.ranks]  # requests held per rank
         self._boundary: Seconds | None = None  # end of the group's iteration in flight
         self.busy_s = 0.0
         self.num_steps = 0
@@ -112,8 +105,7 @@ class LockstepGroup(EngineBase):
         rank = self.ranks[r]
         running = self._boundary is not None and self._boundary > now
         if running and (rank.piece is None or self._timeout):
-            self._held[r].append((request_ix, now))
-            self._held_tokens[r] += int(rank.requests.prompt_tokens[request_ix])
+            self._held[r].append(request_ix)
             return
         rank.add(request_ix, now)
 
@@ -144,11 +136,10 @@ class LockstepGroup(EngineBase):
 
     def _release(self, at: Seconds) -> None:
         """Every held request goes to its rank at ``at``."""
-        for r, held in enumerate(self._held):
-            for i, _ in held:
-                self.ranks[r].add(i, at)
+        for rank, held in zip(self.ranks, self._held, strict=True):
+            for i in held:
+                rank.add(i, at)
             held.clear()
-            self._held_tokens[r] = 0
 
     def _balanced(self) -> bool:
         """The attention-DP balance at the end of a group iteration: whether the held
@@ -207,7 +198,7 @@ class LockstepGroup(EngineBase):
             num_running=sum(x.num_running or 0 for x in loads),
             num_waiting=sum(x.num_waiting or 0 for x in loads) + self._num_held,
             waiting_prefill_tokens=sum(x.waiting_prefill_tokens or 0 for x in loads)
-            + sum(self._held_tokens),
+            + self._held_prompt_tokens,
             running_remaining_tokens=sum(x.running_remaining_tokens or 0 for x in loads),
             running_ctx_tokens=sum(x.running_ctx_tokens or 0 for x in loads),
             kv_usage=sum(x.kv_usage or 0.0 for x in loads) / len(loads),
@@ -222,12 +213,17 @@ class LockstepGroup(EngineBase):
         return (
             sum(s[0] for s in sizes),
             sum(s[1] for s in sizes) + self._num_held,
-            sum(s[2] for s in sizes) + sum(self._held_tokens),
+            sum(s[2] for s in sizes) + self._held_prompt_tokens,
         )
 
     @property
     def _num_held(self) -> int:
         return sum(len(held) for held in self._held)
+
+    @property
+    def _held_prompt_tokens(self) -> int:
+        prompts = self.ranks[0].requests.prompt_tokens
+        return sum(int(prompts[i]) for held in self._held for i in held)
 
     def stats(self) -> EngineStats:
         """The ranks' totals; busy time and iterations are the group's."""

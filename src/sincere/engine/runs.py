@@ -191,6 +191,20 @@ class Run:
             self.cut_decode(self.steps_covering(now, decode_steps_s), decode_steps_s)
 
 
+def chunk_sums(chunks: Chunks, pre: dict[int, int]) -> tuple[int, int, float]:
+    """Prompt tokens ``chunks`` compute, the tokens cached before them and their causal
+    attention pairs (``pre``: tokens each request has done): the prefill fields of a
+    :class:`~sincere.perf.base.Batch`."""
+    tokens = cached = 0
+    pairs = 0.0
+    for i, c in chunks:
+        done = pre[i]
+        tokens += c
+        cached += done
+        pairs += c * done + c * (c + 1) / 2.0
+    return tokens, cached, pairs
+
+
 def prefill_iterations(
     iteration_s: IterationTime,
     now: Seconds,
@@ -200,13 +214,7 @@ def prefill_iterations(
     ctx: int,
 ) -> Run:
     """One iteration computing ``chunks`` (``pre``: tokens each has done) beside the decodes."""
-    tokens = cached = 0
-    pairs = 0.0
-    for i, c in chunks:
-        done = pre[i]
-        tokens += c
-        cached += done
-        pairs += c * done + c * (c + 1) / 2.0
+    tokens, cached, pairs = chunk_sums(chunks, pre)
     dur = iteration_s(len(chunks), tokens, cached, pairs, num_decode, ctx)
     return Run(now, now + dur, 1, num_decode, ctx, chunks, dur, 0.0, tokens, (dur,))
 

@@ -411,8 +411,7 @@ class ExecutedStepModel(StepTimeBase):
     # --- CUDA graphs -------------------------------------------------------------------
     def padded(self, tokens: int, decode_only: bool) -> int:
         """The size the iteration runs at: the smallest captured size that holds it."""
-        graphed = self._full if decode_only else self._mixed
-        if not graphed or tokens > self._largest or tokens <= 0:
+        if not self.graphed(tokens, decode_only):
             return tokens
         return self._sizes[bisect.bisect_left(self._sizes, tokens)]
 

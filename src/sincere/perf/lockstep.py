@@ -78,7 +78,7 @@ class LockstepTiming:
         if padded:
             assert executed is not None
             size = max(executed.padded(b.num_tokens, b.num_prefill_seqs == 0) for b in busy)
-            experts = self._flat_parts(size)[1]
+            padded_dense, experts = self._flat_parts(size)
         else:
             total = sum(b.num_tokens for b in busy)
             experts = self._flat_parts(math.ceil(total / self.ranks))[1]
@@ -87,7 +87,7 @@ class LockstepTiming:
             parts: StepParts = self._parts(b)
             own = parts.total_s - parts.overhead_s - parts.experts_s - parts.all_to_all_s
             if padded:
-                own += self._flat_parts(size)[0] - self._flat_parts(b.num_tokens)[0]
+                own += padded_dense - self._flat_parts(b.num_tokens)[0]
             gpu = own + experts
             cpu = self._cpu(b.num_seqs)
             took = gpu + cpu if executed is None else executed.overlapped(gpu, cpu)
