@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from sincere.optimize.data import Problem
     from sincere.optimize.manifests import Checked, ManifestOptions
     from sincere.optimize.pd_input import Comparison, PlanInput
+    from sincere.optimize.pd_plan import Candidate
     from sincere.optimize.plan import Solution
     from sincere.optimize.simsize import SimSettings
 
@@ -242,7 +243,7 @@ def comparison_table(cmp: Comparison, title: str) -> Table:
     c = cmp.colocated
     if c is not None:
         table.add_row(
-            "colocated", "both", c.candidate.accelerator, str(c.candidate.tp), str(c.count),
+            "colocated", "both", c.candidate.accelerator, _tp(c.candidate), str(c.count),
             str(c.batch), f"{c.cost_per_hour_usd:.2f}", f"{c.ttft_ms:.1f}", f"{c.tpot_ms:.2f}",
         )  # fmt: skip
     d = cmp.disaggregated
@@ -251,12 +252,18 @@ def comparison_table(cmp: Comparison, title: str) -> Table:
             pre = pool.pool == "prefill"
             table.add_row(
                 f"{d.prefill.count}P{d.decode.count}D", pool.pool, pool.candidate.accelerator,
-                str(pool.candidate.tp), str(pool.count), str(pool.batch),
+                _tp(pool.candidate), str(pool.count), str(pool.batch),
                 f"{pool.cost_per_hour_usd:.2f}",
                 f"{pool.predicted.ttft_ms:.1f}" if pre else "-",
                 "-" if pre else f"{pool.predicted.tpot_ms:.2f}",
             )  # fmt: skip
     return table
+
+
+def _tp(cand: Candidate) -> str:
+    """The TP column: the degree, and an instance of attention ranks or expert parallelism
+    as ``4 x dp 2, ep 8`` (the batch column is then per rank)."""
+    return str(cand.tp) if cand.shape == f"tp {cand.tp}" else cand.shape.removeprefix("tp ")
 
 
 def verdict_line(cmp: Comparison) -> str:

@@ -25,7 +25,7 @@ non-negative fit, its error and the memory-derived batch limit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,28 @@ class DerivedModelData:
             self.decode.intercept_ms, self.decode.slope_ms,
             self.prefill.intercept_ms, self.prefill.slope_ms,
         )  # fmt: skip
+
+
+def grouped(derived: DerivedModelData, ranks: int) -> DerivedModelData:
+    """``derived`` (one attention rank's model data) as the instance of ``ranks`` ranks
+    that share one expert group (``attention_dp``): with ``n`` requests the group holds
+    ``n / ranks`` a rank, so an iteration takes a rank's time at that share -- the slopes
+    per sequence and per prompt token divide by ``ranks``, the intercepts stay -- and the
+    group holds ``ranks`` times a rank's batch on ``ranks`` times its GPUs. (The prefill
+    line at ``n < ranks`` requests is a rank's share of one prompt, shorter than the whole
+    prompt it prefills: Inferno's form has no ``max(1, n / ranks)``.)"""
+    if ranks == 1:
+        return derived
+    if ranks < 1:
+        raise ConfigError("attention ranks must be >= 1", value=ranks, allowed=">= 1")
+    entry = dict(derived.entry)
+    entry["accCount"] = int(entry["accCount"]) * ranks
+    entry["maxBatchSize"] = int(entry["maxBatchSize"]) * ranks
+    decode = replace(derived.decode, slope_ms=derived.decode.slope_ms / ranks)
+    prefill = replace(derived.prefill, slope_ms=derived.prefill.slope_ms / ranks)
+    entry["decodeParms"] = {"alpha": decode.intercept_ms, "beta": decode.slope_ms}
+    entry["prefillParms"] = {"gamma": prefill.intercept_ms, "delta": prefill.slope_ms}
+    return DerivedModelData(entry, decode, prefill)
 
 
 def fit_line(xs: FArray, ys_ms: FArray) -> LineFit:

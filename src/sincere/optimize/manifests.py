@@ -3,7 +3,9 @@
 For every server of a :class:`~sincere.optimize.plan.Solution` that got replicas, one
 **Deployment** of vLLM's OpenAI server (the plan's replicas; one pod per replica holding
 the replica's GPUs as ``nvidia.com/gpu`` or, for AMD Instinct types, ``amd.com/gpu``, tensor
-parallel over them, ``--max-num-seqs`` the plan's batch; pods pinned to the plan's
+parallel over them -- a replica of attention ranks data-parallel over its ranks with
+expert parallelism, ``--data-parallel-size`` and ``--enable-expert-parallel`` --,
+``--max-num-seqs`` the plan's batch (per rank); pods pinned to the plan's
 accelerator by a node label), a **Service** in front of it, and an autoscaler with the
 plan's thresholds. A plan priced speculating (a YAML plan input's ``speculation``) gives
 its pods vLLM's ``--speculative-config``, and the options' ``kv_offload`` (a CPU KV tier)
@@ -116,8 +118,17 @@ class Pool:
     replicas: int
     min_replicas: int
     max_replicas: int
-    max_batch: int
+    max_batch: int  # sequences per engine (vLLM's --max-num-seqs: per data-parallel rank)
     speculation: SpeculationConfig | None = None  # how the plan's replicas speculate
+    # attention ranks in one replica (vLLM's --data-parallel-size); their experts form
+    # one expert-parallel group over all the replica's GPUs (--enable-expert-parallel)
+    data_parallel: int = 1
+    expert_parallel: bool = False
+
+    @property
+    def replica_batch(self) -> int:
+        """Sequences one replica holds: every rank's."""
+        return self.max_batch * self.data_parallel
 
 
 def pools(
@@ -160,11 +171,21 @@ def colocated_pool(
     """A YAML plan input's colocated plan as one pool: ``plan.count`` replicas of its
     instance shape, speculating as the plan was priced (``speculation``)."""
     cand = plan.candidate
-    shape = cand.accelerator if cand.tp == 1 else f"{cand.tp}x{cand.accelerator}"
+    gpus = cand.tp * cand.attention_dp
+    if cand.ep not in (1, gpus):
+        raise ConfigError(
+            f"vLLM's expert parallelism spans a replica's tensor- and data-parallel GPUs "
+            f"(tp {cand.tp} x dp {cand.attention_dp} = {gpus}); the plan's ep cannot be "
+            "written as vLLM arguments",
+            where="candidates",
+            value=cand.ep,
+            allowed=f"1 or {gpus}",
+        )
+    shape = cand.accelerator if gpus == 1 else f"{gpus}x{cand.accelerator}"
     most = math.ceil(options.max_replicas_factor * plan.count)
     return Pool(_dns_name(f"{model}-{shape}"), model, model, shape, cand.accelerator,
                 plan.num_gpus, plan.count, plan.count, most, plan.batch,
-                speculation)  # fmt: skip
+                speculation, cand.attention_dp, cand.ep > 1)  # fmt: skip
 
 
 def _bounds(
@@ -227,8 +248,12 @@ def _resource(
 
 def _deployment(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
     model = options.model_ids.get(pool.model, pool.model)
-    args = ["--model", model, "--tensor-parallel-size", str(pool.gpus),
+    args = ["--model", model, "--tensor-parallel-size", str(pool.gpus // pool.data_parallel),
             "--max-num-seqs", str(pool.max_batch), "--port", str(options.port)]  # fmt: skip
+    if pool.data_parallel > 1:
+        args += ["--data-parallel-size", str(pool.data_parallel)]
+    if pool.expert_parallel:
+        args.append("--enable-expert-parallel")
     args += _engine_args(pool, options)
     container = {
         "name": "engine",
@@ -280,7 +305,7 @@ def _hpa(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
         "type": "Pods",
         "pods": {
             "metric": {"name": RUNNING_METRIC},
-            "target": {"type": "AverageValue", "averageValue": str(pool.max_batch)},
+            "target": {"type": "AverageValue", "averageValue": str(pool.replica_batch)},
         },
     }
     spec = {
@@ -299,7 +324,7 @@ def _keda(pool: Pool, options: ManifestOptions) -> dict[str, Any]:
         "metadata": {
             "serverAddress": options.prometheus,
             "query": query,
-            "threshold": str(pool.max_batch),
+            "threshold": str(pool.replica_batch),
         },
     }
     spec = {

@@ -3,7 +3,8 @@
 :func:`pd_sim_config` builds the simulation of a :class:`~sincere.optimize.pd_plan.PDPlan`:
 ``count`` prefill instances (role ``prefill``, one whole prompt per iteration as the
 planner assumes: token budget = the prompt length when lengths are fixed) and ``count``
-decode instances (role ``decode``, ``max_num_seqs`` = the planned batch), the plan
+decode instances (role ``decode``, ``max_num_seqs`` = the planned batch; an instance of
+attention ranks as its ranks, each an engine of its own), the plan
 input's step model and KV link, every request disaggregated (decider ``always``,
 least-outstanding routers for both phases), Poisson arrivals at the load's rate and the
 load's lengths (fixed at the means unless the input gives a ``lengths`` block) -- or, when
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sincere.optimize.pd_input import ColocatedPlan, PlanInput
-from sincere.optimize.pd_plan import PDPlan, PoolSizing
+from sincere.optimize.pd_plan import Candidate, PDPlan, PoolSizing
 from sincere.optimize.simsize import _outcome_row
 from sincere.optimize.sizing import Targets
 from sincere.workload.lengths import length_sources
@@ -77,20 +78,28 @@ def _workload(inp: PlanInput, num_requests: int) -> dict[str, Any]:
     return {**out, "arrival": arrival, "lengths": dict(lengths)}
 
 
-def _instance(inp: PlanInput, accelerator: str, tp: int, count: int) -> dict[str, Any]:
-    return {
+def _instance(inp: PlanInput, cand: Candidate, count: int) -> dict[str, Any]:
+    """``count`` instances of ``cand``: with attention DP, ``count x attention_dp`` rank
+    instances (the simulator's symmetric ranks: each an engine of its own, its experts
+    priced as the group's under even load)."""
+    out = {
         "model": inp.model,
-        "accelerator": accelerator,
-        "tp": tp,
-        "count": count,
+        "accelerator": cand.accelerator,
+        "tp": cand.tp,
+        "count": count * cand.attention_dp,
         "precision": inp.precision,
         "kv_precision": inp.kv_precision,
         "step_model": inp.step_model.model_dump(mode="json", exclude_none=True),
     }
+    if cand.ep > 1:
+        out["ep"] = cand.ep
+    if cand.attention_dp > 1:
+        out["attention_dp"] = cand.attention_dp
+    return out
 
 
 def _pool(inp: PlanInput, pool: PoolSizing, engine: dict[str, Any]) -> dict[str, Any]:
-    out = _instance(inp, pool.candidate.accelerator, pool.candidate.tp, pool.count)
+    out = _instance(inp, pool.candidate, pool.count)
     return {"name": pool.pool, **out, "role": pool.pool, "engine": engine}
 
 
@@ -130,7 +139,7 @@ def colocated_sim_config(
     engine["max_num_batched_tokens"] = budget
     if inp.speculation is not None:  # the replicas speculate as planned
         engine["speculation"] = inp.speculation.model_dump(mode="json", exclude_none=True)
-    inst = _instance(inp, plan.candidate.accelerator, plan.candidate.tp, plan.count)
+    inst = _instance(inp, plan.candidate, plan.count)
     return {
         "seed": seed,
         "workload": _workload(inp, num_requests),

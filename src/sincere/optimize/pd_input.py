@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sincere.catalog import get_model
 from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.speculation import SpeculationConfig
@@ -43,7 +44,12 @@ from sincere.optimize.data import (
     Server,
     ServiceClass,
 )
-from sincere.optimize.derive import MAX_DERIVED_BATCH, DerivedModelData, derive_model_data
+from sincere.optimize.derive import (
+    MAX_DERIVED_BATCH,
+    DerivedModelData,
+    derive_model_data,
+    grouped,
+)
 from sincere.optimize.pd_plan import (
     MAX_DECODE_BATCH,
     Candidate,
@@ -100,11 +106,15 @@ class SloConfig(BaseModel):
 
 
 class CandidateConfig(BaseModel):
-    """An instance shape: catalog accelerator and TP degree."""
+    """An instance shape: catalog accelerator and TP degree; for a mixture-of-experts
+    model the expert-parallel degree and the attention ranks sharing one expert group
+    (:class:`~sincere.optimize.pd_plan.Candidate`)."""
 
     model_config = _FROZEN
     accelerator: str
     tp: int = Field(1, ge=1, le=64)
+    ep: int = Field(1, ge=1, le=1024)
+    attention_dp: int = Field(1, ge=1, le=256)
 
 
 class PDPlanConfig(BaseModel):
@@ -148,7 +158,7 @@ class PlanInput(BaseModel):
         return PDTargets(self.slo.ttft_ms, self.slo.tpot_ms)
 
     def shapes(self) -> list[Candidate]:
-        return [Candidate(c.accelerator, c.tp) for c in self.candidates]
+        return [Candidate(c.accelerator, c.tp, c.ep, c.attention_dp) for c in self.candidates]
 
 
 def sample_lengths(lengths: dict[str, Any]) -> tuple[IntArray, IntArray]:
@@ -168,6 +178,13 @@ def load_plan_input(source: str | Path | dict[str, Any]) -> PlanInput:
     if not isinstance(data, dict):
         raise ConfigError("a plan input is a mapping", where=where, value=type(data).__name__)
     inp = validate_config(PlanInput, data, where)
+    get_model(inp.model)  # an unknown model lists the catalog's names
+    for i, cand in enumerate(inp.shapes()):
+        try:  # the shape's own errors (an unknown accelerator, attention_dp on a dense model)
+            deployment(inp.model, cand, inp.precision, inp.kv_precision)
+        except ConfigError as exc:
+            place = f"candidates[{i}]" if where is None else f"{where}: candidates[{i}]"
+            raise ConfigError(f"{cand.accelerator} {cand.shape}: {exc}", where=place) from None
     for name, n in (inp.capacity or {}).items():
         if n < 0:
             raise ConfigError("capacity must be >= 0 GPUs", where=f"capacity.{name}", value=n)
@@ -181,7 +198,7 @@ class ColocatedPlan:
     candidate: Candidate
     num_gpus: int  # per instance
     count: int
-    batch: int
+    batch: int  # max sequences per engine (per attention rank with attention DP)
     cost_per_hour_usd: float
     ttft_ms: float  # the analyzer's mean TTFT
     tpot_ms: float  # the analyzer's mean ITL
@@ -216,7 +233,12 @@ class Comparison:
 
 
 def _acc_name(cand: Candidate) -> str:
-    return cand.accelerator if cand.tp == 1 else f"{cand.accelerator}-tp{cand.tp}"
+    """The planner's accelerator name of a shape: ``H100-SXM``, ``H100-SXM-tp4``, and with
+    expert parallelism ``H100-SXM-tp4-dp2-ep8``."""
+    name = cand.accelerator if cand.tp == 1 else f"{cand.accelerator}-tp{cand.tp}"
+    if cand.attention_dp > 1:
+        name += f"-dp{cand.attention_dp}"
+    return name if cand.ep == 1 else f"{name}-ep{cand.ep}"
 
 
 def _derived(inp: PlanInput, dep: Deployment, p: int, o: int, name: str) -> DerivedModelData | None:
@@ -257,10 +279,11 @@ def colocated_problem(
         derived = _derived(inp, dep, p, o, name)
         if derived is None:
             continue  # the model does not fit this shape
+        derived = grouped(derived, cand.attention_dp)  # a rank's data as the whole instance
         e = derived.entry
-        cost = dep.accelerator.price_per_hour_usd * cand.tp * CENTS
+        cost = dep.accelerator.price_per_hour_usd * cand.num_gpus * CENTS
         accs[name] = AcceleratorSpec(
-            name, cand.accelerator, cand.tp, dep.accelerator.memory_gb, cost
+            name, cand.accelerator, cand.num_gpus, dep.accelerator.memory_gb, cost
         )
         models[(inp.model, name)] = ModelPerf(
             inp.model, name, 1, e["maxBatchSize"], e["atTokens"], derived.params
@@ -319,9 +342,9 @@ def plan_colocated(
     cand = shapes[alloc.accelerator]
     return ColocatedPlan(
         cand,
-        cand.tp,
+        cand.num_gpus,
         alloc.num_replicas,
-        alloc.max_batch,
+        max(1, alloc.max_batch // cand.attention_dp),  # each rank's share of the batch
         alloc.cost / CENTS,
         float(alloc.ttft_ms),
         float(alloc.itl_ms),

@@ -49,6 +49,18 @@ A decode candidate's per-instance capacity is the largest ``λ_i`` meeting its t
 (bisection); it needs ``ceil(λ / λ_i)`` instances. The decode side reads mean lengths
 only; the prefill side reads the prompt sample when there is one (a heavy tail lengthens
 the queue well beyond what the mean prompt's M/D/c says).
+
+**Attention data parallelism.** A mixture-of-experts candidate with ``attention_dp: D``
+(and ``ep > 1``) is an instance of ``D`` attention ranks of ``tp`` GPUs each whose experts
+form one group, as wide-EP deployments run DeepSeek or Qwen3-MoE: every rank schedules its
+own batch, so each rank is a server of its own in the queues above -- a prefill pool of
+``c`` instances is M/G/``cD``, a decode instance ``D`` servers of ``b`` sequences each at
+``λ_i / D``. A rank is timed as the step model prices one rank of the group
+(:class:`~sincere.perf.base.Deployment`: its own attention and dense layers, the experts
+and the all-to-all as if every rank carried the same batch -- the busy case, so a lone
+prefill is priced as if the other ranks prefilled beside it), and sized as ranks, rounded
+up to whole instances of ``D`` ranks. The simulator's check runs the ranks as independent
+engines under even load (``engine.dp_ranks: symmetric``, :mod:`~sincere.optimize.pd_check`).
 """
 
 from __future__ import annotations
@@ -129,10 +141,29 @@ class PDTargets:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One way to run an instance: accelerator and tensor-parallel degree."""
+    """One way to run an instance: accelerator and tensor-parallel degree; for a
+    mixture-of-experts model also the expert-parallel degree and the attention ranks
+    sharing one expert group (``attention_dp``: the instance is ``attention_dp`` ranks of
+    ``tp`` GPUs each, every rank with its own batch, as vLLM's ``--data-parallel-size``
+    with ``--enable-expert-parallel`` and SGLang's ``--enable-dp-attention`` run it)."""
 
     accelerator: str
     tp: int = 1
+    ep: int = 1
+    attention_dp: int = 1
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs of one instance: every rank's."""
+        return self.tp * self.attention_dp
+
+    @property
+    def shape(self) -> str:
+        """``tp 4`` or, with expert parallelism, ``tp 4 x dp 2, ep 8``."""
+        if self.attention_dp == 1 and self.ep == 1:
+            return f"tp {self.tp}"
+        ranks = f" x dp {self.attention_dp}" if self.attention_dp > 1 else ""
+        return f"tp {self.tp}{ranks}, ep {self.ep}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +171,9 @@ class PhaseTimes:
     """What the step model and the memory plan say about one candidate, seconds."""
 
     candidate: Candidate
-    num_gpus: int
+    num_gpus: int  # one instance's (every attention rank's)
     price_per_hour_usd: float  # one instance (all its GPUs)
+    # the rest is one attention rank's (the whole instance without attention DP)
     prefill_s: float  # one whole prompt, mean over the prompt lengths
     prefill_s2: float  # its second moment, s^2 (the M/G/1 wait reads it)
     decode_step_s: tuple[float, ...]  # s(n), n = 1 .. len
@@ -150,10 +182,16 @@ class PhaseTimes:
     wire_s2: float  # its second moment, s^2
     latency_s: float  # the link's per-transfer latency
 
+    @property
+    def ranks(self) -> int:
+        """Attention ranks of one instance, each a server of its own in the queues."""
+        return self.candidate.attention_dp
+
 
 @dataclass(frozen=True, slots=True)
 class PoolPrediction:
-    """A pool's predicted figures at a per-instance rate."""
+    """A pool's predicted figures at a per-server rate (an instance, or with attention DP
+    one of its ranks)."""
 
     ttft_ms: float  # prefill: W + t_p; decode: not applicable (nan)
     tpot_ms: float  # decode: s(L) + (hand-off + slot wait) / (O - 1), sized on; prefill: nan
@@ -171,10 +209,12 @@ class PoolSizing:
     candidate: Candidate
     num_gpus: int  # per instance
     count: int  # instances
-    batch: int  # decode: max sequences per instance; prefill: 1 (one prompt at a time)
+    # decode: max sequences per engine (per attention rank: each of an instance's ranks
+    # holds this many); prefill: 1 (one prompt at a time)
+    batch: int
     capacity_per_s: float  # requests/s one instance carries within the target
     cost_per_hour_usd: float  # all instances
-    predicted: PoolPrediction  # at rate / count per instance
+    predicted: PoolPrediction  # at rate / (count x ranks) per attention rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,10 +267,12 @@ class PDPlan:
 def deployment(
     model: str, cand: Candidate, precision: str = "bf16", kv_precision: str = "fp16"
 ) -> Deployment:
-    """The catalog deployment of ``cand`` (unknown names raise, listing the known ones)."""
+    """The catalog deployment of ``cand``: one attention rank of it (unknown names raise,
+    listing the known ones; a shape the model cannot take raises, saying why)."""
     return Deployment(
-        get_model(model), get_accelerator(cand.accelerator), precision, kv_precision, cand.tp
-    )
+        get_model(model), get_accelerator(cand.accelerator), precision, kv_precision, cand.tp,
+        1, cand.ep, cand.attention_dp,
+    )  # fmt: skip
 
 
 def phase_times(
@@ -266,10 +308,11 @@ def phase_times(
         ]
     )
     wire = lengths * per_token
+    gpus = dep.num_gpus * dep.attention_dp
     return PhaseTimes(
-        Candidate(dep.accelerator.name, dep.tp),
-        dep.num_gpus,
-        dep.accelerator.price_per_hour_usd * dep.num_gpus,
+        Candidate(dep.accelerator.name, dep.tp, dep.ep, dep.attention_dp),
+        gpus,
+        dep.accelerator.price_per_hour_usd * gpus,
         float(share @ prefill),
         float(share @ prefill**2),
         steps,
@@ -413,22 +456,26 @@ def decode_capacity(t: PhaseTimes, batch: int, load: PDLoad, targets: PDTargets)
 
 
 def size_pools(times: Sequence[PhaseTimes], load: PDLoad, targets: PDTargets) -> list[PoolSizing]:
-    """Every feasible (pool, candidate), each sized alone for the whole load."""
+    """Every feasible (pool, candidate), each sized alone for the whole load. The queues'
+    servers are attention ranks (an instance without attention DP is one): the ranks a
+    pool needs are rounded up to whole instances, which only adds servers."""
     out: list[PoolSizing] = []
+    rate = load.rate_per_s
     for t in times:
+        ranks = t.ranks
         cap = prefill_capacity(t, targets)
         if cap > 0:
-            most = math.ceil(load.rate_per_s / cap - 1e-9)  # as separate queues: enough
-            n = prefill_count(t, load.rate_per_s, most, targets)
-            pred = predict_prefill(t, load.rate_per_s, n)
-            out.append(_sized("prefill", t, n, 1, cap, pred))
+            most = math.ceil(rate / cap - 1e-9)  # as separate queues: enough
+            n = math.ceil(prefill_count(t, rate, most, targets) / ranks)
+            pred = predict_prefill(t, rate, n * ranks)
+            out.append(_sized("prefill", t, n, 1, cap * ranks, pred))
         batch = decode_batch(t, targets)
         cap = decode_capacity(t, batch, load, targets) if batch > 0 else 0.0
         if cap > 0:
-            n = math.ceil(load.rate_per_s / cap - 1e-9)
-            rate = load.rate_per_s / n
-            pred = predict_decode(t, batch, rate, load, handoff_s(t, rate))
-            out.append(_sized("decode", t, n, batch, cap, pred))
+            n = math.ceil(math.ceil(rate / cap - 1e-9) / ranks)
+            per_rank = rate / (n * ranks)
+            pred = predict_decode(t, batch, per_rank, load, handoff_s(t, per_rank))
+            out.append(_sized("decode", t, n, batch, cap * ranks, pred))
     return out
 
 
@@ -566,10 +613,11 @@ def _with_sender(
 ) -> PoolSizing:
     """``decode`` predicted with the chosen prefill pool's link, one more instance at a
     time while its TPOT misses the target (a slower link than its own)."""
-    handoff = handoff_s(_times_of(times, prefill.candidate), load.rate_per_s / prefill.count)
+    sender = _times_of(times, prefill.candidate)
+    handoff = handoff_s(sender, load.rate_per_s / (prefill.count * sender.ranks))
     count = decode.count
     while True:
-        pred = predict_decode(t, decode.batch, load.rate_per_s / count, load, handoff)
+        pred = predict_decode(t, decode.batch, load.rate_per_s / (count * t.ranks), load, handoff)
         if pred.tpot_ms <= targets.tpot_ms:
             break
         if count >= MAX_EXTRA_DECODE * decode.count:
