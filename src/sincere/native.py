@@ -1,8 +1,8 @@
 """Compiled versions of the simulator's hot modules (optional; same source, same results).
 
 The modules in :data:`COMPILED` (the continuous engine's API, state, runs and view, its
-KV and queue helpers, the roofline step model, Niyama's next-token deadlines and the event
-loop) are plain, fully
+KV and queue helpers, the roofline step model and the execution model over it, Niyama's
+next-token deadlines and the event loop) are plain, fully
 typed Python. ``build()`` compiles
 them with mypyc into C extensions, about 1.7x faster on the reference workload; nothing
 else changes: the compiled code is the Python source translated, so a run gives identical
@@ -52,6 +52,7 @@ COMPILED: tuple[str, ...] = (
     "sincere.engine.state",
     "sincere.engine.view",
     "sincere.engine.waiting",
+    "sincere.perf.execution",
     "sincere.perf.roofline",
     "sincere.perf.series",
     "sincere.policy.schedulers.deadlines",
