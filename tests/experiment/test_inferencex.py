@@ -114,7 +114,7 @@ def test_attention_dp_points_simulate_the_whole_group_in_lockstep() -> None:
     """tp 1 x attention DP 8, experts over EP 8: eight ranks of 1 GPU stepping together as
     one instance (``dp_ranks: lockstep``), all 64 clients and 10 x 64 requests, each rank
     running as many sequences as the scripts allow (the clients); it runs. A speculating
-    point's group is one rank of a symmetric group, with its share of the clients."""
+    point's (an MTP run's) group steps together too, its ranks speculating."""
     point = dataclasses.replace(POINT, tp=1, attention_dp=8, batch_size=8, source_concurrency=64)
     spec = point_spec(point)
     assert isinstance(spec, PointSpec) and in_lockstep(spec)
@@ -129,11 +129,14 @@ def test_attention_dp_points_simulate_the_whole_group_in_lockstep() -> None:
     result = simulate_point(dataclasses.replace(spec, num_requests=16))
     assert isinstance(result, PointResult) and result.sim_tpot_ms > 0
     mtp = point_spec(dataclasses.replace(point, backend="trtllm", backend_version="1.2.0rc6.post3"))
-    assert isinstance(mtp, PointSpec) and not in_lockstep(mtp)
-    assert mtp.num_requests == 80
-    (one_rank,) = point_config(mtp).instances
-    assert one_rank.lockstep_ranks == 1 and one_rank.engine.max_num_seqs == 8
-    assert point_config(mtp).workload.arrival.params == {"concurrency": 8}
+    assert isinstance(mtp, PointSpec) and in_lockstep(mtp)
+    assert mtp.num_requests == 640
+    (group,) = point_config(mtp).instances
+    assert group.lockstep_ranks == 8 and group.engine.max_num_seqs == 64
+    assert group.engine.speculation is not None and group.engine.speculation.method == "mtp"
+    assert point_config(mtp).workload.arrival.params == {"concurrency": 64}
+    result = simulate_point(dataclasses.replace(mtp, num_requests=16))
+    assert isinstance(result, PointResult) and result.sim_tpot_ms > 0
 
 
 @pytest.mark.parametrize(
@@ -141,15 +144,15 @@ def test_attention_dp_points_simulate_the_whole_group_in_lockstep() -> None:
     [({"backend": "trtllm", "backend_version": "1.2.0rc6.post2"}, (60, 0)),
      ({"backend": "trtllm", "backend_version": "1.2.0rc2", "model": "openai/gpt-oss-120b",
        "precision": "fp4", "moe_quant": "mxfp4"}, (50, 10)),
-     ({"backend": "trtllm", "backend_version": "1.2.0rc6.post3"}, (0, 0)),
+     ({"backend": "trtllm", "backend_version": "1.2.0rc6.post3"}, (60, 0)),
      ({"backend": "sglang"}, (0, 0))],
 )  # fmt: skip
 def test_tensorrt_llm_groups_balance_their_ranks_as_the_scripts_set(
     change: dict[str, Any], balance: tuple[int, int]
 ) -> None:
     """TensorRT-LLM's attention-DP groups run the scripts' attention_dp_config balance:
-    DeepSeek-R1's timeout 60 without batching wait, GPT-OSS's defaults 50 and 10; an
-    MTP point (one symmetric rank) and other backends have none."""
+    DeepSeek-R1's timeout 60 without batching wait (its MTP runs' too), GPT-OSS's
+    defaults 50 and 10; other backends have none."""
     point = dataclasses.replace(
         POINT, tp=1, attention_dp=8, batch_size=8, source_concurrency=64, **change
     )

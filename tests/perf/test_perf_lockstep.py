@@ -8,9 +8,10 @@ import pytest
 from sincere.catalog import get_accelerator, get_model
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase
-from sincere.perf.execution import ExecutedStepModel, ExecutionParams, with_execution
+from sincere.perf.execution import PRESETS, ExecutedStepModel, ExecutionParams, with_execution
 from sincere.perf.lockstep import LockstepTiming
 from sincere.perf.roofline import Roofline
+from sincere.perf.speculation import SpeculationParams, SpeculativeDecode, SpeculativeStepModel
 
 MS = 1e-3
 
@@ -125,3 +126,23 @@ def test_on_the_roofline_a_busy_rank_alone_costs_its_own_experts() -> None:
     assert timing.iteration_s([chunk, Batch()]) == pytest.approx(alone)
     assert timing.iteration_s([chunk, Batch()]) < roof.iteration_s(chunk)
     assert timing.iteration_s([chunk, chunk]) == pytest.approx(roof.iteration_s(chunk))
+
+
+def test_speculating_ranks_take_the_slowest_ranks_speculative_step() -> None:
+    """Ranks that speculate (EAGLE, 2 drafts): the group's iteration is the slowest rank's
+    own speculative step (drafts and verify, or a chunk beside them), as its speculating
+    step model prices it; an idle rank adds nothing; a time scale multiplies it."""
+    dep = Deployment(get_model("qwen3-30b-a3b"), get_accelerator("H100-SXM"), ep=2, attention_dp=2)
+    step = with_execution(Roofline(dep), PRESETS["vllm-v1"], 256)
+    params = SpeculationParams("eagle", 2, (0.7,))
+    spec = SpeculativeStepModel(SpeculativeDecode(step, params, dep.model.num_layers))
+    timing = LockstepTiming(spec, 2)
+    mixed = Batch(1, 512, 0, 512 * 513 / 2.0, 10, 1000)
+    assert timing.iteration_s([DECODE_10, DECODE_3]) == pytest.approx(
+        max(spec.iteration_s(DECODE_10), spec.iteration_s(DECODE_3))
+    )
+    assert timing.iteration_s([DECODE_3, mixed]) == pytest.approx(spec.iteration_s(mixed))
+    assert timing.iteration_s([Batch(), DECODE_3]) == pytest.approx(spec.iteration_s(DECODE_3))
+    assert spec.iteration_s(DECODE_10) > step.iteration_s(DECODE_10)  # drafts and verify
+    scaled = LockstepTiming(spec, 2, factor=0.5)
+    assert scaled.iteration_s([DECODE_10]) == pytest.approx(0.5 * spec.iteration_s(DECODE_10))

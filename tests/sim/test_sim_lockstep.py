@@ -77,12 +77,32 @@ def test_refused_deployments(fields: dict[str, Any], message: str) -> None:
         })  # fmt: skip
 
 
-def test_speculation_and_an_unknown_mode_are_refused() -> None:
-    spec = {"method": "eagle", "num_draft_tokens": 2, "acceptance": 0.7}
-    with pytest.raises(ValueError, match="drop speculation"):
-        DeploymentSpec(**MOE, engine={"dp_ranks": "lockstep", "speculation": spec})
+def test_kv_tiers_and_an_unknown_mode_are_refused() -> None:
+    tiers = {"cpu_gib": 16}
+    with pytest.raises(ValueError, match="drop kv_offload"):
+        DeploymentSpec(**MOE, engine={"dp_ranks": "lockstep", "kv_offload": tiers})
     with pytest.raises(ValueError, match="symmetric"):
         DeploymentSpec(**MOE, engine={"dp_ranks": "together"})
+
+
+SPECULATION = {"method": "eagle", "num_draft_tokens": 2, "acceptance": 0.7}
+
+
+def test_speculating_ranks_step_together() -> None:
+    """A group whose ranks speculate: every request served, the same run for the same
+    seed, the ranks' drafts counted together, and fewer group iterations than the plain
+    group's for the same tokens (accepted drafts add tokens per iteration)."""
+    spec = _config("lockstep", 1, engine={"dp_ranks": "lockstep", "speculation": SPECULATION})
+    a, b = simulate(spec), simulate(spec)
+    plain = simulate(_config("lockstep", 1))
+    assert a.summary["num_completed"] == 300
+    np.testing.assert_array_equal(a.records.finished_at, b.records.finished_at)
+    g = a.summary["instances"]["g"]
+    assert g["num_steps"] < plain.summary["instances"]["g"]["num_steps"]
+    drafts = a.summary["spec_decode"]
+    assert (
+        drafts["num_drafts"] > 0 and 0 < drafts["num_accepted_tokens"] < drafts["num_draft_tokens"]
+    )
 
 
 def test_an_emulated_engine_is_one_rank() -> None:

@@ -30,8 +30,10 @@ every rank decodes); otherwise the count goes up and they go when it reaches
 at every iteration, prompts or not, so a lone prompt waits until the count next reaches
 its timeout.
 
-Not supported on a group (refused where the deployment is built): speculative decoding,
-KV offload tiers, prefill / decode roles, live driving (the emulator).
+Ranks that speculate (``engine.speculation``, e.g. DeepSeek's MTP) each draw their own
+acceptances; the group's iteration is the slowest rank's speculative step
+(:mod:`sincere.perf.lockstep`). Not supported on a group (refused where the deployment is
+built): KV offload tiers, prefill / decode roles, live driving (the emulator).
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ from collections.abc import Sequence
 
 from sincere.core.errors import ConfigError
 from sincere.core.types import InstanceId, Seconds
-from sincere.engine.base import DecodeProgress, EngineBase, EngineLoad, EngineStats
+from sincere.engine.base import (
+    DecodeProgress,
+    EngineBase,
+    EngineLoad,
+    EngineStats,
+    SpecDecodeStats,
+)
 from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.runs import chunk_sums
@@ -48,6 +56,7 @@ from sincere.engine.time_scale import TimeScaled, unscaled
 from sincere.perf.base import Batch
 from sincere.perf.execution import balance_iters
 from sincere.perf.lockstep import LockstepTiming
+from sincere.perf.speculation import SpeculativeStepModel
 
 WAITING_WEIGHT = 4
 """vLLM's data-parallel load balancing scores a rank ``4 × waiting + running``
@@ -94,7 +103,10 @@ class LockstepGroup(EngineBase):
         self.busy_s = 0.0
         self.num_steps = 0
         # the attention-DP balance (0: off) and its two counts of iterations
-        self._timeout, self._batching = balance_iters(unscaled(self.ranks[0].step_model))
+        step = unscaled(self.ranks[0].step_model)
+        if isinstance(step, SpeculativeStepModel):  # the engine's execution model beneath
+            step = step.target
+        self._timeout, self._batching = balance_iters(step)
         self._waited = self._batched = 0
 
     # ----------------------------------------------------------------- Engine API
@@ -238,6 +250,7 @@ class LockstepGroup(EngineBase):
             prefix_cache_queries=sum(s.prefix_cache_queries for s in each),
             prefix_cache_hits=sum(s.prefix_cache_hits for s in each),
             prefix_cache_evictions=sum(s.prefix_cache_evictions for s in each),
+            spec_decode=_spec_totals([s.spec_decode for s in each]),
         )
 
     @property
@@ -267,3 +280,16 @@ class LockstepGroup(EngineBase):
     def rejection_detail(self, request_ix: int, reason: str) -> str | None:
         """Why a rank refused ``request_ix`` (every rank has the same limits)."""
         return self.ranks[0].rejection_detail(request_ix, reason)
+
+
+def _spec_totals(each: Sequence[SpecDecodeStats | None]) -> SpecDecodeStats | None:
+    """The ranks' speculative-decoding counters summed (None: the ranks do not speculate)."""
+    ranks = [s for s in each if s is not None]
+    if not ranks:
+        return None
+    return SpecDecodeStats(
+        num_drafts=sum(s.num_drafts for s in ranks),
+        num_draft_tokens=sum(s.num_draft_tokens for s in ranks),
+        num_accepted_tokens=sum(s.num_accepted_tokens for s in ranks),
+        accepted_per_pos=tuple(map(sum, zip(*(s.accepted_per_pos for s in ranks), strict=True))),
+    )

@@ -71,10 +71,10 @@ class ContinuousConfig(BaseModel):
     @model_validator(mode="after")
     def _known_execution(self) -> ContinuousConfig:
         self.execution_params()  # unknown preset or setting: a ConfigError now
-        if self.dp_ranks == "lockstep" and (self.speculation or self.kv_offload):
+        if self.dp_ranks == "lockstep" and self.kv_offload:
             raise ValueError(
-                "engine.dp_ranks: lockstep steps plain continuous engines together; "
-                "drop speculation and kv_offload, or simulate one rank (dp_ranks: symmetric)"
+                "engine.dp_ranks: lockstep steps continuous engines without KV tiers "
+                "together; drop kv_offload, or simulate one rank (dp_ranks: symmetric)"
             )
         if self.kv_offload is not None and not self.enable_prefix_caching:
             raise ValueError(

@@ -27,6 +27,15 @@ this rank's tokens), so the group's expert time at ``S`` tokens in all is read a
 Needs a step model that splits an iteration into parts (the roofline:
 :class:`~sincere.perf.base.StepBreakdown`, with its CPU part apart), optionally run by an
 execution model and time-scaled.
+
+**Speculating ranks** (a :class:`~sincere.perf.speculation.SpeculativeStepModel`, as
+TensorRT-LLM and SGLang run DeepSeek's MTP with attention DP): a rank's iteration is its
+own speculative step -- the drafts and the verify pass of its decodes, beside its prefill
+chunks -- priced by the rank's step model as one rank of the group under even load (its
+experts as if every rank carried its batch), and the group's iteration lasts as long as
+the slowest rank's. The padding to one graph size and the experts on the ranks' real sum
+are not applied to them: a speculative step is several forward passes, which the parts of
+one iteration do not describe.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
 from sincere.perf.base import Batch, StepBreakdown, StepParts, StepTimeModel
 from sincere.perf.execution import ExecutedStepModel, SeparableCpu
+from sincere.perf.speculation import SpeculativeStepModel
 
 
 class LockstepTiming:
@@ -52,6 +62,10 @@ class LockstepTiming:
             raise ConfigError("a lockstep group needs at least one rank", value=ranks)
         self.ranks = ranks
         self.factor = factor
+        # speculating ranks: each rank's own speculative step (module docstring)
+        self.speculative = step_model if isinstance(step_model, SpeculativeStepModel) else None
+        if self.speculative is not None:
+            step_model = self.speculative.target
         self.executed = step_model if isinstance(step_model, ExecutedStepModel) else None
         base = self.executed.inner if self.executed is not None else step_model
         if not isinstance(base, StepBreakdown) or not isinstance(base, SeparableCpu):
@@ -71,6 +85,8 @@ class LockstepTiming:
         busy = [b for b in batches if b.num_tokens > 0]
         if not busy:
             return 0.0
+        if self.speculative is not None:
+            return max(map(self.speculative.iteration_s, busy)) * self.factor
         executed = self.executed
         padded = executed is not None and all(
             executed.graphed(b.num_tokens, b.num_prefill_seqs == 0) for b in busy
