@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import sincere.cli.plan  # noqa: F401  (registers the command)
@@ -27,6 +28,7 @@ WIDE = EXAMPLE / "deepseek-v3-wide-ep.yaml"
 LINEAR = StepModelConfig(
     kind="inferno", params={"alpha_ms": 10.0, "beta_ms": 0.1, "gamma_ms": 0.0, "delta_ms": 0.1}
 )
+LINEAR_BLOCK = {"kind": "inferno", "params": dict(LINEAR.params)}
 FAST_LINK = KvLinkConfig(kind="rdma", bandwidth_gbps=1e9, latency_s=0.0)  # hand-off ~ 0
 MOE = "qwen3-30b-a3b"
 TWO_RANKS = Candidate("H100-SXM", 1, ep=2, attention_dp=2)
@@ -140,8 +142,24 @@ def test_wide_ep_plan_simulated_meets_its_slos_as_planned() -> None:
     assert sim.tpot_ms == pytest.approx(plan.client_tpot_ms, rel=0.15)
     colo = colocated_sim_config(inp, cmp.colocated, num_requests=10)["instances"][0]
     dp = cmp.colocated.candidate.attention_dp
-    assert colo["count"] == cmp.colocated.count * dp
     assert cmp.colocated.num_gpus == cmp.colocated.candidate.tp * dp
+    # the roofline prices a group: the colocated instances are whole groups in lockstep
+    assert colo["count"] == cmp.colocated.count and colo["engine"]["dp_ranks"] == "lockstep"
+    assert colo["engine"]["max_num_seqs"] == cmp.colocated.batch
+
+
+def test_colocated_ranks_step_together_where_the_step_model_can_price_it() -> None:
+    """The colocated check of an instance of ranks: a group stepping together under the
+    roofline (it runs, every request served); symmetric ranks under a step model that
+    times whole iterations (Inferno's lines), which a group cannot split."""
+    inp = load_plan_input(WIDE)
+    plan = ColocatedPlan(Candidate("H200", 1, ep=8, attention_dp=8), 8, 1, 64, 28.0, 1.0, 1.0)
+    cfg = colocated_sim_config(inp, plan, num_requests=40)
+    sim = check(inp, cfg)
+    assert sim.finished == 1.0 and sim.tpot_ms > 0
+    linear = load_plan_input({**yaml.safe_load(WIDE.read_text()), "step_model": LINEAR_BLOCK})
+    (ranks,) = colocated_sim_config(linear, plan, num_requests=10)["instances"]
+    assert ranks["count"] == 8 and "dp_ranks" not in ranks["engine"]
 
 
 def test_cli_prints_the_shape_and_writes_it(tmp_path: Path) -> None:

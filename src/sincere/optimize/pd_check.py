@@ -4,15 +4,17 @@
 ``count`` prefill instances (role ``prefill``, one whole prompt per iteration as the
 planner assumes: token budget = the prompt length when lengths are fixed) and ``count``
 decode instances (role ``decode``, ``max_num_seqs`` = the planned batch; an instance of
-attention ranks as its ranks, each an engine of its own), the plan
+attention ranks as its ranks, each an engine of its own: the simulator steps no group of
+prefill or decode ranks together), the plan
 input's step model and KV link, every request disaggregated (decider ``always``,
 least-outstanding routers for both phases), Poisson arrivals at the load's rate and the
 load's lengths (fixed at the means unless the input gives a ``lengths`` block) -- or, when
 the lengths come from a trace file, that trace's own arrivals rescaled to the load's rate
 (:func:`trace_file`).
-:func:`colocated_sim_config` does the same for the colocated plan. :func:`check` runs
-one and reports mean TTFT, mean TPOT (per request ``(E2E − TTFT)/(O − 1)``, then
-averaged) and the share of requests within both targets.
+:func:`colocated_sim_config` does the same for the colocated plan (an instance of attention
+ranks stepping together where the step model can price it, :func:`steps_together`).
+:func:`check` runs one and reports mean TTFT, mean TPOT (per request ``(E2E − TTFT)/(O −
+1)``, then averaged) and the share of requests within both targets.
 """
 
 from __future__ import annotations
@@ -78,15 +80,18 @@ def _workload(inp: PlanInput, num_requests: int) -> dict[str, Any]:
     return {**out, "arrival": arrival, "lengths": dict(lengths)}
 
 
-def _instance(inp: PlanInput, cand: Candidate, count: int) -> dict[str, Any]:
-    """``count`` instances of ``cand``: with attention DP, ``count x attention_dp`` rank
-    instances (the simulator's symmetric ranks: each an engine of its own, its experts
-    priced as the group's under even load)."""
+def _instance(
+    inp: PlanInput, cand: Candidate, count: int, together: bool = False
+) -> dict[str, Any]:
+    """``count`` instances of ``cand``: with attention DP and ``together``, ``count`` groups
+    whose ranks step together (``engine.dp_ranks: lockstep``, set by the caller); else
+    ``count x attention_dp`` rank instances (the simulator's symmetric ranks: each an
+    engine of its own, its experts priced as the group's under even load)."""
     out = {
         "model": inp.model,
         "accelerator": cand.accelerator,
         "tp": cand.tp,
-        "count": count * cand.attention_dp,
+        "count": count if together else count * cand.attention_dp,
         "precision": inp.precision,
         "kv_precision": inp.kv_precision,
         "step_model": inp.step_model.model_dump(mode="json", exclude_none=True),
@@ -129,17 +134,31 @@ def pd_sim_config(
     }
 
 
+def steps_together(inp: PlanInput, cand: Candidate) -> bool:
+    """Whether ``cand``'s attention ranks are simulated stepping together: an instance of
+    ranks under a step model that splits its iterations (the roofline, not in CC mode)."""
+    step = inp.step_model
+    return cand.attention_dp > 1 and step.kind == "roofline" and not step.cc
+
+
 def colocated_sim_config(
     inp: PlanInput, plan: ColocatedPlan, num_requests: int = 300, seed: int = 0
 ) -> dict[str, Any]:
     """The simulation of the colocated plan: ``count`` instances, ``max_num_seqs`` = its
-    batch, a token budget holding a whole prompt beside the batch's decodes."""
+    batch, a token budget holding a whole prompt beside the batch's decodes. An instance
+    of attention ranks runs as its ranks stepping together (a prefill on one rank holds the
+    others' decodes, which the plan's even ranks do not show) when the step model can
+    price such a group (the roofline, :func:`steps_together`), else as symmetric ranks."""
     budget = max(DEFAULT_ENGINE_TOKENS, (inp.load.prompt_tokens or 0) + plan.batch)
-    engine = {"kind": "continuous", "scheduler": "fcfs", "max_num_seqs": plan.batch}
+    engine: dict[str, Any] = {"kind": "continuous", "scheduler": "fcfs"}
+    engine["max_num_seqs"] = plan.batch
     engine["max_num_batched_tokens"] = budget
     if inp.speculation is not None:  # the replicas speculate as planned
         engine["speculation"] = inp.speculation.model_dump(mode="json", exclude_none=True)
-    inst = _instance(inp, plan.candidate, plan.count)
+    together = steps_together(inp, plan.candidate)
+    if together:
+        engine["dp_ranks"] = "lockstep"
+    inst = _instance(inp, plan.candidate, plan.count, together)
     return {
         "seed": seed,
         "workload": _workload(inp, num_requests),
