@@ -263,7 +263,8 @@ def comparison_table(cmp: Comparison, title: str) -> Table:
 def _tp(cand: Candidate) -> str:
     """The TP column: the degree, and an instance of attention ranks or expert parallelism
     as ``4 x dp 2, ep 8`` (the batch column is then per rank)."""
-    return str(cand.tp) if cand.shape == f"tp {cand.tp}" else cand.shape.removeprefix("tp ")
+    plain = cand.attention_dp == 1 and cand.ep == 1
+    return str(cand.tp) if plain else cand.shape.removeprefix("tp ")
 
 
 def verdict_line(cmp: Comparison) -> str:

@@ -171,7 +171,7 @@ def colocated_pool(
     """A YAML plan input's colocated plan as one pool: ``plan.count`` replicas of its
     instance shape, speculating as the plan was priced (``speculation``)."""
     cand = plan.candidate
-    gpus = cand.tp * cand.attention_dp
+    gpus = cand.num_gpus
     if cand.ep not in (1, gpus):
         raise ConfigError(
             f"vLLM's expert parallelism spans a replica's tensor- and data-parallel GPUs "
