@@ -47,6 +47,7 @@ def _choice_dict(c: RankedChoice) -> dict[str, Any]:
         "tp": k.tp,
         "pp": k.pp,
         "ep": k.ep,
+        "attention_dp": k.attention_dp,
         "precision": k.precision,
         "kv_precision": k.kv_precision,
         "batch_size": k.batch_size,
@@ -89,7 +90,7 @@ def _view(decision: DeployDecision) -> Table:
     )
     for col in (
         "rank",
-        "TPxPP (EP)",
+        "TPxPP (DP, EP)",
         "weights/KV",
         "latency s",
         "memory GB",
@@ -104,7 +105,9 @@ def _view(decision: DeployDecision) -> Table:
         k = c.estimate.key
         table.add_row(
             "chosen" if i == 1 else str(i),
-            f"{k.tp}x{k.pp}" + (f" ep{k.ep}" if k.ep > 1 else ""),
+            f"{k.tp}x{k.pp}"
+            + (f" dp{k.attention_dp}" if k.attention_dp > 1 else "")
+            + (f" ep{k.ep}" if k.ep > 1 else ""),
             f"{k.precision}/{k.kv_precision}",
             f"{c.estimate.latency_s:.3f}",
             f"{c.estimate.memory_gb:.1f}",

@@ -105,8 +105,8 @@ class Estimate:
 
     @property
     def num_gpus(self) -> int:
-        """GPUs one replica takes."""
-        return self.key.tp * self.key.pp
+        """GPUs one replica takes (every attention rank's)."""
+        return self.key.tp * self.key.pp * self.key.attention_dp
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,31 +474,47 @@ def roofline_estimate(
 
     TTFT is one prefill iteration of ``batch_size`` prompts; TPOT a decode step at the
     mean context (prompt plus half the output); memory is weights, runtime overhead and
-    the activation peak on every GPU plus the KV cache of the whole batch.
+    the activation peak on every GPU plus the KV cache of the whole batch. With attention
+    ranks (``attention_dp``) each rank takes its share of the batch (the largest,
+    ``ceil(batch / attention_dp)``) and is timed as one rank of the group
+    (:class:`~sincere.perf.base.Deployment`); memory is every rank's.
     """
     if output_tokens < 1 or prompt_tokens < 1:
         raise ConfigError(
             "output and prompt tokens must be >= 1", value=(output_tokens, prompt_tokens)
         )
-    dep = Deployment(
-        get_model(key.model),
-        get_accelerator(accelerator),
-        key.precision,
-        key.kv_precision,
-        key.tp,
-        key.pp,
-        key.ep,
-    )
+    dep = key_deployment(key, accelerator)
     model = Roofline(dep)
-    b = key.batch_size
+    b = rank_batch(key)
     ttft = model.iteration_s(Batch.of(prefill=[(prompt_tokens, 0)] * b))
     ctx = b * (prompt_tokens + output_tokens // 2)
     tpot = model.iteration_s(Batch(num_decode_seqs=b, decode_ctx_tokens=ctx))
-    plan = plan_memory(dep, max_num_seqs=b, max_num_batched_tokens=b * prompt_tokens)
-    per_gpu = plan.weight_bytes_per_gpu + plan.activation_bytes + plan.overhead_bytes
-    kv = plan.kv_bytes_per_token_per_gpu * b * (prompt_tokens + output_tokens)
-    memory = dep.num_gpus * (per_gpu + kv) / 1e9
+    memory = replica_memory_gb(dep, b, prompt_tokens, output_tokens)
     return Estimate(key, output_tokens, ttft, tpot, memory, "roofline")
+
+
+def key_deployment(key: ConfigKey, accelerator: str) -> Deployment:
+    """The catalog deployment of ``key`` on ``accelerator`` (one attention rank of it)."""
+    return Deployment(
+        get_model(key.model), get_accelerator(accelerator), key.precision, key.kv_precision,
+        key.tp, key.pp, key.ep, key.attention_dp,
+    )  # fmt: skip
+
+
+def rank_batch(key: ConfigKey) -> int:
+    """The sequences of ``key``'s batch the busiest attention rank holds (all of them
+    without attention DP)."""
+    return -(-key.batch_size // key.attention_dp)
+
+
+def replica_memory_gb(dep: Deployment, batch: int, prompt_tokens: int, output_tokens: int) -> float:
+    """Device memory of a replica of ``dep`` (every attention rank), each rank holding
+    ``batch`` requests of ``prompt_tokens + output_tokens``: weights, runtime overhead and
+    the activation peak on every GPU plus the KV cache, GB."""
+    plan = plan_memory(dep, max_num_seqs=batch, max_num_batched_tokens=batch * prompt_tokens)
+    per_gpu = plan.weight_bytes_per_gpu + plan.activation_bytes + plan.overhead_bytes
+    kv = plan.kv_bytes_per_token_per_gpu * batch * (prompt_tokens + output_tokens)
+    return dep.num_gpus * dep.attention_dp * (per_gpu + kv) / 1e9
 
 
 def relative_errors(

@@ -77,6 +77,10 @@ class ConfigKey:
     pp: int  # pipeline-parallel degree
     batch_size: int  # sequences per batch
     ep: int = 1  # expert-parallel degree (MoE models; the roofline prices it, fingerprints do not)
+    # attention ranks sharing one expert group (MoE, pp 1): the replica is attention_dp ranks
+    # of tp GPUs, each holding its share of the batch (the roofline prices it; fingerprints
+    # do not)
+    attention_dp: int = 1
 
     @property
     def precision_key(self) -> str:
@@ -86,14 +90,16 @@ class ConfigKey:
     def with_parallelism(self, tp: int, pp: int) -> ConfigKey:
         """The same configuration at another TP / PP."""
         return ConfigKey(
-            self.model, self.precision, self.kv_precision, tp, pp, self.batch_size, self.ep
-        )
+            self.model, self.precision, self.kv_precision, tp, pp, self.batch_size, self.ep,
+            self.attention_dp,
+        )  # fmt: skip
 
     def with_batch(self, batch_size: int) -> ConfigKey:
         """The same configuration at another batch size."""
         return ConfigKey(
-            self.model, self.precision, self.kv_precision, self.tp, self.pp, batch_size, self.ep
-        )
+            self.model, self.precision, self.kv_precision, self.tp, self.pp, batch_size, self.ep,
+            self.attention_dp,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,10 @@ For a request to deploy (model, output length, cost type, optional latency SLO, 
 only, placement strategy, batch size, minimum relative accuracy) every configuration
 is enumerated: tensor-parallel degree (powers of two up to the pool size that divide the
 model's attention heads), pipeline stages (up to ``max_pp`` and the layer count), weight
-precision and KV-cache precision among those the catalog's relative-accuracy table knows.
+precision and KV-cache precision among those the catalog's relative-accuracy table knows;
+for a mixture-of-experts model also the expert-parallel degree within the TP group and,
+on one stage, attention ranks sharing one expert group (``attention_dp``: powers of two,
+EP over every rank's GPUs, each rank holding its share of the batch; :func:`_dp_options`).
 Configurations below the accuracy floor (relative MMLU accuracy, % of fp16), without an
 estimate, that do not fit the pool's free memory (:mod:`~sincere.optimize.placement`) or
 whose estimated latency misses the SLO are dropped. The rest are ranked by the cost type:
@@ -33,7 +36,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sincere.catalog import get_accelerator, get_model
 from sincere.catalog.specs import ModelArch
 from sincere.core.errors import ConfigError
-from sincere.estimate.estimator import Estimate, FingerprintBank, roofline_estimate
+from sincere.estimate.estimator import (
+    Estimate,
+    FingerprintBank,
+    key_deployment,
+    rank_batch,
+    replica_memory_gb,
+    roofline_estimate,
+)
 from sincere.estimate.fingerprint import ConfigKey
 from sincere.optimize.placement import (
     PLACEMENT_STRATEGIES,
@@ -43,7 +53,6 @@ from sincere.optimize.placement import (
     place,
 )
 from sincere.perf.base import Deployment, StepTimeModel
-from sincere.perf.memory import plan_memory
 
 COST_TYPES: dict[str, Callable[[Estimate], float]] = {
     "min_lat": lambda e: e.latency_s,
@@ -117,8 +126,9 @@ class FingerprintCosts:
     fallback: CostModel | None = field(default_factory=RooflineCosts)
 
     def estimate(self, key: ConfigKey, output_tokens: int) -> Estimate | None:
-        """Fingerprint estimate, or ``None`` for a configuration the bank cannot reach."""
-        if not self.bank.has_model(key.model):
+        """Fingerprint estimate, or ``None`` for a configuration the bank cannot reach
+        (attention ranks, which fingerprints do not time, go to ``fallback``)."""
+        if not self.bank.has_model(key.model) or key.attention_dp > 1:
             return None if self.fallback is None else self.fallback.estimate(key, output_tokens)
         try:
             return self.bank.estimate(key, output_tokens)
@@ -135,34 +145,17 @@ class StepModelCosts:
     prompt_tokens: int = 128
 
     def estimate(self, key: ConfigKey, output_tokens: int) -> Estimate | None:
-        """Estimate ``key`` with the built step-time model."""
-        dep = Deployment(
-            get_model(key.model),
-            get_accelerator(self.accelerator),
-            key.precision,
-            key.kv_precision,
-            key.tp,
-            key.pp,
-            key.ep,
-        )
+        """Estimate ``key`` with the built step-time model (with attention ranks, one rank
+        of the group holding its share of the batch, :func:`roofline_estimate`'s way)."""
+        dep = key_deployment(key, self.accelerator)
         model = self.build(dep)
-        total = model.request_batch_s([self.prompt_tokens] * key.batch_size, output_tokens)
-        first = model.request_batch_s([self.prompt_tokens] * key.batch_size, 1)
+        b = rank_batch(key)
+        total = model.request_batch_s([self.prompt_tokens] * b, output_tokens)
+        first = model.request_batch_s([self.prompt_tokens] * b, 1)
         tpot = (total - first) / max(output_tokens - 1, 1)
-        plan = plan_memory(
-            dep,
-            max_num_seqs=key.batch_size,
-            max_num_batched_tokens=key.batch_size * self.prompt_tokens,
-        )
-        kv = plan.kv_bytes_per_token_per_gpu * key.batch_size * (self.prompt_tokens + output_tokens)
-        per_gpu = plan.weight_bytes_per_gpu + plan.activation_bytes + plan.overhead_bytes + kv
+        memory = replica_memory_gb(dep, b, self.prompt_tokens, output_tokens)
         return Estimate(
-            key,
-            output_tokens,
-            total - output_tokens * tpot,
-            tpot,
-            dep.num_gpus * per_gpu / 1e9,
-            "step-model",
+            key, output_tokens, total - output_tokens * tpot, tpot, memory, "step-model"
         )
 
 
@@ -225,6 +218,24 @@ def enumerate_configs(
                 for pp in range(1, min(req.max_pp, model.num_layers, num_gpus // tp) + 1):
                     key = ConfigKey(model.name, prec, kv, tp, pp, req.batch_size, ep)
                     out.append((key, acc))
+            for ranks in _dp_options(model, tp, num_gpus, req.batch_size):
+                key = ConfigKey(model.name, prec, kv, tp, 1, req.batch_size, tp * ranks, ranks)
+                out.append((key, acc))
+    return out
+
+
+def _dp_options(model: ModelArch, tp: int, num_gpus: int, batch_size: int) -> list[int]:
+    """Attention ranks of an MoE model at ``tp`` (one pipeline stage): powers of two from 2
+    whose ``ranks x tp`` GPUs fit the pool and spread the experts evenly (EP over all of
+    them, as vLLM's ``--enable-expert-parallel`` does), at most one rank per request of
+    the batch (a rank without a request only pads the group)."""
+    if not model.is_moe:
+        return []
+    out, ranks = [], 2
+    while ranks * tp <= num_gpus and ranks <= batch_size:
+        if model.num_experts % (ranks * tp) == 0:
+            out.append(ranks)
+        ranks *= 2
     return out
 
 
@@ -256,10 +267,14 @@ def replica_shape(model: ModelArch, est: Estimate) -> ReplicaShape:
     embed = model.vocab_size * model.hidden_size * (1 if model.tied_embeddings else 2)
     per_param = model.weight_bytes(key.precision) / (model.num_params_b * 1e9)
     layer_total_gb = (model.num_params_b * 1e9 - embed) / model.num_layers * per_param / 1e9
+    if key.attention_dp > 1:  # every rank holds the dense layers: the group, one stage
+        dense_share = 1.0 - model.param_groups()[0] / (model.num_params_b * 1e9 - embed)
+        layer_total_gb *= key.attention_dp * dense_share + (1.0 - dense_share)
     layers_gb = min(est.memory_gb, model.num_layers * layer_total_gb)
     fixed = (est.memory_gb - layers_gb) / est.num_gpus
+    stage = key.tp * key.attention_dp  # GPUs a stage spans (a group: every rank's)
     return ReplicaShape(
-        key.tp, key.pp, model.num_layers, fixed, layers_gb / model.num_layers / key.tp
+        stage, key.pp, model.num_layers, fixed, layers_gb / model.num_layers / stage
     )
 
 
