@@ -56,7 +56,6 @@ from sincere.engine.time_scale import TimeScaled, unscaled
 from sincere.perf.base import Batch
 from sincere.perf.execution import balance_iters
 from sincere.perf.lockstep import LockstepTiming
-from sincere.perf.speculation import SpeculativeStepModel
 
 WAITING_WEIGHT = 4
 """vLLM's data-parallel load balancing scores a rank ``4 × waiting + running``
@@ -102,11 +101,10 @@ class LockstepGroup(EngineBase):
         self._boundary: Seconds | None = None  # end of the group's iteration in flight
         self.busy_s = 0.0
         self.num_steps = 0
-        # the attention-DP balance (0: off) and its two counts of iterations
-        step = unscaled(self.ranks[0].step_model)
-        if isinstance(step, SpeculativeStepModel):  # the engine's execution model beneath
-            step = step.target
-        self._timeout, self._batching = balance_iters(step)
+        # the attention-DP balance (0: off) of the ranks' execution model, and its two
+        # counts of iterations
+        executed = timing.executed
+        self._timeout, self._batching = (0, 0) if executed is None else balance_iters(executed)
         self._waited = self._batched = 0
 
     # ----------------------------------------------------------------- Engine API

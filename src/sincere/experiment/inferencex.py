@@ -409,7 +409,7 @@ class PointSpec:
     tp: int
     pp: int
     ep: int
-    attention_dp: int  # attention ranks sharing the MoE group (one is simulated)
+    attention_dp: int  # attention ranks sharing the MoE group (all simulated colocated)
     clients: int  # closed-loop concurrency (of all the ranks)
     num_requests: int  # the run's requests, every one measured (the benchmark's means)
     engine_preset: str  # the backend's execution model
@@ -512,7 +512,7 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
     if isinstance(ep, Skip):
         return ep
     clients = point.clients
-    spec = PointSpec(
+    return PointSpec(
         point=point,
         catalog_model=model,
         accelerator=SYSTEM_ACCELERATORS[point.system],
@@ -522,10 +522,9 @@ def point_spec(point: OperatingPoint) -> PointSpec | Skip:
         ep=ep,
         attention_dp=dp,
         clients=clients,
-        num_requests=benchmark_prompts(clients // dp),
+        num_requests=benchmark_prompts(clients),  # an attention-DP group's too: in lockstep
         engine_preset=engine_preset(point.backend, point.backend_version),
     )
-    return replace(spec, num_requests=benchmark_prompts(clients)) if in_lockstep(spec) else spec
 
 
 def in_lockstep(spec: PointSpec) -> bool:
@@ -563,15 +562,14 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     if spec.pd is not None:
         return _pd_config(spec, spec.pd, seed)
     p = spec.point
-    rank_clients = spec.clients // spec.attention_dp  # one rank's share of the clients
     drafts = mtp_drafts(spec)
     together = in_lockstep(spec)  # the whole group, its ranks in lockstep
     engine: dict[str, Any] = {
         "kind": "continuous",
         "preset": spec.engine_preset,
         # a rank of a group takes the scripts' limit (vLLM's --max-num-seqs is each data-
-        # parallel engine's); one rank of a symmetric group sees only its share of clients
-        "max_num_seqs": max_num_seqs(spec) if together else min(rank_clients, max_num_seqs(spec)),
+        # parallel engine's); one engine sees no more sequences than the clients
+        "max_num_seqs": max_num_seqs(spec) if together else min(spec.clients, max_num_seqs(spec)),
         "max_num_batched_tokens": token_budget(spec),
         "enable_prefix_caching": False,
     }
@@ -584,7 +582,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         engine["speculation"] = {"method": "mtp", "num_draft_tokens": drafts}
     workload = {
         "num_requests": spec.num_requests,
-        "arrival": {"kind": "closed", "concurrency": spec.clients if together else rank_clients},
+        "arrival": {"kind": "closed", "concurrency": spec.clients},
         "lengths": {"prompt": _benchmark_length(p.isl), "output": _benchmark_length(p.osl)},
         "models": {spec.catalog_model: 1.0},
     }
