@@ -17,7 +17,14 @@ from sincere.serve.security.audit import AuditLog
 from sincere.serve.security.keys import KeyRecord, KeySpec, Prices
 from sincere.serve.security.keystore import KeyStore, LimitRefusal, Reservation
 from sincere.serve.security.metrics import TenantMetrics
-from sincere.serve.security.storage import FileStorage, SqliteStorage, Totals, open_storage
+from sincere.serve.security.storage import (
+    KEEP_BATCHES,
+    FileStorage,
+    SqliteStorage,
+    Totals,
+    Written,
+    open_storage,
+)
 
 NOW = 1_700_000_000.0
 PRICES = Prices.per_million(1.0, 2.0)
@@ -157,6 +164,91 @@ def test_failed_flush_keeps_usage_for_the_next(tmp_path: Path) -> None:
     assert store.flush() == 1
     store.close()
     assert KeyStore.open(tmp_path / "k.db").totals(record.key_id).num_requests == 1
+
+
+def test_a_batch_written_again_adds_only_what_it_grew_by(store_path: Path) -> None:
+    """A writer's batch is a running total: a survivor writes 5 requests of it, the writer
+    (stalled, not dead) settles 5 more into it and writes all 10: the store holds 10, once;
+    writing the batch again, or a view of it smaller in every figure, adds nothing."""
+    storage = open_storage(store_path)
+    part, whole = Totals(20.0, 5, 50, 20), Totals(40.0, 10, 100, 40)
+    first = storage.add_usage({"k1": part}, ("w", 1))
+    assert first["k1"].added == part and first["k1"].num_requests_after == 5
+    again = storage.add_usage({"k1": whole, "k2": Totals(4.0, 1, 10, 4)}, ("w", 1))
+    assert again["k1"].added == Totals(20.0, 5, 50, 20) and again["k1"].num_requests_after == 10
+    assert again["k2"].added == Totals(4.0, 1, 10, 4)
+    assert storage.add_usage({"k1": whole}, ("w", 1)) == {}
+    assert storage.add_usage({"k1": part}, ("w", 1)) == {}
+    assert storage.add_usage({"k1": part}, ("other", 1))["k1"].added == part  # its own batch
+    assert storage.usage("k1") == Totals(60.0, 15, 150, 60)
+    storage.close()
+    assert open_storage(store_path).usage("k1") == Totals(60.0, 15, 150, 60)
+
+
+def test_a_writers_batches_long_past_are_closed(store_path: Path) -> None:
+    """The store keeps the written totals of a writer's KEEP_BATCHES latest batches; a batch
+    older than that (or than what a store of the previous version recorded) adds nothing."""
+    storage = open_storage(store_path)
+    one = Totals(1.0, 1, 1, 1)
+    for batch in range(1, KEEP_BATCHES + 3):
+        assert storage.add_usage({"k": one}, ("w", batch))["k"].added == one
+    assert storage.add_usage({"k": one + one}, ("w", 2)) == {}  # closed: pruned
+    assert storage.add_usage({"k": one + one}, ("w", 3))["k"].added == one  # kept
+    assert storage.usage("k").num_requests == KEEP_BATCHES + 3
+    storage.close()
+    if store_path.suffix == ".db":  # a writer row of version-1 stores: its last batch written
+        with sqlite3.connect(store_path) as db:
+            db.execute("INSERT INTO writers VALUES ('old', 7)")
+    else:
+        doc = json.loads(store_path.read_text())
+        doc["writers"]["old"] = 7
+        store_path.write_text(json.dumps(doc))
+    storage = open_storage(store_path)
+    assert storage.add_usage({"k": one}, ("old", 7)) == {}
+    assert storage.add_usage({"k": one}, ("old", 8))["k"].added == one
+    storage.close()
+
+
+class _Ledger:
+    """What the usage writer tells a shared ledger: each batch written, by number."""
+
+    process_id = "p"
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, dict[str, float]]] = []
+
+    def wrote(self, written: dict[str, Written], batch: int) -> None:
+        self.batches.append((batch, {k: w.added.spent_usd for k, w in written.items()}))
+
+
+def test_a_failed_batch_is_written_again_under_its_own_number(tmp_path: Path) -> None:
+    """Batch 1's write fails; usage settled after goes in batch 2; the next flush writes
+    batch 1 then batch 2, each under its own number (a survivor may have written batch 1
+    from Redis's mirror: a batch must stay the same usage to be added once)."""
+    store, record, _ = _settled_once(tmp_path / "k.db")
+    ledger = _Ledger()
+    store.writer.ledger = ledger  # type: ignore[assignment]
+    real = store.storage.add_usage
+
+    def broken(deltas: object, writer: object = None) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    store.storage.add_usage = broken  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        store.flush()
+    usd = store.totals(record.key_id).spent_usd
+    assert store.writer.unwritten_usd(record.key_id) == pytest.approx(usd)
+    res = store.admit(record, 10, 10, PRICES, NOW)
+    assert isinstance(res, Reservation)
+    store.settle(res, 10, 10, PRICES)
+    assert store.writer.batch == 2
+    store.storage.add_usage = real  # type: ignore[method-assign]
+    assert store.flush() == 2
+    assert [b for b, _ in ledger.batches] == [1, 2]
+    assert ledger.batches[0][1][record.key_id] == pytest.approx(usd)
+    assert store.writer.unwritten_usd(record.key_id) == 0.0
+    store.close()
+    assert KeyStore.open(tmp_path / "k.db").totals(record.key_id).num_requests == 2
 
 
 def test_flush_async_writes_off_the_loop(tmp_path: Path) -> None:

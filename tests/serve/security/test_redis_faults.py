@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,6 +300,79 @@ def test_a_silent_process_usage_is_written_by_a_survivor_once(
         assert await serve(a, record) == 1
         await a.flush_async()
         assert books(a, shared, record) == (4 * COST, 4 * COST)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_survivor_whose_key_store_refuses_keeps_renewing_its_leases(
+    two: tuple[KeyStore, KeyStore],
+) -> None:
+    """A settles 1 of a 3-answer budget and falls silent; B holds 1 while its key store
+    refuses writes (locked) for three leases: B's upkeep goes on -- its reservation stays
+    held (exactly 1 more is served, not 2) -- and once the store takes writes again B
+    writes A's usage: 3 answers, counted once in both books."""
+    a, b = two
+    record = make_key(a, b, 3)
+
+    async def main() -> None:
+        await tick(a, b)
+        assert await serve(a, record) == 1  # A falls silent with it unwritten
+        held = await admit(b, record)
+        assert isinstance(held, Reservation)
+        real = b.storage.add_usage
+
+        def locked(*args: object) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        b.storage.add_usage = locked  # type: ignore[method-assign]
+        deadline = time.monotonic() + 3 * LEASE_S
+        while time.monotonic() < deadline:
+            await tick(b)
+            await asyncio.sleep(RENEW_S)
+        assert await race(b, b, record, 3) == 1  # B's reservation was renewed all along
+        b.storage.add_usage = real  # type: ignore[method-assign]
+        shared = a.shared
+        assert shared is not None
+        deadline = time.monotonic() + 10 * LEASE_S
+        while time.monotonic() < deadline and books(b, shared, record)[0] < COST:
+            await tick(b)
+            await asyncio.sleep(RENEW_S)
+        await b.settle_async(held, 0, 4, PRICES)
+        await b.flush_async()
+        assert books(b, shared, record) == (3 * COST, 3 * COST)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_key_whose_spend_cannot_be_read_does_not_stop_the_others_upkeep(
+    two: tuple[KeyStore, KeyStore], redis_server: RedisServer
+) -> None:
+    """B holds one answer on each of two keys (budgets for 2) when Redis loses its books,
+    and the key store cannot read the first key's spend: B rejoins the second key's books
+    all the same (its reservation registered again), so A gets exactly 1 answer on it."""
+    a, b = two
+    _, one = a.create(KeySpec(name="one", budget_usd=2 * COST), actor="t", now=0.0)
+    _, two_ = a.create(KeySpec(name="two", budget_usd=2 * COST), actor="t", now=0.0)
+    b.refresh()
+    first, second = sorted([one, two_], key=lambda r: r.key_id)  # upkeep goes in id order
+
+    async def main() -> None:
+        held = [await admit(b, first), await admit(b, second)]
+        assert all(isinstance(r, Reservation) for r in held)
+        real = b.storage.usage
+
+        def unreadable(key_id: str) -> object:
+            if key_id == first.key_id:
+                raise sqlite3.OperationalError("database is locked")
+            return real(key_id)
+
+        b.storage.usage = unreadable  # type: ignore[method-assign]
+        redis_server.client().flushall()
+        deadline = time.monotonic() + 6 * RENEW_S  # past the rebuild's grace
+        while time.monotonic() < deadline:
+            await tick(b)
+            await asyncio.sleep(RENEW_S)
+        assert await race(a, a, second, 3) == 1  # B's reservation on it is back in the books
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

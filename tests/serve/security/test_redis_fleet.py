@@ -237,3 +237,56 @@ def test_budget_held_by_a_killed_gateway_is_released_when_its_leases_run_out(
             stop_group(b, signal.SIGTERM, tmp_path / "b.log")
     assert at_once.count(200) == 1 and at_once.count(429) == 4, at_once
     assert later.count(200) == 4 and later.count(429) == 6, later
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("end", ["killed", "stopped"])
+def test_a_gateway_stalled_past_its_lease_loses_no_spend(
+    tmp_path: Path, redis_url: str, end: str
+) -> None:
+    """Gateway A (flushing every 30 s) serves 5 requests and stalls (SIGSTOP) past its
+    lease: B takes it for dead and writes its mirrored usage. A resumes, serves 5 more
+    into the same flush batch, and is then killed (B writes the batch again: only what it
+    grew by) or stopped (A writes the whole batch itself: only what B had not): the key
+    store and Redis both hold all 10 requests, once."""
+    keys = tmp_path / "keys.db"
+    tokens = make_keys(keys, spend=KeySpec(name="spend", budget_usd=1000.0))
+    with upstream_thread() as upstream:
+        a, url_a = gateway_process(tmp_path, "a", upstream, keys, redis_url, 30.0)
+        b, _ = gateway_process(tmp_path, "b", upstream, keys, redis_url, 0.1)
+        try:
+            before = asyncio.run(race([url_a], tokens["spend"], 5))
+            time.sleep(1.0)  # A's settlements reach Redis (and its mirror)
+            os.killpg(a.pid, signal.SIGSTOP)
+            wait_written(keys, "spend", 20.0, LEASE_S + 20)  # B took A for dead
+            stalled = read_spend(keys, "spend")
+            os.killpg(a.pid, signal.SIGCONT)
+            after = asyncio.run(race([url_a], tokens["spend"], 5))
+            time.sleep(1.0)
+            stop_group(a, signal.SIGKILL if end == "killed" else signal.SIGTERM, tmp_path / "a.log")
+            wait_written(keys, "spend", 40.0, LEASE_S + 20)
+            time.sleep(2 * LEASE_S)  # anything written twice would show by now
+        finally:
+            stop_group(a, signal.SIGKILL)
+            stop_group(b, signal.SIGTERM, tmp_path / "b.log")
+    assert before == after == [200] * 5, refused
+    assert stalled == 20.0
+    store, shared = KeyStore.open(keys), RedisState(redis_url)
+    try:
+        (record,) = store.records()
+        assert store.totals(record.key_id).spent_usd == 40.0
+        assert store.totals(record.key_id).num_requests == 10
+        assert shared.spent_usd(record.key_id) == pytest.approx(40.0)
+    finally:
+        store.close()
+        shared.close()
+
+
+def read_spend(keys: Path, name: str) -> float:
+    """The spend the key store records now for key ``name``."""
+    storage = open_storage(keys)
+    try:
+        (record,) = [r for r in storage.load()[0] if r.name == name]
+        return storage.usage(record.key_id).spent_usd
+    finally:
+        storage.close()

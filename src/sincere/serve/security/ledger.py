@@ -64,7 +64,7 @@ from sincere.serve.security.shared import (
     Refused,
     StateUnavailableError,
 )
-from sincere.serve.security.storage import KeyStorage, Totals
+from sincere.serve.security.storage import KeyStorage, Totals, Written
 
 MEMORY_S = 120.0  # a key touched this recently counts as this process's (synced on rebuild)
 REBUILD = ("no-instance", "new-instance", "regressed", "unseeded")
@@ -234,15 +234,14 @@ class SharedLedger:
             self._clock = max(self._clock, int(clock or 0))
             self._synced -= {i.key_id for i, v in zip(items, verdicts, strict=True) if v == "u"}
 
-    def wrote(self, deltas: Mapping[str, Totals], after: Mapping[str, int], batch: int) -> None:
-        """The key store wrote ``deltas`` as ``batch``; ``after``: each key's request count
-        right after (empty: the batch had been written already, by a survivor)."""
+    def wrote(self, written: Mapping[str, Written], batch: int) -> None:
+        """The key store wrote ``batch``: per key what it added (nothing for what a
+        survivor had written of it already) and the key's request count right after."""
         self.mirror.wrote(batch)
         at = time.monotonic()
         with self._written_lock:
-            for key_id, delta in deltas.items():
-                if key_id in after:
-                    self._written.append((key_id, after[key_id], delta.spent_usd, at))
+            for key_id, w in written.items():
+                self._written.append((key_id, w.num_requests_after, w.added.spent_usd, at))
             while self._written and self._written[0][3] < at - MEMORY_S:
                 self._written.popleft()
 
@@ -342,26 +341,35 @@ class SharedLedger:
 
     # ------------------------------------------------------------ background
     async def maintain(self, now: float) -> None:
-        """Check the instance, sync or renew every key in use, retry failed settlements.
+        """Check the instance, sync or renew every key in use, beat the heartbeat (and
+        write the usage of processes gone silent), retry failed settlements.
 
         Run every ``renew_s`` by the gateway; raises :class:`StateUnavailableError` when
-        Redis cannot be reached (the next round tries again).
+        Redis cannot be reached (the next round tries again). Leases are renewed first,
+        and a key that cannot be synced (its spend unreadable in the key store) does not
+        keep the others' from being renewed: its error is raised once the round is done.
         """
         await self.check_instance(now)
-        if self._token is not None:
-            await self.mirror.round(self._token, now)
         horizon = time.monotonic() - MEMORY_S
         self._touched = {k: t for k, t in self._touched.items() if t >= horizon}
         keys = set(self._touched) | {k for k, _ in self._held.values()}
+        failed: StateUnavailableError | None = None
         for key_id in sorted(keys):
-            if key_id not in self._synced:
-                await self._sync(key_id, now)
-            elif any(k == key_id for k, _ in self._held.values()):
-                await self._renew(key_id, now)
+            try:
+                if key_id not in self._synced:
+                    await self._sync(key_id, now)
+                elif any(k == key_id for k, _ in self._held.values()):
+                    await self._renew(key_id, now)
+            except StateUnavailableError as exc:
+                failed = failed or exc
+        if self._token is not None:
+            await self.mirror.round(self._token, now)
         await self.flush()
         backlog, self._backlog = self._backlog, []
         for item in backlog:
             await self.send(item)
+        if failed is not None:
+            raise failed
 
     async def _renew(self, key_id: str, now: float) -> None:
         token = self._token

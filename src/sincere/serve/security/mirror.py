@@ -6,20 +6,26 @@ heartbeat every ``renew_s`` (:meth:`Mirror.round`). One silent for ``lease_s`` (
 or stalled that long) is taken for dead by a process that has itself beaten without a gap
 for ``lease_s`` -- so that after a Redis stall, when every heartbeat looks old, no one
 judges before the others had time to beat again. The survivor writes the dead one's
-mirror to the key store batch by batch, each under the dead writer's name and number:
-the key store keeps each writer's last batch and skips one written already, so a batch
-is written once, by its process or by a survivor (a process only stalled finds its batch
-written and skips it; what Redis had not applied of that batch is then missing).
+mirror to the key store batch by batch, each under the dead writer's name and number,
+and leaves the mirror in Redis (for :data:`~.settlements.GONE_KEEP_S`): a batch is a
+running total, and the key store adds of it only what it grew by since it was last
+written (:meth:`~.storage.KeyStorage.add_usage`), so a process only stalled, not killed,
+that settles more into the same batch and writes it itself (or is killed and judged dead
+again) adds what the survivor did not write, and nothing twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
-from sincere.serve.security.shared import RedisState
+from sincere.serve.security.settlements import GONE_KEEP_S
+from sincere.serve.security.shared import RedisState, StateUnavailableError
 from sincere.serve.security.storage import KeyStorage, Totals
+
+log = logging.getLogger("sincere.serve.security.mirror")
 
 
 class Mirror:
@@ -52,13 +58,27 @@ class Mirror:
         dead = await st.call_raw("writers", [procs, procs], beat)
         for raw in dead:
             gone = raw.decode() if isinstance(raw, bytes) else str(raw)
-            mirror = st.key(token, "w", gone)
-            fields = await st.call_raw("writers", [procs, mirror], ["read"])
-            for batch, deltas in sorted(_batches(fields).items()):
-                await asyncio.to_thread(self.storage.add_usage, deltas, (gone, batch))
-            await st.call_raw("writers", [procs, mirror], ["forget", gone])
+            try:
+                await self._write_for(token, gone)
+            except StateUnavailableError:
+                raise  # Redis is gone: nothing else of this round can be done either
+            except Exception as exc:  # the key store refused: claimed for a lease, then again
+                log.warning(
+                    "could not write the unwritten usage of gateway process %s (silent past "
+                    "its lease) to the key store, tried again in %.1f s: %s",
+                    gone, st.lease_s, exc,
+                )  # fmt: skip
         mine = st.key(token, "w", self.process_id)
         await st.call_raw("writers", [procs, mine], ["trim", self._last_batch])
+
+    async def _write_for(self, token: str, gone: str) -> None:
+        """Write the mirror of process ``gone`` to the key store, batch by batch."""
+        st = self.state
+        procs, mirror = st.key(token, "procs", "all"), st.key(token, "w", gone)
+        fields = await st.call_raw("writers", [procs, mirror], ["read"])
+        for batch, deltas in sorted(_batches(fields).items()):
+            await asyncio.to_thread(self.storage.add_usage, deltas, (gone, batch))
+        await st.call_raw("writers", [procs, mirror], ["forget", gone, int(GONE_KEEP_S)])
 
 
 def _batches(fields: list[Any]) -> dict[int, dict[str, Totals]]:

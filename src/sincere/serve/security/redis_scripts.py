@@ -307,7 +307,8 @@ return {'ok', '', ''}
 #         process ids (heartbeat expired before now), now claimed until "claim until"
 #   read: -> the mirror's fields and values
 #   trim: last batch written -> (fields of batches up to it removed)
-#   forget: process id -> (its mirror and heartbeat removed)
+#   forget: process id, keep_s -> (its heartbeat removed; its mirror kept keep_s: should
+#           the process come back and settle more into a batch, that batch stays whole)
 WRITERS = """
 local what = ARGV[1]
 if what == 'beat' then
@@ -326,7 +327,7 @@ elseif what == 'trim' then
   end
   return {}
 end
-redis.call('DEL', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[1], ARGV[2])
 return {}
 """

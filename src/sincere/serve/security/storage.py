@@ -6,6 +6,14 @@ tokens). Usage is only ever *added to* (``add_usage`` takes deltas), so two
 processes writing the same store (the gateway flushing spend, ``sincere keys``
 creating or revoking a key) never overwrite each other's figures.
 
+A gateway sharing books in Redis writes each flush as a numbered *batch* of its own,
+and a survivor may write a killed (or stalled) gateway's batch from Redis's mirror of
+it: a batch is a running total, written by either, and the store keeps what each of a
+writer's recent :data:`KEEP_BATCHES` batches has added per key, so a batch written again
+adds only what it grew by since (never twice, and a stalled gateway's batch that kept
+growing after a survivor wrote part of it is not lost). Batches older than those are
+closed: written again, they add nothing.
+
 * :class:`SqliteStorage` (``*.db``, ``*.sqlite``, ``*.sqlite3``): WAL journal,
   ``synchronous=NORMAL`` (a committed transaction survives a process crash; a power
   loss may lose the last ones), a 5 s busy timeout for writers in other processes, one
@@ -37,6 +45,7 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 FILE_SUFFIXES = (".json",)
 FORMAT = "sincere-keys"
 VERSION = 1
+KEEP_BATCHES = 16  # a writer's latest batches whose written totals are kept, per key
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,34 @@ class Totals:
             self.num_prompt_tokens + other.num_prompt_tokens,
             self.num_completion_tokens + other.num_completion_tokens,
         )
+
+    def excess(self, written: Totals) -> Totals:
+        """What this running total has beyond ``written`` (an earlier view of it), per
+        figure, never negative: the part of a batch not written yet. Spend differing by
+        rounding alone (the same costs summed in another order) adds nothing."""
+        usd = self.spent_usd - written.spent_usd
+        return Totals(
+            usd if usd > 1e-9 * max(1.0, abs(self.spent_usd)) else 0.0,
+            max(self.num_requests - written.num_requests, 0),
+            max(self.num_prompt_tokens - written.num_prompt_tokens, 0),
+            max(self.num_completion_tokens - written.num_completion_tokens, 0),
+        )
+
+    def most(self, other: Totals) -> Totals:
+        """The larger of each figure (a batch's written total after writing ``other``)."""
+        return Totals(
+            max(self.spent_usd, other.spent_usd),
+            max(self.num_requests, other.num_requests),
+            max(self.num_prompt_tokens, other.num_prompt_tokens),
+            max(self.num_completion_tokens, other.num_completion_tokens),
+        )
+
+    def is_zero(self) -> bool:
+        """No usage at all."""
+        return not (
+            self.spent_usd or self.num_requests or self.num_prompt_tokens
+            or self.num_completion_tokens
+        )  # fmt: skip
 
 
 class KeyStorage(Protocol):
@@ -80,17 +117,27 @@ class KeyStorage(Protocol):
 
     def add_usage(
         self, deltas: Mapping[str, Totals], writer: tuple[str, int] | None = None
-    ) -> dict[str, int]:
-        """Add each delta to its key's totals, in one transaction; each key's request
-        count right after it (so a reader can tell whether it saw this write).
+    ) -> dict[str, Written]:
+        """Add each delta to its key's totals, in one transaction; per key what was added
+        and its request count right after (so a reader can tell whether it saw this write).
 
-        ``writer``: (writer id, batch number): the batch is added only if that writer's
-        last batch written is lower, and becomes it -- writing a batch twice (its writer
-        and a survivor writing for it) adds it once; ``{}`` when it was already written.
+        ``writer``: (writer id, batch number): ``deltas`` are that batch's running totals,
+        and each key gets only what they exceed the batch's totals written before (by its
+        writer or a survivor writing for it); keys that add nothing are left out (``{}``:
+        the batch was written already). A batch :data:`KEEP_BATCHES` or more below the
+        writer's latest adds nothing.
         """
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What :meth:`KeyStorage.add_usage` added to one key, and its request count after."""
+
+    added: Totals
+    num_requests_after: int
 
 
 def open_storage(path: str | Path) -> KeyStorage:
@@ -194,7 +241,13 @@ CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT PRIMARY KEY, spent_usd REAL NOT NULL, num_requests INTEGER NOT NULL,
     num_prompt_tokens INTEGER NOT NULL, num_completion_tokens INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS writers (writer_id TEXT PRIMARY KEY, last_batch INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    writer_id TEXT NOT NULL, batch INTEGER NOT NULL, key_id TEXT NOT NULL,
+    spent_usd REAL NOT NULL, num_requests INTEGER NOT NULL, num_prompt_tokens INTEGER NOT NULL,
+    num_completion_tokens INTEGER NOT NULL, PRIMARY KEY (writer_id, batch, key_id));
 """
+# writers.last_batch: the writer's batches up to it are closed (add nothing); batches: what
+# each of its later batches has written, per key (pruned to KEEP_BATCHES)
 
 
 class SqliteStorage:
@@ -260,16 +313,15 @@ class SqliteStorage:
 
     def add_usage(
         self, deltas: Mapping[str, Totals], writer: tuple[str, int] | None = None
-    ) -> dict[str, int]:
-        if not deltas:
-            return {}
-        rows = [
-            (k, d.spent_usd, d.num_requests, d.num_prompt_tokens, d.num_completion_tokens)
-            for k, d in deltas.items()
-        ]
+    ) -> dict[str, Written]:
         with self._lock, self._db:
-            if writer is not None and not self._fence(*writer):
+            added = dict(deltas) if writer is None else self._batch(deltas, *writer)
+            if not added:
                 return {}
+            rows = [
+                (k, d.spent_usd, d.num_requests, d.num_prompt_tokens, d.num_completion_tokens)
+                for k, d in added.items()
+            ]
             self._db.executemany(
                 "INSERT INTO usage VALUES (?, ?, ?, ?, ?) ON CONFLICT(key_id) DO UPDATE SET "
                 "spent_usd = spent_usd + excluded.spent_usd, "
@@ -278,25 +330,49 @@ class SqliteStorage:
                 "num_completion_tokens = num_completion_tokens + excluded.num_completion_tokens",
                 rows,
             )
-            marks = ", ".join("?" for _ in deltas)
+            marks = ", ".join("?" for _ in added)
             counts = self._db.execute(
-                f"SELECT key_id, num_requests FROM usage WHERE key_id IN ({marks})", list(deltas)
+                f"SELECT key_id, num_requests FROM usage WHERE key_id IN ({marks})", list(added)
             ).fetchall()
-        return {str(k): int(n) for k, n in counts}
+        return {str(k): Written(added[str(k)], int(n)) for k, n in counts}
 
-    def _fence(self, writer_id: str, batch: int) -> bool:
-        """Within a transaction: record ``batch`` as the writer's last; False if it was."""
+    def _batch(self, totals: Mapping[str, Totals], writer_id: str, batch: int) -> dict[str, Totals]:
+        """Within a transaction: what batch ``batch``'s running ``totals`` add beyond its
+        totals written before, those recorded as written now (see the module)."""
         row = self._db.execute(
             "SELECT last_batch FROM writers WHERE writer_id=?", (writer_id,)
         ).fetchone()
-        if row is not None and int(row[0]) >= batch:
-            return False
-        self._db.execute(
-            "INSERT INTO writers VALUES (?, ?) ON CONFLICT(writer_id) DO UPDATE SET "
-            "last_batch = excluded.last_batch",
-            (writer_id, batch),
-        )
-        return True
+        closed = 0 if row is None else int(row[0])
+        if batch <= closed:
+            return {}
+        before = {
+            str(r[0]): Totals(*tuple(r)[1:])
+            for r in self._db.execute(
+                "SELECT key_id, spent_usd, num_requests, num_prompt_tokens, "
+                "num_completion_tokens FROM batches WHERE writer_id=? AND batch=?",
+                (writer_id, batch),
+            )
+        }
+        added, written = batch_excess(totals, before)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (writer_id, batch, k, t.spent_usd, t.num_requests, t.num_prompt_tokens,
+                 t.num_completion_tokens)
+                for k, t in written.items()
+            ],
+        )  # fmt: skip
+        if batch - KEEP_BATCHES > closed:
+            closed = batch - KEEP_BATCHES
+            self._db.execute(
+                "DELETE FROM batches WHERE writer_id=? AND batch<=?", (writer_id, closed)
+            )
+            self._db.execute(
+                "INSERT INTO writers VALUES (?, ?) ON CONFLICT(writer_id) DO UPDATE SET "
+                "last_batch = excluded.last_batch",
+                (writer_id, closed),
+            )
+        return added
 
     def close(self) -> None:
         with self._lock:
@@ -346,7 +422,7 @@ class FileStorage:
     def _write(self, doc: dict[str, Any]) -> None:
         doc = {
             "format": FORMAT, "version": VERSION, "keys": doc["keys"], "usage": doc["usage"],
-            "writers": doc.get("writers", {}),
+            "writers": doc.get("writers", {}), "batches": doc.get("batches", {}),
         }  # fmt: skip
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -387,18 +463,15 @@ class FileStorage:
 
     def add_usage(
         self, deltas: Mapping[str, Totals], writer: tuple[str, int] | None = None
-    ) -> dict[str, int]:
+    ) -> dict[str, Written]:
         with self._locked():
             doc = self._read()
-            writers = doc.setdefault("writers", {})
-            if writer is not None:
-                if writers.get(writer[0], 0) >= writer[1]:
-                    return {}
-                writers[writer[0]] = writer[1]
+            added = dict(deltas) if writer is None else _file_batch(doc, deltas, *writer)
+            if not added:
+                return {}
             usage = doc["usage"]
-            for key_id, delta in deltas.items():
-                old = Totals(*usage.get(key_id, ()))
-                new = old + delta
+            for key_id, delta in added.items():
+                new = Totals(*usage.get(key_id, ())) + delta
                 usage[key_id] = [
                     new.spent_usd,
                     new.num_requests,
@@ -406,7 +479,44 @@ class FileStorage:
                     new.num_completion_tokens,
                 ]
             self._write(doc)
-        return {k: int(usage[k][1]) for k in deltas}
+        return {k: Written(d, int(usage[k][1])) for k, d in added.items()}
 
     def close(self) -> None:
         """Nothing stays open between calls."""
+
+
+def batch_excess(
+    totals: Mapping[str, Totals], before: Mapping[str, Totals]
+) -> tuple[dict[str, Totals], dict[str, Totals]]:
+    """A batch's running ``totals`` against its totals written ``before``: what to add
+    (keys adding nothing left out) and the batch's written totals after."""
+    added, written = {}, {}
+    for key_id, total in totals.items():
+        old = before.get(key_id, Totals())
+        excess = total.excess(old)
+        if not excess.is_zero():
+            added[key_id] = excess
+            written[key_id] = total.most(old)
+    return added, written
+
+
+def _file_batch(
+    doc: dict[str, Any], totals: Mapping[str, Totals], writer_id: str, batch: int
+) -> dict[str, Totals]:
+    """:meth:`SqliteStorage._batch` on a keys file's document (changed in place):
+    ``writers`` (id -> last closed batch), ``batches`` (id -> batch -> key -> totals)."""
+    closed = int(doc.setdefault("writers", {}).get(writer_id, 0))
+    if batch <= closed:
+        return {}
+    mine = doc.setdefault("batches", {}).setdefault(writer_id, {})
+    before = {k: Totals(*v) for k, v in mine.get(str(batch), {}).items()}
+    added, written = batch_excess(totals, before)
+    row = mine.setdefault(str(batch), {})
+    for key_id, t in written.items():
+        row[key_id] = [t.spent_usd, t.num_requests, t.num_prompt_tokens, t.num_completion_tokens]
+    if batch - KEEP_BATCHES > closed:
+        closed = batch - KEEP_BATCHES
+        doc["writers"][writer_id] = closed
+        for old in [b for b in mine if int(b) <= closed]:
+            del mine[old]
+    return added
