@@ -14,11 +14,18 @@ from typer.testing import CliRunner
 import sincere.cli.plan  # noqa: F401  (registers the command)
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
+from sincere.optimize import simsize
 from sincere.optimize.derive import derive_model_data, grouped
 from sincere.optimize.manifests import ManifestOptions, colocated_pool, manifests
-from sincere.optimize.pd_check import check, colocated_sim_config, pd_sim_config
-from sincere.optimize.pd_input import ColocatedPlan, compare, load_plan_input
+from sincere.optimize.pd_check import (
+    check,
+    colocated_sim_config,
+    group_replica,
+    pd_sim_config,
+)
+from sincere.optimize.pd_input import ColocatedPlan, compare, load_plan_input, plan_colocated
 from sincere.optimize.pd_plan import Candidate, PDLoad, PDTargets, deployment, plan_pd
+from sincere.optimize.simsize import GroupJob, SimSettings
 from sincere.perf.factory import StepModelConfig
 from sincere.sim.config import KvLinkConfig
 
@@ -160,6 +167,38 @@ def test_colocated_ranks_step_together_where_the_step_model_can_price_it() -> No
     linear = load_plan_input({**yaml.safe_load(WIDE.read_text()), "step_model": LINEAR_BLOCK})
     (ranks,) = colocated_sim_config(linear, plan, num_requests=10)["instances"]
     assert ranks["count"] == 8 and "dp_ranks" not in ranks["engine"]
+
+
+def test_simulated_sizing_runs_a_group_of_ranks_as_the_group() -> None:
+    """``--sizing simulate`` searches a group's capacity on the group stepping together
+    (one rank's prefill holds the others' decodes), not on its fitted lines: the plan it
+    sizes passes the same lockstep check it is verified with; a candidate the step model
+    cannot split keeps the fitted lines."""
+    raw = yaml.safe_load(WIDE.read_text())
+    inp = load_plan_input({**raw, "candidates": raw["candidates"][2:]})  # the two DP shapes
+    seen: list[object] = []
+    real = simsize.capacities
+
+    def spy(jobs, starts, settings):  # type: ignore[no-untyped-def]
+        seen.extend(jobs)
+        return real(jobs, starts, settings)
+
+    settings = SimSettings(num_requests=150, lengths=None, min_attainment=0.0, cache_dir=None)
+    simsize.capacities = spy  # type: ignore[assignment]
+    try:
+        plan = plan_colocated(inp, sizing="simulate", settings=settings)
+    finally:
+        simsize.capacities = real  # type: ignore[assignment]
+    assert seen and all(isinstance(j, GroupJob) for j in seen)
+    assert {j.instance["attention_dp"] for j in seen} == {4, 8}  # type: ignore[union-attr]
+    assert all(j.instance["engine"]["dp_ranks"] == "lockstep" for j in seen)  # type: ignore[union-attr]
+    assert plan is not None
+    sim = check(inp, colocated_sim_config(inp, plan, num_requests=150))
+    assert sim.finished == 1.0 and sim.meets(inp), sim
+    cand = Candidate("H200", 1, ep=8, attention_dp=8)
+    assert group_replica(inp, cand, 64)["engine"]["max_num_seqs"] == 8  # type: ignore[index]
+    linear = load_plan_input({**raw, "step_model": LINEAR_BLOCK})
+    assert group_replica(linear, cand, 64) is None
 
 
 def test_cli_prints_the_shape_and_writes_it(tmp_path: Path) -> None:

@@ -149,15 +149,8 @@ def colocated_sim_config(
     of attention ranks runs as its ranks stepping together (a prefill on one rank holds the
     others' decodes, which the plan's even ranks do not show) when the step model can
     price such a group (the roofline, :func:`steps_together`), else as symmetric ranks."""
-    budget = max(DEFAULT_ENGINE_TOKENS, (inp.load.prompt_tokens or 0) + plan.batch)
-    engine: dict[str, Any] = {"kind": "continuous", "scheduler": "fcfs"}
-    engine["max_num_seqs"] = plan.batch
-    engine["max_num_batched_tokens"] = budget
-    if inp.speculation is not None:  # the replicas speculate as planned
-        engine["speculation"] = inp.speculation.model_dump(mode="json", exclude_none=True)
     together = steps_together(inp, plan.candidate)
-    if together:
-        engine["dp_ranks"] = "lockstep"
+    engine = _colocated_engine(inp, plan.batch, together)
     inst = _instance(inp, plan.candidate, plan.count, together)
     return {
         "seed": seed,
@@ -165,6 +158,30 @@ def colocated_sim_config(
         "instances": [{"name": "colocated", **inst, "engine": engine}],
         "router": {"name": "least-outstanding"},
     }
+
+
+def _colocated_engine(inp: PlanInput, batch: int, together: bool) -> dict[str, Any]:
+    """A colocated replica's engine: ``max_num_seqs`` = ``batch`` (each rank's), a token
+    budget holding a whole prompt beside the batch's decodes, ranks stepping together."""
+    budget = max(DEFAULT_ENGINE_TOKENS, (inp.load.prompt_tokens or 0) + batch)
+    engine: dict[str, Any] = {"kind": "continuous", "scheduler": "fcfs"}
+    engine["max_num_seqs"] = batch
+    engine["max_num_batched_tokens"] = budget
+    if inp.speculation is not None:  # the replicas speculate as planned
+        engine["speculation"] = inp.speculation.model_dump(mode="json", exclude_none=True)
+    if together:
+        engine["dp_ranks"] = "lockstep"
+    return engine
+
+
+def group_replica(inp: PlanInput, cand: Candidate, max_batch: int) -> dict[str, Any] | None:
+    """One colocated replica of ``cand`` as the simulated capacity search runs it when its
+    attention ranks step together (:func:`steps_together`; else ``None``: its fitted lines
+    are simulated): the group holding ``max_batch`` requests, each rank its share."""
+    if not steps_together(inp, cand):
+        return None
+    engine = _colocated_engine(inp, max(1, max_batch // cand.attention_dp), True)
+    return {"name": "colocated", **_instance(inp, cand, 1, True), "engine": engine}
 
 
 def check(inp: PlanInput, config: dict[str, Any]) -> SimCheck:

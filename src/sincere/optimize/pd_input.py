@@ -34,6 +34,7 @@ from sincere.catalog import get_model
 from sincere.core.config import read_yaml, validate_config
 from sincere.core.errors import ConfigError
 from sincere.engine.speculation import SpeculationConfig
+from sincere.optimize.candidates import CandidateRow
 from sincere.optimize.data import (
     AcceleratorSpec,
     CurrentAlloc,
@@ -317,7 +318,9 @@ def plan_colocated(
 
     ``sizing="simulate"`` sizes replicas by :func:`~sincere.optimize.simsize.
     simulated_sizer` with ``settings`` (default: 400 requests, the load's lengths, the
-    SLOs held on means -- no attainment floor -- as the xPyD plan holds them).
+    SLOs held on means -- no attainment floor -- as the xPyD plan holds them); a replica
+    of attention ranks that step together (:func:`~sincere.optimize.pd_check.
+    steps_together`) is simulated as that group, not on its fitted lines.
     """
     if sizing not in COLOCATED_SIZINGS:
         raise ConfigError("unknown colocated sizing", value=sizing, allowed=COLOCATED_SIZINGS)
@@ -334,8 +337,14 @@ def plan_colocated(
         return None
     sizer = None
     if sizing == "simulate":
+        from sincere.optimize.pd_check import group_replica  # it builds on this module
+
         sim = settings or SimSettings(lengths=inp.load.lengths, min_attainment=0.0)
-        sizer = simulated_sizer(sim)
+
+        def group(problem: Problem, row: CandidateRow) -> dict[str, Any] | None:
+            return group_replica(inp, shapes[row[1]], row[2].max_batch)
+
+        sizer = simulated_sizer(sim, groups=group)
     alloc = solve(problem, sizer=sizer).allocations[0]
     if alloc.accelerator is None or alloc.saturated:
         return None

@@ -32,7 +32,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,7 +158,63 @@ class ReplicaJob:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def simulate_replica(job: ReplicaJob, rate_per_s: float) -> SimOutcome:
+@dataclass(frozen=True, slots=True)
+class GroupJob:
+    """A replica simulated as deployed rather than on fitted lines: an instance of attention
+    ranks stepping together (``instance``: its entry of a simulation config, the step model
+    and engine included), as :func:`sincere.optimize.pd_check.group_replica` builds it.
+    Its lines cannot say that one rank's prefill holds the other ranks' decodes."""
+
+    instance: Mapping[str, Any]
+    model: str
+    in_tokens: int
+    out_tokens: int
+    targets: Targets
+    num_requests: int
+    seeds: tuple[int, ...]
+    lengths: Mapping[str, Any] | None
+    min_attainment: float = 0.0
+
+    def passes(self, outcome: SimOutcome) -> bool:
+        """Whether ``outcome`` meets this job's targets and attainment."""
+        return outcome.meets(self.targets, self.min_attainment)
+
+    def config(self, rate_per_s: float, seed: int) -> dict[str, Any]:
+        """The simulation config of this replica at ``rate_per_s``."""
+        lengths: dict[str, Any] = dict(self.lengths) if self.lengths is not None else {
+            "kind": "independent",
+            "prompt": {"kind": "fixed", "tokens": self.in_tokens},
+            "output": {"kind": "fixed", "tokens": self.out_tokens},
+        }  # fmt: skip
+        workload = {
+            "num_requests": self.num_requests,
+            "arrival": {"kind": "poisson", "rate": rate_per_s},
+            "lengths": lengths,
+            "models": {self.model: 1.0},
+        }
+        return {"seed": seed, "workload": workload, "instances": [dict(self.instance)]}
+
+    def key(self, extra: Mapping[str, Any]) -> str:
+        """A stable hash of the job and ``extra`` search settings."""
+        raw = {
+            "v": CACHE_VERSION, "kind": "group", "instance": self.instance, "model": self.model,
+            "in": self.in_tokens, "out": self.out_tokens, "targets": asdict(self.targets),
+            "n": self.num_requests, "seeds": list(self.seeds), "lengths": self.lengths,
+            "attainment": self.min_attainment, **extra,
+        }  # fmt: skip
+        text = json.dumps(raw, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+Job = ReplicaJob | GroupJob
+"""What a capacity search simulates: one replica on fitted lines, or one as deployed."""
+GroupReplica = Callable[[Problem, "CandidateRow"], Mapping[str, Any] | None]
+"""A candidate row's replica as deployed (an instance entry of a simulation config), for
+rows whose fitted lines miss how it runs (attention ranks stepping together); ``None``
+for the rest."""
+
+
+def simulate_replica(job: Job, rate_per_s: float) -> SimOutcome:
     """Run ``job`` at ``rate_per_s`` for every seed; the seed-averaged outcome."""
     from sincere.sim import simulate  # sim sits below optimize, but is heavy to import
 
@@ -190,7 +246,7 @@ def _outcome_row(requests: Any, records: Any, targets: Targets) -> tuple[float, 
 
 
 def replica_capacity(
-    job: ReplicaJob, start_rate: float, rel_tol: float = 0.05, max_points: int = 14
+    job: Job, start_rate: float, rel_tol: float = 0.05, max_points: int = 14
 ) -> float:
     """Highest rate (req/s) at which the simulated replica meets ``job.targets``; 0 if none.
 
@@ -219,12 +275,12 @@ def replica_capacity(
     return lo
 
 
-def _capacity_task(args: tuple[ReplicaJob, float, float, int]) -> float:
+def _capacity_task(args: tuple[Job, float, float, int]) -> float:
     return replica_capacity(*args)
 
 
 def capacities(
-    jobs: Sequence[ReplicaJob], start_rates: Sequence[float], settings: SimSettings
+    jobs: Sequence[Job], start_rates: Sequence[float], settings: SimSettings
 ) -> list[float]:
     """Per-replica capacity (req/s) of every job, from the cache or by search."""
     extra = {"rel_tol": settings.rel_tol, "max_points": settings.max_points}
@@ -235,7 +291,7 @@ def capacities(
         hit = _read_cache(cache, key)
         if hit is not None:
             out[key] = hit
-    todo: dict[str, tuple[ReplicaJob, float, float, int]] = {}
+    todo: dict[str, tuple[Job, float, float, int]] = {}
     for job, key, start in zip(jobs, keys, start_rates, strict=True):
         if key not in out and key not in todo:
             todo[key] = (job, max(start, 1e-6), settings.rel_tol, settings.max_points)
@@ -293,24 +349,32 @@ def job_for(
 
 
 def simulated_sizer(
-    settings: SimSettings, lengths: Mapping[str, Mapping[str, Any]] | None = None
+    settings: SimSettings,
+    lengths: Mapping[str, Mapping[str, Any]] | None = None,
+    groups: GroupReplica | None = None,
 ) -> Sizer:
     """A sizer for :func:`sincere.optimize.plan.solve` whose per-replica rates come from
     :func:`replica_capacity`; ``lengths`` maps a server name to its ``lengths`` block
-    (servers not in it run at fixed mean lengths, or ``settings.lengths``)."""
+    (servers not in it run at fixed mean lengths, or ``settings.lengths``). Rows for which
+    ``groups`` gives an instance are simulated as that instance (:class:`GroupJob`)."""
     per_server = dict(lengths or {})
+
+    def job(problem: Problem, row: CandidateRow) -> Job:
+        server = problem.servers[row[0]]
+        block = per_server.get(server.name, settings.lengths)
+        instance = None if groups is None else groups(problem, row)
+        if instance is None:
+            return job_for(problem, row, settings, block)
+        load = server.current.load
+        return GroupJob(
+            instance, str(instance["model"]), max(1, round(load.avg_in_tokens)),
+            max(1, round(load.avg_out_tokens)), row[3], settings.num_requests,
+            settings.seeds, block, settings.min_attainment,
+        )  # fmt: skip
 
     def sizer(problem: Problem, rows: Sequence[CandidateRow]) -> Any:
         start = size_replicas([r[2] for r in rows], [r[3] for r in rows]) / S_PER_MIN
-        jobs = [
-            job_for(
-                problem,
-                row,
-                settings,
-                per_server.get(problem.servers[row[0]].name, settings.lengths),
-            )
-            for row in rows
-        ]
+        jobs = [job(problem, row) for row in rows]
         rates = capacities(jobs, [float(x) for x in start], settings)
         return np.asarray(rates, dtype=np.float64) * S_PER_MIN
 
@@ -428,6 +492,7 @@ def _verify_job(
 __all__ = [
     "DEFAULT_THRESHOLD",
     "SIZING_CHOICES",
+    "GroupJob",
     "ReplicaJob",
     "SimOutcome",
     "SimSettings",
