@@ -247,8 +247,29 @@ def test_a_failed_batch_is_written_again_under_its_own_number(tmp_path: Path) ->
     assert [b for b, _ in ledger.batches] == [1, 2]
     assert ledger.batches[0][1][record.key_id] == pytest.approx(usd)
     assert store.writer.unwritten_usd(record.key_id) == 0.0
-    store.close()
+    store.close()  # everything written: its batches are closed, their totals dropped
     assert KeyStore.open(tmp_path / "k.db").totals(record.key_id).num_requests == 2
+    with sqlite3.connect(tmp_path / "k.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM batches").fetchone() == (0,)
+    late = open_storage(tmp_path / "k.db")  # a survivor writing an untrimmed mirror
+    assert late.add_usage({record.key_id: Totals(9.0, 1, 1, 1)}, ("p", 2)) == {}
+    late.close()
+
+
+def test_a_stopping_writer_closes_its_batches(store_path: Path) -> None:
+    """close_writer: the writer's batches up to the one named add nothing when written
+    again and keep no totals; a later batch is a new one."""
+    storage = open_storage(store_path)
+    one = Totals(1.0, 1, 1, 1)
+    for batch in (1, 2):
+        storage.add_usage({"k": one}, ("w", batch))
+    storage.add_usage({"k": one}, ("other", 1))
+    storage.close_writer("w", 2)
+    assert storage.add_usage({"k": one + one}, ("w", 2)) == {}
+    assert storage.add_usage({"k": one}, ("w", 3))["k"].added == one
+    assert storage.add_usage({"k": one + one}, ("other", 1))["k"].added == one  # kept
+    assert storage.usage("k").num_requests == 5
+    storage.close()
 
 
 def test_flush_async_writes_off_the_loop(tmp_path: Path) -> None:

@@ -129,6 +129,12 @@ class KeyStorage(Protocol):
         """
         ...
 
+    def close_writer(self, writer_id: str, last_batch: int) -> None:
+        """A writer stopping with all its batches up to ``last_batch`` written: they are
+        closed (written again, by a survivor from a mirror not yet trimmed, they add
+        nothing) and their kept totals dropped."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -374,6 +380,15 @@ class SqliteStorage:
             )
         return added
 
+    def close_writer(self, writer_id: str, last_batch: int) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM batches WHERE writer_id=?", (writer_id,))
+            self._db.execute(
+                "INSERT INTO writers VALUES (?, ?) ON CONFLICT(writer_id) DO UPDATE SET "
+                "last_batch = MAX(last_batch, excluded.last_batch)",
+                (writer_id, last_batch),
+            )
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -480,6 +495,14 @@ class FileStorage:
                 ]
             self._write(doc)
         return {k: Written(d, int(usage[k][1])) for k, d in added.items()}
+
+    def close_writer(self, writer_id: str, last_batch: int) -> None:
+        with self._locked():
+            doc = self._read()
+            writers = doc.setdefault("writers", {})
+            writers[writer_id] = max(int(writers.get(writer_id, 0)), last_batch)
+            doc.setdefault("batches", {}).pop(writer_id, None)
+            self._write(doc)
 
     def close(self) -> None:
         """Nothing stays open between calls."""

@@ -6,7 +6,8 @@ the gateway calls every second or so) takes the pending deltas as one numbered *
 adds it to the durable record. A batch whose write fails keeps its number and is written
 again, before any later batch, by the next flush (so a batch is always the same usage:
 with shared state a survivor may write it from Redis's mirror, under that number, and the
-key store adds it once). :meth:`close` waits for a write under way and flushes the rest.
+key store adds it once). :meth:`close` waits for a write under way, flushes the rest and,
+all written, closes this process's batches in the key store (dropping their kept totals).
 A crash loses at most the usage not yet written (under-counting, never double counting).
 With shared state the ledger (:class:`~sincere.serve.security.ledger.SharedLedger`) is
 told what each batch wrote, and asks what is still unwritten (:meth:`unwritten_usd`).
@@ -127,3 +128,5 @@ class UsageWriter:
             self._writer.shutdown(wait=True)
             self._writer = None
         self.flush()
+        if self.ledger is not None and self.batch > 1:  # all written: close the batches
+            self.storage.close_writer(self.ledger.process_id, self.batch - 1)
