@@ -21,7 +21,10 @@ config is given, e.g. ``{"source": "azure-conv-2023", "max_prompt_tokens": 2048}
   costs file reads; misses run in parallel over ``workers`` processes.
 * :func:`simulated_sizer` plugs those capacities into
   :func:`sincere.optimize.plan.solve`, so the same greedy / MILP allocation runs
-  on simulated instead of analytic per-replica rates.
+  on simulated instead of analytic per-replica rates. A candidate its fitted lines
+  misrepresent -- attention ranks stepping together, which the lines price as one even
+  engine -- can be searched as deployed instead (:class:`GroupJob`, given by the
+  caller: :func:`sincere.optimize.pd_input.plan_colocated`).
 
 Rates are requests per second unless named ``_per_min``; times ms.
 """

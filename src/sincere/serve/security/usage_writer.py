@@ -119,7 +119,8 @@ class UsageWriter:
                 await asyncio.shield(asyncio.wrap_future(self._writing))
 
     def close(self) -> None:
-        """Wait for a write under way and stop the writer thread, then flush the rest."""
+        """Wait for a write under way and stop the writer thread, then flush the rest;
+        everything written, close this process's batches in the key store."""
         if self._writing is not None:
             job, self._writing = self._writing, None
             with contextlib.suppress(Exception):
