@@ -13,6 +13,7 @@ from sincere.perf import Batch, Deployment, Roofline
 from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.calibration import default_roofline_params
 from sincere.perf.moe import expected_distinct_experts
+from sincere.perf.roofline import allreduce_terms
 
 BATCHES = (
     Batch.of(decode=[512]),
@@ -223,12 +224,10 @@ def test_attention_dp_prices_the_group_tokens_at_the_experts() -> None:
 
 
 def test_bad_attention_dp_is_refused() -> None:
-    """attention_dp on a dense model, without EP, or with an EP that does not divide
-    attention_dp x tp (or the experts) is refused naming the value and what is allowed."""
+    """attention_dp on a dense model, or with an EP that does not divide attention_dp x tp
+    (or the experts) is refused naming the value and what is allowed."""
     with pytest.raises(ConfigError, match="no experts to share"):
         _dep("llama-3-8b", tp=1, attention_dp=2)
-    with pytest.raises(ConfigError, match="needs expert parallelism"):
-        _dep("qwen3-30b-a3b", tp=2, attention_dp=2)
     with pytest.raises(ConfigError, match="ep must divide tp 2 x attention_dp 2 = 4") as err:
         _dep("qwen3-30b-a3b", tp=2, ep=8, attention_dp=2)
     assert "got 8; allowed: 1, 2, 4" in str(err.value)
@@ -236,6 +235,34 @@ def test_bad_attention_dp_is_refused() -> None:
         _dep("mixtral-8x7b", tp=1, ep=3, attention_dp=3)
     with pytest.raises(ConfigError, match="attention_dp must be >= 1"):
         _dep("qwen3-30b-a3b", tp=1, ep=1, attention_dp=0)
+
+
+def test_attention_dp_without_ep_reduces_the_group_tokens_over_the_group() -> None:
+    """Attention DP 4 x TP 2 with EP 1 (SGLang's DP attention without EP): every expert is
+    split over the 8 GPUs, which compute all four ranks' tokens -- the expert work of one
+    TP-8 deployment running the four batches -- and the exchange is two all-reduces of the
+    group's tokens over the 8 GPUs (by hand from the all-reduce terms at 8 GPUs), in place
+    of the rank's own MLP all-reduce in the expert layers."""
+    params = replace(default_roofline_params(get_accelerator("H100-SXM")), **A2A)
+    rank = ArchStep(_dep("qwen3-30b-a3b", tp=2, attention_dp=4), params)
+    alone = ArchStep(_dep("qwen3-30b-a3b", tp=2), params)
+    joint = ArchStep(_dep("qwen3-30b-a3b", tp=8), params)
+    batch, group = Batch.of(decode=[512] * 16), Batch.of(decode=[512] * 64)
+    ours, plain = rank.parts(batch), alone.parts(batch)
+    assert ours.experts_s == pytest.approx(joint.parts(group).experts_s)
+    latency, efficiency = allreduce_terms(params, 8)
+    model = get_model("qwen3-30b-a3b")
+    size = 64 * model.hidden_size * params.activation_bytes
+    link = get_accelerator("H100-SXM").interconnect_gbps_per_direction * 1e9 * efficiency
+    one = latency + 2 * 7 / 8 * size / link
+    assert ours.all_to_all_s == pytest.approx(model.num_layers * 2 * one)
+    # the rank's TP all-reduces: one per expert layer fewer (every layer has experts here)
+    assert ours.communication_s == pytest.approx(plain.communication_s / 2)
+    assert ours.attention_s == pytest.approx(plain.attention_s)
+    weights = _dep("qwen3-30b-a3b", tp=2, attention_dp=4).weight_bytes_per_gpu
+    assert weights == pytest.approx(
+        _dep("qwen3-30b-a3b", tp=2, ep=8, attention_dp=4).weight_bytes_per_gpu
+    )
 
 
 def test_attention_dp_spreads_the_routed_experts_over_the_group() -> None:

@@ -56,6 +56,19 @@ def test_a_lockstep_group_is_one_instance_of_every_ranks_gpus() -> None:
     assert per_gpu == pytest.approx(rank)
 
 
+def test_a_group_without_ep_splits_its_experts_over_every_gpu() -> None:
+    """Two ranks whose experts are split by TP over both GPUs (ep 1, SGLang's DP attention
+    without EP) step together and serve every request as one instance, decoding within a
+    few per cent of the same group with EP 2: the same expert bytes read per GPU, another
+    exchange (two all-reduces of the group's tokens a layer, not the all-to-all)."""
+    tp_experts = simulate(_config("lockstep", 1, ep=1))
+    with_ep = simulate(_config("lockstep", 1))
+    assert tp_experts.summary["num_completed"] == 300
+    assert set(tp_experts.summary["instances"]) == {"g"}
+    ours, theirs = tp_experts.summary["tpot_s"]["mean"], with_ep.summary["tpot_s"]["mean"]
+    assert ours != theirs and ours == pytest.approx(theirs, rel=0.05)
+
+
 def test_the_same_seed_gives_the_same_run() -> None:
     a, b = simulate(_config("lockstep", 1)), simulate(_config("lockstep", 1))
     np.testing.assert_array_equal(a.records.finished_at, b.records.finished_at)

@@ -334,6 +334,8 @@ def step_command(
     layout = f"tp {tp}, ep {ep}" if ep > 1 else f"tp {tp}"
     if attention_dp > 1:
         layout += f", attention dp {attention_dp}: one rank of {attention_dp * tp} GPUs"
+        if ep == 1:
+            layout += ", every expert split over them"
     what = (
         f"{dep.model.name} on {dep.accelerator.name} ({layout}, {precision}), {step_model}: "
         f"{batch.num_tokens} tokens, {batch.num_seqs} sequences"

@@ -29,6 +29,14 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
   accelerator's measured NCCL all-to-all where its kernel fit has one
   (``alltoall_*``: latency and link share at the nearest GPU count, plus the latency
   step past the protocol knee), else at ``a2a_bw_efficiency`` plus ``a2a_latency_s``;
+* **the group's all-reduces** under attention DP at ``ep = 1`` (every expert split by TP
+  over the whole group, as SGLang runs DP attention without EP): the ranks' tokens are
+  gathered onto every GPU of the group before the experts and their outputs reduced over
+  it after, each an all-reduce of the group's ``T`` tokens' hidden states over the
+  ``D · tp`` GPUs (SGLang gathers by an all-reduce of a buffer holding every rank's
+  tokens), priced as the TP all-reduce is, at the group's GPU count. The reduction takes
+  the place of the MLP's all-reduce within the rank's TP group in the expert layers;
+  reported in the ``all_to_all`` part (the experts' exchange);
 * **attention**: as the roofline (compute or KV bytes, whichever is slower, plus the
   kernel cost), with MLA's absorbed form in decode and the expanded one in prefill,
   MLA's latent read whole by every TP rank, and sliding-window layers reading at
@@ -151,6 +159,8 @@ class ArchStep:
         self.measured_experts = deployment_curve(deployment, params, self.compute_precision)
         self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
         self._a2a_terms = alltoall_terms(p, self.moe, dep.ep)
+        group = dep.ep == 1 and dep.attention_dp > 1  # experts split by TP over the group
+        self._group_allreduce = allreduce_terms(p, dep.moe_group_gpus) if group else None
         self._ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
         self._attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
         self._attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
@@ -229,7 +239,7 @@ class ArchStep:
     def _all_to_all_s(self, tokens: int) -> float:
         dep, m = self.deployment, self.moe
         if dep.ep == 1:
-            return 0.0
+            return 0.0 if self._group_allreduce is None else self._group_exchange_s(tokens)
         model = dep.model
         size = all_to_all_bytes(
             tokens * dep.attention_dp,
@@ -242,6 +252,29 @@ class ArchStep:
         p = self.params
         latency += p.alltoall_protocol_s * size / (size + p.alltoall_knee_bytes)
         return 2.0 * all_to_all_s(size, self._link * efficiency, latency, m.ep_imbalance)
+
+    def _group_exchange_s(self, tokens: int) -> float:
+        """Gather and reduction of one MoE layer whose experts are split by TP over the
+        whole attention-DP group: two all-reduces of the group's ``attention_dp · tokens``
+        hidden states over its GPUs (module docstring)."""
+        dep, p = self.deployment, self.params
+        assert self._group_allreduce is not None
+        latency, efficiency = self._group_allreduce
+        gpus = dep.moe_group_gpus
+        size = tokens * dep.attention_dp * dep.model.hidden_size * p.activation_bytes
+        transfer = 2.0 * (gpus - 1) / gpus * size / (self._link * efficiency)
+        return 2.0 * self._allreduce_one(latency, transfer, tokens)
+
+    def _allreduce_one(self, latency: float, transfer: float, tokens: int) -> float:
+        """One all-reduce moving ``transfer`` seconds' worth of its ring's traffic, its
+        CUDA-graph ``latency`` and, for an iteration too large for a graph (eager), the
+        eager launch cost and floor (see :func:`~sincere.perf.roofline.with_comm_s`)."""
+        p = self.params
+        if tokens <= p.cuda_graph_max_tokens:
+            return latency + transfer
+        if p.allreduce_eager_floor_s > 0.0:
+            return max(latency + transfer, p.allreduce_eager_floor_s) + p.allreduce_eager_s
+        return latency + p.allreduce_eager_s + transfer
 
     def layer_linear(self, tokens: int) -> tuple[float, float, float, float]:
         """(linear, router, experts, all-to-all) of one average layer over ``tokens`` tokens."""
@@ -355,7 +388,9 @@ class ArchStep:
             if eager and p.allreduce_eager_floor_s > 0.0:  # see roofline.with_comm_s
                 transfer = self._allreduce_s + ring * message * mb_tokens / ring_link
                 one = max(transfer, p.allreduce_eager_floor_s) + p.allreduce_eager_s
-            comm = self._layers * 2.0 * one
+            # experts split over the whole group: their reduction is the group's (all_to_all)
+            per_layer = 2.0 - (self._moe_frac if self._group_allreduce is not None else 0.0)
+            comm = self._layers * per_layer * one
         if pp > 1:
             comm += p.p2p_latency_s + message * mb_tokens / link
         layers = scale * self._layers

@@ -153,10 +153,13 @@ class SwapTime:
 class Deployment:
     """A model served on accelerators in a given configuration.
 
-    With ``attention_dp = D`` (an MoE model, ``ep > 1``) the deployment is one of ``D``
-    data-parallel attention ranks, each on its own ``tp × pp`` GPUs (``num_gpus``), whose
-    ``D × tp`` GPUs form one MoE group the routed experts spread over (``ep`` divides it):
-    the way SGLang, vLLM and TensorRT-LLM run DeepSeek or GPT-OSS with DP attention."""
+    With ``attention_dp = D`` (an MoE model) the deployment is one of ``D`` data-parallel
+    attention ranks, each on its own ``tp × pp`` GPUs (``num_gpus``), whose ``D × tp`` GPUs
+    form one MoE group the routed experts spread over: by expert parallelism (``ep > 1``
+    dividing it, the tokens exchanged by all-to-all) or, with ``ep = 1``, every expert
+    split by TP over the whole group (the tokens gathered and the outputs reduced by
+    all-reduces over it: SGLang's DP attention without EP). The way SGLang, vLLM and
+    TensorRT-LLM run DeepSeek or GPT-OSS with DP attention."""
 
     model: ModelArch
     accelerator: Accelerator
@@ -191,7 +194,7 @@ class Deployment:
         return self.tp * self.attention_dp
 
     def _check_attention_dp(self) -> None:
-        """Attention DP shares one expert-parallel group between the ranks' TP groups."""
+        """Attention DP shares one MoE group between the ranks' TP groups (an MoE model)."""
         if self.attention_dp < 1:
             raise ConfigError("attention_dp must be >= 1", value=self.attention_dp)
         if not self.model.is_moe:
@@ -200,13 +203,6 @@ class Deployment:
                 "replicas of a dense model are separate instances)",
                 value=self.attention_dp,
                 allowed=["1"],
-            )
-        if self.ep == 1:
-            raise ConfigError(
-                f"attention_dp {self.attention_dp} needs expert parallelism: ep > 1 dividing "
-                f"attention_dp x tp = {self.moe_group_gpus} (the ranks' tokens meet at the "
-                "experts through the all-to-all)",
-                value=self.ep,
             )
 
     def _check_ep(self) -> None:
