@@ -100,7 +100,6 @@ def test_a_groups_model_data_is_a_ranks_at_its_share() -> None:
 @pytest.mark.parametrize(
     ("model", "candidate", "needle"),
     [
-        (MOE, {"accelerator": "H100-SXM", "attention_dp": 2}, "needs expert parallelism"),
         (MOE, {"accelerator": "H100-SXM", "tp": 2, "ep": 3, "attention_dp": 2}, "ep must divide"),
         ("llama-3-8b", {"accelerator": "H200", "attention_dp": 2, "ep": 2}, "no experts"),
     ],
@@ -119,6 +118,28 @@ def test_a_shape_the_model_cannot_take_is_named_at_load(
     with pytest.raises(ConfigError, match=needle) as info:
         load_plan_input(data)
     assert "candidates[1]" in str(info.value) and "dp 2" in str(info.value)
+
+
+def test_attention_ranks_without_ep_split_their_experts_over_the_group() -> None:
+    """Attention ranks without ``ep`` are planned with every expert split by TP over the
+    group's GPUs: sized as servers like any ranks, simulated with no ``ep`` (the step
+    model's all-reduces over the group), run by vLLM as data-parallel ranks without
+    ``--enable-expert-parallel``."""
+    inp = load_plan_input({
+        "model": MOE,
+        "load": {"rate_per_s": 4.0, "prompt_tokens": 1000, "output_tokens": 100},
+        "slo": {"ttft_ms": 500, "tpot_ms": 50},
+        "candidates": [{"accelerator": "H100-SXM", "attention_dp": 2}],
+        "disaggregation": {"kv_link": {"kind": "rdma"}},
+    })  # fmt: skip
+    cmp = compare(inp)
+    assert cmp.colocated is not None and cmp.disaggregated is not None
+    assert cmp.colocated.candidate == Candidate("H100-SXM", 1, ep=1, attention_dp=2)
+    assert all(s.capacity_per_s > 0 for s in cmp.disaggregated.sized)
+    (inst,) = colocated_sim_config(inp, cmp.colocated, num_requests=10)["instances"]
+    assert inst["attention_dp"] == 2 and "ep" not in inst
+    pool = colocated_pool(MOE, cmp.colocated, None, ManifestOptions())
+    assert pool.data_parallel == 2 and not pool.expert_parallel
 
 
 def test_wide_ep_plan_simulated_meets_its_slos_as_planned() -> None:

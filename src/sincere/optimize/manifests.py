@@ -121,7 +121,8 @@ class Pool:
     max_batch: int  # sequences per engine (vLLM's --max-num-seqs: per data-parallel rank)
     speculation: SpeculationConfig | None = None  # how the plan's replicas speculate
     # attention ranks in one replica (vLLM's --data-parallel-size); their experts form
-    # one expert-parallel group over all the replica's GPUs (--enable-expert-parallel)
+    # one expert-parallel group over all the replica's GPUs (--enable-expert-parallel),
+    # or without it are split by TP over them
     data_parallel: int = 1
     expert_parallel: bool = False
 

@@ -239,7 +239,9 @@ class ArchStep:
     def _all_to_all_s(self, tokens: int) -> float:
         dep, m = self.deployment, self.moe
         if dep.ep == 1:
-            return 0.0 if self._group_allreduce is None else self._group_exchange_s(tokens)
+            if self._group_allreduce is None:
+                return 0.0
+            return group_exchange_s(dep, self.params, self._group_allreduce, self._link, tokens)
         model = dep.model
         size = all_to_all_bytes(
             tokens * dep.attention_dp,
@@ -252,29 +254,6 @@ class ArchStep:
         p = self.params
         latency += p.alltoall_protocol_s * size / (size + p.alltoall_knee_bytes)
         return 2.0 * all_to_all_s(size, self._link * efficiency, latency, m.ep_imbalance)
-
-    def _group_exchange_s(self, tokens: int) -> float:
-        """Gather and reduction of one MoE layer whose experts are split by TP over the
-        whole attention-DP group: two all-reduces of the group's ``attention_dp · tokens``
-        hidden states over its GPUs (module docstring)."""
-        dep, p = self.deployment, self.params
-        assert self._group_allreduce is not None
-        latency, efficiency = self._group_allreduce
-        gpus = dep.moe_group_gpus
-        size = tokens * dep.attention_dp * dep.model.hidden_size * p.activation_bytes
-        transfer = 2.0 * (gpus - 1) / gpus * size / (self._link * efficiency)
-        return 2.0 * self._allreduce_one(latency, transfer, tokens)
-
-    def _allreduce_one(self, latency: float, transfer: float, tokens: int) -> float:
-        """One all-reduce moving ``transfer`` seconds' worth of its ring's traffic, its
-        CUDA-graph ``latency`` and, for an iteration too large for a graph (eager), the
-        eager launch cost and floor (see :func:`~sincere.perf.roofline.with_comm_s`)."""
-        p = self.params
-        if tokens <= p.cuda_graph_max_tokens:
-            return latency + transfer
-        if p.allreduce_eager_floor_s > 0.0:
-            return max(latency + transfer, p.allreduce_eager_floor_s) + p.allreduce_eager_s
-        return latency + p.allreduce_eager_s + transfer
 
     def layer_linear(self, tokens: int) -> tuple[float, float, float, float]:
         """(linear, router, experts, all-to-all) of one average layer over ``tokens`` tokens."""
@@ -431,6 +410,35 @@ class ArchStep:
             windowed = terms.sum(ctx_tokens, n, num_steps, window)
             attention = (1.0 - self._window_frac) * attention + self._window_frac * windowed
         return num_steps * fixed + scale * self._layers * attention
+
+
+def group_exchange_s(
+    dep: Deployment,
+    params: RooflineParams,
+    terms: tuple[float, float],
+    link: float,
+    tokens: int,
+) -> float:
+    """Gather and reduction of one MoE layer whose experts are split by TP over the whole
+    attention-DP group: two all-reduces of the group's ``attention_dp · tokens`` hidden
+    states over its GPUs at ``terms`` (latency in a graph, share of the ``link`` bytes/s)
+    (module docstring)."""
+    latency, efficiency = terms
+    gpus = dep.moe_group_gpus
+    size = tokens * dep.attention_dp * dep.model.hidden_size * params.activation_bytes
+    transfer = 2.0 * (gpus - 1) / gpus * size / (link * efficiency)
+    return 2.0 * allreduce_one_s(params, latency, transfer, tokens)
+
+
+def allreduce_one_s(params: RooflineParams, latency: float, transfer: float, tokens: int) -> float:
+    """One all-reduce moving ``transfer`` seconds' worth of its ring's traffic after its
+    CUDA-graph ``latency``; an iteration of more tokens than a graph holds runs it eager
+    (launch cost and floor, as :func:`~sincere.perf.roofline.with_comm_s`)."""
+    if tokens <= params.cuda_graph_max_tokens:
+        return latency + transfer
+    if params.allreduce_eager_floor_s > 0.0:
+        return max(latency + transfer, params.allreduce_eager_floor_s) + params.allreduce_eager_s
+    return latency + params.allreduce_eager_s + transfer
 
 
 def arch_utilization(step: ArchStep, batch: Batch, duration_s: float) -> tuple[float, float]:

@@ -341,14 +341,10 @@ class SharedLedger:
 
     # ------------------------------------------------------------ background
     async def maintain(self, now: float) -> None:
-        """Check the instance, sync or renew every key in use, beat the heartbeat (and
-        write the usage of processes gone silent), retry failed settlements.
-
-        Run every ``renew_s`` by the gateway; raises :class:`StateUnavailableError` when
-        Redis cannot be reached (the next round tries again). Leases are renewed first,
-        and a key that cannot be synced (its spend unreadable in the key store) does not
-        keep the others' from being renewed: its error is raised once the round is done.
-        """
+        """Check the instance, sync or renew every key in use (first: a key that cannot
+        sync does not stop the others; its error is raised at the end), beat the heartbeat
+        (:class:`Mirror`), retry failed settlements. Run every ``renew_s`` by the gateway;
+        raises :class:`StateUnavailableError` when Redis cannot be reached."""
         await self.check_instance(now)
         horizon = time.monotonic() - MEMORY_S
         self._touched = {k: t for k, t in self._touched.items() if t >= horizon}
