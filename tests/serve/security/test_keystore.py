@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -183,6 +184,32 @@ def test_a_batch_written_again_adds_only_what_it_grew_by(store_path: Path) -> No
     assert storage.usage("k1") == Totals(60.0, 15, 150, 60)
     storage.close()
     assert open_storage(store_path).usage("k1") == Totals(60.0, 15, 150, 60)
+
+
+def test_a_batch_written_by_two_processes_at_once_is_added_once(tmp_path: Path) -> None:
+    """Another process writes batch ("w", 1) and holds its transaction open while this one
+    writes the same batch (a survivor and the stalled gateway it took for dead): this one
+    waits for the other's commit and then reads the batch's totals, adding nothing. Read
+    before the other committed, both would add it."""
+    path = tmp_path / "k.db"
+    storage = open_storage(path)
+    whole = Totals(4.0, 1, 10, 4)
+    other = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO batches VALUES ('w', 1, 'k', 4.0, 1, 10, 4)")
+    other.execute("INSERT INTO usage VALUES ('k', 4.0, 1, 10, 4)")
+    result: list[object] = []
+    writer = threading.Thread(
+        target=lambda: result.append(storage.add_usage({"k": whole}, ("w", 1)))
+    )
+    writer.start()
+    time.sleep(0.3)  # the writer is waiting for the other's lock
+    other.execute("COMMIT")
+    other.close()
+    writer.join(10)
+    assert result == [{}]
+    assert storage.usage("k") == whole
+    storage.close()
 
 
 def test_a_writers_batches_long_past_are_closed(store_path: Path) -> None:

@@ -321,6 +321,8 @@ class SqliteStorage:
         self, deltas: Mapping[str, Totals], writer: tuple[str, int] | None = None
     ) -> dict[str, Written]:
         with self._lock, self._db:
+            if writer is not None:  # the batch's written totals read and updated as one
+                self._db.execute("BEGIN IMMEDIATE")  # (else two writers read the same)
             added = dict(deltas) if writer is None else self._batch(deltas, *writer)
             if not added:
                 return {}
