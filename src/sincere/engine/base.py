@@ -122,6 +122,22 @@ class SpecDecodeStats:
     num_accepted_tokens: int  # of those, accepted by the verify pass
     accepted_per_pos: tuple[int, ...]  # accepted drafts at drafted position 1, 2, ..., k
 
+    @staticmethod
+    def total(counts: Sequence[SpecDecodeStats]) -> SpecDecodeStats:
+        """The counters of ``counts`` (engines or ranks; at least one) summed; drafts of
+        different lengths are summed position by position."""
+        width = max(len(c.accepted_per_pos) for c in counts)
+        per_pos = tuple(
+            sum(c.accepted_per_pos[j] for c in counts if j < len(c.accepted_per_pos))
+            for j in range(width)
+        )
+        return SpecDecodeStats(
+            sum(c.num_drafts for c in counts),
+            sum(c.num_draft_tokens for c in counts),
+            sum(c.num_accepted_tokens for c in counts),
+            per_pos,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class EngineStats:

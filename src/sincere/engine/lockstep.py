@@ -283,11 +283,4 @@ class LockstepGroup(EngineBase):
 def _spec_totals(each: Sequence[SpecDecodeStats | None]) -> SpecDecodeStats | None:
     """The ranks' speculative-decoding counters summed (None: the ranks do not speculate)."""
     ranks = [s for s in each if s is not None]
-    if not ranks:
-        return None
-    return SpecDecodeStats(
-        num_drafts=sum(s.num_drafts for s in ranks),
-        num_draft_tokens=sum(s.num_draft_tokens for s in ranks),
-        num_accepted_tokens=sum(s.num_accepted_tokens for s in ranks),
-        accepted_per_pos=tuple(map(sum, zip(*(s.accepted_per_pos for s in ranks), strict=True))),
-    )
+    return SpecDecodeStats.total(ranks) if ranks else None

@@ -167,17 +167,14 @@ def spec_decode_summary(counts: Sequence[SpecDecodeStats]) -> dict[str, Any]:
     """The ``spec_decode`` block: vLLM's speculative decoding counters summed over
     ``counts`` (one per engine), the acceptance rate (accepted over drafted tokens) and
     the mean acceptance length (tokens per draft: accepted ones plus the verify pass's)."""
-    drafts = sum(c.num_drafts for c in counts)
-    drafted = sum(c.num_draft_tokens for c in counts)
-    accepted = sum(c.num_accepted_tokens for c in counts)
-    width = max(len(c.accepted_per_pos) for c in counts)
-    per_pos = [sum(c.accepted_per_pos[j] for c in counts if j < len(c.accepted_per_pos))
-               for j in range(width)]  # fmt: skip
+    total = SpecDecodeStats.total(counts)
+    drafts, drafted = total.num_drafts, total.num_draft_tokens
+    accepted = total.num_accepted_tokens
     return {
         "num_drafts": drafts,
         "num_draft_tokens": drafted,
         "num_accepted_tokens": accepted,
-        "num_accepted_tokens_per_pos": per_pos,
+        "num_accepted_tokens_per_pos": list(total.accepted_per_pos),
         "acceptance_rate": _clean(accepted / drafted) if drafted else None,
         "mean_acceptance_length": _clean(1.0 + accepted / drafts) if drafts else None,
     }
