@@ -20,6 +20,7 @@ FITTERS = (
     "fit_alltoall",
     "fit_moe",
     "fit_quant_moe",
+    "fit_gdn",
 )
 EXPECTED = {
     "gemm_bf16": "fit_gemm",
@@ -35,6 +36,8 @@ EXPECTED = {
     "moe_nvfp4": "fit_quant_moe",
     "moe_mxfp4_mxfp8": "fit_quant_moe",
     "moe_int4": "fit_quant_moe",
+    "gdn_prefill": "fit_gdn",
+    "gdn_decode": "fit_gdn",
 }
 
 
@@ -61,5 +64,5 @@ def test_every_family_of_the_fit_reaches_its_own_fitter(monkeypatch: pytest.Monk
         assert script.fit_one(family, "table", "acc", context, Path(".")) == fitter, family
         (reached, named) = called[0]
         assert reached == fitter
-        if fitter in ("fit_quant_gemm", "fit_quant_moe"):  # told which family it fits
+        if fitter in ("fit_quant_gemm", "fit_quant_moe", "fit_gdn"):  # told which family
             assert named == family

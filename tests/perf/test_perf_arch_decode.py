@@ -1,5 +1,6 @@
-"""Closed-form decode runs of mixture-of-experts, MLA and sliding-window models: the sum
-equals the iterations one by one (within float rounding) on every path of the formula."""
+"""Closed-form decode runs of mixture-of-experts, MLA, sliding-window and hybrid
+linear-attention models: the sum equals the iterations one by one (within float rounding)
+on every path of the formula."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ CASES = [
     ("deepseek-v3", "H200", 8, 1, 8, "fp8"),
     ("qwen3-30b-a3b", "H100-SXM", 1, 1, 1, "bf16"),
     ("mixtral-8x7b", "A100-80GB", 2, 2, 1, "bf16"),
+    # Gated DeltaNet layers beside full attention (a fixed state: a constant decode cost)
+    ("qwen3.5-397b-a17b", "B200", 4, 1, 1, "fp8"),
+    ("qwen3.5-397b-a17b", "A100-80GB", 8, 2, 1, "bf16"),
 ]
 RUNS = [(1, 100, 50), (8, 8 * 120, 300), (64, 64 * 3000, 500), (32, 32 * 127, 2000), (5, 0, 10)]
 

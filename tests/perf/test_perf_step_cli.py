@@ -282,3 +282,19 @@ def test_attention_dp_with_ep_shows_the_exchange_and_its_nccl_provenance() -> No
     bad = runner.invoke(app, ["step", *args, "--ep", "8", "--attention-dp", "2"])
     assert bad.exit_code != 0
     assert "ep must divide tp 1 x attention_dp 2 = 2" in str(bad.exception)
+
+
+def test_a_hybrid_linear_attention_model_names_where_its_delta_rule_is_priced_from() -> None:
+    """Qwen3.5 on B200 shows its Gated DeltaNet constants as fitted on B200's measured
+    kernels; a dense model does not list the part."""
+    args = ["step", "qwen3.5-397b-a17b", "--accelerator", "B200", "--tp", "4",
+            "--precision", "fp8", "--decode", "64@2000", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    constants = json.loads(result.output)["constants"]
+    assert constants["linear_attention"].startswith("fitted: measured vLLM 0.24.0 kernels")
+    dense = runner.invoke(
+        app, ["step", "llama-3-8b", "--accelerator", "B200", "--decode", "8@500", "--json"]
+    )
+    assert dense.exit_code == 0, dense.output
+    assert "linear_attention" not in json.loads(dense.output)["constants"]

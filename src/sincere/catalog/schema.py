@@ -154,6 +154,13 @@ class ModelEntry(BaseModel):
     qk_rope_head_dim: NonNegativeInt = 0
     sliding_window: NonNegativeInt = 0
     num_sliding_layers: NonNegativeInt = 0
+    num_linear_layers: NonNegativeInt = 0
+    linear_num_key_heads: NonNegativeInt = 0
+    linear_num_value_heads: NonNegativeInt = 0
+    linear_key_head_dim: NonNegativeInt = 0
+    linear_value_head_dim: NonNegativeInt = 0
+    linear_conv_kernel: NonNegativeInt = 0
+    attention_output_gate: bool = False
     native_precision: str = "bf16"
 
     @field_validator("native_precision")
@@ -283,6 +290,52 @@ def _check_attention_variants(entry: ModelEntry) -> None:
             entry.sliding_window,
             f"sliding_window {entry.sliding_window} and num_sliding_layers"
             f" {entry.num_sliding_layers} must be set together or both be 0",
+        )
+    _check_linear_layers(entry)
+
+
+def _check_linear_layers(entry: ModelEntry) -> None:
+    """Gated DeltaNet layers name their heads and sizes, and leave room for the others."""
+    shape = {
+        "linear_num_key_heads": entry.linear_num_key_heads,
+        "linear_num_value_heads": entry.linear_num_value_heads,
+        "linear_key_head_dim": entry.linear_key_head_dim,
+        "linear_value_head_dim": entry.linear_value_head_dim,
+        "linear_conv_kernel": entry.linear_conv_kernel,
+    }
+    if not entry.num_linear_layers:
+        for name, value in shape.items():
+            if value:
+                raise FieldProblemError(
+                    name,
+                    value,
+                    f"{name} {value} set without linear-attention layers;"
+                    " allowed: 0, or set num_linear_layers",
+                )
+        return
+    for name, value in shape.items():
+        if not value:
+            raise FieldProblemError(
+                name,
+                value,
+                f"{name} is 0 on a model with {entry.num_linear_layers} linear-attention"
+                " layers; allowed: its Gated DeltaNet size from config.json (linear_*)",
+            )
+    if entry.linear_num_value_heads % entry.linear_num_key_heads:
+        raise FieldProblemError(
+            "linear_num_value_heads",
+            entry.linear_num_value_heads,
+            f"linear_num_value_heads {entry.linear_num_value_heads} is not a multiple of"
+            f" linear_num_key_heads {entry.linear_num_key_heads}; allowed: a multiple",
+        )
+    others = entry.num_linear_layers + entry.num_sliding_layers
+    if others >= entry.num_layers:
+        raise FieldProblemError(
+            "num_linear_layers",
+            entry.num_linear_layers,
+            f"num_linear_layers {entry.num_linear_layers} (with {entry.num_sliding_layers}"
+            f" sliding-window layers) leaves no full-attention layer of {entry.num_layers};"
+            f" allowed: 0 to {entry.num_layers - entry.num_sliding_layers - 1}",
         )
 
 

@@ -186,6 +186,15 @@ class ModelArch:
     # sliding-window attention (0: every layer attends to the whole context)
     sliding_window: int = 0  # tokens a sliding-window layer attends to
     num_sliding_layers: int = 0  # layers that use the window
+    # linear attention (Gated DeltaNet, as Qwen3-Next / Qwen3.5 interleave it; 0: none):
+    # a layer keeps a fixed recurrent state per sequence instead of a KV cache
+    num_linear_layers: int = 0  # layers with Gated DeltaNet in place of attention
+    linear_num_key_heads: int = 0  # its query / key heads
+    linear_num_value_heads: int = 0  # its value heads (each with a dk x dv state)
+    linear_key_head_dim: int = 0  # dk
+    linear_value_head_dim: int = 0  # dv
+    linear_conv_kernel: int = 0  # width of its short causal convolution
+    attention_output_gate: bool = False  # full attention gates its output (q_proj doubled)
     native_precision: str = "bf16"  # precision of the published weights
 
     @property
@@ -220,8 +229,35 @@ class ModelArch:
 
     @property
     def num_full_attention_layers(self) -> int:
-        """Layers that attend to the whole context (the rest use the sliding window)."""
-        return self.num_layers - self.num_sliding_layers
+        """Layers that attend to the whole context (the rest use the sliding window or
+        linear attention)."""
+        return self.num_layers - self.num_sliding_layers - self.num_linear_layers
+
+    @property
+    def linear_conv_channels(self) -> int:
+        """Channels a Gated DeltaNet layer's convolution runs over: queries, keys, values."""
+        keys = 2 * self.linear_num_key_heads * self.linear_key_head_dim
+        return keys + self.linear_num_value_heads * self.linear_value_head_dim
+
+    def linear_attention_params(self) -> int:
+        """Weights of one Gated DeltaNet layer's projections: queries, keys, values and the
+        output gate in, a decay and a write strength per value head, values out."""
+        h = self.hidden_size
+        values = self.linear_num_value_heads * self.linear_value_head_dim
+        return (
+            h * (self.linear_conv_channels + values + 2 * self.linear_num_value_heads) + values * h
+        )
+
+    def linear_state_bytes_per_seq(self) -> float:
+        """Bytes one sequence's recurrent state takes over the linear-attention layers: the
+        ``dk x dv`` state of every value head in fp32 (as the measured decode kernels and
+        SGLang keep it) and the convolution's last ``kernel - 1`` inputs in bf16."""
+        if not self.num_linear_layers:
+            return 0.0
+        heads = self.linear_num_value_heads
+        state = heads * self.linear_key_head_dim * self.linear_value_head_dim * 4.0
+        conv = (self.linear_conv_kernel - 1) * self.linear_conv_channels * 2.0
+        return self.num_linear_layers * (state + conv)
 
     def expert_params(self) -> int:
         """Weights of one expert's MLP (gate / up and down)."""
@@ -231,7 +267,8 @@ class ModelArch:
         """Weights of one layer's attention projections (MLA's compressions included)."""
         h, hd = self.hidden_size, self.head_size
         if not self.is_mla:
-            return 2 * h * hd * (self.num_heads + self.num_kv_heads)
+            gate = h * hd * self.num_heads if self.attention_output_gate else 0
+            return 2 * h * hd * (self.num_heads + self.num_kv_heads) + gate
         qk = hd + self.qk_rope_head_dim
         if self.q_lora_rank:
             q = h * self.q_lora_rank + self.q_lora_rank * self.num_heads * qk
@@ -249,13 +286,15 @@ class ModelArch:
         gate_up = 3 if self.gated_mlp else 2
         dense_mlp = gate_up * self.hidden_size * self.intermediate_size
         emb = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
+        attention = (self.num_layers - self.num_linear_layers) * self.attention_params()
+        attention += self.num_linear_layers * self.linear_attention_params()
         if not self.is_moe:
-            return 0.0, float(self.num_layers * (self.attention_params() + dense_mlp)), emb
+            return 0.0, float(attention + self.num_layers * dense_mlp), emb
         moe = self.num_moe_layers
         routed = moe * self.num_experts * self.expert_params()
         shared = moe * self.num_shared_experts * self.expert_params()
         router = moe * self.hidden_size * self.num_experts
-        other = self.num_layers * self.attention_params() + self.num_dense_layers * dense_mlp
+        other = attention + self.num_dense_layers * dense_mlp
         return float(routed), float(other + shared + router), float(emb)
 
     def estimated_params_b(self) -> float:
@@ -334,4 +373,5 @@ class ModelArch:
         if self.is_mla:
             qk = self.head_size + self.qk_rope_head_dim
             return 2.0 * self.num_layers * self.num_heads * (qk + self.head_size)
-        return 4.0 * self.num_layers * self.num_heads * self.head_size
+        layers = self.num_layers - self.num_linear_layers  # linear attention has no pairs
+        return 4.0 * layers * self.num_heads * self.head_size

@@ -107,6 +107,8 @@ def constants_origin(dep: Deployment, vllm_version: str | None = None) -> dict[s
         skip.add("experts")
     if dep.ep == 1:
         skip.add("all_to_all")
+    if not dep.model.num_linear_layers:
+        skip.add("linear_attention")
     return {part: origin for part, origin in parts.items() if part not in skip}
 
 

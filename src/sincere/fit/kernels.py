@@ -66,11 +66,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
 from sincere.perf.kernel_tables import KernelTable, dominant, read_table, usable_sources
+from sincere.perf.linear_attention import CHUNK, GdnRates, GdnShape, decode_s, prefill_s
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
 
 TOKEN_TILES = (1, 64, 128, 256)
@@ -760,11 +762,14 @@ FAMILY_TABLES = {
     "alltoall": "nccl",
     "moe": "moe",
     **{name: "moe" for name in QUANT_EXPERTS},
+    "gdn_prefill": "gdn",
+    "gdn_decode": "gdn",
 }
 """Family -> the table it is fitted on."""
 NCCL_FAMILIES = ("alltoall",)
 """Families measured on NCCL rather than vLLM (their version is NCCL's)."""
 MOE_SHAPE = ("hidden_size", "inter_size", "num_experts", "topk")
+GDN_SHAPE = ("d_model", "num_k_heads", "num_v_heads")
 SHAPE_COLUMNS = {
     "gemm_bf16": ("n", "k"),
     "gemm_fp8": ("n", "k"),
@@ -774,6 +779,8 @@ SHAPE_COLUMNS = {
     "allreduce": ("num_gpus",),
     "alltoall": ("num_gpus",),
     **{name: MOE_SHAPE for name in ("moe", *QUANT_EXPERTS)},
+    "gdn_prefill": GDN_SHAPE,
+    "gdn_decode": GDN_SHAPE,
 }
 """Family -> the columns that make a row's model shape (the size axis left out)."""
 
@@ -794,6 +801,11 @@ def family_rows(name: str, table: KernelTable) -> KernelTable:
         return moe_rows(table)
     if name in QUANT_EXPERTS:
         return quant_moe_rows(name, table)
+    if name in GDN_PHASES:
+        rows = gdn_rows(table, GDN_PHASES[name])
+        if name == "gdn_decode":
+            rows = rows.where(hbm_bound_or_launch_bound(gdn_decode_bytes(rows)))
+        return rows
     raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
 
 
@@ -831,6 +843,8 @@ def predict_family(
         return predict_collective(name, rows, acc, p)
     if name == "moe" or name in QUANT_EXPERTS:
         return predict_moe(name, rows, acc, p)
+    if name in GDN_PHASES:
+        return gdn_predict(name, rows, acc, p)
     raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
 
 
@@ -879,6 +893,148 @@ def predict_collective(
     return alltoall_predict(rows.num("num_gpus"), nbytes, np.array(x), counts, link)
 
 
+# --- linear attention (Gated DeltaNet) ------------------------------------------------------
+GDN_PHASES = {"gdn_prefill": "context", "gdn_decode": "generation"}
+"""Linear-attention family -> the phase of its rows."""
+GDN_KEY = (
+    "batch_size", "seq_len", "num_tokens", "d_model", "num_k_heads", "head_k_dim",
+    "num_v_heads", "head_v_dim", "d_conv",
+)  # fmt: skip
+"""Columns that make one measured layer call (its kernels share them)."""
+
+
+def gdn_rows(table: KernelTable, phase: str) -> KernelTable:
+    """One row per measured layer call of ``phase``: the latencies of its two kernels
+    (the convolution and the delta rule) summed; calls missing one of them are left out
+    (some releases time the convolution alone)."""
+    rows = table.where(table.equals("phase", phase))
+    if rows.num_rows == 0:
+        raise ConfigError(f"no {phase} rows of the Gated DeltaNet kernels", where=str(table.path))
+    keys = np.stack([rows.num(col) for col in GDN_KEY], axis=1)
+    unique, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    sources = rows.columns["kernel_source"].astype(str)
+    kinds = np.array([len(set(sources[inverse == i])) for i in range(len(unique))])
+    latency = np.bincount(inverse.ravel(), weights=rows.num("latency"), minlength=len(unique))
+    whole = (kinds == 2) & (counts == 2)
+    if not whole.any():
+        raise ConfigError(
+            f"no {phase} layer call of the Gated DeltaNet kernels times both its kernels",
+            where=str(table.path),
+            value=sorted(set(sources)),
+        )
+    columns: dict[str, Any] = {col: unique[whole, i] for i, col in enumerate(GDN_KEY)}
+    columns["latency"] = latency[whole]
+    columns["phase"] = np.full(int(whole.sum()), phase)
+    return subsample(KernelTable(table.name, table.path, table.version, columns))
+
+
+def gdn_features(
+    rows: KernelTable,
+) -> tuple[list[tuple[GdnShape, npt.NDArray[np.intp]]], FArray, FArray, FArray]:
+    """The rows grouped by layer shape (each shape with its rows' positions), and every
+    row's tokens, sequences and chunk-padded tokens."""
+    cols = ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim", "d_conv")
+    keys = np.stack([rows.num(col) for col in cols], axis=1)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    groups = [
+        (GdnShape(*(int(v) for v in key)), np.flatnonzero(inverse == i))
+        for i, key in enumerate(unique)
+    ]
+    seqs, length = rows.num("batch_size"), rows.num("seq_len")
+    padded = seqs * np.ceil(length / CHUNK) * CHUNK
+    return groups, rows.num("num_tokens"), seqs, padded
+
+
+def gdn_times(phase: str, rows: KernelTable, rates: GdnRates) -> FArray:
+    """Rows' time under ``rates`` (:mod:`sincere.perf.linear_attention`'s forms)."""
+    groups, tokens, seqs, padded = gdn_features(rows)
+    out = np.empty(rows.num_rows)
+    for shape, at in groups:
+        if phase == "context":
+            out[at] = prefill_s(shape, rates, tokens[at], seqs[at], padded[at])
+        else:
+            out[at] = decode_s(shape, rates, seqs[at])
+    return out
+
+
+L2_SAFE_BYTES = 256e6
+"""Bytes a measured call moves above which its state cannot sit in the GPU's L2 cache
+(the largest of the measured GPUs' L2: 126 MB on B200): the collector times the same state
+over and over, so a call whose state fits in L2 reads it from there; served, a layer's
+state comes from HBM (the other layers' states in between)."""
+LAUNCH_BOUND_BYTES = 2e6
+"""Bytes below which a call is its kernels' fixed cost, wherever its state sits."""
+
+
+def gdn_decode_bytes(rows: KernelTable) -> FArray:
+    """Bytes each decode call reads and writes (:func:`~sincere.perf.linear_attention.
+    decode_s`'s)."""
+    groups, _, seqs, _ = gdn_features(rows)
+    out = np.empty(rows.num_rows)
+    for shape, at in groups:
+        out[at] = seqs[at] * (2.0 * shape.state_bytes + 4.0 * shape.conv_kernel * shape.channels)
+    return out
+
+
+def hbm_bound_or_launch_bound(moved: FArray) -> npt.NDArray[np.bool_]:
+    """Calls that measure HBM or the kernels' fixed cost, not the L2 cache: what they move
+    is below :data:`LAUNCH_BOUND_BYTES` or above :data:`L2_SAFE_BYTES`."""
+    return np.asarray((moved < LAUNCH_BOUND_BYTES) | (moved > L2_SAFE_BYTES))
+
+
+def gdn_rates(acc: Accelerator, p: dict[str, Any]) -> GdnRates:
+    """:class:`GdnRates` of the family constants in ``p`` (the other phase's at defaults)."""
+    peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    return GdnRates(
+        peak * p.get("gdn_mfu_efficiency", 0.3),
+        p.get("gdn_parallel_units", 1.0),
+        hbm * p.get("gdn_bw_efficiency", 0.5),
+        p.get("gdn_kernel_s", 0.0),
+        hbm * p.get("gdn_decode_bw_efficiency", 0.5),
+        p.get("gdn_decode_kernel_s", 0.0),
+    )
+
+
+def gdn_predict(name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]) -> FArray:
+    """Family ``name``'s time of ``rows`` (seconds) under ``params``."""
+    return gdn_times(GDN_PHASES[name], rows, gdn_rates(acc, params))
+
+
+def fit_gdn(name: str, table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """A linear-attention phase: prefill (``gdn_prefill``: the convolution's bytes and the
+    chunked delta rule's work, with too few (sequence, head) blocks to fill the GPU running
+    slower) or decode (``gdn_decode``: the state read and written); forms in
+    :mod:`sincere.perf.linear_attention`."""
+    rows = family_rows(name, table)
+    measured = rows.num("latency") * 1e-3
+    weights = np.sqrt(octave_weights(rows.num("num_tokens")))
+    if name == "gdn_prefill":
+        spec: tuple[Bounded, ...] = (
+            Bounded("gdn_kernel_s", 15e-6, 0.0, 1e-3),
+            Bounded("gdn_mfu_efficiency", 0.3, 0.001, 1.0),
+            Bounded("gdn_bw_efficiency", 0.5, 0.001, 1.0),
+            Bounded("gdn_parallel_units", 64.0, 1.0, 4096.0),
+        )
+    else:
+        spec = (
+            Bounded("gdn_decode_kernel_s", 5e-6, 0.0, 1e-3),
+            Bounded("gdn_decode_bw_efficiency", 0.8, 0.001, 1.0),
+        )
+
+    def predict(x: FArray) -> FArray:
+        return gdn_predict(
+            name, rows, acc, {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+        )
+
+    return fit_named(name, predict, spec, measured, weights, rows, root)
+
+
+def gdn_fitter(name: str, acc: Accelerator, root: Path) -> Callable[[KernelTable], FamilyFit]:
+    """:func:`fit_gdn` of family ``name``, waiting for its table."""
+    return lambda table: fit_gdn(name, table, acc, root)
+
+
 # --- all of it -----------------------------------------------------------------------------
 COLUMNS = {
     "gemm": ["gemm_dtype", "kernel_source", "m", "n", "k", "latency"],
@@ -895,6 +1051,10 @@ COLUMNS = {
     "moe": [
         "kernel_source", "moe_dtype", "num_tokens", "hidden_size", "inter_size", "topk",
         "num_experts", "moe_tp_size", "moe_ep_size", "distribution", "latency",
+    ],
+    "gdn": [
+        "kernel_source", "phase", "batch_size", "seq_len", "num_tokens", "d_model",
+        "num_k_heads", "head_k_dim", "num_v_heads", "head_v_dim", "d_conv", "latency",
     ],
 }  # fmt: skip
 
@@ -977,6 +1137,8 @@ def fit_kernels(folder: Path, accelerator: Accelerator, version: str | None = No
             blackwell = name not in BLACKWELL_EXPERTS or has_rate(acc, "nvfp4")
             if has_rate(acc, QUANT_EXPERTS[name][1]) and blackwell:
                 attempt(name, "moe", quant_fitter(name, acc, experts, root))
+    for name in GDN_PHASES:
+        attempt(name, "gdn", gdn_fitter(name, acc, root))
     kept = [f for f in families if f.mean_error <= UNUSABLE_ERROR]
     missing.extend(
         f"{f.name}: misses its own rows by {100 * f.mean_error:.0f} % on average ({f.source}); "

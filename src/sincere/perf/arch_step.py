@@ -1,4 +1,5 @@
-"""Roofline step time of mixture-of-experts, MLA and sliding-window models.
+"""Roofline step time of mixture-of-experts, MLA, sliding-window and hybrid linear-attention
+models.
 
 The roofline (:mod:`sincere.perf.roofline`) hands a model with experts, latent
 attention or sliding-window layers to :class:`ArchStep`, which prices one iteration
@@ -41,6 +42,10 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
   kernel cost), with MLA's absorbed form in decode and the expanded one in prefill,
   MLA's latent read whole by every TP rank, and sliding-window layers reading at
   most the window;
+* **linear attention** (Gated DeltaNet layers, as Qwen3-Next / Qwen3.5 interleave them
+  with full attention): their own projections in place of the attention ones, and the
+  convolution and delta-rule kernels of :mod:`sincere.perf.linear_attention` in place of
+  attention (a fixed state per sequence: the decode cost does not grow with the context);
 * TP all-reduces, the LM head (weights in at least bf16), the CPU overhead and
   pipeline stages exactly as the roofline.
 
@@ -61,6 +66,7 @@ import numpy as np
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
 from sincere.perf.gemm import gemm_s
+from sincere.perf.linear_attention import GdnCost
 from sincere.perf.measured_moe import deployment_curve
 from sincere.perf.moe import (
     all_to_all_bytes,
@@ -178,6 +184,9 @@ class ArchStep:
         self._layers = model.num_layers / dep.pp
         self._moe_frac = model.num_moe_layers / model.num_layers
         self._window_frac = model.num_sliding_layers / model.num_layers
+        self._linear_frac = model.num_linear_layers / model.num_layers
+        self._linear_mats = _linear_attention_mats(deployment, dense_bytes)
+        self._gdn = GdnCost(deployment, params)
         self._memo: dict[int, tuple[float, float, float, float]] = {}
         self._attn = self._attention_consts()
 
@@ -188,23 +197,6 @@ class ArchStep:
         quant = self._quant if mat.weight_bytes < 2.0 else None
         rates = (self._peak, self._hbm)
         return gemm_s(self.params, mat.k, mat.n, mat.weight_bytes, tokens, rates, quant)
-
-    def _elementwise_s(self, tokens: int) -> float:
-        model, tp = self.deployment.model, self.deployment.tp
-        h = model.hidden_size
-        q = max(1, model.num_heads // tp) * model.head_size
-        kv = max(1, math.ceil(model.num_kv_heads / tp)) * model.head_size
-        width = model.intermediate_size
-        if model.is_moe:
-            moe_width = model.experts_per_token + model.num_shared_experts
-            moe_width *= model.expert_intermediate_size
-            width = round(
-                self._moe_frac * moe_width + (1.0 - self._moe_frac) * model.intermediate_size
-            )
-        inter = max(1, width // tp)
-        act = 3 * inter if model.gated_mlp else 2 * inter
-        elements = 2 * 2 * h + 2 * (q + kv) + act + 3 * h
-        return elements * tokens * self.params.activation_bytes / self._ew_hbm
 
     def _routed_s(self, tokens: int) -> tuple[float, float]:
         """(router, routed experts with their permutation) of one MoE layer over ``tokens``.
@@ -260,9 +252,16 @@ class ArchStep:
         cached = self._memo.get(tokens)
         if cached is not None:
             return cached
-        linear = self.params.layer_overhead_s + self._elementwise_s(tokens)
-        for mat in self._attn_mats:
-            linear += self._gemm_s(mat, tokens)
+        linear = self.params.layer_overhead_s + elementwise_s(
+            self.deployment, self.params, self._moe_frac, self._ew_hbm, tokens
+        )
+        if self._linear_frac > 0.0:  # Gated DeltaNet layers project in and out otherwise
+            full = sum(self._gemm_s(mat, tokens) for mat in self._attn_mats)
+            gdn = sum(self._gemm_s(mat, tokens) for mat in self._linear_mats)
+            linear += full + self._linear_frac * (gdn - full)
+        else:
+            for mat in self._attn_mats:
+                linear += self._gemm_s(mat, tokens)
         dense_frac = 1.0 - self._moe_frac
         if dense_frac > 0.0:
             linear += dense_frac * sum(self._gemm_s(mat, tokens) for mat in self._dense_mlp)
@@ -304,11 +303,18 @@ class ArchStep:
         """One average layer's attention for ``share`` of the batch."""
         window = self.deployment.model.sliding_window
         full = self._attention_of(batch, share, 0)
-        if self._window_frac == 0.0:
+        if self._window_frac == 0.0 and self._linear_frac == 0.0:
             return full
-        return (1.0 - self._window_frac) * full + self._window_frac * self._attention_of(
-            batch, share, window
-        )
+        total = (1.0 - self._window_frac - self._linear_frac) * full
+        if self._window_frac:
+            total += self._window_frac * self._attention_of(batch, share, window)
+        if self._linear_frac:  # Gated DeltaNet (sincere.perf.linear_attention)
+            total += self._linear_frac * self._gdn.iteration_s(
+                share * batch.prefill_tokens,
+                share * batch.num_prefill_seqs,
+                share * batch.num_decode_seqs,
+            )
+        return total
 
     def _attention_of(self, batch: Batch, share: float, window: int) -> float:
         pre_pair, _, token_s = self._attn
@@ -405,11 +411,35 @@ class ArchStep:
         scale = 1.0 if num_mb == 1 and dep.pp == 1 else num_mb + dep.pp - 1.0
         terms = self._decode_attention(share, n)
         attention = terms.sum(ctx_tokens, n, num_steps, None)
+        if self._window_frac or self._linear_frac:
+            attention *= 1.0 - self._window_frac - self._linear_frac
         if self._window_frac:
             window = float(n) * dep.model.sliding_window
-            windowed = terms.sum(ctx_tokens, n, num_steps, window)
-            attention = (1.0 - self._window_frac) * attention + self._window_frac * windowed
+            attention += self._window_frac * terms.sum(ctx_tokens, n, num_steps, window)
+        if self._linear_frac:  # a fixed state: the same every step
+            attention += self._linear_frac * num_steps * self._gdn.decode_step_s(share * n)
         return num_steps * fixed + scale * self._layers * attention
+
+
+def elementwise_s(
+    dep: Deployment, params: RooflineParams, moe_frac: float, hbm: float, tokens: int
+) -> float:
+    """One average layer's norms, rotary, activation and adds over ``tokens`` on one GPU:
+    their elements' bytes at ``hbm`` bytes/s (the MLP's width averaged over the MoE
+    layers' ``moe_frac`` and the dense ones)."""
+    model, tp = dep.model, dep.tp
+    h = model.hidden_size
+    q = max(1, model.num_heads // tp) * model.head_size
+    kv = max(1, math.ceil(model.num_kv_heads / tp)) * model.head_size
+    width = model.intermediate_size
+    if model.is_moe:
+        moe_width = model.experts_per_token + model.num_shared_experts
+        moe_width *= model.expert_intermediate_size
+        width = round(moe_frac * moe_width + (1.0 - moe_frac) * model.intermediate_size)
+    inter = max(1, width // tp)
+    act = 3 * inter if model.gated_mlp else 2 * inter
+    elements = 2 * 2 * h + 2 * (q + kv) + act + 3 * h
+    return elements * tokens * params.activation_bytes / hbm
 
 
 def group_exchange_s(
@@ -511,7 +541,8 @@ def _attention_mats(dep: Deployment, weight_bytes: float) -> tuple[_Mat, ...]:
     q_heads = max(1, model.num_heads // tp)
     if not model.is_mla:
         kv = max(1, math.ceil(model.num_kv_heads / tp)) * hd
-        return _Mat(h, q_heads * hd + 2 * kv, weight_bytes), _Mat(q_heads * hd, h, weight_bytes)
+        q = q_heads * hd * (2 if model.attention_output_gate else 1)  # the gate beside the query
+        return _Mat(h, q + 2 * kv, weight_bytes), _Mat(q_heads * hd, h, weight_bytes)
     rope, r = model.qk_rope_head_dim, model.kv_lora_rank
     qk = hd + rope
     mats = [_Mat(h, r + rope, weight_bytes), _Mat(r, q_heads * 2 * hd, weight_bytes)]
@@ -524,6 +555,20 @@ def _attention_mats(dep: Deployment, weight_bytes: float) -> tuple[_Mat, ...]:
         mats.append(_Mat(h, q_heads * qk, weight_bytes))
     mats.append(_Mat(q_heads * hd, h, weight_bytes))
     return tuple(mats)
+
+
+def _linear_attention_mats(dep: Deployment, weight_bytes: float) -> tuple[_Mat, ...]:
+    """One Gated DeltaNet layer's projections on one of ``tp`` GPUs: queries, keys, values
+    and the output gate in (with a decay and a write strength per value head), values out;
+    none for a model without such layers."""
+    model, tp = dep.model, dep.tp
+    if not model.num_linear_layers:
+        return ()
+    h = model.hidden_size
+    keys = max(1, math.ceil(model.linear_num_key_heads / tp)) * model.linear_key_head_dim
+    heads = max(1, math.ceil(model.linear_num_value_heads / tp))
+    values = heads * model.linear_value_head_dim
+    return _Mat(h, 2 * keys + 2 * values + 2 * heads, weight_bytes), _Mat(values, h, weight_bytes)
 
 
 def _mlp_mats(width: int, dep: Deployment, weight_bytes: float) -> tuple[_Mat, ...]:

@@ -119,9 +119,22 @@ KERNEL_PARTS = {
         "moe_int4_kernel_s",
         "moe_int4_expert_s",
     ),
+    "linear_attention": (
+        "gdn_mfu_efficiency",
+        "gdn_parallel_units",
+        "gdn_bw_efficiency",
+        "gdn_kernel_s",
+        "gdn_decode_bw_efficiency",
+        "gdn_decode_kernel_s",
+    ),
     "cpu": ("overhead_s", "overhead_per_seq_s"),
 }
 """Parts of a step and the constants that price each (provenance is kept per part)."""
+UNFITTED_PARTS = {
+    "linear_attention": "prior: the mean of the H100, H200 and B200 kernel fits "
+    "(RooflineParams' defaults)",
+}
+"""What a part takes where no fit sets its constants, other than datasheet assumptions."""
 PRIOR_FIELDS = (
     "mfu_efficiency",
     "bw_efficiency",
@@ -283,7 +296,7 @@ def _part_origins(
     out = {}
     for part, names in KERNEL_PARTS.items():
         if not any(name in params for name in names):
-            out[part] = "datasheet assumptions"
+            out[part] = UNFITTED_PARTS.get(part, "datasheet assumptions")
             continue
         out[part] = origin
         key = "attention" if part.endswith("attention") else part

@@ -30,6 +30,7 @@ TABLES = {
     "custom_allreduce": ("comm", "custom_allreduce_perf"),
     "nccl": ("comm", "nccl_perf"),
     "moe": ("moe", "moe_perf"),
+    "gdn": ("linear_attention", "gdn_perf"),
 }
 """Table name -> (family folder, file stem) of the tables the kernel fit reads."""
 GPU_FOLDERS = {

@@ -18,7 +18,10 @@ elements per layer, kept whole on every TP rank; sliding-window layers count no
 per-token KV but reserve ``window`` tokens for each of ``max_num_seqs`` sequences
 (vLLM's hybrid allocator frees a window layer's blocks behind the window), at most half
 the room left for KV (vLLM's pool is shared and reserves nothing: a ``max_num_seqs`` of
-full windows above that is more than its pool would ever hold at once). The
+full windows above that is more than its pool would ever hold at once); linear-attention
+(Gated DeltaNet) layers likewise count no per-token KV and reserve their fixed recurrent
+state (:meth:`~sincere.catalog.specs.ModelArch.linear_state_bytes_per_seq`, value heads
+split over TP) for each of ``max_num_seqs`` sequences, under the same cap. The
 activation peak is an estimate, not a measurement: per token
 ``(4 * hidden + 3 * intermediate / tp) * activation_bytes``
 (residual, norm, attention output, MLP gate / up / activation) plus fp32 logits of
@@ -109,6 +112,14 @@ def window_kv_bytes_per_gpu(deployment: Deployment, max_num_seqs: int) -> float:
     return per_seq * kv_share(deployment) / deployment.pp * max_num_seqs
 
 
+def linear_state_bytes_per_gpu(deployment: Deployment, max_num_seqs: int) -> float:
+    """Recurrent-state bytes the linear-attention layers hold for ``max_num_seqs``
+    sequences, per GPU (their value heads split over TP)."""
+    model = deployment.model
+    per_seq = model.linear_state_bytes_per_seq()
+    return per_seq / deployment.tp / deployment.pp * max_num_seqs
+
+
 def plan_memory(
     deployment: Deployment,
     *,
@@ -138,6 +149,8 @@ def plan_memory(
     free = budget - weights - activations - overhead_bytes
     if deployment.model.num_sliding_layers:
         free -= min(window_kv_bytes_per_gpu(deployment, max_num_seqs), max(free, 0.0) / 2)
+    if deployment.model.num_linear_layers:
+        free -= min(linear_state_bytes_per_gpu(deployment, max_num_seqs), max(free, 0.0) / 2)
     num_blocks = max(0, math.floor(free / (per_token * block_size)))
     need = block_size if min_kv_tokens is None else min_kv_tokens
     return MemoryPlan(

@@ -66,6 +66,9 @@ _EFFICIENCIES = (
     "attn_bw_efficiency",
     "interconnect_efficiency",
     "load_efficiency",
+    "gdn_mfu_efficiency",
+    "gdn_bw_efficiency",
+    "gdn_decode_bw_efficiency",
 )
 _TIMES = (
     "layer_overhead_s",
@@ -83,6 +86,8 @@ _TIMES = (
     "p2p_latency_s",
     "load_overhead_s",
     "unload_s",
+    "gdn_kernel_s",
+    "gdn_decode_kernel_s",
 )
 
 _OPTIONAL_EFFICIENCIES = (
@@ -177,6 +182,14 @@ class RooflineParams:
     moe_int4_kernel_s: float | None = None  # INT4 experts: fixed cost per layer
     moe_int4_expert_s: float | None = None  # INT4 experts: cost per active expert
     mxfp4_activations: str = "bf16"  # MXFP4 experts' activations: one of MXFP4_ACTIVATIONS
+    # Gated DeltaNet layers (sincere.perf.linear_attention); defaults: the mean of the
+    # H100, H200 and B200 fits (vLLM 0.24's gdn kernels)
+    gdn_mfu_efficiency: float = 0.278  # chunked delta rule: share of the bf16 peak
+    gdn_parallel_units: float = 116.9  # (sequence, value head) blocks that fill the GPU
+    gdn_bw_efficiency: float = 0.478  # prefill convolution: share of HBM
+    gdn_kernel_s: float = 14.3e-6  # prefill kernels' fixed cost per layer
+    gdn_decode_bw_efficiency: float = 0.841  # decode: state read and written, share of HBM
+    gdn_decode_kernel_s: float = 6.0e-6  # decode kernels' fixed cost per layer
     kernel_tables: str | None = None  # measured kernels' folder: routed experts from their rows
     kernel_release: str | None = None  # vLLM release of the measured rows (None: the newest)
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
@@ -256,6 +269,10 @@ class RooflineParams:
         ):
             if getattr(self, name) < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0", value=getattr(self, name))
+        if not self.gdn_parallel_units >= 1.0:
+            raise ConfigError(
+                "RooflineParams.gdn_parallel_units must be >= 1", value=self.gdn_parallel_units
+            )
         if not 0.0 <= self.moe_tail_share <= 1.0:
             raise ConfigError("RooflineParams.moe_tail_share must be in [0, 1]")
         if self.cuda_graph_max_tokens < 0:
@@ -627,7 +644,7 @@ def with_comm_s(coef: KernelCoef, base_s: float, tokens: int, step_tokens: int) 
 def needs_arch_step(deployment: Deployment) -> bool:
     """The model has experts, latent attention or sliding windows (see :mod:`.arch_step`)."""
     model = deployment.model
-    return model.uses_layer_groups or model.num_sliding_layers > 0
+    return model.uses_layer_groups or model.num_sliding_layers > 0 or model.num_linear_layers > 0
 
 
 class Roofline(StepTimeBase):

@@ -1,0 +1,152 @@
+"""Gated DeltaNet (linear attention) layers, as Qwen3-Next and Qwen3.5 interleave them.
+
+A linear-attention layer keeps no KV cache: each sequence carries a fixed ``dk x dv``
+state per value head, and a short causal convolution's last inputs. vLLM runs such a
+layer as two kernels a phase, and the forms here are fitted on its measured rows
+(AIConfigurator's ``linear_attention/gdn_perf``, :func:`sincere.fit.kernels.fit_gdn`):
+
+* **prefill**: the causal convolution over the layer's query, key and value channels
+  (memory-bound: every channel read and written once in bf16, ``gdn_bw_efficiency`` of
+  HBM) and the chunked gated delta rule, whose work is ``8 · dk · dv`` FLOPs per token and
+  value head with each sequence padded to whole chunks of 64 tokens, at
+  ``gdn_mfu_efficiency`` of the bf16 peak. The kernel runs one block per (sequence, value
+  head); fewer than ``gdn_parallel_units`` of them leave the GPU partly idle, and the rate
+  falls in proportion. Plus ``gdn_kernel_s`` and each sequence's final state written.
+* **decode**: every sequence's fp32 state read and written once and its convolution
+  window updated: bytes at ``gdn_decode_bw_efficiency`` of HBM, plus ``gdn_decode_kernel_s``.
+
+The per-GPU heads are the model's over TP (value heads, and key heads with them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sincere.perf.moe import FArray
+
+if TYPE_CHECKING:
+    from sincere.perf.base import Deployment
+    from sincere.perf.roofline import RooflineParams
+
+CHUNK = 64  # tokens of one chunk of the chunked delta rule (each sequence padded to whole)
+STATE_BYTES = 4.0  # the recurrent state's element: fp32 (the measured kernels, SGLang)
+CONV_BYTES = 2.0  # the convolution's inputs and outputs: bf16
+
+
+@dataclass(frozen=True, slots=True)
+class GdnShape:
+    """One Gated DeltaNet layer's heads on one GPU."""
+
+    key_heads: int
+    value_heads: int
+    key_dim: int
+    value_dim: int
+    conv_kernel: int
+
+    @property
+    def channels(self) -> int:
+        """Convolution channels: queries and keys (``key_heads · dk`` each) and values."""
+        return 2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim
+
+    @property
+    def state_bytes(self) -> float:
+        """One sequence's recurrent state in this layer."""
+        return self.value_heads * self.key_dim * self.value_dim * STATE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class GdnRates:
+    """The fitted constants with the GPU's peaks folded in (FLOP/s and bytes/s)."""
+
+    flops: float  # bf16 peak x gdn_mfu_efficiency
+    parallel_units: float  # (sequence, value head) blocks that fill the GPU
+    prefill_bytes: float  # HBM x gdn_bw_efficiency
+    prefill_kernel_s: float
+    decode_bytes: float  # HBM x gdn_decode_bw_efficiency
+    decode_kernel_s: float
+
+
+def padded_tokens(tokens: float, seqs: float) -> float:
+    """Tokens of ``seqs`` prefill pieces summing to ``tokens``, each padded to whole chunks,
+    when only the sums are known: half a chunk of padding a piece on average, and never
+    less than one chunk a piece."""
+    return max(tokens + seqs * (CHUNK / 2.0), seqs * CHUNK)
+
+
+def prefill_s(
+    shape: GdnShape, rates: GdnRates, tokens: FArray, seqs: FArray, padded: FArray
+) -> FArray:
+    """One layer's prefill of ``tokens`` in ``seqs`` sequences (``padded``: the tokens with
+    each sequence padded to whole chunks), element-wise over arrays."""
+    work = 8.0 * shape.key_dim * shape.value_dim * shape.value_heads * padded
+    blocks = np.maximum(seqs * shape.value_heads, 1.0)
+    idle = np.maximum(1.0, rates.parallel_units / blocks)
+    moved = 2.0 * CONV_BYTES * shape.channels * tokens + seqs * shape.state_bytes
+    out: FArray = rates.prefill_kernel_s + work * idle / rates.flops + moved / rates.prefill_bytes
+    return out
+
+
+def decode_s(shape: GdnShape, rates: GdnRates, seqs: FArray) -> FArray:
+    """One layer's decode step of ``seqs`` sequences, element-wise over arrays."""
+    window = 2.0 * CONV_BYTES * shape.conv_kernel * shape.channels
+    out: FArray = rates.decode_kernel_s + seqs * (2.0 * shape.state_bytes + window) / (
+        rates.decode_bytes
+    )
+    return out
+
+
+def shape_on_gpu(
+    key_heads: int, value_heads: int, key_dim: int, value_dim: int, conv_kernel: int, tp: int
+) -> GdnShape:
+    """The layer's heads on one of ``tp`` GPUs (at least one of each)."""
+    return GdnShape(
+        max(1, math.ceil(key_heads / tp)),
+        max(1, math.ceil(value_heads / tp)),
+        key_dim,
+        value_dim,
+        conv_kernel,
+    )
+
+
+class GdnCost:
+    """One Gated DeltaNet layer of a deployment on one GPU, priced by the roofline's
+    constants (``gdn_*``)."""
+
+    def __init__(self, deployment: Deployment, params: RooflineParams) -> None:
+        model, acc = deployment.model, deployment.accelerator
+        self.shape = shape_on_gpu(
+            model.linear_num_key_heads, model.linear_num_value_heads, model.linear_key_head_dim,
+            model.linear_value_head_dim, model.linear_conv_kernel, deployment.tp,
+        )  # fmt: skip
+        hbm = acc.hbm_bandwidth_gbps * 1e9
+        self.rates = GdnRates(
+            acc.peak_tflops("bf16") * 1e12 * params.gdn_mfu_efficiency,
+            params.gdn_parallel_units,
+            hbm * params.gdn_bw_efficiency,
+            params.gdn_kernel_s,
+            hbm * params.gdn_decode_bw_efficiency,
+            params.gdn_decode_kernel_s,
+        )
+
+    def iteration_s(self, prefill_tokens: float, prefill_seqs: float, decode_seqs: float) -> float:
+        """The layer's kernels in one iteration: the prefill pieces' and the decodes' (they
+        run apart, so both are paid)."""
+        total = 0.0
+        if prefill_seqs > 0:
+            padded = padded_tokens(prefill_tokens, prefill_seqs)
+            one = prefill_s(
+                self.shape, self.rates, np.array([prefill_tokens]), np.array([prefill_seqs]),
+                np.array([padded]),
+            )  # fmt: skip
+            total += float(one[0])
+        if decode_seqs > 0:
+            total += self.decode_step_s(decode_seqs)
+        return total
+
+    def decode_step_s(self, seqs: float) -> float:
+        """The layer's decode step over ``seqs`` sequences."""
+        return float(decode_s(self.shape, self.rates, np.array([seqs]))[0])

@@ -1,0 +1,131 @@
+"""Hybrid linear-attention models (Gated DeltaNet beside full attention, Qwen3.5): the
+catalog's shapes, the memory their fixed state takes, and how a step prices them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sincere.catalog.loader import default_catalog
+from sincere.catalog.schema import validate_model
+from sincere.core.errors import ConfigError, DataError
+from sincere.perf.arch_step import ArchStep
+from sincere.perf.base import Batch, Deployment
+from sincere.perf.calibration import roofline_defaults
+from sincere.perf.linear_attention import CHUNK, GdnCost, padded_tokens
+from sincere.perf.memory import linear_state_bytes_per_gpu, plan_memory
+from sincere.perf.roofline import RooflineParams
+
+QWEN = "qwen3.5-397b-a17b"
+
+
+def _dep(acc: str = "B200", tp: int = 4, precision: str = "fp8") -> Deployment:
+    catalog = default_catalog()
+    return Deployment(catalog.model(QWEN), catalog.accelerator(acc), precision=precision, tp=tp)
+
+
+def test_the_catalog_entry_counts_what_the_model_card_says() -> None:
+    """397B parameters, 17B active (the card), from the shapes within 1 %; 15 of the 60
+    layers cache KV, 45 keep a fixed state."""
+    model = default_catalog().model("Qwen/Qwen3.5-397B-A17B")
+    assert model.estimated_params_b() == pytest.approx(397.0, rel=0.01)
+    assert model.active_params_b() == pytest.approx(17.0, rel=0.03)
+    assert model.num_full_attention_layers == 15
+    # 15 layers x 2 KV heads x 256 x (K, V) x 2 bytes
+    assert model.kv_bytes_per_token("bf16") == 15 * 2 * 256 * 2 * 2
+    # 45 layers x (64 heads x 128 x 128 fp32 state + 3 conv inputs x 12288 channels bf16)
+    assert model.linear_state_bytes_per_seq() == 45 * (64 * 128 * 128 * 4 + 3 * 12288 * 2)
+
+
+def _entry(**changes: object) -> dict[str, object]:
+    raw: dict[str, object] = {
+        "num_params_b": 80.0, "num_layers": 48, "hidden_size": 2048, "intermediate_size": 512,
+        "num_heads": 16, "num_kv_heads": 2, "head_dim": 256, "vocab_size": 151936,
+        "max_context": 262144, "num_linear_layers": 36, "linear_num_key_heads": 16,
+        "linear_num_value_heads": 32, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+        "linear_conv_kernel": 4,
+    }  # fmt: skip
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"linear_conv_kernel": 0}, "linear_conv_kernel"),
+        ({"num_linear_layers": 0}, "linear_num_key_heads"),
+        ({"num_linear_layers": 48}, "num_linear_layers"),
+        ({"linear_num_value_heads": 24, "linear_num_key_heads": 16}, "linear_num_value_heads"),
+    ],
+)
+def test_a_catalog_entry_with_inconsistent_linear_layers_is_refused(
+    changes: dict[str, object], field: str
+) -> None:
+    with pytest.raises((ConfigError, DataError)) as caught:
+        validate_model("hybrid", _entry(**changes), Path("models.yaml"))
+    assert field in str(caught.value)
+
+
+def test_a_consistent_hybrid_entry_is_taken() -> None:
+    spec = validate_model("hybrid", _entry(), Path("models.yaml"))
+    assert spec.num_full_attention_layers == 12 and spec.linear_state_bytes_per_seq() > 0
+
+
+def test_the_kv_pool_leaves_room_for_every_sequence_state() -> None:
+    """The state of max_num_seqs sequences (value heads split over TP) comes out of the KV
+    pool, as a sliding window's does."""
+    dep = _dep(tp=8)
+    few = plan_memory(dep, max_num_seqs=16)
+    many = plan_memory(dep, max_num_seqs=128)
+    state = linear_state_bytes_per_gpu(dep, 128) - linear_state_bytes_per_gpu(dep, 16)
+    assert state == pytest.approx(112 * 192.06144e6 / 8, rel=1e-6)
+    freed = (few.num_kv_blocks - many.num_kv_blocks) * few.block_size
+    activations = many.activation_bytes - few.activation_bytes
+    assert freed * few.kv_bytes_per_token_per_gpu == pytest.approx(state + activations, rel=0.01)
+
+
+def test_decode_of_the_linear_layers_does_not_grow_with_the_context() -> None:
+    """Only the 15 full-attention layers read the context: a step's attention at 4x the
+    context grows by the full layers' share alone."""
+    step = ArchStep(_dep(), RooflineParams())
+    short = step.attention_s(Batch(num_decode_seqs=64, decode_ctx_tokens=64 * 1000), 1.0)
+    long = step.attention_s(Batch(num_decode_seqs=64, decode_ctx_tokens=64 * 4000), 1.0)
+    gdn = GdnCost(_dep(), RooflineParams()).decode_step_s(64)
+    linear_part = 0.75 * gdn
+    assert long - linear_part == pytest.approx(
+        0.25 * step._attention_of(Batch(num_decode_seqs=64, decode_ctx_tokens=64 * 4000), 1.0, 0),
+        rel=1e-9,
+    )
+    assert short - linear_part < long - linear_part
+
+
+def test_the_gated_delta_rule_pads_sequences_to_chunks_and_fills_the_gpu() -> None:
+    """One short sequence costs as much as a full chunk; at equal tokens, more sequences
+    (more blocks of work) are not slower per token than one."""
+    assert padded_tokens(1, 1) == CHUNK and padded_tokens(4096, 2) == 4096 + CHUNK
+    cost = GdnCost(_dep(tp=1), RooflineParams())
+    assert cost.iteration_s(1, 1, 0) == pytest.approx(cost.iteration_s(CHUNK / 2, 1, 0), rel=0.05)
+    one = cost.iteration_s(8192, 1, 0)
+    eight = cost.iteration_s(8192, 8, 0)
+    assert eight < one
+
+
+def test_a_fitted_gpu_prices_linear_attention_from_its_kernels() -> None:
+    """B200's default constants carry the gdn_* terms of its kernel fit, and say so; the
+    A100, whose collection has no such kernels, keeps the documented prior."""
+    catalog = default_catalog()
+    b200 = roofline_defaults(catalog.accelerator("B200"))
+    assert b200.params["gdn_decode_bw_efficiency"] != RooflineParams().gdn_decode_bw_efficiency
+    assert b200.parts["linear_attention"].startswith("fitted: measured vLLM")
+    a100 = roofline_defaults(catalog.accelerator("A100-80GB"))
+    assert "gdn_decode_bw_efficiency" not in a100.params
+    assert a100.parts["linear_attention"].startswith("prior: the mean of the H100")
+
+
+def test_bad_gdn_constants_are_refused() -> None:
+    with pytest.raises(ConfigError, match="gdn_parallel_units"):
+        dataclasses.replace(RooflineParams(), gdn_parallel_units=0.5)
+    with pytest.raises(ConfigError, match="gdn_mfu_efficiency"):
+        dataclasses.replace(RooflineParams(), gdn_mfu_efficiency=1.5)
