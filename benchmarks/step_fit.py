@@ -30,10 +30,12 @@ and leave-one-model-out (the linear fit on the five others, judged on the sixth)
 Links (``--only links``): the all-reduce's leave-one-GPU-out from every other GPU and
 from the GPUs of its own link kind (NVLink, PCIe) only. Releases (``--only releases``):
 per GPU and older vLLM release measured, the default fit
-(the newest tables) against that release's rows, beside the release's own fit.
+(the newest tables) against that release's rows, beside the release's own fit. Linear
+attention (``--only linear-attention``): the Gated DeltaNet families alone, judged as
+``kernels`` judges every family.
 
     python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
-        [--only a100|h100|kernels|releases]
+        [--only a100|h100|kernels|releases|links|linear-attention]
 """
 
 from __future__ import annotations
@@ -351,7 +353,7 @@ def shape_out(name, table, acc, merged, fit) -> tuple[float, float, float]:  # t
         return (float("nan"),) * 3
     table = family_rows(name, table)  # the rows the family is fitted on: folds of their shapes
     table_folds = shape_folds(name, table)
-    context = {**merged, "_bf16": fit.families[0]}
+    context = {**merged, "_bf16": fit.families[0] if fit is not None else None}
     preds, meas = [], []
     for fold in range(NUM_FOLDS):
         train = table.where(table_folds != fold)
@@ -365,6 +367,45 @@ def shape_out(name, table, acc, merged, fit) -> tuple[float, float, float]:  # t
     if not preds:  # one measured shape (INT4 experts): nothing to hold out
         return (float("nan"),) * 3
     return errors_of(np.concatenate(preds), np.concatenate(meas))
+
+
+def linear_attention_checks(database: Path) -> None:
+    """The Gated DeltaNet families alone (``--only linear-attention``): each GPU's own fit,
+    leave-one-GPU-out and leave-one-shape-out, as :func:`kernel_checks` judges every family,
+    without fitting the others."""
+    from sincere.fit.kernels import COLUMNS, GDN_PHASES, family_rows, fit_gdn, predict_family
+    from sincere.perf.kernel_tables import read_table
+
+    fits = {}
+    for acc_name, folder in KERNEL_GPUS:
+        table = read_table(database / folder, "gdn", COLUMNS["gdn"])
+        if table is None:
+            continue
+        acc = get_accelerator(acc_name)
+        fams = {name: fit_gdn(name, table, acc, database) for name in GDN_PHASES}
+        fits[acc_name] = (acc, table, fams)
+    print("\n| GPU | family | rows | own fit: mean / max % (bias) | leave-one-GPU-out "
+          "| leave-one-shape-out |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|")
+    totals: dict[str, list[float]] = {"own": [], "gpu": [], "shape": []}
+    for acc_name, (acc, table, fams) in fits.items():
+        for name, fam in fams.items():
+            rows = family_rows(name, table)
+            measured = rows.num("latency") * 1e-3
+            own = errors_of(predict_family(name, rows, acc, fam.params), measured)
+            others = [f[name].params for a, (_, _, f) in fits.items() if a != acc_name]
+            held = errors_of(predict_family(name, rows, acc, mean_params(others)), measured)
+            shape = shape_out(name, table, acc, fam.params, None)
+            for key, err in (("own", own), ("gpu", held), ("shape", shape)):
+                totals[key].append(err[0])
+            print(f"| {acc_name} | {name} | {len(measured)} | {cell(own)} | {cell(held)} "
+                  f"| {cell(shape)} |")  # fmt: skip
+    means = {k: 100 * float(np.nanmean(v)) for k, v in totals.items()}
+    print(
+        f"\none-line: linear attention on {len(fits)} GPUs, mean |error|: own fit "
+        f"{means['own']:.1f} %, leave-one-GPU-out {means['gpu']:.1f} %, leave-one-shape-out "
+        f"{means['shape']:.1f} %"
+    )
 
 
 RELEASE_FAMILIES = ("gemm_bf16", "prefill_attention", "decode_attention", "allreduce", "moe")
@@ -477,7 +518,7 @@ def main() -> None:
     parser.add_argument(
         "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
     )
-    only = ("a100", "h100", "kernels", "releases", "links")
+    only = ("a100", "h100", "kernels", "releases", "links", "linear-attention")
     parser.add_argument("--only", choices=only, default=None)
     parser.add_argument(
         "--kernels",
@@ -490,6 +531,9 @@ def main() -> None:
         return
     if args.only == "links":
         link_checks(args.kernels)
+        return
+    if args.only == "linear-attention":
+        linear_attention_checks(args.kernels)
         return
     if args.only in (None, "kernels"):
         kernel_checks(args.kernels)

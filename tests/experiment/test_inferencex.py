@@ -577,3 +577,32 @@ def test_sampling_draws_from_the_representable_points(shared_data: Path) -> None
     board = score_points(points, sample=1, seed=3)
     assert len(board.results) == 1 and board.num_sampled == 1
     assert len(board.skips) == 1 and board.num_points == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "first_chunk", "recv", "seqs"),
+    [({}, 30, 10, 8),
+     ({"batch_size": 256, "source_concurrency": 256}, 30, 30, 128),
+     ({"precision": "bf16", "gemm_quant": "bf16", "moe_quant": "bf16"}, 30, 10, 8),
+     ({"precision": "fp4", "gemm_quant": "nvfp4", "moe_quant": "nvfp4"}, 30, 30, 8),
+     ({"system": "b300_sxm"}, 1, 10, 8)],
+)  # fmt: skip
+def test_qwen35_runs_as_its_sglang_scripts_set(
+    change: dict[str, Any], first_chunk: int, recv: int, seqs: int
+) -> None:
+    """Qwen3.5-397B-A17B's points (a hybrid Gated DeltaNet model) run as InferenceX's SGLang
+    scripts on B200 set them: the first streamed chunk at the 30th token, the queue polled
+    every 10 / 30 iterations (30 at every load for fp4), at most 128 requests running (fp8,
+    bf16). The B300 points, whose TTFT a first token at once meets, stream every token."""
+    point = dataclasses.replace(
+        POINT, backend="sglang", backend_version="0.5.9", model="Qwen/Qwen3.5-397B-A17B",
+        tp=8, moe_tp=8, moe_ep=1, batch_size=8, source_concurrency=8,
+    )  # fmt: skip
+    spec = point_spec(dataclasses.replace(point, **change))
+    assert isinstance(spec, PointSpec)
+    assert spec.catalog_model == "qwen3.5-397b-a17b"
+    (instance,) = point_config(spec).instances
+    execution = instance.engine.execution_params()
+    assert execution.frontend.first_chunk_tokens == first_chunk
+    assert execution.recv_interval == recv
+    assert instance.engine.max_num_seqs == seqs

@@ -129,3 +129,18 @@ def test_bad_gdn_constants_are_refused() -> None:
         dataclasses.replace(RooflineParams(), gdn_parallel_units=0.5)
     with pytest.raises(ConfigError, match="gdn_mfu_efficiency"):
         dataclasses.replace(RooflineParams(), gdn_mfu_efficiency=1.5)
+
+
+def test_a_disaggregated_prompt_sends_its_state_with_its_kv() -> None:
+    """Prefill/decode disaggregation moves the 15 full layers' KV of the prompt and the 45
+    linear layers' fixed state; a model without such layers sends its KV alone."""
+    from sincere.perf.kv_link import kv_bytes
+
+    dep = _dep(tp=8)
+    per_token = dep.model.kv_bytes_per_token(dep.kv_precision)
+    state = dep.model.linear_state_bytes_per_seq()
+    assert kv_bytes(dep, 1000) == 1000 * per_token + state
+    assert kv_bytes(dep, 1000) - kv_bytes(dep, 10) == pytest.approx(990 * per_token)
+    catalog = default_catalog()
+    dense = Deployment(catalog.model("llama-3-8b"), catalog.accelerator("H100-SXM"))
+    assert kv_bytes(dense, 1000) == 1000 * dense.model.kv_bytes_per_token(dense.kv_precision)

@@ -456,3 +456,23 @@ def test_a_closed_loop_over_two_by_two_sends_each_request_at_an_end(concurrency:
     assert np.array_equal(arrival[concurrency:], ends[: 40 - concurrency])
     assert 1 in table["output_tokens"]  # some ended at their prefill
     assert result.summary["closed_loop"]["concurrency"] == concurrency
+
+
+def test_a_hybrid_models_prompt_carries_its_recurrent_state_across() -> None:
+    """Qwen3.5's prefill instance hands over the 15 full layers' KV of the prompt and the
+    45 Gated DeltaNet layers' state (a fixed 192 MB a sequence): the transfer and the
+    TTFT hold both."""
+    qwen = "qwen3.5-397b-a17b"
+    prompt, bw_gbps, lat_s = 1000, 50.0, 0.002
+    requests = RequestArrays.build([0.0], [prompt], [10], models=(qwen,))
+    cfg = pd_config({"kind": "rdma", "bandwidth_gbps": bw_gbps, "latency_s": lat_s})
+    cfg["workload"]["models"] = {qwen: 1.0}
+    shape = {"model": qwen, "accelerator": "B200", "tp": 8, "precision": "fp8"}
+    cfg["instances"] = [instance("prefill", "p", **shape), instance("decode", "d", **shape)]
+    result = simulate(cfg, requests=requests)
+    pd = result.pd
+    assert pd is not None
+    arch = get_model(qwen)
+    sent = prompt * arch.kv_bytes_per_token("fp16") + arch.linear_state_bytes_per_seq()
+    assert pd.kv_bytes[0] == pytest.approx(sent)
+    assert pd.kv_ready_at[0] == pytest.approx(pd.prefill_done_at[0] + lat_s + sent / 5e10)

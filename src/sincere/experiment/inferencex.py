@@ -134,6 +134,11 @@ The simulated SGLang engine polls its queue as seldom (the execution model's
 ``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
 8k-in / 1k-out runs on B200, of which the file has none.) Applied on Blackwell systems
 only: the H200 script (``dsr1_fp8_h200.sh``) sets no interval (every iteration polls)."""
+SCRIPT_RECV_INTERVALS = {("qwen3.5", "nvfp4", "b200_sxm"): 30}
+"""(scripts, weight precision, system) whose SGLang server polls its queue at one interval
+whatever the clients: Qwen3.5's fp4 script on B200 (``qwen3.5_fp4_b200.sh``) passes
+``--scheduler-recv-interval 30`` at every load (its fp8 and bf16 ones follow
+:data:`SGLANG_RECV_INTERVALS`)."""
 SCRIPT_MODELS = {
     "deepseek-r1": "dsr1",
     "deepseek-v3": "dsr1",
@@ -141,6 +146,7 @@ SCRIPT_MODELS = {
     "minimax-m2.5": "minimaxm2.5",
     "kimi-k2.5": "kimik2.5",
     "llama-3.1-70b": "70b",
+    "qwen3.5-397b-a17b": "qwen3.5",
 }
 """Catalog model -> the InferenceX serving scripts that ran its points. The file's
 DeepSeek-V3 points are runs of the DeepSeek-R1 scripts (their ids begin ``dsr1_``: same
@@ -154,6 +160,9 @@ STREAM_INTERVALS = {
     ("trtllm", "dsr1", "nvfp4", "b200_sxm"): 10,
     ("sglang", "dsr1", "fp8", "h200_sxm"): 10,
     ("trtllm", "dsr1", "fp8", "h200_sxm"): 10,
+    ("sglang", "qwen3.5", "fp8", "b200_sxm"): 30,
+    ("sglang", "qwen3.5", "bf16", "b200_sxm"): 30,
+    ("sglang", "qwen3.5", "nvfp4", "b200_sxm"): 30,
 }
 """The stream interval of InferenceX's DeepSeek-R1 serving scripts (:data:`SCRIPT_MODELS`)
 on B200 and B300, by (backend, scripts, weight precision, system): SGLang's
@@ -168,7 +177,11 @@ other scripts and systems stream every token. On H200 the DeepSeek-R1 fp8 script
 (TensorRT-LLM's GPT-OSS script on B200,
 ``gptoss_fp4_b200_trt.sh``, sets ``stream_interval: 20``, but its points miss a median 7.5
 of their own TPOT (quartiles 4.4 and 9.7) where a 20th-token first chunk would take 19:
-not applied.)"""
+not applied.) Qwen3.5-397B-A17B's SGLang scripts on B200 (``qwen3.5_fp8_b200.sh``,
+``qwen3.5_bf16_b200.sh``, ``qwen3.5_fp4_b200.sh``) set 30; the B300 script read
+(``qwen3.5_fp8_b300.sh``: 50, with one prompt a client) is a later recipe than the B300
+points, whose TTFT a first token streamed at once already meets (SGLang 0.5.10; the B200
+points ran 0.5.9 and nightly builds): not applied there."""
 BATCH_WAITS = (
     # (backend, scripts, weight precisions, in, out, below this TP, from these clients, iters,
     #  the systems whose scripts say so)
@@ -229,11 +242,14 @@ attention data parallelism (``dsr1_fp8_b200_trt_mtp.sh``: ``MTP=1`` when
 SCRIPT_SEQ_LIMITS = {
     ("vllm", "minimaxm2.5", "h100_sxm"): 256,
     ("vllm", "minimaxm2.5", "h200_sxm"): 1024,
+    ("sglang", "qwen3.5", "b200_sxm"): 128,
 }
 """(backend, scripts, system) whose servers run at most so many sequences whatever the
 clients: InferenceX's MiniMax-M2.5 vLLM script on H100 (``minimaxm2.5_fp8_h100.sh``) passes
 ``--max-num-seqs 256``, the H200 one (``minimaxm2.5_fp8_h200.sh``) none, so vLLM's default
-for the GPU, 1,024. The other scripts read pass the clients (``--max-num-seqs $CONC``)."""
+for the GPU, 1,024. Qwen3.5's SGLang scripts on B200 pass ``--max-running-requests 128``
+(fp8 and bf16; the fp4 one ``max(CONC, 128)``: the clients, for the file's at most 128
+there). The other scripts read pass the clients (``--max-num-seqs $CONC``)."""
 ADP_BALANCE = {("trtllm", "dsr1"): (60, 0), ("trtllm", "gptoss"): (50, 10)}
 """(backend, scripts) -> the attention-DP balance their servers run with attention DP,
 ``(timeout_iters, batching_wait_iters)`` of TensorRT-LLM's ``attention_dp_config`` with
@@ -305,9 +321,10 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     scripts set (:func:`batch_wait`) and balance their attention-DP ranks
     (:data:`ADP_BALANCE`)."""
     out: dict[str, Any] = {}
-    if spec.engine_preset == "sglang" and spec.point.system in BLACKWELL_SYSTEMS:
-        out["recv_interval"] = sglang_recv_interval(spec.clients)
     script = scripts_of(spec)
+    if spec.engine_preset == "sglang" and spec.point.system in BLACKWELL_SYSTEMS:
+        fixed = SCRIPT_RECV_INTERVALS.get((script, spec.precision, spec.point.system))
+        out["recv_interval"] = fixed or sglang_recv_interval(spec.clients)
     key = (spec.point.backend, script, spec.precision, spec.point.system)
     if (interval := STREAM_INTERVALS.get(key)) is not None:
         out["frontend"] = {"first_chunk_tokens": first_chunk_tokens(spec, interval)}

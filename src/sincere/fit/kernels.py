@@ -906,8 +906,11 @@ GDN_KEY = (
 def gdn_rows(table: KernelTable, phase: str) -> KernelTable:
     """One row per measured layer call of ``phase``: the latencies of its two kernels
     (the convolution and the delta rule) summed; calls missing one of them are left out
-    (some releases time the convolution alone)."""
+    (some releases time the convolution alone). A table already made of such calls comes
+    back as it is, less other phases' calls."""
     rows = table.where(table.equals("phase", phase))
+    if "kernel_source" not in rows.columns:  # already one row per call
+        return rows
     if rows.num_rows == 0:
         raise ConfigError(f"no {phase} rows of the Gated DeltaNet kernels", where=str(table.path))
     keys = np.stack([rows.num(col) for col in GDN_KEY], axis=1)

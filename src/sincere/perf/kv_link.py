@@ -142,5 +142,9 @@ def sender_figures(cfg: KvLinkConfig, deployment: Deployment) -> tuple[float, fl
 
 
 def kv_bytes(deployment: Deployment, prompt_tokens: int) -> float:
-    """Bytes of the KV of ``prompt_tokens`` prompt tokens computed by ``deployment``."""
-    return prompt_tokens * deployment.model.kv_bytes_per_token(deployment.kv_precision)
+    """Bytes of the KV of ``prompt_tokens`` prompt tokens computed by ``deployment``, and of
+    the sequence's recurrent state where the model has linear-attention layers (its fixed
+    size goes with every transfer)."""
+    model = deployment.model
+    per_token = model.kv_bytes_per_token(deployment.kv_precision)
+    return prompt_tokens * per_token + model.linear_state_bytes_per_seq()

@@ -198,9 +198,11 @@ class _Builder:
             for d in self.deployments
         ]
         door = build_pd_front_door(cfg, self.config.seed)
+        state = [d.model.linear_state_bytes_per_seq() for d in self.deployments]
         return PDPlan(
-            door, roles, prefill_of, decode_of, kv, links, PDRecords.empty(len(self.requests))
-        )
+            door, roles, prefill_of, decode_of, kv, links, PDRecords.empty(len(self.requests)),
+            state_bytes=state if any(state) else [],
+        )  # fmt: skip
 
     def _info(
         self, inst: InstanceConfig, ix: int, dep: Deployment, step: StepTimeModel

@@ -186,6 +186,8 @@ class PDPlan:
     records: PDRecords
     links: dict[tuple[int, int], KvLink] = field(default_factory=dict)
     all_links: list[KvLink] = field(default_factory=list)  # by index, in creation order
+    state_bytes: list[float] = field(default_factory=list)  # per engine: a sequence's
+    # recurrent state (linear-attention layers), sent with its KV; empty: none
 
     def link(self, p: int, d: int) -> KvLink:
         """The link from prefill engine ``p`` to decode engine ``d``."""
@@ -349,6 +351,8 @@ class PDExtension(Extension):
         records.finished_at[i] = np.nan  # the request goes on at its decode instance
         p = int(records.instance[i])
         num_bytes = int(self._prompt[i]) * self.plan.kv_bytes_per_token[p]
+        if self.plan.state_bytes:
+            num_bytes += self.plan.state_bytes[p]
         rec.kv_bytes[i] = num_bytes
         link = self.plan.link(p, d)
         end = link.start(i, at, num_bytes)
