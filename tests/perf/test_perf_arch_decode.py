@@ -22,6 +22,8 @@ CASES = [
     # Gated DeltaNet layers beside full attention (a fixed state: a constant decode cost)
     ("qwen3.5-397b-a17b", "B200", 4, 1, 1, "fp8"),
     ("qwen3.5-397b-a17b", "A100-80GB", 8, 2, 1, "bf16"),
+    ("qwen3.5-27b", "H100-SXM", 1, 1, 1, "fp8"),  # a dense hybrid
+    ("qwen3-next-80b-a3b", "H200", 2, 1, 2, "bf16"),
 ]
 RUNS = [(1, 100, 50), (8, 8 * 120, 300), (64, 64 * 3000, 500), (32, 32 * 127, 2000), (5, 0, 10)]
 
