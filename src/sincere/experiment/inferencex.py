@@ -243,13 +243,18 @@ SCRIPT_SEQ_LIMITS = {
     ("vllm", "minimaxm2.5", "h100_sxm"): 256,
     ("vllm", "minimaxm2.5", "h200_sxm"): 1024,
     ("sglang", "qwen3.5", "b200_sxm"): 128,
+    ("sglang", "qwen3.5", "h200_sxm"): 128,
 }
 """(backend, scripts, system) whose servers run at most so many sequences whatever the
 clients: InferenceX's MiniMax-M2.5 vLLM script on H100 (``minimaxm2.5_fp8_h100.sh``) passes
 ``--max-num-seqs 256``, the H200 one (``minimaxm2.5_fp8_h200.sh``) none, so vLLM's default
 for the GPU, 1,024. Qwen3.5's SGLang scripts on B200 pass ``--max-running-requests 128``
 (fp8 and bf16; the fp4 one ``max(CONC, 128)``: the clients, for the file's at most 128
-there). The other scripts read pass the clients (``--max-num-seqs $CONC``)."""
+there), and so do its H200 ones (``qwen3.5_fp8_h200.sh``, ``qwen3.5_bf16_h200.sh``; they set
+no queue-poll interval and ``--stream-interval 50`` with the recipe whose B300 points
+stream their first token at once, so neither is applied; their ``--mamba-ssm-dtype
+bfloat16`` halves the recurrent state the step model prices in fp32: not modelled). The
+other scripts read pass the clients (``--max-num-seqs $CONC``)."""
 ADP_BALANCE = {("trtllm", "dsr1"): (60, 0), ("trtllm", "gptoss"): (50, 10)}
 """(backend, scripts) -> the attention-DP balance their servers run with attention DP,
 ``(timeout_iters, batching_wait_iters)`` of TensorRT-LLM's ``attention_dp_config`` with
