@@ -72,7 +72,14 @@ from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
 from sincere.perf.kernel_tables import KernelTable, dominant, read_table, usable_sources
-from sincere.perf.linear_attention import CHUNK, GdnRates, GdnShape, decode_s, prefill_s
+from sincere.perf.linear_attention import (
+    CHUNK,
+    GdnRates,
+    GdnShape,
+    decode_bytes_per_seq,
+    decode_s,
+    prefill_s,
+)
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
 
 TOKEN_TILES = (1, 64, 128, 256)
@@ -915,9 +922,12 @@ def gdn_rows(table: KernelTable, phase: str) -> KernelTable:
         raise ConfigError(f"no {phase} rows of the Gated DeltaNet kernels", where=str(table.path))
     keys = np.stack([rows.num(col) for col in GDN_KEY], axis=1)
     unique, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
     sources = rows.columns["kernel_source"].astype(str)
-    kinds = np.array([len(set(sources[inverse == i])) for i in range(len(unique))])
-    latency = np.bincount(inverse.ravel(), weights=rows.num("latency"), minlength=len(unique))
+    codes = np.unique(sources, return_inverse=True)[1].ravel()
+    pairs = np.unique(np.stack([inverse, codes], axis=1), axis=0)  # (call, kernel) once each
+    kinds = np.bincount(pairs[:, 0], minlength=len(unique))
+    latency = np.bincount(inverse, weights=rows.num("latency"), minlength=len(unique))
     whole = (kinds == 2) & (counts == 2)
     if not whole.any():
         raise ConfigError(
@@ -976,7 +986,7 @@ def gdn_decode_bytes(rows: KernelTable) -> FArray:
     groups, _, seqs, _ = gdn_features(rows)
     out = np.empty(rows.num_rows)
     for shape, at in groups:
-        out[at] = seqs[at] * (2.0 * shape.state_bytes + 4.0 * shape.conv_kernel * shape.channels)
+        out[at] = seqs[at] * decode_bytes_per_seq(shape)
     return out
 
 

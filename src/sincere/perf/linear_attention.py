@@ -90,12 +90,15 @@ def prefill_s(
     return out
 
 
+def decode_bytes_per_seq(shape: GdnShape) -> float:
+    """Bytes one sequence's decode step moves in the layer: its state read and written,
+    its convolution window read and written."""
+    return 2.0 * shape.state_bytes + 2.0 * CONV_BYTES * shape.conv_kernel * shape.channels
+
+
 def decode_s(shape: GdnShape, rates: GdnRates, seqs: FArray) -> FArray:
     """One layer's decode step of ``seqs`` sequences, element-wise over arrays."""
-    window = 2.0 * CONV_BYTES * shape.conv_kernel * shape.channels
-    out: FArray = rates.decode_kernel_s + seqs * (2.0 * shape.state_bytes + window) / (
-        rates.decode_bytes
-    )
+    out: FArray = rates.decode_kernel_s + seqs * decode_bytes_per_seq(shape) / rates.decode_bytes
     return out
 
 
