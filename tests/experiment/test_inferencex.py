@@ -608,3 +608,5 @@ def test_qwen35_runs_as_its_sglang_scripts_set(
     assert execution.frontend.first_chunk_tokens == first_chunk
     assert execution.recv_interval == recv
     assert instance.engine.max_num_seqs == seqs
+    # the H200 scripts keep the recurrent state in bf16, the B200 ones in SGLang's fp32
+    assert instance.state_precision == ("bf16" if change.get("system") == "h200_sxm" else "fp32")

@@ -144,3 +144,71 @@ def test_a_disaggregated_prompt_sends_its_state_with_its_kv() -> None:
     catalog = default_catalog()
     dense = Deployment(catalog.model("llama-3-8b"), catalog.accelerator("H100-SXM"))
     assert kv_bytes(dense, 1000) == 1000 * dense.model.kv_bytes_per_token(dense.kv_precision)
+
+
+def test_a_16_bit_state_halves_its_memory_decode_traffic_and_transfer() -> None:
+    """SGLang's --mamba-ssm-dtype bfloat16 (vLLM's --mamba-ssm-cache-dtype): the state a
+    sequence holds, moves in a decode step and sends to a decode instance is half the
+    fp32 one (the convolution's window stays bf16); the full-attention KV is untouched."""
+    from sincere.perf.kv_link import kv_bytes
+
+    fp32 = _dep(tp=8)
+    bf16 = dataclasses.replace(fp32, state_precision="bf16")
+    model = fp32.model
+    conv = 45 * 3 * 12288 * 2.0
+    assert model.linear_state_bytes_per_seq("bf16") - conv == pytest.approx(
+        (model.linear_state_bytes_per_seq("fp32") - conv) / 2
+    )
+    assert linear_state_bytes_per_gpu(bf16, 64) < linear_state_bytes_per_gpu(fp32, 64)
+    assert (
+        plan_memory(bf16, max_num_seqs=128).num_kv_blocks
+        > plan_memory(fp32, max_num_seqs=128).num_kv_blocks
+    )
+    params = RooflineParams()
+    kernel = params.gdn_decode_kernel_s
+    fast, slow = GdnCost(bf16, params), GdnCost(fp32, params)
+    window = 2 * 2.0 * 4 * fast.shape.channels  # the convolution's, read and written in bf16
+    state = 2 * 8 * 128 * 128 * 4.0  # 8 value heads a GPU at TP 8, read and written in fp32
+    assert (fast.decode_step_s(64) - kernel) / (slow.decode_step_s(64) - kernel) == (
+        pytest.approx((state / 2 + window) / (state + window))
+    )
+    assert kv_bytes(bf16, 0) < kv_bytes(fp32, 0) and kv_bytes(bf16, 100) - kv_bytes(
+        bf16, 0
+    ) == pytest.approx(kv_bytes(fp32, 100) - kv_bytes(fp32, 0))
+
+
+def test_an_unknown_state_precision_is_refused_with_what_is_allowed() -> None:
+    with pytest.raises(ConfigError, match="state_precision") as caught:
+        dataclasses.replace(_dep(), state_precision="fp8")
+    assert "fp32" in str(caught.value) and "bf16" in str(caught.value)
+
+
+def _config(state: str) -> dict[str, object]:
+    return {
+        "seed": 0,
+        "workload": {
+            "num_requests": 20,
+            "arrival": {"kind": "poisson", "rate": 4.0},
+            "lengths": {"prompt": {"kind": "fixed", "tokens": 2000},
+                        "output": {"kind": "fixed", "tokens": 50}},
+            "models": {"qwen3.5-35b-a3b": 1.0},
+        },
+        "instances": [{"name": "h100", "model": "qwen3.5-35b-a3b", "accelerator": "H100-SXM",
+                       "precision": "fp8", "state_precision": state}],
+    }  # fmt: skip
+
+
+def test_a_config_sets_the_state_precision_of_its_instances() -> None:
+    """``state_precision`` in an instance block reaches the engine (a 16-bit state decodes
+    faster than the fp32 one, every request served); a precision it cannot be is refused
+    naming the instance and what is allowed."""
+    from sincere.sim import simulate
+
+    fp32, bf16 = simulate(_config("fp32")), simulate(_config("bf16"))
+    for result in (fp32, bf16):
+        assert result.log.num_unfinished == 0 and not result.records.rejected.any()
+    slow, fast = (r.requests.to_pydict()["tpot_s"] for r in (fp32, bf16))
+    assert sum(fast) < sum(slow)
+    with pytest.raises(ConfigError, match="state_precision") as caught:
+        simulate(_config("int8"))
+    assert "instances[0]" in str(caught.value) and "allowed: bf16, fp16, fp32" in str(caught.value)

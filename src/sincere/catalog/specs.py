@@ -248,14 +248,16 @@ class ModelArch:
             h * (self.linear_conv_channels + values + 2 * self.linear_num_value_heads) + values * h
         )
 
-    def linear_state_bytes_per_seq(self) -> float:
+    def linear_state_bytes_per_seq(self, state_precision: str = "fp32") -> float:
         """Bytes one sequence's recurrent state takes over the linear-attention layers: the
-        ``dk x dv`` state of every value head in fp32 (as the measured decode kernels and
-        SGLang keep it) and the convolution's last ``kernel - 1`` inputs in bf16."""
+        ``dk x dv`` state of every value head in ``state_precision`` (fp32: as the measured
+        decode kernels and SGLang keep it by default) and the convolution's last
+        ``kernel - 1`` inputs in bf16."""
         if not self.num_linear_layers:
             return 0.0
         heads = self.linear_num_value_heads
-        state = heads * self.linear_key_head_dim * self.linear_value_head_dim * 4.0
+        element = PRECISION_BYTES[state_precision]
+        state = heads * self.linear_key_head_dim * self.linear_value_head_dim * element
         conv = (self.linear_conv_kernel - 1) * self.linear_conv_channels * 2.0
         return self.num_linear_layers * (state + conv)
 

@@ -87,6 +87,7 @@ def deployment_of(spec: DeploymentSpec, model: str, where: str) -> Deployment:
         return Deployment(
             arch, get_accelerator(spec.accelerator), spec.precision,
             spec.kv_precision, spec.tp, spec.pp, spec.ep, spec.attention_dp,
+            spec.state_precision,
         )  # fmt: skip
     except ConfigError as exc:
         raise ConfigError(str(exc), where=where) from None

@@ -56,6 +56,7 @@ def fitting_layouts(deployment: Deployment, batch: Batch) -> list[str]:
             trial = Deployment(
                 deployment.model, deployment.accelerator, precision,
                 deployment.kv_precision, tp, deployment.pp, min(deployment.ep, tp),
+                state_precision=deployment.state_precision,
             )  # fmt: skip
             try:
                 fits = plan_for(trial, batch).fits

@@ -121,6 +121,8 @@ class DeploymentSpec(BaseModel):
     accelerator: str = "H100-SXM"  # catalog accelerator
     precision: str = "bf16"  # weight precision
     kv_precision: str = "fp16"  # KV-cache precision
+    # linear-attention layers' recurrent state: fp32 (default) or 16 bits (bf16, fp16)
+    state_precision: str = "fp32"
     tp: int = Field(1, ge=1, le=1024)  # tensor-parallel degree
     pp: int = Field(1, ge=1, le=1024)  # pipeline-parallel degree
     ep: int = Field(1, ge=1, le=1024)  # expert-parallel degree (MoE; divides tp x attention_dp)

@@ -252,9 +252,14 @@ for the GPU, 1,024. Qwen3.5's SGLang scripts on B200 pass ``--max-running-reques
 (fp8 and bf16; the fp4 one ``max(CONC, 128)``: the clients, for the file's at most 128
 there), and so do its H200 ones (``qwen3.5_fp8_h200.sh``, ``qwen3.5_bf16_h200.sh``; they set
 no queue-poll interval and ``--stream-interval 50`` with the recipe whose B300 points
-stream their first token at once, so neither is applied; their ``--mamba-ssm-dtype
-bfloat16`` halves the recurrent state the step model prices in fp32: not modelled). The
-other scripts read pass the clients (``--max-num-seqs $CONC``)."""
+stream their first token at once, so neither is applied; their bf16 state:
+:data:`BF16_STATE_SCRIPTS`). The other scripts read pass the clients (``--max-num-seqs
+$CONC``)."""
+BF16_STATE_SCRIPTS = frozenset({("sglang", "qwen3.5", "h200_sxm")})
+"""(backend, scripts, system) whose servers keep linear-attention state in bf16:
+Qwen3.5's SGLang scripts on H200 (``qwen3.5_fp8_h200.sh``, ``qwen3.5_bf16_h200.sh``) pass
+``--mamba-ssm-dtype bfloat16``; its B200 ones leave SGLang's fp32 (the B300 one read sets
+bf16 too, but is a later recipe than the file's B300 points: not applied)."""
 ADP_BALANCE = {("trtllm", "dsr1"): (60, 0), ("trtllm", "gptoss"): (50, 10)}
 """(backend, scripts) -> the attention-DP balance their servers run with attention DP,
 ``(timeout_iters, batching_wait_iters)`` of TensorRT-LLM's ``attention_dp_config`` with
@@ -621,6 +626,8 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     }
     if fp8_kv(spec):
         instance["kv_precision"] = "fp8"
+    if (p.backend, scripts_of(spec), p.system) in BF16_STATE_SCRIPTS:
+        instance["state_precision"] = "bf16"
     if (step_model := _step_model(spec)) is not None:
         instance["step_model"] = step_model
     return load_config({"seed": seed, "workload": workload, "instances": [instance]})
@@ -639,6 +646,8 @@ def _pd_config(spec: PointSpec, pd: PDSpec, seed: int) -> SimulationConfig:
     }  # fmt: skip
     if fp8_kv(spec):
         base["kv_precision"] = "fp8"
+    if (p.backend, scripts_of(spec), p.system) in BF16_STATE_SCRIPTS:
+        base["state_precision"] = "bf16"
     if (step_model := _step_model(spec)) is not None:
         base["step_model"] = step_model
     workload = {

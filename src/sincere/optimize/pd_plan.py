@@ -307,7 +307,8 @@ def phase_times(
             for n in lengths
         ]
     )
-    wire = lengths * per_token + dep.model.linear_state_bytes_per_seq() / (bandwidth * 1e9)
+    state = dep.model.linear_state_bytes_per_seq(dep.state_precision)
+    wire = lengths * per_token + state / (bandwidth * 1e9)
     gpus = dep.num_gpus * dep.attention_dp
     return PhaseTimes(
         Candidate(dep.accelerator.name, dep.tp, dep.ep, dep.attention_dp),

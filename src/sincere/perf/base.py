@@ -149,6 +149,11 @@ class SwapTime:
     std_s: Seconds = 0.0
 
 
+STATE_PRECISIONS = ("fp32", "bf16", "fp16")
+"""Precisions a linear-attention layer's recurrent state may be kept in (``Deployment.
+state_precision``; vLLM's ``--mamba-ssm-cache-dtype``, SGLang's ``--mamba-ssm-dtype``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Deployment:
     """A model served on accelerators in a given configuration.
@@ -169,10 +174,19 @@ class Deployment:
     pp: int = 1  # pipeline-parallel degree
     ep: int = 1  # expert-parallel degree: the MoE group's GPUs the routed experts spread over
     attention_dp: int = 1  # data-parallel attention ranks sharing one MoE group (this is one)
+    state_precision: str = "fp32"  # linear-attention layers' recurrent state (STATE_PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
             raise ConfigError("tp and pp must be >= 1", value=(self.tp, self.pp))
+        if self.state_precision not in STATE_PRECISIONS:
+            raise ConfigError(
+                "state_precision: the recurrent state of linear-attention layers is kept in "
+                "fp32 (SGLang's default, the measured kernels') or 16 bits (--mamba-ssm-dtype "
+                "bfloat16)",
+                value=self.state_precision,
+                allowed=list(STATE_PRECISIONS),
+            )
         if self.attention_dp != 1:
             self._check_attention_dp()
         if self.ep != 1:

@@ -147,4 +147,4 @@ def kv_bytes(deployment: Deployment, prompt_tokens: int) -> float:
     size goes with every transfer)."""
     model = deployment.model
     per_token = model.kv_bytes_per_token(deployment.kv_precision)
-    return prompt_tokens * per_token + model.linear_state_bytes_per_seq()
+    return prompt_tokens * per_token + model.linear_state_bytes_per_seq(deployment.state_precision)

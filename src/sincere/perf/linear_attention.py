@@ -12,8 +12,13 @@ layer as two kernels a phase, and the forms here are fitted on its measured rows
   ``gdn_mfu_efficiency`` of the bf16 peak. The kernel runs one block per (sequence, value
   head); fewer than ``gdn_parallel_units`` of them leave the GPU partly idle, and the rate
   falls in proportion. Plus ``gdn_kernel_s`` and each sequence's final state written.
-* **decode**: every sequence's fp32 state read and written once and its convolution
-  window updated: bytes at ``gdn_decode_bw_efficiency`` of HBM, plus ``gdn_decode_kernel_s``.
+* **decode**: every sequence's state read and written once and its convolution window
+  updated: bytes at ``gdn_decode_bw_efficiency`` of HBM, plus ``gdn_decode_kernel_s``.
+
+The state is kept in the deployment's ``state_precision``: fp32 by default (the measured
+kernels', SGLang's default), 16 bits where the engine is told so (SGLang's
+``--mamba-ssm-dtype bfloat16``, vLLM's ``--mamba-ssm-cache-dtype``), which halves its bytes
+in memory, in decode and in a disaggregated transfer.
 
 The per-GPU heads are the model's over TP (value heads, and key heads with them).
 """
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sincere.catalog.specs import PRECISION_BYTES
 from sincere.perf.moe import FArray
 
 if TYPE_CHECKING:
@@ -33,7 +39,7 @@ if TYPE_CHECKING:
     from sincere.perf.roofline import RooflineParams
 
 CHUNK = 64  # tokens of one chunk of the chunked delta rule (each sequence padded to whole)
-STATE_BYTES = 4.0  # the recurrent state's element: fp32 (the measured kernels, SGLang)
+STATE_BYTES = 4.0  # the recurrent state's element by default: fp32 (the measured kernels)
 CONV_BYTES = 2.0  # the convolution's inputs and outputs: bf16
 
 
@@ -46,6 +52,7 @@ class GdnShape:
     key_dim: int
     value_dim: int
     conv_kernel: int
+    state_element_bytes: float = STATE_BYTES  # the state's precision (fp32 unless set)
 
     @property
     def channels(self) -> int:
@@ -55,7 +62,7 @@ class GdnShape:
     @property
     def state_bytes(self) -> float:
         """One sequence's recurrent state in this layer."""
-        return self.value_heads * self.key_dim * self.value_dim * STATE_BYTES
+        return self.value_heads * self.key_dim * self.value_dim * self.state_element_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,16 +109,17 @@ def decode_s(shape: GdnShape, rates: GdnRates, seqs: FArray) -> FArray:
     return out
 
 
-def shape_on_gpu(
-    key_heads: int, value_heads: int, key_dim: int, value_dim: int, conv_kernel: int, tp: int
-) -> GdnShape:
-    """The layer's heads on one of ``tp`` GPUs (at least one of each)."""
+def shape_on_gpu(deployment: Deployment) -> GdnShape:
+    """A Gated DeltaNet layer of ``deployment``'s model on one of its TP GPUs (at least one
+    head of each kind), its state in the deployment's ``state_precision``."""
+    model, tp = deployment.model, deployment.tp
     return GdnShape(
-        max(1, math.ceil(key_heads / tp)),
-        max(1, math.ceil(value_heads / tp)),
-        key_dim,
-        value_dim,
-        conv_kernel,
+        max(1, math.ceil(model.linear_num_key_heads / tp)),
+        max(1, math.ceil(model.linear_num_value_heads / tp)),
+        model.linear_key_head_dim,
+        model.linear_value_head_dim,
+        model.linear_conv_kernel,
+        PRECISION_BYTES[deployment.state_precision],
     )
 
 
@@ -120,11 +128,8 @@ class GdnCost:
     constants (``gdn_*``)."""
 
     def __init__(self, deployment: Deployment, params: RooflineParams) -> None:
-        model, acc = deployment.model, deployment.accelerator
-        self.shape = shape_on_gpu(
-            model.linear_num_key_heads, model.linear_num_value_heads, model.linear_key_head_dim,
-            model.linear_value_head_dim, model.linear_conv_kernel, deployment.tp,
-        )  # fmt: skip
+        acc = deployment.accelerator
+        self.shape = shape_on_gpu(deployment)
         hbm = acc.hbm_bandwidth_gbps * 1e9
         self.rates = GdnRates(
             acc.peak_tflops("bf16") * 1e12 * params.gdn_mfu_efficiency,

@@ -116,7 +116,7 @@ def linear_state_bytes_per_gpu(deployment: Deployment, max_num_seqs: int) -> flo
     """Recurrent-state bytes the linear-attention layers hold for ``max_num_seqs``
     sequences, per GPU (their value heads split over TP)."""
     model = deployment.model
-    per_seq = model.linear_state_bytes_per_seq()
+    per_seq = model.linear_state_bytes_per_seq(deployment.state_precision)
     return per_seq / deployment.tp / deployment.pp * max_num_seqs
 
 

@@ -198,7 +198,7 @@ class _Builder:
             for d in self.deployments
         ]
         door = build_pd_front_door(cfg, self.config.seed)
-        state = [d.model.linear_state_bytes_per_seq() for d in self.deployments]
+        state = [d.model.linear_state_bytes_per_seq(d.state_precision) for d in self.deployments]
         return PDPlan(
             door, roles, prefill_of, decode_of, kv, links, PDRecords.empty(len(self.requests)),
             state_bytes=state if any(state) else [],
