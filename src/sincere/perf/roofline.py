@@ -642,7 +642,8 @@ def with_comm_s(coef: KernelCoef, base_s: float, tokens: int, step_tokens: int) 
 
 
 def needs_arch_step(deployment: Deployment) -> bool:
-    """The model has experts, latent attention or sliding windows (see :mod:`.arch_step`)."""
+    """The model has experts, latent attention, sliding windows or linear-attention layers
+    (see :mod:`.arch_step`)."""
     model = deployment.model
     return model.uses_layer_groups or model.num_sliding_layers > 0 or model.num_linear_layers > 0
 
@@ -670,7 +671,8 @@ class Roofline(StepTimeBase):
                 )
         deployment.accelerator.compute_precision(deployment.precision)
         super().__init__(self._load_time(), SwapTime(self.params.unload_s))
-        # Experts, latent attention or sliding windows: ArchStep's kernels (same constants).
+        # Experts, latent attention, windows or linear attention: ArchStep's kernels (same
+        # constants).
         self._arch: ArchStep | None = None
         if needs_arch_step(deployment):
             self._arch = ArchStep(deployment, params)
@@ -726,7 +728,7 @@ class Roofline(StepTimeBase):
                 num_decode_seqs,
                 decode_ctx_tokens,
             )
-            if self._arch is not None:  # experts, MLA, windows: their own step
+            if self._arch is not None:  # experts, MLA, windows, linear attention: own step
                 return self._arch.iteration_s(batch)
             return self._pipelined_s(batch)
         tokens = prefill_tokens + num_decode_seqs
@@ -807,7 +809,7 @@ class Roofline(StepTimeBase):
         """Exact sum of decode iterations: only decode attention changes, split at its ridge."""
         if num_steps <= 0 or num_seqs <= 0:
             return 0.0
-        if self._arch is not None:  # experts, MLA, windows: their own closed form
+        if self._arch is not None:  # experts, MLA, windows, linear attention: own closed form
             return self._arch.decode_steps_s(num_seqs, ctx_tokens, num_steps)
         c = self._coef
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
