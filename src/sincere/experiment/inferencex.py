@@ -419,6 +419,12 @@ def fp8_kv(spec: PointSpec) -> bool:
     return (spec.point.backend, script) in FP8_KV_SCRIPTS and spec.point.system in BLACKWELL_SYSTEMS
 
 
+def bf16_state(spec: PointSpec) -> bool:
+    """Whether ``spec``'s servers keep linear-attention state in bf16
+    (:data:`BF16_STATE_SCRIPTS`), as :func:`fp8_kv` says of the KV cache."""
+    return (spec.point.backend, scripts_of(spec), spec.point.system) in BF16_STATE_SCRIPTS
+
+
 def benchmark_prompts(clients: int) -> int:
     """Requests of a point's run: InferenceX's ``10 C`` prompts (its scripts' ``--num-prompts
     $((CONC * 10))``), at any concurrency."""
@@ -626,7 +632,7 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
     }
     if fp8_kv(spec):
         instance["kv_precision"] = "fp8"
-    if (p.backend, scripts_of(spec), p.system) in BF16_STATE_SCRIPTS:
+    if bf16_state(spec):
         instance["state_precision"] = "bf16"
     if (step_model := _step_model(spec)) is not None:
         instance["step_model"] = step_model
@@ -646,7 +652,7 @@ def _pd_config(spec: PointSpec, pd: PDSpec, seed: int) -> SimulationConfig:
     }  # fmt: skip
     if fp8_kv(spec):
         base["kv_precision"] = "fp8"
-    if (p.backend, scripts_of(spec), p.system) in BF16_STATE_SCRIPTS:
+    if bf16_state(spec):
         base["state_precision"] = "bf16"
     if (step_model := _step_model(spec)) is not None:
         base["step_model"] = step_model

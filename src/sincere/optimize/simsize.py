@@ -157,8 +157,7 @@ class ReplicaJob:
             "attainment": self.min_attainment,
             **extra,
         }
-        text = json.dumps(raw, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        return _digest(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +204,13 @@ class GroupJob:
             "n": self.num_requests, "seeds": list(self.seeds), "lengths": self.lengths,
             "attainment": self.min_attainment, **extra,
         }  # fmt: skip
-        text = json.dumps(raw, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        return _digest(raw)
+
+
+def _digest(raw: Mapping[str, Any]) -> str:
+    """A job's cache key: the hash of its settings as sorted JSON."""
+    text = json.dumps(raw, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 Job = ReplicaJob | GroupJob
