@@ -14,7 +14,7 @@ import sincere.cli.fit  # noqa: F401  (registers the command)
 from sincere.catalog import get_accelerator, get_model
 from sincere.catalog.loader import default_catalog
 from sincere.cli.app import app
-from sincere.fit.gpu_check import fit_warnings, iteration_check
+from sincere.fit.gpu_check import fit_warnings, gpu_seconds, iteration_check
 from sincere.fit.gpu_profiles import GpuProfileFit, fit_gpu_profiles
 from sincere.perf import Batch, Deployment, make_step_model
 from sincere.perf.operators import read_operator_profiles
@@ -31,7 +31,8 @@ def _fit(folder: Path) -> GpuProfileFit:
 
 def _write_iterations(folder: Path, fit: GpuProfileFit, scale: float) -> None:
     """Prefill, decode and mixed iterations of llama-3-8b at TP 1, timed by the fitted
-    roofline itself and multiplied by ``scale``."""
+    roofline's GPU work (what a shard alone on one GPU runs: no CPU part) and multiplied by
+    ``scale``."""
     model = make_step_model("roofline", Deployment(get_model("llama-3-8b"), H100), fit.params)
     rows = []
     for phase, pre, dec in (("prefill", 2, 0), ("decode", 0, 8), ("mixed", 1, 8)):
@@ -39,7 +40,7 @@ def _write_iterations(folder: Path, fit: GpuProfileFit, scale: float) -> None:
         rows.append({
             "model": "llama-3-8b", "phase": phase, "batch_size": max(pre, dec),
             "context_tokens": 512, "num_tokens": batch.num_tokens,
-            "iteration_s": scale * model.iteration_s(batch), "prefill_seqs": pre,
+            "iteration_s": scale * gpu_seconds(model, batch), "prefill_seqs": pre,
             "prefill_chunk": 512 if pre else 0, "prefill_ctx": 0, "decode_seqs": dec,
             "decode_ctx": 512 if dec else 0, "tp": 1, "dtype": "bfloat16", "status": "ok",
         })  # fmt: skip
@@ -55,6 +56,18 @@ def test_a_good_fit_matches_its_iterations_and_warns_of_nothing(synthetic_profil
     assert check is not None and check.num_rows == 3
     assert check.mean_relative_error < 1e-5
     assert fit_warnings(fit, check) == []
+
+
+def test_the_check_judges_a_shards_gpu_work_without_cpu_or_all_reduce() -> None:
+    """A shard timed alone on one GPU runs neither the engine's CPU work nor the TP
+    all-reduces: the check's prediction is the step's parts less those."""
+    dep = Deployment(get_model("llama-3-8b"), H100, tp=2)
+    model = make_step_model("roofline", dep)
+    batch = Batch.of(prefill=[(512, 0)], decode=[512] * 8)
+    parts = model.parts(batch)  # type: ignore[attr-defined]
+    assert parts.overhead_s > 0 and parts.communication_s > 0
+    gpu = parts.linear_s + parts.attention_s + parts.lm_head_s
+    assert abs(gpu_seconds(model, batch) - gpu) < 1e-12
 
 
 def test_missed_iterations_are_warned_about(synthetic_profiles: Path) -> None:

@@ -179,3 +179,29 @@ def test_a_shard_whose_weights_do_not_fit_is_recorded(
     series = {r["series"]: r for r in read_profile_csv(paths["series"])}
     assert series["iterations tp1 (weights)"]["status"] == "oom"
     assert "70 GiB" in series["iterations tp1 (weights)"]["detail"]
+
+
+def test_fused_layers_compute_what_the_eager_ones_do(tmp_path: Path) -> None:
+    """``fuse()`` (torch.compile around attention, as vLLM V1 compiles its models) changes
+    which kernels run, not the result: two shards of the same seed give the same logits for
+    a mixed iteration (a prefill chunk beside decodes), and ``--fused`` marks its rows."""
+    torch = pytest.importorskip("torch")
+    from sincere.profile.gpu_model import ShardModel
+
+    _, config = resolve_config("tiny-llama")
+    shape = ShardShape.of(config, 1)
+    it = IterationShape(prefill_seqs=1, chunk=8, decode_seqs=3, decode_ctx=16)
+    cpu = torch.device("cpu")
+    eager = ShardModel(torch, shape, cpu, torch.float32, 3, shape.num_layers)
+    fused = ShardModel(torch, shape, cpu, torch.float32, 3, shape.num_layers)
+    fused.fuse()
+    with torch.inference_mode():
+        want, got = eager.iteration(it)(), fused.iteration(it)()
+    assert got.shape == (it.num_seqs, shape.vocab)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    out = tmp_path / "prof"
+    result = cli(["profile", "gpu", "tiny-llama", *SMALL, "--fused", "--batch-sizes", "1",
+                  "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = read_profile_csv(out / "iterations.csv")
+    assert rows and all(str(r["fused"]) == "True" and r["status"] == "ok" for r in rows)

@@ -117,6 +117,16 @@ def gpu_command(
     context_tokens: Annotated[str, typer.Option(help="whole iterations: tokens")] = "128,1024",
     replays: Annotated[int, typer.Option(help="timed replays per shape (median kept)")] = 20,
     graphs: Annotated[bool, typer.Option(help="capture each shape in a CUDA graph")] = True,
+    fused: Annotated[
+        bool | None,
+        typer.Option(
+            "--fused/--no-fused",
+            help="whole iterations: torch.compile the norms, rotary embedding, activation "
+            "and residual adds into fused kernels, as vLLM V1 compiles its models "
+            "[default: on a CUDA device, off on a CPU]",
+            show_default=False,
+        ),
+    ] = None,
     max_duration: Annotated[float, typer.Option(help="whole-profile limit, s")] = 1800.0,
     seed: Annotated[int, typer.Option(help="torch seed of the random weights")] = 0,
 ) -> None:
@@ -144,6 +154,7 @@ def gpu_command(
         context_tokens=_ints(context_tokens, "--context-tokens"),
         replays=replays,
         use_graphs=graphs,
+        fused=fused,
         max_duration_s=max_duration,
         seed=seed,
     )

@@ -55,7 +55,7 @@ STATS = ("min", "max", "mean", "median", "std")
 ITERATION_COLUMNS = [
     "model", "phase", "batch_size", "context_tokens", "num_tokens", "iteration_s",
     "prefill_seqs", "prefill_chunk", "prefill_ctx", "decode_seqs", "decode_ctx", "tp",
-    "timer", "device", "dtype", "status",
+    "timer", "device", "dtype", "status", "fused",
 ]  # fmt: skip
 
 
@@ -76,6 +76,9 @@ class GpuProfileConfig:
     replays: int = 20  # timed replays per shape (median kept)
     warmups: int = 3  # untimed runs before capture / timing
     use_graphs: bool = True  # capture each shape in a CUDA graph (CUDA only)
+    # whole iterations: torch.compile the work around attention, as vLLM V1 does
+    # (None: on a CUDA device, off on a CPU, where it is a test run and compiling is slow)
+    fused: bool | None = None
     max_duration_s: float = 1800.0  # whole-run limit
     seed: int = 0  # weights and inputs
 
@@ -179,6 +182,7 @@ class GpuProfiler:
         self.device = self.torch.device(cfg.device)
         self.dtype = getattr(self.torch, cfg.dtype)
         self.timer = Timer(self.torch, self.device, cfg)
+        self.fused = cfg.fused if cfg.fused is not None else self.device.type == "cuda"
         deadline = time.monotonic() + cfg.max_duration_s
         self.log = SeriesLog(self.torch, self.device, deadline, self.step)
         self.run_series = self.log.run
@@ -201,12 +205,17 @@ class GpuProfiler:
         """The shard with ``num_layers`` layers of random weights, or None (recorded as
         the ``series``' out-of-memory) when its weights do not fit."""
         try:
-            return ShardModel(self.torch, shape, self.device, self.dtype, self.cfg.seed, num_layers)
+            model = ShardModel(
+                self.torch, shape, self.device, self.dtype, self.cfg.seed, num_layers
+            )
         except oom_errors(self.torch) as exc:
             self.free()
             detail = f"{num_layers}-layer shard: {str(exc).splitlines()[0][:160]}"
             self.log.record(f"{series} (weights)", "oom", None, f"tp{shape.tp}", detail)
             return None
+        if self.fused and series.startswith("iterations"):
+            model.fuse()
+        return model
 
     def free(self) -> None:
         """Return cached device memory (between stages)."""
@@ -331,6 +340,7 @@ class GpuProfiler:
             "decode_ctx": it.decode_ctx, "tp": shape.tp,
             "timer": timer if times else None, "device": str(self.device),
             "dtype": self.cfg.dtype, "status": "ok" if times else "oom",
+            "fused": self.fused,
         }  # fmt: skip
 
     def all_reduce_rows(self) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ embedding, attention through ``scaled_dot_product_attention`` (flash / memory-ef
 kernels on a GPU) against a preallocated KV cache the new keys and values are written
 into, the residual adds, and the LM head on the last token of each sequence only. A
 shard holds ``1/tp`` of the query heads, the KV heads (replicated beyond their count),
-the FFN width and the vocabulary, as tensor parallelism splits them.
+the FFN width and the vocabulary, as tensor parallelism splits them. :meth:`ShardModel.fuse`
+compiles the work around attention with ``torch.compile`` (fused elementwise kernels, as
+vLLM V1 runs its models); without it every norm, rotary step and activation is a kernel.
 
 Weights are seeded random values: kernel times do not depend on them. ``torch`` is passed
 in (the ``ml`` extra is imported by the caller, only when profiling).
@@ -114,6 +116,8 @@ class ShardModel:
         self.final_norm = self.ones(s.hidden)
         self.lm_head = self.rand(s.hidden, s.vocab)
         self.functional = torch.nn.functional
+        self._pre: Callable[..., Any] = self._pre_attention
+        self._post: Callable[..., Any] = self._post_attention
 
     # --- tensors -----------------------------------------------------------------------
     def rand(self, *size: int) -> Any:
@@ -200,6 +204,33 @@ class ShardModel:
 
         return run
 
+    def fuse(self) -> None:
+        """Run the layer's work around attention through ``torch.compile`` (dynamic in
+        the token count), as vLLM V1 compiles its models: the norms, the residual adds, the
+        rotary embedding and the gated activation become a few fused kernels beside the
+        GEMMs instead of one PyTorch kernel per operation. Attention stays eager (vLLM
+        splits its compiled graph there too). Compiles on the first run of a shape family.
+        """
+        compile_ = self.torch.compile
+        self._pre = compile_(self._pre_attention, dynamic=True)
+        self._post = compile_(self._post_attention, dynamic=True)
+
+    def _pre_attention(self, x: Any, ln1: Any, qkv_w: Any, cos: Any, sin: Any) -> Any:
+        """Norm, fused QKV GEMM and rotary embedding: ``(q, k, v)`` by token."""
+        s = self.shape
+        qkv = self.rms_norm(x, ln1) @ qkv_w
+        q_w, kv_w = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        q = qkv[:, :q_w].view(-1, s.heads, s.head_dim)
+        k = qkv[:, q_w : q_w + kv_w].view(-1, s.kv_heads, s.head_dim)
+        v = qkv[:, q_w + kv_w :].view(-1, s.kv_heads, s.head_dim)
+        return self.rope(q, cos, sin), self.rope(k, cos, sin), v
+
+    def _post_attention(self, x: Any, attn: Any, w: Mapping[str, Any]) -> Any:
+        """O projection, residual, norm, gate/up GEMM, gated activation, down, residual."""
+        x = x + attn @ w["o"]
+        gate, up = (self.rms_norm(x, w["ln2"]) @ w["gate_up"]).chunk(2, dim=-1)
+        return x + (self.functional.silu(gate) * up) @ w["down"]
+
     def layer(
         self,
         x: Any,
@@ -209,13 +240,9 @@ class ShardModel:
         caches: tuple[tuple[Any, Any], tuple[Any, Any]],
     ) -> Any:
         """One decoder layer over the iteration's tokens (prefill chunks, then decodes)."""
-        s, torch = self.shape, self.torch
-        qkv = self.rms_norm(x, w["ln1"]) @ w["qkv"]
-        q_w, kv_w = s.heads * s.head_dim, s.kv_heads * s.head_dim
-        q = qkv[:, :q_w].view(-1, s.heads, s.head_dim)
-        k = qkv[:, q_w : q_w + kv_w].view(-1, s.kv_heads, s.head_dim)
-        v = qkv[:, q_w + kv_w :].view(-1, s.kv_heads, s.head_dim)
-        q, k = self.rope(q, *rope), self.rope(k, *rope)
+        s = self.shape
+        q_w = s.heads * s.head_dim
+        q, k, v = self._pre(x, w["ln1"], w["qkv"], *rope)
         outs = []
         n = it.prefill_seqs * it.chunk
         groups = (
@@ -232,9 +259,8 @@ class ShardModel:
             v_cache[:, :, cached : cached + chunk].copy_(shaped[2])
             out = self.attention(shaped[0], k_cache, v_cache, cached)
             outs.append(out.transpose(1, 2).reshape(seqs * chunk, q_w))
-        x = x + torch.cat(outs) @ w["o"]
-        gate, up = (self.rms_norm(x, w["ln2"]) @ w["gate_up"]).chunk(2, dim=-1)
-        return x + (self.functional.silu(gate) * up) @ w["down"]
+        attn = outs[0] if len(outs) == 1 else self.torch.cat(outs)
+        return self._post(x, attn, w)
 
     # --- one operator at a time (the mlp_<model>.csv rows) -----------------------------
     def operators(self, num_tokens: int) -> dict[str, Op]:
