@@ -49,7 +49,7 @@ import numpy as np
 
 from sincere.catalog import get_accelerator, get_model
 from sincere.fit.gpu_profiles import fit_gpu_profiles
-from sincere.perf import Batch, Deployment, Roofline, RooflineParams
+from sincere.perf import Batch, Deployment, Roofline, RooflineParams, default_roofline_params
 from sincere.perf.operators import AttentionShape, OperatorProfiles, read_operator_profiles
 from sincere.perf.profiled import ProfiledStep
 
@@ -176,6 +176,8 @@ def hopper_errors(
 ) -> dict[int, list[float]]:
     """Per TP: relative errors of the roofline's linear kernels vs the H100 tables' sums."""
     out: dict[int, list[float]] = {}
+    if params is None:  # the shipped defaults at the kernel benchmark's clock, as the tables
+        params = default_roofline_params(HOPPER, {"sustained_compute_ratio": 1.0})
     for (model_name, tp), table in sorted(profiles.linear.items()):
         if model_name != name:
             continue

@@ -54,10 +54,11 @@ def _step_experts_s(
     fit: dict[str, Any], model: str, precision: str, tokens: int, skew: float
 ) -> float:
     """One MoE layer's routed-experts time in a decode step of ``tokens`` sequences under
-    the kernel fit's constants (over the accelerator's defaults where the fit is not them)."""
+    the kernel fit's constants (over the accelerator's defaults where the fit is not them),
+    at the kernel benchmark's clock, as the rows were measured (no sustained-load ratio)."""
     acc = get_accelerator(fit["accelerator"])
     dep = Deployment(get_model(model), acc, precision=precision)
-    params = default_roofline_params(acc, fit["params"])
+    params = default_roofline_params(acc, {**fit["params"], "sustained_compute_ratio": 1.0})
     step = ArchStep(dep, params, MoEParams(routing_skew=skew))
     parts = step.parts(Batch.of(decode=[1500] * tokens))
     return parts.experts_s / get_model(model).num_moe_layers

@@ -99,9 +99,14 @@ def test_a100_kernel_fit_is_shipped_but_not_the_default() -> None:
     ("variant", "fitted"), [("H100-PCIe", "H100-SXM"), ("A100-40GB", "A100-80GB")]
 )
 def test_variants_take_their_chips_fit_whole(variant: str, fitted: str) -> None:
-    """A variant of a fitted chip takes its parameters whole, with its own datasheet peaks."""
+    """A variant of a fitted chip takes its parameters whole, with its own datasheet peaks;
+    not the chip's clock under sustained load, which is measured per GPU (another power
+    limit: the H100-PCIe's 350 W against the SXM's 700 W)."""
     defaults = roofline_defaults(get_accelerator(variant))
-    assert defaults.params == roofline_defaults(get_accelerator(fitted)).params
+    chip = dict(roofline_defaults(get_accelerator(fitted)).params)
+    chip.pop("sustained_compute_ratio", None)
+    assert "sustained_compute_ratio" not in defaults.params
+    assert defaults.params == chip
     assert defaults.origin.startswith("transferred:") and fitted in defaults.origin
     acc = get_accelerator(variant)
     dep = Deployment(get_model("llama-3-8b"), acc)

@@ -147,7 +147,9 @@ class ArchStep:
 
         self.compute_precision = acc.compute_precision(dep.precision)
         self._quant = quantisation_terms(p, self.compute_precision)
+        sustained = p.sustained_compute_ratio  # power-limited clocks under load
         self._peak = acc.peak_tflops(dep.precision) * 1e12 * gemm_mfu(p, self.compute_precision)
+        self._peak *= sustained
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
         if dep.precision == "mxfp4" and p.mxfp4_activations == "mxfp8" and not acc.fp4_tflops:
             raise ConfigError(
@@ -159,7 +161,7 @@ class ArchStep:
         moe_mfu, moe_bw, self._moe_kernel_s, moe_rate, self._moe_expert_s = expert_constants(
             p, dep.precision, self.compute_precision
         )
-        moe_peak = acc.peak_tflops(moe_rate) * 1e12
+        moe_peak = acc.peak_tflops(moe_rate) * 1e12 * sustained
         self._moe_peak = moe_peak * (gemm_mfu(p, moe_rate) if moe_mfu is None else moe_mfu)
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
         self.measured_experts = deployment_curve(deployment, params, self.compute_precision)
@@ -168,7 +170,7 @@ class ArchStep:
         group = dep.ep == 1 and dep.attention_dp > 1  # experts split by TP over the group
         self._group_allreduce = allreduce_terms(p, dep.moe_group_gpus) if group else None
         self._ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
-        self._attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
+        self._attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency * sustained
         self._attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
         self._link = acc.interconnect_gbps_per_direction * 1e9
         dense_bytes = model.dense_weight_bytes(dep.precision)

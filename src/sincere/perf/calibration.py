@@ -62,6 +62,7 @@ from sincere.perf.roofline import RooflineParams
 FITS_FOLDER = ("data", "perf", "roofline")  # package-relative folder of the shipped fits
 KERNEL_FITS_FOLDER = ("data", "perf", "kernels")  # fits to measured vLLM kernels
 VERSION_FITS_FOLDER = (*KERNEL_FITS_FOLDER, "by-version")  # the same, for older vLLM releases
+SUSTAINED_FILE = ("data", "perf", "sustained_clock.yaml")  # measured clocks under load
 KERNEL_PARTS = {
     "linear": ("mfu_efficiency", "bw_efficiency", "overlap_exponent", "token_tile"),
     "linear_fp8": ("fp8_mfu_efficiency", "fp8_gemm_kernel_s", "fp8_act_bytes"),
@@ -128,11 +129,13 @@ KERNEL_PARTS = {
         "gdn_decode_kernel_s",
     ),
     "cpu": ("overhead_s", "overhead_per_seq_s"),
+    "sustained_clock": ("sustained_compute_ratio",),
 }
 """Parts of a step and the constants that price each (provenance is kept per part)."""
 UNFITTED_PARTS = {
     "linear_attention": "prior: the mean of the H100, H200 and B200 kernel fits "
     "(RooflineParams' defaults)",
+    "sustained_clock": "not measured on this GPU: the kernel benchmark's compute rate (1)",
 }
 """What a part takes where no fit sets its constants, other than datasheet assumptions."""
 PRIOR_FIELDS = (
@@ -306,11 +309,62 @@ def _part_origins(
     return out
 
 
+@functools.cache
+def sustained_clocks() -> dict[str, dict[str, Any]]:
+    """The measured sustained-load compute ratios by catalog accelerator name
+    (``sincere/data/perf/sustained_clock.yaml``; module docstring)."""
+    text = resources.files("sincere").joinpath(*SUSTAINED_FILE).read_text()
+    return read_sustained_clocks(text, f"sincere/{'/'.join(SUSTAINED_FILE)}")
+
+
+def read_sustained_clocks(text: str, path: str) -> dict[str, dict[str, Any]]:
+    """``{accelerator: {ratio, measured, …, file}}`` of a sustained-clock file's ``text``;
+    a ``DataError`` naming the file and the GPU for a ratio outside (0, 1], an entry without
+    its ``measured`` source, or a GPU the catalog does not know."""
+    doc = load_yaml(text)
+    if not isinstance(doc, dict):
+        raise DataError("a sustained-clock file maps GPUs to {ratio, measured}", path=path)
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in doc.items():
+        ratio = entry.get("ratio") if isinstance(entry, dict) else None
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+            raise DataError(
+                "a GPU's sustained compute ratio must be a number in (0, 1]",
+                path=path,
+                value={name: ratio},
+            )
+        if not entry.get("measured"):
+            raise DataError("a GPU's sustained ratio must say where it was measured",
+                            path=path, value=name)  # fmt: skip
+        if not default_catalog().has_accelerator(str(name)):
+            raise DataError("not a catalog accelerator", path=path, value=name)
+        out[default_catalog().accelerator(str(name)).name] = {**entry, "file": path}
+    return out
+
+
 def roofline_defaults(
     accelerator: Accelerator, vllm_version: str | None = None
 ) -> RooflineDefaults:
-    """The base (own fit, transfer or prior) with the GPU's kernel fit over it (module doc);
-    ``vllm_version``: the release whose kernels price the step (:func:`kernel_fit_for`)."""
+    """The base (own fit, transfer or prior) with the GPU's kernel fit over it, and its
+    measured sustained-load compute ratio (module doc); ``vllm_version``: the release whose
+    kernels price the step (:func:`kernel_fit_for`)."""
+    fitted = _fitted_defaults(accelerator, vllm_version)
+    parts = dict(fitted.parts)
+    entry = sustained_clocks().get(accelerator.name)
+    if entry is None:
+        parts["sustained_clock"] = UNFITTED_PARTS["sustained_clock"]
+        return RooflineDefaults(fitted.params, fitted.origin, parts)
+    ratio = float(entry["ratio"])
+    parts["sustained_clock"] = (
+        f"measured: compute under sustained load at {ratio} of the kernel benchmark's rate "
+        f"({entry['measured']}; {entry['file']})"
+    )
+    params = {**fitted.params, "sustained_compute_ratio": ratio}
+    return RooflineDefaults(params, fitted.origin, parts)
+
+
+def _fitted_defaults(accelerator: Accelerator, vllm_version: str | None = None) -> RooflineDefaults:
+    """:func:`roofline_defaults` before the sustained-load ratio: the fitted kernels."""
     base = _base_defaults(accelerator)
     kernels = kernel_fit_for(accelerator.name, vllm_version)
     how = "fitted"

@@ -191,6 +191,12 @@ class RooflineStepParams(Params):
         "the fitted formula",
     )
     mfu_efficiency: float | None = _efficiency("the dense peak in GEMMs")
+    sustained_compute_ratio: float | None = _fitted(
+        "share of a kernel benchmark's compute rate the GPU keeps under sustained load "
+        "(power-limited clocks); 1: the benchmark's",
+        gt=0,
+        le=1,
+    )
     bw_efficiency: float | None = _efficiency("HBM bandwidth in GEMMs")
     elementwise_bw_efficiency: float | None = _efficiency("HBM bandwidth in norms, rotary, add")
     overlap_exponent: float | None = _fitted(

@@ -132,7 +132,10 @@ class GdnCost:
         self.shape = shape_on_gpu(deployment)
         hbm = acc.hbm_bandwidth_gbps * 1e9
         self.rates = GdnRates(
-            acc.peak_tflops("bf16") * 1e12 * params.gdn_mfu_efficiency,
+            acc.peak_tflops("bf16")
+            * 1e12
+            * params.gdn_mfu_efficiency
+            * params.sustained_compute_ratio,
             params.gdn_parallel_units,
             hbm * params.gdn_bw_efficiency,
             params.gdn_kernel_s,

@@ -121,6 +121,9 @@ class RooflineParams:
     """
 
     mfu_efficiency: float = 0.5  # GEMMs: share of the dense peak reached
+    # compute rate under sustained load over a kernel benchmark's (power-limited clocks):
+    # scales every compute-bound term (GEMMs, attention, experts, linear attention)
+    sustained_compute_ratio: float = 1.0
     bw_efficiency: float = 0.85  # GEMMs: share of HBM bandwidth moving weights and activations
     elementwise_bw_efficiency: float = 0.85  # norms, rotary, activation, add: share of HBM
     overlap_exponent: float = math.inf  # p of a GEMM's (compute^p + memory^p)^(1/p); inf: max
@@ -488,7 +491,7 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
     """Attention, communication and CPU constants of ``deployment``, folded once."""
     dep, p = deployment, params
     model, acc = dep.model, dep.accelerator
-    attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency
+    attn_peak = acc.peak_tflops("bf16") * 1e12 * p.attn_mfu_efficiency * p.sustained_compute_ratio
     attn_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.attn_bw_efficiency
     q_heads = max(1, model.num_heads // dep.tp)
     kv_heads = max(1, math.ceil(model.num_kv_heads / dep.tp))
@@ -545,7 +548,7 @@ class RooflineKernels:
         compute_precision = acc.compute_precision(deployment.precision)
         mfu = gemm_mfu(p, compute_precision)
         self._quant = quantisation_terms(p, compute_precision)
-        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * mfu
+        self._peak = acc.peak_tflops(deployment.precision) * 1e12 * mfu * p.sustained_compute_ratio
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
         self._weight_bytes = PRECISION_BYTES[deployment.precision]
         ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
