@@ -8,8 +8,8 @@ work per pair took the head-dim offset and KV-head term and the eager all-reduce
 floor, and when an engine block without a preset came to run today's vLLM V1 with its
 limits for the GPU, and when H100-SXM and H200 took the compute rate they were measured to
 keep under sustained load (``sustained_clock.yaml``: the vllm example's mean TTFT 72.9 ->
-84.1 ms, mean TPOT 10.5 -> 11.6 ms); W1 (which names the eager engine) and SINCERE's study are A100 /
-request-level and never moved). With caching off, and with it on (the
+84.1 ms, mean TPOT 10.5 -> 11.6 ms); W1 (which names the eager engine) and SINCERE's
+study are A100 / request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
 """
 
