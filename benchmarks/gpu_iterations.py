@@ -54,7 +54,6 @@ from sincere.profile.series import OutOfMemory, OutOfTimeError
 DEFAULT_SHARDS = "llama-3.1-8b:1,llama-3.1-8b:2,llama-3.1-70b:8,llama-3.1-70b:4,qwen3-32b:2"
 # elementwise operators of one layer in the profiler's mlp rows (emb is once per iteration)
 ELEMENTWISE = ("input_layernorm", "attn_rope", "post_attention_layernorm", "mlp_act", "add")
-GEMMS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 
 
 def iteration_series() -> list[tuple[str, list[IterationShape]]]:
@@ -123,8 +122,16 @@ def device_facts(torch: Any) -> dict[str, Any]:
     }
 
 
+def parse_shard(text: str) -> tuple[str, int]:
+    """``MODEL:TP`` -> (model, tp); a clear exit for anything else."""
+    model, _, tp = text.partition(":")
+    if not model or not tp.isdigit() or int(tp) < 1:
+        raise SystemExit(f"--shards: {text!r} is not MODEL:TP (a catalog model, TP >= 1)")
+    return model, int(tp)
+
+
 def measure(args: argparse.Namespace) -> None:
-    """The ``measure`` half (module docstring)."""
+    """The ``measure`` verb (module docstring)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = GpuProfileConfig(
@@ -137,7 +144,7 @@ def measure(args: argparse.Namespace) -> None:
         kv_sizes=(0, 2048),
         fused=args.fused,
     )
-    shards = [(s.split(":")[0], int(s.split(":")[1])) for s in args.shards.split(",")]
+    shards = [parse_shard(s) for s in args.shards.split(",")]
     iterations: list[dict[str, Any]] = []
     series: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -196,7 +203,7 @@ def elementwise_s(mlp_rows: dict[tuple[str, int], list[dict[str, Any]]], model: 
 
 
 def compare(args: argparse.Namespace) -> None:
-    """The ``compare`` half (module docstring)."""
+    """The ``compare`` verb (module docstring)."""
     from sincere.catalog import get_accelerator, get_model
     from sincere.fit.gpu_check import _batch, gpu_seconds
     from sincere.perf import Deployment, make_step_model
