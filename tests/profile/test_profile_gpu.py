@@ -205,3 +205,29 @@ def test_fused_layers_compute_what_the_eager_ones_do(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = read_profile_csv(out / "iterations.csv")
     assert rows and all(str(r["fused"]) == "True" and r["status"] == "ok" for r in rows)
+
+
+def test_a_compiler_that_fails_leaves_the_run_unfused_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``torch.compile`` failing at its first run (no Triton for the GPU, say) does not end
+    the profile: the iterations are measured unfused, their rows say so, and series.csv
+    and stderr carry the compiler's message."""
+    torch = pytest.importorskip("torch")
+    from sincere.profile.gpu import run_gpu_profile
+
+    def compile_(fn: Any, **_: Any) -> Any:
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("no Triton backend for this device")
+
+        return broken
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    cfg = small_config(num_tokens=(1,), decode_batches=(1,), prefill_chunks=(16,), fused=True)
+    paths = run_gpu_profile("tiny-llama", cfg, tmp_path)
+    rows = read_profile_csv(paths["iterations"])
+    assert rows and all(r["status"] == "ok" and str(r["fused"]) == "False" for r in rows)
+    series = {r["series"]: r for r in read_profile_csv(paths["series"])}
+    failed = series["iterations tp1 (fused)"]
+    assert failed["status"] == "unfused" and "no Triton backend" in failed["detail"]
+    assert "torch.compile failed, iterations run unfused" in capsys.readouterr().err

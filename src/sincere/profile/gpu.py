@@ -28,6 +28,7 @@ and every file is written. ``max_duration_s`` bounds the whole run the same way.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -208,14 +209,33 @@ class GpuProfiler:
             model = ShardModel(
                 self.torch, shape, self.device, self.dtype, self.cfg.seed, num_layers
             )
+            if self.fused and series.startswith("iterations"):
+                self.fuse(model, series)
         except oom_errors(self.torch) as exc:
+            model = None
             self.free()
             detail = f"{num_layers}-layer shard: {str(exc).splitlines()[0][:160]}"
             self.log.record(f"{series} (weights)", "oom", None, f"tp{shape.tp}", detail)
-            return None
-        if self.fused and series.startswith("iterations"):
-            model.fuse()
         return model
+
+    def fuse(self, model: ShardModel, series: str) -> None:
+        """Compile ``model``'s layers (:meth:`ShardModel.fuse`) and run one small iteration
+        through them; a compiler that fails (no Triton for this GPU, an unsupported
+        PyTorch) leaves the rest of the run unfused, recorded in ``series.csv`` and said
+        on stderr, instead of ending the profile."""
+        model.fuse()
+        trial = IterationShape(prefill_seqs=1, chunk=4, decode_seqs=2, decode_ctx=4)
+        try:
+            with self.torch.inference_mode():
+                model.iteration(trial)()
+        except oom_errors(self.torch):
+            raise
+        except Exception as exc:  # any compiler failure: the profile goes on unfused
+            model.unfuse()
+            self.fused = False
+            detail = f"torch.compile failed, iterations run unfused: {exc!s:.200}"
+            self.log.record(f"{series} (fused)", "unfused", None, None, detail)
+            print(f"warning: {detail}", file=sys.stderr)
 
     def free(self) -> None:
         """Return cached device memory (between stages)."""

@@ -215,6 +215,10 @@ class ShardModel:
         self._pre = compile_(self._pre_attention, dynamic=True)
         self._post = compile_(self._post_attention, dynamic=True)
 
+    def unfuse(self) -> None:
+        """Back to one PyTorch kernel per operation (after a compile that failed)."""
+        self._pre, self._post = self._pre_attention, self._post_attention
+
     def _pre_attention(self, x: Any, ln1: Any, qkv_w: Any, cos: Any, sin: Any) -> Any:
         """Norm, fused QKV GEMM and rotary embedding: ``(q, k, v)`` by token."""
         s = self.shape
