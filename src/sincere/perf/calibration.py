@@ -38,6 +38,11 @@ kernel file whose ``fit.default`` is false is shipped for ``--params`` use only
 (A100-80GB keeps its fit to Vidur's A100 kernels); a variant
 (:data:`FIT_TRANSFER`) without a kernel fit of its own takes its chip's. The elementwise
 kernels and the CPU per step, which that database does not measure, stay the base's.
+Last, a GPU whose clock under sustained load was measured
+(``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
+``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
+under load runs at the power-limited one. It is not transferred to variants (other power
+limits); a GPU without a measurement keeps 1.
 :attr:`RooflineDefaults.parts` says where each part's constants come from.
 
 Explicit parameters override either.
