@@ -46,19 +46,20 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sincere.profile.gpu import GpuProfileConfig, GpuProfiler, write_outputs
+from sincere.profile.gpu import GpuProfileConfig, GpuProfiler, IterationPoint, write_outputs
 from sincere.profile.gpu_model import IterationShape, ShardShape
 from sincere.profile.local import resolve_config
-from sincere.profile.series import OutOfMemory, OutOfTimeError
+from sincere.profile.series import OutOfTimeError
 
 DEFAULT_SHARDS = "llama-3.1-8b:1,llama-3.1-8b:2,llama-3.1-70b:8,llama-3.1-70b:4,qwen3-32b:2"
 # elementwise operators of one layer in the profiler's mlp rows (emb is once per iteration)
 ELEMENTWISE = ("input_layernorm", "attn_rope", "post_attention_layernorm", "mlp_act", "add")
 
 
-def iteration_series() -> list[tuple[str, list[IterationShape]]]:
-    """Series of whole iterations, each growing (out-of-memory ends only its own series)."""
-    series: list[tuple[str, list[IterationShape]]] = [
+def iteration_series(tp: int) -> list[tuple[str, list[IterationPoint]]]:
+    """Series of whole iterations as engines run them, each growing (out-of-memory ends
+    only its own series), as :meth:`GpuProfiler.iteration_rows` takes them."""
+    series = [
         ("prefill one", [IterationShape(prefill_seqs=1, chunk=c) for c in (128, 512, 2048, 8192)]),
         ("prefill many", [IterationShape(prefill_seqs=b, chunk=c)
                           for b, c in ((4, 512), (4, 2048), (16, 512))]),
@@ -72,39 +73,17 @@ def iteration_series() -> list[tuple[str, list[IterationShape]]]:
             for d in (16, 64, 128)
         ]
         series.append((f"mixed chunk {chunk}", shapes))
-    return series
+    return [(f"{name} tp{tp}", [point(it) for it in shapes]) for name, shapes in series]
 
 
-def phase_of(it: IterationShape) -> str:
-    """prefill, decode or mixed."""
+def point(it: IterationShape) -> IterationPoint:
+    """(batch, phase, context, shape): decodes are counted by sequences and context, a
+    prefill or mixed iteration by its prompts and chunk."""
     if it.decode_seqs == 0:
-        return "prefill"
-    return "decode" if it.prefill_seqs == 0 else "mixed"
-
-
-def measure_iterations(profiler: GpuProfiler, shape: ShardShape) -> list[dict[str, Any]]:
-    """Every series of :func:`iteration_series` on the full shard."""
-    model = profiler.model(shape, shape.num_layers, f"iterations tp{shape.tp}")
-    rows: list[dict[str, Any]] = []
-    if model is None:
-        return rows
-    for name, shapes in iteration_series():
-
-        def measure(it: IterationShape) -> dict[str, Any]:
-            times, timer = profiler.timer.seconds(model.iteration(it))
-            batch = it.decode_seqs if it.decode_seqs else it.prefill_seqs
-            ctx = it.chunk if it.prefill_seqs else it.decode_ctx
-            return profiler._iteration_row(shape, phase_of(it), batch, ctx, it, times, timer)
-
-        for row in profiler.run_series(f"iterations {name} tp{shape.tp}", shapes, measure):
-            if isinstance(row, OutOfMemory):
-                it = row.size
-                batch = it.decode_seqs if it.decode_seqs else it.prefill_seqs
-                ctx = it.chunk if it.prefill_seqs else it.decode_ctx
-                row = profiler._iteration_row(shape, phase_of(it), batch, ctx, it, None, "oom")
-            rows.append(row)
-        profiler.free()
-    return rows
+        return it.prefill_seqs, "prefill", it.chunk, it
+    if it.prefill_seqs == 0:
+        return it.decode_seqs, "decode", it.decode_ctx, it
+    return it.decode_seqs, "mixed", it.chunk, it
 
 
 def device_facts(torch: Any) -> dict[str, Any]:
@@ -168,7 +147,8 @@ def measure(args: argparse.Namespace) -> None:
                     profiler.free()
                     attention[tp] = profiler.attention_rows(shape)
                     profiler.free()
-                model_iterations += measure_iterations(profiler, shape)
+                model_iterations += profiler.iteration_rows(shape, iteration_series(tp))
+                profiler.free()
                 print(f"{name} tp{tp}: done at {time.monotonic() - started:.0f} s", flush=True)
         except OutOfTimeError:
             print(f"{name}: time limit reached", flush=True)

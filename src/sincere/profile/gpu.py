@@ -53,6 +53,9 @@ MLP_OPS = (
     "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add",
 )  # fmt: skip
 STATS = ("min", "max", "mean", "median", "std")
+IterationPoint = tuple[int, str, int, IterationShape]
+"""A whole iteration of a series: (batch size, phase, context tokens, its shape); the batch
+size first, as ``series.csv`` names a series' points by their first field."""
 ITERATION_COLUMNS = [
     "model", "phase", "batch_size", "context_tokens", "num_tokens", "iteration_s",
     "prefill_seqs", "prefill_chunk", "prefill_ctx", "decode_seqs", "decode_ctx", "tp",
@@ -324,27 +327,37 @@ class GpuProfiler:
             "profile_method": timer,
         }
 
-    def iteration_rows(self, shape: ShardShape) -> list[dict[str, Any]]:
-        """Whole iterations of the full shard: prefill, decode and mixed series."""
+    def iteration_series(self, tp: int) -> list[tuple[str, list[IterationPoint]]]:
+        """The whole-iteration series of the config's grid: per phase and context, the
+        batch sizes in turn (mixed: one chunk of ``ctx`` tokens beside the decodes)."""
+        return [
+            (f"{phase} tp{tp} ctx {ctx}",
+             [(b, phase, ctx, _iteration(phase, b, ctx)) for b in self.cfg.batch_sizes])
+            for phase in ("prefill", "decode", "mixed")
+            for ctx in self.cfg.context_tokens
+        ]  # fmt: skip
+
+    def iteration_rows(
+        self, shape: ShardShape, series: list[tuple[str, list[IterationPoint]]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Whole iterations of the full shard, series by series (``series``: named lists of
+        growing points; default :meth:`iteration_series`); out-of-memory ends a series."""
         model = self.model(shape, shape.num_layers, f"iterations tp{shape.tp}")
         rows: list[dict[str, Any]] = []
         if model is None:
             return rows
-        for phase in ("prefill", "decode", "mixed"):
-            for ctx in self.cfg.context_tokens:
-                shapes = [(b, _iteration(phase, b, ctx)) for b in self.cfg.batch_sizes]
 
-                def measure(item: tuple[int, IterationShape], phase: str = phase,
-                            ctx: int = ctx) -> dict[str, Any]:  # fmt: skip
-                    times, timer = self.timer.seconds(model.iteration(item[1]))
-                    return self._iteration_row(shape, phase, item[0], ctx, item[1], times, timer)
+        def measure(point: IterationPoint) -> dict[str, Any]:
+            batch, phase, ctx, it = point
+            times, timer = self.timer.seconds(model.iteration(it))
+            return self._iteration_row(shape, phase, batch, ctx, it, times, timer)
 
-                for row in self.run_series(f"iterations {phase} tp{shape.tp} ctx {ctx}",
-                                           shapes, measure):  # fmt: skip
-                    if isinstance(row, OutOfMemory):
-                        batch, it = row.size
-                        row = self._iteration_row(shape, phase, batch, ctx, it, None, "oom")
-                    rows.append(row)
+        for name, points in self.iteration_series(shape.tp) if series is None else series:
+            for row in self.run_series(f"iterations {name}", points, measure):
+                if isinstance(row, OutOfMemory):
+                    batch, phase, ctx, it = row.size
+                    row = self._iteration_row(shape, phase, batch, ctx, it, None, "oom")
+                rows.append(row)
         return rows
 
     def _iteration_row(
