@@ -44,7 +44,8 @@ def _conversations(rng: np.random.Generator, num: int) -> list[list[int]]:
 def test_runs_of_blocks_match_a_per_block_model(seed: int, block_tokens: int) -> None:
     """Hits, shared blocks, refcounts, holdings, the LRU free order, evictions and the
     names evicted (what a lower tier receives) equal one dict entry per engine block after
-    every admission, prefill chunk, release and eviction."""
+    every admission, prefill chunk, release and eviction; admissions take their match's
+    slots, or look them up when another prompt was matched in between."""
     rng = np.random.default_rng(seed)
     prompts = _conversations(rng, 40)
     cache, model = PrefixCache(16), _Evicted(16)
@@ -55,13 +56,18 @@ def test_runs_of_blocks_match_a_per_block_model(seed: int, block_tokens: int) ->
         cache.add(i, list(chain_keys(ids)), block_tokens, length)
         model.add(i, cache)
     running: set[int] = set()
-    unchecked = 0
+    unchecked = unmemoised = 0
     for _ in range(600):
         op, i = "arrffe"[int(rng.integers(6))], int(rng.integers(len(prompts)))
         length = lengths[i]
         if op == "a" and i not in running:
             hit, shared = cache.match(i, length)
             assert (hit, shared) == model.match(i, length)
+            if rng.random() < 0.3:  # another prompt matched in between: the admission
+                other = int(rng.integers(len(prompts)))  # looks its hit up again
+                if other != i:
+                    cache.match(other, lengths[other])
+                    unmemoised += 1
             assert cache.acquire(i, hit, length) == model.acquire(i, hit)
             running.add(i)
         elif op == "r" and i in running:
@@ -87,6 +93,7 @@ def test_runs_of_blocks_match_a_per_block_model(seed: int, block_tokens: int) ->
         assert cache.shared == model.shared and cache.num_evictions == model.evictions
         unchecked += _whole_unless_broken(cache)
     assert len(model.evicted) > 5
+    assert unmemoised > 0  # admissions both with their match's slots and without
     assert unchecked > 0  # eviction had runs it takes without looking at their blocks
 
 

@@ -361,23 +361,31 @@ class FreeRuns:
         ]
 
 
-def _match_singles(bases: dict[int, int], ref: list[int], keys: tuple[int, ...]) -> tuple[int, int]:
-    """(leading ``keys`` cached, of which held) for one-block groups: a key has a slot
-    exactly while its block is cached."""
+def _match_singles(
+    bases: dict[int, int], ref: list[int], keys: tuple[int, ...]
+) -> tuple[int, int, list[int]]:
+    """(leading ``keys`` cached, of which held, their slots) for one-block groups: a key
+    has a slot exactly while its block is cached."""
     found = list(map(bases.get, keys))
     hit = found.index(None) if None in found else len(found)
     slots = cast(list[int], found[:hit])  # no None before the first miss
-    return hit, hit - list(map(ref.__getitem__, slots)).count(0)
+    return hit, hit - list(map(ref.__getitem__, slots)).count(0), slots
 
 
 def _hold_singles(
-    held: list[int], slots: BlockSlots, broken: set[int], keys: tuple[int, ...]
+    held: list[int],
+    slots: BlockSlots,
+    broken: set[int],
+    keys: tuple[int, ...],
+    found: list[int] | None = None,
 ) -> tuple[int, int]:
     """Reference the cached one-block groups ``keys`` into ``held``'s runs; return (those
     that were free, those another sequence held); the releases that had freed the free
-    ones join ``broken``. A run of consecutive slots at a time."""
+    ones join ``broken``. A run of consecutive slots at a time. ``found``: the keys'
+    slots when the caller has them (the admission's own match), else looked up."""
     ref, stamp = slots.ref, slots.stamp
-    found = list(map(slots.bases[1].__getitem__, keys))
+    if found is None:
+        found = list(map(slots.bases[1].__getitem__, keys))
     cuts = _cuts(found)
     freed = 0
     for a, b in pairwise(cuts):  # found[a:b]: slots found[a] .. found[b - 1]
@@ -447,6 +455,9 @@ class PrefixCache:
         self._memo_epoch = -1
         self._memo_len = -1
         self._memo = (0, 0)
+        # of the memo's hit on the GPU, the slots of one-block groups (None: not kept), so
+        # that the admission that follows the match takes them without a second lookup
+        self._memo_slots: list[int] | None = None
 
     def add(self, i: int, chained: list[int], block_tokens: int, prompt_tokens: int) -> None:
         """Request ``i``'s prompt carries block ids of ``block_tokens`` tokens each, whose
@@ -482,13 +493,14 @@ class PrefixCache:
             return self._memo
         prompt = self.prompts.get(i)
         hit = shared = tier = 0
+        self._memo_slots = None
         if prompt is not None:
             most = min((prefill_len - 1) // self.block, prompt.num_blocks)
             group = prompt.group
             bases = self.slots.bases.get(group)
             ref = self.slots.ref
             if bases is not None and group == 1:
-                hit, shared = _match_singles(bases, ref, prompt.keys[:most])
+                hit, shared, self._memo_slots = _match_singles(bases, ref, prompt.keys[:most])
             elif bases is not None:
                 for key in prompt.keys:
                     if hit >= most:
@@ -534,7 +546,15 @@ class PrefixCache:
         newly_shared = freed = 0
         broken = self.free.broken  # the releases whose free blocks are taken again
         if hit > 0 and prompt.group == 1:
-            freed, newly_shared = _hold_singles(held, self.slots, broken, prompt.keys[:hit])
+            memo = self._memo_slots  # the slots of this admission's own match, if kept
+            if memo is not None and not (
+                i == self._memo_i
+                and self.epoch == self._memo_epoch
+                and prefill_len == self._memo_len
+                and len(memo) == hit
+            ):
+                memo = None
+            freed, newly_shared = _hold_singles(held, self.slots, broken, prompt.keys[:hit], memo)
         elif hit > 0:
             group = prompt.group
             bases = self.slots.bases[group]
