@@ -86,6 +86,7 @@ class OllamaUpstream(Upstream):
 
     def __init__(self, response: aiohttp.ClientResponse, backend: Backend, req: CompletionRequest):
         super().__init__(response, backend)
+        self._lines = response.content  # NDJSON lines (Ollama's answers come through aiohttp)
         self.req = req
         self.id = response_id(req.kind, id(response) & 0xFFFFFFFFFFFF)
         self.created = int(time.time())
@@ -97,7 +98,7 @@ class OllamaUpstream(Upstream):
         loop = asyncio.get_running_loop()
         try:
             while True:
-                line = await self.response.content.readline()
+                line = await self._lines.readline()
                 if not line:
                     raise UpstreamError(
                         f"{self.backend.name}: Ollama stream ended before done", retryable=False

@@ -2,11 +2,14 @@
 
 A :class:`Backend` is one instance: an OpenAI-compatible server (vLLM, SGLang, TGI,
 llama.cpp server, ``sincere emulate``; ``kind: openai``) or Ollama's native API
-(``kind: ollama``, translated in :mod:`sincere.serve.backends.ollama_api`). Each keeps one
-``aiohttp.ClientSession`` with keep-alive connections (at most ``max_in_flight`` + a
-few, an idle one kept ``idle_keepalive_s``, below the upstream's own keep-alive) and
-connect / read timeouts from its config. A request the upstream closes before any answer
-(a kept-alive connection it closed as the request went out) is sent once more.
+(``kind: ollama``, translated in :mod:`sincere.serve.backends.ollama_api`). Inference
+requests to an OpenAI-compatible instance go through the gateway's own HTTP/1.1 client
+(:mod:`sincere.serve.backends.http1`: a pool of keep-alive connections, an idle one kept
+``idle_keepalive_s``, below the upstream's own keep-alive); scrapes, sealed requests and
+Ollama's API through one ``aiohttp.ClientSession`` per backend (at most ``max_in_flight``
++ a few connections). Both take their connect / read timeouts from the config. A request
+the upstream closes before any answer (a kept-alive connection it closed as the request
+went out) is sent once more.
 
 :meth:`Backend.send` opens the upstream request and returns an :class:`Upstream`
 once the status line is in. Failures *before the first byte* (connect error, timeout,
@@ -39,6 +42,7 @@ import aiohttp
 from yarl import URL
 
 from sincere.serve.backends.config import BackendConfig
+from sincere.serve.backends.http1 import Http1Pool, Http1Response
 from sincere.serve.protocol import PATHS, SSE_DONE, CompletionRequest, dumps_compact, loads
 
 _EMPTY_CHOICES = b'"choices":[]'  # the usage-only chunk of a stream
@@ -152,7 +156,7 @@ def _line_start(buf: bytes, prefix: bytes) -> int | None:
 class Upstream:
     """An open upstream response of an OpenAI-compatible server."""
 
-    def __init__(self, response: aiohttp.ClientResponse, backend: Backend) -> None:
+    def __init__(self, response: aiohttp.ClientResponse | Http1Response, backend: Backend) -> None:
         self.response = response
         self.status = response.status
         self.backend = backend
@@ -259,11 +263,14 @@ class Backend:
         self.price_in_per_token_usd = config.price_in_per_1m_usd / 1e6
         self.price_out_per_token_usd = config.price_out_per_1m_usd / 1e6
         self.urls = {kind: URL(self.url + path) for kind, path in PATHS.items()}  # parsed once
+        # the request targets of the inference POSTs (path and query), for the lean client
+        self.targets = {kind: url.raw_path_qs for kind, url in self.urls.items()}
         # answer_timeout's timeouts by answer cap, for this config (ClientTimeout is frozen)
         self._timeouts: tuple[BackendConfig, dict[int, aiohttp.ClientTimeout]] = (config, {})
         self.headers: dict[str, str] = dict(_JSON_HEADERS)  # sent with every POST
         self._auth: dict[str, str] = {}  # the upstream's credential header, if it needs one
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
 
     def use_api_key(self, token: str) -> None:
         """Send ``Authorization: Bearer token`` upstream (on requests and scrapes)."""
@@ -290,11 +297,28 @@ class Backend:
             )
         return self._session
 
+    @property
+    def pool(self) -> Http1Pool:
+        """The inference requests' keep-alive connections (:mod:`.http1`; created on first
+        use, for the config in force)."""
+        if self._pool is None or self._pool.closed:
+            c = self.config
+            self._pool = Http1Pool(
+                self.url,
+                connect_timeout_s=c.connect_timeout_s,
+                read_timeout_s=c.read_timeout_s,
+                keepalive_s=c.idle_keepalive_s,
+            )
+        return self._pool
+
     async def close(self) -> None:
-        """Close the session and its connections."""
+        """Close the session, the inference pool and their connections."""
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def upstream_body(self, req: CompletionRequest, max_tokens: int | None) -> dict[str, Any]:
         """The body to send: the client's, with the upstream model name and token cap."""
@@ -322,11 +346,33 @@ class Backend:
         return type(given) is not int or given != max_tokens or "max_completion_tokens" in body
 
     async def send(self, req: CompletionRequest, max_tokens: int | None) -> Upstream:
-        """Open the upstream request; raise UpstreamError(retryable) before the first byte."""
+        """Open the upstream request; raise UpstreamError(retryable) before the first byte.
+
+        Sent through the lean client (:mod:`.http1`): a non-streamed answer's read wait
+        grows with the tokens asked (:meth:`answer_read_timeout_s`), a stream's is the
+        backend's ``read_timeout_s`` between two bytes."""
         payload = self.upstream_payload(req, max_tokens)
-        timeout = None if req.stream else self.answer_timeout(max_tokens)
-        response = await self._post(self.urls[req.kind], payload, timeout=timeout)
+        read_s = None if req.stream else self.answer_read_timeout_s(max_tokens)
+        pool = self.pool
+        target = self.targets[req.kind]
+        try:
+            try:
+                response = await pool.post(target, payload, self.headers, read_timeout_s=read_s)
+            except aiohttp.ServerDisconnectedError:
+                # closed before any answer: most often a kept-alive connection the upstream
+                # closed idle as this request went out; once more, on another connection
+                response = await pool.post(target, payload, self.headers, read_timeout_s=read_s)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise upstream_error(self.name, "", exc, retryable=True) from None
+        await _refuse_failed(self.name, response)
         return Upstream(response, self)
+
+    def answer_read_timeout_s(self, max_tokens: int | None) -> float:
+        """The longest wait between two bytes of a non-streamed answer of ``max_tokens``:
+        ``read_timeout_s`` plus ``read_timeout_per_token_s`` per token asked."""
+        c = self.config
+        tokens = max_tokens if max_tokens is not None else 0
+        return c.read_timeout_s + c.read_timeout_per_token_s * tokens
 
     def answer_timeout(self, max_tokens: int | None) -> aiohttp.ClientTimeout:
         """The timeouts of a non-streamed answer: its read wait grows with the tokens asked.
@@ -381,15 +427,7 @@ class Backend:
                 response = await self.session.post(url, **kwargs)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise upstream_error(self.name, "", exc, retryable=True) from None
-        if response.status >= 500 or response.status == 429:
-            body = await _error_body(response)  # kept in case the request is at fault
-            raise UpstreamError(
-                f"{self.name}: upstream status {response.status}",
-                retryable=True,
-                status=503 if response.status == 429 else 502,
-                upstream_status=response.status,
-                body=body,
-            )
+        await _refuse_failed(self.name, response)
         return response
 
     async def get_text(self, path: str, timeout_s: float) -> str:
@@ -408,7 +446,21 @@ MAX_ERROR_BYTES = 64 * 1024
 """Most bytes of an upstream's error answer kept (the rest is dropped with the connection)."""
 
 
-async def _error_body(response: aiohttp.ClientResponse) -> bytes:
+async def _refuse_failed(name: str, response: aiohttp.ClientResponse | Http1Response) -> None:
+    """Raise a retryable :class:`UpstreamError` for a 5xx or 429 answer (its body's start
+    kept, in case the request is at fault); the connection is then released."""
+    if response.status >= 500 or response.status == 429:
+        body = await _error_body(response)
+        raise UpstreamError(
+            f"{name}: upstream status {response.status}",
+            retryable=True,
+            status=503 if response.status == 429 else 502,
+            upstream_status=response.status,
+            body=body,
+        )
+
+
+async def _error_body(response: aiohttp.ClientResponse | Http1Response) -> bytes:
     """The start of an error answer's body (b"" when it cannot be read); the response is
     released (a body cut short closes its connection)."""
     try:

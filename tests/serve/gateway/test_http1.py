@@ -1,0 +1,309 @@
+"""The gateway's lean HTTP/1.1 client against a raw server on 127.0.0.1 that answers as it is
+told: each body framing (length, chunked in odd pieces, to the connection's end),
+keep-alive reuse and what ends it, a connection closed unanswered, timeouts, malformed
+answers, a large body read slowly, and partial reads. Run on asyncio's and uvloop's loops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from sincere.serve.backends.http1 import HIGH_WATER, Http1Pool
+
+Answer = Callable[[asyncio.StreamWriter, bytes], Awaitable[bool]]
+"""Writes one answer to a request body; returns whether to keep the connection open."""
+
+
+class Server:
+    """Reads requests (``Content-Length`` bodies) and answers each with ``answer``."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.bodies: list[bytes] = []
+        self.heads: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                body = await reader.readexactly(length)
+                self.heads.append(head)
+                self.bodies.append(body)
+                if not await self.answer(writer, body):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _pool(url: str, read_s: float = 2.0, keepalive_s: float = 5.0) -> Http1Pool:
+    return Http1Pool(url, connect_timeout_s=1.0, read_timeout_s=read_s, keepalive_s=keepalive_s)
+
+
+async def _length(w: asyncio.StreamWriter, body: bytes) -> bool:
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (len(body) + 2) + b"<" + body + b">")  # fmt: skip
+    await w.drain()
+    return True
+
+
+def test_length_body_and_keep_alive() -> None:
+    """Answers by ``Content-Length`` come back whole; the connection is reused."""
+
+    async def main() -> None:
+        async with Server(_length) as srv:
+            pool = _pool(srv.url)
+            for k in range(5):
+                resp = await pool.post("/v1/x?q=1", b"abc%d" % k, {"X-Key": "v"})
+                assert resp.status == 200
+                assert resp.headers["content-type"] == "application/json"
+                assert "CONTENT-TYPE" in resp.headers and "nope" not in resp.headers
+                assert await resp.read() == b"<abc%d>" % k
+            assert srv.connections == 1
+            assert srv.heads[0].startswith(b"POST /v1/x?q=1 HTTP/1.1\r\n")
+            assert b"\r\nX-Key: v\r\n" in srv.heads[0]
+            assert b"\r\nHost: 127.0.0.1:" in srv.heads[0]
+            pool.close()
+
+    asyncio.run(main())
+
+
+def test_chunked_body_in_odd_pieces() -> None:
+    """A chunked answer written a few bytes at a time, with an extension and a trailer,
+    decodes to its data; ``readany`` hands bytes over as they come."""
+    data = [b"data: one\n\n", b"data: two\n\n", b"x" * 300, b"data: [DONE]\n\n"]
+    wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(d), d) for d in data) + b"0\r\nT: 1\r\n\r\n"
+
+    async def answer(w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(wire), 7):
+            w.write(wire[i : i + 7])
+            await w.drain()
+            await asyncio.sleep(0)
+        return True
+
+    async def main() -> None:
+        async with Server(answer) as srv:
+            pool = _pool(srv.url)
+            for _ in range(2):  # the connection is reused after a chunked answer
+                resp = await pool.post("/", b"{}", {})
+                pieces = []
+                while piece := await resp.content.readany():
+                    pieces.append(piece)
+                assert b"".join(pieces) == b"".join(data)
+                assert len(pieces) > 1 and resp.content.at_eof()
+                resp.release()
+            assert srv.connections == 1
+            pool.close()
+
+    asyncio.run(main())
+
+
+def test_close_delimited_body_and_connection_close() -> None:
+    """A body without length or chunking runs to the connection's end and the connection
+    is not reused; ``Connection: close`` keeps a connection out of the pool too."""
+
+    async def to_end(w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\n\r\nall of it " + body)
+        await w.drain()
+        return False
+
+    async def closing(w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()
+        return True  # the client must not reuse it anyway
+
+    async def main() -> None:
+        async with Server(to_end) as srv:
+            pool = _pool(srv.url)
+            for k in range(2):
+                resp = await pool.post("/", b"%d" % k, {})
+                assert await resp.read() == b"all of it %d" % k
+            assert srv.connections == 2
+        async with Server(closing) as srv:
+            pool = _pool(srv.url)
+            for _ in range(2):
+                assert await (await pool.post("/", b"", {})).read() == b"ok"
+            assert srv.connections == 2
+
+    asyncio.run(main())
+
+
+def test_closed_unanswered_and_idle_expiry() -> None:
+    """A request the server reads and drops gets ``ServerDisconnectedError`` (the caller's
+    cue to send again); a connection idle past ``keepalive_s`` is not reused."""
+    calls = 0
+
+    async def first_dropped(w: asyncio.StreamWriter, body: bytes) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return False  # closed without a byte of answer
+        return await _length(w, body)
+
+    async def main() -> None:
+        async with Server(first_dropped) as srv:
+            pool = _pool(srv.url, keepalive_s=0.05)
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                await pool.post("/", b"a", {})
+            assert await (await pool.post("/", b"b", {})).read() == b"<b>"
+            await asyncio.sleep(0.1)  # idle past keepalive_s
+            assert await (await pool.post("/", b"c", {})).read() == b"<c>"
+            assert srv.connections == 3
+
+    asyncio.run(main())
+
+
+def test_timeouts_and_refused_connections() -> None:
+    """No answer within the read timeout raises ``TimeoutError`` (and drops the
+    connection); a port nobody listens on raises an ``OSError``."""
+
+    async def silent(w: asyncio.StreamWriter, body: bytes) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async def slow_body(w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await w.drain()
+        await asyncio.sleep(5)
+        return False
+
+    async def main() -> None:
+        async with Server(silent) as srv:
+            with pytest.raises(TimeoutError):
+                await _pool(srv.url).post("/", b"", {}, read_timeout_s=0.1)
+        async with Server(slow_body) as srv:
+            resp = await _pool(srv.url).post("/", b"", {}, read_timeout_s=0.1)
+            assert await resp.content.readany() == b"half"
+            with pytest.raises(TimeoutError):
+                await resp.content.readany()
+            resp.close()
+        async with Server(silent) as srv:
+            url = srv.url
+        with pytest.raises(OSError):
+            await _pool(url).post("/", b"", {})
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTQ/1.1 200 OK\r\n\r\n",  # not HTTP
+        b"HTTP/1.1 2x0 OK\r\n\r\n",  # no status code
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+    ],
+)
+def test_malformed_answers_are_refused(wire: bytes) -> None:
+    """A bad status line or header raises ``aiohttp.ClientResponseError``."""
+
+    async def answer(w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(wire)
+        await w.drain()
+        return True
+
+    async def main() -> None:
+        async with Server(answer) as srv:
+            with pytest.raises(aiohttp.ClientResponseError):
+                await _pool(srv.url).post("/", b"", {})
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # ends before its length
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n",  # bad size
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY",  # no CRLF after
+    ],
+)
+def test_bodies_cut_or_malformed_raise_payload_errors(wire: bytes) -> None:
+    """A body that ends early or whose chunking is broken raises ``ClientPayloadError``."""
+
+    async def answer(w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(wire)
+        await w.drain()
+        return False
+
+    async def main() -> None:
+        async with Server(answer) as srv:
+            resp = await _pool(srv.url).post("/", b"", {})
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+
+    asyncio.run(main())
+
+
+def test_large_body_read_slowly_and_partial_reads() -> None:
+    """A body several times the high-water mark arrives whole when read slowly (the socket
+    paused and resumed); ``read(n)`` returns at most ``n`` bytes and keeps the rest."""
+    big = bytes(range(256)) * (3 * HIGH_WATER // 256)
+
+    async def answer(w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        await w.drain()
+        return True
+
+    async def main() -> None:
+        async with Server(answer) as srv:
+            pool = _pool(srv.url)
+            resp = await pool.post("/", b"", {})
+            await asyncio.sleep(0.2)  # let the server fill the client's buffer
+            head = await resp.content.read(1000)
+            assert head == big[:1000]
+            rest = bytearray()
+            while piece := await resp.content.readany():
+                rest += piece
+                await asyncio.sleep(0)
+            assert bytes(rest) == big[1000:] and resp.content.at_eof()
+            resp.release()
+            again = await pool.post("/", b"", {})
+            assert await again.read() == big
+            assert srv.connections == 1
+            pool.close()
+
+    asyncio.run(main())
+
+
+def test_closed_pool_and_bad_urls_are_refused() -> None:
+    """A closed pool refuses requests; a URL that is not http(s) with a host is refused."""
+
+    async def main() -> None:
+        async with Server(_length) as srv:
+            pool = _pool(srv.url)
+            pool.close()
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await pool.post("/", b"", {})
+
+    asyncio.run(main())
+    for url in ("ftp://host/", "http:///path"):
+        with pytest.raises(ValueError, match="http"):
+            _pool(url)
