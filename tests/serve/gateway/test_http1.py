@@ -1,15 +1,18 @@
 """The gateway's lean HTTP/1.1 client against a raw server on 127.0.0.1 that answers as it is
 told: each body framing (length, chunked in odd pieces, to the connection's end),
 keep-alive reuse and what ends it, a connection closed unanswered, timeouts, malformed
-answers, a large body read slowly, and partial reads. Run on asyncio's and uvloop's loops."""
+answers, a large body read slowly, partial reads, TLS. Run on asyncio's and uvloop's loops."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.serve.security.test_tls import _self_signed
 
 from sincere.serve.backends.http1 import HIGH_WATER, Http1Pool
 
@@ -307,3 +310,41 @@ def test_closed_pool_and_bad_urls_are_refused() -> None:
     for url in ("ftp://host/", "http:///path"):
         with pytest.raises(ValueError, match="http"):
             _pool(url)
+
+
+def test_https_verifies_the_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``https`` instance is reached over TLS, its certificate checked against the trust
+    store: refused (an ``OSError``) while untrusted, answered once trusted
+    (``SSL_CERT_FILE``, read by the system's default context)."""
+    cert, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await _length(writer, await reader.readexactly(length))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def main(trusted: bool) -> bytes:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            if trusted:
+                monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            pool = _pool(f"https://127.0.0.1:{port}")
+            return await (await pool.post("/", b"tls", {})).read()
+        finally:
+            server.close()
+
+    with pytest.raises(ssl.SSLCertVerificationError):  # an OSError, as the gateway catches
+        asyncio.run(main(trusted=False))
+    assert asyncio.run(main(trusted=True)) == b"<tls>"
