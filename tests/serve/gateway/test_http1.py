@@ -348,3 +348,24 @@ def test_https_verifies_the_instance(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ssl.SSLCertVerificationError):  # an OSError, as the gateway catches
         asyncio.run(main(trusted=False))
     assert asyncio.run(main(trusted=True)) == b"<tls>"
+
+
+def test_a_burst_s_connections_do_not_linger() -> None:
+    """After a burst of concurrent requests the pool keeps their connections; while
+    requests come one at a time (reusing the newest), the others are closed once idle past
+    ``keepalive_s`` instead of lingering under it."""
+
+    async def main() -> None:
+        async with Server(_length) as srv:
+            pool = _pool(srv.url, keepalive_s=0.1)
+            answers = await asyncio.gather(*(pool.post("/", b"%d" % k, {}) for k in range(20)))
+            for k, resp in enumerate(answers):
+                assert await resp.read() == b"<%d>" % k
+            assert srv.connections == 20 and pool.num_idle == 20
+            for _ in range(10):  # one at a time, faster than the keep-alive expires
+                assert await (await pool.post("/", b"x", {})).read() == b"<x>"
+                await asyncio.sleep(0.03)
+            assert pool.num_idle == 1 and srv.connections == 20
+            pool.close()
+
+    asyncio.run(main())

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
@@ -344,7 +345,7 @@ class Http1Pool:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.keepalive_s = keepalive_s
-        self._idle: list[_Connection] = []
+        self._idle: deque[_Connection] = deque()  # oldest first
         self.closed = False
 
     async def post(
@@ -441,12 +442,23 @@ class Http1Pool:
         return Http1Response(self, conn, status, headers, keep_alive, content)
 
     def put_back(self, conn: _Connection) -> None:
-        """An answered connection, idle from now."""
+        """An answered connection, idle from now; the oldest idle ones past ``keepalive_s``
+        (or closed by the instance) are closed on the way, so a burst's connections do not
+        linger once the load falls."""
         if self.closed:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
-        self._idle.append(conn)
+        now = asyncio.get_running_loop().time()
+        idle = self._idle
+        while idle and (not idle[0].usable or now - idle[0].idle_since >= self.keepalive_s):
+            idle.popleft().close()
+        conn.idle_since = now
+        idle.append(conn)
+
+    @property
+    def num_idle(self) -> int:
+        """Idle connections kept (some may have expired since the last request)."""
+        return len(self._idle)
 
     def close(self) -> None:
         """Close the idle connections; later requests are refused."""
