@@ -249,7 +249,8 @@ def test_malformed_answers_are_refused(wire: bytes) -> None:
     ],
 )
 def test_bodies_cut_or_malformed_raise_payload_errors(wire: bytes) -> None:
-    """A body that ends early or whose chunking is broken raises ``ClientPayloadError``."""
+    """A body that ends early or whose chunking is broken raises ``ClientPayloadError``
+    and its connection is not reused."""
 
     async def answer(w: asyncio.StreamWriter, body: bytes) -> bool:
         w.write(wire)
@@ -258,9 +259,12 @@ def test_bodies_cut_or_malformed_raise_payload_errors(wire: bytes) -> None:
 
     async def main() -> None:
         async with Server(answer) as srv:
-            resp = await _pool(srv.url).post("/", b"", {})
+            pool = _pool(srv.url)
+            resp = await pool.post("/", b"", {})
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
+            resp.release()  # after a failed read: the connection is closed, not pooled
+            assert pool.num_idle == 0
 
     asyncio.run(main())
 

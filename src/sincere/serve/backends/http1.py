@@ -302,8 +302,13 @@ class Http1Response:
         self.content = content
 
     async def read(self) -> bytes:
-        """The whole body; the connection goes back to the pool once it is read."""
-        body = await self.content.read()
+        """The whole body; the connection goes back to the pool once it is read (and is
+        closed if reading fails)."""
+        try:
+            body = await self.content.read()
+        except BaseException:
+            self.close()
+            raise
         self.release()
         return body
 

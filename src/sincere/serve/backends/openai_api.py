@@ -300,7 +300,7 @@ class Backend:
     @property
     def pool(self) -> Http1Pool:
         """The inference requests' keep-alive connections (:mod:`.http1`; created on first
-        use, for the config in force)."""
+        use, with this backend's timeouts and keep-alive)."""
         if self._pool is None or self._pool.closed:
             c = self.config
             self._pool = Http1Pool(
