@@ -5,9 +5,10 @@ and relays what comes back: a whole JSON body or a stream of server-sent events.
 small part of HTTP, and a general client's machinery (aiohttp's request and response
 objects, its tracing hooks, cookie jar and timeout contexts) cost more CPU per request
 than the gateway's own work: measured on the project's 2-core VM, a sequential ``POST``
-to a local server took ~150 us of client CPU through ``aiohttp.ClientSession`` against
-~33 us through a bare asyncio protocol (``benchmarks/README.md``, "The gateway's own
-HTTP/1.1 client"). This module is that protocol, made complete for the gateway's use:
+to a local server took 175 us of client CPU through ``aiohttp.ClientSession`` against
+59 us through this client (``benchmarks/http_client_cost.py``; ``benchmarks/README.md``,
+"The gateway's own HTTP/1.1 client"). This module is an asyncio protocol made complete
+for the gateway's use:
 
 * **connections**: one pool per instance (scheme, host, port), idle keep-alive
   connections reused most recently used first and closed after ``keepalive_s`` idle; a
