@@ -7,66 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.serve.gateway.raw_upstream import Answer, RawUpstream
 from tests.serve.security.test_tls import _self_signed
 
 from sincere.serve.backends.http1 import HIGH_WATER, Http1Pool
 
-Answer = Callable[[asyncio.StreamWriter, bytes], Awaitable[bool]]
-"""Writes one answer to a request body; returns whether to keep the connection open."""
-
-
-class Server:
-    """Reads requests (``Content-Length`` bodies) and answers each with ``answer``."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.connections = 0
-        self.bodies: list[bytes] = []
-        self.heads: list[bytes] = []
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Server:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                body = await reader.readexactly(length)
-                self.heads.append(head)
-                self.bodies.append(body)
-                if not await self.answer(writer, body):
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
 
 def _pool(url: str, read_s: float = 2.0, keepalive_s: float = 5.0) -> Http1Pool:
     return Http1Pool(url, connect_timeout_s=1.0, read_timeout_s=read_s, keepalive_s=keepalive_s)
+
+
+def _writes(wire: bytes, keep: bool) -> Answer:
+    """An answer that writes ``wire`` whatever the request, then keeps the connection open
+    or closes it."""
+
+    async def answer(w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(wire)
+        await w.drain()
+        return keep
+
+    return answer
 
 
 async def _length(w: asyncio.StreamWriter, body: bytes) -> bool:
@@ -80,7 +44,7 @@ def test_length_body_and_keep_alive() -> None:
     """Answers by ``Content-Length`` come back whole; the connection is reused."""
 
     async def main() -> None:
-        async with Server(_length) as srv:
+        async with RawUpstream(_length) as srv:
             pool = _pool(srv.url)
             for k in range(5):
                 resp = await pool.post("/v1/x?q=1", b"abc%d" % k, {"X-Key": "v"})
@@ -112,7 +76,7 @@ def test_chunked_body_in_odd_pieces() -> None:
         return True
 
     async def main() -> None:
-        async with Server(answer) as srv:
+        async with RawUpstream(answer) as srv:
             pool = _pool(srv.url)
             for _ in range(2):  # the connection is reused after a chunked answer
                 resp = await pool.post("/", b"{}", {})
@@ -137,19 +101,16 @@ def test_close_delimited_body_and_connection_close() -> None:
         await w.drain()
         return False
 
-    async def closing(w: asyncio.StreamWriter, body: bytes) -> bool:
-        w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-        await w.drain()
-        return True  # the client must not reuse it anyway
-
     async def main() -> None:
-        async with Server(to_end) as srv:
+        async with RawUpstream(to_end) as srv:
             pool = _pool(srv.url)
             for k in range(2):
                 resp = await pool.post("/", b"%d" % k, {})
                 assert await resp.read() == b"all of it %d" % k
             assert srv.connections == 2
-        async with Server(closing) as srv:
+        # the server keeps the connection open: the client must not reuse it anyway
+        closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+        async with RawUpstream(_writes(closing, keep=True)) as srv:
             pool = _pool(srv.url)
             for _ in range(2):
                 assert await (await pool.post("/", b"", {})).read() == b"ok"
@@ -171,7 +132,7 @@ def test_closed_unanswered_and_idle_expiry() -> None:
         return await _length(w, body)
 
     async def main() -> None:
-        async with Server(first_dropped) as srv:
+        async with RawUpstream(first_dropped) as srv:
             pool = _pool(srv.url, keepalive_s=0.05)
             with pytest.raises(aiohttp.ServerDisconnectedError):
                 await pool.post("/", b"a", {})
@@ -198,16 +159,16 @@ def test_timeouts_and_refused_connections() -> None:
         return False
 
     async def main() -> None:
-        async with Server(silent) as srv:
+        async with RawUpstream(silent) as srv:
             with pytest.raises(TimeoutError):
                 await _pool(srv.url).post("/", b"", {}, read_timeout_s=0.1)
-        async with Server(slow_body) as srv:
+        async with RawUpstream(slow_body) as srv:
             resp = await _pool(srv.url).post("/", b"", {}, read_timeout_s=0.1)
             assert await resp.content.readany() == b"half"
             with pytest.raises(TimeoutError):
                 await resp.content.readany()
             resp.close()
-        async with Server(silent) as srv:
+        async with RawUpstream(silent) as srv:
             url = srv.url
         with pytest.raises(OSError):
             await _pool(url).post("/", b"", {})
@@ -227,13 +188,8 @@ def test_timeouts_and_refused_connections() -> None:
 def test_malformed_answers_are_refused(wire: bytes) -> None:
     """A bad status line or header raises ``aiohttp.ClientResponseError``."""
 
-    async def answer(w: asyncio.StreamWriter, body: bytes) -> bool:
-        w.write(wire)
-        await w.drain()
-        return True
-
     async def main() -> None:
-        async with Server(answer) as srv:
+        async with RawUpstream(_writes(wire, keep=True)) as srv:
             with pytest.raises(aiohttp.ClientResponseError):
                 await _pool(srv.url).post("/", b"", {})
 
@@ -252,13 +208,8 @@ def test_bodies_cut_or_malformed_raise_payload_errors(wire: bytes) -> None:
     """A body that ends early or whose chunking is broken raises ``ClientPayloadError``
     and its connection is not reused."""
 
-    async def answer(w: asyncio.StreamWriter, body: bytes) -> bool:
-        w.write(wire)
-        await w.drain()
-        return False
-
     async def main() -> None:
-        async with Server(answer) as srv:
+        async with RawUpstream(_writes(wire, keep=False)) as srv:
             pool = _pool(srv.url)
             resp = await pool.post("/", b"", {})
             with pytest.raises(aiohttp.ClientPayloadError):
@@ -280,7 +231,7 @@ def test_large_body_read_slowly_and_partial_reads() -> None:
         return True
 
     async def main() -> None:
-        async with Server(answer) as srv:
+        async with RawUpstream(answer) as srv:
             pool = _pool(srv.url)
             resp = await pool.post("/", b"", {})
             await asyncio.sleep(0.2)  # let the server fill the client's buffer
@@ -304,7 +255,7 @@ def test_closed_pool_and_bad_urls_are_refused() -> None:
     """A closed pool refuses requests; a URL that is not http(s) with a host is refused."""
 
     async def main() -> None:
-        async with Server(_length) as srv:
+        async with RawUpstream(_length) as srv:
             pool = _pool(srv.url)
             pool.close()
             with pytest.raises(aiohttp.ClientConnectionError):
@@ -324,30 +275,11 @@ def test_https_verifies_the_instance(tmp_path: Path, monkeypatch: pytest.MonkeyP
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            await _length(writer, await reader.readexactly(length))
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
     async def main(trusted: bool) -> bytes:
-        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
-        port = server.sockets[0].getsockname()[1]
-        try:
+        async with RawUpstream(_length, ssl=context) as srv:
             if trusted:
                 monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-            pool = _pool(f"https://127.0.0.1:{port}")
-            return await (await pool.post("/", b"tls", {})).read()
-        finally:
-            server.close()
+            return await (await _pool(srv.url).post("/", b"tls", {})).read()
 
     with pytest.raises(ssl.SSLCertVerificationError):  # an OSError, as the gateway catches
         asyncio.run(main(trusted=False))
@@ -360,7 +292,7 @@ def test_a_burst_s_connections_do_not_linger() -> None:
     ``keepalive_s`` instead of lingering under it."""
 
     async def main() -> None:
-        async with Server(_length) as srv:
+        async with RawUpstream(_length) as srv:
             pool = _pool(srv.url, keepalive_s=0.1)
             answers = await asyncio.gather(*(pool.post("/", b"%d" % k, {}) for k in range(20)))
             for k, resp in enumerate(answers):

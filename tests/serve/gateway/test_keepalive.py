@@ -3,7 +3,8 @@
 vLLM (uvicorn) closes a connection idle for 5 s; a client that keeps it longer can send a
 request down a connection the server is closing and get no answer. A raw asyncio server
 on 127.0.0.1 plays such an upstream: it counts connections, answers each request with a
-small JSON body, and can close a connection after reading a request without answering.
+small JSON body, and can close a connection after reading a request without answering
+(``tests/serve/gateway/raw_upstream.py``, which the lean client's tests script too).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 
 import pytest
+from tests.serve.gateway.raw_upstream import RawUpstream
 
 from sincere.serve.backends.config import BackendConfig
 from sincere.serve.backends.openai_api import Backend, UpstreamError
@@ -20,51 +22,22 @@ from sincere.serve.protocol import CompletionRequest, parse_request
 ANSWER = json.dumps({"choices": [{"text": "hi"}], "usage": {"completion_tokens": 1}}).encode()
 
 
-class Upstream:
-    """HTTP/1.1 on a raw socket: ``drop`` requests are read and then closed unanswered."""
+def _upstream(drop: int = 0) -> RawUpstream:
+    """The upstream: the first ``drop`` requests are read and then closed unanswered, the
+    others answered with a small JSON body (``len(up.bodies)``: the requests read)."""
 
-    def __init__(self, drop: int = 0) -> None:
-        self.drop = drop  # the first ``drop`` requests get no answer
-        self.connections = 0
-        self.requests = 0
-        self.server: asyncio.Server | None = None
+    async def answer(writer: asyncio.StreamWriter, body: bytes) -> bool:
+        if len(up.bodies) <= drop:
+            return False  # read, then closed without a byte of answer
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER)
+        )
+        await writer.drain()
+        return True
 
-    async def __aenter__(self) -> Upstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while head := await reader.readuntil(b"\r\n\r\n"):
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
-                self.requests += 1
-                if self.requests <= self.drop:
-                    break  # read, then closed without a byte of answer
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    up = RawUpstream(answer)
+    return up
 
 
 def _request() -> CompletionRequest:
@@ -86,13 +59,13 @@ def _backend(url: str, **extra: float) -> Backend:
 
 def test_a_request_closed_unanswered_is_sent_once_more() -> None:
     async def body() -> tuple[bytes, int, int]:
-        async with Upstream(drop=1) as up:
+        async with _upstream(drop=1) as up:
             backend = _backend(up.url)
             try:
                 answer = await _answer(backend)
             finally:
                 await backend.close()
-            return answer, up.requests, up.connections
+            return answer, len(up.bodies), up.connections
 
     answer, requests, connections = asyncio.run(body())
     assert json.loads(answer)["usage"]["completion_tokens"] == 1
@@ -101,7 +74,7 @@ def test_a_request_closed_unanswered_is_sent_once_more() -> None:
 
 def test_an_upstream_that_closes_every_request_fails_retryably_after_one_resend() -> None:
     async def body() -> int:
-        async with Upstream(drop=10) as up:
+        async with _upstream(drop=10) as up:
             backend = _backend(up.url)
             try:
                 with pytest.raises(UpstreamError) as err:
@@ -109,14 +82,14 @@ def test_an_upstream_that_closes_every_request_fails_retryably_after_one_resend(
             finally:
                 await backend.close()
             assert err.value.retryable and "connection closed" in str(err.value)
-            return up.requests
+            return len(up.bodies)
 
     assert asyncio.run(body()) == 2  # the first send and one more, no loop
 
 
 def test_an_idle_connection_is_not_reused_past_idle_keepalive() -> None:
     async def body() -> tuple[int, int]:
-        async with Upstream() as up:
+        async with _upstream() as up:
             short = _backend(up.url, idle_keepalive_s=0.05)
             try:
                 await _answer(short)
