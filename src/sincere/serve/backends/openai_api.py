@@ -34,9 +34,9 @@ built once per backend, and the session's connector keeps connections alive.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -51,6 +51,8 @@ _NO_TEXT = (b'"text":""', b'"text": ""', b'"content":""', b'"content": ""')
 _COMPLETION_TOKENS = b'"completion_tokens":'
 _DONE_LINE = b"data: [DONE]"
 _JSON_HEADERS = {"Content-Type": "application/json"}
+R = TypeVar("R", aiohttp.ClientResponse, Http1Response)
+"""An upstream answer from either client (:meth:`Backend._opened`)."""
 
 
 class UpstreamError(Exception):
@@ -353,18 +355,10 @@ class Backend:
         backend's ``read_timeout_s`` between two bytes."""
         payload = self.upstream_payload(req, max_tokens)
         read_s = None if req.stream else self.answer_read_timeout_s(max_tokens)
-        pool = self.pool
-        target = self.targets[req.kind]
-        try:
-            try:
-                response = await pool.post(target, payload, self.headers, read_timeout_s=read_s)
-            except aiohttp.ServerDisconnectedError:
-                # closed before any answer: most often a kept-alive connection the upstream
-                # closed idle as this request went out; once more, on another connection
-                response = await pool.post(target, payload, self.headers, read_timeout_s=read_s)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise upstream_error(self.name, "", exc, retryable=True) from None
-        await _refuse_failed(self.name, response)
+        pool, target = self.pool, self.targets[req.kind]
+        response = await self._opened(
+            lambda: pool.post(target, payload, self.headers, read_timeout_s=read_s)
+        )
         return Upstream(response, self)
 
     def answer_read_timeout_s(self, max_tokens: int | None) -> float:
@@ -389,7 +383,7 @@ class Backend:
                 total=None,
                 connect=c.connect_timeout_s,
                 sock_connect=c.connect_timeout_s,
-                sock_read=c.read_timeout_s + c.read_timeout_per_token_s * tokens,
+                sock_read=self.answer_read_timeout_s(tokens),
             )
             if len(memo[1]) >= MAX_KEPT_TIMEOUTS:  # many caps: start afresh
                 memo[1].clear()
@@ -418,13 +412,21 @@ class Backend:
         kwargs: dict[str, Any] = {"data": data, "headers": headers or self.headers}
         if timeout is not None:
             kwargs["timeout"] = timeout
+        session = self.session
+        return await self._opened(lambda: session.post(url, **kwargs))
+
+    async def _opened(self, post: Callable[[], Awaitable[R]]) -> R:
+        """The answer of ``post()`` (either client's POST) once its status line is in.
+
+        A request the upstream closes before any answer (most often a kept-alive
+        connection it closed idle as this request went out) is sent once more, on another
+        connection; a failure before the first byte, or a 5xx / 429 status, raises a
+        retryable :class:`UpstreamError`."""
         try:
             try:
-                response = await self.session.post(url, **kwargs)
+                response = await post()
             except aiohttp.ServerDisconnectedError:
-                # closed before any answer: most often a pooled connection the upstream
-                # closed idle as this request went out; once more, on another connection
-                response = await self.session.post(url, **kwargs)
+                response = await post()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise upstream_error(self.name, "", exc, retryable=True) from None
         await _refuse_failed(self.name, response)
