@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from source_trees import compile_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SINCERE = Path(sys.executable).with_name("sincere")
@@ -135,6 +136,8 @@ def paired(args: argparse.Namespace) -> None:
     sizes = args.sizes or [10_000, 100_000]
     this = str(ROOT / "src")
     print(f"router {args.router}, this tree against {args.paired}", flush=True)
+    for src in (this, args.paired):
+        compile_tree(src)  # (no tree compiles its sources while timed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
         warm = tmp_dir / "warm.yaml"

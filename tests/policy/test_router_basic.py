@@ -96,6 +96,29 @@ def test_power_of_two_never_picks_the_most_loaded() -> None:
     assert picks["i0"] / 4000 == pytest.approx(2 / n, abs=0.03)
 
 
+@pytest.mark.parametrize("num_choices", [1, 2])
+def test_power_of_two_draws_what_the_generator_would(num_choices: int) -> None:
+    """Its draws, read ahead from the generator's words, are those of ``integers(n)`` call
+    by call: over many candidate counts (one draws nothing; 3 * 2**30 rejects a quarter of
+    its first words, across the blocks read ahead), and whole samples as before."""
+    router = make_router("power-of-two", np.random.default_rng(7), num_choices=num_choices)
+    reference = np.random.default_rng(7)
+    draws = np.random.default_rng(0)
+    counts = draws.choice([1, 2, 3, 12, 64, 1000, 2**31 + 3, 3 * 2**30, 2**32], size=5000)
+    for n in counts.tolist():
+        assert router._below(n) == int(reference.integers(n)), n
+    mine = make_router("power-of-two", np.random.default_rng(3), num_choices=num_choices)
+    theirs = np.random.default_rng(3)
+    for n in draws.integers(1, 100, size=2000).tolist():
+        k = min(num_choices, n)
+        first = int(theirs.integers(n))
+        expected = [first]
+        if k == 2:
+            second = int(theirs.integers(n - 1))
+            expected.append(second + (second >= first))
+        assert mine._sample(n, k) == expected
+
+
 def test_no_healthy_instance_is_a_rejection() -> None:
     """With every instance down, a router returns instance None with a reason."""
     decision = make_router("least-outstanding", np.random.default_rng(0)).route(

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import yaml
 
-from sincere.core.types import Seconds
 from sincere.policy.reads import READS_NOTHING, Reads
 from sincere.sim import load_config
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
@@ -57,17 +56,16 @@ class _Checked(Cluster):
 
     num_checked = 0
 
-    def route(self, i: int, now: Seconds) -> int | None:
-        self._arrival = (i, now)
-        return super().route(i, now)
-
-    def _by_count(self, choices: list[int]) -> int | None:
+    def _route_by_count(self, i: int) -> int | None:
         assert self.front_door is not None
         reference = copy.deepcopy(self.front_door.router)  # (its generator's state too)
-        e = super()._by_count(choices)
-        assert e is not None
-        i, now = self._arrival
+        choices = self.eligible[self._model_of[i]]
         views = [self.views.fresh(k) for k in choices]
+        e = super()._route_by_count(i)
+        assert e is not None
+        if len(choices) < 2:  # the router is not asked
+            return e
+        now = float(self.requests.arrival_at[i])
         expected = reference.choose(self.requests.request(i), views, now).instance
         assert self.infos[e].id == expected, (i, now)
         state = self.front_door.router.rng.bit_generator.state

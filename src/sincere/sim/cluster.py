@@ -214,7 +214,8 @@ class Cluster:
 
     def _route_by_count(self, i: int) -> int | None:
         """:meth:`route` with ``by_count``: :meth:`assign` and :meth:`_note_load` in one,
-        with no call that cannot change the answer (the same checks, in the same order)."""
+        with no call that cannot change the answer (the same checks, in the same order;
+        the front door places the request from the candidates' counts alone)."""
         choices = self.eligible[self._model_of[i]]
         if len(choices) == 1:  # (by_count implies passthrough)
             e = choices[0]
@@ -222,13 +223,24 @@ class Cluster:
             self.records.reject(i, "no_instance")
             return None
         else:
-            picked = self._by_count(choices)
+            assert self.front_door is not None
+            counts = self.outstanding if self._counts_by == "outstanding" else self.queued_counts()
+            if choices != self._all_engines:
+                counts = [counts[k] for k in choices]
+            picked = self.front_door.place_by_count(counts)
             assert picked is not None  # two candidates or more: the router chooses one
-            e = picked
+            e = choices[picked]
         if len(self.engines) > 1:  # no view: the load as the engine reports it
             running, waiting, tokens = self.engines[e].queue_sizes()
             self.records.note_load(i, running, waiting, tokens, self.outstanding[e])
         return e
+
+    def queued_counts(self) -> list[int]:
+        """Each engine's waiting + running as its load reports it (``by_count`` by
+        ``requests``), brought up to date for the engines touched since the last call."""
+        if self._queued_stale:
+            self._refresh_queued()
+        return self._queued
 
     def assign_all(self) -> list[int]:
         """Every request's engine index in arrival order (-1: rejected), routed before
@@ -269,27 +281,7 @@ class Cluster:
         if self.front_door is None:
             self.records.reject(i, "no_router")
             return None
-        if self._counts_by is not None:
-            e = self._by_count(choices)
-            if e is not None:
-                return e
-        return self._decide(i, choices, now)
-
-    def _by_count(self, choices: list[int]) -> int | None:
-        """The engine the front door places a request at from one count per engine of
-        ``choices`` alone (``by_count``: what :meth:`_decide` would answer, with no request
-        object and no view); ``None``: ask :meth:`_decide`."""
-        assert self.front_door is not None
-        if self._counts_by == "outstanding":
-            counts = self.outstanding
-        else:
-            if self._queued_stale:
-                self._refresh_queued()
-            counts = self._queued
-        if choices != self._all_engines:
-            counts = [counts[e] for e in choices]
-        k = self.front_door.place_by_count(counts)
-        return None if k is None else choices[k]
+        return self._decide(i, choices, now)  # (by counts: _route_by_count, not here)
 
     def _refresh_queued(self) -> None:
         """Waiting + running of the engines touched since the last arrival, as their

@@ -186,6 +186,10 @@ class PowerOfTwoRouter(LoadMetricRouter):
         p = params_from(PowerOfTwoParams, params, values, "router 'power-of-two'")
         super().__init__(rng, p.metric)
         self.num_choices = p.num_choices
+        # with num_choices <= 2 every draw is an ``integers(n)``, taken from the
+        # generator's 32-bit words read ahead in blocks (:meth:`_below`)
+        self._words: list[int] = []
+        self._next_word = 0
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -206,15 +210,54 @@ class PowerOfTwoRouter(LoadMetricRouter):
 
     def choose_by_count(self, counts: Sequence[int]) -> int:
         """The same draws as :meth:`choose`, and the first sampled of the smallest count."""
-        sampled = self._sample(len(counts), min(self.num_choices, len(counts)))
+        n = len(counts)
+        if self.num_choices == 2 and n >= 2:  # (:meth:`_sample`'s two draws, inline)
+            first = self._below(n)
+            second = self._below(n - 1)
+            second += second >= first
+            return second if counts[second] < counts[first] else first
+        sampled = self._sample(n, min(self.num_choices, n))
         return min(sampled, key=counts.__getitem__)
 
     def _sample(self, n: int, k: int) -> list[int]:
         """``k`` distinct positions out of ``n``, uniformly (fast paths for k <= 2)."""
-        first = int(self.rng.integers(n))
+        if self.num_choices > 2:  # draws of two kinds: straight from the generator
+            first = int(self.rng.integers(n))
+            if k == 1:
+                return [first]
+            if k == 2:
+                second = int(self.rng.integers(n - 1))
+                return [first, second + (second >= first)]
+            return [int(i) for i in self.rng.choice(n, size=k, replace=False)]
+        first = self._below(n)
         if k == 1:
             return [first]
-        if k == 2:
-            second = int(self.rng.integers(n - 1))
-            return [first, second + (second >= first)]
-        return [int(i) for i in self.rng.choice(n, size=k, replace=False)]
+        second = self._below(n - 1)
+        return [first, second + (second >= first)]
+
+    WORDS_AHEAD = 1024
+    """32-bit words :meth:`_below` reads from the generator at a time."""
+
+    def _below(self, n: int) -> int:
+        """What ``self.rng.integers(n)`` would draw (``1 <= n <= 2**32``), in the same
+        sequence, without a call into the generator per draw.
+
+        NumPy draws an integer below ``n`` by Lemire's method: the generator's next 32-bit
+        word ``w``, then ``(w * n) >> 32`` unless the low 32 bits of ``w * n`` fall below
+        ``(2**32 - n) % n`` (then the next word; ``n == 1`` draws none). The words are the
+        ones ``integers(0, 2**32, size=m, dtype=uint32)`` returns, read here
+        :attr:`WORDS_AHEAD` at a time; the generator is only read through this method
+        while ``num_choices <= 2``, so reading ahead changes no draw (tested against
+        ``integers``)."""
+        if n == 1:
+            return 0
+        while True:
+            if self._next_word == len(self._words):
+                block = self.rng.integers(0, 1 << 32, size=self.WORDS_AHEAD, dtype=np.uint32)
+                self._words = block.tolist()
+                self._next_word = 0
+            scaled = self._words[self._next_word] * n
+            self._next_word += 1
+            low = scaled & 0xFFFFFFFF
+            if low >= n or low >= ((1 << 32) - n) % n:
+                return scaled >> 32
