@@ -71,6 +71,20 @@ def _prompts(rng: np.random.Generator, num: int) -> list[tuple[int, ...]]:
     return [chain_keys(p) for p in prompts if p]
 
 
+def _check_runs(index: PrefixIndex, name: str) -> None:
+    """Without a tier: every run is found by its first key, and only runs are."""
+    runs = index._runs.get(name)
+    if runs is None:
+        return
+    heads, run = {}, runs.end.next
+    while run is not runs.end:
+        assert run.keys and run.next.prev is run
+        heads[run.keys[0]] = run
+        run = run.next
+    assert runs.head_of == heads
+    assert runs.num_keys == index.size(name) == sum(map(len, (r.keys for r in heads.values())))
+
+
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("tier", [False, True])
 def test_run_wise_index_answers_as_key_by_key(seed: int, tier: bool) -> None:
@@ -95,8 +109,9 @@ def test_run_wise_index_answers_as_key_by_key(seed: int, tier: bool) -> None:
         name = "ab"[int(rng.integers(2))]
         index.add(name, keys, block)
         model.add(name, keys, block)
-        assert list(index._by_instance[name].items()) == list(model.held[name].items())
+        assert index.held_keys(name) == list(model.held[name].items())
         assert index.held_tokens(name) == sum(model.held[name].values())
+        _check_runs(index, name)
         if tier:
             assert list(index._tier.get(name, {}).items()) == list(model.tier[name].items())
 
@@ -122,10 +137,11 @@ def test_one_walk_scores_every_instance_as_key_by_key(seed: int) -> None:
         name = names[int(rng.integers(0, 12)) * 5]  # a sixth of them ever routed to
         index.add(name, keys, block)
         model.add(name, keys, block)
-        assert list(index._by_instance[name].items()) == list(model.held[name].items())
-    for name, held in index._by_instance.items():
-        bit = index._bit[name]
-        assert {k for k, mask in index._holders.items() if mask & bit} == set(held)
+        assert index.held_keys(name) == list(model.held[name].items())
+    for name, bit in index._bit.items():
+        held = {key for key, _ in index.held_keys(name)}
+        assert {k for k, mask in index._holders.items() if mask & bit} == held
+        assert index.size(name) == len(held)
 
 
 def _reference_choice(

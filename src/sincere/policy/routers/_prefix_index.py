@@ -34,6 +34,7 @@ import warnings
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from itertools import repeat
+from operator import or_
 
 from pydantic import Field, model_validator
 
@@ -54,6 +55,20 @@ def _held_prefix(
     while lo < hi:
         mid = (lo + hi) // 2
         if keys[mid] in held:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _held_prefix_of(holders: Mapping[int, int], bit: int, keys: tuple[int, ...]) -> int:
+    """:func:`_held_prefix` of the instance whose bit is ``bit`` in the shared map of
+    holders (key -> bitmask of the instances holding it)."""
+    lo, hi = 0, len(keys)
+    get = holders.get
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if get(keys[mid], 0) & bit:
             lo = mid + 1
         else:
             hi = mid
@@ -99,6 +114,113 @@ def prompt_keys(request: Request, max_blocks: int | None = None) -> tuple[int, .
     return chain_keys(request.block_ids[:full])
 
 
+class _Run:
+    """Keys of consecutive blocks of one prompt held by one instance, shallowest first,
+    one weight each; a node of :class:`_RunLru`'s list."""
+
+    __slots__ = ("keys", "next", "prev", "weight")
+
+    def __init__(self, keys: list[int], weight: int) -> None:
+        self.keys = keys
+        self.weight = weight
+        self.prev: _Run = self
+        self.next: _Run = self
+
+
+class _RunLru:
+    """One instance's keys, least recently used first, kept as runs.
+
+    A prompt's keys are touched tail first (see :class:`PrefixIndex`), so within a run
+    the deepest key is the least recent; the runs are a doubly linked list, oldest first.
+    Touching a prompt's held keys is a walk over the runs its path crosses and a move of
+    each to the end, deepest first -- a run covered only in part is split, the touched
+    part moved and the rest left in place -- instead of a move per key. A path enters
+    every run it crosses at the run's first key (a key lives in one run, and the key
+    before it on the path, chained, would otherwise be in that run too), so runs are
+    found by their first keys alone (:attr:`head_of`); whether a key is held at all the
+    index's shared map of holders says. Eviction takes the oldest run's deepest key, the
+    key an LRU of single keys would take."""
+
+    def __init__(self) -> None:
+        self.end = _Run([], 0)  # sentinel: end.next is the oldest run, end.prev the newest
+        self.head_of: dict[int, _Run] = {}  # each run's first key -> the run
+        self.num_keys = 0
+        self.total = 0  # what the keys weigh
+
+    def touch(self, keys: tuple[int, ...], known: int, weight: int) -> None:
+        """``keys[:known]`` are held (the prompt's path); the rest are new, of ``weight``:
+        touched tail first, as one run each."""
+        path: list[_Run] = []
+        head_of, pos = self.head_of, 0
+        while pos < known:
+            run = head_of[keys[pos]]
+            held = run.keys
+            span = min(len(held), known - pos)
+            if held[span - 1] != keys[pos + span - 1]:  # the path leaves the run inside it
+                lo, hi = 1, span - 1  # held[lo - 1] matches, held[hi] does not
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if held[mid - 1] == keys[pos + mid - 1]:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                span = lo
+            if span < len(held):
+                self._split(run, span)
+            path.append(run)
+            pos += span
+        if known < len(keys):
+            new = _Run(list(keys[known:]), weight)
+            head_of[keys[known]] = new
+            self.num_keys += len(new.keys)
+            self.total += weight * len(new.keys)
+            self._append(new)
+        for run in reversed(path):
+            self._unlink(run)
+            self._append(run)
+
+    def _split(self, run: _Run, span: int) -> None:
+        """Cut ``run`` after its first ``span`` keys: it keeps those, and the rest become a
+        run of their own in its place."""
+        rest = _Run(run.keys[span:], run.weight)
+        del run.keys[span:]
+        self.head_of[rest.keys[0]] = rest
+        rest.prev, rest.next = run.prev, run
+        run.prev.next = rest
+        run.prev = rest
+
+    def _append(self, run: _Run) -> None:
+        end = self.end
+        run.prev, run.next = end.prev, end
+        end.prev.next = run
+        end.prev = run
+
+    @staticmethod
+    def _unlink(run: _Run) -> None:
+        run.prev.next = run.next
+        run.next.prev = run.prev
+
+    def pop_oldest(self) -> int:
+        """Evict the least recently used key, and say which."""
+        run = self.end.next
+        key = run.keys.pop()
+        self.num_keys -= 1
+        self.total -= run.weight
+        if not run.keys:  # (its first key, the last to go)
+            del self.head_of[key]
+            self._unlink(run)
+        return key
+
+    def items(self) -> list[tuple[int, int]]:
+        """(key, weight) of every key held, least recently used first."""
+        out: list[tuple[int, int]] = []
+        run = self.end.next
+        while run is not self.end:
+            out.extend((key, run.weight) for key in reversed(run.keys))
+            run = run.next
+        return out
+
+
 DEFAULT_INDEX_TOKENS = 1 << 25
 """Prompt tokens a router's index remembers per instance by default (33,554,432: 65,536
 blocks of Mooncake's 512 tokens, 2,097,152 of the gateway's 16)."""
@@ -113,8 +235,10 @@ class PrefixIndex:
     the key of block ``j - 1`` is always more recent than that of block ``j`` and evicted
     after it, and a key comes back only with the whole prompt before it (chained keys:
     equal key, equal prefix; with the lower tier's window as well). So a match is found by
-    bisection, and a prompt's keys held are one leading run (touched in one pass) and the
-    rest one new run (inserted in one pass).
+    bisection, and a prompt's keys held are one leading run and the rest new. Without a
+    lower tier an instance's keys are kept as runs (:class:`_RunLru`): a prompt is touched
+    run by run, and whether a key is held is read from the shared map of holders; with a
+    tier, key by key in an ordered dict per instance, as the tier's window needs.
     """
 
     def __init__(
@@ -129,6 +253,9 @@ class PrefixIndex:
             raise ValueError("give the index's capacity in max_tokens or max_blocks, not both")
         self.in_tokens = max_tokens is not None
         self.capacity: int = max_tokens if max_tokens is not None else max_blocks or 0
+        # without a tier, each instance's keys as runs (the common case)
+        self._runs: dict[InstanceId, _RunLru] = {}
+        # with a tier, each instance's first window key by key, and what it weighs
         self._by_instance: dict[InstanceId, OrderedDict[int, int]] = {}
         self._held: dict[InstanceId, int] = {}  # tokens (or keys) held per instance
         self.tier_capacity = tier_tokens  # the lower tier's window (module docstring)
@@ -143,6 +270,9 @@ class PrefixIndex:
 
     def matched_blocks(self, instance: InstanceId, keys: tuple[int, ...]) -> int:
         """Leading keys of ``keys`` the instance's index holds (stops at the first miss)."""
+        bit = self._bit.get(instance)
+        if bit is not None:  # (without a tier: the shared map says)
+            return _held_prefix_of(self._holders, bit, keys)
         held = self._by_instance.get(instance)
         if not held:
             return 0
@@ -154,6 +284,9 @@ class PrefixIndex:
         if not keys:
             return
         weight = block_tokens if self.in_tokens else 1
+        if not self.tier_capacity:
+            self._add_runs(instance, keys, weight)
+            return
         held = self._by_instance.setdefault(instance, OrderedDict())
         total = self._held.get(instance, 0)
         tier = self._tier.get(instance)
@@ -164,39 +297,36 @@ class PrefixIndex:
             held.update(zip(reversed(keys[known:]), repeat(weight)))
             total += weight * (len(keys) - known)
             deque(map(held.move_to_end, reversed(keys[:known])), maxlen=0)
-            if not self.tier_capacity:
-                self._held[instance] = self._share(instance, held, keys[known:], total)
-                return
         while total > self.capacity and held:
             key, w = held.popitem(last=False)
             total -= w
-            if self.tier_capacity:
-                self._demote(instance, key, w)
+            self._demote(instance, key, w)
         self._held[instance] = total
 
-    def _share(
-        self, instance: InstanceId, held: OrderedDict[int, int], new: tuple[int, ...], total: int
-    ) -> int:
-        """Without a tier: mark the ``new`` keys as held by ``instance`` in the shared map,
-        evict its oldest keys over capacity (unmarking them); the new total."""
-        bit = self._bit.get(instance)
-        if bit is None:
-            bit = self._bit[instance] = 1 << len(self._order)
+    def _add_runs(self, instance: InstanceId, keys: tuple[int, ...], weight: int) -> None:
+        """Without a tier: touch the prompt's keys run by run (:class:`_RunLru`), mark the
+        new ones as held by ``instance`` in the shared map, evict its oldest keys over
+        capacity (unmarking them)."""
+        runs = self._runs.get(instance)
+        if runs is None:
+            runs = self._runs[instance] = _RunLru()
+            self._bit[instance] = 1 << len(self._order)
             self._order.append(instance)
+        bit = self._bit[instance]
         holders = self._holders
-        get = holders.get
-        for key in new:
-            holders[key] = get(key, 0) | bit
+        known = _held_prefix_of(holders, bit, keys)
+        runs.touch(keys, known, weight)
+        new = keys[known:]  # each one's mask gains the bit (one pass in C)
+        masks = map(or_, map(holders.get, new, repeat(0)), repeat(bit))
+        holders.update(zip(new, masks, strict=True))
         capacity = self.capacity
-        while total > capacity and held:
-            key, w = held.popitem(last=False)
-            total -= w
+        while runs.total > capacity and runs.num_keys:
+            key = runs.pop_oldest()
             mask = holders[key] ^ bit
             if mask:
                 holders[key] = mask
             else:
                 del holders[key]
-        return total
 
     def _add_each(
         self,
@@ -269,11 +399,21 @@ class PrefixIndex:
 
     def size(self, instance: InstanceId) -> int:
         """Keys held for ``instance``."""
-        return len(self._by_instance.get(instance, ()))
+        runs = self._runs.get(instance)
+        return runs.num_keys if runs is not None else len(self._by_instance.get(instance, ()))
 
     def held_tokens(self, instance: InstanceId) -> int:
         """What ``instance``'s keys weigh: prompt tokens (keys with ``max_blocks``)."""
-        return self._held.get(instance, 0)
+        runs = self._runs.get(instance)
+        return runs.total if runs is not None else self._held.get(instance, 0)
+
+    def held_keys(self, instance: InstanceId) -> list[tuple[int, int]]:
+        """(key, weight) of every key held for ``instance`` in its first window, least
+        recently used first."""
+        runs = self._runs.get(instance)
+        if runs is not None:
+            return runs.items()
+        return list(self._by_instance.get(instance, {}).items())
 
 
 class PrefixIndexParams(Params):
