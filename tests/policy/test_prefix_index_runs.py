@@ -155,7 +155,8 @@ def _reference_choice(
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_prefix_aware_chooses_as_the_key_by_key_reference(seed: int) -> None:
+@pytest.mark.parametrize("gaps", [(2,), (2, 10)])  # 10: every load (0-4) within the gap
+def test_prefix_aware_chooses_as_the_key_by_key_reference(seed: int, gaps: tuple[int, ...]) -> None:
     """Routing random prompts with shared prefixes over 70 candidates of random loads (in
     a random order each time), the router picks the reference's instance at every arrival,
     reports every candidate's key-by-key match in its estimates and says why (the match
@@ -164,9 +165,11 @@ def test_prefix_aware_chooses_as_the_key_by_key_reference(seed: int) -> None:
     ids = [[int(x) for x in rng.integers(0, 4, size=int(rng.integers(1, 12)))] for _ in range(60)]
     names = [f"i{k}" for k in range(70)]
     capacity = 30 * 16
-    router = make_router("prefix-aware", rng, max_tokens_per_instance=capacity, max_load_gap=2)
+    router = make_router("prefix-aware", rng, max_tokens_per_instance=capacity, max_load_gap=2.0)
     model = _KeyByKey(capacity, 0)
     for n in range(400):
+        gap = gaps[n % len(gaps)]  # (a prefix spread by the small gap, then all within)
+        router.max_load_gap = float(gap)
         blocks = tuple(ids[int(rng.integers(len(ids)))])
         request = Request(n, 0.0, "m", len(blocks) * 16, 8, block_ids=blocks, block_tokens=16)
         order = [names[k] for k in rng.permutation(len(names))]
@@ -176,7 +179,7 @@ def test_prefix_aware_chooses_as_the_key_by_key_reference(seed: int) -> None:
             for name, x in zip(order, loads, strict=True)
         ]
         keys = chain_keys(blocks)
-        best = _reference_choice(model, order, loads, keys, 2.0)
+        best = _reference_choice(model, order, loads, keys, float(gap))
         expected = order[best]
         decision = router.choose(request, views, 0.0)
         assert decision.instance == expected
@@ -184,7 +187,7 @@ def test_prefix_aware_chooses_as_the_key_by_key_reference(seed: int) -> None:
         matched = [16 * model.matched(m, keys) for m in order]
         reason = f"prefix {matched[best]}/{16 * len(keys)} tokens, outstanding={loads[best]}"
         if max(matched) > matched[best]:
-            over = sum(x > min(loads) + 2 for x in loads)
+            over = sum(x > min(loads) + gap for x in loads)
             reason += f"; {over} candidate(s) with a longer prefix over the load gap"
         assert decision.reason == reason
         model.add(expected, keys, 16)

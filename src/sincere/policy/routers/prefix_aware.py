@@ -30,7 +30,8 @@ decision's ``estimates`` hold every candidate's matched tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, mul
 from typing import Any
 
 import numpy as np
@@ -105,13 +106,17 @@ class PrefixAwareRouter(LoadMetricRouter):
         top = max(scores) * block_tokens  # the longest match (max of the products below)
         if not top or top < self.min_match_tokens:  # no match: the least loaded, the earliest
             best = loads.index(least)
-            matched: list[int] | list[float] = [0] * len(candidates)
+            matched: Sequence[float] = [0] * len(candidates)
         else:
-            matched = [score * block_tokens for score in scores]
+            matched = list(map(mul, scores, repeat(block_tokens)))
             limit = least + self.max_load_gap
-            best = _longest_then_least(
-                [k for k, x in enumerate(loads) if x <= limit], matched, loads
-            )
+            if max(loads) > limit:
+                eligible = [k for k, x in enumerate(loads) if x <= limit]
+                best = _longest_then_least(eligible, matched, loads)
+            elif matched.count(top) == 1:  # every candidate within the gap, one longest
+                best = matched.index(top)
+            else:
+                best = _longest_then_least(range(len(matched)), matched, loads)
         choice = candidates[best]
         self.index.add(choice.id, keys, block_tokens)
         reason = f"prefix {matched[best]}/{len(keys) * block_tokens} tokens, "
@@ -123,7 +128,9 @@ class PrefixAwareRouter(LoadMetricRouter):
         return RouteDecision(choice.id, reason=reason + note, estimates=estimates)
 
 
-def _longest_then_least(eligible: list[int], matched: Sequence[float], loads: list[float]) -> int:
+def _longest_then_least(
+    eligible: Sequence[int], matched: Sequence[float], loads: list[float]
+) -> int:
     """Of the ``eligible`` positions, the longest match; among equal ones the least load,
     then the earliest."""
     top = max([matched[k] for k in eligible])
