@@ -270,9 +270,9 @@ class PrefixIndex:
 
     def matched_blocks(self, instance: InstanceId, keys: tuple[int, ...]) -> int:
         """Leading keys of ``keys`` the instance's index holds (stops at the first miss)."""
-        bit = self._bit.get(instance)
-        if bit is not None:  # (without a tier: the shared map says)
-            return _held_prefix_of(self._holders, bit, keys)
+        if not self.tier_capacity:  # the shared map says (no bit: never routed to)
+            bit = self._bit.get(instance)
+            return 0 if bit is None else _held_prefix_of(self._holders, bit, keys)
         held = self._by_instance.get(instance)
         if not held:
             return 0

@@ -187,9 +187,11 @@ class PowerOfTwoRouter(LoadMetricRouter):
         super().__init__(rng, p.metric)
         self.num_choices = p.num_choices
         # with num_choices <= 2 every draw is an ``integers(n)``, taken from the
-        # generator's 32-bit words read ahead in blocks (:meth:`_below`)
+        # generator's 32-bit words read ahead in blocks (:meth:`_below`); with more, draws
+        # of two kinds (``integers`` and ``choice``) go to the generator itself
         self._words: list[int] = []
         self._next_word = 0
+        self._draw = self._below if self.num_choices <= 2 else self._integers
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -221,19 +223,17 @@ class PowerOfTwoRouter(LoadMetricRouter):
 
     def _sample(self, n: int, k: int) -> list[int]:
         """``k`` distinct positions out of ``n``, uniformly (fast paths for k <= 2)."""
-        if self.num_choices > 2:  # draws of two kinds: straight from the generator
-            first = int(self.rng.integers(n))
-            if k == 1:
-                return [first]
-            if k == 2:
-                second = int(self.rng.integers(n - 1))
-                return [first, second + (second >= first)]
+        if k > 2:
             return [int(i) for i in self.rng.choice(n, size=k, replace=False)]
-        first = self._below(n)
+        first = self._draw(n)
         if k == 1:
             return [first]
-        second = self._below(n - 1)
+        second = self._draw(n - 1)
         return [first, second + (second >= first)]
+
+    def _integers(self, n: int) -> int:
+        """A draw below ``n`` straight from the generator."""
+        return int(self.rng.integers(n))
 
     WORDS_AHEAD = 1024
     """32-bit words :meth:`_below` reads from the generator at a time."""
