@@ -32,10 +32,12 @@ from the GPUs of its own link kind (NVLink, PCIe) only. Releases (``--only relea
 per GPU and older vLLM release measured, the default fit
 (the newest tables) against that release's rows, beside the release's own fit. Linear
 attention (``--only linear-attention``): the Gated DeltaNet families alone, judged as
-``kernels`` judges every family.
+``kernels`` judges every family. Grids (``--only grids``): whether one GPU's factor by
+shape of its bf16 GEMMs carries to another (each held-out GPU under the others' mean
+constants, without a grid and with each other GPU's).
 
     python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
-        [--only a100|h100|kernels|releases|links|linear-attention]
+        [--only a100|h100|kernels|releases|links|linear-attention|grids]
 """
 
 from __future__ import annotations
@@ -285,12 +287,18 @@ def shape_folds(name: str, rows) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def mean_params(docs: list[dict]) -> dict:  # type: ignore[type-arg]
-    """The other GPUs' constants averaged (lists per entry, the token tile the smallest)."""
+    """The other GPUs' constants averaged (lists per entry, the token tile the smallest,
+    a factor by shape node by node: its log factors averaged over one set of axes)."""
     out: dict = {}  # type: ignore[type-arg]
     for key in {k for d in docs for k in d}:
         values = [d[key] for d in docs if key in d]
         if key == "token_tile":
             out[key] = min(values)
+        elif isinstance(values[0], dict):  # a shape grid (the fits share its axes)
+            assert all(v["axes"] == values[0]["axes"] for v in values), key
+            nodes = np.array([g["log_factors"] for g in values])
+            logs = [float(v) for v in nodes.mean(axis=0)]
+            out[key] = {"axes": values[0]["axes"], "log_factors": logs}
         elif isinstance(values[0], list):
             out[key] = [float(np.mean(v)) for v in zip(*values, strict=True)]
         else:
@@ -345,6 +353,42 @@ def kernel_checks(database: Path) -> None:
         f"{100 * means['own']:.1f} %, leave-one-GPU-out {100 * means['gpu']:.1f} %, "
         f"leave-one-shape-out {100 * means['shape']:.1f} %"
     )
+
+
+def grid_checks(database: Path) -> None:
+    """Whether a GEMM factor by shape carries to another GPU (``--only grids``): each GPU's
+    bf16 GEMMs priced by the other GPUs' mean constants (leave-one-GPU-out), without a grid
+    and with each other GPU's grid in turn."""
+    from sincere.fit.kernels import COLUMNS, FAMILY_TABLES, family_rows, fit_kernels, predict_family
+    from sincere.perf.kernel_tables import read_table
+
+    name = "gemm_bf16"
+    fits, rows = {}, {}
+    for acc_name, folder in KERNEL_GPUS:
+        acc = get_accelerator(acc_name)
+        fit = fit_kernels(database / folder, acc)
+        fits[acc_name] = {k: v for fam in fit.families for k, v in fam.params.items()}
+        table = read_table(database / folder, FAMILY_TABLES[name], COLUMNS[FAMILY_TABLES[name]])
+        rows[acc_name] = family_rows(name, table)
+    names = list(fits)
+    print(f"\n{name}, mean |error| % of each GPU's rows under the other GPUs' mean constants:")
+    print("\n| held out | no grid | " + " | ".join(f"{n}'s grid" for n in names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for held in names:
+        acc, measured = get_accelerator(held), rows[held].num("latency") * 1e-3
+        others = [fits[o] for o in names if o != held]
+        keys = [k for k in fits[held] if not k.endswith("_grid")]
+        prior = {**fits[held], **mean_params([{k: m[k] for k in keys if k in m} for m in others])}
+        prior.pop(f"{name}_grid")
+        cells = [errors_of(predict_family(name, rows[held], acc, prior), measured)[0]]
+        for other in names:
+            if other == held:
+                cells.append(float("nan"))
+                continue
+            with_grid = {**prior, f"{name}_grid": fits[other][f"{name}_grid"]}
+            cells.append(errors_of(predict_family(name, rows[held], acc, with_grid), measured)[0])
+        shown = ["—" if math.isnan(c) else f"{100 * c:.1f}" for c in cells]
+        print(f"| {held} | " + " | ".join(shown) + " |")
 
 
 def shape_out(name, table, acc, merged, fit) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
@@ -520,7 +564,7 @@ def main() -> None:
     parser.add_argument(
         "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
     )
-    only = ("a100", "h100", "kernels", "releases", "links", "linear-attention")
+    only = ("a100", "h100", "kernels", "releases", "links", "linear-attention", "grids")
     parser.add_argument("--only", choices=only, default=None)
     parser.add_argument(
         "--kernels",
@@ -536,6 +580,9 @@ def main() -> None:
         return
     if args.only == "linear-attention":
         linear_attention_checks(args.kernels)
+        return
+    if args.only == "grids":
+        grid_checks(args.kernels)
         return
     if args.only in (None, "kernels"):
         kernel_checks(args.kernels)

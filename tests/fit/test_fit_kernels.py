@@ -43,6 +43,7 @@ from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.calibration import default_roofline_params, kernel_fits
 from sincere.perf.kernel_tables import KernelTable, find_table, gpu_folder, read_table
 from sincere.perf.roofline import RooflineParams, allreduce_terms
+from sincere.perf.shape_grid import ShapeGrid
 
 runner = CliRunner()
 H100 = get_accelerator("H100-SXM")
@@ -320,8 +321,11 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
     assert families["gemm_bf16"]["table"].endswith("gemm/vllm/0.24.0/gemm_perf.parquet")
     assert all(f["rows"] > 0 and "bias" in f for f in families.values())
     assert "Apache-2.0" in doc["fit"]["source"]
+    assert families["gemm_bf16"]["mean_error"] < families["gemm_bf16"]["form_mean_error"]
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
-    assert Roofline(Deployment(get_model("llama-3-8b"), H100), RooflineParams(**params))
+    grids = {k: ShapeGrid.from_mapping(v, k) for k, v in params.items() if k.endswith("_grid")}
+    assert set(grids) == {"gemm_bf16_grid", "gemm_fp8_grid"}
+    assert Roofline(Deployment(get_model("llama-3-8b"), H100), RooflineParams(**params | grids))
 
 
 def _moe_rows(dtypes: list[str]) -> dict[str, Any]:

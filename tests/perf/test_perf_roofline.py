@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment
+from sincere.perf.calibration import default_roofline_params
 from sincere.perf.roofline import Roofline, RooflineParams
 
 MakeDeployment = Callable[..., Deployment]
@@ -114,15 +115,20 @@ def test_pp_microbatches_shrink_the_bubble(make_deployment: MakeDeployment) -> N
 
 def test_fp8_weights_speed_up_decode(make_deployment: MakeDeployment) -> None:
     """Halving weight bytes (fp8) brings a batch-1 decode's GEMM time (layers and LM head)
-    close to half; fixed kernel and CPU costs stay."""
+    close to half in the roofline's form; fixed kernel and CPU costs stay. H100's measured
+    fp8 GEMMs at one token are slower than the form says (their factor by shape), so with
+    it fp8 still saves time, less than half."""
     batch = Batch(num_decode_seqs=1, decode_ctx_tokens=512)
-    bf16 = Roofline(make_deployment()).parts(batch)
-    fp8 = Roofline(make_deployment(precision="fp8")).parts(batch)
-    fixed = Roofline(make_deployment()).params.layer_overhead_s * 32
-    gemms_bf16 = bf16.linear_s + bf16.lm_head_s - fixed
-    gemms_fp8 = fp8.linear_s + fp8.lm_head_s - fixed
-    assert 0.45 * gemms_bf16 < gemms_fp8 < 0.6 * gemms_bf16
-    assert fp8.overhead_s == bf16.overhead_s and fp8.attention_s == bf16.attention_s
+    dense, quant = make_deployment(), make_deployment(precision="fp8")
+    fixed = Roofline(dense).params.layer_overhead_s * 32
+    for corrected, low, high in ((False, 0.45, 0.6), (True, 0.45, 0.75)):
+        params = replace(default_roofline_params(dense.accelerator), shape_corrections=corrected)
+        bf16 = Roofline(dense, params).parts(batch)
+        fp8 = Roofline(quant, params).parts(batch)
+        gemms_bf16 = bf16.linear_s + bf16.lm_head_s - fixed
+        gemms_fp8 = fp8.linear_s + fp8.lm_head_s - fixed
+        assert low * gemms_bf16 < gemms_fp8 < high * gemms_bf16, corrected
+        assert fp8.overhead_s == bf16.overhead_s and fp8.attention_s == bf16.attention_s
 
 
 def test_load_time_is_weights_over_host_link(llama8b_h100: Deployment) -> None:

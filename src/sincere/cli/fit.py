@@ -384,4 +384,7 @@ def fit_kernels_command(
 def _shown(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, dict) and "log_factors" in value:  # a factor by shape
+        logs = value["log_factors"]
+        return f"grid of {len(logs)} nodes (factors {min(logs):+.2f} to {max(logs):+.2f} in log)"
     return f"{value:.4g}"

@@ -13,7 +13,12 @@ family over every measured shape, never a table per shape:
   efficiency; the tile is chosen among :data:`TOKEN_TILES` by the loss. fp8 and NVFP4
   (:data:`QUANT_GEMMS`) take their own peak (fp8, fp4), weight bytes (1, 0.5625), share
   of that peak, fixed quantisation cost and quantisation bytes per input activation
-  (``fp8_*``, ``nvfp4_*``), and the bf16 fit's bandwidth share, exponent and tile;
+  (``fp8_*``, ``nvfp4_*``), and the bf16 fit's bandwidth share, exponent and tile. Each
+  GEMM family then takes a factor by shape (``gemm_bf16_grid``, ``gemm_fp8_grid``,
+  ``gemm_nvfp4_grid``: :mod:`sincere.perf.shape_grid`), piecewise linear in ``log2`` of
+  tokens, output and input features, fitted to what the form leaves on its rows (the
+  kernels' own tile and split choices); the family's errors are the form's times the
+  factor, the form's own mean error kept beside (``form_mean_error``);
 * **prefill attention** (``context_attention``, bf16 KV, no window): ``attn_kernel_s +
   4·(heads·(head_dim + attn_head_dim_offset) + attn_kv_head_work·kv_heads·head_dim) ·
   (pairs + attn_query_pairs·queries) / (bf16 peak × attn_mfu_efficiency)``, causal pairs
@@ -71,6 +76,7 @@ import numpy.typing as npt
 from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
+from sincere.fit.kernel_grids import GEMM_GRID_AXES, fit_shape_grid, grid_log_factors
 from sincere.perf.kernel_tables import KernelTable, dominant, read_table, usable_sources
 from sincere.perf.linear_attention import (
     CHUNK,
@@ -81,6 +87,7 @@ from sincere.perf.linear_attention import (
     prefill_s,
 )
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
+from sincere.perf.shape_grid import ShapeGrid
 
 TOKEN_TILES = (1, 64, 128, 256)
 MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
@@ -123,6 +130,7 @@ class FamilyFit:
     source: str  # the table file, relative to the database
     version: str  # the framework version measured
     notes: tuple[str, ...] = ()  # bound hits, poor fits
+    form_error: float | None = None  # mean error of the form alone, where a shape grid follows
 
     def as_dict(self) -> dict[str, Any]:
         """For the provenance block of the parameter file."""
@@ -134,6 +142,8 @@ class FamilyFit:
             "max_error": round(self.max_error, 4),
             "bias": round(self.bias, 4),
         }
+        if self.form_error is not None:
+            out["form_mean_error"] = round(self.form_error, 4)
         if self.notes:
             out["notes"] = list(self.notes)
         return out
@@ -326,7 +336,23 @@ def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
     _, tile, x, bound = best
     pred = gemm_predict(m, n, k, x, tile, peak, hbm, 2.0)
     params = gemm_constants(x, float(tile))
-    return summarise("gemm_bf16", params, pred, measured, rows, root, bound)
+    fam = summarise("gemm_bf16", params, pred, measured, rows, root, bound)
+    return with_gemm_grid(fam, rows, pred, measured, root)
+
+
+def with_gemm_grid(
+    fam: FamilyFit, rows: KernelTable, pred: FArray, measured: FArray, root: Path
+) -> FamilyFit:
+    """``fam`` (a GEMM family) with its factor by shape (``<family>_grid``,
+    :mod:`sincere.perf.shape_grid`) fitted to what its form leaves on its rows, and its
+    errors those of the form times the factor (the form's own mean error kept beside)."""
+    sizes = [rows.num("m"), rows.num("n"), rows.num("k")]
+    grid = fit_shape_grid(sizes, np.log(measured / pred), GEMM_GRID_AXES)
+    corrected = pred * np.exp(grid_log_factors(grid, sizes))
+    params = {**fam.params, f"{fam.name}_grid": grid.as_dict()}
+    out = summarise(fam.name, params, corrected, measured, rows, root)
+    bounds = tuple(n for n in fam.notes if "misses its own rows" not in n)
+    return replace(out, notes=bounds + out.notes, form_error=fam.mean_error)
 
 
 QUANT_GEMMS: dict[str, tuple[str, str]] = {
@@ -371,7 +397,11 @@ def fit_quant_gemm(
         Bounded(f"{dtype}_gemm_kernel_s", 3e-6, 0.0, 1e-4),
         Bounded(f"{dtype}_act_bytes", 4.0, 0.0, 100.0),
     )
-    return fit_named(name, predict, spec, measured, root_w, rows, root)
+    x, bound = weighted_fit(predict, measured, root_w, spec)
+    params: dict[str, Any] = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    pred = predict(x)
+    fam = summarise(name, params, pred, measured, rows, root, bound)
+    return with_gemm_grid(fam, rows, pred, measured, root)
 
 
 # --- attention -----------------------------------------------------------------------------
@@ -861,14 +891,18 @@ def predict_gemm(name: str, rows: KernelTable, acc: Accelerator, params: dict[st
     m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
     x = [p["mfu_efficiency"], p["bw_efficiency"], p["_gemm_kernel_s"], p["overlap_exponent"]]
     if name == "gemm_bf16":
-        peak = acc.peak_tflops("bf16") * 1e12
-        return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, 2.0)
-    dtype, precision = QUANT_GEMMS[name]
-    x = [p[f"{dtype}_mfu_efficiency"], x[1], x[2] + p[f"{dtype}_gemm_kernel_s"], x[3]]
-    x.append(p[f"{dtype}_act_bytes"])
-    peak = acc.peak_tflops(precision) * 1e12
-    wbytes = PRECISION_BYTES[precision]
-    return gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, wbytes)
+        peak, wbytes = acc.peak_tflops("bf16") * 1e12, 2.0
+    else:
+        dtype, precision = QUANT_GEMMS[name]
+        x = [p[f"{dtype}_mfu_efficiency"], x[1], x[2] + p[f"{dtype}_gemm_kernel_s"], x[3]]
+        x.append(p[f"{dtype}_act_bytes"])
+        peak = acc.peak_tflops(precision) * 1e12
+        wbytes = PRECISION_BYTES[precision]
+    out = gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, wbytes)
+    grid = p.get(f"{name}_grid")
+    if grid is not None:  # the family's factor by shape
+        out = out * np.exp(grid_log_factors(ShapeGrid.from_mapping(grid, name), [m, n, k]))
+    return out
 
 
 def predict_moe(name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]) -> FArray:
@@ -1197,6 +1231,8 @@ def kernel_document(fit: KernelFit, argv: Sequence[str], default: bool = True) -
 def _round_all(value: Any) -> Any:
     if isinstance(value, list):
         return [_round_all(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _round_all(v) for k, v in value.items()}
     if isinstance(value, int):
         return value
     return _round(float(value))

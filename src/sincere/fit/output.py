@@ -118,6 +118,19 @@ def params_document(
     return {"kind": result.kind, "params": result.params, "fit": info, **extra}
 
 
+class _ParamsDumper(yaml.SafeDumper):
+    """YAML with every list of numbers on one flow line (a shape grid's hundreds of
+    factors read as rows, not one number a line)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
+    flat = all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat or None)
+
+
+_ParamsDumper.add_representer(list, _represent_list)
+
+
 def write_params(document: dict[str, Any], path: str | Path) -> Path:
     """Write ``document`` as JSON (``.json``) or YAML (anything else)."""
     path = Path(path)
@@ -125,5 +138,6 @@ def write_params(document: dict[str, Any], path: str | Path) -> Path:
     if path.suffix == ".json":
         path.write_text(json.dumps(document, indent=2) + "\n")
     else:
-        path.write_text(yaml.safe_dump(document, sort_keys=False, width=100))
+        text = yaml.dump(document, Dumper=_ParamsDumper, sort_keys=False, width=100)
+        path.write_text(text)
     return path

@@ -65,7 +65,7 @@ import numpy as np
 
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
-from sincere.perf.gemm import gemm_s
+from sincere.perf.gemm import gemm_grid, gemm_s
 from sincere.perf.linear_attention import GdnCost
 from sincere.perf.measured_moe import deployment_curve
 from sincere.perf.moe import (
@@ -198,7 +198,8 @@ class ArchStep:
         activations of a matrix stored below 16 bits."""
         quant = self._quant if mat.weight_bytes < 2.0 else None
         rates = (self._peak, self._hbm)
-        return gemm_s(self.params, mat.k, mat.n, mat.weight_bytes, tokens, rates, quant)
+        grid = gemm_grid(self.params, self.compute_precision, mat.weight_bytes)
+        return gemm_s(self.params, mat.k, mat.n, mat.weight_bytes, tokens, rates, quant, grid)
 
     def _routed_s(self, tokens: int) -> tuple[float, float]:
         """(router, routed experts with their permutation) of one MoE layer over ``tokens``.

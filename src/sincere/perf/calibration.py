@@ -63,15 +63,29 @@ from sincere.catalog.specs import Accelerator
 from sincere.core.errors import ConfigError, DataError
 from sincere.core.yaml_data import load_yaml
 from sincere.perf.roofline import RooflineParams
+from sincere.perf.shape_grid import ShapeGrid
 
 FITS_FOLDER = ("data", "perf", "roofline")  # package-relative folder of the shipped fits
 KERNEL_FITS_FOLDER = ("data", "perf", "kernels")  # fits to measured vLLM kernels
 VERSION_FITS_FOLDER = (*KERNEL_FITS_FOLDER, "by-version")  # the same, for older vLLM releases
 SUSTAINED_FILE = ("data", "perf", "sustained_clock.yaml")  # measured clocks under load
+GRID_FIELDS = ("gemm_bf16_grid", "gemm_fp8_grid", "gemm_nvfp4_grid")
+"""Parameters that hold a kernel family's factor by shape (:mod:`sincere.perf.shape_grid`)."""
 KERNEL_PARTS = {
-    "linear": ("mfu_efficiency", "bw_efficiency", "overlap_exponent", "token_tile"),
-    "linear_fp8": ("fp8_mfu_efficiency", "fp8_gemm_kernel_s", "fp8_act_bytes"),
-    "linear_nvfp4": ("nvfp4_mfu_efficiency", "nvfp4_gemm_kernel_s", "nvfp4_act_bytes"),
+    "linear": (
+        "mfu_efficiency",
+        "bw_efficiency",
+        "overlap_exponent",
+        "token_tile",
+        "gemm_bf16_grid",
+    ),
+    "linear_fp8": ("fp8_mfu_efficiency", "fp8_gemm_kernel_s", "fp8_act_bytes", "gemm_fp8_grid"),
+    "linear_nvfp4": (
+        "nvfp4_mfu_efficiency",
+        "nvfp4_gemm_kernel_s",
+        "nvfp4_act_bytes",
+        "gemm_nvfp4_grid",
+    ),
     "elementwise": ("elementwise_bw_efficiency", "layer_overhead_s"),
     "prefill_attention": (
         "attn_mfu_efficiency",
@@ -467,6 +481,8 @@ def default_roofline_params(
     for name, value in params.items():
         if isinstance(value, list):  # YAML lists: the dataclass holds tuples
             params[name] = tuple(value)
+        elif name in GRID_FIELDS and value is not None:  # a fit file's grid mapping
+            params[name] = ShapeGrid.from_mapping(value, name)
     fields = {f.name for f in dataclasses.fields(RooflineParams)}
     unknown = set(params) - fields
     if unknown:

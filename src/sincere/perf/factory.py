@@ -190,6 +190,20 @@ class RooflineStepParams(Params):
         "measured on the GPU is priced from its rows, under vllm_version's release; null: "
         "the fitted formula",
     )
+    shape_corrections: bool | None = Field(
+        None,
+        description="price GEMMs with the factor by shape fitted to the GPU's measured "
+        "kernels (its tile and split choices beyond the roofline's form); false: the form "
+        "alone; null: on where the fit has one",
+    )
+    gemm_bf16_grid: dict[str, Any] | None = _fitted(
+        "16-bit GEMMs' factor by shape, {axes: [[lo, hi, nodes], ...], log_factors: [...]} "
+        "as a kernel fit file writes it (sincere.perf.shape_grid)"
+    )
+    gemm_fp8_grid: dict[str, Any] | None = _fitted("fp8 GEMMs' factor by shape (as gemm_bf16_grid)")
+    gemm_nvfp4_grid: dict[str, Any] | None = _fitted(
+        "NVFP4 GEMMs' factor by shape (as gemm_bf16_grid)"
+    )
     mfu_efficiency: float | None = _efficiency("the dense peak in GEMMs")
     sustained_compute_ratio: float | None = _fitted(
         "share of a kernel benchmark's compute rate the GPU keeps under sustained load "

@@ -7,7 +7,10 @@ once plus the activations in and out. The two overlap as ``(compute^p + memory^p
 with ``p = overlap_exponent`` (``inf``: the larger). Under fp8 or NVFP4 compute the
 activations are quantised first: a fixed kernel cost and some bytes per input element more
 (``fp8_gemm_kernel_s`` / ``fp8_act_bytes``, ``nvfp4_gemm_kernel_s`` / ``nvfp4_act_bytes``).
-Both the dense roofline and the per-architecture step price their GEMMs here.
+Last, where the GPU's measured GEMMs of that kind were fitted, the time takes their factor
+by shape (:func:`gemm_grid`, :mod:`sincere.perf.shape_grid`): what the form leaves of
+the real kernels' tile and split choices. Both the dense roofline and the
+per-architecture step price their GEMMs here.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sincere.perf.roofline import RooflineParams
+    from sincere.perf.shape_grid import ShapeGrid
 
 
 def overlap_s(p: float, compute: float, memory: float) -> float:
@@ -28,6 +32,24 @@ def overlap_s(p: float, compute: float, memory: float) -> float:
     return high * math.pow(1.0 + math.pow(low / high, p), 1.0 / p)
 
 
+def gemm_grid(
+    params: RooflineParams, compute_precision: str, weight_bytes: float
+) -> ShapeGrid | None:
+    """The factor by shape of a GEMM with ``weight_bytes`` weights under
+    ``compute_precision``: the measured family it belongs to (16-bit weights: bf16; fp8 or
+    NVFP4 compute of quantised weights: that family); None where no family measured such
+    GEMMs (weight-only quantisation) or ``shape_corrections`` is off."""
+    if not params.shape_corrections:
+        return None
+    if weight_bytes >= 2.0:
+        return params.gemm_bf16_grid
+    if compute_precision == "fp8":
+        return params.gemm_fp8_grid
+    if compute_precision == "nvfp4":
+        return params.gemm_nvfp4_grid
+    return None
+
+
 def gemm_s(
     params: RooflineParams,
     k: int,
@@ -36,10 +58,12 @@ def gemm_s(
     tokens: int,
     rates: tuple[float, float],
     quant: tuple[float, float] | None,
+    grid: ShapeGrid | None = None,
 ) -> float:
     """One GEMM over ``tokens`` tokens at ``rates`` (FLOP/s, HBM bytes/s), seconds;
     ``quant``: its activations are quantised first at this (fixed cost s, bytes per input
-    element) (see the module); None: they are not."""
+    element) (see the module); None: they are not. ``grid``: the factor by shape it takes
+    (:func:`gemm_grid`)."""
     peak, hbm = rates
     tile = params.token_tile
     tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
@@ -48,5 +72,9 @@ def gemm_s(
     moved += (k + n) * tokens * params.activation_bytes
     if quant is not None:
         moved += k * tokens * quant[1]
-        return quant[0] + overlap_s(params.overlap_exponent, compute, moved / hbm)
-    return overlap_s(params.overlap_exponent, compute, moved / hbm)
+        out = quant[0] + overlap_s(params.overlap_exponent, compute, moved / hbm)
+    else:
+        out = overlap_s(params.overlap_exponent, compute, moved / hbm)
+    if grid is not None:
+        out *= grid.factor_along(tokens, (n, k))
+    return out

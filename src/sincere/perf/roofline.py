@@ -54,9 +54,10 @@ from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
 from sincere.perf.arch_step import ArchStep, MoEParams, arch_utilization
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
-from sincere.perf.gemm import gemm_s
+from sincere.perf.gemm import gemm_grid, gemm_s
 from sincere.perf.moe import INT4_WEIGHTS
 from sincere.perf.series import sum_max_affine
+from sincere.perf.shape_grid import ShapeGrid
 
 _EFFICIENCIES = (
     "mfu_efficiency",
@@ -154,6 +155,11 @@ class RooflineParams:
     nvfp4_mfu_efficiency: float | None = None  # NVFP4 GEMMs' share of the fp4 peak (None: mfu's)
     nvfp4_gemm_kernel_s: float = 0.0  # NVFP4 GEMM's extra fixed cost (activation quantisation)
     nvfp4_act_bytes: float = 0.0  # NVFP4 GEMM's extra bytes per input activation (quantisation)
+    # measured GEMMs' factor by shape beyond the form, per compute precision (None: none)
+    gemm_bf16_grid: ShapeGrid | None = None
+    gemm_fp8_grid: ShapeGrid | None = None
+    gemm_nvfp4_grid: ShapeGrid | None = None
+    shape_corrections: bool = True  # apply the grids (False: the roofline's form alone)
     attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
     attn_query_pairs: float = 0.0  # prefill: pairs' worth of work per query row beyond its own
     attn_head_dim_offset: float = 0.0  # a pair's work per query head as if head_dim were wider
@@ -215,6 +221,13 @@ class RooflineParams:
                 )
         if not self.overlap_exponent >= 1.0:
             raise ConfigError("RooflineParams.overlap_exponent must be >= 1 (inf: max)")
+        for name in ("gemm_bf16_grid", "gemm_fp8_grid", "gemm_nvfp4_grid"):
+            grid = getattr(self, name)
+            if grid is not None and not isinstance(grid, ShapeGrid):
+                raise ConfigError(
+                    f"RooflineParams.{name} must be a shape grid (sincere.perf.shape_grid)",
+                    value=type(grid).__name__,
+                )
         if not 1.0 <= self.attn_diag_factor <= 2.0:
             raise ConfigError(
                 "RooflineParams.attn_diag_factor must be in [1, 2]", value=self.attn_diag_factor
@@ -551,6 +564,7 @@ class RooflineKernels:
         self._peak = acc.peak_tflops(deployment.precision) * 1e12 * mfu * p.sustained_compute_ratio
         self._hbm = acc.hbm_bandwidth_gbps * 1e9 * p.bw_efficiency
         self._weight_bytes = PRECISION_BYTES[deployment.precision]
+        self._grid = gemm_grid(p, compute_precision, self._weight_bytes)
         ew_hbm = acc.hbm_bandwidth_gbps * 1e9 * p.elementwise_bw_efficiency
         self._ew_token_s = elementwise_elements(model, tp) * p.activation_bytes / ew_hbm
         self.linear_memo: dict[int, float] = {}
@@ -559,7 +573,9 @@ class RooflineKernels:
     def gemm_s(self, gemm: Gemm, tokens: int) -> float:
         """One GEMM over ``tokens`` tokens (:func:`sincere.perf.gemm.gemm_s`)."""
         rates = (self._peak, self._hbm)
-        return gemm_s(self.params, gemm.k, gemm.n, self._weight_bytes, tokens, rates, self._quant)
+        return gemm_s(
+            self.params, gemm.k, gemm.n, self._weight_bytes, tokens, rates, self._quant, self._grid
+        )
 
     def fixed_and_elementwise_s(self, tokens: int) -> float:
         """A layer's fixed kernel cost plus its elementwise kernels over ``tokens``."""

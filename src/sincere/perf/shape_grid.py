@@ -1,0 +1,148 @@
+"""A kernel family's factor by shape: what its measured rows show beyond the roofline's form.
+
+The roofline prices a GEMM from a handful of fitted constants (a share of the peak, a share
+of the bandwidth, an overlap, a tile). Real kernels also pick tile shapes, split-K and
+pipeline depths by problem size, which moves their time by some percent up or down in ways
+no few-constant form follows; over a GPU's measured vLLM GEMMs that is most of what the
+form leaves (its own rows' mean error 9-16 %). A :class:`ShapeGrid` keeps that part as a
+factor that is piecewise linear in ``log2`` of each size between nodes (multilinear over
+the axes, constant beyond the outer nodes), fitted to the rows' log residuals with a ridge
+toward 1 (:func:`sincere.fit.kernel_grids.fit_shape_grid`). It is smooth by construction:
+a node is shared by every shape within two octaves of it, so a shape that was never
+measured takes its neighbours' factor rather than a row's own noise (the leave-one-shape-
+out check in ``benchmarks/step_fit.py`` measures that).
+
+Which families carry one, and the axes of each, are the fit's
+(:data:`sincere.fit.kernel_grids.GEMM_GRID_AXES`: tokens, output and input features).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sincere.core.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class GridAxis:
+    """Nodes ``lo, ..., hi`` (``log2`` of a size), ``nodes`` of them, evenly spaced."""
+
+    lo: float
+    hi: float
+    nodes: int
+
+    def __post_init__(self) -> None:
+        if self.nodes < 2 or not self.hi > self.lo:
+            raise ConfigError(
+                "a shape-grid axis needs hi > lo and at least 2 nodes",
+                value=(self.lo, self.hi, self.nodes),
+                allowed="[lo, hi, nodes] with hi > lo, nodes >= 2",
+            )
+
+    def locate(self, size: float) -> tuple[int, float]:
+        """(node below, weight of the node above) of ``size``; clamped to the outer nodes."""
+        last = self.nodes - 1
+        t = (math.log2(size) - self.lo) / (self.hi - self.lo) * last if size > 0 else 0.0
+        if t <= 0.0:
+            return 0, 0.0
+        if t >= last:
+            return last - 1, 1.0
+        j = int(t)
+        return j, t - j
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeGrid:
+    """``log_factors`` at every node of ``axes`` (the first axis slowest), see the module."""
+
+    axes: tuple[GridAxis, ...]
+    log_factors: tuple[float, ...]
+    # the log factors along the first axis' nodes at fixed other sizes, as asked for
+    _lines: dict[tuple[float, ...], tuple[float, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        if not self.axes:
+            raise ConfigError("a shape grid needs at least one axis")
+        count = math.prod(a.nodes for a in self.axes)
+        if len(self.log_factors) != count:
+            raise ConfigError(
+                "a shape grid needs one log factor per node",
+                value=len(self.log_factors),
+                allowed=str(count),
+            )
+        if not all(math.isfinite(v) for v in self.log_factors):
+            raise ConfigError("a shape grid's log factors must be finite numbers")
+
+    def log_factor(self, sizes: Sequence[float]) -> float:
+        """The natural log of the factor at ``sizes`` (one per axis, in the axes' order)."""
+        if len(sizes) != len(self.axes):
+            raise ValueError(f"{len(sizes)} sizes for a grid of {len(self.axes)} axes")
+        corners: list[tuple[int, float]] = [(0, 1.0)]
+        for axis, size in zip(self.axes, sizes, strict=True):
+            j, w = axis.locate(size)
+            grown: list[tuple[int, float]] = []
+            for at, weight in corners:
+                base = at * axis.nodes + j
+                grown.append((base, weight * (1.0 - w)))
+                grown.append((base + 1, weight * w))
+            corners = grown
+        values = self.log_factors
+        total = 0.0
+        for at, weight in corners:
+            if weight:
+                total += weight * values[at]
+        return total
+
+    def factor(self, sizes: Sequence[float]) -> float:
+        """The factor a kernel of these ``sizes`` takes (1: as the roofline prices it)."""
+        return math.exp(self.log_factor(sizes))
+
+    def factor_along(self, size: float, rest: tuple[float, ...]) -> float:
+        """:meth:`factor` at ``(size, *rest)``, the same number: with the other sizes
+        fixed the interpolation is piecewise linear along the first axis between its
+        nodes, whose values at ``rest`` are computed once per ``rest`` (a GEMM's features)
+        and kept, so a step pays one lookup per GEMM."""
+        line = self._lines.get(rest)
+        if line is None:
+            first = self.axes[0]
+            step = (first.hi - first.lo) / (first.nodes - 1)
+            line = tuple(
+                self.log_factor((2.0 ** (first.lo + j * step), *rest)) for j in range(first.nodes)
+            )
+            self._lines[rest] = line
+        j, w = self.axes[0].locate(size)
+        return math.exp(line[j] * (1.0 - w) + line[j + 1] * w if w else line[j])
+
+    @classmethod
+    def from_mapping(cls, value: Any, name: str) -> ShapeGrid:
+        """A grid from ``{axes: [[lo, hi, nodes], ...], log_factors: [...]}`` (a fit file's
+        form); a ``ConfigError`` naming ``name`` for anything else."""
+        if isinstance(value, ShapeGrid):
+            return value
+        if not isinstance(value, Mapping) or set(value) != {"axes", "log_factors"}:
+            raise ConfigError(
+                f"{name} must be a mapping of axes and log_factors",
+                value=value if not isinstance(value, Mapping) else sorted(value),
+                allowed="{axes: [[lo, hi, nodes], ...], log_factors: [numbers]}",
+            )
+        try:
+            axes = tuple(GridAxis(float(lo), float(hi), int(n)) for lo, hi, n in value["axes"])
+            logs = tuple(float(v) for v in value["log_factors"])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{name}: axes must be [lo, hi, nodes] triples and log_factors numbers",
+                value=value["axes"],
+            ) from None
+        return cls(axes, logs)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fit file's form (:meth:`from_mapping` reads it back)."""
+        return {
+            "axes": [[a.lo, a.hi, a.nodes] for a in self.axes],
+            "log_factors": list(self.log_factors),
+        }
