@@ -298,3 +298,26 @@ def test_a_hybrid_linear_attention_model_names_where_its_delta_rule_is_priced_fr
     )
     assert dense.exit_code == 0, dense.output
     assert "linear_attention" not in json.loads(dense.output)["constants"]
+
+
+def test_the_gemms_factor_by_shape_is_shown_where_the_gpu_has_one() -> None:
+    """On H100 (measured GEMMs fitted) ``--json`` gives ``gemm_shape_factor``: the linear work
+    and LM head with the factor over the same without it (``shape_corrections: false``), and
+    the table says it; on A100 (its default fit has no grid) neither appears."""
+    from dataclasses import replace
+
+    from sincere.perf.calibration import default_roofline_params
+
+    args = ["step", "llama-3.1-8b", "--accelerator", "H100-SXM", "--decode", "32@2048"]
+    out = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    dep = Deployment(get_model("llama-3.1-8b"), get_accelerator("H100-SXM"))
+    batch = Batch.of(decode=[2048] * 32)
+    params = default_roofline_params(dep.accelerator)
+    on = Roofline(dep, params).parts(batch)
+    off = Roofline(dep, replace(params, shape_corrections=False)).parts(batch)
+    expected = (on.linear_s + on.lm_head_s) / (off.linear_s + off.lm_head_s)
+    assert out["gemm_shape_factor"] == pytest.approx(expected, rel=1e-12)
+    assert out["gemm_shape_factor"] != 1.0
+    assert "the roofline's form" in runner.invoke(app, args).output
+    a100 = ["step", "llama-3.1-8b", "--accelerator", "A100-80GB", "--decode", "32@2048"]
+    assert "gemm_shape_factor" not in json.loads(runner.invoke(app, [*a100, "--json"]).output)

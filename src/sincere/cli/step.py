@@ -62,6 +62,21 @@ def parse_decode(text: str) -> tuple[int, int]:
     return pair
 
 
+def gemm_shape_factor(built: object, plain: object, batch: Batch) -> float | None:
+    """The GEMMs' time (linear work and LM head) of ``built`` over that of ``plain`` (the
+    same roofline with ``shape_corrections`` off) on ``batch``; None where no GEMM takes a
+    factor (no grid for this GPU and precision) or a model gives no breakdown."""
+    from sincere.perf.base import StepBreakdown
+
+    if not isinstance(built, StepBreakdown) or not isinstance(plain, StepBreakdown):
+        return None
+    with_grid, form = built.parts(batch), plain.parts(batch)
+    base = form.linear_s + form.lm_head_s
+    if base <= 0.0 or with_grid.linear_s + with_grid.lm_head_s == base:
+        return None
+    return (with_grid.linear_s + with_grid.lm_head_s) / base
+
+
 def _parts_table(parts: StepParts) -> Table:
     table = Table()
     table.add_column("part")
@@ -301,6 +316,11 @@ def step_command(
             )
         inline["mxfp4_activations"] = mxfp4_activations
     built = StepModelConfig(kind=step_model, params=inline, params_file=params).build(dep)
+    shape_factor = None
+    if step_model == "roofline":  # what the measured GEMMs' factor by shape makes of the form
+        form = {**inline, "shape_corrections": False}
+        plain = StepModelConfig(kind=step_model, params=form, params_file=params).build(dep)
+        shape_factor = gemm_shape_factor(built, plain, batch)
     if preset is None:
         preset = default_preset(step_model, False, dep.accelerator)
     if max_num_seqs is None:
@@ -326,6 +346,8 @@ def step_command(
         }
         if spec is not None:
             out["speculation"] = spec
+        if shape_factor is not None:
+            out["gemm_shape_factor"] = shape_factor
         if notes:
             out["notes"] = notes
         if step_model == "roofline" and params is None:
@@ -349,6 +371,13 @@ def step_command(
         print_table(_parts_table(parts))
     if spec is not None:
         console.print(speculation_line(spec), highlight=False)
+    if shape_factor is not None:
+        console.print(
+            f"GEMMs (linear work and LM head): x{shape_factor:.3f} the roofline's form, by the "
+            "factor by shape fitted to this GPU's measured GEMMs (shape_corrections: false "
+            "for the form alone)",
+            highlight=False,
+        )
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     console.print(f"engine execution model: {execution.name} ({execution.source})", highlight=False)
