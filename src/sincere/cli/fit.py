@@ -359,17 +359,19 @@ def fit_kernels_command(
         typer.echo(json.dumps({"out": str(out), **document}))
         return
     table = Table(title=f"{acc.name}: kernel families fitted to {folder}")
-    for col in ("family", "rows", "mean / max error", "bias", "constants"):
+    for col in ("family", "rows", "mean / max error", "bias", "form alone", "constants"):
         table.add_column(col, justify="left" if col in ("family", "constants") else "right")
     for fam in fit.families:
         shown = ", ".join(
             f"{k} {_shown(v)}" for k, v in fam.params.items() if not k.startswith("_")
         )
+        form = "" if fam.form_error is None else f"{100 * fam.form_error:.1f} %"
         table.add_row(
             fam.name,
             str(fam.rows),
             f"{100 * fam.mean_error:.1f} / {100 * fam.max_error:.0f} %",
             f"{100 * fam.bias:+.1f} %",
+            form,
             shown,
         )
     print_table(table)
