@@ -9,8 +9,9 @@ floor, and when an engine block without a preset came to run today's vLLM V1 wit
 limits for the GPU, and when H100-SXM and H200 took the compute rate they were measured to
 keep under sustained load (``sustained_clock.yaml``: the vllm example's mean TTFT 72.9 ->
 84.1 ms, mean TPOT 10.5 -> 11.6 ms), and when GEMMs took the factor by shape fitted to
-the measured ones (``gemm_*_grid``: 84.1 -> 84.4 ms, 11.59 -> 11.62 ms); W1 (which names
-the eager engine) and SINCERE's
+the measured ones (``gemm_*_grid``: 84.1 -> 84.4 ms, 11.59 -> 11.62 ms) and prefill
+attention its own (``prefill_attention_grid``: 84.4 -> 83.9 ms, 11.62 -> 11.61 ms); W1 (which
+names the eager engine) and SINCERE's
 study are A100 / request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
 """
@@ -30,11 +31,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PINNED = {
     "w1": "b89ca563fb17e486fbf0ad479ad7aba9558f0e05a234765acb8e2e627879f00c",
-    "hetero": "d016c449c0b90de6c198334e82fbddfd1a27e8c746741963b4f8116e247ba14d",
-    "hetero-explore": "d66fac03830fb4678cbe877729193fe4484642237874e7653d21d779ea7843bb",
-    "niyama": "18a9ba99516012d287c68745150d805aca1f1e61d1f9c470f7ec132f1507a35b",
+    "hetero": "e78ad1874ceffa2f0f14879ae96c2162a92ff10fe2838294f2c108037c812eb6",
+    "hetero-explore": "68a0865c784bfe198f7129ae2fd2b1f847879e7b57902da2b8b840bb63d71461",
+    "niyama": "eb288a9a8f13553afdb674a37058e405d6b50a66320ec8bb657115caa3d5770e",
     "sincere": "3ab15ad72eff7ccb31e8cce25708beb0ccd67b24e9b7ff774291602186a0c09c",
-    "vllm": "1af683ffd52b3e707e0ff3c2f1d18c3c1af5f19c0e5eaf47761a1e06de53e3bc",
+    "vllm": "fca0690fa03294c7d9eb25dac29b7ff2b7600a0ad11cca4ff0b3c2fda8fe93c5",
 }
 
 

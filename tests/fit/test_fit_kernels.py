@@ -324,7 +324,9 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
     assert families["gemm_bf16"]["mean_error"] < families["gemm_bf16"]["form_mean_error"]
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
     grids = {k: ShapeGrid.from_mapping(v, k) for k, v in params.items() if k.endswith("_grid")}
-    assert set(grids) == {"gemm_bf16_grid", "gemm_fp8_grid"}
+    assert set(grids) == {"gemm_bf16_grid", "gemm_fp8_grid", "prefill_attention_grid"}
+    prefill = families["prefill_attention"]
+    assert prefill["mean_error"] < prefill["form_mean_error"]
     assert Roofline(Deployment(get_model("llama-3-8b"), H100), RooflineParams(**params | grids))
 
 

@@ -109,17 +109,23 @@ def test_a_gemm_takes_its_factor_whole() -> None:
 
 
 def test_the_shipped_h100_fit_prices_gemms_with_its_grids() -> None:
-    """H100's defaults carry the bf16 and fp8 GEMM grids; a step with them differs from the
-    form alone by exactly the GEMMs' factors (attention and the rest untouched), and
+    """H100's defaults carry the bf16 and fp8 GEMM grids and prefill attention's; a step
+    with them differs from the form alone by the GEMMs' factors and, where it prefills, by
+    prefill attention's (decode attention and the rest untouched), and
     ``shape_corrections: false`` in a step-model block gives the form alone."""
     params = default_roofline_params(H100)
     assert isinstance(params.gemm_bf16_grid, ShapeGrid)
     assert isinstance(params.gemm_fp8_grid, ShapeGrid) and params.gemm_nvfp4_grid is None
+    assert isinstance(params.prefill_attention_grid, ShapeGrid)
     dep = Deployment(get_model("llama-3.1-8b"), H100)
+    decode = Batch.of(decode=[2048] * 24)
+    on = Roofline(dep, params).parts(decode)
+    off = Roofline(dep, replace(params, shape_corrections=False)).parts(decode)
+    assert on.attention_s == off.attention_s and on.linear_s != off.linear_s
     batch = Batch.of(decode=[2048] * 24, prefill=[(512, 0)])
     on = Roofline(dep, params).parts(batch)
     off = Roofline(dep, replace(params, shape_corrections=False)).parts(batch)
-    assert on.attention_s == off.attention_s and on.linear_s != off.linear_s
+    assert on.attention_s != off.attention_s
     block = make_step_model("roofline", dep, {"shape_corrections": False})
     assert block.iteration_s(batch) == Roofline(
         dep, replace(params, shape_corrections=False)
@@ -151,3 +157,30 @@ def test_the_factor_along_the_first_axis_is_the_same_number() -> None:
             assert grid.factor_along(tokens, (n, k)) == pytest.approx(
                 grid.factor((tokens, n, k)), rel=1e-12
             )
+
+
+def test_prefill_attention_takes_its_factor_at_the_chunks_shape() -> None:
+    """A prefill's attention kernel is the form's times the grid at (mean query tokens per
+    chunk, chunks, the GPU's query heads), in the engines' fast path and in the parts alike;
+    Llama-3.1-70B at TP 8 (8 heads a GPU) prefilling one 1,024-token prompt alone is slower
+    than the form says (few blocks for the SMs), and an MLA model takes no factor."""
+    from sincere.perf.roofline import prefill_factor
+
+    params = default_roofline_params(H100)
+    grid = params.prefill_attention_grid
+    assert grid is not None
+    dep = Deployment(get_model("llama-3.1-70b"), H100, tp=8)
+    model = Roofline(dep, params)
+    assert model.kernels.coef.q_heads == 8
+    form = Roofline(dep, replace(params, shape_corrections=False))
+    one = Batch.of(prefill=[(1024, 0)])
+    factor = grid.factor((1024, 1, 8))
+    assert prefill_factor(model.kernels.coef, 1024, 1) == pytest.approx(factor, rel=1e-12)
+    assert factor > 1.2
+    attn = model.kernels.prefill_attn_s(1.0, 1, 1024, 0, one.prefill_attn_pairs)
+    plain = form.kernels.prefill_attn_s(1.0, 1, 1024, 0, one.prefill_attn_pairs)
+    assert attn == pytest.approx(plain * factor, rel=1e-12)
+    mixed = Batch.of(prefill=[(700, 300), (300, 0)], decode=[900] * 5)
+    assert model.iteration_s(mixed) == pytest.approx(model.parts(mixed).total_s, rel=1e-12)
+    mla = Deployment(get_model("deepseek-v3"), get_accelerator("H200"), tp=8)
+    assert Roofline(mla, default_roofline_params(mla.accelerator)).kernels.coef.prefill_grid is None

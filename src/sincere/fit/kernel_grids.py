@@ -22,6 +22,11 @@ GEMM_GRID_AXES = (GridAxis(0.0, 16.0, 9), GridAxis(8.0, 16.0, 5), GridAxis(8.0, 
 """A GEMM's grid: tokens (1 to 65,536, a node every two octaves), output and input features
 (256 to 65,536, a node every two octaves) -- the measured tables' range."""
 
+PREFILL_ATTENTION_GRID_AXES = (GridAxis(4.0, 14.0, 6), GridAxis(0.0, 8.0, 5), GridAxis(0.0, 6.0, 4))
+"""Prefill attention's grid: query tokens per sequence (16 to 16,384), sequences (1 to 256)
+and query heads on the GPU (1 to 64), a node every two octaves: the kernel fills the GPU's
+SMs with (sequence, head, query tile) blocks, and few of them leave it half idle."""
+
 GRID_RIDGE = 1.0
 """The ridge toward a factor of 1, against a sum of squares over thousands of rows: it
 decides only nodes that few rows reach."""

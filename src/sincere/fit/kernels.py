@@ -25,6 +25,8 @@ family over every measured shape, never a table per shape:
   counted once (``attn_diag_factor = 1``: the kernels skip the masked half). The offset
   (work per score that does not grow with the head size) and the KV-head term (MHA runs
   slower than GQA of the same query heads) are what a per-pair-FLOPs form missed most;
+  then a factor by shape (``prefill_attention_grid``) over query tokens per sequence,
+  sequences and query heads: how well the (sequence, head, query tile) blocks fill the SMs;
 * **decode attention** (``generation_attention``): ``attn_decode_kernel_s + KV bytes /
   (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower);
 * **all-reduce** (vLLM's custom all-reduce, inside and outside CUDA graphs):
@@ -76,7 +78,12 @@ import numpy.typing as npt
 from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
-from sincere.fit.kernel_grids import GEMM_GRID_AXES, fit_shape_grid, grid_log_factors
+from sincere.fit.kernel_grids import (
+    GEMM_GRID_AXES,
+    PREFILL_ATTENTION_GRID_AXES,
+    fit_shape_grid,
+    grid_log_factors,
+)
 from sincere.perf.kernel_tables import KernelTable, dominant, read_table, usable_sources
 from sincere.perf.linear_attention import (
     CHUNK,
@@ -87,7 +94,7 @@ from sincere.perf.linear_attention import (
     prefill_s,
 )
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
-from sincere.perf.shape_grid import ShapeGrid
+from sincere.perf.shape_grid import GridAxis, ShapeGrid
 
 TOKEN_TILES = (1, 64, 128, 256)
 MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
@@ -343,11 +350,32 @@ def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
 def with_gemm_grid(
     fam: FamilyFit, rows: KernelTable, pred: FArray, measured: FArray, root: Path
 ) -> FamilyFit:
-    """``fam`` (a GEMM family) with its factor by shape (``<family>_grid``,
-    :mod:`sincere.perf.shape_grid`) fitted to what its form leaves on its rows, and its
-    errors those of the form times the factor (the form's own mean error kept beside)."""
+    """``fam`` (a GEMM family) with its factor by shape (:func:`with_grid`) over tokens,
+    output and input features."""
     sizes = [rows.num("m"), rows.num("n"), rows.num("k")]
-    grid = fit_shape_grid(sizes, np.log(measured / pred), GEMM_GRID_AXES)
+    return with_grid(fam, rows, pred, measured, root, sizes, GEMM_GRID_AXES)
+
+
+def grid_sizes(name: str, rows: KernelTable) -> list[FArray]:
+    """The size columns family ``name``'s factor by shape reads (its grid's axes)."""
+    if name == "prefill_attention":
+        return [rows.num("isl"), rows.num("batch_size"), rows.num("num_heads")]
+    return [rows.num("m"), rows.num("n"), rows.num("k")]
+
+
+def with_grid(
+    fam: FamilyFit,
+    rows: KernelTable,
+    pred: FArray,
+    measured: FArray,
+    root: Path,
+    sizes: list[FArray],
+    axes: Sequence[GridAxis],
+) -> FamilyFit:
+    """``fam`` with its factor by shape (``<family>_grid``, :mod:`sincere.perf.shape_grid`)
+    fitted to what its form leaves on its rows, and its errors those of the form times the
+    factor (the form's own mean error kept beside)."""
+    grid = fit_shape_grid(sizes, np.log(measured / pred), axes)
     corrected = pred * np.exp(grid_log_factors(grid, sizes))
     params = {**fam.params, f"{fam.name}_grid": grid.as_dict()}
     out = summarise(fam.name, params, corrected, measured, rows, root)
@@ -435,6 +463,7 @@ def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> F
     b, s = rows.num("batch_size"), rows.num("isl")
     heads, hd = rows.num("num_heads"), rows.num("head_dim")
     kvh = rows.num("num_key_value_heads")
+    # the form's constants first, then its factor by query tokens, sequences and heads
     measured = rows.num("latency") * 1e-3
     pairs, queries = b * s * (s + 1) / 2.0, b * s
     peak = acc.peak_tflops("bf16") * 1e12
@@ -452,7 +481,12 @@ def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> F
         Bounded("attn_head_dim_offset", 16.0, 0.0, 512.0),
         Bounded("attn_kv_head_work", 0.5, 0.0, 50.0),
     )
-    fam = fit_named("prefill_attention", predict, spec, measured, root_w, rows, root)
+    x, bound = weighted_fit(predict, measured, root_w, spec)
+    params: dict[str, Any] = {c.name: float(v) for c, v in zip(spec, x, strict=True)}
+    fam = summarise("prefill_attention", params, predict(x), measured, rows, root, bound)
+    fam = with_grid(
+        fam, rows, predict(x), measured, root, [s, b, heads], PREFILL_ATTENTION_GRID_AXES
+    )
     return replace(fam, params={**fam.params, "attn_diag_factor": 1.0})
 
 
@@ -863,6 +897,10 @@ def predict_family(
         )  # fmt: skip
         work = b * s * (s + 1) / 2.0 + p["attn_query_pairs"] * b * s
         out: FArray = p["attn_kernel_s"] + flops * work / (peak * p["attn_mfu_efficiency"])
+        grid = p.get("prefill_attention_grid")
+        if grid is not None:  # the family's factor by shape
+            sizes = grid_sizes(name, rows)
+            out = out * np.exp(grid_log_factors(ShapeGrid.from_mapping(grid, name), sizes))
         return out
     if name == "decode_attention":
         b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
@@ -1186,14 +1224,20 @@ def fit_kernels(folder: Path, accelerator: Accelerator, version: str | None = No
                 attempt(name, "moe", quant_fitter(name, acc, experts, root))
     for name in GDN_PHASES:
         attempt(name, "gdn", gdn_fitter(name, acc, root))
-    kept = [f for f in families if f.mean_error <= UNUSABLE_ERROR]
+    # judged by the form alone: a factor by shape must not make usable a form that is not
+    kept = [f for f in families if form_error(f) <= UNUSABLE_ERROR]
     missing.extend(
-        f"{f.name}: misses its own rows by {100 * f.mean_error:.0f} % on average ({f.source}); "
+        f"{f.name}: misses its own rows by {100 * form_error(f):.0f} % on average ({f.source}); "
         "not used"
         for f in families
-        if f.mean_error > UNUSABLE_ERROR
+        if form_error(f) > UNUSABLE_ERROR
     )
     return KernelFit(acc, folder, tuple(kept), tuple(missing), version)
+
+
+def form_error(fam: FamilyFit) -> float:
+    """The family's mean error by its form alone (before any factor by shape)."""
+    return fam.mean_error if fam.form_error is None else fam.form_error
 
 
 SOURCE = (

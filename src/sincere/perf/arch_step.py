@@ -83,6 +83,7 @@ from sincere.perf.series import sum_max_affine
 
 if TYPE_CHECKING:
     from sincere.perf.roofline import RooflineParams
+    from sincere.perf.shape_grid import ShapeGrid
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,28 @@ class _Mat:
     k: int
     n: int
     weight_bytes: float
+
+
+def _prefill_terms(dep: Deployment, params: RooflineParams) -> tuple[ShapeGrid | None, int]:
+    """(measured prefill attention's factor by shape, or None for MLA or with
+    ``shape_corrections`` off; the GPU's query heads)."""
+    model = dep.model
+    off = model.is_mla or not params.shape_corrections
+    return None if off else params.prefill_attention_grid, max(1, model.num_heads // dep.tp)
+
+
+def _prefill_factor(
+    terms: tuple[ShapeGrid | None, int], share: float, batch: Batch, window: int
+) -> float:
+    """The factor of a full-attention layer's prefill kernel over ``share`` of ``batch``'s
+    chunks (:func:`sincere.perf.roofline.prefill_factor`; 1 for sliding windows)."""
+    grid, heads = terms
+    if grid is None or window:
+        return 1.0
+    seqs = max(1, round(share * batch.num_prefill_seqs))
+    return grid.factor_along(
+        round(share * batch.prefill_tokens) / seqs, (float(seqs), float(heads))
+    )
 
 
 class ArchStep:
@@ -191,6 +214,7 @@ class ArchStep:
         self._gdn = GdnCost(deployment, params)
         self._memo: dict[int, tuple[float, float, float, float]] = {}
         self._attn = self._attention_consts()
+        self._prefill = _prefill_terms(dep, p)  # prefill attention's factor by shape
 
     # --- GEMMs ---------------------------------------------------------------------------
     def _gemm_s(self, mat: _Mat, tokens: int) -> float:
@@ -333,7 +357,8 @@ class ArchStep:
                 share * pre_pair * (ctx_pairs + p.attn_diag_factor * (pairs - ctx_pairs) + query)
             )
             memory = share * token_s * (batch.prefill_tokens + ctx)
-            total += p.attn_kernel_s + max(compute, memory)
+            prefill = p.attn_kernel_s + max(compute, memory)
+            total += prefill * _prefill_factor(self._prefill, share, batch, window)
         if batch.num_decode_seqs > 0:
             ctx = float(batch.decode_ctx_tokens)
             if window:

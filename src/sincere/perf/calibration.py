@@ -69,7 +69,7 @@ FITS_FOLDER = ("data", "perf", "roofline")  # package-relative folder of the shi
 KERNEL_FITS_FOLDER = ("data", "perf", "kernels")  # fits to measured vLLM kernels
 VERSION_FITS_FOLDER = (*KERNEL_FITS_FOLDER, "by-version")  # the same, for older vLLM releases
 SUSTAINED_FILE = ("data", "perf", "sustained_clock.yaml")  # measured clocks under load
-GRID_FIELDS = ("gemm_bf16_grid", "gemm_fp8_grid", "gemm_nvfp4_grid")
+GRID_FIELDS = ("gemm_bf16_grid", "gemm_fp8_grid", "gemm_nvfp4_grid", "prefill_attention_grid")
 """Parameters that hold a kernel family's factor by shape (:mod:`sincere.perf.shape_grid`)."""
 KERNEL_PARTS = {
     "linear": (
@@ -94,6 +94,7 @@ KERNEL_PARTS = {
         "attn_query_pairs",
         "attn_head_dim_offset",
         "attn_kv_head_work",
+        "prefill_attention_grid",
     ),
     "decode_attention": ("attn_bw_efficiency", "attn_decode_kernel_s", "attn_decode_seq_tokens"),
     "communication": (

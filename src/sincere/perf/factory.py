@@ -192,9 +192,9 @@ class RooflineStepParams(Params):
     )
     shape_corrections: bool | None = Field(
         None,
-        description="price GEMMs with the factor by shape fitted to the GPU's measured "
-        "kernels (its tile and split choices beyond the roofline's form); false: the form "
-        "alone; null: on where the fit has one",
+        description="price GEMMs and prefill attention with the factors by shape fitted to "
+        "the GPU's measured kernels (their tile and split choices beyond the roofline's "
+        "form); false: the form alone; null: on where the fit has them",
     )
     gemm_bf16_grid: dict[str, Any] | None = _fitted(
         "16-bit GEMMs' factor by shape, {axes: [[lo, hi, nodes], ...], log_factors: [...]} "
@@ -203,6 +203,10 @@ class RooflineStepParams(Params):
     gemm_fp8_grid: dict[str, Any] | None = _fitted("fp8 GEMMs' factor by shape (as gemm_bf16_grid)")
     gemm_nvfp4_grid: dict[str, Any] | None = _fitted(
         "NVFP4 GEMMs' factor by shape (as gemm_bf16_grid)"
+    )
+    prefill_attention_grid: dict[str, Any] | None = _fitted(
+        "prefill attention's factor by query tokens per sequence, sequences and query heads "
+        "(as gemm_bf16_grid)"
     )
     mfu_efficiency: float | None = _efficiency("the dense peak in GEMMs")
     sustained_compute_ratio: float | None = _fitted(

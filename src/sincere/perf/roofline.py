@@ -159,6 +159,8 @@ class RooflineParams:
     gemm_bf16_grid: ShapeGrid | None = None
     gemm_fp8_grid: ShapeGrid | None = None
     gemm_nvfp4_grid: ShapeGrid | None = None
+    # measured prefill attention's factor by query tokens, sequences and heads (None: none)
+    prefill_attention_grid: ShapeGrid | None = None
     shape_corrections: bool = True  # apply the grids (False: the roofline's form alone)
     attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
     attn_query_pairs: float = 0.0  # prefill: pairs' worth of work per query row beyond its own
@@ -221,7 +223,12 @@ class RooflineParams:
                 )
         if not self.overlap_exponent >= 1.0:
             raise ConfigError("RooflineParams.overlap_exponent must be >= 1 (inf: max)")
-        for name in ("gemm_bf16_grid", "gemm_fp8_grid", "gemm_nvfp4_grid"):
+        for name in (
+            "gemm_bf16_grid",
+            "gemm_fp8_grid",
+            "gemm_nvfp4_grid",
+            "prefill_attention_grid",
+        ):
             grid = getattr(self, name)
             if grid is not None and not isinstance(grid, ShapeGrid):
                 raise ConfigError(
@@ -381,6 +388,18 @@ class KernelCoef:
     comm_token_s: float  # all-reduce time per token per layer
     p2p_fixed_s: float  # pipeline send latency (0 without PP)
     p2p_token_s: float  # pipeline send time per token
+    prefill_grid: ShapeGrid | None  # prefill attention's factor by shape (None: the form's)
+    q_heads: int  # query heads on one GPU (the grid's third axis)
+
+
+def prefill_factor(c: KernelCoef, tokens: int, num_seqs: int) -> float:
+    """The factor a prefill attention kernel over ``num_seqs`` chunks of ``tokens`` query
+    tokens in all takes (1 without a grid): the grid at the chunks' mean length, their
+    count and the GPU's query heads (:mod:`sincere.perf.shape_grid`)."""
+    grid = c.prefill_grid
+    if grid is None or num_seqs <= 0:
+        return 1.0
+    return grid.factor_along(tokens / num_seqs, (float(num_seqs), float(c.q_heads)))
 
 
 def attention_pair_flops(
@@ -538,7 +557,17 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         comm_token_s=2.0 * ring * message / ring_link if tp_on else 0.0,
         p2p_fixed_s=p.p2p_latency_s if pp_on else 0.0,
         p2p_token_s=message / link if pp_on else 0.0,
+        prefill_grid=prefill_attention_grid(p, model),
+        q_heads=q_heads,
     )
+
+
+def prefill_attention_grid(params: RooflineParams, model: ModelArch) -> ShapeGrid | None:
+    """The measured prefill attention's factor by shape a model's full-attention layers take:
+    the fit's, unless ``shape_corrections`` is off or the layers are MLA (other kernels)."""
+    if not params.shape_corrections or model.is_mla:
+        return None
+    return params.prefill_attention_grid
 
 
 class RooflineKernels:
@@ -631,7 +660,11 @@ class RooflineKernels:
             share * c.pair_s * (ctx_pairs + c.diag * (pairs - ctx_pairs) + c.query_pairs * tokens)
         )
         memory = share * c.kv_token_s * (tokens + ctx_tokens)
-        return c.attn_kernel_s + (compute if compute > memory else memory)
+        out = c.attn_kernel_s + (compute if compute > memory else memory)
+        if c.prefill_grid is not None:
+            seqs = max(1, round(share * num_seqs))
+            out *= prefill_factor(c, round(share * tokens), seqs)
+        return out
 
     def decode_attn_s(self, share: float, num_seqs: int, ctx_tokens: int) -> float:
         """Decode attention of one layer for ``share`` of the sequences (one kernel)."""
@@ -774,7 +807,10 @@ class Roofline(StepTimeBase):
                 + c.query_pairs * prefill_tokens
             )
             memory = c.kv_token_s * (prefill_tokens + prefill_ctx_tokens)
-            layer += c.attn_kernel_s + (compute if compute > memory else memory)
+            attn = c.attn_kernel_s + (compute if compute > memory else memory)
+            if c.prefill_grid is not None:
+                attn *= prefill_factor(c, prefill_tokens, num_prefill_seqs)
+            layer += attn
         if num_decode_seqs > 0:
             compute = c.pair_s * decode_ctx_tokens
             memory = c.kv_token_s * (decode_ctx_tokens + c.seq_tokens * num_decode_seqs)

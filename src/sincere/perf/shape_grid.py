@@ -13,7 +13,8 @@ measured takes its neighbours' factor rather than a row's own noise (the leave-o
 out check in ``benchmarks/step_fit.py`` measures that).
 
 Which families carry one, and the axes of each, are the fit's
-(:data:`sincere.fit.kernel_grids.GEMM_GRID_AXES`: tokens, output and input features).
+(:mod:`sincere.fit.kernel_grids`): the GEMMs over tokens, output and input features; prefill
+attention over query tokens per sequence, sequences and query heads.
 """
 
 from __future__ import annotations

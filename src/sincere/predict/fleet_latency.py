@@ -16,9 +16,11 @@ stage and no architecture step (dense attention, no experts) the pass inlines
 :meth:`~sincere.perf.roofline.Roofline.decode_steps_s` and performs every floating-point
 operation of ``step_model_latency`` on that model in the same order with the same
 operands, a term kept per view being one the original computes before the request's part
-is added to it. The one expression written otherwise: with a free batch slot the decode
-context ``round(t * n / n) + n`` is ``t + n`` (the exact quotient of integers below
-2**53 rounds to itself), used only while the counts stay below 2**52. Results are
+is added to it (the prefill kernel's factor by shape included, as
+:func:`~sincere.perf.roofline.prefill_factor` takes it). The one expression written
+otherwise: with a free batch slot the decode context ``round(t * n / n) + n`` is
+``t + n`` (the exact quotient of integers below 2**53 rounds to itself), used only while
+the counts stay below 2**52. Results are
 bit-identical (``tests/predict/test_fleet_latency.py`` holds them equal over random
 loads and requests). Any other model has no terms here: its candidates are predicted by
 ``step_model_latency`` itself.
@@ -33,6 +35,7 @@ from typing import NamedTuple
 from sincere.perf.base import StepTimeModel
 from sincere.perf.roofline import KernelCoef, Roofline, RooflineKernels, needs_arch_step
 from sincere.perf.series import sum_max_affine
+from sincere.perf.shape_grid import ShapeGrid
 
 
 class FleetCoef(NamedTuple):
@@ -51,6 +54,8 @@ class FleetCoef(NamedTuple):
     layers: float
     decode_pair_s: float  # a decode step's attention per context token on the compute line
     decode_kv_s: float  # ... and on the memory line
+    prefill_grid: ShapeGrid | None  # prefill attention's factor by shape (None: none)
+    q_heads: float  # the GPU's query heads (the grid's third axis)
 
 
 class LoadTerms(NamedTuple):
@@ -121,6 +126,8 @@ def fleet_coef(coef: KernelCoef) -> FleetCoef:
         coef.layers,
         w * coef.pair_s,
         w * coef.kv_token_s,
+        coef.prefill_grid,
+        float(coef.q_heads),
     )
 
 
@@ -236,14 +243,15 @@ def fleet_latencies(
     last: FleetCoef | None = None
     graph = 0
     comm_fixed = comm_token = floor = eager = pair_s = diag = query_pairs = 0.0
-    kv_s = attn_kernel = layers = decode_pair = decode_kv = 0.0
+    kv_s = attn_kernel = layers = decode_pair = decode_kv = heads = 0.0
+    grid: ShapeGrid | None = None
     for t in terms:
         (coef, memo, w, r, queue_pairs, decode_attn, cpu_s, head_s, ctx_base, room_ctx,
          num_seqs, num_ahead, step_s, slope_pair, slope_kv, seq_ctx, gap_slope,
          rare) = t  # fmt: skip
         if coef is not last:
             (graph, comm_fixed, comm_token, floor, eager, pair_s, diag, query_pairs, kv_s,
-             attn_kernel, layers, decode_pair, decode_kv) = last = coef  # fmt: skip
+             attn_kernel, layers, decode_pair, decode_kv, grid, heads) = last = coef  # fmt: skip
         # the prefill iteration: queued prompts and ours beside the running decodes
         prefill_tokens = w + p
         tokens = prefill_tokens + r
@@ -268,7 +276,11 @@ def fleet_latencies(
                 ctx_pairs + diag * (pairs - ctx_pairs) + query_pairs * prefill_tokens
             )
             memory = kv_s * (prefill_tokens + 0)
-            layer += attn_kernel + (compute if compute > memory else memory)
+            attn = attn_kernel + (compute if compute > memory else memory)
+            if grid is not None:  # prefill_factor of the queued prompts and ours
+                seqs = num_ahead - r
+                attn *= grid.factor_along(prefill_tokens / seqs, (float(seqs), heads))
+            layer += attn
             if r > 0:
                 layer += decode_attn
             prefill = cpu_s + layers * layer + head_s
@@ -311,7 +323,7 @@ class FleetLatency:
 
     def __init__(self) -> None:
         # by every constant's exact value (as hex: 0.0 and -0.0 are two keys)
-        self._coefs: dict[tuple[int | str, ...], FleetCoef] = {}
+        self._coefs: dict[tuple[object, ...], FleetCoef] = {}
         # by id(model): the model (kept, so the id is not reused), its constants and its
         # seqs_terms by sequence count
         self._models: dict[int, tuple[StepTimeModel, FleetCoef | None, dict[int, SeqsTerms]]] = {}
