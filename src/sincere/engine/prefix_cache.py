@@ -219,6 +219,19 @@ class BlockSlots:
 
     def drop_singles(self, slots: Iterable[int], out: list[Name] | None) -> None:
         """One-block groups at ``slots`` were evicted; their names go to ``out`` if given."""
+        if isinstance(slots, range) and slots.step == -1 and len(slots) > 0:
+            # a run's top, evicted whole (the common case): slices, not a slot at a time
+            lo, hi = slots.stop + 1, slots.start + 1
+            keys = self.key[lo:hi]
+            keys.reverse()
+            self.size[lo:hi] = [0] * (hi - lo)
+            bases = self.bases[1]
+            for key in keys:
+                del bases[key]
+            self._spare[1].extend(slots)
+            if out is not None:
+                out.extend((1, key, 0) for key in keys)
+            return
         slots = list(slots)
         keys = list(map(self.key.__getitem__, slots))
         size = self.size
