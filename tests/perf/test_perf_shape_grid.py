@@ -164,7 +164,7 @@ def test_prefill_attention_takes_its_factor_at_the_chunks_shape() -> None:
     chunk, chunks, the GPU's query heads), in the engines' fast path and in the parts alike;
     Llama-3.1-70B at TP 8 (8 heads a GPU) prefilling one 1,024-token prompt alone is slower
     than the form says (few blocks for the SMs), and an MLA model takes no factor."""
-    from sincere.perf.roofline import prefill_factor
+    from sincere.perf.shape_grid import prefill_factor
 
     params = default_roofline_params(H100)
     grid = params.prefill_attention_grid
@@ -175,7 +175,10 @@ def test_prefill_attention_takes_its_factor_at_the_chunks_shape() -> None:
     form = Roofline(dep, replace(params, shape_corrections=False))
     one = Batch.of(prefill=[(1024, 0)])
     factor = grid.factor((1024, 1, 8))
-    assert prefill_factor(model.kernels.coef, 1024, 1) == pytest.approx(factor, rel=1e-12)
+    coef = model.kernels.coef
+    assert prefill_factor(coef.prefill_grid, coef.q_heads, 1024, 1) == pytest.approx(
+        factor, rel=1e-12
+    )
     assert factor > 1.2
     attn = model.kernels.prefill_attn_s(1.0, 1, 1024, 0, one.prefill_attn_pairs)
     plain = form.kernels.prefill_attn_s(1.0, 1, 1024, 0, one.prefill_attn_pairs)

@@ -352,8 +352,7 @@ def with_gemm_grid(
 ) -> FamilyFit:
     """``fam`` (a GEMM family) with its factor by shape (:func:`with_grid`) over tokens,
     output and input features."""
-    sizes = [rows.num("m"), rows.num("n"), rows.num("k")]
-    return with_grid(fam, rows, pred, measured, root, sizes, GEMM_GRID_AXES)
+    return with_grid(fam, rows, pred, measured, root, grid_sizes(fam.name, rows), GEMM_GRID_AXES)
 
 
 def grid_sizes(name: str, rows: KernelTable) -> list[FArray]:
@@ -463,7 +462,6 @@ def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> F
     b, s = rows.num("batch_size"), rows.num("isl")
     heads, hd = rows.num("num_heads"), rows.num("head_dim")
     kvh = rows.num("num_key_value_heads")
-    # the form's constants first, then its factor by query tokens, sequences and heads
     measured = rows.num("latency") * 1e-3
     pairs, queries = b * s * (s + 1) / 2.0, b * s
     peak = acc.peak_tflops("bf16") * 1e12
@@ -483,10 +481,10 @@ def fit_prefill_attention(table: KernelTable, acc: Accelerator, root: Path) -> F
     )
     x, bound = weighted_fit(predict, measured, root_w, spec)
     params: dict[str, Any] = {c.name: float(v) for c, v in zip(spec, x, strict=True)}
-    fam = summarise("prefill_attention", params, predict(x), measured, rows, root, bound)
-    fam = with_grid(
-        fam, rows, predict(x), measured, root, [s, b, heads], PREFILL_ATTENTION_GRID_AXES
-    )
+    pred = predict(x)
+    fam = summarise("prefill_attention", params, pred, measured, rows, root, bound)
+    sizes = grid_sizes("prefill_attention", rows)
+    fam = with_grid(fam, rows, pred, measured, root, sizes, PREFILL_ATTENTION_GRID_AXES)
     return replace(fam, params={**fam.params, "attn_diag_factor": 1.0})
 
 
@@ -939,7 +937,8 @@ def predict_gemm(name: str, rows: KernelTable, acc: Accelerator, params: dict[st
     out = gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, wbytes)
     grid = p.get(f"{name}_grid")
     if grid is not None:  # the family's factor by shape
-        out = out * np.exp(grid_log_factors(ShapeGrid.from_mapping(grid, name), [m, n, k]))
+        sizes = grid_sizes(name, rows)
+        out = out * np.exp(grid_log_factors(ShapeGrid.from_mapping(grid, name), sizes))
     return out
 
 

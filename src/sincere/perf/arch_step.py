@@ -80,6 +80,7 @@ from sincere.perf.moe import (
     windowed_pairs,
 )
 from sincere.perf.series import sum_max_affine
+from sincere.perf.shape_grid import prefill_factor
 
 if TYPE_CHECKING:
     from sincere.perf.roofline import RooflineParams
@@ -127,26 +128,16 @@ class _Mat:
     weight_bytes: float
 
 
-def _prefill_terms(dep: Deployment, params: RooflineParams) -> tuple[ShapeGrid | None, int]:
-    """(measured prefill attention's factor by shape, or None for MLA or with
-    ``shape_corrections`` off; the GPU's query heads)."""
-    model = dep.model
-    off = model.is_mla or not params.shape_corrections
-    return None if off else params.prefill_attention_grid, max(1, model.num_heads // dep.tp)
-
-
-def _prefill_factor(
-    terms: tuple[ShapeGrid | None, int], share: float, batch: Batch, window: int
+def _full_attention_factor(
+    prefill: tuple[ShapeGrid | None, int], share: float, batch: Batch, window: int
 ) -> float:
-    """The factor of a full-attention layer's prefill kernel over ``share`` of ``batch``'s
-    chunks (:func:`sincere.perf.roofline.prefill_factor`; 1 for sliding windows)."""
-    grid, heads = terms
-    if grid is None or window:
+    """A full-attention layer's prefill factor by shape over ``share`` of ``batch``
+    (:func:`~sincere.perf.shape_grid.prefill_factor` with its grid and query heads; a
+    sliding-window layer runs other kernels: 1)."""
+    if window:
         return 1.0
-    seqs = max(1, round(share * batch.num_prefill_seqs))
-    return grid.factor_along(
-        round(share * batch.prefill_tokens) / seqs, (float(seqs), float(heads))
-    )
+    grid, heads = prefill
+    return prefill_factor(grid, heads, share * batch.prefill_tokens, share * batch.num_prefill_seqs)
 
 
 class ArchStep:
@@ -165,6 +156,7 @@ class ArchStep:
             alltoall_terms,
             expert_constants,
             gemm_mfu,
+            prefill_attention_grid,
             quantisation_terms,
         )
 
@@ -214,7 +206,7 @@ class ArchStep:
         self._gdn = GdnCost(deployment, params)
         self._memo: dict[int, tuple[float, float, float, float]] = {}
         self._attn = self._attention_consts()
-        self._prefill = _prefill_terms(dep, p)  # prefill attention's factor by shape
+        self._prefill = (prefill_attention_grid(p, model), max(1, model.num_heads // dep.tp))
 
     # --- GEMMs ---------------------------------------------------------------------------
     def _gemm_s(self, mat: _Mat, tokens: int) -> float:
@@ -358,7 +350,7 @@ class ArchStep:
             )
             memory = share * token_s * (batch.prefill_tokens + ctx)
             prefill = p.attn_kernel_s + max(compute, memory)
-            total += prefill * _prefill_factor(self._prefill, share, batch, window)
+            total += prefill * _full_attention_factor(self._prefill, share, batch, window)
         if batch.num_decode_seqs > 0:
             ctx = float(batch.decode_ctx_tokens)
             if window:

@@ -62,15 +62,13 @@ from sincere.catalog.loader import default_catalog
 from sincere.catalog.specs import Accelerator
 from sincere.core.errors import ConfigError, DataError
 from sincere.core.yaml_data import load_yaml
-from sincere.perf.roofline import RooflineParams
+from sincere.perf.roofline import GRID_FIELDS, RooflineParams
 from sincere.perf.shape_grid import ShapeGrid
 
 FITS_FOLDER = ("data", "perf", "roofline")  # package-relative folder of the shipped fits
 KERNEL_FITS_FOLDER = ("data", "perf", "kernels")  # fits to measured vLLM kernels
 VERSION_FITS_FOLDER = (*KERNEL_FITS_FOLDER, "by-version")  # the same, for older vLLM releases
 SUSTAINED_FILE = ("data", "perf", "sustained_clock.yaml")  # measured clocks under load
-GRID_FIELDS = ("gemm_bf16_grid", "gemm_fp8_grid", "gemm_nvfp4_grid", "prefill_attention_grid")
-"""Parameters that hold a kernel family's factor by shape (:mod:`sincere.perf.shape_grid`)."""
 KERNEL_PARTS = {
     "linear": (
         "mfu_efficiency",

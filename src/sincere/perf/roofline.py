@@ -57,7 +57,7 @@ from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTi
 from sincere.perf.gemm import gemm_grid, gemm_s
 from sincere.perf.moe import INT4_WEIGHTS
 from sincere.perf.series import sum_max_affine
-from sincere.perf.shape_grid import ShapeGrid
+from sincere.perf.shape_grid import ShapeGrid, prefill_factor
 
 _EFFICIENCIES = (
     "mfu_efficiency",
@@ -111,6 +111,10 @@ MXFP4_ACTIVATIONS = ("bf16", "mxfp8")
 """What MXFP4 experts multiply their weights with: bf16 activations (vLLM's default kernel)
 or activations quantised to MXFP8 at the fp8 rate (FlashInfer's TensorRT-LLM kernel that
 vLLM runs on Blackwell with ``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``)."""
+
+
+GRID_FIELDS = ("gemm_bf16_grid", "gemm_fp8_grid", "gemm_nvfp4_grid", "prefill_attention_grid")
+"""Parameters that hold a kernel family's factor by shape (:mod:`sincere.perf.shape_grid`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +227,7 @@ class RooflineParams:
                 )
         if not self.overlap_exponent >= 1.0:
             raise ConfigError("RooflineParams.overlap_exponent must be >= 1 (inf: max)")
-        for name in (
-            "gemm_bf16_grid",
-            "gemm_fp8_grid",
-            "gemm_nvfp4_grid",
-            "prefill_attention_grid",
-        ):
+        for name in GRID_FIELDS:
             grid = getattr(self, name)
             if grid is not None and not isinstance(grid, ShapeGrid):
                 raise ConfigError(
@@ -390,16 +389,6 @@ class KernelCoef:
     p2p_token_s: float  # pipeline send time per token
     prefill_grid: ShapeGrid | None  # prefill attention's factor by shape (None: the form's)
     q_heads: int  # query heads on one GPU (the grid's third axis)
-
-
-def prefill_factor(c: KernelCoef, tokens: int, num_seqs: int) -> float:
-    """The factor a prefill attention kernel over ``num_seqs`` chunks of ``tokens`` query
-    tokens in all takes (1 without a grid): the grid at the chunks' mean length, their
-    count and the GPU's query heads (:mod:`sincere.perf.shape_grid`)."""
-    grid = c.prefill_grid
-    if grid is None or num_seqs <= 0:
-        return 1.0
-    return grid.factor_along(tokens / num_seqs, (float(num_seqs), float(c.q_heads)))
 
 
 def attention_pair_flops(
@@ -662,8 +651,7 @@ class RooflineKernels:
         memory = share * c.kv_token_s * (tokens + ctx_tokens)
         out = c.attn_kernel_s + (compute if compute > memory else memory)
         if c.prefill_grid is not None:
-            seqs = max(1, round(share * num_seqs))
-            out *= prefill_factor(c, round(share * tokens), seqs)
+            out *= prefill_factor(c.prefill_grid, c.q_heads, share * tokens, share * num_seqs)
         return out
 
     def decode_attn_s(self, share: float, num_seqs: int, ctx_tokens: int) -> float:
@@ -809,7 +797,7 @@ class Roofline(StepTimeBase):
             memory = c.kv_token_s * (prefill_tokens + prefill_ctx_tokens)
             attn = c.attn_kernel_s + (compute if compute > memory else memory)
             if c.prefill_grid is not None:
-                attn *= prefill_factor(c, prefill_tokens, num_prefill_seqs)
+                attn *= prefill_factor(c.prefill_grid, c.q_heads, prefill_tokens, num_prefill_seqs)
             layer += attn
         if num_decode_seqs > 0:
             compute = c.pair_s * decode_ctx_tokens

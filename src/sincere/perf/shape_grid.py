@@ -147,3 +147,15 @@ class ShapeGrid:
             "axes": [[a.lo, a.hi, a.nodes] for a in self.axes],
             "log_factors": list(self.log_factors),
         }
+
+
+def prefill_factor(grid: ShapeGrid | None, q_heads: int, tokens: float, num_seqs: float) -> float:
+    """The factor a prefill attention kernel over ``num_seqs`` chunks of ``tokens`` query
+    tokens in all takes (1 without a grid): ``grid`` (prefill attention's) at the chunks'
+    mean length, their count and the GPU's ``q_heads``; a share of a batch's counts
+    (micro-batches) is rounded to whole chunks and tokens first. The one place the step
+    models and the latency routers' fleet pass take it from."""
+    if grid is None or num_seqs <= 0:
+        return 1.0
+    seqs = max(1, round(num_seqs))
+    return grid.factor_along(round(tokens) / seqs, (float(seqs), float(q_heads)))

@@ -17,7 +17,7 @@ stage and no architecture step (dense attention, no experts) the pass inlines
 operation of ``step_model_latency`` on that model in the same order with the same
 operands, a term kept per view being one the original computes before the request's part
 is added to it (the prefill kernel's factor by shape included, as
-:func:`~sincere.perf.roofline.prefill_factor` takes it). The one expression written
+:func:`~sincere.perf.shape_grid.prefill_factor` takes it). The one expression written
 otherwise: with a free batch slot the decode context ``round(t * n / n) + n`` is
 ``t + n`` (the exact quotient of integers below 2**53 rounds to itself), used only while
 the counts stay below 2**52. Results are
@@ -35,7 +35,7 @@ from typing import NamedTuple
 from sincere.perf.base import StepTimeModel
 from sincere.perf.roofline import KernelCoef, Roofline, RooflineKernels, needs_arch_step
 from sincere.perf.series import sum_max_affine
-from sincere.perf.shape_grid import ShapeGrid
+from sincere.perf.shape_grid import ShapeGrid, prefill_factor
 
 
 class FleetCoef(NamedTuple):
@@ -55,7 +55,7 @@ class FleetCoef(NamedTuple):
     decode_pair_s: float  # a decode step's attention per context token on the compute line
     decode_kv_s: float  # ... and on the memory line
     prefill_grid: ShapeGrid | None  # prefill attention's factor by shape (None: none)
-    q_heads: float  # the GPU's query heads (the grid's third axis)
+    q_heads: int  # the GPU's query heads (the grid's third axis)
 
 
 class LoadTerms(NamedTuple):
@@ -127,7 +127,7 @@ def fleet_coef(coef: KernelCoef) -> FleetCoef:
         w * coef.pair_s,
         w * coef.kv_token_s,
         coef.prefill_grid,
-        float(coef.q_heads),
+        coef.q_heads,
     )
 
 
@@ -243,7 +243,8 @@ def fleet_latencies(
     last: FleetCoef | None = None
     graph = 0
     comm_fixed = comm_token = floor = eager = pair_s = diag = query_pairs = 0.0
-    kv_s = attn_kernel = layers = decode_pair = decode_kv = heads = 0.0
+    kv_s = attn_kernel = layers = decode_pair = decode_kv = 0.0
+    heads = 0
     grid: ShapeGrid | None = None
     for t in terms:
         (coef, memo, w, r, queue_pairs, decode_attn, cpu_s, head_s, ctx_base, room_ctx,
@@ -277,9 +278,8 @@ def fleet_latencies(
             )
             memory = kv_s * (prefill_tokens + 0)
             attn = attn_kernel + (compute if compute > memory else memory)
-            if grid is not None:  # prefill_factor of the queued prompts and ours
-                seqs = num_ahead - r
-                attn *= grid.factor_along(prefill_tokens / seqs, (float(seqs), heads))
+            if grid is not None:  # the queued prompts' and ours
+                attn *= prefill_factor(grid, heads, prefill_tokens, num_ahead - r)
             layer += attn
             if r > 0:
                 layer += decode_attn
