@@ -39,12 +39,14 @@ def test_the_emulator_takes_the_factor_with_its_deployment() -> None:
 
 
 def test_the_front_end_is_compressed_with_the_engine() -> None:
-    """vllm-v1's front end (2 ms intake) at 1/8: 0.25 ms, its first chunk unchanged; the
-    engine's iterations 1/8 of the same preset's."""
+    """vllm-v1's front end (20 ms and 4 µs a prompt token of intake) at 1/8: 2.5 ms and
+    0.5 µs, its first chunk and its API process unchanged; the engine's iterations 1/8 of
+    the same preset's."""
     spec = DeploymentSpec(model="llama-3-8b", accelerator="A100-80GB", time_scale=0.125,
                           engine={"preset": "vllm-v1"})  # fmt: skip
     front = spec.front_end()
-    assert (front.request_s, front.first_chunk_tokens) == (0.002 / 8, 1)
+    assert (front.request_s, front.prompt_token_s) == (0.020 / 8, 4.0e-6 / 8)
+    assert (front.first_chunk_tokens, front.intake_servers) == (1, 1)
     base, fast = _step(engine={"preset": "vllm-v1"}), _step(time_scale=0.125)
     assert isinstance(fast, TimeScaled) and not isinstance(base, TimeScaled)
     assert fast.iteration_s(BATCH) == base.iteration_s(BATCH) / 8

@@ -10,7 +10,9 @@ limits for the GPU, and when H100-SXM and H200 took the compute rate they were m
 keep under sustained load (``sustained_clock.yaml``: the vllm example's mean TTFT 72.9 ->
 84.1 ms, mean TPOT 10.5 -> 11.6 ms), and when GEMMs took the factor by shape fitted to
 the measured ones (``gemm_*_grid``: 84.1 -> 84.4 ms, 11.59 -> 11.62 ms) and prefill
-attention its own (``prefill_attention_grid``: 84.4 -> 83.9 ms, 11.62 -> 11.61 ms); W1 (which
+attention its own (``prefill_attention_grid``: 84.4 -> 83.9 ms, 11.62 -> 11.61 ms), and when
+``vllm-v1``'s front end became vLLM's HTTP server, one API process taking each request's 20 ms
+and 4 µs a prompt token in turn (83.9 -> 111.2 ms, 11.61 -> 11.50 ms); W1 (which
 names the eager engine) and SINCERE's
 study are A100 / request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
@@ -31,11 +33,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PINNED = {
     "w1": "b89ca563fb17e486fbf0ad479ad7aba9558f0e05a234765acb8e2e627879f00c",
-    "hetero": "e78ad1874ceffa2f0f14879ae96c2162a92ff10fe2838294f2c108037c812eb6",
-    "hetero-explore": "68a0865c784bfe198f7129ae2fd2b1f847879e7b57902da2b8b840bb63d71461",
-    "niyama": "eb288a9a8f13553afdb674a37058e405d6b50a66320ec8bb657115caa3d5770e",
+    "hetero": "cb9520bf48eb25c2f45a103d153cd652427242ba3058d03240e41560b293bf06",
+    "hetero-explore": "637521fea7e1abfcbe2f911d9e0de74f9f88e48c556f3942b41e1b16eae7a43d",
+    "niyama": "ff2e82c37df75a0e48af08b8e968fc46853ed7c7ce8c709f3bf1fe72553fcbe5",
     "sincere": "3ab15ad72eff7ccb31e8cce25708beb0ccd67b24e9b7ff774291602186a0c09c",
-    "vllm": "fca0690fa03294c7d9eb25dac29b7ff2b7600a0ad11cca4ff0b3c2fda8fe93c5",
+    "vllm": "65c9417a610ba51d99874f94fcadec83a974e65d563eb8fb5daf9abda8738f62",
 }
 
 

@@ -14,9 +14,10 @@ from sincere.sim.config import load_config
 INTAKE, OUTPUT = 0.05, 0.01
 
 
-def _config(arrival: dict[str, Any], frontend: dict[str, float] | None, n: int = 6) -> Any:
+def _config(arrival: dict[str, Any], frontend: dict[str, Any] | None, n: int = 6) -> Any:
     engine: dict[str, Any] = {"preset": "vllm-v1", "max_num_seqs": 8}
-    engine["execution"] = {"frontend": frontend or {"request_s": 0.0}}
+    bare = {"request_s": 0.0, "prompt_token_s": 0.0, "intake_servers": 0}  # none by default
+    engine["execution"] = {"frontend": {**bare, **(frontend or {})}}
     return load_config({
         "seed": 3,
         "workload": {
@@ -116,4 +117,76 @@ def test_first_chunk_at_by_hand() -> None:
 def test_a_bad_first_chunk_is_refused(bad: object) -> None:
     with pytest.raises(ConfigError, match="first_chunk_tokens must be a whole number") as err:
         simulate(_config({"kind": "poisson", "rate": 1.0}, {"first_chunk_tokens": bad}))
+    assert str(bad) in str(err.value)
+
+
+def test_one_api_process_takes_a_closed_loops_first_wave_in_turn() -> None:
+    """Four clients send at 0; one API process works their 50 ms intakes one after another,
+    so the k-th reaches the engine at 50 (k + 1) ms; with every intake at once (0 processes)
+    all four at 50 ms. The clients' sends stay at 0 (the run's arrival times)."""
+    arrival = {"kind": "closed", "concurrency": 4}
+    serial = simulate(_config(arrival, {"request_s": INTAKE, "intake_servers": 1}, n=4))
+    parallel = simulate(_config(arrival, {"request_s": INTAKE}, n=4))
+    np.testing.assert_array_equal(serial.requests_in.arrival_at, np.zeros(4))
+    np.testing.assert_array_equal(parallel.requests_in.arrival_at, np.zeros(4))
+    # the k-th in line cannot start before (k + 1) intakes; all at once, all after one
+    serial_first = np.sort(serial.records.first_token_at)
+    assert np.all(serial_first >= INTAKE * np.arange(1, 5))
+    assert np.sort(parallel.records.first_token_at)[-1] < 4 * INTAKE
+
+
+def test_a_closed_loops_later_requests_queue_behind_each_other_at_intake() -> None:
+    """Two clients, one process, intakes of 2 s (far longer than the engine's work on a
+    request): the process is the bottleneck, so requests reach the engine, and get their
+    first token, about one intake apart, never two at once."""
+    arrival = {"kind": "closed", "concurrency": 2}
+    result = simulate(_config(arrival, {"request_s": 2.0, "intake_servers": 1}, n=6))
+    first = np.sort(result.records.first_token_at)
+    assert np.all(np.diff(first) >= 2.0 - 0.5)
+    bare = simulate(_config(arrival, {"request_s": 2.0}, n=6))  # both intakes at once
+    assert np.diff(np.sort(bare.records.first_token_at))[0] < 0.5
+
+
+def test_engine_arrivals_through_api_processes_match_a_line_worked_by_hand() -> None:
+    """Open loop: the one-process scan and the general queue give every request the engine
+    arrival of a first-in-first-out line worked by hand, process by process."""
+    from sincere.core.request import Request, RequestArrays
+    from sincere.perf.execution import FrontEnd
+    from sincere.sim.frontend import engine_arrivals
+
+    rng = np.random.default_rng(5)
+    n = 200
+    sent = np.sort(rng.uniform(0.0, 2.0, n)).tolist()
+    tokens = rng.integers(10, 4000, n).tolist()
+    requests = RequestArrays.from_requests([
+        Request(id=k, arrival_at=s, model="m", prompt_tokens=t, output_tokens=8)
+        for k, (s, t) in enumerate(zip(sent, tokens, strict=True))
+    ])  # fmt: skip
+    for servers in (1, 2, 3):
+        front = FrontEnd(request_s=0.004, prompt_token_s=5e-6, intake_servers=servers)
+        free = [0.0] * servers
+        done = []
+        for s, t in zip(sent, tokens, strict=True):
+            k = int(np.argmin(free))
+            free[k] = max(s, free[k]) + 0.004 + 5e-6 * t
+            done.append(free[k])
+        got = engine_arrivals(requests, front).arrival_at
+        np.testing.assert_allclose(got, np.maximum.accumulate(done), rtol=0, atol=1e-9)
+        assert np.all(got - np.asarray(sent) >= 0.004)  # never quicker than its own intake
+
+
+def test_intake_queue_by_hand() -> None:
+    from sincere.perf.execution import FrontEnd, IntakeQueue
+
+    two = IntakeQueue(FrontEnd(request_s=1.0, intake_servers=2))
+    assert [two.done_at(0.0, 0) for _ in range(3)] == [1.0, 1.0, 2.0]
+    assert two.done_at(5.0, 0) == 6.0  # both free again: no wait
+    none = IntakeQueue(FrontEnd(request_s=1.0))
+    assert [none.done_at(0.0, 0) for _ in range(3)] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "1"])
+def test_a_bad_intake_servers_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match="intake_servers must be a whole number") as err:
+        simulate(_config({"kind": "poisson", "rate": 1.0}, {"intake_servers": bad}))
     assert str(bad) in str(err.value)

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
@@ -347,6 +347,8 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
         graphs := SCRIPT_GRAPH_MODES.get((spec.point.backend, script, spec.point.system))
     ) is not None:
         out["graph_mode"] = graphs
+    if spec.frontend:
+        out["frontend"] = {**out.get("frontend", {}), **dict(spec.frontend)}
     return out
 
 
@@ -451,6 +453,9 @@ class PointSpec:
     pd: PDSpec | None = None
     # measured kernels' folder (AIConfigurator's layout): MoE layers priced from their rows
     kernel_tables: str | None = None
+    # front-end settings over the preset's and the scripts' (a study's: benchmarks/
+    # frontend_fit.py; empty: none)
+    frontend: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -734,15 +739,19 @@ def score_points(
     jobs: int = 1,
     on_point: OnPoint | None = None,
     kernel_tables: str | None = None,
+    frontend: Mapping[str, float] | None = None,
 ) -> Scoreboard:
     """Map every point, simulate the representable ones (or ``sample`` of them) in ``jobs``
     processes, and return them with every skip; ``kernel_tables``: the measured kernels'
-    folder their MoE layers are priced from where it holds them (``PointSpec``)."""
+    folder their MoE layers are priced from where it holds them (``PointSpec``);
+    ``frontend``: front-end settings every point's engine takes over its preset's."""
     mapped = [point_spec(p) for p in points]
     skips = [m for m in mapped if isinstance(m, Skip)]
     specs = sample_specs([m for m in mapped if isinstance(m, PointSpec)], sample, seed)
     if kernel_tables is not None:
         specs = [replace(spec, kernel_tables=kernel_tables) for spec in specs]
+    if frontend:
+        specs = [replace(spec, frontend=tuple(sorted(frontend.items()))) for spec in specs]
     outcomes = _run(specs, seed, max(1, min(jobs, len(specs))), on_point)
     order = {p.id: i for i, p in enumerate(points)}
     skips += [o for o in outcomes if isinstance(o, Skip)]

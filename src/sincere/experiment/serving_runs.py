@@ -21,8 +21,11 @@ simulator config that matches the real deployment and replays the run's own requ
   and pool (``num_gpu_blocks`` when recorded, else the memory plan at its
   ``gpu_memory_utilization``), prefix caching on, no admission watermark (V1 keeps none),
   and the ``vllm-v1`` execution model (:mod:`sincere.perf.execution`: CUDA graphs,
-  asynchronous scheduling, the API server's intake) unless another preset is asked for
-  (``eager`` when a step model is given: its times are taken as whole iterations);
+  asynchronous scheduling) unless another preset is asked for (``eager`` when a step model
+  is given: its times are taken as whole iterations), with the front end the runs had:
+  vLLM driven in-process with token ids (``AsyncLLM.generate``: no HTTP server, no
+  tokenisation; :data:`~sincere.perf.execution_settings.VLLM_IN_PROCESS_FRONTEND`), not
+  the HTTP server the preset's default front end is;
 * **requests**: arrival times on the engine clock (``arrival_ts``), prompt and output
   lengths, and the prompt's token ids hashed into 16-token block ids, so prefix reuse
   between prompts is the real one.
@@ -35,6 +38,7 @@ preset's front end (``eager`` has none).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,7 @@ from sincere.core.request import DEFAULT_TIER, RequestArrays
 from sincere.engine.defaults import default_limits
 from sincere.perf.calibration import roofline_defaults
 from sincere.perf.execution import execution_params
+from sincere.perf.execution_settings import VLLM_IN_PROCESS_FRONTEND
 from sincere.perf.factory import STEP_MODELS
 from sincere.sim.api import simulate
 from sincere.sim.config import SimulationConfig, load_config
@@ -279,8 +284,11 @@ def replay_config(
         "max_num_seqs": setup.max_num_seqs,
         "max_num_batched_tokens": setup.max_num_batched_tokens,
     }
-    if setup.taken:
-        engine["execution"] = args.execution.overrides()  # as the run's engine resolved it
+    execution: dict[str, Any] = dict(args.execution.overrides()) if setup.taken else {}
+    if setup.preset != "eager":  # the runs drove vLLM in-process, with token ids
+        execution["frontend"] = dataclasses.asdict(VLLM_IN_PROCESS_FRONTEND)
+    if execution:
+        engine["execution"] = execution  # as the run's engine resolved it
     instance: dict[str, Any] = {
         "name": run.name,
         "model": setup.catalog_model,

@@ -74,6 +74,7 @@ from sincere.perf.execution_settings import (
     PRESETS,
     ExecutionParams,
     FrontEnd,
+    IntakeQueue,
     SeparableCpu,
     execution_params,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "ExecutedStepModel",
     "ExecutionParams",
     "FrontEnd",
+    "IntakeQueue",
     "SeparableCpu",
     "balance_iters",
     "batch_wait_iters",

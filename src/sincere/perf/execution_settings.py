@@ -12,6 +12,8 @@ check first.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -43,12 +45,18 @@ class FrontEnd:
     an interval of ``k`` the client's first token arrives with the engine's ``k``-th (with
     the last, for a shorter answer); TensorRT-LLM 1.1-1.2 behaves so with its
     ``stream_interval`` in InferenceX's measurements. vLLM sends the first token at once
-    whatever its stream interval: 1 here."""
+    whatever its stream interval: 1 here.
+
+    ``intake_servers``: the API processes that work a request's intake, each one request
+    at a time in the order they were sent (vLLM's ``--api-server-count``): a request sent
+    while they are all busy waits its turn (:class:`IntakeQueue`). 0: every request's
+    intake runs at once, however many are sent together."""
 
     request_s: float = 0.0  # HTTP hop, parsing and the hand-over to the engine
     prompt_token_s: float = 0.0  # tokenisation, per prompt token
     output_s: float = 0.0  # detokenise and stream one token to the client
     first_chunk_tokens: int = 1  # the client's first token is the engine's k-th
+    intake_servers: int = 0  # processes taking requests' intake one at a time (0: no queue)
 
     def __post_init__(self) -> None:
         for name in ("request_s", "prompt_token_s", "output_s"):
@@ -65,6 +73,13 @@ class FrontEnd:
             "tokens",
             1,
             "1 (every token streamed as made), SGLang's --stream-interval",
+        )
+        _check_whole(
+            "front-end intake_servers",
+            self.intake_servers,
+            "processes",
+            0,
+            "0 (every intake at once) or the API processes working them one at a time",
         )
 
     @property
@@ -92,6 +107,27 @@ class FrontEnd:
             prompt_token_s=self.prompt_token_s * factor,
             output_s=self.output_s * factor,
         )
+
+
+class IntakeQueue:
+    """A front end's intake as its API processes work it (:class:`FrontEnd`): each request
+    in the order sent, on the first process free, for ``request_s + prompt_token_s x
+    prompt tokens``; without processes (``intake_servers`` 0) every request at once."""
+
+    def __init__(self, front: FrontEnd) -> None:
+        self.front = front
+        self._free = [-math.inf] * front.intake_servers  # a heap: when each process is free
+
+    def done_at(self, sent: float, prompt_tokens: int) -> float:
+        """When a request of ``prompt_tokens`` sent at ``sent`` reaches the engine (this
+        books its process: one call per request, in the order sent)."""
+        intake = self.front.intake_s(prompt_tokens)
+        free = self._free
+        if not free:
+            return sent + intake
+        done = (sent if sent > free[0] else free[0]) + intake
+        heapq.heapreplace(free, done)
+        return done
 
 
 @dataclass(frozen=True)
@@ -200,8 +236,9 @@ def _trtllm_graph_sizes() -> tuple[int, ...]:
     return (1, 2, 4, *range(8, 129, 8))
 
 
-VLLM_V1_FRONTEND = FrontEnd(request_s=0.002, prompt_token_s=0.0, output_s=0.0)
-"""vLLM 0.19's API server in the four published per-request runs. A request's ``queued_ts``
+VLLM_IN_PROCESS_FRONTEND = FrontEnd(request_s=0.002)
+"""vLLM 0.19 driven in-process (``AsyncLLM.generate`` with the prompts' token ids: no HTTP,
+no tokenisation), as the four published per-request runs were. A request's ``queued_ts``
 is stamped when the engine core takes it from its input queue, between two iterations (for
 72-263 of each run's 300 requests it falls within 0.01 ms of another request's step
 event), so ``queued_ts`` less the arrival is mostly the wait for the iteration in flight to
@@ -212,20 +249,36 @@ found each run's engine idle reached its queue 0.5-2.1 ms after the run's fastes
 taken as 2 ms (the fastest one's own time is not in the runs). Detokenisation and
 streaming run in the API process beside the engine and are not seen in per-token times."""
 
+VLLM_HTTP_FRONTEND = FrontEnd(request_s=0.020, prompt_token_s=4.0e-6, intake_servers=1)
+"""vLLM's OpenAI-compatible server (``vllm serve``, one API process) with a client that
+sends text and streams (vLLM's benchmark, InferenceX, GuideLLM): 20 ms a request and 4 µs
+a prompt token, one request at a time. Fitted (least absolute deviations of the missing
+mean TTFT on the mean prompt) on InferenceX's 131 colocated vLLM points of at most 4
+clients, where nothing queues in front; the one process taking requests in turn is what
+the points of more clients show: with it the mean TTFT's median error per band of clients
+(up to 8, 9-32, 33-128, 129-512) is +0.4, -5.8, +0.2, +5.0 %, with the same times taken by
+every request at once -0.6, -8.8, -14.6, -20.2 %, the shortfall growing with the clients
+(benchmarks/README.md, "vLLM's API process")."""
+
+VLLM_V1_FRONTEND = VLLM_HTTP_FRONTEND
+"""The ``vllm-v1`` preset's front end: vLLM's HTTP server, as a deployment serves."""
+
 
 def _decode_graphs_engine(
     name: str, graph_sizes: tuple[int, ...], defaults: str, mixed_prefill: bool = True
 ) -> ExecutionParams:
     """An engine with an overlap scheduler and CUDA graphs for decode only, at its documented
-    ``defaults``; its front end was not measured, so vLLM 0.19's intake stands in."""
+    ``defaults``; its front end was not measured, so vLLM 0.19's in-process intake stands
+    in (vLLM's HTTP front end, tried on InferenceX's SGLang and TensorRT-LLM points with
+    their own low-load fits, did not fit them: docs/engine.md)."""
     return ExecutionParams(
         name=name,
         graph_mode="full_decode_only",
         graph_sizes=graph_sizes,
         async_scheduling=True,
         mixed_prefill=mixed_prefill,
-        frontend=VLLM_V1_FRONTEND,
-        source=f"{defaults}; front end not measured: vLLM 0.19's intake",
+        frontend=VLLM_IN_PROCESS_FRONTEND,
+        source=f"{defaults}; front end not measured: vLLM 0.19's in-process intake",
     )
 
 
@@ -241,7 +294,8 @@ PRESETS: dict[str, ExecutionParams] = {
         source=(
             "vLLM 0.19 as resolved in the published runs' config (cudagraph_mode "
             "FULL_AND_PIECEWISE, capture sizes 1, 2, 4, 8..256 by 8, 272..512 by 16, at most "
-            "2 x max_num_seqs; async_scheduling true); front end: the runs' median intake"
+            "2 x max_num_seqs; async_scheduling true); front end: vLLM's HTTP server, one API "
+            "process, fitted on InferenceX's low-load vLLM points"
         ),
     ),
     "sglang": _decode_graphs_engine(
@@ -292,7 +346,9 @@ def execution_params(preset: str | None, overrides: Mapping[str, Any]) -> Execut
 def _frontend(base: FrontEnd, value: Any) -> FrontEnd:
     if not isinstance(value, Mapping):
         raise ConfigError(
-            "frontend must be a mapping of request_s, prompt_token_s, output_s", value=value
+            "frontend must be a mapping of request_s, prompt_token_s, output_s, "
+            "first_chunk_tokens, intake_servers",
+            value=value,
         )
     known = {f.name for f in dataclasses.fields(FrontEnd)}
     unknown = sorted(set(value) - known)
@@ -304,7 +360,7 @@ def _frontend(base: FrontEnd, value: Any) -> FrontEnd:
 def _front_value(name: str, value: Any) -> Any:
     """A front-end setting as its field holds it: seconds as floats, the chunk as it came
     (checked by :class:`FrontEnd`)."""
-    if name == "first_chunk_tokens":
+    if name in ("first_chunk_tokens", "intake_servers"):
         return value
     try:
         return float(value)

@@ -122,6 +122,8 @@ def simulate(
     with _decision_log(decisions) as log_to:
         cluster = build_cluster(cfg, engine_arrivals(requests, front), log_to)
         log = run_events(cluster, progress)
+    if cluster.closed is not None and cluster.closed.sent:  # sends through API processes
+        sent = np.asarray(cluster.closed.sent, dtype=np.float64)
     to_client_times(cluster.requests, cluster.records, front, sent)
     summary = summarize_cluster(cluster, log, horizon_s=cfg.workload.duration_s)
     notes = run_warnings(cluster)

@@ -45,7 +45,7 @@ from sincere.sim.disagg import (
     role_of,
 )
 from sincere.sim.extension import Extension
-from sincere.sim.frontend import closed_loop_delays, front_end_of
+from sincere.sim.frontend import closed_loop_delays, front_end_of, intake_s
 from sincere.workload.arrivals import Closed
 
 THINK_STREAM = 50  # the child stream of a closed loop's think times
@@ -155,6 +155,12 @@ class _Builder:
         front = front_end_of(self.config)
         if front.is_zero:
             return ClosedLoop(process.concurrency, think, process.num_warmup(n))
+        if front.intake_servers:  # the loop takes each request through the API processes
+            return ClosedLoop(
+                process.concurrency, [t + front.output_s for t in think], process.num_warmup(n),
+                intake_s=intake_s(self.requests, front).tolist(),
+                intake_servers=front.intake_servers,
+            )  # fmt: skip
         first, think = closed_loop_delays(self.requests, front, process.concurrency, think)
         return ClosedLoop(process.concurrency, think, process.num_warmup(n), tuple(first))
 

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -98,6 +98,11 @@ class ClosedLoop:
     think_s: list[float]
     num_warmup: int = 0  # the first requests to arrive, left out of the summary's requests
     first_s: tuple[float, ...] = ()  # each client's first arrival (empty: all at 0)
+    # through the front end's API processes (``intake_servers``): each request's intake,
+    # taken in turn by the loop (empty: none, or folded into ``first_s`` and ``think_s``)
+    intake_s: list[float] = field(default_factory=list)
+    intake_servers: int = 0
+    sent: list[float] = field(default_factory=list)  # each request's send, as the loop runs
 
 
 def eligible_instances(models: Sequence[str], infos: Sequence[InstanceInfo]) -> list[list[int]]:

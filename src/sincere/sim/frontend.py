@@ -10,7 +10,12 @@ and the client's. The run itself works on the engine's clock:
   request never overtakes the one sent before it;
 * **closed loop**: each client's first request reaches the engine after its intake, and a
   client's next request after the last one's output delay, the think time and the next
-  request's intake.
+  request's intake;
+* with ``intake_servers`` (the API processes), a request's intake starts when a process is
+  free, the requests taken in the order sent (a closed loop's sends go on the loop's event
+  queue and through a process as they are taken: ``sincere.sim.runner``), and none reaches
+  the engine before the one sent before it: a wave of requests sent together waits in line,
+  as it does in front of one API process.
 
 After the run, :func:`to_client_times` puts every figure on the client's clock: the send
 time as the arrival, the first token and the finish each ``output_s`` later; with
@@ -32,7 +37,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.spec import ContinuousConfig
-from sincere.perf.execution import FrontEnd
+from sincere.perf.execution import FrontEnd, IntakeQueue
 from sincere.sim.config import SimulationConfig
 
 FloatArray = npt.NDArray[np.float64]
@@ -44,10 +49,24 @@ def intake_s(requests: RequestArrays, front: FrontEnd) -> FloatArray:
 
 
 def engine_arrivals(requests: RequestArrays, front: FrontEnd) -> RequestArrays:
-    """``requests`` as the engines see them: each arrival after its intake, in order."""
+    """``requests`` as the engines see them: each arrival after its intake, in order (with
+    ``intake_servers``, after its turn on the API processes as well)."""
     if front.is_zero or len(requests) == 0:
         return requests
-    at = np.maximum.accumulate(requests.arrival_at + intake_s(requests, front))
+    intake = intake_s(requests, front)
+    sent = requests.arrival_at
+    if front.intake_servers == 1:
+        # one process: done_i = max(sent_i, done_(i-1)) + intake_i, which unrolls to the
+        # intakes' running sum plus the running maximum of each send less the sum before it
+        total = np.cumsum(intake)
+        at = total + np.maximum.accumulate(sent - (total - intake))
+    elif front.intake_servers > 1:
+        queue = IntakeQueue(front)
+        tokens = requests.prompt_tokens.tolist()
+        at = np.fromiter(map(queue.done_at, sent.tolist(), tokens), np.float64, len(tokens))
+        at = np.maximum.accumulate(at)
+    else:
+        at = np.maximum.accumulate(sent + intake)
     return dataclasses.replace(requests, arrival_at=at)
 
 
@@ -74,8 +93,9 @@ def to_client_times(
 ) -> None:
     """Put ``requests`` and ``records`` on the client's clock in place (module docstring).
 
-    ``sent``: the requests' send times when known (open loop); None for a closed loop,
-    whose sends are the run's engine arrivals less each intake.
+    ``sent``: the requests' send times when known (open loop, or a closed loop through API
+    processes, which writes them down); None for a closed loop without, whose sends are the
+    run's engine arrivals less each intake.
     """
     if front.is_zero:
         return

@@ -46,14 +46,18 @@ client, whose next request arrives after the next think time. Every such arrival
 onto the queue at once (at most ``concurrency`` are pending, and none is earlier than the
 event that made it), and the request taking it is the next by number, so requests are
 numbered in arrival order and the arrival times written into the request table stay
-sorted.
+sorted. With the front end's API processes (``intake_servers``) a client's request is
+first a *send* on the queue (index ``SEND``); taken in time order, each goes through the
+first process free (``ClosedClients.through``) and arrives when its intake is done, never
+before the one sent before it, so the numbering stays that of the sends and of the arrivals.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from heapq import heappop, heappush
+from heapq import heappop, heappush, heapreplace
 from typing import Any
 
 import numpy as np
@@ -64,6 +68,7 @@ from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.extension import Handler
 
 ARRIVAL = 0  # event kind: the next request arrives (index: the send's number)
+SEND = -1  # an arrival's index when it is a client's send, before the API processes
 ENGINE = 1  # event kind: an engine's wake-up (index: the engine)
 ARRIVAL_PRIORITY = 0  # an arrival at an iteration's end joins the next iteration
 ENGINE_PRIORITY = 1
@@ -90,24 +95,50 @@ class ClosedClients:
         self.num_ended = 0  # requests that have ended (each frees its client)
         self.num_sent = 0  # sends put on the queue
         self.first_s = closed.first_s  # each client's first send (empty: all at 0)
+        # through the front end's API processes: each request's intake, and when each
+        # process is free (a heap); the sends are written down (``ClosedLoop.sent``) and the
+        # loop takes them in time order as sends (``SEND``), each then through a process
+        self.intake_s = closed.intake_s
+        self.queued = bool(closed.intake_s)
+        self.free: list[float] = [-math.inf] * closed.intake_servers if self.queued else []
+        self.sent = closed.sent
+        self.num_through = 0  # sends taken through the processes so far
+        self.last_through = 0.0  # when the last of them reached the engine
+        if self.queued:
+            self.sent[:] = [math.nan] * num_requests
 
     def first_sends(self) -> list[Seconds]:
-        """When each client sends its first request (one each): at 0, or after its time
-        in the front end."""
+        """When each client sends its first request (one each), or, without API processes,
+        when it reaches the engine: at 0, or after its time in the front end."""
         first = min(self.concurrency, self.num_requests)
         self.num_sent = first
         starts = self.first_s
         return [starts[k] if starts else 0.0 for k in range(first)]
 
     def next_send_at(self, ended_at: Seconds) -> Seconds | None:
-        """A request ended at ``ended_at``: when its client sends the next (``None``: every
-        request has been sent)."""
+        """A request ended at ``ended_at``: when its client sends the next, or, without API
+        processes, when that one reaches the engine (``None``: every request has been sent)."""
         j = self.num_ended
         self.num_ended += 1
         if self.num_sent >= self.num_requests:
             return None
         self.num_sent += 1
         return ended_at + self.think_s[j]
+
+    def through(self, sent: Seconds) -> tuple[int, Seconds]:
+        """The next request in send order, sent at ``sent``, through the first API process
+        free: (its number, when it reaches the engine; never before the one sent before
+        it)."""
+        k = self.num_through
+        self.num_through += 1
+        self.sent[k] = sent
+        free = self.free
+        done = (sent if sent > free[0] else free[0]) + self.intake_s[k]
+        heapreplace(free, done)
+        if done < self.last_through:
+            done = self.last_through
+        self.last_through = done
+        return k, done
 
 
 class _Loop:
@@ -294,13 +325,19 @@ class _Loop:
         started = cluster.inner_ends  # such ends, as engines report them (``summed`` pacing)
         closed = self.clients is not None
         if self.clients is not None:
+            queued = self.clients.queued  # sends first, then through the API processes
             for k, send_at in enumerate(self.clients.first_sends()):
-                self._push(send_at, ARRIVAL_PRIORITY, ARRIVAL, k)
+                self._push(send_at, ARRIVAL_PRIORITY, ARRIVAL, SEND if queued else k)
         elif n:
             self._push(arrivals[0], ARRIVAL_PRIORITY, ARRIVAL, 0)
         next_arrival = 0
         while heap or self._drain():
             at, _, _, kind, e = heappop(heap)
+            if kind == ARRIVAL and e == SEND:  # a client's send: through an API process
+                assert self.clients is not None
+                k, reach = self.clients.through(at)
+                self._push(reach, ARRIVAL_PRIORITY, ARRIVAL, k)
+                continue
             if inner and inner[0] <= at:
                 self._pass_inner(inner, at)
             if kind == ENGINE and wake[e] != at:
@@ -385,7 +422,8 @@ class _Loop:
         for _ in range(num):
             send_at = self.clients.next_send_at(at)
             if send_at is not None:
-                self._push(send_at, ARRIVAL_PRIORITY, ARRIVAL, self.clients.num_sent - 1)
+                k = SEND if self.clients.queued else self.clients.num_sent - 1
+                self._push(send_at, ARRIVAL_PRIORITY, ARRIVAL, k)
 
     def _drain(self) -> bool:
         """No events left: let engines holding requests back serve them."""

@@ -39,6 +39,15 @@ def test_intake_takes_requests_in_the_order_received() -> None:
     assert intake.due_at(1, now=6.0) == pytest.approx(6.011)  # idle again: its own time
 
 
+def test_intake_through_one_api_process_takes_requests_in_turn() -> None:
+    """With one API process, requests received together are worked one after another, as
+    the simulator's front end does (``intake_servers``)."""
+    intake = Intake(FrontEnd(request_s=0.01, prompt_token_s=0.001, intake_servers=1))
+    assert intake.due_at(100, now=5.0) == pytest.approx(5.11)
+    assert intake.due_at(1, now=5.001) == pytest.approx(5.121)  # after the first's 110 ms
+    assert intake.due_at(1, now=6.0) == pytest.approx(6.011)  # idle again: its own time
+
+
 def test_output_runs_each_call_late_and_in_order_and_close_flushes() -> None:
     """Calls run ``delay_s`` after they were made, in order; closing runs the rest now."""
 

@@ -5,8 +5,10 @@ beyond the engine; the simulator adds it to its figures (:mod:`sincere.sim.front
 emulator waits it out on the wall clock, so that the two agree under the same preset:
 
 * :class:`Intake` -- a request reaches the engine ``request_s + prompt_token_s x prompt
-  tokens`` after the emulator received it, in the order received (one API process: a
-  request never overtakes the one received before it);
+  tokens`` after the emulator received it, in the order received (a request never
+  overtakes the one received before it); with ``intake_servers``, after its turn on the
+  API processes as well, which take one request at a time
+  (:class:`~sincere.perf.execution.IntakeQueue`, as the simulator);
 * :class:`Output` -- every token and every end of a request reaches its client
   ``output_s`` after the engine handed it out, in the order handed out (one timer for the
   whole engine, so a token never overtakes another).
@@ -22,7 +24,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 
-from sincere.perf.execution import FrontEnd
+from sincere.perf.execution import FrontEnd, IntakeQueue
 
 
 class Intake:
@@ -30,12 +32,13 @@ class Intake:
 
     def __init__(self, front: FrontEnd) -> None:
         self.front = front
+        self._queue = IntakeQueue(front)
         self._last_at = -math.inf  # loop time the request received last reaches the engine
 
     def due_at(self, prompt_tokens: int, now: float) -> float:
         """Loop time a request of ``prompt_tokens`` received at loop time ``now`` reaches
         the engine (this books its turn: one call per request)."""
-        at = max(now + self.front.intake_s(prompt_tokens), self._last_at)
+        at = max(self._queue.done_at(now, prompt_tokens), self._last_at)
         self._last_at = at
         return at
 
