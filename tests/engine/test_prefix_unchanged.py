@@ -12,7 +12,8 @@ keep under sustained load (``sustained_clock.yaml``: the vllm example's mean TTF
 the measured ones (``gemm_*_grid``: 84.1 -> 84.4 ms, 11.59 -> 11.62 ms) and prefill
 attention its own (``prefill_attention_grid``: 84.4 -> 83.9 ms, 11.62 -> 11.61 ms), and when
 ``vllm-v1``'s front end became vLLM's HTTP server, one API process taking each request's 20 ms
-and 4 µs a prompt token in turn (83.9 -> 111.2 ms, 11.61 -> 11.50 ms); W1 (which
+and 4 µs a prompt token in turn, a fleet's replicas one pool of processes (83.9 -> 111.2
+ms, 11.61 -> 11.50 ms; the hetero example's six replicas 114.8 -> 138.8 ms); W1 (which
 names the eager engine) and SINCERE's
 study are A100 / request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
@@ -33,8 +34,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PINNED = {
     "w1": "b89ca563fb17e486fbf0ad479ad7aba9558f0e05a234765acb8e2e627879f00c",
-    "hetero": "cb9520bf48eb25c2f45a103d153cd652427242ba3058d03240e41560b293bf06",
-    "hetero-explore": "637521fea7e1abfcbe2f911d9e0de74f9f88e48c556f3942b41e1b16eae7a43d",
+    "hetero": "d9c905f86340b03702ec5e7a1e2d91569ef13838aa0d2f734f4c2b0d3c0152e7",
+    "hetero-explore": "1766a9ecdeebbbe8e38f179a2ce51ddfd6b9dba43d90e5ac151a0fc6b340f2ea",
     "niyama": "ff2e82c37df75a0e48af08b8e968fc46853ed7c7ce8c709f3bf1fe72553fcbe5",
     "sincere": "3ab15ad72eff7ccb31e8cce25708beb0ccd67b24e9b7ff774291602186a0c09c",
     "vllm": "65c9417a610ba51d99874f94fcadec83a974e65d563eb8fb5daf9abda8738f62",

@@ -190,3 +190,29 @@ def test_a_bad_intake_servers_is_refused(bad: object) -> None:
     with pytest.raises(ConfigError, match="intake_servers must be a whole number") as err:
         simulate(_config({"kind": "poisson", "rate": 1.0}, {"intake_servers": bad}))
     assert str(bad) in str(err.value)
+
+
+def test_a_fleets_api_processes_are_one_pool_of_every_instances() -> None:
+    """Each instance's server brings its own processes: the run's pool is their sum (two
+    groups of 2 and 1 replicas with 2 processes each: 6), and every intake at once stays so."""
+    from sincere.sim.frontend import front_end_of
+
+    config = _config({"kind": "poisson", "rate": 1.0}, {"intake_servers": 2}).model_dump()
+    config["instances"][0]["count"] = 2
+    config["instances"].append(dict(config["instances"][0], name="b", count=1))
+    assert front_end_of(load_config(config)).intake_servers == 6
+    config["instances"][0]["engine"]["execution"]["frontend"]["intake_servers"] = 0
+    config["instances"][1]["engine"]["execution"]["frontend"]["intake_servers"] = 0
+    assert front_end_of(load_config(config)).intake_servers == 0
+
+
+def test_two_instances_take_a_first_wave_two_at_a_time() -> None:
+    """Four clients over two replicas, one process each: the pool of two works the first
+    wave two at a time, so the k-th first token comes after (k // 2 + 1) intakes."""
+    config = _config({"kind": "closed", "concurrency": 4},
+                     {"request_s": INTAKE, "intake_servers": 1}, n=4).model_dump()  # fmt: skip
+    config["instances"][0]["count"] = 2
+    config["router"] = {"name": "round-robin"}
+    first = np.sort(simulate(load_config(config)).records.first_token_at)
+    assert np.all(first >= INTAKE * (np.arange(4) // 2 + 1))
+    assert first[1] < 2 * INTAKE  # the second in line went beside the first, not after it

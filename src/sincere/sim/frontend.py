@@ -23,7 +23,8 @@ time as the arrival, the first token and the finish each ``output_s`` later; wit
 (:func:`first_chunk_at`). TTFT, ITL-based
 TPOT and end-to-end latency are then what ``sincere bench`` or vLLM's benchmark measure.
 All instances of a run share the front end (the first instance's; a different one on
-another instance is refused).
+another instance is refused); a request goes through it before it is routed, so the
+instances' API processes are one pool (:func:`front_end_of`).
 """
 
 from __future__ import annotations
@@ -122,10 +123,15 @@ def first_chunk_at(records: RecordArrays, tokens: int) -> FloatArray:
 
 
 def front_end_of(config: SimulationConfig) -> FrontEnd:
-    """The front end of a run's instances (they must agree; request-level engines have none)."""
-    fronts = [
-        inst.front_end() for inst in config.instances if isinstance(inst.engine, ContinuousConfig)
-    ]
+    """The front end of a run's instances (they must agree; request-level engines have none).
+
+    Each instance's server brings its own API processes, and the run takes every request
+    through one pool of them before routing it (module docstring): ``intake_servers`` is
+    the instances' sum (each group's ``count`` times its own), so a fleet's front ends do
+    not become one line. A pooled line waits a little less than separate ones would when
+    the router spreads the requests unevenly."""
+    continuous = [inst for inst in config.instances if isinstance(inst.engine, ContinuousConfig)]
+    fronts = [inst.front_end() for inst in continuous]
     if not fronts:
         return FrontEnd()
     first = fronts[0]
@@ -138,4 +144,7 @@ def front_end_of(config: SimulationConfig) -> FrontEnd:
                 value=dataclasses.asdict(other),
                 allowed=dataclasses.asdict(first),
             )
-    return first
+    if not first.intake_servers:
+        return first
+    pooled = first.intake_servers * sum(inst.count for inst in continuous)
+    return dataclasses.replace(first, intake_servers=pooled)
