@@ -42,8 +42,9 @@ prefill instance with a token budget of ``P`` does):
   bounds the slot wait ``W_a`` too).
 
 What a streaming client sees -- its first token from the decode side, as the simulator
-takes TTFT -- is :attr:`PDPlan.client_ttft_ms` ``= W + t_p + W_l + x + W_a`` and
-:attr:`PDPlan.client_tpot_ms` ``= s(L)``.
+takes TTFT -- is :attr:`PDPlan.client_ttft_ms` ``= F + W + t_p + W_l + x + W_a`` and
+:attr:`PDPlan.client_tpot_ms` ``= s(L)``, ``F`` the engine's front end (its intake at the
+mean prompt: vLLM's HTTP server under the default ``vllm-v1``, :func:`front_end_ms`).
 
 A decode candidate's per-instance capacity is the largest ``λ_i`` meeting its target
 (bisection); it needs ``ceil(λ / λ_i)`` instances. The decode side reads mean lengths
@@ -74,10 +75,12 @@ import numpy as np
 
 from sincere.catalog import get_accelerator, get_model
 from sincere.core.errors import ConfigError
+from sincere.engine.defaults import default_preset
 from sincere.optimize.queueing import FloatArray
 from sincere.optimize.solvers import PoolChoice, solve_pools
 from sincere.optimize.speculation import planned_memory, planned_step
 from sincere.perf.base import Batch, Deployment, StepTimeModel
+from sincere.perf.execution_settings import PRESETS
 from sincere.perf.factory import StepModelConfig
 from sincere.sim.config import KvLinkConfig
 from sincere.sim.disagg import link_figures
@@ -226,6 +229,9 @@ class PDPlan:
     prefill: PoolSizing
     decode: PoolSizing
     sized: tuple[PoolSizing, ...]  # every feasible (pool, candidate)
+    # the engines' front end a client sees beyond them (the intake at the mean prompt and
+    # the output delay of the engine a deployment runs by default, :func:`front_end_ms`)
+    front_end_ms: float = 0.0
 
     @property
     def cost_per_hour_usd(self) -> float:
@@ -245,10 +251,12 @@ class PDPlan:
 
     @property
     def client_ttft_ms(self) -> float:
-        """The first token a streaming client gets (from the decode side): prefill wait and
-        time, KV hand-off, and the wait for a decode slot -- as the simulator takes TTFT."""
+        """The first token a streaming client gets (from the decode side): the front end,
+        prefill wait and time, KV hand-off, and the wait for a decode slot -- as the
+        simulator takes TTFT."""
         decode = self.decode.predicted
-        return self.ttft_ms + self.prefill.predicted.handoff_ms + decode.slot_wait_ms
+        wait = self.prefill.predicted.handoff_ms + decode.slot_wait_ms
+        return self.front_end_ms + self.ttft_ms + wait
 
     @property
     def client_tpot_ms(self) -> float:
@@ -582,7 +590,19 @@ def plan_pd(
     prefill, decode = choose_linked(sized, capacity, link)
     decode = _with_sender(decode, _times_of(times, decode.candidate), prefill, times, load, targets)
     _check_capacity((prefill, decode), capacity)
-    return PDPlan(load, targets, prefill, decode, tuple(sized))
+    front = front_end_ms(build, prefill.candidate.accelerator, load.prompt_tokens)
+    return PDPlan(load, targets, prefill, decode, tuple(sized), front)
+
+
+def front_end_ms(step_model: StepModelConfig, accelerator: str, prompt_tokens: int) -> float:
+    """What the front end of the engine a deployment runs by default (``vllm-v1`` over the
+    roofline: vLLM's HTTP server; none under ``eager``,
+    :func:`~sincere.engine.defaults.default_preset`) adds to a client's TTFT at a prompt of
+    ``prompt_tokens``: its intake and output delay. Its API processes' queue is left out
+    (the pools' own queues are the plan's)."""
+    preset = default_preset(step_model.kind, step_model.cc, get_accelerator(accelerator))
+    front = PRESETS[preset].frontend
+    return 1e3 * (front.intake_s(prompt_tokens) + front.output_s)
 
 
 def _check_capacity(pools: Sequence[PoolSizing], capacity: dict[str, int] | None) -> None:
