@@ -287,8 +287,8 @@ def replay_config(
     execution: dict[str, Any] = dict(args.execution.overrides()) if setup.taken else {}
     if setup.preset != "eager":  # the runs drove vLLM in-process, with token ids
         execution["frontend"] = dataclasses.asdict(VLLM_IN_PROCESS_FRONTEND)
-    if execution:
-        engine["execution"] = execution  # as the run's engine resolved it
+    if execution:  # what the run's engine resolved, and the front end it had
+        engine["execution"] = execution
     instance: dict[str, Any] = {
         "name": run.name,
         "model": setup.catalog_model,

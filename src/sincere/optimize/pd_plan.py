@@ -265,7 +265,8 @@ class PDPlan:
 
     @property
     def meets(self) -> bool:
-        """Predicted TTFT plus hand-off and TPOT within the targets."""
+        """Predicted TTFT plus hand-off and TPOT within the targets (the engines' side: the
+        front end, ``front_end_ms``, is not sized and not counted against them)."""
         ready = self.ttft_ms + self.prefill.predicted.handoff_ms
         return ready <= self.targets.ttft_ms * (1 + 1e-9) and self.tpot_ms <= (
             self.targets.tpot_ms * (1 + 1e-9)
