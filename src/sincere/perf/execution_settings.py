@@ -112,21 +112,30 @@ class FrontEnd:
 class IntakeQueue:
     """A front end's intake as its API processes work it (:class:`FrontEnd`): each request
     in the order sent, on the first process free, for ``request_s + prompt_token_s x
-    prompt tokens``; without processes (``intake_servers`` 0) every request at once."""
+    prompt tokens``; without processes (``intake_servers`` 0) every request at once. Either
+    way a request never reaches the engine before the one sent before it."""
 
     def __init__(self, front: FrontEnd) -> None:
         self.front = front
         self._free = [-math.inf] * front.intake_servers  # a heap: when each process is free
+        self._last = -math.inf  # when the request sent last reaches the engine
 
     def done_at(self, sent: float, prompt_tokens: int) -> float:
         """When a request of ``prompt_tokens`` sent at ``sent`` reaches the engine (this
         books its process: one call per request, in the order sent)."""
-        intake = self.front.intake_s(prompt_tokens)
+        return self.take(sent, self.front.intake_s(prompt_tokens))
+
+    def take(self, sent: float, intake: float) -> float:
+        """:meth:`done_at` of a request whose intake takes ``intake`` seconds."""
         free = self._free
-        if not free:
-            return sent + intake
-        done = (sent if sent > free[0] else free[0]) + intake
-        heapq.heapreplace(free, done)
+        if free:
+            done = (sent if sent > free[0] else free[0]) + intake
+            heapq.heapreplace(free, done)  # the process is busy until its own end
+        else:
+            done = sent + intake
+        if done < self._last:  # it does not overtake the request sent before it
+            done = self._last
+        self._last = done
         return done
 
 
@@ -260,9 +269,6 @@ the points of more clients show: with it the mean TTFT's median error per band o
 every request at once -0.6, -8.8, -14.6, -20.2 %, the shortfall growing with the clients
 (benchmarks/README.md, "vLLM's API process")."""
 
-VLLM_V1_FRONTEND = VLLM_HTTP_FRONTEND
-"""The ``vllm-v1`` preset's front end: vLLM's HTTP server, as a deployment serves."""
-
 
 def _decode_graphs_engine(
     name: str, graph_sizes: tuple[int, ...], defaults: str, mixed_prefill: bool = True
@@ -290,7 +296,7 @@ PRESETS: dict[str, ExecutionParams] = {
         graph_max_share_of_seqs=2.0,
         async_scheduling=True,
         serial_s=0.0,
-        frontend=VLLM_V1_FRONTEND,
+        frontend=VLLM_HTTP_FRONTEND,
         source=(
             "vLLM 0.19 as resolved in the published runs' config (cudagraph_mode "
             "FULL_AND_PIECEWISE, capture sizes 1, 2, 4, 8..256 by 8, 272..512 by 16, at most "

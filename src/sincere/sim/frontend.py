@@ -65,7 +65,6 @@ def engine_arrivals(requests: RequestArrays, front: FrontEnd) -> RequestArrays:
         queue = IntakeQueue(front)
         tokens = requests.prompt_tokens.tolist()
         at = np.fromiter(map(queue.done_at, sent.tolist(), tokens), np.float64, len(tokens))
-        at = np.maximum.accumulate(at)
     else:
         at = np.maximum.accumulate(sent + intake)
     return dataclasses.replace(requests, arrival_at=at)

@@ -57,13 +57,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from heapq import heappop, heappush, heapreplace
+from heapq import heappop, heappush
 from typing import Any
 
 import numpy as np
 
 from sincere.core.types import Seconds
 from sincere.engine.base import Engine
+from sincere.perf.execution import FrontEnd, IntakeQueue
 from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.extension import Handler
 
@@ -95,15 +96,14 @@ class ClosedClients:
         self.num_ended = 0  # requests that have ended (each frees its client)
         self.num_sent = 0  # sends put on the queue
         self.first_s = closed.first_s  # each client's first send (empty: all at 0)
-        # through the front end's API processes: each request's intake, and when each
-        # process is free (a heap); the sends are written down (``ClosedLoop.sent``) and the
-        # loop takes them in time order as sends (``SEND``), each then through a process
+        # through the front end's API processes: each request's intake and the processes'
+        # line; the sends are written down (``ClosedLoop.sent``) and the loop takes them in
+        # time order as sends (``SEND``), each then through a process
         self.intake_s = closed.intake_s
         self.queued = bool(closed.intake_s)
-        self.free: list[float] = [-math.inf] * closed.intake_servers if self.queued else []
+        self.line = IntakeQueue(FrontEnd(intake_servers=closed.intake_servers))
         self.sent = closed.sent
         self.num_through = 0  # sends taken through the processes so far
-        self.last_through = 0.0  # when the last of them reached the engine
         if self.queued:
             self.sent[:] = [math.nan] * num_requests
 
@@ -132,13 +132,7 @@ class ClosedClients:
         k = self.num_through
         self.num_through += 1
         self.sent[k] = sent
-        free = self.free
-        done = (sent if sent > free[0] else free[0]) + self.intake_s[k]
-        heapreplace(free, done)
-        if done < self.last_through:
-            done = self.last_through
-        self.last_through = done
-        return k, done
+        return k, self.line.take(sent, self.intake_s[k])
 
 
 class _Loop:

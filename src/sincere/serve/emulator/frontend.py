@@ -20,7 +20,6 @@ server itself is real; its own time (a millisecond or so) comes on top, as it wo
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 from collections.abc import Callable
 
@@ -32,15 +31,12 @@ class Intake:
 
     def __init__(self, front: FrontEnd) -> None:
         self.front = front
-        self._queue = IntakeQueue(front)
-        self._last_at = -math.inf  # loop time the request received last reaches the engine
+        self._queue = IntakeQueue(front)  # the order received and the API processes
 
     def due_at(self, prompt_tokens: int, now: float) -> float:
         """Loop time a request of ``prompt_tokens`` received at loop time ``now`` reaches
         the engine (this books its turn: one call per request)."""
-        at = max(self._queue.done_at(now, prompt_tokens), self._last_at)
-        self._last_at = at
-        return at
+        return self._queue.done_at(now, prompt_tokens)
 
     async def wait(self, prompt_tokens: int) -> None:
         """Return once a request of ``prompt_tokens`` received now may reach the engine."""
