@@ -234,7 +234,7 @@ def _load_by_sequence(eng: ContinuousEngine) -> tuple[int, int]:
     """Remaining and cached tokens of the running sequences, summed one by one."""
     st_, caps = eng.state, eng.requests.max_tokens
     remaining = sum(int(caps[i]) for i in st_.pre) + sum(
-        int(caps[i]) - st_.target[i] + fs - st_.step for i, fs in st_.finish_step.items()
+        int(caps[i]) - st_.held[i].target + st_.held[i].finish_step - st_.step for i in st_.offset
     )
     ctx = st_.offset_sum + st_.step * len(st_.offset) + sum(st_.pre.values())
     return remaining, ctx

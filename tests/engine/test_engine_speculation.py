@@ -366,8 +366,8 @@ def test_invariants_hold_while_speculating(
         held = sum(engine.seq_blocks(i) for i in range(len(req)))
         assert engine.used_blocks == held <= blocks
         remaining = sum(int(req.max_tokens[i]) for i in st_.pre) + sum(
-            int(req.max_tokens[i]) - st_.target[i] + fs - st_.step
-            for i, fs in st_.finish_step.items()
+            int(req.max_tokens[i]) - st_.held[i].target + st_.held[i].finish_step - st_.step
+            for i in st_.offset
         )
         assert engine.load().running_remaining_tokens == remaining
 

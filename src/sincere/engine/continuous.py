@@ -283,7 +283,7 @@ class ContinuousEngine(StateView):
         request) but yields nothing for it; a longer run is cut after that iteration so
         the scheduler re-plans with the freed room. Call ``next_event_at`` again after.
         """
-        if request_ix not in self.state.target:
+        if request_ix not in self.state.held:
             return False
         held = None if self._intake is None else self._intake.take(request_ix)
         if held is not None:

@@ -52,7 +52,7 @@ class ArrivedKv:
         first that came with its KV); whether it did."""
         if not self.drop(i):
             return False
-        del st.target[i], st.cap[i], st.produced_before[i], st.tier_of[i]
+        del st.held[i]
         records.output_tokens[i] = 1
         st.reject(i, "aborted")
         return True

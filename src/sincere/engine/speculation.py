@@ -139,13 +139,13 @@ class Speculator:
         kept = np.cumprod(self._rng.random((len(seqs), k)) < self._rates, axis=1)
         accepted = kept.sum(axis=1).tolist()
         self._count(kept, len(seqs))
-        step, finish_step, offset, block = state.step, state.finish_step, state.offset, state.block
+        step, held, offset, block = state.step, state.held, state.offset, state.block
         room = state.num_blocks - state.pre_blocks - state.dec.total(step)  # free blocks
         extra_tokens: list[int] = []
         for i, a in zip(seqs, accepted, strict=True):
             cached = offset[i] + step
             slack = -cached % block  # tokens that fit in its last block
-            extra = min(int(a), finish_step[i] - step, slack + room * block)
+            extra = min(int(a), held[i].finish_step - step, slack + room * block)
             if extra > 0:
                 room -= blocks_for(cached + extra, block) - blocks_for(cached, block)
                 state.gain(i, extra)

@@ -18,17 +18,20 @@ Invariants (kept by the transitions below, relied on by the engine and its tests
   holds count as free and are evicted when the distinct blocks in use need their room.
 * decoding ``i`` holds ``offset[i] + step`` cached tokens; ``step`` counts iterations,
   each of which gives every decoding sequence one token (a speculating engine's accepted
-  drafts move ``offset[i]`` and ``finish_step[i]`` on: :meth:`BatchState.gain`);
+  drafts move ``offset[i]`` and its ``finish_step`` on: :meth:`BatchState.gain`);
   ``offset_sum`` is the sum of ``offset``. The next decode step must have room for
   ``lookahead`` tokens of each (1; ``k + 1`` verified positions when speculating).
-* decoding ``i`` is done at step ``finish_step[i]``; ``finish`` is a heap of
-  ``(finish step, request)`` whose stale entries (preempted, aborted) are skipped.
-* ``produced_before[i]`` tokens were made before the current prefill (0 unless
+* decoding ``i`` is done at step ``held[i].finish_step`` (-1 while it does not decode);
+  ``finish`` is a heap of ``(finish step, request)`` whose stale entries (preempted,
+  aborted) are skipped.
+* every request the engine holds (accepted, not yet finished or aborted) has a
+  :class:`Held` in ``held``: its target and cap of output tokens, its tier, its finish
+  step, and ``produced_before``, the tokens made before the current prefill (0 unless
   recomputing); ``waiting_tokens`` is the sum of ``prefill_len`` over the queue.
 * running sums for an O(1) load report: ``pre_done_sum`` is the sum of ``pre``'s values,
-  ``pre_cap_sum`` the sum of ``cap`` over ``pre``, and ``dec_due_sum`` the sum over
-  decoding ``i`` of ``cap[i] - target[i] + finish_step[i]`` (so the output tokens a
-  router still budgets for are ``pre_cap_sum + dec_due_sum - step * len(finish_step)``).
+  ``pre_cap_sum`` the sum of the caps over ``pre``, and ``dec_due_sum`` the sum over
+  decoding ``i`` of ``cap - target + finish_step`` (so the output tokens a router still
+  budgets for are ``pre_cap_sum + dec_due_sum - step * len(offset)``).
 * dict insertion order is meaningful: ``pre`` is in admission order, ``offset`` in
   decode-start order (the scheduler's tie-break among equal keys, the token hook's order).
 
@@ -158,6 +161,24 @@ class TimeAccount:
                 self.gaps[t].add_each(durations, count, at - start)
 
 
+class Held:
+    """What an engine keeps of one request from its acceptance to its end: the output
+    tokens it will make (``target``) and may make (``cap``), its tier, the tokens made
+    before its current prefill, and the step its decoding ends at (-1: not decoding). One
+    object per request rather than an entry in five dicts keyed by it: a request's end
+    reads and drops them with one look-up, which matters when many engines' state is cold
+    between their turns."""
+
+    __slots__ = ("cap", "finish_step", "produced_before", "target", "tier")
+
+    def __init__(self, target: int, cap: int, tier: int) -> None:
+        self.target = target
+        self.cap = cap
+        self.tier = tier
+        self.produced_before = 0
+        self.finish_step = -1
+
+
 class BatchState:
     """Queues, running sets and KV blocks of one engine, with their transitions."""
 
@@ -168,21 +189,17 @@ class BatchState:
         self.records = records
         self.queue = WaitQueue()
         self.waiting_tokens = 0
-        self.tier_of: dict[int, int] = {}  # tier of each request in the engine
-        self.target: dict[int, int] = {}  # tokens each request will generate
-        self.cap: dict[int, int] = {}  # each request's output cap (max_tokens)
+        self.held: dict[int, Held] = {}  # every request in the engine: its target, cap, tier
         self.prefill_len: dict[int, int] = {}  # tokens to prefill: waiting and prefilling
-        self.produced_before: dict[int, int] = {}  # tokens made before this prefill
         self.pre: dict[int, int] = {}  # prefilling -> tokens prefilled so far
         self.pre_blocks = 0
         self.pre_done_sum = 0  # sum of pre's values
         self.pre_cap_sum = 0  # sum of cap over pre
-        self.dec_due_sum = 0  # sum over decoding of cap - target + finish_step
+        self.dec_due_sum = 0  # sum over decoding of cap - target + finish step
         self.step = 0  # iterations run so far (each one decode step)
         self.dec = DecodeBlocks(limits.block_size)
         self.offset: dict[int, int] = {}  # decoding -> cached tokens minus step
         self.offset_sum = 0
-        self.finish_step: dict[int, int] = {}  # decoding -> step at which it is done
         self.finish: list[tuple[int, int]] = []  # heap of (finish step, request)
         # every start of decoding, in order: machine integers, so the log does not keep
         # an int object alive per finished request (~40 bytes each at 1M requests)
@@ -219,15 +236,17 @@ class BatchState:
 
     def num_produced(self, i: int) -> int:
         """Output tokens ``i`` has produced."""
-        fs = self.finish_step.get(i)
-        if fs is None:
-            return self.produced_before.get(i, 0)
-        return self.target[i] - (fs - self.step)
+        held = self.held.get(i)
+        if held is None:
+            return 0
+        if held.finish_step < 0:
+            return held.produced_before
+        return held.target - (held.finish_step - self.step)
 
     def next_finish_step(self) -> int:
         """The earliest step at which a decoding sequence is done (some must decode)."""
-        heap = self.finish
-        while self.finish_step.get(heap[0][1]) != heap[0][0]:
+        heap, held = self.finish, self.held
+        while not _due(held.get(heap[0][1]), heap[0][0]):
             heapq.heappop(heap)
         return heap[0][0]
 
@@ -236,10 +255,7 @@ class BatchState:
     def accept(self, i: int, target: int, tier: int, cap: int) -> None:
         """Take request ``i`` in; it will generate ``target`` tokens of at most ``cap``
         (then :meth:`wait`)."""
-        self.target[i] = target
-        self.cap[i] = cap
-        self.produced_before[i] = 0
-        self.tier_of[i] = tier
+        self.held[i] = Held(target, cap, tier)
 
     def wait(self, i: int, prefill_len: int) -> None:
         """``i`` needs ``prefill_len`` tokens prefilled; the caller queues it with its key.
@@ -251,12 +267,12 @@ class BatchState:
 
     def admit(self, admitted: Sequence[int], now: Seconds) -> None:
         """Waiting requests start prefilling, in order; each reserves its whole prefill's blocks."""
-        first_scheduled, queue, length, pre, cap = (
+        first_scheduled, queue, length, pre, held = (
             self.records.first_scheduled_at,
             self.queue,
             self.prefill_len,
             self.pre,
-            self.cap,
+            self.held,
         )
         block = self.block
         cache = self.cache
@@ -265,7 +281,7 @@ class BatchState:
             length_i = length[i]
             self.waiting_tokens -= length_i
             self.pre_blocks += -(-length_i // block)
-            self.pre_cap_sum += cap[i]
+            self.pre_cap_sum += held[i].cap
             first = math.isnan(first_scheduled[i])
             if first:
                 first_scheduled[i] = now
@@ -304,13 +320,13 @@ class BatchState:
         if i in self.pre:
             self._drop_prefilling(i)
         else:
-            self._drop_decoding(i)
+            self._drop_decoding(i, self.held[i])
             self.preempted_at[i] = now
         if self.cache is not None:
             self.pre_blocks += self.cache.release(i)
         self.records.num_preemptions[i] += 1
         self.num_preemptions += 1
-        self.produced_before[i] = produced
+        self.held[i].produced_before = produced
         return produced
 
     def prefilled(self, chunks: Sequence[tuple[int, int]], end: Seconds) -> None:
@@ -327,24 +343,26 @@ class BatchState:
 
     def pop_finished(self, end: Seconds) -> None:
         """Decoding sequences whose last token came by the current step are done."""
-        heap = self.finish
+        heap, held = self.finish, self.held
         step = self.step
         while heap and heap[0][0] <= step:
             fs, i = heapq.heappop(heap)
-            if self.finish_step.get(i) == fs:
-                self._drop_decoding(i)
+            h = held.get(i)
+            if h is not None and h.finish_step == fs:
+                self._drop_decoding(i, h)
                 self._finish(i, end)
 
     def gain(self, i: int, extra: int) -> None:
         """Decoding ``i`` made ``extra`` tokens beyond the current step's one (accepted
         drafts): its cache and its output move that far on, at most to its last token."""
-        offset, fs = self.offset[i], self.finish_step[i] - extra
+        held = self.held[i]
+        offset, fs = self.offset[i], held.finish_step - extra
         assert extra > 0 and self.step <= fs, "a gain past the request's last token"
         self.dec.remove(offset)
         self.dec.add(offset + extra)
         self.offset[i] = offset + extra
         self.offset_sum += extra
-        self.finish_step[i] = fs
+        held.finish_step = fs
         self.dec_due_sum -= extra
         self.num_generated += extra
         heapq.heappush(self.finish, (fs, i))  # the entry at the old step is stale now
@@ -364,9 +382,8 @@ class BatchState:
         elif i in self.pre:
             self._drop_prefilling(i)
         else:
-            self._drop_decoding(i)
-        del self.target[i], self.cap[i], self.prefill_len[i], self.produced_before[i]
-        del self.tier_of[i]
+            self._drop_decoding(i, self.held[i])
+        del self.held[i], self.prefill_len[i]
         self.preempted_at.pop(i, None)
         if self.cache is not None:
             self.pre_blocks += self.cache.release(i)
@@ -402,57 +419,65 @@ class BatchState:
         length = self.prefill_len[i]
         self._drop_prefilling(i)
         self.num_generated += 1
-        before = self.produced_before[i]
-        tier = self.tier_of[i]
+        held = self.held[i]
+        before = held.produced_before
         if before == 0:  # no token before this prefill: it makes the first one
             self.records.first_token_at[i] = end
         else:
-            self.gaps[tier].add(end - self.preempted_at.pop(i, end))
-        left = self.target[i] - before - 1
+            self.gaps[held.tier].add(end - self.preempted_at.pop(i, end))
+        left = held.target - before - 1
         if left <= 0:
             self._finish(i, end)
             return
-        self._decode_from(i, length, left, tier)
+        self._decode_from(i, held, length, left)
 
     def start_decoding(self, i: int, kv_tokens: int) -> None:
         """Accepted ``i`` joins the decode batch holding ``kv_tokens`` tokens of KV computed
         elsewhere (a disaggregated prefill): its first token came with them."""
-        self.produced_before[i] = 1
+        held = self.held[i]
+        held.produced_before = 1
         self.prefill_len[i] = kv_tokens
-        left = self.target[i] - 1
-        self._decode_from(i, kv_tokens, left, self.tier_of[i])
+        self._decode_from(i, held, kv_tokens, held.target - 1)
 
-    def _decode_from(self, i: int, length: int, left: int, tier: int) -> None:
-        """``i`` decodes from ``length`` cached tokens, ``left`` tokens still to make."""
+    def _decode_from(self, i: int, held: Held, length: int, left: int) -> None:
+        """``i`` (``held``) decodes from ``length`` cached tokens, ``left`` tokens still to
+        make."""
         step = self.step
         offset = length - step
         self.offset[i] = offset
         self.offset_sum += offset
         self.dec.add(offset)
-        self.tier_decoding[tier] += 1
+        self.tier_decoding[held.tier] += 1
         self.decode_starts.append(i)
         fs = step + left
-        self.finish_step[i] = fs
-        self.dec_due_sum += self.cap[i] - self.target[i] + fs
+        held.finish_step = fs
+        self.dec_due_sum += held.cap - held.target + fs
         heapq.heappush(self.finish, (fs, i))
 
     def _drop_prefilling(self, i: int) -> None:
         self.pre_done_sum -= self.pre.pop(i)
-        self.pre_cap_sum -= self.cap[i]
+        self.pre_cap_sum -= self.held[i].cap
         self.pre_blocks -= blocks_for(self.prefill_len[i], self.block)
 
-    def _drop_decoding(self, i: int) -> None:
+    def _drop_decoding(self, i: int, held: Held) -> None:
         offset = self.offset.pop(i)
         self.offset_sum -= offset
         self.dec.remove(offset)
-        self.tier_decoding[self.tier_of[i]] -= 1
-        self.dec_due_sum -= self.cap[i] - self.target[i] + self.finish_step.pop(i)
+        self.tier_decoding[held.tier] -= 1
+        self.dec_due_sum -= held.cap - held.target + held.finish_step
+        held.finish_step = -1
 
     def _finish(self, i: int, end: Seconds) -> None:
         self.records.finished_at[i] = end
-        self.records.output_tokens[i] = self.target.pop(i)
-        del self.cap[i], self.prefill_len[i], self.produced_before[i], self.tier_of[i]
+        self.records.output_tokens[i] = self.held.pop(i).target
+        del self.prefill_len[i]
         if self.cache is not None:
             self.pre_blocks += self.cache.release(i)
             self.cache.forget(i)
         self.done.append(i)
+
+
+def _due(held: Held | None, step: int) -> bool:
+    """Whether a finish-heap entry at ``step`` is current: its request still decodes and
+    ends there (a preempted, aborted or speculating request leaves stale entries)."""
+    return held is not None and held.finish_step == step

@@ -97,7 +97,7 @@ class StateView(EngineBase):
         """
         st = self.state
         step = st.step
-        remaining = st.pre_cap_sum + st.dec_due_sum - step * len(st.finish_step)
+        remaining = st.pre_cap_sum + st.dec_due_sum - step * len(st.offset)
         ctx = st.offset_sum + step * len(st.offset) + st.pre_done_sum
         cache = st.cache
         return EngineLoad(

@@ -58,7 +58,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -68,11 +68,12 @@ from sincere.perf.execution import FrontEnd, IntakeQueue
 from sincere.sim.cluster import ClosedLoop, Cluster
 from sincere.sim.extension import Handler
 
-ARRIVAL = 0  # event kind: the next request arrives (index: the send's number)
-SEND = -1  # an arrival's index when it is a client's send, before the API processes
-ENGINE = 1  # event kind: an engine's wake-up (index: the engine)
-ARRIVAL_PRIORITY = 0  # an arrival at an iteration's end joins the next iteration
-ENGINE_PRIORITY = 1
+# Final: compiled, the loop reads them as constants rather than from the module's globals
+ARRIVAL: Final = 0  # event kind: the next request arrives (index: the send's number)
+SEND: Final = -1  # an arrival's index when it is a client's send, before the API processes
+ENGINE: Final = 1  # event kind: an engine's wake-up (index: the engine)
+ARRIVAL_PRIORITY: Final = 0  # an arrival at an iteration's end joins the next iteration
+ENGINE_PRIORITY: Final = 1
 Progress = Callable[[int, int], None]  # (arrivals handled, total)
 
 
