@@ -103,8 +103,10 @@ def test_runs_by_count_and_by_views_are_identical(router: dict[str, Any], key: s
     assert by_count.shortcuts.by_count == key
     assert by_count.shortcuts.engine_pacing == "summed"
     assert by_views.shortcuts.engine_pacing == "exact" and not by_views.shortcuts.load_blind
-    # by outstanding counts nothing reads a view or a queue: engine changes go untold
-    assert by_count.watches_engines == (key == "requests") and by_views.watches_engines
+    # by counts nothing reads a view: engine changes go untold, the loop keeps the counts
+    # (outstanding, or by requests each engine's waiting + running)
+    assert not by_count.watches_engines and by_views.watches_engines
+    assert (by_count.queued_by_loop is not None) == (key == "requests")
     log_count, log_views = run_events(by_count), run_events(by_views)
     for col in RECORD_COLUMNS:
         a, b = getattr(by_count.records, col), getattr(by_views.records, col)

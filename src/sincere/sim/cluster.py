@@ -183,9 +183,17 @@ class Cluster:
     @property
     def watches_engines(self) -> bool:
         """Whether the loop must say which engines changed (:meth:`touched`): not when
-        arrivals are placed by outstanding counts, which the loop keeps itself, for then
-        no view and no queue count is ever read."""
-        return self._counts_by != "outstanding"
+        arrivals are placed by counts, which the loop keeps itself (outstanding counts, or
+        :attr:`queued_by_loop`), for then no view is ever read."""
+        return self._counts_by is None
+
+    @property
+    def queued_by_loop(self) -> list[int] | None:
+        """``by_count`` by ``requests``: each engine's waiting + running, the list the
+        loop writes after each of its calls that can change an engine (add, advance,
+        drain), as the engine's ``queue_sizes()`` says; ``None`` otherwise. Others that
+        change an engine (an extension) still say so by :meth:`touched`."""
+        return self._queued if self._counts_by == "requests" else None
 
     def _plan(self, probes: Sequence[Reads]) -> Shortcuts:
         """The run's shortcuts, from the plug-ins' declarations (:mod:`sincere.sim.plan`)."""

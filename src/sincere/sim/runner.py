@@ -166,6 +166,7 @@ class _Loop:
         self.handlers: list[Handler] = []  # by event kind, past ENGINE
         self.load_blind = cluster.shortcuts.load_blind  # only outstanding counts make views stale
         self.watches = cluster.watches_engines  # the cluster hears of changed engines
+        self.queue_counts = cluster.queued_by_loop  # or the loop keeps each engine's count
         # every model is served by engine 0 alone and nothing screens requests: routing
         # cannot choose, cap or reject
         self.always_first = cluster.shortcuts.passthrough and all(
@@ -212,6 +213,10 @@ class _Loop:
         engine.add(i, at)
         if self.watches:
             cluster.touched(e)
+        counts = self.queue_counts
+        if counts is not None:
+            running, waiting, _ = engine.queue_sizes()
+            counts[e] = waiting + running
         due = engine.next_event_at()  # (``reschedule``, inline: once per arrival)
         if due is not None and due != self.wake[e]:
             self.wake[e] = due
@@ -314,6 +319,7 @@ class _Loop:
         touched, finished = cluster.touched, cluster.finished
         watches = self.watches
         track_load = watches and not self.load_blind
+        counts = self.queue_counts  # by_count by requests: each engine's count, kept here
         observes = cluster.shortcuts.observes  # finished requests are told to the cluster
         progress, every = self.progress, self.every
         inner: list[float] = []  # a heap of iteration ends inside engines' pieces of work
@@ -375,6 +381,9 @@ class _Loop:
                     self._clients_free(len(done), at)
             elif track_load:
                 touched(e)
+            if counts is not None:
+                running, waiting, _ = engine.queue_sizes()
+                counts[e] = waiting + running
             due = engine.next_event_at()
             if due is not None:  # wake[e] is None: always a new wake-up
                 wake[e] = due
@@ -424,9 +433,13 @@ class _Loop:
         """No events left: let engines holding requests back serve them."""
         if self.in_system <= 0:
             return False
+        counts = self.queue_counts
         for e, engine in enumerate(self.cluster.engines):
             engine.drain(self.last_at)
             self.cluster.touched(e)
+            if counts is not None:
+                running, waiting, _ = engine.queue_sizes()
+                counts[e] = waiting + running
             self.reschedule(e)
         return len(self.heap) > 0
 
