@@ -13,7 +13,7 @@ from sincere.policy.decision_log import DecisionLog
 from sincere.sim import load_config
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
-from sincere.sim.runner import RunLog, _Loop
+from sincere.sim.runner import RunLog, _Loop, _mark_unfinished
 from sincere.workload.config import generate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -30,7 +30,7 @@ def _cluster(name: str, num_requests: int, decisions: DecisionLog | None = None)
 def _heap_run(cluster: Cluster) -> RunLog:
     loop = _Loop(cluster, None, 10_000)
     loop._run_heap()
-    return RunLog(loop.last_at, loop.area, loop.num_events, loop._mark_unfinished())
+    return RunLog(loop.last_at, loop.area, loop.num_events, _mark_unfinished(cluster.records))
 
 
 @pytest.mark.parametrize("name", ["w1", "vllm", "niyama", "sincere"])

@@ -62,6 +62,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from sincere.core.records import RecordArrays
 from sincere.core.types import Seconds
 from sincere.engine.base import Engine
 from sincere.perf.execution import FrontEnd, IntakeQueue
@@ -185,7 +186,7 @@ class _Loop:
             self._run_apart()
         else:
             self._run_heap()
-        unfinished = self._mark_unfinished()
+        unfinished = _mark_unfinished(self.cluster.records)
         return RunLog(self.last_at, self.area, self.num_events, unfinished)
 
     # ------------------------------------------------- what an extension may call (Sim)
@@ -213,10 +214,7 @@ class _Loop:
         engine.add(i, at)
         if self.watches:
             cluster.touched(e)
-        counts = self.queue_counts
-        if counts is not None:
-            running, waiting, _ = engine.queue_sizes()
-            counts[e] = waiting + running
+        _keep_count(self.queue_counts, e, engine)
         due = engine.next_event_at()  # (``reschedule``, inline: once per arrival)
         if due is not None and due != self.wake[e]:
             self.wake[e] = due
@@ -382,8 +380,7 @@ class _Loop:
             elif track_load:
                 touched(e)
             if counts is not None:
-                running, waiting, _ = engine.queue_sizes()
-                counts[e] = waiting + running
+                _keep_count(counts, e, engine)
             due = engine.next_event_at()
             if due is not None:  # wake[e] is None: always a new wake-up
                 wake[e] = due
@@ -433,22 +430,28 @@ class _Loop:
         """No events left: let engines holding requests back serve them."""
         if self.in_system <= 0:
             return False
-        counts = self.queue_counts
         for e, engine in enumerate(self.cluster.engines):
             engine.drain(self.last_at)
             self.cluster.touched(e)
-            if counts is not None:
-                running, waiting, _ = engine.queue_sizes()
-                counts[e] = waiting + running
+            _keep_count(self.queue_counts, e, engine)
             self.reschedule(e)
         return len(self.heap) > 0
 
-    def _mark_unfinished(self) -> int:
-        records = self.cluster.records
-        left = records.unfinished()
-        for i in left.tolist():
-            records.reject(int(i), "unfinished")
-        return len(left)
+
+def _keep_count(counts: list[int] | None, e: int, engine: Engine) -> None:
+    """``by_count`` by requests (``counts``, else None): engine ``e``'s waiting + running
+    as it reports them, written after a call that may have changed it."""
+    if counts is not None:
+        running, waiting, _ = engine.queue_sizes()
+        counts[e] = waiting + running
+
+
+def _mark_unfinished(records: RecordArrays) -> int:
+    """Requests neither finished nor rejected when the loop ends, rejected ``unfinished``."""
+    left = records.unfinished()
+    for i in left.tolist():
+        records.reject(int(i), "unfinished")
+    return len(left)
 
 
 def _engines_apart(
