@@ -26,6 +26,15 @@ ratio, and each tree's CPU time over its own 1-instance cell of the same repetit
 Compiled, each tree with its own build (``PYTHONPATH=/tmp/before/src
 SINCERE_NATIVE_DIR=/tmp/before-native sincere native build``), ``--paired-native-dir
 /tmp/before-native``.
+
+``--interleave`` (this tree alone) goes round the cells repetition by repetition (1, 64,
+1, 64, ... instances) instead of running each cell's repetitions in a row, and gives each
+repetition's CPU time over its own first cell, then the median of those ratios per cell:
+the cost of the fleet's size taken pair by pair, which drifts in the machine's speed move
+less than medians of cells run minutes apart.
+
+    .venv/bin/python benchmarks/sim_scaling.py --sizes 100000 --instances 1 64 \
+        --router least-outstanding --repeat 10 --interleave
 """
 
 from __future__ import annotations
@@ -94,9 +103,15 @@ def main() -> None:
     parser.add_argument(
         "--paired-native-dir", default=None, help="the other tree's compiled modules"
     )
+    parser.add_argument(
+        "--interleave", action="store_true", help="repetitions round the cells: ratios by pair"
+    )
     args = parser.parse_args()
     if args.paired is not None:
         paired(args)
+        return
+    if args.interleave:
+        interleaved(args)
         return
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     native = os.environ.get("SINCERE_NATIVE", "default")
@@ -129,6 +144,45 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     cpus, python = os.cpu_count(), platform.python_version()
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {python}")
+
+
+def interleaved(args: argparse.Namespace) -> None:
+    """This tree's cells, repetition by repetition round the instance counts; each
+    repetition's CPU over its first cell, and per cell the median of those ratios."""
+    sizes = args.sizes or [10_000, 100_000]
+    print(f"router {args.router}, interleaved, SINCERE_NATIVE="
+          f"{os.environ.get('SINCERE_NATIVE', 'default')}", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        warm = tmp_dir / "warm.yaml"
+        warm.write_text(yaml.safe_dump(config(1, 1_000, args.router)))
+        run_once(warm, tmp_dir / "warm")
+        for size in sizes:
+            paths = {}
+            for count in args.instances:
+                paths[count] = tmp_dir / f"c{count}_{size}.yaml"
+                paths[count].write_text(yaml.safe_dump(config(count, size, args.router)))
+            ratios: dict[int, list[float]] = {count: [] for count in args.instances}
+            cpus: dict[int, list[float]] = {count: [] for count in args.instances}
+            for rep in range(max(1, args.repeat)):
+                first: float | None = None
+                for count in args.instances:
+                    cpu = run_once(paths[count], tmp_dir / "out")[1]
+                    first = cpu if first is None else first
+                    cpus[count].append(cpu)
+                    ratios[count].append(cpu / first)
+                    row = {"rep": rep + 1, "instances": count, "requests": size,
+                           "cpu_s": round(cpu, 2), "vs_first": round(cpu / first, 3)}  # fmt: skip
+                    print(json.dumps(row), flush=True)
+            for count in args.instances:
+                row = {"instances": count, "requests": size,
+                       "cpu_s_median": round(statistics.median(cpus[count]), 2),
+                       "vs_first_median": round(statistics.median(ratios[count]), 3),
+                       "vs_first_range": [round(min(ratios[count]), 3),
+                                          round(max(ratios[count]), 3)]}  # fmt: skip
+                print(json.dumps(row), flush=True)
+    cpus_n, python = os.cpu_count(), platform.python_version()
+    print(f"machine: {platform.machine()}, {cpus_n} CPUs, Python {python}")
 
 
 def paired(args: argparse.Namespace) -> None:
