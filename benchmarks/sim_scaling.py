@@ -73,6 +73,19 @@ def config(num_instances: int, num_requests: int, router: str) -> dict[str, Any]
     return cfg
 
 
+def cell_file(tmp_dir: Path, count: int, size: int, router: str) -> Path:
+    """The configuration of one cell (``config``), written into ``tmp_dir``."""
+    path = tmp_dir / f"c{count}_{size}.yaml"
+    path.write_text(yaml.safe_dump(config(count, size, router)))
+    return path
+
+
+def print_machine() -> None:
+    """The machine the cells ran on, the table's last line."""
+    cpus, python = os.cpu_count(), platform.python_version()
+    print(f"machine: {platform.machine()}, {cpus} CPUs, Python {python}")
+
+
 def run_once(
     path: Path, out: Path, src: str | None = None, native_dir: str | None = None
 ) -> tuple[float, float]:
@@ -118,14 +131,12 @@ def main() -> None:
     print(f"router {args.router}, SINCERE_NATIVE={native}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
-        warm = tmp_dir / "warm.yaml"
-        warm.write_text(yaml.safe_dump(config(1, 1_000, args.router)))
+        warm = cell_file(tmp_dir, 1, 1_000, args.router)
         run_once(warm, tmp_dir / "warm")
         for size in sizes:
             base_cpu: float | None = None
             for count in args.instances:
-                path = tmp_dir / f"c{count}_{size}.yaml"
-                path.write_text(yaml.safe_dump(config(count, size, args.router)))
+                path = cell_file(tmp_dir, count, size, args.router)
                 runs = [run_once(path, tmp_dir / "out") for _ in range(max(1, args.repeat))]
                 wall = statistics.median(w for w, _ in runs)
                 cpu = statistics.median(c for _, c in runs)
@@ -142,8 +153,7 @@ def main() -> None:
                     "ttft_p50_s": round(summary["ttft_s"]["p50"], 3),
                 }
                 print(json.dumps(row), flush=True)
-    cpus, python = os.cpu_count(), platform.python_version()
-    print(f"machine: {platform.machine()}, {cpus} CPUs, Python {python}")
+    print_machine()
 
 
 def interleaved(args: argparse.Namespace) -> None:
@@ -154,14 +164,12 @@ def interleaved(args: argparse.Namespace) -> None:
           f"{os.environ.get('SINCERE_NATIVE', 'default')}", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
-        warm = tmp_dir / "warm.yaml"
-        warm.write_text(yaml.safe_dump(config(1, 1_000, args.router)))
+        warm = cell_file(tmp_dir, 1, 1_000, args.router)
         run_once(warm, tmp_dir / "warm")
         for size in sizes:
-            paths = {}
-            for count in args.instances:
-                paths[count] = tmp_dir / f"c{count}_{size}.yaml"
-                paths[count].write_text(yaml.safe_dump(config(count, size, args.router)))
+            paths = {
+                count: cell_file(tmp_dir, count, size, args.router) for count in args.instances
+            }
             ratios: dict[int, list[float]] = {count: [] for count in args.instances}
             cpus: dict[int, list[float]] = {count: [] for count in args.instances}
             for rep in range(max(1, args.repeat)):
@@ -181,8 +189,7 @@ def interleaved(args: argparse.Namespace) -> None:
                        "vs_first_range": [round(min(ratios[count]), 3),
                                           round(max(ratios[count]), 3)]}  # fmt: skip
                 print(json.dumps(row), flush=True)
-    cpus_n, python = os.cpu_count(), platform.python_version()
-    print(f"machine: {platform.machine()}, {cpus_n} CPUs, Python {python}")
+    print_machine()
 
 
 def paired(args: argparse.Namespace) -> None:
@@ -194,8 +201,7 @@ def paired(args: argparse.Namespace) -> None:
         compile_tree(src)  # (no tree compiles its sources while timed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
-        warm = tmp_dir / "warm.yaml"
-        warm.write_text(yaml.safe_dump(config(1, 1_000, args.router)))
+        warm = cell_file(tmp_dir, 1, 1_000, args.router)
         other = args.paired_native_dir
         run_once(warm, tmp_dir / "warm", this)
         run_once(warm, tmp_dir / "warm", args.paired, other)
@@ -203,8 +209,7 @@ def paired(args: argparse.Namespace) -> None:
             for size in sizes:
                 base: dict[str, float] = {}
                 for count in args.instances:
-                    path = tmp_dir / f"c{count}_{size}.yaml"
-                    path.write_text(yaml.safe_dump(config(count, size, args.router)))
+                    path = cell_file(tmp_dir, count, size, args.router)
                     cpu = {tree: run_once(path, tmp_dir / "out", src, native)[1]
                            for tree, src, native in (("this", this, None),
                                                      ("other", args.paired, other))}  # fmt: skip
