@@ -2,7 +2,7 @@
 
 The modules in :data:`COMPILED` (the continuous engine's API, state, runs and view, its
 KV and queue helpers, the roofline step model and the execution model over it, Niyama's
-next-token deadlines and the event loop) are plain, fully
+next-token deadlines, the cluster's count routing and the event loop) are plain, fully
 typed Python. ``build()`` compiles
 them with mypyc into C extensions, about 1.7x faster on the reference workload; nothing
 else changes: the compiled code is the Python source translated, so a run gives identical
@@ -56,6 +56,7 @@ COMPILED: tuple[str, ...] = (
     "sincere.perf.roofline",
     "sincere.perf.series",
     "sincere.policy.schedulers.deadlines",
+    "sincere.sim.counts",
     "sincere.sim.runner",
 )
 """The modules compiled, as one group (they call each other natively)."""

@@ -13,9 +13,10 @@ from sincere.core import Request
 from sincere.core.types import Seconds
 from sincere.policy.admission import Admission, LatencyHistory, PredictedMissShedder
 from sincere.policy.front_door import FrontDoor
-from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision
+from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, choose_first_least
 from sincere.policy.routers import make_router
 from sincere.policy.routers.basic import LeastOutstandingRouter
+from sincere.sim.counts import first_least
 
 REQ = Request(0, 0.0, "m", 100, 10, max_tokens=64)
 BY_COUNT = [
@@ -125,3 +126,39 @@ def test_the_front_door_places_by_count_only_without_admission() -> None:
     screen = Admission(PredictedMissShedder(), None, LatencyHistory(), 256)
     screened = FrontDoor(make_router("least-outstanding", rng), screen)
     assert screened.counts_by is None
+
+
+class _LastOfFewest(LeastOutstandingRouter):
+    """Chooses by count its own way: a driver may not find the position for it."""
+
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        counts = [v.num_outstanding for v in candidates]
+        return RouteDecision(candidates[self.choose_by_count(counts)].id)
+
+    def choose_by_count(self, counts: Sequence[int]) -> int:
+        return len(counts) - 1 - counts[::-1].index(min(counts))
+
+
+def test_which_routers_pick_the_first_of_the_fewest() -> None:
+    """Least-outstanding, join-shortest-queue and prefix-aware take the shared rule, so a
+    driver may apply it itself; power-of-two draws, and a subclass with its own
+    ``choose_by_count`` is asked again."""
+    rng: Any = np.random.default_rng(0)
+    for name in ("least-outstanding", "join-shortest-queue", "prefix-aware"):
+        assert make_router(name, rng).picks_first_least, name
+        assert FrontDoor(make_router(name, rng)).places_first_least, name
+    assert not make_router("power-of-two", rng).picks_first_least
+    assert not make_router("round-robin", rng).picks_first_least
+    assert not _LastOfFewest(rng).picks_first_least
+    assert _LastOfFewest(rng).counts_by == "outstanding"  # (its own, asked by count)
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=80))
+def test_the_compiled_pass_finds_what_the_rule_finds(counts: list[int]) -> None:
+    """The cluster's pass over the counts (compiled with the loop) and the routers'
+    rule agree on every list, ties included (small counts over up to 80 instances)."""
+    router = make_router("least-outstanding", np.random.default_rng(0))
+    assert first_least(counts) == choose_first_least(router, counts) == counts.index(min(counts))

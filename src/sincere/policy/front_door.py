@@ -166,6 +166,13 @@ class FrontDoor:
         :attr:`~sincere.policy.router_base.Router.counts_by_without_content`)."""
         return None if self.admission is not None else self.router.counts_by_without_content
 
+    @property
+    def places_first_least(self) -> bool:
+        """Whether :meth:`place_by_count` answers the first position of the smallest count
+        (the router's :attr:`~sincere.policy.router_base.Router.picks_first_least`), so a
+        driver may find it in its own loop."""
+        return self.router.picks_first_least
+
     def place_by_count(self, counts: Sequence[int]) -> int | None:
         """The position :meth:`decide` would route a request without budget to among open
         candidates (healthy, no in-flight cap) whose :attr:`counts_by` values are

@@ -195,8 +195,17 @@ class Router(ABC):
         """The position :meth:`choose` would pick among candidates (at least two, healthy,
         no in-flight cap) whose :attr:`count_key` values are ``counts``, in order, and the
         router's state after it -- no view built. Only asked when :attr:`counts_by` is not
-        ``None``. ``counts`` may be the driver's own list: read, never kept or changed."""
+        ``None``. ``counts`` may be the driver's own list: read, never kept or changed.
+        A router whose answer is the first smallest count says so by taking
+        :func:`choose_first_least` as this method (:attr:`picks_first_least`)."""
         raise NotImplementedError(f"{type(self).__name__} does not choose by a count")
+
+    @property
+    def picks_first_least(self) -> bool:
+        """Whether :meth:`choose_by_count` is :func:`choose_first_least`: the first position
+        of the smallest count, with no state of the router's read or changed, so a driver
+        may find that position in its own loop instead of asking."""
+        return type(self).choose_by_count is choose_first_least
 
     @property
     def count_key_without_content(self) -> CountKey | None:
@@ -236,6 +245,13 @@ class Router(ABC):
         Default: reads load, and tokens unless :attr:`reads_exact_tokens` says otherwise;
         not oblivious -- the safe side."""
         return Reads(tokens=self.reads_exact_tokens, outcomes=self.learns_from_outcomes)
+
+
+def choose_first_least(router: Router, counts: Sequence[int]) -> int:
+    """:meth:`Router.choose_by_count` of a router that picks the fewest by its count, the
+    first in order on ties (what ``min`` over the views keeps): two passes in C over the
+    list of ints, no key call per candidate."""
+    return counts.index(min(counts))
 
 
 def healthy(instances: Sequence[InstanceView]) -> list[InstanceView]:

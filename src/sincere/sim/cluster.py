@@ -48,7 +48,10 @@ admission, nothing else read or recorded at a decision), an arrival is placed fr
 of those counts -- the outstanding counts the cluster keeps anyway, or each engine's
 waiting + running, refreshed from ``queue_sizes()`` only for the engines touched since
 the last arrival -- with no request object and no view; the router answers as it would
-over the views.
+over the views. When its answer is the first of the fewest (the front door's
+``places_first_least``: least-outstanding, join-shortest-queue, prefix-aware without
+block ids), the cluster finds that position itself, in one compiled pass
+(:func:`sincere.sim.counts.first_least`), and the router is not called.
 
 When, besides, every answer is oblivious (no admission; a router such as
 ``round-robin`` or ``random`` whose answers do not depend on the instances' state),
@@ -80,6 +83,7 @@ from sincere.policy.decision_log import DecisionLog
 from sincere.policy.front_door import FrontDoor, Reject, Route
 from sincere.policy.reads import Reads
 from sincere.policy.router_base import CountKey, InstanceView, Outcome
+from sincere.sim.counts import first_least
 from sincere.sim.engine_views import EngineViews
 from sincere.sim.plan import Facts, Shortcuts, plan_shortcuts
 
@@ -152,6 +156,8 @@ class Cluster:
         self._observes = shortcuts.observes
         self._all_open = shortcuts.all_open
         self._counts_by = shortcuts.by_count
+        # by count, the front door's answer is the first smallest count: found here
+        self._first_least = front_door is not None and front_door.places_first_least
         # iteration ends inside engines' pieces of work, as engines report them
         # (``summed`` pacing; the loop empties it)
         self.inner_ends: list[float] = []
@@ -240,9 +246,12 @@ class Cluster:
             counts = self.outstanding if self._counts_by == "outstanding" else self.queued_counts()
             if choices != self._all_engines:
                 counts = [counts[k] for k in choices]
-            picked = self.front_door.place_by_count(counts)
-            assert picked is not None  # two candidates or more: the router chooses one
-            e = choices[picked]
+            if self._first_least:
+                e = choices[first_least(counts)]
+            else:
+                picked = self.front_door.place_by_count(counts)
+                assert picked is not None  # two candidates or more: the router chooses one
+                e = choices[picked]
         if len(self.engines) > 1:  # no view: the load as the engine reports it
             running, waiting, tokens = self.engines[e].queue_sizes()
             self.records.note_load(i, running, waiting, tokens, self.outstanding[e])

@@ -38,6 +38,7 @@ from sincere.policy.router_base import (
     InstanceView,
     RouteDecision,
     Router,
+    choose_first_least,
 )
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 
@@ -118,10 +119,7 @@ class LeastOutstandingRouter(Router):
         """The outstanding counts alone."""
         return "outstanding"
 
-    def choose_by_count(self, counts: Sequence[int]) -> int:
-        """The first position of the smallest count: what ``min`` over the views keeps on
-        ties (two passes in C over a list of ints, not a key call per view)."""
-        return counts.index(min(counts))
+    choose_by_count = choose_first_least  # the first of the fewest outstanding
 
 
 class JoinShortestQueueParams(Params):
@@ -164,9 +162,7 @@ class JoinShortestQueueRouter(LoadMetricRouter):
         """By ``requests``: waiting plus running, a count (``tokens`` is not)."""
         return "requests" if self.metric == "requests" else None
 
-    def choose_by_count(self, counts: Sequence[int]) -> int:
-        """The first position of the smallest queue, as ``min`` over the views keeps."""
-        return counts.index(min(counts))
+    choose_by_count = choose_first_least  # the first of the shortest queues
 
 
 class PowerOfTwoParams(Params):

@@ -40,7 +40,13 @@ from pydantic import Field
 from sincere.core.params import params_from
 from sincere.core.request import Request
 from sincere.core.types import Seconds
-from sincere.policy.router_base import ROUTERS, CountKey, InstanceView, RouteDecision
+from sincere.policy.router_base import (
+    ROUTERS,
+    CountKey,
+    InstanceView,
+    RouteDecision,
+    choose_first_least,
+)
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
 from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
 
@@ -83,10 +89,9 @@ class PrefixAwareRouter(LoadMetricRouter):
         outstanding, the earliest of equals: its count alone decides."""
         return "outstanding" if self.metric == "outstanding" else None
 
-    def choose_by_count(self, counts: Sequence[int]) -> int:
-        """:meth:`choose` for a request without block ids, by outstanding counts (no key
-        touches the index)."""
-        return counts.index(min(counts))
+    # :meth:`choose` for a request without block ids, by outstanding counts (no key
+    # touches the index): the first of the fewest
+    choose_by_count = choose_first_least
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
