@@ -34,15 +34,18 @@ per GPU and older vLLM release measured, the default fit
 attention (``--only linear-attention``): the Gated DeltaNet families alone, judged as
 ``kernels`` judges every family. Grids (``--only grids``): whether one GPU's factor by
 shape of its bf16 GEMMs carries to another (each held-out GPU under the others' mean
-constants, without a grid and with each other GPU's).
+constants, without a grid and with each other GPU's). Decode and L2 (``--only
+decode-l2``): every decode-attention call's measured time over the time its KV read
+takes at the GPU's HBM peak, by octaves of KV read: which calls the L2 cache serves.
 
     python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
-        [--only a100|h100|kernels|releases|links|linear-attention|grids]
+        [--only a100|h100|kernels|releases|links|linear-attention|grids|decode-l2]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -551,6 +554,34 @@ def link_checks(database: Path) -> None:
         print(f"| {name} | {link} | {shown} |")
 
 
+L2_OCTAVES_MB = (0.0, 1.0, 4.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, math.inf)
+
+
+def decode_l2_checks(database: Path) -> None:
+    """Per GPU, every bf16 decode-attention call (the fit's rows before the L2 window is
+    left out) by octave of the KV it reads: the median and least of measured time over
+    that read at the datasheet's HBM bandwidth (under 1: faster than HBM can deliver)."""
+    from sincere.fit.kernels import COLUMNS, _attention_rows, decode_kv_bytes
+    from sincere.perf.kernel_tables import read_table
+
+    edges = L2_OCTAVES_MB
+    names = [f"{lo:g}-{hi:g} MB" for lo, hi in itertools.pairwise(edges)]
+    print("\n| GPU | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for acc_name, folder in KERNEL_GPUS:
+        acc = get_accelerator(acc_name)
+        name = "generation_attention"
+        table = read_table(database / folder, name, COLUMNS[name])
+        rows = _attention_rows(table)
+        kv = decode_kv_bytes(rows)
+        ratio = rows.num("latency") * 1e-3 / (kv / (acc.hbm_bandwidth_gbps * 1e9))
+        cells = []
+        for lo, hi in itertools.pairwise(edges):
+            at = (kv >= lo * 1e6) & (kv < hi * 1e6)
+            cells.append(f"{np.median(ratio[at]):.2f} ({ratio[at].min():.2f})" if at.any() else "—")
+        print(f"| {acc_name} | " + " | ".join(cells) + " |")
+
+
 def read_release(folder: Path, name: str, version: str):  # type: ignore[no-untyped-def]
     """Table ``name`` of one vLLM release."""
     from sincere.fit.kernels import COLUMNS
@@ -564,7 +595,9 @@ def main() -> None:
     parser.add_argument(
         "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
     )
-    only = ("a100", "h100", "kernels", "releases", "links", "linear-attention", "grids")
+    only = (
+        "a100", "h100", "kernels", "releases", "links", "linear-attention", "grids", "decode-l2"
+    )  # fmt: skip
     parser.add_argument("--only", choices=only, default=None)
     parser.add_argument(
         "--kernels",
@@ -583,6 +616,9 @@ def main() -> None:
         return
     if args.only == "grids":
         grid_checks(args.kernels)
+        return
+    if args.only == "decode-l2":
+        decode_l2_checks(args.kernels)
         return
     if args.only in (None, "kernels"):
         kernel_checks(args.kernels)

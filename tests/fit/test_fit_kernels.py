@@ -21,6 +21,7 @@ from sincere.fit.kernels import (
     FamilyFit,
     allreduce_predict,
     alltoall_predict,
+    decode_kv_bytes,
     family_rows,
     fit_allreduce,
     fit_alltoall,
@@ -158,6 +159,34 @@ def test_fit_recovers_synthetic_attention_and_allreduce() -> None:
     assert fam.params["allreduce_efficiencies"] == pytest.approx([0.5, 0.6, 0.7], rel=0.02)
     assert fam.params["allreduce_eager_s"] == pytest.approx(3e-6, rel=0.05)
     assert fam.params["allreduce_eager_floor_s"] == pytest.approx(20e-6, rel=0.05)
+
+
+def test_decode_attention_leaves_out_the_calls_l2_serves() -> None:
+    """Calls reading 2-256 MB of KV made twice as fast as HBM allows (the collector's
+    repeats keep such a cache in L2) neither pull the fit nor are judged; the note says
+    how many were left out, and the calls under 2 MB and over 256 MB remain."""
+    b = np.repeat([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], 9)
+    s = np.tile(2.0 ** np.arange(6, 15), 7)  # 64 to 16,384 tokens of context
+    num, kvh, hd = len(b), np.full(63, 8.0), np.full(63, 128.0)
+    moved = b * (s + 100) * 2 * kvh * hd * 2
+    dec_ms = 1e3 * (10e-6 + moved / (H100.hbm_bandwidth_gbps * 1e9 * 0.9))
+    kv = b * s * 2 * kvh * hd * 2
+    in_l2 = (kv > 2e6) & (kv < 256e6)
+    dec_ms = np.where(in_l2, 1e3 * 10e-6 + (dec_ms - 1e3 * 10e-6) / 2.0, dec_ms)
+    decode = _table(
+        "generation_attention", batch_size=b, isl=np.ones(num), step=s - 1,
+        num_key_value_heads=kvh, kv_cache_dtype=["bfloat16"] * num, window_size=np.zeros(num),
+        latency=dec_ms, kernel_source=["fa"] * num, num_heads=np.full(num, 32.0), head_dim=hd,
+    )  # fmt: skip
+    assert 10 < in_l2.sum() < num - 10
+    rows = family_rows("decode_attention", decode)
+    assert rows.num_rows == num - in_l2.sum()
+    assert not ((decode_kv_bytes(rows) > 2e6) & (decode_kv_bytes(rows) < 256e6)).any()
+    fam = fit_decode_attention(decode, H100, 0.6, Path("/synthetic"))
+    assert fam.rows == rows.num_rows
+    assert fam.params["attn_bw_efficiency"] == pytest.approx(0.9, rel=0.02)
+    assert fam.mean_error < 0.01
+    assert any(f"{in_l2.sum()} calls reading 2-256 MB of KV left out" in n for n in fam.notes)
 
 
 def test_fit_recovers_a_synthetic_all_to_all() -> None:

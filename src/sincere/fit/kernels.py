@@ -28,7 +28,9 @@ family over every measured shape, never a table per shape:
   then a factor by shape (``prefill_attention_grid``) over query tokens per sequence,
   sequences and query heads: how well the (sequence, head, query tile) blocks fill the SMs;
 * **decode attention** (``generation_attention``): ``attn_decode_kernel_s + KV bytes /
-  (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower);
+  (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower), fitted and judged
+  on the calls whose KV cache cannot sit in L2 across the collector's repeats or that are
+  their kernel's fixed cost (:func:`decode_attention_rows`);
 * **all-reduce** (vLLM's custom all-reduce, inside and outside CUDA graphs):
   ``latency(n) + 2(n−1)/n · bytes / (one-way link × efficiency(n))`` in a graph, each GPU
   count its own latency and efficiency; outside a graph at least
@@ -499,7 +501,7 @@ def fit_decode_attention(
 
     The compute side prices a pair as prefill does (``pair_terms``: its head-dim offset and
     KV-head work, :func:`pair_flops`)."""
-    rows = _attention_rows(table)
+    rows = decode_attention_rows(table)
     b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
     heads, kvh, hd = rows.num("num_heads"), rows.num("num_key_value_heads"), rows.num("head_dim")
     measured = rows.num("latency") * 1e-3
@@ -519,7 +521,28 @@ def fit_decode_attention(
         Bounded("attn_decode_kernel_s", 10e-6, 0.0, 1e-3),
         Bounded("attn_decode_seq_tokens", 16.0, 0.0, 1e4),
     )
-    return fit_named("decode_attention", predict, spec, measured, root_w, rows, root)
+    fam = fit_named("decode_attention", predict, spec, measured, root_w, rows, root)
+    left = _attention_rows(table).num_rows - rows.num_rows
+    note = f"{left} calls reading 2-256 MB of KV left out (in L2 across the collector's repeats)"
+    return replace(fam, notes=(*fam.notes, note))
+
+
+def decode_kv_bytes(rows: KernelTable) -> FArray:
+    """The KV cache one decode-attention call reads (bf16 keys and values)."""
+    b, ctx = rows.num("batch_size"), rows.num("step") + rows.num("isl")
+    out: FArray = b * ctx * 2.0 * rows.num("num_key_value_heads") * rows.num("head_dim") * ACT_BYTES
+    return out
+
+
+def decode_attention_rows(table: KernelTable) -> KernelTable:
+    """The decode-attention rows (:func:`_attention_rows`) that measure HBM or the kernel's
+    fixed cost (:func:`hbm_bound_or_launch_bound` of the KV read): the collector reads the
+    same cache over and over, so one of 2-256 MB sits in L2 and runs faster than HBM allows
+    where L2 is large beside HBM (L40S reads 64-128 MB caches at a median 1.9x its HBM's
+    peak, up to 2.9x; RTX PRO 6000 up to 1.8x); served, a layer's cache comes from HBM,
+    the other layers' weights and caches read in between."""
+    rows = _attention_rows(table)
+    return rows.where(hbm_bound_or_launch_bound(decode_kv_bytes(rows)))
 
 
 # --- all-reduce ----------------------------------------------------------------------------
@@ -860,8 +883,10 @@ def family_rows(name: str, table: KernelTable) -> KernelTable:
         return gemm_rows(table, "bfloat16")
     if name in QUANT_GEMMS:
         return gemm_rows(table, QUANT_GEMMS[name][0])
-    if name in ("prefill_attention", "decode_attention"):
+    if name == "prefill_attention":
         return _attention_rows(table)
+    if name == "decode_attention":
+        return decode_attention_rows(table)
     if name == "allreduce":
         return allreduce_rows(table)
     if name == "alltoall":
