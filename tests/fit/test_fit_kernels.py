@@ -100,14 +100,16 @@ def test_fit_recovers_a_synthetic_nvfp4_gemm_on_the_fp4_peak() -> None:
     )  # fmt: skip
     shared = FamilyFit("gemm_bf16", bf16, 600, 0.0, 0.0, 0.0, "t", "0.0")
     fam = fit_quant_gemm("gemm_nvfp4", table, B200, shared, Path("/synthetic"))
-    assert fam.rows == 600
+    weights = n * k * 0.5625  # (few-token calls over 2-256 MB of weights: L2's, left out)
+    assert fam.rows == 600 - int(((m <= 64) & (weights > 2e6) & (weights < 256e6)).sum())
     assert fam.params["nvfp4_mfu_efficiency"] == pytest.approx(0.45, rel=0.02)
     assert fam.params["nvfp4_gemm_kernel_s"] == pytest.approx(5e-6, rel=0.05)
     assert fam.params["nvfp4_act_bytes"] == pytest.approx(3.0, rel=0.1)
     assert fam.mean_error < 0.01
     params = {**bf16, **fam.params}
-    pred = predict_family("gemm_nvfp4", family_rows("gemm_nvfp4", table), B200, params)
-    assert pred == pytest.approx(ms * 1e-3, rel=0.02)
+    rows = family_rows("gemm_nvfp4", table)
+    pred = predict_family("gemm_nvfp4", rows, B200, params)
+    assert pred == pytest.approx(rows.num("latency") * 1e-3, rel=0.02)
 
 
 def test_fit_recovers_synthetic_attention_and_allreduce() -> None:
@@ -549,3 +551,20 @@ def test_cli_fits_an_older_vllm_release(tmp_path: Path) -> None:
     assert doc["params"]["allreduce_gpus"] == [2]
     assert doc["params"]["allreduce_efficiencies"][0] < 0.5 * newest["allreduce_efficiencies"][0]
     assert doc["fit"]["families"]["allreduce"]["mean_error"] < 0.15
+
+
+def test_gemm_rows_leave_out_few_token_calls_over_weights_l2_holds() -> None:
+    """At most 64 tokens over 2-256 MB of weights (the collector's repeats keep such
+    weights in L2) are left out; more tokens, or weights past 256 MB, stay."""
+    m = np.array([16.0, 64.0, 65.0, 16.0, 16.0])
+    n = np.array([4096.0, 4096.0, 4096.0, 28672.0, 8192.0])
+    k = np.array([4096.0, 4096.0, 4096.0, 8192.0, 8192.0])  # 32, 32, 32, 448, 128 MB
+    table = _table(
+        "gemm", gemm_dtype=["bfloat16"] * 5, kernel_source=["torch.nn.functional.linear"] * 5,
+        m=m, n=n, k=k, latency=np.ones(5),
+    )  # fmt: skip
+    kept = family_rows("gemm_bf16", table)
+    assert sorted(zip(kept.num("m").tolist(), kept.num("n").tolist(), strict=True)) == [
+        (16.0, 28672.0),
+        (65.0, 4096.0),
+    ]
