@@ -537,7 +537,8 @@ def fit_decode_attention(
     )
     fam = fit_named("decode_attention", predict, spec, measured, root_w, rows, root)
     left = _attention_rows(table).num_rows - rows.num_rows
-    note = f"{left} calls reading 2-256 MB of KV left out (in L2 across the collector's repeats)"
+    window = f"{LAUNCH_BOUND_BYTES / 1e6:g}-{L2_SAFE_BYTES / 1e6:g} MB"
+    note = f"{left} calls reading {window} of KV left out (in L2 across the collector's repeats)"
     return replace(fam, notes=(*fam.notes, note))
 
 
