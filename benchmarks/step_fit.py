@@ -309,6 +309,19 @@ def mean_params(docs: list[dict]) -> dict:  # type: ignore[type-arg]
     return out
 
 
+def same_kernel(name: str, table: object, other: object) -> bool:
+    """Whether a GPU whose family ``name`` is measured in ``other`` may stand in for the
+    one measured in ``table`` when it is held out: linear attention's prefill only between
+    GPUs that run the same delta-rule kernel (vLLM picks FlashInfer's fused one or the
+    Triton one by the GPU's architecture, so a GPU's kernel is known before it is measured);
+    every other family across all GPUs."""
+    from sincere.fit.kernels import fused_delta_rule
+
+    if name != "gdn_prefill":
+        return True
+    return fused_delta_rule(table) == fused_delta_rule(other)  # type: ignore[arg-type]
+
+
 def kernel_checks(database: Path) -> None:
     """Per GPU and family: the fit's own error, leave-one-GPU-out, leave-one-shape-out."""
     from sincere.fit.kernels import (
@@ -338,7 +351,13 @@ def kernel_checks(database: Path) -> None:
             rows = family_rows(fam.name, table)
             measured = rows.num("latency") * 1e-3
             own = errors_of(predict_family(fam.name, rows, acc, merged), measured)
-            others = [m for a, (_, f, m) in fits.items() if a != acc_name and f.family(fam.name)]
+            others = [
+                m
+                for a, (_, f, m) in fits.items()
+                if a != acc_name
+                and f.family(fam.name)
+                and same_kernel(fam.name, table, tables[a][FAMILY_TABLES[fam.name]])
+            ]
             prior = {**merged, **mean_params([{k: m[k] for k in fam.params} for m in others])}
             if fam.name in QUANT_GEMMS:  # the bf16 terms they build on, also the others'
                 prior.update(
@@ -442,7 +461,11 @@ def linear_attention_checks(database: Path) -> None:
             rows = family_rows(name, table)
             measured = rows.num("latency") * 1e-3
             own = errors_of(predict_family(name, rows, acc, fam.params), measured)
-            others = [f[name].params for a, (_, _, f) in fits.items() if a != acc_name]
+            others = [
+                f[name].params
+                for a, (_, t, f) in fits.items()
+                if a != acc_name and same_kernel(name, table, t)
+            ]
             held = errors_of(predict_family(name, rows, acc, mean_params(others)), measured)
             shape = shape_out(name, table, acc, fam.params, None)
             for key, err in (("own", own), ("gpu", held), ("shape", shape)):

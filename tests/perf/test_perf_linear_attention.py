@@ -112,6 +112,31 @@ def test_the_gated_delta_rule_pads_sequences_to_chunks_and_fills_the_gpu() -> No
     assert eight < one
 
 
+def test_intermediates_past_the_l2_go_through_hbm() -> None:
+    """With the Triton kernel's spill a prefill pays nothing extra while its intermediates
+    fit the GPU's L2 and their bytes beyond it at the spill rate; a GPU whose L2 the
+    catalog does not state keeps none of them on chip."""
+    catalog = default_catalog()
+    params = dataclasses.replace(
+        RooflineParams(), gdn_spill_bytes=4000.0, gdn_onchip_share=1.0, gdn_spill_bw_efficiency=0.5
+    )
+    dep = _dep("L40S", tp=1, precision="bf16")
+    plain = GdnCost(dep, RooflineParams())
+    spilling = GdnCost(dep, params)
+    heads = spilling.shape.value_heads
+    fits = 96e6 / (4000.0 * heads)  # tokens whose intermediates fill the 96 MB L2
+    small = 0.5 * fits // CHUNK * CHUNK
+    assert spilling.iteration_s(small, 1, 0) == pytest.approx(plain.iteration_s(small, 1, 0))
+    big = 4 * fits // CHUNK * CHUNK
+    extra = spilling.iteration_s(big, 1, 0) - plain.iteration_s(big, 1, 0)
+    beyond = 4000.0 * heads * padded_tokens(big, 1) - 96e6
+    assert extra == pytest.approx(beyond / (0.5 * 864e9), rel=1e-9)
+    b300 = Deployment(dep.model, catalog.accelerator("B300"), precision="bf16", tp=1)
+    assert catalog.accelerator("B300").l2_cache_mb is None
+    nothing_kept = GdnCost(b300, params).iteration_s(small, 1, 0)
+    assert nothing_kept > GdnCost(b300, RooflineParams()).iteration_s(small, 1, 0)
+
+
 def test_a_fitted_gpu_prices_linear_attention_from_its_kernels() -> None:
     """B200's default constants carry the gdn_* terms of its kernel fit, and say so; the
     A100, whose collection has no such kernels, keeps the documented prior."""
@@ -129,6 +154,10 @@ def test_bad_gdn_constants_are_refused() -> None:
         dataclasses.replace(RooflineParams(), gdn_parallel_units=0.5)
     with pytest.raises(ConfigError, match="gdn_mfu_efficiency"):
         dataclasses.replace(RooflineParams(), gdn_mfu_efficiency=1.5)
+    with pytest.raises(ConfigError, match="gdn_spill_bytes"):
+        dataclasses.replace(RooflineParams(), gdn_spill_bytes=-1.0)
+    with pytest.raises(ConfigError, match="gdn_spill_bw_efficiency"):
+        dataclasses.replace(RooflineParams(), gdn_spill_bw_efficiency=0.0)
 
 
 def test_a_disaggregated_prompt_sends_its_state_with_its_kv() -> None:

@@ -107,6 +107,7 @@ class AcceleratorEntry(BaseModel):
     fp8_tflops: PositiveFloat | None = None
     int8_tops: PositiveFloat | None = None
     fp4_tflops: PositiveFloat | None = None
+    l2_cache_mb: PositiveFloat | None = None
     interconnect_gbps: PositiveFloat
     host_link_gbps: PositiveFloat
     price_per_hour_usd: NonNegativeFloat

@@ -77,6 +77,7 @@ class Accelerator:
     sources: dict[str, str] = field(default_factory=dict, hash=False)  # field -> public source
     aliases: tuple[str, ...] = ()  # other spellings that resolve to this entry (any case)
     fp4_tflops: float | None = None  # dense fp4 (NVFP4) throughput, TFLOP/s (None: no fp4)
+    l2_cache_mb: float | None = None  # last-level on-chip cache, MB (None: not stated)
 
     @property
     def interconnect_gbps_per_direction(self) -> float:

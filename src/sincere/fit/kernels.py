@@ -94,6 +94,7 @@ from sincere.perf.linear_attention import (
     GdnShape,
     decode_bytes_per_seq,
     decode_s,
+    onchip_bytes,
     prefill_s,
 )
 from sincere.perf.moe import expert_work, fused_moe_s, pnorm
@@ -1117,6 +1118,9 @@ def gdn_rates(acc: Accelerator, p: dict[str, Any]) -> GdnRates:
         p.get("gdn_kernel_s", 0.0),
         hbm * p.get("gdn_decode_bw_efficiency", 0.5),
         p.get("gdn_decode_kernel_s", 0.0),
+        p.get("gdn_spill_bytes", 0.0),
+        onchip_bytes(acc, p.get("gdn_onchip_share", 1.0)),
+        hbm * p.get("gdn_spill_bw_efficiency", 1.0),
     )
 
 
@@ -1128,7 +1132,8 @@ def gdn_predict(name: str, rows: KernelTable, acc: Accelerator, params: dict[str
 def fit_gdn(name: str, table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
     """A linear-attention phase: prefill (``gdn_prefill``: the convolution's bytes and the
     chunked delta rule's work, with too few (sequence, head) blocks to fill the GPU running
-    slower) or decode (``gdn_decode``: the state read and written); forms in
+    slower, and the intermediates that do not fit in L2 through HBM where the kernel is
+    Triton's) or decode (``gdn_decode``: the state read and written); forms in
     :mod:`sincere.perf.linear_attention`."""
     rows = family_rows(name, table)
     measured = rows.num("latency") * 1e-3
@@ -1140,6 +1145,12 @@ def fit_gdn(name: str, table: KernelTable, acc: Accelerator, root: Path) -> Fami
             Bounded("gdn_bw_efficiency", 0.5, 0.001, 1.0),
             Bounded("gdn_parallel_units", 64.0, 1.0, 4096.0),
         )
+        if not fused_delta_rule(table):
+            spec += (
+                Bounded("gdn_spill_bytes", 2000.0, 0.0, 1e5),
+                Bounded("gdn_onchip_share", 1.0, 0.05, 4.0),
+                Bounded("gdn_spill_bw_efficiency", 0.8, 0.05, 1.0),
+            )
     else:
         spec = (
             Bounded("gdn_decode_kernel_s", 5e-6, 0.0, 1e-3),
@@ -1152,6 +1163,22 @@ def fit_gdn(name: str, table: KernelTable, acc: Accelerator, root: Path) -> Fami
         )
 
     return fit_named(name, predict, spec, measured, weights, rows, root)
+
+
+FUSED_DELTA_RULE = "flashinfer"
+"""What the name of FlashInfer's chunked delta-rule kernel holds: it keeps a chunk's
+intermediates on chip, where the Triton kernel vLLM runs elsewhere writes them out."""
+
+
+def fused_delta_rule(table: KernelTable) -> bool:
+    """Whether ``table``'s prefill rows time FlashInfer's fused delta rule (no
+    intermediates through memory: the spill is not fitted); a table without kernel names
+    is taken as the Triton kernel's."""
+    if "kernel_source" not in table.columns:
+        return False
+    context = table.equals("phase", "context")
+    sources = table.columns["kernel_source"][context].astype(str)
+    return any(FUSED_DELTA_RULE in source for source in set(sources))
 
 
 def gdn_fitter(name: str, acc: Accelerator, root: Path) -> Callable[[KernelTable], FamilyFit]:

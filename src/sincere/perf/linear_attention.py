@@ -12,6 +12,13 @@ layer as two kernels a phase, and the forms here are fitted on its measured rows
   ``gdn_mfu_efficiency`` of the bf16 peak. The kernel runs one block per (sequence, value
   head); fewer than ``gdn_parallel_units`` of them leave the GPU partly idle, and the rate
   falls in proportion. Plus ``gdn_kernel_s`` and each sequence's final state written.
+  Where the delta rule is vLLM's Triton kernel (L40S, RTX PRO 6000: GPUs without
+  FlashInfer's fused one) it also writes and reads back per-chunk intermediates,
+  ``gdn_spill_bytes`` per padded token and value head: as long as a call's intermediates
+  stay within ``gdn_onchip_share`` of the GPU's L2 cache (the catalog's ``l2_cache_mb``;
+  none where it is not stated) they come back from L2, and what exceeds it goes through
+  HBM at ``gdn_spill_bw_efficiency``. FlashInfer's fused kernel keeps them on chip
+  (``gdn_spill_bytes`` 0, the default).
 * **decode**: every sequence's state read and written once and its convolution window
   updated: bytes at ``gdn_decode_bw_efficiency`` of HBM, plus ``gdn_decode_kernel_s``.
 
@@ -35,6 +42,7 @@ from sincere.catalog.specs import PRECISION_BYTES
 from sincere.perf.moe import FArray
 
 if TYPE_CHECKING:
+    from sincere.catalog.specs import Accelerator
     from sincere.perf.base import Deployment
     from sincere.perf.roofline import RooflineParams
 
@@ -75,6 +83,9 @@ class GdnRates:
     prefill_kernel_s: float
     decode_bytes: float  # HBM x gdn_decode_bw_efficiency
     decode_kernel_s: float
+    spill_bytes: float = 0.0  # prefill intermediates per padded token and value head
+    onchip_bytes: float = 0.0  # intermediates a call keeps in L2 (L2 x gdn_onchip_share)
+    spill_rate: float = 1.0  # HBM x gdn_spill_bw_efficiency, bytes/s
 
 
 def padded_tokens(tokens: float, seqs: float) -> float:
@@ -94,7 +105,16 @@ def prefill_s(
     idle = np.maximum(1.0, rates.parallel_units / blocks)
     moved = 2.0 * CONV_BYTES * shape.channels * tokens + seqs * shape.state_bytes
     out: FArray = rates.prefill_kernel_s + work * idle / rates.flops + moved / rates.prefill_bytes
+    if rates.spill_bytes > 0.0:
+        spilled = rates.spill_bytes * padded * shape.value_heads - rates.onchip_bytes
+        out = out + np.maximum(spilled, 0.0) / rates.spill_rate
     return out
+
+
+def onchip_bytes(acc: Accelerator, share: float) -> float:
+    """Bytes of a prefill call's intermediates that ``acc``'s L2 keeps: ``share`` of the
+    catalog's ``l2_cache_mb``, none where the catalog does not state it."""
+    return share * (acc.l2_cache_mb or 0.0) * 1e6
 
 
 def decode_bytes_per_seq(shape: GdnShape) -> float:
@@ -141,6 +161,9 @@ class GdnCost:
             params.gdn_kernel_s,
             hbm * params.gdn_decode_bw_efficiency,
             params.gdn_decode_kernel_s,
+            params.gdn_spill_bytes,
+            onchip_bytes(acc, params.gdn_onchip_share),
+            hbm * params.gdn_spill_bw_efficiency,
         )
 
     def iteration_s(self, prefill_tokens: float, prefill_seqs: float, decode_seqs: float) -> float:

@@ -70,6 +70,7 @@ _EFFICIENCIES = (
     "gdn_mfu_efficiency",
     "gdn_bw_efficiency",
     "gdn_decode_bw_efficiency",
+    "gdn_spill_bw_efficiency",
 )
 _TIMES = (
     "layer_overhead_s",
@@ -205,6 +206,9 @@ class RooflineParams:
     gdn_kernel_s: float = 14.3e-6  # prefill kernels' fixed cost per layer
     gdn_decode_bw_efficiency: float = 0.841  # decode: state read and written, share of HBM
     gdn_decode_kernel_s: float = 6.0e-6  # decode kernels' fixed cost per layer
+    gdn_spill_bytes: float = 0.0  # prefill intermediates per token and value head (Triton)
+    gdn_onchip_share: float = 1.0  # of the L2 those intermediates stay in
+    gdn_spill_bw_efficiency: float = 1.0  # intermediates beyond it: share of HBM
     kernel_tables: str | None = None  # measured kernels' folder: routed experts from their rows
     kernel_release: str | None = None  # vLLM release of the measured rows (None: the newest)
     p2p_latency_s: float = 10e-6  # fixed cost of one pipeline-stage activation send
@@ -288,6 +292,8 @@ class RooflineParams:
             "attn_decode_seq_tokens",
             "attn_head_dim_offset",
             "attn_kv_head_work",
+            "gdn_spill_bytes",
+            "gdn_onchip_share",
         ):
             if getattr(self, name) < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0", value=getattr(self, name))
