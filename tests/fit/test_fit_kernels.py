@@ -91,7 +91,8 @@ def test_fit_recovers_a_synthetic_nvfp4_gemm_on_the_fp4_peak() -> None:
     k = rng.choice([2048, 4096, 8192], 600).astype(float)
     bf16 = {"bw_efficiency": 0.8, "_gemm_kernel_s": 3e-6, "overlap_exponent": 2.5,
             "token_tile": 64, "mfu_efficiency": 0.7}  # fmt: skip
-    truth = np.array([0.45, 0.8, 3e-6 + 5e-6, 2.5, 3.0])  # mfu, bw, kernels, p, act bytes
+    act_s = 3.0 / (B200.hbm_bandwidth_gbps * 1e9 * 0.8)  # 3 B an element at bf16's rate
+    truth = np.array([0.45, 0.8, 3e-6 + 5e-6, 2.5, act_s])  # mfu, bw, kernels, p, act s
     peak, hbm = B200.peak_tflops("nvfp4") * 1e12, B200.hbm_bandwidth_gbps * 1e9
     ms = gemm_predict(m, n, k, truth, 64, peak, hbm, 0.5625) * 1e3
     table = _table(
@@ -105,7 +106,7 @@ def test_fit_recovers_a_synthetic_nvfp4_gemm_on_the_fp4_peak() -> None:
     assert fam.rows == 600 - int(((m <= 64) & (weights > 2e6) & (weights < 256e6)).sum())
     assert fam.params["nvfp4_mfu_efficiency"] == pytest.approx(0.45, rel=0.02)
     assert fam.params["nvfp4_gemm_kernel_s"] == pytest.approx(5e-6, rel=0.05)
-    assert fam.params["nvfp4_act_bytes"] == pytest.approx(3.0, rel=0.1)
+    assert fam.params["nvfp4_act_s"] == pytest.approx(act_s, rel=0.1)
     assert fam.mean_error < 0.01
     params = {**bf16, **fam.params}
     rows = family_rows("gemm_nvfp4", table)
@@ -331,9 +332,9 @@ def test_fp8_gemms_take_their_own_efficiency_and_quantisation() -> None:
     activation quantisation; bf16 ones are untouched by the fp8 constants."""
     dep = Deployment(get_model("llama-3-8b"), H100, precision="fp8")
     params = default_roofline_params(H100)
-    assert params.fp8_mfu_efficiency is not None and params.fp8_act_bytes > 0
+    assert params.fp8_mfu_efficiency is not None and params.fp8_act_s > 0
     fitted = Roofline(dep, params).parts(Batch.of(prefill=[(4096, 0)])).linear_s
-    plain = replace(params, fp8_mfu_efficiency=None, fp8_act_bytes=0.0, fp8_gemm_kernel_s=0.0)
+    plain = replace(params, fp8_mfu_efficiency=None, fp8_act_s=0.0, fp8_gemm_kernel_s=0.0)
     assert fitted > Roofline(dep, plain).parts(Batch.of(prefill=[(4096, 0)])).linear_s
     bf16 = Deployment(get_model("llama-3-8b"), H100)
     assert Roofline(bf16, params).iteration_s(Batch.of(prefill=[(4096, 0)])) == Roofline(

@@ -18,12 +18,12 @@ def test_overlap_is_the_larger_at_inf_and_the_sum_at_one() -> None:
     assert overlap_s(2.0, 3.0, 4.0) == pytest.approx(5.0)
 
 
-def test_gemm_tiles_tokens_and_quantisation_adds_its_kernel_and_bytes() -> None:
+def test_gemm_tiles_tokens_and_quantisation_adds_its_kernel_and_time() -> None:
     """Tokens round up to the tile in compute only; quantised activations add a kernel and
-    bytes: fp8's or NVFP4's own, as the compute precision picks them."""
+    a time per element: fp8's or NVFP4's own, as the compute precision picks them."""
     p = RooflineParams(
-        token_tile=64, fp8_gemm_kernel_s=1e-6, fp8_act_bytes=1.0,
-        nvfp4_gemm_kernel_s=3e-6, nvfp4_act_bytes=0.5,
+        token_tile=64, fp8_gemm_kernel_s=1e-6, fp8_act_s=1e-12,
+        nvfp4_gemm_kernel_s=3e-6, nvfp4_act_s=0.5e-12,
     )  # fmt: skip
     rates = (1e15, 1e30)  # compute-bound: memory is free
     assert gemm_s(p, 128, 256, 2.0, 65, rates, None) == pytest.approx(2 * 128 * 256 * 128 / 1e15)

@@ -68,7 +68,7 @@ def test_nvfp4_gemms_take_their_own_fitted_constants() -> None:
     layers of it to the linear part and one to the LM head; an fp8 deployment is untouched."""
     # the form alone: the measured GEMMs' factor by shape would scale the fixed cost too
     params = replace(default_roofline_params(B200), shape_corrections=False)
-    assert params.nvfp4_mfu_efficiency is not None and params.nvfp4_act_bytes > 0
+    assert params.nvfp4_mfu_efficiency is not None and params.nvfp4_act_s > 0
     model, batch = get_model("llama-3.1-70b"), Batch.of(decode=[1024] * 32)
     dep = Deployment(model, B200, precision="nvfp4", tp=4)
     moved = replace(params, nvfp4_gemm_kernel_s=params.nvfp4_gemm_kernel_s + 1e-6)

@@ -298,11 +298,11 @@ def subsample(table: KernelTable, limit: int = MAX_ROWS) -> KernelTable:
 def gemm_predict(
     m: FArray, n: FArray, k: FArray, x: FArray, tile: int, peak: float, hbm: float, wbytes: float
 ) -> FArray:
-    """A GEMM's time under ``x = (mfu, bw, kernel_s, p[, quantisation bytes per input])``."""
+    """A GEMM's time under ``x = (mfu, bw, kernel_s, p[, quantisation s per input])``."""
     tiled = np.where(m <= tile, m, tile * np.ceil(m / tile))
     compute = 2.0 * n * k * tiled / (peak * x[0])
     quant = x[4] if len(x) > 4 else 0.0
-    memory = (n * k * wbytes + ACT_BYTES * (n + k) * m + quant * k * m) / (hbm * x[1])
+    memory = (n * k * wbytes + ACT_BYTES * (n + k) * m) / (hbm * x[1]) + quant * k * m
     out: FArray = x[2] + pnorm(compute, memory, float(x[3]))
     return out
 
@@ -412,8 +412,10 @@ def fit_quant_gemm(
     name: str, table: KernelTable, acc: Accelerator, bf16: FamilyFit, root: Path
 ) -> FamilyFit:
     """Quantised GEMMs (:data:`QUANT_GEMMS`): their own peak share, quantisation cost and
-    traffic (``<dtype>_mfu_efficiency``, ``<dtype>_gemm_kernel_s``, ``<dtype>_act_bytes``)
-    at their precision's peak and weight bytes; bf16's bw, p and tile."""
+    time per input element (``<dtype>_mfu_efficiency``, ``<dtype>_gemm_kernel_s``,
+    ``<dtype>_act_s``) at their precision's peak and weight bytes; bf16's bw, p and tile.
+    The time per element is searched as bytes at bf16's share of HBM (a well-scaled
+    variable for the solver) and kept as the time those bytes take."""
     dtype, precision = QUANT_GEMMS[name]
     rows = gemm_rows(table, dtype)
     m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
@@ -423,6 +425,7 @@ def fit_quant_gemm(
     wbytes = PRECISION_BYTES[precision]
     shared = bf16.params
     tile = int(shared["token_tile"])
+    rate = hbm * shared["bw_efficiency"]  # bytes/s at bf16's share of HBM
 
     def predict(x: FArray) -> FArray:
         full = np.array(
@@ -431,7 +434,7 @@ def fit_quant_gemm(
                 shared["bw_efficiency"],
                 shared["_gemm_kernel_s"] + x[1],
                 shared["overlap_exponent"],
-                x[2],
+                x[2] / rate,
             ]
         )
         return gemm_predict(m, n, k, full, tile, peak, hbm, wbytes)
@@ -439,10 +442,11 @@ def fit_quant_gemm(
     spec = (
         Bounded(f"{dtype}_mfu_efficiency", 0.6, 0.05, 1.0),
         Bounded(f"{dtype}_gemm_kernel_s", 3e-6, 0.0, 1e-4),
-        Bounded(f"{dtype}_act_bytes", 4.0, 0.0, 100.0),
+        Bounded(f"{dtype}_act_s", 4.0, 0.0, 100.0),  # searched as bytes, kept as seconds
     )
     x, bound = weighted_fit(predict, measured, root_w, spec)
     params: dict[str, Any] = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
+    params[f"{dtype}_act_s"] = float(x[2]) / rate
     pred = predict(x)
     fam = summarise(name, params, pred, measured, rows, root, bound)
     return with_gemm_grid(fam, rows, pred, measured, root)
@@ -972,7 +976,7 @@ def predict_gemm(name: str, rows: KernelTable, acc: Accelerator, params: dict[st
     else:
         dtype, precision = QUANT_GEMMS[name]
         x = [p[f"{dtype}_mfu_efficiency"], x[1], x[2] + p[f"{dtype}_gemm_kernel_s"], x[3]]
-        x.append(p[f"{dtype}_act_bytes"])
+        x.append(p[f"{dtype}_act_s"])
         peak = acc.peak_tflops(precision) * 1e12
         wbytes = PRECISION_BYTES[precision]
     out = gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, wbytes)

@@ -77,11 +77,11 @@ KERNEL_PARTS = {
         "token_tile",
         "gemm_bf16_grid",
     ),
-    "linear_fp8": ("fp8_mfu_efficiency", "fp8_gemm_kernel_s", "fp8_act_bytes", "gemm_fp8_grid"),
+    "linear_fp8": ("fp8_mfu_efficiency", "fp8_gemm_kernel_s", "fp8_act_s", "gemm_fp8_grid"),
     "linear_nvfp4": (
         "nvfp4_mfu_efficiency",
         "nvfp4_gemm_kernel_s",
-        "nvfp4_act_bytes",
+        "nvfp4_act_s",
         "gemm_nvfp4_grid",
     ),
     "elementwise": ("elementwise_bw_efficiency", "layer_overhead_s"),

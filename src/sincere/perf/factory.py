@@ -261,15 +261,13 @@ class RooflineStepParams(Params):
     )
     fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in fp8 GEMMs")
     fp8_gemm_kernel_s: float | None = _time("fp8 GEMM's extra fixed cost (activation quantisation)")
-    fp8_act_bytes: float | None = _fitted(
-        "fp8 GEMM's extra bytes per input activation element", ge=0
-    )
+    fp8_act_s: float | None = _fitted("fp8 GEMM's extra time per input activation element, s", ge=0)
     nvfp4_mfu_efficiency: float | None = _efficiency("the fp4 peak in NVFP4 GEMMs")
     nvfp4_gemm_kernel_s: float | None = _time(
         "NVFP4 GEMM's extra fixed cost (activation quantisation)"
     )
-    nvfp4_act_bytes: float | None = _fitted(
-        "NVFP4 GEMM's extra bytes per input activation element", ge=0
+    nvfp4_act_s: float | None = _fitted(
+        "NVFP4 GEMM's extra time per input activation element, s", ge=0
     )
     attn_decode_kernel_s: float | None = _time("fixed cost of one decode attention kernel")
     attn_query_pairs: float | None = _fitted(

@@ -5,8 +5,11 @@ Compute is ``2 k n`` FLOPs per token, the token count rounded up to a multiple o
 ``token_tile`` above one tile (the steps measured kernels take); traffic is the weights
 once plus the activations in and out. The two overlap as ``(compute^p + memory^p)^(1/p)``
 with ``p = overlap_exponent`` (``inf``: the larger). Under fp8 or NVFP4 compute the
-activations are quantised first: a fixed kernel cost and some bytes per input element more
-(``fp8_gemm_kernel_s`` / ``fp8_act_bytes``, ``nvfp4_gemm_kernel_s`` / ``nvfp4_act_bytes``).
+activations are quantised first: a fixed kernel cost and a time per input element more,
+on the memory side (``fp8_gemm_kernel_s`` / ``fp8_act_s``, ``nvfp4_gemm_kernel_s`` /
+``nvfp4_act_s``: fitted per GPU as a time, not as bytes at the GPU's bandwidth, because
+it carries between GPUs as a time: 3.2-5.4 ps an element on the five fp8 GPUs measured,
+where the same cost read as bytes spans 3.8-20).
 Last, where the GPU's measured GEMMs of that kind were fitted, the time takes their factor
 by shape (:func:`gemm_grid`, :mod:`sincere.perf.shape_grid`): what the form leaves of
 the real kernels' tile and split choices. Both the dense roofline and the
@@ -61,8 +64,8 @@ def gemm_s(
     grid: ShapeGrid | None = None,
 ) -> float:
     """One GEMM over ``tokens`` tokens at ``rates`` (FLOP/s, HBM bytes/s), seconds;
-    ``quant``: its activations are quantised first at this (fixed cost s, bytes per input
-    element) (see the module); None: they are not. ``grid``: the factor by shape it takes
+    ``quant``: its activations are quantised first at this (fixed cost s, seconds per
+    input element) (see the module); None: they are not. ``grid``: the factor by shape it takes
     (:func:`gemm_grid`)."""
     peak, hbm = rates
     tile = params.token_tile
@@ -71,8 +74,8 @@ def gemm_s(
     moved = k * n * weight_bytes
     moved += (k + n) * tokens * params.activation_bytes
     if quant is not None:
-        moved += k * tokens * quant[1]
-        out = quant[0] + overlap_s(params.overlap_exponent, compute, moved / hbm)
+        memory = moved / hbm + k * tokens * quant[1]
+        out = quant[0] + overlap_s(params.overlap_exponent, compute, memory)
     else:
         out = overlap_s(params.overlap_exponent, compute, moved / hbm)
     if grid is not None:

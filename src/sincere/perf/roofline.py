@@ -156,10 +156,10 @@ class RooflineParams:
     cuda_graph_max_tokens: int = 512  # iterations up to this many tokens replay CUDA graphs
     fp8_mfu_efficiency: float | None = None  # fp8 GEMMs' share of the fp8 peak (None: mfu's)
     fp8_gemm_kernel_s: float = 0.0  # fp8 GEMM's extra fixed cost (activation quantisation)
-    fp8_act_bytes: float = 0.0  # fp8 GEMM's extra bytes per input activation (quantisation)
+    fp8_act_s: float = 0.0  # fp8 GEMM's extra time per input activation (quantisation), s
     nvfp4_mfu_efficiency: float | None = None  # NVFP4 GEMMs' share of the fp4 peak (None: mfu's)
     nvfp4_gemm_kernel_s: float = 0.0  # NVFP4 GEMM's extra fixed cost (activation quantisation)
-    nvfp4_act_bytes: float = 0.0  # NVFP4 GEMM's extra bytes per input activation (quantisation)
+    nvfp4_act_s: float = 0.0  # NVFP4 GEMM's extra time per input activation (quantisation), s
     # measured GEMMs' factor by shape beyond the form, per compute precision (None: none)
     gemm_bf16_grid: ShapeGrid | None = None
     gemm_fp8_grid: ShapeGrid | None = None
@@ -284,7 +284,7 @@ class RooflineParams:
             raise ConfigError(
                 "RooflineParams.alltoall_knee_bytes must be > 0", value=self.alltoall_knee_bytes
             )
-        for name in ("fp8_act_bytes", "nvfp4_act_bytes"):
+        for name in ("fp8_act_s", "nvfp4_act_s"):
             if getattr(self, name) < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0", value=getattr(self, name))
         for name in (
@@ -429,12 +429,12 @@ def gemm_mfu(params: RooflineParams, compute_precision: str) -> float:
 def quantisation_terms(
     params: RooflineParams, compute_precision: str
 ) -> tuple[float, float] | None:
-    """(fixed cost s, extra bytes per input activation) of quantising a GEMM's activations
+    """(fixed cost s, extra time per input activation s) of quantising a GEMM's activations
     before a ``compute_precision`` GEMM (fp8 or NVFP4); None: the GEMM takes them as is."""
     if compute_precision == "fp8":
-        return params.fp8_gemm_kernel_s, params.fp8_act_bytes
+        return params.fp8_gemm_kernel_s, params.fp8_act_s
     if compute_precision == "nvfp4":
-        return params.nvfp4_gemm_kernel_s, params.nvfp4_act_bytes
+        return params.nvfp4_gemm_kernel_s, params.nvfp4_act_s
     return None
 
 
