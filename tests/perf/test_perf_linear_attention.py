@@ -14,7 +14,7 @@ from sincere.core.errors import ConfigError, DataError
 from sincere.perf.arch_step import ArchStep
 from sincere.perf.base import Batch, Deployment
 from sincere.perf.calibration import roofline_defaults
-from sincere.perf.linear_attention import CHUNK, GdnCost, padded_tokens
+from sincere.perf.linear_attention import CHUNK, GdnCost, delta_rule_kernel, padded_tokens
 from sincere.perf.memory import linear_state_bytes_per_gpu, plan_memory
 from sincere.perf.roofline import RooflineParams
 
@@ -138,15 +138,32 @@ def test_intermediates_past_the_l2_go_through_hbm() -> None:
 
 
 def test_a_fitted_gpu_prices_linear_attention_from_its_kernels() -> None:
-    """B200's default constants carry the gdn_* terms of its kernel fit, and say so; the
-    A100, whose collection has no such kernels, keeps the documented prior."""
+    """B200's default constants carry the gdn_* terms of its kernel fit, and say so; a GPU
+    without such kernels takes the prefill of the GPUs running its delta-rule kernel: the
+    A100 and the L4 (Triton's, by their compute capability) the mean of L40S's and RTX PRO
+    6000's fits, spill included; a GPU without CUDA the documented default."""
     catalog = default_catalog()
     b200 = roofline_defaults(catalog.accelerator("B200"))
     assert b200.params["gdn_decode_bw_efficiency"] != RooflineParams().gdn_decode_bw_efficiency
     assert b200.parts["linear_attention"].startswith("fitted: measured vLLM")
-    a100 = roofline_defaults(catalog.accelerator("A100-80GB"))
-    assert "gdn_decode_bw_efficiency" not in a100.params
-    assert a100.parts["linear_attention"].startswith("prior: the mean of the H100")
+    assert delta_rule_kernel(catalog.accelerator("B200")) == "flashinfer"
+    l40s = roofline_defaults(catalog.accelerator("L40S")).params
+    rtx = roofline_defaults(catalog.accelerator("RTX-PRO-6000")).params
+    for name in ("A100-80GB", "L4"):
+        acc = catalog.accelerator(name)
+        assert delta_rule_kernel(acc) == "triton"
+        prior = roofline_defaults(acc)
+        assert "gdn_decode_bw_efficiency" not in prior.params  # decode: the same kernel anywhere
+        assert prior.params["gdn_spill_bytes"] == pytest.approx(
+            (l40s["gdn_spill_bytes"] + rtx["gdn_spill_bytes"]) / 2
+        )
+        assert prior.parts["linear_attention"].startswith(
+            "prior: the prefill of the L40S and RTX-PRO-6000 kernel fits"
+        )
+    mi300x = roofline_defaults(catalog.accelerator("MI300X"))
+    assert delta_rule_kernel(catalog.accelerator("MI300X")) is None
+    assert "gdn_spill_bytes" not in mi300x.params
+    assert mi300x.parts["linear_attention"].startswith("prior: the mean of the H100")
 
 
 def test_bad_gdn_constants_are_refused() -> None:

@@ -108,6 +108,7 @@ class AcceleratorEntry(BaseModel):
     int8_tops: PositiveFloat | None = None
     fp4_tflops: PositiveFloat | None = None
     l2_cache_mb: PositiveFloat | None = None
+    compute_capability: PositiveFloat | None = None
     interconnect_gbps: PositiveFloat
     host_link_gbps: PositiveFloat
     price_per_hour_usd: NonNegativeFloat

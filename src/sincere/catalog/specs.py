@@ -78,6 +78,7 @@ class Accelerator:
     aliases: tuple[str, ...] = ()  # other spellings that resolve to this entry (any case)
     fp4_tflops: float | None = None  # dense fp4 (NVFP4) throughput, TFLOP/s (None: no fp4)
     l2_cache_mb: float | None = None  # last-level on-chip cache, MB (None: not stated)
+    compute_capability: float | None = None  # CUDA compute capability (None: not CUDA)
 
     @property
     def interconnect_gbps_per_direction(self) -> float:

@@ -38,6 +38,10 @@ kernel file whose ``fit.default`` is false is shipped for ``--params`` use only
 (A100-80GB keeps its fit to Vidur's A100 kernels); a variant
 (:data:`FIT_TRANSFER`) without a kernel fit of its own takes its chip's. The elementwise
 kernels and the CPU per step, which that database does not measure, stay the base's.
+A GPU without a linear-attention fit whose vLLM runs the Triton delta rule (by its
+compute capability, :func:`~sincere.perf.linear_attention.delta_rule_kernel`: A100, L4, ...)
+takes the prefill constants of the Triton GPUs' kernel fits, averaged
+(:data:`GDN_PREFILL`); others keep ``RooflineParams``' defaults, FlashInfer's.
 Last, a GPU whose clock under sustained load was measured
 (``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
 ``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
@@ -153,6 +157,16 @@ KERNEL_PARTS = {
     "sustained_clock": ("sustained_compute_ratio",),
 }
 """Parts of a step and the constants that price each (provenance is kept per part)."""
+GDN_PREFILL = (
+    "gdn_mfu_efficiency",
+    "gdn_parallel_units",
+    "gdn_bw_efficiency",
+    "gdn_kernel_s",
+    "gdn_spill_bytes",
+    "gdn_onchip_share",
+    "gdn_spill_bw_efficiency",
+)
+"""Linear attention's prefill constants: the ones that depend on the delta-rule kernel."""
 UNFITTED_PARTS = {
     "linear_attention": "prior: the mean of the H100, H200 and B200 kernel fits "
     "(RooflineParams' defaults)",
@@ -369,7 +383,7 @@ def roofline_defaults(
     """The base (own fit, transfer or prior) with the GPU's kernel fit over it, and its
     measured sustained-load compute ratio (module doc); ``vllm_version``: the release whose
     kernels price the step (:func:`kernel_fit_for`)."""
-    fitted = _fitted_defaults(accelerator, vllm_version)
+    fitted = _with_delta_rule_prior(accelerator, _fitted_defaults(accelerator, vllm_version))
     parts = dict(fitted.parts)
     entry = sustained_clocks().get(accelerator.name)
     if entry is None:
@@ -382,6 +396,37 @@ def roofline_defaults(
     )
     params = {**fitted.params, "sustained_compute_ratio": ratio}
     return RooflineDefaults(params, fitted.origin, parts)
+
+
+def _with_delta_rule_prior(accelerator: Accelerator, fitted: RooflineDefaults) -> RooflineDefaults:
+    """``fitted`` with the linear-attention prefill of the GPUs running the same delta-rule
+    kernel, where it has no linear-attention fit of its own and its vLLM runs the Triton
+    kernel (A100, L4, ...): the mean of the shipped kernel fits of the Triton GPUs. The
+    FlashInfer GPUs' mean is ``RooflineParams``' default (:data:`UNFITTED_PARTS`)."""
+    from sincere.perf.linear_attention import delta_rule_kernel
+
+    if "gdn_mfu_efficiency" in fitted.params or delta_rule_kernel(accelerator) != "triton":
+        return fitted
+    catalog = default_catalog()
+    docs = {
+        name: doc["params"]
+        for name, doc in kernel_fits().items()
+        if doc.get("fit", {}).get("default", True) is not False
+        and all(field in doc["params"] for field in GDN_PREFILL)
+        and delta_rule_kernel(catalog.accelerator(name)) == "triton"
+    }
+    if not docs:
+        return fitted
+    prior = {
+        field: sum(float(p[field]) for p in docs.values()) / len(docs) for field in GDN_PREFILL
+    }
+    parts = dict(fitted.parts)
+    parts["linear_attention"] = (
+        f"prior: the prefill of the {' and '.join(sorted(docs))} kernel fits (vLLM's Triton "
+        "delta rule, which this GPU's vLLM runs too), averaged; decode: "
+        "RooflineParams' defaults"
+    )
+    return RooflineDefaults({**fitted.params, **prior}, fitted.origin, parts)
 
 
 def _fitted_defaults(accelerator: Accelerator, vllm_version: str | None = None) -> RooflineDefaults:
