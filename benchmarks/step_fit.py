@@ -309,17 +309,21 @@ def mean_params(docs: list[dict]) -> dict:  # type: ignore[type-arg]
     return out
 
 
-def same_kernel(name: str, table: object, other: object) -> bool:
-    """Whether a GPU whose family ``name`` is measured in ``other`` may stand in for the
-    one measured in ``table`` when it is held out: linear attention's prefill only between
-    GPUs that run the same delta-rule kernel (vLLM picks FlashInfer's fused one or the
-    Triton one by the GPU's architecture, so a GPU's kernel is known before it is measured);
-    every other family across all GPUs."""
-    from sincere.fit.kernels import fused_delta_rule
+def stand_ins(name: str, held: str, others: list[str]) -> list[str]:
+    """The GPUs of ``others`` (which measured family ``name``) whose constants stand in for
+    GPU ``held``'s when it is held out: where vLLM picks the family's kernel by
+    architecture (:data:`sincere.perf.kernel_choice.KERNEL_CLASSES`: prefill attention,
+    linear attention's prefill) those running the same kernel, as the runtime's prior takes
+    them (:mod:`sincere.perf.calibration`), all of them if none does; every other family,
+    all of them."""
+    from sincere.perf.kernel_choice import KERNEL_CLASSES
 
-    if name != "gdn_prefill":
-        return True
-    return fused_delta_rule(table) == fused_delta_rule(other)  # type: ignore[arg-type]
+    classify = KERNEL_CLASSES.get(name)
+    if classify is None:
+        return others
+    kind = classify(get_accelerator(held))
+    same = [o for o in others if classify(get_accelerator(o)) == kind]
+    return same or others
 
 
 def kernel_checks(database: Path) -> None:
@@ -351,13 +355,10 @@ def kernel_checks(database: Path) -> None:
             rows = family_rows(fam.name, table)
             measured = rows.num("latency") * 1e-3
             own = errors_of(predict_family(fam.name, rows, acc, merged), measured)
-            others = [
-                m
-                for a, (_, f, m) in fits.items()
-                if a != acc_name
-                and f.family(fam.name)
-                and same_kernel(fam.name, table, tables[a][FAMILY_TABLES[fam.name]])
+            measured_by = [
+                a for a, (_, f, _) in fits.items() if a != acc_name and f.family(fam.name)
             ]
+            others = [fits[a][2] for a in stand_ins(fam.name, acc_name, measured_by)]
             prior = {**merged, **mean_params([{k: m[k] for k in fam.params} for m in others])}
             if fam.name in QUANT_GEMMS:  # the bf16 terms they build on, also the others'
                 prior.update(
@@ -461,11 +462,8 @@ def linear_attention_checks(database: Path) -> None:
             rows = family_rows(name, table)
             measured = rows.num("latency") * 1e-3
             own = errors_of(predict_family(name, rows, acc, fam.params), measured)
-            others = [
-                f[name].params
-                for a, (_, t, f) in fits.items()
-                if a != acc_name and same_kernel(name, table, t)
-            ]
+            peers = stand_ins(name, acc_name, [a for a in fits if a != acc_name])
+            others = [fits[a][2][name].params for a in peers]
             held = errors_of(predict_family(name, rows, acc, mean_params(others)), measured)
             shape = shape_out(name, table, acc, fam.params, None)
             for key, err in (("own", own), ("gpu", held), ("shape", shape)):

@@ -15,6 +15,7 @@ from sincere.perf import Batch, Deployment, Roofline, make_step_model
 from sincere.perf.calibration import (
     FIT_TRANSFER,
     GDN_PREFILL,
+    KERNEL_PARTS,
     PRIOR_FIELDS,
     default_roofline_params,
     fit_documents,
@@ -23,6 +24,7 @@ from sincere.perf.calibration import (
     roofline_defaults,
     shipped_fits,
 )
+from sincere.perf.kernel_choice import prefill_attention_kernel
 from sincere.perf.roofline import Gemm, RooflineParams
 
 
@@ -145,14 +147,52 @@ def test_blackwell_variants_take_b200s_kernel_fits(variant: str) -> None:
 
 def test_other_accelerators_take_the_prior() -> None:
     """L4 keeps its datasheet peaks and takes the stack's constants averaged over the fits
-    (and the Triton delta rule's linear-attention prefill, its vLLM's kernel)."""
+    (but for the parts whose kernel its vLLM shares with measured GPUs: next test)."""
     l4 = roofline_defaults(get_accelerator("L4"))
     fits = [doc["params"] for doc in shipped_fits().values()]
-    assert set(l4.params) == set(PRIOR_FIELDS) | set(GDN_PREFILL)
+    attention = set(KERNEL_PARTS["prefill_attention"])
+    assert set(l4.params) == set(PRIOR_FIELDS) | set(GDN_PREFILL) | attention
     mean = sum(f["mfu_efficiency"] for f in fits) / len(fits)
     assert l4.params["mfu_efficiency"] == pytest.approx(mean)
     assert l4.params["token_tile"] == min(f["token_tile"] for f in fits)
     assert l4.origin.startswith("prior:")
+
+
+def test_a_gpu_without_kernels_takes_the_kernels_its_vllm_runs() -> None:
+    """L4 (compute capability 8.9) runs FlashAttention 2 like A100, L40S and RTX PRO 6000:
+    its prefill attention is their kernel fits' mean, factor by shape node by node, and
+    says so; H100-PCIe takes H100-SXM's fit whole; a GPU without CUDA keeps the prior."""
+    l4 = roofline_defaults(get_accelerator("L4"))
+    fa2 = [kernel_fits()[n]["params"] for n in ("A100-80GB", "L40S", "RTX-PRO-6000")]
+    assert prefill_attention_kernel(get_accelerator("L4")) == "fa2"
+    mean = sum(p["attn_mfu_efficiency"] for p in fa2) / 3
+    assert l4.params["attn_mfu_efficiency"] == pytest.approx(mean)
+    node = sum(p["prefill_attention_grid"]["log_factors"][7] for p in fa2) / 3
+    assert l4.params["prefill_attention_grid"]["log_factors"][7] == pytest.approx(node)
+    assert l4.parts["prefill_attention"] == (
+        "prior: prefill attention of the A100-80GB, L40S, RTX-PRO-6000 kernel fits averaged "
+        "(FlashAttention 2, which this GPU's vLLM runs too)"
+    )
+    pcie = roofline_defaults(get_accelerator("H100-PCIe"))
+    assert pcie.parts["prefill_attention"].startswith("transferred: measured vLLM")
+    assert prefill_attention_kernel(get_accelerator("H100-PCIe")) == "fa3"
+    mi300x = roofline_defaults(get_accelerator("MI300X"))
+    assert prefill_attention_kernel(get_accelerator("MI300X")) is None
+    assert mi300x.parts["prefill_attention"].startswith("prior: mean of the shipped fits")
+    kinds = {n: prefill_attention_kernel(get_accelerator(n)) for n in ("B200", "RTX-PRO-6000")}
+    assert kinds == {"B200": "trtllm", "RTX-PRO-6000": "fa2"}
+
+
+def test_factors_by_shape_on_other_axes_are_not_averaged() -> None:
+    """Averaging two fits' factors by shape needs the same nodes: else a DataError names
+    the field and both axes."""
+    from sincere.perf.calibration import _mean_of
+
+    one = {"axes": [[0, 8, 5]], "log_factors": [0.0] * 5}
+    other = {"axes": [[0, 8, 3]], "log_factors": [0.0] * 3}
+    assert _mean_of("g", [one, {**one, "log_factors": [0.2] * 5}])["log_factors"][0] == 0.1
+    with pytest.raises(DataError, match="g lie on different axes"):
+        _mean_of("g", [one, other])
 
 
 def test_explicit_parameters_override_the_defaults() -> None:

@@ -14,7 +14,8 @@ from sincere.core.errors import ConfigError, DataError
 from sincere.perf.arch_step import ArchStep
 from sincere.perf.base import Batch, Deployment
 from sincere.perf.calibration import roofline_defaults
-from sincere.perf.linear_attention import CHUNK, GdnCost, delta_rule_kernel, padded_tokens
+from sincere.perf.kernel_choice import delta_rule_kernel
+from sincere.perf.linear_attention import CHUNK, GdnCost, padded_tokens
 from sincere.perf.memory import linear_state_bytes_per_gpu, plan_memory
 from sincere.perf.roofline import RooflineParams
 
@@ -158,7 +159,7 @@ def test_a_fitted_gpu_prices_linear_attention_from_its_kernels() -> None:
             (l40s["gdn_spill_bytes"] + rtx["gdn_spill_bytes"]) / 2
         )
         assert prior.parts["linear_attention"].startswith(
-            "prior: the prefill of the L40S and RTX-PRO-6000 kernel fits"
+            "prior: linear attention's prefill of the L40S and RTX-PRO-6000 kernel fits"
         )
     mi300x = roofline_defaults(catalog.accelerator("MI300X"))
     assert delta_rule_kernel(catalog.accelerator("MI300X")) is None

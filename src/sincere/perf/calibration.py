@@ -38,10 +38,13 @@ kernel file whose ``fit.default`` is false is shipped for ``--params`` use only
 (A100-80GB keeps its fit to Vidur's A100 kernels); a variant
 (:data:`FIT_TRANSFER`) without a kernel fit of its own takes its chip's. The elementwise
 kernels and the CPU per step, which that database does not measure, stay the base's.
-A GPU without a linear-attention fit whose vLLM runs the Triton delta rule (by its
-compute capability, :func:`~sincere.perf.linear_attention.delta_rule_kernel`: A100, L4, ...)
-takes the prefill constants of the Triton GPUs' kernel fits, averaged
-(:data:`GDN_PREFILL`); others keep ``RooflineParams``' defaults, FlashInfer's.
+Where a kernel is picked by architecture (:mod:`sincere.perf.kernel_choice`, by the
+catalog's ``compute_capability``), a GPU with no kernel fit of that part takes the part's
+constants from the shipped kernel fits of the GPUs that run the same kernel, averaged
+(:data:`CLASS_PRIORS`): prefill attention (A6000, A40, A10G and L4 from the FlashAttention-2
+GPUs A100, L40S and RTX PRO 6000) and linear attention's prefill (A100, L4, ... from the
+Triton delta rule's L40S and RTX PRO 6000; the FlashInfer GPUs' mean is
+``RooflineParams``' default).
 Last, a GPU whose clock under sustained load was measured
 (``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
 ``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
@@ -383,7 +386,7 @@ def roofline_defaults(
     """The base (own fit, transfer or prior) with the GPU's kernel fit over it, and its
     measured sustained-load compute ratio (module doc); ``vllm_version``: the release whose
     kernels price the step (:func:`kernel_fit_for`)."""
-    fitted = _with_delta_rule_prior(accelerator, _fitted_defaults(accelerator, vllm_version))
+    fitted = _with_kernel_class_priors(accelerator, _fitted_defaults(accelerator, vllm_version))
     parts = dict(fitted.parts)
     entry = sustained_clocks().get(accelerator.name)
     if entry is None:
@@ -398,35 +401,78 @@ def roofline_defaults(
     return RooflineDefaults(params, fitted.origin, parts)
 
 
-def _with_delta_rule_prior(accelerator: Accelerator, fitted: RooflineDefaults) -> RooflineDefaults:
-    """``fitted`` with the linear-attention prefill of the GPUs running the same delta-rule
-    kernel, where it has no linear-attention fit of its own and its vLLM runs the Triton
-    kernel (A100, L4, ...): the mean of the shipped kernel fits of the Triton GPUs. The
-    FlashInfer GPUs' mean is ``RooflineParams``' default (:data:`UNFITTED_PARTS`)."""
-    from sincere.perf.linear_attention import delta_rule_kernel
+CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...] | None]] = {
+    "linear_attention": (GDN_PREFILL, "gdn_prefill", ("triton",)),
+    "prefill_attention": (KERNEL_PARTS["prefill_attention"], "prefill_attention", None),
+}
+"""Part -> (its constants taken from the GPUs running the same kernel, the kernel family
+that classes GPUs, the classes that take them (None: every class)). Linear attention's
+FlashInfer class keeps ``RooflineParams``' defaults, already that class's mean."""
 
-    if "gdn_mfu_efficiency" in fitted.params or delta_rule_kernel(accelerator) != "triton":
+
+def _with_kernel_class_priors(
+    accelerator: Accelerator, fitted: RooflineDefaults
+) -> RooflineDefaults:
+    """``fitted`` with each part of :data:`CLASS_PRIORS` that it only has a prior for taken
+    from the shipped kernel fits of the GPUs that run the same kernel, averaged
+    (:mod:`sincere.perf.kernel_choice`): a kernel's fitted shares carry between the GPUs
+    running it far better than the stack-wide prior (``benchmarks/step_fit.py``)."""
+    for part, (fields, family, classes) in CLASS_PRIORS.items():
+        fitted = _with_class_prior(accelerator, fitted, part, fields, family, classes)
+    return fitted
+
+
+def _with_class_prior(
+    accelerator: Accelerator,
+    fitted: RooflineDefaults,
+    part: str,
+    fields: tuple[str, ...],
+    family: str,
+    classes: tuple[str, ...] | None,
+) -> RooflineDefaults:
+    """:func:`_with_kernel_class_priors` for one part."""
+    from sincere.perf.kernel_choice import FAMILY_NAMES, KERNEL_CLASSES, KERNEL_NAMES
+
+    classify = KERNEL_CLASSES[family]
+    kind = classify(accelerator)
+    if kind is None or (classes is not None and kind not in classes):
         return fitted
+    if not fitted.parts.get(part, UNFITTED_PARTS.get(part, "prior")).startswith("prior"):
+        return fitted  # fitted on this GPU, or on the chip it is a variant of
     catalog = default_catalog()
     docs = {
         name: doc["params"]
         for name, doc in kernel_fits().items()
-        if doc.get("fit", {}).get("default", True) is not False
-        and all(field in doc["params"] for field in GDN_PREFILL)
-        and delta_rule_kernel(catalog.accelerator(name)) == "triton"
+        if all(field in doc["params"] for field in fields)
+        and classify(catalog.accelerator(name)) == kind
     }
     if not docs:
         return fitted
-    prior = {
-        field: sum(float(p[field]) for p in docs.values()) / len(docs) for field in GDN_PREFILL
-    }
+    prior = {field: _mean_of(field, [p[field] for p in docs.values()]) for field in fields}
     parts = dict(fitted.parts)
-    parts["linear_attention"] = (
-        f"prior: the prefill of the {' and '.join(sorted(docs))} kernel fits (vLLM's Triton "
-        "delta rule, which this GPU's vLLM runs too), averaged; decode: "
-        "RooflineParams' defaults"
+    names = " and ".join(sorted(docs)) if len(docs) < 3 else ", ".join(sorted(docs))
+    parts[part] = (
+        f"prior: {FAMILY_NAMES[family]} of the {names} kernel fits averaged "
+        f"({KERNEL_NAMES[kind]}, which this GPU's vLLM runs too)"
     )
     return RooflineDefaults({**fitted.params, **prior}, fitted.origin, parts)
+
+
+def _mean_of(field: str, values: list[Any]) -> Any:
+    """The kernel fits' ``field``: numbers averaged, factors by shape (``{axes,
+    log_factors}`` on the same axes) node by node."""
+    first = values[0]
+    if isinstance(first, Mapping):
+        logs = [list(v["log_factors"]) for v in values]
+        if any(v["axes"] != first["axes"] for v in values):
+            raise DataError(
+                f"the kernel fits' {field} lie on different axes: they cannot be averaged",
+                path="/".join(KERNEL_FITS_FOLDER),
+                value=[v["axes"] for v in values],
+            )
+        mean = [sum(col) / len(col) for col in zip(*logs, strict=True)]
+        return {"axes": first["axes"], "log_factors": mean}
+    return sum(float(v) for v in values) / len(values)
 
 
 def _fitted_defaults(accelerator: Accelerator, vllm_version: str | None = None) -> RooflineDefaults:

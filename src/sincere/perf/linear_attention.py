@@ -111,22 +111,6 @@ def prefill_s(
     return out
 
 
-FLASHINFER_DELTA_RULE = (9.0, 12.0)
-"""CUDA compute capabilities (from, below) whose vLLM runs FlashInfer's fused chunked delta
-rule (Hopper and the data-centre Blackwells, as the measured kernels name it on H100, H200
-and B200); every other CUDA GPU runs the Triton kernel (L40S and RTX PRO 6000 measured)."""
-
-
-def delta_rule_kernel(acc: Accelerator) -> str | None:
-    """``"flashinfer"`` or ``"triton"``: the chunked delta-rule kernel vLLM runs on ``acc``
-    (by its compute capability); None for a GPU without one (not CUDA)."""
-    cc = acc.compute_capability
-    if cc is None:
-        return None
-    low, high = FLASHINFER_DELTA_RULE
-    return "flashinfer" if low <= cc < high else "triton"
-
-
 def onchip_bytes(acc: Accelerator, share: float) -> float:
     """Bytes of a prefill call's intermediates that ``acc``'s L2 keeps: ``share`` of the
     catalog's ``l2_cache_mb``, none where the catalog does not state it."""

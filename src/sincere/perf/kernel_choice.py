@@ -1,0 +1,69 @@
+"""Which kernel a serving engine runs on a GPU, by the GPU's CUDA compute capability.
+
+vLLM picks some kernels by architecture, and a fitted family describes one kernel, not one
+GPU: a GPU without measured kernels of its own is best priced from the GPUs that run the
+same kernel (:mod:`sincere.perf.calibration`'s priors, ``benchmarks/step_fit.py``'s
+leave-one-GPU-out). The classes below follow what the measured kernel tables name on the
+six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
+``compute_capability``:
+
+* **prefill attention**: FlashAttention 2 on Ampere, Ada and the workstation Blackwell
+  (A100, L40S, RTX PRO 6000: compute capability 8.x and 12.x), FlashAttention 3 on Hopper
+  (H100, H200: 9.0), FlashInfer's TensorRT-LLM kernels on the data-centre Blackwells
+  (B200: 10.x);
+* **linear attention's chunked delta rule** (Gated DeltaNet prefill): FlashInfer's fused
+  kernel on Hopper and the data-centre Blackwells (H100, H200, B200), the Triton kernel on
+  every other CUDA GPU (L40S, RTX PRO 6000).
+
+A GPU without a compute capability (not CUDA) has no class: ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sincere.catalog.specs import Accelerator
+
+FLASHINFER_DELTA_RULE = (9.0, 12.0)
+"""Compute capabilities (from, below) whose vLLM runs FlashInfer's fused delta rule."""
+
+
+def delta_rule_kernel(acc: Accelerator) -> str | None:
+    """``"flashinfer"`` or ``"triton"``: the chunked delta-rule kernel vLLM runs on ``acc``."""
+    cc = acc.compute_capability
+    if cc is None:
+        return None
+    low, high = FLASHINFER_DELTA_RULE
+    return "flashinfer" if low <= cc < high else "triton"
+
+
+def prefill_attention_kernel(acc: Accelerator) -> str | None:
+    """``"fa2"``, ``"fa3"`` or ``"trtllm"``: the prefill-attention kernel vLLM runs on
+    ``acc`` (module docstring)."""
+    cc = acc.compute_capability
+    if cc is None:
+        return None
+    if 9.0 <= cc < 10.0:
+        return "fa3"
+    if 10.0 <= cc < 12.0:
+        return "trtllm"
+    return "fa2"
+
+
+KERNEL_CLASSES = {"gdn_prefill": delta_rule_kernel, "prefill_attention": prefill_attention_kernel}
+"""Kernel family -> the kernel class of a GPU for it (the families whose kernel vLLM picks
+by architecture)."""
+FAMILY_NAMES = {
+    "gdn_prefill": "linear attention's prefill",
+    "prefill_attention": "prefill attention",
+}
+"""Kernel family -> how provenance lines name it."""
+KERNEL_NAMES = {
+    "flashinfer": "FlashInfer's fused delta rule",
+    "triton": "the Triton delta rule",
+    "fa2": "FlashAttention 2",
+    "fa3": "FlashAttention 3",
+    "trtllm": "FlashInfer's TensorRT-LLM attention",
+}
+"""Kernel class -> how provenance lines name it."""
