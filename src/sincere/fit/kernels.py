@@ -528,7 +528,7 @@ def fit_decode_attention(
     flops = pair_flops(heads, kvh, hd, *pair_terms)
     compute = flops * b * ctx / (acc.peak_tflops("bf16") * 1e12 * attn_mfu)
     hbm = acc.hbm_bandwidth_gbps * 1e9
-    root_w = np.sqrt(octave_weights(b * ctx * token_bytes / 1024.0))
+    root_w = np.sqrt(octave_weights(decode_kv_bytes(rows) / 1024.0))
 
     def predict(x: FArray) -> FArray:
         moved = b * (ctx + x[2]) * token_bytes

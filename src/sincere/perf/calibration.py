@@ -160,15 +160,7 @@ KERNEL_PARTS = {
     "sustained_clock": ("sustained_compute_ratio",),
 }
 """Parts of a step and the constants that price each (provenance is kept per part)."""
-GDN_PREFILL = (
-    "gdn_mfu_efficiency",
-    "gdn_parallel_units",
-    "gdn_bw_efficiency",
-    "gdn_kernel_s",
-    "gdn_spill_bytes",
-    "gdn_onchip_share",
-    "gdn_spill_bw_efficiency",
-)
+GDN_PREFILL = tuple(n for n in KERNEL_PARTS["linear_attention"] if "decode" not in n)
 """Linear attention's prefill constants: the ones that depend on the delta-rule kernel."""
 UNFITTED_PARTS = {
     "linear_attention": "prior: the mean of the H100, H200 and B200 kernel fits "
@@ -401,13 +393,14 @@ def roofline_defaults(
     return RooflineDefaults(params, fitted.origin, parts)
 
 
-CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...] | None]] = {
-    "linear_attention": (GDN_PREFILL, "gdn_prefill", ("triton",)),
-    "prefill_attention": (KERNEL_PARTS["prefill_attention"], "prefill_attention", None),
+CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
+    "linear_attention": (GDN_PREFILL, "gdn_prefill"),
+    "prefill_attention": (KERNEL_PARTS["prefill_attention"], "prefill_attention"),
 }
 """Part -> (its constants taken from the GPUs running the same kernel, the kernel family
-that classes GPUs, the classes that take them (None: every class)). Linear attention's
-FlashInfer class keeps ``RooflineParams``' defaults, already that class's mean."""
+that classes GPUs). Only fits holding every constant stand in: the FlashInfer delta rule's
+(H100, H200, B200) have no spill terms, so a GPU of that class keeps ``RooflineParams``'
+defaults, already their mean."""
 
 
 def _with_kernel_class_priors(
@@ -417,8 +410,8 @@ def _with_kernel_class_priors(
     from the shipped kernel fits of the GPUs that run the same kernel, averaged
     (:mod:`sincere.perf.kernel_choice`): a kernel's fitted shares carry between the GPUs
     running it far better than the stack-wide prior (``benchmarks/step_fit.py``)."""
-    for part, (fields, family, classes) in CLASS_PRIORS.items():
-        fitted = _with_class_prior(accelerator, fitted, part, fields, family, classes)
+    for part, (fields, family) in CLASS_PRIORS.items():
+        fitted = _with_class_prior(accelerator, fitted, part, fields, family)
     return fitted
 
 
@@ -428,14 +421,13 @@ def _with_class_prior(
     part: str,
     fields: tuple[str, ...],
     family: str,
-    classes: tuple[str, ...] | None,
 ) -> RooflineDefaults:
     """:func:`_with_kernel_class_priors` for one part."""
     from sincere.perf.kernel_choice import FAMILY_NAMES, KERNEL_CLASSES, KERNEL_NAMES
 
     classify = KERNEL_CLASSES[family]
     kind = classify(accelerator)
-    if kind is None or (classes is not None and kind not in classes):
+    if kind is None:
         return fitted
     if not fitted.parts.get(part, UNFITTED_PARTS.get(part, "prior")).startswith("prior"):
         return fitted  # fitted on this GPU, or on the chip it is a variant of
