@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import sincere.cli.fit  # noqa: F401  (registers the command)
 from sincere.catalog import get_accelerator, get_model
+from sincere.catalog.specs import PRECISION_BYTES
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
 from sincere.fit.kernels import (
@@ -28,17 +29,22 @@ from sincere.fit.kernels import (
     fit_decode_attention,
     fit_gdn,
     fit_gemm,
+    fit_moe,
     fit_prefill_attention,
     fit_quant_gemm,
     fit_quant_moe,
     fused_delta_rule,
+    gated_experts,
     gdn_decode_bytes,
     gdn_rows,
     gemm_predict,
     moe_features,
     moe_predict,
     moe_rows,
+    out_of_l2,
     predict_family,
+    unaligned_widths,
+    widened,
 )
 from sincere.perf import Batch, Deployment, Roofline
 from sincere.perf.arch_step import ArchStep, MoEParams
@@ -389,12 +395,13 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
 
 
 def _moe_rows(dtypes: list[str]) -> dict[str, Any]:
-    """Fused-MoE rows of two shapes at 1 to 8k tokens, balanced and skewed, per dtype."""
+    """Fused-MoE rows of two shapes at 1 to 8k tokens, balanced and skewed, per dtype (wide
+    enough that few calls fall in the L2 window :func:`out_of_l2` leaves out)."""
     tokens = np.tile(2.0 ** np.arange(0, 14, 1.0), 4)
     shape = np.repeat([0, 1], 28)
     dist = np.tile(np.repeat(["balanced", "power_law_1.2"], 14), 2)
     cols: dict[str, Any] = dict(
-        num_tokens=tokens, hidden_size=np.where(shape, 4096.0, 2048.0),
+        num_tokens=tokens, hidden_size=np.where(shape, 16384.0, 8192.0),
         inter_size=np.where(shape, 1536.0, 768.0), topk=np.full(56, 8.0),
         num_experts=np.where(shape, 64.0, 128.0), moe_tp_size=np.ones(56),
         moe_ep_size=np.ones(56), distribution=dist, kernel_source=np.full(56, "fused"),
@@ -402,6 +409,70 @@ def _moe_rows(dtypes: list[str]) -> dict[str, Any]:
     return {k: np.concatenate([v] * len(dtypes)) for k, v in cols.items()} | {
         "moe_dtype": np.repeat(dtypes, 56)
     }
+
+
+def test_fit_recovers_narrow_and_unaligned_experts() -> None:
+    """bf16 experts 1,856 wide over 1-16 GPUs, made with a narrow-expert offset of 100 and
+    twice the time where the width per GPU is off a multiple of 16 (232 and 116 at 8 and
+    16 GPUs), fit back to both; a table with every width aligned fits no factor."""
+    tokens = np.tile(2.0 ** np.arange(0, 14, 1.0), 5)
+    tp = np.repeat([1.0, 2.0, 4.0, 8.0, 16.0], 14)
+    cols: dict[str, Any] = dict(
+        num_tokens=tokens, hidden_size=np.full(70, 8192.0), inter_size=np.full(70, 1856.0),
+        topk=np.full(70, 6.0), num_experts=np.full(70, 128.0), moe_tp_size=tp,
+        moe_ep_size=np.ones(70), distribution=np.full(70, "balanced"),
+        kernel_source=np.full(70, "triton"), moe_dtype=np.full(70, "bfloat16"),
+    )  # fmt: skip
+    probe = _table("moe", latency=np.ones(70), **cols)
+    unaligned = unaligned_widths(probe)
+    assert list(np.floor(1856 / tp[unaligned])) == [232.0] * 14 + [116.0] * 14
+    peak, hbm = H100.peak_tflops("bf16") * 1e12, H100.hbm_bandwidth_gbps * 1e9
+    x = np.array([0.6, 0.85, 25e-6, 0.0, 0.1e-6])
+    seconds = moe_predict(widened(moe_features(probe), probe, 100.0), x, peak, hbm, 2.0, 2.5)
+    seconds = np.where(unaligned, 2.0 * seconds, seconds)
+    fam = fit_moe(_table("moe", latency=seconds * 1e3, **cols), H100, 2.5, Path("/s"))
+    assert fam.mean_error < 0.01
+    assert fam.params["moe_width_offset"] == pytest.approx(100.0, rel=0.05)
+    assert fam.params["moe_unaligned_factor"] == pytest.approx(2.0, rel=0.02)
+    keep = ~unaligned
+    aligned = _table("moe", latency=seconds[keep] * 1e3, **{k: v[keep] for k, v in cols.items()})
+    assert "moe_unaligned_factor" not in fit_moe(aligned, H100, 2.5, Path("/s")).params
+
+
+def test_relu2_experts_are_two_matrices_where_the_layer_itself_was_timed() -> None:
+    """Nemotron 3 Nano's expert shape (2688 wide, 128 experts of 1856, top 6: relu2 experts)
+    reads two matrices an expert when timed through the model's own layer, three through the
+    older collections' gated harness; every other shape three."""
+    cols: dict[str, Any] = dict(
+        num_tokens=[1.0] * 3, hidden_size=[2688.0, 2688.0, 2048.0],
+        inter_size=[1856.0, 1856.0, 768.0], topk=[6.0] * 3, num_experts=[128.0] * 3,
+        moe_tp_size=[1.0] * 3, moe_ep_size=[1.0] * 3, distribution=["balanced"] * 3,
+        kernel_source=["vllm_unquantizedfusedmoe_triton_tritonexperts", "vllm_fused_moe",
+                       "vllm_unquantizedfusedmoe_triton_tritonexperts"],
+    )  # fmt: skip
+    rows = _table("moe", latency=np.ones(3), **cols)
+    assert list(gated_experts(rows)) == [False, True, True]
+    weights = moe_features(rows)[2]
+    assert weights[0] == pytest.approx(6 * 2688 * 2 * 1856)
+    assert weights[1] == pytest.approx(6 * 2688 * 3 * 1856)
+
+
+def test_fused_moe_calls_in_l2_are_left_out() -> None:
+    """Calls of at most 64 tokens an active expert whose active experts' weights take 2-256 MB
+    are left out (the collector's repeats keep them in L2); larger weights, tinier ones and
+    busier experts stay."""
+    cols: dict[str, Any] = dict(
+        num_tokens=[1.0, 1.0, 1.0, 4096.0], hidden_size=[4096.0, 4096.0, 128.0, 4096.0],
+        inter_size=[1024.0, 16384.0, 128.0, 1024.0], topk=[8.0] * 4,
+        num_experts=[128.0] * 4, moe_tp_size=[1.0] * 4, moe_ep_size=[1.0] * 4,
+        distribution=["balanced"] * 4, kernel_source=["triton"] * 4,
+    )  # fmt: skip
+    rows = _table("moe", latency=np.ones(4), **cols)
+    weights_mb = moe_features(rows)[2] * 2.0 / 1e6
+    assert 2 < weights_mb[0] < 256 and weights_mb[1] > 256 and weights_mb[2] < 2
+    kept = out_of_l2(rows, 2.0)
+    assert list(kept.num("num_tokens")) == [1.0, 1.0, 4096.0]
+    assert list(kept.num("inter_size")) == [16384.0, 128.0, 1024.0]
 
 
 def test_fit_recovers_synthetic_fp8_and_mxfp4_experts() -> None:
@@ -425,7 +496,12 @@ def test_fit_recovers_synthetic_fp8_and_mxfp4_experts() -> None:
     for name, dtype in (("moe_fp8", "fp8_block"), ("moe_mxfp4", "w4a16_mxfp4")):
         fam = fit_quant_moe(name, table, H100, bf16, Path("/synthetic"))
         mfu, bw, kernel = truth[dtype]
-        assert fam.rows == 28 and fam.notes[0] == f"{dtype} experts"  # the balanced rows
+        balanced = table.where(
+            table.equals("moe_dtype", dtype) & table.equals("distribution", "balanced")
+        )
+        wbytes = 1.0 if dtype == "fp8_block" else 0.53125
+        assert fam.rows == out_of_l2(balanced, wbytes).num_rows  # the balanced rows out of L2
+        assert fam.notes[0] == f"{dtype} experts"
         assert fam.params[f"{name}_mfu_efficiency"] == pytest.approx(mfu, rel=0.02)
         assert fam.params[f"{name}_bw_efficiency"] == pytest.approx(bw, rel=0.02)
         assert fam.params[f"{name}_kernel_s"] == pytest.approx(kernel, rel=0.05)
@@ -461,7 +537,9 @@ def test_fit_recovers_synthetic_blackwell_experts(
     table = _table("moe", latency=latency, **cols)
     bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
     fam = fit_quant_moe(name, table, B200, bf16, Path("/synthetic"))
-    assert fam.rows == 28 and fam.notes[0] == f"{dtype} experts"  # the balanced rows
+    balanced = table.where(keep & table.equals("distribution", "balanced"))
+    assert fam.rows == out_of_l2(balanced, wbytes).num_rows  # the balanced rows out of L2
+    assert fam.notes[0] == f"{dtype} experts"
     for constant, value in truth.items():
         assert fam.params[f"{name}_{constant}"] == pytest.approx(value, rel=0.05), constant
 
@@ -478,14 +556,18 @@ def test_experts_are_fitted_on_balanced_rows_where_a_table_has_them() -> None:
     latency = 1e3 * moe_predict(moe_features(probe), x, peak, hbm, 0.5, 2.5)
     latency[~balanced] *= 3.0
     bf16 = {"moe_tail_share": 0.1, "overlap_exponent": 2.5}
-    fam = fit_quant_moe("moe_int4", _table("moe", latency=latency, **cols), H100, bf16, Path("/s"))
-    assert fam.rows == 28 and fam.notes == ("int4_wo experts", *fam.notes[1:])
+    table = _table("moe", latency=latency, **cols)
+    fam = fit_quant_moe("moe_int4", table, H100, bf16, Path("/s"))
+    wbytes = PRECISION_BYTES["int4"]
+    assert fam.rows == out_of_l2(table.where(balanced), wbytes).num_rows
+    assert fam.notes == ("int4_wo experts", *fam.notes[1:])
     assert fam.params["moe_int4_bw_efficiency"] == pytest.approx(0.7, rel=0.05)
     assert fam.mean_error < 0.02 and not any("skewed" in note for note in fam.notes)
     skewed = {k: v[~balanced] for k, v in cols.items()}
     fam = fit_quant_moe("moe_int4", _table("moe", latency=latency[~balanced], **skewed), H100,
                         bf16, Path("/s"))  # fmt: skip
-    assert fam.rows == 28 and "no balanced rows: fitted on the skewed routings" in fam.notes
+    assert fam.rows == out_of_l2(table.where(~balanced), wbytes).num_rows
+    assert "no balanced rows: fitted on the skewed routings" in fam.notes
     bf16_rows = _moe_rows(["bfloat16"])
     assert set(moe_rows(_table("moe", latency=np.ones(56), **bf16_rows)).columns[
         "distribution"]) == {"balanced"}  # fmt: skip

@@ -18,6 +18,7 @@ from sincere.perf import Batch, Deployment, Roofline
 from sincere.perf.execution import PRESETS, execution_params, with_execution
 
 runner = CliRunner()
+KERNELS = Path(__file__).resolve().parents[2] / "src/sincere/data/perf/kernels"
 
 
 def test_json_gives_the_iteration_and_its_parts() -> None:
@@ -132,6 +133,26 @@ def test_step_shows_the_provenance_of_moe_tp8_and_fp8_parts() -> None:
     assert "communication" not in moe["constants"]  # type: ignore[operator]
     prior = _step_json("llama-3-8b", "--accelerator", "A6000", "--decode", "8@512")
     assert prior["constants"]["linear"].startswith("prior:")  # type: ignore[index]
+
+
+def test_step_notes_experts_off_the_kernels_alignment() -> None:
+    """GPT-OSS-120B in bf16 over 8 GPUs holds experts 360 wide on each, off a multiple of 16:
+    the step says what that costs on the GPU's bf16 expert kernel as its fit measured it
+    (H100 about twice the time, L40S none to speak of); over 4 GPUs (720 wide) or in MXFP4
+    (another kernel) it says nothing."""
+    for gpu in ("H100-SXM", "L40S"):
+        args = ["--accelerator", gpu, "--precision", "bf16", "--decode", "8@512"]
+        params = yaml.safe_load(KERNELS.joinpath(f"{gpu}.yaml").read_text())["params"]
+        assert _step_json("gpt-oss-120b", *args, "--tp", "8")["notes"] == [  # type: ignore[index]
+            f"experts 360 wide on each GPU, off a multiple of 16: "
+            f"x{params['moe_unaligned_factor']:.2f}, as {gpu}'s bf16 fused-MoE kernel was "
+            "measured at such widths"
+        ]
+        if gpu == "H100-SXM":  # (on four L40S the weights do not fit)
+            assert "notes" not in _step_json("gpt-oss-120b", *args, "--tp", "4")
+    mxfp4 = ["--accelerator", "H100-SXM", "--precision", "mxfp4", "--decode", "8@512", "--tp", "8"]
+    notes = _step_json("gpt-oss-120b", *mxfp4)["notes"]
+    assert not any("wide" in n for n in notes)  # type: ignore[union-attr]
 
 
 def test_other_step_models_and_params_files(tmp_path: Path) -> None:

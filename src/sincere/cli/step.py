@@ -34,6 +34,7 @@ from sincere.core.errors import ConfigError
 if TYPE_CHECKING:
     from sincere.perf.base import Batch, Deployment, StepParts, StepTimeModel
     from sincere.perf.execution import ExecutionParams
+    from sincere.perf.roofline import RooflineParams
 
 console = Console()
 
@@ -102,6 +103,26 @@ def precision_notes(dep: Deployment, mxfp4_activations: str | None = None) -> li
         whose = " of the experts" if dep.model.is_moe else ""
         return [f"MXFP4 weights{whose} are dequantised on {acc.name}: GEMMs at bf16"]
     return []
+
+
+def unaligned_expert_notes(dep: Deployment, params: RooflineParams) -> list[str]:
+    """A note where the routed experts' width on one GPU is off a multiple of 16 and this
+    GPU's kernel fit prices that (``moe_unaligned_factor``)."""
+    from sincere.perf.moe import ALIGNED_WIDTH, unaligned_factor
+    from sincere.perf.roofline import expert_unaligned_factor
+
+    model = dep.model
+    if not model.is_moe:
+        return []
+    width = max(1, model.expert_intermediate_size // (dep.moe_group_gpus // dep.ep))
+    compute = dep.accelerator.compute_precision(dep.precision)
+    factor = unaligned_factor(width, expert_unaligned_factor(params, dep.precision, compute))
+    if factor == 1.0:
+        return []
+    return [
+        f"experts {width} wide on each GPU, off a multiple of {ALIGNED_WIDTH}: x{factor:.2f}, "
+        f"as {dep.accelerator.name}'s bf16 fused-MoE kernel was measured at such widths"
+    ]
 
 
 def constants_origin(dep: Deployment, vllm_version: str | None = None) -> dict[str, str]:
@@ -284,6 +305,7 @@ def step_command(
     from sincere.perf.calibration import roofline_defaults
     from sincere.perf.execution import execution_params, with_execution
     from sincere.perf.factory import StepModelConfig
+    from sincere.perf.roofline import Roofline
 
     chunks = [parse_prefill(p) for p in prefill or []]
     decodes = [parse_decode(d) for d in decode or []]
@@ -321,6 +343,8 @@ def step_command(
         form = {**inline, "shape_corrections": False}
         plain = StepModelConfig(kind=step_model, params=form, params_file=params).build(dep)
         shape_factor = gemm_shape_factor(built, plain, batch)
+        if isinstance(built, Roofline):
+            notes += unaligned_expert_notes(dep, built.params)
     if preset is None:
         preset = default_preset(step_model, False, dep.accelerator)
     if max_num_seqs is None:

@@ -97,7 +97,13 @@ from sincere.perf.linear_attention import (
     onchip_bytes,
     prefill_s,
 )
-from sincere.perf.moe import expert_work, fused_moe_s, pnorm
+from sincere.perf.moe import (
+    ALIGNED_WIDTH,
+    expert_work,
+    fused_moe_s,
+    narrow_expert_scale,
+    pnorm,
+)
 from sincere.perf.shape_grid import GridAxis, ShapeGrid
 
 TOKEN_TILES = (1, 64, 128, 256)
@@ -132,6 +138,20 @@ balanced row's ``T k`` routed tokens to ``min(E, T k)`` experts in turn (its
 dealt (:func:`sincere.perf.moe.round_robin_load`), so the constants price an expert read,
 and a step counts the experts its tokens draw."""
 MOE_TILE = 16  # rows an expert's tokens are padded to (as :class:`MoEParams.expert_tile`)
+PLAIN_EXPERT_SHAPES: dict[tuple[int, int, int, int], str] = {
+    (2688, 1856, 128, 6): "NVIDIA Nemotron 3 Nano 30B-A3B",
+    (1024, 2688, 512, 22): "NVIDIA Nemotron 3 Super 120B-A12B (its 1024-wide latent)",
+    (2048, 5120, 512, 22): "the Nemotron 3 LatentMoE form at 512 experts, top 22",
+}
+"""Expert shapes ``(hidden, inter, experts, top-k)`` of the database whose experts are two
+matrices (up and down with a squared ReLU between: ``mlp_hidden_act: relu2`` in the Nemotron
+3 models' config.json), not three; the rows do not say so. Their memory-bound rows agree:
+22 experts at one token take 0.334 ms on an H100 (vLLM 0.24), under the 0.41 ms three
+matrices' weights would take at the full HBM bandwidth."""
+GATED_HARNESS = "vllm_fused_moe"
+"""The kernel source of the older collections (vLLM 0.14-0.22), which call the fused kernel
+with gated weights whatever the model: the same 22-expert call took 0.495 ms there (vLLM
+0.19, H100), 1.48x the model's own two-matrix layer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -699,20 +719,53 @@ def skew_of(distribution: str) -> float:
     raise ConfigError("unknown routing distribution", value=distribution)
 
 
+def gated_experts(rows: KernelTable) -> npt.NDArray[np.bool_]:
+    """Per row, whether its experts are gated (three matrices): every shape but those of
+    :data:`PLAIN_EXPERT_SHAPES` timed through the model's own layer (any kernel source but
+    :data:`GATED_HARNESS`)."""
+    shape = zip(*(rows.num(c).astype(int) for c in MOE_SHAPE), strict=True)
+    plain = np.array([s in PLAIN_EXPERT_SHAPES for s in shape], dtype=bool)
+    if "kernel_source" in rows.columns:
+        plain &= ~rows.equals("kernel_source", GATED_HARNESS)
+    out: npt.NDArray[np.bool_] = ~plain
+    return out
+
+
 def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray, FArray]:
     """Per row, :func:`sincere.perf.moe.expert_work`: FLOPs of the padded rows and of the
-    busiest expert's, weight elements, activation bytes and active experts (gated experts,
-    no EP)."""
+    busiest expert's, weight elements, activation bytes and active experts (no EP; gated
+    experts but for :data:`PLAIN_EXPERT_SHAPES`)."""
     t, h, inter = rows.num("num_tokens"), rows.num("hidden_size"), rows.num("inter_size")
     k, e, tp = rows.num("topk"), rows.num("num_experts"), rows.num("moe_tp_size")
     dist = rows.columns["distribution"].astype(str)
     local = np.maximum(1.0, np.floor(inter / tp))
+    gated = gated_experts(rows)
     work = np.empty((5, len(t)))
     for i in range(len(t)):
         routing = (int(e[i]), int(k[i]), skew_of(str(dist[i])), MOE_TILE)
         dealt = str(dist[i]) == "balanced"  # the collector deals tokens to experts in turn
-        work[:, i] = expert_work(t[i], int(h[i]), int(local[i]), routing, ACT_BYTES, dealt=dealt)
+        work[:, i] = expert_work(
+            t[i], int(h[i]), int(local[i]), routing, ACT_BYTES, bool(gated[i]), dealt=dealt
+        )
     return work[0], work[1], work[2], work[3], work[4]
+
+
+def widened(
+    feat: tuple[FArray, FArray, FArray, FArray, FArray], rows: KernelTable, offset: float
+) -> tuple[FArray, FArray, FArray, FArray, FArray]:
+    """:func:`moe_features` with the compute of each expert as if ``offset`` wider (what a
+    narrow expert's GEMMs lose to their fixed steps; :func:`sincere.perf.moe.expert_work`)."""
+    width = np.maximum(1.0, np.floor(rows.num("inter_size") / rows.num("moe_tp_size")))
+    scale = narrow_expert_scale(width, offset)
+    return feat[0] * scale, feat[1] * scale, feat[2], feat[3], feat[4]
+
+
+def unaligned_widths(rows: KernelTable) -> npt.NDArray[np.bool_]:
+    """Per row, whether an expert's width on one GPU is not a multiple of
+    :data:`sincere.perf.moe.ALIGNED_WIDTH`."""
+    local = np.floor(rows.num("inter_size") / rows.num("moe_tp_size"))
+    out: npt.NDArray[np.bool_] = local % ALIGNED_WIDTH != 0
+    return out
 
 
 def moe_predict(
@@ -732,12 +785,24 @@ def moe_predict(
 
 def moe_rows(table: KernelTable) -> KernelTable:
     """bf16 experts on one GPU holding every expert (no EP), vLLM's kernel, balanced routing
-    where measured (:func:`fit_routing`)."""
+    where measured (:func:`fit_routing`), out of the L2 (:func:`out_of_l2`)."""
     rows = table.where(table.equals("moe_dtype", "bfloat16") & (table.num("moe_ep_size") == 1))
     if rows.num_rows == 0:
         raise ConfigError("no bf16 fused-MoE rows without EP", where=str(table.path))
     rows = fit_routing(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
-    return subsample(rows, 4000)
+    return subsample(out_of_l2(rows, 2.0), 4000)
+
+
+def out_of_l2(rows: KernelTable, weight_bytes: float) -> KernelTable:
+    """The fused-MoE calls whose weights a served layer would read as measured: left out are
+    those of at most :data:`L2_HOT_TOKENS` tokens an active expert whose active experts'
+    weights take 2-256 MB (:func:`hbm_bound_or_launch_bound`), which the collector's repeats
+    keep in L2 (the rule :func:`gemm_rows` applies to GEMMs: on an L40S such calls ran up
+    to twice as fast as their weights' HBM bytes allow)."""
+    _, _, weights, _, active = moe_features(rows)
+    per_expert = rows.num("num_tokens") * rows.num("topk") / np.maximum(active, 1e-9)
+    in_l2 = (per_expert <= L2_HOT_TOKENS) & ~hbm_bound_or_launch_bound(weights * weight_bytes)
+    return rows.where(~in_l2)
 
 
 def fit_routing(rows: KernelTable) -> KernelTable:
@@ -766,16 +831,21 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
     measured = rows.num("latency") * 1e-3
     peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
     root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
-    spec = (
+    spec = [
         Bounded("moe_mfu_efficiency", 0.5, 0.02, 1.0),
         Bounded("moe_bw_efficiency", 0.6, 0.02, 1.0),
         Bounded("moe_kernel_s", 20e-6, 0.0, 1e-3),
         Bounded("moe_tail_share", 0.05, 0.0, 1.0),
         Bounded("moe_expert_s", 0.1e-6, 0.0, 5e-6),
-    )
+        Bounded("moe_width_offset", 16.0, 0.0, 1024.0),
+    ]
+    unaligned = unaligned_widths(rows)
+    if unaligned.any():  # the rate at widths off the kernel's alignment, where measured
+        spec.append(Bounded("moe_unaligned_factor", 1.0, 0.5, 4.0))
 
     def predict(x: FArray) -> FArray:
-        return moe_predict(feat, x, peak, hbm, 2.0, overlap)
+        out = moe_predict(widened(feat, rows, x[5]), x[:5], peak, hbm, 2.0, overlap)
+        return np.where(unaligned, out * x[6], out) if len(x) > 6 else out
 
     fam = fit_named("moe", predict, spec, measured, root_w, rows, root)
     return replace(fam, notes=(*routing_note(rows), *fam.notes))
@@ -813,7 +883,7 @@ def quant_moe_rows(name: str, table: KernelTable) -> KernelTable:
         rows = table.where(table.equals("moe_dtype", dtype) & no_ep & kept)
         if rows.num_rows > 0:
             rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
-            rows = fit_routing(rows)
+            rows = out_of_l2(fit_routing(rows), QUANT_EXPERTS[name][2])
             if rows.num_rows < MIN_EXPERT_ROWS:
                 raise ConfigError(
                     f"too few fused-MoE rows of {name}'s experts to fit its four constants",
@@ -840,6 +910,7 @@ def fit_quant_moe(
     measured = rows.num("latency") * 1e-3
     peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
     tail, overlap = bf16["moe_tail_share"], bf16["overlap_exponent"]
+    feat = widened(feat, rows, bf16.get("moe_width_offset", 0.0))
     root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
     spec = (
         Bounded(f"{name}_mfu_efficiency", 0.5, 0.02, 1.0),
@@ -994,7 +1065,10 @@ def predict_moe(name: str, rows: KernelTable, acc: Accelerator, params: dict[str
     x = [p[f"{prefix}_mfu_efficiency"], p[f"{prefix}_bw_efficiency"], p[f"{prefix}_kernel_s"]]
     x += [p["moe_tail_share"], p.get(f"{prefix}_expert_s", 0.0)]
     peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
-    return moe_predict(moe_features(rows), np.array(x), peak, hbm, wbytes, p["overlap_exponent"])
+    feat = widened(moe_features(rows), rows, p.get("moe_width_offset", 0.0))
+    out = moe_predict(feat, np.array(x), peak, hbm, wbytes, p["overlap_exponent"])
+    factor = p.get("moe_unaligned_factor", 1.0) if name == "moe" else 1.0
+    return np.where(unaligned_widths(rows), out * factor, out)
 
 
 def predict_collective(

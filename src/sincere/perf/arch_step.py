@@ -76,6 +76,8 @@ from sincere.perf.moe import (
     fused_moe_s,
     mla_decode_flops_per_pair,
     mla_prefill_flops_per_pair,
+    narrow_expert_scale,
+    unaligned_factor,
     windowed_context,
     windowed_pairs,
 )
@@ -155,6 +157,7 @@ class ArchStep:
             allreduce_terms,
             alltoall_terms,
             expert_constants,
+            expert_unaligned_factor,
             gemm_mfu,
             prefill_attention_grid,
             quantisation_terms,
@@ -176,6 +179,7 @@ class ArchStep:
         moe_mfu, moe_bw, self._moe_kernel_s, moe_rate, self._moe_expert_s = expert_constants(
             p, dep.precision, self.compute_precision
         )
+        self._moe_unaligned = expert_unaligned_factor(p, dep.precision, self.compute_precision)
         moe_peak = acc.peak_tflops(moe_rate) * 1e12 * sustained
         self._moe_peak = moe_peak * (gemm_mfu(p, moe_rate) if moe_mfu is None else moe_mfu)
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
@@ -218,10 +222,8 @@ class ArchStep:
         return gemm_s(self.params, mat.k, mat.n, mat.weight_bytes, tokens, rates, quant, grid)
 
     def _routed_s(self, tokens: int) -> tuple[float, float]:
-        """(router, routed experts with their permutation) of one MoE layer over ``tokens``.
-
-        Under attention DP the experts see the whole group's tokens: every rank carries a
-        batch like this one (symmetric load), ``attention_dp · tokens`` in all."""
+        """(router, routed experts with their permutation) of one MoE layer over ``tokens``;
+        under attention DP the experts see every rank's like batch: ``attention_dp · tokens``."""
         dep, m, p = self.deployment, self.moe, self.params
         model, ep = dep.model, dep.ep
         h, k, e = model.hidden_size, model.experts_per_token, model.num_experts
@@ -236,6 +238,7 @@ class ArchStep:
             tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance
         )
         one = np.array(work).reshape(5, 1)
+        one[:2] *= narrow_expert_scale(width, p.moe_width_offset)
         experts = fused_moe_s(
             (one[0], one[1], one[2], one[3], one[4]),
             (self._moe_peak, self._moe_hbm),
@@ -245,7 +248,7 @@ class ArchStep:
             p.overlap_exponent,
             self._moe_expert_s,
         )
-        return router, float(experts[0])
+        return router, float(experts[0]) * unaligned_factor(width, self._moe_unaligned)
 
     def _all_to_all_s(self, tokens: int) -> float:
         dep, m = self.deployment, self.moe

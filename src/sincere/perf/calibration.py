@@ -124,6 +124,8 @@ KERNEL_PARTS = {
         "moe_kernel_s",
         "moe_tail_share",
         "moe_expert_s",
+        "moe_width_offset",
+        "moe_unaligned_factor",
         "moe_fp8_mfu_efficiency",
         "moe_fp8_bw_efficiency",
         "moe_fp8_kernel_s",

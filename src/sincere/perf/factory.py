@@ -289,6 +289,12 @@ class RooflineStepParams(Params):
     moe_tail_share: float | None = _fitted(
         "share of the busiest expert's rows not hidden by the others", ge=0, le=1
     )
+    moe_width_offset: float | None = _fitted(
+        "elements wider than its width an expert's GEMMs compute as", ge=0
+    )
+    moe_unaligned_factor: float | None = _fitted(
+        "bf16 experts' time at widths per GPU off a multiple of 16, as a factor", gt=0
+    )
     moe_fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in the fp8-expert kernel")
     moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
     moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")

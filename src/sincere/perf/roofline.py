@@ -177,6 +177,8 @@ class RooflineParams:
     moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
     moe_tail_share: float = 0.0  # share of the busiest expert's rows not hidden by the others
     moe_expert_s: float = 0.0  # fused MoE's memory-side cost per active expert
+    moe_width_offset: float = 0.0  # experts compute as if this much wider (every precision)
+    moe_unaligned_factor: float = 1.0  # bf16 experts' time at widths off ALIGNED_WIDTH
     moe_fp8_mfu_efficiency: float | None = None  # fp8 experts: share of the fp8 peak (None: bf16's)
     moe_fp8_bw_efficiency: float | None = None  # fp8 experts: share of HBM (None: bf16's)
     moe_fp8_kernel_s: float | None = None  # fp8 experts: fixed cost per layer (None: bf16's)
@@ -294,6 +296,7 @@ class RooflineParams:
             "attn_kv_head_work",
             "gdn_spill_bytes",
             "gdn_onchip_share",
+            "moe_width_offset",
         ):
             if getattr(self, name) < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0", value=getattr(self, name))
@@ -303,6 +306,10 @@ class RooflineParams:
             )
         if not 0.0 <= self.moe_tail_share <= 1.0:
             raise ConfigError("RooflineParams.moe_tail_share must be in [0, 1]")
+        if not self.moe_unaligned_factor > 0.0:
+            raise ConfigError(
+                "RooflineParams.moe_unaligned_factor must be > 0", value=self.moe_unaligned_factor
+            )
         if self.cuda_graph_max_tokens < 0:
             raise ConfigError("RooflineParams.cuda_graph_max_tokens must be >= 0")
         if self.token_tile < 1:
@@ -460,6 +467,16 @@ def expert_constants(
     mfu, bw = getattr(p, f"{name}_mfu_efficiency"), getattr(p, f"{name}_bw_efficiency")
     kernel = getattr(p, f"{name}_kernel_s") or 0.0
     return mfu, bw, kernel, rate, getattr(p, f"{name}_expert_s") or 0.0
+
+
+def expert_unaligned_factor(
+    params: RooflineParams, precision: str, compute_precision: str
+) -> float:
+    """``moe_unaligned_factor`` where experts stored in ``precision`` run the bf16 experts'
+    kernel (:func:`expert_constants`; the factor was fitted on it), else 1."""
+    if _expert_family(params, precision, compute_precision) is None:
+        return params.moe_unaligned_factor
+    return 1.0
 
 
 def _expert_family(
