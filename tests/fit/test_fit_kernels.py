@@ -439,6 +439,29 @@ def test_fit_recovers_narrow_and_unaligned_experts() -> None:
     assert "moe_unaligned_factor" not in fit_moe(aligned, H100, 2.5, Path("/s")).params
 
 
+def test_quantised_experts_fit_their_own_width_offset() -> None:
+    """fp8 experts 2,048 wide over 1-32 GPUs, made as if 150 wider than they are, fit that
+    offset back beside their efficiencies, whatever the bf16 fit's offset was."""
+    tokens = np.tile(2.0 ** np.arange(0, 14, 1.0), 6)
+    tp = np.repeat([1.0, 2.0, 4.0, 8.0, 16.0, 32.0], 14)
+    cols: dict[str, Any] = dict(
+        num_tokens=tokens, hidden_size=np.full(84, 7168.0), inter_size=np.full(84, 2048.0),
+        topk=np.full(84, 8.0), num_experts=np.full(84, 256.0), moe_tp_size=tp,
+        moe_ep_size=np.ones(84), distribution=np.full(84, "balanced"),
+        kernel_source=np.full(84, "triton"), moe_dtype=np.full(84, "fp8_block"),
+    )  # fmt: skip
+    probe = _table("moe", latency=np.ones(84), **cols)
+    peak, hbm = H100.peak_tflops("fp8") * 1e12, H100.hbm_bandwidth_gbps * 1e9
+    x = np.array([0.35, 0.8, 30e-6, 0.0, 0.1e-6])
+    seconds = moe_predict(widened(moe_features(probe), probe, 150.0), x, peak, hbm, 1.0, 2.5)
+    table = _table("moe", latency=seconds * 1e3, **cols)
+    bf16 = {"moe_tail_share": 0.0, "overlap_exponent": 2.5, "moe_width_offset": 40.0}
+    fam = fit_quant_moe("moe_fp8", table, H100, bf16, Path("/s"))
+    assert fam.mean_error < 0.01
+    assert fam.params["moe_fp8_width_offset"] == pytest.approx(150.0, rel=0.05)
+    assert fam.params["moe_fp8_mfu_efficiency"] == pytest.approx(0.35, rel=0.02)
+
+
 def test_relu2_experts_are_two_matrices_where_the_layer_itself_was_timed() -> None:
     """Nemotron 3 Nano's expert shape (2688 wide, 128 experts of 1856, top 6: relu2 experts)
     reads two matrices an expert when timed through the model's own layer, three through the

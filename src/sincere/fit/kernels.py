@@ -902,25 +902,26 @@ def fit_quant_moe(
     name: str, table: KernelTable, acc: Accelerator, bf16: dict[str, Any], root: Path
 ) -> FamilyFit:
     """Quantised experts (:data:`QUANT_EXPERTS`): the bf16 form with their weight bytes and
-    compute rate, their own efficiencies and kernel cost; the overlap exponent and tail
-    share are the bf16 fits' (``bf16``)."""
+    compute rate, their own efficiencies, kernel cost and width offset; the overlap exponent
+    and tail share are the bf16 fits' (``bf16``)."""
     rows = quant_moe_rows(name, table)
     _, precision, wbytes = QUANT_EXPERTS[name]
     feat = moe_features(rows)
     measured = rows.num("latency") * 1e-3
     peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
     tail, overlap = bf16["moe_tail_share"], bf16["overlap_exponent"]
-    feat = widened(feat, rows, bf16.get("moe_width_offset", 0.0))
     root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
     spec = (
         Bounded(f"{name}_mfu_efficiency", 0.5, 0.02, 1.0),
         Bounded(f"{name}_bw_efficiency", 0.6, 0.02, 1.0),
         Bounded(f"{name}_kernel_s", 20e-6, 0.0, 1e-3),
         Bounded(f"{name}_expert_s", 0.1e-6, 0.0, 5e-6),
+        Bounded(f"{name}_width_offset", 16.0, 0.0, 1024.0),
     )
 
     def predict(x: FArray) -> FArray:
-        return moe_predict(feat, np.insert(x, 3, tail), peak, hbm, wbytes, overlap)
+        consts = np.insert(x[:4], 3, tail)
+        return moe_predict(widened(feat, rows, x[4]), consts, peak, hbm, wbytes, overlap)
 
     fam = fit_named(name, predict, spec, measured, root_w, rows, root)
     dtype = str(rows.columns["moe_dtype"][0])
@@ -1065,7 +1066,8 @@ def predict_moe(name: str, rows: KernelTable, acc: Accelerator, params: dict[str
     x = [p[f"{prefix}_mfu_efficiency"], p[f"{prefix}_bw_efficiency"], p[f"{prefix}_kernel_s"]]
     x += [p["moe_tail_share"], p.get(f"{prefix}_expert_s", 0.0)]
     peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
-    feat = widened(moe_features(rows), rows, p.get("moe_width_offset", 0.0))
+    offset = p.get(f"{prefix}_width_offset", p.get("moe_width_offset", 0.0))
+    feat = widened(moe_features(rows), rows, offset)
     out = moe_predict(feat, np.array(x), peak, hbm, wbytes, p["overlap_exponent"])
     factor = p.get("moe_unaligned_factor", 1.0) if name == "moe" else 1.0
     return np.where(unaligned_widths(rows), out * factor, out)

@@ -176,8 +176,8 @@ class ArchStep:
                 value=p.mxfp4_activations,
                 allowed=["bf16"],
             )
-        moe_mfu, moe_bw, self._moe_kernel_s, moe_rate, self._moe_expert_s = expert_constants(
-            p, dep.precision, self.compute_precision
+        moe_mfu, moe_bw, self._moe_kernel_s, moe_rate, self._moe_expert_s, self._moe_offset = (
+            expert_constants(p, dep.precision, self.compute_precision)
         )
         self._moe_unaligned = expert_unaligned_factor(p, dep.precision, self.compute_precision)
         moe_peak = acc.peak_tflops(moe_rate) * 1e12 * sustained
@@ -238,7 +238,7 @@ class ArchStep:
             tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance
         )
         one = np.array(work).reshape(5, 1)
-        one[:2] *= narrow_expert_scale(width, p.moe_width_offset)
+        one[:2] *= narrow_expert_scale(width, self._moe_offset)
         experts = fused_moe_s(
             (one[0], one[1], one[2], one[3], one[4]),
             (self._moe_peak, self._moe_hbm),

@@ -299,14 +299,23 @@ class RooflineStepParams(Params):
     moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
     moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")
     moe_fp8_expert_s: float | None = _time("cost per active expert in the fp8-expert kernel")
+    moe_fp8_width_offset: float | None = _fitted(
+        "elements wider than its width an expert computes as in the fp8-expert kernel", ge=0
+    )
     moe_mxfp4_mfu_efficiency: float | None = _efficiency("the bf16 peak in the MXFP4-expert kernel")
     moe_mxfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the MXFP4-expert kernel")
     moe_mxfp4_kernel_s: float | None = _time("fixed cost of one MXFP4-expert MoE kernel per layer")
     moe_mxfp4_expert_s: float | None = _time("cost per active expert in the MXFP4-expert kernel")
+    moe_mxfp4_width_offset: float | None = _fitted(
+        "elements wider than its width an expert computes as in the MXFP4-expert kernel", ge=0
+    )
     moe_nvfp4_mfu_efficiency: float | None = _efficiency("the fp4 peak in the NVFP4-expert kernel")
     moe_nvfp4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the NVFP4-expert kernel")
     moe_nvfp4_kernel_s: float | None = _time("fixed cost of one NVFP4-expert MoE kernel per layer")
     moe_nvfp4_expert_s: float | None = _time("cost per active expert in the NVFP4-expert kernel")
+    moe_nvfp4_width_offset: float | None = _fitted(
+        "elements wider than its width an expert computes as in the NVFP4-expert kernel", ge=0
+    )
     moe_mxfp4_mxfp8_mfu_efficiency: float | None = _efficiency(
         "the fp8 peak in the MXFP4-expert kernel with MXFP8 activations"
     )
@@ -319,10 +328,16 @@ class RooflineStepParams(Params):
     moe_mxfp4_mxfp8_expert_s: float | None = _time(
         "cost per active expert in the MXFP4-expert kernel with MXFP8 activations"
     )
+    moe_mxfp4_mxfp8_width_offset: float | None = _fitted(
+        "elements wider than its width an expert computes as with MXFP8 activations", ge=0
+    )
     moe_int4_mfu_efficiency: float | None = _efficiency("the bf16 peak in the INT4-expert kernel")
     moe_int4_bw_efficiency: float | None = _efficiency("HBM bandwidth in the INT4-expert kernel")
     moe_int4_kernel_s: float | None = _time("fixed cost of one INT4-expert MoE kernel per layer")
     moe_int4_expert_s: float | None = _time("cost per active expert in the INT4-expert kernel")
+    moe_int4_width_offset: float | None = _fitted(
+        "elements wider than its width an expert computes as in the INT4-expert kernel", ge=0
+    )
     mxfp4_activations: str | None = Field(
         None,
         description="what MXFP4 experts multiply with: bf16 (vLLM's default) or mxfp8 "

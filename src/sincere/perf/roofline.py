@@ -183,22 +183,29 @@ class RooflineParams:
     moe_fp8_bw_efficiency: float | None = None  # fp8 experts: share of HBM (None: bf16's)
     moe_fp8_kernel_s: float | None = None  # fp8 experts: fixed cost per layer (None: bf16's)
     moe_fp8_expert_s: float | None = None  # fp8 experts: cost per active expert
+    moe_fp8_width_offset: float | None = None  # fp8 experts: compute widening (None: bf16's)
     moe_mxfp4_mfu_efficiency: float | None = None  # MXFP4 experts: share of the bf16 peak
     moe_mxfp4_bw_efficiency: float | None = None  # MXFP4 experts: share of HBM
     moe_mxfp4_kernel_s: float | None = None  # MXFP4 experts: fixed cost per layer
     moe_mxfp4_expert_s: float | None = None  # MXFP4 experts: cost per active expert
+    moe_mxfp4_width_offset: float | None = None  # MXFP4 experts: compute widening (None: bf16's)
     moe_nvfp4_mfu_efficiency: float | None = None  # NVFP4 experts: share of the fp4 peak
     moe_nvfp4_bw_efficiency: float | None = None  # NVFP4 experts: share of HBM
     moe_nvfp4_kernel_s: float | None = None  # NVFP4 experts: fixed cost per layer
     moe_nvfp4_expert_s: float | None = None  # NVFP4 experts: cost per active expert
+    moe_nvfp4_width_offset: float | None = None  # NVFP4 experts: compute widening (None: bf16's)
     moe_mxfp4_mxfp8_mfu_efficiency: float | None = None  # MXFP4 x MXFP8 experts: of the fp8 peak
     moe_mxfp4_mxfp8_bw_efficiency: float | None = None  # MXFP4 x MXFP8 experts: share of HBM
     moe_mxfp4_mxfp8_kernel_s: float | None = None  # MXFP4 x MXFP8 experts: fixed cost per layer
     moe_mxfp4_mxfp8_expert_s: float | None = None  # MXFP4 x MXFP8: cost per active expert
+    moe_mxfp4_mxfp8_width_offset: float | None = (
+        None  # MXFP4 x MXFP8: compute widening (None: bf16's)
+    )
     moe_int4_mfu_efficiency: float | None = None  # INT4 (W4A16) experts: share of the bf16 peak
     moe_int4_bw_efficiency: float | None = None  # INT4 experts: share of HBM
     moe_int4_kernel_s: float | None = None  # INT4 experts: fixed cost per layer
     moe_int4_expert_s: float | None = None  # INT4 experts: cost per active expert
+    moe_int4_width_offset: float | None = None  # INT4 experts: compute widening (None: bf16's)
     mxfp4_activations: str = "bf16"  # MXFP4 experts' activations: one of MXFP4_ACTIVATIONS
     # Gated DeltaNet layers (sincere.perf.linear_attention); defaults: the mean of the
     # H100, H200 and B200 fits (vLLM 0.24's gdn kernels)
@@ -258,6 +265,9 @@ class RooflineParams:
         for name in (f"{e}_{term}" for e in experts for term in ("kernel_s", "expert_s")):
             if (value := getattr(self, name)) is not None and value < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0 s", value=value)
+        for name in (f"{e}_width_offset" for e in experts):
+            if (value := getattr(self, name)) is not None and value < 0.0:
+                raise ConfigError(f"RooflineParams.{name} must be >= 0", value=value)
         if self.attn_decode_kernel_s is not None and self.attn_decode_kernel_s < 0.0:
             raise ConfigError(
                 "RooflineParams.attn_decode_kernel_s must be >= 0 s",
@@ -447,9 +457,9 @@ def quantisation_terms(
 
 def expert_constants(
     params: RooflineParams, precision: str, compute_precision: str
-) -> tuple[float | None, float | None, float, str, float]:
+) -> tuple[float | None, float | None, float, str, float, float]:
     """(share of the peak, share of HBM, fixed cost per layer, precision of the peak, cost
-    per active expert) of the fused-MoE kernel for experts stored in ``precision`` and
+    per active expert, width offset) of the fused-MoE kernel for experts stored in ``precision`` and
     computed in ``compute_precision``: fp8 experts run at the fp8 rate, MXFP4 ones
     dequantised to bf16 (or, with ``mxfp4_activations: mxfp8``, against MXFP8 activations
     at the fp8 rate), NVFP4 ones at the fp4 rate and INT4 ones dequantised to bf16 (W4A16),
@@ -462,11 +472,13 @@ def expert_constants(
     if family is None:
         rate = "fp8" if precision == "mxfp4" and p.mxfp4_activations == "mxfp8" else None
         bf16 = (p.moe_mfu_efficiency, p.moe_bw_efficiency, p.moe_kernel_s)
-        return (*bf16, rate or compute_precision, p.moe_expert_s)
+        return (*bf16, rate or compute_precision, p.moe_expert_s, p.moe_width_offset)
     name, rate = family
     mfu, bw = getattr(p, f"{name}_mfu_efficiency"), getattr(p, f"{name}_bw_efficiency")
     kernel = getattr(p, f"{name}_kernel_s") or 0.0
-    return mfu, bw, kernel, rate, getattr(p, f"{name}_expert_s") or 0.0
+    offset = getattr(p, f"{name}_width_offset")
+    offset = p.moe_width_offset if offset is None else offset
+    return mfu, bw, kernel, rate, getattr(p, f"{name}_expert_s") or 0.0, offset
 
 
 def expert_unaligned_factor(
