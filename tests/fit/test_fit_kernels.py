@@ -411,21 +411,28 @@ def _moe_rows(dtypes: list[str]) -> dict[str, Any]:
     }
 
 
+def _tp_rows(shape: tuple[int, int, int, int], tps: list[int], dtype: str) -> dict[str, Any]:
+    """Balanced fused-MoE rows of one ``(hidden, inter, experts, top-k)`` shape at 1 to 8k
+    tokens over each of ``tps`` GPUs."""
+    n = 14 * len(tps)
+    hidden, inter, experts, topk = (np.full(n, float(v)) for v in shape)
+    return dict(
+        num_tokens=np.tile(2.0 ** np.arange(0, 14, 1.0), len(tps)), hidden_size=hidden,
+        inter_size=inter, topk=topk, num_experts=experts,
+        moe_tp_size=np.repeat(np.asarray(tps, dtype=float), 14), moe_ep_size=np.ones(n),
+        distribution=np.full(n, "balanced"), kernel_source=np.full(n, "triton"),
+        moe_dtype=np.full(n, dtype),
+    )  # fmt: skip
+
+
 def test_fit_recovers_narrow_and_unaligned_experts() -> None:
     """bf16 experts 1,856 wide over 1-16 GPUs, made with a narrow-expert offset of 100 and
     twice the time where the width per GPU is off a multiple of 16 (232 and 116 at 8 and
     16 GPUs), fit back to both; a table with every width aligned fits no factor."""
-    tokens = np.tile(2.0 ** np.arange(0, 14, 1.0), 5)
-    tp = np.repeat([1.0, 2.0, 4.0, 8.0, 16.0], 14)
-    cols: dict[str, Any] = dict(
-        num_tokens=tokens, hidden_size=np.full(70, 8192.0), inter_size=np.full(70, 1856.0),
-        topk=np.full(70, 6.0), num_experts=np.full(70, 128.0), moe_tp_size=tp,
-        moe_ep_size=np.ones(70), distribution=np.full(70, "balanced"),
-        kernel_source=np.full(70, "triton"), moe_dtype=np.full(70, "bfloat16"),
-    )  # fmt: skip
+    cols = _tp_rows((8192, 1856, 128, 6), [1, 2, 4, 8, 16], "bfloat16")
     probe = _table("moe", latency=np.ones(70), **cols)
     unaligned = unaligned_widths(probe)
-    assert list(np.floor(1856 / tp[unaligned])) == [232.0] * 14 + [116.0] * 14
+    assert list(np.floor(1856 / cols["moe_tp_size"][unaligned])) == [232.0] * 14 + [116.0] * 14
     peak, hbm = H100.peak_tflops("bf16") * 1e12, H100.hbm_bandwidth_gbps * 1e9
     x = np.array([0.6, 0.85, 25e-6, 0.0, 0.1e-6])
     seconds = moe_predict(widened(moe_features(probe), probe, 100.0), x, peak, hbm, 2.0, 2.5)
@@ -442,14 +449,7 @@ def test_fit_recovers_narrow_and_unaligned_experts() -> None:
 def test_quantised_experts_fit_their_own_width_offset() -> None:
     """fp8 experts 2,048 wide over 1-32 GPUs, made as if 150 wider than they are, fit that
     offset back beside their efficiencies, whatever the bf16 fit's offset was."""
-    tokens = np.tile(2.0 ** np.arange(0, 14, 1.0), 6)
-    tp = np.repeat([1.0, 2.0, 4.0, 8.0, 16.0, 32.0], 14)
-    cols: dict[str, Any] = dict(
-        num_tokens=tokens, hidden_size=np.full(84, 7168.0), inter_size=np.full(84, 2048.0),
-        topk=np.full(84, 8.0), num_experts=np.full(84, 256.0), moe_tp_size=tp,
-        moe_ep_size=np.ones(84), distribution=np.full(84, "balanced"),
-        kernel_source=np.full(84, "triton"), moe_dtype=np.full(84, "fp8_block"),
-    )  # fmt: skip
+    cols = _tp_rows((7168, 2048, 256, 8), [1, 2, 4, 8, 16, 32], "fp8_block")
     probe = _table("moe", latency=np.ones(84), **cols)
     peak, hbm = H100.peak_tflops("fp8") * 1e12, H100.hbm_bandwidth_gbps * 1e9
     x = np.array([0.35, 0.8, 30e-6, 0.0, 0.1e-6])
