@@ -754,7 +754,8 @@ def widened(
     feat: tuple[FArray, FArray, FArray, FArray, FArray], rows: KernelTable, offset: float
 ) -> tuple[FArray, FArray, FArray, FArray, FArray]:
     """:func:`moe_features` with the compute of each expert as if ``offset`` wider (what a
-    narrow expert's GEMMs lose to their fixed steps; :func:`sincere.perf.moe.expert_work`)."""
+    narrow expert's GEMMs lose to their fixed steps; :func:`sincere.perf.moe.narrow_expert_scale`,
+    as the step model prices it)."""
     width = np.maximum(1.0, np.floor(rows.num("inter_size") / rows.num("moe_tp_size")))
     scale = narrow_expert_scale(width, offset)
     return feat[0] * scale, feat[1] * scale, feat[2], feat[3], feat[4]
@@ -825,7 +826,10 @@ def allreduce_rows(table: KernelTable) -> KernelTable:
 
 
 def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) -> FamilyFit:
-    """Fused MoE, bf16 experts, one GPU holding every expert (no EP), all routings."""
+    """Fused MoE, bf16 experts, one GPU holding every expert (no EP), balanced routing where
+    measured (:func:`moe_rows`): efficiencies, kernel cost, tail share, cost per active
+    expert, width offset and, where the rows have widths off :data:`ALIGNED_WIDTH`, their
+    factor."""
     rows = moe_rows(table)
     feat = moe_features(rows)
     measured = rows.num("latency") * 1e-3

@@ -177,7 +177,8 @@ class RooflineParams:
     moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
     moe_tail_share: float = 0.0  # share of the busiest expert's rows not hidden by the others
     moe_expert_s: float = 0.0  # fused MoE's memory-side cost per active expert
-    moe_width_offset: float = 0.0  # experts compute as if this much wider (every precision)
+    moe_width_offset: float = 0.0  # bf16 experts compute as if this much wider (and others'
+    # without an offset of their own)
     moe_unaligned_factor: float = 1.0  # bf16 experts' time at widths off ALIGNED_WIDTH
     moe_fp8_mfu_efficiency: float | None = None  # fp8 experts: share of the fp8 peak (None: bf16's)
     moe_fp8_bw_efficiency: float | None = None  # fp8 experts: share of HBM (None: bf16's)
@@ -459,14 +460,15 @@ def expert_constants(
     params: RooflineParams, precision: str, compute_precision: str
 ) -> tuple[float | None, float | None, float, str, float, float]:
     """(share of the peak, share of HBM, fixed cost per layer, precision of the peak, cost
-    per active expert, width offset) of the fused-MoE kernel for experts stored in ``precision`` and
-    computed in ``compute_precision``: fp8 experts run at the fp8 rate, MXFP4 ones
-    dequantised to bf16 (or, with ``mxfp4_activations: mxfp8``, against MXFP8 activations
-    at the fp8 rate), NVFP4 ones at the fp4 rate and INT4 ones dequantised to bf16 (W4A16),
-    each with its own fitted kernel where the fit has one (``moe_fp8_*``, ``moe_mxfp4_*``,
-    ``moe_mxfp4_mxfp8_*``, ``moe_nvfp4_*``, ``moe_int4_*``); otherwise the bf16 experts'
-    (None: the GEMMs' shares). MXFP8
-    activations without a fit of their own take the fp8 experts' kernel."""
+    per active expert, width offset) of the fused-MoE kernel for experts stored in
+    ``precision`` and computed in ``compute_precision``: fp8 experts run at the fp8 rate,
+    MXFP4 ones dequantised to bf16 (or, with ``mxfp4_activations: mxfp8``, against MXFP8
+    activations at the fp8 rate), NVFP4 ones at the fp4 rate and INT4 ones dequantised to
+    bf16 (W4A16), each with its own fitted kernel where the fit has one (``moe_fp8_*``,
+    ``moe_mxfp4_*``, ``moe_mxfp4_mxfp8_*``, ``moe_nvfp4_*``, ``moe_int4_*``; a family without
+    its own width offset takes the bf16 experts'); otherwise the bf16 experts' (None: the
+    GEMMs' shares). MXFP8 activations without a fit of their own take the fp8 experts'
+    kernel."""
     p = params
     family = _expert_family(p, precision, compute_precision)
     if family is None:
