@@ -498,6 +498,15 @@ def test_fused_moe_calls_in_l2_are_left_out() -> None:
     assert list(kept.num("inter_size")) == [16384.0, 128.0, 1024.0]
 
 
+def test_bf16_experts_all_in_l2_refuse_with_the_reason() -> None:
+    """A table whose bf16 calls all sit in the L2 window leaves too few rows to fit: the
+    family says why instead of fitting nothing."""
+    cols = _tp_rows((2048, 768, 128, 8), [1], "bfloat16")
+    few = {k: v[:6] for k, v in cols.items()}  # 1-32 tokens: 2-256 MB of weights each
+    with pytest.raises(ConfigError, match="outside the L2 window"):
+        moe_rows(_table("moe", latency=np.ones(6), **few))
+
+
 def test_fit_recovers_synthetic_fp8_and_mxfp4_experts() -> None:
     """fp8 experts (block-scaled rows preferred over per-tensor ones) at the fp8 rate with 1 B
     weights, and MXFP4 experts at the bf16 rate with 4.25-bit weights, made from known

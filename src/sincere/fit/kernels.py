@@ -791,7 +791,16 @@ def moe_rows(table: KernelTable) -> KernelTable:
     if rows.num_rows == 0:
         raise ConfigError("no bf16 fused-MoE rows without EP", where=str(table.path))
     rows = fit_routing(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
-    return subsample(out_of_l2(rows, 2.0), 4000)
+    rows = out_of_l2(rows, 2.0)
+    if rows.num_rows < MIN_EXPERT_ROWS:
+        raise ConfigError(
+            "too few bf16 fused-MoE rows outside the L2 window (2-256 MB of weights at <= "
+            f"{L2_HOT_TOKENS} tokens an expert) to fit the experts' constants",
+            where=str(table.path),
+            value=rows.num_rows,
+            allowed=f">= {MIN_EXPERT_ROWS}",
+        )
+    return subsample(rows, 4000)
 
 
 def out_of_l2(rows: KernelTable, weight_bytes: float) -> KernelTable:
