@@ -162,8 +162,9 @@ def test_a_steps_experts_reproduce_the_measured_rows_of_its_layer() -> None:
 
 def test_only_hopper_pays_for_unaligned_experts() -> None:
     """The shipped fits: Hopper's bf16 experts run 2-2.5x as long at widths off a multiple of
-    16 (the Triton kernel there), L40S's and RTX PRO 6000's within 25 % of the aligned form;
-    every fit with fused-MoE rows has a narrow-expert offset (0 where the rows want none)."""
+    16 (the Triton kernel there), L40S's, RTX PRO 6000's and B200's within 25 % of the
+    aligned form; every fit with fused-MoE rows has a narrow-expert offset (0 where the rows
+    want none)."""
     factors = {}
     for name in ("H100-SXM", "H200", "L40S", "RTX-PRO-6000", "B200"):
         params = yaml.safe_load((KERNELS / f"{name}.yaml").read_text())["params"]
