@@ -14,6 +14,7 @@ from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.calibration import default_roofline_params
 from sincere.perf.moe import expected_distinct_experts
 from sincere.perf.roofline import allreduce_terms
+from sincere.perf.shape_grid import allreduce_factor
 
 BATCHES = (
     Batch.of(decode=[512]),
@@ -254,7 +255,9 @@ def test_attention_dp_without_ep_reduces_the_group_tokens_over_the_group() -> No
     model = get_model("qwen3-30b-a3b")
     size = 64 * model.hidden_size * params.activation_bytes
     link = get_accelerator("H100-SXM").interconnect_gbps_per_direction * 1e9 * efficiency
-    one = latency + 2 * 7 / 8 * size / link
+    one = (latency + 2 * 7 / 8 * size / link) * allreduce_factor(
+        params.allreduce_grid, size, 8, False
+    )
     assert ours.all_to_all_s == pytest.approx(model.num_layers * 2 * one)
     # the rank's TP all-reduces: one per expert layer fewer (every layer has experts here)
     assert ours.communication_s == pytest.approx(plain.communication_s / 2)

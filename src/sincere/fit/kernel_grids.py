@@ -27,6 +27,15 @@ PREFILL_ATTENTION_GRID_AXES = (GridAxis(4.0, 14.0, 6), GridAxis(0.0, 8.0, 5), Gr
 and query heads on the GPU (1 to 64), a node every two octaves: the kernel fills the GPU's
 SMs with (sequence, head, query tile) blocks, and few of them leave it half idle."""
 
+ALLREDUCE_GRID_AXES = (GridAxis(10.0, 27.0, 18), GridAxis(1.0, 3.0, 3), GridAxis(0.0, 1.0, 2))
+"""The all-reduce's grid: message bytes (1 KB to 128 MB, a node every octave: vLLM switches
+algorithm and launch shape by size, in steps an octave apart), GPUs (2, 4, 8) and 1 + eager
+(1: in a CUDA graph, 2: outside one)."""
+
+ALLREDUCE_GRID_RIDGE = 0.05
+"""The all-reduce grid's ridge: its nodes are the measured sizes themselves (one or two rows
+each), which the grid should follow rather than shrink toward the form."""
+
 GRID_RIDGE = 1.0
 """The ridge toward a factor of 1, against a sum of squares over thousands of rows: it
 decides only nodes that few rows reach."""

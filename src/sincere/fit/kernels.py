@@ -37,7 +37,10 @@ family over every measured shape, never a table per shape:
   count its own latency and efficiency; outside a graph at least
   ``allreduce_eager_floor_s`` (the CPU's launch hides a small transfer: an eager
   all-reduce takes the floor until the ring's time exceeds it) plus
-  ``allreduce_eager_s``; messages up to 128 MiB;
+  ``allreduce_eager_s``; messages up to 128 MiB; then the factor by message size
+  (``allreduce_grid``: message bytes, a node an octave, GPUs and graph or eager), which
+  follows the measured calls (vLLM changes algorithm and launch shape by size, in steps
+  the affine form cannot follow: on 8 B200s 256 KB takes 26 us in a graph, 1 MB 17 us);
 * **all-to-all** (NCCL's ``alltoall`` of 16-bit elements, the expert-parallel dispatch
   and combine): per GPU count ``latency(n) + protocol_s · sent / (sent + knee_bytes) +
   sent / (one-way link × efficiency(n))`` with ``sent = (n−1)/n · bytes`` (a GPU's buffer
@@ -82,7 +85,10 @@ from sincere.catalog.specs import PRECISION_BYTES, Accelerator
 from sincere.core.errors import ConfigError
 from sincere.fit.gpu_profiles import FArray, gemm_constants, octave_weights
 from sincere.fit.kernel_grids import (
+    ALLREDUCE_GRID_AXES,
+    ALLREDUCE_GRID_RIDGE,
     GEMM_GRID_AXES,
+    GRID_RIDGE,
     PREFILL_ATTENTION_GRID_AXES,
     fit_shape_grid,
     grid_log_factors,
@@ -407,11 +413,12 @@ def with_grid(
     root: Path,
     sizes: list[FArray],
     axes: Sequence[GridAxis],
+    ridge: float = GRID_RIDGE,
 ) -> FamilyFit:
     """``fam`` with its factor by shape (``<family>_grid``, :mod:`sincere.perf.shape_grid`)
     fitted to what its form leaves on its rows, and its errors those of the form times the
     factor (the form's own mean error kept beside)."""
-    grid = fit_shape_grid(sizes, np.log(measured / pred), axes)
+    grid = fit_shape_grid(sizes, np.log(measured / pred), axes, ridge)
     corrected = pred * np.exp(grid_log_factors(grid, sizes))
     params = {**fam.params, f"{fam.name}_grid": grid.as_dict()}
     out = summarise(fam.name, params, corrected, measured, rows, root)
@@ -630,7 +637,8 @@ class Collective:
 
 
 def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
-    """vLLM's custom all-reduce, graph and eager, per GPU count (module docstring)."""
+    """vLLM's custom all-reduce, graph and eager, per GPU count, and its factor by message
+    size (module docstring)."""
     rows = allreduce_rows(table)
     c = Collective.of(rows, acc)
     eager = rows.equals("backend", "vllm_eager").astype(np.float64)
@@ -656,7 +664,10 @@ def fit_allreduce(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit
         "allreduce_latency_s": float(x[0]),
         "interconnect_efficiency": float(np.median(efficiencies)),
     }
-    return summarise("allreduce", params, predict(x), c.measured, rows, root, bound)
+    fam = summarise("allreduce", params, predict(x), c.measured, rows, root, bound)
+    sizes = [c.nbytes, c.gpus, 1.0 + eager]
+    axes, ridge = ALLREDUCE_GRID_AXES, ALLREDUCE_GRID_RIDGE
+    return with_grid(fam, rows, predict(x), c.measured, root, sizes, axes, ridge)
 
 
 # --- all-to-all (expert-parallel dispatch and combine) ----------------------------------
@@ -1098,7 +1109,13 @@ def predict_collective(
         x = [*p["allreduce_latencies_s"], *p["allreduce_efficiencies"], p["allreduce_eager_s"]]
         x.append(p.get("allreduce_eager_floor_s", 0.0))
         eager = rows.equals("backend", "vllm_eager").astype(np.float64)
-        return allreduce_predict(rows.num("num_gpus"), nbytes, eager, np.array(x), counts, link)
+        gpus = rows.num("num_gpus")
+        out = allreduce_predict(gpus, nbytes, eager, np.array(x), counts, link)
+        grid = p.get("allreduce_grid")
+        if grid is not None:  # the factor by message size
+            sizes = [nbytes, gpus, 1.0 + eager]
+            out = out * np.exp(grid_log_factors(ShapeGrid.from_mapping(grid, name), sizes))
+        return out
     counts = [int(c) for c in p["alltoall_gpus"]]
     x = [*p["alltoall_latencies_s"], *p["alltoall_efficiencies"]]
     x += [p["alltoall_protocol_s"], p["alltoall_knee_bytes"]]

@@ -82,7 +82,7 @@ from sincere.perf.moe import (
     windowed_pairs,
 )
 from sincere.perf.series import sum_max_affine
-from sincere.perf.shape_grid import prefill_factor
+from sincere.perf.shape_grid import allreduce_factor, prefill_factor
 
 if TYPE_CHECKING:
     from sincere.perf.roofline import RooflineParams
@@ -185,6 +185,7 @@ class ArchStep:
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
         self.measured_experts = deployment_curve(deployment, params, self.compute_precision)
         self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
+        self._comm_grid = p.allreduce_grid if p.shape_corrections else None
         self._a2a_terms = alltoall_terms(p, self.moe, dep.ep)
         group = dep.ep == 1 and dep.attention_dp > 1  # experts split by TP over the group
         self._group_allreduce = allreduce_terms(p, dep.moe_group_gpus) if group else None
@@ -389,13 +390,10 @@ class ArchStep:
         comm = 0.0
         if dep.tp > 1:
             ring = 2.0 * (dep.tp - 1) / dep.tp
+            transfer = ring * message * mb_tokens / (self._link * self._allreduce_eff)
+            one = allreduce_one_s(p, self._allreduce_s, transfer, tokens)
             eager = tokens > p.cuda_graph_max_tokens
-            latency = self._allreduce_s + (p.allreduce_eager_s if eager else 0.0)
-            ring_link = self._link * self._allreduce_eff
-            one = latency + ring * message * mb_tokens / ring_link
-            if eager and p.allreduce_eager_floor_s > 0.0:  # see roofline.with_comm_s
-                transfer = self._allreduce_s + ring * message * mb_tokens / ring_link
-                one = max(transfer, p.allreduce_eager_floor_s) + p.allreduce_eager_s
+            one *= allreduce_factor(self._comm_grid, message * mb_tokens, dep.tp, eager)
             # experts split over the whole group: their reduction is the group's (all_to_all)
             per_layer = 2.0 - (self._moe_frac if self._group_allreduce is not None else 0.0)
             comm = self._layers * per_layer * one
@@ -480,7 +478,10 @@ def group_exchange_s(
     gpus = dep.moe_group_gpus
     size = tokens * dep.attention_dp * dep.model.hidden_size * params.activation_bytes
     transfer = 2.0 * (gpus - 1) / gpus * size / (link * efficiency)
-    return 2.0 * allreduce_one_s(params, latency, transfer, tokens)
+    eager = tokens > params.cuda_graph_max_tokens
+    grid = params.allreduce_grid if params.shape_corrections else None
+    factor = allreduce_factor(grid, size, gpus, eager)
+    return 2.0 * allreduce_one_s(params, latency, transfer, tokens) * factor
 
 
 def allreduce_one_s(params: RooflineParams, latency: float, transfer: float, tokens: int) -> float:

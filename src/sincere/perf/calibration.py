@@ -110,6 +110,7 @@ KERNEL_PARTS = {
         "allreduce_eager_s",
         "allreduce_eager_floor_s",
         "interconnect_efficiency",
+        "allreduce_grid",
     ),
     "all_to_all": (
         "alltoall_gpus",

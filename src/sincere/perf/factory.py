@@ -192,9 +192,10 @@ class RooflineStepParams(Params):
     )
     shape_corrections: bool | None = Field(
         None,
-        description="price GEMMs and prefill attention with the factors by shape fitted to "
-        "the GPU's measured kernels (their tile and split choices beyond the roofline's "
-        "form); false: the form alone; null: on where the fit has them",
+        description="price GEMMs, prefill attention and the all-reduce with the factors by "
+        "shape or message size fitted to the GPU's measured kernels (their tile, split and "
+        "algorithm choices beyond the roofline's form); false: the form alone; null: on "
+        "where the fit has them",
     )
     gemm_bf16_grid: dict[str, Any] | None = _fitted(
         "16-bit GEMMs' factor by shape, {axes: [[lo, hi, nodes], ...], log_factors: [...]} "
@@ -207,6 +208,10 @@ class RooflineStepParams(Params):
     prefill_attention_grid: dict[str, Any] | None = _fitted(
         "prefill attention's factor by query tokens per sequence, sequences and query heads "
         "(as gemm_bf16_grid)"
+    )
+    allreduce_grid: dict[str, Any] | None = _fitted(
+        "the all-reduce's factor by message bytes, GPUs and 1 in a CUDA graph or 2 outside "
+        "one (as gemm_bf16_grid)"
     )
     mfu_efficiency: float | None = _efficiency("the dense peak in GEMMs")
     sustained_compute_ratio: float | None = _fitted(

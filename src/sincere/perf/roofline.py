@@ -57,7 +57,7 @@ from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTi
 from sincere.perf.gemm import gemm_grid, gemm_s
 from sincere.perf.moe import INT4_WEIGHTS
 from sincere.perf.series import sum_max_affine
-from sincere.perf.shape_grid import ShapeGrid, prefill_factor
+from sincere.perf.shape_grid import ShapeGrid, allreduce_factor, prefill_factor
 
 _EFFICIENCIES = (
     "mfu_efficiency",
@@ -114,7 +114,13 @@ or activations quantised to MXFP8 at the fp8 rate (FlashInfer's TensorRT-LLM ker
 vLLM runs on Blackwell with ``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``)."""
 
 
-GRID_FIELDS = ("gemm_bf16_grid", "gemm_fp8_grid", "gemm_nvfp4_grid", "prefill_attention_grid")
+GRID_FIELDS = (
+    "gemm_bf16_grid",
+    "gemm_fp8_grid",
+    "gemm_nvfp4_grid",
+    "prefill_attention_grid",
+    "allreduce_grid",
+)
 """Parameters that hold a kernel family's factor by shape (:mod:`sincere.perf.shape_grid`)."""
 
 
@@ -166,6 +172,8 @@ class RooflineParams:
     gemm_nvfp4_grid: ShapeGrid | None = None
     # measured prefill attention's factor by query tokens, sequences and heads (None: none)
     prefill_attention_grid: ShapeGrid | None = None
+    # the all-reduce's factor by message bytes, GPUs and graph/eager (fitted to its calls)
+    allreduce_grid: ShapeGrid | None = None
     shape_corrections: bool = True  # apply the grids (False: the roofline's form alone)
     attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
     attn_query_pairs: float = 0.0  # prefill: pairs' worth of work per query row beyond its own
@@ -413,6 +421,9 @@ class KernelCoef:
     p2p_token_s: float  # pipeline send time per token
     prefill_grid: ShapeGrid | None  # prefill attention's factor by shape (None: the form's)
     q_heads: int  # query heads on one GPU (the grid's third axis)
+    comm_grid: ShapeGrid | None  # the all-reduce's factor by message size (None: the form's)
+    comm_bytes: float  # bytes one all-reduce moves per token
+    comm_gpus: float  # GPUs an all-reduce spans
 
 
 def attention_pair_flops(
@@ -585,6 +596,9 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         p2p_token_s=message / link if pp_on else 0.0,
         prefill_grid=prefill_attention_grid(p, model),
         q_heads=q_heads,
+        comm_grid=p.allreduce_grid if tp_on and p.shape_corrections else None,
+        comm_bytes=message,
+        comm_gpus=float(dep.tp),
     )
 
 
@@ -708,7 +722,10 @@ def with_comm_s(coef: KernelCoef, base_s: float, tokens: int, step_tokens: int) 
     """``base_s`` plus one layer's all-reduces over ``tokens``. Outside a CUDA graph (the
     step's tokens above it) they take at least ``allreduce_eager_floor_s`` each -- the
     CPU's launch hides a transfer below it -- plus ``allreduce_eager_s``. Summed in the
-    order the terms always were, so a model without a floor gives the same floats."""
+    order the terms always were, so a model without a floor gives the same floats. With the
+    all-reduce's factor by message size (``allreduce_grid``) each call's time takes it."""
+    if coef.comm_grid is not None:
+        return base_s + gridded_comm_s(coef, tokens, step_tokens > coef.graph_tokens)
     value = base_s + coef.comm_fixed_s + coef.comm_token_s * tokens
     if step_tokens <= coef.graph_tokens:
         return value
@@ -716,6 +733,16 @@ def with_comm_s(coef: KernelCoef, base_s: float, tokens: int, step_tokens: int) 
         return value + coef.comm_eager_s
     graph = coef.comm_fixed_s + coef.comm_token_s * tokens
     return base_s + (graph if graph > coef.comm_floor_s else coef.comm_floor_s) + coef.comm_eager_s
+
+
+def gridded_comm_s(coef: KernelCoef, tokens: int, eager: bool) -> float:
+    """One layer's all-reduces over ``tokens`` (:func:`with_comm_s`'s form) times the factor
+    the all-reduce's grid gives a call of that size, in or outside a CUDA graph."""
+    graph = coef.comm_fixed_s + coef.comm_token_s * tokens
+    if eager:
+        graph = (graph if graph > coef.comm_floor_s else coef.comm_floor_s) + coef.comm_eager_s
+    nbytes = coef.comm_bytes * tokens
+    return graph * allreduce_factor(coef.comm_grid, nbytes, coef.comm_gpus, eager)
 
 
 def needs_arch_step(deployment: Deployment) -> bool:
@@ -818,7 +845,7 @@ class Roofline(StepTimeBase):
         head = self._head_memo.get(seqs)
         if head is None:
             head = self.lm_head_s(seqs)
-        if tokens > c.graph_tokens:
+        if tokens > c.graph_tokens or c.comm_grid is not None:
             layer = with_comm_s(c, linear, tokens, tokens)
         else:
             layer = linear + c.comm_fixed_s + c.comm_token_s * tokens

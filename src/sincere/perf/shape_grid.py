@@ -159,3 +159,12 @@ def prefill_factor(grid: ShapeGrid | None, q_heads: int, tokens: float, num_seqs
         return 1.0
     seqs = max(1, round(num_seqs))
     return grid.factor_along(round(tokens) / seqs, (float(seqs), float(q_heads)))
+
+
+def allreduce_factor(grid: ShapeGrid | None, nbytes: float, gpus: float, eager: bool) -> float:
+    """The factor one all-reduce of ``nbytes`` over ``gpus`` GPUs takes (1 without a grid):
+    the all-reduce's grid (message bytes, GPUs, 1 in a CUDA graph or 2 outside one) fitted to
+    the GPU's measured calls. The one place every step model takes it from."""
+    if grid is None:
+        return 1.0
+    return grid.factor_along(nbytes, (gpus, 2.0 if eager else 1.0))

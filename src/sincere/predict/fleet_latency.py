@@ -33,7 +33,13 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from sincere.perf.base import StepTimeModel
-from sincere.perf.roofline import KernelCoef, Roofline, RooflineKernels, needs_arch_step
+from sincere.perf.roofline import (
+    KernelCoef,
+    Roofline,
+    RooflineKernels,
+    needs_arch_step,
+    with_comm_s,
+)
 from sincere.perf.series import sum_max_affine
 from sincere.perf.shape_grid import ShapeGrid, prefill_factor
 
@@ -56,6 +62,7 @@ class FleetCoef(NamedTuple):
     decode_kv_s: float  # ... and on the memory line
     prefill_grid: ShapeGrid | None  # prefill attention's factor by shape (None: none)
     q_heads: int  # the GPU's query heads (the grid's third axis)
+    gridded: KernelCoef | None  # the constants whose all-reduces take a factor by size
 
 
 class LoadTerms(NamedTuple):
@@ -128,6 +135,7 @@ def fleet_coef(coef: KernelCoef) -> FleetCoef:
         w * coef.kv_token_s,
         coef.prefill_grid,
         coef.q_heads,
+        coef if coef.comm_grid is not None else None,
     )
 
 
@@ -215,13 +223,7 @@ def seqs_terms(model: Roofline, coef: FleetCoef, seqs: int) -> SeqsTerms:
 
 def _with_comm(c: KernelCoef, base_s: float, tokens: int) -> float:
     """:func:`~sincere.perf.roofline.with_comm_s` with the step's tokens equal to ``tokens``."""
-    value = base_s + c.comm_fixed_s + c.comm_token_s * tokens
-    if tokens <= c.graph_tokens:
-        return value
-    if c.comm_floor_s <= 0.0:
-        return value + c.comm_eager_s
-    graph = c.comm_fixed_s + c.comm_token_s * tokens
-    return base_s + (graph if graph > c.comm_floor_s else c.comm_floor_s) + c.comm_eager_s
+    return with_comm_s(c, base_s, tokens, tokens)
 
 
 def fleet_latencies(
@@ -246,13 +248,15 @@ def fleet_latencies(
     kv_s = attn_kernel = layers = decode_pair = decode_kv = 0.0
     heads = 0
     grid: ShapeGrid | None = None
+    gridded: KernelCoef | None = None
     for t in terms:
         (coef, memo, w, r, queue_pairs, decode_attn, cpu_s, head_s, ctx_base, room_ctx,
          num_seqs, num_ahead, step_s, slope_pair, slope_kv, seq_ctx, gap_slope,
          rare) = t  # fmt: skip
         if coef is not last:
             (graph, comm_fixed, comm_token, floor, eager, pair_s, diag, query_pairs, kv_s,
-             attn_kernel, layers, decode_pair, decode_kv, grid, heads) = last = coef  # fmt: skip
+             attn_kernel, layers, decode_pair, decode_kv, grid, heads,
+             gridded) = last = coef  # fmt: skip
         # the prefill iteration: queued prompts and ours beside the running decodes
         prefill_tokens = w + p
         tokens = prefill_tokens + r
@@ -262,7 +266,9 @@ def fleet_latencies(
             linear = memo.get(tokens)
             if linear is None:
                 linear = rare.kernels.linear_layer_s(tokens)
-            if tokens <= graph:
+            if gridded is not None:  # the all-reduce's factor by message size
+                layer = with_comm_s(gridded, linear, tokens, tokens)
+            elif tokens <= graph:
                 layer = linear + comm_fixed + comm_token * tokens
             elif floor <= 0.0:
                 layer = linear + comm_fixed + comm_token * tokens + eager
