@@ -65,6 +65,10 @@ class ShapeGrid:
     _lines: dict[tuple[float, ...], tuple[float, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    # factors at whole sizes, as asked for (:meth:`factor_at`)
+    _points: dict[tuple[float, ...], float] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if not self.axes:
@@ -119,6 +123,14 @@ class ShapeGrid:
         j, w = self.axes[0].locate(size)
         return math.exp(line[j] * (1.0 - w) + line[j + 1] * w if w else line[j])
 
+    def factor_at(self, sizes: tuple[float, ...]) -> float:
+        """:meth:`factor` at ``sizes``, kept once asked for (an all-reduce's few message
+        sizes come back every step)."""
+        got = self._points.get(sizes)
+        if got is None:
+            got = self._points[sizes] = self.factor(sizes)
+        return got
+
     @classmethod
     def from_mapping(cls, value: Any, name: str) -> ShapeGrid:
         """A grid from ``{axes: [[lo, hi, nodes], ...], log_factors: [...]}`` (a fit file's
@@ -167,4 +179,4 @@ def allreduce_factor(grid: ShapeGrid | None, nbytes: float, gpus: float, eager: 
     the GPU's measured calls. The one place every step model takes it from."""
     if grid is None:
         return 1.0
-    return grid.factor_along(nbytes, (gpus, 2.0 if eager else 1.0))
+    return grid.factor_at((nbytes, gpus, 2.0 if eager else 1.0))
