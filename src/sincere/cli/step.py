@@ -108,13 +108,13 @@ def precision_notes(dep: Deployment, mxfp4_activations: str | None = None) -> li
 def unaligned_expert_notes(dep: Deployment, params: RooflineParams) -> list[str]:
     """A note where the routed experts' width on one GPU is off a multiple of 16 and this
     GPU's kernel fit prices that (``moe_unaligned_factor``)."""
+    from sincere.perf.arch_step import expert_width
     from sincere.perf.moe import ALIGNED_WIDTH, unaligned_factor
     from sincere.perf.roofline import expert_unaligned_factor
 
-    model = dep.model
-    if not model.is_moe:
+    if not dep.model.is_moe:
         return []
-    width = max(1, model.expert_intermediate_size // (dep.moe_group_gpus // dep.ep))
+    width = expert_width(dep)
     compute = dep.accelerator.compute_precision(dep.precision)
     factor = unaligned_factor(width, expert_unaligned_factor(params, dep.precision, compute))
     if factor == 1.0:

@@ -746,10 +746,9 @@ def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray, FAr
     """Per row, :func:`sincere.perf.moe.expert_work`: FLOPs of the padded rows and of the
     busiest expert's, weight elements, activation bytes and active experts (no EP; gated
     experts but for :data:`PLAIN_EXPERT_SHAPES`)."""
-    t, h, inter = rows.num("num_tokens"), rows.num("hidden_size"), rows.num("inter_size")
-    k, e, tp = rows.num("topk"), rows.num("num_experts"), rows.num("moe_tp_size")
+    t, h, k, e = (rows.num(c) for c in ("num_tokens", "hidden_size", "topk", "num_experts"))
     dist = rows.columns["distribution"].astype(str)
-    local = np.maximum(1.0, np.floor(inter / tp))
+    local = expert_widths(rows)
     gated = gated_experts(rows)
     work = np.empty((5, len(t)))
     for i in range(len(t)):
@@ -767,16 +766,21 @@ def widened(
     """:func:`moe_features` with the compute of each expert as if ``offset`` wider (what a
     narrow expert's GEMMs lose to their fixed steps; :func:`sincere.perf.moe.narrow_expert_scale`,
     as the step model prices it)."""
-    width = np.maximum(1.0, np.floor(rows.num("inter_size") / rows.num("moe_tp_size")))
-    scale = narrow_expert_scale(width, offset)
+    scale = narrow_expert_scale(expert_widths(rows), offset)
     return feat[0] * scale, feat[1] * scale, feat[2], feat[3], feat[4]
 
 
 def unaligned_widths(rows: KernelTable) -> npt.NDArray[np.bool_]:
     """Per row, whether an expert's width on one GPU is not a multiple of
     :data:`sincere.perf.moe.ALIGNED_WIDTH`."""
-    local = np.floor(rows.num("inter_size") / rows.num("moe_tp_size"))
-    out: npt.NDArray[np.bool_] = local % ALIGNED_WIDTH != 0
+    out: npt.NDArray[np.bool_] = expert_widths(rows) % ALIGNED_WIDTH != 0
+    return out
+
+
+def expert_widths(rows: KernelTable) -> FArray:
+    """Per row, one expert's width on one GPU: split over ``moe_tp_size`` GPUs, at least 1
+    (as :func:`sincere.perf.arch_step.expert_width` reads a deployment)."""
+    out: FArray = np.maximum(1.0, np.floor(rows.num("inter_size") / rows.num("moe_tp_size")))
     return out
 
 

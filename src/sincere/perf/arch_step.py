@@ -154,6 +154,7 @@ class ArchStep:
         dep, p = deployment, params
         model, acc = dep.model, dep.accelerator
         from sincere.perf.roofline import (
+            allreduce_grid,
             allreduce_terms,
             alltoall_terms,
             expert_constants,
@@ -185,7 +186,7 @@ class ArchStep:
         self._moe_hbm = self._hbm if moe_bw is None else acc.hbm_bandwidth_gbps * 1e9 * moe_bw
         self.measured_experts = deployment_curve(deployment, params, self.compute_precision)
         self._allreduce_s, self._allreduce_eff = allreduce_terms(p, dep.tp)
-        self._comm_grid = p.allreduce_grid if p.shape_corrections else None
+        self._comm_grid = allreduce_grid(p)
         self._a2a_terms = alltoall_terms(p, self.moe, dep.ep)
         group = dep.ep == 1 and dep.attention_dp > 1  # experts split by TP over the group
         self._group_allreduce = allreduce_terms(p, dep.moe_group_gpus) if group else None
@@ -232,8 +233,7 @@ class ArchStep:
         if self.measured_experts is not None:
             return router, self.measured_experts.seconds(tokens)
         tokens *= dep.attention_dp
-        split = dep.moe_group_gpus // ep  # GPUs one expert is split over
-        width = max(1, model.expert_intermediate_size // split)
+        width = expert_width(dep)
         routing = (e, k, m.routing_skew, m.expert_tile)
         work = expert_work(
             tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance
@@ -256,7 +256,8 @@ class ArchStep:
         if dep.ep == 1:
             if self._group_allreduce is None:
                 return 0.0
-            return group_exchange_s(dep, self.params, self._group_allreduce, self._link, tokens)
+            terms = (self._group_allreduce, self._link, self._comm_grid)
+            return group_exchange_s(dep, self.params, terms, tokens)
         model = dep.model
         size = all_to_all_bytes(
             tokens * dep.attention_dp,
@@ -463,24 +464,27 @@ def elementwise_s(
     return elements * tokens * params.activation_bytes / hbm
 
 
+def expert_width(dep: Deployment) -> int:
+    """Elements of one routed expert's width on one GPU: each expert is split over the
+    ``moe_group_gpus / ep`` GPUs that hold it."""
+    return max(1, dep.model.expert_intermediate_size // (dep.moe_group_gpus // dep.ep))
+
+
 def group_exchange_s(
     dep: Deployment,
     params: RooflineParams,
-    terms: tuple[float, float],
-    link: float,
+    terms: tuple[tuple[float, float], float, ShapeGrid | None],
     tokens: int,
 ) -> float:
     """Gather and reduction of one MoE layer whose experts are split by TP over the whole
     attention-DP group: two all-reduces of the group's ``attention_dp · tokens`` hidden
-    states over its GPUs at ``terms`` (latency in a graph, share of the ``link`` bytes/s)
-    (module docstring)."""
-    latency, efficiency = terms
+    states over its GPUs at ``terms`` (latency in a graph and share of the link, the
+    link's bytes/s, the all-reduce's factor by message size) (module docstring)."""
+    (latency, efficiency), link, grid = terms
     gpus = dep.moe_group_gpus
     size = tokens * dep.attention_dp * dep.model.hidden_size * params.activation_bytes
     transfer = 2.0 * (gpus - 1) / gpus * size / (link * efficiency)
-    eager = tokens > params.cuda_graph_max_tokens
-    grid = params.allreduce_grid if params.shape_corrections else None
-    factor = allreduce_factor(grid, size, gpus, eager)
+    factor = allreduce_factor(grid, size, gpus, tokens > params.cuda_graph_max_tokens)
     return 2.0 * allreduce_one_s(params, latency, transfer, tokens) * factor
 
 

@@ -596,10 +596,16 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         p2p_token_s=message / link if pp_on else 0.0,
         prefill_grid=prefill_attention_grid(p, model),
         q_heads=q_heads,
-        comm_grid=p.allreduce_grid if tp_on and p.shape_corrections else None,
+        comm_grid=allreduce_grid(p) if tp_on else None,
         comm_bytes=message,
         comm_gpus=float(dep.tp),
     )
+
+
+def allreduce_grid(params: RooflineParams) -> ShapeGrid | None:
+    """The measured all-reduce's factor by message size the step takes: the fit's, unless
+    ``shape_corrections`` is off."""
+    return params.allreduce_grid if params.shape_corrections else None
 
 
 def prefill_attention_grid(params: RooflineParams, model: ModelArch) -> ShapeGrid | None:

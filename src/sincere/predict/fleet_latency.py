@@ -213,17 +213,12 @@ def seqs_terms(model: Roofline, coef: FleetCoef, seqs: int) -> SeqsTerms:
     head = kernels.lm_head_s(seqs)
     if seqs <= 0:
         return cpu, head, 0.0, 0.0, 0.0, 0.0, 0.0
-    fixed = _with_comm(c, kernels.linear_layer_s(seqs) + c.decode_kernel_s, seqs)
+    fixed = with_comm_s(c, kernels.linear_layer_s(seqs) + c.decode_kernel_s, seqs, seqs)
     stage = c.layers * fixed + kernels.lm_head_s(seqs)
     step_s = c.cpu_s + c.cpu_seq_s * seqs + 1.0 * stage
     slope_pair = coef.decode_pair_s * seqs
     slope_kv = coef.decode_kv_s * seqs
     return cpu, head, step_s, slope_pair, slope_kv, c.seq_tokens * seqs, slope_pair - slope_kv
-
-
-def _with_comm(c: KernelCoef, base_s: float, tokens: int) -> float:
-    """:func:`~sincere.perf.roofline.with_comm_s` with the step's tokens equal to ``tokens``."""
-    return with_comm_s(c, base_s, tokens, tokens)
 
 
 def fleet_latencies(
