@@ -10,17 +10,22 @@ compare across machines. CPU time, best of 5 after a
 warm-up; the compiled modules are used when a current build exists (``sincere native``).
 
     python benchmarks/step_speed.py
+    python benchmarks/step_speed.py --allreduce   # + Llama-3-70B over 4 H100s, the
+                                                   # all-reduce's factor by size on and off
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from sincere import native
 from sincere.catalog import get_accelerator, get_model
 from sincere.perf import Deployment, InfernoLinear, Roofline, StepTimeModel
+from sincere.perf.calibration import default_roofline_params
 
 Call = tuple[int, int, int, float, int, int]
 
@@ -69,6 +74,14 @@ def measure(model: StepTimeModel, calls: Sequence[Call]) -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--allreduce",
+        action="store_true",
+        help="also time Llama-3-70B over 4 H100s with the all-reduce's factor by message "
+        "size and without it (the other factors by shape kept), in the same process",
+    )
+    args = parser.parse_args()
     dep = Deployment(get_model("llama-3-8b"), get_accelerator("A100-80GB"))
     calls = batches(50_000)
     roofline = measure(Roofline(dep), calls)
@@ -77,6 +90,15 @@ def main() -> None:
     print("| model | iteration_s_fast µs/call | decode_steps_s µs/call |")
     print("|---|---:|---:|")
     print(f"| roofline (A100 defaults) | {roofline[0]:.3f} | {roofline[1]:.3f} |")
+    if args.allreduce:
+        h100 = get_accelerator("H100-SXM")
+        tp4 = Deployment(get_model("llama-3-70b"), h100, tp=4)
+        params = default_roofline_params(h100)
+        form = replace(params, allreduce_grid=None)
+        for label, p in (("factor by message size", params), ("form alone", form)):
+            got = measure(Roofline(tp4, p), calls)
+            print(f"| roofline, 70B over 4 H100s, all-reduce {label} | {got[0]:.3f} "
+                  f"| {got[1]:.3f} |")  # fmt: skip
     print(f"| inferno (baseline) | {inferno[0]:.3f} | {inferno[1]:.3f} |")
     print(
         f"one-line: roofline / inferno per call: iteration {roofline[0] / inferno[0]:.2f}x, "

@@ -644,6 +644,17 @@ class RooflineKernels:
         self._ew_token_s = elementwise_elements(model, tp) * p.activation_bytes / ew_hbm
         self.linear_memo: dict[int, float] = {}
         self.head_memo: dict[int, float] = {}
+        self.comm_memo: dict[int, float] = {}
+
+    def gridded_comm_layer_s(self, tokens: int) -> float:
+        """One layer's all-reduces in an iteration of ``tokens`` tokens with the all-reduce's
+        factor by message size (:func:`gridded_comm_s`), kept per token count: the factor's
+        look-up would otherwise cost the hot path more than the rest of the layer."""
+        cached = self.comm_memo.get(tokens)
+        if cached is None:
+            cached = gridded_comm_s(self.coef, tokens, tokens > self.coef.graph_tokens)
+            self.comm_memo[tokens] = cached
+        return cached
 
     def gemm_s(self, gemm: Gemm, tokens: int) -> float:
         """One GEMM over ``tokens`` tokens (:func:`sincere.perf.gemm.gemm_s`)."""
@@ -790,6 +801,7 @@ class Roofline(StepTimeBase):
         self._coef = self.kernels.coef
         self._linear_memo = self.kernels.linear_memo  # shared: the hot path reads them inline
         self._head_memo = self.kernels.head_memo
+        self._comm_memo = self.kernels.comm_memo
 
     # --- per-GPU figures -------------------------------------------------------------
     @property
@@ -851,7 +863,12 @@ class Roofline(StepTimeBase):
         head = self._head_memo.get(seqs)
         if head is None:
             head = self.lm_head_s(seqs)
-        if tokens > c.graph_tokens or c.comm_grid is not None:
+        if c.comm_grid is not None:
+            comm = self._comm_memo.get(tokens)
+            if comm is None:
+                comm = self.kernels.gridded_comm_layer_s(tokens)
+            layer = linear + comm
+        elif tokens > c.graph_tokens:
             layer = with_comm_s(c, linear, tokens, tokens)
         else:
             layer = linear + c.comm_fixed_s + c.comm_token_s * tokens
@@ -928,7 +945,11 @@ class Roofline(StepTimeBase):
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
         mb = num_seqs if num_mb == 1 else math.ceil(num_seqs * share)
-        fixed = with_comm_s(c, self.linear_layer_s(mb) + c.decode_kernel_s, mb, num_seqs)
+        if c.comm_grid is not None and mb == num_seqs:  # the factor's look-up kept
+            fixed = self.linear_layer_s(mb) + c.decode_kernel_s
+            fixed += self.kernels.gridded_comm_layer_s(mb)
+        else:
+            fixed = with_comm_s(c, self.linear_layer_s(mb) + c.decode_kernel_s, mb, num_seqs)
         stage = c.layers * fixed + self.lm_head_s(mb)
         scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
         if scale != 1.0:

@@ -262,7 +262,7 @@ def fleet_latencies(
             if linear is None:
                 linear = rare.kernels.linear_layer_s(tokens)
             if gridded is not None:  # the all-reduce's factor by message size
-                layer = with_comm_s(gridded, linear, tokens, tokens)
+                layer = linear + rare.kernels.gridded_comm_layer_s(tokens)
             elif tokens <= graph:
                 layer = linear + comm_fixed + comm_token * tokens
             elif floor <= 0.0:
