@@ -161,9 +161,10 @@ def test_the_factor_along_the_first_axis_is_the_same_number() -> None:
 
 def test_prefill_attention_takes_its_factor_at_the_chunks_shape() -> None:
     """A prefill's attention kernel is the form's times the grid at (mean query tokens per
-    chunk, chunks, the GPU's query heads), in the engines' fast path and in the parts alike;
-    Llama-3.1-70B at TP 8 (8 heads a GPU) prefilling one 1,024-token prompt alone is slower
-    than the form says (few blocks for the SMs), and an MLA model takes no factor."""
+    chunk, chunks, the GPU's query heads, its query heads per KV head), in the engines' fast
+    path and in the parts alike; Llama-3.1-70B at TP 8 (8 heads a GPU over one KV head)
+    prefilling one 1,024-token prompt alone is slower than the form says (few blocks for
+    the SMs), and an MLA model takes no factor."""
     from sincere.perf.shape_grid import prefill_factor
 
     params = default_roofline_params(H100)
@@ -172,11 +173,12 @@ def test_prefill_attention_takes_its_factor_at_the_chunks_shape() -> None:
     dep = Deployment(get_model("llama-3.1-70b"), H100, tp=8)
     model = Roofline(dep, params)
     assert model.kernels.coef.q_heads == 8
+    assert model.kernels.coef.kv_group == 8.0
     form = Roofline(dep, replace(params, shape_corrections=False))
     one = Batch.of(prefill=[(1024, 0)])
-    factor = grid.factor((1024, 1, 8))
+    factor = grid.factor((1024, 1, 8, 8))
     coef = model.kernels.coef
-    assert prefill_factor(coef.prefill_grid, coef.q_heads, 1024, 1) == pytest.approx(
+    assert prefill_factor(coef.prefill_grid, coef.q_heads, 1024, 1, coef.kv_group) == pytest.approx(
         factor, rel=1e-12
     )
     assert factor > 1.2
@@ -187,3 +189,24 @@ def test_prefill_attention_takes_its_factor_at_the_chunks_shape() -> None:
     assert model.iteration_s(mixed) == pytest.approx(model.parts(mixed).total_s, rel=1e-12)
     mla = Deployment(get_model("deepseek-v3"), get_accelerator("H200"), tp=8)
     assert Roofline(mla, default_roofline_params(mla.accelerator)).kernels.coef.prefill_grid is None
+
+
+def test_prefill_factor_reads_the_kv_group_and_old_grids_without_it() -> None:
+    """The shipped H100 grid tells MHA from GQA at the same query heads (its fourth axis);
+    a grid of three axes, as fits before that axis wrote, is read at its three sizes
+    whatever the group."""
+    from sincere.perf.shape_grid import kv_group, prefill_factor
+
+    grid = default_roofline_params(H100).prefill_attention_grid
+    assert grid is not None and len(grid.axes) == 4
+    mha = prefill_factor(grid, 32, 4096, 4, kv_group(32, 32))
+    gqa = prefill_factor(grid, 32, 4096, 4, kv_group(32, 4))
+    assert mha == pytest.approx(grid.factor((1024, 4, 32, 1)), rel=1e-12)
+    assert gqa == pytest.approx(grid.factor((1024, 4, 32, 8)), rel=1e-12)
+    assert mha != pytest.approx(gqa, rel=1e-3)
+    assert kv_group(8, 16) == 1.0  # more KV heads than query heads (replicated): 1
+    old = ShapeGrid(grid.axes[:3], tuple(0.01 * i for i in range(8 * 5 * 4)))
+    assert prefill_factor(old, 32, 4096, 4, 1.0) == prefill_factor(old, 32, 4096, 4, 8.0)
+    assert prefill_factor(old, 32, 4096, 4, 8.0) == pytest.approx(
+        old.factor((1024, 4, 32)), rel=1e-12
+    )

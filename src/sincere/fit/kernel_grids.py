@@ -22,10 +22,17 @@ GEMM_GRID_AXES = (GridAxis(0.0, 16.0, 9), GridAxis(8.0, 16.0, 5), GridAxis(8.0, 
 """A GEMM's grid: tokens (1 to 65,536, a node every two octaves), output and input features
 (256 to 65,536, a node every two octaves) -- the measured tables' range."""
 
-PREFILL_ATTENTION_GRID_AXES = (GridAxis(4.0, 14.0, 6), GridAxis(0.0, 8.0, 5), GridAxis(0.0, 6.0, 4))
-"""Prefill attention's grid: query tokens per sequence (16 to 16,384), sequences (1 to 256)
-and query heads on the GPU (1 to 64), a node every two octaves: the kernel fills the GPU's
-SMs with (sequence, head, query tile) blocks, and few of them leave it half idle."""
+PREFILL_ATTENTION_GRID_AXES = (
+    GridAxis(0.0, 14.0, 8),
+    GridAxis(0.0, 8.0, 5),
+    GridAxis(0.0, 6.0, 4),
+    GridAxis(0.0, 6.0, 4),
+)
+"""Prefill attention's grid: query tokens per sequence (1 to 16,384), sequences (1 to 256),
+query heads on the GPU (1 to 64) and query heads per KV head (1: MHA, to 64), a node every
+two octaves: the kernel fills the GPU's SMs with (sequence, head, query tile) blocks, and
+few of them leave it half idle; a group of query heads shares its KV head's tiles, which
+MHA loads once per query head (its rows miss the form by twice GQA's without this axis)."""
 
 ALLREDUCE_GRID_AXES = (GridAxis(10.0, 27.0, 18), GridAxis(1.0, 3.0, 3), GridAxis(0.0, 1.0, 2))
 """The all-reduce's grid: message bytes (1 KB to 128 MB, a node every octave: vLLM switches

@@ -27,7 +27,8 @@ family over every measured shape, never a table per shape:
   (work per score that does not grow with the head size) and the KV-head term (MHA runs
   slower than GQA of the same query heads) are what a per-pair-FLOPs form missed most;
   then a factor by shape (``prefill_attention_grid``) over query tokens per sequence,
-  sequences and query heads: how well the (sequence, head, query tile) blocks fill the SMs;
+  sequences, query heads and query heads per KV head: how well the (sequence, head, query
+  tile) blocks fill the SMs, and how many query heads share a KV head's tiles;
 * **decode attention** (``generation_attention``): ``attn_decode_kernel_s + KV bytes /
   (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower), fitted and judged
   on the calls whose KV cache cannot sit in L2 across the collector's repeats or that are
@@ -401,7 +402,8 @@ def with_gemm_grid(
 def grid_sizes(name: str, rows: KernelTable) -> list[FArray]:
     """The size columns family ``name``'s factor by shape reads (its grid's axes)."""
     if name == "prefill_attention":
-        return [rows.num("isl"), rows.num("batch_size"), rows.num("num_heads")]
+        heads, kv_heads = rows.num("num_heads"), rows.num("num_key_value_heads")
+        return [rows.num("isl"), rows.num("batch_size"), heads, heads / kv_heads]
     return [rows.num("m"), rows.num("n"), rows.num("k")]
 
 

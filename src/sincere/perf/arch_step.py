@@ -82,7 +82,7 @@ from sincere.perf.moe import (
     windowed_pairs,
 )
 from sincere.perf.series import sum_max_affine
-from sincere.perf.shape_grid import allreduce_factor, prefill_factor
+from sincere.perf.shape_grid import allreduce_factor, kv_group, prefill_factor
 
 if TYPE_CHECKING:
     from sincere.perf.roofline import RooflineParams
@@ -131,15 +131,29 @@ class _Mat:
 
 
 def _full_attention_factor(
-    prefill: tuple[ShapeGrid | None, int], share: float, batch: Batch, window: int
+    prefill: tuple[ShapeGrid | None, int, float], share: float, batch: Batch, window: int
 ) -> float:
     """A full-attention layer's prefill factor by shape over ``share`` of ``batch``
-    (:func:`~sincere.perf.shape_grid.prefill_factor` with its grid and query heads; a
-    sliding-window layer runs other kernels: 1)."""
+    (:func:`~sincere.perf.shape_grid.prefill_factor` with its grid, query heads and query
+    heads per KV head; a sliding-window layer runs other kernels: 1)."""
     if window:
         return 1.0
-    grid, heads = prefill
-    return prefill_factor(grid, heads, share * batch.prefill_tokens, share * batch.num_prefill_seqs)
+    grid, heads, group = prefill
+    tokens, seqs = share * batch.prefill_tokens, share * batch.num_prefill_seqs
+    return prefill_factor(grid, heads, tokens, seqs, group)
+
+
+def _prefill_shape(
+    params: RooflineParams, deployment: Deployment
+) -> tuple[ShapeGrid | None, int, float]:
+    """What :func:`_full_attention_factor` reads of a deployment: prefill attention's grid,
+    the GPU's query heads and its query heads per KV head."""
+    from sincere.perf.roofline import prefill_attention_grid
+
+    model, tp = deployment.model, deployment.tp
+    heads = max(1, model.num_heads // tp)
+    kv_heads = max(1, -(-model.num_kv_heads // tp))
+    return prefill_attention_grid(params, model), heads, kv_group(heads, kv_heads)
 
 
 class ArchStep:
@@ -160,7 +174,6 @@ class ArchStep:
             expert_constants,
             expert_unaligned_factor,
             gemm_mfu,
-            prefill_attention_grid,
             quantisation_terms,
         )
 
@@ -212,7 +225,7 @@ class ArchStep:
         self._gdn = GdnCost(deployment, params)
         self._memo: dict[int, tuple[float, float, float, float]] = {}
         self._attn = self._attention_consts()
-        self._prefill = (prefill_attention_grid(p, model), max(1, model.num_heads // dep.tp))
+        self._prefill = _prefill_shape(p, deployment)
 
     # --- GEMMs ---------------------------------------------------------------------------
     def _gemm_s(self, mat: _Mat, tokens: int) -> float:

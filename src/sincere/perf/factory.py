@@ -206,8 +206,8 @@ class RooflineStepParams(Params):
         "NVFP4 GEMMs' factor by shape (as gemm_bf16_grid)"
     )
     prefill_attention_grid: dict[str, Any] | None = _fitted(
-        "prefill attention's factor by query tokens per sequence, sequences and query heads "
-        "(as gemm_bf16_grid)"
+        "prefill attention's factor by query tokens per sequence, sequences, query heads and "
+        "query heads per KV head (as gemm_bf16_grid)"
     )
     allreduce_grid: dict[str, Any] | None = _fitted(
         "the all-reduce's factor by message bytes, GPUs and 1 in a CUDA graph or 2 outside "

@@ -57,7 +57,7 @@ from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTi
 from sincere.perf.gemm import gemm_grid, gemm_s
 from sincere.perf.moe import INT4_WEIGHTS
 from sincere.perf.series import sum_max_affine
-from sincere.perf.shape_grid import ShapeGrid, allreduce_factor, prefill_factor
+from sincere.perf.shape_grid import ShapeGrid, allreduce_factor, kv_group, prefill_factor
 
 _EFFICIENCIES = (
     "mfu_efficiency",
@@ -421,6 +421,7 @@ class KernelCoef:
     p2p_token_s: float  # pipeline send time per token
     prefill_grid: ShapeGrid | None  # prefill attention's factor by shape (None: the form's)
     q_heads: int  # query heads on one GPU (the grid's third axis)
+    kv_group: float  # query heads per KV head on one GPU (the grid's fourth axis)
     comm_grid: ShapeGrid | None  # the all-reduce's factor by message size (None: the form's)
     comm_bytes: float  # bytes one all-reduce moves per token
     comm_gpus: float  # GPUs an all-reduce spans
@@ -596,6 +597,7 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         p2p_token_s=message / link if pp_on else 0.0,
         prefill_grid=prefill_attention_grid(p, model),
         q_heads=q_heads,
+        kv_group=kv_group(q_heads, kv_heads),
         comm_grid=allreduce_grid(p) if tp_on else None,
         comm_bytes=message,
         comm_gpus=float(dep.tp),
@@ -719,7 +721,9 @@ class RooflineKernels:
         memory = share * c.kv_token_s * (tokens + ctx_tokens)
         out = c.attn_kernel_s + (compute if compute > memory else memory)
         if c.prefill_grid is not None:
-            out *= prefill_factor(c.prefill_grid, c.q_heads, share * tokens, share * num_seqs)
+            out *= prefill_factor(
+                c.prefill_grid, c.q_heads, share * tokens, share * num_seqs, c.kv_group
+            )
         return out
 
     def decode_attn_s(self, share: float, num_seqs: int, ctx_tokens: int) -> float:
@@ -884,7 +888,9 @@ class Roofline(StepTimeBase):
             memory = c.kv_token_s * (prefill_tokens + prefill_ctx_tokens)
             attn = c.attn_kernel_s + (compute if compute > memory else memory)
             if c.prefill_grid is not None:
-                attn *= prefill_factor(c.prefill_grid, c.q_heads, prefill_tokens, num_prefill_seqs)
+                attn *= prefill_factor(
+                    c.prefill_grid, c.q_heads, prefill_tokens, num_prefill_seqs, c.kv_group
+                )
             layer += attn
         if num_decode_seqs > 0:
             compute = c.pair_s * decode_ctx_tokens

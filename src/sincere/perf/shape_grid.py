@@ -14,7 +14,7 @@ out check in ``benchmarks/step_fit.py`` measures that).
 
 Which families carry one, and the axes of each, are the fit's
 (:mod:`sincere.fit.kernel_grids`): the GEMMs over tokens, output and input features; prefill
-attention over query tokens per sequence, sequences and query heads.
+attention over query tokens per sequence, sequences, query heads and query heads per KV head.
 """
 
 from __future__ import annotations
@@ -161,16 +161,28 @@ class ShapeGrid:
         }
 
 
-def prefill_factor(grid: ShapeGrid | None, q_heads: int, tokens: float, num_seqs: float) -> float:
+def prefill_factor(
+    grid: ShapeGrid | None, q_heads: int, tokens: float, num_seqs: float, group: float
+) -> float:
     """The factor a prefill attention kernel over ``num_seqs`` chunks of ``tokens`` query
     tokens in all takes (1 without a grid): ``grid`` (prefill attention's) at the chunks'
-    mean length, their count and the GPU's ``q_heads``; a share of a batch's counts
-    (micro-batches) is rounded to whole chunks and tokens first. The one place the step
-    models and the latency routers' fleet pass take it from."""
+    mean length, their count, the GPU's ``q_heads`` and its query heads per KV head
+    (``group``, :func:`kv_group`; a grid of three axes, fitted before that axis, reads
+    the first three only); a share of a batch's counts (micro-batches) is rounded to whole
+    chunks and tokens first. The one place the step models and the latency routers' fleet
+    pass take it from."""
     if grid is None or num_seqs <= 0:
         return 1.0
     seqs = max(1, round(num_seqs))
-    return grid.factor_along(round(tokens) / seqs, (float(seqs), float(q_heads)))
+    if len(grid.axes) == 3:
+        return grid.factor_along(round(tokens) / seqs, (float(seqs), float(q_heads)))
+    return grid.factor_along(round(tokens) / seqs, (float(seqs), float(q_heads), group))
+
+
+def kv_group(q_heads: int, kv_heads: int) -> float:
+    """Query heads per KV head on one GPU (``q_heads`` over ``kv_heads``, at least 1): the
+    prefill attention grid's fourth size."""
+    return max(1.0, q_heads / max(1, kv_heads))
 
 
 def allreduce_factor(grid: ShapeGrid | None, nbytes: float, gpus: float, eager: bool) -> float:

@@ -62,6 +62,7 @@ class FleetCoef(NamedTuple):
     decode_kv_s: float  # ... and on the memory line
     prefill_grid: ShapeGrid | None  # prefill attention's factor by shape (None: none)
     q_heads: int  # the GPU's query heads (the grid's third axis)
+    kv_group: float  # its query heads per KV head (the grid's fourth axis)
     gridded: KernelCoef | None  # the constants whose all-reduces take a factor by size
 
 
@@ -135,6 +136,7 @@ def fleet_coef(coef: KernelCoef) -> FleetCoef:
         w * coef.kv_token_s,
         coef.prefill_grid,
         coef.q_heads,
+        coef.kv_group,
         coef if coef.comm_grid is not None else None,
     )
 
@@ -242,6 +244,7 @@ def fleet_latencies(
     comm_fixed = comm_token = floor = eager = pair_s = diag = query_pairs = 0.0
     kv_s = attn_kernel = layers = decode_pair = decode_kv = 0.0
     heads = 0
+    group = 1.0
     grid: ShapeGrid | None = None
     gridded: KernelCoef | None = None
     for t in terms:
@@ -250,7 +253,7 @@ def fleet_latencies(
          rare) = t  # fmt: skip
         if coef is not last:
             (graph, comm_fixed, comm_token, floor, eager, pair_s, diag, query_pairs, kv_s,
-             attn_kernel, layers, decode_pair, decode_kv, grid, heads,
+             attn_kernel, layers, decode_pair, decode_kv, grid, heads, group,
              gridded) = last = coef  # fmt: skip
         # the prefill iteration: queued prompts and ours beside the running decodes
         prefill_tokens = w + p
@@ -280,7 +283,7 @@ def fleet_latencies(
             memory = kv_s * (prefill_tokens + 0)
             attn = attn_kernel + (compute if compute > memory else memory)
             if grid is not None:  # the queued prompts' and ours
-                attn *= prefill_factor(grid, heads, prefill_tokens, num_ahead - r)
+                attn *= prefill_factor(grid, heads, prefill_tokens, num_ahead - r, group)
             layer += attn
             if r > 0:
                 layer += decode_attn
