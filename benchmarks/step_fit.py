@@ -276,6 +276,8 @@ def fit_one(name: str, table, acc, context: dict, root: Path):  # type: ignore[n
         return kf.fit_quant_moe(name, table, acc, context, root)
     if name in kf.GDN_PHASES:  # linear attention: prefill or decode, on their own
         return kf.fit_gdn(name, table, acc, root)
+    if name == "mla_decode":
+        return kf.fit_mla_decode(table, acc, root)
     return kf.fit_moe(table, acc, context["overlap_exponent"], root)
 
 

@@ -29,6 +29,7 @@ from sincere.fit.kernels import (
     fit_decode_attention,
     fit_gdn,
     fit_gemm,
+    fit_mla_decode,
     fit_moe,
     fit_prefill_attention,
     fit_quant_gemm,
@@ -410,6 +411,7 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
     assert set(families) == {
         "gemm_bf16", "gemm_fp8", "prefill_attention", "decode_attention", "allreduce",
         "alltoall", "moe", "moe_fp8", "moe_mxfp4", "moe_int4", "gdn_prefill", "gdn_decode",
+        "mla_decode",
     }  # fmt: skip
     assert families["moe_fp8"]["notes"][0] == "fp8_block experts"
     assert families["alltoall"]["table"].endswith("comm/nccl/2.29.2/nccl_perf.parquet")
@@ -743,3 +745,72 @@ def test_gemm_rows_leave_out_few_token_calls_over_weights_l2_holds() -> None:
         (16.0, 28672.0),
         (65.0, 4096.0),
     ]
+
+
+def _mla_rows(levels: bool) -> KernelTable:
+    """MLA decode module rows made from known constants: the context's part of
+    :func:`mla_context_s` at (mfu 0.6, bf16 latent 0.8, fp8 0.7, 1.5 lone sequences), each
+    series on a level of its own (the module's projections) when ``levels``."""
+    heads, batch, ctx = [1.0, 16.0, 128.0], [1.0, 8.0, 64.0, 512.0], 2.0 ** np.arange(1, 18)
+    h, b, c, fp8 = (a.ravel() for a in np.meshgrid(heads, batch, ctx, [0.0, 1.0], indexing="ij"))
+    peak, hbm = B200.peak_tflops("bf16") * 1e12, B200.hbm_bandwidth_gbps * 1e9
+    compute = 2 * h * (2 * 512 + 64) * b * c / (peak * 0.6)
+    memory = (b + 1.5) * c * 576 * np.where(fp8 > 0, 1.0, 2.0) / (hbm * np.where(fp8 > 0, 0.7, 0.8))
+    level = 30e-6 + 0.1e-6 * b + 0.2e-6 * h if levels else np.full(len(h), 30e-6)
+    num = len(h)
+    return _table(
+        "mla_generation", kernel_source=["FLASHINFER_MLA"] * num, batch_size=b, step=c,
+        num_heads=h, kv_cache_dtype=np.where(fp8 > 0, "fp8", "bfloat16"),
+        gemm_type=["bfloat16"] * num, latency=1e3 * (level + np.maximum(compute, memory)),
+    )  # fmt: skip
+
+
+def test_fit_recovers_synthetic_mla_decode_under_each_series_level() -> None:
+    """MLA decode rows made from known constants fit back to them, whatever level each
+    (heads, batch) series starts from; the context's part is followed to the row."""
+    fam = fit_mla_decode(_mla_rows(levels=True), B200, Path("/synthetic"))
+    assert fam.params["mla_decode_mfu_efficiency"] == pytest.approx(0.6, rel=0.03)
+    assert fam.params["mla_decode_bw_efficiency"] == pytest.approx(0.8, rel=0.02)
+    assert fam.params["mla_decode_fp8_bw_efficiency"] == pytest.approx(0.7, rel=0.02)
+    assert fam.params["mla_decode_lone_seqs"] == pytest.approx(1.5, rel=0.05)
+    assert fam.mean_error < 0.01
+    note = next(n for n in fam.notes if n.startswith("the context's part"))
+    assert "misses by 0.0 %" in note or "misses by 0.1 %" in note
+
+
+def test_mla_decode_without_fp8_rows_takes_the_bf16_efficiency() -> None:
+    """A table without fp8 latent rows fits one efficiency and says so."""
+    rows = _mla_rows(levels=False)
+    bf16 = rows.where(rows.equals("kv_cache_dtype", "bfloat16"))
+    fam = fit_mla_decode(bf16, B200, Path("/synthetic"))
+    p = fam.params
+    assert p["mla_decode_fp8_bw_efficiency"] == p["mla_decode_bw_efficiency"]
+    assert p["mla_decode_bw_efficiency"] == pytest.approx(0.8, rel=0.02)
+    assert any("no fp8 latent-cache rows" in n for n in fam.notes)
+
+
+@needs_data
+def test_mla_decode_prices_deepseek_from_its_measured_modules() -> None:
+    """DeepSeek-V3's decode attention on B200 and H100 takes the constants fitted to vLLM's
+    MLA modules: the step's attention is the fitted terms (an fp8 latent its own share of
+    HBM); a GPU without MLA rows (A100) keeps decode attention's constants."""
+    model = get_model("deepseek-v3")
+    batch = Batch.of(decode=[4096] * 64)
+    for acc in (B200, H100):
+        params = default_roofline_params(acc)
+        assert params.mla_decode_bw_efficiency is not None
+        assert params.mla_decode_mfu_efficiency is not None
+        fitted = ArchStep(Deployment(model, acc, tp=8), params).parts(batch).attention_s
+        plain = replace(params, mla_decode_mfu_efficiency=None, mla_decode_bw_efficiency=None)
+        before = ArchStep(Deployment(model, acc, tp=8), plain).parts(batch).attention_s
+        assert fitted != pytest.approx(before, rel=0.01)
+        bf16 = ArchStep(Deployment(model, acc, tp=8), params)
+        fp8 = ArchStep(Deployment(model, acc, tp=8, kv_precision="fp8"), params)
+        assert bf16._mla is not None and fp8._mla is not None
+        hbm = acc.hbm_bandwidth_gbps * 1e9
+        assert bf16._mla[1] == pytest.approx(576 * 2 / (hbm * params.mla_decode_bw_efficiency))
+        assert params.mla_decode_fp8_bw_efficiency is not None
+        assert fp8._mla[1] == pytest.approx(576 / (hbm * params.mla_decode_fp8_bw_efficiency))
+    a100 = default_roofline_params(get_accelerator("A100-80GB"))
+    assert a100.mla_decode_mfu_efficiency is None
+    assert ArchStep(Deployment(model, get_accelerator("A100-80GB"), tp=8), a100)._mla is None

@@ -21,6 +21,7 @@ FITTERS = (
     "fit_moe",
     "fit_quant_moe",
     "fit_gdn",
+    "fit_mla_decode",
 )
 EXPECTED = {
     "gemm_bf16": "fit_gemm",
@@ -36,6 +37,7 @@ EXPECTED = {
     "moe_nvfp4": "fit_quant_moe",
     "moe_mxfp4_mxfp8": "fit_quant_moe",
     "moe_int4": "fit_quant_moe",
+    "mla_decode": "fit_mla_decode",
     "gdn_prefill": "fit_gdn",
     "gdn_decode": "fit_gdn",
 }

@@ -33,6 +33,11 @@ family over every measured shape, never a table per shape:
   (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower), fitted and judged
   on the calls whose KV cache cannot sit in L2 across the collector's repeats or that are
   their kernel's fixed cost (:func:`decode_attention_rows`);
+* **MLA decode** (``mla_generation_module``: vLLM's MLA attention module in decode): how a
+  call grows with the context, the absorbed form's pairs at ``mla_decode_mfu_efficiency``
+  of the bf16 peak or the latent read at ``mla_decode_bw_efficiency`` (fp8 latents their
+  own) of HBM, each sequence's context read as if ``mla_decode_lone_seqs`` more came with
+  it; each (heads, batch, dtypes) series keeps its own level (:func:`fit_mla_decode`);
 * **all-reduce** (vLLM's custom all-reduce, inside and outside CUDA graphs):
   ``latency(n) + 2(n−1)/n · bytes / (one-way link × efficiency(n))`` in a graph, each GPU
   count its own latency and efficiency; outside a graph at least
@@ -594,6 +599,150 @@ def decode_attention_rows(table: KernelTable) -> KernelTable:
     return rows.where(hbm_bound_or_launch_bound(decode_kv_bytes(rows)))
 
 
+# --- MLA decode ----------------------------------------------------------------------------
+MLA_CACHE_DIMS = 512 + 64
+"""Cached elements per token and layer of the measured MLA modules (DeepSeek-V3's latent and
+rotary key; every MLA model in the catalog has them)."""
+MLA_MFU_STARTS = (0.05, 0.2, 0.6)
+"""Starting shares of the peak for the MLA fit: where the compute line never binds at the
+start, the solver sees no slope along it, so the fit starts from each and keeps the best."""
+
+
+def mla_kv_bytes(rows: KernelTable) -> FArray:
+    """The latent cache one MLA decode call reads (fp8 or bf16 elements)."""
+    per = np.where(rows.equals("kv_cache_dtype", "fp8"), 1.0, ACT_BYTES)
+    out: FArray = rows.num("batch_size") * rows.num("step") * MLA_CACHE_DIMS * per
+    return out
+
+
+def mla_decode_rows(table: KernelTable) -> KernelTable:
+    """The MLA decode module's rows that measure HBM or fixed costs, not L2
+    (:func:`hbm_bound_or_launch_bound` of the latent read, as decode attention's)."""
+    return table.where(hbm_bound_or_launch_bound(mla_kv_bytes(table)))
+
+
+def mla_series(rows: KernelTable) -> npt.NDArray[np.intp]:
+    """Each row's series: its query heads, batch, KV dtype and projections' dtype (the
+    context the only size that varies within one)."""
+    keys = np.column_stack(
+        [
+            rows.num("num_heads"),
+            rows.num("batch_size"),
+            rows.equals("kv_cache_dtype", "fp8"),
+            rows.equals("gemm_type", "bfloat16"),
+            rows.equals("gemm_type", "fp8_block"),
+        ]
+    )
+    _, index = np.unique(keys, axis=0, return_inverse=True)
+    out: npt.NDArray[np.intp] = index.reshape(-1)
+    return out
+
+
+def mla_context_s(rows: KernelTable, acc: Accelerator, p: dict[str, Any]) -> FArray:
+    """The part of an MLA decode call that grows with the context: the absorbed form's pairs
+    over the bf16 peak x ``mla_decode_mfu_efficiency`` or the latent read over HBM x
+    ``mla_decode_bw_efficiency`` (fp8 caches ``mla_decode_fp8_bw_efficiency``), whichever
+    is slower, each sequence's context read as if ``mla_decode_lone_seqs`` more sequences
+    of the batch's mean length came with it (one sequence streams its context below the
+    rate a full batch reaches)."""
+    b, ctx, heads = rows.num("batch_size"), rows.num("step"), rows.num("num_heads")
+    fp8 = rows.equals("kv_cache_dtype", "fp8")
+    peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
+    flops = 2.0 * heads * (2 * 512 + 64)  # the absorbed form per (query, cached token) pair
+    compute = flops * b * ctx / (peak * p["mla_decode_mfu_efficiency"])
+    bw = np.where(fp8, p["mla_decode_fp8_bw_efficiency"], p["mla_decode_bw_efficiency"])
+    per = np.where(fp8, 1.0, ACT_BYTES) * MLA_CACHE_DIMS
+    memory = (b + p["mla_decode_lone_seqs"]) * ctx * per / (hbm * bw)
+    out: FArray = np.maximum(compute, memory)
+    return out
+
+
+def series_levels(series: npt.NDArray[np.intp], context: FArray, measured: FArray) -> FArray:
+    """Each row's series level: what its rows measure beyond ``context``, a relative
+    least-squares mean over the series (weights ``1 / measured**2``)."""
+    w = 1.0 / measured**2
+    count = int(series.max()) + 1 if series.size else 0
+    total = np.bincount(series, weights=w * (measured - context), minlength=count)
+    level = total / np.bincount(series, weights=w, minlength=count)
+    out: FArray = np.maximum(level[series], 0.0)
+    return out
+
+
+def predict_mla_decode(rows: KernelTable, acc: Accelerator, p: dict[str, Any]) -> FArray:
+    """The MLA decode module's time of ``rows``: its context's part
+    (:func:`mla_context_s`) on each series' own level (:func:`series_levels`: the module's
+    projections and fixed costs, which the step prices apart)."""
+    context = mla_context_s(rows, acc, p)
+    measured = rows.num("latency") * 1e-3
+    out: FArray = context + series_levels(mla_series(rows), context, measured)
+    return out
+
+
+def fit_mla_decode(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
+    """MLA decode (DeepSeek's latent attention in its absorbed form) from vLLM's measured
+    MLA decode modules (``mla_generation_module``): how a call's time grows with the context,
+    :func:`mla_context_s`. A module also runs the layer's projections; each series (query
+    heads, batch, KV and projection dtypes) keeps its own level, and the fit is judged on
+    the rows whole and on the context's part alone (a note)."""
+    rows = mla_decode_rows(table)
+    measured = rows.num("latency") * 1e-3
+    has_fp8 = bool(rows.equals("kv_cache_dtype", "fp8").any())
+    root_w = np.sqrt(octave_weights(mla_kv_bytes(rows) / 1024.0))
+    names = ["mla_decode_mfu_efficiency", "mla_decode_bw_efficiency"]
+    names += ["mla_decode_fp8_bw_efficiency"] if has_fp8 else []
+    names += ["mla_decode_lone_seqs"]
+
+    def constants(x: FArray) -> dict[str, Any]:
+        p = dict(zip(names, (float(v) for v in x), strict=True))
+        p.setdefault("mla_decode_fp8_bw_efficiency", p["mla_decode_bw_efficiency"])
+        return p
+
+    def predict(x: FArray) -> FArray:
+        context = mla_context_s(rows, acc, constants(x))
+        out: FArray = context + series_levels(mla_series(rows), context, measured)
+        return out
+
+    best: tuple[float, FArray, tuple[str, ...]] | None = None
+    for start in MLA_MFU_STARTS:
+        spec = [Bounded(names[0], start, 0.01, 1.0), Bounded(names[1], 0.7, 0.05, 1.0)]
+        spec += [Bounded(names[2], 0.7, 0.05, 1.0)] if has_fp8 else []
+        spec += [Bounded("mla_decode_lone_seqs", 1.0, 0.0, 100.0)]
+        x, cost, bound = robust_fit(lambda x: root_w * log_ratio(predict(x), measured), spec)
+        if best is None or cost < best[0]:
+            best = (cost, x, bound)
+    assert best is not None
+    _, x, bound = best
+    params = constants(x)
+    pred = predict(x)
+    fam = summarise("mla_decode", params, pred, measured, rows, root, bound)
+    notes = [*fam.notes, context_note(rows, acc, params, measured)]
+    if not has_fp8:
+        notes.append("no fp8 latent-cache rows: mla_decode_fp8_bw_efficiency is bf16's")
+    return replace(fam, notes=tuple(notes))
+
+
+def context_note(rows: KernelTable, acc: Accelerator, p: dict[str, Any], measured: FArray) -> str:
+    """How well the fit follows the context's part: the time each row adds over its
+    series' shortest context, predicted against measured, over the rows adding 20 us or
+    more (smaller additions are the timer's noise)."""
+    series = mla_series(rows)
+    context = mla_context_s(rows, acc, p)
+    ctx = rows.num("step")
+    count = int(series.max()) + 1
+    first = np.full(count, -1)
+    for i in np.lexsort((ctx, series)):
+        if first[series[i]] < 0:
+            first[series[i]] = i
+    base = first[series]
+    grown, priced = measured - measured[base], context - context[base]
+    keep = grown >= 20e-6
+    rel = priced[keep] / grown[keep] - 1.0
+    return (
+        f"the context's part misses by {100 * float(np.abs(rel).mean()):.1f} % on average "
+        f"(bias {100 * float(np.median(rel)):+.1f} %, {int(keep.sum())} rows adding 20 us or more)"
+    )
+
+
 # --- all-reduce ----------------------------------------------------------------------------
 def allreduce_predict(
     gpus: FArray, nbytes: FArray, eager: FArray, x: FArray, counts: Sequence[int], link: float
@@ -978,6 +1127,7 @@ FAMILY_TABLES = {
     **{name: "moe" for name in QUANT_EXPERTS},
     "gdn_prefill": "gdn",
     "gdn_decode": "gdn",
+    "mla_decode": "mla_generation",
 }
 """Family -> the table it is fitted on."""
 NCCL_FAMILIES = ("alltoall",)
@@ -995,6 +1145,7 @@ SHAPE_COLUMNS = {
     **{name: MOE_SHAPE for name in ("moe", *QUANT_EXPERTS)},
     "gdn_prefill": GDN_SHAPE,
     "gdn_decode": GDN_SHAPE,
+    "mla_decode": ("num_heads",),
 }
 """Family -> the columns that make a row's model shape (the size axis left out)."""
 
@@ -1022,6 +1173,8 @@ def family_rows(name: str, table: KernelTable) -> KernelTable:
         if name == "gdn_decode":
             rows = rows.where(hbm_bound_or_launch_bound(gdn_decode_bytes(rows)))
         return rows
+    if name == "mla_decode":
+        return mla_decode_rows(table)
     raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
 
 
@@ -1065,6 +1218,8 @@ def predict_family(
         return predict_moe(name, rows, acc, p)
     if name in GDN_PHASES:
         return gdn_predict(name, rows, acc, p)
+    if name == "mla_decode":
+        return predict_mla_decode(rows, acc, p)
     raise ConfigError("unknown kernel family", value=name, allowed=sorted(FAMILY_TABLES))
 
 
@@ -1323,6 +1478,10 @@ COLUMNS = {
         "kernel_source", "phase", "batch_size", "seq_len", "num_tokens", "d_model",
         "num_k_heads", "head_k_dim", "num_v_heads", "head_v_dim", "d_conv", "latency",
     ],
+    "mla_generation": [
+        "kernel_source", "batch_size", "step", "num_heads", "kv_cache_dtype", "gemm_type",
+        "latency",
+    ],
 }  # fmt: skip
 
 
@@ -1406,6 +1565,7 @@ def fit_kernels(folder: Path, accelerator: Accelerator, version: str | None = No
                 attempt(name, "moe", quant_fitter(name, acc, experts, root))
     for name in GDN_PHASES:
         attempt(name, "gdn", gdn_fitter(name, acc, root))
+    attempt("mla_decode", "mla_generation", lambda t: fit_mla_decode(t, acc, root))
     # judged by the form alone: a factor by shape must not make usable a form that is not
     kept = [f for f in families if form_error(f) <= UNUSABLE_ERROR]
     missing.extend(

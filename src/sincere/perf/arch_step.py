@@ -156,6 +156,49 @@ def _prefill_shape(
     return prefill_attention_grid(params, model), heads, kv_group(heads, kv_heads)
 
 
+def _mla_decode_terms(
+    deployment: Deployment, params: RooflineParams
+) -> tuple[float, float, float] | None:
+    """MLA decode's (s per pair, s per cached token, lone sequences) from the constants fitted
+    to the measured MLA modules (``mla_decode_*``, at the bf16 peak kept under load); None
+    for other attention or where they were not fitted (decode attention's then)."""
+    model, p = deployment.model, params
+    peak = deployment.accelerator.peak_tflops("bf16") * 1e12 * p.sustained_compute_ratio
+    if not model.is_mla or p.mla_decode_mfu_efficiency is None:
+        return None
+    bw = p.mla_decode_bw_efficiency
+    if _bytes(deployment.kv_precision) < 2.0 and p.mla_decode_fp8_bw_efficiency is not None:
+        bw = p.mla_decode_fp8_bw_efficiency
+    if bw is None:
+        return None
+    rope, rank = model.qk_rope_head_dim, model.kv_lora_rank
+    pair = mla_decode_flops_per_pair(max(1, model.num_heads // deployment.tp), rank, rope)
+    hbm = deployment.accelerator.hbm_bandwidth_gbps * 1e9 * bw
+    token = (rank + rope) * _bytes(deployment.kv_precision) / hbm
+    return pair / (peak * p.mla_decode_mfu_efficiency), token, p.mla_decode_lone_seqs
+
+
+def _decode_attention(
+    p: RooflineParams,
+    attn: tuple[float, float, float],
+    mla: tuple[float, float, float] | None,
+    share: float,
+    num_seqs: int,
+) -> DecodeAttention:
+    """One layer's decode attention for ``share`` of a batch of ``num_seqs`` (:class:`ArchStep`'s
+    constants ``attn``, or MLA's fitted ones ``mla``: a call of ``n`` sequences reads their
+    context as if ``lone`` more of the mean length came with it)."""
+    kernel = p.attn_kernel_s if p.attn_decode_kernel_s is None else p.attn_decode_kernel_s
+    if mla is None:
+        _, dec_pair, token_s = attn
+    else:
+        dec_pair, token_s, lone = mla
+        token_s *= 1.0 + lone / max(1.0, share * num_seqs)
+    return DecodeAttention(
+        kernel, share * dec_pair, share * token_s, p.attn_decode_seq_tokens * num_seqs
+    )
+
+
 class ArchStep:
     """Iteration time of one deployment of an MoE / MLA / sliding-window model."""
 
@@ -225,6 +268,7 @@ class ArchStep:
         self._gdn = GdnCost(deployment, params)
         self._memo: dict[int, tuple[float, float, float, float]] = {}
         self._attn = self._attention_consts()
+        self._mla = _mla_decode_terms(deployment, params)
         self._prefill = _prefill_shape(p, deployment)
 
     # --- GEMMs ---------------------------------------------------------------------------
@@ -378,12 +422,7 @@ class ArchStep:
 
     def _decode_attention(self, share: float, num_seqs: int) -> DecodeAttention:
         """One layer's decode attention for ``share`` of a batch of ``num_seqs``."""
-        p = self.params
-        kernel = p.attn_kernel_s if p.attn_decode_kernel_s is None else p.attn_decode_kernel_s
-        _, dec_pair, token_s = self._attn
-        return DecodeAttention(
-            kernel, share * dec_pair, share * token_s, p.attn_decode_seq_tokens * num_seqs
-        )
+        return _decode_attention(self.params, self._attn, self._mla, share, num_seqs)
 
     # --- the iteration -----------------------------------------------------------------
     def parts(self, batch: Batch) -> StepParts:

@@ -102,6 +102,12 @@ KERNEL_PARTS = {
         "prefill_attention_grid",
     ),
     "decode_attention": ("attn_bw_efficiency", "attn_decode_kernel_s", "attn_decode_seq_tokens"),
+    "mla_decode": (
+        "mla_decode_mfu_efficiency",
+        "mla_decode_bw_efficiency",
+        "mla_decode_fp8_bw_efficiency",
+        "mla_decode_lone_seqs",
+    ),
     "communication": (
         "allreduce_latency_s",
         "allreduce_gpus",
@@ -174,6 +180,7 @@ UNFITTED_PARTS = {
     "linear_attention": "prior: the mean of the H100, H200 and B200 kernel fits "
     "(RooflineParams' defaults)",
     "sustained_clock": "not measured on this GPU: the kernel benchmark's compute rate (1)",
+    "mla_decode": "not measured on this GPU: decode attention's constants",
 }
 """What a part takes where no fit sets its constants, other than datasheet assumptions."""
 PRIOR_FIELDS = (

@@ -287,6 +287,16 @@ class RooflineStepParams(Params):
     attn_decode_seq_tokens: float | None = _fitted(
         "decode: KV tokens' worth of traffic per sequence (1: its new one)", ge=0
     )
+    mla_decode_mfu_efficiency: float | None = _efficiency(
+        "the bf16 peak in MLA decode's absorbed form"
+    )
+    mla_decode_bw_efficiency: float | None = _efficiency("HBM bandwidth reading a bf16 MLA latent")
+    mla_decode_fp8_bw_efficiency: float | None = _efficiency(
+        "HBM bandwidth reading an fp8 MLA latent"
+    )
+    mla_decode_lone_seqs: float | None = _fitted(
+        "MLA decode: sequences' worth more of the mean context read per call", ge=0
+    )
     moe_mfu_efficiency: float | None = _efficiency("the dense peak in the fused-MoE kernel")
     moe_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fused-MoE kernel")
     moe_kernel_s: float | None = _time("fixed cost of one fused-MoE kernel per layer")

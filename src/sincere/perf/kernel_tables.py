@@ -31,6 +31,7 @@ TABLES = {
     "nccl": ("comm", "nccl_perf"),
     "moe": ("moe", "moe_perf"),
     "gdn": ("linear_attention", "gdn_perf"),
+    "mla_generation": ("mla", "mla_generation_module_perf"),
 }
 """Table name -> (family folder, file stem) of the tables the kernel fit reads."""
 GPU_FOLDERS = {

@@ -107,6 +107,9 @@ _OPTIONAL_EFFICIENCIES = (
     "moe_mxfp4_mxfp8_bw_efficiency",
     "moe_int4_mfu_efficiency",
     "moe_int4_bw_efficiency",
+    "mla_decode_mfu_efficiency",
+    "mla_decode_bw_efficiency",
+    "mla_decode_fp8_bw_efficiency",
 )
 MXFP4_ACTIVATIONS = ("bf16", "mxfp8")
 """What MXFP4 experts multiply their weights with: bf16 activations (vLLM's default kernel)
@@ -180,6 +183,11 @@ class RooflineParams:
     attn_head_dim_offset: float = 0.0  # a pair's work per query head as if head_dim were wider
     attn_kv_head_work: float = 0.0  # a pair's work per KV head, in head_dim multiply-adds' shares
     attn_decode_seq_tokens: float = 1.0  # decode: KV tokens' worth of traffic per sequence
+    # MLA decode from the measured MLA modules (None: decode attention's constants)
+    mla_decode_mfu_efficiency: float | None = None  # the absorbed form: share of the bf16 peak
+    mla_decode_bw_efficiency: float | None = None  # a bf16 latent cache: share of HBM
+    mla_decode_fp8_bw_efficiency: float | None = None  # an fp8 one (None: bf16's)
+    mla_decode_lone_seqs: float = 0.0  # sequences' worth more context read per call
     moe_mfu_efficiency: float | None = None  # fused-MoE share of the peak (None: mfu's)
     moe_bw_efficiency: float | None = None  # fused-MoE share of HBM (None: bw's)
     moe_kernel_s: float = 0.0  # fixed cost of one fused-MoE kernel per layer
@@ -311,6 +319,7 @@ class RooflineParams:
         for name in (
             "attn_query_pairs",
             "attn_decode_seq_tokens",
+            "mla_decode_lone_seqs",
             "attn_head_dim_offset",
             "attn_kv_head_work",
             "gdn_spill_bytes",
