@@ -793,7 +793,8 @@ def test_mla_decode_without_fp8_rows_takes_the_bf16_efficiency() -> None:
 def test_mla_decode_prices_deepseek_from_its_measured_modules() -> None:
     """DeepSeek-V3's decode attention on B200 and H100 takes the constants fitted to vLLM's
     MLA modules: the step's attention is the fitted terms (an fp8 latent its own share of
-    HBM); a GPU without MLA rows (A100) keeps decode attention's constants."""
+    HBM); a GPU without MLA rows (A100) takes the mean of the GPUs running its MLA kernel
+    (vLLM's Triton one: L40S and RTX PRO 6000)."""
     model = get_model("deepseek-v3")
     batch = Batch.of(decode=[4096] * 64)
     for acc in (B200, H100):
@@ -812,5 +813,10 @@ def test_mla_decode_prices_deepseek_from_its_measured_modules() -> None:
         assert params.mla_decode_fp8_bw_efficiency is not None
         assert fp8._mla[1] == pytest.approx(576 / (hbm * params.mla_decode_fp8_bw_efficiency))
     a100 = default_roofline_params(get_accelerator("A100-80GB"))
-    assert a100.mla_decode_mfu_efficiency is None
-    assert ArchStep(Deployment(model, get_accelerator("A100-80GB"), tp=8), a100)._mla is None
+    triton = [default_roofline_params(get_accelerator(n)) for n in ("L40S", "RTX-PRO-6000")]
+    assert a100.mla_decode_bw_efficiency == pytest.approx(
+        sum(p.mla_decode_bw_efficiency or 0.0 for p in triton) / 2
+    )
+    assert ArchStep(Deployment(model, get_accelerator("A100-80GB"), tp=8), a100)._mla is not None
+    amd = get_accelerator("MI300X")
+    assert default_roofline_params(amd).mla_decode_mfu_efficiency is None  # no class: none

@@ -27,6 +27,9 @@ from sincere.perf.calibration import (
 from sincere.perf.kernel_choice import prefill_attention_kernel
 from sincere.perf.roofline import Gemm, RooflineParams
 
+CLASS_PRIOR_FIELDS = set(GDN_PREFILL) | set(KERNEL_PARTS["mla_decode"])
+"""Constants A100 and L4 take from the GPUs running the same kernel (no rows of their own)."""
+
 
 def shipped_a100() -> dict[str, object]:
     """The shipped A100 fit, read straight from the package data."""
@@ -41,11 +44,13 @@ def shipped_a100() -> dict[str, object]:
 
 def test_a100_uses_its_own_fit() -> None:
     """A100-80GB's defaults are the fitted file's parameters, said to be fitted (and, for
-    the linear-attention layers its fit has no rows of, the Triton delta rule's prior)."""
+    the linear-attention layers and MLA decode its fit has no rows of, the priors of the
+    Triton delta rule and the Triton MLA kernel)."""
     defaults = roofline_defaults(get_accelerator("A100"))
-    own = {k: v for k, v in defaults.params.items() if k not in GDN_PREFILL}
+    own = {k: v for k, v in defaults.params.items() if k not in CLASS_PRIOR_FIELDS}
     assert own == shipped_a100()["params"]
-    assert set(defaults.params) - set(own) == set(GDN_PREFILL)
+    assert set(defaults.params) - set(own) == CLASS_PRIOR_FIELDS
+    assert defaults.parts["mla_decode"].startswith("prior: MLA decode of the L40S and")
     assert defaults.origin.startswith("fitted:")
     assert Roofline(
         Deployment(get_model("llama-3-8b"), get_accelerator("A100"))
@@ -99,7 +104,9 @@ def test_a100_kernel_fit_is_shipped_but_not_the_default() -> None:
     doc = shipped_kernels("A100-80GB")
     assert doc["fit"]["default"] is False
     params = roofline_defaults(get_accelerator("A100")).params
-    assert {k: v for k, v in params.items() if k not in GDN_PREFILL} == shipped_a100()["params"]
+    assert {k: v for k, v in params.items() if k not in CLASS_PRIOR_FIELDS} == shipped_a100()[
+        "params"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -151,7 +158,7 @@ def test_other_accelerators_take_the_prior() -> None:
     l4 = roofline_defaults(get_accelerator("L4"))
     fits = [doc["params"] for doc in shipped_fits().values()]
     attention = set(KERNEL_PARTS["prefill_attention"])
-    assert set(l4.params) == set(PRIOR_FIELDS) | set(GDN_PREFILL) | attention
+    assert set(l4.params) == set(PRIOR_FIELDS) | CLASS_PRIOR_FIELDS | attention
     mean = sum(f["mfu_efficiency"] for f in fits) / len(fits)
     assert l4.params["mfu_efficiency"] == pytest.approx(mean)
     assert l4.params["token_tile"] == min(f["token_tile"] for f in fits)

@@ -42,9 +42,11 @@ Where a kernel is picked by architecture (:mod:`sincere.perf.kernel_choice`, by 
 catalog's ``compute_capability``), a GPU with no kernel fit of that part takes the part's
 constants from the shipped kernel fits of the GPUs that run the same kernel, averaged
 (:data:`CLASS_PRIORS`): prefill attention (A6000, A40, A10G and L4 from the FlashAttention-2
-GPUs A100, L40S and RTX PRO 6000) and linear attention's prefill (A100, L4, ... from the
+GPUs A100, L40S and RTX PRO 6000), linear attention's prefill (A100, L4, ... from the
 Triton delta rule's L40S and RTX PRO 6000; the FlashInfer GPUs' mean is
-``RooflineParams``' default).
+``RooflineParams``' default) and MLA decode (A100, L4, ... from the Triton MLA kernel's
+L40S and RTX PRO 6000; a Hopper or data-centre Blackwell without its own fit from H100,
+H200 and B200).
 Last, a GPU whose clock under sustained load was measured
 (``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
 ``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
@@ -180,7 +182,7 @@ UNFITTED_PARTS = {
     "linear_attention": "prior: the mean of the H100, H200 and B200 kernel fits "
     "(RooflineParams' defaults)",
     "sustained_clock": "not measured on this GPU: the kernel benchmark's compute rate (1)",
-    "mla_decode": "not measured on this GPU: decode attention's constants",
+    "mla_decode": "prior: decode attention's constants (no MLA kernel of its class measured)",
 }
 """What a part takes where no fit sets its constants, other than datasheet assumptions."""
 PRIOR_FIELDS = (
@@ -411,6 +413,7 @@ def roofline_defaults(
 CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear_attention": (GDN_PREFILL, "gdn_prefill"),
     "prefill_attention": (KERNEL_PARTS["prefill_attention"], "prefill_attention"),
+    "mla_decode": (KERNEL_PARTS["mla_decode"], "mla_decode"),
 }
 """Part -> (its constants taken from the GPUs running the same kernel, the kernel family
 that classes GPUs). Only fits holding every constant stand in: the FlashInfer delta rule's

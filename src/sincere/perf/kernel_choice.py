@@ -13,7 +13,11 @@ six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
   (B200: 10.x);
 * **linear attention's chunked delta rule** (Gated DeltaNet prefill): FlashInfer's fused
   kernel on Hopper and the data-centre Blackwells (H100, H200, B200), the Triton kernel on
-  every other CUDA GPU (L40S, RTX PRO 6000).
+  every other CUDA GPU (L40S, RTX PRO 6000);
+* **MLA decode**: FlashAttention's MLA kernel (bf16 latents) and FlashMLA (fp8 latents) on
+  Hopper, FlashInfer's MLA kernel on the data-centre Blackwells (H100, H200, B200: compute
+  capability 9.0 to below 12), vLLM's Triton MLA kernel on every other CUDA GPU (L40S,
+  RTX PRO 6000; A100 too, whose tables hold no MLA decode module).
 
 A GPU without a compute capability (not CUDA) has no class: ``None``.
 """
@@ -38,6 +42,20 @@ def delta_rule_kernel(acc: Accelerator) -> str | None:
     return "flashinfer" if low <= cc < high else "triton"
 
 
+FLASH_MLA = (9.0, 12.0)
+"""Compute capabilities (from, below) whose vLLM decodes MLA with the FlashAttention /
+FlashMLA / FlashInfer class of kernels rather than its Triton one."""
+
+
+def mla_decode_kernel(acc: Accelerator) -> str | None:
+    """``"mla_flash"`` or ``"mla_triton"``: the MLA decode kernel class vLLM runs on ``acc``."""
+    cc = acc.compute_capability
+    if cc is None:
+        return None
+    low, high = FLASH_MLA
+    return "mla_flash" if low <= cc < high else "mla_triton"
+
+
 def prefill_attention_kernel(acc: Accelerator) -> str | None:
     """``"fa2"``, ``"fa3"`` or ``"trtllm"``: the prefill-attention kernel vLLM runs on
     ``acc`` (module docstring)."""
@@ -51,12 +69,17 @@ def prefill_attention_kernel(acc: Accelerator) -> str | None:
     return "fa2"
 
 
-KERNEL_CLASSES = {"gdn_prefill": delta_rule_kernel, "prefill_attention": prefill_attention_kernel}
+KERNEL_CLASSES = {
+    "gdn_prefill": delta_rule_kernel,
+    "prefill_attention": prefill_attention_kernel,
+    "mla_decode": mla_decode_kernel,
+}
 """Kernel family -> the kernel class of a GPU for it (the families whose kernel vLLM picks
 by architecture)."""
 FAMILY_NAMES = {
     "gdn_prefill": "linear attention's prefill",
     "prefill_attention": "prefill attention",
+    "mla_decode": "MLA decode",
 }
 """Kernel family -> how provenance lines name it."""
 KERNEL_NAMES = {
@@ -65,5 +88,7 @@ KERNEL_NAMES = {
     "fa2": "FlashAttention 2",
     "fa3": "FlashAttention 3",
     "trtllm": "FlashInfer's TensorRT-LLM attention",
+    "mla_flash": "FlashAttention's, FlashMLA's or FlashInfer's MLA kernels",
+    "mla_triton": "vLLM's Triton MLA kernel",
 }
 """Kernel class -> how provenance lines name it."""
