@@ -33,13 +33,21 @@ FLASHINFER_DELTA_RULE = (9.0, 12.0)
 """Compute capabilities (from, below) whose vLLM runs FlashInfer's fused delta rule."""
 
 
-def delta_rule_kernel(acc: Accelerator) -> str | None:
-    """``"flashinfer"`` or ``"triton"``: the chunked delta-rule kernel vLLM runs on ``acc``."""
+def _by_range(
+    acc: Accelerator, bounds: tuple[float, float], inside: str, outside: str
+) -> str | None:
+    """``inside`` where ``acc``'s compute capability lies in ``bounds`` (from, below), else
+    ``outside``; None without one."""
     cc = acc.compute_capability
     if cc is None:
         return None
-    low, high = FLASHINFER_DELTA_RULE
-    return "flashinfer" if low <= cc < high else "triton"
+    low, high = bounds
+    return inside if low <= cc < high else outside
+
+
+def delta_rule_kernel(acc: Accelerator) -> str | None:
+    """``"flashinfer"`` or ``"triton"``: the chunked delta-rule kernel vLLM runs on ``acc``."""
+    return _by_range(acc, FLASHINFER_DELTA_RULE, "flashinfer", "triton")
 
 
 FLASH_MLA = (9.0, 12.0)
@@ -49,11 +57,7 @@ FlashMLA / FlashInfer class of kernels rather than its Triton one."""
 
 def mla_decode_kernel(acc: Accelerator) -> str | None:
     """``"mla_flash"`` or ``"mla_triton"``: the MLA decode kernel class vLLM runs on ``acc``."""
-    cc = acc.compute_capability
-    if cc is None:
-        return None
-    low, high = FLASH_MLA
-    return "mla_flash" if low <= cc < high else "mla_triton"
+    return _by_range(acc, FLASH_MLA, "mla_flash", "mla_triton")
 
 
 def prefill_attention_kernel(acc: Accelerator) -> str | None:
