@@ -292,12 +292,12 @@ def shape_folds(name: str, rows) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def mean_params(docs: list[dict]) -> dict:  # type: ignore[type-arg]
-    """The other GPUs' constants averaged (lists per entry, the token tile the smallest,
+    """The other GPUs' constants averaged (lists per entry, a token tile the smallest,
     a factor by shape node by node: its log factors averaged over one set of axes)."""
     out: dict = {}  # type: ignore[type-arg]
     for key in {k for d in docs for k in d}:
         values = [d[key] for d in docs if key in d]
-        if key == "token_tile":
+        if key.endswith("token_tile"):  # a tile: the smallest, a whole number
             out[key] = min(values)
         elif isinstance(values[0], dict):  # a shape grid (the fits share its axes)
             assert all(v["axes"] == values[0]["axes"] for v in values), key

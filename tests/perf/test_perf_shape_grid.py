@@ -103,9 +103,32 @@ def test_a_gemm_takes_its_factor_whole() -> None:
     grid = ShapeGrid(GEMM_GRID_AXES, tuple(0.01 * i for i in range(225)))
     rates = (989e12, 3.35e12)
     for tokens in (1, 37, 512, 8192):
-        form = gemm_s(params, 4096, 14336, 2.0, tokens, rates, (3e-6, 8.0))
-        corrected = gemm_s(params, 4096, 14336, 2.0, tokens, rates, (3e-6, 8.0), grid)
+        form = gemm_s(params, 4096, 14336, 2.0, tokens, rates, (3e-6, 8.0, 1))
+        corrected = gemm_s(params, 4096, 14336, 2.0, tokens, rates, (3e-6, 8.0, 1), grid)
         assert corrected == pytest.approx(form * grid.factor((tokens, 14336, 4096)))
+
+
+def test_fp8_gemms_step_at_their_own_token_tile() -> None:
+    """H100's fp8 GEMMs were fitted with a token tile of their own (256: its fp8 kernels'
+    time steps just above multiples of 256 tokens, its bf16 ones' do not): a compute-bound
+    fp8 GEMM of 257 tokens pays for 512, its bf16 twin for 257; without the fp8 tile the
+    bf16 one's applies."""
+    from sincere.perf.roofline import quantisation_terms
+
+    params = replace(default_roofline_params(H100), shape_corrections=False)
+    assert params.fp8_token_tile == 256 and params.token_tile == 1
+    quant = quantisation_terms(params, "fp8")
+    assert quant is not None and quant[2] == 256
+    rates = (1979e12, 3.35e12)
+
+    def fp8(tokens: int, q: tuple[float, float, int]) -> float:
+        return gemm_s(params, 8192, 28672, 1.0, tokens, rates, q)
+
+    step = fp8(257, quant) - fp8(256, quant)
+    assert step > 0.5 * (fp8(512, quant) - fp8(256, quant))  # a whole tile more at 257
+    untiled = quantisation_terms(replace(params, fp8_token_tile=None), "fp8")
+    assert untiled is not None and untiled[2] == 1
+    assert fp8(257, untiled) - fp8(256, untiled) < 0.05 * step
 
 
 def test_the_shipped_h100_fit_prices_gemms_with_its_grids() -> None:

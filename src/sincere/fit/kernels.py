@@ -13,7 +13,9 @@ family over every measured shape, never a table per shape:
   efficiency; the tile is chosen among :data:`TOKEN_TILES` by the loss. fp8 and NVFP4
   (:data:`QUANT_GEMMS`) take their own peak (fp8, fp4), weight bytes (1, 0.5625), share
   of that peak, fixed quantisation cost and quantisation bytes per input activation
-  (``fp8_*``, ``nvfp4_*``), and the bf16 fit's bandwidth share, exponent and tile. Each
+  (``fp8_*``, ``nvfp4_*``) and their own token tile (``fp8_token_tile``: Hopper's fp8
+  kernels step at multiples of 128-256 tokens where its bf16 ones do not), and the bf16
+  fit's bandwidth share and exponent. Each
   GEMM family then takes a factor by shape (``gemm_bf16_grid``, ``gemm_fp8_grid``,
   ``gemm_nvfp4_grid``: :mod:`sincere.perf.shape_grid`), piecewise linear in ``log2`` of
   tokens, output and input features, fitted to what the form leaves on its rows (the
@@ -119,6 +121,8 @@ from sincere.perf.moe import (
 from sincere.perf.shape_grid import GridAxis, ShapeGrid
 
 TOKEN_TILES = (1, 64, 128, 256)
+TILE_PARAMS = ("token_tile", "fp8_token_tile", "nvfp4_token_tile")
+"""The GEMM families' token tiles (whole numbers in a fit file)."""
 MAX_ROWS = 12_000  # rows a family's fit uses at most (an even subsample beyond)
 MAX_ALLREDUCE_BYTES = 128 * 2**20
 FAIR_ERROR = 0.08  # mean relative error above which a family says it misses its data
@@ -458,10 +462,9 @@ def fit_quant_gemm(
     peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
     wbytes = PRECISION_BYTES[precision]
     shared = bf16.params
-    tile = int(shared["token_tile"])
     rate = hbm * shared["bw_efficiency"]  # bytes/s at bf16's share of HBM
 
-    def predict(x: FArray) -> FArray:
+    def predict(x: FArray, tile: int) -> FArray:
         full = np.array(
             [
                 x[0],
@@ -478,10 +481,20 @@ def fit_quant_gemm(
         Bounded(f"{dtype}_gemm_kernel_s", 3e-6, 0.0, 1e-4),
         Bounded(f"{dtype}_act_s", 4.0, 0.0, 100.0),  # searched as bytes, kept as seconds
     )
-    x, bound = weighted_fit(predict, measured, root_w, spec)
+    best: tuple[float, int, FArray, tuple[str, ...]] | None = None
+    for tile in TOKEN_TILES:  # its own token tile, chosen by the loss as bf16's is
+        x, cost, bound = robust_fit(
+            lambda x, t=tile: root_w * log_ratio(predict(x, t), measured),  # type: ignore[misc]
+            spec,
+        )
+        if best is None or cost < best[0]:
+            best = (cost, tile, x, bound)
+    assert best is not None
+    _, tile, x, bound = best
     params: dict[str, Any] = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
     params[f"{dtype}_act_s"] = float(x[2]) / rate
-    pred = predict(x)
+    params[f"{dtype}_token_tile"] = float(tile)
+    pred = predict(x, tile)
     fam = summarise(name, params, pred, measured, rows, root, bound)
     return with_gemm_grid(fam, rows, pred, measured, root)
 
@@ -1228,6 +1241,7 @@ def predict_gemm(name: str, rows: KernelTable, acc: Accelerator, params: dict[st
     p, hbm = params, acc.hbm_bandwidth_gbps * 1e9
     m, n, k = rows.num("m"), rows.num("n"), rows.num("k")
     x = [p["mfu_efficiency"], p["bw_efficiency"], p["_gemm_kernel_s"], p["overlap_exponent"]]
+    tile = int(p["token_tile"])
     if name == "gemm_bf16":
         peak, wbytes = acc.peak_tflops("bf16") * 1e12, 2.0
     else:
@@ -1236,7 +1250,8 @@ def predict_gemm(name: str, rows: KernelTable, acc: Accelerator, params: dict[st
         x.append(p[f"{dtype}_act_s"])
         peak = acc.peak_tflops(precision) * 1e12
         wbytes = PRECISION_BYTES[precision]
-    out = gemm_predict(m, n, k, np.array(x), int(p["token_tile"]), peak, hbm, wbytes)
+        tile = int(p.get(f"{dtype}_token_tile", tile))
+    out = gemm_predict(m, n, k, np.array(x), tile, peak, hbm, wbytes)
     grid = p.get(f"{name}_grid")
     if grid is not None:  # the family's factor by shape
         sizes = grid_sizes(name, rows)
@@ -1591,8 +1606,9 @@ SOURCE = (
 def kernel_document(fit: KernelFit, argv: Sequence[str], default: bool = True) -> dict[str, Any]:
     """The parameter file: ``kind: roofline``, ``params`` and ``fit`` (provenance, errors)."""
     params = {k: _round_all(v) for k, v in fit.params.items()}
-    if "token_tile" in params:
-        params["token_tile"] = int(params["token_tile"])
+    for name in TILE_PARAMS:
+        if name in params:
+            params[name] = int(params[name])
     gemm = fit.family("gemm_bf16")
     info: dict[str, Any] = {
         "accelerator": fit.accelerator.name,

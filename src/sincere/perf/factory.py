@@ -226,6 +226,12 @@ class RooflineStepParams(Params):
         "p of a GEMM's (compute^p + memory^p)^(1/p); .inf: max", ge=1, allow_inf_nan=True
     )
     token_tile: int | None = _fitted("GEMM tokens round up to this multiple, tokens", ge=1)
+    fp8_token_tile: int | None = _fitted(
+        "fp8-compute GEMMs' tokens round up to this multiple (default: token_tile)", ge=1
+    )
+    nvfp4_token_tile: int | None = _fitted(
+        "NVFP4-compute GEMMs' tokens round up to this multiple (default: token_tile)", ge=1
+    )
     layer_overhead_s: float | None = _time("fixed kernel cost of one layer's linear work")
     attn_mfu_efficiency: float | None = _efficiency("the dense bf16 peak in prefill attention")
     attn_bw_efficiency: float | None = _efficiency("HBM bandwidth reading the KV cache")

@@ -9,7 +9,8 @@ activations are quantised first: a fixed kernel cost and a time per input elemen
 on the memory side (``fp8_gemm_kernel_s`` / ``fp8_act_s``, ``nvfp4_gemm_kernel_s`` /
 ``nvfp4_act_s``: fitted per GPU as a time, not as bytes at the GPU's bandwidth, because
 it carries between GPUs as a time: 3.2-5.4 ps an element on the five fp8 GPUs measured,
-where the same cost read as bytes spans 3.8-20).
+where the same cost read as bytes spans 3.8-20), and the kernel steps at its own token
+tile (``fp8_token_tile``, ``nvfp4_token_tile``).
 Last, where the GPU's measured GEMMs of that kind were fitted, the time takes their factor
 by shape (:func:`gemm_grid`, :mod:`sincere.perf.shape_grid`): what the form leaves of
 the real kernels' tile and split choices. Both the dense roofline and the
@@ -60,15 +61,16 @@ def gemm_s(
     weight_bytes: float,
     tokens: int,
     rates: tuple[float, float],
-    quant: tuple[float, float] | None,
+    quant: tuple[float, float, int] | None,
     grid: ShapeGrid | None = None,
 ) -> float:
     """One GEMM over ``tokens`` tokens at ``rates`` (FLOP/s, HBM bytes/s), seconds;
     ``quant``: its activations are quantised first at this (fixed cost s, seconds per
-    input element) (see the module); None: they are not. ``grid``: the factor by shape it takes
+    input element) and its kernel steps at its token tile (see the module); None: they are
+    not, and it steps at ``token_tile``. ``grid``: the factor by shape it takes
     (:func:`gemm_grid`)."""
     peak, hbm = rates
-    tile = params.token_tile
+    tile = params.token_tile if quant is None else quant[2]
     tiled = tokens if tokens <= tile else tile * math.ceil(tokens / tile)
     compute = 2.0 * k * n * tiled / peak
     moved = k * n * weight_bytes

@@ -143,6 +143,8 @@ class RooflineParams:
     elementwise_bw_efficiency: float = 0.85  # norms, rotary, activation, add: share of HBM
     overlap_exponent: float = math.inf  # p of a GEMM's (compute^p + memory^p)^(1/p); inf: max
     token_tile: int = 1  # GEMM token count rounded up to a multiple of this above one tile
+    fp8_token_tile: int | None = None  # fp8-compute GEMMs' own tile (None: token_tile)
+    nvfp4_token_tile: int | None = None  # NVFP4-compute GEMMs' own tile (None: token_tile)
     layer_overhead_s: float = 0.0  # fixed kernel cost of one layer's linear work
     attn_mfu_efficiency: float = 0.5  # prefill attention: share of the dense bf16 peak
     attn_bw_efficiency: float = 0.85  # attention reading the KV cache: share of HBM bandwidth
@@ -340,8 +342,10 @@ class RooflineParams:
             )
         if self.cuda_graph_max_tokens < 0:
             raise ConfigError("RooflineParams.cuda_graph_max_tokens must be >= 0")
-        if self.token_tile < 1:
-            raise ConfigError("RooflineParams.token_tile must be >= 1", value=self.token_tile)
+        for name in ("token_tile", "fp8_token_tile", "nvfp4_token_tile"):
+            tile = getattr(self, name)
+            if tile is not None and tile < 1:
+                raise ConfigError(f"RooflineParams.{name} must be >= 1", value=tile)
         if self.pp_microbatches < 1:
             raise ConfigError("RooflineParams.pp_microbatches must be >= 1")
         if self.activation_bytes <= 0.0:
@@ -467,13 +471,18 @@ def gemm_mfu(params: RooflineParams, compute_precision: str) -> float:
 
 def quantisation_terms(
     params: RooflineParams, compute_precision: str
-) -> tuple[float, float] | None:
-    """(fixed cost s, extra time per input activation s) of quantising a GEMM's activations
-    before a ``compute_precision`` GEMM (fp8 or NVFP4); None: the GEMM takes them as is."""
+) -> tuple[float, float, int] | None:
+    """(fixed cost s, extra time per input activation s, token tile) of a
+    ``compute_precision`` GEMM (fp8 or NVFP4) whose activations are quantised first: the
+    quantisation and the kernel's own tile (the bf16 GEMMs' where not fitted); None: the
+    GEMM takes them as is."""
+    p = params
     if compute_precision == "fp8":
-        return params.fp8_gemm_kernel_s, params.fp8_act_s
+        tile = p.token_tile if p.fp8_token_tile is None else p.fp8_token_tile
+        return p.fp8_gemm_kernel_s, p.fp8_act_s, tile
     if compute_precision == "nvfp4":
-        return params.nvfp4_gemm_kernel_s, params.nvfp4_act_s
+        tile = p.token_tile if p.nvfp4_token_tile is None else p.nvfp4_token_tile
+        return p.nvfp4_gemm_kernel_s, p.nvfp4_act_s, tile
     return None
 
 
