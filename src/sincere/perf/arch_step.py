@@ -163,7 +163,6 @@ def _mla_decode_terms(
     to the measured MLA modules (``mla_decode_*``, at the bf16 peak kept under load); None
     for other attention or where they were not fitted (decode attention's then)."""
     model, p = deployment.model, params
-    peak = deployment.accelerator.peak_tflops("bf16") * 1e12 * p.sustained_compute_ratio
     if not model.is_mla or p.mla_decode_mfu_efficiency is None:
         return None
     bw = p.mla_decode_bw_efficiency
@@ -172,6 +171,7 @@ def _mla_decode_terms(
     if bw is None:
         return None
     rope, rank = model.qk_rope_head_dim, model.kv_lora_rank
+    peak = deployment.accelerator.peak_tflops("bf16") * 1e12 * p.sustained_compute_ratio
     pair = mla_decode_flops_per_pair(max(1, model.num_heads // deployment.tp), rank, rope)
     hbm = deployment.accelerator.hbm_bandwidth_gbps * 1e9 * bw
     token = (rank + rope) * _bytes(deployment.kv_precision) / hbm
