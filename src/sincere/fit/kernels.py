@@ -115,6 +115,7 @@ from sincere.perf.moe import (
     ALIGNED_WIDTH,
     expert_work,
     fused_moe_s,
+    mla_decode_flops_per_pair,
     narrow_expert_scale,
     pnorm,
 )
@@ -368,6 +369,20 @@ def gemm_rows(table: KernelTable, dtype: str) -> KernelTable:
     return subsample(rows.where(~in_l2))
 
 
+def fit_over_tiles(
+    residuals: Callable[[FArray, int], FArray], spec: Sequence[Bounded]
+) -> tuple[int, FArray, tuple[str, ...]]:
+    """The token tile of :data:`TOKEN_TILES` whose :func:`robust_fit` of ``residuals`` (of
+    the constants and the tile) has the least loss: (tile, constants, names on a bound)."""
+    best: tuple[float, int, FArray, tuple[str, ...]] | None = None
+    for tile in TOKEN_TILES:
+        x, cost, bound = robust_fit(lambda x, t=tile: residuals(x, t), spec)  # type: ignore[misc]
+        if best is None or cost < best[0]:
+            best = (cost, tile, x, bound)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
 def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
     """bf16 GEMM constants, the token tile chosen by the loss (module docstring)."""
     rows = gemm_rows(table, "bfloat16")
@@ -381,19 +396,10 @@ def fit_gemm(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFit:
         Bounded("gemm_kernel_s", 5e-6, 0.0, 1e-4),
         Bounded("overlap_exponent", 2.0, 1.0, 50.0),
     )
-    best: tuple[float, int, FArray, tuple[str, ...]] | None = None
-    for tile in TOKEN_TILES:
-        x, cost, bound = robust_fit(
-            lambda x, t=tile: (
-                root_w  # type: ignore[misc]
-                * log_ratio(gemm_predict(m, n, k, x, t, peak, hbm, 2.0), measured)
-            ),
-            spec,
-        )
-        if best is None or cost < best[0]:
-            best = (cost, tile, x, bound)
-    assert best is not None
-    _, tile, x, bound = best
+    tile, x, bound = fit_over_tiles(
+        lambda x, t: root_w * log_ratio(gemm_predict(m, n, k, x, t, peak, hbm, 2.0), measured),
+        spec,
+    )
     pred = gemm_predict(m, n, k, x, tile, peak, hbm, 2.0)
     params = gemm_constants(x, float(tile))
     fam = summarise("gemm_bf16", params, pred, measured, rows, root, bound)
@@ -481,16 +487,8 @@ def fit_quant_gemm(
         Bounded(f"{dtype}_gemm_kernel_s", 3e-6, 0.0, 1e-4),
         Bounded(f"{dtype}_act_s", 4.0, 0.0, 100.0),  # searched as bytes, kept as seconds
     )
-    best: tuple[float, int, FArray, tuple[str, ...]] | None = None
-    for tile in TOKEN_TILES:  # its own token tile, chosen by the loss as bf16's is
-        x, cost, bound = robust_fit(
-            lambda x, t=tile: root_w * log_ratio(predict(x, t), measured),  # type: ignore[misc]
-            spec,
-        )
-        if best is None or cost < best[0]:
-            best = (cost, tile, x, bound)
-    assert best is not None
-    _, tile, x, bound = best
+    # its own token tile, chosen by the loss as bf16's is
+    tile, x, bound = fit_over_tiles(lambda x, t: root_w * log_ratio(predict(x, t), measured), spec)
     params: dict[str, Any] = {b.name: float(v) for b, v in zip(spec, x, strict=True)}
     params[f"{dtype}_act_s"] = float(x[2]) / rate
     params[f"{dtype}_token_tile"] = float(tile)
@@ -661,7 +659,7 @@ def mla_context_s(rows: KernelTable, acc: Accelerator, p: dict[str, Any]) -> FAr
     b, ctx, heads = rows.num("batch_size"), rows.num("step"), rows.num("num_heads")
     fp8 = rows.equals("kv_cache_dtype", "fp8")
     peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
-    flops = 2.0 * heads * (2 * 512 + 64)  # the absorbed form per (query, cached token) pair
+    flops = heads * mla_decode_flops_per_pair(1, 512, 64)  # per (query, cached token) pair
     compute = flops * b * ctx / (peak * p["mla_decode_mfu_efficiency"])
     bw = np.where(fp8, p["mla_decode_fp8_bw_efficiency"], p["mla_decode_bw_efficiency"])
     per = np.where(fp8, 1.0, ACT_BYTES) * MLA_CACHE_DIMS
@@ -704,6 +702,7 @@ def fit_mla_decode(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFi
     names = ["mla_decode_mfu_efficiency", "mla_decode_bw_efficiency"]
     names += ["mla_decode_fp8_bw_efficiency"] if has_fp8 else []
     names += ["mla_decode_lone_seqs"]
+    series = mla_series(rows)
 
     def constants(x: FArray) -> dict[str, Any]:
         p = dict(zip(names, (float(v) for v in x), strict=True))
@@ -712,7 +711,7 @@ def fit_mla_decode(table: KernelTable, acc: Accelerator, root: Path) -> FamilyFi
 
     def predict(x: FArray) -> FArray:
         context = mla_context_s(rows, acc, constants(x))
-        out: FArray = context + series_levels(mla_series(rows), context, measured)
+        out: FArray = context + series_levels(series, context, measured)
         return out
 
     best: tuple[float, FArray, tuple[str, ...]] | None = None
