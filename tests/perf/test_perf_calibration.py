@@ -21,6 +21,7 @@ from sincere.perf.calibration import (
     fit_documents,
     kernel_fit_for,
     kernel_fits,
+    power_headroom,
     roofline_defaults,
     shipped_fits,
 )
@@ -144,12 +145,51 @@ def test_blackwell_variants_take_b200s_kernel_fits(variant: str) -> None:
     """B300, GB200 and GB300 price every measured part with B200's kernel constants (the
     stack's shares of the peaks) against their own datasheet peaks; the parts B200's fit
     does not hold (elementwise, CPU) stay the prior."""
-    defaults = roofline_defaults(get_accelerator(variant))
+    acc = get_accelerator(variant)
+    defaults = roofline_defaults(acc)
     b200 = kernel_fits()["B200"]["params"]
-    for name in ("moe_nvfp4_bw_efficiency", "nvfp4_mfu_efficiency", "attn_bw_efficiency"):
+    for name in ("moe_nvfp4_bw_efficiency", "attn_bw_efficiency", "moe_nvfp4_kernel_s"):
         assert defaults.params[name] == b200[name]
+    # more board power per peak FLOP than B200 (1,100-1,400 W against 1,000 W): compute
+    # shares raised by that ratio, at most the best fit's (next test)
+    ratio = power_headroom(acc, get_accelerator("B200"))
+    assert ratio > 1.05
+    best = max(d["params"]["nvfp4_mfu_efficiency"] for d in kernel_fits().values()
+               if d["params"].get("nvfp4_mfu_efficiency") is not None)  # fmt: skip
+    expected = min(best, b200["nvfp4_mfu_efficiency"] * ratio)
+    assert defaults.params["nvfp4_mfu_efficiency"] == pytest.approx(expected)
     assert defaults.parts["experts"].startswith("transferred: measured vLLM")
+    assert "board power per peak FLOP" in defaults.parts["experts"]
     assert defaults.parts["elementwise"].startswith("prior")
+
+
+def test_a_variant_with_more_power_per_flop_is_not_held_to_its_chips_power_limit() -> None:
+    """The L40S (AD102 at 350 W) reaches 0.61 of its GEMM peak; the RTX 4090 (the same die
+    at 450 W, half the rate with FP32 accumulation) has 2.8x its power per peak FLOP, so its
+    compute shares rise to the best any fit reaches; bandwidth shares stay the L40S's. A
+    variant with less power per FLOP than its chip (H100-PCIe) keeps the chip's shares."""
+    rtx, l40s = get_accelerator("RTX-4090"), get_accelerator("L40S")
+    ratio = power_headroom(rtx, l40s)
+    assert ratio == pytest.approx((450 / 165.2) / (350 / 362.05), rel=1e-3)
+    defaults = roofline_defaults(rtx).params
+    chip = roofline_defaults(l40s).params
+    fits = [*shipped_fits().values(), *kernel_fits().values()]
+    for name in ("mfu_efficiency", "fp8_mfu_efficiency", "moe_mfu_efficiency"):
+        best = max(float(d["params"][name]) for d in fits if d["params"].get(name) is not None)
+        assert defaults[name] == pytest.approx(max(chip[name], min(best, chip[name] * ratio)))
+        assert defaults[name] > chip[name]
+    for name in ("bw_efficiency", "attn_bw_efficiency", "moe_bw_efficiency"):
+        assert defaults[name] == chip[name]
+    assert power_headroom(get_accelerator("H100-PCIe"), get_accelerator("H100-SXM")) == 1.0
+    # a compute-bound prefill chunk: faster than at the L40S's shares, never above the peak
+    dep = Deployment(get_model("llama-3.1-8b"), rtx)
+    batch = Batch.of(prefill=[(2048, 0)])
+    chunk = make_step_model("roofline", dep).iteration_s(batch)
+    at_chip = make_step_model(
+        "roofline", dep, {k: chip[k] for k in ("mfu_efficiency", "attn_mfu_efficiency")}
+    ).iteration_s(batch)
+    assert chunk < 0.8 * at_chip
+    assert chunk > 2 * 2048 * 7.0e9 / (rtx.peak_tflops("bf16") * 1e12)
 
 
 def test_other_accelerators_take_the_prior() -> None:

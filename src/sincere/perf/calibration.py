@@ -17,7 +17,9 @@ its efficiencies and fixed costs by one of two rules:
   the RTX 4090 (the L40S's AD102 die, GDDR6X) from the L40S fit.
   Since every term is a datasheet peak times an efficiency, the fitted
   kernel times are scaled by the ratio of the two datasheets' FLOPs (compute-bound
-  kernels) and HBM / link bandwidth (memory-bound ones);
+  kernels) and HBM / link bandwidth (memory-bound ones); a variant with more board power
+  per peak FLOP than its chip takes the chip's compute shares raised by that ratio, up to
+  the best share of any shipped fit (:func:`power_headroom`);
 * **prior**: any other accelerator takes the figures that describe the software stack
   rather than the chip (:data:`PRIOR_FIELDS`: the efficiencies against the peaks, the
   GEMM overlap exponent and token tile, the attention diagonal factor, the per-kernel
@@ -403,6 +405,7 @@ def roofline_defaults(
     measured sustained-load compute ratio (module doc); ``vllm_version``: the release whose
     kernels price the step (:func:`kernel_fit_for`)."""
     fitted = _with_kernel_class_priors(accelerator, _fitted_defaults(accelerator, vllm_version))
+    fitted = _with_power_headroom(accelerator, fitted)
     parts = dict(fitted.parts)
     entry = sustained_clocks().get(accelerator.name)
     if entry is None:
@@ -414,6 +417,62 @@ def roofline_defaults(
         f"({entry['measured']}; {entry['file']})"
     )
     params = {**fitted.params, "sustained_compute_ratio": ratio}
+    return RooflineDefaults(params, fitted.origin, parts)
+
+
+COMPUTE_SHARES = tuple(
+    name for names in KERNEL_PARTS.values() for name in names if name.endswith("mfu_efficiency")
+)
+"""The constants that are a share of a compute peak (GEMMs, attention, experts, ...)."""
+
+
+def power_headroom(accelerator: Accelerator, chip: Accelerator) -> float:
+    """How much more board power ``accelerator`` has per peak FLOP than ``chip``, the fitted
+    chip it is a variant of (1 when it has as much or less)."""
+    own = accelerator.power_w / accelerator.peak_tflops("bf16")
+    theirs = chip.power_w / chip.peak_tflops("bf16")
+    return max(1.0, own / theirs)
+
+
+def _with_power_headroom(accelerator: Accelerator, fitted: RooflineDefaults) -> RooflineDefaults:
+    """A variant with more board power per peak FLOP than its chip takes the chip's compute
+    shares raised by that ratio, each at most the highest share of any shipped fit.
+
+    Large GEMMs run at the power limit: a chip's fitted share of its datasheet peak is what
+    its board power lets it reach (the L40S, AD102 at 350 W, reaches 0.61 of its peak, where
+    GPUs of more power per FLOP reach 0.72-0.87). The same silicon spends the same energy
+    per operation, so a variant whose power budget per peak operation is ``r`` times its
+    chip's reaches ``r`` times the chip's share, until its kernels rather than its power
+    bound it: the best share any fit reaches. The RTX 4090 (AD102 at 450 W, half the L40S's
+    rate with FP32 accumulation) is 2.8 times the L40S's and runs at that bound; a variant
+    with less power per FLOP (H100-PCIe) keeps its chip's shares, since a chip's fit need
+    not sit at its power limit. Only parts transferred from the chip change."""
+    chip_name = FIT_TRANSFER.get(accelerator.name)
+    if chip_name is None:
+        return fitted
+    ratio = power_headroom(accelerator, default_catalog().accelerator(chip_name))
+    if ratio <= 1.0:
+        return fitted
+    fits = [*shipped_fits().values(), *kernel_fits().values()]
+    params = dict(fitted.params)
+    raised = []
+    for part, names in KERNEL_PARTS.items():
+        if not fitted.parts.get(part, "").startswith("transferred"):
+            continue
+        for name in names:
+            value = params.get(name)
+            if name not in COMPUTE_SHARES or value is None:
+                continue
+            best = max((float(d["params"][name]) for d in fits
+                        if d["params"].get(name) is not None), default=1.0)  # fmt: skip
+            params[name] = max(float(value), min(best, float(value) * ratio))
+            raised.append(part)
+    parts = dict(fitted.parts)
+    for part in dict.fromkeys(raised):
+        parts[part] += (
+            f"; compute shares x{ratio:.2f} ({accelerator.name}'s board power per peak FLOP "
+            f"over {chip_name}'s), at most the best shipped fit's"
+        )
     return RooflineDefaults(params, fitted.origin, parts)
 
 
