@@ -152,7 +152,7 @@ def _prefill_shape(
 
     model, tp = deployment.model, deployment.tp
     heads = max(1, model.num_heads // tp)
-    kv_heads = max(1, -(-model.num_kv_heads // tp))
+    kv_heads = max(1, math.ceil(model.num_kv_heads / tp))
     return prefill_attention_grid(params, model), heads, kv_group(heads, kv_heads)
 
 

@@ -175,7 +175,8 @@ class RooflineParams:
     gemm_bf16_grid: ShapeGrid | None = None
     gemm_fp8_grid: ShapeGrid | None = None
     gemm_nvfp4_grid: ShapeGrid | None = None
-    # measured prefill attention's factor by query tokens, sequences and heads (None: none)
+    # measured prefill attention's factor by query tokens per sequence, sequences, query heads
+    # and query heads per KV head (None: none)
     prefill_attention_grid: ShapeGrid | None = None
     # the all-reduce's factor by message bytes, GPUs and graph/eager (fitted to its calls)
     allreduce_grid: ShapeGrid | None = None
