@@ -398,8 +398,8 @@ def step_command(
     if shape_factor is not None:
         console.print(
             f"GEMMs (linear work and LM head): x{shape_factor:.3f} the roofline's form, by the "
-            "factor by shape fitted to this GPU's measured GEMMs (shape_corrections: false "
-            "for the form alone)",
+            "factor by shape fitted to the measured GEMMs its linear constants come from "
+            "(shape_corrections: false for the form alone)",
             highlight=False,
         )
     for note in notes:
