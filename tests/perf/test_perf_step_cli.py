@@ -239,10 +239,16 @@ def test_qwen3_moe_decode_grows_with_the_distinct_experts() -> None:
 
 
 def test_ep_shows_all_to_all_and_a100_fp8_says_dequantised() -> None:
-    """`--ep 8` adds the all-to-all part; fp8 on A100 notes that it runs dequantised."""
+    """`--ep 8` over eight attention-DP ranks adds the all-to-all part (over one TP-8 group
+    it is 0: every GPU holds every token); fp8 on A100 notes that it runs dequantised."""
     out = _step_json(
         "qwen3-235b-a22b", "--accelerator", "H200", "--tp", "8", "--ep", "8", "--decode", "64@512"
     )
+    assert out["parts"]["all_to_all"] == 0  # type: ignore[index]
+    out = _step_json(
+        "qwen3-235b-a22b", "--accelerator", "H200", "--ep", "8", "--attention-dp", "8",
+        "--decode", "8@512",
+    )  # fmt: skip
     assert out["parts"]["all_to_all"] > 0  # type: ignore[index]
     result = runner.invoke(
         app,

@@ -25,11 +25,16 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
   MoE group of ``D · tp`` GPUs. Under symmetric load (every rank carries a batch like
   this one) the experts see ``T = D ×`` this batch's tokens; the router, the shared
   experts and attention see this batch alone;
-* **all-to-all** at ``ep > 1``: two exchanges per MoE layer (dispatch, combine), each
-  GPU sending ``T/ep`` tokens' ``k`` copies bound to other ranks; priced by the
+* **all-to-all** at ``ep > 1`` with attention DP: two exchanges per MoE layer (dispatch,
+  combine), each GPU sending ``T/ep`` tokens' ``k`` copies bound to other ranks; priced by the
   accelerator's measured NCCL all-to-all where its kernel fit has one
   (``alltoall_*``: latency and link share at the nearest GPU count, plus the latency
-  step past the protocol knee), else at ``a2a_bw_efficiency`` plus ``a2a_latency_s``;
+  step past the protocol knee), else at ``a2a_bw_efficiency`` plus ``a2a_latency_s``.
+  Without attention DP (``ep`` GPUs of one TP group) there is none: every GPU of the group
+  already holds every token after attention, runs its own experts on the ones routed to
+  them and the layer's TP all-reduce sums the experts' outputs, as vLLM (all-to-all
+  kernels only with data parallelism), SGLang without DeepEP and TensorRT-LLM without
+  attention DP run expert parallelism;
 * **the group's all-reduces** under attention DP at ``ep = 1`` (every expert split by TP
   over the whole group, as SGLang runs DP attention without EP): the ranks' tokens are
   gathered onto every GPU of the group before the experts and their outputs reduced over
@@ -315,6 +320,8 @@ class ArchStep:
                 return 0.0
             terms = (self._group_allreduce, self._link, self._comm_grid)
             return group_exchange_s(dep, self.params, terms, tokens)
+        if dep.attention_dp == 1:  # every GPU holds every token: the TP all-reduce combines
+            return 0.0
         model = dep.model
         size = all_to_all_bytes(
             tokens * dep.attention_dp,
