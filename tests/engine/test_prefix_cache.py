@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.engine.test_engine_continuous import Affine, drive
@@ -249,9 +250,18 @@ def test_grouped_cache_matches_a_per_block_model(
 ) -> None:
     """The grouped, run-based cache answers exactly as one dict entry per engine block would:
     the same hits, shared blocks, refcounts, holdings, evictions and LRU free order."""
+    _agrees_with_per_block_model(prompts, seed, block_tokens, num_ops=300)
+
+
+def _agrees_with_per_block_model(
+    prompts: list[tuple[list[int], int]], seed: int, block_tokens: int, num_ops: int
+) -> None:
+    """Random admissions, registrations, releases and evictions of ``prompts`` (ids,
+    length) give the same answers from the cache and from :class:`_PerBlock`."""
     rng = np.random.default_rng(seed)
     ops = [
-        ("arfe"[rng.integers(4)], int(rng.integers(6)), int(rng.integers(321))) for _ in range(300)
+        ("arfe"[rng.integers(4)], int(rng.integers(len(prompts))), int(rng.integers(321)))
+        for _ in range(num_ops)
     ]
     cache, model = PrefixCache(16), _PerBlock(16)
     for i, (ids, length) in enumerate(prompts):
@@ -259,7 +269,7 @@ def test_grouped_cache_matches_a_per_block_model(
         model.add(i, cache)
     running: set[int] = set()
     for op, j, n in ops:
-        i = j % len(prompts)
+        i = j
         length = prompts[i][1]
         if op == "a" and i not in running:  # admit: hit its cached prefix
             hit, shared = cache.match(i, length)
@@ -279,3 +289,19 @@ def test_grouped_cache_matches_a_per_block_model(
         assert cache.free_order() == list(model.free)
         assert cache.holdings() == {k: v for k, v in model.held.items()}
         assert cache.shared == model.shared and cache.num_evictions == model.evictions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conversation_turns_match_a_per_block_model(seed: int) -> None:
+    """Sessions as the prefix-heavy workloads have them: shared system prompts, each turn
+    the previous turn's prompt and more, 16-token blocks (one-block groups, whose slots a
+    match reads run by run), under eviction pressure: the same answers as one dict entry
+    per engine block."""
+    rng = np.random.default_rng(seed)
+    prompts: list[tuple[list[int], int]] = []
+    for session in range(8):
+        ids = [int(rng.integers(3)) for _ in range(int(rng.integers(1, 4)))]  # system prompt
+        for _ in range(int(rng.integers(1, 5))):  # turns
+            ids = ids + [100 * session + len(ids) for _ in range(int(rng.integers(1, 4)))]
+            prompts.append((ids, len(ids) * 16 - int(rng.integers(0, 16))))
+    _agrees_with_per_block_model(prompts, seed, 16, num_ops=1500)

@@ -45,7 +45,6 @@ from collections import deque
 from collections.abc import Iterable
 from itertools import compress, pairwise, repeat
 from operator import add, not_, sub
-from typing import cast
 
 from sincere.core.prefix import check_block_sizes, engine_keys_of_chain
 from sincere.engine.kv_tiers import KvTiers, Name, TierLimits, block_names
@@ -375,14 +374,34 @@ class FreeRuns:
 
 
 def _match_singles(
-    bases: dict[int, int], ref: list[int], keys: tuple[int, ...]
+    bases: dict[int, int], ref: list[int], key: list[int], keys: tuple[int, ...]
 ) -> tuple[int, int, list[int]]:
-    """(leading ``keys`` cached, of which held, their slots) for one-block groups: a key
-    has a slot exactly while its block is cached."""
-    found = list(map(bases.get, keys))
-    hit = found.index(None) if None in found else len(found)
-    slots = cast(list[int], found[:hit])  # no None before the first miss
-    return hit, hit - list(map(ref.__getitem__, slots)).count(0), slots
+    """(leading ``keys`` cached, of which held, their slots as runs: flat ``first slot,
+    count`` pairs of consecutive slots) for one-block groups: a key has a slot exactly while
+    its block is cached.
+
+    A prompt's blocks that one earlier prompt cached sit in consecutive slots
+    (:meth:`BlockSlots.cache_singles`), so after a key's slot the next slots are read
+    first: slot ``s + m`` holds key ``keys[j + m]`` exactly when ``key[s + m]`` names it and
+    the slot is cached (``ref >= 0``; a key has one slot at most, and an evicted slot keeps
+    its old name with ``ref`` -1). The map is looked up once per run of slots, not once per
+    key; the answer is the one a lookup per key gives."""
+    hit = shared = 0
+    runs: list[int] = []
+    n, end = len(keys), len(key)
+    while hit < n:
+        first = bases.get(keys[hit])
+        if first is None:
+            break
+        s, j = first + 1, hit + 1
+        while j < n and s < end and key[s] == keys[j] and ref[s] >= 0:
+            s += 1
+            j += 1
+        shared += s - first - ref[first:s].count(0)
+        runs.append(first)
+        runs.append(s - first)
+        hit = j
+    return hit, shared, runs
 
 
 def _hold_singles(
@@ -390,27 +409,31 @@ def _hold_singles(
     slots: BlockSlots,
     broken: set[int],
     keys: tuple[int, ...],
-    found: list[int] | None = None,
+    runs: list[int] | None = None,
 ) -> tuple[int, int]:
     """Reference the cached one-block groups ``keys`` into ``held``'s runs; return (those
     that were free, those another sequence held); the releases that had freed the free
-    ones join ``broken``. A run of consecutive slots at a time. ``found``: the keys'
-    slots when the caller has them (the admission's own match), else looked up."""
+    ones join ``broken``. A run of consecutive slots at a time. ``runs``: the keys' slots as
+    :func:`_match_singles` gives them when the caller has them (the admission's own match),
+    else looked up."""
     ref, stamp = slots.ref, slots.stamp
-    if found is None:
-        found = list(map(slots.bases[1].__getitem__, keys))
-    cuts = _cuts(found)
+    if runs is None:
+        runs = _match_singles(slots.bases[1], ref, slots.key, keys)[2]
     freed = 0
-    for a, b in pairwise(cuts):  # found[a:b]: slots found[a] .. found[b - 1]
-        lo, hi = found[a], found[b - 1] + 1
+    for at in range(0, len(runs), 2):
+        lo, count = runs[at], runs[at + 1]
+        hi = lo + count
         counts = ref[lo:hi]
         free = counts.count(0)
         if free:
             broken.update(compress(stamp[lo:hi], map(not_, counts)))
         freed += free
         ref[lo:hi] = list(map(add, counts, repeat(1)))
-    _extend_runs(held, found, cuts)
-    return freed, len(found) - freed
+        if held and held[-3] + held[-1] + 1 == lo:  # a slot after the held run's last
+            held[-1] += count
+        else:
+            held.extend((lo, 0, count - 1))
+    return freed, len(keys) - freed
 
 
 def _cuts(slots: list[int]) -> list[int]:
@@ -468,8 +491,9 @@ class PrefixCache:
         self._memo_epoch = -1
         self._memo_len = -1
         self._memo = (0, 0)
-        # of the memo's hit on the GPU, the slots of one-block groups (None: not kept), so
-        # that the admission that follows the match takes them without a second lookup
+        # of the memo's hit on the GPU, the slots of one-block groups as runs (first slot,
+        # count; None: not kept), so that the admission that follows the match takes them
+        # without a second lookup
         self._memo_slots: list[int] | None = None
 
     def add(self, i: int, chained: list[int], block_tokens: int, prompt_tokens: int) -> None:
@@ -513,7 +537,9 @@ class PrefixCache:
             bases = self.slots.bases.get(group)
             ref = self.slots.ref
             if bases is not None and group == 1:
-                hit, shared, self._memo_slots = _match_singles(bases, ref, prompt.keys[:most])
+                hit, shared, self._memo_slots = _match_singles(
+                    bases, ref, self.slots.key, prompt.keys[:most]
+                )
             elif bases is not None:
                 for key in prompt.keys:
                     if hit >= most:
@@ -564,7 +590,7 @@ class PrefixCache:
                 i == self._memo_i
                 and self.epoch == self._memo_epoch
                 and prefill_len == self._memo_len
-                and len(memo) == hit
+                and self._memo[0] - self._memo_tier == hit
             ):
                 memo = None
             freed, newly_shared = _hold_singles(held, self.slots, broken, prompt.keys[:hit], memo)
@@ -661,11 +687,17 @@ class PrefixCache:
             at -= 3
             s = base + hi
             end = base + lo
-            if ref[end : s + 1].count(1) == s + 1 - end:  # no one else holds any: in bulk
+            counts = ref[end : s + 1]
+            alone = counts.count(1)
+            if alone == s + 1 - end:  # no one else holds any: in bulk
                 ref[end : s + 1] = [0] * (s + 1 - end)
                 stamp[end : s + 1] = [now] * (s + 1 - end)
                 freed += s + 1 - end
                 free.append((base, hi, lo, now, group))
+                continue
+            if alone == 0:  # others hold every one (a shared prefix): in bulk, none freed
+                ref[end : s + 1] = list(map(sub, counts, repeat(1)))
+                unshared += s + 1 - end
                 continue
             top = -1  # the first slot of the stretch being freed, if any
             while s >= end:
