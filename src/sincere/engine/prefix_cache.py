@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from itertools import compress, pairwise, repeat
+from itertools import compress, repeat
 from operator import add, not_, sub
 
 from sincere.core.prefix import check_block_sizes, engine_keys_of_chain
@@ -65,6 +65,11 @@ class _Prompt:
         self.num_blocks = num_blocks
 
 
+FIT_SCAN = 16
+"""Spare ranges (the most recently given back first) :meth:`BlockSlots.take` reads for one
+that holds all of a prompt's new one-block groups before taking new slots."""
+
+
 class BlockSlots:
     """Where cached engine blocks live: each content group owns consecutive slots.
 
@@ -74,10 +79,10 @@ class BlockSlots:
     and ``stamp`` (the release that last freed the block). A group takes its slots when its
     first block is cached (:meth:`take`: a prompt's new groups together, as ranges) and
     gives them back, for a group of its size to reuse, when its last cached block is
-    evicted (:meth:`drop`, :meth:`drop_range`). Spare slots of larger groups are kept as
-    ranges merged with their neighbours, so that a prompt's new groups get consecutive
-    slots where the spare ones allow, and its runs span groups; which slots a group gets
-    never shows in results. A group's own entries (its cached blocks, key and size) sit at
+    evicted (:meth:`drop`, :meth:`drop_range`, :meth:`drop_singles`). Spare slots are kept
+    as ranges merged with their neighbours, per group size, so that a prompt's new groups
+    get consecutive slots and its runs span groups (a later prompt's match, hold and
+    release then work a run at a time); which slots a group gets never shows in results. A group's own entries (its cached blocks, key and size) sit at
     its first slot of three more flat lists, a list access each rather than a dict entry.
     """
 
@@ -89,10 +94,9 @@ class BlockSlots:
         self.present: list[int] = []
         self.key: list[int] = []
         self.size: list[int] = []
-        self._spare: dict[int, list[int]] = {}  # one-block groups: slots to reuse
-        # larger groups: their spare slots as ranges, merged with their neighbours when
-        # given back (group size -> first slot -> end, and end -> first slot), so that a
-        # prompt's new groups get one range of slots and its runs span groups
+        # spare slots as ranges, merged with their neighbours when given back (group
+        # size -> first slot -> end, and end -> first slot), so that a prompt's new groups
+        # get one range of slots and its runs span groups
         self._spare_from: dict[int, dict[int, int]] = {}
         self._spare_to: dict[int, dict[int, int]] = {}
 
@@ -101,7 +105,9 @@ class BlockSlots:
         ranges ``(first slot, groups)`` in order, consecutive where the spare ranges allow:
         the range starting at slot ``after`` if there is one (where the prompt's run ends,
         which it then extends), else the most recently given back range first, then new
-        slots."""
+        slots. New one-block groups that do not extend the held run take one range for
+        them all: the first of the :data:`FIT_SCAN` most recently given back that holds
+        them, else new slots."""
         starts = self._spare_from.get(group)
         ends = self._spare_to.get(group)
         if starts is None or ends is None:
@@ -109,6 +115,22 @@ class BlockSlots:
             ends = self._spare_to[group] = {}
         out: list[tuple[int, int]] = []
         n = len(keys)
+        if group == 1 and n > 1 and after not in starts:
+            # one range for all of them: a spare one that fits, else new slots (spare
+            # ranges too small stay until their neighbours are given back); a prompt's
+            # blocks in scattered slots would cost its every match, hold and release a
+            # run of slots per piece
+            fit = -1
+            for lo, _ in zip(reversed(starts), range(FIT_SCAN), strict=False):
+                if starts[lo] - lo >= n:
+                    fit = lo
+                    break
+            if fit >= 0:
+                after = fit
+            else:
+                out.append((len(self.ref), n))
+                self._grow(n)
+                n = 0
         while n and starts:
             lo = after if after in starts else next(reversed(starts))
             after = -1
@@ -190,34 +212,21 @@ class BlockSlots:
         starts[lo] = hi
         ends[hi] = lo
 
-    def cache_singles(self, keys: list[int]) -> list[int]:
+    def cache_singles(self, keys: list[int], after: int = -1) -> list[tuple[int, int]]:
         """Cache new one-block groups ``keys`` (none cached yet), each held once; return
-        their slots, ascending where the spare slots allow (a prompt's new blocks get
-        consecutive slots, so its runs stay runs)."""
-        bases = self.bases.get(1)
-        if bases is None:
-            bases = self.bases[1] = {}
-        spare = self._spare.setdefault(1, [])
-        n = len(keys)
-        reused = spare[-n:]
-        del spare[-n:]
-        reused.reverse()
-        grow = n - len(reused)
-        if grow:
-            start = len(self.ref)
-            reused.extend(range(start, start + grow))
-            self._grow(grow)
-        bases.update(zip(keys, reused, strict=True))
-        ref, present, key, size = self.ref, self.present, self.key, self.size
-        for slot, k in zip(reused, keys, strict=True):
-            ref[slot] = 1
-            present[slot] = 1
-            key[slot] = k
-            size[slot] = 1
-        return reused
+        their slots as :meth:`take`'s ranges (a prompt's new blocks get consecutive slots
+        where the spare ranges allow, so its runs stay runs; ``after``: the slot after the
+        prompt's held run, extended first if spare)."""
+        ranges = self.take(keys, 1, after)
+        ref, present = self.ref, self.present
+        for lo, k in ranges:
+            ref[lo : lo + k] = [1] * k
+            present[lo : lo + k] = [1] * k
+        return ranges
 
     def drop_singles(self, slots: Iterable[int], out: list[Name] | None) -> None:
-        """One-block groups at ``slots`` were evicted; their names go to ``out`` if given."""
+        """One-block groups at ``slots`` (descending) were evicted; their slots join the
+        spare ranges; their names go to ``out`` if given."""
         if isinstance(slots, range) and slots.step == -1 and len(slots) > 0:
             # a run's top, evicted whole (the common case): slices, not a slot at a time
             lo, hi = slots.stop + 1, slots.start + 1
@@ -227,7 +236,7 @@ class BlockSlots:
             bases = self.bases[1]
             for key in keys:
                 del bases[key]
-            self._spare[1].extend(slots)
+            self._give(lo, hi, 1)
             if out is not None:
                 out.extend((1, key, 0) for key in keys)
             return
@@ -237,7 +246,14 @@ class BlockSlots:
         for slot in slots:
             size[slot] = 0
         deque(map(self.bases[1].pop, keys), maxlen=0)
-        self._spare[1].extend(slots)
+        top = slots[0] + 1  # the spare range being gathered: ``low`` to ``top - 1``
+        low = slots[0]
+        for slot in slots[1:]:
+            if slot != low - 1:
+                self._give(low, top, 1)
+                top = slot + 1
+            low = slot
+        self._give(low, top, 1)
         if out is not None:
             out.extend((1, key, 0) for key in keys)
 
@@ -434,32 +450,6 @@ def _hold_singles(
         else:
             held.extend((lo, 0, count - 1))
     return freed, len(keys) - freed
-
-
-def _cuts(slots: list[int]) -> list[int]:
-    """Where ``slots`` split into runs of consecutive slots: 0, each run's start, and the
-    length (one run, the common case, is found by one comparison)."""
-    n = len(slots)
-    if n == 0:
-        return [0]
-    if slots[-1] - slots[0] == n - 1 and slots == list(range(slots[0], slots[0] + n)):
-        return [0, n]
-    steps = map(sub, slots[1:], slots[:-1])
-    return [0, *[k for k, step in enumerate(steps, 1) if step != 1], n]
-
-
-def _extend_runs(held: list[int], slots: list[int], cuts: list[int] | None = None) -> None:
-    """Append one-block groups' ``slots`` (in prompt order) to ``held``'s runs ``base, 0,
-    last``, a run of consecutive slots at a time (``cuts``: :func:`_cuts` of ``slots``): a
-    slot after a run's last joins it."""
-    if cuts is None:
-        cuts = _cuts(slots)
-    for a, b in pairwise(cuts):
-        first, count = slots[a], b - a
-        if held and held[-3] + held[-1] + 1 == first:
-            held[-1] += count
-        else:
-            held.extend((first, 0, count - 1))
 
 
 class PrefixCache:
@@ -827,8 +817,20 @@ def _register_singles(slots: BlockSlots, held: list[int], keys: list[int]) -> No
     bases = slots.bases.get(1)
     known = [] if bases is None else list(map(bases.get, keys))
     if bases is None or known.count(None) == len(keys):  # the common case: all new
-        _extend_runs(held, slots.cache_singles(keys))
+        after = held[-3] + held[-1] + 1 if held else -1  # where the held run ends
+        _hold_ranges(held, slots.cache_singles(keys, after))
         return
     for key, slot in zip(keys, known, strict=True):
         if slot is None:  # else cached by another sequence meanwhile: this copy stays private
-            _extend_runs(held, slots.cache_singles([key]))
+            after = held[-3] + held[-1] + 1 if held else -1
+            _hold_ranges(held, slots.cache_singles([key], after))
+
+
+def _hold_ranges(held: list[int], ranges: list[tuple[int, int]]) -> None:
+    """Append one-block groups' slot ``ranges`` (first slot, count; in prompt order) to
+    ``held``'s runs ``base, 0, last``: a range right after a run's last slot extends it."""
+    for lo, k in ranges:
+        if held and held[-3] + held[-1] + 1 == lo:
+            held[-1] += k
+        else:
+            held.extend((lo, 0, k - 1))
