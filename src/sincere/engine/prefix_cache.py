@@ -82,8 +82,9 @@ class BlockSlots:
     evicted (:meth:`drop`, :meth:`drop_range`, :meth:`drop_singles`). Spare slots are kept
     as ranges merged with their neighbours, per group size, so that a prompt's new groups
     get consecutive slots and its runs span groups (a later prompt's match, hold and
-    release then work a run at a time); which slots a group gets never shows in results. A group's own entries (its cached blocks, key and size) sit at
-    its first slot of three more flat lists, a list access each rather than a dict entry.
+    release then work a run at a time); which slots a group gets never shows in results.
+    A group's own entries (its cached blocks, key and size) sit at its first slot of three
+    more flat lists, a list access each rather than a dict entry.
     """
 
     def __init__(self) -> None:
@@ -241,6 +242,8 @@ class BlockSlots:
                 out.extend((1, key, 0) for key in keys)
             return
         slots = list(slots)
+        if not slots:
+            return
         keys = list(map(self.key.__getitem__, slots))
         size = self.size
         for slot in slots:
@@ -445,10 +448,7 @@ def _hold_singles(
             broken.update(compress(stamp[lo:hi], map(not_, counts)))
         freed += free
         ref[lo:hi] = list(map(add, counts, repeat(1)))
-        if held and held[-3] + held[-1] + 1 == lo:  # a slot after the held run's last
-            held[-1] += count
-        else:
-            held.extend((lo, 0, count - 1))
+        _hold_run(held, lo, count)
     return freed, len(keys) - freed
 
 
@@ -828,9 +828,15 @@ def _register_singles(slots: BlockSlots, held: list[int], keys: list[int]) -> No
 
 def _hold_ranges(held: list[int], ranges: list[tuple[int, int]]) -> None:
     """Append one-block groups' slot ``ranges`` (first slot, count; in prompt order) to
-    ``held``'s runs ``base, 0, last``: a range right after a run's last slot extends it."""
+    ``held``'s runs (:func:`_hold_run`)."""
     for lo, k in ranges:
-        if held and held[-3] + held[-1] + 1 == lo:
-            held[-1] += k
-        else:
-            held.extend((lo, 0, k - 1))
+        _hold_run(held, lo, k)
+
+
+def _hold_run(held: list[int], lo: int, count: int) -> None:
+    """Append one-block groups at slots ``lo`` to ``lo + count - 1`` to ``held``'s runs
+    ``base, 0, last``: slots right after a run's last slot extend it."""
+    if held and held[-3] + held[-1] + 1 == lo:
+        held[-1] += count
+    else:
+        held.extend((lo, 0, count - 1))
