@@ -268,8 +268,7 @@ def _agrees_with_per_block_model(
         cache.add(i, list(chain_keys(ids)), block_tokens, length)
         model.add(i, cache)
     running: set[int] = set()
-    for op, j, n in ops:
-        i = j
+    for op, i, n in ops:
         length = prompts[i][1]
         if op == "a" and i not in running:  # admit: hit its cached prefix
             hit, shared = cache.match(i, length)
