@@ -481,9 +481,8 @@ class PrefixCache:
         self._memo_epoch = -1
         self._memo_len = -1
         self._memo = (0, 0)
-        # of the memo's hit on the GPU, the slots of one-block groups as runs (first slot,
-        # count; None: not kept), so that the admission that follows the match takes them
-        # without a second lookup
+        # the memo's GPU hit's one-block slots as runs (first, count; None: not kept), for
+        # the admission that follows the match to take without a second lookup
         self._memo_slots: list[int] | None = None
 
     def add(self, i: int, chained: list[int], block_tokens: int, prompt_tokens: int) -> None:
@@ -677,8 +676,7 @@ class PrefixCache:
             at -= 3
             s = base + hi
             end = base + lo
-            counts = ref[end : s + 1]
-            alone = counts.count(1)
+            alone = (counts := ref[end : s + 1]).count(1)
             if alone == s + 1 - end:  # no one else holds any: in bulk
                 ref[end : s + 1] = [0] * (s + 1 - end)
                 stamp[end : s + 1] = [now] * (s + 1 - end)
