@@ -604,10 +604,7 @@ class PrefixCache:
                     else:
                         newly_shared += 1
                     ref[s] = r + 1
-                if held and held[-3] + held[-1] + 1 == base:  # the next group's slots
-                    held[-1] += n
-                else:
-                    held.extend((base, 0, n - 1))
+                _hold_run(held, base, n)  # the next group's slots
                 left -= n
         self.held[i] = held
         self.progress[i] = hit
@@ -654,7 +651,7 @@ class PrefixCache:
             base = slots.base(chunk[j - j0], group) if base is None else base
             _register_group(slots, held, base, group, start - j * group, upto - j * group)
         if tail_new:  # the new groups in as few slot ranges as the spare ones allow
-            after = held[-3] + held[-1] + 1 if held else -1  # where the held run ends
+            after = _held_end(held)
             ranges = slots.take(list(chunk[known:]), group, after)
             k0 = max(start - (j0 + known) * group, 0)
             _register_new(slots, held, ranges, group, k0, upto - (j1 - 1) * group)
@@ -763,7 +760,7 @@ def _register_group(
     if max(ref[base + k0 : base + k1]) < 0:  # the common case: none cached, in bulk
         ref[base + k0 : base + k1] = [1] * (k1 - k0)
         added = k1 - k0
-        if held and held[-3] + held[-1] + 1 == base + k0:  # the run goes on
+        if _held_end(held) == base + k0:  # the run goes on
             held[-1] = base + k1 - 1 - held[-3]
         else:
             held.extend((base, k0, k1 - 1))
@@ -785,7 +782,7 @@ def _register_new(
         a = lo + (k0 if r == 0 else 0)
         b = lo + (n - 1) * group + (k1 if r == last else group)
         ref[a:b] = [1] * (b - a)
-        if held and held[-3] + held[-1] + 1 == a:  # the run goes on
+        if _held_end(held) == a:  # the run goes on
             held[-1] = b - 1 - held[-3]
         else:
             held.extend((lo, a - lo, b - 1 - lo))
@@ -802,7 +799,7 @@ def _register_each(slots: BlockSlots, held: list[int], base: int, k0: int, k1: i
             continue
         ref[s] = 1
         added += 1
-        if held and held[-3] + held[-1] + 1 == s:
+        if _held_end(held) == s:
             held[-1] = s - held[-3]
         else:
             held.extend((base, k, k))
@@ -815,13 +812,11 @@ def _register_singles(slots: BlockSlots, held: list[int], keys: list[int]) -> No
     bases = slots.bases.get(1)
     known = [] if bases is None else list(map(bases.get, keys))
     if bases is None or known.count(None) == len(keys):  # the common case: all new
-        after = held[-3] + held[-1] + 1 if held else -1  # where the held run ends
-        _hold_ranges(held, slots.cache_singles(keys, after))
+        _hold_ranges(held, slots.cache_singles(keys, _held_end(held)))
         return
     for key, slot in zip(keys, known, strict=True):
         if slot is None:  # else cached by another sequence meanwhile: this copy stays private
-            after = held[-3] + held[-1] + 1 if held else -1
-            _hold_ranges(held, slots.cache_singles([key], after))
+            _hold_ranges(held, slots.cache_singles([key], _held_end(held)))
 
 
 def _hold_ranges(held: list[int], ranges: list[tuple[int, int]]) -> None:
@@ -832,9 +827,15 @@ def _hold_ranges(held: list[int], ranges: list[tuple[int, int]]) -> None:
 
 
 def _hold_run(held: list[int], lo: int, count: int) -> None:
-    """Append one-block groups at slots ``lo`` to ``lo + count - 1`` to ``held``'s runs
-    ``base, 0, last``: slots right after a run's last slot extend it."""
-    if held and held[-3] + held[-1] + 1 == lo:
+    """Append slots ``lo`` to ``lo + count - 1`` to ``held``'s runs (``base, 0, last`` for
+    a new one): slots right after the last run's last slot extend it."""
+    if _held_end(held) == lo:
         held[-1] += count
     else:
         held.extend((lo, 0, count - 1))
+
+
+def _held_end(held: list[int]) -> int:
+    """The slot after the last held run's last (-1: nothing held), where a prompt's run
+    goes on."""
+    return held[-3] + held[-1] + 1 if held else -1
