@@ -42,6 +42,7 @@ from pathlib import Path
 from types import ModuleType
 
 COMPILED: tuple[str, ...] = (
+    "sincere.engine.async_intake",
     "sincere.engine.continuous",
     "sincere.engine.gaps",
     "sincere.engine.kv",

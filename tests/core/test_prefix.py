@@ -199,6 +199,10 @@ def test_chained_keys_follow_replaced_ids_and_requests_carry_them() -> None:
         assert chains.of(ids, i) == list(chain_keys(ids[i]))
     ids[5] = rng.integers(0, 1 << 40, size=7)
     assert chains.of(ids, 5) == list(chain_keys(ids[5]))
+    first = chains.of(ids, 6)
+    assert chains.of(ids, 6) is first  # asked again at once: the same list, kept
+    ids[6] = rng.integers(0, 1 << 40, size=3)  # replaced in between: chained afresh
+    assert chains.of(ids, 6) == list(chain_keys(ids[6])) != first
     short = ids[:2]
     assert ChainedKeys().of(short, 1) == list(chain_keys(ids[1]))
     grown = [*short, rng.integers(0, 1 << 40, size=4)]

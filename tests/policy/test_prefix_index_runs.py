@@ -120,8 +120,9 @@ def test_run_wise_index_answers_as_key_by_key(seed: int, tier: bool) -> None:
 def test_one_walk_scores_every_instance_as_key_by_key(seed: int) -> None:
     """Many instances (past 64, so the holders' bitmasks exceed a machine word), candidates
     in any order and any subset, some never routed to: the one-walk scores of all
-    instances equal each instance's key-by-key match after every add, and an instance's
-    held keys equal the shared map's."""
+    instances equal each instance's key-by-key match after every add, the longest match
+    reported with them is the longest of any instance, and an instance's held keys equal
+    the shared map's, whether ``add`` is told the scores (every other add) or not."""
     rng = np.random.default_rng(100 + seed)
     prompts = _prompts(rng, 80)
     block = 16
@@ -135,7 +136,9 @@ def test_one_walk_scores_every_instance_as_key_by_key(seed: int) -> None:
         scores = index.score_each(subset, keys)
         assert scores == [model.matched(name, keys) for name in subset]
         name = names[int(rng.integers(0, 12)) * 5]  # a sixth of them ever routed to
-        index.add(name, keys, block)
+        (own,), longest = index.scores_and_longest([name], keys)
+        assert longest == max(model.matched(other, keys) for other in names)
+        index.add(name, keys, block, (own, longest) if rng.integers(2) else None)
         model.add(name, keys, block)
         assert index.held_keys(name) == list(model.held[name].items())
     for name, bit in index._bit.items():

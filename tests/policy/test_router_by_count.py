@@ -10,12 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sincere.core import Request
+from sincere.core.prefix import chain_keys
 from sincere.core.types import Seconds
 from sincere.policy.admission import Admission, LatencyHistory, PredictedMissShedder
 from sincere.policy.front_door import FrontDoor
 from sincere.policy.router_base import ROUTERS, InstanceView, RouteDecision, choose_first_least
 from sincere.policy.routers import make_router
 from sincere.policy.routers.basic import LeastOutstandingRouter
+from sincere.policy.routers.prefix_aware import PrefixAwareRouter
 from sincere.sim.counts import first_least
 
 REQ = Request(0, 0.0, "m", 100, 10, max_tokens=64)
@@ -89,6 +91,63 @@ def test_prefix_aware_by_count_for_requests_without_content(
     assert make_router("prefix-aware", rng, metric="requests").counts_by_without_content is None
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    prompts=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which shared head
+            st.lists(st.integers(0, 3), max_size=6),  # the blocks after it
+            st.integers(0, 15),  # tokens of a partial last block
+            st.lists(st.integers(0, 5), min_size=6, max_size=6),  # the six counts
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    gap=st.sampled_from([0.0, 1.0, 4.0]),
+    min_match=st.sampled_from([0, 32]),
+    max_prefix_blocks=st.sampled_from([None, 3]),
+    index_tokens=st.sampled_from([64, 1 << 20]),
+)
+def test_prefix_aware_by_prompt_answers_as_choose(
+    prompts: list[tuple[int, list[int], int, list[int]]],
+    gap: float,
+    min_match: int,
+    max_prefix_blocks: int | None,
+    index_tokens: int,
+) -> None:
+    """Requests with block ids: prefix-aware by outstanding answers from the counts, the
+    ids and the prompt's chained keys as ``choose`` does over views, prompt after prompt
+    (shared heads, partial last blocks, a prefix cap, an index small enough to evict), and
+    leaves its index as ``choose`` does."""
+    params = {
+        "max_load_gap": gap,
+        "min_match_tokens": min_match,
+        "max_prefix_blocks": max_prefix_blocks,
+        "max_tokens_per_instance": index_tokens,
+    }
+    by_views = make_router("prefix-aware", np.random.default_rng(0), **params)
+    by_prompt = make_router("prefix-aware", np.random.default_rng(0), **params)
+    assert by_prompt.counts_by_with_prompt == "outstanding" and by_prompt.counts_by is None
+    heads = [[100, 101], [100, 102, 103], [200]]
+    for n, (head, tail, partial, counts) in enumerate(prompts):
+        ids = tuple(heads[head] + tail)
+        prompt_tokens = 16 * len(ids) - (16 - partial if partial else 0)
+        keys = chain_keys(ids)
+        request = Request(
+            n, 0.0, "m", prompt_tokens, 10, block_ids=ids, block_tokens=16, block_keys=keys
+        )
+        views = _views(counts, [0] * 6, [0] * 6)
+        expected = by_views.choose(request, views, 0.0).instance
+        names = [v.id for v in views]
+        assert names[by_prompt.choose_by_prompt(counts, names, list(keys), prompt_tokens, 16)] == (
+            expected
+        )
+    for name in ("i0", "i1", "i2", "i3", "i4", "i5"):
+        assert by_prompt.index.held_keys(name) == by_views.index.held_keys(name)
+    rng = np.random.default_rng(0)
+    assert make_router("prefix-aware", rng, metric="requests").counts_by_with_prompt is None
+
+
 def test_routers_that_read_more_than_a_count_say_none() -> None:
     """Tokens, predictions, prices, sessions, oblivious routers: no count to choose by."""
     keyed = {(name, str(params)) for name, params, _ in BY_COUNT}
@@ -110,9 +169,21 @@ class _Contrary(LeastOutstandingRouter):
         return RouteDecision(max(candidates, key=lambda v: v.num_outstanding).id)
 
 
+class _ContraryPrefix(PrefixAwareRouter):
+    """Overrides ``choose`` only: its prompt answer would be its parent's."""
+
+    def choose(
+        self, request: Request, candidates: Sequence[InstanceView], now: Seconds
+    ) -> RouteDecision:
+        return RouteDecision(candidates[-1].id)
+
+
 def test_a_subclass_that_overrides_choose_only_is_asked_by_views() -> None:
-    """Inheriting ``choose_by_count`` while changing ``choose`` would answer wrongly."""
+    """Inheriting ``choose_by_count`` (or ``choose_by_prompt``) while changing ``choose``
+    would answer wrongly."""
     assert _Contrary(np.random.default_rng(0)).counts_by is None
+    contrary = _ContraryPrefix(np.random.default_rng(0))
+    assert contrary.counts_by_with_prompt is None and contrary.counts_by_without_content is None
 
 
 def test_the_front_door_places_by_count_only_without_admission() -> None:
@@ -126,6 +197,9 @@ def test_the_front_door_places_by_count_only_without_admission() -> None:
     screen = Admission(PredictedMissShedder(), None, LatencyHistory(), 256)
     screened = FrontDoor(make_router("least-outstanding", rng), screen)
     assert screened.counts_by is None
+    prefix = FrontDoor(make_router("prefix-aware", rng))
+    assert prefix.counts_by is None and prefix.counts_by_with_prompt == "outstanding"
+    assert FrontDoor(make_router("prefix-aware", rng), screen).counts_by_with_prompt is None
 
 
 class _LastOfFewest(LeastOutstandingRouter):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from sincere.policy.reads import READS_NOTHING, Reads
+from sincere.policy.router_base import Router
 from sincere.sim import load_config
 from sincere.sim.build import base_dir_of, build_cluster, canonical_requests
 from sincere.sim.cluster import Cluster
@@ -124,3 +125,85 @@ def test_what_else_is_read_turns_the_counts_off() -> None:
     raw = _config("w1.yaml", lo, 10, 0).model_dump()
     raw["admission"] = {"enabled": True}
     assert _cluster(load_config(raw)).shortcuts.by_count is None
+
+
+def _sessions(num_instances: int, rate: float, router: dict[str, Any]) -> Any:
+    """Multi-turn sessions over shared system prompts (16-token block ids) on H100s."""
+    sessions = {
+        "min_turns": 1, "max_turns": 6, "think_s": 2.0, "system_prompt_tokens": 400,
+        "num_system_prompts": 5, "popularity_s": 1.1, "block_tokens": 16,
+    }  # fmt: skip
+    return load_config({
+        "seed": 4,
+        "workload": {
+            "num_requests": 1500,
+            "arrival": {"kind": "poisson", "rate": rate},
+            "lengths": {
+                "prompt": {"kind": "uniform", "low": 20, "high": 400},
+                "output": {"kind": "uniform", "low": 20, "high": 300},
+            },
+            "sessions": sessions,
+            "models": {"llama-3-8b": 1.0},
+        },
+        "instances": [{
+            "model": "llama-3-8b", "accelerator": "H100-SXM", "count": num_instances,
+            "step_model": {"kind": "roofline"},
+            "engine": {"kind": "continuous", "enable_prefix_caching": True},
+        }],
+        "router": router,
+    })  # fmt: skip
+
+
+class _CheckedAlongside(Cluster):
+    """:class:`_Checked` for a router too deep to copy at every arrival (a prefix index's
+    linked runs): a second router of the same parameters is asked alongside, by fresh
+    views, at every arrival, so its state follows the same decisions."""
+
+    num_checked = 0
+    reference: Router
+
+    def _route_by_count(self, i: int) -> int | None:
+        choices = self.eligible[self._model_of[i]]
+        views = [self.views.fresh(k) for k in choices]
+        e = super()._route_by_count(i)
+        assert e is not None and len(choices) > 1
+        now = float(self.requests.arrival_at[i])
+        expected = self.reference.choose(self.requests.request(i), views, now).instance
+        assert self.infos[e].id == expected, (i, now)
+        self.num_checked += 1
+        return e
+
+
+PREFIX_ROUTERS = [
+    {"name": "prefix-aware"},
+    {"name": "prefix-aware", "params": {"max_load_gap": 1.0, "max_tokens_per_instance": 4096}},
+    {"name": "prefix-aware", "params": {"min_match_tokens": 600, "max_prefix_blocks": 40}},
+]
+
+
+@pytest.mark.parametrize("router", PREFIX_ROUTERS)
+def test_prefix_aware_by_prompt_goes_where_the_views_send_it(router: dict[str, Any]) -> None:
+    """Requests with block ids behind prefix-aware (loaded enough for the load gap to
+    matter; a small index that evicts; a minimum match and a prefix cap): placed from the
+    counts and the prompt's keys, every arrival goes where the router sends it over fresh
+    views, and the whole run equals the one by the views (records and run log)."""
+    cfg = _sessions(8, 60.0, router)
+    checked = _cluster(cfg)
+    assert checked.shortcuts.by_count == "outstanding" and checked._by_prompt
+    assert not checked._first_least  # (prefix-aware's count rule is for no block ids)
+    checked.__class__ = _CheckedAlongside
+    assert isinstance(checked, _CheckedAlongside)
+    checked.reference = _cluster(cfg).front_door.router  # type: ignore[union-attr]
+    run_events(checked)
+    assert checked.num_checked == 1500
+    by_count = _cluster(cfg)
+    by_views = _cluster(cfg)
+    by_views._counts_by = None  # (the shortcut off: every arrival asks the front door)
+    log_count, log_views = run_events(by_count), run_events(by_views)
+    for col in RECORD_COLUMNS:
+        a, b = getattr(by_count.records, col), getattr(by_views.records, col)
+        np.testing.assert_array_equal(a, b)
+    assert log_count == log_views
+    assert (by_count.records.arrival_num_outstanding > 4).any()  # loads past the gap
+    assert len(set(by_count.records.instance.tolist())) == 8
+    assert (by_count.records.cached_tokens > 0).mean() > 0.3  # prefixes matched

@@ -147,7 +147,8 @@ def test_prefix_aware_by_outstanding_is_load_blind_with_the_same_run() -> None:
     blind = _sessions_cluster(router)
     full = _sessions_cluster(router, probes=(READS_LOAD,))
     assert blind.shortcuts.load_blind and blind.shortcuts.engine_pacing == "summed"
-    assert blind.shortcuts.by_count is None  # block ids: the prefixes decide, not a count
+    # block ids: placed from the outstanding counts and each prompt's keys, no view
+    assert blind.shortcuts.by_count == "outstanding" and blind._by_prompt
     assert not full.shortcuts.load_blind and full.shortcuts.engine_pacing == "exact"
     log_blind, log_full = run_events(blind), run_events(full)
     for col in (*RECORD_COLUMNS, "cached_tokens"):

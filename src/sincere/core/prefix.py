@@ -153,16 +153,27 @@ class ChainedKeys:
     prompts at a time when first asked for (the last ``kept`` batches are kept).
 
     A prompt whose id array is not the one its batch was computed from (the emulator
-    replaces a slot's ids for each request, and adds slots) is chained on its own.
+    replaces a slot's ids for each request, and adds slots) is chained on its own. The
+    last prompt's list is kept for the next ask of the same prompt (a prefix router and
+    then the engine, at the request's arrival): callers read it and never change it.
     """
 
     def __init__(self, batch: int = 4096, kept: int = 4) -> None:
         self.batch = batch
         self.kept = kept
         self._done: dict[int, tuple[list[npt.NDArray[np.int64]], list[U64Array]]] = {}
+        self._last: tuple[int, npt.NDArray[np.int64] | None, list[int]] = (-1, None, [])
 
     def of(self, block_ids: Sequence[npt.NDArray[np.int64]], i: int) -> list[int]:
-        """Chained keys of prompt ``i`` of ``block_ids`` (as plain ints)."""
+        """Chained keys of prompt ``i`` of ``block_ids`` (as plain ints; not to be changed)."""
+        last_i, last_ids, last = self._last
+        if i == last_i and block_ids[i] is last_ids:
+            return last
+        out = self._of(block_ids, i)
+        self._last = (i, block_ids[i], out)
+        return out
+
+    def _of(self, block_ids: Sequence[npt.NDArray[np.int64]], i: int) -> list[int]:
         b, at = divmod(i, self.batch)
         done = self._done.get(b)
         if done is None:

@@ -167,6 +167,26 @@ class FrontDoor:
         return None if self.admission is not None else self.router.counts_by_without_content
 
     @property
+    def counts_by_with_prompt(self) -> CountKey | None:
+        """The count :meth:`place_by_prompt` places requests with prompt content by (the
+        router's :attr:`~sincere.policy.router_base.Router.counts_by_with_prompt`);
+        ``None`` with admission, or a router that reads more."""
+        return None if self.admission is not None else self.router.counts_by_with_prompt
+
+    def place_by_prompt(
+        self,
+        counts: Sequence[int],
+        ids: Sequence[InstanceId],
+        keys: Sequence[int],
+        prompt_tokens: int,
+        block_tokens: int,
+    ) -> int:
+        """:meth:`place_by_count` for a request with prompt content, from its chained block
+        keys as well (:meth:`~sincere.policy.router_base.Router.choose_by_prompt`), among
+        at least two open candidates with ids ``ids``. Not noted for outcomes either."""
+        return self.router.choose_by_prompt(counts, ids, keys, prompt_tokens, block_tokens)
+
+    @property
     def places_first_least(self) -> bool:
         """Whether :meth:`place_by_count` answers the first position of the smallest count
         (the router's :attr:`~sincere.policy.router_base.Router.picks_first_least`), so a

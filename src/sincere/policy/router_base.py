@@ -215,22 +215,56 @@ class Router(ABC):
         return self.count_key
 
     @property
+    def count_key_with_prompt(self) -> CountKey | None:
+        """For requests that carry prompt content (block ids): the one count per candidate
+        that, with the request's chained block keys, prompt length and block size and the
+        candidates' ids, is all :meth:`choose` reads (a prefix router that compares loads
+        by that count and keeps its own index of what went where). ``None`` (the default):
+        more than that. A driver that keeps those counts may then ask
+        :meth:`choose_by_prompt`."""
+        return None
+
+    def choose_by_prompt(
+        self,
+        counts: Sequence[int],
+        ids: Sequence[InstanceId],
+        keys: Sequence[int],
+        prompt_tokens: int,
+        block_tokens: int,
+    ) -> int:
+        """The position :meth:`choose` would pick among candidates (at least two, healthy,
+        no in-flight cap) with ids ``ids`` whose :attr:`count_key_with_prompt` values are
+        ``counts``, for a request of ``prompt_tokens`` whose blocks of ``block_tokens``
+        have the chained keys ``keys`` (:func:`sincere.core.prefix.chain_keys`, one per
+        block, a partial last block's included), and the router's state after it -- no
+        request object, no view. Only asked when :attr:`counts_by_with_prompt` is not
+        ``None``; ``counts``, ``ids`` and ``keys`` are read, never kept or changed."""
+        raise NotImplementedError(f"{type(self).__name__} does not choose by a prompt's keys")
+
+    @property
     def counts_by(self) -> CountKey | None:
         """:attr:`count_key`, when the class that defines :meth:`choose` also defines
         :meth:`choose_by_count` (a subclass that overrides only ``choose`` chooses by the
         views again); else ``None``."""
-        return self.count_key if self._chooses_by_count() else None
+        return self.count_key if self._chooses_by("choose_by_count") else None
 
     @property
     def counts_by_without_content(self) -> CountKey | None:
         """:attr:`counts_by` for requests without prompt content
         (:attr:`count_key_without_content`)."""
-        return self.count_key_without_content if self._chooses_by_count() else None
+        return self.count_key_without_content if self._chooses_by("choose_by_count") else None
 
-    def _chooses_by_count(self) -> bool:
-        """Whether the class that defines :meth:`choose` also defines :meth:`choose_by_count`."""
+    @property
+    def counts_by_with_prompt(self) -> CountKey | None:
+        """:attr:`count_key_with_prompt`, when the class that defines :meth:`choose` also
+        defines :meth:`choose_by_prompt`; else ``None``."""
+        return self.count_key_with_prompt if self._chooses_by("choose_by_prompt") else None
+
+    def _chooses_by(self, method: str) -> bool:
+        """Whether the class that defines :meth:`choose` also defines ``method`` (a shortcut
+        that answers as ``choose`` does)."""
         cls = type(self)
-        by = next(c for c in cls.__mro__ if "choose_by_count" in c.__dict__)
+        by = next(c for c in cls.__mro__ if method in c.__dict__)
         return by is not Router and by.__dict__.get("choose") is cls.choose
 
     @property

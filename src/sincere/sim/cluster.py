@@ -51,7 +51,12 @@ the last arrival -- with no request object and no view; the router answers as it
 over the views. When its answer is the first of the fewest (the front door's
 ``places_first_least``: least-outstanding, join-shortest-queue, prefix-aware without
 block ids), the cluster finds that position itself, in one compiled pass
-(:func:`sincere.sim.counts.first_least`), and the router is not called.
+(:func:`sincere.sim.counts.first_least`), and the router is not called. A router that
+reads, besides the count, only the request's prompt (``prefix-aware`` by outstanding over
+requests with block ids: :attr:`~sincere.policy.front_door.FrontDoor.counts_by_with_prompt`)
+is asked with the counts, the candidates' ids and the request's chained block keys
+(:meth:`~sincere.policy.front_door.FrontDoor.place_by_prompt`), still with no request
+object and no view.
 
 When, besides, every answer is oblivious (no admission; a router such as
 ``round-robin`` or ``random`` whose answers do not depend on the instances' state),
@@ -114,6 +119,28 @@ def eligible_instances(models: Sequence[str], infos: Sequence[InstanceInfo]) -> 
     return [[e for e, info in enumerate(infos) if model in info.models] for model in models]
 
 
+class PromptPlacement:
+    """Arrivals by count over requests with block ids, for a front door whose router reads
+    their keys as well (``counts_by_with_prompt``): its answer from the candidates' counts
+    and ids and the request's chained block keys, no request object built."""
+
+    def __init__(self, door: FrontDoor, requests: RequestArrays, infos: list[InstanceInfo]) -> None:
+        self.door = door
+        self.requests = requests
+        self.ids = [info.id for info in infos]
+        self.prompt_tokens: list[int] = requests.prompt_tokens.tolist()
+
+    def place(self, i: int, choices: list[int] | None, counts: list[int]) -> int:
+        """Request ``i``'s position among ``choices`` (two or more; ``None``: every
+        instance), whose counts are ``counts``."""
+        ids = self.ids if choices is None else [self.ids[k] for k in choices]
+        reqs = self.requests
+        keys = reqs.block_keys(i)  # (the engine asks for the same list next: kept)
+        return self.door.place_by_prompt(
+            counts, ids, keys, self.prompt_tokens[i], reqs.block_tokens
+        )
+
+
 class Cluster:
     """Engines plus the front door; the simulator's event loop drives it."""
 
@@ -156,8 +183,15 @@ class Cluster:
         self._observes = shortcuts.observes
         self._all_open = shortcuts.all_open
         self._counts_by = shortcuts.by_count
+        # by count over requests with block ids, a router that reads their keys as well
+        self._by_prompt: PromptPlacement | None = None
+        door = front_door
+        if self._counts_by and requests.block_ids and door is not None and not door.counts_by:
+            self._by_prompt = PromptPlacement(door, requests, self.infos)
         # by count, the front door's answer is the first smallest count: found here
-        self._first_least = front_door is not None and front_door.places_first_least
+        self._first_least = (
+            front_door is not None and front_door.places_first_least and not self._by_prompt
+        )
         # iteration ends inside engines' pieces of work, as engines report them
         # (``summed`` pacing; the loop empties it)
         self.inner_ends: list[float] = []
@@ -244,10 +278,13 @@ class Cluster:
         else:
             assert self.front_door is not None
             counts = self.outstanding if self._counts_by == "outstanding" else self.queued_counts()
-            if choices != self._all_engines:
+            every = choices == self._all_engines
+            if not every:
                 counts = [counts[k] for k in choices]
             if self._first_least:
                 e = choices[first_least(counts)]
+            elif self._by_prompt is not None:
+                e = choices[self._by_prompt.place(i, None if every else choices, counts)]
             else:
                 picked = self.front_door.place_by_count(counts)
                 assert picked is not None  # two candidates or more: the router chooses one
@@ -406,10 +443,12 @@ class Cluster:
 
 def _counts_by(door: FrontDoor | None, content: bool) -> CountKey | None:
     """The count ``door`` can place the run's requests by (``content``: some carry block
-    ids; without, a prefix router compares loads alone)."""
+    ids, which a prefix router reads with the count; without, it compares loads alone)."""
     if door is None:
         return None
-    return door.counts_by if content else door.counts_by_without_content
+    if content:
+        return door.counts_by or door.counts_by_with_prompt
+    return door.counts_by_without_content
 
 
 def _seen(value: int | None) -> int:

@@ -106,12 +106,22 @@ def prompt_keys(request: Request, max_blocks: int | None = None) -> tuple[int, .
     """
     if not request.block_ids or request.block_tokens < 1:
         return ()
-    full = min(len(request.block_ids), request.prompt_tokens // request.block_tokens)
-    if max_blocks is not None:
-        full = min(full, max_blocks)
+    full = full_blocks(
+        len(request.block_ids), request.prompt_tokens, request.block_tokens, max_blocks
+    )
     if len(request.block_keys) >= full:  # chained already by the request's source
         return request.block_keys[:full]
     return chain_keys(request.block_ids[:full])
+
+
+def full_blocks(
+    num_blocks: int, prompt_tokens: int, block_tokens: int, max_blocks: int | None
+) -> int:
+    """How many leading blocks of a prompt of ``prompt_tokens`` in ``num_blocks`` blocks of
+    ``block_tokens`` are keyed: the full ones (a partial last block has no key), at most
+    ``max_blocks`` (``None``: all)."""
+    full = min(num_blocks, prompt_tokens // block_tokens)
+    return full if max_blocks is None else min(full, max_blocks)
 
 
 class _Run:
@@ -278,14 +288,22 @@ class PrefixIndex:
             return 0
         return _held_prefix(held, keys)
 
-    def add(self, instance: InstanceId, keys: tuple[int, ...], block_tokens: int) -> None:
+    def add(
+        self,
+        instance: InstanceId,
+        keys: tuple[int, ...],
+        block_tokens: int,
+        scored: tuple[int, int] | None = None,
+    ) -> None:
         """Note that a prompt with ``keys`` (blocks of ``block_tokens``) went to
-        ``instance``; its tail is evicted first."""
+        ``instance``; its tail is evicted first. ``scored``: (``instance``'s matched blocks,
+        the longest match of any instance), as :meth:`score_each` just found them without
+        a tier, which spares finding them again."""
         if not keys:
             return
         weight = block_tokens if self.in_tokens else 1
         if not self.tier_capacity:
-            self._add_runs(instance, keys, weight)
+            self._add_runs(instance, keys, weight, scored)
             return
         held = self._by_instance.setdefault(instance, OrderedDict())
         total = self._held.get(instance, 0)
@@ -303,10 +321,18 @@ class PrefixIndex:
             self._demote(instance, key, w)
         self._held[instance] = total
 
-    def _add_runs(self, instance: InstanceId, keys: tuple[int, ...], weight: int) -> None:
+    def _add_runs(
+        self,
+        instance: InstanceId,
+        keys: tuple[int, ...],
+        weight: int,
+        scored: tuple[int, int] | None,
+    ) -> None:
         """Without a tier: touch the prompt's keys run by run (:class:`_RunLru`), mark the
         new ones as held by ``instance`` in the shared map, evict its oldest keys over
-        capacity (unmarking them)."""
+        capacity (unmarking them). The keys past the longest match of any instance are
+        held by none (every instance's keys are closed under prefixes): their mask is the
+        bit alone, with no look-up first."""
         runs = self._runs.get(instance)
         if runs is None:
             runs = self._runs[instance] = _RunLru()
@@ -314,11 +340,16 @@ class PrefixIndex:
             self._order.append(instance)
         bit = self._bit[instance]
         holders = self._holders
-        known = _held_prefix_of(holders, bit, keys)
+        if scored is None:
+            known = _held_prefix_of(holders, bit, keys)
+            longest = len(keys)
+        else:
+            known, longest = scored
         runs.touch(keys, known, weight)
-        new = keys[known:]  # each one's mask gains the bit (one pass in C)
-        masks = map(or_, map(holders.get, new, repeat(0)), repeat(bit))
-        holders.update(zip(new, masks, strict=True))
+        shared = keys[known:longest]  # held elsewhere, maybe: each mask gains the bit
+        masks = map(or_, map(holders.get, shared, repeat(0)), repeat(bit))
+        holders.update(zip(shared, masks, strict=True))
+        holders.update(zip(keys[longest:], repeat(bit)))  # held nowhere
         capacity = self.capacity
         while runs.total > capacity and runs.num_keys:
             key = runs.pop_oldest()
@@ -385,17 +416,28 @@ class PrefixIndex:
         visited), instead of a match per instance."""
         if self.tier_capacity:
             return [self.score_blocks(instance, keys) for instance in instances]
+        return self.scores_and_longest(instances, keys)[0]
+
+    def scores_and_longest(
+        self, instances: Sequence[InstanceId], keys: tuple[int, ...]
+    ) -> tuple[list[int], int]:
+        """Without a tier: :meth:`score_each`, and the longest match of any instance the
+        index holds keys for, among ``instances`` or not (the keys past it are held by
+        none), for :meth:`add`'s ``scored``."""
         top = self._holders.get(keys[0], 0) if keys else 0
         if not top:
-            return [0] * len(instances)
+            return [0] * len(instances), 0
         found: dict[InstanceId, int] = {}
         order = self._order
+        longest = 0
         for mask, length in _breaks(self._holders, keys, top):
+            if length > longest:
+                longest = length
             while mask:
                 low = mask & -mask
                 found[order[low.bit_length() - 1]] = length
                 mask ^= low
-        return list(map(found.get, instances, repeat(0)))
+        return list(map(found.get, instances, repeat(0))), longest
 
     def size(self, instance: InstanceId) -> int:
         """Keys held for ``instance``."""

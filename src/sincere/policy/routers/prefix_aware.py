@@ -39,7 +39,7 @@ from pydantic import Field
 
 from sincere.core.params import params_from
 from sincere.core.request import Request
-from sincere.core.types import Seconds
+from sincere.core.types import InstanceId, Seconds
 from sincere.policy.router_base import (
     ROUTERS,
     CountKey,
@@ -48,7 +48,7 @@ from sincere.policy.router_base import (
     choose_first_least,
 )
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
-from sincere.policy.routers._prefix_index import PrefixIndexParams, prompt_keys
+from sincere.policy.routers._prefix_index import PrefixIndexParams, full_blocks, prompt_keys
 
 _ID = attrgetter("id")
 _OUTSTANDING = attrgetter("num_outstanding")
@@ -93,6 +93,12 @@ class PrefixAwareRouter(LoadMetricRouter):
     # touches the index): the first of the fewest
     choose_by_count = choose_first_least
 
+    @property
+    def count_key_with_prompt(self) -> CountKey | None:
+        """By outstanding, a request's prompt keys, the candidates' ids and their
+        outstanding counts decide (:meth:`choose_by_prompt`)."""
+        return "outstanding" if self.metric == "outstanding" else None
+
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
     ) -> RouteDecision:
@@ -105,13 +111,53 @@ class PrefixAwareRouter(LoadMetricRouter):
             used, load, note = self.load_measure(candidates)
             loads = list(map(load, candidates))
         ids = list(map(_ID, candidates))
+        best, matched, top = self._place(keys, request.block_tokens, loads, ids)
+        reason = f"prefix {matched[best]}/{len(keys) * request.block_tokens} tokens, "
+        reason += f"{used}={loads[best]:g}"
+        if top >= self.min_match_tokens and top > matched[best]:  # yielded to load
+            overloaded = sum(x > min(loads) + self.max_load_gap for x in loads)
+            reason += f"; {overloaded} candidate(s) with a longer prefix over the load gap"
+        estimates = tuple(zip(ids, map(float, matched), strict=True))
+        return RouteDecision(ids[best], reason=reason + note, estimates=estimates)
+
+    def choose_by_prompt(
+        self,
+        counts: Sequence[int],
+        ids: Sequence[InstanceId],
+        keys: Sequence[int],
+        prompt_tokens: int,
+        block_tokens: int,
+    ) -> int:
+        """:meth:`choose`'s position from the outstanding ``counts`` and the prompt's chained
+        block ``keys``: the same placement and index update, without the decision's reason
+        and estimates (nobody reads them on this path)."""
+        lead: tuple[int, ...] = ()
+        if keys and block_tokens >= 1:
+            full = full_blocks(len(keys), prompt_tokens, block_tokens, self.max_prefix_blocks)
+            lead = tuple(keys[:full])
+        return self._place(lead, block_tokens, counts, ids)[0]
+
+    def _place(
+        self,
+        keys: tuple[int, ...],
+        block_tokens: int,
+        loads: Sequence[float],
+        ids: Sequence[InstanceId],
+    ) -> tuple[int, Sequence[float], float]:
+        """The chosen position among candidates ``ids`` with ``loads`` for a prompt whose
+        keyed blocks are ``keys``, noted in the index: (position, every candidate's matched
+        tokens, the longest match)."""
         least = min(loads)
-        scores = self.index.score_each(ids, keys)
-        block_tokens = request.block_tokens
+        index = self.index
+        longest = -1  # with a tier: not known
+        if index.tier_capacity:
+            scores: list[int] | list[float] = index.score_each(ids, keys)
+        else:
+            scores, longest = index.scores_and_longest(ids, keys)
         top = max(scores) * block_tokens  # the longest match (max of the products below)
         if not top or top < self.min_match_tokens:  # no match: the least loaded, the earliest
             best = loads.index(least)
-            matched: Sequence[float] = [0] * len(candidates)
+            matched: Sequence[float] = [0] * len(ids)
         else:
             matched = list(map(mul, scores, repeat(block_tokens)))
             limit = least + self.max_load_gap
@@ -122,19 +168,13 @@ class PrefixAwareRouter(LoadMetricRouter):
                 best = matched.index(top)
             else:
                 best = _longest_then_least(range(len(matched)), matched, loads)
-        choice = candidates[best]
-        self.index.add(choice.id, keys, block_tokens)
-        reason = f"prefix {matched[best]}/{len(keys) * block_tokens} tokens, "
-        reason += f"{used}={loads[best]:g}"
-        if top >= self.min_match_tokens and top > matched[best]:  # yielded to load
-            overloaded = sum(x > least + self.max_load_gap for x in loads)
-            reason += f"; {overloaded} candidate(s) with a longer prefix over the load gap"
-        estimates = tuple(zip(ids, map(float, matched), strict=True))
-        return RouteDecision(choice.id, reason=reason + note, estimates=estimates)
+        scored = None if longest < 0 else (int(scores[best]), longest)
+        index.add(ids[best], keys, block_tokens, scored)
+        return best, matched, top
 
 
 def _longest_then_least(
-    eligible: Sequence[int], matched: Sequence[float], loads: list[float]
+    eligible: Sequence[int], matched: Sequence[float], loads: Sequence[float]
 ) -> int:
     """Of the ``eligible`` positions, the longest match; among equal ones the least load,
     then the earliest."""
