@@ -67,7 +67,7 @@ class _Prompt:
 
 FIT_SCAN = 16
 """Spare ranges (the most recently given back first) :meth:`BlockSlots.take` reads for one
-that holds all of a prompt's new one-block groups before taking new slots."""
+that holds all of a prompt's new groups before taking new slots."""
 
 
 class BlockSlots:
@@ -106,7 +106,7 @@ class BlockSlots:
         ranges ``(first slot, groups)`` in order, consecutive where the spare ranges allow:
         the range starting at slot ``after`` if there is one (where the prompt's run ends,
         which it then extends), else the most recently given back range first, then new
-        slots. New one-block groups that do not extend the held run take one range for
+        slots. New groups (two or more) that do not extend the held run take one range for
         them all: the first of the :data:`FIT_SCAN` most recently given back that holds
         them, else new slots."""
         starts = self._spare_from.get(group)
@@ -116,21 +116,22 @@ class BlockSlots:
             ends = self._spare_to[group] = {}
         out: list[tuple[int, int]] = []
         n = len(keys)
-        if group == 1 and n > 1 and after not in starts:
+        if n > 1 and after not in starts:
             # one range for all of them: a spare one that fits, else new slots (spare
             # ranges too small stay until their neighbours are given back); a prompt's
             # blocks in scattered slots would cost its every match, hold and release a
             # run of slots per piece
             fit = -1
+            need = n * group
             for lo, _ in zip(reversed(starts), range(FIT_SCAN), strict=False):
-                if starts[lo] - lo >= n:
+                if starts[lo] - lo >= need:
                     fit = lo
                     break
             if fit >= 0:
                 after = fit
             else:
                 out.append((len(self.ref), n))
-                self._grow(n)
+                self._grow(need)
                 n = 0
         while n and starts:
             lo = after if after in starts else next(reversed(starts))
