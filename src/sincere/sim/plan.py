@@ -24,7 +24,8 @@ gets none of them.
   closed: the trace is routed first, then each engine runs alone;
 * ``by_count`` -- the front door can place a request from one count per candidate
   alone (``"outstanding"``: ``least-outstanding``, ``power-of-two`` by outstanding, and
-  ``prefix-aware`` by outstanding when no request carries block ids; ``"requests"``,
+  ``prefix-aware`` by outstanding, which with block ids reads each request's chained keys
+  as well, ``counts_by_with_prompt``; ``"requests"``,
   waiting plus running: ``join-shortest-queue`` by requests; no
   admission), and nothing else is read or recorded at a decision (``passthrough``,
   ``all_open``, no outcomes, no exact tokens): an arrival is routed from the cluster's
@@ -60,7 +61,8 @@ class Facts:
     all_open: bool  # no instance has an in-flight cap
     holds_back: bool  # some engine may hold requests back until the run's end
     closed: bool  # the arrivals follow completions (a closed loop)
-    # the count the front door can place by alone (FrontDoor.counts_by); None: none
+    # the count the front door can place by (FrontDoor.counts_by, or with block ids
+    # counts_by_with_prompt); None: none
     door_counts_by: CountKey | None = None
 
 
