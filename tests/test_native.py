@@ -130,12 +130,46 @@ def _kv_starved() -> dict[str, Any]:
     return cfg
 
 
+def _sessions(tier: bool) -> dict[str, Any]:
+    """Session turns over shared system prompts behind prefix-aware on six instances, its
+    index small enough to evict (``tier``: with a lower tier's window, key by key)."""
+    params: dict[str, Any] = {"max_tokens_per_instance": 40_000}
+    if tier:
+        params.update(tier_tokens_per_instance=40_000, tier_hit_weight=0.5, max_load_gap=2.0)
+    sessions = {"min_turns": 1, "max_turns": 6, "think_s": 10.0, "system_prompt_tokens": 1000,
+                "num_system_prompts": 20, "popularity_s": 1.1, "block_tokens": 16}  # fmt: skip
+    return {
+        "seed": 4,
+        "workload": {
+            "num_requests": 3000,
+            "arrival": {"kind": "poisson", "rate": 6.0},
+            "lengths": {
+                "prompt": {"kind": "uniform", "low": 20, "high": 400},
+                "output": {"kind": "uniform", "low": 20, "high": 300},
+            },
+            "sessions": sessions,
+            "models": {"llama-3-8b": 1.0},
+        },
+        "instances": [
+            {
+                "model": "llama-3-8b",
+                "accelerator": "H100-SXM",
+                "count": 6,
+                "engine": {"kind": "continuous", "enable_prefix_caching": True},
+            }
+        ],
+        "router": {"name": "prefix-aware", "params": params},
+    }
+
+
 CONFIGS = {
     "w1-sarathi": lambda: _config("w1.yaml", 4000),
     "kv-starved-fcfs": _kv_starved,
     "niyama": lambda: _config("niyama.yaml", 2000),
     "hetero-router": lambda: _config("hetero.yaml", 2000),
     "sincere-request-level": lambda: _config("sincere.yaml", 1500),
+    "sessions-prefix-aware": lambda: _sessions(tier=False),
+    "sessions-prefix-aware-tier": lambda: _sessions(tier=True),
 }
 
 
