@@ -274,6 +274,8 @@ def fit_one(name: str, table, acc, context: dict, root: Path):  # type: ignore[n
         return kf.fit_alltoall(table, acc, root)
     if name in kf.QUANT_EXPERTS:  # on the bf16 experts' overlap exponent and tail share
         return kf.fit_quant_moe(name, table, acc, context, root)
+    if name == "moe_ep":  # the bf16 experts' constants price each GPU's own pairs
+        return kf.fit_moe_ep(table, acc, context, root)
     if name in kf.GDN_PHASES:  # linear attention: prefill or decode, on their own
         return kf.fit_gdn(name, table, acc, root)
     if name == "mla_decode":

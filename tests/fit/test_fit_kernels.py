@@ -410,8 +410,8 @@ def test_cli_writes_a_fit_with_its_provenance(tmp_path: Path) -> None:
     families = doc["fit"]["families"]
     assert set(families) == {
         "gemm_bf16", "gemm_fp8", "prefill_attention", "decode_attention", "allreduce",
-        "alltoall", "moe", "moe_fp8", "moe_mxfp4", "moe_int4", "gdn_prefill", "gdn_decode",
-        "mla_decode",
+        "alltoall", "moe", "moe_ep", "moe_fp8", "moe_mxfp4", "moe_int4", "gdn_prefill",
+        "gdn_decode", "mla_decode",
     }  # fmt: skip
     assert families["moe_fp8"]["notes"][0] == "fp8_block experts"
     assert families["alltoall"]["table"].endswith("comm/nccl/2.29.2/nccl_perf.parquet")
@@ -820,3 +820,62 @@ def test_mla_decode_prices_deepseek_from_its_measured_modules() -> None:
     assert ArchStep(Deployment(model, get_accelerator("A100-80GB"), tp=8), a100)._mla is not None
     amd = get_accelerator("MI300X")
     assert default_roofline_params(amd).mla_decode_mfu_efficiency is None  # no class: none
+
+
+def _ep_rows(eps: list[int]) -> dict[str, Any]:
+    """Balanced bf16 rows of Qwen3-235B's layer (4,096 hidden, 1,536 wide, 128 experts, top
+    8) at 1 to 8k tokens, the experts spread over each of ``eps`` GPUs."""
+    n = 14 * len(eps)
+    cols = _tp_rows((4096, 1536, 128, 8), [1] * len(eps), "bfloat16")
+    return (
+        cols
+        | {"moe_ep_size": np.repeat(np.asarray(eps, dtype=float), 14)}
+        | {"kernel_source": np.full(n, "triton")}
+    )
+
+
+def test_expert_parallel_rows_fit_the_pass_over_other_gpus_pairs() -> None:
+    """Rows of one GPU of 2-64 under EP, made as the bf16 experts price that GPU's own pairs
+    plus 1.6 times the other GPUs' pairs' bytes at HBM speed, fit the factor back, and the
+    step model prices an EP deployment with it: a TP-8 group with EP 8 and no attention DP
+    gains exactly that pass; without EP, or with attention DP (whose all-to-all sends each
+    GPU its own pairs), nothing changes."""
+    from sincere.fit.kernels import fit_moe_ep, foreign_bytes
+    from sincere.perf.moe import foreign_pair_bytes
+
+    experts = {"moe_mfu_efficiency": 0.6, "moe_bw_efficiency": 0.85, "moe_kernel_s": 25e-6,
+               "moe_tail_share": 0.0, "moe_expert_s": 0.1e-6, "overlap_exponent": 2.5}  # fmt: skip
+    cols = _ep_rows([2, 4, 8, 16, 64])
+    probe = _table("moe", latency=np.ones(70), **cols)
+    hbm = H100.hbm_bandwidth_gbps * 1e9
+    own = predict_family("moe", probe, H100, experts)
+    assert (np.diff(own.reshape(5, 14)[:, -1]) < 0).all()  # at 8k tokens: 1/ep of the pairs
+    seconds = own + 1.6 * foreign_bytes(probe) / hbm
+    table = _table("moe", latency=seconds * 1e3, **cols)
+    fam = fit_moe_ep(table, H100, experts, Path("/s"))
+    assert fam.params["moe_ep_foreign_factor"] == pytest.approx(1.6, rel=0.01)
+    assert fam.mean_error < 0.01 and fam.notes[0] == "triton under EP"
+    fitted = {**experts, **fam.params}
+    assert np.allclose(predict_family("moe_ep", table, H100, fitted), seconds)
+    one = _table("moe", latency=np.ones(14), **_tp_rows((4096, 1536, 128, 8), [1], "bfloat16"))
+    assert not foreign_bytes(one).any()  # one GPU holding every expert: no other GPU's pairs
+    # a whole TP-8 group with EP 8 prices the pass per GPU over every token it holds
+    model = get_model("qwen3-235b-a22b")
+    base = default_roofline_params(H100)
+    params = replace(base, moe_ep_foreign_factor=1.6)
+    tokens = 4096
+    with_ep = Deployment(model, H100, "bf16", tp=8, ep=8)
+    added = (
+        ArchStep(with_ep, params).layer_linear(tokens)[2]
+        - ArchStep(with_ep, replace(base, moe_ep_foreign_factor=0.0)).layer_linear(tokens)[2]
+    )
+    width = model.expert_intermediate_size
+    want = 1.6 * foreign_pair_bytes(tokens, 8, model.hidden_size, width, True, 8, 2.0) / hbm
+    moe_share = model.num_moe_layers / model.num_layers  # layer_linear averages the layers
+    assert added == pytest.approx(want * moe_share, rel=1e-9)
+    for dep in (Deployment(model, H100, "bf16", tp=8),
+                Deployment(model, H100, "bf16", tp=1, ep=8, attention_dp=8)):  # fmt: skip
+        a, b = ArchStep(dep, params), ArchStep(dep, replace(params, moe_ep_foreign_factor=0.0))
+        assert a.layer_linear(tokens) == b.layer_linear(tokens)
+    with pytest.raises(ConfigError, match="moe_ep_foreign_factor"):
+        RooflineParams(moe_ep_foreign_factor=-1.0)

@@ -220,15 +220,21 @@ def test_attention_dp_prices_the_group_tokens_at_the_experts() -> None:
     own batch, while its GPU computes the experts for both ranks' tokens (symmetric load) --
     the same expert work as one TP-2 EP-2 deployment running both batches at once -- and it
     exchanges the group's tokens over the 2-GPU group, where the TP-2 deployment, whose GPUs
-    both hold every token, exchanges none."""
+    both hold every token, exchanges none -- and whose fused MoE passes over the other GPU's
+    routed pairs too (``moe_ep_foreign_factor``), which the exchange spares the rank."""
     params = replace(default_roofline_params(get_accelerator("H100-SXM")), **A2A)
+    assert params.moe_ep_foreign_factor > 0.0
     rank = ArchStep(_dep("qwen3-30b-a3b", tp=1, ep=2, attention_dp=2), params)
     alone = ArchStep(_dep("qwen3-30b-a3b", tp=1), params)
     joint = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), params)
+    no_pass = replace(params, moe_ep_foreign_factor=0.0)
+    joint_alone = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), no_pass)
     batch = Batch.of(decode=[512] * 32)
     both = Batch.of(decode=[512] * 64)
     ours = rank.parts(batch)
-    assert ours.experts_s == pytest.approx(joint.parts(both).experts_s)
+    assert ours.experts_s == pytest.approx(joint_alone.parts(both).experts_s)
+    assert ours.experts_s < joint.parts(both).experts_s
+    assert ours.experts_s == ArchStep(rank.deployment, no_pass).parts(batch).experts_s
     assert ours.all_to_all_s > 0.0 == joint.parts(both).all_to_all_s
     assert ours.attention_s == pytest.approx(alone.parts(batch).attention_s)
     assert ours.router_s == pytest.approx(alone.parts(batch).router_s)

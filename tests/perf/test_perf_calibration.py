@@ -28,7 +28,9 @@ from sincere.perf.calibration import (
 from sincere.perf.kernel_choice import prefill_attention_kernel
 from sincere.perf.roofline import Gemm, RooflineParams
 
-CLASS_PRIOR_FIELDS = set(GDN_PREFILL) | set(KERNEL_PARTS["mla_decode"])
+CLASS_PRIOR_FIELDS = (
+    set(GDN_PREFILL) | set(KERNEL_PARTS["mla_decode"]) | set(KERNEL_PARTS["expert_parallel"])
+)
 """Constants A100 and L4 take from the GPUs running the same kernel (no rows of their own)."""
 
 
@@ -52,6 +54,10 @@ def test_a100_uses_its_own_fit() -> None:
     assert own == shipped_a100()["params"]
     assert set(defaults.params) - set(own) == CLASS_PRIOR_FIELDS
     assert defaults.parts["mla_decode"].startswith("prior: MLA decode of the L40S and")
+    assert defaults.parts["expert_parallel"].startswith(
+        "prior: the fused MoE's pass over other GPUs' routed pairs under expert parallelism of "
+        "the A100-80GB, H100-SXM, H200, L40S kernel fits averaged (vLLM's Triton fused MoE"
+    )
     assert defaults.origin.startswith("fitted:")
     assert Roofline(
         Deployment(get_model("llama-3-8b"), get_accelerator("A100"))

@@ -114,6 +114,7 @@ from sincere.perf.linear_attention import (
 from sincere.perf.moe import (
     ALIGNED_WIDTH,
     expert_work,
+    foreign_pair_bytes,
     fused_moe_s,
     mla_decode_flops_per_pair,
     narrow_expert_scale,
@@ -907,9 +908,11 @@ def gated_experts(rows: KernelTable) -> npt.NDArray[np.bool_]:
 
 def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray, FArray]:
     """Per row, :func:`sincere.perf.moe.expert_work`: FLOPs of the padded rows and of the
-    busiest expert's, weight elements, activation bytes and active experts (no EP; gated
-    experts but for :data:`PLAIN_EXPERT_SHAPES`)."""
+    busiest expert's, weight elements, activation bytes and active experts (on one GPU of
+    the row's ``moe_ep_size``: its ``1/ep`` of the experts and their pairs; gated experts
+    but for :data:`PLAIN_EXPERT_SHAPES`)."""
     t, h, k, e = (rows.num(c) for c in ("num_tokens", "hidden_size", "topk", "num_experts"))
+    ep = rows.num("moe_ep_size")
     dist = rows.columns["distribution"].astype(str)
     local = expert_widths(rows)
     gated = gated_experts(rows)
@@ -918,9 +921,23 @@ def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray, FAr
         routing = (int(e[i]), int(k[i]), skew_of(str(dist[i])), MOE_TILE)
         dealt = str(dist[i]) == "balanced"  # the collector deals tokens to experts in turn
         work[:, i] = expert_work(
-            t[i], int(h[i]), int(local[i]), routing, ACT_BYTES, bool(gated[i]), dealt=dealt
-        )
+            t[i], int(h[i]), int(local[i]), routing, ACT_BYTES, bool(gated[i]), int(ep[i]),
+            dealt=dealt,
+        )  # fmt: skip
     return work[0], work[1], work[2], work[3], work[4]
+
+
+def foreign_bytes(rows: KernelTable) -> FArray:
+    """Per row, :func:`sincere.perf.moe.foreign_pair_bytes`: what one GPU's fused MoE moves
+    for the pairs routed to other GPUs' experts (0 without EP)."""
+    t, h, k = (rows.num(c) for c in ("num_tokens", "hidden_size", "topk"))
+    ep, local, gated = rows.num("moe_ep_size"), expert_widths(rows), gated_experts(rows)
+    out: FArray = np.array([
+        foreign_pair_bytes(t[i], int(k[i]), int(h[i]), int(local[i]), bool(gated[i]),
+                           int(ep[i]), ACT_BYTES)
+        for i in range(len(t))
+    ])  # fmt: skip
+    return out
 
 
 def widened(
@@ -1042,6 +1059,40 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
     return replace(fam, notes=(*routing_note(rows), *fam.notes))
 
 
+def moe_ep_rows(table: KernelTable) -> KernelTable:
+    """bf16 experts spread over 2 to 256 GPUs (``moe_ep_size`` > 1: one GPU's call over
+    every token, holding ``1/ep`` of the experts), balanced routing where measured, the
+    dominant kernel of those rows."""
+    rows = table.where(table.equals("moe_dtype", "bfloat16") & (table.num("moe_ep_size") > 1))
+    if rows.num_rows == 0:
+        raise ConfigError("no bf16 fused-MoE rows with EP", where=str(table.path))
+    rows = fit_routing(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
+    return subsample(rows, 4000)
+
+
+def fit_moe_ep(
+    table: KernelTable, acc: Accelerator, experts: dict[str, Any], root: Path
+) -> FamilyFit:
+    """The fused MoE under expert parallelism (:func:`moe_ep_rows`): the bf16 experts'
+    constants (``experts``, fitted without EP) price each GPU's own pairs, and one factor
+    the pass over the other GPUs' pairs (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM
+    speed; 0 where the kernel takes none)."""
+    rows = moe_ep_rows(table)
+    own = predict_moe("moe", rows, acc, experts)
+    foreign = foreign_bytes(rows) / (acc.hbm_bandwidth_gbps * 1e9)
+    measured = rows.num("latency") * 1e-3
+    root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
+
+    def predict(x: FArray) -> FArray:
+        out: FArray = own + x[0] * foreign
+        return out
+
+    spec = (Bounded("moe_ep_foreign_factor", 1.0, 0.0, 10.0),)
+    fam = fit_named("moe_ep", predict, spec, measured, root_w, rows, root)
+    kernel = str(rows.columns["kernel_source"][0])
+    return replace(fam, notes=(f"{kernel} under EP", *routing_note(rows), *fam.notes))
+
+
 QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
     "moe_fp8": (("fp8_block", "fp8"), "fp8", 1.0),
     "moe_mxfp4": (("w4a16_mxfp4",), "bf16", PRECISION_BYTES["mxfp4"]),
@@ -1136,6 +1187,7 @@ FAMILY_TABLES = {
     "allreduce": "custom_allreduce",
     "alltoall": "nccl",
     "moe": "moe",
+    "moe_ep": "moe",
     **{name: "moe" for name in QUANT_EXPERTS},
     "gdn_prefill": "gdn",
     "gdn_decode": "gdn",
@@ -1154,7 +1206,7 @@ SHAPE_COLUMNS = {
     "decode_attention": ("num_heads", "num_key_value_heads", "head_dim"),
     "allreduce": ("num_gpus",),
     "alltoall": ("num_gpus",),
-    **{name: MOE_SHAPE for name in ("moe", *QUANT_EXPERTS)},
+    **{name: MOE_SHAPE for name in ("moe", "moe_ep", *QUANT_EXPERTS)},
     "gdn_prefill": GDN_SHAPE,
     "gdn_decode": GDN_SHAPE,
     "mla_decode": ("num_heads",),
@@ -1178,6 +1230,8 @@ def family_rows(name: str, table: KernelTable) -> KernelTable:
         return alltoall_rows(table)
     if name == "moe":
         return moe_rows(table)
+    if name == "moe_ep":
+        return moe_ep_rows(table)
     if name in QUANT_EXPERTS:
         return quant_moe_rows(name, table)
     if name in GDN_PHASES:
@@ -1228,6 +1282,10 @@ def predict_family(
         return predict_collective(name, rows, acc, p)
     if name == "moe" or name in QUANT_EXPERTS:
         return predict_moe(name, rows, acc, p)
+    if name == "moe_ep":
+        factor = float(p.get("moe_ep_foreign_factor", 0.0))
+        ep_out: FArray = predict_moe("moe", rows, acc, p) + factor * foreign_bytes(rows) / hbm
+        return ep_out
     if name in GDN_PHASES:
         return gdn_predict(name, rows, acc, p)
     if name == "mla_decode":
@@ -1573,6 +1631,7 @@ def fit_kernels(folder: Path, accelerator: Accelerator, version: str | None = No
     moe = next((f for f in families if f.name == "moe"), None)
     if moe is not None:
         experts = {**moe.params, "overlap_exponent": overlap}
+        attempt("moe_ep", "moe", lambda t: fit_moe_ep(t, acc, experts, root))
         for name in QUANT_EXPERTS:
             blackwell = name not in BLACKWELL_EXPERTS or has_rate(acc, "nvfp4")
             if has_rate(acc, QUANT_EXPERTS[name][1]) and blackwell:

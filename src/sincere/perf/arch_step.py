@@ -78,6 +78,7 @@ from sincere.perf.moe import (
     all_to_all_s,
     expected_distinct_experts,
     expert_work,
+    foreign_pair_bytes,
     fused_moe_s,
     mla_decode_flops_per_pair,
     mla_prefill_flops_per_pair,
@@ -311,7 +312,8 @@ class ArchStep:
             p.overlap_exponent,
             self._moe_expert_s,
         )
-        return router, float(experts[0]) * unaligned_factor(width, self._moe_unaligned)
+        experts_s = float(experts[0]) * unaligned_factor(width, self._moe_unaligned)
+        return router, experts_s + foreign_pass_s(dep, p, tokens, width)
 
     def _all_to_all_s(self, tokens: int) -> float:
         dep, m = self.deployment, self.moe
@@ -521,6 +523,21 @@ def elementwise_s(
     act = 3 * inter if model.gated_mlp else 2 * inter
     elements = 2 * 2 * h + 2 * (q + kv) + act + 3 * h
     return elements * tokens * params.activation_bytes / hbm
+
+
+def foreign_pass_s(dep: Deployment, p: RooflineParams, tokens: float, width: int) -> float:
+    """The fused MoE's pass over the other GPUs' routed pairs of one MoE layer on one GPU
+    (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM speed times
+    ``moe_ep_foreign_factor``): under EP without attention DP every GPU of the group holds
+    every token and vLLM's Triton kernel runs its buffers over all their pairs; with
+    attention DP the all-to-all sends each GPU its own pairs only (0 s), as without EP."""
+    if dep.ep == 1 or dep.attention_dp > 1 or not p.moe_ep_foreign_factor:
+        return 0.0
+    m = dep.model
+    pairs = foreign_pair_bytes(
+        tokens, m.experts_per_token, m.hidden_size, width, m.gated_mlp, dep.ep, p.activation_bytes
+    )
+    return p.moe_ep_foreign_factor * pairs / (dep.accelerator.hbm_bandwidth_gbps * 1e9)
 
 
 def expert_width(dep: Deployment) -> int:

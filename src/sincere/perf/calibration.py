@@ -48,7 +48,10 @@ GPUs A100, L40S and RTX PRO 6000), linear attention's prefill (A100, L4, ... fro
 Triton delta rule's L40S and RTX PRO 6000; the FlashInfer GPUs' mean is
 ``RooflineParams``' default) and MLA decode (A100, L4, ... from the Triton MLA kernel's
 L40S and RTX PRO 6000; a Hopper or data-centre Blackwell without its own fit from H100,
-H200 and B200).
+H200 and B200) and the fused MoE's pass over other GPUs' routed pairs under expert
+parallelism (L4, A10G, ... and A100, whose kernel fit is not its default, from the fits of
+vLLM's Triton kernel on A100, H100, H200 and L40S; the Blackwells' FlashInfer kernels have
+their own).
 Last, a GPU whose clock under sustained load was measured
 (``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
 ``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
@@ -170,6 +173,7 @@ KERNEL_PARTS = {
         "moe_int4_expert_s",
         "moe_int4_width_offset",
     ),
+    "expert_parallel": ("moe_ep_foreign_factor",),
     "linear_attention": (
         "gdn_mfu_efficiency",
         "gdn_parallel_units",
@@ -192,6 +196,8 @@ UNFITTED_PARTS = {
     "(RooflineParams' defaults)",
     "sustained_clock": "not measured on this GPU: the kernel benchmark's compute rate (1)",
     "mla_decode": "prior: decode attention's constants (no MLA kernel of its class measured)",
+    "expert_parallel": "prior: no pass over other GPUs' routed pairs (no EP rows of its "
+    "class of fused-MoE kernel measured)",
 }
 """What a part takes where no fit sets its constants, other than datasheet assumptions."""
 PRIOR_FIELDS = (
@@ -480,6 +486,7 @@ CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear_attention": (GDN_PREFILL, "gdn_prefill"),
     "prefill_attention": (KERNEL_PARTS["prefill_attention"], "prefill_attention"),
     "mla_decode": (KERNEL_PARTS["mla_decode"], "mla_decode"),
+    "expert_parallel": (KERNEL_PARTS["expert_parallel"], "moe_ep"),
 }
 """Part -> (its constants taken from the GPUs running the same kernel, the kernel family
 that classes GPUs). Only fits holding every constant stand in: the FlashInfer delta rule's

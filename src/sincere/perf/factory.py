@@ -316,6 +316,11 @@ class RooflineStepParams(Params):
     moe_unaligned_factor: float | None = _fitted(
         "bf16 experts' time at widths per GPU off a multiple of 16, as a factor", gt=0
     )
+    moe_ep_foreign_factor: float | None = _fitted(
+        "under expert parallelism, the fused MoE's pass over other GPUs' routed pairs, as a "
+        "multiple of its bytes' time at HBM speed (0: none)",
+        ge=0,
+    )
     moe_fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in the fp8-expert kernel")
     moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
     moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")

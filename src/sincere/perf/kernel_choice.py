@@ -19,6 +19,11 @@ six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
   capability 9.0 to below 12), vLLM's Triton MLA kernel on every other CUDA GPU (L40S,
   RTX PRO 6000; A100 too, whose tables hold no MLA decode module).
 
+* **the fused MoE under expert parallelism**: vLLM's Triton kernel below compute capability
+  10 (H100, H200, L40S, A100), FlashInfer's TensorRT-LLM
+  kernel on the data-centre Blackwells (B200: 10.x), FlashInfer's CUTLASS kernel on the
+  workstation Blackwell (RTX PRO 6000: 12.x).
+
 A GPU without a compute capability (not CUDA) has no class: ``None``.
 """
 
@@ -73,10 +78,22 @@ def prefill_attention_kernel(acc: Accelerator) -> str | None:
     return "fa2"
 
 
+def moe_ep_kernel(acc: Accelerator) -> str | None:
+    """``"moe_triton"``, ``"moe_trtllm"`` or ``"moe_cutlass"``: the fused-MoE kernel vLLM
+    runs under expert parallelism on ``acc`` (module docstring)."""
+    cc = acc.compute_capability
+    if cc is None:
+        return None
+    if cc < 10.0:
+        return "moe_triton"
+    return "moe_trtllm" if cc < 12.0 else "moe_cutlass"
+
+
 KERNEL_CLASSES = {
     "gdn_prefill": delta_rule_kernel,
     "prefill_attention": prefill_attention_kernel,
     "mla_decode": mla_decode_kernel,
+    "moe_ep": moe_ep_kernel,
 }
 """Kernel family -> the kernel class of a GPU for it (the families whose kernel vLLM picks
 by architecture)."""
@@ -84,6 +101,7 @@ FAMILY_NAMES = {
     "gdn_prefill": "linear attention's prefill",
     "prefill_attention": "prefill attention",
     "mla_decode": "MLA decode",
+    "moe_ep": "the fused MoE's pass over other GPUs' routed pairs under expert parallelism",
 }
 """Kernel family -> how provenance lines name it."""
 KERNEL_NAMES = {
@@ -94,5 +112,8 @@ KERNEL_NAMES = {
     "trtllm": "FlashInfer's TensorRT-LLM attention",
     "mla_flash": "FlashAttention's, FlashMLA's or FlashInfer's MLA kernels",
     "mla_triton": "vLLM's Triton MLA kernel",
+    "moe_triton": "vLLM's Triton fused MoE",
+    "moe_trtllm": "FlashInfer's TensorRT-LLM fused MoE",
+    "moe_cutlass": "FlashInfer's CUTLASS fused MoE",
 }
 """Kernel class -> how provenance lines name it."""

@@ -113,6 +113,23 @@ def permutation_bytes(num_tokens: float, top_k: int, hidden: int, act_bytes: flo
     return 2.0 * num_tokens * hidden * (1.0 + top_k) * act_bytes
 
 
+def foreign_pair_bytes(
+    num_tokens: float, top_k: int, hidden: int, width: int, gated: bool, ep: int, act_bytes: float
+) -> float:
+    """Activation bytes one GPU's fused MoE moves for the routed pairs of *other* GPUs'
+    experts under expert parallelism (0 without): vLLM's Triton kernel computes only its own
+    experts' pairs, but its buffers span every routed pair of the batch it holds, the
+    others written as zeros, and its activation and per-token reduction run over all of
+    them. Per such pair: the first GEMM's output (``up``: two widths gated, one plain), the
+    activation's read of it and write of one width, the second GEMM's output and the
+    reduction's read of it (``2 up + width + 2 hidden``). Priced at HBM speed times the
+    fitted ``moe_ep_foreign_factor`` (0 where a GPU's EP kernel takes no such pass)."""
+    if ep <= 1:
+        return 0.0
+    up = (2 if gated else 1) * width
+    return num_tokens * top_k * (1.0 - 1.0 / ep) * (2 * up + width + 2 * hidden) * act_bytes
+
+
 def all_to_all_bytes(
     num_tokens: float, top_k: int, hidden: int, ep: int, act_bytes: float
 ) -> float:

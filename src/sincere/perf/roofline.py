@@ -199,6 +199,8 @@ class RooflineParams:
     moe_width_offset: float = 0.0  # bf16 experts compute as if this much wider (and others'
     # without an offset of their own)
     moe_unaligned_factor: float = 1.0  # bf16 experts' time at widths off ALIGNED_WIDTH
+    moe_ep_foreign_factor: float = 0.0  # under EP: the pass over other GPUs' routed pairs,
+    # as a multiple of its bytes' time at HBM speed (0: none; perf.moe.foreign_pair_bytes)
     moe_fp8_mfu_efficiency: float | None = None  # fp8 experts: share of the fp8 peak (None: bf16's)
     moe_fp8_bw_efficiency: float | None = None  # fp8 experts: share of HBM (None: bf16's)
     moe_fp8_kernel_s: float | None = None  # fp8 experts: fixed cost per layer (None: bf16's)
@@ -328,6 +330,7 @@ class RooflineParams:
             "gdn_spill_bytes",
             "gdn_onchip_share",
             "moe_width_offset",
+            "moe_ep_foreign_factor",
         ):
             if getattr(self, name) < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0", value=getattr(self, name))
