@@ -31,7 +31,8 @@ from sincere.perf.roofline import Gemm, RooflineParams
 CLASS_PRIOR_FIELDS = (
     set(GDN_PREFILL) | set(KERNEL_PARTS["mla_decode"]) | set(KERNEL_PARTS["expert_parallel"])
 )
-"""Constants A100 and L4 take from the GPUs running the same kernel (no rows of their own)."""
+"""Constants A100 and L4 take from the GPUs running the same kernel (no rows of their own in
+their default fits: A100's kernel fit, EP rows included, is not its default)."""
 
 
 def shipped_a100() -> dict[str, object]:
