@@ -3,8 +3,8 @@
 The experts' constants (``sincere fit kernels``) are fitted on the fused-MoE rows of one GPU
 holding every expert (``moe_ep_size`` 1). AIConfigurator's database also times vLLM's kernel
 with the experts spread over 2 to 256 GPUs (``moe_ep_size`` > 1: one GPU's call, holding
-``1/ep`` of the experts, over every token of the batch), and those rows were never fitted
-or checked. This prices each of them, bf16 experts, balanced routing, the GPU's dominant
+``1/ep`` of the experts, over every token of the batch), which no family fitted before
+``moe_ep``. This prices each of them, bf16 experts, balanced routing, the GPU's dominant
 kernel, newest release, as the step model does (``expert_work`` with ``ep``: the GPU
 computes its ``T k / ep`` routed pairs, reads its active experts' weights; at the kernel
 benchmark's clock, ``sustained_compute_ratio`` 1), and reports the error by EP size.
@@ -12,12 +12,12 @@ benchmark's clock, ``sustained_compute_ratio`` 1), and reports the error by EP s
 Then the term the step model adds since (``moe_ep_foreign_factor``, fitted per GPU by
 ``sincere fit kernels``, family ``moe_ep``), at the shipped factor and at one minimising
 the mean absolute error (the first judgement of it, kept to show its reach): vLLM's
-fused MoE under EP (no attention DP, or attention DP with the naive all-gather dispatch)
-computes only its own experts' pairs, but its intermediate buffers, activation and
-per-token reduction span every routed pair, and the pairs of other GPUs' experts are
-written as zeros. Per such *foreign* pair, ``(2 up + width + 2 hidden)`` activations
-(``up``: ``2 width`` gated) at HBM speed times a factor fitted per GPU (one constant, the
-mean absolute error minimised; 0: no such pass), added in series:
+fused MoE under EP (no attention DP, or attention DP with the naive all-gather dispatch;
+the step model prices it without attention DP) computes only its own experts' pairs, but
+its intermediate buffers, activation and per-token reduction span every routed pair, and
+the pairs of other GPUs' experts are written as zeros. Per such *foreign* pair,
+``(2 up + width + 2 hidden)`` activations (``up``: ``2 width`` gated) at HBM speed times
+one factor per GPU (0: no such pass), added in series:
 
     foreign_s = factor * T k (1 - 1/ep) (2 up + width + 2 hidden) * 2 bytes / HBM bytes/s
 
@@ -26,7 +26,7 @@ Each GPU's factor is also carried to it from the other GPUs running its class of
 
     python benchmarks/moe_ep_rows.py [--kernels ../shared/data/kernels/aiconfigurator]
 
-Machine-independent (no timing); about 40 s.
+Machine-independent (no timing); about 4 s.
 """
 
 from __future__ import annotations
