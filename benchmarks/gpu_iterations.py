@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from gpu_moe import device_facts  # the sibling script (stdlib-only at import)
 
 from sincere.profile.gpu import GpuProfileConfig, GpuProfiler, IterationPoint, write_outputs
 from sincere.profile.gpu_model import IterationShape, ShardShape
@@ -86,21 +87,6 @@ def point(it: IterationShape) -> IterationPoint:
     return it.decode_seqs, "mixed", it.chunk, it
 
 
-def device_facts(torch: Any) -> dict[str, Any]:
-    """The GPU, its driver and the software that timed it."""
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "gpu": torch.cuda.get_device_name(0),
-        "multiprocessors": props.multi_processor_count,
-        "memory_gib": round(props.total_memory / 2**30, 1),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "python": platform.python_version(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 def parse_shard(text: str) -> tuple[str, int]:
     """``MODEL:TP`` -> (model, tp); a clear exit for anything else."""
     model, _, tp = text.partition(":")
@@ -135,7 +121,8 @@ def measure(args: argparse.Namespace) -> None:
         name, config = resolve_config(model)
         profiler = GpuProfiler(name, config, cfg)
         if not facts and profiler.device.type == "cuda":
-            facts = device_facts(profiler.torch)
+            facts = device_facts(profiler.torch)  # gpu_moe.py's, with cuDNN's version
+            facts["cudnn"] = profiler.torch.backends.cudnn.version()
         mlp: list[dict[str, Any]] = []
         attention: dict[int, list[dict[str, Any]]] = {}
         model_iterations: list[dict[str, Any]] = []

@@ -4,10 +4,11 @@ The experts' constants (``sincere fit kernels``) are fitted on the fused-MoE row
 holding every expert (``moe_ep_size`` 1). AIConfigurator's database also times vLLM's kernel
 with the experts spread over 2 to 256 GPUs (``moe_ep_size`` > 1: one GPU's call, holding
 ``1/ep`` of the experts, over every token of the batch), which no family fitted before
-``moe_ep``. This prices each of them, bf16 experts, balanced routing, the GPU's dominant
-kernel, newest release, as the step model does (``expert_work`` with ``ep``: the GPU
-computes its ``T k / ep`` routed pairs, reads its active experts' weights; at the kernel
-benchmark's clock, ``sustained_compute_ratio`` 1), and reports the error by EP size.
+``moe_ep``. This takes the rows that family is fitted on (``fit.kernels.moe_ep_rows``: bf16,
+balanced routing, the dominant kernel, newest release) and prices them as the fit does, at
+the GPU's shipped kernel constants (``fit.kernels.moe_ep_terms``: ``expert_work`` with
+``ep``, the GPU's ``T k / ep`` routed pairs and its active experts' weights, at the kernel
+benchmark's clock), and reports the error by EP size.
 
 Then the term the step model adds since (``moe_ep_foreign_factor``, fitted per GPU by
 ``sincere fit kernels``, family ``moe_ep``), at the shipped factor and at one minimising
@@ -39,10 +40,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from sincere.catalog import get_accelerator
-from sincere.fit.kernels import ACT_BYTES, COLUMNS, MOE_TILE
-from sincere.perf import default_roofline_params
-from sincere.perf.kernel_tables import KernelTable, dominant, read_table
-from sincere.perf.moe import expert_work, fused_moe_s, narrow_expert_scale
+from sincere.fit import kernels as kf
+from sincere.perf.calibration import kernel_fits
+from sincere.perf.kernel_tables import KernelTable, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT.parent / "shared" / "data" / "kernels" / "aiconfigurator"
@@ -53,7 +53,8 @@ GPUS = {
     "l40s": "L40S",
     "rtx_pro_6000_server": "RTX-PRO-6000",
 }
-"""AIConfigurator's folder -> the catalog's accelerator (A100's table has no EP rows)."""
+"""AIConfigurator's folder -> the catalog's accelerator (A100's EP rows are power-law routings
+only, and its kernel fit is not its default: ``step_fit.py`` judges it)."""
 MAX_FACTOR = 10.0
 
 
@@ -80,43 +81,16 @@ class EpRows:
 
 
 def ep_rows(table: KernelTable, gpu: str) -> EpRows:
-    """The bf16, balanced EP rows of the GPU's dominant kernel, priced."""
-    keep = (
-        table.equals("moe_dtype", "bfloat16")
-        & table.equals("distribution", "balanced")
-        & (table.num("moe_ep_size") > 1)
-    )
-    rows = table.where(keep)
-    kernel = dominant(rows, "kernel_source")
-    rows = rows.where(rows.equals("kernel_source", kernel))
-    acc = get_accelerator(gpu)
-    p = default_roofline_params(acc, {"sustained_compute_ratio": 1.0})
-    if p.moe_mfu_efficiency is None or p.moe_bw_efficiency is None:
-        raise ValueError(f"{gpu}: no fitted experts' constants to price its EP rows with")
-    hbm = acc.hbm_bandwidth_gbps * 1e9
-    rates = (acc.peak_tflops("bf16") * 1e12 * p.moe_mfu_efficiency, hbm * p.moe_bw_efficiency)
-    t, h, inter = rows.num("num_tokens"), rows.num("hidden_size"), rows.num("inter_size")
-    k, e = rows.num("topk"), rows.num("num_experts")
-    ep, tp = rows.num("moe_ep_size"), rows.num("moe_tp_size")
-    priced, foreign = np.empty(len(t)), np.empty(len(t))
-    for i in range(len(t)):
-        width = max(1, int(inter[i] // tp[i]))
-        routing = (int(e[i]), int(k[i]), 0.0, MOE_TILE)
-        work = expert_work(
-            float(t[i]), int(h[i]), width, routing, ACT_BYTES, True, int(ep[i]), dealt=True
-        )
-        one = np.array(work).reshape(5, 1)
-        one[:2] *= narrow_expert_scale(width, p.moe_width_offset)
-        feats = (one[0], one[1], one[2], one[3], one[4])
-        seconds = fused_moe_s(
-            feats, rates, 2.0, p.moe_kernel_s, p.moe_tail_share, p.overlap_exponent, p.moe_expert_s
-        )
-        priced[i] = float(seconds[0])
-        pairs = t[i] * k[i] * (1.0 - 1.0 / ep[i])
-        foreign[i] = pairs * (2 * 2 * width + width + 2 * h[i]) * ACT_BYTES / hbm
+    """The EP rows ``sincere fit kernels`` fits (:func:`~sincere.fit.kernels.moe_ep_rows`:
+    bf16, balanced, the dominant kernel), priced at the GPU's shipped kernel fit."""
+    rows = kf.moe_ep_rows(table)
+    params = kernel_fits()[gpu]["params"]
+    priced, foreign = kf.moe_ep_terms(rows, get_accelerator(gpu), params)
+    kernel = str(rows.columns["kernel_source"][0])
     measured = rows.num("latency") * 1e-3
-    shipped = p.moe_ep_foreign_factor
-    return EpRows(gpu, kernel, table.version, priced, foreign, measured, ep, t, shipped)
+    shipped = float(params.get("moe_ep_foreign_factor", 0.0))
+    ep, tokens = rows.num("moe_ep_size"), rows.num("num_tokens")
+    return EpRows(gpu, kernel, table.version, priced, foreign, measured, ep, tokens, shipped)
 
 
 def fit_factor(rows: EpRows) -> float:
@@ -147,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     found: dict[str, EpRows] = {}
     for folder, gpu in GPUS.items():
-        table = read_table(args.kernels / folder, "moe", COLUMNS["moe"])
+        table = read_table(args.kernels / folder, "moe", kf.COLUMNS["moe"])
         if table is None:
             print(f"{gpu}: no moe table under {args.kernels / folder}")
             continue

@@ -1070,6 +1070,16 @@ def moe_ep_rows(table: KernelTable) -> KernelTable:
     return subsample(rows, 4000)
 
 
+def moe_ep_terms(
+    rows: KernelTable, acc: Accelerator, experts: dict[str, Any]
+) -> tuple[FArray, FArray]:
+    """(each GPU's own pairs priced by the bf16 experts' constants ``experts``, the other
+    GPUs' pairs' bytes over HBM's bytes/s) of EP rows: the family's time is the first plus
+    ``moe_ep_foreign_factor`` times the second."""
+    own = predict_moe("moe", rows, acc, experts)
+    return own, foreign_bytes(rows) / (acc.hbm_bandwidth_gbps * 1e9)
+
+
 def fit_moe_ep(
     table: KernelTable, acc: Accelerator, experts: dict[str, Any], root: Path
 ) -> FamilyFit:
@@ -1078,8 +1088,7 @@ def fit_moe_ep(
     the pass over the other GPUs' pairs (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM
     speed; 0 where the kernel takes none)."""
     rows = moe_ep_rows(table)
-    own = predict_moe("moe", rows, acc, experts)
-    foreign = foreign_bytes(rows) / (acc.hbm_bandwidth_gbps * 1e9)
+    own, foreign = moe_ep_terms(rows, acc, experts)
     measured = rows.num("latency") * 1e-3
     root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
 
@@ -1283,8 +1292,8 @@ def predict_family(
     if name == "moe" or name in QUANT_EXPERTS:
         return predict_moe(name, rows, acc, p)
     if name == "moe_ep":
-        factor = float(p.get("moe_ep_foreign_factor", 0.0))
-        ep_out: FArray = predict_moe("moe", rows, acc, p) + factor * foreign_bytes(rows) / hbm
+        own, foreign = moe_ep_terms(rows, acc, p)
+        ep_out: FArray = own + float(p.get("moe_ep_foreign_factor", 0.0)) * foreign
         return ep_out
     if name in GDN_PHASES:
         return gdn_predict(name, rows, acc, p)
