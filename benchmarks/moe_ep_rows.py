@@ -10,19 +10,21 @@ the GPU's shipped kernel constants (``fit.kernels.moe_ep_terms``: ``expert_work`
 ``ep``, the GPU's ``T k / ep`` routed pairs and its active experts' weights, at the kernel
 benchmark's clock), and reports the error by EP size.
 
-Then the term the step model adds since (``moe_ep_foreign_factor``, fitted per GPU by
-``sincere fit kernels``, family ``moe_ep``), at the shipped factor and at one minimising
-the mean absolute error (the first judgement of it, kept to show its reach): vLLM's
+Then the terms the step model adds since (``moe_ep_foreign_factor`` and
+``moe_ep_kernel_s``, fitted per GPU by ``sincere fit kernels``, family ``moe_ep``), at the
+shipped constants and at those minimising the mean absolute error (the first judgement of
+them, kept to show their reach): vLLM's
 fused MoE under EP (no attention DP, or attention DP with the naive all-gather dispatch;
 the step model prices it without attention DP) computes only its own experts' pairs, but
 its intermediate buffers, activation and per-token reduction span every routed pair, and
 the pairs of other GPUs' experts are written as zeros. Per such *foreign* pair,
 ``(2 up + width + 2 hidden)`` activations (``up``: ``2 width`` gated) at HBM speed times
-one factor per GPU (0: no such pass), added in series:
+one factor per GPU (0: no such pass), added in series with a fixed cost per call (what an
+EP call pays beside the pass at every size, fitted with it):
 
-    foreign_s = factor * T k (1 - 1/ep) (2 up + width + 2 hidden) * 2 bytes / HBM bytes/s
+    ep_s = kernel_s + factor * T k (1 - 1/ep) (2 up + width + 2 hidden) * 2 bytes / HBM bytes/s
 
-Each GPU's factor is also carried to it from the other GPUs running its class of kernel
+Each GPU's constants are also carried to it from the other GPUs running its class of kernel
 (leave-one-GPU-out: the mean of theirs), the check a GPU without EP rows relies on.
 
     python benchmarks/moe_ep_rows.py [--kernels ../shared/data/kernels/aiconfigurator]
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize
 
 from sincere.catalog import get_accelerator
 from sincere.fit import kernels as kf
@@ -56,13 +58,14 @@ GPUS = {
 """AIConfigurator's folder -> the catalog's accelerator (A100's EP rows are power-law routings
 only, and its kernel fit is not its default: ``step_fit.py`` judges it)."""
 MAX_FACTOR = 10.0
+MAX_KERNEL_S = 1e-3
 
 
 @dataclass(frozen=True)
 class EpRows:
     """One GPU's EP rows: the step model's price, the foreign pairs' bytes over HBM's bytes/s
     (the term at factor 1), the measurement, the EP size, the tokens and the shipped
-    factor."""
+    constants (factor, seconds per call)."""
 
     gpu: str
     kernel: str
@@ -72,11 +75,12 @@ class EpRows:
     measured: np.ndarray
     ep: np.ndarray
     tokens: np.ndarray
-    shipped: float
+    shipped: tuple[float, float]
 
-    def error(self, factor: float) -> np.ndarray:
-        """Relative error of each row with the candidate term at ``factor``."""
-        out: np.ndarray = (self.priced + factor * self.foreign) / self.measured - 1.0
+    def error(self, factor: float, kernel_s: float = 0.0) -> np.ndarray:
+        """Relative error of each row with the terms at ``factor`` and ``kernel_s``."""
+        priced = kf.moe_ep_predict(self.priced, self.foreign, factor, kernel_s)
+        out: np.ndarray = priced / self.measured - 1.0
         return out
 
 
@@ -88,21 +92,33 @@ def ep_rows(table: KernelTable, gpu: str) -> EpRows:
     priced, foreign = kf.moe_ep_terms(rows, get_accelerator(gpu), params)
     kernel = str(rows.columns["kernel_source"][0])
     measured = rows.num("latency") * 1e-3
-    shipped = float(params.get("moe_ep_foreign_factor", 0.0))
+    shipped = (
+        float(params.get("moe_ep_foreign_factor", 0.0)),
+        float(params.get("moe_ep_kernel_s", 0.0)),
+    )
     ep, tokens = rows.num("moe_ep_size"), rows.num("num_tokens")
     return EpRows(gpu, kernel, table.version, priced, foreign, measured, ep, tokens, shipped)
 
 
-def fit_factor(rows: EpRows) -> float:
-    """The candidate term's factor minimising the rows' mean absolute error, 0 to
-    :data:`MAX_FACTOR`."""
-    found = minimize_scalar(
-        lambda f: float(np.mean(np.abs(rows.error(f)))),
-        bounds=(0.0, MAX_FACTOR),
-        method="bounded",
-    )
-    zero = float(np.mean(np.abs(rows.error(0.0))))
-    return 0.0 if zero <= found.fun else float(found.x)
+def fit_constants(rows: EpRows) -> tuple[float, float]:
+    """The factor (0 to :data:`MAX_FACTOR`) and cost per call (0 to :data:`MAX_KERNEL_S`)
+    minimising the rows' mean absolute error, from the shipped ones (Powell's method: the
+    mean absolute error has corners); none where none beats no terms."""
+
+    def mean_error(x: np.ndarray) -> float:
+        return float(np.mean(np.abs(rows.error(float(x[0]), float(x[1]) * 1e-6))))
+
+    start = np.array([rows.shipped[0], rows.shipped[1] * 1e6])
+    bounds = [(0.0, MAX_FACTOR), (0.0, MAX_KERNEL_S * 1e6)]
+    found = minimize(mean_error, start, method="Powell", bounds=bounds)
+    if mean_error(np.zeros(2)) <= found.fun:
+        return 0.0, 0.0
+    return float(found.x[0]), float(found.x[1]) * 1e-6
+
+
+def constants(values: tuple[float, float]) -> str:
+    """A factor and a cost per call, as the tables show them."""
+    return f"{values[0]:.2f}, {values[1] * 1e6:.1f} us"
 
 
 def kernel_class(kernel: str) -> str:
@@ -126,26 +142,28 @@ def main() -> None:
             print(f"{gpu}: no moe table under {args.kernels / folder}")
             continue
         found[gpu] = ep_rows(table, gpu)
-    factors = {gpu: fit_factor(rows) for gpu, rows in found.items()}
-    print("| GPU (vLLM, kernel) | rows | without the pass | shipped factor | with it | "
-          "least-error factor | with it | from its kernel class's other GPUs (factor) "
-          "|")  # fmt: skip
+    best = {gpu: fit_constants(rows) for gpu, rows in found.items()}
+    print("| GPU (vLLM, kernel) | rows | without the terms | shipped (factor, per call) | "
+          "with them | least-error constants | with them | from its kernel class's other "
+          "GPUs (constants) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for gpu, rows in found.items():
         peers = [
-            factors[g]
+            best[g]
             for g, r in found.items()
             if g != gpu and kernel_class(r.kernel) == kernel_class(rows.kernel)
         ]
-        carried = (
-            f"{cell(rows.error(float(np.mean(peers))))} ({np.mean(peers):.2f})" if peers else "none"
-        )
+        carried = "none"
+        if peers:
+            mean = (float(np.mean([p[0] for p in peers])), float(np.mean([p[1] for p in peers])))
+            carried = f"{cell(rows.error(*mean))} ({constants(mean)})"
         print(f"| {gpu} ({rows.version}, {rows.kernel}) | {len(rows.measured)} | "
-              f"{cell(rows.error(0.0))} | {rows.shipped:.2f} | {cell(rows.error(rows.shipped))} "
-              f"| {factors[gpu]:.2f} | {cell(rows.error(factors[gpu]))} | {carried} |")  # fmt: skip
+              f"{cell(rows.error(0.0))} | {constants(rows.shipped)} | "
+              f"{cell(rows.error(*rows.shipped))} | {constants(best[gpu])} | "
+              f"{cell(rows.error(*best[gpu]))} | {carried} |")  # fmt: skip
     sizes = sorted({int(x) for rows in found.values() for x in rows.ep})
     print()
-    print("By EP size, mean absolute error (bias), without the pass -> with the shipped factor; "
+    print("By EP size, mean absolute error (bias), without the terms -> with the shipped ones; "
           "rows of 1,024 tokens and more in the second line of each cell:")  # fmt: skip
     print()
     print("| GPU | " + " | ".join(f"EP {s}" for s in sizes) + " |")
@@ -158,7 +176,7 @@ def main() -> None:
             if not at.any():
                 cells.append("")
                 continue
-            with_it = rows.error(rows.shipped)
+            with_it = rows.error(*rows.shipped)
             text = f"{cell(rows.error(0.0)[at])} -> {cell(with_it[at])}"
             if big.any():
                 text += f"<br>{cell(rows.error(0.0)[big])} -> {cell(with_it[big])}"

@@ -313,20 +313,23 @@ def mean_params(docs: list[dict]) -> dict:  # type: ignore[type-arg]
     return out
 
 
-def stand_ins(name: str, held: str, others: list[str]) -> list[str]:
+def stand_ins(
+    name: str, held: str, others: list[str], skewed: frozenset[str] = frozenset()
+) -> list[str]:
     """The GPUs of ``others`` (which measured family ``name``) whose constants stand in for
     GPU ``held``'s when it is held out: where vLLM picks the family's kernel by
     architecture (:data:`sincere.perf.kernel_choice.KERNEL_CLASSES`: prefill attention,
-    linear attention's prefill) those running the same kernel, as the runtime's prior takes
-    them (:mod:`sincere.perf.calibration`), all of them if none does; every other family,
-    all of them."""
+    linear attention's prefill, MLA decode, the fused MoE under EP) those running the same
+    kernel whose family was not fitted on skewed routings alone (``skewed``), as the
+    runtime's prior takes them (:mod:`sincere.perf.calibration`), all of them if none does;
+    every other family, all of them."""
     from sincere.perf.kernel_choice import KERNEL_CLASSES
 
     classify = KERNEL_CLASSES.get(name)
     if classify is None:
         return others
     kind = classify(get_accelerator(held))
-    same = [o for o in others if classify(get_accelerator(o)) == kind]
+    same = [o for o in others if classify(get_accelerator(o)) == kind and o not in skewed]
     return same or others
 
 
@@ -341,6 +344,7 @@ def kernel_checks(database: Path) -> None:
         predict_family,
     )
     from sincere.perf.kernel_tables import read_table
+    from sincere.perf.moe import SKEWED_ROUTING_NOTE
 
     fits, tables = {}, {}
     for acc_name, folder in KERNEL_GPUS:
@@ -362,7 +366,10 @@ def kernel_checks(database: Path) -> None:
             measured_by = [
                 a for a, (_, f, _) in fits.items() if a != acc_name and f.family(fam.name)
             ]
-            others = [fits[a][2] for a in stand_ins(fam.name, acc_name, measured_by)]
+            skewed = frozenset(
+                a for a in measured_by if SKEWED_ROUTING_NOTE in fits[a][1].family(fam.name).notes
+            )
+            others = [fits[a][2] for a in stand_ins(fam.name, acc_name, measured_by, skewed)]
             prior = {**merged, **mean_params([{k: m[k] for k in fam.params} for m in others])}
             if fam.name in QUANT_GEMMS:  # the bf16 terms they build on, also the others'
                 prior.update(

@@ -197,8 +197,14 @@ def test_ep_halves_the_experts_per_gpu_and_adds_the_priced_all_to_all() -> None:
     link = get_accelerator("H100-SXM").interconnect_gbps_per_direction * 1e9
     one = 6e-6 + 4e-6 * size / (size + 2.0**15) + size / (link * 0.5)
     assert dp2.parts(Batch.of(decode=[512] * 32)).all_to_all_s == pytest.approx(48 * 2 * one)
-    # the experts part: same rows and weight bytes per GPU, a quarter of the permutation
-    assert ep2.parts(batch).experts_s < tp2.parts(batch).experts_s
+    # the experts part: same rows and weight bytes per GPU, a quarter of the permutation,
+    # before what an EP call pays on top (its pass over the other GPU's pairs, its fixed cost)
+    own = replace(params, moe_ep_foreign_factor=0.0, moe_ep_kernel_s=0.0)
+    ep2_own = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), own)
+    assert ep2_own.parts(batch).experts_s < tp2.parts(batch).experts_s
+    per_call = replace(own, moe_ep_kernel_s=20e-6)
+    with_cost = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), per_call).parts(batch).experts_s
+    assert with_cost == pytest.approx(ep2_own.parts(batch).experts_s + 48 * 20e-6)
 
 
 def test_all_to_all_takes_the_fitted_terms_at_the_nearest_gpu_count() -> None:
@@ -221,13 +227,14 @@ def test_attention_dp_prices_the_group_tokens_at_the_experts() -> None:
     the same expert work as one TP-2 EP-2 deployment running both batches at once -- and it
     exchanges the group's tokens over the 2-GPU group, where the TP-2 deployment, whose GPUs
     both hold every token, exchanges none -- and whose fused MoE passes over the other GPU's
-    routed pairs too (``moe_ep_foreign_factor``), which the exchange spares the rank."""
+    routed pairs too (``moe_ep_foreign_factor``) and pays the EP call's fixed cost
+    (``moe_ep_kernel_s``), which the exchange spares the rank."""
     params = replace(default_roofline_params(get_accelerator("H100-SXM")), **A2A)
-    assert params.moe_ep_foreign_factor > 0.0
+    assert params.moe_ep_foreign_factor > 0.0 and params.moe_ep_kernel_s > 0.0
     rank = ArchStep(_dep("qwen3-30b-a3b", tp=1, ep=2, attention_dp=2), params)
     alone = ArchStep(_dep("qwen3-30b-a3b", tp=1), params)
     joint = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), params)
-    no_pass = replace(params, moe_ep_foreign_factor=0.0)
+    no_pass = replace(params, moe_ep_foreign_factor=0.0, moe_ep_kernel_s=0.0)
     joint_alone = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), no_pass)
     batch = Batch.of(decode=[512] * 32)
     both = Batch.of(decode=[512] * 64)

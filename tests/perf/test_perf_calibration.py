@@ -35,6 +35,19 @@ CLASS_PRIOR_FIELDS = (
 their default fits: A100's kernel fit, EP rows included, is not its default)."""
 
 
+def test_a_family_fitted_on_skewed_routings_alone_does_not_stand_in() -> None:
+    """A kernel fit's family stands in for other GPUs unless its notes say it was fitted on
+    skewed routings alone (A100's fused-MoE tables time no balanced routing)."""
+    from sincere.perf.calibration import stands_in
+    from sincere.perf.moe import SKEWED_ROUTING_NOTE
+
+    a100 = kernel_fits()["A100-80GB"]
+    assert SKEWED_ROUTING_NOTE in a100["fit"]["families"]["moe_ep"]["notes"]
+    assert not stands_in(a100, "moe_ep")
+    assert stands_in(kernel_fits()["H100-SXM"], "moe_ep")
+    assert stands_in({"params": {}}, "moe_ep")  # a fit without notes stands in
+
+
 def shipped_a100() -> dict[str, object]:
     """The shipped A100 fit, read straight from the package data."""
     text = (
@@ -56,9 +69,13 @@ def test_a100_uses_its_own_fit() -> None:
     assert set(defaults.params) - set(own) == CLASS_PRIOR_FIELDS
     assert defaults.parts["mla_decode"].startswith("prior: MLA decode of the L40S and")
     assert defaults.parts["expert_parallel"].startswith(
-        "prior: the fused MoE's pass over other GPUs' routed pairs under expert parallelism of "
-        "the A100-80GB, H100-SXM, H200, L40S kernel fits averaged (vLLM's Triton fused MoE"
-    )
+        "prior: the fused MoE's pass over other GPUs' routed pairs and cost per call under "
+        "expert parallelism of the H100-SXM, H200, L40S kernel fits averaged (vLLM's Triton "
+        "fused MoE"
+    )  # A100's own EP rows time skewed routings only: its fit does not stand in
+    triton = [kernel_fits()[g]["params"] for g in ("H100-SXM", "H200", "L40S")]
+    for name in KERNEL_PARTS["expert_parallel"]:
+        assert defaults.params[name] == pytest.approx(sum(p[name] for p in triton) / 3)
     assert defaults.origin.startswith("fitted:")
     assert Roofline(
         Deployment(get_model("llama-3-8b"), get_accelerator("A100"))

@@ -67,7 +67,12 @@ family over every measured shape, never a table per shape:
   overlap exponent and tail share (``moe_fp8_*``, ``moe_mxfp4_*``, ``moe_nvfp4_*``,
   ``moe_mxfp4_mxfp8_*``, ``moe_int4_*``). A family in a
   precision the GPU has no rate for (fp8 on A100, NVFP4 before Blackwell) is not
-  attempted, nor MXFP4 x MXFP8 experts before Blackwell.
+  attempted, nor MXFP4 x MXFP8 experts before Blackwell;
+* **fused MoE under EP** (bf16 experts, ``moe_ep_size`` > 1: one GPU's call over every
+  token, holding ``1/ep`` of the experts): the bf16 experts' constants over the GPU's own
+  pairs, plus the pass over the other GPUs' routed pairs at HBM speed times
+  ``moe_ep_foreign_factor`` and a fixed cost per call, ``moe_ep_kernel_s``
+  (:func:`fit_moe_ep`).
 
 Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
 so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
@@ -113,6 +118,7 @@ from sincere.perf.linear_attention import (
 )
 from sincere.perf.moe import (
     ALIGNED_WIDTH,
+    SKEWED_ROUTING_NOTE,
     expert_work,
     foreign_pair_bytes,
     fused_moe_s,
@@ -1021,7 +1027,7 @@ def routing_note(rows: KernelTable) -> tuple[str, ...]:
     """A note when the rows are not all of :data:`FIT_ROUTING` (:func:`fit_routing`)."""
     if bool(rows.equals("distribution", FIT_ROUTING).all()):
         return ()
-    return (f"no {FIT_ROUTING} rows: fitted on the skewed routings",)
+    return (SKEWED_ROUTING_NOTE,)
 
 
 def allreduce_rows(table: KernelTable) -> KernelTable:
@@ -1075,28 +1081,40 @@ def moe_ep_terms(
 ) -> tuple[FArray, FArray]:
     """(each GPU's own pairs priced by the bf16 experts' constants ``experts``, the other
     GPUs' pairs' bytes over HBM's bytes/s) of EP rows: the family's time is the first plus
-    ``moe_ep_foreign_factor`` times the second."""
+    ``moe_ep_foreign_factor`` times the second plus ``moe_ep_kernel_s``
+    (:func:`moe_ep_predict`)."""
     own = predict_moe("moe", rows, acc, experts)
     return own, foreign_bytes(rows) / (acc.hbm_bandwidth_gbps * 1e9)
+
+
+def moe_ep_predict(own: FArray, foreign: FArray, factor: float, kernel_s: float) -> FArray:
+    """The EP rows' time from :func:`moe_ep_terms`: the own pairs, the pass over the others'
+    at ``factor`` times HBM speed, and ``kernel_s`` per call (what an EP call pays beside the
+    pass at any size: on Hopper's Triton kernel 15 us, growing the smallest calls by up to
+    half; the step model's :func:`sincere.perf.arch_step.foreign_pass_s`)."""
+    out: FArray = own + factor * foreign + kernel_s
+    return out
 
 
 def fit_moe_ep(
     table: KernelTable, acc: Accelerator, experts: dict[str, Any], root: Path
 ) -> FamilyFit:
     """The fused MoE under expert parallelism (:func:`moe_ep_rows`): the bf16 experts'
-    constants (``experts``, fitted without EP) price each GPU's own pairs, and one factor
-    the pass over the other GPUs' pairs (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM
-    speed; 0 where the kernel takes none)."""
+    constants (``experts``, fitted without EP) price each GPU's own pairs, one factor the
+    pass over the other GPUs' pairs (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM
+    speed; 0 where the kernel takes none) and one fixed cost per call (0 where none)."""
     rows = moe_ep_rows(table)
     own, foreign = moe_ep_terms(rows, acc, experts)
     measured = rows.num("latency") * 1e-3
     root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
 
     def predict(x: FArray) -> FArray:
-        out: FArray = own + x[0] * foreign
-        return out
+        return moe_ep_predict(own, foreign, float(x[0]), float(x[1]))
 
-    spec = (Bounded("moe_ep_foreign_factor", 1.0, 0.0, 10.0),)
+    spec = (
+        Bounded("moe_ep_foreign_factor", 1.0, 0.0, 10.0),
+        Bounded("moe_ep_kernel_s", 5e-6, 0.0, 1e-3),
+    )
     fam = fit_named("moe_ep", predict, spec, measured, root_w, rows, root)
     kernel = str(rows.columns["kernel_source"][0])
     return replace(fam, notes=(f"{kernel} under EP", *routing_note(rows), *fam.notes))
@@ -1293,8 +1311,10 @@ def predict_family(
         return predict_moe(name, rows, acc, p)
     if name == "moe_ep":
         own, foreign = moe_ep_terms(rows, acc, p)
-        ep_out: FArray = own + float(p.get("moe_ep_foreign_factor", 0.0)) * foreign
-        return ep_out
+        factor, kernel_s = (
+            float(p.get(k, 0.0)) for k in ("moe_ep_foreign_factor", "moe_ep_kernel_s")
+        )
+        return moe_ep_predict(own, foreign, factor, kernel_s)
     if name in GDN_PHASES:
         return gdn_predict(name, rows, acc, p)
     if name == "mla_decode":

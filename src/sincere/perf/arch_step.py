@@ -528,16 +528,18 @@ def elementwise_s(
 def foreign_pass_s(dep: Deployment, p: RooflineParams, tokens: float, width: int) -> float:
     """The fused MoE's pass over the other GPUs' routed pairs of one MoE layer on one GPU
     (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM speed times
-    ``moe_ep_foreign_factor``): under EP without attention DP every GPU of the group holds
-    every token and vLLM's Triton kernel runs its buffers over all their pairs; with
-    attention DP the all-to-all sends each GPU its own pairs only (0 s), as without EP."""
-    if dep.ep == 1 or dep.attention_dp > 1 or not p.moe_ep_foreign_factor:
+    ``moe_ep_foreign_factor``) and the call's fixed cost under EP (``moe_ep_kernel_s``):
+    under EP without attention DP every GPU of the group holds every token and vLLM's
+    Triton kernel runs its buffers over all their pairs; with attention DP the all-to-all
+    sends each GPU its own pairs only (0 s), as without EP."""
+    if dep.ep == 1 or dep.attention_dp > 1:
         return 0.0
     m = dep.model
     pairs = foreign_pair_bytes(
         tokens, m.experts_per_token, m.hidden_size, width, m.gated_mlp, dep.ep, p.activation_bytes
     )
-    return p.moe_ep_foreign_factor * pairs / (dep.accelerator.hbm_bandwidth_gbps * 1e9)
+    hbm = dep.accelerator.hbm_bandwidth_gbps * 1e9
+    return p.moe_ep_kernel_s + p.moe_ep_foreign_factor * pairs / hbm
 
 
 def expert_width(dep: Deployment) -> int:

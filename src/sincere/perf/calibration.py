@@ -76,6 +76,7 @@ from sincere.catalog.loader import default_catalog
 from sincere.catalog.specs import Accelerator
 from sincere.core.errors import ConfigError, DataError
 from sincere.core.yaml_data import load_yaml
+from sincere.perf.moe import SKEWED_ROUTING_NOTE
 from sincere.perf.roofline import GRID_FIELDS, RooflineParams
 from sincere.perf.shape_grid import ShapeGrid
 
@@ -173,7 +174,7 @@ KERNEL_PARTS = {
         "moe_int4_expert_s",
         "moe_int4_width_offset",
     ),
-    "expert_parallel": ("moe_ep_foreign_factor",),
+    "expert_parallel": ("moe_ep_foreign_factor", "moe_ep_kernel_s"),
     "linear_attention": (
         "gdn_mfu_efficiency",
         "gdn_parallel_units",
@@ -528,6 +529,7 @@ def _with_class_prior(
         for name, doc in kernel_fits().items()
         if all(field in doc["params"] for field in fields)
         and classify(catalog.accelerator(name)) == kind
+        and stands_in(doc, family)
     }
     if not docs:
         return fitted
@@ -539,6 +541,13 @@ def _with_class_prior(
         f"({KERNEL_NAMES[kind]}, which this GPU's vLLM runs too)"
     )
     return RooflineDefaults({**fitted.params, **prior}, fitted.origin, parts)
+
+
+def stands_in(doc: Mapping[str, Any], family: str) -> bool:
+    """Whether kernel fit ``doc``'s family ``family`` may stand in for another GPU's: not
+    where it was fitted on skewed routings alone (:data:`sincere.perf.moe.SKEWED_ROUTING_NOTE`)."""
+    notes = doc.get("fit", {}).get("families", {}).get(family, {}).get("notes", ())
+    return SKEWED_ROUTING_NOTE not in notes
 
 
 def _mean_of(field: str, values: list[Any]) -> Any:

@@ -321,6 +321,9 @@ class RooflineStepParams(Params):
         "multiple of its bytes' time at HBM speed (0: none)",
         ge=0,
     )
+    moe_ep_kernel_s: float | None = _time(
+        "under expert parallelism, the fused MoE's fixed cost per call beside that pass"
+    )
     moe_fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in the fp8-expert kernel")
     moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
     moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")

@@ -101,7 +101,8 @@ FAMILY_NAMES = {
     "gdn_prefill": "linear attention's prefill",
     "prefill_attention": "prefill attention",
     "mla_decode": "MLA decode",
-    "moe_ep": "the fused MoE's pass over other GPUs' routed pairs under expert parallelism",
+    "moe_ep": "the fused MoE's pass over other GPUs' routed pairs and cost per call under "
+    "expert parallelism",
 }
 """Kernel family -> how provenance lines name it."""
 KERNEL_NAMES = {

@@ -57,6 +57,12 @@ ALIGNED_WIDTH = 16
 """Elements an expert's width on one GPU is a multiple of on the fused kernel's fast path;
 Hopper's bf16 experts run 2.1-2.4x as long at other widths (``moe_unaligned_factor``)."""
 
+SKEWED_ROUTING_NOTE = "no balanced rows: fitted on the skewed routings"
+"""The note a kernel fit's fused-MoE family carries where its table timed skewed routings
+only (A100's): the busiest GPU's hot experts are what such rows time, which the formula
+prices for balanced routing; such a family does not stand in for other GPUs
+(:mod:`sincere.perf.calibration`'s kernel-class priors)."""
+
 INT4_WEIGHTS = frozenset({"int4", "int4-gptq"})
 """Weight precisions whose experts the INT4 (W4A16) kernel runs: 4-bit integer weights
 dequantised to bf16 (vLLM's Marlin MoE kernel), priced by the ``moe_int4_*`` constants and
