@@ -10,8 +10,8 @@ the GPU's shipped kernel constants (``fit.kernels.moe_ep_terms``: ``expert_work`
 ``ep``, the GPU's ``T k / ep`` routed pairs and its active experts' weights, at the kernel
 benchmark's clock), and reports the error by EP size.
 
-Then the terms the step model adds since (``moe_ep_foreign_factor`` and
-``moe_ep_kernel_s``, fitted per GPU by ``sincere fit kernels``, family ``moe_ep``), at the
+Then the terms the step model adds since (``moe_ep_foreign_factor``, ``moe_ep_kernel_s``
+and ``moe_ep_onchip_share``, fitted per GPU by ``sincere fit kernels``, family ``moe_ep``), at the
 shipped constants and at those minimising the mean absolute error (the first judgement of
 them, kept to show their reach): vLLM's
 fused MoE under EP (no attention DP, or attention DP with the naive all-gather dispatch;
@@ -19,10 +19,12 @@ the step model prices it without attention DP) computes only its own experts' pa
 its intermediate buffers, activation and per-token reduction span every routed pair, and
 the pairs of other GPUs' experts are written as zeros. Per such *foreign* pair,
 ``(2 up + width + 2 hidden)`` activations (``up``: ``2 width`` gated) at HBM speed times
-one factor per GPU (0: no such pass), added in series with a fixed cost per call (what an
-EP call pays beside the pass at every size, fitted with it):
+one factor per GPU (0: no such pass), for the bytes beyond a share of the L2 cache (what
+the kernel's intermediates keep on chip), added in series with a fixed cost per call (what
+an EP call pays beside the pass at every size), all three fitted together:
 
-    ep_s = kernel_s + factor * T k (1 - 1/ep) (2 up + width + 2 hidden) * 2 bytes / HBM bytes/s
+    bytes = T k (1 - 1/ep) (2 up + width + 2 hidden) * 2
+    ep_s = kernel_s + factor * max(0, bytes - share * L2 bytes) / HBM bytes/s
 
 Each GPU's constants are also carried to it from the other GPUs running its class of kernel
 (leave-one-GPU-out: the mean of theirs), the check a GPU without EP rows relies on.
@@ -59,27 +61,31 @@ GPUS = {
 only, and its kernel fit is not its default: ``step_fit.py`` judges it)."""
 MAX_FACTOR = 10.0
 MAX_KERNEL_S = 1e-3
+MAX_SHARE = 1.0
 
 
 @dataclass(frozen=True)
 class EpRows:
     """One GPU's EP rows: the step model's price, the foreign pairs' bytes over HBM's bytes/s
-    (the term at factor 1), the measurement, the EP size, the tokens and the shipped
-    constants (factor, seconds per call)."""
+    (the term at factor 1), the GPU's L2 bytes over HBM's bytes/s, the measurement, the EP
+    size, the tokens and the shipped constants (factor, seconds per call, L2 share)."""
 
     gpu: str
     kernel: str
     version: str
     priced: np.ndarray
     foreign: np.ndarray
+    l2: float
     measured: np.ndarray
     ep: np.ndarray
     tokens: np.ndarray
-    shipped: tuple[float, float]
+    shipped: tuple[float, float, float]
 
-    def error(self, factor: float, kernel_s: float = 0.0) -> np.ndarray:
-        """Relative error of each row with the terms at ``factor`` and ``kernel_s``."""
-        priced = kf.moe_ep_predict(self.priced, self.foreign, factor, kernel_s)
+    def error(self, factor: float, kernel_s: float = 0.0, share: float = 0.0) -> np.ndarray:
+        """Relative error of each row with the terms at ``factor``, ``kernel_s`` and
+        ``share``."""
+        terms = (self.priced, self.foreign, self.l2)
+        priced = kf.moe_ep_predict(terms, factor, kernel_s, share)
         out: np.ndarray = priced / self.measured - 1.0
         return out
 
@@ -89,36 +95,37 @@ def ep_rows(table: KernelTable, gpu: str) -> EpRows:
     bf16, balanced, the dominant kernel), priced at the GPU's shipped kernel fit."""
     rows = kf.moe_ep_rows(table)
     params = kernel_fits()[gpu]["params"]
-    priced, foreign = kf.moe_ep_terms(rows, get_accelerator(gpu), params)
+    priced, foreign, l2 = kf.moe_ep_terms(rows, get_accelerator(gpu), params)
     kernel = str(rows.columns["kernel_source"][0])
     measured = rows.num("latency") * 1e-3
-    shipped = (
-        float(params.get("moe_ep_foreign_factor", 0.0)),
-        float(params.get("moe_ep_kernel_s", 0.0)),
-    )
+    names = ("moe_ep_foreign_factor", "moe_ep_kernel_s", "moe_ep_onchip_share")
+    factor, kernel_s, share = (float(params.get(k, 0.0)) for k in names)
     ep, tokens = rows.num("moe_ep_size"), rows.num("num_tokens")
-    return EpRows(gpu, kernel, table.version, priced, foreign, measured, ep, tokens, shipped)
+    shipped = (factor, kernel_s, share)
+    return EpRows(gpu, kernel, table.version, priced, foreign, l2, measured, ep, tokens, shipped)
 
 
-def fit_constants(rows: EpRows) -> tuple[float, float]:
-    """The factor (0 to :data:`MAX_FACTOR`) and cost per call (0 to :data:`MAX_KERNEL_S`)
-    minimising the rows' mean absolute error, from the shipped ones (Powell's method: the
-    mean absolute error has corners); none where none beats no terms."""
+def fit_constants(rows: EpRows) -> tuple[float, float, float]:
+    """The factor (0 to :data:`MAX_FACTOR`), cost per call (0 to :data:`MAX_KERNEL_S`) and L2
+    share (0 to :data:`MAX_SHARE`) minimising the rows' mean absolute error, from the
+    shipped ones (Powell's method: the mean absolute error has corners); none where none
+    beats no terms."""
 
     def mean_error(x: np.ndarray) -> float:
-        return float(np.mean(np.abs(rows.error(float(x[0]), float(x[1]) * 1e-6))))
+        errors = rows.error(float(x[0]), float(x[1]) * 1e-6, float(x[2]))
+        return float(np.mean(np.abs(errors)))
 
-    start = np.array([rows.shipped[0], rows.shipped[1] * 1e6])
-    bounds = [(0.0, MAX_FACTOR), (0.0, MAX_KERNEL_S * 1e6)]
+    start = np.array([rows.shipped[0], rows.shipped[1] * 1e6, rows.shipped[2]])
+    bounds = [(0.0, MAX_FACTOR), (0.0, MAX_KERNEL_S * 1e6), (0.0, MAX_SHARE)]
     found = minimize(mean_error, start, method="Powell", bounds=bounds)
-    if mean_error(np.zeros(2)) <= found.fun:
-        return 0.0, 0.0
-    return float(found.x[0]), float(found.x[1]) * 1e-6
+    if mean_error(np.zeros(3)) <= found.fun:
+        return 0.0, 0.0, 0.0
+    return float(found.x[0]), float(found.x[1]) * 1e-6, float(found.x[2])
 
 
-def constants(values: tuple[float, float]) -> str:
-    """A factor and a cost per call, as the tables show them."""
-    return f"{values[0]:.2f}, {values[1] * 1e6:.1f} us"
+def constants(values: tuple[float, float, float]) -> str:
+    """A factor, a cost per call and an L2 share, as the tables show them."""
+    return f"{values[0]:.2f}, {values[1] * 1e6:.1f} us, {values[2]:.2f}"
 
 
 def kernel_class(kernel: str) -> str:
@@ -143,9 +150,9 @@ def main() -> None:
             continue
         found[gpu] = ep_rows(table, gpu)
     best = {gpu: fit_constants(rows) for gpu, rows in found.items()}
-    print("| GPU (vLLM, kernel) | rows | without the terms | shipped (factor, per call) | "
-          "with them | least-error constants | with them | from its kernel class's other "
-          "GPUs (constants) |")  # fmt: skip
+    print("| GPU (vLLM, kernel) | rows | without the terms | shipped (factor, per call, L2 "
+          "share) | with them | least-error constants | with them | from its kernel class's "
+          "other GPUs (constants) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for gpu, rows in found.items():
         peers = [
@@ -155,7 +162,8 @@ def main() -> None:
         ]
         carried = "none"
         if peers:
-            mean = (float(np.mean([p[0] for p in peers])), float(np.mean([p[1] for p in peers])))
+            factor, kernel_s, share = (float(np.mean(v)) for v in zip(*peers, strict=True))
+            mean = (factor, kernel_s, share)
             carried = f"{cell(rows.error(*mean))} ({constants(mean)})"
         print(f"| {gpu} ({rows.version}, {rows.kernel}) | {len(rows.measured)} | "
               f"{cell(rows.error(0.0))} | {constants(rows.shipped)} | "

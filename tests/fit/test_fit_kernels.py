@@ -836,10 +836,11 @@ def _ep_rows(eps: list[int]) -> dict[str, Any]:
 
 def test_expert_parallel_rows_fit_the_pass_over_other_gpus_pairs() -> None:
     """Rows of one GPU of 2-64 under EP, made as the bf16 experts price that GPU's own pairs
-    plus 1.6 times the other GPUs' pairs' bytes at HBM speed plus 12 us a call, fit both
-    back, and the step model prices an EP deployment with them: a TP-8 group with EP 8 and
-    no attention DP gains exactly that pass and cost per MoE layer; without EP, or with
-    attention DP (whose all-to-all sends each GPU its own pairs), nothing changes."""
+    plus 1.6 times the other GPUs' pairs' bytes beyond half the L2 at HBM speed plus 12 us a
+    call, fit all three back, and the step model prices an EP deployment with them: a TP-8
+    group with EP 8 and no attention DP gains exactly that pass and cost per MoE layer (a
+    call whose pass fits in the L2 share, the cost alone); without EP, or with attention DP
+    (whose all-to-all sends each GPU its own pairs), nothing changes."""
     from sincere.fit.kernels import fit_moe_ep, foreign_bytes
     from sincere.perf.moe import foreign_pair_bytes
 
@@ -850,11 +851,14 @@ def test_expert_parallel_rows_fit_the_pass_over_other_gpus_pairs() -> None:
     hbm = H100.hbm_bandwidth_gbps * 1e9
     own = predict_family("moe", probe, H100, experts)
     assert (np.diff(own.reshape(5, 14)[:, -1]) < 0).all()  # at 8k tokens: 1/ep of the pairs
-    seconds = own + 1.6 * foreign_bytes(probe) / hbm + 12e-6
+    l2 = 0.5 * H100.l2_cache_mb * 1e6
+    assert (foreign_bytes(probe) < l2).any() and (foreign_bytes(probe) > 2 * l2).any()
+    seconds = own + 1.6 * np.maximum(foreign_bytes(probe) - l2, 0.0) / hbm + 12e-6
     table = _table("moe", latency=seconds * 1e3, **cols)
     fam = fit_moe_ep(table, H100, experts, Path("/s"))
     assert fam.params["moe_ep_foreign_factor"] == pytest.approx(1.6, rel=0.01)
     assert fam.params["moe_ep_kernel_s"] == pytest.approx(12e-6, rel=0.02)
+    assert fam.params["moe_ep_onchip_share"] == pytest.approx(0.5, rel=0.02)
     assert fam.mean_error < 0.01 and fam.notes[0] == "triton under EP"
     fitted = {**experts, **fam.params}
     assert np.allclose(predict_family("moe_ep", table, H100, fitted), seconds)
@@ -863,8 +867,8 @@ def test_expert_parallel_rows_fit_the_pass_over_other_gpus_pairs() -> None:
     # a whole TP-8 group with EP 8 prices the pass per GPU over every token it holds
     model = get_model("qwen3-235b-a22b")
     base = default_roofline_params(H100)
-    params = replace(base, moe_ep_foreign_factor=1.6, moe_ep_kernel_s=12e-6)
-    none = replace(base, moe_ep_foreign_factor=0.0, moe_ep_kernel_s=0.0)
+    params = replace(base, moe_ep_foreign_factor=1.6, moe_ep_kernel_s=12e-6, moe_ep_onchip_share=0)
+    none = replace(base, moe_ep_foreign_factor=0.0, moe_ep_kernel_s=0.0, moe_ep_onchip_share=0)
     tokens = 4096
     with_ep = Deployment(model, H100, "bf16", tp=8, ep=8)
     added = (
@@ -876,10 +880,17 @@ def test_expert_parallel_rows_fit_the_pass_over_other_gpus_pairs() -> None:
     want = pass_s + 12e-6
     moe_share = model.num_moe_layers / model.num_layers  # layer_linear averages the layers
     assert added == pytest.approx(want * moe_share, rel=1e-9)
+    # with an L2 share the pass is priced beyond it: a small call's fits, the cost alone
+    kept = replace(params, moe_ep_onchip_share=0.5)
+    for n, cost in ((4096, want - 1.6 * 0.5 * H100.l2_cache_mb * 1e6 / hbm), (16, 12e-6)):
+        gained = (
+            ArchStep(with_ep, kept).layer_linear(n)[2] - ArchStep(with_ep, none).layer_linear(n)[2]
+        )
+        assert gained == pytest.approx(cost * moe_share, rel=1e-9)
     for dep in (Deployment(model, H100, "bf16", tp=8),
                 Deployment(model, H100, "bf16", tp=1, ep=8, attention_dp=8)):  # fmt: skip
         a, b = ArchStep(dep, params), ArchStep(dep, none)
         assert a.layer_linear(tokens) == b.layer_linear(tokens)
-    for name in ("moe_ep_foreign_factor", "moe_ep_kernel_s"):
+    for name in ("moe_ep_foreign_factor", "moe_ep_kernel_s", "moe_ep_onchip_share"):
         with pytest.raises(ConfigError, match=name):
             RooflineParams(**{name: -1.0})

@@ -199,7 +199,7 @@ def test_ep_halves_the_experts_per_gpu_and_adds_the_priced_all_to_all() -> None:
     assert dp2.parts(Batch.of(decode=[512] * 32)).all_to_all_s == pytest.approx(48 * 2 * one)
     # the experts part: same rows and weight bytes per GPU, a quarter of the permutation,
     # before what an EP call pays on top (its pass over the other GPU's pairs, its fixed cost)
-    own = replace(params, moe_ep_foreign_factor=0.0, moe_ep_kernel_s=0.0)
+    own = replace(params, moe_ep_foreign_factor=0.0, moe_ep_kernel_s=0.0, moe_ep_onchip_share=0.0)
     ep2_own = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), own)
     assert ep2_own.parts(batch).experts_s < tp2.parts(batch).experts_s
     per_call = replace(own, moe_ep_kernel_s=20e-6)

@@ -71,8 +71,8 @@ family over every measured shape, never a table per shape:
 * **fused MoE under EP** (bf16 experts, ``moe_ep_size`` > 1: one GPU's call over every
   token, holding ``1/ep`` of the experts): the bf16 experts' constants over the GPU's own
   pairs, plus the pass over the other GPUs' routed pairs at HBM speed times
-  ``moe_ep_foreign_factor`` and a fixed cost per call, ``moe_ep_kernel_s``
-  (:func:`fit_moe_ep`).
+  ``moe_ep_foreign_factor`` (the bytes beyond ``moe_ep_onchip_share`` of the L2 cache)
+  and a fixed cost per call, ``moe_ep_kernel_s`` (:func:`fit_moe_ep`).
 
 Every fit minimises a robust (soft-L1) loss of ``log(model / measured)``, rows weighted
 so each octave of the size axis weighs the same (:func:`octave_weights`). Each family
@@ -1078,21 +1078,25 @@ def moe_ep_rows(table: KernelTable) -> KernelTable:
 
 def moe_ep_terms(
     rows: KernelTable, acc: Accelerator, experts: dict[str, Any]
-) -> tuple[FArray, FArray]:
+) -> tuple[FArray, FArray, float]:
     """(each GPU's own pairs priced by the bf16 experts' constants ``experts``, the other
-    GPUs' pairs' bytes over HBM's bytes/s) of EP rows: the family's time is the first plus
-    ``moe_ep_foreign_factor`` times the second plus ``moe_ep_kernel_s``
-    (:func:`moe_ep_predict`)."""
+    GPUs' pairs' bytes over HBM's bytes/s, the GPU's L2 bytes over HBM's bytes/s) of EP
+    rows: what :func:`moe_ep_predict` prices them from."""
     own = predict_moe("moe", rows, acc, experts)
-    return own, foreign_bytes(rows) / (acc.hbm_bandwidth_gbps * 1e9)
+    hbm = acc.hbm_bandwidth_gbps * 1e9
+    return own, foreign_bytes(rows) / hbm, onchip_bytes(acc, 1.0) / hbm
 
 
-def moe_ep_predict(own: FArray, foreign: FArray, factor: float, kernel_s: float) -> FArray:
+def moe_ep_predict(
+    terms: tuple[FArray, FArray, float], factor: float, kernel_s: float, onchip_share: float
+) -> FArray:
     """The EP rows' time from :func:`moe_ep_terms`: the own pairs, the pass over the others'
-    at ``factor`` times HBM speed, and ``kernel_s`` per call (what an EP call pays beside the
-    pass at any size: on Hopper's Triton kernel 15 us, growing the smallest calls by up to
-    half; the step model's :func:`sincere.perf.arch_step.foreign_pass_s`)."""
-    out: FArray = own + factor * foreign + kernel_s
+    at ``factor`` times HBM speed for its bytes beyond ``onchip_share`` of the L2 (what the
+    kernel's intermediates keep on chip), and ``kernel_s`` per call (what an EP call pays
+    beside the pass at any size: on Hopper's Triton kernel 15 us, growing the smallest
+    calls by up to half); the step model's :func:`sincere.perf.arch_step.foreign_pass_s`."""
+    own, foreign, l2 = terms
+    out: FArray = own + factor * np.maximum(foreign - onchip_share * l2, 0.0) + kernel_s
     return out
 
 
@@ -1102,18 +1106,20 @@ def fit_moe_ep(
     """The fused MoE under expert parallelism (:func:`moe_ep_rows`): the bf16 experts'
     constants (``experts``, fitted without EP) price each GPU's own pairs, one factor the
     pass over the other GPUs' pairs (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM
-    speed; 0 where the kernel takes none) and one fixed cost per call (0 where none)."""
+    speed, for its bytes beyond a share of the L2; 0 where the kernel takes none) and one
+    fixed cost per call (0 where none)."""
     rows = moe_ep_rows(table)
-    own, foreign = moe_ep_terms(rows, acc, experts)
+    terms = moe_ep_terms(rows, acc, experts)
     measured = rows.num("latency") * 1e-3
     root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
 
     def predict(x: FArray) -> FArray:
-        return moe_ep_predict(own, foreign, float(x[0]), float(x[1]))
+        return moe_ep_predict(terms, float(x[0]), float(x[1]), float(x[2]))
 
     spec = (
         Bounded("moe_ep_foreign_factor", 1.0, 0.0, 10.0),
         Bounded("moe_ep_kernel_s", 5e-6, 0.0, 1e-3),
+        Bounded("moe_ep_onchip_share", 0.5, 0.0, 1.0),
     )
     fam = fit_named("moe_ep", predict, spec, measured, root_w, rows, root)
     kernel = str(rows.columns["kernel_source"][0])
@@ -1310,11 +1316,9 @@ def predict_family(
     if name == "moe" or name in QUANT_EXPERTS:
         return predict_moe(name, rows, acc, p)
     if name == "moe_ep":
-        own, foreign = moe_ep_terms(rows, acc, p)
-        factor, kernel_s = (
-            float(p.get(k, 0.0)) for k in ("moe_ep_foreign_factor", "moe_ep_kernel_s")
-        )
-        return moe_ep_predict(own, foreign, factor, kernel_s)
+        names = ("moe_ep_foreign_factor", "moe_ep_kernel_s", "moe_ep_onchip_share")
+        factor, kernel_s, share = (float(p.get(k, 0.0)) for k in names)
+        return moe_ep_predict(moe_ep_terms(rows, acc, p), factor, kernel_s, share)
     if name in GDN_PHASES:
         return gdn_predict(name, rows, acc, p)
     if name == "mla_decode":

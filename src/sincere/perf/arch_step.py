@@ -71,7 +71,7 @@ import numpy as np
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment, StepParts
 from sincere.perf.gemm import gemm_grid, gemm_s
-from sincere.perf.linear_attention import GdnCost
+from sincere.perf.linear_attention import GdnCost, onchip_bytes
 from sincere.perf.measured_moe import deployment_curve
 from sincere.perf.moe import (
     all_to_all_bytes,
@@ -528,18 +528,19 @@ def elementwise_s(
 def foreign_pass_s(dep: Deployment, p: RooflineParams, tokens: float, width: int) -> float:
     """The fused MoE's pass over the other GPUs' routed pairs of one MoE layer on one GPU
     (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM speed times
-    ``moe_ep_foreign_factor``) and the call's fixed cost under EP (``moe_ep_kernel_s``):
-    under EP without attention DP every GPU of the group holds every token and vLLM's
-    Triton kernel runs its buffers over all their pairs; with attention DP the all-to-all
-    sends each GPU its own pairs only (0 s), as without EP."""
+    ``moe_ep_foreign_factor``, the bytes beyond ``moe_ep_onchip_share`` of the L2) and the
+    call's fixed cost under EP (``moe_ep_kernel_s``): under EP without attention DP every
+    GPU of the group holds every token and vLLM's Triton kernel runs its buffers over all
+    their pairs; with attention DP the all-to-all sends each GPU its own pairs only (0 s),
+    as without EP."""
     if dep.ep == 1 or dep.attention_dp > 1:
         return 0.0
-    m = dep.model
+    m, acc = dep.model, dep.accelerator
     pairs = foreign_pair_bytes(
         tokens, m.experts_per_token, m.hidden_size, width, m.gated_mlp, dep.ep, p.activation_bytes
     )
-    hbm = dep.accelerator.hbm_bandwidth_gbps * 1e9
-    return p.moe_ep_kernel_s + p.moe_ep_foreign_factor * pairs / hbm
+    spilled = max(0.0, pairs - onchip_bytes(acc, p.moe_ep_onchip_share))
+    return p.moe_ep_kernel_s + p.moe_ep_foreign_factor * spilled / (acc.hbm_bandwidth_gbps * 1e9)
 
 
 def expert_width(dep: Deployment) -> int:

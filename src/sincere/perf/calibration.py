@@ -174,7 +174,7 @@ KERNEL_PARTS = {
         "moe_int4_expert_s",
         "moe_int4_width_offset",
     ),
-    "expert_parallel": ("moe_ep_foreign_factor", "moe_ep_kernel_s"),
+    "expert_parallel": ("moe_ep_foreign_factor", "moe_ep_kernel_s", "moe_ep_onchip_share"),
     "linear_attention": (
         "gdn_mfu_efficiency",
         "gdn_parallel_units",

@@ -324,6 +324,11 @@ class RooflineStepParams(Params):
     moe_ep_kernel_s: float | None = _time(
         "under expert parallelism, the fused MoE's fixed cost per call beside that pass"
     )
+    moe_ep_onchip_share: float | None = _fitted(
+        "under expert parallelism, the share of the L2 cache the pass's bytes stay in (those "
+        "beyond it go through HBM)",
+        ge=0,
+    )
     moe_fp8_mfu_efficiency: float | None = _efficiency("the fp8 peak in the fp8-expert kernel")
     moe_fp8_bw_efficiency: float | None = _efficiency("HBM bandwidth in the fp8-expert kernel")
     moe_fp8_kernel_s: float | None = _time("fixed cost of one fp8-expert MoE kernel per layer")

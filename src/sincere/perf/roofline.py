@@ -202,6 +202,7 @@ class RooflineParams:
     moe_ep_foreign_factor: float = 0.0  # under EP: the pass over other GPUs' routed pairs,
     # as a multiple of its bytes' time at HBM speed (0: none; perf.moe.foreign_pair_bytes)
     moe_ep_kernel_s: float = 0.0  # under EP: fixed cost per fused-MoE call beside that pass
+    moe_ep_onchip_share: float = 0.0  # under EP: share of the L2 that pass's bytes stay in
     moe_fp8_mfu_efficiency: float | None = None  # fp8 experts: share of the fp8 peak (None: bf16's)
     moe_fp8_bw_efficiency: float | None = None  # fp8 experts: share of HBM (None: bf16's)
     moe_fp8_kernel_s: float | None = None  # fp8 experts: fixed cost per layer (None: bf16's)
@@ -333,6 +334,7 @@ class RooflineParams:
             "moe_width_offset",
             "moe_ep_foreign_factor",
             "moe_ep_kernel_s",
+            "moe_ep_onchip_share",
         ):
             if getattr(self, name) < 0.0:
                 raise ConfigError(f"RooflineParams.{name} must be >= 0", value=getattr(self, name))
