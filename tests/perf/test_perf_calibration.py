@@ -349,6 +349,21 @@ def test_a_vllm_release_takes_the_fit_of_its_own_kernels() -> None:
     assert old_t > 1.2 * new_t
 
 
+def test_no_release_named_reads_no_release_fit() -> None:
+    """Without a vLLM release the default kernel fit prices a GPU, and the older releases'
+    files (``by-version/``, most of the fit data shipped) are not even read: a command
+    that names no release does not pay their parsing at start-up."""
+    from sincere.perf.calibration import version_fits
+
+    version_fits.cache_clear()
+    h100 = get_accelerator("H100-SXM")
+    assert kernel_fit_for("H100-SXM", None) is kernel_fits()["H100-SXM"]
+    assert roofline_defaults(h100).params == roofline_defaults(h100, None).params
+    assert version_fits.cache_info().misses == 0
+    assert kernel_fit_for("H100-SXM", "0.19.0") is not kernel_fits()["H100-SXM"]
+    assert version_fits.cache_info().misses == 1
+
+
 def test_a_release_family_off_its_own_rows_keeps_the_newest_constants() -> None:
     """vLLM 0.19's prefill-attention rows on H200 do not follow the form (~5x off): its
     release fit leaves the family out, and H200 under 0.19 keeps the newest fit's prefill

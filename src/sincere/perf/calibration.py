@@ -341,8 +341,10 @@ def kernel_fit_for(accelerator: str, vllm_version: str | None) -> dict[str, Any]
     default fit and the ``by-version`` ones, the newest release at or below it (the oldest
     where none is), its families over the default's; None (or no version fits): the default."""
     default = kernel_fits().get(accelerator)
+    if vllm_version is None:  # the older releases' files are not read (start-up time)
+        return default
     older = version_fits().get(accelerator, ())
-    if vllm_version is None or not older:
+    if not older:
         return default
     docs = sorted([*older, *([default] if default else [])], key=_fit_version)
     wanted = version_key(vllm_version)
