@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from sincere.catalog import get_accelerator, get_model
+from sincere.catalog.loader import default_catalog
 from sincere.core.errors import DataError
 from sincere.perf import Batch, Deployment, Roofline, make_step_model
 from sincere.perf.calibration import (
@@ -351,17 +352,36 @@ def test_a_vllm_release_takes_the_fit_of_its_own_kernels() -> None:
 
 def test_no_release_named_reads_no_release_fit() -> None:
     """Without a vLLM release the default kernel fit prices a GPU, and the older releases'
-    files (``by-version/``, most of the fit data shipped) are not even read: a command
-    that names no release does not pay their parsing at start-up."""
-    from sincere.perf.calibration import version_fits
+    files (``by-version/``, most of the fit data shipped) are not even read, nor the other
+    GPUs' default fits where the GPU has its own: a command that names no release does not
+    pay their parsing at start-up."""
+    from sincere.perf.calibration import kernel_fit, version_fits
 
-    version_fits.cache_clear()
+    for cached in (version_fits, kernel_fits, kernel_fit):
+        cached.cache_clear()
+    doc = kernel_fit_for("H100-SXM", None)
+    assert kernel_fits.cache_info().misses == version_fits.cache_info().misses == 0
+    assert doc == kernel_fits()["H100-SXM"]  # the same document as reading them all
     h100 = get_accelerator("H100-SXM")
-    assert kernel_fit_for("H100-SXM", None) is kernel_fits()["H100-SXM"]
     assert roofline_defaults(h100).params == roofline_defaults(h100, None).params
     assert version_fits.cache_info().misses == 0
-    assert kernel_fit_for("H100-SXM", "0.19.0") is not kernel_fits()["H100-SXM"]
+    assert kernel_fit_for("H100-SXM", "0.19.0") != kernel_fits()["H100-SXM"]
     assert version_fits.cache_info().misses == 1
+
+
+def test_each_kernel_fit_is_found_by_its_accelerator_alone() -> None:
+    """Every shipped kernel fit is named after the catalog accelerator it fits, so reading
+    one accelerator's file alone finds what reading them all does, for every accelerator
+    of the catalog (one without a file: none, or what reading them all finds)."""
+    from sincere.perf.calibration import kernel_fit
+
+    folder = resources.files("sincere").joinpath("data", "perf", "kernels")
+    names = {e.name.removesuffix(".yaml") for e in folder.iterdir() if e.name.endswith(".yaml")}
+    assert names == set(kernel_fits())
+    for acc in default_catalog().accelerators():
+        kernel_fit.cache_clear()
+        kernel_fits.cache_clear()
+        assert kernel_fit(acc.name) == kernel_fits().get(acc.name), acc.name
 
 
 def test_a_release_family_off_its_own_rows_keeps_the_newest_constants() -> None:

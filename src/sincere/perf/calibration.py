@@ -59,7 +59,10 @@ under load runs at the power-limited one. It is not transferred to variants (oth
 limits); a GPU without a measurement keeps 1.
 :attr:`RooflineDefaults.parts` says where each part's constants come from.
 
-Explicit parameters override either.
+Explicit parameters override either. Only the files a deployment is priced from are read:
+its own kernel fit (the others only where a kernel-class prior averages them) and the
+older releases' fits only when it names a release (start-up time: PyYAML builds the
+documents in Python).
 """
 
 from __future__ import annotations
@@ -296,14 +299,36 @@ def shipped_fits() -> dict[str, dict[str, Any]]:
     )
 
 
+NOT_A_KERNEL_FIT = "not a kernel fit (params, fit.accelerator)"
+
+
+def _is_kernel_fit(doc: Any) -> bool:
+    return "params" in doc
+
+
 @functools.cache
 def kernel_fits() -> dict[str, dict[str, Any]]:
     """The shipped fits to measured vLLM kernels by catalog accelerator name."""
-    return fit_documents(
-        *_shipped(KERNEL_FITS_FOLDER),
-        lambda doc: "params" in doc,
-        "not a kernel fit (params, fit.accelerator)",
-    )
+    return fit_documents(*_shipped(KERNEL_FITS_FOLDER), _is_kernel_fit, NOT_A_KERNEL_FIT)
+
+
+@functools.cache
+def kernel_fit(accelerator: str) -> dict[str, Any] | None:
+    """:func:`kernel_fits`' entry for ``accelerator``, reading only its own file where the
+    shipped file is named after it (``<name>.yaml``, as every shipped one is) and the rest
+    not at all: a deployment on a GPU with its own fit does not pay the others' parsing at
+    start-up. Another file naming the same accelerator is not looked for (a test checks
+    that none does)."""
+    if kernel_fits.cache_info().currsize:  # all read already
+        return kernel_fits().get(accelerator)
+    folder, where = _shipped(KERNEL_FITS_FOLDER)
+    entry = folder.joinpath(f"{accelerator}.yaml")
+    if entry.is_file():
+        path = f"{where}/{accelerator}.yaml"
+        doc = fit_document(entry, path, _is_kernel_fit, NOT_A_KERNEL_FIT)
+        if default_catalog().accelerator(doc["fit"]["accelerator"]).name == accelerator:
+            return doc
+    return kernel_fits().get(accelerator)
 
 
 NOT_VERSIONED = "not a kernel fit for a vLLM release (params, fit.accelerator, fit.engine_version)"
@@ -340,7 +365,7 @@ def kernel_fit_for(accelerator: str, vllm_version: str | None) -> dict[str, Any]
     """The kernel fit that prices ``accelerator`` under vLLM ``vllm_version``: of the
     default fit and the ``by-version`` ones, the newest release at or below it (the oldest
     where none is), its families over the default's; None (or no version fits): the default."""
-    default = kernel_fits().get(accelerator)
+    default = kernel_fit(accelerator)
     if vllm_version is None:  # the older releases' files are not read (start-up time)
         return default
     older = version_fits().get(accelerator, ())
