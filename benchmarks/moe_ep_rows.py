@@ -98,10 +98,8 @@ def ep_rows(table: KernelTable, gpu: str) -> EpRows:
     priced, foreign, l2 = kf.moe_ep_terms(rows, get_accelerator(gpu), params)
     kernel = str(rows.columns["kernel_source"][0])
     measured = rows.num("latency") * 1e-3
-    names = ("moe_ep_foreign_factor", "moe_ep_kernel_s", "moe_ep_onchip_share")
-    factor, kernel_s, share = (float(params.get(k, 0.0)) for k in names)
     ep, tokens = rows.num("moe_ep_size"), rows.num("num_tokens")
-    shipped = (factor, kernel_s, share)
+    shipped = kf.moe_ep_constants(params)
     return EpRows(gpu, kernel, table.version, priced, foreign, l2, measured, ep, tokens, shipped)
 
 

@@ -1087,6 +1087,14 @@ def moe_ep_terms(
     return own, foreign_bytes(rows) / hbm, onchip_bytes(acc, 1.0) / hbm
 
 
+def moe_ep_constants(p: dict[str, Any]) -> tuple[float, float, float]:
+    """(``moe_ep_foreign_factor``, ``moe_ep_kernel_s``, ``moe_ep_onchip_share``) of the
+    constants ``p``, each 0 where absent (no such term): what :func:`moe_ep_predict` takes."""
+    names = ("moe_ep_foreign_factor", "moe_ep_kernel_s", "moe_ep_onchip_share")
+    factor, kernel_s, share = (float(p.get(name, 0.0)) for name in names)
+    return factor, kernel_s, share
+
+
 def moe_ep_predict(
     terms: tuple[FArray, FArray, float], factor: float, kernel_s: float, onchip_share: float
 ) -> FArray:
@@ -1316,9 +1324,7 @@ def predict_family(
     if name == "moe" or name in QUANT_EXPERTS:
         return predict_moe(name, rows, acc, p)
     if name == "moe_ep":
-        names = ("moe_ep_foreign_factor", "moe_ep_kernel_s", "moe_ep_onchip_share")
-        factor, kernel_s, share = (float(p.get(k, 0.0)) for k in names)
-        return moe_ep_predict(moe_ep_terms(rows, acc, p), factor, kernel_s, share)
+        return moe_ep_predict(moe_ep_terms(rows, acc, p), *moe_ep_constants(p))
     if name in GDN_PHASES:
         return gdn_predict(name, rows, acc, p)
     if name == "mla_decode":

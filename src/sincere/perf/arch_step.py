@@ -535,6 +535,8 @@ def foreign_pass_s(dep: Deployment, p: RooflineParams, tokens: float, width: int
     as without EP."""
     if dep.ep == 1 or dep.attention_dp > 1:
         return 0.0
+    if not p.moe_ep_foreign_factor:  # no pass: the call's cost alone
+        return p.moe_ep_kernel_s
     m, acc = dep.model, dep.accelerator
     pairs = foreign_pair_bytes(
         tokens, m.experts_per_token, m.hidden_size, width, m.gated_mlp, dep.ep, p.activation_bytes
