@@ -39,7 +39,8 @@ decode-l2``): every decode-attention call's measured time over the time its KV r
 takes at the GPU's HBM peak, by octaves of KV read: which calls the L2 cache serves.
 
     python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
-        [--only a100|h100|kernels|releases|links|linear-attention|grids|decode-l2]
+        [--only a100|h100|kernels|releases|links|linear-attention|grids|decode-l2|
+         decode-levels]
 """
 
 from __future__ import annotations
@@ -614,6 +615,44 @@ def decode_l2_checks(database: Path) -> None:
         print(f"| {acc_name} | " + " | ".join(cells) + " |")
 
 
+def decode_level_checks(database: Path) -> None:
+    """Per GPU, the decode-attention calls the fit keeps that read under 2 MB of KV (its
+    fixed cost), split by whether the call has one sequence or one KV head per GPU: the
+    measured time's median and 10th / 90th percentiles (us), and the shipped fit's median
+    error (bias) and mean absolute error in each half."""
+    import yaml
+
+    from sincere.fit.kernels import (
+        COLUMNS,
+        LAUNCH_BOUND_BYTES,
+        decode_kv_bytes,
+        family_rows,
+        predict_family,
+    )
+    from sincere.perf.kernel_tables import read_table
+
+    fits = ROOT / "src" / "sincere" / "data" / "perf" / "kernels"
+    print("\n| GPU | calls | one sequence or one KV head: median (p10-p90) us | fit: bias, "
+          "mean abs. error % | two or more of both | fit: bias, mean abs. error % |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    for acc_name, folder in KERNEL_GPUS:
+        acc = get_accelerator(acc_name)
+        params = yaml.safe_load((fits / f"{acc_name}.yaml").read_text())["params"]
+        name = "generation_attention"
+        rows = family_rows("decode_attention", read_table(database / folder, name, COLUMNS[name]))
+        small = decode_kv_bytes(rows) < LAUNCH_BOUND_BYTES
+        measured = rows.num("latency") * 1e3  # us
+        error = predict_family("decode_attention", rows, acc, params) * 1e6 / measured - 1.0
+        single = (rows.num("batch_size") == 1) | (rows.num("num_key_value_heads") == 1)
+        cells = []
+        for part in (small & single, small & ~single):
+            t, e = measured[part], error[part]
+            p10, p50, p90 = np.percentile(t, [10, 50, 90])
+            cells.append(f"{p50:.1f} ({p10:.1f}-{p90:.1f})")
+            cells.append(f"{100 * np.median(e):+.1f}, {100 * np.abs(e).mean():.1f}")
+        print(f"| {acc_name} | {int(small.sum())} | " + " | ".join(cells) + " |")
+
+
 def read_release(folder: Path, name: str, version: str):  # type: ignore[no-untyped-def]
     """Table ``name`` of one vLLM release."""
     from sincere.fit.kernels import COLUMNS
@@ -628,7 +667,8 @@ def main() -> None:
         "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
     )
     only = (
-        "a100", "h100", "kernels", "releases", "links", "linear-attention", "grids", "decode-l2"
+        "a100", "h100", "kernels", "releases", "links", "linear-attention", "grids", "decode-l2",
+        "decode-levels",
     )  # fmt: skip
     parser.add_argument("--only", choices=only, default=None)
     parser.add_argument(
@@ -651,6 +691,9 @@ def main() -> None:
         return
     if args.only == "decode-l2":
         decode_l2_checks(args.kernels)
+        return
+    if args.only == "decode-levels":
+        decode_level_checks(args.kernels)
         return
     if args.only in (None, "kernels"):
         kernel_checks(args.kernels)

@@ -200,6 +200,35 @@ def test_decode_attention_leaves_out_the_calls_l2_serves() -> None:
     assert any(f"{in_l2.sum()} calls reading 2-256 MB of KV left out" in n for n in fam.notes)
 
 
+def test_decode_attention_fits_the_second_fixed_cost_of_grouped_calls() -> None:
+    """Calls of two or more sequences at two or more KV heads made 4 us dearer (as
+    FlashAttention-2's are on A100, L40S and RTX PRO 6000) give that cost back; the same
+    rows without it give exactly 0 (not a float on the bound), and the grouped test is
+    two or more of both."""
+    b = np.repeat([1.0, 2.0, 4.0, 16.0], 16)
+    s = np.tile(2.0 ** np.arange(1, 9), 8)  # 2 to 256 tokens: the calls' fixed cost
+    kvh = np.tile(np.repeat([1.0, 8.0], 8), 4)
+    num, hd = len(b), np.full(64, 128.0)
+    moved = b * (s + 20) * 2 * kvh * hd * 2
+    base_ms = 1e3 * (9e-6 + moved / (H100.hbm_bandwidth_gbps * 1e9 * 0.8))
+    grouped = (b >= 2) & (kvh >= 2)
+    for extra, expected in ((4e-6, 4e-6), (0.0, 0.0)):
+        decode = _table(
+            "generation_attention", batch_size=b, isl=np.ones(num), step=s - 1,
+            num_key_value_heads=kvh, kv_cache_dtype=["bfloat16"] * num,
+            window_size=np.zeros(num), latency=base_ms + 1e3 * extra * grouped,
+            kernel_source=["fa"] * num, num_heads=np.full(num, 32.0), head_dim=hd,
+        )  # fmt: skip
+        fam = fit_decode_attention(decode, H100, 0.6, Path("/synthetic"))
+        assert fam.params["attn_decode_grouped_s"] == pytest.approx(expected, abs=1e-7)
+        assert fam.params["attn_decode_kernel_s"] == pytest.approx(9e-6, rel=0.02)
+        assert fam.mean_error < 0.01
+        params = {**fam.params, "attn_mfu_efficiency": 0.6}
+        predicted = predict_family("decode_attention", decode, H100, params)
+        assert predicted == pytest.approx(base_ms * 1e-3 + extra * grouped, rel=0.02)
+    assert fam.params["attn_decode_grouped_s"] == 0.0
+
+
 def test_fit_recovers_a_synthetic_all_to_all() -> None:
     """NCCL all-to-all rows made from known latencies, link shares and protocol step (at 2, 4
     and 8 GPUs, 256 to 256 Mi elements) fit back to them; other collectives are ignored."""

@@ -222,7 +222,7 @@ def test_other_accelerators_take_the_prior() -> None:
     (but for the parts whose kernel its vLLM shares with measured GPUs: next test)."""
     l4 = roofline_defaults(get_accelerator("L4"))
     fits = [doc["params"] for doc in shipped_fits().values()]
-    attention = set(KERNEL_PARTS["prefill_attention"])
+    attention = set(KERNEL_PARTS["prefill_attention"]) | set(KERNEL_PARTS["decode_attention"])
     assert set(l4.params) == set(PRIOR_FIELDS) | CLASS_PRIOR_FIELDS | attention
     mean = sum(f["mfu_efficiency"] for f in fits) / len(fits)
     assert l4.params["mfu_efficiency"] == pytest.approx(mean)
@@ -245,6 +245,10 @@ def test_a_gpu_without_kernels_takes_the_kernels_its_vllm_runs() -> None:
         "prior: prefill attention of the A100-80GB, L40S, RTX-PRO-6000 kernel fits averaged "
         "(FlashAttention 2, which this GPU's vLLM runs too)"
     )
+    # decode attention too, FlashAttention 2's second fixed cost on grouped calls included
+    grouped = sum(p["attn_decode_grouped_s"] for p in fa2) / 3
+    assert l4.params["attn_decode_grouped_s"] == pytest.approx(grouped) and grouped > 2e-6
+    assert l4.parts["decode_attention"].startswith("prior: decode attention of the A100-80GB")
     pcie = roofline_defaults(get_accelerator("H100-PCIe"))
     assert pcie.parts["prefill_attention"].startswith("transferred: measured vLLM")
     assert prefill_attention_kernel(get_accelerator("H100-PCIe")) == "fa3"

@@ -32,7 +32,9 @@ family over every measured shape, never a table per shape:
   sequences, query heads and query heads per KV head: how well the (sequence, head, query
   tile) blocks fill the SMs, and how many query heads share a KV head's tiles;
 * **decode attention** (``generation_attention``): ``attn_decode_kernel_s + KV bytes /
-  (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower), fitted and judged
+  (HBM × attn_bw_efficiency)`` (or its compute, whichever is slower), plus
+  ``attn_decode_grouped_s`` on calls of two or more sequences at two or more KV heads
+  (FlashAttention-2's second fixed cost, :func:`grouped_decode`), fitted and judged
   on the calls whose KV cache cannot sit in L2 across the collector's repeats or that are
   their kernel's fixed cost (:func:`decode_attention_rows`);
 * **MLA decode** (``mla_generation_module``: vLLM's MLA attention module in decode): how a
@@ -568,7 +570,9 @@ def fit_decode_attention(
     root: Path,
     pair_terms: tuple[float, float] = (0.0, 0.0),
 ) -> FamilyFit:
-    """Decode attention: KV bytes over HBM × efficiency (or its compute), plus a kernel cost.
+    """Decode attention: KV bytes over HBM × efficiency (or its compute), plus a kernel cost,
+    and ``attn_decode_grouped_s`` more where a call holds two or more sequences and two or
+    more KV heads (:func:`grouped_decode`).
 
     The compute side prices a pair as prefill does (``pair_terms``: its head-dim offset and
     KV-head work, :func:`pair_flops`)."""
@@ -581,22 +585,38 @@ def fit_decode_attention(
     compute = flops * b * ctx / (acc.peak_tflops("bf16") * 1e12 * attn_mfu)
     hbm = acc.hbm_bandwidth_gbps * 1e9
     root_w = np.sqrt(octave_weights(decode_kv_bytes(rows) / 1024.0))
+    grouped = grouped_decode(rows)
 
     def predict(x: FArray) -> FArray:
         moved = b * (ctx + x[2]) * token_bytes
-        out: FArray = x[1] + np.maximum(compute, moved / (hbm * x[0]))
+        out: FArray = x[1] + x[3] * grouped + np.maximum(compute, moved / (hbm * x[0]))
         return out
 
     spec = (
         Bounded("attn_bw_efficiency", 0.7, 0.01, 1.0),
         Bounded("attn_decode_kernel_s", 10e-6, 0.0, 1e-3),
         Bounded("attn_decode_seq_tokens", 16.0, 0.0, 1e4),
+        Bounded("attn_decode_grouped_s", 1e-6, 0.0, 1e-3),
     )
     fam = fit_named("decode_attention", predict, spec, measured, root_w, rows, root)
+    if fam.params["attn_decode_grouped_s"] <= 1e-8:  # on its lower bound: none, exactly 0
+        fam = replace(fam, params={**fam.params, "attn_decode_grouped_s": 0.0})
     left = _attention_rows(table).num_rows - rows.num_rows
     window = f"{LAUNCH_BOUND_BYTES / 1e6:g}-{L2_SAFE_BYTES / 1e6:g} MB"
     note = f"{left} calls reading {window} of KV left out (in L2 across the collector's repeats)"
     return replace(fam, notes=(*fam.notes, note))
+
+
+def grouped_decode(rows: KernelTable) -> FArray:
+    """1 where a decode-attention call holds two or more sequences and two or more KV heads
+    (what ``attn_decode_grouped_s`` is paid on), else 0. FlashAttention-2's decode on A100,
+    L40S and RTX PRO 6000 takes 4-6 us more on those calls at any size (its fixed cost at
+    under 2 MB of KV: 12.9 against 19.2 us on A100, 9.2 against 13.0 on L40S; ``python
+    benchmarks/step_fit.py --only decode-levels``); Hopper's and B200's kernels do not."""
+    out: FArray = ((rows.num("batch_size") >= 2) & (rows.num("num_key_value_heads") >= 2)).astype(
+        np.float64
+    )
+    return out
 
 
 def decode_kv_bytes(rows: KernelTable) -> FArray:
@@ -1317,7 +1337,8 @@ def predict_family(
         compute = flops * b * ctx / (peak * p["attn_mfu_efficiency"])
         moved = b * (ctx + p["attn_decode_seq_tokens"]) * 2.0 * rows.num("num_key_value_heads")
         memory = moved * hd * ACT_BYTES / (hbm * p["attn_bw_efficiency"])
-        out = p["attn_decode_kernel_s"] + np.maximum(compute, memory)
+        grouped = p.get("attn_decode_grouped_s", 0.0) * grouped_decode(rows)
+        out = p["attn_decode_kernel_s"] + grouped + np.maximum(compute, memory)
         return out
     if name in ("allreduce", "alltoall"):
         return predict_collective(name, rows, acc, p)

@@ -190,11 +190,16 @@ def _decode_attention(
     mla: tuple[float, float, float] | None,
     share: float,
     num_seqs: int,
+    grouped_s: float = 0.0,
 ) -> DecodeAttention:
     """One layer's decode attention for ``share`` of a batch of ``num_seqs`` (:class:`ArchStep`'s
     constants ``attn``, or MLA's fitted ones ``mla``: a call of ``n`` sequences reads their
-    context as if ``lone`` more of the mean length came with it)."""
+    context as if ``lone`` more of the mean length came with it); a call of more than one
+    sequence pays ``grouped_s`` more (``attn_decode_grouped_s`` where a GPU holds two or more
+    KV heads, :func:`~sincere.perf.roofline.grouped_call`)."""
     kernel = p.attn_kernel_s if p.attn_decode_kernel_s is None else p.attn_decode_kernel_s
+    if grouped_s and share * num_seqs > 1.000001:  # roofline's grouped_call, inlined
+        kernel += grouped_s
     if mla is None:
         _, dec_pair, token_s = attn
     else:
@@ -203,6 +208,14 @@ def _decode_attention(
     return DecodeAttention(
         kernel, share * dec_pair, share * token_s, p.attn_decode_seq_tokens * num_seqs
     )
+
+
+def _grouped_decode_s(dep: Deployment, p: RooflineParams) -> float:
+    """``attn_decode_grouped_s`` where a decode call of several sequences pays it: two or
+    more KV heads a GPU, not MLA's latent (:func:`_decode_attention`)."""
+    model = dep.model
+    grouped = not model.is_mla and math.ceil(model.num_kv_heads / dep.tp) >= 2
+    return p.attn_decode_grouped_s if grouped else 0.0
 
 
 class ArchStep:
@@ -275,6 +288,7 @@ class ArchStep:
         self._memo: dict[int, tuple[float, float, float, float]] = {}
         self._attn = self._attention_consts()
         self._mla = _mla_decode_terms(deployment, params)
+        self._grouped_s = _grouped_decode_s(deployment, params)
         self._prefill = _prefill_shape(p, deployment)
 
     # --- GEMMs ---------------------------------------------------------------------------
@@ -431,7 +445,9 @@ class ArchStep:
 
     def _decode_attention(self, share: float, num_seqs: int) -> DecodeAttention:
         """One layer's decode attention for ``share`` of a batch of ``num_seqs``."""
-        return _decode_attention(self.params, self._attn, self._mla, share, num_seqs)
+        return _decode_attention(
+            self.params, self._attn, self._mla, share, num_seqs, self._grouped_s
+        )
 
     # --- the iteration -----------------------------------------------------------------
     def parts(self, batch: Batch) -> StepParts:

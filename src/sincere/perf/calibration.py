@@ -43,9 +43,9 @@ kernels and the CPU per step, which that database does not measure, stay the bas
 Where a kernel is picked by architecture (:mod:`sincere.perf.kernel_choice`, by the
 catalog's ``compute_capability``), a GPU with no kernel fit of that part takes the part's
 constants from the shipped kernel fits of the GPUs that run the same kernel, averaged
-(:data:`CLASS_PRIORS`): prefill attention (A6000, A40, A10G and L4 from the FlashAttention-2
-GPUs A100, L40S and RTX PRO 6000), linear attention's prefill (A100, L4, ... from the
-Triton delta rule's L40S and RTX PRO 6000; the FlashInfer GPUs' mean is
+(:data:`CLASS_PRIORS`): prefill and decode attention (A6000, A40, A10G and L4 from the
+FlashAttention-2 GPUs A100, L40S and RTX PRO 6000), linear attention's prefill (A100, L4,
+... from the Triton delta rule's L40S and RTX PRO 6000; the FlashInfer GPUs' mean is
 ``RooflineParams``' default) and MLA decode (A100, L4, ... from the Triton MLA kernel's
 L40S and RTX PRO 6000; a Hopper or data-centre Blackwell without its own fit from H100,
 H200 and B200) and the fused MoE's pass over other GPUs' routed pairs under expert
@@ -119,7 +119,12 @@ KERNEL_PARTS = {
         "attn_kv_head_work",
         "prefill_attention_grid",
     ),
-    "decode_attention": ("attn_bw_efficiency", "attn_decode_kernel_s", "attn_decode_seq_tokens"),
+    "decode_attention": (
+        "attn_bw_efficiency",
+        "attn_decode_kernel_s",
+        "attn_decode_seq_tokens",
+        "attn_decode_grouped_s",
+    ),
     "mla_decode": (
         "mla_decode_mfu_efficiency",
         "mla_decode_bw_efficiency",
@@ -513,6 +518,7 @@ def _with_power_headroom(accelerator: Accelerator, fitted: RooflineDefaults) -> 
 CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear_attention": (GDN_PREFILL, "gdn_prefill"),
     "prefill_attention": (KERNEL_PARTS["prefill_attention"], "prefill_attention"),
+    "decode_attention": (KERNEL_PARTS["decode_attention"], "decode_attention"),
     "mla_decode": (KERNEL_PARTS["mla_decode"], "mla_decode"),
     "expert_parallel": (KERNEL_PARTS["expert_parallel"], "moe_ep"),
 }

@@ -281,6 +281,9 @@ class RooflineStepParams(Params):
         "NVFP4 GEMM's extra time per input activation element, s", ge=0
     )
     attn_decode_kernel_s: float | None = _time("fixed cost of one decode attention kernel")
+    attn_decode_grouped_s: float | None = _time(
+        "more per decode attention call of two or more sequences at two or more KV heads a GPU"
+    )
     attn_query_pairs: float | None = _fitted(
         "prefill: pairs' worth of work per query row beyond its own", ge=0
     )

@@ -7,7 +7,8 @@ leave-one-GPU-out). The classes below follow what the measured kernel tables nam
 six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
 ``compute_capability``:
 
-* **prefill attention**: FlashAttention 2 on Ampere, Ada and the workstation Blackwell
+* **prefill attention** and **decode attention** (the same library's kernels):
+  FlashAttention 2 on Ampere, Ada and the workstation Blackwell
   (A100, L40S, RTX PRO 6000: compute capability 8.x and 12.x), FlashAttention 3 on Hopper
   (H100, H200: 9.0), FlashInfer's TensorRT-LLM kernels on the data-centre Blackwells
   (B200: 10.x);
@@ -92,6 +93,7 @@ def moe_ep_kernel(acc: Accelerator) -> str | None:
 KERNEL_CLASSES = {
     "gdn_prefill": delta_rule_kernel,
     "prefill_attention": prefill_attention_kernel,
+    "decode_attention": prefill_attention_kernel,  # the same library's decode kernel
     "mla_decode": mla_decode_kernel,
     "moe_ep": moe_ep_kernel,
 }
@@ -100,6 +102,7 @@ by architecture)."""
 FAMILY_NAMES = {
     "gdn_prefill": "linear attention's prefill",
     "prefill_attention": "prefill attention",
+    "decode_attention": "decode attention",
     "mla_decode": "MLA decode",
     "moe_ep": "the fused MoE's pass over other GPUs' routed pairs and cost per call under "
     "expert parallelism",

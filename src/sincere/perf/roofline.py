@@ -90,6 +90,7 @@ _TIMES = (
     "unload_s",
     "gdn_kernel_s",
     "gdn_decode_kernel_s",
+    "attn_decode_grouped_s",
 )
 
 _OPTIONAL_EFFICIENCIES = (
@@ -182,6 +183,8 @@ class RooflineParams:
     allreduce_grid: ShapeGrid | None = None
     shape_corrections: bool = True  # apply the grids (False: the roofline's form alone)
     attn_decode_kernel_s: float | None = None  # decode attention's fixed cost (None: attn's)
+    # decode: more per call of 2+ sequences at 2+ KV heads a GPU (FlashAttention-2's path)
+    attn_decode_grouped_s: float = 0.0
     attn_query_pairs: float = 0.0  # prefill: pairs' worth of work per query row beyond its own
     attn_head_dim_offset: float = 0.0  # a pair's work per query head as if head_dim were wider
     attn_kv_head_work: float = 0.0  # a pair's work per KV head, in head_dim multiply-adds' shares
@@ -433,6 +436,7 @@ class KernelCoef:
     kv_token_s: float  # time to move one token's KV bytes, per layer
     attn_kernel_s: float  # fixed cost of one prefill attention kernel, per layer
     decode_kernel_s: float  # fixed cost of one decode attention kernel, per layer
+    decode_grouped_s: float  # more per decode call of 2+ sequences (0 at 1 KV head a GPU)
     comm_fixed_s: float  # all-reduce latency per layer in a CUDA graph (0 without TP)
     comm_eager_s: float  # all-reduce latency per layer added outside a graph (0 without TP)
     comm_floor_s: float  # least time of a layer's all-reduces outside a graph (0 without TP)
@@ -614,6 +618,7 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         decode_kernel_s=p.attn_kernel_s
         if p.attn_decode_kernel_s is None
         else p.attn_decode_kernel_s,
+        decode_grouped_s=p.attn_decode_grouped_s if kv_heads >= 2 else 0.0,
         comm_fixed_s=2.0 * allreduce_s if tp_on else 0.0,
         comm_eager_s=2.0 * p.allreduce_eager_s if tp_on else 0.0,
         comm_floor_s=2.0 * p.allreduce_eager_floor_s if tp_on else 0.0,
@@ -757,7 +762,16 @@ class RooflineKernels:
         c = self.coef
         compute = share * c.pair_s * ctx_tokens
         memory = share * c.kv_token_s * (ctx_tokens + c.seq_tokens * num_seqs)
-        return c.decode_kernel_s + (compute if compute > memory else memory)
+        kernel = c.decode_kernel_s + (c.decode_grouped_s if grouped_call(share, num_seqs) else 0.0)
+        return kernel + (compute if compute > memory else memory)
+
+
+def grouped_call(share: float, num_seqs: int) -> bool:
+    """Whether a decode-attention call over ``share`` of ``num_seqs`` sequences (a
+    micro-batch's) holds more than one sequence, so pays ``attn_decode_grouped_s``: the
+    same test for one iteration and for the closed-form sum of many (a ``share`` of 1/m
+    and more sequences than micro-batches gives at least 1 + 1/m)."""
+    return share * num_seqs > 1.000001
 
 
 def comm_layer_s(coef: KernelCoef, tokens: int, step_tokens: int) -> float:
@@ -922,6 +936,8 @@ class Roofline(StepTimeBase):
             compute = c.pair_s * decode_ctx_tokens
             memory = c.kv_token_s * (decode_ctx_tokens + c.seq_tokens * num_decode_seqs)
             layer += c.decode_kernel_s + (compute if compute > memory else memory)
+            if num_decode_seqs >= 2:
+                layer += c.decode_grouped_s
         return c.cpu_s + c.cpu_seq_s * seqs + c.layers * layer + head
 
     def _pipelined_s(self, batch: Batch) -> Seconds:
@@ -977,11 +993,13 @@ class Roofline(StepTimeBase):
         num_mb = 1 if c.pp == 1 else max(1, min(c.pp_microbatches, num_seqs))
         share = 1.0 / num_mb
         mb = num_seqs if num_mb == 1 else math.ceil(num_seqs * share)
+        grouped = c.decode_grouped_s if grouped_call(share, num_seqs) else 0.0
+        kernel = c.decode_kernel_s + grouped
         if c.comm_grid is not None and mb == num_seqs:  # the factor's look-up kept
-            fixed = self.linear_layer_s(mb) + c.decode_kernel_s
+            fixed = self.linear_layer_s(mb) + kernel
             fixed += self.kernels.gridded_comm_layer_s(mb)
         else:
-            fixed = with_comm_s(c, self.linear_layer_s(mb) + c.decode_kernel_s, mb, num_seqs)
+            fixed = with_comm_s(c, self.linear_layer_s(mb) + kernel, mb, num_seqs)
         stage = c.layers * fixed + self.lm_head_s(mb)
         scale = 1.0 if num_mb == 1 and c.pp == 1 else num_mb + c.pp - 1.0
         if scale != 1.0:
