@@ -75,6 +75,7 @@ class LoadTerms(NamedTuple):
     num_running: int
     queue_pairs: float  # the queued prompts' attention pairs, mean-sized
     decode_attn_s: float  # one layer's decode attention of the running batch (if any)
+    decode_grouped_s: float  # its second fixed cost where it holds 2+ sequences (else 0)
     cpu_s: float  # the prefill iteration's CPU cost
     head_s: float  # the prefill iteration's LM head
     ctx_base: int  # running context plus queued prompt tokens
@@ -164,6 +165,7 @@ def load_terms(
         compute = c.pair_s * running_ctx
         memory = c.kv_token_s * (running_ctx + c.seq_tokens * r)
         decode_attn = c.decode_kernel_s + (compute if compute > memory else memory)
+    decode_grouped = c.decode_grouped_s if r >= 2 else 0.0  # added after, as the step does
     num_ahead = r + n_wait
     excess = num_ahead + 1 - max_num_seqs
     rounds, slot_steps = 0, 0
@@ -191,6 +193,7 @@ def load_terms(
         r,
         queue_pairs,
         decode_attn,
+        decode_grouped,
         prefill[0],
         prefill[1],
         ctx_base,
@@ -215,7 +218,8 @@ def seqs_terms(model: Roofline, coef: FleetCoef, seqs: int) -> SeqsTerms:
     head = kernels.lm_head_s(seqs)
     if seqs <= 0:
         return cpu, head, 0.0, 0.0, 0.0, 0.0, 0.0
-    fixed = with_comm_s(c, kernels.linear_layer_s(seqs) + c.decode_kernel_s, seqs, seqs)
+    kernel = c.decode_kernel_s + (c.decode_grouped_s if seqs >= 2 else 0.0)
+    fixed = with_comm_s(c, kernels.linear_layer_s(seqs) + kernel, seqs, seqs)
     stage = c.layers * fixed + kernels.lm_head_s(seqs)
     step_s = c.cpu_s + c.cpu_seq_s * seqs + 1.0 * stage
     slope_pair = coef.decode_pair_s * seqs
@@ -248,8 +252,8 @@ def fleet_latencies(
     grid: ShapeGrid | None = None
     gridded: KernelCoef | None = None
     for t in terms:
-        (coef, memo, w, r, queue_pairs, decode_attn, cpu_s, head_s, ctx_base, room_ctx,
-         num_seqs, num_ahead, step_s, slope_pair, slope_kv, seq_ctx, gap_slope,
+        (coef, memo, w, r, queue_pairs, decode_attn, decode_grouped, cpu_s, head_s, ctx_base,
+         room_ctx, num_seqs, num_ahead, step_s, slope_pair, slope_kv, seq_ctx, gap_slope,
          rare) = t  # fmt: skip
         if coef is not last:
             (graph, comm_fixed, comm_token, floor, eager, pair_s, diag, query_pairs, kv_s,
@@ -287,6 +291,7 @@ def fleet_latencies(
             layer += attn
             if r > 0:
                 layer += decode_attn
+                layer += decode_grouped
             prefill = cpu_s + layers * layer + head_s
         if room_ctx is not None and exact:
             ttft = 0.0 + prefill
