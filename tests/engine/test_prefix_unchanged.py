@@ -28,7 +28,10 @@ prompts down to one token (the vllm example's mean TTFT 111.17 -> 111.47 ms, TPO
 11.57 ms; hetero's 139.02 -> 139.11 ms, hetero-explore's 161.92 -> 162.03 ms, niyama's
 84.17 -> 84.47 ms), and fp8 GEMMs their own token tile (the hetero examples' L40S fp8
 replicas: hetero's mean TTFT 139.11 -> 139.81 ms, TPOT 17.99 -> 18.06 ms, hetero-explore's
-162.03 -> 162.09 ms); W1 (which names the eager engine) and SINCERE's
+162.03 -> 162.09 ms), and decode attention's second fixed cost on calls of two or more
+sequences at two or more KV heads (``attn_decode_grouped_s``; the hetero examples' L40S
+replicas: hetero's mean TTFT 139.81 -> 138.68 ms, TPOT 18.06 -> 18.01 ms, hetero-explore's
+162.09 -> 162.41 ms and 22.25 -> 22.29 ms); W1 (which names the eager engine) and SINCERE's
 study are A100 / request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
 """
@@ -48,8 +51,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PINNED = {
     "w1": "b89ca563fb17e486fbf0ad479ad7aba9558f0e05a234765acb8e2e627879f00c",
-    "hetero": "4faa54b38bfe3bf556229ec3b001065223c3241a9976626b442eabe3b53fbac7",
-    "hetero-explore": "9327496beeaf70f65d406c5133b4a36f720aff94282e5ec1c985e8f8b1de493b",
+    "hetero": "2af715b0381f0586ea5c507c1d27eb112793aaa7b831543affdc7c0f1eb30c45",
+    "hetero-explore": "6ee6ac2a09e9d97d94503f385cd24d38951e247944ca53c80f6e00ca8aef4d34",
     "niyama": "00b5aba083771cee32aeefb542722c79b877b9ee011a975dfd577cdecc77069d",
     "sincere": "3ab15ad72eff7ccb31e8cce25708beb0ccd67b24e9b7ff774291602186a0c09c",
     "vllm": "5d3d0ee9642f4d2055fd30edd1cea44d67852a0c426148bf984e799f463147e5",
