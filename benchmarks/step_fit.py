@@ -620,32 +620,34 @@ def decode_level_checks(database: Path) -> None:
     fixed cost), split by whether the call has one sequence or one KV head per GPU: the
     measured time's median and 10th / 90th percentiles (us), and the shipped fit's median
     error (bias) and mean absolute error in each half."""
-    import yaml
-
     from sincere.fit.kernels import (
         COLUMNS,
         LAUNCH_BOUND_BYTES,
         decode_kv_bytes,
         family_rows,
+        grouped_decode,
         predict_family,
     )
+    from sincere.perf.calibration import kernel_fit
     from sincere.perf.kernel_tables import read_table
 
-    fits = ROOT / "src" / "sincere" / "data" / "perf" / "kernels"
     print("\n| GPU | calls | one sequence or one KV head: median (p10-p90) us | fit: bias, "
           "mean abs. error % | two or more of both | fit: bias, mean abs. error % |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")
     for acc_name, folder in KERNEL_GPUS:
         acc = get_accelerator(acc_name)
-        params = yaml.safe_load((fits / f"{acc_name}.yaml").read_text())["params"]
+        shipped = kernel_fit(acc_name)
+        if shipped is None:
+            raise SystemExit(f"no shipped kernel fit for {acc_name}")
+        params = shipped["params"]
         name = "generation_attention"
         rows = family_rows("decode_attention", read_table(database / folder, name, COLUMNS[name]))
         small = decode_kv_bytes(rows) < LAUNCH_BOUND_BYTES
         measured = rows.num("latency") * 1e3  # us
         error = predict_family("decode_attention", rows, acc, params) * 1e6 / measured - 1.0
-        single = (rows.num("batch_size") == 1) | (rows.num("num_key_value_heads") == 1)
+        grouped = grouped_decode(rows) > 0
         cells = []
-        for part in (small & single, small & ~single):
+        for part in (small & ~grouped, small & grouped):
             t, e = measured[part], error[part]
             p10, p50, p90 = np.percentile(t, [10, 50, 90])
             cells.append(f"{p50:.1f} ({p10:.1f}-{p90:.1f})")

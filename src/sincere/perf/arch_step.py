@@ -210,9 +210,10 @@ def _decode_attention(
     )
 
 
-def _grouped_decode_s(dep: Deployment, p: RooflineParams) -> float:
+def grouped_decode_s(dep: Deployment, p: RooflineParams) -> float:
     """``attn_decode_grouped_s`` where a decode call of several sequences pays it: two or
-    more KV heads a GPU, not MLA's latent (:func:`_decode_attention`)."""
+    more KV heads a GPU, not MLA's latent (:func:`_decode_attention`, and the dense
+    roofline's :func:`~sincere.perf.roofline.fold_coefficients`)."""
     model = dep.model
     grouped = not model.is_mla and math.ceil(model.num_kv_heads / dep.tp) >= 2
     return p.attn_decode_grouped_s if grouped else 0.0
@@ -288,7 +289,7 @@ class ArchStep:
         self._memo: dict[int, tuple[float, float, float, float]] = {}
         self._attn = self._attention_consts()
         self._mla = _mla_decode_terms(deployment, params)
-        self._grouped_s = _grouped_decode_s(deployment, params)
+        self._grouped_s = grouped_decode_s(deployment, params)
         self._prefill = _prefill_shape(p, deployment)
 
     # --- GEMMs ---------------------------------------------------------------------------

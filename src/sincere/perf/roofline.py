@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from sincere.catalog.specs import PRECISION_BYTES, ModelArch
 from sincere.core.errors import ConfigError
 from sincere.core.types import Seconds
-from sincere.perf.arch_step import ArchStep, MoEParams, arch_utilization
+from sincere.perf.arch_step import ArchStep, MoEParams, arch_utilization, grouped_decode_s
 from sincere.perf.base import Batch, Deployment, StepParts, StepTimeBase, SwapTime
 from sincere.perf.gemm import gemm_grid, gemm_s
 from sincere.perf.moe import INT4_WEIGHTS
@@ -618,7 +618,7 @@ def fold_coefficients(deployment: Deployment, params: RooflineParams) -> KernelC
         decode_kernel_s=p.attn_kernel_s
         if p.attn_decode_kernel_s is None
         else p.attn_decode_kernel_s,
-        decode_grouped_s=p.attn_decode_grouped_s if kv_heads >= 2 else 0.0,
+        decode_grouped_s=grouped_decode_s(dep, p),
         comm_fixed_s=2.0 * allreduce_s if tp_on else 0.0,
         comm_eager_s=2.0 * p.allreduce_eager_s if tp_on else 0.0,
         comm_floor_s=2.0 * p.allreduce_eager_floor_s if tp_on else 0.0,
