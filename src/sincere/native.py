@@ -43,6 +43,7 @@ from types import ModuleType
 
 COMPILED: tuple[str, ...] = (
     "sincere.engine.async_intake",
+    "sincere.engine.clock",
     "sincere.engine.continuous",
     "sincere.engine.gaps",
     "sincere.engine.kv",

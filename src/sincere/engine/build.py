@@ -24,6 +24,7 @@ from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.base import Engine, StreamingEngine
+from sincere.engine.clock import ClockLevels, EngineClock
 from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.draft_memory import draft_memory
 from sincere.engine.lockstep import lockstep_group
@@ -36,6 +37,7 @@ from sincere.perf.base import Deployment, StepTimeModel
 from sincere.perf.execution import with_execution
 from sincere.perf.factory import StepModelConfig
 from sincere.perf.memory import plan_memory
+from sincere.perf.roofline import Roofline
 from sincere.policy.schedulers import make_scheduler
 from sincere.policy.schedulers.base import IterationScheduler
 
@@ -234,6 +236,8 @@ class BuiltEngine:
     deployment: Deployment  # of the spec's first model
     step_model: StepTimeModel  # of the spec's first model
     step_models: dict[str, StepTimeModel]  # of every model it serves, by name
+    # its first model's step models at each GPU clock level (None: one clock)
+    clock_levels: ClockLevels | None = None
 
 
 def build_engine(
@@ -248,6 +252,7 @@ def build_engine(
     rng: np.random.Generator | None = None,
     where: str = "instance",
     step_models: dict[str, StepTimeModel] | None = None,
+    clock_levels: ClockLevels | None = None,
 ) -> BuiltEngine:
     """The engine ``ident`` of ``spec``, at position ``ix`` of the run's records.
 
@@ -258,28 +263,64 @@ def build_engine(
     the step-time models by model name, when another replica of ``spec`` built them
     already (a step model is a pure function of the batch, so replicas may share one:
     one copy of its memo tables instead of one per replica); the engine's are in
-    :attr:`BuiltEngine.step_models`.
+    :attr:`BuiltEngine.step_models`. ``clock_levels``: likewise, the step models at each
+    GPU clock level (:attr:`BuiltEngine.clock_levels`; engine/clock.py).
     """
     deps = {m: deployment_of(spec, m, where) for m in spec.model_names}
     steps = step_models or {m: step_model_of(spec, d, where) for m, d in deps.items()}
     first = spec.model_names[0]
+    if clock_levels is None:
+        clock_levels = clock_levels_of(spec, deps[first], steps[first], where)
     engine: Engine
     if isinstance(spec.engine, RequestLevelConfig):
         served = {canonical_model(m): s for m, s in steps.items()}
         engine = spec.engine.build(ident, requests, records, ix, served, rng=rng)
     else:
         limits = limits_of(spec.engine, deps[first], where)
-        ranks = [
-            ContinuousEngine(
+        ranks = []
+        for _ in range(spec.lockstep_ranks):
+            speculator = speculator_of(spec, deps[first], steps[first], rng, where)
+            clock = None  # a speculating engine prices its iterations with its own model
+            if clock_levels is not None and speculator is None:
+                clock = EngineClock(clock_levels)
+            ranks.append(ContinuousEngine(
                 ident, requests, records, ix, steps[first],
                 scheduler_of(spec.engine, steps[first], where), limits, max_tokens=max_tokens,
-                context_caps=context_caps,
-                speculator=speculator_of(spec, deps[first], steps[first], rng, where),
-            )
-            for _ in range(spec.lockstep_ranks)
-        ]  # fmt: skip
+                context_caps=context_caps, speculator=speculator, clock=clock,
+            ))  # fmt: skip
         engine = ranks[0] if len(ranks) == 1 else lockstep_group(ident, ranks, where)
-    return BuiltEngine(engine, deps[first], steps[first], steps)
+    return BuiltEngine(engine, deps[first], steps[first], steps, clock_levels)
+
+
+def clock_levels_of(
+    spec: DeploymentSpec, deployment: Deployment, step_model: StepTimeModel, where: str
+) -> ClockLevels | None:
+    """The step models of ``spec``'s first model at each GPU clock level (engine/clock.py),
+    or None when the clock is held: ``gpu_clock: sustained``, a request-level engine, a
+    step model other than the roofline, or a GPU that keeps its whole rate under load
+    (a sustained ratio of 1, every GPU but those measured)."""
+    eng = spec.engine
+    if not isinstance(eng, ContinuousConfig) or eng.gpu_clock != "duty":
+        return None
+    roofline = step_model
+    while not isinstance(roofline, Roofline):
+        inner = getattr(roofline, "inner", None)
+        if inner is None:
+            return None
+        roofline = inner
+    ratio = roofline.params.sustained_compute_ratio
+    if not 0.0 < ratio < 1.0:
+        return None
+    acc = deployment.accelerator
+    ridge_tokens = acc.peak_tflops("bf16") * 1e12 / (acc.hbm_bandwidth_gbps * 1e9)
+    cfg = spec.step_model
+
+    def build(keep: float) -> StepTimeModel:
+        params = {**cfg.params, "sustained_compute_ratio": keep}
+        at_keep = spec.model_copy(update={"step_model": cfg.model_copy(update={"params": params})})
+        return step_model_of(at_keep, deployment, where)
+
+    return ClockLevels(step_model, ratio, ridge_tokens, build)
 
 
 def build_streaming_engine(

@@ -42,6 +42,7 @@ from sincere.core.request import RequestArrays
 from sincere.core.types import InstanceId, Seconds
 from sincere.engine.async_intake import AsyncIntake
 from sincere.engine.base import DecodeProgress, EngineLoad, KvIntake, TokenHook, check_pacing
+from sincere.engine.clock import EngineClock
 from sincere.engine.gaps import GapHistogram
 from sincere.engine.kv_intake import ArrivedKv
 from sincere.engine.request_fit import RequestFit
@@ -82,12 +83,19 @@ class ContinuousEngine(StateView):
         max_tokens: npt.NDArray[np.int64] | None = None,
         context_caps: npt.NDArray[np.int64] | None = None,
         speculator: Speculator | None = None,
+        clock: EngineClock | None = None,
     ) -> None:
         state = BatchState(limits, records, len(requests.tiers))
         super().__init__(requests, records, limits, state, speculator)
         self.id = id
         self.instance_ix = instance_ix
         self.step_model = step_model if speculator is None else speculator.step_model
+        # the GPU's clock under the recent work (engine/clock.py): decode runs at the
+        # burst clock, each prefill iteration at the level its start finds
+        self.clock = clock
+        self._level = -1
+        if clock is not None:
+            self.step_model = clock.model(0)
         self.scheduler = scheduler
         self._planner = RunPlanner(self.state, scheduler, self.step_model, limits)
         self._observes = type(scheduler).observe is not IterationScheduler.observe
@@ -300,6 +308,12 @@ class ContinuousEngine(StateView):
     # ------------------------------------------------------------- internals
 
     def _start(self, now: Seconds) -> Run | None:
+        clock = self.clock
+        if clock is not None:
+            level = clock.level_at(now)
+            if level != self._level:
+                self._level = level
+                self._planner.price_prefills(clock.model(level), clock.chunk_pricer)
         if self._arrived.waiting:
             self._arrived.admit(self.state, now)
         live = self.on_tokens is not None or self.speculator is not None or self.one_iteration
@@ -324,6 +338,8 @@ class ContinuousEngine(StateView):
         """Apply a finished piece of work: time, tokens, first tokens, finishes."""
         st = self.state
         end = run.end_at
+        if self.clock is not None:
+            self.clock.ran(run)
         hook = self.on_tokens
         produced = list(st.offset) if hook is not None else None
         if run.num_decode or not run.chunks or self._planner.mixed:

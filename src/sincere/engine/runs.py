@@ -228,14 +228,17 @@ def repeated_chunk(
     steps: int,
     num_decode: int,
     ctx: int,
+    price: Callable[[float], IterationTime] | None = None,
 ) -> Run:
-    """``steps`` iterations of ``left`` prompt tokens of ``i`` (``done`` so far) plus decodes."""
+    """``steps`` iterations of ``left`` prompt tokens of ``i`` (``done`` so far) plus decodes;
+    ``price``: each iteration's time function by its start (a GPU clock: engine/clock.py)."""
     end = now
     tail = left * (left + 1) / 2.0
     durations = []
     for j in range(steps):
         cached = done + j * left
-        dur = iteration_s(1, left, cached, left * cached + tail, num_decode, ctx + j * num_decode)
+        step_s = iteration_s if price is None else price(end)
+        dur = step_s(1, left, cached, left * cached + tail, num_decode, ctx + j * num_decode)
         durations.append(dur)
         end += dur
     tokens = steps * left
@@ -280,6 +283,20 @@ class RunPlanner:
         self._repeats = False  # the last known plan: the first prefill took every token
         self._reordered = False  # the last plan admitted or relegated someone
         self._blocked_head: Entry | None = None  # queue head when a decode run began
+        # a GPU clock's pricing of repeated chunks (price_prefills); None: _iteration_s
+        self._chunk_pricer: Callable[[float], Callable[[float], IterationTime]] | None = None
+
+    def price_prefills(
+        self,
+        step_model: StepTimeModel,
+        chunk_pricer: Callable[[float], Callable[[float], IterationTime]] | None,
+    ) -> None:
+        """Price the prefill work planned from now on with ``step_model`` (the same
+        deployment and execution model at another GPU clock: engine/clock.py), a run of
+        repeated chunks by ``chunk_pricer(tokens)`` iteration by iteration; decode runs
+        keep :attr:`step_model`."""
+        self._iteration_s = step_model.iteration_s_fast
+        self._chunk_pricer = chunk_pricer
 
     def enqueue(self, view: StateView, i: int, prefill_len: int) -> None:
         """Queue ``i`` for a prefill of ``prefill_len`` tokens, by the scheduler's key."""
@@ -425,7 +442,9 @@ class RunPlanner:
                     steps = min(steps, dec.max_steps(step, free))
         if steps == 1:
             return prefill_iterations(self._iteration_s, now, chunks, st.pre, n, ctx)
-        return repeated_chunk(self._iteration_s, now, i, done, left, steps, n, ctx)
+        pricer = self._chunk_pricer
+        price = None if pricer is None else pricer(float(left + n))
+        return repeated_chunk(self._iteration_s, now, i, done, left, steps, n, ctx, price)
 
     def _decode_run(self, now: Seconds, live: bool) -> Run:
         """Decode iterations up to the next finish or the KV limit (one when ``live``)."""

@@ -67,6 +67,10 @@ class ContinuousConfig(BaseModel):
     # group and the others carry a batch like its own; "lockstep", the instance is the
     # whole group, its ranks each with its own batch, stepping together
     dp_ranks: Literal["symmetric", "lockstep"] = "symmetric"
+    # the GPU's compute clock under load (engine/clock.py): "duty", it follows the
+    # recent share of compute-bound work (a lone prompt runs at the burst clock);
+    # "sustained", every iteration at the step model's sustained ratio
+    gpu_clock: Literal["duty", "sustained"] = "duty"
 
     @model_validator(mode="after")
     def _known_execution(self) -> ContinuousConfig:

@@ -21,6 +21,7 @@ from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.base import Engine
 from sincere.engine.build import build_engine, canonical_model
+from sincere.engine.clock import ClockLevels
 from sincere.engine.instance import InstanceInfo, spec_info
 from sincere.perf.base import Deployment, StepTimeModel
 from sincere.policy.decision_log import DecisionLog
@@ -98,6 +99,7 @@ class _Builder:
         self.prefill_caps = np.ones(len(requests), dtype=np.int64)
         # step models of each instances entry, shared by its replicas (pure functions)
         self.step_models: dict[str, dict[str, StepTimeModel]] = {}
+        self.clock_levels: dict[str, ClockLevels] = {}  # GPU clock levels, shared likewise
 
     def build(self, decisions: DecisionLog | None, probes: Sequence[Reads] = ()) -> Cluster:
         check_roles(self.config)
@@ -173,8 +175,11 @@ class _Builder:
             max_tokens=caps, context_caps=self.max_tokens,
             rng=_rng(self.config.seed, 100 + ix), where=where,
             step_models=self.step_models.get(where),
+            clock_levels=self.clock_levels.get(where),
         )  # fmt: skip
         self.step_models[where] = built.step_models
+        if built.clock_levels is not None:
+            self.clock_levels[where] = built.clock_levels
         if role != "both" and built.engine.kv_intake is None:
             raise ConfigError(
                 f"a {role} instance needs an engine that hands over and takes prefilled KV "
