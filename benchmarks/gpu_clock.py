@@ -1,0 +1,368 @@
+"""How a GPU's clock follows a serving engine's iterations: the history behind the
+sustained-load ratio.
+
+``sincere/data/perf/sustained_clock.yaml`` holds one number per GPU: the share of the
+kernel benchmark's compute rate that a compute-bound GEMM keeps when it runs back to back
+for seconds (an H100 or H200 lowers its SM clock to stay within 700 W). An engine is not
+one GEMM run back to back: its prefills and mixed iterations (compute) alternate with
+decode iterations (mostly memory traffic), and the clock follows that mix with some lag.
+This script measures the lag and the mix on whole iterations, as an engine runs them:
+
+``measure`` (a CUDA GPU and PyTorch): one Llama-3.1-8B shard of ``sincere profile gpu``
+(random weights, the work around attention compiled as vLLM V1 runs it), four iterations
+captured as CUDA graphs -- a prefill of 2,048 tokens (``P``), decodes of 64 and 256
+sequences at 1,024 tokens (``D``, ``B``) and a 2,048-token chunk beside 64 decodes
+(``M``) -- replayed in patterns with a CUDA event before and after every iteration, so
+that every iteration's time and its place on the GPU's timeline are known:
+
+- ``burst``: each iteration alone after 2 s idle (the kernel benchmark's state);
+- ``step``: 3 s idle, then prefills back to back for about 5 s (how fast the clock falls);
+- ``duty k``: 2 s idle, then ``P`` followed by ``k`` decodes, repeated for 3.5 s (the
+  share of compute a period holds, and what the prefill keeps under it);
+- ``recover g``: 2.5 s of back-to-back prefills, then decodes for ``g`` seconds, then one
+  prefill (how fast the clock comes back once compute stops);
+- ``sustained X``: ``B`` or ``M`` back to back for 3 s (a big decode and a mixed iteration
+  under their own load).
+
+The SM clock and power are read from NVML every 20 ms by a thread beside it. The rows go
+to ``clock_history.json`` (one per iteration) with ``device.json``.
+
+``report DIR`` (any machine): per pattern, the prefill's time against its burst time, and
+three models of it: the kernel benchmark's clock (ratio 1), the shipped constant ratio,
+and the clock following the compute duty of the recent past, ``1 - (1 - r) * D`` with
+``D`` the share of the last ``tau`` seconds (exponentially weighted) spent in compute-bound
+iterations, ``tau`` fitted on the ``step`` and ``recover`` patterns.
+
+    python benchmarks/gpu_clock.py measure --out DIR [--scale 1.0] [--device cuda]
+    python benchmarks/gpu_clock.py report DIR [--ratio 0.838]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gpu_moe import device_facts  # the sibling script (stdlib-only at import)
+
+from sincere.catalog import get_accelerator
+from sincere.engine.clock import EXPONENT, TAU_S
+from sincere.profile.gpu import GpuProfileConfig, GpuProfiler
+from sincere.profile.gpu_model import IterationShape, ShardShape
+from sincere.profile.local import resolve_config
+
+DUTY_DECODES = (1, 3, 7, 15, 31, 63)
+DEFAULT_TOKENS = {"P": 2048, "D": 64, "B": 256, "M": 2112}  # each iteration's tokens
+RECOVER_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def shapes(small: bool) -> dict[str, IterationShape]:
+    """The four iterations (small: a CPU test's)."""
+    if small:
+        return {
+            "P": IterationShape(prefill_seqs=1, chunk=64),
+            "D": IterationShape(decode_seqs=4, decode_ctx=32),
+            "B": IterationShape(decode_seqs=8, decode_ctx=32),
+            "M": IterationShape(prefill_seqs=1, chunk=64, decode_seqs=4, decode_ctx=32),
+        }
+    return {
+        "P": IterationShape(prefill_seqs=1, chunk=2048),
+        "D": IterationShape(decode_seqs=64, decode_ctx=1024),
+        "B": IterationShape(decode_seqs=256, decode_ctx=1024),
+        "M": IterationShape(prefill_seqs=1, chunk=2048, decode_seqs=64, decode_ctx=1024),
+    }
+
+
+class Clocks:
+    """NVML's SM clock and power every ``period`` seconds, on a thread (none without NVML)."""
+
+    def __init__(self, period: float = 0.02) -> None:
+        self.samples: list[tuple[float, int, float]] = []
+        self._stop = threading.Event()
+        try:
+            import pynvml  # nvidia-ml-py
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no NVML (a CPU test): no samples
+            self._thread = None
+            return
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                sm = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)
+                watts = pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3
+                self.samples.append((time.monotonic(), sm, watts))
+                self._stop.wait(period)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class Runner:
+    """Replays captured iterations in patterns with an event around each (module docstring)."""
+
+    def __init__(self, torch: Any, device: Any, closures: dict[str, Any], scale: float) -> None:
+        self.torch, self.device, self.scale = torch, device, scale
+        self.cuda = device.type == "cuda"
+        self.graphs = {name: self._capture(fn) for name, fn in closures.items()}
+        self.rows: list[dict[str, Any]] = []
+        self.burst_s = {name: self._burst(name) for name in self.graphs}
+
+    def _capture(self, fn: Any) -> Any:
+        if not self.cuda:
+            return fn
+        cuda = self.torch.cuda
+        side = cuda.Stream(self.device)
+        side.wait_stream(cuda.current_stream(self.device))
+        with cuda.stream(side):
+            for _ in range(3):
+                fn()
+        cuda.current_stream(self.device).wait_stream(side)
+        cuda.synchronize(self.device)
+        graph = cuda.CUDAGraph()
+        with cuda.graph(graph):
+            fn()
+        return graph.replay
+
+    def _sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def idle(self, seconds: float) -> None:
+        self._sync()
+        time.sleep(seconds * self.scale)
+
+    def _burst(self, name: str) -> float:
+        times = []
+        for _ in range(3):
+            self.idle(0.7)
+            times.append(self.run(f"burst {name}", [name])[0])
+        return statistics.median(times)
+
+    def run(self, pattern: str, kinds: list[str]) -> list[float]:
+        """Replay ``kinds`` back to back; one row per iteration; their seconds."""
+        host_start = time.monotonic()
+        if not self.cuda:  # a CPU test: wall clock
+            marks = [time.perf_counter()]
+            for kind in kinds:
+                self.graphs[kind]()
+                marks.append(time.perf_counter())
+            offsets = [m - marks[0] for m in marks]
+        else:
+            cuda = self.torch.cuda
+            events = [cuda.Event(enable_timing=True) for _ in range(len(kinds) + 1)]
+            events[0].record()
+            for kind, event in zip(kinds, events[1:], strict=True):
+                self.graphs[kind]()
+                event.record()
+            events[-1].synchronize()
+            offsets = [events[0].elapsed_time(e) / 1e3 for e in events]
+        seconds = [b - a for a, b in itertools.pairwise(offsets)]
+        for i, (kind, s) in enumerate(zip(kinds, seconds, strict=True)):
+            self.rows.append({"pattern": pattern, "index": i, "kind": kind,
+                              "start_s": round(offsets[i], 7), "seconds": round(s, 7),
+                              "host_start": round(host_start, 4)})  # fmt: skip
+        return seconds
+
+    def count(self, kind: str, seconds: float) -> int:
+        """Iterations of ``kind`` that fill ``seconds`` (scaled) at its burst time."""
+        return max(1, round(seconds * self.scale / self.burst_s[kind]))
+
+    def patterns(self) -> None:
+        self.idle(3.0)
+        self.run("step", ["P"] * self.count("P", 5.0))
+        for k in DUTY_DECODES:
+            self.idle(2.0)
+            period = self.burst_s["P"] + k * self.burst_s["D"]
+            repeats = max(2, round(3.5 * self.scale / period))
+            self.run(f"duty {k}", (["P"] + ["D"] * k) * repeats)
+        for gap in RECOVER_S:
+            self.idle(2.0)
+            kinds = ["P"] * self.count("P", 2.5) + ["D"] * self.count("D", gap) + ["P"]
+            self.run(f"recover {gap}", kinds)
+        for kind in ("B", "M"):
+            self.idle(2.0)
+            self.run(f"sustained {kind}", [kind] * self.count(kind, 3.0))
+
+
+def measure(args: argparse.Namespace) -> None:
+    """The ``measure`` verb (module docstring)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    name, config = resolve_config(args.model)
+    cfg = GpuProfileConfig(device=args.device, fused=None if args.device == "cuda" else False)
+    profiler = GpuProfiler(name, config, cfg)
+    shape = ShardShape.of(config, 1)
+    layers = shape.num_layers if profiler.device.type == "cuda" else 2
+    model = profiler.model(shape, layers, "iterations tp1")
+    if model is None:
+        raise SystemExit(f"{name}: the shard's weights do not fit on {args.device}")
+    torch = profiler.torch
+    with torch.inference_mode():
+        closures = {k: model.iteration(it) for k, it in shapes(args.device != "cuda").items()}
+        runner = Runner(torch, profiler.device, closures, args.scale)
+        print(json.dumps({k: round(v * 1e3, 3) for k, v in runner.burst_s.items()}), flush=True)
+        clocks = Clocks()
+        try:
+            runner.patterns()
+        finally:
+            clocks.stop()
+    facts = device_facts(torch) if profiler.device.type == "cuda" else {"device": args.device}
+    its = shapes(args.device != "cuda")
+    facts.update(model=name, fused=profiler.fused, scale=args.scale,
+                 shapes={k: str(v) for k, v in its.items()},
+                 tokens={k: v.num_tokens for k, v in its.items()},
+                 burst_s=runner.burst_s, seconds=round(time.monotonic() - started, 1))  # fmt: skip
+    (out / "device.json").write_text(json.dumps(facts, indent=2) + "\n")
+    history = {"rows": runner.rows, "clocks": clocks.samples}
+    (out / "clock_history.json").write_text(json.dumps(history) + "\n")
+    print(json.dumps({"rows": len(runner.rows), "clock_samples": len(clocks.samples),
+                      "seconds": facts["seconds"]}), flush=True)  # fmt: skip
+
+
+# --- report ------------------------------------------------------------------------------
+def duty_trace(rows: list[dict[str, Any]], busy: dict[str, float], tau: float) -> list[float]:
+    """Per row, the exponentially weighted compute duty ``D`` through the iteration (the
+    mean of its start and end):
+    each iteration adds its compute share ``busy[kind]`` over its own time, idle before
+    the pattern counts as zero duty (every pattern starts after >= 2 s idle)."""
+    d, out, last_end = 0.0, [], 0.0
+    for row in rows:
+        gap = max(0.0, row["start_s"] - last_end)
+        d *= math.exp(-gap / tau)
+        w = math.exp(-row["seconds"] / tau)
+        after = d * w + busy[row["kind"]] * (1.0 - w)
+        out.append((d + after) / 2)  # the iteration runs through both
+        d, last_end = after, row["start_s"] + row["seconds"]
+    return out
+
+
+def model_error(patterns: dict[str, list[dict[str, Any]]], burst: dict[str, float],
+                busy: dict[str, float], ratio: float, tau: float | None,
+                power: float = 1.0) -> dict[str, float]:  # fmt: skip
+    """Mean |error| and bias of the prefills' times per pattern family under one clock
+    model: the prefill keeps ``1 - (1 - ratio) * D ** power`` of its burst rate (``tau``
+    None: the constant ``ratio``; ``ratio`` 1: the burst clock)."""
+    errors: dict[str, list[float]] = {}
+    for name, rows in patterns.items():
+        trace = duty_trace(rows, busy, tau) if tau else [1.0] * len(rows)
+        for row, d in zip(rows, trace, strict=True):
+            if row["kind"] != "P":
+                continue
+            keep = 1.0 - (1.0 - ratio) * d**power if tau else ratio
+            predicted = burst["P"] / keep
+            errors.setdefault(name.split()[0], []).append(predicted / row["seconds"] - 1.0)
+    return {k: statistics.mean(abs(e) for e in v) * 100 for k, v in errors.items()} | {
+        f"{k} bias": statistics.mean(v) * 100 for k, v in errors.items()
+    }
+
+
+def accelerator_of(facts: dict[str, Any]) -> str:
+    """The catalog accelerator of a ``device.json``'s GPU name (H100 SXM or H200)."""
+    gpu = str(facts.get("gpu", ""))
+    if "H200" in gpu:
+        return "H200"
+    if "H100" in gpu:
+        return "H100-SXM"
+    raise SystemExit(f"report: which catalog GPU is {gpu!r}? name it with --accelerator")
+
+
+def report(args: argparse.Namespace) -> None:
+    """The ``report`` verb (module docstring)."""
+    folder = Path(args.dir)
+    facts = json.loads((folder / "device.json").read_text())
+    history = json.loads((folder / "clock_history.json").read_text())
+    burst = facts["burst_s"]
+    patterns: dict[str, list[dict[str, Any]]] = {}
+    for row in history["rows"]:
+        if not row["pattern"].startswith("burst"):
+            patterns.setdefault(row["pattern"], []).append(row)
+    print(f"{facts.get('gpu', facts.get('device'))}: burst ms " +
+          ", ".join(f"{k} {v * 1e3:.2f}" for k, v in burst.items()))  # fmt: skip
+    print("\n| pattern | prefills | prefill / burst (first, median, last) | compute duty |")
+    print("|---|---:|---:|---:|")
+    for name, rows in patterns.items():
+        p = [r["seconds"] / burst["P"] for r in rows if r["kind"] == "P"]
+        total = sum(r["seconds"] for r in rows)
+        duty = sum(r["seconds"] for r in rows if r["kind"] in ("P", "M")) / total
+        if not p:
+            k = rows[0]["kind"]
+            s = [r["seconds"] / burst[k] for r in rows]
+            print(f"| {name} | {k} x{len(s)} | {s[0]:.3f}, {statistics.median(s):.3f}, "
+                  f"{statistics.median(s[-max(1, len(s) // 4):]):.3f} | {duty:.2f} |")  # fmt: skip
+            continue
+        print(f"| {name} | {len(p)} | {p[0]:.3f}, {statistics.median(p):.3f}, {p[-1]:.3f} "
+              f"| {duty:.2f} |")  # fmt: skip
+    step = [r["seconds"] / burst["P"] for r in patterns["step"] if r["kind"] == "P"]
+    ratio = args.ratio or 1.0 / statistics.median(step[len(step) // 4 :])
+    acc = get_accelerator(args.accelerator or accelerator_of(facts))
+    ridge = acc.peak_tflops("bf16") * 1e12 / (acc.hbm_bandwidth_gbps * 1e9)
+    tokens = {k: int(n) for k, n in facts.get("tokens", DEFAULT_TOKENS).items()}
+    by_tokens = {k: min(1.0, n / ridge) for k, n in tokens.items()}
+    fits = []
+    for decode_busy in (0.0, 0.1, 0.2, 0.3):
+        busy = {"P": 1.0, "M": 1.0, "D": decode_busy, "B": decode_busy}
+        for power in (1.0, 1.5, 2.0, 2.5, 3.0):
+            for tau in [0.01 * 1.25**i for i in range(25)]:
+                err = model_error(patterns, burst, busy, ratio, tau, power)
+                score = statistics.mean(v for k, v in err.items() if "bias" not in k)
+                fits.append((score, tau, power, decode_busy, err))
+    best = min(fits, key=lambda f: f[0])
+    busy0 = {"P": 1.0, "M": 1.0, "D": 0.0, "B": 0.0}
+    print(
+        f"\nprefill time, mean |error| % (bias) by pattern family; sustained keep {ratio:.3f}"
+        f" ({'given' if args.ratio else 'the step pattern, its last three quarters'}):"
+    )
+    for label, err in (
+        ("burst clock (keep 1)", model_error(patterns, burst, busy0, 1.0, None)),
+        (f"constant keep {ratio:.3f}", model_error(patterns, burst, busy0, ratio, None)),
+        (f"the engine's clock (tau {TAU_S * 1e3:.0f} ms, duty ** {EXPONENT:g}, busy = tokens / "
+         f"{ridge:.0f}, {acc.name}'s ridge)",
+         model_error(patterns, burst, by_tokens, ratio, TAU_S, EXPONENT)),
+        (f"best of the grid: tau {best[1] * 1e3:.0f} ms, duty ** {best[2]:g}, a decode "
+         f"{best[3]:g} busy", best[4]),
+    ):  # fmt: skip
+        cells = ", ".join(f"{k} {v:.1f} ({err[k + ' bias']:+.1f})"
+                          for k, v in err.items() if "bias" not in k)  # fmt: skip
+        print(f"- {label}: {cells}")
+    samples = history.get("clocks") or []
+    if samples:
+        mhz = [s[1] for s in samples]
+        print(
+            f"\nNVML: {len(samples)} samples, SM clock {min(mhz)}-{max(mhz)} MHz, "
+            f"power up to {max(s[2] for s in samples):.0f} W"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    m = verbs.add_parser("measure", help="time the patterns on a GPU")
+    m.add_argument("--out", required=True)
+    m.add_argument("--model", default="llama-3.1-8b")
+    m.add_argument("--device", default="cuda")
+    m.add_argument("--scale", type=float, default=1.0, help="multiply every hold and pause")
+    r = verbs.add_parser("report", help="the tables and the clock models (any machine)")
+    r.add_argument("dir")
+    r.add_argument("--ratio", type=float, default=None,
+                   help="the prefill's sustained keep (default: the step pattern's)")  # fmt: skip
+    r.add_argument("--accelerator", default=None, help="catalog GPU (default: device.json's)")
+    args = parser.parse_args(argv)
+    {"measure": measure, "report": report}[args.verb](args)
+
+
+if __name__ == "__main__":
+    main()
