@@ -33,7 +33,7 @@ and the clock following the compute duty of the recent past, ``1 - (1 - r) * D``
 ``D`` the share of the last ``tau`` seconds (exponentially weighted) spent in compute-bound
 iterations, ``tau`` fitted on the ``step`` and ``recover`` patterns.
 
-    python benchmarks/gpu_clock.py measure --out DIR [--scale 1.0] [--device cuda]
+    python benchmarks/gpu_clock.py measure --out DIR [--model M --tp N] [--scale 1.0]
     python benchmarks/gpu_clock.py report DIR [--ratio 0.838]
 """
 
@@ -205,9 +205,9 @@ def measure(args: argparse.Namespace) -> None:
     name, config = resolve_config(args.model)
     cfg = GpuProfileConfig(device=args.device, fused=None if args.device == "cuda" else False)
     profiler = GpuProfiler(name, config, cfg)
-    shape = ShardShape.of(config, 1)
+    shape = ShardShape.of(config, args.tp)
     layers = shape.num_layers if profiler.device.type == "cuda" else 2
-    model = profiler.model(shape, layers, "iterations tp1")
+    model = profiler.model(shape, layers, f"iterations tp{args.tp}")
     if model is None:
         raise SystemExit(f"{name}: the shard's weights do not fit on {args.device}")
     torch = profiler.torch
@@ -222,7 +222,7 @@ def measure(args: argparse.Namespace) -> None:
             clocks.stop()
     facts = device_facts(torch) if profiler.device.type == "cuda" else {"device": args.device}
     its = shapes(args.device != "cuda")
-    facts.update(model=name, fused=profiler.fused, scale=args.scale,
+    facts.update(model=name, tp=args.tp, fused=profiler.fused, scale=args.scale,
                  shapes={k: str(v) for k, v in its.items()},
                  tokens={k: v.num_tokens for k, v in its.items()},
                  burst_s=runner.burst_s, seconds=round(time.monotonic() - started, 1))  # fmt: skip
@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     m = verbs.add_parser("measure", help="time the patterns on a GPU")
     m.add_argument("--out", required=True)
     m.add_argument("--model", default="llama-3.1-8b")
+    m.add_argument("--tp", type=int, default=1, help="the tensor-parallel shard one GPU runs")
     m.add_argument("--device", default="cuda")
     m.add_argument("--scale", type=float, default=1.0, help="multiply every hold and pause")
     r = verbs.add_parser("report", help="the tables and the clock models (any machine)")
