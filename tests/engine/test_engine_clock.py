@@ -142,6 +142,14 @@ def test_where_the_clock_is_held() -> None:
     )
     assert levels(DeploymentSpec(model=MODEL, accelerator="A100-80GB")) is None
     assert levels(_spec(gpu_clock="sustained")) is None
+    set_ratio = {"params": {"sustained_compute_ratio": 0.9}}
+    a100 = levels(DeploymentSpec(model=MODEL, accelerator="A100-80GB", step_model=set_ratio))
+    assert a100 is not None and a100.ratio == pytest.approx(0.9)  # a set ratio: the clock too
+    fit = {"alpha_ms": 5.0, "beta_ms": 0.1, "gamma_ms": 10.0, "delta_ms": 0.05}
+    inferno = DeploymentSpec(
+        model=MODEL, accelerator="H100-SXM", step_model={"kind": "inferno", "params": fit}
+    )
+    assert levels(inferno) is None  # not the roofline
 
 
 @pytest.mark.parametrize("exact", [False, True])
