@@ -9,11 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 import sincere.cli.plan  # noqa: F401  (registers the command)
+from sincere.catalog import get_accelerator
 from sincere.cli.app import app
 from sincere.core.errors import ConfigError
 from sincere.optimize.pd_check import check, colocated_sim_config, pd_sim_config
 from sincere.optimize.pd_input import compare, load_plan_input
 from sincere.optimize.simsize import SimSettings
+from sincere.perf.calibration import default_roofline_params
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plan" / "pd"
 LONG = EXAMPLE / "llama8b-long-prompts.yaml"
@@ -23,7 +25,10 @@ def test_simulated_xpyd_meets_its_slos_and_matches_the_plan() -> None:
     """The planned 1P1D of the example, simulated (150 requests), meets both mean targets,
     and its mean TTFT (as a client sees it: from the decode side, the engines' front end
     included) and TPOT are within 15 % of the planner's; the end of the prefill (on the
-    client's clock too) is within 15 % of the prefill pool's TTFT plus that front end."""
+    client's clock too) is within 15 % of the prefill pool's TTFT plus that front end, where
+    the planner prices compute at the sustained ratio and the simulated engines follow the
+    GPU's clock (engine/clock.py): at this light load the prefill runs up to 1/ratio
+    faster, so the band's lower end is the ratio times the planner's figure."""
     inp = load_plan_input(LONG)
     plan = compare(inp).disaggregated
     assert plan is not None
@@ -32,7 +37,11 @@ def test_simulated_xpyd_meets_its_slos_and_matches_the_plan() -> None:
     assert sim.ttft_ms == pytest.approx(plan.client_ttft_ms, rel=0.15)
     assert sim.tpot_ms == pytest.approx(plan.client_tpot_ms, rel=0.15)
     assert plan.front_end_ms > 0  # the default engine (vllm-v1): vLLM's HTTP server
-    assert sim.prefill_ttft_ms == pytest.approx(plan.ttft_ms + plan.front_end_ms, rel=0.15)
+    ratio = default_roofline_params(
+        get_accelerator(plan.prefill.candidate.accelerator)
+    ).sustained_compute_ratio
+    planned = plan.ttft_ms + plan.front_end_ms
+    assert ratio * planned * 0.85 <= sim.prefill_ttft_ms <= planned * 1.15
     handoff = plan.prefill.predicted.handoff_ms
     assert plan.client_ttft_ms >= plan.ttft_ms + handoff
 

@@ -280,11 +280,12 @@ def build_engine(
         ranks = []
         for _ in range(spec.lockstep_ranks):
             speculator = speculator_of(spec, deps[first], steps[first], rng, where)
-            clock = None  # a speculating engine prices its iterations with its own model
+            clock, step = None, steps[first]  # a speculating engine: its own model
             if clock_levels is not None and speculator is None:
                 clock = EngineClock(clock_levels)
+                step = clock.model(0)  # decode runs at the burst clock (engine/clock.py)
             ranks.append(ContinuousEngine(
-                ident, requests, records, ix, steps[first],
+                ident, requests, records, ix, step,
                 scheduler_of(spec.engine, steps[first], where), limits, max_tokens=max_tokens,
                 context_caps=context_caps, speculator=speculator, clock=clock,
             ))  # fmt: skip

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from sincere.engine.runs import IterationTime, Run
+from sincere.engine.runs import IterationTime, Run, RunPlanner
 from sincere.perf.base import StepTimeModel
 
 TAU_S = 0.1  # seconds over which the clock follows the compute duty
@@ -90,7 +90,7 @@ class EngineClock:
     between any two) folds into exactly the same duty as the run in one piece.
     """
 
-    __slots__ = ("_begin", "_d0", "_decodes", "_end", "_levels", "_ridge", "_share")
+    __slots__ = ("_begin", "_d0", "_decodes", "_end", "_level", "_levels", "_ridge", "_share")
 
     def __init__(self, levels: ClockLevels) -> None:
         self._levels = levels
@@ -99,6 +99,7 @@ class EngineClock:
         self._begin = self._end = 0.0  # the segment's span (none yet: empty)
         self._share = 0.0  # its busy share
         self._decodes = -1  # its decode sequences if a decode run, else -1
+        self._level = -1  # the level the planner prices prefills at (-1: none yet)
 
     def duty_at(self, now: float) -> float:
         """D at ``now`` (at or after the last piece of work's end)."""
@@ -113,6 +114,14 @@ class EngineClock:
     def model(self, level: int) -> StepTimeModel:
         """The step model of ``level``."""
         return self._levels.model(level)
+
+    def tune(self, planner: RunPlanner, now: float) -> None:
+        """Have ``planner`` price the prefill work starting at ``now`` at this clock's level
+        (the engine's planner calls it first thing when it plans a piece of work)."""
+        level = self.level_at(now)
+        if level != self._level:
+            self._level = level
+            planner.price_prefills(self._levels.model(level), self.chunk_pricer)
 
     def share(self, tokens: float) -> float:
         """The busy share of an iteration of ``tokens`` tokens."""

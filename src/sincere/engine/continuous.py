@@ -90,14 +90,9 @@ class ContinuousEngine(StateView):
         self.id = id
         self.instance_ix = instance_ix
         self.step_model = step_model if speculator is None else speculator.step_model
-        # the GPU's clock under the recent work (engine/clock.py): decode runs at the
-        # burst clock, each prefill iteration at the level its start finds
-        self.clock = clock
-        self._level = -1
-        if clock is not None:
-            self.step_model = clock.model(0)
+        self.clock = clock  # the GPU's (engine/clock.py): it tunes the planner's prefills
         self.scheduler = scheduler
-        self._planner = RunPlanner(self.state, scheduler, self.step_model, limits)
+        self._planner = RunPlanner(self.state, scheduler, self.step_model, limits, clock)
         self._observes = type(scheduler).observe is not IterationScheduler.observe
         # most iterations one prefill run may hold; 1 keeps ``load()`` exact at every
         # iteration (``configure(exact_loads=True)``, when a router reads the engines)
@@ -308,12 +303,6 @@ class ContinuousEngine(StateView):
     # ------------------------------------------------------------- internals
 
     def _start(self, now: Seconds) -> Run | None:
-        clock = self.clock
-        if clock is not None:
-            level = clock.level_at(now)
-            if level != self._level:
-                self._level = level
-                self._planner.price_prefills(clock.model(level), clock.chunk_pricer)
         if self._arrived.waiting:
             self._arrived.admit(self.state, now)
         live = self.on_tokens is not None or self.speculator is not None or self.one_iteration
@@ -338,8 +327,7 @@ class ContinuousEngine(StateView):
         """Apply a finished piece of work: time, tokens, first tokens, finishes."""
         st = self.state
         end = run.end_at
-        if self.clock is not None:
-            self.clock.ran(run)
+        self._planner.finished(run)
         hook = self.on_tokens
         produced = list(st.offset) if hook is not None else None
         if run.num_decode or not run.chunks or self._planner.mixed:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 from sincere.core.types import Seconds
 from sincere.engine.state import BatchState, EngineLimits
@@ -254,6 +255,16 @@ def decode_run(decode_steps_s: DecodeStepsTime, now: Seconds, n: int, ctx: int, 
     return Run(now, now + dur, steps, n, ctx, (), first, slope)
 
 
+class PlannerClock(Protocol):
+    """What a :class:`RunPlanner` asks of a GPU clock (:class:`~.clock.EngineClock`)."""
+
+    def tune(self, planner: RunPlanner, now: Seconds) -> None:
+        """Set ``planner``'s prefill pricing for work starting at ``now``."""
+
+    def ran(self, run: Run) -> None:
+        """Count a finished piece of work."""
+
+
 class RunPlanner:
     """The planning loop of the module docstring, over one engine's :class:`BatchState`.
 
@@ -270,9 +281,11 @@ class RunPlanner:
         scheduler: IterationScheduler,
         step_model: StepTimeModel,
         limits: EngineLimits,
+        clock: PlannerClock | None = None,
     ) -> None:
         self.state = state
         self.scheduler = scheduler
+        self.clock = clock  # the GPU's (engine/clock.py): tunes the prefill pricing
         self.step_model = step_model
         self._iteration_s: IterationTime = step_model.iteration_s_fast
         self._max_num_seqs = limits.max_num_seqs
@@ -298,6 +311,11 @@ class RunPlanner:
         self._iteration_s = step_model.iteration_s_fast
         self._chunk_pricer = chunk_pricer
 
+    def finished(self, run: Run) -> None:
+        """``run`` is done: the clock, if any, counts its work."""
+        if self.clock is not None:
+            self.clock.ran(run)
+
     def enqueue(self, view: StateView, i: int, prefill_len: int) -> None:
         """Queue ``i`` for a prefill of ``prefill_len`` tokens, by the scheduler's key."""
         st = self.state
@@ -309,6 +327,8 @@ class RunPlanner:
 
         ``live``: one iteration per piece (a token hook hears of each).
         """
+        if self.clock is not None:
+            self.clock.tune(self, now)
         st = self.state
         self._blocked_head = None
         self._repeats = self._reordered = False
