@@ -52,13 +52,13 @@ from typing import Any
 from gpu_moe import device_facts  # the sibling script (stdlib-only at import)
 
 from sincere.catalog import get_accelerator
+from sincere.engine.build import ridge_tokens
 from sincere.engine.clock import EXPONENT, TAU_S
 from sincere.profile.gpu import GpuProfileConfig, GpuProfiler
 from sincere.profile.gpu_model import IterationShape, ShardShape
 from sincere.profile.local import resolve_config
 
 DUTY_DECODES = (1, 3, 7, 15, 31, 63)
-DEFAULT_TOKENS = {"P": 2048, "D": 64, "B": 256, "M": 2112}  # each iteration's tokens
 RECOVER_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -309,8 +309,9 @@ def report(args: argparse.Namespace) -> None:
     step = [r["seconds"] / burst["P"] for r in patterns["step"] if r["kind"] == "P"]
     ratio = args.ratio or 1.0 / statistics.median(step[len(step) // 4 :])
     acc = get_accelerator(args.accelerator or accelerator_of(facts))
-    ridge = acc.peak_tflops("bf16") * 1e12 / (acc.hbm_bandwidth_gbps * 1e9)
-    tokens = {k: int(n) for k, n in facts.get("tokens", DEFAULT_TOKENS).items()}
+    ridge = ridge_tokens(acc)
+    default = {k: it.num_tokens for k, it in shapes(False).items()}  # runs before --tp
+    tokens = {k: int(n) for k, n in facts.get("tokens", default).items()}
     by_tokens = {k: min(1.0, n / ridge) for k, n in tokens.items()}
     fits = []
     for decode_busy in (0.0, 0.1, 0.2, 0.3):

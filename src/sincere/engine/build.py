@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from sincere.catalog import ModelArch, get_accelerator, get_model
+from sincere.catalog import Accelerator, ModelArch, get_accelerator, get_model
 from sincere.catalog.specs import PRECISION_BYTES
 from sincere.core.errors import ConfigError
 from sincere.core.records import RecordArrays
@@ -312,8 +312,6 @@ def clock_levels_of(
     ratio = roofline.params.sustained_compute_ratio
     if not 0.0 < ratio < 1.0:
         return None
-    acc = deployment.accelerator
-    ridge_tokens = acc.peak_tflops("bf16") * 1e12 / (acc.hbm_bandwidth_gbps * 1e9)
     cfg = spec.step_model
 
     def build(keep: float) -> StepTimeModel:
@@ -321,7 +319,13 @@ def clock_levels_of(
         at_keep = spec.model_copy(update={"step_model": cfg.model_copy(update={"params": params})})
         return step_model_of(at_keep, deployment, where)
 
-    return ClockLevels(step_model, ratio, ridge_tokens, build)
+    return ClockLevels(step_model, ratio, ridge_tokens(deployment.accelerator), build)
+
+
+def ridge_tokens(accelerator: Accelerator) -> float:
+    """Tokens an iteration needs for a 16-bit GEMM to turn compute-bound: the dense bf16
+    peak over the HBM bandwidth (a GPU clock's busy share: engine/clock.py)."""
+    return accelerator.peak_tflops("bf16") * 1e12 / (accelerator.hbm_bandwidth_gbps * 1e9)
 
 
 def build_streaming_engine(
