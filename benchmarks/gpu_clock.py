@@ -27,6 +27,12 @@ that every iteration's time and its place on the GPU's timeline are known:
 The SM clock and power are read from NVML every 20 ms by a thread beside it. The rows go
 to ``clock_history.json`` (one per iteration) with ``device.json``.
 
+``depth`` (a CUDA GPU): how deep the sustained slowdown goes for other shards, on one
+chip: for each ``model:tp`` of ``--shards`` (in order, the first repeated last to see any
+drift), a prefill of each ``--chunks`` size (``P``) and the shard's gate/up GEMM at as many
+tokens, ten in one graph (``G``): each timed alone after 0.7 s idle (burst, three times),
+then back to back for 3 s after 2 s idle. Rows go to ``depth.json``.
+
 ``report DIR`` (any machine): per pattern, the prefill's time against its burst time, and
 three models of it: the kernel benchmark's clock (ratio 1), the shipped constant ratio,
 and the clock following the compute duty of the recent past, ``1 - (1 - r) * D`` with
@@ -35,6 +41,8 @@ iterations, ``tau`` fitted on the ``step`` and ``recover`` patterns.
 
     python benchmarks/gpu_clock.py measure --out DIR [--model M --tp N] [--scale 1.0]
     python benchmarks/gpu_clock.py report DIR [--ratio 0.838]
+    python benchmarks/gpu_clock.py depth --out DIR --shards llama-3.1-8b:1,qwen3-32b:2
+    python benchmarks/gpu_clock.py depth-report DIR
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ from gpu_moe import device_facts  # the sibling script (stdlib-only at import)
 
 from sincere.catalog import get_accelerator
 from sincere.engine.build import ridge_tokens
-from sincere.engine.clock import EXPONENT, TAU_S
+from sincere.engine.clock import EXPONENT, TAU_S, mean_square_duty
 from sincere.profile.gpu import GpuProfileConfig, GpuProfiler
 from sincere.profile.gpu_model import IterationShape, ShardShape
 from sincere.profile.local import resolve_config
@@ -233,19 +241,179 @@ def measure(args: argparse.Namespace) -> None:
                       "seconds": facts["seconds"]}), flush=True)  # fmt: skip
 
 
+def depth(args: argparse.Namespace) -> None:
+    """The ``depth`` verb (module docstring)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    specs = [s.strip() for s in args.shards.split(",") if s.strip()]
+    specs.append(specs[0])  # the first again, last: drift over the run
+    chunks = [int(c) for c in args.chunks.split(",")]
+    clocks = Clocks()
+    runs: list[dict[str, Any]] = []
+    torch: Any = None
+
+    def save() -> None:  # after every shard: a run cut short keeps what it measured
+        facts = device_facts(torch) if torch is not None and args.device == "cuda" else {}
+        facts.update(chunks=chunks, scale=args.scale, seconds=round(time.monotonic() - started, 1))
+        (out / "depth.json").write_text(json.dumps({"facts": facts, "runs": runs,
+                                                    "clocks": clocks.samples}) + "\n")  # fmt: skip
+
+    try:
+        for spec in specs:
+            model_name, _, tp_text = spec.partition(":")
+            name, config = resolve_config(model_name)
+            cfg = GpuProfileConfig(
+                device=args.device, fused=None if args.device == "cuda" else False
+            )
+            profiler = GpuProfiler(name, config, cfg)
+            torch = profiler.torch
+            shape = ShardShape.of(config, int(tp_text or 1))
+            layers = shape.num_layers if profiler.device.type == "cuda" else 2
+            model = profiler.model(shape, layers, f"iterations tp{shape.tp}")
+            if model is None:
+                print(json.dumps({"shard": spec, "skipped": "weights do not fit"}), flush=True)
+                continue
+            with torch.inference_mode():
+                closures: dict[str, Any] = {}
+                for chunk in chunks if profiler.device.type == "cuda" else [64]:
+                    closures[f"P{chunk}"] = model.iteration(
+                        IterationShape(prefill_seqs=1, chunk=chunk)
+                    )
+                    x = torch.randn(
+                        chunk, shape.hidden, device=profiler.device, dtype=profiler.dtype
+                    )
+                    w = model.layers[0]["gate_up"]
+                    closures[f"G{chunk}"] = lambda x=x, w=w: [x @ w for _ in range(10)]
+                runner = Runner(torch, profiler.device, closures, args.scale)
+                for kind in closures:
+                    runner.idle(2.0)
+                    runner.run(f"b2b {kind}", [kind] * runner.count(kind, 3.0))
+            run = {"shard": spec, "model": name, "tp": shape.tp, "burst_s": runner.burst_s,
+                   "rows": runner.rows}  # fmt: skip
+            runs.append(run)
+            burst_ms = {k: round(v * 1e3, 3) for k, v in runner.burst_s.items()}
+            elapsed = round(time.monotonic() - started, 1)
+            print(
+                json.dumps({"shard": spec, "burst_ms": burst_ms, "elapsed_s": elapsed}), flush=True
+            )
+            del runner, closures, model
+            profiler.free()
+            save()
+    finally:
+        clocks.stop()
+        save()
+
+
+def depth_report(args: argparse.Namespace) -> None:
+    """The ``depth-report`` verb: per shard and iteration, the back-to-back time over the
+    burst time (median of the last three quarters) against the engine's clock on the
+    roofline: back to back the compute keeps the sustained ratio ``r``; the lone iteration
+    after an idle pause keeps ``1 - (1 - r) * mean(D^2)`` over its own time (the clock
+    falls within an iteration as long as the time constant). Then the ``r`` that fits the
+    whole prefills of every shard (least mean |log error|), beside the shipped one."""
+    from functools import cache
+
+    from sincere.catalog import get_model
+    from sincere.fit.gpu_check import gpu_seconds
+    from sincere.perf import Batch, Deployment, make_step_model
+    from sincere.perf.calibration import default_roofline_params
+
+    data = json.loads((Path(args.dir) / "depth.json").read_text())
+    facts = data["facts"]
+    acc = get_accelerator(args.accelerator or accelerator_of(facts))
+    shipped = args.ratio or default_roofline_params(acc).sustained_compute_ratio
+    ridge = ridge_tokens(acc)
+
+    @cache
+    def seconds(model: str, tp: int, tokens: int, keep: float) -> float:
+        dep = Deployment(get_model(model), acc, "bf16", tp=tp)
+        step = make_step_model("roofline", dep, {"sustained_compute_ratio": keep})
+        return gpu_seconds(step, Batch.of(prefill=[(tokens, 0)], decode=[]))
+
+    def predicted(model: str, tp: int, tokens: int, r: float) -> float:
+        """Back to back over the lone iteration, the engine's clock at ratio ``r``."""
+        r = round(r, 4)
+        share = min(1.0, tokens / ridge)
+        lone = seconds(model, tp, tokens, 1.0)
+        for _ in range(3):  # the lone iteration's time and the duty through it
+            keep = round(1.0 - (1.0 - r) * mean_square_duty(0.0, share, lone), 4)
+            lone = seconds(model, tp, tokens, keep)
+        return seconds(model, tp, tokens, r) / lone
+
+    cases = []
+    samples = data["clocks"]
+    for run in data["runs"]:
+        for kind, burst in run["burst_s"].items():
+            rows = [r for r in run["rows"] if r["pattern"] == f"b2b {kind}"]
+            if not rows:
+                continue
+            times = [r["seconds"] for r in rows]
+            slow = statistics.median(times[len(times) // 4 :]) / burst
+            t0 = rows[0]["host_start"]
+            t1 = t0 + rows[-1]["start_s"] + rows[-1]["seconds"]
+            mhz = [c[1] for c in samples if t0 + (t1 - t0) / 4 <= c[0] <= t1]
+            cases.append((run, kind, burst, slow, statistics.median(mhz) if mhz else None))
+    prefills = [(run["model"], run["tp"], int(k[1:]), slow) for run, k, _, slow, _ in cases
+                if k.startswith("P")]  # fmt: skip
+
+    def score(r: float) -> float:
+        return statistics.mean(
+            abs(math.log(predicted(m, tp, n, r) / s)) for m, tp, n, s in prefills
+        )
+
+    fitted = min((0.80 + 0.002 * i for i in range(86)), key=score)
+    which = "the ratio given" if args.ratio else "the shipped ratio"
+    print(f"{facts.get('gpu')} ({acc.name}), {facts.get('measured_at')}; the engine's clock at "
+          f"{which}, {shipped:.3f}, and at the ratio fitted here, {fitted:.3f}")  # fmt: skip
+    print("\n| shard | iteration | burst ms | back to back / burst | SM MHz (median, back to back) "
+          f"| clock at {shipped:.3f} | clock at {fitted:.3f} |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|")
+    errs: list[list[float]] = [[], []]
+    for run, kind, burst, slow, mhz in cases:
+        cells = ["—", "—"]
+        if kind.startswith("P"):
+            for j, r in enumerate((shipped, fitted)):
+                pred = predicted(run["model"], run["tp"], int(kind[1:]), r)
+                errs[j].append(pred / slow - 1.0)
+                cells[j] = f"{pred:.3f}"
+        clock = "—" if mhz is None else f"{mhz:.0f}"
+        print(f"| {run['shard']} | {kind} | {burst * 1e3:.2f} | {slow:.3f} | {clock} | "
+              f"{cells[0]} | {cells[1]} |")  # fmt: skip
+    at_start = [seconds(m, tp, n, round(shipped, 4)) / seconds(m, tp, n, 1.0) / s - 1.0
+                for m, tp, n, s in prefills]  # fmt: skip
+    for label, e in (
+        (f"ratio {shipped:.3f}", errs[0]),
+        (f"ratio {fitted:.3f}", errs[1]),
+        (f"ratio {shipped:.3f}, a lone prefill at the burst clock throughout", at_start),
+    ):
+        mean, most, bias = (100 * statistics.mean(abs(x) for x in e), 100 * max(map(abs, e)),
+                            100 * statistics.mean(e))  # fmt: skip
+        print(f"\n{label}: prefills' back-to-back slowdown, mean |error| {mean:.1f} %, "
+              f"max {most:.1f} %, bias {bias:+.1f} %")  # fmt: skip
+
+
 # --- report ------------------------------------------------------------------------------
-def duty_trace(rows: list[dict[str, Any]], busy: dict[str, float], tau: float) -> list[float]:
-    """Per row, the exponentially weighted compute duty ``D`` through the iteration (the
-    mean of its start and end):
-    each iteration adds its compute share ``busy[kind]`` over its own time, idle before
-    the pattern counts as zero duty (every pattern starts after >= 2 s idle)."""
+def duty_trace(
+    rows: list[dict[str, Any]], busy: dict[str, float], tau: float, power: float
+) -> list[float]:
+    """Per row, the mean of ``D ** power`` through the iteration, ``D`` the exponentially
+    weighted compute duty: each iteration pulls it towards its compute share
+    ``busy[kind]`` over its own time, idle before the pattern counts as zero duty (every
+    pattern starts after >= 2 s idle). The square's mean is exact
+    (:func:`sincere.engine.clock.mean_square_duty`, the engine's); another power takes the
+    mean of the iteration's start and end duty to that power."""
     d, out, last_end = 0.0, [], 0.0
     for row in rows:
         gap = max(0.0, row["start_s"] - last_end)
         d *= math.exp(-gap / tau)
-        w = math.exp(-row["seconds"] / tau)
-        after = d * w + busy[row["kind"]] * (1.0 - w)
-        out.append((d + after) / 2)  # the iteration runs through both
+        share, seconds = busy[row["kind"]], row["seconds"]
+        w = math.exp(-seconds / tau)
+        after = d * w + share * (1.0 - w)
+        if power == 2.0:
+            out.append(mean_square_duty(d, share, seconds, tau))
+        else:
+            out.append(((d + after) / 2) ** power)
         d, last_end = after, row["start_s"] + row["seconds"]
     return out
 
@@ -254,16 +422,24 @@ def model_error(patterns: dict[str, list[dict[str, Any]]], burst: dict[str, floa
                 busy: dict[str, float], ratio: float, tau: float | None,
                 power: float = 1.0) -> dict[str, float]:  # fmt: skip
     """Mean |error| and bias of the prefills' times per pattern family under one clock
-    model: the prefill keeps ``1 - (1 - ratio) * D ** power`` of its burst rate (``tau``
-    None: the constant ``ratio``; ``ratio`` 1: the burst clock)."""
+    model: the prefill keeps ``1 - (1 - ratio) * mean(D ** power)`` of its burst rate
+    (``tau`` None: the constant ``ratio``; ``ratio`` 1: the burst clock). ``burst`` is
+    the time measured alone after an idle pause, which the clock model prices too: the
+    predicted time is the burst time over the model's keep for the iteration, times the
+    model's keep for the lone one."""
     errors: dict[str, list[float]] = {}
+    lone = 1.0
+    if tau:  # the lone prefill's own keep (from idle, busy the whole iteration)
+        lone_trace = duty_trace([{"kind": "P", "start_s": 0.0, "seconds": burst["P"]}],
+                                busy, tau, power)  # fmt: skip
+        lone = 1.0 - (1.0 - ratio) * lone_trace[0]
     for name, rows in patterns.items():
-        trace = duty_trace(rows, busy, tau) if tau else [1.0] * len(rows)
+        trace = duty_trace(rows, busy, tau, power) if tau else [1.0] * len(rows)
         for row, d in zip(rows, trace, strict=True):
             if row["kind"] != "P":
                 continue
-            keep = 1.0 - (1.0 - ratio) * d**power if tau else ratio
-            predicted = burst["P"] / keep
+            keep = 1.0 - (1.0 - ratio) * d if tau else ratio
+            predicted = burst["P"] * lone / keep
             errors.setdefault(name.split()[0], []).append(predicted / row["seconds"] - 1.0)
     return {k: statistics.mean(abs(e) for e in v) * 100 for k, v in errors.items()} | {
         f"{k} bias": statistics.mean(v) * 100 for k, v in errors.items()
@@ -362,8 +538,20 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--ratio", type=float, default=None,
                    help="the prefill's sustained keep (default: the step pattern's)")  # fmt: skip
     r.add_argument("--accelerator", default=None, help="catalog GPU (default: device.json's)")
+    d = verbs.add_parser("depth", help="back-to-back slowdown of several shards, one GPU")
+    d.add_argument("--out", required=True)
+    d.add_argument("--shards", default="llama-3.1-8b:1,qwen3-32b:2")
+    d.add_argument("--chunks", default="2048", help="prefill sizes, comma-separated")
+    d.add_argument("--device", default="cuda")
+    d.add_argument("--scale", type=float, default=1.0, help="multiply every hold and pause")
+    dr = verbs.add_parser("depth-report", help="the depth table (any machine)")
+    dr.add_argument("dir")
+    dr.add_argument("--accelerator", default=None, help="catalog GPU (default: depth.json's)")
+    dr.add_argument("--ratio", type=float, default=None,
+                    help="the ratio beside the fitted one (default: the shipped)")  # fmt: skip
     args = parser.parse_args(argv)
-    {"measure": measure, "report": report}[args.verb](args)
+    verbs_ = {"measure": measure, "report": report, "depth": depth, "depth-report": depth_report}
+    verbs_[args.verb](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The GPU's clock under the engine's recent work (engine/clock.py): the duty by hand, the
-levels, and a real H100 engine whose lone prompt runs at the burst clock while prompts back
-to back settle at the sustained ratio."""
+levels, and a real H100 engine whose lone prompt starts at the burst clock and falls within
+itself while prompts back to back settle at the sustained ratio."""
 
 from __future__ import annotations
 
@@ -9,13 +9,22 @@ import math
 import numpy as np
 import pytest
 
+from sincere.catalog import get_accelerator
 from sincere.core.records import RecordArrays
 from sincere.core.request import RequestArrays
 from sincere.engine.build import build_engine, clock_levels_of, deployment_of, step_model_of
-from sincere.engine.clock import EXPONENT, LEVELS, TAU_S, ClockLevels, EngineClock
+from sincere.engine.clock import (
+    EXPONENT,
+    LEVELS,
+    TAU_S,
+    ClockLevels,
+    EngineClock,
+    mean_square_duty,
+)
 from sincere.engine.continuous import ContinuousEngine
 from sincere.engine.runs import Run
 from sincere.engine.spec import DeploymentSpec
+from sincere.perf.calibration import default_roofline_params
 
 from .test_engine_continuous import drive
 
@@ -93,26 +102,34 @@ def _spec(**engine: object) -> DeploymentSpec:
     return DeploymentSpec(model=MODEL, accelerator="H100-SXM", engine=engine)
 
 
-def test_a_lone_prompt_runs_at_the_burst_clock_and_a_backlog_settles_at_the_sustained() -> None:
-    """H100 keeps 0.876 of its compute rate under sustained load. One prompt on an idle
-    engine is priced exactly as at ratio 1 (the kernel benchmark's clock), faster than at
-    the sustained ratio; 12 prompts of 8,000 tokens at once, one an iteration, start at the
-    burst clock and end at exactly the sustained model's iteration time; the decodes after
-    them run at the burst clock."""
-    burst = DeploymentSpec(
-        model=MODEL, accelerator="H100-SXM",
-        step_model={"params": {"sustained_compute_ratio": 1.0}},
+def _at_keep(keep: float, **engine: object) -> DeploymentSpec:
+    """The H100 spec priced at ``keep`` of the burst compute rate throughout."""
+    return DeploymentSpec(
+        model=MODEL, accelerator="H100-SXM", engine={"gpu_clock": "sustained", **engine},
+        step_model={"params": {"sustained_compute_ratio": keep}},
     )  # fmt: skip
+
+
+def test_a_lone_prompt_falls_from_the_burst_clock_within_itself_and_a_backlog_settles() -> None:
+    """One prompt on an idle engine starts at the burst clock and runs at the level of the
+    mean squared duty through it (its length at the burst clock): for a 4,096-token prompt
+    (about 0.1 s, the clock's time constant) level 1 of 8, by hand. 12 prompts of 8,000
+    tokens at once, one an iteration: the first slower than at the burst clock, the last at
+    exactly the sustained model's iteration time; the decodes after them run at the burst
+    clock."""
+    ratio = default_roofline_params(get_accelerator("H100-SXM")).sustained_compute_ratio
+    burst_s = _ttfts(_at_keep(1.0), [0.0], 4096)[0]
+    level = round(LEVELS * mean_square_duty(0.0, 1.0, burst_s))
+    assert level == 1
     lone = _ttfts(_spec(), [0.0], 4096)[0]
-    assert lone == _ttfts(burst, [0.0], 4096)[0]
-    assert lone < _ttfts(_spec(gpu_clock="sustained"), [0.0], 4096)[0] * 0.93
+    assert lone == _ttfts(_at_keep(1.0 - (1.0 - ratio) * level / LEVELS), [0.0], 4096)[0]
+    assert burst_s < lone < _ttfts(_spec(gpu_clock="sustained"), [0.0], 4096)[0] * 0.93
 
     arrivals, one = [0.0] * 12, {"max_num_batched_tokens": 8000}
     duty = np.diff(_ttfts(_spec(**one), arrivals, 8000), prepend=0.0)
     held = np.diff(_ttfts(_spec(gpu_clock="sustained", **one), arrivals, 8000), prepend=0.0)
-    burst = burst.model_copy(update={"engine": _spec(**one).engine})
-    fast = np.diff(_ttfts(burst, arrivals, 8000), prepend=0.0)
-    assert duty[0] == pytest.approx(fast[0], rel=1e-12)
+    fast = np.diff(_ttfts(_at_keep(1.0, **one), arrivals, 8000), prepend=0.0)
+    assert fast[0] < duty[0] < held[0]
     assert duty[-1] == pytest.approx(held[-1], rel=1e-12)
     assert np.all(np.diff(duty) >= -1e-12)  # the clock only falls while prompts run
 
@@ -123,7 +140,22 @@ def test_a_lone_prompt_runs_at_the_burst_clock_and_a_backlog_settles_at_the_sust
         assert isinstance(engine, ContinuousEngine)
         return float(engine.records.finished_at[0] - engine.records.first_token_at[0])
 
-    assert finish(_spec()) == pytest.approx(finish(burst), rel=1e-12)
+    assert finish(_spec()) == pytest.approx(finish(_at_keep(1.0)), rel=1e-12)
+
+
+def test_the_mean_squared_duty_through_a_piece_of_work() -> None:
+    """The closed form against the mean of ``D(t) ** 2`` sampled through the piece."""
+    for d0, share, seconds in (
+        (0.0, 1.0, 0.228),
+        (0.5, 1.0, 0.05),
+        (1.0, 0.2, 0.3),
+        (0.3, 0.3, 1.0),
+    ):
+        t = np.linspace(0.0, seconds, 200_001)
+        d = share + (d0 - share) * np.exp(-t / TAU_S)
+        sampled = float(np.trapezoid(d**2, t) / seconds)
+        assert mean_square_duty(d0, share, seconds) == pytest.approx(sampled, rel=1e-9)
+    assert mean_square_duty(0.7, 1.0, 0.0) == pytest.approx(0.49)
 
 
 def test_where_the_clock_is_held() -> None:
@@ -137,7 +169,7 @@ def test_where_the_clock_is_held() -> None:
 
     h100 = levels(_spec())
     assert h100 is not None
-    assert h100.ratio == pytest.approx(0.876) and h100.ridge_tokens == pytest.approx(
+    assert h100.ratio == pytest.approx(0.878) and h100.ridge_tokens == pytest.approx(
         989 / 3.35, rel=0.02
     )
     assert levels(DeploymentSpec(model=MODEL, accelerator="A100-80GB")) is None

@@ -36,7 +36,12 @@ clock following the recent compute duty (``engine.gpu_clock: duty``, engine/cloc
 ``gpu_clock: sustained`` gives the previous bytes: the vllm example's mean TTFT 111.47 ->
 102.21 ms, TPOT 11.57 -> 10.88 ms; niyama's 84.47 -> 79.65 ms and 10.08 -> 9.74 ms;
 hetero's 138.68 -> 134.57 ms and 18.01 -> 17.56 ms; hetero-explore's 162.41 -> 158.78 ms
-and 22.29 -> 21.96 ms); W1 (which names the eager engine) and SINCERE's
+and 22.29 -> 21.96 ms), and that clock's ratio fitted on whole prefills of four shards
+(H100 0.876 -> 0.878, H200 0.838 -> 0.858) with a lone prefill slowing within itself once
+it runs as long as the clock's time constant (the vllm example's 102.21 -> 104.05 ms and
+10.88 -> 11.00 ms; niyama's 79.65 -> 80.18 ms and 9.74 -> 9.77 ms; hetero's 134.57 ->
+135.58 ms and 17.56 -> 17.68 ms; hetero-explore's 158.78 -> 159.88 ms and 21.96 -> 22.05
+ms); W1 (which names the eager engine) and SINCERE's
 study are A100 / request-level and never moved). With caching off, and with it on (the
 default) for these workloads (their requests carry no block ids), the bytes must not move.
 """
@@ -56,11 +61,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PINNED = {
     "w1": "b89ca563fb17e486fbf0ad479ad7aba9558f0e05a234765acb8e2e627879f00c",
-    "hetero": "e9459f25835bbe901567106ab7cbb6a243c5b7f4714c494ff2b1f2dc9b6420f5",
-    "hetero-explore": "7e68f64442ca1178bb5993e28626a3d6d1a58bed3bdbaf1e2a9f6256ea639e02",
-    "niyama": "d446b03c48731612e6da6533c90a0ba4dbb37a32c4e76b8318cb3680b0455466",
+    "hetero": "a59a4f06d5e33edb4f35fddd99f1199d77fff94184703f492c85517e94603f33",
+    "hetero-explore": "f0709891558f13e77a429ce7427c60c0d2a8378c21225073716874120c8bbcb3",
+    "niyama": "bf69a5e91097ca0ad2747f345d59bc730bbdd4cc64156b95b3f2cab4da8a51c1",
     "sincere": "3ab15ad72eff7ccb31e8cce25708beb0ccd67b24e9b7ff774291602186a0c09c",
-    "vllm": "ff408d488c0c6e82e4f0a7dce677efdf03c26351f40f95ef5fc52b999c5e383a",
+    "vllm": "0743b177600d62d758bf35f657334154f3481fdd56fec938b04bfd8b76dfdcbe",
 }
 
 

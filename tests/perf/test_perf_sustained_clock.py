@@ -29,7 +29,7 @@ def test_measured_gpus_take_their_ratio_and_say_where_it_came_from() -> None:
         defaults = roofline_defaults(get_accelerator(name))
         assert defaults.params["sustained_compute_ratio"] == clocks[name]["ratio"] < 1.0
         assert defaults.parts["sustained_clock"].startswith("measured:")
-        assert "sustain.json" in defaults.parts["sustained_clock"]
+        assert "clock-depth/depth.json" in defaults.parts["sustained_clock"]
     for name in ("B200", "A100-80GB", "L40S", "H100-PCIe"):
         defaults = roofline_defaults(get_accelerator(name))
         assert "sustained_compute_ratio" not in defaults.params

@@ -301,14 +301,14 @@ class RunPlanner:
 
     def price_prefills(
         self,
-        step_model: StepTimeModel,
+        iteration_s: IterationTime,
         chunk_pricer: Callable[[float], Callable[[float], IterationTime]] | None,
     ) -> None:
-        """Price the prefill work planned from now on with ``step_model`` (the same
-        deployment and execution model at another GPU clock: engine/clock.py), a run of
+        """Price the prefill work planned from now on by ``iteration_s`` (the same
+        deployment and execution model at the GPU's clock: engine/clock.py), a run of
         repeated chunks by ``chunk_pricer(tokens)`` iteration by iteration; decode runs
         keep :attr:`step_model`."""
-        self._iteration_s = step_model.iteration_s_fast
+        self._iteration_s = iteration_s
         self._chunk_pricer = chunk_pricer
 
     def finished(self, run: Run) -> None:
