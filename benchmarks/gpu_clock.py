@@ -280,11 +280,12 @@ def depth(args: argparse.Namespace) -> None:
                     closures[f"P{chunk}"] = model.iteration(
                         IterationShape(prefill_seqs=1, chunk=chunk)
                     )
-                    x = torch.randn(
-                        chunk, shape.hidden, device=profiler.device, dtype=profiler.dtype
-                    )
-                    w = model.layers[0]["gate_up"]
-                    closures[f"G{chunk}"] = lambda x=x, w=w: [x @ w for _ in range(10)]
+                    if args.gemm:
+                        x = torch.randn(
+                            chunk, shape.hidden, device=profiler.device, dtype=profiler.dtype
+                        )
+                        w = model.layers[0]["gate_up"]
+                        closures[f"G{chunk}"] = lambda x=x, w=w: [x @ w for _ in range(10)]
                 runner = Runner(torch, profiler.device, closures, args.scale)
                 for kind in closures:
                     runner.idle(2.0)
@@ -542,6 +543,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--out", required=True)
     d.add_argument("--shards", default="llama-3.1-8b:1,qwen3-32b:2")
     d.add_argument("--chunks", default="2048", help="prefill sizes, comma-separated")
+    d.add_argument("--no-gemm", dest="gemm", action="store_false", help="prefills only")
     d.add_argument("--device", default="cuda")
     d.add_argument("--scale", type=float, default=1.0, help="multiply every hold and pause")
     dr = verbs.add_parser("depth-report", help="the depth table (any machine)")
