@@ -348,3 +348,21 @@ def test_the_gemms_factor_by_shape_is_shown_where_the_gpu_has_one() -> None:
     assert "the roofline's form" in runner.invoke(app, args).output
     a100 = ["step", "llama-3.1-8b", "--accelerator", "A100-80GB", "--decode", "32@2048"]
     assert "gemm_shape_factor" not in json.loads(runner.invoke(app, [*a100, "--json"]).output)
+
+
+def test_a_gpu_that_throttles_under_load_shows_both_clocks() -> None:
+    """On an H200 (sustained ratio under 1) the step is priced under sustained load and
+    also at the burst clock: a 2,048-token prefill is faster there, by less than 1/ratio
+    (only its compute slows); `--json` gives both. An A100 (ratio 1) shows no such line."""
+    args = ["step", "llama-3.1-8b", "--accelerator", "H200", "--prefill", "2048"]
+    out = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    clock = out["gpu_clock"]
+    assert 0.0 < clock["sustained_ratio"] < 1.0
+    burst, loaded = clock["burst_iteration_s"], out["iteration_s"]
+    assert loaded * clock["sustained_ratio"] < burst < loaded * 0.95
+    table = " ".join(runner.invoke(app, args).output.split())
+    assert "GPU clock:" in table and f"{1e3 * burst:.3f} ms at the burst clock" in table
+    a100 = ["step", "llama-3.1-8b", "--accelerator", "A100", "--prefill", "2048"]
+    shown = runner.invoke(app, a100)
+    assert shown.exit_code == 0 and "GPU clock" not in shown.output
+    assert "gpu_clock" not in json.loads(runner.invoke(app, [*a100, "--json"]).output)

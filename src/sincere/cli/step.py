@@ -350,6 +350,12 @@ def step_command(
     if max_num_seqs is None:
         max_num_seqs = default_limits(preset, dep.accelerator).max_num_seqs
     execution = execution_params(preset, {})
+    ratio = built.params.sustained_compute_ratio if isinstance(built, Roofline) else 1.0
+    burst_s = None
+    if ratio < 1.0:  # the same iteration at the burst clock (a lone one after a pause)
+        at_burst = {**inline, "sustained_compute_ratio": 1.0}
+        fast = StepModelConfig(kind=step_model, params=at_burst, params_file=params).build(dep)
+        burst_s = with_execution(fast, execution, max_num_seqs).iteration_s(batch)
     built = with_execution(built, execution, max_num_seqs)
     seconds = built.iteration_s(batch)
     parts = built.parts(batch) if isinstance(built, StepBreakdown) else None
@@ -372,6 +378,8 @@ def step_command(
             out["speculation"] = spec
         if shape_factor is not None:
             out["gemm_shape_factor"] = shape_factor
+        if burst_s is not None:
+            out["gpu_clock"] = {"sustained_ratio": ratio, "burst_iteration_s": burst_s}
         if notes:
             out["notes"] = notes
         if step_model == "roofline" and params is None:
@@ -400,6 +408,14 @@ def step_command(
             f"GEMMs (linear work and LM head): x{shape_factor:.3f} the roofline's form, by the "
             "factor by shape fitted to the measured GEMMs its linear constants come from "
             "(shape_corrections: false for the form alone)",
+            highlight=False,
+        )
+    if burst_s is not None:
+        console.print(
+            f"GPU clock: {1e3 * seconds:.3f} ms under sustained load (compute at {ratio:.3f} "
+            f"of the kernel rate, as back-to-back prefills run), {1e3 * burst_s:.3f} ms at the "
+            "burst clock (a short iteration after an idle pause); a serving engine moves "
+            "between the two with its recent compute (engine.gpu_clock, docs/engine.md)",
             highlight=False,
         )
     for note in notes:
