@@ -80,11 +80,31 @@ def test_async_scheduling_exposes_only_the_cpu_the_gpu_does_not_cover() -> None:
     assert model.decode_step_s(40, 1000) == pytest.approx(0.006 + 0.0005, rel=1e-12)
 
 
+def test_the_cpu_hides_under_its_share_of_the_gpu_time() -> None:
+    """``cpu_overlap`` 0.5: the CPU hides under half the GPU time, the rest is exposed."""
+    params = _params(graph_mode="none", graph_sizes=(), async_scheduling=True, cpu_overlap=0.5)
+    model = ExecutedStepModel(Affine(), params)
+    gpu = GPU_FIXED + GPU_TOKEN * 8 + GPU_CTX * 1000  # 4.18 ms; CPU 2.8 ms, above half of it
+    assert model.decode_step_s(8, 1000) == pytest.approx(gpu + 0.0028 - 0.5 * gpu, rel=1e-12)
+    # 1 sequence: GPU 4.011 ms, CPU 2.1 ms: 0.0945 ms above half the GPU; all hidden at 1.0
+    one = GPU_FIXED + GPU_TOKEN + GPU_CTX * 10
+    assert model.decode_step_s(1, 10) == pytest.approx(one + 0.0021 - 0.5 * one, rel=1e-12)
+    full = ExecutedStepModel(Affine(), dataclasses.replace(params, cpu_overlap=1.0))
+    assert full.decode_step_s(1, 10) == pytest.approx(one, rel=1e-12)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="cpu_overlap"):
+            _params(async_scheduling=True, cpu_overlap=bad)
+
+
+@pytest.mark.parametrize("overlap", [1.0, 0.4])
 @pytest.mark.parametrize("num_seqs", [3, 20, 37, 64])
-def test_a_decode_run_sums_its_iterations_exactly(num_seqs: int) -> None:
-    # the CPU (2 ms + 0.1 ms/seq) crosses the growing GPU time inside the run for 20 and 37
-    model = ExecutedStepModel(Affine(), _params(graph_sizes=(1, 2, 4, 8, 16, 24, 32, 40, 48),
-                                                async_scheduling=True))  # fmt: skip
+def test_a_decode_run_sums_its_iterations_exactly(num_seqs: int, overlap: float) -> None:
+    # the CPU (2 ms + 0.1 ms/seq) crosses the growing GPU time (or its hidden share) inside
+    # the run for some of these
+    sizes = (1, 2, 4, 8, 16, 24, 32, 40, 48)
+    model = ExecutedStepModel(
+        Affine(), _params(graph_sizes=sizes, async_scheduling=True, cpu_overlap=overlap)
+    )
     ctx, steps = 200, 400
     total = sum(model.decode_step_s(num_seqs, ctx + k * num_seqs) for k in range(steps))
     assert model.decode_steps_s(num_seqs, ctx, steps) == pytest.approx(total, rel=1e-9)
