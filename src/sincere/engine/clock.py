@@ -136,7 +136,8 @@ class EngineClock:
         return d * math.exp(-max(0.0, now - self._end) / TAU_S)
 
     def level_at(self, now: float) -> int:
-        """The level prefill work starting at ``now`` runs at."""
+        """The level at ``now``: where a prefill starting then begins, before its own
+        length counts (:meth:`iteration_s`)."""
         return round(LEVELS * math.pow(self.duty_at(now), EXPONENT))
 
     def model(self, level: int) -> StepTimeModel:
