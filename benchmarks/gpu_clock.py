@@ -30,8 +30,11 @@ to ``clock_history.json`` (one per iteration) with ``device.json``.
 ``depth`` (a CUDA GPU): how deep the sustained slowdown goes for other shards, on one
 chip: for each ``model:tp`` of ``--shards`` (in order, the first repeated last to see any
 drift), a prefill of each ``--chunks`` size (``P``) and the shard's gate/up GEMM at as many
-tokens, ten in one graph (``G``): each timed alone after 0.7 s idle (burst, three times),
-then back to back for 3 s after 2 s idle. Rows go to ``depth.json``.
+tokens, ten in one graph (``G``; ``--no-gemm`` leaves them out): each timed alone after
+0.7 s idle (burst, three times), then back to back for 3 s after 2 s idle. Rows go to
+``depth.json`` after every shard. ``depth-report DIR [--ratio R]`` (any machine): the
+back-to-back slowdowns against the engine's clock on the roofline, and the ratio that fits
+them.
 
 ``report DIR`` (any machine): per pattern, the prefill's time against its burst time, and
 three models of it: the kernel benchmark's clock (ratio 1), the shipped constant ratio,
@@ -262,6 +265,8 @@ def depth(args: argparse.Namespace) -> None:
     try:
         for spec in specs:
             model_name, _, tp_text = spec.partition(":")
+            if not (tp_text or "1").isdigit():
+                raise SystemExit(f"--shards: {spec!r} is not MODEL:TP (e.g. qwen3-32b:2)")
             name, config = resolve_config(model_name)
             cfg = GpuProfileConfig(
                 device=args.device, fused=None if args.device == "cuda" else False
