@@ -208,17 +208,24 @@ class Runner:
             self.run(f"sustained {kind}", [kind] * self.count(kind, 3.0))
 
 
+def shard_model(model: str, tp: int, device: str) -> tuple[str, GpuProfiler, ShardShape, Any]:
+    """``sincere profile gpu``'s TP shard of ``model`` with random weights, fused on a GPU
+    (every layer; two on a CPU test): its catalog name, profiler, shape and model (None
+    when its weights do not fit)."""
+    name, config = resolve_config(model)
+    cfg = GpuProfileConfig(device=device, fused=None if device == "cuda" else False)
+    profiler = GpuProfiler(name, config, cfg)
+    shape = ShardShape.of(config, tp)
+    layers = shape.num_layers if profiler.device.type == "cuda" else 2
+    return name, profiler, shape, profiler.model(shape, layers, f"iterations tp{tp}")
+
+
 def measure(args: argparse.Namespace) -> None:
     """The ``measure`` verb (module docstring)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    name, config = resolve_config(args.model)
-    cfg = GpuProfileConfig(device=args.device, fused=None if args.device == "cuda" else False)
-    profiler = GpuProfiler(name, config, cfg)
-    shape = ShardShape.of(config, args.tp)
-    layers = shape.num_layers if profiler.device.type == "cuda" else 2
-    model = profiler.model(shape, layers, f"iterations tp{args.tp}")
+    name, profiler, _, model = shard_model(args.model, args.tp, args.device)
     if model is None:
         raise SystemExit(f"{name}: the shard's weights do not fit on {args.device}")
     torch = profiler.torch
@@ -267,15 +274,8 @@ def depth(args: argparse.Namespace) -> None:
             model_name, _, tp_text = spec.partition(":")
             if not (tp_text or "1").isdigit():
                 raise SystemExit(f"--shards: {spec!r} is not MODEL:TP (e.g. qwen3-32b:2)")
-            name, config = resolve_config(model_name)
-            cfg = GpuProfileConfig(
-                device=args.device, fused=None if args.device == "cuda" else False
-            )
-            profiler = GpuProfiler(name, config, cfg)
+            name, profiler, shape, model = shard_model(model_name, int(tp_text or 1), args.device)
             torch = profiler.torch
-            shape = ShardShape.of(config, int(tp_text or 1))
-            layers = shape.num_layers if profiler.device.type == "cuda" else 2
-            model = profiler.model(shape, layers, f"iterations tp{shape.tp}")
             if model is None:
                 print(json.dumps({"shard": spec, "skipped": "weights do not fit"}), flush=True)
                 continue
