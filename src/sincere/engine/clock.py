@@ -64,6 +64,11 @@ def mean_square_duty(d0: float, share: float, seconds: float, tau: float = TAU_S
     return share * share + 2.0 * a * share * e1 + a * a * e2
 
 
+def level_of(mean_square: float) -> int:
+    """The level (0 to :data:`LEVELS`) of a mean squared duty."""
+    return round(LEVELS * mean_square)
+
+
 class ClockLevels:
     """One deployment's step models at each level of kept compute rate (module docstring).
 
@@ -138,7 +143,8 @@ class EngineClock:
     def level_at(self, now: float) -> int:
         """The level at ``now``: where a prefill starting then begins, before its own
         length counts (:meth:`iteration_s`)."""
-        return round(LEVELS * math.pow(self.duty_at(now), EXPONENT))
+        d = self.duty_at(now)
+        return level_of(d * d)
 
     def model(self, level: int) -> StepTimeModel:
         """The step model of ``level``."""
@@ -161,10 +167,10 @@ class EngineClock:
         from the burst clock within itself)."""
         d0 = self._at
         levels = self._levels
-        start = round(LEVELS * d0 * d0)
+        start = level_of(d0 * d0)
         t = levels.model(start).iteration_s_fast(seqs, tokens, cached, pairs, num_decode, ctx)
         share = min(1.0, (tokens + num_decode) / self._ridge)
-        level = round(LEVELS * mean_square_duty(d0, share, t))
+        level = level_of(mean_square_duty(d0, share, t))
         if level == start:
             return t
         return levels.model(level).iteration_s_fast(seqs, tokens, cached, pairs, num_decode, ctx)
