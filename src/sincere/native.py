@@ -1,7 +1,8 @@
 """Compiled versions of the simulator's hot modules (optional; same source, same results).
 
 The modules in :data:`COMPILED` (the continuous engine's API, state, runs and view, its
-KV and queue helpers, the roofline step model and the execution model over it, Niyama's
+KV and queue helpers, the roofline step model (with its GEMM and shape-grid helpers) and
+the execution model over it, Niyama's
 next-token deadlines, the cluster's count routing and the event loop) are plain, fully
 typed Python. ``build()`` compiles
 them with mypyc into C extensions, about 1.7x faster on the reference workload; nothing
@@ -55,8 +56,10 @@ COMPILED: tuple[str, ...] = (
     "sincere.engine.view",
     "sincere.engine.waiting",
     "sincere.perf.execution",
+    "sincere.perf.gemm",
     "sincere.perf.roofline",
     "sincere.perf.series",
+    "sincere.perf.shape_grid",
     "sincere.policy.schedulers.deadlines",
     "sincere.sim.counts",
     "sincere.sim.runner",

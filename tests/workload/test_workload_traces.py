@@ -229,6 +229,7 @@ def test_mooncake_hash_ids_become_block_ids(tmp_path: Path) -> None:
         ([0, "x"], "expected a list of integers"),
         ([0, True], "expected a list of integers"),
         ([0, -3], "expected a list of integers"),
+        ([0, 2**63], "expected a list of integers"),
         ([0, 1, 2], r"3 blocks of 512 tokens is more than the 600-token prompt has \(at most 2\)"),
     ],
 )
