@@ -1,0 +1,221 @@
+"""Where a whole prefill's time goes on one GPU: GEMMs, attention by kernel, the rest.
+
+A whole prefill of a tensor-parallel shard (``sincere profile gpu``'s, random weights, the
+work around attention compiled as vLLM V1 compiles it) runs 8-13 % slower at the burst
+clock than the roofline's burst price on an H200, while its gate/up GEMM alone matches the
+GEMM fit within 2 % (benchmarks/README.md, "How deep the clock falls, shard by shard").
+This script splits the iteration to say where the rest goes:
+
+``measure`` (a CUDA GPU and PyTorch): for each ``model:tp`` of ``--shards`` and each
+prefill size of ``--chunks`` (one sequence, nothing cached), CUDA graphs of
+
+- ``P``: the whole prefill iteration, as ``profile gpu`` and ``gpu_clock.py`` run it;
+- ``N``: the same layers with attention left out (its output a fixed tensor): the GEMMs,
+  the compiled norms, rotary embedding, activation and residual adds, the KV writes;
+- ``G``: the four GEMMs of every layer alone (QKV, O, gate/up, down, each layer's own
+  weights), and ``H`` the LM head on the last token;
+- ``A <kernel>``: attention alone over every layer, causal, through PyTorch's SDPA with
+  one backend each: ``flash-gqa`` (FlashAttention-2 with the shard's KV heads, what ``P``
+  runs), then with the KV heads repeated to the query heads ``flash``, ``cudnn``
+  (cuDNN's fused attention, FlashAttention-3-class on Hopper) and ``efficient``.
+
+Each is timed alone after 0.7 s idle (the kernel benchmark's clock), the median of three;
+a backend the GPU or the build does not offer is recorded as missing. Rows go to
+``parts.json`` after every shard, with ``device.json``'s facts.
+
+``report DIR [--accelerator GPU]`` (any machine): per shard and size, the measured parts
+against the roofline's at the burst clock (``sustained_compute_ratio`` 1): its GEMMs, its
+elementwise and fixed costs (``N - G`` measured), its prefill attention and its LM head.
+
+    python benchmarks/gpu_parts.py measure --out DIR --shards llama-3.1-8b:1,qwen3-32b:2
+    python benchmarks/gpu_parts.py report DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from gpu_clock import Runner, accelerator_of, shard_model  # the sibling scripts
+from gpu_moe import device_facts
+
+BACKENDS = ("flash", "cudnn", "efficient")
+"""SDPA backends timed with the KV heads repeated (``flash-gqa`` is timed besides)."""
+
+
+def _closures(model: Any, shape: Any, profiler: Any, chunk: int) -> dict[str, Any]:
+    """The parts of a ``chunk``-token prefill of ``model`` (module docstring)."""
+    from sincere.profile.gpu_model import IterationShape
+
+    torch, dev, dtype = profiler.torch, profiler.device, profiler.dtype
+    f = torch.nn.functional
+    layers = model.layers
+    out: dict[str, Any] = {"P": model.iteration(IterationShape(prefill_seqs=1, chunk=chunk))}
+
+    x0 = model.rand(chunk, shape.hidden)
+    cos, sin = model.rope_tables(torch.arange(chunk, device=dev))
+    k_cache, v_cache = model.kv_cache(1, chunk)
+    attn = model.rand(chunk, shape.heads * shape.head_dim)
+
+    def no_attention() -> Any:
+        x = x0
+        for w in layers:
+            _, k, v = model._pre(x, w["ln1"], w["qkv"], cos, sin)
+            for cache, t in ((k_cache, k), (v_cache, v)):
+                cache[:, :, :chunk].copy_(t.view(1, chunk, -1, shape.head_dim).transpose(1, 2))
+            x = model._post(x, attn, w)
+        return x
+
+    out["N"] = no_attention
+    a = model.rand(chunk, shape.hidden)
+    o_in = model.rand(chunk, shape.heads * shape.head_dim)
+    act = model.rand(chunk, shape.inter)
+
+    def gemms() -> list[Any]:
+        return [t for w in layers for t in (a @ w["qkv"], o_in @ w["o"], a @ w["gate_up"],
+                                            act @ w["down"])]  # fmt: skip
+
+    out["G"] = gemms
+    last = model.rand(1, shape.hidden)
+    out["H"] = lambda: last @ model.lm_head
+
+    q = torch.randn(1, shape.heads, chunk, shape.head_dim, device=dev, dtype=dtype)
+    k = torch.randn(1, shape.kv_heads, chunk, shape.head_dim, device=dev, dtype=dtype)
+    v = torch.randn_like(k)
+    rep = shape.heads // shape.kv_heads
+    k_full, v_full = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kinds = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}  # fmt: skip
+
+    def attention(backend: Any, kk: Any, vv: Any, gqa: bool) -> Any:
+        def run() -> list[Any]:
+            with sdpa_kernel([backend]):
+                return [f.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa)
+                        for _ in layers]  # fmt: skip
+
+        return run
+
+    candidates = {"A flash-gqa": attention(kinds["flash"], k, v, rep > 1)}
+    for name in BACKENDS:
+        candidates[f"A {name}"] = attention(kinds[name], k_full, v_full, False)
+    for name, fn in candidates.items():
+        try:  # a backend this GPU or build does not offer says so at its first call
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        except RuntimeError as exc:
+            print(json.dumps({"chunk": chunk, "part": name, "missing": str(exc)[:160]}), flush=True)
+            continue
+        out[name] = fn
+    return out
+
+
+def measure(args: argparse.Namespace) -> None:
+    """The ``measure`` verb (module docstring)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    chunks = [int(c) for c in args.chunks.split(",")]
+    runs: list[dict[str, Any]] = []
+    torch: Any = None
+
+    def save() -> None:  # after every shard: a run cut short keeps what it measured
+        facts = device_facts(torch) if torch is not None and args.device == "cuda" else {}
+        facts.update(chunks=chunks, seconds=round(time.monotonic() - started, 1))
+        (out / "parts.json").write_text(json.dumps({"facts": facts, "runs": runs}) + "\n")
+
+    for spec in (s.strip() for s in args.shards.split(",") if s.strip()):
+        model_name, _, tp_text = spec.partition(":")
+        if not (tp_text or "1").isdigit():
+            raise SystemExit(f"--shards: {spec!r} is not MODEL:TP (e.g. qwen3-32b:2)")
+        name, profiler, shape, model = shard_model(model_name, int(tp_text or 1), args.device)
+        torch = profiler.torch
+        if model is None:
+            print(json.dumps({"shard": spec, "skipped": "weights do not fit"}), flush=True)
+            continue
+        with torch.inference_mode():
+            for chunk in chunks:
+                runner = Runner(torch, profiler.device, _closures(model, shape, profiler, chunk), 1)
+                burst_ms = {k: round(v * 1e3, 4) for k, v in runner.burst_s.items()}
+                runs.append({"shard": spec, "model": name, "tp": shape.tp, "chunk": chunk,
+                             "layers": shape.num_layers, "burst_ms": burst_ms})  # fmt: skip
+                print(json.dumps(runs[-1]), flush=True)
+                if args.device != "cuda":  # the smoke test's layers: the model's two
+                    runs[-1]["layers"] = len(model.layers)
+                del runner
+        del model
+        profiler.free()
+        save()
+    save()
+
+
+def report(args: argparse.Namespace) -> None:
+    """The ``report`` verb (module docstring)."""
+    from sincere.catalog import get_accelerator, get_model
+    from sincere.perf import Batch, Deployment, make_step_model
+
+    data = json.loads((Path(args.dir) / "parts.json").read_text())
+    facts = data["facts"]
+    acc = get_accelerator(args.accelerator or accelerator_of(facts))
+    print(f"{facts.get('gpu')} ({acc.name}), {facts.get('measured_at')}; the roofline at the "
+          "burst clock (sustained ratio 1); ms for the whole stack of layers")  # fmt: skip
+    print("\n| shard | tokens | whole P | roofline | P / roofline | GEMMs G / roofline's | "
+          "rest N - G / roofline's | attention (P - N) | SDPA flash-gqa / flash / cudnn / "
+          "efficient | roofline's attention |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios: dict[str, list[float]] = {"P": [], "G": [], "E": [], "A": []}
+    for run in data["runs"]:
+        ms = run["burst_ms"]
+        dep = Deployment(get_model(run["model"]), acc, "bf16", tp=run["tp"])
+        step = make_step_model("roofline", dep, {"sustained_compute_ratio": 1.0})
+        roof = getattr(step, "inner", step)
+        k = roof.kernels
+        t = run["chunk"]
+        batch = Batch.of(prefill=[(t, 0)], decode=[])
+        layers = run["layers"]
+        gemm = layers * (sum(k.projections_s(t)) + sum(k.ffn_s(t))) * 1e3
+        rest = layers * k.fixed_and_elementwise_s(t) * 1e3
+        attn = layers * k.prefill_attn_s(1.0, 1, t, 0, batch.prefill_attn_pairs) * 1e3
+        head = k.lm_head_s(1) * 1e3
+        whole = gemm + rest + attn + head
+        sdpa = " / ".join(f"{ms[f'A {b}']:.2f}" if f"A {b}" in ms else "—"
+                          for b in ("flash-gqa", *BACKENDS))  # fmt: skip
+        measured_rest = ms["N"] - ms["G"]
+        ratios["P"].append(ms["P"] / whole)
+        ratios["G"].append(ms["G"] / gemm)
+        ratios["E"].append(measured_rest / rest)
+        ratios["A"].append((ms["P"] - ms["N"]) / attn)
+        print(f"| {run['shard']} | {t} | {ms['P']:.2f} | {whole:.2f} | {ms['P'] / whole:.3f} | "
+              f"{ms['G']:.2f} / {gemm:.2f} | {measured_rest:.2f} / {rest:.2f} | "
+              f"{ms['P'] - ms['N']:.2f} | {sdpa} | {attn:.2f} |")  # fmt: skip
+    for key, label in (("P", "whole prefill"), ("G", "GEMMs"), ("E", "the rest (N - G)"),
+                       ("A", "attention (P - N)")):  # fmt: skip
+        values = ratios[key]
+        if values:
+            print(f"\n{label}: measured / roofline median {statistics.median(values):.3f} "
+                  f"(range {min(values):.3f}-{max(values):.3f})")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    m = verbs.add_parser("measure", help="time the parts on this machine's GPU")
+    m.add_argument("--out", required=True)
+    m.add_argument("--shards", default="llama-3.1-8b:1,qwen3-32b:2,llama-3.1-70b:4")
+    m.add_argument("--chunks", default="512,2048,8192", help="prefill sizes, comma-separated")
+    m.add_argument("--device", default="cuda", help="cpu: a smoke test (two layers, no graphs)")
+    r = verbs.add_parser("report", help="the parts against the roofline's")
+    r.add_argument("dir")
+    r.add_argument("--accelerator", default=None, help="catalog GPU (default: parts.json's)")
+    args = parser.parse_args(argv)
+    {"measure": measure, "report": report}[args.verb](args)
+
+
+if __name__ == "__main__":
+    main()
