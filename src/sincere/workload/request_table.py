@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -115,6 +114,8 @@ def read_sincere_parquet(path: Path) -> RequestArrays:
 
 
 def _parquet_numbers(path: Path, table: pa.Table, name: str) -> FloatArray:
+    import pyarrow.compute as pc  # (here: most runs read no request table)
+
     try:
         col = pc.cast(table.column(name), pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+# pyarrow.compute is imported in the functions that use it: importing it costs ~30 ms of
+# every command's start-up, and most runs read no CSV.
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from sincere.core.csv_lines import refuse_blank_lines
@@ -106,6 +108,8 @@ def to_numbers(
 
     With ``allow_empty``, empty cells become NaN (a missing optional value).
     """
+    import pyarrow.compute as pc
+
     trimmed = pc.utf8_trim_whitespace(values)
     empty = np.asarray(pc.equal(trimmed, "").to_numpy(zero_copy_only=False), dtype=bool)
     if allow_empty and empty.any():
@@ -147,6 +151,8 @@ def to_seconds(values: pa.Array, *, path: Path, column: str, first_line: int = 2
     Date-times become seconds since the epoch (UTC when a zone is given). The form of the
     first row decides; a later row in another form is an error.
     """
+    import pyarrow.compute as pc
+
     trimmed = pc.utf8_trim_whitespace(values)
     if len(trimmed) == 0:
         return np.zeros(0, dtype=np.float64)
@@ -176,16 +182,22 @@ def to_seconds(values: pa.Array, *, path: Path, column: str, first_line: int = 2
 
 
 def _as_naive(a: pa.Array) -> FloatArray:
+    import pyarrow.compute as pc
+
     ns = pc.cast(pc.cast(a, pa.timestamp("ns")), pa.int64()).to_numpy()
     return np.asarray(ns, dtype=np.float64) / 1e9
 
 
 def _as_zoned(a: pa.Array) -> FloatArray:
+    import pyarrow.compute as pc
+
     ns = pc.cast(pc.cast(a, pa.timestamp("ns", tz="UTC")), pa.int64()).to_numpy()
     return np.asarray(ns, dtype=np.float64) / 1e9
 
 
 def _as_number(a: pa.Array) -> FloatArray:
+    import pyarrow.compute as pc
+
     x = np.asarray(pc.cast(a, pa.float64()).to_numpy(), dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise pa.ArrowInvalid("non-finite time")
