@@ -220,6 +220,19 @@ def shard_model(model: str, tp: int, device: str) -> tuple[str, GpuProfiler, Sha
     return name, profiler, shape, profiler.model(shape, layers, f"iterations tp{tp}")
 
 
+def shard_of(spec: str, device: str) -> tuple[str, GpuProfiler, ShardShape, Any] | None:
+    """:func:`shard_model` of ``MODEL:TP`` (``TP`` 1 when left out); None, said in one line,
+    when its weights do not fit on ``device``."""
+    model_name, _, tp_text = spec.partition(":")
+    if not (tp_text or "1").isdigit():
+        raise SystemExit(f"--shards: {spec!r} is not MODEL:TP (e.g. qwen3-32b:2)")
+    name, profiler, shape, model = shard_model(model_name, int(tp_text or 1), device)
+    if model is None:
+        print(json.dumps({"shard": spec, "skipped": "weights do not fit"}), flush=True)
+        return None
+    return name, profiler, shape, model
+
+
 def measure(args: argparse.Namespace) -> None:
     """The ``measure`` verb (module docstring)."""
     out = Path(args.out)
@@ -271,14 +284,11 @@ def depth(args: argparse.Namespace) -> None:
 
     try:
         for spec in specs:
-            model_name, _, tp_text = spec.partition(":")
-            if not (tp_text or "1").isdigit():
-                raise SystemExit(f"--shards: {spec!r} is not MODEL:TP (e.g. qwen3-32b:2)")
-            name, profiler, shape, model = shard_model(model_name, int(tp_text or 1), args.device)
-            torch = profiler.torch
-            if model is None:
-                print(json.dumps({"shard": spec, "skipped": "weights do not fit"}), flush=True)
+            shard = shard_of(spec, args.device)
+            if shard is None:
                 continue
+            name, profiler, shape, model = shard
+            torch = profiler.torch
             with torch.inference_mode():
                 closures: dict[str, Any] = {}
                 for chunk in chunks if profiler.device.type == "cuda" else [64]:

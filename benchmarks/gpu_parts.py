@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu_clock import Runner, accelerator_of, shard_model  # the sibling scripts
+from gpu_clock import Runner, accelerator_of, shard_of  # the sibling scripts
 from gpu_moe import device_facts
 
 BACKENDS = ("flash", "cudnn", "efficient")
@@ -131,14 +131,11 @@ def measure(args: argparse.Namespace) -> None:
         (out / "parts.json").write_text(json.dumps({"facts": facts, "runs": runs}) + "\n")
 
     for spec in (s.strip() for s in args.shards.split(",") if s.strip()):
-        model_name, _, tp_text = spec.partition(":")
-        if not (tp_text or "1").isdigit():
-            raise SystemExit(f"--shards: {spec!r} is not MODEL:TP (e.g. qwen3-32b:2)")
-        name, profiler, shape, model = shard_model(model_name, int(tp_text or 1), args.device)
-        torch = profiler.torch
-        if model is None:
-            print(json.dumps({"shard": spec, "skipped": "weights do not fit"}), flush=True)
+        shard = shard_of(spec, args.device)
+        if shard is None:
             continue
+        name, profiler, shape, model = shard
+        torch = profiler.torch
         with torch.inference_mode():
             for chunk in chunks:
                 runner = Runner(torch, profiler.device, _closures(model, shape, profiler, chunk), 1)
