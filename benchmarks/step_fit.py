@@ -319,8 +319,10 @@ def stand_ins(
 ) -> list[str]:
     """The GPUs of ``others`` (which measured family ``name``) whose constants stand in for
     GPU ``held``'s when it is held out: where vLLM picks the family's kernel by
-    architecture (:data:`sincere.perf.kernel_choice.KERNEL_CLASSES`: prefill attention,
-    linear attention's prefill, MLA decode, the fused MoE under EP) those running the same
+    architecture, or over the same link for the collectives
+    (:data:`sincere.perf.kernel_choice.KERNEL_CLASSES`: prefill and decode attention,
+    linear attention's prefill, MLA decode, the fused MoE under EP, the all-reduce and the
+    all-to-all) those running the same
     kernel whose family was not fitted on skewed routings alone (``skewed``), as the
     runtime's prior takes them (:mod:`sincere.perf.calibration`), all of them if none does;
     every other family, all of them."""

@@ -27,13 +27,17 @@ from sincere.perf.calibration import (
     shipped_fits,
 )
 from sincere.perf.kernel_choice import prefill_attention_kernel
-from sincere.perf.roofline import Gemm, RooflineParams
+from sincere.perf.roofline import Gemm
 
 CLASS_PRIOR_FIELDS = (
-    set(GDN_PREFILL) | set(KERNEL_PARTS["mla_decode"]) | set(KERNEL_PARTS["expert_parallel"])
+    set(GDN_PREFILL)
+    | set(KERNEL_PARTS["mla_decode"])
+    | set(KERNEL_PARTS["expert_parallel"])
+    | set(KERNEL_PARTS["all_to_all"])
 )
-"""Constants A100 and L4 take from the GPUs running the same kernel (no rows of their own in
-their default fits: A100's kernel fit, EP rows included, is not its default)."""
+"""Constants A100 and L4 take from the GPUs running the same kernel or over the same link
+(no rows of their own in their default fits: A100's kernel fit, EP rows and all-to-all
+included, is not its default)."""
 
 
 def test_a_family_fitted_on_skewed_routings_alone_does_not_stand_in() -> None:
@@ -77,10 +81,15 @@ def test_a100_uses_its_own_fit() -> None:
     triton = [kernel_fits()[g]["params"] for g in ("H100-SXM", "H200", "L40S")]
     for name in KERNEL_PARTS["expert_parallel"]:
         assert defaults.params[name] == pytest.approx(sum(p[name] for p in triton) / 3)
+    # the all-to-all measured on A100's own NVLink (its kernel fit's NCCL rows)
+    assert defaults.parts["all_to_all"].startswith(
+        "prior: the expert-parallel all-to-all of the A100-80GB kernel fits averaged "
+        "(third-generation NVLink"
+    )
     assert defaults.origin.startswith("fitted:")
     assert Roofline(
         Deployment(get_model("llama-3-8b"), get_accelerator("A100"))
-    ).params == RooflineParams(**defaults.params)
+    ).params == default_roofline_params(get_accelerator("A100"))
 
 
 def test_the_fit_names_its_sources_and_command() -> None:
@@ -223,7 +232,8 @@ def test_other_accelerators_take_the_prior() -> None:
     l4 = roofline_defaults(get_accelerator("L4"))
     fits = [doc["params"] for doc in shipped_fits().values()]
     attention = set(KERNEL_PARTS["prefill_attention"]) | set(KERNEL_PARTS["decode_attention"])
-    assert set(l4.params) == set(PRIOR_FIELDS) | CLASS_PRIOR_FIELDS | attention
+    links = set(KERNEL_PARTS["communication"])  # the all-to-all is in CLASS_PRIOR_FIELDS
+    assert set(l4.params) == set(PRIOR_FIELDS) | CLASS_PRIOR_FIELDS | attention | links
     mean = sum(f["mfu_efficiency"] for f in fits) / len(fits)
     assert l4.params["mfu_efficiency"] == pytest.approx(mean)
     assert l4.params["token_tile"] == min(f["token_tile"] for f in fits)
@@ -257,6 +267,58 @@ def test_a_gpu_without_kernels_takes_the_kernels_its_vllm_runs() -> None:
     assert mi300x.parts["prefill_attention"].startswith("prior: mean of the shipped fits")
     kinds = {n: prefill_attention_kernel(get_accelerator(n)) for n in ("B200", "RTX-PRO-6000")}
     assert kinds == {"B200": "trtllm", "RTX-PRO-6000": "fa2"}
+
+
+def test_a_gpu_without_collectives_takes_those_measured_over_its_own_link() -> None:
+    """The L4 and the A10G sit on PCIe Gen4 x16 like the L40S: their all-reduce (per GPU
+    count, the factor by message size) and all-to-all are the L40S's measured ones, and say
+    so; H100 and H200 share a class (their own fits win); a link no measured GPU has (the
+    A6000's bridge) and a GPU without CUDA (MI300X) keep the stack-wide prior."""
+    from sincere.perf.kernel_choice import link_class
+
+    l40s = kernel_fits()["L40S"]["params"]
+    for name in ("L4", "A10G"):
+        acc = get_accelerator(name)
+        assert link_class(acc) == link_class(get_accelerator("L40S")) == "link:64"
+        got = roofline_defaults(acc)
+        for key in (*KERNEL_PARTS["communication"], *KERNEL_PARTS["all_to_all"]):
+            assert got.params[key] == l40s[key], (name, key)
+        assert got.parts["communication"] == (
+            "prior: the all-reduce (vLLM's custom all-reduce, in and out of CUDA graphs) of "
+            "the L40S kernel fits averaged (PCIe Gen4 x16, the GPU-to-GPU link this GPU's "
+            "collectives run over too)"
+        )
+        all_to_all = got.parts["all_to_all"]
+        assert all_to_all.startswith("prior: the expert-parallel all-to-all of the L40S")
+    assert link_class(get_accelerator("H100-SXM")) == link_class(get_accelerator("H200"))
+    assert roofline_defaults(get_accelerator("H200")).parts["communication"].startswith("fitted:")
+    assert link_class(get_accelerator("MI300X")) is None
+    for name in ("A6000", "MI300X"):
+        part = roofline_defaults(get_accelerator(name)).parts["communication"]
+        assert part == "prior: mean of the shipped fits", name
+    # priced: a layer's all-reduces at TP 4 on the L4 are the L40S's (the same link's
+    # bandwidth), not the stack-wide prior's, which is NVLink GPUs' as much as PCIe ones'
+    model = get_model("llama-3.1-8b")
+
+    def layer_comm_s(name: str) -> float:
+        deployment = Deployment(model=model, accelerator=get_accelerator(name), tp=4)
+        return Roofline(deployment).kernels.gridded_comm_layer_s(16)
+
+    assert layer_comm_s("L4") == pytest.approx(layer_comm_s("L40S"), rel=1e-9)
+    assert layer_comm_s("A6000") < 0.9 * layer_comm_s("L4")
+
+
+def test_lists_of_constants_are_averaged_entry_by_entry() -> None:
+    """Per-GPU-count constants average entry by entry; fits measured at other GPU counts
+    are not averaged (a DataError names the field)."""
+    from sincere.perf.calibration import _mean_of
+
+    assert _mean_of("allreduce_latencies_s", [[1.0, 2.0], [3.0, 4.0]]) == [2.0, 3.0]
+    assert _mean_of("allreduce_gpus", [[2, 4], [2, 4]]) == [2, 4]
+    with pytest.raises(DataError, match="allreduce_gpus differ"):
+        _mean_of("allreduce_gpus", [[2, 4], [2, 8]])
+    with pytest.raises(DataError, match="allreduce_efficiencies differ"):
+        _mean_of("allreduce_efficiencies", [[0.5, 0.4], [0.5]])
 
 
 def test_factors_by_shape_on_other_axes_are_not_averaged() -> None:

@@ -51,7 +51,9 @@ L40S and RTX PRO 6000; a Hopper or data-centre Blackwell without its own fit fro
 H200 and B200) and the fused MoE's pass over other GPUs' routed pairs under expert
 parallelism (L4, A10G, ... and A100, whose kernel fit is not its default, from the fits of
 vLLM's Triton kernel on A100, H100, H200 and L40S; the Blackwells' FlashInfer kernels have
-their own).
+their own); the collectives, classed by the GPU-to-GPU link they run over, take the
+measured GPUs' on the same link (L4 and A10G the L40S's PCIe Gen4 all-reduce and
+all-to-all; A100 its own kernel fit's all-to-all).
 Last, a GPU whose clock under sustained load was measured
 (``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
 ``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
@@ -521,11 +523,15 @@ CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "decode_attention": (KERNEL_PARTS["decode_attention"], "decode_attention"),
     "mla_decode": (KERNEL_PARTS["mla_decode"], "mla_decode"),
     "expert_parallel": (KERNEL_PARTS["expert_parallel"], "moe_ep"),
+    "communication": (KERNEL_PARTS["communication"], "allreduce"),
+    "all_to_all": (KERNEL_PARTS["all_to_all"], "alltoall"),
 }
 """Part -> (its constants taken from the GPUs running the same kernel, the kernel family
 that classes GPUs). Only fits holding every constant stand in: the FlashInfer delta rule's
 (H100, H200, B200) have no spill terms, so a GPU of that class keeps ``RooflineParams``'
-defaults, already their mean."""
+defaults, already their mean. The collectives are classed by the GPU-to-GPU link they run
+over (:func:`sincere.perf.kernel_choice.link_class`): the L4 and the A10G, on PCIe Gen4
+x16, take the L40S's measured all-reduce and all-to-all."""
 
 
 def _with_kernel_class_priors(
@@ -548,13 +554,14 @@ def _with_class_prior(
     family: str,
 ) -> RooflineDefaults:
     """:func:`_with_kernel_class_priors` for one part."""
-    from sincere.perf.kernel_choice import FAMILY_NAMES, KERNEL_CLASSES, KERNEL_NAMES
+    from sincere.perf.kernel_choice import FAMILY_NAMES, KERNEL_CLASSES, class_note
 
     classify = KERNEL_CLASSES[family]
     kind = classify(accelerator)
     if kind is None:
         return fitted
-    if not fitted.parts.get(part, UNFITTED_PARTS.get(part, "prior")).startswith("prior"):
+    origin = fitted.parts.get(part, UNFITTED_PARTS.get(part, "prior"))
+    if not origin.startswith(("prior", "datasheet")):
         return fitted  # fitted on this GPU, or on the chip it is a variant of
     catalog = default_catalog()
     docs = {
@@ -570,8 +577,7 @@ def _with_class_prior(
     parts = dict(fitted.parts)
     names = " and ".join(sorted(docs)) if len(docs) < 3 else ", ".join(sorted(docs))
     parts[part] = (
-        f"prior: {FAMILY_NAMES[family]} of the {names} kernel fits averaged "
-        f"({KERNEL_NAMES[kind]}, which this GPU's vLLM runs too)"
+        f"prior: {FAMILY_NAMES[family]} of the {names} kernel fits averaged ({class_note(kind)})"
     )
     return RooflineDefaults({**fitted.params, **prior}, fitted.origin, parts)
 
@@ -584,9 +590,22 @@ def stands_in(doc: Mapping[str, Any], family: str) -> bool:
 
 
 def _mean_of(field: str, values: list[Any]) -> Any:
-    """The kernel fits' ``field``: numbers averaged, factors by shape (``{axes,
+    """The kernel fits' ``field``: numbers averaged, lists entry by entry (a list of GPU
+    counts, ``*_gpus``, must be the same in every fit), factors by shape (``{axes,
     log_factors}`` on the same axes) node by node."""
     first = values[0]
+    if isinstance(first, list):
+        if any(len(v) != len(first) for v in values) or (
+            field.endswith("_gpus") and any(v != first for v in values)
+        ):
+            raise DataError(
+                f"the kernel fits' {field} differ: they cannot be averaged",
+                path="/".join(KERNEL_FITS_FOLDER),
+                value=values,
+            )
+        if field.endswith("_gpus"):
+            return list(first)
+        return [sum(float(x) for x in col) / len(col) for col in zip(*values, strict=True)]
     if isinstance(first, Mapping):
         logs = [list(v["log_factors"]) for v in values]
         if any(v["axes"] != first["axes"] for v in values):

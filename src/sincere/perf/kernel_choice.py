@@ -25,6 +25,11 @@ six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
   kernel on the data-centre Blackwells (B200: 10.x), FlashInfer's CUTLASS kernel on the
   workstation Blackwell (RTX PRO 6000: 12.x).
 
+* **the collectives** (vLLM's custom all-reduce, the expert-parallel all-to-all): not a
+  kernel chosen by architecture but the GPU-to-GPU link they run over, the catalog's
+  ``interconnect_gbps`` (:func:`link_class`): H100 and H200 on fourth-generation NVLink
+  and NVSwitch price each other's within 5-10 % held out, where GPUs of other links miss
+  by 30-65 % (``benchmarks/step_fit.py --only kernels``).
 A GPU without a compute capability (not CUDA) has no class: ``None``.
 """
 
@@ -90,7 +95,31 @@ def moe_ep_kernel(acc: Accelerator) -> str | None:
     return "moe_trtllm" if cc < 12.0 else "moe_cutlass"
 
 
+LINK_NAMES = {
+    64.0: "PCIe Gen4 x16",
+    128.0: "PCIe Gen5 x16",
+    112.5: "a two-GPU NVLink bridge",
+    600.0: "third-generation NVLink",
+    900.0: "fourth-generation NVLink",
+    1800.0: "fifth-generation NVLink",
+}
+"""A CUDA GPU's GPU-to-GPU bandwidth in the catalog (``interconnect_gbps``, both
+directions) -> the link it stands for."""
+
+
+def link_class(acc: Accelerator) -> str | None:
+    """``acc``'s GPU-to-GPU link (``"link:<GB/s>"``: the catalog's ``interconnect_gbps``),
+    which vLLM's custom all-reduce and the expert-parallel exchange run over: GPUs on the
+    same link run the same collective kernels over the same fabric. None for a GPU that is
+    not CUDA (another vendor's fabric and collectives)."""
+    if acc.compute_capability is None:
+        return None
+    return f"link:{acc.interconnect_gbps:g}"
+
+
 KERNEL_CLASSES = {
+    "allreduce": link_class,
+    "alltoall": link_class,
     "gdn_prefill": delta_rule_kernel,
     "prefill_attention": prefill_attention_kernel,
     "decode_attention": prefill_attention_kernel,  # the same library's decode kernel
@@ -106,6 +135,8 @@ FAMILY_NAMES = {
     "mla_decode": "MLA decode",
     "moe_ep": "the fused MoE's pass over other GPUs' routed pairs and cost per call under "
     "expert parallelism",
+    "allreduce": "the all-reduce (vLLM's custom all-reduce, in and out of CUDA graphs)",
+    "alltoall": "the expert-parallel all-to-all",
 }
 """Kernel family -> how provenance lines name it."""
 KERNEL_NAMES = {
@@ -121,3 +152,12 @@ KERNEL_NAMES = {
     "moe_cutlass": "FlashInfer's CUTLASS fused MoE",
 }
 """Kernel class -> how provenance lines name it."""
+
+
+def class_note(kind: str) -> str:
+    """Why a GPU of class ``kind`` takes the class's fits, as provenance lines say it."""
+    if kind.startswith("link:"):
+        gbps = float(kind.removeprefix("link:"))
+        link = LINK_NAMES.get(gbps, f"a {gbps:g} GB/s link")
+        return f"{link}, the GPU-to-GPU link this GPU's collectives run over too"
+    return f"{KERNEL_NAMES[kind]}, which this GPU's vLLM runs too"
