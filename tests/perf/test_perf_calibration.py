@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,13 @@ from sincere.perf.kernel_choice import prefill_attention_kernel
 from sincere.perf.roofline import Gemm
 
 CLASS_PRIOR_FIELDS = (
-    set(GDN_PREFILL)
-    | set(KERNEL_PARTS["mla_decode"])
-    | set(KERNEL_PARTS["expert_parallel"])
-    | set(KERNEL_PARTS["all_to_all"])
+    set(GDN_PREFILL) | set(KERNEL_PARTS["mla_decode"]) | set(KERNEL_PARTS["expert_parallel"])
 )
-"""Constants A100 and L4 take from the GPUs running the same kernel or over the same link
-(no rows of their own in their default fits: A100's kernel fit, EP rows and all-to-all
-included, is not its default)."""
+"""Constants A100 and L4 take from the GPUs running the same kernel (no rows of their own in
+their default fits: A100's kernel fit, EP rows included, is not its default)."""
+COLLECTIVE_FIELDS = set(KERNEL_PARTS["communication"]) | set(KERNEL_PARTS["all_to_all"])
+"""Constants every kernel fit gives its GPU (A100's too, whose fit is not its default), and
+L4 takes over its link from the L40S's."""
 
 
 def test_a_family_fitted_on_skewed_routings_alone_does_not_stand_in() -> None:
@@ -67,11 +67,12 @@ def shipped_a100() -> dict[str, object]:
 def test_a100_uses_its_own_fit() -> None:
     """A100-80GB's defaults are the fitted file's parameters, said to be fitted (and, for
     the linear-attention layers and MLA decode its fit has no rows of, the priors of the
-    Triton delta rule and the Triton MLA kernel)."""
+    Triton delta rule and the Triton MLA kernel; its collectives, its kernel fit's)."""
     defaults = roofline_defaults(get_accelerator("A100"))
-    own = {k: v for k, v in defaults.params.items() if k not in CLASS_PRIOR_FIELDS}
-    assert own == shipped_a100()["params"]
-    assert set(defaults.params) - set(own) == CLASS_PRIOR_FIELDS
+    others = CLASS_PRIOR_FIELDS | COLLECTIVE_FIELDS
+    own = {k: v for k, v in defaults.params.items() if k not in others}
+    assert own == {k: v for k, v in shipped_a100()["params"].items() if k not in others}
+    assert set(defaults.params) - set(own) == others
     assert defaults.parts["mla_decode"].startswith("prior: MLA decode of the L40S and")
     assert defaults.parts["expert_parallel"].startswith(
         "prior: the fused MoE's pass over other GPUs' routed pairs and cost per call under "
@@ -81,12 +82,14 @@ def test_a100_uses_its_own_fit() -> None:
     triton = [kernel_fits()[g]["params"] for g in ("H100-SXM", "H200", "L40S")]
     for name in KERNEL_PARTS["expert_parallel"]:
         assert defaults.params[name] == pytest.approx(sum(p[name] for p in triton) / 3)
-    # the all-to-all measured on A100's own NVLink (its kernel fit's NCCL rows)
-    assert defaults.parts["all_to_all"].startswith(
-        "prior: the expert-parallel all-to-all of the A100-80GB kernel fits averaged "
-        "(third-generation NVLink"
-    )
-    assert defaults.origin.startswith("fitted:")
+    # the collectives: vLLM's all-reduce and NCCL's all-to-all measured on A100 itself
+    kernels = kernel_fits()["A100-80GB"]["params"]
+    for name in COLLECTIVE_FIELDS:
+        assert defaults.params[name] == kernels[name], name
+    assert defaults.parts["communication"].startswith("fitted: measured vLLM 0.14.0 kernels")
+    assert defaults.parts["all_to_all"].startswith("fitted: measured NCCL")
+    assert defaults.origin.startswith("fitted: sincere/data/perf/roofline/A100-80GB.yaml; ")
+    assert "collectives fitted: measured vLLM" in defaults.origin
     assert Roofline(
         Deployment(get_model("llama-3-8b"), get_accelerator("A100"))
     ).params == default_roofline_params(get_accelerator("A100"))
@@ -135,13 +138,27 @@ def test_h200_fits_its_kernels_over_the_transferred_h100_base() -> None:
 
 
 def test_a100_kernel_fit_is_shipped_but_not_the_default() -> None:
-    """A100-80GB keeps its Vidur-fitted constants; its kernel fit is there for --params."""
+    """A100-80GB keeps its Vidur-fitted constants but for the collectives; its kernel fit
+    is there for --params. Its all-reduce is vLLM's, in a CUDA graph for a decode: a
+    16-token layer's two calls over 4 A100s cost a fifth of Vidur's eager NCCL ones."""
     doc = shipped_kernels("A100-80GB")
     assert doc["fit"]["default"] is False
     params = roofline_defaults(get_accelerator("A100")).params
-    assert {k: v for k, v in params.items() if k not in CLASS_PRIOR_FIELDS} == shipped_a100()[
-        "params"
-    ]
+    others = CLASS_PRIOR_FIELDS | COLLECTIVE_FIELDS
+    vidur = {k: v for k, v in shipped_a100()["params"].items() if k not in others}
+    assert {k: v for k, v in params.items() if k not in others} == vidur
+    deployment = Deployment(get_model("llama-3.1-70b"), get_accelerator("A100"), tp=4)
+    served = Roofline(deployment).kernels.gridded_comm_layer_s(16)
+    vidur_comm = {k: shipped_a100()["params"][k] for k in KERNEL_PARTS["communication"]
+                  if k in shipped_a100()["params"]}  # fmt: skip
+    assert set(vidur_comm) == {"allreduce_latency_s", "interconnect_efficiency"}
+    nccl = dataclasses.replace(
+        default_roofline_params(get_accelerator("A100"), vidur_comm),
+        allreduce_gpus=(), allreduce_latencies_s=(), allreduce_efficiencies=(),
+        allreduce_eager_s=0.0, allreduce_eager_floor_s=0.0, allreduce_grid=None,
+    )  # fmt: skip
+    eager_nccl = Roofline(deployment, nccl).kernels.gridded_comm_layer_s(16)
+    assert served < 0.25 * eager_nccl
 
 
 @pytest.mark.parametrize(
@@ -232,8 +249,7 @@ def test_other_accelerators_take_the_prior() -> None:
     l4 = roofline_defaults(get_accelerator("L4"))
     fits = [doc["params"] for doc in shipped_fits().values()]
     attention = set(KERNEL_PARTS["prefill_attention"]) | set(KERNEL_PARTS["decode_attention"])
-    links = set(KERNEL_PARTS["communication"])  # the all-to-all is in CLASS_PRIOR_FIELDS
-    assert set(l4.params) == set(PRIOR_FIELDS) | CLASS_PRIOR_FIELDS | attention | links
+    assert set(l4.params) == set(PRIOR_FIELDS) | CLASS_PRIOR_FIELDS | attention | COLLECTIVE_FIELDS
     mean = sum(f["mfu_efficiency"] for f in fits) / len(fits)
     assert l4.params["mfu_efficiency"] == pytest.approx(mean)
     assert l4.params["token_tile"] == min(f["token_tile"] for f in fits)

@@ -11,11 +11,20 @@ from hypothesis import strategies as st
 
 from sincere.catalog import Accelerator, get_accelerator, get_model
 from sincere.perf.base import Batch, Deployment, StepTimeBase
-from sincere.perf.calibration import default_roofline_params
+from sincere.perf.calibration import default_roofline_params, shipped_fits
 from sincere.perf.roofline import Roofline, RooflineParams
 
 SETUPS = [(1, 1, 1), (2, 1, 1), (8, 1, 1), (1, 2, 1), (2, 4, 3), (4, 2, 8)]  # tp, pp, mbs
-FITTED = default_roofline_params(get_accelerator("A100-80GB"))
+VIDUR_COMM = {k: shipped_fits()["A100-80GB"]["params"][k]
+              for k in ("allreduce_latency_s", "interconnect_efficiency")}  # fmt: skip
+FITTED = dataclasses.replace(
+    default_roofline_params(get_accelerator("A100-80GB"), VIDUR_COMM),
+    allreduce_gpus=(), allreduce_latencies_s=(), allreduce_efficiencies=(),
+    allreduce_eager_s=0.0, allreduce_eager_floor_s=0.0, allreduce_grid=None,
+)  # fmt: skip
+"""A100's fitted constants with the all-reduce the written-out formula states (one latency,
+one share of the link: its Vidur fit's kind); the default's per-count all-reduce and its
+factor by message size are checked in tests/fit/test_fit_kernels.py."""
 DATASHEET = RooflineParams()  # max() per GEMM, no tile, no fixed kernel costs
 MODELS = [
     Roofline(

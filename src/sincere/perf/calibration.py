@@ -36,8 +36,9 @@ the fused-MoE kernel. Kernels get faster or slower between vLLM releases (on the
 deployment that names its vLLM release (the roofline's ``vllm_version``) is priced by the
 fit for the newest release at or below it: ``kernels/by-version/`` holds fits to an older
 release's tables (:func:`kernel_fit_for`); the default file is the newest tables'. A
-kernel file whose ``fit.default`` is false is shipped for ``--params`` use only
-(A100-80GB keeps its fit to Vidur's A100 kernels); a variant
+kernel file whose ``fit.default`` is false gives its GPU the collectives alone
+(:data:`COLLECTIVE_PARTS`; A100-80GB keeps its fit to Vidur's A100 kernels for the rest,
+the whole file is for ``--params`` use); a variant
 (:data:`FIT_TRANSFER`) without a kernel fit of its own takes its chip's. The elementwise
 kernels and the CPU per step, which that database does not measure, stay the base's.
 Where a kernel is picked by architecture (:mod:`sincere.perf.kernel_choice`, by the
@@ -517,6 +518,14 @@ def _with_power_headroom(accelerator: Accelerator, fitted: RooflineDefaults) -> 
     return RooflineDefaults(params, fitted.origin, parts)
 
 
+COLLECTIVE_PARTS = ("communication", "all_to_all")
+"""Parts a kernel fit gives its GPU even where the fit is not the GPU's default
+(``fit.default: false``: A100-80GB, whose base is its fit to Vidur's profiles). Vidur timed
+NCCL's all-reduce called eagerly, 44 us a call and more; a served vLLM runs its custom
+all-reduce, in CUDA graphs for decode (6-11 us a 16-token call at 2-8 A100s in the kernel
+fit), and those profiles hold no all-to-all."""
+_COLLECTIVE_FIELDS = frozenset(n for part in COLLECTIVE_PARTS for n in KERNEL_PARTS[part])
+
 CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear_attention": (GDN_PREFILL, "gdn_prefill"),
     "prefill_attention": (KERNEL_PARTS["prefill_attention"], "prefill_attention"),
@@ -627,12 +636,16 @@ def _fitted_defaults(accelerator: Accelerator, vllm_version: str | None = None) 
     if kernels is None:  # a variant takes its chip's kernel fit too (module docstring)
         kernels = kernel_fit_for(FIT_TRANSFER.get(accelerator.name, ""), vllm_version)
         how = "transferred"
-    if kernels is None or kernels.get("fit", {}).get("default", True) is False:
+    if kernels is None:
         return base
+    whole = kernels.get("fit", {}).get("default", True) is not False  # else the collectives
     params = dict(base.params)
-    fitted = dict(kernels["params"])
+    fitted = {k: v for k, v in kernels["params"].items() if whole or k in _COLLECTIVE_FIELDS}
+    given = set(fitted)  # what the fit sets (the layer's fixed cost below is the base's too)
     kernel_s = kernels["fit"].get("gemm_kernel_s")
     base_kernel_s = _base_gemm_kernel_s(accelerator)
+    if not whole:  # the layer's fixed cost stays the base's
+        kernel_s = None
     if kernel_s is not None and base_kernel_s is not None and "layer_overhead_s" in params:
         # the layer's fixed cost holds four GEMM launches: take the measured GEMMs' own
         elementwise = max(0.0, params["layer_overhead_s"] - 4.0 * base_kernel_s)
@@ -645,11 +658,13 @@ def _fitted_defaults(accelerator: Accelerator, vllm_version: str | None = None) 
     label = f"{how}: measured vLLM {versions} kernels ({kernels['file']})"
     parts = dict(base.parts)
     for part, names in KERNEL_PARTS.items():
-        if any(name in kernels["params"] for name in names):
+        if any(name in given for name in names):
             parts[part] = label
     nccl = ", ".join(str(v) for v in kernels["fit"].get("nccl_versions", []))
-    if "all_to_all" in parts and nccl:
+    if "alltoall_gpus" in given and nccl:
         parts["all_to_all"] = f"{how}: measured NCCL {nccl} all-to-all ({kernels['file']})"
+    if not whole:  # the collectives alone (COLLECTIVE_PARTS)
+        return RooflineDefaults(params, f"{base.origin}; collectives {label}", parts)
     origin = f"{label}; elementwise and CPU terms {base.origin}"
     return RooflineDefaults(params, origin, parts)
 
