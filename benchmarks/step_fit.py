@@ -567,22 +567,36 @@ def held_out_allreduce(others: list[dict], counts: list[int]) -> dict:  # type: 
 
 def link_checks(database: Path) -> None:
     """The all-reduce leave-one-GPU-out, from every other GPU and from those of its own link
-    kind only (NVLink or PCIe): does a per-interconnect transfer carry?"""
+    kind only (NVLink or PCIe): does a per-interconnect transfer carry? First, the
+    stack-wide prior a GPU without kernel rows took before (the Vidur fits' eager NCCL
+    latency and link share, averaged) against each GPU's measured vLLM all-reduce."""
     from sincere.fit.kernels import COLUMNS, family_rows, fit_allreduce, predict_family
+    from sincere.perf.calibration import shipped_fits
     from sincere.perf.kernel_tables import read_table
+
+    vidur = [doc["params"] for doc in shipped_fits().values()]
+    stack = {k: float(np.mean([p[k] for p in vidur if k in p]))
+             for k in ("allreduce_latency_s", "interconnect_efficiency")}  # fmt: skip
 
     fits = {}
     for acc_name, folder in KERNEL_GPUS:
         acc = get_accelerator(acc_name)
         table = read_table(database / folder, "custom_allreduce", COLUMNS["custom_allreduce"])
         fits[acc_name] = (acc, table, fit_allreduce(table, acc, database).params)
-    print("\n| GPU | link | own fit | from every other GPU | from its link kind only |")
-    print("|---|---|---:|---:|---:|")
+    print("\n| GPU | link | own fit | stack-wide prior | from every other GPU "
+          "| from its link kind only |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|")
     for name, (acc, table, params) in fits.items():
         rows = family_rows("allreduce", table)
         measured = rows.num("latency") * 1e-3
         link = LINKS.get(name, "NVLink")
-        cells = [errors_of(predict_family("allreduce", rows, acc, params), measured)]
+        counts = len(params["allreduce_gpus"])
+        affine = {**params, "allreduce_latencies_s": [stack["allreduce_latency_s"]] * counts,
+                  "allreduce_efficiencies": [stack["interconnect_efficiency"]] * counts,
+                  "allreduce_eager_s": 0.0, "allreduce_eager_floor_s": 0.0,
+                  "allreduce_grid": None}  # fmt: skip
+        cells = [errors_of(predict_family("allreduce", rows, acc, params), measured),
+                 errors_of(predict_family("allreduce", rows, acc, affine), measured)]  # fmt: skip
         for same in (False, True):
             others = [p for n, (_, _, p) in fits.items()
                       if n != name and (not same or LINKS.get(n, "NVLink") == link)]  # fmt: skip

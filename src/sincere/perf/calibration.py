@@ -525,6 +525,13 @@ NCCL's all-reduce called eagerly, 44 us a call and more; a served vLLM runs its 
 all-reduce, in CUDA graphs for decode (6-11 us a 16-token call at 2-8 A100s in the kernel
 fit), and those profiles hold no all-to-all."""
 _COLLECTIVE_FIELDS = frozenset(n for part in COLLECTIVE_PARTS for n in KERNEL_PARTS[part])
+LINK_FAMILIES = ("allreduce", "alltoall")
+"""Kernel families classed by the GPU-to-GPU link (:func:`sincere.perf.kernel_choice.
+link_class`). A GPU with no measured GPU on its link (the A6000's and A40's bridge, AMD's
+Infinity Fabric) takes every kernel fit's, averaged: over other links, but vLLM's
+all-reduce as it runs today, where the stack-wide prior's is Vidur's eager NCCL call (its
+38 us latency prices each measured GPU's vLLM all-reduce 100-244 % slow on average, every
+other GPU's mean 31-65 %: ``benchmarks/step_fit.py --only links``)."""
 
 CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear_attention": (GDN_PREFILL, "gdn_prefill"),
@@ -567,27 +574,29 @@ def _with_class_prior(
 
     classify = KERNEL_CLASSES[family]
     kind = classify(accelerator)
-    if kind is None:
+    everyone = family in LINK_FAMILIES  # the collectives: every measured GPU's at the least
+    if kind is None and not everyone:
         return fitted
     origin = fitted.parts.get(part, UNFITTED_PARTS.get(part, "prior"))
     if not origin.startswith(("prior", "datasheet")):
         return fitted  # fitted on this GPU, or on the chip it is a variant of
     catalog = default_catalog()
-    docs = {
+    usable = {
         name: doc["params"]
         for name, doc in kernel_fits().items()
-        if all(field in doc["params"] for field in fields)
-        and classify(catalog.accelerator(name)) == kind
-        and stands_in(doc, family)
+        if all(field in doc["params"] for field in fields) and stands_in(doc, family)
     }
+    docs = {n: p for n, p in usable.items() if classify(catalog.accelerator(n)) == kind}
+    note = class_note(kind) if docs and kind is not None else ""
+    if not docs and everyone:
+        docs = usable
+        note = "no measured GPU on its link: every measured GPU's, over other links"
     if not docs:
         return fitted
     prior = {field: _mean_of(field, [p[field] for p in docs.values()]) for field in fields}
     parts = dict(fitted.parts)
     names = " and ".join(sorted(docs)) if len(docs) < 3 else ", ".join(sorted(docs))
-    parts[part] = (
-        f"prior: {FAMILY_NAMES[family]} of the {names} kernel fits averaged ({class_note(kind)})"
-    )
+    parts[part] = f"prior: {FAMILY_NAMES[family]} of the {names} kernel fits averaged ({note})"
     return RooflineDefaults({**fitted.params, **prior}, fitted.origin, parts)
 
 
