@@ -54,7 +54,8 @@ parallelism (L4, A10G, ... and A100, whose kernel fit is not its default, from t
 vLLM's Triton kernel on A100, H100, H200 and L40S; the Blackwells' FlashInfer kernels have
 their own); the collectives, classed by the GPU-to-GPU link they run over, take the
 measured GPUs' on the same link (L4 and A10G the L40S's PCIe Gen4 all-reduce and
-all-to-all; A100 its own kernel fit's all-to-all).
+all-to-all), and where no measured GPU sits on it, every kernel fit's averaged
+(:data:`LINK_FAMILIES`).
 Last, a GPU whose clock under sustained load was measured
 (``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
 ``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
@@ -547,7 +548,8 @@ that classes GPUs). Only fits holding every constant stand in: the FlashInfer de
 (H100, H200, B200) have no spill terms, so a GPU of that class keeps ``RooflineParams``'
 defaults, already their mean. The collectives are classed by the GPU-to-GPU link they run
 over (:func:`sincere.perf.kernel_choice.link_class`): the L4 and the A10G, on PCIe Gen4
-x16, take the L40S's measured all-reduce and all-to-all."""
+x16, take the L40S's measured all-reduce and all-to-all; a GPU alone on its link, every
+kernel fit's (:data:`LINK_FAMILIES`)."""
 
 
 def _with_kernel_class_priors(

@@ -30,6 +30,7 @@ six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
   ``interconnect_gbps`` (:func:`link_class`): H100 and H200 on fourth-generation NVLink
   and NVSwitch price each other's within 5-10 % held out, where GPUs of other links miss
   by 30-65 % (``benchmarks/step_fit.py --only kernels``).
+
 A GPU without a compute capability (not CUDA) has no class: ``None``.
 """
 
