@@ -55,7 +55,7 @@ vLLM's Triton kernel on A100, H100, H200 and L40S; the Blackwells' FlashInfer ke
 their own); the collectives, classed by the GPU-to-GPU link they run over, take the
 measured GPUs' on the same link (L4 and A10G the L40S's PCIe Gen4 all-reduce and
 all-to-all), and where no measured GPU sits on it, every kernel fit's averaged
-(:data:`LINK_FAMILIES`).
+(:data:`CLASS_PRIORS`).
 Last, a GPU whose clock under sustained load was measured
 (``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
 ``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
@@ -526,13 +526,6 @@ NCCL's all-reduce called eagerly, 44 us a call and more; a served vLLM runs its 
 all-reduce, in CUDA graphs for decode (6-11 us a 16-token call at 2-8 A100s in the kernel
 fit), and those profiles hold no all-to-all."""
 _COLLECTIVE_FIELDS = frozenset(n for part in COLLECTIVE_PARTS for n in KERNEL_PARTS[part])
-LINK_FAMILIES = ("allreduce", "alltoall")
-"""Kernel families classed by the GPU-to-GPU link (:func:`sincere.perf.kernel_choice.
-link_class`). A GPU with no measured GPU on its link (the A6000's and A40's bridge, AMD's
-Infinity Fabric) takes every kernel fit's, averaged: over other links, but vLLM's
-all-reduce as it runs today, where the stack-wide prior's is Vidur's eager NCCL call (its
-38 us latency prices each measured GPU's vLLM all-reduce 100-244 % slow on average, every
-other GPU's mean 31-65 %: ``benchmarks/step_fit.py --only links``)."""
 
 CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear_attention": (GDN_PREFILL, "gdn_prefill"),
@@ -548,8 +541,12 @@ that classes GPUs). Only fits holding every constant stand in: the FlashInfer de
 (H100, H200, B200) have no spill terms, so a GPU of that class keeps ``RooflineParams``'
 defaults, already their mean. The collectives are classed by the GPU-to-GPU link they run
 over (:func:`sincere.perf.kernel_choice.link_class`): the L4 and the A10G, on PCIe Gen4
-x16, take the L40S's measured all-reduce and all-to-all; a GPU alone on its link, every
-kernel fit's (:data:`LINK_FAMILIES`)."""
+x16, take the L40S's measured all-reduce and all-to-all. A GPU with no measured GPU on its
+link (the A6000's and A40's bridge, AMD's Infinity Fabric) takes every kernel fit's,
+averaged: over other links, but vLLM's all-reduce as it runs today, where the stack-wide
+prior's is Vidur's eager NCCL call (its 38 us latency prices each measured GPU's vLLM
+all-reduce 100-244 % slow on average, every other GPU's mean 31-65 %:
+``benchmarks/step_fit.py --only links``)."""
 
 
 def _with_kernel_class_priors(
@@ -572,11 +569,11 @@ def _with_class_prior(
     family: str,
 ) -> RooflineDefaults:
     """:func:`_with_kernel_class_priors` for one part."""
-    from sincere.perf.kernel_choice import FAMILY_NAMES, KERNEL_CLASSES, class_note
+    from sincere.perf.kernel_choice import FAMILY_NAMES, KERNEL_CLASSES, class_note, link_class
 
     classify = KERNEL_CLASSES[family]
     kind = classify(accelerator)
-    everyone = family in LINK_FAMILIES  # the collectives: every measured GPU's at the least
+    everyone = classify is link_class  # the collectives: every measured GPU's at the least
     if kind is None and not everyone:
         return fitted
     origin = fitted.parts.get(part, UNFITTED_PARTS.get(part, "prior"))
