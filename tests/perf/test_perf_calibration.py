@@ -53,6 +53,25 @@ def test_a_family_fitted_on_skewed_routings_alone_does_not_stand_in() -> None:
     assert stands_in({"params": {}}, "moe_ep")  # a fit without notes stands in
 
 
+def test_a_blackwell_takes_the_flashinfer_fused_moes_expert_parallel_terms() -> None:
+    """Under EP vLLM runs FlashInfer's fused MoE from compute capability 10 on (TensorRT-LLM's
+    kernel on B200, CUTLASS's on RTX PRO 6000), which takes only the GPU's own routed pairs:
+    one class, whose prior is those two fits' mean, not the Triton GPUs' pass."""
+    from sincere.perf.calibration import CLASS_PRIORS, RooflineDefaults, _with_class_prior
+    from sincere.perf.kernel_choice import moe_ep_kernel
+
+    kinds = {n: moe_ep_kernel(get_accelerator(n)) for n in ("B200", "RTX-PRO-6000", "H100")}
+    assert kinds == {"B200": "moe_flashinfer", "RTX-PRO-6000": "moe_flashinfer",
+                     "H100": "moe_triton"}  # fmt: skip
+    fields, family = CLASS_PRIORS["expert_parallel"]
+    bare = RooflineDefaults({}, "prior", {})
+    prior = _with_class_prior(get_accelerator("B300"), bare, "expert_parallel", fields, family)
+    theirs = [kernel_fits()[n]["params"] for n in ("B200", "RTX-PRO-6000")]
+    for name in fields:
+        assert prior.params[name] == pytest.approx(sum(p[name] for p in theirs) / 2), name
+    assert "FlashInfer's fused MoE" in prior.parts["expert_parallel"]
+
+
 def shipped_a100() -> dict[str, object]:
     """The shipped A100 fit, read straight from the package data."""
     text = (

@@ -147,7 +147,8 @@ def test_a_fitted_gpu_prices_linear_attention_from_its_kernels() -> None:
     b200 = roofline_defaults(catalog.accelerator("B200"))
     assert b200.params["gdn_decode_bw_efficiency"] != RooflineParams().gdn_decode_bw_efficiency
     assert b200.parts["linear_attention"].startswith("fitted: measured vLLM")
-    assert delta_rule_kernel(catalog.accelerator("B200")) == "flashinfer"
+    assert delta_rule_kernel(catalog.accelerator("B200")) == "flashinfer_sm100"
+    assert delta_rule_kernel(catalog.accelerator("H100-SXM")) == "flashinfer_sm90"
     l40s = roofline_defaults(catalog.accelerator("L40S")).params
     rtx = roofline_defaults(catalog.accelerator("RTX-PRO-6000")).params
     for name in ("A100-80GB", "L4"):
@@ -165,6 +166,25 @@ def test_a_fitted_gpu_prices_linear_attention_from_its_kernels() -> None:
     assert delta_rule_kernel(catalog.accelerator("MI300X")) is None
     assert "gdn_spill_bytes" not in mi300x.params
     assert mi300x.parts["linear_attention"].startswith("prior: the mean of the H100")
+
+
+def test_a_hopper_without_gdn_kernels_takes_the_hopper_delta_rule_alone() -> None:
+    """FlashInfer's Hopper and data-centre Blackwell delta rules are different kernels: a
+    Hopper GPU without its own prefill fit takes the mean of H100's and H200's (not B200's),
+    their missing spill terms at none."""
+    from sincere.perf.calibration import GDN_PREFILL, RooflineDefaults, _with_class_prior
+
+    catalog = default_catalog()
+    bare = RooflineDefaults({}, "prior", {})
+    hopper = _with_class_prior(
+        catalog.accelerator("H100-PCIe"), bare, "linear_attention", GDN_PREFILL, "gdn_prefill"
+    )
+    fits = [roofline_defaults(catalog.accelerator(n)).params for n in ("H100-SXM", "H200")]
+    assert hopper.params["gdn_mfu_efficiency"] == pytest.approx(
+        sum(p["gdn_mfu_efficiency"] for p in fits) / 2
+    )
+    assert hopper.params["gdn_spill_bytes"] == 0.0
+    assert "H100-SXM and H200 kernel fits" in hopper.parts["linear_attention"]
 
 
 def test_bad_gdn_constants_are_refused() -> None:

@@ -46,13 +46,15 @@ catalog's ``compute_capability``), a GPU with no kernel fit of that part takes t
 constants from the shipped kernel fits of the GPUs that run the same kernel, averaged
 (:data:`CLASS_PRIORS`): prefill and decode attention (A6000, A40, A10G and L4 from the
 FlashAttention-2 GPUs A100, L40S and RTX PRO 6000), linear attention's prefill (A100, L4,
-... from the Triton delta rule's L40S and RTX PRO 6000; the FlashInfer GPUs' mean is
-``RooflineParams``' default) and MLA decode (A100, L4, ... from the Triton MLA kernel's
+... from the Triton delta rule's L40S and RTX PRO 6000; a Hopper from H100 and H200, whose
+FlashInfer kernel the data-centre Blackwells do not run; ``RooflineParams``' default is the
+three FlashInfer GPUs' mean) and MLA decode (A100, L4, ... from the Triton MLA kernel's
 L40S and RTX PRO 6000; a Hopper or data-centre Blackwell without its own fit from H100,
 H200 and B200) and the fused MoE's pass over other GPUs' routed pairs under expert
 parallelism (L4, A10G, ... and A100, whose kernel fit is not its default, from the fits of
-vLLM's Triton kernel on A100, H100, H200 and L40S; the Blackwells' FlashInfer kernels have
-their own); the collectives, classed by the GPU-to-GPU link they run over, take the
+vLLM's Triton kernel on A100, H100, H200 and L40S; a Blackwell from the FlashInfer kernels'
+B200 and RTX PRO 6000, which pass over no other GPU's pairs); the collectives, classed by
+the GPU-to-GPU link they run over, take the
 measured GPUs' on the same link (L4 and A10G the L40S's PCIe Gen4 all-reduce and
 all-to-all), and where no measured GPU sits on it, every kernel fit's averaged
 (:data:`CLASS_PRIORS`).
@@ -537,16 +539,22 @@ CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "all_to_all": (KERNEL_PARTS["all_to_all"], "alltoall"),
 }
 """Part -> (its constants taken from the GPUs running the same kernel, the kernel family
-that classes GPUs). Only fits holding every constant stand in: the FlashInfer delta rule's
-(H100, H200, B200) have no spill terms, so a GPU of that class keeps ``RooflineParams``'
-defaults, already their mean. The collectives are classed by the GPU-to-GPU link they run
-over (:func:`sincere.perf.kernel_choice.link_class`): the L4 and the A10G, on PCIe Gen4
-x16, take the L40S's measured all-reduce and all-to-all. A GPU with no measured GPU on its
-link (the A6000's and A40's bridge, AMD's Infinity Fabric) takes every kernel fit's,
-averaged: over other links, but vLLM's all-reduce as it runs today, where the stack-wide
-prior's is Vidur's eager NCCL call (its 38 us latency prices each measured GPU's vLLM
-all-reduce 100-244 % slow on average, every other GPU's mean 31-65 %:
-``benchmarks/step_fit.py --only links``)."""
+that classes GPUs). Only fits holding every constant stand in, but for terms their kernel
+does not have (:data:`ABSENT_TERMS`: the FlashInfer delta rules' spill). The collectives
+are classed by the GPU-to-GPU link they run over
+(:func:`sincere.perf.kernel_choice.link_class`): the L4 and the A10G, on PCIe Gen4 x16, take
+the L40S's measured all-reduce and all-to-all. A GPU with no measured GPU on its link (the
+A6000's and A40's bridge, AMD's Infinity Fabric) takes every kernel fit's, averaged: over
+other links, but vLLM's all-reduce as it runs today, where the stack-wide prior's is
+Vidur's eager NCCL call (its 38 us latency prices each measured GPU's vLLM all-reduce
+100-244 % slow on average, every other GPU's mean 31-65 %: ``benchmarks/step_fit.py --only
+links``)."""
+
+
+ABSENT_TERMS = {"gdn_spill_bytes": 0.0, "gdn_onchip_share": 1.0, "gdn_spill_bw_efficiency": 1.0}
+"""Constants a kernel fit leaves out where its kernel has no such term, at the value that
+means none (``RooflineParams``' defaults): FlashInfer's fused delta rule keeps its chunks'
+intermediates on chip, so its fits have no spill."""
 
 
 def _with_kernel_class_priors(
@@ -581,9 +589,9 @@ def _with_class_prior(
         return fitted  # fitted on this GPU, or on the chip it is a variant of
     catalog = default_catalog()
     usable = {
-        name: doc["params"]
+        name: {**{f: v for f, v in ABSENT_TERMS.items() if f in fields}, **doc["params"]}
         for name, doc in kernel_fits().items()
-        if all(field in doc["params"] for field in fields) and stands_in(doc, family)
+        if all(f in doc["params"] or f in ABSENT_TERMS for f in fields) and stands_in(doc, family)
     }
     docs = {n: p for n, p in usable.items() if classify(catalog.accelerator(n)) == kind}
     note = class_note(kind) if docs and kind is not None else ""

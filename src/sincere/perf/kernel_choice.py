@@ -13,17 +13,29 @@ six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
   (H100, H200: 9.0), FlashInfer's TensorRT-LLM kernels on the data-centre Blackwells
   (B200: 10.x);
 * **linear attention's chunked delta rule** (Gated DeltaNet prefill): FlashInfer's fused
-  kernel on Hopper and the data-centre Blackwells (H100, H200, B200), the Triton kernel on
-  every other CUDA GPU (L40S, RTX PRO 6000);
+  kernels on Hopper (H100, H200: its CUTLASS kernel built for Hopper's warp-group MMA) and
+  on the data-centre Blackwells (B200: a separate CuTe-DSL kernel written for Blackwell's
+  tensor cores), the Triton kernel on every other CUDA GPU (L40S, RTX PRO 6000). The two
+  FlashInfer kernels are different code and do not carry between each other: B200's reaches
+  0.20 of its bf16 peak (1.4 times H100's rate, not the peaks' 2.3), runs its smallest calls
+  1.4-1.7 times slower than H100 and moves the convolution's bytes at 0.32 of its HBM
+  (0.49-0.63 on Hopper), so H100 and H200 price each other within 10 % held out where the
+  three averaged missed by 24-38 % (``benchmarks/step_fit.py --only kernels``);
 * **MLA decode**: FlashAttention's MLA kernel (bf16 latents) and FlashMLA (fp8 latents) on
   Hopper, FlashInfer's MLA kernel on the data-centre Blackwells (H100, H200, B200: compute
   capability 9.0 to below 12), vLLM's Triton MLA kernel on every other CUDA GPU (L40S,
   RTX PRO 6000; A100 too, whose tables hold no MLA decode module).
 
 * **the fused MoE under expert parallelism**: vLLM's Triton kernel below compute capability
-  10 (H100, H200, L40S, A100), FlashInfer's TensorRT-LLM
-  kernel on the data-centre Blackwells (B200: 10.x), FlashInfer's CUTLASS kernel on the
-  workstation Blackwell (RTX PRO 6000: 12.x).
+  10 (H100, H200, L40S, A100), FlashInfer's from 10 on (its TensorRT-LLM kernel on the
+  data-centre Blackwells, B200: 10.x; its CUTLASS kernel on the workstation Blackwell,
+  RTX PRO 6000: 12.x). What the class decides is how a GPU's call treats the pairs routed
+  to other GPUs' experts: the Triton kernel runs over every routed pair and masks the
+  foreign ones, a pass of 1.5-1.9 times their bytes at HBM speed on H100, H200 and L40S;
+  FlashInfer's kernels take only the pairs of the GPU's own experts (0.06-0.2 times on
+  RTX PRO 6000 and B200). So the two FlashInfer kernels price each other's calls within
+  13-23 % held out, where the Triton GPUs' pass prices them 50-120 % slow
+  (``benchmarks/step_fit.py --only kernels``).
 
 * **the collectives** (vLLM's custom all-reduce, the expert-parallel all-to-all): not a
   kernel chosen by architecture but the GPU-to-GPU link they run over, the catalog's
@@ -41,8 +53,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sincere.catalog.specs import Accelerator
 
-FLASHINFER_DELTA_RULE = (9.0, 12.0)
-"""Compute capabilities (from, below) whose vLLM runs FlashInfer's fused delta rule."""
+FLASHINFER_DELTA_RULE = {"flashinfer_sm90": (9.0, 10.0), "flashinfer_sm100": (10.0, 12.0)}
+"""FlashInfer's fused delta-rule kernels by the compute capabilities (from, below) whose vLLM
+runs each: the Hopper kernel and the data-centre Blackwell one."""
 
 
 def _by_range(
@@ -58,8 +71,15 @@ def _by_range(
 
 
 def delta_rule_kernel(acc: Accelerator) -> str | None:
-    """``"flashinfer"`` or ``"triton"``: the chunked delta-rule kernel vLLM runs on ``acc``."""
-    return _by_range(acc, FLASHINFER_DELTA_RULE, "flashinfer", "triton")
+    """``"flashinfer_sm90"``, ``"flashinfer_sm100"`` or ``"triton"``: the chunked delta-rule
+    kernel vLLM runs on ``acc`` (module docstring)."""
+    cc = acc.compute_capability
+    if cc is None:
+        return None
+    for kind, (low, high) in FLASHINFER_DELTA_RULE.items():
+        if low <= cc < high:
+            return kind
+    return "triton"
 
 
 FLASH_MLA = (9.0, 12.0)
@@ -85,15 +105,14 @@ def prefill_attention_kernel(acc: Accelerator) -> str | None:
     return "fa2"
 
 
+FLASHINFER_MOE = 10.0
+"""Compute capability from which vLLM's unquantised fused MoE under EP is FlashInfer's."""
+
+
 def moe_ep_kernel(acc: Accelerator) -> str | None:
-    """``"moe_triton"``, ``"moe_trtllm"`` or ``"moe_cutlass"``: the fused-MoE kernel vLLM
-    runs under expert parallelism on ``acc`` (module docstring)."""
-    cc = acc.compute_capability
-    if cc is None:
-        return None
-    if cc < 10.0:
-        return "moe_triton"
-    return "moe_trtllm" if cc < 12.0 else "moe_cutlass"
+    """``"moe_triton"`` or ``"moe_flashinfer"``: the library whose fused-MoE kernel vLLM runs
+    under expert parallelism on ``acc`` (module docstring)."""
+    return _by_range(acc, (0.0, FLASHINFER_MOE), "moe_triton", "moe_flashinfer")
 
 
 LINK_NAMES = {
@@ -141,7 +160,8 @@ FAMILY_NAMES = {
 }
 """Kernel family -> how provenance lines name it."""
 KERNEL_NAMES = {
-    "flashinfer": "FlashInfer's fused delta rule",
+    "flashinfer_sm90": "FlashInfer's fused delta rule for Hopper",
+    "flashinfer_sm100": "FlashInfer's fused delta rule for the data-centre Blackwells",
     "triton": "the Triton delta rule",
     "fa2": "FlashAttention 2",
     "fa3": "FlashAttention 3",
@@ -149,8 +169,7 @@ KERNEL_NAMES = {
     "mla_flash": "FlashAttention's, FlashMLA's or FlashInfer's MLA kernels",
     "mla_triton": "vLLM's Triton MLA kernel",
     "moe_triton": "vLLM's Triton fused MoE",
-    "moe_trtllm": "FlashInfer's TensorRT-LLM fused MoE",
-    "moe_cutlass": "FlashInfer's CUTLASS fused MoE",
+    "moe_flashinfer": "FlashInfer's fused MoE (over this GPU's own routed pairs alone)",
 }
 """Kernel class -> how provenance lines name it."""
 
