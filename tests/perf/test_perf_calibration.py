@@ -19,6 +19,7 @@ from sincere.perf.calibration import (
     GDN_PREFILL,
     KERNEL_PARTS,
     PRIOR_FIELDS,
+    QUANT_EXPERT_PRIORS,
     default_roofline_params,
     fit_documents,
     kernel_fit_for,
@@ -31,10 +32,15 @@ from sincere.perf.kernel_choice import prefill_attention_kernel
 from sincere.perf.roofline import Gemm
 
 CLASS_PRIOR_FIELDS = (
-    set(GDN_PREFILL) | set(KERNEL_PARTS["mla_decode"]) | set(KERNEL_PARTS["expert_parallel"])
+    set(GDN_PREFILL)
+    | set(KERNEL_PARTS["mla_decode"])
+    | set(KERNEL_PARTS["expert_parallel"])
+    | set(QUANT_EXPERT_PRIORS["moe_mxfp4"])
+    | set(QUANT_EXPERT_PRIORS["moe_int4"])
 )
 """Constants A100 and L4 take from the GPUs running the same kernel (no rows of their own in
-their default fits: A100's kernel fit, EP rows included, is not its default)."""
+their default fits: A100's kernel fit, EP rows included, is not its default), or whose
+kernels use the same tensor-core instructions (MXFP4 and INT4 experts)."""
 COLLECTIVE_FIELDS = set(KERNEL_PARTS["communication"]) | set(KERNEL_PARTS["all_to_all"])
 """Constants every kernel fit gives its GPU (A100's too, whose fit is not its default), and
 L4 takes over its link from the L40S's."""
@@ -70,6 +76,85 @@ def test_a_blackwell_takes_the_flashinfer_fused_moes_expert_parallel_terms() -> 
     for name in fields:
         assert prior.params[name] == pytest.approx(sum(p[name] for p in theirs) / 2), name
     assert "FlashInfer's fused MoE" in prior.parts["expert_parallel"]
+
+
+@pytest.mark.parametrize(
+    ("gpu", "kind"),
+    [("A100", "experts_mma"), ("A10G", "experts_mma"), ("L4", "experts_mma"),
+     ("L40S", "experts_mma"), ("RTX-PRO-6000", "experts_mma"), ("H100-PCIe", "experts_wgmma"),
+     ("H200", "experts_wgmma"), ("B200", "experts_tcgen05"), ("GB300", "experts_tcgen05"),
+     ("MI300X", None)],
+)  # fmt: skip
+def test_quantised_experts_are_classed_by_the_tensor_core_instructions(
+    gpu: str, kind: str | None
+) -> None:
+    """Quantised experts' kernels reach a share of the peak set by the tensor-core
+    instructions it needs: warp-level MMA on 8.x and 12.x, Hopper's warp-group MMA,
+    the data-centre Blackwells' tcgen05; a GPU that is not CUDA has no class."""
+    from sincere.perf.kernel_choice import quantised_experts_kernel
+
+    assert quantised_experts_kernel(get_accelerator(gpu)) == kind
+
+
+def test_fp8_and_fp4_experts_have_no_class_without_their_tensor_cores() -> None:
+    """fp8 experts below compute capability 8.9 run dequantised (the bf16 experts' constants
+    price them), NVFP4 and MXFP4 x MXFP8 experts need fp4 tensor cores: no class there."""
+    from sincere.perf.kernel_choice import KERNEL_CLASSES
+
+    a100, l4, rtx = (get_accelerator(n) for n in ("A100", "L4", "RTX-PRO-6000"))
+    assert KERNEL_CLASSES["moe_fp8"](a100) is None
+    assert KERNEL_CLASSES["moe_fp8"](l4) == "experts_mma"
+    for family in ("moe_nvfp4", "moe_mxfp4_mxfp8"):
+        assert KERNEL_CLASSES[family](l4) is None
+        assert KERNEL_CLASSES[family](rtx) == "experts_mma"
+    assert KERNEL_CLASSES["moe_int4"](a100) == KERNEL_CLASSES["moe_mxfp4"](a100) == "experts_mma"
+
+
+def test_a_gpu_without_quantised_expert_rows_takes_its_classs_mean() -> None:
+    """L4 (8.9, no kernel rows) takes its fp8, MXFP4 and INT4 experts' constants from L40S
+    and RTX PRO 6000, averaged, and says so; A100 its MXFP4 and INT4 experts' alone (its fp8
+    experts run dequantised); H100-PCIe keeps the constants of the H100-SXM it is a variant
+    of."""
+    l4 = roofline_defaults(get_accelerator("L4"))
+    a100 = roofline_defaults(get_accelerator("A100"))
+    theirs = [kernel_fits()[n]["params"] for n in ("L40S", "RTX-PRO-6000")]
+    for family in ("moe_fp8", "moe_mxfp4", "moe_int4"):
+        for name in QUANT_EXPERT_PRIORS[family]:
+            mean = sum(float(p[name]) for p in theirs) / 2
+            assert l4.params[name] == pytest.approx(mean), name
+            if family != "moe_fp8":
+                assert a100.params[name] == pytest.approx(mean), name
+    assert "moe_fp8_mfu_efficiency" not in a100.params
+    assert not any(n in l4.params for n in QUANT_EXPERT_PRIORS["moe_nvfp4"])
+    assert l4.parts["quantised_experts"].startswith(
+        "prior: the fp8, MXFP4 and INT4 experts of the L40S and RTX-PRO-6000 kernel fits "
+        "averaged (warp-level MMA (compute capability 8.x and 12.x), the tensor-core"
+    )
+    assert a100.parts["quantised_experts"].startswith("prior: the MXFP4 and INT4 experts of")
+    assert a100.parts["quantised_experts"].endswith(
+        "fp8 experts run dequantised to bf16 (no fp8 tensor cores): the bf16 experts' constants"
+    )
+    pcie = roofline_defaults(get_accelerator("H100-PCIe"))
+    sxm = kernel_fits()["H100-SXM"]["params"]
+    assert pcie.parts["quantised_experts"].startswith("transferred: measured vLLM")
+    assert pcie.params["moe_int4_mfu_efficiency"] == sxm["moe_int4_mfu_efficiency"]
+    assert roofline_defaults(get_accelerator("MI300X")).parts["quantised_experts"] == (
+        "prior: the bf16 experts' constants (no quantised-expert kernel of its class measured)"
+    )
+
+
+def test_an_int4_moe_on_l4_is_priced_from_the_marlin_class() -> None:
+    """An INT4 MoE deployment on L4 runs its experts at the class's share of L4's bf16 peak,
+    not at the bf16 experts' datasheet assumptions: its experts' time changes with the
+    prior."""
+    import dataclasses as dc
+
+    dep = Deployment(get_model("qwen3-30b-a3b"), get_accelerator("L4"), "int4")
+    batch = Batch.of(prefill=[(2048, 0)])
+    params = default_roofline_params(get_accelerator("L4"))
+    without = dc.replace(params, **{n: None for n in QUANT_EXPERT_PRIORS["moe_int4"]})
+    priced = Roofline(dep, params).parts(batch).experts_s
+    assert priced != pytest.approx(Roofline(dep, without).parts(batch).experts_s, rel=0.01)
 
 
 def shipped_a100() -> dict[str, object]:
@@ -268,7 +353,10 @@ def test_other_accelerators_take_the_prior() -> None:
     l4 = roofline_defaults(get_accelerator("L4"))
     fits = [doc["params"] for doc in shipped_fits().values()]
     attention = set(KERNEL_PARTS["prefill_attention"]) | set(KERNEL_PARTS["decode_attention"])
-    assert set(l4.params) == set(PRIOR_FIELDS) | CLASS_PRIOR_FIELDS | attention | COLLECTIVE_FIELDS
+    fp8 = set(QUANT_EXPERT_PRIORS["moe_fp8"])  # fp8 tensor cores: its fp8 experts' class too
+    assert set(l4.params) == (
+        set(PRIOR_FIELDS) | CLASS_PRIOR_FIELDS | attention | COLLECTIVE_FIELDS | fp8
+    )
     mean = sum(f["mfu_efficiency"] for f in fits) / len(fits)
     assert l4.params["mfu_efficiency"] == pytest.approx(mean)
     assert l4.params["token_tile"] == min(f["token_tile"] for f in fits)

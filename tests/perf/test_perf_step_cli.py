@@ -135,6 +135,16 @@ def test_step_shows_the_provenance_of_moe_tp8_and_fp8_parts() -> None:
     assert prior["constants"]["linear"].startswith("prior:")  # type: ignore[index]
 
 
+def test_step_names_where_an_l4s_fp8_experts_come_from() -> None:
+    """An fp8 MoE model on L4, which has no kernel rows of its own, says its quantised
+    experts' constants are the L40S's and RTX PRO 6000's, averaged, and why."""
+    out = _step_json("qwen3-30b-a3b", "--accelerator", "L4", "--precision", "fp8", "--tp", "2",
+                     "--decode", "8@512")  # fmt: skip
+    line = out["constants"]["quantised_experts"]  # type: ignore[index]
+    assert line.startswith("prior: the fp8, MXFP4 and INT4 experts of the L40S and RTX-PRO-6000")
+    assert "warp-level MMA" in line
+
+
 def test_step_notes_experts_off_the_kernels_alignment() -> None:
     """GPT-OSS-120B in bf16 over 8 GPUs holds experts 360 wide on each, off a multiple of 16:
     the step says what that costs on the GPU's bf16 expert kernel as its fit measured it

@@ -128,6 +128,7 @@ def unaligned_expert_notes(dep: Deployment, params: RooflineParams) -> list[str]
 def constants_origin(dep: Deployment, vllm_version: str | None = None) -> dict[str, str]:
     """Where each part's default constants come from, for the parts this deployment uses
     (under vLLM ``vllm_version``'s kernels where given)."""
+    from sincere.catalog.specs import PRECISION_BYTES
     from sincere.perf.calibration import roofline_defaults
 
     parts = roofline_defaults(dep.accelerator, vllm_version).parts
@@ -140,7 +141,9 @@ def constants_origin(dep: Deployment, vllm_version: str | None = None) -> dict[s
     if dep.tp == 1:
         skip.add("communication")
     if not dep.model.is_moe:
-        skip.add("experts")
+        skip.update(("experts", "quantised_experts"))
+    elif PRECISION_BYTES[dep.precision] >= 2.0:  # bf16, fp16 or fp32 experts
+        skip.add("quantised_experts")
     if dep.ep == 1:
         skip.add("all_to_all")
     if not dep.model.num_linear_layers:

@@ -53,7 +53,10 @@ L40S and RTX PRO 6000; a Hopper or data-centre Blackwell without its own fit fro
 H200 and B200) and the fused MoE's pass over other GPUs' routed pairs under expert
 parallelism (L4, A10G, ... and A100, whose kernel fit is not its default, from the fits of
 vLLM's Triton kernel on A100, H100, H200 and L40S; a Blackwell from the FlashInfer kernels'
-B200 and RTX PRO 6000, which pass over no other GPU's pairs); the collectives, classed by
+B200 and RTX PRO 6000, which pass over no other GPU's pairs) and, family by family, the
+quantised experts, classed by the tensor-core instructions their kernels use
+(:data:`QUANT_EXPERT_PRIORS`: L4 its fp8, MXFP4 and INT4 experts and A100, A10G, A6000 and
+A40 their MXFP4 and INT4 experts from L40S and RTX PRO 6000); the collectives, classed by
 the GPU-to-GPU link they run over, take the
 measured GPUs' on the same link (L4 and A10G the L40S's PCIe Gen4 all-reduce and
 all-to-all), and where no measured GPU sits on it, every kernel fit's averaged
@@ -162,6 +165,8 @@ KERNEL_PARTS = {
         "moe_expert_s",
         "moe_width_offset",
         "moe_unaligned_factor",
+    ),
+    "quantised_experts": (
         "moe_fp8_mfu_efficiency",
         "moe_fp8_bw_efficiency",
         "moe_fp8_kernel_s",
@@ -213,6 +218,8 @@ UNFITTED_PARTS = {
     "mla_decode": "prior: decode attention's constants (no MLA kernel of its class measured)",
     "expert_parallel": "prior: no pass over other GPUs' routed pairs (no EP rows of its "
     "class of fused-MoE kernel measured)",
+    "quantised_experts": "prior: the bf16 experts' constants (no quantised-expert kernel of "
+    "its class measured)",
 }
 """What a part takes where no fit sets its constants, other than datasheet assumptions."""
 PRIOR_FIELDS = (
@@ -551,6 +558,20 @@ Vidur's eager NCCL call (its 38 us latency prices each measured GPU's vLLM all-r
 links``)."""
 
 
+EXPERT_TERMS = ("mfu_efficiency", "bw_efficiency", "kernel_s", "expert_s", "width_offset")
+"""The constants of each quantised-expert family, after its prefix (``moe_fp8_kernel_s``)."""
+QUANT_EXPERT_PRIORS = {
+    family: tuple(f"{family}_{term}" for term in EXPERT_TERMS)
+    for family in ("moe_fp8", "moe_mxfp4", "moe_nvfp4", "moe_mxfp4_mxfp8", "moe_int4")
+}
+"""Quantised-expert family -> its constants, which part ``quantised_experts`` takes family by
+family from the GPUs whose tensor cores its kernels use alike
+(:func:`sincere.perf.kernel_choice.quantised_experts_kernel`) where this GPU's fit has no
+rows of the family: L4 its fp8, MXFP4 and INT4 experts from L40S and RTX PRO 6000; A100,
+A10G, A6000 and A40 their MXFP4 and INT4 experts from the same two (their fp8 experts run
+dequantised, priced by the bf16 experts' constants)."""
+
+
 ABSENT_TERMS = {"gdn_spill_bytes": 0.0, "gdn_onchip_share": 1.0, "gdn_spill_bw_efficiency": 1.0}
 """Constants a kernel fit leaves out where its kernel has no such term, at the value that
 means none (``RooflineParams``' defaults): FlashInfer's fused delta rule keeps its chunks'
@@ -566,7 +587,7 @@ def _with_kernel_class_priors(
     running it far better than the stack-wide prior (``benchmarks/step_fit.py``)."""
     for part, (fields, family) in CLASS_PRIORS.items():
         fitted = _with_class_prior(accelerator, fitted, part, fields, family)
-    return fitted
+    return _with_quantised_expert_priors(accelerator, fitted)
 
 
 def _with_class_prior(
@@ -577,16 +598,33 @@ def _with_class_prior(
     family: str,
 ) -> RooflineDefaults:
     """:func:`_with_kernel_class_priors` for one part."""
-    from sincere.perf.kernel_choice import FAMILY_NAMES, KERNEL_CLASSES, class_note, link_class
+    from sincere.perf.kernel_choice import FAMILY_NAMES
+
+    origin = fitted.parts.get(part, UNFITTED_PARTS.get(part, "prior"))
+    if not origin.startswith(("prior", "datasheet")):
+        return fitted  # fitted on this GPU, or on the chip it is a variant of
+    found = _class_mean(accelerator, fields, family)
+    if found is None:
+        return fitted
+    prior, names, note = found
+    parts = dict(fitted.parts)
+    parts[part] = f"prior: {FAMILY_NAMES[family]} of the {names} kernel fits averaged ({note})"
+    return RooflineDefaults({**fitted.params, **prior}, fitted.origin, parts)
+
+
+def _class_mean(
+    accelerator: Accelerator, fields: tuple[str, ...], family: str
+) -> tuple[dict[str, Any], str, str] | None:
+    """(``fields`` averaged over the shipped kernel fits of the GPUs in ``accelerator``'s
+    class for ``family``, those GPUs' names, why they stand in), or None where no measured
+    GPU does (:func:`_with_kernel_class_priors`)."""
+    from sincere.perf.kernel_choice import KERNEL_CLASSES, class_note, link_class
 
     classify = KERNEL_CLASSES[family]
     kind = classify(accelerator)
     everyone = classify is link_class  # the collectives: every measured GPU's at the least
     if kind is None and not everyone:
-        return fitted
-    origin = fitted.parts.get(part, UNFITTED_PARTS.get(part, "prior"))
-    if not origin.startswith(("prior", "datasheet")):
-        return fitted  # fitted on this GPU, or on the chip it is a variant of
+        return None
     catalog = default_catalog()
     usable = {
         name: {**{f: v for f, v in ABSENT_TERMS.items() if f in fields}, **doc["params"]}
@@ -599,12 +637,51 @@ def _with_class_prior(
         docs = usable
         note = "no measured GPU on its link: every measured GPU's, over other links"
     if not docs:
-        return fitted
+        return None
     prior = {field: _mean_of(field, [p[field] for p in docs.values()]) for field in fields}
-    parts = dict(fitted.parts)
     names = " and ".join(sorted(docs)) if len(docs) < 3 else ", ".join(sorted(docs))
-    parts[part] = f"prior: {FAMILY_NAMES[family]} of the {names} kernel fits averaged ({note})"
-    return RooflineDefaults({**fitted.params, **prior}, fitted.origin, parts)
+    return prior, names, note
+
+
+def _with_quantised_expert_priors(
+    accelerator: Accelerator, fitted: RooflineDefaults
+) -> RooflineDefaults:
+    """``fitted`` with each quantised-expert family its fit has no constants of
+    (:data:`QUANT_EXPERT_PRIORS`) taken from its class's kernel fits, averaged; part
+    ``quantised_experts`` names them, family by family."""
+    from sincere.perf.kernel_choice import FAMILY_NAMES
+
+    params = dict(fitted.params)
+    taken: dict[tuple[str, str], list[str]] = {}  # (GPUs, why) -> families taken from them
+    for family, fields in QUANT_EXPERT_PRIORS.items():
+        if any(params.get(f) is not None for f in fields):
+            continue  # fitted on this GPU, or on the chip it is a variant of
+        found = _class_mean(accelerator, fields, family)
+        if found is not None:
+            params.update(found[0])
+            taken.setdefault(found[1:], []).append(FAMILY_NAMES[family].removesuffix(" experts"))
+    dequantised = accelerator.compute_capability is not None and not accelerator.fp8_tflops
+    if not taken and not dequantised:
+        return fitted
+    lines = [
+        f"the {_listed(kinds)} experts of the {names} kernel fits averaged ({note})"
+        for (names, note), kinds in taken.items()
+    ]
+    if dequantised:  # vLLM's Marlin W8A16 kernel: what the bf16 experts' constants price
+        lines.append("fp8 experts run dequantised to bf16 (no fp8 tensor cores): the bf16 "
+                     "experts' constants")  # fmt: skip
+    origin = fitted.parts.get("quantised_experts", UNFITTED_PARTS["quantised_experts"])
+    prior = "prior: " + "; ".join(lines)
+    parts = dict(fitted.parts)
+    parts["quantised_experts"] = (
+        prior if origin.startswith(("prior", "datasheet")) else f"{origin}; {prior}"
+    )
+    return RooflineDefaults(params, fitted.origin, parts)
+
+
+def _listed(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def stands_in(doc: Mapping[str, Any], family: str) -> bool:

@@ -37,6 +37,25 @@ six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
   13-23 % held out, where the Triton GPUs' pass prices them 50-120 % slow
   (``benchmarks/step_fit.py --only kernels``).
 
+* **quantised experts** (fp8, MXFP4, NVFP4, MXFP4 x MXFP8, INT4; no EP): classed by the
+  tensor-core instructions their kernels can use, which decide what share of the datasheet
+  peak they reach: warp-level MMA (``mma.sync``) is the whole tensor core on Ampere, Ada
+  and the workstation Blackwell (A100, L40S, RTX PRO 6000: 8.x and 12.x), Hopper's peak
+  needs its warp-group MMA (H100, H200: 9.0) and the data-centre Blackwells' their
+  ``tcgen05`` MMA (B200: 10.x). vLLM's Marlin kernel (INT4 experts on every GPU, MXFP4 ones
+  on 8.x and 12.x) is written for warp-level MMA alone: it runs at 292, 286, 311 and 312
+  TFLOP/s on H100, H200, B200 and RTX PRO 6000, 211 on L40S, so 0.29 of Hopper's and 0.14
+  of B200's peak against 0.58-0.67 on L40S and RTX PRO 6000, and a GPU priced from
+  another class's share misses by 16-46 %, from its own class's by 7-10 % (H100 and H200
+  each other, L40S and RTX PRO 6000 each other). The fp8 experts' kernels (Triton's on
+  8.9 and 9.0, FlashInfer's TensorRT-LLM on 10.x, its CUTLASS on 12.x) and MXFP4's
+  (Marlin, OpenAI's Triton on Hopper, TensorRT-LLM on 10.x) follow the same split:
+  held out, 14.7 -> 12.1 % and 20.6 -> 18.0 % over their GPUs against every other GPU
+  averaged (``benchmarks/step_fit.py --only kernels``). A family whose precision needs
+  tensor cores the GPU lacks has no class: fp8 experts below compute capability 8.9 (A100,
+  A10G, A6000, A40) run vLLM's Marlin W8A16 kernel dequantised to bf16, priced by the bf16
+  experts' constants; NVFP4 and MXFP4 x MXFP8 experts need Blackwell's fp4 tensor cores.
+
 * **the collectives** (vLLM's custom all-reduce, the expert-parallel all-to-all): not a
   kernel chosen by architecture but the GPU-to-GPU link they run over, the catalog's
   ``interconnect_gbps`` (:func:`link_class`): H100 and H200 on fourth-generation NVLink
@@ -115,6 +134,38 @@ def moe_ep_kernel(acc: Accelerator) -> str | None:
     return _by_range(acc, (0.0, FLASHINFER_MOE), "moe_triton", "moe_flashinfer")
 
 
+TENSOR_CORES = {"experts_mma": (0.0, 9.0), "experts_wgmma": (9.0, 10.0),
+                "experts_tcgen05": (10.0, 12.0)}  # fmt: skip
+"""Quantised experts' kernel classes by the compute capabilities (from, below) of the
+tensor-core instructions their kernels use: warp-level MMA (from 12.0 too), Hopper's
+warp-group MMA, the data-centre Blackwells' ``tcgen05``."""
+
+
+def quantised_experts_kernel(acc: Accelerator) -> str | None:
+    """``"experts_mma"``, ``"experts_wgmma"`` or ``"experts_tcgen05"``: the tensor-core
+    instructions of ``acc`` that set the share of its peak vLLM's quantised-expert kernels
+    reach (module docstring); None without a compute capability."""
+    cc = acc.compute_capability
+    if cc is None:
+        return None
+    for kind, (low, high) in TENSOR_CORES.items():
+        if low <= cc < high:
+            return kind
+    return "experts_mma"  # 12.x: the workstation Blackwell's warp-level MMA
+
+
+def fp8_experts_kernel(acc: Accelerator) -> str | None:
+    """:func:`quantised_experts_kernel` for fp8 experts; None on a GPU without fp8 tensor
+    cores (its vLLM dequantises them to bf16: the bf16 experts' constants price them)."""
+    return quantised_experts_kernel(acc) if acc.fp8_tflops else None
+
+
+def fp4_experts_kernel(acc: Accelerator) -> str | None:
+    """:func:`quantised_experts_kernel` for NVFP4 and MXFP4 x MXFP8 experts; None on a GPU
+    without fp4 tensor cores (which runs neither)."""
+    return quantised_experts_kernel(acc) if acc.fp4_tflops else None
+
+
 LINK_NAMES = {
     64.0: "PCIe Gen4 x16",
     128.0: "PCIe Gen5 x16",
@@ -145,6 +196,11 @@ KERNEL_CLASSES = {
     "decode_attention": prefill_attention_kernel,  # the same library's decode kernel
     "mla_decode": mla_decode_kernel,
     "moe_ep": moe_ep_kernel,
+    "moe_fp8": fp8_experts_kernel,
+    "moe_mxfp4": quantised_experts_kernel,
+    "moe_nvfp4": fp4_experts_kernel,
+    "moe_mxfp4_mxfp8": fp4_experts_kernel,
+    "moe_int4": quantised_experts_kernel,
 }
 """Kernel family -> the kernel class of a GPU for it (the families whose kernel vLLM picks
 by architecture)."""
@@ -157,6 +213,11 @@ FAMILY_NAMES = {
     "expert parallelism",
     "allreduce": "the all-reduce (vLLM's custom all-reduce, in and out of CUDA graphs)",
     "alltoall": "the expert-parallel all-to-all",
+    "moe_fp8": "fp8 experts",
+    "moe_mxfp4": "MXFP4 experts",
+    "moe_nvfp4": "NVFP4 experts",
+    "moe_mxfp4_mxfp8": "MXFP4 x MXFP8 experts",
+    "moe_int4": "INT4 experts",
 }
 """Kernel family -> how provenance lines name it."""
 KERNEL_NAMES = {
@@ -170,6 +231,9 @@ KERNEL_NAMES = {
     "mla_triton": "vLLM's Triton MLA kernel",
     "moe_triton": "vLLM's Triton fused MoE",
     "moe_flashinfer": "FlashInfer's fused MoE (over this GPU's own routed pairs alone)",
+    "experts_mma": "warp-level MMA (compute capability 8.x and 12.x)",
+    "experts_wgmma": "Hopper's warp-group MMA",
+    "experts_tcgen05": "the data-centre Blackwells' tcgen05 MMA",
 }
 """Kernel class -> how provenance lines name it."""
 
@@ -180,4 +244,9 @@ def class_note(kind: str) -> str:
         gbps = float(kind.removeprefix("link:"))
         link = LINK_NAMES.get(gbps, f"a {gbps:g} GB/s link")
         return f"{link}, the GPU-to-GPU link this GPU's collectives run over too"
+    if kind in TENSOR_CORES:
+        return (
+            f"{KERNEL_NAMES[kind]}, the tensor-core instructions this GPU's peak needs too, "
+            "which set the share of it vLLM's quantised-expert kernels reach"
+        )
     return f"{KERNEL_NAMES[kind]}, which this GPU's vLLM runs too"
