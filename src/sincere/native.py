@@ -3,8 +3,8 @@
 The modules in :data:`COMPILED` (the continuous engine's API, state, runs and view, its
 KV and queue helpers, the roofline step model (with its GEMM and shape-grid helpers) and
 the execution model over it, Niyama's
-next-token deadlines, the cluster's count routing and the event loop) are plain, fully
-typed Python. ``build()`` compiles
+next-token deadlines, power-of-two's draws, the cluster with its routing by counts, and
+the event loop) are plain, fully typed Python. ``build()`` compiles
 them with mypyc into C extensions, about 1.7x faster on the reference workload; nothing
 else changes: the compiled code is the Python source translated, so a run gives identical
 results either way (the tests compare the output files of both).
@@ -60,7 +60,9 @@ COMPILED: tuple[str, ...] = (
     "sincere.perf.roofline",
     "sincere.perf.series",
     "sincere.perf.shape_grid",
+    "sincere.policy.routers._draws",
     "sincere.policy.schedulers.deadlines",
+    "sincere.sim.cluster",
     "sincere.sim.counts",
     "sincere.sim.runner",
 )

@@ -11,6 +11,7 @@ import pytest
 from sincere.core import ConfigError, Request
 from sincere.policy.router_base import ROUTERS, InstanceView
 from sincere.policy.routers import make_router, router_params
+from sincere.policy.routers._draws import WordDraws
 
 REQ = Request(0, 0.0, "m", 100, 10, max_tokens=64)
 
@@ -101,12 +102,12 @@ def test_power_of_two_draws_what_the_generator_would(num_choices: int) -> None:
     """Its draws, read ahead from the generator's words, are those of ``integers(n)`` call
     by call: over many candidate counts (one draws nothing; 3 * 2**30 rejects a quarter of
     its first words, across the blocks read ahead), and whole samples as before."""
-    router = make_router("power-of-two", np.random.default_rng(7), num_choices=num_choices)
+    words = WordDraws(np.random.default_rng(7))
     reference = np.random.default_rng(7)
     draws = np.random.default_rng(0)
     counts = draws.choice([1, 2, 3, 12, 64, 1000, 2**31 + 3, 3 * 2**30, 2**32], size=5000)
     for n in counts.tolist():
-        assert router._below(n) == int(reference.integers(n)), n
+        assert words.below(n) == int(reference.integers(n)), n
     mine = make_router("power-of-two", np.random.default_rng(3), num_choices=num_choices)
     theirs = np.random.default_rng(3)
     for n in draws.integers(1, 100, size=2000).tolist():

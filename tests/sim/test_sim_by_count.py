@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -51,28 +50,35 @@ def _cluster(cfg: Any, probes: tuple[Reads, ...] = ()) -> Cluster:
     return build_cluster(cfg, reqs, probes=probes)
 
 
-class _Checked(Cluster):
-    """At every arrival placed by the counts, also asks a copy of the router over views
-    built afresh from every engine (what the counts stand for) and compares."""
+class _Checked:
+    """Told of every arrival the counts placed (``Cluster.on_placed``), asks a second
+    router of the same parameters over views built afresh from every engine (what the
+    counts stand for) and checks it chooses the same instance, its generator left in the
+    same state. Asked at every placement, it makes the same decisions, so its state
+    (draws, a prefix index's runs) follows the cluster's router."""
 
-    num_checked = 0
+    def __init__(self, cluster: Cluster, twin: Cluster) -> None:
+        assert twin.front_door is not None  # (a cluster built alike: its router, unused)
+        self.cluster = cluster
+        self.reference: Router = twin.front_door.router
+        self.num_checked = 0
+        cluster.on_placed = self
 
-    def _route_by_count(self, i: int) -> int | None:
-        assert self.front_door is not None
-        reference = copy.deepcopy(self.front_door.router)  # (its generator's state too)
-        choices = self.eligible[self._model_of[i]]
-        views = [self.views.fresh(k) for k in choices]
-        e = super()._route_by_count(i)
-        assert e is not None
+    def __call__(self, i: int, e: int) -> None:
+        cluster = self.cluster
+        choices = cluster.eligible[int(cluster.requests.model[i])]
         if len(choices) < 2:  # the router is not asked
-            return e
-        now = float(self.requests.arrival_at[i])
-        expected = reference.choose(self.requests.request(i), views, now).instance
-        assert self.infos[e].id == expected, (i, now)
-        state = self.front_door.router.rng.bit_generator.state
-        assert reference.rng.bit_generator.state == state
+            return
+        views = [cluster.views.fresh(k) for k in choices]
+        now = float(cluster.requests.arrival_at[i])
+        expected = self.reference.choose(cluster.requests.request(i), views, now).instance
+        assert cluster.infos[e].id == expected, (i, now)
+        assert cluster.front_door is not None
+        rng = getattr(cluster.front_door.router, "rng", None)
+        if rng is not None:
+            ref_rng = self.reference.rng  # type: ignore[attr-defined]
+            assert ref_rng.bit_generator.state == rng.bit_generator.state
         self.num_checked += 1
-        return e
 
 
 @pytest.mark.parametrize(("router", "key"), ROUTERS)
@@ -83,12 +89,12 @@ def test_every_arrival_goes_where_the_views_send_it(
     """W1 on twelve loaded instances (ties and queues) and the heterogeneous example
     (a model on some instances only): the engine chosen from the counts is the one the
     router chooses over fresh views, at every routed arrival."""
-    cluster = _cluster(_config(example, router, 1200, seed))
+    cfg = _config(example, router, 1200, seed)
+    cluster = _cluster(cfg)
     assert cluster.shortcuts.by_count == key
-    cluster.__class__ = _Checked
+    checked = _Checked(cluster, _cluster(cfg))
     run_events(cluster)
-    assert isinstance(cluster, _Checked)
-    assert cluster.num_checked > 900  # (the 70B requests of hetero.yaml have one instance)
+    assert checked.num_checked > 900  # (the 70B requests of hetero.yaml have one instance)
     assert len(set(cluster.records.instance.tolist())) > 3
 
 
@@ -154,26 +160,6 @@ def _sessions(num_instances: int, rate: float, router: dict[str, Any]) -> Any:
     })  # fmt: skip
 
 
-class _CheckedAlongside(Cluster):
-    """:class:`_Checked` for a router too deep to copy at every arrival (a prefix index's
-    linked runs): a second router of the same parameters is asked alongside, by fresh
-    views, at every arrival, so its state follows the same decisions."""
-
-    num_checked = 0
-    reference: Router
-
-    def _route_by_count(self, i: int) -> int | None:
-        choices = self.eligible[self._model_of[i]]
-        views = [self.views.fresh(k) for k in choices]
-        e = super()._route_by_count(i)
-        assert e is not None and len(choices) > 1
-        now = float(self.requests.arrival_at[i])
-        expected = self.reference.choose(self.requests.request(i), views, now).instance
-        assert self.infos[e].id == expected, (i, now)
-        self.num_checked += 1
-        return e
-
-
 PREFIX_ROUTERS = [
     {"name": "prefix-aware"},
     {"name": "prefix-aware", "params": {"max_load_gap": 1.0, "max_tokens_per_instance": 4096}},
@@ -188,13 +174,11 @@ def test_prefix_aware_by_prompt_goes_where_the_views_send_it(router: dict[str, A
     counts and the prompt's keys, every arrival goes where the router sends it over fresh
     views, and the whole run equals the one by the views (records and run log)."""
     cfg = _sessions(8, 60.0, router)
-    checked = _cluster(cfg)
-    assert checked.shortcuts.by_count == "outstanding" and checked._by_prompt
-    assert not checked._first_least  # (prefix-aware's count rule is for no block ids)
-    checked.__class__ = _CheckedAlongside
-    assert isinstance(checked, _CheckedAlongside)
-    checked.reference = _cluster(cfg).front_door.router  # type: ignore[union-attr]
-    run_events(checked)
+    cluster = _cluster(cfg)
+    assert cluster.shortcuts.by_count == "outstanding" and cluster._by_prompt
+    assert not cluster._first_least  # (prefix-aware's count rule is for no block ids)
+    checked = _Checked(cluster, _cluster(cfg))
+    run_events(cluster)
     assert checked.num_checked == 1500
     by_count = _cluster(cfg)
     by_views = _cluster(cfg)

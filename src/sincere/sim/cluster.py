@@ -56,7 +56,9 @@ reads, besides the count, only the request's prompt (``prefix-aware`` by outstan
 requests with block ids: :attr:`~sincere.policy.front_door.FrontDoor.counts_by_with_prompt`)
 is asked with the counts, the candidates' ids and the request's chained block keys
 (:meth:`~sincere.policy.front_door.FrontDoor.place_by_prompt`), still with no request
-object and no view.
+object and no view. Each placement by counts is told to :attr:`Cluster.on_placed` when
+set (the tests check every one against the router over fresh views that way: the
+cluster is compiled, :mod:`sincere.native`, so it is watched, not subclassed).
 
 When, besides, every answer is oblivious (no admission; a router such as
 ``round-robin`` or ``random`` whose answers do not depend on the instances' state),
@@ -72,7 +74,7 @@ Otherwise the front door's history would only pace holds, which never happen her
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -211,6 +213,11 @@ class Cluster:
         )
         self._stale = self.views.stale  # (the same set: touched at every engine event)
         self._all_engines = self.views.all_engines
+        # per model, whether every engine may take its requests (kept by set_routable)
+        self._every = [choices == self._all_engines for choices in self.eligible]
+        # told of each arrival placed by counts, ``(request, engine)``: a check or a
+        # trace beside the run (the tests ask the router over fresh views); None: nobody
+        self.on_placed: Callable[[int, int], None] | None = None
         self._engine_of: dict[InstanceId, int] = {info.id: e for e, info in enumerate(infos)}
         # by_count "requests": each engine's waiting + running as its load reports it,
         # refreshed for the engines touched since
@@ -269,7 +276,8 @@ class Cluster:
         """:meth:`route` with ``by_count``: :meth:`assign` and :meth:`_note_load` in one,
         with no call that cannot change the answer (the same checks, in the same order;
         the front door places the request from the candidates' counts alone)."""
-        choices = self.eligible[self._model_of[i]]
+        m = self._model_of[i]
+        choices = self.eligible[m]
         if len(choices) == 1:  # (by_count implies passthrough)
             e = choices[0]
         elif not choices:
@@ -278,7 +286,7 @@ class Cluster:
         else:
             assert self.front_door is not None
             counts = self.outstanding if self._counts_by == "outstanding" else self.queued_counts()
-            every = choices == self._all_engines
+            every = self._every[m]
             if not every:
                 counts = [counts[k] for k in choices]
             if self._first_least:
@@ -292,6 +300,8 @@ class Cluster:
         if len(self.engines) > 1:  # no view: the load as the engine reports it
             running, waiting, tokens = self.engines[e].queue_sizes()
             self.records.note_load(i, running, waiting, tokens, self.outstanding[e])
+        if self.on_placed is not None:
+            self.on_placed(i, e)
         return e
 
     def queued_counts(self) -> list[int]:
@@ -406,6 +416,7 @@ class Cluster:
                 insort(choices, e)
             elif not routable and e in choices:
                 choices.remove(e)
+            self._every[m] = choices == self._all_engines
 
     def serves(self, m: int) -> list[int]:
         """The instances that serve model ``m``, routable now or not."""

@@ -41,6 +41,7 @@ from sincere.policy.router_base import (
     choose_first_least,
 )
 from sincere.policy.routers._common import LoadMetric, LoadMetricRouter
+from sincere.policy.routers._draws import WordDraws
 
 
 @ROUTERS.register("random")
@@ -183,11 +184,10 @@ class PowerOfTwoRouter(LoadMetricRouter):
         super().__init__(rng, p.metric)
         self.num_choices = p.num_choices
         # with num_choices <= 2 every draw is an ``integers(n)``, taken from the
-        # generator's 32-bit words read ahead in blocks (:meth:`_below`); with more, draws
-        # of two kinds (``integers`` and ``choice``) go to the generator itself
-        self._words: list[int] = []
-        self._next_word = 0
-        self._draw = self._below if self.num_choices <= 2 else self._integers
+        # generator's 32-bit words read ahead in blocks (:class:`WordDraws`); with more,
+        # draws of two kinds (``integers`` and ``choice``) go to the generator itself
+        self._words = WordDraws(rng)
+        self._draw = self._words.below if self.num_choices <= 2 else self._integers
 
     def choose(
         self, request: Request, candidates: Sequence[InstanceView], now: Seconds
@@ -209,11 +209,8 @@ class PowerOfTwoRouter(LoadMetricRouter):
     def choose_by_count(self, counts: Sequence[int]) -> int:
         """The same draws as :meth:`choose`, and the first sampled of the smallest count."""
         n = len(counts)
-        if self.num_choices == 2 and n >= 2:  # (:meth:`_sample`'s two draws, inline)
-            first = self._below(n)
-            second = self._below(n - 1)
-            second += second >= first
-            return second if counts[second] < counts[first] else first
+        if self.num_choices == 2 and n >= 2:  # (:meth:`_sample`'s two draws, compiled)
+            return self._words.two_choices(counts)
         sampled = self._sample(n, min(self.num_choices, n))
         return min(sampled, key=counts.__getitem__)
 
@@ -230,30 +227,3 @@ class PowerOfTwoRouter(LoadMetricRouter):
     def _integers(self, n: int) -> int:
         """A draw below ``n`` straight from the generator."""
         return int(self.rng.integers(n))
-
-    WORDS_AHEAD = 1024
-    """32-bit words :meth:`_below` reads from the generator at a time."""
-
-    def _below(self, n: int) -> int:
-        """What ``self.rng.integers(n)`` would draw (``1 <= n <= 2**32``), in the same
-        sequence, without a call into the generator per draw.
-
-        NumPy draws an integer below ``n`` by Lemire's method: the generator's next 32-bit
-        word ``w``, then ``(w * n) >> 32`` unless the low 32 bits of ``w * n`` fall below
-        ``(2**32 - n) % n`` (then the next word; ``n == 1`` draws none). The words are the
-        ones ``integers(0, 2**32, size=m, dtype=uint32)`` returns, read here
-        :attr:`WORDS_AHEAD` at a time; the generator is only read through this method
-        while ``num_choices <= 2``, so reading ahead changes no draw (tested against
-        ``integers``)."""
-        if n == 1:
-            return 0
-        while True:
-            if self._next_word == len(self._words):
-                block = self.rng.integers(0, 1 << 32, size=self.WORDS_AHEAD, dtype=np.uint32)
-                self._words = block.tolist()
-                self._next_word = 0
-            scaled = self._words[self._next_word] * n
-            self._next_word += 1
-            low = scaled & 0xFFFFFFFF
-            if low >= n or low >= ((1 << 32) - n) % n:
-                return scaled >> 32
