@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections import Counter
 from typing import Any
 
@@ -118,6 +120,20 @@ def test_power_of_two_draws_what_the_generator_would(num_choices: int) -> None:
             second = int(theirs.integers(n - 1))
             expected.append(second + (second >= first))
         assert mine._sample(n, k) == expected
+
+
+def test_power_of_two_copies_and_pickles_with_its_draws() -> None:
+    """A copy (or a pickled and loaded router) draws what the original draws next: its
+    generator and the words read ahead come along (the draws are a compiled class)."""
+    router = make_router("power-of-two", np.random.default_rng(5))
+    counts = [4, 1, 3, 3, 0, 2, 7]
+    for _ in range(700):  # (into the block read ahead)
+        router.choose_by_count(counts)
+    for make_twin in (copy.deepcopy, lambda r: pickle.loads(pickle.dumps(r))):
+        twin = make_twin(router)
+        mine = [router.choose_by_count(counts) for _ in range(600)]
+        theirs = [twin.choose_by_count(counts) for _ in range(600)]
+        assert mine == theirs and len(set(mine)) > 3
 
 
 def test_no_healthy_instance_is_a_rejection() -> None:

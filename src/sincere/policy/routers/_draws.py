@@ -30,8 +30,10 @@ _LOW = _WORD - 1
 class WordDraws:
     """Draws below ``n`` from ``rng``'s 32-bit words, in the generator's own sequence."""
 
-    def __init__(self, rng: Any) -> None:
-        self.rng = rng  # a numpy.random.Generator
+    def __init__(self, rng: Any = None) -> None:
+        # a numpy.random.Generator (None only in a copy or unpickling, which then sets it:
+        # the compiled class is built bare first, then given its fields)
+        self.rng = rng
         self.words: list[int] = []
         self.next_word = 0
 
