@@ -177,7 +177,7 @@ class Cluster:
         self.extension = extension  # a timed feature on the loop (None: none)
         # prefill/decode roles and links when some instance has one (sim.disagg)
         self.pd = pd
-        self.shortcuts = self._plan(probes)
+        self.shortcuts = _plan(self, probes)
         shortcuts = self.shortcuts  # (copied into plain fields: read at every arrival)
         self._passthrough = shortcuts.passthrough
         self._exact_tokens = shortcuts.exact_tokens
@@ -241,27 +241,6 @@ class Cluster:
         drain), as the engine's ``queue_sizes()`` says; ``None`` otherwise. Others that
         change an engine (an extension) still say so by :meth:`touched`."""
         return self._queued if self._counts_by == "requests" else None
-
-    def _plan(self, probes: Sequence[Reads]) -> Shortcuts:
-        """The run's shortcuts, from the plug-ins' declarations (:mod:`sincere.sim.plan`)."""
-        door, ext = self.front_door, self.extension
-        facts = Facts(
-            num_engines=len(self.engines),
-            has_front_door=door is not None,
-            screens=door is not None and door.screens,
-            no_budgets=bool(np.isnan(self.requests.budget_usd).all()),
-            all_open=all(info.max_in_flight is None for info in self.infos),
-            holds_back=any(engine.holds_back for engine in self.engines),
-            closed=self.closed is not None,
-            door_counts_by=_counts_by(door, bool(self.requests.block_ids)),
-        )
-        return plan_shortcuts(
-            facts,
-            None if door is None else door.reads,
-            None if self.decisions is None else self.decisions.reads,
-            None if ext is None else ext.needs,
-            probes,
-        )
 
     def route(self, i: int, now: Seconds) -> int | None:
         """Engine index for request ``i``; ``None`` after rejecting it."""
@@ -450,6 +429,28 @@ class Cluster:
     def _outcome(self, i: int, e: int, request: Request) -> Outcome:
         arrival = float(self.requests.arrival_at[i])
         return Outcome.of_record(self.records, i, request, self.infos[e].id, arrival)
+
+
+def _plan(cluster: Cluster, probes: Sequence[Reads]) -> Shortcuts:
+    """``cluster``'s shortcuts, from its plug-ins' declarations (:mod:`sincere.sim.plan`)."""
+    door, ext, decisions = cluster.front_door, cluster.extension, cluster.decisions
+    facts = Facts(
+        num_engines=len(cluster.engines),
+        has_front_door=door is not None,
+        screens=door is not None and door.screens,
+        no_budgets=bool(np.isnan(cluster.requests.budget_usd).all()),
+        all_open=all(info.max_in_flight is None for info in cluster.infos),
+        holds_back=any(engine.holds_back for engine in cluster.engines),
+        closed=cluster.closed is not None,
+        door_counts_by=_counts_by(door, bool(cluster.requests.block_ids)),
+    )
+    return plan_shortcuts(
+        facts,
+        None if door is None else door.reads,
+        None if decisions is None else decisions.reads,
+        None if ext is None else ext.needs,
+        probes,
+    )
 
 
 def _counts_by(door: FrontDoor | None, content: bool) -> CountKey | None:
