@@ -324,11 +324,12 @@ def stand_ins(
     GPU ``held``'s when it is held out: where vLLM picks the family's kernel by
     architecture, or over the same link for the collectives
     (:data:`sincere.perf.kernel_choice.KERNEL_CLASSES`: prefill and decode attention,
-    linear attention's prefill, MLA decode, the fused MoE under EP, the quantised experts by
-    the tensor-core instructions their kernels use, the all-reduce and the all-to-all) those
-    running the same kernel whose family was not fitted on skewed routings alone
-    (``skewed``), as the runtime's prior takes them (:mod:`sincere.perf.calibration`), all
-    of them if none does; every other family, all of them."""
+    linear attention's prefill, MLA decode, the fused MoE under EP, the bf16 and quantised
+    experts by the tensor-core instructions their kernels use, the all-reduce and the
+    all-to-all) those running the same kernel whose family was not fitted on skewed
+    routings alone (``skewed``), as the runtime's prior takes them
+    (:mod:`sincere.perf.calibration`), all of them if none does; every other family, all of
+    them."""
     from sincere.perf.kernel_choice import KERNEL_CLASSES
 
     classify = KERNEL_CLASSES.get(name)

@@ -29,18 +29,19 @@ from sincere.perf.calibration import (
     shipped_fits,
 )
 from sincere.perf.kernel_choice import prefill_attention_kernel
-from sincere.perf.roofline import Gemm
+from sincere.perf.roofline import Gemm, RooflineParams
 
 CLASS_PRIOR_FIELDS = (
     set(GDN_PREFILL)
     | set(KERNEL_PARTS["mla_decode"])
     | set(KERNEL_PARTS["expert_parallel"])
+    | set(KERNEL_PARTS["experts"])
     | set(QUANT_EXPERT_PRIORS["moe_mxfp4"])
     | set(QUANT_EXPERT_PRIORS["moe_int4"])
 )
 """Constants A100 and L4 take from the GPUs running the same kernel (no rows of their own in
 their default fits: A100's kernel fit, EP rows included, is not its default), or whose
-kernels use the same tensor-core instructions (MXFP4 and INT4 experts)."""
+kernels use the same tensor-core instructions (bf16, MXFP4 and INT4 experts)."""
 COLLECTIVE_FIELDS = set(KERNEL_PARTS["communication"]) | set(KERNEL_PARTS["all_to_all"])
 """Constants every kernel fit gives its GPU (A100's too, whose fit is not its default), and
 L4 takes over its link from the L40S's."""
@@ -80,20 +81,21 @@ def test_a_blackwell_takes_the_flashinfer_fused_moes_expert_parallel_terms() -> 
 
 @pytest.mark.parametrize(
     ("gpu", "kind"),
-    [("A100", "experts_mma"), ("A10G", "experts_mma"), ("L4", "experts_mma"),
-     ("L40S", "experts_mma"), ("RTX-PRO-6000", "experts_mma"), ("H100-PCIe", "experts_wgmma"),
-     ("H200", "experts_wgmma"), ("B200", "experts_tcgen05"), ("GB300", "experts_tcgen05"),
-     ("MI300X", None)],
+    [("A100", "experts_mma"), ("A10G", "experts_mma"), ("A6000", "experts_mma"),
+     ("L4", "experts_mma"), ("L40S", "experts_mma"), ("RTX-PRO-6000", "experts_mma"),
+     ("H100-PCIe", "experts_wgmma"), ("H200", "experts_wgmma"), ("B200", "experts_tcgen05"),
+     ("GB300", "experts_tcgen05"), ("MI300X", None)],
 )  # fmt: skip
-def test_quantised_experts_are_classed_by_the_tensor_core_instructions(
-    gpu: str, kind: str | None
-) -> None:
-    """Quantised experts' kernels reach a share of the peak set by the tensor-core
-    instructions it needs: warp-level MMA on 8.x and 12.x, Hopper's warp-group MMA,
-    the data-centre Blackwells' tcgen05; a GPU that is not CUDA has no class."""
-    from sincere.perf.kernel_choice import quantised_experts_kernel
+def test_experts_are_classed_by_the_tensor_core_instructions(gpu: str, kind: str | None) -> None:
+    """The fused MoE's share of the peak follows the tensor-core instructions its kernel
+    compiles to, not its library (Triton on L40S, CUTLASS on RTX PRO 6000, both warp-level
+    MMA): warp-level MMA on 8.x and 12.x, Hopper's warp-group MMA, the data-centre
+    Blackwells' tcgen05, for the bf16 experts and the MXFP4 and INT4 ones alike; a GPU that
+    is not CUDA has no class."""
+    from sincere.perf.kernel_choice import KERNEL_CLASSES
 
-    assert quantised_experts_kernel(get_accelerator(gpu)) == kind
+    acc = get_accelerator(gpu)
+    assert {KERNEL_CLASSES[f](acc) for f in ("moe", "moe_mxfp4", "moe_int4")} == {kind}
 
 
 def test_fp8_and_fp4_experts_have_no_class_without_their_tensor_cores() -> None:
@@ -141,6 +143,46 @@ def test_a_gpu_without_quantised_expert_rows_takes_its_classs_mean() -> None:
     assert roofline_defaults(get_accelerator("MI300X")).parts["quantised_experts"] == (
         "prior: the bf16 experts' constants (no quantised-expert kernel of its class measured)"
     )
+
+
+def test_a_gpu_without_bf16_expert_rows_takes_its_classs_mean() -> None:
+    """L4, A10G, A6000 and A100 (whose kernel fit, fitted on skewed routings alone, is not
+    its default) take their bf16 experts from L40S and RTX PRO 6000, averaged, and say so;
+    a GPU of a class nobody else measured keeps its fit; MI300X keeps the datasheet's."""
+    theirs = [kernel_fits()[n]["params"] for n in ("L40S", "RTX-PRO-6000")]
+    for gpu in ("L4", "A10G", "A6000", "A100", "A100-40GB"):
+        defaults = roofline_defaults(get_accelerator(gpu))
+        for name in KERNEL_PARTS["experts"]:
+            mean = sum(float(p[name]) for p in theirs) / 2
+            assert defaults.params[name] == pytest.approx(mean), (gpu, name)
+        assert defaults.parts["experts"] == (
+            "prior: the bf16 experts (the fused MoE without expert parallelism) of the L40S "
+            "and RTX-PRO-6000 kernel fits averaged (warp-level MMA (compute capability 8.x "
+            "and 12.x), the tensor-core instructions this GPU's peak needs too, which set the "
+            "share of it vLLM's fused-MoE kernels reach)"
+        ), gpu
+    a100 = roofline_defaults(get_accelerator("A100")).params
+    assert a100["moe_mfu_efficiency"] != kernel_fits()["A100-80GB"]["params"]["moe_mfu_efficiency"]
+    b200 = roofline_defaults(get_accelerator("GB200"))
+    assert b200.parts["experts"].startswith("transferred: measured vLLM")
+    mi300x = roofline_defaults(get_accelerator("MI300X"))
+    assert mi300x.parts["experts"] == "datasheet assumptions"
+    assert "moe_mfu_efficiency" not in mi300x.params
+
+
+def test_a_bf16_moe_on_a100_is_priced_from_its_classs_experts() -> None:
+    """A bf16 MoE on A100 runs its experts at its class's fitted shares and fixed costs,
+    not at the Vidur-fitted GEMMs' shares with none: its prefill's experts take longer."""
+    import dataclasses as dc
+
+    a100 = get_accelerator("A100")
+    dep = Deployment(get_model("qwen3-30b-a3b"), a100, tp=2)
+    batch = Batch.of(prefill=[(2048, 0)])
+    params = default_roofline_params(a100)
+    bare = {n: getattr(RooflineParams(), n) for n in KERNEL_PARTS["experts"]}
+    priced = Roofline(dep, params).parts(batch).experts_s
+    datasheet = Roofline(dep, dc.replace(params, **bare)).parts(batch).experts_s
+    assert priced > 1.1 * datasheet
 
 
 def test_an_int4_moe_on_l4_is_priced_from_the_marlin_class() -> None:

@@ -145,6 +145,24 @@ def test_step_names_where_an_l4s_fp8_experts_come_from() -> None:
     assert "warp-level MMA" in line
 
 
+def test_step_names_where_an_a100s_bf16_experts_come_from() -> None:
+    """A bf16 MoE model on A100 (whose kernel fit, fitted on skewed routings alone, is not its
+    default) says its experts' constants are the L40S's and RTX PRO 6000's, averaged, and why;
+    on four A6000s GPT-OSS-120B's experts off the kernels' alignment are priced by that
+    class's factor, and the note says so."""
+    out = _step_json("qwen3-30b-a3b", "--accelerator", "A100-80GB", "--tp", "2",
+                     "--decode", "16@1024")  # fmt: skip
+    line = out["constants"]["experts"]  # type: ignore[index]
+    assert line.startswith("prior: the bf16 experts (the fused MoE without expert parallelism) "
+                           "of the L40S and RTX-PRO-6000 kernel fits averaged")  # fmt: skip
+    assert "warp-level MMA" in line
+    assert "quantised_experts" not in out["constants"]  # type: ignore[operator]
+    notes = _step_json("gpt-oss-120b", "--accelerator", "A6000", "--tp", "8",
+                       "--decode", "8@512")["notes"]  # fmt: skip
+    assert any("the bf16 fused-MoE kernels of A6000's class were, averaged," in n
+               for n in notes)  # type: ignore[union-attr]  # fmt: skip
+
+
 def test_step_notes_experts_off_the_kernels_alignment() -> None:
     """GPT-OSS-120B in bf16 over 8 GPUs holds experts 360 wide on each, off a multiple of 16:
     the step says what that costs on the GPU's bf16 expert kernel as its fit measured it

@@ -107,8 +107,10 @@ def precision_notes(dep: Deployment, mxfp4_activations: str | None = None) -> li
 
 def unaligned_expert_notes(dep: Deployment, params: RooflineParams) -> list[str]:
     """A note where the routed experts' width on one GPU is off a multiple of 16 and this
-    GPU's kernel fit prices that (``moe_unaligned_factor``)."""
+    GPU's kernel fit, or its class's where it has none, prices that
+    (``moe_unaligned_factor``)."""
     from sincere.perf.arch_step import expert_width
+    from sincere.perf.calibration import roofline_defaults
     from sincere.perf.moe import ALIGNED_WIDTH, unaligned_factor
     from sincere.perf.roofline import expert_unaligned_factor
 
@@ -119,9 +121,13 @@ def unaligned_expert_notes(dep: Deployment, params: RooflineParams) -> list[str]
     factor = unaligned_factor(width, expert_unaligned_factor(params, dep.precision, compute))
     if factor == 1.0:
         return []
+    name = dep.accelerator.name
+    whose = f"{name}'s bf16 fused-MoE kernel was"
+    if roofline_defaults(dep.accelerator).parts.get("experts", "").startswith("prior"):
+        whose = f"the bf16 fused-MoE kernels of {name}'s class were, averaged,"
     return [
         f"experts {width} wide on each GPU, off a multiple of {ALIGNED_WIDTH}: x{factor:.2f}, "
-        f"as {dep.accelerator.name}'s bf16 fused-MoE kernel was measured at such widths"
+        f"as {whose} measured at such widths"
     ]
 
 

@@ -53,10 +53,11 @@ L40S and RTX PRO 6000; a Hopper or data-centre Blackwell without its own fit fro
 H200 and B200) and the fused MoE's pass over other GPUs' routed pairs under expert
 parallelism (L4, A10G, ... and A100, whose kernel fit is not its default, from the fits of
 vLLM's Triton kernel on A100, H100, H200 and L40S; a Blackwell from the FlashInfer kernels'
-B200 and RTX PRO 6000, which pass over no other GPU's pairs) and, family by family, the
-quantised experts, classed by the tensor-core instructions their kernels use
-(:data:`QUANT_EXPERT_PRIORS`: L4 its fp8, MXFP4 and INT4 experts and A100, A10G, A6000 and
-A40 their MXFP4 and INT4 experts from L40S and RTX PRO 6000); the collectives, classed by
+B200 and RTX PRO 6000, which pass over no other GPU's pairs) and the experts, bf16 and,
+family by family, quantised, classed by the tensor-core instructions their kernels use
+(L4, A100, A10G, A6000 and A40 their bf16 experts from L40S and RTX PRO 6000, as
+:data:`QUANT_EXPERT_PRIORS` gives L4 its fp8, MXFP4 and INT4 experts and A100, A10G, A6000
+and A40 their MXFP4 and INT4 experts); the collectives, classed by
 the GPU-to-GPU link they run over, take the
 measured GPUs' on the same link (L4 and A10G the L40S's PCIe Gen4 all-reduce and
 all-to-all), and where no measured GPU sits on it, every kernel fit's averaged
@@ -542,12 +543,22 @@ CLASS_PRIORS: dict[str, tuple[tuple[str, ...], str]] = {
     "decode_attention": (KERNEL_PARTS["decode_attention"], "decode_attention"),
     "mla_decode": (KERNEL_PARTS["mla_decode"], "mla_decode"),
     "expert_parallel": (KERNEL_PARTS["expert_parallel"], "moe_ep"),
+    "experts": (KERNEL_PARTS["experts"], "moe"),
     "communication": (KERNEL_PARTS["communication"], "allreduce"),
     "all_to_all": (KERNEL_PARTS["all_to_all"], "alltoall"),
 }
 """Part -> (its constants taken from the GPUs running the same kernel, the kernel family
 that classes GPUs). Only fits holding every constant stand in, but for terms their kernel
-does not have (:data:`ABSENT_TERMS`: the FlashInfer delta rules' spill). The collectives
+does not have (:data:`ABSENT_TERMS`: the FlashInfer delta rules' spill), and no fused MoE
+fitted on skewed routings alone (:func:`stands_in`). The bf16 experts are classed by the
+tensor-core instructions their kernels compile to
+(:func:`sincere.perf.kernel_choice.experts_kernel`): A100 (both), A6000, A40, A10G and L4
+take the L40S's and RTX PRO 6000's bf16 experts, averaged, where they took the GEMMs'
+shares with no fixed costs. A100-80GB's own kernel fit holds bf16 experts, but fitted on
+skewed routings alone (vLLM 0.14's table times no balanced one) and not its default. Each
+of the five GPUs that timed both, fitted on its skewed rows alone, misses its balanced calls
+by 12-18 % (bias +10 to +16 %), where its class's mean misses them by 7-11 % (B200, alone
+in its class, 15 % from the others), so A100 takes its class's mean. The collectives
 are classed by the GPU-to-GPU link they run over
 (:func:`sincere.perf.kernel_choice.link_class`): the L4 and the A10G, on PCIe Gen4 x16, take
 the L40S's measured all-reduce and all-to-all. A GPU with no measured GPU on its link (the
@@ -566,7 +577,7 @@ QUANT_EXPERT_PRIORS = {
 }
 """Quantised-expert family -> its constants, which part ``quantised_experts`` takes family by
 family from the GPUs whose tensor cores its kernels use alike
-(:func:`sincere.perf.kernel_choice.quantised_experts_kernel`) where this GPU's fit has no
+(:func:`sincere.perf.kernel_choice.experts_kernel`) where this GPU's fit has no
 rows of the family: L4 its fp8, MXFP4 and INT4 experts from L40S and RTX PRO 6000; A100,
 A10G, A6000 and A40 their MXFP4 and INT4 experts from the same two (their fp8 experts run
 dequantised, priced by the bf16 experts' constants)."""

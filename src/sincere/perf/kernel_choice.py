@@ -56,6 +56,18 @@ six GPUs measured (``../shared/data/kernels/aiconfigurator``) and the catalog's
   A10G, A6000, A40) run vLLM's Marlin W8A16 kernel dequantised to bf16, priced by the bf16
   experts' constants; NVFP4 and MXFP4 x MXFP8 experts need Blackwell's fp4 tensor cores.
 
+* **bf16 experts** (the fused MoE without EP, family ``moe``): the same tensor-core classes
+  (:func:`experts_kernel`), though the library differs inside them: vLLM's Triton fused
+  MoE on A100 (vLLM 0.14), L40S, H100 and H200, FlashInfer's TensorRT-LLM kernel on B200,
+  its CUTLASS kernel on the RTX PRO 6000. The share of the bf16 peak reached follows the
+  instructions the kernel compiles to, not the library: 0.52-0.61 on Hopper (Triton's
+  ``tl.dot`` becomes warp-group MMA there), 0.59 and 0.44 on L40S (Triton) and RTX PRO 6000
+  (CUTLASS), both warp-level MMA. Held out, each GPU priced from its tensor-core class's
+  fits misses its bf16 experts by 12.3 % on average over the six GPUs, against 13.1 % from
+  every other GPU, 14.0 % by library (Triton below 10, FlashInfer from 10) and 13.3 % by
+  kernel; rates in TFLOP/s and GB/s carried instead of shares miss by 68-109 %
+  (``benchmarks/step_fit.py --only kernels``).
+
 * **the collectives** (vLLM's custom all-reduce, the expert-parallel all-to-all): not a
   kernel chosen by architecture but the GPU-to-GPU link they run over, the catalog's
   ``interconnect_gbps`` (:func:`link_class`): H100 and H200 on fourth-generation NVLink
@@ -136,15 +148,16 @@ def moe_ep_kernel(acc: Accelerator) -> str | None:
 
 TENSOR_CORES = {"experts_mma": (0.0, 9.0), "experts_wgmma": (9.0, 10.0),
                 "experts_tcgen05": (10.0, 12.0)}  # fmt: skip
-"""Quantised experts' kernel classes by the compute capabilities (from, below) of the
-tensor-core instructions their kernels use: warp-level MMA (from 12.0 too), Hopper's
-warp-group MMA, the data-centre Blackwells' ``tcgen05``."""
+"""The experts' kernel classes (bf16 and quantised) by the compute capabilities (from,
+below) of the tensor-core instructions their kernels use: warp-level MMA (from 12.0 too),
+Hopper's warp-group MMA, the data-centre Blackwells' ``tcgen05``."""
 
 
-def quantised_experts_kernel(acc: Accelerator) -> str | None:
+def experts_kernel(acc: Accelerator) -> str | None:
     """``"experts_mma"``, ``"experts_wgmma"`` or ``"experts_tcgen05"``: the tensor-core
-    instructions of ``acc`` that set the share of its peak vLLM's quantised-expert kernels
-    reach (module docstring); None without a compute capability."""
+    instructions of ``acc`` that set the share of its peak vLLM's fused-MoE kernels reach,
+    bf16 experts' and quantised ones' (module docstring); None without a compute
+    capability."""
     cc = acc.compute_capability
     if cc is None:
         return None
@@ -155,15 +168,15 @@ def quantised_experts_kernel(acc: Accelerator) -> str | None:
 
 
 def fp8_experts_kernel(acc: Accelerator) -> str | None:
-    """:func:`quantised_experts_kernel` for fp8 experts; None on a GPU without fp8 tensor
+    """:func:`experts_kernel` for fp8 experts; None on a GPU without fp8 tensor
     cores (its vLLM dequantises them to bf16: the bf16 experts' constants price them)."""
-    return quantised_experts_kernel(acc) if acc.fp8_tflops else None
+    return experts_kernel(acc) if acc.fp8_tflops else None
 
 
 def fp4_experts_kernel(acc: Accelerator) -> str | None:
-    """:func:`quantised_experts_kernel` for NVFP4 and MXFP4 x MXFP8 experts; None on a GPU
+    """:func:`experts_kernel` for NVFP4 and MXFP4 x MXFP8 experts; None on a GPU
     without fp4 tensor cores (which runs neither)."""
-    return quantised_experts_kernel(acc) if acc.fp4_tflops else None
+    return experts_kernel(acc) if acc.fp4_tflops else None
 
 
 LINK_NAMES = {
@@ -196,11 +209,12 @@ KERNEL_CLASSES = {
     "decode_attention": prefill_attention_kernel,  # the same library's decode kernel
     "mla_decode": mla_decode_kernel,
     "moe_ep": moe_ep_kernel,
+    "moe": experts_kernel,
     "moe_fp8": fp8_experts_kernel,
-    "moe_mxfp4": quantised_experts_kernel,
+    "moe_mxfp4": experts_kernel,
     "moe_nvfp4": fp4_experts_kernel,
     "moe_mxfp4_mxfp8": fp4_experts_kernel,
-    "moe_int4": quantised_experts_kernel,
+    "moe_int4": experts_kernel,
 }
 """Kernel family -> the kernel class of a GPU for it (the families whose kernel vLLM picks
 by architecture)."""
@@ -213,6 +227,7 @@ FAMILY_NAMES = {
     "expert parallelism",
     "allreduce": "the all-reduce (vLLM's custom all-reduce, in and out of CUDA graphs)",
     "alltoall": "the expert-parallel all-to-all",
+    "moe": "the bf16 experts (the fused MoE without expert parallelism)",
     "moe_fp8": "fp8 experts",
     "moe_mxfp4": "MXFP4 experts",
     "moe_nvfp4": "NVFP4 experts",
@@ -247,6 +262,6 @@ def class_note(kind: str) -> str:
     if kind in TENSOR_CORES:
         return (
             f"{KERNEL_NAMES[kind]}, the tensor-core instructions this GPU's peak needs too, "
-            "which set the share of it vLLM's quantised-expert kernels reach"
+            "which set the share of it vLLM's fused-MoE kernels reach"
         )
     return f"{KERNEL_NAMES[kind]}, which this GPU's vLLM runs too"
