@@ -89,28 +89,32 @@ FLASHINFER_DELTA_RULE = {"flashinfer_sm90": (9.0, 10.0), "flashinfer_sm100": (10
 runs each: the Hopper kernel and the data-centre Blackwell one."""
 
 
+def _by_ranges(
+    acc: Accelerator, ranges: dict[str, tuple[float, float]], outside: str
+) -> str | None:
+    """The name of the first of ``ranges`` (name -> compute capabilities from, below) that
+    holds ``acc``'s compute capability, else ``outside``; None without one."""
+    cc = acc.compute_capability
+    if cc is None:
+        return None
+    for name, (low, high) in ranges.items():
+        if low <= cc < high:
+            return name
+    return outside
+
+
 def _by_range(
     acc: Accelerator, bounds: tuple[float, float], inside: str, outside: str
 ) -> str | None:
     """``inside`` where ``acc``'s compute capability lies in ``bounds`` (from, below), else
     ``outside``; None without one."""
-    cc = acc.compute_capability
-    if cc is None:
-        return None
-    low, high = bounds
-    return inside if low <= cc < high else outside
+    return _by_ranges(acc, {inside: bounds}, outside)
 
 
 def delta_rule_kernel(acc: Accelerator) -> str | None:
     """``"flashinfer_sm90"``, ``"flashinfer_sm100"`` or ``"triton"``: the chunked delta-rule
     kernel vLLM runs on ``acc`` (module docstring)."""
-    cc = acc.compute_capability
-    if cc is None:
-        return None
-    for kind, (low, high) in FLASHINFER_DELTA_RULE.items():
-        if low <= cc < high:
-            return kind
-    return "triton"
+    return _by_ranges(acc, FLASHINFER_DELTA_RULE, "triton")
 
 
 FLASH_MLA = (9.0, 12.0)
@@ -126,14 +130,7 @@ def mla_decode_kernel(acc: Accelerator) -> str | None:
 def prefill_attention_kernel(acc: Accelerator) -> str | None:
     """``"fa2"``, ``"fa3"`` or ``"trtllm"``: the prefill-attention kernel vLLM runs on
     ``acc`` (module docstring)."""
-    cc = acc.compute_capability
-    if cc is None:
-        return None
-    if 9.0 <= cc < 10.0:
-        return "fa3"
-    if 10.0 <= cc < 12.0:
-        return "trtllm"
-    return "fa2"
+    return _by_ranges(acc, {"fa3": (9.0, 10.0), "trtllm": (10.0, 12.0)}, "fa2")
 
 
 FLASHINFER_MOE = 10.0
@@ -158,13 +155,7 @@ def experts_kernel(acc: Accelerator) -> str | None:
     instructions of ``acc`` that set the share of its peak vLLM's fused-MoE kernels reach,
     bf16 experts' and quantised ones' (module docstring); None without a compute
     capability."""
-    cc = acc.compute_capability
-    if cc is None:
-        return None
-    for kind, (low, high) in TENSOR_CORES.items():
-        if low <= cc < high:
-            return kind
-    return "experts_mma"  # 12.x: the workstation Blackwell's warp-level MMA
+    return _by_ranges(acc, TENSOR_CORES, "experts_mma")  # 12.x: warp-level MMA too
 
 
 def fp8_experts_kernel(acc: Accelerator) -> str | None:
