@@ -105,10 +105,12 @@ def precision_notes(dep: Deployment, mxfp4_activations: str | None = None) -> li
     return []
 
 
-def unaligned_expert_notes(dep: Deployment, params: RooflineParams) -> list[str]:
+def unaligned_expert_notes(
+    dep: Deployment, params: RooflineParams, vllm_version: str | None = None
+) -> list[str]:
     """A note where the routed experts' width on one GPU is off a multiple of 16 and this
-    GPU's kernel fit, or its class's where it has none, prices that
-    (``moe_unaligned_factor``)."""
+    GPU's kernel fit (under vLLM ``vllm_version``'s kernels where given), or its class's
+    where it has none, prices that (``moe_unaligned_factor``)."""
     from sincere.perf.arch_step import expert_width
     from sincere.perf.calibration import roofline_defaults
     from sincere.perf.moe import ALIGNED_WIDTH, unaligned_factor
@@ -123,7 +125,8 @@ def unaligned_expert_notes(dep: Deployment, params: RooflineParams) -> list[str]
         return []
     name = dep.accelerator.name
     whose = f"{name}'s bf16 fused-MoE kernel was"
-    if roofline_defaults(dep.accelerator).parts.get("experts", "").startswith("prior"):
+    experts = roofline_defaults(dep.accelerator, vllm_version).parts.get("experts", "")
+    if experts.startswith("prior"):
         whose = f"the bf16 fused-MoE kernels of {name}'s class were, averaged,"
     return [
         f"experts {width} wide on each GPU, off a multiple of {ALIGNED_WIDTH}: x{factor:.2f}, "
@@ -353,7 +356,7 @@ def step_command(
         plain = StepModelConfig(kind=step_model, params=form, params_file=params).build(dep)
         shape_factor = gemm_shape_factor(built, plain, batch)
         if isinstance(built, Roofline):
-            notes += unaligned_expert_notes(dep, built.params)
+            notes += unaligned_expert_notes(dep, built.params, vllm_version)
     if preset is None:
         preset = default_preset(step_model, False, dep.accelerator)
     if max_num_seqs is None:
