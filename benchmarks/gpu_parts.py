@@ -15,9 +15,11 @@ prefill size of ``--chunks`` (one sequence, nothing cached), CUDA graphs of
 - ``G``: the four GEMMs of every layer alone (QKV, O, gate/up, down, each layer's own
   weights), and ``H`` the LM head on the last token;
 - ``A <kernel>``: attention alone over every layer, causal, through PyTorch's SDPA with
-  one backend each: ``flash-gqa`` (FlashAttention-2 with the shard's KV heads, what ``P``
-  runs), then with the KV heads repeated to the query heads ``flash``, ``cudnn``
-  (cuDNN's fused attention, FlashAttention-3-class on Hopper) and ``efficient``.
+  one backend each: ``flash-gqa`` (FlashAttention-2 with the shard's KV heads), then with
+  the KV heads repeated to the query heads ``flash``, ``cudnn`` (cuDNN's fused attention,
+  FlashAttention-3-class on Hopper) and ``efficient``. ``P`` leaves the choice to SDPA;
+  ``report`` names the backend whose time is nearest ``P - N`` at the largest size (on
+  the H200 with PyTorch 2.11 that was cuDNN's, ``benchmarks/gpu/h200/parts``).
 
 Each is timed alone after 0.7 s idle (the kernel benchmark's clock), the median of three;
 a backend the GPU or the build does not offer is recorded as missing. Rows go to
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -191,6 +194,16 @@ def report(args: argparse.Namespace) -> None:
         print(f"| {run['shard']} | {t} | {ms['P']:.2f} | {whole:.2f} | {ms['P'] / whole:.3f} | "
               f"{ms['G']:.2f} / {gemm:.2f} | {measured_rest:.2f} / {rest:.2f} | "
               f"{ms['P'] - ms['N']:.2f} | {sdpa} | {attn:.2f} |")  # fmt: skip
+    largest = max(data["runs"], key=lambda r: r["chunk"])["chunk"]
+    for run in (r for r in data["runs"] if r["chunk"] == largest):
+        ms = run["burst_ms"]
+        timed = {b: ms[f"A {b}"] for b in ("flash-gqa", *BACKENDS) if f"A {b}" in ms}
+        if timed:
+            in_place = ms["P"] - ms["N"]
+            near = min(timed, key=lambda b: abs(math.log(timed[b] / in_place)))
+            print(f"\n{run['shard']} at {largest} tokens: attention in place (P - N) "
+                  f"{in_place:.2f} ms, nearest SDPA backend alone: {near} "
+                  f"({timed[near]:.2f} ms)")  # fmt: skip
     for key, label in (("P", "whole prefill"), ("G", "GEMMs"), ("E", "the rest (N - G)"),
                        ("A", "attention (P - N)")):  # fmt: skip
         values = ratios[key]
