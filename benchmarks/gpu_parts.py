@@ -29,7 +29,16 @@ a backend the GPU or the build does not offer is recorded as missing. Rows go to
 against the roofline's at the burst clock (``sustained_compute_ratio`` 1): its GEMMs, its
 elementwise and fixed costs (``N - G`` measured), its prefill attention and its LM head.
 
+``kernels --out DIR`` (a CUDA GPU): ``N - G`` is a difference of graphs, so it holds
+whatever the compiled layers do differently from the GEMMs alone. This verb runs each
+whole prefill ``P`` (not captured: PyTorch's profiler sees into each kernel) under
+``torch.profiler`` after two warm-up runs, and sums the GPU's time per kernel by kind
+(:func:`kernel_kind`: GEMM, attention, compiled elementwise (Triton), copies, other),
+with the ten longest kernels by name. Rows go to ``kernels.json``; ``report`` prints them
+beside the parts when the file is there.
+
     python benchmarks/gpu_parts.py measure --out DIR --shards llama-3.1-8b:1,qwen3-32b:2
+    python benchmarks/gpu_parts.py kernels --out DIR --shards llama-3.1-8b:1,qwen3-32b:2
     python benchmarks/gpu_parts.py report DIR
 """
 
@@ -155,11 +164,120 @@ def measure(args: argparse.Namespace) -> None:
     save()
 
 
+KINDS = (
+    ("attention", ("flash", "fmha", "attention", "cudnn", "sdpa")),
+    (
+        "GEMM",
+        (
+            "gemm",
+            "xmma",
+            "cutlass",
+            "cublas",
+            "nvjet",
+            "matmul",
+            "::mm",
+            "addmm",
+            "sm90_",
+            "sm100_",
+        ),
+    ),
+    ("elementwise (Triton)", ("triton",)),
+    ("copies", ("copy", "memcpy", "memset", "cat", "index")),
+)
+"""Kernel kinds by what their names hold, tried in order (attention before GEMM: a fused
+attention kernel's name can hold ``gemm`` too)."""
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a GPU kernel by its name (:data:`KINDS`); ``other`` for the rest."""
+    lowered = name.lower()
+    for kind, marks in KINDS:
+        if any(mark in lowered for mark in marks):
+            return kind
+    return "other"
+
+
+def kernel_times(torch: Any, run: Any, cuda: bool) -> dict[str, float]:
+    """Milliseconds of each GPU kernel in one ``run()``, by name (on a CPU, each operator's
+    own time: a smoke test)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        run()
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for event in prof.events():
+        on_gpu = str(getattr(event, "device_type", "")).endswith("CUDA")
+        if on_gpu != cuda:
+            continue
+        us = event.device_time_total if cuda else event.self_cpu_time_total  # its own, in us
+        out[event.name] = out.get(event.name, 0.0) + us / 1e3
+    return out
+
+
+def kernels(args: argparse.Namespace) -> None:
+    """The ``kernels`` verb (module docstring)."""
+    from sincere.profile.gpu_model import IterationShape
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chunks = [int(c) for c in args.chunks.split(",")]
+    runs: list[dict[str, Any]] = []
+    for spec in (s.strip() for s in args.shards.split(",") if s.strip()):
+        shard = shard_of(spec, args.device)
+        if shard is None:
+            continue
+        name, profiler, shape, model = shard
+        torch, cuda = profiler.torch, profiler.device.type == "cuda"
+        with torch.inference_mode():
+            for chunk in chunks:
+                run = model.iteration(IterationShape(prefill_seqs=1, chunk=chunk))
+                by_name = kernel_times(torch, run, cuda)
+                by_kind: dict[str, float] = {}
+                for kernel, ms in by_name.items():
+                    kind = kernel_kind(kernel)
+                    by_kind[kind] = by_kind.get(kind, 0.0) + ms
+                top = sorted(by_name.items(), key=lambda kv: -kv[1])[:10]
+                runs.append({"shard": spec, "model": name, "tp": shape.tp, "chunk": chunk,
+                             "layers": len(model.layers),
+                             "by_kind_ms": {k: round(v, 4) for k, v in by_kind.items()},
+                             "top_ms": [[k, round(v, 4)] for k, v in top]})  # fmt: skip
+                print(json.dumps(runs[-1]), flush=True)
+        del model
+        profiler.free()
+        facts = device_facts(torch) if cuda else {"device": args.device}
+        (out / "kernels.json").write_text(json.dumps({"facts": facts, "runs": runs}) + "\n")
+
+
+def _kernel_table(path: Path) -> None:
+    """``report``'s lines for ``kernels.json``: the GPU's time by kind of kernel."""
+    data = json.loads(path.read_text())
+    kinds = [k for k, _ in KINDS] + ["other"]
+    print("\nThe whole prefill run eagerly under the profiler, the GPU's time by kind of kernel "
+          "(ms for the whole stack of layers):\n")  # fmt: skip
+    print("| shard | tokens | " + " | ".join(kinds) + " | sum |")
+    print("|---|---:|" + "---:|" * (len(kinds) + 1))
+    for run in data["runs"]:
+        ms = run["by_kind_ms"]
+        cells = " | ".join(f"{ms.get(k, 0.0):.2f}" for k in kinds)
+        print(f"| {run['shard']} | {run['chunk']} | {cells} | {sum(ms.values()):.2f} |")
+
+
 def report(args: argparse.Namespace) -> None:
     """The ``report`` verb (module docstring)."""
     from sincere.catalog import get_accelerator, get_model
     from sincere.perf import Batch, Deployment, make_step_model
 
+    if (Path(args.dir) / "kernels.json").is_file():
+        _kernel_table(Path(args.dir) / "kernels.json")
+    if not (Path(args.dir) / "parts.json").is_file():
+        return
     data = json.loads((Path(args.dir) / "parts.json").read_text())
     facts = data["facts"]
     acc = get_accelerator(args.accelerator or accelerator_of(facts))
@@ -220,11 +338,16 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--shards", default="llama-3.1-8b:1,qwen3-32b:2,llama-3.1-70b:4")
     m.add_argument("--chunks", default="512,2048,8192", help="prefill sizes, comma-separated")
     m.add_argument("--device", default="cuda", help="cpu: a smoke test (two layers, no graphs)")
+    k = verbs.add_parser("kernels", help="the GPU's time by kind of kernel, profiled")
+    k.add_argument("--out", required=True)
+    k.add_argument("--shards", default="llama-3.1-8b:1,qwen3-32b:2,llama-3.1-70b:4")
+    k.add_argument("--chunks", default="512,8192", help="prefill sizes, comma-separated")
+    k.add_argument("--device", default="cuda", help="cpu: a smoke test (two layers)")
     r = verbs.add_parser("report", help="the parts against the roofline's")
     r.add_argument("dir")
     r.add_argument("--accelerator", default=None, help="catalog GPU (default: parts.json's)")
     args = parser.parse_args(argv)
-    {"measure": measure, "report": report}[args.verb](args)
+    {"measure": measure, "kernels": kernels, "report": report}[args.verb](args)
 
 
 if __name__ == "__main__":
