@@ -40,10 +40,14 @@ shape of its bf16 GEMMs carries to another (each held-out GPU under the others' 
 constants, without a grid and with each other GPU's). Decode and L2 (``--only
 decode-l2``): every decode-attention call's measured time over the time its KV read
 takes at the GPU's HBM peak, by octaves of KV read: which calls the L2 cache serves.
+Skewed routing (``--only moe-skew``): per GPU with balanced fused-MoE rows, the bf16
+experts' constants (fitted on those) against the same calls timed under the database's
+``power_law_1.01`` and ``power_law_1.2`` routing, read as a Zipf popularity (the step
+model's reading) and as the collector's generator drew them; without EP and under EP.
 
     python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
         [--only a100|h100|kernels|releases|links|linear-attention|grids|decode-l2|
-         decode-levels]
+         decode-levels|moe-skew]
 """
 
 from __future__ import annotations
@@ -675,6 +679,69 @@ def decode_level_checks(database: Path) -> None:
         print(f"| {acc_name} | {int(small.sum())} | " + " | ".join(cells) + " |")
 
 
+SKEWED_ROUTINGS = ("power_law_1.01", "power_law_1.2")
+CALL_COLUMNS = ("hidden_size", "inter_size", "num_experts", "topk", "num_tokens",
+                "moe_tp_size", "moe_ep_size", "moe_dtype", "kernel_source")  # fmt: skip
+"""What makes one fused-MoE call apart from its routing."""
+
+
+def same_calls(balanced, table, routing: str):  # type: ignore[no-untyped-def]
+    """The rows of ``table`` timed under ``routing`` whose calls the family's ``balanced``
+    rows time (the same shapes, tokens, split and kernel)."""
+
+    def keys(rows):  # type: ignore[no-untyped-def]
+        return zip(*(rows.columns[c].astype(str) for c in CALL_COLUMNS), strict=True)
+
+    wanted = set(keys(balanced))
+    rows = table.where(table.equals("distribution", routing))
+    return rows.where(np.array([k in wanted for k in keys(rows)], dtype=bool))
+
+
+def bias_cell(pred: np.ndarray, measured: np.ndarray) -> str:
+    """``mean |error| / bias`` in percent."""
+    err = errors_of(pred, measured)
+    return f"{100 * err[0]:.1f} / {100 * err[2]:+.1f}"
+
+
+def moe_skew_checks(database: Path) -> None:
+    """The bf16 experts on skewed routing (``--only moe-skew``): each GPU's own fit (its
+    balanced rows) against the same calls under each power law, the rows read as a Zipf
+    popularity (a) and as the collector's generator drew them (b)."""
+    from sincere.fit.kernels import COLUMNS, family_rows, fit_kernels, predict_family
+    from sincere.perf.kernel_tables import read_table
+
+    lines: dict[str, list[str]] = {"moe": [], "moe_ep": []}
+    for acc_name, folder in KERNEL_GPUS:
+        acc = get_accelerator(acc_name)
+        table = read_table(database / folder, "moe", COLUMNS["moe"])
+        if not table.equals("distribution", "balanced").any():
+            print(f"\n{acc_name}: no balanced fused-MoE rows (fitted on the skewed): left out")
+            continue
+        fit = fit_kernels(database / folder, acc)
+        merged = {k: v for fam in fit.families for k, v in fam.params.items()}
+        for name in lines:
+            if fit.family(name) is None:
+                continue
+            balanced = family_rows(name, table)
+            ref = bias_cell(predict_family(name, balanced, acc, merged),
+                            balanced.num("latency") * 1e-3)  # fmt: skip
+            for routing in SKEWED_ROUTINGS:
+                rows = same_calls(balanced, table, routing)
+                if rows.num_rows == 0:
+                    continue
+                measured = rows.num("latency") * 1e-3
+                cells = [bias_cell(predict_family(name, rows, acc, merged, collector), measured)
+                         for collector in (False, True)]  # fmt: skip
+                shown = f"{cells[0]} | {cells[1]} | {ref} ({balanced.num_rows})"
+                lines[name].append(f"| {acc_name} | {routing} | {rows.num_rows} | {shown} |")
+    for name, body in lines.items():
+        print(f"\n{name}: mean |error| / bias %, balanced-fitted constants")
+        print("| GPU | routing | rows | (a) Zipf reading | (b) collector's reading "
+              "| balanced rows (rows) |")  # fmt: skip
+        print("|---|---|---:|---:|---:|---:|")
+        print("\n".join(body))
+
+
 def read_release(folder: Path, name: str, version: str):  # type: ignore[no-untyped-def]
     """Table ``name`` of one vLLM release."""
     from sincere.fit.kernels import COLUMNS
@@ -690,7 +757,7 @@ def main() -> None:
     )
     only = (
         "a100", "h100", "kernels", "releases", "links", "linear-attention", "grids", "decode-l2",
-        "decode-levels",
+        "decode-levels", "moe-skew",
     )  # fmt: skip
     parser.add_argument("--only", choices=only, default=None)
     parser.add_argument(
@@ -716,6 +783,9 @@ def main() -> None:
         return
     if args.only == "decode-levels":
         decode_level_checks(args.kernels)
+        return
+    if args.only == "moe-skew":
+        moe_skew_checks(args.kernels)
         return
     if args.only in (None, "kernels"):
         kernel_checks(args.kernels)

@@ -932,11 +932,15 @@ def gated_experts(rows: KernelTable) -> npt.NDArray[np.bool_]:
     return out
 
 
-def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray, FArray]:
+def moe_features(
+    rows: KernelTable, collector: bool = False
+) -> tuple[FArray, FArray, FArray, FArray, FArray]:
     """Per row, :func:`sincere.perf.moe.expert_work`: FLOPs of the padded rows and of the
     busiest expert's, weight elements, activation bytes and active experts (on one GPU of
     the row's ``moe_ep_size``: its ``1/ep`` of the experts and their pairs; gated experts
-    but for :data:`PLAIN_EXPERT_SHAPES`)."""
+    but for :data:`PLAIN_EXPERT_SHAPES`). ``collector``: the ``power_law_*`` rows read as
+    the collector's generator drew them (:func:`sincere.perf.moe.collector_expert_work`),
+    not as a Zipf popularity (:func:`skew_of`)."""
     t, h, k, e = (rows.num(c) for c in ("num_tokens", "hidden_size", "topk", "num_experts"))
     ep = rows.num("moe_ep_size")
     dist = rows.columns["distribution"].astype(str)
@@ -948,7 +952,7 @@ def moe_features(rows: KernelTable) -> tuple[FArray, FArray, FArray, FArray, FAr
         dealt = str(dist[i]) == "balanced"  # the collector deals tokens to experts in turn
         work[:, i] = expert_work(
             t[i], int(h[i]), int(local[i]), routing, ACT_BYTES, bool(gated[i]), int(ep[i]),
-            dealt=dealt,
+            dealt=dealt, collector=collector,
         )  # fmt: skip
     return work[0], work[1], work[2], work[3], work[4]
 
@@ -1097,12 +1101,13 @@ def moe_ep_rows(table: KernelTable) -> KernelTable:
 
 
 def moe_ep_terms(
-    rows: KernelTable, acc: Accelerator, experts: dict[str, Any]
+    rows: KernelTable, acc: Accelerator, experts: dict[str, Any], collector: bool = False
 ) -> tuple[FArray, FArray, float]:
     """(each GPU's own pairs priced by the bf16 experts' constants ``experts``, the other
     GPUs' pairs' bytes over HBM's bytes/s, the GPU's L2 bytes over HBM's bytes/s) of EP
-    rows: what :func:`moe_ep_predict` prices them from."""
-    own = predict_moe("moe", rows, acc, experts)
+    rows: what :func:`moe_ep_predict` prices them from (``collector``: as
+    :func:`moe_features`; the other GPUs' pairs are the mean's either way)."""
+    own = predict_moe("moe", rows, acc, experts, collector)
     hbm = acc.hbm_bandwidth_gbps * 1e9
     return own, foreign_bytes(rows) / hbm, onchip_bytes(acc, 1.0) / hbm
 
@@ -1306,10 +1311,15 @@ def family_rows(name: str, table: KernelTable) -> KernelTable:
 
 
 def predict_family(
-    name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]
+    name: str,
+    rows: KernelTable,
+    acc: Accelerator,
+    params: dict[str, Any],
+    collector: bool = False,
 ) -> FArray:
     """Family ``name``'s time of ``rows`` (seconds) under ``params`` (every family's constants,
-    helper figures such as ``_gemm_kernel_s`` included)."""
+    helper figures such as ``_gemm_kernel_s`` included). ``collector``: the fused-MoE
+    families read ``power_law_*`` rows as the collector drew them (:func:`moe_features`)."""
     peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
     p = params
     if name == "gemm_bf16" or name in QUANT_GEMMS:
@@ -1343,9 +1353,9 @@ def predict_family(
     if name in ("allreduce", "alltoall"):
         return predict_collective(name, rows, acc, p)
     if name == "moe" or name in QUANT_EXPERTS:
-        return predict_moe(name, rows, acc, p)
+        return predict_moe(name, rows, acc, p, collector)
     if name == "moe_ep":
-        return moe_ep_predict(moe_ep_terms(rows, acc, p), *moe_ep_constants(p))
+        return moe_ep_predict(moe_ep_terms(rows, acc, p, collector), *moe_ep_constants(p))
     if name in GDN_PHASES:
         return gdn_predict(name, rows, acc, p)
     if name == "mla_decode":
@@ -1376,15 +1386,22 @@ def predict_gemm(name: str, rows: KernelTable, acc: Accelerator, params: dict[st
     return out
 
 
-def predict_moe(name: str, rows: KernelTable, acc: Accelerator, params: dict[str, Any]) -> FArray:
-    """The fused MoE's time of ``rows`` (seconds): bf16 experts (``moe``) or quantised ones."""
+def predict_moe(
+    name: str,
+    rows: KernelTable,
+    acc: Accelerator,
+    params: dict[str, Any],
+    collector: bool = False,
+) -> FArray:
+    """The fused MoE's time of ``rows`` (seconds): bf16 experts (``moe``) or quantised ones
+    (``collector``: skewed rows as :func:`moe_features` reads them with it)."""
     p, prefix = params, "moe" if name == "moe" else name
     precision, wbytes = ("bf16", 2.0) if name == "moe" else QUANT_EXPERTS[name][1:]
     x = [p[f"{prefix}_mfu_efficiency"], p[f"{prefix}_bw_efficiency"], p[f"{prefix}_kernel_s"]]
     x += [p["moe_tail_share"], p.get(f"{prefix}_expert_s", 0.0)]
     peak, hbm = acc.peak_tflops(precision) * 1e12, acc.hbm_bandwidth_gbps * 1e9
     offset = p.get(f"{prefix}_width_offset", p.get("moe_width_offset", 0.0))
-    feat = widened(moe_features(rows), rows, offset)
+    feat = widened(moe_features(rows, collector), rows, offset)
     out = moe_predict(feat, np.array(x), peak, hbm, wbytes, p["overlap_exponent"])
     factor = p.get("moe_unaligned_factor", 1.0) if name == "moe" else 1.0
     return np.where(unaligned_widths(rows), out * factor, out)

@@ -27,6 +27,15 @@ an iteration's time. Sources and assumptions:
   an expert ``w`` wide on one GPU computes as if ``w + offset`` wide (the GEMMs' fixed steps
   per tile), and where ``w`` is not a multiple of :data:`ALIGNED_WIDTH` the kernel leaves
   its fast path (measured 2.1-2.4x on Hopper's bf16 experts, none on Ada's).
+* **The database's power-law rows** (:func:`collector_power_law_load`): the collector
+  does not draw a popularity per expert and tokens from it; it draws each expert's *count*
+  from a bounded power law (exponent ``alpha``; ``[1, 0.8 T]`` where ``T k > E``, else
+  ``[0.01, 2]``), scales the counts to ``T k`` slots, rounds them (the rounding's
+  difference given to the largest or taken from the smallest experts in turn, equal
+  counts ranked by the values drawn), and under
+  expert parallelism times the group of ``E / ep`` contiguous experts with the most
+  slots. No expert can hold more than ``T`` (a token's experts are distinct): a count over
+  it is taken as capped and its excess given to the next largest.
 * **Expert-parallel all-to-all.** Two exchanges per MoE layer (dispatch, combine);
   in each, a GPU sends its ``T / ep`` tokens' ``k`` copies bound to the other
   ``ep - 1`` ranks: ``(T/ep) k h b (ep-1)/ep`` bytes, no de-duplication of copies
@@ -44,6 +53,7 @@ an iteration's time. Sources and assumptions:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -231,6 +241,164 @@ def round_robin_load(
     return distinct, rows, float(math.ceil(routed / num_experts - 1e-9))
 
 
+IArray = npt.NDArray[np.int64]
+
+
+def power_law_counts(
+    size: int, alpha: float, bounds: tuple[float, float], rng: np.random.Generator
+) -> FArray:
+    """``size`` values of a power law ``∝ x^-alpha`` on ``bounds`` by inverse-CDF sampling
+    (``alpha`` 1: log-uniform)."""
+    low, high = bounds
+    u = rng.random(size)
+    if alpha == 1.0:
+        out: FArray = low * (high / low) ** u
+        return out
+    e = 1.0 - alpha
+    out = ((high**e - low**e) * u + low**e) ** (1.0 / e)
+    return out
+
+
+def settle_total(counts: IArray, values: FArray, total: int) -> IArray:
+    """``counts`` brought to sum ``total``: one more to each of the largest in turn, or one
+    fewer to each of the smallest (the largest where that one is empty); equal counts
+    ranked by the ``values`` they were rounded from (not by position: an all-empty draw
+    would otherwise give its slots to the first experts, all in one EP group)."""
+    out = counts.copy()
+    delta = total - int(out.sum())
+    order = np.lexsort((-values, -out))
+    if delta > 0:
+        np.add.at(out, order[np.arange(delta) % len(out)], 1)
+    for i in range(-delta):
+        j = int(order[-(i % len(out)) - 1])
+        out[j if out[j] > 0 else int(np.argmax(out))] -= 1
+    return out
+
+
+def collector_power_law_draw(
+    num_tokens: int, num_experts: int, top_k: int, alpha: float, rng: np.random.Generator
+) -> IArray:
+    """One draw of the database collector's expert loads (before any cap): power-law
+    values scaled to ``T k`` slots, rounded and settled to sum exactly ``T k`` (the module
+    docstring)."""
+    _check_routing(num_experts, top_k)
+    routed = num_tokens * top_k
+    bounds = (1.0, 0.8 * num_tokens) if routed > num_experts else (0.01, 2.0)
+    values = power_law_counts(num_experts, alpha, bounds, rng)
+    counts = np.round(values / values.sum() * routed).astype(np.int64)
+    return settle_total(counts, values, routed)
+
+
+def cap_loads(loads: IArray, cap: int) -> IArray:
+    """``loads`` with none above ``cap``: each excess given to the largest loads below it,
+    filled to ``cap`` in order of size (the total kept where ``cap · E`` allows it)."""
+    order = np.argsort(-loads, kind="stable")
+    ranked = loads[order]
+    excess = int(np.maximum(ranked - cap, 0).sum())
+    ranked = np.minimum(ranked, cap)
+    room = cap - ranked
+    before = np.cumsum(room) - room
+    ranked = ranked + np.clip(excess - before, 0, room)
+    out = np.empty_like(loads)
+    out[order] = ranked
+    return out
+
+
+def busiest_group(loads: IArray, ep: int) -> IArray:
+    """The loads of the group of ``E / ep`` contiguous experts with the most tokens (the
+    collector's rank 0 under expert parallelism)."""
+    if ep < 1 or len(loads) % ep:
+        raise ConfigError("ep must divide num_experts", value=(ep, len(loads)))
+    groups = loads.reshape(ep, -1)
+    out: IArray = groups[int(np.argmax(groups.sum(axis=1)))]
+    return out
+
+
+def group_figures(loads: IArray, tile: int) -> tuple[float, float, float, float]:
+    """(active experts, padded rows, busiest expert's tokens, routed tokens) of ``loads``."""
+    active = loads[loads > 0]
+    if active.size == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    rows = float((tile * np.ceil(active / tile)).sum())
+    return float(active.size), rows, float(active.max()), float(active.sum())
+
+
+@functools.lru_cache(maxsize=65536)
+def collector_group_load(
+    num_tokens: int,
+    num_experts: int,
+    top_k: int,
+    alpha: float,
+    tile: int,
+    ep: int = 1,
+    draws: int = 64,
+    seed: int = 0,
+) -> tuple[float, float, float, float]:
+    """:func:`collector_power_law_load` and the measured GPU's routed tokens, averaged over
+    ``draws`` draws of a generator seeded ``seed`` (deterministic)."""
+    _check_routing(num_experts, top_k)
+    if tile < 1:
+        raise ConfigError("expert tile must be >= 1 token", value=tile)
+    if alpha < 0.0:
+        raise ConfigError("power-law exponent must be >= 0", value=alpha)
+    if num_tokens <= 0:
+        return 0.0, 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    total = np.zeros(4)
+    for _ in range(draws):
+        loads = cap_loads(collector_power_law_draw(num_tokens, num_experts, top_k, alpha, rng),
+                          num_tokens)  # fmt: skip
+        total += group_figures(busiest_group(loads, ep), tile)
+    mean = total / draws
+    return float(mean[0]), float(mean[1]), float(mean[2]), float(mean[3])
+
+
+def collector_power_law_load(
+    num_tokens: int,
+    num_experts: int,
+    top_k: int,
+    alpha: float,
+    tile: int,
+    ep: int = 1,
+    draws: int = 64,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """:func:`routing_load` of the database's ``power_law_<alpha>`` rows: (experts active
+    on the measured GPU, their padded grouped-GEMM rows, the busiest expert's tokens) under
+    the collector's generator (the module docstring), averaged over ``draws`` seeded draws.
+    Under ``ep`` > 1 the figures are the busiest group's (the GPU the collector times), not
+    the whole batch's. Memoised."""
+    distinct, rows, busiest, _ = collector_group_load(
+        num_tokens, num_experts, top_k, alpha, tile, ep, draws, seed
+    )
+    return distinct, rows, busiest
+
+
+def collector_expert_work(
+    num_tokens: float,
+    hidden: int,
+    width: int,
+    routing: tuple[int, int, float, int],
+    act_bytes: float,
+    gated: bool = True,
+    ep: int = 1,
+) -> tuple[float, float, float, float, float]:
+    """:func:`expert_work` of a ``power_law_<alpha>`` row of the database read as its
+    collector drew it (``routing``'s skew is ``alpha``): the busiest GPU's own experts,
+    rows and routed tokens (:func:`collector_group_load`), so no imbalance applies."""
+    num_experts, top_k, alpha, tile = routing
+    tokens = round(num_tokens)
+    distinct, rows, busiest, routed = collector_group_load(
+        tokens, num_experts, top_k, alpha, tile, ep
+    )
+    up = (2 if gated else 1) * width
+    per_expert = float(hidden * (up + width))
+    moved = routed * (2 * hidden + up + width) * act_bytes
+    moved += permutation_bytes(num_tokens / ep, top_k, hidden, act_bytes)
+    flops = 2.0 * per_expert * rows
+    return flops, 2.0 * per_expert * busiest, distinct * per_expert, moved, distinct
+
+
 def expert_work(
     num_tokens: float,
     hidden: int,
@@ -241,6 +409,7 @@ def expert_work(
     ep: int = 1,
     imbalance: float = 1.0,
     dealt: bool = False,
+    collector: bool = False,
 ) -> tuple[float, float, float, float, float]:
     """(FLOPs of the padded rows, FLOPs of the busiest expert, weight elements read,
     activation bytes moved, experts active on this GPU) of one fused-MoE layer on one GPU.
@@ -250,7 +419,11 @@ def expert_work(
     holds ``1/ep`` of the experts and computes its ``T k / ep`` routed tokens times
     ``imbalance`` (the busiest GPU's share over the mean). ``dealt``: tokens dealt to the
     experts in turn (:func:`round_robin_load`; ``skew`` unused), not drawn at random.
+    ``collector`` (where not ``dealt``): ``skew`` is the exponent of the database
+    collector's power law, read by :func:`collector_expert_work` (``imbalance`` unused).
     """
+    if collector and not dealt:
+        return collector_expert_work(num_tokens, hidden, width, routing, act_bytes, gated, ep)
     num_experts, top_k, skew, tile = routing
     if dealt:
         distinct, rows, busiest = round_robin_load(num_tokens, num_experts, top_k, tile)
