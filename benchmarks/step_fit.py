@@ -44,10 +44,14 @@ Skewed routing (``--only moe-skew``): per GPU with balanced fused-MoE rows, the 
 experts' constants (fitted on those) against the same calls timed under the database's
 ``power_law_1.01`` and ``power_law_1.2`` routing, read as a Zipf popularity (the step
 model's reading) and as the collector's generator drew them; without EP and under EP.
+Skewed-routing fit (``--only moe-skew-fit``): the same experts fitted on the balanced rows
+(shipped) and on all three routings (the power-law rows in the collector's reading), each
+judged on the balanced and power-law rows, own fit and leave-one-GPU-out, with the
+constants both ways.
 
     python benchmarks/step_fit.py [--profiles ../shared/data/gpu-profiles]
         [--only a100|h100|kernels|releases|links|linear-attention|grids|decode-l2|
-         decode-levels|moe-skew]
+         decode-levels|moe-skew|moe-skew-fit]
 """
 
 from __future__ import annotations
@@ -742,6 +746,73 @@ def moe_skew_checks(database: Path) -> None:
         print("\n".join(body))
 
 
+FIT_WAYS = {"balanced": False, "all routings": True}
+"""How the experts are fitted (``--only moe-skew-fit``) -> ``all_routings``."""
+
+
+def fit_both_ways(database: Path, acc_name: str, folder: str, table) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """Per way of :data:`FIT_WAYS`, the ``moe`` and ``moe_ep`` constants of one GPU (the
+    experts' overlap exponent its bf16 GEMMs' fit)."""
+    from sincere.fit import kernels as kf
+    from sincere.perf.kernel_tables import read_table
+
+    acc = get_accelerator(acc_name)
+    gemms = read_table(database / folder, "gemm", kf.COLUMNS["gemm"])
+    overlap = kf.fit_gemm(gemms, acc, database).params["overlap_exponent"]
+    out = {}
+    for way, every in FIT_WAYS.items():
+        moe = kf.fit_moe(table, acc, overlap, database, every).params
+        experts = {**moe, "overlap_exponent": overlap}
+        ep = kf.fit_moe_ep(table, acc, experts, database, every).params
+        out[way] = {"moe": moe, "moe_ep": ep, "overlap_exponent": overlap}
+    return out
+
+
+def moe_skew_fit_checks(database: Path) -> None:
+    """The bf16 experts fitted on balanced rows (shipped) and on every routing, the skewed
+    rows read as the collector drew them (``--only moe-skew-fit``): each judged on the
+    balanced rows and on the same calls under each power law (collector's reading), on its
+    own GPU's constants and leave-one-GPU-out; then the fitted constants both ways."""
+    from sincere.fit.kernels import COLUMNS, family_rows, predict_family
+    from sincere.perf.kernel_tables import read_table
+
+    gpus = {}
+    for acc_name, folder in KERNEL_GPUS:
+        table = read_table(database / folder, "moe", COLUMNS["moe"])
+        if not table.equals("distribution", "balanced").any():
+            print(f"\n{acc_name}: no balanced fused-MoE rows: left out")
+            continue
+        gpus[acc_name] = (table, fit_both_ways(database, acc_name, folder, table))
+    for name in ("moe", "moe_ep"):
+        print(f"\n{name}: mean |error| / bias % (rows), skewed rows in the collector's reading")
+        print("| GPU | fitted on | balanced | power_law_1.01 | power_law_1.2 "
+              "| LOGO balanced | LOGO 1.01 | LOGO 1.2 |")  # fmt: skip
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for acc_name, (table, fits) in gpus.items():
+            acc = get_accelerator(acc_name)
+            balanced = family_rows(name, table)
+            sets = [balanced, *(same_calls(balanced, table, r) for r in SKEWED_ROUTINGS)]
+            others = stand_ins(name, acc_name, [g for g in gpus if g != acc_name])
+            for way, p in fits.items():
+                own = {"overlap_exponent": p["overlap_exponent"], **p["moe"], **p["moe_ep"]}
+                prior = {**own, **mean_params([gpus[g][1][way][name] for g in others])}
+                cells = [
+                    bias_cell(predict_family(name, rows, acc, params, True),
+                              rows.num("latency") * 1e-3)
+                    + (f" ({rows.num_rows})" if params is own else "")
+                    for params in (own, prior) for rows in sets
+                ]  # fmt: skip
+                print(f"| {acc_name} | {way} | {' | '.join(cells)} |")
+        keys = sorted({k for _, fits in gpus.values() for p in fits.values() for k in p[name]})
+        print(f"\n{name} constants: " + ", ".join(keys))
+        print("| GPU | fitted on | " + " | ".join(keys) + " |")
+        print("|---|---|" + "---:|" * len(keys))
+        for acc_name, (_, fits) in gpus.items():
+            for way, p in fits.items():
+                values = [f"{p[name][k]:.4g}" if k in p[name] else "—" for k in keys]
+                print(f"| {acc_name} | {way} | " + " | ".join(values) + " |")
+
+
 def read_release(folder: Path, name: str, version: str):  # type: ignore[no-untyped-def]
     """Table ``name`` of one vLLM release."""
     from sincere.fit.kernels import COLUMNS
@@ -757,7 +828,7 @@ def main() -> None:
     )
     only = (
         "a100", "h100", "kernels", "releases", "links", "linear-attention", "grids", "decode-l2",
-        "decode-levels", "moe-skew",
+        "decode-levels", "moe-skew", "moe-skew-fit",
     )  # fmt: skip
     parser.add_argument("--only", choices=only, default=None)
     parser.add_argument(
@@ -786,6 +857,9 @@ def main() -> None:
         return
     if args.only == "moe-skew":
         moe_skew_checks(args.kernels)
+        return
+    if args.only == "moe-skew-fit":
+        moe_skew_fit_checks(args.kernels)
         return
     if args.only in (None, "kernels"):
         kernel_checks(args.kernels)

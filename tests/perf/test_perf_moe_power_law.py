@@ -3,10 +3,14 @@ and the readings it must leave as they were."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from sincere.core.errors import ConfigError
+from sincere.fit.kernels import COLUMNS, moe_rows
+from sincere.perf.kernel_tables import read_table
 from sincere.perf.moe import (
     busiest_group,
     cap_loads,
@@ -141,3 +145,21 @@ def test_existing_readings_unchanged() -> None:
     assert expert_work(64, 2880, 2880, (128, 4, 1.2, 16), 2.0, ep=4, dealt=True) == (
         25480396800.0, 99532800.0, 796262400.0, 2764800.0, 32.0,
     )  # fmt: skip
+
+
+DATABASE = Path(__file__).resolve().parents[3] / "shared" / "data" / "kernels" / "aiconfigurator"
+
+
+@pytest.mark.skipif(not (DATABASE / "h100_sxm").is_dir(), reason="the kernel database is not here")
+def test_the_fit_takes_every_routing_only_when_asked() -> None:
+    """``moe_rows``: the balanced rows by default (what the shipped fits use); every routing
+    with ``all_routings``, the power-law rows' L2 window judged in the collector's reading."""
+    table = read_table(DATABASE / "h100_sxm", "moe", COLUMNS["moe"])
+    assert table is not None
+    shipped = moe_rows(table)
+    assert set(shipped.columns["distribution"].astype(str)) == {"balanced"}
+    every = moe_rows(table, all_routings=True)
+    assert {"balanced", "power_law_1.01", "power_law_1.2"} <= set(
+        every.columns["distribution"].astype(str)
+    )
+    assert every.num_rows > shipped.num_rows

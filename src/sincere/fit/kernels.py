@@ -1009,14 +1009,18 @@ def moe_predict(
     return fused_moe_s(feat, rates, wbytes, float(x[2]), float(x[3]), p, expert_s)
 
 
-def moe_rows(table: KernelTable) -> KernelTable:
+def moe_rows(table: KernelTable, all_routings: bool = False) -> KernelTable:
     """bf16 experts on one GPU holding every expert (no EP), vLLM's kernel, balanced routing
-    where measured (:func:`fit_routing`), out of the L2 (:func:`out_of_l2`)."""
+    where measured (:func:`fit_routing`), out of the L2 (:func:`out_of_l2`).
+    ``all_routings``: every routing, the ``power_law_*`` rows read as the collector drew
+    them (an experiment: :data:`FIT_ROUTING`)."""
     rows = table.where(table.equals("moe_dtype", "bfloat16") & (table.num("moe_ep_size") == 1))
     if rows.num_rows == 0:
         raise ConfigError("no bf16 fused-MoE rows without EP", where=str(table.path))
-    rows = fit_routing(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
-    rows = out_of_l2(rows, 2.0)
+    rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+    if not all_routings:
+        rows = fit_routing(rows)
+    rows = out_of_l2(rows, 2.0, all_routings)
     if rows.num_rows < MIN_EXPERT_ROWS:
         raise ConfigError(
             "too few bf16 fused-MoE rows outside the L2 window (2-256 MB of weights at <= "
@@ -1025,16 +1029,17 @@ def moe_rows(table: KernelTable) -> KernelTable:
             value=rows.num_rows,
             allowed=f">= {MIN_EXPERT_ROWS}",
         )
-    return subsample(rows, 4000)
+    return subsample(rows, 12000 if all_routings else 4000)
 
 
-def out_of_l2(rows: KernelTable, weight_bytes: float) -> KernelTable:
+def out_of_l2(rows: KernelTable, weight_bytes: float, collector: bool = False) -> KernelTable:
     """The fused-MoE calls whose weights a served layer would read as measured: left out are
     those of at most :data:`L2_HOT_TOKENS` tokens an active expert whose active experts'
     weights take 2-256 MB (:func:`hbm_bound_or_launch_bound`), which the collector's repeats
     keep in L2 (the rule :func:`gemm_rows` applies to GEMMs: on an L40S such calls ran up
-    to twice as fast as their weights' HBM bytes allow)."""
-    _, _, weights, _, active = moe_features(rows)
+    to twice as fast as their weights' HBM bytes allow; ``collector``: as
+    :func:`moe_features`)."""
+    _, _, weights, _, active = moe_features(rows, collector)
     per_expert = rows.num("num_tokens") * rows.num("topk") / np.maximum(active, 1e-9)
     in_l2 = (per_expert <= L2_HOT_TOKENS) & ~hbm_bound_or_launch_bound(weights * weight_bytes)
     return rows.where(~in_l2)
@@ -1045,6 +1050,9 @@ def fit_routing(rows: KernelTable) -> KernelTable:
     0.14 table times skewed routings only: fitted as the formula reads them)."""
     balanced = rows.equals("distribution", FIT_ROUTING)
     return rows.where(balanced) if balanced.any() else rows
+
+
+ALL_ROUTINGS_NOTE = "fitted on every routing, the skewed rows as the collector drew them"
 
 
 def routing_note(rows: KernelTable) -> tuple[str, ...]:
@@ -1059,13 +1067,15 @@ def allreduce_rows(table: KernelTable) -> KernelTable:
     return table.where(table.num("message_size") * ACT_BYTES <= MAX_ALLREDUCE_BYTES)
 
 
-def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) -> FamilyFit:
+def fit_moe(
+    table: KernelTable, acc: Accelerator, overlap: float, root: Path, all_routings: bool = False
+) -> FamilyFit:
     """Fused MoE, bf16 experts, one GPU holding every expert (no EP), balanced routing where
-    measured (:func:`moe_rows`): efficiencies, kernel cost, tail share, cost per active
-    expert, width offset and, where the rows have widths off :data:`ALIGNED_WIDTH`, their
-    factor."""
-    rows = moe_rows(table)
-    feat = moe_features(rows)
+    measured (:func:`moe_rows`; ``all_routings``: every routing, the skewed rows read as the
+    collector drew them): efficiencies, kernel cost, tail share, cost per active expert,
+    width offset and, where the rows have widths off :data:`ALIGNED_WIDTH`, their factor."""
+    rows = moe_rows(table, all_routings)
+    feat = moe_features(rows, all_routings)
     measured = rows.num("latency") * 1e-3
     peak, hbm = acc.peak_tflops("bf16") * 1e12, acc.hbm_bandwidth_gbps * 1e9
     root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
@@ -1086,18 +1096,21 @@ def fit_moe(table: KernelTable, acc: Accelerator, overlap: float, root: Path) ->
         return np.where(unaligned, out * x[6], out) if len(x) > 6 else out
 
     fam = fit_named("moe", predict, spec, measured, root_w, rows, root)
-    return replace(fam, notes=(*routing_note(rows), *fam.notes))
+    routing = (ALL_ROUTINGS_NOTE,) if all_routings else routing_note(rows)
+    return replace(fam, notes=(*routing, *fam.notes))
 
 
-def moe_ep_rows(table: KernelTable) -> KernelTable:
+def moe_ep_rows(table: KernelTable, all_routings: bool = False) -> KernelTable:
     """bf16 experts spread over 2 to 256 GPUs (``moe_ep_size`` > 1: one GPU's call over
-    every token, holding ``1/ep`` of the experts), balanced routing where measured, the
-    dominant kernel of those rows."""
+    every token, holding ``1/ep`` of the experts), balanced routing where measured (every
+    routing with ``all_routings``), the dominant kernel of those rows."""
     rows = table.where(table.equals("moe_dtype", "bfloat16") & (table.num("moe_ep_size") > 1))
     if rows.num_rows == 0:
         raise ConfigError("no bf16 fused-MoE rows with EP", where=str(table.path))
-    rows = fit_routing(rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source"))))
-    return subsample(rows, 4000)
+    rows = rows.where(rows.equals("kernel_source", dominant(rows, "kernel_source")))
+    if all_routings:
+        return subsample(rows, 12000)
+    return subsample(fit_routing(rows), 4000)
 
 
 def moe_ep_terms(
@@ -1134,15 +1147,20 @@ def moe_ep_predict(
 
 
 def fit_moe_ep(
-    table: KernelTable, acc: Accelerator, experts: dict[str, Any], root: Path
+    table: KernelTable,
+    acc: Accelerator,
+    experts: dict[str, Any],
+    root: Path,
+    all_routings: bool = False,
 ) -> FamilyFit:
     """The fused MoE under expert parallelism (:func:`moe_ep_rows`): the bf16 experts'
     constants (``experts``, fitted without EP) price each GPU's own pairs, one factor the
     pass over the other GPUs' pairs (:func:`sincere.perf.moe.foreign_pair_bytes` at HBM
     speed, for its bytes beyond a share of the L2; 0 where the kernel takes none) and one
-    fixed cost per call (0 where none)."""
-    rows = moe_ep_rows(table)
-    terms = moe_ep_terms(rows, acc, experts)
+    fixed cost per call (0 where none). ``all_routings``: fitted on every routing, the skewed
+    rows read as the collector drew them (:func:`moe_rows`)."""
+    rows = moe_ep_rows(table, all_routings)
+    terms = moe_ep_terms(rows, acc, experts, all_routings)
     measured = rows.num("latency") * 1e-3
     root_w = np.sqrt(octave_weights(rows.num("num_tokens")))
 
@@ -1156,7 +1174,8 @@ def fit_moe_ep(
     )
     fam = fit_named("moe_ep", predict, spec, measured, root_w, rows, root)
     kernel = str(rows.columns["kernel_source"][0])
-    return replace(fam, notes=(f"{kernel} under EP", *routing_note(rows), *fam.notes))
+    routing = (ALL_ROUTINGS_NOTE,) if all_routings else routing_note(rows)
+    return replace(fam, notes=(f"{kernel} under EP", *routing, *fam.notes))
 
 
 QUANT_EXPERTS: dict[str, tuple[tuple[str, ...], str, float]] = {
