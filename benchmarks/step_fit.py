@@ -826,10 +826,13 @@ def main() -> None:
     parser.add_argument(
         "--profiles", type=Path, default=ROOT.parent / "shared" / "data" / "gpu-profiles"
     )
-    only = (
-        "a100", "h100", "kernels", "releases", "links", "linear-attention", "grids", "decode-l2",
-        "decode-levels", "moe-skew", "moe-skew-fit",
-    )  # fmt: skip
+    database_checks = {
+        "releases": release_checks, "links": link_checks,
+        "linear-attention": linear_attention_checks, "grids": grid_checks,
+        "decode-l2": decode_l2_checks, "decode-levels": decode_level_checks,
+        "moe-skew": moe_skew_checks, "moe-skew-fit": moe_skew_fit_checks,
+    }  # fmt: skip
+    only = ("a100", "h100", "kernels", *database_checks)
     parser.add_argument("--only", choices=only, default=None)
     parser.add_argument(
         "--kernels",
@@ -837,29 +840,8 @@ def main() -> None:
         default=ROOT.parent / "shared" / "data" / "kernels" / "aiconfigurator",
     )
     args = parser.parse_args()
-    if args.only == "releases":
-        release_checks(args.kernels)
-        return
-    if args.only == "links":
-        link_checks(args.kernels)
-        return
-    if args.only == "linear-attention":
-        linear_attention_checks(args.kernels)
-        return
-    if args.only == "grids":
-        grid_checks(args.kernels)
-        return
-    if args.only == "decode-l2":
-        decode_l2_checks(args.kernels)
-        return
-    if args.only == "decode-levels":
-        decode_level_checks(args.kernels)
-        return
-    if args.only == "moe-skew":
-        moe_skew_checks(args.kernels)
-        return
-    if args.only == "moe-skew-fit":
-        moe_skew_fit_checks(args.kernels)
+    if args.only in database_checks:
+        database_checks[args.only](args.kernels)
         return
     if args.only in (None, "kernels"):
         kernel_checks(args.kernels)
