@@ -278,8 +278,9 @@ def test_attention_dp_without_ep_reduces_the_group_tokens_over_the_group() -> No
     model = get_model("qwen3-30b-a3b")
     size = 64 * model.hidden_size * params.activation_bytes
     link = get_accelerator("H100-SXM").interconnect_gbps_per_direction * 1e9 * efficiency
-    one = (latency + 2 * 7 / 8 * size / link) * allreduce_factor(
-        params.allreduce_grid, size, 8, False
+    byte_s = 2 * 7 / 8 / link
+    one = (latency + byte_s * size) * allreduce_factor(
+        params.allreduce_grid, size, 8, False, (latency, byte_s)
     )
     assert ours.all_to_all_s == pytest.approx(model.num_layers * 2 * one)
     # the rank's TP all-reduces: one per expert layer fewer (every layer has experts here)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,24 @@ def test_factor_is_the_node_value_at_a_node_and_linear_in_log2_between() -> None
     assert grid.log_factor((8, 512)) == pytest.approx(0.25 * (0.1 - 0.1 + 0.3 + 0.5))
     assert grid.factor((0.25, 64)) == grid.factor((1, 256))  # clamped below
     assert grid.factor((1e6, 1e9)) == grid.factor((16, 1024))  # and above
+
+
+def test_lowest_ahead_lowers_a_bump_to_the_cost_of_a_larger_node() -> None:
+    """A cost ``(fixed + slope * s) * factor`` with a bump at s = 4 (factor e^0.5 there, 1 at
+    16): under a flat form (100 + s) it pays at 4 no more than at 16, as a factor of its own
+    form 116 / 104; at 16, where nothing larger is cheaper, and with nothing bumped, the
+    factor is the grid's own; under a steep form (1 + s) the larger node is dearer for all
+    its lower factor and the bump stays. What is asked once is kept."""
+    grid = ShapeGrid(TWO_AXES, (0.0, 0.0, 0.5, 0.0, 0.0, 0.0))
+    assert grid.factor((4, 256)) == pytest.approx(math.exp(0.5))
+    assert grid.lowest_ahead((4, 256), 100.0, 1.0) == pytest.approx(116.0 / 104.0)
+    assert grid.lowest_ahead((16, 256), 100.0, 1.0) == pytest.approx(1.0)
+    assert grid.lowest_ahead((4, 1024), 100.0, 1.0) == pytest.approx(1.0)
+    assert grid.lowest_ahead((4, 256), 1.0, 1.0) == pytest.approx(math.exp(0.5))
+    sizes = np.geomspace(1, 16, 33)
+    costs = [(100 + s) * grid.lowest_ahead((s, 256), 100.0, 1.0) for s in sizes]
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(costs))
+    assert (4.0, 256.0, 100.0, 1.0) in grid._ahead
 
 
 def test_vectorised_factors_match_the_scalar_ones() -> None:

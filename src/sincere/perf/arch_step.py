@@ -469,10 +469,11 @@ class ArchStep:
         comm = 0.0
         if dep.tp > 1:
             ring = 2.0 * (dep.tp - 1) / dep.tp
-            transfer = ring * message * mb_tokens / (self._link * self._allreduce_eff)
-            one = allreduce_one_s(p, self._allreduce_s, transfer, tokens)
+            byte_s = ring / (self._link * self._allreduce_eff)
+            one = allreduce_one_s(p, self._allreduce_s, byte_s * message * mb_tokens, tokens)
             eager = tokens > p.cuda_graph_max_tokens
-            one *= allreduce_factor(self._comm_grid, message * mb_tokens, dep.tp, eager)
+            form = (self._allreduce_s, byte_s)
+            one *= allreduce_factor(self._comm_grid, message * mb_tokens, dep.tp, eager, form)
             # experts split over the whole group: their reduction is the group's (all_to_all)
             per_layer = 2.0 - (self._moe_frac if self._group_allreduce is not None else 0.0)
             comm = self._layers * per_layer * one
@@ -581,9 +582,10 @@ def group_exchange_s(
     (latency, efficiency), link, grid = terms
     gpus = dep.moe_group_gpus
     size = tokens * dep.attention_dp * dep.model.hidden_size * params.activation_bytes
-    transfer = 2.0 * (gpus - 1) / gpus * size / (link * efficiency)
-    factor = allreduce_factor(grid, size, gpus, tokens > params.cuda_graph_max_tokens)
-    return 2.0 * allreduce_one_s(params, latency, transfer, tokens) * factor
+    byte_s = 2.0 * (gpus - 1) / gpus / (link * efficiency)
+    eager = tokens > params.cuda_graph_max_tokens
+    factor = allreduce_factor(grid, size, gpus, eager, (latency, byte_s))
+    return 2.0 * allreduce_one_s(params, latency, byte_s * size, tokens) * factor
 
 
 def allreduce_one_s(params: RooflineParams, latency: float, transfer: float, tokens: int) -> float:

@@ -803,7 +803,8 @@ def gridded_comm_s(coef: KernelCoef, tokens: int, eager: bool) -> float:
     if eager:
         graph = (graph if graph > coef.comm_floor_s else coef.comm_floor_s) + coef.comm_eager_s
     nbytes = coef.comm_bytes * tokens
-    return graph * allreduce_factor(coef.comm_grid, nbytes, coef.comm_gpus, eager)
+    form = (coef.comm_fixed_s, coef.comm_token_s / coef.comm_bytes)
+    return graph * allreduce_factor(coef.comm_grid, nbytes, coef.comm_gpus, eager, form)
 
 
 def needs_arch_step(deployment: Deployment) -> bool:

@@ -69,6 +69,10 @@ class ShapeGrid:
     _points: dict[tuple[float, ...], float] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    # factors under a cost's monotone envelope, as asked for (:meth:`lowest_ahead`)
+    _ahead: dict[tuple[float, ...], float] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if not self.axes:
@@ -131,6 +135,30 @@ class ShapeGrid:
             got = self._points[sizes] = self.factor(sizes)
         return got
 
+    def lowest_ahead(self, sizes: tuple[float, ...], fixed: float, slope: float) -> float:
+        """The factor at ``sizes`` lowered to the monotone envelope of the cost it scales:
+        with ``fixed + slope · s`` the form's price at a first size ``s`` (the rest held),
+        ``sizes``' cost is the least of its own and the cost at every larger node of the
+        first axis, as a factor of its own form. A dispatcher that picks its algorithm by
+        size can run a smaller input the way it runs a larger one, so a bump where a
+        smaller call measured slower than a larger one is not what it pays. Kept once
+        asked for."""
+        key = (*sizes, fixed, slope)
+        got = self._ahead.get(key)
+        if got is not None:
+            return got
+        size, rest = sizes[0], sizes[1:]
+        own = fixed + slope * size
+        best = self.factor_at(sizes) * own
+        first = self.axes[0]
+        step = (first.hi - first.lo) / (first.nodes - 1)
+        for j in range(first.nodes):
+            node = 2.0 ** (first.lo + j * step)
+            if node > size:
+                best = min(best, self.factor_at((node, *rest)) * (fixed + slope * node))
+        got = self._ahead[key] = best / own if own > 0.0 else self.factor_at(sizes)
+        return got
+
     @classmethod
     def from_mapping(cls, value: Any, name: str) -> ShapeGrid:
         """A grid from ``{axes: [[lo, hi, nodes], ...], log_factors: [...]}`` (a fit file's
@@ -185,10 +213,23 @@ def kv_group(q_heads: int, kv_heads: int) -> float:
     return max(1.0, q_heads / max(1, kv_heads))
 
 
-def allreduce_factor(grid: ShapeGrid | None, nbytes: float, gpus: float, eager: bool) -> float:
+def allreduce_factor(
+    grid: ShapeGrid | None,
+    nbytes: float,
+    gpus: float,
+    eager: bool,
+    form: tuple[float, float] = (0.0, 0.0),
+) -> float:
     """The factor one all-reduce of ``nbytes`` over ``gpus`` GPUs takes (1 without a grid):
     the all-reduce's grid (message bytes, GPUs, 1 in a CUDA graph or 2 outside one) fitted to
-    the GPU's measured calls. The one place every step model takes it from."""
+    the GPU's measured calls, under the monotone envelope of the call's time when ``form``
+    gives its affine price (seconds fixed, seconds per byte; :meth:`ShapeGrid.lowest_ahead`):
+    a serving engine picks its all-reduce by message size (one-shot, two-shot, symmetric
+    memory, NCCL), so no call costs it more than a larger one measured. The one place every
+    step model takes it from."""
     if grid is None:
         return 1.0
-    return grid.factor_at((nbytes, gpus, 2.0 if eager else 1.0))
+    sizes = (nbytes, gpus, 2.0 if eager else 1.0)
+    if form == (0.0, 0.0):
+        return grid.factor_at(sizes)
+    return grid.lowest_ahead(sizes, form[0], form[1])
