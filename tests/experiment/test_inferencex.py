@@ -31,7 +31,7 @@ from sincere.experiment.inferencex import (
     token_budget,
     vllm_release,
 )
-from sincere.experiment.inferencex_report import group_errors, write_inferencex_report
+from sincere.experiment.inferencex_report import group_errors, repeats, write_inferencex_report
 from sincere.sim import simulate
 from sincere.workload.inferencex import OperatingPoint, read_operating_points
 
@@ -527,6 +527,31 @@ def test_group_errors_by_hand() -> None:
     assert errors["model", "deepseek-r1", "ttft"].num_points == 3
 
 
+def test_a_measurement_published_twice_is_scored_once() -> None:
+    """The same setting measured once, published again under a new id with its means
+    rounded to 0.01 ms and a shorter release label: ``distinct`` counts it once and the
+    copy names the row it repeats; a third row of the same setting whose TPOT differs by
+    0.02 ms is a measurement of its own, as is the same means on another backend."""
+    first = dataclasses.replace(POINT, ttft_ms=250.004, tpot_ms=20.0049)
+    copy = dataclasses.replace(
+        POINT, id="again", line=9, backend_version="0.5", ttft_ms=250.0, tpot_ms=20.0
+    )
+    other = dataclasses.replace(POINT, id="rerun", line=5, tpot_ms=20.025)
+    elsewhere = dataclasses.replace(POINT, id="trt", line=7, backend="trtllm")
+    results = []
+    for point, ttft in ((first, 300), (copy, 300), (other, 200), (elsewhere, 500)):
+        spec = point_spec(point)
+        assert isinstance(spec, PointSpec)
+        results.append(PointResult(spec, ttft, 22.0, num_measured=200, wall_s=0.1))
+    assert repeats(results) == {9: 2}
+    errors = {(e.group, e.value, e.metric): e for e in group_errors(results)}
+    assert errors["all", "all", "ttft"].num_points == 4
+    distinct = errors["distinct", "all", "ttft"]
+    assert distinct.num_points == 3  # +20 %, -20 %, +100 %
+    assert distinct.median_ape == pytest.approx(0.2, abs=1e-4)
+    assert distinct.bias == pytest.approx(0.2, abs=1e-4)
+
+
 REAL_ROWS = (
     "2026_03_25_gpt_oss_120b_b200_sxm_vllm_fp4_agg_1024x1024_c4_tp2_0_ep1_0_621",  # vLLM, TP 2
     "2026_04_06_llama_3_1_70b_b200_sxm_trtllm_fp8_agg_1024x1024_c4_tp2_ep1_615",  # TRT-LLM, TP 2
@@ -566,6 +591,7 @@ def test_real_rows_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     assert fleets[REAL_ROWS[2]] == "1P(tp8 adp1 ep8) 1D(tp8 adp1 ep8) /1"
     assert fleets[REAL_ROWS[0]] == fleets[REAL_ROWS[1]] == ""  # colocated
     assert float(rows[0]["ttft_ape"]) == pytest.approx(abs(float(rows[0]["ttft_error"])))
+    assert [r["repeat_of"] for r in rows] == ["", "", ""]  # three settings
     assert "pd-workers" in files.skipped_csv.read_text()
     assert all(f.exists() for f in files.figures) and len(files.figures) == 2
     assert "prefill/decode split" in files.markdown.read_text()

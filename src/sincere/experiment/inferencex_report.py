@@ -3,7 +3,10 @@
 Per simulated point and metric (mean TTFT, mean TPOT): the signed error
 ``(sim − real) / real`` (positive: the simulator is slow) and its absolute value, the APE.
 Per group of points (all; by backend, catalog model, system, mode): the number of points, the
-median and mean APE and the bias (the median signed error).
+median and mean APE and the bias (the median signed error). The file republishes some
+measurements under new ids (a later dump of the same database: same setting, means equal to
+the 0.01 ms they are rounded to): ``distinct`` scores each measurement once
+(:func:`repeats`), and ``points.csv``'s ``repeat_of`` names the first row of a copy.
 
 Files: ``points.csv`` (one row per simulated point: the row's setting, how it was
 simulated, the engine preset, both means and both errors), ``skipped.csv`` (one row per
@@ -33,6 +36,7 @@ from matplotlib.ticker import NullFormatter
 from sincere.core.output import output_folder
 from sincere.experiment.inferencex import SKIP_REASONS, PointResult, Scoreboard, Skip
 from sincere.experiment.serving_runs_report import of
+from sincere.workload.inferencex import OperatingPoint
 
 METRICS = ("ttft", "tpot")
 LABELS = {"ttft": "mean TTFT", "tpot": "mean TPOT"}
@@ -90,9 +94,54 @@ def group_error(group: str, value: str, metric: str, results: Sequence[PointResu
     )
 
 
+SAME_MEAN_MS = 0.005
+"""Two rows' measured means this close (ms) are one figure: the file's copies of a
+measurement carry it in full or rounded to 0.01 ms."""
+
+
+def _setting(point: OperatingPoint) -> tuple[object, ...]:
+    """What a row measured: every setting but where the file says it came from (id, line,
+    release label, the source's concurrency note)."""
+    p = point
+    return (
+        p.backend, p.model, p.system, p.precision, p.gemm_quant, p.moe_quant, p.mode,
+        p.isl, p.osl, p.batch_size, p.tp, p.pp, p.attention_dp, p.moe_tp, p.moe_ep,
+        p.prefill, p.decode,
+    )  # fmt: skip
+
+
+def repeats(results: Sequence[PointResult]) -> dict[int, int]:
+    """The rows that repeat an earlier row's measurement, by line -> that row's line: the
+    same setting (:func:`_setting`) and both means within :data:`SAME_MEAN_MS`. The file
+    holds such copies under new ids and release labels (``nightly-dev`` beside
+    ``nightly-dev-20260216-d3bae71e``)."""
+    kept: dict[tuple[object, ...], list[OperatingPoint]] = {}
+    out: dict[int, int] = {}
+    for point in sorted((r.spec.point for r in results), key=lambda p: p.line):
+        earlier = kept.setdefault(_setting(point), [])
+        twin = next(
+            (
+                k
+                for k in earlier
+                if abs(k.ttft_ms - point.ttft_ms) <= SAME_MEAN_MS
+                and abs(k.tpot_ms - point.tpot_ms) <= SAME_MEAN_MS
+            ),
+            None,
+        )
+        if twin is None:
+            earlier.append(point)
+        else:
+            out[point.line] = twin.line
+    return out
+
+
 def group_errors(results: Sequence[PointResult]) -> list[GroupError]:
-    """All points, then each group of :data:`GROUPS` by value, each on both metrics."""
+    """All points, each measurement once (``distinct``: :func:`repeats` left out), then
+    each group of :data:`GROUPS` by value, each on both metrics."""
     out = [group_error("all", "all", m, results) for m in METRICS]
+    copies = repeats(results)
+    distinct = [r for r in results if r.spec.point.line not in copies]
+    out += [group_error("distinct", "all", m, distinct) for m in METRICS]
     for group, key in GROUPS.items():
         for value in sorted({key(r) for r in results}):
             members = [r for r in results if key(r) == value]
@@ -105,12 +154,14 @@ def skip_counts(skips: Sequence[Skip]) -> dict[str, int]:
     return dict(Counter(s.reason for s in skips).most_common())
 
 
-def point_row(r: PointResult) -> dict[str, object]:
-    """One ``points.csv`` row."""
+def point_row(r: PointResult, repeat_of: int | None = None) -> dict[str, object]:
+    """One ``points.csv`` row; ``repeat_of``: the line of the row whose measurement this
+    one repeats (:func:`repeats`), None for the first."""
     s, p = r.spec, r.spec.point
     row: dict[str, object] = {
         "id": p.id,
         "line": p.line,
+        "repeat_of": "" if repeat_of is None else repeat_of,
         "backend": p.backend,
         "backend_version": p.backend_version,
         "engine_preset": s.engine_preset,
@@ -277,6 +328,7 @@ def _summary(board: Scoreboard, errors: Sequence[GroupError], source: str) -> di
         "source": source,
         "num_points": board.num_points,
         "num_simulated": len(board.results),
+        "num_repeats": len(repeats(board.results)),
         "num_sampled": board.num_sampled,
         "num_skipped": len(board.skips),
         "skipped": {
@@ -297,7 +349,9 @@ def _markdown(
         "",
         f"{board.num_points} points: {len(board.results)} simulated{sampled}, "
         f"{len(board.skips)} skipped. Errors: (sim − real) / real of each point's mean; "
-        "bias is the median signed error (+: the simulator is slow).",
+        "bias is the median signed error (+: the simulator is slow). "
+        f"{len(repeats(board.results))} simulated rows repeat an earlier row's measurement "
+        "(the file's copies under new ids): `distinct` scores each measurement once.",
         "",
         *_markdown_table(SCOREBOARD_HEADERS, scoreboard_rows(errors)),
         "",
@@ -317,7 +371,8 @@ def write_inferencex_report(
     out = output_folder(out_dir)
     figures_dir = output_folder(out / "figures")
     errors = group_errors(board.results)
-    point_rows = [point_row(r) for r in board.results]
+    copies = repeats(board.results)
+    point_rows = [point_row(r, copies.get(r.spec.point.line)) for r in board.results]
     columns = list(point_rows[0]) if point_rows else ["id"]
     points_csv = write_rows(point_rows, columns, out / "points.csv")
     skip_columns = (
