@@ -468,8 +468,7 @@ class ArchStep:
         link = self._link * p.interconnect_efficiency
         comm = 0.0
         if dep.tp > 1:
-            ring = 2.0 * (dep.tp - 1) / dep.tp
-            byte_s = ring / (self._link * self._allreduce_eff)
+            byte_s = 2.0 * (dep.tp - 1) / dep.tp / (self._link * self._allreduce_eff)  # ring
             one = allreduce_one_s(p, self._allreduce_s, byte_s * message * mb_tokens, tokens)
             eager = tokens > p.cuda_graph_max_tokens
             form = (self._allreduce_s, byte_s)
