@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -374,6 +375,21 @@ def test_allreduce_follows_its_calls_and_a_step_pays_no_bump() -> None:
         ArchStep(dep, params).parts(batch).communication_s
         > ArchStep(dep, replace(params, shape_corrections=False)).parts(batch).communication_s
     )
+
+
+@pytest.mark.parametrize("gpu", ["H100-SXM", "H200", "A100-80GB", "L40S", "B200", "RTX-PRO-6000"])
+def test_a_decode_steps_all_reduces_grow_with_the_batch_on_every_fitted_gpu(gpu: str) -> None:
+    """On every GPU whose all-reduce is fitted by message size, a dense decode step's
+    communication never falls as the batch grows (1-256 sequences, TP 2, 4 and 8): no
+    measured bump makes a smaller batch dearer than a larger one (the envelope)."""
+    accelerator = get_accelerator(gpu)
+    params = default_roofline_params(accelerator)
+    assert params.allreduce_grid is not None
+    for tp in (2, 4, 8):
+        step = Roofline(Deployment(get_model("llama-3.1-8b"), accelerator, tp=tp), params)
+        comm = [step.parts(Batch.of(decode=[512] * n)).communication_s for n in range(1, 257)]
+        drops = [n + 1 for n, (a, b) in enumerate(itertools.pairwise(comm)) if b < a * (1 - 1e-9)]
+        assert drops == [], f"{gpu} TP {tp}: communication falls at {drops[:5]} sequences"
 
 
 def test_moe_price_follows_skewed_routing_as_measured() -> None:

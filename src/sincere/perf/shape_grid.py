@@ -138,25 +138,40 @@ class ShapeGrid:
     def lowest_ahead(self, sizes: tuple[float, ...], fixed: float, slope: float) -> float:
         """The factor at ``sizes`` lowered to the monotone envelope of the cost it scales:
         with ``fixed + slope · s`` the form's price at a first size ``s`` (the rest held),
-        ``sizes``' cost is the least of its own and the cost at every larger node of the
-        first axis, as a factor of its own form. A dispatcher that picks its algorithm by
-        size can run a smaller input the way it runs a larger one, so a bump where a
-        smaller call measured slower than a larger one is not what it pays. Kept once
-        asked for."""
+        ``sizes``' cost is the least cost at any first size from its own up, as a factor of
+        its own form. A dispatcher that picks its algorithm by size can run a smaller input
+        the way it runs a larger one, so a bump where a smaller call measured slower than a
+        larger one is not what it pays. Exact: between two nodes the factor is
+        ``t ** c`` times a constant (linear in ``log2 t``), so the cost's least there is at
+        an end or where ``(fixed + slope · t) · t ** c`` turns, ``t = −c · fixed / (slope ·
+        (1 + c))``; below the first node and beyond the last the factor is constant and
+        the cost grows. Kept once asked for."""
         key = (*sizes, fixed, slope)
         got = self._ahead.get(key)
         if got is not None:
             return got
         size, rest = sizes[0], sizes[1:]
         own = fixed + slope * size
-        best = self.factor_at(sizes) * own
+        if own <= 0.0:
+            got = self._ahead[key] = self.factor_at(sizes)
+            return got
         first = self.axes[0]
         step = (first.hi - first.lo) / (first.nodes - 1)
-        for j in range(first.nodes):
-            node = 2.0 ** (first.lo + j * step)
-            if node > size:
-                best = min(best, self.factor_at((node, *rest)) * (fixed + slope * node))
-        got = self._ahead[key] = best / own if own > 0.0 else self.factor_at(sizes)
+        line = [self.log_factor((2.0 ** (first.lo + j * step), *rest)) for j in range(first.nodes)]
+        best = self.log_factor(sizes) + math.log(own)
+        for j in range(first.nodes - 1):
+            right = 2.0 ** (first.lo + (j + 1) * step)
+            if right <= size:
+                continue
+            left = max(size, 2.0 ** (first.lo + j * step))
+            power = (line[j + 1] - line[j]) / (step * math.log(2.0))  # the factor's t ** power
+            best = min(best, line[j + 1] + math.log(fixed + slope * right))
+            if slope > 0.0 and -1.0 < power < 0.0:
+                turn = -power * fixed / (slope * (1.0 + power))
+                if left < turn < right:
+                    at = line[j] + power * math.log(turn / 2.0 ** (first.lo + j * step))
+                    best = min(best, at + math.log(fixed + slope * turn))
+        got = self._ahead[key] = math.exp(best) / own
         return got
 
     @classmethod
@@ -225,8 +240,8 @@ def allreduce_factor(
     the GPU's measured calls, under the monotone envelope of the call's time when ``form``
     gives its affine price (seconds fixed, seconds per byte; :meth:`ShapeGrid.lowest_ahead`):
     a serving engine picks its all-reduce by message size (one-shot, two-shot, symmetric
-    memory, NCCL), so no call costs it more than a larger one measured. The one place every
-    step model takes it from."""
+    memory, NCCL), so no call costs it more than any larger one. The one place every step
+    model takes it from."""
     if grid is None:
         return 1.0
     sizes = (nbytes, gpus, 2.0 if eager else 1.0)
