@@ -158,7 +158,7 @@ class ShapeGrid:
         first = self.axes[0]
         step = (first.hi - first.lo) / (first.nodes - 1)
         line = [self.log_factor((2.0 ** (first.lo + j * step), *rest)) for j in range(first.nodes)]
-        best = self.log_factor(sizes) + math.log(own)
+        best = start = self.log_factor(sizes) + math.log(own)
         for j in range(first.nodes - 1):
             right = 2.0 ** (first.lo + (j + 1) * step)
             if right <= size:
@@ -171,7 +171,8 @@ class ShapeGrid:
                 if left < turn < right:
                     at = line[j] + power * math.log(turn / 2.0 ** (first.lo + j * step))
                     best = min(best, at + math.log(fixed + slope * turn))
-        got = self._ahead[key] = math.exp(best) / own
+        # nothing cheaper ahead: the grid's own factor, to the bit
+        got = self._ahead[key] = self.factor_at(sizes) if best >= start else math.exp(best) / own
         return got
 
     @classmethod
