@@ -116,6 +116,13 @@ class ShapeGrid:
         fixed the interpolation is piecewise linear along the first axis between its
         nodes, whose values at ``rest`` are computed once per ``rest`` (a GEMM's features)
         and kept, so a step pays one lookup per GEMM."""
+        line = self._line(rest)
+        j, w = self.axes[0].locate(size)
+        return math.exp(line[j] * (1.0 - w) + line[j + 1] * w if w else line[j])
+
+    def _line(self, rest: tuple[float, ...]) -> tuple[float, ...]:
+        """The log factors at the first axis' nodes with the other sizes at ``rest``,
+        computed once per ``rest``."""
         line = self._lines.get(rest)
         if line is None:
             first = self.axes[0]
@@ -124,8 +131,7 @@ class ShapeGrid:
                 self.log_factor((2.0 ** (first.lo + j * step), *rest)) for j in range(first.nodes)
             )
             self._lines[rest] = line
-        j, w = self.axes[0].locate(size)
-        return math.exp(line[j] * (1.0 - w) + line[j + 1] * w if w else line[j])
+        return line
 
     def factor_at(self, sizes: tuple[float, ...]) -> float:
         """:meth:`factor` at ``sizes``, kept once asked for (an all-reduce's few message
@@ -157,7 +163,7 @@ class ShapeGrid:
             return got
         first = self.axes[0]
         step = (first.hi - first.lo) / (first.nodes - 1)
-        line = [self.log_factor((2.0 ** (first.lo + j * step), *rest)) for j in range(first.nodes)]
+        line = self._line(rest)
         best = start = self.log_factor(sizes) + math.log(own)
         for j in range(first.nodes - 1):
             right = 2.0 ** (first.lo + (j + 1) * step)
