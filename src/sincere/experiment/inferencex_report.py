@@ -323,12 +323,14 @@ class InferenceXFiles:
     errors: list[GroupError]
 
 
-def _summary(board: Scoreboard, errors: Sequence[GroupError], source: str) -> dict[str, Any]:
+def _summary(
+    board: Scoreboard, errors: Sequence[GroupError], num_repeats: int, source: str
+) -> dict[str, Any]:
     return {
         "source": source,
         "num_points": board.num_points,
         "num_simulated": len(board.results),
-        "num_repeats": len(repeats(board.results)),
+        "num_repeats": num_repeats,
         "num_sampled": board.num_sampled,
         "num_skipped": len(board.skips),
         "skipped": {
@@ -340,7 +342,12 @@ def _summary(board: Scoreboard, errors: Sequence[GroupError], source: str) -> di
 
 
 def _markdown(
-    board: Scoreboard, errors: Sequence[GroupError], figures: Sequence[Path], out: Path, source: str
+    board: Scoreboard,
+    errors: Sequence[GroupError],
+    num_repeats: int,
+    figures: Sequence[Path],
+    out: Path,
+    source: str,
 ) -> list[str]:
     sampled = "" if board.num_sampled is None else f" ({board.num_sampled} drawn by --sample)"
     skips = [(SKIP_REASONS[k], str(n)) for k, n in skip_counts(board.skips).items()]
@@ -350,7 +357,7 @@ def _markdown(
         f"{board.num_points} points: {len(board.results)} simulated{sampled}, "
         f"{len(board.skips)} skipped. Errors: (sim − real) / real of each point's mean; "
         "bias is the median signed error (+: the simulator is slow). "
-        f"{len(repeats(board.results))} simulated rows repeat an earlier row's measurement "
+        f"{num_repeats} simulated rows repeat an earlier row's measurement "
         "(the file's copies under new ids): `distinct` scores each measurement once.",
         "",
         *_markdown_table(SCOREBOARD_HEADERS, scoreboard_rows(errors)),
@@ -398,9 +405,11 @@ def write_inferencex_report(
             ape_cdf_figure(board.results, figures_dir / "ape_cdf.png"),
         ]
     summary = out / "summary.json"
-    summary.write_text(json.dumps(_summary(board, errors, source), indent=1), encoding="utf-8")
+    facts = _summary(board, errors, len(copies), source)
+    summary.write_text(json.dumps(facts, indent=1), encoding="utf-8")
     markdown = out / "report.md"
-    markdown.write_text("\n".join(_markdown(board, errors, figures, out, source)), encoding="utf-8")
+    report = _markdown(board, errors, len(copies), figures, out, source)
+    markdown.write_text("\n".join(report), encoding="utf-8")
     return InferenceXFiles(
         points_csv, skipped_csv, scoreboard_csv, summary, markdown, figures, errors
     )
