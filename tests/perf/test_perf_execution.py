@@ -156,6 +156,7 @@ def test_overrides_replace_fields_and_say_so() -> None:
         ("vllm-v1", {"frontend": {"request_s": -1}}, "non-negative"),
         ("vllm-v1", {"frontend": {"latency": 1}}, "unknown front-end setting"),
         ("eager", {"graph_mode": "piecewise"}, "needs graph_sizes"),
+        ("trtllm", {"allreduce_latency_share": 1.2}, "share of vLLM's custom all-reduce"),
     ],
 )
 def test_bad_settings_say_what_is_allowed(preset: str, overrides: dict[str, object],

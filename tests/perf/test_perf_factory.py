@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Batch, Deployment
 from sincere.perf.cc import Confidential
+from sincere.perf.execution_settings import PRESETS
 from sincere.perf.factory import STEP_MODELS, StepModelConfig, make_step_model
 from sincere.perf.linear import InfernoLinear
 from sincere.perf.roofline import Roofline
@@ -93,3 +95,54 @@ def test_config_cc_params_and_validation(llama8b_h100: Deployment) -> None:
         StepModelConfig.model_validate({"kind": "roofline", "ccc": True})
     with pytest.raises(ConfigError, match="cc_params"):
         StepModelConfig(cc=True, cc_params={"nope": 1.0}).build(llama8b_h100)
+
+
+def test_the_roofline_takes_its_per_count_terms_as_yaml_lists(
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """A YAML file gives lists: the all-reduce and all-to-all terms per GPU count read them."""
+    dep = make_deployment("llama-3-8b", "H100-SXM", tp=4)
+    text = (
+        "allreduce_gpus: [2, 4, 8]\n"
+        "allreduce_latencies_s: [5.0e-6, 6.0e-6, 7.0e-6]\n"
+        "allreduce_efficiencies: [0.5, 0.6, 0.7]\n"
+        "alltoall_gpus: [2, 8]\n"
+        "alltoall_latencies_s: [9.0e-6, 1.2e-5]\n"
+        "alltoall_efficiencies: [0.4, 0.5]\n"
+    )
+    model = make_step_model("roofline", dep, yaml.safe_load(text))
+    assert isinstance(model, Roofline)
+    assert model.params.allreduce_latencies_s == (5.0e-6, 6.0e-6, 7.0e-6)
+    assert model.params.alltoall_gpus == (2, 8)
+    with pytest.raises(ConfigError, match="allreduce_gpus"):
+        make_step_model("roofline", dep, {"allreduce_gpus": ["two"]})
+
+
+def test_an_engine_with_its_own_all_reduce_prices_it_in_the_roofline(
+    make_deployment: Callable[..., Deployment],
+) -> None:
+    """TensorRT-LLM's preset takes a share of the fitted all-reduce latency; a parameter
+    given in the block wins, other kinds and one GPU are unchanged."""
+    trt, vllm = PRESETS["trtllm"], PRESETS["vllm-v1"]
+    assert 0.0 < trt.allreduce_latency_share < 1.0 and vllm.allreduce_latency_share == 1.0
+    batch = Batch.of(decode=[1500] * 4)
+    dep = make_deployment("llama-3.1-70b", "B200", tp=8, precision="fp8")
+    plain = StepModelConfig().build(dep)
+    fused = StepModelConfig().for_engine(trt).build(dep)
+    assert isinstance(plain, Roofline) and isinstance(fused, Roofline)
+    comm, fused_comm = plain.parts(batch).communication_s, fused.parts(batch).communication_s
+    assert 0.0 < fused_comm < 0.5 * comm
+    assert fused.iteration_s(batch) == pytest.approx(
+        plain.iteration_s(batch) - (comm - fused_comm), rel=1e-9
+    )
+    assert StepModelConfig().for_engine(vllm) == StepModelConfig()
+    pinned = StepModelConfig(params={"allreduce_latency_share": 1.0}).for_engine(trt)
+    assert pinned.build(dep).iteration_s(batch) == plain.iteration_s(batch)
+    inferno = StepModelConfig(kind="inferno", params=INFERNO)
+    assert inferno.for_engine(trt) == inferno
+    one = make_deployment("llama-3.1-70b", "B200", precision="fp8")
+    assert StepModelConfig().for_engine(trt).build(one).iteration_s(batch) == (
+        StepModelConfig().build(one).iteration_s(batch)
+    )
+    with pytest.raises(ConfigError, match="allreduce_latency_share"):
+        make_step_model("roofline", dep, {"allreduce_latency_share": 1.5})

@@ -129,7 +129,7 @@ def speculate_command(
     def built(name: str, moe_ep: int) -> StepTimeModel:
         dep = Deployment(catalog.model(name), catalog.accelerator(accelerator),
                          precision=precision, tp=tp, ep=moe_ep)  # fmt: skip
-        inner = StepModelConfig(kind="roofline").build(dep)
+        inner = StepModelConfig(kind="roofline").for_engine(execution).build(dep)
         return with_execution(inner, execution, max(BATCHES))
 
     target = built(model, ep)

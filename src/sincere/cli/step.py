@@ -197,7 +197,7 @@ def speculation_report(
 
     def draft_step(name: str) -> StepTimeModel:
         draft_dep = Deployment(get_model(name), dep.accelerator, dep.precision, tp=dep.tp)
-        roofline = StepModelConfig(kind="roofline").build(draft_dep)
+        roofline = StepModelConfig(kind="roofline").for_engine(execution).build(draft_dep)
         return with_execution(roofline, execution, max_num_seqs)
 
     spec = speculative_decode(built, params, dep.model.num_layers, options.draft_model, draft_step)
@@ -349,24 +349,28 @@ def step_command(
                 where="--step-model",
             )
         inline["mxfp4_activations"] = mxfp4_activations
-    built = StepModelConfig(kind=step_model, params=inline, params_file=params).build(dep)
-    shape_factor = None
-    if step_model == "roofline":  # what the measured GEMMs' factor by shape makes of the form
-        form = {**inline, "shape_corrections": False}
-        plain = StepModelConfig(kind=step_model, params=form, params_file=params).build(dep)
-        shape_factor = gemm_shape_factor(built, plain, batch)
-        if isinstance(built, Roofline):
-            notes += unaligned_expert_notes(dep, built.params, vllm_version)
     if preset is None:
         preset = default_preset(step_model, False, dep.accelerator)
     if max_num_seqs is None:
         max_num_seqs = default_limits(preset, dep.accelerator).max_num_seqs
     execution = execution_params(preset, {})
+
+    def config(extra: dict[str, object]) -> StepModelConfig:
+        """The step model with ``extra`` parameters, as the preset's engine runs it."""
+        cfg = StepModelConfig(kind=step_model, params={**inline, **extra}, params_file=params)
+        return cfg.for_engine(execution)
+
+    built = config({}).build(dep)
+    shape_factor = None
+    if step_model == "roofline":  # what the measured GEMMs' factor by shape makes of the form
+        plain = config({"shape_corrections": False}).build(dep)
+        shape_factor = gemm_shape_factor(built, plain, batch)
+        if isinstance(built, Roofline):
+            notes += unaligned_expert_notes(dep, built.params, vllm_version)
     ratio = built.params.sustained_compute_ratio if isinstance(built, Roofline) else 1.0
     burst_s = None
     if ratio < 1.0:  # the same iteration at the burst clock (a lone one after a pause)
-        at_burst = {**inline, "sustained_compute_ratio": 1.0}
-        fast = StepModelConfig(kind=step_model, params=at_burst, params_file=params).build(dep)
+        fast = config({"sustained_compute_ratio": 1.0}).build(dep)
         burst_s = with_execution(fast, execution, max_num_seqs).iteration_s(batch)
     built = with_execution(built, execution, max_num_seqs)
     seconds = built.iteration_s(batch)

@@ -100,15 +100,21 @@ def step_model_of(spec: DeploymentSpec, deployment: Deployment, where: str) -> S
     cfg = spec.step_model
     if spec.cc and not cfg.cc:
         cfg = cfg.model_copy(update={"cc": True})
+    execution = None
+    if isinstance(spec.engine, ContinuousConfig):
+        try:
+            execution = spec.engine.execution_params()
+        except ConfigError as exc:
+            raise ConfigError(str(exc), where=f"{where}.engine.preset") from None
+        cfg = cfg.for_engine(execution)
     try:
         step = cfg.build(deployment)
     except ConfigError as exc:
         raise ConfigError(str(exc), where=f"{where}.step_model") from None
-    if not isinstance(spec.engine, ContinuousConfig):
+    if not isinstance(spec.engine, ContinuousConfig) or execution is None:
         _check_unscaled(spec, where)
         return step
     try:
-        execution = spec.engine.execution_params()
         step = with_execution(step, execution, spec.engine.max_num_seqs)
     except ConfigError as exc:
         raise ConfigError(str(exc), where=f"{where}.engine.preset") from None
@@ -213,8 +219,9 @@ def speculator_of(
             check_parallelism(arch, deployment.tp, 1)
             dep = Deployment(arch, deployment.accelerator, deployment.precision,
                              deployment.kv_precision, deployment.tp)  # fmt: skip
-            roofline = StepModelConfig(kind="roofline").build(dep)
-            draft = with_execution(roofline, eng.execution_params(), eng.max_num_seqs)
+            execution = eng.execution_params()
+            roofline = StepModelConfig(kind="roofline").for_engine(execution).build(dep)
+            draft = with_execution(roofline, execution, eng.max_num_seqs)
         return build_speculator(cfg, step, deployment, draft, rng)
     except ConfigError as exc:
         raise ConfigError(str(exc), where=f"{where}.engine.speculation") from None

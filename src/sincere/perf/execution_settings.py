@@ -158,6 +158,9 @@ class ExecutionParams:
     # (0: no balance), then up to ``balance_batching_iters`` more while every rank decodes
     balance_timeout_iters: int = 0
     balance_batching_iters: int = 0
+    # the engine's all-reduce latency as a share of vLLM's custom all-reduce (the kernel
+    # fit's): priced inside the roofline (StepModelConfig.for_engine), 1 for vLLM's kernel
+    allreduce_latency_share: float = 1.0
     frontend: FrontEnd = field(default_factory=FrontEnd)
     source: str = ""  # where the defaults come from
 
@@ -221,6 +224,13 @@ class ExecutionParams:
                 value=self.cpu_overlap,
                 allowed="0 < cpu_overlap <= 1 (1: all of it)",
             )
+        if not 0.0 <= self.allreduce_latency_share <= 1.0:
+            raise ConfigError(
+                "allreduce_latency_share is the engine's all-reduce latency as a share of "
+                "vLLM's custom all-reduce",
+                value=self.allreduce_latency_share,
+                allowed="0 <= allreduce_latency_share <= 1 (1: vLLM's kernel)",
+            )
         if not self.serial_s >= 0.0 or not self.graph_max_share_of_seqs >= 0.0:
             raise ConfigError(
                 "serial_s and graph_max_share_of_seqs must be non-negative",
@@ -277,8 +287,23 @@ every request at once -0.6, -8.8, -14.6, -20.2 %, the shortfall growing with the
 (benchmarks/README.md, "vLLM's API process")."""
 
 
+TRTLLM_ALLREDUCE_SHARE = 0.3
+"""TensorRT-LLM's all-reduce latency as a share of vLLM's custom all-reduce. TensorRT-LLM
+fuses each tensor-parallel all-reduce with the residual add and RMSNorm after it and runs
+small messages in one shot over NVLink; its kernels were not measured, so the share is
+fitted on what it does to whole steps: on InferenceX's TensorRT-LLM points of Llama-3.1-70B
+(fp8, NVFP4) and GPT-OSS-120B at TP 1-8 and at most 64 clients, priced with vLLM's
+all-reduce, the measured TPOT over the simulated one falls 4.5 % a doubling of TP (the
+same points of vLLM: flat), and a share of 0.3 leaves no trend (benchmarks/README.md,
+"TensorRT-LLM's fused all-reduce")."""
+
+
 def _decode_graphs_engine(
-    name: str, graph_sizes: tuple[int, ...], defaults: str, mixed_prefill: bool = True
+    name: str,
+    graph_sizes: tuple[int, ...],
+    defaults: str,
+    mixed_prefill: bool = True,
+    allreduce_latency_share: float = 1.0,
 ) -> ExecutionParams:
     """An engine with an overlap scheduler and CUDA graphs for decode only, at its documented
     ``defaults``; its front end was not measured, so vLLM 0.19's in-process intake stands
@@ -290,6 +315,7 @@ def _decode_graphs_engine(
         graph_sizes=graph_sizes,
         async_scheduling=True,
         mixed_prefill=mixed_prefill,
+        allreduce_latency_share=allreduce_latency_share,
         frontend=VLLM_IN_PROCESS_FRONTEND,
         source=f"{defaults}; front end not measured: vLLM 0.19's in-process intake",
     )
@@ -331,7 +357,10 @@ PRESETS: dict[str, ExecutionParams] = {
     "trtllm": _decode_graphs_engine(
         "trtllm",
         _trtllm_graph_sizes(),
-        "TensorRT-LLM's PyTorch-backend defaults (overlap scheduler on, decode CUDA graphs)",
+        "TensorRT-LLM's PyTorch-backend defaults (overlap scheduler on, decode CUDA graphs; "
+        f"its fused all-reduce at {TRTLLM_ALLREDUCE_SHARE} of vLLM's latency, fitted on "
+        "InferenceX's TensorRT-LLM points)",
+        allreduce_latency_share=TRTLLM_ALLREDUCE_SHARE,
     ),
     "eager": ExecutionParams(
         name="eager",

@@ -38,6 +38,7 @@ from sincere.core.registry import Needs, Registry
 from sincere.perf.base import Deployment, StepTimeModel, SwapTime
 from sincere.perf.calibration import default_roofline_params
 from sincere.perf.cc import CCParams, Confidential
+from sincere.perf.execution_settings import ExecutionParams
 from sincere.perf.linear import NUM_BINNED_COEFFS, BinnedLinear, InfernoChunked, InfernoLinear
 from sincere.perf.profiled import ProfiledStep, profiles_for
 from sincere.perf.roofline import Roofline
@@ -153,6 +154,7 @@ class SwapTimesParams(Params):
 
 Coefficient = Annotated[float, Field(ge=0)]
 Row = Annotated[tuple[float, ...], Field(strict=False)]  # a list of numbers in YAML
+Counts = Annotated[tuple[int, ...], Field(strict=False)]  # a list of whole numbers in YAML
 
 # --- the kinds ------------------------------------------------------------------------
 
@@ -243,24 +245,30 @@ class RooflineStepParams(Params):
     overhead_per_seq_s: float | None = _time("CPU cost per sequence in the iteration")
     interconnect_efficiency: float | None = _efficiency("NVLink / PCIe bandwidth in collectives")
     allreduce_latency_s: float | None = _time("fixed cost of one all-reduce (2 GPUs, CUDA graph)")
-    allreduce_gpus: tuple[int, ...] | None = _fitted(
+    allreduce_gpus: Counts | None = _fitted(
         "GPU counts with their own all-reduce latency and bandwidth share"
     )
-    allreduce_latencies_s: tuple[float, ...] | None = _fitted(
+    allreduce_latencies_s: Row | None = _fitted(
         "all-reduce latency in a CUDA graph at each of allreduce_gpus, s"
     )
-    allreduce_efficiencies: tuple[float, ...] | None = _fitted(
+    allreduce_efficiencies: Row | None = _fitted(
         "all-reduce bus bandwidth share of the link at each of allreduce_gpus"
     )
     allreduce_eager_s: float | None = _time("all-reduce latency added outside a CUDA graph")
     allreduce_eager_floor_s: float | None = _time("least time of an all-reduce outside a graph")
-    alltoall_gpus: tuple[int, ...] | None = _fitted(
+    allreduce_latency_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the engine's all-reduce latency as a share of the fitted one (vLLM's "
+        "custom all-reduce)",
+        json_schema_extra={"default_text": "the engine preset's (1; trtllm: 0.3)"},
+    )
+    alltoall_gpus: Counts | None = _fitted(
         "GPU counts with their own expert-parallel all-to-all terms"
     )
-    alltoall_latencies_s: tuple[float, ...] | None = _fitted(
-        "all-to-all latency at each of alltoall_gpus, s"
-    )
-    alltoall_efficiencies: tuple[float, ...] | None = _fitted(
+    alltoall_latencies_s: Row | None = _fitted("all-to-all latency at each of alltoall_gpus, s")
+    alltoall_efficiencies: Row | None = _fitted(
         "all-to-all share of the one-way link at each of alltoall_gpus"
     )
     alltoall_protocol_s: float | None = _time("all-to-all latency added past the knee")
@@ -561,6 +569,18 @@ class StepModelConfig(BaseModel):
     def merged_params(self) -> dict[str, Any]:
         """``params_file``'s parameters (read now) under the inline ``params``."""
         return merge_params_file(self.kind, self.params, self.params_file)
+
+    def for_engine(self, execution: ExecutionParams) -> StepModelConfig:
+        """This block as ``execution``'s engine runs it: a roofline takes the engine's
+        all-reduce latency share (TensorRT-LLM's fused kernel) unless its parameters set
+        one; other kinds, and an engine with vLLM's all-reduce, are unchanged."""
+        share = execution.allreduce_latency_share
+        if self.kind != "roofline" or share == 1.0:
+            return self
+        if "allreduce_latency_share" in self.merged_params():
+            return self
+        params = {**self.params, "allreduce_latency_share": share}
+        return self.model_copy(update={"params": params})
 
     def build(self, deployment: Deployment) -> StepTimeModel:
         """The configured model for ``deployment``.

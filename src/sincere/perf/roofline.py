@@ -20,7 +20,9 @@ layers, plus the LM head and the CPU's work (each a roofline of its own):
   batch reads its KV cache likewise; each kernel adds ``attn_kernel_s``;
 * **communication**: at TP > 1 two all-reduces per layer of ``tokens · hidden ·
   activation_bytes``, a ring moving ``2 (tp-1)/tp`` of it over the one-way link
-  bandwidth × ``interconnect_efficiency`` plus ``allreduce_latency_s`` each;
+  bandwidth × ``interconnect_efficiency`` plus ``allreduce_latency_s`` each (times
+  ``allreduce_latency_share``: an engine whose all-reduce kernel is quicker than the
+  measured one, :mod:`.execution_settings`);
 * the **LM head**: a GEMM over the vocabulary (split over TP) for the sequences that
   sample a token (one per sequence), priced like the layers' GEMMs;
 * **overhead**: the CPU's scheduling, input preparation and sampling,
@@ -160,6 +162,9 @@ class RooflineParams:
     allreduce_efficiencies: tuple[float, ...] = ()  # bus bandwidth share of the link at each
     allreduce_eager_s: float = 0.0  # all-reduce latency added outside a CUDA graph
     allreduce_eager_floor_s: float = 0.0  # outside a graph an all-reduce takes at least this
+    # the engine's all-reduce latency as a share of the fitted one (vLLM's custom all-reduce):
+    # 1 for vLLM and SGLang; TensorRT-LLM's fused one-shot kernel less (execution_settings)
+    allreduce_latency_share: float = 1.0
     alltoall_gpus: tuple[int, ...] = ()  # GPU counts with a measured all-to-all (EP dispatch)
     alltoall_latencies_s: tuple[float, ...] = ()  # all-to-all latency at each count
     alltoall_efficiencies: tuple[float, ...] = ()  # share of the one-way link at each count
@@ -265,6 +270,12 @@ class RooflineParams:
                 raise ConfigError(
                     f"RooflineParams.{name} must be >= 0 s", value=getattr(self, name)
                 )
+        if not 0.0 <= self.allreduce_latency_share <= 1.0:
+            raise ConfigError(
+                "RooflineParams.allreduce_latency_share must be in [0, 1] (1: the fitted "
+                "all-reduce's latency)",
+                value=self.allreduce_latency_share,
+            )
         if not self.overlap_exponent >= 1.0:
             raise ConfigError("RooflineParams.overlap_exponent must be >= 1 (inf: max)")
         for name in GRID_FIELDS:
@@ -563,9 +574,10 @@ def allreduce_terms(params: RooflineParams, gpus: int) -> tuple[float, float]:
     scalar ``allreduce_latency_s`` and ``interconnect_efficiency``.
     """
     best = nearest_count(params.allreduce_gpus, gpus)
+    share = params.allreduce_latency_share
     if best is None:
-        return params.allreduce_latency_s, params.interconnect_efficiency
-    return params.allreduce_latencies_s[best], params.allreduce_efficiencies[best]
+        return share * params.allreduce_latency_s, params.interconnect_efficiency
+    return share * params.allreduce_latencies_s[best], params.allreduce_efficiencies[best]
 
 
 def alltoall_terms(params: RooflineParams, moe: MoEParams, gpus: int) -> tuple[float, float]:

@@ -29,8 +29,9 @@ def _cell(text: str) -> str:
 
 
 def _row(allowed: str, default: str, meaning: str) -> str:
-    """The allowed, default and meaning cells (a literal default as code)."""
-    literal = default not in ("required", "the accelerator's fit")
+    """The allowed, default and meaning cells (a literal default as code; ``required`` and a
+    default said in words, "the accelerator's fit", as text)."""
+    literal = default != "required" and not default.startswith("the ")
     shown = f"`{_cell(default)}`" if literal else default
     return f"{_cell(allowed)} | {shown} | {_cell(meaning)}"
 
