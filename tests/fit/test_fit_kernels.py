@@ -53,7 +53,7 @@ from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.calibration import default_roofline_params, kernel_fits
 from sincere.perf.kernel_tables import KernelTable, find_table, gpu_folder, read_table
 from sincere.perf.roofline import RooflineParams, allreduce_terms
-from sincere.perf.shape_grid import ShapeGrid, allreduce_factor
+from sincere.perf.shape_grid import ShapeGrid
 
 runner = CliRunner()
 H100 = get_accelerator("H100-SXM")
@@ -366,7 +366,8 @@ def test_allreduce_follows_its_calls_and_a_step_pays_no_bump() -> None:
     form = Roofline(llama, replace(params, shape_corrections=False))
     comm = {n: with_grid.parts(Batch.of(decode=[1024] * n)).communication_s for n in (8, 16, 64)}
     affine = form.parts(Batch.of(decode=[1024] * 16)).communication_s
-    bumped = affine * allreduce_factor(params.allreduce_grid, 16 * 8192 * 2.0, 8, False)
+    assert params.allreduce_grid is not None
+    bumped = affine * params.allreduce_grid.factor_at((16 * 8192 * 2.0, 8, 1.0))
     assert comm[8] < comm[16] <= comm[64] * (1 + 1e-9)
     assert affine * 1.3 < comm[16] < bumped * 0.8
     dep = Deployment(get_model("deepseek-v3"), B200, tp=8, precision="fp8")

@@ -240,18 +240,15 @@ def allreduce_factor(
     nbytes: float,
     gpus: float,
     eager: bool,
-    form: tuple[float, float] = (0.0, 0.0),
+    form: tuple[float, float],
 ) -> float:
     """The factor one all-reduce of ``nbytes`` over ``gpus`` GPUs takes (1 without a grid):
     the all-reduce's grid (message bytes, GPUs, 1 in a CUDA graph or 2 outside one) fitted to
-    the GPU's measured calls, under the monotone envelope of the call's time when ``form``
-    gives its affine price (seconds fixed, seconds per byte; :meth:`ShapeGrid.lowest_ahead`):
+    the GPU's measured calls, under the monotone envelope of the call's time, whose affine
+    price ``form`` gives (seconds fixed, seconds per byte; :meth:`ShapeGrid.lowest_ahead`):
     a serving engine picks its all-reduce by message size (one-shot, two-shot, symmetric
     memory, NCCL), so no call costs it more than any larger one. The one place every step
     model takes it from."""
     if grid is None:
         return 1.0
-    sizes = (nbytes, gpus, 2.0 if eager else 1.0)
-    if form == (0.0, 0.0):
-        return grid.factor_at(sizes)
-    return grid.lowest_ahead(sizes, form[0], form[1])
+    return grid.lowest_ahead((nbytes, gpus, 2.0 if eager else 1.0), form[0], form[1])
