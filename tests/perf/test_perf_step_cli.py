@@ -68,6 +68,20 @@ def test_a_preset_hides_the_cpu_and_pads_to_the_captured_graph() -> None:
     assert isinstance(bad.exception, ConfigError) and "vllm-v1" in str(bad.exception)
 
 
+def test_tensorrt_llms_preset_prices_its_own_all_reduce_and_says_so() -> None:
+    """--preset trtllm takes its share of the fitted all-reduce latency (a note says so);
+    vllm-v1 keeps vLLM's measured one and no note."""
+    args = ["step", "llama-3.1-70b", "--accelerator", "B200", "--precision", "fp8",
+            "--tp", "8", "--decode", "4@1500", "--json"]  # fmt: skip
+    trt = json.loads(runner.invoke(app, [*args, "--preset", "trtllm"]).output)
+    vllm = json.loads(runner.invoke(app, args).output)
+    assert 0.0 < trt["parts"]["communication"] < 0.5 * vllm["parts"]["communication"]
+    assert trt["parts"]["linear"] == pytest.approx(vllm["parts"]["linear"])
+    share = PRESETS["trtllm"].allreduce_latency_share
+    assert any(f"all-reduce latency at {share:g}" in note for note in trt["notes"])
+    assert not any("all-reduce latency" in note for note in vllm.get("notes", []))
+
+
 def test_tensor_parallelism_adds_communication() -> None:
     """At TP 4 the all-reduces show up as their own part (at TP 2 llama-2-70b's bf16 weights
     leave no room for this batch's KV cache on 80 GB GPUs)."""

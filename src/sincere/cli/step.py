@@ -367,6 +367,17 @@ def step_command(
         shape_factor = gemm_shape_factor(built, plain, batch)
         if isinstance(built, Roofline):
             notes += unaligned_expert_notes(dep, built.params, vllm_version)
+            share = built.params.allreduce_latency_share
+            if share != 1.0 and dep.tp * dep.attention_dp > 1:
+                whose = (
+                    f"the {execution.name} preset's own kernel"
+                    if share == execution.allreduce_latency_share
+                    else "as the step model's parameters set"
+                )
+                notes.append(
+                    f"all-reduce latency at {share:g} of the kernel fit's (vLLM's "
+                    f"all-reduce): {whose} (allreduce_latency_share, docs/engine.md)"
+                )
     ratio = built.params.sustained_compute_ratio if isinstance(built, Roofline) else 1.0
     burst_s = None
     if ratio < 1.0:  # the same iteration at the burst clock (a lone one after a pause)
