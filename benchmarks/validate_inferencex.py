@@ -13,7 +13,8 @@ a vLLM point's those of its own release).
 
 It is ``sincere validate inferencex FILE --out OUT [--sample N] [--kernel-tables DIR]``
 plus the tables of benchmarks/README.md: median APE (bias) of the mean TTFT and TPOT over
-all points and by backend, catalog model and system, then the skipped points per reason.
+all points and by backend, catalog model, system and backend with its TP degree, then the
+skipped points per reason.
 One line on stderr: ``points simulated skipped wall_s``.
 """
 
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "serving-runs" / "inferencex"
 DEFAULT_FILE = DATA / "blackwell_operating_points.csv"
 DEFAULT_SAMPLE = 150
-SHOWN = ("all", "distinct", "backend", "model", "system")
+SHOWN = ("all", "distinct", "backend", "model", "system", "backend_tp")
 
 
 def _option(argv: list[str], name: str) -> str | None:
@@ -58,7 +59,7 @@ def _table(errors: list[GroupError]) -> list[str]:
             by_key.setdefault((e.group, e.value), {})[e.metric] = e
     for (group, value), row in by_key.items():
         name = {"all": "all", "distinct": "all, each measurement once"}.get(group)
-        name = name or f"{group} {value}"
+        name = name or (value if group == "backend_tp" else f"{group} {value}")
         lines.append(f"| {name} | {row['ttft'].num_points} | {_cell(row['ttft'])} | "
                      f"{_cell(row['tpot'])} |")  # fmt: skip
     return lines

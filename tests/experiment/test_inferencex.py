@@ -31,7 +31,12 @@ from sincere.experiment.inferencex import (
     token_budget,
     vllm_release,
 )
-from sincere.experiment.inferencex_report import group_errors, repeats, write_inferencex_report
+from sincere.experiment.inferencex_report import (
+    group_errors,
+    natural_key,
+    repeats,
+    write_inferencex_report,
+)
 from sincere.sim import simulate
 from sincere.workload.inferencex import OperatingPoint, read_operating_points
 
@@ -525,6 +530,20 @@ def test_group_errors_by_hand() -> None:
     assert vllm.num_points == 2 and vllm.median_ape == pytest.approx(0.3)
     assert errors["backend", "trtllm", "tpot"].bias == pytest.approx(-0.5)
     assert errors["model", "deepseek-r1", "ttft"].num_points == 3
+    tp = results[0].spec.tp
+    assert errors["backend_tp", f"vllm TP {tp}", "ttft"].num_points == 2
+    assert errors["backend_tp", f"trtllm TP {tp}", "tpot"].bias == pytest.approx(-0.5)
+
+
+def test_groups_list_their_values_with_numbers_in_order() -> None:
+    """TP 2 before TP 16: the scoreboard reads the numbers in a value as numbers."""
+    values = ["trtllm TP 16", "trtllm TP 2", "sglang TP 8", "trtllm TP 8"]
+    assert sorted(values, key=natural_key) == [
+        "sglang TP 8",
+        "trtllm TP 2",
+        "trtllm TP 8",
+        "trtllm TP 16",
+    ]
 
 
 def test_a_measurement_published_twice_is_scored_once() -> None:

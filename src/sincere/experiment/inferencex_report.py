@@ -2,8 +2,9 @@
 
 Per simulated point and metric (mean TTFT, mean TPOT): the signed error
 ``(sim − real) / real`` (positive: the simulator is slow) and its absolute value, the APE.
-Per group of points (all; by backend, catalog model, system, mode): the number of points, the
-median and mean APE and the bias (the median signed error). The file republishes some
+Per group of points (all; by backend, catalog model, system, mode, and backend with its TP
+degree): the number of points, the median and mean APE and the bias (the median signed
+error). The file republishes some
 measurements under new ids (a later dump of the same database: same setting, means equal to
 the 0.01 ms they are rounded to): ``distinct`` scores each measurement once
 (:func:`repeats`), and ``points.csv``'s ``repeat_of`` names the first row of a copy.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -45,8 +47,18 @@ GROUPS: dict[str, Callable[[PointResult], str]] = {
     "model": lambda r: r.spec.catalog_model,
     "system": lambda r: r.spec.point.system,
     "mode": lambda r: r.spec.point.mode,
+    # an engine's error by its TP degree: a trend here is the engine's own collectives
+    # or kernels, which no model's share shows (benchmarks/README.md, "TensorRT-LLM's
+    # fused all-reduce")
+    "backend_tp": lambda r: f"{r.spec.point.backend} TP {r.spec.tp}",
 }
 """How points are grouped in the scoreboard (besides ``all``)."""
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """``text`` ordered with its digit runs as numbers: TP 2 before TP 16."""
+    parts = re.split(r"(\d+)", text)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
 
 
 def real_ms(result: PointResult, metric: str) -> float:
@@ -143,7 +155,7 @@ def group_errors(results: Sequence[PointResult]) -> list[GroupError]:
     distinct = [r for r in results if r.spec.point.line not in copies]
     out += [group_error("distinct", "all", m, distinct) for m in METRICS]
     for group, key in GROUPS.items():
-        for value in sorted({key(r) for r in results}):
+        for value in sorted({key(r) for r in results}, key=natural_key):
             members = [r for r in results if key(r) == value]
             out += [group_error(group, value, m, members) for m in METRICS]
     return out
