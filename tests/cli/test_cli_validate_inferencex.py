@@ -48,7 +48,8 @@ def test_the_cli_prints_the_scoreboard_and_the_skips_and_writes_the_files(tmp_pa
     assert "2 of 3 points simulated" in result.output
     assert "prefill/decode split" in result.output
     for name in ("points.csv", "skipped.csv", "scoreboard.csv", "report.md",
-                 "figures/sim_vs_real.png", "figures/ape_cdf.png"):  # fmt: skip
+                 "figures/sim_vs_real.png", "figures/ape_cdf.png",
+                 "figures/tp_trend.png"):  # fmt: skip
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_simulated"] == 2 and summary["num_skipped"] == 1

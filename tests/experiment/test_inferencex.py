@@ -612,7 +612,7 @@ def test_real_rows_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     assert float(rows[0]["ttft_ape"]) == pytest.approx(abs(float(rows[0]["ttft_error"])))
     assert [r["repeat_of"] for r in rows] == ["", "", ""]  # three settings
     assert "pd-workers" in files.skipped_csv.read_text()
-    assert all(f.exists() for f in files.figures) and len(files.figures) == 2
+    assert all(f.exists() for f in files.figures) and len(files.figures) == 3
     assert "prefill/decode split" in files.markdown.read_text()
 
 

@@ -14,7 +14,7 @@ simulated, the engine preset, both means and both errors), ``skipped.csv`` (one 
 point not simulated, with its reason), ``scoreboard.csv`` (one row per group),
 ``summary.json`` (the counts, the skip reasons and the groups), ``report.md`` and
 ``figures/`` (simulated against measured per metric, log axes, one colour per backend;
-the APE CDFs).
+the APE CDFs; measured over simulated against the TP degree per backend).
 """
 
 from __future__ import annotations
@@ -285,6 +285,40 @@ def ape_cdf_figure(results: Sequence[PointResult], path: Path) -> Path:
     return path
 
 
+def tp_trend_figure(results: Sequence[PointResult], path: Path) -> Path:
+    """Measured over simulated per metric against the TP degree, one line per backend: the
+    median and the quartiles at each TP (log2 axis). A line that slopes is the engine's
+    own collectives or kernels, which an engine-wide setting can carry (the way TensorRT-
+    LLM's all-reduce share was found)."""
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4.2))
+    backends = sorted({r.spec.point.backend for r in results})
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for i, backend in enumerate(backends):
+            members = [r for r in results if r.spec.point.backend == backend]
+            tps = sorted({r.spec.tp for r in members})
+            mid, low, high = [], [], []
+            for tp in tps:
+                ratios = [real_ms(r, metric) / sim_ms(r, metric) for r in members
+                          if r.spec.tp == tp and sim_ms(r, metric) > 0]  # fmt: skip
+                q1, q2, q3 = np.percentile(ratios, [25, 50, 75]) if ratios else (np.nan,) * 3
+                mid.append(q2)
+                low.append(q2 - q1)
+                high.append(q3 - q2)
+            shift = 1.0 + 0.03 * (i - (len(backends) - 1) / 2)  # backends side by side
+            ax.errorbar([t * shift for t in tps], mid, yerr=[low, high], marker="o",
+                        capsize=3, label=backend)  # fmt: skip
+        ax.axhline(1.0, color="k", ls="--", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("TP degree")
+        ax.set_ylabel(f"measured / simulated {LABELS[metric]}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
@@ -415,6 +449,7 @@ def write_inferencex_report(
         figures = [
             scatter_figure(board.results, figures_dir / "sim_vs_real.png"),
             ape_cdf_figure(board.results, figures_dir / "ape_cdf.png"),
+            tp_trend_figure(board.results, figures_dir / "tp_trend.png"),
         ]
     summary = out / "summary.json"
     facts = _summary(board, errors, len(copies), source)
