@@ -47,6 +47,7 @@ def test_the_cli_prints_the_scoreboard_and_the_skips_and_writes_the_files(tmp_pa
     assert result.exit_code == 0, result.output
     assert "2 of 3 points simulated" in result.output
     assert "prefill/decode split" in result.output
+    assert "backend_tp" in result.output and "trtllm TP" in result.output  # by TP degree
     for name in ("points.csv", "skipped.csv", "scoreboard.csv", "report.md",
                  "figures/sim_vs_real.png", "figures/ape_cdf.png",
                  "figures/tp_trend.png"):  # fmt: skip

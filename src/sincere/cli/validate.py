@@ -199,7 +199,7 @@ def inferencex_command(
     for i, col in enumerate(SCOREBOARD_HEADERS):
         table.add_column(col, justify="left" if i < 2 else "right")
     for row in scoreboard_rows(files.errors):
-        if row[0] in ("all", "distinct", "backend"):
+        if row[0] in ("all", "distinct", "backend", "backend_tp"):
             table.add_row(*row)
     print_table(table)
     skipped = Table(title=f"{len(board.skips)} points skipped")
