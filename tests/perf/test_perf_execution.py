@@ -174,3 +174,16 @@ def test_the_front_end_intake_grows_with_the_prompt() -> None:
     front = FrontEnd(request_s=0.01, prompt_token_s=1e-6, output_s=0.002)
     assert front.intake_s(1000) == pytest.approx(0.011)
     assert FrontEnd().is_zero and not front.is_zero
+
+
+def test_each_server_front_end_is_its_own_and_says_where_it_comes_from() -> None:
+    """vLLM's HTTP server queues its intake in one process; TensorRT-LLM's takes every
+    request's at once, a constant a request (its long prefills are quicker than vLLM's
+    kernels price them, so no slope in the prompt); SGLang's is not measured and keeps
+    vLLM's in-process intake."""
+    vllm, trt, sglang = (PRESETS[n].frontend for n in ("vllm-v1", "trtllm", "sglang"))
+    assert vllm.intake_servers == 1 and vllm.prompt_token_s > 0.0
+    assert trt.intake_servers == 0 and trt.prompt_token_s == 0.0
+    assert trt.intake_s(8192) == trt.intake_s(1) > sglang.intake_s(1)
+    assert "trtllm-serve" in PRESETS["trtllm"].source
+    assert "not measured" in PRESETS["sglang"].source
