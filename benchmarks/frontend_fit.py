@@ -1,6 +1,7 @@
-"""Where the ``vllm-v1`` preset's front end comes from: InferenceX's colocated vLLM points.
+"""Where the ``vllm-v1`` and ``trtllm`` presets' front ends come from: InferenceX's
+colocated vLLM and TensorRT-LLM points.
 
-Usage: ``python benchmarks/frontend_fit.py [FILE] [--jobs J]`` (default
+Usage: ``python benchmarks/frontend_fit.py [FILE] [--jobs J] [--backend trtllm]`` (default
 ``../shared/data/serving-runs/inferencex/blackwell_operating_points.csv`` beside the
 checkout; 2 jobs). Four passes over every colocated vLLM point the simulator represents,
 seed 0, the default step model, each point as ``validate inferencex`` runs it but for its
@@ -18,6 +19,12 @@ front end:
 Printed: the fitted lines, and per pass the mean TTFT's and TPOT's median APE (bias) over
 all points and the TTFT by band of clients; the points of more than 4 clients are those
 the fit did not see, where a line of one process and times taken at once part ways.
+
+``--backend trtllm``: the colocated TensorRT-LLM points instead, in four passes: the
+in-process 2 ms (the line is printed, and the missing time's median at most 4 clients, a
+constant's least absolute deviations: the line's slope is negative, so the front end is a
+constant); that constant with every intake at once; the same one request at a time; the
+``trtllm`` preset as shipped.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from sincere.experiment.inferencex import RANGE_RATIO, PointResult, score_points
-from sincere.perf.execution_settings import VLLM_HTTP_FRONTEND
+from sincere.perf.execution_settings import TRTLLM_HTTP_FRONTEND, VLLM_HTTP_FRONTEND
 from sincere.workload.inferencex import (
     OperatingPoint,
     parse_filter,
@@ -102,14 +109,53 @@ def _report(name: str, results: list[PointResult]) -> None:
     print(f"| {name} | {len(results)} | {cell(ttft)} | {cell(tpot)} | " + " | ".join(bands) + " |")
 
 
+def _table_head() -> None:
+    bands = " | ".join(f"TTFT {lo}-{hi if hi < 1 << 20 else 'max'} clients" for lo, hi in BANDS)
+    print()
+    print(f"| front end | points | mean TTFT: median APE % (bias) | mean TPOT | {bands} |")
+    print("|---|---:|---:|---:|" + "---:|" * len(BANDS))
+
+
+def trtllm_passes(points: list[OperatingPoint], jobs: int) -> None:
+    """The ``--backend trtllm`` passes (module docstring)."""
+    in_process = {"request_s": 0.002, "prompt_token_s": 0.0, "intake_servers": 0}
+    base = _run(points, in_process, jobs)
+    a, b = _line_of(base)
+    low = [r for r in base if r.spec.clients <= LOW_LOAD]
+    constant = statistics.median((r.spec.point.ttft_ms - r.sim_ttft_ms) / 1e3 for r in low)
+    print(f"missing TTFT in-process as a line: {1e3 * a:.2f} ms + {1e6 * b:.2f} us a token")
+    print(
+        f"as a constant: {1e3 * constant:.1f} ms, in all {1e3 * (0.002 + constant):.1f} ms "
+        f"(the preset: {1e3 * TRTLLM_HTTP_FRONTEND.request_s:.0f} ms, "
+        f"{TRTLLM_HTTP_FRONTEND.intake_servers} processes: every intake at once)"
+    )
+    fitted = {"request_s": 0.002 + constant, "prompt_token_s": 0.0}
+    at_once = _run(points, {**fitted, "intake_servers": 0}, jobs)
+    in_turn = _run(points, {**fitted, "intake_servers": 1}, jobs)
+    shipped = _run(points, {}, jobs)
+    _table_head()
+    _report("in-process (2 ms)", base)
+    _report("the constant, every intake at once", at_once)
+    _report("the constant, one process", in_turn)
+    _report("the preset (trtllm)", shipped)
+
+
 def main(argv: list[str]) -> None:
     args = [a for a in argv if not a.startswith("--")]
+    for option in ("--jobs", "--backend"):
+        if option in argv:
+            args.remove(argv[argv.index(option) + 1])
     jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else 2
-    if "--jobs" in argv:
-        args.remove(argv[argv.index("--jobs") + 1])
+    backend = argv[argv.index("--backend") + 1] if "--backend" in argv else "vllm"
+    if backend not in ("vllm", "trtllm"):
+        sys.exit(f"frontend_fit.py: --backend {backend!r}; allowed: vllm, trtllm")
     path = Path(args[0]) if args else DEFAULT_FILE
-    points = select_points(read_operating_points(path), parse_filter("mode=agg,backend=vllm"))
+    points = select_points(read_operating_points(path), parse_filter(f"mode=agg,backend={backend}"))
     started = time.perf_counter()
+    if backend == "trtllm":
+        trtllm_passes(points, jobs)
+        print(f"\nwall_s={time.perf_counter() - started:.0f}", file=sys.stderr)
+        return
     in_process = {"request_s": 0.002, "prompt_token_s": 0.0, "intake_servers": 0}
     base = _run(points, in_process, jobs)
     a, b = _line_of(base)
@@ -131,10 +177,7 @@ def main(argv: list[str]) -> None:
     }
     shipped = _run(points, preset, jobs)
     at_once = _run(points, {**preset, "intake_servers": 0}, jobs)
-    bands = " | ".join(f"TTFT {lo}-{hi if hi < 1 << 20 else 'max'} clients" for lo, hi in BANDS)
-    print()
-    print(f"| front end | points | mean TTFT: median APE % (bias) | mean TPOT | {bands} |")
-    print("|---|---:|---:|---:|" + "---:|" * len(BANDS))
+    _table_head()
     _report("in-process (2 ms)", base)
     _report("the line, one process", lined)
     _report("the preset (vllm-v1)", shipped)

@@ -307,8 +307,9 @@ all-reduce at :data:`TRTLLM_ALLREDUCE_SHARE`. No slope in the prompt: the missin
 falls with it (+25 ms at 1k-token prompts, −21 ms at 8k: TensorRT-LLM's long prefills are
 quicker than vLLM's kernels price them, which a front end cannot carry). Worked by one
 process in turn, as vLLM's is, the points of more clients come out long (TTFT median
-16.8 %, bias +7.0, against 14.3 %, −1.0, with every intake at once; benchmarks/README.md,
-"TensorRT-LLM's front end")."""
+17.3 %, bias +10.6, against 14.2 %, +1.7, with every intake at once: ``python
+benchmarks/frontend_fit.py --backend trtllm``; benchmarks/README.md, "TensorRT-LLM's
+front end")."""
 
 
 def _decode_graphs_engine(
