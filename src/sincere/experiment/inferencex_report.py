@@ -230,6 +230,14 @@ def write_rows(rows: Sequence[dict[str, object]], columns: Sequence[str], path: 
     return path
 
 
+def _saved(fig: Any, path: Path) -> Path:
+    """``fig`` laid out, written to ``path`` and closed."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def scatter_figure(results: Sequence[PointResult], path: Path) -> Path:
     """Simulated against measured, per metric, log axes, one colour per backend; y = x."""
     fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4.8))
@@ -254,10 +262,7 @@ def scatter_figure(results: Sequence[PointResult], path: Path) -> Path:
         ax.set_ylabel(f"simulated {LABELS[metric]} (ms)")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def ape_cdf_figure(results: Sequence[PointResult], path: Path) -> Path:
@@ -279,10 +284,7 @@ def ape_cdf_figure(results: Sequence[PointResult], path: Path) -> Path:
         ax.set_ylabel("share of points")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def tp_trend_figure(results: Sequence[PointResult], path: Path) -> Path:
@@ -313,10 +315,7 @@ def tp_trend_figure(results: Sequence[PointResult], path: Path) -> Path:
         ax.set_ylabel(f"measured / simulated {LABELS[metric]}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def _fmt(value: float | None) -> str:
