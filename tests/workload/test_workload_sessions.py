@@ -10,6 +10,7 @@ import pytest
 
 from sincere.core.errors import ConfigError
 from sincere.core.prefix import mix
+from sincere.workload import sessions as sessions_module
 from sincere.workload.config import generate, load_workload_config
 from sincere.workload.sessions import (
     _PARTIAL_TAG,
@@ -93,7 +94,7 @@ def _ids_block_by_block(
     return ids
 
 
-def test_block_ids_at_once_equal_the_rule_block_by_block() -> None:
+def test_block_ids_at_once_equal_the_rule_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """The vectorised ids equal the per-block naming rule: system, session and partial
     blocks, any block size, system prompts shorter, equal to or longer than the prompt,
     one prompt at a time and many at once."""
@@ -104,6 +105,11 @@ def test_block_ids_at_once_equal_the_rule_block_by_block() -> None:
         prompts[:3] = [system or 1, block, 1]
         systems, sessions = rng.integers(0, 50, size=60), rng.integers(0, 10**6, size=60)
         many = block_ids_many(prompts, system, systems, sessions, block)
+        for chunk in (1, 50, 333):  # taken in passes of whole prompts: the same ids
+            monkeypatch.setattr(sessions_module, "_CHUNK_BLOCKS", chunk)
+            passes = block_ids_many(prompts, system, systems, sessions, block)
+            assert [a.tolist() for a in passes] == [a.tolist() for a in many], chunk
+        monkeypatch.undo()
         for k in range(60):
             args = (int(prompts[k]), system, int(systems[k]), int(sessions[k]), block)
             want = _ids_block_by_block(*args)
@@ -131,3 +137,49 @@ def test_kept_turns_are_the_first_of_the_whole_set(keep: int) -> None:
     assert kept.sessions == whole.sessions[:n]
     pairs = zip(kept.block_ids, whole.block_ids[:n], strict=True)
     assert all(np.array_equal(a, b) for a, b in pairs)
+
+
+def _turn_by_turn(
+    starts: Any, shape: SessionShape, user: Any, answer: Any, rng: np.random.Generator
+) -> tuple[list[float], list[int], list[int], list[int]]:
+    """Times, prompts, answers and owners of every turn, session after session, walked one
+    turn at a time (the rule the module docstring states)."""
+    turns = rng.integers(shape.min_turns, shape.max_turns + 1, size=len(starts))
+    # the system prompts' draws come next in build_sessions: take them to stay in step
+    sessions_module.zipf_choice(rng, shape.num_system_prompts, shape.popularity_s, len(starts))
+    gaps = rng.exponential(shape.think_s, size=int(turns.sum())) if shape.think_s else None
+    times, prompts, answers, owners = [], [], [], []
+    k = 0
+    for s, first_at in enumerate(starts.tolist()):
+        at, history = first_at, shape.system_prompt_tokens
+        for t in range(int(turns[s])):
+            if t and gaps is not None:
+                at += float(gaps[k])
+            prompt = history + int(user[k])
+            times.append(at)
+            prompts.append(prompt)
+            answers.append(int(answer[k]))
+            owners.append(s)
+            history = prompt + int(answer[k])
+            k += 1
+    return times, prompts, answers, owners
+
+
+@pytest.mark.parametrize("think_s", [0.0, 2.5])
+def test_turns_filled_across_sessions_equal_a_walk_turn_by_turn(think_s: float) -> None:
+    """build_sessions fills one turn position across every session at a time; each turn's
+    time (the same float additions in the same order), prompt and answer equal a plain walk
+    turn by turn, session after session."""
+    shape = SessionShape(min_turns=1, max_turns=6, think_s=think_s, system_prompt_tokens=250,
+                         num_system_prompts=3, block_tokens=16)  # fmt: skip
+    starts = np.cumsum(np.random.default_rng(7).exponential(0.3, size=400))
+    user, answer = np.random.default_rng(8).integers(1, 500, size=(2, 400 * 6))
+    got = build_sessions(starts, shape, user, answer, np.random.default_rng(9))
+    times, prompts, answers, owners = _turn_by_turn(
+        starts, shape, user, answer, np.random.default_rng(9)
+    )
+    order = np.argsort(np.asarray(times), kind="stable")
+    assert got.arrival_at.tolist() == np.asarray(times)[order].tolist()
+    assert got.prompt_tokens.tolist() == np.asarray(prompts)[order].tolist()
+    assert got.output_tokens.tolist() == np.asarray(answers)[order].tolist()
+    assert got.sessions == tuple(f"s{owners[i]}" for i in order.tolist())

@@ -96,16 +96,49 @@ def block_ids_of(
     return block_ids_many(one(prompt_tokens), system_tokens, one(system), one(session), block)[0]
 
 
+_CHUNK_BLOCKS = 1 << 17
+"""Blocks named per pass of :func:`block_ids_many`: its temporaries stay a few MiB."""
+
+
 def block_ids_many(
     prompt_tokens: IntArray, system_tokens: int, systems: IntArray, sessions: IntArray, block: int
 ) -> list[IntArray]:
     """:func:`block_ids_of` of many prompts, all blocks at once: block ``b`` is ``mix(parent,
     b)`` with its system prompt's or its session's key as parent (``mix_array`` is ``mix``
-    over arrays); a partial last block is named by its session, position and length."""
-    if not len(prompt_tokens):
-        return []
-    u64 = np.uint64
+    over arrays); a partial last block is named by its session, position and length.
+
+    Taken in passes of about ``_CHUNK_BLOCKS`` blocks (whole prompts): every id depends on
+    its own prompt alone, and a long multi-turn workload names millions of blocks, whose
+    whole-set temporaries would each be tens of MiB of freshly faulted memory."""
     counts = -(-prompt_tokens // block)
+    ends = np.cumsum(counts)
+    out: list[IntArray] = []
+    lo = 0
+    while lo < len(counts):
+        hi = int(np.searchsorted(ends, ends[lo] - counts[lo] + _CHUNK_BLOCKS, side="right"))
+        hi = max(hi, lo + 1)
+        out += _block_ids_pass(
+            prompt_tokens[lo:hi],
+            counts[lo:hi],
+            system_tokens,
+            systems[lo:hi],
+            sessions[lo:hi],
+            block,
+        )
+        lo = hi
+    return out
+
+
+def _block_ids_pass(
+    prompt_tokens: IntArray,
+    counts: IntArray,
+    system_tokens: int,
+    systems: IntArray,
+    sessions: IntArray,
+    block: int,
+) -> list[IntArray]:
+    """One pass of :func:`block_ids_many` (``counts``: each prompt's blocks)."""
+    u64 = np.uint64
     sys_keys = mix_array(np.full(len(systems), _SYSTEM_TAG, u64), systems.astype(u64))
     ses_keys = mix_array(np.full(len(sessions), _SESSION_TAG, u64), sessions.astype(u64))
     owner = np.repeat(np.arange(len(counts)), counts)
@@ -146,36 +179,39 @@ def build_sessions(
     num = len(starts)
     turns = rng.integers(shape.min_turns, shape.max_turns + 1, size=num)
     systems = zipf_choice(rng, shape.num_system_prompts, shape.popularity_s, num)
-    gaps = rng.exponential(shape.think_s, size=int(turns.sum())) if shape.think_s else None
-    times: list[float] = []
-    prompts: list[int] = []
-    outputs: list[int] = []
-    owners: list[int] = []
-    k = 0
-    for s in range(num):
-        at = float(starts[s])
-        history = shape.system_prompt_tokens
-        for t in range(int(turns[s])):
-            if t and gaps is not None:
-                at += float(gaps[k])
-            prompt = history + int(user_tokens[k])
-            answer = int(answer_tokens[k])
-            times.append(at)
-            prompts.append(prompt)
-            outputs.append(answer)
-            owners.append(s)
-            history = prompt + answer
-            k += 1
-    order = np.argsort(np.asarray(times), kind="stable")[:keep]
-    session = np.asarray(owners, dtype=np.int64)[order]
-    kept_prompts = np.asarray(prompts, dtype=np.int64)[order]
+    total = int(turns.sum())
+    gaps = rng.exponential(shape.think_s, size=total) if shape.think_s else None
+    # Turn ``t`` of session ``s`` is entry ``first[s] + t`` (sessions in order, each one's
+    # turns in order), filled one turn position at a time across every session that has
+    # it: each value takes the same operations, in the same order, as a walk turn by turn.
+    first = np.cumsum(turns) - turns
+    times = np.empty(total, dtype=np.float64)
+    prompts = np.empty(total, dtype=np.int64)
+    owners = np.repeat(np.arange(num, dtype=np.int64), turns)
+    outputs = np.asarray(answer_tokens[:total], dtype=np.int64)
+    user = np.asarray(user_tokens[:total], dtype=np.int64)
+    at = np.asarray(starts, dtype=np.float64).copy()
+    history = np.full(num, shape.system_prompt_tokens, dtype=np.int64)
+    live = np.arange(num)
+    for t in range(int(turns.max(initial=0))):
+        live = live[turns[live] > t]
+        k = first[live] + t
+        if t and gaps is not None:
+            at[live] += gaps[k]
+        prompt = history[live] + user[k]
+        times[k] = at[live]
+        prompts[k] = prompt
+        history[live] = prompt + outputs[k]
+    order = np.argsort(times, kind="stable")[:keep]
+    session = owners[order]
+    kept_prompts = prompts[order]
     ids = block_ids_many(
         kept_prompts, shape.system_prompt_tokens, systems[session], session, shape.block_tokens
     )
     return SessionRequests(
-        arrival_at=np.asarray(times, dtype=np.float64)[order],
+        arrival_at=times[order],
         prompt_tokens=kept_prompts,
-        output_tokens=np.asarray(outputs, dtype=np.int64)[order],
+        output_tokens=outputs[order],
         block_ids=tuple(ids),
         sessions=tuple(f"s{s}" for s in session.tolist()),
     )
