@@ -550,21 +550,28 @@ def test_a_measurement_published_twice_is_scored_once() -> None:
     """The same setting measured once, published again under a new id with its means
     rounded to 0.01 ms and a shorter release label: ``distinct`` counts it once and the
     copy names the row it repeats; a third row of the same setting whose TPOT differs by
-    0.02 ms is a measurement of its own, as is the same means on another backend."""
+    0.02 ms is a measurement of its own, as is the same means on another backend; the
+    same means under another model's label (the file's DeepSeek-R1 rows relabelled
+    DeepSeek-V3) are a copy too."""
     first = dataclasses.replace(POINT, ttft_ms=250.004, tpot_ms=20.0049)
     copy = dataclasses.replace(
         POINT, id="again", line=9, backend_version="0.5", ttft_ms=250.0, tpot_ms=20.0
     )
     other = dataclasses.replace(POINT, id="rerun", line=5, tpot_ms=20.025)
     elsewhere = dataclasses.replace(POINT, id="trt", line=7, backend="trtllm")
+    relabelled = dataclasses.replace(
+        POINT, id="dsr1", line=11, model="deepseek-ai/DeepSeek-V3", ttft_ms=250.0, tpot_ms=20.0
+    )
+    assert relabelled.model != POINT.model
     results = []
-    for point, ttft in ((first, 300), (copy, 300), (other, 200), (elsewhere, 500)):
+    cases = ((first, 300), (copy, 300), (other, 200), (elsewhere, 500), (relabelled, 300))
+    for point, ttft in cases:
         spec = point_spec(point)
         assert isinstance(spec, PointSpec)
         results.append(PointResult(spec, ttft, 22.0, num_measured=200, wall_s=0.1))
-    assert repeats(results) == {9: 2}
+    assert repeats(results) == {9: 2, 11: 2}
     errors = {(e.group, e.value, e.metric): e for e in group_errors(results)}
-    assert errors["all", "all", "ttft"].num_points == 4
+    assert errors["all", "all", "ttft"].num_points == 5
     distinct = errors["distinct", "all", "ttft"]
     assert distinct.num_points == 3  # +20 %, -20 %, +100 %
     assert distinct.median_ape == pytest.approx(0.2, abs=1e-4)

@@ -113,10 +113,13 @@ measurement carry it in full or rounded to 0.01 ms."""
 
 def _setting(point: OperatingPoint) -> tuple[object, ...]:
     """What a row measured: every setting but where the file says it came from (id, line,
-    release label, the source's concurrency note)."""
+    release label, the source's concurrency note) and the model's label: 146 rows of the
+    file labelled DeepSeek-V3 repeat DeepSeek-R1 rows to the 0.01 ms, both means (their ids
+    start ``dsr1_``, R1's scripts; the two share one architecture), and no two models
+    measure the same pair of means."""
     p = point
     return (
-        p.backend, p.model, p.system, p.precision, p.gemm_quant, p.moe_quant, p.mode,
+        p.backend, p.system, p.precision, p.gemm_quant, p.moe_quant, p.mode,
         p.isl, p.osl, p.batch_size, p.tp, p.pp, p.attention_dp, p.moe_tp, p.moe_ep,
         p.prefill, p.decode,
     )  # fmt: skip
@@ -126,7 +129,7 @@ def repeats(results: Sequence[PointResult]) -> dict[int, int]:
     """The rows that repeat an earlier row's measurement, by line -> that row's line: the
     same setting (:func:`_setting`) and both means within :data:`SAME_MEAN_MS`. The file
     holds such copies under new ids and release labels (``nightly-dev`` beside
-    ``nightly-dev-20260216-d3bae71e``)."""
+    ``nightly-dev-20260216-d3bae71e``) and model labels (:func:`_setting`)."""
     kept: dict[tuple[object, ...], list[OperatingPoint]] = {}
     out: dict[int, int] = {}
     for point in sorted((r.spec.point for r in results), key=lambda p: p.line):
