@@ -1,7 +1,7 @@
 """Where the ``vllm-v1`` and ``trtllm`` presets' front ends come from: InferenceX's
 colocated vLLM and TensorRT-LLM points.
 
-Usage: ``python benchmarks/frontend_fit.py [FILE] [--jobs J] [--backend trtllm]`` (default
+Usage: ``python benchmarks/frontend_fit.py [FILE] [--jobs J] [--backend trtllm|sglang]`` (default
 ``../shared/data/serving-runs/inferencex/blackwell_operating_points.csv`` beside the
 checkout; 2 jobs). Four passes over every colocated vLLM point the simulator represents,
 seed 0, the default step model, each point as ``validate inferencex`` runs it but for its
@@ -24,7 +24,8 @@ the fit did not see, where a line of one process and times taken at once part wa
 in-process 2 ms (the line is printed, and the missing time's median at most 4 clients, a
 constant's least absolute deviations: the line's slope is negative, so the front end is a
 constant); that constant with every intake at once; the same one request at a time; the
-``trtllm`` preset as shipped.
+``trtllm`` preset as shipped. ``--backend sglang``: the same passes over the colocated SGLang
+points (the last one the ``sglang`` preset as shipped).
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def _table_head() -> None:
     print("|---|---:|---:|---:|" + "---:|" * len(BANDS))
 
 
-def trtllm_passes(points: list[OperatingPoint], jobs: int) -> None:
-    """The ``--backend trtllm`` passes (module docstring)."""
+def constant_passes(points: list[OperatingPoint], jobs: int, backend: str) -> None:
+    """The ``--backend trtllm`` and ``--backend sglang`` passes (module docstring)."""
     in_process = {"request_s": 0.002, "prompt_token_s": 0.0, "intake_servers": 0}
     base = _run(points, in_process, jobs)
     a, b = _line_of(base)
@@ -126,7 +127,7 @@ def trtllm_passes(points: list[OperatingPoint], jobs: int) -> None:
     print(f"missing TTFT in-process as a line: {1e3 * a:.2f} ms + {1e6 * b:.2f} us a token")
     print(
         f"as a constant: {1e3 * constant:.1f} ms, in all {1e3 * (0.002 + constant):.1f} ms "
-        f"(the preset: {1e3 * TRTLLM_HTTP_FRONTEND.request_s:.0f} ms, "
+        f"(TensorRT-LLM's preset: {1e3 * TRTLLM_HTTP_FRONTEND.request_s:.0f} ms, "
         f"{TRTLLM_HTTP_FRONTEND.intake_servers} processes: every intake at once)"
     )
     fitted = {"request_s": 0.002 + constant, "prompt_token_s": 0.0}
@@ -137,7 +138,7 @@ def trtllm_passes(points: list[OperatingPoint], jobs: int) -> None:
     _report("in-process (2 ms)", base)
     _report("the constant, every intake at once", at_once)
     _report("the constant, one process", in_turn)
-    _report("the preset (trtllm)", shipped)
+    _report(f"the preset ({backend})", shipped)
 
 
 def main(argv: list[str]) -> None:
@@ -147,13 +148,13 @@ def main(argv: list[str]) -> None:
             args.remove(argv[argv.index(option) + 1])
     jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else 2
     backend = argv[argv.index("--backend") + 1] if "--backend" in argv else "vllm"
-    if backend not in ("vllm", "trtllm"):
-        sys.exit(f"frontend_fit.py: --backend {backend!r}; allowed: vllm, trtllm")
+    if backend not in ("vllm", "trtllm", "sglang"):
+        sys.exit(f"frontend_fit.py: --backend {backend!r}; allowed: vllm, trtllm, sglang")
     path = Path(args[0]) if args else DEFAULT_FILE
     points = select_points(read_operating_points(path), parse_filter(f"mode=agg,backend={backend}"))
     started = time.perf_counter()
-    if backend == "trtllm":
-        trtllm_passes(points, jobs)
+    if backend in ("trtllm", "sglang"):
+        constant_passes(points, jobs, backend)
         print(f"\nwall_s={time.perf_counter() - started:.0f}", file=sys.stderr)
         return
     in_process = {"request_s": 0.002, "prompt_token_s": 0.0, "intake_servers": 0}
