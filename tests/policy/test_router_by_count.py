@@ -99,6 +99,7 @@ def test_prefix_aware_by_count_for_requests_without_content(
             st.lists(st.integers(0, 3), max_size=6),  # the blocks after it
             st.integers(0, 15),  # tokens of a partial last block
             st.lists(st.integers(0, 5), min_size=6, max_size=6),  # the six counts
+            st.sampled_from([None, (0, 1), (1, 3, 4), (5, 0, 2), (4, 5)]),  # candidates
         ),
         min_size=1,
         max_size=25,
@@ -109,7 +110,7 @@ def test_prefix_aware_by_count_for_requests_without_content(
     index_tokens=st.sampled_from([64, 1 << 20]),
 )
 def test_prefix_aware_by_prompt_answers_as_choose(
-    prompts: list[tuple[int, list[int], int, list[int]]],
+    prompts: list[tuple[int, list[int], int, list[int], tuple[int, ...] | None]],
     gap: float,
     min_match: int,
     max_prefix_blocks: int | None,
@@ -117,8 +118,9 @@ def test_prefix_aware_by_prompt_answers_as_choose(
 ) -> None:
     """Requests with block ids: prefix-aware by outstanding answers from the counts, the
     ids and the prompt's chained keys as ``choose`` does over views, prompt after prompt
-    (shared heads, partial last blocks, a prefix cap, an index small enough to evict), and
-    leaves its index as ``choose`` does."""
+    (shared heads, partial last blocks, a prefix cap, an index small enough to evict, the
+    whole fleet or some of it as candidates, in any order), and leaves its index as
+    ``choose`` does."""
     params = {
         "max_load_gap": gap,
         "min_match_tokens": min_match,
@@ -129,7 +131,7 @@ def test_prefix_aware_by_prompt_answers_as_choose(
     by_prompt = make_router("prefix-aware", np.random.default_rng(0), **params)
     assert by_prompt.counts_by_with_prompt == "outstanding" and by_prompt.counts_by is None
     heads = [[100, 101], [100, 102, 103], [200]]
-    for n, (head, tail, partial, counts) in enumerate(prompts):
+    for n, (head, tail, partial, counts, chosen) in enumerate(prompts):
         ids = tuple(heads[head] + tail)
         prompt_tokens = 16 * len(ids) - (16 - partial if partial else 0)
         keys = chain_keys(ids)
@@ -137,6 +139,9 @@ def test_prefix_aware_by_prompt_answers_as_choose(
             n, 0.0, "m", prompt_tokens, 10, block_ids=ids, block_tokens=16, block_keys=keys
         )
         views = _views(counts, [0] * 6, [0] * 6)
+        if chosen is not None:
+            views = [views[k] for k in chosen]
+            counts = [counts[k] for k in chosen]
         expected = by_views.choose(request, views, 0.0).instance
         names = [v.id for v in views]
         assert names[by_prompt.choose_by_prompt(counts, names, list(keys), prompt_tokens, 16)] == (
@@ -236,3 +241,29 @@ def test_the_compiled_pass_finds_what_the_rule_finds(counts: list[int]) -> None:
     rule agree on every list, ties included (small counts over up to 80 instances)."""
     router = make_router("least-outstanding", np.random.default_rng(0))
     assert first_least(counts) == choose_first_least(router, counts) == counts.index(min(counts))
+
+
+def test_prefix_aware_by_prompt_breaks_ties_by_position_not_by_index_order() -> None:
+    """Two instances hold the same prompt, the later candidate having been sent it first:
+    at equal loads the earlier candidate wins, in whatever order the candidates come (as
+    ``choose`` decides over views)."""
+    by_prompt = make_router("prefix-aware", np.random.default_rng(0), max_load_gap=4.0)
+    by_views = make_router("prefix-aware", np.random.default_rng(0), max_load_gap=4.0)
+    ids = (7, 8, 9, 10)
+    keys = chain_keys(ids)
+    request = Request(0, 0.0, "m", 64, 10, block_ids=ids, block_tokens=16, block_keys=keys)
+    names = [f"i{k}" for k in range(6)]
+
+    def both(counts: list[int], order: list[int]) -> str:
+        views = [_views(counts, [0] * 6, [0] * 6)[k] for k in order]
+        chosen = [names[k] for k in order]
+        got = chosen[by_prompt.choose_by_prompt([counts[k] for k in order], chosen, keys, 64, 16)]
+        assert got == by_views.choose(request, views, 0.0).instance
+        return got
+
+    everyone = list(range(6))
+    assert both([5, 5, 5, 0, 5, 5], everyone) == "i3"  # no match: the least loaded
+    assert both([5, 0, 5, 5, 5, 5], everyone) == "i1"  # i3 matches but is over the gap
+    assert both([1] * 6, everyone) == "i1"  # both match, equal loads: the earlier
+    assert both([1] * 6, everyone[::-1]) == "i3"  # the earlier in this order
+    assert both([2, 1, 2, 0, 2, 2], everyone) == "i3"  # both match: the less loaded

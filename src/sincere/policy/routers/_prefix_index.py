@@ -34,7 +34,7 @@ import warnings
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from itertools import repeat
-from operator import or_
+from operator import itemgetter, or_
 
 from pydantic import Field, model_validator
 
@@ -438,6 +438,24 @@ class PrefixIndex:
                 found[order[low.bit_length() - 1]] = length
                 mask ^= low
         return list(map(found.get, instances, repeat(0))), longest
+
+    def holder_groups(self, keys: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
+        """Without a tier: who matches ``keys`` how far, as (bitmask of instances, matched
+        blocks) pairs, longest first (each length once; an instance in none matched
+        nothing), and the longest match of any instance. Bit ``b`` is
+        :meth:`instance_of_bit`'s ``b``. :meth:`scores_and_longest` without a list per
+        candidate."""
+        top = self._holders.get(keys[0], 0) if keys else 0
+        if not top:
+            return [], 0
+        groups = _breaks(self._holders, keys, top)
+        groups.sort(key=itemgetter(1), reverse=True)
+        return groups, groups[0][1]
+
+    @property
+    def instance_of_bit(self) -> Sequence[InstanceId]:
+        """The instance of each bit of :meth:`holder_groups`' masks, by bit position."""
+        return self._order
 
     def size(self, instance: InstanceId) -> int:
         """Keys held for ``instance``."""

@@ -82,6 +82,8 @@ class PrefixAwareRouter(LoadMetricRouter):
         self.max_prefix_blocks = p.max_prefix_blocks
         self.max_load_gap = p.max_load_gap
         self.min_match_tokens = p.min_match_tokens
+        self._ids_seen: list[InstanceId] = []  # the candidates :meth:`_positions` last saw
+        self._where: dict[InstanceId, int] = {}
 
     @property
     def count_key_without_content(self) -> CountKey | None:
@@ -135,7 +137,70 @@ class PrefixAwareRouter(LoadMetricRouter):
         if keys and block_tokens >= 1:
             full = full_blocks(len(keys), prompt_tokens, block_tokens, self.max_prefix_blocks)
             lead = tuple(keys[:full])
-        return self._place(lead, block_tokens, counts, ids)[0]
+        if self.index.tier_capacity:
+            return self._place(lead, block_tokens, counts, ids)[0]
+        return self._place_by_groups(lead, block_tokens, counts, ids)
+
+    def _place_by_groups(
+        self,
+        keys: tuple[int, ...],
+        block_tokens: int,
+        loads: Sequence[float],
+        ids: Sequence[InstanceId],
+    ) -> int:
+        """:meth:`_place`'s position without a tier, from the index's groups of instances
+        matching equally far (``PrefixIndex.holder_groups``) instead of a score per
+        candidate: the first group, longest first, with a member
+        within the load gap holds the answer (its least loaded member, then the earliest);
+        none, or a best match under ``min_match_tokens``: the least loaded candidate, the
+        earliest of equals, which then matches nothing within the gap. The same answer and
+        index update as :meth:`_place` (a test compares the two on every arrival)."""
+        index = self.index
+        least = min(loads)
+        groups, longest = index.holder_groups(keys)
+        where = self._positions(ids)
+        of_bit = index.instance_of_bit
+        limit = least + self.max_load_gap
+        best, best_load, matched, top = -1, 0.0, 0, -1
+        for mask, length in groups:
+            while mask:
+                low = mask & -mask
+                mask ^= low
+                k = where.get(of_bit[low.bit_length() - 1])
+                if k is None:  # not a candidate
+                    continue
+                if top < 0:
+                    top = length
+                load = loads[k]
+                if load > limit:
+                    continue
+                if best < 0 or load < best_load or (load == best_load and k < best):
+                    best, best_load = k, load
+            if best >= 0:
+                matched = length
+                break
+        if top < 0 or top * block_tokens < self.min_match_tokens or best < 0:
+            best = loads.index(least)
+            matched = self._matched_of(groups, ids[best])
+        index.add(ids[best], keys, block_tokens, (matched, longest))
+        return best
+
+    def _matched_of(self, groups: list[tuple[int, int]], instance: InstanceId) -> int:
+        """Blocks ``instance`` matches, from :meth:`_place_by_groups`' groups."""
+        of_bit = self.index.instance_of_bit
+        if instance not in of_bit:  # never routed to: matches nothing
+            return 0
+        bit = 1 << of_bit.index(instance)
+        return next((length for mask, length in groups if mask & bit), 0)
+
+    def _positions(self, ids: Sequence[InstanceId]) -> dict[InstanceId, int]:
+        """Each candidate's position in ``ids``, kept while the candidates stay the same
+        (the cluster passes one list for the whole fleet; another kind of sequence is
+        read afresh each time)."""
+        if ids != self._ids_seen:
+            self._ids_seen = list(ids)
+            self._where = {instance: k for k, instance in enumerate(ids)}
+        return self._where
 
     def _place(
         self,
