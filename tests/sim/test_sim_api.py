@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from sincere import native
 from sincere.cli.app import _register, app
 from sincere.core.errors import ConfigError
-from sincere.sim import SimulationConfig, load_config, simulate
+from sincere.sim import SimulationConfig, api, load_config, simulate
 
 
 def small_config(**instance: Any) -> dict[str, Any]:
@@ -96,6 +97,33 @@ def test_same_seed_gives_identical_files_and_config_repeats_the_run(tmp_path: Pa
     ).read_bytes()
     other = simulate(small_config(), seed=6).requests
     assert not other.equals(pq.read_table(tmp_path / "a" / "requests.parquet"))
+
+
+def test_collections_less_often_during_a_run_leave_results_and_the_collector_as_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run collects young garbage every YOUNG_COLLECTION_EVERY allocations, not 700, and
+    puts the collector's thresholds back after (also when the run fails); results are the
+    same with the collector's own threshold."""
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    run_events = api.run_events
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.get_threshold())
+        return run_events(*args, **kwargs)
+
+    monkeypatch.setattr(api, "run_events", watched)
+    fewer = simulate(small_config())
+    assert seen == [(api.YOUNG_COLLECTION_EVERY, *before[1:])]
+    assert gc.get_threshold() == before
+    monkeypatch.setattr(api, "YOUNG_COLLECTION_EVERY", before[0])
+    usual = simulate(small_config())
+    assert fewer.requests.equals(usual.requests) and fewer.summary == usual.summary
+    with pytest.raises(RuntimeError), api.young_collections_every(5_000):
+        assert gc.get_threshold()[0] == 5_000
+        raise RuntimeError("a failed run")
+    assert gc.get_threshold() == before
 
 
 def test_config_errors_name_field_value_and_allowed() -> None:
