@@ -149,12 +149,13 @@ class PrefixAwareRouter(LoadMetricRouter):
         ids: Sequence[InstanceId],
     ) -> int:
         """:meth:`_place`'s position without a tier, from the index's groups of instances
-        matching equally far (``PrefixIndex.holder_groups``) instead of a score per
-        candidate: the first group, longest first, with a member
-        within the load gap holds the answer (its least loaded member, then the earliest);
-        none, or a best match under ``min_match_tokens``: the least loaded candidate, the
-        earliest of equals, which then matches nothing within the gap. The same answer and
-        index update as :meth:`_place` (a test compares the two on every arrival)."""
+        that match equally far (``PrefixIndex.holder_groups``) instead of a score per
+        candidate. The first group, longest first, with a candidate within the load gap
+        holds the answer: its least loaded such candidate, then the earliest. With none
+        (or a best match under ``min_match_tokens``), the least loaded candidate, the
+        earliest of equals: it is within the gap, so with no group holding such a
+        candidate it matches nothing. The same answer and index update as :meth:`_place`
+        (tests hold ``choose_by_prompt`` to ``choose``)."""
         index = self.index
         least = min(loads)
         groups, longest = index.holder_groups(keys)
