@@ -153,13 +153,14 @@ class BlockSlots:
             bases = self.bases[group] = {}
         present, key, size = self.present, self.key, self.size
         j = 0
-        for lo, k in out:
-            for base in range(lo, lo + k * group, group):
-                bases[keys[j]] = base
-                present[base] = 0
-                key[base] = keys[j]
-                size[base] = group
-                j += 1
+        for lo, k in out:  # each range's groups at once: slices, not a slot at a time
+            hi = lo + k * group
+            named = keys[j : j + k]
+            bases.update(zip(named, range(lo, hi, group), strict=True))
+            present[lo:hi:group] = [0] * k
+            key[lo:hi:group] = named
+            size[lo:hi:group] = [group] * k
+            j += k
         return out
 
     def _grow(self, n: int) -> None:
