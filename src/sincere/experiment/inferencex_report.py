@@ -4,10 +4,10 @@ Per simulated point and metric (mean TTFT, mean TPOT): the signed error
 ``(sim − real) / real`` (positive: the simulator is slow) and its absolute value, the APE.
 Per group of points (all; by backend, catalog model, system, mode, and backend with its TP
 degree): the number of points, the median and mean APE and the bias (the median signed
-error). The file republishes some
-measurements under new ids (a later dump of the same database: same setting, means equal to
-the 0.01 ms they are rounded to): ``distinct`` scores each measurement once
-(:func:`repeats`), and ``points.csv``'s ``repeat_of`` names the first row of a copy.
+error). The file republishes some measurements under new ids (a later dump of the same
+database: same setting, means equal to the 0.01 ms they are rounded to; some of DeepSeek-R1's
+under DeepSeek-V3's label): ``distinct`` scores each measurement once (:func:`repeats`), and
+``points.csv``'s ``repeat_of`` names the first row of a copy.
 
 Files: ``points.csv`` (one row per simulated point: the row's setting, how it was
 simulated, the engine preset, both means and both errors), ``skipped.csv`` (one row per

@@ -182,17 +182,9 @@ class PrefixAwareRouter(LoadMetricRouter):
                 break
         if top < 0 or top * block_tokens < self.min_match_tokens or best < 0:
             best = loads.index(least)
-            matched = self._matched_of(groups, ids[best])
+            matched = index.matched_blocks(ids[best], keys)
         index.add(ids[best], keys, block_tokens, (matched, longest))
         return best
-
-    def _matched_of(self, groups: list[tuple[int, int]], instance: InstanceId) -> int:
-        """Blocks ``instance`` matches, from :meth:`_place_by_groups`' groups."""
-        of_bit = self.index.instance_of_bit
-        if instance not in of_bit:  # never routed to: matches nothing
-            return 0
-        bit = 1 << of_bit.index(instance)
-        return next((length for mask, length in groups if mask & bit), 0)
 
     def _positions(self, ids: Sequence[InstanceId]) -> dict[InstanceId, int]:
         """Each candidate's position in ``ids``, kept while the candidates stay the same
