@@ -12,7 +12,7 @@ from sincere.core.errors import ConfigError
 from sincere.perf import Batch, Deployment, Roofline
 from sincere.perf.arch_step import ArchStep, MoEParams
 from sincere.perf.calibration import default_roofline_params
-from sincere.perf.moe import expected_distinct_experts
+from sincere.perf.moe import busiest_rank_load, expected_distinct_experts
 from sincere.perf.roofline import allreduce_terms
 from sincere.perf.shape_grid import allreduce_factor
 
@@ -185,13 +185,15 @@ def test_ep_halves_the_experts_per_gpu_and_adds_the_priced_all_to_all() -> None:
     unchanged) and no exchange. Over two attention-DP ranks of 32 decodes each (the same 64
     tokens at the experts), EP 2 adds two exchanges a layer of the group's 64 tokens' 8
     copies, half of them bound to the other GPU: 64/2·8·2048·2·1/2 = 524,288 bytes, each
-    costing 6 us + 4 us · size / (size + 32 KiB) + size / (450 GB/s · 0.5)."""
+    costing 6 us + 4 us · size / (size + 32 KiB) + size / (450 GB/s · 0.5). These are the
+    mean rank's figures (the default); the busiest rank's are the next test's."""
     params = replace(default_roofline_params(get_accelerator("H100-SXM")), **A2A)
+    mean = MoEParams(busiest_rank=False)
     batch = Batch.of(decode=[512] * 64)
-    tp2 = ArchStep(_dep("qwen3-30b-a3b", tp=2), params)
-    ep2 = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), params)
+    tp2 = ArchStep(_dep("qwen3-30b-a3b", tp=2), params, mean)
+    ep2 = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), params, mean)
     assert tp2.parts(batch).all_to_all_s == ep2.parts(batch).all_to_all_s == 0.0
-    dp2 = ArchStep(_dep("qwen3-30b-a3b", tp=1, ep=2, attention_dp=2), params)
+    dp2 = ArchStep(_dep("qwen3-30b-a3b", tp=1, ep=2, attention_dp=2), params, mean)
     size = 64 / 2 * 8 * 2048 * 2.0 * (2 - 1) / 2
     assert size == 524_288
     link = get_accelerator("H100-SXM").interconnect_gbps_per_direction * 1e9
@@ -200,11 +202,44 @@ def test_ep_halves_the_experts_per_gpu_and_adds_the_priced_all_to_all() -> None:
     # the experts part: same rows and weight bytes per GPU, a quarter of the permutation,
     # before what an EP call pays on top (its pass over the other GPU's pairs, its fixed cost)
     own = replace(params, moe_ep_foreign_factor=0.0, moe_ep_kernel_s=0.0, moe_ep_onchip_share=0.0)
-    ep2_own = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), own)
+    ep2_own = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), own, mean)
     assert ep2_own.parts(batch).experts_s < tp2.parts(batch).experts_s
     per_call = replace(own, moe_ep_kernel_s=20e-6)
-    with_cost = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), per_call).parts(batch).experts_s
-    assert with_cost == pytest.approx(ep2_own.parts(batch).experts_s + 48 * 20e-6)
+    with_cost = ArchStep(_dep("qwen3-30b-a3b", tp=2, ep=2), per_call, mean)
+    assert with_cost.parts(batch).experts_s == pytest.approx(
+        ep2_own.parts(batch).experts_s + 48 * 20e-6
+    )
+
+
+def test_the_busiest_expert_parallel_rank_sets_the_layer() -> None:
+    """Under EP a layer waits for the rank the batch loads most. Qwen3.5-397B (512 experts,
+    top 10) at TP 4: a decode batch of 4 activates ~38.8 experts, 9.7 per rank on average
+    but ~12.4 on the busiest of 4, whose weight reads then cost about 1.3x the mean rank's
+    (its experts' part, fixed costs and activations included, ~1.09x); at 256 tokens nearly
+    every expert is active and the ranks are within a few percent.
+    Over attention-DP ranks the exchange carries the busiest rank's routed copies. Priced
+    so with ``MoEParams.busiest_rank``; the default is the mean rank."""
+    params = default_roofline_params(get_accelerator("B200"))
+    dep = _dep("qwen3.5-397b-a17b", "B200", tp=4, ep=4, precision="fp8")
+    busiest = ArchStep(dep, params, MoEParams(busiest_rank=True))
+    mean = ArchStep(dep, params)
+    assert mean.parts(Batch.of(decode=[64])).total_s == (
+        ArchStep(dep, params, MoEParams(busiest_rank=False)).parts(Batch.of(decode=[64])).total_s
+    )
+    distinct, routed = busiest_rank_load(4, 512, 10, 0.0, 4)
+    assert distinct == pytest.approx(12.4, abs=0.1)
+    assert routed > 4 * 10 / 4
+    small = Batch.of(decode=[1024] * 4)
+    ratio = busiest.parts(small).experts_s / mean.parts(small).experts_s
+    assert 1.05 < ratio < distinct / (expected_distinct_experts(4, 512, 10) / 4)
+    large = Batch.of(decode=[1024] * 256)
+    assert 1.0 < busiest.parts(large).experts_s / mean.parts(large).experts_s < 1.06
+    assert busiest.parts(small).communication_s == mean.parts(small).communication_s
+    dp = _dep("qwen3-30b-a3b", tp=1, ep=4, attention_dp=4)
+    rank = Batch.of(decode=[512] * 8)
+    a2a = ArchStep(dp, params, MoEParams(busiest_rank=True)).parts(rank).all_to_all_s
+    a2a_mean = ArchStep(dp, params).parts(rank).all_to_all_s
+    assert a2a > a2a_mean > 0.0
 
 
 def test_all_to_all_takes_the_fitted_terms_at_the_nearest_gpu_count() -> None:

@@ -13,10 +13,15 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
 * the **router**: a ``hidden × experts`` GEMM on every GPU;
 * **shared experts**: a dense MLP of ``shared · expert_intermediate`` split over TP;
 * **routed experts**: each GPU holds ``1/ep`` of the experts, each split over
-  ``tp · attention_dp / ep`` GPUs. It reads the weights of the distinct experts the
-  batch activates (its ``1/ep`` share of :func:`~sincere.perf.moe.expected_distinct_experts`)
-  and computes its ``T k / ep`` routed tokens padded per expert to
-  ``MoEParams.expert_tile`` rows, times ``ep_imbalance`` (the busiest GPU), the
+  ``tp · attention_dp / ep`` GPUs. The layer lasts as long as the busiest GPU's: at
+  ``ep`` 1 every GPU reads the weights of the distinct experts the batch activates
+  (:func:`~sincere.perf.moe.expected_distinct_experts`) and computes its ``T k`` routed
+  tokens; at ``ep`` > 1 each GPU reads its ``1/ep`` share of the active experts and
+  computes ``T k / ep`` routed tokens (the mean rank: ``MoEParams.busiest_rank`` prices
+  the busiest rank instead, above the mean by the routing's spread over the ranks,
+  :func:`~sincere.perf.moe.busiest_rank_load`; the measured EP points do not favour it),
+  times ``ep_imbalance`` (a further factor, 1 unless set); the
+  tokens padded per expert to ``MoEParams.expert_tile`` rows, the
   permutation's traffic with the tokens'; compute and memory combined by the roofline's
   p-norm: the kernel fit's own formula (:func:`~sincere.perf.moe.expert_work`,
   :func:`~sincere.perf.moe.fused_moe_s`);
@@ -26,7 +31,8 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
   this one) the experts see ``T = D ×`` this batch's tokens; the router, the shared
   experts and attention see this batch alone;
 * **all-to-all** at ``ep > 1`` with attention DP: two exchanges per MoE layer (dispatch,
-  combine), each GPU sending ``T/ep`` tokens' ``k`` copies bound to other ranks; priced by the
+  combine), each GPU sending ``T/ep`` tokens' ``k`` copies bound to other ranks (with
+  ``busiest_rank``, the busiest rank's routed copies); priced by the
   accelerator's measured NCCL all-to-all where its kernel fit has one
   (``alltoall_*``: latency and link share at the nearest GPU count, plus the latency
   step past the protocol knee), else at ``a2a_bw_efficiency`` plus ``a2a_latency_s``.
@@ -76,6 +82,7 @@ from sincere.perf.measured_moe import deployment_curve
 from sincere.perf.moe import (
     all_to_all_bytes,
     all_to_all_s,
+    busiest_rank_load,
     expected_distinct_experts,
     expert_work,
     foreign_pair_bytes,
@@ -108,7 +115,14 @@ class MoEParams:
 
     routing_skew: float = 0.0  # Zipf exponent of expert popularity (0: uniform routing)
     expert_tile: int = 16  # rows each active expert's tokens are padded to
-    ep_imbalance: float = 1.0  # busiest GPU's routed tokens over the mean (>= 1)
+    ep_imbalance: float = 1.0  # a further factor on the EP GPU's routed tokens (>= 1)
+    # price the busiest expert-parallel rank of a drawn routing (its expected distinct
+    # experts and routed tokens, :func:`~sincere.perf.moe.busiest_rank_load`) rather than
+    # the mean rank's share. Off by default: on InferenceX's 191 colocated EP points it
+    # takes the mean TPOT's median error from 12.6 to 12.9 % (vLLM's Kimi-K2.5 and
+    # MiniMax-M2.5 EP points, already slow, get slower; SGLang's and TensorRT-LLM's,
+    # fast, barely move: benchmarks/README.md, "The busiest expert-parallel rank")
+    busiest_rank: bool = False
     a2a_bw_efficiency: float = 0.75  # share of the one-way link an all-to-all reaches
     a2a_latency_s: float = 25e-6  # fixed cost of one all-to-all exchange
 
@@ -314,8 +328,9 @@ class ArchStep:
         width = expert_width(dep)
         routing = (e, k, m.routing_skew, m.expert_tile)
         work = expert_work(
-            tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance
-        )
+            tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance,
+            busiest=m.busiest_rank,
+        )  # fmt: skip
         one = np.array(work).reshape(5, 1)
         one[:2] *= narrow_expert_scale(width, self._moe_offset)
         experts = fused_moe_s(
@@ -350,7 +365,13 @@ class ArchStep:
         latency, efficiency = self._a2a_terms
         p = self.params
         latency += p.alltoall_protocol_s * size / (size + p.alltoall_knee_bytes)
-        return 2.0 * all_to_all_s(size, self._link * efficiency, latency, m.ep_imbalance)
+        imbalance = m.ep_imbalance
+        if m.busiest_rank and tokens > 0:  # the busiest rank receives its routed copies
+            total = tokens * dep.attention_dp
+            k, e = model.experts_per_token, model.num_experts
+            routed = busiest_rank_load(total, e, k, m.routing_skew, dep.ep)[1]
+            imbalance *= routed / (total * k / dep.ep)
+        return 2.0 * all_to_all_s(size, self._link * efficiency, latency, imbalance)
 
     def layer_linear(self, tokens: int) -> tuple[float, float, float, float]:
         """(linear, router, experts, all-to-all) of one average layer over ``tokens`` tokens."""

@@ -36,6 +36,26 @@ an iteration's time. Sources and assumptions:
   expert parallelism times the group of ``E / ep`` contiguous experts with the most
   slots. No expert can hold more than ``T`` (a token's experts are distinct): a count over
   it is taken as capped and its excess given to the next largest.
+* **The busiest expert-parallel rank** (:func:`busiest_rank_load`). Under expert
+  parallelism each of ``ep`` GPUs holds ``E / ep`` contiguous experts, and a layer lasts as
+  long as the rank the batch loads most: the one with the most distinct experts to read
+  and the most routed tokens to compute, not the mean. A rank's routed token copies are a
+  sum over the batch's tokens of how many of each token's ``k`` distinct experts it holds
+  (hypergeometric under uniform routing: mean ``k / ep``, variance
+  ``(k / ep)(1 - 1/ep)(E - k)/(E - 1)``); its distinct experts a sum of ``E / ep``
+  indicators, each expert active with probability ``a = 1 - (1 - k/E)^T`` and two of them
+  both idle with ``b = ((E - k)(E - k - 1) / (E (E - 1)))^T``. Both counts are taken as
+  normal and the busiest rank as the expected maximum over the ranks: ``mean + sd ·
+  e(ep)``, ``e(n)`` the expected largest of ``n`` independent standard normals (0.56 at 2,
+  1.03 at 4, 1.42 at 8), for the token copies times ``sqrt(ep / (ep - 1))`` since the
+  ranks' copies sum to ``T k`` (equicorrelated with ``-1 / (ep - 1)``). With a Zipf
+  popularity each rank has its own mean and spread (the most popular experts share the
+  first rank) and the maximum is integrated numerically. A seeded draw of real routings
+  holds the closed form within a few percent from 4 tokens on (``tests/perf/test_perf_moe.py``).
+  At a decode batch of 4 on Qwen3.5's 512 experts (top 10) over 4 ranks the busiest rank
+  reads 1.3x the mean rank's experts; at 128 tokens the two are within 3 %. The step model
+  prices the busiest rank only when asked (``MoEParams.busiest_rank``): the measured EP
+  serving points fit the mean rank better (benchmarks/README.md).
 * **Expert-parallel all-to-all.** Two exchanges per MoE layer (dispatch, combine);
   in each, a GPU sends its ``T / ep`` tokens' ``k`` copies bound to the other
   ``ep - 1`` ranks: ``(T/ep) k h b (ep-1)/ep`` bytes, no de-duplication of copies
@@ -58,6 +78,7 @@ import math
 
 import numpy as np
 import numpy.typing as npt
+from scipy.special import ndtr
 
 from sincere.core.errors import ConfigError
 
@@ -224,6 +245,69 @@ def routing_load(
         rows += active * tile * math.ceil(load / tile - 1e-9)
         busiest = max(busiest, num_tokens * q)
     return distinct, rows, busiest
+
+
+@functools.lru_cache(maxsize=64)
+def expected_max_of_normals(count: int) -> float:
+    """The expected largest of ``count`` independent standard normal draws (0 for one)."""
+    if count < 1:
+        raise ConfigError("count must be >= 1", value=count)
+    return expected_max_normal(np.zeros(count), np.ones(count))
+
+
+def expected_max_normal(means: FArray, sds: FArray) -> float:
+    """The expected largest of independent normal draws ``N(means[i], sds[i]^2)``: ``lo +
+    ∫ P(max > x) dx`` from ``lo``, nine spreads below the lowest, on a fine grid."""
+    means, sds = np.asarray(means, dtype=float), np.asarray(sds, dtype=float)
+    if means.size == 0 or means.shape != sds.shape or float(sds.min()) < 0.0:
+        raise ConfigError("normals need as many spreads >= 0 as means", value=(means, sds))
+    if float(sds.max()) == 0.0:
+        return float(means.max())
+    lo = float((means - 9.0 * sds).min())
+    hi = float((means + 9.0 * sds).max())
+    x = np.linspace(lo, hi, 4097)
+    spread = np.where(sds > 0.0, sds, 1.0)[:, None]
+    below = np.where(sds[:, None] > 0.0, ndtr((x[None, :] - means[:, None]) / spread),
+                     (x[None, :] >= means[:, None]).astype(float))  # fmt: skip
+    return lo + float(np.trapezoid(1.0 - below.prod(axis=0), x))
+
+
+@functools.lru_cache(maxsize=65536)
+def busiest_rank_load(
+    num_tokens: float, num_experts: int, top_k: int, skew: float, ep: int
+) -> tuple[float, float]:
+    """(distinct experts active, routed token copies) of the busiest of ``ep`` expert-parallel
+    ranks, each holding ``E / ep`` contiguous experts, expected over the routing (the module
+    docstring); ``ep`` 1: the whole batch's. Memoised."""
+    _check_routing(num_experts, top_k)
+    if ep < 1 or num_experts % ep:
+        raise ConfigError("ep must divide num_experts", value=(ep, num_experts))
+    if num_tokens <= 0:
+        return 0.0, 0.0
+    e, k, t = num_experts, top_k, num_tokens
+    n = e // ep
+    if ep == 1:
+        return expected_distinct_experts(t, e, k, skew), t * k
+    spare = (e - k) / (e - 1) if e > 1 else 0.0  # a token's picks are distinct experts
+    if skew == 0.0:
+        a = 1.0 - math.pow(1.0 - k / e, t)
+        b = math.pow((e - k) * (e - k - 1) / (e * (e - 1)), t) if e - k >= 1 else 0.0
+        var_d = max(0.0, n * a * (1.0 - a) + n * (n - 1) * (b - (1.0 - a) ** 2))
+        top = expected_max_of_normals(ep)
+        distinct = n * a + math.sqrt(var_d) * top
+        var_r = t * (k / ep) * (1.0 - 1.0 / ep) * spare
+        routed = t * k / ep + math.sqrt(var_r * ep / (ep - 1)) * top
+    else:
+        weights = np.power(np.arange(1, e + 1, dtype=float), -skew)
+        q = np.minimum(1.0, k * weights / weights.sum()).reshape(ep, n)
+        active = 1.0 - np.power(1.0 - q, t)
+        distinct = expected_max_normal(active.sum(axis=1),
+                                       np.sqrt((active * (1.0 - active)).sum(axis=1)))  # fmt: skip
+        share = q.sum(axis=1)
+        var_r = t * np.maximum(share * (1.0 - share / k), 0.0) * spare
+        routed = expected_max_normal(t * share, np.sqrt(var_r))
+    routed = min(routed, t * min(k, n))
+    return min(distinct, float(n), routed), routed
 
 
 def round_robin_load(
@@ -410,6 +494,7 @@ def expert_work(
     imbalance: float = 1.0,
     dealt: bool = False,
     collector: bool = False,
+    busiest: bool = False,
 ) -> tuple[float, float, float, float, float]:
     """(FLOPs of the padded rows, FLOPs of the busiest expert, weight elements read,
     activation bytes moved, experts active on this GPU) of one fused-MoE layer on one GPU.
@@ -421,21 +506,36 @@ def expert_work(
     experts in turn (:func:`round_robin_load`; ``skew`` unused), not drawn at random.
     ``collector`` (where not ``dealt``): ``skew`` is the exponent of the database
     collector's power law, read by :func:`collector_expert_work` (``imbalance`` unused).
+    ``busiest`` (drawn routing, ``ep`` > 1): the GPU is the busiest rank, with its expected
+    distinct experts and routed tokens (:func:`busiest_rank_load`), not the mean rank's;
+    ``imbalance`` multiplies on top.
     """
     if collector and not dealt:
         return collector_expert_work(num_tokens, hidden, width, routing, act_bytes, gated, ep)
     num_experts, top_k, skew, tile = routing
+    busy = busiest and not dealt
     if dealt:
-        distinct, rows, busiest = round_robin_load(num_tokens, num_experts, top_k, tile)
+        distinct, rows, top_expert = round_robin_load(num_tokens, num_experts, top_k, tile)
     else:
-        distinct, rows, busiest = routing_load(num_tokens, num_experts, top_k, skew, tile)
+        distinct, rows, top_expert = routing_load(num_tokens, num_experts, top_k, skew, tile)
     up = (2 if gated else 1) * width
     per_expert = float(hidden * (up + width))
-    routed = num_tokens * top_k / ep * imbalance
+    if busy and ep > 1 and num_tokens > 0:  # the busiest rank's own experts and tokens
+        mean_routed = num_tokens * top_k / ep
+        distinct, routed = busiest_rank_load(num_tokens, num_experts, top_k, skew, ep)
+        if skew == 0.0:
+            rows = grouped_gemm_rows(routed / distinct, distinct, tile)
+        else:
+            rows = rows / ep * (routed / mean_routed)
+        routed *= imbalance
+        flops = 2.0 * per_expert * imbalance * rows
+    else:  # the mean rank's share
+        routed = num_tokens * top_k / ep * imbalance
+        flops = 2.0 * per_expert * imbalance * rows / ep
+        distinct /= ep
     moved = routed * (2 * hidden + up + width) * act_bytes
     moved += permutation_bytes(num_tokens / ep, top_k, hidden, act_bytes)
-    flops = 2.0 * per_expert * imbalance * rows / ep
-    return flops, 2.0 * per_expert * busiest, distinct / ep * per_expert, moved, distinct / ep
+    return flops, 2.0 * per_expert * top_expert, distinct * per_expert, moved, distinct
 
 
 def narrow_expert_scale(width: FArray | float, offset: float) -> FArray | float:
