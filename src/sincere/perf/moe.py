@@ -78,7 +78,6 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import ndtr
 
 from sincere.core.errors import ConfigError
 
@@ -258,6 +257,8 @@ def expected_max_of_normals(count: int) -> float:
 def expected_max_normal(means: FArray, sds: FArray) -> float:
     """The expected largest of independent normal draws ``N(means[i], sds[i]^2)``: ``lo +
     ∫ P(max > x) dx`` from ``lo``, nine spreads below the lowest, on a fine grid."""
+    from scipy.special import ndtr  # here: importing SciPy costs every run ~0.1 s
+
     means, sds = np.asarray(means, dtype=float), np.asarray(sds, dtype=float)
     if means.size == 0 or means.shape != sds.shape or float(sds.min()) < 0.0:
         raise ConfigError("normals need as many spreads >= 0 as means", value=(means, sds))
