@@ -242,19 +242,20 @@ attention data parallelism (``dsr1_fp8_b200_trt_mtp.sh``: ``MTP=1`` when
 SCRIPT_SEQ_LIMITS = {
     ("vllm", "minimaxm2.5", "h100_sxm"): 256,
     ("vllm", "minimaxm2.5", "h200_sxm"): 1024,
-    ("sglang", "qwen3.5", "b200_sxm"): 128,
     ("sglang", "qwen3.5", "h200_sxm"): 128,
 }
 """(backend, scripts, system) whose servers run at most so many sequences whatever the
 clients: InferenceX's MiniMax-M2.5 vLLM script on H100 (``minimaxm2.5_fp8_h100.sh``) passes
 ``--max-num-seqs 256``, the H200 one (``minimaxm2.5_fp8_h200.sh``) none, so vLLM's default
-for the GPU, 1,024. Qwen3.5's SGLang scripts on B200 pass ``--max-running-requests 128``
-(fp8 and bf16; the fp4 one ``max(CONC, 128)``: the clients, for the file's at most 128
-there), and so do its H200 ones (``qwen3.5_fp8_h200.sh``, ``qwen3.5_bf16_h200.sh``; they set
-no queue-poll interval and ``--stream-interval 50`` with the recipe whose B300 points
-stream their first token at once, so neither is applied; their bf16 state:
-:data:`BF16_STATE_SCRIPTS`). The other scripts read pass the clients (``--max-num-seqs
-$CONC``)."""
+for the GPU, 1,024. Qwen3.5's SGLang scripts on H200 (``qwen3.5_fp8_h200.sh``,
+``qwen3.5_bf16_h200.sh``) pass ``--max-running-requests 128`` (they set no queue-poll
+interval and ``--stream-interval 50`` with the recipe whose B300 points stream their first
+token at once, so neither is applied; their bf16 state: :data:`BF16_STATE_SCRIPTS`). The
+B200 scripts read pass 128 as well (fp8 and bf16; the fp4 one ``max(CONC, 128)``), but the
+B200 points did not run under it: the fp8 runs at 256 clients decode a token in 37-91 ms
+against 27 ms at 128 clients (1k / 1k), so their batches grew past 128, and capped the
+simulated first token waited a whole request (26-179 s against 2.2-7.6 s measured). The
+other scripts read pass the clients (``--max-num-seqs $CONC``)."""
 BF16_STATE_SCRIPTS = frozenset({("sglang", "qwen3.5", "h200_sxm")})
 """(backend, scripts, system) whose servers keep linear-attention state in bf16:
 Qwen3.5's SGLang scripts on H200 (``qwen3.5_fp8_h200.sh``, ``qwen3.5_bf16_h200.sh``) pass
