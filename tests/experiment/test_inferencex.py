@@ -169,12 +169,12 @@ def test_tensorrt_llm_groups_balance_their_ranks_as_the_scripts_set(
 
 
 def test_a_deployment_the_simulator_refuses_is_a_skip() -> None:
-    """DeepSeek-R1 in fp8 on 4 B200s leaves no room for KV: skipped as no-fit, with why."""
-    spec = point_spec(dataclasses.replace(POINT, tp=4, moe_ep=4))
+    """DeepSeek-R1 in fp8 on 2 B200s cannot hold its weights: skipped as no-fit, with why."""
+    spec = point_spec(dataclasses.replace(POINT, tp=2, moe_ep=2))
     assert isinstance(spec, PointSpec)
     skip = simulate_point(spec)
     assert isinstance(skip, Skip) and skip.reason == "no-fit"
-    assert "does not fit on B200 (tp=4, fp8)" in skip.detail
+    assert "does not fit on B200 (tp=2, fp8)" in skip.detail
 
 
 def test_engine_presets_by_backend() -> None:

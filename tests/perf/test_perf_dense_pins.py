@@ -1,5 +1,8 @@
 """Dense models' step times, KV blocks and weights, pinned to the values the code gave
-before mixture-of-experts, MLA and low-precision formats entered the step model.
+before mixture-of-experts, MLA and low-precision formats entered the step model (the KV
+blocks renewed when the memory budget became the memory a device reports, nominal GiB
+less what the driver keeps, instead of the nominal figure in 1e9 bytes: more blocks
+everywhere, the step times and weights unchanged).
 
 The roofline runs with fixed constants (the A100 fit shipped at the time, written out
 here) so that a later refit of an accelerator's defaults does not move the pins."""

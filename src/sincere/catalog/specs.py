@@ -58,13 +58,25 @@ def accuracy_key(precision: str, kv_precision: str = "fp16") -> str:
     return f"{precision}+kv-{kv_precision}"
 
 
+GIB = 2**30
+
+DEVICE_MEMORY_SHARE = 0.98
+"""The share of a device's nominal memory, read in GiB, that its runtime reports as total
+(what vLLM multiplies by ``gpu_memory_utilization``). Vendors' "24 GB", "80 GB", "180 GB"
+of device memory are binary: an RTX 4090 ("24 GB") reports 25,250,627,584 bytes, 0.98 of
+24 GiB (``../shared/data/serving-runs/llmservingsim-vllm/RTX4090_Llama-3.1-8B/meta.json``,
+``hardware.device_total_memory_bytes``), 1.05x the 24e9 bytes a decimal reading gives; the
+rest is held by the driver and firmware (and ECC where a GDDR part turns it on, which
+leaves less)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Accelerator:
     """One accelerator type (a GPU, or the host CPU as ``cpu``)."""
 
     name: str  # catalog key, e.g. "H100-SXM"
     vendor: str
-    memory_gb: float  # device memory, GB (1e9 bytes)
+    memory_gb: float  # device memory as vendors state it ("80 GB": binary, see device_memory_bytes)
     hbm_bandwidth_gbps: float  # device memory bandwidth, GB/s
     bf16_tflops: float  # dense bf16 / fp16 tensor throughput, TFLOP/s
     fp8_tflops: float | None  # dense fp8 throughput, TFLOP/s (None: not supported)
@@ -79,6 +91,12 @@ class Accelerator:
     fp4_tflops: float | None = None  # dense fp4 (NVFP4) throughput, TFLOP/s (None: no fp4)
     l2_cache_mb: float | None = None  # last-level on-chip cache, MB (None: not stated)
     compute_capability: float | None = None  # CUDA compute capability (None: not CUDA)
+
+    @property
+    def device_memory_bytes(self) -> float:
+        """The device's total memory as its runtime reports it, bytes: the nominal figure
+        read in GiB times :data:`DEVICE_MEMORY_SHARE`."""
+        return self.memory_gb * GIB * DEVICE_MEMORY_SHARE
 
     @property
     def interconnect_gbps_per_direction(self) -> float:

@@ -16,7 +16,8 @@ The engine's limits then follow that engine's own defaults (:func:`default_limit
 ``vllm serve`` sizes ``max_num_seqs`` and ``max_num_batched_tokens`` by the GPU's memory
 (vLLM 0.32.0's ``EngineArgs.get_batch_defaults`` for the OpenAI server: at least 160 GiB,
 1,024 sequences and 16,384 tokens; at least 70 GiB and not an A100, 1,024 and 8,192;
-otherwise 256 and 2,048: the catalog's memory, in GB, stands for the device's), and V1
+otherwise 256 and 2,048: the device's memory as its runtime reports it,
+:attr:`~sincere.catalog.specs.Accelerator.device_memory_bytes`), and V1
 admits without vLLM V0's watermark of free KV blocks (0). The other presets and ``eager``
 keep the limits the simulator has always used (256 sequences, 8,192 tokens, a 1 % watermark).
 
@@ -64,7 +65,7 @@ def default_limits(preset: str, accelerator: Accelerator | None) -> EngineDefaul
     (None) or a preset without a rule of its own keeps :data:`LEGACY`."""
     if preset != MODERN_PRESET or accelerator is None:
         return LEGACY
-    memory = accelerator.memory_gb * 1e9
+    memory = accelerator.device_memory_bytes
     names = " ".join((accelerator.name, *accelerator.aliases)).lower()
     source = "vLLM's server defaults for the device's memory (EngineArgs.get_batch_defaults)"
     if memory >= 160 * GIB:

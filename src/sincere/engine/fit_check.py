@@ -83,7 +83,8 @@ def check_step_fits(deployment: Deployment, batch: Batch) -> None:
         f"on {acc.name}: per GPU, weights {gb * plan.weight_bytes_per_gpu:.1f} GB + "
         f"activations and overhead {gb * (plan.activation_bytes + plan.overhead_bytes):.1f} GB"
         f" + this batch's KV cache {gb * kv:.1f} GB vs {gb * plan.budget_bytes:.1f} GB usable "
-        f"({100 * GPU_MEMORY_UTILIZATION:.0f} % of {acc.memory_gb:g} GB); it would fit as "
+        f"({100 * GPU_MEMORY_UTILIZATION:.0f} % of the {gb * acc.device_memory_bytes:.1f} GB "
+        f"the device reports, nominally {acc.memory_gb:g} GB); it would fit as "
         + (", ".join(layouts) if layouts else f"nothing up to tp {MAX_TP} on {acc.name}")
         + " (or on a larger accelerator)",
     )

@@ -327,10 +327,8 @@ class ArchStep:
         tokens *= dep.attention_dp
         width = expert_width(dep)
         routing = (e, k, m.routing_skew, m.expert_tile)
-        work = expert_work(
-            tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep, m.ep_imbalance,
-            busiest=m.busiest_rank,
-        )  # fmt: skip
+        work = expert_work(tokens, h, width, routing, p.activation_bytes, model.gated_mlp, ep,
+                           m.ep_imbalance, busiest=m.busiest_rank)  # fmt: skip
         one = np.array(work).reshape(5, 1)
         one[:2] *= narrow_expert_scale(width, self._moe_offset)
         experts = fused_moe_s(
@@ -365,12 +363,7 @@ class ArchStep:
         latency, efficiency = self._a2a_terms
         p = self.params
         latency += p.alltoall_protocol_s * size / (size + p.alltoall_knee_bytes)
-        imbalance = m.ep_imbalance
-        if m.busiest_rank and tokens > 0:  # the busiest rank receives its routed copies
-            total = tokens * dep.attention_dp
-            k, e = model.experts_per_token, model.num_experts
-            routed = busiest_rank_load(total, e, k, m.routing_skew, dep.ep)[1]
-            imbalance *= routed / (total * k / dep.ep)
+        imbalance = m.ep_imbalance * _busiest_share(dep, m, tokens)
         return 2.0 * all_to_all_s(size, self._link * efficiency, latency, imbalance)
 
     def layer_linear(self, tokens: int) -> tuple[float, float, float, float]:
@@ -725,3 +718,15 @@ def _mlp_mats(width: int, dep: Deployment, weight_bytes: float) -> tuple[_Mat, .
     inter = max(1, width // dep.tp)
     up = 2 * inter if model.gated_mlp else inter
     return _Mat(model.hidden_size, up, weight_bytes), _Mat(inter, model.hidden_size, weight_bytes)
+
+
+def _busiest_share(dep: Deployment, m: MoEParams, tokens: int) -> float:
+    """The busiest expert-parallel rank's routed copies over the mean rank's, for a rank's
+    ``tokens`` under attention DP (:func:`~sincere.perf.moe.busiest_rank_load`); 1 unless
+    ``m.busiest_rank``."""
+    if tokens <= 0 or not m.busiest_rank:
+        return 1.0
+    total = tokens * dep.attention_dp
+    k = dep.model.experts_per_token
+    routed = busiest_rank_load(total, dep.model.num_experts, k, m.routing_skew, dep.ep)[1]
+    return routed / (total * k / dep.ep)

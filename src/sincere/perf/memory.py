@@ -1,6 +1,7 @@
 """Device-memory plan of a deployment: weights, activations, KV cache.
 
-Follows vLLM's accounting (``gpu_memory_utilization`` of each GPU is the budget):
+Follows vLLM's accounting (``gpu_memory_utilization`` of the total memory each GPU reports,
+:attr:`~sincere.catalog.specs.Accelerator.device_memory_bytes`, is the budget):
 the budget minus the weights, the peak activation of a forward pass over
 ``max_num_batched_tokens`` tokens and a fixed runtime overhead (CUDA context, NCCL
 buffers, CUDA graphs) is the KV cache, cut into blocks of ``block_size`` tokens
@@ -142,7 +143,7 @@ def plan_memory(
             "unknown weight precision", value=deployment.precision, allowed=PRECISION_BYTES
         )
     deployment.accelerator.compute_precision(deployment.precision)
-    budget = gpu_memory_utilization * deployment.accelerator.memory_gb * 1e9
+    budget = gpu_memory_utilization * deployment.accelerator.device_memory_bytes
     weights = deployment.weight_bytes_per_gpu + draft_weight_bytes
     activations = activation_bytes_estimate(deployment, max_num_batched_tokens, max_num_seqs)
     per_token = kv_bytes_per_token_per_gpu(deployment) + draft_kv_bytes_per_token
