@@ -60,6 +60,17 @@ def test_what_the_block_gives_is_kept() -> None:
     assert (other.max_num_seqs, other.max_num_batched_tokens) == (256, 8192)
 
 
+def test_tensorrt_llm_sizes_its_kv_pool_from_the_free_memory() -> None:
+    """The ``trtllm`` preset's utilisation is a share of the memory free after loading
+    (TensorRT-LLM's ``free_gpu_memory_fraction``), the others' of the device's; a block
+    that says which keeps it."""
+    assert _engine(accelerator="B200").memory_share_of == "total"
+    assert _engine(accelerator="B200", engine={"preset": "sglang"}).memory_share_of == "total"
+    assert _engine(accelerator="B200", engine={"preset": "trtllm"}).memory_share_of == "free"
+    given = _engine(accelerator="B200", engine={"preset": "trtllm", "memory_share_of": "total"})
+    assert given.memory_share_of == "total"
+
+
 @pytest.mark.parametrize(
     ("fields", "preset"),
     [

@@ -88,3 +88,29 @@ def test_bad_arguments_raise(make_deployment: MakeDeployment) -> None:
         plan_memory(make_deployment(), block_size=0)
     with pytest.raises(ConfigError, match="context_len"):
         plan_memory(make_deployment()).max_batch_at(0)
+
+
+def test_a_share_of_the_free_memory_as_tensorrt_llm_sizes_its_pool() -> None:
+    """TensorRT-LLM gives its KV cache 0.9 of the memory free after loading, vLLM 0.9 of the
+    device less the weights: DeepSeek-R1 in fp8 over 4 B200s (168 GB of weights a GPU of
+    the ~189 GB reported) keeps ~16k KV tokens under vLLM's rule and ~16x that under
+    TensorRT-LLM's; on a GPU the weights leave mostly free the two come close."""
+    from sincere.catalog import get_accelerator, get_model
+    from sincere.core.errors import ConfigError
+    from sincere.perf import Deployment
+
+    b200 = get_accelerator("B200")
+    dsr1 = Deployment(get_model("deepseek-r1"), b200, precision="fp8", tp=4, kv_precision="fp8")
+    total = plan_memory(dsr1, max_num_seqs=32)
+    free = plan_memory(dsr1, max_num_seqs=32, share_of="free")
+    left = b200.device_memory_bytes - total.weight_bytes_per_gpu
+    left -= total.activation_bytes + total.overhead_bytes
+    assert free.kv_capacity_tokens == pytest.approx(
+        0.9 * left / total.kv_bytes_per_token_per_gpu, abs=free.block_size
+    )
+    assert free.kv_capacity_tokens > 10 * total.kv_capacity_tokens > 0
+    small = Deployment(get_model("llama-3-8b"), b200)
+    ratio = plan_memory(small, share_of="free").num_kv_blocks / plan_memory(small).num_kv_blocks
+    assert 0.95 < ratio < 1.15
+    with pytest.raises(ConfigError, match="share of what"):
+        plan_memory(small, share_of="used")

@@ -170,6 +170,7 @@ def limits_of(eng: ContinuousConfig, deployment: Deployment, where: str) -> Engi
         plan = plan_memory(
             deployment,
             gpu_memory_utilization=eng.gpu_memory_utilization,
+            share_of=eng.memory_share_of or "total",
             block_size=eng.block_size,
             max_num_seqs=eng.max_num_seqs,
             max_num_batched_tokens=eng.max_num_batched_tokens,

@@ -48,6 +48,12 @@ class EngineDefaults:
     source: str  # where the figures come from
 
 
+MEMORY_SHARE_OF = {"trtllm": "free"}
+"""What a preset's ``gpu_memory_utilization`` is a share of, where not the device's whole
+memory: TensorRT-LLM gives its KV cache ``free_gpu_memory_fraction`` (0.9 by default) of
+the memory free once the model is loaded (nvidia.github.io/TensorRT-LLM, "How to Change
+KV Cache Behavior"); vLLM and SGLang a share of the device's total, less the weights."""
+
 LEGACY = EngineDefaults(256, 8192, 0.01, "the simulator's long-standing defaults")
 """``eager``'s and the presets' without a rule of their own."""
 
@@ -87,6 +93,7 @@ def fill_engine(
     if preset is None:
         preset = filled["preset"] = default_preset(step_kind, cc, accelerator)
     limits = default_limits(str(preset), accelerator)
+    filled.setdefault("memory_share_of", MEMORY_SHARE_OF.get(str(preset), "total"))
     filled.setdefault("max_num_seqs", limits.max_num_seqs)
     filled.setdefault("max_num_batched_tokens", limits.max_num_batched_tokens)
     filled.setdefault("watermark", limits.watermark)

@@ -50,6 +50,10 @@ class ContinuousConfig(BaseModel):
     max_num_batched_tokens: int = Field(8192, ge=1)  # tokens per iteration
     block_size: int = Field(16, ge=1)  # tokens per KV block
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # share of device memory used
+    # what that share is of: "total", the device's memory (vLLM, SGLang); "free", what the
+    # weights, activations and runtime leave (TensorRT-LLM's free_gpu_memory_fraction);
+    # None: the preset's (sincere.engine.defaults)
+    memory_share_of: Literal["total", "free"] | None = None
     num_kv_blocks: int | None = Field(None, ge=1)  # override the memory plan's KV blocks
     watermark: float = Field(0.01, ge=0, lt=1)  # share of blocks admissions leave free
     # longest prompt + max_tokens, tokens; None: the model's context (catalog), as vLLM

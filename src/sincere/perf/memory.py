@@ -48,7 +48,7 @@ LOGIT_BYTES = 4.0  # logits are computed in fp32 for sampling
 class MemoryPlan:
     """Where each GPU's memory goes, bytes per GPU unless named otherwise."""
 
-    budget_bytes: float  # gpu_memory_utilization * device memory
+    budget_bytes: float  # weights, activations, overhead and KV: the share of the device used
     weight_bytes_per_gpu: float  # this GPU's share of the weights (a drafter's too)
     activation_bytes: float  # peak activation of one forward pass (estimate)
     overhead_bytes: float  # runtime overhead outside weights, activations and KV
@@ -125,6 +125,7 @@ def plan_memory(
     deployment: Deployment,
     *,
     gpu_memory_utilization: float = 0.9,
+    share_of: str = "total",
     block_size: int = 16,
     max_num_seqs: int = 256,
     max_num_batched_tokens: int = 8192,
@@ -136,18 +137,28 @@ def plan_memory(
     """Plan one GPU's memory for ``deployment`` the way vLLM sizes its KV cache.
     ``draft_weight_bytes`` and ``draft_kv_bytes_per_token``: a speculative drafter's
     weights and KV per token on this GPU, which share its memory and KV blocks
-    (:mod:`sincere.engine.draft_memory`; 0: no drafter)."""
+    (:mod:`sincere.engine.draft_memory`; 0: no drafter). ``share_of``: ``"total"``, the
+    utilisation is a share of the device's memory (vLLM, SGLang); ``"free"``, of what the
+    weights, activations and overhead leave of it (TensorRT-LLM's
+    ``free_gpu_memory_fraction``)."""
     _check_plan_args(gpu_memory_utilization, block_size, max_num_seqs, max_num_batched_tokens)
     if deployment.precision not in PRECISION_BYTES:
         raise ConfigError(
             "unknown weight precision", value=deployment.precision, allowed=PRECISION_BYTES
         )
     deployment.accelerator.compute_precision(deployment.precision)
-    budget = gpu_memory_utilization * deployment.accelerator.device_memory_bytes
+    if share_of not in ("total", "free"):
+        raise ConfigError("memory share of what", value=share_of, allowed=["total", "free"])
+    device = deployment.accelerator.device_memory_bytes
     weights = deployment.weight_bytes_per_gpu + draft_weight_bytes
     activations = activation_bytes_estimate(deployment, max_num_batched_tokens, max_num_seqs)
     per_token = kv_bytes_per_token_per_gpu(deployment) + draft_kv_bytes_per_token
-    free = budget - weights - activations - overhead_bytes
+    if share_of == "total":
+        budget = gpu_memory_utilization * device
+        free = budget - weights - activations - overhead_bytes
+    else:
+        free = gpu_memory_utilization * (device - weights - activations - overhead_bytes)
+        budget = free + weights + activations + overhead_bytes
     if deployment.model.num_sliding_layers:
         free -= min(window_kv_bytes_per_gpu(deployment, max_num_seqs), max(free, 0.0) / 2)
     if deployment.model.num_linear_layers:
