@@ -13,8 +13,8 @@ RooflineParams`) and these layer terms (formulas: :mod:`sincere.perf.moe`):
 * the **router**: a ``hidden × experts`` GEMM on every GPU;
 * **shared experts**: a dense MLP of ``shared · expert_intermediate`` split over TP;
 * **routed experts**: each GPU holds ``1/ep`` of the experts, each split over
-  ``tp · attention_dp / ep`` GPUs. The layer lasts as long as the busiest GPU's: at
-  ``ep`` 1 every GPU reads the weights of the distinct experts the batch activates
+  ``tp · attention_dp / ep`` GPUs. At ``ep`` 1 every GPU reads the weights of the
+  distinct experts the batch activates
   (:func:`~sincere.perf.moe.expected_distinct_experts`) and computes its ``T k`` routed
   tokens; at ``ep`` > 1 each GPU reads its ``1/ep`` share of the active experts and
   computes ``T k / ep`` routed tokens (the mean rank: ``MoEParams.busiest_rank`` prices
