@@ -812,10 +812,10 @@ def _register_singles(slots: BlockSlots, held: list[int], keys: list[int]) -> No
     """Cache the one-block groups ``keys`` (a run of the prompt) that no other sequence
     cached meanwhile, held in runs of consecutive slots."""
     bases = slots.bases.get(1)
-    known = [] if bases is None else list(map(bases.get, keys))
-    if bases is None or known.count(None) == len(keys):  # the common case: all new
+    if bases is None or bases.keys().isdisjoint(keys):  # the common case: all new
         _hold_ranges(held, slots.cache_singles(keys, _held_end(held)))
         return
+    known = list(map(bases.get, keys))
     for key, slot in zip(keys, known, strict=True):
         if slot is None:  # else cached by another sequence meanwhile: this copy stays private
             _hold_ranges(held, slots.cache_singles([key], _held_end(held)))
