@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sincere.catalog import get_accelerator, get_model
 from sincere.core.errors import ConfigError
 from sincere.perf.base import Deployment
 from sincere.perf.memory import plan_memory
@@ -42,9 +43,6 @@ def test_the_budget_is_the_memory_the_device_reports() -> None:
     2,588 blocks of 16 (``num_gpu_blocks``, gpu_memory_utilization 0.9, 128 sequences, 2,048
     tokens an iteration). The plan over the device's memory comes within 2 % of it; over
     24e9 bytes (the decimal reading it once took) 22 % short."""
-    from sincere.catalog import get_accelerator, get_model
-    from sincere.perf import Deployment
-
     acc = get_accelerator("RTX-4090")
     assert acc.device_memory_bytes == pytest.approx(25_250_627_584, rel=0.001)
     dep = Deployment(get_model("llama-3.1-8b"), acc)
@@ -95,10 +93,6 @@ def test_a_share_of_the_free_memory_as_tensorrt_llm_sizes_its_pool() -> None:
     device less the weights: DeepSeek-R1 in fp8 over 4 B200s (168 GB of weights a GPU of
     the ~189 GB reported) keeps ~16k KV tokens under vLLM's rule and ~16x that under
     TensorRT-LLM's; on a GPU the weights leave mostly free the two come close."""
-    from sincere.catalog import get_accelerator, get_model
-    from sincere.core.errors import ConfigError
-    from sincere.perf import Deployment
-
     b200 = get_accelerator("B200")
     dsr1 = Deployment(get_model("deepseek-r1"), b200, precision="fp8", tp=4, kv_precision="fp8")
     total = plan_memory(dsr1, max_num_seqs=32)

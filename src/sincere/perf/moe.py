@@ -514,14 +514,13 @@ def expert_work(
     if collector and not dealt:
         return collector_expert_work(num_tokens, hidden, width, routing, act_bytes, gated, ep)
     num_experts, top_k, skew, tile = routing
-    busy = busiest and not dealt
     if dealt:
         distinct, rows, top_expert = round_robin_load(num_tokens, num_experts, top_k, tile)
     else:
         distinct, rows, top_expert = routing_load(num_tokens, num_experts, top_k, skew, tile)
     up = (2 if gated else 1) * width
     per_expert = float(hidden * (up + width))
-    if busy and ep > 1 and num_tokens > 0:  # the busiest rank's own experts and tokens
+    if busiest and not dealt and ep > 1 and num_tokens > 0:  # its own experts and tokens
         mean_routed = num_tokens * top_k / ep
         distinct, routed = busiest_rank_load(num_tokens, num_experts, top_k, skew, ep)
         if skew == 0.0:
