@@ -14,6 +14,7 @@ import pytest
 import sincere.experiment.inferencex as inferencex_module
 from sincere.core.errors import ConfigError
 from sincere.experiment.inferencex import (
+    SGLANG_RECIPES,
     SKIP_REASONS,
     PointResult,
     PointSpec,
@@ -27,6 +28,7 @@ from sincere.experiment.inferencex import (
     point_config,
     point_spec,
     score_points,
+    sglang_recipe,
     simulate_point,
     token_budget,
     vllm_release,
@@ -212,13 +214,58 @@ def test_the_config_is_the_benchmark_as_run() -> None:
     assert (engine.preset, engine.max_num_seqs, engine.max_num_batched_tokens) == (
         "sglang",
         6,
-        8192,
+        32768,  # the script's --chunked-prefill-size at TP 8
     )
+    assert engine.gpu_memory_utilization == 0.82  # its --mem-fraction-static
     assert engine.enable_prefix_caching is False
     assert engine.execution_params().recv_interval == 10  # the SGLang script below 16 clients
     summary = simulate(config).summary
     assert summary["num_requests"] == spec.num_requests == 60
     assert summary["closed_loop"]["num_warmup"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "memory", "chunk", "recv"),
+    [({}, 0.82, 32768, 30),
+     ({"tp": 4, "moe_tp": 4, "moe_ep": 1, "isl": 8192}, 0.95, 8192, 10),
+     ({"precision": "fp4", "gemm_quant": "nvfp4", "moe_quant": "nvfp4"}, 0.85, 16384, 30),
+     ({"system": "b300_sxm"}, 0.82, 32768, 30),
+     ({"model": "Qwen/Qwen3.5-397B-A17B", "moe_tp": 8, "moe_ep": 1}, 0.82, 32768, 30),
+     ({"model": "Qwen/Qwen3.5-397B-A17B", "moe_tp": 8, "moe_ep": 1, "system": "b300_sxm"},
+      0.9, 8192, 30),
+     ({"backend": "vllm", "backend_version": "0.19.0"}, 0.9, 8192, 1)],
+)  # fmt: skip
+def test_sglang_points_size_memory_and_chunks_as_their_scripts(
+    change: dict[str, Any], memory: float, chunk: int, recv: int
+) -> None:
+    """InferenceX's SGLang scripts on B200 pass --mem-fraction-static and
+    --chunked-prefill-size (DeepSeek-R1 fp8 by TP: 0.82 / 32,768 at 8; 0.95 / 8,192 at 4,
+    polling every 10 iterations at any load; NVFP4 0.85 / 16,384; Qwen3.5 0.82 / 32,768);
+    DeepSeek-R1's B300 scripts reuse the B200 recipe, Qwen3.5's B300 points and other
+    backends keep the preset's 0.9 and 8,192 tokens."""
+    point = dataclasses.replace(POINT, batch_size=32, source_concurrency=32, **change)
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec)
+    (instance,) = point_config(spec).instances
+    engine = instance.engine
+    assert (engine.gpu_memory_utilization, engine.max_num_batched_tokens) == (memory, chunk)
+    assert engine.execution_params().recv_interval == recv
+
+
+def test_deepseek_r1_fp8_on_four_b200s_holds_its_8k_prompts_under_sglang() -> None:
+    """At the preset's 0.9 of the memory DeepSeek-R1's fp8 weights leave four B200s almost
+    no KV pool and its 8k-in runs preempt without end; the script's 0.95 holds them: every
+    request ends without a preemption and the first token comes within a few prefills."""
+    point = dataclasses.replace(
+        POINT, tp=4, moe_tp=4, moe_ep=1, isl=8192, batch_size=8, source_concurrency=8
+    )
+    spec = point_spec(point)
+    assert isinstance(spec, PointSpec) and sglang_recipe(spec) == SGLANG_RECIPES[("dsr1", "fp8", 4)]
+    spec = dataclasses.replace(spec, num_requests=24)
+    summary = simulate(point_config(spec)).summary
+    assert summary["num_completed"] == 24
+    assert summary["num_preemptions"] == 0
+    assert summary["ttft_s"]["mean"] < 2.0  # 0.78 s measured at 8 clients
 
 
 @pytest.mark.parametrize(

@@ -131,14 +131,51 @@ SGLANG_RECV_INTERVALS = ((16, 30), (1, 10))
 ``dsr1_fp4_b200.sh``) launch the server with ``--scheduler-recv-interval 30`` when the
 run has 16 clients or more and ``10`` below: ``(least clients, interval)``, first match.
 The simulated SGLang engine polls its queue as seldom (the execution model's
-``recv_interval``). (The fp8 script's TP-4 branch keeps 10 at any load, but serves only
-8k-in / 1k-out runs on B200, of which the file has none.) Applied on Blackwell systems
-only: the H200 script (``dsr1_fp8_h200.sh``) sets no interval (every iteration polls)."""
-SCRIPT_RECV_INTERVALS = {("qwen3.5", "nvfp4", "b200_sxm"): 30}
-"""(scripts, weight precision, system) whose SGLang server polls its queue at one interval
-whatever the clients: Qwen3.5's fp4 script on B200 (``qwen3.5_fp4_b200.sh``) passes
-``--scheduler-recv-interval 30`` at every load (its fp8 and bf16 ones follow
-:data:`SGLANG_RECV_INTERVALS`)."""
+``recv_interval``; the fp8 script's TP-4 branch keeps 10 at any load: :data:`SGLANG_RECIPES`).
+Applied on Blackwell systems only: the H200 script (``dsr1_fp8_h200.sh``) sets no interval
+(every iteration polls)."""
+
+
+@dataclass(frozen=True)
+class SglangRecipe:
+    """What an InferenceX SGLang script passes its server beyond the clients' own settings:
+    ``--mem-fraction-static`` (the KV pool is that share of the device less the weights,
+    as vLLM's ``gpu_memory_utilization``), ``--chunked-prefill-size`` (tokens a prefill
+    iteration takes: the engine's ``max_num_batched_tokens``) and, where it fixes one,
+    ``--scheduler-recv-interval`` (None: by the clients, :data:`SGLANG_RECV_INTERVALS`)."""
+
+    memory_fraction: float
+    chunk_tokens: int
+    recv_interval: int | None = None
+
+
+SGLANG_RECIPES: dict[tuple[str, str, int], SglangRecipe] = {
+    ("dsr1", "fp8", 8): SglangRecipe(0.82, 32768),
+    ("dsr1", "fp8", 4): SglangRecipe(0.95, 8192, recv_interval=10),
+    ("dsr1", "nvfp4", 0): SglangRecipe(0.85, 16384),
+    ("qwen3.5", "fp8", 0): SglangRecipe(0.82, 32768),
+    ("qwen3.5", "bf16", 0): SglangRecipe(0.82, 32768),
+    ("qwen3.5", "nvfp4", 0): SglangRecipe(0.85, 32768, recv_interval=30),
+}
+"""(scripts, weight precision, TP; 0: any) -> the recipe of InferenceX's SGLang scripts on
+B200 (:data:`SGLANG_RECIPE_SYSTEMS`): ``dsr1_fp8_b200.sh`` branches on TP (8: 0.82 of the
+memory, 32,768-token chunks; 4, which it runs for 8k-in / 1k-out only: 0.95, 8,192, and
+``--scheduler-recv-interval 10`` at any load, at most 32 sequences), ``dsr1_fp4_b200.sh``
+passes 0.85 and 16,384, the Qwen3.5 ones 0.82 (``qwen3.5_fp8_b200.sh``,
+``qwen3.5_bf16_b200.sh``) or 0.85 (``qwen3.5_fp4_b200.sh``, polling every 30 iterations
+at any load) and 32,768. Points of other scripts keep the preset's 0.9 and
+:data:`TOKEN_BUDGET`. The running-request caps these scripts pass (128 at DeepSeek-R1's TP 8
+and for Qwen3.5) are not applied: the points of 256 and 512 clients decode far slower per
+token than those of 128 (DeepSeek-R1 fp8 TP 8, 1k / 1k: 42.6 and 68.8 ms against 28.7), so
+their batches grew past them (:data:`SCRIPT_SEQ_LIMITS`)."""
+SGLANG_RECIPE_SYSTEMS = {
+    "dsr1": frozenset({"b200_sxm", "b300_sxm"}),
+    "qwen3.5": frozenset({"b200_sxm"}),
+}
+"""The systems each scripts' recipe covers: DeepSeek-R1's B300 scripts (``dsr1_fp8_b300.sh``,
+``dsr1_fp4_b300.sh``) reuse the B200 recipe as-is (their own note says so); the Qwen3.5
+B300 script read is a later recipe than the file's B300 points (:data:`SCRIPT_SEQ_LIMITS`),
+so its points keep the preset's."""
 SCRIPT_MODELS = {
     "deepseek-r1": "dsr1",
     "deepseek-v3": "dsr1",
@@ -334,7 +371,8 @@ def _execution(spec: PointSpec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     script = scripts_of(spec)
     if spec.engine_preset == "sglang" and spec.point.system in BLACKWELL_SYSTEMS:
-        fixed = SCRIPT_RECV_INTERVALS.get((script, spec.precision, spec.point.system))
+        recipe = sglang_recipe(spec)
+        fixed = None if recipe is None else recipe.recv_interval
         out["recv_interval"] = fixed or sglang_recv_interval(spec.clients)
     key = (spec.point.backend, script, spec.precision, spec.point.system)
     if (interval := STREAM_INTERVALS.get(key)) is not None:
@@ -403,9 +441,24 @@ def max_num_seqs(spec: PointSpec) -> int:
     return SCRIPT_SEQ_LIMITS.get(key, spec.clients)
 
 
+def sglang_recipe(spec: PointSpec) -> SglangRecipe | None:
+    """The recipe of ``spec``'s SGLang scripts (:data:`SGLANG_RECIPES`); None for other
+    backends, scripts or systems."""
+    script = scripts_of(spec)
+    if spec.point.backend != "sglang" or spec.point.system not in SGLANG_RECIPE_SYSTEMS.get(
+        script, ()
+    ):
+        return None
+    by_tp = SGLANG_RECIPES.get((script, spec.precision, spec.tp))
+    return by_tp or SGLANG_RECIPES.get((script, spec.precision, 0))
+
+
 def token_budget(spec: PointSpec) -> int:
-    """Tokens per iteration of ``spec``'s colocated servers (:data:`TOKEN_BUDGET`, or the
-    multiple of the input length its scripts set: :data:`PROMPT_TOKEN_BUDGETS`)."""
+    """Tokens per iteration of ``spec``'s colocated servers (:data:`TOKEN_BUDGET`, the
+    multiple of the input length its scripts set: :data:`PROMPT_TOKEN_BUDGETS`, or an
+    SGLang recipe's chunk: :data:`SGLANG_RECIPES`)."""
+    if (recipe := sglang_recipe(spec)) is not None:
+        return recipe.chunk_tokens
     script = scripts_of(spec)
     times = PROMPT_TOKEN_BUDGETS.get((spec.point.backend, script, spec.precision))
     if times is None or spec.point.system not in BLACKWELL_SYSTEMS:
@@ -612,6 +665,8 @@ def point_config(spec: PointSpec, seed: int = 0) -> SimulationConfig:
         "max_num_batched_tokens": token_budget(spec),
         "enable_prefix_caching": False,
     }
+    if (recipe := sglang_recipe(spec)) is not None:
+        engine["gpu_memory_utilization"] = recipe.memory_fraction
     if together:
         engine["dp_ranks"] = "lockstep"
     execution = _execution(spec)
