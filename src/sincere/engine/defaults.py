@@ -31,9 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sincere.catalog.specs import Accelerator
+from sincere.catalog.specs import GIB, Accelerator
 
-GIB = 2**30
 MODERN_PRESET = "vllm-v1"
 """The preset a deployment runs when its step model takes one (module docstring)."""
 

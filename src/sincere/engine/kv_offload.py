@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sincere.catalog.specs import GIB
 from sincere.core.errors import ConfigError
 from sincere.engine.kv_tiers import TierLimits
 from sincere.perf.base import Deployment
 from sincere.perf.memory import kv_bytes_per_token_per_gpu
-
-GIB = 2**30
 
 
 class KvOffloadConfig(BaseModel):
