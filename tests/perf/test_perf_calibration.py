@@ -635,3 +635,69 @@ def test_a_release_family_off_its_own_rows_keeps_the_newest_constants() -> None:
     for name in ("attn_mfu_efficiency", "attn_kernel_s", "attn_query_pairs"):
         assert old.params[name] == newest.params[name]
     assert old.params["attn_bw_efficiency"] != newest.params["attn_bw_efficiency"]
+
+
+def test_a_kernels_share_of_the_peak_falls_with_the_peak_across_the_fitted_gpus() -> None:
+    """The INT4 experts' and the delta rule's shares of the peak fall as the peak grows
+    (B200's about half of H100's on a 2.3x peak): the fitted exponent is negative; it is
+    kept within [-1, 0], and two GPUs give none."""
+    from sincere.perf.calibration import kernel_fits, peak_exponent
+
+    fits = kernel_fits()
+    for field in ("moe_int4_mfu_efficiency", "gdn_mfu_efficiency"):
+        shares = {n: float(f["params"][field]) for n, f in fits.items() if field in f["params"]}
+        assert len(shares) >= 3, field
+        assert -1.0 <= peak_exponent(shares) < -0.3, field
+    assert peak_exponent({"H100-SXM": 0.3, "B200": 0.15}) == 0.0  # two GPUs: no slope
+    rising = {"L40S": 0.5, "RTX-PRO-6000": 0.6, "H100-SXM": 0.9}  # grows with the peak: 0
+    assert peak_exponent(rising) == 0.0
+    steep = {"L40S": 1.0, "H100-SXM": 0.01, "B200": 0.0001}  # faster than 1/peak: -1
+    assert peak_exponent(steep) == -1.0
+
+
+def test_only_a_larger_peak_than_the_stand_ins_discounts_their_share() -> None:
+    """A GPU with a larger peak than the GPU standing in for it takes that GPU's share times
+    the peak ratio to the exponent; a smaller one takes the share as is (the workstation GPUs'
+    shares do not grow as the peak falls); the result never passes 1."""
+    from sincere.perf.calibration import peak_scaled_mean
+
+    b200, h100 = get_accelerator("B200"), get_accelerator("H100-SXM")
+    ratio = b200.bf16_tflops / h100.bf16_tflops
+    assert peak_scaled_mean({"H100-SXM": 0.3}, b200, -0.5) == pytest.approx(0.3 * ratio**-0.5)
+    assert peak_scaled_mean({"B200": 0.3}, h100, -0.5) == pytest.approx(0.3)
+    assert peak_scaled_mean({"H100-SXM": 0.3}, b200, 0.0) == pytest.approx(0.3)
+    assert peak_scaled_mean({"B200": 0.9, "H100-SXM": 0.5}, b200, -1.0) == pytest.approx(
+        (0.9 + 0.5 / ratio) / 2
+    )
+
+
+def test_a_gpu_beyond_its_class_takes_a_discounted_class_prior_and_says_so() -> None:
+    """A data-centre Blackwell with twice B200's peak and no kernel fit takes B200's INT4
+    experts' share discounted by the peak ratio to the fitted exponent, and the provenance
+    line says so; B300 (B200's peak) takes B200's share as is."""
+    from sincere.perf.calibration import (
+        QUANT_EXPERT_PRIORS,
+        _class_mean,
+        kernel_fits,
+        peak_exponent,
+    )
+
+    field = "moe_int4_mfu_efficiency"
+    b200 = get_accelerator("B200")
+    bigger = dataclasses.replace(b200, name="next-gen", bf16_tflops=2 * b200.bf16_tflops)
+    fields = QUANT_EXPERT_PRIORS["moe_int4"]
+    found = _class_mean(bigger, fields, "moe_int4")
+    assert found is not None
+    prior, names, note = found
+    assert names == "B200"
+    fits = kernel_fits()
+    exponent = peak_exponent(
+        {n: float(f["params"][field]) for n, f in fits.items() if field in f["params"]}
+    )
+    own = float(fits["B200"]["params"][field])
+    assert prior[field] == pytest.approx(own * 2.0**exponent)
+    assert prior[field] < own
+    assert "a larger peak than theirs" in note
+    same = _class_mean(get_accelerator("B300"), fields, "moe_int4")
+    assert same is not None and same[0][field] == pytest.approx(own)
+    assert "larger peak" not in same[2]

@@ -61,7 +61,11 @@ and A40 their MXFP4 and INT4 experts); the collectives, classed by
 the GPU-to-GPU link they run over, take the
 measured GPUs' on the same link (L4 and A10G the L40S's PCIe Gen4 all-reduce and
 all-to-all), and where no measured GPU sits on it, every kernel fit's averaged
-(:data:`CLASS_PRIORS`).
+(:data:`CLASS_PRIORS`). A class prior's shares of the tensor-core peak
+(``*_mfu_efficiency``) are carried to a GPU with a larger bf16 peak than a stand-in's
+discounted by the ratio of the peaks to a power fitted across the measured GPUs
+(:func:`peak_exponent`): kernels that do not run at the tensor cores' rate (Marlin's INT4
+experts, the delta rule's scan) keep much of their speed while the peak grows.
 Last, a GPU whose clock under sustained load was measured
 (``sincere/data/perf/sustained_clock.yaml``, :func:`sustained_clocks`) takes its
 ``sustained_compute_ratio``: kernel databases time kernels at the boost clock, an engine
@@ -79,6 +83,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -650,8 +655,75 @@ def _class_mean(
     if not docs:
         return None
     prior = {field: _mean_of(field, [p[field] for p in docs.values()]) for field in fields}
+    for field in fields:
+        if field.endswith(PEAK_SCALED) and isinstance(prior[field], float):
+            slope_from = {
+                name: float(doc["params"][field])
+                for name, doc in kernel_fits().items()
+                if field in doc["params"] and stands_in(doc, family)
+            }
+            exponent = peak_exponent(slope_from)
+            shares = {name: float(p[field]) for name, p in docs.items()}
+            prior[field] = peak_scaled_mean(shares, accelerator, exponent)
+            larger = any(accelerator.bf16_tflops > catalog.accelerator(n).bf16_tflops for n in docs)
+            if exponent and larger:
+                scaled = f"{field} x (peak ratio)^{exponent:.2f}, a larger peak than theirs"
+                note = f"{note}; {scaled}" if note else scaled
     names = " and ".join(sorted(docs)) if len(docs) < 3 else ", ".join(sorted(docs))
     return prior, names, note
+
+
+PEAK_SCALED = "mfu_efficiency"
+"""The class priors' constants (those named so: a kernel's share of the tensor-core peak)
+that are carried to another GPU as a power of the peak (:func:`peak_scaled_mean`)."""
+
+
+def peak_exponent(shares: Mapping[str, float]) -> float:
+    """How a kernel's share of the peak falls as the peak grows, across GPUs: the slope of
+    log share on log bf16 peak over ``shares`` ({GPU: share}, the GPUs whose kernel fits hold
+    it), kept within [-1, 0] (-1: the kernel's speed does not grow with the peak at all; 0:
+    it grows in step); 0 where fewer than three GPUs or a single peak.
+
+    A kernel that is not bound by the tensor cores (a delta rule's chunked scan, experts
+    dequantised on the fly, the fused MoE's routing and gathers) keeps much of its speed from
+    one generation to the next while the peak doubles: its share of the B200's peak is 0.47
+    (INT4 experts) to 0.63 (the delta rule's prefill) of its share of the H100's
+    (``benchmarks/step_fit.py``, "Class priors scaled by the peak")."""
+    catalog = default_catalog()
+    points = [
+        (math.log(catalog.accelerator(name).bf16_tflops), math.log(share))
+        for name, share in shares.items()
+        if share > 0.0
+    ]
+    if len(points) < 3:
+        return 0.0
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread < 1e-12:
+        return 0.0
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+    return min(0.0, max(-1.0, slope))
+
+
+def peak_scaled_mean(
+    shares: Mapping[str, float], accelerator: Accelerator, exponent: float
+) -> float:
+    """The stand-ins' ``shares`` ({GPU: share of its peak}) carried to ``accelerator``, each
+    times the ratio of its bf16 peak to the stand-in's to the power ``exponent``
+    (:func:`peak_exponent`) where that ratio is above 1 (as is where not), averaged; at most 1.
+
+    Only a larger peak is discounted: across the two workstation GPUs (L40S, RTX PRO 6000) the
+    shares do not fall with the peak, so a smaller GPU is not credited a larger share than its
+    class reached (leave-one-GPU-out, ``benchmarks/step_fit.py``: the symmetric rule prices
+    L40S's MXFP4 and INT4 experts 1-2 points worse)."""
+    catalog = default_catalog()
+    target = accelerator.bf16_tflops
+    scaled = [
+        share * float(max(1.0, target / catalog.accelerator(name).bf16_tflops) ** exponent)
+        for name, share in shares.items()
+    ]
+    return min(1.0, sum(scaled) / len(scaled))
 
 
 def _with_quantised_expert_priors(
