@@ -716,7 +716,7 @@ def peak_scaled_mean(
     Only a larger peak is discounted: across the two workstation GPUs (L40S, RTX PRO 6000) the
     shares do not fall with the peak, so a smaller GPU is not credited a larger share than its
     class reached (leave-one-GPU-out, ``benchmarks/step_fit.py``: the symmetric rule prices
-    L40S's MXFP4 and INT4 experts 1-2 points worse)."""
+    L40S's MXFP4 and INT4 experts 1.8 and 0.8 points worse)."""
     catalog = default_catalog()
     target = accelerator.bf16_tflops
     scaled = [
