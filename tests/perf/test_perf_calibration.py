@@ -658,7 +658,7 @@ def test_a_kernels_share_of_the_peak_falls_with_the_peak_across_the_fitted_gpus(
 def test_only_a_larger_peak_than_the_stand_ins_discounts_their_share() -> None:
     """A GPU with a larger peak than the GPU standing in for it takes that GPU's share times
     the peak ratio to the exponent; a smaller one takes the share as is (the workstation GPUs'
-    shares do not grow as the peak falls); the result never passes 1."""
+    shares do not grow as the peak falls); several stand-ins are averaged after scaling."""
     from sincere.perf.calibration import peak_scaled_mean
 
     b200, h100 = get_accelerator("B200"), get_accelerator("H100-SXM")
