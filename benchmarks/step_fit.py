@@ -65,7 +65,6 @@ from pathlib import Path
 import numpy as np
 
 from sincere.catalog import get_accelerator, get_model
-from sincere.catalog.specs import Accelerator
 from sincere.fit.gpu_profiles import fit_gpu_profiles
 from sincere.perf import Batch, Deployment, Roofline, RooflineParams, default_roofline_params
 from sincere.perf.operators import AttentionShape, OperatorProfiles, read_operator_profiles
@@ -349,27 +348,6 @@ def stand_ins(
     return same or others
 
 
-def peak_scaled(
-    params: dict,  # type: ignore[type-arg]
-    acc: Accelerator,
-    names: list[str],
-    slope_from: list[str],
-    fits: dict,  # type: ignore[type-arg]
-) -> dict[str, float]:
-    """The class prior's shares of the peak for GPU ``acc`` held out, as the runtime carries
-    them (:func:`sincere.perf.calibration.peak_scaled_mean`): the stand-ins' (``names``)
-    discounted by the ratio of the peaks to the power fitted over the GPUs of
-    ``slope_from`` (every other GPU that measured the family, the held-out one never)."""
-    from sincere.perf.calibration import PEAK_SCALED, peak_exponent, peak_scaled_mean
-
-    out = {}
-    for key in params:
-        if key.endswith(PEAK_SCALED) and isinstance(params[key], float):
-            exponent = peak_exponent({a: fits[a][2][key] for a in slope_from})
-            out[key] = peak_scaled_mean({a: fits[a][2][key] for a in names}, acc, exponent)
-    return out
-
-
 def kernel_checks(database: Path) -> None:
     """Per GPU and family: the fit's own error, leave-one-GPU-out, leave-one-shape-out."""
     from sincere.fit.kernels import (
@@ -380,6 +358,7 @@ def kernel_checks(database: Path) -> None:
         fit_kernels,
         predict_family,
     )
+    from sincere.perf.calibration import peak_scaled_shares
     from sincere.perf.kernel_choice import KERNEL_CLASSES
     from sincere.perf.kernel_tables import read_table
     from sincere.perf.moe import SKEWED_ROUTING_NOTE
@@ -411,8 +390,10 @@ def kernel_checks(database: Path) -> None:
             others = [fits[a][2] for a in names]
             prior = {**merged, **mean_params([{k: m[k] for k in fam.params} for m in others])}
             if fam.name in KERNEL_CLASSES and names:  # a class prior, as the runtime's
-                slope_from = [a for a in measured_by if a not in skewed]
-                prior.update(peak_scaled(fam.params, acc, names, slope_from, fits))
+                slope_from = {a: fits[a][2] for a in measured_by if a not in skewed}
+                stand = {a: fits[a][2] for a in names}
+                carried = peak_scaled_shares(acc, fam.params, stand, slope_from)
+                prior.update({key: share for key, (share, _) in carried.items()})
             if fam.name in QUANT_GEMMS:  # the bf16 terms they build on, also the others'
                 prior.update(
                     mean_params([{k: m[k] for k in fit.families[0].params} for m in others])

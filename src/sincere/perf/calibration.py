@@ -84,7 +84,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -655,20 +655,14 @@ def _class_mean(
     if not docs:
         return None
     prior = {field: _mean_of(field, [p[field] for p in docs.values()]) for field in fields}
-    for field in fields:
-        if field.endswith(PEAK_SCALED) and isinstance(prior[field], float):
-            slope_from = {
-                name: float(doc["params"][field])
-                for name, doc in kernel_fits().items()
-                if field in doc["params"] and stands_in(doc, family)
-            }
-            exponent = peak_exponent(slope_from)
-            shares = {name: float(p[field]) for name, p in docs.items()}
-            prior[field] = peak_scaled_mean(shares, accelerator, exponent)
-            larger = any(accelerator.bf16_tflops > catalog.accelerator(n).bf16_tflops for n in docs)
-            if exponent and larger:
-                scaled = f"{field} x (peak ratio)^{exponent:.2f}, a larger peak than theirs"
-                note = f"{note}; {scaled}" if note else scaled
+    measured = {n: d["params"] for n, d in kernel_fits().items() if stands_in(d, family)}
+    larger = any(accelerator.bf16_tflops > catalog.accelerator(n).bf16_tflops for n in docs)
+    carried = peak_scaled_shares(accelerator, fields, docs, measured)
+    for field, (share, exponent) in carried.items():
+        prior[field] = share
+        if exponent and larger:
+            scaled = f"{field} x (peak ratio)^{exponent:.2f}, a larger peak than theirs"
+            note = f"{note}; {scaled}" if note else scaled
     names = " and ".join(sorted(docs)) if len(docs) < 3 else ", ".join(sorted(docs))
     return prior, names, note
 
@@ -676,6 +670,29 @@ def _class_mean(
 PEAK_SCALED = "mfu_efficiency"
 """The class priors' constants (those named so: a kernel's share of the tensor-core peak)
 that are carried to another GPU as a power of the peak (:func:`peak_scaled_mean`)."""
+
+
+def peak_scaled_shares(
+    accelerator: Accelerator,
+    fields: Iterable[str],
+    stand_ins: Mapping[str, Mapping[str, Any]],
+    measured: Mapping[str, Mapping[str, Any]],
+) -> dict[str, tuple[float, float]]:
+    """Each of ``fields`` that is a share of the peak (:data:`PEAK_SCALED`, a number in the
+    ``stand_ins``' constants, {GPU: constants}) carried to ``accelerator``
+    (:func:`peak_scaled_mean`) with the exponent fitted over the ``measured`` GPUs'
+    constants that hold it (:func:`peak_exponent`): {field: (share, exponent)}. The
+    runtime's class priors and ``benchmarks/step_fit.py``'s leave-one-GPU-out both take it."""
+    first = next(iter(stand_ins.values()))
+    out = {}
+    for field in fields:
+        if field.endswith(PEAK_SCALED) and not isinstance(first[field], list | Mapping):
+            exponent = peak_exponent(
+                {n: float(p[field]) for n, p in measured.items() if field in p}
+            )
+            shares = {n: float(p[field]) for n, p in stand_ins.items()}
+            out[field] = (peak_scaled_mean(shares, accelerator, exponent), exponent)
+    return out
 
 
 def peak_exponent(shares: Mapping[str, float]) -> float:
